@@ -1,0 +1,61 @@
+package spec
+
+import (
+	"fmt"
+	"regexp"
+)
+
+var (
+	nameRE    = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+	versionRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$`)
+	hostIDRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+	labelKRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$`)
+	labelVRE  = regexp.MustCompile(`^[A-Za-z0-9._:/-]{0,63}$`)
+	sha256RE  = regexp.MustCompile(`^[0-9a-f]{64}$`)
+)
+
+// CheckName reports whether s is a valid service name; field names the field
+// in the error.
+func CheckName(field, s string) error {
+	if !nameRE.MatchString(s) {
+		return fmt.Errorf("%s: invalid name %q (want [a-z0-9][a-z0-9-]{0,62})", field, s)
+	}
+	return nil
+}
+
+// CheckVersion reports whether s is a valid release version.
+func CheckVersion(field, s string) error {
+	if !versionRE.MatchString(s) {
+		return fmt.Errorf("%s: invalid version %q (want [A-Za-z0-9][A-Za-z0-9._+-]{0,63})", field, s)
+	}
+	return nil
+}
+
+// CheckHostID reports whether s is a valid host id.
+func CheckHostID(field, s string) error {
+	if !hostIDRE.MatchString(s) {
+		return fmt.Errorf("%s: invalid host id %q (want [A-Za-z0-9][A-Za-z0-9._-]{0,127})", field, s)
+	}
+	return nil
+}
+
+// CheckLabels reports whether every key and value of a label map is valid.
+func CheckLabels(field string, labels map[string]string) error {
+	for k, v := range labels {
+		if !labelKRE.MatchString(k) {
+			return fmt.Errorf("%s: invalid label key %q", field, k)
+		}
+		if !labelVRE.MatchString(v) {
+			return fmt.Errorf("%s[%s]: invalid label value %q", field, k, v)
+		}
+	}
+	return nil
+}
+
+// CheckSHA256 reports whether s is a lowercase hex sha256.
+func CheckSHA256(field, s string) error {
+	if !sha256RE.MatchString(s) {
+		return fmt.Errorf("%s: invalid sha256 %q (want 64 lowercase hex digits)", field, s)
+	}
+	return nil
+}
