@@ -1,0 +1,153 @@
+// Package artifacts is the coordinator's content-addressed artifact store:
+// files named by their sha256 under a directory, served over the
+// ArtifactService gRPC API in chunks. It must not import etcd or the agent.
+package artifacts
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/rs/zerolog"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/fleetwave/fleetwave/internal/spec"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// ChunkSize is the size of each streamed chunk.
+const ChunkSize = 256 << 10
+
+// ErrTooLarge is returned when an upload exceeds the size cap.
+var ErrTooLarge = errors.New("artifact too large")
+
+// Store keeps artifacts in dir/sha256/<hex>.
+type Store struct {
+	dir      string
+	maxBytes int64
+	log      zerolog.Logger
+	v1.UnimplementedArtifactServiceServer
+}
+
+// New opens (creating) a store under dir; uploads over maxBytes are refused.
+func New(dir string, maxBytes int64, log zerolog.Logger) (*Store, error) {
+	if err := os.MkdirAll(filepath.Join(dir, "sha256"), 0o755); err != nil {
+		return nil, fmt.Errorf("artifact store %s: %w", dir, err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o755); err != nil {
+		return nil, fmt.Errorf("artifact store %s: %w", dir, err)
+	}
+	return &Store{dir: dir, maxBytes: maxBytes, log: log}, nil
+}
+
+func (s *Store) path(digest string) string { return filepath.Join(s.dir, "sha256", digest) }
+
+// Stat returns the size of a stored artifact.
+func (s *Store) Stat(digest string) (int64, error) {
+	if err := spec.CheckSHA256("sha256", digest); err != nil {
+		return 0, err
+	}
+	fi, err := os.Stat(s.path(digest))
+	if err != nil {
+		return 0, fmt.Errorf("artifact %s: %w", digest, err)
+	}
+	return fi.Size(), nil
+}
+
+// Put stores what r yields and returns its digest and size.
+func (s *Store) Put(r io.Reader) (string, int64, error) {
+	f, err := os.CreateTemp(filepath.Join(s.dir, "tmp"), "upload-*")
+	if err != nil {
+		return "", 0, fmt.Errorf("artifact upload: %w", err)
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(r, s.maxBytes+1))
+	if err != nil {
+		return "", 0, fmt.Errorf("artifact upload: %w", err)
+	}
+	if n > s.maxBytes {
+		return "", 0, fmt.Errorf("artifact upload: %w: over %d bytes", ErrTooLarge, s.maxBytes)
+	}
+	if err := f.Sync(); err != nil {
+		return "", 0, fmt.Errorf("artifact upload: %w", err)
+	}
+	digest := hex.EncodeToString(h.Sum(nil))
+	if err := os.Rename(f.Name(), s.path(digest)); err != nil {
+		return "", 0, fmt.Errorf("artifact %s: %w", digest, err)
+	}
+	return digest, n, nil
+}
+
+type uploadReader struct {
+	stream v1.ArtifactService_UploadServer
+	buf    []byte
+}
+
+func (u *uploadReader) Read(p []byte) (int, error) {
+	for len(u.buf) == 0 {
+		m, err := u.stream.Recv()
+		if err != nil {
+			return 0, err
+		}
+		u.buf = m.GetChunk()
+	}
+	n := copy(p, u.buf)
+	u.buf = u.buf[n:]
+	return n, nil
+}
+
+// Upload implements ArtifactService.Upload.
+func (s *Store) Upload(stream v1.ArtifactService_UploadServer) error {
+	digest, n, err := s.Put(&uploadReader{stream: stream})
+	if errors.Is(err, ErrTooLarge) {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err != nil {
+		return status.Error(codes.Internal, err.Error())
+	}
+	s.log.Info().Str("sha256", digest).Int64("size", n).Msg("artifact stored")
+	return stream.SendAndClose(&v1.UploadResponse{Sha256: digest, Size: n})
+}
+
+// Download implements ArtifactService.Download.
+func (s *Store) Download(req *v1.DownloadRequest, stream v1.ArtifactService_DownloadServer) error {
+	if err := spec.CheckSHA256("sha256", req.GetSha256()); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	f, err := os.Open(s.path(req.GetSha256()))
+	if errors.Is(err, os.ErrNotExist) {
+		return status.Errorf(codes.NotFound, "artifact %s not found", req.GetSha256())
+	}
+	if err != nil {
+		return status.Error(codes.Internal, err.Error())
+	}
+	defer f.Close()
+	if req.GetOffset() < 0 {
+		return status.Errorf(codes.InvalidArgument, "offset: %d is negative", req.GetOffset())
+	}
+	if _, err := f.Seek(req.GetOffset(), io.SeekStart); err != nil {
+		return status.Errorf(codes.InvalidArgument, "offset %d: %v", req.GetOffset(), err)
+	}
+	buf := make([]byte, ChunkSize)
+	for {
+		n, err := f.Read(buf)
+		if n > 0 {
+			if serr := stream.Send(&v1.DownloadResponse{Chunk: buf[:n]}); serr != nil {
+				return serr
+			}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return status.Errorf(codes.Internal, "read artifact %s: %v", req.GetSha256(), err)
+		}
+	}
+}

@@ -1,0 +1,402 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/rs/zerolog"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// Versioned is a decoded value with its etcd mod revision.
+type Versioned[T any] struct {
+	Val T
+	Rev int64
+}
+
+// Mirror is an in-memory copy of the whole keyspace kept current by an etcd
+// watch. Values handed out are shared and must not be mutated: clone before
+// changing. It is safe for concurrent use. Subscribers are told (never
+// blocked) when anything changed.
+type Mirror struct {
+	s   *Store
+	log zerolog.Logger
+
+	mu       sync.RWMutex
+	rev      int64
+	ready    bool
+	services map[string]Versioned[*v1.Service]
+	releases map[string]map[string]*v1.Release
+	rollouts map[string]map[string]Versioned[*v1.Rollout]
+	hosts    map[string]*v1.Host
+	conns    map[string]string
+	reports  map[string]map[string]*v1.ServiceReport
+	subs     map[chan struct{}]struct{}
+	revCond  *sync.Cond
+	// desiredEpoch counts changes to what hosts should run (services,
+	// releases, rollouts), so assignment pushes can skip report-only changes.
+	desiredEpoch uint64
+}
+
+// NewMirror makes a mirror; Run fills and follows it.
+func NewMirror(s *Store, log zerolog.Logger) *Mirror {
+	m := &Mirror{s: s, log: log, subs: map[chan struct{}]struct{}{}}
+	m.revCond = sync.NewCond(&m.mu)
+	m.reset()
+	return m
+}
+
+func (m *Mirror) reset() {
+	m.services = map[string]Versioned[*v1.Service]{}
+	m.releases = map[string]map[string]*v1.Release{}
+	m.rollouts = map[string]map[string]Versioned[*v1.Rollout]{}
+	m.hosts = map[string]*v1.Host{}
+	m.conns = map[string]string{}
+	m.reports = map[string]map[string]*v1.ServiceReport{}
+}
+
+// Run loads the keyspace and follows it until ctx ends. It reloads after a
+// compaction or a broken watch.
+func (m *Mirror) Run(ctx context.Context) error {
+	for ctx.Err() == nil {
+		rev, err := m.load(ctx)
+		if err != nil {
+			m.log.Warn().Err(err).Msg("mirror load failed; retrying")
+			if !sleepCtx(ctx, retryDelay) {
+				break
+			}
+			continue
+		}
+		err = m.follow(ctx, rev)
+		if ctx.Err() == nil {
+			m.log.Warn().Err(err).Msg("mirror watch ended; reloading")
+		}
+	}
+	return nil
+}
+
+func (m *Mirror) load(ctx context.Context) (int64, error) {
+	resp, err := m.s.c.Get(ctx, Prefix, clientv3.WithPrefix())
+	if err != nil {
+		return 0, fmt.Errorf("load %s: %w", Prefix, err)
+	}
+	m.mu.Lock()
+	m.reset()
+	for _, kv := range resp.Kvs {
+		m.applyLocked(mvccpb.PUT, kv)
+	}
+	m.rev = resp.Header.Revision
+	m.ready = true
+	m.revCond.Broadcast()
+	m.mu.Unlock()
+	m.notify()
+	return resp.Header.Revision, nil
+}
+
+func (m *Mirror) follow(ctx context.Context, rev int64) error {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	wc := m.s.c.Watch(wctx, Prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithProgressNotify())
+	for resp := range wc {
+		if err := resp.Err(); err != nil {
+			if errors.Is(err, rpctypes.ErrCompacted) {
+				return fmt.Errorf("watch from %d: %w", rev+1, err)
+			}
+			return fmt.Errorf("watch: %w", err)
+		}
+		m.mu.Lock()
+		for _, ev := range resp.Events {
+			m.applyLocked(ev.Type, ev.Kv)
+		}
+		if resp.Header.Revision > m.rev {
+			m.rev = resp.Header.Revision
+		}
+		m.revCond.Broadcast()
+		m.mu.Unlock()
+		if len(resp.Events) > 0 {
+			m.notify()
+		}
+	}
+	return errors.New("watch channel closed")
+}
+
+func (m *Mirror) applyLocked(t mvccpb.Event_EventType, kv *mvccpb.KeyValue) {
+	key := string(kv.Key)
+	del := t == mvccpb.DELETE
+	if strings.HasPrefix(key, ServicesPrefix) || strings.HasPrefix(key, ReleasesPrefix) || strings.HasPrefix(key, RolloutsPrefix) || strings.HasPrefix(key, HostsPrefix) {
+		m.desiredEpoch++
+	}
+	decode := func(msg proto.Message) bool {
+		if err := proto.Unmarshal(kv.Value, msg); err != nil {
+			m.log.Error().Err(err).Str("key", key).Msg("undecodable value ignored")
+			return false
+		}
+		return true
+	}
+	switch {
+	case strings.HasPrefix(key, ServicesPrefix):
+		name := strings.TrimPrefix(key, ServicesPrefix)
+		if del {
+			delete(m.services, name)
+			return
+		}
+		v := &v1.Service{}
+		if decode(v) {
+			m.services[name] = Versioned[*v1.Service]{v, kv.ModRevision}
+		}
+	case strings.HasPrefix(key, ReleasesPrefix):
+		p := SplitKey(key, ReleasesPrefix)
+		if len(p) != 2 {
+			return
+		}
+		if del {
+			delete(m.releases[p[0]], p[1])
+			return
+		}
+		v := &v1.Release{}
+		if decode(v) {
+			if m.releases[p[0]] == nil {
+				m.releases[p[0]] = map[string]*v1.Release{}
+			}
+			m.releases[p[0]][p[1]] = v
+		}
+	case strings.HasPrefix(key, RolloutsPrefix):
+		p := SplitKey(key, RolloutsPrefix)
+		if len(p) != 2 {
+			return
+		}
+		if del {
+			delete(m.rollouts[p[0]], p[1])
+			return
+		}
+		v := &v1.Rollout{}
+		if decode(v) {
+			if m.rollouts[p[0]] == nil {
+				m.rollouts[p[0]] = map[string]Versioned[*v1.Rollout]{}
+			}
+			m.rollouts[p[0]][p[1]] = Versioned[*v1.Rollout]{v, kv.ModRevision}
+		}
+	case strings.HasPrefix(key, HostsPrefix):
+		id := strings.TrimPrefix(key, HostsPrefix)
+		if del {
+			delete(m.hosts, id)
+			return
+		}
+		v := &v1.Host{}
+		if decode(v) {
+			m.hosts[id] = v
+		}
+	case strings.HasPrefix(key, ConnsPrefix):
+		id := strings.TrimPrefix(key, ConnsPrefix)
+		if del {
+			delete(m.conns, id)
+			return
+		}
+		m.conns[id] = string(kv.Value)
+	case strings.HasPrefix(key, ReportsPrefix):
+		p := SplitKey(key, ReportsPrefix)
+		if len(p) != 2 {
+			return
+		}
+		if del {
+			delete(m.reports[p[0]], p[1])
+			return
+		}
+		v := &v1.ServiceReport{}
+		if decode(v) {
+			if m.reports[p[0]] == nil {
+				m.reports[p[0]] = map[string]*v1.ServiceReport{}
+			}
+			m.reports[p[0]][p[1]] = v
+		}
+	}
+}
+
+// Subscribe returns a channel that receives a value (coalesced) after every
+// change, and a function to unsubscribe.
+func (m *Mirror) Subscribe() (<-chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	m.mu.Lock()
+	m.subs[ch] = struct{}{}
+	m.mu.Unlock()
+	return ch, func() {
+		m.mu.Lock()
+		delete(m.subs, ch)
+		m.mu.Unlock()
+	}
+}
+
+func (m *Mirror) notify() {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	for ch := range m.subs {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// WaitRev blocks until the mirror has applied revision rev, or ctx ends.
+func (m *Mirror) WaitRev(ctx context.Context, rev int64) error {
+	stop := context.AfterFunc(ctx, func() {
+		m.mu.Lock()
+		m.revCond.Broadcast()
+		m.mu.Unlock()
+	})
+	defer stop()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for m.rev < rev || !m.ready {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("wait for revision %d (at %d): %w", rev, m.rev, err)
+		}
+		m.revCond.Wait()
+	}
+	return nil
+}
+
+// DesiredEpoch changes whenever a service, release, rollout or host record
+// changed (not on reports or connections).
+func (m *Mirror) DesiredEpoch() uint64 {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.desiredEpoch
+}
+
+// Rev is the last revision applied.
+func (m *Mirror) Rev() int64 {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.rev
+}
+
+// Ready reports whether the first load finished.
+func (m *Mirror) Ready() bool {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.ready
+}
+
+// Service returns a service and its revision.
+func (m *Mirror) Service(name string) (Versioned[*v1.Service], bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	v, ok := m.services[name]
+	return v, ok
+}
+
+// Services returns every service, sorted by name.
+func (m *Mirror) Services() []Versioned[*v1.Service] {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	out := make([]Versioned[*v1.Service], 0, len(m.services))
+	for _, v := range m.services {
+		out = append(out, v)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Val.GetSpec().GetName() < out[j].Val.GetSpec().GetName() })
+	return out
+}
+
+// Releases returns a service's releases, oldest first (by creation time,
+// then version).
+func (m *Mirror) Releases(service string) []*v1.Release {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	out := make([]*v1.Release, 0, len(m.releases[service]))
+	for _, r := range m.releases[service] {
+		out = append(out, r)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i].GetCreatedAt().AsTime(), out[j].GetCreatedAt().AsTime()
+		if !a.Equal(b) {
+			return a.Before(b)
+		}
+		return out[i].GetVersion() < out[j].GetVersion()
+	})
+	return out
+}
+
+// Release returns one release.
+func (m *Mirror) Release(service, version string) (*v1.Release, bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	r, ok := m.releases[service][version]
+	return r, ok
+}
+
+// Rollout returns one rollout.
+func (m *Mirror) Rollout(service, id string) (Versioned[*v1.Rollout], bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	r, ok := m.rollouts[service][id]
+	return r, ok
+}
+
+// Rollouts returns a service's rollouts, oldest first.
+func (m *Mirror) Rollouts(service string) []*v1.Rollout {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	out := make([]*v1.Rollout, 0, len(m.rollouts[service]))
+	for _, r := range m.rollouts[service] {
+		out = append(out, r.Val)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].GetId() < out[j].GetId() })
+	return out
+}
+
+// Hosts returns every host record, sorted by id.
+func (m *Mirror) Hosts() []*v1.Host {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	out := make([]*v1.Host, 0, len(m.hosts))
+	for _, h := range m.hosts {
+		out = append(out, h)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].GetId() < out[j].GetId() })
+	return out
+}
+
+// Host returns one host record.
+func (m *Mirror) Host(id string) (*v1.Host, bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	h, ok := m.hosts[id]
+	return h, ok
+}
+
+// Connected reports whether a host's agent stream is up on some coordinator.
+func (m *Mirror) Connected(id string) bool {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	_, ok := m.conns[id]
+	return ok
+}
+
+// Report returns a host's last report for a service.
+func (m *Mirror) Report(host, service string) *v1.ServiceReport {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.reports[host][service]
+}
+
+// Reports returns a host's last reports, sorted by service.
+func (m *Mirror) Reports(host string) []*v1.ServiceReport {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	out := make([]*v1.ServiceReport, 0, len(m.reports[host]))
+	for _, r := range m.reports[host] {
+		out = append(out, r)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].GetService() < out[j].GetService() })
+	return out
+}

@@ -1,0 +1,342 @@
+// Package store owns Fleetwave's etcd keyspace (/fleetwave/v1/...). It is the
+// only package that imports the etcd client: every other package sees typed
+// protobuf values. Writes the rollout leader makes are fenced: they compare
+// the leader's election key, so a deposed leader's writes fail with
+// ErrNotLeader. It also starts the embedded single-node etcd server.
+//
+// It must not import the rollout engine, gRPC services or the agent.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// Prefix is the root of Fleetwave's keyspace.
+const Prefix = "/fleetwave/v1/"
+
+// Key prefixes, each followed by ids separated by "/".
+const (
+	ServicesPrefix = Prefix + "services/" // <service> -> Service
+	ReleasesPrefix = Prefix + "releases/" // <service>/<version> -> Release
+	RolloutsPrefix = Prefix + "rollouts/" // <service>/<id> -> Rollout
+	HostsPrefix    = Prefix + "hosts/"    // <host> -> Host (labels; no liveness)
+	ConnsPrefix    = Prefix + "conns/"    // <host> -> coordinator name, on that coordinator's lease
+	ReportsPrefix  = Prefix + "reports/"  // <host>/<service> -> ServiceReport
+	ElectionPrefix = Prefix + "leader"
+)
+
+var (
+	// ErrNotFound is returned when a key does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrExists is returned when a create finds the key already there.
+	ErrExists = errors.New("already exists")
+	// ErrNotLeader is returned when a fenced write finds that the caller is
+	// no longer the leader.
+	ErrNotLeader = errors.New("not the leader")
+	// ErrConflict is returned when a compare-and-swap lost a race.
+	ErrConflict = errors.New("concurrent update")
+)
+
+// Store is a typed view of the keyspace over an etcd client.
+type Store struct {
+	c *clientv3.Client
+}
+
+// New wraps an etcd client.
+func New(c *clientv3.Client) *Store { return &Store{c: c} }
+
+// Client returns the etcd client (for elections and sessions).
+func (s *Store) Client() *clientv3.Client { return s.c }
+
+// Dial connects to etcd endpoints.
+func Dial(endpoints []string) (*clientv3.Client, error) {
+	c, err := clientv3.New(clientv3.Config{
+		Endpoints:          endpoints,
+		DialTimeout:        5 * time.Second,
+		DialKeepAliveTime:  5 * time.Second,
+		MaxCallSendMsgSize: 16 << 20,
+		MaxCallRecvMsgSize: 64 << 20,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etcd client for %v: %w", endpoints, err)
+	}
+	return c, nil
+}
+
+// Key helpers.
+func ServiceKey(name string) string         { return ServicesPrefix + name }
+func ReleaseKey(service, ver string) string { return ReleasesPrefix + service + "/" + ver }
+func RolloutKey(service, id string) string  { return RolloutsPrefix + service + "/" + id }
+func HostKey(id string) string              { return HostsPrefix + id }
+func ConnKey(id string) string              { return ConnsPrefix + id }
+func ReportKey(host, service string) string {
+	return ReportsPrefix + host + "/" + service
+}
+
+// Fence is a condition every leader write carries: the election key still
+// exists with the create revision the leader won it with.
+type Fence struct {
+	Key string
+	Rev int64
+}
+
+func (f *Fence) cmps() []clientv3.Cmp {
+	if f == nil {
+		return nil
+	}
+	return []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(f.Key), "=", f.Rev)}
+}
+
+func marshal(m proto.Message) (string, error) {
+	b, err := proto.Marshal(m)
+	if err != nil {
+		return "", fmt.Errorf("marshal %T: %w", m, err)
+	}
+	return string(b), nil
+}
+
+func get[T proto.Message](ctx context.Context, s *Store, key string, m T) (T, int64, error) {
+	resp, err := s.c.Get(ctx, key)
+	if err != nil {
+		return m, 0, fmt.Errorf("get %s: %w", key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return m, 0, fmt.Errorf("get %s: %w", key, ErrNotFound)
+	}
+	if err := proto.Unmarshal(resp.Kvs[0].Value, m); err != nil {
+		return m, 0, fmt.Errorf("decode %s: %w", key, err)
+	}
+	return m, resp.Kvs[0].ModRevision, nil
+}
+
+func list[T proto.Message](ctx context.Context, s *Store, prefix string, mk func() T) ([]T, error) {
+	resp, err := s.c.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", prefix, err)
+	}
+	out := make([]T, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		m := mk()
+		if err := proto.Unmarshal(kv.Value, m); err != nil {
+			return nil, fmt.Errorf("decode %s: %w", kv.Key, err)
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// GetService returns a service and its mod revision.
+func (s *Store) GetService(ctx context.Context, name string) (*v1.Service, int64, error) {
+	return get(ctx, s, ServiceKey(name), &v1.Service{})
+}
+
+// ListServices returns every service.
+func (s *Store) ListServices(ctx context.Context) ([]*v1.Service, error) {
+	return list(ctx, s, ServicesPrefix, func() *v1.Service { return &v1.Service{} })
+}
+
+// ApplySpec creates a service or replaces its spec, keeping its status. It
+// retries on concurrent updates. created reports whether it was new.
+func (s *Store) ApplySpec(ctx context.Context, spec *v1.ServiceSpec, now time.Time) (svc *v1.Service, created bool, err error) {
+	key := ServiceKey(spec.GetName())
+	for range 10 {
+		cur, rev, err := s.GetService(ctx, spec.GetName())
+		switch {
+		case errors.Is(err, ErrNotFound):
+			cur, rev, created = &v1.Service{Status: &v1.ServiceStatus{}}, 0, true
+		case err != nil:
+			return nil, false, err
+		default:
+			created = false
+		}
+		next := proto.Clone(cur).(*v1.Service)
+		next.Spec = spec
+		next.UpdatedAt = tsOf(now)
+		val, err := marshal(next)
+		if err != nil {
+			return nil, false, err
+		}
+		resp, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
+			Then(clientv3.OpPut(key, val)).Commit()
+		if err != nil {
+			return nil, false, fmt.Errorf("apply service %s: %w", spec.GetName(), err)
+		}
+		if resp.Succeeded {
+			return next, created, nil
+		}
+	}
+	return nil, false, fmt.Errorf("apply service %s: %w", spec.GetName(), ErrConflict)
+}
+
+// CreateRelease stores a release; a release is immutable, so an existing
+// version is ErrExists.
+func (s *Store) CreateRelease(ctx context.Context, r *v1.Release) error {
+	key := ReleaseKey(r.GetService(), r.GetVersion())
+	val, err := marshal(r)
+	if err != nil {
+		return err
+	}
+	resp, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, val)).Commit()
+	if err != nil {
+		return fmt.Errorf("create release %s/%s: %w", r.GetService(), r.GetVersion(), err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("release %s/%s: %w", r.GetService(), r.GetVersion(), ErrExists)
+	}
+	return nil
+}
+
+// GetRelease returns one release.
+func (s *Store) GetRelease(ctx context.Context, service, version string) (*v1.Release, error) {
+	r, _, err := get(ctx, s, ReleaseKey(service, version), &v1.Release{})
+	return r, err
+}
+
+// ListReleases returns the releases of a service.
+func (s *Store) ListReleases(ctx context.Context, service string) ([]*v1.Release, error) {
+	return list(ctx, s, ReleasesPrefix+service+"/", func() *v1.Release { return &v1.Release{} })
+}
+
+// GetRollout returns one rollout.
+func (s *Store) GetRollout(ctx context.Context, service, id string) (*v1.Rollout, error) {
+	r, _, err := get(ctx, s, RolloutKey(service, id), &v1.Rollout{})
+	return r, err
+}
+
+// ListHosts returns every host record.
+func (s *Store) ListHosts(ctx context.Context) ([]*v1.Host, error) {
+	return list(ctx, s, HostsPrefix, func() *v1.Host { return &v1.Host{} })
+}
+
+// PutHost writes a host record (on connect, when its labels change).
+func (s *Store) PutHost(ctx context.Context, h *v1.Host) error {
+	val, err := marshal(h)
+	if err != nil {
+		return err
+	}
+	if _, err := s.c.Put(ctx, HostKey(h.GetId()), val); err != nil {
+		return fmt.Errorf("put host %s: %w", h.GetId(), err)
+	}
+	return nil
+}
+
+// PutConn marks a host connected to coordinator `by`, on lease (0 = none).
+func (s *Store) PutConn(ctx context.Context, host, by string, lease clientv3.LeaseID) error {
+	if _, err := s.c.Put(ctx, ConnKey(host), by, clientv3.WithLease(lease)); err != nil {
+		return fmt.Errorf("put conn %s: %w", host, err)
+	}
+	return nil
+}
+
+// DeleteConn marks a host disconnected, if `by` still holds its connection.
+func (s *Store) DeleteConn(ctx context.Context, host, by string) error {
+	key := ConnKey(host)
+	_, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.Value(key), "=", by)).
+		Then(clientv3.OpDelete(key)).Commit()
+	if err != nil {
+		return fmt.Errorf("delete conn %s: %w", host, err)
+	}
+	return nil
+}
+
+// PutReport records what a host reported for a service.
+func (s *Store) PutReport(ctx context.Context, host string, r *v1.ServiceReport) error {
+	val, err := marshal(r)
+	if err != nil {
+		return err
+	}
+	if _, err := s.c.Put(ctx, ReportKey(host, r.GetService()), val); err != nil {
+		return fmt.Errorf("put report %s/%s: %w", host, r.GetService(), err)
+	}
+	return nil
+}
+
+// WriteRollout writes a rollout and, when svc is not nil, its service (for
+// example the status naming a new rollout, or the status after a rollout
+// ended) in one fenced transaction. It compares the mod revisions the caller
+// read: rolloutRev 0 means the rollout must not exist yet. It returns the
+// revision of the write.
+func (s *Store) WriteRollout(ctx context.Context, f *Fence, r *v1.Rollout, rolloutRev int64, svc *v1.Service, serviceRev int64) (int64, error) {
+	rkey := RolloutKey(r.GetService(), r.GetId())
+	rval, err := marshal(r)
+	if err != nil {
+		return 0, err
+	}
+	cmps := f.cmps()
+	if rolloutRev == 0 {
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(rkey), "=", 0))
+	} else {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(rkey), "=", rolloutRev))
+	}
+	ops := []clientv3.Op{clientv3.OpPut(rkey, rval)}
+	if svc != nil {
+		skey := ServiceKey(svc.GetSpec().GetName())
+		sval, err := marshal(svc)
+		if err != nil {
+			return 0, err
+		}
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(skey), "=", serviceRev))
+		ops = append(ops, clientv3.OpPut(skey, sval))
+	}
+	var fenceGet []clientv3.Op
+	if f != nil {
+		fenceGet = []clientv3.Op{clientv3.OpGet(f.Key)}
+	}
+	resp, err := s.c.Txn(ctx).If(cmps...).Then(ops...).Else(fenceGet...).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("write rollout %s/%s: %w", r.GetService(), r.GetId(), err)
+	}
+	if !resp.Succeeded {
+		return 0, fmt.Errorf("write rollout %s/%s: %w", r.GetService(), r.GetId(), fenceErr(f, resp))
+	}
+	return resp.Header.Revision, nil
+}
+
+// fenceErr tells a lost fence from a lost compare-and-swap after a failed
+// transaction whose Else branch read the fence key.
+func fenceErr(f *Fence, resp *clientv3.TxnResponse) error {
+	if f != nil && len(resp.Responses) > 0 {
+		if rr := resp.Responses[0].GetResponseRange(); rr == nil || len(rr.Kvs) == 0 || rr.Kvs[0].CreateRevision != f.Rev {
+			return ErrNotLeader
+		}
+	}
+	return ErrConflict
+}
+
+// PutService replaces a service (fenced, compare-and-swap on serviceRev),
+// e.g. to unfreeze it. It returns the revision of the write.
+func (s *Store) PutService(ctx context.Context, f *Fence, svc *v1.Service, serviceRev int64) (int64, error) {
+	skey := ServiceKey(svc.GetSpec().GetName())
+	sval, err := marshal(svc)
+	if err != nil {
+		return 0, err
+	}
+	cmps := append(f.cmps(), clientv3.Compare(clientv3.ModRevision(skey), "=", serviceRev))
+	var fenceGet []clientv3.Op
+	if f != nil {
+		fenceGet = []clientv3.Op{clientv3.OpGet(f.Key)}
+	}
+	resp, err := s.c.Txn(ctx).If(cmps...).Then(clientv3.OpPut(skey, sval)).Else(fenceGet...).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("put service %s: %w", svc.GetSpec().GetName(), err)
+	}
+	if !resp.Succeeded {
+		return 0, fmt.Errorf("put service %s: %w", svc.GetSpec().GetName(), fenceErr(f, resp))
+	}
+	return resp.Header.Revision, nil
+}
+
+// SplitKey returns the parts of key after prefix.
+func SplitKey(key, prefix string) []string {
+	return strings.Split(strings.TrimPrefix(key, prefix), "/")
+}

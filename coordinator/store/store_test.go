@@ -1,0 +1,186 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// startStore starts a real embedded etcd in a temp dir.
+func startStore(t *testing.T) *Store {
+	t.Helper()
+	emb, err := StartEmbedded(t.TempDir(), "", zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(emb.Close)
+	c, err := Dial(emb.Endpoints)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return New(c)
+}
+
+func TestReleaseIsImmutable(t *testing.T) {
+	s := startStore(t)
+	ctx := context.Background()
+	r := &v1.Release{Service: "web", Version: "v1", Artifact: &v1.Artifact{Sha256: "ab", Size: 1}}
+	if err := s.CreateRelease(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	r2 := &v1.Release{Service: "web", Version: "v1", Artifact: &v1.Artifact{Sha256: "cd", Size: 2}}
+	if err := s.CreateRelease(ctx, r2); !errors.Is(err, ErrExists) {
+		t.Fatalf("second create: got %v, want ErrExists", err)
+	}
+	got, err := s.GetRelease(ctx, "web", "v1")
+	if err != nil || got.GetArtifact().GetSha256() != "ab" {
+		t.Fatalf("release changed: %v %v", got, err)
+	}
+}
+
+func TestApplySpecKeepsStatus(t *testing.T) {
+	s := startStore(t)
+	ctx := context.Background()
+	now := time.Unix(1000, 0)
+	svc, created, err := s.ApplySpec(ctx, &v1.ServiceSpec{Name: "web"}, now)
+	if err != nil || !created {
+		t.Fatalf("create: %v %v", created, err)
+	}
+	_, rev, err := s.GetService(ctx, "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.Status.StableVersion = "v1"
+	if _, err := s.PutService(ctx, nil, svc, rev); err != nil {
+		t.Fatal(err)
+	}
+	svc2, created, err := s.ApplySpec(ctx, &v1.ServiceSpec{Name: "web", Selector: map[string]string{"role": "web"}}, now)
+	if err != nil || created {
+		t.Fatalf("update: %v %v", created, err)
+	}
+	if svc2.GetStatus().GetStableVersion() != "v1" || svc2.GetSpec().GetSelector()["role"] != "web" {
+		t.Fatalf("status lost or spec not replaced: %v", svc2)
+	}
+	// A stale compare-and-swap loses.
+	if _, err := s.PutService(ctx, nil, svc, rev); !errors.Is(err, ErrConflict) {
+		t.Fatalf("stale put: got %v, want ErrConflict", err)
+	}
+}
+
+// A deposed leader's writes fail with ErrNotLeader.
+func TestFencedWriteAfterLosingLeadership(t *testing.T) {
+	s := startStore(t)
+	ctx := context.Background()
+	sess, err := concurrency.NewSession(s.Client(), concurrency.WithTTL(5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := concurrency.NewElection(sess, ElectionPrefix)
+	if err := e.Campaign(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	fence := &Fence{Key: e.Key(), Rev: e.Rev()}
+	r := &v1.Rollout{Id: "000001", Service: "web", ToVersion: "v1"}
+	rev, err := s.WriteRollout(ctx, fence, r, 0, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Creating the same rollout twice is a conflict, not a lost fence.
+	if _, err := s.WriteRollout(ctx, fence, r, 0, nil, 0); !errors.Is(err, ErrConflict) {
+		t.Fatalf("double create: got %v, want ErrConflict", err)
+	}
+	// Leadership lost (session closed, key deleted): writes are refused.
+	if err := sess.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r.ToVersion = "v2"
+	if _, err := s.WriteRollout(ctx, fence, r, rev, nil, 0); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("write after losing leadership: got %v, want ErrNotLeader", err)
+	}
+	got, err := s.GetRollout(ctx, "web", "000001")
+	if err != nil || got.GetToVersion() != "v1" {
+		t.Fatalf("rollout changed by a deposed leader: %v %v", got, err)
+	}
+}
+
+func TestMirrorFollowsWrites(t *testing.T) {
+	s := startStore(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m := NewMirror(s, zerolog.Nop())
+	go func() { _ = m.Run(ctx) }()
+	ch, unsub := m.Subscribe()
+	defer unsub()
+	if err := s.PutHost(ctx, &v1.Host{Id: "h1", Labels: map[string]string{"zone": "a"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutReport(ctx, "h1", &v1.ServiceReport{Service: "web", Phase: v1.Phase_PHASE_HEALTHY}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := s.Client().Get(ctx, Prefix, clientWithCountOnlyForTest())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer wcancel()
+	if err := m.WaitRev(wctx, resp.Header.Revision); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ch:
+	case <-wctx.Done():
+		t.Fatal("no change notification")
+	}
+	if h, ok := m.Host("h1"); !ok || h.GetLabels()["zone"] != "a" {
+		t.Fatalf("host not mirrored: %v", h)
+	}
+	if r := m.Report("h1", "web"); r.GetPhase() != v1.Phase_PHASE_HEALTHY {
+		t.Fatalf("report not mirrored: %v", r)
+	}
+	epoch := m.DesiredEpoch()
+	if err := s.PutReport(ctx, "h1", &v1.ServiceReport{Service: "web", Phase: v1.Phase_PHASE_FAILED}); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitCond(wctx, func() bool { return m.Report("h1", "web").GetPhase() == v1.Phase_PHASE_FAILED }); err != nil {
+		t.Fatal(err)
+	}
+	if m.DesiredEpoch() != epoch {
+		t.Fatal("a report changed the desired epoch")
+	}
+	if err := s.PutConn(ctx, "h1", "c1", 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitCond(wctx, func() bool { return m.Connected("h1") }); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteConn(ctx, "h1", "other"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteConn(ctx, "h1", "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitCond(wctx, func() bool { return !m.Connected("h1") }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitCond(ctx context.Context, f func() bool) error {
+	for !f() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+func clientWithCountOnlyForTest() clientv3.OpOption { return clientv3.WithCountOnly() }
