@@ -1,0 +1,66 @@
+// Command fleetwave-coordinator runs Fleetwave's control plane. With no
+// --etcd-endpoints it starts an embedded single-node etcd in --data-dir.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/fleetwave/fleetwave/coordinator"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "fleetwave-coordinator:", err)
+		if errors.Is(err, errUsage) {
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
+
+var errUsage = errors.New("usage")
+
+func run(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("fleetwave-coordinator", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg coordinator.Config
+	var endpoints, level string
+	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:7070", "gRPC listen address for agents and operators")
+	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the embedded etcd and the artifact store (required)")
+	fs.StringVar(&endpoints, "etcd-endpoints", "", "comma-separated external etcd endpoints; empty starts an embedded etcd")
+	fs.StringVar(&cfg.Name, "name", "", "this coordinator's name (default: the listen address)")
+	fs.Int64Var(&cfg.MaxArtifactBytes, "max-artifact-bytes", 1<<30, "largest artifact accepted")
+	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", 5*time.Second, "leader lease TTL")
+	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
+	}
+	if endpoints != "" {
+		cfg.EtcdEndpoints = strings.Split(endpoints, ",")
+	}
+	lvl, err := zerolog.ParseLevel(level)
+	if err != nil {
+		return fmt.Errorf("%w: --log-level: %q: want debug, info, warn or error", errUsage, level)
+	}
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	log := zerolog.New(stderr).Level(lvl).With().Timestamp().Str("component", "coordinator").Logger()
+	return coordinator.Run(ctx, cfg, log)
+}

@@ -1,0 +1,211 @@
+// Package coordinator wires Fleetwave's control plane: etcd (embedded or
+// external), the mirror of the keyspace, leader election with the rollout
+// loop, the agent stream hub, the operator API and the artifact store, all
+// served over one gRPC listener with the standard health service and server
+// reflection. Decisions are made by coordinator/rollout (pure); this package
+// does the I/O around them. It must not import the agent.
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/fleetwave/fleetwave/coordinator/artifacts"
+	"github.com/fleetwave/fleetwave/coordinator/store"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// Config is the coordinator's configuration.
+type Config struct {
+	// Listen is the gRPC address for agents and operators.
+	Listen string
+	// DataDir holds the embedded etcd data and the artifact store.
+	DataDir string
+	// EtcdEndpoints selects an external etcd cluster; empty starts an
+	// embedded single-node etcd in DataDir.
+	EtcdEndpoints []string
+	// Name identifies this coordinator (default: the listen address).
+	Name string
+	// MaxArtifactBytes caps uploads (default 1 GiB).
+	MaxArtifactBytes int64
+	// LeaseTTL is the leader session's TTL (default 5s): how long a dead
+	// leader blocks a new one.
+	LeaseTTL time.Duration
+	// Ready, if set, receives the bound listen address once serving.
+	Ready func(addr string)
+}
+
+// Validate checks the config; errors name the field.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Listen == "" {
+		errs = append(errs, errors.New("listen: must be set (e.g. 127.0.0.1:7070)"))
+	} else if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		errs = append(errs, fmt.Errorf("listen: %q: %w", c.Listen, err))
+	}
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("data-dir: must be set"))
+	}
+	for _, e := range c.EtcdEndpoints {
+		if !strings.HasPrefix(e, "http://") && !strings.HasPrefix(e, "https://") && strings.Contains(e, "://") {
+			errs = append(errs, fmt.Errorf("etcd-endpoints: %q: want host:port or http(s)://host:port", e))
+		}
+	}
+	if c.MaxArtifactBytes < 0 {
+		errs = append(errs, fmt.Errorf("max-artifact-bytes: %d is negative", c.MaxArtifactBytes))
+	}
+	if c.LeaseTTL < 0 || (c.LeaseTTL > 0 && c.LeaseTTL < time.Second) {
+		errs = append(errs, fmt.Errorf("lease-ttl: %s: want at least 1s", c.LeaseTTL))
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) defaults() {
+	if c.MaxArtifactBytes == 0 {
+		c.MaxArtifactBytes = 1 << 30
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = 5 * time.Second
+	}
+}
+
+// Coordinator is one running control-plane process.
+type Coordinator struct {
+	cfg    Config
+	log    zerolog.Logger
+	store  *store.Store
+	mirror *store.Mirror
+	arts   *artifacts.Store
+	hub    *hub
+	leader *leader
+	sess   *concurrency.Session
+}
+
+// Run starts the coordinator and serves until ctx ends.
+func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	cfg.defaults()
+	if cfg.Name == "" {
+		cfg.Name = cfg.Listen
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data-dir %s: %w", cfg.DataDir, err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	endpoints := cfg.EtcdEndpoints
+	if len(endpoints) == 0 {
+		emb, err := store.StartEmbedded(filepath.Join(cfg.DataDir, "etcd"), "", log)
+		if err != nil {
+			return err
+		}
+		defer emb.Close()
+		endpoints = emb.Endpoints
+		go func() {
+			select {
+			case err := <-emb.Err():
+				log.Error().Err(err).Msg("embedded etcd failed")
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+	}
+	cli, err := store.Dial(endpoints)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	arts, err := artifacts.New(filepath.Join(cfg.DataDir, "artifacts"), cfg.MaxArtifactBytes, log)
+	if err != nil {
+		return err
+	}
+	sess, err := concurrency.NewSession(cli, concurrency.WithTTL(int(cfg.LeaseTTL.Seconds())), concurrency.WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("etcd session at %v: %w", endpoints, err)
+	}
+	defer sess.Close()
+
+	c := &Coordinator{cfg: cfg, log: log, store: store.New(cli), arts: arts, sess: sess}
+	c.mirror = store.NewMirror(c.store, log)
+	c.hub = newHub(c)
+	c.leader = newLeader(c)
+
+	go func() {
+		_ = c.mirror.Run(ctx)
+	}()
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	err = c.mirror.WaitRev(wctx, 0)
+	wcancel()
+	if err != nil {
+		return fmt.Errorf("load state from etcd %v: %w", endpoints, err)
+	}
+
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	srv := grpc.NewServer(
+		grpc.MaxRecvMsgSize(4<<20),
+		grpc.MaxSendMsgSize(64<<20),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 15 * time.Second, Timeout: 10 * time.Second}),
+	)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(srv, hs)
+	reflection.Register(srv)
+	v1.RegisterAgentServiceServer(srv, c.hub)
+	v1.RegisterArtifactServiceServer(srv, arts)
+	v1.RegisterOperatorServiceServer(srv, &operator{c: c})
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+
+	go c.hub.pushLoop(ctx)
+	go c.leader.run(ctx)
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(lis) }()
+	log.Info().Str("addr", lis.Addr().String()).Str("name", cfg.Name).Strs("etcd", endpoints).Msg("coordinator serving")
+	if cfg.Ready != nil {
+		cfg.Ready(lis.Addr().String())
+	}
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		cancel()
+		return fmt.Errorf("serve %s: %w", cfg.Listen, err)
+	case <-sess.Done():
+		log.Error().Msg("etcd session lost; exiting")
+		cancel()
+	}
+	hs.Shutdown()
+	stopped := make(chan struct{})
+	go func() { srv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		srv.Stop()
+	}
+	c.hub.closeAll()
+	log.Info().Msg("coordinator stopped")
+	return nil
+}
+
+// lease is this coordinator's session lease; connection records live on it.
+func (c *Coordinator) lease() clientv3.LeaseID { return c.sess.Lease() }

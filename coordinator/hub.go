@@ -1,0 +1,337 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
+	"github.com/fleetwave/fleetwave/internal/spec"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// hub serves the agents' Connect streams: it records hellos, connections and
+// reports in etcd and pushes each connected host its full set of
+// assignments whenever what it should run changes.
+type hub struct {
+	v1.UnimplementedAgentServiceServer
+	c *Coordinator
+
+	mu     sync.Mutex
+	conns  map[string]*agentConn
+	cached *desiredTable
+}
+
+type agentConn struct {
+	host   string
+	labels map[string]string
+	// out holds the newest assignment set not yet sent (capacity 1; a newer
+	// set replaces an unsent older one: level-triggered).
+	out    chan *v1.ConnectResponse
+	cancel context.CancelFunc
+	// last is the encoding of the last set queued, to skip repeats.
+	last []byte
+}
+
+func newHub(c *Coordinator) *hub {
+	return &hub{c: c, conns: map[string]*agentConn{}}
+}
+
+const maxServicesPerHello = 1000
+
+func validateReport(r *v1.ServiceReport) error {
+	if r == nil {
+		return errors.New("report: missing")
+	}
+	if err := spec.CheckName("report.service", r.GetService()); err != nil {
+		return err
+	}
+	for _, f := range []struct{ field, v string }{
+		{"report.current_version", r.GetCurrentVersion()},
+		{"report.target_version", r.GetTargetVersion()},
+		{"report.last_good_version", r.GetLastGoodVersion()},
+	} {
+		if f.v != "" {
+			if err := spec.CheckVersion(f.field, f.v); err != nil {
+				return err
+			}
+		}
+	}
+	if r.GetGeneration() < 0 {
+		return fmt.Errorf("report.generation: %d is negative", r.GetGeneration())
+	}
+	if len(r.GetReason()) > 4096 {
+		return fmt.Errorf("report.reason: %d bytes, over 4096", len(r.GetReason()))
+	}
+	if len(r.GetChecks()) > 64 {
+		return fmt.Errorf("report.checks: %d entries, over 64", len(r.GetChecks()))
+	}
+	return nil
+}
+
+func validateHello(h *v1.Hello) error {
+	if h == nil {
+		return errors.New("hello: the first message must be a hello")
+	}
+	if err := spec.CheckHostID("hello.host_id", h.GetHostId()); err != nil {
+		return err
+	}
+	if err := spec.CheckLabels("hello.labels", h.GetLabels()); err != nil {
+		return err
+	}
+	if len(h.GetServices()) > maxServicesPerHello {
+		return fmt.Errorf("hello.services: %d entries, over %d", len(h.GetServices()), maxServicesPerHello)
+	}
+	for i, r := range h.GetServices() {
+		if err := validateReport(r); err != nil {
+			return fmt.Errorf("hello.services[%d]: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// Connect implements AgentService.Connect.
+func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	hello := first.GetHello()
+	if err := validateHello(hello); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	id := hello.GetHostId()
+	log := h.c.log.With().Str("host", id).Logger()
+	from := ""
+	if p, ok := peer.FromContext(ctx); ok {
+		from = p.Addr.String()
+	}
+
+	// Record the host (labels) when new or changed; never on a heartbeat.
+	if old, ok := h.c.mirror.Host(id); !ok || !equalLabels(old.GetLabels(), hello.GetLabels()) || old.GetAgentVersion() != hello.GetAgentVersion() {
+		rec := &v1.Host{Id: id, Labels: hello.GetLabels(), AgentVersion: hello.GetAgentVersion(), LastSeen: timestamppb.Now()}
+		if err := h.c.store.PutHost(ctx, rec); err != nil {
+			return status.Error(codes.Unavailable, err.Error())
+		}
+	}
+	for _, r := range hello.GetServices() {
+		if err := h.saveReport(ctx, id, r); err != nil {
+			return status.Error(codes.Unavailable, err.Error())
+		}
+	}
+	conn := &agentConn{host: id, labels: hello.GetLabels(), out: make(chan *v1.ConnectResponse, 1), cancel: cancel}
+	h.mu.Lock()
+	if old := h.conns[id]; old != nil {
+		old.cancel()
+	}
+	h.conns[id] = conn
+	h.mu.Unlock()
+	defer func() {
+		h.mu.Lock()
+		if h.conns[id] == conn {
+			delete(h.conns, id)
+		}
+		h.mu.Unlock()
+		dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer dcancel()
+		if err := h.c.store.DeleteConn(dctx, id, h.c.cfg.Name); err != nil {
+			log.Warn().Err(err).Msg("record disconnect failed")
+		}
+		log.Info().Msg("agent disconnected")
+	}()
+	if err := h.c.store.PutConn(ctx, id, h.c.cfg.Name, h.c.lease()); err != nil {
+		return status.Error(codes.Unavailable, err.Error())
+	}
+	log.Info().Str("from", from).Int("services", len(hello.GetServices())).Msg("agent connected")
+	h.queue(conn, true)
+
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			r := m.GetReport()
+			if r == nil {
+				recvErr <- status.Error(codes.InvalidArgument, "message: want a report after the hello")
+				return
+			}
+			if err := validateReport(r); err != nil {
+				log.Warn().Err(err).Msg("invalid report ignored")
+				continue
+			}
+			if err := h.saveReport(ctx, id, r); err != nil {
+				recvErr <- status.Error(codes.Unavailable, err.Error())
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return status.Error(codes.Canceled, "connection replaced or coordinator stopping")
+		case err := <-recvErr:
+			return err
+		case m := <-conn.out:
+			if err := stream.Send(m); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// saveReport writes a report when it differs from the stored one (ignoring
+// its timestamp), so etcd load follows state changes, not chatter.
+func (h *hub) saveReport(ctx context.Context, host string, r *v1.ServiceReport) error {
+	if old := h.c.mirror.Report(host, r.GetService()); old != nil && sameReport(old, r) {
+		return nil
+	}
+	return h.c.store.PutReport(ctx, host, r)
+}
+
+func sameReport(a, b *v1.ServiceReport) bool {
+	a2, b2 := proto.Clone(a).(*v1.ServiceReport), proto.Clone(b).(*v1.ServiceReport)
+	a2.At, b2.At = nil, nil
+	return proto.Equal(a2, b2)
+}
+
+func equalLabels(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if bv, ok := b[k]; !ok || bv != v {
+			return false
+		}
+	}
+	return true
+}
+
+// desiredTable answers "what should this host run" for every service, built
+// once per change of the desired state (indexing each rollout's plan).
+type desiredTable struct {
+	epoch    uint64
+	services []desiredEntry
+}
+
+type desiredEntry struct {
+	svc     *v1.Service
+	desired func(host string, labels map[string]string) (string, int64, bool)
+}
+
+func (h *hub) table() *desiredTable {
+	epoch := h.c.mirror.DesiredEpoch()
+	h.mu.Lock()
+	t := h.cached
+	h.mu.Unlock()
+	if t != nil && t.epoch == epoch {
+		return t
+	}
+	t = &desiredTable{epoch: epoch}
+	for _, vs := range h.c.mirror.Services() {
+		svc := vs.Val
+		var latest *v1.Rollout
+		if id := svc.GetStatus().GetLastRolloutId(); id != "" {
+			if r, ok := h.c.mirror.Rollout(svc.GetSpec().GetName(), id); ok {
+				latest = r.Val
+			}
+		}
+		t.services = append(t.services, desiredEntry{svc: svc, desired: rollout.DesiredFunc(svc, latest)})
+	}
+	h.mu.Lock()
+	h.cached = t
+	h.mu.Unlock()
+	return t
+}
+
+// assignments computes the full set of assignments for a host.
+func (h *hub) assignments(t *desiredTable, host string, labels map[string]string) *v1.ConnectResponse {
+	resp := &v1.ConnectResponse{}
+	for _, e := range t.services {
+		name := e.svc.GetSpec().GetName()
+		ver, gen, ok := e.desired(host, labels)
+		if !ok {
+			continue
+		}
+		rel, ok := h.c.mirror.Release(name, ver)
+		if !ok {
+			h.c.log.Error().Str("service", name).Str("version", ver).Msg("assigned release not found")
+			continue
+		}
+		resp.Assignments = append(resp.Assignments, &v1.Assignment{Service: name, Generation: gen, Release: rel, Spec: e.svc.GetSpec()})
+	}
+	sort.Slice(resp.Assignments, func(i, j int) bool { return resp.Assignments[i].Service < resp.Assignments[j].Service })
+	return resp
+}
+
+// queue computes a host's assignments and queues them if they changed (or
+// always when force).
+func (h *hub) queue(c *agentConn, force bool) {
+	m := h.assignments(h.table(), c.host, c.labels)
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		h.c.log.Error().Err(err).Str("host", c.host).Msg("encode assignments")
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !force && string(b) == string(c.last) {
+		return
+	}
+	c.last = b
+	select {
+	case <-c.out: // drop the unsent older set
+	default:
+	}
+	c.out <- m
+}
+
+// pushLoop re-evaluates every connected host's assignments whenever what
+// hosts should run may have changed.
+func (h *hub) pushLoop(ctx context.Context) {
+	ch, unsub := h.c.mirror.Subscribe()
+	defer unsub()
+	var epoch uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ch:
+		}
+		e := h.c.mirror.DesiredEpoch()
+		if e == epoch {
+			continue
+		}
+		epoch = e
+		h.mu.Lock()
+		conns := make([]*agentConn, 0, len(h.conns))
+		for _, c := range h.conns {
+			conns = append(conns, c)
+		}
+		h.mu.Unlock()
+		for _, c := range conns {
+			h.queue(c, false)
+		}
+	}
+}
+
+func (h *hub) closeAll() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, c := range h.conns {
+		c.cancel()
+	}
+}

@@ -1,0 +1,244 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/fleetwave/fleetwave/coordinator/store"
+	"github.com/fleetwave/fleetwave/internal/spec"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// operator implements OperatorService over the store and the leader loop.
+type operator struct {
+	v1.UnimplementedOperatorServiceServer
+	c *Coordinator
+}
+
+func grpcErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, store.ErrNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, store.ErrExists):
+		return status.Error(codes.AlreadyExists, err.Error())
+	case errors.Is(err, store.ErrConflict):
+		return status.Error(codes.Aborted, err.Error())
+	case errors.Is(err, ErrNotLeader), errors.Is(err, store.ErrNotLeader):
+		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return status.FromContextError(err).Err()
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
+// sync waits until the mirror has everything committed before the call, so
+// reads through it see the caller's earlier writes.
+func (o *operator) sync(ctx context.Context) error {
+	resp, err := o.c.store.Client().Get(ctx, store.ElectionPrefix, clientv3.WithCountOnly())
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "etcd: %v", err)
+	}
+	return o.c.mirror.WaitRev(ctx, resp.Header.Revision)
+}
+
+func (o *operator) ApplyService(ctx context.Context, req *v1.ApplyServiceRequest) (*v1.ApplyServiceResponse, error) {
+	if req.GetSpec() == nil {
+		return nil, status.Error(codes.InvalidArgument, "spec: missing")
+	}
+	if err := spec.Validate(req.GetSpec()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	svc, created, err := o.c.store.ApplySpec(ctx, req.GetSpec(), time.Now())
+	if err != nil {
+		return nil, grpcErr(err)
+	}
+	o.c.log.Info().Str("service", req.GetSpec().GetName()).Bool("created", created).Msg("service applied")
+	return &v1.ApplyServiceResponse{Service: svc, Created: created}, nil
+}
+
+func (o *operator) ListServices(ctx context.Context, _ *v1.ListServicesRequest) (*v1.ListServicesResponse, error) {
+	if err := o.sync(ctx); err != nil {
+		return nil, grpcErr(err)
+	}
+	resp := &v1.ListServicesResponse{}
+	for _, vs := range o.c.mirror.Services() {
+		resp.Services = append(resp.Services, vs.Val)
+	}
+	return resp, nil
+}
+
+func (o *operator) GetService(ctx context.Context, req *v1.GetServiceRequest) (*v1.GetServiceResponse, error) {
+	if err := o.sync(ctx); err != nil {
+		return nil, grpcErr(err)
+	}
+	vs, ok := o.c.mirror.Service(req.GetName())
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "service %q not found", req.GetName())
+	}
+	return &v1.GetServiceResponse{Service: vs.Val}, nil
+}
+
+func (o *operator) CreateRelease(ctx context.Context, req *v1.CreateReleaseRequest) (*v1.CreateReleaseResponse, error) {
+	rel := proto.Clone(req.GetRelease()).(*v1.Release)
+	if rel == nil {
+		return nil, status.Error(codes.InvalidArgument, "release: missing")
+	}
+	if err := spec.ValidateRelease(rel); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := o.sync(ctx); err != nil {
+		return nil, grpcErr(err)
+	}
+	if _, ok := o.c.mirror.Service(rel.GetService()); !ok {
+		return nil, status.Errorf(codes.NotFound, "release.service: service %q not found (apply its spec first)", rel.GetService())
+	}
+	if rel.GetArtifact().GetUrl() == "" {
+		size, err := o.c.arts.Stat(rel.GetArtifact().GetSha256())
+		if err != nil {
+			return nil, status.Errorf(codes.FailedPrecondition, "release.artifact.sha256: %s is not in the artifact store (upload it first): %v", rel.GetArtifact().GetSha256(), err)
+		}
+		if size != rel.GetArtifact().GetSize() {
+			return nil, status.Errorf(codes.InvalidArgument, "release.artifact.size: %d, but the stored artifact has %d bytes", rel.GetArtifact().GetSize(), size)
+		}
+	}
+	rel.CreatedAt = timestamppb.Now()
+	if rel.GetCreatedBy() == "" {
+		rel.CreatedBy = caller(ctx)
+	}
+	if err := o.c.store.CreateRelease(ctx, rel); err != nil {
+		return nil, grpcErr(err)
+	}
+	o.c.log.Info().Str("service", rel.GetService()).Str("version", rel.GetVersion()).Str("sha256", rel.GetArtifact().GetSha256()).Str("by", rel.GetCreatedBy()).Msg("release created")
+	resp := &v1.CreateReleaseResponse{Release: rel}
+	r, err := o.c.leader.call(ctx, leaderReq{service: rel.GetService()})
+	if err != nil {
+		o.c.log.Warn().Err(err).Str("service", rel.GetService()).Msg("release stored; rollout will start on the leader")
+		return resp, nil
+	}
+	if r != nil && r.GetToVersion() == rel.GetVersion() {
+		resp.Rollout = r
+	}
+	return resp, nil
+}
+
+// caller names who made a call, for the record. Until operators
+// authenticate (mutual TLS, a later issue) that is the peer address.
+func caller(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok {
+		return "peer:" + p.Addr.String()
+	}
+	return "unknown"
+}
+
+func (o *operator) ListReleases(ctx context.Context, req *v1.ListReleasesRequest) (*v1.ListReleasesResponse, error) {
+	if err := o.sync(ctx); err != nil {
+		return nil, grpcErr(err)
+	}
+	if _, ok := o.c.mirror.Service(req.GetService()); !ok {
+		return nil, status.Errorf(codes.NotFound, "service %q not found", req.GetService())
+	}
+	return &v1.ListReleasesResponse{Releases: o.c.mirror.Releases(req.GetService())}, nil
+}
+
+func (o *operator) rollout(service, id string) (*v1.Rollout, error) {
+	vs, ok := o.c.mirror.Service(service)
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "service %q not found", service)
+	}
+	if id == "" {
+		id = vs.Val.GetStatus().GetLastRolloutId()
+		if id == "" {
+			return nil, status.Errorf(codes.NotFound, "service %q has no rollout yet", service)
+		}
+	}
+	vr, ok := o.c.mirror.Rollout(service, id)
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "rollout %s of service %q not found", id, service)
+	}
+	return vr.Val, nil
+}
+
+func (o *operator) GetRollout(ctx context.Context, req *v1.GetRolloutRequest) (*v1.GetRolloutResponse, error) {
+	if err := o.sync(ctx); err != nil {
+		return nil, grpcErr(err)
+	}
+	r, err := o.rollout(req.GetService(), req.GetId())
+	if err != nil {
+		return nil, err
+	}
+	return &v1.GetRolloutResponse{Rollout: r}, nil
+}
+
+func (o *operator) WatchRollout(req *v1.WatchRolloutRequest, stream v1.OperatorService_WatchRolloutServer) error {
+	ctx := stream.Context()
+	ch, unsub := o.c.mirror.Subscribe()
+	defer unsub()
+	if err := o.sync(ctx); err != nil {
+		return grpcErr(err)
+	}
+	id := req.GetId()
+	var last *v1.Rollout
+	for {
+		r, err := o.rollout(req.GetService(), id)
+		if err != nil {
+			return err
+		}
+		id = r.GetId() // follow the rollout we started with
+		if last == nil || !proto.Equal(last, r) {
+			if err := stream.Send(&v1.WatchRolloutResponse{Rollout: r}); err != nil {
+				return err
+			}
+			last = r
+		}
+		if terminal(r.GetState()) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return grpcErr(ctx.Err())
+		case <-ch:
+		}
+	}
+}
+
+func (o *operator) ApproveRollout(ctx context.Context, req *v1.ApproveRolloutRequest) (*v1.ApproveRolloutResponse, error) {
+	if err := spec.CheckName("service", req.GetService()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	r, err := o.c.leader.call(ctx, leaderReq{service: req.GetService(), approve: true})
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) || errors.Is(err, ErrNotLeader) || errors.Is(err, store.ErrNotLeader) {
+			return nil, grpcErr(err)
+		}
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
+	o.c.log.Info().Str("service", req.GetService()).Str("rollout", r.GetId()).Str("by", caller(ctx)).Msg("rollout approved")
+	return &v1.ApproveRolloutResponse{Rollout: r}, nil
+}
+
+func (o *operator) ListHosts(ctx context.Context, _ *v1.ListHostsRequest) (*v1.ListHostsResponse, error) {
+	if err := o.sync(ctx); err != nil {
+		return nil, grpcErr(err)
+	}
+	resp := &v1.ListHostsResponse{}
+	for _, h := range o.c.mirror.Hosts() {
+		h2 := proto.Clone(h).(*v1.Host)
+		h2.Connected = o.c.mirror.Connected(h.GetId())
+		h2.Services = o.c.mirror.Reports(h.GetId())
+		resp.Hosts = append(resp.Hosts, h2)
+	}
+	return resp, nil
+}

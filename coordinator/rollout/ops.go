@@ -1,0 +1,158 @@
+package rollout
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// ErrState is wrapped by errors about a rollout that is not in the state an
+// operation needs.
+var ErrState = errors.New("rollout is in the wrong state")
+
+// Approve moves a WAITING_APPROVAL rollout to PROGRESSING, its first wave
+// PROGRESSING (started_at = last_progress_at = now). Any other state is an
+// error wrapping ErrState and naming the state. r is not mutated.
+func Approve(r *v1.Rollout, now time.Time) (*v1.Rollout, error) {
+	if r == nil {
+		return nil, fmt.Errorf("approve: no rollout: %w", ErrState)
+	}
+	if st := r.GetState(); st != v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL {
+		return nil, fmt.Errorf("approve rollout %s: it is %s, not WAITING_APPROVAL: %w", r.GetId(), stateName(st), ErrState)
+	}
+	out := proto.Clone(r).(*v1.Rollout)
+	start(out, now)
+	return out, nil
+}
+
+// Fail fails a non-terminal rollout by hand or for an external reason (abort):
+// state FAILED, reason, finished_at = now, and its current wave (if
+// progressing or baking) FAILED. A terminal rollout (or nil) is returned as
+// is. r is not mutated.
+func Fail(r *v1.Rollout, reason string, now time.Time) *v1.Rollout {
+	return end(r, v1.RolloutState_ROLLOUT_STATE_FAILED, reason, now)
+}
+
+// Supersede ends a non-terminal rollout because a newer release replaces it:
+// state SUPERSEDED, reason, finished_at = now. A terminal rollout (or nil) is
+// returned as is. r is not mutated.
+func Supersede(r *v1.Rollout, reason string, now time.Time) *v1.Rollout {
+	return end(r, v1.RolloutState_ROLLOUT_STATE_SUPERSEDED, reason, now)
+}
+
+func end(r *v1.Rollout, st v1.RolloutState, reason string, now time.Time) *v1.Rollout {
+	if r == nil || Terminal(r) {
+		return r
+	}
+	out := proto.Clone(r).(*v1.Rollout)
+	out.State = st
+	out.Reason = reason
+	out.FinishedAt = timestamppb.New(now)
+	if st == v1.RolloutState_ROLLOUT_STATE_FAILED {
+		for _, w := range out.Waves {
+			if w == nil || w.State == v1.WaveState_WAVE_STATE_DONE {
+				continue
+			}
+			if w.State == v1.WaveState_WAVE_STATE_PROGRESSING || w.State == v1.WaveState_WAVE_STATE_BAKING {
+				w.State = v1.WaveState_WAVE_STATE_FAILED
+				w.DoneAt = timestamppb.New(now)
+			}
+			break
+		}
+	}
+	return out
+}
+
+// Desired is what host hostID (with labels) should run for svc given the
+// service's newest rollout r (may be nil or terminal). ok=false means no
+// assignment (not selected, or nothing released yet).
+//
+// If r is non-terminal and the host is in r's plan with state != PENDING:
+// (r.to_version, r.generation). Otherwise, if selected and
+// svc.Status.StableVersion != "": (StableVersion, StableGeneration).
+//
+// It scans r's plan; to ask for many hosts use DesiredFunc.
+func Desired(svc *v1.Service, r *v1.Rollout, hostID string, labels map[string]string) (version string, generation int64, ok bool) {
+	if r != nil && !Terminal(r) {
+		for _, w := range r.GetWaves() {
+			for _, h := range w.GetHosts() {
+				if h.GetHostId() == hostID {
+					return desired(svc, r, h.GetState(), true, labels)
+				}
+			}
+		}
+	}
+	return desired(svc, r, 0, false, labels)
+}
+
+// DesiredFunc returns Desired for svc and r with the plan indexed once, for
+// callers that ask about many hosts (after Conclude, or when a rollout
+// starts). svc and r must not change while the function is in use.
+func DesiredFunc(svc *v1.Service, r *v1.Rollout) func(hostID string, labels map[string]string) (version string, generation int64, ok bool) {
+	var idx map[string]v1.HostRolloutState
+	if r != nil && !Terminal(r) {
+		idx = make(map[string]v1.HostRolloutState, countHosts(r))
+		for _, w := range r.GetWaves() {
+			for _, h := range w.GetHosts() {
+				if _, dup := idx[h.GetHostId()]; !dup {
+					idx[h.GetHostId()] = h.GetState()
+				}
+			}
+		}
+	}
+	return func(hostID string, labels map[string]string) (string, int64, bool) {
+		st, inPlan := idx[hostID]
+		return desired(svc, r, st, inPlan, labels)
+	}
+}
+
+func desired(svc *v1.Service, r *v1.Rollout, st v1.HostRolloutState, inPlan bool, labels map[string]string) (string, int64, bool) {
+	if inPlan && r != nil && !Terminal(r) &&
+		st != v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING && st != v1.HostRolloutState_HOST_ROLLOUT_STATE_UNSPECIFIED {
+		return r.GetToVersion(), r.GetGeneration(), true
+	}
+	status := svc.GetStatus()
+	if status.GetStableVersion() == "" || !Selects(svc.GetSpec().GetSelector(), labels) {
+		return "", 0, false
+	}
+	return status.GetStableVersion(), status.GetStableGeneration(), true
+}
+
+// Conclude returns the new ServiceStatus (a copy) after r became terminal:
+//   - SUCCEEDED: stable = (to_version, r.generation);
+//   - FAILED: stable = (from_version, r.generation+1), frozen = true,
+//     frozen_reason = r.reason (so every host that moved is assigned last
+//     good with a newer generation);
+//   - SUPERSEDED: stable = (from_version, r.generation+1), not frozen.
+//
+// last_rollout_id is r.id; other fields (frozen after a success, rollout_seq)
+// are kept. Calling it on a non-terminal (or nil) rollout returns st itself,
+// unchanged. st may be nil.
+func Conclude(st *v1.ServiceStatus, r *v1.Rollout) *v1.ServiceStatus {
+	if r == nil || !Terminal(r) {
+		return st
+	}
+	out := &v1.ServiceStatus{}
+	if st != nil {
+		out = proto.Clone(st).(*v1.ServiceStatus)
+	}
+	switch r.GetState() {
+	case v1.RolloutState_ROLLOUT_STATE_SUCCEEDED:
+		out.StableVersion = r.GetToVersion()
+		out.StableGeneration = r.GetGeneration()
+	case v1.RolloutState_ROLLOUT_STATE_FAILED:
+		out.StableVersion = r.GetFromVersion()
+		out.StableGeneration = r.GetGeneration() + 1
+		out.Frozen = true
+		out.FrozenReason = r.GetReason()
+	case v1.RolloutState_ROLLOUT_STATE_SUPERSEDED:
+		out.StableVersion = r.GetFromVersion()
+		out.StableGeneration = r.GetGeneration() + 1
+	}
+	out.LastRolloutId = r.GetId()
+	return out
+}

@@ -1,0 +1,180 @@
+package rollout
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+	"google.golang.org/protobuf/proto"
+)
+
+func TestApprove(t *testing.T) {
+	r := New("r1", newSvc(&v1.RolloutPolicy{Mode: ModeManual}, nil), toV, zoned(3, "a"), t0)
+	before := proto.Clone(r)
+	now := t0.Add(time.Hour)
+	out, err := Approve(r, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(r, before) {
+		t.Fatalf("Approve mutated its input")
+	}
+	if out.State != rProg || out.Waves[0].State != wProg || !out.StartedAt.AsTime().Equal(now) ||
+		!out.LastProgressAt.AsTime().Equal(now) || !out.Waves[0].StartedAt.AsTime().Equal(now) {
+		t.Fatalf("approved rollout = %v", out)
+	}
+	out, _ = step(t, out, fleet{}, now)
+	if hostOf(out, "host-000").State != updating {
+		t.Errorf("canary not assigned after approval")
+	}
+
+	for _, bad := range []*v1.Rollout{out, Fail(out, "x", now), nil} {
+		_, err := Approve(bad, now)
+		if !errors.Is(err, ErrState) {
+			t.Errorf("Approve(%v) err = %v, want ErrState", bad.GetState(), err)
+		}
+		if bad != nil && !strings.Contains(err.Error(), stateName(bad.GetState())) {
+			t.Errorf("error %q does not name the state", err)
+		}
+	}
+}
+
+func TestFailAndSupersede(t *testing.T) {
+	r := plan3(&v1.RolloutPolicy{MaxParallel: 1})
+	r, _ = step(t, r, fleet{}, t0)
+	before := proto.Clone(r)
+	now := t0.Add(time.Minute)
+	out := Fail(r, "aborted by alice", now)
+	if !proto.Equal(r, before) {
+		t.Fatalf("Fail mutated its input")
+	}
+	if out.State != rFailed || out.Reason != "aborted by alice" || !out.FinishedAt.AsTime().Equal(now) || out.Waves[0].State != wFailed {
+		t.Fatalf("Fail gave %v %q wave %v", out.State, out.Reason, out.Waves[0].State)
+	}
+	if again := Fail(out, "again", now.Add(time.Minute)); again != out {
+		t.Errorf("Fail of a failed rollout changed it")
+	}
+	if s := Supersede(out, "v3", now); s != out {
+		t.Errorf("Supersede of a failed rollout changed it")
+	}
+	sup := Supersede(r, "replaced by v3", now)
+	if sup.State != v1.RolloutState_ROLLOUT_STATE_SUPERSEDED || sup.Reason != "replaced by v3" || !Terminal(sup) {
+		t.Errorf("Supersede gave %v", sup.State)
+	}
+	manual := New("r1", newSvc(&v1.RolloutPolicy{Mode: ModeManual}, nil), toV, zoned(3, "a"), t0)
+	if f := Fail(manual, "rejected", now); f.State != rFailed {
+		t.Errorf("Fail of a waiting rollout = %v", f.State)
+	}
+	if Fail(nil, "x", now) != nil {
+		t.Errorf("Fail(nil) != nil")
+	}
+}
+
+func TestDesired(t *testing.T) {
+	pol := &v1.RolloutPolicy{NoCanary: true, Waves: []uint32{100}, MaxParallel: 1}
+	svc := newSvc(pol, map[string]string{"role": "web"})
+	hosts := zoned(3, "a")
+	r := New("r1", svc, toV, hosts, t0)
+	r, _ = step(t, r, fleet{}, t0) // host-000 UPDATING, others PENDING
+	web := map[string]string{"role": "web"}
+	db := map[string]string{"role": "db"}
+	gen := r.Generation
+
+	type want struct {
+		v  string
+		g  int64
+		ok bool
+	}
+	cases := []struct {
+		name   string
+		svc    *v1.Service
+		r      *v1.Rollout
+		host   string
+		labels map[string]string
+		want   want
+	}{
+		{"moving host gets target", svc, r, "host-000", web, want{toV, gen, true}},
+		{"in plan, labels changed since", svc, r, "host-000", db, want{toV, gen, true}},
+		{"pending host gets stable", svc, r, "host-001", web, want{fromV, stableGen, true}},
+		{"new host gets stable", svc, r, "host-new", web, want{fromV, stableGen, true}},
+		{"unselected host", svc, r, "host-x", db, want{"", 0, false}},
+		{"no rollout", svc, nil, "host-000", web, want{fromV, stableGen, true}},
+		{"terminal rollout ignored", svc, Fail(r, "x", t0), "host-000", web, want{fromV, stableGen, true}},
+		{"nothing released", &v1.Service{Spec: svc.Spec, Status: &v1.ServiceStatus{}}, nil, "host-000", web, want{"", 0, false}},
+		{"nil service", nil, nil, "host-000", web, want{"", 0, false}},
+	}
+	for _, c := range cases {
+		v, g, ok := Desired(c.svc, c.r, c.host, c.labels)
+		if (want{v, g, ok}) != c.want {
+			t.Errorf("%s: Desired = (%q, %d, %v), want %+v", c.name, v, g, ok, c.want)
+		}
+		df := DesiredFunc(c.svc, c.r)
+		v, g, ok = df(c.host, c.labels)
+		if (want{v, g, ok}) != c.want {
+			t.Errorf("%s: DesiredFunc = (%q, %d, %v), want %+v", c.name, v, g, ok, c.want)
+		}
+	}
+
+	// A failed host of a running rollout keeps its target (the agent has
+	// already reverted for that generation).
+	f := fleet{}
+	r2 := New("r1", newSvc(&v1.RolloutPolicy{NoCanary: true, MaxFailures: 1}, nil), toV, hosts, t0)
+	r2, _ = step(t, r2, f, t0)
+	f.report(r2, "host-000", pReverted, "x")
+	r2, _ = step(t, r2, f, t0)
+	if v, _, _ := Desired(svc, r2, "host-000", web); hostOf(r2, "host-000").State != hostFail || v != toV {
+		t.Errorf("failed host desired %q", v)
+	}
+}
+
+func TestConclude(t *testing.T) {
+	st := &v1.ServiceStatus{StableVersion: fromV, StableGeneration: stableGen, LastRolloutId: "old", RolloutSeq: 7}
+	before := proto.Clone(st)
+	r := plan3(nil)
+	gen := r.Generation
+	r.Id = "r9"
+
+	if got := Conclude(st, r); got != st {
+		t.Errorf("Conclude of a running rollout did not return st itself")
+	}
+	if got := Conclude(st, nil); got != st {
+		t.Errorf("Conclude(nil rollout) did not return st itself")
+	}
+
+	ok := proto.Clone(r).(*v1.Rollout)
+	ok.State = rOK
+	got := Conclude(st, ok)
+	want := &v1.ServiceStatus{StableVersion: toV, StableGeneration: gen, LastRolloutId: "r9", RolloutSeq: 7}
+	if !proto.Equal(got, want) {
+		t.Errorf("SUCCEEDED: %v, want %v", got, want)
+	}
+
+	failed := Fail(r, "wave 0 (canary): boom", t0)
+	got = Conclude(st, failed)
+	want = &v1.ServiceStatus{StableVersion: fromV, StableGeneration: gen + 1, Frozen: true,
+		FrozenReason: "wave 0 (canary): boom", LastRolloutId: "r9", RolloutSeq: 7}
+	if !proto.Equal(got, want) {
+		t.Errorf("FAILED: %v, want %v", got, want)
+	}
+
+	sup := Supersede(r, "v3", t0)
+	got = Conclude(st, sup)
+	want = &v1.ServiceStatus{StableVersion: fromV, StableGeneration: gen + 1, LastRolloutId: "r9", RolloutSeq: 7}
+	if !proto.Equal(got, want) {
+		t.Errorf("SUPERSEDED: %v, want %v", got, want)
+	}
+	if !proto.Equal(st, before) {
+		t.Errorf("Conclude mutated st")
+	}
+	if got := Conclude(nil, ok); got.StableVersion != toV || got.LastRolloutId != "r9" {
+		t.Errorf("Conclude(nil st) = %v", got)
+	}
+	// The next rollout after a failure uses a newer generation still.
+	svc := newSvc(nil, nil)
+	svc.Status = Conclude(st, failed)
+	if next := New("r10", svc, "v3", zoned(2, "a"), t0); next.Generation != gen+2 || next.FromVersion != fromV {
+		t.Errorf("next rollout generation %d from %q", next.Generation, next.FromVersion)
+	}
+}

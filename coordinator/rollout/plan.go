@@ -1,0 +1,248 @@
+package rollout
+
+import (
+	"sort"
+	"time"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// Policy defaults and modes.
+const (
+	ModeAuto   = "auto"
+	ModeManual = "manual"
+
+	DefaultCanary           = 1
+	DefaultMaxParallel      = 1
+	DefaultProgressDeadline = 10 * time.Minute
+
+	// ZoneLabel is the host label plans are spread over.
+	ZoneLabel = "zone"
+
+	// ReasonNoHosts is the reason of a rollout that selected no host.
+	ReasonNoHosts = "no hosts selected"
+)
+
+// Host is a candidate host for a plan.
+type Host struct {
+	ID     string
+	Labels map[string]string
+}
+
+// Selects reports whether labels match every key=value of selector (empty
+// selector selects all).
+func Selects(selector, labels map[string]string) bool {
+	for k, v := range selector {
+		got, ok := labels[k]
+		if !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// WithDefaults returns a copy of p (nil allowed) with defaults filled: canary
+// 1 (0 if no_canary), waves [100], max_parallel 1, bake 0, max_failures 0,
+// progress_deadline 10m, mode "auto". A negative bake counts as 0 and a
+// non-positive progress deadline as the default. Waves are copied as given;
+// New tolerates waves that are not increasing or do not end at 100.
+func WithDefaults(p *v1.RolloutPolicy) *v1.RolloutPolicy {
+	out := &v1.RolloutPolicy{}
+	if p != nil {
+		out = proto.Clone(p).(*v1.RolloutPolicy)
+	}
+	if out.NoCanary {
+		out.Canary = 0
+	} else if out.Canary == 0 {
+		out.Canary = DefaultCanary
+	}
+	if len(out.Waves) == 0 {
+		out.Waves = []uint32{100}
+	}
+	if out.MaxParallel == 0 {
+		out.MaxParallel = DefaultMaxParallel
+	}
+	if out.Bake == nil || out.Bake.AsDuration() < 0 {
+		out.Bake = durationpb.New(0)
+	}
+	if out.ProgressDeadline == nil || out.ProgressDeadline.AsDuration() <= 0 {
+		out.ProgressDeadline = durationpb.New(DefaultProgressDeadline)
+	}
+	if out.Mode == "" {
+		out.Mode = ModeAuto
+	}
+	return out
+}
+
+// New builds a rollout of svc to version `to` over the hosts (the engine
+// filters by svc.Spec.Selector itself; hosts not selected are never in the
+// plan). It is deterministic: same inputs give the same plan, whatever the
+// order of hosts.
+//
+// Plan: first wave = canary (policy.canary hosts) unless no_canary, then one
+// wave per cumulative percentage of the selected hosts (ceil), each wave
+// non-empty (percentages that add no host are skipped; a percentage above 100
+// counts as 100, and hosts left after the last percentage form a last wave).
+// Hosts are ordered so each wave covers zones evenly where the label "zone"
+// exists: sorted by id inside each zone, then zones interleaved round-robin in
+// sorted order, hosts without a zone label forming one more group after the
+// zones. The canary thus lands on the first zone's first host. Host ids that
+// are empty are ignored; a duplicated id is planned once.
+//
+// from_version = svc.Status.StableVersion, generation =
+// svc.Status.StableGeneration + 1, policy = WithDefaults(spec.rollout).
+// state = WAITING_APPROVAL if mode "manual", else PROGRESSING with the first
+// wave PROGRESSING (started_at = last_progress_at = now). All hosts are
+// PENDING: the first Step assigns them. A rollout with zero selected hosts
+// succeeds at once (state SUCCEEDED, reason "no hosts selected"), in either
+// mode.
+func New(id string, svc *v1.Service, to string, hosts []Host, now time.Time) *v1.Rollout {
+	spec := svc.GetSpec()
+	st := svc.GetStatus()
+	pol := WithDefaults(spec.GetRollout())
+	r := &v1.Rollout{
+		Id:          id,
+		Service:     spec.GetName(),
+		FromVersion: st.GetStableVersion(),
+		ToVersion:   to,
+		Generation:  st.GetStableGeneration() + 1,
+		Policy:      pol,
+		Waves:       buildWaves(planOrder(spec.GetSelector(), hosts), pol),
+		CreatedAt:   timestamppb.New(now),
+	}
+	switch {
+	case len(r.Waves) == 0:
+		r.State = v1.RolloutState_ROLLOUT_STATE_SUCCEEDED
+		r.Reason = ReasonNoHosts
+		r.StartedAt = timestamppb.New(now)
+		r.FinishedAt = timestamppb.New(now)
+	case pol.GetMode() == ModeManual:
+		r.State = v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL
+	default:
+		start(r, now)
+	}
+	return r
+}
+
+// start moves a not yet started rollout to PROGRESSING with its first wave
+// PROGRESSING, or to SUCCEEDED if it has no wave.
+func start(r *v1.Rollout, now time.Time) {
+	r.StartedAt = timestamppb.New(now)
+	r.LastProgressAt = timestamppb.New(now)
+	if len(r.Waves) == 0 {
+		r.State = v1.RolloutState_ROLLOUT_STATE_SUCCEEDED
+		r.Reason = ReasonNoHosts
+		r.FinishedAt = timestamppb.New(now)
+		return
+	}
+	r.State = v1.RolloutState_ROLLOUT_STATE_PROGRESSING
+	if w := r.Waves[0]; w != nil {
+		w.State = v1.WaveState_WAVE_STATE_PROGRESSING
+		w.StartedAt = timestamppb.New(now)
+	}
+}
+
+// planOrder returns the ids of the selected hosts in plan order.
+func planOrder(selector map[string]string, hosts []Host) []string {
+	type cand struct {
+		id, zone string
+		hasZone  bool
+	}
+	cands := make([]cand, 0, len(hosts))
+	for _, h := range hosts {
+		if h.ID == "" || !Selects(selector, h.Labels) {
+			continue
+		}
+		z, ok := h.Labels[ZoneLabel]
+		cands = append(cands, cand{id: h.ID, zone: z, hasZone: ok})
+	}
+	// Sort by id, then by zone so that a duplicated id resolves the same
+	// way whatever the input order.
+	sort.Slice(cands, func(i, j int) bool {
+		a, b := cands[i], cands[j]
+		if a.id != b.id {
+			return a.id < b.id
+		}
+		if a.hasZone != b.hasZone {
+			return a.hasZone
+		}
+		return a.zone < b.zone
+	})
+	byZone := map[string][]string{}
+	var zones, noZone []string
+	for i, c := range cands {
+		if i > 0 && cands[i-1].id == c.id {
+			continue
+		}
+		if !c.hasZone {
+			noZone = append(noZone, c.id)
+			continue
+		}
+		if _, ok := byZone[c.zone]; !ok {
+			zones = append(zones, c.zone)
+		}
+		byZone[c.zone] = append(byZone[c.zone], c.id)
+	}
+	sort.Strings(zones)
+	groups := make([][]string, 0, len(zones)+1)
+	for _, z := range zones {
+		groups = append(groups, byZone[z])
+	}
+	if len(noZone) > 0 {
+		groups = append(groups, noZone)
+	}
+	var out []string
+	for round := 0; ; round++ {
+		added := false
+		for _, g := range groups {
+			if round < len(g) {
+				out = append(out, g[round])
+				added = true
+			}
+		}
+		if !added {
+			return out
+		}
+	}
+}
+
+// buildWaves cuts the ordered hosts into waves following pol (defaulted).
+func buildWaves(order []string, pol *v1.RolloutPolicy) []*v1.Wave {
+	n := len(order)
+	var waves []*v1.Wave
+	add := func(ids []string, canary bool) {
+		w := &v1.Wave{
+			Index:  uint32(len(waves)),
+			State:  v1.WaveState_WAVE_STATE_PENDING,
+			Canary: canary,
+			Hosts:  make([]*v1.HostProgress, len(ids)),
+		}
+		for i, id := range ids {
+			w.Hosts[i] = &v1.HostProgress{HostId: id, State: v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING}
+		}
+		waves = append(waves, w)
+	}
+	covered := 0
+	if !pol.GetNoCanary() {
+		if c := min(int64(pol.GetCanary()), int64(n)); c > 0 {
+			add(order[:c], true)
+			covered = int(c)
+		}
+	}
+	for _, p := range pol.GetWaves() {
+		p = min(p, 100)
+		target := int((int64(n)*int64(p) + 99) / 100)
+		if target <= covered {
+			continue
+		}
+		add(order[covered:target], false)
+		covered = target
+	}
+	if covered < n {
+		add(order[covered:], false)
+	}
+	return waves
+}

@@ -1,0 +1,383 @@
+package rollout
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+	"google.golang.org/protobuf/proto"
+)
+
+// simAgent is a crude model of one host's agent for one service.
+type simAgent struct {
+	labels    map[string]string
+	selected  bool
+	connected bool
+	gen       int64  // generation of the assignment it has
+	version   string // version of that assignment
+	current   string // version it runs
+	phase     v1.Phase
+	ticks     int  // ticks left before the install ends
+	willFail  bool // the install of the current assignment fails
+	report    *v1.ServiceReport
+}
+
+// simParams are a seed's fault rates.
+type simParams struct {
+	pAct, pFail, pLate, pDown, pUp float64
+}
+
+// TestSimulation drives Step through random fleets, policies and faults
+// and checks the engine's invariants after every Step.
+func TestSimulation(t *testing.T) {
+	seeds := 200
+	if testing.Short() {
+		seeds = 40
+	}
+	outcomes := map[v1.RolloutState]int{}
+	for seed := range uint64(seeds) {
+		outcomes[simulate(t, seed)]++
+		if t.Failed() {
+			return
+		}
+	}
+	t.Logf("outcomes over %d seeds: %v", seeds, outcomes)
+	// The parameters must exercise both ends.
+	if outcomes[rOK] == 0 || outcomes[rFailed] == 0 {
+		t.Errorf("simulation never reached one of SUCCEEDED/FAILED: %v", outcomes)
+	}
+}
+
+func simulate(t *testing.T, seed uint64) v1.RolloutState {
+	rng := rand.New(rand.NewPCG(seed, 0xf1ee7))
+	fatalf := func(format string, args ...any) {
+		t.Helper()
+		t.Fatalf("seed %d: %s", seed, fmt.Sprintf(format, args...))
+	}
+
+	// Fleet.
+	n := 1 + rng.IntN(300)
+	zones := []string{"a", "b", "c"}[:1+rng.IntN(3)]
+	hosts := make([]Host, n)
+	for i := range hosts {
+		l := map[string]string{"role": "web"}
+		if rng.IntN(10) < 3 {
+			l["role"] = "db"
+		}
+		if rng.IntN(10) < 9 {
+			l[ZoneLabel] = zones[rng.IntN(len(zones))]
+		}
+		hosts[i] = Host{ID: fmt.Sprintf("h%03d", i), Labels: l}
+	}
+	selector := []map[string]string{nil, {"role": "web"}, {"zone": "a"}, {"role": "web", "zone": "a"}, {"role": "db"}}[rng.IntN(5)]
+
+	// Policy.
+	pol := &v1.RolloutPolicy{
+		Canary:      uint32(rng.IntN(4)),
+		NoCanary:    rng.IntN(4) == 0,
+		MaxParallel: uint32(rng.IntN(8)),
+		MaxFailures: uint32(rng.IntN(3)),
+	}
+	for p := uint32(0); p < 100 && rng.IntN(3) > 0; {
+		p += 1 + uint32(rng.IntN(60))
+		pol.Waves = append(pol.Waves, min(p, 100))
+	}
+	if rng.IntN(2) == 0 {
+		pol.Bake = dur(time.Duration(rng.IntN(300)) * time.Second)
+	}
+	if rng.IntN(2) == 0 {
+		pol.ProgressDeadline = dur(time.Duration(1+rng.IntN(10)) * time.Minute)
+	}
+	if rng.IntN(5) == 0 {
+		pol.Mode = ModeManual
+	}
+	eff := effective(WithDefaults(pol))
+	prm := simParams{
+		pAct:  0.3 + 0.6*rng.Float64(),
+		pFail: []float64{0, 0, 0.01, 0.05, 0.2}[rng.IntN(5)],
+		pLate: []float64{0, 0, 0.0005, 0.002}[rng.IntN(4)],
+		pDown: []float64{0, 0.005, 0.02}[rng.IntN(3)],
+		pUp:   0.1 + 0.5*rng.Float64(),
+	}
+
+	svc := &v1.Service{
+		Spec:   &v1.ServiceSpec{Name: "svc", Selector: selector, Rollout: pol},
+		Status: &v1.ServiceStatus{StableVersion: "v1", StableGeneration: int64(rng.IntN(5))},
+	}
+	agents := make(map[string]*simAgent, n)
+	for _, h := range hosts {
+		a := &simAgent{labels: h.Labels, selected: Selects(selector, h.Labels), connected: rng.IntN(10) > 0,
+			gen: svc.Status.StableGeneration, version: "v1", current: "v1", phase: pHealthy}
+		a.report = &v1.ServiceReport{Service: "svc", Generation: a.gen, Phase: a.phase, CurrentVersion: a.current}
+		agents[h.ID] = a
+	}
+
+	shuffled := append([]Host(nil), hosts...)
+	rng.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
+	now := t0
+	r := New("r1", svc, "v2", shuffled, now)
+	plan := planIDs(r)
+
+	// Plan: exactly the selected hosts, once.
+	inPlan := map[string]bool{}
+	for _, w := range plan {
+		if len(w) == 0 {
+			fatalf("empty wave in plan %v", plan)
+		}
+		for _, id := range w {
+			if inPlan[id] {
+				fatalf("%s planned twice", id)
+			}
+			inPlan[id] = true
+			if !agents[id].selected {
+				fatalf("%s is in the plan but not selected by %v", id, selector)
+			}
+		}
+	}
+	for id, a := range agents {
+		if a.selected && !inPlan[id] {
+			fatalf("selected host %s missing from the plan", id)
+		}
+	}
+
+	if r.State == v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL {
+		out, res := Step(r, func(string) Observation { return Observation{Connected: true} }, now)
+		if out != r || res.Changed {
+			fatalf("Step moved a rollout waiting for approval")
+		}
+		now = now.Add(time.Duration(rng.IntN(3600)) * time.Second)
+		var err error
+		if r, err = Approve(r, now); err != nil {
+			fatalf("approve: %v", err)
+		}
+	}
+
+	obs := func(id string) Observation {
+		a := agents[id]
+		if a == nil {
+			fatalf("Step asked about %s, not a host of the fleet", id)
+		}
+		return Observation{Connected: a.connected, Report: a.report}
+	}
+	progress := []v1.Phase{v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_VERIFYING, v1.Phase_PHASE_STAGING,
+		v1.Phase_PHASE_SWITCHING, v1.Phase_PHASE_STARTING, pChecking}
+
+	const maxSteps = 20000
+	for stepN := 0; !Terminal(r); stepN++ {
+		if stepN >= maxSteps {
+			fatalf("not terminal after %d steps: %v", maxSteps, r.State)
+		}
+		// The coordinator pushes assignments to connected hosts.
+		desired := DesiredFunc(svc, r)
+		for _, h := range hosts {
+			a := agents[h.ID]
+			v, g, ok := desired(h.ID, a.labels)
+			if v == "v2" && !a.selected {
+				fatalf("unselected host %s desired %s", h.ID, v)
+			}
+			if v == "v2" && hostOf(r, h.ID).GetState() == pending {
+				fatalf("pending host %s desired %s", h.ID, v)
+			}
+			if !ok || !a.connected || (g == a.gen && v == a.version) {
+				continue
+			}
+			a.gen, a.version = g, v
+			if v == a.current {
+				a.phase, a.ticks = pHealthy, 0
+			} else {
+				a.phase, a.ticks, a.willFail = progress[0], 1+rng.IntN(4), rng.Float64() < prm.pFail
+			}
+		}
+		// Agents act and links flap.
+		for _, h := range hosts {
+			a := agents[h.ID]
+			if a.connected && rng.Float64() < prm.pDown {
+				a.connected = false
+			} else if !a.connected && rng.Float64() < prm.pUp {
+				a.connected = true
+			}
+			if rng.Float64() < prm.pAct {
+				switch {
+				case a.ticks > 0:
+					a.ticks--
+					a.phase = progress[min(len(progress)-1, len(progress)-1-a.ticks)]
+					if a.ticks == 0 {
+						if a.willFail {
+							a.phase = []v1.Phase{pReverted, pFailed}[rng.IntN(2)]
+						} else {
+							a.phase, a.current = pHealthy, a.version
+						}
+					}
+				case a.phase == pHealthy && a.current == "v2" && rng.Float64() < prm.pLate:
+					a.phase, a.current = pReverted, "v1"
+				}
+			}
+			if a.connected {
+				a.report = &v1.ServiceReport{Service: "svc", Generation: a.gen, Phase: a.phase,
+					CurrentVersion: a.current, TargetVersion: a.version, Reason: "sim " + a.phase.String()}
+			}
+		}
+		// Time passes (sometimes not at all, sometimes a lot).
+		switch rng.IntN(30) {
+		case 0, 1, 2:
+		case 3:
+			now = now.Add(time.Duration(rng.IntN(600)) * time.Second)
+		default:
+			now = now.Add(time.Duration(rng.IntN(20)) * time.Second)
+		}
+
+		before := proto.Clone(r).(*v1.Rollout)
+		out, res := Step(r, obs, now)
+		if !proto.Equal(before, r) {
+			fatalf("step %d: Step mutated its input", stepN)
+		}
+		if res.Changed != (out != r) || res.Changed == proto.Equal(out, r) {
+			fatalf("step %d: Changed=%v but out==in %v, equal %v", stepN, res.Changed, out == r, proto.Equal(out, r))
+		}
+		checkStep(fatalf, stepN, r, out, res, eff, plan, now)
+		r = out
+	}
+
+	// A terminal rollout never moves again.
+	if out, res := Step(r, obs, now.Add(time.Hour)); out != r || res.Changed {
+		fatalf("Step moved a %v rollout", r.State)
+	}
+	// Conclude, then every host's assignment.
+	svc.Status = Conclude(svc.Status, r)
+	desired := DesiredFunc(svc, r)
+	for _, h := range hosts {
+		a := agents[h.ID]
+		v, g, ok := desired(h.ID, a.labels)
+		if v2, g2, ok2 := Desired(svc, r, h.ID, a.labels); v2 != v || g2 != g || ok2 != ok {
+			fatalf("Desired and DesiredFunc disagree for %s", h.ID)
+		}
+		switch {
+		case !a.selected:
+			if ok {
+				fatalf("unselected %s desired (%s, %d)", h.ID, v, g)
+			}
+		case r.State == rFailed:
+			if !ok || v != r.FromVersion || g != r.Generation+1 {
+				fatalf("after failure %s desired (%q, %d, %v), want (%q, %d)", h.ID, v, g, ok, r.FromVersion, r.Generation+1)
+			}
+		case r.State == rOK:
+			if !ok || v != r.ToVersion || g != r.Generation {
+				fatalf("after success %s desired (%q, %d, %v)", h.ID, v, g, ok)
+			}
+		}
+	}
+	if r.State == rFailed && !svc.Status.Frozen {
+		fatalf("service not frozen after a failed rollout")
+	}
+	return r.State
+}
+
+// checkStep checks the invariants of one Step from in to out.
+func checkStep(fatalf func(string, ...any), stepN int, in, out *v1.Rollout, res Result, pol policy, plan [][]string, now time.Time) {
+	if in.State == rFailed || Terminal(in) {
+		if out != in {
+			fatalf("step %d: a %v rollout changed", stepN, in.State)
+		}
+		return
+	}
+	if got := planIDs(out); len(got) != len(plan) {
+		fatalf("step %d: plan changed", stepN)
+	}
+	assignedEv := map[string]bool{}
+	for _, e := range res.Events {
+		if e.Kind == EventHostAssigned {
+			assignedEv[e.Host] = true
+		}
+	}
+	overBudget := false
+	for i, w := range out.Waves {
+		wi := in.Waves[i]
+		started := w.State != wPending
+		// Waves start in order: every earlier wave is DONE (or, in a failed
+		// rollout, FAILED by a late revert).
+		if started {
+			for j := range i {
+				s := out.Waves[j].State
+				if s != wDone && !(out.State == rFailed && s == wFailed) {
+					fatalf("step %d: wave %d is %v while earlier wave %d is %v", stepN, i, w.State, j, s)
+				}
+			}
+		}
+		nUpd, nFailed := 0, 0
+		for k, h := range w.Hosts {
+			if h.HostId != plan[i][k] {
+				fatalf("step %d: plan changed at wave %d", stepN, i)
+			}
+			hi := wi.Hosts[k]
+			if !started && h.State != pending {
+				fatalf("step %d: host %s of unstarted wave %d is %v", stepN, h.HostId, i, h.State)
+			}
+			switch h.State {
+			case updating:
+				nUpd++
+			case hostFail:
+				nFailed++
+			}
+			// Legal transitions only.
+			ok := hi.State == h.State ||
+				(hi.State == pending && h.State == updating) ||
+				(hi.State == updating && (h.State == hostDone || h.State == hostFail)) ||
+				(hi.State == hostDone && h.State == hostFail)
+			if !ok {
+				fatalf("step %d: host %s went %v -> %v", stepN, h.HostId, hi.State, h.State)
+			}
+			if hi.State == pending && h.State == updating {
+				if !assignedEv[h.HostId] {
+					fatalf("step %d: %s assigned without an event", stepN, h.HostId)
+				}
+				delete(assignedEv, h.HostId)
+				// Nothing moves in a Step that fails the rollout, and only
+				// the current wave moves hosts.
+				if out.State != rProg || w.State != wProg {
+					fatalf("step %d: %s assigned in a %v rollout, wave %v", stepN, h.HostId, out.State, w.State)
+				}
+			}
+		}
+		if nUpd > pol.maxParallel {
+			fatalf("step %d: wave %d has %d hosts updating, max_parallel %d", stepN, i, nUpd, pol.maxParallel)
+		}
+		if int(w.Failures) != nFailed {
+			fatalf("step %d: wave %d failures %d but %d hosts failed", stepN, i, w.Failures, nFailed)
+		}
+		if w.Failures > pol.maxFailures {
+			overBudget = true
+		}
+		if w.State == wDone && nUpd > 0 {
+			fatalf("step %d: done wave %d has updating hosts", stepN, i)
+		}
+	}
+	if len(assignedEv) > 0 {
+		fatalf("step %d: host_assigned events without a move: %v", stepN, assignedEv)
+	}
+	if overBudget && out.State != rFailed {
+		fatalf("step %d: a wave is over budget but the rollout is %v", stepN, out.State)
+	}
+	switch out.State {
+	case rOK:
+		for i, w := range out.Waves {
+			if w.State != wDone {
+				fatalf("step %d: SUCCEEDED with wave %d %v", stepN, i, w.State)
+			}
+		}
+		if !res.NextWake.IsZero() {
+			fatalf("step %d: NextWake on a terminal rollout", stepN)
+		}
+	case rFailed:
+		if out.Reason == "" || !out.FinishedAt.AsTime().Equal(now) {
+			fatalf("step %d: FAILED without reason/finished_at", stepN)
+		}
+	case rProg:
+		if res.NextWake.IsZero() || !res.NextWake.After(now) {
+			fatalf("step %d: progressing rollout with NextWake %v at %v", stepN, res.NextWake, now)
+		}
+	default:
+		fatalf("step %d: state %v", stepN, out.State)
+	}
+}

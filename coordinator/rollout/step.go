@@ -1,0 +1,422 @@
+package rollout
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// Event kinds.
+const (
+	EventWaveStarted      = "wave_started"
+	EventHostAssigned     = "host_assigned"
+	EventHostDone         = "host_done"
+	EventHostFailed       = "host_failed"
+	EventHostUnknown      = "host_unknown"
+	EventHostBack         = "host_back"
+	EventWaveBaking       = "wave_baking"
+	EventWaveDone         = "wave_done"
+	EventRolloutSucceeded = "rollout_succeeded"
+	EventRolloutFailed    = "rollout_failed"
+	EventRolloutApproved  = "rollout_approved"
+)
+
+// NoWave is Event.Wave for events about the whole rollout.
+const NoWave = -1
+
+// maxListed bounds how many hosts a reason names.
+const maxListed = 5
+
+// Observation is what the coordinator knows of one host right now.
+type Observation struct {
+	Connected bool              // the host's agent stream is up
+	Report    *v1.ServiceReport // the host's last report for this service, nil if none
+}
+
+// Event is one thing that happened in a Step, for logs and `rollout watch`.
+// Wave is the wave index, or NoWave for rollout-wide events; Host is "" for
+// events that are not about one host.
+type Event struct {
+	Kind    string
+	Wave    int
+	Host    string
+	Message string
+}
+
+// Result says what a Step did.
+type Result struct {
+	Changed bool // the returned rollout differs from the input: persist it
+	Events  []Event
+	// NextWake is the earliest time a Step is needed even without new
+	// observations (bake end, progress deadline); zero if none.
+	NextWake time.Time
+}
+
+// Terminal reports whether r is SUCCEEDED, FAILED or SUPERSEDED.
+func Terminal(r *v1.Rollout) bool {
+	switch r.GetState() {
+	case v1.RolloutState_ROLLOUT_STATE_SUCCEEDED,
+		v1.RolloutState_ROLLOUT_STATE_FAILED,
+		v1.RolloutState_ROLLOUT_STATE_SUPERSEDED:
+		return true
+	}
+	return false
+}
+
+// policy is the effective policy of a rollout, defaults applied.
+type policy struct {
+	maxParallel int
+	maxFailures uint32
+	bake        time.Duration
+	deadline    time.Duration
+}
+
+func effective(p *v1.RolloutPolicy) policy {
+	out := policy{
+		maxParallel: int(p.GetMaxParallel()),
+		maxFailures: p.GetMaxFailures(),
+		bake:        p.GetBake().AsDuration(),
+		deadline:    p.GetProgressDeadline().AsDuration(),
+	}
+	if out.maxParallel <= 0 {
+		out.maxParallel = DefaultMaxParallel
+	}
+	if p.GetBake() == nil || out.bake < 0 {
+		out.bake = 0
+	}
+	if p.GetProgressDeadline() == nil || out.deadline <= 0 {
+		out.deadline = DefaultProgressDeadline
+	}
+	return out
+}
+
+// Step advances r given observations (a function so callers with 10k hosts
+// need not build a map; nil means nothing is observed) at time now. obs is
+// only asked about hosts in r's plan. It never mutates r: it returns a new
+// *v1.Rollout or r itself if nothing changed. Terminal rollouts and
+// WAITING_APPROVAL are returned unchanged.
+//
+// Rules, in the order they apply:
+//   - Every UPDATING or DONE host of a started wave is observed: unknown is
+//     set while its stream is down and cleared when it is back; a report of
+//     the rollout's generation sets its displayed phase, makes an UPDATING
+//     host DONE (HEALTHY on to_version) and makes an UPDATING or DONE host
+//     FAILED (phase FAILED or REVERTED), counting against its own wave's
+//     budget. Reports of another generation are ignored.
+//   - A wave with more failures than max_failures fails the rollout.
+//   - The current wave (lowest not DONE) moves on: when all its hosts are
+//     DONE or FAILED it bakes (bake > 0) or is DONE; a baked wave is DONE when
+//     now reaches bake_until; then the next wave starts in the same Step. A
+//     progressing wave fails the rollout once now reaches last_progress_at +
+//     progress_deadline; otherwise PENDING hosts are moved to UPDATING, in
+//     plan order, while fewer than max_parallel are UPDATING.
+//   - When every wave is DONE the rollout SUCCEEDED.
+func Step(r *v1.Rollout, obs func(hostID string) Observation, now time.Time) (*v1.Rollout, Result) {
+	if r.GetState() != v1.RolloutState_ROLLOUT_STATE_PROGRESSING {
+		return r, Result{}
+	}
+	s := &stepper{in: r, r: r, now: now, pol: effective(r.GetPolicy())}
+	if obs != nil {
+		s.observe(obs)
+	}
+	if !s.checkBudgets() {
+		s.advance()
+	}
+	s.res.Changed = s.cloned
+	return s.r, s.res
+}
+
+// stepper carries one Step. Reads go through s.r, which is the input until
+// the first write and the clone after it; writes go through mut, wave and
+// host, which clone on first use. No pointer into s.r is kept across a
+// write.
+type stepper struct {
+	in     *v1.Rollout
+	r      *v1.Rollout
+	cloned bool
+	now    time.Time
+	pol    policy
+	res    Result
+}
+
+func (s *stepper) mut() *v1.Rollout {
+	if !s.cloned {
+		s.r = proto.Clone(s.in).(*v1.Rollout)
+		s.cloned = true
+	}
+	return s.r
+}
+
+func (s *stepper) wave(i int) *v1.Wave { return s.mut().Waves[i] }
+
+func (s *stepper) host(i, j int) *v1.HostProgress { return s.mut().Waves[i].Hosts[j] }
+
+func (s *stepper) ts() *timestamppb.Timestamp { return timestamppb.New(s.now) }
+
+func (s *stepper) emit(kind string, wave int, host, msg string) {
+	s.res.Events = append(s.res.Events, Event{Kind: kind, Wave: wave, Host: host, Message: msg})
+}
+
+func waveStarted(w *v1.Wave) bool {
+	switch w.GetState() {
+	case v1.WaveState_WAVE_STATE_PROGRESSING, v1.WaveState_WAVE_STATE_BAKING,
+		v1.WaveState_WAVE_STATE_DONE, v1.WaveState_WAVE_STATE_FAILED:
+		return true
+	}
+	return false
+}
+
+func (s *stepper) observe(obs func(string) Observation) {
+	gen, to, svc := s.r.GetGeneration(), s.r.GetToVersion(), s.r.GetService()
+	for i := range s.r.Waves {
+		if w := s.r.Waves[i]; w == nil || !waveStarted(w) {
+			continue
+		}
+		for j := range s.r.Waves[i].Hosts {
+			h := s.r.Waves[i].Hosts[j]
+			if h == nil {
+				continue
+			}
+			st := h.GetState()
+			if st != v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING && st != v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE {
+				continue
+			}
+			id := h.GetHostId()
+			o := obs(id)
+			switch {
+			case !o.Connected && !h.GetUnknown():
+				s.host(i, j).Unknown = true
+				s.emit(EventHostUnknown, i, id, "agent stream down: host counts as unavailable")
+			case o.Connected && h.GetUnknown():
+				s.host(i, j).Unknown = false
+				s.emit(EventHostBack, i, id, "agent stream up again")
+			}
+			rep := o.Report
+			if rep == nil || rep.GetGeneration() != gen || (rep.GetService() != "" && svc != "" && rep.GetService() != svc) {
+				continue
+			}
+			ph := rep.GetPhase()
+			if ph != s.r.Waves[i].Hosts[j].GetPhase() {
+				s.host(i, j).Phase = ph
+			}
+			switch {
+			case ph == v1.Phase_PHASE_FAILED || ph == v1.Phase_PHASE_REVERTED:
+				reason := rep.GetReason()
+				if reason == "" {
+					reason = "phase " + phaseName(ph) + " without a reason"
+				}
+				hp := s.host(i, j)
+				hp.State = v1.HostRolloutState_HOST_ROLLOUT_STATE_FAILED
+				hp.Reason = reason
+				s.wave(i).Failures++
+				msg := reason
+				if st == v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE {
+					msg = phaseName(ph) + " after it was done: " + reason
+				}
+				s.emit(EventHostFailed, i, id, msg)
+			case st == v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING && ph == v1.Phase_PHASE_HEALTHY && rep.GetCurrentVersion() == to:
+				hp := s.host(i, j)
+				hp.State = v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE
+				hp.DoneAt = s.ts()
+				s.mut().LastProgressAt = s.ts()
+				s.emit(EventHostDone, i, id, "healthy on "+to)
+			}
+		}
+	}
+}
+
+// checkBudgets fails the rollout if a wave is over its failure budget and
+// reports whether it did.
+func (s *stepper) checkBudgets() bool {
+	for i, w := range s.r.Waves {
+		if w.GetFailures() <= s.pol.maxFailures {
+			continue
+		}
+		var failed []string
+		for _, h := range w.GetHosts() {
+			if h.GetState() == v1.HostRolloutState_HOST_ROLLOUT_STATE_FAILED {
+				failed = append(failed, h.GetHostId()+": "+h.GetReason())
+			}
+		}
+		reason := fmt.Sprintf("%s: %d host(s) failed, budget %d: %s",
+			waveName(i, w), w.GetFailures(), s.pol.maxFailures, listed(failed, "; "))
+		s.fail(i, reason)
+		return true
+	}
+	return false
+}
+
+// fail ends the rollout FAILED; wave i (if >= 0) is marked FAILED.
+func (s *stepper) fail(i int, reason string) {
+	r := s.mut()
+	r.State = v1.RolloutState_ROLLOUT_STATE_FAILED
+	r.Reason = reason
+	r.FinishedAt = s.ts()
+	if i >= 0 {
+		w := s.wave(i)
+		w.State = v1.WaveState_WAVE_STATE_FAILED
+		w.DoneAt = s.ts()
+	}
+	s.emit(EventRolloutFailed, i, "", reason)
+	s.res.NextWake = time.Time{}
+}
+
+// advance moves the current wave (and the ones after it) as far as the rules
+// allow at s.now. Every iteration either returns or moves one wave strictly
+// forward (PENDING -> PROGRESSING -> BAKING -> DONE), so it ends.
+func (s *stepper) advance() {
+	for {
+		i := -1
+		for k, w := range s.r.Waves {
+			if w.GetState() != v1.WaveState_WAVE_STATE_DONE {
+				i = k
+				break
+			}
+		}
+		if i < 0 {
+			r := s.mut()
+			r.State = v1.RolloutState_ROLLOUT_STATE_SUCCEEDED
+			r.FinishedAt = s.ts()
+			s.emit(EventRolloutSucceeded, NoWave, "", fmt.Sprintf("%s now runs %s on %d host(s)", r.GetService(), r.GetToVersion(), countHosts(r)))
+			return
+		}
+		w := s.r.Waves[i]
+		if w == nil {
+			s.fail(NoWave, fmt.Sprintf("wave %d is missing from the plan", i))
+			return
+		}
+		switch w.GetState() {
+		case v1.WaveState_WAVE_STATE_PENDING, v1.WaveState_WAVE_STATE_UNSPECIFIED:
+			nw := s.wave(i)
+			nw.State = v1.WaveState_WAVE_STATE_PROGRESSING
+			nw.StartedAt = s.ts()
+			s.mut().LastProgressAt = s.ts()
+			s.emit(EventWaveStarted, i, "", fmt.Sprintf("%s started: %d host(s)", waveName(i, w), len(w.GetHosts())))
+		case v1.WaveState_WAVE_STATE_PROGRESSING:
+			if !s.progressWave(i) {
+				return
+			}
+		case v1.WaveState_WAVE_STATE_BAKING:
+			until := w.GetBakeUntil().AsTime()
+			if s.now.Before(until) {
+				s.res.NextWake = until
+				return
+			}
+			s.waveDone(i, "baked")
+		default: // FAILED in a progressing rollout: only a corrupt record.
+			s.fail(i, fmt.Sprintf("%s is failed", waveName(i, w)))
+			return
+		}
+	}
+}
+
+// progressWave handles the PROGRESSING current wave i. It reports whether
+// the wave moved on (to BAKING or DONE) so the caller should look again.
+func (s *stepper) progressWave(i int) bool {
+	w := s.r.Waves[i]
+	updating, complete := 0, true
+	for _, h := range w.GetHosts() {
+		switch h.GetState() {
+		case v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE, v1.HostRolloutState_HOST_ROLLOUT_STATE_FAILED:
+		case v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING:
+			updating++
+			complete = false
+		default:
+			complete = false
+		}
+	}
+	if complete {
+		if s.pol.bake > 0 {
+			until := s.now.Add(s.pol.bake)
+			nw := s.wave(i)
+			nw.State = v1.WaveState_WAVE_STATE_BAKING
+			nw.BakeUntil = timestamppb.New(until)
+			s.emit(EventWaveBaking, i, "", fmt.Sprintf("%s baking for %s, until %s", waveName(i, w), s.pol.bake, until.UTC().Format(time.RFC3339)))
+			return true
+		}
+		s.waveDone(i, "done")
+		return true
+	}
+
+	if s.r.GetLastProgressAt() == nil { // corrupt record: start counting now
+		s.mut().LastProgressAt = s.ts()
+	}
+	deadlineAt := s.r.GetLastProgressAt().AsTime().Add(s.pol.deadline)
+	if !s.now.Before(deadlineAt) {
+		var ups []string
+		for _, h := range s.r.Waves[i].GetHosts() {
+			if h.GetState() != v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING {
+				continue
+			}
+			d := phaseName(h.GetPhase())
+			if h.GetPhase() == v1.Phase_PHASE_UNSPECIFIED {
+				d = "no report yet"
+			}
+			if h.GetUnknown() {
+				d += ", unknown"
+			}
+			ups = append(ups, fmt.Sprintf("%s (%s)", h.GetHostId(), d))
+		}
+		s.fail(i, fmt.Sprintf("progress deadline %s exceeded: %d host(s) updating: %s", s.pol.deadline, len(ups), listed(ups, ", ")))
+		return false
+	}
+
+	for j := range s.r.Waves[i].Hosts {
+		if updating >= s.pol.maxParallel {
+			break
+		}
+		h := s.r.Waves[i].Hosts[j]
+		if h == nil || h.GetState() != v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING {
+			continue
+		}
+		hp := s.host(i, j)
+		hp.State = v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING
+		hp.StartedAt = s.ts()
+		updating++
+		s.emit(EventHostAssigned, i, hp.GetHostId(), fmt.Sprintf("assigned %s generation %d", s.r.GetToVersion(), s.r.GetGeneration()))
+	}
+	s.res.NextWake = deadlineAt
+	return false
+}
+
+func (s *stepper) waveDone(i int, how string) {
+	w := s.wave(i)
+	w.State = v1.WaveState_WAVE_STATE_DONE
+	w.DoneAt = s.ts()
+	s.emit(EventWaveDone, i, "", fmt.Sprintf("%s %s: %d host(s), %d failure(s)", waveName(i, w), how, len(w.GetHosts()), w.GetFailures()))
+}
+
+func waveName(i int, w *v1.Wave) string {
+	if w.GetCanary() {
+		return fmt.Sprintf("wave %d (canary)", i)
+	}
+	return fmt.Sprintf("wave %d", i)
+}
+
+func phaseName(p v1.Phase) string {
+	return strings.ToLower(strings.TrimPrefix(p.String(), "PHASE_"))
+}
+
+func stateName(st v1.RolloutState) string {
+	return strings.TrimPrefix(st.String(), "ROLLOUT_STATE_")
+}
+
+// listed joins at most maxListed items and says how many were left out.
+func listed(items []string, sep string) string {
+	if len(items) <= maxListed {
+		return strings.Join(items, sep)
+	}
+	return fmt.Sprintf("%s%sand %d more", strings.Join(items[:maxListed], sep), sep, len(items)-maxListed)
+}
+
+func countHosts(r *v1.Rollout) int {
+	n := 0
+	for _, w := range r.GetWaves() {
+		n += len(w.GetHosts())
+	}
+	return n
+}
