@@ -1,7 +1,9 @@
 // Package spec parses, defaults and validates service specs and the names in
 // them (services, versions, host ids), and expands ${host.*} placeholders.
 // It is shared by the CLI, the coordinator and the agent, so it imports
-// nothing but the generated protobuf types and the standard library.
+// nothing but the generated protobuf types, google.golang.org/protobuf,
+// sigs.k8s.io/yaml (for Parse) and the standard library: never grpc, etcd
+// or any fleetwave package besides proto/fleetwave/v1.
 package spec
 
 import (

@@ -1,0 +1,150 @@
+package cli
+
+import (
+	"fmt"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// terminal reports whether a rollout in state s has ended.
+func terminal(s v1.RolloutState) bool {
+	switch s {
+	case v1.RolloutState_ROLLOUT_STATE_SUCCEEDED, v1.RolloutState_ROLLOUT_STATE_FAILED, v1.RolloutState_ROLLOUT_STATE_SUPERSEDED:
+		return true
+	}
+	return false
+}
+
+// DiffRollout returns one human-readable line for each change between two
+// consecutive snapshots of a rollout: rollout state changes, waves
+// starting, baking, finishing or failing, wave failure counts, and host
+// state, phase, reachability or reason changes; the rollout's end (with its
+// reason) comes last. With prev nil, or prev a different rollout, it
+// describes cur from scratch: a header line, then cur as changes from an
+// untouched plan. It is a pure function of its arguments.
+func DiffRollout(prev, cur *v1.Rollout) []string {
+	if cur == nil {
+		return nil
+	}
+	var out []string
+	if prev == nil || prev.GetId() != cur.GetId() {
+		hosts := 0
+		for _, w := range cur.GetWaves() {
+			hosts += len(w.GetHosts())
+		}
+		kind := "rollout"
+		if cur.GetRollback() {
+			kind = "rollback"
+		}
+		out = append(out, fmt.Sprintf("%s %s of %s: %s → %s, %s, %s",
+			kind, cur.GetId(), cur.GetService(), versionOrNone(cur.GetFromVersion()), cur.GetToVersion(),
+			plural(len(cur.GetWaves()), "wave"), plural(hosts, "host")))
+		prev = untouched(cur)
+	}
+
+	if prev.GetState() != cur.GetState() && !terminal(cur.GetState()) {
+		switch cur.GetState() {
+		case v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL:
+			out = append(out, fmt.Sprintf("rollout waits for approval: fleetwave rollout approve %s", cur.GetService()))
+		case v1.RolloutState_ROLLOUT_STATE_PROGRESSING:
+			if prev.GetState() == v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL {
+				out = append(out, "rollout approved, progressing")
+			} else {
+				out = append(out, "rollout progressing")
+			}
+		default:
+			out = append(out, "rollout "+rolloutState(cur.GetState()))
+		}
+	}
+
+	prevWaves := map[uint32]*v1.Wave{}
+	prevHosts := map[string]*v1.HostProgress{}
+	for _, w := range prev.GetWaves() {
+		prevWaves[w.GetIndex()] = w
+		for _, h := range w.GetHosts() {
+			prevHosts[h.GetHostId()] = h
+		}
+	}
+	for _, w := range cur.GetWaves() {
+		pw := prevWaves[w.GetIndex()]
+		if pw == nil {
+			pw = &v1.Wave{Index: w.GetIndex(), State: v1.WaveState_WAVE_STATE_PENDING}
+		}
+		label := waveLabel(w)
+		if pw.GetState() != w.GetState() {
+			switch w.GetState() {
+			case v1.WaveState_WAVE_STATE_PROGRESSING:
+				out = append(out, fmt.Sprintf("%s started: %s: %s", label, plural(len(w.GetHosts()), "host"), hostList(w)))
+			case v1.WaveState_WAVE_STATE_BAKING:
+				out = append(out, fmt.Sprintf("%s baking until %s: %d/%d hosts done", label, fmtTime(w.GetBakeUntil()), hostsDone(w), len(w.GetHosts())))
+			case v1.WaveState_WAVE_STATE_DONE:
+				out = append(out, fmt.Sprintf("%s done: %d/%d hosts done", label, hostsDone(w), len(w.GetHosts())))
+			case v1.WaveState_WAVE_STATE_FAILED:
+				out = append(out, fmt.Sprintf("%s failed: %s (budget %d)", label, plural(int(w.GetFailures()), "failure"), cur.GetPolicy().GetMaxFailures()))
+			default:
+				out = append(out, fmt.Sprintf("%s %s", label, waveState(w.GetState())))
+			}
+		} else if pw.GetFailures() != w.GetFailures() {
+			out = append(out, fmt.Sprintf("%s: %s (budget %d)", label, plural(int(w.GetFailures()), "failure"), cur.GetPolicy().GetMaxFailures()))
+		}
+		for _, h := range w.GetHosts() {
+			ph := prevHosts[h.GetHostId()]
+			if ph == nil {
+				ph = &v1.HostProgress{HostId: h.GetHostId(), State: v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING}
+			}
+			if line, ok := hostChange(ph, h); ok {
+				out = append(out, line)
+			}
+		}
+	}
+
+	switch {
+	case prev.GetState() != cur.GetState() && terminal(cur.GetState()):
+		line := "rollout " + rolloutState(cur.GetState())
+		if cur.GetReason() != "" {
+			line += ": " + cur.GetReason()
+		}
+		out = append(out, line)
+	case prev.GetReason() != cur.GetReason() && cur.GetReason() != "":
+		out = append(out, "rollout: "+cur.GetReason())
+	}
+	return out
+}
+
+// untouched is cur's plan before anything happened: the same waves and
+// hosts, every one pending.
+func untouched(cur *v1.Rollout) *v1.Rollout {
+	r := &v1.Rollout{Id: cur.GetId(), Service: cur.GetService()}
+	for _, w := range cur.GetWaves() {
+		pw := &v1.Wave{Index: w.GetIndex(), Canary: w.GetCanary(), State: v1.WaveState_WAVE_STATE_PENDING}
+		for _, h := range w.GetHosts() {
+			pw.Hosts = append(pw.Hosts, &v1.HostProgress{HostId: h.GetHostId(), State: v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING})
+		}
+		r.Waves = append(r.Waves, pw)
+	}
+	return r
+}
+
+// hostChange describes h if it differs from ph in a way worth a line: its
+// state, reachability or reason, or its phase once it was told to move.
+func hostChange(ph, h *v1.HostProgress) (string, bool) {
+	changed := ph.GetState() != h.GetState() || ph.GetUnknown() != h.GetUnknown() || ph.GetReason() != h.GetReason() ||
+		(ph.GetPhase() != h.GetPhase() && h.GetState() != v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING)
+	if !changed {
+		return "", false
+	}
+	line := fmt.Sprintf("host %s: %s", h.GetHostId(), hostState(h.GetState()))
+	if h.GetPhase() != v1.Phase_PHASE_UNSPECIFIED {
+		line += " (" + phaseName(h.GetPhase()) + ")"
+	}
+	switch {
+	case h.GetUnknown():
+		line += ", unreachable"
+	case ph.GetUnknown():
+		line += ", reachable again"
+	}
+	if h.GetReason() != "" {
+		line += ": " + h.GetReason()
+	}
+	return line, true
+}

@@ -1,0 +1,188 @@
+package cli
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+const (
+	rProgressing = v1.RolloutState_ROLLOUT_STATE_PROGRESSING
+	hPending     = v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING
+	hUpdating    = v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING
+	hDone        = v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE
+	hFailed      = v1.HostRolloutState_HOST_ROLLOUT_STATE_FAILED
+	wPending     = v1.WaveState_WAVE_STATE_PENDING
+	wProgressing = v1.WaveState_WAVE_STATE_PROGRESSING
+	wBaking      = v1.WaveState_WAVE_STATE_BAKING
+	wDone        = v1.WaveState_WAVE_STATE_DONE
+	wFailed      = v1.WaveState_WAVE_STATE_FAILED
+)
+
+// plan is a rollout of web 1.0 → 1.1 over a canary (h1) and a wave (h2, h3),
+// waiting for approval.
+func plan() *v1.Rollout {
+	return &v1.Rollout{
+		Id: "web-7", Service: "web", FromVersion: "1.0", ToVersion: "1.1",
+		State:  v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL,
+		Policy: &v1.RolloutPolicy{MaxFailures: 0},
+		Waves: []*v1.Wave{
+			{Index: 0, Canary: true, State: wPending, Hosts: []*v1.HostProgress{{HostId: "h1", State: hPending, Phase: v1.Phase_PHASE_HEALTHY}}},
+			{Index: 1, State: wPending, Hosts: []*v1.HostProgress{{HostId: "h2", State: hPending}, {HostId: "h3", State: hPending}}},
+		},
+	}
+}
+
+// step clones r and applies change to the clone.
+func step(r *v1.Rollout, change func(r *v1.Rollout)) *v1.Rollout {
+	c := proto.Clone(r).(*v1.Rollout)
+	change(c)
+	return c
+}
+
+func TestDiffRolloutScript(t *testing.T) {
+	bake := timestamppb.New(time.Date(2024, 5, 1, 12, 0, 3, 0, time.UTC))
+	s0 := plan()
+	s1 := step(s0, func(r *v1.Rollout) { r.State = rProgressing })
+	s2 := step(s1, func(r *v1.Rollout) {
+		r.Waves[0].State = wProgressing
+		r.Waves[0].Hosts[0].State = hUpdating
+		r.Waves[0].Hosts[0].Phase = v1.Phase_PHASE_FETCHING
+	})
+	s3 := step(s2, func(r *v1.Rollout) { r.Waves[0].Hosts[0].Phase = v1.Phase_PHASE_CHECKING })
+	s4 := step(s3, func(r *v1.Rollout) {}) // identical snapshot: nothing to print
+	s5 := step(s4, func(r *v1.Rollout) {
+		r.Waves[0].State = wBaking
+		r.Waves[0].BakeUntil = bake
+		r.Waves[0].Hosts[0].State = hDone
+		r.Waves[0].Hosts[0].Phase = v1.Phase_PHASE_HEALTHY
+	})
+	s6 := step(s5, func(r *v1.Rollout) {
+		r.Waves[0].State = wDone
+		r.Waves[1].State = wProgressing
+		for _, h := range r.Waves[1].Hosts {
+			h.State = hUpdating
+			h.Phase = v1.Phase_PHASE_STARTING
+		}
+	})
+	s7 := step(s6, func(r *v1.Rollout) { r.Waves[1].Hosts[1].Unknown = true })
+	s8 := step(s7, func(r *v1.Rollout) {
+		r.Waves[1].Hosts[1].Unknown = false
+		r.Waves[1].Hosts[0].State = hFailed
+		r.Waves[1].Hosts[0].Phase = v1.Phase_PHASE_REVERTED
+		r.Waves[1].Hosts[0].Reason = "check http failing for 30s"
+		r.Waves[1].Failures = 1
+		r.Waves[1].State = wFailed
+		r.State = v1.RolloutState_ROLLOUT_STATE_FAILED
+		r.Reason = "wave 1 over failure budget"
+	})
+
+	script := []struct {
+		snap *v1.Rollout
+		want []string
+	}{
+		{s0, []string{
+			"rollout web-7 of web: 1.0 → 1.1, 2 waves, 3 hosts",
+			"rollout waits for approval: fleetwave rollout approve web",
+		}},
+		{s1, []string{"rollout approved, progressing"}},
+		{s2, []string{
+			"wave 0 (canary) started: 1 host: h1",
+			"host h1: updating (fetching)",
+		}},
+		{s3, []string{"host h1: updating (checking)"}},
+		{s4, nil},
+		{s5, []string{
+			"wave 0 (canary) baking until 2024-05-01T12:00:03Z: 1/1 hosts done",
+			"host h1: done (healthy)",
+		}},
+		{s6, []string{
+			"wave 0 (canary) done: 1/1 hosts done",
+			"wave 1 started: 2 hosts: h2, h3",
+			"host h2: updating (starting)",
+			"host h3: updating (starting)",
+		}},
+		{s7, []string{"host h3: updating (starting), unreachable"}},
+		{s8, []string{
+			"wave 1 failed: 1 failure (budget 0)",
+			"host h2: failed (reverted): check http failing for 30s",
+			"host h3: updating (starting), reachable again",
+			"rollout failed: wave 1 over failure budget",
+		}},
+	}
+	var prev *v1.Rollout
+	for i, st := range script {
+		got := DiffRollout(prev, st.snap)
+		if strings.Join(got, "\n") != strings.Join(st.want, "\n") {
+			t.Errorf("step %d:\ngot:\n%s\nwant:\n%s", i, strings.Join(got, "\n"), strings.Join(st.want, "\n"))
+		}
+		prev = st.snap
+	}
+}
+
+func TestDiffRolloutFromScratch(t *testing.T) {
+	// Joining a rollout that already succeeded shows its state as changes
+	// from the untouched plan, and the end last.
+	r := step(plan(), func(r *v1.Rollout) {
+		r.State = v1.RolloutState_ROLLOUT_STATE_SUCCEEDED
+		for _, w := range r.Waves {
+			w.State = wDone
+			for _, h := range w.Hosts {
+				h.State = hDone
+				h.Phase = v1.Phase_PHASE_HEALTHY
+			}
+		}
+	})
+	want := []string{
+		"rollout web-7 of web: 1.0 → 1.1, 2 waves, 3 hosts",
+		"wave 0 (canary) done: 1/1 hosts done",
+		"host h1: done (healthy)",
+		"wave 1 done: 2/2 hosts done",
+		"host h2: done (healthy)",
+		"host h3: done (healthy)",
+		"rollout succeeded",
+	}
+	if got := DiffRollout(nil, r); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("got:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func TestDiffRolloutEdges(t *testing.T) {
+	if got := DiffRollout(plan(), nil); got != nil {
+		t.Errorf("DiffRollout(x, nil) = %q", got)
+	}
+	// A different rollout id starts over with a header.
+	other := step(plan(), func(r *v1.Rollout) { r.Id = "web-8"; r.FromVersion = ""; r.Rollback = true })
+	got := DiffRollout(plan(), other)
+	if len(got) == 0 || got[0] != "rollback web-8 of web: (none) → 1.1, 2 waves, 3 hosts" {
+		t.Errorf("new rollout: %q", got)
+	}
+	// Pending hosts' phase changes (reports about the old release) are quiet;
+	// a superseded rollout ends with its reason; a failure count change in a
+	// progressing wave is reported.
+	a := step(plan(), func(r *v1.Rollout) { r.State = rProgressing; r.Waves[1].State = wProgressing })
+	b := step(a, func(r *v1.Rollout) {
+		r.Waves[0].Hosts[0].Phase = v1.Phase_PHASE_IDLE
+		r.Waves[1].Failures = 1
+		r.Policy.MaxFailures = 2
+		r.State = v1.RolloutState_ROLLOUT_STATE_SUPERSEDED
+		r.Reason = "release 1.2 created"
+	})
+	want := []string{"wave 1: 1 failure (budget 2)", "rollout superseded: release 1.2 created"}
+	if got := DiffRollout(a, b); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	// A new reason on a running rollout is printed once.
+	c := step(a, func(r *v1.Rollout) { r.Reason = "waiting for unknown host h3" })
+	if got := DiffRollout(a, c); len(got) != 1 || got[0] != "rollout: waiting for unknown host h3" {
+		t.Errorf("reason change: %q", got)
+	}
+	if got := DiffRollout(c, c); len(got) != 0 {
+		t.Errorf("same snapshot: %q", got)
+	}
+}

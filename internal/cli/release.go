@@ -1,0 +1,257 @@
+package cli
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/fleetwave/fleetwave/internal/spec"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// UploadChunkSize is the size of each UploadRequest chunk.
+const UploadChunkSize = 256 << 10
+
+func (a *app) releaseCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "release",
+		Short: "Create and list releases",
+	}
+	var f struct {
+		version, artifact, url, sha, commit, commitTime string
+		size                                            int64
+	}
+	create := &cobra.Command{
+		Use:   "create SERVICE --version V (--artifact FILE | --url URL --sha256 HEX --size N) [--commit SHA --commit-time RFC3339]",
+		Short: "Record a release (uploading its artifact); in auto mode its rollout starts",
+		Args:  cobra.ExactArgs(1),
+		RunE: run(func(cmd *cobra.Command, args []string) error {
+			fl := cmd.Flags()
+			byURL := fl.Changed("url") || fl.Changed("sha256") || fl.Changed("size")
+			switch {
+			case f.artifact != "" && byURL:
+				return usageErrorf("--artifact cannot be combined with --url, --sha256 or --size")
+			case f.artifact == "" && !byURL:
+				return usageErrorf("give --artifact FILE, or --url URL --sha256 HEX --size N")
+			case byURL && (!fl.Changed("url") || !fl.Changed("sha256") || !fl.Changed("size")):
+				return usageErrorf("--url, --sha256 and --size go together: give all three")
+			}
+			rel := &v1.Release{
+				Service:   args[0],
+				Version:   f.version,
+				Commit:    f.commit,
+				CreatedBy: a.createdBy(),
+			}
+			if f.commitTime != "" {
+				t, err := time.Parse(time.RFC3339, f.commitTime)
+				if err != nil {
+					return usageErrorf("invalid --commit-time %q: want RFC 3339, e.g. 2024-05-01T12:00:00Z", f.commitTime)
+				}
+				rel.CommitTime = timestamppb.New(t)
+			}
+			ctx := cmd.Context()
+			if f.artifact != "" {
+				file, err := os.Open(f.artifact)
+				if err != nil {
+					return fmt.Errorf("artifact: %w", err)
+				}
+				defer file.Close()
+				fi, err := file.Stat()
+				if err != nil {
+					return fmt.Errorf("artifact: %w", err)
+				}
+				if !fi.Mode().IsRegular() {
+					return fmt.Errorf("artifact %s: not a regular file", f.artifact)
+				}
+				if fi.Size() == 0 {
+					return fmt.Errorf("artifact %s: empty file", f.artifact)
+				}
+				// Check everything but the digest before uploading.
+				rel.Artifact = &v1.Artifact{Sha256: strings.Repeat("0", 64), Size: fi.Size()}
+				if err := releaseProblems(rel); err != nil {
+					return err
+				}
+				sum, size, err := a.upload(ctx, file)
+				if err != nil {
+					return fmt.Errorf("upload %s: %w", f.artifact, err)
+				}
+				rel.Artifact = &v1.Artifact{Sha256: sum, Size: size}
+			} else {
+				rel.Artifact = &v1.Artifact{Url: f.url, Sha256: f.sha, Size: f.size}
+				if err := releaseProblems(rel); err != nil {
+					return err
+				}
+			}
+			c, err := a.operator()
+			if err != nil {
+				return err
+			}
+			cctx, cancel := a.callCtx(ctx)
+			defer cancel()
+			resp, err := c.CreateRelease(cctx, &v1.CreateReleaseRequest{Release: rel})
+			if err != nil {
+				return a.rpcErr(fmt.Sprintf("create release %s %s", rel.GetService(), rel.GetVersion()), err)
+			}
+			if a.jsonOutput() {
+				return printJSON(a.stdout, resp)
+			}
+			printCreated(a.stdout, resp)
+			return nil
+		}),
+	}
+	fl := create.Flags()
+	fl.StringVar(&f.version, "version", "", "release version ([A-Za-z0-9][A-Za-z0-9._+-]{0,63})")
+	fl.StringVar(&f.artifact, "artifact", "", "artifact file to upload to the coordinator")
+	fl.StringVar(&f.url, "url", "", "http(s) URL the agents fetch the artifact from (instead of --artifact)")
+	fl.StringVar(&f.sha, "sha256", "", "with --url: the artifact's sha256 (64 lowercase hex digits)")
+	fl.Int64Var(&f.size, "size", 0, "with --url: the artifact's size in bytes")
+	fl.StringVar(&f.commit, "commit", "", "commit id the release was built from")
+	fl.StringVar(&f.commitTime, "commit-time", "", "commit time, RFC 3339 (e.g. 2024-05-01T12:00:00Z)")
+	_ = create.MarkFlagRequired("version")
+
+	list := &cobra.Command{
+		Use:   "list SERVICE",
+		Short: "List a service's releases",
+		Args:  cobra.ExactArgs(1),
+		RunE: run(func(cmd *cobra.Command, args []string) error {
+			c, err := a.operator()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.callCtx(cmd.Context())
+			defer cancel()
+			resp, err := c.ListReleases(ctx, &v1.ListReleasesRequest{Service: args[0]})
+			if err != nil {
+				return a.rpcErr("list releases of "+args[0], err)
+			}
+			if a.jsonOutput() {
+				return printJSON(a.stdout, resp)
+			}
+			tw := newTable(a.stdout)
+			row(tw, "VERSION", "SHA256", "SIZE", "COMMIT", "COMMIT TIME", "CREATED", "CREATED BY")
+			for _, r := range resp.GetReleases() {
+				row(tw, r.GetVersion(), shortSHA(r.GetArtifact().GetSha256()), strconv.FormatInt(r.GetArtifact().GetSize(), 10),
+					orDash(r.GetCommit()), fmtTime(r.GetCommitTime()), fmtTime(r.GetCreatedAt()), orDash(r.GetCreatedBy()))
+			}
+			return tw.Flush()
+		}),
+	}
+	cmd.AddCommand(create, list)
+	return cmd
+}
+
+// releaseProblems validates a release locally, naming the flags.
+func releaseProblems(r *v1.Release) error {
+	err := spec.ValidateRelease(r)
+	if err == nil {
+		return nil
+	}
+	flags := map[string]string{
+		"service": "SERVICE", "version": "--version", "artifact.sha256": "--sha256",
+		"artifact.size": "--size", "artifact.url": "--url", "commit": "--commit", "commit_time": "--commit-time",
+	}
+	var b strings.Builder
+	b.WriteString("invalid release:")
+	for _, line := range strings.Split(err.Error(), "\n") {
+		if field, msg, ok := strings.Cut(line, ": "); ok && flags[field] != "" {
+			line = flags[field] + ": " + msg
+		}
+		b.WriteString("\n  " + line)
+	}
+	return errors.New(b.String())
+}
+
+// createdBy is $USER@hostname.
+func (a *app) createdBy() string {
+	user := a.getenv("USER")
+	if user == "" {
+		user = "unknown"
+	}
+	host, err := a.hostname()
+	if err != nil || host == "" {
+		host = "unknown"
+	}
+	return user + "@" + host
+}
+
+// upload streams r to ArtifactService.Upload in UploadChunkSize chunks and
+// returns the digest and size, after checking that the coordinator computed
+// the same ones.
+func (a *app) upload(ctx context.Context, r io.Reader) (string, int64, error) {
+	c, err := a.artifacts()
+	if err != nil {
+		return "", 0, err
+	}
+	ctx, cancel := a.callCtx(ctx)
+	defer cancel()
+	stream, err := c.Upload(ctx)
+	if err != nil {
+		return "", 0, a.rpcErr("start upload", err)
+	}
+	h := sha256.New()
+	var size int64
+	buf := make([]byte, UploadChunkSize)
+	for {
+		n, rerr := io.ReadFull(r, buf)
+		if n > 0 {
+			h.Write(buf[:n])
+			size += int64(n)
+			if err := stream.Send(&v1.UploadRequest{Chunk: buf[:n]}); err != nil {
+				if errors.Is(err, io.EOF) { // the server ended the stream: its status says why
+					_, err = stream.CloseAndRecv()
+				}
+				return "", 0, a.rpcErr("upload", err)
+			}
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			break
+		}
+		if rerr != nil {
+			return "", 0, fmt.Errorf("read: %w", rerr)
+		}
+	}
+	resp, err := stream.CloseAndRecv()
+	if err != nil {
+		return "", 0, a.rpcErr("upload", err)
+	}
+	sum := hex.EncodeToString(h.Sum(nil))
+	if resp.GetSha256() != sum || resp.GetSize() != size {
+		return "", 0, fmt.Errorf("coordinator stored sha256 %s, %d bytes; sent sha256 %s, %d bytes",
+			orDash(resp.GetSha256()), resp.GetSize(), sum, size)
+	}
+	return sum, size, nil
+}
+
+func printCreated(w io.Writer, resp *v1.CreateReleaseResponse) {
+	r := resp.GetRelease()
+	fmt.Fprintf(w, "release %s %s created: sha256 %s, %d bytes", r.GetService(), r.GetVersion(), r.GetArtifact().GetSha256(), r.GetArtifact().GetSize())
+	if r.GetCommit() != "" {
+		fmt.Fprintf(w, ", commit %s", r.GetCommit())
+	}
+	fmt.Fprintln(w)
+	ro := resp.GetRollout()
+	if ro == nil {
+		fmt.Fprintln(w, "no rollout started")
+		return
+	}
+	switch ro.GetState() {
+	case v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL:
+		fmt.Fprintf(w, "rollout %s: %s → %s waits for approval: fleetwave rollout approve %s\n",
+			ro.GetId(), versionOrNone(ro.GetFromVersion()), ro.GetToVersion(), ro.GetService())
+	default:
+		fmt.Fprintf(w, "rollout %s started: %s → %s (%s)\n", ro.GetId(), versionOrNone(ro.GetFromVersion()), ro.GetToVersion(), rolloutState(ro.GetState()))
+	}
+	for _, wv := range ro.GetWaves() {
+		fmt.Fprintf(w, "  %s: %s: %s\n", waveLabel(wv), plural(len(wv.GetHosts()), "host"), hostList(wv))
+	}
+}

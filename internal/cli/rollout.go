@@ -1,0 +1,208 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+
+	"github.com/spf13/cobra"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+func (a *app) rolloutCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "rollout",
+		Short: "Show, watch and approve rollouts",
+	}
+	var statusID string
+	st := &cobra.Command{
+		Use:   "status SERVICE [--id ID]",
+		Short: "Show a rollout (the newest one by default): waves and hosts",
+		Args:  cobra.ExactArgs(1),
+		RunE: run(func(cmd *cobra.Command, args []string) error {
+			c, err := a.operator()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.callCtx(cmd.Context())
+			defer cancel()
+			resp, err := c.GetRollout(ctx, &v1.GetRolloutRequest{Service: args[0], Id: statusID})
+			if err != nil {
+				return a.rpcErr("get rollout of "+args[0], err)
+			}
+			if a.jsonOutput() {
+				return printJSON(a.stdout, resp.GetRollout())
+			}
+			return printRollout(a.stdout, resp.GetRollout())
+		}),
+	}
+	st.Flags().StringVar(&statusID, "id", "", "rollout id (default: the newest)")
+
+	var watchID string
+	watch := &cobra.Command{
+		Use:   "watch SERVICE [--id ID]",
+		Short: "Follow a rollout until it ends; exit 0 succeeded, 1 failed or superseded, 2 error",
+		Long: `Follow a rollout until it ends, printing a line for each change.
+
+Exit status: 0 when the rollout succeeded, 1 when it failed or was
+superseded, 2 on any error (including the stream ending early). --timeout
+bounds the whole watch only when it is given. With -o json every snapshot
+is printed as one line of JSON.`,
+		Args: cobra.ExactArgs(1),
+		RunE: run(func(cmd *cobra.Command, args []string) error {
+			return a.watch(cmd.Context(), args[0], watchID)
+		}),
+	}
+	watch.Flags().StringVar(&watchID, "id", "", "rollout id (default: the newest)")
+	a.watchCmd = watch
+
+	approve := &cobra.Command{
+		Use:   "approve SERVICE",
+		Short: "Start a rollout that waits for approval (manual mode)",
+		Args:  cobra.ExactArgs(1),
+		RunE: run(func(cmd *cobra.Command, args []string) error {
+			c, err := a.operator()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.callCtx(cmd.Context())
+			defer cancel()
+			resp, err := c.ApproveRollout(ctx, &v1.ApproveRolloutRequest{Service: args[0]})
+			if err != nil {
+				return a.rpcErr("approve rollout of "+args[0], err)
+			}
+			if a.jsonOutput() {
+				return printJSON(a.stdout, resp.GetRollout())
+			}
+			ro := resp.GetRollout()
+			fmt.Fprintf(a.stdout, "rollout %s approved: %s → %s (%s)\n", ro.GetId(),
+				versionOrNone(ro.GetFromVersion()), ro.GetToVersion(), rolloutState(ro.GetState()))
+			return nil
+		}),
+	}
+	cmd.AddCommand(st, watch, approve)
+	return cmd
+}
+
+// watch follows WatchRollout, printing DiffRollout's lines for each
+// snapshot, and ends with the exit code the rollout's end calls for.
+func (a *app) watch(ctx context.Context, service, id string) error {
+	c, err := a.operator()
+	if err != nil {
+		return err
+	}
+	if a.root.PersistentFlags().Changed("timeout") && a.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, a.timeout)
+		defer cancel()
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := c.WatchRollout(ctx, &v1.WatchRolloutRequest{Service: service, Id: id})
+	if err != nil {
+		return a.rpcErr("watch rollout of "+service, err)
+	}
+	var prev *v1.Rollout
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return fmt.Errorf("watch rollout of %s: the coordinator ended the stream before the rollout ended", service)
+		}
+		if err != nil {
+			return a.rpcErr("watch rollout of "+service, err)
+		}
+		cur := resp.GetRollout()
+		if cur == nil {
+			continue
+		}
+		if a.jsonOutput() {
+			if err := printJSONLine(a.stdout, cur); err != nil {
+				return err
+			}
+		} else {
+			for _, line := range DiffRollout(prev, cur) {
+				fmt.Fprintln(a.stdout, line)
+			}
+		}
+		prev = cur
+		switch cur.GetState() {
+		case v1.RolloutState_ROLLOUT_STATE_SUCCEEDED:
+			return nil
+		case v1.RolloutState_ROLLOUT_STATE_FAILED, v1.RolloutState_ROLLOUT_STATE_SUPERSEDED:
+			return &exitError{code: ExitError}
+		}
+	}
+}
+
+func printRollout(w io.Writer, ro *v1.Rollout) error {
+	kind := "rollout"
+	if ro.GetRollback() {
+		kind = "rollback"
+	}
+	fmt.Fprintf(w, "%s %s of %s: %s → %s, %s (generation %d)\n", kind, ro.GetId(), ro.GetService(),
+		versionOrNone(ro.GetFromVersion()), ro.GetToVersion(), rolloutState(ro.GetState()), ro.GetGeneration())
+	fmt.Fprintf(w, "created %s, started %s, finished %s\n", fmtTime(ro.GetCreatedAt()), fmtTime(ro.GetStartedAt()), fmtTime(ro.GetFinishedAt()))
+	if ro.GetReason() != "" {
+		fmt.Fprintf(w, "reason: %s\n", ro.GetReason())
+	}
+	fmt.Fprintln(w)
+	tw := newTable(w)
+	row(tw, "WAVE", "CANARY", "STATE", "DONE/TOTAL", "FAILURES", "BAKE UNTIL")
+	for _, wv := range ro.GetWaves() {
+		row(tw, strconv.Itoa(int(wv.GetIndex())), yesNo(wv.GetCanary()), waveState(wv.GetState()),
+			fmt.Sprintf("%d/%d", hostsDone(wv), len(wv.GetHosts())), strconv.Itoa(int(wv.GetFailures())), fmtTime(wv.GetBakeUntil()))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	tw = newTable(w)
+	row(tw, "HOST", "WAVE", "STATE", "PHASE", "UNKNOWN", "REASON")
+	for _, wv := range ro.GetWaves() {
+		for _, h := range wv.GetHosts() {
+			row(tw, h.GetHostId(), strconv.Itoa(int(wv.GetIndex())), hostState(h.GetState()), phaseName(h.GetPhase()),
+				yesNo(h.GetUnknown()), orDash(h.GetReason()))
+		}
+	}
+	return tw.Flush()
+}
+
+func (a *app) hostsCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "hosts",
+		Short: "List hosts: labels, connection, and per service phase current/last good",
+		Args:  cobra.NoArgs,
+		RunE: run(func(cmd *cobra.Command, args []string) error {
+			c, err := a.operator()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.callCtx(cmd.Context())
+			defer cancel()
+			resp, err := c.ListHosts(ctx, &v1.ListHostsRequest{})
+			if err != nil {
+				return a.rpcErr("list hosts", err)
+			}
+			if a.jsonOutput() {
+				return printJSON(a.stdout, resp)
+			}
+			tw := newTable(a.stdout)
+			row(tw, "HOST", "CONNECTED", "LABELS", "SERVICES (phase current/last good)")
+			for _, h := range resp.GetHosts() {
+				var svcs string
+				for i, s := range h.GetServices() {
+					if i > 0 {
+						svcs += ", "
+					}
+					svcs += fmt.Sprintf("%s=%s %s/%s", s.GetService(), phaseName(s.GetPhase()),
+						orDash(s.GetCurrentVersion()), orDash(s.GetLastGoodVersion()))
+				}
+				row(tw, h.GetId(), yesNo(h.GetConnected()), fmtLabels(h.GetLabels()), orDash(svcs))
+			}
+			return tw.Flush()
+		}),
+	}
+}

@@ -1,0 +1,197 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"sigs.k8s.io/yaml"
+
+	"github.com/fleetwave/fleetwave/internal/spec"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+func (a *app) serviceCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "service",
+		Short: "Apply, list and show services",
+	}
+	var file string
+	apply := &cobra.Command{
+		Use:   "apply -f FILE",
+		Short: "Create or update a service from a YAML spec (checked locally first)",
+		Args:  cobra.NoArgs,
+		RunE: run(func(cmd *cobra.Command, args []string) error {
+			s, err := a.loadSpec(cmd, file)
+			if err != nil {
+				return err
+			}
+			c, err := a.operator()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.callCtx(cmd.Context())
+			defer cancel()
+			resp, err := c.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: s})
+			if err != nil {
+				return a.rpcErr("apply service "+s.GetName(), err)
+			}
+			if a.jsonOutput() {
+				return printJSON(a.stdout, resp)
+			}
+			verb := "updated"
+			if resp.GetCreated() {
+				verb = "created"
+			}
+			fmt.Fprintf(a.stdout, "service %s %s\n", s.GetName(), verb)
+			return nil
+		}),
+	}
+	apply.Flags().StringVarP(&file, "file", "f", "", "service spec file (YAML or JSON; - for stdin)")
+	_ = apply.MarkFlagRequired("file")
+
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List services",
+		Args:  cobra.NoArgs,
+		RunE: run(func(cmd *cobra.Command, args []string) error {
+			c, err := a.operator()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.callCtx(cmd.Context())
+			defer cancel()
+			resp, err := c.ListServices(ctx, &v1.ListServicesRequest{})
+			if err != nil {
+				return a.rpcErr("list services", err)
+			}
+			if a.jsonOutput() {
+				return printJSON(a.stdout, resp)
+			}
+			tw := newTable(a.stdout)
+			row(tw, "NAME", "MODE", "STABLE", "FROZEN", "LAST ROLLOUT", "SELECTOR")
+			for _, s := range resp.GetServices() {
+				st := s.GetStatus()
+				row(tw, s.GetSpec().GetName(), mode(s.GetSpec()), orDash(st.GetStableVersion()),
+					frozen(st), orDash(st.GetLastRolloutId()), fmtLabels(s.GetSpec().GetSelector()))
+			}
+			return tw.Flush()
+		}),
+	}
+
+	get := &cobra.Command{
+		Use:   "get NAME",
+		Short: "Show a service: its status and spec",
+		Args:  cobra.ExactArgs(1),
+		RunE: run(func(cmd *cobra.Command, args []string) error {
+			c, err := a.operator()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.callCtx(cmd.Context())
+			defer cancel()
+			resp, err := c.GetService(ctx, &v1.GetServiceRequest{Name: args[0]})
+			if err != nil {
+				return a.rpcErr("get service "+args[0], err)
+			}
+			if a.jsonOutput() {
+				return printJSON(a.stdout, resp.GetService())
+			}
+			return printService(a.stdout, resp.GetService())
+		}),
+	}
+	cmd.AddCommand(apply, list, get)
+	return cmd
+}
+
+// loadSpec reads, parses and validates a spec file. Its errors name the
+// file and, one per line, every field and value that is wrong.
+func (a *app) loadSpec(cmd *cobra.Command, file string) (*v1.ServiceSpec, error) {
+	var (
+		data []byte
+		err  error
+	)
+	name := file
+	if file == "-" {
+		name = "<stdin>"
+		data, err = io.ReadAll(io.LimitReader(cmd.InOrStdin(), spec.MaxSpecSize+1))
+	} else {
+		data, err = readFileLimited(file, spec.MaxSpecSize+1)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read spec: %w", err)
+	}
+	s, err := spec.Parse(data)
+	if err == nil {
+		err = spec.Validate(s)
+	}
+	if err != nil {
+		what := "invalid spec"
+		if errors.Is(err, spec.ErrSyntax) {
+			what = "cannot parse spec"
+		}
+		var b strings.Builder
+		fmt.Fprintf(&b, "%s %s:", what, name)
+		for _, line := range strings.Split(err.Error(), "\n") {
+			fmt.Fprintf(&b, "\n  %s: %s", name, line)
+		}
+		return nil, errors.New(b.String())
+	}
+	return s, nil
+}
+
+func readFileLimited(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, limit))
+}
+
+func mode(s *v1.ServiceSpec) string {
+	if m := s.GetRollout().GetMode(); m != "" {
+		return m
+	}
+	return "auto"
+}
+
+func frozen(st *v1.ServiceStatus) string {
+	if !st.GetFrozen() {
+		return "no"
+	}
+	if st.GetFrozenReason() == "" {
+		return "yes"
+	}
+	return "yes: " + st.GetFrozenReason()
+}
+
+func printService(w io.Writer, s *v1.Service) error {
+	st := s.GetStatus()
+	tw := newTable(w)
+	row(tw, "name:", s.GetSpec().GetName())
+	row(tw, "mode:", mode(s.GetSpec()))
+	row(tw, "stable version:", fmt.Sprintf("%s (generation %d)", orDash(st.GetStableVersion()), st.GetStableGeneration()))
+	row(tw, "frozen:", frozen(st))
+	row(tw, "last rollout:", orDash(st.GetLastRolloutId()))
+	row(tw, "updated:", fmtTime(s.GetUpdatedAt()))
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	js, err := jsonOpts.Marshal(s.GetSpec())
+	if err != nil {
+		return fmt.Errorf("encode spec: %w", err)
+	}
+	y, err := yaml.JSONToYAML(js)
+	if err != nil {
+		return fmt.Errorf("encode spec as YAML: %w", err)
+	}
+	fmt.Fprintln(w, "spec:")
+	for _, line := range strings.Split(strings.TrimRight(string(y), "\n"), "\n") {
+		fmt.Fprintf(w, "  %s\n", line)
+	}
+	return nil
+}
