@@ -1,0 +1,323 @@
+package probe
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+func httpCheck(url string, expect int32) *v1.Check {
+	return &v1.Check{Kind: &v1.Check_Http{Http: &v1.HttpCheck{Url: url, ExpectStatus: expect}}}
+}
+
+func tcpCheck(addr string) *v1.Check {
+	return &v1.Check{Kind: &v1.Check_Tcp{Tcp: &v1.TcpCheck{Address: addr}}}
+}
+
+func execCheck(cmd ...string) *v1.Check {
+	return &v1.Check{Kind: &v1.Check_Exec{Exec: &v1.ExecCheck{Command: cmd}}}
+}
+
+func mustNew(t *testing.T, c *v1.Check, dir string) Prober {
+	t.Helper()
+	p, err := New(c, dir)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return p
+}
+
+func TestIntervalTimeoutDefaults(t *testing.T) {
+	c := tcpCheck("127.0.0.1:1")
+	if Interval(c) != time.Second || Timeout(c) != 2*time.Second {
+		t.Fatalf("defaults = %v, %v; want 1s, 2s", Interval(c), Timeout(c))
+	}
+	if Interval(nil) != time.Second || Timeout(nil) != 2*time.Second {
+		t.Fatalf("nil check defaults = %v, %v", Interval(nil), Timeout(nil))
+	}
+	c.Interval = durationpb.New(5 * time.Second)
+	c.Timeout = durationpb.New(300 * time.Millisecond)
+	if Interval(c) != 5*time.Second || Timeout(c) != 300*time.Millisecond {
+		t.Fatalf("set = %v, %v; want 5s, 300ms", Interval(c), Timeout(c))
+	}
+	c.Interval = durationpb.New(0)
+	if Interval(c) != time.Second {
+		t.Fatalf("zero interval = %v, want default", Interval(c))
+	}
+}
+
+func TestNewErrorsNameField(t *testing.T) {
+	withTimeout := tcpCheck("127.0.0.1:80")
+	withTimeout.Timeout = durationpb.New(-time.Second)
+	withInterval := tcpCheck("127.0.0.1:80")
+	withInterval.Interval = durationpb.New(0)
+	for _, tc := range []struct {
+		name  string
+		check *v1.Check
+		want  string
+	}{
+		{"nil", nil, "check: missing"},
+		{"no kind", &v1.Check{Name: "x"}, "kind: one of http, tcp, exec"},
+		{"bad url", httpCheck("http://[::1", 0), `http.url: invalid URL "http://[::1"`},
+		{"no scheme", httpCheck("localhost:8080/healthz", 0), `http.url: invalid URL "localhost:8080/healthz"`},
+		{"ftp", httpCheck("ftp://host/x", 0), `http.url: invalid URL "ftp://host/x"`},
+		{"no host", httpCheck("http:///healthz", 0), `http.url: invalid URL "http:///healthz"`},
+		{"status", httpCheck("http://127.0.0.1/", 42), "http.expect_status: invalid status 42"},
+		{"tcp no port", tcpCheck("localhost"), `tcp.address: invalid address "localhost"`},
+		{"tcp no host", tcpCheck(":8080"), `tcp.address: invalid address ":8080"`},
+		{"exec empty", execCheck(), "exec.command: empty command"},
+		{"exec empty name", execCheck("", "x"), "exec.command: empty command"},
+		{"timeout", withTimeout, "timeout: invalid duration -1s"},
+		{"interval", withInterval, "interval: invalid duration 0s"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := New(tc.check, t.TempDir())
+			if err == nil {
+				t.Fatalf("New = %v, want error", p)
+			}
+			if !errors.Is(err, ErrInvalidCheck) {
+				t.Fatalf("error %v does not wrap ErrInvalidCheck", err)
+			}
+			if !strings.HasPrefix(err.Error(), tc.want) {
+				t.Fatalf("error = %q, want prefix %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestNames(t *testing.T) {
+	dir := t.TempDir()
+	if n := mustNew(t, httpCheck("http://127.0.0.1/", 0), dir).Name(); n != "http" {
+		t.Fatalf("http default name = %q", n)
+	}
+	if n := mustNew(t, tcpCheck("127.0.0.1:1"), dir).Name(); n != "tcp" {
+		t.Fatalf("tcp default name = %q", n)
+	}
+	if n := mustNew(t, execCheck("true"), dir).Name(); n != "exec" {
+		t.Fatalf("exec default name = %q", n)
+	}
+	c := tcpCheck("127.0.0.1:1")
+	c.Name = "port-open"
+	p := mustNew(t, c, dir)
+	if p.Name() != "port-open" {
+		t.Fatalf("name = %q, want port-open", p.Name())
+	}
+	if r := p.Probe(context.Background()); r.Name != "port-open" {
+		t.Fatalf("result name = %q, want port-open", r.Name)
+	}
+}
+
+func TestHTTP(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/ok", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet {
+			w.WriteHeader(http.StatusMethodNotAllowed)
+			return
+		}
+		_, _ = w.Write([]byte("ok"))
+	})
+	mux.HandleFunc("/fail", func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "unhealthy", http.StatusInternalServerError)
+	})
+	mux.HandleFunc("/created", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusCreated)
+	})
+	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
+		<-r.Context().Done()
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+
+	for _, tc := range []struct {
+		path    string
+		expect  int32
+		timeout time.Duration
+		ok      bool
+		detail  []string
+	}{
+		{"/ok", 0, 0, true, []string{"status 200"}},
+		{"/ok", 200, 0, true, []string{"status 200"}},
+		{"/created", 0, 0, true, []string{"status 201"}},
+		{"/created", 200, 0, false, []string{"status 201 (want 200)"}},
+		{"/fail", 0, 0, false, []string{"GET " + srv.URL + "/fail: status 500 (want 2xx)", `"unhealthy"`}},
+		{"/fail", 500, 0, true, []string{"status 500"}},
+		{"/missing", 0, 0, false, []string{"status 404"}},
+		{"/slow", 0, 100 * time.Millisecond, false, []string{"timeout after 100ms"}},
+	} {
+		c := httpCheck(srv.URL+tc.path, tc.expect)
+		if tc.timeout != 0 {
+			c.Timeout = durationpb.New(tc.timeout)
+		}
+		start := time.Now()
+		r := mustNew(t, c, "").Probe(context.Background())
+		if r.OK != tc.ok {
+			t.Errorf("%s expect %d: OK = %v, want %v (%s)", tc.path, tc.expect, r.OK, tc.ok, r.Detail)
+		}
+		for _, want := range tc.detail {
+			if !strings.Contains(r.Detail, want) {
+				t.Errorf("%s: detail %q lacks %q", tc.path, r.Detail, want)
+			}
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("%s: probe took %v", tc.path, d)
+		}
+	}
+
+	url := srv.URL + "/ok"
+	srv.Close()
+	r := mustNew(t, httpCheck(url, 0), "").Probe(context.Background())
+	if r.OK || !strings.Contains(r.Detail, "GET "+url) {
+		t.Fatalf("closed server: %+v, want failure naming the URL", r)
+	}
+}
+
+func TestTCP(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan struct{}, 1)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.Close()
+			accepted <- struct{}{}
+		}
+	}()
+	addr := ln.Addr().String()
+	r := mustNew(t, tcpCheck(addr), "").Probe(context.Background())
+	if !r.OK {
+		t.Fatalf("open port: %+v", r)
+	}
+	select {
+	case <-accepted:
+	case <-time.After(5 * time.Second):
+		t.Fatal("listener never saw the probe's connection")
+	}
+	_ = ln.Close()
+	r = mustNew(t, tcpCheck(addr), "").Probe(context.Background())
+	if r.OK || !strings.Contains(r.Detail, "dial "+addr) {
+		t.Fatalf("closed port: %+v, want failure naming the address", r)
+	}
+}
+
+func TestExec(t *testing.T) {
+	dir := t.TempDir()
+	realDir, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "check.sh"), []byte("#!/bin/sh\necho checking\necho \"home=$HOME\" >&2\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		cmd    []string
+		ok     bool
+		detail []string
+	}{
+		{"pass", []string{"/bin/sh", "-c", "echo first; echo 'all good'"}, true, []string{"exit 0: all good"}},
+		{"exit 3", []string{"/bin/sh", "-c", "echo first; echo 'disk full' >&2; exit 3"}, false, []string{"exit status 3", "disk full"}},
+		{"exit 1 no output", []string{"/bin/sh", "-c", "exit 1"}, false, []string{"exit status 1"}},
+		{"runs in dir", []string{"/bin/sh", "-c", "pwd"}, true, []string{realDir}},
+		{"relative to dir", []string{"./check.sh"}, true, []string{"home=" + dir}},
+		{"path lookup", []string{"sh", "-c", "echo via path"}, true, []string{"via path"}},
+		{"no shell", []string{"/bin/echo", "a;", "exit", "1"}, true, []string{"a; exit 1"}},
+		{"missing binary", []string{"./nope"}, false, []string{`exec "./nope"`}},
+	} {
+		r := mustNew(t, execCheck(tc.cmd...), dir).Probe(context.Background())
+		if r.OK != tc.ok {
+			t.Errorf("%s: OK = %v, want %v (%s)", tc.name, r.OK, tc.ok, r.Detail)
+		}
+		for _, want := range tc.detail {
+			if !strings.Contains(r.Detail, want) {
+				t.Errorf("%s: detail %q lacks %q", tc.name, r.Detail, want)
+			}
+		}
+	}
+}
+
+func TestExecTimeoutKillsGroup(t *testing.T) {
+	dir := t.TempDir()
+	c := execCheck("/bin/sh", "-c", "sleep 30 & echo bg=$!; sleep 30")
+	c.Timeout = durationpb.New(200 * time.Millisecond)
+	start := time.Now()
+	r := mustNew(t, c, dir).Probe(context.Background())
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("probe took %v, want about the 200ms timeout", d)
+	}
+	if r.OK {
+		t.Fatalf("sleeping check passed: %+v", r)
+	}
+	if !strings.Contains(r.Detail, "timeout after 200ms") {
+		t.Fatalf("detail = %q, want the timeout", r.Detail)
+	}
+	// The last output line names the background sleep, which must have
+	// been killed with the group (it would hold the output pipe for 30s).
+	i := strings.LastIndex(r.Detail, "bg=")
+	if i < 0 {
+		t.Fatalf("detail = %q, want the last output line", r.Detail)
+	}
+	bg := r.Detail[i+3:]
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		data, err := os.ReadFile("/proc/" + bg + "/stat")
+		// Gone, or a zombie nobody reaped: either way dead.
+		if err != nil || strings.Contains(string(data), ") Z ") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("background process %s survived the timeout", bg)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestExecParentContext(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	r := mustNew(t, execCheck("/bin/sh", "-c", "sleep 30"), t.TempDir()).Probe(ctx)
+	if r.OK {
+		t.Fatalf("probe with cancelled context passed: %+v", r)
+	}
+}
+
+func TestTailBufferAndLastLine(t *testing.T) {
+	b := &tailBuffer{max: 8}
+	for _, s := range []string{"abc", "defg", "hij"} {
+		if n, err := b.Write([]byte(s)); n != len(s) || err != nil {
+			t.Fatalf("Write = %d, %v", n, err)
+		}
+	}
+	if got := string(b.Bytes()); got != "cdefghij" {
+		t.Fatalf("tail = %q, want cdefghij", got)
+	}
+	_, _ = b.Write([]byte("0123456789"))
+	if got := string(b.Bytes()); got != "23456789" {
+		t.Fatalf("tail = %q, want 23456789", got)
+	}
+	for in, want := range map[string]string{
+		"":                       "",
+		"one\ntwo\n\n":           "two",
+		"  only  ":               "only",
+		"a\r\nb\r\n":             "b",
+		strings.Repeat("x", 300): "..." + strings.Repeat("x", 200),
+	} {
+		if got := lastLine([]byte(in)); got != want {
+			t.Errorf("lastLine(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -1,0 +1,646 @@
+package supervise
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// The test binary doubles as the supervised child: with
+// GO_WANT_HELPER_PROCESS=1 it runs helperMain instead of the tests.
+func TestMain(m *testing.M) {
+	if os.Getenv("GO_WANT_HELPER_PROCESS") == "1" {
+		helperMain(os.Getenv("HELPER_MODE"))
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func helperMain(mode string) {
+	switch mode {
+	case "serve": // runs until SIGTERM, then exits 0
+		serveUntilTerm()
+	case "crash":
+		fmt.Println("crashing")
+		os.Exit(3)
+	case "crash-once": // crashes on the first run, serves afterwards
+		mark := filepath.Join(os.Getenv("HOME"), "crashed")
+		if _, err := os.Stat(mark); err != nil {
+			_ = os.WriteFile(mark, nil, 0o644)
+			fmt.Println("crashing")
+			os.Exit(3)
+		}
+		serveUntilTerm()
+	case "ignore-term": // ignores SIGTERM; only SIGKILL ends it
+		signal.Ignore(syscall.SIGTERM)
+		fmt.Printf("ready pid=%d\n", os.Getpid())
+		for {
+			time.Sleep(time.Hour)
+		}
+	case "grandchild": // spawns a SIGTERM-ignoring grandchild in its group
+		exe, err := os.Executable()
+		if err != nil {
+			os.Exit(2)
+		}
+		c := exec.Command(exe)
+		c.Env = append(os.Environ(), "HELPER_MODE=ignore-term")
+		c.Stdout = os.Stdout
+		if err := c.Start(); err != nil {
+			os.Exit(2)
+		}
+		fmt.Printf("grandchild pid=%d\n", c.Process.Pid)
+		serveUntilTerm()
+	default:
+		fmt.Fprintf(os.Stderr, "unknown helper mode %q\n", mode)
+		os.Exit(2)
+	}
+}
+
+func serveUntilTerm() {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGTERM)
+	fmt.Printf("ready pid=%d home=%s foo=%s\n", os.Getpid(), os.Getenv("HOME"), os.Getenv("FOO"))
+	<-ch
+	os.Exit(0)
+}
+
+// --- helpers ---
+
+func testLogger(t *testing.T) zerolog.Logger {
+	return zerolog.New(zerolog.NewTestWriter(t))
+}
+
+// helperEnv is the environment that makes the test binary run helperMain.
+// GORACE stops a -race child from sleeping 1s on exit.
+func helperEnv(mode string, extra ...string) []string {
+	return append([]string{"GO_WANT_HELPER_PROCESS=1", "HELPER_MODE=" + mode, "GORACE=atexit_sleep_ms=0"}, extra...)
+}
+
+func helperConfig(t *testing.T, mode string) Config {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	return Config{
+		Service:    "helper",
+		Dir:        dir,
+		Command:    []string{exe},
+		Env:        helperEnv(mode, "FOO=bar"),
+		LogPath:    filepath.Join(dir, "service.log"),
+		PIDFile:    filepath.Join(dir, "service.pid"),
+		StopGrace:  5 * time.Second,
+		MinBackoff: 10 * time.Millisecond,
+		MaxBackoff: 50 * time.Millisecond,
+	}
+}
+
+// waitFor polls cond until it is true or the deadline passes.
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+var pidRE = regexp.MustCompile(`(ready|grandchild) pid=(\d+)`)
+
+// logPIDs returns the pids of "ready pid=N" (or "grandchild pid=N") lines.
+func logPIDs(t *testing.T, path, kind string) []int {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, m := range pidRE.FindAllStringSubmatch(string(data), -1) {
+		if m[1] == kind {
+			n, _ := strconv.Atoi(m[2])
+			pids = append(pids, n)
+		}
+	}
+	return pids
+}
+
+func waitReady(t *testing.T, logPath string, n int) []int {
+	t.Helper()
+	var pids []int
+	waitFor(t, fmt.Sprintf("%d ready line(s) in %s", n, logPath), 10*time.Second, func() bool {
+		pids = logPIDs(t, logPath, "ready")
+		return len(pids) >= n
+	})
+	return pids
+}
+
+// pidAlive reports whether pid exists and is not a zombie.
+func pidAlive(pid int) bool {
+	state, _, ok := readStat(strconv.Itoa(pid))
+	return ok && state != 'Z' && state != 'X'
+}
+
+func checkNoGoroutineLeak(t *testing.T, base int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > base {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<16)
+			t.Fatalf("goroutines: %d > %d before start\n%s", runtime.NumGoroutine(), base, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func stop(t *testing.T, s *Supervisor) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := s.Stop(ctx); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+}
+
+// --- tests ---
+
+func TestStartStop(t *testing.T) {
+	base := runtime.NumGoroutine()
+	cfg := helperConfig(t, "serve")
+	s := New(cfg, testLogger(t))
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	if err := s.Start(); !errors.Is(err, ErrAlreadyStarted) {
+		t.Fatalf("second Start = %v, want ErrAlreadyStarted", err)
+	}
+	pid := waitReady(t, cfg.LogPath, 1)[0]
+
+	data, err := os.ReadFile(cfg.PIDFile)
+	if err != nil {
+		t.Fatalf("pid file: %v", err)
+	}
+	if got := strings.TrimSpace(string(data)); got != strconv.Itoa(pid) {
+		t.Fatalf("pid file holds %q, want %d", got, pid)
+	}
+	if pgid, err := syscall.Getpgid(pid); err != nil || pgid != pid {
+		t.Fatalf("child pgid = %d, %v; want its own group %d", pgid, err, pid)
+	}
+	logData, _ := os.ReadFile(cfg.LogPath)
+	if !strings.Contains(string(logData), "home="+cfg.Dir+" foo=bar") {
+		t.Fatalf("child env not as configured; log: %q", logData)
+	}
+
+	start := time.Now()
+	stop(t, s)
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("Stop of a SIGTERM-obeying child took %v", d)
+	}
+	if pidAlive(pid) {
+		t.Fatalf("pid %d still alive after Stop", pid)
+	}
+	if _, err := os.Stat(cfg.PIDFile); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("pid file after clean stop: %v, want removed", err)
+	}
+	stop(t, s) // second Stop is a no-op
+	if err := s.Start(); !errors.Is(err, ErrStopped) {
+		t.Fatalf("Start after Stop = %v, want ErrStopped", err)
+	}
+	select {
+	case e := <-s.Exits():
+		t.Fatalf("unexpected Exit event on clean stop: %+v", e)
+	default:
+	}
+	if s.Restarts() != 0 {
+		t.Fatalf("Restarts = %d, want 0", s.Restarts())
+	}
+	checkNoGoroutineLeak(t, base)
+}
+
+func TestRelativeCommandAndLogAppend(t *testing.T) {
+	dir := t.TempDir()
+	script := "#!/bin/sh\necho \"run home=$HOME foo=$FOO\"\nexec sleep 100\n"
+	if err := os.WriteFile(filepath.Join(dir, "run.sh"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(dir, "out.log")
+	if err := os.WriteFile(logPath, []byte("previous\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := New(Config{Service: "sh", Dir: dir, Command: []string{"./run.sh"}, Env: []string{"FOO=baz"},
+		LogPath: logPath, StopGrace: 5 * time.Second}, testLogger(t))
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	want := "previous\nrun home=" + dir + " foo=baz\n"
+	waitFor(t, "script output", 10*time.Second, func() bool {
+		data, _ := os.ReadFile(logPath)
+		return string(data) == want
+	})
+	stop(t, s)
+}
+
+func TestCrashRestartsWithBackoff(t *testing.T) {
+	base := runtime.NumGoroutine()
+	cfg := helperConfig(t, "crash")
+	cfg.MinBackoff = 20 * time.Millisecond
+	cfg.MaxBackoff = 80 * time.Millisecond
+	s := New(cfg, testLogger(t))
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	var exits []Exit
+	timeout := time.After(20 * time.Second)
+	for len(exits) < 5 {
+		select {
+		case e := <-s.Exits():
+			exits = append(exits, e)
+		case <-timeout:
+			t.Fatalf("got %d exits, want 5", len(exits))
+		}
+	}
+	stop(t, s)
+	wantGap := []time.Duration{20, 40, 80, 80}
+	for i, e := range exits {
+		var ee *exec.ExitError
+		if !errors.As(e.Err, &ee) || ee.ExitCode() != 3 {
+			t.Fatalf("exit %d: Err = %v, want exit status 3", i, e.Err)
+		}
+		if e.Restarts != i {
+			t.Fatalf("exit %d: Restarts = %d, want %d", i, e.Restarts, i)
+		}
+		if i > 0 {
+			gap := e.At.Sub(exits[i-1].At)
+			if want := wantGap[i-1] * time.Millisecond; gap < want {
+				t.Fatalf("exit %d came %v after the previous one, want >= backoff %v", i, gap, want)
+			}
+		}
+	}
+	if s.Restarts() < 4 {
+		t.Fatalf("Restarts = %d, want >= 4", s.Restarts())
+	}
+	n := s.Restarts()
+	if _, err := os.Stat(cfg.PIDFile); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("pid file after stop: %v, want removed", err)
+	}
+	data, _ := os.ReadFile(cfg.LogPath)
+	// Every run appends; the last run may have been stopped before printing.
+	if c := strings.Count(string(data), "crashing"); c < 5 || c < n || c > n+1 {
+		t.Fatalf("log has %d crash lines after %d restarts", c, n)
+	}
+	checkNoGoroutineLeak(t, base)
+}
+
+func TestCrashOnceThenRuns(t *testing.T) {
+	cfg := helperConfig(t, "crash-once")
+	s := New(cfg, testLogger(t))
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	pid := waitReady(t, cfg.LogPath, 1)[0]
+	select {
+	case e := <-s.Exits():
+		if e.Err == nil || e.Restarts != 0 {
+			t.Fatalf("exit = %+v, want a crash before any restart", e)
+		}
+	default:
+		t.Fatal("no Exit event for the first crash")
+	}
+	if s.Restarts() != 1 {
+		t.Fatalf("Restarts = %d, want 1", s.Restarts())
+	}
+	data, err := os.ReadFile(cfg.PIDFile)
+	if err != nil || strings.TrimSpace(string(data)) != strconv.Itoa(pid) {
+		t.Fatalf("pid file = %q, %v; want the restarted pid %d", data, err, pid)
+	}
+	stop(t, s)
+}
+
+func TestStopKillsChildIgnoringSIGTERM(t *testing.T) {
+	cfg := helperConfig(t, "ignore-term")
+	cfg.StopGrace = 300 * time.Millisecond
+	s := New(cfg, testLogger(t))
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	pid := waitReady(t, cfg.LogPath, 1)[0]
+	start := time.Now()
+	stop(t, s)
+	if d := time.Since(start); d < cfg.StopGrace {
+		t.Fatalf("Stop returned after %v, before the grace %v: SIGTERM should have been ignored", d, cfg.StopGrace)
+	}
+	if pidAlive(pid) {
+		t.Fatalf("pid %d survived Stop", pid)
+	}
+	select {
+	case e := <-s.Exits():
+		t.Fatalf("unexpected Exit event on stop: %+v", e)
+	default:
+	}
+}
+
+func TestStopKillsWholeGroup(t *testing.T) {
+	cfg := helperConfig(t, "grandchild")
+	cfg.StopGrace = 300 * time.Millisecond
+	s := New(cfg, testLogger(t))
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	// Two ready lines: the child (serve) and the grandchild (ignore-term).
+	waitReady(t, cfg.LogPath, 2)
+	gc := logPIDs(t, cfg.LogPath, "grandchild")
+	if len(gc) != 1 {
+		t.Fatalf("grandchild pids = %v", gc)
+	}
+	leader, err := strconv.Atoi(strings.TrimSpace(readFile(t, cfg.PIDFile)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pgid, err := syscall.Getpgid(gc[0]); err != nil || pgid != leader {
+		t.Fatalf("grandchild pgid = %d, %v; want %d", pgid, err, leader)
+	}
+	stop(t, s)
+	waitFor(t, "grandchild to die", 5*time.Second, func() bool { return !pidAlive(gc[0]) })
+	if pidAlive(leader) {
+		t.Fatalf("leader %d alive after Stop", leader)
+	}
+}
+
+func TestCrashKillsOrphans(t *testing.T) {
+	// A leader that dies leaves its group behind; the supervisor kills the
+	// leftovers before restarting.
+	dir := t.TempDir()
+	script := "#!/bin/sh\nsleep 100 &\necho \"orphan pid=$!\"\nexit 1\n"
+	if err := os.WriteFile(filepath.Join(dir, "run.sh"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(dir, "out.log")
+	s := New(Config{Service: "sh", Dir: dir, Command: []string{"./run.sh"}, LogPath: logPath,
+		MinBackoff: time.Hour}, testLogger(t))
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	select {
+	case <-s.Exits():
+	case <-time.After(10 * time.Second):
+		t.Fatal("no Exit event")
+	}
+	m := regexp.MustCompile(`orphan pid=(\d+)`).FindStringSubmatch(readFile(t, logPath))
+	if m == nil {
+		t.Fatalf("no orphan pid in log %q", readFile(t, logPath))
+	}
+	orphan, _ := strconv.Atoi(m[1])
+	waitFor(t, "orphan to die", 5*time.Second, func() bool { return !pidAlive(orphan) })
+	stop(t, s) // stops while waiting out the backoff
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
+}
+
+func TestMissingBinary(t *testing.T) {
+	base := runtime.NumGoroutine()
+	cfg := helperConfig(t, "serve")
+	cfg.Command = []string{"./no-such-binary"}
+	s := New(cfg, testLogger(t))
+	err := s.Start()
+	if !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("Start = %v, want ErrNotExist", err)
+	}
+	if !strings.Contains(err.Error(), "./no-such-binary") {
+		t.Fatalf("error %q does not name the command", err)
+	}
+	if _, err := os.Stat(cfg.PIDFile); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("pid file exists after failed start: %v", err)
+	}
+	stop(t, s)
+	checkNoGoroutineLeak(t, base)
+
+	s = New(Config{Service: "x", Dir: t.TempDir(), LogPath: filepath.Join(t.TempDir(), "l")}, testLogger(t))
+	if err := s.Start(); !errors.Is(err, ErrNoCommand) {
+		t.Fatalf("Start with no command = %v, want ErrNoCommand", err)
+	}
+}
+
+func TestStopConcurrentWithCrashes(t *testing.T) {
+	base := runtime.NumGoroutine()
+	for i := range 5 {
+		cfg := helperConfig(t, "crash")
+		cfg.MinBackoff = time.Millisecond
+		cfg.MaxBackoff = 2 * time.Millisecond
+		s := New(cfg, testLogger(t))
+		if err := s.Start(); err != nil {
+			t.Fatalf("Start: %v", err)
+		}
+		// Let it crash and restart a little, then stop from two goroutines.
+		waitFor(t, "a restart", 10*time.Second, func() bool { return s.Restarts() >= i%3 })
+		var wg sync.WaitGroup
+		for range 2 {
+			wg.Go(func() {
+				if err := s.Stop(context.Background()); err != nil {
+					t.Errorf("Stop: %v", err)
+				}
+			})
+		}
+		wg.Wait()
+		n := s.Restarts()
+		// The run loop has ended, so nothing can restart any more.
+		select {
+		case <-s.done:
+		default:
+			t.Fatal("run loop still running after Stop returned")
+		}
+		if s.Restarts() != n {
+			t.Fatalf("restarted after Stop: %d -> %d", n, s.Restarts())
+		}
+	}
+	checkNoGoroutineLeak(t, base)
+}
+
+func TestStopContextExpires(t *testing.T) {
+	cfg := helperConfig(t, "ignore-term")
+	cfg.StopGrace = 500 * time.Millisecond
+	s := New(cfg, testLogger(t))
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	pid := waitReady(t, cfg.LogPath, 1)[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	if err := s.Stop(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Stop with short ctx = %v, want DeadlineExceeded", err)
+	}
+	stop(t, s) // the stop carried on; a second Stop waits for it
+	if pidAlive(pid) {
+		t.Fatalf("pid %d alive after Stop", pid)
+	}
+}
+
+func TestExitsDropsOldest(t *testing.T) {
+	s := New(Config{}, zerolog.Nop())
+	for i := range exitsBuffer + 5 {
+		s.emit(Exit{Restarts: i})
+	}
+	if got := len(s.exits); got != exitsBuffer {
+		t.Fatalf("buffered %d exits, want %d", got, exitsBuffer)
+	}
+	if e := <-s.Exits(); e.Restarts != 5 {
+		t.Fatalf("oldest kept exit = %d, want 5", e.Restarts)
+	}
+}
+
+// startStale starts the helper in its own process group, as an earlier
+// agent would have, reaping it in the background.
+func startStale(t *testing.T, mode string) (pid int, exited <-chan error) {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(t.TempDir(), "stale.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	c := exec.Command(exe)
+	c.Env = helperEnv(mode)
+	c.Stdout = logf
+	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan error, 1)
+	reaped := make(chan struct{})
+	go func() { ch <- c.Wait(); close(reaped) }()
+	t.Cleanup(func() {
+		_ = syscall.Kill(-c.Process.Pid, syscall.SIGKILL)
+		<-reaped
+	})
+	waitReady(t, logPath, 1)
+	return c.Process.Pid, ch
+}
+
+func TestKillStaleLiveGroup(t *testing.T) {
+	for _, tc := range []struct {
+		mode    string
+		minTime time.Duration
+		signal  syscall.Signal
+	}{
+		{"serve", 0, 0}, // exits 0 on SIGTERM
+		{"ignore-term", 300 * time.Millisecond, syscall.SIGKILL}, // needs SIGKILL
+	} {
+		t.Run(tc.mode, func(t *testing.T) {
+			pid, exited := startStale(t, tc.mode)
+			pidFile := filepath.Join(t.TempDir(), "svc.pid")
+			if err := writePIDFile(pidFile, pid); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			if err := KillStale(pidFile, 300*time.Millisecond, testLogger(t)); err != nil {
+				t.Fatalf("KillStale: %v", err)
+			}
+			if d := time.Since(start); d < tc.minTime {
+				t.Fatalf("KillStale took %v, want >= %v", d, tc.minTime)
+			}
+			select {
+			case err := <-exited:
+				var ee *exec.ExitError
+				if tc.signal == 0 && err != nil {
+					t.Fatalf("stale process exit = %v, want clean exit on SIGTERM", err)
+				}
+				if tc.signal != 0 && (!errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != tc.signal) {
+					t.Fatalf("stale process exit = %v, want killed by %v", err, tc.signal)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("stale process not reaped after KillStale returned")
+			}
+			if _, err := os.Stat(pidFile); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("pid file: %v, want removed", err)
+			}
+		})
+	}
+}
+
+func TestKillStaleDeadPID(t *testing.T) {
+	c := exec.Command("/bin/sh", "-c", "exit 0")
+	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := c.Run(); err != nil {
+		t.Fatal(err)
+	}
+	pidFile := filepath.Join(t.TempDir(), "svc.pid")
+	if err := writePIDFile(pidFile, c.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := KillStale(pidFile, 5*time.Second, testLogger(t)); err != nil {
+		t.Fatalf("KillStale: %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("KillStale of a dead group took %v", d)
+	}
+	if _, err := os.Stat(pidFile); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("pid file: %v, want removed", err)
+	}
+}
+
+func TestKillStaleNoFileAndBadFile(t *testing.T) {
+	dir := t.TempDir()
+	if err := KillStale(filepath.Join(dir, "missing.pid"), time.Second, testLogger(t)); err != nil {
+		t.Fatalf("KillStale without file = %v, want nil", err)
+	}
+	for _, content := range []string{"", "abc", "-5", "1", "0", strconv.Itoa(syscall.Getpgrp())} {
+		p := filepath.Join(dir, "bad.pid")
+		if err := os.WriteFile(p, []byte(content+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		err := KillStale(p, time.Second, testLogger(t))
+		if !errors.Is(err, ErrInvalidPIDFile) {
+			t.Fatalf("KillStale(%q) = %v, want ErrInvalidPIDFile", content, err)
+		}
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("bad pid file %q not removed: %v", content, err)
+		}
+	}
+}
+
+func TestWritePIDFileAtomic(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "x.pid")
+	for _, pid := range []int{123, 45} {
+		if err := writePIDFile(p, pid); err != nil {
+			t.Fatal(err)
+		}
+		if got := readFile(t, p); got != strconv.Itoa(pid)+"\n" {
+			t.Fatalf("pid file = %q, want %d", got, pid)
+		}
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 {
+		t.Fatalf("dir has %d entries, want only the pid file (no temp files left)", len(entries))
+	}
+	if err := writePIDFile(filepath.Join(dir, "no", "such", "x.pid"), 1); err == nil {
+		t.Fatal("writePIDFile into a missing dir succeeded")
+	}
+}
