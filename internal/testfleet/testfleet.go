@@ -1,0 +1,486 @@
+// Package testfleet starts a real Fleetwave fleet on one machine: the real
+// binaries as separate processes talking over loopback sockets, with
+// artifacts built from the demo app. The end-to-end tests and `make demo`
+// use it. It must not be imported by the coordinator or the agent.
+package testfleet
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// Binaries are the paths of the built Fleetwave binaries.
+type Binaries struct {
+	Dir         string
+	Coordinator string
+	Agent       string
+	CLI         string
+	DemoApp     string
+}
+
+// ModuleRoot finds the repository root (the directory with go.mod) from the
+// working directory upwards.
+func ModuleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("go.mod not found above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// Build compiles the four binaries into dir.
+func Build(ctx context.Context, dir string) (*Binaries, error) {
+	root, err := ModuleRoot()
+	if err != nil {
+		return nil, err
+	}
+	b := &Binaries{
+		Dir:         dir,
+		Coordinator: filepath.Join(dir, "fleetwave-coordinator"),
+		Agent:       filepath.Join(dir, "fleetwave-agent"),
+		CLI:         filepath.Join(dir, "fleetwave"),
+		DemoApp:     filepath.Join(dir, "fleetwave-demoapp"),
+	}
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", dir+string(filepath.Separator),
+		"./cmd/fleetwave-coordinator", "./cmd/fleetwave-agent", "./cmd/fleetwave", "./cmd/fleetwave-demoapp")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("go build: %w\n%s", err, out)
+	}
+	return b, nil
+}
+
+// FreePort returns a loopback port that was free a moment ago.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// Proc is one running process with its output in a log file.
+type Proc struct {
+	Name    string
+	LogPath string
+	args    []string
+	bin     string
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error
+}
+
+// Start starts bin with args, output appended to logPath.
+func Start(name, bin, logPath string, args ...string) (*Proc, error) {
+	p := &Proc{Name: name, LogPath: logPath, args: args, bin: bin}
+	return p, p.start()
+}
+
+func (p *Proc) start() error {
+	f, err := os.OpenFile(p.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("start %s: %w", p.Name, err)
+	}
+	cmd := exec.Command(p.bin, p.args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return fmt.Errorf("start %s: %w", p.Name, err)
+	}
+	done := make(chan struct{})
+	p.mu.Lock()
+	p.cmd, p.done = cmd, done
+	p.mu.Unlock()
+	go func() {
+		err := cmd.Wait()
+		f.Close()
+		p.mu.Lock()
+		p.err = err
+		p.mu.Unlock()
+		close(done)
+	}()
+	return nil
+}
+
+// Restart starts the process again with the same arguments after it ended.
+func (p *Proc) Restart() error {
+	p.mu.Lock()
+	done := p.done
+	p.mu.Unlock()
+	<-done
+	return p.start()
+}
+
+// Running reports whether the process has not exited.
+func (p *Proc) Running() bool {
+	p.mu.Lock()
+	done := p.done
+	p.mu.Unlock()
+	select {
+	case <-done:
+		return false
+	default:
+		return true
+	}
+}
+
+// Kill9 kills the process with SIGKILL (only it, not its children) and
+// waits for it.
+func (p *Proc) Kill9() {
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	p.mu.Unlock()
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	<-done
+}
+
+// Stop sends SIGTERM and waits up to grace, then SIGKILLs the process group.
+func (p *Proc) Stop(grace time.Duration) {
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	p.mu.Unlock()
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(grace):
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+	}
+}
+
+// Tail returns the last n bytes of the process's log.
+func (p *Proc) Tail(n int64) string {
+	return tail(p.LogPath, n)
+}
+
+func tail(path string, n int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	off := max(fi.Size()-n, 0)
+	b := make([]byte, fi.Size()-off)
+	_, _ = f.ReadAt(b, off)
+	return string(b)
+}
+
+// WaitFor polls cond until it returns true or the deadline passes; the
+// error carries cond's last explanation.
+func WaitFor(ctx context.Context, timeout time.Duration, what string, cond func() (bool, string)) error {
+	deadline := time.Now().Add(timeout)
+	var why string
+	for {
+		ok, w := cond()
+		if ok {
+			return nil
+		}
+		why = w
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: not true after %s: %s", what, timeout, why)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w (last: %s)", what, ctx.Err(), why)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// Dial opens a gRPC client connection to addr.
+func Dial(addr string) (*grpc.ClientConn, error) {
+	return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+}
+
+// WaitServing waits until the gRPC health service at addr says SERVING.
+func WaitServing(ctx context.Context, addr string, timeout time.Duration) error {
+	cc, err := Dial(addr)
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	hc := healthpb.NewHealthClient(cc)
+	return WaitFor(ctx, timeout, "coordinator "+addr+" serving", func() (bool, string) {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		resp, err := hc.Check(cctx, &healthpb.HealthCheckRequest{})
+		if err != nil {
+			return false, err.Error()
+		}
+		return resp.GetStatus() == healthpb.HealthCheckResponse_SERVING, resp.GetStatus().String()
+	})
+}
+
+// Artifact builds a release tarball of the demo app: the binary as
+// ./demoapp, a VERSION file, and any extra files (behaviour switches such
+// as FAIL_HEALTH).
+func Artifact(path, demoApp, version string, extra map[string]string) error {
+	bin, err := os.ReadFile(demoApp)
+	if err != nil {
+		return fmt.Errorf("artifact %s: %w", version, err)
+	}
+	var buf bytes.Buffer
+	gz := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(gz)
+	add := func(name string, mode int64, data []byte) error {
+		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: mode, Size: int64(len(data)), Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0)}); err != nil {
+			return err
+		}
+		_, err := tw.Write(data)
+		return err
+	}
+	files := map[string]string{"VERSION": version}
+	for k, v := range extra {
+		files[k] = v
+	}
+	names := make([]string, 0, len(files))
+	for k := range files {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	if err := add("demoapp", 0o755, bin); err != nil {
+		return fmt.Errorf("artifact %s: %w", version, err)
+	}
+	for _, n := range names {
+		if err := add(n, 0o644, []byte(files[n])); err != nil {
+			return fmt.Errorf("artifact %s: %w", version, err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	if err := gz.Close(); err != nil {
+		return err
+	}
+	return os.WriteFile(path, buf.Bytes(), 0o644)
+}
+
+// CLIResult is one run of the fleetwave CLI.
+type CLIResult struct {
+	Stdout, Stderr string
+	Code           int
+}
+
+// CLI runs the fleetwave CLI against coordinator addr.
+func CLI(ctx context.Context, bin, addr string, args ...string) CLIResult {
+	cmd := exec.CommandContext(ctx, bin, append([]string{"--coordinator", addr}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		code = -1
+		errb.WriteString(err.Error())
+	}
+	return CLIResult{Stdout: out.String(), Stderr: errb.String(), Code: code}
+}
+
+// Hosts lists the fleet's hosts through the operator API.
+func Hosts(ctx context.Context, addr string) ([]*v1.Host, error) {
+	cc, err := Dial(addr)
+	if err != nil {
+		return nil, err
+	}
+	defer cc.Close()
+	resp, err := v1.NewOperatorServiceClient(cc).ListHosts(ctx, &v1.ListHostsRequest{})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetHosts(), nil
+}
+
+// Rollout fetches a service's newest rollout.
+func Rollout(ctx context.Context, addr, service string) (*v1.Rollout, error) {
+	cc, err := Dial(addr)
+	if err != nil {
+		return nil, err
+	}
+	defer cc.Close()
+	resp, err := v1.NewOperatorServiceClient(cc).GetRollout(ctx, &v1.GetRolloutRequest{Service: service})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetRollout(), nil
+}
+
+// HTTPGet fetches a URL's body with a short timeout.
+func HTTPGet(ctx context.Context, url string) (string, int, error) {
+	return httpGet(ctx, url)
+}
+
+// Fleet is a coordinator and agents started from one set of binaries.
+type Fleet struct {
+	Bin      *Binaries
+	Dir      string
+	Addr     string
+	Coord    *Proc
+	Agents   map[string]*Agent
+	agentIDs []string
+}
+
+// Agent is one agent process and the port its service uses.
+type Agent struct {
+	*Proc
+	ID      string
+	Zone    string
+	Port    int
+	DataDir string
+}
+
+// NewFleet starts a coordinator with embedded etcd in dir.
+func NewFleet(ctx context.Context, bin *Binaries, dir string) (*Fleet, error) {
+	port, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	f := &Fleet{Bin: bin, Dir: dir, Addr: fmt.Sprintf("127.0.0.1:%d", port), Agents: map[string]*Agent{}}
+	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o755); err != nil {
+		return nil, err
+	}
+	f.Coord, err = Start("coordinator", bin.Coordinator, filepath.Join(dir, "logs", "coordinator.log"),
+		"--listen", f.Addr, "--data-dir", filepath.Join(dir, "coordinator"), "--lease-ttl", "2s")
+	if err != nil {
+		return nil, err
+	}
+	if err := WaitServing(ctx, f.Addr, 60*time.Second); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%w\ncoordinator log:\n%s", err, f.Coord.Tail(4000))
+	}
+	return f, nil
+}
+
+// AddAgent starts an agent with labels zone=<zone>, role=web and a free
+// port label for its service.
+func (f *Fleet) AddAgent(id, zone string) (*Agent, error) {
+	port, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	dataDir := filepath.Join(f.Dir, "agents", id)
+	labels := fmt.Sprintf("zone=%s,role=web,port=%d", zone, port)
+	p, err := Start("agent "+id, f.Bin.Agent, filepath.Join(f.Dir, "logs", "agent-"+id+".log"),
+		"--coordinator", f.Addr, "--host-id", id, "--labels", labels, "--data-dir", dataDir)
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{Proc: p, ID: id, Zone: zone, Port: port, DataDir: dataDir}
+	f.Agents[id] = a
+	f.agentIDs = append(f.agentIDs, id)
+	return a, nil
+}
+
+// AgentIDs returns the agents' ids in the order they were added.
+func (f *Fleet) AgentIDs() []string { return append([]string(nil), f.agentIDs...) }
+
+// CLI runs the fleetwave CLI against this fleet.
+func (f *Fleet) CLI(ctx context.Context, args ...string) CLIResult {
+	return CLI(ctx, f.Bin.CLI, f.Addr, args...)
+}
+
+// Version asks an agent's service for its /version ("" if it does not answer).
+func (f *Fleet) Version(ctx context.Context, id string) string {
+	a := f.Agents[id]
+	body, code, err := httpGet(ctx, fmt.Sprintf("http://127.0.0.1:%d/version", a.Port))
+	if err != nil || code != 200 {
+		return ""
+	}
+	return strings.TrimSpace(body)
+}
+
+// Close stops every agent (which stops its service) and the coordinator.
+func (f *Fleet) Close() {
+	var wg sync.WaitGroup
+	for _, a := range f.Agents {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if a.Running() {
+				a.Stop(15 * time.Second)
+			}
+		}()
+	}
+	wg.Wait()
+	// Services orphaned by a kill -9 that was never followed by a restart.
+	for _, a := range f.Agents {
+		killPIDFiles(filepath.Join(a.DataDir, "run"))
+	}
+	if f.Coord != nil && f.Coord.Running() {
+		f.Coord.Stop(15 * time.Second)
+	}
+}
+
+func killPIDFiles(dir string) {
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue
+		}
+		var pid int
+		if _, err := fmt.Sscanf(strings.TrimSpace(string(b)), "%d", &pid); err == nil && pid > 1 {
+			_ = syscall.Kill(-pid, syscall.SIGKILL)
+		}
+	}
+}
+
+// EvilArtifact writes a tarball with one entry named name (e.g. a path with
+// ".."), for tests of the agent's extraction checks.
+func EvilArtifact(path, name string) error {
+	var buf bytes.Buffer
+	gz := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(gz)
+	data := []byte("escaped\n")
+	if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg}); err != nil {
+		return err
+	}
+	if _, err := tw.Write(data); err != nil {
+		return err
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	if err := gz.Close(); err != nil {
+		return err
+	}
+	return os.WriteFile(path, buf.Bytes(), 0o644)
+}
