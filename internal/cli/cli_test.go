@@ -550,7 +550,7 @@ func TestListingsAndErrors(t *testing.T) {
 		args []string
 		want []string
 	}{
-		{[]string{"service", "list"}, []string{"NAME", "web", "manual", "1.0", "yes: rollout web-1 failed", "web-2", "role=web"}},
+		{[]string{"service", "list"}, []string{"NAME", "web", "manual", "1.0", "yes", "web-2", "role=web"}},
 		{[]string{"service", "get", "web"}, []string{"stable version:", "1.0 (generation 3)", "spec:", "  name: web", "    mode: manual"}},
 		{[]string{"hosts"}, []string{"HOST", "h1", "yes", "role=web,zone=a", "web=healthy 1.1/1.0", "h2", "no"}},
 		{[]string{"rollout", "status", "web"}, []string{

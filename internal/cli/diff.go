@@ -71,22 +71,26 @@ func DiffRollout(prev, cur *v1.Rollout) []string {
 			pw = &v1.Wave{Index: w.GetIndex(), State: v1.WaveState_WAVE_STATE_PENDING}
 		}
 		label := waveLabel(w)
+		// A wave that starts is told before its hosts move; a wave that
+		// bakes, ends or fails is told after the host changes that caused it.
+		var before, after []string
 		if pw.GetState() != w.GetState() {
 			switch w.GetState() {
 			case v1.WaveState_WAVE_STATE_PROGRESSING:
-				out = append(out, fmt.Sprintf("%s started: %s: %s", label, plural(len(w.GetHosts()), "host"), hostList(w)))
+				before = append(before, fmt.Sprintf("%s started: %s: %s", label, plural(len(w.GetHosts()), "host"), hostList(w)))
 			case v1.WaveState_WAVE_STATE_BAKING:
-				out = append(out, fmt.Sprintf("%s baking until %s: %d/%d hosts done", label, fmtTime(w.GetBakeUntil()), hostsDone(w), len(w.GetHosts())))
+				after = append(after, fmt.Sprintf("%s baking until %s: %d/%d hosts done", label, fmtTime(w.GetBakeUntil()), hostsDone(w), len(w.GetHosts())))
 			case v1.WaveState_WAVE_STATE_DONE:
-				out = append(out, fmt.Sprintf("%s done: %d/%d hosts done", label, hostsDone(w), len(w.GetHosts())))
+				after = append(after, fmt.Sprintf("%s done: %d/%d hosts done", label, hostsDone(w), len(w.GetHosts())))
 			case v1.WaveState_WAVE_STATE_FAILED:
-				out = append(out, fmt.Sprintf("%s failed: %s (budget %d)", label, plural(int(w.GetFailures()), "failure"), cur.GetPolicy().GetMaxFailures()))
+				after = append(after, fmt.Sprintf("%s failed: %s (budget %d)", label, plural(int(w.GetFailures()), "failure"), cur.GetPolicy().GetMaxFailures()))
 			default:
-				out = append(out, fmt.Sprintf("%s %s", label, waveState(w.GetState())))
+				after = append(after, fmt.Sprintf("%s %s", label, waveState(w.GetState())))
 			}
 		} else if pw.GetFailures() != w.GetFailures() {
-			out = append(out, fmt.Sprintf("%s: %s (budget %d)", label, plural(int(w.GetFailures()), "failure"), cur.GetPolicy().GetMaxFailures()))
+			after = append(after, fmt.Sprintf("%s: %s (budget %d)", label, plural(int(w.GetFailures()), "failure"), cur.GetPolicy().GetMaxFailures()))
 		}
+		out = append(out, before...)
 		for _, h := range w.GetHosts() {
 			ph := prevHosts[h.GetHostId()]
 			if ph == nil {
@@ -96,6 +100,7 @@ func DiffRollout(prev, cur *v1.Rollout) []string {
 				out = append(out, line)
 			}
 		}
+		out = append(out, after...)
 	}
 
 	switch {

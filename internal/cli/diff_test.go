@@ -98,8 +98,8 @@ func TestDiffRolloutScript(t *testing.T) {
 		{s3, []string{"host h1: updating (checking)"}},
 		{s4, nil},
 		{s5, []string{
-			"wave 0 (canary) baking until 2024-05-01T12:00:03Z: 1/1 hosts done",
 			"host h1: done (healthy)",
+			"wave 0 (canary) baking until 2024-05-01T12:00:03Z: 1/1 hosts done",
 		}},
 		{s6, []string{
 			"wave 0 (canary) done: 1/1 hosts done",
@@ -109,9 +109,9 @@ func TestDiffRolloutScript(t *testing.T) {
 		}},
 		{s7, []string{"host h3: updating (starting), unreachable"}},
 		{s8, []string{
-			"wave 1 failed: 1 failure (budget 0)",
 			"host h2: failed (reverted): check http failing for 30s",
 			"host h3: updating (starting), reachable again",
+			"wave 1 failed: 1 failure (budget 0)",
 			"rollout failed: wave 1 over failure budget",
 		}},
 	}
@@ -140,11 +140,11 @@ func TestDiffRolloutFromScratch(t *testing.T) {
 	})
 	want := []string{
 		"rollout web-7 of web: 1.0 → 1.1, 2 waves, 3 hosts",
-		"wave 0 (canary) done: 1/1 hosts done",
 		"host h1: done (healthy)",
-		"wave 1 done: 2/2 hosts done",
+		"wave 0 (canary) done: 1/1 hosts done",
 		"host h2: done (healthy)",
 		"host h3: done (healthy)",
+		"wave 1 done: 2/2 hosts done",
 		"rollout succeeded",
 	}
 	if got := DiffRollout(nil, r); strings.Join(got, "\n") != strings.Join(want, "\n") {

@@ -76,7 +76,7 @@ func (a *app) serviceCmd() *cobra.Command {
 			for _, s := range resp.GetServices() {
 				st := s.GetStatus()
 				row(tw, s.GetSpec().GetName(), mode(s.GetSpec()), orDash(st.GetStableVersion()),
-					frozen(st), orDash(st.GetLastRolloutId()), fmtLabels(s.GetSpec().GetSelector()))
+					yesNo(st.GetFrozen()), orDash(st.GetLastRolloutId()), fmtLabels(s.GetSpec().GetSelector()))
 			}
 			return tw.Flush()
 		}),
