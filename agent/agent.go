@@ -1,0 +1,592 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/fleetwave/fleetwave/agent/install"
+	"github.com/fleetwave/fleetwave/agent/lifecycle"
+	"github.com/fleetwave/fleetwave/agent/state"
+	"github.com/fleetwave/fleetwave/agent/supervise"
+	"github.com/fleetwave/fleetwave/internal/spec"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+	"github.com/rs/zerolog"
+)
+
+// Run runs the agent until ctx ends; then it stops the services it runs,
+// closes the stream and returns nil. It returns an error only when it cannot
+// start (bad config, data dir unusable, corrupt state).
+func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
+	return run(ctx, cfg, log, defaultOptions())
+}
+
+// service is the run loop's record of one service. Only the loop touches it.
+type service struct {
+	name string
+	m    *lifecycle.Machine
+
+	sup       *supervise.Supervisor // running process, nil if none
+	supGrace  time.Duration
+	exitsStop chan struct{} // closes the exits forwarder of sup
+
+	checkCancel context.CancelFunc
+
+	fetched  *install.Fetched
+	verified *install.Verified
+	staged   bool // the target was already staged: fetch/verify/stage are no-ops
+}
+
+type agent struct {
+	cfg   Config
+	opts  options
+	log   zerolog.Logger
+	inst  *install.Installer
+	store *state.Store
+	rep   *reporter
+	conns *connHolder
+	rnd   *rand.Rand // owned by the connection loop
+
+	services map[string]*service // owned by the run loop
+	events   chan any
+	stopping chan struct{} // closed when the loop stops taking events
+	wg       sync.WaitGroup
+	ctx      context.Context // canceled at shutdown
+}
+
+// Events sent to the run loop.
+type (
+	doneEv struct {
+		svc      string
+		seq      uint64
+		err      error
+		fetched  *install.Fetched
+		verified *install.Verified
+		staged   bool
+		sup      *supervise.Supervisor // started process (ActStart)
+		grace    time.Duration
+		epoch    uint64
+	}
+	checksEv struct {
+		svc     string
+		epoch   uint64
+		at      time.Time
+		results []lifecycle.CheckResult
+	}
+	exitEv struct {
+		svc   string
+		epoch uint64
+		exit  supervise.Exit
+	}
+	assignEv struct {
+		assignments []*v1.Assignment
+	}
+)
+
+func run(ctx context.Context, cfg Config, log zerolog.Logger, opts options) error {
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("agent config: %w", err)
+	}
+	cfg = cfg.withDefaults()
+	dataDir, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return fmt.Errorf("data_dir %q: %w", cfg.DataDir, err)
+	}
+	cfg.DataDir = dataDir
+	log = log.With().Str("host", cfg.HostID).Logger()
+	for _, d := range []string{dataDir, filepath.Join(dataDir, "logs"), filepath.Join(dataDir, "run")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("data_dir: %w", err)
+		}
+	}
+	unlock, err := lockDataDir(dataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	inst, err := install.New(dataDir, install.Limits{MaxArtifactBytes: cfg.MaxArtifactBytes}, log)
+	if err != nil {
+		return fmt.Errorf("data_dir: %w", err)
+	}
+	store, err := state.Open(filepath.Join(dataDir, "state"))
+	if err != nil {
+		return fmt.Errorf("data_dir: %w", err)
+	}
+	saved, err := store.LoadAll()
+	if err != nil {
+		return err
+	}
+	seed := opts.seed
+	if seed == 0 {
+		seed = uint64(time.Now().UnixNano())
+	}
+	loopCtx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a := &agent{
+		cfg: cfg, opts: opts, log: log, inst: inst, store: store,
+		rep:      newReporter(),
+		conns:    newConnHolder(),
+		rnd:      rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
+		services: map[string]*service{},
+		events:   make(chan any, 64),
+		stopping: make(chan struct{}),
+		ctx:      loopCtx,
+	}
+	log.Info().Str("path", dataDir).Int("services", len(saved)).Msg("agent starting")
+	a.recover(saved)
+
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.connLoop(loopCtx)
+	}()
+	a.loop(ctx)
+	// Shutdown: no more events; stop checks and services; end the stream.
+	close(a.stopping)
+	a.shutdownServices()
+	cancel()
+	a.wg.Wait()
+	a.drain()
+	log.Info().Msg("agent stopped")
+	return nil
+}
+
+// drain cleans up after events that were queued but never handled (all
+// senders have ended): a process started at the last moment is stopped.
+func (a *agent) drain() {
+	for {
+		select {
+		case ev := <-a.events:
+			if d, ok := ev.(doneEv); ok {
+				if d.sup != nil {
+					if err := a.stopSupervisor(d.sup, d.grace); err != nil {
+						a.log.Error().Str("service", d.svc).Err(err).Msg("stopping service")
+					}
+				}
+				a.inst.Discard(d.fetched)
+			}
+		default:
+			return
+		}
+	}
+}
+
+// lockDataDir takes an exclusive lock so two agents never share a data dir.
+func lockDataDir(dir string) (func(), error) {
+	path := filepath.Join(dir, "agent.lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("data_dir: lock %s: %w", path, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("data_dir: %s is in use by another agent: %w", path, err)
+	}
+	return func() {
+		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		f.Close()
+	}, nil
+}
+
+// recover rebuilds every persisted service after a restart: it kills what an
+// earlier agent left running and lets lifecycle.Restore put the last
+// verified release back and re-check it.
+func (a *agent) recover(saved []*state.Service) {
+	now := time.Now()
+	for _, st := range saved {
+		log := a.log.With().Str("service", st.Service).Logger()
+		grace := stopGrace(st.Assignment(st.Current))
+		if err := supervise.KillStale(a.pidFile(st.Service), grace, log); err != nil {
+			log.Error().Err(err).Str("path", a.pidFile(st.Service)).Msg("killing leftover process")
+		}
+		snap := lifecycle.Snapshot{
+			Service:    st.Service,
+			Phase:      st.Phase,
+			Generation: st.Generation,
+			Reason:     st.Reason,
+			Current:    st.Assignment(st.Current),
+			LastGood:   st.Assignment(st.LastGood),
+			Target:     st.Assignment(st.Target),
+		}
+		m, acts := lifecycle.Restore(snap, now)
+		s := &service{name: st.Service, m: m}
+		a.services[st.Service] = s
+		log.Info().Str("phase", st.Phase.String()).Str("version", st.LastGood).Int64("generation", st.Generation).
+			Msg("recovering service")
+		a.exec(s, acts)
+	}
+}
+
+func (a *agent) pidFile(svc string) string { return filepath.Join(a.cfg.DataDir, "run", svc+".pid") }
+func (a *agent) logFile(svc string) string { return filepath.Join(a.cfg.DataDir, "logs", svc+".log") }
+
+func stopGrace(asg *v1.Assignment) time.Duration {
+	if d := asg.GetSpec().GetRun().GetStopGrace(); d != nil && d.AsDuration() > 0 {
+		return d.AsDuration()
+	}
+	return supervise.DefaultStopGrace
+}
+
+// loop is the one goroutine that owns the machines.
+func (a *agent) loop(ctx context.Context) {
+	tick := time.NewTicker(a.opts.tick)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			for _, name := range a.names() {
+				a.step(a.services[name], lifecycle.Tick(now))
+			}
+		case ev := <-a.events:
+			a.handle(ev)
+		}
+	}
+}
+
+func (a *agent) names() []string {
+	names := make([]string, 0, len(a.services))
+	for n := range a.services {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// send delivers an event to the loop unless it is shutting down.
+func (a *agent) send(ev any) bool {
+	select {
+	case <-a.stopping:
+		return false
+	default:
+	}
+	select {
+	case a.events <- ev:
+		return true
+	case <-a.stopping:
+		return false
+	}
+}
+
+func (a *agent) handle(ev any) {
+	switch ev := ev.(type) {
+	case doneEv:
+		s := a.services[ev.svc]
+		if s == nil {
+			return
+		}
+		if ev.fetched != nil {
+			s.fetched = ev.fetched
+		}
+		if ev.verified != nil {
+			s.verified = ev.verified
+			s.fetched = nil
+		}
+		if ev.staged {
+			s.staged = true
+		}
+		if ev.sup != nil {
+			a.adoptSupervisor(s, ev.sup, ev.grace, ev.epoch)
+		}
+		a.step(s, lifecycle.Done(ev.seq, ev.err, time.Now()))
+	case checksEv:
+		if s := a.services[ev.svc]; s != nil {
+			a.step(s, lifecycle.Checks(ev.epoch, ev.at, ev.results...))
+		}
+	case exitEv:
+		if s := a.services[ev.svc]; s != nil {
+			a.log.Warn().Str("service", s.name).Err(ev.exit.Err).Int("restarts", ev.exit.Restarts).Msg("service exited")
+			a.step(s, lifecycle.Exited(ev.epoch, ev.exit.At))
+		}
+	case assignEv:
+		a.assign(ev.assignments)
+	}
+}
+
+// assign feeds the full set of assignments from the coordinator.
+func (a *agent) assign(list []*v1.Assignment) {
+	now := time.Now()
+	newest := map[string]*v1.Assignment{}
+	for _, asg := range list {
+		name := asg.GetService()
+		if err := spec.CheckName("service", name); err != nil {
+			a.log.Warn().Err(err).Int64("generation", asg.GetGeneration()).Msg("ignoring assignment with an invalid service name")
+			continue
+		}
+		if cur, ok := newest[name]; !ok || asg.GetGeneration() > cur.GetGeneration() {
+			newest[name] = asg
+		}
+	}
+	names := make([]string, 0, len(newest))
+	for n := range newest {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		asg := newest[name]
+		s := a.services[name]
+		if s == nil {
+			s = &service{name: name, m: lifecycle.New(name)}
+			a.services[name] = s
+		}
+		dir := a.inst.ReleaseDir(name, asg.GetRelease().GetVersion())
+		if err := validateAssignment(asg, a.cfg.HostID, a.cfg.Labels, a.cfg.MaxArtifactBytes, dir); err != nil {
+			a.log.Warn().Str("service", name).Int64("generation", asg.GetGeneration()).Err(err).Msg("invalid assignment")
+			a.step(s, lifecycle.Invalid(asg.GetGeneration(), err.Error(), now))
+			continue
+		}
+		a.step(s, lifecycle.Assign(asg, now))
+	}
+}
+
+// step feeds one input to a service's machine and carries out its actions.
+func (a *agent) step(s *service, in lifecycle.Input) {
+	before := s.m.Phase()
+	acts := s.m.Step(in)
+	if p := s.m.Phase(); p != before {
+		a.log.Info().Str("service", s.name).Str("phase", p.String()).
+			Str("version", lifecycle.Version(s.m.Current())).Int64("generation", s.m.Generation()).
+			Str("reason", s.m.Report().GetReason()).Msg("phase")
+	}
+	a.exec(s, acts)
+}
+
+// exec carries out actions in order. Long steps run in goroutines that
+// report back with a doneEv.
+func (a *agent) exec(s *service, acts []lifecycle.Action) {
+	for _, act := range acts {
+		switch act.Kind {
+		case lifecycle.ActPersist:
+			a.persist(s, act.Snapshot)
+		case lifecycle.ActReport:
+			a.rep.put(act.Report)
+		case lifecycle.ActFetch:
+			a.startFetch(s, act)
+		case lifecycle.ActVerify:
+			a.startVerify(s, act)
+		case lifecycle.ActStage:
+			a.startStage(s, act)
+		case lifecycle.ActSwitch:
+			a.startSwitch(s, act)
+		case lifecycle.ActStart:
+			a.startProcess(s, act)
+		case lifecycle.ActStop:
+			a.stopProcess(s, act)
+		case lifecycle.ActBeginChecks:
+			a.beginChecks(s, act)
+		case lifecycle.ActStopChecks:
+			a.stopChecks(s)
+		}
+	}
+	a.rep.setLatest(s.m.Report())
+}
+
+func (a *agent) persist(s *service, snap *lifecycle.Snapshot) {
+	st := &state.Service{
+		Service:    snap.Service,
+		Phase:      snap.Phase,
+		Generation: snap.Generation,
+		Reason:     snap.Reason,
+		Current:    lifecycle.Version(snap.Current),
+		LastGood:   lifecycle.Version(snap.LastGood),
+		Target:     lifecycle.Version(snap.Target),
+		Releases:   map[string]*v1.Assignment{},
+	}
+	for _, asg := range []*v1.Assignment{snap.Current, snap.LastGood, snap.Target} {
+		if asg != nil {
+			st.Releases[lifecycle.Version(asg)] = asg
+		}
+	}
+	if err := a.store.Save(st); err != nil {
+		a.log.Error().Str("service", s.name).Err(err).Str("path", a.store.Path(s.name)).Msg("persisting state")
+	}
+	switch snap.Phase {
+	case v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_REVERTED, v1.Phase_PHASE_FAILED:
+		// Settled: drop releases nobody needs any more.
+		if err := a.inst.Prune(s.name, st.Current, st.LastGood, st.Target); err != nil {
+			a.log.Warn().Str("service", s.name).Err(err).Msg("pruning old releases")
+		}
+	}
+}
+
+// background runs f in a goroutine tracked by the agent.
+func (a *agent) background(f func()) {
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		f()
+	}()
+}
+
+func artifactOf(asg *v1.Assignment) install.Artifact {
+	art := asg.GetRelease().GetArtifact()
+	return install.Artifact{SHA256: art.GetSha256(), Size: art.GetSize()}
+}
+
+func (a *agent) startFetch(s *service, act lifecycle.Action) {
+	a.inst.Discard(s.fetched)
+	s.fetched, s.verified, s.staged = nil, nil, false
+	name, asg := s.name, act.Assignment
+	a.background(func() {
+		ev := doneEv{svc: name, seq: act.Seq}
+		if a.inst.Staged(name, act.Version, artifactOf(asg).SHA256) {
+			ev.staged = true // unpacked earlier from the same digest
+		} else {
+			ev.fetched, ev.err = a.fetch(asg)
+		}
+		if !a.send(ev) {
+			a.inst.Discard(ev.fetched)
+		}
+	})
+}
+
+func (a *agent) startVerify(s *service, act lifecycle.Action) {
+	name, f, staged := s.name, s.fetched, s.staged
+	a.background(func() {
+		ev := doneEv{svc: name, seq: act.Seq}
+		if !staged {
+			ev.verified, ev.err = a.inst.Verify(f, artifactOf(act.Assignment))
+		}
+		a.send(ev)
+	})
+}
+
+func (a *agent) startStage(s *service, act lifecycle.Action) {
+	name, v, staged := s.name, s.verified, s.staged
+	s.verified = nil
+	a.background(func() {
+		ev := doneEv{svc: name, seq: act.Seq}
+		if !staged {
+			_, ev.err = a.inst.Stage(name, act.Version, v)
+		}
+		a.send(ev)
+	})
+}
+
+func (a *agent) startSwitch(s *service, act lifecycle.Action) {
+	name := s.name
+	a.background(func() {
+		a.send(doneEv{svc: name, seq: act.Seq, err: a.inst.Switch(name, act.Version)})
+	})
+}
+
+func (a *agent) startProcess(s *service, act lifecycle.Action) {
+	name := s.name
+	old, oldGrace := s.sup, s.supGrace
+	a.dropSupervisor(s)
+	cfg, err := a.supervisorConfig(name, act.Assignment)
+	a.background(func() {
+		if old != nil {
+			a.stopSupervisor(old, oldGrace)
+		}
+		ev := doneEv{svc: name, seq: act.Seq, err: err, epoch: act.Epoch}
+		if err == nil {
+			sup := supervise.New(cfg, a.log)
+			if ev.err = sup.Start(); ev.err == nil {
+				ev.sup, ev.grace = sup, cfg.StopGrace
+			}
+		}
+		if !a.send(ev) && ev.sup != nil {
+			a.stopSupervisor(ev.sup, ev.grace) // shutting down: do not leave it running
+		}
+	})
+}
+
+func (a *agent) supervisorConfig(name string, asg *v1.Assignment) (supervise.Config, error) {
+	cmd, env, err := expandRun(asg.GetSpec().GetRun(), a.cfg.HostID, a.cfg.Labels)
+	if err != nil {
+		return supervise.Config{}, err
+	}
+	return supervise.Config{
+		Service:    name,
+		Dir:        a.inst.ReleaseDir(name, lifecycle.Version(asg)),
+		Command:    cmd,
+		Env:        env,
+		LogPath:    a.logFile(name),
+		StopGrace:  stopGrace(asg),
+		PIDFile:    a.pidFile(name),
+		MinBackoff: a.opts.supMinBackoff,
+		MaxBackoff: a.opts.supMaxBackoff,
+	}, nil
+}
+
+// adoptSupervisor records a started process and forwards its exits.
+func (a *agent) adoptSupervisor(s *service, sup *supervise.Supervisor, grace time.Duration, epoch uint64) {
+	a.dropSupervisor(s)
+	s.sup, s.supGrace = sup, grace
+	stop := make(chan struct{})
+	s.exitsStop = stop
+	name := s.name
+	a.background(func() {
+		for {
+			select {
+			case e := <-sup.Exits():
+				if !a.send(exitEv{svc: name, epoch: epoch, exit: e}) {
+					return
+				}
+			case <-stop:
+				return
+			case <-a.stopping:
+				return
+			}
+		}
+	})
+}
+
+// dropSupervisor forgets the service's supervisor (the caller stops it).
+func (a *agent) dropSupervisor(s *service) {
+	if s.exitsStop != nil {
+		close(s.exitsStop)
+		s.exitsStop = nil
+	}
+	s.sup = nil
+}
+
+func (a *agent) stopSupervisor(sup *supervise.Supervisor, grace time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), grace+5*time.Second)
+	defer cancel()
+	return sup.Stop(ctx)
+}
+
+func (a *agent) stopProcess(s *service, act lifecycle.Action) {
+	name, sup, grace := s.name, s.sup, s.supGrace
+	a.dropSupervisor(s)
+	a.background(func() {
+		var err error
+		if sup != nil {
+			err = a.stopSupervisor(sup, grace)
+		}
+		a.send(doneEv{svc: name, seq: act.Seq, err: err})
+	})
+}
+
+// shutdownServices stops every check and process (the loop has ended).
+func (a *agent) shutdownServices() {
+	var wg sync.WaitGroup
+	for _, s := range a.services {
+		a.stopChecks(s)
+		if s.sup == nil {
+			continue
+		}
+		sup, grace, name := s.sup, s.supGrace, s.name
+		a.dropSupervisor(s)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.stopSupervisor(sup, grace); err != nil {
+				a.log.Error().Str("service", name).Err(err).Msg("stopping service")
+			}
+		}()
+	}
+	wg.Wait()
+	for _, s := range a.services {
+		a.inst.Discard(s.fetched)
+	}
+}

@@ -1,0 +1,126 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/fleetwave/fleetwave/agent/lifecycle"
+	"github.com/fleetwave/fleetwave/agent/probe"
+)
+
+// prober is one check with its schedule.
+type prober struct {
+	p        probe.Prober
+	interval time.Duration
+	timeout  time.Duration
+}
+
+// beginChecks starts a goroutine that runs the release's probers on their
+// intervals and sends the latest result of every prober to the loop after
+// each round.
+func (a *agent) beginChecks(s *service, act lifecycle.Action) {
+	a.stopChecks(s)
+	name, epoch := s.name, act.Epoch
+	if len(act.Assignment.GetSpec().GetChecks()) == 0 {
+		return // nothing to probe: the machine judges by exits and time
+	}
+	dir := a.inst.ReleaseDir(name, act.Version)
+	var probers []prober
+	var buildErr error
+	for i, c := range act.Assignment.GetSpec().GetChecks() {
+		ec, err := expandCheck(c, i, a.cfg.HostID, a.cfg.Labels)
+		var p probe.Prober
+		if err == nil {
+			p, err = probe.New(ec, dir)
+		}
+		if err != nil {
+			buildErr = err
+			break
+		}
+		probers = append(probers, prober{p: p, interval: probe.Interval(ec), timeout: probe.Timeout(ec)})
+	}
+	ctx, cancel := context.WithCancel(a.ctx)
+	s.checkCancel = cancel
+	if buildErr != nil {
+		// Validated on arrival, so this only happens after a restart with
+		// other labels: report the check as failing until the deadline.
+		res := []lifecycle.CheckResult{{Name: "checks", OK: false, Detail: buildErr.Error()}}
+		a.background(func() { a.send(checksEv{svc: name, epoch: epoch, at: time.Now(), results: res}) })
+		return
+	}
+	a.background(func() { a.runChecks(ctx, name, epoch, probers) })
+}
+
+func (a *agent) stopChecks(s *service) {
+	if s.checkCancel != nil {
+		s.checkCancel()
+		s.checkCancel = nil
+	}
+}
+
+func (a *agent) runChecks(ctx context.Context, name string, epoch uint64, probers []prober) {
+	results := make([]lifecycle.CheckResult, len(probers))
+	next := make([]time.Time, len(probers))
+	for i, p := range probers {
+		results[i] = lifecycle.CheckResult{Name: p.p.Name(), Detail: "not run yet"}
+	}
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		now := time.Now()
+		var wg sync.WaitGroup
+		for i := range probers {
+			if now.Before(next[i]) {
+				continue
+			}
+			next[i] = now.Add(probers[i].interval)
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				results[i] = runProbe(ctx, probers[i])
+			}(i)
+		}
+		wg.Wait()
+		if ctx.Err() != nil {
+			return
+		}
+		snapshot := append([]lifecycle.CheckResult(nil), results...)
+		if !a.send(checksEv{svc: name, epoch: epoch, at: time.Now(), results: snapshot}) {
+			return
+		}
+		wait := time.Duration(-1)
+		now = time.Now()
+		for _, t := range next {
+			if d := t.Sub(now); wait < 0 || d < wait {
+				wait = d
+			}
+		}
+		if wait < 0 {
+			wait = 0
+		}
+		timer.Reset(wait)
+	}
+}
+
+// runProbe runs one probe with its timeout; a panic-free prober is assumed,
+// but a probe that overruns its timeout is reported as failing.
+func runProbe(ctx context.Context, p prober) lifecycle.CheckResult {
+	pctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	r := p.p.Probe(pctx)
+	if pctx.Err() != nil && r.OK {
+		r = probe.Result{Name: r.Name, OK: false, Detail: fmt.Sprintf("timed out after %s", p.timeout)}
+	}
+	name := r.Name
+	if name == "" {
+		name = p.p.Name()
+	}
+	return lifecycle.CheckResult{Name: name, OK: r.OK, Detail: r.Detail}
+}

@@ -1,0 +1,119 @@
+// Package agent is the wiring of fleetwave-agent, one per host: it keeps a
+// stream to a coordinator, feeds assignments to one lifecycle.Machine per
+// service, and carries out the machines' actions with the install, state,
+// supervise and probe packages. One goroutine (the run loop) owns all
+// machines; long actions run in goroutines that send their completion back.
+//
+// It must stay lean: it must not import etcd or anything under coordinator/
+// (a test enforces this for the fleetwave-agent binary).
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/fleetwave/fleetwave/internal/spec"
+)
+
+// DefaultMaxArtifactBytes caps an artifact when Config.MaxArtifactBytes is 0.
+const DefaultMaxArtifactBytes int64 = 1 << 30
+
+// Config is what fleetwave-agent is told on its command line.
+type Config struct {
+	// Coordinators are gRPC addresses (host:port) tried in turn.
+	Coordinators []string
+	// HostID is this host's stable id.
+	HostID string
+	// Labels are this host's labels (zone=a, role=web, port=8081).
+	Labels map[string]string
+	// DataDir holds releases, state, logs and PID files.
+	DataDir string
+	// MaxArtifactBytes caps a downloaded artifact (0 = 1 GiB).
+	MaxArtifactBytes int64
+	// AgentVersion is reported in Hello.
+	AgentVersion string
+}
+
+// Validate checks every field; the error names the bad one.
+func (c Config) Validate() error {
+	if len(c.Coordinators) == 0 {
+		return errors.New("coordinators: at least one coordinator address is required")
+	}
+	for i, addr := range c.Coordinators {
+		if err := checkAddr(addr); err != nil {
+			return fmt.Errorf("coordinators[%d]: %w", i, err)
+		}
+	}
+	if err := spec.CheckHostID("host_id", c.HostID); err != nil {
+		return err
+	}
+	if err := spec.CheckLabels("labels", c.Labels); err != nil {
+		return err
+	}
+	if strings.TrimSpace(c.DataDir) == "" {
+		return errors.New("data_dir: required")
+	}
+	if c.MaxArtifactBytes < 0 {
+		return fmt.Errorf("max_artifact_bytes: %d is negative", c.MaxArtifactBytes)
+	}
+	return nil
+}
+
+// checkAddr accepts host:port or a gRPC target with a scheme (dns:///h:p,
+// unix:///path, passthrough:///h:p).
+func checkAddr(addr string) error {
+	if addr == "" {
+		return errors.New("empty address")
+	}
+	if strings.ContainsAny(addr, " \t\r\n") {
+		return fmt.Errorf("address %q contains whitespace", addr)
+	}
+	if strings.Contains(addr, ":///") || strings.HasPrefix(addr, "unix:") {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("address %q: want host:port: %v", addr, err)
+	}
+	if host == "" || port == "" {
+		return fmt.Errorf("address %q: want host:port", addr)
+	}
+	return nil
+}
+
+func (c Config) withDefaults() Config {
+	if c.MaxArtifactBytes == 0 {
+		c.MaxArtifactBytes = DefaultMaxArtifactBytes
+	}
+	if c.AgentVersion == "" {
+		c.AgentVersion = "dev"
+	}
+	return c
+}
+
+// options are knobs tests turn; production uses defaultOptions.
+type options struct {
+	tick          time.Duration // lifecycle ticks
+	backoffBase   time.Duration // reconnect backoff
+	backoffMax    time.Duration
+	keepalive     time.Duration
+	supMinBackoff time.Duration // supervisor restart backoff
+	supMaxBackoff time.Duration
+	fetchAttempts int
+	fetchTimeout  time.Duration
+	seed          uint64 // 0 = from the clock
+}
+
+func defaultOptions() options {
+	return options{
+		tick:          time.Second,
+		backoffBase:   500 * time.Millisecond,
+		backoffMax:    30 * time.Second,
+		keepalive:     30 * time.Second,
+		fetchAttempts: 3,
+		fetchTimeout:  30 * time.Minute,
+	}
+}

@@ -1,0 +1,345 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/fleetwave/fleetwave/agent/install"
+	"github.com/fleetwave/fleetwave/agent/lifecycle"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+)
+
+// maxRecvBytes bounds one message from the coordinator.
+const maxRecvBytes = 16 << 20
+
+// reporter holds the latest report of every service (for Hello) and which
+// ones changed since they were last sent. Reports of one service coalesce:
+// the protocol is level-triggered, the latest is what counts.
+type reporter struct {
+	mu     sync.Mutex
+	latest map[string]*v1.ServiceReport
+	dirty  map[string]bool
+	notify chan struct{}
+}
+
+func newReporter() *reporter {
+	return &reporter{
+		latest: map[string]*v1.ServiceReport{},
+		dirty:  map[string]bool{},
+		notify: make(chan struct{}, 1),
+	}
+}
+
+// put records a report to send.
+func (r *reporter) put(rep *v1.ServiceReport) {
+	r.mu.Lock()
+	r.latest[rep.GetService()] = rep
+	r.dirty[rep.GetService()] = true
+	r.mu.Unlock()
+	select {
+	case r.notify <- struct{}{}:
+	default:
+	}
+}
+
+// setLatest updates the full status without asking for a send.
+func (r *reporter) setLatest(rep *v1.ServiceReport) {
+	r.mu.Lock()
+	r.latest[rep.GetService()] = rep
+	r.mu.Unlock()
+}
+
+// hello builds the Hello with the full status and clears what is pending:
+// Hello carries it all.
+func (r *reporter) hello(cfg Config) *v1.Hello {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	h := &v1.Hello{HostId: cfg.HostID, Labels: cfg.Labels, AgentVersion: cfg.AgentVersion}
+	for _, name := range sortedKeys(r.latest) {
+		h.Services = append(h.Services, r.latest[name])
+	}
+	clear(r.dirty)
+	return h
+}
+
+// take returns the reports changed since the last send, by service name.
+func (r *reporter) take() []*v1.ServiceReport {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []*v1.ServiceReport
+	for _, name := range sortedKeys(r.dirty) {
+		out = append(out, r.latest[name])
+	}
+	clear(r.dirty)
+	return out
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// connHolder publishes the connection of the current session, for artifact
+// downloads.
+type connHolder struct {
+	mu      sync.Mutex
+	cc      *grpc.ClientConn
+	changed chan struct{} // closed and replaced on every change
+}
+
+func newConnHolder() *connHolder { return &connHolder{changed: make(chan struct{})} }
+
+func (h *connHolder) set(cc *grpc.ClientConn) {
+	h.mu.Lock()
+	h.cc = cc
+	close(h.changed)
+	h.changed = make(chan struct{})
+	h.mu.Unlock()
+}
+
+// clearIf removes cc if it is still the published one.
+func (h *connHolder) clearIf(cc *grpc.ClientConn) {
+	h.mu.Lock()
+	if h.cc == cc {
+		h.cc = nil
+		close(h.changed)
+		h.changed = make(chan struct{})
+	}
+	h.mu.Unlock()
+}
+
+// wait returns the current connection, waiting for one until ctx ends.
+func (h *connHolder) wait(ctx context.Context) (*grpc.ClientConn, error) {
+	for {
+		h.mu.Lock()
+		cc, ch := h.cc, h.changed
+		h.mu.Unlock()
+		if cc != nil {
+			return cc, nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("no connection to a coordinator: %w", ctx.Err())
+		}
+	}
+}
+
+// backoff is the wait before reconnect attempt n (0-based): exponential
+// from backoffBase, capped at backoffMax, with jitter in [d/2, d].
+func (a *agent) backoff(attempt int) time.Duration {
+	d := a.opts.backoffBase
+	for i := 0; i < attempt && d < a.opts.backoffMax; i++ {
+		d *= 2
+	}
+	if d > a.opts.backoffMax {
+		d = a.opts.backoffMax
+	}
+	half := d / 2
+	return half + time.Duration(a.rnd.Int64N(int64(half)+1))
+}
+
+// connLoop keeps one Connect stream open, cycling through the coordinators
+// with jittered exponential backoff, until ctx ends.
+func (a *agent) connLoop(ctx context.Context) {
+	attempt := 0
+	for i := 0; ; i++ {
+		addr := a.cfg.Coordinators[i%len(a.cfg.Coordinators)]
+		established, err := a.session(ctx, addr)
+		if ctx.Err() != nil {
+			return
+		}
+		if established {
+			attempt = 0
+		}
+		d := a.backoff(attempt)
+		attempt++
+		a.log.Warn().Err(err).Str("coordinator", addr).Dur("retry_in", d).Msg("coordinator stream ended")
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// session runs one stream to addr: Hello with the full status first, then
+// reports as they change, while assignments flow to the run loop. It says
+// whether the coordinator answered at all (to reset the backoff).
+func (a *agent) session(ctx context.Context, addr string) (established bool, err error) {
+	cc, err := grpc.NewClient(addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{
+			Time: a.opts.keepalive, Timeout: 10 * time.Second, PermitWithoutStream: true,
+		}),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvBytes)),
+	)
+	if err != nil {
+		return false, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	defer cc.Close()
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := v1.NewAgentServiceClient(cc).Connect(sctx)
+	if err != nil {
+		return false, fmt.Errorf("connect %s: %w", addr, err)
+	}
+	if err := stream.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Hello{Hello: a.rep.hello(a.cfg)}}); err != nil {
+		return false, fmt.Errorf("hello to %s: %w", addr, err)
+	}
+	a.conns.set(cc)
+	defer a.conns.clearIf(cc)
+	a.log.Info().Str("coordinator", addr).Msg("connected")
+
+	errc := make(chan error, 2)
+	var got sync.WaitGroup
+	got.Add(2)
+	go func() {
+		defer got.Done()
+		errc <- a.sendReports(sctx, stream)
+	}()
+	var answered bool
+	go func() {
+		defer got.Done()
+		for {
+			resp, err := stream.Recv()
+			if err != nil {
+				errc <- fmt.Errorf("receive from %s: %w", addr, err)
+				return
+			}
+			answered = true
+			if !a.send(assignEv{assignments: resp.GetAssignments()}) {
+				errc <- errors.New("agent stopping")
+				return
+			}
+		}
+	}()
+	err = <-errc
+	cancel()
+	got.Wait()
+	return answered, err
+}
+
+func (a *agent) sendReports(ctx context.Context, stream grpc.BidiStreamingClient[v1.ConnectRequest, v1.ConnectResponse]) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-a.rep.notify:
+		}
+		for _, r := range a.rep.take() {
+			if err := stream.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Report{Report: r}}); err != nil {
+				// Not lost: the next Hello carries the full status.
+				return fmt.Errorf("send report: %w", err)
+			}
+		}
+	}
+}
+
+// fetch downloads an assignment's artifact into a temp file, from its URL or
+// from the coordinator, retrying a few times.
+func (a *agent) fetch(asg *v1.Assignment) (*install.Fetched, error) {
+	ctx, cancel := context.WithTimeout(a.ctx, a.opts.fetchTimeout)
+	defer cancel()
+	want := artifactOf(asg)
+	var err error
+	for i := 0; i < a.opts.fetchAttempts; i++ {
+		if i > 0 {
+			t := time.NewTimer(time.Duration(i) * time.Second)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil, fmt.Errorf("%w (after: %v)", ctx.Err(), err)
+			case <-t.C:
+			}
+		}
+		var f *install.Fetched
+		if f, err = a.fetchOnce(ctx, asg, want); err == nil {
+			return f, nil
+		}
+		if errors.Is(err, install.ErrTooLarge) || ctx.Err() != nil {
+			break // no point trying again
+		}
+		a.log.Warn().Str("service", asg.GetService()).Str("version", lifecycle.Version(asg)).Err(err).Msg("fetch failed, retrying")
+	}
+	return nil, err
+}
+
+func (a *agent) fetchOnce(ctx context.Context, asg *v1.Assignment, want install.Artifact) (*install.Fetched, error) {
+	if u := asg.GetRelease().GetArtifact().GetUrl(); u != "" {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+		if err != nil {
+			return nil, fmt.Errorf("GET %s: %w", u, err)
+		}
+		resp, err := httpClient.Do(req)
+		if err != nil {
+			return nil, fmt.Errorf("GET %s: %w", u, err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return nil, fmt.Errorf("GET %s: status %s", u, resp.Status)
+		}
+		return a.inst.Fetch(ctx, resp.Body, want)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	cc, err := a.conns.wait(wctx)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("download %s: %w", want.SHA256, err)
+	}
+	dctx, dcancel := context.WithCancel(ctx)
+	defer dcancel()
+	stream, err := v1.NewArtifactServiceClient(cc).Download(dctx, &v1.DownloadRequest{Sha256: want.SHA256})
+	if err != nil {
+		return nil, fmt.Errorf("download %s: %w", want.SHA256, err)
+	}
+	f, err := a.inst.Fetch(ctx, &chunkReader{stream: stream}, want)
+	if err != nil {
+		return nil, fmt.Errorf("download: %w", err)
+	}
+	return f, nil
+}
+
+var httpClient = &http.Client{Transport: &http.Transport{
+	Proxy:                 http.ProxyFromEnvironment,
+	ResponseHeaderTimeout: 30 * time.Second,
+	TLSHandshakeTimeout:   10 * time.Second,
+	IdleConnTimeout:       90 * time.Second,
+}}
+
+// chunkReader reads a Download stream as bytes.
+type chunkReader struct {
+	stream grpc.ServerStreamingClient[v1.DownloadResponse]
+	buf    []byte
+}
+
+func (r *chunkReader) Read(p []byte) (int, error) {
+	for len(r.buf) == 0 {
+		resp, err := r.stream.Recv()
+		if err == io.EOF {
+			return 0, io.EOF
+		}
+		if err != nil {
+			return 0, err
+		}
+		r.buf = resp.GetChunk()
+	}
+	n := copy(p, r.buf)
+	r.buf = r.buf[n:]
+	return n, nil
+}

@@ -1,0 +1,237 @@
+package agent
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+)
+
+// fakeCoordinator is a tiny AgentService + ArtifactService on 127.0.0.1:0.
+type fakeCoordinator struct {
+	v1.UnimplementedAgentServiceServer
+	v1.UnimplementedArtifactServiceServer
+
+	addr string
+	srv  *grpc.Server
+
+	mu          sync.Mutex
+	changed     chan struct{} // closed and replaced whenever something below changes
+	artifacts   map[string][]byte
+	assignments []*v1.Assignment
+	hellos      []*v1.Hello
+	reports     []*v1.ServiceReport
+	streams     int
+}
+
+func newFakeCoordinator(t *testing.T) *fakeCoordinator {
+	t.Helper()
+	return newFakeCoordinatorAt(t, "127.0.0.1:0")
+}
+
+func newFakeCoordinatorAt(t *testing.T, addr string) *fakeCoordinator {
+	t.Helper()
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeCoordinator{addr: lis.Addr().String(), srv: grpc.NewServer(), artifacts: map[string][]byte{}, changed: make(chan struct{})}
+	v1.RegisterAgentServiceServer(f.srv, f)
+	v1.RegisterArtifactServiceServer(f.srv, f)
+	go f.srv.Serve(lis)
+	t.Cleanup(f.srv.Stop)
+	return f
+}
+
+func (f *fakeCoordinator) notifyLocked() {
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// addArtifact stores bytes and returns their digest.
+func (f *fakeCoordinator) addArtifact(b []byte) string {
+	sum := sha256.Sum256(b)
+	d := hex.EncodeToString(sum[:])
+	f.mu.Lock()
+	f.artifacts[d] = b
+	f.mu.Unlock()
+	return d
+}
+
+// assign replaces the full set of assignments and pushes it to the agent.
+func (f *fakeCoordinator) assign(as ...*v1.Assignment) {
+	f.mu.Lock()
+	f.assignments = as
+	f.notifyLocked()
+	f.mu.Unlock()
+}
+
+func (f *fakeCoordinator) Connect(stream grpc.BidiStreamingServer[v1.ConnectRequest, v1.ConnectResponse]) error {
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	if first.GetHello() == nil {
+		return status.Error(codes.InvalidArgument, "first message must be hello")
+	}
+	f.mu.Lock()
+	f.hellos = append(f.hellos, first.GetHello())
+	f.reports = append(f.reports, first.GetHello().GetServices()...)
+	f.streams++
+	f.notifyLocked()
+	f.mu.Unlock()
+
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			if r := req.GetReport(); r != nil {
+				f.mu.Lock()
+				f.reports = append(f.reports, r)
+				f.notifyLocked()
+				f.mu.Unlock()
+			}
+		}
+	}()
+	var sent []*v1.Assignment
+	first2 := true
+	for {
+		f.mu.Lock()
+		cur, ch := f.assignments, f.changed
+		f.mu.Unlock()
+		if first2 || !sameAssignments(cur, sent) {
+			if err := stream.Send(&v1.ConnectResponse{Assignments: cur}); err != nil {
+				return err
+			}
+			sent, first2 = cur, false
+		}
+		select {
+		case <-ch:
+		case err := <-recvErr:
+			return err
+		case <-stream.Context().Done():
+			return stream.Context().Err()
+		}
+	}
+}
+
+func sameAssignments(a, b []*v1.Assignment) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !proto.Equal(a[i], b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func (f *fakeCoordinator) Download(req *v1.DownloadRequest, stream grpc.ServerStreamingServer[v1.DownloadResponse]) error {
+	f.mu.Lock()
+	b, ok := f.artifacts[req.GetSha256()]
+	f.mu.Unlock()
+	if !ok {
+		return status.Errorf(codes.NotFound, "artifact %s", req.GetSha256())
+	}
+	for len(b) > 0 {
+		n := min(len(b), 1000)
+		if err := stream.Send(&v1.DownloadResponse{Chunk: b[:n]}); err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+// waitFor polls the recorded traffic until cond holds or the deadline passes.
+func (f *fakeCoordinator) waitFor(t *testing.T, what string, d time.Duration, cond func(hellos []*v1.Hello, reports []*v1.ServiceReport) bool) {
+	t.Helper()
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	for {
+		f.mu.Lock()
+		ok := cond(f.hellos, f.reports)
+		ch := f.changed
+		n := len(f.reports)
+		var last *v1.ServiceReport
+		if n > 0 {
+			last = f.reports[n-1]
+		}
+		f.mu.Unlock()
+		if ok {
+			return
+		}
+		select {
+		case <-ch:
+		case <-deadline.C:
+			t.Fatalf("timed out waiting for %s; %d reports, last %v", what, n, last)
+		}
+	}
+}
+
+// lastReport is the newest report of a service, from a Hello or a Report.
+func lastReport(reports []*v1.ServiceReport, svc string) *v1.ServiceReport {
+	for i := len(reports) - 1; i >= 0; i-- {
+		if reports[i].GetService() == svc {
+			return reports[i]
+		}
+	}
+	return nil
+}
+
+// tarGz builds a .tar.gz of executable files.
+func tarGz(t *testing.T, files map[string]string) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(zw)
+	for name, body := range files {
+		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o755, Size: int64(len(body)), Typeflag: tar.TypeReg}); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write([]byte(body))
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func runAgent(t *testing.T, ctx context.Context, cfg Config, opts options) <-chan error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, cfg, testLogger(t), opts) }()
+	return done
+}
+
+func testOptions() options {
+	o := defaultOptions()
+	o.tick = 20 * time.Millisecond
+	o.backoffBase = 20 * time.Millisecond
+	o.backoffMax = 200 * time.Millisecond
+	o.supMinBackoff = 20 * time.Millisecond
+	o.supMaxBackoff = 100 * time.Millisecond
+	o.fetchAttempts = 2
+	o.seed = 1
+	return o
+}

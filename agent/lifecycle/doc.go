@@ -1,0 +1,45 @@
+// Package lifecycle is the agent's pure per-service state machine: it decides
+// how one service moves from its current release to an assigned one (fetch,
+// verify, stage, switch, start, check) and when it reverts to the last good
+// release. It owns those decisions and nothing else.
+//
+// It is shaped like etcd's raft package: a Machine is a plain value that is
+// not safe for concurrent use. The caller feeds it Inputs (each carrying the
+// time it happened) through Step and carries out the returned Actions. The
+// package does no I/O, starts no goroutines, never reads the clock and uses
+// no randomness. It must not import anything but the generated protobuf
+// types and the standard library.
+//
+// The caller's duties, in order, for every slice of Actions returned by Step
+// or Restore:
+//
+//  1. Carry out the actions in order. ActPersist must be durable before any
+//     later action of the same slice starts (the persisted phase is what
+//     crash recovery relies on). ActReport, ActBeginChecks and ActStopChecks
+//     are quick and are done inline.
+//  2. The long steps (ActFetch, ActVerify, ActStage, ActSwitch, ActStart,
+//     ActStop) may run in the background. At most one is in flight per
+//     Machine. When it finishes, feed Done(action.Seq, err, now).
+//  3. While checking is on (between ActBeginChecks and ActStopChecks), feed
+//     the results of all probers with Checks(action.Epoch, now, results),
+//     and every unexpected exit of the process started by the ActStart with
+//     that Epoch with Exited(epoch, now).
+//  4. Feed Tick(now) periodically (about once a second) so deadlines fire.
+//  5. Feed assignments from the coordinator with Assign (after validating
+//     them) and invalid ones with Invalid.
+//
+// Phases move only along these edges (besides staying put):
+//
+//	IDLE                      -> FETCHING, FAILED           (a new assignment; FAILED: an invalid one)
+//	HEALTHY, REVERTED, FAILED -> FETCHING, HEALTHY, FAILED  (HEALTHY: assigned the release already running healthy)
+//	FETCHING  -> VERIFYING, FAILED, FETCHING, HEALTHY          (FETCHING/HEALTHY/FAILED: a newer assignment replaced the install)
+//	VERIFYING -> STAGING,   FAILED, FETCHING, HEALTHY
+//	STAGING   -> SWITCHING, FAILED, FETCHING, HEALTHY
+//	SWITCHING -> STARTING, FAILED                           (FAILED: the switch did not happen)
+//	STARTING  -> CHECKING, REVERTING
+//	CHECKING  -> HEALTHY, REVERTING
+//	REVERTING -> REVERTED, FAILED
+//
+// and, after Restore only, STARTING -> CHECKING -> (the restored phase,
+// REVERTED, FAILED or FETCHING), or STARTING straight to one of those.
+package lifecycle

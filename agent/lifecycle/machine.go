@@ -1,0 +1,659 @@
+package lifecycle
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// op is what the machine is in the middle of.
+type op int
+
+const (
+	opNone    op = iota // settled: IDLE, HEALTHY, REVERTED or FAILED
+	opInstall           // FETCHING .. CHECKING
+	opRevert            // REVERTING
+	opRecover           // restarting the last good release after Restore
+)
+
+// recoverKind is what to do once recovery has re-checked the release.
+type recoverKind int
+
+const (
+	recSettled     recoverKind = iota // back to the restored phase
+	recResume                         // resume the install of the target (crash before the switch)
+	recInterrupted                    // the target was switched to but never verified: reverted
+)
+
+// pendingAssign is a newer assignment waiting for the machine to settle.
+type pendingAssign struct {
+	gen     int64
+	a       *v1.Assignment // nil when invalid
+	invalid string
+}
+
+// checkState tracks one checking period of one started release.
+type checkState struct {
+	active     bool
+	a          *v1.Assignment
+	start      time.Time
+	deadline   time.Time
+	minHealthy time.Duration
+	zeroChecks bool
+	passing    bool
+	passSince  time.Time
+	exits      int
+	lastWhy    string
+}
+
+// Machine is the lifecycle of one service. The zero value is not usable;
+// use New or Restore. It is not safe for concurrent use.
+type Machine struct {
+	service   string
+	phase     v1.Phase
+	gen       int64
+	reason    string
+	current   *v1.Assignment
+	lastGood  *v1.Assignment
+	target    *v1.Assignment
+	currentOK bool // current passed its checks and has not been restarted since
+	running   bool // a process of this service is (supposed to be) running
+
+	op       op
+	pending  *pendingAssign
+	inflight ActionKind // long step in flight, 0 = none
+	seq      uint64
+	switched bool // revert/recover: the switch step is done
+
+	epoch  uint64
+	chk    checkState
+	checks []CheckResult
+
+	rec      recoverKind
+	restored v1.Phase
+	recWhat  *v1.Assignment // the release recovery runs
+
+	now  time.Time
+	acts []Action
+}
+
+// New returns the machine of a service with nothing installed (IDLE).
+func New(service string) *Machine {
+	return &Machine{service: service, phase: v1.Phase_PHASE_IDLE}
+}
+
+// Restore rebuilds the machine of a service from its persisted snapshot after
+// an agent restart (the caller has killed any leftover process first). It
+// never leaves an unverified release active: it switches `current` back to
+// the last good release (or removes it when there is none), restarts that
+// release and checks it again. Afterwards the machine returns to the
+// restored phase; an install interrupted before its switch is resumed; one
+// interrupted after its switch ends REVERTED (or FAILED without a last good
+// release).
+func Restore(s Snapshot, now time.Time) (*Machine, []Action) {
+	m := &Machine{
+		service:  s.Service,
+		phase:    s.Phase,
+		gen:      s.Generation,
+		reason:   s.Reason,
+		current:  s.Current,
+		lastGood: s.LastGood,
+		target:   s.Target,
+		now:      now,
+		restored: s.Phase,
+	}
+	switch s.Phase {
+	case v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_VERIFYING, v1.Phase_PHASE_STAGING:
+		m.rec = recResume
+		if m.target == nil {
+			m.rec = recSettled
+			m.restored = v1.Phase_PHASE_FAILED
+		}
+	case v1.Phase_PHASE_SWITCHING, v1.Phase_PHASE_STARTING, v1.Phase_PHASE_CHECKING, v1.Phase_PHASE_REVERTING:
+		m.rec = recInterrupted
+	case v1.Phase_PHASE_IDLE, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_REVERTED, v1.Phase_PHASE_FAILED:
+		m.rec = recSettled
+	default:
+		m.rec = recSettled
+		m.restored = v1.Phase_PHASE_FAILED
+	}
+	if m.rec == recSettled && m.restored == v1.Phase_PHASE_HEALTHY && Version(m.lastGood) != Version(m.target) {
+		// HEALTHY always means healthy on the target; anything else on disk
+		// is inconsistent, so do not claim it.
+		m.restored = v1.Phase_PHASE_FAILED
+	}
+	m.op = opRecover
+	m.recWhat = m.lastGood
+	m.setPhase(v1.Phase_PHASE_STARTING, false)
+	m.startStep(ActSwitch, m.recWhat)
+	return m, m.take()
+}
+
+// Step feeds one input and returns what to do next.
+func (m *Machine) Step(in Input) []Action {
+	if in.At.After(m.now) {
+		m.now = in.At
+	}
+	t := in.At
+	switch in.Kind {
+	case InputAssign:
+		if in.Assignment != nil {
+			m.onAssign(&pendingAssign{gen: in.Assignment.GetGeneration(), a: in.Assignment}, t)
+		}
+	case InputInvalid:
+		m.onAssign(&pendingAssign{gen: in.Generation, invalid: in.Reason}, t)
+	case InputDone:
+		m.onDone(in.Seq, in.Err, t)
+	case InputChecks:
+		m.onChecks(in.Epoch, in.Checks, t)
+	case InputExit:
+		m.onExit(in.Epoch, t)
+	case InputTick:
+		m.evaluate(t)
+	}
+	return m.take()
+}
+
+// Phase is the current phase.
+func (m *Machine) Phase() v1.Phase { return m.phase }
+
+// Generation is the generation of the accepted assignment.
+func (m *Machine) Generation() int64 { return m.gen }
+
+// Current is the release `current` points at (nil = none).
+func (m *Machine) Current() *v1.Assignment { return m.current }
+
+// LastGood is the last release that became healthy here (nil = none).
+func (m *Machine) LastGood() *v1.Assignment { return m.lastGood }
+
+// Busy reports whether the machine is in the middle of an install, a revert
+// or a recovery (as opposed to settled in IDLE, HEALTHY, REVERTED or FAILED).
+func (m *Machine) Busy() bool { return m.op != opNone }
+
+// Snapshot is the durable state now.
+func (m *Machine) Snapshot() *Snapshot {
+	return &Snapshot{
+		Service:    m.service,
+		Phase:      m.phase,
+		Generation: m.gen,
+		Reason:     m.reason,
+		Current:    m.current,
+		LastGood:   m.lastGood,
+		Target:     m.target,
+	}
+}
+
+// Report is what this machine says to the coordinator now.
+func (m *Machine) Report() *v1.ServiceReport {
+	r := &v1.ServiceReport{
+		Service:         m.service,
+		Generation:      m.gen,
+		Phase:           m.phase,
+		CurrentVersion:  Version(m.current),
+		TargetVersion:   Version(m.target),
+		LastGoodVersion: Version(m.lastGood),
+		Reason:          m.reason,
+	}
+	if !m.now.IsZero() {
+		r.At = timestamppb.New(m.now)
+	}
+	for _, c := range m.checks {
+		r.Checks = append(r.Checks, &v1.CheckResult{Name: c.Name, Ok: c.OK, Detail: c.Detail})
+	}
+	return r
+}
+
+func (m *Machine) take() []Action {
+	a := m.acts
+	m.acts = nil
+	return a
+}
+
+func (m *Machine) emit(a Action) { m.acts = append(m.acts, a) }
+
+func (m *Machine) report() { m.emit(Action{Kind: ActReport, Report: m.Report()}) }
+
+func (m *Machine) persist() { m.emit(Action{Kind: ActPersist, Snapshot: m.Snapshot()}) }
+
+// setPhase changes the phase and emits a report (and a persist when durable).
+func (m *Machine) setPhase(p v1.Phase, durable bool) {
+	m.phase = p
+	if durable {
+		m.persist()
+	}
+	m.report()
+}
+
+func (m *Machine) startStep(k ActionKind, a *v1.Assignment) {
+	m.seq++
+	m.inflight = k
+	act := Action{Kind: k, Seq: m.seq, Version: Version(a), Assignment: a}
+	if k == ActStart {
+		m.epoch++
+		act.Epoch = m.epoch
+	}
+	m.emit(act)
+}
+
+// onAssign handles a valid or invalid assignment.
+func (m *Machine) onAssign(p *pendingAssign, t time.Time) {
+	switch {
+	case p.gen < m.gen:
+		return // stale
+	case p.gen == m.gen:
+		m.report() // repeat: say again where we are
+		return
+	case m.pending != nil && p.gen <= m.pending.gen:
+		return // stale or repeat of the one already waiting
+	}
+	if m.op != opNone {
+		m.pending = p // taken up when the step in flight finishes or the machine settles
+		return
+	}
+	m.apply(p, t)
+}
+
+// apply starts acting on an assignment; the machine is settled (or is
+// abandoning an install before its switch).
+func (m *Machine) apply(p *pendingAssign, t time.Time) {
+	m.pending = nil
+	m.op = opNone
+	m.gen = p.gen
+	if p.a == nil {
+		m.reason = "invalid assignment: " + p.invalid
+		m.setPhase(v1.Phase_PHASE_FAILED, true)
+		return
+	}
+	v := Version(p.a)
+	if m.current != nil && Version(m.current) == v && m.currentOK {
+		// Already running it and healthy: take the new generation, no restart.
+		if Version(m.lastGood) == v {
+			m.lastGood = p.a
+		}
+		m.current = p.a
+		m.target = p.a
+		m.reason = ""
+		m.setPhase(v1.Phase_PHASE_HEALTHY, true)
+		return
+	}
+	m.target = p.a
+	m.reason = ""
+	m.op = opInstall
+	m.setPhase(v1.Phase_PHASE_FETCHING, true)
+	m.startStep(ActFetch, m.target)
+}
+
+// settle takes up a waiting assignment once nothing is in progress.
+func (m *Machine) settle(t time.Time) {
+	if m.op == opNone && m.pending != nil {
+		m.apply(m.pending, t)
+	}
+}
+
+func (m *Machine) onDone(seq uint64, err error, t time.Time) {
+	if m.inflight == 0 || seq != m.seq {
+		return // not the step in flight: ignore
+	}
+	k := m.inflight
+	m.inflight = 0
+	switch m.op {
+	case opInstall:
+		m.installDone(k, err, t)
+	case opRevert:
+		m.revertDone(k, err, t)
+	case opRecover:
+		m.recoverDone(k, err, t)
+	}
+}
+
+func (m *Machine) installDone(k ActionKind, err error, t time.Time) {
+	v := Version(m.target)
+	switch k {
+	case ActFetch, ActVerify, ActStage:
+		if p := m.pending; p != nil {
+			if err == nil && p.a != nil && Version(p.a) == v {
+				// Same release, newer generation: carry on with it.
+				m.pending = nil
+				m.gen = p.gen
+				m.target = p.a
+				m.persist()
+				m.report()
+			} else {
+				// Abandon before the switch: the old release is untouched.
+				m.apply(p, t)
+				return
+			}
+		}
+		if err != nil {
+			m.failBeforeSwitch(k, err, t)
+			return
+		}
+		switch k {
+		case ActFetch:
+			m.setPhase(v1.Phase_PHASE_VERIFYING, true)
+			m.startStep(ActVerify, m.target)
+		case ActVerify:
+			m.setPhase(v1.Phase_PHASE_STAGING, true)
+			m.startStep(ActStage, m.target)
+		case ActStage:
+			m.setPhase(v1.Phase_PHASE_SWITCHING, true)
+			m.startStep(ActSwitch, m.target)
+		}
+	case ActSwitch:
+		if err != nil {
+			// rename(2) did not happen: nothing changed, the old release runs on.
+			m.failBeforeSwitch(k, err, t)
+			return
+		}
+		m.current = m.target
+		m.currentOK = false
+		m.setPhase(v1.Phase_PHASE_STARTING, true)
+		if m.running {
+			m.startStep(ActStop, nil)
+		} else {
+			m.startStep(ActStart, m.target)
+		}
+	case ActStop:
+		// A failed stop has still ended the supervisor; go on.
+		m.running = false
+		m.startStep(ActStart, m.target)
+	case ActStart:
+		if err != nil {
+			m.running = false
+			m.beginRevert(fmt.Sprintf("start %s: %v", v, err), t)
+			return
+		}
+		m.running = true
+		m.phase = v1.Phase_PHASE_CHECKING
+		m.persist()
+		m.beginChecks(m.target, t) // reports (and clears old check results)
+		m.evaluate(t)
+	}
+}
+
+func (m *Machine) failBeforeSwitch(k ActionKind, err error, t time.Time) {
+	m.op = opNone
+	m.reason = fmt.Sprintf("%s %s: %v", k, Version(m.target), err)
+	m.setPhase(v1.Phase_PHASE_FAILED, true)
+	m.settle(t)
+}
+
+// beginRevert starts going back to the last good release after the target
+// failed after its switch.
+func (m *Machine) beginRevert(why string, t time.Time) {
+	m.op = opRevert
+	m.switched = false
+	m.reason = why
+	m.setPhase(v1.Phase_PHASE_REVERTING, true)
+	m.revertNext(t)
+}
+
+func (m *Machine) revertNext(t time.Time) {
+	switch {
+	case m.running:
+		m.startStep(ActStop, nil)
+	case !m.switched:
+		m.startStep(ActSwitch, m.lastGood)
+	case m.lastGood != nil:
+		m.startStep(ActStart, m.lastGood)
+	default:
+		m.op = opNone
+		m.current = nil
+		m.currentOK = false
+		m.reason += "; no last good release: service stopped"
+		m.setPhase(v1.Phase_PHASE_FAILED, true)
+		m.settle(t)
+	}
+}
+
+func (m *Machine) revertDone(k ActionKind, err error, t time.Time) {
+	switch k {
+	case ActStop:
+		m.running = false
+		m.revertNext(t)
+	case ActSwitch:
+		m.switched = true
+		m.current = m.lastGood
+		if err != nil {
+			// The release directory is used by its real path, so the last good
+			// release can still run; recovery fixes the link after a restart.
+			m.reason += fmt.Sprintf("; switch back to %q: %v", Version(m.lastGood), err)
+		}
+		m.persist()
+		m.report()
+		m.revertNext(t)
+	case ActStart:
+		if err != nil {
+			m.op = opNone
+			m.running = false
+			m.current = nil
+			m.currentOK = false
+			m.reason += fmt.Sprintf("; restart last good %s: %v", Version(m.lastGood), err)
+			m.setPhase(v1.Phase_PHASE_FAILED, true)
+			m.settle(t)
+			return
+		}
+		m.running = true
+		m.beginChecks(m.lastGood, t)
+		m.evaluate(t)
+	}
+}
+
+func (m *Machine) recoverDone(k ActionKind, err error, t time.Time) {
+	switch k {
+	case ActSwitch:
+		m.current = m.recWhat
+		if m.recWhat == nil {
+			m.recoverOutcome(false, "no last good release to run", t)
+			return
+		}
+		m.startStep(ActStart, m.recWhat)
+	case ActStart:
+		if err != nil {
+			m.running = false
+			m.current = nil
+			m.recoverOutcome(false, fmt.Sprintf("restart %s: %v", Version(m.recWhat), err), t)
+			return
+		}
+		m.running = true
+		m.phase = v1.Phase_PHASE_CHECKING
+		m.beginChecks(m.recWhat, t)
+		m.evaluate(t)
+	case ActStop:
+		// Recovery never stops; nothing to do.
+	}
+}
+
+// recoverOutcome ends recovery: ok says whether the restarted release passed
+// its checks, why says what went wrong otherwise.
+func (m *Machine) recoverOutcome(ok bool, why string, t time.Time) {
+	m.op = opNone
+	m.currentOK = ok && m.recWhat != nil
+	cur := Version(m.recWhat)
+	switch m.rec {
+	case recResume:
+		if m.pending != nil {
+			m.settle(t)
+			return
+		}
+		m.op = opInstall
+		m.reason = ""
+		m.setPhase(v1.Phase_PHASE_FETCHING, true)
+		m.startStep(ActFetch, m.target)
+		return
+	case recInterrupted:
+		m.reason = fmt.Sprintf("agent restarted before %s became healthy", Version(m.target))
+		if m.currentOK {
+			m.reason += "; reverted to " + cur
+			m.setPhase(v1.Phase_PHASE_REVERTED, true)
+		} else {
+			m.reason += "; " + why
+			m.setPhase(v1.Phase_PHASE_FAILED, true)
+		}
+	case recSettled:
+		switch {
+		case m.recWhat == nil:
+			if m.restored == v1.Phase_PHASE_IDLE {
+				m.reason = ""
+			}
+			p := m.restored
+			if p != v1.Phase_PHASE_IDLE {
+				p = v1.Phase_PHASE_FAILED
+			}
+			m.setPhase(p, true)
+		case ok:
+			m.setPhase(m.restored, true)
+		default:
+			m.reason = fmt.Sprintf("after agent restart %s", why)
+			m.setPhase(v1.Phase_PHASE_FAILED, true)
+		}
+	}
+	m.settle(t)
+}
+
+// beginChecks starts a checking period for a just started release.
+func (m *Machine) beginChecks(a *v1.Assignment, t time.Time) {
+	n := len(a.GetSpec().GetChecks())
+	m.chk = checkState{
+		active:     true,
+		a:          a,
+		start:      t,
+		deadline:   t.Add(HealthyDeadline(a)),
+		minHealthy: MinHealthyTime(a),
+		zeroChecks: n == 0,
+	}
+	if n == 0 {
+		// Nothing to probe: healthy means running without exiting.
+		m.chk.passing = true
+		m.chk.passSince = t
+	}
+	m.checks = nil
+	m.emit(Action{Kind: ActBeginChecks, Epoch: m.epoch, Version: Version(a), Assignment: a})
+	m.report()
+}
+
+func (m *Machine) stopChecks() {
+	if m.chk.active {
+		m.chk.active = false
+		m.emit(Action{Kind: ActStopChecks})
+	}
+}
+
+func (m *Machine) onChecks(epoch uint64, results []CheckResult, t time.Time) {
+	c := &m.chk
+	if !c.active || epoch != m.epoch || t.Before(c.start) || c.zeroChecks {
+		return
+	}
+	changed := len(results) != len(m.checks)
+	for i := range results {
+		if !changed && (results[i].Name != m.checks[i].Name || results[i].OK != m.checks[i].OK) {
+			changed = true
+		}
+	}
+	m.checks = append([]CheckResult(nil), results...)
+	allOK := len(results) > 0
+	var failing []string
+	for _, r := range results {
+		if !r.OK {
+			allOK = false
+			failing = append(failing, fmt.Sprintf("%s: %s", r.Name, r.Detail))
+		}
+	}
+	if allOK {
+		if !c.passing {
+			c.passing = true
+			c.passSince = t
+		}
+	} else {
+		c.passing = false
+		if len(failing) > 0 {
+			c.lastWhy = strings.Join(failing, "; ")
+		} else {
+			c.lastWhy = "no check results"
+		}
+	}
+	if changed {
+		m.report()
+	}
+	m.evaluate(t)
+}
+
+func (m *Machine) onExit(epoch uint64, t time.Time) {
+	c := &m.chk
+	if !c.active || epoch != m.epoch || t.Before(c.start) {
+		return // not checking (the supervisor restarts it) or an old process
+	}
+	c.exits++
+	c.lastWhy = fmt.Sprintf("process exited (%d times)", c.exits)
+	if c.zeroChecks {
+		c.passing = true
+		c.passSince = t
+	} else {
+		c.passing = false
+	}
+	if c.exits >= CrashLoopExits {
+		m.checksFailed(fmt.Sprintf("crash loop: %d exits within %s", c.exits, t.Sub(c.start)), t)
+		return
+	}
+	m.evaluate(t)
+}
+
+// evaluate decides a checking period at time t.
+func (m *Machine) evaluate(t time.Time) {
+	c := &m.chk
+	if !c.active {
+		return
+	}
+	if c.passing && t.Sub(c.passSince) >= c.minHealthy {
+		m.checksPassed(t)
+		return
+	}
+	if !t.Before(c.deadline) {
+		why := c.lastWhy
+		if why == "" {
+			why = "checks did not pass"
+		}
+		m.checksFailed(fmt.Sprintf("not healthy within %s (checks must pass for %s): %s",
+			c.deadline.Sub(c.start), c.minHealthy, why), t)
+	}
+}
+
+func (m *Machine) checksPassed(t time.Time) {
+	m.stopChecks()
+	switch m.op {
+	case opInstall:
+		m.op = opNone
+		m.lastGood = m.current
+		m.currentOK = true
+		m.reason = ""
+		m.setPhase(v1.Phase_PHASE_HEALTHY, true)
+		m.settle(t)
+	case opRevert:
+		m.op = opNone
+		m.currentOK = true
+		m.setPhase(v1.Phase_PHASE_REVERTED, true)
+		m.settle(t)
+	case opRecover:
+		m.recoverOutcome(true, "", t)
+	}
+}
+
+func (m *Machine) checksFailed(why string, t time.Time) {
+	m.stopChecks()
+	switch m.op {
+	case opInstall:
+		m.beginRevert(fmt.Sprintf("%s: %s", Version(m.target), why), t)
+	case opRevert:
+		// The last good release fails too: keep it running, say so.
+		m.op = opNone
+		m.currentOK = false
+		m.reason += fmt.Sprintf("; last good %s failed too: %s", Version(m.lastGood), why)
+		m.setPhase(v1.Phase_PHASE_FAILED, true)
+		m.settle(t)
+	case opRecover:
+		m.recoverOutcome(false, fmt.Sprintf("%s failed its checks: %s", Version(m.recWhat), why), t)
+	}
+}

@@ -1,0 +1,383 @@
+package lifecycle
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// edges are the allowed phase changes of a machine outside recovery (see doc.go).
+var edges = map[v1.Phase][]v1.Phase{
+	v1.Phase_PHASE_IDLE:      {v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_FAILED},
+	v1.Phase_PHASE_HEALTHY:   {v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_FAILED},
+	v1.Phase_PHASE_REVERTED:  {v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_FAILED},
+	v1.Phase_PHASE_FAILED:    {v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_FAILED},
+	v1.Phase_PHASE_FETCHING:  {v1.Phase_PHASE_VERIFYING, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY},
+	v1.Phase_PHASE_VERIFYING: {v1.Phase_PHASE_STAGING, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY},
+	v1.Phase_PHASE_STAGING:   {v1.Phase_PHASE_SWITCHING, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY},
+	v1.Phase_PHASE_SWITCHING: {v1.Phase_PHASE_STARTING, v1.Phase_PHASE_FAILED},
+	v1.Phase_PHASE_STARTING:  {v1.Phase_PHASE_CHECKING, v1.Phase_PHASE_REVERTING},
+	v1.Phase_PHASE_CHECKING:  {v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_REVERTING},
+	v1.Phase_PHASE_REVERTING: {v1.Phase_PHASE_REVERTED, v1.Phase_PHASE_FAILED},
+}
+
+// recoveryEdges are the extra edges between Restore and the end of recovery.
+var recoveryEdges = map[v1.Phase][]v1.Phase{
+	v1.Phase_PHASE_STARTING: {v1.Phase_PHASE_CHECKING, v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_IDLE},
+	v1.Phase_PHASE_CHECKING: {v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_REVERTED, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_FETCHING},
+}
+
+func allowed(m map[v1.Phase][]v1.Phase, from, to v1.Phase) bool {
+	for _, p := range m[from] {
+		if p == to {
+			return true
+		}
+	}
+	return false
+}
+
+func settled(p v1.Phase) bool {
+	switch p {
+	case v1.Phase_PHASE_IDLE, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_REVERTED, v1.Phase_PHASE_FAILED:
+		return true
+	}
+	return false
+}
+
+func preSwitch(p v1.Phase) bool {
+	switch p {
+	case v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_VERIFYING, v1.Phase_PHASE_STAGING, v1.Phase_PHASE_SWITCHING:
+		return true
+	}
+	return false
+}
+
+// sim drives one machine with random events and checks invariants on every
+// action it returns. Its model of the world is independent of the machine.
+type sim struct {
+	t        *testing.T
+	seed     uint64
+	rnd      *rand.Rand
+	m        *Machine
+	now      time.Time
+	log      []string
+	inflight *Action
+	epoch    uint64 // epoch of the last ActStart
+	maxGen   int64
+	pOK      float64
+
+	// model of the checking period
+	checking   bool
+	chkEpoch   uint64
+	chkA       *v1.Assignment
+	chkStart   time.Time
+	passSince  time.Time // zero: not passing
+	zeroChecks bool
+
+	// model of the host
+	running string // version of the running process, "" none
+	link    string // target of `current`
+
+	everHealthy                           map[string]bool
+	edgesSeen                             map[[2]v1.Phase]int
+	persisted                             *Snapshot
+	prev                                  v1.Phase
+	prevGen                               int64
+	recovering                            bool
+	afterRestore                          bool // the next long step must be the recovery switch
+	stoppedSinceFetch, switchedSinceFetch bool
+	linkAtFetch, runningAtFetch           string
+}
+
+func (s *sim) fatalf(format string, args ...any) {
+	s.t.Helper()
+	tail := s.log
+	if len(tail) > 40 {
+		tail = tail[len(tail)-40:]
+	}
+	s.t.Fatalf("seed %d: %s\nlast events:\n  %s", s.seed, fmt.Sprintf(format, args...), strings.Join(tail, "\n  "))
+}
+
+func (s *sim) assignment(version string, gen int64) *v1.Assignment {
+	a := asgChecks(version, gen, s.rnd.IntN(3))
+	a.Spec.MinHealthyTime = durationpb.New(time.Duration(s.rnd.IntN(15)) * time.Second)
+	a.Spec.HealthyDeadline = durationpb.New(time.Duration(20+s.rnd.IntN(40)) * time.Second)
+	return a
+}
+
+func (s *sim) step(in Input) {
+	s.t.Helper()
+	s.log = append(s.log, fmt.Sprintf("%s t=%s in %s seq=%d epoch=%d", s.m.Phase(), in.At.Sub(t0), in.Kind, in.Seq, in.Epoch))
+	acts := s.m.Step(in)
+	s.apply(acts)
+}
+
+// apply checks and carries out (in the model) the actions of one step.
+func (s *sim) apply(acts []Action) {
+	s.t.Helper()
+	for i := range acts {
+		a := acts[i]
+		s.log = append(s.log, "  -> "+a.String())
+		switch a.Kind {
+		case ActFetch:
+			s.stoppedSinceFetch, s.switchedSinceFetch = false, false
+			s.linkAtFetch, s.runningAtFetch = s.link, s.running
+		case ActStop:
+			s.stoppedSinceFetch = true
+		case ActSwitch:
+			s.switchedSinceFetch = true
+			if s.afterRestore {
+				if a.Version != Version(s.persisted.LastGood) {
+					s.fatalf("recovery switched to %q, last good is %q", a.Version, Version(s.persisted.LastGood))
+				}
+			}
+		case ActBeginChecks:
+			s.checking = true
+			s.chkEpoch = a.Epoch
+			s.chkA = a.Assignment
+			s.chkStart = s.now
+			s.zeroChecks = len(a.Assignment.GetSpec().GetChecks()) == 0
+			s.passSince = time.Time{}
+			if s.zeroChecks {
+				s.passSince = s.now
+			}
+			if a.Version != s.running {
+				s.fatalf("checking %q but %q runs", a.Version, s.running)
+			}
+		case ActStopChecks:
+			s.checking = false
+		case ActPersist:
+			s.persisted = a.Snapshot
+		case ActReport:
+			s.checkReport(a.Report)
+		}
+		if a.Kind.Long() {
+			if s.inflight != nil {
+				s.fatalf("second long step %v while %v in flight", a, *s.inflight)
+			}
+			s.afterRestore = false
+			s.inflight = &a
+			if a.Kind == ActStart {
+				s.epoch = a.Epoch
+			}
+		}
+	}
+}
+
+func (s *sim) checkReport(r *v1.ServiceReport) {
+	s.t.Helper()
+	p := r.Phase
+	if p != s.prev {
+		ok := allowed(edges, s.prev, p) || (s.recovering && allowed(recoveryEdges, s.prev, p))
+		if !ok {
+			s.fatalf("phase edge %v -> %v not allowed (recovering=%v)", s.prev, p, s.recovering)
+		}
+	}
+	if r.Generation < s.prevGen {
+		s.fatalf("generation went back %d -> %d", s.prevGen, r.Generation)
+	}
+	// Healthy only after passing continuously for min_healthy_time.
+	fromChecks := (s.prev == v1.Phase_PHASE_CHECKING || s.prev == v1.Phase_PHASE_REVERTING) && p != s.prev &&
+		(p == v1.Phase_PHASE_HEALTHY || p == v1.Phase_PHASE_REVERTED || (s.recovering && settled(p) && p != v1.Phase_PHASE_FAILED))
+	if fromChecks {
+		if s.checking {
+			s.fatalf("%v while the model still checks", p)
+		}
+		min := MinHealthyTime(s.chkA)
+		if s.passSince.IsZero() || s.now.Sub(s.passSince) < min {
+			s.fatalf("%v on %s but checks passed only since %v (now %v, min %v)", p, r.CurrentVersion, s.passSince, s.now, min)
+		}
+		if Version(s.chkA) != r.CurrentVersion {
+			s.fatalf("%v on %q but %q was checked", p, r.CurrentVersion, Version(s.chkA))
+		}
+		if s.prev == v1.Phase_PHASE_CHECKING && p == v1.Phase_PHASE_HEALTHY && !s.recovering {
+			s.everHealthy[r.CurrentVersion] = true
+		}
+	}
+	if r.LastGoodVersion != "" && !s.everHealthy[r.LastGoodVersion] {
+		s.fatalf("last good %q never became healthy", r.LastGoodVersion)
+	}
+	switch p {
+	case v1.Phase_PHASE_HEALTHY:
+		if r.CurrentVersion == "" || r.CurrentVersion != r.LastGoodVersion || r.CurrentVersion != r.TargetVersion {
+			s.fatalf("HEALTHY with current=%q last good=%q target=%q", r.CurrentVersion, r.LastGoodVersion, r.TargetVersion)
+		}
+		if s.running != r.CurrentVersion {
+			s.fatalf("HEALTHY on %q but %q runs", r.CurrentVersion, s.running)
+		}
+	case v1.Phase_PHASE_REVERTED:
+		if r.CurrentVersion == "" || r.CurrentVersion != r.LastGoodVersion {
+			s.fatalf("REVERTED with current=%q last good=%q", r.CurrentVersion, r.LastGoodVersion)
+		}
+		if s.running != r.CurrentVersion {
+			s.fatalf("REVERTED on %q but %q runs", r.CurrentVersion, s.running)
+		}
+	case v1.Phase_PHASE_FAILED:
+		if preSwitch(s.prev) {
+			if s.stoppedSinceFetch {
+				s.fatalf("FAILED before the switch but the old release was stopped")
+			}
+			if s.running != s.runningAtFetch || s.link != s.linkAtFetch {
+				s.fatalf("FAILED before the switch changed the host: running %q->%q link %q->%q",
+					s.runningAtFetch, s.running, s.linkAtFetch, s.link)
+			}
+		}
+	}
+	if settled(p) && r.CurrentVersion != "" && r.CurrentVersion != r.LastGoodVersion {
+		s.fatalf("settled in %v with current %q != last good %q", p, r.CurrentVersion, r.LastGoodVersion)
+	}
+	if s.recovering && (settled(p) || p == v1.Phase_PHASE_FETCHING) {
+		s.recovering = false
+	}
+	if s.edgesSeen != nil && p != s.prev {
+		s.edgesSeen[[2]v1.Phase{s.prev, p}]++
+	}
+	s.prev = p
+	s.prevGen = r.Generation
+}
+
+// finish completes the step in flight in the model and feeds Done.
+func (s *sim) finish() {
+	a := *s.inflight
+	s.inflight = nil
+	var err error
+	if s.rnd.Float64() < 0.15 {
+		err = errors.New("random failure")
+	}
+	switch a.Kind {
+	case ActSwitch:
+		if err == nil {
+			s.link = a.Version
+		}
+	case ActStart:
+		if err == nil {
+			s.running = a.Version
+		}
+	case ActStop:
+		s.running = "" // a failed stop still ends the process (SIGKILL)
+	}
+	s.step(Done(a.Seq, err, s.now))
+}
+
+func (s *sim) restart() {
+	s.log = append(s.log, "RESTART")
+	s.inflight = nil
+	s.checking = false
+	s.running = "" // KillStale
+	if s.persisted == nil {
+		s.m = New("web")
+		s.prev = v1.Phase_PHASE_IDLE
+		s.prevGen = 0
+		return
+	}
+	m, acts := Restore(*s.persisted, s.now)
+	s.m = m
+	s.prev = v1.Phase_PHASE_STARTING
+	s.prevGen = s.persisted.Generation
+	s.recovering = true
+	s.afterRestore = true
+	// Restore's first report is STARTING; allow it from the restored phase.
+	s.apply(acts)
+}
+
+func runSim(t *testing.T, seed uint64, steps int, seen map[[2]v1.Phase]int) {
+	s := &sim{edgesSeen: seen,
+		t: t, seed: seed, rnd: rand.New(rand.NewPCG(seed, 0x5eed)), m: New("web"), now: t0,
+		everHealthy: map[string]bool{}, prev: v1.Phase_PHASE_IDLE,
+	}
+	s.pOK = []float64{0.5, 0.9, 0.99}[s.rnd.IntN(3)]
+	versions := []string{"v1", "v2", "v3", "v4"}
+	for i := 0; i < steps; i++ {
+		s.now = s.now.Add(time.Duration(s.rnd.IntN(3000)) * time.Millisecond)
+		switch x := s.rnd.IntN(100); {
+		case x < 30:
+			if s.inflight != nil {
+				s.finish()
+			}
+		case x < 55:
+			if s.checking {
+				n := len(s.chkA.GetSpec().GetChecks())
+				var res []CheckResult
+				all := n > 0
+				for j := 0; j < n; j++ {
+					ok := s.rnd.Float64() < s.pOK
+					all = all && ok
+					res = append(res, CheckResult{Name: fmt.Sprintf("c%d", j), OK: ok})
+				}
+				epoch := s.chkEpoch
+				if s.rnd.IntN(20) == 0 {
+					epoch-- // a late result from an older process: must be ignored
+				} else if !s.zeroChecks {
+					if all {
+						if s.passSince.IsZero() {
+							s.passSince = s.now
+						}
+					} else {
+						s.passSince = time.Time{}
+					}
+				}
+				s.step(Checks(epoch, s.now, res...))
+			}
+		case x < 60:
+			if s.running != "" {
+				if s.checking && s.epoch == s.chkEpoch {
+					if s.zeroChecks {
+						s.passSince = s.now
+					} else {
+						s.passSince = time.Time{}
+					}
+				}
+				s.step(Exited(s.epoch, s.now))
+			}
+		case x < 80:
+			s.now = s.now.Add(time.Duration(s.rnd.IntN(5000)) * time.Millisecond)
+			s.step(Tick(s.now))
+		case x < 92:
+			gen := s.maxGen + 1
+			if s.rnd.IntN(4) == 0 && s.maxGen > 0 {
+				gen = s.maxGen - int64(s.rnd.IntN(2)) // repeat or stale
+			}
+			if gen > s.maxGen {
+				s.maxGen = gen
+			}
+			s.step(Assign(s.assignment(versions[s.rnd.IntN(len(versions))], gen), s.now))
+		case x < 94:
+			s.maxGen++
+			s.step(Invalid(s.maxGen, "release.version: invalid", s.now))
+		case x < 97:
+			s.restart()
+		default:
+			// nothing happens for a while
+			s.now = s.now.Add(time.Duration(s.rnd.IntN(20)) * time.Second)
+		}
+	}
+}
+
+func TestSimulation(t *testing.T) {
+	seeds := 400
+	if testing.Short() {
+		seeds = 50
+	}
+	seen := map[[2]v1.Phase]int{}
+	for seed := uint64(1); seed <= uint64(seeds); seed++ {
+		runSim(t, seed, 600, seen)
+	}
+	if testing.Short() {
+		return // too few seeds to demand every edge
+	}
+	// The simulation must actually reach every normal edge.
+	for from, tos := range edges {
+		for _, to := range tos {
+			if from != to && seen[[2]v1.Phase{from, to}] == 0 {
+				t.Errorf("simulation never took edge %v -> %v", from, to)
+			}
+		}
+	}
+	t.Logf("edges taken: %d distinct", len(seen))
+}

@@ -1,0 +1,243 @@
+package lifecycle
+
+import (
+	"fmt"
+	"time"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// Defaults applied when an assignment's spec leaves the durations unset.
+const (
+	DefaultMinHealthyTime  = 10 * time.Second
+	DefaultHealthyDeadline = 5 * time.Minute
+	// CrashLoopExits is how many exits of a release being checked count as a
+	// crash loop (which fails the checks at once).
+	CrashLoopExits = 3
+)
+
+// InputKind says what happened.
+type InputKind int
+
+const (
+	// InputAssign: the coordinator assigned a (validated) release.
+	InputAssign InputKind = iota + 1
+	// InputInvalid: the coordinator sent an assignment that failed validation.
+	InputInvalid
+	// InputDone: a long step (an Action with a Seq) finished.
+	InputDone
+	// InputChecks: the results of all probers at one time.
+	InputChecks
+	// InputExit: the process started with an Epoch exited unexpectedly.
+	InputExit
+	// InputTick: time passed.
+	InputTick
+)
+
+func (k InputKind) String() string {
+	switch k {
+	case InputAssign:
+		return "assign"
+	case InputInvalid:
+		return "invalid"
+	case InputDone:
+		return "done"
+	case InputChecks:
+		return "checks"
+	case InputExit:
+		return "exit"
+	case InputTick:
+		return "tick"
+	}
+	return fmt.Sprintf("input(%d)", int(k))
+}
+
+// CheckResult is the latest result of one prober.
+type CheckResult struct {
+	Name   string
+	OK     bool
+	Detail string
+}
+
+// Input is one event fed to Machine.Step. Build it with the helpers below.
+type Input struct {
+	Kind InputKind
+	// At is when it happened. The machine never reads the clock.
+	At time.Time
+	// Assignment for InputAssign. The caller has validated it (names,
+	// version, artifact) and it must not be modified afterwards.
+	Assignment *v1.Assignment
+	// Generation and Reason for InputInvalid.
+	Generation int64
+	Reason     string
+	// Seq and Err for InputDone: Seq echoes Action.Seq, Err is nil on success.
+	Seq uint64
+	Err error
+	// Epoch for InputChecks and InputExit: echoes Action.Epoch.
+	Epoch uint64
+	// Checks for InputChecks: one result per prober.
+	Checks []CheckResult
+}
+
+// Assign is an InputAssign.
+func Assign(a *v1.Assignment, at time.Time) Input {
+	return Input{Kind: InputAssign, At: at, Assignment: a}
+}
+
+// Invalid is an InputInvalid for an assignment of the given generation that
+// failed validation; reason names the bad field.
+func Invalid(generation int64, reason string, at time.Time) Input {
+	return Input{Kind: InputInvalid, At: at, Generation: generation, Reason: reason}
+}
+
+// Done is an InputDone for the action with the given Seq.
+func Done(seq uint64, err error, at time.Time) Input {
+	return Input{Kind: InputDone, At: at, Seq: seq, Err: err}
+}
+
+// Checks is an InputChecks.
+func Checks(epoch uint64, at time.Time, results ...CheckResult) Input {
+	return Input{Kind: InputChecks, At: at, Epoch: epoch, Checks: results}
+}
+
+// Exited is an InputExit.
+func Exited(epoch uint64, at time.Time) Input {
+	return Input{Kind: InputExit, At: at, Epoch: epoch}
+}
+
+// Tick is an InputTick.
+func Tick(at time.Time) Input { return Input{Kind: InputTick, At: at} }
+
+// ActionKind says what the caller must do.
+type ActionKind int
+
+const (
+	// ActFetch: download Assignment's artifact (size cap, running sha256).
+	ActFetch ActionKind = iota + 1
+	// ActVerify: compare the fetched artifact with Assignment's digest and size.
+	ActVerify
+	// ActStage: unpack the verified artifact into the release directory.
+	ActStage
+	// ActSwitch: point the `current` symlink at Version ("" = remove it).
+	ActSwitch
+	// ActStart: start Version with Assignment's run spec; tag its exits with Epoch.
+	ActStart
+	// ActStop: stop the running process of this service.
+	ActStop
+	// ActBeginChecks: start probing with Assignment's checks; tag results with Epoch.
+	ActBeginChecks
+	// ActStopChecks: stop probing.
+	ActStopChecks
+	// ActPersist: write Snapshot durably before going on.
+	ActPersist
+	// ActReport: send Report to the coordinator (or keep it until connected).
+	ActReport
+)
+
+func (k ActionKind) String() string {
+	switch k {
+	case ActFetch:
+		return "fetch"
+	case ActVerify:
+		return "verify"
+	case ActStage:
+		return "stage"
+	case ActSwitch:
+		return "switch"
+	case ActStart:
+		return "start"
+	case ActStop:
+		return "stop"
+	case ActBeginChecks:
+		return "begin-checks"
+	case ActStopChecks:
+		return "stop-checks"
+	case ActPersist:
+		return "persist"
+	case ActReport:
+		return "report"
+	}
+	return fmt.Sprintf("action(%d)", int(k))
+}
+
+// Long reports whether the action is a long step whose completion must be
+// fed back with Done.
+func (k ActionKind) Long() bool {
+	switch k {
+	case ActFetch, ActVerify, ActStage, ActSwitch, ActStart, ActStop:
+		return true
+	}
+	return false
+}
+
+// Action is one thing for the caller to do.
+type Action struct {
+	Kind ActionKind
+	// Seq identifies a long step; feed it back with Done.
+	Seq uint64
+	// Epoch tags a started process and its checks (ActStart, ActBeginChecks).
+	Epoch uint64
+	// Version for ActSwitch and ActStart (and the release of the others).
+	Version string
+	// Assignment whose release/spec the action is about (fetch, verify,
+	// stage, start, begin-checks). Shared, never modify it.
+	Assignment *v1.Assignment
+	// Snapshot for ActPersist.
+	Snapshot *Snapshot
+	// Report for ActReport.
+	Report *v1.ServiceReport
+}
+
+func (a Action) String() string {
+	s := a.Kind.String()
+	if a.Version != "" {
+		s += " " + a.Version
+	}
+	if a.Seq != 0 {
+		s += fmt.Sprintf(" seq=%d", a.Seq)
+	}
+	if a.Epoch != 0 {
+		s += fmt.Sprintf(" epoch=%d", a.Epoch)
+	}
+	if a.Report != nil {
+		s += fmt.Sprintf(" %s gen=%d cur=%q good=%q", a.Report.Phase, a.Report.Generation, a.Report.CurrentVersion, a.Report.LastGoodVersion)
+	}
+	return s
+}
+
+// Snapshot is the durable state of one service: what ActPersist writes and
+// what Restore takes after a restart. Assignments are shared, never modify
+// them.
+type Snapshot struct {
+	Service    string
+	Phase      v1.Phase
+	Generation int64
+	Reason     string
+	// Current is the release the `current` symlink points at (nil = none).
+	Current *v1.Assignment
+	// LastGood is the newest release that became healthy here (nil = none).
+	LastGood *v1.Assignment
+	// Target is the accepted assignment being installed or last installed.
+	Target *v1.Assignment
+}
+
+// Version returns the release version of an assignment, "" for nil.
+func Version(a *v1.Assignment) string {
+	return a.GetRelease().GetVersion()
+}
+
+// MinHealthyTime is the spec's min_healthy_time or its default.
+func MinHealthyTime(a *v1.Assignment) time.Duration {
+	if d := a.GetSpec().GetMinHealthyTime(); d != nil && d.AsDuration() >= 0 {
+		return d.AsDuration()
+	}
+	return DefaultMinHealthyTime
+}
+
+// HealthyDeadline is the spec's healthy_deadline or its default.
+func HealthyDeadline(a *v1.Assignment) time.Duration {
+	if d := a.GetSpec().GetHealthyDeadline(); d != nil && d.AsDuration() > 0 {
+		return d.AsDuration()
+	}
+	return DefaultHealthyDeadline
+}

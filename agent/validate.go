@@ -1,0 +1,176 @@
+package agent
+
+import (
+	"fmt"
+	"net/url"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/fleetwave/fleetwave/agent/install"
+	"github.com/fleetwave/fleetwave/agent/probe"
+	"github.com/fleetwave/fleetwave/internal/spec"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// validateAssignment checks an assignment after decoding; the error names
+// the field. dir is the release directory exec checks would run in.
+func validateAssignment(a *v1.Assignment, hostID string, labels map[string]string, maxBytes int64, dir string) error {
+	if err := spec.CheckName("service", a.GetService()); err != nil {
+		return err
+	}
+	if a.GetGeneration() <= 0 {
+		return fmt.Errorf("generation: %d must be > 0", a.GetGeneration())
+	}
+	r := a.GetRelease()
+	if r == nil {
+		return fmt.Errorf("release: missing")
+	}
+	if r.GetService() != "" && r.GetService() != a.GetService() {
+		return fmt.Errorf("release.service: %q is not the assigned service %q", r.GetService(), a.GetService())
+	}
+	if err := spec.CheckVersion("release.version", r.GetVersion()); err != nil {
+		return err
+	}
+	if r.GetVersion() == install.CurrentLink {
+		return fmt.Errorf("release.version: %q is reserved", r.GetVersion())
+	}
+	art := r.GetArtifact()
+	if art == nil {
+		return fmt.Errorf("release.artifact: missing")
+	}
+	if err := spec.CheckSHA256("release.artifact.sha256", art.GetSha256()); err != nil {
+		return err
+	}
+	if art.GetSize() <= 0 {
+		return fmt.Errorf("release.artifact.size: %d must be > 0", art.GetSize())
+	}
+	if art.GetSize() > maxBytes {
+		return fmt.Errorf("release.artifact.size: %d is over the cap of %d bytes", art.GetSize(), maxBytes)
+	}
+	if u := art.GetUrl(); u != "" {
+		p, err := url.Parse(u)
+		if err != nil {
+			return fmt.Errorf("release.artifact.url: %v", err)
+		}
+		if (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+			return fmt.Errorf("release.artifact.url: %q is not an http(s) URL", u)
+		}
+	}
+	s := a.GetSpec()
+	if s == nil {
+		return fmt.Errorf("spec: missing")
+	}
+	if s.GetName() != "" && s.GetName() != a.GetService() {
+		return fmt.Errorf("spec.name: %q is not the assigned service %q", s.GetName(), a.GetService())
+	}
+	if err := checkDuration("spec.min_healthy_time", s.GetMinHealthyTime(), true); err != nil {
+		return err
+	}
+	if err := checkDuration("spec.healthy_deadline", s.GetHealthyDeadline(), false); err != nil {
+		return err
+	}
+	if err := checkDuration("spec.run.stop_grace", s.GetRun().GetStopGrace(), true); err != nil {
+		return err
+	}
+	if _, _, err := expandRun(s.GetRun(), hostID, labels); err != nil {
+		return err
+	}
+	for i, c := range s.GetChecks() {
+		ec, err := expandCheck(c, i, hostID, labels)
+		if err != nil {
+			return err
+		}
+		if _, err := probe.New(ec, dir); err != nil {
+			return fmt.Errorf("spec.checks[%d].%w", i, err) // probe names the field inside the check
+		}
+	}
+	return nil
+}
+
+func checkDuration(field string, d *durationpb.Duration, zeroOK bool) error {
+	if d == nil {
+		return nil
+	}
+	if err := d.CheckValid(); err != nil {
+		return fmt.Errorf("%s: %v", field, err)
+	}
+	if x := d.AsDuration(); x < 0 || (x == 0 && !zeroOK) {
+		return fmt.Errorf("%s: %s must be > 0", field, x)
+	}
+	return nil
+}
+
+// expandRun resolves ${host.*} in the command and env values. Env comes
+// back as sorted KEY=VALUE pairs.
+func expandRun(r *v1.RunSpec, hostID string, labels map[string]string) (cmd, env []string, err error) {
+	if len(r.GetCommand()) == 0 || r.GetCommand()[0] == "" {
+		return nil, nil, fmt.Errorf("spec.run.command: empty")
+	}
+	for i, arg := range r.GetCommand() {
+		x, err := spec.Expand(arg, hostID, labels)
+		if err != nil {
+			return nil, nil, fmt.Errorf("spec.run.command[%d]: %v", i, err)
+		}
+		cmd = append(cmd, x)
+	}
+	keys := make([]string, 0, len(r.GetEnv()))
+	for k := range r.GetEnv() {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if !envKeyRE.MatchString(k) {
+			return nil, nil, fmt.Errorf("spec.run.env: invalid variable name %q", k)
+		}
+		x, err := spec.Expand(r.GetEnv()[k], hostID, labels)
+		if err != nil {
+			return nil, nil, fmt.Errorf("spec.run.env[%s]: %v", k, err)
+		}
+		if strings.ContainsRune(x, 0) {
+			return nil, nil, fmt.Errorf("spec.run.env[%s]: NUL in value", k)
+		}
+		env = append(env, k+"="+x)
+	}
+	return cmd, env, nil
+}
+
+var envKeyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// expandCheck returns a copy of check i with ${host.*} resolved in its
+// target strings.
+func expandCheck(c *v1.Check, i int, hostID string, labels map[string]string) (*v1.Check, error) {
+	ec := proto.Clone(c).(*v1.Check)
+	exp := func(field, s string) (string, error) {
+		x, err := spec.Expand(s, hostID, labels)
+		if err != nil {
+			return "", fmt.Errorf("spec.checks[%d].%s: %v", i, field, err)
+		}
+		return x, nil
+	}
+	var err error
+	switch k := ec.GetKind().(type) {
+	case *v1.Check_Http:
+		if k.Http != nil {
+			k.Http.Url, err = exp("http.url", k.Http.GetUrl())
+		}
+	case *v1.Check_Tcp:
+		if k.Tcp != nil {
+			k.Tcp.Address, err = exp("tcp.address", k.Tcp.GetAddress())
+		}
+	case *v1.Check_Exec:
+		if k.Exec != nil {
+			for j, arg := range k.Exec.GetCommand() {
+				if k.Exec.Command[j], err = exp(fmt.Sprintf("exec.command[%d]", j), arg); err != nil {
+					break
+				}
+			}
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return ec, nil
+}

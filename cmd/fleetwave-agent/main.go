@@ -1,0 +1,141 @@
+// Command fleetwave-agent runs the Fleetwave agent on one host: it keeps a
+// stream to a coordinator, installs the releases assigned to this host, runs
+// and checks them, and reverts locally on failure. See package agent.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/fleetwave/fleetwave/agent"
+	"github.com/fleetwave/fleetwave/internal/spec"
+	"github.com/rs/zerolog"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stderr))
+}
+
+// errUsage marks errors in the command line (exit status 2).
+var errUsage = errors.New("usage")
+
+func run(ctx context.Context, args []string, stderr io.Writer) int {
+	cfg, level, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "fleetwave-agent: %v\n", err)
+		return 2
+	}
+	log := zerolog.New(stderr).Level(level).With().Timestamp().Logger()
+	if err := agent.Run(ctx, cfg, log); err != nil {
+		log.Error().Err(err).Msg("agent failed")
+		return 1
+	}
+	return 0
+}
+
+// listFlag collects a flag given comma-separated, repeated, or both.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+
+func (l *listFlag) Set(v string) error {
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			*l = append(*l, s)
+		}
+	}
+	return nil
+}
+
+func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, error) {
+	fs := flag.NewFlagSet("fleetwave-agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var coordinators listFlag
+	fs.Var(&coordinators, "coordinator", "coordinator gRPC address host:port (comma-separated or repeated)")
+	hostname, _ := os.Hostname()
+	hostID := fs.String("host-id", hostname, "this host's stable id")
+	labels := fs.String("labels", "", "host labels k=v,k=v")
+	dataDir := fs.String("data-dir", "/var/lib/fleetwave-agent", "directory for releases, state, logs")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return agent.Config{}, 0, err
+		}
+		return agent.Config{}, 0, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() > 0 {
+		return agent.Config{}, 0, fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
+	}
+	bad := func(name, value, why string) error {
+		return fmt.Errorf("%w: invalid value %q for flag --%s: %s", errUsage, value, name, why)
+	}
+	if len(coordinators) == 0 {
+		return agent.Config{}, 0, fmt.Errorf("%w: flag --coordinator is required", errUsage)
+	}
+	if err := spec.CheckHostID("host-id", *hostID); err != nil {
+		return agent.Config{}, 0, bad("host-id", *hostID, "want [A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+	}
+	lm, err := parseLabels(*labels)
+	if err != nil {
+		return agent.Config{}, 0, bad("labels", *labels, err.Error())
+	}
+	level, err := zerolog.ParseLevel(*logLevel)
+	if err != nil || *logLevel == "" {
+		return agent.Config{}, 0, bad("log-level", *logLevel, "want debug, info, warn or error")
+	}
+	cfg := agent.Config{
+		Coordinators: coordinators,
+		HostID:       *hostID,
+		Labels:       lm,
+		DataDir:      *dataDir,
+		AgentVersion: version,
+	}
+	if err := cfg.Validate(); err != nil {
+		// Name the flag behind the field.
+		msg := err.Error()
+		for field, flagName := range map[string]string{"coordinators": "coordinator", "data_dir": "data-dir", "labels": "labels"} {
+			if strings.HasPrefix(msg, field) {
+				return agent.Config{}, 0, fmt.Errorf("%w: flag --%s: %v", errUsage, flagName, err)
+			}
+		}
+		return agent.Config{}, 0, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	return cfg, level, nil
+}
+
+// parseLabels parses k=v,k=v.
+func parseLabels(s string) (map[string]string, error) {
+	m := map[string]string{}
+	if strings.TrimSpace(s) == "" {
+		return m, nil
+	}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("want k=v,k=v, got %q", kv)
+		}
+		if _, dup := m[k]; dup {
+			return nil, fmt.Errorf("label %q given twice", k)
+		}
+		m[k] = v
+	}
+	if err := spec.CheckLabels("labels", m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}

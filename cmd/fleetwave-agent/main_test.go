@@ -1,0 +1,53 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+)
+
+func TestParseFlags(t *testing.T) {
+	var stderr bytes.Buffer
+	cfg, level, err := parseFlags([]string{
+		"--coordinator", "a:1,b:2", "--coordinator=c:3", "--host-id", "h1",
+		"--labels", "zone=a, port=8081", "--data-dir", "d", "--log-level", "debug",
+	}, &stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(cfg.Coordinators, " ") != "a:1 b:2 c:3" || cfg.HostID != "h1" || cfg.Labels["port"] != "8081" ||
+		cfg.Labels["zone"] != "a" || cfg.DataDir != "d" || level.String() != "debug" || cfg.AgentVersion != version {
+		t.Fatalf("cfg %+v level %v", cfg, level)
+	}
+}
+
+func TestBadFlagsExit2NamingFlagAndValue(t *testing.T) {
+	base := []string{"--coordinator", "a:1", "--host-id", "h1", "--data-dir", "d"}
+	tests := []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"labels", append(base, "--labels", "zoneA"), []string{"--labels", `"zoneA"`}},
+		{"label value", append(base, "--labels", "zone=a b"), []string{"--labels", `"zone=a b"`}},
+		{"host id", []string{"--coordinator", "a:1", "--host-id", "bad id", "--data-dir", "d"}, []string{"--host-id", `"bad id"`}},
+		{"log level", append(base, "--log-level", "loud"), []string{"--log-level", `"loud"`}},
+		{"no coordinator", []string{"--host-id", "h1"}, []string{"--coordinator"}},
+		{"bad coordinator", []string{"--coordinator", "nohostport", "--host-id", "h1"}, []string{"--coordinator", `"nohostport"`}},
+		{"unknown flag", append(base, "--bogus"), []string{"bogus"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			if code := run(context.Background(), tt.args, &stderr); code != 2 {
+				t.Fatalf("exit %d, want 2; stderr %s", code, stderr.String())
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(stderr.String(), w) {
+					t.Fatalf("stderr %q does not contain %q", stderr.String(), w)
+				}
+			}
+		})
+	}
+}
