@@ -15,6 +15,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
@@ -65,6 +66,9 @@ func Dial(endpoints []string) (*clientv3.Client, error) {
 		DialKeepAliveTime:  5 * time.Second,
 		MaxCallSendMsgSize: 16 << 20,
 		MaxCallRecvMsgSize: 64 << 20,
+		// The coordinator logs what matters itself; the client's own zap
+		// logger only repeats retries and shutdown noise.
+		Logger: zap.NewNop(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("etcd client for %v: %w", endpoints, err)
