@@ -63,8 +63,9 @@ race:
 
 # Short coverage-guided runs of every fuzz target (make fuzz-long for more).
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzUnpack$$' -fuzztime $(FUZZTIME) ./agent/install
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/spec
+	$(GO) test -run '^$$' -fuzz '^FuzzUnpackEntries$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./agent/install
+	$(GO) test -run '^$$' -fuzz '^FuzzUnpack$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./agent/install
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./internal/spec
 
 fuzz-long:
 	$(MAKE) fuzz FUZZTIME=5m
