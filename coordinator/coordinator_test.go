@@ -1,0 +1,261 @@
+package coordinator
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/fleetwave/fleetwave/coordinator/store"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// startCoordinator runs a coordinator in-process against a separately
+// started etcd (the --etcd-endpoints path) and returns a client connection.
+func startCoordinator(t *testing.T) *grpc.ClientConn {
+	t.Helper()
+	emb, err := store.StartEmbedded(t.TempDir(), "", zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(emb.Close)
+	ctx, cancel := context.WithCancel(context.Background())
+	addrc := make(chan string, 1)
+	done := make(chan error, 1)
+	cfg := Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, LeaseTTL: 2 * time.Second,
+		Ready: func(a string) { addrc <- a }}
+	go func() { done <- Run(ctx, cfg, zerolog.Nop()) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("coordinator: %v", err)
+		}
+	})
+	var addr string
+	select {
+	case addr = <-addrc:
+	case err := <-done:
+		t.Fatalf("coordinator exited: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("coordinator not serving after 60s")
+	}
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+func TestConfigValidateNamesFields(t *testing.T) {
+	err := (&Config{Listen: "nope", LeaseTTL: time.Millisecond, EtcdEndpoints: []string{"unix://x"}}).Validate()
+	for _, want := range []string{"listen:", `"nope"`, "data-dir:", "lease-ttl:", "etcd-endpoints:"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate error %v does not name %s", err, want)
+		}
+	}
+	if err := (&Config{Listen: "127.0.0.1:7070", DataDir: "d"}).Validate(); err != nil {
+		t.Errorf("valid config rejected: %v", err)
+	}
+}
+
+func TestHealthAndReflection(t *testing.T) {
+	cc := startCoordinator(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	hr, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil || hr.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health: %v %v", hr, err)
+	}
+	rs, err := reflectionpb.NewServerReflectionClient(cc).ServerReflectionInfo(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rs.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := rs.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, s := range resp.GetListServicesResponse().GetService() {
+		names = append(names, s.GetName())
+	}
+	sort.Strings(names)
+	got := strings.Join(names, " ")
+	for _, want := range []string{"fleetwave.v1.AgentService", "fleetwave.v1.ArtifactService", "fleetwave.v1.OperatorService", "grpc.health.v1.Health"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("reflection lists %q, missing %s", got, want)
+		}
+	}
+}
+
+func upload(t *testing.T, ctx context.Context, cc *grpc.ClientConn, data []byte) *v1.Artifact {
+	t.Helper()
+	us, err := v1.NewArtifactServiceClient(cc).Upload(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := us.Send(&v1.UploadRequest{Chunk: data}); err != nil {
+		t.Fatal(err)
+	}
+	ur, err := us.CloseAndRecv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(data)
+	if ur.GetSha256() != hex.EncodeToString(sum[:]) || ur.GetSize() != int64(len(data)) {
+		t.Fatalf("upload returned %v", ur)
+	}
+	return &v1.Artifact{Sha256: ur.GetSha256(), Size: ur.GetSize()}
+}
+
+func TestOperatorRejectsBadInput(t *testing.T) {
+	cc := startCoordinator(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	op := v1.NewOperatorServiceClient(cc)
+	_, err := op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: &v1.ServiceSpec{Name: "Bad Name"}})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "name") {
+		t.Errorf("bad spec: %v", err)
+	}
+	list, err := op.ListServices(ctx, &v1.ListServicesRequest{})
+	if err != nil || len(list.GetServices()) != 0 {
+		t.Errorf("a rejected spec was stored: %v %v", list, err)
+	}
+	art := &v1.Artifact{Sha256: strings.Repeat("a", 64), Size: 10}
+	_, err = op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: "v1", Artifact: art}})
+	if status.Code(err) != codes.NotFound {
+		t.Errorf("release of an unknown service: %v", err)
+	}
+	spec := &v1.ServiceSpec{Name: "web", Run: &v1.RunSpec{Command: []string{"./app"}}}
+	if _, err := op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: "v1", Artifact: art}})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "release.artifact.sha256") {
+		t.Errorf("release of an artifact not uploaded: %v", err)
+	}
+	real := upload(t, ctx, cc, []byte("0123456789"))
+	real.Size = 11
+	_, err = op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: "v1", Artifact: real}})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "release.artifact.size") {
+		t.Errorf("release with a wrong size: %v", err)
+	}
+	rels, err := op.ListReleases(ctx, &v1.ListReleasesRequest{Service: "web"})
+	if err != nil || len(rels.GetReleases()) != 0 {
+		t.Errorf("a rejected release was stored: %v %v", rels, err)
+	}
+}
+
+// A fake agent on a real stream: it gets the stable release on connect, the
+// new release when the rollout reaches it, and its report ends the rollout.
+func TestAgentStreamDrivesRollout(t *testing.T) {
+	cc := startCoordinator(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	op := v1.NewOperatorServiceClient(cc)
+	spec := &v1.ServiceSpec{Name: "web", Selector: map[string]string{"role": "web"}, Run: &v1.RunSpec{Command: []string{"./app"}},
+		Rollout: &v1.RolloutPolicy{Bake: durationpb.New(0)}}
+	if _, err := op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	art := upload(t, ctx, cc, []byte("release one"))
+	// No host yet: the rollout of v1 succeeds at once and v1 becomes stable.
+	cr, err := op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: "v1", Artifact: art}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cr.GetRollout().GetState() != v1.RolloutState_ROLLOUT_STATE_SUCCEEDED {
+		t.Fatalf("rollout over no hosts: %v", cr.GetRollout())
+	}
+
+	// An invalid hello is refused and names the field.
+	bad, err := v1.NewAgentServiceClient(cc).Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = bad.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Hello{Hello: &v1.Hello{HostId: "../etc"}}})
+	if _, err := bad.Recv(); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "hello.host_id") {
+		t.Errorf("bad hello: %v", err)
+	}
+
+	stream, err := v1.NewAgentServiceClient(cc).Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Hello{Hello: &v1.Hello{HostId: "h1", Labels: map[string]string{"role": "web"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	expect := func(version string, gen int64) {
+		t.Helper()
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				t.Fatalf("waiting for %s: %v", version, err)
+			}
+			if len(m.GetAssignments()) == 1 && m.GetAssignments()[0].GetRelease().GetVersion() == version {
+				if g := m.GetAssignments()[0].GetGeneration(); g != gen {
+					t.Fatalf("%s assigned with generation %d, want %d", version, g, gen)
+				}
+				return
+			}
+		}
+	}
+	expect("v1", 1)
+	report := func(phase v1.Phase, cur string, gen int64) {
+		t.Helper()
+		r := &v1.ServiceReport{Service: "web", Generation: gen, Phase: phase, CurrentVersion: cur, TargetVersion: cur, LastGoodVersion: "v1"}
+		if err := stream.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Report{Report: r}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	report(v1.Phase_PHASE_HEALTHY, "v1", 1)
+
+	art2 := upload(t, ctx, cc, []byte("release two"))
+	cr, err = op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: "v2", Artifact: art2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cr.GetRollout().GetToVersion() != "v2" || len(cr.GetRollout().GetWaves()) != 1 {
+		t.Fatalf("rollout of v2: %v", cr.GetRollout())
+	}
+	expect("v2", 2)
+	report(v1.Phase_PHASE_HEALTHY, "v2", 2)
+	w, err := op.WatchRollout(ctx, &v1.WatchRolloutRequest{Service: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last *v1.Rollout
+	for {
+		m, err := w.Recv()
+		if err != nil {
+			break
+		}
+		last = m.GetRollout()
+	}
+	if last.GetState() != v1.RolloutState_ROLLOUT_STATE_SUCCEEDED {
+		t.Fatalf("rollout ended %v: %s", last.GetState(), last.GetReason())
+	}
+	hosts, err := op.ListHosts(ctx, &v1.ListHostsRequest{})
+	if err != nil || len(hosts.GetHosts()) != 1 || !hosts.GetHosts()[0].GetConnected() {
+		t.Fatalf("hosts: %v %v", hosts, err)
+	}
+	svc, err := op.GetService(ctx, &v1.GetServiceRequest{Name: "web"})
+	if err != nil || svc.GetService().GetStatus().GetStableVersion() != "v2" {
+		t.Fatalf("stable after rollout: %v %v", svc, err)
+	}
+}
