@@ -24,7 +24,7 @@ import (
 
 // startCoordinator runs a coordinator in-process against a separately
 // started etcd (the --etcd-endpoints path) and returns a client connection.
-func startCoordinator(t *testing.T) *grpc.ClientConn {
+func startCoordinator(t testing.TB) *grpc.ClientConn {
 	t.Helper()
 	emb, err := store.StartEmbedded(t.TempDir(), "", zerolog.Nop())
 	if err != nil {
@@ -103,7 +103,7 @@ func TestHealthAndReflection(t *testing.T) {
 	}
 }
 
-func upload(t *testing.T, ctx context.Context, cc *grpc.ClientConn, data []byte) *v1.Artifact {
+func upload(t testing.TB, ctx context.Context, cc *grpc.ClientConn, data []byte) *v1.Artifact {
 	t.Helper()
 	us, err := v1.NewArtifactServiceClient(cc).Upload(ctx)
 	if err != nil {

@@ -118,7 +118,12 @@ func (o *operator) CreateRelease(ctx context.Context, req *v1.CreateReleaseReque
 	if rel.GetCreatedBy() == "" {
 		rel.CreatedBy = caller(ctx)
 	}
-	if err := o.c.store.CreateRelease(ctx, rel); err != nil {
+	rev, err := o.c.store.CreateRelease(ctx, rel)
+	if err != nil {
+		return nil, grpcErr(err)
+	}
+	// The leader decides from its mirror: let it see the release first.
+	if err := o.c.mirror.WaitRev(ctx, rev); err != nil {
 		return nil, grpcErr(err)
 	}
 	o.c.log.Info().Str("service", rel.GetService()).Str("version", rel.GetVersion()).Str("sha256", rel.GetArtifact().GetSha256()).Str("by", rel.GetCreatedBy()).Msg("release created")

@@ -181,23 +181,23 @@ func (s *Store) ApplySpec(ctx context.Context, spec *v1.ServiceSpec, now time.Ti
 	return nil, false, fmt.Errorf("apply service %s: %w", spec.GetName(), ErrConflict)
 }
 
-// CreateRelease stores a release; a release is immutable, so an existing
-// version is ErrExists.
-func (s *Store) CreateRelease(ctx context.Context, r *v1.Release) error {
+// CreateRelease stores a release and returns the revision of the write; a
+// release is immutable, so an existing version is ErrExists.
+func (s *Store) CreateRelease(ctx context.Context, r *v1.Release) (int64, error) {
 	key := ReleaseKey(r.GetService(), r.GetVersion())
 	val, err := marshal(r)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	resp, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 		Then(clientv3.OpPut(key, val)).Commit()
 	if err != nil {
-		return fmt.Errorf("create release %s/%s: %w", r.GetService(), r.GetVersion(), err)
+		return 0, fmt.Errorf("create release %s/%s: %w", r.GetService(), r.GetVersion(), err)
 	}
 	if !resp.Succeeded {
-		return fmt.Errorf("release %s/%s: %w", r.GetService(), r.GetVersion(), ErrExists)
+		return 0, fmt.Errorf("release %s/%s: %w", r.GetService(), r.GetVersion(), ErrExists)
 	}
-	return nil
+	return resp.Header.Revision, nil
 }
 
 // GetRelease returns one release.

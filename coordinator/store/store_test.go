@@ -33,11 +33,11 @@ func TestReleaseIsImmutable(t *testing.T) {
 	s := startStore(t)
 	ctx := context.Background()
 	r := &v1.Release{Service: "web", Version: "v1", Artifact: &v1.Artifact{Sha256: "ab", Size: 1}}
-	if err := s.CreateRelease(ctx, r); err != nil {
+	if _, err := s.CreateRelease(ctx, r); err != nil {
 		t.Fatal(err)
 	}
 	r2 := &v1.Release{Service: "web", Version: "v1", Artifact: &v1.Artifact{Sha256: "cd", Size: 2}}
-	if err := s.CreateRelease(ctx, r2); !errors.Is(err, ErrExists) {
+	if _, err := s.CreateRelease(ctx, r2); !errors.Is(err, ErrExists) {
 		t.Fatalf("second create: got %v, want ErrExists", err)
 	}
 	got, err := s.GetRelease(ctx, "web", "v1")
