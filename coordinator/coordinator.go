@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -108,8 +109,8 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data-dir %s: %w", cfg.DataDir, err)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 
 	endpoints := cfg.EtcdEndpoints
 	if len(endpoints) == 0 {
@@ -123,7 +124,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 			select {
 			case err := <-emb.Err():
 				log.Error().Err(err).Msg("embedded etcd failed")
-				cancel()
+				cancel(fmt.Errorf("embedded etcd: %w", err))
 			case <-ctx.Done():
 			}
 		}()
@@ -148,9 +149,12 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	c.hub = newHub(c)
 	c.leader = newLeader(c)
 
-	go func() {
-		_ = c.mirror.Run(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		cancel(nil)
+		wg.Wait()
 	}()
+	wg.Go(func() { _ = c.mirror.Run(ctx) })
 	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
 	err = c.mirror.WaitRev(wctx, 0)
 	wcancel()
@@ -176,8 +180,8 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	v1.RegisterOperatorServiceServer(srv, &operator{c: c})
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 
-	go c.hub.pushLoop(ctx)
-	go c.leader.run(ctx)
+	wg.Go(func() { c.hub.pushLoop(ctx) })
+	wg.Go(func() { c.leader.run(ctx) })
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()
@@ -185,16 +189,27 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	if cfg.Ready != nil {
 		cfg.Ready(lis.Addr().String())
 	}
+	var fatal error
 	select {
 	case <-ctx.Done():
+		fatal = context.Cause(ctx)
+		if errors.Is(fatal, context.Canceled) {
+			fatal = nil // asked to stop
+		}
 	case err := <-errc:
-		cancel()
-		return fmt.Errorf("serve %s: %w", cfg.Listen, err)
+		fatal = fmt.Errorf("serve %s: %w", cfg.Listen, err)
 	case <-sess.Done():
-		log.Error().Msg("etcd session lost; exiting")
-		cancel()
+		// Connection records and leadership lived on the session's lease.
+		// Exit non-zero so a supervisor restarts the coordinator cleanly.
+		fatal = fmt.Errorf("etcd session at %v lost (lease expired)", endpoints)
+	}
+	cancel(fatal)
+	if fatal != nil {
+		log.Error().Err(fatal).Msg("coordinator stopping")
 	}
 	hs.Shutdown()
+	// End the agent streams first: they would hold GracefulStop open.
+	c.hub.closeAll()
 	stopped := make(chan struct{})
 	go func() { srv.GracefulStop(); close(stopped) }()
 	select {
@@ -202,9 +217,8 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	case <-time.After(5 * time.Second):
 		srv.Stop()
 	}
-	c.hub.closeAll()
 	log.Info().Msg("coordinator stopped")
-	return nil
+	return fatal
 }
 
 // lease is this coordinator's session lease; connection records live on it.

@@ -259,3 +259,110 @@ func TestAgentStreamDrivesRollout(t *testing.T) {
 		t.Fatalf("stable after rollout: %v %v", svc, err)
 	}
 }
+
+// Manual mode: a rollout waits for approve; a newer release replaces a
+// waiting one, so approve ships the newest; unfreeze lets the next release
+// roll out after a failure, and the failed release is not retried.
+func TestManualApproveSupersedeAndUnfreeze(t *testing.T) {
+	cc := startCoordinator(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	op := v1.NewOperatorServiceClient(cc)
+	spec := &v1.ServiceSpec{Name: "api", Run: &v1.RunSpec{Command: []string{"./app"}},
+		Rollout: &v1.RolloutPolicy{Mode: "manual", NoCanary: true}}
+	if _, err := op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	stream, err := v1.NewAgentServiceClient(cc).Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Hello{Hello: &v1.Hello{HostId: "h1"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil { // the empty initial set
+		t.Fatal(err)
+	}
+	release := func(v string) *v1.CreateReleaseResponse {
+		t.Helper()
+		art := upload(t, ctx, cc, []byte("artifact "+v))
+		resp, err := op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "api", Version: v, Artifact: art}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	r1 := release("v1").GetRollout()
+	if r1.GetState() != v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL {
+		t.Fatalf("manual rollout of v1: %v", r1.GetState())
+	}
+	r2 := release("v2").GetRollout()
+	if r2.GetToVersion() != "v2" || r2.GetState() != v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL {
+		t.Fatalf("v2 did not replace the waiting v1 rollout: %v", r2)
+	}
+	old, err := op.GetRollout(ctx, &v1.GetRolloutRequest{Service: "api", Id: r1.GetId()})
+	if err != nil || old.GetRollout().GetState() != v1.RolloutState_ROLLOUT_STATE_SUPERSEDED {
+		t.Fatalf("v1 rollout after v2: %v %v", old, err)
+	}
+	ap, err := op.ApproveRollout(ctx, &v1.ApproveRolloutRequest{Service: "api"})
+	if err != nil || ap.GetRollout().GetToVersion() != "v2" || ap.GetRollout().GetState() != v1.RolloutState_ROLLOUT_STATE_PROGRESSING {
+		t.Fatalf("approve: %v %v", ap, err)
+	}
+	if _, err := op.ApproveRollout(ctx, &v1.ApproveRolloutRequest{Service: "api"}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("second approve: %v", err)
+	}
+	recvVersion := func() (string, int64) {
+		t.Helper()
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(m.GetAssignments()) == 1 {
+				a := m.GetAssignments()[0]
+				return a.GetRelease().GetVersion(), a.GetGeneration()
+			}
+		}
+	}
+	v, gen := recvVersion()
+	if v != "v2" {
+		t.Fatalf("assigned %s after approve, want v2", v)
+	}
+	// The host fails v2 (first release: nothing to revert to): the rollout
+	// fails and the service freezes.
+	rep := &v1.ServiceReport{Service: "api", Generation: gen, Phase: v1.Phase_PHASE_FAILED, TargetVersion: "v2", Reason: "boom"}
+	if err := stream.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Report{Report: rep}}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		s, err := op.GetService(ctx, &v1.GetServiceRequest{Name: "api"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.GetService().GetStatus().GetFrozen() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("service not frozen after the failure")
+		}
+		time.Sleep(20 * time.Millisecond) // polling a condition with a deadline
+	}
+	frozen := release("v3")
+	if frozen.GetRollout() != nil || !strings.Contains(frozen.GetNote(), "frozen") || !strings.Contains(frozen.GetNote(), "unfreeze") {
+		t.Fatalf("release while frozen: rollout %v, note %q", frozen.GetRollout(), frozen.GetNote())
+	}
+	un, err := op.UnfreezeService(ctx, &v1.UnfreezeServiceRequest{Name: "api"})
+	if err != nil || un.GetService().GetStatus().GetFrozen() {
+		t.Fatalf("unfreeze: %v %v", un, err)
+	}
+	// v3 (created while frozen) is the newest and not the failed one: it
+	// waits for approval now.
+	r, err := op.GetRollout(ctx, &v1.GetRolloutRequest{Service: "api"})
+	if err != nil || r.GetRollout().GetToVersion() != "v3" || r.GetRollout().GetState() != v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL {
+		t.Fatalf("after unfreeze: %v %v", r, err)
+	}
+	if _, err := op.UnfreezeService(ctx, &v1.UnfreezeServiceRequest{Name: "nope"}); status.Code(err) != codes.NotFound {
+		t.Errorf("unfreeze of an unknown service: %v", err)
+	}
+}

@@ -2,6 +2,8 @@ package coordinator
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"sort"
@@ -38,8 +40,16 @@ type agentConn struct {
 	// set replaces an unsent older one: level-triggered).
 	out    chan *v1.ConnectResponse
 	cancel context.CancelFunc
-	// last is the encoding of the last set queued, to skip repeats.
-	last []byte
+	// last is the encoding of the last set queued, to skip repeats, and
+	// epoch the desired-state epoch it was computed at: an older computation
+	// finishing late must not replace a newer set.
+	last  []byte
+	epoch uint64
+	// token identifies this stream's connection record, so a replaced
+	// stream's clean-up cannot delete its successor's record.
+	token string
+	// reports are the last reports this stream wrote, per service.
+	reports map[string]*v1.ServiceReport
 }
 
 func newHub(c *Coordinator) *hub {
@@ -75,8 +85,17 @@ func validateReport(r *v1.ServiceReport) error {
 	if len(r.GetChecks()) > 64 {
 		return fmt.Errorf("report.checks: %d entries, over 64", len(r.GetChecks()))
 	}
+	for i, c := range r.GetChecks() {
+		if len(c.GetName()) > maxField || len(c.GetDetail()) > maxField {
+			return fmt.Errorf("report.checks[%d]: name or detail over %d bytes", i, maxField)
+		}
+	}
 	return nil
 }
+
+// maxField bounds free-text fields agents send (check names and details,
+// agent version), so one report stays far below etcd's request limit.
+const maxField = 1024
 
 func validateHello(h *v1.Hello) error {
 	if h == nil {
@@ -87,6 +106,12 @@ func validateHello(h *v1.Hello) error {
 	}
 	if err := spec.CheckLabels("hello.labels", h.GetLabels()); err != nil {
 		return err
+	}
+	if len(h.GetLabels()) > 64 {
+		return fmt.Errorf("hello.labels: %d labels, over 64", len(h.GetLabels()))
+	}
+	if len(h.GetAgentVersion()) > 128 {
+		return fmt.Errorf("hello.agent_version: %d bytes, over 128", len(h.GetAgentVersion()))
 	}
 	if len(h.GetServices()) > maxServicesPerHello {
 		return fmt.Errorf("hello.services: %d entries, over %d", len(h.GetServices()), maxServicesPerHello)
@@ -125,12 +150,13 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
 			return status.Error(codes.Unavailable, err.Error())
 		}
 	}
+	conn := &agentConn{host: id, labels: hello.GetLabels(), out: make(chan *v1.ConnectResponse, 1), cancel: cancel,
+		token: h.c.cfg.Name + "/" + randToken(), reports: map[string]*v1.ServiceReport{}}
 	for _, r := range hello.GetServices() {
-		if err := h.saveReport(ctx, id, r); err != nil {
+		if err := h.saveReport(ctx, conn, r); err != nil {
 			return status.Error(codes.Unavailable, err.Error())
 		}
 	}
-	conn := &agentConn{host: id, labels: hello.GetLabels(), out: make(chan *v1.ConnectResponse, 1), cancel: cancel}
 	h.mu.Lock()
 	if old := h.conns[id]; old != nil {
 		old.cancel()
@@ -145,12 +171,12 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
 		h.mu.Unlock()
 		dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer dcancel()
-		if err := h.c.store.DeleteConn(dctx, id, h.c.cfg.Name); err != nil {
+		if err := h.c.store.DeleteConn(dctx, id, conn.token); err != nil {
 			log.Warn().Err(err).Msg("record disconnect failed")
 		}
 		log.Info().Msg("agent disconnected")
 	}()
-	if err := h.c.store.PutConn(ctx, id, h.c.cfg.Name, h.c.lease()); err != nil {
+	if err := h.c.store.PutConn(ctx, id, conn.token, h.c.lease()); err != nil {
 		return status.Error(codes.Unavailable, err.Error())
 	}
 	log.Info().Str("from", from).Int("services", len(hello.GetServices())).Msg("agent connected")
@@ -173,7 +199,7 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
 				log.Warn().Err(err).Msg("invalid report ignored")
 				continue
 			}
-			if err := h.saveReport(ctx, id, r); err != nil {
+			if err := h.saveReport(ctx, conn, r); err != nil {
 				recvErr <- status.Error(codes.Unavailable, err.Error())
 				return
 			}
@@ -193,13 +219,34 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
 	}
 }
 
-// saveReport writes a report when it differs from the stored one (ignoring
-// its timestamp), so etcd load follows state changes, not chatter.
-func (h *hub) saveReport(ctx context.Context, host string, r *v1.ServiceReport) error {
-	if old := h.c.mirror.Report(host, r.GetService()); old != nil && sameReport(old, r) {
+// saveReport writes a report when it differs from the last one this stream
+// wrote (or, for the hello, from the stored one), ignoring its timestamp, so
+// etcd load follows state changes, not chatter. Reports for services the
+// coordinator does not know are dropped: agents cannot create keys at will.
+// Only the stream's own goroutine calls it after the hello.
+func (h *hub) saveReport(ctx context.Context, c *agentConn, r *v1.ServiceReport) error {
+	if _, ok := h.c.mirror.Service(r.GetService()); !ok {
+		h.c.log.Debug().Str("host", c.host).Str("service", r.GetService()).Msg("report for an unknown service dropped")
 		return nil
 	}
-	return h.c.store.PutReport(ctx, host, r)
+	old := c.reports[r.GetService()]
+	if old == nil {
+		old = h.c.mirror.Report(c.host, r.GetService())
+	}
+	if old != nil && sameReport(old, r) {
+		return nil
+	}
+	if err := h.c.store.PutReport(ctx, c.host, r); err != nil {
+		return err
+	}
+	c.reports[r.GetService()] = r
+	return nil
+}
+
+func randToken() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 func sameReport(a, b *v1.ServiceReport) bool {
@@ -229,6 +276,7 @@ type desiredTable struct {
 
 type desiredEntry struct {
 	svc     *v1.Service
+	latest  *v1.Rollout
 	desired func(host string, labels map[string]string) (string, int64, bool)
 }
 
@@ -249,7 +297,7 @@ func (h *hub) table() *desiredTable {
 				latest = r.Val
 			}
 		}
-		t.services = append(t.services, desiredEntry{svc: svc, desired: rollout.DesiredFunc(svc, latest)})
+		t.services = append(t.services, desiredEntry{svc: svc, latest: latest, desired: rollout.DesiredFunc(svc, latest)})
 	}
 	h.mu.Lock()
 	h.cached = t
@@ -271,7 +319,8 @@ func (h *hub) assignments(t *desiredTable, host string, labels map[string]string
 			h.c.log.Error().Str("service", name).Str("version", ver).Msg("assigned release not found")
 			continue
 		}
-		resp.Assignments = append(resp.Assignments, &v1.Assignment{Service: name, Generation: gen, Release: rel, Spec: e.svc.GetSpec()})
+		resp.Assignments = append(resp.Assignments, &v1.Assignment{Service: name, Generation: gen, Release: rel,
+			Spec: rollout.SpecFor(e.svc, e.latest, ver, gen)})
 	}
 	sort.Slice(resp.Assignments, func(i, j int) bool { return resp.Assignments[i].Service < resp.Assignments[j].Service })
 	return resp
@@ -280,7 +329,8 @@ func (h *hub) assignments(t *desiredTable, host string, labels map[string]string
 // queue computes a host's assignments and queues them if they changed (or
 // always when force).
 func (h *hub) queue(c *agentConn, force bool) {
-	m := h.assignments(h.table(), c.host, c.labels)
+	t := h.table()
+	m := h.assignments(t, c.host, c.labels)
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
 	if err != nil {
 		h.c.log.Error().Err(err).Str("host", c.host).Msg("encode assignments")
@@ -288,10 +338,13 @@ func (h *hub) queue(c *agentConn, force bool) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if t.epoch < c.epoch {
+		return // a newer set was queued meanwhile
+	}
 	if !force && string(b) == string(c.last) {
 		return
 	}
-	c.last = b
+	c.last, c.epoch = b, t.epoch
 	select {
 	case <-c.out: // drop the unsent older set
 	default:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/client/v3/concurrency"
@@ -21,20 +22,32 @@ var ErrNotLeader = errors.New("this coordinator is not the rollout leader")
 // leader campaigns for leadership and, while leader, runs the rollout loop:
 // the only place rollout decisions are made and written (fenced).
 type leader struct {
-	c    *Coordinator
-	reqs chan leaderReq
+	c       *Coordinator
+	reqs    chan leaderReq
+	leading atomic.Bool
 }
+
+type leaderOp int
+
+const (
+	// opReconcile reconciles the service now and returns its newest rollout.
+	opReconcile leaderOp = iota
+	// opApprove approves the service's rollout that waits for approval.
+	opApprove
+	// opUnfreeze clears the service's freeze.
+	opUnfreeze
+)
 
 // leaderReq is an operator request the loop serves between reconciles.
 type leaderReq struct {
 	service string
-	// approve the waiting rollout (else: reconcile now and return the latest)
-	approve bool
+	op      leaderOp
 	reply   chan leaderReply
 }
 
 type leaderReply struct {
 	rollout *v1.Rollout
+	service *v1.Service
 	err     error
 }
 
@@ -63,27 +76,33 @@ func (l *leader) run(ctx context.Context) {
 	}
 }
 
-// call sends a request to the loop; it fails fast when nobody leads here.
-func (l *leader) call(ctx context.Context, req leaderReq) (*v1.Rollout, error) {
+// call sends a request to the loop; it fails fast when this coordinator
+// does not lead.
+func (l *leader) call(ctx context.Context, req leaderReq) (*v1.Rollout, *v1.Service, error) {
+	if !l.leading.Load() {
+		return nil, nil, ErrNotLeader
+	}
 	req.reply = make(chan leaderReply, 1)
 	t := time.NewTimer(10 * time.Second)
 	defer t.Stop()
 	select {
 	case l.reqs <- req:
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, nil, ctx.Err()
 	case <-t.C:
-		return nil, ErrNotLeader
+		return nil, nil, ErrNotLeader
 	}
 	select {
 	case r := <-req.reply:
-		return r.rollout, r.err
+		return r.rollout, r.service, r.err
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, nil, ctx.Err()
 	}
 }
 
 func (l *leader) lead(ctx context.Context, fence *store.Fence) error {
+	l.leading.Store(true)
+	defer l.leading.Store(false)
 	ch, unsub := l.c.mirror.Subscribe()
 	defer unsub()
 	timer := time.NewTimer(0)
@@ -97,8 +116,8 @@ func (l *leader) lead(ctx context.Context, fence *store.Fence) error {
 		case <-ch:
 		case <-timer.C:
 		case req := <-l.reqs:
-			r, err := l.serve(ctx, fence, req)
-			req.reply <- leaderReply{r, err}
+			r, svc, err := l.serve(ctx, fence, req)
+			req.reply <- leaderReply{r, svc, err}
 			if errors.Is(err, store.ErrNotLeader) {
 				return err
 			}
@@ -123,42 +142,70 @@ func (l *leader) lead(ctx context.Context, fence *store.Fence) error {
 	}
 }
 
-func (l *leader) serve(ctx context.Context, fence *store.Fence, req leaderReq) (*v1.Rollout, error) {
+func (l *leader) serve(ctx context.Context, fence *store.Fence, req leaderReq) (*v1.Rollout, *v1.Service, error) {
+	if req.op == opUnfreeze {
+		svc, err := l.unfreeze(ctx, fence, req.service)
+		if err != nil {
+			return nil, nil, err
+		}
+		// Start what the freeze held back before answering, so the caller's
+		// next read sees it.
+		_, err = l.reconcile(ctx, fence, req.service)
+		return nil, svc, err
+	}
 	if _, err := l.reconcile(ctx, fence, req.service); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	vs, ok := l.c.mirror.Service(req.service)
 	if !ok {
-		return nil, fmt.Errorf("service %q: %w", req.service, store.ErrNotFound)
+		return nil, nil, fmt.Errorf("service %q: %w", req.service, store.ErrNotFound)
 	}
 	id := vs.Val.GetStatus().GetLastRolloutId()
 	vr, ok := l.c.mirror.Rollout(req.service, id)
-	if !req.approve {
+	if req.op != opApprove {
 		if !ok {
-			return nil, nil
+			return nil, vs.Val, nil
 		}
-		return vr.Val, nil
+		return vr.Val, vs.Val, nil
 	}
 	if !ok {
-		return nil, fmt.Errorf("service %q has no rollout to approve", req.service)
+		return nil, nil, fmt.Errorf("service %q has no rollout to approve", req.service)
 	}
 	next, err := rollout.Approve(vr.Val, time.Now())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	rev, err := l.c.store.WriteRollout(ctx, fence, next, vr.Rev, nil, 0)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	l.c.log.Info().Str("service", req.service).Str("rollout", next.GetId()).Msg("rollout approved")
 	if err := l.c.mirror.WaitRev(ctx, rev); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if _, err := l.reconcile(ctx, fence, req.service); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	vr, _ = l.c.mirror.Rollout(req.service, id)
-	return vr.Val, nil
+	return vr.Val, vs.Val, nil
+}
+
+// unfreeze clears a service's freeze. The release that failed is not
+// retried (its rollout stays the newest one); the next release rolls out.
+func (l *leader) unfreeze(ctx context.Context, fence *store.Fence, name string) (*v1.Service, error) {
+	vs, ok := l.c.mirror.Service(name)
+	if !ok {
+		return nil, fmt.Errorf("service %q: %w", name, store.ErrNotFound)
+	}
+	if !vs.Val.GetStatus().GetFrozen() {
+		return vs.Val, nil
+	}
+	svc := proto.Clone(vs.Val).(*v1.Service)
+	svc.Status.Frozen, svc.Status.FrozenReason = false, ""
+	rev, err := l.c.store.PutService(ctx, fence, svc, vs.Rev)
+	if err != nil {
+		return nil, err
+	}
+	return svc, l.c.mirror.WaitRev(ctx, rev)
 }
 
 func (l *leader) reconcileAll(ctx context.Context, fence *store.Fence) (time.Time, error) {
@@ -201,6 +248,26 @@ func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string)
 			return time.Time{}, fmt.Errorf("rollout %s/%s named by the service is missing", name, id)
 		}
 		cur, curRev = vr.Val, vr.Rev
+	}
+
+	// A rollout still waiting for approval moved no host: a newer release
+	// replaces it, so approve always ships the newest release.
+	if cur != nil && cur.GetState() == v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL {
+		rels := l.c.mirror.Releases(name)
+		if n := len(rels); n > 0 && rels[n-1].GetVersion() != cur.GetToVersion() {
+			next := rollout.Supersede(cur, "superseded by release "+rels[n-1].GetVersion()+" before approval", now)
+			newSvc := proto.Clone(svc).(*v1.Service)
+			newSvc.Status = rollout.Conclude(svc.GetStatus(), next)
+			rev, err := l.c.store.WriteRollout(ctx, fence, next, curRev, newSvc, vs.Rev)
+			if err != nil {
+				return time.Time{}, err
+			}
+			log.Info().Str("rollout", cur.GetId()).Str("version", rels[n-1].GetVersion()).Msg("waiting rollout superseded by a newer release")
+			if err := l.c.mirror.WaitRev(ctx, rev); err != nil {
+				return time.Time{}, err
+			}
+			return l.reconcile(ctx, fence, name)
+		}
 	}
 
 	if cur != nil && !terminal(cur.GetState()) {

@@ -3,9 +3,10 @@ package coordinator
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -47,11 +48,10 @@ func grpcErr(err error) error {
 // sync waits until the mirror has everything committed before the call, so
 // reads through it see the caller's earlier writes.
 func (o *operator) sync(ctx context.Context) error {
-	resp, err := o.c.store.Client().Get(ctx, store.ElectionPrefix, clientv3.WithCountOnly())
-	if err != nil {
+	if err := o.c.mirror.Sync(ctx); err != nil {
 		return status.Errorf(codes.Unavailable, "etcd: %v", err)
 	}
-	return o.c.mirror.WaitRev(ctx, resp.Header.Revision)
+	return nil
 }
 
 func (o *operator) ApplyService(ctx context.Context, req *v1.ApplyServiceRequest) (*v1.ApplyServiceResponse, error) {
@@ -122,19 +122,30 @@ func (o *operator) CreateRelease(ctx context.Context, req *v1.CreateReleaseReque
 	if err != nil {
 		return nil, grpcErr(err)
 	}
-	// The leader decides from its mirror: let it see the release first.
-	if err := o.c.mirror.WaitRev(ctx, rev); err != nil {
-		return nil, grpcErr(err)
-	}
 	o.c.log.Info().Str("service", rel.GetService()).Str("version", rel.GetVersion()).Str("sha256", rel.GetArtifact().GetSha256()).Str("by", rel.GetCreatedBy()).Msg("release created")
 	resp := &v1.CreateReleaseResponse{Release: rel}
-	r, err := o.c.leader.call(ctx, leaderReq{service: rel.GetService()})
-	if err != nil {
+	// The leader decides from its mirror: let it see the release first. The
+	// release is stored either way, so from here on errors are only logged.
+	if err := o.c.mirror.WaitRev(ctx, rev); err != nil {
 		o.c.log.Warn().Err(err).Str("service", rel.GetService()).Msg("release stored; rollout will start on the leader")
+		resp.Note = "release stored; the rollout leader starts its rollout"
 		return resp, nil
 	}
-	if r != nil && r.GetToVersion() == rel.GetVersion() {
+	r, svc, err := o.c.leader.call(ctx, leaderReq{service: rel.GetService()})
+	switch {
+	case err != nil:
+		o.c.log.Warn().Err(err).Str("service", rel.GetService()).Msg("release stored; rollout will start on the leader")
+		resp.Note = "release stored; the rollout leader starts its rollout"
+	case r != nil && r.GetToVersion() == rel.GetVersion():
 		resp.Rollout = r
+	case svc.GetStatus().GetFrozen():
+		resp.Note = fmt.Sprintf("no rollout started: service %s is frozen after a failed rollout (%s); after a look, run: fleetwave service unfreeze %s",
+			rel.GetService(), svc.GetStatus().GetFrozenReason(), rel.GetService())
+	case r != nil && !terminal(r.GetState()):
+		resp.Note = fmt.Sprintf("queued: rollout %s to %s is %s; when it ends the newest release rolls out",
+			r.GetId(), r.GetToVersion(), strings.ToLower(strings.TrimPrefix(r.GetState().String(), "ROLLOUT_STATE_")))
+	default:
+		resp.Note = "no rollout started"
 	}
 	return resp, nil
 }
@@ -223,7 +234,7 @@ func (o *operator) ApproveRollout(ctx context.Context, req *v1.ApproveRolloutReq
 	if err := spec.CheckName("service", req.GetService()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	r, err := o.c.leader.call(ctx, leaderReq{service: req.GetService(), approve: true})
+	r, _, err := o.c.leader.call(ctx, leaderReq{service: req.GetService(), op: opApprove})
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) || errors.Is(err, ErrNotLeader) || errors.Is(err, store.ErrNotLeader) {
 			return nil, grpcErr(err)
@@ -246,4 +257,16 @@ func (o *operator) ListHosts(ctx context.Context, _ *v1.ListHostsRequest) (*v1.L
 		resp.Hosts = append(resp.Hosts, h2)
 	}
 	return resp, nil
+}
+
+func (o *operator) UnfreezeService(ctx context.Context, req *v1.UnfreezeServiceRequest) (*v1.UnfreezeServiceResponse, error) {
+	if err := spec.CheckName("name", req.GetName()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	_, svc, err := o.c.leader.call(ctx, leaderReq{service: req.GetName(), op: opUnfreeze})
+	if err != nil {
+		return nil, grpcErr(err)
+	}
+	o.c.log.Info().Str("service", req.GetName()).Str("by", caller(ctx)).Msg("service unfrozen")
+	return &v1.UnfreezeServiceResponse{Service: svc}, nil
 }

@@ -39,6 +39,10 @@ func New(dir string, maxBytes int64, log zerolog.Logger) (*Store, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "sha256"), 0o755); err != nil {
 		return nil, fmt.Errorf("artifact store %s: %w", dir, err)
 	}
+	// Uploads a crash interrupted are never resumed.
+	if err := os.RemoveAll(filepath.Join(dir, "tmp")); err != nil {
+		return nil, fmt.Errorf("artifact store %s: %w", dir, err)
+	}
 	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o755); err != nil {
 		return nil, fmt.Errorf("artifact store %s: %w", dir, err)
 	}
@@ -80,6 +84,10 @@ func (s *Store) Put(r io.Reader) (string, int64, error) {
 	}
 	digest := hex.EncodeToString(h.Sum(nil))
 	if err := os.Rename(f.Name(), s.path(digest)); err != nil {
+		return "", 0, fmt.Errorf("artifact %s: %w", digest, err)
+	}
+	// The rename must be durable before a release can name the artifact.
+	if err := syncDir(filepath.Join(s.dir, "sha256")); err != nil {
 		return "", 0, fmt.Errorf("artifact %s: %w", digest, err)
 	}
 	return digest, n, nil
@@ -150,4 +158,13 @@ func (s *Store) Download(req *v1.DownloadRequest, stream v1.ArtifactService_Down
 			return status.Errorf(codes.Internal, "read artifact %s: %v", req.GetSha256(), err)
 		}
 	}
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }

@@ -144,6 +144,9 @@ func Conclude(st *v1.ServiceStatus, r *v1.Rollout) *v1.ServiceStatus {
 	case v1.RolloutState_ROLLOUT_STATE_SUCCEEDED:
 		out.StableVersion = r.GetToVersion()
 		out.StableGeneration = r.GetGeneration()
+		if r.GetSpec() != nil {
+			out.StableSpec = r.GetSpec()
+		}
 	case v1.RolloutState_ROLLOUT_STATE_FAILED:
 		out.StableVersion = r.GetFromVersion()
 		out.StableGeneration = r.GetGeneration() + 1
@@ -155,4 +158,17 @@ func Conclude(st *v1.ServiceStatus, r *v1.Rollout) *v1.ServiceStatus {
 	}
 	out.LastRolloutId = r.GetId()
 	return out
+}
+
+// SpecFor is the spec a host assigned (version, generation) by Desired runs
+// with: the rollout's copy for its target, else the stable spec, else (for
+// services whose stable release predates spec copies) the live spec.
+func SpecFor(svc *v1.Service, r *v1.Rollout, version string, generation int64) *v1.ServiceSpec {
+	if r != nil && r.GetSpec() != nil && version == r.GetToVersion() && generation == r.GetGeneration() {
+		return r.GetSpec()
+	}
+	if s := svc.GetStatus().GetStableSpec(); s != nil {
+		return s
+	}
+	return svc.GetSpec()
 }

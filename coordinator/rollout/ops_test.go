@@ -146,9 +146,26 @@ func TestConclude(t *testing.T) {
 	ok := proto.Clone(r).(*v1.Rollout)
 	ok.State = rOK
 	got := Conclude(st, ok)
-	want := &v1.ServiceStatus{StableVersion: toV, StableGeneration: gen, LastRolloutId: "r9", RolloutSeq: 7}
+	want := &v1.ServiceStatus{StableVersion: toV, StableGeneration: gen, LastRolloutId: "r9", RolloutSeq: 7, StableSpec: r.GetSpec()}
+	if r.GetSpec() == nil {
+		t.Fatal("New did not copy the spec into the rollout")
+	}
 	if !proto.Equal(got, want) {
 		t.Errorf("SUCCEEDED: %v, want %v", got, want)
+	}
+	// The spec the rollout was planned with goes with its target; others run
+	// the stable spec (a failed rollout's rollback runs the old spec).
+	live := &v1.Service{Spec: &v1.ServiceSpec{Name: "web", Run: &v1.RunSpec{Command: []string{"./new"}}},
+		Status: &v1.ServiceStatus{StableSpec: &v1.ServiceSpec{Name: "web", Run: &v1.RunSpec{Command: []string{"./old"}}}}}
+	if s := SpecFor(live, r, toV, gen); !proto.Equal(s, r.GetSpec()) {
+		t.Errorf("SpecFor target = %v, want the rollout's copy", s)
+	}
+	if s := SpecFor(live, r, fromV, gen+1); s.GetRun().GetCommand()[0] != "./old" {
+		t.Errorf("SpecFor stable = %v, want the stable spec", s)
+	}
+	live.Status.StableSpec = nil
+	if s := SpecFor(live, nil, fromV, 1); s.GetRun().GetCommand()[0] != "./new" {
+		t.Errorf("SpecFor without copies = %v, want the live spec", s)
 	}
 
 	failed := Fail(r, "wave 0 (canary): boom", t0)

@@ -110,6 +110,7 @@ func New(id string, svc *v1.Service, to string, hosts []Host, now time.Time) *v1
 		ToVersion:   to,
 		Generation:  st.GetStableGeneration() + 1,
 		Policy:      pol,
+		Spec:        proto.Clone(svc.GetSpec()).(*v1.ServiceSpec),
 		Waves:       buildWaves(planOrder(spec.GetSelector(), hosts), pol),
 		CreatedAt:   timestamppb.New(now),
 	}

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/rs/zerolog"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -399,4 +400,28 @@ func (m *Mirror) Reports(host string) []*v1.ServiceReport {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].GetService() < out[j].GetService() })
 	return out
+}
+
+// Sync waits until the mirror has applied every write committed before the
+// call, so reads through it see the caller's earlier writes. The watch only
+// covers Fleetwave's prefix, so on a shared etcd the current revision may
+// belong to another tenant's key: Sync asks etcd for a progress
+// notification, which carries the current revision to the watch.
+func (m *Mirror) Sync(ctx context.Context) error {
+	resp, err := m.s.c.Get(ctx, ElectionPrefix, clientv3.WithCountOnly())
+	if err != nil {
+		return fmt.Errorf("read etcd revision: %w", err)
+	}
+	rev := resp.Header.Revision
+	for {
+		// Same metadata as the watch's context: the request must reach the
+		// watch stream the mirror listens on.
+		_ = m.s.c.RequestProgress(clientv3.WithRequireLeader(ctx))
+		wctx, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
+		err := m.WaitRev(wctx, rev)
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+	}
 }

@@ -241,7 +241,11 @@ func printCreated(w io.Writer, resp *v1.CreateReleaseResponse) {
 	fmt.Fprintln(w)
 	ro := resp.GetRollout()
 	if ro == nil {
-		fmt.Fprintln(w, "no rollout started")
+		note := resp.GetNote()
+		if note == "" {
+			note = "no rollout started"
+		}
+		fmt.Fprintln(w, note)
 		return
 	}
 	switch ro.GetState() {

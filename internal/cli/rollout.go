@@ -197,7 +197,12 @@ func (a *app) hostsCmd() *cobra.Command {
 					if i > 0 {
 						svcs += ", "
 					}
-					svcs += fmt.Sprintf("%s=%s %s/%s", s.GetService(), phaseName(s.GetPhase()),
+					phase := phaseName(s.GetPhase())
+					if !h.GetConnected() {
+						// What a host said before its stream dropped is history.
+						phase = "unknown, last reported " + phase
+					}
+					svcs += fmt.Sprintf("%s=%s %s/%s", s.GetService(), phase,
 						orDash(s.GetCurrentVersion()), orDash(s.GetLastGoodVersion()))
 				}
 				row(tw, h.GetId(), yesNo(h.GetConnected()), fmtLabels(h.GetLabels()), orDash(svcs))

@@ -103,7 +103,32 @@ func (a *app) serviceCmd() *cobra.Command {
 			return printService(a.stdout, resp.GetService())
 		}),
 	}
-	cmd.AddCommand(apply, list, get)
+	unfreeze := &cobra.Command{
+		Use:   "unfreeze NAME",
+		Short: "Let automatic rollouts start again after a failed rollout froze the service",
+		Long: "Unfreeze clears the freeze a failed rollout put on a service. The release that failed is\n" +
+			"not retried; the next release created rolls out (in auto mode at once).",
+		Args: cobra.ExactArgs(1),
+		RunE: run(func(cmd *cobra.Command, args []string) error {
+			c, err := a.operator()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.callCtx(cmd.Context())
+			defer cancel()
+			resp, err := c.UnfreezeService(ctx, &v1.UnfreezeServiceRequest{Name: args[0]})
+			if err != nil {
+				return a.rpcErr("unfreeze service "+args[0], err)
+			}
+			if a.jsonOutput() {
+				return printJSON(a.stdout, resp.GetService())
+			}
+			fmt.Fprintf(a.stdout, "service %s unfrozen: stable %s; the next release rolls out\n",
+				args[0], orDash(resp.GetService().GetStatus().GetStableVersion()))
+			return nil
+		}),
+	}
+	cmd.AddCommand(apply, list, get, unfreeze)
 	return cmd
 }
 

@@ -1,7 +1,8 @@
 // Command demo is `make demo`: it builds Fleetwave, starts a coordinator
 // (embedded etcd) and six agents in zones a and b in a temporary directory,
 // and rolls the demo service out as v1, then v2 in waves, then a broken v3
-// that the canary reverts. It prints what happens and cleans up.
+// that the canary reverts, then (after an unfreeze) a fixed v4. It prints
+// what happens and cleans up.
 package main
 
 import (
@@ -49,8 +50,19 @@ func main() {
 	}
 }
 
+// bold is set when stdout is a terminal, so redirected output has no
+// escape codes.
+var bold = func() bool {
+	fi, err := os.Stdout.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}()
+
 func say(format string, a ...any) {
-	fmt.Printf("\n\033[1m==> "+format+"\033[0m\n", a...)
+	if bold {
+		fmt.Printf("\n\033[1m==> "+format+"\033[0m\n", a...)
+		return
+	}
+	fmt.Printf("\n==> "+format+"\n", a...)
 }
 
 func run(ctx context.Context) error {
@@ -58,7 +70,9 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
+	if os.Getenv("FLEETWAVE_DEMO_KEEP") == "" {
+		defer os.RemoveAll(dir)
+	}
 	say("building binaries into %s", filepath.Join(dir, "bin"))
 	bin, err := testfleet.Build(ctx, filepath.Join(dir, "bin"))
 	if err != nil {
@@ -73,7 +87,7 @@ func run(ctx context.Context) error {
 		say("stopping the fleet")
 		f.Close()
 	}()
-	fmt.Println("coordinator at", f.Addr, "(logs in", filepath.Join(dir, "logs")+")")
+	fmt.Println("coordinator at", f.Addr, "; logs in", filepath.Join(dir, "logs"), "(removed at exit unless FLEETWAVE_DEMO_KEEP=1)")
 	say("starting 6 agents in zones a and b")
 	for i := range 6 {
 		a, err := f.AddAgent(fmt.Sprintf("host-%d", i+1), []string{"a", "b"}[i%2])
@@ -154,7 +168,15 @@ func run(ctx context.Context) error {
 	if err := cli("hosts"); err != nil {
 		return err
 	}
-	say("done: v3 never left the canary; the fleet runs v2; the service is frozen for automatic rollouts")
+	say("a person looks, unfreezes the service, and a fixed v4 goes out")
+	if err := cli("service", "unfreeze", "web"); err != nil {
+		return err
+	}
+	if err := release("v4", nil); err != nil {
+		return fmt.Errorf("v4 rollout: %w", err)
+	}
+	versions()
+	say("done: v3 never left the canary and was never retried; the fleet runs v4")
 	return nil
 }
 

@@ -249,11 +249,27 @@ func TestReleaseReachesFleetInWavesAndBrokenOneStopsAtCanary(t *testing.T) {
 	if !e.ran(canary, "web", "v3") {
 		t.Errorf("canary %s never ran v3: the failure was not the health check", canary)
 	}
-	// The service is frozen: the CLI shows it, and the status names why.
+	// The service is frozen: a new release does not roll out, and says why.
 	out := e.cli(0, "service", "list", "-o", "json").Stdout
 	if !strings.Contains(out, "frozen") {
 		t.Errorf("service list does not show the freeze:\n%s", out)
 	}
+	out = e.cli(0, "release", "create", "web", "--version", "v4", "--artifact", e.artifact("v4", nil)).Stdout
+	if !strings.Contains(out, "frozen") || !strings.Contains(out, "fleetwave service unfreeze web") {
+		t.Errorf("release create on a frozen service does not say so:\n%s", out)
+	}
+	if r := e.rollout("web"); r.GetToVersion() != "v3" {
+		t.Fatalf("a rollout to %s started while frozen", r.GetToVersion())
+	}
+	// A person unfreezes: the newest release (v4, not the failed v3) rolls out.
+	e.cli(0, "service", "unfreeze", "web")
+	if code := e.fleet.CLI(e.ctx, "rollout", "watch", "web").Code; code != 0 {
+		t.Fatalf("rollout of v4 after unfreeze: exit %d: %v", code, e.rollout("web"))
+	}
+	if r := e.rollout("web"); r.GetToVersion() != "v4" || r.GetFromVersion() != "v2" {
+		t.Fatalf("after unfreeze the rollout went %s → %s, want v2 → v4", r.GetFromVersion(), r.GetToVersion())
+	}
+	e.allOn("v4")
 }
 
 func TestAgentKilledMidRolloutConverges(t *testing.T) {

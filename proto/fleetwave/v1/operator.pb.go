@@ -333,7 +333,10 @@ type CreateReleaseResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Release *Release               `protobuf:"bytes,1,opt,name=release,proto3" json:"release,omitempty"`
 	// The rollout it started, if any.
-	Rollout       *Rollout `protobuf:"bytes,2,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	Rollout *Rollout `protobuf:"bytes,2,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	// Why no rollout started, when none did (frozen, queued behind a running
+	// rollout, or left to the leader).
+	Note          string `protobuf:"bytes,3,opt,name=note,proto3" json:"note,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -380,6 +383,13 @@ func (x *CreateReleaseResponse) GetRollout() *Rollout {
 		return x.Rollout
 	}
 	return nil
+}
+
+func (x *CreateReleaseResponse) GetNote() string {
+	if x != nil {
+		return x.Note
+	}
+	return ""
 }
 
 type ListReleasesRequest struct {
@@ -831,6 +841,94 @@ func (x *ListHostsResponse) GetHosts() []*Host {
 	return nil
 }
 
+type UnfreezeServiceRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnfreezeServiceRequest) Reset() {
+	*x = UnfreezeServiceRequest{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnfreezeServiceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnfreezeServiceRequest) ProtoMessage() {}
+
+func (x *UnfreezeServiceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnfreezeServiceRequest.ProtoReflect.Descriptor instead.
+func (*UnfreezeServiceRequest) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *UnfreezeServiceRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type UnfreezeServiceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Service       *Service               `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnfreezeServiceResponse) Reset() {
+	*x = UnfreezeServiceResponse{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnfreezeServiceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnfreezeServiceResponse) ProtoMessage() {}
+
+func (x *UnfreezeServiceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnfreezeServiceResponse.ProtoReflect.Descriptor instead.
+func (*UnfreezeServiceResponse) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *UnfreezeServiceResponse) GetService() *Service {
+	if x != nil {
+		return x.Service
+	}
+	return nil
+}
+
 var File_fleetwave_v1_operator_proto protoreflect.FileDescriptor
 
 const file_fleetwave_v1_operator_proto_rawDesc = "" +
@@ -849,10 +947,11 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\x12GetServiceResponse\x12/\n" +
 	"\aservice\x18\x01 \x01(\v2\x15.fleetwave.v1.ServiceR\aservice\"G\n" +
 	"\x14CreateReleaseRequest\x12/\n" +
-	"\arelease\x18\x01 \x01(\v2\x15.fleetwave.v1.ReleaseR\arelease\"y\n" +
+	"\arelease\x18\x01 \x01(\v2\x15.fleetwave.v1.ReleaseR\arelease\"\x8d\x01\n" +
 	"\x15CreateReleaseResponse\x12/\n" +
 	"\arelease\x18\x01 \x01(\v2\x15.fleetwave.v1.ReleaseR\arelease\x12/\n" +
-	"\arollout\x18\x02 \x01(\v2\x15.fleetwave.v1.RolloutR\arollout\"/\n" +
+	"\arollout\x18\x02 \x01(\v2\x15.fleetwave.v1.RolloutR\arollout\x12\x12\n" +
+	"\x04note\x18\x03 \x01(\tR\x04note\"/\n" +
 	"\x13ListReleasesRequest\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\"I\n" +
 	"\x14ListReleasesResponse\x121\n" +
@@ -873,7 +972,11 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\arollout\x18\x01 \x01(\v2\x15.fleetwave.v1.RolloutR\arollout\"\x12\n" +
 	"\x10ListHostsRequest\"=\n" +
 	"\x11ListHostsResponse\x12(\n" +
-	"\x05hosts\x18\x01 \x03(\v2\x12.fleetwave.v1.HostR\x05hosts2\x96\x06\n" +
+	"\x05hosts\x18\x01 \x03(\v2\x12.fleetwave.v1.HostR\x05hosts\",\n" +
+	"\x16UnfreezeServiceRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"J\n" +
+	"\x17UnfreezeServiceResponse\x12/\n" +
+	"\aservice\x18\x01 \x01(\v2\x15.fleetwave.v1.ServiceR\aservice2\xf6\x06\n" +
 	"\x0fOperatorService\x12U\n" +
 	"\fApplyService\x12!.fleetwave.v1.ApplyServiceRequest\x1a\".fleetwave.v1.ApplyServiceResponse\x12U\n" +
 	"\fListServices\x12!.fleetwave.v1.ListServicesRequest\x1a\".fleetwave.v1.ListServicesResponse\x12O\n" +
@@ -885,7 +988,8 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"GetRollout\x12\x1f.fleetwave.v1.GetRolloutRequest\x1a .fleetwave.v1.GetRolloutResponse\x12W\n" +
 	"\fWatchRollout\x12!.fleetwave.v1.WatchRolloutRequest\x1a\".fleetwave.v1.WatchRolloutResponse0\x01\x12[\n" +
 	"\x0eApproveRollout\x12#.fleetwave.v1.ApproveRolloutRequest\x1a$.fleetwave.v1.ApproveRolloutResponse\x12L\n" +
-	"\tListHosts\x12\x1e.fleetwave.v1.ListHostsRequest\x1a\x1f.fleetwave.v1.ListHostsResponseB?Z=github.com/fleetwave/fleetwave/proto/fleetwave/v1;fleetwavev1b\x06proto3"
+	"\tListHosts\x12\x1e.fleetwave.v1.ListHostsRequest\x1a\x1f.fleetwave.v1.ListHostsResponse\x12^\n" +
+	"\x0fUnfreezeService\x12$.fleetwave.v1.UnfreezeServiceRequest\x1a%.fleetwave.v1.UnfreezeServiceResponseB?Z=github.com/fleetwave/fleetwave/proto/fleetwave/v1;fleetwavev1b\x06proto3"
 
 var (
 	file_fleetwave_v1_operator_proto_rawDescOnce sync.Once
@@ -899,68 +1003,73 @@ func file_fleetwave_v1_operator_proto_rawDescGZIP() []byte {
 	return file_fleetwave_v1_operator_proto_rawDescData
 }
 
-var file_fleetwave_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_fleetwave_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_fleetwave_v1_operator_proto_goTypes = []any{
-	(*ApplyServiceRequest)(nil),    // 0: fleetwave.v1.ApplyServiceRequest
-	(*ApplyServiceResponse)(nil),   // 1: fleetwave.v1.ApplyServiceResponse
-	(*ListServicesRequest)(nil),    // 2: fleetwave.v1.ListServicesRequest
-	(*ListServicesResponse)(nil),   // 3: fleetwave.v1.ListServicesResponse
-	(*GetServiceRequest)(nil),      // 4: fleetwave.v1.GetServiceRequest
-	(*GetServiceResponse)(nil),     // 5: fleetwave.v1.GetServiceResponse
-	(*CreateReleaseRequest)(nil),   // 6: fleetwave.v1.CreateReleaseRequest
-	(*CreateReleaseResponse)(nil),  // 7: fleetwave.v1.CreateReleaseResponse
-	(*ListReleasesRequest)(nil),    // 8: fleetwave.v1.ListReleasesRequest
-	(*ListReleasesResponse)(nil),   // 9: fleetwave.v1.ListReleasesResponse
-	(*GetRolloutRequest)(nil),      // 10: fleetwave.v1.GetRolloutRequest
-	(*GetRolloutResponse)(nil),     // 11: fleetwave.v1.GetRolloutResponse
-	(*WatchRolloutRequest)(nil),    // 12: fleetwave.v1.WatchRolloutRequest
-	(*WatchRolloutResponse)(nil),   // 13: fleetwave.v1.WatchRolloutResponse
-	(*ApproveRolloutRequest)(nil),  // 14: fleetwave.v1.ApproveRolloutRequest
-	(*ApproveRolloutResponse)(nil), // 15: fleetwave.v1.ApproveRolloutResponse
-	(*ListHostsRequest)(nil),       // 16: fleetwave.v1.ListHostsRequest
-	(*ListHostsResponse)(nil),      // 17: fleetwave.v1.ListHostsResponse
-	(*ServiceSpec)(nil),            // 18: fleetwave.v1.ServiceSpec
-	(*Service)(nil),                // 19: fleetwave.v1.Service
-	(*Release)(nil),                // 20: fleetwave.v1.Release
-	(*Rollout)(nil),                // 21: fleetwave.v1.Rollout
-	(*Host)(nil),                   // 22: fleetwave.v1.Host
+	(*ApplyServiceRequest)(nil),     // 0: fleetwave.v1.ApplyServiceRequest
+	(*ApplyServiceResponse)(nil),    // 1: fleetwave.v1.ApplyServiceResponse
+	(*ListServicesRequest)(nil),     // 2: fleetwave.v1.ListServicesRequest
+	(*ListServicesResponse)(nil),    // 3: fleetwave.v1.ListServicesResponse
+	(*GetServiceRequest)(nil),       // 4: fleetwave.v1.GetServiceRequest
+	(*GetServiceResponse)(nil),      // 5: fleetwave.v1.GetServiceResponse
+	(*CreateReleaseRequest)(nil),    // 6: fleetwave.v1.CreateReleaseRequest
+	(*CreateReleaseResponse)(nil),   // 7: fleetwave.v1.CreateReleaseResponse
+	(*ListReleasesRequest)(nil),     // 8: fleetwave.v1.ListReleasesRequest
+	(*ListReleasesResponse)(nil),    // 9: fleetwave.v1.ListReleasesResponse
+	(*GetRolloutRequest)(nil),       // 10: fleetwave.v1.GetRolloutRequest
+	(*GetRolloutResponse)(nil),      // 11: fleetwave.v1.GetRolloutResponse
+	(*WatchRolloutRequest)(nil),     // 12: fleetwave.v1.WatchRolloutRequest
+	(*WatchRolloutResponse)(nil),    // 13: fleetwave.v1.WatchRolloutResponse
+	(*ApproveRolloutRequest)(nil),   // 14: fleetwave.v1.ApproveRolloutRequest
+	(*ApproveRolloutResponse)(nil),  // 15: fleetwave.v1.ApproveRolloutResponse
+	(*ListHostsRequest)(nil),        // 16: fleetwave.v1.ListHostsRequest
+	(*ListHostsResponse)(nil),       // 17: fleetwave.v1.ListHostsResponse
+	(*UnfreezeServiceRequest)(nil),  // 18: fleetwave.v1.UnfreezeServiceRequest
+	(*UnfreezeServiceResponse)(nil), // 19: fleetwave.v1.UnfreezeServiceResponse
+	(*ServiceSpec)(nil),             // 20: fleetwave.v1.ServiceSpec
+	(*Service)(nil),                 // 21: fleetwave.v1.Service
+	(*Release)(nil),                 // 22: fleetwave.v1.Release
+	(*Rollout)(nil),                 // 23: fleetwave.v1.Rollout
+	(*Host)(nil),                    // 24: fleetwave.v1.Host
 }
 var file_fleetwave_v1_operator_proto_depIdxs = []int32{
-	18, // 0: fleetwave.v1.ApplyServiceRequest.spec:type_name -> fleetwave.v1.ServiceSpec
-	19, // 1: fleetwave.v1.ApplyServiceResponse.service:type_name -> fleetwave.v1.Service
-	19, // 2: fleetwave.v1.ListServicesResponse.services:type_name -> fleetwave.v1.Service
-	19, // 3: fleetwave.v1.GetServiceResponse.service:type_name -> fleetwave.v1.Service
-	20, // 4: fleetwave.v1.CreateReleaseRequest.release:type_name -> fleetwave.v1.Release
-	20, // 5: fleetwave.v1.CreateReleaseResponse.release:type_name -> fleetwave.v1.Release
-	21, // 6: fleetwave.v1.CreateReleaseResponse.rollout:type_name -> fleetwave.v1.Rollout
-	20, // 7: fleetwave.v1.ListReleasesResponse.releases:type_name -> fleetwave.v1.Release
-	21, // 8: fleetwave.v1.GetRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	21, // 9: fleetwave.v1.WatchRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	21, // 10: fleetwave.v1.ApproveRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	22, // 11: fleetwave.v1.ListHostsResponse.hosts:type_name -> fleetwave.v1.Host
-	0,  // 12: fleetwave.v1.OperatorService.ApplyService:input_type -> fleetwave.v1.ApplyServiceRequest
-	2,  // 13: fleetwave.v1.OperatorService.ListServices:input_type -> fleetwave.v1.ListServicesRequest
-	4,  // 14: fleetwave.v1.OperatorService.GetService:input_type -> fleetwave.v1.GetServiceRequest
-	6,  // 15: fleetwave.v1.OperatorService.CreateRelease:input_type -> fleetwave.v1.CreateReleaseRequest
-	8,  // 16: fleetwave.v1.OperatorService.ListReleases:input_type -> fleetwave.v1.ListReleasesRequest
-	10, // 17: fleetwave.v1.OperatorService.GetRollout:input_type -> fleetwave.v1.GetRolloutRequest
-	12, // 18: fleetwave.v1.OperatorService.WatchRollout:input_type -> fleetwave.v1.WatchRolloutRequest
-	14, // 19: fleetwave.v1.OperatorService.ApproveRollout:input_type -> fleetwave.v1.ApproveRolloutRequest
-	16, // 20: fleetwave.v1.OperatorService.ListHosts:input_type -> fleetwave.v1.ListHostsRequest
-	1,  // 21: fleetwave.v1.OperatorService.ApplyService:output_type -> fleetwave.v1.ApplyServiceResponse
-	3,  // 22: fleetwave.v1.OperatorService.ListServices:output_type -> fleetwave.v1.ListServicesResponse
-	5,  // 23: fleetwave.v1.OperatorService.GetService:output_type -> fleetwave.v1.GetServiceResponse
-	7,  // 24: fleetwave.v1.OperatorService.CreateRelease:output_type -> fleetwave.v1.CreateReleaseResponse
-	9,  // 25: fleetwave.v1.OperatorService.ListReleases:output_type -> fleetwave.v1.ListReleasesResponse
-	11, // 26: fleetwave.v1.OperatorService.GetRollout:output_type -> fleetwave.v1.GetRolloutResponse
-	13, // 27: fleetwave.v1.OperatorService.WatchRollout:output_type -> fleetwave.v1.WatchRolloutResponse
-	15, // 28: fleetwave.v1.OperatorService.ApproveRollout:output_type -> fleetwave.v1.ApproveRolloutResponse
-	17, // 29: fleetwave.v1.OperatorService.ListHosts:output_type -> fleetwave.v1.ListHostsResponse
-	21, // [21:30] is the sub-list for method output_type
-	12, // [12:21] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	20, // 0: fleetwave.v1.ApplyServiceRequest.spec:type_name -> fleetwave.v1.ServiceSpec
+	21, // 1: fleetwave.v1.ApplyServiceResponse.service:type_name -> fleetwave.v1.Service
+	21, // 2: fleetwave.v1.ListServicesResponse.services:type_name -> fleetwave.v1.Service
+	21, // 3: fleetwave.v1.GetServiceResponse.service:type_name -> fleetwave.v1.Service
+	22, // 4: fleetwave.v1.CreateReleaseRequest.release:type_name -> fleetwave.v1.Release
+	22, // 5: fleetwave.v1.CreateReleaseResponse.release:type_name -> fleetwave.v1.Release
+	23, // 6: fleetwave.v1.CreateReleaseResponse.rollout:type_name -> fleetwave.v1.Rollout
+	22, // 7: fleetwave.v1.ListReleasesResponse.releases:type_name -> fleetwave.v1.Release
+	23, // 8: fleetwave.v1.GetRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	23, // 9: fleetwave.v1.WatchRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	23, // 10: fleetwave.v1.ApproveRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	24, // 11: fleetwave.v1.ListHostsResponse.hosts:type_name -> fleetwave.v1.Host
+	21, // 12: fleetwave.v1.UnfreezeServiceResponse.service:type_name -> fleetwave.v1.Service
+	0,  // 13: fleetwave.v1.OperatorService.ApplyService:input_type -> fleetwave.v1.ApplyServiceRequest
+	2,  // 14: fleetwave.v1.OperatorService.ListServices:input_type -> fleetwave.v1.ListServicesRequest
+	4,  // 15: fleetwave.v1.OperatorService.GetService:input_type -> fleetwave.v1.GetServiceRequest
+	6,  // 16: fleetwave.v1.OperatorService.CreateRelease:input_type -> fleetwave.v1.CreateReleaseRequest
+	8,  // 17: fleetwave.v1.OperatorService.ListReleases:input_type -> fleetwave.v1.ListReleasesRequest
+	10, // 18: fleetwave.v1.OperatorService.GetRollout:input_type -> fleetwave.v1.GetRolloutRequest
+	12, // 19: fleetwave.v1.OperatorService.WatchRollout:input_type -> fleetwave.v1.WatchRolloutRequest
+	14, // 20: fleetwave.v1.OperatorService.ApproveRollout:input_type -> fleetwave.v1.ApproveRolloutRequest
+	16, // 21: fleetwave.v1.OperatorService.ListHosts:input_type -> fleetwave.v1.ListHostsRequest
+	18, // 22: fleetwave.v1.OperatorService.UnfreezeService:input_type -> fleetwave.v1.UnfreezeServiceRequest
+	1,  // 23: fleetwave.v1.OperatorService.ApplyService:output_type -> fleetwave.v1.ApplyServiceResponse
+	3,  // 24: fleetwave.v1.OperatorService.ListServices:output_type -> fleetwave.v1.ListServicesResponse
+	5,  // 25: fleetwave.v1.OperatorService.GetService:output_type -> fleetwave.v1.GetServiceResponse
+	7,  // 26: fleetwave.v1.OperatorService.CreateRelease:output_type -> fleetwave.v1.CreateReleaseResponse
+	9,  // 27: fleetwave.v1.OperatorService.ListReleases:output_type -> fleetwave.v1.ListReleasesResponse
+	11, // 28: fleetwave.v1.OperatorService.GetRollout:output_type -> fleetwave.v1.GetRolloutResponse
+	13, // 29: fleetwave.v1.OperatorService.WatchRollout:output_type -> fleetwave.v1.WatchRolloutResponse
+	15, // 30: fleetwave.v1.OperatorService.ApproveRollout:output_type -> fleetwave.v1.ApproveRolloutResponse
+	17, // 31: fleetwave.v1.OperatorService.ListHosts:output_type -> fleetwave.v1.ListHostsResponse
+	19, // 32: fleetwave.v1.OperatorService.UnfreezeService:output_type -> fleetwave.v1.UnfreezeServiceResponse
+	23, // [23:33] is the sub-list for method output_type
+	13, // [13:23] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_operator_proto_init() }
@@ -975,7 +1084,7 @@ func file_fleetwave_v1_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fleetwave_v1_operator_proto_rawDesc), len(file_fleetwave_v1_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

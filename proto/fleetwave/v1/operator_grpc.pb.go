@@ -19,15 +19,16 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	OperatorService_ApplyService_FullMethodName   = "/fleetwave.v1.OperatorService/ApplyService"
-	OperatorService_ListServices_FullMethodName   = "/fleetwave.v1.OperatorService/ListServices"
-	OperatorService_GetService_FullMethodName     = "/fleetwave.v1.OperatorService/GetService"
-	OperatorService_CreateRelease_FullMethodName  = "/fleetwave.v1.OperatorService/CreateRelease"
-	OperatorService_ListReleases_FullMethodName   = "/fleetwave.v1.OperatorService/ListReleases"
-	OperatorService_GetRollout_FullMethodName     = "/fleetwave.v1.OperatorService/GetRollout"
-	OperatorService_WatchRollout_FullMethodName   = "/fleetwave.v1.OperatorService/WatchRollout"
-	OperatorService_ApproveRollout_FullMethodName = "/fleetwave.v1.OperatorService/ApproveRollout"
-	OperatorService_ListHosts_FullMethodName      = "/fleetwave.v1.OperatorService/ListHosts"
+	OperatorService_ApplyService_FullMethodName    = "/fleetwave.v1.OperatorService/ApplyService"
+	OperatorService_ListServices_FullMethodName    = "/fleetwave.v1.OperatorService/ListServices"
+	OperatorService_GetService_FullMethodName      = "/fleetwave.v1.OperatorService/GetService"
+	OperatorService_CreateRelease_FullMethodName   = "/fleetwave.v1.OperatorService/CreateRelease"
+	OperatorService_ListReleases_FullMethodName    = "/fleetwave.v1.OperatorService/ListReleases"
+	OperatorService_GetRollout_FullMethodName      = "/fleetwave.v1.OperatorService/GetRollout"
+	OperatorService_WatchRollout_FullMethodName    = "/fleetwave.v1.OperatorService/WatchRollout"
+	OperatorService_ApproveRollout_FullMethodName  = "/fleetwave.v1.OperatorService/ApproveRollout"
+	OperatorService_ListHosts_FullMethodName       = "/fleetwave.v1.OperatorService/ListHosts"
+	OperatorService_UnfreezeService_FullMethodName = "/fleetwave.v1.OperatorService/UnfreezeService"
 )
 
 // OperatorServiceClient is the client API for OperatorService service.
@@ -48,6 +49,9 @@ type OperatorServiceClient interface {
 	// ApproveRollout starts a rollout that waits for approval (manual mode).
 	ApproveRollout(ctx context.Context, in *ApproveRolloutRequest, opts ...grpc.CallOption) (*ApproveRolloutResponse, error)
 	ListHosts(ctx context.Context, in *ListHostsRequest, opts ...grpc.CallOption) (*ListHostsResponse, error)
+	// UnfreezeService lets automatic rollouts start again after a failure.
+	// The release that failed is not retried; the next new release rolls out.
+	UnfreezeService(ctx context.Context, in *UnfreezeServiceRequest, opts ...grpc.CallOption) (*UnfreezeServiceResponse, error)
 }
 
 type operatorServiceClient struct {
@@ -157,6 +161,16 @@ func (c *operatorServiceClient) ListHosts(ctx context.Context, in *ListHostsRequ
 	return out, nil
 }
 
+func (c *operatorServiceClient) UnfreezeService(ctx context.Context, in *UnfreezeServiceRequest, opts ...grpc.CallOption) (*UnfreezeServiceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UnfreezeServiceResponse)
+	err := c.cc.Invoke(ctx, OperatorService_UnfreezeService_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OperatorServiceServer is the server API for OperatorService service.
 // All implementations must embed UnimplementedOperatorServiceServer
 // for forward compatibility.
@@ -175,6 +189,9 @@ type OperatorServiceServer interface {
 	// ApproveRollout starts a rollout that waits for approval (manual mode).
 	ApproveRollout(context.Context, *ApproveRolloutRequest) (*ApproveRolloutResponse, error)
 	ListHosts(context.Context, *ListHostsRequest) (*ListHostsResponse, error)
+	// UnfreezeService lets automatic rollouts start again after a failure.
+	// The release that failed is not retried; the next new release rolls out.
+	UnfreezeService(context.Context, *UnfreezeServiceRequest) (*UnfreezeServiceResponse, error)
 	mustEmbedUnimplementedOperatorServiceServer()
 }
 
@@ -211,6 +228,9 @@ func (UnimplementedOperatorServiceServer) ApproveRollout(context.Context, *Appro
 }
 func (UnimplementedOperatorServiceServer) ListHosts(context.Context, *ListHostsRequest) (*ListHostsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListHosts not implemented")
+}
+func (UnimplementedOperatorServiceServer) UnfreezeService(context.Context, *UnfreezeServiceRequest) (*UnfreezeServiceResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UnfreezeService not implemented")
 }
 func (UnimplementedOperatorServiceServer) mustEmbedUnimplementedOperatorServiceServer() {}
 func (UnimplementedOperatorServiceServer) testEmbeddedByValue()                         {}
@@ -388,6 +408,24 @@ func _OperatorService_ListHosts_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _OperatorService_UnfreezeService_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UnfreezeServiceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServiceServer).UnfreezeService(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OperatorService_UnfreezeService_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServiceServer).UnfreezeService(ctx, req.(*UnfreezeServiceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // OperatorService_ServiceDesc is the grpc.ServiceDesc for OperatorService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -426,6 +464,10 @@ var OperatorService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListHosts",
 			Handler:    _OperatorService_ListHosts_Handler,
+		},
+		{
+			MethodName: "UnfreezeService",
+			Handler:    _OperatorService_UnfreezeService_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

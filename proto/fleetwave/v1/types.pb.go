@@ -719,8 +719,8 @@ type RolloutPolicy struct {
 	// Hosts in the first (canary) wave (default 1; 0 means no canary wave only
 	// when explicitly set with no_canary).
 	Canary uint32 `protobuf:"varint,1,opt,name=canary,proto3" json:"canary,omitempty"`
-	// Cumulative percentages of the selected hosts after the canary, strictly
-	// increasing, the last 100 (default [100]).
+	// Cumulative percentages of all selected hosts (the canary counts toward
+	// the first), strictly increasing, the last 100 (default [100]).
 	Waves []uint32 `protobuf:"varint,2,rep,packed,name=waves,proto3" json:"waves,omitempty"`
 	// Hosts changing at once inside a wave (default 1).
 	MaxParallel uint32 `protobuf:"varint,3,opt,name=max_parallel,json=maxParallel,proto3" json:"max_parallel,omitempty"`
@@ -995,6 +995,9 @@ type ServiceStatus struct {
 	// Id of the newest rollout (active or finished), "" if none.
 	LastRolloutId string `protobuf:"bytes,5,opt,name=last_rollout_id,json=lastRolloutId,proto3" json:"last_rollout_id,omitempty"`
 	RolloutSeq    int64  `protobuf:"varint,6,opt,name=rollout_seq,json=rolloutSeq,proto3" json:"rollout_seq,omitempty"`
+	// The spec the stable release runs with: the spec of the last rollout that
+	// succeeded. A spec applied later reaches hosts with the next rollout.
+	StableSpec    *ServiceSpec `protobuf:"bytes,7,opt,name=stable_spec,json=stableSpec,proto3" json:"stable_spec,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1069,6 +1072,13 @@ func (x *ServiceStatus) GetRolloutSeq() int64 {
 		return x.RolloutSeq
 	}
 	return 0
+}
+
+func (x *ServiceStatus) GetStableSpec() *ServiceSpec {
+	if x != nil {
+		return x.StableSpec
+	}
+	return nil
 }
 
 // Service is a spec with its status, as stored and as listed.
@@ -1349,7 +1359,10 @@ type Rollout struct {
 	LastProgressAt *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=last_progress_at,json=lastProgressAt,proto3" json:"last_progress_at,omitempty"`
 	Reason         string                 `protobuf:"bytes,13,opt,name=reason,proto3" json:"reason,omitempty"`
 	// Set on the rollout that rolls back a failed one.
-	Rollback      bool `protobuf:"varint,14,opt,name=rollback,proto3" json:"rollback,omitempty"`
+	Rollback bool `protobuf:"varint,14,opt,name=rollback,proto3" json:"rollback,omitempty"`
+	// The service spec hosts run the target with, copied at creation, so a
+	// spec applied mid-rollout does not reach some hosts of it and not others.
+	Spec          *ServiceSpec `protobuf:"bytes,15,opt,name=spec,proto3" json:"spec,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1480,6 +1493,13 @@ func (x *Rollout) GetRollback() bool {
 		return x.Rollback
 	}
 	return false
+}
+
+func (x *Rollout) GetSpec() *ServiceSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
 }
 
 type CheckResult struct {
@@ -1870,7 +1890,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x1d\n" +
 	"\n" +
-	"created_by\x18\a \x01(\tR\tcreatedBy\"\xe9\x01\n" +
+	"created_by\x18\a \x01(\tR\tcreatedBy\"\xa5\x02\n" +
 	"\rServiceStatus\x12%\n" +
 	"\x0estable_version\x18\x01 \x01(\tR\rstableVersion\x12+\n" +
 	"\x11stable_generation\x18\x02 \x01(\x03R\x10stableGeneration\x12\x16\n" +
@@ -1878,7 +1898,9 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\rfrozen_reason\x18\x04 \x01(\tR\ffrozenReason\x12&\n" +
 	"\x0flast_rollout_id\x18\x05 \x01(\tR\rlastRolloutId\x12\x1f\n" +
 	"\vrollout_seq\x18\x06 \x01(\x03R\n" +
-	"rolloutSeq\"\xa8\x01\n" +
+	"rolloutSeq\x12:\n" +
+	"\vstable_spec\x18\a \x01(\v2\x19.fleetwave.v1.ServiceSpecR\n" +
+	"stableSpec\"\xa8\x01\n" +
 	"\aService\x12-\n" +
 	"\x04spec\x18\x01 \x01(\v2\x19.fleetwave.v1.ServiceSpecR\x04spec\x123\n" +
 	"\x06status\x18\x02 \x01(\v2\x1b.fleetwave.v1.ServiceStatusR\x06status\x129\n" +
@@ -1903,7 +1925,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\n" +
 	"bake_until\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tbakeUntil\x12\x1a\n" +
 	"\bfailures\x18\a \x01(\rR\bfailures\x12\x16\n" +
-	"\x06canary\x18\b \x01(\bR\x06canary\"\xd3\x04\n" +
+	"\x06canary\x18\b \x01(\bR\x06canary\"\x82\x05\n" +
 	"\aRollout\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12!\n" +
@@ -1925,7 +1947,8 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"finishedAt\x12D\n" +
 	"\x10last_progress_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\x0elastProgressAt\x12\x16\n" +
 	"\x06reason\x18\r \x01(\tR\x06reason\x12\x1a\n" +
-	"\brollback\x18\x0e \x01(\bR\brollback\"I\n" +
+	"\brollback\x18\x0e \x01(\bR\brollback\x12-\n" +
+	"\x04spec\x18\x0f \x01(\v2\x19.fleetwave.v1.ServiceSpecR\x04spec\"I\n" +
 	"\vCheckResult\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x16\n" +
@@ -2058,38 +2081,40 @@ var file_fleetwave_v1_types_proto_depIdxs = []int32{
 	11, // 15: fleetwave.v1.Release.artifact:type_name -> fleetwave.v1.Artifact
 	26, // 16: fleetwave.v1.Release.commit_time:type_name -> google.protobuf.Timestamp
 	26, // 17: fleetwave.v1.Release.created_at:type_name -> google.protobuf.Timestamp
-	4,  // 18: fleetwave.v1.Service.spec:type_name -> fleetwave.v1.ServiceSpec
-	13, // 19: fleetwave.v1.Service.status:type_name -> fleetwave.v1.ServiceStatus
-	26, // 20: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
-	2,  // 21: fleetwave.v1.HostProgress.state:type_name -> fleetwave.v1.HostRolloutState
-	26, // 22: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
-	26, // 23: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
-	3,  // 24: fleetwave.v1.HostProgress.phase:type_name -> fleetwave.v1.Phase
-	1,  // 25: fleetwave.v1.Wave.state:type_name -> fleetwave.v1.WaveState
-	15, // 26: fleetwave.v1.Wave.hosts:type_name -> fleetwave.v1.HostProgress
-	26, // 27: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
-	26, // 28: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
-	26, // 29: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
-	0,  // 30: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
-	10, // 31: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
-	16, // 32: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
-	26, // 33: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	26, // 34: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
-	26, // 35: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
-	26, // 36: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
-	3,  // 37: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
-	18, // 38: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
-	26, // 39: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
-	12, // 40: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
-	4,  // 41: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
-	24, // 42: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
-	26, // 43: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	19, // 44: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
-	45, // [45:45] is the sub-list for method output_type
-	45, // [45:45] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	4,  // 18: fleetwave.v1.ServiceStatus.stable_spec:type_name -> fleetwave.v1.ServiceSpec
+	4,  // 19: fleetwave.v1.Service.spec:type_name -> fleetwave.v1.ServiceSpec
+	13, // 20: fleetwave.v1.Service.status:type_name -> fleetwave.v1.ServiceStatus
+	26, // 21: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
+	2,  // 22: fleetwave.v1.HostProgress.state:type_name -> fleetwave.v1.HostRolloutState
+	26, // 23: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
+	26, // 24: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
+	3,  // 25: fleetwave.v1.HostProgress.phase:type_name -> fleetwave.v1.Phase
+	1,  // 26: fleetwave.v1.Wave.state:type_name -> fleetwave.v1.WaveState
+	15, // 27: fleetwave.v1.Wave.hosts:type_name -> fleetwave.v1.HostProgress
+	26, // 28: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
+	26, // 29: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
+	26, // 30: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
+	0,  // 31: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
+	10, // 32: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
+	16, // 33: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
+	26, // 34: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	26, // 35: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
+	26, // 36: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
+	26, // 37: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
+	4,  // 38: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
+	3,  // 39: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
+	18, // 40: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
+	26, // 41: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
+	12, // 42: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
+	4,  // 43: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
+	24, // 44: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
+	26, // 45: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	19, // 46: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
+	47, // [47:47] is the sub-list for method output_type
+	47, // [47:47] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_types_proto_init() }
