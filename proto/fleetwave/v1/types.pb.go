@@ -297,8 +297,13 @@ type ServiceSpec struct {
 	// (default 5m).
 	HealthyDeadline *durationpb.Duration `protobuf:"bytes,6,opt,name=healthy_deadline,json=healthyDeadline,proto3" json:"healthy_deadline,omitempty"`
 	Rollout         *RolloutPolicy       `protobuf:"bytes,7,opt,name=rollout,proto3" json:"rollout,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// What the agent watches, besides the health checks, to decide locally
+	// that a release lowered quality and must be reverted.
+	Analysis *Analysis `protobuf:"bytes,8,opt,name=analysis,proto3" json:"analysis,omitempty"`
+	// Where people are told when a rollout fails.
+	Alerts        *Alerts `protobuf:"bytes,9,opt,name=alerts,proto3" json:"alerts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ServiceSpec) Reset() {
@@ -380,6 +385,580 @@ func (x *ServiceSpec) GetRollout() *RolloutPolicy {
 	return nil
 }
 
+func (x *ServiceSpec) GetAnalysis() *Analysis {
+	if x != nil {
+		return x.Analysis
+	}
+	return nil
+}
+
+func (x *ServiceSpec) GetAlerts() *Alerts {
+	if x != nil {
+		return x.Alerts
+	}
+	return nil
+}
+
+// Analysis is the agent's local quality gate. The agent scrapes the
+// service's Prometheus endpoint every interval, keeps a baseline measured
+// from the running release just before a switch, and evaluates every rule
+// over the last window while the release is checked and for `watch` after it
+// became healthy. A failing rule reverts the release at once.
+type Analysis struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The service's Prometheus text endpoint; placeholders allowed
+	// (e.g. http://127.0.0.1:${host.label.port}/metrics).
+	MetricsUrl string `protobuf:"bytes,1,opt,name=metrics_url,json=metricsUrl,proto3" json:"metrics_url,omitempty"`
+	// Scrape and evaluation interval (default 1s).
+	Interval *durationpb.Duration `protobuf:"bytes,2,opt,name=interval,proto3" json:"interval,omitempty"`
+	// Rules compare increases over this window (default 30s).
+	Window *durationpb.Duration `protobuf:"bytes,3,opt,name=window,proto3" json:"window,omitempty"`
+	// How long analysis continues after the host reported healthy: it should
+	// cover the rest of the rollout's waves and bakes (default 5m).
+	Watch *durationpb.Duration `protobuf:"bytes,4,opt,name=watch,proto3" json:"watch,omitempty"`
+	Rules []*AnalysisRule      `protobuf:"bytes,5,rep,name=rules,proto3" json:"rules,omitempty"`
+	// What inconclusive data (too few requests, endpoint unreachable) means:
+	// "wait" (default: keep waiting; still inconclusive at the healthy
+	// deadline fails) or "fail" (fail at once).
+	Inconclusive string `protobuf:"bytes,6,opt,name=inconclusive,proto3" json:"inconclusive,omitempty"`
+	// Prometheus server HTTP API for promql rules, e.g. http://prom:9090.
+	PrometheusUrl string `protobuf:"bytes,7,opt,name=prometheus_url,json=prometheusUrl,proto3" json:"prometheus_url,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Analysis) Reset() {
+	*x = Analysis{}
+	mi := &file_fleetwave_v1_types_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Analysis) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Analysis) ProtoMessage() {}
+
+func (x *Analysis) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_types_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Analysis.ProtoReflect.Descriptor instead.
+func (*Analysis) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Analysis) GetMetricsUrl() string {
+	if x != nil {
+		return x.MetricsUrl
+	}
+	return ""
+}
+
+func (x *Analysis) GetInterval() *durationpb.Duration {
+	if x != nil {
+		return x.Interval
+	}
+	return nil
+}
+
+func (x *Analysis) GetWindow() *durationpb.Duration {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+func (x *Analysis) GetWatch() *durationpb.Duration {
+	if x != nil {
+		return x.Watch
+	}
+	return nil
+}
+
+func (x *Analysis) GetRules() []*AnalysisRule {
+	if x != nil {
+		return x.Rules
+	}
+	return nil
+}
+
+func (x *Analysis) GetInconclusive() string {
+	if x != nil {
+		return x.Inconclusive
+	}
+	return ""
+}
+
+func (x *Analysis) GetPrometheusUrl() string {
+	if x != nil {
+		return x.PrometheusUrl
+	}
+	return ""
+}
+
+// AnalysisRule is one quality rule. Exactly one kind is set.
+type AnalysisRule struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Types that are valid to be assigned to Kind:
+	//
+	//	*AnalysisRule_ErrorRatio
+	//	*AnalysisRule_Latency
+	//	*AnalysisRule_Restarts
+	//	*AnalysisRule_Promql
+	Kind          isAnalysisRule_Kind `protobuf_oneof:"kind"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AnalysisRule) Reset() {
+	*x = AnalysisRule{}
+	mi := &file_fleetwave_v1_types_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AnalysisRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AnalysisRule) ProtoMessage() {}
+
+func (x *AnalysisRule) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_types_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AnalysisRule.ProtoReflect.Descriptor instead.
+func (*AnalysisRule) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *AnalysisRule) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AnalysisRule) GetKind() isAnalysisRule_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return nil
+}
+
+func (x *AnalysisRule) GetErrorRatio() *ErrorRatioRule {
+	if x != nil {
+		if x, ok := x.Kind.(*AnalysisRule_ErrorRatio); ok {
+			return x.ErrorRatio
+		}
+	}
+	return nil
+}
+
+func (x *AnalysisRule) GetLatency() *LatencyRule {
+	if x != nil {
+		if x, ok := x.Kind.(*AnalysisRule_Latency); ok {
+			return x.Latency
+		}
+	}
+	return nil
+}
+
+func (x *AnalysisRule) GetRestarts() *RestartsRule {
+	if x != nil {
+		if x, ok := x.Kind.(*AnalysisRule_Restarts); ok {
+			return x.Restarts
+		}
+	}
+	return nil
+}
+
+func (x *AnalysisRule) GetPromql() *PromQLRule {
+	if x != nil {
+		if x, ok := x.Kind.(*AnalysisRule_Promql); ok {
+			return x.Promql
+		}
+	}
+	return nil
+}
+
+type isAnalysisRule_Kind interface {
+	isAnalysisRule_Kind()
+}
+
+type AnalysisRule_ErrorRatio struct {
+	ErrorRatio *ErrorRatioRule `protobuf:"bytes,2,opt,name=error_ratio,json=errorRatio,proto3,oneof"`
+}
+
+type AnalysisRule_Latency struct {
+	Latency *LatencyRule `protobuf:"bytes,3,opt,name=latency,proto3,oneof"`
+}
+
+type AnalysisRule_Restarts struct {
+	Restarts *RestartsRule `protobuf:"bytes,4,opt,name=restarts,proto3,oneof"`
+}
+
+type AnalysisRule_Promql struct {
+	Promql *PromQLRule `protobuf:"bytes,5,opt,name=promql,proto3,oneof"`
+}
+
+func (*AnalysisRule_ErrorRatio) isAnalysisRule_Kind() {}
+
+func (*AnalysisRule_Latency) isAnalysisRule_Kind() {}
+
+func (*AnalysisRule_Restarts) isAnalysisRule_Kind() {}
+
+func (*AnalysisRule_Promql) isAnalysisRule_Kind() {}
+
+// ErrorRatioRule: increase of the counter's series whose error label matches
+// error_regex, over the increase of all its series, in the window.
+type ErrorRatioRule struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Counter name, e.g. http_requests_total.
+	Metric string `protobuf:"bytes,1,opt,name=metric,proto3" json:"metric,omitempty"`
+	// Label holding the status (default "code").
+	ErrorLabel string `protobuf:"bytes,2,opt,name=error_label,json=errorLabel,proto3" json:"error_label,omitempty"`
+	// Regular expression for error values of that label (default "5..").
+	ErrorRegex string `protobuf:"bytes,3,opt,name=error_regex,json=errorRegex,proto3" json:"error_regex,omitempty"`
+	// The ratio must stay at or under this (0..1).
+	Max float64 `protobuf:"fixed64,4,opt,name=max,proto3" json:"max,omitempty"`
+	// ...and at or under this many times the baseline's ratio (0 = no
+	// baseline comparison). A zero baseline compares against max only.
+	MaxBaselineFactor float64 `protobuf:"fixed64,5,opt,name=max_baseline_factor,json=maxBaselineFactor,proto3" json:"max_baseline_factor,omitempty"`
+	// Fewer requests than this in the window is inconclusive (default 20).
+	MinRequests   uint64 `protobuf:"varint,6,opt,name=min_requests,json=minRequests,proto3" json:"min_requests,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ErrorRatioRule) Reset() {
+	*x = ErrorRatioRule{}
+	mi := &file_fleetwave_v1_types_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ErrorRatioRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ErrorRatioRule) ProtoMessage() {}
+
+func (x *ErrorRatioRule) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_types_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ErrorRatioRule.ProtoReflect.Descriptor instead.
+func (*ErrorRatioRule) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ErrorRatioRule) GetMetric() string {
+	if x != nil {
+		return x.Metric
+	}
+	return ""
+}
+
+func (x *ErrorRatioRule) GetErrorLabel() string {
+	if x != nil {
+		return x.ErrorLabel
+	}
+	return ""
+}
+
+func (x *ErrorRatioRule) GetErrorRegex() string {
+	if x != nil {
+		return x.ErrorRegex
+	}
+	return ""
+}
+
+func (x *ErrorRatioRule) GetMax() float64 {
+	if x != nil {
+		return x.Max
+	}
+	return 0
+}
+
+func (x *ErrorRatioRule) GetMaxBaselineFactor() float64 {
+	if x != nil {
+		return x.MaxBaselineFactor
+	}
+	return 0
+}
+
+func (x *ErrorRatioRule) GetMinRequests() uint64 {
+	if x != nil {
+		return x.MinRequests
+	}
+	return 0
+}
+
+// LatencyRule: a quantile estimated from a histogram's buckets (as
+// Prometheus' histogram_quantile does) over the window's increase.
+type LatencyRule struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Histogram name without suffix, e.g. http_request_duration_seconds.
+	Metric string `protobuf:"bytes,1,opt,name=metric,proto3" json:"metric,omitempty"`
+	// e.g. 0.99
+	Quantile   float64 `protobuf:"fixed64,2,opt,name=quantile,proto3" json:"quantile,omitempty"`
+	MaxSeconds float64 `protobuf:"fixed64,3,opt,name=max_seconds,json=maxSeconds,proto3" json:"max_seconds,omitempty"`
+	// 0 = no baseline comparison.
+	MaxBaselineFactor float64 `protobuf:"fixed64,4,opt,name=max_baseline_factor,json=maxBaselineFactor,proto3" json:"max_baseline_factor,omitempty"`
+	// Fewer observations than this in the window is inconclusive (default 20).
+	MinSamples    uint64 `protobuf:"varint,5,opt,name=min_samples,json=minSamples,proto3" json:"min_samples,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LatencyRule) Reset() {
+	*x = LatencyRule{}
+	mi := &file_fleetwave_v1_types_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LatencyRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LatencyRule) ProtoMessage() {}
+
+func (x *LatencyRule) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_types_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LatencyRule.ProtoReflect.Descriptor instead.
+func (*LatencyRule) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *LatencyRule) GetMetric() string {
+	if x != nil {
+		return x.Metric
+	}
+	return ""
+}
+
+func (x *LatencyRule) GetQuantile() float64 {
+	if x != nil {
+		return x.Quantile
+	}
+	return 0
+}
+
+func (x *LatencyRule) GetMaxSeconds() float64 {
+	if x != nil {
+		return x.MaxSeconds
+	}
+	return 0
+}
+
+func (x *LatencyRule) GetMaxBaselineFactor() float64 {
+	if x != nil {
+		return x.MaxBaselineFactor
+	}
+	return 0
+}
+
+func (x *LatencyRule) GetMinSamples() uint64 {
+	if x != nil {
+		return x.MinSamples
+	}
+	return 0
+}
+
+// RestartsRule: process restarts by the agent's supervisor in the window.
+type RestartsRule struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Max           uint32                 `protobuf:"varint,1,opt,name=max,proto3" json:"max,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestartsRule) Reset() {
+	*x = RestartsRule{}
+	mi := &file_fleetwave_v1_types_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestartsRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestartsRule) ProtoMessage() {}
+
+func (x *RestartsRule) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_types_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestartsRule.ProtoReflect.Descriptor instead.
+func (*RestartsRule) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *RestartsRule) GetMax() uint32 {
+	if x != nil {
+		return x.Max
+	}
+	return 0
+}
+
+// PromQLRule: an instant query to analysis.prometheus_url (/api/v1/query)
+// that returns one number; it must stay at or under max (and at or over min
+// when min is set). No result is inconclusive.
+type PromQLRule struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The query; placeholders allowed (${host.id}, ${host.label.KEY}).
+	Query         string   `protobuf:"bytes,1,opt,name=query,proto3" json:"query,omitempty"`
+	Max           float64  `protobuf:"fixed64,2,opt,name=max,proto3" json:"max,omitempty"`
+	Min           *float64 `protobuf:"fixed64,3,opt,name=min,proto3,oneof" json:"min,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PromQLRule) Reset() {
+	*x = PromQLRule{}
+	mi := &file_fleetwave_v1_types_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PromQLRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PromQLRule) ProtoMessage() {}
+
+func (x *PromQLRule) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_types_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PromQLRule.ProtoReflect.Descriptor instead.
+func (*PromQLRule) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *PromQLRule) GetQuery() string {
+	if x != nil {
+		return x.Query
+	}
+	return ""
+}
+
+func (x *PromQLRule) GetMax() float64 {
+	if x != nil {
+		return x.Max
+	}
+	return 0
+}
+
+func (x *PromQLRule) GetMin() float64 {
+	if x != nil && x.Min != nil {
+		return *x.Min
+	}
+	return 0
+}
+
+// Alerts says how people are told about failures.
+type Alerts struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A JSON POST goes here when a rollout fails (retried with backoff).
+	WebhookUrl    string `protobuf:"bytes,1,opt,name=webhook_url,json=webhookUrl,proto3" json:"webhook_url,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Alerts) Reset() {
+	*x = Alerts{}
+	mi := &file_fleetwave_v1_types_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Alerts) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Alerts) ProtoMessage() {}
+
+func (x *Alerts) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_types_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Alerts.ProtoReflect.Descriptor instead.
+func (*Alerts) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *Alerts) GetWebhookUrl() string {
+	if x != nil {
+		return x.WebhookUrl
+	}
+	return ""
+}
+
 // RunSpec says how the agent's supervisor runs the service. The command is
 // run from the release directory; "./bin" names a file inside the release.
 // command, env values and check targets may use ${host.id} and
@@ -396,7 +975,7 @@ type RunSpec struct {
 
 func (x *RunSpec) Reset() {
 	*x = RunSpec{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[1]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -408,7 +987,7 @@ func (x *RunSpec) String() string {
 func (*RunSpec) ProtoMessage() {}
 
 func (x *RunSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[1]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -421,7 +1000,7 @@ func (x *RunSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunSpec.ProtoReflect.Descriptor instead.
 func (*RunSpec) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{1}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RunSpec) GetCommand() []string {
@@ -465,7 +1044,7 @@ type Check struct {
 
 func (x *Check) Reset() {
 	*x = Check{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[2]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -477,7 +1056,7 @@ func (x *Check) String() string {
 func (*Check) ProtoMessage() {}
 
 func (x *Check) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[2]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -490,7 +1069,7 @@ func (x *Check) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Check.ProtoReflect.Descriptor instead.
 func (*Check) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{2}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Check) GetName() string {
@@ -581,7 +1160,7 @@ type HttpCheck struct {
 
 func (x *HttpCheck) Reset() {
 	*x = HttpCheck{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[3]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -593,7 +1172,7 @@ func (x *HttpCheck) String() string {
 func (*HttpCheck) ProtoMessage() {}
 
 func (x *HttpCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[3]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -606,7 +1185,7 @@ func (x *HttpCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HttpCheck.ProtoReflect.Descriptor instead.
 func (*HttpCheck) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{3}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *HttpCheck) GetUrl() string {
@@ -633,7 +1212,7 @@ type TcpCheck struct {
 
 func (x *TcpCheck) Reset() {
 	*x = TcpCheck{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[4]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -645,7 +1224,7 @@ func (x *TcpCheck) String() string {
 func (*TcpCheck) ProtoMessage() {}
 
 func (x *TcpCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[4]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -658,7 +1237,7 @@ func (x *TcpCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TcpCheck.ProtoReflect.Descriptor instead.
 func (*TcpCheck) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{4}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *TcpCheck) GetAddress() string {
@@ -678,7 +1257,7 @@ type ExecCheck struct {
 
 func (x *ExecCheck) Reset() {
 	*x = ExecCheck{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[5]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -690,7 +1269,7 @@ func (x *ExecCheck) String() string {
 func (*ExecCheck) ProtoMessage() {}
 
 func (x *ExecCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[5]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -703,7 +1282,7 @@ func (x *ExecCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecCheck.ProtoReflect.Descriptor instead.
 func (*ExecCheck) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{5}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ExecCheck) GetCommand() []string {
@@ -740,7 +1319,7 @@ type RolloutPolicy struct {
 
 func (x *RolloutPolicy) Reset() {
 	*x = RolloutPolicy{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[6]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -752,7 +1331,7 @@ func (x *RolloutPolicy) String() string {
 func (*RolloutPolicy) ProtoMessage() {}
 
 func (x *RolloutPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[6]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -765,7 +1344,7 @@ func (x *RolloutPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutPolicy.ProtoReflect.Descriptor instead.
 func (*RolloutPolicy) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{6}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RolloutPolicy) GetCanary() uint32 {
@@ -839,7 +1418,7 @@ type Artifact struct {
 
 func (x *Artifact) Reset() {
 	*x = Artifact{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[7]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -851,7 +1430,7 @@ func (x *Artifact) String() string {
 func (*Artifact) ProtoMessage() {}
 
 func (x *Artifact) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[7]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -864,7 +1443,7 @@ func (x *Artifact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Artifact.ProtoReflect.Descriptor instead.
 func (*Artifact) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{7}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Artifact) GetSha256() string {
@@ -905,7 +1484,7 @@ type Release struct {
 
 func (x *Release) Reset() {
 	*x = Release{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[8]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -917,7 +1496,7 @@ func (x *Release) String() string {
 func (*Release) ProtoMessage() {}
 
 func (x *Release) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[8]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -930,7 +1509,7 @@ func (x *Release) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Release.ProtoReflect.Descriptor instead.
 func (*Release) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{8}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Release) GetService() string {
@@ -1004,7 +1583,7 @@ type ServiceStatus struct {
 
 func (x *ServiceStatus) Reset() {
 	*x = ServiceStatus{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[9]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1016,7 +1595,7 @@ func (x *ServiceStatus) String() string {
 func (*ServiceStatus) ProtoMessage() {}
 
 func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[9]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1029,7 +1608,7 @@ func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStatus.ProtoReflect.Descriptor instead.
 func (*ServiceStatus) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{9}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ServiceStatus) GetStableVersion() string {
@@ -1093,7 +1672,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[10]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1105,7 +1684,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[10]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1118,7 +1697,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{10}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Service) GetSpec() *ServiceSpec {
@@ -1160,7 +1739,7 @@ type HostProgress struct {
 
 func (x *HostProgress) Reset() {
 	*x = HostProgress{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[11]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1172,7 +1751,7 @@ func (x *HostProgress) String() string {
 func (*HostProgress) ProtoMessage() {}
 
 func (x *HostProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[11]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1185,7 +1764,7 @@ func (x *HostProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostProgress.ProtoReflect.Descriptor instead.
 func (*HostProgress) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{11}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *HostProgress) GetHostId() string {
@@ -1254,7 +1833,7 @@ type Wave struct {
 
 func (x *Wave) Reset() {
 	*x = Wave{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[12]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1266,7 +1845,7 @@ func (x *Wave) String() string {
 func (*Wave) ProtoMessage() {}
 
 func (x *Wave) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[12]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1279,7 +1858,7 @@ func (x *Wave) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Wave.ProtoReflect.Descriptor instead.
 func (*Wave) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{12}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Wave) GetIndex() uint32 {
@@ -1369,7 +1948,7 @@ type Rollout struct {
 
 func (x *Rollout) Reset() {
 	*x = Rollout{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[13]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1381,7 +1960,7 @@ func (x *Rollout) String() string {
 func (*Rollout) ProtoMessage() {}
 
 func (x *Rollout) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[13]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1394,7 +1973,7 @@ func (x *Rollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
 func (*Rollout) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{13}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Rollout) GetId() string {
@@ -1513,7 +2092,7 @@ type CheckResult struct {
 
 func (x *CheckResult) Reset() {
 	*x = CheckResult{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[14]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1525,7 +2104,7 @@ func (x *CheckResult) String() string {
 func (*CheckResult) ProtoMessage() {}
 
 func (x *CheckResult) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[14]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1538,7 +2117,7 @@ func (x *CheckResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResult.ProtoReflect.Descriptor instead.
 func (*CheckResult) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{14}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CheckResult) GetName() string {
@@ -1583,7 +2162,7 @@ type ServiceReport struct {
 
 func (x *ServiceReport) Reset() {
 	*x = ServiceReport{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[15]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1595,7 +2174,7 @@ func (x *ServiceReport) String() string {
 func (*ServiceReport) ProtoMessage() {}
 
 func (x *ServiceReport) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[15]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1608,7 +2187,7 @@ func (x *ServiceReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceReport.ProtoReflect.Descriptor instead.
 func (*ServiceReport) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{15}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ServiceReport) GetService() string {
@@ -1687,7 +2266,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[16]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1699,7 +2278,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[16]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1712,7 +2291,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{16}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Assignment) GetService() string {
@@ -1758,7 +2337,7 @@ type Host struct {
 
 func (x *Host) Reset() {
 	*x = Host{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[17]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1770,7 +2349,7 @@ func (x *Host) String() string {
 func (*Host) ProtoMessage() {}
 
 func (x *Host) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[17]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1783,7 +2362,7 @@ func (x *Host) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Host.ProtoReflect.Descriptor instead.
 func (*Host) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{17}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Host) GetId() string {
@@ -1832,7 +2411,7 @@ var File_fleetwave_v1_types_proto protoreflect.FileDescriptor
 
 const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x18fleetwave/v1/types.proto\x12\ffleetwave.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbb\x03\n" +
+	"\x18fleetwave/v1/types.proto\x12\ffleetwave.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9d\x04\n" +
 	"\vServiceSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12C\n" +
 	"\bselector\x18\x02 \x03(\v2'.fleetwave.v1.ServiceSpec.SelectorEntryR\bselector\x12'\n" +
@@ -1840,10 +2419,57 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x06checks\x18\x04 \x03(\v2\x13.fleetwave.v1.CheckR\x06checks\x12C\n" +
 	"\x10min_healthy_time\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x0eminHealthyTime\x12D\n" +
 	"\x10healthy_deadline\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x0fhealthyDeadline\x125\n" +
-	"\arollout\x18\a \x01(\v2\x1b.fleetwave.v1.RolloutPolicyR\arollout\x1a;\n" +
+	"\arollout\x18\a \x01(\v2\x1b.fleetwave.v1.RolloutPolicyR\arollout\x122\n" +
+	"\banalysis\x18\b \x01(\v2\x16.fleetwave.v1.AnalysisR\banalysis\x12,\n" +
+	"\x06alerts\x18\t \x01(\v2\x14.fleetwave.v1.AlertsR\x06alerts\x1a;\n" +
 	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc7\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc3\x02\n" +
+	"\bAnalysis\x12\x1f\n" +
+	"\vmetrics_url\x18\x01 \x01(\tR\n" +
+	"metricsUrl\x125\n" +
+	"\binterval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\binterval\x121\n" +
+	"\x06window\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x06window\x12/\n" +
+	"\x05watch\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x05watch\x120\n" +
+	"\x05rules\x18\x05 \x03(\v2\x1a.fleetwave.v1.AnalysisRuleR\x05rules\x12\"\n" +
+	"\finconclusive\x18\x06 \x01(\tR\finconclusive\x12%\n" +
+	"\x0eprometheus_url\x18\a \x01(\tR\rprometheusUrl\"\x90\x02\n" +
+	"\fAnalysisRule\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12?\n" +
+	"\verror_ratio\x18\x02 \x01(\v2\x1c.fleetwave.v1.ErrorRatioRuleH\x00R\n" +
+	"errorRatio\x125\n" +
+	"\alatency\x18\x03 \x01(\v2\x19.fleetwave.v1.LatencyRuleH\x00R\alatency\x128\n" +
+	"\brestarts\x18\x04 \x01(\v2\x1a.fleetwave.v1.RestartsRuleH\x00R\brestarts\x122\n" +
+	"\x06promql\x18\x05 \x01(\v2\x18.fleetwave.v1.PromQLRuleH\x00R\x06promqlB\x06\n" +
+	"\x04kind\"\xcf\x01\n" +
+	"\x0eErrorRatioRule\x12\x16\n" +
+	"\x06metric\x18\x01 \x01(\tR\x06metric\x12\x1f\n" +
+	"\verror_label\x18\x02 \x01(\tR\n" +
+	"errorLabel\x12\x1f\n" +
+	"\verror_regex\x18\x03 \x01(\tR\n" +
+	"errorRegex\x12\x10\n" +
+	"\x03max\x18\x04 \x01(\x01R\x03max\x12.\n" +
+	"\x13max_baseline_factor\x18\x05 \x01(\x01R\x11maxBaselineFactor\x12!\n" +
+	"\fmin_requests\x18\x06 \x01(\x04R\vminRequests\"\xb3\x01\n" +
+	"\vLatencyRule\x12\x16\n" +
+	"\x06metric\x18\x01 \x01(\tR\x06metric\x12\x1a\n" +
+	"\bquantile\x18\x02 \x01(\x01R\bquantile\x12\x1f\n" +
+	"\vmax_seconds\x18\x03 \x01(\x01R\n" +
+	"maxSeconds\x12.\n" +
+	"\x13max_baseline_factor\x18\x04 \x01(\x01R\x11maxBaselineFactor\x12\x1f\n" +
+	"\vmin_samples\x18\x05 \x01(\x04R\n" +
+	"minSamples\" \n" +
+	"\fRestartsRule\x12\x10\n" +
+	"\x03max\x18\x01 \x01(\rR\x03max\"S\n" +
+	"\n" +
+	"PromQLRule\x12\x14\n" +
+	"\x05query\x18\x01 \x01(\tR\x05query\x12\x10\n" +
+	"\x03max\x18\x02 \x01(\x01R\x03max\x12\x15\n" +
+	"\x03min\x18\x03 \x01(\x01H\x00R\x03min\x88\x01\x01B\x06\n" +
+	"\x04_min\")\n" +
+	"\x06Alerts\x12\x1f\n" +
+	"\vwebhook_url\x18\x01 \x01(\tR\n" +
+	"webhookUrl\"\xc7\x01\n" +
 	"\aRunSpec\x12\x18\n" +
 	"\acommand\x18\x01 \x03(\tR\acommand\x120\n" +
 	"\x03env\x18\x02 \x03(\v2\x1e.fleetwave.v1.RunSpec.EnvEntryR\x03env\x128\n" +
@@ -2032,89 +2658,106 @@ func file_fleetwave_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_fleetwave_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_fleetwave_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_fleetwave_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_fleetwave_v1_types_proto_goTypes = []any{
 	(RolloutState)(0),             // 0: fleetwave.v1.RolloutState
 	(WaveState)(0),                // 1: fleetwave.v1.WaveState
 	(HostRolloutState)(0),         // 2: fleetwave.v1.HostRolloutState
 	(Phase)(0),                    // 3: fleetwave.v1.Phase
 	(*ServiceSpec)(nil),           // 4: fleetwave.v1.ServiceSpec
-	(*RunSpec)(nil),               // 5: fleetwave.v1.RunSpec
-	(*Check)(nil),                 // 6: fleetwave.v1.Check
-	(*HttpCheck)(nil),             // 7: fleetwave.v1.HttpCheck
-	(*TcpCheck)(nil),              // 8: fleetwave.v1.TcpCheck
-	(*ExecCheck)(nil),             // 9: fleetwave.v1.ExecCheck
-	(*RolloutPolicy)(nil),         // 10: fleetwave.v1.RolloutPolicy
-	(*Artifact)(nil),              // 11: fleetwave.v1.Artifact
-	(*Release)(nil),               // 12: fleetwave.v1.Release
-	(*ServiceStatus)(nil),         // 13: fleetwave.v1.ServiceStatus
-	(*Service)(nil),               // 14: fleetwave.v1.Service
-	(*HostProgress)(nil),          // 15: fleetwave.v1.HostProgress
-	(*Wave)(nil),                  // 16: fleetwave.v1.Wave
-	(*Rollout)(nil),               // 17: fleetwave.v1.Rollout
-	(*CheckResult)(nil),           // 18: fleetwave.v1.CheckResult
-	(*ServiceReport)(nil),         // 19: fleetwave.v1.ServiceReport
-	(*Assignment)(nil),            // 20: fleetwave.v1.Assignment
-	(*Host)(nil),                  // 21: fleetwave.v1.Host
-	nil,                           // 22: fleetwave.v1.ServiceSpec.SelectorEntry
-	nil,                           // 23: fleetwave.v1.RunSpec.EnvEntry
-	nil,                           // 24: fleetwave.v1.Host.LabelsEntry
-	(*durationpb.Duration)(nil),   // 25: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 26: google.protobuf.Timestamp
+	(*Analysis)(nil),              // 5: fleetwave.v1.Analysis
+	(*AnalysisRule)(nil),          // 6: fleetwave.v1.AnalysisRule
+	(*ErrorRatioRule)(nil),        // 7: fleetwave.v1.ErrorRatioRule
+	(*LatencyRule)(nil),           // 8: fleetwave.v1.LatencyRule
+	(*RestartsRule)(nil),          // 9: fleetwave.v1.RestartsRule
+	(*PromQLRule)(nil),            // 10: fleetwave.v1.PromQLRule
+	(*Alerts)(nil),                // 11: fleetwave.v1.Alerts
+	(*RunSpec)(nil),               // 12: fleetwave.v1.RunSpec
+	(*Check)(nil),                 // 13: fleetwave.v1.Check
+	(*HttpCheck)(nil),             // 14: fleetwave.v1.HttpCheck
+	(*TcpCheck)(nil),              // 15: fleetwave.v1.TcpCheck
+	(*ExecCheck)(nil),             // 16: fleetwave.v1.ExecCheck
+	(*RolloutPolicy)(nil),         // 17: fleetwave.v1.RolloutPolicy
+	(*Artifact)(nil),              // 18: fleetwave.v1.Artifact
+	(*Release)(nil),               // 19: fleetwave.v1.Release
+	(*ServiceStatus)(nil),         // 20: fleetwave.v1.ServiceStatus
+	(*Service)(nil),               // 21: fleetwave.v1.Service
+	(*HostProgress)(nil),          // 22: fleetwave.v1.HostProgress
+	(*Wave)(nil),                  // 23: fleetwave.v1.Wave
+	(*Rollout)(nil),               // 24: fleetwave.v1.Rollout
+	(*CheckResult)(nil),           // 25: fleetwave.v1.CheckResult
+	(*ServiceReport)(nil),         // 26: fleetwave.v1.ServiceReport
+	(*Assignment)(nil),            // 27: fleetwave.v1.Assignment
+	(*Host)(nil),                  // 28: fleetwave.v1.Host
+	nil,                           // 29: fleetwave.v1.ServiceSpec.SelectorEntry
+	nil,                           // 30: fleetwave.v1.RunSpec.EnvEntry
+	nil,                           // 31: fleetwave.v1.Host.LabelsEntry
+	(*durationpb.Duration)(nil),   // 32: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 33: google.protobuf.Timestamp
 }
 var file_fleetwave_v1_types_proto_depIdxs = []int32{
-	22, // 0: fleetwave.v1.ServiceSpec.selector:type_name -> fleetwave.v1.ServiceSpec.SelectorEntry
-	5,  // 1: fleetwave.v1.ServiceSpec.run:type_name -> fleetwave.v1.RunSpec
-	6,  // 2: fleetwave.v1.ServiceSpec.checks:type_name -> fleetwave.v1.Check
-	25, // 3: fleetwave.v1.ServiceSpec.min_healthy_time:type_name -> google.protobuf.Duration
-	25, // 4: fleetwave.v1.ServiceSpec.healthy_deadline:type_name -> google.protobuf.Duration
-	10, // 5: fleetwave.v1.ServiceSpec.rollout:type_name -> fleetwave.v1.RolloutPolicy
-	23, // 6: fleetwave.v1.RunSpec.env:type_name -> fleetwave.v1.RunSpec.EnvEntry
-	25, // 7: fleetwave.v1.RunSpec.stop_grace:type_name -> google.protobuf.Duration
-	7,  // 8: fleetwave.v1.Check.http:type_name -> fleetwave.v1.HttpCheck
-	8,  // 9: fleetwave.v1.Check.tcp:type_name -> fleetwave.v1.TcpCheck
-	9,  // 10: fleetwave.v1.Check.exec:type_name -> fleetwave.v1.ExecCheck
-	25, // 11: fleetwave.v1.Check.interval:type_name -> google.protobuf.Duration
-	25, // 12: fleetwave.v1.Check.timeout:type_name -> google.protobuf.Duration
-	25, // 13: fleetwave.v1.RolloutPolicy.bake:type_name -> google.protobuf.Duration
-	25, // 14: fleetwave.v1.RolloutPolicy.progress_deadline:type_name -> google.protobuf.Duration
-	11, // 15: fleetwave.v1.Release.artifact:type_name -> fleetwave.v1.Artifact
-	26, // 16: fleetwave.v1.Release.commit_time:type_name -> google.protobuf.Timestamp
-	26, // 17: fleetwave.v1.Release.created_at:type_name -> google.protobuf.Timestamp
-	4,  // 18: fleetwave.v1.ServiceStatus.stable_spec:type_name -> fleetwave.v1.ServiceSpec
-	4,  // 19: fleetwave.v1.Service.spec:type_name -> fleetwave.v1.ServiceSpec
-	13, // 20: fleetwave.v1.Service.status:type_name -> fleetwave.v1.ServiceStatus
-	26, // 21: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
-	2,  // 22: fleetwave.v1.HostProgress.state:type_name -> fleetwave.v1.HostRolloutState
-	26, // 23: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
-	26, // 24: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
-	3,  // 25: fleetwave.v1.HostProgress.phase:type_name -> fleetwave.v1.Phase
-	1,  // 26: fleetwave.v1.Wave.state:type_name -> fleetwave.v1.WaveState
-	15, // 27: fleetwave.v1.Wave.hosts:type_name -> fleetwave.v1.HostProgress
-	26, // 28: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
-	26, // 29: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
-	26, // 30: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
-	0,  // 31: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
-	10, // 32: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
-	16, // 33: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
-	26, // 34: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	26, // 35: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
-	26, // 36: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
-	26, // 37: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
-	4,  // 38: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
-	3,  // 39: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
-	18, // 40: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
-	26, // 41: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
-	12, // 42: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
-	4,  // 43: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
-	24, // 44: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
-	26, // 45: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	19, // 46: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
-	47, // [47:47] is the sub-list for method output_type
-	47, // [47:47] is the sub-list for method input_type
-	47, // [47:47] is the sub-list for extension type_name
-	47, // [47:47] is the sub-list for extension extendee
-	0,  // [0:47] is the sub-list for field type_name
+	29, // 0: fleetwave.v1.ServiceSpec.selector:type_name -> fleetwave.v1.ServiceSpec.SelectorEntry
+	12, // 1: fleetwave.v1.ServiceSpec.run:type_name -> fleetwave.v1.RunSpec
+	13, // 2: fleetwave.v1.ServiceSpec.checks:type_name -> fleetwave.v1.Check
+	32, // 3: fleetwave.v1.ServiceSpec.min_healthy_time:type_name -> google.protobuf.Duration
+	32, // 4: fleetwave.v1.ServiceSpec.healthy_deadline:type_name -> google.protobuf.Duration
+	17, // 5: fleetwave.v1.ServiceSpec.rollout:type_name -> fleetwave.v1.RolloutPolicy
+	5,  // 6: fleetwave.v1.ServiceSpec.analysis:type_name -> fleetwave.v1.Analysis
+	11, // 7: fleetwave.v1.ServiceSpec.alerts:type_name -> fleetwave.v1.Alerts
+	32, // 8: fleetwave.v1.Analysis.interval:type_name -> google.protobuf.Duration
+	32, // 9: fleetwave.v1.Analysis.window:type_name -> google.protobuf.Duration
+	32, // 10: fleetwave.v1.Analysis.watch:type_name -> google.protobuf.Duration
+	6,  // 11: fleetwave.v1.Analysis.rules:type_name -> fleetwave.v1.AnalysisRule
+	7,  // 12: fleetwave.v1.AnalysisRule.error_ratio:type_name -> fleetwave.v1.ErrorRatioRule
+	8,  // 13: fleetwave.v1.AnalysisRule.latency:type_name -> fleetwave.v1.LatencyRule
+	9,  // 14: fleetwave.v1.AnalysisRule.restarts:type_name -> fleetwave.v1.RestartsRule
+	10, // 15: fleetwave.v1.AnalysisRule.promql:type_name -> fleetwave.v1.PromQLRule
+	30, // 16: fleetwave.v1.RunSpec.env:type_name -> fleetwave.v1.RunSpec.EnvEntry
+	32, // 17: fleetwave.v1.RunSpec.stop_grace:type_name -> google.protobuf.Duration
+	14, // 18: fleetwave.v1.Check.http:type_name -> fleetwave.v1.HttpCheck
+	15, // 19: fleetwave.v1.Check.tcp:type_name -> fleetwave.v1.TcpCheck
+	16, // 20: fleetwave.v1.Check.exec:type_name -> fleetwave.v1.ExecCheck
+	32, // 21: fleetwave.v1.Check.interval:type_name -> google.protobuf.Duration
+	32, // 22: fleetwave.v1.Check.timeout:type_name -> google.protobuf.Duration
+	32, // 23: fleetwave.v1.RolloutPolicy.bake:type_name -> google.protobuf.Duration
+	32, // 24: fleetwave.v1.RolloutPolicy.progress_deadline:type_name -> google.protobuf.Duration
+	18, // 25: fleetwave.v1.Release.artifact:type_name -> fleetwave.v1.Artifact
+	33, // 26: fleetwave.v1.Release.commit_time:type_name -> google.protobuf.Timestamp
+	33, // 27: fleetwave.v1.Release.created_at:type_name -> google.protobuf.Timestamp
+	4,  // 28: fleetwave.v1.ServiceStatus.stable_spec:type_name -> fleetwave.v1.ServiceSpec
+	4,  // 29: fleetwave.v1.Service.spec:type_name -> fleetwave.v1.ServiceSpec
+	20, // 30: fleetwave.v1.Service.status:type_name -> fleetwave.v1.ServiceStatus
+	33, // 31: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
+	2,  // 32: fleetwave.v1.HostProgress.state:type_name -> fleetwave.v1.HostRolloutState
+	33, // 33: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
+	33, // 34: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
+	3,  // 35: fleetwave.v1.HostProgress.phase:type_name -> fleetwave.v1.Phase
+	1,  // 36: fleetwave.v1.Wave.state:type_name -> fleetwave.v1.WaveState
+	22, // 37: fleetwave.v1.Wave.hosts:type_name -> fleetwave.v1.HostProgress
+	33, // 38: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
+	33, // 39: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
+	33, // 40: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
+	0,  // 41: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
+	17, // 42: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
+	23, // 43: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
+	33, // 44: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	33, // 45: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
+	33, // 46: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
+	33, // 47: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
+	4,  // 48: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
+	3,  // 49: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
+	25, // 50: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
+	33, // 51: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
+	19, // 52: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
+	4,  // 53: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
+	31, // 54: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
+	33, // 55: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	26, // 56: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
+	57, // [57:57] is the sub-list for method output_type
+	57, // [57:57] is the sub-list for method input_type
+	57, // [57:57] is the sub-list for extension type_name
+	57, // [57:57] is the sub-list for extension extendee
+	0,  // [0:57] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_types_proto_init() }
@@ -2123,6 +2766,13 @@ func file_fleetwave_v1_types_proto_init() {
 		return
 	}
 	file_fleetwave_v1_types_proto_msgTypes[2].OneofWrappers = []any{
+		(*AnalysisRule_ErrorRatio)(nil),
+		(*AnalysisRule_Latency)(nil),
+		(*AnalysisRule_Restarts)(nil),
+		(*AnalysisRule_Promql)(nil),
+	}
+	file_fleetwave_v1_types_proto_msgTypes[6].OneofWrappers = []any{}
+	file_fleetwave_v1_types_proto_msgTypes[9].OneofWrappers = []any{
 		(*Check_Http)(nil),
 		(*Check_Tcp)(nil),
 		(*Check_Exec)(nil),
@@ -2133,7 +2783,7 @@ func file_fleetwave_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fleetwave_v1_types_proto_rawDesc), len(file_fleetwave_v1_types_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   21,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
