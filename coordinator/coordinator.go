@@ -94,6 +94,7 @@ type Coordinator struct {
 	arts   *artifacts.Store
 	hub    *hub
 	leader *leader
+	alerts *alerter
 	sess   *concurrency.Session
 }
 
@@ -148,6 +149,8 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	c.mirror = store.NewMirror(c.store, log)
 	c.hub = newHub(c)
 	c.leader = newLeader(c)
+	c.alerts = newAlerter(ctx, log, c.store)
+	defer c.alerts.wg.Wait()
 
 	var wg sync.WaitGroup
 	defer func() {

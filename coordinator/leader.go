@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/coordinator/store"
@@ -36,12 +38,21 @@ const (
 	opApprove
 	// opUnfreeze clears the service's freeze.
 	opUnfreeze
+	opPause
+	opResume
+	// opAbort fails the running rollout (hosts that moved go back, freeze).
+	opAbort
+	// opRollback starts a fast rollout to an earlier release.
+	opRollback
 )
 
 // leaderReq is an operator request the loop serves between reconciles.
 type leaderReq struct {
 	service string
 	op      leaderOp
+	actor   string
+	reason  string // abort
+	version string // rollback target ("" = the previous good release)
 	reply   chan leaderReply
 }
 
@@ -143,8 +154,13 @@ func (l *leader) lead(ctx context.Context, fence *store.Fence) error {
 }
 
 func (l *leader) serve(ctx context.Context, fence *store.Fence, req leaderReq) (*v1.Rollout, *v1.Service, error) {
+	switch req.op {
+	case opPause, opResume, opAbort, opRollback:
+		r, err := l.decide(ctx, fence, req)
+		return r, nil, err
+	}
 	if req.op == opUnfreeze {
-		svc, err := l.unfreeze(ctx, fence, req.service)
+		svc, err := l.unfreeze(ctx, fence, req.service, req.actor)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -171,15 +187,13 @@ func (l *leader) serve(ctx context.Context, fence *store.Fence, req leaderReq) (
 	if !ok {
 		return nil, nil, fmt.Errorf("service %q has no rollout to approve", req.service)
 	}
-	next, err := rollout.Approve(vr.Val, time.Now())
+	now := time.Now()
+	next, err := rollout.Approve(vr.Val, now)
 	if err != nil {
 		return nil, nil, err
 	}
-	rev, err := l.c.store.WriteRollout(ctx, fence, next, vr.Rev, nil, 0)
-	if err != nil {
-		return nil, nil, err
-	}
-	if err := l.c.mirror.WaitRev(ctx, rev); err != nil {
+	ev := event(next, req.service, "rollout_approved", req.actor, "approved: "+orNone(next.GetFromVersion())+" → "+next.GetToVersion(), now)
+	if err := l.commit(ctx, fence, vs, next, vr.Rev, []*v1.Event{ev}); err != nil {
 		return nil, nil, err
 	}
 	if _, err := l.reconcile(ctx, fence, req.service); err != nil {
@@ -189,9 +203,116 @@ func (l *leader) serve(ctx context.Context, fence *store.Fence, req leaderReq) (
 	return vr.Val, vs.Val, nil
 }
 
+// decide serves pause, resume, abort and rollback.
+func (l *leader) decide(ctx context.Context, fence *store.Fence, req leaderReq) (*v1.Rollout, error) {
+	vs, ok := l.c.mirror.Service(req.service)
+	if !ok {
+		return nil, fmt.Errorf("service %q: %w", req.service, store.ErrNotFound)
+	}
+	vr, has, err := l.current(req.service, vs.Val)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	active := has && !terminal(vr.Val.GetState())
+	if req.op == opRollback {
+		return l.rollback(ctx, fence, vs, vr, active, req, now)
+	}
+	if !active {
+		return nil, fmt.Errorf("service %s has no rollout in progress", req.service)
+	}
+	var next *v1.Rollout
+	var kind, msg string
+	switch req.op {
+	case opPause:
+		next, err = rollout.Pause(vr.Val)
+		kind, msg = "rollout_paused", "paused: hosts already moving finish, nothing new starts"
+	case opResume:
+		next, err = rollout.Resume(vr.Val, now)
+		kind, msg = "rollout_resumed", "resumed"
+	case opAbort:
+		why := "aborted by " + orNone(req.actor)
+		if req.reason != "" {
+			why += ": " + req.reason
+		}
+		next = rollout.Fail(vr.Val, why, now)
+		kind, msg = "rollout_aborted", why
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := l.commit(ctx, fence, vs, next, vr.Rev, []*v1.Event{event(next, req.service, kind, req.actor, msg, now)}); err != nil {
+		return nil, err
+	}
+	return next, nil
+}
+
+// rollback starts a fast rollout to an earlier release. Without a target it
+// goes to the release the service ran before: the stable one when a rollout
+// is in flight, else the target of the newest successful rollout before the
+// stable one. It refuses a release whose newest rollout failed.
+func (l *leader) rollback(ctx context.Context, fence *store.Fence, vs store.Versioned[*v1.Service], vr store.Versioned[*v1.Rollout], active bool, req leaderReq, now time.Time) (*v1.Rollout, error) {
+	name, st := req.service, vs.Val.GetStatus()
+	rollouts := l.c.mirror.Rollouts(name)
+	target := req.version
+	if target == "" {
+		if active && st.GetStableVersion() != "" && vr.Val.GetToVersion() != st.GetStableVersion() {
+			target = st.GetStableVersion()
+		} else {
+			for i := len(rollouts) - 1; i >= 0; i-- {
+				r := rollouts[i]
+				if r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED && r.GetToVersion() != st.GetStableVersion() {
+					target = r.GetToVersion()
+					break
+				}
+			}
+		}
+		if target == "" {
+			return nil, fmt.Errorf("service %s has no earlier good release to roll back to (give one with --to)", name)
+		}
+	}
+	if _, ok := l.c.mirror.Release(name, target); !ok {
+		return nil, fmt.Errorf("to_version: service %s has no release %q", name, target)
+	}
+	if !active && target == st.GetStableVersion() {
+		return nil, fmt.Errorf("to_version: service %s already runs %s", name, target)
+	}
+	// Never roll back onto a release whose newest rollout failed.
+	for i := len(rollouts) - 1; i >= 0; i-- {
+		if r := rollouts[i]; r.GetToVersion() == target && terminal(r.GetState()) {
+			if r.GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED {
+				return nil, fmt.Errorf("to_version: %s failed in rollout %s (%s); refusing to roll back onto it", target, r.GetId(), r.GetReason())
+			}
+			break
+		}
+	}
+	if active {
+		// The rollout in flight ends: its hosts are rolled back by the
+		// rollback rollout (or, if they never moved, stay where they are).
+		next := rollout.Supersede(vr.Val, "rolled back to "+target+" by "+orNone(req.actor), now)
+		ev := event(next, name, "rollout_superseded", req.actor, next.GetReason(), now)
+		if err := l.commit(ctx, fence, vs, next, vr.Rev, []*v1.Event{ev}); err != nil {
+			return nil, err
+		}
+		var ok bool
+		if vs, ok = l.c.mirror.Service(name); !ok {
+			return nil, fmt.Errorf("service %q: %w", name, store.ErrNotFound)
+		}
+	}
+	r := rollout.NewRollback(l.nextID(vs.Val), vs.Val, target, l.hosts(), now)
+	if err := l.start(ctx, fence, vs, r, req.actor, now); err != nil {
+		return nil, err
+	}
+	if _, err := l.reconcile(ctx, fence, name); err != nil {
+		return nil, err
+	}
+	out, _ := l.c.mirror.Rollout(name, r.GetId())
+	return out.Val, nil
+}
+
 // unfreeze clears a service's freeze. The release that failed is not
 // retried (its rollout stays the newest one); the next release rolls out.
-func (l *leader) unfreeze(ctx context.Context, fence *store.Fence, name string) (*v1.Service, error) {
+func (l *leader) unfreeze(ctx context.Context, fence *store.Fence, name, actor string) (*v1.Service, error) {
 	vs, ok := l.c.mirror.Service(name)
 	if !ok {
 		return nil, fmt.Errorf("service %q: %w", name, store.ErrNotFound)
@@ -200,8 +321,11 @@ func (l *leader) unfreeze(ctx context.Context, fence *store.Fence, name string) 
 		return vs.Val, nil
 	}
 	svc := proto.Clone(vs.Val).(*v1.Service)
+	was := svc.Status.FrozenReason
 	svc.Status.Frozen, svc.Status.FrozenReason = false, ""
-	rev, err := l.c.store.PutService(ctx, fence, svc, vs.Rev)
+	last, _ := l.c.mirror.Rollout(name, svc.GetStatus().GetLastRolloutId())
+	ev := event(last.Val, name, "service_unfrozen", actor, "unfrozen (was: "+was+")", time.Now())
+	rev, err := l.c.store.PutService(ctx, fence, svc, vs.Rev, ev)
 	if err != nil {
 		return nil, err
 	}
@@ -230,6 +354,56 @@ func terminal(s v1.RolloutState) bool {
 	return s == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED || s == v1.RolloutState_ROLLOUT_STATE_FAILED || s == v1.RolloutState_ROLLOUT_STATE_SUPERSEDED
 }
 
+// engineEvents turns the engine's events into stored events.
+func engineEvents(r *v1.Rollout, evs []rollout.Event, now time.Time) []*v1.Event {
+	out := make([]*v1.Event, 0, len(evs))
+	for _, ev := range evs {
+		out = append(out, &v1.Event{At: timestamppb.New(now), Service: r.GetService(), RolloutId: r.GetId(),
+			Kind: ev.Kind, Wave: int32(ev.Wave), Host: ev.Host, Message: ev.Message})
+	}
+	return out
+}
+
+func event(r *v1.Rollout, service, kind, actor, msg string, now time.Time) *v1.Event {
+	return &v1.Event{At: timestamppb.New(now), Service: service, RolloutId: r.GetId(), Kind: kind, Wave: -1, Actor: actor, Message: msg}
+}
+
+// commit writes a rollout's next state (concluding the service when it
+// ended) with its events, fenced, waits until the mirror has it, and sends
+// the alert when the rollout failed.
+func (l *leader) commit(ctx context.Context, fence *store.Fence, vs store.Versioned[*v1.Service], next *v1.Rollout, curRev int64, events []*v1.Event) error {
+	svc := vs.Val
+	var newSvc *v1.Service
+	if terminal(next.GetState()) {
+		newSvc = proto.Clone(svc).(*v1.Service)
+		newSvc.Status = rollout.Conclude(svc.GetStatus(), next)
+	}
+	rev, err := l.c.store.WriteRollout(ctx, fence, next, curRev, newSvc, vs.Rev, events...)
+	if err != nil {
+		return err
+	}
+	if terminal(next.GetState()) {
+		l.c.log.Info().Str("service", svc.GetSpec().GetName()).Str("rollout", next.GetId()).Str("state", next.GetState().String()).Str("reason", next.GetReason()).Msg("rollout ended")
+		if next.GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED {
+			l.c.alerts.rolloutFailed(svc, next)
+		}
+	}
+	return l.c.mirror.WaitRev(ctx, rev)
+}
+
+// current returns the service's newest rollout with its revisions.
+func (l *leader) current(name string, svc *v1.Service) (store.Versioned[*v1.Rollout], bool, error) {
+	id := svc.GetStatus().GetLastRolloutId()
+	if id == "" {
+		return store.Versioned[*v1.Rollout]{}, false, nil
+	}
+	vr, ok := l.c.mirror.Rollout(name, id)
+	if !ok {
+		return vr, false, fmt.Errorf("rollout %s/%s named by the service is missing", name, id)
+	}
+	return vr, true, nil
+}
+
 // reconcile steps the service's rollout, or starts one for the newest
 // release. It returns when it next needs to run.
 func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string) (time.Time, error) {
@@ -240,37 +414,28 @@ func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string)
 	svc := vs.Val
 	log := l.c.log.With().Str("service", name).Logger()
 	now := time.Now()
-	var cur *v1.Rollout
-	var curRev int64
-	if id := svc.GetStatus().GetLastRolloutId(); id != "" {
-		vr, ok := l.c.mirror.Rollout(name, id)
-		if !ok {
-			return time.Time{}, fmt.Errorf("rollout %s/%s named by the service is missing", name, id)
-		}
-		cur, curRev = vr.Val, vr.Rev
+	vr, has, err := l.current(name, svc)
+	if err != nil {
+		return time.Time{}, err
 	}
+	cur := vr.Val
+	rels := l.c.mirror.Releases(name)
 
 	// A rollout still waiting for approval moved no host: a newer release
 	// replaces it, so approve always ships the newest release.
-	if cur != nil && cur.GetState() == v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL {
-		rels := l.c.mirror.Releases(name)
-		if n := len(rels); n > 0 && rels[n-1].GetVersion() != cur.GetToVersion() {
-			next := rollout.Supersede(cur, "superseded by release "+rels[n-1].GetVersion()+" before approval", now)
-			newSvc := proto.Clone(svc).(*v1.Service)
-			newSvc.Status = rollout.Conclude(svc.GetStatus(), next)
-			rev, err := l.c.store.WriteRollout(ctx, fence, next, curRev, newSvc, vs.Rev)
-			if err != nil {
-				return time.Time{}, err
-			}
-			log.Info().Str("rollout", cur.GetId()).Str("version", rels[n-1].GetVersion()).Msg("waiting rollout superseded by a newer release")
-			if err := l.c.mirror.WaitRev(ctx, rev); err != nil {
+	if has && cur.GetState() == v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL {
+		if n := len(rels); n > 0 && rels[n-1].Created > vr.Created {
+			newest := rels[n-1].Val.GetVersion()
+			next := rollout.Supersede(cur, "superseded by release "+newest+" before approval", now)
+			ev := event(cur, name, "rollout_superseded", "", next.GetReason(), now)
+			if err := l.commit(ctx, fence, vs, next, vr.Rev, []*v1.Event{ev}); err != nil {
 				return time.Time{}, err
 			}
 			return l.reconcile(ctx, fence, name)
 		}
 	}
 
-	if cur != nil && !terminal(cur.GetState()) {
+	if has && !terminal(cur.GetState()) {
 		obs := func(host string) rollout.Observation {
 			return rollout.Observation{Connected: l.c.mirror.Connected(host), Report: l.c.mirror.Report(host, name)}
 		}
@@ -281,59 +446,72 @@ func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string)
 		if !res.Changed {
 			return res.NextWake, nil
 		}
-		var newSvc *v1.Service
-		if terminal(next.GetState()) {
-			newSvc = proto.Clone(svc).(*v1.Service)
-			newSvc.Status = rollout.Conclude(svc.GetStatus(), next)
-			log.Info().Str("rollout", next.GetId()).Str("state", next.GetState().String()).Str("reason", next.GetReason()).Msg("rollout ended")
-		}
-		rev, err := l.c.store.WriteRollout(ctx, fence, next, curRev, newSvc, vs.Rev)
-		if err != nil {
-			return time.Time{}, err
-		}
-		return res.NextWake, l.c.mirror.WaitRev(ctx, rev)
+		return res.NextWake, l.commit(ctx, fence, vs, next, vr.Rev, engineEvents(next, res.Events, now))
 	}
 
-	// No rollout in flight: start one for the newest release if it is new.
-	if svc.GetStatus().GetFrozen() {
-		return time.Time{}, nil
-	}
-	rels := l.c.mirror.Releases(name)
-	if len(rels) == 0 {
+	// No rollout in flight: start one for the newest release if it was
+	// created after the newest rollout (so a failed release is never retried
+	// and a rollback is not undone by an older release).
+	if svc.GetStatus().GetFrozen() || len(rels) == 0 {
 		return time.Time{}, nil
 	}
 	newest := rels[len(rels)-1]
-	if newest.GetVersion() == svc.GetStatus().GetStableVersion() || (cur != nil && cur.GetToVersion() == newest.GetVersion()) {
+	if newest.Val.GetVersion() == svc.GetStatus().GetStableVersion() || (has && newest.Created < vr.Created) {
 		return time.Time{}, nil
 	}
+	r := rollout.New(l.nextID(svc), svc, newest.Val.GetVersion(), l.hosts(), now)
+	if err := l.start(ctx, fence, vs, r, "", now); err != nil {
+		return time.Time{}, err
+	}
+	// Step it at once so the canary is assigned without waiting.
+	return l.reconcile(ctx, fence, name)
+}
+
+func (l *leader) nextID(svc *v1.Service) string {
+	return fmt.Sprintf("%06d", svc.GetStatus().GetRolloutSeq()+1)
+}
+
+func (l *leader) hosts() []rollout.Host {
 	var hosts []rollout.Host
 	for _, h := range l.c.mirror.Hosts() {
 		hosts = append(hosts, rollout.Host{ID: h.GetId(), Labels: h.GetLabels()})
 	}
-	st := svc.GetStatus()
-	id := fmt.Sprintf("%06d", st.GetRolloutSeq()+1)
-	r := rollout.New(id, svc, newest.GetVersion(), hosts, now)
+	return hosts
+}
+
+// start writes a new rollout and the service status naming it.
+func (l *leader) start(ctx context.Context, fence *store.Fence, vs store.Versioned[*v1.Service], r *v1.Rollout, actor string, now time.Time) error {
+	svc := vs.Val
 	newSvc := proto.Clone(svc).(*v1.Service)
 	if newSvc.Status == nil {
 		newSvc.Status = &v1.ServiceStatus{}
 	}
-	newSvc.Status.RolloutSeq = st.GetRolloutSeq() + 1
-	newSvc.Status.LastRolloutId = id
+	newSvc.Status.RolloutSeq = svc.GetStatus().GetRolloutSeq() + 1
+	newSvc.Status.LastRolloutId = r.GetId()
 	if terminal(r.GetState()) {
 		newSvc.Status = rollout.Conclude(newSvc.Status, r)
-	}
-	rev, err := l.c.store.WriteRollout(ctx, fence, r, 0, newSvc, vs.Rev)
-	if err != nil {
-		return time.Time{}, err
 	}
 	waves := make([]int, len(r.GetWaves()))
 	for i, w := range r.GetWaves() {
 		waves[i] = len(w.GetHosts())
 	}
-	log.Info().Str("rollout", id).Str("from", r.GetFromVersion()).Str("version", r.GetToVersion()).Ints("waves", waves).Str("state", r.GetState().String()).Msg("rollout created")
-	if err := l.c.mirror.WaitRev(ctx, rev); err != nil {
-		return time.Time{}, err
+	kind := "rollout_created"
+	if r.GetRollback() {
+		kind = "rollback_created"
 	}
-	// Step it at once so the canary is assigned without waiting.
-	return l.reconcile(ctx, fence, name)
+	msg := fmt.Sprintf("%s → %s, waves %v, %s", orNone(r.GetFromVersion()), r.GetToVersion(), waves, strings.ToLower(strings.TrimPrefix(r.GetState().String(), "ROLLOUT_STATE_")))
+	rev, err := l.c.store.WriteRollout(ctx, fence, r, 0, newSvc, vs.Rev, event(r, svc.GetSpec().GetName(), kind, actor, msg, now))
+	if err != nil {
+		return err
+	}
+	l.c.log.Info().Str("service", svc.GetSpec().GetName()).Str("rollout", r.GetId()).Str("from", r.GetFromVersion()).Str("version", r.GetToVersion()).
+		Ints("waves", waves).Bool("rollback", r.GetRollback()).Str("state", r.GetState().String()).Msg("rollout created")
+	return l.c.mirror.WaitRev(ctx, rev)
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 	"time"
 
@@ -166,7 +167,11 @@ func (o *operator) ListReleases(ctx context.Context, req *v1.ListReleasesRequest
 	if _, ok := o.c.mirror.Service(req.GetService()); !ok {
 		return nil, status.Errorf(codes.NotFound, "service %q not found", req.GetService())
 	}
-	return &v1.ListReleasesResponse{Releases: o.c.mirror.Releases(req.GetService())}, nil
+	resp := &v1.ListReleasesResponse{}
+	for _, r := range o.c.mirror.Releases(req.GetService()) {
+		resp.Releases = append(resp.Releases, r.Val)
+	}
+	return resp, nil
 }
 
 func (o *operator) rollout(service, id string) (*v1.Rollout, error) {
@@ -234,7 +239,7 @@ func (o *operator) ApproveRollout(ctx context.Context, req *v1.ApproveRolloutReq
 	if err := spec.CheckName("service", req.GetService()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	r, _, err := o.c.leader.call(ctx, leaderReq{service: req.GetService(), op: opApprove})
+	r, _, err := o.c.leader.call(ctx, leaderReq{service: req.GetService(), op: opApprove, actor: caller(ctx)})
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) || errors.Is(err, ErrNotLeader) || errors.Is(err, store.ErrNotLeader) {
 			return nil, grpcErr(err)
@@ -263,10 +268,85 @@ func (o *operator) UnfreezeService(ctx context.Context, req *v1.UnfreezeServiceR
 	if err := spec.CheckName("name", req.GetName()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	_, svc, err := o.c.leader.call(ctx, leaderReq{service: req.GetName(), op: opUnfreeze})
+	_, svc, err := o.c.leader.call(ctx, leaderReq{service: req.GetName(), op: opUnfreeze, actor: caller(ctx)})
 	if err != nil {
 		return nil, grpcErr(err)
 	}
 	o.c.log.Info().Str("service", req.GetName()).Str("by", caller(ctx)).Msg("service unfrozen")
 	return &v1.UnfreezeServiceResponse{Service: svc}, nil
 }
+
+// rolloutOp runs an operator decision about a service's rollout on the
+// leader; errors that are the caller's (wrong state, bad target) are
+// FailedPrecondition.
+func (o *operator) rolloutOp(ctx context.Context, service string, req leaderReq) (*v1.Rollout, error) {
+	if err := spec.CheckName("service", service); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	req.service, req.actor = service, caller(ctx)
+	r, _, err := o.c.leader.call(ctx, req)
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) || errors.Is(err, ErrNotLeader) || errors.Is(err, store.ErrNotLeader) ||
+			errors.Is(err, store.ErrConflict) || ctx.Err() != nil {
+			return nil, grpcErr(err)
+		}
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return r, nil
+}
+
+func (o *operator) PauseRollout(ctx context.Context, req *v1.PauseRolloutRequest) (*v1.PauseRolloutResponse, error) {
+	r, err := o.rolloutOp(ctx, req.GetService(), leaderReq{op: opPause})
+	if err != nil {
+		return nil, err
+	}
+	return &v1.PauseRolloutResponse{Rollout: r}, nil
+}
+
+func (o *operator) ResumeRollout(ctx context.Context, req *v1.ResumeRolloutRequest) (*v1.ResumeRolloutResponse, error) {
+	r, err := o.rolloutOp(ctx, req.GetService(), leaderReq{op: opResume})
+	if err != nil {
+		return nil, err
+	}
+	return &v1.ResumeRolloutResponse{Rollout: r}, nil
+}
+
+func (o *operator) AbortRollout(ctx context.Context, req *v1.AbortRolloutRequest) (*v1.AbortRolloutResponse, error) {
+	if len(req.GetReason()) > 1024 {
+		return nil, status.Errorf(codes.InvalidArgument, "reason: %d bytes, over 1024", len(req.GetReason()))
+	}
+	r, err := o.rolloutOp(ctx, req.GetService(), leaderReq{op: opAbort, reason: req.GetReason()})
+	if err != nil {
+		return nil, err
+	}
+	return &v1.AbortRolloutResponse{Rollout: r}, nil
+}
+
+func (o *operator) Rollback(ctx context.Context, req *v1.RollbackRequest) (*v1.RollbackResponse, error) {
+	if v := req.GetToVersion(); v != "" {
+		if err := spec.CheckVersion("to_version", v); err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+	}
+	r, err := o.rolloutOp(ctx, req.GetService(), leaderReq{op: opRollback, version: req.GetToVersion()})
+	if err != nil {
+		return nil, err
+	}
+	return &v1.RollbackResponse{Rollout: r}, nil
+}
+
+func (o *operator) ListEvents(ctx context.Context, req *v1.ListEventsRequest) (*v1.ListEventsResponse, error) {
+	if err := spec.CheckName("service", req.GetService()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if id := req.GetRolloutId(); id != "" && !rolloutIDRE.MatchString(id) {
+		return nil, status.Errorf(codes.InvalidArgument, "rollout_id: %q is not a rollout id (six digits, e.g. 000001)", id)
+	}
+	evs, err := o.c.store.ListEvents(ctx, req.GetService(), req.GetRolloutId())
+	if err != nil {
+		return nil, grpcErr(err)
+	}
+	return &v1.ListEventsResponse{Events: evs}, nil
+}
+
+var rolloutIDRE = regexp.MustCompile(`^[0-9]{6,}$`)

@@ -29,6 +29,34 @@ func Approve(r *v1.Rollout, now time.Time) (*v1.Rollout, error) {
 	return out, nil
 }
 
+// Pause stops a progressing rollout from moving more hosts. Hosts already
+// moving finish, and their failures still count.
+func Pause(r *v1.Rollout) (*v1.Rollout, error) {
+	if r == nil || r.GetState() != v1.RolloutState_ROLLOUT_STATE_PROGRESSING {
+		return nil, fmt.Errorf("pause rollout %s: it is %s, not PROGRESSING: %w", r.GetId(), stateName(r.GetState()), ErrState)
+	}
+	if r.GetPaused() {
+		return r, nil
+	}
+	out := proto.Clone(r).(*v1.Rollout)
+	out.Paused = true
+	return out, nil
+}
+
+// Resume continues a paused rollout. The progress deadline starts afresh.
+func Resume(r *v1.Rollout, now time.Time) (*v1.Rollout, error) {
+	if r == nil || r.GetState() != v1.RolloutState_ROLLOUT_STATE_PROGRESSING {
+		return nil, fmt.Errorf("resume rollout %s: it is %s, not PROGRESSING: %w", r.GetId(), stateName(r.GetState()), ErrState)
+	}
+	if !r.GetPaused() {
+		return r, nil
+	}
+	out := proto.Clone(r).(*v1.Rollout)
+	out.Paused = false
+	out.LastProgressAt = timestamppb.New(now)
+	return out, nil
+}
+
 // Fail fails a non-terminal rollout by hand or for an external reason (abort):
 // state FAILED, reason, finished_at = now, and its current wave (if
 // progressing or baking) FAILED. A terminal rollout (or nil) is returned as

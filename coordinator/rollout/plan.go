@@ -247,3 +247,40 @@ func buildWaves(order []string, pol *v1.RolloutPolicy) []*v1.Wave {
 	}
 	return waves
 }
+
+// NewRollback builds a fast rollout of svc back to an earlier release `to`:
+// no canary, one wave of every selected host, no bake, no approval, and a
+// failure budget as large as the fleet (a rollback does not stop half way:
+// hosts that fail it show as failed). It is still policy-aware: at most
+// max(policy.max_parallel, a quarter of the hosts) change at once, so a
+// rollback never restarts the whole fleet in one go. When `to` is the stable
+// release it runs with the stable spec.
+func NewRollback(id string, svc *v1.Service, to string, hosts []Host, now time.Time) *v1.Rollout {
+	pol := WithDefaults(svc.GetSpec().GetRollout())
+	n := 0
+	for _, h := range hosts {
+		if Selects(svc.GetSpec().GetSelector(), h.Labels) {
+			n++
+		}
+	}
+	fast := proto.Clone(svc).(*v1.Service)
+	if st := svc.GetStatus().GetStableSpec(); st != nil && to == svc.GetStatus().GetStableVersion() {
+		fast.Spec = proto.Clone(st).(*v1.ServiceSpec)
+	}
+	if fast.Spec == nil {
+		fast.Spec = &v1.ServiceSpec{}
+	}
+	fast.Spec.Selector = svc.GetSpec().GetSelector()
+	fast.Spec.Rollout = &v1.RolloutPolicy{
+		NoCanary:         true,
+		Waves:            []uint32{100},
+		MaxParallel:      max(pol.GetMaxParallel(), uint32((n+3)/4)),
+		Bake:             durationpb.New(0),
+		MaxFailures:      uint32(n),
+		ProgressDeadline: pol.GetProgressDeadline(),
+		Mode:             ModeAuto,
+	}
+	r := New(id, fast, to, hosts, now)
+	r.Rollback = true
+	return r
+}

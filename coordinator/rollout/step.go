@@ -123,7 +123,9 @@ func Step(r *v1.Rollout, obs func(hostID string) Observation, now time.Time) (*v
 	if obs != nil {
 		s.observe(obs)
 	}
-	if !s.checkBudgets() {
+	// Paused: hosts already moving are still observed and their failures
+	// still count, but nothing new starts and no deadline runs.
+	if !s.checkBudgets() && !r.GetPaused() {
 		s.advance()
 	}
 	s.res.Changed = s.cloned

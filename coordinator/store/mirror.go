@@ -18,10 +18,11 @@ import (
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
-// Versioned is a decoded value with its etcd mod revision.
+// Versioned is a decoded value with its etcd mod and create revisions.
 type Versioned[T any] struct {
-	Val T
-	Rev int64
+	Val     T
+	Rev     int64
+	Created int64
 }
 
 // Mirror is an in-memory copy of the whole keyspace kept current by an etcd
@@ -36,7 +37,7 @@ type Mirror struct {
 	rev      int64
 	ready    bool
 	services map[string]Versioned[*v1.Service]
-	releases map[string]map[string]*v1.Release
+	releases map[string]map[string]Versioned[*v1.Release]
 	rollouts map[string]map[string]Versioned[*v1.Rollout]
 	hosts    map[string]*v1.Host
 	conns    map[string]string
@@ -58,7 +59,7 @@ func NewMirror(s *Store, log zerolog.Logger) *Mirror {
 
 func (m *Mirror) reset() {
 	m.services = map[string]Versioned[*v1.Service]{}
-	m.releases = map[string]map[string]*v1.Release{}
+	m.releases = map[string]map[string]Versioned[*v1.Release]{}
 	m.rollouts = map[string]map[string]Versioned[*v1.Rollout]{}
 	m.hosts = map[string]*v1.Host{}
 	m.conns = map[string]string{}
@@ -152,7 +153,7 @@ func (m *Mirror) applyLocked(t mvccpb.Event_EventType, kv *mvccpb.KeyValue) {
 		}
 		v := &v1.Service{}
 		if decode(v) {
-			m.services[name] = Versioned[*v1.Service]{v, kv.ModRevision}
+			m.services[name] = Versioned[*v1.Service]{v, kv.ModRevision, kv.CreateRevision}
 		}
 	case strings.HasPrefix(key, ReleasesPrefix):
 		p := SplitKey(key, ReleasesPrefix)
@@ -166,9 +167,9 @@ func (m *Mirror) applyLocked(t mvccpb.Event_EventType, kv *mvccpb.KeyValue) {
 		v := &v1.Release{}
 		if decode(v) {
 			if m.releases[p[0]] == nil {
-				m.releases[p[0]] = map[string]*v1.Release{}
+				m.releases[p[0]] = map[string]Versioned[*v1.Release]{}
 			}
-			m.releases[p[0]][p[1]] = v
+			m.releases[p[0]][p[1]] = Versioned[*v1.Release]{v, kv.ModRevision, kv.CreateRevision}
 		}
 	case strings.HasPrefix(key, RolloutsPrefix):
 		p := SplitKey(key, RolloutsPrefix)
@@ -184,7 +185,7 @@ func (m *Mirror) applyLocked(t mvccpb.Event_EventType, kv *mvccpb.KeyValue) {
 			if m.rollouts[p[0]] == nil {
 				m.rollouts[p[0]] = map[string]Versioned[*v1.Rollout]{}
 			}
-			m.rollouts[p[0]][p[1]] = Versioned[*v1.Rollout]{v, kv.ModRevision}
+			m.rollouts[p[0]][p[1]] = Versioned[*v1.Rollout]{v, kv.ModRevision, kv.CreateRevision}
 		}
 	case strings.HasPrefix(key, HostsPrefix):
 		id := strings.TrimPrefix(key, HostsPrefix)
@@ -308,22 +309,16 @@ func (m *Mirror) Services() []Versioned[*v1.Service] {
 	return out
 }
 
-// Releases returns a service's releases, oldest first (by creation time,
-// then version).
-func (m *Mirror) Releases(service string) []*v1.Release {
+// Releases returns a service's releases, oldest first (in the order etcd
+// stored them, which no clock can disorder).
+func (m *Mirror) Releases(service string) []Versioned[*v1.Release] {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
-	out := make([]*v1.Release, 0, len(m.releases[service]))
+	out := make([]Versioned[*v1.Release], 0, len(m.releases[service]))
 	for _, r := range m.releases[service] {
 		out = append(out, r)
 	}
-	sort.Slice(out, func(i, j int) bool {
-		a, b := out[i].GetCreatedAt().AsTime(), out[j].GetCreatedAt().AsTime()
-		if !a.Equal(b) {
-			return a.Before(b)
-		}
-		return out[i].GetVersion() < out[j].GetVersion()
-	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Created < out[j].Created })
 	return out
 }
 
@@ -332,7 +327,7 @@ func (m *Mirror) Release(service, version string) (*v1.Release, bool) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	r, ok := m.releases[service][version]
-	return r, ok
+	return r.Val, ok
 }
 
 // Rollout returns one rollout.

@@ -32,6 +32,7 @@ const (
 	HostsPrefix    = Prefix + "hosts/"    // <host> -> Host (labels; no liveness)
 	ConnsPrefix    = Prefix + "conns/"    // <host> -> coordinator name, on that coordinator's lease
 	ReportsPrefix  = Prefix + "reports/"  // <host>/<service> -> ServiceReport
+	EventsPrefix   = Prefix + "events/"   // <service>/<rollout>/<time>-<n> -> Event (not mirrored)
 	ElectionPrefix = Prefix + "leader"
 )
 
@@ -270,7 +271,7 @@ func (s *Store) PutReport(ctx context.Context, host string, r *v1.ServiceReport)
 // ended) in one fenced transaction. It compares the mod revisions the caller
 // read: rolloutRev 0 means the rollout must not exist yet. It returns the
 // revision of the write.
-func (s *Store) WriteRollout(ctx context.Context, f *Fence, r *v1.Rollout, rolloutRev int64, svc *v1.Service, serviceRev int64) (int64, error) {
+func (s *Store) WriteRollout(ctx context.Context, f *Fence, r *v1.Rollout, rolloutRev int64, svc *v1.Service, serviceRev int64, events ...*v1.Event) (int64, error) {
 	rkey := RolloutKey(r.GetService(), r.GetId())
 	rval, err := marshal(r)
 	if err != nil {
@@ -283,6 +284,11 @@ func (s *Store) WriteRollout(ctx context.Context, f *Fence, r *v1.Rollout, rollo
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(rkey), "=", rolloutRev))
 	}
 	ops := []clientv3.Op{clientv3.OpPut(rkey, rval)}
+	evOps, err := eventOps(events)
+	if err != nil {
+		return 0, err
+	}
+	ops = append(ops, evOps...)
 	if svc != nil {
 		skey := ServiceKey(svc.GetSpec().GetName())
 		sval, err := marshal(svc)
@@ -318,8 +324,9 @@ func fenceErr(f *Fence, resp *clientv3.TxnResponse) error {
 }
 
 // PutService replaces a service (fenced, compare-and-swap on serviceRev),
-// e.g. to unfreeze it. It returns the revision of the write.
-func (s *Store) PutService(ctx context.Context, f *Fence, svc *v1.Service, serviceRev int64) (int64, error) {
+// e.g. to unfreeze it, with the events that record why. It returns the
+// revision of the write.
+func (s *Store) PutService(ctx context.Context, f *Fence, svc *v1.Service, serviceRev int64, events ...*v1.Event) (int64, error) {
 	skey := ServiceKey(svc.GetSpec().GetName())
 	sval, err := marshal(svc)
 	if err != nil {
@@ -330,7 +337,11 @@ func (s *Store) PutService(ctx context.Context, f *Fence, svc *v1.Service, servi
 	if f != nil {
 		fenceGet = []clientv3.Op{clientv3.OpGet(f.Key)}
 	}
-	resp, err := s.c.Txn(ctx).If(cmps...).Then(clientv3.OpPut(skey, sval)).Else(fenceGet...).Commit()
+	evOps, err := eventOps(events)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := s.c.Txn(ctx).If(cmps...).Then(append([]clientv3.Op{clientv3.OpPut(skey, sval)}, evOps...)...).Else(fenceGet...).Commit()
 	if err != nil {
 		return 0, fmt.Errorf("put service %s: %w", svc.GetSpec().GetName(), err)
 	}
@@ -343,4 +354,47 @@ func (s *Store) PutService(ctx context.Context, f *Fence, svc *v1.Service, servi
 // SplitKey returns the parts of key after prefix.
 func SplitKey(key, prefix string) []string {
 	return strings.Split(strings.TrimPrefix(key, prefix), "/")
+}
+
+// EventKey orders a service's events by rollout, then time, then index.
+func EventKey(e *v1.Event, n int) string {
+	rid := e.GetRolloutId()
+	if rid == "" {
+		rid = "000000"
+	}
+	return fmt.Sprintf("%s%s/%s/%020d-%04d", EventsPrefix, e.GetService(), rid, e.GetAt().AsTime().UnixNano(), n)
+}
+
+func eventOps(events []*v1.Event) ([]clientv3.Op, error) {
+	ops := make([]clientv3.Op, 0, len(events))
+	for i, e := range events {
+		val, err := marshal(e)
+		if err != nil {
+			return nil, err
+		}
+		ops = append(ops, clientv3.OpPut(EventKey(e, i), val))
+	}
+	return ops, nil
+}
+
+// PutEvents records events outside a rollout write (e.g. an alert sent).
+func (s *Store) PutEvents(ctx context.Context, events ...*v1.Event) error {
+	ops, err := eventOps(events)
+	if err != nil {
+		return err
+	}
+	if _, err := s.c.Txn(ctx).Then(ops...).Commit(); err != nil {
+		return fmt.Errorf("put events: %w", err)
+	}
+	return nil
+}
+
+// ListEvents returns a service's events (of one rollout if rolloutID is
+// set), oldest first.
+func (s *Store) ListEvents(ctx context.Context, service, rolloutID string) ([]*v1.Event, error) {
+	prefix := EventsPrefix + service + "/"
+	if rolloutID != "" {
+		prefix += rolloutID + "/"
+	}
+	return list(ctx, s, prefix, func() *v1.Event { return &v1.Event{} })
 }

@@ -57,6 +57,14 @@ func DiffRollout(prev, cur *v1.Rollout) []string {
 		}
 	}
 
+	if prev.GetPaused() != cur.GetPaused() {
+		if cur.GetPaused() {
+			out = append(out, "rollout paused: hosts already moving finish, nothing new starts (fleetwave rollout resume "+cur.GetService()+")")
+		} else {
+			out = append(out, "rollout resumed")
+		}
+	}
+
 	prevWaves := map[uint32]*v1.Wave{}
 	prevHosts := map[string]*v1.HostProgress{}
 	for _, w := range prev.GetWaves() {

@@ -186,3 +186,15 @@ func TestDiffRolloutEdges(t *testing.T) {
 		t.Errorf("same snapshot: %q", got)
 	}
 }
+
+func TestDiffRolloutPauseResume(t *testing.T) {
+	a := &v1.Rollout{Id: "000002", Service: "web", State: v1.RolloutState_ROLLOUT_STATE_PROGRESSING}
+	b := proto.Clone(a).(*v1.Rollout)
+	b.Paused = true
+	if got := DiffRollout(a, b); len(got) != 1 || !strings.HasPrefix(got[0], "rollout paused") || !strings.Contains(got[0], "rollout resume web") {
+		t.Errorf("pause: %q", got)
+	}
+	if got := DiffRollout(b, a); len(got) != 1 || got[0] != "rollout resumed" {
+		t.Errorf("resume: %q", got)
+	}
+}

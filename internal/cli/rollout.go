@@ -83,7 +83,7 @@ is printed as one line of JSON.`,
 			return nil
 		}),
 	}
-	cmd.AddCommand(st, watch, approve)
+	cmd.AddCommand(st, watch, approve, a.pauseCmd(), a.resumeCmd(), a.abortCmd(), a.historyCmd())
 	return cmd
 }
 

@@ -270,6 +270,31 @@ func TestReleaseReachesFleetInWavesAndBrokenOneStopsAtCanary(t *testing.T) {
 		t.Fatalf("after unfreeze the rollout went %s → %s, want v2 → v4", r.GetFromVersion(), r.GetToVersion())
 	}
 	e.allOn("v4")
+
+	// A person rolls back: one fast wave to the release before (v2), never
+	// onto the failed v3.
+	if r := e.cli(1, "rollback", "web", "--to", "v3"); !strings.Contains(r.Stderr, "refusing") {
+		t.Errorf("rollback onto the failed v3:\n%s", r.Stderr)
+	}
+	out = e.cli(0, "rollback", "web").Stdout
+	if !strings.Contains(out, "v4 → v2") {
+		t.Errorf("rollback did not go v4 → v2:\n%s", out)
+	}
+	if code := e.fleet.CLI(e.ctx, "rollout", "watch", "web").Code; code != 0 {
+		t.Fatalf("rollback: exit %d: %v", code, e.rollout("web"))
+	}
+	r = e.rollout("web")
+	if !r.GetRollback() || len(r.GetWaves()) != 1 {
+		t.Errorf("rollback rollout %s: rollback=%v waves %d, want one wave", r.GetId(), r.GetRollback(), len(r.GetWaves()))
+	}
+	e.allOn("v2")
+	// Every decision is in the history, with who made it.
+	hist := e.cli(0, "rollout", "history", "web").Stdout
+	for _, want := range []string{"rollout_failed", "host_failed", "service_unfrozen", "rollback_created", "peer:"} {
+		if !strings.Contains(hist, want) {
+			t.Errorf("rollout history lacks %s:\n%s", want, hist)
+		}
+	}
 }
 
 func TestAgentKilledMidRolloutConverges(t *testing.T) {

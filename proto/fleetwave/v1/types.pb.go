@@ -1941,7 +1941,10 @@ type Rollout struct {
 	Rollback bool `protobuf:"varint,14,opt,name=rollback,proto3" json:"rollback,omitempty"`
 	// The service spec hosts run the target with, copied at creation, so a
 	// spec applied mid-rollout does not reach some hosts of it and not others.
-	Spec          *ServiceSpec `protobuf:"bytes,15,opt,name=spec,proto3" json:"spec,omitempty"`
+	Spec *ServiceSpec `protobuf:"bytes,15,opt,name=spec,proto3" json:"spec,omitempty"`
+	// Paused by a person: hosts already moving finish (and their failures
+	// count), nothing new starts, the progress deadline does not run.
+	Paused        bool `protobuf:"varint,16,opt,name=paused,proto3" json:"paused,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2081,6 +2084,119 @@ func (x *Rollout) GetSpec() *ServiceSpec {
 	return nil
 }
 
+func (x *Rollout) GetPaused() bool {
+	if x != nil {
+		return x.Paused
+	}
+	return false
+}
+
+// Event is one decision or happening, kept in etcd per service and shown by
+// `fleetwave rollout history`.
+type Event struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	At        *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=at,proto3" json:"at,omitempty"`
+	Service   string                 `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	RolloutId string                 `protobuf:"bytes,3,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
+	// e.g. rollout_created, wave_started, host_failed, rollout_failed,
+	// rollout_approved, rollout_paused, service_unfrozen, alert_sent
+	Kind string `protobuf:"bytes,4,opt,name=kind,proto3" json:"kind,omitempty"`
+	// -1 when not about one wave
+	Wave    int32  `protobuf:"varint,5,opt,name=wave,proto3" json:"wave,omitempty"`
+	Host    string `protobuf:"bytes,6,opt,name=host,proto3" json:"host,omitempty"`
+	Message string `protobuf:"bytes,7,opt,name=message,proto3" json:"message,omitempty"`
+	// who asked for it ("" for the rollout engine's own decisions)
+	Actor         string `protobuf:"bytes,8,opt,name=actor,proto3" json:"actor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Event) Reset() {
+	*x = Event{}
+	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Event) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Event) ProtoMessage() {}
+
+func (x *Event) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Event.ProtoReflect.Descriptor instead.
+func (*Event) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *Event) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *Event) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *Event) GetRolloutId() string {
+	if x != nil {
+		return x.RolloutId
+	}
+	return ""
+}
+
+func (x *Event) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Event) GetWave() int32 {
+	if x != nil {
+		return x.Wave
+	}
+	return 0
+}
+
+func (x *Event) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *Event) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *Event) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
 type CheckResult struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -2092,7 +2208,7 @@ type CheckResult struct {
 
 func (x *CheckResult) Reset() {
 	*x = CheckResult{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2104,7 +2220,7 @@ func (x *CheckResult) String() string {
 func (*CheckResult) ProtoMessage() {}
 
 func (x *CheckResult) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2117,7 +2233,7 @@ func (x *CheckResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResult.ProtoReflect.Descriptor instead.
 func (*CheckResult) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{21}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CheckResult) GetName() string {
@@ -2162,7 +2278,7 @@ type ServiceReport struct {
 
 func (x *ServiceReport) Reset() {
 	*x = ServiceReport{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2174,7 +2290,7 @@ func (x *ServiceReport) String() string {
 func (*ServiceReport) ProtoMessage() {}
 
 func (x *ServiceReport) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2187,7 +2303,7 @@ func (x *ServiceReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceReport.ProtoReflect.Descriptor instead.
 func (*ServiceReport) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{22}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ServiceReport) GetService() string {
@@ -2266,7 +2382,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2278,7 +2394,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2291,7 +2407,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{23}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Assignment) GetService() string {
@@ -2337,7 +2453,7 @@ type Host struct {
 
 func (x *Host) Reset() {
 	*x = Host{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2349,7 +2465,7 @@ func (x *Host) String() string {
 func (*Host) ProtoMessage() {}
 
 func (x *Host) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2362,7 +2478,7 @@ func (x *Host) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Host.ProtoReflect.Descriptor instead.
 func (*Host) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{24}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Host) GetId() string {
@@ -2551,7 +2667,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\n" +
 	"bake_until\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tbakeUntil\x12\x1a\n" +
 	"\bfailures\x18\a \x01(\rR\bfailures\x12\x16\n" +
-	"\x06canary\x18\b \x01(\bR\x06canary\"\x82\x05\n" +
+	"\x06canary\x18\b \x01(\bR\x06canary\"\x9a\x05\n" +
 	"\aRollout\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12!\n" +
@@ -2574,7 +2690,18 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x10last_progress_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\x0elastProgressAt\x12\x16\n" +
 	"\x06reason\x18\r \x01(\tR\x06reason\x12\x1a\n" +
 	"\brollback\x18\x0e \x01(\bR\brollback\x12-\n" +
-	"\x04spec\x18\x0f \x01(\v2\x19.fleetwave.v1.ServiceSpecR\x04spec\"I\n" +
+	"\x04spec\x18\x0f \x01(\v2\x19.fleetwave.v1.ServiceSpecR\x04spec\x12\x16\n" +
+	"\x06paused\x18\x10 \x01(\bR\x06paused\"\xd8\x01\n" +
+	"\x05Event\x12*\n" +
+	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1d\n" +
+	"\n" +
+	"rollout_id\x18\x03 \x01(\tR\trolloutId\x12\x12\n" +
+	"\x04kind\x18\x04 \x01(\tR\x04kind\x12\x12\n" +
+	"\x04wave\x18\x05 \x01(\x05R\x04wave\x12\x12\n" +
+	"\x04host\x18\x06 \x01(\tR\x04host\x12\x18\n" +
+	"\amessage\x18\a \x01(\tR\amessage\x12\x14\n" +
+	"\x05actor\x18\b \x01(\tR\x05actor\"I\n" +
 	"\vCheckResult\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x16\n" +
@@ -2658,7 +2785,7 @@ func file_fleetwave_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_fleetwave_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_fleetwave_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_fleetwave_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_fleetwave_v1_types_proto_goTypes = []any{
 	(RolloutState)(0),             // 0: fleetwave.v1.RolloutState
 	(WaveState)(0),                // 1: fleetwave.v1.WaveState
@@ -2685,79 +2812,81 @@ var file_fleetwave_v1_types_proto_goTypes = []any{
 	(*HostProgress)(nil),          // 22: fleetwave.v1.HostProgress
 	(*Wave)(nil),                  // 23: fleetwave.v1.Wave
 	(*Rollout)(nil),               // 24: fleetwave.v1.Rollout
-	(*CheckResult)(nil),           // 25: fleetwave.v1.CheckResult
-	(*ServiceReport)(nil),         // 26: fleetwave.v1.ServiceReport
-	(*Assignment)(nil),            // 27: fleetwave.v1.Assignment
-	(*Host)(nil),                  // 28: fleetwave.v1.Host
-	nil,                           // 29: fleetwave.v1.ServiceSpec.SelectorEntry
-	nil,                           // 30: fleetwave.v1.RunSpec.EnvEntry
-	nil,                           // 31: fleetwave.v1.Host.LabelsEntry
-	(*durationpb.Duration)(nil),   // 32: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 33: google.protobuf.Timestamp
+	(*Event)(nil),                 // 25: fleetwave.v1.Event
+	(*CheckResult)(nil),           // 26: fleetwave.v1.CheckResult
+	(*ServiceReport)(nil),         // 27: fleetwave.v1.ServiceReport
+	(*Assignment)(nil),            // 28: fleetwave.v1.Assignment
+	(*Host)(nil),                  // 29: fleetwave.v1.Host
+	nil,                           // 30: fleetwave.v1.ServiceSpec.SelectorEntry
+	nil,                           // 31: fleetwave.v1.RunSpec.EnvEntry
+	nil,                           // 32: fleetwave.v1.Host.LabelsEntry
+	(*durationpb.Duration)(nil),   // 33: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 34: google.protobuf.Timestamp
 }
 var file_fleetwave_v1_types_proto_depIdxs = []int32{
-	29, // 0: fleetwave.v1.ServiceSpec.selector:type_name -> fleetwave.v1.ServiceSpec.SelectorEntry
+	30, // 0: fleetwave.v1.ServiceSpec.selector:type_name -> fleetwave.v1.ServiceSpec.SelectorEntry
 	12, // 1: fleetwave.v1.ServiceSpec.run:type_name -> fleetwave.v1.RunSpec
 	13, // 2: fleetwave.v1.ServiceSpec.checks:type_name -> fleetwave.v1.Check
-	32, // 3: fleetwave.v1.ServiceSpec.min_healthy_time:type_name -> google.protobuf.Duration
-	32, // 4: fleetwave.v1.ServiceSpec.healthy_deadline:type_name -> google.protobuf.Duration
+	33, // 3: fleetwave.v1.ServiceSpec.min_healthy_time:type_name -> google.protobuf.Duration
+	33, // 4: fleetwave.v1.ServiceSpec.healthy_deadline:type_name -> google.protobuf.Duration
 	17, // 5: fleetwave.v1.ServiceSpec.rollout:type_name -> fleetwave.v1.RolloutPolicy
 	5,  // 6: fleetwave.v1.ServiceSpec.analysis:type_name -> fleetwave.v1.Analysis
 	11, // 7: fleetwave.v1.ServiceSpec.alerts:type_name -> fleetwave.v1.Alerts
-	32, // 8: fleetwave.v1.Analysis.interval:type_name -> google.protobuf.Duration
-	32, // 9: fleetwave.v1.Analysis.window:type_name -> google.protobuf.Duration
-	32, // 10: fleetwave.v1.Analysis.watch:type_name -> google.protobuf.Duration
+	33, // 8: fleetwave.v1.Analysis.interval:type_name -> google.protobuf.Duration
+	33, // 9: fleetwave.v1.Analysis.window:type_name -> google.protobuf.Duration
+	33, // 10: fleetwave.v1.Analysis.watch:type_name -> google.protobuf.Duration
 	6,  // 11: fleetwave.v1.Analysis.rules:type_name -> fleetwave.v1.AnalysisRule
 	7,  // 12: fleetwave.v1.AnalysisRule.error_ratio:type_name -> fleetwave.v1.ErrorRatioRule
 	8,  // 13: fleetwave.v1.AnalysisRule.latency:type_name -> fleetwave.v1.LatencyRule
 	9,  // 14: fleetwave.v1.AnalysisRule.restarts:type_name -> fleetwave.v1.RestartsRule
 	10, // 15: fleetwave.v1.AnalysisRule.promql:type_name -> fleetwave.v1.PromQLRule
-	30, // 16: fleetwave.v1.RunSpec.env:type_name -> fleetwave.v1.RunSpec.EnvEntry
-	32, // 17: fleetwave.v1.RunSpec.stop_grace:type_name -> google.protobuf.Duration
+	31, // 16: fleetwave.v1.RunSpec.env:type_name -> fleetwave.v1.RunSpec.EnvEntry
+	33, // 17: fleetwave.v1.RunSpec.stop_grace:type_name -> google.protobuf.Duration
 	14, // 18: fleetwave.v1.Check.http:type_name -> fleetwave.v1.HttpCheck
 	15, // 19: fleetwave.v1.Check.tcp:type_name -> fleetwave.v1.TcpCheck
 	16, // 20: fleetwave.v1.Check.exec:type_name -> fleetwave.v1.ExecCheck
-	32, // 21: fleetwave.v1.Check.interval:type_name -> google.protobuf.Duration
-	32, // 22: fleetwave.v1.Check.timeout:type_name -> google.protobuf.Duration
-	32, // 23: fleetwave.v1.RolloutPolicy.bake:type_name -> google.protobuf.Duration
-	32, // 24: fleetwave.v1.RolloutPolicy.progress_deadline:type_name -> google.protobuf.Duration
+	33, // 21: fleetwave.v1.Check.interval:type_name -> google.protobuf.Duration
+	33, // 22: fleetwave.v1.Check.timeout:type_name -> google.protobuf.Duration
+	33, // 23: fleetwave.v1.RolloutPolicy.bake:type_name -> google.protobuf.Duration
+	33, // 24: fleetwave.v1.RolloutPolicy.progress_deadline:type_name -> google.protobuf.Duration
 	18, // 25: fleetwave.v1.Release.artifact:type_name -> fleetwave.v1.Artifact
-	33, // 26: fleetwave.v1.Release.commit_time:type_name -> google.protobuf.Timestamp
-	33, // 27: fleetwave.v1.Release.created_at:type_name -> google.protobuf.Timestamp
+	34, // 26: fleetwave.v1.Release.commit_time:type_name -> google.protobuf.Timestamp
+	34, // 27: fleetwave.v1.Release.created_at:type_name -> google.protobuf.Timestamp
 	4,  // 28: fleetwave.v1.ServiceStatus.stable_spec:type_name -> fleetwave.v1.ServiceSpec
 	4,  // 29: fleetwave.v1.Service.spec:type_name -> fleetwave.v1.ServiceSpec
 	20, // 30: fleetwave.v1.Service.status:type_name -> fleetwave.v1.ServiceStatus
-	33, // 31: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
+	34, // 31: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
 	2,  // 32: fleetwave.v1.HostProgress.state:type_name -> fleetwave.v1.HostRolloutState
-	33, // 33: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
-	33, // 34: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
+	34, // 33: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
+	34, // 34: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
 	3,  // 35: fleetwave.v1.HostProgress.phase:type_name -> fleetwave.v1.Phase
 	1,  // 36: fleetwave.v1.Wave.state:type_name -> fleetwave.v1.WaveState
 	22, // 37: fleetwave.v1.Wave.hosts:type_name -> fleetwave.v1.HostProgress
-	33, // 38: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
-	33, // 39: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
-	33, // 40: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
+	34, // 38: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
+	34, // 39: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
+	34, // 40: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
 	0,  // 41: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
 	17, // 42: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
 	23, // 43: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
-	33, // 44: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	33, // 45: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
-	33, // 46: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
-	33, // 47: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
+	34, // 44: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	34, // 45: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
+	34, // 46: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
+	34, // 47: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
 	4,  // 48: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
-	3,  // 49: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
-	25, // 50: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
-	33, // 51: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
-	19, // 52: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
-	4,  // 53: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
-	31, // 54: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
-	33, // 55: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	26, // 56: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
-	57, // [57:57] is the sub-list for method output_type
-	57, // [57:57] is the sub-list for method input_type
-	57, // [57:57] is the sub-list for extension type_name
-	57, // [57:57] is the sub-list for extension extendee
-	0,  // [0:57] is the sub-list for field type_name
+	34, // 49: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
+	3,  // 50: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
+	26, // 51: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
+	34, // 52: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
+	19, // 53: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
+	4,  // 54: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
+	32, // 55: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
+	34, // 56: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	27, // 57: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
+	58, // [58:58] is the sub-list for method output_type
+	58, // [58:58] is the sub-list for method input_type
+	58, // [58:58] is the sub-list for extension type_name
+	58, // [58:58] is the sub-list for extension extendee
+	0,  // [0:58] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_types_proto_init() }
@@ -2783,7 +2912,7 @@ func file_fleetwave_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fleetwave_v1_types_proto_rawDesc), len(file_fleetwave_v1_types_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   28,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
