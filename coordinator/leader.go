@@ -53,6 +53,7 @@ type leaderReq struct {
 	actor   string
 	reason  string // abort
 	version string // rollback target ("" = the previous good release)
+	wave    uint32 // approve: the wave (0 = whatever waits)
 	reply   chan leaderReply
 }
 
@@ -188,11 +189,19 @@ func (l *leader) serve(ctx context.Context, fence *store.Fence, req leaderReq) (
 		return nil, nil, fmt.Errorf("service %q has no rollout to approve", req.service)
 	}
 	now := time.Now()
-	next, err := rollout.Approve(vr.Val, now)
+	next, err := rollout.Approve(vr.Val, req.wave, now)
 	if err != nil {
 		return nil, nil, err
 	}
-	ev := event(next, req.service, "rollout_approved", req.actor, "approved: "+orNone(next.GetFromVersion())+" → "+next.GetToVersion(), now)
+	what := "rollout"
+	if vr.Val.GetState() == v1.RolloutState_ROLLOUT_STATE_PROGRESSING {
+		for i, w := range next.GetWaves() {
+			if w.GetApproved() && !vr.Val.GetWaves()[i].GetApproved() {
+				what = fmt.Sprintf("wave %d", i)
+			}
+		}
+	}
+	ev := event(next, req.service, "rollout_approved", req.actor, what+" approved: "+orNone(next.GetFromVersion())+" → "+next.GetToVersion(), now)
 	if err := l.commit(ctx, fence, vs, next, vr.Rev, []*v1.Event{ev}); err != nil {
 		return nil, nil, err
 	}
@@ -427,6 +436,22 @@ func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string)
 		if n := len(rels); n > 0 && rels[n-1].Created > vr.Created {
 			newest := rels[n-1].Val.GetVersion()
 			next := rollout.Supersede(cur, "superseded by release "+newest+" before approval", now)
+			ev := event(cur, name, "rollout_superseded", "", next.GetReason(), now)
+			if err := l.commit(ctx, fence, vs, next, vr.Rev, []*v1.Event{ev}); err != nil {
+				return time.Time{}, err
+			}
+			return l.reconcile(ctx, fence, name)
+		}
+	}
+
+	// A newer release supersedes a running rollout unless the policy queues
+	// it: the hosts the running rollout moved go back to the stable release
+	// (the last one verified everywhere) and the newest starts from the canary.
+	if has && cur.GetState() == v1.RolloutState_ROLLOUT_STATE_PROGRESSING && !cur.GetRollback() &&
+		svc.GetSpec().GetRollout().GetOnNewRelease() != "queue" {
+		if n := len(rels); n > 0 && rels[n-1].Created > vr.Created && !svc.GetStatus().GetFrozen() {
+			newest := rels[n-1].Val.GetVersion()
+			next := rollout.Supersede(cur, "superseded by release "+newest, now)
 			ev := event(cur, name, "rollout_superseded", "", next.GetReason(), now)
 			if err := l.commit(ctx, fence, vs, next, vr.Rev, []*v1.Event{ev}); err != nil {
 				return time.Time{}, err

@@ -239,7 +239,7 @@ func (o *operator) ApproveRollout(ctx context.Context, req *v1.ApproveRolloutReq
 	if err := spec.CheckName("service", req.GetService()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	r, _, err := o.c.leader.call(ctx, leaderReq{service: req.GetService(), op: opApprove, actor: caller(ctx)})
+	r, _, err := o.c.leader.call(ctx, leaderReq{service: req.GetService(), op: opApprove, actor: caller(ctx), wave: req.GetWave()})
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) || errors.Is(err, ErrNotLeader) || errors.Is(err, store.ErrNotLeader) {
 			return nil, grpcErr(err)

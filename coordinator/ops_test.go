@@ -311,3 +311,61 @@ func waitHosts(t *testing.T, ctx context.Context, op v1.OperatorServiceClient, n
 		time.Sleep(10 * time.Millisecond) // polling a condition with a deadline
 	}
 }
+
+// A release created during a running rollout supersedes it by default (the
+// newest starts from the canary); with on_new_release: queue it waits.
+func TestNewReleaseSupersedesOrQueues(t *testing.T) {
+	for _, policy := range []string{"", "queue"} {
+		t.Run("policy="+policy, func(t *testing.T) {
+			cc := startCoordinator(t)
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			op := v1.NewOperatorServiceClient(cc)
+			spec := &v1.ServiceSpec{Name: "web", Selector: map[string]string{"role": "web"}, Run: &v1.RunSpec{Command: []string{"./app"}},
+				Rollout: &v1.RolloutPolicy{Canary: 1, Waves: []uint32{100}, MaxParallel: 1, Bake: durationpb.New(0), OnNewRelease: policy}}
+			if _, err := op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: spec}); err != nil {
+				t.Fatal(err)
+			}
+			for i := range 3 {
+				startScripted(t, ctx, cc, fmt.Sprintf("h%d", i), map[string]string{"v2": "hold"})
+			}
+			waitHosts(t, ctx, op, 3)
+			release := func(v string) *v1.CreateReleaseResponse {
+				t.Helper()
+				art := upload(t, ctx, cc, []byte("artifact "+v))
+				resp, err := op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: v, Artifact: art}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return resp
+			}
+			release("v1")
+			waitRollout(t, ctx, op, "v1 done", func(r *v1.Rollout) bool {
+				return r.GetToVersion() == "v1" && r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED
+			})
+			release("v2")
+			r2 := waitRollout(t, ctx, op, "v2 canary moving", func(r *v1.Rollout) bool { u, _ := countUpdating(r); return r.GetToVersion() == "v2" && u == 1 })
+			resp := release("v3")
+			if policy == "queue" {
+				if resp.GetRollout() != nil || !strings.Contains(resp.GetNote(), "queued") {
+					t.Fatalf("queue policy: rollout %v, note %q", resp.GetRollout(), resp.GetNote())
+				}
+				old, _ := op.GetRollout(ctx, &v1.GetRolloutRequest{Service: "web", Id: r2.GetId()})
+				if old.GetRollout().GetState() != v1.RolloutState_ROLLOUT_STATE_PROGRESSING {
+					t.Fatalf("queued release touched the running rollout: %v", old.GetRollout().GetState())
+				}
+				return
+			}
+			if resp.GetRollout().GetToVersion() != "v3" || resp.GetRollout().GetFromVersion() != "v1" {
+				t.Fatalf("supersede: new rollout %v", resp.GetRollout())
+			}
+			old, _ := op.GetRollout(ctx, &v1.GetRolloutRequest{Service: "web", Id: r2.GetId()})
+			if old.GetRollout().GetState() != v1.RolloutState_ROLLOUT_STATE_SUPERSEDED || !strings.Contains(old.GetRollout().GetReason(), "v3") {
+				t.Fatalf("v2 rollout after v3: %v %q", old.GetRollout().GetState(), old.GetRollout().GetReason())
+			}
+			waitRollout(t, ctx, op, "v3 done", func(r *v1.Rollout) bool {
+				return r.GetToVersion() == "v3" && r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED
+			})
+		})
+	}
+}

@@ -15,18 +15,39 @@ import (
 var ErrState = errors.New("rollout is in the wrong state")
 
 // Approve moves a WAITING_APPROVAL rollout to PROGRESSING, its first wave
-// PROGRESSING (started_at = last_progress_at = now). Any other state is an
-// error wrapping ErrState and naming the state. r is not mutated.
-func Approve(r *v1.Rollout, now time.Time) (*v1.Rollout, error) {
+// started. With approve_each_wave it also approves the wave that waits:
+// wave is that wave's index, or 0 for "whatever waits". Approving anything
+// else is an error naming the state.
+func Approve(r *v1.Rollout, wave uint32, now time.Time) (*v1.Rollout, error) {
 	if r == nil {
 		return nil, fmt.Errorf("approve: no rollout: %w", ErrState)
 	}
-	if st := r.GetState(); st != v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL {
+	switch st := r.GetState(); {
+	case st == v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL:
+		if wave != 0 {
+			return nil, fmt.Errorf("approve rollout %s: wave %d: the rollout itself waits for approval (approve without --wave): %w", r.GetId(), wave, ErrState)
+		}
+		out := proto.Clone(r).(*v1.Rollout)
+		start(out, now)
+		return out, nil
+	case st == v1.RolloutState_ROLLOUT_STATE_PROGRESSING && r.GetPolicy().GetApproveEachWave():
+		for i, w := range r.GetWaves() {
+			if !w.GetWaitingApproval() {
+				continue
+			}
+			if wave != 0 && int(wave) != i {
+				return nil, fmt.Errorf("approve rollout %s: wave %d does not wait for approval; wave %d does: %w", r.GetId(), wave, i, ErrState)
+			}
+			out := proto.Clone(r).(*v1.Rollout)
+			out.Waves[i].WaitingApproval = false
+			out.Waves[i].Approved = true
+			out.LastProgressAt = timestamppb.New(now)
+			return out, nil
+		}
+		return nil, fmt.Errorf("approve rollout %s: no wave waits for approval yet: %w", r.GetId(), ErrState)
+	default:
 		return nil, fmt.Errorf("approve rollout %s: it is %s, not WAITING_APPROVAL: %w", r.GetId(), stateName(st), ErrState)
 	}
-	out := proto.Clone(r).(*v1.Rollout)
-	start(out, now)
-	return out, nil
 }
 
 // Pause stops a progressing rollout from moving more hosts. Hosts already

@@ -14,7 +14,7 @@ func TestApprove(t *testing.T) {
 	r := New("r1", newSvc(&v1.RolloutPolicy{Mode: ModeManual}, nil), toV, zoned(3, "a"), t0)
 	before := proto.Clone(r)
 	now := t0.Add(time.Hour)
-	out, err := Approve(r, now)
+	out, err := Approve(r, 0, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,7 +31,7 @@ func TestApprove(t *testing.T) {
 	}
 
 	for _, bad := range []*v1.Rollout{out, Fail(out, "x", now), nil} {
-		_, err := Approve(bad, now)
+		_, err := Approve(bad, 0, now)
 		if !errors.Is(err, ErrState) {
 			t.Errorf("Approve(%v) err = %v, want ErrState", bad.GetState(), err)
 		}

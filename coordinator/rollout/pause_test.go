@@ -76,3 +76,45 @@ func TestRollbackIsFastButPolicyAware(t *testing.T) {
 		t.Fatalf("%d hosts moving at once, want 3", n)
 	}
 }
+
+func TestApproveEachWave(t *testing.T) {
+	svc := newSvc(&v1.RolloutPolicy{Canary: 1, Waves: []uint32{50, 100}, MaxParallel: 4, ApproveEachWave: true, ProgressDeadline: dur(time.Minute)}, nil)
+	f := fleet{}
+	r := New("r1", svc, toV, zoned(4), t0)
+	r, _ = step(t, r, f, t0)
+	f.healthyUpdating(r)
+	r, res := step(t, r, f, t0)
+	// The canary is done; wave 1 waits for a person, with no deadline.
+	if w := r.GetWaves()[1]; !w.GetWaitingApproval() || w.GetState() != v1.WaveState_WAVE_STATE_PENDING || !hasEvent(res.Events, EventWaveWaitingApproval, "") {
+		t.Fatalf("wave 1 after the canary: %v, events %v", w, kinds(res.Events))
+	}
+	if r2, _ := step(t, r, f, t0.Add(time.Hour)); r2.GetState() != v1.RolloutState_ROLLOUT_STATE_PROGRESSING || countState(r2, updating) != 0 {
+		t.Fatalf("waiting wave moved or failed: %v", r2.GetState())
+	}
+	if _, err := Approve(r, 2, t0); !errors.Is(err, ErrState) {
+		t.Errorf("approving a wave that does not wait: %v", err)
+	}
+	a, err := Approve(r, 1, t0.Add(time.Hour))
+	if err != nil || !a.GetWaves()[1].GetApproved() || a.GetWaves()[1].GetWaitingApproval() {
+		t.Fatalf("approve wave 1: %v %v", a.GetWaves()[1], err)
+	}
+	a, _ = step(t, a, f, t0.Add(time.Hour))
+	if countState(a, updating) != 1 {
+		t.Fatalf("after approval %d hosts moving, want wave 1's one host", countState(a, updating))
+	}
+	// Wave 2 waits too; approve without a number takes whatever waits.
+	f.healthyUpdating(a)
+	a, _ = step(t, a, f, t0.Add(time.Hour))
+	if !a.GetWaves()[2].GetWaitingApproval() {
+		t.Fatalf("wave 2 does not wait: %v", a.GetWaves()[2])
+	}
+	if a, err = Approve(a, 0, t0.Add(2*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	a, _ = step(t, a, f, t0.Add(2*time.Hour))
+	f.healthyUpdating(a)
+	a, _ = step(t, a, f, t0.Add(2*time.Hour))
+	if a.GetState() != v1.RolloutState_ROLLOUT_STATE_SUCCEEDED {
+		t.Fatalf("rollout %v, want succeeded", a.GetState())
+	}
+}

@@ -149,7 +149,7 @@ func simulate(t *testing.T, seed uint64) v1.RolloutState {
 		}
 		now = now.Add(time.Duration(rng.IntN(3600)) * time.Second)
 		var err error
-		if r, err = Approve(r, now); err != nil {
+		if r, err = Approve(r, 0, now); err != nil {
 			fatalf("approve: %v", err)
 		}
 	}

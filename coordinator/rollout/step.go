@@ -12,17 +12,18 @@ import (
 
 // Event kinds.
 const (
-	EventWaveStarted      = "wave_started"
-	EventHostAssigned     = "host_assigned"
-	EventHostDone         = "host_done"
-	EventHostFailed       = "host_failed"
-	EventHostUnknown      = "host_unknown"
-	EventHostBack         = "host_back"
-	EventWaveBaking       = "wave_baking"
-	EventWaveDone         = "wave_done"
-	EventRolloutSucceeded = "rollout_succeeded"
-	EventRolloutFailed    = "rollout_failed"
-	EventRolloutApproved  = "rollout_approved"
+	EventWaveStarted         = "wave_started"
+	EventHostAssigned        = "host_assigned"
+	EventHostDone            = "host_done"
+	EventHostFailed          = "host_failed"
+	EventHostUnknown         = "host_unknown"
+	EventHostBack            = "host_back"
+	EventWaveBaking          = "wave_baking"
+	EventWaveDone            = "wave_done"
+	EventRolloutSucceeded    = "rollout_succeeded"
+	EventRolloutFailed       = "rollout_failed"
+	EventRolloutApproved     = "rollout_approved"
+	EventWaveWaitingApproval = "wave_waiting_approval"
 )
 
 // NoWave is Event.Wave for events about the whole rollout.
@@ -293,6 +294,14 @@ func (s *stepper) advance() {
 		}
 		switch w.GetState() {
 		case v1.WaveState_WAVE_STATE_PENDING, v1.WaveState_WAVE_STATE_UNSPECIFIED:
+			if s.r.GetPolicy().GetApproveEachWave() && i > 0 && !w.GetApproved() {
+				// A person approves each wave: wait, with no deadline running.
+				if !w.GetWaitingApproval() {
+					s.wave(i).WaitingApproval = true
+					s.emit(EventWaveWaitingApproval, i, "", fmt.Sprintf("%s waits for approval: fleetwave rollout approve %s --wave %d", waveName(i, w), s.r.GetService(), i))
+				}
+				return
+			}
 			nw := s.wave(i)
 			nw.State = v1.WaveState_WAVE_STATE_PROGRESSING
 			nw.StartedAt = s.ts()

@@ -95,6 +95,10 @@ func DiffRollout(prev, cur *v1.Rollout) []string {
 			default:
 				after = append(after, fmt.Sprintf("%s %s", label, waveState(w.GetState())))
 			}
+		} else if w.GetWaitingApproval() && !pw.GetWaitingApproval() {
+			before = append(before, fmt.Sprintf("%s waits for approval: fleetwave rollout approve %s --wave %d", label, cur.GetService(), w.GetIndex()))
+		} else if w.GetApproved() && !pw.GetApproved() {
+			before = append(before, fmt.Sprintf("%s approved", label))
 		} else if pw.GetFailures() != w.GetFailures() {
 			after = append(after, fmt.Sprintf("%s: %s (budget %d)", label, plural(int(w.GetFailures()), "failure"), cur.GetPolicy().GetMaxFailures()))
 		}

@@ -198,3 +198,18 @@ func TestDiffRolloutPauseResume(t *testing.T) {
 		t.Errorf("resume: %q", got)
 	}
 }
+
+func TestDiffRolloutWaveApproval(t *testing.T) {
+	a := &v1.Rollout{Id: "000002", Service: "web", State: v1.RolloutState_ROLLOUT_STATE_PROGRESSING,
+		Waves: []*v1.Wave{{Index: 0, State: v1.WaveState_WAVE_STATE_DONE}, {Index: 1, State: v1.WaveState_WAVE_STATE_PENDING}}}
+	b := proto.Clone(a).(*v1.Rollout)
+	b.Waves[1].WaitingApproval = true
+	if got := DiffRollout(a, b); len(got) != 1 || got[0] != "wave 1 waits for approval: fleetwave rollout approve web --wave 1" {
+		t.Errorf("waiting: %q", got)
+	}
+	c := proto.Clone(b).(*v1.Rollout)
+	c.Waves[1].WaitingApproval, c.Waves[1].Approved = false, true
+	if got := DiffRollout(b, c); len(got) != 1 || got[0] != "wave 1 approved" {
+		t.Errorf("approved: %q", got)
+	}
+}

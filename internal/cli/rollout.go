@@ -59,9 +59,10 @@ is printed as one line of JSON.`,
 	watch.Flags().StringVar(&watchID, "id", "", "rollout id (default: the newest)")
 	a.watchCmd = watch
 
+	var approveWave uint32
 	approve := &cobra.Command{
-		Use:   "approve SERVICE",
-		Short: "Start a rollout that waits for approval (manual mode)",
+		Use:   "approve SERVICE [--wave N]",
+		Short: "Start a rollout that waits for approval (manual mode), or let the next wave start (approve_each_wave)",
 		Args:  cobra.ExactArgs(1),
 		RunE: run(func(cmd *cobra.Command, args []string) error {
 			c, err := a.operator()
@@ -70,7 +71,7 @@ is printed as one line of JSON.`,
 			}
 			ctx, cancel := a.callCtx(cmd.Context())
 			defer cancel()
-			resp, err := c.ApproveRollout(ctx, &v1.ApproveRolloutRequest{Service: args[0]})
+			resp, err := c.ApproveRollout(ctx, &v1.ApproveRolloutRequest{Service: args[0], Wave: approveWave})
 			if err != nil {
 				return a.rpcErr("approve rollout of "+args[0], err)
 			}
@@ -83,6 +84,7 @@ is printed as one line of JSON.`,
 			return nil
 		}),
 	}
+	approve.Flags().Uint32Var(&approveWave, "wave", 0, "the wave to approve when the policy approves each wave (default: whatever waits)")
 	cmd.AddCommand(st, watch, approve, a.pauseCmd(), a.resumeCmd(), a.abortCmd(), a.historyCmd())
 	return cmd
 }

@@ -674,8 +674,11 @@ func (x *WatchRolloutResponse) GetRollout() *Rollout {
 }
 
 type ApproveRolloutRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Service       string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Service string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	// With approve_each_wave: the wave to approve (must be the one waiting);
+	// 0 approves whatever waits (the rollout's start or the next wave).
+	Wave          uint32 `protobuf:"varint,2,opt,name=wave,proto3" json:"wave,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -715,6 +718,13 @@ func (x *ApproveRolloutRequest) GetService() string {
 		return x.Service
 	}
 	return ""
+}
+
+func (x *ApproveRolloutRequest) GetWave() uint32 {
+	if x != nil {
+		return x.Wave
+	}
+	return 0
 }
 
 type ApproveRolloutResponse struct {
@@ -1432,9 +1442,10 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\"G\n" +
 	"\x14WatchRolloutResponse\x12/\n" +
-	"\arollout\x18\x01 \x01(\v2\x15.fleetwave.v1.RolloutR\arollout\"1\n" +
+	"\arollout\x18\x01 \x01(\v2\x15.fleetwave.v1.RolloutR\arollout\"E\n" +
 	"\x15ApproveRolloutRequest\x12\x18\n" +
-	"\aservice\x18\x01 \x01(\tR\aservice\"I\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\x12\x12\n" +
+	"\x04wave\x18\x02 \x01(\rR\x04wave\"I\n" +
 	"\x16ApproveRolloutResponse\x12/\n" +
 	"\arollout\x18\x01 \x01(\v2\x15.fleetwave.v1.RolloutR\arollout\"\x12\n" +
 	"\x10ListHostsRequest\"=\n" +

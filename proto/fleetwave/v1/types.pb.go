@@ -1312,7 +1312,15 @@ type RolloutPolicy struct {
 	// "auto" (default; continuous deployment) or "manual" (waits for approve).
 	Mode string `protobuf:"bytes,7,opt,name=mode,proto3" json:"mode,omitempty"`
 	// Skip the canary wave.
-	NoCanary      bool `protobuf:"varint,8,opt,name=no_canary,json=noCanary,proto3" json:"no_canary,omitempty"`
+	NoCanary bool `protobuf:"varint,8,opt,name=no_canary,json=noCanary,proto3" json:"no_canary,omitempty"`
+	// Wait for `fleetwave rollout approve` before every wave after the first
+	// (continuous delivery with a person at each step).
+	ApproveEachWave bool `protobuf:"varint,9,opt,name=approve_each_wave,json=approveEachWave,proto3" json:"approve_each_wave,omitempty"`
+	// What a release created during a running rollout does: "supersede"
+	// (default: the running rollout ends, hosts it moved go back to the stable
+	// release, and the newest release starts from the canary) or "queue" (it
+	// waits; when the running rollout ends the newest release rolls out).
+	OnNewRelease  string `protobuf:"bytes,10,opt,name=on_new_release,json=onNewRelease,proto3" json:"on_new_release,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1401,6 +1409,20 @@ func (x *RolloutPolicy) GetNoCanary() bool {
 		return x.NoCanary
 	}
 	return false
+}
+
+func (x *RolloutPolicy) GetApproveEachWave() bool {
+	if x != nil {
+		return x.ApproveEachWave
+	}
+	return false
+}
+
+func (x *RolloutPolicy) GetOnNewRelease() string {
+	if x != nil {
+		return x.OnNewRelease
+	}
+	return ""
 }
 
 // Artifact names the bytes of a release. Either the coordinator's
@@ -1824,11 +1846,14 @@ type Wave struct {
 	StartedAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
 	DoneAt    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=done_at,json=doneAt,proto3" json:"done_at,omitempty"`
 	// while baking: the next wave starts at this time
-	BakeUntil     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=bake_until,json=bakeUntil,proto3" json:"bake_until,omitempty"`
-	Failures      uint32                 `protobuf:"varint,7,opt,name=failures,proto3" json:"failures,omitempty"`
-	Canary        bool                   `protobuf:"varint,8,opt,name=canary,proto3" json:"canary,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	BakeUntil *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=bake_until,json=bakeUntil,proto3" json:"bake_until,omitempty"`
+	Failures  uint32                 `protobuf:"varint,7,opt,name=failures,proto3" json:"failures,omitempty"`
+	Canary    bool                   `protobuf:"varint,8,opt,name=canary,proto3" json:"canary,omitempty"`
+	// approve_each_wave: the wave waits for approval / was approved.
+	WaitingApproval bool `protobuf:"varint,9,opt,name=waiting_approval,json=waitingApproval,proto3" json:"waiting_approval,omitempty"`
+	Approved        bool `protobuf:"varint,10,opt,name=approved,proto3" json:"approved,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Wave) Reset() {
@@ -1913,6 +1938,20 @@ func (x *Wave) GetFailures() uint32 {
 func (x *Wave) GetCanary() bool {
 	if x != nil {
 		return x.Canary
+	}
+	return false
+}
+
+func (x *Wave) GetWaitingApproval() bool {
+	if x != nil {
+		return x.WaitingApproval
+	}
+	return false
+}
+
+func (x *Wave) GetApproved() bool {
+	if x != nil {
+		return x.Approved
 	}
 	return false
 }
@@ -2608,7 +2647,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\bTcpCheck\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\"%\n" +
 	"\tExecCheck\x12\x18\n" +
-	"\acommand\x18\x01 \x03(\tR\acommand\"\xab\x02\n" +
+	"\acommand\x18\x01 \x03(\tR\acommand\"\xfd\x02\n" +
 	"\rRolloutPolicy\x12\x16\n" +
 	"\x06canary\x18\x01 \x01(\rR\x06canary\x12\x14\n" +
 	"\x05waves\x18\x02 \x03(\rR\x05waves\x12!\n" +
@@ -2617,7 +2656,10 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\fmax_failures\x18\x05 \x01(\rR\vmaxFailures\x12F\n" +
 	"\x11progress_deadline\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x10progressDeadline\x12\x12\n" +
 	"\x04mode\x18\a \x01(\tR\x04mode\x12\x1b\n" +
-	"\tno_canary\x18\b \x01(\bR\bnoCanary\"H\n" +
+	"\tno_canary\x18\b \x01(\bR\bnoCanary\x12*\n" +
+	"\x11approve_each_wave\x18\t \x01(\bR\x0fapproveEachWave\x12$\n" +
+	"\x0eon_new_release\x18\n" +
+	" \x01(\tR\fonNewRelease\"H\n" +
 	"\bArtifact\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x03R\x04size\x12\x10\n" +
@@ -2656,7 +2698,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\n" +
 	"started_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x123\n" +
 	"\adone_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x06doneAt\x12)\n" +
-	"\x05phase\x18\a \x01(\x0e2\x13.fleetwave.v1.PhaseR\x05phase\"\xdc\x02\n" +
+	"\x05phase\x18\a \x01(\x0e2\x13.fleetwave.v1.PhaseR\x05phase\"\xa3\x03\n" +
 	"\x04Wave\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12-\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x17.fleetwave.v1.WaveStateR\x05state\x120\n" +
@@ -2667,7 +2709,10 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\n" +
 	"bake_until\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tbakeUntil\x12\x1a\n" +
 	"\bfailures\x18\a \x01(\rR\bfailures\x12\x16\n" +
-	"\x06canary\x18\b \x01(\bR\x06canary\"\x9a\x05\n" +
+	"\x06canary\x18\b \x01(\bR\x06canary\x12)\n" +
+	"\x10waiting_approval\x18\t \x01(\bR\x0fwaitingApproval\x12\x1a\n" +
+	"\bapproved\x18\n" +
+	" \x01(\bR\bapproved\"\x9a\x05\n" +
 	"\aRollout\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12!\n" +
