@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 	"testing"
 
 	"google.golang.org/grpc"
@@ -99,4 +100,71 @@ func BenchmarkRolloutOverhead(b *testing.B) {
 			b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/rollout")
 		})
 	}
+}
+
+// BenchmarkFailureReaction measures the time from a host's failing report
+// reaching the coordinator (sent on its stream) to the rollout being FAILED
+// (seen by an operator's WatchRollout): the target is under 1 s.
+func BenchmarkFailureReaction(b *testing.B) {
+	cc := startCoordinator(b)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	op := v1.NewOperatorServiceClient(cc)
+	spec := &v1.ServiceSpec{Name: "web", Run: &v1.RunSpec{Command: []string{"./app"}}, Rollout: &v1.RolloutPolicy{Bake: durationpb.New(0)}}
+	if _, err := op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: spec}); err != nil {
+		b.Fatal(err)
+	}
+	s, err := v1.NewAgentServiceClient(cc).Connect(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := s.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Hello{Hello: &v1.Hello{HostId: "h1"}}}); err != nil {
+		b.Fatal(err)
+	}
+	art := upload(b, ctx, cc, []byte("artifact"))
+	var total time.Duration
+	for i := 0; b.Loop(); i++ {
+		v := fmt.Sprintf("v%d", i)
+		if _, err := op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: v, Artifact: art}}); err != nil {
+			b.Fatal(err)
+		}
+		var gen int64
+		for gen == 0 {
+			m, err := s.Recv()
+			if err != nil {
+				b.Fatal(err)
+			}
+			for _, a := range m.GetAssignments() {
+				if a.GetRelease().GetVersion() == v {
+					gen = a.GetGeneration()
+				}
+			}
+		}
+		w, err := op.WatchRollout(ctx, &v1.WatchRolloutRequest{Service: "web"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := w.Recv(); err != nil { // the rollout as it is now
+			b.Fatal(err)
+		}
+		sent := time.Now()
+		rep := &v1.ServiceReport{Service: "web", Generation: gen, Phase: v1.Phase_PHASE_REVERTED, TargetVersion: v, Reason: "bench"}
+		if err := s.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Report{Report: rep}}); err != nil {
+			b.Fatal(err)
+		}
+		for {
+			m, err := w.Recv()
+			if err != nil {
+				b.Fatalf("watch ended before the rollout failed: %v", err)
+			}
+			if m.GetRollout().GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED {
+				break
+			}
+		}
+		total += time.Since(sent)
+		if _, err := op.UnfreezeService(ctx, &v1.UnfreezeServiceRequest{Name: "web"}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(total.Microseconds())/1000/float64(b.N), "ms/reaction")
 }
