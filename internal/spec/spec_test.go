@@ -237,6 +237,7 @@ func TestValidateErrors(t *testing.T) {
 		{"wave over 100", func(s *v1.ServiceSpec) { s.Rollout.Waves = []uint32{50, 150} }, `rollout.waves[1]: 150 is not a percentage in 1..100`},
 		{"last wave not 100", func(s *v1.ServiceSpec) { s.Rollout.Waves = []uint32{10, 80} }, `rollout.waves: the last wave is 80, must be 100`},
 		{"bad mode", func(s *v1.ServiceSpec) { s.Rollout.Mode = "fast" }, `rollout.mode: "fast" is not auto or manual`},
+		{"bad on_new_release", func(s *v1.ServiceSpec) { s.Rollout.OnNewRelease = "wait" }, `rollout.on_new_release: "wait" is not supersede or queue`},
 		{"canary too big", func(s *v1.ServiceSpec) { s.Rollout.Canary = 1001 }, `rollout.canary: 1001 is more than 1000`},
 		{"canary with no_canary", func(s *v1.ServiceSpec) { s.Rollout.NoCanary = true }, `rollout.canary: 1 is set but no_canary is true`},
 		{"negative bake", func(s *v1.ServiceSpec) { s.Rollout.Bake = durationpb.New(-time.Second) }, `rollout.bake: -1s is negative`},

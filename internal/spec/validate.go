@@ -85,6 +85,7 @@ func Validate(s *v1.ServiceSpec) error {
 		}
 	}
 	validateRollout(&p, s.GetRollout())
+	validateAnalysisAndAlerts(&p, s)
 	return errors.Join(p...)
 }
 
@@ -225,6 +226,11 @@ func validateRollout(p *problems, r *v1.RolloutPolicy) {
 	case "", "auto", "manual":
 	default:
 		p.add("rollout.mode", "%q is not auto or manual", r.GetMode())
+	}
+	switch r.GetOnNewRelease() {
+	case "", "supersede", "queue":
+	default:
+		p.add("rollout.on_new_release", "%q is not supersede or queue", r.GetOnNewRelease())
 	}
 	validDuration(p, "rollout.bake", r.GetBake())
 	validDuration(p, "rollout.progress_deadline", r.GetProgressDeadline())
