@@ -15,7 +15,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
 RACE_PKGS := ./coordinator/... ./agent/... ./internal/cli/... ./internal/demoapp/...
 FUZZTIME ?= 10s
 
-.PHONY: all build test unit e2e race fuzz fuzz-long lint vet fmt-check proto proto-check tools demo bench clean
+.PHONY: all build test unit e2e race fuzz fuzz-long lint vet fmt-check proto proto-check tools deps demo bench clean
 
 all: build
 
@@ -27,6 +27,14 @@ $(BIN)/protoc-gen-go-grpc:
 	GOBIN=$(BIN) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 
 tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc
+
+# Test servers from Debian's packages: a real Prometheus for the PromQL rules.
+deps:
+	@command -v prometheus >/dev/null 2>&1 || { \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  echo "installing Debian's prometheus package"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@prometheus --version 2>&1 | head -n 1
 
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/...
@@ -53,8 +61,10 @@ vet:
 lint: fmt-check vet
 
 # Everything CI checks.
-test: proto-check lint build unit race fuzz
+test: proto-check lint build deps unit race fuzz
 
+# The end-to-end tests need prometheus: with this set its absence fails them.
+unit: export FLEETWAVE_REQUIRE_PROMETHEUS = 1
 unit:
 	$(GO) test -count=1 -timeout 20m ./...
 
@@ -71,8 +81,8 @@ fuzz:
 fuzz-long:
 	$(MAKE) fuzz FUZZTIME=5m
 
-e2e:
-	$(GO) test -count=1 -v -timeout 20m ./internal/e2e/...
+e2e: deps
+	FLEETWAVE_REQUIRE_PROMETHEUS=1 $(GO) test -count=1 -v -timeout 20m ./internal/e2e/...
 
 demo:
 	$(GO) run ./internal/demo

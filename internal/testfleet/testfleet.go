@@ -484,3 +484,58 @@ func EvilArtifact(path, name string) error {
 	}
 	return os.WriteFile(path, buf.Bytes(), 0o644)
 }
+
+// PrometheusBinary finds Debian's prometheus (installed by `make deps`).
+// With FLEETWAVE_REQUIRE_PROMETHEUS set (make test sets it) a missing
+// binary is an error, not a reason to skip.
+func PrometheusBinary() (string, error) {
+	p, err := exec.LookPath("prometheus")
+	if err != nil {
+		return "", fmt.Errorf("prometheus not found (run `make deps`, which installs Debian's prometheus package): %w", err)
+	}
+	return p, nil
+}
+
+// StartPrometheus runs a real Prometheus server in dir scraping targets
+// (host:port) every second under job "fleet", and waits until it serves.
+func StartPrometheus(ctx context.Context, dir string, targets []string) (*Proc, string, error) {
+	bin, err := PrometheusBinary()
+	if err != nil {
+		return nil, "", err
+	}
+	port, err := FreePort()
+	if err != nil {
+		return nil, "", err
+	}
+	quoted := make([]string, len(targets))
+	for i, t := range targets {
+		quoted[i] = fmt.Sprintf("%q", t)
+	}
+	cfg := fmt.Sprintf("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: fleet\n    static_configs:\n      - targets: [%s]\n", strings.Join(quoted, ", "))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, "", err
+	}
+	cfgPath := filepath.Join(dir, "prometheus.yml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		return nil, "", err
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	p, err := Start("prometheus", bin, filepath.Join(dir, "prometheus.log"),
+		"--config.file="+cfgPath, "--storage.tsdb.path="+filepath.Join(dir, "data"),
+		"--web.listen-address="+addr, "--log.level=warn")
+	if err != nil {
+		return nil, "", err
+	}
+	err = WaitFor(ctx, 60*time.Second, "prometheus ready", func() (bool, string) {
+		_, code, err := httpGet(ctx, "http://"+addr+"/-/ready")
+		if err != nil {
+			return false, err.Error()
+		}
+		return code == 200, fmt.Sprint("status ", code)
+	})
+	if err != nil {
+		p.Stop(5 * time.Second)
+		return nil, "", fmt.Errorf("%w\n%s", err, p.Tail(2000))
+	}
+	return p, "http://" + addr, nil
+}
