@@ -10,9 +10,12 @@
 //	ERROR_RATE   a number 0..1: that fraction of requests to / answer 500,
 //	             deterministically (every 1/rate-th request), not randomly
 //	LATENCY      a Go duration added to every request to /
+//	DEGRADE_AFTER a Go duration: ERROR_RATE and LATENCY apply only once the
+//	             app has run this long (a release that degrades after it
+//	             reported healthy)
 //
-// VERSION, CRASH, ERROR_RATE and LATENCY are read once at start; a bad value
-// is a start error naming the file.
+// VERSION, CRASH, ERROR_RATE, LATENCY and DEGRADE_AFTER are read once at
+// start; a bad value is a start error naming the file.
 //
 // Endpoints: / ("hello from VERSION"), /healthz ("ok"), /version (the
 // version, no newline), /metrics (Prometheus text format from its own
@@ -51,6 +54,7 @@ const (
 	FileCrash      = "CRASH"
 	FileErrorRate  = "ERROR_RATE"
 	FileLatency    = "LATENCY"
+	FileDegrade    = "DEGRADE_AFTER"
 )
 
 const (
@@ -145,6 +149,8 @@ type config struct {
 	crash     bool
 	errorRate float64
 	latency   time.Duration
+	// degradeAfter delays errorRate and latency (0: from the start).
+	degradeAfter time.Duration
 }
 
 func load(dir string) (config, error) {
@@ -185,6 +191,16 @@ func load(dir string) (config, error) {
 		}
 		c.latency = d
 	}
+
+	if s, ok, err := readSmall(dir, FileDegrade); err != nil {
+		return c, err
+	} else if ok {
+		d, err := time.ParseDuration(s)
+		if err != nil || d < 0 {
+			return c, fmt.Errorf("%s: invalid duration %q (want e.g. 20s)", FileDegrade, truncate(s, 64))
+		}
+		c.degradeAfter = d
+	}
 	return c, nil
 }
 
@@ -224,6 +240,8 @@ type app struct {
 	cfg    config
 	onRoot func()
 	served atomic.Uint64 // requests to / so far, for ERROR_RATE
+	// degradeAt is when ERROR_RATE and LATENCY start to apply.
+	degradeAt time.Time
 
 	registry *prometheus.Registry
 	requests *prometheus.CounterVec
@@ -232,10 +250,11 @@ type app struct {
 
 func newApp(dir string, cfg config, onRoot func()) *app {
 	a := &app{
-		dir:      dir,
-		cfg:      cfg,
-		onRoot:   onRoot,
-		registry: prometheus.NewRegistry(),
+		dir:       dir,
+		cfg:       cfg,
+		onRoot:    onRoot,
+		degradeAt: time.Now().Add(cfg.degradeAfter),
+		registry:  prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "http_requests_total",
 			Help: "HTTP requests by status code and path.",
@@ -283,7 +302,8 @@ func (a *app) root(w http.ResponseWriter, r *http.Request) {
 	if a.onRoot != nil {
 		a.onRoot()
 	}
-	if a.cfg.latency > 0 {
+	degraded := !time.Now().Before(a.degradeAt)
+	if a.cfg.latency > 0 && degraded {
 		t := time.NewTimer(a.cfg.latency)
 		select {
 		case <-t.C:
@@ -291,6 +311,10 @@ func (a *app) root(w http.ResponseWriter, r *http.Request) {
 			t.Stop()
 			return
 		}
+	}
+	if !degraded {
+		writeText(w, http.StatusOK, "hello from "+a.cfg.version)
+		return
 	}
 	n := a.served.Add(1)
 	if injectError(n, a.cfg.errorRate) {

@@ -206,6 +206,31 @@ func TestLatency(t *testing.T) {
 	}
 }
 
+func TestDegradeAfter(t *testing.T) {
+	s := start(t, writeFiles(t, map[string]string{"VERSION": "v1", "ERROR_RATE": "1", "DEGRADE_AFTER": "300ms"}), nil)
+	started := time.Now()
+	// Healthy at first (only checked while the deadline has clearly not
+	// passed, so a slow machine cannot make this flaky)...
+	code, _ := get(t, s.url+"/")
+	if time.Since(started) < 200*time.Millisecond && code != 200 {
+		t.Fatalf("GET / before DEGRADE_AFTER = %d, want 200", code)
+	}
+	// ...then every request fails.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if code, _ := get(t, s.url+"/"); code == 500 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("ERROR_RATE never applied after DEGRADE_AFTER")
+		}
+		time.Sleep(20 * time.Millisecond) // polling a condition with a deadline
+	}
+	if d := time.Since(started); d < 300*time.Millisecond {
+		t.Fatalf("degraded after %v, want >= 300ms", d)
+	}
+}
+
 func TestBadFiles(t *testing.T) {
 	for _, tc := range []struct {
 		files map[string]string
@@ -220,6 +245,7 @@ func TestBadFiles(t *testing.T) {
 		{map[string]string{"VERSION": "v1", "ERROR_RATE": "NaN"}, `ERROR_RATE: invalid rate "NaN"`},
 		{map[string]string{"VERSION": "v1", "LATENCY": "slow"}, `LATENCY: invalid duration "slow"`},
 		{map[string]string{"VERSION": "v1", "LATENCY": "-1s"}, `LATENCY: invalid duration "-1s"`},
+		{map[string]string{"VERSION": "v1", "DEGRADE_AFTER": "soon"}, `DEGRADE_AFTER: invalid duration "soon"`},
 	} {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
