@@ -37,10 +37,32 @@ type service struct {
 	exitsStop chan struct{} // closes the exits forwarder of sup
 
 	checkCancel context.CancelFunc
+	fetchCancel context.CancelFunc // cancels the latest fetch (no-op once it ended)
 
 	fetched  *install.Fetched
 	verified *install.Verified
 	staged   bool // the target was already staged: fetch/verify/stage are no-ops
+
+	// pruneDone is closed when the latest background prune of this service
+	// has ended (nil: none started). File steps wait for it.
+	pruneDone chan struct{}
+
+	// queue holds actions not carried out yet; blocked says a save of the
+	// state (ActPersist at its head) failed: nothing after it runs until a
+	// retry on a tick succeeds.
+	queue   []lifecycle.Action
+	blocked bool
+}
+
+// closedCh is a closed channel: "no prune to wait for".
+var closedCh = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// afterPrune returns a channel closed once no prune of the service runs.
+func (s *service) afterPrune() <-chan struct{} {
+	if s.pruneDone == nil {
+		return closedCh
+	}
+	return s.pruneDone
 }
 
 type agent struct {
@@ -69,6 +91,8 @@ type (
 		fetched  *install.Fetched
 		verified *install.Verified
 		staged   bool
+		link     string                // ActSwitch: where `current` points afterwards
+		linkOK   bool                  // link could be read
 		sup      *supervise.Supervisor // started process (ActStart)
 		grace    time.Duration
 		epoch    uint64
@@ -170,6 +194,7 @@ func (a *agent) drain() {
 					}
 				}
 				a.inst.Discard(d.fetched)
+				a.inst.DiscardVerified(d.verified)
 			}
 		default:
 			return
@@ -198,13 +223,10 @@ func lockDataDir(dir string) (func(), error) {
 // earlier agent left running and lets lifecycle.Restore put the last
 // verified release back and re-check it.
 func (a *agent) recover(saved []*state.Service) {
+	a.killStale(saved)
 	now := time.Now()
 	for _, st := range saved {
 		log := a.log.With().Str("service", st.Service).Logger()
-		grace := stopGrace(st.Assignment(st.Current))
-		if err := supervise.KillStale(a.pidFile(st.Service), grace, log); err != nil {
-			log.Error().Err(err).Str("path", a.pidFile(st.Service)).Msg("killing leftover process")
-		}
 		snap := lifecycle.Snapshot{
 			Service:    st.Service,
 			Phase:      st.Phase,
@@ -221,6 +243,24 @@ func (a *agent) recover(saved []*state.Service) {
 			Msg("recovering service")
 		a.exec(s, acts)
 	}
+}
+
+// killStale kills what an earlier agent left running, for all services at
+// once (each may wait out its stop grace).
+func (a *agent) killStale(saved []*state.Service) {
+	var wg sync.WaitGroup
+	for _, st := range saved {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			log := a.log.With().Str("service", st.Service).Logger()
+			grace := stopGrace(st.Assignment(st.Current))
+			if err := a.opts.killStale(a.pidFile(st.Service), grace, log); err != nil {
+				log.Error().Err(err).Str("path", a.pidFile(st.Service)).Msg("killing leftover process")
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 func (a *agent) pidFile(svc string) string { return filepath.Join(a.cfg.DataDir, "run", svc+".pid") }
@@ -243,7 +283,11 @@ func (a *agent) loop(ctx context.Context) {
 			return
 		case now := <-tick.C:
 			for _, name := range a.names() {
-				a.step(a.services[name], lifecycle.Tick(now))
+				s := a.services[name]
+				if s.blocked {
+					a.runQueue(s) // retry the failed save
+				}
+				a.step(s, lifecycle.Tick(now))
 			}
 		case ev := <-a.events:
 			a.handle(ev)
@@ -280,12 +324,23 @@ func (a *agent) handle(ev any) {
 	case doneEv:
 		s := a.services[ev.svc]
 		if s == nil {
+			a.inst.Discard(ev.fetched)
+			a.inst.DiscardVerified(ev.verified)
 			return
 		}
+		if _, seq := s.m.InFlight(); seq != ev.seq {
+			// Not the step in flight: the machine ignores it, nobody wants its files.
+			a.inst.Discard(ev.fetched)
+			a.inst.DiscardVerified(ev.verified)
+			ev.fetched, ev.verified, ev.staged = nil, nil, false
+		}
 		if ev.fetched != nil {
+			a.inst.Discard(s.fetched)
 			s.fetched = ev.fetched
 		}
 		if ev.verified != nil {
+			// The verified file is the fetched one, renamed in name only.
+			a.inst.DiscardVerified(s.verified)
 			s.verified = ev.verified
 			s.fetched = nil
 		}
@@ -295,7 +350,11 @@ func (a *agent) handle(ev any) {
 		if ev.sup != nil {
 			a.adoptSupervisor(s, ev.sup, ev.grace, ev.epoch)
 		}
-		a.step(s, lifecycle.Done(ev.seq, ev.err, time.Now()))
+		in := lifecycle.Done(ev.seq, ev.err, time.Now())
+		if ev.linkOK {
+			in = lifecycle.SwitchDone(ev.seq, ev.err, ev.link, in.At)
+		}
+		a.step(s, in)
 	case checksEv:
 		if s := a.services[ev.svc]; s != nil {
 			a.step(s, lifecycle.Checks(ev.epoch, ev.at, ev.results...))
@@ -356,39 +415,91 @@ func (a *agent) step(s *service, in lifecycle.Input) {
 			Str("reason", s.m.Report().GetReason()).Msg("phase")
 	}
 	a.exec(s, acts)
+	if s.fetchCancel != nil && s.m.FetchSuperseded() {
+		a.log.Info().Str("service", s.name).Int64("generation", s.m.Generation()).
+			Str("reason", "superseded").Msg("cancelling the fetch of a release no longer wanted")
+		s.fetchCancel()
+		s.fetchCancel = nil
+	}
+	if !s.m.Busy() {
+		a.dropArtifacts(s) // settled: no install needs them
+	}
 }
 
-// exec carries out actions in order. Long steps run in goroutines that
-// report back with a doneEv.
+// exec queues actions and carries them out in order (see runQueue).
 func (a *agent) exec(s *service, acts []lifecycle.Action) {
 	for _, act := range acts {
-		switch act.Kind {
-		case lifecycle.ActPersist:
-			a.persist(s, act.Snapshot)
-		case lifecycle.ActReport:
-			a.rep.put(act.Report)
-		case lifecycle.ActFetch:
-			a.startFetch(s, act)
-		case lifecycle.ActVerify:
-			a.startVerify(s, act)
-		case lifecycle.ActStage:
-			a.startStage(s, act)
-		case lifecycle.ActSwitch:
-			a.startSwitch(s, act)
-		case lifecycle.ActStart:
-			a.startProcess(s, act)
-		case lifecycle.ActStop:
-			a.stopProcess(s, act)
-		case lifecycle.ActBeginChecks:
-			a.beginChecks(s, act)
-		case lifecycle.ActStopChecks:
-			a.stopChecks(s)
+		if s.blocked && act.Kind == lifecycle.ActReport && len(s.queue) > 0 &&
+			s.queue[len(s.queue)-1].Kind == lifecycle.ActReport {
+			// Reports are level-triggered: while blocked only the latest counts.
+			s.queue[len(s.queue)-1] = act
+			continue
 		}
+		s.queue = append(s.queue, act)
 	}
+	if !s.blocked {
+		a.runQueue(s)
+	}
+}
+
+// runQueue carries out the queued actions in order. Long steps run in
+// goroutines that report back with a doneEv. An ActPersist must be durable
+// before anything after it runs (lifecycle/doc.go): if the save fails, the
+// queue stops there and the save is retried on the next tick.
+func (a *agent) runQueue(s *service) {
+	for len(s.queue) > 0 {
+		act := s.queue[0]
+		if act.Kind == lifecycle.ActPersist {
+			if err := a.persist(s, act.Snapshot); err != nil {
+				if !s.blocked {
+					a.log.Error().Str("service", s.name).Err(err).Str("path", a.store.Path(s.name)).
+						Int("queued", len(s.queue)).Msg("persisting state failed: holding later actions, retrying every tick")
+				} else {
+					a.log.Debug().Str("service", s.name).Err(err).Msg("persisting state failed again")
+				}
+				s.blocked = true
+				return
+			}
+			if s.blocked {
+				a.log.Info().Str("service", s.name).Int("queued", len(s.queue)-1).Msg("state saved after earlier failures: carrying on")
+				s.blocked = false
+			}
+		}
+		s.queue[0] = lifecycle.Action{}
+		s.queue = s.queue[1:]
+		a.do(s, act)
+	}
+	s.queue = nil
 	a.rep.setLatest(s.m.Report())
 }
 
-func (a *agent) persist(s *service, snap *lifecycle.Snapshot) {
+// do carries out one action (ActPersist is done by runQueue).
+func (a *agent) do(s *service, act lifecycle.Action) {
+	switch act.Kind {
+	case lifecycle.ActReport:
+		a.rep.put(act.Report)
+	case lifecycle.ActFetch:
+		a.startFetch(s, act)
+	case lifecycle.ActVerify:
+		a.startVerify(s, act)
+	case lifecycle.ActStage:
+		a.startStage(s, act)
+	case lifecycle.ActSwitch:
+		a.startSwitch(s, act)
+	case lifecycle.ActStart:
+		a.startProcess(s, act)
+	case lifecycle.ActStop:
+		a.stopProcess(s, act)
+	case lifecycle.ActBeginChecks:
+		a.beginChecks(s, act)
+	case lifecycle.ActStopChecks:
+		a.stopChecks(s)
+	}
+}
+
+// persist saves a snapshot durably; once a settled phase is saved, it
+// prunes releases nobody needs any more, in the background.
+func (a *agent) persist(s *service, snap *lifecycle.Snapshot) error {
 	st := &state.Service{
 		Service:    snap.Service,
 		Phase:      snap.Phase,
@@ -404,16 +515,47 @@ func (a *agent) persist(s *service, snap *lifecycle.Snapshot) {
 			st.Releases[lifecycle.Version(asg)] = asg
 		}
 	}
+	if a.opts.saveHook != nil {
+		if err := a.opts.saveHook(st); err != nil {
+			return fmt.Errorf("save state of %s: %w", s.name, err)
+		}
+	}
 	if err := a.store.Save(st); err != nil {
-		a.log.Error().Str("service", s.name).Err(err).Str("path", a.store.Path(s.name)).Msg("persisting state")
+		return err
 	}
 	switch snap.Phase {
 	case v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_REVERTED, v1.Phase_PHASE_FAILED:
-		// Settled: drop releases nobody needs any more.
-		if err := a.inst.Prune(s.name, st.Current, st.LastGood, st.Target); err != nil {
-			a.log.Warn().Str("service", s.name).Err(err).Msg("pruning old releases")
-		}
+		a.startPrune(s, st.Current, st.LastGood, st.Target)
 	}
+	return nil
+}
+
+// startPrune removes the service's releases except keep (and the one
+// `current` points at) in the background. Prunes of one service run one
+// after another, and its fetch, verify, stage and switch steps wait for the
+// latest one, so a prune never overlaps them.
+func (a *agent) startPrune(s *service, keep ...string) {
+	prev := s.afterPrune()
+	done := make(chan struct{})
+	s.pruneDone = done
+	name := s.name
+	a.background(func() {
+		defer close(done)
+		<-prev
+		if a.opts.pruneHook != nil {
+			a.opts.pruneHook(name)
+		}
+		if err := a.inst.Prune(name, keep...); err != nil {
+			a.log.Warn().Str("service", name).Err(err).Msg("pruning old releases")
+		}
+	})
+}
+
+// dropArtifacts removes the service's fetched or verified file, if any.
+func (a *agent) dropArtifacts(s *service) {
+	a.inst.Discard(s.fetched)
+	a.inst.DiscardVerified(s.verified)
+	s.fetched, s.verified = nil, nil
 }
 
 // background runs f in a goroutine tracked by the agent.
@@ -431,15 +573,22 @@ func artifactOf(asg *v1.Assignment) install.Artifact {
 }
 
 func (a *agent) startFetch(s *service, act lifecycle.Action) {
-	a.inst.Discard(s.fetched)
-	s.fetched, s.verified, s.staged = nil, nil, false
-	name, asg := s.name, act.Assignment
+	a.dropArtifacts(s)
+	s.staged = false
+	if s.fetchCancel != nil {
+		s.fetchCancel()
+	}
+	ctx, cancel := context.WithCancel(a.ctx)
+	s.fetchCancel = cancel
+	name, asg, wait := s.name, act.Assignment, s.afterPrune()
 	a.background(func() {
+		defer cancel()
+		<-wait
 		ev := doneEv{svc: name, seq: act.Seq}
 		if a.inst.Staged(name, act.Version, artifactOf(asg).SHA256) {
 			ev.staged = true // unpacked earlier from the same digest
 		} else {
-			ev.fetched, ev.err = a.fetch(asg)
+			ev.fetched, ev.err = a.fetch(ctx, asg)
 		}
 		if !a.send(ev) {
 			a.inst.Discard(ev.fetched)
@@ -448,8 +597,9 @@ func (a *agent) startFetch(s *service, act lifecycle.Action) {
 }
 
 func (a *agent) startVerify(s *service, act lifecycle.Action) {
-	name, f, staged := s.name, s.fetched, s.staged
+	name, f, staged, wait := s.name, s.fetched, s.staged, s.afterPrune()
 	a.background(func() {
+		<-wait
 		ev := doneEv{svc: name, seq: act.Seq}
 		if !staged {
 			ev.verified, ev.err = a.inst.Verify(f, artifactOf(act.Assignment))
@@ -459,9 +609,10 @@ func (a *agent) startVerify(s *service, act lifecycle.Action) {
 }
 
 func (a *agent) startStage(s *service, act lifecycle.Action) {
-	name, v, staged := s.name, s.verified, s.staged
+	name, v, staged, wait := s.name, s.verified, s.staged, s.afterPrune()
 	s.verified = nil
 	a.background(func() {
+		<-wait
 		ev := doneEv{svc: name, seq: act.Seq}
 		if !staged {
 			_, ev.err = a.inst.Stage(name, act.Version, v)
@@ -471,9 +622,18 @@ func (a *agent) startStage(s *service, act lifecycle.Action) {
 }
 
 func (a *agent) startSwitch(s *service, act lifecycle.Action) {
-	name := s.name
+	name, wait := s.name, s.afterPrune()
 	a.background(func() {
-		a.send(doneEv{svc: name, seq: act.Seq, err: a.inst.Switch(name, act.Version)})
+		<-wait
+		ev := doneEv{svc: name, seq: act.Seq, err: a.inst.Switch(name, act.Version)}
+		// Say where the link points now: a failed switch must not be
+		// mistaken for one that happened (or the other way round).
+		if cur, err := a.inst.Current(name); err == nil {
+			ev.link, ev.linkOK = cur, true
+		} else {
+			a.log.Warn().Str("service", name).Err(err).Msg("reading the current link after a switch")
+		}
+		a.send(ev)
 	})
 }
 
@@ -587,6 +747,6 @@ func (a *agent) shutdownServices() {
 	}
 	wg.Wait()
 	for _, s := range a.services {
-		a.inst.Discard(s.fetched)
+		a.dropArtifacts(s)
 	}
 }

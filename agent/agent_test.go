@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetwave/fleetwave/agent/supervise"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"github.com/rs/zerolog"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -85,15 +86,11 @@ func reportIs(r *v1.ServiceReport, gen int64, phase v1.Phase, current string) bo
 
 func readPID(t *testing.T, path string) int {
 	t.Helper()
-	b, err := os.ReadFile(path)
+	rec, err := supervise.ReadPIDFile(path)
 	if err != nil {
 		t.Fatalf("pid file: %v", err)
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		t.Fatalf("pid file %q: %v", b, err)
-	}
-	return pid
+	return rec.PGID
 }
 
 // alive reports whether pid runs (a zombie counts as gone).
@@ -115,6 +112,18 @@ func waitGone(t *testing.T, pid int) {
 			t.Fatalf("process %d still alive", pid)
 		}
 		time.Sleep(20 * time.Millisecond) // polling a condition with a deadline
+	}
+}
+
+// waitCond polls cond until it holds or the deadline passes.
+func waitCond(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond) // polling a condition with a deadline
 	}
 }
 
@@ -227,9 +236,11 @@ func TestAgentEndToEnd(t *testing.T) {
 	if pid := readPID(t, pidFile); pid != revertedPID {
 		t.Fatalf("restarted for a repeat of the running release: pid %d -> %d", revertedPID, pid)
 	}
-	if _, err := os.Stat(filepath.Join(dataDir, "releases", testSvc, "2.0.0")); !os.IsNotExist(err) {
-		t.Fatalf("failed release not pruned: %v", err)
-	}
+	// Pruning runs in the background after the settled state is saved.
+	waitCond(t, "failed release pruned", 10*time.Second, func() bool {
+		_, err := os.Stat(filepath.Join(dataDir, "releases", testSvc, "2.0.0"))
+		return os.IsNotExist(err)
+	})
 
 	// Shutdown stops the service.
 	cancel()

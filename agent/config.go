@@ -15,7 +15,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fleetwave/fleetwave/agent/state"
+	"github.com/fleetwave/fleetwave/agent/supervise"
 	"github.com/fleetwave/fleetwave/internal/spec"
+	"github.com/rs/zerolog"
 )
 
 // DefaultMaxArtifactBytes caps an artifact when Config.MaxArtifactBytes is 0.
@@ -104,7 +107,13 @@ type options struct {
 	supMaxBackoff time.Duration
 	fetchAttempts int
 	fetchTimeout  time.Duration
-	seed          uint64 // 0 = from the clock
+	fetchIdle     time.Duration // a download that receives nothing for this long fails
+	seed          uint64        // 0 = from the clock
+
+	// Test hooks (nil in production).
+	saveHook  func(*state.Service) error // runs before every state save; an error fails the save
+	pruneHook func(service string)       // runs in the background prune before it removes anything
+	killStale func(pidFile string, grace time.Duration, log zerolog.Logger) error
 }
 
 func defaultOptions() options {
@@ -115,5 +124,7 @@ func defaultOptions() options {
 		keepalive:     30 * time.Second,
 		fetchAttempts: 3,
 		fetchTimeout:  30 * time.Minute,
+		fetchIdle:     60 * time.Second,
+		killStale:     supervise.KillStale,
 	}
 }

@@ -251,10 +251,51 @@ func (a *agent) sendReports(ctx context.Context, stream grpc.BidiStreamingClient
 	}
 }
 
+// errFetchIdle: a download received nothing for a while.
+var errFetchIdle = errors.New("no data received")
+
+// idleReader resets timer to d whenever a Read returns data.
+type idleReader struct {
+	r     io.Reader
+	timer *time.Timer
+	d     time.Duration
+}
+
+func (ir *idleReader) Read(p []byte) (int, error) {
+	n, err := ir.r.Read(p)
+	if n > 0 {
+		ir.timer.Reset(ir.d)
+	}
+	return n, err
+}
+
+// idleWatch returns a context that is cancelled (cause errFetchIdle) once
+// nothing has been read through wrap's readers for d, and stop, which must
+// be called when done.
+func idleWatch(ctx context.Context, d time.Duration) (ictx context.Context, wrap func(io.Reader) io.Reader, stop func()) {
+	ictx, cancel := context.WithCancelCause(ctx)
+	timer := time.AfterFunc(d, func() { cancel(fmt.Errorf("%w for %s", errFetchIdle, d)) })
+	wrap = func(r io.Reader) io.Reader { return &idleReader{r: r, timer: timer, d: d} }
+	stop = func() {
+		timer.Stop()
+		cancel(nil)
+	}
+	return ictx, wrap, stop
+}
+
+// idleErr replaces err by the idle timeout when that is what ended ictx.
+func idleErr(ictx context.Context, err error) error {
+	if cause := context.Cause(ictx); err != nil && errors.Is(cause, errFetchIdle) {
+		return fmt.Errorf("%w (%v)", cause, err)
+	}
+	return err
+}
+
 // fetch downloads an assignment's artifact into a temp file, from its URL or
-// from the coordinator, retrying a few times.
-func (a *agent) fetch(asg *v1.Assignment) (*install.Fetched, error) {
-	ctx, cancel := context.WithTimeout(a.ctx, a.opts.fetchTimeout)
+// from the coordinator, retrying a few times. Cancelling ctx (the assignment
+// was superseded, or the agent stops) ends it at once.
+func (a *agent) fetch(ctx context.Context, asg *v1.Assignment) (*install.Fetched, error) {
+	ctx, cancel := context.WithTimeout(ctx, a.opts.fetchTimeout)
 	defer cancel()
 	want := artifactOf(asg)
 	var err error
@@ -282,19 +323,27 @@ func (a *agent) fetch(asg *v1.Assignment) (*install.Fetched, error) {
 
 func (a *agent) fetchOnce(ctx context.Context, asg *v1.Assignment, want install.Artifact) (*install.Fetched, error) {
 	if u := asg.GetRelease().GetArtifact().GetUrl(); u != "" {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+		// The transport bounds the wait for headers; nothing bounds a body
+		// that stops arriving but the idle watch.
+		ictx, wrap, stop := idleWatch(ctx, a.opts.fetchIdle)
+		defer stop()
+		req, err := http.NewRequestWithContext(ictx, http.MethodGet, u, nil)
 		if err != nil {
 			return nil, fmt.Errorf("GET %s: %w", u, err)
 		}
 		resp, err := httpClient.Do(req)
 		if err != nil {
-			return nil, fmt.Errorf("GET %s: %w", u, err)
+			return nil, fmt.Errorf("GET %s: %w", u, idleErr(ictx, err))
 		}
 		defer resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
 			return nil, fmt.Errorf("GET %s: status %s", u, resp.Status)
 		}
-		return a.inst.Fetch(ctx, resp.Body, want)
+		f, err := a.inst.Fetch(ictx, wrap(resp.Body), want)
+		if err != nil {
+			return nil, fmt.Errorf("GET %s: %w", u, idleErr(ictx, err))
+		}
+		return f, nil
 	}
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	cc, err := a.conns.wait(wctx)
@@ -302,15 +351,15 @@ func (a *agent) fetchOnce(ctx context.Context, asg *v1.Assignment, want install.
 	if err != nil {
 		return nil, fmt.Errorf("download %s: %w", want.SHA256, err)
 	}
-	dctx, dcancel := context.WithCancel(ctx)
-	defer dcancel()
+	dctx, wrap, stop := idleWatch(ctx, a.opts.fetchIdle)
+	defer stop()
 	stream, err := v1.NewArtifactServiceClient(cc).Download(dctx, &v1.DownloadRequest{Sha256: want.SHA256})
 	if err != nil {
-		return nil, fmt.Errorf("download %s: %w", want.SHA256, err)
+		return nil, fmt.Errorf("download %s: %w", want.SHA256, idleErr(dctx, err))
 	}
-	f, err := a.inst.Fetch(ctx, &chunkReader{stream: stream}, want)
+	f, err := a.inst.Fetch(dctx, wrap(&chunkReader{stream: stream}), want)
 	if err != nil {
-		return nil, fmt.Errorf("download: %w", err)
+		return nil, fmt.Errorf("download: %w", idleErr(dctx, err))
 	}
 	return f, nil
 }

@@ -6,9 +6,17 @@
 // Layout under the data dir:
 //
 //	tmp/                          downloads in progress (emptied on start)
-//	releases/<service>/<version>/ unpacked releases (only ever complete)
-//	releases/<service>/.<version>.sha256   digest the release was unpacked from
+//	releases/<service>/<version>/ unpacked releases
+//	releases/<service>/.sha256/<version>   digest the release was unpacked from
 //	releases/<service>/current -> <version>
+//
+// A release directory counts as staged only while its digest marker exists:
+// Stage writes the marker before renaming the complete tree into place, and
+// removing a release (Prune, or Stage replacing it) removes the marker
+// durably first, so a crash can leave a partial tree only without a marker,
+// which the next Stage of that version replaces. Temp names under
+// releases/<service>/ start with "." (versions never do), so the start-up
+// cleanup of ".stage-*" and ".current-*" cannot match a release or marker.
 //
 // It must not import the coordinator or etcd, nor decide anything about the
 // lifecycle: it only does the file work it is asked to do.
@@ -134,8 +142,46 @@ func (in *Installer) ReleaseDir(service, version string) string {
 	return filepath.Join(in.serviceDir(service), version)
 }
 
+// markerDirName is the directory of digest markers under a service dir.
+const markerDirName = ".sha256"
+
+func (in *Installer) markerDir(service string) string {
+	return filepath.Join(in.serviceDir(service), markerDirName)
+}
+
 func (in *Installer) markerPath(service, version string) string {
-	return filepath.Join(in.serviceDir(service), "."+version+".sha256")
+	return filepath.Join(in.markerDir(service), version)
+}
+
+// marker returns the digest a release was unpacked from ("" if unknown).
+func (in *Installer) marker(service, version string) string {
+	b, err := os.ReadFile(in.markerPath(service, version))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// removeMarker removes a release's marker and makes that durable, so the
+// release no longer counts as staged before any of its files go.
+func (in *Installer) removeMarker(service, version string) error {
+	err := os.Remove(in.markerPath(service, version))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return syncDir(in.markerDir(service))
+}
+
+// removeRelease removes an unpacked release: marker first (durably), then
+// the tree.
+func (in *Installer) removeRelease(service, version string) error {
+	if err := in.removeMarker(service, version); err != nil {
+		return fmt.Errorf("remove marker: %w", err)
+	}
+	return os.RemoveAll(in.ReleaseDir(service, version))
 }
 
 func checkNames(service, version string) error {
@@ -250,14 +296,21 @@ func (in *Installer) Discard(f *Fetched) {
 	}
 }
 
+// DiscardVerified removes a verified file that will not be staged (nil is
+// fine).
+func (in *Installer) DiscardVerified(v *Verified) {
+	if v != nil {
+		os.Remove(v.path)
+	}
+}
+
 // Staged reports whether service/version is already unpacked from the
 // artifact with this digest.
 func (in *Installer) Staged(service, version, sha string) bool {
 	if checkNames(service, version) != nil {
 		return false
 	}
-	b, err := os.ReadFile(in.markerPath(service, version))
-	if err != nil || strings.TrimSpace(string(b)) != sha {
+	if sha == "" || in.marker(service, version) != sha {
 		return false
 	}
 	fi, err := os.Lstat(in.ReleaseDir(service, version))
@@ -268,7 +321,9 @@ func (in *Installer) Staged(service, version, sha string) bool {
 // unpacks into a temp dir beside it and renames that into place, so a
 // half-unpacked release never exists under its real name. The verified file
 // is removed afterwards. A release already unpacked from the same digest is
-// kept as is; one unpacked from another digest is an error.
+// kept as is. A directory of that version without a marker of this digest
+// (another digest, or left half-removed by a crash) is removed and unpacked
+// again, unless `current` points at it, which is an error.
 func (in *Installer) Stage(service, version string, v *Verified) (string, error) {
 	if v == nil {
 		return "", fmt.Errorf("stage %s %s: nothing verified", service, version)
@@ -279,12 +334,20 @@ func (in *Installer) Stage(service, version string, v *Verified) (string, error)
 	}
 	final := in.ReleaseDir(service, version)
 	if _, err := os.Lstat(final); err == nil {
-		b, _ := os.ReadFile(in.markerPath(service, version))
-		if got := strings.TrimSpace(string(b)); got != v.sha256 {
-			return "", fmt.Errorf("stage %s %s: %s already exists, unpacked from sha256 %q, not %s",
+		got := in.marker(service, version)
+		if got == v.sha256 {
+			return final, nil
+		}
+		if cur, _ := in.Current(service); cur == version {
+			return "", fmt.Errorf("stage %s %s: %s is current, unpacked from sha256 %q, not %s",
 				service, version, final, got, v.sha256)
 		}
-		return final, nil
+		in.log.Warn().Str("service", service).Str("version", version).Str("path", final).
+			Str("reason", fmt.Sprintf("unpacked from sha256 %q, not %s", got, v.sha256)).
+			Msg("replacing a release directory that is not staged from this artifact")
+		if err := in.removeRelease(service, version); err != nil {
+			return "", fmt.Errorf("stage %s %s: replace %s: %w", service, version, final, err)
+		}
 	}
 	sdir := in.serviceDir(service)
 	if err := os.MkdirAll(sdir, 0o755); err != nil {
@@ -310,6 +373,9 @@ func (in *Installer) Stage(service, version string, v *Verified) (string, error)
 	err = UnpackGzip(f, tmp, in.lim)
 	f.Close()
 	if err != nil {
+		return "", fmt.Errorf("stage %s %s: %w", service, version, err)
+	}
+	if err := os.MkdirAll(in.markerDir(service), 0o755); err != nil {
 		return "", fmt.Errorf("stage %s %s: %w", service, version, err)
 	}
 	if err := writeFileSync(in.markerPath(service, version), []byte(v.sha256+"\n")); err != nil {
@@ -358,8 +424,12 @@ func (in *Installer) Switch(service, version string) error {
 		os.Remove(tmp)
 		return fmt.Errorf("switch %s to %s: %w", service, version, err)
 	}
-	if err := syncDir(sdir); err != nil {
-		return fmt.Errorf("switch %s to %s: %w", service, version, err)
+	// The switch has happened; a failed fsync only means a crash could undo
+	// it, which recovery handles (it always switches back to the last good
+	// release). Reporting it as a failed switch would be a lie.
+	if err := syncDirFn(sdir); err != nil {
+		in.log.Warn().Str("service", service).Str("version", version).Str("path", sdir).Err(err).
+			Msg("switched, but fsync of the directory failed")
 	}
 	return nil
 }
@@ -398,16 +468,17 @@ func (in *Installer) Prune(service string, keep ...string) error {
 			continue
 		}
 		in.log.Info().Str("service", service).Str("version", name).Msg("pruning old release")
-		os.Remove(in.markerPath(service, name))
-		if err := os.RemoveAll(filepath.Join(sdir, name)); err != nil {
+		if err := in.removeRelease(service, name); err != nil {
 			return fmt.Errorf("prune %s %s: %w", service, name, err)
 		}
 	}
 	return nil
 }
 
+// writeFileSync writes path through a temp file beside it whose name starts
+// with "." (so it can never be the name of a version's marker).
 func writeFileSync(path string, b []byte) error {
-	tmp := path + ".tmp"
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return err
@@ -428,6 +499,10 @@ func writeFileSync(path string, b []byte) error {
 	}
 	return os.Rename(tmp, path)
 }
+
+// syncDirFn is syncDir; tests replace it to make the fsync after a switch
+// fail.
+var syncDirFn = syncDir
 
 func syncDir(dir string) error {
 	d, err := os.Open(dir)

@@ -225,17 +225,19 @@ func TestStageAndSwitch(t *testing.T) {
 	if _, err := stageBytes(t, in, "web", "1.0.0", art); err != nil {
 		t.Fatalf("restage: %v", err)
 	}
-	// Another artifact under the same version is refused.
-	other := gz(t, tarBytes(t, entry{name: "x", body: "other"}))
-	if _, err := stageBytes(t, in, "web", "1.0.0", other); err == nil || !strings.Contains(err.Error(), "already exists") {
-		t.Fatalf("err %v", err)
-	}
-
 	if err := in.Switch("web", "1.0.0"); err != nil {
 		t.Fatal(err)
 	}
 	if cur, err := in.Current("web"); err != nil || cur != "1.0.0" {
 		t.Fatalf("current %q %v", cur, err)
+	}
+	// Another artifact under the version `current` points at is refused.
+	other := gz(t, tarBytes(t, entry{name: "x", body: "other"}))
+	if _, err := stageBytes(t, in, "web", "1.0.0", other); err == nil || !strings.Contains(err.Error(), "is current") {
+		t.Fatalf("err %v", err)
+	}
+	if !in.Staged("web", "1.0.0", digest(art)) {
+		t.Fatal("refused restage changed the current release")
 	}
 	if _, err := stageBytes(t, in, "web", "2.0.0", other); err != nil {
 		t.Fatal(err)

@@ -20,8 +20,17 @@ var ErrUnsafeEntry = errors.New("unsafe archive entry")
 // ErrLimit is returned (wrapped) when an archive exceeds a size or count limit.
 var ErrLimit = errors.New("archive limit exceeded")
 
-// maxLinkHops bounds symlink resolution while checking links.
+// maxLinkHops bounds symlink resolution while checking one link.
 const maxLinkHops = 40
+
+// maxLinkComponents bounds the path components processed while checking all
+// the links of one archive, so a small archive of long chained links cannot
+// keep Stage busy for minutes.
+const maxLinkComponents = 1 << 20
+
+// maxNameComponent is the longest file name component (NAME_MAX): a longer
+// component can name nothing in the tree, so it is never looked up.
+const maxNameComponent = 255
 
 // fsyncUnpacked makes UnpackTar fsync what it writes; only the fuzz test
 // turns it off, for speed.
@@ -317,55 +326,131 @@ func withinRoot(dir, rel string) bool {
 	return true
 }
 
+// linkNode is a node of the tree of symlink paths: a symlink, or a
+// directory with a symlink somewhere below it. Paths with no symlink below
+// them are not in the tree.
+type linkNode struct {
+	parent   int32            // index of the parent node (the root is its own parent)
+	children map[string]int32 // name -> node
+	link     string           // archive name of the symlink ("" for a directory)
+	target   []string         // components of the symlink's target
+}
+
+// linkTree indexes the symlinks of an archive for resolution.
+type linkTree struct {
+	nodes []linkNode // nodes[0] is the root
+}
+
+func newLinkTree(links map[string]string) *linkTree {
+	lt := &linkTree{nodes: []linkNode{{}}}
+	for name, target := range links {
+		n := int32(0)
+		for _, c := range strings.Split(name, "/") {
+			ch, ok := lt.nodes[n].children[c]
+			if !ok {
+				ch = int32(len(lt.nodes))
+				lt.nodes = append(lt.nodes, linkNode{parent: n})
+				if lt.nodes[n].children == nil {
+					lt.nodes[n].children = map[string]int32{}
+				}
+				lt.nodes[n].children[c] = ch
+			}
+			n = ch
+		}
+		lt.nodes[n].link = name
+		lt.nodes[n].target = strings.Split(target, "/")
+	}
+	return lt
+}
+
 // checkLinks resolves every symlink the way the kernel would, using the
 // final tree (which is exactly the archive's entries: the directory started
-// empty), and refuses any whose resolution leaves the root at any point.
+// empty), and refuses any whose resolution leaves the root at any point. The
+// work is bounded: at most maxLinkHops links followed per symlink, and at
+// most maxLinkComponents path components processed for the whole archive.
 func (u *unpacker) checkLinks() error {
+	if len(u.links) == 0 {
+		return nil
+	}
 	names := make([]string, 0, len(u.links))
 	for n := range u.links {
 		names = append(names, n)
 	}
 	sort.Strings(names)
+	lt := newLinkTree(u.links)
+	budget := maxLinkComponents
+	index := map[string]int32{}
+	for i := range lt.nodes {
+		if lt.nodes[i].link != "" {
+			index[lt.nodes[i].link] = int32(i)
+		}
+	}
 	for _, n := range names {
-		if err := u.resolve(n); err != nil {
+		if err := lt.resolve(index[n], &budget); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (u *unpacker) resolve(link string) error {
-	var stack []string // resolved components, relative to the root
-	if d := path.Dir(link); d != "." {
-		stack = strings.Split(d, "/")
+// resolve follows the symlink at node id from its directory. The position is
+// a tree node plus how many components it lies below that node outside the
+// tree (where no symlink can be), so every component costs O(1) besides one
+// map lookup, whatever the depth.
+func (lt *linkTree) resolve(id int32, budget *int) error {
+	link := lt.nodes[id].link
+	escape := func() error {
+		return unsafeEntry(link, "symlink target %q leaves the release directory", strings.Join(lt.nodes[id].target, "/"))
 	}
-	todo := strings.Split(u.links[link], "/")
+	type frame struct {
+		comps []string
+		i     int
+	}
+	node, extra := lt.nodes[id].parent, 0
+	todo := []frame{{comps: lt.nodes[id].target}}
 	hops := 0
 	for len(todo) > 0 {
-		c := todo[0]
-		todo = todo[1:]
-		switch c {
-		case "", ".":
+		top := &todo[len(todo)-1]
+		if top.i == len(top.comps) {
+			todo = todo[:len(todo)-1]
 			continue
-		case "..":
-			if len(stack) == 0 {
-				return unsafeEntry(link, "symlink target %q leaves the release directory", u.links[link])
+		}
+		c := top.comps[top.i]
+		top.i++
+		*budget--
+		if *budget < 0 {
+			return limitErr(link, "checking symlinks took over %d path components", maxLinkComponents)
+		}
+		switch {
+		case c == "" || c == ".":
+		case c == "..":
+			switch {
+			case extra > 0:
+				extra--
+			case node == 0:
+				return escape()
+			default:
+				node = lt.nodes[node].parent
 			}
-			stack = stack[:len(stack)-1]
-			continue
+		case extra > 0 || len(c) > maxNameComponent:
+			extra++
+		default:
+			ch, ok := lt.nodes[node].children[c]
+			switch {
+			case !ok:
+				extra = 1
+			case lt.nodes[ch].link != "":
+				hops++
+				if hops > maxLinkHops {
+					return unsafeEntry(link, "too many levels of symlinks")
+				}
+				// The component is replaced by the link's target, resolved
+				// from the link's directory (where we are).
+				todo = append(todo, frame{comps: lt.nodes[ch].target})
+			default:
+				node = ch
+			}
 		}
-		cur := strings.Join(append(stack, c), "/")
-		target, isLink := u.links[cur]
-		if !isLink {
-			stack = append(stack, c)
-			continue
-		}
-		hops++
-		if hops > maxLinkHops {
-			return unsafeEntry(link, "too many levels of symlinks")
-		}
-		// Replace the component by the link's target, resolved from its dir.
-		todo = append(strings.Split(target, "/"), todo...)
 	}
 	return nil
 }

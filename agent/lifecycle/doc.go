@@ -19,7 +19,11 @@
 //     are quick and are done inline.
 //  2. The long steps (ActFetch, ActVerify, ActStage, ActSwitch, ActStart,
 //     ActStop) may run in the background. At most one is in flight per
-//     Machine. When it finishes, feed Done(action.Seq, err, now).
+//     Machine. When it finishes, feed Done(action.Seq, err, now); for
+//     ActSwitch feed SwitchDone with the version `current` points at after
+//     the attempt (read back), so a failed switch is never taken for one that
+//     happened. An ActFetch for which FetchSuperseded reports true may be
+//     cancelled; its Done is still fed.
 //  3. While checking is on (between ActBeginChecks and ActStopChecks), feed
 //     the results of all probers with Checks(action.Epoch, now, results),
 //     and every unexpected exit of the process started by the ActStart with

@@ -92,7 +92,9 @@ func New(service string) *Machine {
 // release and checks it again. Afterwards the machine returns to the
 // restored phase; an install interrupted before its switch is resumed; one
 // interrupted after its switch ends REVERTED (or FAILED without a last good
-// release).
+// release). If the switch back fails, recovery ends FAILED at once, starts
+// nothing, and reports as current what the link says (see SwitchDone;
+// unknown, so none, if the caller could not tell).
 func Restore(s Snapshot, now time.Time) (*Machine, []Action) {
 	m := &Machine{
 		service:  s.Service,
@@ -146,7 +148,7 @@ func (m *Machine) Step(in Input) []Action {
 	case InputInvalid:
 		m.onAssign(&pendingAssign{gen: in.Generation, invalid: in.Reason}, t)
 	case InputDone:
-		m.onDone(in.Seq, in.Err, t)
+		m.onDone(in, t)
 	case InputChecks:
 		m.onChecks(in.Epoch, in.Checks, t)
 	case InputExit:
@@ -172,6 +174,26 @@ func (m *Machine) LastGood() *v1.Assignment { return m.lastGood }
 // Busy reports whether the machine is in the middle of an install, a revert
 // or a recovery (as opposed to settled in IDLE, HEALTHY, REVERTED or FAILED).
 func (m *Machine) Busy() bool { return m.op != opNone }
+
+// InFlight is the long step in flight and its Seq (0, 0 when none).
+func (m *Machine) InFlight() (ActionKind, uint64) {
+	if m.inflight == 0 {
+		return 0, 0
+	}
+	return m.inflight, m.seq
+}
+
+// FetchSuperseded reports whether the ActFetch in flight will be thrown away
+// when it finishes: a newer assignment of another release (or an invalid
+// one) is waiting. The caller may cancel the fetch; it still feeds Done for
+// it (with the cancellation error, which is then not a failure).
+func (m *Machine) FetchSuperseded() bool {
+	if m.inflight != ActFetch || m.op != opInstall || m.pending == nil {
+		return false
+	}
+	p := m.pending
+	return p.a == nil || Version(p.a) != Version(m.target)
+}
 
 // Snapshot is the durable state now.
 func (m *Machine) Snapshot() *Snapshot {
@@ -293,11 +315,11 @@ func (m *Machine) settle(t time.Time) {
 	}
 }
 
-func (m *Machine) onDone(seq uint64, err error, t time.Time) {
-	if m.inflight == 0 || seq != m.seq {
+func (m *Machine) onDone(in Input, t time.Time) {
+	if m.inflight == 0 || in.Seq != m.seq {
 		return // not the step in flight: ignore
 	}
-	k := m.inflight
+	k, err := m.inflight, in.Err
 	m.inflight = 0
 	switch m.op {
 	case opInstall:
@@ -305,6 +327,11 @@ func (m *Machine) onDone(seq uint64, err error, t time.Time) {
 	case opRevert:
 		m.revertDone(k, err, t)
 	case opRecover:
+		if k == ActSwitch && err != nil && !(in.LinkKnown && in.Link == Version(m.recWhat)) {
+			m.recoverSwitchFailed(err, in, t)
+			return
+		}
+		// A failed switch that left the link where recovery wanted it is done.
 		m.recoverDone(k, err, t)
 	}
 }
@@ -465,6 +492,49 @@ func (m *Machine) recoverDone(k ActionKind, err error, t time.Time) {
 	case ActStop:
 		// Recovery never stops; nothing to do.
 	}
+}
+
+// recoverSwitchFailed ends recovery when `current` could not be switched
+// back: the link may still point at an unverified release, so nothing is
+// started, nothing is claimed as reverted, and current is what the link says.
+func (m *Machine) recoverSwitchFailed(err error, in Input, t time.Time) {
+	m.op = opNone
+	m.running = false
+	m.currentOK = false
+	why := fmt.Sprintf("switch back to %q: %v", Version(m.recWhat), err)
+	switch {
+	case !in.LinkKnown:
+		m.current = nil
+		why += "; where `current` points is unknown"
+	case in.Link == "":
+		m.current = nil
+		why += "; no `current` link"
+	default:
+		m.current = m.known(in.Link)
+		if m.current == nil {
+			why += fmt.Sprintf("; `current` points at unknown %q", in.Link)
+		} else {
+			why += fmt.Sprintf("; `current` still points at %q", in.Link)
+		}
+	}
+	if m.rec == recInterrupted {
+		m.reason = fmt.Sprintf("agent restarted before %s became healthy; %s", Version(m.target), why)
+	} else {
+		m.reason = "after agent restart " + why
+	}
+	m.setPhase(v1.Phase_PHASE_FAILED, true)
+	m.settle(t)
+}
+
+// known returns the assignment of a version the machine knows (current,
+// last good or target), nil for any other.
+func (m *Machine) known(version string) *v1.Assignment {
+	for _, a := range []*v1.Assignment{m.current, m.lastGood, m.target} {
+		if a != nil && Version(a) == version {
+			return a
+		}
+	}
+	return nil
 }
 
 // recoverOutcome ends recovery: ok says whether the restarted release passed

@@ -537,3 +537,104 @@ func TestRestartRecovery(t *testing.T) {
 		h.expect(ActFetch, "v1")
 	})
 }
+
+// switchDone completes the ActSwitch in flight with the link read back.
+func (h *harness) switchDone(version string, err error, link string) []Action {
+	h.t.Helper()
+	h.expect(ActSwitch, version)
+	seq := h.inflight.Seq
+	h.inflight = nil
+	return h.step(SwitchDone(seq, err, link, h.now))
+}
+
+// A failed switch back during recovery must not be taken for a revert: the
+// link still points at the unverified release.
+func TestRecoverySwitchFailure(t *testing.T) {
+	interrupted := func(t *testing.T) *harness {
+		h := newHarness(t)
+		h.toHealthy(asg("v1", 1), false)
+		h.toChecking(asg("v2", 2), true)
+		h.restore()
+		return h
+	}
+	t.Run("link still on the unverified release", func(t *testing.T) {
+		h := interrupted(t)
+		acts := h.switchDone("v1", errBoom, "v2")
+		h.phase(v1.Phase_PHASE_FAILED)
+		h.versions("v2", "v1")
+		if h.inflight != nil {
+			t.Fatalf("started %v after a failed switch back", *h.inflight)
+		}
+		if !has(acts, ActPersist) || h.persist.Phase != v1.Phase_PHASE_FAILED || Version(h.persist.Current) != "v2" {
+			t.Fatalf("persisted %+v", h.persist)
+		}
+		r := h.lastReport().Reason
+		for _, want := range []string{"agent restarted before v2 became healthy", `switch back to "v1": boom`, "still points at \"v2\""} {
+			if !strings.Contains(r, want) {
+				t.Fatalf("reason %q lacks %q", r, want)
+			}
+		}
+		// The next assignment installs normally.
+		h.assign(asg("v3", 3))
+		h.expect(ActFetch, "v3")
+	})
+	t.Run("link unknown", func(t *testing.T) {
+		h := interrupted(t)
+		h.done(ActSwitch, "v1", errBoom)
+		h.phase(v1.Phase_PHASE_FAILED)
+		h.versions("", "v1")
+		if r := h.lastReport().Reason; !strings.Contains(r, "unknown") || !strings.Contains(r, "boom") {
+			t.Fatalf("reason %q", r)
+		}
+	})
+	t.Run("settled service", func(t *testing.T) {
+		h := newHarness(t)
+		h.toHealthy(asg("v1", 1), false)
+		h.restore()
+		h.switchDone("v1", errBoom, "")
+		h.phase(v1.Phase_PHASE_FAILED)
+		h.versions("", "v1")
+		if r := h.lastReport().Reason; !strings.Contains(r, "after agent restart switch back") {
+			t.Fatalf("reason %q", r)
+		}
+	})
+	t.Run("link already where recovery wanted it", func(t *testing.T) {
+		h := interrupted(t)
+		h.switchDone("v1", errBoom, "v1")
+		h.expect(ActStart, "v1")
+	})
+}
+
+func TestFetchSuperseded(t *testing.T) {
+	h := newHarness(t)
+	h.toHealthy(asg("v1", 1), false)
+	h.assign(asg("v2", 2))
+	if k, seq := h.m.InFlight(); k != ActFetch || seq != h.inflight.Seq {
+		t.Fatalf("InFlight = %v %d, want fetch %d", k, seq, h.inflight.Seq)
+	}
+	if h.m.FetchSuperseded() {
+		t.Fatal("superseded with nothing pending")
+	}
+	h.assign(asg("v2", 3)) // same release, newer generation: keep fetching
+	if h.m.FetchSuperseded() {
+		t.Fatal("same release superseded")
+	}
+	h.assign(asg("v3", 4))
+	if !h.m.FetchSuperseded() {
+		t.Fatal("newer release does not supersede the fetch")
+	}
+	h.done(ActFetch, "v2", errBoom) // the cancelled fetch
+	h.phase(v1.Phase_PHASE_FETCHING)
+	h.expect(ActFetch, "v3")
+	if r := h.lastReport(); r.Generation != 4 || strings.Contains(r.Reason, "boom") {
+		t.Fatalf("report %v", r)
+	}
+	h.step(Invalid(5, "bad", h.now))
+	if !h.m.FetchSuperseded() {
+		t.Fatal("invalid assignment does not supersede the fetch")
+	}
+	h.done(ActFetch, "v3", nil)
+	if k, _ := h.m.InFlight(); k != 0 || h.m.FetchSuperseded() {
+		t.Fatalf("in flight %v after settling", k)
+	}
+}

@@ -230,7 +230,15 @@ func (s *sim) checkReport(r *v1.ServiceReport) {
 		}
 	}
 	if settled(p) && r.CurrentVersion != "" && r.CurrentVersion != r.LastGoodVersion {
-		s.fatalf("settled in %v with current %q != last good %q", p, r.CurrentVersion, r.LastGoodVersion)
+		// Only after a recovery whose switch back failed may this be said,
+		// and only truthfully: FAILED, nothing runs, the link points there.
+		if p != v1.Phase_PHASE_FAILED || s.running != "" || r.CurrentVersion != s.link {
+			s.fatalf("settled in %v with current %q != last good %q (link %q, running %q)",
+				p, r.CurrentVersion, r.LastGoodVersion, s.link, s.running)
+		}
+	}
+	if s.recovering && p == v1.Phase_PHASE_REVERTED && s.link != r.CurrentVersion {
+		s.fatalf("REVERTED on %q after a restart but `current` points at %q", r.CurrentVersion, s.link)
 	}
 	if s.recovering && (settled(p) || p == v1.Phase_PHASE_FETCHING) {
 		s.recovering = false
@@ -261,6 +269,10 @@ func (s *sim) finish() {
 		}
 	case ActStop:
 		s.running = "" // a failed stop still ends the process (SIGKILL)
+	}
+	if a.Kind == ActSwitch {
+		s.step(SwitchDone(a.Seq, err, s.link, s.now))
+		return
 	}
 	s.step(Done(a.Seq, err, s.now))
 }

@@ -73,6 +73,11 @@ type Input struct {
 	// Seq and Err for InputDone: Seq echoes Action.Seq, Err is nil on success.
 	Seq uint64
 	Err error
+	// Link and LinkKnown for the InputDone of an ActSwitch (see SwitchDone):
+	// the version `current` points at after the attempt ("" = no link), as
+	// read back by the caller; LinkKnown is false when it could not be read.
+	Link      string
+	LinkKnown bool
 	// Epoch for InputChecks and InputExit: echoes Action.Epoch.
 	Epoch uint64
 	// Checks for InputChecks: one result per prober.
@@ -93,6 +98,14 @@ func Invalid(generation int64, reason string, at time.Time) Input {
 // Done is an InputDone for the action with the given Seq.
 func Done(seq uint64, err error, at time.Time) Input {
 	return Input{Kind: InputDone, At: at, Seq: seq, Err: err}
+}
+
+// SwitchDone is the InputDone of an ActSwitch, with the version `current`
+// points at after the attempt (read back by the caller, "" = no link). The
+// machine needs it when the switch failed: it must not claim a release the
+// link does not point at.
+func SwitchDone(seq uint64, err error, link string, at time.Time) Input {
+	return Input{Kind: InputDone, At: at, Seq: seq, Err: err, Link: link, LinkKnown: true}
 }
 
 // Checks is an InputChecks.

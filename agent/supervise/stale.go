@@ -1,7 +1,6 @@
 package supervise
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -24,8 +23,13 @@ const killWait = 5 * time.Second
 // KillStale reads a PID file left by an earlier agent (after kill -9) and
 // kills that process group (SIGTERM, then SIGKILL after grace) if it is still
 // alive; removes the file. No file: nil.
+//
+// It kills only a group it can prove is the one recorded: the file's boot id
+// must be the running kernel's and the group leader must still exist with
+// the recorded start time. Otherwise (a reboot, a reused pid, a leader that
+// is gone, an old bare-pgid file) it only removes the file and logs why.
 func KillStale(pidFile string, grace time.Duration, log zerolog.Logger) error {
-	data, err := os.ReadFile(pidFile)
+	data, err := readLimited(pidFile)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
@@ -33,12 +37,30 @@ func KillStale(pidFile string, grace time.Duration, log zerolog.Logger) error {
 		return fmt.Errorf("kill stale: read %s: %w", pidFile, err)
 	}
 	log = log.With().Str("path", pidFile).Logger()
-	text := strings.TrimSpace(string(data))
-	pgid, err := strconv.Atoi(text)
-	if err != nil || pgid <= 1 || pgid == syscall.Getpgrp() {
-		removeFile(pidFile, log)
-		return fmt.Errorf("kill stale: %s holds %q: %w", pidFile, truncate(text, 32), ErrInvalidPIDFile)
+	rec, err := parsePIDFile(data)
+	if rec.PGID != 0 && rec.PGID == syscall.Getpgrp() {
+		err = fmt.Errorf("pgid %d is the agent's own group: %w", rec.PGID, ErrInvalidPIDFile)
 	}
+	if errors.Is(err, errOldPIDFile) {
+		log.Warn().Int("pid", rec.PGID).Str("reason", "unverifiable").
+			Msg("old pid file without boot id and start time: not killing, removing it")
+		removeFile(pidFile, log)
+		return nil
+	}
+	if err != nil {
+		removeFile(pidFile, log)
+		return fmt.Errorf("kill stale: %s holds %q: %w", pidFile, truncate(strings.TrimSpace(string(data)), 32), err)
+	}
+	if why := unverified(rec); why != "" {
+		lvl := zerolog.InfoLevel
+		if groupAlive(rec.PGID) {
+			lvl = zerolog.WarnLevel // someone else's group, or ours beyond proof: left alone
+		}
+		log.WithLevel(lvl).Int("pid", rec.PGID).Str("reason", why).Msg("stale pid file does not match a live group: not killing, removing it")
+		removeFile(pidFile, log)
+		return nil
+	}
+	pgid := rec.PGID
 	if !groupAlive(pgid) {
 		log.Debug().Int("pid", pgid).Msg("stale process group already gone")
 		removeFile(pidFile, log)
@@ -59,6 +81,26 @@ func KillStale(pidFile string, grace time.Duration, log zerolog.Logger) error {
 	}
 	removeFile(pidFile, log)
 	return nil
+}
+
+// unverified says why rec cannot be proven to name a live group started by
+// an earlier agent on this boot ("" when it can).
+func unverified(rec PIDRecord) string {
+	boot, err := currentBootID()
+	if err != nil {
+		return err.Error()
+	}
+	if boot != rec.BootID {
+		return "written before a reboot (boot id " + truncate(rec.BootID, 40) + ")"
+	}
+	st, err := readProcStat(rec.PGID)
+	if err != nil {
+		return fmt.Sprintf("group leader %d is gone", rec.PGID)
+	}
+	if st.StartTime != rec.StartTime {
+		return fmt.Sprintf("pid %d was reused (start time %d, recorded %d)", rec.PGID, st.StartTime, rec.StartTime)
+	}
+	return ""
 }
 
 func removeFile(path string, log zerolog.Logger) {
@@ -132,22 +174,13 @@ func procGroupAlive(pgid int) (alive, ok bool) {
 
 // readStat returns the state and process group of /proc/<pid>/stat.
 func readStat(pid string) (state byte, pgrp int, ok bool) {
-	data, err := os.ReadFile("/proc/" + pid + "/stat")
+	n, err := strconv.Atoi(pid)
 	if err != nil {
 		return 0, 0, false
 	}
-	// pid (comm) state ppid pgrp ...; comm may contain spaces and ')'.
-	i := bytes.LastIndexByte(data, ')')
-	if i < 0 {
-		return 0, 0, false
-	}
-	fields := strings.Fields(string(data[i+1:]))
-	if len(fields) < 3 || len(fields[0]) != 1 {
-		return 0, 0, false
-	}
-	pgrp, err = strconv.Atoi(fields[2])
+	st, err := readProcStat(n)
 	if err != nil {
 		return 0, 0, false
 	}
-	return fields[0][0], pgrp, true
+	return st.State, st.PGrp, true
 }

@@ -2,8 +2,9 @@
 // service process in its own process group, appends its output to a log
 // file, restarts it with exponential backoff when it exits unexpectedly,
 // stops it with SIGTERM then SIGKILL to the whole group, and records the
-// group id in a PID file so a restarted agent can kill what an earlier agent
-// left behind (KillStale).
+// group id (with the boot id and the leader's start time, so pid reuse and
+// reboots are detected) in a PID file so a restarted agent can kill what an
+// earlier agent left behind (KillStale).
 //
 // It is Linux only (process groups, /proc). It must not import etcd, the
 // coordinator or any other agent package; it knows nothing about releases,
@@ -55,8 +56,9 @@ type Config struct {
 	Env       []string      // KEY=VALUE, appended to a minimal env (PATH, HOME=Dir)
 	LogPath   string        // stdout+stderr appended here (file created 0644)
 	StopGrace time.Duration // SIGTERM to the process group, SIGKILL after this (default 10s)
-	// PIDFile, if set, receives the running process group id (temp+rename);
-	// it is removed on clean stop.
+	// PIDFile, if set, receives the running process group id with the boot
+	// id and the leader's start time (temp+rename; see WritePIDFile); on
+	// clean stop it is removed if it still names this supervisor's group.
 	PIDFile string
 	// MinBackoff, MaxBackoff bound the restart backoff on crash (defaults
 	// 200ms, 10s); it doubles per crash and resets after the process has run
@@ -83,6 +85,10 @@ type Supervisor struct {
 	mu      sync.Mutex
 	started bool
 	stopped bool
+
+	// pidRec is what this supervisor last wrote to PIDFile (zero: nothing).
+	// Only spawn writes it (from Start, then only from the run goroutine).
+	pidRec PIDRecord
 
 	stopOnce sync.Once
 	stopCh   chan struct{} // closed by Stop
@@ -197,13 +203,17 @@ func (s *Supervisor) spawn(logf *os.File) (*proc, error) {
 		return nil, fmt.Errorf("start %s: exec %q: %w", s.cfg.Service, s.cfg.Command[0], err)
 	}
 	p := &proc{cmd: cmd, pgid: cmd.Process.Pid, started: time.Now(), waitCh: make(chan error, 1)}
-	go func() { p.waitCh <- cmd.Wait() }()
 	if s.cfg.PIDFile != "" {
-		if err := writePIDFile(s.cfg.PIDFile, p.pgid); err != nil {
+		// Before Wait can reap the child: its /proc entry (start time) must exist.
+		rec, err := WritePIDFile(s.cfg.PIDFile, p.pgid)
+		if err != nil {
 			// The process runs; a missing PID file only weakens KillStale.
 			s.log.Warn().Err(err).Str("path", s.cfg.PIDFile).Msg("write pid file")
+		} else {
+			s.pidRec = rec
 		}
 	}
+	go func() { p.waitCh <- cmd.Wait() }()
 	s.log.Info().Int("pid", p.pgid).Int("restarts", s.Restarts()).Msg("process started")
 	return p, nil
 }
@@ -316,12 +326,18 @@ func (s *Supervisor) emit(e Exit) {
 	}
 }
 
+// removePIDFile removes the PID file if it still names the group this
+// supervisor wrote last: a supervisor that finishes stopping late must not
+// remove the file of a newer one.
 func (s *Supervisor) removePIDFile() {
-	if s.cfg.PIDFile == "" {
+	if s.cfg.PIDFile == "" || s.pidRec.PGID == 0 {
 		return
 	}
-	if err := os.Remove(s.cfg.PIDFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+	removed, err := removePIDFileIf(s.cfg.PIDFile, s.pidRec)
+	if err != nil {
 		s.log.Warn().Err(err).Str("path", s.cfg.PIDFile).Msg("remove pid file")
+	} else if !removed {
+		s.log.Debug().Str("path", s.cfg.PIDFile).Msg("pid file now names another process group: kept")
 	}
 }
 
@@ -337,39 +353,6 @@ func killGroup(pgid int, sig syscall.Signal) error {
 	}
 	if err != nil {
 		return fmt.Errorf("signal %v to process group %d: %w", sig, pgid, err)
-	}
-	return nil
-}
-
-// writePIDFile writes pgid to path atomically: temp file in the same
-// directory, fsync, rename, fsync of the directory.
-func writePIDFile(path string, pgid int) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write pid file %s: %w", path, err)
-	}
-	tmp := f.Name()
-	_, err = fmt.Fprintf(f, "%d\n", pgid)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(tmp, 0o644)
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("write pid file %s: %w", path, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		_ = d.Close()
 	}
 	return nil
 }

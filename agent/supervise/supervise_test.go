@@ -192,12 +192,12 @@ func TestStartStop(t *testing.T) {
 	}
 	pid := waitReady(t, cfg.LogPath, 1)[0]
 
-	data, err := os.ReadFile(cfg.PIDFile)
+	rec, err := ReadPIDFile(cfg.PIDFile)
 	if err != nil {
 		t.Fatalf("pid file: %v", err)
 	}
-	if got := strings.TrimSpace(string(data)); got != strconv.Itoa(pid) {
-		t.Fatalf("pid file holds %q, want %d", got, pid)
+	if want, err := identify(pid); err != nil || rec != want {
+		t.Fatalf("pid file holds %+v, want %+v (%v)", rec, want, err)
 	}
 	if pgid, err := syscall.Getpgid(pid); err != nil || pgid != pid {
 		t.Fatalf("child pgid = %d, %v; want its own group %d", pgid, err, pid)
@@ -325,9 +325,9 @@ func TestCrashOnceThenRuns(t *testing.T) {
 	if s.Restarts() != 1 {
 		t.Fatalf("Restarts = %d, want 1", s.Restarts())
 	}
-	data, err := os.ReadFile(cfg.PIDFile)
-	if err != nil || strings.TrimSpace(string(data)) != strconv.Itoa(pid) {
-		t.Fatalf("pid file = %q, %v; want the restarted pid %d", data, err, pid)
+	rec, err := ReadPIDFile(cfg.PIDFile)
+	if err != nil || rec.PGID != pid {
+		t.Fatalf("pid file = %+v, %v; want the restarted pid %d", rec, err, pid)
 	}
 	stop(t, s)
 }
@@ -368,10 +368,11 @@ func TestStopKillsWholeGroup(t *testing.T) {
 	if len(gc) != 1 {
 		t.Fatalf("grandchild pids = %v", gc)
 	}
-	leader, err := strconv.Atoi(strings.TrimSpace(readFile(t, cfg.PIDFile)))
+	rec, err := ReadPIDFile(cfg.PIDFile)
 	if err != nil {
 		t.Fatal(err)
 	}
+	leader := rec.PGID
 	if pgid, err := syscall.Getpgid(gc[0]); err != nil || pgid != leader {
 		t.Fatalf("grandchild pgid = %d, %v; want %d", pgid, err, leader)
 	}
@@ -554,7 +555,7 @@ func TestKillStaleLiveGroup(t *testing.T) {
 		t.Run(tc.mode, func(t *testing.T) {
 			pid, exited := startStale(t, tc.mode)
 			pidFile := filepath.Join(t.TempDir(), "svc.pid")
-			if err := writePIDFile(pidFile, pid); err != nil {
+			if _, err := WritePIDFile(pidFile, pid); err != nil {
 				t.Fatal(err)
 			}
 			start := time.Now()
@@ -586,11 +587,15 @@ func TestKillStaleLiveGroup(t *testing.T) {
 func TestKillStaleDeadPID(t *testing.T) {
 	c := exec.Command("/bin/sh", "-c", "exit 0")
 	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := c.Run(); err != nil {
+	if err := c.Start(); err != nil {
 		t.Fatal(err)
 	}
 	pidFile := filepath.Join(t.TempDir(), "svc.pid")
-	if err := writePIDFile(pidFile, c.Process.Pid); err != nil {
+	// Recorded while it lived (a zombie until Wait), then reaped.
+	if _, err := WritePIDFile(pidFile, c.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Wait(); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
@@ -610,7 +615,18 @@ func TestKillStaleNoFileAndBadFile(t *testing.T) {
 	if err := KillStale(filepath.Join(dir, "missing.pid"), time.Second, testLogger(t)); err != nil {
 		t.Fatalf("KillStale without file = %v, want nil", err)
 	}
-	for _, content := range []string{"", "abc", "-5", "1", "0", strconv.Itoa(syscall.Getpgrp())} {
+	boot, err := currentBootID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, content := range []string{"", "abc", "-5", "1", "0", strconv.Itoa(syscall.Getpgrp()),
+		"fleetwave-pid 2\npgid 1\nboot_id " + boot + "\nstart_time 5",
+		"fleetwave-pid 2\npgid 4242\nstart_time 5",
+		"fleetwave-pid 2\npgid 4242\nboot_id " + boot + "\nstart_time x",
+		"fleetwave-pid 2\npgid 4242\nboot_id " + boot,
+		"fleetwave-pid 3\npgid 4242\nboot_id " + boot + "\nstart_time 5",
+		"fleetwave-pid 2\npgid " + strconv.Itoa(syscall.Getpgrp()) + "\nboot_id " + boot + "\nstart_time 5",
+	} {
 		p := filepath.Join(dir, "bad.pid")
 		if err := os.WriteFile(p, []byte(content+"\n"), 0o644); err != nil {
 			t.Fatal(err)
@@ -628,19 +644,24 @@ func TestKillStaleNoFileAndBadFile(t *testing.T) {
 func TestWritePIDFileAtomic(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "x.pid")
-	for _, pid := range []int{123, 45} {
-		if err := writePIDFile(p, pid); err != nil {
+	for _, pid := range []int{os.Getpid(), os.Getppid()} {
+		rec, err := WritePIDFile(p, pid)
+		if err != nil {
 			t.Fatal(err)
 		}
-		if got := readFile(t, p); got != strconv.Itoa(pid)+"\n" {
-			t.Fatalf("pid file = %q, want %d", got, pid)
+		got, err := ReadPIDFile(p)
+		if err != nil || got != rec || got.PGID != pid || got.BootID == "" || got.StartTime == 0 {
+			t.Fatalf("pid file = %+v %v, want %+v for pid %d", got, err, rec, pid)
+		}
+		if !strings.HasPrefix(readFile(t, p), pidFileMagic+"\n") {
+			t.Fatalf("pid file is not versioned: %q", readFile(t, p))
 		}
 	}
 	entries, _ := os.ReadDir(dir)
 	if len(entries) != 1 {
 		t.Fatalf("dir has %d entries, want only the pid file (no temp files left)", len(entries))
 	}
-	if err := writePIDFile(filepath.Join(dir, "no", "such", "x.pid"), 1); err == nil {
-		t.Fatal("writePIDFile into a missing dir succeeded")
+	if _, err := WritePIDFile(filepath.Join(dir, "no", "such", "x.pid"), os.Getpid()); err == nil {
+		t.Fatal("WritePIDFile into a missing dir succeeded")
 	}
 }
