@@ -76,6 +76,24 @@ type env struct {
 // demo service spec.
 func newEnv(t *testing.T, n int, service, bake string) *env {
 	t.Helper()
+	e := newFleetEnv(t, n)
+	e.apply(service, fmt.Sprintf(specTmpl, service, bake))
+	return e
+}
+
+// apply writes a spec file and applies it with the CLI.
+func (e *env) apply(name, spec string) {
+	e.t.Helper()
+	specPath := filepath.Join(e.dir, name+".yaml")
+	if err := os.WriteFile(specPath, []byte(spec), 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+	e.cli(0, "service", "apply", "-f", specPath)
+}
+
+// newFleetEnv starts a coordinator and n agents in zones a and b.
+func newFleetEnv(t *testing.T, n int) *env {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	t.Cleanup(cancel)
 	dir := t.TempDir()
@@ -109,11 +127,6 @@ func newEnv(t *testing.T, n int, service, bake string) *env {
 		}
 		return up == n, fmt.Sprintf("%d of %d connected", up, n)
 	})
-	specPath := filepath.Join(dir, service+".yaml")
-	if err := os.WriteFile(specPath, []byte(fmt.Sprintf(specTmpl, service, bake)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	e.cli(0, "service", "apply", "-f", specPath)
 	return e
 }
 
