@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -52,6 +53,8 @@ type service struct {
 	// retry on a tick succeeds.
 	queue   []lifecycle.Action
 	blocked bool
+
+	ana *analyser // nil: the release has no analysis rules
 }
 
 // closedCh is a closed channel: "no prune to wait for".
@@ -74,6 +77,9 @@ type agent struct {
 	rep   *reporter
 	conns *connHolder
 	rnd   *rand.Rand // owned by the connection loop
+
+	httpClient *http.Client // scrapes and PromQL queries
+	anaSeq     uint64       // ids of analysers (run loop)
 
 	services map[string]*service // owned by the run loop
 	events   chan any
@@ -154,13 +160,14 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger, opts options) erro
 	defer cancel()
 	a := &agent{
 		cfg: cfg, opts: opts, log: log, inst: inst, store: store,
-		rep:      newReporter(),
-		conns:    newConnHolder(),
-		rnd:      rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
-		services: map[string]*service{},
-		events:   make(chan any, 64),
-		stopping: make(chan struct{}),
-		ctx:      loopCtx,
+		rep:        newReporter(),
+		conns:      newConnHolder(),
+		rnd:        rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
+		httpClient: newAnalysisClient(),
+		services:   map[string]*service{},
+		events:     make(chan any, 64),
+		stopping:   make(chan struct{}),
+		ctx:        loopCtx,
 	}
 	log.Info().Str("path", dataDir).Int("services", len(saved)).Msg("agent starting")
 	a.recover(saved)
@@ -235,12 +242,15 @@ func (a *agent) recover(saved []*state.Service) {
 			Current:    st.Assignment(st.Current),
 			LastGood:   st.Assignment(st.LastGood),
 			Target:     st.Assignment(st.Target),
+			WatchUntil: st.WatchUntil,
+			Previous:   st.Assignment(st.Previous),
 		}
 		m, acts := lifecycle.Restore(snap, now)
 		s := &service{name: st.Service, m: m}
 		a.services[st.Service] = s
 		log.Info().Str("phase", st.Phase.String()).Str("version", st.LastGood).Int64("generation", st.Generation).
 			Msg("recovering service")
+		a.syncAnalysis(s)
 		a.exec(s, acts)
 	}
 }
@@ -362,8 +372,11 @@ func (a *agent) handle(ev any) {
 	case exitEv:
 		if s := a.services[ev.svc]; s != nil {
 			a.log.Warn().Str("service", s.name).Err(ev.exit.Err).Int("restarts", ev.exit.Restarts).Msg("service exited")
+			a.analysisExit(s, ev.epoch, ev.exit.At)
 			a.step(s, lifecycle.Exited(ev.epoch, ev.exit.At))
 		}
+	case sampleEv:
+		a.onSample(ev)
 	case assignEv:
 		a.assign(ev.assignments)
 	}
@@ -409,12 +422,14 @@ func (a *agent) assign(list []*v1.Assignment) {
 func (a *agent) step(s *service, in lifecycle.Input) {
 	before := s.m.Phase()
 	acts := s.m.Step(in)
+	a.syncAnalysis(s) // before the actions: a start or stop must find the right analyser
 	if p := s.m.Phase(); p != before {
 		a.log.Info().Str("service", s.name).Str("phase", p.String()).
 			Str("version", lifecycle.Version(s.m.Current())).Int64("generation", s.m.Generation()).
 			Str("reason", s.m.Report().GetReason()).Msg("phase")
 	}
 	a.exec(s, acts)
+	a.updateJudging(s)
 	if s.fetchCancel != nil && s.m.FetchSuperseded() {
 		a.log.Info().Str("service", s.name).Int64("generation", s.m.Generation()).
 			Str("reason", "superseded").Msg("cancelling the fetch of a release no longer wanted")
@@ -487,8 +502,13 @@ func (a *agent) do(s *service, act lifecycle.Action) {
 	case lifecycle.ActSwitch:
 		a.startSwitch(s, act)
 	case lifecycle.ActStart:
+		a.analysisStart(s, act)
 		a.startProcess(s, act)
 	case lifecycle.ActStop:
+		if s.m.Phase() == v1.Phase_PHASE_STARTING {
+			// The old release stops for an install: this is the switch.
+			a.freezeBaseline(s)
+		}
 		a.stopProcess(s, act)
 	case lifecycle.ActBeginChecks:
 		a.beginChecks(s, act)
@@ -508,9 +528,11 @@ func (a *agent) persist(s *service, snap *lifecycle.Snapshot) error {
 		Current:    lifecycle.Version(snap.Current),
 		LastGood:   lifecycle.Version(snap.LastGood),
 		Target:     lifecycle.Version(snap.Target),
+		WatchUntil: snap.WatchUntil,
+		Previous:   lifecycle.Version(snap.Previous),
 		Releases:   map[string]*v1.Assignment{},
 	}
-	for _, asg := range []*v1.Assignment{snap.Current, snap.LastGood, snap.Target} {
+	for _, asg := range []*v1.Assignment{snap.Current, snap.LastGood, snap.Target, snap.Previous} {
 		if asg != nil {
 			st.Releases[lifecycle.Version(asg)] = asg
 		}
@@ -525,7 +547,8 @@ func (a *agent) persist(s *service, snap *lifecycle.Snapshot) error {
 	}
 	switch snap.Phase {
 	case v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_REVERTED, v1.Phase_PHASE_FAILED:
-		a.startPrune(s, st.Current, st.LastGood, st.Target)
+		// A watched release's predecessor stays: a revert may need it.
+		a.startPrune(s, st.Current, st.LastGood, st.Target, st.Previous)
 	}
 	return nil
 }
@@ -732,6 +755,7 @@ func (a *agent) shutdownServices() {
 	var wg sync.WaitGroup
 	for _, s := range a.services {
 		a.stopChecks(s)
+		a.stopAnalysis(s)
 		if s.sup == nil {
 			continue
 		}

@@ -1,8 +1,11 @@
 // Package agent is the wiring of fleetwave-agent, one per host: it keeps a
 // stream to a coordinator, feeds assignments to one lifecycle.Machine per
 // service, and carries out the machines' actions with the install, state,
-// supervise and probe packages. One goroutine (the run loop) owns all
-// machines; long actions run in goroutines that send their completion back.
+// supervise and probe packages. It also feeds the machines the analysis
+// verdicts on each release (package analysis, from the service's metrics):
+// see analyse.go. One goroutine (the run loop) owns all machines and
+// analysers; long actions, probes and scrapes run in goroutines that send
+// their results back.
 //
 // It must stay lean: it must not import etcd or anything under coordinator/
 // (a test enforces this for the fleetwave-agent binary).

@@ -78,6 +78,9 @@ func validateAssignment(a *v1.Assignment, hostID string, labels map[string]strin
 	if _, _, err := expandRun(s.GetRun(), hostID, labels); err != nil {
 		return err
 	}
+	if _, _, _, _, err := compileAnalysis(a, hostID, labels); err != nil {
+		return err
+	}
 	for i, c := range s.GetChecks() {
 		ec, err := expandCheck(c, i, hostID, labels)
 		if err != nil {

@@ -572,3 +572,33 @@ func TestFormatting(t *testing.T) {
 		}
 	}
 }
+
+func TestRetargetCarriesSamples(t *testing.T) {
+	old := compile(t, analysisOf(errRule(&v1.ErrorRatioRule{Metric: "http_requests_total", Max: 0.5})))
+	w := NewWindow(old)
+	for i := 0; i <= 40; i++ {
+		add(t, w, sec(float64(i)), requests(map[string]float64{"200": float64(10 * i), "500": float64(i)}, ""))
+	}
+	// The new spec: a shorter window, the same counter and a latency rule
+	// on a histogram the old rules did not keep.
+	na := analysisOf(
+		errRule(&v1.ErrorRatioRule{Metric: "http_requests_total", Max: 0.05}),
+		latRule(&v1.LatencyRule{Metric: "http_request_duration_seconds", Quantile: 0.99, MaxSeconds: 1}),
+	)
+	na.Window = durationpb.New(10 * time.Second)
+	nc := compile(t, na)
+	before := w.Len()
+	nw := w.Retarget(nc)
+	if w.Len() == 0 || nw.Len() == 0 || nw.Len() > 13 {
+		t.Fatalf("old window %d samples, retargeted %d", w.Len(), nw.Len())
+	}
+	rs := Evaluate(nc.Rules, nw, Baseline{}, sec(40), nil, nil)
+	checkFinite(t, rs)
+	wantResult(t, rs[0], Fail, `rule "error_ratio": error ratio 0.091 over 10s (10/110 requests) > max 0.050`)
+	if rs[1].Verdict != Inconclusive || !strings.Contains(rs[1].Reason, "no histogram buckets") {
+		t.Errorf("latency on samples that never kept it: %+v", rs[1])
+	}
+	if w.Len() != before {
+		t.Errorf("the old window changed: %d samples, had %d", w.Len(), before)
+	}
+}

@@ -16,7 +16,9 @@
 //     when len(cfg.Rules) == 0. Expand cfg.MetricsURL and each promql
 //     Rule.Query for the host with spec.Expand.
 //  2. When an assignment for a new release arrives, create w := NewWindow(cfg)
-//     (the new spec's rules decide which metrics are kept) and, every
+//     (the new spec's rules decide which metrics are kept), or carry over
+//     the samples of a window already filled while the old release ran with
+//     w = old.Retarget(cfg), and, every
 //     cfg.Interval until the switch, w.Add(Scrape(...)) from the RUNNING
 //     (old) release's metrics endpoint. A failed scrape adds nothing.
 //  3. At the switch, base := w.Freeze(cfg.Rules, now): the baseline is

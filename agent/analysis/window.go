@@ -68,6 +68,19 @@ func (w *Window) Add(s Sample) bool {
 	return true
 }
 
+// Retarget returns a new window for c (its window, interval and rules)
+// holding w's samples, for when the spec changes while the same release
+// runs (a new assignment arrives while its baseline is being collected).
+// Only the families c's rules read are kept, and a family w did not keep is
+// missing from the carried samples. w is not changed.
+func (w *Window) Retarget(c Config) *Window {
+	nw := NewWindow(c)
+	for i := 0; i < w.n; i++ {
+		nw.Add(w.at(i))
+	}
+	return nw
+}
+
 // Len is the number of samples held.
 func (w *Window) Len() int { return w.n }
 

@@ -10,6 +10,11 @@
 //	releases/<service>/.sha256/<version>   digest the release was unpacked from
 //	releases/<service>/current -> <version>
 //
+// Agents before this layout kept the digest in releases/<service>/
+// .<version>.sha256; it is still read when the new marker is missing (and
+// removed with the release), so an upgraded agent can restage the release
+// it runs.
+//
 // A release directory counts as staged only while its digest marker exists:
 // Stage writes the marker before renaming the complete tree into place, and
 // removing a release (Prune, or Stage replacing it) removes the marker
@@ -119,6 +124,9 @@ func New(dataDir string, lim Limits, log zerolog.Logger) (*Installer, error) {
 	stale, _ := filepath.Glob(filepath.Join(in.releasesDir(), "*", ".stage-*"))
 	links, _ := filepath.Glob(filepath.Join(in.releasesDir(), "*", ".current-*"))
 	for _, p := range append(stale, links...) {
+		if isOldMarker(p) {
+			continue // the digest marker of a version named stage-* or current-*
+		}
 		log.Info().Str("path", p).Msg("removing leftover of an interrupted install")
 		if err := os.RemoveAll(p); err != nil {
 			return nil, fmt.Errorf("remove leftover %s: %w", p, err)
@@ -153,26 +161,54 @@ func (in *Installer) markerPath(service, version string) string {
 	return filepath.Join(in.markerDir(service), version)
 }
 
-// marker returns the digest a release was unpacked from ("" if unknown).
+// oldMarkerPath is where agents before the .sha256/ directory kept a
+// release's digest.
+func (in *Installer) oldMarkerPath(service, version string) string {
+	return filepath.Join(in.serviceDir(service), "."+version+oldMarkerSuffix)
+}
+
+const oldMarkerSuffix = ".sha256"
+
+// isOldMarker reports whether p is a regular file named like an old marker
+// (temp dirs and links never end in the suffix: their names end in digits).
+func isOldMarker(p string) bool {
+	fi, err := os.Lstat(p)
+	return err == nil && fi.Mode().IsRegular() && strings.HasSuffix(p, oldMarkerSuffix)
+}
+
+// marker returns the digest a release was unpacked from ("" if unknown),
+// from the old location when the new one has none.
 func (in *Installer) marker(service, version string) string {
 	b, err := os.ReadFile(in.markerPath(service, version))
+	if errors.Is(err, fs.ErrNotExist) {
+		b, err = os.ReadFile(in.oldMarkerPath(service, version))
+	}
 	if err != nil {
 		return ""
 	}
 	return strings.TrimSpace(string(b))
 }
 
-// removeMarker removes a release's marker and makes that durable, so the
-// release no longer counts as staged before any of its files go.
+// removeMarker removes a release's markers (new and old location) and makes
+// that durable, so the release no longer counts as staged before any of its
+// files go.
 func (in *Installer) removeMarker(service, version string) error {
-	err := os.Remove(in.markerPath(service, version))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
+	for _, m := range []struct{ path, dir string }{
+		{in.markerPath(service, version), in.markerDir(service)},
+		{in.oldMarkerPath(service, version), in.serviceDir(service)},
+	} {
+		err := os.Remove(m.path)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if err := syncDir(m.dir); err != nil {
+			return err
+		}
 	}
-	if err != nil {
-		return err
-	}
-	return syncDir(in.markerDir(service))
+	return nil
 }
 
 // removeRelease removes an unpacked release: marker first (durably), then

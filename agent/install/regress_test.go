@@ -219,3 +219,52 @@ func TestLinkCheckIsBounded(t *testing.T) {
 		}
 	})
 }
+
+// An agent upgraded from the layout with markers at releases/<svc>/
+// .<version>.sha256 still knows what its releases were unpacked from, even
+// for versions named like the temp files New cleans up.
+func TestOldMarkerLocationIsRead(t *testing.T) {
+	dir := t.TempDir()
+	in, err := New(dir, Limits{}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	art := gz(t, tarBytes(t, entry{name: "a", body: "b"}))
+	versions := []string{"1.0.0", "stage-1", "current-2"}
+	for _, v := range versions {
+		if _, err := stageBytes(t, in, "web", v, art); err != nil {
+			t.Fatal(err)
+		}
+		// What the old agent left: the marker beside the release.
+		if err := os.Rename(in.markerPath("web", v), in.oldMarkerPath("web", v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := in.Switch("web", "1.0.0"); err != nil {
+		t.Fatal(err)
+	}
+	in, err = New(dir, Limits{}, zerolog.Nop()) // the upgraded agent starts
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range versions {
+		if !in.Staged("web", v, digest(art)) {
+			t.Fatalf("%s: old marker not read", v)
+		}
+	}
+	// The running release is restaged as is (it is current: replacing it
+	// would be an error).
+	if _, err := stageBytes(t, in, "web", "1.0.0", art); err != nil {
+		t.Fatalf("restage current: %v", err)
+	}
+	// Removing a release removes its old marker too.
+	if err := in.Prune("web", "stage-1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(in.oldMarkerPath("web", "current-2")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("old marker of a pruned release kept: %v", err)
+	}
+	if in.Staged("web", "current-2", digest(art)) || !in.Staged("web", "stage-1", digest(art)) {
+		t.Fatal("wrong releases pruned")
+	}
+}

@@ -3,6 +3,25 @@
 // verify, stage, switch, start, check) and when it reverts to the last good
 // release. It owns those decisions and nothing else.
 //
+// Quality gates. A release is HEALTHY when its health checks have passed
+// continuously for min_healthy_time and, when its spec has analysis rules,
+// the latest analysis verdict (InputAnalysis) is Pass. An analysis Fail
+// reverts at once. Inconclusive waits; with analysis.inconclusive "fail" an
+// Inconclusive verdict once the checks have passed for min_healthy_time
+// reverts at once; still not Pass at the healthy deadline reverts. After
+// HEALTHY the release is watched for analysis.watch (DefaultWatch, also
+// without rules): the checks keep running, and an analysis Fail, health
+// checks failing continuously for WatchFailAfter, or a crash loop
+// (CrashLoopExits exits since the process started) reverts it at once to
+// the release that was last good before it, reported REVERTED at the same
+// generation. The report stays HEALTHY while watching; Inconclusive does
+// nothing then. A new assignment (other than the running release at a newer
+// generation) ends the watch; so does the end of the window, after which the
+// release is only supervised. Reverts and recoveries re-check the last good
+// release with its health checks only (no analysis), and are not watched.
+// A revert (like a recovery) whose switch back fails ends FAILED at once,
+// starts nothing, and reports as current what the link says.
+//
 // It is shaped like etcd's raft package: a Machine is a plain value that is
 // not safe for concurrent use. The caller feeds it Inputs (each carrying the
 // time it happened) through Step and carries out the returned Actions. The
@@ -24,10 +43,14 @@
 //     the attempt (read back), so a failed switch is never taken for one that
 //     happened. An ActFetch for which FetchSuperseded reports true may be
 //     cancelled; its Done is still fed.
-//  3. While checking is on (between ActBeginChecks and ActStopChecks), feed
-//     the results of all probers with Checks(action.Epoch, now, results),
-//     and every unexpected exit of the process started by the ActStart with
-//     that Epoch with Exited(epoch, now).
+//  3. While checking is on (between ActBeginChecks and ActStopChecks; this
+//     includes the watch after HEALTHY), feed the results of all probers
+//     with Checks(action.Epoch, now, results), and every unexpected exit of
+//     the process started by the ActStart with that Epoch with
+//     Exited(epoch, now). While AnalysisEpoch reports ok, feed every analysis
+//     round of that epoch's process with Analysis(epoch, now, verdict,
+//     results...) (see package analysis: the baseline is frozen when the old
+//     release is stopped for the install).
 //  4. Feed Tick(now) periodically (about once a second) so deadlines fire.
 //  5. Feed assignments from the coordinator with Assign (after validating
 //     them) and invalid ones with Invalid.
@@ -42,6 +65,7 @@
 //	SWITCHING -> STARTING, FAILED                           (FAILED: the switch did not happen)
 //	STARTING  -> CHECKING, REVERTING
 //	CHECKING  -> HEALTHY, REVERTING
+//	HEALTHY   -> REVERTING                                  (a failure during the watch)
 //	REVERTING -> REVERTED, FAILED
 //
 // and, after Restore only, STARTING -> CHECKING -> (the restored phase,

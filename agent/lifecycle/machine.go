@@ -35,7 +35,9 @@ type pendingAssign struct {
 	invalid string
 }
 
-// checkState tracks one checking period of one started release.
+// checkState tracks the checking period of one started release and, after
+// it became HEALTHY, its watch. Checks run (between ActBeginChecks and
+// ActStopChecks) exactly while active.
 type checkState struct {
 	active     bool
 	a          *v1.Assignment
@@ -45,8 +47,22 @@ type checkState struct {
 	zeroChecks bool
 	passing    bool
 	passSince  time.Time
-	exits      int
+	exits      int // since the process started (checking and watch)
 	lastWhy    string
+
+	// analyse: an install of a release with analysis rules; HEALTHY also
+	// needs the latest verdict to be Pass.
+	analyse          bool
+	failInconclusive bool
+	verdict          Verdict // latest verdict of this epoch, 0 = none yet
+
+	// The watch after HEALTHY: checks, exits and analysis go on until
+	// watchUntil; a failure reverts to prevGood.
+	watching   bool
+	watchUntil time.Time
+	failAfter  time.Duration
+	failSince  time.Time // checks failing continuously since (zero: passing)
+	prevGood   *v1.Assignment
 }
 
 // Machine is the lifecycle of one service. The zero value is not usable;
@@ -71,10 +87,14 @@ type Machine struct {
 	epoch  uint64
 	chk    checkState
 	checks []CheckResult
+	rules  []RuleResult // latest analysis results of the checked release
 
 	rec      recoverKind
 	restored v1.Phase
 	recWhat  *v1.Assignment // the release recovery runs
+	// the watch the restored HEALTHY release was in
+	resumeUntil time.Time
+	resumePrev  *v1.Assignment
 
 	now  time.Time
 	acts []Action
@@ -127,6 +147,10 @@ func Restore(s Snapshot, now time.Time) (*Machine, []Action) {
 		// is inconsistent, so do not claim it.
 		m.restored = v1.Phase_PHASE_FAILED
 	}
+	if m.rec == recSettled && m.restored == v1.Phase_PHASE_HEALTHY {
+		// Once re-checked, the release is watched for the rest of its window.
+		m.resumeUntil, m.resumePrev = s.WatchUntil, s.Previous
+	}
 	m.op = opRecover
 	m.recWhat = m.lastGood
 	m.setPhase(v1.Phase_PHASE_STARTING, false)
@@ -140,6 +164,9 @@ func (m *Machine) Step(in Input) []Action {
 		m.now = in.At
 	}
 	t := in.At
+	// The watch ends (or reverts, on checks that failed long enough before
+	// it ended) before anything else happens at t.
+	m.expireWatch(t)
 	switch in.Kind {
 	case InputAssign:
 		if in.Assignment != nil {
@@ -153,6 +180,8 @@ func (m *Machine) Step(in Input) []Action {
 		m.onChecks(in.Epoch, in.Checks, t)
 	case InputExit:
 		m.onExit(in.Epoch, t)
+	case InputAnalysis:
+		m.onAnalysis(in.Epoch, in.Verdict, in.Rules, t)
 	case InputTick:
 		m.evaluate(t)
 	}
@@ -167,6 +196,10 @@ func (m *Machine) Generation() int64 { return m.gen }
 
 // Current is the release `current` points at (nil = none).
 func (m *Machine) Current() *v1.Assignment { return m.current }
+
+// Target is the accepted assignment being installed or last installed
+// (nil = none).
+func (m *Machine) Target() *v1.Assignment { return m.target }
 
 // LastGood is the last release that became healthy here (nil = none).
 func (m *Machine) LastGood() *v1.Assignment { return m.lastGood }
@@ -195,9 +228,22 @@ func (m *Machine) FetchSuperseded() bool {
 	return p.a == nil || Version(p.a) != Version(m.target)
 }
 
+// AnalysisEpoch is the epoch of the process whose analysis verdicts the
+// machine uses now (while it checks an install of a release with analysis
+// rules, or watches it after HEALTHY); ok is false when it uses none.
+func (m *Machine) AnalysisEpoch() (epoch uint64, ok bool) {
+	if m.chk.active && m.chk.analyse {
+		return m.epoch, true
+	}
+	return 0, false
+}
+
+// Watching reports whether the release is in its watch after HEALTHY.
+func (m *Machine) Watching() bool { return m.chk.active && m.chk.watching }
+
 // Snapshot is the durable state now.
 func (m *Machine) Snapshot() *Snapshot {
-	return &Snapshot{
+	s := &Snapshot{
 		Service:    m.service,
 		Phase:      m.phase,
 		Generation: m.gen,
@@ -206,6 +252,10 @@ func (m *Machine) Snapshot() *Snapshot {
 		LastGood:   m.lastGood,
 		Target:     m.target,
 	}
+	if m.chk.active && m.chk.watching {
+		s.WatchUntil, s.Previous = m.chk.watchUntil, m.chk.prevGood
+	}
+	return s
 }
 
 // Report is what this machine says to the coordinator now.
@@ -225,8 +275,15 @@ func (m *Machine) Report() *v1.ServiceReport {
 	for _, c := range m.checks {
 		r.Checks = append(r.Checks, &v1.CheckResult{Name: c.Name, Ok: c.OK, Detail: c.Detail})
 	}
+	for _, x := range m.rules {
+		r.Checks = append(r.Checks, &v1.CheckResult{Name: AnalysisCheckPrefix + x.Rule, Ok: x.Verdict == VerdictPass, Detail: x.Reason})
+	}
 	return r
 }
+
+// AnalysisCheckPrefix prefixes the name of a rule's result in
+// ServiceReport.checks.
+const AnalysisCheckPrefix = "analysis:"
 
 func (m *Machine) take() []Action {
 	a := m.acts
@@ -284,12 +341,15 @@ func (m *Machine) apply(p *pendingAssign, t time.Time) {
 	m.pending = nil
 	m.op = opNone
 	m.gen = p.gen
+	v := Version(p.a)
+	if p.a == nil || m.current == nil || Version(m.current) != v || !m.currentOK {
+		m.stopChecks() // a new assignment ends the watch of the running release
+	}
 	if p.a == nil {
 		m.reason = "invalid assignment: " + p.invalid
 		m.setPhase(v1.Phase_PHASE_FAILED, true)
 		return
 	}
-	v := Version(p.a)
 	if m.current != nil && Version(m.current) == v && m.currentOK {
 		// Already running it and healthy: take the new generation, no restart.
 		if Version(m.lastGood) == v {
@@ -325,6 +385,13 @@ func (m *Machine) onDone(in Input, t time.Time) {
 	case opInstall:
 		m.installDone(k, err, t)
 	case opRevert:
+		if k == ActSwitch && err != nil {
+			if !(in.LinkKnown && in.Link == Version(m.lastGood)) {
+				m.revertSwitchFailed(err, in, t)
+				return
+			}
+			err = nil // the link is where the revert wanted it: done
+		}
 		m.revertDone(k, err, t)
 	case opRecover:
 		if k == ActSwitch && err != nil && !(in.LinkKnown && in.Link == Version(m.recWhat)) {
@@ -444,11 +511,6 @@ func (m *Machine) revertDone(k ActionKind, err error, t time.Time) {
 	case ActSwitch:
 		m.switched = true
 		m.current = m.lastGood
-		if err != nil {
-			// The release directory is used by its real path, so the last good
-			// release can still run; recovery fixes the link after a restart.
-			m.reason += fmt.Sprintf("; switch back to %q: %v", Version(m.lastGood), err)
-		}
 		m.persist()
 		m.report()
 		m.revertNext(t)
@@ -494,14 +556,26 @@ func (m *Machine) recoverDone(k ActionKind, err error, t time.Time) {
 	}
 }
 
-// recoverSwitchFailed ends recovery when `current` could not be switched
-// back: the link may still point at an unverified release, so nothing is
-// started, nothing is claimed as reverted, and current is what the link says.
-func (m *Machine) recoverSwitchFailed(err error, in Input, t time.Time) {
+// revertSwitchFailed ends a revert when `current` could not be switched
+// back to the last good release: the link may still point at the failed
+// release, so nothing is started, nothing is claimed as reverted, and
+// current is what the link says.
+func (m *Machine) revertSwitchFailed(err error, in Input, t time.Time) {
 	m.op = opNone
 	m.running = false
 	m.currentOK = false
-	why := fmt.Sprintf("switch back to %q: %v", Version(m.recWhat), err)
+	m.reason += "; " + m.switchBackFailed(m.lastGood, err, in)
+	m.setPhase(v1.Phase_PHASE_FAILED, true)
+	m.settle(t)
+}
+
+// switchBackFailed sets current to what the link says after a failed switch
+// back to a (nil: removing the link) and says why.
+func (m *Machine) switchBackFailed(a *v1.Assignment, err error, in Input) string {
+	why := fmt.Sprintf("switch back to %q: %v", Version(a), err)
+	if a == nil {
+		why = fmt.Sprintf("remove `current`: %v", err)
+	}
 	switch {
 	case !in.LinkKnown:
 		m.current = nil
@@ -517,6 +591,17 @@ func (m *Machine) recoverSwitchFailed(err error, in Input, t time.Time) {
 			why += fmt.Sprintf("; `current` still points at %q", in.Link)
 		}
 	}
+	return why
+}
+
+// recoverSwitchFailed ends recovery when `current` could not be switched
+// back: the link may still point at an unverified release, so nothing is
+// started, nothing is claimed as reverted, and current is what the link says.
+func (m *Machine) recoverSwitchFailed(err error, in Input, t time.Time) {
+	m.op = opNone
+	m.running = false
+	m.currentOK = false
+	why := m.switchBackFailed(m.recWhat, err, in)
 	if m.rec == recInterrupted {
 		m.reason = fmt.Sprintf("agent restarted before %s became healthy; %s", Version(m.target), why)
 	} else {
@@ -594,6 +679,10 @@ func (m *Machine) beginChecks(a *v1.Assignment, t time.Time) {
 		deadline:   t.Add(HealthyDeadline(a)),
 		minHealthy: MinHealthyTime(a),
 		zeroChecks: n == 0,
+		// Only an install is analysed: a revert's or a recovery's re-check
+		// of the last good release needs its health checks alone.
+		analyse:          m.op == opInstall && HasAnalysis(a),
+		failInconclusive: FailInconclusive(a),
 	}
 	if n == 0 {
 		// Nothing to probe: healthy means running without exiting.
@@ -601,15 +690,41 @@ func (m *Machine) beginChecks(a *v1.Assignment, t time.Time) {
 		m.chk.passSince = t
 	}
 	m.checks = nil
+	m.rules = nil
 	m.emit(Action{Kind: ActBeginChecks, Epoch: m.epoch, Version: Version(a), Assignment: a})
 	m.report()
 }
 
+// stopChecks ends the checking period or the watch.
 func (m *Machine) stopChecks() {
 	if m.chk.active {
 		m.chk.active = false
+		m.chk.watching = false
 		m.emit(Action{Kind: ActStopChecks})
 	}
+}
+
+// beginWatch turns the checking period of a release that just became
+// HEALTHY into its watch until `until` (the checks keep running). prev is
+// what a revert during the watch returns to.
+func (m *Machine) beginWatch(prev *v1.Assignment, until time.Time) {
+	c := &m.chk
+	c.watching = true
+	c.analyse = HasAnalysis(c.a)
+	c.watchUntil = until
+	c.failAfter = WatchFailAfter(c.a)
+	c.failSince = time.Time{}
+	c.prevGood = prev
+}
+
+// watchFailed reverts a watched release to the release that was last good
+// before it.
+func (m *Machine) watchFailed(why string, t time.Time) {
+	prev := m.chk.prevGood
+	m.stopChecks()
+	m.lastGood = prev
+	m.currentOK = false
+	m.beginRevert(fmt.Sprintf("%s: %s", Version(m.current), why), t)
 }
 
 func (m *Machine) onChecks(epoch uint64, results []CheckResult, t time.Time) {
@@ -637,7 +752,11 @@ func (m *Machine) onChecks(epoch uint64, results []CheckResult, t time.Time) {
 			c.passing = true
 			c.passSince = t
 		}
+		c.failSince = time.Time{}
 	} else {
+		if c.failSince.IsZero() {
+			c.failSince = t
+		}
 		c.passing = false
 		if len(failing) > 0 {
 			c.lastWhy = strings.Join(failing, "; ")
@@ -654,9 +773,15 @@ func (m *Machine) onChecks(epoch uint64, results []CheckResult, t time.Time) {
 func (m *Machine) onExit(epoch uint64, t time.Time) {
 	c := &m.chk
 	if !c.active || epoch != m.epoch || t.Before(c.start) {
-		return // not checking (the supervisor restarts it) or an old process
+		return // neither checking nor watching (the supervisor restarts it), or an old process
 	}
 	c.exits++
+	if c.watching {
+		if c.exits >= CrashLoopExits {
+			m.watchFailed(fmt.Sprintf("crash loop after healthy: %d exits within %s", c.exits, t.Sub(c.start)), t)
+		}
+		return
+	}
 	c.lastWhy = fmt.Sprintf("process exited (%d times)", c.exits)
 	if c.zeroChecks {
 		c.passing = true
@@ -671,17 +796,99 @@ func (m *Machine) onExit(epoch uint64, t time.Time) {
 	m.evaluate(t)
 }
 
-// evaluate decides a checking period at time t.
+// onAnalysis takes the verdict of one analysis round.
+func (m *Machine) onAnalysis(epoch uint64, v Verdict, results []RuleResult, t time.Time) {
+	c := &m.chk
+	if !c.active || !c.analyse || epoch != m.epoch || t.Before(c.start) {
+		return
+	}
+	changed := len(results) != len(m.rules)
+	for i := range results {
+		if !changed && (results[i].Rule != m.rules[i].Rule || results[i].Verdict != m.rules[i].Verdict) {
+			changed = true
+		}
+	}
+	c.verdict = v
+	m.rules = append([]RuleResult(nil), results...)
+	if v == VerdictFail {
+		// Worse than allowed: revert at once, while checking or watching.
+		why := reasons(results, VerdictFail)
+		if why == "" {
+			why = "analysis failed"
+		}
+		if c.watching {
+			m.watchFailed(why, t)
+		} else {
+			m.checksFailed(why, t)
+		}
+		return
+	}
+	if changed {
+		m.report()
+	}
+	if !c.watching {
+		m.evaluate(t)
+	}
+}
+
+// reasons joins the reasons of the results with verdict v.
+func reasons(results []RuleResult, v Verdict) string {
+	var out []string
+	for _, r := range results {
+		if r.Verdict == v {
+			out = append(out, r.Reason)
+		}
+	}
+	return strings.Join(out, "; ")
+}
+
+// expireWatch ends the watch if it is over at t (or reverts, if the checks
+// failed long enough before it ended).
+func (m *Machine) expireWatch(t time.Time) {
+	if m.chk.active && m.chk.watching {
+		m.evaluate(t)
+	}
+}
+
+// evaluate decides a checking period or a watch at time t.
 func (m *Machine) evaluate(t time.Time) {
 	c := &m.chk
 	if !c.active {
 		return
 	}
-	if c.passing && t.Sub(c.passSince) >= c.minHealthy {
-		m.checksPassed(t)
+	if c.watching {
+		if !c.failSince.IsZero() {
+			at := c.failSince.Add(c.failAfter)
+			if !t.Before(at) && at.Before(c.watchUntil) {
+				m.watchFailed(fmt.Sprintf("health checks failing for %s after healthy: %s", t.Sub(c.failSince), c.lastWhy), t)
+				return
+			}
+		}
+		if !t.Before(c.watchUntil) {
+			// The watch is over: only supervised from now on, and the
+			// release before it need not be kept any more.
+			m.stopChecks()
+			m.persist()
+		}
 		return
 	}
+	checksOK := c.passing && t.Sub(c.passSince) >= c.minHealthy
+	if checksOK {
+		switch {
+		case !c.analyse || c.verdict == VerdictPass:
+			m.checksPassed(t)
+			return
+		case c.verdict == VerdictInconclusive && c.failInconclusive:
+			m.checksFailed(fmt.Sprintf("analysis inconclusive (inconclusive: fail): %s", m.inconclusiveWhy()), t)
+			return
+		}
+	}
 	if !t.Before(c.deadline) {
+		if checksOK {
+			m.checksFailed(fmt.Sprintf("analysis inconclusive at the healthy deadline (%s): %s",
+				c.deadline.Sub(c.start), m.inconclusiveWhy()), t)
+			return
+		}
 		why := c.lastWhy
 		if why == "" {
 			why = "checks did not pass"
@@ -691,22 +898,40 @@ func (m *Machine) evaluate(t time.Time) {
 	}
 }
 
+// inconclusiveWhy says why the analysis has not passed yet.
+func (m *Machine) inconclusiveWhy() string {
+	if m.chk.verdict == 0 {
+		return "no analysis verdict yet"
+	}
+	if why := reasons(m.rules, VerdictInconclusive); why != "" {
+		return why
+	}
+	return "verdict " + m.chk.verdict.String()
+}
+
 func (m *Machine) checksPassed(t time.Time) {
-	m.stopChecks()
 	switch m.op {
 	case opInstall:
 		m.op = opNone
+		prev := m.lastGood
 		m.lastGood = m.current
 		m.currentOK = true
 		m.reason = ""
+		m.beginWatch(prev, t.Add(Watch(m.chk.a))) // the checks keep running
 		m.setPhase(v1.Phase_PHASE_HEALTHY, true)
 		m.settle(t)
 	case opRevert:
+		m.stopChecks()
 		m.op = opNone
 		m.currentOK = true
 		m.setPhase(v1.Phase_PHASE_REVERTED, true)
 		m.settle(t)
 	case opRecover:
+		if m.rec == recSettled && m.restored == v1.Phase_PHASE_HEALTHY && t.Before(m.resumeUntil) {
+			m.beginWatch(m.resumePrev, m.resumeUntil) // the agent restarted during the watch
+		} else {
+			m.stopChecks()
+		}
 		m.recoverOutcome(true, "", t)
 	}
 }

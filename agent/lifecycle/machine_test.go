@@ -118,8 +118,11 @@ func TestTransitions(t *testing.T) {
 			v1.Phase_PHASE_CHECKING, []ActionKind{ActReport}, nil},
 		{"checking/pass long enough", func(h *harness) { atChecking(h); h.checks(true); h.advance(testMinHealthy) },
 			func(h *harness) []Action { return h.step(Tick(h.now)) },
-			v1.Phase_PHASE_HEALTHY, []ActionKind{ActStopChecks, ActPersist, ActReport}, func(t *testing.T, h *harness) {
+			v1.Phase_PHASE_HEALTHY, []ActionKind{ActPersist, ActReport}, func(t *testing.T, h *harness) {
 				h.versions("v1", "v1")
+				if !h.checking || !h.m.Watching() {
+					t.Error("checks stopped at HEALTHY: the watch must keep them running")
+				}
 			}},
 		{"checking/failure resets window", func(h *harness) {
 			atChecking(h)
@@ -201,15 +204,28 @@ func TestTransitions(t *testing.T) {
 			v1.Phase_PHASE_HEALTHY, nil, nil},
 		{"healthy/invalid", atHealthy, func(h *harness) []Action {
 			return h.step(Invalid(2, `release.version: invalid version "../x"`, h.now))
-		}, v1.Phase_PHASE_FAILED, []ActionKind{ActPersist, ActReport}, func(t *testing.T, h *harness) {
+		}, v1.Phase_PHASE_FAILED, []ActionKind{ActStopChecks, ActPersist, ActReport}, func(t *testing.T, h *harness) {
 			r := h.lastReport()
 			if r.Generation != 2 || !strings.Contains(r.Reason, "release.version") {
 				t.Errorf("report %v", r)
 			}
 			h.versions("v1", "v1")
 		}},
-		{"healthy/new version", atHealthy, func(h *harness) []Action { return h.assign(asg("v2", 2)) },
+		{"healthy/new version ends the watch", atHealthy, func(h *harness) []Action { return h.assign(asg("v2", 2)) },
+			v1.Phase_PHASE_FETCHING, []ActionKind{ActStopChecks, ActPersist, ActReport, ActFetch}, nil},
+		{"healthy/new version after the watch", func(h *harness) { atHealthy(h); h.advance(DefaultWatch); h.step(Tick(h.now)) },
+			func(h *harness) []Action { return h.assign(asg("v2", 2)) },
 			v1.Phase_PHASE_FETCHING, []ActionKind{ActPersist, ActReport, ActFetch}, nil},
+		{"healthy/watch ends", func(h *harness) { atHealthy(h); h.advance(DefaultWatch - time.Millisecond); h.step(Tick(h.now)) },
+			func(h *harness) []Action { h.advance(time.Millisecond); return h.step(Tick(h.now)) },
+			v1.Phase_PHASE_HEALTHY, []ActionKind{ActStopChecks, ActPersist}, func(t *testing.T, h *harness) {
+				if h.m.Watching() || h.checking {
+					t.Error("still watching after the watch window")
+				}
+				if !h.persist.WatchUntil.IsZero() {
+					t.Errorf("persisted a watch after it ended: %+v", h.persist)
+				}
+			}},
 		{"healthy/exit ignored", atHealthy, func(h *harness) []Action { return h.step(Exited(h.epoch, h.now)) },
 			v1.Phase_PHASE_HEALTHY, nil, nil},
 		{"failed/assign current healthy version", func(h *harness) {

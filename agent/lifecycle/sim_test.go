@@ -15,7 +15,7 @@ import (
 // edges are the allowed phase changes of a machine outside recovery (see doc.go).
 var edges = map[v1.Phase][]v1.Phase{
 	v1.Phase_PHASE_IDLE:      {v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_FAILED},
-	v1.Phase_PHASE_HEALTHY:   {v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_FAILED},
+	v1.Phase_PHASE_HEALTHY:   {v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_REVERTING},
 	v1.Phase_PHASE_REVERTED:  {v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_FAILED},
 	v1.Phase_PHASE_FAILED:    {v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_FAILED},
 	v1.Phase_PHASE_FETCHING:  {v1.Phase_PHASE_VERIFYING, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY},
@@ -79,6 +79,31 @@ type sim struct {
 	chkStart   time.Time
 	passSince  time.Time // zero: not passing
 	zeroChecks bool
+	chkInstall bool      // an install's check
+	chkAnalyse bool      // analysed when it has rules: an install's check or a resumed watch
+	verdict    Verdict   // latest analysis verdict fed for chkEpoch
+	exits      int       // exits of chkEpoch's process
+	failSince  time.Time // checks failing continuously since (zero: not)
+	// failSince before the input being stepped changed it
+	failSinceBefore time.Time
+
+	// model of the watch after HEALTHY
+	watching   bool
+	watchUntil time.Time
+	prevGood   string // last good before the watched release
+	// the watch a restart interrupted, resumed after recovery
+	resumeUntil time.Time
+	resumePrev  string
+	// a revert during the watch must end on prevGood at that generation
+	expectRevert    bool
+	expectTo        string
+	expectGen       int64
+	in              Input  // the input being stepped
+	cause           string // why the machine may revert a watched release on it
+	lastGoodBefore  string // LastGoodVersion of the previous report
+	watchReverts    int
+	analysisReverts int
+	resumedWatches  int
 
 	// model of the host
 	running string // version of the running process, "" none
@@ -108,14 +133,81 @@ func (s *sim) assignment(version string, gen int64) *v1.Assignment {
 	a := asgChecks(version, gen, s.rnd.IntN(3))
 	a.Spec.MinHealthyTime = durationpb.New(time.Duration(s.rnd.IntN(15)) * time.Second)
 	a.Spec.HealthyDeadline = durationpb.New(time.Duration(20+s.rnd.IntN(40)) * time.Second)
+	for _, c := range a.Spec.Checks {
+		if s.rnd.IntN(2) == 0 {
+			c.Interval = durationpb.New(time.Duration(1+s.rnd.IntN(3)) * time.Second)
+		}
+	}
+	if s.rnd.IntN(3) > 0 {
+		a.Spec.Analysis = &v1.Analysis{
+			Watch: durationpb.New(time.Duration(5+s.rnd.IntN(60)) * time.Second),
+			Rules: []*v1.AnalysisRule{{Name: "errors", Kind: &v1.AnalysisRule_Restarts{Restarts: &v1.RestartsRule{}}}},
+		}
+		if s.rnd.IntN(3) == 0 {
+			a.Spec.Analysis.Inconclusive = "fail"
+		}
+	} else if s.rnd.IntN(2) == 0 {
+		// No rules: watched for analysis.watch all the same.
+		a.Spec.Analysis = &v1.Analysis{Watch: durationpb.New(time.Duration(5+s.rnd.IntN(60)) * time.Second)}
+	}
 	return a
+}
+
+// analysing is whether the model expects the machine to use analysis now.
+func (s *sim) analysing() bool {
+	return s.checking && s.chkAnalyse && HasAnalysis(s.chkA)
+}
+
+// watchCause says why the machine may revert a watched release on the
+// input being stepped ("" = no reason).
+func (s *sim) watchCause() string {
+	if !s.watching {
+		return ""
+	}
+	in := s.in
+	// Failing checks are judged before the input's own results count.
+	if !s.failSinceBefore.IsZero() {
+		at := s.failSinceBefore.Add(WatchFailAfter(s.chkA))
+		if !in.At.Before(at) && at.Before(s.watchUntil) {
+			return "checks failing"
+		}
+	}
+	if !in.At.Before(s.watchUntil) {
+		return ""
+	}
+	switch {
+	case in.Kind == InputAnalysis && in.Epoch == s.chkEpoch && in.Verdict == VerdictFail && HasAnalysis(s.chkA):
+		return "analysis fail"
+	case in.Kind == InputExit && in.Epoch == s.chkEpoch && s.exits >= CrashLoopExits:
+		return "crash loop"
+	}
+	return ""
 }
 
 func (s *sim) step(in Input) {
 	s.t.Helper()
-	s.log = append(s.log, fmt.Sprintf("%s t=%s in %s seq=%d epoch=%d", s.m.Phase(), in.At.Sub(t0), in.Kind, in.Seq, in.Epoch))
+	s.log = append(s.log, fmt.Sprintf("%s t=%s in %s seq=%d epoch=%d verdict=%v", s.m.Phase(), in.At.Sub(t0), in.Kind, in.Seq, in.Epoch, in.Verdict))
+	s.in = in
+	s.cause = s.watchCause()
+	wasAnalysing := s.analysing()
 	acts := s.m.Step(in)
 	s.apply(acts)
+	if s.watching && !in.At.Before(s.watchUntil) && s.m.Phase() == v1.Phase_PHASE_HEALTHY {
+		if s.m.Watching() {
+			s.fatalf("still watching at %v, the watch ended at %v", in.At.Sub(t0), s.watchUntil.Sub(t0))
+		}
+		if s.checking {
+			s.fatalf("the watch ended without ActStopChecks")
+		}
+	}
+	if _, ok := s.m.AnalysisEpoch(); ok != s.analysing() {
+		s.fatalf("machine analyses=%v, model %v", ok, s.analysing())
+	}
+	// A Fail reverts at once, while checking or watching.
+	if wasAnalysing && in.Kind == InputAnalysis && in.Verdict == VerdictFail && in.Epoch == s.chkEpoch &&
+		(!s.watching || in.At.Before(s.watchUntil)) && s.m.Phase() != v1.Phase_PHASE_REVERTING {
+		s.fatalf("analysis Fail did not revert at once (phase %v)", s.m.Phase())
+	}
 }
 
 // apply checks and carries out (in the model) the actions of one step.
@@ -139,9 +231,15 @@ func (s *sim) apply(acts []Action) {
 			}
 		case ActBeginChecks:
 			s.checking = true
+			s.watching = false
 			s.chkEpoch = a.Epoch
 			s.chkA = a.Assignment
 			s.chkStart = s.now
+			s.chkInstall = !s.recovering && s.prev == v1.Phase_PHASE_STARTING
+			s.chkAnalyse = s.chkInstall
+			s.verdict = 0
+			s.exits = 0
+			s.failSince = time.Time{}
 			s.zeroChecks = len(a.Assignment.GetSpec().GetChecks()) == 0
 			s.passSince = time.Time{}
 			if s.zeroChecks {
@@ -152,8 +250,13 @@ func (s *sim) apply(acts []Action) {
 			}
 		case ActStopChecks:
 			s.checking = false
+			s.watching = false
 		case ActPersist:
 			s.persisted = a.Snapshot
+			// Only a HEALTHY release is watched; Previous only with a watch.
+			if w := !a.Snapshot.WatchUntil.IsZero(); (w && a.Snapshot.Phase != v1.Phase_PHASE_HEALTHY) || (!w && a.Snapshot.Previous != nil) {
+				s.fatalf("persisted %v with watch until %v previous %q", a.Snapshot.Phase, a.Snapshot.WatchUntil, Version(a.Snapshot.Previous))
+			}
 		case ActReport:
 			s.checkReport(a.Report)
 		}
@@ -186,8 +289,28 @@ func (s *sim) checkReport(r *v1.ServiceReport) {
 	fromChecks := (s.prev == v1.Phase_PHASE_CHECKING || s.prev == v1.Phase_PHASE_REVERTING) && p != s.prev &&
 		(p == v1.Phase_PHASE_HEALTHY || p == v1.Phase_PHASE_REVERTED || (s.recovering && settled(p) && p != v1.Phase_PHASE_FAILED))
 	if fromChecks {
-		if s.checking {
-			s.fatalf("%v while the model still checks", p)
+		install := s.prev == v1.Phase_PHASE_CHECKING && p == v1.Phase_PHASE_HEALTHY && !s.recovering
+		resumed := s.prev == v1.Phase_PHASE_CHECKING && p == v1.Phase_PHASE_HEALTHY && s.recovering &&
+			s.now.Before(s.resumeUntil)
+		if s.checking != (install || resumed) {
+			s.fatalf("%v: checks running=%v, want %v (the watch of an install, or resumed after a restart)", p, s.checking, install || resumed)
+		}
+		if resumed {
+			s.resumedWatches++
+			s.watching = true
+			s.watchUntil = s.resumeUntil
+			s.prevGood = s.resumePrev
+			s.failSince = time.Time{}
+			s.chkAnalyse = true
+		}
+		if install && HasAnalysis(s.chkA) && s.verdict != VerdictPass {
+			s.fatalf("HEALTHY with analysis rules while the latest verdict is %v", s.verdict)
+		}
+		if install {
+			s.watching = true
+			s.watchUntil = s.now.Add(Watch(s.chkA))
+			s.prevGood = s.lastGoodBefore
+			s.failSince = time.Time{}
 		}
 		min := MinHealthyTime(s.chkA)
 		if s.passSince.IsZero() || s.now.Sub(s.passSince) < min {
@@ -240,6 +363,32 @@ func (s *sim) checkReport(r *v1.ServiceReport) {
 	if s.recovering && p == v1.Phase_PHASE_REVERTED && s.link != r.CurrentVersion {
 		s.fatalf("REVERTED on %q after a restart but `current` points at %q", r.CurrentVersion, s.link)
 	}
+	if s.prev == v1.Phase_PHASE_HEALTHY && p == v1.Phase_PHASE_REVERTING {
+		cause := s.cause
+		if cause == "" {
+			s.fatalf("reverted a HEALTHY release without cause (watching=%v until %v, in %v at %v)",
+				s.watching, s.watchUntil.Sub(t0), s.in.Kind, s.in.At.Sub(t0))
+		}
+		if r.Generation != s.prevGen || r.LastGoodVersion != s.prevGood {
+			s.fatalf("watch revert (%s) at gen %d to last good %q, want gen %d and %q", cause, r.Generation, r.LastGoodVersion, s.prevGen, s.prevGood)
+		}
+		s.expectRevert, s.expectTo, s.expectGen = true, s.prevGood, r.Generation
+		s.watchReverts++
+		if cause == "analysis fail" {
+			s.analysisReverts++
+		}
+	}
+	if s.expectRevert && settled(p) {
+		s.expectRevert = false
+		switch {
+		case p == v1.Phase_PHASE_REVERTED && (r.CurrentVersion != s.expectTo || r.Generation != s.expectGen):
+			s.fatalf("watch revert ended on %q gen %d, want %q gen %d", r.CurrentVersion, r.Generation, s.expectTo, s.expectGen)
+		case p == v1.Phase_PHASE_REVERTED && s.expectTo == "":
+			s.fatalf("watch revert without a last good release ended REVERTED")
+		case p != v1.Phase_PHASE_REVERTED && p != v1.Phase_PHASE_FAILED:
+			s.fatalf("watch revert ended %v", p)
+		}
+	}
 	if s.recovering && (settled(p) || p == v1.Phase_PHASE_FETCHING) {
 		s.recovering = false
 	}
@@ -248,6 +397,7 @@ func (s *sim) checkReport(r *v1.ServiceReport) {
 	}
 	s.prev = p
 	s.prevGen = r.Generation
+	s.lastGoodBefore = r.LastGoodVersion
 }
 
 // finish completes the step in flight in the model and feeds Done.
@@ -281,12 +431,18 @@ func (s *sim) restart() {
 	s.log = append(s.log, "RESTART")
 	s.inflight = nil
 	s.checking = false
+	s.watching = false
+	s.expectRevert = false
 	s.running = "" // KillStale
 	if s.persisted == nil {
 		s.m = New("web")
 		s.prev = v1.Phase_PHASE_IDLE
 		s.prevGen = 0
 		return
+	}
+	s.resumeUntil, s.resumePrev = time.Time{}, ""
+	if s.persisted.Phase == v1.Phase_PHASE_HEALTHY {
+		s.resumeUntil, s.resumePrev = s.persisted.WatchUntil, Version(s.persisted.Previous)
 	}
 	m, acts := Restore(*s.persisted, s.now)
 	s.m = m
@@ -298,14 +454,26 @@ func (s *sim) restart() {
 	s.apply(acts)
 }
 
-func runSim(t *testing.T, seed uint64, steps int, seen map[[2]v1.Phase]int) {
+// simStats counts what the simulation exercised.
+type simStats struct{ watchReverts, analysisReverts, resumedWatches int }
+
+func runSim(t *testing.T, seed uint64, steps int, seen map[[2]v1.Phase]int, st *simStats) {
 	s := &sim{edgesSeen: seen,
 		t: t, seed: seed, rnd: rand.New(rand.NewPCG(seed, 0x5eed)), m: New("web"), now: t0,
 		everHealthy: map[string]bool{}, prev: v1.Phase_PHASE_IDLE,
 	}
+	defer func() {
+		if st != nil {
+			st.watchReverts += s.watchReverts
+			st.analysisReverts += s.analysisReverts
+			st.resumedWatches += s.resumedWatches
+		}
+	}()
 	s.pOK = []float64{0.5, 0.9, 0.99}[s.rnd.IntN(3)]
+	pPass := []float64{0.5, 0.8, 0.97}[s.rnd.IntN(3)]
 	versions := []string{"v1", "v2", "v3", "v4"}
 	for i := 0; i < steps; i++ {
+		s.failSinceBefore = s.failSince
 		s.now = s.now.Add(time.Duration(s.rnd.IntN(3000)) * time.Millisecond)
 		switch x := s.rnd.IntN(100); {
 		case x < 30:
@@ -330,24 +498,46 @@ func runSim(t *testing.T, seed uint64, steps int, seen map[[2]v1.Phase]int) {
 						if s.passSince.IsZero() {
 							s.passSince = s.now
 						}
+						s.failSince = time.Time{}
 					} else {
 						s.passSince = time.Time{}
+						if s.failSince.IsZero() {
+							s.failSince = s.now
+						}
 					}
 				}
 				s.step(Checks(epoch, s.now, res...))
 			}
-		case x < 60:
+		case x < 58:
 			if s.running != "" {
 				if s.checking && s.epoch == s.chkEpoch {
-					if s.zeroChecks {
-						s.passSince = s.now
-					} else {
-						s.passSince = time.Time{}
+					s.exits++
+					if !s.watching {
+						if s.zeroChecks {
+							s.passSince = s.now
+						} else {
+							s.passSince = time.Time{}
+						}
 					}
 				}
 				s.step(Exited(s.epoch, s.now))
 			}
-		case x < 80:
+		case x < 66:
+			if s.checking {
+				v := VerdictPass
+				if r := s.rnd.Float64(); r > pPass {
+					v = []Verdict{VerdictInconclusive, VerdictInconclusive, VerdictFail}[s.rnd.IntN(3)]
+				}
+				epoch := s.chkEpoch
+				if s.rnd.IntN(20) == 0 {
+					epoch-- // a late verdict on an older process: must be ignored
+				} else if s.analysing() {
+					s.verdict = v
+				}
+				res := RuleResult{Rule: "errors", Verdict: v, Reason: fmt.Sprintf("rule %q: %v", "errors", v)}
+				s.step(Analysis(epoch, s.now, v, res))
+			}
+		case x < 82:
 			s.now = s.now.Add(time.Duration(s.rnd.IntN(5000)) * time.Millisecond)
 			s.step(Tick(s.now))
 		case x < 92:
@@ -377,11 +567,16 @@ func TestSimulation(t *testing.T) {
 		seeds = 50
 	}
 	seen := map[[2]v1.Phase]int{}
+	var st simStats
 	for seed := uint64(1); seed <= uint64(seeds); seed++ {
-		runSim(t, seed, 600, seen)
+		runSim(t, seed, 600, seen, &st)
 	}
 	if testing.Short() {
 		return // too few seeds to demand every edge
+	}
+	if st.watchReverts == 0 || st.analysisReverts == 0 || st.resumedWatches == 0 {
+		t.Errorf("simulation reverted %d watched releases, %d on analysis, resumed %d watches: not exercised",
+			st.watchReverts, st.analysisReverts, st.resumedWatches)
 	}
 	// The simulation must actually reach every normal edge.
 	for from, tos := range edges {
@@ -391,5 +586,6 @@ func TestSimulation(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("edges taken: %d distinct", len(seen))
+	t.Logf("edges taken: %d distinct; watch reverts %d (analysis %d); watches resumed after a restart %d",
+		len(seen), st.watchReverts, st.analysisReverts, st.resumedWatches)
 }

@@ -11,9 +11,19 @@ import (
 const (
 	DefaultMinHealthyTime  = 10 * time.Second
 	DefaultHealthyDeadline = 5 * time.Minute
-	// CrashLoopExits is how many exits of a release being checked count as a
-	// crash loop (which fails the checks at once).
+	// CrashLoopExits is how many exits of a release since it started count as
+	// a crash loop, while it is checked or watched (which reverts at once).
 	CrashLoopExits = 3
+	// DefaultWatch is how long a release is watched after it became HEALTHY
+	// when its spec leaves analysis.watch unset (also when it has no
+	// analysis rules). It equals spec.DefaultAnalysisWatch.
+	DefaultWatch = 5 * time.Minute
+	// DefaultCheckInterval is a check's interval when its spec leaves it
+	// unset (as in package probe).
+	DefaultCheckInterval = time.Second
+	// WatchFailIntervals: during the watch, health checks failing
+	// continuously for this many times the longest check interval revert.
+	WatchFailIntervals = 3
 )
 
 // InputKind says what happened.
@@ -32,6 +42,9 @@ const (
 	InputExit
 	// InputTick: time passed.
 	InputTick
+	// InputAnalysis: the analysis verdict on the process started with an
+	// Epoch.
+	InputAnalysis
 )
 
 func (k InputKind) String() string {
@@ -48,6 +61,8 @@ func (k InputKind) String() string {
 		return "exit"
 	case InputTick:
 		return "tick"
+	case InputAnalysis:
+		return "analysis"
 	}
 	return fmt.Sprintf("input(%d)", int(k))
 }
@@ -57,6 +72,40 @@ type CheckResult struct {
 	Name   string
 	OK     bool
 	Detail string
+}
+
+// Verdict is the overall outcome of one analysis round (the worst of its
+// rules' verdicts).
+type Verdict int
+
+// Verdicts, from best to worst.
+const (
+	VerdictPass Verdict = iota + 1
+	// VerdictInconclusive: too little data to judge (too few requests, the
+	// metrics endpoint unreachable).
+	VerdictInconclusive
+	VerdictFail
+)
+
+func (v Verdict) String() string {
+	switch v {
+	case VerdictPass:
+		return "pass"
+	case VerdictInconclusive:
+		return "inconclusive"
+	case VerdictFail:
+		return "fail"
+	}
+	return fmt.Sprintf("verdict(%d)", int(v))
+}
+
+// RuleResult is one analysis rule's outcome.
+type RuleResult struct {
+	Rule    string
+	Verdict Verdict
+	// Reason names the rule, the measured value and the limit, e.g.
+	//   rule "errors": error ratio 0.200 over 10s (40/200 requests) > max 0.050
+	Reason string
 }
 
 // Input is one event fed to Machine.Step. Build it with the helpers below.
@@ -82,6 +131,10 @@ type Input struct {
 	Epoch uint64
 	// Checks for InputChecks: one result per prober.
 	Checks []CheckResult
+	// Verdict and Rules for InputAnalysis: the overall verdict and every
+	// rule's result.
+	Verdict Verdict
+	Rules   []RuleResult
 }
 
 // Assign is an InputAssign.
@@ -116,6 +169,12 @@ func Checks(epoch uint64, at time.Time, results ...CheckResult) Input {
 // Exited is an InputExit.
 func Exited(epoch uint64, at time.Time) Input {
 	return Input{Kind: InputExit, At: at, Epoch: epoch}
+}
+
+// Analysis is an InputAnalysis: the verdict v of one analysis round on the
+// process started with epoch, and every rule's result.
+func Analysis(epoch uint64, at time.Time, v Verdict, rules ...RuleResult) Input {
+	return Input{Kind: InputAnalysis, At: at, Epoch: epoch, Verdict: v, Rules: rules}
 }
 
 // Tick is an InputTick.
@@ -232,6 +291,12 @@ type Snapshot struct {
 	LastGood *v1.Assignment
 	// Target is the accepted assignment being installed or last installed.
 	Target *v1.Assignment
+	// WatchUntil is when the watch of the HEALTHY release ends (zero: not
+	// watching), and Previous the release a revert during the watch returns
+	// to (nil: none, the revert would stop the service). The caller keeps
+	// Previous on disk while it is set.
+	WatchUntil time.Time
+	Previous   *v1.Assignment
 }
 
 // Version returns the release version of an assignment, "" for nil.
@@ -253,4 +318,41 @@ func HealthyDeadline(a *v1.Assignment) time.Duration {
 		return d.AsDuration()
 	}
 	return DefaultHealthyDeadline
+}
+
+// HasAnalysis reports whether the assignment's spec has analysis rules.
+func HasAnalysis(a *v1.Assignment) bool {
+	return len(a.GetSpec().GetAnalysis().GetRules()) > 0
+}
+
+// FailInconclusive reports whether the spec says analysis.inconclusive: fail.
+func FailInconclusive(a *v1.Assignment) bool {
+	return a.GetSpec().GetAnalysis().GetInconclusive() == "fail"
+}
+
+// Watch is the spec's analysis.watch or DefaultWatch: how long the release
+// is watched after it became HEALTHY.
+func Watch(a *v1.Assignment) time.Duration {
+	if d := a.GetSpec().GetAnalysis().GetWatch(); d != nil && d.AsDuration() > 0 {
+		return d.AsDuration()
+	}
+	return DefaultWatch
+}
+
+// WatchFailAfter is how long the health checks may fail continuously during
+// the watch before the release is reverted: WatchFailIntervals times the
+// longest check interval (DefaultCheckInterval when unset).
+func WatchFailAfter(a *v1.Assignment) time.Duration {
+	longest := time.Duration(0)
+	for _, c := range a.GetSpec().GetChecks() {
+		d := DefaultCheckInterval
+		if iv := c.GetInterval(); iv != nil && iv.AsDuration() > 0 {
+			d = iv.AsDuration()
+		}
+		longest = max(longest, d)
+	}
+	if longest == 0 {
+		longest = DefaultCheckInterval
+	}
+	return WatchFailIntervals * longest
 }

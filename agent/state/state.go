@@ -3,7 +3,8 @@
 // of the directory, so a crash leaves either the old or the new file.
 //
 // It stores what the lifecycle needs after a restart (phase, generation,
-// current, last good and target release with their accepted assignments) and
+// current, last good and target release with their accepted assignments,
+// and the watch of a HEALTHY release with the release before it) and
 // decides nothing. It must not import the coordinator or etcd.
 package state
 
@@ -17,6 +18,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
@@ -40,6 +42,10 @@ type Service struct {
 	Current  string `json:"current,omitempty"`
 	LastGood string `json:"last_good,omitempty"`
 	Target   string `json:"target,omitempty"`
+	// WatchUntil is when the watch of a HEALTHY release ends (zero: not
+	// watching); Previous is the release a revert during it returns to.
+	WatchUntil time.Time `json:"watch_until,omitzero"`
+	Previous   string    `json:"previous,omitempty"`
 	// Releases holds the accepted assignment (release + spec) of every
 	// version named above.
 	Releases map[string]*v1.Assignment `json:"-"`
@@ -54,6 +60,8 @@ type file struct {
 	Current    string                     `json:"current,omitempty"`
 	LastGood   string                     `json:"last_good,omitempty"`
 	Target     string                     `json:"target,omitempty"`
+	WatchUntil time.Time                  `json:"watch_until,omitzero"`
+	Previous   string                     `json:"previous,omitempty"`
 	Releases   map[string]json.RawMessage `json:"releases,omitempty"`
 }
 
@@ -76,7 +84,10 @@ func (s *Service) Validate() error {
 	if s.Generation < 0 {
 		return fmt.Errorf("generation: negative %d", s.Generation)
 	}
-	for field, v := range map[string]string{"current": s.Current, "last_good": s.LastGood, "target": s.Target} {
+	if s.Previous != "" && s.WatchUntil.IsZero() {
+		return fmt.Errorf("previous: %q without watch_until", s.Previous)
+	}
+	for field, v := range map[string]string{"current": s.Current, "last_good": s.LastGood, "target": s.Target, "previous": s.Previous} {
 		if v == "" {
 			continue
 		}
@@ -102,8 +113,9 @@ func (s *Service) MarshalJSON() ([]byte, error) {
 	f := file{
 		Service: s.Service, Phase: s.Phase.String(), Generation: s.Generation, Reason: s.Reason,
 		Current: s.Current, LastGood: s.LastGood, Target: s.Target,
+		WatchUntil: s.WatchUntil, Previous: s.Previous,
 	}
-	for _, v := range []string{s.Current, s.LastGood, s.Target} {
+	for _, v := range []string{s.Current, s.LastGood, s.Target, s.Previous} {
 		a := s.Releases[v]
 		if v == "" || a == nil {
 			continue
@@ -133,6 +145,7 @@ func (s *Service) UnmarshalJSON(b []byte) error {
 	*s = Service{
 		Service: f.Service, Phase: v1.Phase(p), Generation: f.Generation, Reason: f.Reason,
 		Current: f.Current, LastGood: f.LastGood, Target: f.Target,
+		WatchUntil: f.WatchUntil, Previous: f.Previous,
 	}
 	for v, raw := range f.Releases {
 		a := &v1.Assignment{}

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/proto"
@@ -146,6 +147,49 @@ func TestSaveRejectsInconsistent(t *testing.T) {
 	s := sample()
 	delete(s.Releases, "v1")
 	if err := st.Save(s); err == nil || !strings.Contains(err.Error(), `last_good: no release recorded for version "v1"`) {
+		t.Fatalf("err %v", err)
+	}
+}
+
+func TestWatchRoundTrip(t *testing.T) {
+	st, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	until := time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
+	in := &Service{
+		Service: "web", Phase: v1.Phase_PHASE_HEALTHY, Generation: 2,
+		Current: "v2", LastGood: "v2", Target: "v2", WatchUntil: until, Previous: "v1",
+		Releases: map[string]*v1.Assignment{"v1": asg("web", "v1", 1), "v2": asg("web", "v2", 2)},
+	}
+	if err := st.Save(in); err != nil {
+		t.Fatal(err)
+	}
+	out, err := st.Load("web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !out.WatchUntil.Equal(until) || out.Previous != "v1" || !proto.Equal(out.Assignment("v1"), in.Assignment("v1")) {
+		t.Fatalf("loaded %+v", out)
+	}
+	// Not watching: neither field is written, and files of older agents load.
+	in.WatchUntil, in.Previous = time.Time{}, ""
+	if err := st.Save(in); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(st.Path("web"))
+	if err != nil || strings.Contains(string(b), "watch_until") || strings.Contains(string(b), "previous") || strings.Contains(string(b), `"v1"`) {
+		t.Fatalf("file %s %v", b, err)
+	}
+	// Previous needs its release and a watch.
+	bad := *out
+	delete(bad.Releases, "v1")
+	if err := st.Save(&bad); err == nil || !strings.Contains(err.Error(), `previous: no release recorded for version "v1"`) {
+		t.Fatalf("err %v", err)
+	}
+	bad = *out
+	bad.WatchUntil = time.Time{}
+	if err := st.Save(&bad); err == nil || !strings.Contains(err.Error(), "previous") {
 		t.Fatalf("err %v", err)
 	}
 }

@@ -92,3 +92,7 @@ func TestPromQLAgainstRealPrometheus(t *testing.T) {
 		t.Fatal("a malformed query passed")
 	}
 }
+
+func startPrometheus(e *env, targets []string) (*testfleet.Proc, string, error) {
+	return testfleet.StartPrometheus(e.ctx, filepath.Join(e.dir, "prometheus"), targets)
+}

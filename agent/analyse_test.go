@@ -1,0 +1,393 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fleetwave/fleetwave/agent/lifecycle"
+	"github.com/fleetwave/fleetwave/agent/probe"
+	"github.com/fleetwave/fleetwave/internal/demoapp"
+	"github.com/fleetwave/fleetwave/internal/spec"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// demoAppEnv makes the test binary run as the demo app (see TestMain): the
+// agent supervises the test binary itself, so no separate build is needed.
+const demoAppEnv = "FLEETWAVE_AGENT_TEST_DEMOAPP"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(demoAppEnv) == "1" {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+		err := demoapp.Run(ctx, os.Args[1:], os.Stdout)
+		stop()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "demoapp: %v\n", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// demoAssignment runs the demo app on the host's port label, with an HTTP
+// check and analysis rules scraped every interval over window.
+func demoAssignment(t *testing.T, version string, gen int64, art []byte, interval, window time.Duration) *v1.Assignment {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := "${host.label.port}"
+	return &v1.Assignment{
+		Service:    testSvc,
+		Generation: gen,
+		Release: &v1.Release{Service: testSvc, Version: version, Artifact: &v1.Artifact{
+			Sha256: sha(art), Size: int64(len(art)),
+		}},
+		Spec: &v1.ServiceSpec{
+			Name: testSvc,
+			Run: &v1.RunSpec{
+				Command:   []string{self, "--listen", "127.0.0.1:" + port},
+				Env:       map[string]string{demoAppEnv: "1"},
+				StopGrace: durationpb.New(2 * time.Second),
+			},
+			Checks: []*v1.Check{{
+				Name:     "http",
+				Kind:     &v1.Check_Http{Http: &v1.HttpCheck{Url: "http://127.0.0.1:" + port + "/healthz"}},
+				Interval: durationpb.New(200 * time.Millisecond),
+			}},
+			MinHealthyTime:  durationpb.New(time.Second),
+			HealthyDeadline: durationpb.New(20 * time.Second),
+			Analysis: &v1.Analysis{
+				MetricsUrl: "http://127.0.0.1:" + port + "/metrics",
+				Interval:   durationpb.New(interval),
+				Window:     durationpb.New(window),
+				Watch:      durationpb.New(60 * time.Second),
+				Rules: []*v1.AnalysisRule{
+					{Name: "errors", Kind: &v1.AnalysisRule_ErrorRatio{ErrorRatio: &v1.ErrorRatioRule{
+						Metric: "http_requests_total", Max: 0.05, MinRequests: 10}}},
+					{Name: "latency", Kind: &v1.AnalysisRule_Latency{Latency: &v1.LatencyRule{
+						Metric: "http_request_duration_seconds", Quantile: 0.99, MaxSeconds: 1, MinSamples: 10}}},
+					{Name: "restarts", Kind: &v1.AnalysisRule_Restarts{Restarts: &v1.RestartsRule{Max: 2}}},
+				},
+			},
+		},
+	}
+}
+
+// observation is one answer the load generator got.
+type observation struct {
+	at   time.Time
+	code int // 0: no answer
+	body string
+}
+
+// loadGen sends GET / about every 5 ms until stopped and records answers.
+type loadGen struct {
+	mu   sync.Mutex
+	obs  []observation
+	stop func()
+}
+
+func startLoad(t *testing.T, url string) *loadGen {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	lg := &loadGen{}
+	lg.stop = func() { cancel(); <-done }
+	t.Cleanup(lg.stop)
+	client := &http.Client{Timeout: 2 * time.Second}
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			o := observation{}
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+			if err != nil {
+				return
+			}
+			if resp, err := client.Do(req); err == nil {
+				b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+				resp.Body.Close()
+				o.code, o.body = resp.StatusCode, string(b)
+			}
+			o.at = time.Now()
+			lg.mu.Lock()
+			lg.obs = append(lg.obs, o)
+			lg.mu.Unlock()
+		}
+	}()
+	return lg
+}
+
+// first returns the first answer after `after` that matches.
+func (lg *loadGen) first(after time.Time, match func(observation) bool) (observation, bool) {
+	lg.mu.Lock()
+	defer lg.mu.Unlock()
+	for _, o := range lg.obs {
+		if o.at.After(after) && match(o) {
+			return o, true
+		}
+	}
+	return observation{}, false
+}
+
+func reportCheck(r *v1.ServiceReport, name string) *v1.CheckResult {
+	for _, c := range r.GetChecks() {
+		if c.GetName() == name {
+			return c
+		}
+	}
+	return nil
+}
+
+// TestAnalysisRevertsDegradedReleases runs real demo app releases under load:
+// v1 is healthy; v2 answers half its requests with 500 while /healthz says
+// ok and is reverted during its checks; v3 degrades only after it reported
+// healthy and is reverted during its watch, at the same generation. It logs
+// the time from v3's first bad answer until v1 serves again.
+func TestAnalysisRevertsDegradedReleases(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs real releases for about 15 s")
+	}
+	fc := newFakeCoordinator(t)
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": port}, DataDir: t.TempDir()}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := runAgent(t, ctx, cfg, testOptions())
+	lg := startLoad(t, "http://127.0.0.1:"+port+"/")
+
+	last := func() *v1.ServiceReport {
+		fc.mu.Lock()
+		defer fc.mu.Unlock()
+		return lastReport(fc.reports, testSvc)
+	}
+	release := func(version string, gen int64, files map[string]string, interval, window time.Duration) *v1.Assignment {
+		files["VERSION"] = version
+		art := tarGz(t, files)
+		fc.addArtifact(art)
+		a := demoAssignment(t, version, gen, art, interval, window)
+		fc.assign(a)
+		return a
+	}
+
+	// v1: healthy, with every rule passing in the report.
+	// v1 and v2 are analysed every 250ms to keep the test short; v3, the
+	// measured case, every 1s over 5s.
+	release("v1", 1, map[string]string{}, 250*time.Millisecond, 1500*time.Millisecond)
+	fc.waitFor(t, "v1 healthy", 20*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 1, v1.Phase_PHASE_HEALTHY, "v1")
+	})
+	r := last()
+	for _, rule := range []string{"errors", "latency", "restarts"} {
+		if c := reportCheck(r, "analysis:"+rule); c == nil || !c.GetOk() || !strings.Contains(c.GetDetail(), `rule "`+rule+`"`) {
+			t.Fatalf("v1 HEALTHY report lacks a passing analysis:%s: %v", rule, r.GetChecks())
+		}
+	}
+
+	// v2: half its requests fail while /healthz passes: reverted while checking.
+	release("v2", 2, map[string]string{"ERROR_RATE": "0.5"}, 250*time.Millisecond, 1500*time.Millisecond)
+	fc.waitFor(t, "v2 reverted", 30*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		r := lastReport(rs, testSvc)
+		return reportIs(r, 2, v1.Phase_PHASE_REVERTED, "v1") && r.GetLastGoodVersion() == "v1"
+	})
+	r = last()
+	if !strings.HasPrefix(r.GetReason(), `v2: rule "errors": error ratio `) || !strings.Contains(r.GetReason(), "> max 0.050") {
+		t.Fatalf("v2 reason %q does not name the rule, the value and the limit", r.GetReason())
+	}
+	fc.mu.Lock()
+	for _, rep := range fc.reports {
+		if rep.GetGeneration() == 2 && rep.GetPhase() == v1.Phase_PHASE_HEALTHY {
+			t.Errorf("v2 reported HEALTHY: %v", rep)
+		}
+	}
+	fc.mu.Unlock()
+
+	// v3: fine at first, errors after 5 s: HEALTHY, then REVERTED at the
+	// same generation during its watch.
+	release("v3", 3, map[string]string{"ERROR_RATE": "0.5", "DEGRADE_AFTER": "5s"}, time.Second, 5*time.Second)
+	fc.waitFor(t, "v3 healthy", 20*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 3, v1.Phase_PHASE_HEALTHY, "v3")
+	})
+	healthyAt := time.Now()
+	var revertingAt time.Time
+	fc.waitFor(t, "v3 reverting", 20*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 3, v1.Phase_PHASE_REVERTING, "v3")
+	})
+	revertingAt = time.Now()
+	fc.waitFor(t, "v3 reverted", 20*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		r := lastReport(rs, testSvc)
+		return reportIs(r, 3, v1.Phase_PHASE_REVERTED, "v1") && r.GetLastGoodVersion() == "v1" && r.GetTargetVersion() == "v3"
+	})
+	revertedAt := time.Now()
+	r = last()
+	if !strings.HasPrefix(r.GetReason(), `v3: rule "errors": error ratio `) || !strings.Contains(r.GetReason(), "> max 0.050") {
+		t.Fatalf("v3 reason %q", r.GetReason())
+	}
+	if got := currentLink(t, cfg.DataDir); got != "v1" {
+		t.Fatalf("current -> %q", got)
+	}
+	bad, ok := lg.first(healthyAt, func(o observation) bool { return o.code == http.StatusInternalServerError })
+	if !ok {
+		t.Fatal("the load generator never saw v3 fail")
+	}
+	back, ok := lg.first(bad.at, func(o observation) bool { return o.code == http.StatusOK && o.body == "hello from v1" })
+	if !ok {
+		waitCond(t, "v1 serving again", 10*time.Second, func() bool {
+			back, ok = lg.first(bad.at, func(o observation) bool { return o.code == http.StatusOK && o.body == "hello from v1" })
+			return ok
+		})
+	}
+	t.Logf("v3 degraded %v after HEALTHY; first bad answer -> REVERTING report %v, -> v1 serving again %v, -> REVERTED report %v (interval 1s, window 5s)",
+		bad.at.Sub(healthyAt).Round(time.Millisecond), revertingAt.Sub(bad.at).Round(time.Millisecond),
+		back.at.Sub(bad.at).Round(time.Millisecond), revertedAt.Sub(bad.at).Round(time.Millisecond))
+	cancel()
+	waitDone(t, done)
+}
+
+func freePort() (string, error) {
+	l, err := (&net.ListenConfig{}).Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return fmt.Sprint(l.Addr().(*net.TCPAddr).Port), nil
+}
+
+// The lifecycle's copies of the spec's defaults must not drift.
+func TestLifecycleDefaultsMatchSpec(t *testing.T) {
+	if lifecycle.DefaultWatch != spec.DefaultAnalysisWatch {
+		t.Errorf("lifecycle.DefaultWatch %v, spec %v", lifecycle.DefaultWatch, spec.DefaultAnalysisWatch)
+	}
+	if d := probe.Interval(&v1.Check{}); lifecycle.DefaultCheckInterval != d {
+		t.Errorf("lifecycle.DefaultCheckInterval %v, probe %v", lifecycle.DefaultCheckInterval, d)
+	}
+}
+
+func TestValidateAnalysis(t *testing.T) {
+	art := []byte("x")
+	tests := []struct {
+		name  string
+		mod   func(*v1.Analysis)
+		field string
+	}{
+		{"unknown label", func(a *v1.Analysis) { a.MetricsUrl = "http://127.0.0.1:${host.label.nope}/metrics" }, "spec.analysis.metrics_url"},
+		{"no metrics url", func(a *v1.Analysis) { a.MetricsUrl = "" }, "spec.analysis.metrics_url"},
+		{"bad regex", func(a *v1.Analysis) { a.Rules[0].GetErrorRatio().ErrorRegex = "(" }, "spec.analysis.rules[0]"},
+		{"promql without prometheus", func(a *v1.Analysis) {
+			a.Rules = append(a.Rules, &v1.AnalysisRule{Name: "p", Kind: &v1.AnalysisRule_Promql{Promql: &v1.PromQLRule{Query: "up", Max: 1}}})
+		}, "spec.analysis.prometheus_url"},
+		{"promql placeholder", func(a *v1.Analysis) {
+			a.PrometheusUrl = "http://prom:9090"
+			a.Rules = append(a.Rules, &v1.AnalysisRule{Name: "p", Kind: &v1.AnalysisRule_Promql{Promql: &v1.PromQLRule{Query: `up{x="${host.label.nope}"}`, Max: 1}}})
+		}, "spec.analysis.rules[3].promql.query"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := demoAssignment(t, "v1", 1, art, time.Second, 5*time.Second)
+			tt.mod(a.Spec.Analysis)
+			err := validateAssignment(a, testHostID, map[string]string{"port": "8081"}, DefaultMaxArtifactBytes, t.TempDir())
+			if err == nil || !strings.HasPrefix(err.Error(), tt.field) {
+				t.Fatalf("err %v, want it to name %s", err, tt.field)
+			}
+		})
+	}
+	a := demoAssignment(t, "v1", 1, art, time.Second, 5*time.Second)
+	if err := validateAssignment(a, testHostID, map[string]string{"port": "8081"}, DefaultMaxArtifactBytes, t.TempDir()); err != nil {
+		t.Fatalf("valid assignment: %v", err)
+	}
+	_, metrics, _, ok, err := compileAnalysis(a, testHostID, map[string]string{"port": "8081"})
+	if err != nil || !ok || metrics != "http://127.0.0.1:8081/metrics" {
+		t.Fatalf("compileAnalysis = %q %v %v", metrics, ok, err)
+	}
+}
+
+// The scraper scrapes the metrics URL every interval, and queries
+// Prometheus (with the query expanded for this host) only while the machine
+// judges the release.
+func TestScraperQueriesPrometheusOnlyWhileJudging(t *testing.T) {
+	var mu sync.Mutex
+	var queries []string
+	prom := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		queries = append(queries, r.URL.Query().Get("query"))
+		mu.Unlock()
+		io.WriteString(w, `{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"0.25"]}]}}`)
+	}))
+	defer prom.Close()
+	metrics := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "# TYPE http_requests_total counter\nhttp_requests_total{code=\"200\"} 5\n")
+	}))
+	defer metrics.Close()
+
+	a := newLoopAgent(t)
+	asg := demoAssignment(t, "v1", 1, []byte("x"), 100*time.Millisecond, time.Second)
+	asg.Spec.Analysis.MetricsUrl = metrics.URL + "/metrics"
+	asg.Spec.Analysis.PrometheusUrl = prom.URL
+	asg.Spec.Analysis.Rules = append(asg.Spec.Analysis.Rules, &v1.AnalysisRule{Name: "p",
+		Kind: &v1.AnalysisRule_Promql{Promql: &v1.PromQLRule{Query: `up{host="${host.id}"}`, Max: 1}}})
+	s := &service{name: testSvc, m: lifecycle.New(testSvc)}
+	a.services[testSvc] = s
+	s.m.Step(lifecycle.Assign(asg, time.Now())) // FETCHING: the target's rules
+	a.syncAnalysis(s)
+	if s.ana == nil || s.ana.asg != asg {
+		t.Fatal("no analyser for the target")
+	}
+	defer a.stopAnalysis(s)
+	next := func() sampleEv {
+		t.Helper()
+		for {
+			if ev, ok := a.nextEvent(t).(sampleEv); ok {
+				return ev
+			}
+		}
+	}
+	for i := 0; i < 3; i++ {
+		ev := next()
+		if ev.id != s.ana.id || ev.err != nil || ev.sample.Families["http_requests_total"] == nil || ev.promql != nil {
+			t.Fatalf("round %d: %+v", i, ev)
+		}
+	}
+	mu.Lock()
+	if len(queries) != 0 {
+		t.Fatalf("queried Prometheus while nothing is judged: %v", queries)
+	}
+	mu.Unlock()
+	s.ana.judging.Store(true)
+	var ev sampleEv
+	for i := 0; ev.promql == nil; i++ {
+		if i > 5 {
+			t.Fatal("no promql results while judging")
+		}
+		ev = next()
+	}
+	if got := ev.promql["p"]; got.Err != nil || !got.OK || got.Value != 0.25 {
+		t.Fatalf("promql result %+v", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(queries) == 0 || queries[0] != `up{host="host-1"}` {
+		t.Fatalf("queries %q", queries)
+	}
+}
