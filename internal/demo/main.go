@@ -1,13 +1,20 @@
 // Command demo is `make demo`: it builds Fleetwave, starts a coordinator
 // (embedded etcd) and six agents in zones a and b in a temporary directory,
-// and rolls the demo service out as v1, then v2 in waves, then a broken v3
-// that the canary reverts, then (after an unfreeze) a fixed v4. It prints
-// what happens and cleans up.
+// and, under a load it generates, rolls the demo service out as v1, then v2
+// in waves, then a v3 whose health check fails and a v4 that answers 20% of
+// requests with 500 (each reverted on the canary, alerting the demo's
+// webhook receiver), then after an unfreeze a fixed v5. It prints what
+// happens and cleans up.
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -32,6 +39,16 @@ checks:
     timeout: 1s
 min_healthy_time: 2s
 healthy_deadline: 8s
+analysis:
+  metrics_url: "http://127.0.0.1:${host.label.port}/metrics"
+  interval: 1s
+  window: 5s
+  watch: 30s
+  rules:
+    - name: errors
+      error_ratio: {metric: http_requests_total, max: 0.05, min_requests: 10}
+    - name: latency
+      latency: {metric: http_request_duration_seconds, quantile: 0.99, max_seconds: 0.25, min_samples: 10}
 rollout:
   canary: 1
   waves: [50, 100]
@@ -39,6 +56,8 @@ rollout:
   bake: 3s
   progress_deadline: 5m
   mode: auto
+alerts:
+  webhook_url: "%s"
 `
 
 func main() {
@@ -117,12 +136,23 @@ func run(ctx context.Context) error {
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stdout
 		return cmd.Run()
 	}
+	// The demo's webhook receiver: where alerts go when a rollout fails.
+	hook, err := startHook()
+	if err != nil {
+		return err
+	}
+	defer hook.Close()
+	specText := fmt.Sprintf(spec, "http://"+hook.Addr().String()+"/alerts")
 	specPath := filepath.Join(dir, "web.yaml")
-	if err := os.WriteFile(specPath, []byte(spec), 0o644); err != nil {
+	if err := os.WriteFile(specPath, []byte(specText), 0o644); err != nil {
 		return err
 	}
 	say("applying the service spec")
-	fmt.Print(spec)
+	fmt.Print(specText)
+	say("generating load: 20 requests a second to every host")
+	load, stopLoad := context.WithCancel(ctx)
+	defer stopLoad()
+	f.Load(load, 20)
 	if err := cli("service", "apply", "-f", specPath); err != nil {
 		return err
 	}
@@ -168,15 +198,29 @@ func run(ctx context.Context) error {
 	if err := cli("hosts"); err != nil {
 		return err
 	}
-	say("a person looks, unfreezes the service, and a fixed v4 goes out")
+	say("a person looks and unfreezes the service")
 	if err := cli("service", "unfreeze", "web"); err != nil {
 		return err
 	}
-	if err := release("v4", nil); err != nil {
-		return fmt.Errorf("v4 rollout: %w", err)
+	say("release v4 passes its health check but answers 20%% of requests with 500")
+	if err := release("v4", map[string]string{"ERROR_RATE": "0.2"}); err == nil {
+		return fmt.Errorf("v4 rollout succeeded, but v4 answers 20%% errors")
+	}
+	fmt.Println("  the rollout failed (as it should): the canary's agent measured the errors and reverted v4")
+	versions()
+	hook.wait(ctx, 30*time.Second)
+	say("a person looks, unfreezes, and a fixed v5 goes out")
+	if err := cli("service", "unfreeze", "web"); err != nil {
+		return err
+	}
+	if err := release("v5", nil); err != nil {
+		return fmt.Errorf("v5 rollout: %w", err)
 	}
 	versions()
-	say("done: v3 never left the canary and was never retried; the fleet runs v4")
+	if err := cli("rollout", "history", "web", "--id", "000004"); err != nil {
+		return err
+	}
+	say("done: v3 and v4 never left the canary and were never retried; the fleet runs v5")
 	return nil
 }
 
@@ -185,4 +229,42 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// alertHook prints every alert it receives.
+type alertHook struct {
+	net.Listener
+	got chan struct{}
+}
+
+func startHook() (*alertHook, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	h := &alertHook{Listener: ln, got: make(chan struct{}, 16)}
+	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+		var pretty bytes.Buffer
+		if json.Indent(&pretty, b, "    ", "  ") != nil {
+			pretty.Write(b)
+		}
+		fmt.Printf("\n  >>> the demo's webhook receiver got an alert:\n    %s\n", pretty.String())
+		select {
+		case h.got <- struct{}{}:
+		default:
+		}
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	return h, nil
+}
+
+// wait waits for an alert to arrive (it is sent in the background).
+func (h *alertHook) wait(ctx context.Context, d time.Duration) {
+	select {
+	case <-h.got:
+	case <-time.After(d):
+		fmt.Println("  (no alert arrived within", d, ")")
+	case <-ctx.Done():
+	}
 }
