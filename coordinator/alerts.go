@@ -87,11 +87,14 @@ func (a *alerter) rolloutFailed(svc *v1.Service, r *v1.Rollout) {
 	if url == "" {
 		return
 	}
-	body, err := json.Marshal(alert)
-	if err != nil {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false) // reasons say "> max", not "\u003e max"
+	if err := enc.Encode(alert); err != nil {
 		a.log.Error().Err(err).Msg("encode alert")
 		return
 	}
+	body := buf.Bytes()
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
