@@ -122,6 +122,10 @@ func DiffRollout(prev, cur *v1.Rollout) []string {
 			line += ": " + cur.GetReason()
 		}
 		out = append(out, line)
+		if cur.GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED {
+			out = append(out, fmt.Sprintf("ALERT: hosts that moved go back to %s; %s is frozen and people are alerted (the spec's webhook, the coordinator's log); after a look: fleetwave service unfreeze %s",
+				versionOrNone(cur.GetFromVersion()), cur.GetService(), cur.GetService()))
+		}
 	case prev.GetReason() != cur.GetReason() && cur.GetReason() != "":
 		out = append(out, "rollout: "+cur.GetReason())
 	}

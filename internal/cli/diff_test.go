@@ -113,6 +113,7 @@ func TestDiffRolloutScript(t *testing.T) {
 			"host h3: updating (starting), reachable again",
 			"wave 1 failed: 1 failure (budget 0)",
 			"rollout failed: wave 1 over failure budget",
+			"ALERT: hosts that moved go back to 1.0; web is frozen and people are alerted (the spec's webhook, the coordinator's log); after a look: fleetwave service unfreeze web",
 		}},
 	}
 	var prev *v1.Rollout
