@@ -74,7 +74,10 @@ func (l *leader) run(ctx context.Context) {
 		if err := e.Campaign(ctx, l.c.cfg.Name); err != nil {
 			if ctx.Err() == nil {
 				log.Warn().Err(err).Msg("campaign failed; retrying")
-				time.Sleep(time.Second)
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Second):
+				}
 			}
 			continue
 		}
