@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -292,13 +293,23 @@ func (a *agent) startScraper(name string, an *analyser) {
 				c()
 			}
 			if len(queries) > 0 && judging.Load() {
+				// All queries at once under one deadline, so a round lasts at
+				// most about two intervals however many rules there are (a
+				// longer round would make the metrics sample stale).
 				ev.promql = make(map[string]analysis.PromQLResult, len(queries))
+				qctx, c := context.WithTimeout(ctx, interval)
+				var mu sync.Mutex
+				var wg sync.WaitGroup
 				for rule, q := range queries {
-					qctx, c := context.WithTimeout(ctx, interval)
-					v, ok, err := analysis.QueryPromQL(qctx, client, prom, q)
-					c()
-					ev.promql[rule] = analysis.PromQLResult{Value: v, OK: ok, Err: err}
+					wg.Go(func() {
+						v, ok, err := analysis.QueryPromQL(qctx, client, prom, q)
+						mu.Lock()
+						ev.promql[rule] = analysis.PromQLResult{Value: v, OK: ok, Err: err}
+						mu.Unlock()
+					})
 				}
+				wg.Wait()
+				c()
 			}
 			if ctx.Err() != nil || !a.send(ev) {
 				return

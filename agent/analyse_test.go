@@ -391,3 +391,48 @@ func TestScraperQueriesPrometheusOnlyWhileJudging(t *testing.T) {
 		t.Fatalf("queries %q", queries)
 	}
 }
+
+// Many slow PromQL rules must not make a round so long that its metrics
+// sample is stale when judged: the queries run at once under one deadline.
+func TestSlowPrometheusRoundStaysShort(t *testing.T) {
+	prom := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(80 * time.Millisecond) // a slow Prometheus (the server under test's delay, not synchronisation)
+		io.WriteString(w, `{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"0.25"]}]}}`)
+	}))
+	defer prom.Close()
+	metrics := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "# TYPE http_requests_total counter\nhttp_requests_total{code=\"200\"} 5\n")
+	}))
+	defer metrics.Close()
+
+	a := newLoopAgent(t)
+	asg := demoAssignment(t, "v1", 1, []byte("x"), 100*time.Millisecond, time.Second)
+	asg.Spec.Analysis.MetricsUrl = metrics.URL + "/metrics"
+	asg.Spec.Analysis.PrometheusUrl = prom.URL
+	for i := range 8 {
+		asg.Spec.Analysis.Rules = append(asg.Spec.Analysis.Rules, &v1.AnalysisRule{Name: fmt.Sprintf("p%d", i),
+			Kind: &v1.AnalysisRule_Promql{Promql: &v1.PromQLRule{Query: fmt.Sprintf("q%d", i), Max: 1}}})
+	}
+	s := &service{name: testSvc, m: lifecycle.New(testSvc)}
+	a.services[testSvc] = s
+	s.m.Step(lifecycle.Assign(asg, time.Now()))
+	a.syncAnalysis(s)
+	defer a.stopAnalysis(s)
+	s.ana.judging.Store(true)
+	for got := 0; got < 3; {
+		ev, ok := a.nextEvent(t).(sampleEv)
+		if !ok || ev.promql == nil {
+			continue
+		}
+		got++
+		// Eight queries of 80 ms each, one after another, would take 640 ms.
+		if age := time.Since(ev.sample.At); age > 400*time.Millisecond {
+			t.Fatalf("round %d arrived %v after its scrape (queries one after another?); the sample would be stale", got, age)
+		}
+		for i := range 8 {
+			if r := ev.promql[fmt.Sprintf("p%d", i)]; !r.OK || r.Err != nil {
+				t.Fatalf("round %d: rule p%d: %+v", got, i, r)
+			}
+		}
+	}
+}
