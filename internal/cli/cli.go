@@ -225,6 +225,23 @@ func (a *app) artifacts() (v1.ArtifactServiceClient, error) {
 	return v1.NewArtifactServiceClient(conn), nil
 }
 
+// call runs one OperatorService call for a command: it dials, bounds the
+// call by --timeout, and turns a failure into "<what>: <status message>".
+func call[T any](a *app, cmd *cobra.Command, what string, f func(ctx context.Context, c v1.OperatorServiceClient) (T, error)) (T, error) {
+	var zero T
+	c, err := a.operator()
+	if err != nil {
+		return zero, err
+	}
+	ctx, cancel := a.callCtx(cmd.Context())
+	defer cancel()
+	resp, err := f(ctx, c)
+	if err != nil {
+		return zero, a.rpcErr(what, err)
+	}
+	return resp, nil
+}
+
 // callCtx bounds one call by --timeout.
 func (a *app) callCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	if a.timeout <= 0 {

@@ -11,21 +11,17 @@ import (
 
 // rolloutAction builds `rollout pause|resume|abort SERVICE`: one call that
 // returns the rollout, printed as one line.
-func (a *app) rolloutAction(use, short, done string, call func(ctx context.Context, c v1.OperatorServiceClient, service string) (*v1.Rollout, error)) *cobra.Command {
+func (a *app) rolloutAction(use, short, done string, do func(ctx context.Context, c v1.OperatorServiceClient, service string) (*v1.Rollout, error)) *cobra.Command {
 	return &cobra.Command{
 		Use:   use + " SERVICE",
 		Short: short,
 		Args:  cobra.ExactArgs(1),
 		RunE: run(func(cmd *cobra.Command, args []string) error {
-			c, err := a.operator()
+			ro, err := call(a, cmd, use+" rollout of "+args[0], func(ctx context.Context, c v1.OperatorServiceClient) (*v1.Rollout, error) {
+				return do(ctx, c, args[0])
+			})
 			if err != nil {
 				return err
-			}
-			ctx, cancel := a.callCtx(cmd.Context())
-			defer cancel()
-			ro, err := call(ctx, c, args[0])
-			if err != nil {
-				return a.rpcErr(use+" rollout of "+args[0], err)
 			}
 			if a.jsonOutput() {
 				return printJSON(a.stdout, ro)
@@ -92,15 +88,11 @@ func (a *app) historyCmd() *cobra.Command {
 		Short: "Every recorded decision and event of the service's rollouts, oldest first",
 		Args:  cobra.ExactArgs(1),
 		RunE: run(func(cmd *cobra.Command, args []string) error {
-			c, err := a.operator()
+			resp, err := call(a, cmd, "history of "+args[0], func(ctx context.Context, c v1.OperatorServiceClient) (*v1.ListEventsResponse, error) {
+				return c.ListEvents(ctx, &v1.ListEventsRequest{Service: args[0], RolloutId: id})
+			})
 			if err != nil {
 				return err
-			}
-			ctx, cancel := a.callCtx(cmd.Context())
-			defer cancel()
-			resp, err := c.ListEvents(ctx, &v1.ListEventsRequest{Service: args[0], RolloutId: id})
-			if err != nil {
-				return a.rpcErr("history of "+args[0], err)
 			}
 			if a.jsonOutput() {
 				return printJSON(a.stdout, resp)

@@ -124,15 +124,11 @@ func (a *app) releaseCmd() *cobra.Command {
 		Short: "List a service's releases",
 		Args:  cobra.ExactArgs(1),
 		RunE: run(func(cmd *cobra.Command, args []string) error {
-			c, err := a.operator()
+			resp, err := call(a, cmd, "list releases of "+args[0], func(ctx context.Context, c v1.OperatorServiceClient) (*v1.ListReleasesResponse, error) {
+				return c.ListReleases(ctx, &v1.ListReleasesRequest{Service: args[0]})
+			})
 			if err != nil {
 				return err
-			}
-			ctx, cancel := a.callCtx(cmd.Context())
-			defer cancel()
-			resp, err := c.ListReleases(ctx, &v1.ListReleasesRequest{Service: args[0]})
-			if err != nil {
-				return a.rpcErr("list releases of "+args[0], err)
 			}
 			if a.jsonOutput() {
 				return printJSON(a.stdout, resp)

@@ -23,15 +23,11 @@ func (a *app) rolloutCmd() *cobra.Command {
 		Short: "Show a rollout (the newest one by default): waves and hosts",
 		Args:  cobra.ExactArgs(1),
 		RunE: run(func(cmd *cobra.Command, args []string) error {
-			c, err := a.operator()
+			resp, err := call(a, cmd, "get rollout of "+args[0], func(ctx context.Context, c v1.OperatorServiceClient) (*v1.GetRolloutResponse, error) {
+				return c.GetRollout(ctx, &v1.GetRolloutRequest{Service: args[0], Id: statusID})
+			})
 			if err != nil {
 				return err
-			}
-			ctx, cancel := a.callCtx(cmd.Context())
-			defer cancel()
-			resp, err := c.GetRollout(ctx, &v1.GetRolloutRequest{Service: args[0], Id: statusID})
-			if err != nil {
-				return a.rpcErr("get rollout of "+args[0], err)
 			}
 			if a.jsonOutput() {
 				return printJSON(a.stdout, resp.GetRollout())
@@ -65,15 +61,11 @@ is printed as one line of JSON.`,
 		Short: "Start a rollout that waits for approval (manual mode), or let the next wave start (approve_each_wave)",
 		Args:  cobra.ExactArgs(1),
 		RunE: run(func(cmd *cobra.Command, args []string) error {
-			c, err := a.operator()
+			resp, err := call(a, cmd, "approve rollout of "+args[0], func(ctx context.Context, c v1.OperatorServiceClient) (*v1.ApproveRolloutResponse, error) {
+				return c.ApproveRollout(ctx, &v1.ApproveRolloutRequest{Service: args[0], Wave: approveWave})
+			})
 			if err != nil {
 				return err
-			}
-			ctx, cancel := a.callCtx(cmd.Context())
-			defer cancel()
-			resp, err := c.ApproveRollout(ctx, &v1.ApproveRolloutRequest{Service: args[0], Wave: approveWave})
-			if err != nil {
-				return a.rpcErr("approve rollout of "+args[0], err)
 			}
 			if a.jsonOutput() {
 				return printJSON(a.stdout, resp.GetRollout())
@@ -178,15 +170,11 @@ func (a *app) hostsCmd() *cobra.Command {
 		Short: "List hosts: labels, connection, and per service phase current/last good",
 		Args:  cobra.NoArgs,
 		RunE: run(func(cmd *cobra.Command, args []string) error {
-			c, err := a.operator()
+			resp, err := call(a, cmd, "list hosts", func(ctx context.Context, c v1.OperatorServiceClient) (*v1.ListHostsResponse, error) {
+				return c.ListHosts(ctx, &v1.ListHostsRequest{})
+			})
 			if err != nil {
 				return err
-			}
-			ctx, cancel := a.callCtx(cmd.Context())
-			defer cancel()
-			resp, err := c.ListHosts(ctx, &v1.ListHostsRequest{})
-			if err != nil {
-				return a.rpcErr("list hosts", err)
 			}
 			if a.jsonOutput() {
 				return printJSON(a.stdout, resp)

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -29,15 +30,11 @@ func (a *app) serviceCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, err := a.operator()
+			resp, err := call(a, cmd, "apply service "+s.GetName(), func(ctx context.Context, c v1.OperatorServiceClient) (*v1.ApplyServiceResponse, error) {
+				return c.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: s})
+			})
 			if err != nil {
 				return err
-			}
-			ctx, cancel := a.callCtx(cmd.Context())
-			defer cancel()
-			resp, err := c.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: s})
-			if err != nil {
-				return a.rpcErr("apply service "+s.GetName(), err)
 			}
 			if a.jsonOutput() {
 				return printJSON(a.stdout, resp)
@@ -58,15 +55,11 @@ func (a *app) serviceCmd() *cobra.Command {
 		Short: "List services",
 		Args:  cobra.NoArgs,
 		RunE: run(func(cmd *cobra.Command, args []string) error {
-			c, err := a.operator()
+			resp, err := call(a, cmd, "list services", func(ctx context.Context, c v1.OperatorServiceClient) (*v1.ListServicesResponse, error) {
+				return c.ListServices(ctx, &v1.ListServicesRequest{})
+			})
 			if err != nil {
 				return err
-			}
-			ctx, cancel := a.callCtx(cmd.Context())
-			defer cancel()
-			resp, err := c.ListServices(ctx, &v1.ListServicesRequest{})
-			if err != nil {
-				return a.rpcErr("list services", err)
 			}
 			if a.jsonOutput() {
 				return printJSON(a.stdout, resp)
@@ -87,15 +80,11 @@ func (a *app) serviceCmd() *cobra.Command {
 		Short: "Show a service: its status and spec",
 		Args:  cobra.ExactArgs(1),
 		RunE: run(func(cmd *cobra.Command, args []string) error {
-			c, err := a.operator()
+			resp, err := call(a, cmd, "get service "+args[0], func(ctx context.Context, c v1.OperatorServiceClient) (*v1.GetServiceResponse, error) {
+				return c.GetService(ctx, &v1.GetServiceRequest{Name: args[0]})
+			})
 			if err != nil {
 				return err
-			}
-			ctx, cancel := a.callCtx(cmd.Context())
-			defer cancel()
-			resp, err := c.GetService(ctx, &v1.GetServiceRequest{Name: args[0]})
-			if err != nil {
-				return a.rpcErr("get service "+args[0], err)
 			}
 			if a.jsonOutput() {
 				return printJSON(a.stdout, resp.GetService())
@@ -110,15 +99,11 @@ func (a *app) serviceCmd() *cobra.Command {
 			"not retried; the next release created rolls out (in auto mode at once).",
 		Args: cobra.ExactArgs(1),
 		RunE: run(func(cmd *cobra.Command, args []string) error {
-			c, err := a.operator()
+			resp, err := call(a, cmd, "unfreeze service "+args[0], func(ctx context.Context, c v1.OperatorServiceClient) (*v1.UnfreezeServiceResponse, error) {
+				return c.UnfreezeService(ctx, &v1.UnfreezeServiceRequest{Name: args[0]})
+			})
 			if err != nil {
 				return err
-			}
-			ctx, cancel := a.callCtx(cmd.Context())
-			defer cancel()
-			resp, err := c.UnfreezeService(ctx, &v1.UnfreezeServiceRequest{Name: args[0]})
-			if err != nil {
-				return a.rpcErr("unfreeze service "+args[0], err)
 			}
 			if a.jsonOutput() {
 				return printJSON(a.stdout, resp.GetService())
