@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"google.golang.org/grpc/status"
 	"io"
 	"strconv"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -106,6 +108,15 @@ func (a *app) watch(ctx context.Context, service, id string) error {
 			return fmt.Errorf("watch rollout of %s: the coordinator ended the stream before the rollout ended", service)
 		}
 		if err != nil {
+			// When our own deadline ended the stream, say so, whatever
+			// transport error it surfaced as: the deadline travels to the
+			// coordinator, whose timer can fire (and reset the stream) a
+			// moment before ours.
+			if cerr := ctx.Err(); cerr != nil {
+				err = status.FromContextError(cerr).Err()
+			} else if dl, ok := ctx.Deadline(); ok && time.Until(dl) < 100*time.Millisecond {
+				err = status.FromContextError(context.DeadlineExceeded).Err()
+			}
 			return a.rpcErr("watch rollout of "+service, err)
 		}
 		cur := resp.GetRollout()
