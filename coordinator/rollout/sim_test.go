@@ -93,6 +93,8 @@ func simulate(t *testing.T, seed uint64) v1.RolloutState {
 	if rng.IntN(5) == 0 {
 		pol.Mode = ModeManual
 	}
+	pol.ApproveEachWave = rng.IntN(4) == 0
+	pauses := rng.IntN(3) == 0 // a person pauses and resumes now and then
 	eff := effective(WithDefaults(pol))
 	prm := simParams{
 		pAct:  0.3 + 0.6*rng.Float64(),
@@ -228,6 +230,27 @@ func simulate(t *testing.T, seed uint64) v1.RolloutState {
 			now = now.Add(time.Duration(rng.IntN(20)) * time.Second)
 		}
 
+		// A person approves waiting waves and pauses or resumes now and then.
+		for i, w := range r.GetWaves() {
+			if w.GetWaitingApproval() && rng.IntN(3) == 0 {
+				var err error
+				if r, err = Approve(r, uint32(i), now); err != nil {
+					fatalf("step %d: approve wave %d: %v", stepN, i, err)
+				}
+			}
+		}
+		if pauses && r.GetState() == rProg && rng.IntN(20) == 0 {
+			var err error
+			if r.GetPaused() {
+				r, err = Resume(r, now)
+			} else {
+				r, err = Pause(r)
+			}
+			if err != nil {
+				fatalf("step %d: pause/resume: %v", stepN, err)
+			}
+		}
+
 		before := proto.Clone(r).(*v1.Rollout)
 		out, res := Step(r, obs, now)
 		if !proto.Equal(before, r) {
@@ -237,6 +260,7 @@ func simulate(t *testing.T, seed uint64) v1.RolloutState {
 			fatalf("step %d: Changed=%v but out==in %v, equal %v", stepN, res.Changed, out == r, proto.Equal(out, r))
 		}
 		checkStep(fatalf, stepN, r, out, res, eff, plan, now)
+		checkGates(fatalf, stepN, r, out)
 		r = out
 	}
 
@@ -374,10 +398,46 @@ func checkStep(fatalf func(string, ...any), stepN int, in, out *v1.Rollout, res 
 			fatalf("step %d: FAILED without reason/finished_at", stepN)
 		}
 	case rProg:
+		waiting := out.GetPaused() // nothing time-based runs while paused or waiting for a person
+		for _, w := range out.GetWaves() {
+			waiting = waiting || w.GetWaitingApproval()
+		}
+		if waiting && res.NextWake.IsZero() {
+			break
+		}
 		if res.NextWake.IsZero() || !res.NextWake.After(now) {
 			fatalf("step %d: progressing rollout with NextWake %v at %v", stepN, res.NextWake, now)
 		}
 	default:
 		fatalf("step %d: state %v", stepN, out.State)
+	}
+}
+
+// checkGates checks what pause and per-wave approval promise: a paused
+// rollout moves no host, starts or ends no wave and does not succeed (a
+// failure still fails it); a wave after the first waits for approval.
+func checkGates(fatalf func(string, ...any), stepN int, in, out *v1.Rollout) {
+	if in.GetPaused() {
+		if out.GetState() == rOK {
+			fatalf("step %d: a paused rollout succeeded", stepN)
+		}
+		for i, w := range out.GetWaves() {
+			iw := in.GetWaves()[i]
+			if w.GetState() != iw.GetState() && w.GetState() != v1.WaveState_WAVE_STATE_FAILED {
+				fatalf("step %d: paused, wave %d went %v -> %v", stepN, i, iw.GetState(), w.GetState())
+			}
+			for j, h := range w.GetHosts() {
+				if iw.GetHosts()[j].GetState() == pending && h.GetState() != pending {
+					fatalf("step %d: paused, host %s moved", stepN, h.GetHostId())
+				}
+			}
+		}
+	}
+	if out.GetPolicy().GetApproveEachWave() {
+		for i, w := range out.GetWaves() {
+			if i > 0 && w.GetState() != v1.WaveState_WAVE_STATE_PENDING && !w.GetApproved() {
+				fatalf("step %d: wave %d is %v without approval", stepN, i, w.GetState())
+			}
+		}
 	}
 }
