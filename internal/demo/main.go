@@ -115,19 +115,7 @@ func run(ctx context.Context) error {
 		}
 		fmt.Printf("  %s zone=%s service port %d\n", a.ID, a.Zone, a.Port)
 	}
-	if err := testfleet.WaitFor(ctx, 30*time.Second, "agents connected", func() (bool, string) {
-		hs, err := testfleet.Hosts(ctx, f.Addr)
-		if err != nil {
-			return false, err.Error()
-		}
-		n := 0
-		for _, h := range hs {
-			if h.GetConnected() {
-				n++
-			}
-		}
-		return n == 6, fmt.Sprintf("%d/6", n)
-	}); err != nil {
+	if err := f.WaitConnected(ctx, 30*time.Second); err != nil {
 		return err
 	}
 	cli := func(args ...string) error {

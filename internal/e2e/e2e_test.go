@@ -114,19 +114,9 @@ func newFleetEnv(t *testing.T, n int) *env {
 			t.Fatal(err)
 		}
 	}
-	e.waitFor(30*time.Second, "all agents connected", func() (bool, string) {
-		hosts, err := testfleet.Hosts(ctx, f.Addr)
-		if err != nil {
-			return false, err.Error()
-		}
-		up := 0
-		for _, h := range hosts {
-			if h.GetConnected() {
-				up++
-			}
-		}
-		return up == n, fmt.Sprintf("%d of %d connected", up, n)
-	})
+	if err := f.WaitConnected(ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
 	return e
 }
 

@@ -539,3 +539,21 @@ func StartPrometheus(ctx context.Context, dir string, targets []string) (*Proc, 
 	}
 	return p, "http://" + addr, nil
 }
+
+// WaitConnected waits until every agent added to the fleet is connected.
+func (f *Fleet) WaitConnected(ctx context.Context, timeout time.Duration) error {
+	n := len(f.agentIDs)
+	return WaitFor(ctx, timeout, "all agents connected", func() (bool, string) {
+		hosts, err := Hosts(ctx, f.Addr)
+		if err != nil {
+			return false, err.Error()
+		}
+		up := 0
+		for _, h := range hosts {
+			if h.GetConnected() {
+				up++
+			}
+		}
+		return up == n, fmt.Sprintf("%d of %d connected", up, n)
+	})
+}
