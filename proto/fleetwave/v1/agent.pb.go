@@ -9,6 +9,7 @@ package fleetwavev1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -174,7 +175,9 @@ func (x *Hello) GetServices() []*ServiceReport {
 type ConnectResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The full set of assignments for this host.
-	Assignments   []*Assignment `protobuf:"bytes,1,rep,name=assignments,proto3" json:"assignments,omitempty"`
+	Assignments []*Assignment `protobuf:"bytes,1,rep,name=assignments,proto3" json:"assignments,omitempty"`
+	// When the coordinator sent it, to measure delivery latency.
+	SentAt        *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=sent_at,json=sentAt,proto3" json:"sent_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -216,11 +219,18 @@ func (x *ConnectResponse) GetAssignments() []*Assignment {
 	return nil
 }
 
+func (x *ConnectResponse) GetSentAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SentAt
+	}
+	return nil
+}
+
 var File_fleetwave_v1_agent_proto protoreflect.FileDescriptor
 
 const file_fleetwave_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x18fleetwave/v1/agent.proto\x12\ffleetwave.v1\x1a\x18fleetwave/v1/types.proto\"{\n" +
+	"\x18fleetwave/v1/agent.proto\x12\ffleetwave.v1\x1a\x18fleetwave/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"{\n" +
 	"\x0eConnectRequest\x12+\n" +
 	"\x05hello\x18\x01 \x01(\v2\x13.fleetwave.v1.HelloH\x00R\x05hello\x125\n" +
 	"\x06report\x18\x02 \x01(\v2\x1b.fleetwave.v1.ServiceReportH\x00R\x06reportB\x05\n" +
@@ -232,9 +242,10 @@ const file_fleetwave_v1_agent_proto_rawDesc = "" +
 	"\bservices\x18\x04 \x03(\v2\x1b.fleetwave.v1.ServiceReportR\bservices\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"M\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x82\x01\n" +
 	"\x0fConnectResponse\x12:\n" +
-	"\vassignments\x18\x01 \x03(\v2\x18.fleetwave.v1.AssignmentR\vassignments2Z\n" +
+	"\vassignments\x18\x01 \x03(\v2\x18.fleetwave.v1.AssignmentR\vassignments\x123\n" +
+	"\asent_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt2Z\n" +
 	"\fAgentService\x12J\n" +
 	"\aConnect\x12\x1c.fleetwave.v1.ConnectRequest\x1a\x1d.fleetwave.v1.ConnectResponse(\x010\x01B?Z=github.com/fleetwave/fleetwave/proto/fleetwave/v1;fleetwavev1b\x06proto3"
 
@@ -252,12 +263,13 @@ func file_fleetwave_v1_agent_proto_rawDescGZIP() []byte {
 
 var file_fleetwave_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_fleetwave_v1_agent_proto_goTypes = []any{
-	(*ConnectRequest)(nil),  // 0: fleetwave.v1.ConnectRequest
-	(*Hello)(nil),           // 1: fleetwave.v1.Hello
-	(*ConnectResponse)(nil), // 2: fleetwave.v1.ConnectResponse
-	nil,                     // 3: fleetwave.v1.Hello.LabelsEntry
-	(*ServiceReport)(nil),   // 4: fleetwave.v1.ServiceReport
-	(*Assignment)(nil),      // 5: fleetwave.v1.Assignment
+	(*ConnectRequest)(nil),        // 0: fleetwave.v1.ConnectRequest
+	(*Hello)(nil),                 // 1: fleetwave.v1.Hello
+	(*ConnectResponse)(nil),       // 2: fleetwave.v1.ConnectResponse
+	nil,                           // 3: fleetwave.v1.Hello.LabelsEntry
+	(*ServiceReport)(nil),         // 4: fleetwave.v1.ServiceReport
+	(*Assignment)(nil),            // 5: fleetwave.v1.Assignment
+	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
 }
 var file_fleetwave_v1_agent_proto_depIdxs = []int32{
 	1, // 0: fleetwave.v1.ConnectRequest.hello:type_name -> fleetwave.v1.Hello
@@ -265,13 +277,14 @@ var file_fleetwave_v1_agent_proto_depIdxs = []int32{
 	3, // 2: fleetwave.v1.Hello.labels:type_name -> fleetwave.v1.Hello.LabelsEntry
 	4, // 3: fleetwave.v1.Hello.services:type_name -> fleetwave.v1.ServiceReport
 	5, // 4: fleetwave.v1.ConnectResponse.assignments:type_name -> fleetwave.v1.Assignment
-	0, // 5: fleetwave.v1.AgentService.Connect:input_type -> fleetwave.v1.ConnectRequest
-	2, // 6: fleetwave.v1.AgentService.Connect:output_type -> fleetwave.v1.ConnectResponse
-	6, // [6:7] is the sub-list for method output_type
-	5, // [5:6] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	6, // 5: fleetwave.v1.ConnectResponse.sent_at:type_name -> google.protobuf.Timestamp
+	0, // 6: fleetwave.v1.AgentService.Connect:input_type -> fleetwave.v1.ConnectRequest
+	2, // 7: fleetwave.v1.AgentService.Connect:output_type -> fleetwave.v1.ConnectResponse
+	7, // [7:8] is the sub-list for method output_type
+	6, // [6:7] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_agent_proto_init() }

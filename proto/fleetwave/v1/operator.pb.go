@@ -9,6 +9,8 @@ package fleetwavev1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -1406,11 +1408,851 @@ func (x *ListEventsResponse) GetEvents() []*Event {
 	return nil
 }
 
+type WatchEventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "" = every service
+	Service string `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	// "" = every rollout
+	RolloutId string `protobuf:"bytes,2,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
+	// keep the stream open and send new events as they are written
+	Follow bool `protobuf:"varint,3,opt,name=follow,proto3" json:"follow,omitempty"`
+	// only events written after this etcd revision (0 = all kept); a client
+	// that reconnects passes the revision of the last event it saw
+	SinceRevision int64 `protobuf:"varint,4,opt,name=since_revision,json=sinceRevision,proto3" json:"since_revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEventsRequest) Reset() {
+	*x = WatchEventsRequest{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEventsRequest) ProtoMessage() {}
+
+func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
+func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *WatchEventsRequest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *WatchEventsRequest) GetRolloutId() string {
+	if x != nil {
+		return x.RolloutId
+	}
+	return ""
+}
+
+func (x *WatchEventsRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+func (x *WatchEventsRequest) GetSinceRevision() int64 {
+	if x != nil {
+		return x.SinceRevision
+	}
+	return 0
+}
+
+type WatchEventsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Event *Event                 `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	// etcd revision the event was written at
+	Revision      int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEventsResponse) Reset() {
+	*x = WatchEventsResponse{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEventsResponse) ProtoMessage() {}
+
+func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
+func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *WatchEventsResponse) GetEvent() *Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *WatchEventsResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type ClusterStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterStatusRequest) Reset() {
+	*x = ClusterStatusRequest{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterStatusRequest) ProtoMessage() {}
+
+func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterStatusRequest.ProtoReflect.Descriptor instead.
+func (*ClusterStatusRequest) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{32}
+}
+
+// CoordinatorInfo is one running coordinator, registered in etcd on its
+// session lease.
+type CoordinatorInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// gRPC address agents and operators reach it at
+	Address   string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	Leader    bool                   `protobuf:"varint,3,opt,name=leader,proto3" json:"leader,omitempty"`
+	StartedAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	// agent streams it serves
+	Agents  uint32 `protobuf:"varint,5,opt,name=agents,proto3" json:"agents,omitempty"`
+	Version string `protobuf:"bytes,6,opt,name=version,proto3" json:"version,omitempty"`
+	// gossip address ("" = gossip off)
+	GossipAddress string `protobuf:"bytes,7,opt,name=gossip_address,json=gossipAddress,proto3" json:"gossip_address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CoordinatorInfo) Reset() {
+	*x = CoordinatorInfo{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CoordinatorInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CoordinatorInfo) ProtoMessage() {}
+
+func (x *CoordinatorInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CoordinatorInfo.ProtoReflect.Descriptor instead.
+func (*CoordinatorInfo) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *CoordinatorInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CoordinatorInfo) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *CoordinatorInfo) GetLeader() bool {
+	if x != nil {
+		return x.Leader
+	}
+	return false
+}
+
+func (x *CoordinatorInfo) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *CoordinatorInfo) GetAgents() uint32 {
+	if x != nil {
+		return x.Agents
+	}
+	return 0
+}
+
+func (x *CoordinatorInfo) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *CoordinatorInfo) GetGossipAddress() string {
+	if x != nil {
+		return x.GossipAddress
+	}
+	return ""
+}
+
+type EtcdMember struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Id          uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name        string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	ClientUrls  []string               `protobuf:"bytes,3,rep,name=client_urls,json=clientUrls,proto3" json:"client_urls,omitempty"`
+	PeerUrls    []string               `protobuf:"bytes,4,rep,name=peer_urls,json=peerUrls,proto3" json:"peer_urls,omitempty"`
+	Healthy     bool                   `protobuf:"varint,5,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	Leader      bool                   `protobuf:"varint,6,opt,name=leader,proto3" json:"leader,omitempty"`
+	DbSizeBytes int64                  `protobuf:"varint,7,opt,name=db_size_bytes,json=dbSizeBytes,proto3" json:"db_size_bytes,omitempty"`
+	RaftTerm    uint64                 `protobuf:"varint,8,opt,name=raft_term,json=raftTerm,proto3" json:"raft_term,omitempty"`
+	RaftIndex   uint64                 `protobuf:"varint,9,opt,name=raft_index,json=raftIndex,proto3" json:"raft_index,omitempty"`
+	Learner     bool                   `protobuf:"varint,10,opt,name=learner,proto3" json:"learner,omitempty"`
+	// why it is not healthy
+	Error         string `protobuf:"bytes,11,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EtcdMember) Reset() {
+	*x = EtcdMember{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EtcdMember) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EtcdMember) ProtoMessage() {}
+
+func (x *EtcdMember) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EtcdMember.ProtoReflect.Descriptor instead.
+func (*EtcdMember) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *EtcdMember) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *EtcdMember) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *EtcdMember) GetClientUrls() []string {
+	if x != nil {
+		return x.ClientUrls
+	}
+	return nil
+}
+
+func (x *EtcdMember) GetPeerUrls() []string {
+	if x != nil {
+		return x.PeerUrls
+	}
+	return nil
+}
+
+func (x *EtcdMember) GetHealthy() bool {
+	if x != nil {
+		return x.Healthy
+	}
+	return false
+}
+
+func (x *EtcdMember) GetLeader() bool {
+	if x != nil {
+		return x.Leader
+	}
+	return false
+}
+
+func (x *EtcdMember) GetDbSizeBytes() int64 {
+	if x != nil {
+		return x.DbSizeBytes
+	}
+	return 0
+}
+
+func (x *EtcdMember) GetRaftTerm() uint64 {
+	if x != nil {
+		return x.RaftTerm
+	}
+	return 0
+}
+
+func (x *EtcdMember) GetRaftIndex() uint64 {
+	if x != nil {
+		return x.RaftIndex
+	}
+	return 0
+}
+
+func (x *EtcdMember) GetLearner() bool {
+	if x != nil {
+		return x.Learner
+	}
+	return false
+}
+
+func (x *EtcdMember) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+type ClusterStatusResponse struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Coordinators []*CoordinatorInfo     `protobuf:"bytes,1,rep,name=coordinators,proto3" json:"coordinators,omitempty"`
+	// name of the rollout leader ("" = none elected)
+	Leader      string        `protobuf:"bytes,2,opt,name=leader,proto3" json:"leader,omitempty"`
+	EtcdMembers []*EtcdMember `protobuf:"bytes,3,rep,name=etcd_members,json=etcdMembers,proto3" json:"etcd_members,omitempty"`
+	// the coordinator that answered
+	AnsweredBy    string `protobuf:"bytes,4,opt,name=answered_by,json=answeredBy,proto3" json:"answered_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterStatusResponse) Reset() {
+	*x = ClusterStatusResponse{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterStatusResponse) ProtoMessage() {}
+
+func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterStatusResponse.ProtoReflect.Descriptor instead.
+func (*ClusterStatusResponse) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *ClusterStatusResponse) GetCoordinators() []*CoordinatorInfo {
+	if x != nil {
+		return x.Coordinators
+	}
+	return nil
+}
+
+func (x *ClusterStatusResponse) GetLeader() string {
+	if x != nil {
+		return x.Leader
+	}
+	return ""
+}
+
+func (x *ClusterStatusResponse) GetEtcdMembers() []*EtcdMember {
+	if x != nil {
+		return x.EtcdMembers
+	}
+	return nil
+}
+
+func (x *ClusterStatusResponse) GetAnsweredBy() string {
+	if x != nil {
+		return x.AnsweredBy
+	}
+	return ""
+}
+
+type GetStatsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "" = every service
+	Service string `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	// window ending now (default 30 days)
+	Since         *durationpb.Duration `protobuf:"bytes,2,opt,name=since,proto3" json:"since,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetStatsRequest) Reset() {
+	*x = GetStatsRequest{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetStatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetStatsRequest) ProtoMessage() {}
+
+func (x *GetStatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetStatsRequest.ProtoReflect.Descriptor instead.
+func (*GetStatsRequest) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *GetStatsRequest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *GetStatsRequest) GetSince() *durationpb.Duration {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+type GetStatsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// per service, by name
+	Services []*DeployStats `protobuf:"bytes,1,rep,name=services,proto3" json:"services,omitempty"`
+	// every service together
+	Fleet         *DeployStats           `protobuf:"bytes,2,opt,name=fleet,proto3" json:"fleet,omitempty"`
+	From          *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=from,proto3" json:"from,omitempty"`
+	To            *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=to,proto3" json:"to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetStatsResponse) Reset() {
+	*x = GetStatsResponse{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetStatsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetStatsResponse) ProtoMessage() {}
+
+func (x *GetStatsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetStatsResponse.ProtoReflect.Descriptor instead.
+func (*GetStatsResponse) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *GetStatsResponse) GetServices() []*DeployStats {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
+func (x *GetStatsResponse) GetFleet() *DeployStats {
+	if x != nil {
+		return x.Fleet
+	}
+	return nil
+}
+
+func (x *GetStatsResponse) GetFrom() *timestamppb.Timestamp {
+	if x != nil {
+		return x.From
+	}
+	return nil
+}
+
+func (x *GetStatsResponse) GetTo() *timestamppb.Timestamp {
+	if x != nil {
+		return x.To
+	}
+	return nil
+}
+
+// Percentiles of a duration sample.
+type DurationStats struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Count         uint32                 `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"`
+	Median        *durationpb.Duration   `protobuf:"bytes,2,opt,name=median,proto3" json:"median,omitempty"`
+	P90           *durationpb.Duration   `protobuf:"bytes,3,opt,name=p90,proto3" json:"p90,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DurationStats) Reset() {
+	*x = DurationStats{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DurationStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DurationStats) ProtoMessage() {}
+
+func (x *DurationStats) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DurationStats.ProtoReflect.Descriptor instead.
+func (*DurationStats) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *DurationStats) GetCount() uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *DurationStats) GetMedian() *durationpb.Duration {
+	if x != nil {
+		return x.Median
+	}
+	return nil
+}
+
+func (x *DurationStats) GetP90() *durationpb.Duration {
+	if x != nil {
+		return x.P90
+	}
+	return nil
+}
+
+// DeployStats are the DORA figures of one service (or the fleet) over the
+// window.
+type DeployStats struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "" for the fleet
+	Service string `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	// rollouts that ended in the window, by result
+	Rollouts   uint32 `protobuf:"varint,2,opt,name=rollouts,proto3" json:"rollouts,omitempty"`
+	Succeeded  uint32 `protobuf:"varint,3,opt,name=succeeded,proto3" json:"succeeded,omitempty"`
+	Failed     uint32 `protobuf:"varint,4,opt,name=failed,proto3" json:"failed,omitempty"`
+	RolledBack uint32 `protobuf:"varint,5,opt,name=rolled_back,json=rolledBack,proto3" json:"rolled_back,omitempty"`
+	Superseded uint32 `protobuf:"varint,6,opt,name=superseded,proto3" json:"superseded,omitempty"`
+	// successful rollouts per day
+	DeploysPerDay float64 `protobuf:"fixed64,7,opt,name=deploys_per_day,json=deploysPerDay,proto3" json:"deploys_per_day,omitempty"`
+	// commit -> every host live, for successful rollouts with a commit time
+	LeadTime *DurationStats `protobuf:"bytes,8,opt,name=lead_time,json=leadTime,proto3" json:"lead_time,omitempty"`
+	// commit -> release created (CI)
+	CommitToRelease *DurationStats `protobuf:"bytes,9,opt,name=commit_to_release,json=commitToRelease,proto3" json:"commit_to_release,omitempty"`
+	// release created -> rollout started (queue and approval)
+	ReleaseToStart *DurationStats `protobuf:"bytes,10,opt,name=release_to_start,json=releaseToStart,proto3" json:"release_to_start,omitempty"`
+	// rollout started -> every host live
+	Rollout *DurationStats `protobuf:"bytes,11,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	// time spent baking inside rollouts
+	Bake *DurationStats `protobuf:"bytes,12,opt,name=bake,proto3" json:"bake,omitempty"`
+	// failed or rolled back over all that ended
+	ChangeFailureRate float64 `protobuf:"fixed64,13,opt,name=change_failure_rate,json=changeFailureRate,proto3" json:"change_failure_rate,omitempty"`
+	// failure detected -> every host on a good release
+	TimeToRestore *DurationStats `protobuf:"bytes,14,opt,name=time_to_restore,json=timeToRestore,proto3" json:"time_to_restore,omitempty"`
+	// DORA bands: elite, high, medium, low ("" = not enough data)
+	LeadTimeBand        string `protobuf:"bytes,15,opt,name=lead_time_band,json=leadTimeBand,proto3" json:"lead_time_band,omitempty"`
+	DeployFrequencyBand string `protobuf:"bytes,16,opt,name=deploy_frequency_band,json=deployFrequencyBand,proto3" json:"deploy_frequency_band,omitempty"`
+	ChangeFailureBand   string `protobuf:"bytes,17,opt,name=change_failure_band,json=changeFailureBand,proto3" json:"change_failure_band,omitempty"`
+	RestoreBand         string `protobuf:"bytes,18,opt,name=restore_band,json=restoreBand,proto3" json:"restore_band,omitempty"`
+	OverallBand         string `protobuf:"bytes,19,opt,name=overall_band,json=overallBand,proto3" json:"overall_band,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *DeployStats) Reset() {
+	*x = DeployStats{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeployStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeployStats) ProtoMessage() {}
+
+func (x *DeployStats) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeployStats.ProtoReflect.Descriptor instead.
+func (*DeployStats) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *DeployStats) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *DeployStats) GetRollouts() uint32 {
+	if x != nil {
+		return x.Rollouts
+	}
+	return 0
+}
+
+func (x *DeployStats) GetSucceeded() uint32 {
+	if x != nil {
+		return x.Succeeded
+	}
+	return 0
+}
+
+func (x *DeployStats) GetFailed() uint32 {
+	if x != nil {
+		return x.Failed
+	}
+	return 0
+}
+
+func (x *DeployStats) GetRolledBack() uint32 {
+	if x != nil {
+		return x.RolledBack
+	}
+	return 0
+}
+
+func (x *DeployStats) GetSuperseded() uint32 {
+	if x != nil {
+		return x.Superseded
+	}
+	return 0
+}
+
+func (x *DeployStats) GetDeploysPerDay() float64 {
+	if x != nil {
+		return x.DeploysPerDay
+	}
+	return 0
+}
+
+func (x *DeployStats) GetLeadTime() *DurationStats {
+	if x != nil {
+		return x.LeadTime
+	}
+	return nil
+}
+
+func (x *DeployStats) GetCommitToRelease() *DurationStats {
+	if x != nil {
+		return x.CommitToRelease
+	}
+	return nil
+}
+
+func (x *DeployStats) GetReleaseToStart() *DurationStats {
+	if x != nil {
+		return x.ReleaseToStart
+	}
+	return nil
+}
+
+func (x *DeployStats) GetRollout() *DurationStats {
+	if x != nil {
+		return x.Rollout
+	}
+	return nil
+}
+
+func (x *DeployStats) GetBake() *DurationStats {
+	if x != nil {
+		return x.Bake
+	}
+	return nil
+}
+
+func (x *DeployStats) GetChangeFailureRate() float64 {
+	if x != nil {
+		return x.ChangeFailureRate
+	}
+	return 0
+}
+
+func (x *DeployStats) GetTimeToRestore() *DurationStats {
+	if x != nil {
+		return x.TimeToRestore
+	}
+	return nil
+}
+
+func (x *DeployStats) GetLeadTimeBand() string {
+	if x != nil {
+		return x.LeadTimeBand
+	}
+	return ""
+}
+
+func (x *DeployStats) GetDeployFrequencyBand() string {
+	if x != nil {
+		return x.DeployFrequencyBand
+	}
+	return ""
+}
+
+func (x *DeployStats) GetChangeFailureBand() string {
+	if x != nil {
+		return x.ChangeFailureBand
+	}
+	return ""
+}
+
+func (x *DeployStats) GetRestoreBand() string {
+	if x != nil {
+		return x.RestoreBand
+	}
+	return ""
+}
+
+func (x *DeployStats) GetOverallBand() string {
+	if x != nil {
+		return x.OverallBand
+	}
+	return ""
+}
+
 var File_fleetwave_v1_operator_proto protoreflect.FileDescriptor
 
 const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\n" +
-	"\x1bfleetwave/v1/operator.proto\x12\ffleetwave.v1\x1a\x18fleetwave/v1/types.proto\"D\n" +
+	"\x1bfleetwave/v1/operator.proto\x12\ffleetwave.v1\x1a\x18fleetwave/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"D\n" +
 	"\x13ApplyServiceRequest\x12-\n" +
 	"\x04spec\x18\x01 \x01(\v2\x19.fleetwave.v1.ServiceSpecR\x04spec\"a\n" +
 	"\x14ApplyServiceResponse\x12/\n" +
@@ -1479,8 +2321,84 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\n" +
 	"rollout_id\x18\x02 \x01(\tR\trolloutId\"A\n" +
 	"\x12ListEventsResponse\x12+\n" +
-	"\x06events\x18\x01 \x03(\v2\x13.fleetwave.v1.EventR\x06events2\x9a\n" +
+	"\x06events\x18\x01 \x03(\v2\x13.fleetwave.v1.EventR\x06events\"\x8c\x01\n" +
+	"\x12WatchEventsRequest\x12\x18\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1d\n" +
 	"\n" +
+	"rollout_id\x18\x02 \x01(\tR\trolloutId\x12\x16\n" +
+	"\x06follow\x18\x03 \x01(\bR\x06follow\x12%\n" +
+	"\x0esince_revision\x18\x04 \x01(\x03R\rsinceRevision\"\\\n" +
+	"\x13WatchEventsResponse\x12)\n" +
+	"\x05event\x18\x01 \x01(\v2\x13.fleetwave.v1.EventR\x05event\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"\x16\n" +
+	"\x14ClusterStatusRequest\"\xeb\x01\n" +
+	"\x0fCoordinatorInfo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x16\n" +
+	"\x06leader\x18\x03 \x01(\bR\x06leader\x129\n" +
+	"\n" +
+	"started_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12\x16\n" +
+	"\x06agents\x18\x05 \x01(\rR\x06agents\x12\x18\n" +
+	"\aversion\x18\x06 \x01(\tR\aversion\x12%\n" +
+	"\x0egossip_address\x18\a \x01(\tR\rgossipAddress\"\xb0\x02\n" +
+	"\n" +
+	"EtcdMember\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1f\n" +
+	"\vclient_urls\x18\x03 \x03(\tR\n" +
+	"clientUrls\x12\x1b\n" +
+	"\tpeer_urls\x18\x04 \x03(\tR\bpeerUrls\x12\x18\n" +
+	"\ahealthy\x18\x05 \x01(\bR\ahealthy\x12\x16\n" +
+	"\x06leader\x18\x06 \x01(\bR\x06leader\x12\"\n" +
+	"\rdb_size_bytes\x18\a \x01(\x03R\vdbSizeBytes\x12\x1b\n" +
+	"\traft_term\x18\b \x01(\x04R\braftTerm\x12\x1d\n" +
+	"\n" +
+	"raft_index\x18\t \x01(\x04R\traftIndex\x12\x18\n" +
+	"\alearner\x18\n" +
+	" \x01(\bR\alearner\x12\x14\n" +
+	"\x05error\x18\v \x01(\tR\x05error\"\xd0\x01\n" +
+	"\x15ClusterStatusResponse\x12A\n" +
+	"\fcoordinators\x18\x01 \x03(\v2\x1d.fleetwave.v1.CoordinatorInfoR\fcoordinators\x12\x16\n" +
+	"\x06leader\x18\x02 \x01(\tR\x06leader\x12;\n" +
+	"\fetcd_members\x18\x03 \x03(\v2\x18.fleetwave.v1.EtcdMemberR\vetcdMembers\x12\x1f\n" +
+	"\vanswered_by\x18\x04 \x01(\tR\n" +
+	"answeredBy\"\\\n" +
+	"\x0fGetStatsRequest\x12\x18\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\x12/\n" +
+	"\x05since\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x05since\"\xd6\x01\n" +
+	"\x10GetStatsResponse\x125\n" +
+	"\bservices\x18\x01 \x03(\v2\x19.fleetwave.v1.DeployStatsR\bservices\x12/\n" +
+	"\x05fleet\x18\x02 \x01(\v2\x19.fleetwave.v1.DeployStatsR\x05fleet\x12.\n" +
+	"\x04from\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04from\x12*\n" +
+	"\x02to\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x02to\"\x85\x01\n" +
+	"\rDurationStats\x12\x14\n" +
+	"\x05count\x18\x01 \x01(\rR\x05count\x121\n" +
+	"\x06median\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06median\x12+\n" +
+	"\x03p90\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03p90\"\xd9\x06\n" +
+	"\vDeployStats\x12\x18\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1a\n" +
+	"\brollouts\x18\x02 \x01(\rR\brollouts\x12\x1c\n" +
+	"\tsucceeded\x18\x03 \x01(\rR\tsucceeded\x12\x16\n" +
+	"\x06failed\x18\x04 \x01(\rR\x06failed\x12\x1f\n" +
+	"\vrolled_back\x18\x05 \x01(\rR\n" +
+	"rolledBack\x12\x1e\n" +
+	"\n" +
+	"superseded\x18\x06 \x01(\rR\n" +
+	"superseded\x12&\n" +
+	"\x0fdeploys_per_day\x18\a \x01(\x01R\rdeploysPerDay\x128\n" +
+	"\tlead_time\x18\b \x01(\v2\x1b.fleetwave.v1.DurationStatsR\bleadTime\x12G\n" +
+	"\x11commit_to_release\x18\t \x01(\v2\x1b.fleetwave.v1.DurationStatsR\x0fcommitToRelease\x12E\n" +
+	"\x10release_to_start\x18\n" +
+	" \x01(\v2\x1b.fleetwave.v1.DurationStatsR\x0ereleaseToStart\x125\n" +
+	"\arollout\x18\v \x01(\v2\x1b.fleetwave.v1.DurationStatsR\arollout\x12/\n" +
+	"\x04bake\x18\f \x01(\v2\x1b.fleetwave.v1.DurationStatsR\x04bake\x12.\n" +
+	"\x13change_failure_rate\x18\r \x01(\x01R\x11changeFailureRate\x12C\n" +
+	"\x0ftime_to_restore\x18\x0e \x01(\v2\x1b.fleetwave.v1.DurationStatsR\rtimeToRestore\x12$\n" +
+	"\x0elead_time_band\x18\x0f \x01(\tR\fleadTimeBand\x122\n" +
+	"\x15deploy_frequency_band\x18\x10 \x01(\tR\x13deployFrequencyBand\x12.\n" +
+	"\x13change_failure_band\x18\x11 \x01(\tR\x11changeFailureBand\x12!\n" +
+	"\frestore_band\x18\x12 \x01(\tR\vrestoreBand\x12!\n" +
+	"\foverall_band\x18\x13 \x01(\tR\voverallBand2\x95\f\n" +
 	"\x0fOperatorService\x12U\n" +
 	"\fApplyService\x12!.fleetwave.v1.ApplyServiceRequest\x1a\".fleetwave.v1.ApplyServiceResponse\x12U\n" +
 	"\fListServices\x12!.fleetwave.v1.ListServicesRequest\x1a\".fleetwave.v1.ListServicesResponse\x12O\n" +
@@ -1499,7 +2417,10 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\fAbortRollout\x12!.fleetwave.v1.AbortRolloutRequest\x1a\".fleetwave.v1.AbortRolloutResponse\x12I\n" +
 	"\bRollback\x12\x1d.fleetwave.v1.RollbackRequest\x1a\x1e.fleetwave.v1.RollbackResponse\x12O\n" +
 	"\n" +
-	"ListEvents\x12\x1f.fleetwave.v1.ListEventsRequest\x1a .fleetwave.v1.ListEventsResponseB?Z=github.com/fleetwave/fleetwave/proto/fleetwave/v1;fleetwavev1b\x06proto3"
+	"ListEvents\x12\x1f.fleetwave.v1.ListEventsRequest\x1a .fleetwave.v1.ListEventsResponse\x12T\n" +
+	"\vWatchEvents\x12 .fleetwave.v1.WatchEventsRequest\x1a!.fleetwave.v1.WatchEventsResponse0\x01\x12X\n" +
+	"\rClusterStatus\x12\".fleetwave.v1.ClusterStatusRequest\x1a#.fleetwave.v1.ClusterStatusResponse\x12I\n" +
+	"\bGetStats\x12\x1d.fleetwave.v1.GetStatsRequest\x1a\x1e.fleetwave.v1.GetStatsResponseB?Z=github.com/fleetwave/fleetwave/proto/fleetwave/v1;fleetwavev1b\x06proto3"
 
 var (
 	file_fleetwave_v1_operator_proto_rawDescOnce sync.Once
@@ -1513,7 +2434,7 @@ func file_fleetwave_v1_operator_proto_rawDescGZIP() []byte {
 	return file_fleetwave_v1_operator_proto_rawDescData
 }
 
-var file_fleetwave_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_fleetwave_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_fleetwave_v1_operator_proto_goTypes = []any{
 	(*ApplyServiceRequest)(nil),     // 0: fleetwave.v1.ApplyServiceRequest
 	(*ApplyServiceResponse)(nil),    // 1: fleetwave.v1.ApplyServiceResponse
@@ -1545,67 +2466,102 @@ var file_fleetwave_v1_operator_proto_goTypes = []any{
 	(*RollbackResponse)(nil),        // 27: fleetwave.v1.RollbackResponse
 	(*ListEventsRequest)(nil),       // 28: fleetwave.v1.ListEventsRequest
 	(*ListEventsResponse)(nil),      // 29: fleetwave.v1.ListEventsResponse
-	(*ServiceSpec)(nil),             // 30: fleetwave.v1.ServiceSpec
-	(*Service)(nil),                 // 31: fleetwave.v1.Service
-	(*Release)(nil),                 // 32: fleetwave.v1.Release
-	(*Rollout)(nil),                 // 33: fleetwave.v1.Rollout
-	(*Host)(nil),                    // 34: fleetwave.v1.Host
-	(*Event)(nil),                   // 35: fleetwave.v1.Event
+	(*WatchEventsRequest)(nil),      // 30: fleetwave.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),     // 31: fleetwave.v1.WatchEventsResponse
+	(*ClusterStatusRequest)(nil),    // 32: fleetwave.v1.ClusterStatusRequest
+	(*CoordinatorInfo)(nil),         // 33: fleetwave.v1.CoordinatorInfo
+	(*EtcdMember)(nil),              // 34: fleetwave.v1.EtcdMember
+	(*ClusterStatusResponse)(nil),   // 35: fleetwave.v1.ClusterStatusResponse
+	(*GetStatsRequest)(nil),         // 36: fleetwave.v1.GetStatsRequest
+	(*GetStatsResponse)(nil),        // 37: fleetwave.v1.GetStatsResponse
+	(*DurationStats)(nil),           // 38: fleetwave.v1.DurationStats
+	(*DeployStats)(nil),             // 39: fleetwave.v1.DeployStats
+	(*ServiceSpec)(nil),             // 40: fleetwave.v1.ServiceSpec
+	(*Service)(nil),                 // 41: fleetwave.v1.Service
+	(*Release)(nil),                 // 42: fleetwave.v1.Release
+	(*Rollout)(nil),                 // 43: fleetwave.v1.Rollout
+	(*Host)(nil),                    // 44: fleetwave.v1.Host
+	(*Event)(nil),                   // 45: fleetwave.v1.Event
+	(*timestamppb.Timestamp)(nil),   // 46: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 47: google.protobuf.Duration
 }
 var file_fleetwave_v1_operator_proto_depIdxs = []int32{
-	30, // 0: fleetwave.v1.ApplyServiceRequest.spec:type_name -> fleetwave.v1.ServiceSpec
-	31, // 1: fleetwave.v1.ApplyServiceResponse.service:type_name -> fleetwave.v1.Service
-	31, // 2: fleetwave.v1.ListServicesResponse.services:type_name -> fleetwave.v1.Service
-	31, // 3: fleetwave.v1.GetServiceResponse.service:type_name -> fleetwave.v1.Service
-	32, // 4: fleetwave.v1.CreateReleaseRequest.release:type_name -> fleetwave.v1.Release
-	32, // 5: fleetwave.v1.CreateReleaseResponse.release:type_name -> fleetwave.v1.Release
-	33, // 6: fleetwave.v1.CreateReleaseResponse.rollout:type_name -> fleetwave.v1.Rollout
-	32, // 7: fleetwave.v1.ListReleasesResponse.releases:type_name -> fleetwave.v1.Release
-	33, // 8: fleetwave.v1.GetRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	33, // 9: fleetwave.v1.WatchRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	33, // 10: fleetwave.v1.ApproveRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	34, // 11: fleetwave.v1.ListHostsResponse.hosts:type_name -> fleetwave.v1.Host
-	31, // 12: fleetwave.v1.UnfreezeServiceResponse.service:type_name -> fleetwave.v1.Service
-	33, // 13: fleetwave.v1.PauseRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	33, // 14: fleetwave.v1.ResumeRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	33, // 15: fleetwave.v1.AbortRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	33, // 16: fleetwave.v1.RollbackResponse.rollout:type_name -> fleetwave.v1.Rollout
-	35, // 17: fleetwave.v1.ListEventsResponse.events:type_name -> fleetwave.v1.Event
-	0,  // 18: fleetwave.v1.OperatorService.ApplyService:input_type -> fleetwave.v1.ApplyServiceRequest
-	2,  // 19: fleetwave.v1.OperatorService.ListServices:input_type -> fleetwave.v1.ListServicesRequest
-	4,  // 20: fleetwave.v1.OperatorService.GetService:input_type -> fleetwave.v1.GetServiceRequest
-	6,  // 21: fleetwave.v1.OperatorService.CreateRelease:input_type -> fleetwave.v1.CreateReleaseRequest
-	8,  // 22: fleetwave.v1.OperatorService.ListReleases:input_type -> fleetwave.v1.ListReleasesRequest
-	10, // 23: fleetwave.v1.OperatorService.GetRollout:input_type -> fleetwave.v1.GetRolloutRequest
-	12, // 24: fleetwave.v1.OperatorService.WatchRollout:input_type -> fleetwave.v1.WatchRolloutRequest
-	14, // 25: fleetwave.v1.OperatorService.ApproveRollout:input_type -> fleetwave.v1.ApproveRolloutRequest
-	16, // 26: fleetwave.v1.OperatorService.ListHosts:input_type -> fleetwave.v1.ListHostsRequest
-	18, // 27: fleetwave.v1.OperatorService.UnfreezeService:input_type -> fleetwave.v1.UnfreezeServiceRequest
-	20, // 28: fleetwave.v1.OperatorService.PauseRollout:input_type -> fleetwave.v1.PauseRolloutRequest
-	22, // 29: fleetwave.v1.OperatorService.ResumeRollout:input_type -> fleetwave.v1.ResumeRolloutRequest
-	24, // 30: fleetwave.v1.OperatorService.AbortRollout:input_type -> fleetwave.v1.AbortRolloutRequest
-	26, // 31: fleetwave.v1.OperatorService.Rollback:input_type -> fleetwave.v1.RollbackRequest
-	28, // 32: fleetwave.v1.OperatorService.ListEvents:input_type -> fleetwave.v1.ListEventsRequest
-	1,  // 33: fleetwave.v1.OperatorService.ApplyService:output_type -> fleetwave.v1.ApplyServiceResponse
-	3,  // 34: fleetwave.v1.OperatorService.ListServices:output_type -> fleetwave.v1.ListServicesResponse
-	5,  // 35: fleetwave.v1.OperatorService.GetService:output_type -> fleetwave.v1.GetServiceResponse
-	7,  // 36: fleetwave.v1.OperatorService.CreateRelease:output_type -> fleetwave.v1.CreateReleaseResponse
-	9,  // 37: fleetwave.v1.OperatorService.ListReleases:output_type -> fleetwave.v1.ListReleasesResponse
-	11, // 38: fleetwave.v1.OperatorService.GetRollout:output_type -> fleetwave.v1.GetRolloutResponse
-	13, // 39: fleetwave.v1.OperatorService.WatchRollout:output_type -> fleetwave.v1.WatchRolloutResponse
-	15, // 40: fleetwave.v1.OperatorService.ApproveRollout:output_type -> fleetwave.v1.ApproveRolloutResponse
-	17, // 41: fleetwave.v1.OperatorService.ListHosts:output_type -> fleetwave.v1.ListHostsResponse
-	19, // 42: fleetwave.v1.OperatorService.UnfreezeService:output_type -> fleetwave.v1.UnfreezeServiceResponse
-	21, // 43: fleetwave.v1.OperatorService.PauseRollout:output_type -> fleetwave.v1.PauseRolloutResponse
-	23, // 44: fleetwave.v1.OperatorService.ResumeRollout:output_type -> fleetwave.v1.ResumeRolloutResponse
-	25, // 45: fleetwave.v1.OperatorService.AbortRollout:output_type -> fleetwave.v1.AbortRolloutResponse
-	27, // 46: fleetwave.v1.OperatorService.Rollback:output_type -> fleetwave.v1.RollbackResponse
-	29, // 47: fleetwave.v1.OperatorService.ListEvents:output_type -> fleetwave.v1.ListEventsResponse
-	33, // [33:48] is the sub-list for method output_type
-	18, // [18:33] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	40, // 0: fleetwave.v1.ApplyServiceRequest.spec:type_name -> fleetwave.v1.ServiceSpec
+	41, // 1: fleetwave.v1.ApplyServiceResponse.service:type_name -> fleetwave.v1.Service
+	41, // 2: fleetwave.v1.ListServicesResponse.services:type_name -> fleetwave.v1.Service
+	41, // 3: fleetwave.v1.GetServiceResponse.service:type_name -> fleetwave.v1.Service
+	42, // 4: fleetwave.v1.CreateReleaseRequest.release:type_name -> fleetwave.v1.Release
+	42, // 5: fleetwave.v1.CreateReleaseResponse.release:type_name -> fleetwave.v1.Release
+	43, // 6: fleetwave.v1.CreateReleaseResponse.rollout:type_name -> fleetwave.v1.Rollout
+	42, // 7: fleetwave.v1.ListReleasesResponse.releases:type_name -> fleetwave.v1.Release
+	43, // 8: fleetwave.v1.GetRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	43, // 9: fleetwave.v1.WatchRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	43, // 10: fleetwave.v1.ApproveRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	44, // 11: fleetwave.v1.ListHostsResponse.hosts:type_name -> fleetwave.v1.Host
+	41, // 12: fleetwave.v1.UnfreezeServiceResponse.service:type_name -> fleetwave.v1.Service
+	43, // 13: fleetwave.v1.PauseRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	43, // 14: fleetwave.v1.ResumeRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	43, // 15: fleetwave.v1.AbortRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	43, // 16: fleetwave.v1.RollbackResponse.rollout:type_name -> fleetwave.v1.Rollout
+	45, // 17: fleetwave.v1.ListEventsResponse.events:type_name -> fleetwave.v1.Event
+	45, // 18: fleetwave.v1.WatchEventsResponse.event:type_name -> fleetwave.v1.Event
+	46, // 19: fleetwave.v1.CoordinatorInfo.started_at:type_name -> google.protobuf.Timestamp
+	33, // 20: fleetwave.v1.ClusterStatusResponse.coordinators:type_name -> fleetwave.v1.CoordinatorInfo
+	34, // 21: fleetwave.v1.ClusterStatusResponse.etcd_members:type_name -> fleetwave.v1.EtcdMember
+	47, // 22: fleetwave.v1.GetStatsRequest.since:type_name -> google.protobuf.Duration
+	39, // 23: fleetwave.v1.GetStatsResponse.services:type_name -> fleetwave.v1.DeployStats
+	39, // 24: fleetwave.v1.GetStatsResponse.fleet:type_name -> fleetwave.v1.DeployStats
+	46, // 25: fleetwave.v1.GetStatsResponse.from:type_name -> google.protobuf.Timestamp
+	46, // 26: fleetwave.v1.GetStatsResponse.to:type_name -> google.protobuf.Timestamp
+	47, // 27: fleetwave.v1.DurationStats.median:type_name -> google.protobuf.Duration
+	47, // 28: fleetwave.v1.DurationStats.p90:type_name -> google.protobuf.Duration
+	38, // 29: fleetwave.v1.DeployStats.lead_time:type_name -> fleetwave.v1.DurationStats
+	38, // 30: fleetwave.v1.DeployStats.commit_to_release:type_name -> fleetwave.v1.DurationStats
+	38, // 31: fleetwave.v1.DeployStats.release_to_start:type_name -> fleetwave.v1.DurationStats
+	38, // 32: fleetwave.v1.DeployStats.rollout:type_name -> fleetwave.v1.DurationStats
+	38, // 33: fleetwave.v1.DeployStats.bake:type_name -> fleetwave.v1.DurationStats
+	38, // 34: fleetwave.v1.DeployStats.time_to_restore:type_name -> fleetwave.v1.DurationStats
+	0,  // 35: fleetwave.v1.OperatorService.ApplyService:input_type -> fleetwave.v1.ApplyServiceRequest
+	2,  // 36: fleetwave.v1.OperatorService.ListServices:input_type -> fleetwave.v1.ListServicesRequest
+	4,  // 37: fleetwave.v1.OperatorService.GetService:input_type -> fleetwave.v1.GetServiceRequest
+	6,  // 38: fleetwave.v1.OperatorService.CreateRelease:input_type -> fleetwave.v1.CreateReleaseRequest
+	8,  // 39: fleetwave.v1.OperatorService.ListReleases:input_type -> fleetwave.v1.ListReleasesRequest
+	10, // 40: fleetwave.v1.OperatorService.GetRollout:input_type -> fleetwave.v1.GetRolloutRequest
+	12, // 41: fleetwave.v1.OperatorService.WatchRollout:input_type -> fleetwave.v1.WatchRolloutRequest
+	14, // 42: fleetwave.v1.OperatorService.ApproveRollout:input_type -> fleetwave.v1.ApproveRolloutRequest
+	16, // 43: fleetwave.v1.OperatorService.ListHosts:input_type -> fleetwave.v1.ListHostsRequest
+	18, // 44: fleetwave.v1.OperatorService.UnfreezeService:input_type -> fleetwave.v1.UnfreezeServiceRequest
+	20, // 45: fleetwave.v1.OperatorService.PauseRollout:input_type -> fleetwave.v1.PauseRolloutRequest
+	22, // 46: fleetwave.v1.OperatorService.ResumeRollout:input_type -> fleetwave.v1.ResumeRolloutRequest
+	24, // 47: fleetwave.v1.OperatorService.AbortRollout:input_type -> fleetwave.v1.AbortRolloutRequest
+	26, // 48: fleetwave.v1.OperatorService.Rollback:input_type -> fleetwave.v1.RollbackRequest
+	28, // 49: fleetwave.v1.OperatorService.ListEvents:input_type -> fleetwave.v1.ListEventsRequest
+	30, // 50: fleetwave.v1.OperatorService.WatchEvents:input_type -> fleetwave.v1.WatchEventsRequest
+	32, // 51: fleetwave.v1.OperatorService.ClusterStatus:input_type -> fleetwave.v1.ClusterStatusRequest
+	36, // 52: fleetwave.v1.OperatorService.GetStats:input_type -> fleetwave.v1.GetStatsRequest
+	1,  // 53: fleetwave.v1.OperatorService.ApplyService:output_type -> fleetwave.v1.ApplyServiceResponse
+	3,  // 54: fleetwave.v1.OperatorService.ListServices:output_type -> fleetwave.v1.ListServicesResponse
+	5,  // 55: fleetwave.v1.OperatorService.GetService:output_type -> fleetwave.v1.GetServiceResponse
+	7,  // 56: fleetwave.v1.OperatorService.CreateRelease:output_type -> fleetwave.v1.CreateReleaseResponse
+	9,  // 57: fleetwave.v1.OperatorService.ListReleases:output_type -> fleetwave.v1.ListReleasesResponse
+	11, // 58: fleetwave.v1.OperatorService.GetRollout:output_type -> fleetwave.v1.GetRolloutResponse
+	13, // 59: fleetwave.v1.OperatorService.WatchRollout:output_type -> fleetwave.v1.WatchRolloutResponse
+	15, // 60: fleetwave.v1.OperatorService.ApproveRollout:output_type -> fleetwave.v1.ApproveRolloutResponse
+	17, // 61: fleetwave.v1.OperatorService.ListHosts:output_type -> fleetwave.v1.ListHostsResponse
+	19, // 62: fleetwave.v1.OperatorService.UnfreezeService:output_type -> fleetwave.v1.UnfreezeServiceResponse
+	21, // 63: fleetwave.v1.OperatorService.PauseRollout:output_type -> fleetwave.v1.PauseRolloutResponse
+	23, // 64: fleetwave.v1.OperatorService.ResumeRollout:output_type -> fleetwave.v1.ResumeRolloutResponse
+	25, // 65: fleetwave.v1.OperatorService.AbortRollout:output_type -> fleetwave.v1.AbortRolloutResponse
+	27, // 66: fleetwave.v1.OperatorService.Rollback:output_type -> fleetwave.v1.RollbackResponse
+	29, // 67: fleetwave.v1.OperatorService.ListEvents:output_type -> fleetwave.v1.ListEventsResponse
+	31, // 68: fleetwave.v1.OperatorService.WatchEvents:output_type -> fleetwave.v1.WatchEventsResponse
+	35, // 69: fleetwave.v1.OperatorService.ClusterStatus:output_type -> fleetwave.v1.ClusterStatusResponse
+	37, // 70: fleetwave.v1.OperatorService.GetStats:output_type -> fleetwave.v1.GetStatsResponse
+	53, // [53:71] is the sub-list for method output_type
+	35, // [35:53] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_operator_proto_init() }
@@ -1620,7 +2576,7 @@ func file_fleetwave_v1_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fleetwave_v1_operator_proto_rawDesc), len(file_fleetwave_v1_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   30,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

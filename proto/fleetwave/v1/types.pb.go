@@ -1983,7 +1983,12 @@ type Rollout struct {
 	Spec *ServiceSpec `protobuf:"bytes,15,opt,name=spec,proto3" json:"spec,omitempty"`
 	// Paused by a person: hosts already moving finish (and their failures
 	// count), nothing new starts, the progress deadline does not run.
-	Paused        bool `protobuf:"varint,16,opt,name=paused,proto3" json:"paused,omitempty"`
+	Paused bool `protobuf:"varint,16,opt,name=paused,proto3" json:"paused,omitempty"`
+	// Failed rollouts: when the failure was detected, and when every host
+	// that moved ran a good release again (set by the leader as reports come
+	// in; unset until then).
+	FailedAt      *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=failed_at,json=failedAt,proto3" json:"failed_at,omitempty"`
+	RestoredAt    *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=restored_at,json=restoredAt,proto3" json:"restored_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2128,6 +2133,20 @@ func (x *Rollout) GetPaused() bool {
 		return x.Paused
 	}
 	return false
+}
+
+func (x *Rollout) GetFailedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FailedAt
+	}
+	return nil
+}
+
+func (x *Rollout) GetRestoredAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RestoredAt
+	}
+	return nil
 }
 
 // Event is one decision or happening, kept in etcd per service and shown by
@@ -2479,13 +2498,19 @@ func (x *Assignment) GetSpec() *ServiceSpec {
 
 // Host is the coordinator's view of one agent.
 type Host struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Labels        map[string]string      `protobuf:"bytes,2,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Connected     bool                   `protobuf:"varint,3,opt,name=connected,proto3" json:"connected,omitempty"`
-	LastSeen      *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
-	Services      []*ServiceReport       `protobuf:"bytes,5,rep,name=services,proto3" json:"services,omitempty"`
-	AgentVersion  string                 `protobuf:"bytes,6,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Id           string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Labels       map[string]string      `protobuf:"bytes,2,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Connected    bool                   `protobuf:"varint,3,opt,name=connected,proto3" json:"connected,omitempty"`
+	LastSeen     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	Services     []*ServiceReport       `protobuf:"bytes,5,rep,name=services,proto3" json:"services,omitempty"`
+	AgentVersion string                 `protobuf:"bytes,6,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	// Coordinator holding the host's stream ("" = none).
+	Coordinator string `protobuf:"bytes,7,opt,name=coordinator,proto3" json:"coordinator,omitempty"`
+	// Gossip (memberlist) state as the answering coordinator sees it: alive,
+	// suspect, dead, left, or "" when gossip is off or the host never joined.
+	// A hint only: decisions never start from it.
+	Gossip        string `protobuf:"bytes,8,opt,name=gossip,proto3" json:"gossip,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2558,6 +2583,20 @@ func (x *Host) GetServices() []*ServiceReport {
 func (x *Host) GetAgentVersion() string {
 	if x != nil {
 		return x.AgentVersion
+	}
+	return ""
+}
+
+func (x *Host) GetCoordinator() string {
+	if x != nil {
+		return x.Coordinator
+	}
+	return ""
+}
+
+func (x *Host) GetGossip() string {
+	if x != nil {
+		return x.Gossip
 	}
 	return ""
 }
@@ -2712,7 +2751,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x06canary\x18\b \x01(\bR\x06canary\x12)\n" +
 	"\x10waiting_approval\x18\t \x01(\bR\x0fwaitingApproval\x12\x1a\n" +
 	"\bapproved\x18\n" +
-	" \x01(\bR\bapproved\"\x9a\x05\n" +
+	" \x01(\bR\bapproved\"\x90\x06\n" +
 	"\aRollout\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12!\n" +
@@ -2736,7 +2775,10 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x06reason\x18\r \x01(\tR\x06reason\x12\x1a\n" +
 	"\brollback\x18\x0e \x01(\bR\brollback\x12-\n" +
 	"\x04spec\x18\x0f \x01(\v2\x19.fleetwave.v1.ServiceSpecR\x04spec\x12\x16\n" +
-	"\x06paused\x18\x10 \x01(\bR\x06paused\"\xd8\x01\n" +
+	"\x06paused\x18\x10 \x01(\bR\x06paused\x127\n" +
+	"\tfailed_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\bfailedAt\x12;\n" +
+	"\vrestored_at\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"restoredAt\"\xd8\x01\n" +
 	"\x05Event\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1d\n" +
@@ -2770,14 +2812,16 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"generation\x18\x02 \x01(\x03R\n" +
 	"generation\x12/\n" +
 	"\arelease\x18\x03 \x01(\v2\x15.fleetwave.v1.ReleaseR\arelease\x12-\n" +
-	"\x04spec\x18\x04 \x01(\v2\x19.fleetwave.v1.ServiceSpecR\x04spec\"\xbe\x02\n" +
+	"\x04spec\x18\x04 \x01(\v2\x19.fleetwave.v1.ServiceSpecR\x04spec\"\xf8\x02\n" +
 	"\x04Host\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x126\n" +
 	"\x06labels\x18\x02 \x03(\v2\x1e.fleetwave.v1.Host.LabelsEntryR\x06labels\x12\x1c\n" +
 	"\tconnected\x18\x03 \x01(\bR\tconnected\x127\n" +
 	"\tlast_seen\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x127\n" +
 	"\bservices\x18\x05 \x03(\v2\x1b.fleetwave.v1.ServiceReportR\bservices\x12#\n" +
-	"\ragent_version\x18\x06 \x01(\tR\fagentVersion\x1a9\n" +
+	"\ragent_version\x18\x06 \x01(\tR\fagentVersion\x12 \n" +
+	"\vcoordinator\x18\a \x01(\tR\vcoordinator\x12\x16\n" +
+	"\x06gossip\x18\b \x01(\tR\x06gossip\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\xc5\x01\n" +
@@ -2918,20 +2962,22 @@ var file_fleetwave_v1_types_proto_depIdxs = []int32{
 	34, // 46: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
 	34, // 47: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
 	4,  // 48: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
-	34, // 49: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
-	3,  // 50: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
-	26, // 51: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
-	34, // 52: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
-	19, // 53: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
-	4,  // 54: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
-	32, // 55: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
-	34, // 56: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	27, // 57: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
-	58, // [58:58] is the sub-list for method output_type
-	58, // [58:58] is the sub-list for method input_type
-	58, // [58:58] is the sub-list for extension type_name
-	58, // [58:58] is the sub-list for extension extendee
-	0,  // [0:58] is the sub-list for field type_name
+	34, // 49: fleetwave.v1.Rollout.failed_at:type_name -> google.protobuf.Timestamp
+	34, // 50: fleetwave.v1.Rollout.restored_at:type_name -> google.protobuf.Timestamp
+	34, // 51: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
+	3,  // 52: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
+	26, // 53: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
+	34, // 54: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
+	19, // 55: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
+	4,  // 56: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
+	32, // 57: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
+	34, // 58: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	27, // 59: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
+	60, // [60:60] is the sub-list for method output_type
+	60, // [60:60] is the sub-list for method input_type
+	60, // [60:60] is the sub-list for extension type_name
+	60, // [60:60] is the sub-list for extension extendee
+	0,  // [0:60] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_types_proto_init() }
