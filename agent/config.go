@@ -124,7 +124,7 @@ func defaultOptions() options {
 		tick:          time.Second,
 		backoffBase:   500 * time.Millisecond,
 		backoffMax:    30 * time.Second,
-		keepalive:     30 * time.Second,
+		keepalive:     5 * time.Second,
 		fetchAttempts: 3,
 		fetchTimeout:  30 * time.Minute,
 		fetchIdle:     60 * time.Second,

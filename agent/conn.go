@@ -185,7 +185,7 @@ func (a *agent) session(ctx context.Context, addr string) (established bool, err
 	cc, err := grpc.NewClient(addr,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{
-			Time: a.opts.keepalive, Timeout: 10 * time.Second, PermitWithoutStream: true,
+			Time: a.opts.keepalive, Timeout: 5 * time.Second, PermitWithoutStream: true,
 		}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvBytes)),
 	)

@@ -25,6 +25,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fleetwave/fleetwave/coordinator/artifacts"
 	"github.com/fleetwave/fleetwave/coordinator/store"
@@ -40,8 +41,14 @@ type Config struct {
 	// EtcdEndpoints selects an external etcd cluster; empty starts an
 	// embedded single-node etcd in DataDir.
 	EtcdEndpoints []string
-	// Name identifies this coordinator (default: the listen address).
+	// Name identifies this coordinator (default: the advertised address).
 	Name string
+	// Advertise is the address other coordinators, agents and operators
+	// reach this one at (default: the listen address, with the hostname when
+	// it listens on every interface).
+	Advertise string
+	// Version is the build version, shown by cluster status.
+	Version string
 	// MaxArtifactBytes caps uploads (default 1 GiB).
 	MaxArtifactBytes int64
 	// LeaseTTL is the leader session's TTL (default 5s): how long a dead
@@ -58,6 +65,14 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("listen: must be set (e.g. 127.0.0.1:7070)"))
 	} else if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		errs = append(errs, fmt.Errorf("listen: %q: %w", c.Listen, err))
+	}
+	if strings.Contains(c.Name, "/") {
+		errs = append(errs, fmt.Errorf("name: %q must not contain '/'", c.Name))
+	}
+	if c.Advertise != "" {
+		if _, _, err := net.SplitHostPort(c.Advertise); err != nil {
+			errs = append(errs, fmt.Errorf("advertise: %q: %w", c.Advertise, err))
+		}
 	}
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("data-dir: must be set"))
@@ -95,7 +110,16 @@ type Coordinator struct {
 	hub    *hub
 	leader *leader
 	alerts *alerter
+	cli    *clientv3.Client
+	fwd    *forwarder
+	// gossip is the membership view (nil = gossip off).
+	gossip gossipView
+	start  time.Time
+
+	sessMu sync.Mutex
 	sess   *concurrency.Session
+	// sessCh is closed and replaced whenever sess is replaced.
+	sessCh chan struct{}
 }
 
 // Run starts the coordinator and serves until ctx ends.
@@ -104,9 +128,6 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		return err
 	}
 	cfg.defaults()
-	if cfg.Name == "" {
-		cfg.Name = cfg.Listen
-	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data-dir %s: %w", cfg.DataDir, err)
 	}
@@ -139,14 +160,16 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
-	sess, err := concurrency.NewSession(cli, concurrency.WithTTL(int(cfg.LeaseTTL.Seconds())), concurrency.WithContext(ctx))
+	c := &Coordinator{cfg: cfg, log: log, store: store.New(cli), arts: arts, cli: cli, start: time.Now(), sessCh: make(chan struct{})}
+	sess, err := c.newSession(ctx)
 	if err != nil {
 		return fmt.Errorf("etcd session at %v: %w", endpoints, err)
 	}
-	defer sess.Close()
-
-	c := &Coordinator{cfg: cfg, log: log, store: store.New(cli), arts: arts, sess: sess}
+	c.sess = sess
+	defer func() { c.session().Close() }()
 	c.mirror = store.NewMirror(c.store, log)
+	c.fwd = newForwarder(c)
+	defer c.fwd.close()
 	c.hub = newHub(c)
 	c.leader = newLeader(c)
 	c.alerts = newAlerter(ctx, log, c.store)
@@ -169,10 +192,17 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
+	c.cfg.Advertise = advertiseAddr(cfg.Advertise, lis.Addr().String())
+	if c.cfg.Name == "" {
+		c.cfg.Name = c.cfg.Advertise
+	}
+	cfg = c.cfg
+	c.arts.SetFetcher(c.fetchFromPeers)
 	srv := grpc.NewServer(
+		grpc.ChainUnaryInterceptor(c.fwd.unary),
 		grpc.MaxRecvMsgSize(4<<20),
 		grpc.MaxSendMsgSize(64<<20),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 2 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 15 * time.Second, Timeout: 10 * time.Second}),
 	)
 	hs := health.NewServer()
@@ -183,8 +213,13 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	v1.RegisterOperatorServiceServer(srv, &operator{c: c})
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 
+	if err := c.register(ctx); err != nil {
+		return err
+	}
 	wg.Go(func() { c.hub.pushLoop(ctx) })
 	wg.Go(func() { c.leader.run(ctx) })
+	wg.Go(func() { c.sessionLoop(ctx) })
+	wg.Go(func() { c.replicateLoop(ctx) })
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()
@@ -201,10 +236,6 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		}
 	case err := <-errc:
 		fatal = fmt.Errorf("serve %s: %w", cfg.Listen, err)
-	case <-sess.Done():
-		// Connection records and leadership lived on the session's lease.
-		// Exit non-zero so a supervisor restarts the coordinator cleanly.
-		fatal = fmt.Errorf("etcd session at %v lost (lease expired)", endpoints)
 	}
 	cancel(fatal)
 	if fatal != nil {
@@ -225,4 +256,108 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 }
 
 // lease is this coordinator's session lease; connection records live on it.
-func (c *Coordinator) lease() clientv3.LeaseID { return c.sess.Lease() }
+func (c *Coordinator) lease() clientv3.LeaseID { return c.session().Lease() }
+
+// gossipView is what the coordinator reads from gossip membership.
+type gossipView interface {
+	LocalAddr() string
+	// State is "alive", "suspect", "dead", "left" or "" (never seen).
+	State(name string) string
+}
+
+// session returns the current etcd session.
+func (c *Coordinator) session() *concurrency.Session {
+	c.sessMu.Lock()
+	defer c.sessMu.Unlock()
+	return c.sess
+}
+
+// sessionChanged returns a channel closed when the session is replaced.
+func (c *Coordinator) sessionChanged() <-chan struct{} {
+	c.sessMu.Lock()
+	defer c.sessMu.Unlock()
+	return c.sessCh
+}
+
+func (c *Coordinator) newSession(ctx context.Context) (*concurrency.Session, error) {
+	return concurrency.NewSession(c.cli, concurrency.WithTTL(int(c.cfg.LeaseTTL.Seconds())), concurrency.WithContext(ctx))
+}
+
+// sessionLoop replaces the etcd session when its lease is lost (the
+// coordinator was paused or cut off from etcd longer than the TTL). Losing
+// it ends leadership (every leader write is fenced on the election key,
+// which lived on the lease) and the agents' connection records; the
+// coordinator ends its agent streams so agents reconnect and register
+// again, takes a new session, registers, and campaigns again.
+func (c *Coordinator) sessionLoop(ctx context.Context) {
+	for {
+		sess := c.session()
+		select {
+		case <-ctx.Done():
+			return
+		case <-sess.Done():
+		}
+		c.log.Error().Int64("lease", int64(sess.Lease())).Msg("etcd session lost (lease expired): stepping down, ending agent streams, starting a new session")
+		c.hub.closeAll()
+		for attempt := 0; ; attempt++ {
+			ns, err := c.newSession(ctx)
+			if err == nil {
+				c.sessMu.Lock()
+				c.sess = ns
+				close(c.sessCh)
+				c.sessCh = make(chan struct{})
+				c.sessMu.Unlock()
+				break
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			d := min(time.Duration(attempt+1)*500*time.Millisecond, 5*time.Second)
+			c.log.Warn().Err(err).Dur("retry_in", d).Msg("new etcd session failed")
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(d):
+			}
+		}
+		for ctx.Err() == nil {
+			if err := c.register(ctx); err == nil {
+				break
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+		c.log.Info().Int64("lease", int64(c.lease())).Msg("new etcd session")
+	}
+}
+
+// register records this coordinator in etcd on its session lease.
+func (c *Coordinator) register(ctx context.Context) error {
+	info := &v1.CoordinatorInfo{Name: c.cfg.Name, Address: c.cfg.Advertise, StartedAt: timestamppb.New(c.start), Version: c.cfg.Version}
+	if c.gossip != nil {
+		info.GossipAddress = c.gossip.LocalAddr()
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return c.store.PutCoordinator(rctx, info, c.lease())
+}
+
+// advertiseAddr is the address to publish: the configured one, else the
+// bound one with the hostname in place of an unspecified IP.
+func advertiseAddr(configured, bound string) string {
+	if configured != "" {
+		return configured
+	}
+	host, port, err := net.SplitHostPort(bound)
+	if err != nil {
+		return bound
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		if h, err := os.Hostname(); err == nil && h != "" {
+			return net.JoinHostPort(h, port)
+		}
+	}
+	return bound
+}

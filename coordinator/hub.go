@@ -212,7 +212,8 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
 		case err := <-recvErr:
 			return err
 		case m := <-conn.out:
-			if err := stream.Send(m); err != nil {
+			// A copy: queued sets may be shared; sent_at measures delivery.
+			if err := stream.Send(&v1.ConnectResponse{Assignments: m.GetAssignments(), SentAt: timestamppb.Now()}); err != nil {
 				return err
 			}
 		}

@@ -70,7 +70,18 @@ func newLeader(c *Coordinator) *leader {
 func (l *leader) run(ctx context.Context) {
 	log := l.c.log
 	for ctx.Err() == nil {
-		e := concurrency.NewElection(l.c.sess, store.ElectionPrefix)
+		sess := l.c.session()
+		select {
+		case <-sess.Done():
+			// Lost; wait for the session loop to replace it.
+			select {
+			case <-ctx.Done():
+			case <-l.c.sessionChanged():
+			}
+			continue
+		default:
+		}
+		e := concurrency.NewElection(sess, store.ElectionPrefix)
 		if err := e.Campaign(ctx, l.c.cfg.Name); err != nil {
 			if ctx.Err() == nil {
 				log.Warn().Err(err).Msg("campaign failed; retrying")
@@ -83,7 +94,7 @@ func (l *leader) run(ctx context.Context) {
 		}
 		fence := &store.Fence{Key: e.Key(), Rev: e.Rev()}
 		log.Info().Str("key", fence.Key).Int64("rev", fence.Rev).Msg("became rollout leader")
-		err := l.lead(ctx, fence)
+		err := l.lead(ctx, sess, fence)
 		log.Warn().Err(err).Msg("stopped leading")
 		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		_ = e.Resign(rctx)
@@ -115,7 +126,7 @@ func (l *leader) call(ctx context.Context, req leaderReq) (*v1.Rollout, *v1.Serv
 	}
 }
 
-func (l *leader) lead(ctx context.Context, fence *store.Fence) error {
+func (l *leader) lead(ctx context.Context, sess *concurrency.Session, fence *store.Fence) error {
 	l.leading.Store(true)
 	defer l.leading.Store(false)
 	ch, unsub := l.c.mirror.Subscribe()
@@ -126,7 +137,7 @@ func (l *leader) lead(ctx context.Context, fence *store.Fence) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-l.c.sess.Done():
+		case <-sess.Done():
 			return errors.New("etcd session expired")
 		case <-ch:
 		case <-timer.C:
@@ -475,6 +486,29 @@ func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string)
 			return res.NextWake, nil
 		}
 		return res.NextWake, l.commit(ctx, fence, vs, next, vr.Rev, engineEvents(next, res.Events, now))
+	}
+
+	// A failed rollout records when every host it moved ran a good release
+	// again (time to restore). Only the rollout is written: the service's
+	// status (its freeze) was concluded when it failed.
+	if has && cur.GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED && cur.GetRestoredAt() == nil {
+		obs := func(host string) rollout.Observation {
+			return rollout.Observation{Connected: l.c.mirror.Connected(host), Report: l.c.mirror.Report(host, name)}
+		}
+		if rollout.Restored(cur, obs) {
+			next := proto.Clone(cur).(*v1.Rollout)
+			next.RestoredAt = timestamppb.New(now)
+			took := now.Sub(cur.GetFailedAt().AsTime()).Round(time.Millisecond)
+			ev := event(next, name, "fleet_restored", "", fmt.Sprintf("every host that moved runs %s again, %s after the failure", orNone(cur.GetFromVersion()), took), now)
+			rev, err := l.c.store.WriteRollout(ctx, fence, next, vr.Rev, nil, 0, ev)
+			if err != nil {
+				return time.Time{}, err
+			}
+			log.Info().Str("rollout", cur.GetId()).Dur("after", took).Msg("fleet restored after failed rollout")
+			if err := l.c.mirror.WaitRev(ctx, rev); err != nil {
+				return time.Time{}, err
+			}
+		}
 	}
 
 	// No rollout in flight: start one for the newest release if it was

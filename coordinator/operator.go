@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -107,7 +108,7 @@ func (o *operator) CreateRelease(ctx context.Context, req *v1.CreateReleaseReque
 		return nil, status.Errorf(codes.NotFound, "release.service: service %q not found (apply its spec first)", rel.GetService())
 	}
 	if rel.GetArtifact().GetUrl() == "" {
-		size, err := o.c.arts.Stat(rel.GetArtifact().GetSha256())
+		size, err := o.c.arts.Ensure(ctx, rel.GetArtifact().GetSha256())
 		if err != nil {
 			return nil, status.Errorf(codes.FailedPrecondition, "release.artifact.sha256: %s is not in the artifact store (upload it first): %v", rel.GetArtifact().GetSha256(), err)
 		}
@@ -153,7 +154,15 @@ func (o *operator) CreateRelease(ctx context.Context, req *v1.CreateReleaseReque
 
 // caller names who made a call, for the record. Until operators
 // authenticate (mutual TLS, a later issue) that is the peer address.
+//
+// A call forwarded by another coordinator names the original caller in its
+// metadata. TODO(issue 6): trust that only from a coordinator identity.
 func caller(ctx context.Context) string {
+	if md, ok := metadata.FromIncomingContext(ctx); ok && len(md.Get(mdForwardedBy)) > 0 {
+		if a := md.Get(mdActor); len(a) > 0 && a[0] != "" {
+			return a[0]
+		}
+	}
 	if p, ok := peer.FromContext(ctx); ok {
 		return "peer:" + p.Addr.String()
 	}
@@ -258,6 +267,10 @@ func (o *operator) ListHosts(ctx context.Context, _ *v1.ListHostsRequest) (*v1.L
 	for _, h := range o.c.mirror.Hosts() {
 		h2 := proto.Clone(h).(*v1.Host)
 		h2.Connected = o.c.mirror.Connected(h.GetId())
+		h2.Coordinator = o.c.mirror.ConnectedVia(h.GetId())
+		if o.c.gossip != nil {
+			h2.Gossip = o.c.gossip.State(h.GetId())
+		}
 		h2.Services = o.c.mirror.Reports(h.GetId())
 		resp.Hosts = append(resp.Hosts, h2)
 	}

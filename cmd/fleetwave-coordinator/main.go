@@ -37,6 +37,9 @@ func main() {
 
 var errUsage = errors.New("usage")
 
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
 func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("fleetwave-coordinator", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -45,7 +48,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:7070", "gRPC listen address for agents and operators")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the embedded etcd and the artifact store (required)")
 	fs.StringVar(&endpoints, "etcd-endpoints", "", "comma-separated external etcd endpoints; empty starts an embedded etcd")
-	fs.StringVar(&cfg.Name, "name", "", "this coordinator's name (default: the listen address)")
+	fs.StringVar(&cfg.Name, "name", "", "this coordinator's name, unique in the cluster (default: the advertised address)")
+	fs.StringVar(&cfg.Advertise, "advertise", "", "address other coordinators reach this one at (default: the listen address; the hostname when listening on all interfaces)")
 	fs.Int64Var(&cfg.MaxArtifactBytes, "max-artifact-bytes", 1<<30, "largest artifact accepted")
 	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", 5*time.Second, "leader lease TTL")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
@@ -69,5 +73,6 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
 	log := zerolog.New(stderr).Level(lvl).With().Timestamp().Str("component", "coordinator").Logger()
+	cfg.Version = version
 	return coordinator.Run(ctx, cfg, log)
 }

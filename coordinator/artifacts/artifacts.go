@@ -4,6 +4,7 @@
 package artifacts
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc/codes"
@@ -31,6 +33,9 @@ type Store struct {
 	dir      string
 	maxBytes int64
 	log      zerolog.Logger
+	// fetch, if set, brings a missing artifact into the store (from a peer
+	// coordinator); see SetFetcher.
+	fetch atomic.Pointer[Fetcher]
 	v1.UnimplementedArtifactServiceServer
 }
 
@@ -50,6 +55,31 @@ func New(dir string, maxBytes int64, log zerolog.Logger) (*Store, error) {
 }
 
 func (s *Store) path(digest string) string { return filepath.Join(s.dir, "sha256", digest) }
+
+// Fetcher brings the artifact with a digest into the store (with Put), or
+// fails.
+type Fetcher func(ctx context.Context, digest string) error
+
+// SetFetcher sets how Ensure and Download fetch an artifact this store does
+// not have (several coordinators each keep a copy of every artifact).
+func (s *Store) SetFetcher(f Fetcher) { s.fetch.Store(&f) }
+
+// Ensure returns the size of a stored artifact, fetching it first when it
+// is missing and a fetcher is set.
+func (s *Store) Ensure(ctx context.Context, digest string) (int64, error) {
+	size, err := s.Stat(digest)
+	if err == nil || !errors.Is(err, os.ErrNotExist) {
+		return size, err
+	}
+	f := s.fetch.Load()
+	if f == nil {
+		return 0, err
+	}
+	if ferr := (*f)(ctx, digest); ferr != nil {
+		return 0, fmt.Errorf("%w; fetch from peers: %v", err, ferr)
+	}
+	return s.Stat(digest)
+}
 
 // Stat returns the size of a stored artifact.
 func (s *Store) Stat(digest string) (int64, error) {
@@ -128,6 +158,9 @@ func (s *Store) Upload(stream v1.ArtifactService_UploadServer) error {
 func (s *Store) Download(req *v1.DownloadRequest, stream v1.ArtifactService_DownloadServer) error {
 	if err := spec.CheckSHA256("sha256", req.GetSha256()); err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	if _, err := s.Ensure(stream.Context(), req.GetSha256()); err != nil && errors.Is(err, os.ErrNotExist) {
+		return status.Errorf(codes.NotFound, "artifact %s not found", req.GetSha256())
 	}
 	f, err := os.Open(s.path(req.GetSha256()))
 	if errors.Is(err, os.ErrNotExist) {

@@ -102,6 +102,7 @@ func end(r *v1.Rollout, st v1.RolloutState, reason string, now time.Time) *v1.Ro
 	out.Reason = reason
 	out.FinishedAt = timestamppb.New(now)
 	if st == v1.RolloutState_ROLLOUT_STATE_FAILED {
+		out.FailedAt = timestamppb.New(now)
 		for _, w := range out.Waves {
 			if w == nil || w.State == v1.WaveState_WAVE_STATE_DONE {
 				continue
@@ -114,6 +115,39 @@ func end(r *v1.Rollout, st v1.RolloutState, reason string, now time.Time) *v1.Ro
 		}
 	}
 	return out
+}
+
+// Restored reports whether every host a FAILED rollout moved (any host not
+// PENDING in its plan) is connected and reports running a good release
+// again: from_version (or, when the rollout had no from_version, anything
+// but to_version), not in the middle of a change. A rollout that is not
+// FAILED, or that already records restored_at, is not restored again.
+func Restored(r *v1.Rollout, obs func(hostID string) Observation) bool {
+	if r.GetState() != v1.RolloutState_ROLLOUT_STATE_FAILED || r.GetRestoredAt() != nil {
+		return false
+	}
+	for _, w := range r.GetWaves() {
+		for _, h := range w.GetHosts() {
+			if h.GetState() == v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING || h.GetState() == v1.HostRolloutState_HOST_ROLLOUT_STATE_UNSPECIFIED {
+				continue
+			}
+			o := obs(h.GetHostId())
+			rep := o.Report
+			if !o.Connected || rep == nil {
+				return false
+			}
+			cur := rep.GetCurrentVersion()
+			if cur == r.GetToVersion() || (r.GetFromVersion() != "" && cur != r.GetFromVersion()) {
+				return false
+			}
+			switch rep.GetPhase() {
+			case v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_REVERTED, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_IDLE:
+			default:
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // Desired is what host hostID (with labels) should run for svc given the

@@ -2,12 +2,14 @@ package rollout
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 func TestApprove(t *testing.T) {
@@ -193,5 +195,65 @@ func TestConclude(t *testing.T) {
 	svc.Status = Conclude(st, failed)
 	if next := New("r10", svc, "v3", zoned(2, "a"), t0); next.Generation != gen+2 || next.FromVersion != fromV {
 		t.Errorf("next rollout generation %d from %q", next.Generation, next.FromVersion)
+	}
+}
+
+func TestRestored(t *testing.T) {
+	mk := func(from string, states ...v1.HostRolloutState) *v1.Rollout {
+		r := &v1.Rollout{State: v1.RolloutState_ROLLOUT_STATE_FAILED, FromVersion: from, ToVersion: "v2"}
+		w := &v1.Wave{}
+		for i, st := range states {
+			w.Hosts = append(w.Hosts, &v1.HostProgress{HostId: fmt.Sprintf("h%d", i), State: st})
+		}
+		r.Waves = []*v1.Wave{w}
+		return r
+	}
+	const (
+		pending  = v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING
+		updating = v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING
+		failed   = v1.HostRolloutState_HOST_ROLLOUT_STATE_FAILED
+		done     = v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE
+	)
+	rep := func(cur string, ph v1.Phase) Observation {
+		return Observation{Connected: true, Report: &v1.ServiceReport{CurrentVersion: cur, Phase: ph}}
+	}
+	tests := []struct {
+		name string
+		r    *v1.Rollout
+		obs  map[string]Observation
+		want bool
+	}{
+		{"all moved hosts back on v1", mk("v1", failed, done, pending), map[string]Observation{
+			"h0": rep("v1", v1.Phase_PHASE_REVERTED), "h1": rep("v1", v1.Phase_PHASE_HEALTHY)}, true},
+		{"pending hosts never moved", mk("v1", failed, pending), map[string]Observation{
+			"h0": rep("v1", v1.Phase_PHASE_HEALTHY), "h1": rep("v2", v1.Phase_PHASE_HEALTHY)}, true},
+		{"one still on the target", mk("v1", failed, done), map[string]Observation{
+			"h0": rep("v1", v1.Phase_PHASE_REVERTED), "h1": rep("v2", v1.Phase_PHASE_HEALTHY)}, false},
+		{"one still reverting", mk("v1", failed, updating), map[string]Observation{
+			"h0": rep("v1", v1.Phase_PHASE_REVERTED), "h1": rep("v1", v1.Phase_PHASE_REVERTING)}, false},
+		{"one unreachable", mk("v1", failed, done), map[string]Observation{
+			"h0": rep("v1", v1.Phase_PHASE_REVERTED), "h1": {Connected: false, Report: &v1.ServiceReport{CurrentVersion: "v1", Phase: v1.Phase_PHASE_HEALTHY}}}, false},
+		{"on some third release", mk("v1", done), map[string]Observation{"h0": rep("v0", v1.Phase_PHASE_HEALTHY)}, false},
+		{"first release failed: anything but the target", mk("", failed), map[string]Observation{"h0": rep("", v1.Phase_PHASE_FAILED)}, true},
+		{"no report yet", mk("v1", failed), map[string]Observation{}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			obs := func(id string) Observation { return tt.obs[id] }
+			if got := Restored(tt.r, obs); got != tt.want {
+				t.Errorf("Restored = %v, want %v", got, tt.want)
+			}
+		})
+	}
+	ok := mk("v1", failed)
+	allBack := func(string) Observation { return rep("v1", v1.Phase_PHASE_HEALTHY) }
+	ok.RestoredAt = timestamppb.Now()
+	if Restored(ok, allBack) {
+		t.Error("a rollout already restored is restored again")
+	}
+	running := mk("v1", failed)
+	running.State = v1.RolloutState_ROLLOUT_STATE_PROGRESSING
+	if Restored(running, allBack) {
+		t.Error("a rollout still progressing counts as restored")
 	}
 }

@@ -259,6 +259,7 @@ func (s *stepper) fail(i int, reason string) {
 	r.State = v1.RolloutState_ROLLOUT_STATE_FAILED
 	r.Reason = reason
 	r.FinishedAt = s.ts()
+	r.FailedAt = s.ts()
 	if i >= 0 {
 		w := s.wave(i)
 		w.State = v1.WaveState_WAVE_STATE_FAILED

@@ -42,6 +42,7 @@ type Mirror struct {
 	hosts    map[string]*v1.Host
 	conns    map[string]string
 	reports  map[string]map[string]*v1.ServiceReport
+	coords   map[string]*v1.CoordinatorInfo
 	subs     map[chan struct{}]struct{}
 	revCond  *sync.Cond
 	// desiredEpoch counts changes to what hosts should run (services,
@@ -64,6 +65,7 @@ func (m *Mirror) reset() {
 	m.hosts = map[string]*v1.Host{}
 	m.conns = map[string]string{}
 	m.reports = map[string]map[string]*v1.ServiceReport{}
+	m.coords = map[string]*v1.CoordinatorInfo{}
 }
 
 // Run loads the keyspace and follows it until ctx ends. It reloads after a
@@ -204,6 +206,16 @@ func (m *Mirror) applyLocked(t mvccpb.Event_EventType, kv *mvccpb.KeyValue) {
 			return
 		}
 		m.conns[id] = string(kv.Value)
+	case strings.HasPrefix(key, CoordinatorsPrefix):
+		name := strings.TrimPrefix(key, CoordinatorsPrefix)
+		if del {
+			delete(m.coords, name)
+			return
+		}
+		v := &v1.CoordinatorInfo{}
+		if decode(v) {
+			m.coords[name] = v
+		}
 	case strings.HasPrefix(key, ReportsPrefix):
 		p := SplitKey(key, ReportsPrefix)
 		if len(p) != 2 {
@@ -376,6 +388,55 @@ func (m *Mirror) Connected(id string) bool {
 	defer m.mu.RUnlock()
 	_, ok := m.conns[id]
 	return ok
+}
+
+// ConnectedVia returns the name of the coordinator holding a host's stream
+// ("" = none). Connection records hold "<coordinator>/<token>".
+func (m *Mirror) ConnectedVia(id string) string {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	v, ok := m.conns[id]
+	if !ok {
+		return ""
+	}
+	if i := strings.LastIndex(v, "/"); i >= 0 {
+		return v[:i]
+	}
+	return v
+}
+
+// ConnCounts returns how many agent streams each coordinator holds.
+func (m *Mirror) ConnCounts() map[string]int {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	out := map[string]int{}
+	for _, v := range m.conns {
+		if i := strings.LastIndex(v, "/"); i >= 0 {
+			v = v[:i]
+		}
+		out[v]++
+	}
+	return out
+}
+
+// Coordinators returns the registered (live) coordinators by name.
+func (m *Mirror) Coordinators() []*v1.CoordinatorInfo {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	out := make([]*v1.CoordinatorInfo, 0, len(m.coords))
+	for _, c := range m.coords {
+		out = append(out, c)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].GetName() < out[j].GetName() })
+	return out
+}
+
+// Coordinator returns one registered coordinator.
+func (m *Mirror) Coordinator(name string) (*v1.CoordinatorInfo, bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	c, ok := m.coords[name]
+	return c, ok
 }
 
 // Report returns a host's last report for a service.

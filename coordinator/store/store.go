@@ -33,7 +33,10 @@ const (
 	ConnsPrefix    = Prefix + "conns/"    // <host> -> coordinator name, on that coordinator's lease
 	ReportsPrefix  = Prefix + "reports/"  // <host>/<service> -> ServiceReport
 	EventsPrefix   = Prefix + "events/"   // <service>/<rollout>/<time>-<n> -> Event (not mirrored)
-	ElectionPrefix = Prefix + "leader"
+	// CoordinatorsPrefix: <name> -> CoordinatorInfo, on that coordinator's
+	// session lease (gone when it dies).
+	CoordinatorsPrefix = Prefix + "coordinators/"
+	ElectionPrefix     = Prefix + "leader"
 )
 
 var (
@@ -231,6 +234,21 @@ func (s *Store) PutHost(ctx context.Context, h *v1.Host) error {
 	}
 	if _, err := s.c.Put(ctx, HostKey(h.GetId()), val); err != nil {
 		return fmt.Errorf("put host %s: %w", h.GetId(), err)
+	}
+	return nil
+}
+
+// CoordinatorKey is where a coordinator registers itself.
+func CoordinatorKey(name string) string { return CoordinatorsPrefix + name }
+
+// PutCoordinator registers a running coordinator on its session lease.
+func (s *Store) PutCoordinator(ctx context.Context, info *v1.CoordinatorInfo, lease clientv3.LeaseID) error {
+	val, err := marshal(info)
+	if err != nil {
+		return err
+	}
+	if _, err := s.c.Put(ctx, CoordinatorKey(info.GetName()), val, clientv3.WithLease(lease)); err != nil {
+		return fmt.Errorf("register coordinator %s: %w", info.GetName(), err)
 	}
 	return nil
 }

@@ -41,6 +41,7 @@ type fake struct {
 	watchErr   error         // returned after the snapshots
 	watchBlock bool          // after the snapshots, wait for the client to go
 	watchReqs  []*v1.WatchRolloutRequest
+	cluster    *v1.ClusterStatusResponse
 }
 
 type fakeOperator struct {
@@ -156,6 +157,12 @@ func (s fakeOperator) ApproveRollout(_ context.Context, req *v1.ApproveRolloutRe
 	r := proto.Clone(s.f.rollout).(*v1.Rollout)
 	r.State = v1.RolloutState_ROLLOUT_STATE_PROGRESSING
 	return &v1.ApproveRolloutResponse{Rollout: r}, nil
+}
+
+func (s fakeOperator) ClusterStatus(context.Context, *v1.ClusterStatusRequest) (*v1.ClusterStatusResponse, error) {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	return s.f.cluster, nil
 }
 
 func (s fakeOperator) ListHosts(context.Context, *v1.ListHostsRequest) (*v1.ListHostsResponse, error) {
@@ -538,8 +545,12 @@ func TestListingsAndErrors(t *testing.T) {
 			Spec:   &v1.ServiceSpec{Name: "web", Selector: map[string]string{"role": "web"}, Rollout: &v1.RolloutPolicy{Mode: "manual"}},
 			Status: &v1.ServiceStatus{StableVersion: "1.0", StableGeneration: 3, Frozen: true, FrozenReason: "rollout web-1 failed", LastRolloutId: "web-2"},
 		}},
+		cluster: &v1.ClusterStatusResponse{Leader: "c1", AnsweredBy: "c2",
+			Coordinators: []*v1.CoordinatorInfo{{Name: "c1", Address: "10.0.0.1:7070", Leader: true, Agents: 3}, {Name: "c2", Address: "10.0.0.2:7070", Agents: 2}},
+			EtcdMembers: []*v1.EtcdMember{{Name: "e1", ClientUrls: []string{"http://10.0.0.1:2379"}, Healthy: true, Leader: true, DbSizeBytes: 3 << 20, RaftTerm: 4, RaftIndex: 99},
+				{Name: "e2", Error: "context deadline exceeded"}, {Name: "e3", Error: "connection refused"}}},
 		hosts: []*v1.Host{{
-			Id: "h1", Labels: map[string]string{"role": "web", "zone": "a"}, Connected: true,
+			Id: "h1", Labels: map[string]string{"role": "web", "zone": "a"}, Connected: true, Coordinator: "c1", Gossip: "alive",
 			Services: []*v1.ServiceReport{{Service: "web", Phase: v1.Phase_PHASE_HEALTHY, CurrentVersion: "1.1", LastGoodVersion: "1.0"}},
 		}, {Id: "h2"}},
 	}
@@ -552,7 +563,11 @@ func TestListingsAndErrors(t *testing.T) {
 	}{
 		{[]string{"service", "list"}, []string{"NAME", "web", "manual", "1.0", "yes", "web-2", "role=web"}},
 		{[]string{"service", "get", "web"}, []string{"stable version:", "1.0 (generation 3)", "spec:", "  name: web", "    mode: manual"}},
-		{[]string{"hosts"}, []string{"HOST", "h1", "yes", "role=web,zone=a", "web=healthy 1.1/1.0", "h2", "no"}},
+		{[]string{"hosts"}, []string{"HOST", "STREAM", "GOSSIP", "h1    yes        c1      alive   role=web,zone=a", "web=healthy 1.1/1.0", "h2", "no"}},
+		{[]string{"cluster", "status"}, []string{"rollout leader: c1 (answered by c2)",
+			"c1           10.0.0.1:7070  leader    3", "c2           10.0.0.2:7070  follower  2",
+			"e1           http://10.0.0.1:2379  healthy", "leader  3.0 MiB  4          99",
+			"unhealthy: context deadline exceeded", "etcd has no quorum: 1 of 3 members healthy"}},
 		{[]string{"rollout", "status", "web"}, []string{
 			"rollout web-2 of web: 1.0 → 1.1, progressing (generation 4)",
 			"WAVE", "DONE/TOTAL", "BAKE UNTIL", "0     yes     progressing  0/1", "1     no      pending      0/2",
@@ -575,6 +590,7 @@ func TestListingsAndErrors(t *testing.T) {
 		{[]string{"service", "list"}, &v1.ListServicesResponse{}, &v1.ListServicesResponse{Services: f.services}},
 		{[]string{"service", "get", "web"}, &v1.Service{}, f.services[0]},
 		{[]string{"hosts"}, &v1.ListHostsResponse{}, &v1.ListHostsResponse{Hosts: f.hosts}},
+		{[]string{"cluster", "status"}, &v1.ClusterStatusResponse{}, f.cluster},
 		{[]string{"rollout", "status", "web"}, &v1.Rollout{}, f.rollout},
 	}
 	for _, tt := range jsons {

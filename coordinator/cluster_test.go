@@ -1,0 +1,181 @@
+package coordinator
+
+import (
+	"context"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/fleetwave/fleetwave/coordinator/store"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// member is one coordinator of a test cluster.
+type member struct {
+	name   string
+	cc     *grpc.ClientConn
+	op     v1.OperatorServiceClient
+	cancel context.CancelFunc
+	done   chan error
+	err    error
+	once   sync.Once
+}
+
+// stop stops the coordinator (once) and returns how Run ended.
+func (m *member) stop() error {
+	m.once.Do(func() {
+		m.cancel()
+		m.err = <-m.done
+	})
+	return m.err
+}
+
+// startMember runs a named coordinator on shared etcd endpoints.
+func startMember(t testing.TB, name string, endpoints []string) *member {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &member{name: name, cancel: cancel, done: make(chan error, 1)}
+	addrc := make(chan string, 1)
+	cfg := Config{Listen: "127.0.0.1:0", Name: name, DataDir: t.TempDir(), EtcdEndpoints: endpoints, LeaseTTL: 2 * time.Second,
+		Ready: func(a string) { addrc <- a }}
+	go func() { m.done <- Run(ctx, cfg, zerolog.Nop()) }()
+	t.Cleanup(func() { _ = m.stop() })
+	select {
+	case addr := <-addrc:
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cc.Close() })
+		m.cc, m.op = cc, v1.NewOperatorServiceClient(cc)
+	case err := <-m.done:
+		m.once.Do(func() {})
+		t.Fatalf("coordinator %s exited: %v", name, err)
+	case <-time.After(60 * time.Second):
+		t.Fatalf("coordinator %s not serving after 60s", name)
+	}
+	return m
+}
+
+// waitCluster polls cluster status until cond holds.
+func waitCluster(t *testing.T, ctx context.Context, op v1.OperatorServiceClient, what string, cond func(*v1.ClusterStatusResponse) bool) *v1.ClusterStatusResponse {
+	t.Helper()
+	var last *v1.ClusterStatusResponse
+	var err error
+	for ctx.Err() == nil {
+		last, err = op.ClusterStatus(ctx, &v1.ClusterStatusRequest{})
+		if err == nil && cond(last) {
+			return last
+		}
+		time.Sleep(50 * time.Millisecond) // polling interval, not synchronisation
+	}
+	t.Fatalf("%s: not reached; last %v, err %v", what, last, err)
+	return nil
+}
+
+// Two coordinators on one etcd: both register, one leads; the other serves
+// every operator call (leader-only ones forwarded, the artifact copied from
+// the coordinator it was uploaded to); when the leader stops, the other
+// takes over.
+func TestTwoCoordinatorsShareEtcd(t *testing.T) {
+	emb, err := store.StartEmbedded(t.TempDir(), "", zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(emb.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	a := startMember(t, "a", emb.Endpoints)
+	b := startMember(t, "b", emb.Endpoints)
+	st := waitCluster(t, ctx, a.op, "two coordinators and a leader", func(s *v1.ClusterStatusResponse) bool {
+		return len(s.GetCoordinators()) == 2 && s.GetLeader() != ""
+	})
+	if len(st.GetEtcdMembers()) != 1 || !st.GetEtcdMembers()[0].GetHealthy() || !st.GetEtcdMembers()[0].GetLeader() {
+		t.Errorf("etcd members: %v", st.GetEtcdMembers())
+	}
+	if st.GetAnsweredBy() != "a" {
+		t.Errorf("answered by %q, want a", st.GetAnsweredBy())
+	}
+	leaders := 0
+	for _, c := range st.GetCoordinators() {
+		if c.GetAddress() == "" || c.GetStartedAt() == nil {
+			t.Errorf("coordinator record incomplete: %v", c)
+		}
+		if c.GetLeader() {
+			leaders++
+		}
+	}
+	if leaders != 1 {
+		t.Errorf("%d coordinators marked leader: %v", leaders, st.GetCoordinators())
+	}
+	lead, follow := a, b
+	if st.GetLeader() == "b" {
+		lead, follow = b, a
+	}
+
+	// Everything through the follower.
+	spec := &v1.ServiceSpec{Name: "web", Run: &v1.RunSpec{Command: []string{"./app"}}}
+	if _, err := follow.op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	data := []byte("artifact uploaded to the follower only")
+	art := upload(t, ctx, follow.cc, data)
+	cr, err := follow.op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: "v1", Artifact: art}})
+	if err != nil {
+		t.Fatalf("create release through the follower: %v", err)
+	}
+	if cr.GetRollout().GetToVersion() != "v1" {
+		t.Errorf("forwarded create release: rollout %v, note %q", cr.GetRollout(), cr.GetNote())
+	}
+	// The leader copied the artifact from the follower to check it.
+	ds, err := v1.NewArtifactServiceClient(lead.cc).Download(ctx, &v1.DownloadRequest{Sha256: art.GetSha256()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	for {
+		m, err := ds.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("download from the leader: %v", err)
+		}
+		got = append(got, m.GetChunk()...)
+	}
+	if string(got) != string(data) {
+		t.Errorf("leader serves %q, want %q", got, data)
+	}
+	// A leader-only call answered by the leader's logic, not "not leader".
+	_, err = follow.op.PauseRollout(ctx, &v1.PauseRolloutRequest{Service: "web"})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "no rollout in progress") {
+		t.Errorf("pause through the follower: %v", err)
+	}
+	// A missing artifact asked of either is NotFound (no fetch loop).
+	_, err = follow.op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: "v2",
+		Artifact: &v1.Artifact{Sha256: strings.Repeat("b", 64), Size: 3}}})
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("release of an artifact nobody has: %v", err)
+	}
+
+	if err := lead.stop(); err != nil {
+		t.Errorf("leader stopped with %v", err)
+	}
+	st = waitCluster(t, ctx, follow.op, "the follower takes over", func(s *v1.ClusterStatusResponse) bool {
+		return len(s.GetCoordinators()) == 1 && s.GetLeader() == follow.name
+	})
+	if !st.GetCoordinators()[0].GetLeader() {
+		t.Errorf("survivor not marked leader: %v", st.GetCoordinators())
+	}
+	if _, err := follow.op.PauseRollout(ctx, &v1.PauseRolloutRequest{Service: "web"}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("pause on the new leader: %v", err)
+	}
+}
