@@ -16,6 +16,7 @@ import (
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/agent/state"
 	"github.com/fleetwave/fleetwave/agent/supervise"
+	"github.com/fleetwave/fleetwave/internal/gossip"
 	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"github.com/rs/zerolog"
@@ -151,6 +152,16 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger, opts options) erro
 	saved, err := store.LoadAll()
 	if err != nil {
 		return err
+	}
+	if cfg.Gossip.Enabled() {
+		// Liveness hints for the coordinators; nothing here depends on it.
+		gc := cfg.Gossip
+		gc.Name, gc.Role = cfg.HostID, gossip.RoleAgent
+		g, err := gossip.Start(gc, log.With().Str("component", "gossip").Logger())
+		if err != nil {
+			return fmt.Errorf("gossip: %w", err)
+		}
+		defer g.Close()
 	}
 	seed := opts.seed
 	if seed == 0 {

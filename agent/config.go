@@ -20,6 +20,7 @@ import (
 
 	"github.com/fleetwave/fleetwave/agent/state"
 	"github.com/fleetwave/fleetwave/agent/supervise"
+	"github.com/fleetwave/fleetwave/internal/gossip"
 	"github.com/fleetwave/fleetwave/internal/spec"
 	"github.com/rs/zerolog"
 )
@@ -41,6 +42,9 @@ type Config struct {
 	MaxArtifactBytes int64
 	// AgentVersion is reported in Hello.
 	AgentVersion string
+	// Gossip configures memberlist membership (off when Gossip.Bind is
+	// empty). The node name is the host id.
+	Gossip gossip.Config
 }
 
 // Validate checks every field; the error names the bad one.

@@ -29,6 +29,7 @@ import (
 
 	"github.com/fleetwave/fleetwave/coordinator/artifacts"
 	"github.com/fleetwave/fleetwave/coordinator/store"
+	"github.com/fleetwave/fleetwave/internal/gossip"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -49,6 +50,9 @@ type Config struct {
 	Advertise string
 	// Version is the build version, shown by cluster status.
 	Version string
+	// Gossip configures memberlist membership (off when Gossip.Bind is
+	// empty). Name, Role and Meta are set by the coordinator.
+	Gossip gossip.Config
 	// MaxArtifactBytes caps uploads (default 1 GiB).
 	MaxArtifactBytes int64
 	// LeaseTTL is the leader session's TTL (default 5s): how long a dead
@@ -198,6 +202,20 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	}
 	cfg = c.cfg
 	c.arts.SetFetcher(c.fetchFromPeers)
+	if cfg.Gossip.Enabled() {
+		gc := cfg.Gossip
+		gc.Name = gossip.CoordinatorName(gossipID(cfg.Name))
+		gc.Role = gossip.RoleCoordinator
+		gc.Meta = map[string]string{"grpc": cfg.Advertise}
+		g, err := gossip.Start(gc, log.With().Str("component", "gossip").Logger())
+		if err != nil {
+			_ = lis.Close()
+			return fmt.Errorf("gossip: %w", err)
+		}
+		defer g.Close()
+		c.gossip = g
+		wg.Go(func() { c.gossipWake(ctx, g) })
+	}
 	srv := grpc.NewServer(
 		grpc.ChainUnaryInterceptor(c.fwd.unary),
 		grpc.MaxRecvMsgSize(4<<20),
@@ -257,6 +275,45 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 
 // lease is this coordinator's session lease; connection records live on it.
 func (c *Coordinator) lease() clientv3.LeaseID { return c.session().Lease() }
+
+// gossipID turns a coordinator name into a gossip node id (letters, digits,
+// '.', '_' and '-'; other characters become '-').
+func gossipID(name string) string {
+	b := []byte(name)
+	for i, ch := range b {
+		ok := ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z' || ch >= '0' && ch <= '9' || ch == '.' || ch == '_' || ch == '-'
+		if !ok {
+			b[i] = '-'
+		}
+	}
+	if len(b) > 0 && (b[0] == '.' || b[0] == '_' || b[0] == '-') {
+		b[0] = 'c'
+	}
+	return string(b)
+}
+
+// gossipWake has the leader look again when gossip membership changes, so
+// a host gossip declares dead is marked unknown at once.
+func (c *Coordinator) gossipWake(ctx context.Context, g *gossip.Gossip) {
+	ch, unsub := g.Changes()
+	defer unsub()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ch:
+			c.leader.poke()
+		}
+	}
+}
+
+// gossipState is a host's gossip state ("" when gossip is off).
+func (c *Coordinator) gossipState(host string) string {
+	if c.gossip == nil {
+		return ""
+	}
+	return c.gossip.State(host)
+}
 
 // gossipView is what the coordinator reads from gossip membership.
 type gossipView interface {

@@ -27,6 +27,16 @@ type leader struct {
 	c       *Coordinator
 	reqs    chan leaderReq
 	leading atomic.Bool
+	// wake asks the loop to reconcile now (gossip changes are not in etcd).
+	wake chan struct{}
+}
+
+// poke has the loop reconcile soon; it never blocks.
+func (l *leader) poke() {
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
 }
 
 type leaderOp int
@@ -64,7 +74,7 @@ type leaderReply struct {
 }
 
 func newLeader(c *Coordinator) *leader {
-	return &leader{c: c, reqs: make(chan leaderReq)}
+	return &leader{c: c, reqs: make(chan leaderReq), wake: make(chan struct{}, 1)}
 }
 
 func (l *leader) run(ctx context.Context) {
@@ -140,6 +150,7 @@ func (l *leader) lead(ctx context.Context, sess *concurrency.Session, fence *sto
 		case <-sess.Done():
 			return errors.New("etcd session expired")
 		case <-ch:
+		case <-l.wake:
 		case <-timer.C:
 		case req := <-l.reqs:
 			r, svc, err := l.serve(ctx, fence, req)
@@ -476,7 +487,7 @@ func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string)
 
 	if has && !terminal(cur.GetState()) {
 		obs := func(host string) rollout.Observation {
-			return rollout.Observation{Connected: l.c.mirror.Connected(host), Report: l.c.mirror.Report(host, name)}
+			return rollout.Observation{Connected: l.c.mirror.Connected(host), Report: l.c.mirror.Report(host, name), Gossip: l.c.gossipState(host)}
 		}
 		next, res := rollout.Step(cur, obs, now)
 		for _, ev := range res.Events {

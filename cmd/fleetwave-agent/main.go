@@ -15,6 +15,7 @@ import (
 	"syscall"
 
 	"github.com/fleetwave/fleetwave/agent"
+	"github.com/fleetwave/fleetwave/internal/gossip"
 	"github.com/fleetwave/fleetwave/internal/spec"
 	"github.com/rs/zerolog"
 )
@@ -72,6 +73,7 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 	labels := fs.String("labels", "", "host labels k=v,k=v")
 	dataDir := fs.String("data-dir", "/var/lib/fleetwave-agent", "directory for releases, state, logs")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	gossipFlags := gossip.AddFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return agent.Config{}, 0, err
@@ -104,6 +106,7 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 		Labels:       lm,
 		DataDir:      *dataDir,
 		AgentVersion: version,
+		Gossip:       gossipFlags(),
 	}
 	if err := cfg.Validate(); err != nil {
 		// Name the flag behind the field.

@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/fleetwave/fleetwave/coordinator"
+	"github.com/fleetwave/fleetwave/internal/gossip"
 )
 
 func main() {
@@ -53,6 +54,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.Int64Var(&cfg.MaxArtifactBytes, "max-artifact-bytes", 1<<30, "largest artifact accepted")
 	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", 5*time.Second, "leader lease TTL")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	gossipFlags := gossip.AddFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
@@ -62,6 +64,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
 	}
+	cfg.Gossip = gossipFlags()
 	if endpoints != "" {
 		cfg.EtcdEndpoints = strings.Split(endpoints, ",")
 	}

@@ -34,8 +34,13 @@ const maxListed = 5
 
 // Observation is what the coordinator knows of one host right now.
 type Observation struct {
-	Connected bool              // the host's agent stream is up
-	Report    *v1.ServiceReport // the host's last report for this service, nil if none
+	Connected bool // the host's agent stream is up
+	// Gossip is the host's gossip state ("alive", "suspect", "dead", "left",
+	// or "" when unknown). A hint only: "dead" or "left" makes a host whose
+	// stream still looks up count as unknown at once (a dead host's stream
+	// takes keepalive timeouts to drop); nothing else follows from it.
+	Gossip string
+	Report *v1.ServiceReport // the host's last report for this service, nil if none
 }
 
 // Event is one thing that happened in a Step, for logs and `rollout watch`.
@@ -190,11 +195,22 @@ func (s *stepper) observe(obs func(string) Observation) {
 			}
 			id := h.GetHostId()
 			o := obs(id)
+			goneByGossip := o.Gossip == "dead" || o.Gossip == "left"
+			reachable := o.Connected && !goneByGossip
 			switch {
-			case !o.Connected && !h.GetUnknown():
+			case !reachable && !h.GetUnknown():
 				s.host(i, j).Unknown = true
-				s.emit(EventHostUnknown, i, id, "agent stream down: host counts as unavailable")
-			case o.Connected && h.GetUnknown():
+				msg := "agent stream down: host counts as unavailable"
+				switch {
+				case o.Connected:
+					msg = "gossip says the host is " + o.Gossip + " (its stream has not dropped yet): host counts as unavailable"
+				case o.Gossip == "alive" || o.Gossip == "suspect":
+					msg = "agent stream down but the host is " + o.Gossip + " in gossip (reconnecting?): host counts as unavailable"
+				case goneByGossip:
+					msg = "agent stream down and the host is " + o.Gossip + " in gossip: host counts as unavailable"
+				}
+				s.emit(EventHostUnknown, i, id, msg)
+			case reachable && h.GetUnknown():
 				s.host(i, j).Unknown = false
 				s.emit(EventHostBack, i, id, "agent stream up again")
 			}

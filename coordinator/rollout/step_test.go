@@ -461,3 +461,49 @@ func TestStepOddRecordsDoNotPanic(t *testing.T) {
 		t.Errorf("a failed wave in a progressing rollout gave %v", out.State)
 	}
 }
+
+// Gossip is a hint: "dead" marks a host whose stream still looks up unknown
+// at once; an alive host with its stream down stays unknown (with a reason
+// that says so); no gossip state fails, reverts or moves a host.
+func TestStepGossipHint(t *testing.T) {
+	tests := []struct {
+		name        string
+		obs         Observation
+		wantUnknown bool
+		wantMsg     string
+	}{
+		{"stream up, gossip alive", Observation{Connected: true, Gossip: "alive"}, false, ""},
+		{"stream up, gossip off", Observation{Connected: true}, false, ""},
+		{"stream up, gossip suspect", Observation{Connected: true, Gossip: "suspect"}, false, ""},
+		{"stream up, gossip dead", Observation{Connected: true, Gossip: "dead"}, true, "gossip says the host is dead"},
+		{"stream up, gossip left", Observation{Connected: true, Gossip: "left"}, true, "gossip says the host is left"},
+		{"stream down, gossip alive", Observation{Connected: false, Gossip: "alive"}, true, "alive in gossip (reconnecting?)"},
+		{"stream down, gossip dead", Observation{Connected: false, Gossip: "dead"}, true, "dead in gossip"},
+		{"stream down, gossip off", Observation{Connected: false}, true, "agent stream down"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := New("r1", newSvc(&v1.RolloutPolicy{NoCanary: true, MaxParallel: 1}, nil), toV, zoned(2, "a"), t0)
+			f := fleet{}
+			r, _ = step(t, r, f, t0)
+			f["host-000"] = tt.obs
+			r, res := step(t, r, f, t0.Add(time.Second))
+			h := hostOf(r, "host-000")
+			if h.Unknown != tt.wantUnknown || h.State != updating || r.State != rProg {
+				t.Fatalf("unknown=%v state %v rollout %v; want unknown=%v, still updating and progressing", h.Unknown, h.State, r.State, tt.wantUnknown)
+			}
+			var msg string
+			for _, ev := range res.Events {
+				if ev.Kind == EventHostUnknown {
+					msg = ev.Message
+				}
+			}
+			if tt.wantUnknown && !strings.Contains(msg, tt.wantMsg) {
+				t.Errorf("unknown event %q, want it to contain %q", msg, tt.wantMsg)
+			}
+			if hostOf(r, "host-001").State != pending {
+				t.Errorf("host-001 moved: %v", hostOf(r, "host-001").State)
+			}
+		})
+	}
+}

@@ -1,0 +1,121 @@
+// Command fleetwave-sim runs thousands of simulated agents in one process
+// against a coordinator (see package internal/sim), logging fleet
+// statistics periodically until interrupted.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/fleetwave/fleetwave/internal/sim"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := run(ctx, os.Args[1:], os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "fleetwave-sim:", err)
+		if errors.Is(err, errUsage) {
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
+
+var errUsage = errors.New("usage")
+
+func run(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("fleetwave-sim", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg sim.Config
+	var labels, level string
+	var every time.Duration
+	fs.StringVar(&cfg.Coordinator, "coordinator", "127.0.0.1:7070", "coordinator gRPC address (host:port)")
+	fs.IntVar(&cfg.Hosts, "hosts", 100, "number of simulated hosts")
+	fs.StringVar(&cfg.HostPrefix, "host-prefix", sim.DefaultHostPrefix, "host id prefix (ids are prefix + index, e.g. sim-00042)")
+	fs.Int64Var(&cfg.Seed, "seed", 1, "seed of every random draw")
+	fs.StringVar(&labels, "labels", "", "labels added to every host, k=v,k=v (zone=a/b/c is set round-robin unless given)")
+	fs.DurationVar(&cfg.InstallDelay, "install-delay", 0, "time from assignment to switch")
+	fs.DurationVar(&cfg.InstallJitter, "install-jitter", 0, "random extra install time, up to this")
+	fs.DurationVar(&cfg.CheckDelay, "check-delay", 0, "time from switch to health verdict")
+	fs.DurationVar(&cfg.CheckJitter, "check-jitter", 0, "random extra check time, up to this")
+	fs.Float64Var(&cfg.FailRate, "fail-rate", 0, "probability an install of a new release fails (FAILED)")
+	fs.Float64Var(&cfg.RevertRate, "revert-rate", 0, "probability a new release fails its checks (REVERTED)")
+	fs.BoolVar(&cfg.QuietPhases, "quiet-phases", false, "report only outcomes, not FETCHING and CHECKING")
+	fs.IntVar(&cfg.SourceAddrs, "source-addrs", 0, "spread connections over this many 127.1.x.y source addresses (0 = off)")
+	fs.IntVar(&cfg.ConnectConcurrency, "connect-concurrency", sim.DefaultConnectConcurrency, "connection attempts in flight at once")
+	fs.DurationVar(&cfg.Keepalive, "keepalive", sim.DefaultKeepalive, "gRPC keepalive ping interval (negative: off)")
+	fs.DurationVar(&every, "stats-interval", 10*time.Second, "how often to log statistics")
+	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
+	}
+	var err error
+	if cfg.Labels, err = sim.ParseLabels(labels); err != nil {
+		return fmt.Errorf("%w: --%v", errUsage, err)
+	}
+	lvl, err := zerolog.ParseLevel(level)
+	if err != nil {
+		return fmt.Errorf("%w: --log-level: %q: want debug, info, warn or error", errUsage, level)
+	}
+	if every <= 0 {
+		return fmt.Errorf("%w: --stats-interval: %s: want > 0", errUsage, every)
+	}
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	log := zerolog.New(stderr).Level(lvl).With().Timestamp().Str("component", "sim").Logger()
+	if limit, err := sim.RaiseFileLimit(); err != nil {
+		log.Warn().Err(err).Msg("could not raise the open file limit")
+	} else if limit < uint64(cfg.Hosts)+100 {
+		log.Warn().Uint64("limit", limit).Int("hosts", cfg.Hosts).Msg("open file limit below the fleet size: some hosts cannot connect")
+	}
+
+	fleet, err := sim.Start(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer fleet.Close()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			logStats(log, fleet.Stats())
+			return nil
+		case <-t.C:
+			logStats(log, fleet.Stats())
+			fleet.ResetLatency()
+		}
+	}
+}
+
+func logStats(log zerolog.Logger, s sim.Stats) {
+	ev := log.Info().Int("hosts", s.Hosts).Int("connected", s.Connected).
+		Uint64("hellos", s.Hellos).Uint64("reports", s.Reports).Uint64("responses", s.Responses).
+		Uint64("assignments", s.Assignments).Uint64("installs", s.Installs).Uint64("failures", s.Failures).
+		Uint64("reverts", s.Reverts).Uint64("disconnects", s.Disconnects).Int("latency_samples", s.Latency.Count)
+	if s.Latency.Count > 0 {
+		ev = ev.Dur("latency_p50", s.Latency.P50).Dur("latency_p99", s.Latency.P99).Dur("latency_max", s.Latency.Max)
+	}
+	ev.Msg("fleet stats")
+}
