@@ -179,3 +179,85 @@ func TestTwoCoordinatorsShareEtcd(t *testing.T) {
 		t.Errorf("pause on the new leader: %v", err)
 	}
 }
+
+// WatchEvents lists what is recorded, then follows new events in order;
+// since_revision resumes without repeats; bad requests name the field.
+func TestWatchEvents(t *testing.T) {
+	cc := startCoordinator(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	op := v1.NewOperatorServiceClient(cc)
+	spec := &v1.ServiceSpec{Name: "web", Run: &v1.RunSpec{Command: []string{"./app"}}}
+	if _, err := op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	art := upload(t, ctx, cc, []byte("v1"))
+	if _, err := op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: "v1", Artifact: art}}); err != nil {
+		t.Fatal(err)
+	}
+	recv := func(s grpc.ServerStreamingClient[v1.WatchEventsResponse]) []*v1.WatchEventsResponse {
+		var out []*v1.WatchEventsResponse
+		for {
+			m, err := s.Recv()
+			if err == io.EOF {
+				return out
+			}
+			if err != nil {
+				t.Fatalf("recv: %v", err)
+			}
+			out = append(out, m)
+		}
+	}
+	s, err := op.WatchEvents(ctx, &v1.WatchEventsRequest{Service: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := recv(s)
+	if len(first) == 0 || first[0].GetEvent().GetKind() != "rollout_created" || first[0].GetRevision() <= 0 {
+		t.Fatalf("recorded events: %v", first)
+	}
+	last := first[len(first)-1].GetRevision()
+	for i := 1; i < len(first); i++ {
+		if first[i].GetRevision() < first[i-1].GetRevision() {
+			t.Errorf("events out of revision order: %v", first)
+		}
+	}
+
+	// Follow from the last one seen: only new events arrive.
+	fctx, fcancel := context.WithCancel(ctx)
+	defer fcancel()
+	fs, err := op.WatchEvents(fctx, &v1.WatchEventsRequest{Follow: true, SinceRevision: last})
+	if err != nil {
+		t.Fatal(err)
+	}
+	art2 := upload(t, ctx, cc, []byte("v2"))
+	if _, err := op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: "v2", Artifact: art2}}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := fs.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.GetRevision() <= last || m.GetEvent().GetKind() != "rollout_created" || !strings.Contains(m.GetEvent().GetMessage(), "v2") {
+		t.Errorf("followed event %v (rev %d), want the v2 rollout_created after %d", m.GetEvent(), m.GetRevision(), last)
+	}
+	fcancel()
+
+	for _, bad := range []struct {
+		req  *v1.WatchEventsRequest
+		want string
+	}{
+		{&v1.WatchEventsRequest{Service: "Bad Name"}, "service"},
+		{&v1.WatchEventsRequest{RolloutId: "000001"}, "rollout_id: needs service"},
+		{&v1.WatchEventsRequest{Service: "web", RolloutId: "x"}, "rollout_id"},
+		{&v1.WatchEventsRequest{SinceRevision: -1}, "since_revision"},
+	} {
+		s, err := op.WatchEvents(ctx, bad.req)
+		if err == nil {
+			_, err = s.Recv()
+		}
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%v: %v, want InvalidArgument naming %s", bad.req, err, bad.want)
+		}
+	}
+}

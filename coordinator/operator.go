@@ -363,3 +363,47 @@ func (o *operator) ListEvents(ctx context.Context, req *v1.ListEventsRequest) (*
 }
 
 var rolloutIDRE = regexp.MustCompile(`^[0-9]{6,}$`)
+
+// WatchEvents sends the recorded events (after since_revision), oldest
+// first, then with follow every new one as it is written, until the client
+// goes. Each carries its etcd revision, so a client that reconnects resumes
+// where it was without gaps or repeats.
+func (o *operator) WatchEvents(req *v1.WatchEventsRequest, stream v1.OperatorService_WatchEventsServer) error {
+	if n := req.GetService(); n != "" {
+		if err := spec.CheckName("service", n); err != nil {
+			return status.Error(codes.InvalidArgument, err.Error())
+		}
+	}
+	if id := req.GetRolloutId(); id != "" {
+		if req.GetService() == "" {
+			return status.Error(codes.InvalidArgument, "rollout_id: needs service")
+		}
+		if !rolloutIDRE.MatchString(id) {
+			return status.Errorf(codes.InvalidArgument, "rollout_id: %q is not a rollout id (six digits, e.g. 000001)", id)
+		}
+	}
+	if req.GetSinceRevision() < 0 {
+		return status.Errorf(codes.InvalidArgument, "since_revision: %d is negative", req.GetSinceRevision())
+	}
+	ctx := stream.Context()
+	prefix := store.EventsPrefixFor(req.GetService(), req.GetRolloutId())
+	evs, at, err := o.c.store.EventsSince(ctx, prefix, req.GetSinceRevision())
+	if err != nil {
+		return grpcErr(err)
+	}
+	for _, e := range evs {
+		if err := stream.Send(&v1.WatchEventsResponse{Event: e.Event, Revision: e.Rev}); err != nil {
+			return err
+		}
+	}
+	if !req.GetFollow() {
+		return nil
+	}
+	err = o.c.store.WatchEvents(ctx, prefix, at+1, func(e store.RevEvent) error {
+		return stream.Send(&v1.WatchEventsResponse{Event: e.Event, Revision: e.Rev})
+	})
+	if ctx.Err() != nil {
+		return status.FromContextError(ctx.Err()).Err()
+	}
+	return status.Error(codes.Unavailable, err.Error())
+}

@@ -42,6 +42,8 @@ type fake struct {
 	watchBlock bool          // after the snapshots, wait for the client to go
 	watchReqs  []*v1.WatchRolloutRequest
 	cluster    *v1.ClusterStatusResponse
+	events     []*v1.WatchEventsResponse // sent by WatchEvents, then it returns
+	eventReqs  []*v1.WatchEventsRequest
 }
 
 type fakeOperator struct {
@@ -157,6 +159,19 @@ func (s fakeOperator) ApproveRollout(_ context.Context, req *v1.ApproveRolloutRe
 	r := proto.Clone(s.f.rollout).(*v1.Rollout)
 	r.State = v1.RolloutState_ROLLOUT_STATE_PROGRESSING
 	return &v1.ApproveRolloutResponse{Rollout: r}, nil
+}
+
+func (s fakeOperator) WatchEvents(req *v1.WatchEventsRequest, stream v1.OperatorService_WatchEventsServer) error {
+	s.f.mu.Lock()
+	s.f.eventReqs = append(s.f.eventReqs, req)
+	evs := s.f.events
+	s.f.mu.Unlock()
+	for _, e := range evs {
+		if err := stream.Send(e); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (s fakeOperator) ClusterStatus(context.Context, *v1.ClusterStatusRequest) (*v1.ClusterStatusResponse, error) {
@@ -615,5 +630,62 @@ func TestListingsAndErrors(t *testing.T) {
 	code, _, stderr = runCLI(t, "release", "list", "web", "--coordinator", "127.0.0.1:1", "--timeout", "5s")
 	if code != 1 || !strings.HasPrefix(stderr, "fleetwave: list releases of web: ") || !strings.Contains(stderr, "is the coordinator at 127.0.0.1:1 running?") {
 		t.Errorf("unreachable coordinator: exit %d, stderr %q", code, stderr)
+	}
+}
+
+func TestEventsAndWatchByEvents(t *testing.T) {
+	ev := func(rev int64, kind string, wave int32, host, msg string) *v1.WatchEventsResponse {
+		return &v1.WatchEventsResponse{Revision: rev, Event: &v1.Event{Service: "web", RolloutId: "000002", Kind: kind, Wave: wave, Host: host, Message: msg,
+			At: timestamppb.New(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))}}
+	}
+	f := &fake{rollout: testRollout(), events: []*v1.WatchEventsResponse{
+		ev(10, "rollout_created", -1, "", "1.0 → 1.1"),
+		ev(11, "host_done", 0, "h1", "healthy on 1.1"),
+		ev(12, "rollout_failed", -1, "", "canary reverted"),
+		ev(13, "alert_sent", -1, "", "webhook answered 200"),
+	}}
+	addr := serve(t, f)
+	code, stdout, stderr := runCLI(t, "--coordinator", addr, "events", "web", "--rollout", "000002", "--since-revision", "9")
+	if code != 0 {
+		t.Fatalf("events: exit %d: %s", code, stderr)
+	}
+	wantContains(t, "events", stdout, "10 ", "web/000002 rollout_created: 1.0 → 1.1", "11 ", "host_done wave=0 host=h1: healthy on 1.1", "13 ")
+	f.mu.Lock()
+	req := f.eventReqs[0]
+	f.mu.Unlock()
+	if req.GetService() != "web" || req.GetRolloutId() != "000002" || req.GetFollow() || req.GetSinceRevision() != 9 {
+		t.Errorf("request %v", req)
+	}
+	// -o json: one line per event, with its revision.
+	code, stdout, _ = runCLI(t, "--coordinator", addr, "-o", "json", "events")
+	lines := strings.Split(strings.TrimSpace(stdout), "\n")
+	if code != 0 || len(lines) != 4 {
+		t.Fatalf("json: exit %d, %d lines: %s", code, len(lines), stdout)
+	}
+	var m v1.WatchEventsResponse
+	if err := protojson.Unmarshal([]byte(lines[1]), &m); err != nil || m.GetRevision() != 11 || m.GetEvent().GetHost() != "h1" {
+		t.Errorf("line %q: %v", lines[1], err)
+	}
+	// --follow: a stream the coordinator ends is an error.
+	code, _, stderr = runCLI(t, "--coordinator", addr, "events", "--follow")
+	if code != 1 || !strings.Contains(stderr, "the coordinator ended the stream") {
+		t.Errorf("follow ended: exit %d, stderr %q", code, stderr)
+	}
+	// Bad flags.
+	code, _, stderr = runCLI(t, "--coordinator", addr, "events", "--rollout", "000002")
+	if code != 1 || !strings.Contains(stderr, "--rollout needs a SERVICE") {
+		t.Errorf("rollout without service: exit %d, stderr %q", code, stderr)
+	}
+	// rollout watch --events follows until the failure event: exit 1,
+	// and the event after it is not printed.
+	code, stdout, _ = runCLI(t, "--coordinator", addr, "rollout", "watch", "web", "--events")
+	if code != 1 || !strings.Contains(stdout, "rollout_failed: canary reverted") || strings.Contains(stdout, "alert_sent") {
+		t.Errorf("watch --events: exit %d, stdout %s", code, stdout)
+	}
+	f.mu.Lock()
+	req = f.eventReqs[len(f.eventReqs)-1]
+	f.mu.Unlock()
+	if !req.GetFollow() || req.GetRolloutId() != "web-2" {
+		t.Errorf("watch --events request %v", req)
 	}
 }

@@ -40,6 +40,7 @@ func (a *app) rolloutCmd() *cobra.Command {
 	st.Flags().StringVar(&statusID, "id", "", "rollout id (default: the newest)")
 
 	var watchID string
+	var watchEvents bool
 	watch := &cobra.Command{
 		Use:   "watch SERVICE [--id ID]",
 		Short: "Follow a rollout until it ends; exit 0 succeeded, 1 failed or superseded, 2 error",
@@ -48,13 +49,19 @@ func (a *app) rolloutCmd() *cobra.Command {
 Exit status: 0 when the rollout succeeded, 1 when it failed or was
 superseded, 2 on any error (including the stream ending early). --timeout
 bounds the whole watch only when it is given. With -o json every snapshot
-is printed as one line of JSON.`,
+is printed as one line of JSON. With --events the rollout's recorded
+events are printed instead (the same lines as fleetwave events), from its
+creation until it ends.`,
 		Args: cobra.ExactArgs(1),
 		RunE: run(func(cmd *cobra.Command, args []string) error {
+			if watchEvents {
+				return a.watchByEvents(cmd, args[0], watchID)
+			}
 			return a.watch(cmd.Context(), args[0], watchID)
 		}),
 	}
 	watch.Flags().StringVar(&watchID, "id", "", "rollout id (default: the newest)")
+	watch.Flags().BoolVar(&watchEvents, "events", false, "print the rollout's recorded events (WatchEvents) instead of snapshot changes")
 	a.watchCmd = watch
 
 	var approveWave uint32
@@ -140,6 +147,57 @@ func (a *app) watch(ctx context.Context, service, id string) error {
 			return &exitError{code: ExitError}
 		}
 	}
+}
+
+// rolloutEndKinds are the events that end a rollout, with the exit status.
+var rolloutEndKinds = map[string]int{
+	"rollout_succeeded":  0,
+	"rollout_failed":     ExitError,
+	"rollout_aborted":    ExitError,
+	"rollout_superseded": ExitError,
+}
+
+// watchByEvents follows a rollout through its event stream until an event
+// ends it; exit status as for watch.
+func (a *app) watchByEvents(cmd *cobra.Command, service, id string) error {
+	ro, err := call(a, cmd, "get rollout of "+service, func(ctx context.Context, c v1.OperatorServiceClient) (*v1.GetRolloutResponse, error) {
+		return c.GetRollout(ctx, &v1.GetRolloutRequest{Service: service, Id: id})
+	})
+	if err != nil {
+		return err
+	}
+	r := ro.GetRollout()
+	code := -1
+	stop := func(e *v1.Event) (bool, error) {
+		c, ok := rolloutEndKinds[e.GetKind()]
+		if !ok {
+			return false, nil
+		}
+		code = c
+		return true, nil
+	}
+	end := func() error {
+		switch {
+		case code == 0:
+			return nil
+		case code > 0:
+			return &exitError{code: code}
+		}
+		return fmt.Errorf("watch rollout of %s: the event stream ended before the rollout did", service)
+	}
+	terminal := r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED || r.GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED ||
+		r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUPERSEDED
+	if err := a.streamEvents(cmd, &v1.WatchEventsRequest{Service: service, RolloutId: r.GetId(), Follow: !terminal}, stop); err != nil {
+		return err
+	}
+	if terminal && code < 0 {
+		// Ended without an end event (e.g. nothing to do): go by its state.
+		if r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED {
+			return nil
+		}
+		return &exitError{code: ExitError}
+	}
+	return end()
 }
 
 func printRollout(w io.Writer, ro *v1.Rollout) error {
