@@ -188,7 +188,7 @@ ArtifactService; anything it does, any gRPC client can do.`,
 	pf.DurationVar(&a.timeout, "timeout", 30*time.Second, "deadline for each call, 0 for none (rollout watch: only when given)")
 	a.root = root
 
-	root.AddCommand(a.serviceCmd(), a.releaseCmd(), a.rolloutCmd(), a.rollbackCmd(), a.hostsCmd(), a.clusterCmd(), newStatsCmd(a), a.eventsCmd())
+	root.AddCommand(a.serviceCmd(), a.releaseCmd(), a.rolloutCmd(), a.rollbackCmd(), a.hostsCmd(), a.clusterCmd(), newStatsCmd(a), a.eventsCmd(), a.gossipCmd())
 	return root
 }
 

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/fleetwave/fleetwave/internal/gossip"
 	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -687,5 +688,30 @@ func TestEventsAndWatchByEvents(t *testing.T) {
 	f.mu.Unlock()
 	if !req.GetFollow() || req.GetRolloutId() != "web-2" {
 		t.Errorf("watch --events request %v", req)
+	}
+}
+
+func TestGossipKeygen(t *testing.T) {
+	code, stdout, stderr := runCLI(t, "gossip", "keygen")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if _, err := gossip.ParseKey("stdout", strings.TrimSpace(stdout)); err != nil {
+		t.Errorf("printed key does not load: %v", err)
+	}
+	path := filepath.Join(t.TempDir(), "gossip.key")
+	if code, _, stderr := runCLI(t, "gossip", "keygen", "--out", path); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file %v, %v", fi, err)
+	}
+	if _, err := gossip.LoadKey(path); err != nil {
+		t.Errorf("written key does not load: %v", err)
+	}
+	// Never overwrites.
+	if code, _, stderr := runCLI(t, "gossip", "keygen", "--out", path); code == 0 || !strings.Contains(stderr, "exists") {
+		t.Errorf("overwrite: exit %d, stderr %q", code, stderr)
 	}
 }

@@ -16,7 +16,7 @@ func AddFlags(fs *flag.FlagSet) func() Config {
 	fs.StringVar(&c.Bind, "gossip-listen", "", "gossip (memberlist) address ip:port, TCP and UDP; empty turns gossip off")
 	fs.StringVar(&c.Advertise, "gossip-advertise", "", "gossip address others reach this node at (default: the listen address)")
 	fs.StringVar(&join, "gossip-join", "", "comma-separated gossip addresses of nodes to join (coordinators or agents)")
-	fs.StringVar(&c.KeyFile, "gossip-key-file", "", "file with the shared gossip key (base64 of 32 bytes; `fleetwave gossip keygen`)")
+	fs.StringVar(&c.KeyFile, "gossip-key-file", "", "file with the shared gossip key (base64 of 32 bytes, from: fleetwave gossip keygen)")
 	fs.StringVar(&c.Label, "gossip-label", "fleetwave", "cluster label: nodes with another label are not joined")
 	fs.BoolVar(&c.Insecure, "gossip-insecure", false, "allow plaintext gossip without a key (testing only)")
 	return func() Config {
