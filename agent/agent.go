@@ -87,6 +87,8 @@ type agent struct {
 	stopping chan struct{} // closed when the loop stops taking events
 	wg       sync.WaitGroup
 	ctx      context.Context // canceled at shutdown
+
+	metrics *agentMetrics // Prometheus instruments (metrics.go)
 }
 
 // Events sent to the run loop.
@@ -180,6 +182,11 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger, opts options) erro
 		stopping:   make(chan struct{}),
 		ctx:        loopCtx,
 	}
+	stopMetrics, err := a.startMetrics()
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	log.Info().Str("path", dataDir).Int("services", len(saved)).Msg("agent starting")
 	a.recover(saved)
 
@@ -438,6 +445,7 @@ func (a *agent) step(s *service, in lifecycle.Input) {
 		a.log.Info().Str("service", s.name).Str("phase", p.String()).
 			Str("version", lifecycle.Version(s.m.Current())).Int64("generation", s.m.Generation()).
 			Str("reason", s.m.Report().GetReason()).Msg("phase")
+		a.metrics.transition(s.name, before, p, in.Kind, s.m.Report().GetReason())
 	}
 	a.exec(s, acts)
 	a.updateJudging(s)

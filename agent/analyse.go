@@ -236,6 +236,7 @@ func (a *agent) onSample(ev sampleEv) {
 	}
 	now := time.Now()
 	results := analysis.Evaluate(an.cfg.Rules, an.win, an.base, now, an.exits, an.promql)
+	a.metrics.analysis(s.name, results)
 	verdict := analysis.Overall(results)
 	rules := make([]lifecycle.RuleResult, len(results))
 	for i, r := range results {

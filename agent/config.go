@@ -45,6 +45,9 @@ type Config struct {
 	// Gossip configures memberlist membership (off when Gossip.Bind is
 	// empty). The node name is the host id.
 	Gossip gossip.Config
+	// MetricsListen serves the agent's Prometheus metrics at /metrics
+	// (host:port; empty = off).
+	MetricsListen string
 }
 
 // Validate checks every field; the error names the bad one.
@@ -68,6 +71,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxArtifactBytes < 0 {
 		return fmt.Errorf("max_artifact_bytes: %d is negative", c.MaxArtifactBytes)
+	}
+	if _, _, err := net.SplitHostPort(c.MetricsListen); c.MetricsListen != "" && err != nil {
+		return fmt.Errorf("metrics_listen: %q: want host:port: %v", c.MetricsListen, err)
 	}
 	return nil
 }
@@ -121,6 +127,8 @@ type options struct {
 	saveHook  func(*state.Service) error // runs before every state save; an error fails the save
 	pruneHook func(service string)       // runs in the background prune before it removes anything
 	killStale func(pidFile string, grace time.Duration, log zerolog.Logger) error
+	// metricsReady receives the bound metrics address.
+	metricsReady func(addr string)
 }
 
 func defaultOptions() options {

@@ -223,6 +223,7 @@ func (a *agent) session(ctx context.Context, addr string) (established bool, err
 				return
 			}
 			answered = true
+			a.metrics.assignmentsReceived(resp.GetSentAt(), time.Now())
 			if !a.send(assignEv{assignments: resp.GetAssignments()}) {
 				errc <- errors.New("agent stopping")
 				return
@@ -310,7 +311,7 @@ func (a *agent) fetch(ctx context.Context, asg *v1.Assignment) (*install.Fetched
 			}
 		}
 		var f *install.Fetched
-		if f, err = a.fetchOnce(ctx, asg, want); err == nil {
+		if f, err = a.fetchTimed(ctx, asg, want); err == nil {
 			return f, nil
 		}
 		if errors.Is(err, install.ErrTooLarge) || ctx.Err() != nil {
@@ -339,7 +340,7 @@ func (a *agent) fetchOnce(ctx context.Context, asg *v1.Assignment, want install.
 		if resp.StatusCode != http.StatusOK {
 			return nil, fmt.Errorf("GET %s: status %s", u, resp.Status)
 		}
-		f, err := a.inst.Fetch(ictx, wrap(resp.Body), want)
+		f, err := a.inst.Fetch(ictx, a.metrics.countFetch(asg.GetService(), wrap(resp.Body)), want)
 		if err != nil {
 			return nil, fmt.Errorf("GET %s: %w", u, idleErr(ictx, err))
 		}
@@ -357,7 +358,7 @@ func (a *agent) fetchOnce(ctx context.Context, asg *v1.Assignment, want install.
 	if err != nil {
 		return nil, fmt.Errorf("download %s: %w", want.SHA256, idleErr(dctx, err))
 	}
-	f, err := a.inst.Fetch(dctx, wrap(&chunkReader{stream: stream}), want)
+	f, err := a.inst.Fetch(dctx, a.metrics.countFetch(asg.GetService(), wrap(&chunkReader{stream: stream})), want)
 	if err != nil {
 		return nil, fmt.Errorf("download: %w", idleErr(dctx, err))
 	}

@@ -60,6 +60,10 @@ type Config struct {
 	LeaseTTL time.Duration
 	// Ready, if set, receives the bound listen address once serving.
 	Ready func(addr string)
+	// MetricsListen serves Prometheus metrics at /metrics (empty = off).
+	MetricsListen string
+	// MetricsReady, if set, receives the bound metrics address.
+	MetricsReady func(addr string)
 }
 
 // Validate checks the config; errors name the field.
@@ -92,6 +96,9 @@ func (c *Config) Validate() error {
 	if c.LeaseTTL < 0 || (c.LeaseTTL > 0 && c.LeaseTTL < time.Second) {
 		errs = append(errs, fmt.Errorf("lease-ttl: %s: want at least 1s", c.LeaseTTL))
 	}
+	if _, _, err := net.SplitHostPort(c.MetricsListen); c.MetricsListen != "" && err != nil {
+		errs = append(errs, fmt.Errorf("metrics-listen: %q: %w", c.MetricsListen, err))
+	}
 	return errors.Join(errs...)
 }
 
@@ -119,6 +126,9 @@ type Coordinator struct {
 	// gossip is the membership view (nil = gossip off).
 	gossip gossipView
 	start  time.Time
+
+	// metrics are this process's Prometheus instruments (metrics.go).
+	metrics *metrics
 
 	sessMu sync.Mutex
 	sess   *concurrency.Session
@@ -165,6 +175,8 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		return err
 	}
 	c := &Coordinator{cfg: cfg, log: log, store: store.New(cli), arts: arts, cli: cli, start: time.Now(), sessCh: make(chan struct{})}
+	c.metrics = newMetrics()
+	cli.KV = store.InstrumentKV(cli.KV, c.metrics.observeEtcd)
 	sess, err := c.newSession(ctx)
 	if err != nil {
 		return fmt.Errorf("etcd session at %v: %w", endpoints, err)
@@ -178,6 +190,11 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	c.leader = newLeader(c)
 	c.alerts = newAlerter(ctx, log, c.store)
 	defer c.alerts.wg.Wait()
+	stopMetrics, err := c.startMetrics()
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 
 	var wg sync.WaitGroup
 	defer func() {
@@ -217,7 +234,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		wg.Go(func() { c.gossipWake(ctx, g) })
 	}
 	srv := grpc.NewServer(
-		grpc.ChainUnaryInterceptor(c.fwd.unary),
+		grpc.ChainUnaryInterceptor(c.metrics.countForwarded(c.fwd.unary)),
 		grpc.MaxRecvMsgSize(4<<20),
 		grpc.MaxSendMsgSize(64<<20),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 2 * time.Second, PermitWithoutStream: true}),
@@ -355,6 +372,7 @@ func (c *Coordinator) sessionLoop(ctx context.Context) {
 		case <-sess.Done():
 		}
 		c.log.Error().Int64("lease", int64(sess.Lease())).Msg("etcd session lost (lease expired): stepping down, ending agent streams, starting a new session")
+		c.metrics.sessionLosses.Inc()
 		c.hub.closeAll()
 		for attempt := 0; ; attempt++ {
 			ns, err := c.newSession(ctx)

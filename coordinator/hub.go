@@ -38,7 +38,7 @@ type agentConn struct {
 	labels map[string]string
 	// out holds the newest assignment set not yet sent (capacity 1; a newer
 	// set replaces an unsent older one: level-triggered).
-	out    chan *v1.ConnectResponse
+	out    chan queuedSet
 	cancel context.CancelFunc
 	// last is the encoding of the last set queued, to skip repeats, and
 	// epoch the desired-state epoch it was computed at: an older computation
@@ -150,7 +150,7 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
 			return status.Error(codes.Unavailable, err.Error())
 		}
 	}
-	conn := &agentConn{host: id, labels: hello.GetLabels(), out: make(chan *v1.ConnectResponse, 1), cancel: cancel,
+	conn := &agentConn{host: id, labels: hello.GetLabels(), out: make(chan queuedSet, 1), cancel: cancel,
 		token: h.c.cfg.Name + "/" + randToken(), reports: map[string]*v1.ServiceReport{}}
 	for _, r := range hello.GetServices() {
 		if err := h.saveReport(ctx, conn, r); err != nil {
@@ -180,7 +180,7 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
 		return status.Error(codes.Unavailable, err.Error())
 	}
 	log.Info().Str("from", from).Int("services", len(hello.GetServices())).Msg("agent connected")
-	h.queue(conn, true)
+	h.queue(conn, true, time.Now())
 
 	recvErr := make(chan error, 1)
 	go func() {
@@ -211,11 +211,12 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
 			return status.Error(codes.Canceled, "connection replaced or coordinator stopping")
 		case err := <-recvErr:
 			return err
-		case m := <-conn.out:
+		case q := <-conn.out:
 			// A copy: queued sets may be shared; sent_at measures delivery.
-			if err := stream.Send(&v1.ConnectResponse{Assignments: m.GetAssignments(), SentAt: timestamppb.Now()}); err != nil {
+			if err := stream.Send(&v1.ConnectResponse{Assignments: q.resp.GetAssignments(), SentAt: timestamppb.Now()}); err != nil {
 				return err
 			}
+			h.c.metrics.delivered(q)
 		}
 	}
 }
@@ -328,8 +329,8 @@ func (h *hub) assignments(t *desiredTable, host string, labels map[string]string
 }
 
 // queue computes a host's assignments and queues them if they changed (or
-// always when force).
-func (h *hub) queue(c *agentConn, force bool) {
+// always when force: on connect); since is when the change was noticed.
+func (h *hub) queue(c *agentConn, force bool, since time.Time) {
 	t := h.table()
 	m := h.assignments(t, c.host, c.labels)
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
@@ -350,7 +351,7 @@ func (h *hub) queue(c *agentConn, force bool) {
 	case <-c.out: // drop the unsent older set
 	default:
 	}
-	c.out <- m
+	c.out <- queuedSet{resp: m, since: since, connect: force}
 }
 
 // pushLoop re-evaluates every connected host's assignments whenever what
@@ -370,6 +371,7 @@ func (h *hub) pushLoop(ctx context.Context) {
 			continue
 		}
 		epoch = e
+		seen := time.Now()
 		h.mu.Lock()
 		conns := make([]*agentConn, 0, len(h.conns))
 		for _, c := range h.conns {
@@ -377,7 +379,7 @@ func (h *hub) pushLoop(ctx context.Context) {
 		}
 		h.mu.Unlock()
 		for _, c := range conns {
-			h.queue(c, false)
+			h.queue(c, false, seen)
 		}
 	}
 }

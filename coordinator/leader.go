@@ -412,10 +412,12 @@ func (l *leader) commit(ctx context.Context, fence *store.Fence, vs store.Versio
 		newSvc = proto.Clone(svc).(*v1.Service)
 		newSvc.Status = rollout.Conclude(svc.GetStatus(), next)
 	}
+	prev, _ := l.c.mirror.Rollout(next.GetService(), next.GetId())
 	rev, err := l.c.store.WriteRollout(ctx, fence, next, curRev, newSvc, vs.Rev, events...)
 	if err != nil {
 		return err
 	}
+	l.c.metrics.rolloutWritten(prev.Val, next, l.c.mirror.Release)
 	if terminal(next.GetState()) {
 		l.c.log.Info().Str("service", svc.GetSpec().GetName()).Str("rollout", next.GetId()).Str("state", next.GetState().String()).Str("reason", next.GetReason()).Msg("rollout ended")
 		if next.GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED {
@@ -577,6 +579,7 @@ func (l *leader) start(ctx context.Context, fence *store.Fence, vs store.Version
 	if err != nil {
 		return err
 	}
+	l.c.metrics.rolloutWritten(nil, r, l.c.mirror.Release)
 	l.c.log.Info().Str("service", svc.GetSpec().GetName()).Str("rollout", r.GetId()).Str("from", r.GetFromVersion()).Str("version", r.GetToVersion()).
 		Ints("waves", waves).Bool("rollback", r.GetRollback()).Str("state", r.GetState().String()).Msg("rollout created")
 	return l.c.mirror.WaitRev(ctx, rev)

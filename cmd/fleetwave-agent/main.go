@@ -73,6 +73,7 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 	labels := fs.String("labels", "", "host labels k=v,k=v")
 	dataDir := fs.String("data-dir", "/var/lib/fleetwave-agent", "directory for releases, state, logs")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (host:port; empty = off)")
 	gossipFlags := gossip.AddFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -108,10 +109,11 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 		AgentVersion: version,
 		Gossip:       gossipFlags(),
 	}
+	cfg.MetricsListen = *metricsListen
 	if err := cfg.Validate(); err != nil {
 		// Name the flag behind the field.
 		msg := err.Error()
-		for field, flagName := range map[string]string{"coordinators": "coordinator", "data_dir": "data-dir", "labels": "labels"} {
+		for field, flagName := range map[string]string{"coordinators": "coordinator", "data_dir": "data-dir", "labels": "labels", "metrics_listen": "metrics-listen"} {
 			if strings.HasPrefix(msg, field) {
 				return agent.Config{}, 0, fmt.Errorf("%w: flag --%s: %v", errUsage, flagName, err)
 			}

@@ -53,6 +53,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.Advertise, "advertise", "", "address other coordinators reach this one at (default: the listen address; the hostname when listening on all interfaces)")
 	fs.Int64Var(&cfg.MaxArtifactBytes, "max-artifact-bytes", 1<<30, "largest artifact accepted")
 	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", 5*time.Second, "leader lease TTL")
+	fs.StringVar(&cfg.MetricsListen, "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (host:port; empty = off)")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	gossipFlags := gossip.AddFlags(fs)
 	if err := fs.Parse(args); err != nil {

@@ -1,0 +1,349 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/fleetwave/fleetwave/agent/analysis"
+	"github.com/fleetwave/fleetwave/agent/lifecycle"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// newStampingCoordinator is the fake coordinator with one difference: it
+// stamps every assignment set with sent_at, as the real hub does.
+func newStampingCoordinator(t *testing.T) *fakeCoordinator {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeCoordinator{addr: lis.Addr().String(), srv: grpc.NewServer(), artifacts: map[string][]byte{}, changed: make(chan struct{})}
+	v1.RegisterAgentServiceServer(f.srv, stampingService{f})
+	v1.RegisterArtifactServiceServer(f.srv, f)
+	go f.srv.Serve(lis)
+	t.Cleanup(f.srv.Stop)
+	return f
+}
+
+type stampingService struct{ *fakeCoordinator }
+
+func (s stampingService) Connect(stream grpc.BidiStreamingServer[v1.ConnectRequest, v1.ConnectResponse]) error {
+	return s.fakeCoordinator.Connect(stampedStream{stream})
+}
+
+type stampedStream struct {
+	grpc.BidiStreamingServer[v1.ConnectRequest, v1.ConnectResponse]
+}
+
+func (s stampedStream) Send(m *v1.ConnectResponse) error {
+	m = proto.Clone(m).(*v1.ConnectResponse)
+	m.SentAt = timestamppb.Now()
+	return s.BidiStreamingServer.Send(m)
+}
+
+func scrapeMetrics(t *testing.T, url string) ([]byte, map[string]*dto.MetricFamily) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("scrape %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("scrape %s: %s %v\n%s", url, resp.Status, err, body)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := p.TextToMetricFamilies(bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("parse %s: %v\n%s", url, err, body)
+	}
+	return body, mfs
+}
+
+// metricValue finds the series of family name with exactly labels (name,
+// value pairs): a counter's or gauge's value, a histogram's count and sum.
+func metricValue(mfs map[string]*dto.MetricFamily, name string, labels ...string) (v, sum float64, ok bool) {
+	want := map[string]string{}
+	for i := 0; i+1 < len(labels); i += 2 {
+		want[labels[i]] = labels[i+1]
+	}
+next:
+	for _, m := range mfs[name].GetMetric() {
+		if len(m.GetLabel()) != len(want) {
+			continue
+		}
+		for _, lp := range m.GetLabel() {
+			if w, ok := want[lp.GetName()]; !ok || w != lp.GetValue() {
+				continue next
+			}
+		}
+		switch {
+		case m.GetCounter() != nil:
+			return m.GetCounter().GetValue(), 0, true
+		case m.GetGauge() != nil:
+			return m.GetGauge().GetValue(), 0, true
+		case m.GetHistogram() != nil:
+			return float64(m.GetHistogram().GetSampleCount()), m.GetHistogram().GetSampleSum(), true
+		}
+	}
+	return 0, 0, false
+}
+
+type want struct {
+	name     string
+	labels   []string
+	min, max float64
+}
+
+func expectMetrics(t *testing.T, mfs map[string]*dto.MetricFamily, wants ...want) {
+	t.Helper()
+	for _, w := range wants {
+		v, _, ok := metricValue(mfs, w.name, w.labels...)
+		if !ok {
+			t.Errorf("%s%v: missing", w.name, w.labels)
+			continue
+		}
+		if v < w.min || v > w.max {
+			t.Errorf("%s%v = %g, want %g..%g", w.name, w.labels, v, w.min, w.max)
+		}
+	}
+}
+
+// The agent's /metrics over real HTTP: an install that becomes healthy with
+// an analysis rule, then one that fails its check and is reverted.
+func TestAgentMetricsEndpoint(t *testing.T) {
+	fc := newStampingCoordinator(t)
+	v1Art := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": goodCheck})
+	v2Art := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": badCheck, "pad": "v2"})
+	d1, d2 := fc.addArtifact(v1Art), fc.addArtifact(v2Art)
+
+	addrc := make(chan string, 1)
+	opts := testOptions()
+	opts.metricsReady = func(a string) { addrc <- a }
+	cfg := Config{Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: t.TempDir(),
+		MetricsListen: "127.0.0.1:0"}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := runAgent(t, ctx, cfg, opts)
+	var url string
+	select {
+	case a := <-addrc:
+		url = "http://" + a + "/metrics"
+	case err := <-done:
+		t.Fatalf("agent exited: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("metrics not serving after 10s")
+	}
+
+	// The (empty) set answering the hello arrives first, stamped.
+	waitCond(t, "first assignment set received", 10*time.Second, func() bool {
+		_, mfs := scrapeMetrics(t, url)
+		n, _, _ := metricValue(mfs, "fleetwave_agent_assignment_delivery_seconds")
+		return n == 1
+	})
+	a1 := testAssignment("1.0.0", 1, d1, int64(len(v1Art)), "")
+	a1.Spec.Analysis = &v1.Analysis{Interval: durationpb.New(50 * time.Millisecond), Rules: []*v1.AnalysisRule{
+		{Name: "restarts", Kind: &v1.AnalysisRule_Restarts{Restarts: &v1.RestartsRule{Max: 3}}}}}
+	fc.assign(a1)
+	fc.waitFor(t, "v1 healthy", 20*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 1, v1.Phase_PHASE_HEALTHY, "1.0.0")
+	})
+	_, mfs := scrapeMetrics(t, url)
+	expectMetrics(t, mfs,
+		want{"fleetwave_agent_phase", []string{"service", testSvc, "phase", "healthy"}, 1, 1},
+		want{"fleetwave_agent_phase", []string{"service", testSvc, "phase", "fetching"}, 0, 0},
+		want{"fleetwave_agent_installs_total", []string{"service", testSvc, "result", "succeeded"}, 1, 1},
+		want{"fleetwave_agent_analysis_value", []string{"service", testSvc, "rule", "restarts"}, 0, 0},
+		want{"fleetwave_agent_analysis_threshold", []string{"service", testSvc, "rule", "restarts"}, 3, 3},
+		want{"fleetwave_agent_fetch_bytes_total", []string{"service", testSvc}, float64(len(v1Art)), float64(len(v1Art))},
+		want{"fleetwave_agent_fetch_duration_seconds", []string{"service", testSvc, "result", "ok"}, 1, 1},
+		// The empty set on connect, then v1.
+		want{"fleetwave_agent_assignment_delivery_seconds", nil, 2, 10},
+	)
+
+	// v2 fails its check: reverted for health.
+	a2 := testAssignment("2.0.0", 2, d2, int64(len(v2Art)), "")
+	a2.Spec.HealthyDeadline = durationpb.New(time.Second)
+	fc.assign(a2)
+	fc.waitFor(t, "v2 reverted", 20*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 2, v1.Phase_PHASE_REVERTED, "1.0.0")
+	})
+	body, mfs := scrapeMetrics(t, url)
+	total := float64(len(v1Art) + len(v2Art))
+	expectMetrics(t, mfs,
+		want{"fleetwave_agent_phase", []string{"service", testSvc, "phase", "reverted"}, 1, 1},
+		want{"fleetwave_agent_phase", []string{"service", testSvc, "phase", "healthy"}, 0, 0},
+		want{"fleetwave_agent_installs_total", []string{"service", testSvc, "result", "succeeded"}, 1, 1},
+		want{"fleetwave_agent_installs_total", []string{"service", testSvc, "result", "reverted"}, 1, 1},
+		want{"fleetwave_agent_reverts_total", []string{"service", testSvc, "reason", "health"}, 1, 1},
+		want{"fleetwave_agent_fetch_bytes_total", []string{"service", testSvc}, total, total},
+		want{"fleetwave_agent_fetch_duration_seconds", []string{"service", testSvc, "result", "ok"}, 2, 2},
+		want{"fleetwave_agent_assignment_delivery_seconds", nil, 3, 10},
+		want{"go_goroutines", nil, 1, 1e9},
+		want{"process_start_time_seconds", nil, 1, 1e12},
+	)
+	if _, sum, _ := metricValue(mfs, "fleetwave_agent_assignment_delivery_seconds"); sum < 0 || sum > 10 {
+		t.Errorf("delivery latency sum %gs: implausible on one host", sum)
+	}
+	if n := len(mfs["fleetwave_agent_reverts_total"].GetMetric()); n != 1 {
+		t.Errorf("%d revert series, want only health", n)
+	}
+	promtoolCheck(t, body)
+	cancel()
+	waitDone(t, done)
+}
+
+// promtoolCheck validates an exposition with `promtool check metrics`. It
+// skips without promtool unless FLEETWAVE_REQUIRE_PROMETHEUS is set.
+func promtoolCheck(t *testing.T, body []byte) {
+	t.Run("promtool", func(t *testing.T) {
+		bin, err := exec.LookPath("promtool")
+		if err != nil {
+			msg := "promtool not on PATH (Debian's prometheus package, installed by `make deps`): exposition not linted"
+			if os.Getenv("FLEETWAVE_REQUIRE_PROMETHEUS") != "" {
+				t.Fatal(msg)
+			}
+			t.Skip(msg)
+		}
+		cmd := exec.Command(bin, "check", "metrics")
+		cmd.Stdin = bytes.NewReader(body)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("promtool check metrics: %v\n%s", err, out)
+		}
+	})
+}
+
+func TestRevertClass(t *testing.T) {
+	for _, tt := range []struct {
+		kind   lifecycle.InputKind
+		reason string
+		want   string
+	}{
+		{lifecycle.InputExit, "2.0.0: crash loop: 3 exits within 1s", revertCrash},
+		{lifecycle.InputAnalysis, `2.0.0: rule "errors": error ratio 0.2 > max 0.05`, revertAnalysis},
+		{lifecycle.InputDone, "start 2.0.0: exec: not found", revertStart},
+		{lifecycle.InputTick, "2.0.0: not healthy within 2s (checks must pass for 1s): script: broken", revertHealth},
+		{lifecycle.InputChecks, "1.0.0: health checks failing for 3s after healthy: http: 500", revertHealth},
+		{lifecycle.InputTick, "2.0.0: analysis inconclusive at the healthy deadline (2s): no analysis verdict yet", revertAnalysis},
+		{lifecycle.InputAssign, "", revertOther},
+	} {
+		if got := revertClass(tt.kind, tt.reason); got != tt.want {
+			t.Errorf("revertClass(%v, %q) = %s, want %s", tt.kind, tt.reason, got, tt.want)
+		}
+	}
+}
+
+// An install is counted once, when it ends; a recovery after a restart is
+// not an install; a revert is counted with its class.
+func TestTransitionCounts(t *testing.T) {
+	m := newAgentMetrics(newReporter())
+	const (
+		idle, fetching, checking = v1.Phase_PHASE_IDLE, v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_CHECKING
+		healthy, failed          = v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_FAILED
+		reverting, reverted      = v1.Phase_PHASE_REVERTING, v1.Phase_PHASE_REVERTED
+		starting                 = v1.Phase_PHASE_STARTING
+	)
+	steps := []struct {
+		from, to v1.Phase
+		kind     lifecycle.InputKind
+	}{
+		{idle, fetching, lifecycle.InputAssign},
+		{fetching, checking, lifecycle.InputDone},
+		{checking, healthy, lifecycle.InputChecks}, // install 1 succeeded
+		{healthy, reverting, lifecycle.InputExit},  // crash during the watch: a revert, not another install
+		{reverting, reverted, lifecycle.InputChecks},
+		{reverted, fetching, lifecycle.InputAssign},
+		{fetching, failed, lifecycle.InputDone}, // install 2 failed before the switch
+		{failed, fetching, lifecycle.InputAssign},
+		{fetching, checking, lifecycle.InputDone},
+		{checking, reverting, lifecycle.InputAnalysis}, // install 3 reverted
+		{reverting, failed, lifecycle.InputChecks},     // the last good failed too: not an install
+		{starting, checking, lifecycle.InputDone},      // agent restarted: recovery
+		{checking, healthy, lifecycle.InputChecks},     // not an install
+		{checking, reverted, lifecycle.InputChecks},    // recovery reverted an interrupted install
+	}
+	for _, s := range steps {
+		m.transition("web", s.from, s.to, s.kind, "")
+	}
+	mfs, err := m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string]*dto.MetricFamily{}
+	for _, mf := range mfs {
+		byName[mf.GetName()] = mf
+	}
+	for _, w := range []want{
+		{"fleetwave_agent_installs_total", []string{"service", "web", "result", "succeeded"}, 1, 1},
+		{"fleetwave_agent_installs_total", []string{"service", "web", "result", "failed"}, 1, 1},
+		{"fleetwave_agent_installs_total", []string{"service", "web", "result", "reverted"}, 1, 1},
+		{"fleetwave_agent_reverts_total", []string{"service", "web", "reason", "crash"}, 1, 1},
+		{"fleetwave_agent_reverts_total", []string{"service", "web", "reason", "analysis"}, 1, 1},
+		{"fleetwave_agent_reverts_total", []string{"service", "web", "reason", "restart"}, 1, 1},
+	} {
+		v, _, ok := metricValue(byName, w.name, w.labels...)
+		if !ok || v != w.min {
+			t.Errorf("%s%v = %g (found %v), want %g", w.name, w.labels, v, ok, w.min)
+		}
+	}
+}
+
+// Each evaluation replaces the service's analysis series; inconclusive
+// rules have a threshold and no value.
+func TestAnalysisSeriesReplaced(t *testing.T) {
+	m := newAgentMetrics(newReporter())
+	m.analysis("web", []analysis.Result{
+		{Rule: "errors", Verdict: analysis.Pass, Value: 0.01, Threshold: 0.05},
+		{Rule: "old", Verdict: analysis.Pass, Value: 1, Threshold: 2},
+	})
+	m.analysis("web", []analysis.Result{
+		{Rule: "errors", Verdict: analysis.Fail, Value: 0.2, Threshold: 0.05},
+		{Rule: "p99", Verdict: analysis.Inconclusive, Threshold: 0.5},
+	})
+	m.analysis("api", []analysis.Result{{Rule: "errors", Verdict: analysis.Pass, Value: 0, Threshold: 0.1}})
+	mfs, err := m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string]*dto.MetricFamily{}
+	for _, mf := range mfs {
+		byName[mf.GetName()] = mf
+	}
+	expectMetrics(t, byName,
+		want{"fleetwave_agent_analysis_value", []string{"service", "web", "rule", "errors"}, 0.2, 0.2},
+		want{"fleetwave_agent_analysis_threshold", []string{"service", "web", "rule", "errors"}, 0.05, 0.05},
+		want{"fleetwave_agent_analysis_threshold", []string{"service", "web", "rule", "p99"}, 0.5, 0.5},
+		want{"fleetwave_agent_analysis_value", []string{"service", "api", "rule", "errors"}, 0, 0},
+	)
+	for _, gone := range [][]string{{"service", "web", "rule", "old"}, {"service", "web", "rule", "p99"}} {
+		if _, _, ok := metricValue(byName, "fleetwave_agent_analysis_value", gone...); ok {
+			t.Errorf("analysis value %v still exported", gone)
+		}
+	}
+}
+
+func TestMetricsListenValidated(t *testing.T) {
+	cfg := Config{Coordinators: []string{"a:1"}, HostID: "h1", DataDir: "d", MetricsListen: "nope"}
+	if err := cfg.Validate(); err == nil || !bytes.HasPrefix([]byte(err.Error()), []byte("metrics_listen:")) {
+		t.Errorf("Validate: %v, want an error naming metrics_listen", err)
+	}
+	cfg.MetricsListen = "127.0.0.1:9101"
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("valid metrics_listen rejected: %v", err)
+	}
+}
