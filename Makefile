@@ -12,7 +12,10 @@ PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
 
 # Packages whose code runs goroutines: tested with the race detector.
-RACE_PKGS := ./coordinator/... ./agent/... ./internal/cli/... ./internal/demoapp/...
+RACE_PKGS := ./coordinator/... ./agent/... ./internal/cli/... ./internal/demoapp/... ./internal/gossip/... ./internal/testcluster/...
+# End-to-end packages: real binaries, several processes each; run one
+# package at a time so they do not compete for the two cores.
+E2E_PKGS := ./internal/e2e/... ./internal/faults/...
 FUZZTIME ?= 10s
 
 .PHONY: all build test unit e2e race fuzz fuzz-long lint vet fmt-check proto proto-check tools deps demo bench clean
@@ -61,12 +64,13 @@ vet:
 lint: fmt-check vet
 
 # Everything CI checks.
-test: proto-check lint build deps unit race fuzz
+test: proto-check lint build deps unit e2e race fuzz
 
-# The end-to-end tests need prometheus: with this set its absence fails them.
+# The Prometheus tests need prometheus/promtool: with this set their absence
+# fails them.
 unit: export FLEETWAVE_REQUIRE_PROMETHEUS = 1
 unit:
-	$(GO) test -count=1 -timeout 20m ./...
+	$(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -v -e /internal/e2e -e /internal/faults)
 
 race:
 	$(GO) test -count=1 -race -timeout 20m $(RACE_PKGS)
@@ -82,7 +86,7 @@ fuzz-long:
 	$(MAKE) fuzz FUZZTIME=5m
 
 e2e: deps
-	FLEETWAVE_REQUIRE_PROMETHEUS=1 $(GO) test -count=1 -v -timeout 20m ./internal/e2e/...
+	FLEETWAVE_REQUIRE_PROMETHEUS=1 $(GO) test -count=1 -p 1 -timeout 30m $(E2E_PKGS)
 
 demo:
 	$(GO) run ./internal/demo
