@@ -353,6 +353,8 @@ type Fleet struct {
 	Bin      *Binaries
 	Dir      string
 	Addr     string
+	// MetricsAddr serves the coordinator's Prometheus metrics.
+	MetricsAddr string
 	Coord    *Proc
 	Agents   map[string]*Agent
 	agentIDs []string
@@ -365,6 +367,8 @@ type Agent struct {
 	Zone    string
 	Port    int
 	DataDir string
+	// MetricsAddr serves the agent's Prometheus metrics.
+	MetricsAddr string
 }
 
 // NewFleet starts a coordinator with embedded etcd in dir.
@@ -373,12 +377,16 @@ func NewFleet(ctx context.Context, bin *Binaries, dir string) (*Fleet, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := &Fleet{Bin: bin, Dir: dir, Addr: fmt.Sprintf("127.0.0.1:%d", port), Agents: map[string]*Agent{}}
+	mport, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	f := &Fleet{Bin: bin, Dir: dir, Addr: fmt.Sprintf("127.0.0.1:%d", port), MetricsAddr: fmt.Sprintf("127.0.0.1:%d", mport), Agents: map[string]*Agent{}}
 	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o755); err != nil {
 		return nil, err
 	}
 	f.Coord, err = Start("coordinator", bin.Coordinator, filepath.Join(dir, "logs", "coordinator.log"),
-		"--listen", f.Addr, "--data-dir", filepath.Join(dir, "coordinator"), "--lease-ttl", "2s")
+		"--listen", f.Addr, "--data-dir", filepath.Join(dir, "coordinator"), "--lease-ttl", "2s", "--metrics-listen", f.MetricsAddr)
 	if err != nil {
 		return nil, err
 	}
@@ -396,14 +404,19 @@ func (f *Fleet) AddAgent(id, zone string) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	dataDir := filepath.Join(f.Dir, "agents", id)
-	labels := fmt.Sprintf("zone=%s,role=web,port=%d", zone, port)
-	p, err := Start("agent "+id, f.Bin.Agent, filepath.Join(f.Dir, "logs", "agent-"+id+".log"),
-		"--coordinator", f.Addr, "--host-id", id, "--labels", labels, "--data-dir", dataDir)
+	mport, err := FreePort()
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{Proc: p, ID: id, Zone: zone, Port: port, DataDir: dataDir}
+	dataDir := filepath.Join(f.Dir, "agents", id)
+	labels := fmt.Sprintf("zone=%s,role=web,port=%d", zone, port)
+	maddr := fmt.Sprintf("127.0.0.1:%d", mport)
+	p, err := Start("agent "+id, f.Bin.Agent, filepath.Join(f.Dir, "logs", "agent-"+id+".log"),
+		"--coordinator", f.Addr, "--host-id", id, "--labels", labels, "--data-dir", dataDir, "--metrics-listen", maddr)
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{Proc: p, ID: id, Zone: zone, Port: port, DataDir: dataDir, MetricsAddr: maddr}
 	f.Agents[id] = a
 	f.agentIDs = append(f.agentIDs, id)
 	return a, nil
