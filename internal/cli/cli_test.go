@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -713,5 +714,50 @@ func TestGossipKeygen(t *testing.T) {
 	// Never overwrites.
 	if code, _, stderr := runCLI(t, "gossip", "keygen", "--out", path); code == 0 || !strings.Contains(stderr, "exists") {
 		t.Errorf("overwrite: exit %d, stderr %q", code, stderr)
+	}
+}
+
+// --git takes the commit and its time from HEAD of the repository in the
+// current directory.
+func TestReleaseCreateGit(t *testing.T) {
+	f := &fake{rollout: testRollout()}
+	addr := serve(t, f)
+	repo := t.TempDir()
+	gitEnv := append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.com", "GIT_COMMITTER_NAME=t",
+		"GIT_COMMITTER_EMAIL=t@example.com", "GIT_COMMITTER_DATE=2024-05-01T10:00:00+02:00", "GIT_AUTHOR_DATE=2024-05-01T10:00:00+02:00")
+	for _, args := range [][]string{{"init", "-q"}, {"commit", "-q", "--allow-empty", "-m", "x"}} {
+		cmd := exec.Command("git", append([]string{"-C", repo}, args...)...)
+		cmd.Env = gitEnv
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Skipf("git unusable here: %v %s", err, out)
+		}
+	}
+	head, err := exec.Command("git", "-C", repo, "rev-parse", "HEAD").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	artifact := filepath.Join(t.TempDir(), "a.tar.gz")
+	if err := os.WriteFile(artifact, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(repo)
+	code, _, stderr := runCLI(t, "--coordinator", addr, "release", "create", "web", "--version", "1.2", "--artifact", artifact, "--git")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	f.mu.Lock()
+	r := f.releases[len(f.releases)-1]
+	f.mu.Unlock()
+	if r.GetCommit() != strings.TrimSpace(string(head)) || !r.GetCommitTime().AsTime().Equal(time.Date(2024, 5, 1, 8, 0, 0, 0, time.UTC)) {
+		t.Errorf("release commit %q at %v, want %s at 2024-05-01T08:00Z", r.GetCommit(), r.GetCommitTime().AsTime(), head)
+	}
+	code, _, stderr = runCLI(t, "--coordinator", addr, "release", "create", "web", "--version", "1.3", "--artifact", artifact, "--git", "--commit", "x")
+	if code == 0 || !strings.Contains(stderr, "--git reads the commit") {
+		t.Errorf("--git with --commit: exit %d, %q", code, stderr)
+	}
+	t.Chdir(t.TempDir())
+	code, _, stderr = runCLI(t, "--coordinator", addr, "release", "create", "web", "--version", "1.4", "--artifact", artifact, "--git")
+	if code == 0 || !strings.Contains(stderr, "--git: git log") {
+		t.Errorf("--git outside a repository: exit %d, %q", code, stderr)
 	}
 }

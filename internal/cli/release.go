@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"time"
@@ -30,9 +32,10 @@ func (a *app) releaseCmd() *cobra.Command {
 	var f struct {
 		version, artifact, url, sha, commit, commitTime string
 		size                                            int64
+		git                                             bool
 	}
 	create := &cobra.Command{
-		Use:   "create SERVICE --version V (--artifact FILE | --url URL --sha256 HEX --size N) [--commit SHA --commit-time RFC3339]",
+		Use:   "create SERVICE --version V (--artifact FILE | --url URL --sha256 HEX --size N) [--commit SHA --commit-time RFC3339 | --git]",
 		Short: "Record a release (uploading its artifact); in auto mode its rollout starts",
 		Args:  cobra.ExactArgs(1),
 		RunE: run(func(cmd *cobra.Command, args []string) error {
@@ -45,6 +48,16 @@ func (a *app) releaseCmd() *cobra.Command {
 				return usageErrorf("give --artifact FILE, or --url URL --sha256 HEX --size N")
 			case byURL && (!fl.Changed("url") || !fl.Changed("sha256") || !fl.Changed("size")):
 				return usageErrorf("--url, --sha256 and --size go together: give all three")
+			}
+			if f.git {
+				if fl.Changed("commit") || fl.Changed("commit-time") {
+					return usageErrorf("--git reads the commit and its time: do not combine it with --commit or --commit-time")
+				}
+				sha, when, err := gitHead(cmd.Context(), ".")
+				if err != nil {
+					return err
+				}
+				f.commit, f.commitTime = sha, when
 			}
 			rel := &v1.Release{
 				Service:   args[0],
@@ -117,6 +130,7 @@ func (a *app) releaseCmd() *cobra.Command {
 	fl.Int64Var(&f.size, "size", 0, "with --url: the artifact's size in bytes")
 	fl.StringVar(&f.commit, "commit", "", "commit id the release was built from")
 	fl.StringVar(&f.commitTime, "commit-time", "", "commit time, RFC 3339 (e.g. 2024-05-01T12:00:00Z)")
+	fl.BoolVar(&f.git, "git", false, "take --commit and --commit-time from HEAD of the git repository in the current directory")
 	_ = create.MarkFlagRequired("version")
 
 	list := &cobra.Command{
@@ -254,4 +268,21 @@ func printCreated(w io.Writer, resp *v1.CreateReleaseResponse) {
 	for _, wv := range ro.GetWaves() {
 		fmt.Fprintf(w, "  %s: %s: %s\n", waveLabel(wv), plural(len(wv.GetHosts()), "host"), hostList(wv))
 	}
+}
+
+// gitHead returns HEAD's commit id and committer time (RFC 3339) of the git
+// repository at dir.
+func gitHead(ctx context.Context, dir string) (sha, when string, err error) {
+	cmd := exec.CommandContext(ctx, "git", "-C", dir, "log", "-1", "--format=%H%n%cI")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", "", fmt.Errorf("--git: git log in %s: %v: %s", dir, err, strings.TrimSpace(stderr.String()))
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) != 2 {
+		return "", "", fmt.Errorf("--git: unexpected git log output %q", out)
+	}
+	return lines[0], lines[1], nil
 }
