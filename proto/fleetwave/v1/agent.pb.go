@@ -226,6 +226,262 @@ func (x *ConnectResponse) GetSentAt() *timestamppb.Timestamp {
 	return nil
 }
 
+type JoinRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Token  string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	HostId string                 `protobuf:"bytes,2,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	// PKCS#10 certificate request, DER
+	Csr           []byte `protobuf:"bytes,3,opt,name=csr,proto3" json:"csr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinRequest) Reset() {
+	*x = JoinRequest{}
+	mi := &file_fleetwave_v1_agent_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinRequest) ProtoMessage() {}
+
+func (x *JoinRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_agent_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
+func (*JoinRequest) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_agent_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *JoinRequest) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *JoinRequest) GetHostId() string {
+	if x != nil {
+		return x.HostId
+	}
+	return ""
+}
+
+func (x *JoinRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+type RenewRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// PKCS#10 certificate request, DER
+	Csr           []byte `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewRequest) Reset() {
+	*x = RenewRequest{}
+	mi := &file_fleetwave_v1_agent_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewRequest) ProtoMessage() {}
+
+func (x *RenewRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_agent_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
+func (*RenewRequest) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_agent_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RenewRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+type JoinResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Certificate   *IssuedCertificate     `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinResponse) Reset() {
+	*x = JoinResponse{}
+	mi := &file_fleetwave_v1_agent_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinResponse) ProtoMessage() {}
+
+func (x *JoinResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_agent_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
+func (*JoinResponse) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_agent_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *JoinResponse) GetCertificate() *IssuedCertificate {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
+type RenewResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Certificate   *IssuedCertificate     `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewResponse) Reset() {
+	*x = RenewResponse{}
+	mi := &file_fleetwave_v1_agent_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewResponse) ProtoMessage() {}
+
+func (x *RenewResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_agent_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
+func (*RenewResponse) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_agent_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *RenewResponse) GetCertificate() *IssuedCertificate {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
+type IssuedCertificate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// PEM: the host's certificate, then any intermediates
+	CertificateChain []byte `protobuf:"bytes,1,opt,name=certificate_chain,json=certificateChain,proto3" json:"certificate_chain,omitempty"`
+	// PEM: the CA the coordinators' certificates chain to
+	Ca            []byte                 `protobuf:"bytes,2,opt,name=ca,proto3" json:"ca,omitempty"`
+	NotAfter      *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssuedCertificate) Reset() {
+	*x = IssuedCertificate{}
+	mi := &file_fleetwave_v1_agent_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssuedCertificate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssuedCertificate) ProtoMessage() {}
+
+func (x *IssuedCertificate) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_agent_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssuedCertificate.ProtoReflect.Descriptor instead.
+func (*IssuedCertificate) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_agent_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *IssuedCertificate) GetCertificateChain() []byte {
+	if x != nil {
+		return x.CertificateChain
+	}
+	return nil
+}
+
+func (x *IssuedCertificate) GetCa() []byte {
+	if x != nil {
+		return x.Ca
+	}
+	return nil
+}
+
+func (x *IssuedCertificate) GetNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotAfter
+	}
+	return nil
+}
+
 var File_fleetwave_v1_agent_proto protoreflect.FileDescriptor
 
 const file_fleetwave_v1_agent_proto_rawDesc = "" +
@@ -245,9 +501,25 @@ const file_fleetwave_v1_agent_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x82\x01\n" +
 	"\x0fConnectResponse\x12:\n" +
 	"\vassignments\x18\x01 \x03(\v2\x18.fleetwave.v1.AssignmentR\vassignments\x123\n" +
-	"\asent_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt2Z\n" +
+	"\asent_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\"N\n" +
+	"\vJoinRequest\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x17\n" +
+	"\ahost_id\x18\x02 \x01(\tR\x06hostId\x12\x10\n" +
+	"\x03csr\x18\x03 \x01(\fR\x03csr\" \n" +
+	"\fRenewRequest\x12\x10\n" +
+	"\x03csr\x18\x01 \x01(\fR\x03csr\"Q\n" +
+	"\fJoinResponse\x12A\n" +
+	"\vcertificate\x18\x01 \x01(\v2\x1f.fleetwave.v1.IssuedCertificateR\vcertificate\"R\n" +
+	"\rRenewResponse\x12A\n" +
+	"\vcertificate\x18\x01 \x01(\v2\x1f.fleetwave.v1.IssuedCertificateR\vcertificate\"\x89\x01\n" +
+	"\x11IssuedCertificate\x12+\n" +
+	"\x11certificate_chain\x18\x01 \x01(\fR\x10certificateChain\x12\x0e\n" +
+	"\x02ca\x18\x02 \x01(\fR\x02ca\x127\n" +
+	"\tnot_after\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter2\xdb\x01\n" +
 	"\fAgentService\x12J\n" +
-	"\aConnect\x12\x1c.fleetwave.v1.ConnectRequest\x1a\x1d.fleetwave.v1.ConnectResponse(\x010\x01B?Z=github.com/fleetwave/fleetwave/proto/fleetwave/v1;fleetwavev1b\x06proto3"
+	"\aConnect\x12\x1c.fleetwave.v1.ConnectRequest\x1a\x1d.fleetwave.v1.ConnectResponse(\x010\x01\x12=\n" +
+	"\x04Join\x12\x19.fleetwave.v1.JoinRequest\x1a\x1a.fleetwave.v1.JoinResponse\x12@\n" +
+	"\x05Renew\x12\x1a.fleetwave.v1.RenewRequest\x1a\x1b.fleetwave.v1.RenewResponseB?Z=github.com/fleetwave/fleetwave/proto/fleetwave/v1;fleetwavev1b\x06proto3"
 
 var (
 	file_fleetwave_v1_agent_proto_rawDescOnce sync.Once
@@ -261,30 +533,42 @@ func file_fleetwave_v1_agent_proto_rawDescGZIP() []byte {
 	return file_fleetwave_v1_agent_proto_rawDescData
 }
 
-var file_fleetwave_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_fleetwave_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_fleetwave_v1_agent_proto_goTypes = []any{
 	(*ConnectRequest)(nil),        // 0: fleetwave.v1.ConnectRequest
 	(*Hello)(nil),                 // 1: fleetwave.v1.Hello
 	(*ConnectResponse)(nil),       // 2: fleetwave.v1.ConnectResponse
-	nil,                           // 3: fleetwave.v1.Hello.LabelsEntry
-	(*ServiceReport)(nil),         // 4: fleetwave.v1.ServiceReport
-	(*Assignment)(nil),            // 5: fleetwave.v1.Assignment
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
+	(*JoinRequest)(nil),           // 3: fleetwave.v1.JoinRequest
+	(*RenewRequest)(nil),          // 4: fleetwave.v1.RenewRequest
+	(*JoinResponse)(nil),          // 5: fleetwave.v1.JoinResponse
+	(*RenewResponse)(nil),         // 6: fleetwave.v1.RenewResponse
+	(*IssuedCertificate)(nil),     // 7: fleetwave.v1.IssuedCertificate
+	nil,                           // 8: fleetwave.v1.Hello.LabelsEntry
+	(*ServiceReport)(nil),         // 9: fleetwave.v1.ServiceReport
+	(*Assignment)(nil),            // 10: fleetwave.v1.Assignment
+	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
 }
 var file_fleetwave_v1_agent_proto_depIdxs = []int32{
-	1, // 0: fleetwave.v1.ConnectRequest.hello:type_name -> fleetwave.v1.Hello
-	4, // 1: fleetwave.v1.ConnectRequest.report:type_name -> fleetwave.v1.ServiceReport
-	3, // 2: fleetwave.v1.Hello.labels:type_name -> fleetwave.v1.Hello.LabelsEntry
-	4, // 3: fleetwave.v1.Hello.services:type_name -> fleetwave.v1.ServiceReport
-	5, // 4: fleetwave.v1.ConnectResponse.assignments:type_name -> fleetwave.v1.Assignment
-	6, // 5: fleetwave.v1.ConnectResponse.sent_at:type_name -> google.protobuf.Timestamp
-	0, // 6: fleetwave.v1.AgentService.Connect:input_type -> fleetwave.v1.ConnectRequest
-	2, // 7: fleetwave.v1.AgentService.Connect:output_type -> fleetwave.v1.ConnectResponse
-	7, // [7:8] is the sub-list for method output_type
-	6, // [6:7] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	1,  // 0: fleetwave.v1.ConnectRequest.hello:type_name -> fleetwave.v1.Hello
+	9,  // 1: fleetwave.v1.ConnectRequest.report:type_name -> fleetwave.v1.ServiceReport
+	8,  // 2: fleetwave.v1.Hello.labels:type_name -> fleetwave.v1.Hello.LabelsEntry
+	9,  // 3: fleetwave.v1.Hello.services:type_name -> fleetwave.v1.ServiceReport
+	10, // 4: fleetwave.v1.ConnectResponse.assignments:type_name -> fleetwave.v1.Assignment
+	11, // 5: fleetwave.v1.ConnectResponse.sent_at:type_name -> google.protobuf.Timestamp
+	7,  // 6: fleetwave.v1.JoinResponse.certificate:type_name -> fleetwave.v1.IssuedCertificate
+	7,  // 7: fleetwave.v1.RenewResponse.certificate:type_name -> fleetwave.v1.IssuedCertificate
+	11, // 8: fleetwave.v1.IssuedCertificate.not_after:type_name -> google.protobuf.Timestamp
+	0,  // 9: fleetwave.v1.AgentService.Connect:input_type -> fleetwave.v1.ConnectRequest
+	3,  // 10: fleetwave.v1.AgentService.Join:input_type -> fleetwave.v1.JoinRequest
+	4,  // 11: fleetwave.v1.AgentService.Renew:input_type -> fleetwave.v1.RenewRequest
+	2,  // 12: fleetwave.v1.AgentService.Connect:output_type -> fleetwave.v1.ConnectResponse
+	5,  // 13: fleetwave.v1.AgentService.Join:output_type -> fleetwave.v1.JoinResponse
+	6,  // 14: fleetwave.v1.AgentService.Renew:output_type -> fleetwave.v1.RenewResponse
+	12, // [12:15] is the sub-list for method output_type
+	9,  // [9:12] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_agent_proto_init() }
@@ -303,7 +587,7 @@ func file_fleetwave_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fleetwave_v1_agent_proto_rawDesc), len(file_fleetwave_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -2248,6 +2248,701 @@ func (x *DeployStats) GetOverallBand() string {
 	return ""
 }
 
+// Token is a stored token (without its secret).
+type Token struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name  string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// operator tokens: viewer, deployer or admin; join tokens: "join"
+	Role string `protobuf:"bytes,3,opt,name=role,proto3" json:"role,omitempty"`
+	// join tokens: the host id it may join as ("" = any)
+	HostId    string                 `protobuf:"bytes,4,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	CreatedBy string                 `protobuf:"bytes,7,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	// hex sha256 of the secret
+	SecretSha256 string `protobuf:"bytes,8,opt,name=secret_sha256,json=secretSha256,proto3" json:"secret_sha256,omitempty"`
+	// join tokens are spent on first use
+	Used          bool `protobuf:"varint,9,opt,name=used,proto3" json:"used,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Token) Reset() {
+	*x = Token{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Token) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Token) ProtoMessage() {}
+
+func (x *Token) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Token.ProtoReflect.Descriptor instead.
+func (*Token) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *Token) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Token) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Token) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *Token) GetHostId() string {
+	if x != nil {
+		return x.HostId
+	}
+	return ""
+}
+
+func (x *Token) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *Token) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *Token) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *Token) GetSecretSha256() string {
+	if x != nil {
+		return x.SecretSha256
+	}
+	return ""
+}
+
+func (x *Token) GetUsed() bool {
+	if x != nil {
+		return x.Used
+	}
+	return false
+}
+
+type CreateTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Role          string                 `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	HostId        string                 `protobuf:"bytes,3,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	Ttl           *durationpb.Duration   `protobuf:"bytes,4,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateTokenRequest) Reset() {
+	*x = CreateTokenRequest{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateTokenRequest) ProtoMessage() {}
+
+func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
+func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *CreateTokenRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CreateTokenRequest) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *CreateTokenRequest) GetHostId() string {
+	if x != nil {
+		return x.HostId
+	}
+	return ""
+}
+
+func (x *CreateTokenRequest) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+type CreateTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Token *Token                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// the bearer secret, shown only now
+	Secret        string `protobuf:"bytes,2,opt,name=secret,proto3" json:"secret,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateTokenResponse) Reset() {
+	*x = CreateTokenResponse{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateTokenResponse) ProtoMessage() {}
+
+func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
+func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *CreateTokenResponse) GetToken() *Token {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *CreateTokenResponse) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+type ListTokensRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTokensRequest) Reset() {
+	*x = ListTokensRequest{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTokensRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTokensRequest) ProtoMessage() {}
+
+func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
+func (*ListTokensRequest) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{43}
+}
+
+type ListTokensResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tokens        []*Token               `protobuf:"bytes,1,rep,name=tokens,proto3" json:"tokens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTokensResponse) Reset() {
+	*x = ListTokensResponse{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTokensResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTokensResponse) ProtoMessage() {}
+
+func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
+func (*ListTokensResponse) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *ListTokensResponse) GetTokens() []*Token {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
+type RevokeTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeTokenRequest) Reset() {
+	*x = RevokeTokenRequest{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeTokenRequest) ProtoMessage() {}
+
+func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
+func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *RevokeTokenRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type RevokeTokenResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeTokenResponse) Reset() {
+	*x = RevokeTokenResponse{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeTokenResponse) ProtoMessage() {}
+
+func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
+func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{46}
+}
+
+// AuditEntry is one mutating call.
+type AuditEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	At    *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=at,proto3" json:"at,omitempty"`
+	// who: "operator:alice", "token:ci (deployer)", "agent:host-1", ...
+	Actor string `protobuf:"bytes,2,opt,name=actor,proto3" json:"actor,omitempty"`
+	Role  string `protobuf:"bytes,3,opt,name=role,proto3" json:"role,omitempty"`
+	// full gRPC method
+	Method string `protobuf:"bytes,4,opt,name=method,proto3" json:"method,omitempty"`
+	// what it acted on (service, token id, ...)
+	Target string `protobuf:"bytes,5,opt,name=target,proto3" json:"target,omitempty"`
+	// the caller's address
+	Peer string `protobuf:"bytes,6,opt,name=peer,proto3" json:"peer,omitempty"`
+	// gRPC status code name ("OK" on success)
+	Result  string `protobuf:"bytes,7,opt,name=result,proto3" json:"result,omitempty"`
+	Message string `protobuf:"bytes,8,opt,name=message,proto3" json:"message,omitempty"`
+	// coordinator that served the call
+	Coordinator   string `protobuf:"bytes,9,opt,name=coordinator,proto3" json:"coordinator,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditEntry) Reset() {
+	*x = AuditEntry{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditEntry) ProtoMessage() {}
+
+func (x *AuditEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditEntry.ProtoReflect.Descriptor instead.
+func (*AuditEntry) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *AuditEntry) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *AuditEntry) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+func (x *AuditEntry) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *AuditEntry) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *AuditEntry) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *AuditEntry) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
+func (x *AuditEntry) GetResult() string {
+	if x != nil {
+		return x.Result
+	}
+	return ""
+}
+
+func (x *AuditEntry) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *AuditEntry) GetCoordinator() string {
+	if x != nil {
+		return x.Coordinator
+	}
+	return ""
+}
+
+type ListAuditRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// at most this many, newest (default 100)
+	Limit         uint32 `protobuf:"varint,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditRequest) Reset() {
+	*x = ListAuditRequest{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditRequest) ProtoMessage() {}
+
+func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditRequest.ProtoReflect.Descriptor instead.
+func (*ListAuditRequest) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *ListAuditRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type ListAuditResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entries       []*AuditEntry          `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditResponse) Reset() {
+	*x = ListAuditResponse{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditResponse) ProtoMessage() {}
+
+func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditResponse.ProtoReflect.Descriptor instead.
+func (*ListAuditResponse) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *ListAuditResponse) GetEntries() []*AuditEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+type WhoAmIRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WhoAmIRequest) Reset() {
+	*x = WhoAmIRequest{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WhoAmIRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WhoAmIRequest) ProtoMessage() {}
+
+func (x *WhoAmIRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WhoAmIRequest.ProtoReflect.Descriptor instead.
+func (*WhoAmIRequest) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{50}
+}
+
+type WhoAmIResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Identity string                 `protobuf:"bytes,1,opt,name=identity,proto3" json:"identity,omitempty"`
+	Role     string                 `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	// how the caller authenticated: certificate, token, insecure
+	Method        string `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WhoAmIResponse) Reset() {
+	*x = WhoAmIResponse{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WhoAmIResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WhoAmIResponse) ProtoMessage() {}
+
+func (x *WhoAmIResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WhoAmIResponse.ProtoReflect.Descriptor instead.
+func (*WhoAmIResponse) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *WhoAmIResponse) GetIdentity() string {
+	if x != nil {
+		return x.Identity
+	}
+	return ""
+}
+
+func (x *WhoAmIResponse) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *WhoAmIResponse) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
 var File_fleetwave_v1_operator_proto protoreflect.FileDescriptor
 
 const file_fleetwave_v1_operator_proto_rawDesc = "" +
@@ -2398,7 +3093,54 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\x15deploy_frequency_band\x18\x10 \x01(\tR\x13deployFrequencyBand\x12.\n" +
 	"\x13change_failure_band\x18\x11 \x01(\tR\x11changeFailureBand\x12!\n" +
 	"\frestore_band\x18\x12 \x01(\tR\vrestoreBand\x12!\n" +
-	"\foverall_band\x18\x13 \x01(\tR\voverallBand2\x95\f\n" +
+	"\foverall_band\x18\x13 \x01(\tR\voverallBand\"\xa6\x02\n" +
+	"\x05Token\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04role\x18\x03 \x01(\tR\x04role\x12\x17\n" +
+	"\ahost_id\x18\x04 \x01(\tR\x06hostId\x129\n" +
+	"\n" +
+	"created_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
+	"\n" +
+	"expires_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\a \x01(\tR\tcreatedBy\x12#\n" +
+	"\rsecret_sha256\x18\b \x01(\tR\fsecretSha256\x12\x12\n" +
+	"\x04used\x18\t \x01(\bR\x04used\"\x82\x01\n" +
+	"\x12CreateTokenRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04role\x18\x02 \x01(\tR\x04role\x12\x17\n" +
+	"\ahost_id\x18\x03 \x01(\tR\x06hostId\x12+\n" +
+	"\x03ttl\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"X\n" +
+	"\x13CreateTokenResponse\x12)\n" +
+	"\x05token\x18\x01 \x01(\v2\x13.fleetwave.v1.TokenR\x05token\x12\x16\n" +
+	"\x06secret\x18\x02 \x01(\tR\x06secret\"\x13\n" +
+	"\x11ListTokensRequest\"A\n" +
+	"\x12ListTokensResponse\x12+\n" +
+	"\x06tokens\x18\x01 \x03(\v2\x13.fleetwave.v1.TokenR\x06tokens\"$\n" +
+	"\x12RevokeTokenRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x15\n" +
+	"\x13RevokeTokenResponse\"\xfa\x01\n" +
+	"\n" +
+	"AuditEntry\x12*\n" +
+	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x14\n" +
+	"\x05actor\x18\x02 \x01(\tR\x05actor\x12\x12\n" +
+	"\x04role\x18\x03 \x01(\tR\x04role\x12\x16\n" +
+	"\x06method\x18\x04 \x01(\tR\x06method\x12\x16\n" +
+	"\x06target\x18\x05 \x01(\tR\x06target\x12\x12\n" +
+	"\x04peer\x18\x06 \x01(\tR\x04peer\x12\x16\n" +
+	"\x06result\x18\a \x01(\tR\x06result\x12\x18\n" +
+	"\amessage\x18\b \x01(\tR\amessage\x12 \n" +
+	"\vcoordinator\x18\t \x01(\tR\vcoordinator\"(\n" +
+	"\x10ListAuditRequest\x12\x14\n" +
+	"\x05limit\x18\x01 \x01(\rR\x05limit\"G\n" +
+	"\x11ListAuditResponse\x122\n" +
+	"\aentries\x18\x01 \x03(\v2\x18.fleetwave.v1.AuditEntryR\aentries\"\x0f\n" +
+	"\rWhoAmIRequest\"X\n" +
+	"\x0eWhoAmIResponse\x12\x1a\n" +
+	"\bidentity\x18\x01 \x01(\tR\bidentity\x12\x12\n" +
+	"\x04role\x18\x02 \x01(\tR\x04role\x12\x16\n" +
+	"\x06method\x18\x03 \x01(\tR\x06method2\xa1\x0f\n" +
 	"\x0fOperatorService\x12U\n" +
 	"\fApplyService\x12!.fleetwave.v1.ApplyServiceRequest\x1a\".fleetwave.v1.ApplyServiceResponse\x12U\n" +
 	"\fListServices\x12!.fleetwave.v1.ListServicesRequest\x1a\".fleetwave.v1.ListServicesResponse\x12O\n" +
@@ -2420,7 +3162,13 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"ListEvents\x12\x1f.fleetwave.v1.ListEventsRequest\x1a .fleetwave.v1.ListEventsResponse\x12T\n" +
 	"\vWatchEvents\x12 .fleetwave.v1.WatchEventsRequest\x1a!.fleetwave.v1.WatchEventsResponse0\x01\x12X\n" +
 	"\rClusterStatus\x12\".fleetwave.v1.ClusterStatusRequest\x1a#.fleetwave.v1.ClusterStatusResponse\x12I\n" +
-	"\bGetStats\x12\x1d.fleetwave.v1.GetStatsRequest\x1a\x1e.fleetwave.v1.GetStatsResponseB?Z=github.com/fleetwave/fleetwave/proto/fleetwave/v1;fleetwavev1b\x06proto3"
+	"\bGetStats\x12\x1d.fleetwave.v1.GetStatsRequest\x1a\x1e.fleetwave.v1.GetStatsResponse\x12R\n" +
+	"\vCreateToken\x12 .fleetwave.v1.CreateTokenRequest\x1a!.fleetwave.v1.CreateTokenResponse\x12O\n" +
+	"\n" +
+	"ListTokens\x12\x1f.fleetwave.v1.ListTokensRequest\x1a .fleetwave.v1.ListTokensResponse\x12R\n" +
+	"\vRevokeToken\x12 .fleetwave.v1.RevokeTokenRequest\x1a!.fleetwave.v1.RevokeTokenResponse\x12L\n" +
+	"\tListAudit\x12\x1e.fleetwave.v1.ListAuditRequest\x1a\x1f.fleetwave.v1.ListAuditResponse\x12C\n" +
+	"\x06WhoAmI\x12\x1b.fleetwave.v1.WhoAmIRequest\x1a\x1c.fleetwave.v1.WhoAmIResponseB?Z=github.com/fleetwave/fleetwave/proto/fleetwave/v1;fleetwavev1b\x06proto3"
 
 var (
 	file_fleetwave_v1_operator_proto_rawDescOnce sync.Once
@@ -2434,7 +3182,7 @@ func file_fleetwave_v1_operator_proto_rawDescGZIP() []byte {
 	return file_fleetwave_v1_operator_proto_rawDescData
 }
 
-var file_fleetwave_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_fleetwave_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
 var file_fleetwave_v1_operator_proto_goTypes = []any{
 	(*ApplyServiceRequest)(nil),     // 0: fleetwave.v1.ApplyServiceRequest
 	(*ApplyServiceResponse)(nil),    // 1: fleetwave.v1.ApplyServiceResponse
@@ -2476,92 +3224,121 @@ var file_fleetwave_v1_operator_proto_goTypes = []any{
 	(*GetStatsResponse)(nil),        // 37: fleetwave.v1.GetStatsResponse
 	(*DurationStats)(nil),           // 38: fleetwave.v1.DurationStats
 	(*DeployStats)(nil),             // 39: fleetwave.v1.DeployStats
-	(*ServiceSpec)(nil),             // 40: fleetwave.v1.ServiceSpec
-	(*Service)(nil),                 // 41: fleetwave.v1.Service
-	(*Release)(nil),                 // 42: fleetwave.v1.Release
-	(*Rollout)(nil),                 // 43: fleetwave.v1.Rollout
-	(*Host)(nil),                    // 44: fleetwave.v1.Host
-	(*Event)(nil),                   // 45: fleetwave.v1.Event
-	(*timestamppb.Timestamp)(nil),   // 46: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 47: google.protobuf.Duration
+	(*Token)(nil),                   // 40: fleetwave.v1.Token
+	(*CreateTokenRequest)(nil),      // 41: fleetwave.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),     // 42: fleetwave.v1.CreateTokenResponse
+	(*ListTokensRequest)(nil),       // 43: fleetwave.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),      // 44: fleetwave.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),      // 45: fleetwave.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),     // 46: fleetwave.v1.RevokeTokenResponse
+	(*AuditEntry)(nil),              // 47: fleetwave.v1.AuditEntry
+	(*ListAuditRequest)(nil),        // 48: fleetwave.v1.ListAuditRequest
+	(*ListAuditResponse)(nil),       // 49: fleetwave.v1.ListAuditResponse
+	(*WhoAmIRequest)(nil),           // 50: fleetwave.v1.WhoAmIRequest
+	(*WhoAmIResponse)(nil),          // 51: fleetwave.v1.WhoAmIResponse
+	(*ServiceSpec)(nil),             // 52: fleetwave.v1.ServiceSpec
+	(*Service)(nil),                 // 53: fleetwave.v1.Service
+	(*Release)(nil),                 // 54: fleetwave.v1.Release
+	(*Rollout)(nil),                 // 55: fleetwave.v1.Rollout
+	(*Host)(nil),                    // 56: fleetwave.v1.Host
+	(*Event)(nil),                   // 57: fleetwave.v1.Event
+	(*timestamppb.Timestamp)(nil),   // 58: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 59: google.protobuf.Duration
 }
 var file_fleetwave_v1_operator_proto_depIdxs = []int32{
-	40, // 0: fleetwave.v1.ApplyServiceRequest.spec:type_name -> fleetwave.v1.ServiceSpec
-	41, // 1: fleetwave.v1.ApplyServiceResponse.service:type_name -> fleetwave.v1.Service
-	41, // 2: fleetwave.v1.ListServicesResponse.services:type_name -> fleetwave.v1.Service
-	41, // 3: fleetwave.v1.GetServiceResponse.service:type_name -> fleetwave.v1.Service
-	42, // 4: fleetwave.v1.CreateReleaseRequest.release:type_name -> fleetwave.v1.Release
-	42, // 5: fleetwave.v1.CreateReleaseResponse.release:type_name -> fleetwave.v1.Release
-	43, // 6: fleetwave.v1.CreateReleaseResponse.rollout:type_name -> fleetwave.v1.Rollout
-	42, // 7: fleetwave.v1.ListReleasesResponse.releases:type_name -> fleetwave.v1.Release
-	43, // 8: fleetwave.v1.GetRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	43, // 9: fleetwave.v1.WatchRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	43, // 10: fleetwave.v1.ApproveRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	44, // 11: fleetwave.v1.ListHostsResponse.hosts:type_name -> fleetwave.v1.Host
-	41, // 12: fleetwave.v1.UnfreezeServiceResponse.service:type_name -> fleetwave.v1.Service
-	43, // 13: fleetwave.v1.PauseRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	43, // 14: fleetwave.v1.ResumeRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	43, // 15: fleetwave.v1.AbortRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	43, // 16: fleetwave.v1.RollbackResponse.rollout:type_name -> fleetwave.v1.Rollout
-	45, // 17: fleetwave.v1.ListEventsResponse.events:type_name -> fleetwave.v1.Event
-	45, // 18: fleetwave.v1.WatchEventsResponse.event:type_name -> fleetwave.v1.Event
-	46, // 19: fleetwave.v1.CoordinatorInfo.started_at:type_name -> google.protobuf.Timestamp
+	52, // 0: fleetwave.v1.ApplyServiceRequest.spec:type_name -> fleetwave.v1.ServiceSpec
+	53, // 1: fleetwave.v1.ApplyServiceResponse.service:type_name -> fleetwave.v1.Service
+	53, // 2: fleetwave.v1.ListServicesResponse.services:type_name -> fleetwave.v1.Service
+	53, // 3: fleetwave.v1.GetServiceResponse.service:type_name -> fleetwave.v1.Service
+	54, // 4: fleetwave.v1.CreateReleaseRequest.release:type_name -> fleetwave.v1.Release
+	54, // 5: fleetwave.v1.CreateReleaseResponse.release:type_name -> fleetwave.v1.Release
+	55, // 6: fleetwave.v1.CreateReleaseResponse.rollout:type_name -> fleetwave.v1.Rollout
+	54, // 7: fleetwave.v1.ListReleasesResponse.releases:type_name -> fleetwave.v1.Release
+	55, // 8: fleetwave.v1.GetRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	55, // 9: fleetwave.v1.WatchRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	55, // 10: fleetwave.v1.ApproveRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	56, // 11: fleetwave.v1.ListHostsResponse.hosts:type_name -> fleetwave.v1.Host
+	53, // 12: fleetwave.v1.UnfreezeServiceResponse.service:type_name -> fleetwave.v1.Service
+	55, // 13: fleetwave.v1.PauseRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	55, // 14: fleetwave.v1.ResumeRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	55, // 15: fleetwave.v1.AbortRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	55, // 16: fleetwave.v1.RollbackResponse.rollout:type_name -> fleetwave.v1.Rollout
+	57, // 17: fleetwave.v1.ListEventsResponse.events:type_name -> fleetwave.v1.Event
+	57, // 18: fleetwave.v1.WatchEventsResponse.event:type_name -> fleetwave.v1.Event
+	58, // 19: fleetwave.v1.CoordinatorInfo.started_at:type_name -> google.protobuf.Timestamp
 	33, // 20: fleetwave.v1.ClusterStatusResponse.coordinators:type_name -> fleetwave.v1.CoordinatorInfo
 	34, // 21: fleetwave.v1.ClusterStatusResponse.etcd_members:type_name -> fleetwave.v1.EtcdMember
-	47, // 22: fleetwave.v1.GetStatsRequest.since:type_name -> google.protobuf.Duration
+	59, // 22: fleetwave.v1.GetStatsRequest.since:type_name -> google.protobuf.Duration
 	39, // 23: fleetwave.v1.GetStatsResponse.services:type_name -> fleetwave.v1.DeployStats
 	39, // 24: fleetwave.v1.GetStatsResponse.fleet:type_name -> fleetwave.v1.DeployStats
-	46, // 25: fleetwave.v1.GetStatsResponse.from:type_name -> google.protobuf.Timestamp
-	46, // 26: fleetwave.v1.GetStatsResponse.to:type_name -> google.protobuf.Timestamp
-	47, // 27: fleetwave.v1.DurationStats.median:type_name -> google.protobuf.Duration
-	47, // 28: fleetwave.v1.DurationStats.p90:type_name -> google.protobuf.Duration
+	58, // 25: fleetwave.v1.GetStatsResponse.from:type_name -> google.protobuf.Timestamp
+	58, // 26: fleetwave.v1.GetStatsResponse.to:type_name -> google.protobuf.Timestamp
+	59, // 27: fleetwave.v1.DurationStats.median:type_name -> google.protobuf.Duration
+	59, // 28: fleetwave.v1.DurationStats.p90:type_name -> google.protobuf.Duration
 	38, // 29: fleetwave.v1.DeployStats.lead_time:type_name -> fleetwave.v1.DurationStats
 	38, // 30: fleetwave.v1.DeployStats.commit_to_release:type_name -> fleetwave.v1.DurationStats
 	38, // 31: fleetwave.v1.DeployStats.release_to_start:type_name -> fleetwave.v1.DurationStats
 	38, // 32: fleetwave.v1.DeployStats.rollout:type_name -> fleetwave.v1.DurationStats
 	38, // 33: fleetwave.v1.DeployStats.bake:type_name -> fleetwave.v1.DurationStats
 	38, // 34: fleetwave.v1.DeployStats.time_to_restore:type_name -> fleetwave.v1.DurationStats
-	0,  // 35: fleetwave.v1.OperatorService.ApplyService:input_type -> fleetwave.v1.ApplyServiceRequest
-	2,  // 36: fleetwave.v1.OperatorService.ListServices:input_type -> fleetwave.v1.ListServicesRequest
-	4,  // 37: fleetwave.v1.OperatorService.GetService:input_type -> fleetwave.v1.GetServiceRequest
-	6,  // 38: fleetwave.v1.OperatorService.CreateRelease:input_type -> fleetwave.v1.CreateReleaseRequest
-	8,  // 39: fleetwave.v1.OperatorService.ListReleases:input_type -> fleetwave.v1.ListReleasesRequest
-	10, // 40: fleetwave.v1.OperatorService.GetRollout:input_type -> fleetwave.v1.GetRolloutRequest
-	12, // 41: fleetwave.v1.OperatorService.WatchRollout:input_type -> fleetwave.v1.WatchRolloutRequest
-	14, // 42: fleetwave.v1.OperatorService.ApproveRollout:input_type -> fleetwave.v1.ApproveRolloutRequest
-	16, // 43: fleetwave.v1.OperatorService.ListHosts:input_type -> fleetwave.v1.ListHostsRequest
-	18, // 44: fleetwave.v1.OperatorService.UnfreezeService:input_type -> fleetwave.v1.UnfreezeServiceRequest
-	20, // 45: fleetwave.v1.OperatorService.PauseRollout:input_type -> fleetwave.v1.PauseRolloutRequest
-	22, // 46: fleetwave.v1.OperatorService.ResumeRollout:input_type -> fleetwave.v1.ResumeRolloutRequest
-	24, // 47: fleetwave.v1.OperatorService.AbortRollout:input_type -> fleetwave.v1.AbortRolloutRequest
-	26, // 48: fleetwave.v1.OperatorService.Rollback:input_type -> fleetwave.v1.RollbackRequest
-	28, // 49: fleetwave.v1.OperatorService.ListEvents:input_type -> fleetwave.v1.ListEventsRequest
-	30, // 50: fleetwave.v1.OperatorService.WatchEvents:input_type -> fleetwave.v1.WatchEventsRequest
-	32, // 51: fleetwave.v1.OperatorService.ClusterStatus:input_type -> fleetwave.v1.ClusterStatusRequest
-	36, // 52: fleetwave.v1.OperatorService.GetStats:input_type -> fleetwave.v1.GetStatsRequest
-	1,  // 53: fleetwave.v1.OperatorService.ApplyService:output_type -> fleetwave.v1.ApplyServiceResponse
-	3,  // 54: fleetwave.v1.OperatorService.ListServices:output_type -> fleetwave.v1.ListServicesResponse
-	5,  // 55: fleetwave.v1.OperatorService.GetService:output_type -> fleetwave.v1.GetServiceResponse
-	7,  // 56: fleetwave.v1.OperatorService.CreateRelease:output_type -> fleetwave.v1.CreateReleaseResponse
-	9,  // 57: fleetwave.v1.OperatorService.ListReleases:output_type -> fleetwave.v1.ListReleasesResponse
-	11, // 58: fleetwave.v1.OperatorService.GetRollout:output_type -> fleetwave.v1.GetRolloutResponse
-	13, // 59: fleetwave.v1.OperatorService.WatchRollout:output_type -> fleetwave.v1.WatchRolloutResponse
-	15, // 60: fleetwave.v1.OperatorService.ApproveRollout:output_type -> fleetwave.v1.ApproveRolloutResponse
-	17, // 61: fleetwave.v1.OperatorService.ListHosts:output_type -> fleetwave.v1.ListHostsResponse
-	19, // 62: fleetwave.v1.OperatorService.UnfreezeService:output_type -> fleetwave.v1.UnfreezeServiceResponse
-	21, // 63: fleetwave.v1.OperatorService.PauseRollout:output_type -> fleetwave.v1.PauseRolloutResponse
-	23, // 64: fleetwave.v1.OperatorService.ResumeRollout:output_type -> fleetwave.v1.ResumeRolloutResponse
-	25, // 65: fleetwave.v1.OperatorService.AbortRollout:output_type -> fleetwave.v1.AbortRolloutResponse
-	27, // 66: fleetwave.v1.OperatorService.Rollback:output_type -> fleetwave.v1.RollbackResponse
-	29, // 67: fleetwave.v1.OperatorService.ListEvents:output_type -> fleetwave.v1.ListEventsResponse
-	31, // 68: fleetwave.v1.OperatorService.WatchEvents:output_type -> fleetwave.v1.WatchEventsResponse
-	35, // 69: fleetwave.v1.OperatorService.ClusterStatus:output_type -> fleetwave.v1.ClusterStatusResponse
-	37, // 70: fleetwave.v1.OperatorService.GetStats:output_type -> fleetwave.v1.GetStatsResponse
-	53, // [53:71] is the sub-list for method output_type
-	35, // [35:53] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	58, // 35: fleetwave.v1.Token.created_at:type_name -> google.protobuf.Timestamp
+	58, // 36: fleetwave.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	59, // 37: fleetwave.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
+	40, // 38: fleetwave.v1.CreateTokenResponse.token:type_name -> fleetwave.v1.Token
+	40, // 39: fleetwave.v1.ListTokensResponse.tokens:type_name -> fleetwave.v1.Token
+	58, // 40: fleetwave.v1.AuditEntry.at:type_name -> google.protobuf.Timestamp
+	47, // 41: fleetwave.v1.ListAuditResponse.entries:type_name -> fleetwave.v1.AuditEntry
+	0,  // 42: fleetwave.v1.OperatorService.ApplyService:input_type -> fleetwave.v1.ApplyServiceRequest
+	2,  // 43: fleetwave.v1.OperatorService.ListServices:input_type -> fleetwave.v1.ListServicesRequest
+	4,  // 44: fleetwave.v1.OperatorService.GetService:input_type -> fleetwave.v1.GetServiceRequest
+	6,  // 45: fleetwave.v1.OperatorService.CreateRelease:input_type -> fleetwave.v1.CreateReleaseRequest
+	8,  // 46: fleetwave.v1.OperatorService.ListReleases:input_type -> fleetwave.v1.ListReleasesRequest
+	10, // 47: fleetwave.v1.OperatorService.GetRollout:input_type -> fleetwave.v1.GetRolloutRequest
+	12, // 48: fleetwave.v1.OperatorService.WatchRollout:input_type -> fleetwave.v1.WatchRolloutRequest
+	14, // 49: fleetwave.v1.OperatorService.ApproveRollout:input_type -> fleetwave.v1.ApproveRolloutRequest
+	16, // 50: fleetwave.v1.OperatorService.ListHosts:input_type -> fleetwave.v1.ListHostsRequest
+	18, // 51: fleetwave.v1.OperatorService.UnfreezeService:input_type -> fleetwave.v1.UnfreezeServiceRequest
+	20, // 52: fleetwave.v1.OperatorService.PauseRollout:input_type -> fleetwave.v1.PauseRolloutRequest
+	22, // 53: fleetwave.v1.OperatorService.ResumeRollout:input_type -> fleetwave.v1.ResumeRolloutRequest
+	24, // 54: fleetwave.v1.OperatorService.AbortRollout:input_type -> fleetwave.v1.AbortRolloutRequest
+	26, // 55: fleetwave.v1.OperatorService.Rollback:input_type -> fleetwave.v1.RollbackRequest
+	28, // 56: fleetwave.v1.OperatorService.ListEvents:input_type -> fleetwave.v1.ListEventsRequest
+	30, // 57: fleetwave.v1.OperatorService.WatchEvents:input_type -> fleetwave.v1.WatchEventsRequest
+	32, // 58: fleetwave.v1.OperatorService.ClusterStatus:input_type -> fleetwave.v1.ClusterStatusRequest
+	36, // 59: fleetwave.v1.OperatorService.GetStats:input_type -> fleetwave.v1.GetStatsRequest
+	41, // 60: fleetwave.v1.OperatorService.CreateToken:input_type -> fleetwave.v1.CreateTokenRequest
+	43, // 61: fleetwave.v1.OperatorService.ListTokens:input_type -> fleetwave.v1.ListTokensRequest
+	45, // 62: fleetwave.v1.OperatorService.RevokeToken:input_type -> fleetwave.v1.RevokeTokenRequest
+	48, // 63: fleetwave.v1.OperatorService.ListAudit:input_type -> fleetwave.v1.ListAuditRequest
+	50, // 64: fleetwave.v1.OperatorService.WhoAmI:input_type -> fleetwave.v1.WhoAmIRequest
+	1,  // 65: fleetwave.v1.OperatorService.ApplyService:output_type -> fleetwave.v1.ApplyServiceResponse
+	3,  // 66: fleetwave.v1.OperatorService.ListServices:output_type -> fleetwave.v1.ListServicesResponse
+	5,  // 67: fleetwave.v1.OperatorService.GetService:output_type -> fleetwave.v1.GetServiceResponse
+	7,  // 68: fleetwave.v1.OperatorService.CreateRelease:output_type -> fleetwave.v1.CreateReleaseResponse
+	9,  // 69: fleetwave.v1.OperatorService.ListReleases:output_type -> fleetwave.v1.ListReleasesResponse
+	11, // 70: fleetwave.v1.OperatorService.GetRollout:output_type -> fleetwave.v1.GetRolloutResponse
+	13, // 71: fleetwave.v1.OperatorService.WatchRollout:output_type -> fleetwave.v1.WatchRolloutResponse
+	15, // 72: fleetwave.v1.OperatorService.ApproveRollout:output_type -> fleetwave.v1.ApproveRolloutResponse
+	17, // 73: fleetwave.v1.OperatorService.ListHosts:output_type -> fleetwave.v1.ListHostsResponse
+	19, // 74: fleetwave.v1.OperatorService.UnfreezeService:output_type -> fleetwave.v1.UnfreezeServiceResponse
+	21, // 75: fleetwave.v1.OperatorService.PauseRollout:output_type -> fleetwave.v1.PauseRolloutResponse
+	23, // 76: fleetwave.v1.OperatorService.ResumeRollout:output_type -> fleetwave.v1.ResumeRolloutResponse
+	25, // 77: fleetwave.v1.OperatorService.AbortRollout:output_type -> fleetwave.v1.AbortRolloutResponse
+	27, // 78: fleetwave.v1.OperatorService.Rollback:output_type -> fleetwave.v1.RollbackResponse
+	29, // 79: fleetwave.v1.OperatorService.ListEvents:output_type -> fleetwave.v1.ListEventsResponse
+	31, // 80: fleetwave.v1.OperatorService.WatchEvents:output_type -> fleetwave.v1.WatchEventsResponse
+	35, // 81: fleetwave.v1.OperatorService.ClusterStatus:output_type -> fleetwave.v1.ClusterStatusResponse
+	37, // 82: fleetwave.v1.OperatorService.GetStats:output_type -> fleetwave.v1.GetStatsResponse
+	42, // 83: fleetwave.v1.OperatorService.CreateToken:output_type -> fleetwave.v1.CreateTokenResponse
+	44, // 84: fleetwave.v1.OperatorService.ListTokens:output_type -> fleetwave.v1.ListTokensResponse
+	46, // 85: fleetwave.v1.OperatorService.RevokeToken:output_type -> fleetwave.v1.RevokeTokenResponse
+	49, // 86: fleetwave.v1.OperatorService.ListAudit:output_type -> fleetwave.v1.ListAuditResponse
+	51, // 87: fleetwave.v1.OperatorService.WhoAmI:output_type -> fleetwave.v1.WhoAmIResponse
+	65, // [65:88] is the sub-list for method output_type
+	42, // [42:65] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_operator_proto_init() }
@@ -2576,7 +3353,7 @@ func file_fleetwave_v1_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fleetwave_v1_operator_proto_rawDesc), len(file_fleetwave_v1_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   40,
+			NumMessages:   52,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

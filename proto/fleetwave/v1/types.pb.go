@@ -1494,12 +1494,15 @@ type Release struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Service string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
 	// version: [A-Za-z0-9][A-Za-z0-9._+-]{0,63}
-	Version       string                 `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
-	Artifact      *Artifact              `protobuf:"bytes,3,opt,name=artifact,proto3" json:"artifact,omitempty"`
-	Commit        string                 `protobuf:"bytes,4,opt,name=commit,proto3" json:"commit,omitempty"`
-	CommitTime    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=commit_time,json=commitTime,proto3" json:"commit_time,omitempty"`
-	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
-	CreatedBy     string                 `protobuf:"bytes,7,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	Version    string                 `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	Artifact   *Artifact              `protobuf:"bytes,3,opt,name=artifact,proto3" json:"artifact,omitempty"`
+	Commit     string                 `protobuf:"bytes,4,opt,name=commit,proto3" json:"commit,omitempty"`
+	CommitTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=commit_time,json=commitTime,proto3" json:"commit_time,omitempty"`
+	CreatedAt  *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	CreatedBy  string                 `protobuf:"bytes,7,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	// CI's signature over the release manifest (unset: unsigned). Agents with
+	// trusted keys refuse a release without a valid one.
+	Signed        *SignedManifest `protobuf:"bytes,8,opt,name=signed,proto3" json:"signed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1583,6 +1586,180 @@ func (x *Release) GetCreatedBy() string {
 	return ""
 }
 
+func (x *Release) GetSigned() *SignedManifest {
+	if x != nil {
+		return x.Signed
+	}
+	return nil
+}
+
+// ReleaseManifest is what CI signs: the release's identity and artifact.
+type ReleaseManifest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Service        string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	Version        string                 `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	ArtifactSha256 string                 `protobuf:"bytes,3,opt,name=artifact_sha256,json=artifactSha256,proto3" json:"artifact_sha256,omitempty"`
+	ArtifactSize   int64                  `protobuf:"varint,4,opt,name=artifact_size,json=artifactSize,proto3" json:"artifact_size,omitempty"`
+	Commit         string                 `protobuf:"bytes,5,opt,name=commit,proto3" json:"commit,omitempty"`
+	CommitTime     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=commit_time,json=commitTime,proto3" json:"commit_time,omitempty"`
+	SignedAt       *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=signed_at,json=signedAt,proto3" json:"signed_at,omitempty"`
+	// Agents refuse to install the release after this time.
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseManifest) Reset() {
+	*x = ReleaseManifest{}
+	mi := &file_fleetwave_v1_types_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseManifest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseManifest) ProtoMessage() {}
+
+func (x *ReleaseManifest) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_types_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseManifest.ProtoReflect.Descriptor instead.
+func (*ReleaseManifest) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ReleaseManifest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *ReleaseManifest) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *ReleaseManifest) GetArtifactSha256() string {
+	if x != nil {
+		return x.ArtifactSha256
+	}
+	return ""
+}
+
+func (x *ReleaseManifest) GetArtifactSize() int64 {
+	if x != nil {
+		return x.ArtifactSize
+	}
+	return 0
+}
+
+func (x *ReleaseManifest) GetCommit() string {
+	if x != nil {
+		return x.Commit
+	}
+	return ""
+}
+
+func (x *ReleaseManifest) GetCommitTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CommitTime
+	}
+	return nil
+}
+
+func (x *ReleaseManifest) GetSignedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SignedAt
+	}
+	return nil
+}
+
+func (x *ReleaseManifest) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+// SignedManifest carries a serialized ReleaseManifest and an ed25519
+// signature over exactly those bytes.
+type SignedManifest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// deterministic protobuf encoding of a ReleaseManifest
+	Manifest []byte `protobuf:"bytes,1,opt,name=manifest,proto3" json:"manifest,omitempty"`
+	// ed25519 signature of manifest
+	Signature []byte `protobuf:"bytes,2,opt,name=signature,proto3" json:"signature,omitempty"`
+	// which key signed: the hex sha256 of the public key, first 16 digits
+	KeyId         string `protobuf:"bytes,3,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignedManifest) Reset() {
+	*x = SignedManifest{}
+	mi := &file_fleetwave_v1_types_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignedManifest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignedManifest) ProtoMessage() {}
+
+func (x *SignedManifest) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_types_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignedManifest.ProtoReflect.Descriptor instead.
+func (*SignedManifest) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *SignedManifest) GetManifest() []byte {
+	if x != nil {
+		return x.Manifest
+	}
+	return nil
+}
+
+func (x *SignedManifest) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+func (x *SignedManifest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
 // ServiceStatus is the coordinator's record of a service besides its spec.
 type ServiceStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1605,7 +1782,7 @@ type ServiceStatus struct {
 
 func (x *ServiceStatus) Reset() {
 	*x = ServiceStatus{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[16]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1617,7 +1794,7 @@ func (x *ServiceStatus) String() string {
 func (*ServiceStatus) ProtoMessage() {}
 
 func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[16]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1630,7 +1807,7 @@ func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStatus.ProtoReflect.Descriptor instead.
 func (*ServiceStatus) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{16}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ServiceStatus) GetStableVersion() string {
@@ -1694,7 +1871,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[17]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1706,7 +1883,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[17]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1719,7 +1896,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{17}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Service) GetSpec() *ServiceSpec {
@@ -1761,7 +1938,7 @@ type HostProgress struct {
 
 func (x *HostProgress) Reset() {
 	*x = HostProgress{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[18]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1773,7 +1950,7 @@ func (x *HostProgress) String() string {
 func (*HostProgress) ProtoMessage() {}
 
 func (x *HostProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[18]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1786,7 +1963,7 @@ func (x *HostProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostProgress.ProtoReflect.Descriptor instead.
 func (*HostProgress) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{18}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *HostProgress) GetHostId() string {
@@ -1858,7 +2035,7 @@ type Wave struct {
 
 func (x *Wave) Reset() {
 	*x = Wave{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[19]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1870,7 +2047,7 @@ func (x *Wave) String() string {
 func (*Wave) ProtoMessage() {}
 
 func (x *Wave) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[19]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1883,7 +2060,7 @@ func (x *Wave) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Wave.ProtoReflect.Descriptor instead.
 func (*Wave) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{19}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Wave) GetIndex() uint32 {
@@ -1995,7 +2172,7 @@ type Rollout struct {
 
 func (x *Rollout) Reset() {
 	*x = Rollout{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[20]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2007,7 +2184,7 @@ func (x *Rollout) String() string {
 func (*Rollout) ProtoMessage() {}
 
 func (x *Rollout) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[20]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2020,7 +2197,7 @@ func (x *Rollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
 func (*Rollout) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{20}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Rollout) GetId() string {
@@ -2171,7 +2348,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2183,7 +2360,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2196,7 +2373,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{21}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Event) GetAt() *timestamppb.Timestamp {
@@ -2266,7 +2443,7 @@ type CheckResult struct {
 
 func (x *CheckResult) Reset() {
 	*x = CheckResult{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2278,7 +2455,7 @@ func (x *CheckResult) String() string {
 func (*CheckResult) ProtoMessage() {}
 
 func (x *CheckResult) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2291,7 +2468,7 @@ func (x *CheckResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResult.ProtoReflect.Descriptor instead.
 func (*CheckResult) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{22}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CheckResult) GetName() string {
@@ -2336,7 +2513,7 @@ type ServiceReport struct {
 
 func (x *ServiceReport) Reset() {
 	*x = ServiceReport{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2348,7 +2525,7 @@ func (x *ServiceReport) String() string {
 func (*ServiceReport) ProtoMessage() {}
 
 func (x *ServiceReport) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2361,7 +2538,7 @@ func (x *ServiceReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceReport.ProtoReflect.Descriptor instead.
 func (*ServiceReport) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{23}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ServiceReport) GetService() string {
@@ -2440,7 +2617,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2452,7 +2629,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2465,7 +2642,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{24}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Assignment) GetService() string {
@@ -2517,7 +2694,7 @@ type Host struct {
 
 func (x *Host) Reset() {
 	*x = Host{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[25]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2529,7 +2706,7 @@ func (x *Host) String() string {
 func (*Host) ProtoMessage() {}
 
 func (x *Host) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[25]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2542,7 +2719,7 @@ func (x *Host) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Host.ProtoReflect.Descriptor instead.
 func (*Host) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{25}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Host) GetId() string {
@@ -2702,7 +2879,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\bArtifact\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x03R\x04size\x12\x10\n" +
-	"\x03url\x18\x03 \x01(\tR\x03url\"\xa0\x02\n" +
+	"\x03url\x18\x03 \x01(\tR\x03url\"\xd6\x02\n" +
 	"\aRelease\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x122\n" +
@@ -2713,7 +2890,23 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x1d\n" +
 	"\n" +
-	"created_by\x18\a \x01(\tR\tcreatedBy\"\xa5\x02\n" +
+	"created_by\x18\a \x01(\tR\tcreatedBy\x124\n" +
+	"\x06signed\x18\b \x01(\v2\x1c.fleetwave.v1.SignedManifestR\x06signed\"\xdc\x02\n" +
+	"\x0fReleaseManifest\x12\x18\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\x12'\n" +
+	"\x0fartifact_sha256\x18\x03 \x01(\tR\x0eartifactSha256\x12#\n" +
+	"\rartifact_size\x18\x04 \x01(\x03R\fartifactSize\x12\x16\n" +
+	"\x06commit\x18\x05 \x01(\tR\x06commit\x12;\n" +
+	"\vcommit_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"commitTime\x127\n" +
+	"\tsigned_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\bsignedAt\x129\n" +
+	"\n" +
+	"expires_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"a\n" +
+	"\x0eSignedManifest\x12\x1a\n" +
+	"\bmanifest\x18\x01 \x01(\fR\bmanifest\x12\x1c\n" +
+	"\tsignature\x18\x02 \x01(\fR\tsignature\x12\x15\n" +
+	"\x06key_id\x18\x03 \x01(\tR\x05keyId\"\xa5\x02\n" +
 	"\rServiceStatus\x12%\n" +
 	"\x0estable_version\x18\x01 \x01(\tR\rstableVersion\x12+\n" +
 	"\x11stable_generation\x18\x02 \x01(\x03R\x10stableGeneration\x12\x16\n" +
@@ -2874,7 +3067,7 @@ func file_fleetwave_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_fleetwave_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_fleetwave_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_fleetwave_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_fleetwave_v1_types_proto_goTypes = []any{
 	(RolloutState)(0),             // 0: fleetwave.v1.RolloutState
 	(WaveState)(0),                // 1: fleetwave.v1.WaveState
@@ -2896,88 +3089,94 @@ var file_fleetwave_v1_types_proto_goTypes = []any{
 	(*RolloutPolicy)(nil),         // 17: fleetwave.v1.RolloutPolicy
 	(*Artifact)(nil),              // 18: fleetwave.v1.Artifact
 	(*Release)(nil),               // 19: fleetwave.v1.Release
-	(*ServiceStatus)(nil),         // 20: fleetwave.v1.ServiceStatus
-	(*Service)(nil),               // 21: fleetwave.v1.Service
-	(*HostProgress)(nil),          // 22: fleetwave.v1.HostProgress
-	(*Wave)(nil),                  // 23: fleetwave.v1.Wave
-	(*Rollout)(nil),               // 24: fleetwave.v1.Rollout
-	(*Event)(nil),                 // 25: fleetwave.v1.Event
-	(*CheckResult)(nil),           // 26: fleetwave.v1.CheckResult
-	(*ServiceReport)(nil),         // 27: fleetwave.v1.ServiceReport
-	(*Assignment)(nil),            // 28: fleetwave.v1.Assignment
-	(*Host)(nil),                  // 29: fleetwave.v1.Host
-	nil,                           // 30: fleetwave.v1.ServiceSpec.SelectorEntry
-	nil,                           // 31: fleetwave.v1.RunSpec.EnvEntry
-	nil,                           // 32: fleetwave.v1.Host.LabelsEntry
-	(*durationpb.Duration)(nil),   // 33: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 34: google.protobuf.Timestamp
+	(*ReleaseManifest)(nil),       // 20: fleetwave.v1.ReleaseManifest
+	(*SignedManifest)(nil),        // 21: fleetwave.v1.SignedManifest
+	(*ServiceStatus)(nil),         // 22: fleetwave.v1.ServiceStatus
+	(*Service)(nil),               // 23: fleetwave.v1.Service
+	(*HostProgress)(nil),          // 24: fleetwave.v1.HostProgress
+	(*Wave)(nil),                  // 25: fleetwave.v1.Wave
+	(*Rollout)(nil),               // 26: fleetwave.v1.Rollout
+	(*Event)(nil),                 // 27: fleetwave.v1.Event
+	(*CheckResult)(nil),           // 28: fleetwave.v1.CheckResult
+	(*ServiceReport)(nil),         // 29: fleetwave.v1.ServiceReport
+	(*Assignment)(nil),            // 30: fleetwave.v1.Assignment
+	(*Host)(nil),                  // 31: fleetwave.v1.Host
+	nil,                           // 32: fleetwave.v1.ServiceSpec.SelectorEntry
+	nil,                           // 33: fleetwave.v1.RunSpec.EnvEntry
+	nil,                           // 34: fleetwave.v1.Host.LabelsEntry
+	(*durationpb.Duration)(nil),   // 35: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 36: google.protobuf.Timestamp
 }
 var file_fleetwave_v1_types_proto_depIdxs = []int32{
-	30, // 0: fleetwave.v1.ServiceSpec.selector:type_name -> fleetwave.v1.ServiceSpec.SelectorEntry
+	32, // 0: fleetwave.v1.ServiceSpec.selector:type_name -> fleetwave.v1.ServiceSpec.SelectorEntry
 	12, // 1: fleetwave.v1.ServiceSpec.run:type_name -> fleetwave.v1.RunSpec
 	13, // 2: fleetwave.v1.ServiceSpec.checks:type_name -> fleetwave.v1.Check
-	33, // 3: fleetwave.v1.ServiceSpec.min_healthy_time:type_name -> google.protobuf.Duration
-	33, // 4: fleetwave.v1.ServiceSpec.healthy_deadline:type_name -> google.protobuf.Duration
+	35, // 3: fleetwave.v1.ServiceSpec.min_healthy_time:type_name -> google.protobuf.Duration
+	35, // 4: fleetwave.v1.ServiceSpec.healthy_deadline:type_name -> google.protobuf.Duration
 	17, // 5: fleetwave.v1.ServiceSpec.rollout:type_name -> fleetwave.v1.RolloutPolicy
 	5,  // 6: fleetwave.v1.ServiceSpec.analysis:type_name -> fleetwave.v1.Analysis
 	11, // 7: fleetwave.v1.ServiceSpec.alerts:type_name -> fleetwave.v1.Alerts
-	33, // 8: fleetwave.v1.Analysis.interval:type_name -> google.protobuf.Duration
-	33, // 9: fleetwave.v1.Analysis.window:type_name -> google.protobuf.Duration
-	33, // 10: fleetwave.v1.Analysis.watch:type_name -> google.protobuf.Duration
+	35, // 8: fleetwave.v1.Analysis.interval:type_name -> google.protobuf.Duration
+	35, // 9: fleetwave.v1.Analysis.window:type_name -> google.protobuf.Duration
+	35, // 10: fleetwave.v1.Analysis.watch:type_name -> google.protobuf.Duration
 	6,  // 11: fleetwave.v1.Analysis.rules:type_name -> fleetwave.v1.AnalysisRule
 	7,  // 12: fleetwave.v1.AnalysisRule.error_ratio:type_name -> fleetwave.v1.ErrorRatioRule
 	8,  // 13: fleetwave.v1.AnalysisRule.latency:type_name -> fleetwave.v1.LatencyRule
 	9,  // 14: fleetwave.v1.AnalysisRule.restarts:type_name -> fleetwave.v1.RestartsRule
 	10, // 15: fleetwave.v1.AnalysisRule.promql:type_name -> fleetwave.v1.PromQLRule
-	31, // 16: fleetwave.v1.RunSpec.env:type_name -> fleetwave.v1.RunSpec.EnvEntry
-	33, // 17: fleetwave.v1.RunSpec.stop_grace:type_name -> google.protobuf.Duration
+	33, // 16: fleetwave.v1.RunSpec.env:type_name -> fleetwave.v1.RunSpec.EnvEntry
+	35, // 17: fleetwave.v1.RunSpec.stop_grace:type_name -> google.protobuf.Duration
 	14, // 18: fleetwave.v1.Check.http:type_name -> fleetwave.v1.HttpCheck
 	15, // 19: fleetwave.v1.Check.tcp:type_name -> fleetwave.v1.TcpCheck
 	16, // 20: fleetwave.v1.Check.exec:type_name -> fleetwave.v1.ExecCheck
-	33, // 21: fleetwave.v1.Check.interval:type_name -> google.protobuf.Duration
-	33, // 22: fleetwave.v1.Check.timeout:type_name -> google.protobuf.Duration
-	33, // 23: fleetwave.v1.RolloutPolicy.bake:type_name -> google.protobuf.Duration
-	33, // 24: fleetwave.v1.RolloutPolicy.progress_deadline:type_name -> google.protobuf.Duration
+	35, // 21: fleetwave.v1.Check.interval:type_name -> google.protobuf.Duration
+	35, // 22: fleetwave.v1.Check.timeout:type_name -> google.protobuf.Duration
+	35, // 23: fleetwave.v1.RolloutPolicy.bake:type_name -> google.protobuf.Duration
+	35, // 24: fleetwave.v1.RolloutPolicy.progress_deadline:type_name -> google.protobuf.Duration
 	18, // 25: fleetwave.v1.Release.artifact:type_name -> fleetwave.v1.Artifact
-	34, // 26: fleetwave.v1.Release.commit_time:type_name -> google.protobuf.Timestamp
-	34, // 27: fleetwave.v1.Release.created_at:type_name -> google.protobuf.Timestamp
-	4,  // 28: fleetwave.v1.ServiceStatus.stable_spec:type_name -> fleetwave.v1.ServiceSpec
-	4,  // 29: fleetwave.v1.Service.spec:type_name -> fleetwave.v1.ServiceSpec
-	20, // 30: fleetwave.v1.Service.status:type_name -> fleetwave.v1.ServiceStatus
-	34, // 31: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
-	2,  // 32: fleetwave.v1.HostProgress.state:type_name -> fleetwave.v1.HostRolloutState
-	34, // 33: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
-	34, // 34: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
-	3,  // 35: fleetwave.v1.HostProgress.phase:type_name -> fleetwave.v1.Phase
-	1,  // 36: fleetwave.v1.Wave.state:type_name -> fleetwave.v1.WaveState
-	22, // 37: fleetwave.v1.Wave.hosts:type_name -> fleetwave.v1.HostProgress
-	34, // 38: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
-	34, // 39: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
-	34, // 40: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
-	0,  // 41: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
-	17, // 42: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
-	23, // 43: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
-	34, // 44: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	34, // 45: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
-	34, // 46: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
-	34, // 47: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
-	4,  // 48: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
-	34, // 49: fleetwave.v1.Rollout.failed_at:type_name -> google.protobuf.Timestamp
-	34, // 50: fleetwave.v1.Rollout.restored_at:type_name -> google.protobuf.Timestamp
-	34, // 51: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
-	3,  // 52: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
-	26, // 53: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
-	34, // 54: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
-	19, // 55: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
-	4,  // 56: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
-	32, // 57: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
-	34, // 58: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	27, // 59: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
-	60, // [60:60] is the sub-list for method output_type
-	60, // [60:60] is the sub-list for method input_type
-	60, // [60:60] is the sub-list for extension type_name
-	60, // [60:60] is the sub-list for extension extendee
-	0,  // [0:60] is the sub-list for field type_name
+	36, // 26: fleetwave.v1.Release.commit_time:type_name -> google.protobuf.Timestamp
+	36, // 27: fleetwave.v1.Release.created_at:type_name -> google.protobuf.Timestamp
+	21, // 28: fleetwave.v1.Release.signed:type_name -> fleetwave.v1.SignedManifest
+	36, // 29: fleetwave.v1.ReleaseManifest.commit_time:type_name -> google.protobuf.Timestamp
+	36, // 30: fleetwave.v1.ReleaseManifest.signed_at:type_name -> google.protobuf.Timestamp
+	36, // 31: fleetwave.v1.ReleaseManifest.expires_at:type_name -> google.protobuf.Timestamp
+	4,  // 32: fleetwave.v1.ServiceStatus.stable_spec:type_name -> fleetwave.v1.ServiceSpec
+	4,  // 33: fleetwave.v1.Service.spec:type_name -> fleetwave.v1.ServiceSpec
+	22, // 34: fleetwave.v1.Service.status:type_name -> fleetwave.v1.ServiceStatus
+	36, // 35: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
+	2,  // 36: fleetwave.v1.HostProgress.state:type_name -> fleetwave.v1.HostRolloutState
+	36, // 37: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
+	36, // 38: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
+	3,  // 39: fleetwave.v1.HostProgress.phase:type_name -> fleetwave.v1.Phase
+	1,  // 40: fleetwave.v1.Wave.state:type_name -> fleetwave.v1.WaveState
+	24, // 41: fleetwave.v1.Wave.hosts:type_name -> fleetwave.v1.HostProgress
+	36, // 42: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
+	36, // 43: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
+	36, // 44: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
+	0,  // 45: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
+	17, // 46: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
+	25, // 47: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
+	36, // 48: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	36, // 49: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
+	36, // 50: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
+	36, // 51: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
+	4,  // 52: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
+	36, // 53: fleetwave.v1.Rollout.failed_at:type_name -> google.protobuf.Timestamp
+	36, // 54: fleetwave.v1.Rollout.restored_at:type_name -> google.protobuf.Timestamp
+	36, // 55: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
+	3,  // 56: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
+	28, // 57: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
+	36, // 58: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
+	19, // 59: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
+	4,  // 60: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
+	34, // 61: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
+	36, // 62: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	29, // 63: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
+	64, // [64:64] is the sub-list for method output_type
+	64, // [64:64] is the sub-list for method input_type
+	64, // [64:64] is the sub-list for extension type_name
+	64, // [64:64] is the sub-list for extension extendee
+	0,  // [0:64] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_types_proto_init() }
@@ -3003,7 +3202,7 @@ func file_fleetwave_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fleetwave_v1_types_proto_rawDesc), len(file_fleetwave_v1_types_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   29,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
