@@ -89,6 +89,7 @@ type agent struct {
 	ctx      context.Context // canceled at shutdown
 
 	metrics *agentMetrics // Prometheus instruments (metrics.go)
+	trusted trustedKeys   // release signing keys by id; nil: releases are not checked (verify.go)
 }
 
 // Events sent to the run loop.
@@ -127,6 +128,10 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger, opts options) erro
 		return fmt.Errorf("agent config: %w", err)
 	}
 	cfg = cfg.withDefaults()
+	trusted, err := loadTrustedKeys(cfg.TrustedKeys)
+	if err != nil {
+		return fmt.Errorf("agent config: %w", err)
+	}
 	dataDir, err := filepath.Abs(cfg.DataDir)
 	if err != nil {
 		return fmt.Errorf("data_dir %q: %w", cfg.DataDir, err)
@@ -181,6 +186,7 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger, opts options) erro
 		events:     make(chan any, 64),
 		stopping:   make(chan struct{}),
 		ctx:        loopCtx,
+		trusted:    trusted,
 	}
 	stopMetrics, err := a.startMetrics()
 	if err != nil {
@@ -190,10 +196,22 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger, opts options) erro
 	log.Info().Str("path", dataDir).Int("services", len(saved)).Msg("agent starting")
 	a.recover(saved)
 
-	a.wg.Add(1)
+	if a.cfg.Insecure {
+		log.Warn().Msg("INSECURE: plain-text connection to the coordinators; use --tls-ca with --tls-cert/--tls-key or --join-token-file in production")
+	}
+	a.wg.Add(2)
 	go func() {
 		defer a.wg.Done()
+		// Services keep running while the agent joins; nothing new starts
+		// without a coordinator anyway.
+		if err := a.ensureCert(loopCtx); err != nil {
+			return
+		}
 		a.connLoop(loopCtx)
+	}()
+	go func() {
+		defer a.wg.Done()
+		a.renewLoop(loopCtx)
 	}()
 	a.loop(ctx)
 	// Shutdown: no more events; stop checks and services; end the stream.
@@ -431,6 +449,9 @@ func (a *agent) assign(list []*v1.Assignment) {
 			a.log.Warn().Str("service", name).Int64("generation", asg.GetGeneration()).Err(err).Msg("invalid assignment")
 			a.step(s, lifecycle.Invalid(asg.GetGeneration(), err.Error(), now))
 			continue
+		}
+		if a.refuse(s, asg, now) {
+			continue // replayed, or its release does not verify (verify.go)
 		}
 		a.step(s, lifecycle.Assign(asg, now))
 	}

@@ -166,7 +166,7 @@ func TestAgentEndToEnd(t *testing.T) {
 	defer hs.Close()
 
 	dataDir := t.TempDir()
-	cfg := Config{Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: dataDir, AgentVersion: "test"}
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: dataDir, AgentVersion: "test"}
 	pidFile := filepath.Join(dataDir, "run", testSvc+".pid")
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -281,7 +281,7 @@ func TestAgentReconnectsAndCyclesCoordinators(t *testing.T) {
 	dead := newFakeCoordinator(t)
 	dead.srv.Stop()
 	fc := newFakeCoordinator(t)
-	cfg := Config{Coordinators: []string{dead.addr, fc.addr}, HostID: testHostID, DataDir: t.TempDir()}
+	cfg := Config{Insecure: true, Coordinators: []string{dead.addr, fc.addr}, HostID: testHostID, DataDir: t.TempDir()}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := runAgent(t, ctx, cfg, testOptions())
@@ -304,7 +304,7 @@ func TestRunRejectsBadConfigAndSharedDataDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unlock()
-	err = Run(context.Background(), Config{Coordinators: []string{"127.0.0.1:1"}, HostID: "h", DataDir: dir}, zerolog.Nop())
+	err = Run(context.Background(), Config{Insecure: true, Coordinators: []string{"127.0.0.1:1"}, HostID: "h", DataDir: dir}, zerolog.Nop())
 	if err == nil || !strings.Contains(err.Error(), "in use by another agent") {
 		t.Fatalf("err %v", err)
 	}
@@ -319,7 +319,7 @@ func TestRunRejectsCorruptState(t *testing.T) {
 	if err := os.WriteFile(path, []byte("{garbage"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	err := Run(context.Background(), Config{Coordinators: []string{"127.0.0.1:1"}, HostID: "h", DataDir: dir}, zerolog.Nop())
+	err := Run(context.Background(), Config{Insecure: true, Coordinators: []string{"127.0.0.1:1"}, HostID: "h", DataDir: dir}, zerolog.Nop())
 	if err == nil || !strings.Contains(err.Error(), path) {
 		t.Fatalf("err %v", err)
 	}

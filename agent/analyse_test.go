@@ -172,7 +172,7 @@ func TestAnalysisRevertsDegradedReleases(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := Config{Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": port}, DataDir: t.TempDir()}
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": port}, DataDir: t.TempDir()}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := runAgent(t, ctx, cfg, testOptions())

@@ -48,6 +48,20 @@ type Config struct {
 	// MetricsListen serves the agent's Prometheus metrics at /metrics
 	// (host:port; empty = off).
 	MetricsListen string
+	// TrustedKeys are files with the public keys (PEM, from fleetwave keys
+	// generate) release signatures are checked against. When any are given,
+	// an assignment whose release is not signed by one of them, or whose
+	// signed manifest does not match it or has expired, is refused.
+	TrustedKeys []string
+	// TLSCA is the CA the coordinators' certificates chain to. TLSCert and
+	// TLSKey are this host's certificate (identity agent/<host id>) and
+	// key; without them the agent joins with the one-time token in
+	// JoinTokenFile and keeps the certificate it gets in DataDir/tls,
+	// renewing it before it expires.
+	TLSCA, TLSCert, TLSKey string
+	JoinTokenFile          string
+	// Insecure talks plain text (tests and trials only; logged).
+	Insecure bool
 }
 
 // Validate checks every field; the error names the bad one.
@@ -71,6 +85,21 @@ func (c Config) Validate() error {
 	}
 	if c.MaxArtifactBytes < 0 {
 		return fmt.Errorf("max_artifact_bytes: %d is negative", c.MaxArtifactBytes)
+	}
+	switch {
+	case c.Insecure && (c.TLSCA != "" || c.TLSCert != "" || c.TLSKey != "" || c.JoinTokenFile != ""):
+		return errors.New("insecure: cannot be combined with tls_ca, tls_cert, tls_key or join_token_file")
+	case !c.Insecure && c.TLSCA == "":
+		return errors.New("tls_ca: required (or insecure for plain text)")
+	case (c.TLSCert == "") != (c.TLSKey == ""):
+		return errors.New("tls_cert, tls_key: give both or neither")
+	case !c.Insecure && c.TLSCert == "" && c.JoinTokenFile == "":
+		return errors.New("tls_cert: give a host certificate (tls_cert, tls_key) or a join token (join_token_file)")
+	}
+	for i, p := range c.TrustedKeys {
+		if strings.TrimSpace(p) == "" {
+			return fmt.Errorf("trusted_keys[%d]: empty path", i)
+		}
 	}
 	if _, _, err := net.SplitHostPort(c.MetricsListen); c.MetricsListen != "" && err != nil {
 		return fmt.Errorf("metrics_listen: %q: want host:port: %v", c.MetricsListen, err)

@@ -14,7 +14,6 @@ import (
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 )
 
@@ -182,8 +181,12 @@ func (a *agent) connLoop(ctx context.Context) {
 // reports as they change, while assignments flow to the run loop. It says
 // whether the coordinator answered at all (to reset the backoff).
 func (a *agent) session(ctx context.Context, addr string) (established bool, err error) {
+	creds, err := a.transport()
+	if err != nil {
+		return false, fmt.Errorf("tls: %w", err)
+	}
 	cc, err := grpc.NewClient(addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{
 			Time: a.opts.keepalive, Timeout: 5 * time.Second, PermitWithoutStream: true,
 		}),

@@ -45,7 +45,7 @@ func TestAgentKilledWhileCheckingRecovers(t *testing.T) {
 	lw := &testWriter{t: t}
 	t.Cleanup(func() { lw.mu.Lock(); lw.done = true; lw.mu.Unlock() })
 	start := func() *exec.Cmd {
-		cmd := exec.Command(bin, "--coordinator", fc.addr, "--host-id", testHostID, "--labels", "port=8081",
+		cmd := exec.Command(bin, "--insecure", "--coordinator", fc.addr, "--host-id", testHostID, "--labels", "port=8081",
 			"--data-dir", dataDir, "--log-level", "debug")
 		cmd.Stderr = lw
 		if err := cmd.Start(); err != nil {

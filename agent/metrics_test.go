@@ -135,7 +135,7 @@ func TestAgentMetricsEndpoint(t *testing.T) {
 	addrc := make(chan string, 1)
 	opts := testOptions()
 	opts.metricsReady = func(a string) { addrc <- a }
-	cfg := Config{Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: t.TempDir(),
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: t.TempDir(),
 		MetricsListen: "127.0.0.1:0"}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -338,7 +338,7 @@ func TestAnalysisSeriesReplaced(t *testing.T) {
 }
 
 func TestMetricsListenValidated(t *testing.T) {
-	cfg := Config{Coordinators: []string{"a:1"}, HostID: "h1", DataDir: "d", MetricsListen: "nope"}
+	cfg := Config{Insecure: true, Coordinators: []string{"a:1"}, HostID: "h1", DataDir: "d", MetricsListen: "nope"}
 	if err := cfg.Validate(); err == nil || !bytes.HasPrefix([]byte(err.Error()), []byte("metrics_listen:")) {
 		t.Errorf("Validate: %v, want an error naming metrics_listen", err)
 	}

@@ -72,7 +72,7 @@ func TestNewerAssignmentSupersedesStalledFetch(t *testing.T) {
 	art := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": goodCheck})
 	d := fc.addArtifact(art)
 	ss := newStallServer(t, len(art))
-	cfg := Config{Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: t.TempDir()}
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: t.TempDir()}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := runAgent(t, ctx, cfg, testOptions()) // fetch timeout 30 min, idle 60 s
@@ -101,7 +101,7 @@ func TestFetchIdleDeadline(t *testing.T) {
 	fc := newFakeCoordinator(t)
 	art := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": goodCheck})
 	ss := newStallServer(t, len(art))
-	cfg := Config{Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: t.TempDir()}
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: t.TempDir()}
 	opts := testOptions()
 	opts.fetchIdle = 200 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
@@ -230,7 +230,7 @@ func TestFailedSaveHoldsLaterActions(t *testing.T) {
 		return nil
 	}
 	opts.pruneHook = func(string) { prunes.Add(1) }
-	cfg := Config{Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: t.TempDir()}
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: t.TempDir()}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := runAgent(t, ctx, cfg, opts)
@@ -320,7 +320,7 @@ func TestPruneInBackgroundBeforeNextFetch(t *testing.T) {
 			note("prune done")
 		}
 	}
-	cfg := Config{Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: t.TempDir()}
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: t.TempDir()}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := runAgent(t, ctx, cfg, opts)

@@ -42,7 +42,7 @@ func TestAgentBinaryIsLean(t *testing.T) {
 }
 
 func TestConfigValidate(t *testing.T) {
-	good := Config{Coordinators: []string{"127.0.0.1:7070", "dns:///coord.example:7070"}, HostID: "h-1", Labels: map[string]string{"zone": "a"}, DataDir: "d"}
+	good := Config{Insecure: true, Coordinators: []string{"127.0.0.1:7070", "dns:///coord.example:7070"}, HostID: "h-1", Labels: map[string]string{"zone": "a"}, DataDir: "d"}
 	if err := good.Validate(); err != nil {
 		t.Fatal(err)
 	}

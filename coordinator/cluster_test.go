@@ -44,7 +44,7 @@ func startMember(t testing.TB, name string, endpoints []string) *member {
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &member{name: name, cancel: cancel, done: make(chan error, 1)}
 	addrc := make(chan string, 1)
-	cfg := Config{Listen: "127.0.0.1:0", Name: name, DataDir: t.TempDir(), EtcdEndpoints: endpoints, LeaseTTL: 2 * time.Second,
+	cfg := Config{Insecure: true, Listen: "127.0.0.1:0", Name: name, DataDir: t.TempDir(), EtcdEndpoints: endpoints, LeaseTTL: 2 * time.Second,
 		Ready: func(a string) { addrc <- a }}
 	go func() { m.done <- Run(ctx, cfg, zerolog.Nop()) }()
 	t.Cleanup(func() { _ = m.stop() })

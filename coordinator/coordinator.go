@@ -8,6 +8,8 @@ package coordinator
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -21,6 +23,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -30,6 +34,7 @@ import (
 	"github.com/fleetwave/fleetwave/coordinator/artifacts"
 	"github.com/fleetwave/fleetwave/coordinator/store"
 	"github.com/fleetwave/fleetwave/internal/gossip"
+	"github.com/fleetwave/fleetwave/internal/tlsutil"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -50,6 +55,22 @@ type Config struct {
 	Advertise string
 	// Version is the build version, shown by cluster status.
 	Version string
+	// TLSCert and TLSKey are this coordinator's certificate (identity
+	// coordinator/<name>) and key; TLSCA the CA every client and peer
+	// certificate must chain to. All three are required unless Insecure.
+	TLSCert, TLSKey, TLSCA string
+	// TLSCAKey, if set, lets this coordinator sign agent certificates for
+	// Join and Renew.
+	TLSCAKey string
+	// Insecure serves plain text and trusts every caller as admin (logged
+	// as a warning). Only for tests and trials.
+	Insecure bool
+	// AgentCertTTL is the lifetime of certificates issued to joining agents
+	// (default 24h; agents renew at two thirds of it).
+	AgentCertTTL time.Duration
+	// EtcdCert, EtcdKey and EtcdCA configure TLS to an external etcd (client
+	// certificate optional).
+	EtcdCert, EtcdKey, EtcdCA string
 	// Gossip configures memberlist membership (off when Gossip.Bind is
 	// empty). Name, Role and Meta are set by the coordinator.
 	Gossip gossip.Config
@@ -90,6 +111,18 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("etcd-endpoints: %q: want host:port or http(s)://host:port", e))
 		}
 	}
+	if !c.Insecure && (c.TLSCert == "" || c.TLSKey == "" || c.TLSCA == "") {
+		errs = append(errs, errors.New("tls-cert, tls-key, tls-ca: all required (or --insecure for plain text)"))
+	}
+	if c.Insecure && (c.TLSCert != "" || c.TLSKey != "" || c.TLSCA != "" || c.TLSCAKey != "") {
+		errs = append(errs, errors.New("insecure: cannot be combined with tls-cert, tls-key, tls-ca or tls-ca-key"))
+	}
+	if (c.EtcdCert == "") != (c.EtcdKey == "") {
+		errs = append(errs, errors.New("etcd-cert, etcd-key: give both or neither"))
+	}
+	if c.AgentCertTTL < 0 || (c.AgentCertTTL > 0 && c.AgentCertTTL < time.Minute) {
+		errs = append(errs, fmt.Errorf("agent-cert-ttl: %s: want at least 1m", c.AgentCertTTL))
+	}
 	if c.MaxArtifactBytes < 0 {
 		errs = append(errs, fmt.Errorf("max-artifact-bytes: %d is negative", c.MaxArtifactBytes))
 	}
@@ -109,6 +142,9 @@ func (c *Config) defaults() {
 	if c.LeaseTTL == 0 {
 		c.LeaseTTL = 5 * time.Second
 	}
+	if c.AgentCertTTL == 0 {
+		c.AgentCertTTL = 24 * time.Hour
+	}
 }
 
 // Coordinator is one running control-plane process.
@@ -123,6 +159,13 @@ type Coordinator struct {
 	alerts *alerter
 	cli    *clientv3.Client
 	fwd    *forwarder
+	// insecure: plain text, every caller trusted (Config.Insecure).
+	insecure bool
+	// ca signs agent certificates (nil: no --tls-ca-key).
+	ca *tlsutil.CA
+	// peerCreds are the transport credentials for calls to other
+	// coordinators (forwarding, artifact copies).
+	peerCreds credentials.TransportCredentials
 	// gossip is the membership view (nil = gossip off).
 	gossip gossipView
 	start  time.Time
@@ -165,7 +208,14 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 			}
 		}()
 	}
-	cli, err := store.Dial(endpoints)
+	var etcdTLS *tls.Config
+	if cfg.EtcdCA != "" || cfg.EtcdCert != "" {
+		var err error
+		if etcdTLS, err = etcdTLSConfig(cfg); err != nil {
+			return err
+		}
+	}
+	cli, err := store.DialTLS(endpoints, etcdTLS)
 	if err != nil {
 		return err
 	}
@@ -174,7 +224,27 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
-	c := &Coordinator{cfg: cfg, log: log, store: store.New(cli), arts: arts, cli: cli, start: time.Now(), sessCh: make(chan struct{})}
+	c := &Coordinator{cfg: cfg, log: log, store: store.New(cli), arts: arts, cli: cli, start: time.Now(), sessCh: make(chan struct{}), insecure: cfg.Insecure}
+	var serverCreds credentials.TransportCredentials
+	if cfg.Insecure {
+		log.Warn().Msg("INSECURE: plain-text gRPC, every caller is trusted as admin; use --tls-cert/--tls-key/--tls-ca in production")
+		serverCreds, c.peerCreds = insecure.NewCredentials(), insecure.NewCredentials()
+	} else {
+		sc, err := tlsutil.ServerConfig(cfg.TLSCert, cfg.TLSKey, cfg.TLSCA)
+		if err != nil {
+			return fmt.Errorf("tls: %w", err)
+		}
+		pc, err := tlsutil.ClientConfig(cfg.TLSCert, cfg.TLSKey, cfg.TLSCA)
+		if err != nil {
+			return fmt.Errorf("tls: %w", err)
+		}
+		serverCreds, c.peerCreds = credentials.NewTLS(sc), credentials.NewTLS(pc)
+		if cfg.TLSCAKey != "" {
+			if c.ca, err = tlsutil.LoadCA(cfg.TLSCA, cfg.TLSCAKey); err != nil {
+				return fmt.Errorf("tls-ca-key: %w", err)
+			}
+		}
+	}
 	c.metrics = newMetrics()
 	cli.KV = store.InstrumentKV(cli.KV, c.metrics.observeEtcd)
 	sess, err := c.newSession(ctx)
@@ -234,7 +304,9 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		wg.Go(func() { c.gossipWake(ctx, g) })
 	}
 	srv := grpc.NewServer(
-		grpc.ChainUnaryInterceptor(c.metrics.countForwarded(c.fwd.unary)),
+		grpc.Creds(serverCreds),
+		grpc.ChainUnaryInterceptor(c.unaryAuth, c.metrics.countForwarded(c.fwd.unary)),
+		grpc.ChainStreamInterceptor(c.streamAuth),
 		grpc.MaxRecvMsgSize(4<<20),
 		grpc.MaxSendMsgSize(64<<20),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 2 * time.Second, PermitWithoutStream: true}),
@@ -252,6 +324,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		return err
 	}
 	wg.Go(func() { c.hub.pushLoop(ctx) })
+	wg.Go(func() { c.hub.reports.run(ctx) })
 	wg.Go(func() { c.leader.run(ctx) })
 	wg.Go(func() { c.sessionLoop(ctx) })
 	wg.Go(func() { c.replicateLoop(ctx) })
@@ -292,6 +365,30 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 
 // lease is this coordinator's session lease; connection records live on it.
 func (c *Coordinator) lease() clientv3.LeaseID { return c.session().Lease() }
+
+// etcdTLSConfig is the TLS configuration for an external etcd.
+func etcdTLSConfig(cfg Config) (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if cfg.EtcdCA != "" {
+		pem, err := os.ReadFile(cfg.EtcdCA)
+		if err != nil {
+			return nil, fmt.Errorf("etcd-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("etcd-ca: %s: no PEM certificate", cfg.EtcdCA)
+		}
+		tc.RootCAs = pool
+	}
+	if cfg.EtcdCert != "" {
+		kp, err := tls.LoadX509KeyPair(cfg.EtcdCert, cfg.EtcdKey)
+		if err != nil {
+			return nil, fmt.Errorf("etcd-cert/etcd-key: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{kp}
+	}
+	return tc, nil
+}
 
 // gossipID turns a coordinator name into a gossip node id (letters, digits,
 // '.', '_' and '-'; other characters become '-').

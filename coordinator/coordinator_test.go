@@ -34,7 +34,7 @@ func startCoordinator(t testing.TB) *grpc.ClientConn {
 	ctx, cancel := context.WithCancel(context.Background())
 	addrc := make(chan string, 1)
 	done := make(chan error, 1)
-	cfg := Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, LeaseTTL: 2 * time.Second,
+	cfg := Config{Insecure: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, LeaseTTL: 2 * time.Second,
 		Ready: func(a string) { addrc <- a }}
 	go func() { done <- Run(ctx, cfg, zerolog.Nop()) }()
 	t.Cleanup(func() {
@@ -66,7 +66,7 @@ func TestConfigValidateNamesFields(t *testing.T) {
 			t.Errorf("Validate error %v does not name %s", err, want)
 		}
 	}
-	if err := (&Config{Listen: "127.0.0.1:7070", DataDir: "d"}).Validate(); err != nil {
+	if err := (&Config{Insecure: true, Listen: "127.0.0.1:7070", DataDir: "d"}).Validate(); err != nil {
 		t.Errorf("valid config rejected: %v", err)
 	}
 }

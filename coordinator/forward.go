@@ -10,7 +10,6 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -65,7 +64,7 @@ func (f *forwarder) conn(addr string) (*grpc.ClientConn, error) {
 	if cc, ok := f.conns[addr]; ok {
 		return cc, nil
 	}
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(f.c.peerCreds),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
 	if err != nil {
 		return nil, fmt.Errorf("dial coordinator %s: %w", addr, err)
@@ -131,7 +130,8 @@ func (f *forwarder) unary(ctx context.Context, req any, info *grpc.UnaryServerIn
 	if err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
-	out := metadata.AppendToOutgoingContext(ctx, mdForwardedBy, f.c.cfg.Name, mdActor, caller(ctx))
+	p, _ := principalFrom(ctx)
+	out := metadata.AppendToOutgoingContext(ctx, mdForwardedBy, f.c.cfg.Name, mdActor, caller(ctx), mdRole, p.role)
 	resp := mk()
 	if err := cc.Invoke(out, info.FullMethod, req, resp); err != nil {
 		f.c.log.Debug().Err(err).Str("method", info.FullMethod).Str("leader", name).Msg("forwarded call failed")

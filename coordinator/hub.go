@@ -18,6 +18,7 @@ import (
 
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/internal/spec"
+	"github.com/fleetwave/fleetwave/internal/tlsutil"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -31,6 +32,8 @@ type hub struct {
 	mu     sync.Mutex
 	conns  map[string]*agentConn
 	cached *desiredTable
+	// reports batches report writes from every stream.
+	reports *reportWriter
 }
 
 type agentConn struct {
@@ -53,7 +56,7 @@ type agentConn struct {
 }
 
 func newHub(c *Coordinator) *hub {
-	return &hub{c: c, conns: map[string]*agentConn{}}
+	return &hub{c: c, conns: map[string]*agentConn{}, reports: newReportWriter(c.store)}
 }
 
 const maxServicesPerHello = 1000
@@ -137,6 +140,12 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
 	id := hello.GetHostId()
+	// A host certificate opens only its own host's stream: it receives only
+	// its assignments and reports only for itself.
+	if p, ok := principalFrom(ctx); ok && p.kind == tlsutil.KindAgent && p.name != id {
+		h.c.log.Warn().Str("host", id).Str("actor", p.ident).Msg("agent stream for another host refused")
+		return status.Errorf(codes.PermissionDenied, "hello.host_id: %q, but the certificate is for host %q", id, p.name)
+	}
 	log := h.c.log.With().Str("host", id).Logger()
 	from := ""
 	if p, ok := peer.FromContext(ctx); ok {
@@ -238,7 +247,7 @@ func (h *hub) saveReport(ctx context.Context, c *agentConn, r *v1.ServiceReport)
 	if old != nil && sameReport(old, r) {
 		return nil
 	}
-	if err := h.c.store.PutReport(ctx, c.host, r); err != nil {
+	if err := h.reports.put(ctx, c.host, r); err != nil {
 		return err
 	}
 	c.reports[r.GetService()] = r

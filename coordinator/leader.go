@@ -414,6 +414,10 @@ func (l *leader) commit(ctx context.Context, fence *store.Fence, vs store.Versio
 	}
 	prev, _ := l.c.mirror.Rollout(next.GetService(), next.GetId())
 	rev, err := l.c.store.WriteRollout(ctx, fence, next, curRev, newSvc, vs.Rev, events...)
+	if errors.Is(err, store.ErrHistoryShort) {
+		l.c.log.Error().Err(err).Str("service", svc.GetSpec().GetName()).Str("rollout", next.GetId()).Msg("decision committed, events lost")
+		err = nil
+	}
 	if err != nil {
 		return err
 	}

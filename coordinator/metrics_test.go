@@ -38,7 +38,7 @@ func startCoordinatorWithMetrics(t *testing.T) (*grpc.ClientConn, string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	addrc, metricsc := make(chan string, 1), make(chan string, 1)
 	done := make(chan error, 1)
-	cfg := Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, LeaseTTL: 2 * time.Second,
+	cfg := Config{Insecure: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, LeaseTTL: 2 * time.Second,
 		MetricsListen: "127.0.0.1:0",
 		Ready:         func(a string) { addrc <- a }, MetricsReady: func(a string) { metricsc <- a }}
 	go func() { done <- Run(ctx, cfg, zerolog.Nop()) }()
@@ -282,11 +282,11 @@ func TestMetricsEndpoint(t *testing.T) {
 }
 
 func TestMetricsListenValidated(t *testing.T) {
-	err := (&Config{Listen: "127.0.0.1:7070", DataDir: "d", MetricsListen: "nope"}).Validate()
+	err := (&Config{Insecure: true, Listen: "127.0.0.1:7070", DataDir: "d", MetricsListen: "nope"}).Validate()
 	if err == nil || !strings.Contains(err.Error(), "metrics-listen:") || !strings.Contains(err.Error(), `"nope"`) {
 		t.Errorf("Validate: %v, want it to name metrics-listen and the value", err)
 	}
-	if err := (&Config{Listen: "127.0.0.1:7070", DataDir: "d", MetricsListen: ":9100"}).Validate(); err != nil {
+	if err := (&Config{Insecure: true, Listen: "127.0.0.1:7070", DataDir: "d", MetricsListen: ":9100"}).Validate(); err != nil {
 		t.Errorf("valid metrics-listen rejected: %v", err)
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -152,19 +151,14 @@ func (o *operator) CreateRelease(ctx context.Context, req *v1.CreateReleaseReque
 	return resp, nil
 }
 
-// caller names who made a call, for the record. Until operators
-// authenticate (mutual TLS, a later issue) that is the peer address.
-//
-// A call forwarded by another coordinator names the original caller in its
-// metadata. TODO(issue 6): trust that only from a coordinator identity.
+// caller names who made a call, for events and the audit log: the
+// principal the auth interceptor established.
 func caller(ctx context.Context) string {
-	if md, ok := metadata.FromIncomingContext(ctx); ok && len(md.Get(mdForwardedBy)) > 0 {
-		if a := md.Get(mdActor); len(a) > 0 && a[0] != "" {
-			return a[0]
-		}
+	if p, ok := principalFrom(ctx); ok {
+		return p.ident
 	}
-	if p, ok := peer.FromContext(ctx); ok {
-		return "peer:" + p.Addr.String()
+	if pr, ok := peer.FromContext(ctx); ok {
+		return "peer:" + pr.Addr.String()
 	}
 	return "unknown"
 }
@@ -362,7 +356,10 @@ func (o *operator) ListEvents(ctx context.Context, req *v1.ListEventsRequest) (*
 	return &v1.ListEventsResponse{Events: evs}, nil
 }
 
-var rolloutIDRE = regexp.MustCompile(`^[0-9]{6,}$`)
+var (
+	rolloutIDRE = regexp.MustCompile(`^[0-9]{6,}$`)
+	tokenIDRE   = regexp.MustCompile(`^[0-9a-f]{12}$`)
+)
 
 // WatchEvents sends the recorded events (after since_revision), oldest
 // first, then with follow every new one as it is written, until the client

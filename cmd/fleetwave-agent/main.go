@@ -16,6 +16,7 @@ import (
 
 	"github.com/fleetwave/fleetwave/agent"
 	"github.com/fleetwave/fleetwave/internal/gossip"
+	"github.com/fleetwave/fleetwave/internal/signing"
 	"github.com/fleetwave/fleetwave/internal/spec"
 	"github.com/rs/zerolog"
 )
@@ -75,6 +76,13 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (host:port; empty = off)")
 	gossipFlags := gossip.AddFlags(fs)
+	var trustedKeys listFlag
+	fs.Var(&trustedKeys, "trusted-keys", "public key files (PEM, from fleetwave keys generate; comma-separated or repeated): refuse releases not signed by one of them")
+	tlsCA := fs.String("tls-ca", "", "CA the coordinators' certificates chain to (PEM)")
+	tlsCert := fs.String("tls-cert", "", "this host's certificate (PEM; identity agent/HOST-ID; from fleetwave tls init)")
+	tlsKey := fs.String("tls-key", "", "its key (PEM)")
+	joinToken := fs.String("join-token-file", "", "file with a one-time join token (fleetwave token create NAME --role join): the agent gets and renews its own certificate, kept in DATA-DIR/tls")
+	insecureFlag := fs.Bool("insecure", false, "plain-text connection to the coordinators (tests and trials only)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return agent.Config{}, 0, err
@@ -102,23 +110,33 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 		return agent.Config{}, 0, bad("log-level", *logLevel, "want debug, info, warn or error")
 	}
 	cfg := agent.Config{
-		Coordinators: coordinators,
-		HostID:       *hostID,
-		Labels:       lm,
-		DataDir:      *dataDir,
-		AgentVersion: version,
-		Gossip:       gossipFlags(),
+		Coordinators:  coordinators,
+		HostID:        *hostID,
+		Labels:        lm,
+		DataDir:       *dataDir,
+		AgentVersion:  version,
+		Gossip:        gossipFlags(),
+		TLSCA:         *tlsCA,
+		TLSCert:       *tlsCert,
+		TLSKey:        *tlsKey,
+		JoinTokenFile: *joinToken,
+		Insecure:      *insecureFlag,
 	}
 	cfg.MetricsListen = *metricsListen
+	cfg.TrustedKeys = trustedKeys
 	if err := cfg.Validate(); err != nil {
 		// Name the flag behind the field.
 		msg := err.Error()
-		for field, flagName := range map[string]string{"coordinators": "coordinator", "data_dir": "data-dir", "labels": "labels", "metrics_listen": "metrics-listen"} {
+		for field, flagName := range map[string]string{"coordinators": "coordinator", "data_dir": "data-dir", "labels": "labels",
+			"tls_ca": "tls-ca", "tls_cert": "tls-cert", "insecure": "insecure", "metrics_listen": "metrics-listen", "trusted_keys": "trusted-keys"} {
 			if strings.HasPrefix(msg, field) {
 				return agent.Config{}, 0, fmt.Errorf("%w: flag --%s: %v", errUsage, flagName, err)
 			}
 		}
 		return agent.Config{}, 0, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if _, err := signing.LoadPublicKeys(cfg.TrustedKeys); err != nil {
+		return agent.Config{}, 0, fmt.Errorf("%w: flag --trusted-keys: %v", errUsage, err)
 	}
 	return cfg, level, nil
 }

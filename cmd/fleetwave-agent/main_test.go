@@ -11,7 +11,7 @@ func TestParseFlags(t *testing.T) {
 	var stderr bytes.Buffer
 	cfg, level, err := parseFlags([]string{
 		"--coordinator", "a:1,b:2", "--coordinator=c:3", "--host-id", "h1",
-		"--labels", "zone=a, port=8081", "--data-dir", "d", "--log-level", "debug",
+		"--labels", "zone=a, port=8081", "--data-dir", "d", "--log-level", "debug", "--insecure",
 	}, &stderr)
 	if err != nil {
 		t.Fatal(err)
@@ -36,6 +36,9 @@ func TestBadFlagsExit2NamingFlagAndValue(t *testing.T) {
 		{"no coordinator", []string{"--host-id", "h1"}, []string{"--coordinator"}},
 		{"bad coordinator", []string{"--coordinator", "nohostport", "--host-id", "h1"}, []string{"--coordinator", `"nohostport"`}},
 		{"unknown flag", append(base, "--bogus"), []string{"bogus"}},
+		{"no transport security", base, []string{"--tls-ca", "insecure"}},
+		{"insecure with tls", append(base, "--insecure", "--tls-ca", "ca.pem"), []string{"--insecure", "cannot be combined"}},
+		{"tls without identity", append(base, "--tls-ca", "ca.pem"), []string{"--tls-cert", "join_token_file"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

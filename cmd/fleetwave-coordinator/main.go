@@ -56,6 +56,15 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.MetricsListen, "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (host:port; empty = off)")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	gossipFlags := gossip.AddFlags(fs)
+	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "this coordinator's certificate (PEM; identity coordinator/NAME; from fleetwave tls init)")
+	fs.StringVar(&cfg.TLSKey, "tls-key", "", "its private key (PEM)")
+	fs.StringVar(&cfg.TLSCA, "tls-ca", "", "the CA every agent, operator and coordinator certificate must chain to (PEM)")
+	fs.StringVar(&cfg.TLSCAKey, "tls-ca-key", "", "the CA's key, to sign certificates for agents that join with a token (optional)")
+	fs.BoolVar(&cfg.Insecure, "insecure", false, "plain-text gRPC, every caller trusted as admin (tests and trials only)")
+	fs.DurationVar(&cfg.AgentCertTTL, "agent-cert-ttl", 24*time.Hour, "lifetime of certificates issued to joining agents")
+	fs.StringVar(&cfg.EtcdCert, "etcd-cert", "", "client certificate for an external etcd (PEM)")
+	fs.StringVar(&cfg.EtcdKey, "etcd-key", "", "its key (PEM)")
+	fs.StringVar(&cfg.EtcdCA, "etcd-ca", "", "CA of the external etcd's server certificates (PEM)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err

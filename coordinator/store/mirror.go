@@ -43,6 +43,7 @@ type Mirror struct {
 	conns    map[string]string
 	reports  map[string]map[string]*v1.ServiceReport
 	coords   map[string]*v1.CoordinatorInfo
+	tokens   map[string]Versioned[*v1.Token]
 	subs     map[chan struct{}]struct{}
 	revCond  *sync.Cond
 	// desiredEpoch counts changes to what hosts should run (services,
@@ -66,6 +67,7 @@ func (m *Mirror) reset() {
 	m.conns = map[string]string{}
 	m.reports = map[string]map[string]*v1.ServiceReport{}
 	m.coords = map[string]*v1.CoordinatorInfo{}
+	m.tokens = map[string]Versioned[*v1.Token]{}
 }
 
 // Run loads the keyspace and follows it until ctx ends. It reloads after a
@@ -206,6 +208,16 @@ func (m *Mirror) applyLocked(t mvccpb.Event_EventType, kv *mvccpb.KeyValue) {
 			return
 		}
 		m.conns[id] = string(kv.Value)
+	case strings.HasPrefix(key, TokensPrefix):
+		id := strings.TrimPrefix(key, TokensPrefix)
+		if del {
+			delete(m.tokens, id)
+			return
+		}
+		v := &v1.Token{}
+		if decode(v) {
+			m.tokens[id] = Versioned[*v1.Token]{v, kv.ModRevision, kv.CreateRevision}
+		}
 	case strings.HasPrefix(key, CoordinatorsPrefix):
 		name := strings.TrimPrefix(key, CoordinatorsPrefix)
 		if del {
@@ -416,6 +428,30 @@ func (m *Mirror) ConnCounts() map[string]int {
 		}
 		out[v]++
 	}
+	return out
+}
+
+// TokenBySecretHash finds a token by the hex sha256 of its secret.
+func (m *Mirror) TokenBySecretHash(sum string) (Versioned[*v1.Token], bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	for _, t := range m.tokens {
+		if t.Val.GetSecretSha256() == sum {
+			return t, true
+		}
+	}
+	return Versioned[*v1.Token]{}, false
+}
+
+// Tokens returns every token, by id.
+func (m *Mirror) Tokens() []*v1.Token {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	out := make([]*v1.Token, 0, len(m.tokens))
+	for _, t := range m.tokens {
+		out = append(out, t.Val)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].GetId() < out[j].GetId() })
 	return out
 }
 

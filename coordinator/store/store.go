@@ -9,6 +9,7 @@ package store
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"sort"
@@ -37,7 +38,11 @@ const (
 	// CoordinatorsPrefix: <name> -> CoordinatorInfo, on that coordinator's
 	// session lease (gone when it dies).
 	CoordinatorsPrefix = Prefix + "coordinators/"
-	ElectionPrefix     = Prefix + "leader"
+	// TokensPrefix: <id> -> Token (secret hashed).
+	TokensPrefix = Prefix + "tokens/"
+	// AuditPrefix: <unix nanos>-<n> -> AuditEntry (not mirrored).
+	AuditPrefix    = Prefix + "audit/"
+	ElectionPrefix = Prefix + "leader"
 )
 
 var (
@@ -48,6 +53,9 @@ var (
 	// ErrNotLeader is returned when a fenced write finds that the caller is
 	// no longer the leader.
 	ErrNotLeader = errors.New("not the leader")
+	// ErrHistoryShort is returned (with the revision) when a decision was
+	// committed but some of its events could not be recorded.
+	ErrHistoryShort = errors.New("history incomplete")
 	// ErrConflict is returned when a compare-and-swap lost a race.
 	ErrConflict = errors.New("concurrent update")
 )
@@ -64,8 +72,12 @@ func New(c *clientv3.Client) *Store { return &Store{c: c} }
 func (s *Store) Client() *clientv3.Client { return s.c }
 
 // Dial connects to etcd endpoints.
-func Dial(endpoints []string) (*clientv3.Client, error) {
+func Dial(endpoints []string) (*clientv3.Client, error) { return DialTLS(endpoints, nil) }
+
+// DialTLS connects to etcd endpoints over TLS (nil: plain text).
+func DialTLS(endpoints []string, tc *tls.Config) (*clientv3.Client, error) {
 	c, err := clientv3.New(clientv3.Config{
+		TLS:                tc,
 		Endpoints:          endpoints,
 		DialTimeout:        5 * time.Second,
 		DialKeepAliveTime:  5 * time.Second,
@@ -307,6 +319,13 @@ func (s *Store) WriteRollout(ctx context.Context, f *Fence, r *v1.Rollout, rollo
 	if err != nil {
 		return 0, err
 	}
+	// etcd bounds the operations in one transaction (--max-txn-ops, 128 by
+	// default): the decision and the first events go together, the rest
+	// follow in batches once the decision is committed.
+	var later []clientv3.Op
+	if len(evOps) > maxEventOpsInTxn {
+		evOps, later = evOps[:maxEventOpsInTxn], evOps[maxEventOpsInTxn:]
+	}
 	ops = append(ops, evOps...)
 	if svc != nil {
 		skey := ServiceKey(svc.GetSpec().GetName())
@@ -328,8 +347,22 @@ func (s *Store) WriteRollout(ctx context.Context, f *Fence, r *v1.Rollout, rollo
 	if !resp.Succeeded {
 		return 0, fmt.Errorf("write rollout %s/%s: %w", r.GetService(), r.GetId(), fenceErr(f, resp))
 	}
-	return resp.Header.Revision, nil
+	rev := resp.Header.Revision
+	for len(later) > 0 {
+		n := min(len(later), maxEventOpsInTxn)
+		er, err := s.c.Txn(ctx).Then(later[:n]...).Commit()
+		if err != nil {
+			// The decision stands; only history is short.
+			return rev, fmt.Errorf("write rollout %s/%s: %d events not recorded: %w (%w)", r.GetService(), r.GetId(), len(later), ErrHistoryShort, err)
+		}
+		rev, later = er.Header.Revision, later[n:]
+	}
+	return rev, nil
 }
+
+// maxEventOpsInTxn keeps a transaction under etcd's default limit of 128
+// operations, with room for the rollout and service writes.
+const maxEventOpsInTxn = 100
 
 // fenceErr tells a lost fence from a lost compare-and-swap after a failed
 // transaction whose Else branch read the fence key.
@@ -596,3 +629,112 @@ func (o *observedTxn) Commit() (*clientv3.TxnResponse, error) {
 	o.observe("txn", time.Since(start), err)
 	return r, err
 }
+
+// TokenKey is where a token is stored.
+func TokenKey(id string) string { return TokensPrefix + id }
+
+// CreateToken stores a new token; ErrExists if the id is taken.
+func (s *Store) CreateToken(ctx context.Context, t *v1.Token) error {
+	val, err := marshal(t)
+	if err != nil {
+		return err
+	}
+	key := TokenKey(t.GetId())
+	resp, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).Then(clientv3.OpPut(key, val)).Commit()
+	if err != nil {
+		return fmt.Errorf("create token %s: %w", t.GetId(), err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("token %s: %w", t.GetId(), ErrExists)
+	}
+	return nil
+}
+
+// DeleteToken removes a token; ErrNotFound if there is none.
+func (s *Store) DeleteToken(ctx context.Context, id string) error {
+	resp, err := s.c.Delete(ctx, TokenKey(id))
+	if err != nil {
+		return fmt.Errorf("revoke token %s: %w", id, err)
+	}
+	if resp.Deleted == 0 {
+		return fmt.Errorf("token %s: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
+// SpendToken marks a one-time token used if it is still unused at revision
+// rev (compare-and-swap): of two concurrent joins, one wins.
+func (s *Store) SpendToken(ctx context.Context, t *v1.Token, rev int64) error {
+	used := proto.Clone(t).(*v1.Token)
+	used.Used = true
+	val, err := marshal(used)
+	if err != nil {
+		return err
+	}
+	key := TokenKey(t.GetId())
+	resp, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).Then(clientv3.OpPut(key, val)).Commit()
+	if err != nil {
+		return fmt.Errorf("spend token %s: %w", t.GetId(), err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("token %s: %w", t.GetId(), ErrConflict)
+	}
+	return nil
+}
+
+// PutAudit appends an entry to the audit log.
+func (s *Store) PutAudit(ctx context.Context, e *v1.AuditEntry, n int) error {
+	val, err := marshal(e)
+	if err != nil {
+		return err
+	}
+	key := fmt.Sprintf("%s%020d-%06d", AuditPrefix, e.GetAt().AsTime().UnixNano(), n)
+	if _, err := s.c.Put(ctx, key, val); err != nil {
+		return fmt.Errorf("audit %s: %w", e.GetMethod(), err)
+	}
+	return nil
+}
+
+// ListAudit returns the newest limit audit entries, oldest first.
+func (s *Store) ListAudit(ctx context.Context, limit int) ([]*v1.AuditEntry, error) {
+	resp, err := s.c.Get(ctx, AuditPrefix, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend), clientv3.WithLimit(int64(limit)))
+	if err != nil {
+		return nil, fmt.Errorf("list audit: %w", err)
+	}
+	out := make([]*v1.AuditEntry, 0, len(resp.Kvs))
+	for i := len(resp.Kvs) - 1; i >= 0; i-- {
+		e := &v1.AuditEntry{}
+		if proto.Unmarshal(resp.Kvs[i].Value, e) == nil {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+// HostReport is one host's report for PutReports.
+type HostReport struct {
+	Host   string
+	Report *v1.ServiceReport
+}
+
+// PutReports writes reports in one transaction (at most maxEventOpsInTxn).
+func (s *Store) PutReports(ctx context.Context, reps []HostReport) error {
+	if len(reps) > maxEventOpsInTxn {
+		return fmt.Errorf("put reports: %d in one batch, at most %d", len(reps), maxEventOpsInTxn)
+	}
+	ops := make([]clientv3.Op, 0, len(reps))
+	for _, hr := range reps {
+		val, err := marshal(hr.Report)
+		if err != nil {
+			return err
+		}
+		ops = append(ops, clientv3.OpPut(ReportKey(hr.Host, hr.Report.GetService()), val))
+	}
+	if _, err := s.c.Txn(ctx).Then(ops...).Commit(); err != nil {
+		return fmt.Errorf("put %d reports: %w", len(reps), err)
+	}
+	return nil
+}
+
+// MaxReportBatch is the most reports PutReports takes at once.
+const MaxReportBatch = maxEventOpsInTxn

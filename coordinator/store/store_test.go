@@ -3,12 +3,15 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -184,3 +187,32 @@ func waitCond(ctx context.Context, f func() bool) error {
 }
 
 func clientWithCountOnlyForTest() clientv3.OpOption { return clientv3.WithCountOnly() }
+
+// A step that moves hundreds of hosts carries an event per host: more than
+// etcd's 128 operations per transaction. The decision commits with the
+// first events and the rest follow, all recorded, in order.
+func TestWriteRolloutWithManyEvents(t *testing.T) {
+	s := startStore(t)
+	ctx := context.Background()
+	r := &v1.Rollout{Id: "000001", Service: "web", ToVersion: "v1"}
+	now := time.Now()
+	var evs []*v1.Event
+	for i := range 350 {
+		evs = append(evs, &v1.Event{At: timestamppb.New(now), Service: "web", RolloutId: "000001", Kind: "host_assigned", Host: fmt.Sprintf("h%03d", i)})
+	}
+	if _, err := s.WriteRollout(ctx, nil, r, 0, nil, 0, evs...); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.ListEvents(ctx, "web", "000001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(evs) {
+		t.Fatalf("%d events recorded, want %d", len(got), len(evs))
+	}
+	for i, e := range got {
+		if e.GetHost() != fmt.Sprintf("h%03d", i) {
+			t.Fatalf("event %d is for %s", i, e.GetHost())
+		}
+	}
+}

@@ -1,8 +1,10 @@
 // Package cli is the fleetwave operator command line: a cobra command tree
-// whose every command is one plain gRPC call (or stream) on the
-// coordinator's OperatorService or ArtifactService.
+// whose every remote command is one plain gRPC call (or stream) on the
+// coordinator's OperatorService or ArtifactService, and whose local commands
+// (tls init, keys generate, gossip keygen) make certificates and keys.
 //
-// It may import the generated API (proto/fleetwave/v1), internal/spec, grpc,
+// It may import the generated API (proto/fleetwave/v1), internal/spec,
+// internal/tlsutil, internal/signing, internal/gossip (keys only), grpc,
 // cobra and protobuf. It must not import coordinator or agent packages, nor
 // the etcd client: everything it does, any gRPC client could do.
 package cli
@@ -19,9 +21,11 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/fleetwave/fleetwave/internal/tlsutil"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -96,6 +100,10 @@ type app struct {
 	coordinator string
 	output      string
 	timeout     time.Duration
+	// transport security: TLS (CA, optional client certificate), a bearer
+	// token, or explicitly none
+	tlsCA, tlsCert, tlsKey, token string
+	insecure                      bool
 
 	root     *cobra.Command
 	watchCmd *cobra.Command
@@ -186,11 +194,25 @@ ArtifactService; anything it does, any gRPC client can do.`,
 	pf.StringVar(&a.coordinator, "coordinator", def, "coordinator gRPC address host:port ($"+EnvCoordinator+" sets the default)")
 	pf.StringVarP(&a.output, "output", "o", "table", "output format: table or json")
 	pf.DurationVar(&a.timeout, "timeout", 30*time.Second, "deadline for each call, 0 for none (rollout watch: only when given)")
+	pf.StringVar(&a.tlsCA, "tls-ca", a.getenv("FLEETWAVE_TLS_CA"), "CA the coordinator's certificate chains to ($FLEETWAVE_TLS_CA)")
+	pf.StringVar(&a.tlsCert, "tls-cert", a.getenv("FLEETWAVE_TLS_CERT"), "operator client certificate ($FLEETWAVE_TLS_CERT)")
+	pf.StringVar(&a.tlsKey, "tls-key", a.getenv("FLEETWAVE_TLS_KEY"), "its key ($FLEETWAVE_TLS_KEY)")
+	pf.StringVar(&a.token, "token", a.getenv("FLEETWAVE_TOKEN"), "operator bearer token, instead of a client certificate ($FLEETWAVE_TOKEN)")
+	pf.BoolVar(&a.insecure, "insecure", a.getenv("FLEETWAVE_INSECURE") == "1", "plain text, for a coordinator run with --insecure ($FLEETWAVE_INSECURE=1)")
 	a.root = root
 
-	root.AddCommand(a.serviceCmd(), a.releaseCmd(), a.rolloutCmd(), a.rollbackCmd(), a.hostsCmd(), a.clusterCmd(), newStatsCmd(a), a.eventsCmd(), a.gossipCmd())
+	root.AddCommand(a.serviceCmd(), a.releaseCmd(), a.rolloutCmd(), a.rollbackCmd(), a.hostsCmd(), a.clusterCmd(), newStatsCmd(a), a.eventsCmd(), a.gossipCmd(), a.tokenCmd(), a.auditCmd(), a.whoamiCmd(), a.keysCmd(), a.tlsCmd())
 	return root
 }
+
+// bearer sends an operator token with every call (TLS only).
+type bearer string
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+func (bearer) RequireTransportSecurity() bool { return true }
 
 // dial returns the connection to the coordinator, creating it on first use.
 // grpc.NewClient does not connect until the first call.
@@ -198,10 +220,32 @@ func (a *app) dial() (*grpc.ClientConn, error) {
 	if a.conn != nil {
 		return a.conn, nil
 	}
-	conn, err := grpc.NewClient(a.coordinator,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsgSize)),
-	)
+	opts := []grpc.DialOption{grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsgSize))}
+	switch {
+	case a.tlsCA != "":
+		if a.insecure {
+			return nil, usageErrorf("--insecure cannot be combined with --tls-ca")
+		}
+		if (a.tlsCert == "") != (a.tlsKey == "") {
+			return nil, usageErrorf("--tls-cert and --tls-key go together")
+		}
+		tc, err := tlsutil.ClientConfig(a.tlsCert, a.tlsKey, a.tlsCA)
+		if err != nil {
+			return nil, fmt.Errorf("tls: %w", err)
+		}
+		opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+		if a.token != "" {
+			opts = append(opts, grpc.WithPerRPCCredentials(bearer(a.token)))
+		}
+	case a.insecure:
+		if a.token != "" {
+			return nil, usageErrorf("--token is sent only over TLS: give --tls-ca")
+		}
+		opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	default:
+		return nil, usageErrorf("no transport security: give --tls-ca with --tls-cert/--tls-key or --token, or --insecure for a plain-text coordinator (or set $FLEETWAVE_TLS_CA / $FLEETWAVE_INSECURE=1)")
+	}
+	conn, err := grpc.NewClient(a.coordinator, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("coordinator %q: %w", a.coordinator, err)
 	}

@@ -206,6 +206,10 @@ func serve(t *testing.T, f *fake) string {
 // runCLI runs Main and returns its exit code, stdout and stderr.
 func runCLI(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
+	// The fake coordinators here serve plain text.
+	if os.Getenv("FLEETWAVE_INSECURE") == "" && os.Getenv("FLEETWAVE_TLS_CA") == "" {
+		t.Setenv("FLEETWAVE_INSECURE", "1")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	var stdout, stderr bytes.Buffer

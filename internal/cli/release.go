@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -17,12 +18,17 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/fleetwave/fleetwave/internal/signing"
 	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
 // UploadChunkSize is the size of each UploadRequest chunk.
 const UploadChunkSize = 256 << 10
+
+// DefaultSignatureExpiry is how long a signed release manifest is valid
+// unless --expires says otherwise.
+const DefaultSignatureExpiry = 30 * 24 * time.Hour
 
 func (a *app) releaseCmd() *cobra.Command {
 	cmd := &cobra.Command{
@@ -33,9 +39,11 @@ func (a *app) releaseCmd() *cobra.Command {
 		version, artifact, url, sha, commit, commitTime string
 		size                                            int64
 		git                                             bool
+		sign                                            string
+		expires                                         time.Duration
 	}
 	create := &cobra.Command{
-		Use:   "create SERVICE --version V (--artifact FILE | --url URL --sha256 HEX --size N) [--commit SHA --commit-time RFC3339 | --git]",
+		Use:   "create SERVICE --version V (--artifact FILE | --url URL --sha256 HEX --size N) [--commit SHA --commit-time RFC3339 | --git] [--sign KEY [--expires DURATION]]",
 		Short: "Record a release (uploading its artifact); in auto mode its rollout starts",
 		Args:  cobra.ExactArgs(1),
 		RunE: run(func(cmd *cobra.Command, args []string) error {
@@ -48,6 +56,21 @@ func (a *app) releaseCmd() *cobra.Command {
 				return usageErrorf("give --artifact FILE, or --url URL --sha256 HEX --size N")
 			case byURL && (!fl.Changed("url") || !fl.Changed("sha256") || !fl.Changed("size")):
 				return usageErrorf("--url, --sha256 and --size go together: give all three")
+			}
+			var signKey ed25519.PrivateKey
+			if f.sign != "" {
+				if f.expires <= 0 {
+					return usageErrorf("invalid --expires %s: must be positive", f.expires)
+				}
+				k, err := signing.LoadPrivateKey(f.sign)
+				if err != nil {
+					return fmt.Errorf("--sign: %w", err)
+				}
+				signKey = k
+			} else if fl.Changed("sign") {
+				return usageErrorf("--sign: empty key file path")
+			} else if fl.Changed("expires") {
+				return usageErrorf("--expires needs --sign KEY")
 			}
 			if f.git {
 				if fl.Changed("commit") || fl.Changed("commit-time") {
@@ -105,6 +128,15 @@ func (a *app) releaseCmd() *cobra.Command {
 					return err
 				}
 			}
+			if signKey != nil {
+				// Signed last: the manifest names the final digest and size.
+				now := time.Now()
+				sm, err := signing.Sign(signing.Manifest(rel, now, now.Add(f.expires)), signKey)
+				if err != nil {
+					return fmt.Errorf("--sign: %w", err)
+				}
+				rel.Signed = sm
+			}
 			c, err := a.operator()
 			if err != nil {
 				return err
@@ -131,6 +163,8 @@ func (a *app) releaseCmd() *cobra.Command {
 	fl.StringVar(&f.commit, "commit", "", "commit id the release was built from")
 	fl.StringVar(&f.commitTime, "commit-time", "", "commit time, RFC 3339 (e.g. 2024-05-01T12:00:00Z)")
 	fl.BoolVar(&f.git, "git", false, "take --commit and --commit-time from HEAD of the git repository in the current directory")
+	fl.StringVar(&f.sign, "sign", "", "sign the release manifest with this ed25519 private key file (fleetwave keys generate)")
+	fl.DurationVar(&f.expires, "expires", DefaultSignatureExpiry, "with --sign: how long agents accept the signed release")
 	_ = create.MarkFlagRequired("version")
 
 	list := &cobra.Command{
@@ -247,6 +281,9 @@ func printCreated(w io.Writer, resp *v1.CreateReleaseResponse) {
 	fmt.Fprintf(w, "release %s %s created: sha256 %s, %d bytes", r.GetService(), r.GetVersion(), r.GetArtifact().GetSha256(), r.GetArtifact().GetSize())
 	if r.GetCommit() != "" {
 		fmt.Fprintf(w, ", commit %s", r.GetCommit())
+	}
+	if s := r.GetSigned(); s != nil {
+		fmt.Fprintf(w, ", signed by key %s", s.GetKeyId())
 	}
 	fmt.Fprintln(w)
 	ro := resp.GetRollout()

@@ -246,7 +246,12 @@ func runStats(t *testing.T, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	var stdout, stderr bytes.Buffer
-	a := &app{stdout: &stdout, stderr: &stderr, getenv: func(string) string { return "" }, hostname: func() (string, error) { return "test", nil }}
+	a := &app{stdout: &stdout, stderr: &stderr, getenv: func(k string) string {
+		if k == "FLEETWAVE_INSECURE" {
+			return "1" // the fake serves plain text
+		}
+		return ""
+	}, hostname: func() (string, error) { return "test", nil }}
 	root := a.rootCmd()
 	if !hasSubcommand(root, "stats") {
 		root.AddCommand(newStatsCmd(a))

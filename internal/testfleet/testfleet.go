@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -301,6 +302,10 @@ type CLIResult struct {
 // CLI runs the fleetwave CLI against coordinator addr.
 func CLI(ctx context.Context, bin, addr string, args ...string) CLIResult {
 	cmd := exec.CommandContext(ctx, bin, append([]string{"--coordinator", addr}, args...)...)
+	if !slices.Contains(args, "--tls-ca") {
+		// The fleets tests start serve plain text unless they say otherwise.
+		cmd.Env = append(os.Environ(), "FLEETWAVE_INSECURE=1")
+	}
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -350,14 +355,14 @@ func HTTPGet(ctx context.Context, url string) (string, int, error) {
 
 // Fleet is a coordinator and agents started from one set of binaries.
 type Fleet struct {
-	Bin      *Binaries
-	Dir      string
-	Addr     string
+	Bin  *Binaries
+	Dir  string
+	Addr string
 	// MetricsAddr serves the coordinator's Prometheus metrics.
 	MetricsAddr string
-	Coord    *Proc
-	Agents   map[string]*Agent
-	agentIDs []string
+	Coord       *Proc
+	Agents      map[string]*Agent
+	agentIDs    []string
 }
 
 // Agent is one agent process and the port its service uses.
@@ -386,7 +391,7 @@ func NewFleet(ctx context.Context, bin *Binaries, dir string) (*Fleet, error) {
 		return nil, err
 	}
 	f.Coord, err = Start("coordinator", bin.Coordinator, filepath.Join(dir, "logs", "coordinator.log"),
-		"--listen", f.Addr, "--data-dir", filepath.Join(dir, "coordinator"), "--lease-ttl", "2s", "--metrics-listen", f.MetricsAddr)
+		"--listen", f.Addr, "--data-dir", filepath.Join(dir, "coordinator"), "--lease-ttl", "2s", "--metrics-listen", f.MetricsAddr, "--insecure")
 	if err != nil {
 		return nil, err
 	}
@@ -412,7 +417,7 @@ func (f *Fleet) AddAgent(id, zone string) (*Agent, error) {
 	labels := fmt.Sprintf("zone=%s,role=web,port=%d", zone, port)
 	maddr := fmt.Sprintf("127.0.0.1:%d", mport)
 	p, err := Start("agent "+id, f.Bin.Agent, filepath.Join(f.Dir, "logs", "agent-"+id+".log"),
-		"--coordinator", f.Addr, "--host-id", id, "--labels", labels, "--data-dir", dataDir, "--metrics-listen", maddr)
+		"--coordinator", f.Addr, "--host-id", id, "--labels", labels, "--data-dir", dataDir, "--metrics-listen", maddr, "--insecure")
 	if err != nil {
 		return nil, err
 	}

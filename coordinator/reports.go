@@ -1,0 +1,90 @@
+package coordinator
+
+import (
+	"context"
+	"sync"
+
+	"github.com/fleetwave/fleetwave/coordinator/store"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// reportWriter batches the agents' report writes: every stream hands its
+// report over and waits for the transaction that carries it, and one writer
+// puts whatever has gathered (up to store.MaxReportBatch) in one etcd
+// transaction. Under load thousands of streams share a few transactions a
+// second instead of one put each; a lone report is written at once. A
+// stream still learns whether its report was stored (and ends, so its agent
+// resends its full status, when it was not).
+type reportWriter struct {
+	s *store.Store
+
+	mu      sync.Mutex
+	pending []*pendingReport
+	kick    chan struct{}
+}
+
+type pendingReport struct {
+	hr   store.HostReport
+	done chan error // buffered: receives the result once
+}
+
+func newReportWriter(s *store.Store) *reportWriter {
+	return &reportWriter{s: s, kick: make(chan struct{}, 1)}
+}
+
+// put queues a report and waits until it is stored or ctx ends.
+func (w *reportWriter) put(ctx context.Context, host string, r *v1.ServiceReport) error {
+	p := &pendingReport{hr: store.HostReport{Host: host, Report: r}, done: make(chan error, 1)}
+	w.mu.Lock()
+	w.pending = append(w.pending, p)
+	w.mu.Unlock()
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
+	select {
+	case err := <-p.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// run writes batches until ctx ends; queued reports then fail.
+func (w *reportWriter) run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			w.mu.Lock()
+			for _, p := range w.pending {
+				p.done <- ctx.Err()
+			}
+			w.pending = nil
+			w.mu.Unlock()
+			return
+		case <-w.kick:
+		}
+		for {
+			w.mu.Lock()
+			n := min(len(w.pending), store.MaxReportBatch)
+			batch := w.pending[:n:n]
+			w.pending = w.pending[n:]
+			more := len(w.pending) > 0
+			w.mu.Unlock()
+			if n == 0 {
+				break
+			}
+			reps := make([]store.HostReport, n)
+			for i, p := range batch {
+				reps[i] = p.hr
+			}
+			err := w.s.PutReports(ctx, reps)
+			for _, p := range batch {
+				p.done <- err
+			}
+			if !more {
+				break
+			}
+		}
+	}
+}

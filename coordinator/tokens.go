@@ -1,0 +1,182 @@
+package coordinator
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/fleetwave/fleetwave/coordinator/store"
+	"github.com/fleetwave/fleetwave/internal/spec"
+	"github.com/fleetwave/fleetwave/internal/tlsutil"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// defaultJoinTTL bounds how long an unused join token stays valid.
+const defaultJoinTTL = time.Hour
+
+// CreateToken makes an operator bearer token (role viewer, deployer or
+// admin) or a one-time agent join token (role join, optionally bound to a
+// host id). The secret is returned once; etcd keeps its sha256.
+func (o *operator) CreateToken(ctx context.Context, req *v1.CreateTokenRequest) (*v1.CreateTokenResponse, error) {
+	if err := spec.CheckName("name", req.GetName()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	role := req.GetRole()
+	if _, ok := roleRank[role]; !ok && role != roleJoin {
+		return nil, status.Errorf(codes.InvalidArgument, "role: %q: want viewer, deployer, admin or join", role)
+	}
+	if h := req.GetHostId(); h != "" {
+		if role != roleJoin {
+			return nil, status.Error(codes.InvalidArgument, "host_id: only join tokens are bound to a host")
+		}
+		if err := spec.CheckHostID("host_id", h); err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+	}
+	ttl := req.GetTtl().AsDuration()
+	if req.GetTtl() != nil && (req.GetTtl().CheckValid() != nil || ttl < 0) {
+		return nil, status.Errorf(codes.InvalidArgument, "ttl: %v is not a positive duration", req.GetTtl())
+	}
+	if ttl == 0 && role == roleJoin {
+		ttl = defaultJoinTTL
+	}
+	id, secret, err := newSecret()
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	sum := sha256.Sum256([]byte(secret))
+	p, _ := principalFrom(ctx)
+	now := time.Now()
+	t := &v1.Token{Id: id, Name: req.GetName(), Role: role, HostId: req.GetHostId(), CreatedAt: timestamppb.New(now),
+		CreatedBy: p.ident, SecretSha256: hex.EncodeToString(sum[:])}
+	if ttl > 0 {
+		t.ExpiresAt = timestamppb.New(now.Add(ttl))
+	}
+	if err := o.c.store.CreateToken(ctx, t); err != nil {
+		return nil, grpcErr(err)
+	}
+	o.c.log.Info().Str("token", id).Str("name", t.GetName()).Str("role", role).Str("by", p.ident).Msg("token created")
+	return &v1.CreateTokenResponse{Token: t, Secret: secret}, nil
+}
+
+func (o *operator) ListTokens(ctx context.Context, _ *v1.ListTokensRequest) (*v1.ListTokensResponse, error) {
+	if err := o.sync(ctx); err != nil {
+		return nil, grpcErr(err)
+	}
+	return &v1.ListTokensResponse{Tokens: o.c.mirror.Tokens()}, nil
+}
+
+func (o *operator) RevokeToken(ctx context.Context, req *v1.RevokeTokenRequest) (*v1.RevokeTokenResponse, error) {
+	if !tokenIDRE.MatchString(req.GetId()) {
+		return nil, status.Errorf(codes.InvalidArgument, "id: %q is not a token id (12 hex digits)", req.GetId())
+	}
+	if err := o.c.store.DeleteToken(ctx, req.GetId()); err != nil {
+		return nil, grpcErr(err)
+	}
+	return &v1.RevokeTokenResponse{}, nil
+}
+
+func (o *operator) ListAudit(ctx context.Context, req *v1.ListAuditRequest) (*v1.ListAuditResponse, error) {
+	limit := int(req.GetLimit())
+	if limit == 0 {
+		limit = 100
+	}
+	if limit > 10000 {
+		return nil, status.Errorf(codes.InvalidArgument, "limit: %d, at most 10000", limit)
+	}
+	entries, err := o.c.store.ListAudit(ctx, limit)
+	if err != nil {
+		return nil, grpcErr(err)
+	}
+	return &v1.ListAuditResponse{Entries: entries}, nil
+}
+
+func (o *operator) WhoAmI(ctx context.Context, _ *v1.WhoAmIRequest) (*v1.WhoAmIResponse, error) {
+	p, _ := principalFrom(ctx)
+	return &v1.WhoAmIResponse{Identity: p.ident, Role: p.role, Method: p.how}, nil
+}
+
+// Join exchanges a join token and a CSR for a certificate bound to the
+// host id (the token's, when it names one). The token is spent (compare and
+// swap), so it works once.
+func (h *hub) Join(ctx context.Context, req *v1.JoinRequest) (*v1.JoinResponse, error) {
+	c := h.c
+	if c.ca == nil {
+		return nil, status.Error(codes.FailedPrecondition, "join: this coordinator has no CA key (--tls-ca-key) to sign certificates")
+	}
+	if err := spec.CheckHostID("host_id", req.GetHostId()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if len(req.GetCsr()) == 0 || len(req.GetCsr()) > 16<<10 {
+		return nil, status.Errorf(codes.InvalidArgument, "csr: %d bytes, want 1 to 16384", len(req.GetCsr()))
+	}
+	if err := o2sync(ctx, c); err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256([]byte(req.GetToken()))
+	vt, ok := c.mirror.TokenBySecretHash(hex.EncodeToString(sum[:]))
+	t := vt.Val
+	switch {
+	case !ok || t.GetRole() != roleJoin:
+		return nil, status.Error(codes.Unauthenticated, "token: not a valid join token")
+	case t.GetUsed():
+		return nil, status.Errorf(codes.Unauthenticated, "token %s: already used", t.GetName())
+	case t.GetExpiresAt() != nil && time.Now().After(t.GetExpiresAt().AsTime()):
+		return nil, status.Errorf(codes.Unauthenticated, "token %s: expired at %s", t.GetName(), t.GetExpiresAt().AsTime().Format(time.RFC3339))
+	case t.GetHostId() != "" && t.GetHostId() != req.GetHostId():
+		return nil, status.Errorf(codes.PermissionDenied, "token %s is for host %s, not %s", t.GetName(), t.GetHostId(), req.GetHostId())
+	}
+	if err := c.store.SpendToken(ctx, t, vt.Rev); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			return nil, status.Errorf(codes.Unauthenticated, "token %s: already used", t.GetName())
+		}
+		return nil, grpcErr(err)
+	}
+	cert, err := h.issue(req.GetCsr(), req.GetHostId())
+	if err != nil {
+		return nil, err
+	}
+	c.log.Info().Str("host", req.GetHostId()).Str("token", t.GetId()).Time("not_after", cert.GetNotAfter().AsTime()).Msg("agent joined")
+	return &v1.JoinResponse{Certificate: cert}, nil
+}
+
+// Renew issues a fresh certificate to the agent named by the caller's
+// current certificate.
+func (h *hub) Renew(ctx context.Context, req *v1.RenewRequest) (*v1.RenewResponse, error) {
+	if h.c.ca == nil {
+		return nil, status.Error(codes.FailedPrecondition, "renew: this coordinator has no CA key (--tls-ca-key) to sign certificates")
+	}
+	p, _ := principalFrom(ctx)
+	if p.kind != tlsutil.KindAgent {
+		return nil, status.Errorf(codes.PermissionDenied, "renew: only an agent's certificate can be renewed (caller is %s)", p.ident)
+	}
+	if len(req.GetCsr()) == 0 || len(req.GetCsr()) > 16<<10 {
+		return nil, status.Errorf(codes.InvalidArgument, "csr: %d bytes, want 1 to 16384", len(req.GetCsr()))
+	}
+	cert, err := h.issue(req.GetCsr(), p.name)
+	if err != nil {
+		return nil, err
+	}
+	return &v1.RenewResponse{Certificate: cert}, nil
+}
+
+func (h *hub) issue(csr []byte, host string) (*v1.IssuedCertificate, error) {
+	pem, notAfter, err := h.c.ca.SignCSR(csr, tlsutil.Identity{Kind: tlsutil.KindAgent, Name: host}, h.c.cfg.AgentCertTTL)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "csr: %v", err)
+	}
+	return &v1.IssuedCertificate{CertificateChain: pem, Ca: h.c.ca.CertPEM, NotAfter: timestamppb.New(notAfter)}, nil
+}
+
+func o2sync(ctx context.Context, c *Coordinator) error {
+	if err := c.mirror.Sync(ctx); err != nil {
+		return status.Errorf(codes.Unavailable, "etcd: %v", err)
+	}
+	return nil
+}

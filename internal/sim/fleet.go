@@ -1,0 +1,323 @@
+package sim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/proto"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// ErrNoHost is returned for a host index outside the fleet.
+var ErrNoHost = errors.New("no such simulated host")
+
+// ErrClosed is returned by calls on a closed fleet.
+var ErrClosed = errors.New("simulated fleet closed")
+
+// Fleet is a running simulated fleet. Its methods are safe for concurrent
+// use.
+type Fleet struct {
+	cfg   Config
+	log   zerolog.Logger
+	hosts []*host
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	sem    chan struct{} // connection attempts in flight
+
+	failRate atomic.Uint64 // math.Float64bits
+
+	mu      sync.Mutex
+	healthy map[svcVersion]int // hosts whose last sent report is HEALTHY on version
+	changed chan struct{}      // closed and replaced when healthy or connected change
+
+	connected   atomic.Int64
+	hellos      atomic.Uint64
+	reports     atomic.Uint64
+	responses   atomic.Uint64
+	assignments atomic.Uint64
+	installs    atomic.Uint64
+	failures    atomic.Uint64
+	reverts     atomic.Uint64
+	disconnects atomic.Uint64
+	lastFailure atomic.Int64 // unix nanos of the newest FAILED/REVERTED report sent
+
+	latMu      sync.Mutex
+	lat        []time.Duration
+	latDropped uint64
+}
+
+type svcVersion struct{ service, version string }
+
+// Start starts the fleet: every host connects to the coordinator (at most
+// ConnectConcurrency at a time) and keeps reconnecting until Close or until
+// ctx ends. It returns once every host runs; use WaitConnected to wait for
+// the connections.
+func Start(ctx context.Context, cfg Config, log zerolog.Logger) (*Fleet, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.defaults()
+	ctx, cancel := context.WithCancel(ctx)
+	f := &Fleet{
+		cfg:     cfg,
+		log:     log,
+		ctx:     ctx,
+		cancel:  cancel,
+		sem:     make(chan struct{}, cfg.ConnectConcurrency),
+		healthy: map[svcVersion]int{},
+		changed: make(chan struct{}),
+	}
+	f.failRate.Store(math.Float64bits(cfg.FailRate))
+	f.hosts = make([]*host, cfg.Hosts)
+	for i := range f.hosts {
+		f.hosts[i] = newHost(f, i)
+	}
+	for _, h := range f.hosts {
+		f.wg.Go(h.run)
+	}
+	log.Info().Int("hosts", cfg.Hosts).Str("coordinator", cfg.Coordinator).Int64("seed", cfg.Seed).Msg("simulated fleet started")
+	return f, nil
+}
+
+// Close stops every host (closing its connection) and waits for them.
+func (f *Fleet) Close() {
+	f.cancel()
+	f.wg.Wait()
+}
+
+// Len is the number of hosts.
+func (f *Fleet) Len() int { return len(f.hosts) }
+
+// HostID is the id of host i.
+func (f *Fleet) HostID(i int) string { return HostID(f.cfg.HostPrefix, i) }
+
+// notify wakes every waiter.
+func (f *Fleet) notify() {
+	f.mu.Lock()
+	close(f.changed)
+	f.changed = make(chan struct{})
+	f.mu.Unlock()
+}
+
+// wait waits until cond (called with f.mu held) holds or ctx ends.
+func (f *Fleet) wait(ctx context.Context, cond func() bool) error {
+	for {
+		f.mu.Lock()
+		ok, ch := cond(), f.changed
+		f.mu.Unlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-f.ctx.Done():
+			return ErrClosed
+		}
+	}
+}
+
+// WaitConnected waits until at least n hosts are connected (the
+// coordinator answered their Hello and the stream is up).
+func (f *Fleet) WaitConnected(ctx context.Context, n int) error {
+	if err := f.wait(ctx, func() bool { return int(f.connected.Load()) >= n }); err != nil {
+		return fmt.Errorf("wait for %d connected hosts (%d now): %w", n, f.connected.Load(), err)
+	}
+	return nil
+}
+
+// WaitAll waits until every host's last report sent for service is HEALTHY
+// with current_version = version.
+func (f *Fleet) WaitAll(ctx context.Context, service, version string) error {
+	k := svcVersion{service, version}
+	if err := f.wait(ctx, func() bool { return f.healthy[k] >= len(f.hosts) }); err != nil {
+		return fmt.Errorf("wait for %d hosts healthy on %s %s (%d now): %w", len(f.hosts), service, version, f.Healthy(service, version), err)
+	}
+	return nil
+}
+
+// Healthy is the number of hosts whose last report sent for service is
+// HEALTHY on version.
+func (f *Fleet) Healthy(service, version string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.healthy[svcVersion{service, version}]
+}
+
+// moveHealthy moves one host's count from one (service, version) to another
+// ("" version = not healthy).
+func (f *Fleet) moveHealthy(service, from, to string) {
+	if from == to {
+		return
+	}
+	f.mu.Lock()
+	if from != "" {
+		f.healthy[svcVersion{service, from}]--
+	}
+	if to != "" {
+		f.healthy[svcVersion{service, to}]++
+	}
+	close(f.changed)
+	f.changed = make(chan struct{})
+	f.mu.Unlock()
+}
+
+// SetFailRate changes the install failure rate of every host from now on.
+func (f *Fleet) SetFailRate(rate float64) error {
+	if !(rate >= 0 && rate <= 1) {
+		return fmt.Errorf("fail rate: %v, want 0..1", rate)
+	}
+	f.failRate.Store(math.Float64bits(rate))
+	return nil
+}
+
+func (f *Fleet) host(i int) (*host, error) {
+	if i < 0 || i >= len(f.hosts) {
+		return nil, fmt.Errorf("host %d of %d: %w", i, len(f.hosts), ErrNoHost)
+	}
+	return f.hosts[i], nil
+}
+
+func (f *Fleet) command(i int, c hostCmd) error {
+	h, err := f.host(i)
+	if err != nil {
+		return err
+	}
+	select {
+	case h.cmds <- c:
+		return nil
+	case <-f.ctx.Done():
+		return ErrClosed
+	}
+}
+
+// Disconnect takes host i's stream down (closing its connection) and keeps
+// it down until Reconnect. What the host is doing goes on: an install in
+// progress finishes, and the host reports its state when it reconnects.
+func (f *Fleet) Disconnect(i int) error { return f.command(i, cmdDisconnect) }
+
+// Reconnect lets host i connect again after Disconnect.
+func (f *Fleet) Reconnect(i int) error { return f.command(i, cmdReconnect) }
+
+// FailNext makes host i's next install fail (whatever the release).
+func (f *Fleet) FailNext(i int) error { return f.command(i, cmdFailNext) }
+
+// Report is host i's current status for service (nil if it has none). It
+// is what the host reports now, whether or not it could send it yet.
+func (f *Fleet) Report(i int, service string) (*v1.ServiceReport, error) {
+	h, err := f.host(i)
+	if err != nil {
+		return nil, err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	r := h.status[service]
+	if r == nil {
+		return nil, nil
+	}
+	return proto.Clone(r).(*v1.ServiceReport), nil
+}
+
+func (f *Fleet) recordLatency(d time.Duration) {
+	f.latMu.Lock()
+	if len(f.lat) < f.cfg.MaxLatencySamples {
+		f.lat = append(f.lat, d)
+	} else {
+		f.latDropped++
+	}
+	f.latMu.Unlock()
+}
+
+// ResetLatency forgets the delivery latencies recorded so far.
+func (f *Fleet) ResetLatency() {
+	f.latMu.Lock()
+	f.lat, f.latDropped = nil, 0
+	f.latMu.Unlock()
+}
+
+// Latency summarises assignment delivery latencies: the time from the
+// coordinator's sent_at to the host receiving the message (same clock on
+// one machine). Messages without sent_at are not counted.
+type Latency struct {
+	Count   int
+	Dropped uint64 // over MaxLatencySamples: counted, not kept
+	P50     time.Duration
+	P90     time.Duration
+	P99     time.Duration
+	Max     time.Duration
+}
+
+// Stats is a snapshot of the fleet's counters.
+type Stats struct {
+	Hosts     int
+	Connected int
+	// Totals since Start.
+	Hellos      uint64
+	Reports     uint64 // ServiceReports sent after the Hello
+	Responses   uint64 // ConnectResponses received
+	Assignments uint64 // assignments in them
+	Installs    uint64
+	Failures    uint64 // installs reported FAILED
+	Reverts     uint64 // installs reported REVERTED
+	Disconnects uint64 // streams that ended after the coordinator answered
+	// LastFailure is when the newest FAILED or REVERTED report was sent
+	// (zero if none).
+	LastFailure time.Time
+	Latency     Latency
+}
+
+// Stats returns the counters and the latency percentiles.
+func (f *Fleet) Stats() Stats {
+	s := Stats{
+		Hosts:       len(f.hosts),
+		Connected:   int(f.connected.Load()),
+		Hellos:      f.hellos.Load(),
+		Reports:     f.reports.Load(),
+		Responses:   f.responses.Load(),
+		Assignments: f.assignments.Load(),
+		Installs:    f.installs.Load(),
+		Failures:    f.failures.Load(),
+		Reverts:     f.reverts.Load(),
+		Disconnects: f.disconnects.Load(),
+	}
+	if n := f.lastFailure.Load(); n != 0 {
+		s.LastFailure = time.Unix(0, n)
+	}
+	f.latMu.Lock()
+	lat := slices.Clone(f.lat)
+	s.Latency.Dropped = f.latDropped
+	f.latMu.Unlock()
+	s.Latency.Count = len(lat)
+	if len(lat) > 0 {
+		slices.Sort(lat)
+		s.Latency.P50 = quantile(lat, 0.50)
+		s.Latency.P90 = quantile(lat, 0.90)
+		s.Latency.P99 = quantile(lat, 0.99)
+		s.Latency.Max = lat[len(lat)-1]
+	}
+	return s
+}
+
+// quantile is the nearest-rank q-quantile of sorted (non-empty).
+func quantile(sorted []time.Duration, q float64) time.Duration {
+	k := int(math.Ceil(q*float64(len(sorted)))) - 1
+	return sorted[min(max(k, 0), len(sorted)-1)]
+}
+
+// newRand returns host i's generator for stream s (0: installs and checks,
+// 1: reconnect jitter), fixed by the fleet's seed.
+func (f *Fleet) newRand(i int, s uint64) *rand.Rand {
+	return rand.New(rand.NewPCG(uint64(f.cfg.Seed), uint64(i)<<1|s))
+}
