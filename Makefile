@@ -91,8 +91,13 @@ e2e: deps
 demo:
 	$(GO) run ./internal/demo
 
+# Benchmarks print numbers (docs/BENCHMARKS.md); the fleet simulator's scale
+# table runs the real coordinator binary against N simulated agents
+# (FLEETWAVE_SIM_HOSTS=1000 make bench for a quick one).
+FLEETWAVE_SIM_HOSTS ?= 1000,5000,10000
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./coordinator/... ./agent/...
+	FLEETWAVE_SIM_HOSTS=$(FLEETWAVE_SIM_HOSTS) $(GO) test -count=1 -run '^TestScale$$' -v -timeout 60m ./internal/sim
 
 clean:
 	rm -rf $(BIN) .proto-check
