@@ -16,9 +16,10 @@ RACE_PKGS := ./coordinator/... ./agent/... ./internal/cli/... ./internal/demoapp
 # End-to-end packages: real binaries, several processes each; run one
 # package at a time so they do not compete for the two cores.
 E2E_PKGS := ./internal/e2e/... ./internal/faults/...
-FUZZTIME ?= 10s
+FUZZTIME ?= 2m
+FUZZTIME_SHORT ?= 8s
 
-.PHONY: all build test unit e2e race fuzz fuzz-long lint vet fmt-check proto proto-check tools deps demo bench clean
+.PHONY: all build test unit e2e race fuzz fuzz-short lint vet fmt-check proto proto-check tools deps demo bench clean
 
 all: build
 
@@ -64,7 +65,7 @@ vet:
 lint: fmt-check vet
 
 # Everything CI checks.
-test: proto-check lint build deps unit e2e race fuzz
+test: proto-check lint build deps unit e2e race fuzz-short
 
 # The Prometheus tests need prometheus/promtool: with this set their absence
 # fails them.
@@ -75,15 +76,21 @@ unit:
 race:
 	$(GO) test -count=1 -race -timeout 20m $(RACE_PKGS)
 
-# Short coverage-guided runs of every fuzz target (make fuzz-long for more).
+# Coverage-guided runs of every fuzz target: short ones in make test
+# (fuzz-short), longer with make fuzz (FUZZTIME=10m make fuzz for more).
+FUZZ_TARGETS := \
+	FuzzUnpackEntries:./agent/install FuzzUnpack:./agent/install \
+	FuzzParse:./internal/spec FuzzParse:./agent/analysis \
+	FuzzVerify:./internal/signing FuzzSignCSR:./internal/tlsutil FuzzIdentityURI:./internal/tlsutil \
+	FuzzValidateAgentMessages:./coordinator
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzUnpackEntries$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./agent/install
-	$(GO) test -run '^$$' -fuzz '^FuzzUnpack$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./agent/install
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./internal/spec
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./agent/analysis
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  echo "fuzz $${t%%:*} in $${t#*:} for $(FUZZTIME)"; \
+	  $(GO) test -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 5s "$${t#*:}"; \
+	done
 
-fuzz-long:
-	$(MAKE) fuzz FUZZTIME=5m
+fuzz-short:
+	$(MAKE) fuzz FUZZTIME=$(FUZZTIME_SHORT)
 
 e2e: deps
 	FLEETWAVE_REQUIRE_PROMETHEUS=1 $(GO) test -count=1 -p 1 -timeout 30m $(E2E_PKGS)

@@ -97,8 +97,8 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	say("starting a coordinator with embedded etcd")
-	f, err := testfleet.NewFleet(ctx, bin, dir)
+	say("starting a coordinator with embedded etcd, mutual TLS on (certificates made on the fly in %s)", filepath.Join(dir, "pki"))
+	f, err := testfleet.NewFleetWith(ctx, bin, dir, testfleet.Options{TLS: true})
 	if err != nil {
 		return err
 	}
@@ -120,7 +120,7 @@ func run(ctx context.Context) error {
 	}
 	cli := func(args ...string) error {
 		fmt.Printf("$ fleetwave %s\n", strings.Join(args, " "))
-		cmd := exec.CommandContext(ctx, bin.CLI, append([]string{"--coordinator", f.Addr}, args...)...)
+		cmd := exec.CommandContext(ctx, bin.CLI, append(append([]string{"--coordinator", f.Addr}, f.CLIFlags()...), args...)...)
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stdout
 		return cmd.Run()
 	}

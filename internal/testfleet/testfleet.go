@@ -23,9 +23,11 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/fleetwave/fleetwave/internal/tlsutil"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -302,7 +304,7 @@ type CLIResult struct {
 // CLI runs the fleetwave CLI against coordinator addr.
 func CLI(ctx context.Context, bin, addr string, args ...string) CLIResult {
 	cmd := exec.CommandContext(ctx, bin, append([]string{"--coordinator", addr}, args...)...)
-	if !slices.Contains(args, "--tls-ca") {
+	if !slices.Contains(args, "--tls-ca") && !slices.Contains(args, "--insecure") {
 		// The fleets tests start serve plain text unless they say otherwise.
 		cmd.Env = append(os.Environ(), "FLEETWAVE_INSECURE=1")
 	}
@@ -363,6 +365,17 @@ type Fleet struct {
 	Coord       *Proc
 	Agents      map[string]*Agent
 	agentIDs    []string
+	// PKI is the directory with the CA and certificates when TLS is on
+	// ("" = plain text).
+	PKI string
+	ca  *tlsutil.CA
+}
+
+// Options change how NewFleetWith starts a fleet.
+type Options struct {
+	// TLS turns mutual TLS on: a CA and certificates are made in DIR/pki
+	// (the coordinator c1, an admin operator, one per agent).
+	TLS bool
 }
 
 // Agent is one agent process and the port its service uses.
@@ -376,8 +389,13 @@ type Agent struct {
 	MetricsAddr string
 }
 
-// NewFleet starts a coordinator with embedded etcd in dir.
+// NewFleet starts a coordinator with embedded etcd in dir, plain text.
 func NewFleet(ctx context.Context, bin *Binaries, dir string) (*Fleet, error) {
+	return NewFleetWith(ctx, bin, dir, Options{})
+}
+
+// NewFleetWith starts a coordinator with embedded etcd in dir.
+func NewFleetWith(ctx context.Context, bin *Binaries, dir string, opts Options) (*Fleet, error) {
 	port, err := FreePort()
 	if err != nil {
 		return nil, err
@@ -390,16 +408,84 @@ func NewFleet(ctx context.Context, bin *Binaries, dir string) (*Fleet, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o755); err != nil {
 		return nil, err
 	}
-	f.Coord, err = Start("coordinator", bin.Coordinator, filepath.Join(dir, "logs", "coordinator.log"),
-		"--listen", f.Addr, "--data-dir", filepath.Join(dir, "coordinator"), "--lease-ttl", "2s", "--metrics-listen", f.MetricsAddr, "--insecure")
+	args := []string{"--listen", f.Addr, "--name", "c1", "--data-dir", filepath.Join(dir, "coordinator"), "--lease-ttl", "2s", "--metrics-listen", f.MetricsAddr}
+	if opts.TLS {
+		f.PKI = filepath.Join(dir, "pki")
+		if err := tlsutil.Init(f.PKI, tlsutil.InitOptions{Coordinators: map[string][]string{"c1": nil},
+			Operators: map[string]string{"admin": tlsutil.RoleAdmin}}); err != nil {
+			return nil, err
+		}
+		if f.ca, err = tlsutil.LoadCA(filepath.Join(f.PKI, tlsutil.CAFile), filepath.Join(f.PKI, tlsutil.CAKeyFile)); err != nil {
+			return nil, err
+		}
+		args = append(args, "--tls-cert", filepath.Join(f.PKI, "coordinator-c1.pem"), "--tls-key", filepath.Join(f.PKI, "coordinator-c1-key.pem"),
+			"--tls-ca", filepath.Join(f.PKI, tlsutil.CAFile), "--tls-ca-key", filepath.Join(f.PKI, tlsutil.CAKeyFile))
+	} else {
+		args = append(args, "--insecure")
+	}
+	f.Coord, err = Start("coordinator", bin.Coordinator, filepath.Join(dir, "logs", "coordinator.log"), args...)
 	if err != nil {
 		return nil, err
 	}
-	if err := WaitServing(ctx, f.Addr, 60*time.Second); err != nil {
+	if err := f.waitServing(ctx, 60*time.Second); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("%w\ncoordinator log:\n%s", err, f.Coord.Tail(4000))
 	}
 	return f, nil
+}
+
+// CLIFlags are the global flags the CLI needs for this fleet (TLS as the
+// admin operator; none for plain text).
+func (f *Fleet) CLIFlags() []string {
+	if f.PKI == "" {
+		return []string{"--insecure"}
+	}
+	return []string{"--tls-ca", filepath.Join(f.PKI, tlsutil.CAFile),
+		"--tls-cert", filepath.Join(f.PKI, "operator-admin.pem"), "--tls-key", filepath.Join(f.PKI, "operator-admin-key.pem")}
+}
+
+// Dial connects to the coordinator (as the admin operator with TLS on).
+func (f *Fleet) Dial() (*grpc.ClientConn, error) {
+	if f.PKI == "" {
+		return Dial(f.Addr)
+	}
+	tc, err := tlsutil.ClientConfig(filepath.Join(f.PKI, "operator-admin.pem"), filepath.Join(f.PKI, "operator-admin-key.pem"), filepath.Join(f.PKI, tlsutil.CAFile))
+	if err != nil {
+		return nil, err
+	}
+	return grpc.NewClient(f.Addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+}
+
+func (f *Fleet) waitServing(ctx context.Context, timeout time.Duration) error {
+	cc, err := f.Dial()
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	hc := healthpb.NewHealthClient(cc)
+	return WaitFor(ctx, timeout, "coordinator "+f.Addr+" serving", func() (bool, string) {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		resp, err := hc.Check(cctx, &healthpb.HealthCheckRequest{})
+		if err != nil {
+			return false, err.Error()
+		}
+		return resp.GetStatus() == healthpb.HealthCheckResponse_SERVING, resp.GetStatus().String()
+	})
+}
+
+// Hosts lists the fleet's hosts.
+func (f *Fleet) Hosts(ctx context.Context) ([]*v1.Host, error) {
+	cc, err := f.Dial()
+	if err != nil {
+		return nil, err
+	}
+	defer cc.Close()
+	resp, err := v1.NewOperatorServiceClient(cc).ListHosts(ctx, &v1.ListHostsRequest{})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetHosts(), nil
 }
 
 // AddAgent starts an agent with labels zone=<zone>, role=web and a free
@@ -416,8 +502,21 @@ func (f *Fleet) AddAgent(id, zone string) (*Agent, error) {
 	dataDir := filepath.Join(f.Dir, "agents", id)
 	labels := fmt.Sprintf("zone=%s,role=web,port=%d", zone, port)
 	maddr := fmt.Sprintf("127.0.0.1:%d", mport)
-	p, err := Start("agent "+id, f.Bin.Agent, filepath.Join(f.Dir, "logs", "agent-"+id+".log"),
-		"--coordinator", f.Addr, "--host-id", id, "--labels", labels, "--data-dir", dataDir, "--metrics-listen", maddr, "--insecure")
+	args := []string{"--coordinator", f.Addr, "--host-id", id, "--labels", labels, "--data-dir", dataDir, "--metrics-listen", maddr}
+	if f.PKI == "" {
+		args = append(args, "--insecure")
+	} else {
+		cert, key, err := f.ca.IssueKeyPair(tlsutil.Identity{Kind: tlsutil.KindAgent, Name: id}, nil, 24*time.Hour)
+		if err != nil {
+			return nil, err
+		}
+		certFile, keyFile := filepath.Join(f.PKI, "agent-"+id+".pem"), filepath.Join(f.PKI, "agent-"+id+"-key.pem")
+		if err := tlsutil.WriteKeyPair(certFile, keyFile, cert, key); err != nil {
+			return nil, err
+		}
+		args = append(args, "--tls-ca", filepath.Join(f.PKI, tlsutil.CAFile), "--tls-cert", certFile, "--tls-key", keyFile)
+	}
+	p, err := Start("agent "+id, f.Bin.Agent, filepath.Join(f.Dir, "logs", "agent-"+id+".log"), args...)
 	if err != nil {
 		return nil, err
 	}
@@ -432,7 +531,7 @@ func (f *Fleet) AgentIDs() []string { return append([]string(nil), f.agentIDs...
 
 // CLI runs the fleetwave CLI against this fleet.
 func (f *Fleet) CLI(ctx context.Context, args ...string) CLIResult {
-	return CLI(ctx, f.Bin.CLI, f.Addr, args...)
+	return CLI(ctx, f.Bin.CLI, f.Addr, append(f.CLIFlags(), args...)...)
 }
 
 // Version asks an agent's service for its /version ("" if it does not answer).
@@ -562,7 +661,7 @@ func StartPrometheus(ctx context.Context, dir string, targets []string) (*Proc, 
 func (f *Fleet) WaitConnected(ctx context.Context, timeout time.Duration) error {
 	n := len(f.agentIDs)
 	return WaitFor(ctx, timeout, "all agents connected", func() (bool, string) {
-		hosts, err := Hosts(ctx, f.Addr)
+		hosts, err := f.Hosts(ctx)
 		if err != nil {
 			return false, err.Error()
 		}

@@ -1,0 +1,47 @@
+package coordinator
+
+import (
+	"strings"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// FuzzValidateAgentMessages feeds arbitrary bytes, decoded as the agent
+// stream's messages, through the hub's validation: it never panics, and what
+// it accepts has a well-formed host id and bounded text.
+func FuzzValidateAgentMessages(f *testing.F) {
+	seeds := []proto.Message{
+		&v1.ConnectRequest{Msg: &v1.ConnectRequest_Hello{Hello: &v1.Hello{HostId: "h1", Labels: map[string]string{"zone": "a"},
+			Services: []*v1.ServiceReport{{Service: "web", Generation: 3, CurrentVersion: "v1", Phase: v1.Phase_PHASE_HEALTHY}}}}},
+		&v1.ConnectRequest{Msg: &v1.ConnectRequest_Report{Report: &v1.ServiceReport{Service: "web", Reason: strings.Repeat("x", 5000)}}},
+		&v1.ConnectRequest{Msg: &v1.ConnectRequest_Hello{Hello: &v1.Hello{HostId: "../etc"}}},
+	}
+	for _, m := range seeds {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var m v1.ConnectRequest
+		if proto.Unmarshal(b, &m) != nil {
+			return
+		}
+		if h := m.GetHello(); h != nil {
+			if validateHello(h) == nil {
+				if h.GetHostId() == "" || strings.ContainsAny(h.GetHostId(), "/\x00 ") {
+					t.Fatalf("hello with host id %q accepted", h.GetHostId())
+				}
+			}
+		}
+		if r := m.GetReport(); r != nil {
+			if validateReport(r) == nil && len(r.GetReason()) > 64<<10 {
+				t.Fatalf("report with a %d-byte reason accepted", len(r.GetReason()))
+			}
+		}
+	})
+}
