@@ -91,22 +91,39 @@ func (m *Mirror) Run(ctx context.Context) error {
 }
 
 func (m *Mirror) load(ctx context.Context) (int64, error) {
-	resp, err := m.s.c.Get(ctx, Prefix, clientv3.WithPrefix())
-	if err != nil {
-		return 0, fmt.Errorf("load %s: %w", Prefix, err)
+	// Every mirrored prefix at one revision; the history (events, audit),
+	// which only grows, is not loaded.
+	var rev int64
+	var kvs []*mvccpb.KeyValue
+	for _, p := range mirroredPrefixes {
+		opts := []clientv3.OpOption{clientv3.WithPrefix()}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := m.s.c.Get(ctx, p, opts...)
+		if err != nil {
+			return 0, fmt.Errorf("load %s: %w", p, err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		kvs = append(kvs, resp.Kvs...)
 	}
 	m.mu.Lock()
 	m.reset()
-	for _, kv := range resp.Kvs {
+	for _, kv := range kvs {
 		m.applyLocked(mvccpb.PUT, kv)
 	}
-	m.rev = resp.Header.Revision
+	m.rev = rev
 	m.ready = true
 	m.revCond.Broadcast()
 	m.mu.Unlock()
 	m.notify()
-	return resp.Header.Revision, nil
+	return rev, nil
 }
+
+// mirroredPrefixes are the parts of the keyspace the mirror holds.
+var mirroredPrefixes = []string{ServicesPrefix, ReleasesPrefix, RolloutsPrefix, HostsPrefix, ConnsPrefix, ReportsPrefix, TokensPrefix, CoordinatorsPrefix}
 
 func (m *Mirror) follow(ctx context.Context, rev int64) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
