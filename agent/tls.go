@@ -160,7 +160,8 @@ func (a *agent) renewLoop(ctx context.Context) {
 	cert, _ := a.certPaths()
 	for {
 		nb, na, err := certValidity(cert)
-		wait := time.Minute
+		// No certificate yet: the agent is still joining.
+		wait := time.Second
 		if err == nil {
 			renewAt := nb.Add(na.Sub(nb) * 2 / 3)
 			wait = max(time.Until(renewAt), 0)
@@ -170,7 +171,10 @@ func (a *agent) renewLoop(ctx context.Context) {
 			return
 		case <-time.After(wait):
 		}
-		if err == nil && time.Now().After(na) {
+		if err != nil {
+			continue
+		}
+		if time.Now().After(na) {
 			// Offline past expiry: only a new join token helps.
 			a.log.Error().Time("not_after", na).Msg("host certificate expired; joining again with the token in the join token file")
 			if jerr := a.join(ctx); jerr != nil {

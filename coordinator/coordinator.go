@@ -120,8 +120,8 @@ func (c *Config) Validate() error {
 	if (c.EtcdCert == "") != (c.EtcdKey == "") {
 		errs = append(errs, errors.New("etcd-cert, etcd-key: give both or neither"))
 	}
-	if c.AgentCertTTL < 0 || (c.AgentCertTTL > 0 && c.AgentCertTTL < time.Minute) {
-		errs = append(errs, fmt.Errorf("agent-cert-ttl: %s: want at least 1m", c.AgentCertTTL))
+	if c.AgentCertTTL < 0 || (c.AgentCertTTL > 0 && c.AgentCertTTL < 10*time.Second) {
+		errs = append(errs, fmt.Errorf("agent-cert-ttl: %s: want at least 10s", c.AgentCertTTL))
 	}
 	if c.MaxArtifactBytes < 0 {
 		errs = append(errs, fmt.Errorf("max-artifact-bytes: %d is negative", c.MaxArtifactBytes))
