@@ -13,6 +13,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fleetwave/fleetwave/coordinator/store"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
@@ -259,5 +262,83 @@ func TestWatchEvents(t *testing.T) {
 		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), bad.want) {
 			t.Errorf("%v: %v, want InvalidArgument naming %s", bad.req, err, bad.want)
 		}
+	}
+}
+
+// The DORA figures come from the history in etcd: rollouts that span
+// coordinator restarts count once, and any coordinator, started later,
+// gives the same figures.
+func TestStatsSurviveCoordinatorRestarts(t *testing.T) {
+	emb, err := store.StartEmbedded(t.TempDir(), "", zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(emb.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	a := startMember(t, "a", emb.Endpoints)
+	spec := &v1.ServiceSpec{Name: "web", Selector: map[string]string{"role": "web"}, Run: &v1.RunSpec{Command: []string{"./app"}},
+		Rollout: &v1.RolloutPolicy{Bake: durationpb.New(0), NoCanary: true}}
+	if _, err := a.op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	actx, acancel := context.WithCancel(ctx)
+	startScripted(t, actx, a.cc, "h1", map[string]string{"v2": "hold"})
+	now := time.Now()
+	release := func(m *member, v string, ago time.Duration) {
+		t.Helper()
+		art := upload(t, ctx, m.cc, []byte("artifact "+v))
+		rel := &v1.Release{Service: "web", Version: v, Artifact: art, Commit: "c-" + v, CommitTime: timestamppb.New(now.Add(-ago))}
+		if _, err := m.op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: rel}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	release(a, "v1", 2*time.Hour)
+	waitRollout(t, ctx, a.op, "v1 succeeded", func(r *v1.Rollout) bool {
+		return r.GetToVersion() == "v1" && r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED
+	})
+	release(a, "v2", time.Hour)
+	waitRollout(t, ctx, a.op, "v2 moving", func(r *v1.Rollout) bool {
+		return r.GetToVersion() == "v2" && r.GetState() == v1.RolloutState_ROLLOUT_STATE_PROGRESSING
+	})
+	// The coordinator restarts in the middle of the v2 rollout.
+	acancel()
+	if err := a.stop(); err != nil {
+		t.Fatal(err)
+	}
+	b := startMember(t, "b", emb.Endpoints)
+	startScripted(t, ctx, b.cc, "h1", map[string]string{"v3": "failed"})
+	waitRollout(t, ctx, b.op, "v2 succeeded under b", func(r *v1.Rollout) bool {
+		return r.GetToVersion() == "v2" && r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED
+	})
+	release(b, "v3", 30*time.Minute)
+	waitRollout(t, ctx, b.op, "v3 failed", func(r *v1.Rollout) bool {
+		return r.GetToVersion() == "v3" && r.GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED && r.GetRestoredAt() != nil
+	})
+	sb, err := b.op.GetStats(ctx, &v1.GetStatsRequest{Service: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := sb.GetServices()[0]
+	if s.GetRollouts() != 3 || s.GetSucceeded() != 2 || s.GetFailed() != 1 || s.GetLeadTime().GetCount() != 2 || s.GetTimeToRestore().GetCount() != 1 {
+		t.Fatalf("stats after a restart mid-rollout: %v", s)
+	}
+	if lt := s.GetLeadTime().GetP90().AsDuration(); lt < 2*time.Hour || lt > 2*time.Hour+time.Minute {
+		t.Errorf("lead time p90 %v, want a little over 2h", lt)
+	}
+	c := startMember(t, "c", emb.Endpoints)
+	if err := b.stop(); err != nil {
+		t.Fatal(err)
+	}
+	sc, err := c.op.GetStats(ctx, &v1.GetStatsRequest{Service: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb.From, sb.To, sc.From, sc.To = nil, nil, nil, nil
+	// deploys per day depends on now only through the window; same here.
+	sb.Services[0].DeploysPerDay, sc.Services[0].DeploysPerDay = 0, 0
+	sb.Fleet.DeploysPerDay, sc.Fleet.DeploysPerDay = 0, 0
+	if !proto.Equal(sb, sc) {
+		t.Errorf("another coordinator computes other figures:\n%v\n%v", sb, sc)
 	}
 }
