@@ -55,7 +55,7 @@ func TestStatsEventsAndMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	follow := exec.CommandContext(e.ctx, bins.CLI, "--coordinator", e.fleet.Addr, "-o", "json", "events", "web", "--follow")
+	follow := exec.CommandContext(e.ctx, bins.CLI, append(append([]string{"--coordinator", e.fleet.Addr}, e.fleet.CLIFlags()...), "-o", "json", "events", "web", "--follow")...)
 	follow.Stdout, follow.Stderr = out, out
 	if err := follow.Start(); err != nil {
 		t.Fatal(err)
