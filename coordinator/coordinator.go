@@ -429,11 +429,49 @@ func (c *Coordinator) gossipState(host string) string {
 	return c.gossip.State(host)
 }
 
+// gossipHint is the gossip state the rollout engine gets for a host: a
+// verdict of "dead" or "left" reached before the host's current stream was
+// recorded is stale (memberlist tells a healed node late that it was
+// declared dead), and the live stream outranks it.
+func (c *Coordinator) gossipHint(host string) string {
+	if c.gossip == nil {
+		return ""
+	}
+	st, since := c.gossip.StateSince(host)
+	if (st == "dead" || st == "left") && c.mirror.Connected(host) && !since.After(c.mirror.ConnSince(host)) {
+		return ""
+	}
+	return st
+}
+
+// liveLease waits for an etcd session that has not been lost and returns
+// its lease: a connection record put on a lost lease could be revived
+// briefly when etcd returns and then expire under a live stream.
+func (c *Coordinator) liveLease(ctx context.Context) (clientv3.LeaseID, error) {
+	for {
+		c.sessMu.Lock()
+		sess, changed := c.sess, c.sessCh
+		c.sessMu.Unlock()
+		select {
+		case <-sess.Done():
+		default:
+			return sess.Lease(), nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+}
+
 // gossipView is what the coordinator reads from gossip membership.
 type gossipView interface {
 	LocalAddr() string
 	// State is "alive", "suspect", "dead", "left" or "" (never seen).
 	State(name string) string
+	// StateSince is State with the time this coordinator saw it begin.
+	StateSince(name string) (string, time.Time)
 }
 
 // session returns the current etcd session.

@@ -185,7 +185,11 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
 		}
 		log.Info().Msg("agent disconnected")
 	}()
-	if err := h.c.store.PutConn(ctx, id, conn.token, h.c.lease()); err != nil {
+	lease, err := h.c.liveLease(ctx)
+	if err != nil {
+		return status.Error(codes.Unavailable, "waiting for an etcd session: "+err.Error())
+	}
+	if err := h.c.store.PutConn(ctx, id, conn.token, lease); err != nil {
 		return status.Error(codes.Unavailable, err.Error())
 	}
 	log.Info().Str("from", from).Int("services", len(hello.GetServices())).Msg("agent connected")

@@ -92,7 +92,26 @@ func (l *leader) run(ctx context.Context) {
 		default:
 		}
 		e := concurrency.NewElection(sess, store.ElectionPrefix)
-		if err := e.Campaign(ctx, l.c.cfg.Name); err != nil {
+		// A campaign on a session that is lost meanwhile must not return as
+		// won: it ends with the session.
+		cctx, ccancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-sess.Done():
+				ccancel()
+			case <-cctx.Done():
+			}
+		}()
+		err := e.Campaign(cctx, l.c.cfg.Name)
+		ccancel()
+		if err == nil {
+			select {
+			case <-sess.Done():
+				err = errors.New("etcd session lost while campaigning")
+			default:
+			}
+		}
+		if err != nil {
 			if ctx.Err() == nil {
 				log.Warn().Err(err).Msg("campaign failed; retrying")
 				select {
@@ -104,7 +123,7 @@ func (l *leader) run(ctx context.Context) {
 		}
 		fence := &store.Fence{Key: e.Key(), Rev: e.Rev()}
 		log.Info().Str("key", fence.Key).Int64("rev", fence.Rev).Msg("became rollout leader")
-		err := l.lead(ctx, sess, fence)
+		err = l.lead(ctx, sess, fence)
 		log.Warn().Err(err).Msg("stopped leading")
 		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		_ = e.Resign(rctx)
@@ -144,6 +163,12 @@ func (l *leader) lead(ctx context.Context, sess *concurrency.Session, fence *sto
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
+		// A lost session ends leadership before anything else is decided.
+		select {
+		case <-sess.Done():
+			return errors.New("etcd session expired")
+		default:
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -493,7 +518,7 @@ func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string)
 
 	if has && !terminal(cur.GetState()) {
 		obs := func(host string) rollout.Observation {
-			return rollout.Observation{Connected: l.c.mirror.Connected(host), Report: l.c.mirror.Report(host, name), Gossip: l.c.gossipState(host)}
+			return rollout.Observation{Connected: l.c.mirror.Connected(host), Report: l.c.mirror.Report(host, name), Gossip: l.c.gossipHint(host)}
 		}
 		next, res := rollout.Step(cur, obs, now)
 		for _, ev := range res.Events {

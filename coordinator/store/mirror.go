@@ -43,6 +43,8 @@ type Mirror struct {
 	conns    map[string]string
 	reports  map[string]map[string]*v1.ServiceReport
 	coords   map[string]*v1.CoordinatorInfo
+	// connSince is when this mirror saw each connection record appear.
+	connSince map[string]time.Time
 	tokens   map[string]Versioned[*v1.Token]
 	subs     map[chan struct{}]struct{}
 	revCond  *sync.Cond
@@ -67,6 +69,7 @@ func (m *Mirror) reset() {
 	m.conns = map[string]string{}
 	m.reports = map[string]map[string]*v1.ServiceReport{}
 	m.coords = map[string]*v1.CoordinatorInfo{}
+	m.connSince = map[string]time.Time{}
 	m.tokens = map[string]Versioned[*v1.Token]{}
 }
 
@@ -222,7 +225,11 @@ func (m *Mirror) applyLocked(t mvccpb.Event_EventType, kv *mvccpb.KeyValue) {
 		id := strings.TrimPrefix(key, ConnsPrefix)
 		if del {
 			delete(m.conns, id)
+			delete(m.connSince, id)
 			return
+		}
+		if m.conns[id] != string(kv.Value) {
+			m.connSince[id] = time.Now()
 		}
 		m.conns[id] = string(kv.Value)
 	case strings.HasPrefix(key, TokensPrefix):
@@ -417,6 +424,14 @@ func (m *Mirror) Connected(id string) bool {
 	defer m.mu.RUnlock()
 	_, ok := m.conns[id]
 	return ok
+}
+
+// ConnSince returns when this mirror saw the host's current connection
+// record appear (zero if not connected).
+func (m *Mirror) ConnSince(id string) time.Time {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.connSince[id]
 }
 
 // ConnectedVia returns the name of the coordinator holding a host's stream

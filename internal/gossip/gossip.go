@@ -164,6 +164,17 @@ func (g *Gossip) LocalAddr() string {
 
 // State returns name's state as this node sees it: StateAlive, StateSuspect,
 // StateDead, StateLeft, or "" if never seen (or forgotten).
+// StateSince returns a member's state and when this node saw it enter that
+// state ("" and the zero time if never seen).
+func (g *Gossip) StateSince(name string) (string, time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if m, ok := g.members[name]; ok {
+		return m.State, m.Since
+	}
+	return "", time.Time{}
+}
+
 func (g *Gossip) State(name string) string {
 	g.mu.Lock()
 	defer g.mu.Unlock()
