@@ -45,9 +45,9 @@ type Mirror struct {
 	coords   map[string]*v1.CoordinatorInfo
 	// connSince is when this mirror saw each connection record appear.
 	connSince map[string]time.Time
-	tokens   map[string]Versioned[*v1.Token]
-	subs     map[chan struct{}]struct{}
-	revCond  *sync.Cond
+	tokens    map[string]Versioned[*v1.Token]
+	subs      map[chan struct{}]struct{}
+	revCond   *sync.Cond
 	// desiredEpoch counts changes to what hosts should run (services,
 	// releases, rollouts), so assignment pushes can skip report-only changes.
 	desiredEpoch uint64
