@@ -71,6 +71,9 @@ type Config struct {
 	// EtcdCert, EtcdKey and EtcdCA configure TLS to an external etcd (client
 	// certificate optional).
 	EtcdCert, EtcdKey, EtcdCA string
+	// EtcdTimeout bounds how long the coordinator waits for etcd at start
+	// (default 30s): it fails with a clear error rather than hang.
+	EtcdTimeout time.Duration
 	// Gossip configures memberlist membership (off when Gossip.Bind is
 	// empty). Name, Role and Meta are set by the coordinator.
 	Gossip gossip.Config
@@ -117,6 +120,9 @@ func (c *Config) Validate() error {
 	if c.Insecure && (c.TLSCert != "" || c.TLSKey != "" || c.TLSCA != "" || c.TLSCAKey != "") {
 		errs = append(errs, errors.New("insecure: cannot be combined with tls-cert, tls-key, tls-ca or tls-ca-key"))
 	}
+	if c.EtcdTimeout < 0 {
+		errs = append(errs, fmt.Errorf("etcd-timeout: %s is negative", c.EtcdTimeout))
+	}
 	if (c.EtcdCert == "") != (c.EtcdKey == "") {
 		errs = append(errs, errors.New("etcd-cert, etcd-key: give both or neither"))
 	}
@@ -144,6 +150,9 @@ func (c *Config) defaults() {
 	}
 	if c.AgentCertTTL == 0 {
 		c.AgentCertTTL = 24 * time.Hour
+	}
+	if c.EtcdTimeout == 0 {
+		c.EtcdTimeout = 30 * time.Second
 	}
 }
 
@@ -220,6 +229,12 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		return err
 	}
 	defer cli.Close()
+	pctx, pcancel := context.WithTimeout(ctx, cfg.EtcdTimeout)
+	_, err = cli.MemberList(pctx)
+	pcancel()
+	if err != nil {
+		return fmt.Errorf("etcd at %v unreachable after %s (TLS settings: --etcd-ca/--etcd-cert/--etcd-key): %w", endpoints, cfg.EtcdTimeout, err)
+	}
 	arts, err := artifacts.New(filepath.Join(cfg.DataDir, "artifacts"), cfg.MaxArtifactBytes, log)
 	if err != nil {
 		return err

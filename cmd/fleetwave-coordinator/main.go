@@ -65,6 +65,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.EtcdCert, "etcd-cert", "", "client certificate for an external etcd (PEM)")
 	fs.StringVar(&cfg.EtcdKey, "etcd-key", "", "its key (PEM)")
 	fs.StringVar(&cfg.EtcdCA, "etcd-ca", "", "CA of the external etcd's server certificates (PEM)")
+	fs.DurationVar(&cfg.EtcdTimeout, "etcd-timeout", 30*time.Second, "how long to wait for etcd at start before failing")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
