@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -67,9 +68,14 @@ func (a *agent) ensureCert(ctx context.Context) error {
 	if a.cfg.Insecure || a.cfg.TLSCert != "" {
 		return nil
 	}
-	cert, _ := a.certPaths()
+	cert, key := a.certPaths()
 	if _, na, err := certValidity(cert); err == nil && time.Now().Before(na) {
-		return nil
+		// A crash between writing the key and the certificate leaves a
+		// pair that does not match: join again then.
+		if _, err := tls.LoadX509KeyPair(cert, key); err == nil {
+			return nil
+		}
+		a.log.Warn().Str("path", cert).Msg("host certificate and key do not match; joining again")
 	}
 	for attempt := 0; ; attempt++ {
 		err := a.join(ctx)

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -124,7 +125,7 @@ func readOnly(method string) bool {
 // authenticate establishes the caller: a verified client certificate, else
 // a bearer token, else (only with --insecure) the peer address. A call a
 // coordinator forwards is taken to be from the caller it names.
-func (c *Coordinator) authenticate(ctx context.Context) (principal, error) {
+func (c *Coordinator) authenticate(ctx context.Context, method string) (principal, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	var p principal
 	switch {
@@ -142,22 +143,28 @@ func (c *Coordinator) authenticate(ctx context.Context) (principal, error) {
 		if auth := md.Get("authorization"); len(auth) > 0 {
 			secret, ok := strings.CutPrefix(auth[0], "Bearer ")
 			if !ok {
-				return principal{}, status.Error(codes.Unauthenticated, "authorization: want \"Bearer <token>\"")
+				return principal{ident: "token:invalid", kind: "anonymous", how: "token"}, status.Error(codes.Unauthenticated, "authorization: want \"Bearer <token>\"")
 			}
 			t, err := c.checkToken(secret)
 			if err != nil {
-				return principal{}, err
+				return principal{ident: "token:invalid", kind: "anonymous", how: "token"}, err
 			}
 			p = principal{ident: "token:" + t.GetName(), kind: "token", name: t.GetName(), role: t.GetRole(), how: "token"}
 			break
 		}
 		p = principal{ident: "anonymous", kind: "anonymous", how: "none"}
 	}
-	if len(md.Get(mdForwardedBy)) > 0 && (p.kind == tlsutil.KindCoordinator || p.kind == "insecure") {
-		// Another coordinator authorised the caller and names it.
+	_, leaderOnly := leaderMethods[method]
+	if leaderOnly && len(md.Get(mdForwardedBy)) > 0 && (p.kind == tlsutil.KindCoordinator || p.kind == "insecure") {
+		// Another coordinator authorised the caller and names it; only
+		// leader-only calls are forwarded, so only they carry a caller. The
+		// leader audits them too, naming the coordinator that forwarded.
+		via := p.ident
+		p.ident = "unknown"
 		if a := md.Get(mdActor); len(a) > 0 && a[0] != "" {
-			p.ident = a[0]
+			p.ident = clip(a[0], 128)
 		}
+		p.ident += " via " + via
 		p.role = ""
 		if r := md.Get(mdRole); len(r) > 0 {
 			p.role = r[0]
@@ -222,13 +229,53 @@ func authorize(p principal, method string) error {
 	return status.Errorf(codes.PermissionDenied, "%s: not allowed for %s", name, p.ident)
 }
 
+// clip bounds a string from the network for the audit log.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n], "") + "…"
+}
+
+// bucket is a token bucket: rate per second, burst.
+type bucket struct {
+	mu     sync.Mutex
+	tokens float64
+	last   time.Time
+	rate   float64
+	burst  float64
+}
+
+func (b *bucket) allow(now time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.last.IsZero() {
+		b.tokens = b.burst
+	} else {
+		b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
+	}
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
 // auditSeq orders audit entries written in the same nanosecond.
 var auditSeq atomic.Int64
 
-// audit records a mutating call (not one forwarded to us: the coordinator
-// that received it from the caller records it, with the leader's answer).
+// audit records a mutating call. A call forwarded to the leader is
+// recorded by both: the coordinator the caller reached, and the leader
+// (naming the coordinator it came through). Refused calls from callers
+// without credentials are rate-limited (they cost an attacker nothing), and
+// every field is bounded.
 func (c *Coordinator) audit(ctx context.Context, p principal, method, target string, err error) {
-	if readOnly(method) || p.kind == "forwarded" {
+	if readOnly(method) {
+		return
+	}
+	if p.kind == "anonymous" && err != nil && !c.anonAudit.allow(time.Now()) {
+		c.log.Warn().Str("method", method).Str("actor", p.ident).Err(err).Msg("refused call not audited (rate limit for unauthenticated callers)")
 		return
 	}
 	from := ""
@@ -236,8 +283,8 @@ func (c *Coordinator) audit(ctx context.Context, p principal, method, target str
 		from = pr.Addr.String()
 	}
 	st, _ := status.FromError(err)
-	e := &v1.AuditEntry{At: timestamppb.Now(), Actor: p.ident, Role: p.role, Method: method, Target: target,
-		Peer: from, Result: st.Code().String(), Message: st.Message(), Coordinator: c.cfg.Name}
+	e := &v1.AuditEntry{At: timestamppb.Now(), Actor: clip(p.ident, 256), Role: clip(p.role, 32), Method: clip(method, 128), Target: clip(target, 256),
+		Peer: from, Result: st.Code().String(), Message: clip(st.Message(), 512), Coordinator: c.cfg.Name}
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	if werr := c.store.PutAudit(actx, e, int(auditSeq.Add(1)%1000000)); werr != nil {
@@ -271,7 +318,7 @@ func auditTarget(req any) string {
 // unaryAuth authenticates and authorises every unary call, and audits the
 // mutating ones.
 func (c *Coordinator) unaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	p, err := c.authenticate(ctx)
+	p, err := c.authenticate(ctx, info.FullMethod)
 	if err == nil {
 		err = authorize(p, info.FullMethod)
 	}
@@ -295,7 +342,7 @@ func (s *authStream) Context() context.Context { return s.ctx }
 // streamAuth does the same for streams (the artifact upload is audited).
 func (c *Coordinator) streamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	ctx := ss.Context()
-	p, err := c.authenticate(ctx)
+	p, err := c.authenticate(ctx, info.FullMethod)
 	if err == nil {
 		err = authorize(p, info.FullMethod)
 	}

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/fleetwave/fleetwave/coordinator/store"
@@ -249,6 +250,31 @@ func TestTLSRolesTokensJoinAudit(t *testing.T) {
 	_, err = v1.NewOperatorServiceClient(mcc).ListServices(ctx, &v1.ListServicesRequest{})
 	if status.Code(err) != codes.Unavailable {
 		t.Errorf("certificate from another CA: %v, want the handshake to fail", err)
+	}
+
+	// Forwarding headers from an operator are ignored: a viewer stays one.
+	spoof := metadata.AppendToOutgoingContext(ctx, mdForwardedBy, "c9", mdActor, "operator:alice", mdRole, "admin")
+	_, err = viewer.UnfreezeService(spoof, &v1.UnfreezeServiceRequest{Name: "web"})
+	wantCode(t, "viewer with forwarding headers", err, codes.PermissionDenied, "operator:vera has role viewer")
+	// A join token not bound to a host cannot take over one that exists.
+	any, err := admin.CreateToken(ctx, &v1.CreateTokenRequest{Name: "any-join", Role: "join"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k1, _, err := tlsutil.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr1, err := tlsutil.NewCSR(k1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = v1.NewAgentServiceClient(f.dial(t, "", "")).Join(ctx, &v1.JoinRequest{Token: any.GetSecret(), HostId: "h1", Csr: csr1})
+	wantCode(t, "unbound join token for an existing host", err, codes.PermissionDenied, "already registered")
+	_, err = v1.NewAgentServiceClient(f.dial(t, "", "")).Join(ctx, &v1.JoinRequest{Token: any.GetSecret(), HostId: "h7", Csr: []byte("not a csr")})
+	wantCode(t, "garbage CSR", err, codes.InvalidArgument, "csr")
+	if _, err := v1.NewAgentServiceClient(f.dial(t, "", "")).Join(ctx, &v1.JoinRequest{Token: any.GetSecret(), HostId: "h7", Csr: csr1}); err != nil {
+		t.Errorf("the token was spent on a refused join: %v", err)
 	}
 
 	// Join: a one-time token for h9 gets a certificate bound to h9.

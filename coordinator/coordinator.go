@@ -170,6 +170,8 @@ type Coordinator struct {
 	fwd    *forwarder
 	// insecure: plain text, every caller trusted (Config.Insecure).
 	insecure bool
+	// anonAudit rate-limits audit entries of refused unauthenticated calls.
+	anonAudit *bucket
 	// ca signs agent certificates (nil: no --tls-ca-key).
 	ca *tlsutil.CA
 	// peerCreds are the transport credentials for calls to other
@@ -239,7 +241,8 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
-	c := &Coordinator{cfg: cfg, log: log, store: store.New(cli), arts: arts, cli: cli, start: time.Now(), sessCh: make(chan struct{}), insecure: cfg.Insecure}
+	c := &Coordinator{cfg: cfg, log: log, store: store.New(cli), arts: arts, cli: cli, start: time.Now(), sessCh: make(chan struct{}), insecure: cfg.Insecure,
+		anonAudit: &bucket{rate: 5, burst: 50}}
 	var serverCreds credentials.TransportCredentials
 	if cfg.Insecure {
 		log.Warn().Msg("INSECURE: plain-text gRPC, every caller is trusted as admin; use --tls-cert/--tls-key/--tls-ca in production")

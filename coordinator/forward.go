@@ -86,18 +86,14 @@ func (c *Coordinator) leaderName(ctx context.Context) (string, error) {
 	return string(resp.Kvs[0].Value), nil
 }
 
-// forwarded says whether a call came from another coordinator.
-func forwarded(ctx context.Context) bool {
-	md, _ := metadata.FromIncomingContext(ctx)
-	return len(md.Get(mdForwardedBy)) > 0
-}
 
 // unary is a server interceptor: on a coordinator that does not lead, a
 // leader-only call goes to the leader (once: a forwarded call is never
 // forwarded again), so any coordinator serves every operator call.
 func (f *forwarder) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	mk, ok := leaderMethods[info.FullMethod]
-	if !ok || f.c.leader.leading.Load() || forwarded(ctx) {
+	p, _ := principalFrom(ctx)
+	if !ok || f.c.leader.leading.Load() || p.kind == "forwarded" {
 		return handler(ctx, req)
 	}
 	var name string
@@ -130,7 +126,6 @@ func (f *forwarder) unary(ctx context.Context, req any, info *grpc.UnaryServerIn
 	if err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
-	p, _ := principalFrom(ctx)
 	out := metadata.AppendToOutgoingContext(ctx, mdForwardedBy, f.c.cfg.Name, mdActor, caller(ctx), mdRole, p.role)
 	resp := mk()
 	if err := cc.Invoke(out, info.FullMethod, req, resp); err != nil {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -145,6 +146,13 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
 	if p, ok := principalFrom(ctx); ok && p.kind == tlsutil.KindAgent && p.name != id {
 		h.c.log.Warn().Str("host", id).Str("actor", p.ident).Msg("agent stream for another host refused")
 		return status.Errorf(codes.PermissionDenied, "hello.host_id: %q, but the certificate is for host %q", id, p.name)
+	}
+	// The stream lives no longer than the certificate that opened it: the
+	// agent reconnects with its renewed one.
+	if na, ok := peerCertNotAfter(ctx); ok {
+		var cancelCert context.CancelFunc
+		ctx, cancelCert = context.WithDeadline(ctx, na)
+		defer cancelCert()
 	}
 	log := h.c.log.With().Str("host", id).Logger()
 	from := ""
@@ -403,4 +411,18 @@ func (h *hub) closeAll() {
 	for _, c := range h.conns {
 		c.cancel()
 	}
+}
+
+// peerCertNotAfter is the expiry of the caller's verified client
+// certificate.
+func peerCertNotAfter(ctx context.Context) (time.Time, bool) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return time.Time{}, false
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
+		return time.Time{}, false
+	}
+	return info.State.VerifiedChains[0][0].NotAfter, true
 }

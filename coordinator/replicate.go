@@ -54,7 +54,10 @@ func (c *Coordinator) fetchFromPeers(ctx context.Context, digest string) error {
 	f := &flight{done: make(chan struct{})}
 	flights[key] = f
 	flightsMu.Unlock()
-	f.err = c.fetchOnce(ctx, digest)
+	// Shared by every waiter: not ended by the first caller going away.
+	fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Minute)
+	f.err = c.fetchOnce(fctx, digest)
+	fcancel()
 	flightsMu.Lock()
 	delete(flights, key)
 	flightsMu.Unlock()

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"crypto/x509"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -131,6 +132,16 @@ func (h *hub) Join(ctx context.Context, req *v1.JoinRequest) (*v1.JoinResponse, 
 		return nil, status.Errorf(codes.Unauthenticated, "token %s: expired at %s", t.GetName(), t.GetExpiresAt().AsTime().Format(time.RFC3339))
 	case t.GetHostId() != "" && t.GetHostId() != req.GetHostId():
 		return nil, status.Errorf(codes.PermissionDenied, "token %s is for host %s, not %s", t.GetName(), t.GetHostId(), req.GetHostId())
+	}
+	// A token not bound to a host must not take over a host that exists.
+	if t.GetHostId() == "" {
+		if _, exists := c.mirror.Host(req.GetHostId()); exists {
+			return nil, status.Errorf(codes.PermissionDenied, "host_id: %s is already registered; join it with a token bound to it (token create --role join --host %s)", req.GetHostId(), req.GetHostId())
+		}
+	}
+	// Check the request before spending the token on it.
+	if csr, err := x509.ParseCertificateRequest(req.GetCsr()); err != nil || csr.CheckSignature() != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "csr: not a valid, self-signed certificate request")
 	}
 	if err := c.store.SpendToken(ctx, t, vt.Rev); err != nil {
 		if errors.Is(err, store.ErrConflict) {
