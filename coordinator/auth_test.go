@@ -96,29 +96,10 @@ func startTLSCoordinator(t *testing.T) *tlsFleet {
 		t.Fatal(err)
 	}
 	t.Cleanup(emb.Close)
-	ctx, cancel := context.WithCancel(context.Background())
-	addrc := make(chan string, 1)
-	done := make(chan error, 1)
-	cfg := Config{Listen: "127.0.0.1:0", Name: "c1", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, LeaseTTL: 2 * time.Second,
+	addr := runTestCoordinator(t, Config{Listen: "127.0.0.1:0", Name: "c1", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, LeaseTTL: 2 * time.Second,
 		TLSCert: filepath.Join(dir, "coordinator-c1.pem"), TLSKey: filepath.Join(dir, "coordinator-c1-key.pem"),
-		TLSCA: filepath.Join(dir, "ca.pem"), TLSCAKey: filepath.Join(dir, "ca-key.pem"), AgentCertTTL: time.Hour,
-		Ready: func(a string) { addrc <- a }}
-	go func() { done <- Run(ctx, cfg, zerolog.Nop()) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("coordinator: %v", err)
-		}
-	})
-	select {
-	case a := <-addrc:
-		return &tlsFleet{dir: dir, addr: a}
-	case err := <-done:
-		t.Fatalf("coordinator exited: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("coordinator not serving")
-	}
-	return nil
+		TLSCA: filepath.Join(dir, "ca.pem"), TLSCAKey: filepath.Join(dir, "ca-key.pem"), AgentCertTTL: time.Hour})
+	return &tlsFleet{dir: dir, addr: addr}
 }
 
 // dial connects with the named certificate from tls init ("" = none) and

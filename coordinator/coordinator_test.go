@@ -22,6 +22,33 @@ import (
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
+// runTestCoordinator runs a coordinator in-process until the test ends and
+// returns its gRPC address once it serves.
+func runTestCoordinator(t testing.TB, cfg Config) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	addrc := make(chan string, 1)
+	done := make(chan error, 1)
+	cfg.Ready = func(a string) { addrc <- a }
+	go func() { done <- Run(ctx, cfg, zerolog.Nop()) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("coordinator: %v", err)
+		}
+	})
+	select {
+	case addr := <-addrc:
+		return addr
+	case err := <-done:
+		done <- err // for the clean-up
+		t.Fatalf("coordinator exited: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("coordinator not serving after 60s")
+	}
+	return ""
+}
+
 // startCoordinator runs a coordinator in-process against a separately
 // started etcd (the --etcd-endpoints path) and returns a client connection.
 func startCoordinator(t testing.TB) *grpc.ClientConn {
@@ -31,26 +58,7 @@ func startCoordinator(t testing.TB) *grpc.ClientConn {
 		t.Fatal(err)
 	}
 	t.Cleanup(emb.Close)
-	ctx, cancel := context.WithCancel(context.Background())
-	addrc := make(chan string, 1)
-	done := make(chan error, 1)
-	cfg := Config{Insecure: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, LeaseTTL: 2 * time.Second,
-		Ready: func(a string) { addrc <- a }}
-	go func() { done <- Run(ctx, cfg, zerolog.Nop()) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("coordinator: %v", err)
-		}
-	})
-	var addr string
-	select {
-	case addr = <-addrc:
-	case err := <-done:
-		t.Fatalf("coordinator exited: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("coordinator not serving after 60s")
-	}
+	addr := runTestCoordinator(t, Config{Insecure: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, LeaseTTL: 2 * time.Second})
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

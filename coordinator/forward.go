@@ -86,7 +86,6 @@ func (c *Coordinator) leaderName(ctx context.Context) (string, error) {
 	return string(resp.Kvs[0].Value), nil
 }
 
-
 // unary is a server interceptor: on a coordinator that does not lead, a
 // leader-only call goes to the leader (once: a forwarded call is never
 // forwarded again), so any coordinator serves every operator call.

@@ -35,30 +35,10 @@ func startCoordinatorWithMetrics(t *testing.T) (*grpc.ClientConn, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(emb.Close)
-	ctx, cancel := context.WithCancel(context.Background())
-	addrc, metricsc := make(chan string, 1), make(chan string, 1)
-	done := make(chan error, 1)
-	cfg := Config{Insecure: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, LeaseTTL: 2 * time.Second,
-		MetricsListen: "127.0.0.1:0",
-		Ready:         func(a string) { addrc <- a }, MetricsReady: func(a string) { metricsc <- a }}
-	go func() { done <- Run(ctx, cfg, zerolog.Nop()) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("coordinator: %v", err)
-		}
-	})
-	var addr, maddr string
-	for addr == "" || maddr == "" {
-		select {
-		case addr = <-addrc:
-		case maddr = <-metricsc:
-		case err := <-done:
-			t.Fatalf("coordinator exited: %v", err)
-		case <-time.After(60 * time.Second):
-			t.Fatal("coordinator not serving after 60s")
-		}
-	}
+	metricsc := make(chan string, 1)
+	addr := runTestCoordinator(t, Config{Insecure: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, LeaseTTL: 2 * time.Second,
+		MetricsListen: "127.0.0.1:0", MetricsReady: func(a string) { metricsc <- a }})
+	maddr := <-metricsc // sent before the gRPC address
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
