@@ -97,6 +97,7 @@ var methodAccess = map[string]access{
 	opSvc + "RevokeToken":          accessAdmin,
 	opSvc + "ListAudit":            accessAdmin,
 	opSvc + "WhoAmI":               accessAnyone,
+	opSvc + "RemoveHost":           accessAdmin,
 	agSvc + "Connect":              accessAgent,
 	agSvc + "Join":                 accessAnyone,
 	agSvc + "Renew":                accessAgent,
@@ -306,6 +307,8 @@ func auditTarget(req any) string {
 	case *v1.CreateTokenRequest:
 		return "token " + r.GetName() + " (" + r.GetRole() + ")"
 	case *v1.JoinRequest:
+		return "host " + r.GetHostId()
+	case *v1.RemoveHostRequest:
 		return "host " + r.GetHostId()
 	case svc:
 		return r.GetService()

@@ -342,3 +342,70 @@ func TestStatsSurviveCoordinatorRestarts(t *testing.T) {
 		t.Errorf("another coordinator computes other figures:\n%v\n%v", sb, sc)
 	}
 }
+
+// A decommissioned host is forgotten on request, never while connected, and
+// later rollouts no longer plan it.
+func TestRemoveHost(t *testing.T) {
+	cc := startCoordinator(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	op := v1.NewOperatorServiceClient(cc)
+	spec := &v1.ServiceSpec{Name: "web", Selector: map[string]string{"role": "web"}, Run: &v1.RunSpec{Command: []string{"./app"}},
+		Rollout: &v1.RolloutPolicy{Bake: durationpb.New(0), NoCanary: true}}
+	if _, err := op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	actx, acancel := context.WithCancel(ctx)
+	startScripted(t, actx, cc, "h1", map[string]string{})
+	hostState := func() (known, connected bool) {
+		h, err := op.ListHosts(ctx, &v1.ListHostsRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, x := range h.GetHosts() {
+			if x.GetId() == "h1" {
+				return true, x.GetConnected()
+			}
+		}
+		return false, false
+	}
+	for k, c := hostState(); !k || !c; k, c = hostState() {
+		if ctx.Err() != nil {
+			t.Fatal("h1 never connected")
+		}
+		time.Sleep(10 * time.Millisecond) // polling interval
+	}
+	_, err := op.RemoveHost(ctx, &v1.RemoveHostRequest{HostId: "h1"})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "connected") {
+		t.Errorf("removing a connected host: %v", err)
+	}
+	acancel()
+	for _, c := hostState(); c; _, c = hostState() {
+		if ctx.Err() != nil {
+			t.Fatal("h1 never disconnected")
+		}
+		time.Sleep(10 * time.Millisecond) // polling interval
+	}
+	if _, err := op.RemoveHost(ctx, &v1.RemoveHostRequest{HostId: "h1"}); err != nil {
+		t.Fatal(err)
+	}
+	if k, _ := hostState(); k {
+		t.Error("h1 still listed after removal")
+	}
+	if _, err := op.RemoveHost(ctx, &v1.RemoveHostRequest{HostId: "h1"}); status.Code(err) != codes.NotFound {
+		t.Errorf("removing it again: %v", err)
+	}
+	if _, err := op.RemoveHost(ctx, &v1.RemoveHostRequest{HostId: "../x"}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("bad host id: %v", err)
+	}
+	art := upload(t, ctx, cc, []byte("v1"))
+	cr, err := op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: "v1", Artifact: art}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range cr.GetRollout().GetWaves() {
+		if len(w.GetHosts()) != 0 {
+			t.Errorf("a rollout after the removal plans %v", w.GetHosts())
+		}
+	}
+}

@@ -191,3 +191,19 @@ func o2sync(ctx context.Context, c *Coordinator) error {
 	}
 	return nil
 }
+
+// RemoveHost forgets a decommissioned host (admin): its record and its
+// reports, refused while its agent is connected.
+func (o *operator) RemoveHost(ctx context.Context, req *v1.RemoveHostRequest) (*v1.RemoveHostResponse, error) {
+	if err := spec.CheckHostID("host_id", req.GetHostId()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := o.c.store.DeleteHost(ctx, req.GetHostId()); err != nil {
+		if errors.Is(err, store.ErrConnected) {
+			return nil, status.Error(codes.FailedPrecondition, err.Error())
+		}
+		return nil, grpcErr(err)
+	}
+	o.c.log.Info().Str("host", req.GetHostId()).Str("by", caller(ctx)).Msg("host removed")
+	return &v1.RemoveHostResponse{}, nil
+}

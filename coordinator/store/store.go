@@ -738,3 +738,26 @@ func (s *Store) PutReports(ctx context.Context, reps []HostReport) error {
 
 // MaxReportBatch is the most reports PutReports takes at once.
 const MaxReportBatch = maxEventOpsInTxn
+
+// ErrConnected is returned when a host to remove is connected.
+var ErrConnected = errors.New("host is connected")
+
+// DeleteHost removes a host's record and reports if it is not connected
+// (no connection record), in one transaction.
+func (s *Store) DeleteHost(ctx context.Context, id string) error {
+	resp, err := s.c.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(ConnKey(id)), "=", 0), clientv3.Compare(clientv3.CreateRevision(HostKey(id)), ">", 0)).
+		Then(clientv3.OpDelete(HostKey(id)), clientv3.OpDelete(ReportsPrefix+id+"/", clientv3.WithPrefix())).
+		Else(clientv3.OpGet(ConnKey(id))).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("remove host %s: %w", id, err)
+	}
+	if !resp.Succeeded {
+		if len(resp.Responses) > 0 && len(resp.Responses[0].GetResponseRange().Kvs) > 0 {
+			return fmt.Errorf("remove host %s: %w (stop its agent first)", id, ErrConnected)
+		}
+		return fmt.Errorf("host %s: %w", id, ErrNotFound)
+	}
+	return nil
+}

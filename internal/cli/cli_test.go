@@ -176,6 +176,13 @@ func (s fakeOperator) WatchEvents(req *v1.WatchEventsRequest, stream v1.Operator
 	return nil
 }
 
+func (s fakeOperator) RemoveHost(_ context.Context, req *v1.RemoveHostRequest) (*v1.RemoveHostResponse, error) {
+	if req.GetHostId() == "h1" {
+		return nil, status.Error(codes.FailedPrecondition, "remove host h1: host is connected (stop its agent first)")
+	}
+	return &v1.RemoveHostResponse{}, nil
+}
+
 func (s fakeOperator) ClusterStatus(context.Context, *v1.ClusterStatusRequest) (*v1.ClusterStatusResponse, error) {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
@@ -594,6 +601,7 @@ func TestListingsAndErrors(t *testing.T) {
 			"WAVE", "DONE/TOTAL", "BAKE UNTIL", "0     yes     progressing  0/1", "1     no      pending      0/2",
 			"h1    0     updating  fetching", "h2    1     pending   -         yes      stream down"}},
 		{[]string{"rollout", "approve", "web"}, []string{"rollout web-2 approved: 1.0 → 1.1 (progressing)"}},
+		{[]string{"hosts", "remove", "h2"}, []string{"host h2 removed; new rollouts no longer plan it"}},
 	}
 	for _, tt := range tables {
 		code, stdout, stderr := runCLI(t, tt.args...)
@@ -629,6 +637,9 @@ func TestListingsAndErrors(t *testing.T) {
 		}
 	}
 
+	if code, _, stderr := runCLI(t, "hosts", "remove", "h1"); code != 1 || !strings.Contains(stderr, "host is connected") {
+		t.Errorf("remove a connected host: exit %d, %q", code, stderr)
+	}
 	code, stdout, stderr := runCLI(t, "service", "get", "nope")
 	if code != 1 || stdout != "" || stderr != "fleetwave: get service nope: service \"nope\" not found\n" {
 		t.Errorf("get unknown service: exit %d, stdout %q, stderr %q", code, stdout, stderr)

@@ -234,6 +234,25 @@ func printRollout(w io.Writer, ro *v1.Rollout) error {
 }
 
 func (a *app) hostsCmd() *cobra.Command {
+	cmd := a.hostsListCmd()
+	cmd.AddCommand(&cobra.Command{
+		Use:   "remove HOST-ID",
+		Short: "Forget a decommissioned host (admin): its record and reports; refused while its agent is connected",
+		Args:  cobra.ExactArgs(1),
+		RunE: run(func(cmd *cobra.Command, args []string) error {
+			if _, err := call(a, cmd, "remove host "+args[0], func(ctx context.Context, c v1.OperatorServiceClient) (*v1.RemoveHostResponse, error) {
+				return c.RemoveHost(ctx, &v1.RemoveHostRequest{HostId: args[0]})
+			}); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "host %s removed; new rollouts no longer plan it\n", args[0])
+			return nil
+		}),
+	})
+	return cmd
+}
+
+func (a *app) hostsListCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "hosts",
 		Short: "List hosts: stream (which coordinator), gossip state, labels, and per service phase current/last good",

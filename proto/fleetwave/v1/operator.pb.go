@@ -2943,6 +2943,86 @@ func (x *WhoAmIResponse) GetMethod() string {
 	return ""
 }
 
+type RemoveHostRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	HostId        string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveHostRequest) Reset() {
+	*x = RemoveHostRequest{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveHostRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveHostRequest) ProtoMessage() {}
+
+func (x *RemoveHostRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveHostRequest.ProtoReflect.Descriptor instead.
+func (*RemoveHostRequest) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *RemoveHostRequest) GetHostId() string {
+	if x != nil {
+		return x.HostId
+	}
+	return ""
+}
+
+type RemoveHostResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveHostResponse) Reset() {
+	*x = RemoveHostResponse{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveHostResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveHostResponse) ProtoMessage() {}
+
+func (x *RemoveHostResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveHostResponse.ProtoReflect.Descriptor instead.
+func (*RemoveHostResponse) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{53}
+}
+
 var File_fleetwave_v1_operator_proto protoreflect.FileDescriptor
 
 const file_fleetwave_v1_operator_proto_rawDesc = "" +
@@ -3140,7 +3220,10 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\x0eWhoAmIResponse\x12\x1a\n" +
 	"\bidentity\x18\x01 \x01(\tR\bidentity\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x16\n" +
-	"\x06method\x18\x03 \x01(\tR\x06method2\xa1\x0f\n" +
+	"\x06method\x18\x03 \x01(\tR\x06method\",\n" +
+	"\x11RemoveHostRequest\x12\x17\n" +
+	"\ahost_id\x18\x01 \x01(\tR\x06hostId\"\x14\n" +
+	"\x12RemoveHostResponse2\xf2\x0f\n" +
 	"\x0fOperatorService\x12U\n" +
 	"\fApplyService\x12!.fleetwave.v1.ApplyServiceRequest\x1a\".fleetwave.v1.ApplyServiceResponse\x12U\n" +
 	"\fListServices\x12!.fleetwave.v1.ListServicesRequest\x1a\".fleetwave.v1.ListServicesResponse\x12O\n" +
@@ -3168,7 +3251,9 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"ListTokens\x12\x1f.fleetwave.v1.ListTokensRequest\x1a .fleetwave.v1.ListTokensResponse\x12R\n" +
 	"\vRevokeToken\x12 .fleetwave.v1.RevokeTokenRequest\x1a!.fleetwave.v1.RevokeTokenResponse\x12L\n" +
 	"\tListAudit\x12\x1e.fleetwave.v1.ListAuditRequest\x1a\x1f.fleetwave.v1.ListAuditResponse\x12C\n" +
-	"\x06WhoAmI\x12\x1b.fleetwave.v1.WhoAmIRequest\x1a\x1c.fleetwave.v1.WhoAmIResponseB?Z=github.com/fleetwave/fleetwave/proto/fleetwave/v1;fleetwavev1b\x06proto3"
+	"\x06WhoAmI\x12\x1b.fleetwave.v1.WhoAmIRequest\x1a\x1c.fleetwave.v1.WhoAmIResponse\x12O\n" +
+	"\n" +
+	"RemoveHost\x12\x1f.fleetwave.v1.RemoveHostRequest\x1a .fleetwave.v1.RemoveHostResponseB?Z=github.com/fleetwave/fleetwave/proto/fleetwave/v1;fleetwavev1b\x06proto3"
 
 var (
 	file_fleetwave_v1_operator_proto_rawDescOnce sync.Once
@@ -3182,7 +3267,7 @@ func file_fleetwave_v1_operator_proto_rawDescGZIP() []byte {
 	return file_fleetwave_v1_operator_proto_rawDescData
 }
 
-var file_fleetwave_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
+var file_fleetwave_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
 var file_fleetwave_v1_operator_proto_goTypes = []any{
 	(*ApplyServiceRequest)(nil),     // 0: fleetwave.v1.ApplyServiceRequest
 	(*ApplyServiceResponse)(nil),    // 1: fleetwave.v1.ApplyServiceResponse
@@ -3236,57 +3321,59 @@ var file_fleetwave_v1_operator_proto_goTypes = []any{
 	(*ListAuditResponse)(nil),       // 49: fleetwave.v1.ListAuditResponse
 	(*WhoAmIRequest)(nil),           // 50: fleetwave.v1.WhoAmIRequest
 	(*WhoAmIResponse)(nil),          // 51: fleetwave.v1.WhoAmIResponse
-	(*ServiceSpec)(nil),             // 52: fleetwave.v1.ServiceSpec
-	(*Service)(nil),                 // 53: fleetwave.v1.Service
-	(*Release)(nil),                 // 54: fleetwave.v1.Release
-	(*Rollout)(nil),                 // 55: fleetwave.v1.Rollout
-	(*Host)(nil),                    // 56: fleetwave.v1.Host
-	(*Event)(nil),                   // 57: fleetwave.v1.Event
-	(*timestamppb.Timestamp)(nil),   // 58: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 59: google.protobuf.Duration
+	(*RemoveHostRequest)(nil),       // 52: fleetwave.v1.RemoveHostRequest
+	(*RemoveHostResponse)(nil),      // 53: fleetwave.v1.RemoveHostResponse
+	(*ServiceSpec)(nil),             // 54: fleetwave.v1.ServiceSpec
+	(*Service)(nil),                 // 55: fleetwave.v1.Service
+	(*Release)(nil),                 // 56: fleetwave.v1.Release
+	(*Rollout)(nil),                 // 57: fleetwave.v1.Rollout
+	(*Host)(nil),                    // 58: fleetwave.v1.Host
+	(*Event)(nil),                   // 59: fleetwave.v1.Event
+	(*timestamppb.Timestamp)(nil),   // 60: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 61: google.protobuf.Duration
 }
 var file_fleetwave_v1_operator_proto_depIdxs = []int32{
-	52, // 0: fleetwave.v1.ApplyServiceRequest.spec:type_name -> fleetwave.v1.ServiceSpec
-	53, // 1: fleetwave.v1.ApplyServiceResponse.service:type_name -> fleetwave.v1.Service
-	53, // 2: fleetwave.v1.ListServicesResponse.services:type_name -> fleetwave.v1.Service
-	53, // 3: fleetwave.v1.GetServiceResponse.service:type_name -> fleetwave.v1.Service
-	54, // 4: fleetwave.v1.CreateReleaseRequest.release:type_name -> fleetwave.v1.Release
-	54, // 5: fleetwave.v1.CreateReleaseResponse.release:type_name -> fleetwave.v1.Release
-	55, // 6: fleetwave.v1.CreateReleaseResponse.rollout:type_name -> fleetwave.v1.Rollout
-	54, // 7: fleetwave.v1.ListReleasesResponse.releases:type_name -> fleetwave.v1.Release
-	55, // 8: fleetwave.v1.GetRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	55, // 9: fleetwave.v1.WatchRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	55, // 10: fleetwave.v1.ApproveRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	56, // 11: fleetwave.v1.ListHostsResponse.hosts:type_name -> fleetwave.v1.Host
-	53, // 12: fleetwave.v1.UnfreezeServiceResponse.service:type_name -> fleetwave.v1.Service
-	55, // 13: fleetwave.v1.PauseRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	55, // 14: fleetwave.v1.ResumeRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	55, // 15: fleetwave.v1.AbortRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	55, // 16: fleetwave.v1.RollbackResponse.rollout:type_name -> fleetwave.v1.Rollout
-	57, // 17: fleetwave.v1.ListEventsResponse.events:type_name -> fleetwave.v1.Event
-	57, // 18: fleetwave.v1.WatchEventsResponse.event:type_name -> fleetwave.v1.Event
-	58, // 19: fleetwave.v1.CoordinatorInfo.started_at:type_name -> google.protobuf.Timestamp
+	54, // 0: fleetwave.v1.ApplyServiceRequest.spec:type_name -> fleetwave.v1.ServiceSpec
+	55, // 1: fleetwave.v1.ApplyServiceResponse.service:type_name -> fleetwave.v1.Service
+	55, // 2: fleetwave.v1.ListServicesResponse.services:type_name -> fleetwave.v1.Service
+	55, // 3: fleetwave.v1.GetServiceResponse.service:type_name -> fleetwave.v1.Service
+	56, // 4: fleetwave.v1.CreateReleaseRequest.release:type_name -> fleetwave.v1.Release
+	56, // 5: fleetwave.v1.CreateReleaseResponse.release:type_name -> fleetwave.v1.Release
+	57, // 6: fleetwave.v1.CreateReleaseResponse.rollout:type_name -> fleetwave.v1.Rollout
+	56, // 7: fleetwave.v1.ListReleasesResponse.releases:type_name -> fleetwave.v1.Release
+	57, // 8: fleetwave.v1.GetRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	57, // 9: fleetwave.v1.WatchRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	57, // 10: fleetwave.v1.ApproveRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	58, // 11: fleetwave.v1.ListHostsResponse.hosts:type_name -> fleetwave.v1.Host
+	55, // 12: fleetwave.v1.UnfreezeServiceResponse.service:type_name -> fleetwave.v1.Service
+	57, // 13: fleetwave.v1.PauseRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	57, // 14: fleetwave.v1.ResumeRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	57, // 15: fleetwave.v1.AbortRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	57, // 16: fleetwave.v1.RollbackResponse.rollout:type_name -> fleetwave.v1.Rollout
+	59, // 17: fleetwave.v1.ListEventsResponse.events:type_name -> fleetwave.v1.Event
+	59, // 18: fleetwave.v1.WatchEventsResponse.event:type_name -> fleetwave.v1.Event
+	60, // 19: fleetwave.v1.CoordinatorInfo.started_at:type_name -> google.protobuf.Timestamp
 	33, // 20: fleetwave.v1.ClusterStatusResponse.coordinators:type_name -> fleetwave.v1.CoordinatorInfo
 	34, // 21: fleetwave.v1.ClusterStatusResponse.etcd_members:type_name -> fleetwave.v1.EtcdMember
-	59, // 22: fleetwave.v1.GetStatsRequest.since:type_name -> google.protobuf.Duration
+	61, // 22: fleetwave.v1.GetStatsRequest.since:type_name -> google.protobuf.Duration
 	39, // 23: fleetwave.v1.GetStatsResponse.services:type_name -> fleetwave.v1.DeployStats
 	39, // 24: fleetwave.v1.GetStatsResponse.fleet:type_name -> fleetwave.v1.DeployStats
-	58, // 25: fleetwave.v1.GetStatsResponse.from:type_name -> google.protobuf.Timestamp
-	58, // 26: fleetwave.v1.GetStatsResponse.to:type_name -> google.protobuf.Timestamp
-	59, // 27: fleetwave.v1.DurationStats.median:type_name -> google.protobuf.Duration
-	59, // 28: fleetwave.v1.DurationStats.p90:type_name -> google.protobuf.Duration
+	60, // 25: fleetwave.v1.GetStatsResponse.from:type_name -> google.protobuf.Timestamp
+	60, // 26: fleetwave.v1.GetStatsResponse.to:type_name -> google.protobuf.Timestamp
+	61, // 27: fleetwave.v1.DurationStats.median:type_name -> google.protobuf.Duration
+	61, // 28: fleetwave.v1.DurationStats.p90:type_name -> google.protobuf.Duration
 	38, // 29: fleetwave.v1.DeployStats.lead_time:type_name -> fleetwave.v1.DurationStats
 	38, // 30: fleetwave.v1.DeployStats.commit_to_release:type_name -> fleetwave.v1.DurationStats
 	38, // 31: fleetwave.v1.DeployStats.release_to_start:type_name -> fleetwave.v1.DurationStats
 	38, // 32: fleetwave.v1.DeployStats.rollout:type_name -> fleetwave.v1.DurationStats
 	38, // 33: fleetwave.v1.DeployStats.bake:type_name -> fleetwave.v1.DurationStats
 	38, // 34: fleetwave.v1.DeployStats.time_to_restore:type_name -> fleetwave.v1.DurationStats
-	58, // 35: fleetwave.v1.Token.created_at:type_name -> google.protobuf.Timestamp
-	58, // 36: fleetwave.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
-	59, // 37: fleetwave.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
+	60, // 35: fleetwave.v1.Token.created_at:type_name -> google.protobuf.Timestamp
+	60, // 36: fleetwave.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	61, // 37: fleetwave.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
 	40, // 38: fleetwave.v1.CreateTokenResponse.token:type_name -> fleetwave.v1.Token
 	40, // 39: fleetwave.v1.ListTokensResponse.tokens:type_name -> fleetwave.v1.Token
-	58, // 40: fleetwave.v1.AuditEntry.at:type_name -> google.protobuf.Timestamp
+	60, // 40: fleetwave.v1.AuditEntry.at:type_name -> google.protobuf.Timestamp
 	47, // 41: fleetwave.v1.ListAuditResponse.entries:type_name -> fleetwave.v1.AuditEntry
 	0,  // 42: fleetwave.v1.OperatorService.ApplyService:input_type -> fleetwave.v1.ApplyServiceRequest
 	2,  // 43: fleetwave.v1.OperatorService.ListServices:input_type -> fleetwave.v1.ListServicesRequest
@@ -3311,31 +3398,33 @@ var file_fleetwave_v1_operator_proto_depIdxs = []int32{
 	45, // 62: fleetwave.v1.OperatorService.RevokeToken:input_type -> fleetwave.v1.RevokeTokenRequest
 	48, // 63: fleetwave.v1.OperatorService.ListAudit:input_type -> fleetwave.v1.ListAuditRequest
 	50, // 64: fleetwave.v1.OperatorService.WhoAmI:input_type -> fleetwave.v1.WhoAmIRequest
-	1,  // 65: fleetwave.v1.OperatorService.ApplyService:output_type -> fleetwave.v1.ApplyServiceResponse
-	3,  // 66: fleetwave.v1.OperatorService.ListServices:output_type -> fleetwave.v1.ListServicesResponse
-	5,  // 67: fleetwave.v1.OperatorService.GetService:output_type -> fleetwave.v1.GetServiceResponse
-	7,  // 68: fleetwave.v1.OperatorService.CreateRelease:output_type -> fleetwave.v1.CreateReleaseResponse
-	9,  // 69: fleetwave.v1.OperatorService.ListReleases:output_type -> fleetwave.v1.ListReleasesResponse
-	11, // 70: fleetwave.v1.OperatorService.GetRollout:output_type -> fleetwave.v1.GetRolloutResponse
-	13, // 71: fleetwave.v1.OperatorService.WatchRollout:output_type -> fleetwave.v1.WatchRolloutResponse
-	15, // 72: fleetwave.v1.OperatorService.ApproveRollout:output_type -> fleetwave.v1.ApproveRolloutResponse
-	17, // 73: fleetwave.v1.OperatorService.ListHosts:output_type -> fleetwave.v1.ListHostsResponse
-	19, // 74: fleetwave.v1.OperatorService.UnfreezeService:output_type -> fleetwave.v1.UnfreezeServiceResponse
-	21, // 75: fleetwave.v1.OperatorService.PauseRollout:output_type -> fleetwave.v1.PauseRolloutResponse
-	23, // 76: fleetwave.v1.OperatorService.ResumeRollout:output_type -> fleetwave.v1.ResumeRolloutResponse
-	25, // 77: fleetwave.v1.OperatorService.AbortRollout:output_type -> fleetwave.v1.AbortRolloutResponse
-	27, // 78: fleetwave.v1.OperatorService.Rollback:output_type -> fleetwave.v1.RollbackResponse
-	29, // 79: fleetwave.v1.OperatorService.ListEvents:output_type -> fleetwave.v1.ListEventsResponse
-	31, // 80: fleetwave.v1.OperatorService.WatchEvents:output_type -> fleetwave.v1.WatchEventsResponse
-	35, // 81: fleetwave.v1.OperatorService.ClusterStatus:output_type -> fleetwave.v1.ClusterStatusResponse
-	37, // 82: fleetwave.v1.OperatorService.GetStats:output_type -> fleetwave.v1.GetStatsResponse
-	42, // 83: fleetwave.v1.OperatorService.CreateToken:output_type -> fleetwave.v1.CreateTokenResponse
-	44, // 84: fleetwave.v1.OperatorService.ListTokens:output_type -> fleetwave.v1.ListTokensResponse
-	46, // 85: fleetwave.v1.OperatorService.RevokeToken:output_type -> fleetwave.v1.RevokeTokenResponse
-	49, // 86: fleetwave.v1.OperatorService.ListAudit:output_type -> fleetwave.v1.ListAuditResponse
-	51, // 87: fleetwave.v1.OperatorService.WhoAmI:output_type -> fleetwave.v1.WhoAmIResponse
-	65, // [65:88] is the sub-list for method output_type
-	42, // [42:65] is the sub-list for method input_type
+	52, // 65: fleetwave.v1.OperatorService.RemoveHost:input_type -> fleetwave.v1.RemoveHostRequest
+	1,  // 66: fleetwave.v1.OperatorService.ApplyService:output_type -> fleetwave.v1.ApplyServiceResponse
+	3,  // 67: fleetwave.v1.OperatorService.ListServices:output_type -> fleetwave.v1.ListServicesResponse
+	5,  // 68: fleetwave.v1.OperatorService.GetService:output_type -> fleetwave.v1.GetServiceResponse
+	7,  // 69: fleetwave.v1.OperatorService.CreateRelease:output_type -> fleetwave.v1.CreateReleaseResponse
+	9,  // 70: fleetwave.v1.OperatorService.ListReleases:output_type -> fleetwave.v1.ListReleasesResponse
+	11, // 71: fleetwave.v1.OperatorService.GetRollout:output_type -> fleetwave.v1.GetRolloutResponse
+	13, // 72: fleetwave.v1.OperatorService.WatchRollout:output_type -> fleetwave.v1.WatchRolloutResponse
+	15, // 73: fleetwave.v1.OperatorService.ApproveRollout:output_type -> fleetwave.v1.ApproveRolloutResponse
+	17, // 74: fleetwave.v1.OperatorService.ListHosts:output_type -> fleetwave.v1.ListHostsResponse
+	19, // 75: fleetwave.v1.OperatorService.UnfreezeService:output_type -> fleetwave.v1.UnfreezeServiceResponse
+	21, // 76: fleetwave.v1.OperatorService.PauseRollout:output_type -> fleetwave.v1.PauseRolloutResponse
+	23, // 77: fleetwave.v1.OperatorService.ResumeRollout:output_type -> fleetwave.v1.ResumeRolloutResponse
+	25, // 78: fleetwave.v1.OperatorService.AbortRollout:output_type -> fleetwave.v1.AbortRolloutResponse
+	27, // 79: fleetwave.v1.OperatorService.Rollback:output_type -> fleetwave.v1.RollbackResponse
+	29, // 80: fleetwave.v1.OperatorService.ListEvents:output_type -> fleetwave.v1.ListEventsResponse
+	31, // 81: fleetwave.v1.OperatorService.WatchEvents:output_type -> fleetwave.v1.WatchEventsResponse
+	35, // 82: fleetwave.v1.OperatorService.ClusterStatus:output_type -> fleetwave.v1.ClusterStatusResponse
+	37, // 83: fleetwave.v1.OperatorService.GetStats:output_type -> fleetwave.v1.GetStatsResponse
+	42, // 84: fleetwave.v1.OperatorService.CreateToken:output_type -> fleetwave.v1.CreateTokenResponse
+	44, // 85: fleetwave.v1.OperatorService.ListTokens:output_type -> fleetwave.v1.ListTokensResponse
+	46, // 86: fleetwave.v1.OperatorService.RevokeToken:output_type -> fleetwave.v1.RevokeTokenResponse
+	49, // 87: fleetwave.v1.OperatorService.ListAudit:output_type -> fleetwave.v1.ListAuditResponse
+	51, // 88: fleetwave.v1.OperatorService.WhoAmI:output_type -> fleetwave.v1.WhoAmIResponse
+	53, // 89: fleetwave.v1.OperatorService.RemoveHost:output_type -> fleetwave.v1.RemoveHostResponse
+	66, // [66:90] is the sub-list for method output_type
+	42, // [42:66] is the sub-list for method input_type
 	42, // [42:42] is the sub-list for extension type_name
 	42, // [42:42] is the sub-list for extension extendee
 	0,  // [0:42] is the sub-list for field type_name
@@ -3353,7 +3442,7 @@ func file_fleetwave_v1_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fleetwave_v1_operator_proto_rawDesc), len(file_fleetwave_v1_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   52,
+			NumMessages:   54,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

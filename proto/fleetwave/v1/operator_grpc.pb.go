@@ -42,6 +42,7 @@ const (
 	OperatorService_RevokeToken_FullMethodName     = "/fleetwave.v1.OperatorService/RevokeToken"
 	OperatorService_ListAudit_FullMethodName       = "/fleetwave.v1.OperatorService/ListAudit"
 	OperatorService_WhoAmI_FullMethodName          = "/fleetwave.v1.OperatorService/WhoAmI"
+	OperatorService_RemoveHost_FullMethodName      = "/fleetwave.v1.OperatorService/RemoveHost"
 )
 
 // OperatorServiceClient is the client API for OperatorService service.
@@ -95,6 +96,10 @@ type OperatorServiceClient interface {
 	ListAudit(ctx context.Context, in *ListAuditRequest, opts ...grpc.CallOption) (*ListAuditResponse, error)
 	// WhoAmI says who the coordinator takes the caller for, and its role.
 	WhoAmI(ctx context.Context, in *WhoAmIRequest, opts ...grpc.CallOption) (*WhoAmIResponse, error)
+	// RemoveHost forgets a decommissioned host (admin): its record and
+	// reports. Refused while its agent is connected. New rollouts no longer
+	// plan it; a host that connects again is recorded anew.
+	RemoveHost(ctx context.Context, in *RemoveHostRequest, opts ...grpc.CallOption) (*RemoveHostResponse, error)
 }
 
 type operatorServiceClient struct {
@@ -353,6 +358,16 @@ func (c *operatorServiceClient) WhoAmI(ctx context.Context, in *WhoAmIRequest, o
 	return out, nil
 }
 
+func (c *operatorServiceClient) RemoveHost(ctx context.Context, in *RemoveHostRequest, opts ...grpc.CallOption) (*RemoveHostResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveHostResponse)
+	err := c.cc.Invoke(ctx, OperatorService_RemoveHost_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OperatorServiceServer is the server API for OperatorService service.
 // All implementations must embed UnimplementedOperatorServiceServer
 // for forward compatibility.
@@ -404,6 +419,10 @@ type OperatorServiceServer interface {
 	ListAudit(context.Context, *ListAuditRequest) (*ListAuditResponse, error)
 	// WhoAmI says who the coordinator takes the caller for, and its role.
 	WhoAmI(context.Context, *WhoAmIRequest) (*WhoAmIResponse, error)
+	// RemoveHost forgets a decommissioned host (admin): its record and
+	// reports. Refused while its agent is connected. New rollouts no longer
+	// plan it; a host that connects again is recorded anew.
+	RemoveHost(context.Context, *RemoveHostRequest) (*RemoveHostResponse, error)
 	mustEmbedUnimplementedOperatorServiceServer()
 }
 
@@ -482,6 +501,9 @@ func (UnimplementedOperatorServiceServer) ListAudit(context.Context, *ListAuditR
 }
 func (UnimplementedOperatorServiceServer) WhoAmI(context.Context, *WhoAmIRequest) (*WhoAmIResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method WhoAmI not implemented")
+}
+func (UnimplementedOperatorServiceServer) RemoveHost(context.Context, *RemoveHostRequest) (*RemoveHostResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RemoveHost not implemented")
 }
 func (UnimplementedOperatorServiceServer) mustEmbedUnimplementedOperatorServiceServer() {}
 func (UnimplementedOperatorServiceServer) testEmbeddedByValue()                         {}
@@ -904,6 +926,24 @@ func _OperatorService_WhoAmI_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _OperatorService_RemoveHost_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveHostRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServiceServer).RemoveHost(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OperatorService_RemoveHost_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServiceServer).RemoveHost(ctx, req.(*RemoveHostRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // OperatorService_ServiceDesc is the grpc.ServiceDesc for OperatorService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -994,6 +1034,10 @@ var OperatorService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "WhoAmI",
 			Handler:    _OperatorService_WhoAmI_Handler,
+		},
+		{
+			MethodName: "RemoveHost",
+			Handler:    _OperatorService_RemoveHost_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
