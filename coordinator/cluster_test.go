@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"strings"
 	"sync"
@@ -407,5 +408,50 @@ func TestRemoveHost(t *testing.T) {
 		if len(w.GetHosts()) != 0 {
 			t.Errorf("a rollout after the removal plans %v", w.GetHosts())
 		}
+	}
+}
+
+// Events of old rollouts are pruned (the rollouts themselves stay, for the
+// DORA figures).
+func TestOldRolloutEventsPruned(t *testing.T) {
+	emb, err := store.StartEmbedded(t.TempDir(), "", zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(emb.Close)
+	addr := runTestCoordinator(t, Config{Insecure: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints,
+		LeaseTTL: 2 * time.Second, KeepRolloutEvents: 2})
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	op := v1.NewOperatorServiceClient(cc)
+	spec := &v1.ServiceSpec{Name: "web", Run: &v1.RunSpec{Command: []string{"./app"}}}
+	if _, err := op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 4; i++ {
+		art := upload(t, ctx, cc, []byte(fmt.Sprint("artifact ", i)))
+		if _, err := op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: fmt.Sprint("v", i), Artifact: art}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	evs, err := op.ListEvents(ctx, &v1.ListEventsRequest{Service: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]bool{}
+	for _, e := range evs.GetEvents() {
+		ids[e.GetRolloutId()] = true
+	}
+	if len(ids) != 2 || !ids["000003"] || !ids["000004"] {
+		t.Errorf("events kept for rollouts %v, want 000003 and 000004", ids)
+	}
+	st, err := op.GetRollout(ctx, &v1.GetRolloutRequest{Service: "web", Id: "000001"})
+	if err != nil || st.GetRollout().GetToVersion() != "v1" {
+		t.Errorf("the oldest rollout record: %v %v", st, err)
 	}
 }

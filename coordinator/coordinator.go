@@ -71,6 +71,12 @@ type Config struct {
 	// EtcdCert, EtcdKey and EtcdCA configure TLS to an external etcd (client
 	// certificate optional).
 	EtcdCert, EtcdKey, EtcdCA string
+	// KeepRolloutEvents is how many of a service's newest rollouts keep their
+	// recorded events (default 100; the rollout records themselves, which
+	// the DORA figures use, are kept). AuditRetention is how long audit
+	// entries are kept (default 90 days).
+	KeepRolloutEvents int
+	AuditRetention    time.Duration
 	// EtcdTimeout bounds how long the coordinator waits for etcd at start
 	// (default 30s): it fails with a clear error rather than hang.
 	EtcdTimeout time.Duration
@@ -120,6 +126,12 @@ func (c *Config) Validate() error {
 	if c.Insecure && (c.TLSCert != "" || c.TLSKey != "" || c.TLSCA != "" || c.TLSCAKey != "") {
 		errs = append(errs, errors.New("insecure: cannot be combined with tls-cert, tls-key, tls-ca or tls-ca-key"))
 	}
+	if c.KeepRolloutEvents < 0 {
+		errs = append(errs, fmt.Errorf("keep-rollout-events: %d is negative", c.KeepRolloutEvents))
+	}
+	if c.AuditRetention < 0 || (c.AuditRetention > 0 && c.AuditRetention < time.Hour) {
+		errs = append(errs, fmt.Errorf("audit-retention: %s: want at least 1h", c.AuditRetention))
+	}
 	if c.EtcdTimeout < 0 {
 		errs = append(errs, fmt.Errorf("etcd-timeout: %s is negative", c.EtcdTimeout))
 	}
@@ -153,6 +165,12 @@ func (c *Config) defaults() {
 	}
 	if c.EtcdTimeout == 0 {
 		c.EtcdTimeout = 30 * time.Second
+	}
+	if c.KeepRolloutEvents == 0 {
+		c.KeepRolloutEvents = 100
+	}
+	if c.AuditRetention == 0 {
+		c.AuditRetention = 90 * 24 * time.Hour
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -29,6 +30,8 @@ type leader struct {
 	leading atomic.Bool
 	// wake asks the loop to reconcile now (gossip changes are not in etcd).
 	wake chan struct{}
+	// auditPruned is when the loop last pruned the audit log.
+	auditPruned time.Time
 }
 
 // poke has the loop reconcile soon; it never blocks.
@@ -184,6 +187,7 @@ func (l *leader) lead(ctx context.Context, sess *concurrency.Session, fence *sto
 				return err
 			}
 		}
+		l.pruneAudit(ctx, fence, time.Now())
 		next, err := l.reconcileAll(ctx, fence)
 		if errors.Is(err, store.ErrNotLeader) {
 			return err
@@ -448,6 +452,7 @@ func (l *leader) commit(ctx context.Context, fence *store.Fence, vs store.Versio
 	}
 	l.c.metrics.rolloutWritten(prev.Val, next, l.c.mirror.Release)
 	if terminal(next.GetState()) {
+		l.pruneEvents(ctx, fence, next)
 		l.c.log.Info().Str("service", svc.GetSpec().GetName()).Str("rollout", next.GetId()).Str("state", next.GetState().String()).Str("reason", next.GetReason()).Msg("rollout ended")
 		if next.GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED {
 			l.c.alerts.rolloutFailed(svc, next)
@@ -608,6 +613,9 @@ func (l *leader) start(ctx context.Context, fence *store.Fence, vs store.Version
 	if err != nil {
 		return err
 	}
+	if terminal(r.GetState()) {
+		l.pruneEvents(ctx, fence, r)
+	}
 	l.c.metrics.rolloutWritten(nil, r, l.c.mirror.Release)
 	l.c.log.Info().Str("service", svc.GetSpec().GetName()).Str("rollout", r.GetId()).Str("from", r.GetFromVersion()).Str("version", r.GetToVersion()).
 		Ints("waves", waves).Bool("rollback", r.GetRollback()).Str("state", r.GetState().String()).Msg("rollout created")
@@ -619,4 +627,40 @@ func orNone(s string) string {
 		return "(none)"
 	}
 	return s
+}
+
+// pruneEvents keeps the recorded events of the service's newest
+// KeepRolloutEvents rollouts, once one ends. History only: failures are
+// logged and retried at the next end.
+func (l *leader) pruneEvents(ctx context.Context, fence *store.Fence, r *v1.Rollout) {
+	n, err := strconv.Atoi(r.GetId())
+	keep := l.c.cfg.KeepRolloutEvents
+	if err != nil || keep <= 0 || n <= keep {
+		return
+	}
+	before := fmt.Sprintf("%06d", n-keep+1)
+	deleted, err := l.c.store.PruneEvents(ctx, fence, r.GetService(), before)
+	if err != nil {
+		l.c.log.Warn().Err(err).Str("service", r.GetService()).Msg("pruning old rollout events failed")
+		return
+	}
+	if deleted > 0 {
+		l.c.log.Info().Str("service", r.GetService()).Str("before", before).Int64("events", deleted).Msg("events of old rollouts pruned")
+	}
+}
+
+// pruneAudit drops audit entries older than the retention, at most hourly.
+func (l *leader) pruneAudit(ctx context.Context, fence *store.Fence, now time.Time) {
+	if now.Sub(l.auditPruned) < time.Hour {
+		return
+	}
+	l.auditPruned = now
+	deleted, err := l.c.store.PruneAudit(ctx, fence, now.Add(-l.c.cfg.AuditRetention))
+	if err != nil {
+		l.c.log.Warn().Err(err).Msg("pruning the audit log failed")
+		return
+	}
+	if deleted > 0 {
+		l.c.log.Info().Int64("entries", deleted).Dur("retention", l.c.cfg.AuditRetention).Msg("old audit entries pruned")
+	}
 }

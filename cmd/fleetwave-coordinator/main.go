@@ -66,6 +66,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.EtcdKey, "etcd-key", "", "its key (PEM)")
 	fs.StringVar(&cfg.EtcdCA, "etcd-ca", "", "CA of the external etcd's server certificates (PEM)")
 	fs.DurationVar(&cfg.EtcdTimeout, "etcd-timeout", 30*time.Second, "how long to wait for etcd at start before failing")
+	fs.IntVar(&cfg.KeepRolloutEvents, "keep-rollout-events", 100, "keep the recorded events of each service's newest N rollouts")
+	fs.DurationVar(&cfg.AuditRetention, "audit-retention", 90*24*time.Hour, "how long audit entries are kept")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err

@@ -761,3 +761,35 @@ func (s *Store) DeleteHost(ctx context.Context, id string) error {
 	}
 	return nil
 }
+
+// PruneEvents deletes, fenced, the recorded events of a service's rollouts
+// with ids before beforeRollout (zero-padded ids sort by number), and the
+// service's events recorded outside any rollout. It returns how many keys
+// went.
+func (s *Store) PruneEvents(ctx context.Context, f *Fence, service, beforeRollout string) (int64, error) {
+	if service == "" || strings.Contains(service, "/") || beforeRollout == "" {
+		return 0, fmt.Errorf("prune events: service %q, before %q", service, beforeRollout)
+	}
+	from := EventsPrefix + service + "/"
+	resp, err := s.c.Txn(ctx).If(f.cmps()...).Then(clientv3.OpDelete(from, clientv3.WithRange(from+beforeRollout))).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("prune events of %s: %w", service, err)
+	}
+	if !resp.Succeeded {
+		return 0, fmt.Errorf("prune events of %s: %w", service, ErrNotLeader)
+	}
+	return resp.Responses[0].GetResponseDeleteRange().Deleted, nil
+}
+
+// PruneAudit deletes, fenced, audit entries recorded before t.
+func (s *Store) PruneAudit(ctx context.Context, f *Fence, before time.Time) (int64, error) {
+	end := fmt.Sprintf("%s%020d", AuditPrefix, before.UnixNano())
+	resp, err := s.c.Txn(ctx).If(f.cmps()...).Then(clientv3.OpDelete(AuditPrefix, clientv3.WithRange(end))).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("prune audit: %w", err)
+	}
+	if !resp.Succeeded {
+		return 0, fmt.Errorf("prune audit: %w", ErrNotLeader)
+	}
+	return resp.Responses[0].GetResponseDeleteRange().Deleted, nil
+}

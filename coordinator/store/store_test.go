@@ -216,3 +216,56 @@ func TestWriteRolloutWithManyEvents(t *testing.T) {
 		}
 	}
 }
+
+// Pruning removes exactly the events of older rollouts of that service,
+// and audit entries before a time; nothing of another service.
+func TestPruneEventsAndAudit(t *testing.T) {
+	s := startStore(t)
+	ctx := context.Background()
+	now := time.Now()
+	var evs []*v1.Event
+	for _, svc := range []string{"web", "web2", "we"} {
+		for _, id := range []string{"", "000001", "000002", "000010", "000011"} {
+			evs = append(evs, &v1.Event{At: timestamppb.New(now), Service: svc, RolloutId: id, Kind: "k"})
+		}
+	}
+	if err := s.PutEvents(ctx, evs...); err != nil {
+		t.Fatal(err)
+	}
+	n, err := s.PruneEvents(ctx, nil, "web", "000010")
+	if err != nil || n != 3 {
+		t.Fatalf("pruned %d (%v), want 3 (no rollout, 000001, 000002)", n, err)
+	}
+	left := func(svc string) (ids []string) {
+		got, err := s.ListEvents(ctx, svc, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range got {
+			ids = append(ids, e.GetRolloutId())
+		}
+		return ids
+	}
+	if got := fmt.Sprint(left("web")); got != "[000010 000011]" {
+		t.Errorf("web keeps %s", got)
+	}
+	for _, other := range []string{"web2", "we"} {
+		if got := left(other); len(got) != 5 {
+			t.Errorf("%s lost events: %v", other, got)
+		}
+	}
+	if _, err := s.PruneEvents(ctx, nil, "", "000010"); err == nil {
+		t.Error("pruning every service's events was allowed")
+	}
+	for i, at := range []time.Time{now.Add(-48 * time.Hour), now.Add(-time.Hour), now} {
+		if err := s.PutAudit(ctx, &v1.AuditEntry{At: timestamppb.New(at), Method: fmt.Sprint(i)}, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := s.PruneAudit(ctx, nil, now.Add(-24*time.Hour)); err != nil || n != 1 {
+		t.Fatalf("pruned %d audit entries (%v), want 1", n, err)
+	}
+	if a, err := s.ListAudit(ctx, 10); err != nil || len(a) != 2 || a[0].GetMethod() != "1" {
+		t.Errorf("audit left: %v %v", a, err)
+	}
+}
