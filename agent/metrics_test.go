@@ -3,11 +3,10 @@ package agent
 import (
 	"bytes"
 	"context"
+	"github.com/fleetwave/fleetwave/internal/promcheck"
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"testing"
 	"time"
 
@@ -203,29 +202,9 @@ func TestAgentMetricsEndpoint(t *testing.T) {
 	if n := len(mfs["fleetwave_agent_reverts_total"].GetMetric()); n != 1 {
 		t.Errorf("%d revert series, want only health", n)
 	}
-	promtoolCheck(t, body)
+	promcheck.Check(t, body)
 	cancel()
 	waitDone(t, done)
-}
-
-// promtoolCheck validates an exposition with `promtool check metrics`. It
-// skips without promtool unless FLEETWAVE_REQUIRE_PROMETHEUS is set.
-func promtoolCheck(t *testing.T, body []byte) {
-	t.Run("promtool", func(t *testing.T) {
-		bin, err := exec.LookPath("promtool")
-		if err != nil {
-			msg := "promtool not on PATH (Debian's prometheus package, installed by `make deps`): exposition not linted"
-			if os.Getenv("FLEETWAVE_REQUIRE_PROMETHEUS") != "" {
-				t.Fatal(msg)
-			}
-			t.Skip(msg)
-		}
-		cmd := exec.Command(bin, "check", "metrics")
-		cmd.Stdin = bytes.NewReader(body)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("promtool check metrics: %v\n%s", err, out)
-		}
-	})
 }
 
 func TestRevertClass(t *testing.T) {

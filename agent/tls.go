@@ -3,8 +3,6 @@ package agent
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -45,17 +43,9 @@ func (a *agent) transport() (credentials.TransportCredentials, error) {
 
 // certValidity reads a certificate file's validity window.
 func certValidity(file string) (notBefore, notAfter time.Time, err error) {
-	b, err := os.ReadFile(file)
+	c, err := tlsutil.ReadCertFile(file)
 	if err != nil {
 		return time.Time{}, time.Time{}, err
-	}
-	blk, _ := pem.Decode(b)
-	if blk == nil {
-		return time.Time{}, time.Time{}, fmt.Errorf("%s: no PEM certificate", file)
-	}
-	c, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil {
-		return time.Time{}, time.Time{}, fmt.Errorf("%s: %w", file, err)
 	}
 	return c.NotBefore, c.NotAfter, nil
 }

@@ -9,7 +9,6 @@ package coordinator
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -23,12 +22,14 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fleetwave/fleetwave/coordinator/artifacts"
@@ -186,6 +187,8 @@ type Coordinator struct {
 	alerts *alerter
 	cli    *clientv3.Client
 	fwd    *forwarder
+	// flights are artifact fetches from peers in progress.
+	flights flights
 	// insecure: plain text, every caller trusted (Config.Insecure).
 	insecure bool
 	// anonAudit rate-limits audit entries of refused unauthenticated calls.
@@ -406,13 +409,9 @@ func (c *Coordinator) lease() clientv3.LeaseID { return c.session().Lease() }
 func etcdTLSConfig(cfg Config) (*tls.Config, error) {
 	tc := &tls.Config{MinVersion: tls.VersionTLS12}
 	if cfg.EtcdCA != "" {
-		pem, err := os.ReadFile(cfg.EtcdCA)
+		pool, err := tlsutil.LoadCertPool(cfg.EtcdCA)
 		if err != nil {
 			return nil, fmt.Errorf("etcd-ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("etcd-ca: %s: no PEM certificate", cfg.EtcdCA)
 		}
 		tc.RootCAs = pool
 	}
@@ -457,14 +456,6 @@ func (c *Coordinator) gossipWake(ctx context.Context, g *gossip.Gossip) {
 	}
 }
 
-// gossipState is a host's gossip state ("" when gossip is off).
-func (c *Coordinator) gossipState(host string) string {
-	if c.gossip == nil {
-		return ""
-	}
-	return c.gossip.State(host)
-}
-
 // gossipHint is the gossip state the rollout engine gets for a host: a
 // verdict of "dead" or "left" reached before the host's current stream was
 // recorded is stale (memberlist tells a healed node late that it was
@@ -478,6 +469,15 @@ func (c *Coordinator) gossipHint(host string) string {
 		return ""
 	}
 	return st
+}
+
+// syncMirror waits until the mirror has everything committed before the
+// call, so reads through it see the caller's earlier writes.
+func (c *Coordinator) syncMirror(ctx context.Context) error {
+	if err := c.mirror.Sync(ctx); err != nil {
+		return status.Errorf(codes.Unavailable, "etcd: %v", err)
+	}
+	return nil
 }
 
 // liveLease waits for an etcd session that has not been lost and returns

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -149,9 +148,9 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
 	}
 	// The stream lives no longer than the certificate that opened it: the
 	// agent reconnects with its renewed one.
-	if na, ok := peerCertNotAfter(ctx); ok {
+	if cert, ok := tlsutil.PeerCertificate(ctx); ok {
 		var cancelCert context.CancelFunc
-		ctx, cancelCert = context.WithDeadline(ctx, na)
+		ctx, cancelCert = context.WithDeadline(ctx, cert.NotAfter)
 		defer cancelCert()
 	}
 	log := h.c.log.With().Str("host", id).Logger()
@@ -411,18 +410,4 @@ func (h *hub) closeAll() {
 	for _, c := range h.conns {
 		c.cancel()
 	}
-}
-
-// peerCertNotAfter is the expiry of the caller's verified client
-// certificate.
-func peerCertNotAfter(ctx context.Context) (time.Time, bool) {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return time.Time{}, false
-	}
-	info, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
-		return time.Time{}, false
-	}
-	return info.State.VerifiedChains[0][0].NotAfter, true
 }

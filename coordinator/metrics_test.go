@@ -4,10 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/fleetwave/fleetwave/internal/promcheck"
 	"io"
 	"net/http"
-	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -104,26 +103,6 @@ next:
 		}
 	}
 	return 0, 0, false
-}
-
-// promtoolCheck validates an exposition with `promtool check metrics`. It
-// skips without promtool unless FLEETWAVE_REQUIRE_PROMETHEUS is set.
-func promtoolCheck(t *testing.T, body []byte) {
-	t.Run("promtool", func(t *testing.T) {
-		bin, err := exec.LookPath("promtool")
-		if err != nil {
-			msg := "promtool not on PATH (Debian's prometheus package, installed by `make deps`): exposition not linted"
-			if os.Getenv("FLEETWAVE_REQUIRE_PROMETHEUS") != "" {
-				t.Fatal(msg)
-			}
-			t.Skip(msg)
-		}
-		cmd := exec.Command(bin, "check", "metrics")
-		cmd.Stdin = bytes.NewReader(body)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("promtool check metrics: %v\n%s", err, out)
-		}
-	})
 }
 
 // The coordinator's /metrics over real HTTP after a rollout driven by a
@@ -242,7 +221,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	if fams := mfs["fleetwave_coordinator_forwarded_calls_total"]; fams != nil && len(fams.GetMetric()) > 0 {
 		t.Errorf("a single coordinator forwarded calls: %v", fams)
 	}
-	promtoolCheck(t, body)
+	promcheck.Check(t, body)
 
 	// The agent goes away: it is unknown, and no longer connected here.
 	scancel()

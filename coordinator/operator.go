@@ -46,14 +46,8 @@ func grpcErr(err error) error {
 	return status.Error(codes.Internal, err.Error())
 }
 
-// sync waits until the mirror has everything committed before the call, so
-// reads through it see the caller's earlier writes.
-func (o *operator) sync(ctx context.Context) error {
-	if err := o.c.mirror.Sync(ctx); err != nil {
-		return status.Errorf(codes.Unavailable, "etcd: %v", err)
-	}
-	return nil
-}
+// sync: see Coordinator.syncMirror.
+func (o *operator) sync(ctx context.Context) error { return o.c.syncMirror(ctx) }
 
 func (o *operator) ApplyService(ctx context.Context, req *v1.ApplyServiceRequest) (*v1.ApplyServiceResponse, error) {
 	if req.GetSpec() == nil {

@@ -28,22 +28,26 @@ type flight struct {
 	err  error
 }
 
-var (
-	flightsMu sync.Mutex
-	flights   = map[string]*flight{}
-)
+// flights are the artifact fetches from peers in progress, by digest.
+type flights struct {
+	mu sync.Mutex
+	m  map[string]*flight
+}
 
 // fetchFromPeers copies an artifact from another coordinator into the local
 // store (verified: the store names what it wrote by its sha256). One fetch
-// per digest runs at a time in the process; concurrent callers share it.
+// per digest runs at a time; concurrent callers share it.
 func (c *Coordinator) fetchFromPeers(ctx context.Context, digest string) error {
 	if md, _ := metadata.FromIncomingContext(ctx); len(md.Get(mdPeerFetch)) > 0 {
 		return errForwardedFetch
 	}
-	key := c.cfg.Name + "/" + digest
-	flightsMu.Lock()
-	if f, ok := flights[key]; ok {
-		flightsMu.Unlock()
+	key := digest
+	c.flights.mu.Lock()
+	if c.flights.m == nil {
+		c.flights.m = map[string]*flight{}
+	}
+	if f, ok := c.flights.m[key]; ok {
+		c.flights.mu.Unlock()
 		select {
 		case <-f.done:
 			return f.err
@@ -52,15 +56,15 @@ func (c *Coordinator) fetchFromPeers(ctx context.Context, digest string) error {
 		}
 	}
 	f := &flight{done: make(chan struct{})}
-	flights[key] = f
-	flightsMu.Unlock()
+	c.flights.m[key] = f
+	c.flights.mu.Unlock()
 	// Shared by every waiter: not ended by the first caller going away.
 	fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Minute)
 	f.err = c.fetchOnce(fctx, digest)
 	fcancel()
-	flightsMu.Lock()
-	delete(flights, key)
-	flightsMu.Unlock()
+	c.flights.mu.Lock()
+	delete(c.flights.m, key)
+	c.flights.mu.Unlock()
 	close(f.done)
 	return f.err
 }

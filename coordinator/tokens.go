@@ -117,7 +117,7 @@ func (h *hub) Join(ctx context.Context, req *v1.JoinRequest) (*v1.JoinResponse, 
 	if len(req.GetCsr()) == 0 || len(req.GetCsr()) > 16<<10 {
 		return nil, status.Errorf(codes.InvalidArgument, "csr: %d bytes, want 1 to 16384", len(req.GetCsr()))
 	}
-	if err := o2sync(ctx, c); err != nil {
+	if err := c.syncMirror(ctx); err != nil {
 		return nil, err
 	}
 	sum := sha256.Sum256([]byte(req.GetToken()))
@@ -183,13 +183,6 @@ func (h *hub) issue(csr []byte, host string) (*v1.IssuedCertificate, error) {
 		return nil, status.Errorf(codes.InvalidArgument, "csr: %v", err)
 	}
 	return &v1.IssuedCertificate{CertificateChain: pem, Ca: h.c.ca.CertPEM, NotAfter: timestamppb.New(notAfter)}, nil
-}
-
-func o2sync(ctx context.Context, c *Coordinator) error {
-	if err := c.mirror.Sync(ctx); err != nil {
-		return status.Errorf(codes.Unavailable, "etcd: %v", err)
-	}
-	return nil
 }
 
 // RemoveHost forgets a decommissioned host (admin): its record and its

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"github.com/fleetwave/fleetwave/internal/promcheck"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,26 +19,14 @@ import (
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
-// promtool validates a metrics exposition with Debian's promtool.
+// promtool lints the exposition served at url.
 func promtool(t *testing.T, ctx context.Context, url string) {
 	t.Helper()
 	body, code, err := testfleet.HTTPGet(ctx, url)
 	if err != nil || code != http.StatusOK {
 		t.Fatalf("GET %s: %d %v", url, code, err)
 	}
-	bin, err := exec.LookPath("promtool")
-	if err != nil {
-		if os.Getenv("FLEETWAVE_REQUIRE_PROMETHEUS") != "" {
-			t.Fatalf("promtool: %v", err)
-		}
-		t.Logf("promtool not installed: %s not checked", url)
-		return
-	}
-	cmd := exec.CommandContext(ctx, bin, "check", "metrics")
-	cmd.Stdin = strings.NewReader(body)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Errorf("promtool check metrics %s: %v\n%s", url, err, out)
-	}
+	promcheck.Check(t, []byte(body))
 }
 
 // After a few rollouts with the real binaries: fleetwave stats shows the

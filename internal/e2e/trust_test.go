@@ -3,9 +3,7 @@ package e2e
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
 	"fmt"
 	"net"
 	"net/http"
@@ -417,31 +415,11 @@ func TestTrustEndToEnd(t *testing.T) {
 }
 
 func certIdentity(file string) (tlsutil.Identity, error) {
-	b, err := os.ReadFile(file)
+	c, err := tlsutil.ReadCertFile(file)
 	if err != nil {
 		return tlsutil.Identity{}, err
 	}
-	certs, err := parsePEMCerts(b)
-	if err != nil || len(certs) == 0 {
-		return tlsutil.Identity{}, fmt.Errorf("%s: %v", file, err)
-	}
-	return tlsutil.IdentityFromCert(certs[0])
-}
-
-func parsePEMCerts(b []byte) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
-	for {
-		var blk *pem.Block
-		blk, b = pem.Decode(b)
-		if blk == nil {
-			return out, nil
-		}
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-	}
+	return tlsutil.IdentityFromCert(c)
 }
 
 // localCLI runs a CLI command that talks to no coordinator (tls init, keys).

@@ -239,6 +239,11 @@ func WaitServing(ctx context.Context, addr string, timeout time.Duration) error 
 		return err
 	}
 	defer cc.Close()
+	return waitHealthy(ctx, cc, addr, timeout)
+}
+
+// waitHealthy waits until the gRPC health service on cc says SERVING.
+func waitHealthy(ctx context.Context, cc *grpc.ClientConn, addr string, timeout time.Duration) error {
 	hc := healthpb.NewHealthClient(cc)
 	return WaitFor(ctx, timeout, "coordinator "+addr+" serving", func() (bool, string) {
 		cctx, cancel := context.WithTimeout(ctx, time.Second)
@@ -329,6 +334,10 @@ func Hosts(ctx context.Context, addr string) ([]*v1.Host, error) {
 		return nil, err
 	}
 	defer cc.Close()
+	return listHosts(ctx, cc)
+}
+
+func listHosts(ctx context.Context, cc *grpc.ClientConn) ([]*v1.Host, error) {
 	resp, err := v1.NewOperatorServiceClient(cc).ListHosts(ctx, &v1.ListHostsRequest{})
 	if err != nil {
 		return nil, err
@@ -462,16 +471,7 @@ func (f *Fleet) waitServing(ctx context.Context, timeout time.Duration) error {
 		return err
 	}
 	defer cc.Close()
-	hc := healthpb.NewHealthClient(cc)
-	return WaitFor(ctx, timeout, "coordinator "+f.Addr+" serving", func() (bool, string) {
-		cctx, cancel := context.WithTimeout(ctx, time.Second)
-		defer cancel()
-		resp, err := hc.Check(cctx, &healthpb.HealthCheckRequest{})
-		if err != nil {
-			return false, err.Error()
-		}
-		return resp.GetStatus() == healthpb.HealthCheckResponse_SERVING, resp.GetStatus().String()
-	})
+	return waitHealthy(ctx, cc, f.Addr, timeout)
 }
 
 // Hosts lists the fleet's hosts.
@@ -481,11 +481,7 @@ func (f *Fleet) Hosts(ctx context.Context) ([]*v1.Host, error) {
 		return nil, err
 	}
 	defer cc.Close()
-	resp, err := v1.NewOperatorServiceClient(cc).ListHosts(ctx, &v1.ListHostsRequest{})
-	if err != nil {
-		return nil, err
-	}
-	return resp.GetHosts(), nil
+	return listHosts(ctx, cc)
 }
 
 // AddAgent starts an agent with labels zone=<zone>, role=web and a free

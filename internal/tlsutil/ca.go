@@ -251,11 +251,21 @@ func NewCSR(key crypto.Signer) ([]byte, error) {
 
 // CertNotAfter returns the expiry of the first certificate in certFile.
 func CertNotAfter(certFile string) (time.Time, error) {
-	certs, err := readCertsFile(certFile)
+	c, err := ReadCertFile(certFile)
 	if err != nil {
 		return time.Time{}, err
 	}
-	return certs[0].NotAfter, nil
+	return c.NotAfter, nil
+}
+
+// ReadCertFile returns the first certificate of a PEM file (the leaf of a
+// chain); errors name the file.
+func ReadCertFile(certFile string) (*x509.Certificate, error) {
+	certs, err := readCertsFile(certFile)
+	if err != nil {
+		return nil, err
+	}
+	return certs[0], nil
 }
 
 // ValidHost checks a server name for a certificate: an IP address or a DNS

@@ -172,9 +172,23 @@ func serialString(c *x509.Certificate) string {
 // returns false when the connection is not TLS, the client sent no
 // certificate, or the certificate carries no valid identity.
 func PeerIdentity(ctx context.Context) (Identity, bool) {
+	leaf, ok := PeerCertificate(ctx)
+	if !ok {
+		return Identity{}, false
+	}
+	id, err := IdentityFromCert(leaf)
+	if err != nil {
+		return Identity{}, false
+	}
+	return id, true
+}
+
+// PeerCertificate returns the gRPC peer's verified client certificate (the
+// leaf of the first verified chain), or false when there is none.
+func PeerCertificate(ctx context.Context) (*x509.Certificate, bool) {
 	p, ok := peer.FromContext(ctx)
 	if !ok || p.AuthInfo == nil {
-		return Identity{}, false
+		return nil, false
 	}
 	var info credentials.TLSInfo
 	switch ai := p.AuthInfo.(type) {
@@ -182,19 +196,15 @@ func PeerIdentity(ctx context.Context) (Identity, bool) {
 		info = ai
 	case *credentials.TLSInfo:
 		if ai == nil {
-			return Identity{}, false
+			return nil, false
 		}
 		info = *ai
 	default:
-		return Identity{}, false
+		return nil, false
 	}
 	chains := info.State.VerifiedChains
 	if len(chains) == 0 || len(chains[0]) == 0 {
-		return Identity{}, false
+		return nil, false
 	}
-	id, err := IdentityFromCert(chains[0][0])
-	if err != nil {
-		return Identity{}, false
-	}
-	return id, true
+	return chains[0][0], true
 }
