@@ -16,9 +16,10 @@ import (
 // reaches its machine (so before anything is fetched):
 //
 //   - Replay: an assignment with a lower generation than the one the service
-//     accepted (persisted in its state file, so across restarts) is refused:
-//     logged, and the service's report is sent again with a reason; the
-//     machine is not told. An equal generation is the same assignment.
+//     accepted (persisted in its state file, so across restarts) is refused
+//     by the lifecycle machine, which names it in its reports until a newer
+//     assignment is accepted; the run loop only logs it. An equal generation
+//     is the same assignment.
 //   - Signature: with Config.TrustedKeys, the release must carry a manifest
 //     signed by one of those keys that names its service, version, artifact
 //     sha256 and size, commit and commit time, and has not expired (see
@@ -30,9 +31,6 @@ import (
 // trustedKeys are the release signing keys an agent trusts, by key id.
 type trustedKeys = map[string]ed25519.PublicKey
 
-// errReplay marks an assignment older than the one accepted.
-var errReplay = errors.New("replayed assignment")
-
 // loadTrustedKeys reads Config.TrustedKeys (nil when none are configured).
 func loadTrustedKeys(paths []string) (trustedKeys, error) {
 	if len(paths) == 0 {
@@ -43,15 +41,6 @@ func loadTrustedKeys(paths []string) (trustedKeys, error) {
 		return nil, fmt.Errorf("trusted_keys: %w", err)
 	}
 	return keys, nil
-}
-
-// checkGeneration refuses an assignment older than the accepted generation.
-func checkGeneration(asg *v1.Assignment, accepted int64) error {
-	if g := asg.GetGeneration(); g < accepted {
-		return fmt.Errorf("generation %d (release %s) is older than the accepted generation %d: %w",
-			g, lifecycle.Version(asg), accepted, errReplay)
-	}
-	return nil
 }
 
 // verifyRelease checks the signature of asg's release against trusted. An
@@ -90,13 +79,11 @@ func sameRelease(a, b *v1.Release) bool {
 // it was refused (the caller then does not assign it).
 func (a *agent) refuse(s *service, asg *v1.Assignment, now time.Time) bool {
 	gen := asg.GetGeneration()
-	if err := checkGeneration(asg, s.m.Generation()); err != nil {
+	if gen < s.m.Generation() {
+		// The machine refuses it and says so in its reports.
 		a.log.Warn().Str("service", s.name).Int64("generation", gen).Str("version", lifecycle.Version(asg)).
-			Err(err).Msg("refusing a replayed assignment")
-		r := s.m.Report()
-		r.Reason = "refused assignment: " + err.Error()
-		a.rep.put(r)
-		return true
+			Int64("accepted_generation", s.m.Generation()).Msg("refusing a replayed assignment")
+		return false
 	}
 	if len(a.trusted) == 0 || gen == s.m.Generation() {
 		return false // not checked, or the assignment already accepted (the machine repeats its report)

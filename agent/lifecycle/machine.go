@@ -35,6 +35,25 @@ type pendingAssign struct {
 	invalid string
 }
 
+// describe names what was assigned: "release V" or "an invalid assignment".
+func (p *pendingAssign) describe() string {
+	if p.a == nil {
+		return "an invalid assignment"
+	}
+	return "release " + Version(p.a)
+}
+
+// joinReasons joins non-empty reasons with "; ".
+func joinReasons(a, b string) string {
+	switch {
+	case a == "":
+		return b
+	case b == "":
+		return a
+	}
+	return a + "; " + b
+}
+
 // checkState tracks the checking period of one started release and, after
 // it became HEALTHY, its watch. Checks run (between ActBeginChecks and
 // ActStopChecks) exactly while active.
@@ -68,10 +87,13 @@ type checkState struct {
 // Machine is the lifecycle of one service. The zero value is not usable;
 // use New or Restore. It is not safe for concurrent use.
 type Machine struct {
-	service   string
-	phase     v1.Phase
-	gen       int64
-	reason    string
+	service string
+	phase   v1.Phase
+	gen     int64
+	reason  string
+	// refused says why the newest assignment older than gen was refused (a
+	// replay); it is part of every report until a newer one is accepted.
+	refused   string
 	current   *v1.Assignment
 	lastGood  *v1.Assignment
 	target    *v1.Assignment
@@ -269,6 +291,9 @@ func (m *Machine) Report() *v1.ServiceReport {
 		LastGoodVersion: Version(m.lastGood),
 		Reason:          m.reason,
 	}
+	if m.refused != "" {
+		r.Reason = joinReasons(m.reason, m.refused)
+	}
 	if !m.now.IsZero() {
 		r.At = timestamppb.New(m.now)
 	}
@@ -321,7 +346,12 @@ func (m *Machine) startStep(k ActionKind, a *v1.Assignment) {
 func (m *Machine) onAssign(p *pendingAssign, t time.Time) {
 	switch {
 	case p.gen < m.gen:
-		return // stale
+		// A replay (or a coordinator gone back in time): refused, and said
+		// in every report until a newer assignment is accepted.
+		m.refused = fmt.Sprintf("refused assignment: generation %d (%s) is older than the accepted generation %d",
+			p.gen, p.describe(), m.gen)
+		m.report()
+		return
 	case p.gen == m.gen:
 		m.report() // repeat: say again where we are
 		return
@@ -341,6 +371,7 @@ func (m *Machine) apply(p *pendingAssign, t time.Time) {
 	m.pending = nil
 	m.op = opNone
 	m.gen = p.gen
+	m.refused = ""
 	v := Version(p.a)
 	if p.a == nil || m.current == nil || Version(m.current) != v || !m.currentOK {
 		m.stopChecks() // a new assignment ends the watch of the running release

@@ -199,9 +199,13 @@ func TestTransitions(t *testing.T) {
 			}},
 		{"healthy/repeat", atHealthy, func(h *harness) []Action { return h.assign(asg("v1", 1)) },
 			v1.Phase_PHASE_HEALTHY, []ActionKind{ActReport}, nil},
-		{"healthy/stale", func(h *harness) { atHealthy(h); h.assign(asg("v1", 4)) },
+		{"healthy/stale refused", func(h *harness) { atHealthy(h); h.assign(asg("v1", 4)) },
 			func(h *harness) []Action { return h.assign(asg("v9", 3)) },
-			v1.Phase_PHASE_HEALTHY, nil, nil},
+			v1.Phase_PHASE_HEALTHY, []ActionKind{ActReport}, func(t *testing.T, h *harness) {
+				if r := h.lastReport(); r.Generation != 4 || r.CurrentVersion != "v1" || !strings.Contains(r.Reason, "generation 3 (release v9) is older") {
+					t.Errorf("report %v", r)
+				}
+			}},
 		{"healthy/invalid", atHealthy, func(h *harness) []Action {
 			return h.step(Invalid(2, `release.version: invalid version "../x"`, h.now))
 		}, v1.Phase_PHASE_FAILED, []ActionKind{ActStopChecks, ActPersist, ActReport}, func(t *testing.T, h *harness) {
@@ -360,18 +364,26 @@ func TestMinHealthyZeroIsHealthyOnFirstPass(t *testing.T) {
 func TestGenerations(t *testing.T) {
 	h := newHarness(t)
 	h.toHealthy(asg("v1", 3), false)
-	if acts := h.assign(asg("v2", 2)); len(acts) != 0 {
-		t.Fatalf("stale assignment acted on: %v", acts)
+	// A stale assignment is refused: only a report, still at generation 3,
+	// naming the refusal; it stays in every report until a newer one.
+	const refused = "refused assignment: generation 2 (release v2) is older than the accepted generation 3"
+	acts := h.assign(asg("v2", 2))
+	if !reflect.DeepEqual(kinds(acts), []ActionKind{ActReport}) || acts[0].Report.Generation != 3 ||
+		acts[0].Report.Phase != v1.Phase_PHASE_HEALTHY || acts[0].Report.Reason != refused {
+		t.Fatalf("stale assignment: %v", acts)
 	}
-	acts := h.assign(asg("v1", 3))
-	if !reflect.DeepEqual(kinds(acts), []ActionKind{ActReport}) || acts[0].Report.Generation != 3 {
+	acts = h.assign(asg("v1", 3))
+	if !reflect.DeepEqual(kinds(acts), []ActionKind{ActReport}) || acts[0].Report.Generation != 3 || acts[0].Report.Reason != refused {
 		t.Fatalf("repeat: %v", acts)
+	}
+	if got := h.m.Report().GetReason(); got != refused {
+		t.Fatalf("Report().Reason %q, want %q", got, refused)
 	}
 	acts = h.assign(asg("v1", 4))
 	if has(acts, ActStop) || has(acts, ActStart) || h.inflight != nil {
 		t.Fatalf("same version restarted: %v", acts)
 	}
-	if r := h.lastReport(); r.Generation != 4 || r.Phase != v1.Phase_PHASE_HEALTHY {
+	if r := h.lastReport(); r.Generation != 4 || r.Phase != v1.Phase_PHASE_HEALTHY || r.Reason != "" {
 		t.Fatalf("report %v", r)
 	}
 }
