@@ -126,7 +126,7 @@ func (o *operator) CreateRelease(ctx context.Context, req *v1.CreateReleaseReque
 		resp.Note = "release stored; the rollout leader starts its rollout"
 		return resp, nil
 	}
-	r, svc, err := o.c.leader.call(ctx, leaderReq{service: rel.GetService()})
+	r, svc, err := o.c.leader.call(ctx, leaderReq{service: rel.GetService(), op: opReconcile})
 	switch {
 	case err != nil:
 		o.c.log.Warn().Err(err).Str("service", rel.GetService()).Msg("release stored; rollout will start on the leader")
