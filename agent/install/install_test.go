@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -23,7 +24,6 @@ type entry struct {
 	name, body, link string
 	typ              byte
 	mode             int64
-	size             int64 // header size if different from len(body)
 }
 
 func tarBytes(t testing.TB, entries ...entry) []byte {
@@ -388,6 +388,53 @@ func TestUnpackAllowsInnerLinks(t *testing.T) {
 	}
 	if b, err := os.ReadFile(filepath.Join(root, "bin/tool")); err != nil || string(b) != "so" {
 		t.Fatalf("%q %v", b, err)
+	}
+}
+
+// Archives from old tar writers mark regular files with typeflag '\x00'
+// (the deprecated tar.TypeRegA, which tar.Writer no longer writes): they
+// unpack like TypeReg files, and such a name ending in "/" as a directory.
+func TestUnpackLegacyTypeflag(t *testing.T) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, h := range []*tar.Header{
+		{Name: "d_", Typeflag: tar.TypeReg, Mode: 0o755, Format: tar.FormatUSTAR}, // d/ below
+		{Name: "d/f", Typeflag: tar.TypeReg, Mode: 0o644, Size: 2, Format: tar.FormatUSTAR},
+	} {
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write([]byte("hi")[:h.Size]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Rewrite both headers (at 0 and 1024: d/f's data takes one block) to
+	// typeflag '\x00' with a checksum to match, and name the first "d/",
+	// which tar.Writer refuses for a regular file.
+	b := buf.Bytes()
+	b[1] = '/'
+	for _, off := range []int{0, 1024} {
+		h := b[off : off+512]
+		h[156] = 0
+		copy(h[148:156], "        ")
+		sum := 0
+		for _, c := range h {
+			sum += int(c)
+		}
+		copy(h[148:156], fmt.Sprintf("%06o\x00 ", sum))
+	}
+	root := t.TempDir()
+	if err := UnpackTar(bytes.NewReader(b), root, Limits{}); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(filepath.Join(root, "d")); err != nil || !fi.IsDir() {
+		t.Fatalf("d: %v %v, want a directory", fi, err)
+	}
+	if got, err := os.ReadFile(filepath.Join(root, "d/f")); err != nil || string(got) != "hi" {
+		t.Fatalf("d/f: %q %v", got, err)
 	}
 }
 

@@ -177,7 +177,7 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 	switch hdr.Typeflag {
 	case tar.TypeDir:
 		return u.mkdir(hdr.Name, name)
-	case tar.TypeReg, tar.TypeRegA:
+	case tar.TypeReg: // tar.Reader reports old-style '\x00' entries as TypeReg (or TypeDir)
 		return u.file(hdr, name, r)
 	case tar.TypeSymlink:
 		return u.symlink(hdr, name)
