@@ -235,7 +235,6 @@ func (h *host) dial(ctx context.Context, id uint64) dialResult {
 		// Small buffers: thousands of connections share this process.
 		grpc.WithReadBufferSize(8 << 10),
 		grpc.WithWriteBufferSize(8 << 10),
-		grpc.WithSharedWriteBuffer(true),
 	}
 	if cfg.Keepalive > 0 {
 		opts = append(opts, grpc.WithKeepaliveParams(keepalive.ClientParameters{
