@@ -417,7 +417,7 @@ func TestAgentCutOffMidInstall(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.logf("restore %s after %s cut", victim, restored.Sub(cut).Round(time.Millisecond))
-	r = h.waitRollout(id, 60*time.Second, victim+" reports done after the link is back", func(r *v1.Rollout) bool {
+	h.waitRollout(id, 60*time.Second, victim+" reports done after the link is back", func(r *v1.Rollout) bool {
 		_, hp := hostProgress(r, victim)
 		return hp.GetState() == v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE
 	})
