@@ -93,7 +93,8 @@ func DialTLS(endpoints []string, tc *tls.Config) (*clientv3.Client, error) {
 	return c, nil
 }
 
-// Key helpers.
+// ServiceKey and the helpers below it make one object's key: its prefix
+// above followed by its ids joined by "/".
 func ServiceKey(name string) string         { return ServicesPrefix + name }
 func ReleaseKey(service, ver string) string { return ReleasesPrefix + service + "/" + ver }
 func RolloutKey(service, id string) string  { return RolloutsPrefix + service + "/" + id }

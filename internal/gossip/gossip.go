@@ -162,8 +162,6 @@ func (g *Gossip) LocalAddr() string {
 	return g.ml.LocalNode().Address()
 }
 
-// State returns name's state as this node sees it: StateAlive, StateSuspect,
-// StateDead, StateLeft, or "" if never seen (or forgotten).
 // StateSince returns a member's state and when this node saw it enter that
 // state ("" and the zero time if never seen).
 func (g *Gossip) StateSince(name string) (string, time.Time) {
@@ -175,6 +173,8 @@ func (g *Gossip) StateSince(name string) (string, time.Time) {
 	return "", time.Time{}
 }
 
+// State returns name's state as this node sees it: StateAlive, StateSuspect,
+// StateDead, StateLeft, or "" if never seen (or forgotten).
 func (g *Gossip) State(name string) string {
 	g.mu.Lock()
 	defer g.mu.Unlock()
