@@ -28,11 +28,9 @@ func (a *agent) do(s *service, act lifecycle.Action) {
 	case lifecycle.ActStart:
 		a.analysisStart(s, act)
 		a.startProcess(s, act)
+	case lifecycle.ActFreezeBaseline:
+		a.freezeBaseline(s, act)
 	case lifecycle.ActStop:
-		if s.m.Phase() == v1.Phase_PHASE_STARTING {
-			// The old release stops for an install: this is the switch.
-			a.freezeBaseline(s)
-		}
 		a.stopProcess(s, act)
 	case lifecycle.ActBeginChecks:
 		a.beginChecks(s, act)

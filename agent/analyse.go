@@ -22,9 +22,9 @@ import (
 //
 // The window is fed every interval while a release runs, also in steady
 // state, so that the old release's baseline is ready at the next switch. At
-// that switch (when the old release is stopped for an install) the baseline
-// is frozen; when a process starts, the window is emptied and measures that
-// process only. A process started without such a switch (a first install, a
+// that switch the machine says when to freeze the baseline
+// (ActFreezeBaseline, just before it stops the old release); when a process
+// starts, the window is emptied and measures that process only. A process started without such a switch (a first install, a
 // revert, a recovery) has no baseline: its rules compare against their
 // maximum only.
 type analyser struct {
@@ -163,11 +163,19 @@ func (a *agent) stopAnalysis(s *service) {
 	}
 }
 
-// freezeBaseline is called when the old release is stopped for an install:
-// the baseline is what the window measured of it.
-func (a *agent) freezeBaseline(s *service) {
+// freezeBaseline carries out ActFreezeBaseline (the old release is about to
+// be stopped for the install of act.Version): the baseline is what the
+// window measured of it, with the new release's rules.
+func (a *agent) freezeBaseline(s *service, act lifecycle.Action) {
 	an := s.ana
 	if an == nil || an.frozen != nil {
+		return
+	}
+	if lifecycle.Version(an.asg) != act.Version {
+		// The analyser follows the release `current` points at, which the
+		// machine switched to act.Version just before.
+		a.log.Warn().Str("service", s.name).Str("version", act.Version).Str("analyser", lifecycle.Version(an.asg)).
+			Msg("no baseline frozen: the analyser measures another release's rules")
 		return
 	}
 	b := an.win.Freeze(an.cfg.Rules, time.Now())

@@ -502,3 +502,49 @@ func TestNoWatchAfterRestartPastTheWindow(t *testing.T) {
 		t.Fatalf("watching after the window: %+v", h.persist)
 	}
 }
+
+// The machine says when the analysis baseline is frozen: just before it
+// stops the old release for the install of a release with analysis rules,
+// and at no other stop.
+func TestFreezeBaseline(t *testing.T) {
+	switchDone := func(h *harness, a *v1.Assignment) []Action {
+		v := Version(a)
+		h.assign(a)
+		h.done(ActFetch, v, nil)
+		h.done(ActVerify, v, nil)
+		h.done(ActStage, v, nil)
+		return h.done(ActSwitch, v, nil)
+	}
+	t.Run("install over a running release", func(t *testing.T) {
+		h := newHarness(t)
+		h.toHealthy(asg("v1", 1), false)
+		acts := switchDone(h, asgAnalysed("v2", 2))
+		if got, want := kinds(acts), []ActionKind{ActPersist, ActReport, ActFreezeBaseline, ActStop}; !reflect.DeepEqual(got, want) {
+			t.Fatalf("actions %v, want %v", got, want)
+		}
+		if acts[2].Version != "v2" || Version(acts[2].Assignment) != "v2" {
+			t.Fatalf("freeze for %v", acts[2])
+		}
+	})
+	t.Run("first install", func(t *testing.T) {
+		h := newHarness(t)
+		if acts := switchDone(h, asgAnalysed("v1", 1)); has(acts, ActFreezeBaseline) {
+			t.Fatalf("froze a baseline with nothing running: %v", acts)
+		}
+	})
+	t.Run("no analysis rules", func(t *testing.T) {
+		h := newHarness(t)
+		h.toHealthyAnalysed(asgAnalysed("v1", 1), false)
+		if acts := switchDone(h, asg("v2", 2)); has(acts, ActFreezeBaseline) {
+			t.Fatalf("froze a baseline for a release without rules: %v", acts)
+		}
+	})
+	t.Run("not at a revert's stop", func(t *testing.T) {
+		h := newHarness(t)
+		h.toHealthyAnalysed(asgAnalysed("v1", 1), false)
+		h.toChecking(asgAnalysed("v2", 2), true)
+		if acts := h.analysis(VerdictFail); !has(acts, ActStop) || has(acts, ActFreezeBaseline) {
+			t.Fatalf("revert: %v", acts)
+		}
+	})
+}
