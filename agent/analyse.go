@@ -44,7 +44,7 @@ type analyser struct {
 
 	promql    map[string]analysis.PromQLResult
 	scrapeErr error
-	verdict   analysis.Verdict // last verdict fed, for logging changes
+	verdict   lifecycle.Verdict // last verdict fed, for logging changes (0 = none)
 
 	// judging is set while the machine uses this analyser's verdicts: only
 	// then are the promql queries run (they need no baseline).
@@ -204,7 +204,7 @@ func (a *agent) analysisStart(s *service, act lifecycle.Action) {
 		an.base = *an.frozen
 	}
 	an.frozen = nil
-	an.epoch, an.exits, an.promql, an.verdict = act.Epoch, nil, nil, ""
+	an.epoch, an.exits, an.promql, an.verdict = act.Epoch, nil, nil, 0
 }
 
 // analysisExit records an exit of the measured process (restarts rules).
@@ -248,38 +248,27 @@ func (a *agent) onSample(ev sampleEv) {
 	verdict := analysis.Overall(results)
 	rules := make([]lifecycle.RuleResult, len(results))
 	for i, r := range results {
-		reason := r.Reason
-		if r.Verdict == analysis.Inconclusive && an.scrapeErr != nil && (an.cfg.Rules[i].Kind == analysis.KindErrorRatio || an.cfg.Rules[i].Kind == analysis.KindLatency) {
-			reason += fmt.Sprintf(" (last scrape: %v)", an.scrapeErr)
+		rules[i] = r.RuleResult
+		if r.Verdict == lifecycle.VerdictInconclusive && an.scrapeErr != nil && (an.cfg.Rules[i].Kind == analysis.KindErrorRatio || an.cfg.Rules[i].Kind == analysis.KindLatency) {
+			rules[i].Reason += fmt.Sprintf(" (last scrape: %v)", an.scrapeErr)
 		}
-		rules[i] = lifecycle.RuleResult{Rule: r.Rule, Verdict: lifecycleVerdict(r.Verdict), Reason: reason}
 	}
 	if verdict != an.verdict {
 		an.verdict = verdict
 		ev := a.log.Info()
-		if verdict == analysis.Fail {
+		if verdict == lifecycle.VerdictFail {
 			ev = a.log.Warn()
 		}
 		var why []string
 		for _, r := range rules {
-			if r.Verdict != lifecycle.VerdictPass || verdict == analysis.Pass {
+			if r.Verdict != lifecycle.VerdictPass || verdict == lifecycle.VerdictPass {
 				why = append(why, r.Reason)
 			}
 		}
 		ev.Str("service", s.name).Str("version", lifecycle.Version(an.asg)).Int64("generation", s.m.Generation()).
-			Strs("reason", why).Msg("analysis " + string(verdict))
+			Strs("reason", why).Msg("analysis " + verdict.String())
 	}
-	a.step(s, lifecycle.Analysis(epoch, now, lifecycleVerdict(verdict), rules...))
-}
-
-func lifecycleVerdict(v analysis.Verdict) lifecycle.Verdict {
-	switch v {
-	case analysis.Pass:
-		return lifecycle.VerdictPass
-	case analysis.Fail:
-		return lifecycle.VerdictFail
-	}
-	return lifecycle.VerdictInconclusive
+	a.step(s, lifecycle.Analysis(epoch, now, verdict, rules...))
 }
 
 // startScraper scrapes an's metrics URL every interval and, while the

@@ -7,8 +7,10 @@
 //
 // The core (Compile, Parse, Window, Evaluate) is pure: no goroutines, no
 // clock, no network; time comes in as an argument. Two small I/O helpers,
-// Scrape and QueryPromQL, fetch the inputs. The package must not import etcd,
-// the coordinator or any other agent package.
+// Scrape and QueryPromQL, fetch the inputs. Its verdicts are the lifecycle's
+// type (a Result embeds a lifecycle.RuleResult), so they go to the machine
+// as they are; it must not import etcd, the coordinator or any other agent
+// package.
 //
 // The caller's duties, in order:
 //
