@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/fleetwave/fleetwave/agent/analysis"
+	"github.com/fleetwave/fleetwave/agent/analysis/fetch"
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
@@ -287,7 +288,7 @@ func (a *agent) startScraper(name string, an *analyser) {
 			ev := sampleEv{svc: name, id: id}
 			if metrics != "" {
 				sctx, c := context.WithTimeout(ctx, interval)
-				ev.sample, ev.err = analysis.Scrape(sctx, client, metrics, time.Now())
+				ev.sample, ev.err = fetch.Scrape(sctx, client, metrics, time.Now())
 				c()
 			}
 			if len(queries) > 0 && judging.Load() {
@@ -300,7 +301,7 @@ func (a *agent) startScraper(name string, an *analyser) {
 				var wg sync.WaitGroup
 				for rule, q := range queries {
 					wg.Go(func() {
-						v, ok, err := analysis.QueryPromQL(qctx, client, prom, q)
+						v, ok, err := fetch.QueryPromQL(qctx, client, prom, q)
 						mu.Lock()
 						ev.promql[rule] = analysis.PromQLResult{Value: v, OK: ok, Err: err}
 						mu.Unlock()
