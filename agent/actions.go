@@ -7,7 +7,6 @@ import (
 
 	"github.com/fleetwave/fleetwave/agent/install"
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
-	"github.com/fleetwave/fleetwave/agent/state"
 	"github.com/fleetwave/fleetwave/agent/supervise"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -42,35 +41,19 @@ func (a *agent) do(s *service, act lifecycle.Action) {
 // persist saves a snapshot durably; once a settled phase is saved, it
 // prunes releases nobody needs any more, in the background.
 func (a *agent) persist(s *service, snap *lifecycle.Snapshot) error {
-	st := &state.Service{
-		Service:    snap.Service,
-		Phase:      snap.Phase,
-		Generation: snap.Generation,
-		Reason:     snap.Reason,
-		Current:    lifecycle.Version(snap.Current),
-		LastGood:   lifecycle.Version(snap.LastGood),
-		Target:     lifecycle.Version(snap.Target),
-		WatchUntil: snap.WatchUntil,
-		Previous:   lifecycle.Version(snap.Previous),
-		Releases:   map[string]*v1.Assignment{},
-	}
-	for _, asg := range []*v1.Assignment{snap.Current, snap.LastGood, snap.Target, snap.Previous} {
-		if asg != nil {
-			st.Releases[lifecycle.Version(asg)] = asg
-		}
-	}
 	if a.opts.saveHook != nil {
-		if err := a.opts.saveHook(st); err != nil {
+		if err := a.opts.saveHook(snap); err != nil {
 			return fmt.Errorf("save state of %s: %w", s.name, err)
 		}
 	}
-	if err := a.store.Save(st); err != nil {
+	if err := a.store.Save(snap); err != nil {
 		return err
 	}
 	switch snap.Phase {
 	case v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_REVERTED, v1.Phase_PHASE_FAILED:
 		// A watched release's predecessor stays: a revert may need it.
-		a.startPrune(s, st.Current, st.LastGood, st.Target, st.Previous)
+		a.startPrune(s, lifecycle.Version(snap.Current), lifecycle.Version(snap.LastGood),
+			lifecycle.Version(snap.Target), lifecycle.Version(snap.Previous))
 	}
 	return nil
 }

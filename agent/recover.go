@@ -5,32 +5,20 @@ import (
 	"time"
 
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
-	"github.com/fleetwave/fleetwave/agent/state"
 )
 
 // recover rebuilds every persisted service after a restart: it kills what an
 // earlier agent left running and lets lifecycle.Restore put the last
 // verified release back and re-check it.
-func (a *agent) recover(saved []*state.Service) {
+func (a *agent) recover(saved []*lifecycle.Snapshot) {
 	a.killStale(saved)
 	now := time.Now()
-	for _, st := range saved {
-		log := a.log.With().Str("service", st.Service).Logger()
-		snap := lifecycle.Snapshot{
-			Service:    st.Service,
-			Phase:      st.Phase,
-			Generation: st.Generation,
-			Reason:     st.Reason,
-			Current:    st.Assignment(st.Current),
-			LastGood:   st.Assignment(st.LastGood),
-			Target:     st.Assignment(st.Target),
-			WatchUntil: st.WatchUntil,
-			Previous:   st.Assignment(st.Previous),
-		}
-		m, acts := lifecycle.Restore(snap, now)
-		s := &service{name: st.Service, m: m}
-		a.services[st.Service] = s
-		log.Info().Str("phase", st.Phase.String()).Str("version", st.LastGood).Int64("generation", st.Generation).
+	for _, snap := range saved {
+		log := a.log.With().Str("service", snap.Service).Logger()
+		m, acts := lifecycle.Restore(*snap, now)
+		s := &service{name: snap.Service, m: m}
+		a.services[snap.Service] = s
+		log.Info().Str("phase", snap.Phase.String()).Str("version", lifecycle.Version(snap.LastGood)).Int64("generation", snap.Generation).
 			Msg("recovering service")
 		a.syncAnalysis(s)
 		a.exec(s, acts)
@@ -39,16 +27,16 @@ func (a *agent) recover(saved []*state.Service) {
 
 // killStale kills what an earlier agent left running, for all services at
 // once (each may wait out its stop grace).
-func (a *agent) killStale(saved []*state.Service) {
+func (a *agent) killStale(saved []*lifecycle.Snapshot) {
 	var wg sync.WaitGroup
-	for _, st := range saved {
+	for _, snap := range saved {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			log := a.log.With().Str("service", st.Service).Logger()
-			grace := stopGrace(st.Assignment(st.Current))
-			if err := a.opts.killStale(a.pidFile(st.Service), grace, log); err != nil {
-				log.Error().Err(err).Str("path", a.pidFile(st.Service)).Msg("killing leftover process")
+			log := a.log.With().Str("service", snap.Service).Logger()
+			grace := stopGrace(snap.Current)
+			if err := a.opts.killStale(a.pidFile(snap.Service), grace, log); err != nil {
+				log.Error().Err(err).Str("path", a.pidFile(snap.Service)).Msg("killing leftover process")
 			}
 		}()
 	}
