@@ -27,7 +27,10 @@
 // time it happened) through Step and carries out the returned Actions. The
 // package does no I/O, starts no goroutines, never reads the clock and uses
 // no randomness. It must not import anything but the generated protobuf
-// types and the standard library.
+// types and the standard library. Its behaviour is written down as scenario
+// traces in testdata/ (TestTraces: inputs, the actions they return, the
+// phase after each; -rewrite updates them) and checked by a seeded
+// simulation against invariants (TestSimulation; -seed N replays one seed).
 //
 // The caller's duties, in order, for every slice of Actions returned by Step
 // or Restore:
