@@ -10,8 +10,8 @@
 // imports). The I/O that fetches its inputs, fetch.Scrape and
 // fetch.QueryPromQL, lives in package agent/analysis/fetch. Its verdicts
 // are the lifecycle's type (a Result embeds a lifecycle.RuleResult), so
-// they go to the machine as they are; it must not import etcd, the
-// coordinator or any other agent package.
+// they go to the machine as they are. Besides lifecycle it must not import
+// any agent package, etcd or the coordinator.
 //
 // The caller's duties, in order:
 //
