@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/fleetwave/fleetwave/agent/analysis"
+	"github.com/fleetwave/fleetwave/agent/analysis/fetch"
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
@@ -22,9 +23,9 @@ import (
 //
 // The window is fed every interval while a release runs, also in steady
 // state, so that the old release's baseline is ready at the next switch. At
-// that switch (when the old release is stopped for an install) the baseline
-// is frozen; when a process starts, the window is emptied and measures that
-// process only. A process started without such a switch (a first install, a
+// that switch the machine says when to freeze the baseline
+// (ActFreezeBaseline, just before it stops the old release); when a process
+// starts, the window is emptied and measures that process only. A process started without such a switch (a first install, a
 // revert, a recovery) has no baseline: its rules compare against their
 // maximum only.
 type analyser struct {
@@ -44,7 +45,7 @@ type analyser struct {
 
 	promql    map[string]analysis.PromQLResult
 	scrapeErr error
-	verdict   analysis.Verdict // last verdict fed, for logging changes
+	verdict   lifecycle.Verdict // last verdict fed, for logging changes (0 = none)
 
 	// judging is set while the machine uses this analyser's verdicts: only
 	// then are the promql queries run (they need no baseline).
@@ -163,11 +164,19 @@ func (a *agent) stopAnalysis(s *service) {
 	}
 }
 
-// freezeBaseline is called when the old release is stopped for an install:
-// the baseline is what the window measured of it.
-func (a *agent) freezeBaseline(s *service) {
+// freezeBaseline carries out ActFreezeBaseline (the old release is about to
+// be stopped for the install of act.Version): the baseline is what the
+// window measured of it, with the new release's rules.
+func (a *agent) freezeBaseline(s *service, act lifecycle.Action) {
 	an := s.ana
 	if an == nil || an.frozen != nil {
+		return
+	}
+	if lifecycle.Version(an.asg) != act.Version {
+		// The analyser follows the release `current` points at, which the
+		// machine switched to act.Version just before.
+		a.log.Warn().Str("service", s.name).Str("version", act.Version).Str("analyser", lifecycle.Version(an.asg)).
+			Msg("no baseline frozen: the analyser measures another release's rules")
 		return
 	}
 	b := an.win.Freeze(an.cfg.Rules, time.Now())
@@ -196,7 +205,7 @@ func (a *agent) analysisStart(s *service, act lifecycle.Action) {
 		an.base = *an.frozen
 	}
 	an.frozen = nil
-	an.epoch, an.exits, an.promql, an.verdict = act.Epoch, nil, nil, ""
+	an.epoch, an.exits, an.promql, an.verdict = act.Epoch, nil, nil, 0
 }
 
 // analysisExit records an exit of the measured process (restarts rules).
@@ -240,38 +249,27 @@ func (a *agent) onSample(ev sampleEv) {
 	verdict := analysis.Overall(results)
 	rules := make([]lifecycle.RuleResult, len(results))
 	for i, r := range results {
-		reason := r.Reason
-		if r.Verdict == analysis.Inconclusive && an.scrapeErr != nil && (an.cfg.Rules[i].Kind == analysis.KindErrorRatio || an.cfg.Rules[i].Kind == analysis.KindLatency) {
-			reason += fmt.Sprintf(" (last scrape: %v)", an.scrapeErr)
+		rules[i] = r.RuleResult
+		if r.Verdict == lifecycle.VerdictInconclusive && an.scrapeErr != nil && (an.cfg.Rules[i].Kind == analysis.KindErrorRatio || an.cfg.Rules[i].Kind == analysis.KindLatency) {
+			rules[i].Reason += fmt.Sprintf(" (last scrape: %v)", an.scrapeErr)
 		}
-		rules[i] = lifecycle.RuleResult{Rule: r.Rule, Verdict: lifecycleVerdict(r.Verdict), Reason: reason}
 	}
 	if verdict != an.verdict {
 		an.verdict = verdict
 		ev := a.log.Info()
-		if verdict == analysis.Fail {
+		if verdict == lifecycle.VerdictFail {
 			ev = a.log.Warn()
 		}
 		var why []string
 		for _, r := range rules {
-			if r.Verdict != lifecycle.VerdictPass || verdict == analysis.Pass {
+			if r.Verdict != lifecycle.VerdictPass || verdict == lifecycle.VerdictPass {
 				why = append(why, r.Reason)
 			}
 		}
 		ev.Str("service", s.name).Str("version", lifecycle.Version(an.asg)).Int64("generation", s.m.Generation()).
-			Strs("reason", why).Msg("analysis " + string(verdict))
+			Strs("reason", why).Msg("analysis " + verdict.String())
 	}
-	a.step(s, lifecycle.Analysis(epoch, now, lifecycleVerdict(verdict), rules...))
-}
-
-func lifecycleVerdict(v analysis.Verdict) lifecycle.Verdict {
-	switch v {
-	case analysis.Pass:
-		return lifecycle.VerdictPass
-	case analysis.Fail:
-		return lifecycle.VerdictFail
-	}
-	return lifecycle.VerdictInconclusive
+	a.step(s, lifecycle.Analysis(epoch, now, verdict, rules...))
 }
 
 // startScraper scrapes an's metrics URL every interval and, while the
@@ -290,7 +288,7 @@ func (a *agent) startScraper(name string, an *analyser) {
 			ev := sampleEv{svc: name, id: id}
 			if metrics != "" {
 				sctx, c := context.WithTimeout(ctx, interval)
-				ev.sample, ev.err = analysis.Scrape(sctx, client, metrics, time.Now())
+				ev.sample, ev.err = fetch.Scrape(sctx, client, metrics, time.Now())
 				c()
 			}
 			if len(queries) > 0 && judging.Load() {
@@ -303,7 +301,7 @@ func (a *agent) startScraper(name string, an *analyser) {
 				var wg sync.WaitGroup
 				for rule, q := range queries {
 					wg.Go(func() {
-						v, ok, err := analysis.QueryPromQL(qctx, client, prom, q)
+						v, ok, err := fetch.QueryPromQL(qctx, client, prom, q)
 						mu.Lock()
 						ev.promql[rule] = analysis.PromQLResult{Value: v, OK: ok, Err: err}
 						mu.Unlock()

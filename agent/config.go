@@ -18,7 +18,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/fleetwave/fleetwave/agent/state"
+	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/agent/supervise"
 	"github.com/fleetwave/fleetwave/internal/gossip"
 	"github.com/fleetwave/fleetwave/internal/spec"
@@ -153,8 +153,8 @@ type options struct {
 	seed          uint64        // 0 = from the clock
 
 	// Test hooks (nil in production).
-	saveHook  func(*state.Service) error // runs before every state save; an error fails the save
-	pruneHook func(service string)       // runs in the background prune before it removes anything
+	saveHook  func(*lifecycle.Snapshot) error // runs before every state save; an error fails the save
+	pruneHook func(service string)            // runs in the background prune before it removes anything
 	killStale func(pidFile string, grace time.Duration, log zerolog.Logger) error
 	// metricsReady receives the bound metrics address.
 	metricsReady func(addr string)

@@ -167,7 +167,7 @@ func (m *agentMetrics) analysis(svc string, results []analysis.Result) {
 	m.anaThreshold.DeletePartialMatch(prometheus.Labels{"service": svc})
 	for _, r := range results {
 		m.anaThreshold.WithLabelValues(svc, r.Rule).Set(r.Threshold)
-		if r.Verdict != analysis.Inconclusive {
+		if r.Verdict != lifecycle.VerdictInconclusive {
 			m.anaValue.WithLabelValues(svc, r.Rule).Set(r.Value)
 		}
 	}

@@ -287,14 +287,14 @@ func TestTransitionCounts(t *testing.T) {
 func TestAnalysisSeriesReplaced(t *testing.T) {
 	m := newAgentMetrics(newReporter())
 	m.analysis("web", []analysis.Result{
-		{Rule: "errors", Verdict: analysis.Pass, Value: 0.01, Threshold: 0.05},
-		{Rule: "old", Verdict: analysis.Pass, Value: 1, Threshold: 2},
+		{RuleResult: lifecycle.RuleResult{Rule: "errors", Verdict: lifecycle.VerdictPass}, Value: 0.01, Threshold: 0.05},
+		{RuleResult: lifecycle.RuleResult{Rule: "old", Verdict: lifecycle.VerdictPass}, Value: 1, Threshold: 2},
 	})
 	m.analysis("web", []analysis.Result{
-		{Rule: "errors", Verdict: analysis.Fail, Value: 0.2, Threshold: 0.05},
-		{Rule: "p99", Verdict: analysis.Inconclusive, Threshold: 0.5},
+		{RuleResult: lifecycle.RuleResult{Rule: "errors", Verdict: lifecycle.VerdictFail}, Value: 0.2, Threshold: 0.05},
+		{RuleResult: lifecycle.RuleResult{Rule: "p99", Verdict: lifecycle.VerdictInconclusive}, Threshold: 0.5},
 	})
-	m.analysis("api", []analysis.Result{{Rule: "errors", Verdict: analysis.Pass, Value: 0, Threshold: 0.1}})
+	m.analysis("api", []analysis.Result{{RuleResult: lifecycle.RuleResult{Rule: "errors", Verdict: lifecycle.VerdictPass}, Value: 0, Threshold: 0.1}})
 	mfs, err := m.reg.Gather()
 	if err != nil {
 		t.Fatal(err)

@@ -222,7 +222,7 @@ func TestFailedSaveHoldsLaterActions(t *testing.T) {
 	var failing atomic.Bool
 	var attempts, prunes atomic.Int64
 	opts := testOptions()
-	opts.saveHook = func(*state.Service) error {
+	opts.saveHook = func(*lifecycle.Snapshot) error {
 		attempts.Add(1)
 		if failing.Load() {
 			return errors.New("disk full (test)")
@@ -366,7 +366,7 @@ func TestKillStaleAtStartRunsInParallel(t *testing.T) {
 	}
 	finished := make(chan struct{})
 	go func() {
-		a.killStale([]*state.Service{{Service: "a"}, {Service: "b"}, {Service: "c"}})
+		a.killStale([]*lifecycle.Snapshot{{Service: "a"}, {Service: "b"}, {Service: "c"}})
 		close(finished)
 	}()
 	for i := 0; i < 3; i++ {

@@ -34,7 +34,7 @@ func TestAgentBinaryIsLean(t *testing.T) {
 		}
 	}
 	// The check covers every agent package because the binary has them all.
-	for _, p := range []string{"agent", "agent/analysis", "agent/install", "agent/lifecycle", "agent/probe", "agent/state", "agent/supervise"} {
+	for _, p := range []string{"agent", "agent/analysis", "agent/analysis/fetch", "agent/install", "agent/lifecycle", "agent/probe", "agent/state", "agent/supervise"} {
 		if !seen["github.com/fleetwave/fleetwave/"+p] {
 			t.Errorf("fleetwave-agent does not include %s: this test no longer guards it", p)
 		}

@@ -3,6 +3,7 @@ package analysis
 import (
 	"errors"
 	"fmt"
+	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"math"
 	"strings"
 	"testing"
@@ -93,13 +94,13 @@ func checkFinite(t *testing.T, rs []Result) {
 				t.Errorf("result %+v has a non-finite number", r)
 			}
 		}
-		if r.Verdict != Pass && !strings.Contains(r.Reason, fmt.Sprintf("rule %q", r.Rule)) {
+		if r.Verdict != lifecycle.VerdictPass && !strings.Contains(r.Reason, fmt.Sprintf("rule %q", r.Rule)) {
 			t.Errorf("reason %q does not name rule %q", r.Reason, r.Rule)
 		}
 	}
 }
 
-func wantResult(t *testing.T, got Result, verdict Verdict, reason string) {
+func wantResult(t *testing.T, got Result, verdict lifecycle.Verdict, reason string) {
 	t.Helper()
 	if got.Verdict != verdict || got.Reason != reason {
 		t.Errorf("got %s %q\nwant %s %q", got.Verdict, got.Reason, verdict, reason)
@@ -166,7 +167,7 @@ func TestErrorRatioFailsWithReason(t *testing.T) {
 	add(t, w, sec(15), requests(map[string]float64{"200": 1080, "500": 20}, ""))
 	add(t, w, sec(30), requests(map[string]float64{"200": 1160, "500": 50}, ""))
 	r := evalOne(t, c, w, Baseline{}, sec(30))
-	wantResult(t, r, Fail, `rule "error_ratio": error ratio 0.200 over 30s (40/200 requests) > max 0.050`)
+	wantResult(t, r, lifecycle.VerdictFail, `rule "error_ratio": error ratio 0.200 over 30s (40/200 requests) > max 0.050`)
 	if r.Value != 0.2 || r.Threshold != 0.05 || r.Rule != "error_ratio" {
 		t.Errorf("numbers: %+v", r)
 	}
@@ -177,16 +178,16 @@ func TestErrorRatioInconclusiveWithFewRequests(t *testing.T) {
 	w := NewWindow(c)
 	add(t, w, sec(0), requests(map[string]float64{"200": 10}, ""))
 	add(t, w, sec(30), requests(map[string]float64{"200": 12, "500": 1}, ""))
-	wantResult(t, evalOne(t, c, w, Baseline{}, sec(30)), Inconclusive, `rule "error_ratio": inconclusive: 3 requests in 30s, need 20`)
+	wantResult(t, evalOne(t, c, w, Baseline{}, sec(30)), lifecycle.VerdictInconclusive, `rule "error_ratio": inconclusive: 3 requests in 30s, need 20`)
 
 	// No counter at all, one scrape only, no scrape, a stale scrape.
 	w = NewWindow(c)
-	wantResult(t, evalOne(t, c, w, Baseline{}, sec(30)), Inconclusive, `rule "error_ratio": inconclusive: no scrape of the metrics in the last 30s, need 2`)
+	wantResult(t, evalOne(t, c, w, Baseline{}, sec(30)), lifecycle.VerdictInconclusive, `rule "error_ratio": inconclusive: no scrape of the metrics in the last 30s, need 2`)
 	add(t, w, sec(0), "other_total 5\n")
-	wantResult(t, evalOne(t, c, w, Baseline{}, sec(1)), Inconclusive, `rule "error_ratio": inconclusive: 1 scrape in the last 30s, need 2`)
+	wantResult(t, evalOne(t, c, w, Baseline{}, sec(1)), lifecycle.VerdictInconclusive, `rule "error_ratio": inconclusive: 1 scrape in the last 30s, need 2`)
 	add(t, w, sec(1), "other_total 6\n")
-	wantResult(t, evalOne(t, c, w, Baseline{}, sec(1)), Inconclusive, `rule "error_ratio": inconclusive: no series of counter http_requests_total in 2 scrapes over 1s`)
-	wantResult(t, evalOne(t, c, w, Baseline{}, sec(10)), Inconclusive, `rule "error_ratio": inconclusive: last scrape 9s ago, need one within 3s`)
+	wantResult(t, evalOne(t, c, w, Baseline{}, sec(1)), lifecycle.VerdictInconclusive, `rule "error_ratio": inconclusive: no series of counter http_requests_total in 2 scrapes over 1s`)
+	wantResult(t, evalOne(t, c, w, Baseline{}, sec(10)), lifecycle.VerdictInconclusive, `rule "error_ratio": inconclusive: last scrape 9s ago, need one within 3s`)
 }
 
 func TestCounterResetsMissingAndNewSeries(t *testing.T) {
@@ -200,14 +201,14 @@ func TestCounterResetsMissingAndNewSeries(t *testing.T) {
 	add(t, w, sec(20), "http_requests_total{code=\"200\"} 20\nhttp_requests_total{code=\"500\"} 6\n")
 	add(t, w, sec(30), "http_requests_total{code=\"200\"} 50\nhttp_requests_total{code=\"404\"} 9\nhttp_requests_total{code=\"500\"} 6\n")
 	r := evalOne(t, c, w, Baseline{}, sec(30))
-	wantResult(t, r, Pass, `rule "error_ratio": error ratio 0.056 over 30s (6/108 requests) <= max 1.000`)
+	wantResult(t, r, lifecycle.VerdictPass, `rule "error_ratio": error ratio 0.056 over 30s (6/108 requests) <= max 1.000`)
 
 	// A series missing then back lower than before is a reset.
 	w = NewWindow(c)
 	add(t, w, sec(0), "http_requests_total{code=\"200\"} 100\n")
 	add(t, w, sec(10), "http_requests_total{code=\"404\"} 1\n")
 	add(t, w, sec(20), "http_requests_total{code=\"200\"} 30\nhttp_requests_total{code=\"404\"} 1\n")
-	if r := evalOne(t, c, w, Baseline{}, sec(20)); r.Verdict != Pass || !strings.Contains(r.Reason, "(0/31 requests)") {
+	if r := evalOne(t, c, w, Baseline{}, sec(20)); r.Verdict != lifecycle.VerdictPass || !strings.Contains(r.Reason, "(0/31 requests)") {
 		t.Errorf("missing series: %+v", r)
 	}
 }
@@ -233,7 +234,7 @@ func TestErrorRegexAndLabel(t *testing.T) {
 	// error (anchored), nor a series without the status label.
 	add(t, w, sec(10), "rpc_total{status=\"200\"} 80\nrpc_total{status=\"429\"} 3\nrpc_total{status=\"5xx\"} 2\nrpc_total{status=\"1500\"} 10\nrpc_total{code=\"500\"} 5\n")
 	r := evalOne(t, c, w, Baseline{}, sec(10))
-	wantResult(t, r, Pass, `rule "error_ratio": error ratio 0.050 over 10s (5/100 requests) <= max 0.100`)
+	wantResult(t, r, lifecycle.VerdictPass, `rule "error_ratio": error ratio 0.050 over 10s (5/100 requests) <= max 0.100`)
 }
 
 // oldAndNew returns a window holding the old release's 30s ending at
@@ -263,27 +264,27 @@ func TestErrorRatioBaselineFactor(t *testing.T) {
 		t.Fatalf("baseline = %v, %v", v, ok)
 	}
 	r := evalOne(t, c, w, base, sec(62))
-	wantResult(t, r, Fail, `rule "error_ratio": error ratio 0.030 over 30s (6/200 requests) > 2.0 × baseline 0.010`)
+	wantResult(t, r, lifecycle.VerdictFail, `rule "error_ratio": error ratio 0.030 over 30s (6/200 requests) > 2.0 × baseline 0.010`)
 	if r.Baseline != 0.01 || r.Threshold != 0.02 {
 		t.Errorf("numbers: %+v", r)
 	}
 
 	w, base = oldAndNew(t, c, 2, 200, 3, 200)
-	wantResult(t, evalOne(t, c, w, base, sec(62)), Pass, `rule "error_ratio": error ratio 0.015 over 30s (3/200 requests) <= 2.0 × baseline 0.010`)
+	wantResult(t, evalOne(t, c, w, base, sec(62)), lifecycle.VerdictPass, `rule "error_ratio": error ratio 0.015 over 30s (3/200 requests) <= 2.0 × baseline 0.010`)
 
 	// A zero baseline compares against max only.
 	w, base = oldAndNew(t, c, 0, 200, 6, 200)
-	wantResult(t, evalOne(t, c, w, base, sec(62)), Pass, `rule "error_ratio": error ratio 0.030 over 30s (6/200 requests) <= max 0.050 (baseline 0: max only)`)
+	wantResult(t, evalOne(t, c, w, base, sec(62)), lifecycle.VerdictPass, `rule "error_ratio": error ratio 0.030 over 30s (6/200 requests) <= max 0.050 (baseline 0: max only)`)
 	w, base = oldAndNew(t, c, 0, 200, 20, 200)
-	wantResult(t, evalOne(t, c, w, base, sec(62)), Fail, `rule "error_ratio": error ratio 0.100 over 30s (20/200 requests) > max 0.050`)
+	wantResult(t, evalOne(t, c, w, base, sec(62)), lifecycle.VerdictFail, `rule "error_ratio": error ratio 0.100 over 30s (20/200 requests) > max 0.050`)
 
 	// Too little traffic before the switch: the baseline is unknown.
 	w, base = oldAndNew(t, c, 1, 5, 6, 200)
 	if _, ok := base.Value("error_ratio"); ok {
 		t.Error("baseline of 5 requests is known")
 	}
-	wantResult(t, evalOne(t, c, w, base, sec(62)), Pass, `rule "error_ratio": error ratio 0.030 over 30s (6/200 requests) <= max 0.050 (no baseline: 5 requests in 30s, need 20)`)
-	wantResult(t, evalOne(t, c, w, Baseline{}, sec(62)), Pass, `rule "error_ratio": error ratio 0.030 over 30s (6/200 requests) <= max 0.050 (no baseline)`)
+	wantResult(t, evalOne(t, c, w, base, sec(62)), lifecycle.VerdictPass, `rule "error_ratio": error ratio 0.030 over 30s (6/200 requests) <= max 0.050 (no baseline: 5 requests in 30s, need 20)`)
+	wantResult(t, evalOne(t, c, w, Baseline{}, sec(62)), lifecycle.VerdictPass, `rule "error_ratio": error ratio 0.030 over 30s (6/200 requests) <= max 0.050 (no baseline)`)
 }
 
 // histogram renders http_request_duration_seconds with cumulative counts
@@ -346,13 +347,13 @@ func TestLatency(t *testing.T) {
 	add(t, w, sec(0), histogram(`handler="a",`, 10, 10, 10, 10)+histogramSeries(`handler="b",`, 0, 0, 0, 0))
 	add(t, w, sec(30), histogram(`handler="a",`, 30, 40, 42, 43)+histogramSeries(`handler="b",`, 20, 30, 32, 33))
 	r := evalOne(t, c, w, Baseline{}, sec(30))
-	wantResult(t, r, Fail, `rule "latency": p99 latency 1s over 30s (66 observations) > max 0.5s`)
+	wantResult(t, r, lifecycle.VerdictFail, `rule "latency": p99 latency 1s over 30s (66 observations) > max 0.5s`)
 
 	// Few observations: inconclusive.
 	w = NewWindow(c)
 	add(t, w, sec(0), histogram("", 0, 0, 0, 0))
 	add(t, w, sec(30), histogram("", 1, 2, 3, 3))
-	wantResult(t, evalOne(t, c, w, Baseline{}, sec(30)), Inconclusive, `rule "latency": inconclusive: 3 observations of http_request_duration_seconds in 30s, need 20`)
+	wantResult(t, evalOne(t, c, w, Baseline{}, sec(30)), lifecycle.VerdictInconclusive, `rule "latency": inconclusive: 3 observations of http_request_duration_seconds in 30s, need 20`)
 }
 
 func TestLatencyBaseline(t *testing.T) {
@@ -370,7 +371,7 @@ func TestLatencyBaseline(t *testing.T) {
 	add(t, w, sec(31), histogram(`version="2",`, 0, 0, 0, 0))
 	add(t, w, sec(61), histogram(`version="2",`, 20, 100, 100, 100))
 	r := evalOne(t, c, w, base, sec(61))
-	wantResult(t, r, Fail, `rule "latency": p50 latency 0.25s over 30s (100 observations) > 2.0 × baseline 0.05s`)
+	wantResult(t, r, lifecycle.VerdictFail, `rule "latency": p50 latency 0.25s over 30s (100 observations) > 2.0 × baseline 0.05s`)
 	if math.Abs(r.Threshold-0.1) > 1e-9 || r.Baseline != 0.05 {
 		t.Errorf("numbers: %+v", r)
 	}
@@ -395,7 +396,7 @@ func TestLatencyHistogramVariants(t *testing.T) {
 			add(t, w, sec(0), texts[0])
 			add(t, w, sec(10), texts[1])
 			r := evalOne(t, c, w, Baseline{}, sec(10))
-			if r.Verdict != Pass || r.Value != 1.5 {
+			if r.Verdict != lifecycle.VerdictPass || r.Value != 1.5 {
 				t.Errorf("got %+v, want p50 1.5s", r)
 			}
 		})
@@ -408,19 +409,19 @@ func TestLatencyHistogramVariants(t *testing.T) {
 		"h_bucket{s=\"b\",le=\"2\"} 0\nh_bucket{s=\"b\",le=\"3\"} 0\nh_bucket{s=\"b\",le=\"+Inf\"} 0\n")
 	add(t, w, sec(10), "# TYPE h histogram\nh_bucket{s=\"a\",le=\"1\"} 4\nh_bucket{s=\"a\",le=\"3\"} 4\nh_bucket{s=\"a\",le=\"+Inf\"} 4\n"+
 		"h_bucket{s=\"b\",le=\"2\"} 3\nh_bucket{s=\"b\",le=\"3\"} 6\nh_bucket{s=\"b\",le=\"+Inf\"} 6\n")
-	if r := evalOne(t, c, w, Baseline{}, sec(10)); r.Verdict != Pass || math.Abs(r.Value-(2+1.0/6)) > 1e-9 {
+	if r := evalOne(t, c, w, Baseline{}, sec(10)); r.Verdict != lifecycle.VerdictPass || math.Abs(r.Value-(2+1.0/6)) > 1e-9 {
 		t.Errorf("mixed layouts: %+v", r)
 	}
 	// Only a +Inf bucket: no finite bucket to estimate from.
 	w = NewWindow(c)
 	add(t, w, sec(0), "h_bucket{le=\"+Inf\"} 0\n")
 	add(t, w, sec(10), "h_bucket{le=\"+Inf\"} 10\n")
-	wantResult(t, evalOne(t, c, w, Baseline{}, sec(10)), Inconclusive, `rule "latency": inconclusive: histogram h has no finite bucket to estimate p50 from`)
+	wantResult(t, evalOne(t, c, w, Baseline{}, sec(10)), lifecycle.VerdictInconclusive, `rule "latency": inconclusive: histogram h has no finite bucket to estimate p50 from`)
 	// Buckets without +Inf (untyped): inconclusive.
 	w = NewWindow(c)
 	add(t, w, sec(0), "h_bucket{le=\"1\"} 0\n")
 	add(t, w, sec(10), "h_bucket{le=\"1\"} 10\n")
-	wantResult(t, evalOne(t, c, w, Baseline{}, sec(10)), Inconclusive, `rule "latency": inconclusive: histogram h has no +Inf bucket`)
+	wantResult(t, evalOne(t, c, w, Baseline{}, sec(10)), lifecycle.VerdictInconclusive, `rule "latency": inconclusive: histogram h has no +Inf bucket`)
 }
 
 func TestNonFiniteInputsNeverLeak(t *testing.T) {
@@ -458,15 +459,15 @@ func TestRestarts(t *testing.T) {
 	restarts := []time.Time{sec(-5), sec(15), sec(40), sec(41)}
 	rs := Evaluate(c.Rules, w, Baseline{}, sec(30), restarts, nil)
 	checkFinite(t, rs)
-	wantResult(t, rs[0], Pass, `rule "restarts": 1 restarts in 30s <= max 1`)
+	wantResult(t, rs[0], lifecycle.VerdictPass, `rule "restarts": 1 restarts in 30s <= max 1`)
 	rs = Evaluate(c.Rules, w, Baseline{}, sec(41), restarts, nil)
-	wantResult(t, rs[0], Fail, `rule "restarts": 3 restarts in 30s > max 1`)
+	wantResult(t, rs[0], lifecycle.VerdictFail, `rule "restarts": 3 restarts in 30s > max 1`)
 	if rs[0].Value != 3 || rs[0].Threshold != 1 {
 		t.Errorf("numbers: %+v", rs[0])
 	}
 	// A nil window uses the default window.
 	rs = Evaluate(c.Rules, nil, Baseline{}, sec(41), restarts, nil)
-	wantResult(t, rs[0], Fail, `rule "restarts": 3 restarts in 30s > max 1`)
+	wantResult(t, rs[0], lifecycle.VerdictFail, `rule "restarts": 3 restarts in 30s > max 1`)
 }
 
 func TestPromQLRule(t *testing.T) {
@@ -475,16 +476,16 @@ func TestPromQLRule(t *testing.T) {
 	}})
 	for _, tt := range []struct {
 		in      map[string]PromQLResult
-		verdict Verdict
+		verdict lifecycle.Verdict
 		reason  string
 	}{
-		{nil, Inconclusive, `rule "q": inconclusive: no query result yet (min 1, max 10)`},
-		{map[string]PromQLResult{"q": {Err: errors.New("boom")}}, Inconclusive, `rule "q": inconclusive: query failed (min 1, max 10): boom`},
-		{map[string]PromQLResult{"q": {}}, Inconclusive, `rule "q": inconclusive: query returned no sample (min 1, max 10)`},
-		{map[string]PromQLResult{"q": {Value: math.NaN(), OK: true}}, Inconclusive, `rule "q": inconclusive: query returned NaN (min 1, max 10)`},
-		{map[string]PromQLResult{"q": {Value: 12.5, OK: true}}, Fail, `rule "q": query value 12.5 > max 10`},
-		{map[string]PromQLResult{"q": {Value: 0.5, OK: true}}, Fail, `rule "q": query value 0.5 < min 1`},
-		{map[string]PromQLResult{"q": {Value: 10, OK: true}}, Pass, `rule "q": query value 10 within min 1, max 10`},
+		{nil, lifecycle.VerdictInconclusive, `rule "q": inconclusive: no query result yet (min 1, max 10)`},
+		{map[string]PromQLResult{"q": {Err: errors.New("boom")}}, lifecycle.VerdictInconclusive, `rule "q": inconclusive: query failed (min 1, max 10): boom`},
+		{map[string]PromQLResult{"q": {}}, lifecycle.VerdictInconclusive, `rule "q": inconclusive: query returned no sample (min 1, max 10)`},
+		{map[string]PromQLResult{"q": {Value: math.NaN(), OK: true}}, lifecycle.VerdictInconclusive, `rule "q": inconclusive: query returned NaN (min 1, max 10)`},
+		{map[string]PromQLResult{"q": {Value: 12.5, OK: true}}, lifecycle.VerdictFail, `rule "q": query value 12.5 > max 10`},
+		{map[string]PromQLResult{"q": {Value: 0.5, OK: true}}, lifecycle.VerdictFail, `rule "q": query value 0.5 < min 1`},
+		{map[string]PromQLResult{"q": {Value: 10, OK: true}}, lifecycle.VerdictPass, `rule "q": query value 10 within min 1, max 10`},
 	} {
 		rs := Evaluate(c.Rules, NewWindow(c), Baseline{}, sec(0), nil, tt.in)
 		checkFinite(t, rs)
@@ -547,11 +548,12 @@ func TestEvaluateIgnoresFutureSamplesAndKeepsOrder(t *testing.T) {
 }
 
 func TestOverall(t *testing.T) {
-	p, i, f := Result{Verdict: Pass}, Result{Verdict: Inconclusive}, Result{Verdict: Fail}
+	result := func(v lifecycle.Verdict) Result { return Result{RuleResult: lifecycle.RuleResult{Verdict: v}} }
+	p, i, f := result(lifecycle.VerdictPass), result(lifecycle.VerdictInconclusive), result(lifecycle.VerdictFail)
 	for _, tt := range []struct {
 		rs   []Result
-		want Verdict
-	}{{nil, Pass}, {[]Result{p, p}, Pass}, {[]Result{p, i}, Inconclusive}, {[]Result{i, f, p}, Fail}} {
+		want lifecycle.Verdict
+	}{{nil, lifecycle.VerdictPass}, {[]Result{p, p}, lifecycle.VerdictPass}, {[]Result{p, i}, lifecycle.VerdictInconclusive}, {[]Result{i, f, p}, lifecycle.VerdictFail}} {
 		if got := Overall(tt.rs); got != tt.want {
 			t.Errorf("Overall(%v) = %s, want %s", tt.rs, got, tt.want)
 		}
@@ -594,8 +596,8 @@ func TestRetargetCarriesSamples(t *testing.T) {
 	}
 	rs := Evaluate(nc.Rules, nw, Baseline{}, sec(40), nil, nil)
 	checkFinite(t, rs)
-	wantResult(t, rs[0], Fail, `rule "error_ratio": error ratio 0.091 over 10s (10/110 requests) > max 0.050`)
-	if rs[1].Verdict != Inconclusive || !strings.Contains(rs[1].Reason, "no histogram buckets") {
+	wantResult(t, rs[0], lifecycle.VerdictFail, `rule "error_ratio": error ratio 0.091 over 10s (10/110 requests) > max 0.050`)
+	if rs[1].Verdict != lifecycle.VerdictInconclusive || !strings.Contains(rs[1].Reason, "no histogram buckets") {
 		t.Errorf("latency on samples that never kept it: %+v", rs[1])
 	}
 	if w.Len() != before {

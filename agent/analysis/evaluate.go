@@ -6,24 +6,26 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/internal/spec"
 )
 
-// Verdict is the outcome of one rule.
-type Verdict string
-
-// Verdicts, from best to worst: Overall returns the worst.
-const (
-	Pass         Verdict = "pass"
-	Inconclusive Verdict = "inconclusive" // too little data to judge
-	Fail         Verdict = "fail"
-)
-
-// Result is one rule's verdict. Value, Baseline and Threshold are always
-// finite numbers (never NaN or ±Inf).
+// Result is one rule's outcome: the lifecycle's RuleResult (the rule, its
+// verdict and the reason, which the machine decides on and reports) with
+// what was measured. Value, Baseline and Threshold are always finite
+// numbers (never NaN or ±Inf).
+//
+// The verdict type is the lifecycle's (lifecycle.Verdict): the lifecycle is
+// the pure core that must not import this package, and a verdict means
+// nothing but what the machine does with it, so this package, which
+// produces verdicts, uses the consumer's type rather than a copy of it.
 type Result struct {
-	Rule    string
-	Verdict Verdict
+	// RuleResult's Reason names the rule, the measured value and the
+	// limit, e.g.
+	//   rule "error_ratio": error ratio 0.200 over 30s (40/200 requests) > max 0.050
+	//   rule "p99": p99 latency 0.84s over 30s (200 observations) > 2.0 × baseline 0.12s
+	//   rule "error_ratio": inconclusive: 3 requests in 30s, need 20
+	lifecycle.RuleResult
 	// Value is what was measured: the error ratio, the latency quantile in
 	// seconds, the restart count or the query's value (0 when nothing could
 	// be measured).
@@ -34,11 +36,6 @@ type Result struct {
 	// Threshold is the limit that was exceeded (Fail) or, otherwise, the
 	// tightest limit that applies.
 	Threshold float64
-	// Reason names the rule, the measured value and the limit, e.g.
-	//   rule "error_ratio": error ratio 0.200 over 30s (40/200 requests) > max 0.050
-	//   rule "p99": p99 latency 0.84s over 30s (200 observations) > 2.0 × baseline 0.12s
-	//   rule "error_ratio": inconclusive: 3 requests in 30s, need 20
-	Reason string
 }
 
 // PromQLResult is the outcome of one promql rule's query (see QueryPromQL):
@@ -51,14 +48,14 @@ type PromQLResult struct {
 
 // Overall is the worst verdict of results: Fail if any failed, else
 // Inconclusive if any is, else Pass (also for no results).
-func Overall(results []Result) Verdict {
-	v := Pass
+func Overall(results []Result) lifecycle.Verdict {
+	v := lifecycle.VerdictPass
 	for _, r := range results {
 		switch r.Verdict {
-		case Fail:
-			return Fail
-		case Inconclusive:
-			v = Inconclusive
+		case lifecycle.VerdictFail:
+			return lifecycle.VerdictFail
+		case lifecycle.VerdictInconclusive:
+			v = lifecycle.VerdictInconclusive
 		}
 	}
 	return v
@@ -110,7 +107,7 @@ func Evaluate(rules []Rule, w *Window, base Baseline, now time.Time, restarts []
 		case KindPromQL:
 			res = evalPromQL(r, promql)
 		default:
-			res = Result{Verdict: Inconclusive, Reason: fmt.Sprintf("inconclusive: unknown rule kind %q", r.Kind)}
+			res = Result{RuleResult: lifecycle.RuleResult{Verdict: lifecycle.VerdictInconclusive, Reason: fmt.Sprintf("inconclusive: unknown rule kind %q", r.Kind)}}
 		}
 		res.Rule = r.Name
 		res.Reason = fmt.Sprintf("rule %q: %s", r.Name, res.Reason)
@@ -217,7 +214,7 @@ func measureLatency(r Rule, sel selection, m *measurement) {
 func evalMetric(r Rule, m measurement, base Baseline) Result {
 	res := Result{Value: m.value, Threshold: r.Max}
 	if !m.ok {
-		res.Verdict = Inconclusive
+		res.Verdict = lifecycle.VerdictInconclusive
 		res.Reason = "inconclusive: " + m.why
 		return res
 	}
@@ -252,16 +249,16 @@ func evalMetric(r Rule, m measurement, base Baseline) Result {
 
 	switch {
 	case m.value > r.Max:
-		res.Verdict = Fail
+		res.Verdict = lifecycle.VerdictFail
 		res.Reason = what + " > " + maxDesc
 	case useBase && m.value > baseLimit:
-		res.Verdict, res.Threshold = Fail, baseLimit
+		res.Verdict, res.Threshold = lifecycle.VerdictFail, baseLimit
 		res.Reason = what + " > " + baseDesc
 	case useBase && baseLimit < r.Max:
-		res.Verdict, res.Threshold = Pass, baseLimit
+		res.Verdict, res.Threshold = lifecycle.VerdictPass, baseLimit
 		res.Reason = what + " <= " + baseDesc
 	default:
-		res.Verdict = Pass
+		res.Verdict = lifecycle.VerdictPass
 		res.Reason = what + " <= " + maxDesc + baseNote
 	}
 	return res
@@ -282,10 +279,10 @@ func evalRestarts(r Rule, w *Window, now time.Time, restarts []time.Time) Result
 	res := Result{Value: float64(n), Threshold: r.Max}
 	desc := fmt.Sprintf("%d restarts in %s", n, fmtSpan(span))
 	if float64(n) > r.Max {
-		res.Verdict = Fail
+		res.Verdict = lifecycle.VerdictFail
 		res.Reason = fmt.Sprintf("%s > max %s", desc, fmtCount(r.Max))
 	} else {
-		res.Verdict = Pass
+		res.Verdict = lifecycle.VerdictPass
 		res.Reason = fmt.Sprintf("%s <= max %s", desc, fmtCount(r.Max))
 	}
 	return res
@@ -300,19 +297,19 @@ func evalPromQL(r Rule, results map[string]PromQLResult) Result {
 	q, found := results[r.Name]
 	switch {
 	case !found:
-		res.Verdict = Inconclusive
+		res.Verdict = lifecycle.VerdictInconclusive
 		res.Reason = fmt.Sprintf("inconclusive: no query result yet (%s)", limits)
 		return res
 	case q.Err != nil:
-		res.Verdict = Inconclusive
+		res.Verdict = lifecycle.VerdictInconclusive
 		res.Reason = fmt.Sprintf("inconclusive: query failed (%s): %v", limits, q.Err)
 		return res
 	case !q.OK:
-		res.Verdict = Inconclusive
+		res.Verdict = lifecycle.VerdictInconclusive
 		res.Reason = fmt.Sprintf("inconclusive: query returned no sample (%s)", limits)
 		return res
 	case !isFinite(q.Value):
-		res.Verdict = Inconclusive
+		res.Verdict = lifecycle.VerdictInconclusive
 		res.Reason = fmt.Sprintf("inconclusive: query returned %s (%s)", fmtNum(q.Value), limits)
 		return res
 	}
@@ -320,13 +317,13 @@ func evalPromQL(r Rule, results map[string]PromQLResult) Result {
 	desc := "query value " + fmtNum(q.Value)
 	switch {
 	case q.Value > r.Max:
-		res.Verdict = Fail
+		res.Verdict = lifecycle.VerdictFail
 		res.Reason = desc + " > max " + fmtNum(r.Max)
 	case r.HasMin && q.Value < r.Min:
-		res.Verdict, res.Threshold = Fail, r.Min
+		res.Verdict, res.Threshold = lifecycle.VerdictFail, r.Min
 		res.Reason = desc + " < min " + fmtNum(r.Min)
 	default:
-		res.Verdict = Pass
+		res.Verdict = lifecycle.VerdictPass
 		res.Reason = desc + " within " + limits
 	}
 	return res

@@ -27,15 +27,18 @@
 // time it happened) through Step and carries out the returned Actions. The
 // package does no I/O, starts no goroutines, never reads the clock and uses
 // no randomness. It must not import anything but the generated protobuf
-// types and the standard library.
+// types and the standard library. Its behaviour is written down as scenario
+// traces in testdata/ (TestTraces: inputs, the actions they return, the
+// phase after each; -rewrite updates them) and checked by a seeded
+// simulation against invariants (TestSimulation; -seed N replays one seed).
 //
 // The caller's duties, in order, for every slice of Actions returned by Step
 // or Restore:
 //
 //  1. Carry out the actions in order. ActPersist must be durable before any
 //     later action of the same slice starts (the persisted phase is what
-//     crash recovery relies on). ActReport, ActBeginChecks and ActStopChecks
-//     are quick and are done inline.
+//     crash recovery relies on). ActReport, ActBeginChecks, ActStopChecks
+//     and ActFreezeBaseline are quick and are done inline.
 //  2. The long steps (ActFetch, ActVerify, ActStage, ActSwitch, ActStart,
 //     ActStop) may run in the background. At most one is in flight per
 //     Machine. When it finishes, feed Done(action.Seq, err, now); for
@@ -49,8 +52,11 @@
 //     the process started by the ActStart with that Epoch with
 //     Exited(epoch, now). While AnalysisEpoch reports ok, feed every analysis
 //     round of that epoch's process with Analysis(epoch, now, verdict,
-//     results...) (see package analysis: the baseline is frozen when the old
-//     release is stopped for the install).
+//     results...) (see package analysis). The baseline those verdicts
+//     compare with is frozen at ActFreezeBaseline, which the machine emits
+//     just before it stops the old release for the install of a release
+//     with analysis rules (a first install, a revert and a recovery have
+//     no baseline).
 //  4. Feed Tick(now) periodically (about once a second) so deadlines fire.
 //  5. Feed assignments from the coordinator with Assign (after validating
 //     them) and invalid ones with Invalid.

@@ -477,6 +477,10 @@ func (m *Machine) installDone(k ActionKind, err error, t time.Time) {
 		m.currentOK = false
 		m.setPhase(v1.Phase_PHASE_STARTING, true)
 		if m.running {
+			if HasAnalysis(m.target) {
+				// The old release's last samples are its baseline.
+				m.emit(Action{Kind: ActFreezeBaseline, Version: Version(m.target), Assignment: m.target})
+			}
 			m.startStep(ActStop, nil)
 		} else {
 			m.startStep(ActStart, m.target)

@@ -2,6 +2,7 @@ package lifecycle
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"math/rand/v2"
 	"strings"
@@ -120,13 +121,22 @@ type sim struct {
 	linkAtFetch, runningAtFetch           string
 }
 
+// simSeed replays one seed of TestSimulation.
+var simSeed = flag.Uint64("seed", 0, "TestSimulation: run only this seed and print all its events on failure")
+
+// replayCommand is how to run one seed again.
+func replayCommand(seed uint64) string {
+	return fmt.Sprintf("go test ./agent/lifecycle -run 'TestSimulation$' -seed %d -v", seed)
+}
+
 func (s *sim) fatalf(format string, args ...any) {
 	s.t.Helper()
-	tail := s.log
-	if len(tail) > 40 {
-		tail = tail[len(tail)-40:]
+	tail, what := s.log, "all events"
+	if len(tail) > 40 && *simSeed == 0 {
+		tail, what = tail[len(tail)-40:], "last events"
 	}
-	s.t.Fatalf("seed %d: %s\nlast events:\n  %s", s.seed, fmt.Sprintf(format, args...), strings.Join(tail, "\n  "))
+	s.t.Fatalf("seed %d: %s\n%s:\n  %s\nreplay this seed with all its events: %s",
+		s.seed, fmt.Sprintf(format, args...), what, strings.Join(tail, "\n  "), replayCommand(s.seed))
 }
 
 func (s *sim) assignment(version string, gen int64) *v1.Assignment {
@@ -222,6 +232,22 @@ func (s *sim) apply(acts []Action) {
 			s.linkAtFetch, s.runningAtFetch = s.link, s.running
 		case ActStop:
 			s.stoppedSinceFetch = true
+			// The machine freezes the baseline right before it stops the
+			// old release for the install of a release with rules, and
+			// at no other stop.
+			install := !s.recovering && s.prev == v1.Phase_PHASE_STARTING
+			froze := i > 0 && acts[i-1].Kind == ActFreezeBaseline
+			if froze != (install && HasAnalysis(s.m.Target())) {
+				s.fatalf("stop in %v (recovering=%v) of an install of %q (rules %v): baseline frozen=%v",
+					s.prev, s.recovering, Version(s.m.Target()), HasAnalysis(s.m.Target()), froze)
+			}
+		case ActFreezeBaseline:
+			if i+1 == len(acts) || acts[i+1].Kind != ActStop {
+				s.fatalf("%v not right before a stop", a)
+			}
+			if a.Version != s.link || !HasAnalysis(a.Assignment) {
+				s.fatalf("%v: `current` points at %q; rules %v", a, s.link, HasAnalysis(a.Assignment))
+			}
 		case ActSwitch:
 			s.switchedSinceFetch = true
 			if s.afterRestore {
@@ -561,7 +587,17 @@ func runSim(t *testing.T, seed uint64, steps int, seen map[[2]v1.Phase]int, st *
 	}
 }
 
+// TestSimulation runs the machine through 400 seeded random histories (50
+// with -short), checking invariants on every action. A failure names its
+// seed; -seed N replays that seed alone and prints all its events.
 func TestSimulation(t *testing.T) {
+	if *simSeed != 0 {
+		var st simStats
+		runSim(t, *simSeed, 600, map[[2]v1.Phase]int{}, &st)
+		t.Logf("seed %d passed: %d watch reverts (%d on analysis), %d watches resumed after a restart",
+			*simSeed, st.watchReverts, st.analysisReverts, st.resumedWatches)
+		return
+	}
 	seeds := 400
 	if testing.Short() {
 		seeds = 50

@@ -204,6 +204,11 @@ const (
 	ActPersist
 	// ActReport: send Report to the coordinator (or keep it until connected).
 	ActReport
+	// ActFreezeBaseline: the running release is about to be stopped for
+	// the install of Version (an ActStop follows), whose spec has analysis
+	// rules: freeze what those rules measured of the running release into
+	// the baseline the new release is compared with.
+	ActFreezeBaseline
 )
 
 func (k ActionKind) String() string {
@@ -228,6 +233,8 @@ func (k ActionKind) String() string {
 		return "persist"
 	case ActReport:
 		return "report"
+	case ActFreezeBaseline:
+		return "freeze-baseline"
 	}
 	return fmt.Sprintf("action(%d)", int(k))
 }

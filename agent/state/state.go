@@ -2,10 +2,14 @@
 // service under <data-dir>/state/, written temp-file + fsync + rename + fsync
 // of the directory, so a crash leaves either the old or the new file.
 //
-// It stores what the lifecycle needs after a restart (phase, generation,
-// current, last good and target release with their accepted assignments,
-// and the watch of a HEALTHY release with the release before it) and
-// decides nothing. It must not import the coordinator or etcd.
+// What it stores is the lifecycle's own snapshot (lifecycle.Snapshot: phase,
+// generation, current, last good and target release with their accepted
+// assignments, and the watch of a HEALTHY release with the release before
+// it); it decides nothing. Files are format 2 (each release with its whole
+// assignment); format 1 files, written by agents before the state stored
+// the snapshot itself (versions by name, each version's assignment once
+// under "releases"), are still read. It must not import the coordinator or
+// etcd.
 package state
 
 import (
@@ -20,9 +24,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 )
 
 // ErrCorrupt is returned (wrapped, naming the path) for a state file that
@@ -32,27 +38,27 @@ var ErrCorrupt = errors.New("corrupt state file")
 // maxFileBytes bounds a state file read from disk.
 const maxFileBytes = 16 << 20
 
-// Service is the durable state of one service.
-type Service struct {
-	Service    string   `json:"service"`
-	Phase      v1.Phase `json:"-"`
-	Generation int64    `json:"generation"`
-	Reason     string   `json:"reason,omitempty"`
-	// Versions; "" = none.
-	Current  string `json:"current,omitempty"`
-	LastGood string `json:"last_good,omitempty"`
-	Target   string `json:"target,omitempty"`
-	// WatchUntil is when the watch of a HEALTHY release ends (zero: not
-	// watching); Previous is the release a revert during it returns to.
-	WatchUntil time.Time `json:"watch_until,omitzero"`
-	Previous   string    `json:"previous,omitempty"`
-	// Releases holds the accepted assignment (release + spec) of every
-	// version named above.
-	Releases map[string]*v1.Assignment `json:"-"`
+// Format is the version of the files Save writes.
+const Format = 2
+
+// file is the JSON form of a lifecycle.Snapshot (format 2). Each release is
+// its accepted assignment in protojson; absent means none.
+type file struct {
+	Format     int             `json:"format"`
+	Service    string          `json:"service"`
+	Phase      string          `json:"phase"`
+	Generation int64           `json:"generation"`
+	Reason     string          `json:"reason,omitempty"`
+	Current    json.RawMessage `json:"current,omitempty"`
+	LastGood   json.RawMessage `json:"last_good,omitempty"`
+	Target     json.RawMessage `json:"target,omitempty"`
+	WatchUntil time.Time       `json:"watch_until,omitzero"`
+	Previous   json.RawMessage `json:"previous,omitempty"`
 }
 
-// file is the JSON form of Service.
-type file struct {
+// legacyFile is format 1 (no "format" key): releases named by version, and
+// the assignment of every version named once under "releases".
+type legacyFile struct {
 	Service    string                     `json:"service"`
 	Phase      string                     `json:"phase"`
 	Generation int64                      `json:"generation"`
@@ -65,16 +71,20 @@ type file struct {
 	Releases   map[string]json.RawMessage `json:"releases,omitempty"`
 }
 
-// Assignment returns the accepted assignment of a version (nil for "").
-func (s *Service) Assignment(version string) *v1.Assignment {
-	if version == "" {
-		return nil
-	}
-	return s.Releases[version]
+// field is one release of a snapshot, named as in a file.
+type field struct {
+	name string
+	a    **v1.Assignment
 }
 
-// Validate checks names and that every version named has its assignment.
-func (s *Service) Validate() error {
+// fields are the snapshot's releases, in the order of the file's keys.
+func fields(s *lifecycle.Snapshot) []field {
+	return []field{{"current", &s.Current}, {"last_good", &s.LastGood}, {"target", &s.Target}, {"previous", &s.Previous}}
+}
+
+// Validate checks the names, the phase, and that every release is an
+// assignment of the snapshot's service with a valid version.
+func Validate(s *lifecycle.Snapshot) error {
 	if err := spec.CheckName("service", s.Service); err != nil {
 		return err
 	}
@@ -84,80 +94,162 @@ func (s *Service) Validate() error {
 	if s.Generation < 0 {
 		return fmt.Errorf("generation: negative %d", s.Generation)
 	}
-	if s.Previous != "" && s.WatchUntil.IsZero() {
-		return fmt.Errorf("previous: %q without watch_until", s.Previous)
+	if s.Previous != nil && s.WatchUntil.IsZero() {
+		return fmt.Errorf("previous: %q without watch_until", lifecycle.Version(s.Previous))
 	}
-	for field, v := range map[string]string{"current": s.Current, "last_good": s.LastGood, "target": s.Target, "previous": s.Previous} {
-		if v == "" {
+	for _, r := range fields(s) {
+		a := *r.a
+		if a == nil {
 			continue
 		}
-		if err := spec.CheckVersion(field, v); err != nil {
+		if err := spec.CheckVersion(r.name+".release.version", lifecycle.Version(a)); err != nil {
 			return err
 		}
-		a := s.Releases[v]
-		if a == nil {
-			return fmt.Errorf("%s: no release recorded for version %q", field, v)
-		}
-		if a.GetRelease().GetVersion() != v {
-			return fmt.Errorf("releases[%s]: holds version %q", v, a.GetRelease().GetVersion())
-		}
 		if a.GetService() != s.Service {
-			return fmt.Errorf("releases[%s]: for service %q, not %q", v, a.GetService(), s.Service)
+			return fmt.Errorf("%s: release %q is for service %q, not %q", r.name, lifecycle.Version(a), a.GetService(), s.Service)
 		}
 	}
 	return nil
 }
 
-// MarshalJSON encodes the assignments with protojson.
-func (s *Service) MarshalJSON() ([]byte, error) {
+// Marshal encodes a snapshot in the current format.
+func Marshal(s *lifecycle.Snapshot) ([]byte, error) {
 	f := file{
-		Service: s.Service, Phase: s.Phase.String(), Generation: s.Generation, Reason: s.Reason,
-		Current: s.Current, LastGood: s.LastGood, Target: s.Target,
-		WatchUntil: s.WatchUntil, Previous: s.Previous,
+		Format: Format, Service: s.Service, Phase: s.Phase.String(), Generation: s.Generation, Reason: s.Reason,
+		WatchUntil: s.WatchUntil,
 	}
-	for _, v := range []string{s.Current, s.LastGood, s.Target, s.Previous} {
-		a := s.Releases[v]
-		if v == "" || a == nil {
+	raws := []*json.RawMessage{&f.Current, &f.LastGood, &f.Target, &f.Previous}
+	for i, r := range fields(s) {
+		if *r.a == nil {
 			continue
 		}
-		if f.Releases == nil {
-			f.Releases = map[string]json.RawMessage{}
-		}
-		b, err := protojson.Marshal(a)
+		b, err := protojson.Marshal(*r.a)
 		if err != nil {
-			return nil, fmt.Errorf("releases[%s]: %w", v, err)
+			return nil, fmt.Errorf("%s: %w", r.name, err)
 		}
-		f.Releases[v] = b
+		*raws[i] = b
 	}
 	return json.MarshalIndent(f, "", "  ")
 }
 
-// UnmarshalJSON decodes what MarshalJSON wrote.
-func (s *Service) UnmarshalJSON(b []byte) error {
+// Unmarshal decodes what Marshal wrote, or a format 1 file. It does not
+// validate (see Validate). Releases of the same version with equal
+// assignments are one *v1.Assignment, as they were in the machine.
+func Unmarshal(b []byte) (*lifecycle.Snapshot, error) {
+	var probe struct {
+		Format int `json:"format"`
+	}
+	if err := json.Unmarshal(b, &probe); err != nil {
+		return nil, err
+	}
+	var s *lifecycle.Snapshot
+	var err error
+	switch probe.Format {
+	case 0:
+		s, err = unmarshalLegacy(b)
+	case Format:
+		s, err = unmarshalCurrent(b)
+	default:
+		return nil, fmt.Errorf("format %d: unknown (this agent reads 1 and %d)", probe.Format, Format)
+	}
+	if err != nil {
+		return nil, err
+	}
+	share(s)
+	return s, nil
+}
+
+func unmarshalCurrent(b []byte) (*lifecycle.Snapshot, error) {
 	var f file
 	if err := json.Unmarshal(b, &f); err != nil {
-		return err
+		return nil, err
 	}
-	p, ok := v1.Phase_value[f.Phase]
-	if !ok {
-		return fmt.Errorf("phase: unknown %q", f.Phase)
+	s, err := snapshot(f.Service, f.Phase, f.Generation, f.Reason, f.WatchUntil)
+	if err != nil {
+		return nil, err
 	}
-	*s = Service{
-		Service: f.Service, Phase: v1.Phase(p), Generation: f.Generation, Reason: f.Reason,
-		Current: f.Current, LastGood: f.LastGood, Target: f.Target,
-		WatchUntil: f.WatchUntil, Previous: f.Previous,
+	raws := []json.RawMessage{f.Current, f.LastGood, f.Target, f.Previous}
+	for i, r := range fields(s) {
+		if len(raws[i]) == 0 || string(raws[i]) == "null" {
+			continue
+		}
+		if *r.a, err = unmarshalAssignment(raws[i]); err != nil {
+			return nil, fmt.Errorf("%s: %w", r.name, err)
+		}
 	}
+	return s, nil
+}
+
+func unmarshalLegacy(b []byte) (*lifecycle.Snapshot, error) {
+	var f legacyFile
+	if err := json.Unmarshal(b, &f); err != nil {
+		return nil, err
+	}
+	s, err := snapshot(f.Service, f.Phase, f.Generation, f.Reason, f.WatchUntil)
+	if err != nil {
+		return nil, err
+	}
+	byVersion := map[string]*v1.Assignment{}
 	for v, raw := range f.Releases {
-		a := &v1.Assignment{}
-		if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(raw, a); err != nil {
-			return fmt.Errorf("releases[%s]: %w", v, err)
+		a, err := unmarshalAssignment(raw)
+		if err != nil {
+			return nil, fmt.Errorf("releases[%s]: %w", v, err)
 		}
-		if s.Releases == nil {
-			s.Releases = map[string]*v1.Assignment{}
+		if lifecycle.Version(a) != v {
+			return nil, fmt.Errorf("releases[%s]: holds version %q", v, lifecycle.Version(a))
 		}
-		s.Releases[v] = a
+		byVersion[v] = a
 	}
-	return nil
+	versions := []string{f.Current, f.LastGood, f.Target, f.Previous}
+	for i, r := range fields(s) {
+		v := versions[i]
+		if v == "" {
+			continue
+		}
+		if err := spec.CheckVersion(r.name, v); err != nil {
+			return nil, err
+		}
+		if *r.a = byVersion[v]; *r.a == nil {
+			return nil, fmt.Errorf("%s: no release recorded for version %q", r.name, v)
+		}
+	}
+	return s, nil
+}
+
+// snapshot starts a snapshot from the fields both formats share.
+func snapshot(service, phase string, gen int64, reason string, watchUntil time.Time) (*lifecycle.Snapshot, error) {
+	p, ok := v1.Phase_value[phase]
+	if !ok {
+		return nil, fmt.Errorf("phase: unknown %q", phase)
+	}
+	return &lifecycle.Snapshot{
+		Service: service, Phase: v1.Phase(p), Generation: gen, Reason: reason, WatchUntil: watchUntil,
+	}, nil
+}
+
+func unmarshalAssignment(raw json.RawMessage) (*v1.Assignment, error) {
+	a := &v1.Assignment{}
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(raw, a); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// share makes releases with equal assignments one value.
+func share(s *lifecycle.Snapshot) {
+	var seen []*v1.Assignment
+	for _, r := range fields(s) {
+		if *r.a == nil {
+			continue
+		}
+		for _, a := range seen {
+			if proto.Equal(a, *r.a) {
+				*r.a = a
+				break
+			}
+		}
+		seen = append(seen, *r.a)
+	}
 }
 
 // Store reads and writes the state files in one directory.
@@ -182,13 +274,13 @@ func (st *Store) Path(service string) string {
 	return filepath.Join(st.dir, service+".json")
 }
 
-// Save writes the state of one service durably (temp file, fsync, rename,
-// fsync of the directory).
-func (st *Store) Save(s *Service) error {
-	if err := s.Validate(); err != nil {
+// Save writes the snapshot of one service durably (temp file, fsync,
+// rename, fsync of the directory), in the current format.
+func (st *Store) Save(s *lifecycle.Snapshot) error {
+	if err := Validate(s); err != nil {
 		return fmt.Errorf("save state: %w", err)
 	}
-	b, err := json.Marshal(s)
+	b, err := Marshal(s)
 	if err != nil {
 		return fmt.Errorf("save state %s: %w", s.Service, err)
 	}
@@ -231,15 +323,15 @@ func (st *Store) Save(s *Service) error {
 	return nil
 }
 
-// Load reads the state of one service; a missing file is (nil, nil).
-func (st *Store) Load(service string) (*Service, error) {
+// Load reads the snapshot of one service; a missing file is (nil, nil).
+func (st *Store) Load(service string) (*lifecycle.Snapshot, error) {
 	if err := spec.CheckName("service", service); err != nil {
 		return nil, fmt.Errorf("load state: %w", err)
 	}
 	return st.load(st.Path(service), service)
 }
 
-func (st *Store) load(path, service string) (*Service, error) {
+func (st *Store) load(path, service string) (*lifecycle.Snapshot, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -255,22 +347,22 @@ func (st *Store) load(path, service string) (*Service, error) {
 	if len(b) > maxFileBytes {
 		return nil, fmt.Errorf("state file %s: over %d bytes: %w", path, maxFileBytes, ErrCorrupt)
 	}
-	var s Service
-	if err := json.Unmarshal(b, &s); err != nil {
+	s, err := Unmarshal(b)
+	if err != nil {
 		return nil, fmt.Errorf("state file %s: %v: %w", path, err, ErrCorrupt)
 	}
-	if err := s.Validate(); err != nil {
+	if err := Validate(s); err != nil {
 		return nil, fmt.Errorf("state file %s: %v: %w", path, err, ErrCorrupt)
 	}
 	if s.Service != service {
 		return nil, fmt.Errorf("state file %s: holds service %q: %w", path, s.Service, ErrCorrupt)
 	}
-	return &s, nil
+	return s, nil
 }
 
-// LoadAll reads every service's state, sorted by service name. Any corrupt
-// file is an error naming it.
-func (st *Store) LoadAll() ([]*Service, error) {
+// LoadAll reads every service's snapshot, sorted by service name. Any
+// corrupt file is an error naming it.
+func (st *Store) LoadAll() ([]*lifecycle.Snapshot, error) {
 	entries, err := os.ReadDir(st.dir)
 	if err != nil {
 		return nil, fmt.Errorf("load state %s: %w", st.dir, err)
@@ -284,7 +376,7 @@ func (st *Store) LoadAll() ([]*Service, error) {
 		names = append(names, strings.TrimSuffix(n, ".json"))
 	}
 	sort.Strings(names)
-	var out []*Service
+	var out []*lifecycle.Snapshot
 	for _, n := range names {
 		path := filepath.Join(st.dir, n+".json")
 		if err := spec.CheckName("service", n); err != nil {

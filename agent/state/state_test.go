@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -22,12 +23,29 @@ func asg(service, version string, gen int64) *v1.Assignment {
 	}
 }
 
-func sample() *Service {
+func sample() *lifecycle.Snapshot {
 	a1, a2 := asg("web", "v1", 1), asg("web", "v2", 2)
-	return &Service{
+	return &lifecycle.Snapshot{
 		Service: "web", Phase: v1.Phase_PHASE_CHECKING, Generation: 2, Reason: "why",
-		Current: "v2", LastGood: "v1", Target: "v2",
-		Releases: map[string]*v1.Assignment{"v1": a1, "v2": a2},
+		Current: a2, LastGood: a1, Target: a2,
+	}
+}
+
+// equal compares two snapshots, assignments by value.
+func equal(t *testing.T, got, want *lifecycle.Snapshot) {
+	t.Helper()
+	if got.Service != want.Service || got.Phase != want.Phase || got.Generation != want.Generation ||
+		got.Reason != want.Reason || !got.WatchUntil.Equal(want.WatchUntil) {
+		t.Fatalf("loaded %+v, want %+v", got, want)
+	}
+	for _, f := range []struct {
+		name      string
+		got, want *v1.Assignment
+	}{{"current", got.Current, want.Current}, {"last good", got.LastGood, want.LastGood},
+		{"target", got.Target, want.Target}, {"previous", got.Previous, want.Previous}} {
+		if !proto.Equal(f.got, f.want) {
+			t.Fatalf("%s: %v, want %v", f.name, f.got, f.want)
+		}
 	}
 }
 
@@ -44,27 +62,86 @@ func TestSaveLoadRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out.Phase != in.Phase || out.Generation != 2 || out.Current != "v2" || out.LastGood != "v1" || out.Target != "v2" || out.Reason != "why" {
-		t.Fatalf("loaded %+v", out)
+	equal(t, out, in)
+	if out.Current != out.Target {
+		t.Error("the same release loaded as two assignments")
 	}
-	for _, v := range []string{"v1", "v2"} {
-		if !proto.Equal(out.Assignment(v), in.Assignment(v)) {
-			t.Fatalf("release %s: %v != %v", v, out.Assignment(v), in.Assignment(v))
-		}
+	b, err := os.ReadFile(st.Path("web"))
+	if err != nil || !strings.Contains(string(b), `"format": 2`) {
+		t.Fatalf("file %s %v", b, err)
 	}
 	// Overwrite; no temp files remain.
 	in.Phase = v1.Phase_PHASE_HEALTHY
-	in.LastGood = "v2"
+	in.LastGood = in.Current
 	if err := st.Save(in); err != nil {
 		t.Fatal(err)
 	}
 	out, err = st.Load("web")
-	if err != nil || out.Phase != v1.Phase_PHASE_HEALTHY || len(out.Releases) != 1 {
-		t.Fatalf("%+v %v", out, err)
+	if err != nil {
+		t.Fatal(err)
 	}
+	equal(t, out, in)
 	entries, _ := os.ReadDir(st.dir)
 	if len(entries) != 1 || entries[0].Name() != "web.json" {
 		t.Fatalf("dir holds %v", entries)
+	}
+}
+
+// Files written by agents before the state stored the lifecycle's snapshot
+// (format 1, in testdata/ as such an agent wrote them) still load, and are
+// rewritten in the current format on the next save.
+func TestLoadLegacyFiles(t *testing.T) {
+	a1, a2 := asg("web", "v1", 1), asg("web", "v2", 2)
+	tests := []struct {
+		file string
+		want *lifecycle.Snapshot
+	}{
+		{"legacy-healthy-watching.json", &lifecycle.Snapshot{
+			Service: "web", Phase: v1.Phase_PHASE_HEALTHY, Generation: 2,
+			Current: a2, LastGood: a2, Target: a2,
+			WatchUntil: time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC), Previous: a1,
+		}},
+		{"legacy-checking.json", &lifecycle.Snapshot{
+			Service: "web", Phase: v1.Phase_PHASE_CHECKING, Generation: 2,
+			Current: a2, LastGood: a1, Target: a2,
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			b, err := os.ReadFile(filepath.Join("testdata", tt.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(string(b), `"format"`) || !strings.Contains(string(b), `"releases"`) {
+				t.Fatalf("%s is not a format 1 file", tt.file)
+			}
+			st, err := Open(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(st.Path("web"), b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			all, err := st.LoadAll()
+			if err != nil || len(all) != 1 {
+				t.Fatalf("LoadAll: %v %v", all, err)
+			}
+			equal(t, all[0], tt.want)
+			if all[0].Current != all[0].Target {
+				t.Error("one release of the file loaded as two assignments")
+			}
+			if err := st.Save(all[0]); err != nil {
+				t.Fatal(err)
+			}
+			again, err := st.Load("web")
+			if err != nil {
+				t.Fatal(err)
+			}
+			equal(t, again, tt.want)
+			if b, _ := os.ReadFile(st.Path("web")); !strings.Contains(string(b), `"format": 2`) || strings.Contains(string(b), "releases") {
+				t.Fatalf("not rewritten in format 2: %s", b)
+			}
+		})
 	}
 }
 
@@ -84,13 +161,20 @@ func TestLoadMissing(t *testing.T) {
 }
 
 func TestLoadCorrupt(t *testing.T) {
+	const other = `{"service":"api","generation":"1","release":{"service":"api","version":"v1"}}`
 	cases := map[string]string{
-		"not json":        "{not json",
-		"truncated":       `{"service":"web","phase":"PHASE_HEALTHY"`,
-		"unknown phase":   `{"service":"web","phase":"PHASE_BOGUS"}`,
-		"missing release": `{"service":"web","phase":"PHASE_HEALTHY","current":"v1"}`,
-		"other service":   `{"service":"api","phase":"PHASE_IDLE"}`,
-		"bad version":     `{"service":"web","phase":"PHASE_IDLE","target":"../x"}`,
+		"not json":               "{not json",
+		"truncated":              `{"format":2,"service":"web","phase":"PHASE_HEALTHY"`,
+		"unknown format":         `{"format":3,"service":"web","phase":"PHASE_IDLE"}`,
+		"unknown phase":          `{"format":2,"service":"web","phase":"PHASE_BOGUS"}`,
+		"other service":          `{"format":2,"service":"api","phase":"PHASE_IDLE"}`,
+		"release of another":     `{"format":2,"service":"web","phase":"PHASE_HEALTHY","current":` + other + `}`,
+		"bad version":            `{"format":2,"service":"web","phase":"PHASE_IDLE","target":{"service":"web","release":{"version":"../x"}}}`,
+		"bad assignment":         `{"format":2,"service":"web","phase":"PHASE_IDLE","target":{"generation":"x"}}`,
+		"previous without":       `{"format":2,"service":"web","phase":"PHASE_HEALTHY","previous":{"service":"web","release":{"version":"v1"}}}`,
+		"legacy missing":         `{"service":"web","phase":"PHASE_HEALTHY","current":"v1"}`,
+		"legacy bad version":     `{"service":"web","phase":"PHASE_IDLE","target":"../x"}`,
+		"legacy release differs": `{"service":"web","phase":"PHASE_IDLE","target":"v1","releases":{"v1":{"service":"web","release":{"version":"v2"}}}}`,
 	}
 	for name, body := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -119,7 +203,7 @@ func TestLoadAllAndLeftovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, svc := range []string{"zeta", "alpha"} {
-		if err := st.Save(&Service{Service: svc, Phase: v1.Phase_PHASE_IDLE}); err != nil {
+		if err := st.Save(&lifecycle.Snapshot{Service: svc, Phase: v1.Phase_PHASE_IDLE}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -145,9 +229,17 @@ func TestSaveRejectsInconsistent(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := sample()
-	delete(s.Releases, "v1")
-	if err := st.Save(s); err == nil || !strings.Contains(err.Error(), `last_good: no release recorded for version "v1"`) {
+	s.LastGood = asg("api", "v1", 1)
+	if err := st.Save(s); err == nil || !strings.Contains(err.Error(), `last_good: release "v1" is for service "api", not "web"`) {
 		t.Fatalf("err %v", err)
+	}
+	s = sample()
+	s.Target = asg("web", "../x", 2)
+	if err := st.Save(s); err == nil || !strings.Contains(err.Error(), `target.release.version: invalid version "../x"`) {
+		t.Fatalf("err %v", err)
+	}
+	if _, err := os.Stat(st.Path("web")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("an inconsistent snapshot was written: %v", err)
 	}
 }
 
@@ -157,10 +249,10 @@ func TestWatchRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	until := time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
-	in := &Service{
+	a2 := asg("web", "v2", 2)
+	in := &lifecycle.Snapshot{
 		Service: "web", Phase: v1.Phase_PHASE_HEALTHY, Generation: 2,
-		Current: "v2", LastGood: "v2", Target: "v2", WatchUntil: until, Previous: "v1",
-		Releases: map[string]*v1.Assignment{"v1": asg("web", "v1", 1), "v2": asg("web", "v2", 2)},
+		Current: a2, LastGood: a2, Target: a2, WatchUntil: until, Previous: asg("web", "v1", 1),
 	}
 	if err := st.Save(in); err != nil {
 		t.Fatal(err)
@@ -169,11 +261,9 @@ func TestWatchRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !out.WatchUntil.Equal(until) || out.Previous != "v1" || !proto.Equal(out.Assignment("v1"), in.Assignment("v1")) {
-		t.Fatalf("loaded %+v", out)
-	}
-	// Not watching: neither field is written, and files of older agents load.
-	in.WatchUntil, in.Previous = time.Time{}, ""
+	equal(t, out, in)
+	// Not watching: neither field is written.
+	in.WatchUntil, in.Previous = time.Time{}, nil
 	if err := st.Save(in); err != nil {
 		t.Fatal(err)
 	}
@@ -181,13 +271,8 @@ func TestWatchRoundTrip(t *testing.T) {
 	if err != nil || strings.Contains(string(b), "watch_until") || strings.Contains(string(b), "previous") || strings.Contains(string(b), `"v1"`) {
 		t.Fatalf("file %s %v", b, err)
 	}
-	// Previous needs its release and a watch.
+	// Previous needs a watch.
 	bad := *out
-	delete(bad.Releases, "v1")
-	if err := st.Save(&bad); err == nil || !strings.Contains(err.Error(), `previous: no release recorded for version "v1"`) {
-		t.Fatalf("err %v", err)
-	}
-	bad = *out
 	bad.WatchUntil = time.Time{}
 	if err := st.Save(&bad); err == nil || !strings.Contains(err.Error(), "previous") {
 		t.Fatalf("err %v", err)

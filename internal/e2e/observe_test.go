@@ -14,7 +14,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
-	"github.com/fleetwave/fleetwave/agent/analysis"
+	"github.com/fleetwave/fleetwave/agent/analysis/fetch"
 	"github.com/fleetwave/fleetwave/internal/testfleet"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -169,7 +169,7 @@ func TestStatsEventsAndMetrics(t *testing.T) {
 	}
 	for q, want := range queries {
 		err := testfleet.WaitFor(e.ctx, 60*time.Second, "prometheus: "+q, func() (bool, string) {
-			v, ok, err := analysis.QueryPromQL(e.ctx, client, promURL, q)
+			v, ok, err := fetch.QueryPromQL(e.ctx, client, promURL, q)
 			if err != nil || !ok {
 				return false, fmt.Sprintf("ok=%v err=%v", ok, err)
 			}
@@ -181,7 +181,7 @@ func TestStatsEventsAndMetrics(t *testing.T) {
 	}
 	// The canary that reverted v3 counted the revert.
 	err = testfleet.WaitFor(e.ctx, 30*time.Second, "agent revert counted", func() (bool, string) {
-		v, ok, err := analysis.QueryPromQL(e.ctx, client, promURL, `sum(fleetwave_agent_reverts_total{service="web"})`)
+		v, ok, err := fetch.QueryPromQL(e.ctx, client, promURL, `sum(fleetwave_agent_reverts_total{service="web"})`)
 		return err == nil && ok && v >= 1, fmt.Sprintf("%v ok=%v err=%v", v, ok, err)
 	})
 	if err != nil {

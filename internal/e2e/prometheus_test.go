@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fleetwave/fleetwave/agent/analysis"
+	"github.com/fleetwave/fleetwave/agent/analysis/fetch"
 	"github.com/fleetwave/fleetwave/internal/testfleet"
 )
 
@@ -69,7 +69,7 @@ func TestPromQLAgainstRealPrometheus(t *testing.T) {
 	query := `sum(http_requests_total{job="fleet",path="/",code=~"5.."}) / sum(http_requests_total{job="fleet",path="/"})`
 	var ratio float64
 	err = testfleet.WaitFor(ctx, 60*time.Second, "prometheus has the demo app's counters", func() (bool, string) {
-		v, ok, err := analysis.QueryPromQL(ctx, client, promURL, query)
+		v, ok, err := fetch.QueryPromQL(ctx, client, promURL, query)
 		if err != nil || !ok {
 			return false, fmt.Sprintf("ok=%v err=%v", ok, err)
 		}
@@ -84,11 +84,11 @@ func TestPromQLAgainstRealPrometheus(t *testing.T) {
 		t.Fatalf("error ratio from Prometheus %.3f, want about 0.25", ratio)
 	}
 	// No series: not a number, reported as no result.
-	if _, ok, err := analysis.QueryPromQL(ctx, client, promURL, `http_requests_total{job="nope"}`); err != nil || ok {
+	if _, ok, err := fetch.QueryPromQL(ctx, client, promURL, `http_requests_total{job="nope"}`); err != nil || ok {
 		t.Fatalf("empty result: ok=%v err=%v", ok, err)
 	}
 	// A malformed query is an error naming Prometheus' complaint.
-	if _, _, err := analysis.QueryPromQL(ctx, client, promURL, `sum(`); err == nil {
+	if _, _, err := fetch.QueryPromQL(ctx, client, promURL, `sum(`); err == nil {
 		t.Fatal("a malformed query passed")
 	}
 }

@@ -1,64 +1,108 @@
 // Package purity checks, from a test, that a package's sources stay a pure
-// core: they import only what is allowed, start no goroutines and do not
-// read the clock (time.Now, time.Since, time.Until). It imports only the
-// standard library.
+// core: they import exactly what is allowed (an allowed import no source
+// uses is reported too, so the lists do not rot), start no goroutines, and
+// neither read the clock nor wait on it (time.Now, Since, Until, Sleep,
+// After, Tick, NewTimer, NewTicker, AfterFunc), whatever name package time
+// is imported under. It imports only the standard library.
 package purity
 
 import (
+	"fmt"
 	"go/ast"
 	"go/parser"
 	"go/token"
-	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 )
 
-// Check parses the non-test Go files in the current directory (a test's
-// working directory is its package) and reports every import not in
-// allowed, every go statement and every clock read. minFiles guards against
-// checking nothing.
+// ClockFuncs are the functions of package time a pure core must not use:
+// they read the clock or wait on it. Time comes in as an argument.
+var ClockFuncs = []string{"Now", "Since", "Until", "Sleep", "After", "Tick", "NewTimer", "NewTicker", "AfterFunc"}
+
+// Check inspects the non-test Go files in the current directory (a test's
+// working directory is its package) and reports every problem Inspect
+// finds as a test error. minFiles guards against checking nothing.
 func Check(t testing.TB, allowed map[string]bool, minFiles int) {
 	t.Helper()
 	files, err := filepath.Glob("*.go")
 	if err != nil {
 		t.Fatal(err)
 	}
-	checked := 0
+	files = slices.DeleteFunc(files, func(name string) bool { return strings.HasSuffix(name, "_test.go") })
+	if len(files) < minFiles {
+		t.Fatalf("found %d files, expected the package's %d or more sources", len(files), minFiles)
+	}
+	problems, err := Inspect(files, allowed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("purity: %s", p)
+	}
+}
+
+// Inspect parses files and returns one line per problem: an import not in
+// allowed, an allowed import none of the files uses, a go statement, a use
+// of one of ClockFuncs (through the name package time is imported under in
+// that file), or a dot import of package time (which would hide them).
+func Inspect(files []string, allowed map[string]bool) ([]string, error) {
+	var problems []string
+	used := map[string]bool{}
 	fset := token.NewFileSet()
 	for _, name := range files {
-		if strings.HasSuffix(name, "_test.go") {
-			continue
-		}
-		src, err := os.ReadFile(name)
+		f, err := parser.ParseFile(fset, name, nil, parser.SkipObjectResolution)
 		if err != nil {
-			t.Fatal(err)
+			return nil, fmt.Errorf("purity: %w", err)
 		}
-		f, err := parser.ParseFile(fset, name, src, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		checked++
+		timeName := ""
 		for _, imp := range f.Imports {
-			p, _ := strconv.Unquote(imp.Path.Value)
+			p, err := strconv.Unquote(imp.Path.Value)
+			if err != nil {
+				return nil, fmt.Errorf("purity: %s: import %s: %w", fset.Position(imp.Pos()), imp.Path.Value, err)
+			}
+			used[p] = true
 			if !allowed[p] {
-				t.Errorf("%s imports %s: the package must stay pure", name, p)
+				problems = append(problems, fmt.Sprintf("%s: imports %s, which is not allowed", fset.Position(imp.Pos()), p))
+			}
+			if p != "time" {
+				continue
+			}
+			timeName = "time"
+			if imp.Name != nil {
+				timeName = imp.Name.Name
+			}
+			if timeName == "." {
+				problems = append(problems, fmt.Sprintf("%s: dot import of time: its clock reads could not be told apart", fset.Position(imp.Pos())))
 			}
 		}
 		ast.Inspect(f, func(n ast.Node) bool {
 			switch n := n.(type) {
 			case *ast.GoStmt:
-				t.Errorf("%s: goroutine at %v", name, fset.Position(n.Pos()))
+				problems = append(problems, fmt.Sprintf("%s: go statement: a pure core starts no goroutines", fset.Position(n.Pos())))
 			case *ast.SelectorExpr:
-				if id, ok := n.X.(*ast.Ident); ok && id.Name == "time" && (n.Sel.Name == "Now" || n.Sel.Name == "Since" || n.Sel.Name == "Until") {
-					t.Errorf("%s: time.%s at %v: take now as an argument", name, n.Sel.Name, fset.Position(n.Pos()))
+				// Without type information an identifier named like the
+				// import counts as the package even where a local shadows
+				// it; a pure core has no reason to shadow it.
+				id, ok := n.X.(*ast.Ident)
+				if ok && timeName != "" && timeName != "_" && id.Name == timeName && slices.Contains(ClockFuncs, n.Sel.Name) {
+					problems = append(problems, fmt.Sprintf("%s: %s.%s (package time): take the time as an argument", fset.Position(n.Pos()), id.Name, n.Sel.Name))
 				}
 			}
 			return true
 		})
 	}
-	if checked < minFiles {
-		t.Fatalf("checked %d files, expected the package's %d or more sources", checked, minFiles)
+	var unused []string
+	for p, ok := range allowed {
+		if ok && !used[p] {
+			unused = append(unused, p)
+		}
 	}
+	slices.Sort(unused)
+	for _, p := range unused {
+		problems = append(problems, fmt.Sprintf("allowed import %s is not imported by any source: remove it from the list", p))
+	}
+	return problems, nil
 }

@@ -1,4 +1,4 @@
-package analysis
+package fetch
 
 import (
 	"context"
@@ -10,6 +10,8 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+
+	"github.com/fleetwave/fleetwave/agent/analysis"
 )
 
 // MaxQueryBytes caps a Prometheus API answer.
@@ -18,12 +20,12 @@ const MaxQueryBytes = 1 << 20
 // QueryPromQL runs an instant query against the Prometheus HTTP API at
 // baseURL (GET {baseURL}/api/v1/query?query=...). A scalar result or a
 // vector of exactly one sample gives its value with ok true (the value may
-// be NaN or ±Inf as Prometheus returns them; Evaluate treats those as
+// be NaN or ±Inf as Prometheus returns them; analysis.Evaluate treats those as
 // inconclusive). An empty vector gives ok false. A vector of more than one
 // sample, any other result type, an API error, a status other than 200, a
-// body over MaxQueryBytes (ErrTooLarge) or malformed JSON is an error naming
-// the query and the URL. The caller bounds it with ctx. A nil client means
-// http.DefaultClient.
+// body over MaxQueryBytes (analysis.ErrTooLarge) or malformed JSON is an
+// error naming the query and the URL. The caller bounds it with ctx. A nil
+// client means http.DefaultClient.
 func QueryPromQL(ctx context.Context, client *http.Client, baseURL, query string) (value float64, ok bool, err error) {
 	name := redactURL(baseURL)
 	fail := func(err error) (float64, bool, error) {
@@ -60,7 +62,7 @@ func QueryPromQL(ctx context.Context, client *http.Client, baseURL, query string
 		return fail(fmt.Errorf("read answer: %w", err))
 	}
 	if len(b) > MaxQueryBytes {
-		return fail(fmt.Errorf("%w: answer of more than %d bytes", ErrTooLarge, MaxQueryBytes))
+		return fail(fmt.Errorf("%w: answer of more than %d bytes", analysis.ErrTooLarge, MaxQueryBytes))
 	}
 	value, ok, err = decodeQueryAnswer(b)
 	if err != nil {

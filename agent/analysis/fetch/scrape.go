@@ -1,4 +1,8 @@
-package analysis
+// Package fetch is the I/O around package analysis: it scrapes a service's
+// metrics endpoint (Scrape) and runs PromQL instant queries against a
+// Prometheus server (QueryPromQL), producing the inputs analysis evaluates.
+// Evaluation itself stays in package analysis, which does no I/O.
+package fetch
 
 import (
 	"context"
@@ -9,23 +13,26 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/fleetwave/fleetwave/agent/analysis"
 )
 
-// Scrape GETs a Prometheus text exposition from rawURL and parses it as a
-// Sample taken at at. The caller bounds it with ctx (set a deadline of about
-// the analysis interval). The body is capped at MaxScrapeBytes (ErrTooLarge)
-// and a status other than 200 is an error; every error names the URL, with
-// any password redacted. A nil client means http.DefaultClient.
-func Scrape(ctx context.Context, client *http.Client, rawURL string, at time.Time) (Sample, error) {
+// Scrape GETs a Prometheus text exposition from rawURL and parses it
+// (analysis.Parse) as a Sample taken at at. The caller bounds it with ctx
+// (set a deadline of about the analysis interval). The body is capped at
+// analysis.MaxScrapeBytes (analysis.ErrTooLarge) and a status other than 200
+// is an error; every error names the URL, with any password redacted. A nil
+// client means http.DefaultClient.
+func Scrape(ctx context.Context, client *http.Client, rawURL string, at time.Time) (analysis.Sample, error) {
 	name := redactURL(rawURL)
 	body, err := get(ctx, client, rawURL, "text/plain;version=0.0.4;q=1,*/*;q=0.1")
 	if err != nil {
-		return Sample{}, fmt.Errorf("scrape %s: %w", name, err)
+		return analysis.Sample{}, fmt.Errorf("scrape %s: %w", name, err)
 	}
 	defer closeBody(body)
-	s, err := Parse(body, at)
+	s, err := analysis.Parse(body, at)
 	if err != nil {
-		return Sample{}, fmt.Errorf("scrape %s: %w", name, err)
+		return analysis.Sample{}, fmt.Errorf("scrape %s: %w", name, err)
 	}
 	return s, nil
 }

@@ -1,4 +1,4 @@
-package analysis
+package fetch
 
 import (
 	"context"
@@ -10,7 +10,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/fleetwave/fleetwave/agent/analysis"
 )
+
+var t0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 
 func TestScrape(t *testing.T) {
 	mux := http.NewServeMux()
@@ -30,7 +34,7 @@ func TestScrape(t *testing.T) {
 	})
 	mux.HandleFunc("/huge", func(w http.ResponseWriter, r *http.Request) {
 		line := strings.Repeat("#", 1023) + "\n"
-		for i := 0; i <= MaxScrapeBytes/len(line); i++ {
+		for i := 0; i <= analysis.MaxScrapeBytes/len(line); i++ {
 			if _, err := io.WriteString(w, line); err != nil {
 				return
 			}
@@ -60,7 +64,7 @@ func TestScrape(t *testing.T) {
 		t.Errorf("garbage: %v", err)
 	}
 	_, err = Scrape(ctx, nil, srv.URL+"/huge", t0)
-	if !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), srv.URL+"/huge") {
+	if !errors.Is(err, analysis.ErrTooLarge) || !strings.Contains(err.Error(), srv.URL+"/huge") {
 		t.Errorf("huge: %v", err)
 	}
 	tctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
@@ -148,8 +152,8 @@ func TestQueryPromQL(t *testing.T) {
 
 	t.Run("huge", func(t *testing.T) {
 		srv := promServer(t, 200, `{"status":"success","data":{"resultType":"vector","result":[`+strings.Repeat(`{"metric":{},"value":[1,"1"]},`, MaxQueryBytes/20)+`]}}`)
-		if _, _, err := QueryPromQL(ctx, nil, srv.URL+"/prefix", query); !errors.Is(err, ErrTooLarge) {
-			t.Errorf("err = %v, want ErrTooLarge", err)
+		if _, _, err := QueryPromQL(ctx, nil, srv.URL+"/prefix", query); !errors.Is(err, analysis.ErrTooLarge) {
+			t.Errorf("err = %v, want analysis.ErrTooLarge", err)
 		}
 	})
 	t.Run("bad base URL", func(t *testing.T) {

@@ -1,0 +1,7 @@
+// Package forbidden does I/O.
+package forbidden
+
+import "os"
+
+// Host names the machine.
+func Host() (string, error) { return os.Hostname() }
