@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -11,10 +12,6 @@ import (
 	"github.com/fleetwave/fleetwave/coordinator/store"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
-
-// ErrNotLeader is returned by calls that need the rollout leader when this
-// coordinator is not it.
-var ErrNotLeader = errors.New("this coordinator is not the rollout leader")
 
 // leader campaigns for leadership and, while leader, runs the rollout loop:
 // the only place rollout decisions are made and written (fenced).
@@ -78,7 +75,7 @@ func newLeader(c *Coordinator) *leader {
 // does not lead.
 func (l *leader) call(ctx context.Context, req leaderReq) (*v1.Rollout, *v1.Service, error) {
 	if !l.leading.Load() {
-		return nil, nil, ErrNotLeader
+		return nil, nil, fmt.Errorf("coordinator %s does not lead rollouts: %w", l.c.cfg.Name, store.ErrNotLeader)
 	}
 	req.reply = make(chan leaderReply, 1)
 	t := time.NewTimer(10 * time.Second)
@@ -88,7 +85,7 @@ func (l *leader) call(ctx context.Context, req leaderReq) (*v1.Rollout, *v1.Serv
 	case <-ctx.Done():
 		return nil, nil, ctx.Err()
 	case <-t.C:
-		return nil, nil, ErrNotLeader
+		return nil, nil, fmt.Errorf("coordinator %s: the rollout loop took no request for 10s (leadership changing?): %w", l.c.cfg.Name, store.ErrNotLeader)
 	}
 	select {
 	case r := <-req.reply:

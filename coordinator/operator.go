@@ -35,7 +35,7 @@ func grpcErr(err error) error {
 		return status.Error(codes.AlreadyExists, err.Error())
 	case errors.Is(err, store.ErrConflict):
 		return status.Error(codes.Aborted, err.Error())
-	case errors.Is(err, ErrNotLeader), errors.Is(err, store.ErrNotLeader):
+	case errors.Is(err, store.ErrNotLeader):
 		return status.Error(codes.Unavailable, err.Error())
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return status.FromContextError(err).Err()
@@ -238,7 +238,7 @@ func (o *operator) ApproveRollout(ctx context.Context, req *v1.ApproveRolloutReq
 	}
 	r, _, err := o.c.leader.call(ctx, leaderReq{service: req.GetService(), op: opApprove, actor: caller(ctx), wave: req.GetWave()})
 	if err != nil {
-		if errors.Is(err, store.ErrNotFound) || errors.Is(err, ErrNotLeader) || errors.Is(err, store.ErrNotLeader) {
+		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrNotLeader) {
 			return nil, grpcErr(err)
 		}
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
@@ -287,7 +287,7 @@ func (o *operator) rolloutOp(ctx context.Context, service string, req leaderReq)
 	req.service, req.actor = service, caller(ctx)
 	r, _, err := o.c.leader.call(ctx, req)
 	if err != nil {
-		if errors.Is(err, store.ErrNotFound) || errors.Is(err, ErrNotLeader) || errors.Is(err, store.ErrNotLeader) ||
+		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrNotLeader) ||
 			errors.Is(err, store.ErrConflict) || ctx.Err() != nil {
 			return nil, grpcErr(err)
 		}

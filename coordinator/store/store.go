@@ -40,7 +40,8 @@ var (
 	// ErrExists is returned when a create finds the key already there.
 	ErrExists = errors.New("already exists")
 	// ErrNotLeader is returned when a fenced write finds that the caller is
-	// no longer the leader.
+	// no longer the leader, and (wrapped) by calls that need the rollout
+	// leader on a coordinator that does not lead. Test with errors.Is.
 	ErrNotLeader = errors.New("not the leader")
 	// ErrHistoryShort is returned (with the revision) when a decision was
 	// committed but some of its events could not be recorded.
