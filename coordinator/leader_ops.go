@@ -83,7 +83,7 @@ func (l *leader) decide(ctx context.Context, fence *store.Fence, req leaderReq) 
 		return nil, err
 	}
 	now := time.Now()
-	active := has && !terminal(vr.Val.GetState())
+	active := has && !rollout.Terminal(vr.Val)
 	if req.op == opRollback {
 		return l.rollback(ctx, fence, vs, vr, active, req, now)
 	}
@@ -148,7 +148,7 @@ func (l *leader) rollback(ctx context.Context, fence *store.Fence, vs store.Vers
 	}
 	// Never roll back onto a release whose newest rollout failed.
 	for i := len(rollouts) - 1; i >= 0; i-- {
-		if r := rollouts[i]; r.GetToVersion() == target && terminal(r.GetState()) {
+		if r := rollouts[i]; r.GetToVersion() == target && rollout.Terminal(r) {
 			if r.GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED {
 				return nil, fmt.Errorf("to_version: %s failed in rollout %s (%s); refusing to roll back onto it", target, r.GetId(), r.GetReason())
 			}

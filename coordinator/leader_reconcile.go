@@ -34,10 +34,6 @@ func (l *leader) reconcileAll(ctx context.Context, fence *store.Fence) (time.Tim
 	return next, nil
 }
 
-func terminal(s v1.RolloutState) bool {
-	return s == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED || s == v1.RolloutState_ROLLOUT_STATE_FAILED || s == v1.RolloutState_ROLLOUT_STATE_SUPERSEDED
-}
-
 // engineEvents turns the engine's events into stored events.
 func engineEvents(r *v1.Rollout, evs []rollout.Event, now time.Time) []*v1.Event {
 	out := make([]*v1.Event, 0, len(evs))
@@ -58,7 +54,7 @@ func event(r *v1.Rollout, service, kind, actor, msg string, now time.Time) *v1.E
 func (l *leader) commit(ctx context.Context, fence *store.Fence, vs store.Versioned[*v1.Service], next *v1.Rollout, curRev int64, events []*v1.Event) error {
 	svc := vs.Val
 	var newSvc *v1.Service
-	if terminal(next.GetState()) {
+	if rollout.Terminal(next) {
 		newSvc = proto.Clone(svc).(*v1.Service)
 		newSvc.Status = rollout.Conclude(svc.GetStatus(), next)
 	}
@@ -72,7 +68,7 @@ func (l *leader) commit(ctx context.Context, fence *store.Fence, vs store.Versio
 		return err
 	}
 	l.c.metrics.rolloutWritten(prev.Val, next, l.c.mirror.Release)
-	if terminal(next.GetState()) {
+	if rollout.Terminal(next) {
 		l.pruneEvents(ctx, fence, next)
 		l.c.log.Info().Str("service", svc.GetSpec().GetName()).Str("rollout", next.GetId()).Str("state", next.GetState().String()).Str("reason", next.GetReason()).Msg("rollout ended")
 		if next.GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED {
@@ -142,7 +138,7 @@ func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string)
 		}
 	}
 
-	if has && !terminal(cur.GetState()) {
+	if has && !rollout.Terminal(cur) {
 		obs := func(host string) rollout.Observation {
 			return rollout.Observation{Connected: l.c.mirror.Connected(host), Report: l.c.mirror.Report(host, name), Gossip: l.c.gossipHint(host)}
 		}
@@ -218,7 +214,7 @@ func (l *leader) start(ctx context.Context, fence *store.Fence, vs store.Version
 	}
 	newSvc.Status.RolloutSeq = svc.GetStatus().GetRolloutSeq() + 1
 	newSvc.Status.LastRolloutId = r.GetId()
-	if terminal(r.GetState()) {
+	if rollout.Terminal(r) {
 		newSvc.Status = rollout.Conclude(newSvc.Status, r)
 	}
 	waves := make([]int, len(r.GetWaves()))
@@ -234,7 +230,7 @@ func (l *leader) start(ctx context.Context, fence *store.Fence, vs store.Version
 	if err != nil {
 		return err
 	}
-	if terminal(r.GetState()) {
+	if rollout.Terminal(r) {
 		l.pruneEvents(ctx, fence, r)
 	}
 	l.c.metrics.rolloutWritten(nil, r, l.c.mirror.Release)

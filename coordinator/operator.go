@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/coordinator/store"
 	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
@@ -136,7 +137,7 @@ func (o *operator) CreateRelease(ctx context.Context, req *v1.CreateReleaseReque
 	case svc.GetStatus().GetFrozen():
 		resp.Note = fmt.Sprintf("no rollout started: service %s is frozen after a failed rollout (%s); after a look, run: fleetwave service unfreeze %s",
 			rel.GetService(), svc.GetStatus().GetFrozenReason(), rel.GetService())
-	case r != nil && !terminal(r.GetState()):
+	case r != nil && !rollout.Terminal(r):
 		resp.Note = fmt.Sprintf("queued: rollout %s to %s is %s; when it ends the newest release rolls out",
 			r.GetId(), r.GetToVersion(), strings.ToLower(strings.TrimPrefix(r.GetState().String(), "ROLLOUT_STATE_")))
 	default:
@@ -221,7 +222,7 @@ func (o *operator) WatchRollout(req *v1.WatchRolloutRequest, stream v1.OperatorS
 			}
 			last = r
 		}
-		if terminal(r.GetState()) {
+		if rollout.Terminal(r) {
 			return nil
 		}
 		select {

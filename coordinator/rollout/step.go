@@ -62,7 +62,9 @@ type Result struct {
 	NextWake time.Time
 }
 
-// Terminal reports whether r is SUCCEEDED, FAILED or SUPERSEDED.
+// Terminal reports whether r has ended: SUCCEEDED, FAILED or SUPERSEDED (a
+// nil rollout has not). It is the one definition of an ended rollout; the
+// coordinator, the CLI and the tests use it.
 func Terminal(r *v1.Rollout) bool {
 	switch r.GetState() {
 	case v1.RolloutState_ROLLOUT_STATE_SUCCEEDED,

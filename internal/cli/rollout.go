@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -185,8 +186,7 @@ func (a *app) watchByEvents(cmd *cobra.Command, service, id string) error {
 		}
 		return fmt.Errorf("watch rollout of %s: the event stream ended before the rollout did", service)
 	}
-	terminal := r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED || r.GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED ||
-		r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUPERSEDED
+	terminal := rollout.Terminal(r)
 	if err := a.streamEvents(cmd, &v1.WatchEventsRequest{Service: service, RolloutId: r.GetId(), Follow: !terminal}, stop); err != nil {
 		return err
 	}
