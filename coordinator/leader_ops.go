@@ -61,7 +61,7 @@ func (l *leader) serve(ctx context.Context, fence *store.Fence, req leaderReq) (
 			}
 		}
 	}
-	ev := event(next, req.service, "rollout_approved", req.actor, what+" approved: "+orNone(next.GetFromVersion())+" → "+next.GetToVersion(), now)
+	ev := event(next, req.service, rollout.EventRolloutApproved, req.actor, what+" approved: "+orNone(next.GetFromVersion())+" → "+next.GetToVersion(), now)
 	if err := l.commit(ctx, fence, vs, next, vr.Rev, []*v1.Event{ev}); err != nil {
 		return nil, nil, err
 	}
@@ -95,17 +95,17 @@ func (l *leader) decide(ctx context.Context, fence *store.Fence, req leaderReq) 
 	switch req.op {
 	case opPause:
 		next, err = rollout.Pause(vr.Val)
-		kind, msg = "rollout_paused", "paused: hosts already moving finish, nothing new starts"
+		kind, msg = rollout.EventRolloutPaused, "paused: hosts already moving finish, nothing new starts"
 	case opResume:
 		next, err = rollout.Resume(vr.Val, now)
-		kind, msg = "rollout_resumed", "resumed"
+		kind, msg = rollout.EventRolloutResumed, "resumed"
 	case opAbort:
 		why := "aborted by " + orNone(req.actor)
 		if req.reason != "" {
 			why += ": " + req.reason
 		}
 		next = rollout.Fail(vr.Val, why, now)
-		kind, msg = "rollout_aborted", why
+		kind, msg = rollout.EventRolloutAborted, why
 	}
 	if err != nil {
 		return nil, err
@@ -159,7 +159,7 @@ func (l *leader) rollback(ctx context.Context, fence *store.Fence, vs store.Vers
 		// The rollout in flight ends: its hosts are rolled back by the
 		// rollback rollout (or, if they never moved, stay where they are).
 		next := rollout.Supersede(vr.Val, "rolled back to "+target+" by "+orNone(req.actor), now)
-		ev := event(next, name, "rollout_superseded", req.actor, next.GetReason(), now)
+		ev := event(next, name, rollout.EventRolloutSuperseded, req.actor, next.GetReason(), now)
 		if err := l.commit(ctx, fence, vs, next, vr.Rev, []*v1.Event{ev}); err != nil {
 			return nil, err
 		}
@@ -193,7 +193,7 @@ func (l *leader) unfreeze(ctx context.Context, fence *store.Fence, name, actor s
 	was := svc.Status.FrozenReason
 	svc.Status.Frozen, svc.Status.FrozenReason = false, ""
 	last, _ := l.c.mirror.Rollout(name, svc.GetStatus().GetLastRolloutId())
-	ev := event(last.Val, name, "service_unfrozen", actor, "unfrozen (was: "+was+")", time.Now())
+	ev := event(last.Val, name, rollout.EventServiceUnfrozen, actor, "unfrozen (was: "+was+")", time.Now())
 	rev, err := l.c.store.PutService(ctx, fence, svc, vs.Rev, ev)
 	if err != nil {
 		return nil, err

@@ -13,6 +13,7 @@ import (
 
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/coordinator/store"
+	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -114,7 +115,7 @@ func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string)
 		if n := len(rels); n > 0 && rels[n-1].Created > vr.Created {
 			newest := rels[n-1].Val.GetVersion()
 			next := rollout.Supersede(cur, "superseded by release "+newest+" before approval", now)
-			ev := event(cur, name, "rollout_superseded", "", next.GetReason(), now)
+			ev := event(cur, name, rollout.EventRolloutSuperseded, "", next.GetReason(), now)
 			if err := l.commit(ctx, fence, vs, next, vr.Rev, []*v1.Event{ev}); err != nil {
 				return time.Time{}, err
 			}
@@ -126,11 +127,11 @@ func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string)
 	// it: the hosts the running rollout moved go back to the stable release
 	// (the last one verified everywhere) and the newest starts from the canary.
 	if has && cur.GetState() == v1.RolloutState_ROLLOUT_STATE_PROGRESSING && !cur.GetRollback() &&
-		svc.GetSpec().GetRollout().GetOnNewRelease() != "queue" {
+		svc.GetSpec().GetRollout().GetOnNewRelease() != spec.OnNewReleaseQueue {
 		if n := len(rels); n > 0 && rels[n-1].Created > vr.Created && !svc.GetStatus().GetFrozen() {
 			newest := rels[n-1].Val.GetVersion()
 			next := rollout.Supersede(cur, "superseded by release "+newest, now)
-			ev := event(cur, name, "rollout_superseded", "", next.GetReason(), now)
+			ev := event(cur, name, rollout.EventRolloutSuperseded, "", next.GetReason(), now)
 			if err := l.commit(ctx, fence, vs, next, vr.Rev, []*v1.Event{ev}); err != nil {
 				return time.Time{}, err
 			}
@@ -163,7 +164,7 @@ func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string)
 			next := proto.Clone(cur).(*v1.Rollout)
 			next.RestoredAt = timestamppb.New(now)
 			took := now.Sub(cur.GetFailedAt().AsTime()).Round(time.Millisecond)
-			ev := event(next, name, "fleet_restored", "", fmt.Sprintf("every host that moved runs %s again, %s after the failure", orNone(cur.GetFromVersion()), took), now)
+			ev := event(next, name, rollout.EventFleetRestored, "", fmt.Sprintf("every host that moved runs %s again, %s after the failure", orNone(cur.GetFromVersion()), took), now)
 			rev, err := l.c.store.WriteRollout(ctx, fence, next, vr.Rev, nil, 0, ev)
 			if err != nil {
 				return time.Time{}, err
@@ -221,9 +222,9 @@ func (l *leader) start(ctx context.Context, fence *store.Fence, vs store.Version
 	for i, w := range r.GetWaves() {
 		waves[i] = len(w.GetHosts())
 	}
-	kind := "rollout_created"
+	kind := rollout.EventRolloutCreated
 	if r.GetRollback() {
-		kind = "rollback_created"
+		kind = rollout.EventRollbackCreated
 	}
 	msg := fmt.Sprintf("%s → %s, waves %v, %s", orNone(r.GetFromVersion()), r.GetToVersion(), waves, strings.ToLower(strings.TrimPrefix(r.GetState().String(), "ROLLOUT_STATE_")))
 	rev, err := l.c.store.WriteRollout(ctx, fence, r, 0, newSvc, vs.Rev, event(r, svc.GetSpec().GetName(), kind, actor, msg, now))

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -53,7 +54,7 @@ func TestPauseStartsNothingNewButCountsFailures(t *testing.T) {
 }
 
 func TestRollbackIsFastButPolicyAware(t *testing.T) {
-	svc := newSvc(&v1.RolloutPolicy{Canary: 2, Waves: []uint32{10, 50, 100}, MaxParallel: 1, Bake: dur(time.Minute), Mode: ModeManual}, map[string]string{"role": "web"})
+	svc := newSvc(&v1.RolloutPolicy{Canary: 2, Waves: []uint32{10, 50, 100}, MaxParallel: 1, Bake: dur(time.Minute), Mode: spec.ModeManual}, map[string]string{"role": "web"})
 	svc.Status.StableSpec = &v1.ServiceSpec{Name: "web", Run: &v1.RunSpec{Command: []string{"./old"}}}
 	hosts := append(zoned(12, "a", "b"), Host{ID: "db-1", Labels: map[string]string{"role": "db"}})
 	r := NewRollback("r9", svc, fromV, hosts, t0)

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/proto"
 )
@@ -36,7 +37,7 @@ func TestSelects(t *testing.T) {
 func TestWithDefaults(t *testing.T) {
 	got := WithDefaults(nil)
 	want := &v1.RolloutPolicy{Canary: 1, Waves: []uint32{100}, MaxParallel: 1, Bake: dur(0),
-		ProgressDeadline: dur(10 * time.Minute), Mode: ModeAuto}
+		ProgressDeadline: dur(10 * time.Minute), Mode: spec.ModeAuto}
 	if !proto.Equal(got, want) {
 		t.Errorf("WithDefaults(nil) = %v, want %v", got, want)
 	}
@@ -52,7 +53,7 @@ func TestWithDefaults(t *testing.T) {
 	}
 
 	set := &v1.RolloutPolicy{Canary: 2, Waves: []uint32{10, 100}, MaxParallel: 5, Bake: dur(time.Minute),
-		MaxFailures: 2, ProgressDeadline: dur(time.Hour), Mode: ModeManual}
+		MaxFailures: 2, ProgressDeadline: dur(time.Hour), Mode: spec.ModeManual}
 	if got := WithDefaults(set); !proto.Equal(got, set) || got == set {
 		t.Errorf("WithDefaults of a full policy = %v, want an equal copy of %v", got, set)
 	}
@@ -222,7 +223,7 @@ func TestNewDeterministic(t *testing.T) {
 }
 
 func TestNewManual(t *testing.T) {
-	r := New("r", newSvc(&v1.RolloutPolicy{Mode: ModeManual}, nil), toV, zoned(4, "a"), t0)
+	r := New("r", newSvc(&v1.RolloutPolicy{Mode: spec.ModeManual}, nil), toV, zoned(4, "a"), t0)
 	if r.State != v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL {
 		t.Fatalf("state = %v, want WAITING_APPROVAL", r.State)
 	}
@@ -241,7 +242,7 @@ func TestNewManual(t *testing.T) {
 }
 
 func TestNewZeroHosts(t *testing.T) {
-	for _, mode := range []string{ModeAuto, ModeManual} {
+	for _, mode := range []string{spec.ModeAuto, spec.ModeManual} {
 		// Hosts exist but none is selected.
 		r := New("r", newSvc(&v1.RolloutPolicy{Mode: mode}, map[string]string{"role": "db"}), toV, zoned(5, "a"), t0)
 		if r.State != v1.RolloutState_ROLLOUT_STATE_SUCCEEDED || r.Reason != ReasonNoHosts || len(r.Waves) != 0 {

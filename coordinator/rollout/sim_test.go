@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/proto"
 )
@@ -91,7 +92,7 @@ func simulate(t *testing.T, seed uint64) v1.RolloutState {
 		pol.ProgressDeadline = dur(time.Duration(1+rng.IntN(10)) * time.Minute)
 	}
 	if rng.IntN(5) == 0 {
-		pol.Mode = ModeManual
+		pol.Mode = spec.ModeManual
 	}
 	pol.ApproveEachWave = rng.IntN(4) == 0
 	pauses := rng.IntN(3) == 0 // a person pauses and resumes now and then

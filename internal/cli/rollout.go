@@ -152,10 +152,10 @@ func (a *app) watch(ctx context.Context, service, id string) error {
 
 // rolloutEndKinds are the events that end a rollout, with the exit status.
 var rolloutEndKinds = map[string]int{
-	"rollout_succeeded":  0,
-	"rollout_failed":     ExitError,
-	"rollout_aborted":    ExitError,
-	"rollout_superseded": ExitError,
+	rollout.EventRolloutSucceeded:  0,
+	rollout.EventRolloutFailed:     ExitError,
+	rollout.EventRolloutAborted:    ExitError,
+	rollout.EventRolloutSuperseded: ExitError,
 }
 
 // watchByEvents follows a rollout through its event stream until an event
