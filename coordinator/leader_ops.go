@@ -62,10 +62,10 @@ func (l *leader) serve(ctx context.Context, fence *store.Fence, req leaderReq) (
 		}
 	}
 	ev := event(next, req.service, rollout.EventRolloutApproved, req.actor, what+" approved: "+orNone(next.GetFromVersion())+" → "+next.GetToVersion(), now)
-	if err := l.commit(ctx, fence, vs, next, vr.Rev, []*v1.Event{ev}); err != nil {
-		return nil, nil, err
-	}
-	if _, err := l.reconcile(ctx, fence, req.service); err != nil {
+	// The approval and the Step that moves the hosts it lets go are one
+	// write.
+	next, res := rollout.Step(next, l.observe(req.service), now)
+	if err := l.commit(ctx, fence, vs, next, vr.Rev, append([]*v1.Event{ev}, engineEvents(next, res.Events, now)...)); err != nil {
 		return nil, nil, err
 	}
 	vr, _ = l.c.mirror.Rollout(req.service, id)
@@ -116,44 +116,19 @@ func (l *leader) decide(ctx context.Context, fence *store.Fence, req leaderReq) 
 	return next, nil
 }
 
-// rollback starts a fast rollout to an earlier release. Without a target it
-// goes to the release the service ran before: the stable one when a rollout
-// is in flight, else the target of the newest successful rollout before the
-// stable one. It refuses a release whose newest rollout failed.
+// rollback starts a fast rollout to the release rollout.RollbackTarget
+// picks (the one the service ran before, or the operator's). A rollout in
+// flight is superseded first; the rollback's plan and first Step are then
+// one write.
 func (l *leader) rollback(ctx context.Context, fence *store.Fence, vs store.Versioned[*v1.Service], vr store.Versioned[*v1.Rollout], active bool, req leaderReq, now time.Time) (*v1.Rollout, error) {
-	name, st := req.service, vs.Val.GetStatus()
-	rollouts := l.c.mirror.Rollouts(name)
-	target := req.version
-	if target == "" {
-		if active && st.GetStableVersion() != "" && vr.Val.GetToVersion() != st.GetStableVersion() {
-			target = st.GetStableVersion()
-		} else {
-			for i := len(rollouts) - 1; i >= 0; i-- {
-				r := rollouts[i]
-				if r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED && r.GetToVersion() != st.GetStableVersion() {
-					target = r.GetToVersion()
-					break
-				}
-			}
-		}
-		if target == "" {
-			return nil, fmt.Errorf("service %s has no earlier good release to roll back to (give one with --to)", name)
-		}
+	name := req.service
+	var inFlight *v1.Rollout
+	if active {
+		inFlight = vr.Val
 	}
-	if _, ok := l.c.mirror.Release(name, target); !ok {
-		return nil, fmt.Errorf("to_version: service %s has no release %q", name, target)
-	}
-	if !active && target == st.GetStableVersion() {
-		return nil, fmt.Errorf("to_version: service %s already runs %s", name, target)
-	}
-	// Never roll back onto a release whose newest rollout failed.
-	for i := len(rollouts) - 1; i >= 0; i-- {
-		if r := rollouts[i]; r.GetToVersion() == target && rollout.Terminal(r) {
-			if r.GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED {
-				return nil, fmt.Errorf("to_version: %s failed in rollout %s (%s); refusing to roll back onto it", target, r.GetId(), r.GetReason())
-			}
-			break
-		}
+	target, err := rollout.RollbackTarget(vs.Val, l.c.mirror.Rollouts(name), inFlight, l.releases(name), req.version)
+	if err != nil {
+		return nil, err
 	}
 	if active {
 		// The rollout in flight ends: its hosts are rolled back by the
@@ -168,15 +143,11 @@ func (l *leader) rollback(ctx context.Context, fence *store.Fence, vs store.Vers
 			return nil, fmt.Errorf("service %q: %w", name, store.ErrNotFound)
 		}
 	}
-	r := rollout.NewRollback(l.nextID(vs.Val), vs.Val, target, l.hosts(), now)
-	if err := l.start(ctx, fence, vs, r, req.actor, now); err != nil {
+	r, st, res := rollout.BeginRollback(vs.Val, target, l.hosts(), l.observe(name), now)
+	if err := l.start(ctx, fence, vs, r, st, res, req.actor, now); err != nil {
 		return nil, err
 	}
-	if _, err := l.reconcile(ctx, fence, name); err != nil {
-		return nil, err
-	}
-	out, _ := l.c.mirror.Rollout(name, r.GetId())
-	return out.Val, nil
+	return r, nil
 }
 
 // unfreeze clears a service's freeze. The release that failed is not

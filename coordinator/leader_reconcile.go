@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/coordinator/store"
-	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -92,8 +90,9 @@ func (l *leader) current(name string, svc *v1.Service) (store.Versioned[*v1.Roll
 	return vr, true, nil
 }
 
-// reconcile steps the service's rollout, or starts one for the newest
-// release. It returns when it next needs to run.
+// reconcile acts on rollout.Decide for the service (supersede the rollout
+// in flight, or start one for the newest release) and steps the rollout in
+// flight. It returns when it next needs to run.
 func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string) (time.Time, error) {
 	vs, ok := l.c.mirror.Service(name)
 	if !ok {
@@ -107,95 +106,68 @@ func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string)
 		return time.Time{}, err
 	}
 	cur := vr.Val
-	rels := l.c.mirror.Releases(name)
-
-	// A rollout still waiting for approval moved no host: a newer release
-	// replaces it, so approve always ships the newest release.
-	if has && cur.GetState() == v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL {
-		if n := len(rels); n > 0 && rels[n-1].Created > vr.Created {
-			newest := rels[n-1].Val.GetVersion()
-			next := rollout.Supersede(cur, "superseded by release "+newest+" before approval", now)
-			ev := event(cur, name, rollout.EventRolloutSuperseded, "", next.GetReason(), now)
-			if err := l.commit(ctx, fence, vs, next, vr.Rev, []*v1.Event{ev}); err != nil {
-				return time.Time{}, err
-			}
-			return l.reconcile(ctx, fence, name)
-		}
-	}
-
-	// A newer release supersedes a running rollout unless the policy queues
-	// it: the hosts the running rollout moved go back to the stable release
-	// (the last one verified everywhere) and the newest starts from the canary.
-	if has && cur.GetState() == v1.RolloutState_ROLLOUT_STATE_PROGRESSING && !cur.GetRollback() &&
-		svc.GetSpec().GetRollout().GetOnNewRelease() != spec.OnNewReleaseQueue {
-		if n := len(rels); n > 0 && rels[n-1].Created > vr.Created && !svc.GetStatus().GetFrozen() {
-			newest := rels[n-1].Val.GetVersion()
-			next := rollout.Supersede(cur, "superseded by release "+newest, now)
-			ev := event(cur, name, rollout.EventRolloutSuperseded, "", next.GetReason(), now)
-			if err := l.commit(ctx, fence, vs, next, vr.Rev, []*v1.Event{ev}); err != nil {
-				return time.Time{}, err
-			}
-			return l.reconcile(ctx, fence, name)
-		}
-	}
-
-	if has && !rollout.Terminal(cur) {
-		obs := func(host string) rollout.Observation {
-			return rollout.Observation{Connected: l.c.mirror.Connected(host), Report: l.c.mirror.Report(host, name), Gossip: l.c.gossipHint(host)}
-		}
-		next, res := rollout.Step(cur, obs, now)
-		for _, ev := range res.Events {
-			log.Info().Str("rollout", cur.GetId()).Str("event", ev.Kind).Int("wave", ev.Wave).Str("host", ev.Host).Msg(ev.Message)
-		}
-		if !res.Changed {
-			return res.NextWake, nil
-		}
-		return res.NextWake, l.commit(ctx, fence, vs, next, vr.Rev, engineEvents(next, res.Events, now))
-	}
 
 	// A failed rollout records when every host it moved ran a good release
 	// again (time to restore). Only the rollout is written: the service's
 	// status (its freeze) was concluded when it failed.
-	if has && cur.GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED && cur.GetRestoredAt() == nil {
-		obs := func(host string) rollout.Observation {
-			return rollout.Observation{Connected: l.c.mirror.Connected(host), Report: l.c.mirror.Report(host, name)}
+	if has && cur.GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED && cur.GetRestoredAt() == nil && rollout.Restored(cur, l.observe(name)) {
+		next := proto.Clone(cur).(*v1.Rollout)
+		next.RestoredAt = timestamppb.New(now)
+		took := now.Sub(cur.GetFailedAt().AsTime()).Round(time.Millisecond)
+		ev := event(next, name, rollout.EventFleetRestored, "", fmt.Sprintf("every host that moved runs %s again, %s after the failure", orNone(cur.GetFromVersion()), took), now)
+		rev, err := l.c.store.WriteRollout(ctx, fence, next, vr.Rev, nil, 0, ev)
+		if err != nil {
+			return time.Time{}, err
 		}
-		if rollout.Restored(cur, obs) {
-			next := proto.Clone(cur).(*v1.Rollout)
-			next.RestoredAt = timestamppb.New(now)
-			took := now.Sub(cur.GetFailedAt().AsTime()).Round(time.Millisecond)
-			ev := event(next, name, rollout.EventFleetRestored, "", fmt.Sprintf("every host that moved runs %s again, %s after the failure", orNone(cur.GetFromVersion()), took), now)
-			rev, err := l.c.store.WriteRollout(ctx, fence, next, vr.Rev, nil, 0, ev)
-			if err != nil {
-				return time.Time{}, err
-			}
-			log.Info().Str("rollout", cur.GetId()).Dur("after", took).Msg("fleet restored after failed rollout")
-			if err := l.c.mirror.WaitRev(ctx, rev); err != nil {
-				return time.Time{}, err
-			}
+		log.Info().Str("rollout", cur.GetId()).Dur("after", took).Msg("fleet restored after failed rollout")
+		if err := l.c.mirror.WaitRev(ctx, rev); err != nil {
+			return time.Time{}, err
 		}
+		return l.reconcile(ctx, fence, name)
 	}
 
-	// No rollout in flight: start one for the newest release if it was
-	// created after the newest rollout (so a failed release is never retried
-	// and a rollback is not undone by an older release).
-	if svc.GetStatus().GetFrozen() || len(rels) == 0 {
+	d := rollout.Decide(svc, cur, vr.Created, l.releases(name))
+	switch d.Action {
+	case rollout.ActionSupersede:
+		next := rollout.Supersede(cur, d.Reason, now)
+		ev := event(next, name, rollout.EventRolloutSuperseded, "", next.GetReason(), now)
+		if err := l.commit(ctx, fence, vs, next, vr.Rev, []*v1.Event{ev}); err != nil {
+			return time.Time{}, err
+		}
+		return l.reconcile(ctx, fence, name)
+	case rollout.ActionStart:
+		r, st, res := rollout.Begin(svc, d.Version, l.hosts(), l.observe(name), now)
+		return res.NextWake, l.start(ctx, fence, vs, r, st, res, "", now)
+	}
+
+	if !has || rollout.Terminal(cur) {
 		return time.Time{}, nil
 	}
-	newest := rels[len(rels)-1]
-	if newest.Val.GetVersion() == svc.GetStatus().GetStableVersion() || (has && newest.Created < vr.Created) {
-		return time.Time{}, nil
+	next, res := rollout.Step(cur, l.observe(name), now)
+	for _, ev := range res.Events {
+		log.Info().Str("rollout", cur.GetId()).Str("event", ev.Kind).Int("wave", ev.Wave).Str("host", ev.Host).Msg(ev.Message)
 	}
-	r := rollout.New(l.nextID(svc), svc, newest.Val.GetVersion(), l.hosts(), now)
-	if err := l.start(ctx, fence, vs, r, "", now); err != nil {
-		return time.Time{}, err
+	if !res.Changed {
+		return res.NextWake, nil
 	}
-	// Step it at once so the canary is assigned without waiting.
-	return l.reconcile(ctx, fence, name)
+	return res.NextWake, l.commit(ctx, fence, vs, next, vr.Rev, engineEvents(next, res.Events, now))
 }
 
-func (l *leader) nextID(svc *v1.Service) string {
-	return fmt.Sprintf("%06d", svc.GetStatus().GetRolloutSeq()+1)
+// observe is what the mirror and gossip say of a host, for the engine.
+func (l *leader) observe(service string) func(host string) rollout.Observation {
+	return func(host string) rollout.Observation {
+		return rollout.Observation{Connected: l.c.mirror.Connected(host), Report: l.c.mirror.Report(host, service), Gossip: l.c.gossipHint(host)}
+	}
+}
+
+// releases are the service's releases for the policy, by creation revision.
+func (l *leader) releases(service string) []rollout.Release {
+	vrs := l.c.mirror.Releases(service)
+	out := make([]rollout.Release, len(vrs))
+	for i, r := range vrs {
+		out[i] = rollout.Release{Version: r.Val.GetVersion(), Created: r.Created}
+	}
+	return out
 }
 
 func (l *leader) hosts() []rollout.Host {
@@ -206,28 +178,25 @@ func (l *leader) hosts() []rollout.Host {
 	return hosts
 }
 
-// start writes a new rollout and the service status naming it.
-func (l *leader) start(ctx context.Context, fence *store.Fence, vs store.Versioned[*v1.Service], r *v1.Rollout, actor string, now time.Time) error {
+// start writes a new rollout from rollout.Begin (its plan and first Step)
+// with the service status naming it and its events, in one fenced
+// transaction. The creation event carries actor (who asked, for a rollback).
+func (l *leader) start(ctx context.Context, fence *store.Fence, vs store.Versioned[*v1.Service], r *v1.Rollout, st *v1.ServiceStatus, res rollout.Result, actor string, now time.Time) error {
 	svc := vs.Val
+	name := svc.GetSpec().GetName()
 	newSvc := proto.Clone(svc).(*v1.Service)
-	if newSvc.Status == nil {
-		newSvc.Status = &v1.ServiceStatus{}
+	newSvc.Status = st
+	evs := engineEvents(r, res.Events, now)
+	for _, ev := range evs {
+		if ev.GetKind() == rollout.EventRolloutCreated || ev.GetKind() == rollout.EventRollbackCreated {
+			ev.Actor = actor
+		}
 	}
-	newSvc.Status.RolloutSeq = svc.GetStatus().GetRolloutSeq() + 1
-	newSvc.Status.LastRolloutId = r.GetId()
-	if rollout.Terminal(r) {
-		newSvc.Status = rollout.Conclude(newSvc.Status, r)
+	rev, err := l.c.store.WriteRollout(ctx, fence, r, 0, newSvc, vs.Rev, evs...)
+	if errors.Is(err, store.ErrHistoryShort) {
+		l.c.log.Error().Err(err).Str("service", name).Str("rollout", r.GetId()).Msg("rollout created, events lost")
+		err = nil
 	}
-	waves := make([]int, len(r.GetWaves()))
-	for i, w := range r.GetWaves() {
-		waves[i] = len(w.GetHosts())
-	}
-	kind := rollout.EventRolloutCreated
-	if r.GetRollback() {
-		kind = rollout.EventRollbackCreated
-	}
-	msg := fmt.Sprintf("%s → %s, waves %v, %s", orNone(r.GetFromVersion()), r.GetToVersion(), waves, strings.ToLower(strings.TrimPrefix(r.GetState().String(), "ROLLOUT_STATE_")))
-	rev, err := l.c.store.WriteRollout(ctx, fence, r, 0, newSvc, vs.Rev, event(r, svc.GetSpec().GetName(), kind, actor, msg, now))
 	if err != nil {
 		return err
 	}
@@ -235,8 +204,15 @@ func (l *leader) start(ctx context.Context, fence *store.Fence, vs store.Version
 		l.pruneEvents(ctx, fence, r)
 	}
 	l.c.metrics.rolloutWritten(nil, r, l.c.mirror.Release)
-	l.c.log.Info().Str("service", svc.GetSpec().GetName()).Str("rollout", r.GetId()).Str("from", r.GetFromVersion()).Str("version", r.GetToVersion()).
+	waves := make([]int, len(r.GetWaves()))
+	for i, w := range r.GetWaves() {
+		waves[i] = len(w.GetHosts())
+	}
+	l.c.log.Info().Str("service", name).Str("rollout", r.GetId()).Str("from", r.GetFromVersion()).Str("version", r.GetToVersion()).
 		Ints("waves", waves).Bool("rollback", r.GetRollback()).Str("state", r.GetState().String()).Msg("rollout created")
+	for _, ev := range res.Events {
+		l.c.log.Info().Str("service", name).Str("rollout", r.GetId()).Str("event", ev.Kind).Int("wave", ev.Wave).Str("host", ev.Host).Msg(ev.Message)
+	}
 	return l.c.mirror.WaitRev(ctx, rev)
 }
 

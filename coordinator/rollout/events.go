@@ -23,7 +23,7 @@ const (
 	EventRolloutFailed       = "rollout_failed"
 
 	// Decisions: a newer release or a rollback ends a rollout
-	// (Decision.Kind Supersede), and operators' calls.
+	// (ActionSupersede), and operators' calls.
 	EventRolloutSuperseded = "rollout_superseded"
 	EventRolloutApproved   = "rollout_approved"
 	EventRolloutPaused     = "rollout_paused"
