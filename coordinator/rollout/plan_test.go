@@ -257,3 +257,28 @@ func TestNewZeroHosts(t *testing.T) {
 		t.Errorf("New with nil service: state %v generation %d", r.State, r.Generation)
 	}
 }
+
+func TestRollbackIsFastButPolicyAware(t *testing.T) {
+	svc := newSvc(&v1.RolloutPolicy{Canary: 2, Waves: []uint32{10, 50, 100}, MaxParallel: 1, Bake: dur(time.Minute), Mode: spec.ModeManual}, map[string]string{"role": "web"})
+	svc.Status.StableSpec = &v1.ServiceSpec{Name: "web", Run: &v1.RunSpec{Command: []string{"./old"}}}
+	hosts := append(zoned(12, "a", "b"), Host{ID: "db-1", Labels: map[string]string{"role": "db"}})
+	r := NewRollback("r9", svc, fromV, hosts, t0)
+	if !r.GetRollback() || r.GetState() != v1.RolloutState_ROLLOUT_STATE_PROGRESSING {
+		t.Fatalf("rollback: rollback=%v state %v (manual mode must not make it wait)", r.GetRollback(), r.GetState())
+	}
+	if got := waveSizes(r); len(got) != 1 || got[0] != 12 {
+		t.Fatalf("rollback waves %v, want one wave of the 12 selected hosts", got)
+	}
+	p := r.GetPolicy()
+	if p.GetMaxParallel() != 3 || p.GetBake().AsDuration() != 0 || p.GetMaxFailures() != 12 {
+		t.Fatalf("rollback policy %v: want max_parallel 3 (a quarter), no bake, budget 12", p)
+	}
+	if r.GetSpec().GetRun().GetCommand()[0] != "./old" || r.GetSpec().GetSelector()["role"] != "web" {
+		t.Fatalf("rollback to the stable release runs with %v, want the stable spec with the live selector", r.GetSpec())
+	}
+	f := fleet{}
+	r, _ = step(t, r, f, t0)
+	if n := countState(r, updating); n != 3 {
+		t.Fatalf("%d hosts moving at once, want 3", n)
+	}
+}

@@ -301,9 +301,9 @@ func simulate(t *testing.T, seed uint64) v1.RolloutState {
 
 // checkStep checks the invariants of one Step from in to out.
 func checkStep(fatalf func(string, ...any), stepN int, in, out *v1.Rollout, res Result, pol policy, plan [][]string, now time.Time) {
-	if in.State == rFailed || Terminal(in) {
-		if out != in {
-			fatalf("step %d: a %v rollout changed", stepN, in.State)
+	if Terminal(in) || in.GetState() == v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL {
+		if out != in || res.Changed || len(res.Events) > 0 || !res.NextWake.IsZero() {
+			fatalf("step %d: a %v rollout moved", stepN, in.State)
 		}
 		return
 	}
