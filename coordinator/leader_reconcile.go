@@ -44,7 +44,7 @@ func engineEvents(r *v1.Rollout, evs []rollout.Event, now time.Time) []*v1.Event
 }
 
 func event(r *v1.Rollout, service, kind, actor, msg string, now time.Time) *v1.Event {
-	return &v1.Event{At: timestamppb.New(now), Service: service, RolloutId: r.GetId(), Kind: kind, Wave: -1, Actor: actor, Message: msg}
+	return &v1.Event{At: timestamppb.New(now), Service: service, RolloutId: r.GetId(), Kind: kind, Wave: rollout.NoWave, Actor: actor, Message: msg}
 }
 
 // commit writes a rollout's next state (concluding the service when it
