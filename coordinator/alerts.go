@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/coordinator/store"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -19,7 +20,7 @@ import (
 // Alert is the JSON body POSTed to a service's alerts.webhook_url when a
 // rollout fails.
 type Alert struct {
-	Kind        string      `json:"kind"` // "rollout_failed"
+	Kind        string      `json:"kind"` // rollout.EventRolloutFailed
 	Service     string      `json:"service"`
 	RolloutID   string      `json:"rollout_id"`
 	FromVersion string      `json:"from_version"`
@@ -63,7 +64,7 @@ func newAlerter(ctx context.Context, log zerolog.Logger, st *store.Store) *alert
 }
 
 func buildAlert(r *v1.Rollout) Alert {
-	a := Alert{Kind: "rollout_failed", Service: r.GetService(), RolloutID: r.GetId(), FromVersion: r.GetFromVersion(),
+	a := Alert{Kind: rollout.EventRolloutFailed, Service: r.GetService(), RolloutID: r.GetId(), FromVersion: r.GetFromVersion(),
 		ToVersion: r.GetToVersion(), Reason: r.GetReason(), At: r.GetFinishedAt().AsTime(), Frozen: true,
 		Action: fmt.Sprintf("hosts that moved are going back to %s; after a look run: fleetwave service unfreeze %s", orNone(r.GetFromVersion()), r.GetService())}
 	for _, w := range r.GetWaves() {
@@ -99,9 +100,9 @@ func (a *alerter) rolloutFailed(svc *v1.Service, r *v1.Rollout) {
 	go func() {
 		defer a.wg.Done()
 		err := a.deliver(url, body)
-		kind, msg := "alert_sent", "alert delivered to "+url
+		kind, msg := rollout.EventAlertSent, "alert delivered to "+url
 		if err != nil {
-			kind, msg = "alert_failed", fmt.Sprintf("alert to %s not delivered: %v", url, err)
+			kind, msg = rollout.EventAlertFailed, fmt.Sprintf("alert to %s not delivered: %v", url, err)
 			a.log.Error().Err(err).Str("service", alert.Service).Str("webhook", url).Msg("alert not delivered")
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

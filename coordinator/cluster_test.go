@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/coordinator/store"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -217,7 +218,7 @@ func TestWatchEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	first := recv(s)
-	if len(first) == 0 || first[0].GetEvent().GetKind() != "rollout_created" || first[0].GetRevision() <= 0 {
+	if len(first) == 0 || first[0].GetEvent().GetKind() != rollout.EventRolloutCreated || first[0].GetRevision() <= 0 {
 		t.Fatalf("recorded events: %v", first)
 	}
 	last := first[len(first)-1].GetRevision()
@@ -242,7 +243,7 @@ func TestWatchEvents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.GetRevision() <= last || m.GetEvent().GetKind() != "rollout_created" || !strings.Contains(m.GetEvent().GetMessage(), "v2") {
+	if m.GetRevision() <= last || m.GetEvent().GetKind() != rollout.EventRolloutCreated || !strings.Contains(m.GetEvent().GetMessage(), "v2") {
 		t.Errorf("followed event %v (rev %d), want the v2 rollout_created after %d", m.GetEvent(), m.GetRevision(), last)
 	}
 	fcancel()

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/fleetwave/fleetwave/coordinator/store"
+	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -277,7 +278,7 @@ func TestManualApproveSupersedeAndUnfreeze(t *testing.T) {
 	defer cancel()
 	op := v1.NewOperatorServiceClient(cc)
 	spec := &v1.ServiceSpec{Name: "api", Run: &v1.RunSpec{Command: []string{"./app"}},
-		Rollout: &v1.RolloutPolicy{Mode: "manual", NoCanary: true}}
+		Rollout: &v1.RolloutPolicy{Mode: spec.ModeManual, NoCanary: true}}
 	if _, err := op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: spec}); err != nil {
 		t.Fatal(err)
 	}

@@ -34,6 +34,7 @@ import (
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
 
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -163,7 +164,7 @@ func (m *metrics) rolloutWritten(prev, next *v1.Rollout, release func(service, v
 		}
 		m.waveDuration.WithLabelValues(svc, result).Observe(nonNegative(w.GetDoneAt().AsTime().Sub(w.GetStartedAt().AsTime())))
 	}
-	if !terminal(next.GetState()) || (prev != nil && terminal(prev.GetState())) {
+	if !rollout.Terminal(next) || rollout.Terminal(prev) {
 		return
 	}
 	result := rolloutResult(next.GetState())

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/coordinator/store"
 	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
@@ -35,7 +36,7 @@ func grpcErr(err error) error {
 		return status.Error(codes.AlreadyExists, err.Error())
 	case errors.Is(err, store.ErrConflict):
 		return status.Error(codes.Aborted, err.Error())
-	case errors.Is(err, ErrNotLeader), errors.Is(err, store.ErrNotLeader):
+	case errors.Is(err, store.ErrNotLeader):
 		return status.Error(codes.Unavailable, err.Error())
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return status.FromContextError(err).Err()
@@ -136,7 +137,7 @@ func (o *operator) CreateRelease(ctx context.Context, req *v1.CreateReleaseReque
 	case svc.GetStatus().GetFrozen():
 		resp.Note = fmt.Sprintf("no rollout started: service %s is frozen after a failed rollout (%s); after a look, run: fleetwave service unfreeze %s",
 			rel.GetService(), svc.GetStatus().GetFrozenReason(), rel.GetService())
-	case r != nil && !terminal(r.GetState()):
+	case r != nil && !rollout.Terminal(r):
 		resp.Note = fmt.Sprintf("queued: rollout %s to %s is %s; when it ends the newest release rolls out",
 			r.GetId(), r.GetToVersion(), strings.ToLower(strings.TrimPrefix(r.GetState().String(), "ROLLOUT_STATE_")))
 	default:
@@ -221,7 +222,7 @@ func (o *operator) WatchRollout(req *v1.WatchRolloutRequest, stream v1.OperatorS
 			}
 			last = r
 		}
-		if terminal(r.GetState()) {
+		if rollout.Terminal(r) {
 			return nil
 		}
 		select {
@@ -238,7 +239,7 @@ func (o *operator) ApproveRollout(ctx context.Context, req *v1.ApproveRolloutReq
 	}
 	r, _, err := o.c.leader.call(ctx, leaderReq{service: req.GetService(), op: opApprove, actor: caller(ctx), wave: req.GetWave()})
 	if err != nil {
-		if errors.Is(err, store.ErrNotFound) || errors.Is(err, ErrNotLeader) || errors.Is(err, store.ErrNotLeader) {
+		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrNotLeader) {
 			return nil, grpcErr(err)
 		}
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
@@ -287,7 +288,7 @@ func (o *operator) rolloutOp(ctx context.Context, service string, req leaderReq)
 	req.service, req.actor = service, caller(ctx)
 	r, _, err := o.c.leader.call(ctx, req)
 	if err != nil {
-		if errors.Is(err, store.ErrNotFound) || errors.Is(err, ErrNotLeader) || errors.Is(err, store.ErrNotLeader) ||
+		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrNotLeader) ||
 			errors.Is(err, store.ErrConflict) || ctx.Err() != nil {
 			return nil, grpcErr(err)
 		}

@@ -17,6 +17,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
+	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -188,7 +190,7 @@ func TestFailureAlertRollbackPauseResumeAbortHistory(t *testing.T) {
 		time.Sleep(20 * time.Millisecond) // polling a condition with a deadline
 	}
 	hookMu.Lock()
-	if hookCalls != 3 || alert.Kind != "rollout_failed" || alert.RolloutID != failed.GetId() || alert.ToVersion != "v3" ||
+	if hookCalls != 3 || alert.Kind != rollout.EventRolloutFailed || alert.RolloutID != failed.GetId() || alert.ToVersion != "v3" ||
 		len(alert.Hosts) != 1 || !strings.Contains(alert.Hosts[0].Reason, "scripted failed") || !alert.Frozen {
 		t.Errorf("alert after %d calls: %+v", hookCalls, alert)
 	}
@@ -275,13 +277,13 @@ func TestFailureAlertRollbackPauseResumeAbortHistory(t *testing.T) {
 	for _, e := range evs.GetEvents() {
 		kinds[e.GetKind()] = e
 	}
-	for _, k := range []string{"rollout_created", "wave_started", "host_failed", "rollout_failed", "alert_sent", "rollback_created",
-		"service_unfrozen", "rollout_paused", "rollout_resumed", "rollout_aborted", "rollout_succeeded"} {
+	for _, k := range []string{rollout.EventRolloutCreated, rollout.EventWaveStarted, rollout.EventHostFailed, rollout.EventRolloutFailed, rollout.EventAlertSent, rollout.EventRollbackCreated,
+		rollout.EventServiceUnfrozen, rollout.EventRolloutPaused, rollout.EventRolloutResumed, rollout.EventRolloutAborted, rollout.EventRolloutSucceeded} {
 		if kinds[k] == nil {
 			t.Errorf("history has no %s event", k)
 		}
 	}
-	for _, k := range []string{"rollout_paused", "rollout_aborted", "service_unfrozen", "rollback_created"} {
+	for _, k := range []string{rollout.EventRolloutPaused, rollout.EventRolloutAborted, rollout.EventServiceUnfrozen, rollout.EventRollbackCreated} {
 		if e := kinds[k]; e != nil && !strings.HasPrefix(e.GetActor(), "peer:") {
 			t.Errorf("%s event does not say who: %v", k, e)
 		}
@@ -315,7 +317,8 @@ func waitHosts(t *testing.T, ctx context.Context, op v1.OperatorServiceClient, n
 // A release created during a running rollout supersedes it by default (the
 // newest starts from the canary); with on_new_release: queue it waits.
 func TestNewReleaseSupersedesOrQueues(t *testing.T) {
-	for _, policy := range []string{"", "queue"} {
+	queue := spec.OnNewReleaseQueue
+	for _, policy := range []string{"", queue} {
 		t.Run("policy="+policy, func(t *testing.T) {
 			cc := startCoordinator(t)
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -346,7 +349,7 @@ func TestNewReleaseSupersedesOrQueues(t *testing.T) {
 			release("v2")
 			r2 := waitRollout(t, ctx, op, "v2 canary moving", func(r *v1.Rollout) bool { u, _ := countUpdating(r); return r.GetToVersion() == "v2" && u == 1 })
 			resp := release("v3")
-			if policy == "queue" {
+			if policy == queue {
 				if resp.GetRollout() != nil || !strings.Contains(resp.GetNote(), "queued") {
 					t.Fatalf("queue policy: rollout %v, note %q", resp.GetRollout(), resp.GetNote())
 				}

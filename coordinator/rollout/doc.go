@@ -10,12 +10,24 @@
 // coordinator's run loop does all of that. Nothing here panics on a rollout
 // read back from storage, however odd.
 //
-// The caller (the coordinator's leader loop) has these duties, in order:
+// It also holds the policy around rollouts: Decide says what to do about a
+// service's newest release (nothing, wait, supersede the rollout in flight,
+// start one), RollbackTarget which release a rollback goes to, Terminal when
+// a rollout has ended; and the vocabulary of a rollout's history (the Event*
+// kinds).
 //
-//  1. Build a rollout with New (the plan is computed once, here, from the
-//     hosts known now and the service's policy) and persist it, together
-//     with the service status (rollout_seq, last_rollout_id). A manual
-//     rollout starts in WAITING_APPROVAL; Approve moves it on, persist again.
+// The caller (the coordinator's leader loop) does the I/O, in this order:
+//
+//  1. Ask Decide, with the service, its newest rollout and releases (their
+//     creation as a logical clock: etcd revisions). On ActionSupersede end
+//     the rollout in flight with Supersede, persist it (duty 5) and ask
+//     again. On ActionStart call Begin (or BeginRollback for an operator's
+//     rollback to RollbackTarget): it plans the rollout with New (or
+//     NewRollback) from the hosts known now and takes the first Step, so
+//     the plan, the first hosts assigned, the service status naming the
+//     rollout and the events are one write. A manual rollout starts in
+//     WAITING_APPROVAL; Approve moves it on (and a Step right after it
+//     belongs in the same write).
 //  2. Call Step whenever a host of the rollout reports or its connection
 //     changes, and at Result.NextWake (bake end, progress deadline) even if
 //     nothing was reported. Observations are given as a function so that a
@@ -27,7 +39,7 @@
 //     and retry from the stored rollout: Step never mutates its input. When
 //     Changed is false the returned rollout is the input itself.
 //  4. After persisting, push assignments: every host named by a
-//     "host_assigned" event, and any host that (re)connects, gets what
+//     EventHostAssigned event, and any host that (re)connects, gets what
 //     Desired (or DesiredFunc, for many hosts) says.
 //  5. When the rollout is terminal (Terminal), store Conclude's status for
 //     the service, then push Desired to every selected host: after a failure

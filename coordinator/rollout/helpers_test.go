@@ -65,17 +65,6 @@ func (f fleet) report(r *v1.Rollout, id string, phase v1.Phase, reason string) {
 	}}
 }
 
-// healthyUpdating makes every UPDATING host of r report healthy.
-func (f fleet) healthyUpdating(r *v1.Rollout) {
-	for _, w := range r.GetWaves() {
-		for _, h := range w.GetHosts() {
-			if h.GetState() == v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING {
-				f.report(r, h.GetHostId(), v1.Phase_PHASE_HEALTHY, "")
-			}
-		}
-	}
-}
-
 // step runs Step and checks that the input was not mutated and that Changed
 // agrees with the output.
 func step(t *testing.T, r *v1.Rollout, f fleet, now time.Time) (*v1.Rollout, Result) {

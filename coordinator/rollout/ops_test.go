@@ -7,13 +7,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 func TestApprove(t *testing.T) {
-	r := New("r1", newSvc(&v1.RolloutPolicy{Mode: ModeManual}, nil), toV, zoned(3, "a"), t0)
+	r := New("r1", newSvc(&v1.RolloutPolicy{Mode: spec.ModeManual}, nil), toV, zoned(3, "a"), t0)
 	before := proto.Clone(r)
 	now := t0.Add(time.Hour)
 	out, err := Approve(r, 0, now)
@@ -65,7 +66,7 @@ func TestFailAndSupersede(t *testing.T) {
 	if sup.State != v1.RolloutState_ROLLOUT_STATE_SUPERSEDED || sup.Reason != "replaced by v3" || !Terminal(sup) {
 		t.Errorf("Supersede gave %v", sup.State)
 	}
-	manual := New("r1", newSvc(&v1.RolloutPolicy{Mode: ModeManual}, nil), toV, zoned(3, "a"), t0)
+	manual := New("r1", newSvc(&v1.RolloutPolicy{Mode: spec.ModeManual}, nil), toV, zoned(3, "a"), t0)
 	if f := Fail(manual, "rejected", now); f.State != rFailed {
 		t.Errorf("Fail of a waiting rollout = %v", f.State)
 	}

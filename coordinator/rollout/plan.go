@@ -4,17 +4,16 @@ import (
 	"sort"
 	"time"
 
+	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
-// Policy defaults and modes.
+// Policy defaults. The policy's modes are internal/spec's (spec.ModeAuto,
+// spec.ModeManual, spec.OnNewRelease*).
 const (
-	ModeAuto   = "auto"
-	ModeManual = "manual"
-
 	DefaultCanary           = 1
 	DefaultMaxParallel      = 1
 	DefaultProgressDeadline = 10 * time.Minute
@@ -72,7 +71,7 @@ func WithDefaults(p *v1.RolloutPolicy) *v1.RolloutPolicy {
 		out.ProgressDeadline = durationpb.New(DefaultProgressDeadline)
 	}
 	if out.Mode == "" {
-		out.Mode = ModeAuto
+		out.Mode = spec.ModeAuto
 	}
 	return out
 }
@@ -100,18 +99,18 @@ func WithDefaults(p *v1.RolloutPolicy) *v1.RolloutPolicy {
 // succeeds at once (state SUCCEEDED, reason "no hosts selected"), in either
 // mode.
 func New(id string, svc *v1.Service, to string, hosts []Host, now time.Time) *v1.Rollout {
-	spec := svc.GetSpec()
+	sp := svc.GetSpec()
 	st := svc.GetStatus()
-	pol := WithDefaults(spec.GetRollout())
+	pol := WithDefaults(sp.GetRollout())
 	r := &v1.Rollout{
 		Id:          id,
-		Service:     spec.GetName(),
+		Service:     sp.GetName(),
 		FromVersion: st.GetStableVersion(),
 		ToVersion:   to,
 		Generation:  st.GetStableGeneration() + 1,
 		Policy:      pol,
 		Spec:        proto.Clone(svc.GetSpec()).(*v1.ServiceSpec),
-		Waves:       buildWaves(planOrder(spec.GetSelector(), hosts), pol),
+		Waves:       buildWaves(planOrder(sp.GetSelector(), hosts), pol),
 		CreatedAt:   timestamppb.New(now),
 	}
 	switch {
@@ -120,7 +119,7 @@ func New(id string, svc *v1.Service, to string, hosts []Host, now time.Time) *v1
 		r.Reason = ReasonNoHosts
 		r.StartedAt = timestamppb.New(now)
 		r.FinishedAt = timestamppb.New(now)
-	case pol.GetMode() == ModeManual:
+	case pol.GetMode() == spec.ModeManual:
 		r.State = v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL
 	default:
 		start(r, now)
@@ -278,7 +277,7 @@ func NewRollback(id string, svc *v1.Service, to string, hosts []Host, now time.T
 		Bake:             durationpb.New(0),
 		MaxFailures:      uint32(n),
 		ProgressDeadline: pol.GetProgressDeadline(),
-		Mode:             ModeAuto,
+		Mode:             spec.ModeAuto,
 	}
 	r := New(id, fast, to, hosts, now)
 	r.Rollback = true

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/proto"
 )
@@ -36,7 +37,7 @@ func TestSelects(t *testing.T) {
 func TestWithDefaults(t *testing.T) {
 	got := WithDefaults(nil)
 	want := &v1.RolloutPolicy{Canary: 1, Waves: []uint32{100}, MaxParallel: 1, Bake: dur(0),
-		ProgressDeadline: dur(10 * time.Minute), Mode: ModeAuto}
+		ProgressDeadline: dur(10 * time.Minute), Mode: spec.ModeAuto}
 	if !proto.Equal(got, want) {
 		t.Errorf("WithDefaults(nil) = %v, want %v", got, want)
 	}
@@ -52,7 +53,7 @@ func TestWithDefaults(t *testing.T) {
 	}
 
 	set := &v1.RolloutPolicy{Canary: 2, Waves: []uint32{10, 100}, MaxParallel: 5, Bake: dur(time.Minute),
-		MaxFailures: 2, ProgressDeadline: dur(time.Hour), Mode: ModeManual}
+		MaxFailures: 2, ProgressDeadline: dur(time.Hour), Mode: spec.ModeManual}
 	if got := WithDefaults(set); !proto.Equal(got, set) || got == set {
 		t.Errorf("WithDefaults of a full policy = %v, want an equal copy of %v", got, set)
 	}
@@ -222,7 +223,7 @@ func TestNewDeterministic(t *testing.T) {
 }
 
 func TestNewManual(t *testing.T) {
-	r := New("r", newSvc(&v1.RolloutPolicy{Mode: ModeManual}, nil), toV, zoned(4, "a"), t0)
+	r := New("r", newSvc(&v1.RolloutPolicy{Mode: spec.ModeManual}, nil), toV, zoned(4, "a"), t0)
 	if r.State != v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL {
 		t.Fatalf("state = %v, want WAITING_APPROVAL", r.State)
 	}
@@ -241,7 +242,7 @@ func TestNewManual(t *testing.T) {
 }
 
 func TestNewZeroHosts(t *testing.T) {
-	for _, mode := range []string{ModeAuto, ModeManual} {
+	for _, mode := range []string{spec.ModeAuto, spec.ModeManual} {
 		// Hosts exist but none is selected.
 		r := New("r", newSvc(&v1.RolloutPolicy{Mode: mode}, map[string]string{"role": "db"}), toV, zoned(5, "a"), t0)
 		if r.State != v1.RolloutState_ROLLOUT_STATE_SUCCEEDED || r.Reason != ReasonNoHosts || len(r.Waves) != 0 {
@@ -254,5 +255,30 @@ func TestNewZeroHosts(t *testing.T) {
 	// A nil service still gives a (trivially succeeded) rollout.
 	if r := New("r", nil, toV, nil, t0); r.State != v1.RolloutState_ROLLOUT_STATE_SUCCEEDED || r.Generation != 1 {
 		t.Errorf("New with nil service: state %v generation %d", r.State, r.Generation)
+	}
+}
+
+func TestRollbackIsFastButPolicyAware(t *testing.T) {
+	svc := newSvc(&v1.RolloutPolicy{Canary: 2, Waves: []uint32{10, 50, 100}, MaxParallel: 1, Bake: dur(time.Minute), Mode: spec.ModeManual}, map[string]string{"role": "web"})
+	svc.Status.StableSpec = &v1.ServiceSpec{Name: "web", Run: &v1.RunSpec{Command: []string{"./old"}}}
+	hosts := append(zoned(12, "a", "b"), Host{ID: "db-1", Labels: map[string]string{"role": "db"}})
+	r := NewRollback("r9", svc, fromV, hosts, t0)
+	if !r.GetRollback() || r.GetState() != v1.RolloutState_ROLLOUT_STATE_PROGRESSING {
+		t.Fatalf("rollback: rollback=%v state %v (manual mode must not make it wait)", r.GetRollback(), r.GetState())
+	}
+	if got := waveSizes(r); len(got) != 1 || got[0] != 12 {
+		t.Fatalf("rollback waves %v, want one wave of the 12 selected hosts", got)
+	}
+	p := r.GetPolicy()
+	if p.GetMaxParallel() != 3 || p.GetBake().AsDuration() != 0 || p.GetMaxFailures() != 12 {
+		t.Fatalf("rollback policy %v: want max_parallel 3 (a quarter), no bake, budget 12", p)
+	}
+	if r.GetSpec().GetRun().GetCommand()[0] != "./old" || r.GetSpec().GetSelector()["role"] != "web" {
+		t.Fatalf("rollback to the stable release runs with %v, want the stable spec with the live selector", r.GetSpec())
+	}
+	f := fleet{}
+	r, _ = step(t, r, f, t0)
+	if n := countState(r, updating); n != 3 {
+		t.Fatalf("%d hosts moving at once, want 3", n)
 	}
 }

@@ -1,14 +1,47 @@
 package rollout
 
 import (
+	"flag"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/proto"
 )
+
+// replaySeed replays one seed of the seeded simulations: a failure prints
+// the command that does it.
+var replaySeed = flag.Int64("seed", -1, "run the seeded simulations (TestSimulation, TestPolicySimulation) for this seed only")
+
+// simSeeds is the seeds a simulation runs: 0..n-1, or the one given with
+// -seed. With -short, and under the race detector, a fifth of them: the
+// simulations are single-goroutine pure code, where the detector finds
+// nothing and runs some fifteen times slower (`make unit` runs them all).
+func simSeeds(n int) []uint64 {
+	if *replaySeed >= 0 {
+		return []uint64{uint64(*replaySeed)}
+	}
+	if testing.Short() || raceEnabled {
+		n /= 5
+	}
+	out := make([]uint64, n)
+	for i := range out {
+		out[i] = uint64(i)
+	}
+	return out
+}
+
+// seedFatalf fails test with the seed and how to replay it alone.
+func seedFatalf(t *testing.T, seed uint64) func(string, ...any) {
+	return func(format string, args ...any) {
+		t.Helper()
+		t.Fatalf("seed %d: %s\nreplay: go test ./coordinator/rollout -run '^%s$' -seed %d -v", seed, fmt.Sprintf(format, args...), t.Name(), seed)
+	}
+}
 
 // simAgent is a crude model of one host's agent for one service.
 type simAgent struct {
@@ -18,6 +51,7 @@ type simAgent struct {
 	gen       int64  // generation of the assignment it has
 	version   string // version of that assignment
 	current   string // version it runs
+	prev      string // version it ran before (a late revert goes back to it)
 	phase     v1.Phase
 	ticks     int  // ticks left before the install ends
 	willFail  bool // the install of the current assignment fails
@@ -29,33 +63,79 @@ type simParams struct {
 	pAct, pFail, pLate, pDown, pUp float64
 }
 
+// simProgress is the phases an install goes through before its checks end.
+var simProgress = []v1.Phase{v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_VERIFYING, v1.Phase_PHASE_STAGING,
+	v1.Phase_PHASE_SWITCHING, v1.Phase_PHASE_STARTING, pChecking}
+
+// assign gives the agent what Desired says (ok=false: nothing) if it is
+// connected and it is new.
+func (a *simAgent) assign(v string, g int64, ok bool, rng *rand.Rand, prm simParams) {
+	if !ok || !a.connected || (g == a.gen && v == a.version) {
+		return
+	}
+	a.gen, a.version = g, v
+	if v == a.current {
+		a.phase, a.ticks = pHealthy, 0
+	} else {
+		a.phase, a.ticks, a.willFail = simProgress[0], 1+rng.IntN(4), rng.Float64() < prm.pFail
+	}
+}
+
+// act lets the link flap and the install move on, fail, or (rarely) revert
+// late, and records the report a connected agent sends.
+func (a *simAgent) act(svc string, rng *rand.Rand, prm simParams) {
+	if a.connected && rng.Float64() < prm.pDown {
+		a.connected = false
+	} else if !a.connected && rng.Float64() < prm.pUp {
+		a.connected = true
+	}
+	if rng.Float64() < prm.pAct {
+		switch {
+		case a.ticks > 0:
+			a.ticks--
+			a.phase = simProgress[min(len(simProgress)-1, len(simProgress)-1-a.ticks)]
+			if a.ticks == 0 {
+				if a.willFail {
+					a.phase = []v1.Phase{pReverted, pFailed}[rng.IntN(2)]
+				} else {
+					a.phase, a.prev, a.current = pHealthy, a.current, a.version
+				}
+			}
+		case a.phase == pHealthy && a.current != a.prev && rng.Float64() < prm.pLate:
+			a.phase, a.current = pReverted, a.prev
+		}
+	}
+	if a.connected {
+		a.report = &v1.ServiceReport{Service: svc, Generation: a.gen, Phase: a.phase,
+			CurrentVersion: a.current, TargetVersion: a.version, Reason: "sim " + a.phase.String()}
+	}
+}
+
+func (a *simAgent) observation() Observation {
+	return Observation{Connected: a.connected, Report: a.report}
+}
+
 // TestSimulation drives Step through random fleets, policies and faults
 // and checks the engine's invariants after every Step.
 func TestSimulation(t *testing.T) {
-	seeds := 200
-	if testing.Short() {
-		seeds = 40
-	}
+	seeds := simSeeds(200)
 	outcomes := map[v1.RolloutState]int{}
-	for seed := range uint64(seeds) {
+	for _, seed := range seeds {
 		outcomes[simulate(t, seed)]++
 		if t.Failed() {
 			return
 		}
 	}
-	t.Logf("outcomes over %d seeds: %v", seeds, outcomes)
+	t.Logf("outcomes over %d seeds: %v", len(seeds), outcomes)
 	// The parameters must exercise both ends.
-	if outcomes[rOK] == 0 || outcomes[rFailed] == 0 {
+	if len(seeds) > 1 && (outcomes[rOK] == 0 || outcomes[rFailed] == 0) {
 		t.Errorf("simulation never reached one of SUCCEEDED/FAILED: %v", outcomes)
 	}
 }
 
 func simulate(t *testing.T, seed uint64) v1.RolloutState {
 	rng := rand.New(rand.NewPCG(seed, 0xf1ee7))
-	fatalf := func(format string, args ...any) {
-		t.Helper()
-		t.Fatalf("seed %d: %s", seed, fmt.Sprintf(format, args...))
-	}
+	fatalf := seedFatalf(t, seed)
 
 	// Fleet.
 	n := 1 + rng.IntN(300)
@@ -91,7 +171,7 @@ func simulate(t *testing.T, seed uint64) v1.RolloutState {
 		pol.ProgressDeadline = dur(time.Duration(1+rng.IntN(10)) * time.Minute)
 	}
 	if rng.IntN(5) == 0 {
-		pol.Mode = ModeManual
+		pol.Mode = spec.ModeManual
 	}
 	pol.ApproveEachWave = rng.IntN(4) == 0
 	pauses := rng.IntN(3) == 0 // a person pauses and resumes now and then
@@ -111,7 +191,7 @@ func simulate(t *testing.T, seed uint64) v1.RolloutState {
 	agents := make(map[string]*simAgent, n)
 	for _, h := range hosts {
 		a := &simAgent{labels: h.Labels, selected: Selects(selector, h.Labels), connected: rng.IntN(10) > 0,
-			gen: svc.Status.StableGeneration, version: "v1", current: "v1", phase: pHealthy}
+			gen: svc.Status.StableGeneration, version: "v1", current: "v1", prev: "v1", phase: pHealthy}
 		a.report = &v1.ServiceReport{Service: "svc", Generation: a.gen, Phase: a.phase, CurrentVersion: a.current}
 		agents[h.ID] = a
 	}
@@ -163,9 +243,6 @@ func simulate(t *testing.T, seed uint64) v1.RolloutState {
 		}
 		return Observation{Connected: a.connected, Report: a.report}
 	}
-	progress := []v1.Phase{v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_VERIFYING, v1.Phase_PHASE_STAGING,
-		v1.Phase_PHASE_SWITCHING, v1.Phase_PHASE_STARTING, pChecking}
-
 	const maxSteps = 20000
 	for stepN := 0; !Terminal(r); stepN++ {
 		if stepN >= maxSteps {
@@ -182,44 +259,11 @@ func simulate(t *testing.T, seed uint64) v1.RolloutState {
 			if v == "v2" && hostOf(r, h.ID).GetState() == pending {
 				fatalf("pending host %s desired %s", h.ID, v)
 			}
-			if !ok || !a.connected || (g == a.gen && v == a.version) {
-				continue
-			}
-			a.gen, a.version = g, v
-			if v == a.current {
-				a.phase, a.ticks = pHealthy, 0
-			} else {
-				a.phase, a.ticks, a.willFail = progress[0], 1+rng.IntN(4), rng.Float64() < prm.pFail
-			}
+			a.assign(v, g, ok, rng, prm)
 		}
 		// Agents act and links flap.
 		for _, h := range hosts {
-			a := agents[h.ID]
-			if a.connected && rng.Float64() < prm.pDown {
-				a.connected = false
-			} else if !a.connected && rng.Float64() < prm.pUp {
-				a.connected = true
-			}
-			if rng.Float64() < prm.pAct {
-				switch {
-				case a.ticks > 0:
-					a.ticks--
-					a.phase = progress[min(len(progress)-1, len(progress)-1-a.ticks)]
-					if a.ticks == 0 {
-						if a.willFail {
-							a.phase = []v1.Phase{pReverted, pFailed}[rng.IntN(2)]
-						} else {
-							a.phase, a.current = pHealthy, a.version
-						}
-					}
-				case a.phase == pHealthy && a.current == "v2" && rng.Float64() < prm.pLate:
-					a.phase, a.current = pReverted, "v1"
-				}
-			}
-			if a.connected {
-				a.report = &v1.ServiceReport{Service: "svc", Generation: a.gen, Phase: a.phase,
-					CurrentVersion: a.current, TargetVersion: a.version, Reason: "sim " + a.phase.String()}
-			}
+			agents[h.ID].act("svc", rng, prm)
 		}
 		// Time passes (sometimes not at all, sometimes a lot).
 		switch rng.IntN(30) {
@@ -300,9 +344,9 @@ func simulate(t *testing.T, seed uint64) v1.RolloutState {
 
 // checkStep checks the invariants of one Step from in to out.
 func checkStep(fatalf func(string, ...any), stepN int, in, out *v1.Rollout, res Result, pol policy, plan [][]string, now time.Time) {
-	if in.State == rFailed || Terminal(in) {
-		if out != in {
-			fatalf("step %d: a %v rollout changed", stepN, in.State)
+	if Terminal(in) || in.GetState() == v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL {
+		if out != in || res.Changed || len(res.Events) > 0 || !res.NextWake.IsZero() {
+			fatalf("step %d: a %v rollout moved", stepN, in.State)
 		}
 		return
 	}
@@ -439,5 +483,193 @@ func checkGates(fatalf func(string, ...any), stepN int, in, out *v1.Rollout) {
 				fatalf("step %d: wave %d is %v without approval", stepN, i, w.GetState())
 			}
 		}
+	}
+}
+
+// TestPolicySimulation drives the whole policy through random services:
+// releases arrive at random times (during rollouts too), a person approves,
+// pauses, resumes, aborts, rolls back and unfreezes now and then, agents
+// install, fail, revert and lose their streams. The world (world_test.go)
+// acts as the leader does and checks after every action: Step's invariants,
+// what Decide and RollbackTarget say against the world, one rollout in
+// flight, generations that only grow and name one version each, no release
+// started twice or lost. At the end releases stop and the person helps
+// every rollout along: the service must settle with nothing pending.
+func TestPolicySimulation(t *testing.T) {
+	seeds := simSeeds(100)
+	seen := map[string]int{}
+	for _, seed := range seeds {
+		simulatePolicy(t, seed, seen)
+		if t.Failed() {
+			return
+		}
+	}
+	t.Logf("over %d seeds: %v", len(seeds), seen)
+	// The parameters must exercise every part of the policy.
+	for _, k := range []string{"start", "supersede", "wait", "SUCCEEDED", "FAILED", "SUPERSEDED", "rollback", "rollback refused", "unfreeze", "abort", "approve"} {
+		if len(seeds) > 1 && seen[k] == 0 {
+			t.Errorf("the simulation never saw %q: %v", k, seen)
+		}
+	}
+}
+
+func simulatePolicy(t *testing.T, seed uint64, seen map[string]int) {
+	rng := rand.New(rand.NewPCG(seed, 0x5e1ec7))
+	fatalf := seedFatalf(t, seed)
+
+	n := 1 + rng.IntN(40)
+	zones := []string{"a", "b", "c"}[:1+rng.IntN(3)]
+	hosts := make([]Host, n)
+	for i := range hosts {
+		l := map[string]string{"role": "web"}
+		if rng.IntN(10) < 2 {
+			l["role"] = "db"
+		}
+		if rng.IntN(10) < 9 {
+			l[ZoneLabel] = zones[rng.IntN(len(zones))]
+		}
+		hosts[i] = Host{ID: fmt.Sprintf("h%02d", i), Labels: l}
+	}
+	selector := []map[string]string{nil, {"role": "web"}, {"zone": "a"}}[rng.IntN(3)]
+	pol := &v1.RolloutPolicy{
+		Canary:       uint32(rng.IntN(3)),
+		NoCanary:     rng.IntN(4) == 0,
+		MaxParallel:  uint32(rng.IntN(6)),
+		MaxFailures:  uint32(rng.IntN(2)),
+		OnNewRelease: []string{"", spec.OnNewReleaseSupersede, spec.OnNewReleaseQueue}[rng.IntN(3)],
+	}
+	for p := uint32(0); p < 100 && rng.IntN(3) > 0; {
+		p += 1 + uint32(rng.IntN(60))
+		pol.Waves = append(pol.Waves, min(p, 100))
+	}
+	if rng.IntN(2) == 0 {
+		pol.Bake = dur(time.Duration(rng.IntN(120)) * time.Second)
+	}
+	if rng.IntN(2) == 0 {
+		pol.ProgressDeadline = dur(time.Duration(1+rng.IntN(5)) * time.Minute)
+	}
+	if rng.IntN(4) == 0 {
+		pol.Mode = spec.ModeManual
+	}
+	pol.ApproveEachWave = rng.IntN(5) == 0
+	prm := simParams{
+		pAct:  0.3 + 0.6*rng.Float64(),
+		pFail: []float64{0, 0.02, 0.1, 0.3}[rng.IntN(4)],
+		pLate: []float64{0, 0.001, 0.005}[rng.IntN(3)],
+		pDown: []float64{0, 0.005, 0.02}[rng.IntN(3)],
+		pUp:   0.1 + 0.5*rng.Float64(),
+	}
+	pRelease := []float64{0.01, 0.03, 0.1}[rng.IntN(3)] // a release per tick
+	pOperator := []float64{0, 0.01, 0.05}[rng.IntN(3)]  // an operator call per tick
+
+	svc := &v1.Service{Spec: &v1.ServiceSpec{Name: "svc", Selector: selector, Rollout: pol},
+		Status: &v1.ServiceStatus{StableVersion: "v1", StableGeneration: int64(rng.IntN(5))}}
+	w := newWorld(svc, hosts, t0, fatalf)
+	w.release("v1")
+	agents := map[string]*simAgent{}
+	for _, h := range hosts {
+		agents[h.ID] = &simAgent{labels: h.Labels, connected: rng.IntN(10) > 0, gen: svc.Status.StableGeneration,
+			version: "v1", current: "v1", prev: "v1", phase: pHealthy}
+	}
+	versions := 1
+	op := func(what string, err error) {
+		if err != nil {
+			seen[what+" refused"]++
+			return
+		}
+		seen[what]++
+	}
+	tick := func(drain bool) {
+		// Assignments reach connected agents; agents act; reports arrive.
+		cur, _ := w.current()
+		desired := DesiredFunc(w.svc, cur)
+		for _, h := range hosts {
+			v, g, ok := desired(h.ID, h.Labels)
+			agents[h.ID].assign(v, g, ok, rng, prm)
+		}
+		for _, h := range hosts {
+			a := agents[h.ID]
+			a.act("svc", rng, prm)
+			w.obs[h.ID] = a.observation()
+		}
+		// Time passes (sometimes not at all, sometimes a lot).
+		switch rng.IntN(30) {
+		case 0, 1, 2:
+		case 3:
+			w.now = w.now.Add(time.Duration(rng.IntN(300)) * time.Second)
+		default:
+			w.now = w.now.Add(time.Duration(rng.IntN(20)) * time.Second)
+		}
+		// A release, and a person.
+		if !drain && rng.Float64() < pRelease {
+			versions++
+			w.release(fmt.Sprintf("v%d", versions))
+		}
+		cur = w.active()
+		waiting := cur.GetState() == v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL ||
+			slices.ContainsFunc(cur.GetWaves(), func(wv *v1.Wave) bool { return wv.GetWaitingApproval() })
+		switch {
+		case waiting && (drain || rng.IntN(10) == 0):
+			op("approve", w.approve(0))
+		case drain && cur.GetPaused():
+			op("resume", w.resume())
+		case drain && w.svc.GetStatus().GetFrozen():
+			w.unfreeze()
+			seen["unfreeze"]++
+		case !drain && rng.Float64() < pOperator:
+			switch k := rng.IntN(10); {
+			case k < 3:
+				op("pause", w.pause())
+			case k < 6:
+				op("resume", w.resume())
+			case k < 7:
+				op("abort", w.abort("sim"))
+			case k < 9:
+				to := ""
+				if rng.IntN(2) == 0 {
+					to = fmt.Sprintf("v%d", 1+rng.IntN(versions+1)) // sometimes not a release
+				}
+				op("rollback", w.rollback(to))
+			default:
+				w.unfreeze()
+				seen["unfreeze"]++
+			}
+		}
+		w.reconcile()
+	}
+
+	ticks := 100 + rng.IntN(400)
+	for range ticks {
+		tick(false)
+	}
+	// Drain: no more releases, faults or operator whims; every rollout is
+	// helped along. The service must settle.
+	prm.pFail, prm.pLate, prm.pDown, prm.pUp = 0, 0, 0, 1
+	settled := false
+	for i := 0; i < 5000 && !settled; i++ {
+		tick(true)
+		cur, created := w.current()
+		d := Decide(w.svc, cur, created, w.releases)
+		settled = w.active() == nil && !w.svc.GetStatus().GetFrozen() && d.Action == ActionNone
+	}
+	if !settled {
+		cur, _ := w.current()
+		fatalf("the service did not settle: %v, frozen %v, releases %v", cur, w.svc.GetStatus().GetFrozen(), w.releases)
+	}
+	// Settled: the newest rollout, if it succeeded and was not a rollback,
+	// is what runs, and every selected host is told the stable release.
+	cur, _ := w.current()
+	if cur.GetState() == rOK && w.svc.GetStatus().GetStableVersion() != cur.GetToVersion() {
+		fatalf("rollout %s to %s succeeded but %s is stable", cur.GetId(), cur.GetToVersion(), w.svc.GetStatus().GetStableVersion())
+	}
+	desired := DesiredFunc(w.svc, cur)
+	for _, h := range hosts {
+		v, _, ok := desired(h.ID, h.Labels)
+		if Selects(selector, h.Labels) != ok || ok && v != w.svc.GetStatus().GetStableVersion() {
+			fatalf("settled, %s (selected %v) is told %q, stable %s", h.ID, Selects(selector, h.Labels), v, w.svc.GetStatus().GetStableVersion())
+		}
+	}
+	for k, v := range w.stats {
+		seen[k] += v
 	}
 }

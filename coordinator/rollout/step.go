@@ -10,25 +10,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
-// Event kinds.
-const (
-	EventWaveStarted         = "wave_started"
-	EventHostAssigned        = "host_assigned"
-	EventHostDone            = "host_done"
-	EventHostFailed          = "host_failed"
-	EventHostUnknown         = "host_unknown"
-	EventHostBack            = "host_back"
-	EventWaveBaking          = "wave_baking"
-	EventWaveDone            = "wave_done"
-	EventRolloutSucceeded    = "rollout_succeeded"
-	EventRolloutFailed       = "rollout_failed"
-	EventRolloutApproved     = "rollout_approved"
-	EventWaveWaitingApproval = "wave_waiting_approval"
-)
-
-// NoWave is Event.Wave for events about the whole rollout.
-const NoWave = -1
-
 // maxListed bounds how many hosts a reason names.
 const maxListed = 5
 
@@ -43,16 +24,6 @@ type Observation struct {
 	Report *v1.ServiceReport // the host's last report for this service, nil if none
 }
 
-// Event is one thing that happened in a Step, for logs and `rollout watch`.
-// Wave is the wave index, or NoWave for rollout-wide events; Host is "" for
-// events that are not about one host.
-type Event struct {
-	Kind    string
-	Wave    int
-	Host    string
-	Message string
-}
-
 // Result says what a Step did.
 type Result struct {
 	Changed bool // the returned rollout differs from the input: persist it
@@ -62,7 +33,9 @@ type Result struct {
 	NextWake time.Time
 }
 
-// Terminal reports whether r is SUCCEEDED, FAILED or SUPERSEDED.
+// Terminal reports whether r has ended: SUCCEEDED, FAILED or SUPERSEDED (a
+// nil rollout has not). It is the one definition of an ended rollout; the
+// coordinator, the CLI and the tests use it.
 func Terminal(r *v1.Rollout) bool {
 	switch r.GetState() {
 	case v1.RolloutState_ROLLOUT_STATE_SUCCEEDED,

@@ -5,8 +5,10 @@
 //
 // It may import the generated API (proto/fleetwave/v1), internal/spec,
 // internal/tlsutil, internal/signing, internal/gossip (keys only), grpc,
-// cobra and protobuf. It must not import coordinator or agent packages, nor
-// the etcd client: everything it does, any gRPC client could do.
+// cobra and protobuf, and the pure rollout engine (coordinator/rollout) for
+// the rollout vocabulary: event kinds and Terminal. It must not import any
+// other coordinator package, nor agent packages or the etcd client:
+// everything it does, any gRPC client could do (TestCLIBinaryIsLean).
 package cli
 
 import (

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/internal/gossip"
 	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
@@ -570,7 +571,7 @@ func TestListingsAndErrors(t *testing.T) {
 	f := &fake{
 		rollout: testRollout(),
 		services: []*v1.Service{{
-			Spec:   &v1.ServiceSpec{Name: "web", Selector: map[string]string{"role": "web"}, Rollout: &v1.RolloutPolicy{Mode: "manual"}},
+			Spec:   &v1.ServiceSpec{Name: "web", Selector: map[string]string{"role": "web"}, Rollout: &v1.RolloutPolicy{Mode: spec.ModeManual}},
 			Status: &v1.ServiceStatus{StableVersion: "1.0", StableGeneration: 3, Frozen: true, FrozenReason: "rollout web-1 failed", LastRolloutId: "web-2"},
 		}},
 		cluster: &v1.ClusterStatusResponse{Leader: "c1", AnsweredBy: "c2",
@@ -656,10 +657,10 @@ func TestEventsAndWatchByEvents(t *testing.T) {
 			At: timestamppb.New(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))}}
 	}
 	f := &fake{rollout: testRollout(), events: []*v1.WatchEventsResponse{
-		ev(10, "rollout_created", -1, "", "1.0 → 1.1"),
-		ev(11, "host_done", 0, "h1", "healthy on 1.1"),
-		ev(12, "rollout_failed", -1, "", "canary reverted"),
-		ev(13, "alert_sent", -1, "", "webhook answered 200"),
+		ev(10, rollout.EventRolloutCreated, -1, "", "1.0 → 1.1"),
+		ev(11, rollout.EventHostDone, 0, "h1", "healthy on 1.1"),
+		ev(12, rollout.EventRolloutFailed, -1, "", "canary reverted"),
+		ev(13, rollout.EventAlertSent, -1, "", "webhook answered 200"),
 	}}
 	addr := serve(t, f)
 	code, stdout, stderr := runCLI(t, "--coordinator", addr, "events", "web", "--rollout", "000002", "--since-revision", "9")

@@ -3,17 +3,9 @@ package cli
 import (
 	"fmt"
 
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
-
-// terminal reports whether a rollout in state s has ended.
-func terminal(s v1.RolloutState) bool {
-	switch s {
-	case v1.RolloutState_ROLLOUT_STATE_SUCCEEDED, v1.RolloutState_ROLLOUT_STATE_FAILED, v1.RolloutState_ROLLOUT_STATE_SUPERSEDED:
-		return true
-	}
-	return false
-}
 
 // DiffRollout returns one human-readable line for each change between two
 // consecutive snapshots of a rollout: rollout state changes, waves
@@ -42,7 +34,7 @@ func DiffRollout(prev, cur *v1.Rollout) []string {
 		prev = untouched(cur)
 	}
 
-	if prev.GetState() != cur.GetState() && !terminal(cur.GetState()) {
+	if prev.GetState() != cur.GetState() && !rollout.Terminal(cur) {
 		switch cur.GetState() {
 		case v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL:
 			out = append(out, fmt.Sprintf("rollout waits for approval: fleetwave rollout approve %s", cur.GetService()))
@@ -116,7 +108,7 @@ func DiffRollout(prev, cur *v1.Rollout) []string {
 	}
 
 	switch {
-	case prev.GetState() != cur.GetState() && terminal(cur.GetState()):
+	case prev.GetState() != cur.GetState() && rollout.Terminal(cur):
 		line := "rollout " + rolloutState(cur.GetState())
 		if cur.GetReason() != "" {
 			line += ": " + cur.GetReason()

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -151,10 +152,10 @@ func (a *app) watch(ctx context.Context, service, id string) error {
 
 // rolloutEndKinds are the events that end a rollout, with the exit status.
 var rolloutEndKinds = map[string]int{
-	"rollout_succeeded":  0,
-	"rollout_failed":     ExitError,
-	"rollout_aborted":    ExitError,
-	"rollout_superseded": ExitError,
+	rollout.EventRolloutSucceeded:  0,
+	rollout.EventRolloutFailed:     ExitError,
+	rollout.EventRolloutAborted:    ExitError,
+	rollout.EventRolloutSuperseded: ExitError,
 }
 
 // watchByEvents follows a rollout through its event stream until an event
@@ -185,8 +186,7 @@ func (a *app) watchByEvents(cmd *cobra.Command, service, id string) error {
 		}
 		return fmt.Errorf("watch rollout of %s: the event stream ended before the rollout did", service)
 	}
-	terminal := r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED || r.GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED ||
-		r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUPERSEDED
+	terminal := rollout.Terminal(r)
 	if err := a.streamEvents(cmd, &v1.WatchEventsRequest{Service: service, RolloutId: r.GetId(), Follow: !terminal}, stop); err != nil {
 		return err
 	}

@@ -166,7 +166,7 @@ func mode(s *v1.ServiceSpec) string {
 	if m := s.GetRollout().GetMode(); m != "" {
 		return m
 	}
-	return "auto"
+	return spec.ModeAuto
 }
 
 func frozen(st *v1.ServiceStatus) string {

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -74,7 +75,7 @@ func TestManualApprovalAndPauseThroughCLI(t *testing.T) {
 	}
 	e.allOn("v1")
 	hist := e.cli(0, "rollout", "history", "web").Stdout
-	for _, want := range []string{"rollout_approved", "wave_waiting_approval", "rollout_paused", "rollout_resumed", "wave 1 approved"} {
+	for _, want := range []string{rollout.EventRolloutApproved, rollout.EventWaveWaitingApproval, rollout.EventRolloutPaused, rollout.EventRolloutResumed, "wave 1 approved"} {
 		if !strings.Contains(hist, want) {
 			t.Errorf("history lacks %q:\n%s", want, hist)
 		}

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/internal/testfleet"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -293,7 +294,7 @@ func TestReleaseReachesFleetInWavesAndBrokenOneStopsAtCanary(t *testing.T) {
 	e.allOn("v2")
 	// Every decision is in the history, with who made it.
 	hist := e.cli(0, "rollout", "history", "web").Stdout
-	for _, want := range []string{"rollout_failed", "host_failed", "service_unfrozen", "rollback_created", "peer:"} {
+	for _, want := range []string{rollout.EventRolloutFailed, rollout.EventHostFailed, rollout.EventServiceUnfrozen, rollout.EventRollbackCreated, "peer:"} {
 		if !strings.Contains(hist, want) {
 			t.Errorf("rollout history lacks %s:\n%s", want, hist)
 		}

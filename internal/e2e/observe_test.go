@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/fleetwave/fleetwave/agent/analysis/fetch"
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/internal/testfleet"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -136,12 +137,13 @@ func TestStatsEventsAndMetrics(t *testing.T) {
 		kinds = append(kinds, m.GetEvent().GetKind())
 	}
 	joined := strings.Join(kinds, " ")
-	for _, want := range []string{"rollout_created", "wave_started", "host_done", "wave_done", "rollout_succeeded", "host_failed", "rollout_failed", "fleet_restored"} {
+	for _, want := range []string{rollout.EventRolloutCreated, rollout.EventWaveStarted, rollout.EventHostDone, rollout.EventWaveDone,
+		rollout.EventRolloutSucceeded, rollout.EventHostFailed, rollout.EventRolloutFailed, rollout.EventFleetRestored} {
 		if !strings.Contains(joined, want) {
 			t.Errorf("event stream lacks %s: %s", want, joined)
 		}
 	}
-	if i, j := strings.Index(joined, "rollout_failed"), strings.Index(joined, "fleet_restored"); i < 0 || j < i {
+	if i, j := strings.Index(joined, rollout.EventRolloutFailed), strings.Index(joined, rollout.EventFleetRestored); i < 0 || j < i {
 		t.Errorf("fleet_restored before rollout_failed: %s", joined)
 	}
 

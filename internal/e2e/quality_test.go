@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -152,7 +153,7 @@ func TestQualityGatesRevertOnTheCanaryAndAlert(t *testing.T) {
 	}
 	e.allOn("v4")
 	hist := e.cli(0, "rollout", "history", "web").Stdout
-	for _, want := range []string{"alert_sent", "rollout_failed", "service_unfrozen"} {
+	for _, want := range []string{rollout.EventAlertSent, rollout.EventRolloutFailed, rollout.EventServiceUnfrozen} {
 		if !strings.Contains(hist, want) {
 			t.Errorf("history lacks %s:\n%s", want, hist)
 		}

@@ -196,7 +196,7 @@ func (h *harness) checkHistory(r *v1.Rollout) {
 		pos[k] = append(pos[k], i)
 		lines = append(lines, fmt.Sprintf("%s w%d %s %s", e.GetKind(), e.GetWave(), e.GetHost(), e.GetMessage()))
 		switch e.GetKind() {
-		case "rollout_created", rollout.EventWaveStarted, rollout.EventHostAssigned, rollout.EventHostDone,
+		case rollout.EventRolloutCreated, rollout.EventWaveStarted, rollout.EventHostAssigned, rollout.EventHostDone,
 			rollout.EventWaveBaking, rollout.EventWaveDone, rollout.EventRolloutSucceeded,
 			rollout.EventHostUnknown, rollout.EventHostBack:
 		default:
@@ -213,7 +213,7 @@ func (h *harness) checkHistory(r *v1.Rollout) {
 		}
 		return p[0]
 	}
-	created := once("rollout_created", rollout.NoWave, "")
+	created := once(rollout.EventRolloutCreated, rollout.NoWave, "")
 	if created != 0 {
 		h.t.Errorf("rollout_created is event %d, want the first\n%s", created, dump)
 	}

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/internal/gossip"
 	"github.com/fleetwave/fleetwave/internal/testcluster"
 	"github.com/fleetwave/fleetwave/internal/testfleet"
@@ -653,19 +654,11 @@ func (h *harness) waitRollout(id string, timeout time.Duration, what string, con
 // succeeded.
 func (h *harness) waitSucceeded(id string, timeout time.Duration) *v1.Rollout {
 	h.t.Helper()
-	r := h.waitRollout(id, timeout, "rollout "+id+" ends", terminal)
+	r := h.waitRollout(id, timeout, "rollout "+id+" ends", rollout.Terminal)
 	if r.GetState() != v1.RolloutState_ROLLOUT_STATE_SUCCEEDED {
 		h.t.Fatalf("rollout %s ended %s: %s\n%s", id, r.GetState(), r.GetReason(), summary(r))
 	}
 	return r
-}
-
-func terminal(r *v1.Rollout) bool {
-	switch r.GetState() {
-	case v1.RolloutState_ROLLOUT_STATE_SUCCEEDED, v1.RolloutState_ROLLOUT_STATE_FAILED, v1.RolloutState_ROLLOUT_STATE_SUPERSEDED:
-		return true
-	}
-	return false
 }
 
 // summary is a one-line view of a rollout for logs and failure messages.

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/fleetwave/fleetwave/coordinator"
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -119,13 +120,6 @@ func (o *operator) waitRollout(ctx context.Context, service string, cond func(*v
 
 func ended(to string) func(*v1.Rollout) bool {
 	return func(r *v1.Rollout) bool {
-		if r.GetToVersion() != to {
-			return false
-		}
-		switch r.GetState() {
-		case v1.RolloutState_ROLLOUT_STATE_SUCCEEDED, v1.RolloutState_ROLLOUT_STATE_FAILED, v1.RolloutState_ROLLOUT_STATE_SUPERSEDED:
-			return true
-		}
-		return false
+		return r.GetToVersion() == to && rollout.Terminal(r)
 	}
 }

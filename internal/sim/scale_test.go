@@ -584,7 +584,7 @@ func waveTimeline(ctx context.Context, o *operator, svc string, r *v1.Rollout, s
 	var parts []string
 	for _, e := range evs.GetEvents() {
 		switch e.GetKind() {
-		case rollout.EventWaveStarted, rollout.EventWaveDone, rollout.EventRolloutSucceeded, rollout.EventRolloutFailed, "rollout_created":
+		case rollout.EventWaveStarted, rollout.EventWaveDone, rollout.EventRolloutSucceeded, rollout.EventRolloutFailed, rollout.EventRolloutCreated:
 			w := ""
 			if e.GetWave() >= 0 {
 				w = fmt.Sprintf(" %d", e.GetWave())

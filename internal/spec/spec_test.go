@@ -59,7 +59,7 @@ func TestParseWebExample(t *testing.T) {
 			MaxParallel:      2,
 			Bake:             durationpb.New(3 * time.Second),
 			ProgressDeadline: durationpb.New(5 * time.Minute),
-			Mode:             "auto",
+			Mode:             ModeAuto,
 		},
 	}
 	if !proto.Equal(s, want) {
@@ -149,7 +149,7 @@ func valid() *v1.ServiceSpec {
 		},
 		MinHealthyTime:  durationpb.New(2 * time.Second),
 		HealthyDeadline: durationpb.New(time.Minute),
-		Rollout:         &v1.RolloutPolicy{Canary: 1, Waves: []uint32{10, 50, 100}, Mode: "manual"},
+		Rollout:         &v1.RolloutPolicy{Canary: 1, Waves: []uint32{10, 50, 100}, Mode: ModeManual},
 	}
 }
 
@@ -170,7 +170,7 @@ func TestValidateOK(t *testing.T) {
 			s.Checks[1] = proto.Clone(s.Checks[0]).(*v1.Check)
 			s.Checks[1].Name = "http2"
 		},
-		"auto mode":            func(s *v1.ServiceSpec) { s.Rollout.Mode = "auto" },
+		"auto mode":            func(s *v1.ServiceSpec) { s.Rollout.Mode = ModeAuto },
 		"empty mode":           func(s *v1.ServiceSpec) { s.Rollout.Mode = "" },
 		"dollar without brace": func(s *v1.ServiceSpec) { s.Run.Command = append(s.Run.Command, "$HOME", "cost: $5") },
 	}

@@ -223,14 +223,14 @@ func validateRollout(p *problems, r *v1.RolloutPolicy) {
 		p.add("rollout.waves", "the last wave is %d, must be 100", waves[n-1])
 	}
 	switch r.GetMode() {
-	case "", "auto", "manual":
+	case "", ModeAuto, ModeManual:
 	default:
-		p.add("rollout.mode", "%q is not auto or manual", r.GetMode())
+		p.add("rollout.mode", "%q is not %s or %s", r.GetMode(), ModeAuto, ModeManual)
 	}
 	switch r.GetOnNewRelease() {
-	case "", "supersede", "queue":
+	case "", OnNewReleaseSupersede, OnNewReleaseQueue:
 	default:
-		p.add("rollout.on_new_release", "%q is not supersede or queue", r.GetOnNewRelease())
+		p.add("rollout.on_new_release", "%q is not %s or %s", r.GetOnNewRelease(), OnNewReleaseSupersede, OnNewReleaseQueue)
 	}
 	validDuration(p, "rollout.bake", r.GetBake())
 	validDuration(p, "rollout.progress_deadline", r.GetProgressDeadline())

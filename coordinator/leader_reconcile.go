@@ -1,0 +1,244 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
+	"github.com/fleetwave/fleetwave/coordinator/store"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+func (l *leader) reconcileAll(ctx context.Context, fence *store.Fence) (time.Time, error) {
+	var next time.Time
+	for _, vs := range l.c.mirror.Services() {
+		w, err := l.reconcile(ctx, fence, vs.Val.GetSpec().GetName())
+		if err != nil {
+			if errors.Is(err, store.ErrNotLeader) || ctx.Err() != nil {
+				return next, err
+			}
+			l.c.log.Warn().Err(err).Str("service", vs.Val.GetSpec().GetName()).Msg("reconcile failed; will retry")
+			continue
+		}
+		if !w.IsZero() && (next.IsZero() || w.Before(next)) {
+			next = w
+		}
+	}
+	return next, nil
+}
+
+// engineEvents turns the engine's events into stored events.
+func engineEvents(r *v1.Rollout, evs []rollout.Event, now time.Time) []*v1.Event {
+	out := make([]*v1.Event, 0, len(evs))
+	for _, ev := range evs {
+		out = append(out, &v1.Event{At: timestamppb.New(now), Service: r.GetService(), RolloutId: r.GetId(),
+			Kind: ev.Kind, Wave: int32(ev.Wave), Host: ev.Host, Message: ev.Message})
+	}
+	return out
+}
+
+func event(r *v1.Rollout, service, kind, actor, msg string, now time.Time) *v1.Event {
+	return &v1.Event{At: timestamppb.New(now), Service: service, RolloutId: r.GetId(), Kind: kind, Wave: rollout.NoWave, Actor: actor, Message: msg}
+}
+
+// commit writes a rollout's next state (concluding the service when it
+// ended) with its events, fenced, waits until the mirror has it, and sends
+// the alert when the rollout failed.
+func (l *leader) commit(ctx context.Context, fence *store.Fence, vs store.Versioned[*v1.Service], next *v1.Rollout, curRev int64, events []*v1.Event) error {
+	svc := vs.Val
+	var newSvc *v1.Service
+	if rollout.Terminal(next) {
+		newSvc = proto.Clone(svc).(*v1.Service)
+		newSvc.Status = rollout.Conclude(svc.GetStatus(), next)
+	}
+	prev, _ := l.c.mirror.Rollout(next.GetService(), next.GetId())
+	rev, err := l.c.store.WriteRollout(ctx, fence, next, curRev, newSvc, vs.Rev, events...)
+	if errors.Is(err, store.ErrHistoryShort) {
+		l.c.log.Error().Err(err).Str("service", svc.GetSpec().GetName()).Str("rollout", next.GetId()).Msg("decision committed, events lost")
+		err = nil
+	}
+	if err != nil {
+		return err
+	}
+	l.c.metrics.rolloutWritten(prev.Val, next, l.c.mirror.Release)
+	if rollout.Terminal(next) {
+		l.pruneEvents(ctx, fence, next)
+		l.c.log.Info().Str("service", svc.GetSpec().GetName()).Str("rollout", next.GetId()).Str("state", next.GetState().String()).Str("reason", next.GetReason()).Msg("rollout ended")
+		if next.GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED {
+			l.c.alerts.rolloutFailed(svc, next)
+		}
+	}
+	return l.c.mirror.WaitRev(ctx, rev)
+}
+
+// current returns the service's newest rollout with its revisions.
+func (l *leader) current(name string, svc *v1.Service) (store.Versioned[*v1.Rollout], bool, error) {
+	id := svc.GetStatus().GetLastRolloutId()
+	if id == "" {
+		return store.Versioned[*v1.Rollout]{}, false, nil
+	}
+	vr, ok := l.c.mirror.Rollout(name, id)
+	if !ok {
+		return vr, false, fmt.Errorf("rollout %s/%s named by the service is missing", name, id)
+	}
+	return vr, true, nil
+}
+
+// reconcile acts on rollout.Decide for the service (supersede the rollout
+// in flight, or start one for the newest release) and steps the rollout in
+// flight. It returns when it next needs to run.
+func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string) (time.Time, error) {
+	vs, ok := l.c.mirror.Service(name)
+	if !ok {
+		return time.Time{}, nil
+	}
+	svc := vs.Val
+	log := l.c.log.With().Str("service", name).Logger()
+	now := time.Now()
+	vr, has, err := l.current(name, svc)
+	if err != nil {
+		return time.Time{}, err
+	}
+	cur := vr.Val
+
+	// A failed rollout records when every host it moved ran a good release
+	// again (time to restore). Only the rollout is written: the service's
+	// status (its freeze) was concluded when it failed.
+	if has && cur.GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED && cur.GetRestoredAt() == nil && rollout.Restored(cur, l.observe(name)) {
+		next := proto.Clone(cur).(*v1.Rollout)
+		next.RestoredAt = timestamppb.New(now)
+		took := now.Sub(cur.GetFailedAt().AsTime()).Round(time.Millisecond)
+		ev := event(next, name, rollout.EventFleetRestored, "", fmt.Sprintf("every host that moved runs %s again, %s after the failure", orNone(cur.GetFromVersion()), took), now)
+		rev, err := l.c.store.WriteRollout(ctx, fence, next, vr.Rev, nil, 0, ev)
+		if err != nil {
+			return time.Time{}, err
+		}
+		log.Info().Str("rollout", cur.GetId()).Dur("after", took).Msg("fleet restored after failed rollout")
+		if err := l.c.mirror.WaitRev(ctx, rev); err != nil {
+			return time.Time{}, err
+		}
+		return l.reconcile(ctx, fence, name)
+	}
+
+	d := rollout.Decide(svc, cur, vr.Created, l.releases(name))
+	switch d.Action {
+	case rollout.ActionSupersede:
+		next := rollout.Supersede(cur, d.Reason, now)
+		ev := event(next, name, rollout.EventRolloutSuperseded, "", next.GetReason(), now)
+		if err := l.commit(ctx, fence, vs, next, vr.Rev, []*v1.Event{ev}); err != nil {
+			return time.Time{}, err
+		}
+		return l.reconcile(ctx, fence, name)
+	case rollout.ActionStart:
+		r, st, res := rollout.Begin(svc, d.Version, l.hosts(), l.observe(name), now)
+		return res.NextWake, l.start(ctx, fence, vs, r, st, res, "", now)
+	}
+
+	if !has || rollout.Terminal(cur) {
+		return time.Time{}, nil
+	}
+	next, res := rollout.Step(cur, l.observe(name), now)
+	for _, ev := range res.Events {
+		log.Info().Str("rollout", cur.GetId()).Str("event", ev.Kind).Int("wave", ev.Wave).Str("host", ev.Host).Msg(ev.Message)
+	}
+	if !res.Changed {
+		return res.NextWake, nil
+	}
+	return res.NextWake, l.commit(ctx, fence, vs, next, vr.Rev, engineEvents(next, res.Events, now))
+}
+
+// observe is what the mirror and gossip say of a host, for the engine.
+func (l *leader) observe(service string) func(host string) rollout.Observation {
+	return func(host string) rollout.Observation {
+		return rollout.Observation{Connected: l.c.mirror.Connected(host), Report: l.c.mirror.Report(host, service), Gossip: l.c.gossipHint(host)}
+	}
+}
+
+// releases are the service's releases for the policy, by creation revision.
+func (l *leader) releases(service string) []rollout.Release {
+	vrs := l.c.mirror.Releases(service)
+	out := make([]rollout.Release, len(vrs))
+	for i, r := range vrs {
+		out[i] = rollout.Release{Version: r.Val.GetVersion(), Created: r.Created}
+	}
+	return out
+}
+
+func (l *leader) hosts() []rollout.Host {
+	var hosts []rollout.Host
+	for _, h := range l.c.mirror.Hosts() {
+		hosts = append(hosts, rollout.Host{ID: h.GetId(), Labels: h.GetLabels()})
+	}
+	return hosts
+}
+
+// start writes a new rollout from rollout.Begin (its plan and first Step)
+// with the service status naming it and its events, in one fenced
+// transaction. The creation event carries actor (who asked, for a rollback).
+func (l *leader) start(ctx context.Context, fence *store.Fence, vs store.Versioned[*v1.Service], r *v1.Rollout, st *v1.ServiceStatus, res rollout.Result, actor string, now time.Time) error {
+	svc := vs.Val
+	name := svc.GetSpec().GetName()
+	newSvc := proto.Clone(svc).(*v1.Service)
+	newSvc.Status = st
+	evs := engineEvents(r, res.Events, now)
+	for _, ev := range evs {
+		if ev.GetKind() == rollout.EventRolloutCreated || ev.GetKind() == rollout.EventRollbackCreated {
+			ev.Actor = actor
+		}
+	}
+	rev, err := l.c.store.WriteRollout(ctx, fence, r, 0, newSvc, vs.Rev, evs...)
+	if errors.Is(err, store.ErrHistoryShort) {
+		l.c.log.Error().Err(err).Str("service", name).Str("rollout", r.GetId()).Msg("rollout created, events lost")
+		err = nil
+	}
+	if err != nil {
+		return err
+	}
+	if rollout.Terminal(r) {
+		l.pruneEvents(ctx, fence, r)
+	}
+	l.c.metrics.rolloutWritten(nil, r, l.c.mirror.Release)
+	waves := make([]int, len(r.GetWaves()))
+	for i, w := range r.GetWaves() {
+		waves[i] = len(w.GetHosts())
+	}
+	l.c.log.Info().Str("service", name).Str("rollout", r.GetId()).Str("from", r.GetFromVersion()).Str("version", r.GetToVersion()).
+		Ints("waves", waves).Bool("rollback", r.GetRollback()).Str("state", r.GetState().String()).Msg("rollout created")
+	for _, ev := range res.Events {
+		l.c.log.Info().Str("service", name).Str("rollout", r.GetId()).Str("event", ev.Kind).Int("wave", ev.Wave).Str("host", ev.Host).Msg(ev.Message)
+	}
+	return l.c.mirror.WaitRev(ctx, rev)
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
+}
+
+// pruneEvents keeps the recorded events of the service's newest
+// KeepRolloutEvents rollouts, once one ends. History only: failures are
+// logged and retried at the next end.
+func (l *leader) pruneEvents(ctx context.Context, fence *store.Fence, r *v1.Rollout) {
+	n, err := strconv.Atoi(r.GetId())
+	keep := l.c.cfg.KeepRolloutEvents
+	if err != nil || keep <= 0 || n <= keep {
+		return
+	}
+	before := fmt.Sprintf("%06d", n-keep+1)
+	deleted, err := l.c.store.PruneEvents(ctx, fence, r.GetService(), before)
+	if err != nil {
+		l.c.log.Warn().Err(err).Str("service", r.GetService()).Msg("pruning old rollout events failed")
+		return
+	}
+	if deleted > 0 {
+		l.c.log.Info().Str("service", r.GetService()).Str("before", before).Int64("events", deleted).Msg("events of old rollouts pruned")
+	}
+}

@@ -1,0 +1,255 @@
+package rollout
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/fleetwave/fleetwave/internal/spec"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+	"google.golang.org/protobuf/proto"
+)
+
+// Release is what the policy needs of a service's release: its version and
+// when it was created, as a logical clock (the etcd revision that created
+// it, which no wall clock can disorder). Rollouts are compared on the same
+// clock.
+type Release struct {
+	Version string
+	Created int64
+}
+
+// Action names what Decide says to do about a service's newest release.
+type Action int
+
+const (
+	// ActionNone: no release is waiting to roll out. A rollout in flight
+	// (if any) is stepped as usual.
+	ActionNone Action = iota
+	// ActionWait: a release newer than the newest rollout exists but
+	// cannot start now (Decision.Reason says why: a rollback in flight, the
+	// queue policy, the freeze). A rollout in flight is stepped as usual.
+	ActionWait
+	// ActionSupersede: end the rollout in flight with Supersede(r,
+	// Decision.Reason, now); then decide again (the newest release starts).
+	ActionSupersede
+	// ActionStart: no rollout is in flight; begin one to Decision.Version
+	// (Begin).
+	ActionStart
+)
+
+func (a Action) String() string {
+	switch a {
+	case ActionNone:
+		return "none"
+	case ActionWait:
+		return "wait"
+	case ActionSupersede:
+		return "supersede"
+	case ActionStart:
+		return "start"
+	}
+	return fmt.Sprintf("Action(%d)", int(a))
+}
+
+// Decision is the rollout policy's answer for a service's newest release,
+// in the manner of a planner's result: a value naming the action, acted on
+// by the caller (the leader does the I/O).
+type Decision struct {
+	Action Action
+	// Version is the newest release (the one to start, the one that
+	// supersedes, the one that waits); "" when there is none.
+	Version string
+	// Reason is the superseded rollout's reason (ActionSupersede), or why
+	// nothing starts (ActionWait, ActionNone) for logs and traces.
+	Reason string
+}
+
+func (d Decision) String() string {
+	var b strings.Builder
+	b.WriteString(d.Action.String())
+	if d.Version != "" {
+		b.WriteString(" " + d.Version)
+	}
+	if d.Reason != "" {
+		b.WriteString(": " + d.Reason)
+	}
+	return b.String()
+}
+
+// Decide says what to do about svc's newest release, given the service's
+// newest rollout r (nil if none) and the logical time rCreated it was
+// created at, and the service's releases (any order). It is the whole
+// "which release rolls out when" policy:
+//
+//   - Only a release created after the newest rollout counts (so a release
+//     whose rollout failed is never retried, and a rollback is not undone by
+//     an older release); with no rollout yet, any release but the stable one.
+//     The newest such release wins; older ones are skipped.
+//   - A rollout waiting for approval moved no host: a newer release
+//     supersedes it, so approve always ships the newest release.
+//   - A progressing rollout is superseded by a newer release unless the
+//     policy queues it (on_new_release: queue), it is a rollback, or the
+//     service is frozen; then the release waits for it to end.
+//   - With no rollout in flight, the newest release starts unless the
+//     service is frozen (it waits for unfreeze) or it is the stable release.
+func Decide(svc *v1.Service, r *v1.Rollout, rCreated int64, releases []Release) Decision {
+	st := svc.GetStatus()
+	newest, ok := newestRelease(releases)
+	if !ok {
+		return Decision{Action: ActionNone, Reason: "no release"}
+	}
+	newer := r == nil || newest.Created > rCreated
+	if r != nil && !Terminal(r) {
+		if !newer {
+			return Decision{Action: ActionNone, Reason: fmt.Sprintf("rollout %s to %s is the newest", r.GetId(), r.GetToVersion())}
+		}
+		v := newest.Version
+		switch {
+		case r.GetState() == v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL:
+			return Decision{Action: ActionSupersede, Version: v, Reason: "superseded by release " + v + " before approval"}
+		case r.GetState() != v1.RolloutState_ROLLOUT_STATE_PROGRESSING:
+			return Decision{Action: ActionWait, Version: v, Reason: fmt.Sprintf("rollout %s to %s is %s", r.GetId(), r.GetToVersion(), stateName(r.GetState()))}
+		case r.GetRollback():
+			return Decision{Action: ActionWait, Version: v, Reason: fmt.Sprintf("rollback %s to %s runs to its end first", r.GetId(), r.GetToVersion())}
+		case st.GetFrozen():
+			return Decision{Action: ActionWait, Version: v, Reason: "service is frozen: " + st.GetFrozenReason()}
+		case svc.GetSpec().GetRollout().GetOnNewRelease() == spec.OnNewReleaseQueue:
+			return Decision{Action: ActionWait, Version: v, Reason: fmt.Sprintf("queued behind rollout %s to %s (on_new_release: %s)", r.GetId(), r.GetToVersion(), spec.OnNewReleaseQueue)}
+		}
+		return Decision{Action: ActionSupersede, Version: v, Reason: "superseded by release " + v}
+	}
+	switch {
+	case !newer:
+		return Decision{Action: ActionNone, Reason: fmt.Sprintf("no release since rollout %s", r.GetId())}
+	case newest.Version == st.GetStableVersion():
+		return Decision{Action: ActionNone, Reason: newest.Version + " is the stable release"}
+	case st.GetFrozen():
+		return Decision{Action: ActionWait, Version: newest.Version, Reason: "service is frozen: " + st.GetFrozenReason()}
+	}
+	return Decision{Action: ActionStart, Version: newest.Version}
+}
+
+// newestRelease is the release created last.
+func newestRelease(releases []Release) (Release, bool) {
+	var out Release
+	for i, rel := range releases {
+		if i == 0 || rel.Created > out.Created {
+			out = rel
+		}
+	}
+	return out, len(releases) > 0
+}
+
+// NextID is the id of svc's next rollout: its rollout_seq + 1, zero-padded
+// so ids sort by number.
+func NextID(svc *v1.Service) string {
+	return fmt.Sprintf("%06d", svc.GetStatus().GetRolloutSeq()+1)
+}
+
+// Begin plans svc's next rollout to version `to` (New, with id NextID) and
+// takes its first Step at once, so the plan and the first hosts assigned
+// are one write. It returns the rollout, svc's new status naming it
+// (rollout_seq + 1, last_rollout_id; concluded if the rollout ended at
+// once, e.g. with no host selected) and the Result: Changed, the creation
+// event (EventRolloutCreated) followed by the first Step's events, and
+// NextWake. svc is not mutated.
+func Begin(svc *v1.Service, to string, hosts []Host, obs func(hostID string) Observation, now time.Time) (*v1.Rollout, *v1.ServiceStatus, Result) {
+	return begin(svc, New(NextID(svc), svc, to, hosts, now), obs, now)
+}
+
+// BeginRollback is Begin for a rollback (NewRollback): its creation event
+// is EventRollbackCreated.
+func BeginRollback(svc *v1.Service, to string, hosts []Host, obs func(hostID string) Observation, now time.Time) (*v1.Rollout, *v1.ServiceStatus, Result) {
+	return begin(svc, NewRollback(NextID(svc), svc, to, hosts, now), obs, now)
+}
+
+func begin(svc *v1.Service, r *v1.Rollout, obs func(string) Observation, now time.Time) (*v1.Rollout, *v1.ServiceStatus, Result) {
+	kind := EventRolloutCreated
+	if r.GetRollback() {
+		kind = EventRollbackCreated
+	}
+	waves := make([]int, len(r.GetWaves()))
+	for i, w := range r.GetWaves() {
+		waves[i] = len(w.GetHosts())
+	}
+	created := Event{Kind: kind, Wave: NoWave, Message: fmt.Sprintf("%s → %s, waves %v, %s",
+		orNone(r.GetFromVersion()), r.GetToVersion(), waves, strings.ToLower(stateName(r.GetState())))}
+	r, res := Step(r, obs, now)
+	res.Changed = true
+	res.Events = append([]Event{created}, res.Events...)
+
+	st := &v1.ServiceStatus{}
+	if svc.GetStatus() != nil {
+		st = proto.Clone(svc.GetStatus()).(*v1.ServiceStatus)
+	}
+	st.RolloutSeq++
+	st.LastRolloutId = r.GetId()
+	return r, Conclude(st, r), res
+}
+
+// ErrRollback is wrapped by RollbackTarget's refusals.
+var ErrRollback = errors.New("rollback refused")
+
+// RollbackTarget is the release a rollback of svc goes to. requested is the
+// operator's choice ("" = the release the service ran before); active is the
+// rollout in flight (nil if none); rollouts are the service's rollouts,
+// oldest first, and releases its releases.
+//
+// Without a request the target is the stable release when a rollout is in
+// flight (and does not already go there), else the target of the newest
+// SUCCEEDED rollout that is not the stable release. It refuses (wrapping
+// ErrRollback): no such release; a version that is not a release of svc;
+// the stable release when nothing is in flight (it already runs); and a
+// release whose newest ended rollout FAILED.
+func RollbackTarget(svc *v1.Service, rollouts []*v1.Rollout, active *v1.Rollout, releases []Release, requested string) (string, error) {
+	name, stable := svc.GetSpec().GetName(), svc.GetStatus().GetStableVersion()
+	if active != nil && Terminal(active) {
+		active = nil
+	}
+	target := requested
+	if target == "" {
+		if active != nil && stable != "" && active.GetToVersion() != stable {
+			target = stable
+		} else {
+			for i := len(rollouts) - 1; i >= 0; i-- {
+				r := rollouts[i]
+				if r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED && r.GetToVersion() != stable {
+					target = r.GetToVersion()
+					break
+				}
+			}
+		}
+		if target == "" {
+			return "", fmt.Errorf("%w: service %s has no earlier good release to roll back to (give one with --to)", ErrRollback, name)
+		}
+	}
+	known := false
+	for _, rel := range releases {
+		known = known || rel.Version == target
+	}
+	if !known {
+		return "", fmt.Errorf("%w: to_version: service %s has no release %q", ErrRollback, name, target)
+	}
+	if active == nil && target == stable {
+		return "", fmt.Errorf("%w: to_version: service %s already runs %s", ErrRollback, name, target)
+	}
+	// Never roll back onto a release whose newest rollout failed.
+	for i := len(rollouts) - 1; i >= 0; i-- {
+		if r := rollouts[i]; r.GetToVersion() == target && Terminal(r) {
+			if r.GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED {
+				return "", fmt.Errorf("%w: to_version: %s failed in rollout %s (%s); refusing to roll back onto it", ErrRollback, target, r.GetId(), r.GetReason())
+			}
+			break
+		}
+	}
+	return target, nil
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
+}

@@ -1,0 +1,54 @@
+package rollout
+
+// Event kinds: the one vocabulary of a rollout's history (v1.Event.kind),
+// used by the engine, the leader, the alerter, the CLI and the tests. The
+// strings are stored in etcd and shown to operators: never change one.
+const (
+	// Written by the leader when it starts a rollout (rollback_created for
+	// a rollback), in the transaction that stores it.
+	EventRolloutCreated  = "rollout_created"
+	EventRollbackCreated = "rollback_created"
+
+	// Step's events.
+	EventWaveStarted         = "wave_started"
+	EventHostAssigned        = "host_assigned"
+	EventHostDone            = "host_done"
+	EventHostFailed          = "host_failed"
+	EventHostUnknown         = "host_unknown"
+	EventHostBack            = "host_back"
+	EventWaveBaking          = "wave_baking"
+	EventWaveDone            = "wave_done"
+	EventWaveWaitingApproval = "wave_waiting_approval"
+	EventRolloutSucceeded    = "rollout_succeeded"
+	EventRolloutFailed       = "rollout_failed"
+
+	// Decisions: a newer release or a rollback ends a rollout
+	// (ActionSupersede), and operators' calls.
+	EventRolloutSuperseded = "rollout_superseded"
+	EventRolloutApproved   = "rollout_approved"
+	EventRolloutPaused     = "rollout_paused"
+	EventRolloutResumed    = "rollout_resumed"
+	EventRolloutAborted    = "rollout_aborted"
+	EventServiceUnfrozen   = "service_unfrozen"
+
+	// After a failed rollout, every host it moved runs a good release again
+	// (Restored).
+	EventFleetRestored = "fleet_restored"
+
+	// The alerter's webhook outcome after a failed rollout.
+	EventAlertSent   = "alert_sent"
+	EventAlertFailed = "alert_failed"
+)
+
+// NoWave is Event.Wave for events about the whole rollout.
+const NoWave = -1
+
+// Event is one thing that happened in a Step, for logs and `rollout watch`.
+// Wave is the wave index, or NoWave for rollout-wide events; Host is "" for
+// events that are not about one host.
+type Event struct {
+	Kind    string
+	Wave    int
+	Host    string
+	Message string
+}

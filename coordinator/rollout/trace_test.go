@@ -1,0 +1,276 @@
+package rollout
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/datadriven"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// TestTraces replays the scenario traces in testdata/*.txt, the way etcd's
+// raft tests do: each file is a sequence of commands against one world (the
+// leader loop without I/O, world_test.go) and the output each command
+// should print. `go test ./coordinator/rollout -run TestTraces -rewrite`
+// rewrites the expected output (read the diff before committing it).
+//
+// Commands (time is an offset from the start, t=<duration>, never going
+// back; a command without t= runs at the current time):
+//
+//	service [name=web] [mode=auto|manual] [canary=N] [no-canary] [waves=(50,100)]
+//	        [parallel=N] [bake=D] [deadline=D] [failures=N] [on-new=supersede|queue]
+//	        [each-wave] [selector=(k=v,...)] [stable=VERSION]
+//	    the service and its policy (again: a new spec, same status); stable=
+//	    makes VERSION an existing release that runs everywhere (generation 1)
+//	hosts                      one host per input line: "ID [k=v ...]"
+//	release VERSION            a new release, created after everything so far
+//	decide                     print what Decide says, without acting
+//	reconcile [t=D]            one pass of the leader loop: decisions, events, state
+//	report H=PHASE... [reason=(text)] [gen=N] [version=V] [down]
+//	    what hosts report for the service (of the newest rollout's
+//	    generation and, for healthy, its target; else its source); down: the
+//	    stream drops after the report
+//	disconnect H...  connect H...  gossip H=STATE...
+//	approve [wave=N] [t=D]  pause  resume [t=D]  abort [reason=(text)] [t=D]
+//	rollback [to=V] [t=D]  unfreeze [t=D]
+//	    the operator's calls, as the leader serves them
+//	state                      the service and its newest rollout
+//	desired                    what each host is told to run
+//
+// Every command that acts prints what happened (decisions, events as
+// "<rollout> <kind> [w<wave>] [<host>]: <message>", errors) and then the
+// state. The world checks the engine's and the policy's invariants after
+// every action, as the simulations do.
+func TestTraces(t *testing.T) {
+	datadriven.Walk(t, "testdata", func(t *testing.T, path string) {
+		var w *world
+		datadriven.RunTest(t, path, func(t *testing.T, td *datadriven.TestData) string {
+			fail := func(format string, args ...any) {
+				t.Helper()
+				t.Fatalf("%s: %s", td.Pos, fmt.Sprintf(format, args...))
+			}
+			if w == nil && td.Cmd != "service" {
+				fail("the first command must be service")
+			}
+			if w != nil {
+				w.fail = fail
+				if td.HasArg("t") {
+					d, err := time.ParseDuration(arg(td, "t"))
+					if err != nil || t0.Add(d).Before(w.now) {
+						fail("t=%s: %v (time only goes forward; now %s)", arg(td, "t"), err, w.at(w.now))
+					}
+					w.now = t0.Add(d)
+				}
+			}
+			var out []string
+			act := func(err error) string {
+				out = append(out, w.take()...)
+				if err != nil {
+					out = append(out, "error: "+err.Error())
+				}
+				out = append(out, w.state()...)
+				if err == nil && steps(td.Cmd) {
+					out = append(out, w.wakeLine()...)
+				}
+				return strings.Join(out, "\n")
+			}
+			switch td.Cmd {
+			case "service":
+				svc := traceService(t, td)
+				if w == nil {
+					w = newWorld(svc, nil, t0, fail)
+					if v := arg(td, "stable"); v != "" {
+						w.release(v)
+						w.svc.Status = &v1.ServiceStatus{StableVersion: v, StableGeneration: 1}
+						w.goodStables[v] = true
+					}
+				} else {
+					w.svc.Spec = svc.GetSpec()
+				}
+				return ""
+			case "hosts":
+				for _, line := range strings.Split(strings.TrimSpace(td.Input), "\n") {
+					f := strings.Fields(line)
+					if len(f) == 0 {
+						continue
+					}
+					h := Host{ID: f[0], Labels: map[string]string{}}
+					for _, kv := range f[1:] {
+						k, v, ok := strings.Cut(kv, "=")
+						if !ok {
+							fail("label %q: want k=v", kv)
+						}
+						h.Labels[k] = v
+					}
+					w.hosts = append(w.hosts, h)
+				}
+				return ""
+			case "release":
+				for _, a := range td.CmdArgs {
+					w.release(a.Key)
+				}
+				return ""
+			case "decide":
+				cur, created := w.current()
+				return Decide(w.svc, cur, created, w.releases).String()
+			case "reconcile":
+				w.reconcile()
+				return act(nil)
+			case "report":
+				traceReport(td, w, fail)
+				return ""
+			case "disconnect", "connect":
+				for _, a := range td.CmdArgs {
+					o := w.observe(a.Key)
+					o.Connected = td.Cmd == "connect"
+					w.obs[a.Key] = o
+				}
+				return ""
+			case "gossip":
+				for _, a := range td.CmdArgs {
+					o := w.observe(a.Key)
+					o.Gossip = a.SingleVal(t)
+					w.obs[a.Key] = o
+				}
+				return ""
+			case "approve":
+				var wave uint32
+				if s := arg(td, "wave"); s != "" {
+					n, err := strconv.ParseUint(s, 10, 32)
+					if err != nil {
+						fail("wave=%s: %v", s, err)
+					}
+					wave = uint32(n)
+				}
+				return act(w.approve(wave))
+			case "pause":
+				return act(w.pause())
+			case "resume":
+				return act(w.resume())
+			case "abort":
+				return act(w.abort(arg(td, "reason")))
+			case "rollback":
+				return act(w.rollback(arg(td, "to")))
+			case "unfreeze":
+				w.unfreeze()
+				return act(nil)
+			case "state":
+				return strings.Join(w.state(), "\n")
+			case "desired":
+				return strings.Join(w.desiredLines(), "\n")
+			}
+			fail("unknown command %q", td.Cmd)
+			return ""
+		})
+	})
+}
+
+// steps reports whether a command steps the rollout in flight, so that
+// its output ends with the next wake.
+func steps(cmd string) bool {
+	return slices.Contains([]string{"reconcile", "approve", "rollback", "unfreeze"}, cmd)
+}
+
+// arg is a command argument's value ("" if absent), values in parentheses
+// joined by commas.
+func arg(td *datadriven.TestData, key string) string {
+	a, ok := td.Arg(key)
+	if !ok {
+		return ""
+	}
+	return strings.Join(a.Vals, ",")
+}
+
+func traceService(t *testing.T, td *datadriven.TestData) *v1.Service {
+	name := arg(td, "name")
+	if name == "" {
+		name = "web"
+	}
+	pol := &v1.RolloutPolicy{Mode: arg(td, "mode"), OnNewRelease: arg(td, "on-new"), NoCanary: td.HasArg("no-canary"), ApproveEachWave: td.HasArg("each-wave")}
+	num := func(key string) uint32 {
+		s := arg(td, key)
+		if s == "" {
+			return 0
+		}
+		n, err := strconv.ParseUint(s, 10, 32)
+		if err != nil {
+			t.Fatalf("%s: %s=%s: %v", td.Pos, key, s, err)
+		}
+		return uint32(n)
+	}
+	dur := func(key string) *durationpb.Duration {
+		s := arg(td, key)
+		if s == "" {
+			return nil
+		}
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			t.Fatalf("%s: %s=%s: %v", td.Pos, key, s, err)
+		}
+		return durationpb.New(d)
+	}
+	pol.Canary, pol.MaxParallel, pol.MaxFailures = num("canary"), num("parallel"), num("failures")
+	pol.Bake, pol.ProgressDeadline = dur("bake"), dur("deadline")
+	if s := arg(td, "waves"); s != "" {
+		for _, p := range strings.Split(s, ",") {
+			n, err := strconv.ParseUint(strings.TrimSpace(p), 10, 32)
+			if err != nil {
+				t.Fatalf("%s: waves=%s: %v", td.Pos, s, err)
+			}
+			pol.Waves = append(pol.Waves, uint32(n))
+		}
+	}
+	var sel map[string]string
+	if a, ok := td.Arg("selector"); ok {
+		sel = map[string]string{}
+		for _, kv := range a.Vals {
+			k, v, _ := strings.Cut(kv, "=")
+			sel[k] = v
+		}
+	}
+	return &v1.Service{Spec: &v1.ServiceSpec{Name: name, Selector: sel, Rollout: pol}}
+}
+
+// traceReport records reports: H=PHASE for each host, for the newest
+// rollout's generation (gen= overrides), running its target when healthy
+// and its source otherwise (version= overrides).
+func traceReport(td *datadriven.TestData, w *world, fail func(string, ...any)) {
+	cur, _ := w.current()
+	gen := cur.GetGeneration()
+	if s := arg(td, "gen"); s != "" {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			fail("gen=%s: %v", s, err)
+		}
+		gen = n
+	}
+	for _, a := range td.CmdArgs {
+		if slices.Contains([]string{"reason", "gen", "version", "down", "t"}, a.Key) {
+			continue
+		}
+		name := strings.ToUpper(strings.Join(a.Vals, ""))
+		ph, ok := v1.Phase_value["PHASE_"+name]
+		if !ok {
+			fail("%s=%s: not a phase", a.Key, name)
+		}
+		phase := v1.Phase(ph)
+		running := cur.GetFromVersion()
+		if phase == v1.Phase_PHASE_HEALTHY {
+			running = cur.GetToVersion()
+		}
+		if v := arg(td, "version"); v != "" {
+			running = v
+		}
+		o := w.observe(a.Key)
+		o.Connected = !td.HasArg("down")
+		o.Report = &v1.ServiceReport{Service: w.name(), Generation: gen, Phase: phase, CurrentVersion: running,
+			TargetVersion: cur.GetToVersion(), Reason: arg(td, "reason")}
+		w.obs[a.Key] = o
+	}
+}

@@ -1,0 +1,54 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// PutAudit appends an entry to the audit log.
+func (s *Store) PutAudit(ctx context.Context, e *v1.AuditEntry, n int) error {
+	val, err := marshal(e)
+	if err != nil {
+		return err
+	}
+	key := fmt.Sprintf("%s%020d-%06d", AuditPrefix, e.GetAt().AsTime().UnixNano(), n)
+	if _, err := s.c.Put(ctx, key, val); err != nil {
+		return fmt.Errorf("audit %s: %w", e.GetMethod(), err)
+	}
+	return nil
+}
+
+// ListAudit returns the newest limit audit entries, oldest first.
+func (s *Store) ListAudit(ctx context.Context, limit int) ([]*v1.AuditEntry, error) {
+	resp, err := s.c.Get(ctx, AuditPrefix, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend), clientv3.WithLimit(int64(limit)))
+	if err != nil {
+		return nil, fmt.Errorf("list audit: %w", err)
+	}
+	out := make([]*v1.AuditEntry, 0, len(resp.Kvs))
+	for i := len(resp.Kvs) - 1; i >= 0; i-- {
+		e := &v1.AuditEntry{}
+		if proto.Unmarshal(resp.Kvs[i].Value, e) == nil {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+// PruneAudit deletes, fenced, audit entries recorded before t.
+func (s *Store) PruneAudit(ctx context.Context, f *Fence, before time.Time) (int64, error) {
+	end := fmt.Sprintf("%s%020d", AuditPrefix, before.UnixNano())
+	resp, err := s.c.Txn(ctx).If(f.cmps()...).Then(clientv3.OpDelete(AuditPrefix, clientv3.WithRange(end))).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("prune audit: %w", err)
+	}
+	if !resp.Succeeded {
+		return 0, fmt.Errorf("prune audit: %w", ErrNotLeader)
+	}
+	return resp.Responses[0].GetResponseDeleteRange().Deleted, nil
+}

@@ -1,0 +1,122 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// ListHosts returns every host record.
+func (s *Store) ListHosts(ctx context.Context) ([]*v1.Host, error) {
+	return list(ctx, s, HostsPrefix, func() *v1.Host { return &v1.Host{} })
+}
+
+// PutHost writes a host record (on connect, when its labels change).
+func (s *Store) PutHost(ctx context.Context, h *v1.Host) error {
+	val, err := marshal(h)
+	if err != nil {
+		return err
+	}
+	if _, err := s.c.Put(ctx, HostKey(h.GetId()), val); err != nil {
+		return fmt.Errorf("put host %s: %w", h.GetId(), err)
+	}
+	return nil
+}
+
+// PutCoordinator registers a running coordinator on its session lease.
+func (s *Store) PutCoordinator(ctx context.Context, info *v1.CoordinatorInfo, lease clientv3.LeaseID) error {
+	val, err := marshal(info)
+	if err != nil {
+		return err
+	}
+	if _, err := s.c.Put(ctx, CoordinatorKey(info.GetName()), val, clientv3.WithLease(lease)); err != nil {
+		return fmt.Errorf("register coordinator %s: %w", info.GetName(), err)
+	}
+	return nil
+}
+
+// PutConn marks a host connected to coordinator `by`, on lease (0 = none).
+func (s *Store) PutConn(ctx context.Context, host, by string, lease clientv3.LeaseID) error {
+	if _, err := s.c.Put(ctx, ConnKey(host), by, clientv3.WithLease(lease)); err != nil {
+		return fmt.Errorf("put conn %s: %w", host, err)
+	}
+	return nil
+}
+
+// DeleteConn marks a host disconnected, if `by` still holds its connection.
+func (s *Store) DeleteConn(ctx context.Context, host, by string) error {
+	key := ConnKey(host)
+	_, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.Value(key), "=", by)).
+		Then(clientv3.OpDelete(key)).Commit()
+	if err != nil {
+		return fmt.Errorf("delete conn %s: %w", host, err)
+	}
+	return nil
+}
+
+// PutReport records what a host reported for a service.
+func (s *Store) PutReport(ctx context.Context, host string, r *v1.ServiceReport) error {
+	val, err := marshal(r)
+	if err != nil {
+		return err
+	}
+	if _, err := s.c.Put(ctx, ReportKey(host, r.GetService()), val); err != nil {
+		return fmt.Errorf("put report %s/%s: %w", host, r.GetService(), err)
+	}
+	return nil
+}
+
+// HostReport is one host's report for PutReports.
+type HostReport struct {
+	Host   string
+	Report *v1.ServiceReport
+}
+
+// PutReports writes reports in one transaction (at most maxEventOpsInTxn).
+func (s *Store) PutReports(ctx context.Context, reps []HostReport) error {
+	if len(reps) > maxEventOpsInTxn {
+		return fmt.Errorf("put reports: %d in one batch, at most %d", len(reps), maxEventOpsInTxn)
+	}
+	ops := make([]clientv3.Op, 0, len(reps))
+	for _, hr := range reps {
+		val, err := marshal(hr.Report)
+		if err != nil {
+			return err
+		}
+		ops = append(ops, clientv3.OpPut(ReportKey(hr.Host, hr.Report.GetService()), val))
+	}
+	if _, err := s.c.Txn(ctx).Then(ops...).Commit(); err != nil {
+		return fmt.Errorf("put %d reports: %w", len(reps), err)
+	}
+	return nil
+}
+
+// MaxReportBatch is the most reports PutReports takes at once.
+const MaxReportBatch = maxEventOpsInTxn
+
+// ErrConnected is returned when a host to remove is connected.
+var ErrConnected = errors.New("host is connected")
+
+// DeleteHost removes a host's record and reports if it is not connected
+// (no connection record), in one transaction.
+func (s *Store) DeleteHost(ctx context.Context, id string) error {
+	resp, err := s.c.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(ConnKey(id)), "=", 0), clientv3.Compare(clientv3.CreateRevision(HostKey(id)), ">", 0)).
+		Then(clientv3.OpDelete(HostKey(id)), clientv3.OpDelete(ReportsPrefix+id+"/", clientv3.WithPrefix())).
+		Else(clientv3.OpGet(ConnKey(id))).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("remove host %s: %w", id, err)
+	}
+	if !resp.Succeeded {
+		if len(resp.Responses) > 0 && len(resp.Responses[0].GetResponseRange().Kvs) > 0 {
+			return fmt.Errorf("remove host %s: %w (stop its agent first)", id, ErrConnected)
+		}
+		return fmt.Errorf("host %s: %w", id, ErrNotFound)
+	}
+	return nil
+}

@@ -1,0 +1,74 @@
+package store
+
+import (
+	"fmt"
+	"strings"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// Prefix is the root of Fleetwave's keyspace.
+const Prefix = "/fleetwave/v1/"
+
+// Key prefixes, each followed by ids separated by "/".
+const (
+	ServicesPrefix = Prefix + "services/" // <service> -> Service
+	ReleasesPrefix = Prefix + "releases/" // <service>/<version> -> Release
+	RolloutsPrefix = Prefix + "rollouts/" // <service>/<id> -> Rollout
+	HostsPrefix    = Prefix + "hosts/"    // <host> -> Host (labels; no liveness)
+	ConnsPrefix    = Prefix + "conns/"    // <host> -> coordinator name, on that coordinator's lease
+	ReportsPrefix  = Prefix + "reports/"  // <host>/<service> -> ServiceReport
+	EventsPrefix   = Prefix + "events/"   // <service>/<rollout>/<time>-<n> -> Event (not mirrored)
+	// CoordinatorsPrefix: <name> -> CoordinatorInfo, on that coordinator's
+	// session lease (gone when it dies).
+	CoordinatorsPrefix = Prefix + "coordinators/"
+	// TokensPrefix: <id> -> Token (secret hashed).
+	TokensPrefix = Prefix + "tokens/"
+	// AuditPrefix: <unix nanos>-<n> -> AuditEntry (not mirrored).
+	AuditPrefix    = Prefix + "audit/"
+	ElectionPrefix = Prefix + "leader"
+)
+
+// ServiceKey and the helpers below it make one object's key: its prefix
+// above followed by its ids joined by "/".
+func ServiceKey(name string) string         { return ServicesPrefix + name }
+func ReleaseKey(service, ver string) string { return ReleasesPrefix + service + "/" + ver }
+func RolloutKey(service, id string) string  { return RolloutsPrefix + service + "/" + id }
+func HostKey(id string) string              { return HostsPrefix + id }
+func ConnKey(id string) string              { return ConnsPrefix + id }
+func ReportKey(host, service string) string {
+	return ReportsPrefix + host + "/" + service
+}
+
+// CoordinatorKey is where a coordinator registers itself.
+func CoordinatorKey(name string) string { return CoordinatorsPrefix + name }
+
+// SplitKey returns the parts of key after prefix.
+func SplitKey(key, prefix string) []string {
+	return strings.Split(strings.TrimPrefix(key, prefix), "/")
+}
+
+// EventKey orders a service's events by rollout, then time, then index.
+func EventKey(e *v1.Event, n int) string {
+	rid := e.GetRolloutId()
+	if rid == "" {
+		rid = "000000"
+	}
+	return fmt.Sprintf("%s%s/%s/%020d-%04d", EventsPrefix, e.GetService(), rid, e.GetAt().AsTime().UnixNano(), n)
+}
+
+// EventsPrefixFor is the key prefix of a service's events (every service
+// when service is ""; one rollout's when rolloutID is set too).
+func EventsPrefixFor(service, rolloutID string) string {
+	p := EventsPrefix
+	if service != "" {
+		p += service + "/"
+		if rolloutID != "" {
+			p += rolloutID + "/"
+		}
+	}
+	return p
+}
+
+// TokenKey is where a token is stored.
+func TokenKey(id string) string { return TokensPrefix + id }

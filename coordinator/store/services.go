@@ -1,0 +1,114 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// GetService returns a service and its mod revision.
+func (s *Store) GetService(ctx context.Context, name string) (*v1.Service, int64, error) {
+	return get(ctx, s, ServiceKey(name), &v1.Service{})
+}
+
+// ListServices returns every service.
+func (s *Store) ListServices(ctx context.Context) ([]*v1.Service, error) {
+	return list(ctx, s, ServicesPrefix, func() *v1.Service { return &v1.Service{} })
+}
+
+// ApplySpec creates a service or replaces its spec, keeping its status. It
+// retries on concurrent updates. created reports whether it was new.
+func (s *Store) ApplySpec(ctx context.Context, spec *v1.ServiceSpec, now time.Time) (svc *v1.Service, created bool, err error) {
+	key := ServiceKey(spec.GetName())
+	for range 10 {
+		cur, rev, err := s.GetService(ctx, spec.GetName())
+		switch {
+		case errors.Is(err, ErrNotFound):
+			cur, rev, created = &v1.Service{Status: &v1.ServiceStatus{}}, 0, true
+		case err != nil:
+			return nil, false, err
+		default:
+			created = false
+		}
+		next := proto.Clone(cur).(*v1.Service)
+		next.Spec = spec
+		next.UpdatedAt = tsOf(now)
+		val, err := marshal(next)
+		if err != nil {
+			return nil, false, err
+		}
+		resp, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
+			Then(clientv3.OpPut(key, val)).Commit()
+		if err != nil {
+			return nil, false, fmt.Errorf("apply service %s: %w", spec.GetName(), err)
+		}
+		if resp.Succeeded {
+			return next, created, nil
+		}
+	}
+	return nil, false, fmt.Errorf("apply service %s: %w", spec.GetName(), ErrConflict)
+}
+
+// CreateRelease stores a release and returns the revision of the write; a
+// release is immutable, so an existing version is ErrExists.
+func (s *Store) CreateRelease(ctx context.Context, r *v1.Release) (int64, error) {
+	key := ReleaseKey(r.GetService(), r.GetVersion())
+	val, err := marshal(r)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, val)).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("create release %s/%s: %w", r.GetService(), r.GetVersion(), err)
+	}
+	if !resp.Succeeded {
+		return 0, fmt.Errorf("release %s/%s: %w", r.GetService(), r.GetVersion(), ErrExists)
+	}
+	return resp.Header.Revision, nil
+}
+
+// GetRelease returns one release.
+func (s *Store) GetRelease(ctx context.Context, service, version string) (*v1.Release, error) {
+	r, _, err := get(ctx, s, ReleaseKey(service, version), &v1.Release{})
+	return r, err
+}
+
+// ListReleases returns the releases of a service.
+func (s *Store) ListReleases(ctx context.Context, service string) ([]*v1.Release, error) {
+	return list(ctx, s, ReleasesPrefix+service+"/", func() *v1.Release { return &v1.Release{} })
+}
+
+// PutService replaces a service (fenced, compare-and-swap on serviceRev),
+// e.g. to unfreeze it, with the events that record why. It returns the
+// revision of the write.
+func (s *Store) PutService(ctx context.Context, f *Fence, svc *v1.Service, serviceRev int64, events ...*v1.Event) (int64, error) {
+	skey := ServiceKey(svc.GetSpec().GetName())
+	sval, err := marshal(svc)
+	if err != nil {
+		return 0, err
+	}
+	cmps := append(f.cmps(), clientv3.Compare(clientv3.ModRevision(skey), "=", serviceRev))
+	var fenceGet []clientv3.Op
+	if f != nil {
+		fenceGet = []clientv3.Op{clientv3.OpGet(f.Key)}
+	}
+	evOps, err := eventOps(events)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := s.c.Txn(ctx).If(cmps...).Then(append([]clientv3.Op{clientv3.OpPut(skey, sval)}, evOps...)...).Else(fenceGet...).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("put service %s: %w", svc.GetSpec().GetName(), err)
+	}
+	if !resp.Succeeded {
+		return 0, fmt.Errorf("put service %s: %w", svc.GetSpec().GetName(), fenceErr(f, resp))
+	}
+	return resp.Header.Revision, nil
+}
