@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/fleetwave/fleetwave/agent/supervise"
+	"github.com/fleetwave/fleetwave/internal/testkit"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"github.com/rs/zerolog"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -104,27 +106,10 @@ func alive(pid int) bool {
 	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
 }
 
+// waitGone waits for process pid to be gone (or a zombie).
 func waitGone(t *testing.T, pid int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for alive(pid) {
-		if time.Now().After(deadline) {
-			t.Fatalf("process %d still alive", pid)
-		}
-		time.Sleep(20 * time.Millisecond) // polling a condition with a deadline
-	}
-}
-
-// waitCond polls cond until it holds or the deadline passes.
-func waitCond(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond) // polling a condition with a deadline
-	}
+	testkit.Eventually(t, 20*time.Second, fmt.Sprintf("process %d to be gone", pid), func() bool { return !alive(pid) })
 }
 
 func waitDone(t *testing.T, done <-chan error) {
@@ -237,7 +222,7 @@ func TestAgentEndToEnd(t *testing.T) {
 		t.Fatalf("restarted for a repeat of the running release: pid %d -> %d", revertedPID, pid)
 	}
 	// Pruning runs in the background after the settled state is saved.
-	waitCond(t, "failed release pruned", 10*time.Second, func() bool {
+	testkit.Eventually(t, 10*time.Second, "failed release pruned", func() bool {
 		_, err := os.Stat(filepath.Join(dataDir, "releases", testSvc, "2.0.0"))
 		return os.IsNotExist(err)
 	})

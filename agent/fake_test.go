@@ -7,11 +7,13 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"net"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/fleetwave/fleetwave/internal/testkit"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -160,30 +162,22 @@ func (f *fakeCoordinator) Download(req *v1.DownloadRequest, stream grpc.ServerSt
 	return nil
 }
 
-// waitFor polls the recorded traffic until cond holds or the deadline passes.
+// waitFor polls the recorded traffic until cond holds (cond runs with f.mu
+// held); d is a failure deadline.
 func (f *fakeCoordinator) waitFor(t *testing.T, what string, d time.Duration, cond func(hellos []*v1.Hello, reports []*v1.ServiceReport) bool) {
 	t.Helper()
-	deadline := time.NewTimer(d)
-	defer deadline.Stop()
-	for {
+	testkit.EventuallyErr(t, d, what, func() error {
 		f.mu.Lock()
-		ok := cond(f.hellos, f.reports)
-		ch := f.changed
+		defer f.mu.Unlock()
+		if cond(f.hellos, f.reports) {
+			return nil
+		}
 		n := len(f.reports)
-		var last *v1.ServiceReport
-		if n > 0 {
-			last = f.reports[n-1]
+		if n == 0 {
+			return fmt.Errorf("%d hellos, no reports", len(f.hellos))
 		}
-		f.mu.Unlock()
-		if ok {
-			return
-		}
-		select {
-		case <-ch:
-		case <-deadline.C:
-			t.Fatalf("timed out waiting for %s; %d reports, last %v", what, n, last)
-		}
-	}
+		return fmt.Errorf("%d hellos, %d reports, last %v", len(f.hellos), n, f.reports[n-1])
+	})
 }
 
 // lastReport is the newest report of a service, from a Hello or a Report.

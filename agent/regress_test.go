@@ -20,6 +20,7 @@ import (
 	"github.com/fleetwave/fleetwave/agent/install"
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/agent/state"
+	"github.com/fleetwave/fleetwave/internal/testkit"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"github.com/rs/zerolog"
 )
@@ -239,7 +240,7 @@ func TestFailedSaveHoldsLaterActions(t *testing.T) {
 	fc.waitFor(t, "v1 healthy", 20*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
 		return reportIs(lastReport(rs, testSvc), 1, v1.Phase_PHASE_HEALTHY, "1.0.0")
 	})
-	waitCond(t, "the prune after v1 became healthy", 10*time.Second, func() bool { return prunes.Load() == 1 })
+	testkit.Eventually(t, 10*time.Second, "the prune after v1 became healthy", func() bool { return prunes.Load() == 1 })
 
 	noReportOf := func(gen int64) {
 		t.Helper()
@@ -255,7 +256,7 @@ func TestFailedSaveHoldsLaterActions(t *testing.T) {
 	failing.Store(true)
 	base := attempts.Load()
 	fc.assign(testAssignment("1.0.0", 1, d, int64(len(art)), ""), testAssignment("3.0.0", 2, "not-a-digest", 10, ""))
-	waitCond(t, "the save to be retried on ticks", 10*time.Second, func() bool { return attempts.Load() >= base+3 })
+	testkit.Eventually(t, 10*time.Second, "the save to be retried on ticks", func() bool { return attempts.Load() >= base+3 })
 	noReportOf(2)
 	if n := prunes.Load(); n != 1 {
 		t.Fatalf("pruned %d times, but the FAILED state was never saved", n)
@@ -264,13 +265,13 @@ func TestFailedSaveHoldsLaterActions(t *testing.T) {
 	fc.waitFor(t, "gen 2 failed once saved", 10*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
 		return reportIs(lastReport(rs, testSvc), 2, v1.Phase_PHASE_FAILED, "1.0.0")
 	})
-	waitCond(t, "the prune once saved", 10*time.Second, func() bool { return prunes.Load() == 2 })
+	testkit.Eventually(t, 10*time.Second, "the prune once saved", func() bool { return prunes.Load() == 2 })
 
 	// An install whose FETCHING state cannot be saved does not fetch.
 	failing.Store(true)
 	base = attempts.Load()
 	fc.assign(testAssignment("2.0.0", 3, d, int64(len(art)), hs.URL+"/v2.tar.gz"))
-	waitCond(t, "the save to be retried on ticks", 10*time.Second, func() bool { return attempts.Load() >= base+3 })
+	testkit.Eventually(t, 10*time.Second, "the save to be retried on ticks", func() bool { return attempts.Load() >= base+3 })
 	noReportOf(3)
 	if n := gets.Load(); n != 0 {
 		t.Fatalf("fetched %d times before the state was saved", n)

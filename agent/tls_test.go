@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/fleetwave/fleetwave/coordinator"
+	"github.com/fleetwave/fleetwave/internal/testkit"
 	"github.com/fleetwave/fleetwave/internal/tlsutil"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -87,7 +88,7 @@ func TestAgentJoinsAndRenews(t *testing.T) {
 	}
 	certFile := filepath.Join(dataDir, "tls", "agent.pem")
 	var first time.Time
-	waitUntil(t, ctx, "joined and connected", func() bool {
+	testkit.Eventually(t, time.Minute, "joined and connected", func() bool {
 		_, na, err := certValidity(certFile)
 		first = na
 		return err == nil && connected()
@@ -95,22 +96,12 @@ func TestAgentJoinsAndRenews(t *testing.T) {
 	if time.Until(first) > 13*time.Second {
 		t.Fatalf("joined certificate valid until %v, want about 12 s", first)
 	}
-	waitUntil(t, ctx, "certificate renewed", func() bool {
+	testkit.Eventually(t, time.Minute, "certificate renewed", func() bool {
 		_, na, err := certValidity(certFile)
 		return err == nil && na.After(first)
 	})
 	// Past the first certificate's expiry the agent is still connected
 	// (its next connection uses the renewed certificate).
-	waitUntil(t, ctx, "the first certificate expires", func() bool { return time.Now().After(first.Add(time.Second)) })
-	waitUntil(t, ctx, "still connected", connected)
-}
-
-func waitUntil(t *testing.T, ctx context.Context, what string, cond func() bool) {
-	t.Helper()
-	for !cond() {
-		if ctx.Err() != nil {
-			t.Fatalf("%s: not reached", what)
-		}
-		time.Sleep(50 * time.Millisecond) // polling interval
-	}
+	testkit.Eventually(t, time.Minute, "the first certificate expires", func() bool { return time.Now().After(first.Add(time.Second)) })
+	testkit.Eventually(t, time.Minute, "still connected", connected)
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/coordinator/store"
+	"github.com/fleetwave/fleetwave/internal/testkit"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -74,16 +75,18 @@ func startMember(t testing.TB, name string, endpoints []string) *member {
 func waitCluster(t *testing.T, ctx context.Context, op v1.OperatorServiceClient, what string, cond func(*v1.ClusterStatusResponse) bool) *v1.ClusterStatusResponse {
 	t.Helper()
 	var last *v1.ClusterStatusResponse
-	var err error
-	for ctx.Err() == nil {
-		last, err = op.ClusterStatus(ctx, &v1.ClusterStatusRequest{})
-		if err == nil && cond(last) {
-			return last
+	testkit.EventuallyErr(t, time.Minute, what, func() error {
+		st, err := op.ClusterStatus(ctx, &v1.ClusterStatusRequest{})
+		if err != nil {
+			return err
 		}
-		time.Sleep(50 * time.Millisecond) // polling interval, not synchronisation
-	}
-	t.Fatalf("%s: not reached; last %v, err %v", what, last, err)
-	return nil
+		last = st
+		if !cond(st) {
+			return fmt.Errorf("last status %v", st)
+		}
+		return nil
+	})
+	return last
 }
 
 // Two coordinators on one etcd: both register, one leads; the other serves
@@ -371,23 +374,13 @@ func TestRemoveHost(t *testing.T) {
 		}
 		return false, false
 	}
-	for k, c := hostState(); !k || !c; k, c = hostState() {
-		if ctx.Err() != nil {
-			t.Fatal("h1 never connected")
-		}
-		time.Sleep(10 * time.Millisecond) // polling interval
-	}
+	testkit.Eventually(t, time.Minute, "h1 connected", func() bool { k, c := hostState(); return k && c })
 	_, err := op.RemoveHost(ctx, &v1.RemoveHostRequest{HostId: "h1"})
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "connected") {
 		t.Errorf("removing a connected host: %v", err)
 	}
 	acancel()
-	for _, c := hostState(); c; _, c = hostState() {
-		if ctx.Err() != nil {
-			t.Fatal("h1 never disconnected")
-		}
-		time.Sleep(10 * time.Millisecond) // polling interval
-	}
+	testkit.Eventually(t, time.Minute, "h1 disconnected", func() bool { _, c := hostState(); return !c })
 	if _, err := op.RemoveHost(ctx, &v1.RemoveHostRequest{HostId: "h1"}); err != nil {
 		t.Fatal(err)
 	}

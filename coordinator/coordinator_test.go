@@ -20,6 +20,7 @@ import (
 
 	"github.com/fleetwave/fleetwave/coordinator/store"
 	"github.com/fleetwave/fleetwave/internal/spec"
+	"github.com/fleetwave/fleetwave/internal/testkit"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -343,20 +344,13 @@ func TestManualApproveSupersedeAndUnfreeze(t *testing.T) {
 	if err := stream.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Report{Report: rep}}); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testkit.Eventually(t, 30*time.Second, "the service frozen after the failure", func() bool {
 		s, err := op.GetService(ctx, &v1.GetServiceRequest{Name: "api"})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if s.GetService().GetStatus().GetFrozen() {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("service not frozen after the failure")
-		}
-		time.Sleep(20 * time.Millisecond) // polling a condition with a deadline
-	}
+		return s.GetService().GetStatus().GetFrozen()
+	})
 	frozen := release("v3")
 	if frozen.GetRollout() != nil || !strings.Contains(frozen.GetNote(), "frozen") || !strings.Contains(frozen.GetNote(), "unfreeze") {
 		t.Fatalf("release while frozen: rollout %v, note %q", frozen.GetRollout(), frozen.GetNote())

@@ -19,6 +19,7 @@ import (
 
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/internal/spec"
+	"github.com/fleetwave/fleetwave/internal/testkit"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -96,17 +97,19 @@ func startScripted(t *testing.T, ctx context.Context, cc *grpc.ClientConn, id st
 
 func waitRollout(t *testing.T, ctx context.Context, op v1.OperatorServiceClient, what string, cond func(*v1.Rollout) bool) *v1.Rollout {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	var last *v1.Rollout
+	testkit.EventuallyErr(t, 30*time.Second, what, func() error {
 		resp, err := op.GetRollout(ctx, &v1.GetRolloutRequest{Service: "web"})
-		if err == nil && cond(resp.GetRollout()) {
-			return resp.GetRollout()
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: last rollout %v (err %v)", what, resp.GetRollout(), err)
+		last = resp.GetRollout()
+		if !cond(last) {
+			return fmt.Errorf("last rollout %v", last)
 		}
-		time.Sleep(10 * time.Millisecond) // polling a condition with a deadline
-	}
+		return nil
+	})
+	return last
 }
 
 func countUpdating(r *v1.Rollout) (updating, done int) {
@@ -176,19 +179,11 @@ func TestFailureAlertRollbackPauseResumeAbortHistory(t *testing.T) {
 	// after two refusals, and the history records it.
 	release("v3")
 	failed := ended("v3", v1.RolloutState_ROLLOUT_STATE_FAILED)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	testkit.Eventually(t, 30*time.Second, "the alert delivered", func() bool {
 		hookMu.Lock()
-		got := alert.RolloutID
-		hookMu.Unlock()
-		if got != "" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("alert never delivered")
-		}
-		time.Sleep(20 * time.Millisecond) // polling a condition with a deadline
-	}
+		defer hookMu.Unlock()
+		return alert.RolloutID != ""
+	})
 	hookMu.Lock()
 	if hookCalls != 3 || alert.Kind != rollout.EventRolloutFailed || alert.RolloutID != failed.GetId() || alert.ToVersion != "v3" ||
 		len(alert.Hosts) != 1 || !strings.Contains(alert.Hosts[0].Reason, "scripted failed") || !alert.Frozen {
@@ -295,23 +290,22 @@ func TestFailureAlertRollbackPauseResumeAbortHistory(t *testing.T) {
 
 func waitHosts(t *testing.T, ctx context.Context, op v1.OperatorServiceClient, n int) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	testkit.EventuallyErr(t, 30*time.Second, fmt.Sprintf("%d hosts connected", n), func() error {
 		hs, err := op.ListHosts(ctx, &v1.ListHostsRequest{})
+		if err != nil {
+			return err
+		}
 		up := 0
 		for _, h := range hs.GetHosts() {
 			if h.GetConnected() {
 				up++
 			}
 		}
-		if err == nil && up == n {
-			return
+		if up != n {
+			return fmt.Errorf("%d of %d hosts connected", up, n)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d hosts connected (err %v)", up, n, err)
-		}
-		time.Sleep(10 * time.Millisecond) // polling a condition with a deadline
-	}
+		return nil
+	})
 }
 
 // A release created during a running rollout supersedes it by default (the

@@ -15,9 +15,12 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/fleetwave/fleetwave/internal/testkit"
 )
 
 // The test binary doubles as the supervised child: with
@@ -75,6 +78,7 @@ func serveUntilTerm() {
 	signal.Notify(ch, syscall.SIGTERM)
 	fmt.Printf("ready pid=%d home=%s foo=%s\n", os.Getpid(), os.Getenv("HOME"), os.Getenv("FOO"))
 	<-ch
+	fmt.Printf("SIGTERM pid=%d\n", os.Getpid())
 	os.Exit(0)
 }
 
@@ -110,18 +114,6 @@ func helperConfig(t *testing.T, mode string) Config {
 	}
 }
 
-// waitFor polls cond until it is true or the deadline passes.
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 var pidRE = regexp.MustCompile(`(ready|grandchild) pid=(\d+)`)
 
 // logPIDs returns the pids of "ready pid=N" (or "grandchild pid=N") lines.
@@ -144,7 +136,7 @@ func logPIDs(t *testing.T, path, kind string) []int {
 func waitReady(t *testing.T, logPath string, n int) []int {
 	t.Helper()
 	var pids []int
-	waitFor(t, fmt.Sprintf("%d ready line(s) in %s", n, logPath), 10*time.Second, func() bool {
+	testkit.Eventually(t, 20*time.Second, fmt.Sprintf("%d ready line(s) in %s", n, logPath), func() bool {
 		pids = logPIDs(t, logPath, "ready")
 		return len(pids) >= n
 	})
@@ -159,14 +151,13 @@ func pidAlive(pid int) bool {
 
 func checkNoGoroutineLeak(t *testing.T, base int) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for runtime.NumGoroutine() > base {
-		if time.Now().After(deadline) {
+	testkit.EventuallyErr(t, 10*time.Second, "goroutines back to the count before start", func() error {
+		if n := runtime.NumGoroutine(); n > base {
 			buf := make([]byte, 1<<16)
-			t.Fatalf("goroutines: %d > %d before start\n%s", runtime.NumGoroutine(), base, buf[:runtime.Stack(buf, true)])
+			return fmt.Errorf("%d > %d goroutines\n%s", n, base, buf[:runtime.Stack(buf, true)])
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func stop(t *testing.T, s *Supervisor) {
@@ -183,6 +174,9 @@ func stop(t *testing.T, s *Supervisor) {
 func TestStartStop(t *testing.T) {
 	base := runtime.NumGoroutine()
 	cfg := helperConfig(t, "serve")
+	// A child that obeys SIGTERM ends the stop at once: were the grace
+	// waited out, Stop would not return within stop's 20 s.
+	cfg.StopGrace = time.Hour
 	s := New(cfg, testLogger(t))
 	if err := s.Start(); err != nil {
 		t.Fatalf("Start: %v", err)
@@ -207,10 +201,9 @@ func TestStartStop(t *testing.T) {
 		t.Fatalf("child env not as configured; log: %q", logData)
 	}
 
-	start := time.Now()
 	stop(t, s)
-	if d := time.Since(start); d > 3*time.Second {
-		t.Fatalf("Stop of a SIGTERM-obeying child took %v", d)
+	if !strings.Contains(readFile(t, cfg.LogPath), fmt.Sprintf("SIGTERM pid=%d\n", pid)) {
+		t.Fatalf("child %d did not exit on SIGTERM; log: %q", pid, readFile(t, cfg.LogPath))
 	}
 	if pidAlive(pid) {
 		t.Fatalf("pid %d still alive after Stop", pid)
@@ -249,7 +242,7 @@ func TestRelativeCommandAndLogAppend(t *testing.T) {
 		t.Fatalf("Start: %v", err)
 	}
 	want := "previous\nrun home=" + dir + " foo=baz\n"
-	waitFor(t, "script output", 10*time.Second, func() bool {
+	testkit.Eventually(t, 10*time.Second, "script output", func() bool {
 		data, _ := os.ReadFile(logPath)
 		return string(data) == want
 	})
@@ -377,7 +370,7 @@ func TestStopKillsWholeGroup(t *testing.T) {
 		t.Fatalf("grandchild pgid = %d, %v; want %d", pgid, err, leader)
 	}
 	stop(t, s)
-	waitFor(t, "grandchild to die", 5*time.Second, func() bool { return !pidAlive(gc[0]) })
+	testkit.Eventually(t, 20*time.Second, "grandchild to die", func() bool { return !pidAlive(gc[0]) })
 	if pidAlive(leader) {
 		t.Fatalf("leader %d alive after Stop", leader)
 	}
@@ -407,7 +400,7 @@ func TestCrashKillsOrphans(t *testing.T) {
 		t.Fatalf("no orphan pid in log %q", readFile(t, logPath))
 	}
 	orphan, _ := strconv.Atoi(m[1])
-	waitFor(t, "orphan to die", 5*time.Second, func() bool { return !pidAlive(orphan) })
+	testkit.Eventually(t, 20*time.Second, "orphan to die", func() bool { return !pidAlive(orphan) })
 	stop(t, s) // stops while waiting out the backoff
 }
 
@@ -455,7 +448,7 @@ func TestStopConcurrentWithCrashes(t *testing.T) {
 			t.Fatalf("Start: %v", err)
 		}
 		// Let it crash and restart a little, then stop from two goroutines.
-		waitFor(t, "a restart", 10*time.Second, func() bool { return s.Restarts() >= i%3 })
+		testkit.Eventually(t, 10*time.Second, "a restart", func() bool { return s.Restarts() >= i%3 })
 		var wg sync.WaitGroup
 		for range 2 {
 			wg.Go(func() {
@@ -598,13 +591,17 @@ func TestKillStaleDeadPID(t *testing.T) {
 	if err := c.Wait(); err != nil {
 		t.Fatal(err)
 	}
-	start := time.Now()
-	if err := KillStale(pidFile, 5*time.Second, testLogger(t)); err != nil {
-		t.Fatalf("KillStale: %v", err)
-	}
-	if d := time.Since(start); d > 2*time.Second {
-		t.Fatalf("KillStale of a dead group took %v", d)
-	}
+	// In a bubble the clock moves only while KillStale waits: a dead group
+	// is no reason to wait any of its hour of grace.
+	synctest.Test(t, func(t *testing.T) {
+		start := time.Now()
+		if err := KillStale(pidFile, time.Hour, testLogger(t)); err != nil {
+			t.Fatalf("KillStale: %v", err)
+		}
+		if d := time.Since(start); d != 0 {
+			t.Fatalf("KillStale of a dead group waited %v", d)
+		}
+	})
 	if _, err := os.Stat(pidFile); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("pid file: %v, want removed", err)
 	}

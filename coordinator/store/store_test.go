@@ -13,6 +13,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/fleetwave/fleetwave/internal/testkit"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -152,38 +153,21 @@ func TestMirrorFollowsWrites(t *testing.T) {
 	if err := s.PutReport(ctx, "h1", &v1.ServiceReport{Service: "web", Phase: v1.Phase_PHASE_FAILED}); err != nil {
 		t.Fatal(err)
 	}
-	if err := waitCond(wctx, func() bool { return m.Report("h1", "web").GetPhase() == v1.Phase_PHASE_FAILED }); err != nil {
-		t.Fatal(err)
-	}
+	testkit.Eventually(t, 20*time.Second, "the FAILED report mirrored", func() bool { return m.Report("h1", "web").GetPhase() == v1.Phase_PHASE_FAILED })
 	if m.DesiredEpoch() != epoch {
 		t.Fatal("a report changed the desired epoch")
 	}
 	if err := s.PutConn(ctx, "h1", "c1", 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := waitCond(wctx, func() bool { return m.Connected("h1") }); err != nil {
-		t.Fatal(err)
-	}
+	testkit.Eventually(t, 20*time.Second, "h1 connected in the mirror", func() bool { return m.Connected("h1") })
 	if err := s.DeleteConn(ctx, "h1", "other"); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.DeleteConn(ctx, "h1", "c1"); err != nil {
 		t.Fatal(err)
 	}
-	if err := waitCond(wctx, func() bool { return !m.Connected("h1") }); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func waitCond(ctx context.Context, f func() bool) error {
-	for !f() {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-	return nil
+	testkit.Eventually(t, 20*time.Second, "h1 disconnected in the mirror", func() bool { return !m.Connected("h1") })
 }
 
 func clientWithCountOnlyForTest() clientv3.OpOption { return clientv3.WithCountOnly() }

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/fleetwave/fleetwave/internal/testkit"
 )
 
 // syncBuffer collects a node's logs; they are printed if the test fails.
@@ -98,22 +100,6 @@ func start(t *testing.T, cfg Config) *node {
 // crash stops memberlist without leaving, as a killed process would.
 func (n *node) crash() { n.shutdown(false) }
 
-// eventually polls cond until it returns nil or the deadline passes.
-func eventually(t *testing.T, within time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s: %v", what, within, err)
-		}
-		time.Sleep(20 * time.Millisecond) // polling interval, not synchronisation
-	}
-}
-
 func wantState(observers []*node, name, state string) func() error {
 	return func() error {
 		for _, o := range observers {
@@ -173,7 +159,7 @@ func TestThreeNodesJoinLeaveAndRejoin(t *testing.T) {
 	defer unsubscribe()
 
 	for _, n := range all {
-		eventually(t, 10*time.Second, n.cfg.Name+" alive everywhere", wantState(all, n.cfg.Name, StateAlive))
+		testkit.EventuallyErr(t, 30*time.Second, n.cfg.Name+" alive everywhere", wantState(all, n.cfg.Name, StateAlive))
 	}
 	for _, o := range all {
 		ms := o.Members()
@@ -208,7 +194,7 @@ func TestThreeNodesJoinLeaveAndRejoin(t *testing.T) {
 	if err := c.SetMeta(map[string]string{"zone": "z2"}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "meta update seen", func() error {
+	testkit.EventuallyErr(t, 20*time.Second, "meta update seen", func() error {
 		for _, m := range a.Members() {
 			if m.Name == "host-c" && m.Meta["zone"] != "z2" {
 				return fmt.Errorf("a sees host-c meta %v", m.Meta)
@@ -225,7 +211,7 @@ func TestThreeNodesJoinLeaveAndRejoin(t *testing.T) {
 	if err := c.Close(); err != nil {
 		t.Fatalf("second close: %v", err)
 	}
-	eventually(t, 5*time.Second, "host-c left", wantState([]*node{a, b}, "host-c", StateLeft))
+	testkit.EventuallyErr(t, 20*time.Second, "host-c left", wantState([]*node{a, b}, "host-c", StateLeft))
 	if got := hb.get(); slices.Contains(got, StateDead) {
 		t.Errorf("b saw host-c as dead during a graceful leave: %v", got)
 	}
@@ -235,8 +221,8 @@ func TestThreeNodesJoinLeaveAndRejoin(t *testing.T) {
 
 	// Restart with the same name (new port): alive again at its new address.
 	c2 := start(t, testConfig("host-c", key, a.LocalAddr()))
-	eventually(t, 10*time.Second, "restarted host-c alive", wantState([]*node{a, b, c2}, "host-c", StateAlive))
-	eventually(t, 5*time.Second, "restarted host-c address", func() error {
+	testkit.EventuallyErr(t, 30*time.Second, "restarted host-c alive", wantState([]*node{a, b, c2}, "host-c", StateAlive))
+	testkit.EventuallyErr(t, 20*time.Second, "restarted host-c address", func() error {
 		for _, m := range b.Members() {
 			if m.Name == "host-c" && (m.Addr != c2.LocalAddr() || m.Meta != nil) {
 				return fmt.Errorf("b sees host-c at %s meta %v, want %s and no meta", m.Addr, m.Meta, c2.LocalAddr())
@@ -265,7 +251,7 @@ func TestCrashIsSuspectThenDeadThenRejoins(t *testing.T) {
 	c := start(t, testConfig("host-c", key, a.LocalAddr()))
 	all := []*node{a, b, c}
 	for _, n := range all {
-		eventually(t, 10*time.Second, n.cfg.Name+" alive", wantState(all, n.cfg.Name, StateAlive))
+		testkit.EventuallyErr(t, 30*time.Second, n.cfg.Name+" alive", wantState(all, n.cfg.Name, StateAlive))
 	}
 	typical, worst := a.cfg.DeadAfter(3)
 	t.Logf("documented time to dead for 3 nodes: typical %s, bound %s", typical, worst)
@@ -274,9 +260,10 @@ func TestCrashIsSuspectThenDeadThenRejoins(t *testing.T) {
 	addr := c.LocalAddr()
 	crashed := time.Now()
 	c.crash()
-	// The bound plus slack for -race on a loaded 2-core machine.
-	eventually(t, worst+5*time.Second, "host-c dead", wantState([]*node{a, b}, "host-c", StateDead))
-	t.Logf("declared dead after %s", time.Since(crashed).Round(time.Millisecond))
+	// A failure deadline far beyond the bound: a loaded machine runs
+	// memberlist's timers late. How long it took is logged, not asserted.
+	testkit.EventuallyErr(t, worst+time.Minute, "host-c dead", wantState([]*node{a, b}, "host-c", StateDead))
+	t.Logf("declared dead after %s (documented bound %s)", time.Since(crashed).Round(time.Millisecond), worst)
 
 	sawSuspect := false
 	for i, h := range []*history{ha, hb} {
@@ -300,7 +287,7 @@ func TestCrashIsSuspectThenDeadThenRejoins(t *testing.T) {
 	rc := testConfig("host-c", key, b.LocalAddr())
 	rc.Bind = addr
 	c2 := start(t, rc)
-	eventually(t, 10*time.Second, "host-c alive again", wantState([]*node{a, b, c2}, "host-c", StateAlive))
+	testkit.EventuallyErr(t, 30*time.Second, "host-c alive again", wantState([]*node{a, b, c2}, "host-c", StateAlive))
 }
 
 func TestWrongKeyOrPlaintextDoesNotJoin(t *testing.T) {
@@ -312,10 +299,10 @@ func TestWrongKeyOrPlaintextDoesNotJoin(t *testing.T) {
 	pc.Insecure = true
 	p := start(t, pc)
 
-	eventually(t, 10*time.Second, "a and b joined", wantState([]*node{a, b}, "host-b", StateAlive))
+	testkit.EventuallyErr(t, 30*time.Second, "a and b joined", wantState([]*node{a, b}, "host-b", StateAlive))
 	// Wait until both intruders have tried (and failed) several times.
 	for _, n := range []*node{x, p} {
-		eventually(t, 10*time.Second, n.cfg.Name+" join attempts", func() error {
+		testkit.EventuallyErr(t, 30*time.Second, n.cfg.Name+" join attempts", func() error {
 			if c := n.logs.Count("gossip join failed"); c < 3 {
 				return fmt.Errorf("%d failed attempts", c)
 			}
@@ -348,7 +335,7 @@ func TestOtherLabelDoesNotJoin(t *testing.T) {
 	oc := testConfig("host-o", key, a.LocalAddr())
 	oc.Label = "another-cluster"
 	o := start(t, oc)
-	eventually(t, 10*time.Second, "join attempts", func() error {
+	testkit.EventuallyErr(t, 30*time.Second, "join attempts", func() error {
 		if c := o.logs.Count("gossip join failed"); c < 3 {
 			return fmt.Errorf("%d failed attempts", c)
 		}
@@ -389,7 +376,7 @@ func TestSeedStartingLaterIsJoined(t *testing.T) {
 	key := writeKeyFile(t)
 	seedAddr := freePort(t)
 	b := start(t, testConfig("host-b", key, seedAddr))
-	eventually(t, 5*time.Second, "first failed join", func() error {
+	testkit.EventuallyErr(t, 20*time.Second, "first failed join", func() error {
 		if b.logs.Count("gossip join failed") == 0 {
 			return errors.New("no failed attempt yet")
 		}
@@ -399,18 +386,18 @@ func TestSeedStartingLaterIsJoined(t *testing.T) {
 	sc.Bind = seedAddr
 	seed := start(t, sc)
 	both := []*node{b, seed}
-	eventually(t, 10*time.Second, "b joined the late seed", wantState(both, "host-seed", StateAlive))
-	eventually(t, 10*time.Second, "seed sees b", wantState(both, "host-b", StateAlive))
+	testkit.EventuallyErr(t, 30*time.Second, "b joined the late seed", wantState(both, "host-seed", StateAlive))
+	testkit.EventuallyErr(t, 30*time.Second, "seed sees b", wantState(both, "host-b", StateAlive))
 }
 
 func TestNameConflict(t *testing.T) {
 	key := writeKeyFile(t)
 	a := start(t, testConfig("host-a", key))
 	b := start(t, testConfig("host-b", key, a.LocalAddr()))
-	eventually(t, 10*time.Second, "b alive", wantState([]*node{a, b}, "host-b", StateAlive))
+	testkit.EventuallyErr(t, 30*time.Second, "b alive", wantState([]*node{a, b}, "host-b", StateAlive))
 
 	dup := start(t, testConfig("host-b", key, a.LocalAddr()))
-	eventually(t, 10*time.Second, "conflict reported", func() error {
+	testkit.EventuallyErr(t, 30*time.Second, "conflict reported", func() error {
 		if err := dup.Conflict(); !errors.Is(err, ErrNameConflict) {
 			return fmt.Errorf("Conflict() = %v", err)
 		}
@@ -422,7 +409,7 @@ func TestNameConflict(t *testing.T) {
 	if b.Conflict() != nil || a.Conflict() != nil {
 		t.Errorf("conflict reported by the original nodes: %v, %v", a.Conflict(), b.Conflict())
 	}
-	eventually(t, 5*time.Second, "a logs the conflict", func() error {
+	testkit.EventuallyErr(t, 20*time.Second, "a logs the conflict", func() error {
 		if a.logs.Count("name conflict") == 0 {
 			return errors.New("not logged")
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/fleetwave/fleetwave/internal/testkit"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -207,20 +208,16 @@ func TestFaultInjectionDisconnectMidRollout(t *testing.T) {
 	// The disconnected hosts finish their install offline; the rollout
 	// cannot complete without their reports.
 	for _, i := range down {
-		for {
+		testkit.EventuallyErr(t, 30*time.Second, fmt.Sprintf("host %d finishing its install offline", i), func() error {
 			rep, err := f.Report(i, "web")
 			if err != nil {
 				t.Fatal(err)
 			}
-			if rep.GetPhase() == v1.Phase_PHASE_HEALTHY && rep.GetCurrentVersion() == "v2" {
-				break
+			if rep.GetPhase() != v1.Phase_PHASE_HEALTHY || rep.GetCurrentVersion() != "v2" {
+				return fmt.Errorf("report %v", rep)
 			}
-			select {
-			case <-ctx.Done():
-				t.Fatalf("host %d did not finish its install offline: %v", i, rep)
-			case <-time.After(10 * time.Millisecond):
-			}
-		}
+			return nil
+		})
 	}
 	if r, err := o.op.GetRollout(ctx, &v1.GetRolloutRequest{Service: "web"}); err != nil || r.GetRollout().GetState() != v1.RolloutState_ROLLOUT_STATE_PROGRESSING {
 		t.Fatalf("rollout with hosts down: %v %v", r.GetRollout().GetState(), err)

@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/fleetwave/fleetwave/internal/testkit"
 )
 
 func TestMain(m *testing.M) {
@@ -272,17 +274,6 @@ func echoServer(t *testing.T, addr string) (net.Listener, *atomic.Int64) {
 	return ln, &accepted
 }
 
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not true after %s", what, timeout)
-		}
-		time.Sleep(pollEvery) // polling a condition, not synchronising on time
-	}
-}
-
 func roundTrip(c net.Conn, msg string) (string, error) {
 	if err := c.SetDeadline(time.Now().Add(3 * time.Second)); err != nil {
 		return "", err
@@ -307,7 +298,7 @@ func TestProxyCutAndRestore(t *testing.T) {
 	if got, err := roundTrip(live, "hello"); err != nil || got != "hello" {
 		t.Fatalf("through the proxy: %q, %v", got, err)
 	}
-	waitFor(t, 5*time.Second, "bytes counted both ways", func() bool {
+	testkit.Eventually(t, 20*time.Second, "bytes counted both ways", func() bool {
 		return p.BytesUp() == 6 && p.BytesDown() == 6 && p.Conns() == 1
 	})
 
@@ -348,7 +339,7 @@ func TestProxyCutAndRestore(t *testing.T) {
 	if got, err := roundTrip(c, "back"); err != nil || got != "back" {
 		t.Fatalf("after Restore: %q, %v", got, err)
 	}
-	waitFor(t, 5*time.Second, "bytes counted after restore", func() bool {
+	testkit.Eventually(t, 20*time.Second, "bytes counted after restore", func() bool {
 		return p.BytesUp() == 11 && p.BytesDown() == 11
 	})
 }
@@ -399,7 +390,7 @@ func TestNetNSCutAndRestore(t *testing.T) {
 	if err := link.Restore(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "namespace reaches the host after Restore", func() bool {
+	testkit.Eventually(t, 30*time.Second, "namespace reaches the host after Restore", func() bool {
 		return reach(2*time.Second) == nil
 	})
 	if accepted.Load() < 2 {

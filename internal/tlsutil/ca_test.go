@@ -38,10 +38,12 @@ func TestTLSNewCAAndIssue(t *testing.T) {
 		t.Fatalf("CA key %T, want ECDSA P-256", ca.Key.Public())
 	}
 	id := Identity{Kind: KindCoordinator, Name: "c1"}
+	before := time.Now()
 	certPEM, keyPEM, err := ca.IssueKeyPair(id, []string{"coord.example", "10.0.0.1", "::1"}, 2*time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
+	after := time.Now()
 	c := parsePEMCert(t, certPEM)
 	if got, err := IdentityFromCert(c); err != nil || got != id {
 		t.Errorf("identity %+v, %v", got, err)
@@ -55,11 +57,12 @@ func TestTLSNewCAAndIssue(t *testing.T) {
 	if c.IsCA {
 		t.Error("leaf is a CA")
 	}
-	if d := time.Until(c.NotBefore); d > -30*time.Second || d < -2*time.Minute {
-		t.Errorf("NotBefore %v is not about a minute ago", c.NotBefore)
+	// x509 keeps whole seconds.
+	if nb := c.NotBefore; nb.Before(before.Add(-time.Minute).Truncate(time.Second)) || nb.After(after.Add(-time.Minute)) {
+		t.Errorf("NotBefore %v is not a minute before the issue (%v .. %v)", nb, before, after)
 	}
-	if d := time.Until(c.NotAfter); d < 2*time.Hour-time.Minute || d > 2*time.Hour {
-		t.Errorf("NotAfter %v is not in about 2h", c.NotAfter)
+	if na := c.NotAfter; na.Before(before.Add(2*time.Hour).Truncate(time.Second)) || na.After(after.Add(2*time.Hour)) {
+		t.Errorf("NotAfter %v is not 2h after the issue (%v .. %v)", na, before, after)
 	}
 	if _, err := c.Verify(x509.VerifyOptions{Roots: poolOf(ca.Cert), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		t.Errorf("leaf does not verify: %v", err)
@@ -241,13 +244,15 @@ func TestTLSLoadCA(t *testing.T) {
 func TestTLSCertNotAfter(t *testing.T) {
 	ca := newTestCA(t)
 	dir := t.TempDir()
-	cert, _ := writePair(t, ca, dir, "a", Identity{Kind: KindAgent, Name: "a"}, nil)
+	before := time.Now()
+	cert, _ := writePair(t, ca, dir, "a", Identity{Kind: KindAgent, Name: "a"}, nil) // valid for an hour
+	after := time.Now()
 	got, err := CertNotAfter(cert)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := time.Until(got); d < 59*time.Minute || d > time.Hour {
-		t.Errorf("CertNotAfter = %v, want in about an hour", got)
+	if got.Before(before.Add(time.Hour).Truncate(time.Second)) || got.After(after.Add(time.Hour)) {
+		t.Errorf("CertNotAfter = %v, want an hour after the issue (%v .. %v)", got, before, after)
 	}
 	if _, err := CertNotAfter(filepath.Join(dir, "nope.pem")); err == nil || !strings.Contains(err.Error(), "nope.pem") {
 		t.Errorf("missing file: %v", err)

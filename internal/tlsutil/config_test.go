@@ -3,6 +3,7 @@ package tlsutil
 import (
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net/url"
 	"os"
 	"strings"
@@ -11,6 +12,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/fleetwave/fleetwave/internal/testkit"
 )
 
 type fixture struct {
@@ -196,21 +199,16 @@ func TestTLSServerReloadsReplacedCert(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testkit.EventuallyErr(t, 30*time.Second, "the server presenting the replaced certificate", func() error {
 		leaf, err := handshake(f.addr, client)
 		if err != nil {
 			t.Fatal(err)
 		}
-		id, _ := IdentityFromCert(leaf)
-		if id.Name == "c2" {
-			break
+		if id, _ := IdentityFromCert(leaf); id.Name != "c2" {
+			return fmt.Errorf("server still presents %v", id)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("server still presents %v 10s after its files were replaced", id)
-		}
-		time.Sleep(50 * time.Millisecond) // polling interval, not synchronisation
-	}
+		return nil
+	})
 }
 
 func TestTLSClientReloadsRenewedCert(t *testing.T) {
@@ -241,20 +239,16 @@ func TestTLSClientReloadsRenewedCert(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testkit.EventuallyErr(t, 30*time.Second, "the server seeing the client's renewed certificate", func() error {
 		got, err := check(t, f.addr, client)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got == "agent:host-2" {
-			break
+		if got != "agent:host-2" {
+			return fmt.Errorf("server still sees %q", got)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("server still sees %q 10s after the client's files were renewed", got)
-		}
-		time.Sleep(50 * time.Millisecond) // polling interval, not synchronisation
-	}
+		return nil
+	})
 }
 
 func TestTLSKeyPairReloadRules(t *testing.T) {
