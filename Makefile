@@ -30,10 +30,10 @@ VULNDB_VERSION := v0.0.0-20261105234957-e22db6528018
 VULNDB := $(BIN)/vulndb-$(VULNDB_VERSION)
 
 # Packages whose code runs goroutines: tested with the race detector.
-RACE_PKGS := ./coordinator/... ./agent/... ./internal/cli/... ./internal/demoapp/... ./internal/gossip/... ./internal/testcluster/...
+RACE_PKGS := ./coordinator/... ./agent/... ./cli/... ./demo/demoapp/... ./internal/gossip/... ./internal/testkit/ ./internal/testkit/testcluster/...
 # End-to-end packages: real binaries, several processes each; run one
 # package at a time so they do not compete for the two cores.
-E2E_PKGS := ./internal/e2e/... ./internal/faults/...
+E2E_PKGS := ./test/e2e/... ./test/faults/...
 FUZZTIME ?= 2m
 FUZZTIME_SHORT ?= 8s
 
@@ -144,7 +144,7 @@ test: proto-check lint build deps unit e2e race fuzz-short
 # fails them.
 unit: export FLEETWAVE_REQUIRE_PROMETHEUS = 1
 unit:
-	$(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -v -e /internal/e2e -e /internal/faults)
+	$(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -v -e /test/e2e -e /test/faults)
 
 race:
 	$(GO) test -count=1 -race -timeout 20m $(RACE_PKGS)
@@ -169,7 +169,7 @@ e2e: deps
 	FLEETWAVE_REQUIRE_PROMETHEUS=1 $(GO) test -count=1 -p 1 -timeout 30m $(E2E_PKGS)
 
 demo:
-	$(GO) run ./internal/demo
+	$(GO) run ./demo
 
 # Benchmarks print numbers (docs/BENCHMARKS.md); the fleet simulator's scale
 # table runs the real coordinator binary against N simulated agents
@@ -177,7 +177,7 @@ demo:
 FLEETWAVE_SIM_HOSTS ?= 1000,5000,10000
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./coordinator/... ./agent/...
-	FLEETWAVE_SIM_HOSTS=$(FLEETWAVE_SIM_HOSTS) $(GO) test -count=1 -run '^TestScale$$' -v -timeout 60m ./internal/sim
+	FLEETWAVE_SIM_HOSTS=$(FLEETWAVE_SIM_HOSTS) $(GO) test -count=1 -run '^TestScale$$' -v -timeout 60m ./internal/testkit/sim
 
 clean:
 	rm -rf $(BIN) .proto-check

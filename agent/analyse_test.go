@@ -18,7 +18,7 @@ import (
 
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/agent/probe"
-	"github.com/fleetwave/fleetwave/internal/demoapp"
+	"github.com/fleetwave/fleetwave/demo/demoapp"
 	"github.com/fleetwave/fleetwave/internal/spec"
 	"github.com/fleetwave/fleetwave/internal/testkit"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"

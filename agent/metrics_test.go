@@ -19,8 +19,8 @@ import (
 
 	"github.com/fleetwave/fleetwave/agent/analysis"
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
-	"github.com/fleetwave/fleetwave/internal/promcheck"
 	"github.com/fleetwave/fleetwave/internal/testkit"
+	"github.com/fleetwave/fleetwave/internal/testkit/promcheck"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 

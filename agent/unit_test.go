@@ -2,7 +2,6 @@ package agent
 
 import (
 	"math/rand/v2"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -10,36 +9,6 @@ import (
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
-
-// TestAgentBinaryIsLean fails when the agent binary picks up etcd or
-// coordinator code.
-func TestAgentBinaryIsLean(t *testing.T) {
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Skip("go not on PATH")
-	}
-	out, err := exec.Command(goBin, "list", "-deps", "github.com/fleetwave/fleetwave/cmd/fleetwave-agent").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go list: %v\n%s", err, out)
-	}
-	deps := strings.Fields(string(out))
-	if len(deps) < 10 {
-		t.Fatalf("suspiciously few deps: %v", deps)
-	}
-	seen := map[string]bool{}
-	for _, d := range deps {
-		seen[d] = true
-		if strings.HasPrefix(d, "go.etcd.io") || strings.HasPrefix(d, "github.com/fleetwave/fleetwave/coordinator") {
-			t.Errorf("fleetwave-agent depends on %s", d)
-		}
-	}
-	// The check covers every agent package because the binary has them all.
-	for _, p := range []string{"agent", "agent/analysis", "agent/analysis/fetch", "agent/install", "agent/lifecycle", "agent/probe", "agent/state", "agent/supervise"} {
-		if !seen["github.com/fleetwave/fleetwave/"+p] {
-			t.Errorf("fleetwave-agent does not include %s: this test no longer guards it", p)
-		}
-	}
-}
 
 func TestConfigValidate(t *testing.T) {
 	good := Config{Insecure: true, Coordinators: []string{"127.0.0.1:7070", "dns:///coord.example:7070"}, HostID: "h-1", Labels: map[string]string{"zone": "a"}, DataDir: "d"}

@@ -22,8 +22,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fleetwave/fleetwave/coordinator/store"
-	"github.com/fleetwave/fleetwave/internal/promcheck"
 	"github.com/fleetwave/fleetwave/internal/testkit"
+	"github.com/fleetwave/fleetwave/internal/testkit/promcheck"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 

@@ -15,7 +15,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
-	"github.com/fleetwave/fleetwave/internal/testfleet"
+	"github.com/fleetwave/fleetwave/internal/testkit/testfleet"
 )
 
 // accepts runs a binary with args and -h: the flag package parses every

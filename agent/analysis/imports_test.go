@@ -3,7 +3,7 @@ package analysis
 import (
 	"testing"
 
-	"github.com/fleetwave/fleetwave/internal/purity"
+	"github.com/fleetwave/fleetwave/internal/testkit/purity"
 )
 
 // TestPureImports keeps the evaluation pure: it imports exactly these (no

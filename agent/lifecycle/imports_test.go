@@ -3,7 +3,7 @@ package lifecycle
 import (
 	"testing"
 
-	"github.com/fleetwave/fleetwave/internal/purity"
+	"github.com/fleetwave/fleetwave/internal/testkit/purity"
 )
 
 // TestPureImports keeps the lifecycle pure: it imports exactly these (no

@@ -1,5 +1,5 @@
 // Command fleetwave-demoapp is the demo HTTP service Fleetwave deploys in
-// its demo and end-to-end tests. All logic is in internal/demoapp; this main
+// its demo and end-to-end tests. All logic is in demo/demoapp; this main
 // only wires signals (SIGTERM, SIGINT: graceful shutdown) and the exit code.
 package main
 
@@ -12,7 +12,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/fleetwave/fleetwave/internal/demoapp"
+	"github.com/fleetwave/fleetwave/demo/demoapp"
 )
 
 func main() {

@@ -1,5 +1,5 @@
 // Command fleetwave-sim runs thousands of simulated agents in one process
-// against a coordinator (see package internal/sim), logging fleet
+// against a coordinator (see package internal/testkit/sim), logging fleet
 // statistics periodically until interrupted.
 package main
 
@@ -16,7 +16,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/fleetwave/fleetwave/internal/sim"
+	"github.com/fleetwave/fleetwave/internal/testkit/sim"
 )
 
 func main() {

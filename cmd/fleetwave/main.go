@@ -1,5 +1,5 @@
 // Command fleetwave is the operator CLI for a Fleetwave coordinator. All the
-// work is in internal/cli; this main only wires the process to it.
+// work is in cli; this main only wires the process to it.
 package main
 
 import (
@@ -8,7 +8,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/fleetwave/fleetwave/internal/cli"
+	"github.com/fleetwave/fleetwave/cli"
 )
 
 func main() {

@@ -3,7 +3,7 @@ package rollout
 import (
 	"testing"
 
-	"github.com/fleetwave/fleetwave/internal/purity"
+	"github.com/fleetwave/fleetwave/internal/testkit/purity"
 )
 
 // TestPureImports keeps the engine pure: only the standard library's pure

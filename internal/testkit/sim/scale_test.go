@@ -22,7 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
-	"github.com/fleetwave/fleetwave/internal/testfleet"
+	"github.com/fleetwave/fleetwave/internal/testkit/testfleet"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -30,7 +30,7 @@ import (
 // FLEETWAVE_SIM_HOSTS lists fleet sizes, because it measures rather than
 // asserts timings:
 //
-//	FLEETWAVE_SIM_HOSTS=1000,5000,10000 go test -run '^TestScale$' -v -timeout 60m ./internal/sim
+//	FLEETWAVE_SIM_HOSTS=1000,5000,10000 go test -run '^TestScale$' -v -timeout 60m ./internal/testkit/sim
 //
 // For each size it builds and starts the real fleetwave-coordinator binary
 // (embedded etcd) as a separate process, connects a simulated fleet with

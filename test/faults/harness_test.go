@@ -21,8 +21,8 @@ import (
 
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/internal/gossip"
-	"github.com/fleetwave/fleetwave/internal/testcluster"
-	"github.com/fleetwave/fleetwave/internal/testfleet"
+	"github.com/fleetwave/fleetwave/internal/testkit/testcluster"
+	"github.com/fleetwave/fleetwave/internal/testkit/testfleet"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 

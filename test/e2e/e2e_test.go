@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
-	"github.com/fleetwave/fleetwave/internal/testfleet"
+	"github.com/fleetwave/fleetwave/internal/testkit/testfleet"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 

@@ -3,7 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"github.com/fleetwave/fleetwave/internal/promcheck"
+	"github.com/fleetwave/fleetwave/internal/testkit/promcheck"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,7 +16,7 @@ import (
 
 	"github.com/fleetwave/fleetwave/agent/analysis/fetch"
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
-	"github.com/fleetwave/fleetwave/internal/testfleet"
+	"github.com/fleetwave/fleetwave/internal/testkit/testfleet"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 

@@ -10,6 +10,6 @@
 // that no host ever ran a release outside the rollout or was updated twice,
 // and that the rollout's recorded history is complete.
 //
-// The package has no code outside its tests. It uses internal/testcluster
-// and internal/testfleet and must not be imported by anything.
+// The package has no code outside its tests. It uses internal/testkit/testcluster
+// and internal/testkit/testfleet and must not be imported by anything.
 package faults

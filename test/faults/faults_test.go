@@ -13,7 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
-	"github.com/fleetwave/fleetwave/internal/testfleet"
+	"github.com/fleetwave/fleetwave/internal/testkit/testfleet"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 

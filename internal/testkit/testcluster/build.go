@@ -13,7 +13,7 @@ import (
 )
 
 // etcdNodePkg is the helper binary's import path.
-const etcdNodePkg = "github.com/fleetwave/fleetwave/internal/testcluster/etcdnode"
+const etcdNodePkg = "github.com/fleetwave/fleetwave/internal/testkit/testcluster/etcdnode"
 
 var built struct {
 	once sync.Once

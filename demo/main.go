@@ -24,7 +24,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/fleetwave/fleetwave/internal/testfleet"
+	"github.com/fleetwave/fleetwave/internal/testkit/testfleet"
 )
 
 const spec = `name: web

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fleetwave/fleetwave/internal/testcluster"
-	"github.com/fleetwave/fleetwave/internal/testfleet"
+	"github.com/fleetwave/fleetwave/internal/testkit/testcluster"
+	"github.com/fleetwave/fleetwave/internal/testkit/testfleet"
 )
 
 // bins are the Fleetwave binaries, built once for the package.
