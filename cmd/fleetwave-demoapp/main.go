@@ -1,6 +1,9 @@
 // Command fleetwave-demoapp is the demo HTTP service Fleetwave deploys in
 // its demo and end-to-end tests. All logic is in demo/demoapp; this main
 // only wires signals (SIGTERM, SIGINT: graceful shutdown) and the exit code.
+// Given a socket by socket activation (LISTEN_FDS) it serves on it instead
+// of --listen, and it reports readiness to NOTIFY_SOCKET: see
+// demo/demoapp.
 package main
 
 import (

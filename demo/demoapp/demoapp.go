@@ -22,6 +22,13 @@
 // registry: http_requests_total{code,path}, http_request_duration_seconds
 // {path}, demoapp_build_info{version}).
 //
+// For the zero-downtime handover it follows systemd's conventions: given a
+// listening socket by socket activation (LISTEN_PID is its pid, LISTEN_FDS
+// at least 1) it serves on fd 3 instead of binding --listen; with
+// NOTIFY_SOCKET set it sends READY=1 once it serves and STOPPING=1 when it
+// stops. On shutdown it stops accepting, lets every accepted connection
+// finish its request, then exits (see Serve).
+//
 // It imports nothing of Fleetwave: it stands for any user's service.
 package demoapp
 
@@ -39,9 +46,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/activation"
+	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
@@ -62,21 +72,27 @@ const (
 	maxFileSize = 1024
 	// maxVersionLen bounds the reported version.
 	maxVersionLen = 128
-	// shutdownTimeout bounds graceful shutdown; open requests are then cut.
-	shutdownTimeout = 10 * time.Second
 )
+
+// shutdownTimeout bounds graceful shutdown; open requests are then cut. A
+// variable for tests.
+var shutdownTimeout = 10 * time.Second
 
 // ErrCrash is returned by Serve and Run when the CRASH file is present.
 var ErrCrash = errors.New("CRASH file present: crashing on purpose")
 
-// Run parses flags (--listen ADDR, required; --dir DIR, default "."),
-// listens and serves until ctx is cancelled, then shuts down gracefully.
-// Logs go to stdout as JSON lines. --listen 127.0.0.1:0 picks a free port;
-// the "listening" log line carries the real address in "addr".
+// Run parses flags (--listen ADDR; --dir DIR, default "."), listens and
+// serves until ctx is cancelled, then shuts down gracefully. Logs go to
+// stdout as JSON lines. --listen 127.0.0.1:0 picks a free port; the
+// "listening" log line carries the real address in "addr". When a socket
+// is passed by socket activation (LISTEN_PID is this process, LISTEN_FDS at
+// least 1) Run serves on the first one, fd 3, and --listen is not needed
+// (and ignored if given); the LISTEN_* variables are then removed from the
+// environment.
 func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("fleetwave-demoapp", flag.ContinueOnError)
 	fs.SetOutput(stdout)
-	listen := fs.String("listen", "", "address to listen on, e.g. 127.0.0.1:8080 (required)")
+	listen := fs.String("listen", "", "address to listen on, e.g. 127.0.0.1:8080 (required unless a socket is passed with LISTEN_FDS)")
 	dir := fs.String("dir", ".", "directory holding VERSION and the behaviour files")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -84,19 +100,56 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	if *listen == "" {
-		return errors.New("--listen: required")
-	}
 	log := zerolog.New(stdout).With().Timestamp().Str("service", "demoapp").Logger()
-	ln, err := net.Listen("tcp", *listen)
+	ln, err := listener(*listen, log)
 	if err != nil {
-		return fmt.Errorf("--listen %q: %w", *listen, err)
+		return err
 	}
 	return Serve(ctx, ln, *dir, log)
 }
 
+// listener returns the socket passed by socket activation (the first; any
+// others are closed) or, without one, a new listener on addr.
+func listener(addr string, log zerolog.Logger) (net.Listener, error) {
+	files := activation.Files(true)
+	if len(files) == 0 {
+		if addr == "" {
+			return nil, errors.New("--listen: required (unless a socket is passed with LISTEN_FDS)")
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("--listen %q: %w", addr, err)
+		}
+		return ln, nil
+	}
+	for _, f := range files[1:] {
+		log.Info().Str("socket", f.Name()).Msg("ignoring a passed socket: serving the first only")
+		_ = f.Close()
+	}
+	f := files[0]
+	defer f.Close() // FileListener made its own descriptor
+	ln, err := net.FileListener(f)
+	if err != nil {
+		return nil, fmt.Errorf("socket activation: fd 3 (%s): %w", f.Name(), err)
+	}
+	if addr != "" {
+		log.Info().Str("listen", addr).Str("socket", f.Name()).Msg("--listen ignored: serving the socket passed by socket activation")
+	}
+	return ln, nil
+}
+
 // Serve serves on ln until ctx is cancelled, then shuts down gracefully and
 // returns nil. It closes ln. With a CRASH file it returns ErrCrash at once.
+// With NOTIFY_SOCKET set it sends READY=1 once it serves and STOPPING=1
+// when it begins to stop.
+//
+// Graceful shutdown, so that a handover on a shared socket loses nothing:
+// ln is closed first (the socket's queue is left to whoever else holds it),
+// keep-alive ends, and every connection already accepted gets its request
+// answered; shutdownTimeout bounds it all, after which the remaining
+// connections are cut and Serve returns an error. (http.Server.Shutdown
+// alone would close, unanswered, a connection accepted just before it whose
+// request it reads after it began.)
 func Serve(ctx context.Context, ln net.Listener, dir string, log zerolog.Logger) error {
 	return serve(ctx, ln, dir, log, nil)
 }
@@ -115,32 +168,79 @@ func serve(ctx context.Context, ln net.Listener, dir string, log zerolog.Logger,
 		return ErrCrash
 	}
 	a := newApp(dir, cfg, onRoot)
+	// conns counts accepted connections not yet closed. Only Serve's
+	// goroutine adds (StateNew), so once Serve has returned nothing races
+	// the Wait in shutdown.
+	var conns sync.WaitGroup
 	srv := &http.Server{
 		Handler:           a.handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          stdlog.New(log.With().Str("level", "warn").Logger(), "", 0),
+		ConnState: func(_ net.Conn, st http.ConnState) {
+			switch st {
+			case http.StateNew:
+				conns.Add(1)
+			case http.StateClosed, http.StateHijacked:
+				conns.Done()
+			}
+		},
 	}
 	log.Info().Str("addr", ln.Addr().String()).Float64("error_rate", cfg.errorRate).
 		Dur("latency", cfg.latency).Msg("listening")
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
+	sdNotify(log, "READY=1\nSTATUS=serving "+cfg.version)
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve %s: %w", ln.Addr(), err)
 	case <-ctx.Done():
 	}
 	log.Info().Str("reason", "shutdown requested").Msg("shutting down")
-	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	sdNotify(log, "STOPPING=1")
+	if err := shutdown(srv, ln, errc, &conns, shutdownTimeout); err != nil {
+		return err
+	}
+	log.Info().Msg("stopped")
+	return nil
+}
+
+// shutdown stops srv, which serves ln (errc receives what Serve returns),
+// gracefully within timeout; see Serve.
+func shutdown(srv *http.Server, ln net.Listener, errc <-chan error, conns *sync.WaitGroup, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	_ = ln.Close()
+	<-errc // Serve has returned: no connection is added from here on
+	srv.SetKeepAlivesEnabled(false)
+	drained := make(chan struct{})
+	go func() {
+		conns.Wait()
+		close(drained)
+	}()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case <-drained:
+	case <-timer.C:
+		_ = srv.Close() // the connections close, so the goroutine above ends
+		return fmt.Errorf("shutdown: connections still open after %v; closed them", timeout)
+	}
+	// Nothing is left; Shutdown just marks the server closed.
+	sctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		_ = srv.Close()
-		<-errc
 		return fmt.Errorf("shutdown: %w", err)
 	}
-	<-errc // http.ErrServerClosed
-	log.Info().Msg("stopped")
 	return nil
+}
+
+// sdNotify sends state to NOTIFY_SOCKET if it is set (sd_notify(3)); a
+// failure is logged: the service manager will notice the missing READY=1.
+func sdNotify(log zerolog.Logger, state string) {
+	if _, err := daemon.SdNotify(false, state); err != nil {
+		log.Warn().Err(err).Str("state", state).Msg("sd_notify failed")
+	}
 }
 
 // config is what the behaviour files say, read at start.

@@ -75,6 +75,7 @@ func Validate(s *v1.ServiceSpec) error {
 		p.addErr(CheckLabels("selector", map[string]string{k: s.GetSelector()[k]}))
 	}
 	validateRun(&p, s.GetRun())
+	validateHandover(&p, s)
 	validateChecks(&p, s.GetChecks())
 	mht := validDuration(&p, "min_healthy_time", s.GetMinHealthyTime())
 	hd := validDuration(&p, "healthy_deadline", s.GetHealthyDeadline())

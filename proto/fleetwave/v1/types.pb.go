@@ -968,7 +968,26 @@ type RunSpec struct {
 	Command []string               `protobuf:"bytes,1,rep,name=command,proto3" json:"command,omitempty"`
 	Env     map[string]string      `protobuf:"bytes,2,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Time between SIGTERM and SIGKILL when stopping (default 10s).
-	StopGrace     *durationpb.Duration `protobuf:"bytes,3,opt,name=stop_grace,json=stopGrace,proto3" json:"stop_grace,omitempty"`
+	StopGrace *durationpb.Duration `protobuf:"bytes,3,opt,name=stop_grace,json=stopGrace,proto3" json:"stop_grace,omitempty"`
+	// Listening sockets the agent binds once and passes to every process of
+	// the service, in this order, the way systemd's socket activation does:
+	// fds 3, 4, ... with LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID set. A new
+	// release's process starts on the same sockets while the old one still
+	// serves. At most 16.
+	Sockets []*Socket `protobuf:"bytes,4,rep,name=sockets,proto3" json:"sockets,omitempty"`
+	// When a started process counts as ready: "started" (default: as soon as
+	// it runs) or "notify" (when it sends READY=1 to $NOTIFY_SOCKET, as with
+	// systemd's Type=notify).
+	Ready string `protobuf:"bytes,5,opt,name=ready,proto3" json:"ready,omitempty"`
+	// How long to wait for READY=1 when ready is notify (default 60s, at most
+	// 1h); a process not ready by then is a failed start.
+	ReadyTimeout *durationpb.Duration `protobuf:"bytes,6,opt,name=ready_timeout,json=readyTimeout,proto3" json:"ready_timeout,omitempty"`
+	// Time between pre_stop (or, without pre_stop, the decision to stop) and
+	// the stop signal, for load balancers to stop sending traffic, like
+	// Nomad's shutdown_delay (default 0, at most 10m).
+	ShutdownDelay *durationpb.Duration `protobuf:"bytes,7,opt,name=shutdown_delay,json=shutdownDelay,proto3" json:"shutdown_delay,omitempty"`
+	// Run before a process is stopped, from the release being stopped.
+	PreStop       *PreStop `protobuf:"bytes,8,opt,name=pre_stop,json=preStop,proto3" json:"pre_stop,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1024,6 +1043,157 @@ func (x *RunSpec) GetStopGrace() *durationpb.Duration {
 	return nil
 }
 
+func (x *RunSpec) GetSockets() []*Socket {
+	if x != nil {
+		return x.Sockets
+	}
+	return nil
+}
+
+func (x *RunSpec) GetReady() string {
+	if x != nil {
+		return x.Ready
+	}
+	return ""
+}
+
+func (x *RunSpec) GetReadyTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.ReadyTimeout
+	}
+	return nil
+}
+
+func (x *RunSpec) GetShutdownDelay() *durationpb.Duration {
+	if x != nil {
+		return x.ShutdownDelay
+	}
+	return nil
+}
+
+func (x *RunSpec) GetPreStop() *PreStop {
+	if x != nil {
+		return x.PreStop
+	}
+	return nil
+}
+
+// Socket is one listening socket of a service.
+type Socket struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The name the process sees in LISTEN_FDNAMES: 1 to 255 ASCII
+	// characters, no control characters and no ':' (systemd's
+	// FileDescriptorName rules), unique within the service.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// "host:port" for TCP (host may be empty for every address, an IP or a
+	// name) or "unix:/absolute/path" for a Unix stream socket; placeholders
+	// allowed.
+	Listen        string `protobuf:"bytes,2,opt,name=listen,proto3" json:"listen,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Socket) Reset() {
+	*x = Socket{}
+	mi := &file_fleetwave_v1_types_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Socket) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Socket) ProtoMessage() {}
+
+func (x *Socket) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_types_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Socket.ProtoReflect.Descriptor instead.
+func (*Socket) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *Socket) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Socket) GetListen() string {
+	if x != nil {
+		return x.Listen
+	}
+	return ""
+}
+
+// PreStop is a command run before a process is stopped (e.g. to deregister
+// it from a load balancer); its output goes to the service log. Its failure
+// is logged and does not prevent the stop.
+type PreStop struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Run from the release directory; placeholders allowed.
+	Command []string `protobuf:"bytes,1,rep,name=command,proto3" json:"command,omitempty"`
+	// Killed after this (default 10s, at most 5m).
+	Timeout       *durationpb.Duration `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PreStop) Reset() {
+	*x = PreStop{}
+	mi := &file_fleetwave_v1_types_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PreStop) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PreStop) ProtoMessage() {}
+
+func (x *PreStop) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_types_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PreStop.ProtoReflect.Descriptor instead.
+func (*PreStop) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *PreStop) GetCommand() []string {
+	if x != nil {
+		return x.Command
+	}
+	return nil
+}
+
+func (x *PreStop) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
 // Check is one health check. Exactly one of http, tcp, exec is set.
 type Check struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1044,7 +1214,7 @@ type Check struct {
 
 func (x *Check) Reset() {
 	*x = Check{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[9]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1056,7 +1226,7 @@ func (x *Check) String() string {
 func (*Check) ProtoMessage() {}
 
 func (x *Check) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[9]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1069,7 +1239,7 @@ func (x *Check) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Check.ProtoReflect.Descriptor instead.
 func (*Check) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{9}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Check) GetName() string {
@@ -1160,7 +1330,7 @@ type HttpCheck struct {
 
 func (x *HttpCheck) Reset() {
 	*x = HttpCheck{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[10]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1172,7 +1342,7 @@ func (x *HttpCheck) String() string {
 func (*HttpCheck) ProtoMessage() {}
 
 func (x *HttpCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[10]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1185,7 +1355,7 @@ func (x *HttpCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HttpCheck.ProtoReflect.Descriptor instead.
 func (*HttpCheck) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{10}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *HttpCheck) GetUrl() string {
@@ -1212,7 +1382,7 @@ type TcpCheck struct {
 
 func (x *TcpCheck) Reset() {
 	*x = TcpCheck{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[11]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1224,7 +1394,7 @@ func (x *TcpCheck) String() string {
 func (*TcpCheck) ProtoMessage() {}
 
 func (x *TcpCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[11]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1237,7 +1407,7 @@ func (x *TcpCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TcpCheck.ProtoReflect.Descriptor instead.
 func (*TcpCheck) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{11}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *TcpCheck) GetAddress() string {
@@ -1257,7 +1427,7 @@ type ExecCheck struct {
 
 func (x *ExecCheck) Reset() {
 	*x = ExecCheck{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[12]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1269,7 +1439,7 @@ func (x *ExecCheck) String() string {
 func (*ExecCheck) ProtoMessage() {}
 
 func (x *ExecCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[12]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1282,7 +1452,7 @@ func (x *ExecCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecCheck.ProtoReflect.Descriptor instead.
 func (*ExecCheck) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{12}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ExecCheck) GetCommand() []string {
@@ -1327,7 +1497,7 @@ type RolloutPolicy struct {
 
 func (x *RolloutPolicy) Reset() {
 	*x = RolloutPolicy{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[13]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1339,7 +1509,7 @@ func (x *RolloutPolicy) String() string {
 func (*RolloutPolicy) ProtoMessage() {}
 
 func (x *RolloutPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[13]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1352,7 +1522,7 @@ func (x *RolloutPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutPolicy.ProtoReflect.Descriptor instead.
 func (*RolloutPolicy) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{13}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RolloutPolicy) GetCanary() uint32 {
@@ -1440,7 +1610,7 @@ type Artifact struct {
 
 func (x *Artifact) Reset() {
 	*x = Artifact{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[14]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1452,7 +1622,7 @@ func (x *Artifact) String() string {
 func (*Artifact) ProtoMessage() {}
 
 func (x *Artifact) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[14]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1465,7 +1635,7 @@ func (x *Artifact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Artifact.ProtoReflect.Descriptor instead.
 func (*Artifact) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{14}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Artifact) GetSha256() string {
@@ -1509,7 +1679,7 @@ type Release struct {
 
 func (x *Release) Reset() {
 	*x = Release{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[15]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1521,7 +1691,7 @@ func (x *Release) String() string {
 func (*Release) ProtoMessage() {}
 
 func (x *Release) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[15]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1534,7 +1704,7 @@ func (x *Release) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Release.ProtoReflect.Descriptor instead.
 func (*Release) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{15}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Release) GetService() string {
@@ -1611,7 +1781,7 @@ type ReleaseManifest struct {
 
 func (x *ReleaseManifest) Reset() {
 	*x = ReleaseManifest{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[16]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1623,7 +1793,7 @@ func (x *ReleaseManifest) String() string {
 func (*ReleaseManifest) ProtoMessage() {}
 
 func (x *ReleaseManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[16]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1636,7 +1806,7 @@ func (x *ReleaseManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseManifest.ProtoReflect.Descriptor instead.
 func (*ReleaseManifest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{16}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ReleaseManifest) GetService() string {
@@ -1711,7 +1881,7 @@ type SignedManifest struct {
 
 func (x *SignedManifest) Reset() {
 	*x = SignedManifest{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[17]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1723,7 +1893,7 @@ func (x *SignedManifest) String() string {
 func (*SignedManifest) ProtoMessage() {}
 
 func (x *SignedManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[17]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1736,7 +1906,7 @@ func (x *SignedManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignedManifest.ProtoReflect.Descriptor instead.
 func (*SignedManifest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{17}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SignedManifest) GetManifest() []byte {
@@ -1782,7 +1952,7 @@ type ServiceStatus struct {
 
 func (x *ServiceStatus) Reset() {
 	*x = ServiceStatus{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[18]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1794,7 +1964,7 @@ func (x *ServiceStatus) String() string {
 func (*ServiceStatus) ProtoMessage() {}
 
 func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[18]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1807,7 +1977,7 @@ func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStatus.ProtoReflect.Descriptor instead.
 func (*ServiceStatus) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{18}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ServiceStatus) GetStableVersion() string {
@@ -1871,7 +2041,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[19]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1883,7 +2053,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[19]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1896,7 +2066,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{19}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Service) GetSpec() *ServiceSpec {
@@ -1938,7 +2108,7 @@ type HostProgress struct {
 
 func (x *HostProgress) Reset() {
 	*x = HostProgress{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[20]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1950,7 +2120,7 @@ func (x *HostProgress) String() string {
 func (*HostProgress) ProtoMessage() {}
 
 func (x *HostProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[20]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1963,7 +2133,7 @@ func (x *HostProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostProgress.ProtoReflect.Descriptor instead.
 func (*HostProgress) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{20}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *HostProgress) GetHostId() string {
@@ -2035,7 +2205,7 @@ type Wave struct {
 
 func (x *Wave) Reset() {
 	*x = Wave{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2047,7 +2217,7 @@ func (x *Wave) String() string {
 func (*Wave) ProtoMessage() {}
 
 func (x *Wave) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2060,7 +2230,7 @@ func (x *Wave) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Wave.ProtoReflect.Descriptor instead.
 func (*Wave) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{21}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Wave) GetIndex() uint32 {
@@ -2172,7 +2342,7 @@ type Rollout struct {
 
 func (x *Rollout) Reset() {
 	*x = Rollout{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2184,7 +2354,7 @@ func (x *Rollout) String() string {
 func (*Rollout) ProtoMessage() {}
 
 func (x *Rollout) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2197,7 +2367,7 @@ func (x *Rollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
 func (*Rollout) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{22}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Rollout) GetId() string {
@@ -2348,7 +2518,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2360,7 +2530,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2373,7 +2543,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{23}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Event) GetAt() *timestamppb.Timestamp {
@@ -2443,7 +2613,7 @@ type CheckResult struct {
 
 func (x *CheckResult) Reset() {
 	*x = CheckResult{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2455,7 +2625,7 @@ func (x *CheckResult) String() string {
 func (*CheckResult) ProtoMessage() {}
 
 func (x *CheckResult) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2468,7 +2638,7 @@ func (x *CheckResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResult.ProtoReflect.Descriptor instead.
 func (*CheckResult) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{24}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CheckResult) GetName() string {
@@ -2513,7 +2683,7 @@ type ServiceReport struct {
 
 func (x *ServiceReport) Reset() {
 	*x = ServiceReport{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[25]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2525,7 +2695,7 @@ func (x *ServiceReport) String() string {
 func (*ServiceReport) ProtoMessage() {}
 
 func (x *ServiceReport) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[25]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2538,7 +2708,7 @@ func (x *ServiceReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceReport.ProtoReflect.Descriptor instead.
 func (*ServiceReport) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{25}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ServiceReport) GetService() string {
@@ -2617,7 +2787,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[26]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2629,7 +2799,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[26]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2642,7 +2812,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{26}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Assignment) GetService() string {
@@ -2694,7 +2864,7 @@ type Host struct {
 
 func (x *Host) Reset() {
 	*x = Host{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[27]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2706,7 +2876,7 @@ func (x *Host) String() string {
 func (*Host) ProtoMessage() {}
 
 func (x *Host) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[27]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2719,7 +2889,7 @@ func (x *Host) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Host.ProtoReflect.Descriptor instead.
 func (*Host) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{27}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Host) GetId() string {
@@ -2840,15 +3010,26 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x04_min\")\n" +
 	"\x06Alerts\x12\x1f\n" +
 	"\vwebhook_url\x18\x01 \x01(\tR\n" +
-	"webhookUrl\"\xc7\x01\n" +
+	"webhookUrl\"\xc1\x03\n" +
 	"\aRunSpec\x12\x18\n" +
 	"\acommand\x18\x01 \x03(\tR\acommand\x120\n" +
 	"\x03env\x18\x02 \x03(\v2\x1e.fleetwave.v1.RunSpec.EnvEntryR\x03env\x128\n" +
 	"\n" +
-	"stop_grace\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\tstopGrace\x1a6\n" +
+	"stop_grace\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\tstopGrace\x12.\n" +
+	"\asockets\x18\x04 \x03(\v2\x14.fleetwave.v1.SocketR\asockets\x12\x14\n" +
+	"\x05ready\x18\x05 \x01(\tR\x05ready\x12>\n" +
+	"\rready_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\freadyTimeout\x12@\n" +
+	"\x0eshutdown_delay\x18\a \x01(\v2\x19.google.protobuf.DurationR\rshutdownDelay\x120\n" +
+	"\bpre_stop\x18\b \x01(\v2\x15.fleetwave.v1.PreStopR\apreStop\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x99\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"4\n" +
+	"\x06Socket\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06listen\x18\x02 \x01(\tR\x06listen\"X\n" +
+	"\aPreStop\x12\x18\n" +
+	"\acommand\x18\x01 \x03(\tR\acommand\x123\n" +
+	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\x99\x02\n" +
 	"\x05Check\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12-\n" +
 	"\x04http\x18\x02 \x01(\v2\x17.fleetwave.v1.HttpCheckH\x00R\x04http\x12*\n" +
@@ -3067,7 +3248,7 @@ func file_fleetwave_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_fleetwave_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_fleetwave_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_fleetwave_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_fleetwave_v1_types_proto_goTypes = []any{
 	(RolloutState)(0),             // 0: fleetwave.v1.RolloutState
 	(WaveState)(0),                // 1: fleetwave.v1.WaveState
@@ -3082,101 +3263,108 @@ var file_fleetwave_v1_types_proto_goTypes = []any{
 	(*PromQLRule)(nil),            // 10: fleetwave.v1.PromQLRule
 	(*Alerts)(nil),                // 11: fleetwave.v1.Alerts
 	(*RunSpec)(nil),               // 12: fleetwave.v1.RunSpec
-	(*Check)(nil),                 // 13: fleetwave.v1.Check
-	(*HttpCheck)(nil),             // 14: fleetwave.v1.HttpCheck
-	(*TcpCheck)(nil),              // 15: fleetwave.v1.TcpCheck
-	(*ExecCheck)(nil),             // 16: fleetwave.v1.ExecCheck
-	(*RolloutPolicy)(nil),         // 17: fleetwave.v1.RolloutPolicy
-	(*Artifact)(nil),              // 18: fleetwave.v1.Artifact
-	(*Release)(nil),               // 19: fleetwave.v1.Release
-	(*ReleaseManifest)(nil),       // 20: fleetwave.v1.ReleaseManifest
-	(*SignedManifest)(nil),        // 21: fleetwave.v1.SignedManifest
-	(*ServiceStatus)(nil),         // 22: fleetwave.v1.ServiceStatus
-	(*Service)(nil),               // 23: fleetwave.v1.Service
-	(*HostProgress)(nil),          // 24: fleetwave.v1.HostProgress
-	(*Wave)(nil),                  // 25: fleetwave.v1.Wave
-	(*Rollout)(nil),               // 26: fleetwave.v1.Rollout
-	(*Event)(nil),                 // 27: fleetwave.v1.Event
-	(*CheckResult)(nil),           // 28: fleetwave.v1.CheckResult
-	(*ServiceReport)(nil),         // 29: fleetwave.v1.ServiceReport
-	(*Assignment)(nil),            // 30: fleetwave.v1.Assignment
-	(*Host)(nil),                  // 31: fleetwave.v1.Host
-	nil,                           // 32: fleetwave.v1.ServiceSpec.SelectorEntry
-	nil,                           // 33: fleetwave.v1.RunSpec.EnvEntry
-	nil,                           // 34: fleetwave.v1.Host.LabelsEntry
-	(*durationpb.Duration)(nil),   // 35: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 36: google.protobuf.Timestamp
+	(*Socket)(nil),                // 13: fleetwave.v1.Socket
+	(*PreStop)(nil),               // 14: fleetwave.v1.PreStop
+	(*Check)(nil),                 // 15: fleetwave.v1.Check
+	(*HttpCheck)(nil),             // 16: fleetwave.v1.HttpCheck
+	(*TcpCheck)(nil),              // 17: fleetwave.v1.TcpCheck
+	(*ExecCheck)(nil),             // 18: fleetwave.v1.ExecCheck
+	(*RolloutPolicy)(nil),         // 19: fleetwave.v1.RolloutPolicy
+	(*Artifact)(nil),              // 20: fleetwave.v1.Artifact
+	(*Release)(nil),               // 21: fleetwave.v1.Release
+	(*ReleaseManifest)(nil),       // 22: fleetwave.v1.ReleaseManifest
+	(*SignedManifest)(nil),        // 23: fleetwave.v1.SignedManifest
+	(*ServiceStatus)(nil),         // 24: fleetwave.v1.ServiceStatus
+	(*Service)(nil),               // 25: fleetwave.v1.Service
+	(*HostProgress)(nil),          // 26: fleetwave.v1.HostProgress
+	(*Wave)(nil),                  // 27: fleetwave.v1.Wave
+	(*Rollout)(nil),               // 28: fleetwave.v1.Rollout
+	(*Event)(nil),                 // 29: fleetwave.v1.Event
+	(*CheckResult)(nil),           // 30: fleetwave.v1.CheckResult
+	(*ServiceReport)(nil),         // 31: fleetwave.v1.ServiceReport
+	(*Assignment)(nil),            // 32: fleetwave.v1.Assignment
+	(*Host)(nil),                  // 33: fleetwave.v1.Host
+	nil,                           // 34: fleetwave.v1.ServiceSpec.SelectorEntry
+	nil,                           // 35: fleetwave.v1.RunSpec.EnvEntry
+	nil,                           // 36: fleetwave.v1.Host.LabelsEntry
+	(*durationpb.Duration)(nil),   // 37: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 38: google.protobuf.Timestamp
 }
 var file_fleetwave_v1_types_proto_depIdxs = []int32{
-	32, // 0: fleetwave.v1.ServiceSpec.selector:type_name -> fleetwave.v1.ServiceSpec.SelectorEntry
+	34, // 0: fleetwave.v1.ServiceSpec.selector:type_name -> fleetwave.v1.ServiceSpec.SelectorEntry
 	12, // 1: fleetwave.v1.ServiceSpec.run:type_name -> fleetwave.v1.RunSpec
-	13, // 2: fleetwave.v1.ServiceSpec.checks:type_name -> fleetwave.v1.Check
-	35, // 3: fleetwave.v1.ServiceSpec.min_healthy_time:type_name -> google.protobuf.Duration
-	35, // 4: fleetwave.v1.ServiceSpec.healthy_deadline:type_name -> google.protobuf.Duration
-	17, // 5: fleetwave.v1.ServiceSpec.rollout:type_name -> fleetwave.v1.RolloutPolicy
+	15, // 2: fleetwave.v1.ServiceSpec.checks:type_name -> fleetwave.v1.Check
+	37, // 3: fleetwave.v1.ServiceSpec.min_healthy_time:type_name -> google.protobuf.Duration
+	37, // 4: fleetwave.v1.ServiceSpec.healthy_deadline:type_name -> google.protobuf.Duration
+	19, // 5: fleetwave.v1.ServiceSpec.rollout:type_name -> fleetwave.v1.RolloutPolicy
 	5,  // 6: fleetwave.v1.ServiceSpec.analysis:type_name -> fleetwave.v1.Analysis
 	11, // 7: fleetwave.v1.ServiceSpec.alerts:type_name -> fleetwave.v1.Alerts
-	35, // 8: fleetwave.v1.Analysis.interval:type_name -> google.protobuf.Duration
-	35, // 9: fleetwave.v1.Analysis.window:type_name -> google.protobuf.Duration
-	35, // 10: fleetwave.v1.Analysis.watch:type_name -> google.protobuf.Duration
+	37, // 8: fleetwave.v1.Analysis.interval:type_name -> google.protobuf.Duration
+	37, // 9: fleetwave.v1.Analysis.window:type_name -> google.protobuf.Duration
+	37, // 10: fleetwave.v1.Analysis.watch:type_name -> google.protobuf.Duration
 	6,  // 11: fleetwave.v1.Analysis.rules:type_name -> fleetwave.v1.AnalysisRule
 	7,  // 12: fleetwave.v1.AnalysisRule.error_ratio:type_name -> fleetwave.v1.ErrorRatioRule
 	8,  // 13: fleetwave.v1.AnalysisRule.latency:type_name -> fleetwave.v1.LatencyRule
 	9,  // 14: fleetwave.v1.AnalysisRule.restarts:type_name -> fleetwave.v1.RestartsRule
 	10, // 15: fleetwave.v1.AnalysisRule.promql:type_name -> fleetwave.v1.PromQLRule
-	33, // 16: fleetwave.v1.RunSpec.env:type_name -> fleetwave.v1.RunSpec.EnvEntry
-	35, // 17: fleetwave.v1.RunSpec.stop_grace:type_name -> google.protobuf.Duration
-	14, // 18: fleetwave.v1.Check.http:type_name -> fleetwave.v1.HttpCheck
-	15, // 19: fleetwave.v1.Check.tcp:type_name -> fleetwave.v1.TcpCheck
-	16, // 20: fleetwave.v1.Check.exec:type_name -> fleetwave.v1.ExecCheck
-	35, // 21: fleetwave.v1.Check.interval:type_name -> google.protobuf.Duration
-	35, // 22: fleetwave.v1.Check.timeout:type_name -> google.protobuf.Duration
-	35, // 23: fleetwave.v1.RolloutPolicy.bake:type_name -> google.protobuf.Duration
-	35, // 24: fleetwave.v1.RolloutPolicy.progress_deadline:type_name -> google.protobuf.Duration
-	18, // 25: fleetwave.v1.Release.artifact:type_name -> fleetwave.v1.Artifact
-	36, // 26: fleetwave.v1.Release.commit_time:type_name -> google.protobuf.Timestamp
-	36, // 27: fleetwave.v1.Release.created_at:type_name -> google.protobuf.Timestamp
-	21, // 28: fleetwave.v1.Release.signed:type_name -> fleetwave.v1.SignedManifest
-	36, // 29: fleetwave.v1.ReleaseManifest.commit_time:type_name -> google.protobuf.Timestamp
-	36, // 30: fleetwave.v1.ReleaseManifest.signed_at:type_name -> google.protobuf.Timestamp
-	36, // 31: fleetwave.v1.ReleaseManifest.expires_at:type_name -> google.protobuf.Timestamp
-	4,  // 32: fleetwave.v1.ServiceStatus.stable_spec:type_name -> fleetwave.v1.ServiceSpec
-	4,  // 33: fleetwave.v1.Service.spec:type_name -> fleetwave.v1.ServiceSpec
-	22, // 34: fleetwave.v1.Service.status:type_name -> fleetwave.v1.ServiceStatus
-	36, // 35: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
-	2,  // 36: fleetwave.v1.HostProgress.state:type_name -> fleetwave.v1.HostRolloutState
-	36, // 37: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
-	36, // 38: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
-	3,  // 39: fleetwave.v1.HostProgress.phase:type_name -> fleetwave.v1.Phase
-	1,  // 40: fleetwave.v1.Wave.state:type_name -> fleetwave.v1.WaveState
-	24, // 41: fleetwave.v1.Wave.hosts:type_name -> fleetwave.v1.HostProgress
-	36, // 42: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
-	36, // 43: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
-	36, // 44: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
-	0,  // 45: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
-	17, // 46: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
-	25, // 47: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
-	36, // 48: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	36, // 49: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
-	36, // 50: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
-	36, // 51: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
-	4,  // 52: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
-	36, // 53: fleetwave.v1.Rollout.failed_at:type_name -> google.protobuf.Timestamp
-	36, // 54: fleetwave.v1.Rollout.restored_at:type_name -> google.protobuf.Timestamp
-	36, // 55: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
-	3,  // 56: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
-	28, // 57: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
-	36, // 58: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
-	19, // 59: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
-	4,  // 60: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
-	34, // 61: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
-	36, // 62: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	29, // 63: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
-	64, // [64:64] is the sub-list for method output_type
-	64, // [64:64] is the sub-list for method input_type
-	64, // [64:64] is the sub-list for extension type_name
-	64, // [64:64] is the sub-list for extension extendee
-	0,  // [0:64] is the sub-list for field type_name
+	35, // 16: fleetwave.v1.RunSpec.env:type_name -> fleetwave.v1.RunSpec.EnvEntry
+	37, // 17: fleetwave.v1.RunSpec.stop_grace:type_name -> google.protobuf.Duration
+	13, // 18: fleetwave.v1.RunSpec.sockets:type_name -> fleetwave.v1.Socket
+	37, // 19: fleetwave.v1.RunSpec.ready_timeout:type_name -> google.protobuf.Duration
+	37, // 20: fleetwave.v1.RunSpec.shutdown_delay:type_name -> google.protobuf.Duration
+	14, // 21: fleetwave.v1.RunSpec.pre_stop:type_name -> fleetwave.v1.PreStop
+	37, // 22: fleetwave.v1.PreStop.timeout:type_name -> google.protobuf.Duration
+	16, // 23: fleetwave.v1.Check.http:type_name -> fleetwave.v1.HttpCheck
+	17, // 24: fleetwave.v1.Check.tcp:type_name -> fleetwave.v1.TcpCheck
+	18, // 25: fleetwave.v1.Check.exec:type_name -> fleetwave.v1.ExecCheck
+	37, // 26: fleetwave.v1.Check.interval:type_name -> google.protobuf.Duration
+	37, // 27: fleetwave.v1.Check.timeout:type_name -> google.protobuf.Duration
+	37, // 28: fleetwave.v1.RolloutPolicy.bake:type_name -> google.protobuf.Duration
+	37, // 29: fleetwave.v1.RolloutPolicy.progress_deadline:type_name -> google.protobuf.Duration
+	20, // 30: fleetwave.v1.Release.artifact:type_name -> fleetwave.v1.Artifact
+	38, // 31: fleetwave.v1.Release.commit_time:type_name -> google.protobuf.Timestamp
+	38, // 32: fleetwave.v1.Release.created_at:type_name -> google.protobuf.Timestamp
+	23, // 33: fleetwave.v1.Release.signed:type_name -> fleetwave.v1.SignedManifest
+	38, // 34: fleetwave.v1.ReleaseManifest.commit_time:type_name -> google.protobuf.Timestamp
+	38, // 35: fleetwave.v1.ReleaseManifest.signed_at:type_name -> google.protobuf.Timestamp
+	38, // 36: fleetwave.v1.ReleaseManifest.expires_at:type_name -> google.protobuf.Timestamp
+	4,  // 37: fleetwave.v1.ServiceStatus.stable_spec:type_name -> fleetwave.v1.ServiceSpec
+	4,  // 38: fleetwave.v1.Service.spec:type_name -> fleetwave.v1.ServiceSpec
+	24, // 39: fleetwave.v1.Service.status:type_name -> fleetwave.v1.ServiceStatus
+	38, // 40: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
+	2,  // 41: fleetwave.v1.HostProgress.state:type_name -> fleetwave.v1.HostRolloutState
+	38, // 42: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
+	38, // 43: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
+	3,  // 44: fleetwave.v1.HostProgress.phase:type_name -> fleetwave.v1.Phase
+	1,  // 45: fleetwave.v1.Wave.state:type_name -> fleetwave.v1.WaveState
+	26, // 46: fleetwave.v1.Wave.hosts:type_name -> fleetwave.v1.HostProgress
+	38, // 47: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
+	38, // 48: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
+	38, // 49: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
+	0,  // 50: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
+	19, // 51: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
+	27, // 52: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
+	38, // 53: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	38, // 54: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
+	38, // 55: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
+	38, // 56: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
+	4,  // 57: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
+	38, // 58: fleetwave.v1.Rollout.failed_at:type_name -> google.protobuf.Timestamp
+	38, // 59: fleetwave.v1.Rollout.restored_at:type_name -> google.protobuf.Timestamp
+	38, // 60: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
+	3,  // 61: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
+	30, // 62: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
+	38, // 63: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
+	21, // 64: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
+	4,  // 65: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
+	36, // 66: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
+	38, // 67: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	31, // 68: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
+	69, // [69:69] is the sub-list for method output_type
+	69, // [69:69] is the sub-list for method input_type
+	69, // [69:69] is the sub-list for extension type_name
+	69, // [69:69] is the sub-list for extension extendee
+	0,  // [0:69] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_types_proto_init() }
@@ -3191,7 +3379,7 @@ func file_fleetwave_v1_types_proto_init() {
 		(*AnalysisRule_Promql)(nil),
 	}
 	file_fleetwave_v1_types_proto_msgTypes[6].OneofWrappers = []any{}
-	file_fleetwave_v1_types_proto_msgTypes[9].OneofWrappers = []any{
+	file_fleetwave_v1_types_proto_msgTypes[11].OneofWrappers = []any{
 		(*Check_Http)(nil),
 		(*Check_Tcp)(nil),
 		(*Check_Exec)(nil),
@@ -3202,7 +3390,7 @@ func file_fleetwave_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fleetwave_v1_types_proto_rawDesc), len(file_fleetwave_v1_types_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   31,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,341 @@
+package sockets
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/fleetwave/fleetwave/internal/spec"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// Decl is one declared socket, its listen address already expanded:
+// "host:port" or "unix:/path" (see spec.ParseListen).
+type Decl struct {
+	Name   string
+	Listen string
+}
+
+// Socket is a listening socket the agent holds. Its descriptor is the
+// agent's own copy: close-on-exec, so only the processes Prepare sets up
+// inherit it. Methods are safe for concurrent use.
+type Socket struct {
+	Name   string
+	Listen string // as declared
+	// Network is "tcp" or "unix"; Addr is the bound local address (for
+	// "127.0.0.1:0" the port the kernel chose).
+	Network, Addr string
+	// Inode identifies the socket on this host for as long as it exists
+	// (the N of "socket:[N]" in /proc/PID/fd); Recover finds it by it.
+	Inode uint64
+	// From is the pid Recover copied the socket from, 0 if it was bound by
+	// this agent.
+	From int
+
+	mu sync.Mutex
+	fd int // -1 once closed
+}
+
+// Identity is what the agent records about a socket to find it again after
+// a restart (Recover). It marshals to JSON.
+type Identity struct {
+	Name   string `json:"name"`
+	Listen string `json:"listen"`
+	Inode  uint64 `json:"inode"`
+}
+
+// ErrClosed is returned for a socket the agent has closed.
+var ErrClosed = errors.New("socket closed")
+
+// Identity returns what Recover needs to find s again.
+func (s *Socket) Identity() Identity {
+	return Identity{Name: s.Name, Listen: s.Listen, Inode: s.Inode}
+}
+
+// File returns a new *os.File for the socket: a duplicate of the agent's
+// descriptor (close-on-exec), which the caller closes when done with it;
+// closing it does not close the socket. For os/exec's ExtraFiles use
+// Prepare, which does this.
+func (s *Socket) File() (*os.File, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fd < 0 {
+		return nil, fmt.Errorf("socket %s: %w", s.Name, ErrClosed)
+	}
+	nfd, err := unix.FcntlInt(uintptr(s.fd), unix.F_DUPFD_CLOEXEC, 3)
+	if err != nil {
+		return nil, fmt.Errorf("socket %s: dup: %w", s.Name, err)
+	}
+	return os.NewFile(uintptr(nfd), s.Name), nil
+}
+
+// Close closes the agent's copy of the socket. The socket itself stays open
+// (and keeps its queue) while a process holds it; a Unix socket's path is
+// left in place. Closing twice returns nil.
+func (s *Socket) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fd < 0 {
+		return nil
+	}
+	err := unix.Close(s.fd)
+	s.fd = -1
+	if err != nil {
+		return fmt.Errorf("close socket %s: %w", s.Name, err)
+	}
+	return nil
+}
+
+// CloseAll closes every socket's agent copy and returns the errors joined.
+func CloseAll(socks []*Socket) error {
+	var errs []error
+	for _, s := range socks {
+		if s != nil {
+			errs = append(errs, s.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// FromSpec returns the sockets of run with ${host.*} placeholders expanded,
+// checked as spec.Validate checks them (a label value can still make a bad
+// address): names, addresses, no port 0, no duplicates, at most
+// spec.MaxSockets. Errors name the field ("run.sockets[1].listen: ...").
+func FromSpec(run *v1.RunSpec, hostID string, labels map[string]string) ([]Decl, error) {
+	socks := run.GetSockets()
+	if len(socks) > spec.MaxSockets {
+		return nil, fmt.Errorf("run.sockets: %d sockets, more than %d", len(socks), spec.MaxSockets)
+	}
+	decls := make([]Decl, 0, len(socks))
+	for i, s := range socks {
+		field := fmt.Sprintf("run.sockets[%d]", i)
+		listen, err := spec.Expand(s.GetListen(), hostID, labels)
+		if err != nil {
+			return nil, fmt.Errorf("%s.listen: %w", field, err)
+		}
+		d := Decl{Name: s.GetName(), Listen: listen}
+		network, addr, err := spec.ParseListen(listen)
+		if err != nil {
+			return nil, fmt.Errorf("%s.listen: %q: %w", field, listen, err)
+		}
+		if spec.ListenPort(network, addr) == "0" {
+			return nil, fmt.Errorf("%s.listen: %q: port 0 is not a fixed address", field, listen)
+		}
+		decls = append(decls, d)
+	}
+	if err := checkDecls(decls); err != nil {
+		return nil, err
+	}
+	return decls, nil
+}
+
+// checkDecls checks names, addresses and duplicates; errors name the field.
+func checkDecls(decls []Decl) error {
+	if len(decls) > spec.MaxSockets {
+		return fmt.Errorf("run.sockets: %d sockets, more than %d", len(decls), spec.MaxSockets)
+	}
+	names := map[string]int{}
+	addrs := map[string]int{}
+	for i, d := range decls {
+		field := fmt.Sprintf("run.sockets[%d]", i)
+		if err := spec.CheckSocketName(field+".name", d.Name); err != nil {
+			return err
+		}
+		if prev, dup := names[d.Name]; dup {
+			return fmt.Errorf("%s.name: %q is also the name of run.sockets[%d]", field, d.Name, prev)
+		}
+		names[d.Name] = i
+		if _, _, err := spec.ParseListen(d.Listen); err != nil {
+			return fmt.Errorf("%s.listen: %q: %w", field, d.Listen, err)
+		}
+		if prev, dup := addrs[d.Listen]; dup {
+			return fmt.Errorf("%s.listen: %q is also the address of run.sockets[%d]", field, d.Listen, prev)
+		}
+		addrs[d.Listen] = i
+	}
+	return nil
+}
+
+// Bind binds and listens on every declared socket, in order: all or none
+// (on an error the sockets already bound are closed). TCP sockets get
+// SO_REUSEADDR (a restarted agent binds again despite connections in
+// TIME_WAIT) and the backlog of net.core.somaxconn (as net.Listen: the
+// kernel's maximum, 4096 by default since Linux 5.4); a host name is
+// resolved and the first address bound; an empty host listens on every
+// address, IPv4 and IPv6. A Unix socket's stale file (nothing listening) is
+// replaced; a live one is an error. The sockets are left in blocking mode.
+func Bind(decls []Decl) ([]*Socket, error) {
+	if err := checkDecls(decls); err != nil {
+		return nil, fmt.Errorf("bind: %w", err)
+	}
+	socks := make([]*Socket, 0, len(decls))
+	for _, d := range decls {
+		s, err := bindOne(d)
+		if err != nil {
+			_ = CloseAll(socks)
+			return nil, err
+		}
+		socks = append(socks, s)
+	}
+	return socks, nil
+}
+
+func bindOne(d Decl) (*Socket, error) {
+	network, addr, err := spec.ParseListen(d.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("bind socket %s: %q: %w", d.Name, d.Listen, err)
+	}
+	fd, err := listen(network, addr)
+	if errors.Is(err, syscall.EADDRINUSE) && network == "unix" {
+		if rmErr := removeStaleUnix(addr); rmErr != nil {
+			return nil, fmt.Errorf("bind socket %s on %s: %w", d.Name, d.Listen, rmErr)
+		}
+		fd, err = listen(network, addr)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("bind socket %s on %s: %w", d.Name, d.Listen, err)
+	}
+	s, err := newSocket(fd, d)
+	if err != nil {
+		_ = unix.Close(fd)
+		return nil, fmt.Errorf("bind socket %s on %s: %w", d.Name, d.Listen, err)
+	}
+	return s, nil
+}
+
+// listen binds with package net (address resolution, dual stack, the
+// somaxconn backlog, SO_REUSEADDR set explicitly here too) and returns a
+// blocking close-on-exec duplicate of the listener's descriptor; the net
+// listener itself is closed (without unlinking a Unix socket's path).
+func listen(network, addr string) (int, error) {
+	lc := net.ListenConfig{
+		Control: func(_, _ string, c syscall.RawConn) error {
+			if network != "tcp" {
+				return nil
+			}
+			var serr error
+			if err := c.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+			}); err != nil {
+				return err
+			}
+			if serr != nil {
+				return fmt.Errorf("SO_REUSEADDR: %w", serr)
+			}
+			return nil
+		},
+	}
+	l, err := lc.Listen(context.Background(), network, addr)
+	if err != nil {
+		return -1, err
+	}
+	if ul, ok := l.(*net.UnixListener); ok {
+		ul.SetUnlinkOnClose(false)
+	}
+	defer l.Close()
+	rc, err := l.(syscall.Conn).SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	var derr error
+	if err := rc.Control(func(lfd uintptr) {
+		fd, derr = unix.FcntlInt(lfd, unix.F_DUPFD_CLOEXEC, 3)
+	}); err != nil {
+		return -1, err
+	}
+	if derr != nil {
+		return -1, fmt.Errorf("dup: %w", derr)
+	}
+	// Nobody else holds the socket yet: the mode can still be chosen.
+	if err := unix.SetNonblock(fd, false); err != nil {
+		_ = unix.Close(fd)
+		return -1, fmt.Errorf("set blocking: %w", err)
+	}
+	return fd, nil
+}
+
+// removeStaleUnix removes path if it is a Unix socket nobody listens on.
+func removeStaleUnix(path string) error {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Type() != fs.ModeSocket {
+		return fmt.Errorf("%s exists and is not a socket", path)
+	}
+	c, err := net.Dial("unix", path)
+	if err == nil {
+		_ = c.Close()
+		return fmt.Errorf("%s: %w (another process listens on it)", path, syscall.EADDRINUSE)
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		return fmt.Errorf("%s exists and cannot be checked: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("remove stale socket: %w", err)
+	}
+	return nil
+}
+
+// newSocket takes ownership of fd (on success) and fills in the identity.
+func newSocket(fd int, d Decl) (*Socket, error) {
+	network, _, err := spec.ParseListen(d.Listen)
+	if err != nil {
+		return nil, err
+	}
+	ino, err := inode(fd)
+	if err != nil {
+		return nil, err
+	}
+	addr, err := localAddr(fd)
+	if err != nil {
+		return nil, err
+	}
+	return &Socket{Name: d.Name, Listen: d.Listen, Network: network, Addr: addr, Inode: ino, fd: fd}, nil
+}
+
+// inode returns the inode of the socket fd refers to (an error if it is not
+// a socket).
+func inode(fd int) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return 0, fmt.Errorf("fstat: %w", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return 0, fmt.Errorf("fd %d is not a socket (mode %#o)", fd, st.Mode)
+	}
+	return st.Ino, nil
+}
+
+// localAddr returns the socket's bound address as a string.
+func localAddr(fd int) (string, error) {
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return "", fmt.Errorf("getsockname: %w", err)
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return net.JoinHostPort(net.IP(a.Addr[:]).String(), strconv.Itoa(a.Port)), nil
+	case *unix.SockaddrInet6:
+		host := net.IP(a.Addr[:]).String()
+		if a.ZoneId != 0 {
+			if ifi, err := net.InterfaceByIndex(int(a.ZoneId)); err == nil {
+				host += "%" + ifi.Name
+			}
+		}
+		return net.JoinHostPort(host, strconv.Itoa(a.Port)), nil
+	case *unix.SockaddrUnix:
+		return a.Name, nil
+	default:
+		return "", fmt.Errorf("unexpected socket address %T", sa)
+	}
+}
