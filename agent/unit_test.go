@@ -70,6 +70,11 @@ func TestValidateAssignment(t *testing.T) {
 		{"env name", func(a *v1.Assignment) { a.Spec.Run.Env = map[string]string{"A=B": "x"} }, "spec.run.env"},
 		{"env placeholder", func(a *v1.Assignment) { a.Spec.Run.Env = map[string]string{"X": "${host.bogus}"} }, "spec.run.env[X]"},
 		{"deadline", func(a *v1.Assignment) { a.Spec.HealthyDeadline = durationpb.New(-time.Second) }, "spec.healthy_deadline"},
+		// The handover's fields are refused until the agent acts on them.
+		{"sockets", func(a *v1.Assignment) { a.Spec.Run.Sockets = []*v1.Socket{{Name: "http", Listen: "127.0.0.1:8081"}} }, "spec.run.sockets"},
+		{"ready notify", func(a *v1.Assignment) { a.Spec.Run.Ready = "notify" }, "spec.run.ready"},
+		{"pre_stop", func(a *v1.Assignment) { a.Spec.Run.PreStop = &v1.PreStop{Command: []string{"./x"}} }, "spec.run.pre_stop"},
+		{"shutdown_delay", func(a *v1.Assignment) { a.Spec.Run.ShutdownDelay = durationpb.New(time.Second) }, "spec.run.shutdown_delay"},
 		{"min healthy", func(a *v1.Assignment) { a.Spec.MinHealthyTime = durationpb.New(-time.Second) }, "spec.min_healthy_time"},
 		{"stop grace", func(a *v1.Assignment) { a.Spec.Run.StopGrace = durationpb.New(-time.Second) }, "spec.run.stop_grace"},
 		{"check placeholder", func(a *v1.Assignment) {

@@ -75,6 +75,9 @@ func validateAssignment(a *v1.Assignment, hostID string, labels map[string]strin
 	if err := checkDuration("spec.run.stop_grace", s.GetRun().GetStopGrace(), true); err != nil {
 		return err
 	}
+	if err := checkHandoverFields(s.GetRun()); err != nil {
+		return err
+	}
 	if _, _, err := expandRun(s.GetRun(), hostID, labels); err != nil {
 		return err
 	}
@@ -176,4 +179,23 @@ func expandCheck(c *v1.Check, i int, hostID string, labels map[string]string) (*
 		return nil, err
 	}
 	return ec, nil
+}
+
+// checkHandoverFields refuses the zero-downtime handover's fields, which the
+// spec accepts but this agent does not act on yet: running a service
+// without the drain hook or readiness its spec asks for would drop its
+// requests silently.
+func checkHandoverFields(run *v1.RunSpec) error {
+	const why = "this agent does not act on it yet (the socket handover is not wired in): remove it or deploy an agent that does"
+	switch {
+	case len(run.GetSockets()) > 0:
+		return fmt.Errorf("spec.run.sockets: %d declared, but %s", len(run.GetSockets()), why)
+	case run.GetReady() != "" && run.GetReady() != spec.ReadyStarted:
+		return fmt.Errorf("spec.run.ready: %q, but %s", run.GetReady(), why)
+	case run.GetPreStop() != nil:
+		return fmt.Errorf("spec.run.pre_stop: set, but %s", why)
+	case run.GetShutdownDelay().AsDuration() > 0:
+		return fmt.Errorf("spec.run.shutdown_delay: %s, but %s", run.GetShutdownDelay().AsDuration(), why)
+	}
+	return nil
 }
