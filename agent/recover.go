@@ -15,7 +15,7 @@ func (a *agent) recover(saved []*lifecycle.Snapshot) {
 	now := time.Now()
 	for _, snap := range saved {
 		log := a.log.With().Str("service", snap.Service).Logger()
-		m, acts := lifecycle.Restore(*snap, now)
+		m, acts := lifecycle.Restore(*snap, nil, now)
 		s := &service{name: snap.Service, m: m}
 		a.services[snap.Service] = s
 		log.Info().Str("phase", snap.Phase.String()).Str("version", lifecycle.Version(snap.LastGood)).Int64("generation", snap.Generation).
