@@ -132,9 +132,10 @@ func (m *agentMetrics) transition(svc string, from, to v1.Phase, kind lifecycle.
 	// reverts a release).
 }
 
-// resumed is called when a restarted agent restores a service in phase p:
-// an install (or revert) it resumes is counted when it ends, as one that
-// began in this agent would be.
+// resumed is called when a restarted agent restores a service whose
+// snapshot was in phase p: an install in progress there is counted when it
+// ends, as one that began in this agent would be (a recovery of a settled
+// service is not an install).
 func (m *agentMetrics) resumed(svc string, p v1.Phase) {
 	if m == nil {
 		return

@@ -36,7 +36,7 @@ func (a *agent) recover(saved []*lifecycle.Snapshot) {
 		s := &service{name: snap.Service, m: m, found: found, foundGrace: foundGrace(snap, running)}
 		a.services[snap.Service] = s
 		ev.Str("reason", restoreSays(snap, running, acts)).Msg("recovering service")
-		a.metrics.resumed(s.name, m.Phase())
+		a.metrics.resumed(s.name, snap.Phase) // an install in progress is counted when it ends
 		a.syncAnalysis(s)
 		a.exec(s, acts)
 		if s.found != nil && !s.blocked {
