@@ -46,11 +46,10 @@ func FindRunning(pidFile string, log zerolog.Logger) (*Found, error) {
 		err = fmt.Errorf("pgid %d is the agent's own group: %w", rec.PGID, ErrInvalidPIDFile)
 	}
 	if err != nil {
-		lvl := zerolog.WarnLevel
 		if errors.Is(err, errOldPIDFile) {
 			err = errors.New("old pid file without boot id and start time: unverifiable")
 		}
-		log.WithLevel(lvl).Err(err).Int("pid", rec.PGID).Str("reason", truncate(strings.TrimSpace(string(data)), 64)).
+		log.Warn().Err(err).Int("pid", rec.PGID).Str("reason", truncate(strings.TrimSpace(string(data)), 64)).
 			Msg("pid file names nothing that can be adopted: removing it")
 		removeFile(pidFile, log)
 		return nil, nil

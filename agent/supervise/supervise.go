@@ -10,13 +10,14 @@
 // A service outlives the agent: Detach ends supervision and leaves the
 // process running; a restarted agent finds it by its PID file (FindRunning)
 // and supervises it again (Adopt) although it is not its child: exits are
-// seen through a pidfd (pidfd_open(2)). KillStale stops what a PID file
-// names without supervising it (fleetwave-agent stop-services). RotateLog
-// bounds the log files.
+// seen through a pidfd (pidfd_open(2)); Found.Stop stops a found process
+// without supervising it (fleetwave-agent stop-services). RotateLog bounds
+// the log files. (KillStale, which an agent used to call at start to kill
+// what an earlier one left, is no longer used by the agent.)
 //
 // It is Linux only (process groups, /proc). It must not import etcd, the
-// coordinator or any other agent package; it knows nothing about releases,
-// checks or the lifecycle.
+// coordinator or any other agent package; it knows nothing about checks or
+// the lifecycle, and of a release only the name it records.
 package supervise
 
 import (
