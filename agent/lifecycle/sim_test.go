@@ -57,28 +57,35 @@ func (k restoreKind) String() string {
 // runs ("" = nothing), and the first phase it reports.
 func expectRestore(p *Snapshot, found string) (restoreKind, v1.Phase) {
 	cur, good, tgt := Version(p.Current), Version(p.LastGood), Version(p.Target)
+	restored := p.Phase
 	switch ph := p.Phase; {
 	case preSwitch(ph):
-		if tgt != "" && ((found != "" && found == cur) || (found == "" && cur == "" && good == "")) {
+		if tgt == "" {
+			restored = v1.Phase_PHASE_FAILED // inconsistent: handled as settled
+			break
+		}
+		if (found != "" && found == cur) || (found == "" && cur == "" && good == "") {
 			return restoreResumeFetch, v1.Phase_PHASE_FETCHING
 		}
+		return restoreRecover, v1.Phase_PHASE_STARTING
 	case ph == v1.Phase_PHASE_STARTING || ph == v1.Phase_PHASE_CHECKING:
-		if tgt != "" && cur == tgt {
-			if found == tgt {
-				return restoreResumeInstall, v1.Phase_PHASE_CHECKING
-			}
-			return restoreResumeInstall, v1.Phase_PHASE_STARTING
+		if tgt == "" || cur != tgt {
+			restored = v1.Phase_PHASE_FAILED // inconsistent: handled as settled
+			break
 		}
+		if found == tgt {
+			return restoreResumeInstall, v1.Phase_PHASE_CHECKING
+		}
+		return restoreResumeInstall, v1.Phase_PHASE_STARTING
 	case ph == v1.Phase_PHASE_REVERTING:
 		return restoreResumeRevert, v1.Phase_PHASE_REVERTING
-	case settled(ph):
-		restored := ph
-		if ph == v1.Phase_PHASE_HEALTHY && good != tgt {
-			restored = v1.Phase_PHASE_FAILED
-		}
-		if restored != v1.Phase_PHASE_IDLE && found != "" && found == cur {
-			return restoreAdoptSettled, restored
-		}
+	case !settled(ph):
+		restored = v1.Phase_PHASE_FAILED
+	case ph == v1.Phase_PHASE_HEALTHY && good != tgt:
+		restored = v1.Phase_PHASE_FAILED
+	}
+	if restored != v1.Phase_PHASE_IDLE && found != "" && found == cur {
+		return restoreAdoptSettled, restored
 	}
 	return restoreRecover, v1.Phase_PHASE_STARTING
 }
