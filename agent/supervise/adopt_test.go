@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -277,5 +278,43 @@ func TestPIDRecordRoundTrip(t *testing.T) {
 	}
 	if _, err := WritePIDRecord(filepath.Join(t.TempDir(), "p"), os.Getpid(), "has space", 1); err == nil {
 		t.Fatal("WritePIDRecord took a release with a space")
+	}
+}
+
+// TestOutputGoesToTheLogFile: the process's stdout and stderr are the log
+// file itself, opened O_APPEND (no pipe through the supervisor, so the
+// output does not depend on it and survives it).
+func TestOutputGoesToTheLogFile(t *testing.T) {
+	cfg := helperConfig(t, "serve")
+	s := New(cfg, testLogger(t))
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	defer stop(t, s)
+	pid := waitReady(t, cfg.LogPath, 1)[0]
+	for _, fd := range []string{"1", "2"} {
+		target, err := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "fd", fd))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if target != cfg.LogPath {
+			t.Fatalf("fd %s of the process is %q, want the log file %q", fd, target, cfg.LogPath)
+		}
+		info, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "fdinfo", fd))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var flags int64
+		for _, l := range strings.Split(string(info), "\n") {
+			if v, ok := strings.CutPrefix(l, "flags:"); ok {
+				flags, err = strconv.ParseInt(strings.TrimSpace(v), 8, 64)
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if flags&syscall.O_APPEND == 0 {
+			t.Fatalf("fd %s flags %o: not O_APPEND", fd, flags)
+		}
 	}
 }
