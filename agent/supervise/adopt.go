@@ -82,18 +82,13 @@ func FindRunning(pidFile string, log zerolog.Logger) (*Found, error) {
 	}
 	if why != "" {
 		if pidfd != nil {
-			// Reap it if it is a child of this process (an agent restarted
-			// inside the same process, as in tests); else init does.
-			if pidfdExited(int(pidfd.Fd())) {
-				_, _ = reap(int(pidfd.Fd()))
-			}
-			_ = pidfd.Close()
+			_ = pidfd.Close() // its parent reaps it (init, in production)
 		}
 		log.Info().Int("pid", rec.PGID).Str("reason", why).Msg("pid file does not name a live process: removing it")
 		removeFile(pidFile, log)
 		return nil, nil
 	}
-	return &Found{Record: rec, path: pidFile, p: watch(rec.PGID, pidfd, time.Now())}, nil
+	return &Found{Record: rec, path: pidFile, p: watch(rec.PGID, pidfd, time.Now(), false)}, nil
 }
 
 // Running reports whether the found process has not exited yet.

@@ -41,12 +41,14 @@ const pollGone = 100 * time.Millisecond
 // proc is one running instance of the supervised process: the leader of
 // its process group, watched for its exit through a pidfd (pidfd_open(2)),
 // which works for a child of this agent and for a process adopted from an
-// earlier agent alike, and pins the process so a signal through it never
-// reaches a reused pid. A child is reaped with waitid(P_PIDFD), which tells
-// how it ended.
+// earlier agent alike. A process the supervisor spawned is reaped with
+// waitid(P_PIDFD), which tells how it ended; a found one is never reaped
+// here (its parent does: init, in production), only looked at (WNOWAIT),
+// so that no one else's wait loses its child.
 type proc struct {
 	pgid    int
 	started time.Time
+	spawned bool // started by this supervisor: reaped here
 
 	pidfd *os.File // nil: no pidfd_open(2); /proc is polled
 
@@ -62,8 +64,8 @@ type proc struct {
 // started (for the restart backoff). The caller has made sure pid is the
 // process it means (its own child, or a leader verified by its PID record
 // after the pidfd was opened: see openPidfd).
-func watch(pid int, pidfd *os.File, started time.Time) *proc {
-	p := &proc{pgid: pid, started: started, pidfd: pidfd, done: make(chan struct{}), release: make(chan struct{})}
+func watch(pid int, pidfd *os.File, started time.Time, spawned bool) *proc {
+	p := &proc{pgid: pid, started: started, spawned: spawned, pidfd: pidfd, done: make(chan struct{}), release: make(chan struct{})}
 	go p.wait()
 	return p
 }
@@ -116,7 +118,7 @@ func (p *proc) wait() {
 		return
 	}
 	var reapErr error
-	_ = rc.Control(func(fd uintptr) { p.err, reapErr = reap(int(fd)) })
+	_ = rc.Control(func(fd uintptr) { p.err, reapErr = reap(int(fd), p.spawned) })
 	if reapErr != nil {
 		p.err = reapErr
 	}
@@ -132,7 +134,10 @@ func (p *proc) pollExit() {
 		st, err := readProcStat(p.pgid)
 		if err != nil || st.State == 'Z' || st.State == 'X' {
 			var ws syscall.WaitStatus
-			n, werr := syscall.Wait4(p.pgid, &ws, syscall.WNOHANG, nil)
+			n, werr := -1, error(nil)
+			if p.spawned {
+				n, werr = syscall.Wait4(p.pgid, &ws, syscall.WNOHANG, nil)
+			}
 			switch {
 			case werr != nil || n != p.pgid:
 				p.err = ErrExitUnknown
@@ -185,12 +190,18 @@ func pidfdExited(fd int) bool {
 	return err == nil && n > 0 && fds[0].Revents&(unix.POLLIN|unix.POLLHUP|unix.POLLERR) != 0
 }
 
-// reap collects the exit status of the process of pidfd if it is a child
-// of this process (waitid(P_PIDFD)); ErrExitUnknown if it is not.
-func reap(fd int) (exit error, err error) {
+// reap collects the exit status of the exited process of pidfd if it is a
+// child of this process (waitid(P_PIDFD)), reaping it only when asked to
+// (else WNOWAIT leaves it to whoever else waits for it); ErrExitUnknown if
+// it is not a child.
+func reap(fd int, reapIt bool) (exit error, err error) {
 	var info unix.Siginfo
+	opts := unix.WEXITED
+	if !reapIt {
+		opts |= unix.WNOWAIT
+	}
 	for {
-		err = unix.Waitid(unix.P_PIDFD, fd, &info, unix.WEXITED, nil)
+		err = unix.Waitid(unix.P_PIDFD, fd, &info, opts, nil)
 		if !errors.Is(err, unix.EINTR) {
 			break
 		}

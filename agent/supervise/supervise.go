@@ -273,7 +273,7 @@ func (s *Supervisor) spawn(logf *os.File) (*proc, error) {
 			s.pidRec = rec
 		}
 	}
-	p := watch(pid, pidfd, started)
+	p := watch(pid, pidfd, started, true)
 	s.log.Info().Int("pid", pid).Int("restarts", s.Restarts()).Msg("process started")
 	return p, nil
 }
