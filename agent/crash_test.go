@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fleetwave/fleetwave/internal/testkit"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
@@ -195,7 +194,7 @@ func TestAgentKilledWhileCheckingBadRelease(t *testing.T) {
 		return reportIs(r, 2, v1.Phase_PHASE_REVERTED, "1.0.0") && r.GetLastGoodVersion() == "1.0.0" &&
 			strings.Contains(r.GetReason(), "2.0.0: not healthy within 3s")
 	})
-	testkit.Eventually(t, time.Minute, "v2 stopped", func() bool { return !alive(pid2) })
+	waitGone(t, pid2)
 	if got := currentLink(t, p.dataDir); got != "1.0.0" {
 		t.Fatalf("current -> %q", got)
 	}

@@ -143,7 +143,7 @@ func TestServicesOutliveTheAgent(t *testing.T) {
 		r := lastReport(rs, testSvc)
 		return reportIs(r, 2, v1.Phase_PHASE_REVERTED, "1.0.0") && strings.Contains(r.GetReason(), "health checks failing")
 	})
-	testkit.Eventually(t, time.Minute, "v2 stopped by the revert", func() bool { return !alive(restarted) })
+	waitGone(t, restarted) // stopped by the revert
 	cancel2()
 	waitDone(t, done2)
 }
