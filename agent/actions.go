@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -27,6 +28,9 @@ func (a *agent) do(s *service, act lifecycle.Action) {
 	case lifecycle.ActStart:
 		a.analysisStart(s, act)
 		a.startProcess(s, act)
+	case lifecycle.ActAdopt:
+		a.analysisStart(s, act) // the window measures the adopted process from now
+		a.adoptProcess(s, act)
 	case lifecycle.ActFreezeBaseline:
 		a.freezeBaseline(s, act)
 	case lifecycle.ActStop:
@@ -159,11 +163,22 @@ func (a *agent) startSwitch(s *service, act lifecycle.Action) {
 func (a *agent) startProcess(s *service, act lifecycle.Action) {
 	name := s.name
 	old, oldGrace := s.sup, s.supGrace
+	found, foundGrace := s.found, s.foundGrace
 	a.dropSupervisor(s)
-	cfg, err := a.supervisorConfig(name, act.Assignment)
+	s.found = nil
+	cfg, err := a.supervisorConfig(name, act.Assignment, act.Epoch)
 	a.background(func() {
+		// One process per service: the machine stops the old one first, so
+		// these are only a safety net.
 		if old != nil {
-			a.stopSupervisor(old, oldGrace)
+			if err := a.stopSupervisor(old, oldGrace); err != nil {
+				a.log.Error().Str("service", name).Err(err).Msg("stopping service")
+			}
+		}
+		if found != nil {
+			if err := found.Stop(foundGrace, a.log); err != nil {
+				a.log.Error().Str("service", name).Err(err).Msg("stopping service")
+			}
 		}
 		ev := doneEv{svc: name, seq: act.Seq, err: err, epoch: act.Epoch}
 		if err == nil {
@@ -173,12 +188,47 @@ func (a *agent) startProcess(s *service, act lifecycle.Action) {
 			}
 		}
 		if !a.send(ev) && ev.sup != nil {
-			a.stopSupervisor(ev.sup, ev.grace) // shutting down: do not leave it running
+			// Shutting down: it runs on like every other service, for the
+			// next agent to adopt (its PID file says which start it is).
+			a.detachSupervisor(name, ev.sup, ev.grace)
 		}
 	})
 }
 
-func (a *agent) supervisorConfig(name string, asg *v1.Assignment) (supervise.Config, error) {
+// adoptProcess carries out ActAdopt: the process found running at Restore
+// becomes the service's supervised process (exits forwarded with the
+// action's epoch, restarted with its assignment's run spec). It is not
+// restarted. If it cannot be supervised (its run spec no longer expands
+// with this host's labels, the log cannot be opened), it is stopped, and
+// its exit is reported, so that nothing runs unwatched.
+func (a *agent) adoptProcess(s *service, act lifecycle.Action) {
+	f := s.found
+	s.found = nil
+	if f == nil {
+		a.log.Error().Str("service", s.name).Str("version", act.Version).Msg("nothing found to adopt")
+		return
+	}
+	cfg, err := a.supervisorConfig(s.name, act.Assignment, act.Epoch)
+	if err == nil {
+		sup := supervise.New(cfg, a.log)
+		if err = sup.Adopt(f); err == nil {
+			a.adoptSupervisor(s, sup, cfg.StopGrace, act.Epoch)
+			a.log.Info().Str("service", s.name).Str("version", act.Version).Int("pid", f.Record.PGID).
+				Uint64("epoch", act.Epoch).Msg("service adopted: left running by an earlier agent")
+			return
+		}
+	}
+	a.log.Error().Str("service", s.name).Str("version", act.Version).Err(err).Msg("cannot supervise the running process: stopping it")
+	name, grace, epoch := s.name, s.foundGrace, act.Epoch
+	a.background(func() {
+		if serr := f.Stop(grace, a.log); serr != nil {
+			a.log.Error().Str("service", name).Err(serr).Msg("stopping service")
+		}
+		a.send(exitEv{svc: name, epoch: epoch, exit: supervise.Exit{At: time.Now(), Err: fmt.Errorf("adopt: %w", err)}})
+	})
+}
+
+func (a *agent) supervisorConfig(name string, asg *v1.Assignment, epoch uint64) (supervise.Config, error) {
 	cmd, env, err := expandRun(asg.GetSpec().GetRun(), a.cfg.HostID, a.cfg.Labels)
 	if err != nil {
 		return supervise.Config{}, err
@@ -191,6 +241,8 @@ func (a *agent) supervisorConfig(name string, asg *v1.Assignment) (supervise.Con
 		LogPath:    a.logFile(name),
 		StopGrace:  stopGrace(asg),
 		PIDFile:    a.pidFile(name),
+		Release:    lifecycle.Version(asg),
+		Epoch:      epoch,
 		MinBackoff: a.opts.supMinBackoff,
 		MaxBackoff: a.opts.supMaxBackoff,
 	}, nil
@@ -234,14 +286,21 @@ func (a *agent) stopSupervisor(sup *supervise.Supervisor, grace time.Duration) e
 	return sup.Stop(ctx)
 }
 
+// stopProcess carries out ActStop: it stops the supervised process, or
+// the one found running at Restore that is not to be adopted.
 func (a *agent) stopProcess(s *service, act lifecycle.Action) {
 	name, sup, grace := s.name, s.sup, s.supGrace
+	found, foundGrace := s.found, s.foundGrace
 	a.dropSupervisor(s)
+	s.found = nil
 	a.background(func() {
-		var err error
+		var errs []error
 		if sup != nil {
-			err = a.stopSupervisor(sup, grace)
+			errs = append(errs, a.stopSupervisor(sup, grace))
 		}
-		a.send(doneEv{svc: name, seq: act.Seq, err: err})
+		if found != nil {
+			errs = append(errs, found.Stop(foundGrace, a.log))
+		}
+		a.send(doneEv{svc: name, seq: act.Seq, err: errors.Join(errs...)})
 	})
 }

@@ -20,9 +20,11 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// Run runs the agent until ctx ends; then it stops the services it runs,
-// closes the stream and returns nil. It returns an error only when it cannot
-// start (bad config, data dir unusable, corrupt state).
+// Run runs the agent until ctx ends; then it closes the stream and returns
+// nil, leaving every service running: services outlive the agent, and the
+// next agent adopts them (recover.go). StopServices stops them. It returns
+// an error only when it cannot start (bad config, data dir unusable,
+// corrupt state).
 func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	return run(ctx, cfg, log, defaultOptions())
 }
@@ -35,6 +37,12 @@ type service struct {
 	sup       *supervise.Supervisor // running process, nil if none
 	supGrace  time.Duration
 	exitsStop chan struct{} // closes the exits forwarder of sup
+
+	// found is the process an earlier agent left running, until Restore's
+	// actions adopt it (ActAdopt) or stop it (ActStop); foundGrace is its
+	// stop grace.
+	found      *supervise.Found
+	foundGrace time.Duration
 
 	checkCancel context.CancelFunc
 	fetchCancel context.CancelFunc // cancels the latest fetch (no-op once it ended)
@@ -193,6 +201,7 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger, opts options) erro
 	defer stopMetrics()
 	log.Info().Str("path", dataDir).Int("services", len(saved)).Msg("agent starting")
 	a.recover(saved)
+	a.background(func() { a.rotateLogs(loopCtx) })
 
 	if a.cfg.Insecure {
 		log.Warn().Msg("INSECURE: plain-text connection to the coordinators; use --tls-ca with --tls-cert/--tls-key or --join-token-file in production")
@@ -212,9 +221,10 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger, opts options) erro
 		a.renewLoop(loopCtx)
 	}()
 	a.loop(ctx)
-	// Shutdown: no more events; stop checks and services; end the stream.
+	// Shutdown: no more events; stop checks; leave the services running;
+	// end the stream.
 	close(a.stopping)
-	a.shutdownServices()
+	a.detachServices()
 	cancel()
 	a.wg.Wait()
 	a.drain()
@@ -223,16 +233,15 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger, opts options) erro
 }
 
 // drain cleans up after events that were queued but never handled (all
-// senders have ended): a process started at the last moment is stopped.
+// senders have ended): a process started at the last moment is left
+// running, like every other (the next agent adopts it).
 func (a *agent) drain() {
 	for {
 		select {
 		case ev := <-a.events:
 			if d, ok := ev.(doneEv); ok {
 				if d.sup != nil {
-					if err := a.stopSupervisor(d.sup, d.grace); err != nil {
-						a.log.Error().Str("service", d.svc).Err(err).Msg("stopping service")
-					}
+					a.detachSupervisor(d.svc, d.sup, d.grace)
 				}
 				a.inst.Discard(d.fetched)
 				a.inst.DiscardVerified(d.verified)
@@ -279,27 +288,35 @@ func (a *agent) background(f func()) {
 	}()
 }
 
-// shutdownServices stops every check and process (the loop has ended).
-func (a *agent) shutdownServices() {
+// detachServices stops every check and analysis and leaves every process
+// running, with its PID file, for the next agent (the loop has ended).
+func (a *agent) detachServices() {
 	var wg sync.WaitGroup
 	for _, s := range a.services {
 		a.stopChecks(s)
 		a.stopAnalysis(s)
+		if s.found != nil {
+			s.found.Release() // neither adopted nor stopped yet: the next agent decides
+			s.found = nil
+		}
 		if s.sup == nil {
 			continue
 		}
 		sup, grace, name := s.sup, s.supGrace, s.name
 		a.dropSupervisor(s)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := a.stopSupervisor(sup, grace); err != nil {
-				a.log.Error().Str("service", name).Err(err).Msg("stopping service")
-			}
-		}()
+		wg.Go(func() { a.detachSupervisor(name, sup, grace) })
 	}
 	wg.Wait()
 	for _, s := range a.services {
 		a.dropArtifacts(s)
+	}
+}
+
+// detachSupervisor ends a supervisor and leaves its process running.
+func (a *agent) detachSupervisor(name string, sup *supervise.Supervisor, grace time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), grace+5*time.Second)
+	defer cancel()
+	if err := sup.Detach(ctx); err != nil {
+		a.log.Error().Str("service", name).Err(err).Msg("leaving service running")
 	}
 }

@@ -227,15 +227,18 @@ func TestAgentEndToEnd(t *testing.T) {
 		return os.IsNotExist(err)
 	})
 
-	// Shutdown stops the service.
+	// Shutdown leaves the service running, with its PID file.
 	cancel()
 	waitDone(t, done)
-	waitGone(t, revertedPID)
-	if _, err := os.Stat(pidFile); !os.IsNotExist(err) {
-		t.Fatalf("pid file after clean stop: %v", err)
+	if !alive(revertedPID) {
+		t.Fatal("the service died with the agent")
+	}
+	if pid := readPID(t, pidFile); pid != revertedPID {
+		t.Fatalf("pid file names %d after shutdown, want %d", pid, revertedPID)
 	}
 
-	// Restart: Hello carries v1 as current and last good, then v1 is healthy again.
+	// Restart: Hello carries v1 as current and last good; the running v1 is
+	// adopted, not restarted, and stays healthy.
 	fc.mu.Lock()
 	nHellos, nReports := len(fc.hellos), len(fc.reports)
 	fc.mu.Unlock()
@@ -247,14 +250,15 @@ func TestAgentEndToEnd(t *testing.T) {
 	h2 := fc.hellos[nHellos]
 	fc.mu.Unlock()
 	if len(h2.GetServices()) != 1 || h2.GetServices()[0].GetCurrentVersion() != "1.0.0" ||
-		h2.GetServices()[0].GetLastGoodVersion() != "1.0.0" || h2.GetServices()[0].GetGeneration() != 4 {
+		h2.GetServices()[0].GetLastGoodVersion() != "1.0.0" || h2.GetServices()[0].GetGeneration() != 4 ||
+		h2.GetServices()[0].GetPhase() != v1.Phase_PHASE_HEALTHY {
 		t.Fatalf("hello after restart: %v", h2)
 	}
 	fc.waitFor(t, "healthy after restart", 20*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
 		return reportIs(lastReport(rs[nReports:], testSvc), 4, v1.Phase_PHASE_HEALTHY, "1.0.0")
 	})
-	if pid := readPID(t, pidFile); !alive(pid) || pid == revertedPID {
-		t.Fatalf("v1 not restarted: pid %d", pid)
+	if pid := readPID(t, pidFile); pid != revertedPID || !alive(pid) {
+		t.Fatalf("v1 restarted by the new agent: pid %d, was %d", pid, revertedPID)
 	}
 	cancel2()
 	waitDone(t, done2)

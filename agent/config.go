@@ -7,6 +7,10 @@
 // analysers; long actions, probes and scrapes run in goroutines that send
 // their results back.
 //
+// Services outlive the agent: it leaves them running when it stops, and
+// at start adopts what an earlier agent left running (recover.go);
+// StopServices (fleetwave-agent stop-services) is what stops them.
+//
 // It must stay lean: it must not import etcd or anything under coordinator/
 // (a test enforces this for the fleetwave-agent binary).
 package agent
@@ -19,10 +23,8 @@ import (
 	"time"
 
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
-	"github.com/fleetwave/fleetwave/agent/supervise"
 	"github.com/fleetwave/fleetwave/internal/gossip"
 	"github.com/fleetwave/fleetwave/internal/spec"
-	"github.com/rs/zerolog"
 )
 
 // DefaultMaxArtifactBytes caps an artifact when Config.MaxArtifactBytes is 0.
@@ -62,6 +64,12 @@ type Config struct {
 	JoinTokenFile          string
 	// Insecure talks plain text (tests and trials only; logged).
 	Insecure bool
+	// ServiceLogMaxBytes is the size at which a service's log
+	// (DataDir/logs/<service>.log) is rotated (0 = DefaultServiceLogMaxBytes,
+	// negative = never); ServiceLogKeep is how many rotated files are kept
+	// (0 = DefaultServiceLogKeep, negative = none).
+	ServiceLogMaxBytes int64
+	ServiceLogKeep     int
 }
 
 // Validate checks every field; the error names the bad one.
@@ -136,6 +144,12 @@ func (c Config) withDefaults() Config {
 	if c.AgentVersion == "" {
 		c.AgentVersion = "dev"
 	}
+	if c.ServiceLogMaxBytes == 0 {
+		c.ServiceLogMaxBytes = DefaultServiceLogMaxBytes
+	}
+	if c.ServiceLogKeep == 0 {
+		c.ServiceLogKeep = DefaultServiceLogKeep
+	}
 	return c
 }
 
@@ -150,12 +164,12 @@ type options struct {
 	fetchAttempts int
 	fetchTimeout  time.Duration
 	fetchIdle     time.Duration // a download that receives nothing for this long fails
+	logRotate     time.Duration // how often service logs are checked for rotation
 	seed          uint64        // 0 = from the clock
 
 	// Test hooks (nil in production).
 	saveHook  func(*lifecycle.Snapshot) error // runs before every state save; an error fails the save
 	pruneHook func(service string)            // runs in the background prune before it removes anything
-	killStale func(pidFile string, grace time.Duration, log zerolog.Logger) error
 	// metricsReady receives the bound metrics address.
 	metricsReady func(addr string)
 }
@@ -169,6 +183,6 @@ func defaultOptions() options {
 		fetchAttempts: 3,
 		fetchTimeout:  30 * time.Minute,
 		fetchIdle:     60 * time.Second,
-		killStale:     supervise.KillStale,
+		logRotate:     30 * time.Second,
 	}
 }

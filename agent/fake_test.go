@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"github.com/rs/zerolog"
 	"net"
 	"sync"
 	"testing"
@@ -211,11 +212,36 @@ func tarGz(t *testing.T, files map[string]string) []byte {
 	return buf.Bytes()
 }
 
+// runAgent runs an agent in the background until ctx ends (the test
+// cancels it). Services outlive the agent, so once it has returned the
+// test's cleanup stops whatever it left running in its data dir.
 func runAgent(t *testing.T, ctx context.Context, cfg Config, opts options) <-chan error {
 	t.Helper()
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, cfg, testLogger(t), opts) }()
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		done <- run(ctx, cfg, testLogger(t), opts)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-finished:
+		case <-time.After(time.Minute): // failure deadline: the test never cancelled it
+			t.Errorf("agent on %s still running at cleanup", cfg.DataDir)
+			return
+		}
+		stopServices(t, cfg.DataDir)
+	})
 	return done
+}
+
+// stopServices stops what agents left running in dataDir (as
+// fleetwave-agent stop-services does).
+func stopServices(t *testing.T, dataDir string) {
+	t.Helper()
+	if err := StopServices(context.Background(), dataDir, zerolog.Nop()); err != nil {
+		t.Errorf("stop services in %s: %v", dataDir, err)
+	}
 }
 
 func testOptions() options {

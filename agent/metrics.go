@@ -36,7 +36,6 @@ const (
 	revertCrash    = "crash"    // crash loop
 	revertAnalysis = "analysis" // an analysis rule failed (or stayed inconclusive at the deadline)
 	revertStart    = "start"    // the new release's process could not be started
-	revertRestart  = "restart"  // the agent restarted before the target became healthy
 	revertOther    = "other"
 )
 
@@ -127,13 +126,24 @@ func (m *agentMetrics) transition(svc string, from, to v1.Phase, kind lifecycle.
 	case v1.Phase_PHASE_REVERTING:
 		end("reverted")
 		m.reverts.WithLabelValues(svc, revertClass(kind, reason)).Inc()
-	case v1.Phase_PHASE_REVERTED:
-		if from != v1.Phase_PHASE_REVERTING {
-			// Recovery after an agent restart put the last good release
-			// back without a revert step.
-			delete(m.installing, svc)
-			m.reverts.WithLabelValues(svc, revertRestart).Inc()
-		}
+	}
+	// REVERTED without REVERTING is a recovery after an agent restart back
+	// to a restored REVERTED: nothing was reverted (an agent restart never
+	// reverts a release).
+}
+
+// resumed is called when a restarted agent restores a service whose
+// snapshot was in phase p: an install in progress there is counted when it
+// ends, as one that began in this agent would be (a recovery of a settled
+// service is not an install).
+func (m *agentMetrics) resumed(svc string, p v1.Phase) {
+	if m == nil {
+		return
+	}
+	switch p {
+	case v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_VERIFYING, v1.Phase_PHASE_STAGING, v1.Phase_PHASE_SWITCHING,
+		v1.Phase_PHASE_STARTING, v1.Phase_PHASE_CHECKING:
+		m.installing[svc] = true
 	}
 }
 

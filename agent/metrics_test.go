@@ -258,7 +258,7 @@ func TestTransitionCounts(t *testing.T) {
 		{reverting, failed, lifecycle.InputChecks},     // the last good failed too: not an install
 		{starting, checking, lifecycle.InputDone},      // agent restarted: recovery
 		{checking, healthy, lifecycle.InputChecks},     // not an install
-		{checking, reverted, lifecycle.InputChecks},    // recovery reverted an interrupted install
+		{checking, reverted, lifecycle.InputChecks},    // recovery back to a restored REVERTED: no revert
 	}
 	for _, s := range steps {
 		m.transition("web", s.from, s.to, s.kind, "")
@@ -277,12 +277,27 @@ func TestTransitionCounts(t *testing.T) {
 		{"fleetwave_agent_installs_total", []string{"service", "web", "result", "reverted"}, 1, 1},
 		{"fleetwave_agent_reverts_total", []string{"service", "web", "reason", "crash"}, 1, 1},
 		{"fleetwave_agent_reverts_total", []string{"service", "web", "reason", "analysis"}, 1, 1},
-		{"fleetwave_agent_reverts_total", []string{"service", "web", "reason", "restart"}, 1, 1},
 	} {
 		v, _, ok := metricValue(byName, w.name, w.labels...)
 		if !ok || v != w.min {
 			t.Errorf("%s%v = %g (found %v), want %g", w.name, w.labels, v, ok, w.min)
 		}
+	}
+	if v, _, ok := metricValue(byName, "fleetwave_agent_reverts_total", "service", "web", "reason", "restart"); ok {
+		t.Errorf("an agent restart counted as a revert: %g", v)
+	}
+	// An install resumed by a restarted agent is counted when it ends.
+	m.resumed("web", checking)
+	m.transition("web", checking, healthy, lifecycle.InputChecks, "")
+	mfs, err = m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		byName[mf.GetName()] = mf
+	}
+	if v, _, _ := metricValue(byName, "fleetwave_agent_installs_total", "service", "web", "result", "succeeded"); v != 2 {
+		t.Errorf("installs succeeded = %g after a resumed install, want 2", v)
 	}
 }
 

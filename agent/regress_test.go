@@ -144,6 +144,14 @@ func newLoopAgent(t *testing.T) *agent {
 		close(a.stopping)
 		cancel()
 		a.wg.Wait()
+		for _, s := range a.services {
+			if s.sup != nil {
+				if err := a.stopSupervisor(s.sup, s.supGrace); err != nil {
+					t.Errorf("stop %s: %v", s.name, err)
+				}
+			}
+		}
+		stopServices(t, dir)
 	})
 	return a
 }
@@ -352,37 +360,4 @@ func TestPruneInBackgroundBeforeNextFetch(t *testing.T) {
 	mu.Unlock()
 	cancel()
 	waitDone(t, done)
-}
-
-// The start-up KillStale calls (each may wait out a stop grace) run in
-// parallel.
-func TestKillStaleAtStartRunsInParallel(t *testing.T) {
-	a := newLoopAgent(t)
-	entered := make(chan struct{}, 3)
-	release := make(chan struct{})
-	a.opts.killStale = func(pidFile string, _ time.Duration, _ zerolog.Logger) error {
-		entered <- struct{}{}
-		<-release
-		return nil
-	}
-	finished := make(chan struct{})
-	go func() {
-		a.killStale([]*lifecycle.Snapshot{{Service: "a"}, {Service: "b"}, {Service: "c"}})
-		close(finished)
-	}()
-	for i := 0; i < 3; i++ {
-		select {
-		case <-entered:
-		case <-time.After(10 * time.Second):
-			close(release)
-			t.Fatalf("only %d KillStale calls at once: they run one after another", i)
-		}
-	}
-	select {
-	case <-finished:
-		t.Fatal("returned before the KillStale calls ended")
-	default:
-	}
-	close(release)
-	recv(t, "killStale to return", finished, 10*time.Second)
 }

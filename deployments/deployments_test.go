@@ -5,16 +5,20 @@ package deployments
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/fleetwave/fleetwave/agent/supervise"
 	"github.com/fleetwave/fleetwave/internal/testkit/testfleet"
 )
 
@@ -30,13 +34,36 @@ func accepts(t *testing.T, bin string, args []string) {
 	}
 }
 
-func TestExamplesUseRealFlags(t *testing.T) {
+// build builds the binaries once for the package's tests.
+var build = sync.OnceValues(func() (*testfleet.Binaries, error) {
+	dir, err := os.MkdirTemp("", "fleetwave-deployments-")
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	bin, err := testfleet.Build(ctx, t.TempDir())
+	return testfleet.Build(ctx, dir)
+})
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if b, err := build(); err == nil && b != nil {
+		os.RemoveAll(b.Dir)
+	}
+	os.Exit(code)
+}
+
+func binaries(t *testing.T) *testfleet.Binaries {
+	t.Helper()
+	bin, err := build()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return bin
+}
+
+func TestExamplesUseRealFlags(t *testing.T) {
+	bin := binaries(t)
 	binFor := map[string]string{"fleetwave-coordinator": bin.Coordinator, "fleetwave-agent": bin.Agent}
 
 	// The env files: one OPTS variable each, with shell line continuations.
@@ -109,5 +136,89 @@ func TestExamplesUseRealFlags(t *testing.T) {
 		if !strings.Contains(string(data), "EnvironmentFile=/etc/fleetwave/") || !strings.Contains(string(data), "_OPTS") {
 			t.Errorf("%s does not take its options from /etc/fleetwave/*.env", unit)
 		}
+	}
+}
+
+// stopCmdRE finds the documented command that stops an agent's services.
+var stopCmdRE = regexp.MustCompile(`fleetwave-agent (stop-services --data-dir (\S+))`)
+
+// TestAgentUnitLeavesServicesRunning: services outlive the agent, so the
+// unit must make systemd signal the agent alone (KillMode=process, else a
+// restart of the agent kills every service in its cgroup), and the
+// command the unit and the README document for stopping the services must
+// stop them with the real binary.
+func TestAgentUnitLeavesServicesRunning(t *testing.T) {
+	data, err := os.ReadFile("systemd/fleetwave-agent.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var section string
+	var killModes []string
+	for _, l := range strings.Split(string(data), "\n") {
+		l = strings.TrimSpace(l)
+		switch {
+		case strings.HasPrefix(l, "#") || l == "":
+		case strings.HasPrefix(l, "["):
+			section = l
+		case strings.HasPrefix(l, "KillMode="):
+			killModes = append(killModes, section+" "+l)
+		}
+	}
+	if len(killModes) != 1 || killModes[0] != "[Service] KillMode=process" {
+		t.Errorf("fleetwave-agent.service: KillMode directives %q, want exactly [Service] KillMode=process", killModes)
+	}
+	unitCmd := stopCmdRE.FindStringSubmatch(string(data))
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if unitCmd == nil || !strings.Contains(string(readme), unitCmd[0]) {
+		t.Fatalf("the stop command: the unit documents %q; want it documented in the README too", unitCmd)
+	}
+
+	// A data dir with a service an agent left running: a process group its
+	// PID file proves.
+	bin := binaries(t)
+	dataDir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dataDir, "run"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	svc := exec.Command("sleep", "600")
+	svc.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := svc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var waitErr error
+	reaped := make(chan struct{})
+	go func() { waitErr = svc.Wait(); close(reaped) }()
+	t.Cleanup(func() {
+		_ = syscall.Kill(-svc.Process.Pid, syscall.SIGKILL)
+		<-reaped
+	})
+	pidFile := filepath.Join(dataDir, "run", "web.pid")
+	if _, err := supervise.WritePIDRecord(pidFile, svc.Process.Pid, "1.0.0", 1); err != nil {
+		t.Fatal(err)
+	}
+	args := strings.Fields(strings.Replace(unitCmd[1], unitCmd[2], dataDir, 1))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin.Agent, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("fleetwave-agent %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	// stop-services returned once the service had exited; only its reaping
+	// (by this test) may still be under way: a failure deadline, not a
+	// measure.
+	select {
+	case <-reaped:
+		var ee *exec.ExitError
+		if !errors.As(waitErr, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGTERM {
+			t.Errorf("service ended with %v, want SIGTERM", waitErr)
+		}
+	case <-time.After(time.Minute):
+		t.Fatalf("fleetwave-agent %s returned with the service still running\n%s", strings.Join(args, " "), out)
+	}
+	if _, err := os.Stat(pidFile); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pid file after stop-services: %v", err)
 	}
 }

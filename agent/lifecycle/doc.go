@@ -22,6 +22,21 @@
 // A revert (like a recovery) whose switch back fails ends FAILED at once,
 // starts nothing, and reports as current what the link says.
 //
+// Agent restarts. Services outlive the agent, so Restore takes, besides the
+// snapshot, what the caller found running (Running: the release and epoch a
+// verified PID record names) and decides: the process the snapshot expects
+// is adopted (ActAdopt; supervised, checked and watched again, never
+// restarted), any other is stopped (ActStop) before anything starts. A
+// settled release keeps its phase (a HEALTHY one still in its watch is
+// watched for the rest of it); an install resumes the step it was in (at
+// the fetch before its switch, where a staged release is only re-verified;
+// after it, the target is adopted or started and checked with a fresh
+// checking period); a revert resumes. An agent restart is never a
+// release's failure: only the release's own behaviour reverts it. When
+// nothing adoptable runs (a reboot, a process that died while no agent
+// watched it), a settled service or an install before its switch recovers:
+// the last good release is switched back to, restarted and re-checked.
+//
 // It is shaped like etcd's raft package: a Machine is a plain value that is
 // not safe for concurrent use. The caller feeds it Inputs (each carrying the
 // time it happened) through Step and carries out the returned Actions. The
@@ -35,10 +50,14 @@
 // The caller's duties, in order, for every slice of Actions returned by Step
 // or Restore:
 //
+//  0. Before Restore, find what runs of the service (a process proven by its
+//     PID record) and pass it as found; keep it until Restore's actions say
+//     to adopt it (ActAdopt) or to stop it (ActStop stops whatever process
+//     of the service runs, a found one included).
 //  1. Carry out the actions in order. ActPersist must be durable before any
 //     later action of the same slice starts (the persisted phase is what
-//     crash recovery relies on). ActReport, ActBeginChecks, ActStopChecks
-//     and ActFreezeBaseline are quick and are done inline.
+//     crash recovery relies on). ActReport, ActAdopt, ActBeginChecks,
+//     ActStopChecks and ActFreezeBaseline are quick and are done inline.
 //  2. The long steps (ActFetch, ActVerify, ActStage, ActSwitch, ActStart,
 //     ActStop) may run in the background. At most one is in flight per
 //     Machine. When it finishes, feed Done(action.Seq, err, now); for
@@ -49,8 +68,8 @@
 //  3. While checking is on (between ActBeginChecks and ActStopChecks; this
 //     includes the watch after HEALTHY), feed the results of all probers
 //     with Checks(action.Epoch, now, results), and every unexpected exit of
-//     the process started by the ActStart with that Epoch with
-//     Exited(epoch, now). While AnalysisEpoch reports ok, feed every analysis
+//     the process started by the ActStart (or adopted by the ActAdopt) with
+//     that Epoch with Exited(epoch, now). While AnalysisEpoch reports ok, feed every analysis
 //     round of that epoch's process with Analysis(epoch, now, verdict,
 //     results...) (see package analysis). The baseline those verdicts
 //     compare with is frozen at ActFreezeBaseline, which the machine emits
@@ -74,6 +93,11 @@
 //	HEALTHY   -> REVERTING                                  (a failure during the watch)
 //	REVERTING -> REVERTED, FAILED
 //
-// and, after Restore only, STARTING -> CHECKING -> (the restored phase,
-// REVERTED, FAILED or FETCHING), or STARTING straight to one of those.
+// Restore reports first, from the snapshot's phase: that same phase (a
+// settled service whose release is adopted; REVERTING resumed), FETCHING
+// (an install before its switch), CHECKING or STARTING (an install after
+// its switch: its target adopted, or started) and carries on along the
+// edges above; or, when it recovers, STARTING -> CHECKING -> (the restored
+// phase, FAILED or FETCHING), or STARTING straight to one of those. A
+// recovery never reverts: it ends REVERTED only when it restored REVERTED.
 package lifecycle

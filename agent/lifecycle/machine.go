@@ -16,16 +16,15 @@ const (
 	opNone    op = iota // settled: IDLE, HEALTHY, REVERTED or FAILED
 	opInstall           // FETCHING .. CHECKING
 	opRevert            // REVERTING
-	opRecover           // restarting the last good release after Restore
+	opRecover           // restarting the last good release after Restore (nothing adoptable ran)
 )
 
 // recoverKind is what to do once recovery has re-checked the release.
 type recoverKind int
 
 const (
-	recSettled     recoverKind = iota // back to the restored phase
-	recResume                         // resume the install of the target (crash before the switch)
-	recInterrupted                    // the target was switched to but never verified: reverted
+	recSettled recoverKind = iota // back to the restored phase
+	recResume                     // resume the install of the target (crash before the switch)
 )
 
 // pendingAssign is a newer assignment waiting for the machine to settle.
@@ -127,17 +126,39 @@ func New(service string) *Machine {
 	return &Machine{service: service, phase: v1.Phase_PHASE_IDLE}
 }
 
-// Restore rebuilds the machine of a service from its persisted snapshot after
-// an agent restart (the caller has killed any leftover process first). It
-// never leaves an unverified release active: it switches `current` back to
-// the last good release (or removes it when there is none), restarts that
-// release and checks it again. Afterwards the machine returns to the
-// restored phase; an install interrupted before its switch is resumed; one
-// interrupted after its switch ends REVERTED (or FAILED without a last good
-// release). If the switch back fails, recovery ends FAILED at once, starts
-// nothing, and reports as current what the link says (see SwitchDone;
-// unknown, so none, if the caller could not tell).
-func Restore(s Snapshot, now time.Time) (*Machine, []Action) {
+// Restore rebuilds the machine of a service from its persisted snapshot
+// after an agent restart. found is what the caller found running of the
+// service (nil: nothing; see Running): services outlive the agent, so
+// usually the process the snapshot expects still runs. Restore decides
+// whether to adopt it (ActAdopt: supervised again, not restarted) or to
+// stop it (ActStop, for a process of a release that must not run), and
+// resumes where the machine was:
+//
+//   - settled (IDLE, HEALTHY, REVERTED, FAILED) with the current release
+//     running: adopted, the phase stays; a HEALTHY release still in its
+//     watch is watched for the rest of it (checks, exits, analysis).
+//   - an install before its switch (FETCHING .. SWITCHING), with the
+//     current release running (or none ever ran): the install resumes at
+//     FETCHING (a staged release is only re-verified) and the running
+//     release is adopted.
+//   - an install after its switch (STARTING, CHECKING): the target's
+//     process is adopted or, if it is not running, started (the old
+//     release's stopped first), and checked with a fresh checking period:
+//     only the release's own behaviour can fail it, not the restart.
+//   - a revert (REVERTING) resumes: the last good release is adopted and
+//     re-checked, or the failed one stopped, `current` switched back and
+//     the last good one started.
+//
+// When what the snapshot expects is not running (a reboot, a process that
+// died while no agent watched it), Restore never leaves an unverified
+// release active: it switches `current` back to the last good release (or
+// removes it when there is none), restarts that release and checks it
+// again. Afterwards the machine returns to the restored phase, or resumes
+// an install interrupted before its switch. If the switch back fails,
+// recovery ends FAILED at once, starts nothing, and reports as current what
+// the link says (see SwitchDone; unknown, so none, if the caller could not
+// tell).
+func Restore(s Snapshot, found *Running, now time.Time) (*Machine, []Action) {
 	m := &Machine{
 		service:  s.Service,
 		phase:    s.Phase,
@@ -148,26 +169,101 @@ func Restore(s Snapshot, now time.Time) (*Machine, []Action) {
 		target:   s.Target,
 		now:      now,
 		restored: s.Phase,
+		// HEALTHY and REVERTED mean the current release passed its checks.
+		currentOK: s.CurrentOK || s.Phase == v1.Phase_PHASE_HEALTHY || s.Phase == v1.Phase_PHASE_REVERTED,
 	}
+	if found != nil {
+		m.epoch = found.Epoch // epochs go on from the running process's
+	}
+	cur, good, tgt := Version(s.Current), Version(s.LastGood), Version(s.Target)
+	runs := func(v string) bool { return found != nil && v != "" && found.Version == v }
 	switch s.Phase {
-	case v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_VERIFYING, v1.Phase_PHASE_STAGING:
-		m.rec = recResume
-		if m.target == nil {
-			m.rec = recSettled
+	case v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_VERIFYING, v1.Phase_PHASE_STAGING, v1.Phase_PHASE_SWITCHING:
+		switch {
+		case m.target == nil:
 			m.restored = v1.Phase_PHASE_FAILED
+		case runs(cur) || (found == nil && m.current == nil && m.lastGood == nil):
+			// The release before the install runs on (or there is none):
+			// resume the install where it can be proven, at the fetch.
+			if runs(cur) {
+				m.adopt(m.current)
+			}
+			m.op = opInstall
+			m.setPhase(v1.Phase_PHASE_FETCHING, true)
+			m.startStep(ActFetch, m.target)
+			return m, m.take()
+		default:
+			m.rec = recResume
 		}
-	case v1.Phase_PHASE_SWITCHING, v1.Phase_PHASE_STARTING, v1.Phase_PHASE_CHECKING, v1.Phase_PHASE_REVERTING:
-		m.rec = recInterrupted
+	case v1.Phase_PHASE_STARTING, v1.Phase_PHASE_CHECKING:
+		if m.target == nil || cur != tgt {
+			// After the switch `current` is the target; anything else on
+			// disk is inconsistent.
+			m.restored = v1.Phase_PHASE_FAILED
+			break
+		}
+		m.op = opInstall
+		m.currentOK = false
+		switch {
+		case runs(tgt):
+			m.adopt(m.target)
+			m.phase = v1.Phase_PHASE_CHECKING
+			m.persist()
+			m.beginChecks(m.target, now) // a fresh checking period (reports)
+			m.evaluate(now)
+		case found != nil:
+			// The release before the install still runs (or another):
+			// stopped, then the target starts (installDone's ActStop).
+			m.running = true
+			m.setPhase(v1.Phase_PHASE_STARTING, false)
+			m.startStep(ActStop, nil)
+		default:
+			m.setPhase(v1.Phase_PHASE_STARTING, false)
+			m.startStep(ActStart, m.target)
+		}
+		return m, m.take()
+	case v1.Phase_PHASE_REVERTING:
+		m.op = opRevert
+		m.currentOK = false
+		m.report()
+		if runs(good) {
+			// The revert had started the last good release: re-check it.
+			m.adopt(m.lastGood)
+			m.switched = true
+			m.current = m.lastGood
+			m.beginChecks(m.lastGood, now)
+			m.evaluate(now)
+		} else {
+			m.running = found != nil // the failed release (or another): stopped first
+			m.revertNext(now)
+		}
+		return m, m.take()
 	case v1.Phase_PHASE_IDLE, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_REVERTED, v1.Phase_PHASE_FAILED:
 		m.rec = recSettled
 	default:
 		m.rec = recSettled
 		m.restored = v1.Phase_PHASE_FAILED
 	}
-	if m.rec == recSettled && m.restored == v1.Phase_PHASE_HEALTHY && Version(m.lastGood) != Version(m.target) {
+	if m.rec == recSettled && m.restored == v1.Phase_PHASE_HEALTHY && good != tgt {
 		// HEALTHY always means healthy on the target; anything else on disk
 		// is inconsistent, so do not claim it.
 		m.restored = v1.Phase_PHASE_FAILED
+		m.currentOK = false
+	}
+	if m.rec == recSettled && m.restored != v1.Phase_PHASE_IDLE && runs(cur) {
+		// Settled, and the current release runs: adopted as it is.
+		m.adopt(m.current)
+		m.phase = m.restored
+		if m.restored == v1.Phase_PHASE_HEALTHY && now.Before(s.WatchUntil) {
+			// Still in its watch: watched for the rest of it.
+			m.beginChecks(m.current, now)
+			m.beginWatch(s.Previous, s.WatchUntil)
+			m.persist()
+		} else {
+			m.persist() // a watch that ended meanwhile is over
+			m.report()
+		}
+		return m, m.take()
 	}
 	if m.rec == recSettled && m.restored == v1.Phase_PHASE_HEALTHY {
 		// Once re-checked, the release is watched for the rest of its window.
@@ -175,9 +271,25 @@ func Restore(s Snapshot, now time.Time) (*Machine, []Action) {
 	}
 	m.op = opRecover
 	m.recWhat = m.lastGood
+	m.currentOK = false
 	m.setPhase(v1.Phase_PHASE_STARTING, false)
-	m.startStep(ActSwitch, m.recWhat)
+	if found != nil {
+		m.running = true // a process of another release: stopped first
+		m.startStep(ActStop, nil)
+	} else {
+		m.startStep(ActSwitch, m.recWhat)
+	}
 	return m, m.take()
+}
+
+// adopt makes the found process (of a's release, with the restored epoch)
+// the running one: ActAdopt.
+func (m *Machine) adopt(a *v1.Assignment) {
+	m.running = true
+	if m.epoch == 0 {
+		m.epoch = 1 // an unrecorded epoch: 0 means none
+	}
+	m.emit(Action{Kind: ActAdopt, Epoch: m.epoch, Version: Version(a), Assignment: a})
 }
 
 // Step feeds one input and returns what to do next.
@@ -273,6 +385,7 @@ func (m *Machine) Snapshot() *Snapshot {
 		Current:    m.current,
 		LastGood:   m.lastGood,
 		Target:     m.target,
+		CurrentOK:  m.currentOK && m.current != nil,
 	}
 	if m.chk.active && m.chk.watching {
 		s.WatchUntil, s.Previous = m.chk.watchUntil, m.chk.prevGood
@@ -587,7 +700,10 @@ func (m *Machine) recoverDone(k ActionKind, err error, t time.Time) {
 		m.beginChecks(m.recWhat, t)
 		m.evaluate(t)
 	case ActStop:
-		// Recovery never stops; nothing to do.
+		// A process of another release found at Restore is gone (a failed
+		// stop has still ended it): now put the last good release back.
+		m.running = false
+		m.startStep(ActSwitch, m.recWhat)
 	}
 }
 
@@ -636,12 +752,7 @@ func (m *Machine) recoverSwitchFailed(err error, in Input, t time.Time) {
 	m.op = opNone
 	m.running = false
 	m.currentOK = false
-	why := m.switchBackFailed(m.recWhat, err, in)
-	if m.rec == recInterrupted {
-		m.reason = fmt.Sprintf("agent restarted before %s became healthy; %s", Version(m.target), why)
-	} else {
-		m.reason = "after agent restart " + why
-	}
+	m.reason = "after agent restart " + m.switchBackFailed(m.recWhat, err, in)
 	m.setPhase(v1.Phase_PHASE_FAILED, true)
 	m.settle(t)
 }
@@ -662,7 +773,6 @@ func (m *Machine) known(version string) *v1.Assignment {
 func (m *Machine) recoverOutcome(ok bool, why string, t time.Time) {
 	m.op = opNone
 	m.currentOK = ok && m.recWhat != nil
-	cur := Version(m.recWhat)
 	switch m.rec {
 	case recResume:
 		if m.pending != nil {
@@ -674,15 +784,6 @@ func (m *Machine) recoverOutcome(ok bool, why string, t time.Time) {
 		m.setPhase(v1.Phase_PHASE_FETCHING, true)
 		m.startStep(ActFetch, m.target)
 		return
-	case recInterrupted:
-		m.reason = fmt.Sprintf("agent restarted before %s became healthy", Version(m.target))
-		if m.currentOK {
-			m.reason += "; reverted to " + cur
-			m.setPhase(v1.Phase_PHASE_REVERTED, true)
-		} else {
-			m.reason += "; " + why
-			m.setPhase(v1.Phase_PHASE_FAILED, true)
-		}
 	case recSettled:
 		switch {
 		case m.recWhat == nil:

@@ -28,10 +28,66 @@ var edges = map[v1.Phase][]v1.Phase{
 	v1.Phase_PHASE_REVERTING: {v1.Phase_PHASE_REVERTED, v1.Phase_PHASE_FAILED},
 }
 
-// recoveryEdges are the extra edges between Restore and the end of recovery.
+// recoveryEdges are the extra edges between Restore and the end of a
+// recovery (nothing adoptable ran: the last good release is put back and
+// re-checked). A recovery never reverts anything: it ends REVERTED only
+// when it restored REVERTED.
 var recoveryEdges = map[v1.Phase][]v1.Phase{
 	v1.Phase_PHASE_STARTING: {v1.Phase_PHASE_CHECKING, v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_IDLE},
 	v1.Phase_PHASE_CHECKING: {v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_REVERTED, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_FETCHING},
+}
+
+// restoreKind is what a Restore must do, decided by the simulation's own
+// model from the snapshot and what runs.
+type restoreKind int
+
+const (
+	restoreRecover       restoreKind = iota + 1 // put the last good release back and re-check it
+	restoreAdoptSettled                         // settled, the current release runs: adopt it, keep the phase
+	restoreResumeFetch                          // an install before its switch: resume at FETCHING
+	restoreResumeInstall                        // an install after its switch: adopt or start the target, check it
+	restoreResumeRevert                         // a revert: resume it
+)
+
+func (k restoreKind) String() string {
+	return [...]string{"?", "recover", "adopt-settled", "resume-fetch", "resume-install", "resume-revert"}[k]
+}
+
+// expectRestore decides what Restore must do with snapshot p when found
+// runs ("" = nothing), and the first phase it reports.
+func expectRestore(p *Snapshot, found string) (restoreKind, v1.Phase) {
+	cur, good, tgt := Version(p.Current), Version(p.LastGood), Version(p.Target)
+	restored := p.Phase
+	switch ph := p.Phase; {
+	case preSwitch(ph):
+		if tgt == "" {
+			restored = v1.Phase_PHASE_FAILED // inconsistent: handled as settled
+			break
+		}
+		if (found != "" && found == cur) || (found == "" && cur == "" && good == "") {
+			return restoreResumeFetch, v1.Phase_PHASE_FETCHING
+		}
+		return restoreRecover, v1.Phase_PHASE_STARTING
+	case ph == v1.Phase_PHASE_STARTING || ph == v1.Phase_PHASE_CHECKING:
+		if tgt == "" || cur != tgt {
+			restored = v1.Phase_PHASE_FAILED // inconsistent: handled as settled
+			break
+		}
+		if found == tgt {
+			return restoreResumeInstall, v1.Phase_PHASE_CHECKING
+		}
+		return restoreResumeInstall, v1.Phase_PHASE_STARTING
+	case ph == v1.Phase_PHASE_REVERTING:
+		return restoreResumeRevert, v1.Phase_PHASE_REVERTING
+	case !settled(ph):
+		restored = v1.Phase_PHASE_FAILED
+	case ph == v1.Phase_PHASE_HEALTHY && good != tgt:
+		restored = v1.Phase_PHASE_FAILED
+	}
+	if restored != v1.Phase_PHASE_IDLE && found != "" && found == cur {
+		return restoreAdoptSettled, restored
+	}
+	return restoreRecover, v1.Phase_PHASE_STARTING
 }
 
 func allowed(m map[v1.Phase][]v1.Phase, from, to v1.Phase) bool {
@@ -110,13 +166,29 @@ type sim struct {
 	running string // version of the running process, "" none
 	link    string // target of `current`
 
-	everHealthy                           map[string]bool
-	edgesSeen                             map[[2]v1.Phase]int
-	persisted                             *Snapshot
-	prev                                  v1.Phase
-	prevGen                               int64
-	recovering                            bool
-	afterRestore                          bool // the next long step must be the recovery switch
+	everHealthy  map[string]bool
+	edgesSeen    map[[2]v1.Phase]int
+	persisted    *Snapshot
+	prev         v1.Phase
+	prevGen      int64
+	recovering   bool
+	afterRestore bool // the next switch must be the recovery's, to the last good release
+
+	// model of the process that runs: its epoch (running is the release)
+	runningEpoch uint64
+	// the Restore being applied (0: none), what it must report first, and
+	// the process it found ("" none) with its epoch
+	restoring    restoreKind
+	restoreFirst v1.Phase
+	firstSeen    bool // Restore's first report was checked
+	found        string
+	foundEpoch   uint64
+	// the next stop is the one a resumed install makes of the release
+	// before it, found running: its baseline is gone with the old agent
+	restoredStop                          bool
+	restoredFrom                          v1.Phase // the phase of the snapshot last restored
+	adoptions                             int
+	restores                              map[restoreKind]int
 	stoppedSinceFetch, switchedSinceFetch bool
 	linkAtFetch, runningAtFetch           string
 }
@@ -235,7 +307,8 @@ func (s *sim) apply(acts []Action) {
 			// The machine freezes the baseline right before it stops the
 			// old release for the install of a release with rules, and
 			// at no other stop.
-			install := !s.recovering && s.prev == v1.Phase_PHASE_STARTING
+			install := !s.recovering && s.prev == v1.Phase_PHASE_STARTING && !s.restoredStop
+			s.restoredStop = false
 			froze := i > 0 && acts[i-1].Kind == ActFreezeBaseline
 			if froze != (install && HasAnalysis(s.m.Target())) {
 				s.fatalf("stop in %v (recovering=%v) of an install of %q (rules %v): baseline frozen=%v",
@@ -251,10 +324,27 @@ func (s *sim) apply(acts []Action) {
 		case ActSwitch:
 			s.switchedSinceFetch = true
 			if s.afterRestore {
+				s.afterRestore = false
 				if a.Version != Version(s.persisted.LastGood) {
 					s.fatalf("recovery switched to %q, last good is %q", a.Version, Version(s.persisted.LastGood))
 				}
 			}
+		case ActStart:
+			// One process per service: whatever ran was stopped first.
+			if s.running != "" {
+				s.fatalf("start %s while %s runs", a.Version, s.running)
+			}
+		case ActAdopt:
+			if s.restoring == 0 {
+				s.fatalf("%v outside Restore", a)
+			}
+			want := max(s.foundEpoch, 1)
+			if s.found == "" || a.Version != s.found || a.Epoch != want {
+				s.fatalf("%v, but %q runs with epoch %d", a, s.found, s.foundEpoch)
+			}
+			s.runningEpoch = a.Epoch
+			s.epoch = a.Epoch
+			s.adoptions++
 		case ActBeginChecks:
 			s.checking = true
 			s.watching = false
@@ -262,6 +352,9 @@ func (s *sim) apply(acts []Action) {
 			s.chkA = a.Assignment
 			s.chkStart = s.now
 			s.chkInstall = !s.recovering && s.prev == v1.Phase_PHASE_STARTING
+			if s.restoring != 0 {
+				s.chkInstall = s.restoring == restoreResumeInstall
+			}
 			s.chkAnalyse = s.chkInstall
 			s.verdict = 0
 			s.exits = 0
@@ -271,8 +364,8 @@ func (s *sim) apply(acts []Action) {
 			if s.zeroChecks {
 				s.passSince = s.now
 			}
-			if a.Version != s.running {
-				s.fatalf("checking %q but %q runs", a.Version, s.running)
+			if a.Version != s.running || a.Epoch != s.runningEpoch {
+				s.fatalf("checking %q epoch %d but %q epoch %d runs", a.Version, a.Epoch, s.running, s.runningEpoch)
 			}
 		case ActStopChecks:
 			s.checking = false
@@ -290,7 +383,6 @@ func (s *sim) apply(acts []Action) {
 			if s.inflight != nil {
 				s.fatalf("second long step %v while %v in flight", a, *s.inflight)
 			}
-			s.afterRestore = false
 			s.inflight = &a
 			if a.Kind == ActStart {
 				s.epoch = a.Epoch
@@ -302,11 +394,37 @@ func (s *sim) apply(acts []Action) {
 func (s *sim) checkReport(r *v1.ServiceReport) {
 	s.t.Helper()
 	p := r.Phase
-	if p != s.prev {
+	if s.restoring != 0 && !s.firstSeen {
+		// Restore's first report: what the model decided, from where the
+		// snapshot was (not an edge of the machine's own).
+		if p != s.restoreFirst {
+			s.fatalf("restore (%v) of %v with %q running reported %v first, want %v",
+				s.restoring, s.persisted.Phase, s.found, p, s.restoreFirst)
+		}
+		if s.restoring == restoreAdoptSettled && p == v1.Phase_PHASE_HEALTHY && s.now.Before(s.persisted.WatchUntil) {
+			// The adopted release is watched for the rest of its window.
+			if !s.checking {
+				s.fatalf("adopted HEALTHY release within its watch (until %v) is not checked", s.persisted.WatchUntil.Sub(t0))
+			}
+			s.watching = true
+			s.watchUntil = s.persisted.WatchUntil
+			s.prevGood = Version(s.persisted.Previous)
+			s.failSince = time.Time{}
+			s.chkAnalyse = true
+			s.resumedWatches++
+		}
+		s.firstSeen = true
+	} else if p != s.prev {
 		ok := allowed(edges, s.prev, p) || (s.recovering && allowed(recoveryEdges, s.prev, p))
 		if !ok {
 			s.fatalf("phase edge %v -> %v not allowed (recovering=%v)", s.prev, p, s.recovering)
 		}
+	}
+	if s.recovering && p == v1.Phase_PHASE_REVERTED && s.restoredFrom != v1.Phase_PHASE_REVERTED {
+		s.fatalf("a recovery from %v ended REVERTED", s.restoredFrom)
+	}
+	if strings.Contains(r.Reason, "agent restarted before") {
+		s.fatalf("%v blames the agent's restart on the release: %s", p, r.Reason)
 	}
 	if r.Generation < s.prevGen {
 		s.fatalf("generation went back %d -> %d", s.prevGen, r.Generation)
@@ -446,6 +564,9 @@ func (s *sim) finish() {
 	case ActStop:
 		s.running = "" // a failed stop still ends the process (SIGKILL)
 	}
+	if a.Kind == ActStart && err == nil {
+		s.runningEpoch = a.Epoch
+	}
 	if a.Kind == ActSwitch {
 		s.step(SwitchDone(a.Seq, err, s.link, s.now))
 		return
@@ -453,14 +574,36 @@ func (s *sim) finish() {
 	s.step(Done(a.Seq, err, s.now))
 }
 
+// restart restarts the agent: the step in flight may or may not have
+// happened; the service's process outlives the agent (unless the host
+// rebooted or it died meanwhile) and Restore is told what runs.
 func (s *sim) restart() {
 	s.log = append(s.log, "RESTART")
+	if a := s.inflight; a != nil && s.rnd.IntN(2) == 0 {
+		// It happened, but nobody was told.
+		switch a.Kind {
+		case ActSwitch:
+			s.link = a.Version
+		case ActStart:
+			s.running, s.runningEpoch = a.Version, a.Epoch
+		case ActStop:
+			s.running = ""
+		}
+		s.log = append(s.log, "  (the "+a.Kind.String()+" in flight happened)")
+	}
 	s.inflight = nil
 	s.checking = false
 	s.watching = false
 	s.expectRevert = false
-	s.running = "" // KillStale
+	s.restoredStop = false
+	if s.rnd.IntN(5) == 0 {
+		s.running = "" // a reboot, or the process died while no agent watched
+		s.log = append(s.log, "  (nothing runs)")
+	}
 	if s.persisted == nil {
+		if s.running != "" {
+			s.fatalf("%q runs but nothing was ever persisted", s.running)
+		}
 		s.m = New("web")
 		s.prev = v1.Phase_PHASE_IDLE
 		s.prevGen = 0
@@ -470,29 +613,86 @@ func (s *sim) restart() {
 	if s.persisted.Phase == v1.Phase_PHASE_HEALTHY {
 		s.resumeUntil, s.resumePrev = s.persisted.WatchUntil, Version(s.persisted.Previous)
 	}
-	m, acts := Restore(*s.persisted, s.now)
+	var found *Running
+	s.found, s.foundEpoch = "", 0
+	if s.running != "" {
+		found = &Running{Version: s.running, Epoch: s.runningEpoch}
+		s.found, s.foundEpoch = s.running, s.runningEpoch
+	}
+	s.restoring, s.restoreFirst = expectRestore(s.persisted, s.found)
+	s.firstSeen = false
+	kind := s.restoring
+	s.restoredFrom = s.persisted.Phase
+	s.restores[kind]++
+	s.log = append(s.log, fmt.Sprintf("  restore %v with %q running: %v", s.persisted.Phase, s.found, kind))
+	m, acts := Restore(*s.persisted, found, s.now)
 	s.m = m
-	s.prev = v1.Phase_PHASE_STARTING
 	s.prevGen = s.persisted.Generation
-	s.recovering = true
-	s.afterRestore = true
-	// Restore's first report is STARTING; allow it from the restored phase.
+	s.recovering = kind == restoreRecover
+	s.afterRestore = kind == restoreRecover
+	s.restoredStop = kind == restoreResumeInstall && s.found != "" && s.found != Version(s.persisted.Target)
+	s.prev = s.persisted.Phase
+	adopted, long := 0, []ActionKind{}
+	for _, a := range acts {
+		if a.Kind == ActAdopt {
+			adopted++
+		}
+		if a.Kind.Long() {
+			long = append(long, a.Kind)
+		}
+	}
 	s.apply(acts)
+	s.restoring = 0
+	if !s.firstSeen {
+		s.fatalf("Restore (%v) reported nothing", kind)
+	}
+	// What runs is adopted when Restore wants that release, else stopped
+	// before anything starts; an adopted release is not restarted.
+	wantAdopt := s.found != "" && (kind == restoreAdoptSettled || kind == restoreResumeFetch ||
+		(kind == restoreResumeInstall && s.found == Version(s.persisted.Target)) ||
+		(kind == restoreResumeRevert && s.found == Version(s.persisted.LastGood)))
+	switch {
+	case wantAdopt && adopted != 1:
+		s.fatalf("Restore (%v) with %q running adopted %d times", kind, s.found, adopted)
+	case wantAdopt:
+		for _, k := range long {
+			if k == ActStart || k == ActStop || k == ActSwitch {
+				s.fatalf("Restore (%v) adopted %q and also emitted %v", kind, s.found, k)
+			}
+		}
+	case adopted != 0:
+		s.fatalf("Restore (%v) adopted %q, which it must not run", kind, s.found)
+	case s.found != "" && (len(long) == 0 || long[0] != ActStop):
+		s.fatalf("Restore (%v) left %q running unadopted (long steps %v)", kind, s.found, long)
+	}
+	if kind == restoreAdoptSettled && m.Phase() != s.persisted.Phase && s.persisted.Phase == v1.Phase_PHASE_HEALTHY && m.Phase() != v1.Phase_PHASE_FAILED {
+		s.fatalf("adopted HEALTHY release ended %v", m.Phase())
+	}
 }
 
 // simStats counts what the simulation exercised.
-type simStats struct{ watchReverts, analysisReverts, resumedWatches int }
+type simStats struct {
+	watchReverts, analysisReverts, resumedWatches, adoptions int
+	restores                                                 map[restoreKind]int
+}
 
 func runSim(t *testing.T, seed uint64, steps int, seen map[[2]v1.Phase]int, st *simStats) {
 	s := &sim{edgesSeen: seen,
 		t: t, seed: seed, rnd: rand.New(rand.NewPCG(seed, 0x5eed)), m: New("web"), now: t0,
-		everHealthy: map[string]bool{}, prev: v1.Phase_PHASE_IDLE,
+		everHealthy: map[string]bool{}, prev: v1.Phase_PHASE_IDLE, restores: map[restoreKind]int{},
 	}
 	defer func() {
 		if st != nil {
 			st.watchReverts += s.watchReverts
 			st.analysisReverts += s.analysisReverts
 			st.resumedWatches += s.resumedWatches
+			st.adoptions += s.adoptions
+			if st.restores == nil {
+				st.restores = map[restoreKind]int{}
+			}
+			for k, n := range s.restores {
+				st.restores[k] += n
+			}
 		}
 	}()
 	s.pOK = []float64{0.5, 0.9, 0.99}[s.rnd.IntN(3)]
@@ -610,9 +810,14 @@ func TestSimulation(t *testing.T) {
 	if testing.Short() {
 		return // too few seeds to demand every edge
 	}
-	if st.watchReverts == 0 || st.analysisReverts == 0 || st.resumedWatches == 0 {
-		t.Errorf("simulation reverted %d watched releases, %d on analysis, resumed %d watches: not exercised",
-			st.watchReverts, st.analysisReverts, st.resumedWatches)
+	if st.watchReverts == 0 || st.analysisReverts == 0 || st.resumedWatches == 0 || st.adoptions == 0 {
+		t.Errorf("simulation reverted %d watched releases, %d on analysis, resumed %d watches, adopted %d processes: not exercised",
+			st.watchReverts, st.analysisReverts, st.resumedWatches, st.adoptions)
+	}
+	for k := restoreRecover; k <= restoreResumeRevert; k++ {
+		if st.restores[k] == 0 {
+			t.Errorf("simulation never restored with %v", k)
+		}
 	}
 	// The simulation must actually reach every normal edge.
 	for from, tos := range edges {
@@ -622,6 +827,6 @@ func TestSimulation(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("edges taken: %d distinct; watch reverts %d (analysis %d); watches resumed after a restart %d",
-		len(seen), st.watchReverts, st.analysisReverts, st.resumedWatches)
+	t.Logf("edges taken: %d distinct; watch reverts %d (analysis %d); watches resumed after a restart %d; processes adopted %d; restores %v",
+		len(seen), st.watchReverts, st.analysisReverts, st.resumedWatches, st.adoptions, st.restores)
 }

@@ -38,8 +38,11 @@ import (
 //	analysis pass|fail|inconclusive [rule=NAME] [epoch=N]
 //	tick                            time passed
 //	advance D                       move the clock without an input
-//	restart                         the agent restarts: Restore from the last persisted snapshot
-//	restore PHASE gen=N [current=V] [last_good=V] [target=V] [previous=V watch_until=D] [reason=TEXT]
+//	restart [running=V] [epoch=N]   the agent restarts: Restore from the last persisted
+//	        snapshot, with a process of release V found running (epoch: the last
+//	        ActStart's); without running=, nothing runs (as after a reboot)
+//	restore PHASE gen=N [current=V] [last_good=V] [target=V] [previous=V watch_until=D] [current_ok]
+//	        [reason=TEXT] [running=V] [epoch=N]
 //	        Restore from this snapshot (releases as last assigned, else built)
 //	install V gen=N [assign args]   setup: assign and finish every step up to CHECKING
 //	healthy V gen=N [assign args]   setup: install, pass checks (and analysis) to HEALTHY
@@ -122,9 +125,9 @@ func (tr *trace) run(t *testing.T, d *datadriven.TestData) string {
 		if tr.persisted == nil {
 			d.Fatalf(t, "restart: nothing persisted")
 		}
-		tr.restore(t, d, &out, *tr.persisted)
+		tr.restore(t, d, &out, *tr.persisted, tr.found(t, d))
 	case "restore":
-		tr.restore(t, d, &out, tr.snapshot(t, d))
+		tr.restore(t, d, &out, tr.snapshot(t, d), tr.found(t, d))
 	case "install", "healthy":
 		tr.setup(t, d)
 	case "state":
@@ -154,6 +157,8 @@ func (tr *trace) record(t *testing.T, d *datadriven.TestData, out *strings.Build
 			}
 		}
 		switch a.Kind {
+		case ActAdopt:
+			tr.epoch = a.Epoch
 		case ActBeginChecks:
 			tr.probing, tr.checked = true, a.Assignment
 		case ActStopChecks:
@@ -332,17 +337,29 @@ func (tr *trace) snapshot(t *testing.T, d *datadriven.TestData) Snapshot {
 		return a
 	}
 	s.Current, s.LastGood, s.Target, s.Previous = release("current"), release("last_good"), release("target"), release("previous")
+	s.CurrentOK = d.HasArg("current_ok")
 	if dur, ok := tr.duration(t, d, "watch_until"); ok {
 		s.WatchUntil = t0.Add(dur)
 	}
 	return s
 }
 
-// restore restarts the machine from s, as the agent does after a restart
-// (it killed the old process first).
-func (tr *trace) restore(t *testing.T, d *datadriven.TestData, out *strings.Builder, s Snapshot) {
+// found is the process a restart or restore command says runs (nil: none).
+func (tr *trace) found(t *testing.T, d *datadriven.TestData) *Running {
+	var v string
+	if !d.MaybeScanArgs(t, "running", &v) {
+		return nil
+	}
+	r := &Running{Version: v, Epoch: tr.epoch}
+	d.MaybeScanArgs(t, "epoch", &r.Epoch)
+	return r
+}
+
+// restore restarts the machine from s, as the agent does after a restart,
+// with found running (nil: nothing runs).
+func (tr *trace) restore(t *testing.T, d *datadriven.TestData, out *strings.Builder, s Snapshot, found *Running) {
 	tr.inflight, tr.probing, tr.epoch, tr.checked = nil, false, 0, nil
-	m, acts := Restore(s, tr.now)
+	m, acts := Restore(s, found, tr.now)
 	tr.m = m
 	tr.record(t, d, out, acts)
 }
@@ -405,7 +422,7 @@ func (tr *trace) action(a Action) string {
 	var b strings.Builder
 	b.WriteString(a.Kind.String())
 	switch a.Kind {
-	case ActFetch, ActVerify, ActStage, ActSwitch, ActStart, ActBeginChecks, ActFreezeBaseline:
+	case ActFetch, ActVerify, ActStage, ActSwitch, ActStart, ActAdopt, ActBeginChecks, ActFreezeBaseline:
 		b.WriteString(" " + versionOr(a.Version))
 	}
 	if a.Seq != 0 {
@@ -476,5 +493,8 @@ func (tr *trace) describe(out *strings.Builder) {
 	}
 	if s := tr.persisted; s != nil {
 		out.WriteString("persisted:" + strings.TrimPrefix(tr.action(Action{Kind: ActPersist, Snapshot: s}), "persist"))
+		if s.CurrentOK {
+			out.WriteString("  current_ok\n")
+		}
 	}
 }

@@ -194,7 +194,8 @@ const (
 	ActSwitch
 	// ActStart: start Version with Assignment's run spec; tag its exits with Epoch.
 	ActStart
-	// ActStop: stop the running process of this service.
+	// ActStop: stop the running process of this service (also one found
+	// running at Restore and not adopted).
 	ActStop
 	// ActBeginChecks: start probing with Assignment's checks; tag results with Epoch.
 	ActBeginChecks
@@ -209,6 +210,11 @@ const (
 	// rules: freeze what those rules measured of the running release into
 	// the baseline the new release is compared with.
 	ActFreezeBaseline
+	// ActAdopt (only from Restore): the process of Version found running
+	// (see Running) is this service's running process, as if an ActStart
+	// with Epoch had started it: supervise it (exits tagged with Epoch,
+	// restarts with Assignment's run spec) without restarting it.
+	ActAdopt
 )
 
 func (k ActionKind) String() string {
@@ -235,6 +241,8 @@ func (k ActionKind) String() string {
 		return "report"
 	case ActFreezeBaseline:
 		return "freeze-baseline"
+	case ActAdopt:
+		return "adopt"
 	}
 	return fmt.Sprintf("action(%d)", int(k))
 }
@@ -254,12 +262,14 @@ type Action struct {
 	Kind ActionKind
 	// Seq identifies a long step; feed it back with Done.
 	Seq uint64
-	// Epoch tags a started process and its checks (ActStart, ActBeginChecks).
+	// Epoch tags a started process and its checks (ActStart, ActAdopt,
+	// ActBeginChecks).
 	Epoch uint64
-	// Version for ActSwitch and ActStart (and the release of the others).
+	// Version for ActSwitch, ActStart and ActAdopt (and the release of the
+	// others).
 	Version string
 	// Assignment whose release/spec the action is about (fetch, verify,
-	// stage, start, begin-checks). Shared, never modify it.
+	// stage, start, adopt, begin-checks). Shared, never modify it.
 	Assignment *v1.Assignment
 	// Snapshot for ActPersist.
 	Snapshot *Snapshot
@@ -304,6 +314,22 @@ type Snapshot struct {
 	// Previous on disk while it is set.
 	WatchUntil time.Time
 	Previous   *v1.Assignment
+	// CurrentOK: Current passed its checks and was not restarted since (so
+	// an assignment of it at a newer generation needs no restart).
+	CurrentOK bool
+}
+
+// Running is what the caller found running of a service when it restores
+// the service's machine after an agent restart: the process a PID record
+// names, proven to be the one an earlier agent started (Restore's found;
+// nil when nothing runs).
+type Running struct {
+	// Version is the release it runs, as recorded ("" = not recorded: a
+	// process of an unknown release, which is stopped).
+	Version string
+	// Epoch is the epoch of the ActStart that started it (0 = not
+	// recorded). Epochs go on from it.
+	Epoch uint64
 }
 
 // Version returns the release version of an assignment, "" for nil.

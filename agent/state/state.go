@@ -5,11 +5,11 @@
 // What it stores is the lifecycle's own snapshot (lifecycle.Snapshot: phase,
 // generation, current, last good and target release with their accepted
 // assignments, and the watch of a HEALTHY release with the release before
-// it); it decides nothing. Files are format 2 (each release with its whole
-// assignment); format 1 files, written by agents before the state stored
-// the snapshot itself (versions by name, each version's assignment once
-// under "releases"), are still read. It must not import the coordinator or
-// etcd.
+// it, and whether current passed its checks); it decides nothing. Files are
+// format 2 (each release with its whole assignment); format 1 files,
+// written by agents before the state stored the snapshot itself (versions
+// by name, each version's assignment once under "releases"), are still
+// read. It must not import the coordinator or etcd.
 package state
 
 import (
@@ -54,6 +54,9 @@ type file struct {
 	Target     json.RawMessage `json:"target,omitempty"`
 	WatchUntil time.Time       `json:"watch_until,omitzero"`
 	Previous   json.RawMessage `json:"previous,omitempty"`
+	// CurrentOK (added within format 2; absent in older files, read as
+	// false): current passed its checks and was not restarted since.
+	CurrentOK bool `json:"current_ok,omitempty"`
 }
 
 // legacyFile is format 1 (no "format" key): releases named by version, and
@@ -116,7 +119,7 @@ func Validate(s *lifecycle.Snapshot) error {
 func Marshal(s *lifecycle.Snapshot) ([]byte, error) {
 	f := file{
 		Format: Format, Service: s.Service, Phase: s.Phase.String(), Generation: s.Generation, Reason: s.Reason,
-		WatchUntil: s.WatchUntil,
+		WatchUntil: s.WatchUntil, CurrentOK: s.CurrentOK,
 	}
 	raws := []*json.RawMessage{&f.Current, &f.LastGood, &f.Target, &f.Previous}
 	for i, r := range fields(s) {
@@ -168,6 +171,7 @@ func unmarshalCurrent(b []byte) (*lifecycle.Snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.CurrentOK = f.CurrentOK
 	raws := []json.RawMessage{f.Current, f.LastGood, f.Target, f.Previous}
 	for i, r := range fields(s) {
 		if len(raws[i]) == 0 || string(raws[i]) == "null" {

@@ -35,7 +35,7 @@ func sample() *lifecycle.Snapshot {
 func equal(t *testing.T, got, want *lifecycle.Snapshot) {
 	t.Helper()
 	if got.Service != want.Service || got.Phase != want.Phase || got.Generation != want.Generation ||
-		got.Reason != want.Reason || !got.WatchUntil.Equal(want.WatchUntil) {
+		got.Reason != want.Reason || !got.WatchUntil.Equal(want.WatchUntil) || got.CurrentOK != want.CurrentOK {
 		t.Fatalf("loaded %+v, want %+v", got, want)
 	}
 	for _, f := range []struct {
@@ -73,6 +73,7 @@ func TestSaveLoadRoundTrip(t *testing.T) {
 	// Overwrite; no temp files remain.
 	in.Phase = v1.Phase_PHASE_HEALTHY
 	in.LastGood = in.Current
+	in.CurrentOK = true
 	if err := st.Save(in); err != nil {
 		t.Fatal(err)
 	}

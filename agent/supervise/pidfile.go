@@ -18,13 +18,17 @@ import (
 //	pgid 12345
 //	boot_id 5f0c2a5e-...
 //	start_time 4242424
+//	release 1.4.2
+//	epoch 3
 //
 // boot_id is /proc/sys/kernel/random/boot_id when the file was written and
 // start_time is field 22 of /proc/<pgid>/stat (the group leader's start
 // time in clock ticks since boot). Together they identify the process group
-// across pid reuse and reboots. Unknown keys are ignored. Version 1 was a
-// bare process group id; it cannot be verified, so KillStale never acts on
-// it.
+// across pid reuse and reboots. release and epoch (optional: files of older
+// agents lack them) say what runs: the release version and the epoch of
+// the lifecycle's start it belongs to. Unknown keys are ignored. Version 1
+// was a bare process group id; it cannot be verified, so KillStale never
+// acts on it and FindRunning never adopts it.
 const pidFileMagic = "fleetwave-pid 2"
 
 // maxPIDFileBytes bounds what is read from a PID file.
@@ -45,7 +49,12 @@ type PIDRecord struct {
 	PGID      int    // process group id (= pid of the group leader)
 	BootID    string // boot id of the kernel the group ran under
 	StartTime uint64 // start time of the leader, clock ticks after boot
+	Release   string // release version it runs ("" = not recorded)
+	Epoch     uint64 // epoch of the start it belongs to (0 = not recorded)
 }
+
+// maxReleaseLen bounds the release recorded in a PID file.
+const maxReleaseLen = 128
 
 // pidFileMu serialises writing a PID file with the compare-and-remove of a
 // stopping supervisor, so an old supervisor can never remove a file a new
@@ -120,7 +129,22 @@ func identify(pid int) (PIDRecord, error) {
 }
 
 func (r PIDRecord) marshal() []byte {
-	return fmt.Appendf(nil, "%s\npgid %d\nboot_id %s\nstart_time %d\n", pidFileMagic, r.PGID, r.BootID, r.StartTime)
+	b := fmt.Appendf(nil, "%s\npgid %d\nboot_id %s\nstart_time %d\n", pidFileMagic, r.PGID, r.BootID, r.StartTime)
+	if r.Release != "" {
+		b = fmt.Appendf(b, "release %s\n", r.Release)
+	}
+	if r.Epoch != 0 {
+		b = fmt.Appendf(b, "epoch %d\n", r.Epoch)
+	}
+	return b
+}
+
+// checkRelease refuses a release that the line format cannot carry.
+func checkRelease(v string) error {
+	if len(v) > maxReleaseLen || strings.ContainsAny(v, " \t\r\n") {
+		return fmt.Errorf("release %q: want at most %d bytes without whitespace", truncate(v, 32), maxReleaseLen)
+	}
+	return nil
 }
 
 // parsePIDFile parses a PID file. A bare process group id (version 1)
@@ -158,6 +182,17 @@ func parsePIDFile(data []byte) (PIDRecord, error) {
 				return PIDRecord{}, fmt.Errorf("start_time %q: %w", truncate(v, 32), ErrInvalidPIDFile)
 			}
 			r.StartTime, haveStart = n, true
+		case "release":
+			if checkRelease(v) != nil {
+				return PIDRecord{}, fmt.Errorf("release %q: %w", truncate(v, 32), ErrInvalidPIDFile)
+			}
+			r.Release = v
+		case "epoch":
+			n, err := strconv.ParseUint(v, 10, 64)
+			if err != nil {
+				return PIDRecord{}, fmt.Errorf("epoch %q: %w", truncate(v, 32), ErrInvalidPIDFile)
+			}
+			r.Epoch = n
 		}
 	}
 	if !havePGID || r.PGID <= 1 || r.BootID == "" || !haveStart {
@@ -188,10 +223,20 @@ func ReadPIDFile(path string) (PIDRecord, error) {
 // zombie) in path, with the boot id and the leader's start time, atomically:
 // temp file in the same directory, fsync, rename, fsync of the directory.
 func WritePIDFile(path string, pgid int) (PIDRecord, error) {
+	return WritePIDRecord(path, pgid, "", 0)
+}
+
+// WritePIDRecord is WritePIDFile that also records the release the group
+// runs and the epoch of its start.
+func WritePIDRecord(path string, pgid int, release string, epoch uint64) (PIDRecord, error) {
+	if err := checkRelease(release); err != nil {
+		return PIDRecord{}, fmt.Errorf("write pid file %s: %w", path, err)
+	}
 	r, err := identify(pgid)
 	if err != nil {
 		return PIDRecord{}, fmt.Errorf("write pid file %s: %w", path, err)
 	}
+	r.Release, r.Epoch = release, epoch
 	pidFileMu.Lock()
 	defer pidFileMu.Unlock()
 	return r, writeFileAtomic(path, r.marshal())

@@ -1,14 +1,23 @@
 // Package supervise is the agent's built-in process supervisor: it runs one
 // service process in its own process group, appends its output to a log
-// file, restarts it with exponential backoff when it exits unexpectedly,
-// stops it with SIGTERM then SIGKILL to the whole group, and records the
-// group id (with the boot id and the leader's start time, so pid reuse and
-// reboots are detected) in a PID file so a restarted agent can kill what an
-// earlier agent left behind (KillStale).
+// file (the process writes to the file itself, opened O_APPEND: no pipe
+// through the agent), restarts it with exponential backoff when it exits
+// unexpectedly, stops it with SIGTERM then SIGKILL to the whole group, and
+// records the group id (with the boot id and the leader's start time, so
+// pid reuse and reboots are detected, and the release and epoch it runs) in
+// a PID file.
+//
+// A service outlives the agent: Detach ends supervision and leaves the
+// process running; a restarted agent finds it by its PID file (FindRunning)
+// and supervises it again (Adopt) although it is not its child: exits are
+// seen through a pidfd (pidfd_open(2)); Found.Stop stops a found process
+// without supervising it (fleetwave-agent stop-services). RotateLog bounds
+// the log files. (KillStale, which an agent used to call at start to kill
+// what an earlier one left, is no longer used by the agent.)
 //
 // It is Linux only (process groups, /proc). It must not import etcd, the
-// coordinator or any other agent package; it knows nothing about releases,
-// checks or the lifecycle.
+// coordinator or any other agent package; it knows nothing about checks or
+// the lifecycle, and of a release only the name it records.
 package supervise
 
 import (
@@ -41,7 +50,7 @@ const (
 	defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 )
 
-// Errors returned by Start.
+// Errors returned by Start and Adopt.
 var (
 	ErrNoCommand      = errors.New("empty command")
 	ErrAlreadyStarted = errors.New("supervisor already started")
@@ -57,9 +66,14 @@ type Config struct {
 	LogPath   string        // stdout+stderr appended here (file created 0644)
 	StopGrace time.Duration // SIGTERM to the process group, SIGKILL after this (default 10s)
 	// PIDFile, if set, receives the running process group id with the boot
-	// id and the leader's start time (temp+rename; see WritePIDFile); on
-	// clean stop it is removed if it still names this supervisor's group.
+	// id, the leader's start time, Release and Epoch (temp+rename; see
+	// WritePIDRecord); on Stop it is removed if it still names this
+	// supervisor's group, on Detach it is kept for the next agent.
 	PIDFile string
+	// Release and Epoch are recorded in the PID file: what the process
+	// runs, so that a restarted agent knows what it adopts.
+	Release string
+	Epoch   uint64
 	// MinBackoff, MaxBackoff bound the restart backoff on crash (defaults
 	// 200ms, 10s); it doubles per crash and resets after the process has run
 	// 10s.
@@ -68,9 +82,11 @@ type Config struct {
 
 // Exit is one exit of the supervised process.
 type Exit struct {
-	At       time.Time
-	Err      error // from cmd.Wait (nil = exit 0), or the error of a failed restart
-	Restarts int   // restarts done before this exit
+	At time.Time
+	// Err says how it ended: nil (exit 0), an *ExitError, ErrExitUnknown
+	// (an adopted process, not our child), or the error of a failed restart.
+	Err      error
+	Restarts int // restarts done before this exit
 }
 
 // Supervisor runs one process and restarts it until Stop. Its methods are
@@ -85,13 +101,15 @@ type Supervisor struct {
 	mu      sync.Mutex
 	started bool
 	stopped bool
+	detach  bool // the run loop ends leaving the process running (set before stopCh closes)
 
 	// pidRec is what this supervisor last wrote to PIDFile (zero: nothing).
-	// Only spawn writes it (from Start, then only from the run goroutine).
+	// Only spawn (and Adopt) write it (from Start or Adopt, then only from
+	// the run goroutine).
 	pidRec PIDRecord
 
 	stopOnce sync.Once
-	stopCh   chan struct{} // closed by Stop
+	stopCh   chan struct{} // closed by Stop and Detach
 	done     chan struct{} // closed when the run loop has ended
 }
 
@@ -121,19 +139,27 @@ func New(cfg Config, log zerolog.Logger) *Supervisor {
 	}
 }
 
-// proc is one running instance of the process.
-type proc struct {
-	cmd     *exec.Cmd
-	pgid    int
-	started time.Time
-	waitCh  chan error // receives cmd.Wait's result once
+// Start starts the process (own process group, Setpgid) and a goroutine that
+// restarts it with backoff whenever it exits, until Stop or Detach. Returns
+// an error if the first exec fails (e.g. missing binary), in which case
+// nothing keeps running.
+func (s *Supervisor) Start() error {
+	return s.begin(nil)
 }
 
-// Start starts the process (own process group, Setpgid) and a goroutine that
-// restarts it with backoff whenever it exits, until Stop. Returns an error if
-// the first exec fails (e.g. missing binary), in which case nothing keeps
-// running.
-func (s *Supervisor) Start() error {
+// Adopt supervises a process found running (FindRunning), typically left by
+// an earlier agent, as if Start had started it: its exits are seen, it is
+// restarted with this supervisor's Config, stopped by Stop. The PID file
+// stays as it is until a restart rewrites it. f must not be used
+// afterwards. If Adopt fails, f is still the caller's.
+func (s *Supervisor) Adopt(f *Found) error {
+	if f == nil || f.p == nil {
+		return fmt.Errorf("adopt %s: nothing found", s.cfg.Service)
+	}
+	return s.begin(f)
+}
+
+func (s *Supervisor) begin(f *Found) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopped {
@@ -149,8 +175,13 @@ func (s *Supervisor) Start() error {
 	if err != nil {
 		return fmt.Errorf("start %s: open log: %w", s.cfg.Service, err)
 	}
-	p, err := s.spawn(logf)
-	if err != nil {
+	var p *proc
+	if f != nil {
+		p, f.p = f.p, nil
+		s.pidRec = f.Record
+		s.log.Info().Int("pid", p.pgid).Str("version", f.Record.Release).Uint64("epoch", f.Record.Epoch).
+			Msg("process adopted")
+	} else if p, err = s.spawn(logf); err != nil {
 		_ = logf.Close()
 		return err
 	}
@@ -168,11 +199,28 @@ func (s *Supervisor) Restarts() int { return int(s.restarts.Load()) }
 
 // Stop sends SIGTERM to the process group, SIGKILL after StopGrace, waits for
 // the exit and stops restarts. It is safe to call more than once and
-// concurrently; every call waits for the same stop. If ctx ends first Stop
-// returns ctx's error while the stop carries on in the background.
+// concurrently; every call waits for the same stop (or detach, whichever
+// came first). If ctx ends first Stop returns ctx's error while the stop
+// carries on in the background.
 func (s *Supervisor) Stop(ctx context.Context) error {
+	return s.end(ctx, false)
+}
+
+// Detach ends supervision and leaves the process running, with its PID
+// file, for the next agent to adopt (FindRunning, Adopt). A process
+// waiting to be restarted stays stopped (its PID file is removed). It waits
+// like Stop.
+func (s *Supervisor) Detach(ctx context.Context) error {
+	return s.end(ctx, true)
+}
+
+func (s *Supervisor) end(ctx context.Context, detach bool) error {
 	s.mu.Lock()
+	first := !s.stopped
 	s.stopped = true
+	if first {
+		s.detach = detach
+	}
 	started := s.started
 	s.mu.Unlock()
 	if !started {
@@ -187,7 +235,7 @@ func (s *Supervisor) Stop(ctx context.Context) error {
 	}
 }
 
-// spawn starts one instance and writes the PID file.
+// spawn starts one instance, writes the PID file and watches the process.
 func (s *Supervisor) spawn(logf *os.File) (*proc, error) {
 	name := s.cfg.Command[0]
 	if strings.HasPrefix(name, "./") {
@@ -196,25 +244,37 @@ func (s *Supervisor) spawn(logf *os.File) (*proc, error) {
 	cmd := exec.Command(name, s.cfg.Command[1:]...)
 	cmd.Dir = s.cfg.Dir
 	cmd.Env = s.env()
+	// The file itself, not a pipe: the process writes its log without the
+	// agent, and keeps writing when the agent is gone.
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: exec %q: %w", s.cfg.Service, s.cfg.Command[0], err)
 	}
-	p := &proc{cmd: cmd, pgid: cmd.Process.Pid, started: time.Now(), waitCh: make(chan error, 1)}
+	pid := cmd.Process.Pid
+	started := time.Now()
+	// The child is reaped through the pidfd (or wait4 without pidfds), not
+	// through cmd.Wait, so that a detached process leaves nothing waiting.
+	pidfd, err := openPidfd(pid)
+	if err != nil {
+		s.log.Warn().Err(err).Int("pid", pid).Msg("no pidfd: watching /proc")
+	}
+	_ = cmd.Process.Release()
 	if s.cfg.PIDFile != "" {
-		// Before Wait can reap the child: its /proc entry (start time) must exist.
-		rec, err := WritePIDFile(s.cfg.PIDFile, p.pgid)
+		// Before the process can be reaped: its /proc entry (start time)
+		// must exist.
+		rec, err := WritePIDRecord(s.cfg.PIDFile, pid, s.cfg.Release, s.cfg.Epoch)
 		if err != nil {
-			// The process runs; a missing PID file only weakens KillStale.
+			// The process runs; without a PID file the next agent cannot
+			// adopt it (nor stop it).
 			s.log.Warn().Err(err).Str("path", s.cfg.PIDFile).Msg("write pid file")
 		} else {
 			s.pidRec = rec
 		}
 	}
-	go func() { p.waitCh <- cmd.Wait() }()
-	s.log.Info().Int("pid", p.pgid).Int("restarts", s.Restarts()).Msg("process started")
+	p := watch(pid, pidfd, started, true)
+	s.log.Info().Int("pid", pid).Int("restarts", s.Restarts()).Msg("process started")
 	return p, nil
 }
 
@@ -228,7 +288,7 @@ func (s *Supervisor) env() []string {
 }
 
 // run owns the process: it is the only goroutine that starts, signals or
-// reaps it, so Stop, crashes and restarts never race.
+// reaps it, so Stop, Detach, crashes and restarts never race.
 func (s *Supervisor) run(p *proc, logf *os.File) {
 	defer close(s.done)
 	defer func() {
@@ -241,19 +301,26 @@ func (s *Supervisor) run(p *proc, logf *os.File) {
 		if p != nil {
 			select {
 			case <-s.stopCh:
+				if s.detaching() && !p.exited() {
+					p.stopWatching()
+					s.log.Info().Int("pid", p.pgid).Msg("process left running (detached)")
+					return
+				}
 				s.terminate(p)
 				s.removePIDFile()
 				s.log.Info().Msg("process stopped")
 				return
-			case err := <-p.waitCh:
+			case <-p.done:
 				ran := time.Since(p.started)
 				// Orphans of a crashed leader would hold ports and files.
-				killGroup(p.pgid, syscall.SIGKILL)
+				if err := killGroup(p.pgid, syscall.SIGKILL); err != nil {
+					s.log.Warn().Err(err).Int("pid", p.pgid).Msg("SIGKILL orphans of the exited process")
+				}
 				if ran >= backoffResetAfter {
 					backoff = s.cfg.MinBackoff
 				}
-				s.emit(Exit{At: time.Now(), Err: err, Restarts: s.Restarts()})
-				s.log.Warn().Err(err).Int("pid", p.pgid).Dur("ran", ran).Dur("backoff", backoff).
+				s.emit(Exit{At: time.Now(), Err: p.err, Restarts: s.Restarts()})
+				s.log.Warn().Err(p.err).Int("pid", p.pgid).Dur("ran", ran).Dur("backoff", backoff).
 					Str("reason", "exited").Msg("process exited, restarting")
 				p = nil
 			}
@@ -279,35 +346,45 @@ func (s *Supervisor) run(p *proc, logf *os.File) {
 	}
 }
 
+func (s *Supervisor) detaching() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.detach
+}
+
 // terminate stops p's process group: SIGTERM, then SIGKILL once StopGrace
 // has passed and the leader or any other member of the group is still
-// alive. It returns after the leader has been reaped.
+// alive. It returns after the leader has exited (and was reaped, if it is
+// a child of this agent).
 func (s *Supervisor) terminate(p *proc) {
-	deadline := time.Now().Add(s.cfg.StopGrace)
+	terminate(p, s.cfg.StopGrace, s.log)
+}
+
+func terminate(p *proc, grace time.Duration, log zerolog.Logger) {
+	deadline := time.Now().Add(grace)
 	if err := killGroup(p.pgid, syscall.SIGTERM); err != nil {
-		s.log.Warn().Err(err).Int("pid", p.pgid).Msg("SIGTERM process group")
+		log.Warn().Err(err).Int("pid", p.pgid).Msg("SIGTERM process group")
 	}
-	timer := time.NewTimer(s.cfg.StopGrace)
+	timer := time.NewTimer(grace)
 	defer timer.Stop()
-	var waitErr error
 	select {
-	case waitErr = <-p.waitCh:
+	case <-p.done:
 		// The leader is gone; give the rest of the group the remaining grace.
 		waitGroupGone(p.pgid, deadline)
 		if groupAlive(p.pgid) {
-			s.log.Warn().Int("pid", p.pgid).Str("reason", "grace expired").Msg("SIGKILL process group")
+			log.Warn().Int("pid", p.pgid).Str("reason", "grace expired").Msg("SIGKILL process group")
 			if err := killGroup(p.pgid, syscall.SIGKILL); err != nil {
-				s.log.Warn().Err(err).Int("pid", p.pgid).Msg("SIGKILL process group")
+				log.Warn().Err(err).Int("pid", p.pgid).Msg("SIGKILL process group")
 			}
 		}
 	case <-timer.C:
-		s.log.Warn().Int("pid", p.pgid).Str("reason", "grace expired").Msg("SIGKILL process group")
+		log.Warn().Int("pid", p.pgid).Str("reason", "grace expired").Msg("SIGKILL process group")
 		if err := killGroup(p.pgid, syscall.SIGKILL); err != nil {
-			s.log.Warn().Err(err).Int("pid", p.pgid).Msg("SIGKILL process group")
+			log.Warn().Err(err).Int("pid", p.pgid).Msg("SIGKILL process group")
 		}
-		waitErr = <-p.waitCh
+		<-p.done
 	}
-	s.log.Debug().AnErr("wait", waitErr).Int("pid", p.pgid).Msg("process exited on stop")
+	log.Debug().AnErr("wait", p.err).Int("pid", p.pgid).Msg("process exited on stop")
 }
 
 // emit sends e without ever blocking: when the buffer is full the oldest

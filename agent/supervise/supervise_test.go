@@ -67,6 +67,19 @@ func helperMain(mode string) {
 		}
 		fmt.Printf("grandchild pid=%d\n", c.Process.Pid)
 		serveUntilTerm()
+	case "daemon": // starts a "serve" in its own group and exits: not our child
+		exe, err := os.Executable()
+		if err != nil {
+			os.Exit(2)
+		}
+		c := exec.Command(exe)
+		c.Env = append(os.Environ(), "HELPER_MODE=serve")
+		c.Stdout = os.Stdout
+		c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := c.Start(); err != nil {
+			os.Exit(2)
+		}
+		os.Exit(0)
 	default:
 		fmt.Fprintf(os.Stderr, "unknown helper mode %q\n", mode)
 		os.Exit(2)
@@ -271,7 +284,7 @@ func TestCrashRestartsWithBackoff(t *testing.T) {
 	stop(t, s)
 	wantGap := []time.Duration{20, 40, 80, 80}
 	for i, e := range exits {
-		var ee *exec.ExitError
+		var ee *ExitError
 		if !errors.As(e.Err, &ee) || ee.ExitCode() != 3 {
 			t.Fatalf("exit %d: Err = %v, want exit status 3", i, e.Err)
 		}

@@ -1,6 +1,9 @@
 // Command fleetwave-agent runs the Fleetwave agent on one host: it keeps a
 // stream to a coordinator, installs the releases assigned to this host, runs
 // and checks them, and reverts locally on failure. See package agent.
+//
+// Stopping the agent leaves its services running (the next agent adopts
+// them); `fleetwave-agent stop-services --data-dir DIR` stops them.
 package main
 
 import (
@@ -11,6 +14,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -34,6 +38,9 @@ func main() {
 var errUsage = errors.New("usage")
 
 func run(ctx context.Context, args []string, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "stop-services" {
+		return runStopServices(ctx, args[1:], stderr)
+	}
 	cfg, level, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -45,6 +52,43 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	log := zerolog.New(stderr).Level(level).With().Timestamp().Logger()
 	if err := agent.Run(ctx, cfg, log); err != nil {
 		log.Error().Err(err).Msg("agent failed")
+		return 1
+	}
+	return 0
+}
+
+// runStopServices is `fleetwave-agent stop-services`: stop every service
+// an agent left running in the data dir (agent.StopServices).
+func runStopServices(ctx context.Context, args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("fleetwave-agent stop-services", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: fleetwave-agent stop-services [--data-dir DIR] [--log-level LEVEL]\n\n"+
+			"Stops every service the agent left running in DIR (SIGTERM, SIGKILL after its stop_grace) and exits.\n"+
+			"Stop the agent first: stopping the agent leaves its services running.\n\n")
+		fs.PrintDefaults()
+	}
+	dataDir := fs.String("data-dir", "/var/lib/fleetwave-agent", "the agent's data directory")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "fleetwave-agent stop-services: %v\n", err)
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "fleetwave-agent stop-services: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	level, err := zerolog.ParseLevel(*logLevel)
+	if err != nil || *logLevel == "" {
+		fmt.Fprintf(stderr, "fleetwave-agent stop-services: invalid value %q for flag --log-level: want debug, info, warn or error\n", *logLevel)
+		return 2
+	}
+	log := zerolog.New(stderr).Level(level).With().Timestamp().Logger()
+	if err := agent.StopServices(ctx, *dataDir, log); err != nil {
+		log.Error().Err(err).Msg("stop services failed")
 		return 1
 	}
 	return 0
@@ -83,6 +127,8 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 	tlsKey := fs.String("tls-key", "", "its key (PEM)")
 	joinToken := fs.String("join-token-file", "", "file with a one-time join token (fleetwave token create NAME --role join): the agent gets and renews its own certificate, kept in DATA-DIR/tls")
 	insecureFlag := fs.Bool("insecure", false, "plain-text connection to the coordinators (tests and trials only)")
+	logMax := fs.Int64("service-log-max-bytes", agent.DefaultServiceLogMaxBytes, "rotate a service's log (DATA-DIR/logs/SERVICE.log) when it reaches this size (copy-truncate; -1 = never)")
+	logKeep := fs.Int("service-log-keep", agent.DefaultServiceLogKeep, "rotated files kept per service log (SERVICE.log.1 is the newest)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return agent.Config{}, 0, err
@@ -124,6 +170,17 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 	}
 	cfg.MetricsListen = *metricsListen
 	cfg.TrustedKeys = trustedKeys
+	if *logMax == 0 || *logMax < -1 {
+		return agent.Config{}, 0, bad("service-log-max-bytes", strconv.FormatInt(*logMax, 10), "want a size in bytes, or -1 for never")
+	}
+	if *logKeep < 0 {
+		return agent.Config{}, 0, bad("service-log-keep", strconv.Itoa(*logKeep), "want 0 or more")
+	}
+	cfg.ServiceLogMaxBytes = *logMax
+	cfg.ServiceLogKeep = *logKeep
+	if *logKeep == 0 {
+		cfg.ServiceLogKeep = -1 // none (0 in Config means the default)
+	}
 	if err := cfg.Validate(); err != nil {
 		// Name the flag behind the field.
 		msg := err.Error()

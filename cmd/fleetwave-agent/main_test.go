@@ -54,3 +54,47 @@ func TestBadFlagsExit2NamingFlagAndValue(t *testing.T) {
 		})
 	}
 }
+
+func TestServiceLogFlags(t *testing.T) {
+	base := []string{"--coordinator", "a:1", "--host-id", "h1", "--data-dir", "d", "--insecure"}
+	var stderr bytes.Buffer
+	cfg, _, err := parseFlags(base, &stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ServiceLogMaxBytes != 64<<20 || cfg.ServiceLogKeep != 3 {
+		t.Fatalf("defaults: max %d keep %d", cfg.ServiceLogMaxBytes, cfg.ServiceLogKeep)
+	}
+	cfg, _, err = parseFlags(append(base, "--service-log-max-bytes", "-1", "--service-log-keep", "0"), &stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ServiceLogMaxBytes != -1 || cfg.ServiceLogKeep >= 0 {
+		t.Fatalf("never rotate, keep none: max %d keep %d", cfg.ServiceLogMaxBytes, cfg.ServiceLogKeep)
+	}
+	for _, bad := range [][]string{{"--service-log-max-bytes", "0"}, {"--service-log-max-bytes", "-5"}, {"--service-log-keep", "-1"}} {
+		stderr.Reset()
+		if code := run(context.Background(), append(append([]string{}, base...), bad...), &stderr); code != 2 || !strings.Contains(stderr.String(), bad[0]) {
+			t.Errorf("%v: exit %d, stderr %q; want 2 naming the flag", bad, code, stderr.String())
+		}
+	}
+}
+
+func TestStopServicesCommand(t *testing.T) {
+	var stderr bytes.Buffer
+	if code := run(context.Background(), []string{"stop-services", "--bogus"}, &stderr); code != 2 {
+		t.Fatalf("unknown flag: exit %d, want 2", code)
+	}
+	if code := run(context.Background(), []string{"stop-services", "--data-dir", t.TempDir(), "extra"}, &stderr); code != 2 {
+		t.Fatalf("extra argument: exit %d, want 2", code)
+	}
+	stderr.Reset()
+	if code := run(context.Background(), []string{"stop-services", "--data-dir", t.TempDir() + "/missing"}, &stderr); code != 1 ||
+		!strings.Contains(stderr.String(), "missing") {
+		t.Fatalf("missing data dir: exit %d, stderr %q; want 1 naming it", code, stderr.String())
+	}
+	// Nothing runs: nothing to do, exit 0.
+	if code := run(context.Background(), []string{"stop-services", "--data-dir", t.TempDir()}, &stderr); code != 0 {
+		t.Fatalf("empty data dir: exit %d, stderr %q", code, stderr.String())
+	}
+}

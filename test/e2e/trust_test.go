@@ -165,6 +165,9 @@ func newTrustEnv(t *testing.T) *trustEnv {
 				a.Stop(15 * time.Second)
 			}
 		}
+		for _, dd := range e.dataDirs {
+			testfleet.StopServices(bins.Agent, dd) // services outlive their agent
+		}
 		e.coord.Stop(15 * time.Second)
 		if t.Failed() {
 			for _, f := range []string{"coordinator", "agent-host-1", "agent-host-2", "agent-host-3", "agent-host-9"} {

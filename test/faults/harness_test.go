@@ -351,9 +351,9 @@ func (h *harness) startAgent(i int, hostSide string) {
 	h.hosts = append(h.hosts, x)
 }
 
-// cleanup stops the agents (which stop their services), the services a
-// killed agent left behind, and the coordinators; on failure it prints
-// every log's tail first.
+// cleanup stops the agents, then the services they leave running (agents
+// never stop them), and the coordinators; on failure it prints every log's
+// tail first.
 func (h *harness) cleanup() {
 	if h.t.Failed() || os.Getenv(logsEnv) == "1" {
 		h.dumpLogs()
@@ -364,12 +364,10 @@ func (h *harness) cleanup() {
 			if x.proc.Running() {
 				x.proc.Stop(15 * time.Second)
 			}
+			testfleet.StopServices(bins.Agent, x.dataDir)
 		})
 	}
 	wg.Wait()
-	for _, x := range h.hosts {
-		killPIDFiles(filepath.Join(x.dataDir, "run"))
-	}
 	for _, c := range h.coords {
 		if c.proc == nil {
 			continue
@@ -402,22 +400,6 @@ func (h *harness) dumpLogs() {
 			b = b[len(b)-2000:]
 		}
 		h.t.Logf("==== %s service %s log tail ====\n%s", x.id, service, b)
-	}
-}
-
-// killPIDFiles kills the process groups named by the agent's pid files
-// (services orphaned by a killed agent).
-func killPIDFiles(dir string) {
-	ents, _ := os.ReadDir(dir)
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
-		if err != nil {
-			continue
-		}
-		var pid int
-		if _, err := fmt.Sscanf(strings.TrimSpace(string(b)), "%d", &pid); err == nil && pid > 1 {
-			_ = syscall.Kill(-pid, syscall.SIGKILL)
-		}
 	}
 }
 

@@ -540,7 +540,9 @@ func (f *Fleet) Version(ctx context.Context, id string) string {
 	return strings.TrimSpace(body)
 }
 
-// Close stops every agent (which stops its service) and the coordinator.
+// Close stops every agent, then the services they leave running (agents
+// never stop them: fleetwave-agent stop-services does), and the
+// coordinator.
 func (f *Fleet) Close() {
 	var wg sync.WaitGroup
 	for _, a := range f.Agents {
@@ -550,30 +552,22 @@ func (f *Fleet) Close() {
 			if a.Running() {
 				a.Stop(15 * time.Second)
 			}
+			StopServices(f.Bin.Agent, a.DataDir)
 		}()
 	}
 	wg.Wait()
-	// Services orphaned by a kill -9 that was never followed by a restart.
-	for _, a := range f.Agents {
-		killPIDFiles(filepath.Join(a.DataDir, "run"))
-	}
 	if f.Coord != nil && f.Coord.Running() {
 		f.Coord.Stop(15 * time.Second)
 	}
 }
 
-func killPIDFiles(dir string) {
-	ents, _ := os.ReadDir(dir)
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
-		if err != nil {
-			continue
-		}
-		var pid int
-		if _, err := fmt.Sscanf(strings.TrimSpace(string(b)), "%d", &pid); err == nil && pid > 1 {
-			_ = syscall.Kill(-pid, syscall.SIGKILL)
-		}
-	}
+// StopServices runs `fleetwave-agent stop-services` on an agent's data dir
+// (whose agent has exited): the services outlive their agent. Errors are
+// not returned: this is clean-up.
+func StopServices(agentBin, dataDir string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	_ = exec.CommandContext(ctx, agentBin, "stop-services", "--data-dir", dataDir).Run()
 }
 
 // EvilArtifact writes a tarball with one entry named name (e.g. a path with
