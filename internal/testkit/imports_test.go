@@ -1,15 +1,15 @@
 package testkit
 
 import (
-	"errors"
 	"go/parser"
 	"go/token"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/fleetwave/fleetwave/internal/testkit/testfleet"
 )
 
 const importPath = "github.com/fleetwave/fleetwave/internal/testkit"
@@ -17,7 +17,7 @@ const importPath = "github.com/fleetwave/fleetwave/internal/testkit"
 // Only tests import testkit: no product code and no non-test helper
 // (testfleet, testcluster) may depend on it.
 func TestOnlyTestsImportTestkit(t *testing.T) {
-	root, err := moduleRoot()
+	root, err := testfleet.ModuleRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,22 +60,5 @@ func TestOnlyTestsImportTestkit(t *testing.T) {
 	// and the tests of several packages use testkit.
 	if checked < 100 || importers < 5 {
 		t.Fatalf("checked %d files, %d importing testkit: not the module?", checked, importers)
-	}
-}
-
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("go.mod not found above the working directory")
-		}
-		dir = parent
 	}
 }
