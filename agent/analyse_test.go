@@ -4,17 +4,19 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/signal"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/fleetwave/fleetwave/internal/testkit/ports"
 
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/agent/probe"
@@ -170,10 +172,7 @@ func TestAnalysisRevertsDegradedReleases(t *testing.T) {
 		t.Skip("runs real releases for about 15 s")
 	}
 	fc := newFakeCoordinator(t)
-	port, err := freePort()
-	if err != nil {
-		t.Fatal(err)
-	}
+	port := strconv.Itoa(ports.Port(t))
 	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": port}, DataDir: t.TempDir()}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -270,15 +269,6 @@ func TestAnalysisRevertsDegradedReleases(t *testing.T) {
 		back.at.Sub(bad.at).Round(time.Millisecond), revertedAt.Sub(bad.at).Round(time.Millisecond))
 	cancel()
 	waitDone(t, done)
-}
-
-func freePort() (string, error) {
-	l, err := (&net.ListenConfig{}).Listen(context.Background(), "tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return fmt.Sprint(l.Addr().(*net.TCPAddr).Port), nil
 }
 
 // The lifecycle's copies of the spec's defaults must not drift.

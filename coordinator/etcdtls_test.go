@@ -3,12 +3,13 @@ package coordinator
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/url"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/fleetwave/fleetwave/internal/testkit/ports"
 
 	"github.com/rs/zerolog"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
@@ -45,20 +46,12 @@ func TestExternalEtcdOverTLS(t *testing.T) {
 	srvCert, srvKey := write("etcd", tlsutil.Identity{Kind: tlsutil.KindCoordinator, Name: "etcd"}, []string{"127.0.0.1"})
 	cliCert, cliKey := write("client", tlsutil.Identity{Kind: tlsutil.KindCoordinator, Name: "c1"}, nil)
 
-	free := func() int {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		return l.Addr().(*net.TCPAddr).Port
-	}
 	cfg := embed.NewConfig()
 	cfg.Dir = filepath.Join(t.TempDir(), "etcd")
 	cfg.LogLevel = "error"
 	cfg.LogOutputs = []string{filepath.Join(t.TempDir(), "etcd.log")}
-	cu, _ := url.Parse(fmt.Sprintf("https://127.0.0.1:%d", free()))
-	pu, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", free()))
+	cu, _ := url.Parse(fmt.Sprintf("https://127.0.0.1:%d", ports.Port(t)))
+	pu, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", ports.Port(t)))
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)

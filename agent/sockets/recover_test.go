@@ -10,19 +10,10 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/fleetwave/fleetwave/internal/testkit/ports"
+
 	"golang.org/x/sys/unix"
 )
-
-// freeAddr returns a TCP address on 127.0.0.1 nobody listens on now.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
 
 // accept accepts one connection on s (through a File) and returns it.
 func acceptOne(t *testing.T, s *Socket) net.Conn {
@@ -50,7 +41,7 @@ func acceptOne(t *testing.T, s *Socket) net.Conn {
 // clients queued all along to the recovered socket.
 func TestRecoverFromRunningProcess(t *testing.T) {
 	dir := sockDir(t)
-	decls := []Decl{{Name: "http", Listen: freeAddr(t)}, {Name: "admin", Listen: "unix:" + filepath.Join(dir, "admin.sock")}}
+	decls := []Decl{{Name: "http", Listen: ports.Addr(t)}, {Name: "admin", Listen: "unix:" + filepath.Join(dir, "admin.sock")}}
 	socks := bind(t, decls...)
 	cmd := helperCmd(t, "hold")
 	out, err := cmd.StdoutPipe()
@@ -123,7 +114,7 @@ func TestRecoverFromRunningProcess(t *testing.T) {
 // Unix socket's stale file).
 func TestRecoverBindsAnewWhenNoProcessHolds(t *testing.T) {
 	dir := sockDir(t)
-	decls := []Decl{{Name: "http", Listen: freeAddr(t)}, {Name: "admin", Listen: "unix:" + filepath.Join(dir, "admin.sock")}}
+	decls := []Decl{{Name: "http", Listen: ports.Addr(t)}, {Name: "admin", Listen: "unix:" + filepath.Join(dir, "admin.sock")}}
 	socks := bind(t, decls...)
 	cmd := helperCmd(t, "hold")
 	out, err := cmd.StdoutPipe()
@@ -162,7 +153,7 @@ func TestRecoverBindsAnewWhenNoProcessHolds(t *testing.T) {
 // TestRecoverPartly: one socket is found in the process, the other (added to
 // the spec since, say) is bound anew.
 func TestRecoverPartly(t *testing.T) {
-	socks := bind(t, Decl{Name: "http", Listen: freeAddr(t)})
+	socks := bind(t, Decl{Name: "http", Listen: ports.Addr(t)})
 	cmd := helperCmd(t, "hold")
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -172,7 +163,7 @@ func TestRecoverPartly(t *testing.T) {
 	if line := readLine(t, bufio.NewReader(out)); line != "holding" {
 		t.Fatalf("child says %q", line)
 	}
-	ids := []Identity{socks[0].Identity(), {Name: "grpc", Listen: freeAddr(t), Inode: 1}}
+	ids := []Identity{socks[0].Identity(), {Name: "grpc", Listen: ports.Addr(t), Inode: 1}}
 	_ = CloseAll(socks)
 	got, err := Recover(ids, []int{p.cmd.Process.Pid})
 	if err != nil {

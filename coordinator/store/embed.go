@@ -1,11 +1,13 @@
 package store
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -34,48 +36,54 @@ func StartEmbedded(dir, clientURL string, log zerolog.Logger) (*Embedded, error)
 	cfg.QuotaBackendBytes = 4 << 30
 	cfg.AutoCompactionMode = "revision"
 	cfg.AutoCompactionRetention = "10000"
-	if clientURL == "" {
-		p, err := freePort()
-		if err != nil {
-			return nil, err
-		}
-		clientURL = fmt.Sprintf("http://127.0.0.1:%d", p)
-	}
-	cu, err := url.Parse(clientURL)
-	if err != nil {
-		return nil, fmt.Errorf("embedded etcd client url %q: %w", clientURL, err)
-	}
-	pp, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	pu, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", pp))
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
+	// A single member never talks to peers: its peer listener takes a port
+	// as it binds (port 0). The client URL is also what the member
+	// advertises (cluster status reads it back), so it needs a real port:
+	// one that was free a moment ago, tried again with another when
+	// somebody took it in between.
+	pu, _ := url.Parse("http://127.0.0.1:0")
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("start embedded etcd in %s: %w", cfg.Dir, err)
+	const attempts = 5
+	for attempt := 1; ; attempt++ {
+		u := clientURL
+		if u == "" {
+			p, err := pickPort()
+			if err != nil {
+				return nil, err
+			}
+			u = fmt.Sprintf("http://127.0.0.1:%d", p)
+		}
+		cu, err := url.Parse(u)
+		if err != nil {
+			return nil, fmt.Errorf("embedded etcd client url %q: %w", u, err)
+		}
+		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
+		e, err := embed.StartEtcd(cfg)
+		if err != nil {
+			if clientURL == "" && attempt < attempts && errors.Is(err, syscall.EADDRINUSE) {
+				log.Warn().Err(err).Int("attempt", attempt).Msg("embedded etcd client port taken; trying another")
+				continue
+			}
+			return nil, fmt.Errorf("start embedded etcd in %s: %w", cfg.Dir, err)
+		}
+		select {
+		case <-e.Server.ReadyNotify():
+		case err := <-e.Err():
+			e.Close()
+			return nil, fmt.Errorf("embedded etcd in %s: %w", cfg.Dir, err)
+		case <-time.After(60 * time.Second):
+			e.Server.Stop()
+			e.Close()
+			return nil, fmt.Errorf("embedded etcd in %s: not ready after 60s", cfg.Dir)
+		}
+		log.Info().Str("endpoint", cu.String()).Str("path", cfg.Dir).Msg("embedded etcd ready")
+		return &Embedded{e: e, Endpoints: []string{cu.String()}}, nil
 	}
-	select {
-	case <-e.Server.ReadyNotify():
-	case err := <-e.Err():
-		e.Close()
-		return nil, fmt.Errorf("embedded etcd in %s: %w", cfg.Dir, err)
-	case <-time.After(60 * time.Second):
-		e.Server.Stop()
-		e.Close()
-		return nil, fmt.Errorf("embedded etcd in %s: not ready after 60s", cfg.Dir)
-	}
-	log.Info().Str("endpoint", cu.String()).Str("path", cfg.Dir).Msg("embedded etcd ready")
-	return &Embedded{e: e, Endpoints: []string{cu.String()}}, nil
 }
 
-// Err delivers fatal server errors.
-func (e *Embedded) Err() <-chan error { return e.e.Err() }
-
-// Close stops the server.
-func (e *Embedded) Close() { e.e.Close() }
+// pickPort chooses the embedded etcd's client port (a variable for tests).
+var pickPort = freePort
 
 func freePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -85,3 +93,9 @@ func freePort() (int, error) {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
+
+// Err delivers fatal server errors.
+func (e *Embedded) Err() <-chan error { return e.e.Err() }
+
+// Close stops the server.
+func (e *Embedded) Close() { e.e.Close() }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/fleetwave/fleetwave/internal/testkit/ports"
 
 	"github.com/rs/zerolog"
 
@@ -352,29 +353,9 @@ func TestOtherLabelDoesNotJoin(t *testing.T) {
 	}
 }
 
-// freePort returns a port that was free for TCP and UDP on 127.0.0.1.
-func freePort(t *testing.T) string {
-	t.Helper()
-	for range 20 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := l.Addr().String()
-		u, err := net.ListenPacket("udp", addr)
-		l.Close()
-		if err == nil {
-			u.Close()
-			return addr
-		}
-	}
-	t.Fatal("no free port")
-	return ""
-}
-
 func TestSeedStartingLaterIsJoined(t *testing.T) {
 	key := writeKeyFile(t)
-	seedAddr := freePort(t)
+	seedAddr := ports.Addr(t)
 	b := start(t, testConfig("host-b", key, seedAddr))
 	testkit.EventuallyErr(t, 20*time.Second, "first failed join", func() error {
 		if b.logs.Count("gossip join failed") == 0 {

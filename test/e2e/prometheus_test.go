@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetwave/fleetwave/internal/testkit/ports"
+
 	"github.com/fleetwave/fleetwave/agent/analysis/fetch"
 	"github.com/fleetwave/fleetwave/internal/testkit/testfleet"
 )
@@ -32,7 +34,7 @@ func TestPromQLAgainstRealPrometheus(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	port, err := testfleet.FreePort()
+	port, err := ports.Take()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetwave/fleetwave/internal/testkit/ports"
+
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
@@ -89,7 +91,7 @@ func (e *trustEnv) op() v1.OperatorServiceClient {
 
 func (e *trustEnv) startAgent(id string, extra ...string) *testfleet.Proc {
 	e.t.Helper()
-	port, err := testfleet.FreePort()
+	port, err := ports.Take()
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -147,7 +149,7 @@ func newTrustEnv(t *testing.T) *trustEnv {
 	}
 	e.pub, e.key = filepath.Join(dir, "release.pub"), filepath.Join(dir, "release.key")
 
-	port, err := testfleet.FreePort()
+	port, err := ports.Take()
 	if err != nil {
 		t.Fatal(err)
 	}

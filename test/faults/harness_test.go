@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/fleetwave/fleetwave/internal/testkit/ports"
 
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -207,7 +207,7 @@ func newHarness(t *testing.T, o options) *harness {
 	}
 
 	for i := range nCoords {
-		port, gport := freePort(t), freePort(t)
+		port, gport := ports.Port(t), ports.Port(t)
 		h.coords = append(h.coords, &coord{
 			name:       fmt.Sprintf("c%d", i+1),
 			addr:       fmt.Sprintf("127.0.0.1:%d", port),
@@ -314,10 +314,10 @@ func (h *harness) startAgent(i int, hostSide string) {
 		coords = append(coords, addr)
 	}
 	gossipBind := hostSide
-	x.listen = fmt.Sprintf("127.0.0.1:%d", freePort(h.t))
+	x.listen = fmt.Sprintf("127.0.0.1:%d", ports.Port(h.t))
 	if isolated && h.ns != nil {
 		gossipBind = h.ns.Addr()
-		x.listen = fmt.Sprintf("%s:%d", h.ns.Addr(), freePort(h.t))
+		x.listen = fmt.Sprintf("%s:%d", h.ns.Addr(), ports.Port(h.t))
 	}
 	if isolated && h.ns == nil {
 		h.link, h.linkKind = links, fmt.Sprintf("%d TCP proxies", len(links))
@@ -331,7 +331,7 @@ func (h *harness) startAgent(i int, hostSide string) {
 		"--host-id", id,
 		"--labels", fmt.Sprintf("zone=%s,role=web,listen=%s", x.zone, x.listen),
 		"--data-dir", x.dataDir,
-		"--gossip-listen", fmt.Sprintf("%s:%d", gossipBind, freePort(h.t)),
+		"--gossip-listen", fmt.Sprintf("%s:%d", gossipBind, ports.Port(h.t)),
 		"--gossip-join", strings.Join(join, ","),
 		"--gossip-key-file", h.keyFile, "--gossip-label", gossipTag, "--insecure",
 	}
@@ -401,46 +401,6 @@ func (h *harness) dumpLogs() {
 		}
 		h.t.Logf("==== %s service %s log tail ====\n%s", x.id, service, b)
 	}
-}
-
-// Ports handed out by freePort: below Linux's ephemeral range (32768 and
-// up), so no outgoing connection of any process takes one between the
-// check and the child's bind, and never the same one twice in a process.
-const portLow, portHigh = 20000, 32000
-
-var ports struct {
-	mu   sync.Mutex
-	used map[int]bool
-}
-
-// freePort returns a port that is free for TCP and UDP on every address.
-func freePort(t testing.TB) int {
-	t.Helper()
-	ports.mu.Lock()
-	defer ports.mu.Unlock()
-	if ports.used == nil {
-		ports.used = map[int]bool{}
-	}
-	for range 1000 {
-		p := portLow + rand.IntN(portHigh-portLow)
-		if ports.used[p] {
-			continue
-		}
-		l, err := net.Listen("tcp", fmt.Sprintf(":%d", p))
-		if err != nil {
-			continue
-		}
-		u, err := net.ListenPacket("udp", fmt.Sprintf(":%d", p))
-		l.Close()
-		if err != nil {
-			continue
-		}
-		u.Close()
-		ports.used[p] = true
-		return p
-	}
-	t.Fatalf("no free port in [%d,%d)", portLow, portHigh)
-	return 0
 }
 
 func or(s, def string) string {

@@ -16,7 +16,7 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 
 	"github.com/fleetwave/fleetwave/coordinator"
-	"github.com/fleetwave/fleetwave/internal/testkit/testfleet"
+	"github.com/fleetwave/fleetwave/internal/testkit/ports"
 )
 
 // TestProfileInProcess runs a coordinator and a simulated fleet in this
@@ -137,16 +137,8 @@ func startEtcd(t *testing.T) string {
 	cfg.LogOutputs = []string{filepath.Join(cfg.Dir + ".log")}
 	cfg.MaxTxnOps = 1 << 20
 	cfg.MaxRequestBytes = 16 << 20
-	ports := make([]int, 2)
-	for i := range ports {
-		p, err := testfleet.FreePort()
-		if err != nil {
-			t.Fatal(err)
-		}
-		ports[i] = p
-	}
-	cu, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", ports[0]))
-	pu, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", ports[1]))
+	cu, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", ports.Port(t)))
+	pu, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", ports.Port(t)))
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)

@@ -2,12 +2,13 @@ package testcluster
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/fleetwave/fleetwave/internal/testkit/ports"
 )
 
 // proc is one child process with its output appended to a file.
@@ -82,25 +83,18 @@ func (p *proc) stop(grace time.Duration) error {
 	}
 }
 
-// freePorts returns n distinct loopback ports that were free a moment ago
-// (all are held open until every one is chosen).
+// freePorts returns n distinct ports reserved for this process (see
+// internal/testkit/ports).
 func freePorts(n int) ([]int, error) {
-	ls := make([]net.Listener, 0, n)
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	ports := make([]int, 0, n)
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	ps := make([]int, n)
+	for i := range ps {
+		p, err := ports.Take()
 		if err != nil {
-			return nil, fmt.Errorf("free port: %w", err)
+			return nil, err
 		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		ps[i] = p
 	}
-	return ports, nil
+	return ps, nil
 }
 
 // tailFile returns the last n bytes of a file ("" when it cannot be read).

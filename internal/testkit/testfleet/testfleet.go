@@ -11,7 +11,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +20,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/fleetwave/fleetwave/internal/testkit/ports"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -80,16 +81,6 @@ func Build(ctx context.Context, dir string) (*Binaries, error) {
 		return nil, fmt.Errorf("go build: %w\n%s", err, out)
 	}
 	return b, nil
-}
-
-// FreePort returns a loopback port that was free a moment ago.
-func FreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // Proc is one running process with its output in a log file.
@@ -405,11 +396,11 @@ func NewFleet(ctx context.Context, bin *Binaries, dir string) (*Fleet, error) {
 
 // NewFleetWith starts a coordinator with embedded etcd in dir.
 func NewFleetWith(ctx context.Context, bin *Binaries, dir string, opts Options) (*Fleet, error) {
-	port, err := FreePort()
+	port, err := ports.Take()
 	if err != nil {
 		return nil, err
 	}
-	mport, err := FreePort()
+	mport, err := ports.Take()
 	if err != nil {
 		return nil, err
 	}
@@ -487,11 +478,11 @@ func (f *Fleet) Hosts(ctx context.Context) ([]*v1.Host, error) {
 // AddAgent starts an agent with labels zone=<zone>, role=web and a free
 // port label for its service.
 func (f *Fleet) AddAgent(id, zone string) (*Agent, error) {
-	port, err := FreePort()
+	port, err := ports.Take()
 	if err != nil {
 		return nil, err
 	}
-	mport, err := FreePort()
+	mport, err := ports.Take()
 	if err != nil {
 		return nil, err
 	}
@@ -610,7 +601,7 @@ func StartPrometheus(ctx context.Context, dir string, targets []string) (*Proc, 
 	if err != nil {
 		return nil, "", err
 	}
-	port, err := FreePort()
+	port, err := ports.Take()
 	if err != nil {
 		return nil, "", err
 	}
