@@ -23,4 +23,3 @@ func httpGet(ctx context.Context, url string) (string, int, error) {
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	return string(b), resp.StatusCode, err
 }
-
