@@ -29,13 +29,14 @@ func TestParseStat(t *testing.T) {
 			t.Fatalf("parseStat(%q) succeeded", bad)
 		}
 	}
-	// The real file of this process parses, and its start time is stable.
+	// The real file of this process parses, and its start time is stable
+	// (its state is not: running or sleeping, as the scheduler has it).
 	a, err := readProcStat(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
 	b, _ := readProcStat(os.Getpid())
-	if a.StartTime == 0 || a != b || a.PGrp != syscall.Getpgrp() {
+	if a.StartTime == 0 || a.StartTime != b.StartTime || a.PGrp != b.PGrp || a.PGrp != syscall.Getpgrp() {
 		t.Fatalf("own stat %+v / %+v", a, b)
 	}
 }
