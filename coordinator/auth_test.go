@@ -92,12 +92,12 @@ func startTLSCoordinator(t *testing.T) *tlsFleet {
 	if err != nil {
 		t.Fatal(err)
 	}
-	emb, err := store.StartEmbedded(t.TempDir(), "", zerolog.Nop())
+	emb, err := store.StartEmbedded(t.TempDir(), zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(emb.Close)
-	addr := runTestCoordinator(t, Config{Listen: "127.0.0.1:0", Name: "c1", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, LeaseTTL: 2 * time.Second,
+	addr := runTestCoordinator(t, Config{Listen: "127.0.0.1:0", Name: "c1", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, EtcdTLS: emb.ClientTLS, LeaseTTL: 2 * time.Second,
 		TLSCert: filepath.Join(dir, "coordinator-c1.pem"), TLSKey: filepath.Join(dir, "coordinator-c1-key.pem"),
 		TLSCA: filepath.Join(dir, "ca.pem"), TLSCAKey: filepath.Join(dir, "ca-key.pem"), AgentCertTTL: time.Hour})
 	return &tlsFleet{dir: dir, addr: addr}

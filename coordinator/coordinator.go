@@ -72,6 +72,10 @@ type Config struct {
 	// EtcdCert, EtcdKey and EtcdCA configure TLS to an external etcd (client
 	// certificate optional).
 	EtcdCert, EtcdKey, EtcdCA string
+	// EtcdTLS, if set, is the TLS configuration for EtcdEndpoints, in place
+	// of the three files (for programs and tests that start the etcd
+	// themselves, e.g. with store.StartEmbedded).
+	EtcdTLS *tls.Config
 	// KeepRolloutEvents is how many of a service's newest rollouts keep their
 	// recorded events (default 100; the rollout records themselves, which
 	// the DORA figures use, are kept). AuditRetention is how long audit
@@ -225,12 +229,12 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 
 	endpoints := cfg.EtcdEndpoints
 	if len(endpoints) == 0 {
-		emb, err := store.StartEmbedded(filepath.Join(cfg.DataDir, "etcd"), "", log)
+		emb, err := store.StartEmbedded(filepath.Join(cfg.DataDir, "etcd"), log)
 		if err != nil {
 			return err
 		}
 		defer emb.Close()
-		endpoints = emb.Endpoints
+		endpoints, cfg.EtcdTLS = emb.Endpoints, emb.ClientTLS
 		go func() {
 			select {
 			case err := <-emb.Err():
@@ -240,8 +244,8 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 			}
 		}()
 	}
-	var etcdTLS *tls.Config
-	if cfg.EtcdCA != "" || cfg.EtcdCert != "" {
+	etcdTLS := cfg.EtcdTLS
+	if etcdTLS == nil && (cfg.EtcdCA != "" || cfg.EtcdCert != "") {
 		var err error
 		if etcdTLS, err = etcdTLSConfig(cfg); err != nil {
 			return err

@@ -31,13 +31,13 @@ import (
 // a free port; it returns the gRPC connection and the /metrics URL.
 func startCoordinatorWithMetrics(t *testing.T) (*grpc.ClientConn, string) {
 	t.Helper()
-	emb, err := store.StartEmbedded(t.TempDir(), "", zerolog.Nop())
+	emb, err := store.StartEmbedded(t.TempDir(), zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(emb.Close)
 	metricsc := make(chan string, 1)
-	addr := runTestCoordinator(t, Config{Insecure: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, LeaseTTL: 2 * time.Second,
+	addr := runTestCoordinator(t, Config{Insecure: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, EtcdTLS: emb.ClientTLS, LeaseTTL: 2 * time.Second,
 		MetricsListen: "127.0.0.1:0", MetricsReady: func(a string) { metricsc <- a }})
 	maddr := <-metricsc // sent before the gRPC address
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))

@@ -20,12 +20,12 @@ import (
 // startStore starts a real embedded etcd in a temp dir.
 func startStore(t *testing.T) *Store {
 	t.Helper()
-	emb, err := StartEmbedded(t.TempDir(), "", zerolog.Nop())
+	emb, err := StartEmbedded(t.TempDir(), zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(emb.Close)
-	c, err := Dial(emb.Endpoints)
+	c, err := emb.Dial()
 	if err != nil {
 		t.Fatal(err)
 	}
