@@ -56,12 +56,13 @@ func principalFrom(ctx context.Context) (principal, bool) {
 type access int
 
 const (
-	accessAnyone   access = iota // health, WhoAmI, Join (checks its token itself)
-	accessViewer                 // operator reads
-	accessDeployer               // releases and rollout decisions
-	accessAdmin                  // specs, unfreeze, tokens, audit
-	accessAgent                  // an agent (its own stream, its own certificate)
-	accessArtifact               // artifact download: agents, coordinators, viewers
+	accessAnyone        access = iota // health, WhoAmI, Join (checks its token itself)
+	accessViewer                      // operator reads
+	accessDeployer                    // releases and rollout decisions
+	accessAdmin                       // specs, unfreeze, tokens, audit
+	accessAgent                       // an agent (its own stream, its own certificate)
+	accessArtifact                    // artifact download: agents, coordinators, viewers
+	accessAuthenticated               // any caller with a certificate or a token
 )
 
 var roleRank = map[string]int{tlsutil.RoleViewer: 1, tlsutil.RoleDeployer: 2, tlsutil.RoleAdmin: 3}
@@ -104,8 +105,9 @@ var methodAccess = map[string]access{
 	artSvc + "Upload":              accessDeployer,
 	artSvc + "Download":            accessArtifact,
 	"/grpc.health.v1.Health/Check": accessAnyone,
-	"/grpc.health.v1.Health/Watch": accessAnyone,
-	"/grpc.health.v1.Health/List":  accessAnyone,
+	// A watch holds a stream: not for callers without credentials.
+	"/grpc.health.v1.Health/Watch":                                   accessAuthenticated,
+	"/grpc.health.v1.Health/List":                                    accessAnyone,
 	"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo":      accessViewer,
 	"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": accessViewer,
 }
@@ -206,6 +208,10 @@ func authorize(p principal, method string) error {
 			return nil
 		}
 		return status.Errorf(codes.PermissionDenied, "%s: only agents (with a host certificate) may call it; caller is %s", name, p.ident)
+	case accessAuthenticated:
+		if p.kind != "anonymous" {
+			return nil
+		}
 	case accessArtifact:
 		if p.kind == tlsutil.KindAgent || p.kind == tlsutil.KindCoordinator || roleRank[p.role] >= roleRank[tlsutil.RoleViewer] {
 			return nil
@@ -321,6 +327,7 @@ func auditTarget(req any) string {
 // unaryAuth authenticates and authorises every unary call, and audits the
 // mutating ones.
 func (c *Coordinator) unaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	defer releaseCallSlot(ctx)
 	p, err := c.authenticate(ctx, info.FullMethod)
 	if err == nil {
 		err = authorize(p, info.FullMethod)
@@ -345,6 +352,7 @@ func (s *authStream) Context() context.Context { return s.ctx }
 // streamAuth does the same for streams (the artifact upload is audited).
 func (c *Coordinator) streamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	ctx := ss.Context()
+	defer releaseCallSlot(ctx)
 	p, err := c.authenticate(ctx, info.FullMethod)
 	if err == nil {
 		err = authorize(p, info.FullMethod)
@@ -354,7 +362,13 @@ func (c *Coordinator) streamAuth(srv any, ss grpc.ServerStream, info *grpc.Strea
 		c.audit(ctx, p, info.FullMethod, "", err)
 		return err
 	}
-	err = handler(srv, &authStream{ServerStream: ss, ctx: withPrincipal(ctx, p)})
+	release, err := c.limits.openStream(p, info.FullMethod)
+	if err != nil {
+		return err
+	}
+	defer release()
+	ls := &limitedStream{ServerStream: ss, l: c.limits, method: info.FullMethod, p: p}
+	err = handler(srv, &authStream{ServerStream: ls, ctx: withPrincipal(ctx, p)})
 	c.audit(ctx, p, info.FullMethod, "", err)
 	return err
 }

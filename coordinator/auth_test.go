@@ -79,9 +79,19 @@ func TestAuthorizeTable(t *testing.T) {
 // tlsFleet is a coordinator with TLS on, and the certificates of tls init.
 type tlsFleet struct {
 	dir, addr string
+	// metrics is the /metrics URL; emb the coordinator's etcd.
+	metrics string
+	emb     *store.Embedded
 }
 
 func startTLSCoordinator(t *testing.T) *tlsFleet {
+	t.Helper()
+	return startTLSCoordinatorWith(t, nil)
+}
+
+// startTLSCoordinatorWith is startTLSCoordinator with changes to the
+// config (limits, say) and metrics served.
+func startTLSCoordinatorWith(t *testing.T, mod func(*Config)) *tlsFleet {
 	t.Helper()
 	dir := t.TempDir()
 	err := tlsutil.Init(dir, tlsutil.InitOptions{
@@ -97,10 +107,16 @@ func startTLSCoordinator(t *testing.T) *tlsFleet {
 		t.Fatal(err)
 	}
 	t.Cleanup(emb.Close)
-	addr := runTestCoordinator(t, Config{Listen: "127.0.0.1:0", Name: "c1", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, EtcdTLS: emb.ClientTLS, LeaseTTL: 2 * time.Second,
+	metricsc := make(chan string, 1)
+	cfg := Config{Listen: "127.0.0.1:0", Name: "c1", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, EtcdTLS: emb.ClientTLS, LeaseTTL: 2 * time.Second,
 		TLSCert: filepath.Join(dir, "coordinator-c1.pem"), TLSKey: filepath.Join(dir, "coordinator-c1-key.pem"),
-		TLSCA: filepath.Join(dir, "ca.pem"), TLSCAKey: filepath.Join(dir, "ca-key.pem"), AgentCertTTL: time.Hour})
-	return &tlsFleet{dir: dir, addr: addr}
+		TLSCA: filepath.Join(dir, "ca.pem"), TLSCAKey: filepath.Join(dir, "ca-key.pem"), AgentCertTTL: time.Hour,
+		MetricsListen: "127.0.0.1:0", MetricsReady: func(a string) { metricsc <- a }}
+	if mod != nil {
+		mod(&cfg)
+	}
+	addr := runTestCoordinator(t, cfg)
+	return &tlsFleet{dir: dir, addr: addr, metrics: "http://" + <-metricsc + "/metrics", emb: emb}
 }
 
 // dial connects with the named certificate from tls init ("" = none) and

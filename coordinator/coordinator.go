@@ -99,6 +99,9 @@ type Config struct {
 	MetricsListen string
 	// MetricsReady, if set, receives the bound metrics address.
 	MetricsReady func(addr string)
+	// Limits cap connections and streams on the gRPC listener (limits.go;
+	// zero fields take DefaultLimits).
+	Limits Limits
 }
 
 // Validate checks the config; errors name the field.
@@ -155,10 +158,12 @@ func (c *Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.MetricsListen); c.MetricsListen != "" && err != nil {
 		errs = append(errs, fmt.Errorf("metrics-listen: %q: %w", c.MetricsListen, err))
 	}
+	errs = append(errs, c.Limits.validate()...)
 	return errors.Join(errs...)
 }
 
 func (c *Config) defaults() {
+	c.Limits.defaults()
 	if c.MaxArtifactBytes == 0 {
 		c.MaxArtifactBytes = 1 << 30
 	}
@@ -197,6 +202,8 @@ type Coordinator struct {
 	insecure bool
 	// anonAudit rate-limits audit entries of refused unauthenticated calls.
 	anonAudit *bucket
+	// limits enforces Config.Limits (limits.go).
+	limits *limiter
 	// ca signs agent certificates (nil: no --tls-ca-key).
 	ca *tlsutil.CA
 	// peerCreds are the transport credentials for calls to other
@@ -267,7 +274,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		return err
 	}
 	c := &Coordinator{cfg: cfg, log: log, store: store.New(cli), arts: arts, cli: cli, start: time.Now(), sessCh: make(chan struct{}), insecure: cfg.Insecure,
-		anonAudit: &bucket{rate: 5, burst: 50}}
+		anonAudit: &bucket{rate: 5, burst: 50}, limits: newLimiter(cfg.Limits, log)}
 	var serverCreds credentials.TransportCredentials
 	if cfg.Insecure {
 		log.Warn().Msg("INSECURE: plain-text gRPC, every caller is trusted as admin; use --tls-cert/--tls-key/--tls-ca in production")
@@ -346,15 +353,15 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		c.gossip = g
 		wg.Go(func() { c.gossipWake(ctx, g) })
 	}
-	srv := grpc.NewServer(
-		grpc.Creds(serverCreds),
+	srv := grpc.NewServer(append(c.limits.serverOptions(),
+		grpc.Creds(limitedCreds{TransportCredentials: serverCreds, l: c.limits}),
 		grpc.ChainUnaryInterceptor(c.unaryAuth, c.metrics.countForwarded(c.fwd.unary)),
 		grpc.ChainStreamInterceptor(c.streamAuth),
 		grpc.MaxRecvMsgSize(4<<20),
 		grpc.MaxSendMsgSize(64<<20),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 2 * time.Second, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 15 * time.Second, Timeout: 10 * time.Second}),
-	)
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 15 * time.Second, Timeout: 10 * time.Second, MaxConnectionIdle: cfg.Limits.MaxConnectionIdle}),
+	)...)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv)

@@ -79,6 +79,13 @@ func TestConfigValidateNamesFields(t *testing.T) {
 	if err := (&Config{Insecure: true, Listen: "127.0.0.1:7070", DataDir: "d"}).Validate(); err != nil {
 		t.Errorf("valid config rejected: %v", err)
 	}
+	err = (&Config{Insecure: true, Listen: "127.0.0.1:7070", DataDir: "d", Limits: Limits{MaxConnections: 10, MaxConnectionsWithoutCert: 11,
+		MaxStreamsPerCaller: -1, StreamSendTimeout: -time.Second}}).Validate()
+	for _, want := range []string{"max-connections-without-cert: 11 is over max-connections 10", "max-streams-per-caller: -1 is negative", "stream-send-timeout: -1s is negative"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate error %v does not say %s", err, want)
+		}
+	}
 }
 
 func TestHealthAndReflection(t *testing.T) {

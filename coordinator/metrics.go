@@ -254,6 +254,7 @@ func (h *hostsCollector) Collect(ch chan<- prometheus.Metric) {
 // the server.
 func (c *Coordinator) startMetrics() (stop func(), err error) {
 	m := c.metrics
+	m.reg.MustRegister(c.limits.collectors()...)
 	m.reg.MustRegister(
 		&hostsCollector{c: c, desc: prometheus.NewDesc("fleetwave_coordinator_hosts",
 			"Hosts by service, the version they run (none: nothing yet) and the phase they last reported (unknown: stream down), from etcd; the same on every coordinator.",
