@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -17,7 +16,6 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fleetwave/fleetwave/internal/tlsutil"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
@@ -112,7 +110,7 @@ var methodAccess = map[string]access{
 	"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": accessViewer,
 }
 
-// readOnly methods are not audited.
+// readOnly methods are audited only when refused.
 func readOnly(method string) bool {
 	switch methodAccess[method] {
 	case accessViewer, accessArtifact:
@@ -267,36 +265,6 @@ func (b *bucket) allow(now time.Time) bool {
 	}
 	b.tokens--
 	return true
-}
-
-// auditSeq orders audit entries written in the same nanosecond.
-var auditSeq atomic.Int64
-
-// audit records a mutating call. A call forwarded to the leader is
-// recorded by both: the coordinator the caller reached, and the leader
-// (naming the coordinator it came through). Refused calls from callers
-// without credentials are rate-limited (they cost an attacker nothing), and
-// every field is bounded.
-func (c *Coordinator) audit(ctx context.Context, p principal, method, target string, err error) {
-	if readOnly(method) {
-		return
-	}
-	if p.kind == "anonymous" && err != nil && !c.anonAudit.allow(time.Now()) {
-		c.log.Warn().Str("method", method).Str("actor", p.ident).Err(err).Msg("refused call not audited (rate limit for unauthenticated callers)")
-		return
-	}
-	from := ""
-	if pr, ok := peer.FromContext(ctx); ok {
-		from = pr.Addr.String()
-	}
-	st, _ := status.FromError(err)
-	e := &v1.AuditEntry{At: timestamppb.Now(), Actor: clip(p.ident, 256), Role: clip(p.role, 32), Method: clip(method, 128), Target: clip(target, 256),
-		Peer: from, Result: st.Code().String(), Message: clip(st.Message(), 512), Coordinator: c.cfg.Name}
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	if werr := c.store.PutAudit(actx, e, int(auditSeq.Add(1)%1000000)); werr != nil {
-		c.log.Error().Err(werr).Str("method", method).Str("actor", p.ident).Msg("audit entry not written")
-	}
 }
 
 // auditTarget names what a request acts on, for the audit log.

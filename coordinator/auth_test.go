@@ -354,12 +354,20 @@ func TestTLSRolesTokensJoinAudit(t *testing.T) {
 		"anonymous Join host h9 OK",
 		"anonymous Join host h9 Unauthenticated",
 		"agent:h9 Renew  OK",
+		// Refusals of calls that do not change anything, too.
+		"token:invalid WhoAmI  Unauthenticated",
+		"agent:h1 Connect  PermissionDenied",
+		"agent:h1 ListHosts  PermissionDenied",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("audit log lacks %q:\n%s", want, got)
 		}
 	}
-	if strings.Contains(got, "ListServices") || strings.Contains(got, "WhoAmI") {
+	// Reads are audited only when refused.
+	if !strings.Contains(got, "anonymous ListServices  Unauthenticated") {
+		t.Errorf("the refused read is not audited:\n%s", got)
+	}
+	if strings.Contains(got, "ListServices  OK") || strings.Contains(got, "WhoAmI  OK") {
 		t.Errorf("reads audited:\n%s", got)
 	}
 }

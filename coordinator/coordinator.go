@@ -82,6 +82,22 @@ type Config struct {
 	// entries are kept (default 90 days).
 	KeepRolloutEvents int
 	AuditRetention    time.Duration
+	// AuditMaxEntries is how many audit entries are kept at most, the
+	// newest (default 100,000): whatever callers do, the audit log cannot
+	// fill etcd.
+	AuditMaxEntries int64
+	// AuditFailureInterval: failed and refused calls are audited once per
+	// caller, method and result in each such interval, then as one entry
+	// with their count (default 1m).
+	AuditFailureInterval time.Duration
+	// auditPruneEvery is how often the leader prunes the audit log
+	// (default 1m; tests shorten it).
+	auditPruneEvery time.Duration
+	// EtcdQuotaBytes is the etcd backend quota reported next to the
+	// database size in the metrics (default: the embedded etcd's 4 GiB, or
+	// etcd's default 2 GiB for an external etcd; set it to your etcd's
+	// --quota-backend-bytes).
+	EtcdQuotaBytes int64
 	// EtcdTimeout bounds how long the coordinator waits for etcd at start
 	// (default 30s): it fails with a clear error rather than hang.
 	EtcdTimeout time.Duration
@@ -137,6 +153,15 @@ func (c *Config) Validate() error {
 	if c.KeepRolloutEvents < 0 {
 		errs = append(errs, fmt.Errorf("keep-rollout-events: %d is negative", c.KeepRolloutEvents))
 	}
+	if c.AuditMaxEntries < 0 || (c.AuditMaxEntries > 0 && c.AuditMaxEntries < 100) {
+		errs = append(errs, fmt.Errorf("audit-max-entries: %d: want at least 100", c.AuditMaxEntries))
+	}
+	if c.AuditFailureInterval < 0 || (c.AuditFailureInterval > 0 && c.AuditFailureInterval < 100*time.Millisecond) {
+		errs = append(errs, fmt.Errorf("audit-failure-interval: %s: want at least 100ms", c.AuditFailureInterval))
+	}
+	if c.EtcdQuotaBytes < 0 {
+		errs = append(errs, fmt.Errorf("etcd-quota-bytes: %d is negative", c.EtcdQuotaBytes))
+	}
 	if c.AuditRetention < 0 || (c.AuditRetention > 0 && c.AuditRetention < time.Hour) {
 		errs = append(errs, fmt.Errorf("audit-retention: %s: want at least 1h", c.AuditRetention))
 	}
@@ -182,6 +207,21 @@ func (c *Config) defaults() {
 	if c.AuditRetention == 0 {
 		c.AuditRetention = 90 * 24 * time.Hour
 	}
+	if c.AuditMaxEntries == 0 {
+		c.AuditMaxEntries = 100_000
+	}
+	if c.AuditFailureInterval == 0 {
+		c.AuditFailureInterval = time.Minute
+	}
+	if c.auditPruneEvery == 0 {
+		c.auditPruneEvery = time.Minute
+	}
+	if c.EtcdQuotaBytes == 0 {
+		c.EtcdQuotaBytes = 2 << 30
+		if len(c.EtcdEndpoints) == 0 {
+			c.EtcdQuotaBytes = store.EmbeddedQuotaBytes
+		}
+	}
 }
 
 // Coordinator is one running control-plane process.
@@ -200,8 +240,8 @@ type Coordinator struct {
 	flights flights
 	// insecure: plain text, every caller trusted (Config.Insecure).
 	insecure bool
-	// anonAudit rate-limits audit entries of refused unauthenticated calls.
-	anonAudit *bucket
+	// failures coalesces audit entries of failed and refused calls (audit.go).
+	failures *failureLog
 	// limits enforces Config.Limits (limits.go).
 	limits *limiter
 	// ca signs agent certificates (nil: no --tls-ca-key).
@@ -274,7 +314,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		return err
 	}
 	c := &Coordinator{cfg: cfg, log: log, store: store.New(cli), arts: arts, cli: cli, start: time.Now(), sessCh: make(chan struct{}), insecure: cfg.Insecure,
-		anonAudit: &bucket{rate: 5, burst: 50}, limits: newLimiter(cfg.Limits, log)}
+		failures: newFailureLog(cfg.AuditFailureInterval, maxFailureKinds), limits: newLimiter(cfg.Limits, log)}
 	var serverCreds credentials.TransportCredentials
 	if cfg.Insecure {
 		log.Warn().Msg("INSECURE: plain-text gRPC, every caller is trusted as admin; use --tls-cert/--tls-key/--tls-ca in production")
@@ -378,6 +418,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	wg.Go(func() { c.leader.run(ctx) })
 	wg.Go(func() { c.sessionLoop(ctx) })
 	wg.Go(func() { c.replicateLoop(ctx) })
+	wg.Go(func() { c.auditFailuresLoop(ctx) })
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()

@@ -68,6 +68,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.DurationVar(&cfg.EtcdTimeout, "etcd-timeout", 30*time.Second, "how long to wait for etcd at start before failing")
 	fs.IntVar(&cfg.KeepRolloutEvents, "keep-rollout-events", 100, "keep the recorded events of each service's newest N rollouts")
 	fs.DurationVar(&cfg.AuditRetention, "audit-retention", 90*24*time.Hour, "how long audit entries are kept")
+	fs.Int64Var(&cfg.AuditMaxEntries, "audit-max-entries", 100_000, "how many audit entries are kept at most (the newest)")
+	fs.DurationVar(&cfg.AuditFailureInterval, "audit-failure-interval", time.Minute, "failed and refused calls are audited once per caller, method and result in each such interval, then as one entry with their count")
+	fs.Int64Var(&cfg.EtcdQuotaBytes, "etcd-quota-bytes", 0, "etcd's --quota-backend-bytes, reported beside its database size in the metrics (default: 4 GiB for the embedded etcd, etcd's default 2 GiB for an external one)")
 	d := coordinator.DefaultLimits
 	fs.IntVar(&cfg.Limits.MaxConnections, "max-connections", d.MaxConnections, "connections open at once on the gRPC listener; more are closed after the TLS handshake")
 	fs.IntVar(&cfg.Limits.MaxConnectionsWithoutCert, "max-connections-without-cert", d.MaxConnectionsWithoutCert, "of those, connections whose peer presents no client certificate (joins, health checks, token users)")
