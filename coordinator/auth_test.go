@@ -373,3 +373,46 @@ func TestTLSRolesTokensJoinAudit(t *testing.T) {
 }
 
 func methodNameOf(full string) string { return full[strings.LastIndex(full, "/")+1:] }
+
+// A release records who created it as the coordinator authenticated the
+// caller, whatever the request claims.
+func TestReleaseAuthorIsTheCaller(t *testing.T) {
+	f := startTLSCoordinator(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	admin := v1.NewOperatorServiceClient(f.dial(t, "operator-alice", ""))
+	spec := &v1.ServiceSpec{Name: "web", Selector: map[string]string{"role": "web"}, Run: &v1.RunSpec{Command: []string{"./app"}}}
+	if _, err := admin.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := admin.CreateToken(ctx, &v1.CreateTokenRequest{Name: "ci", Role: "deployer"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		op      v1.OperatorServiceClient
+		version string
+		want    string
+	}{
+		{admin, "v1", "operator:alice"},
+		{v1.NewOperatorServiceClient(f.dial(t, "", tr.GetSecret())), "v2", "token:ci"},
+	} {
+		resp, err := c.op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: c.version, CreatedBy: "operator:bob",
+			Artifact: &v1.Artifact{Url: "https://artifacts.example/web.tgz", Sha256: strings.Repeat("a", 64), Size: 1}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := resp.GetRelease().GetCreatedBy(); got != c.want {
+			t.Errorf("release %s created by %s claiming operator:bob: created_by %q, want %q", c.version, c.want, got, c.want)
+		}
+	}
+	list, err := admin.ListReleases(ctx, &v1.ListReleasesRequest{Service: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range list.GetReleases() {
+		if r.GetCreatedBy() == "operator:bob" {
+			t.Errorf("stored release %s names the claimed author", r.GetVersion())
+		}
+	}
+}

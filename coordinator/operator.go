@@ -111,14 +111,15 @@ func (o *operator) CreateRelease(ctx context.Context, req *v1.CreateReleaseReque
 		}
 	}
 	rel.CreatedAt = timestamppb.Now()
-	if rel.GetCreatedBy() == "" {
-		rel.CreatedBy = caller(ctx)
-	}
+	// Who created a release is who the coordinator authenticated, never
+	// what the request says (the CLI sends $USER@host: logged as claimed).
+	claimed := rel.GetCreatedBy()
+	rel.CreatedBy = caller(ctx)
 	rev, err := o.c.store.CreateRelease(ctx, rel)
 	if err != nil {
 		return nil, grpcErr(err)
 	}
-	o.c.log.Info().Str("service", rel.GetService()).Str("version", rel.GetVersion()).Str("sha256", rel.GetArtifact().GetSha256()).Str("by", rel.GetCreatedBy()).Msg("release created")
+	o.c.log.Info().Str("service", rel.GetService()).Str("version", rel.GetVersion()).Str("sha256", rel.GetArtifact().GetSha256()).Str("by", rel.GetCreatedBy()).Str("claimed_by", claimed).Msg("release created")
 	resp := &v1.CreateReleaseResponse{Release: rel}
 	// The leader decides from its mirror: let it see the release first. The
 	// release is stored either way, so from here on errors are only logged.
