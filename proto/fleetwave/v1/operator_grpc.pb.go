@@ -43,6 +43,7 @@ const (
 	OperatorService_ListAudit_FullMethodName       = "/fleetwave.v1.OperatorService/ListAudit"
 	OperatorService_WhoAmI_FullMethodName          = "/fleetwave.v1.OperatorService/WhoAmI"
 	OperatorService_RemoveHost_FullMethodName      = "/fleetwave.v1.OperatorService/RemoveHost"
+	OperatorService_DeleteService_FullMethodName   = "/fleetwave.v1.OperatorService/DeleteService"
 )
 
 // OperatorServiceClient is the client API for OperatorService service.
@@ -100,6 +101,11 @@ type OperatorServiceClient interface {
 	// reports. Refused while its agent is connected. New rollouts no longer
 	// plan it; a host that connects again is recorded anew.
 	RemoveHost(ctx context.Context, in *RemoveHostRequest, opts ...grpc.CallOption) (*RemoveHostResponse, error)
+	// DeleteService removes a service from its hosts in waves (admin): each
+	// host stops it and removes its files; then the service is deleted, its
+	// history kept. Refused while a rollout is in flight unless force (the
+	// rollout is then superseded).
+	DeleteService(ctx context.Context, in *DeleteServiceRequest, opts ...grpc.CallOption) (*DeleteServiceResponse, error)
 }
 
 type operatorServiceClient struct {
@@ -368,6 +374,16 @@ func (c *operatorServiceClient) RemoveHost(ctx context.Context, in *RemoveHostRe
 	return out, nil
 }
 
+func (c *operatorServiceClient) DeleteService(ctx context.Context, in *DeleteServiceRequest, opts ...grpc.CallOption) (*DeleteServiceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteServiceResponse)
+	err := c.cc.Invoke(ctx, OperatorService_DeleteService_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OperatorServiceServer is the server API for OperatorService service.
 // All implementations must embed UnimplementedOperatorServiceServer
 // for forward compatibility.
@@ -423,6 +439,11 @@ type OperatorServiceServer interface {
 	// reports. Refused while its agent is connected. New rollouts no longer
 	// plan it; a host that connects again is recorded anew.
 	RemoveHost(context.Context, *RemoveHostRequest) (*RemoveHostResponse, error)
+	// DeleteService removes a service from its hosts in waves (admin): each
+	// host stops it and removes its files; then the service is deleted, its
+	// history kept. Refused while a rollout is in flight unless force (the
+	// rollout is then superseded).
+	DeleteService(context.Context, *DeleteServiceRequest) (*DeleteServiceResponse, error)
 	mustEmbedUnimplementedOperatorServiceServer()
 }
 
@@ -504,6 +525,9 @@ func (UnimplementedOperatorServiceServer) WhoAmI(context.Context, *WhoAmIRequest
 }
 func (UnimplementedOperatorServiceServer) RemoveHost(context.Context, *RemoveHostRequest) (*RemoveHostResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RemoveHost not implemented")
+}
+func (UnimplementedOperatorServiceServer) DeleteService(context.Context, *DeleteServiceRequest) (*DeleteServiceResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteService not implemented")
 }
 func (UnimplementedOperatorServiceServer) mustEmbedUnimplementedOperatorServiceServer() {}
 func (UnimplementedOperatorServiceServer) testEmbeddedByValue()                         {}
@@ -944,6 +968,24 @@ func _OperatorService_RemoveHost_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _OperatorService_DeleteService_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteServiceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServiceServer).DeleteService(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OperatorService_DeleteService_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServiceServer).DeleteService(ctx, req.(*DeleteServiceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // OperatorService_ServiceDesc is the grpc.ServiceDesc for OperatorService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1038,6 +1080,10 @@ var OperatorService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RemoveHost",
 			Handler:    _OperatorService_RemoveHost_Handler,
+		},
+		{
+			MethodName: "DeleteService",
+			Handler:    _OperatorService_DeleteService_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

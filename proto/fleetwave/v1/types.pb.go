@@ -218,6 +218,11 @@ const (
 	Phase_PHASE_REVERTED Phase = 10
 	// the target could not be installed; the previous release never stopped
 	Phase_PHASE_FAILED Phase = 11
+	// told to remove the service: stopping it (drained as for any stop) and
+	// removing its files
+	Phase_PHASE_REMOVING Phase = 12
+	// stopped and its files removed: nothing of it runs or remains but its log
+	Phase_PHASE_REMOVED Phase = 13
 )
 
 // Enum value maps for Phase.
@@ -235,6 +240,8 @@ var (
 		9:  "PHASE_REVERTING",
 		10: "PHASE_REVERTED",
 		11: "PHASE_FAILED",
+		12: "PHASE_REMOVING",
+		13: "PHASE_REMOVED",
 	}
 	Phase_value = map[string]int32{
 		"PHASE_UNSPECIFIED": 0,
@@ -249,6 +256,8 @@ var (
 		"PHASE_REVERTING":   9,
 		"PHASE_REVERTED":    10,
 		"PHASE_FAILED":      11,
+		"PHASE_REMOVING":    12,
+		"PHASE_REMOVED":     13,
 	}
 )
 
@@ -1944,8 +1953,25 @@ type ServiceStatus struct {
 	LastRolloutId string `protobuf:"bytes,5,opt,name=last_rollout_id,json=lastRolloutId,proto3" json:"last_rollout_id,omitempty"`
 	RolloutSeq    int64  `protobuf:"varint,6,opt,name=rollout_seq,json=rolloutSeq,proto3" json:"rollout_seq,omitempty"`
 	// The spec the stable release runs with: the spec of the last rollout that
-	// succeeded. A spec applied later reaches hosts with the next rollout.
-	StableSpec    *ServiceSpec `protobuf:"bytes,7,opt,name=stable_spec,json=stableSpec,proto3" json:"stable_spec,omitempty"`
+	// succeeded, or a later spec that differs from it only in what the
+	// coordinator alone reads (rollout policy, alerts, selector). A spec that
+	// changes what runs on hosts reaches them with a rollout (a config
+	// rollout of the stable release when no release is waiting).
+	StableSpec *ServiceSpec `protobuf:"bytes,7,opt,name=stable_spec,json=stableSpec,proto3" json:"stable_spec,omitempty"`
+	// The revision of stable_spec (Service.spec_revision when it was applied;
+	// 0 for specs stored before revisions were numbered).
+	StableSpecRevision int64 `protobuf:"varint,8,opt,name=stable_spec_revision,json=stableSpecRevision,proto3" json:"stable_spec_revision,omitempty"`
+	// `fleetwave service delete` was asked: a removal rollout stops the
+	// service on its hosts and removes its files; releases, specs and new
+	// rollouts are refused meanwhile.
+	Removing bool `protobuf:"varint,9,opt,name=removing,proto3" json:"removing,omitempty"`
+	// Every host of the removal reported the service removed: the service is
+	// deleted. The record stays, with its rollouts, releases and events, as
+	// its history; `service apply` of the name creates it anew.
+	Removed   bool                   `protobuf:"varint,10,opt,name=removed,proto3" json:"removed,omitempty"`
+	RemovedAt *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=removed_at,json=removedAt,proto3" json:"removed_at,omitempty"`
+	// who asked for the delete
+	RemovedBy     string `protobuf:"bytes,12,opt,name=removed_by,json=removedBy,proto3" json:"removed_by,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2029,12 +2055,51 @@ func (x *ServiceStatus) GetStableSpec() *ServiceSpec {
 	return nil
 }
 
+func (x *ServiceStatus) GetStableSpecRevision() int64 {
+	if x != nil {
+		return x.StableSpecRevision
+	}
+	return 0
+}
+
+func (x *ServiceStatus) GetRemoving() bool {
+	if x != nil {
+		return x.Removing
+	}
+	return false
+}
+
+func (x *ServiceStatus) GetRemoved() bool {
+	if x != nil {
+		return x.Removed
+	}
+	return false
+}
+
+func (x *ServiceStatus) GetRemovedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RemovedAt
+	}
+	return nil
+}
+
+func (x *ServiceStatus) GetRemovedBy() string {
+	if x != nil {
+		return x.RemovedBy
+	}
+	return ""
+}
+
 // Service is a spec with its status, as stored and as listed.
 type Service struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Spec          *ServiceSpec           `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
-	Status        *ServiceStatus         `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
-	UpdatedAt     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Spec      *ServiceSpec           `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	Status    *ServiceStatus         `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+	UpdatedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	// The revision of spec: 1 for the first, one more for every apply that
+	// changes it (an apply of the same spec keeps it), never reused, also
+	// across a delete and re-creation of the service.
+	SpecRevision  int64 `protobuf:"varint,4,opt,name=spec_revision,json=specRevision,proto3" json:"spec_revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2088,6 +2153,13 @@ func (x *Service) GetUpdatedAt() *timestamppb.Timestamp {
 		return x.UpdatedAt
 	}
 	return nil
+}
+
+func (x *Service) GetSpecRevision() int64 {
+	if x != nil {
+		return x.SpecRevision
+	}
+	return 0
 }
 
 // HostProgress is one host's part in a rollout.
@@ -2334,8 +2406,23 @@ type Rollout struct {
 	// Failed rollouts: when the failure was detected, and when every host
 	// that moved ran a good release again (set by the leader as reports come
 	// in; unset until then).
-	FailedAt      *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=failed_at,json=failedAt,proto3" json:"failed_at,omitempty"`
-	RestoredAt    *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=restored_at,json=restoredAt,proto3" json:"restored_at,omitempty"`
+	FailedAt   *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=failed_at,json=failedAt,proto3" json:"failed_at,omitempty"`
+	RestoredAt *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=restored_at,json=restoredAt,proto3" json:"restored_at,omitempty"`
+	// The revision of spec, and of the spec hosts ran before (the stable
+	// spec's). A config rollout has to_version == from_version and a new
+	// spec_revision: it rolls the stable release out again with a new spec.
+	SpecRevision     int64 `protobuf:"varint,19,opt,name=spec_revision,json=specRevision,proto3" json:"spec_revision,omitempty"`
+	FromSpecRevision int64 `protobuf:"varint,20,opt,name=from_spec_revision,json=fromSpecRevision,proto3" json:"from_spec_revision,omitempty"`
+	// The service's spec revision when the rollout was created (a rollback
+	// may run with an older spec). Only a spec applied later starts a config
+	// rollout, so a failed spec is never retried and a rollback is not undone.
+	AppliedSpecRevision int64 `protobuf:"varint,21,opt,name=applied_spec_revision,json=appliedSpecRevision,proto3" json:"applied_spec_revision,omitempty"`
+	// What the new spec changes on hosts, by field (e.g. "run.env",
+	// "checks"), for display; empty when the spec is unchanged.
+	SpecChanges []string `protobuf:"bytes,22,rep,name=spec_changes,json=specChanges,proto3" json:"spec_changes,omitempty"`
+	// A removal (`fleetwave service delete`): hosts are assigned to stop the
+	// service and remove its files instead of a release (to_version "").
+	Remove        bool `protobuf:"varint,23,opt,name=remove,proto3" json:"remove,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2494,6 +2581,41 @@ func (x *Rollout) GetRestoredAt() *timestamppb.Timestamp {
 		return x.RestoredAt
 	}
 	return nil
+}
+
+func (x *Rollout) GetSpecRevision() int64 {
+	if x != nil {
+		return x.SpecRevision
+	}
+	return 0
+}
+
+func (x *Rollout) GetFromSpecRevision() int64 {
+	if x != nil {
+		return x.FromSpecRevision
+	}
+	return 0
+}
+
+func (x *Rollout) GetAppliedSpecRevision() int64 {
+	if x != nil {
+		return x.AppliedSpecRevision
+	}
+	return 0
+}
+
+func (x *Rollout) GetSpecChanges() []string {
+	if x != nil {
+		return x.SpecChanges
+	}
+	return nil
+}
+
+func (x *Rollout) GetRemove() bool {
+	if x != nil {
+		return x.Remove
+	}
+	return false
 }
 
 // Event is one decision or happening, kept in etcd per service and shown by
@@ -2776,11 +2898,17 @@ func (x *ServiceReport) GetAt() *timestamppb.Timestamp {
 
 // Assignment is what one host should run for one service.
 type Assignment struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Service       string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
-	Generation    int64                  `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
-	Release       *Release               `protobuf:"bytes,3,opt,name=release,proto3" json:"release,omitempty"`
-	Spec          *ServiceSpec           `protobuf:"bytes,4,opt,name=spec,proto3" json:"spec,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Service    string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	Generation int64                  `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	Release    *Release               `protobuf:"bytes,3,opt,name=release,proto3" json:"release,omitempty"`
+	Spec       *ServiceSpec           `protobuf:"bytes,4,opt,name=spec,proto3" json:"spec,omitempty"`
+	// The revision of spec (Service.spec_revision), for logs and reports.
+	SpecRevision int64 `protobuf:"varint,5,opt,name=spec_revision,json=specRevision,proto3" json:"spec_revision,omitempty"`
+	// Stop the service (drained, as for any stop) and remove its files
+	// (releases, `current`, PID file and state; its log is kept). release and
+	// spec are unset.
+	Remove        bool `protobuf:"varint,6,opt,name=remove,proto3" json:"remove,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2841,6 +2969,20 @@ func (x *Assignment) GetSpec() *ServiceSpec {
 		return x.Spec
 	}
 	return nil
+}
+
+func (x *Assignment) GetSpecRevision() int64 {
+	if x != nil {
+		return x.SpecRevision
+	}
+	return 0
+}
+
+func (x *Assignment) GetRemove() bool {
+	if x != nil {
+		return x.Remove
+	}
+	return false
 }
 
 // Host is the coordinator's view of one agent.
@@ -3087,7 +3229,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x0eSignedManifest\x12\x1a\n" +
 	"\bmanifest\x18\x01 \x01(\fR\bmanifest\x12\x1c\n" +
 	"\tsignature\x18\x02 \x01(\fR\tsignature\x12\x15\n" +
-	"\x06key_id\x18\x03 \x01(\tR\x05keyId\"\xa5\x02\n" +
+	"\x06key_id\x18\x03 \x01(\tR\x05keyId\"\xe7\x03\n" +
 	"\rServiceStatus\x12%\n" +
 	"\x0estable_version\x18\x01 \x01(\tR\rstableVersion\x12+\n" +
 	"\x11stable_generation\x18\x02 \x01(\x03R\x10stableGeneration\x12\x16\n" +
@@ -3097,12 +3239,21 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\vrollout_seq\x18\x06 \x01(\x03R\n" +
 	"rolloutSeq\x12:\n" +
 	"\vstable_spec\x18\a \x01(\v2\x19.fleetwave.v1.ServiceSpecR\n" +
-	"stableSpec\"\xa8\x01\n" +
+	"stableSpec\x120\n" +
+	"\x14stable_spec_revision\x18\b \x01(\x03R\x12stableSpecRevision\x12\x1a\n" +
+	"\bremoving\x18\t \x01(\bR\bremoving\x12\x18\n" +
+	"\aremoved\x18\n" +
+	" \x01(\bR\aremoved\x129\n" +
+	"\n" +
+	"removed_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tremovedAt\x12\x1d\n" +
+	"\n" +
+	"removed_by\x18\f \x01(\tR\tremovedBy\"\xcd\x01\n" +
 	"\aService\x12-\n" +
 	"\x04spec\x18\x01 \x01(\v2\x19.fleetwave.v1.ServiceSpecR\x04spec\x123\n" +
 	"\x06status\x18\x02 \x01(\v2\x1b.fleetwave.v1.ServiceStatusR\x06status\x129\n" +
 	"\n" +
-	"updated_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\xaa\x02\n" +
+	"updated_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12#\n" +
+	"\rspec_revision\x18\x04 \x01(\x03R\fspecRevision\"\xaa\x02\n" +
 	"\fHostProgress\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x124\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x1e.fleetwave.v1.HostRolloutStateR\x05state\x12\x18\n" +
@@ -3125,7 +3276,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x06canary\x18\b \x01(\bR\x06canary\x12)\n" +
 	"\x10waiting_approval\x18\t \x01(\bR\x0fwaitingApproval\x12\x1a\n" +
 	"\bapproved\x18\n" +
-	" \x01(\bR\bapproved\"\x90\x06\n" +
+	" \x01(\bR\bapproved\"\xd2\a\n" +
 	"\aRollout\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12!\n" +
@@ -3152,7 +3303,12 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x06paused\x18\x10 \x01(\bR\x06paused\x127\n" +
 	"\tfailed_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\bfailedAt\x12;\n" +
 	"\vrestored_at\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"restoredAt\"\xd8\x01\n" +
+	"restoredAt\x12#\n" +
+	"\rspec_revision\x18\x13 \x01(\x03R\fspecRevision\x12,\n" +
+	"\x12from_spec_revision\x18\x14 \x01(\x03R\x10fromSpecRevision\x122\n" +
+	"\x15applied_spec_revision\x18\x15 \x01(\x03R\x13appliedSpecRevision\x12!\n" +
+	"\fspec_changes\x18\x16 \x03(\tR\vspecChanges\x12\x16\n" +
+	"\x06remove\x18\x17 \x01(\bR\x06remove\"\xd8\x01\n" +
 	"\x05Event\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1d\n" +
@@ -3178,7 +3334,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x11last_good_version\x18\x06 \x01(\tR\x0flastGoodVersion\x12\x16\n" +
 	"\x06reason\x18\a \x01(\tR\x06reason\x121\n" +
 	"\x06checks\x18\b \x03(\v2\x19.fleetwave.v1.CheckResultR\x06checks\x12*\n" +
-	"\x02at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\xa6\x01\n" +
+	"\x02at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\xe3\x01\n" +
 	"\n" +
 	"Assignment\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1e\n" +
@@ -3186,7 +3342,9 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"generation\x18\x02 \x01(\x03R\n" +
 	"generation\x12/\n" +
 	"\arelease\x18\x03 \x01(\v2\x15.fleetwave.v1.ReleaseR\arelease\x12-\n" +
-	"\x04spec\x18\x04 \x01(\v2\x19.fleetwave.v1.ServiceSpecR\x04spec\"\xf8\x02\n" +
+	"\x04spec\x18\x04 \x01(\v2\x19.fleetwave.v1.ServiceSpecR\x04spec\x12#\n" +
+	"\rspec_revision\x18\x05 \x01(\x03R\fspecRevision\x12\x16\n" +
+	"\x06remove\x18\x06 \x01(\bR\x06remove\"\xf8\x02\n" +
 	"\x04Host\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x126\n" +
 	"\x06labels\x18\x02 \x03(\v2\x1e.fleetwave.v1.Host.LabelsEntryR\x06labels\x12\x1c\n" +
@@ -3218,7 +3376,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x1aHOST_ROLLOUT_STATE_PENDING\x10\x01\x12\x1f\n" +
 	"\x1bHOST_ROLLOUT_STATE_UPDATING\x10\x02\x12\x1b\n" +
 	"\x17HOST_ROLLOUT_STATE_DONE\x10\x03\x12\x1d\n" +
-	"\x19HOST_ROLLOUT_STATE_FAILED\x10\x04*\xf5\x01\n" +
+	"\x19HOST_ROLLOUT_STATE_FAILED\x10\x04*\x9c\x02\n" +
 	"\x05Phase\x12\x15\n" +
 	"\x11PHASE_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
@@ -3233,7 +3391,9 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x0fPHASE_REVERTING\x10\t\x12\x12\n" +
 	"\x0ePHASE_REVERTED\x10\n" +
 	"\x12\x10\n" +
-	"\fPHASE_FAILED\x10\vB?Z=github.com/fleetwave/fleetwave/proto/fleetwave/v1;fleetwavev1b\x06proto3"
+	"\fPHASE_FAILED\x10\v\x12\x12\n" +
+	"\x0ePHASE_REMOVING\x10\f\x12\x11\n" +
+	"\rPHASE_REMOVED\x10\rB?Z=github.com/fleetwave/fleetwave/proto/fleetwave/v1;fleetwavev1b\x06proto3"
 
 var (
 	file_fleetwave_v1_types_proto_rawDescOnce sync.Once
@@ -3329,42 +3489,43 @@ var file_fleetwave_v1_types_proto_depIdxs = []int32{
 	38, // 35: fleetwave.v1.ReleaseManifest.signed_at:type_name -> google.protobuf.Timestamp
 	38, // 36: fleetwave.v1.ReleaseManifest.expires_at:type_name -> google.protobuf.Timestamp
 	4,  // 37: fleetwave.v1.ServiceStatus.stable_spec:type_name -> fleetwave.v1.ServiceSpec
-	4,  // 38: fleetwave.v1.Service.spec:type_name -> fleetwave.v1.ServiceSpec
-	24, // 39: fleetwave.v1.Service.status:type_name -> fleetwave.v1.ServiceStatus
-	38, // 40: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
-	2,  // 41: fleetwave.v1.HostProgress.state:type_name -> fleetwave.v1.HostRolloutState
-	38, // 42: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
-	38, // 43: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
-	3,  // 44: fleetwave.v1.HostProgress.phase:type_name -> fleetwave.v1.Phase
-	1,  // 45: fleetwave.v1.Wave.state:type_name -> fleetwave.v1.WaveState
-	26, // 46: fleetwave.v1.Wave.hosts:type_name -> fleetwave.v1.HostProgress
-	38, // 47: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
-	38, // 48: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
-	38, // 49: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
-	0,  // 50: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
-	19, // 51: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
-	27, // 52: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
-	38, // 53: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	38, // 54: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
-	38, // 55: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
-	38, // 56: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
-	4,  // 57: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
-	38, // 58: fleetwave.v1.Rollout.failed_at:type_name -> google.protobuf.Timestamp
-	38, // 59: fleetwave.v1.Rollout.restored_at:type_name -> google.protobuf.Timestamp
-	38, // 60: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
-	3,  // 61: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
-	30, // 62: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
-	38, // 63: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
-	21, // 64: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
-	4,  // 65: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
-	36, // 66: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
-	38, // 67: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	31, // 68: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
-	69, // [69:69] is the sub-list for method output_type
-	69, // [69:69] is the sub-list for method input_type
-	69, // [69:69] is the sub-list for extension type_name
-	69, // [69:69] is the sub-list for extension extendee
-	0,  // [0:69] is the sub-list for field type_name
+	38, // 38: fleetwave.v1.ServiceStatus.removed_at:type_name -> google.protobuf.Timestamp
+	4,  // 39: fleetwave.v1.Service.spec:type_name -> fleetwave.v1.ServiceSpec
+	24, // 40: fleetwave.v1.Service.status:type_name -> fleetwave.v1.ServiceStatus
+	38, // 41: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
+	2,  // 42: fleetwave.v1.HostProgress.state:type_name -> fleetwave.v1.HostRolloutState
+	38, // 43: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
+	38, // 44: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
+	3,  // 45: fleetwave.v1.HostProgress.phase:type_name -> fleetwave.v1.Phase
+	1,  // 46: fleetwave.v1.Wave.state:type_name -> fleetwave.v1.WaveState
+	26, // 47: fleetwave.v1.Wave.hosts:type_name -> fleetwave.v1.HostProgress
+	38, // 48: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
+	38, // 49: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
+	38, // 50: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
+	0,  // 51: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
+	19, // 52: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
+	27, // 53: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
+	38, // 54: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	38, // 55: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
+	38, // 56: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
+	38, // 57: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
+	4,  // 58: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
+	38, // 59: fleetwave.v1.Rollout.failed_at:type_name -> google.protobuf.Timestamp
+	38, // 60: fleetwave.v1.Rollout.restored_at:type_name -> google.protobuf.Timestamp
+	38, // 61: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
+	3,  // 62: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
+	30, // 63: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
+	38, // 64: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
+	21, // 65: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
+	4,  // 66: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
+	36, // 67: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
+	38, // 68: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	31, // 69: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
+	70, // [70:70] is the sub-list for method output_type
+	70, // [70:70] is the sub-list for method input_type
+	70, // [70:70] is the sub-list for extension type_name
+	70, // [70:70] is the sub-list for extension extendee
+	0,  // [0:70] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_types_proto_init() }

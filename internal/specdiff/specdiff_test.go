@@ -1,0 +1,141 @@
+package specdiff
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/fleetwave/fleetwave/internal/testkit/purity"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+func base() *v1.ServiceSpec {
+	return &v1.ServiceSpec{
+		Name:     "web",
+		Selector: map[string]string{"role": "web"},
+		Run: &v1.RunSpec{Command: []string{"./app", "--port", "${host.label.port}"}, Env: map[string]string{"A": "1"},
+			StopGrace: durationpb.New(10 * time.Second)},
+		Checks:          []*v1.Check{{Name: "http", Kind: &v1.Check_Http{Http: &v1.HttpCheck{Url: "http://127.0.0.1:8080/healthz"}}}},
+		MinHealthyTime:  durationpb.New(time.Second),
+		HealthyDeadline: durationpb.New(time.Minute),
+		Rollout:         &v1.RolloutPolicy{Canary: 1, Waves: []uint32{50, 100}},
+		Analysis:        &v1.Analysis{MetricsUrl: "http://127.0.0.1:8080/metrics", Rules: []*v1.AnalysisRule{{Name: "r", Kind: &v1.AnalysisRule_Restarts{Restarts: &v1.RestartsRule{Max: 1}}}}},
+		Alerts:          &v1.Alerts{WebhookUrl: "http://hooks/x"},
+	}
+}
+
+// TestRule is the rule, one row per change: which fields a change names
+// and whether it rolls out. Every field of ServiceSpec and RunSpec has a
+// row (TestEveryFieldHasARow).
+func TestRule(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		change func(s *v1.ServiceSpec)
+		host   []string // host-affecting changes (rolls out)
+		coord  []string // coordinator-only (applied without a rollout)
+		place  []string // placement (hosts move)
+	}{
+		{"nothing", func(s *v1.ServiceSpec) {}, nil, nil, nil},
+		{"name", func(s *v1.ServiceSpec) { s.Name = "api" }, nil, []string{"name"}, nil},
+		{"selector", func(s *v1.ServiceSpec) { s.Selector["zone"] = "a" }, nil, nil, []string{"selector"}},
+		{"selector removed", func(s *v1.ServiceSpec) { s.Selector = nil }, nil, nil, []string{"selector"}},
+		{"run.command", func(s *v1.ServiceSpec) { s.Run.Command[2] = "9090" }, []string{"run.command"}, nil, nil},
+		{"run.env value", func(s *v1.ServiceSpec) { s.Run.Env["A"] = "2" }, []string{"run.env"}, nil, nil},
+		{"run.env added", func(s *v1.ServiceSpec) { s.Run.Env["B"] = "" }, []string{"run.env"}, nil, nil},
+		{"run.stop_grace", func(s *v1.ServiceSpec) { s.Run.StopGrace = durationpb.New(time.Minute) }, []string{"run.stop_grace"}, nil, nil},
+		{"run.stop_grace unset", func(s *v1.ServiceSpec) { s.Run.StopGrace = nil }, []string{"run.stop_grace"}, nil, nil},
+		{"run.sockets", func(s *v1.ServiceSpec) { s.Run.Sockets = []*v1.Socket{{Name: "http", Listen: ":80"}} }, []string{"run.sockets"}, nil, nil},
+		{"run.ready", func(s *v1.ServiceSpec) { s.Run.Ready = "notify" }, []string{"run.ready"}, nil, nil},
+		{"run.ready_timeout", func(s *v1.ServiceSpec) { s.Run.ReadyTimeout = durationpb.New(time.Minute) }, []string{"run.ready_timeout"}, nil, nil},
+		{"run.shutdown_delay", func(s *v1.ServiceSpec) { s.Run.ShutdownDelay = durationpb.New(time.Second) }, []string{"run.shutdown_delay"}, nil, nil},
+		{"run.pre_stop", func(s *v1.ServiceSpec) { s.Run.PreStop = &v1.PreStop{Command: []string{"./drain"}} }, []string{"run.pre_stop"}, nil, nil},
+		{"run unset", func(s *v1.ServiceSpec) { s.Run = nil }, []string{"run"}, nil, nil},
+		{"checks", func(s *v1.ServiceSpec) { s.Checks[0].GetHttp().Url = "http://127.0.0.1:8080/ready" }, []string{"checks"}, nil, nil},
+		{"checks removed", func(s *v1.ServiceSpec) { s.Checks = nil }, []string{"checks"}, nil, nil},
+		{"min_healthy_time", func(s *v1.ServiceSpec) { s.MinHealthyTime = durationpb.New(2 * time.Second) }, []string{"min_healthy_time"}, nil, nil},
+		{"healthy_deadline", func(s *v1.ServiceSpec) { s.HealthyDeadline = nil }, []string{"healthy_deadline"}, nil, nil},
+		{"analysis.rules", func(s *v1.ServiceSpec) { s.Analysis.Rules[0].GetRestarts().Max = 2 }, []string{"analysis.rules"}, nil, nil},
+		{"analysis.watch", func(s *v1.ServiceSpec) { s.Analysis.Watch = durationpb.New(time.Minute) }, []string{"analysis.watch"}, nil, nil},
+		{"analysis removed", func(s *v1.ServiceSpec) { s.Analysis = nil }, []string{"analysis"}, nil, nil},
+		{"rollout", func(s *v1.ServiceSpec) { s.Rollout.MaxParallel = 5; s.Rollout.Mode = "manual" }, nil, []string{"rollout"}, nil},
+		{"rollout removed", func(s *v1.ServiceSpec) { s.Rollout = nil }, nil, []string{"rollout"}, nil},
+		{"alerts", func(s *v1.ServiceSpec) { s.Alerts.WebhookUrl = "http://hooks/y" }, nil, []string{"alerts"}, nil},
+		{"all kinds", func(s *v1.ServiceSpec) {
+			s.Run.Env = nil
+			s.Checks = nil
+			s.Alerts = nil
+			s.Selector = nil
+		}, []string{"run.env", "checks"}, []string{"alerts"}, []string{"selector"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := base(), base()
+			tc.change(b)
+			for _, dir := range [][2]*v1.ServiceSpec{{a, b}, {b, a}} {
+				got := Diff(dir[0], dir[1])
+				if !slices.Equal(got.Host, tc.host) || !slices.Equal(got.Coordinator, tc.coord) || !slices.Equal(got.Placement, tc.place) {
+					t.Errorf("Diff = %+v, want host %v coordinator %v placement %v", got, tc.host, tc.coord, tc.place)
+				}
+				if HostAffecting(dir[0], dir[1]) != (len(tc.host) > 0) {
+					t.Errorf("HostAffecting = %v", !(len(tc.host) > 0))
+				}
+			}
+		})
+	}
+}
+
+// TestEveryFieldHasARow fails when ServiceSpec or RunSpec gains a field
+// that TestRule does not exercise: decide its kind (the default is Host)
+// and add a row.
+func TestEveryFieldHasARow(t *testing.T) {
+	covered := []string{"name", "selector", "run", "checks", "min_healthy_time", "healthy_deadline", "rollout", "analysis", "alerts"}
+	fields := (&v1.ServiceSpec{}).ProtoReflect().Descriptor().Fields()
+	for i := range fields.Len() {
+		if n := string(fields.Get(i).Name()); !slices.Contains(covered, n) {
+			t.Errorf("ServiceSpec.%s (kind %s) has no row in TestRule", n, KindOf(n))
+		}
+	}
+	runCovered := []string{"command", "env", "stop_grace", "sockets", "ready", "ready_timeout", "shutdown_delay", "pre_stop"}
+	run := (&v1.RunSpec{}).ProtoReflect().Descriptor().Fields()
+	for i := range run.Len() {
+		if n := string(run.Get(i).Name()); !slices.Contains(runCovered, n) {
+			t.Errorf("RunSpec.%s has no row in TestRule", n)
+		}
+	}
+}
+
+func TestKinds(t *testing.T) {
+	for f, want := range map[string]Kind{"run": Host, "checks": Host, "analysis": Host, "min_healthy_time": Host,
+		"healthy_deadline": Host, "hooks": Host, "resources": Host, "rollout": Coordinator, "alerts": Coordinator,
+		"name": Coordinator, "selector": Placement} {
+		if got := KindOf(f); got != want {
+			t.Errorf("KindOf(%s) = %s, want %s", f, got, want)
+		}
+	}
+}
+
+func TestNilAndInputsUntouched(t *testing.T) {
+	if HostAffecting(nil, nil) || HostAffecting(nil, &v1.ServiceSpec{}) {
+		t.Error("nil and empty specs differ")
+	}
+	if got := HostChanges(nil, base()); !slices.Equal(got, []string{"run", "checks", "min_healthy_time", "healthy_deadline", "analysis"}) {
+		t.Errorf("nil → base: %v", got)
+	}
+	a, b := base(), base()
+	b.Run.Env["A"] = "2"
+	a0, b0 := proto.Clone(a), proto.Clone(b)
+	_ = Diff(a, b)
+	if !proto.Equal(a, a0) || !proto.Equal(b, b0) {
+		t.Error("Diff changed its inputs")
+	}
+}
+
+func TestPureImports(t *testing.T) {
+	purity.Check(t, map[string]bool{
+		"github.com/fleetwave/fleetwave/proto/fleetwave/v1": true,
+		"google.golang.org/protobuf/proto":                  true,
+		"google.golang.org/protobuf/reflect/protoreflect":   true,
+	}, 1)
+}
