@@ -341,8 +341,9 @@ func (h *hub) assignments(t *desiredTable, host string, labels map[string]string
 			h.c.log.Error().Str("service", name).Str("version", ver).Msg("assigned release not found")
 			continue
 		}
+		sp, rev := rollout.SpecFor(e.svc, e.latest, ver, gen)
 		resp.Assignments = append(resp.Assignments, &v1.Assignment{Service: name, Generation: gen, Release: rel,
-			Spec: rollout.SpecFor(e.svc, e.latest, ver, gen)})
+			Spec: sp, SpecRevision: rev})
 	}
 	sort.Slice(resp.Assignments, func(i, j int) bool { return resp.Assignments[i].Service < resp.Assignments[j].Service })
 	return resp

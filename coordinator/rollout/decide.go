@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/fleetwave/fleetwave/internal/spec"
+	"github.com/fleetwave/fleetwave/internal/specdiff"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/proto"
 )
@@ -35,8 +36,13 @@ const (
 	// Decision.Reason, now); then decide again (the newest release starts).
 	ActionSupersede
 	// ActionStart: no rollout is in flight; begin one to Decision.Version
-	// (Begin).
+	// (Begin; Decision.Config: a config rollout of the stable release with
+	// the live spec).
 	ActionStart
+	// ActionRecordSpec: no rollout is in flight and the live spec differs
+	// from the stable spec only in what the coordinator reads: store
+	// RecordSpec's status (no rollout; nothing changes on hosts).
+	ActionRecordSpec
 )
 
 func (a Action) String() string {
@@ -49,6 +55,8 @@ func (a Action) String() string {
 		return "supersede"
 	case ActionStart:
 		return "start"
+	case ActionRecordSpec:
+		return "record-spec"
 	}
 	return fmt.Sprintf("Action(%d)", int(a))
 }
@@ -64,6 +72,13 @@ type Decision struct {
 	// Reason is the superseded rollout's reason (ActionSupersede), or why
 	// nothing starts (ActionWait, ActionNone) for logs and traces.
 	Reason string
+	// Config: the decision is about a newer spec, not a newer release
+	// (ActionStart: a config rollout; ActionWait: the spec waits).
+	Config bool
+	// Replan (ActionSupersede for a newer spec): right after superseding,
+	// begin a rollout to Version (the superseded rollout's target) with the
+	// new spec, without deciding again.
+	Replan bool
 }
 
 func (d Decision) String() string {
@@ -72,63 +87,112 @@ func (d Decision) String() string {
 	if d.Version != "" {
 		b.WriteString(" " + d.Version)
 	}
+	if d.Config {
+		b.WriteString(" (config)")
+	}
+	if d.Replan {
+		b.WriteString(" (replan)")
+	}
 	if d.Reason != "" {
 		b.WriteString(": " + d.Reason)
 	}
 	return b.String()
 }
 
-// Decide says what to do about svc's newest release, given the service's
-// newest rollout r (nil if none) and the logical time rCreated it was
-// created at, and the service's releases (any order). It is the whole
-// "which release rolls out when" policy:
+// Decide says what to do about svc's newest release and newest spec, given
+// the service's newest rollout r (nil if none) and the logical time
+// rCreated it was created at, and the service's releases (any order). It is
+// the whole "what rolls out when" policy:
 //
 //   - Only a release created after the newest rollout counts (so a release
 //     whose rollout failed is never retried, and a rollback is not undone by
 //     an older release); with no rollout yet, any release but the stable one.
-//     The newest such release wins; older ones are skipped.
+//     The newest such release wins; older ones are skipped. Its rollout
+//     carries the live spec.
+//   - Likewise only a spec applied after the newest rollout was created (a
+//     spec revision above its applied_spec_revision) that changes what
+//     hosts run (specdiff) counts; with no newer release it starts a config
+//     rollout of the stable release (see spec.go).
 //   - A rollout waiting for approval moved no host: a newer release
-//     supersedes it, so approve always ships the newest release.
-//   - A progressing rollout is superseded by a newer release unless the
-//     policy queues it (on_new_release: queue), it is a rollback, or the
-//     service is frozen; then the release waits for it to end.
+//     supersedes it, so approve always ships the newest release; a newer
+//     spec supersedes it and plans it again (Replan) with that spec.
+//   - A progressing rollout is superseded by a newer release or spec unless
+//     the policy queues it (on_new_release: queue), it is a rollback, or the
+//     service is frozen; then the release or spec waits for it to end.
 //   - With no rollout in flight, the newest release starts unless the
-//     service is frozen (it waits for unfreeze) or it is the stable release.
+//     service is frozen (it waits for unfreeze) or it is the stable release;
+//     else a newer spec that changes what hosts run starts a config rollout
+//     (unless frozen), and one that does not is recorded as the stable spec
+//     (ActionRecordSpec, also while frozen).
+//   - A service being removed (removing or removed) starts nothing.
 func Decide(svc *v1.Service, r *v1.Rollout, rCreated int64, releases []Release) Decision {
 	st := svc.GetStatus()
-	newest, ok := newestRelease(releases)
-	if !ok {
-		return Decision{Action: ActionNone, Reason: "no release"}
+	if st.GetRemoving() || st.GetRemoved() {
+		return Decision{Action: ActionNone, Reason: "service is being removed"}
 	}
-	newer := r == nil || newest.Created > rCreated
+	newest, ok := newestRelease(releases)
+	relPending := ok && (r == nil || newest.Created > rCreated)
 	if r != nil && !Terminal(r) {
-		if !newer {
-			return Decision{Action: ActionNone, Reason: fmt.Sprintf("rollout %s to %s is the newest", r.GetId(), r.GetToVersion())}
-		}
 		v := newest.Version
+		how := "release " + v
+		if !relPending {
+			if !specPending(svc, r, r.GetSpec()) {
+				return Decision{Action: ActionNone, Reason: fmt.Sprintf("rollout %s to %s is the newest", r.GetId(), r.GetToVersion())}
+			}
+			v, how = r.GetToVersion(), SpecName(svc.GetSpecRevision())
+		}
+		d := Decision{Version: v, Config: !relPending}
 		switch {
 		case r.GetState() == v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL:
-			return Decision{Action: ActionSupersede, Version: v, Reason: "superseded by release " + v + " before approval"}
+			d.Action, d.Reason = ActionSupersede, "superseded by "+how+" before approval"
 		case r.GetState() != v1.RolloutState_ROLLOUT_STATE_PROGRESSING:
-			return Decision{Action: ActionWait, Version: v, Reason: fmt.Sprintf("rollout %s to %s is %s", r.GetId(), r.GetToVersion(), stateName(r.GetState()))}
+			d.Action, d.Reason = ActionWait, fmt.Sprintf("rollout %s to %s is %s", r.GetId(), r.GetToVersion(), stateName(r.GetState()))
 		case r.GetRollback():
-			return Decision{Action: ActionWait, Version: v, Reason: fmt.Sprintf("rollback %s to %s runs to its end first", r.GetId(), r.GetToVersion())}
+			d.Action, d.Reason = ActionWait, fmt.Sprintf("rollback %s to %s runs to its end first", r.GetId(), r.GetToVersion())
 		case st.GetFrozen():
-			return Decision{Action: ActionWait, Version: v, Reason: "service is frozen: " + st.GetFrozenReason()}
+			d.Action, d.Reason = ActionWait, "service is frozen: "+st.GetFrozenReason()
 		case svc.GetSpec().GetRollout().GetOnNewRelease() == spec.OnNewReleaseQueue:
-			return Decision{Action: ActionWait, Version: v, Reason: fmt.Sprintf("queued behind rollout %s to %s (on_new_release: %s)", r.GetId(), r.GetToVersion(), spec.OnNewReleaseQueue)}
+			d.Action, d.Reason = ActionWait, fmt.Sprintf("queued behind rollout %s to %s (on_new_release: %s)", r.GetId(), r.GetToVersion(), spec.OnNewReleaseQueue)
+		default:
+			d.Action, d.Reason = ActionSupersede, "superseded by "+how
 		}
-		return Decision{Action: ActionSupersede, Version: v, Reason: "superseded by release " + v}
+		// A newer spec plans the superseded rollout's release again, unless
+		// that is the stable release and the spec runs on hosts as the
+		// stable spec does (the hosts only go back).
+		d.Replan = d.Action == ActionSupersede && d.Config &&
+			(v != st.GetStableVersion() || specdiff.HostAffecting(st.GetStableSpec(), svc.GetSpec()))
+		return d
 	}
 	switch {
-	case !newer:
-		return Decision{Action: ActionNone, Reason: fmt.Sprintf("no release since rollout %s", r.GetId())}
+	case !relPending && r != nil:
+		// Nothing released since the newest rollout: the spec decides.
+	case !relPending:
+		return Decision{Action: ActionNone, Reason: "no release"}
 	case newest.Version == st.GetStableVersion():
-		return Decision{Action: ActionNone, Reason: newest.Version + " is the stable release"}
+		// The stable release: the spec decides.
 	case st.GetFrozen():
 		return Decision{Action: ActionWait, Version: newest.Version, Reason: "service is frozen: " + st.GetFrozenReason()}
+	default:
+		return Decision{Action: ActionStart, Version: newest.Version}
 	}
-	return Decision{Action: ActionStart, Version: newest.Version}
+	stable, stSpec := st.GetStableVersion(), st.GetStableSpec()
+	switch {
+	case stable == "" || stSpec == nil:
+		// Nothing runs yet, or only with the live spec (stored before
+		// stable specs were kept): the next release carries the spec.
+	case specPending(svc, r, stSpec) && st.GetFrozen():
+		return Decision{Action: ActionWait, Version: stable, Config: true, Reason: "service is frozen: " + st.GetFrozenReason()}
+	case specPending(svc, r, stSpec):
+		return Decision{Action: ActionStart, Version: stable, Config: true}
+	case svc.GetSpecRevision() != st.GetStableSpecRevision() && !specdiff.HostAffecting(stSpec, svc.GetSpec()):
+		return Decision{Action: ActionRecordSpec, Reason: SpecName(svc.GetSpecRevision()) + " changes nothing hosts run"}
+	case svc.GetSpecRevision() != st.GetStableSpecRevision():
+		return Decision{Action: ActionNone, Reason: fmt.Sprintf("%s is not newer than rollout %s (a failed spec is not retried, a rollback not undone); only a newer spec or release rolls out", SpecName(svc.GetSpecRevision()), r.GetId())}
+	}
+	if relPending {
+		return Decision{Action: ActionNone, Reason: newest.Version + " is the stable release"}
+	}
+	return Decision{Action: ActionNone, Reason: fmt.Sprintf("no release since rollout %s", r.GetId())}
 }
 
 // newestRelease is the release created last.
@@ -174,8 +238,8 @@ func begin(svc *v1.Service, r *v1.Rollout, obs func(string) Observation, now tim
 	for i, w := range r.GetWaves() {
 		waves[i] = len(w.GetHosts())
 	}
-	created := Event{Kind: kind, Wave: NoWave, Message: fmt.Sprintf("%s → %s, waves %v, %s",
-		orNone(r.GetFromVersion()), r.GetToVersion(), waves, strings.ToLower(stateName(r.GetState())))}
+	created := Event{Kind: kind, Wave: NoWave, Message: fmt.Sprintf("%s%s, waves %v, %s",
+		Describe(r), describeChanges(r), waves, strings.ToLower(stateName(r.GetState())))}
 	r, res := Step(r, obs, now)
 	res.Changed = true
 	res.Events = append([]Event{created}, res.Events...)

@@ -31,6 +31,10 @@ const (
 	EventRolloutAborted    = "rollout_aborted"
 	EventServiceUnfrozen   = "service_unfrozen"
 
+	// A spec that changes nothing hosts run became the stable spec without
+	// a rollout (ActionRecordSpec).
+	EventSpecRecorded = "spec_recorded"
+
 	// After a failed rollout, every host it moved runs a good release again
 	// (Restored).
 	EventFleetRestored = "fleet_restored"

@@ -13,6 +13,7 @@ func TestPureImports(t *testing.T) {
 		"errors": true, "fmt": true, "sort": true, "strings": true, "time": true,
 		"github.com/fleetwave/fleetwave/proto/fleetwave/v1":  true,
 		"github.com/fleetwave/fleetwave/internal/spec":       true,
+		"github.com/fleetwave/fleetwave/internal/specdiff":   true,
 		"google.golang.org/protobuf/proto":                   true,
 		"google.golang.org/protobuf/types/known/durationpb":  true,
 		"google.golang.org/protobuf/types/known/timestamppb": true,

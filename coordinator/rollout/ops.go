@@ -120,7 +120,9 @@ func end(r *v1.Rollout, st v1.RolloutState, reason string, now time.Time) *v1.Ro
 // Restored reports whether every host a FAILED rollout moved (any host not
 // PENDING in its plan) is connected and reports running a good release
 // again: from_version (or, when the rollout had no from_version, anything
-// but to_version), not in the middle of a change. A rollout that is not
+// but to_version), not in the middle of a change. After a config rollout
+// (the same release) the host must report a generation newer than the
+// rollout's: the stable release with the last good spec. A rollout that is not
 // FAILED, or that already records restored_at, is not restored again.
 func Restored(r *v1.Rollout, obs func(hostID string) Observation) bool {
 	if r.GetState() != v1.RolloutState_ROLLOUT_STATE_FAILED || r.GetRestoredAt() != nil {
@@ -137,7 +139,13 @@ func Restored(r *v1.Rollout, obs func(hostID string) Observation) bool {
 				return false
 			}
 			cur := rep.GetCurrentVersion()
-			if cur == r.GetToVersion() || (r.GetFromVersion() != "" && cur != r.GetFromVersion()) {
+			if IsConfig(r) {
+				// The same release: back on the last good spec once the host
+				// took the assignment after the failure (a newer generation).
+				if cur != r.GetFromVersion() || rep.GetGeneration() <= r.GetGeneration() {
+					return false
+				}
+			} else if cur == r.GetToVersion() || (r.GetFromVersion() != "" && cur != r.GetFromVersion()) {
 				return false
 			}
 			switch rep.GetPhase() {
@@ -229,6 +237,7 @@ func Conclude(st *v1.ServiceStatus, r *v1.Rollout) *v1.ServiceStatus {
 		out.StableGeneration = r.GetGeneration()
 		if r.GetSpec() != nil {
 			out.StableSpec = r.GetSpec()
+			out.StableSpecRevision = r.GetSpecRevision()
 		}
 	case v1.RolloutState_ROLLOUT_STATE_FAILED:
 		out.StableVersion = r.GetFromVersion()
@@ -243,15 +252,18 @@ func Conclude(st *v1.ServiceStatus, r *v1.Rollout) *v1.ServiceStatus {
 	return out
 }
 
-// SpecFor is the spec a host assigned (version, generation) by Desired runs
-// with: the rollout's copy for its target, else the stable spec, else (for
-// services whose stable release predates spec copies) the live spec.
-func SpecFor(svc *v1.Service, r *v1.Rollout, version string, generation int64) *v1.ServiceSpec {
-	if r != nil && r.GetSpec() != nil && version == r.GetToVersion() && generation == r.GetGeneration() {
-		return r.GetSpec()
+// SpecFor is the spec (and its revision) a host assigned (version,
+// generation) by Desired runs with: the copy of the rollout in flight for
+// its target, else the stable spec (after a success, the rollout's copy or
+// a later spec recorded without a rollout), else (for services whose stable
+// release predates spec copies) the rollout's copy or the live spec.
+func SpecFor(svc *v1.Service, r *v1.Rollout, version string, generation int64) (*v1.ServiceSpec, int64) {
+	stable := svc.GetStatus().GetStableSpec()
+	if r != nil && r.GetSpec() != nil && version == r.GetToVersion() && generation == r.GetGeneration() && (!Terminal(r) || stable == nil) {
+		return r.GetSpec(), r.GetSpecRevision()
 	}
-	if s := svc.GetStatus().GetStableSpec(); s != nil {
-		return s
+	if stable != nil {
+		return stable, svc.GetStatus().GetStableSpecRevision()
 	}
-	return svc.GetSpec()
+	return svc.GetSpec(), svc.GetSpecRevision()
 }

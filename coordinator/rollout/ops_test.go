@@ -158,17 +158,17 @@ func TestConclude(t *testing.T) {
 	}
 	// The spec the rollout was planned with goes with its target; others run
 	// the stable spec (a failed rollout's rollback runs the old spec).
-	live := &v1.Service{Spec: &v1.ServiceSpec{Name: "web", Run: &v1.RunSpec{Command: []string{"./new"}}},
-		Status: &v1.ServiceStatus{StableSpec: &v1.ServiceSpec{Name: "web", Run: &v1.RunSpec{Command: []string{"./old"}}}}}
-	if s := SpecFor(live, r, toV, gen); !proto.Equal(s, r.GetSpec()) {
-		t.Errorf("SpecFor target = %v, want the rollout's copy", s)
+	live := &v1.Service{Spec: &v1.ServiceSpec{Name: "web", Run: &v1.RunSpec{Command: []string{"./new"}}}, SpecRevision: 9,
+		Status: &v1.ServiceStatus{StableSpec: &v1.ServiceSpec{Name: "web", Run: &v1.RunSpec{Command: []string{"./old"}}}, StableSpecRevision: 3}}
+	if s, rev := SpecFor(live, r, toV, gen); !proto.Equal(s, r.GetSpec()) || rev != r.GetSpecRevision() {
+		t.Errorf("SpecFor target = %v (revision %d), want the rollout's copy", s, rev)
 	}
-	if s := SpecFor(live, r, fromV, gen+1); s.GetRun().GetCommand()[0] != "./old" {
-		t.Errorf("SpecFor stable = %v, want the stable spec", s)
+	if s, rev := SpecFor(live, r, fromV, gen+1); s.GetRun().GetCommand()[0] != "./old" || rev != 3 {
+		t.Errorf("SpecFor stable = %v (revision %d), want the stable spec (3)", s, rev)
 	}
 	live.Status.StableSpec = nil
-	if s := SpecFor(live, nil, fromV, 1); s.GetRun().GetCommand()[0] != "./new" {
-		t.Errorf("SpecFor without copies = %v, want the live spec", s)
+	if s, rev := SpecFor(live, nil, fromV, 1); s.GetRun().GetCommand()[0] != "./new" || rev != 9 {
+		t.Errorf("SpecFor without copies = %v (revision %d), want the live spec (9)", s, rev)
 	}
 
 	failed := Fail(r, "wave 0 (canary): boom", t0)

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/fleetwave/fleetwave/internal/spec"
+	"github.com/fleetwave/fleetwave/internal/specdiff"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -112,6 +113,13 @@ func New(id string, svc *v1.Service, to string, hosts []Host, now time.Time) *v1
 		Spec:        proto.Clone(svc.GetSpec()).(*v1.ServiceSpec),
 		Waves:       buildWaves(planOrder(sp.GetSelector(), hosts), pol),
 		CreatedAt:   timestamppb.New(now),
+		// The live spec, against the one the stable release runs with.
+		SpecRevision:        svc.GetSpecRevision(),
+		FromSpecRevision:    st.GetStableSpecRevision(),
+		AppliedSpecRevision: svc.GetSpecRevision(),
+	}
+	if st.GetStableSpec() != nil {
+		r.SpecChanges = specdiff.HostChanges(st.GetStableSpec(), sp)
 	}
 	switch {
 	case len(r.Waves) == 0:
@@ -265,6 +273,7 @@ func NewRollback(id string, svc *v1.Service, to string, hosts []Host, now time.T
 	fast := proto.Clone(svc).(*v1.Service)
 	if st := svc.GetStatus().GetStableSpec(); st != nil && to == svc.GetStatus().GetStableVersion() {
 		fast.Spec = proto.Clone(st).(*v1.ServiceSpec)
+		fast.SpecRevision = svc.GetStatus().GetStableSpecRevision()
 	}
 	if fast.Spec == nil {
 		fast.Spec = &v1.ServiceSpec{}
@@ -281,5 +290,8 @@ func NewRollback(id string, svc *v1.Service, to string, hosts []Host, now time.T
 	}
 	r := New(id, fast, to, hosts, now)
 	r.Rollback = true
+	// The live spec's revision: a spec applied before the rollback does not
+	// roll out after it (it is not undone by what it rolled back).
+	r.AppliedSpecRevision = svc.GetSpecRevision()
 	return r
 }

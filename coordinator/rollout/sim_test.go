@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/fleetwave/fleetwave/internal/spec"
+	"github.com/fleetwave/fleetwave/internal/specdiff"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/proto"
 )
@@ -50,8 +52,11 @@ type simAgent struct {
 	connected bool
 	gen       int64  // generation of the assignment it has
 	version   string // version of that assignment
+	spec      *v1.ServiceSpec
 	current   string // version it runs
+	curSpec   *v1.ServiceSpec
 	prev      string // version it ran before (a late revert goes back to it)
+	prevSpec  *v1.ServiceSpec
 	phase     v1.Phase
 	ticks     int  // ticks left before the install ends
 	willFail  bool // the install of the current assignment fails
@@ -67,15 +72,17 @@ type simParams struct {
 var simProgress = []v1.Phase{v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_VERIFYING, v1.Phase_PHASE_STAGING,
 	v1.Phase_PHASE_SWITCHING, v1.Phase_PHASE_STARTING, pChecking}
 
-// assign gives the agent what Desired says (ok=false: nothing) if it is
-// connected and it is new.
-func (a *simAgent) assign(v string, g int64, ok bool, rng *rand.Rand, prm simParams) {
+// assign gives the agent what Desired says (ok=false: nothing) with its
+// spec if it is connected and it is new. As the real agent does, it
+// installs again (restarts) what it runs when the spec changes what hosts
+// run (specdiff), and takes it without a restart otherwise.
+func (a *simAgent) assign(v string, g int64, sp *v1.ServiceSpec, ok bool, rng *rand.Rand, prm simParams) {
 	if !ok || !a.connected || (g == a.gen && v == a.version) {
 		return
 	}
-	a.gen, a.version = g, v
-	if v == a.current {
-		a.phase, a.ticks = pHealthy, 0
+	a.gen, a.version, a.spec = g, v, sp
+	if v == a.current && !specdiff.HostAffecting(a.curSpec, sp) {
+		a.phase, a.ticks, a.curSpec = pHealthy, 0, sp
 	} else {
 		a.phase, a.ticks, a.willFail = simProgress[0], 1+rng.IntN(4), rng.Float64() < prm.pFail
 	}
@@ -98,11 +105,11 @@ func (a *simAgent) act(svc string, rng *rand.Rand, prm simParams) {
 				if a.willFail {
 					a.phase = []v1.Phase{pReverted, pFailed}[rng.IntN(2)]
 				} else {
-					a.phase, a.prev, a.current = pHealthy, a.current, a.version
+					a.phase, a.prev, a.prevSpec, a.current, a.curSpec = pHealthy, a.current, a.curSpec, a.version, a.spec
 				}
 			}
-		case a.phase == pHealthy && a.current != a.prev && rng.Float64() < prm.pLate:
-			a.phase, a.current = pReverted, a.prev
+		case a.phase == pHealthy && (a.current != a.prev || specdiff.HostAffecting(a.curSpec, a.prevSpec)) && rng.Float64() < prm.pLate:
+			a.phase, a.current, a.curSpec = pReverted, a.prev, a.prevSpec
 		}
 	}
 	if a.connected {
@@ -259,7 +266,8 @@ func simulate(t *testing.T, seed uint64) v1.RolloutState {
 			if v == "v2" && hostOf(r, h.ID).GetState() == pending {
 				fatalf("pending host %s desired %s", h.ID, v)
 			}
-			a.assign(v, g, ok, rng, prm)
+			sp, _ := SpecFor(svc, r, v, g)
+			a.assign(v, g, sp, ok, rng, prm)
 		}
 		// Agents act and links flap.
 		for _, h := range hosts {
@@ -506,7 +514,8 @@ func TestPolicySimulation(t *testing.T) {
 	}
 	t.Logf("over %d seeds: %v", len(seeds), seen)
 	// The parameters must exercise every part of the policy.
-	for _, k := range []string{"start", "supersede", "wait", "SUCCEEDED", "FAILED", "SUPERSEDED", "rollback", "rollback refused", "unfreeze", "abort", "approve"} {
+	for _, k := range []string{"start", "supersede", "wait", "record-spec", "SUCCEEDED", "FAILED", "SUPERSEDED", "rollback", "rollback refused", "unfreeze", "abort", "approve",
+		"spec host", "spec coordinator", "spec back", "config start", "config succeeded", "config failed"} {
 		if len(seeds) > 1 && seen[k] == 0 {
 			t.Errorf("the simulation never saw %q: %v", k, seen)
 		}
@@ -562,14 +571,34 @@ func simulatePolicy(t *testing.T, seed uint64, seen map[string]int) {
 	pRelease := []float64{0.01, 0.03, 0.1}[rng.IntN(3)] // a release per tick
 	pOperator := []float64{0, 0.01, 0.05}[rng.IntN(3)]  // an operator call per tick
 
-	svc := &v1.Service{Spec: &v1.ServiceSpec{Name: "svc", Selector: selector, Rollout: pol},
-		Status: &v1.ServiceStatus{StableVersion: "v1", StableGeneration: int64(rng.IntN(5))}}
+	// The service runs v1 with spec 1; specs are applied now and then: some
+	// change what hosts run (CFG), some only the policy or the alerts.
+	sp1 := &v1.ServiceSpec{Name: "svc", Selector: selector, Rollout: pol, Run: &v1.RunSpec{Command: []string{"./app"}, Env: map[string]string{"CFG": "0"}}}
+	svc := &v1.Service{Spec: sp1, SpecRevision: 1,
+		Status: &v1.ServiceStatus{StableVersion: "v1", StableGeneration: int64(rng.IntN(5)), StableSpec: sp1, StableSpecRevision: 1}}
 	w := newWorld(svc, hosts, t0, fatalf)
 	w.release("v1")
 	agents := map[string]*simAgent{}
 	for _, h := range hosts {
 		agents[h.ID] = &simAgent{labels: h.Labels, connected: rng.IntN(10) > 0, gen: svc.Status.StableGeneration,
-			version: "v1", current: "v1", prev: "v1", phase: pHealthy}
+			version: "v1", spec: sp1, current: "v1", curSpec: sp1, prev: "v1", prevSpec: sp1, phase: pHealthy}
+	}
+	pSpec := []float64{0, 0.01, 0.03}[rng.IntN(3)] // a spec applied per tick
+	applySpec := func() {
+		next := proto.Clone(w.svc.GetSpec()).(*v1.ServiceSpec)
+		switch k := rng.IntN(4); {
+		case k < 2: // what hosts run
+			next.Run.Env["CFG"] = strconv.Itoa(rng.IntN(4))
+			seen["spec host"]++
+		case k < 3: // the policy only
+			next.Rollout.MaxParallel = uint32(rng.IntN(6))
+			seen["spec coordinator"]++
+		default: // back to what the stable release runs, with new alerts
+			next.Run = proto.Clone(w.svc.GetStatus().GetStableSpec().GetRun()).(*v1.RunSpec)
+			next.Alerts = &v1.Alerts{WebhookUrl: "http://hooks/" + strconv.Itoa(rng.IntN(100))}
+			seen["spec back"]++
+		}
+		w.apply(next)
 	}
 	versions := 1
 	op := func(what string, err error) {
@@ -585,7 +614,8 @@ func simulatePolicy(t *testing.T, seed uint64, seen map[string]int) {
 		desired := DesiredFunc(w.svc, cur)
 		for _, h := range hosts {
 			v, g, ok := desired(h.ID, h.Labels)
-			agents[h.ID].assign(v, g, ok, rng, prm)
+			sp, _ := SpecFor(w.svc, cur, v, g)
+			agents[h.ID].assign(v, g, sp, ok, rng, prm)
 		}
 		for _, h := range hosts {
 			a := agents[h.ID]
@@ -604,6 +634,9 @@ func simulatePolicy(t *testing.T, seed uint64, seen map[string]int) {
 		if !drain && rng.Float64() < pRelease {
 			versions++
 			w.release(fmt.Sprintf("v%d", versions))
+		}
+		if !drain && rng.Float64() < pSpec {
+			applySpec()
 		}
 		cur = w.active()
 		waiting := cur.GetState() == v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL ||
@@ -663,11 +696,25 @@ func simulatePolicy(t *testing.T, seed uint64, seen map[string]int) {
 		fatalf("rollout %s to %s succeeded but %s is stable", cur.GetId(), cur.GetToVersion(), w.svc.GetStatus().GetStableVersion())
 	}
 	desired := DesiredFunc(w.svc, cur)
+	st := w.svc.GetStatus()
 	for _, h := range hosts {
-		v, _, ok := desired(h.ID, h.Labels)
-		if Selects(selector, h.Labels) != ok || ok && v != w.svc.GetStatus().GetStableVersion() {
-			fatalf("settled, %s (selected %v) is told %q, stable %s", h.ID, Selects(selector, h.Labels), v, w.svc.GetStatus().GetStableVersion())
+		v, g, ok := desired(h.ID, h.Labels)
+		if Selects(selector, h.Labels) != ok || ok && v != st.GetStableVersion() {
+			fatalf("settled, %s (selected %v) is told %q, stable %s", h.ID, Selects(selector, h.Labels), v, st.GetStableVersion())
 		}
+		if sp, rev := SpecFor(w.svc, cur, v, g); ok && (rev != st.GetStableSpecRevision() || !proto.Equal(sp, st.GetStableSpec())) {
+			fatalf("settled, %s is told spec %d, the stable spec is %d", h.ID, rev, st.GetStableSpecRevision())
+		}
+	}
+	// Settled, the live spec is the stable one, or one that changes what
+	// hosts run and was tried (failed, or undone by a rollback): none is lost
+	// and none that changes nothing on hosts stays unrecorded.
+	if rev := w.svc.GetSpecRevision(); rev != st.GetStableSpecRevision() {
+		if !specdiff.HostAffecting(st.GetStableSpec(), w.svc.GetSpec()) || rev > w.applied[cur.GetId()] {
+			fatalf("settled with spec %d, stable spec %d (host changes %v), newest rollout %s applied %d",
+				rev, st.GetStableSpecRevision(), specdiff.HostChanges(st.GetStableSpec(), w.svc.GetSpec()), cur.GetId(), w.applied[cur.GetId()])
+		}
+		seen["spec not rolled out"]++
 	}
 	for k, v := range w.stats {
 		seen[k] += v

@@ -215,7 +215,7 @@ func (s *stepper) observe(obs func(string) Observation) {
 				hp.State = v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE
 				hp.DoneAt = s.ts()
 				s.mut().LastProgressAt = s.ts()
-				s.emit(EventHostDone, i, id, "healthy on "+to)
+				s.emit(EventHostDone, i, id, "healthy on "+targetName(s.r))
 			}
 		}
 	}
@@ -274,7 +274,7 @@ func (s *stepper) advance() {
 			r := s.mut()
 			r.State = v1.RolloutState_ROLLOUT_STATE_SUCCEEDED
 			r.FinishedAt = s.ts()
-			s.emit(EventRolloutSucceeded, NoWave, "", fmt.Sprintf("%s now runs %s on %d host(s)", r.GetService(), r.GetToVersion(), countHosts(r)))
+			s.emit(EventRolloutSucceeded, NoWave, "", fmt.Sprintf("%s now runs %s on %d host(s)", r.GetService(), targetName(r), countHosts(r)))
 			return
 		}
 		w := s.r.Waves[i]
@@ -378,7 +378,7 @@ func (s *stepper) progressWave(i int) bool {
 		hp.State = v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING
 		hp.StartedAt = s.ts()
 		updating++
-		s.emit(EventHostAssigned, i, hp.GetHostId(), fmt.Sprintf("assigned %s generation %d", s.r.GetToVersion(), s.r.GetGeneration()))
+		s.emit(EventHostAssigned, i, hp.GetHostId(), fmt.Sprintf("assigned %s generation %d", targetName(s.r), s.r.GetGeneration()))
 	}
 	s.res.NextWake = deadlineAt
 	return false

@@ -9,7 +9,10 @@ import (
 	"time"
 
 	"github.com/cockroachdb/datadriven"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/fleetwave/fleetwave/internal/specdiff"
 
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -26,8 +29,12 @@ import (
 //	service [name=web] [mode=auto|manual] [canary=N] [no-canary] [waves=(50,100)]
 //	        [parallel=N] [bake=D] [deadline=D] [failures=N] [on-new=supersede|queue]
 //	        [each-wave] [selector=(k=v,...)] [stable=VERSION]
-//	    the service and its policy (again: a new spec, same status); stable=
-//	    makes VERSION an existing release that runs everywhere (generation 1)
+//	        [run=(./app,ARG...)] [env=(K=V,...)] [webhook=URL]
+//	    the service's spec: its policy, what hosts run (run, env) and its
+//	    alerts. The first is spec 1; again: an apply (a spec that differs gets
+//	    the next revision; it prints the revision and what changed), same
+//	    status. stable= makes VERSION an existing release that runs
+//	    everywhere (generation 1) with spec 1.
 //	hosts                      one host per input line: "ID [k=v ...]"
 //	release VERSION            a new release, created after everything so far
 //	decide                     print what Decide says, without acting
@@ -84,16 +91,23 @@ func TestTraces(t *testing.T) {
 			case "service":
 				svc := traceService(t, td)
 				if w == nil {
+					svc.SpecRevision = 1
 					w = newWorld(svc, nil, t0, fail)
 					if v := arg(td, "stable"); v != "" {
 						w.release(v)
-						w.svc.Status = &v1.ServiceStatus{StableVersion: v, StableGeneration: 1}
+						w.svc.Status = &v1.ServiceStatus{StableVersion: v, StableGeneration: 1,
+							StableSpec: proto.Clone(svc.GetSpec()).(*v1.ServiceSpec), StableSpecRevision: 1}
 						w.goodStables[v] = true
+						w.goodSpecs[1] = true
 					}
-				} else {
-					w.svc.Spec = svc.GetSpec()
+					return ""
 				}
-				return ""
+				before := w.svc.GetSpec()
+				if rev := w.svc.GetSpecRevision(); w.apply(svc.GetSpec()) == rev {
+					return fmt.Sprintf("%s unchanged", SpecName(rev))
+				}
+				d := specdiff.Diff(before, w.svc.GetSpec())
+				return fmt.Sprintf("%s applied: host %v, coordinator %v, placement %v", SpecName(w.svc.GetSpecRevision()), d.Host, d.Coordinator, d.Placement)
 			case "hosts":
 				for _, line := range strings.Split(strings.TrimSpace(td.Input), "\n") {
 					f := strings.Fields(line)
@@ -234,7 +248,24 @@ func traceService(t *testing.T, td *datadriven.TestData) *v1.Service {
 			sel[k] = v
 		}
 	}
-	return &v1.Service{Spec: &v1.ServiceSpec{Name: name, Selector: sel, Rollout: pol}}
+	sp := &v1.ServiceSpec{Name: name, Selector: sel, Rollout: pol}
+	if a, ok := td.Arg("run"); ok {
+		sp.Run = &v1.RunSpec{Command: a.Vals}
+	}
+	if a, ok := td.Arg("env"); ok {
+		if sp.Run == nil {
+			sp.Run = &v1.RunSpec{}
+		}
+		sp.Run.Env = map[string]string{}
+		for _, kv := range a.Vals {
+			k, v, _ := strings.Cut(kv, "=")
+			sp.Run.Env[k] = v
+		}
+	}
+	if u := arg(td, "webhook"); u != "" {
+		sp.Alerts = &v1.Alerts{WebhookUrl: u}
+	}
+	return &v1.Service{Spec: sp}
 }
 
 // traceReport records reports: H=PHASE for each host, for the newest

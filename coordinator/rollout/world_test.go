@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/fleetwave/fleetwave/internal/spec"
+	"github.com/fleetwave/fleetwave/internal/specdiff"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -41,22 +42,26 @@ type world struct {
 	// started a rollout that was not a rollback, and the stable versions a
 	// conclusion may leave.
 	lastGen     map[string]int64
-	genVersion  map[string]map[int64]string
-	started     map[string]string
+	genVersion  map[string]map[int64]told
+	started     map[string]string // "version@spec revision" -> rollout id
 	goodStables map[string]bool
-	unfrozen    map[string]bool // rollouts whose freeze an operator lifted
+	goodSpecs   map[int64]bool   // spec revisions a conclusion or a record may leave stable
+	applied     map[string]int64 // rollout id -> the service's spec revision when it was created
+	unfrozen    map[string]bool  // rollouts whose freeze an operator lifted
 	steps       int
 	stats       map[string]int // decisions and rollout ends, for the simulation's coverage
 }
 
 func newWorld(svc *v1.Service, hosts []Host, now time.Time, fail func(string, ...any)) *world {
 	w := &world{svc: svc, hosts: hosts, now: now, fail: fail, created: map[string]int64{}, obs: map[string]Observation{},
-		lastGen: map[string]int64{}, genVersion: map[string]map[int64]string{}, started: map[string]string{},
-		goodStables: map[string]bool{"": true}, unfrozen: map[string]bool{}, stats: map[string]int{}}
+		lastGen: map[string]int64{}, genVersion: map[string]map[int64]told{}, started: map[string]string{},
+		goodStables: map[string]bool{"": true}, goodSpecs: map[int64]bool{0: true}, applied: map[string]int64{},
+		unfrozen: map[string]bool{}, stats: map[string]int{}}
 	if svc.Status == nil {
 		svc.Status = &v1.ServiceStatus{}
 	}
 	w.goodStables[svc.GetStatus().GetStableVersion()] = true
+	w.goodSpecs[svc.GetStatus().GetStableSpecRevision()] = true
 	w.check()
 	return w
 }
@@ -108,6 +113,16 @@ func (w *world) release(v string) {
 	w.releases = append(w.releases, Release{Version: v, Created: w.rev})
 }
 
+// apply stores a spec as the store's ApplySpec does: a spec that differs
+// from the live one gets the next revision. It returns the revision.
+func (w *world) apply(sp *v1.ServiceSpec) int64 {
+	if !proto.Equal(sp, w.svc.GetSpec()) {
+		w.svc.Spec = sp
+		w.svc.SpecRevision++
+	}
+	return w.svc.GetSpecRevision()
+}
+
 func (w *world) events(r *v1.Rollout, evs []Event) {
 	for _, e := range evs {
 		var where string
@@ -129,9 +144,13 @@ func (w *world) commit(next *v1.Rollout) {
 	}
 	if Terminal(next) {
 		w.stats[stateName(next.GetState())]++
+		if IsConfig(next) {
+			w.stats["config "+strings.ToLower(stateName(next.GetState()))]++
+		}
 		w.svc.Status = Conclude(w.svc.GetStatus(), next)
 		if next.GetState() == rOK {
 			w.goodStables[next.GetToVersion()] = true
+			w.goodSpecs[next.GetSpecRevision()] = true
 		}
 	}
 }
@@ -156,12 +175,17 @@ func (w *world) begin(r *v1.Rollout, st *v1.ServiceStatus, res Result) {
 	if prev, _ := w.current(); prev != nil && r.GetGeneration() <= prev.GetGeneration() {
 		w.fail("rollout %s has generation %d, not above %s's %d", r.GetId(), r.GetGeneration(), prev.GetId(), prev.GetGeneration())
 	}
+	if r.GetAppliedSpecRevision() != w.svc.GetSpecRevision() {
+		w.fail("rollout %s records applied spec revision %d, the service is at %d", r.GetId(), r.GetAppliedSpecRevision(), w.svc.GetSpecRevision())
+	}
 	w.rev++
 	w.created[r.GetId()] = w.rev
+	w.applied[r.GetId()] = w.svc.GetSpecRevision()
 	w.rollouts = append(w.rollouts, r)
 	w.svc.Status = st
 	if Terminal(r) && r.GetState() == rOK {
 		w.goodStables[r.GetToVersion()] = true
+		w.goodSpecs[r.GetSpecRevision()] = true
 	}
 	w.events(r, res.Events)
 	w.wake = res.NextWake
@@ -212,10 +236,23 @@ func (w *world) reconcile() {
 			next := Supersede(cur, d.Reason, w.now)
 			w.logf("%s %s: %s", next.GetId(), EventRolloutSuperseded, next.GetReason())
 			w.commit(next)
-			continue
-		case ActionStart:
-			w.started[d.Version] = NextID(w.svc)
+			if !d.Replan {
+				continue
+			}
+			// Planned again with the newer spec, in the same pass.
+			w.started[w.startKey(d.Version)] = NextID(w.svc)
 			w.begin(Begin(w.svc, d.Version, w.hosts, w.observe, w.now))
+		case ActionStart:
+			if d.Config {
+				w.stats["config start"]++
+			}
+			w.started[w.startKey(d.Version)] = NextID(w.svc)
+			w.begin(Begin(w.svc, d.Version, w.hosts, w.observe, w.now))
+		case ActionRecordSpec:
+			w.logf("%s: %s", EventSpecRecorded, SpecRecorded(w.svc))
+			w.svc.Status = RecordSpec(w.svc)
+			w.goodSpecs[w.svc.GetSpecRevision()] = true
+			continue
 		default:
 			if cur != nil && !Terminal(cur) {
 				w.step(cur)
@@ -227,8 +264,14 @@ func (w *world) reconcile() {
 	w.fail("reconcile did not settle in 10 rounds:\n%s", strings.Join(w.log, "\n"))
 }
 
+// startKey names what a start rolls out: the release with the live spec.
+func (w *world) startKey(version string) string {
+	return fmt.Sprintf("%s@%d", version, w.svc.GetSpecRevision())
+}
+
 // checkDecision checks what Decide said against the world, independently
-// of how Decide works it out.
+// of how Decide works it out (the spec revisions come from the world's own
+// record of when each rollout was created).
 func (w *world) checkDecision(d Decision, cur *v1.Rollout, created int64) {
 	var newest Release
 	for _, rel := range w.releases {
@@ -236,32 +279,64 @@ func (w *world) checkDecision(d Decision, cur *v1.Rollout, created int64) {
 			newest = rel
 		}
 	}
-	pending := newest.Version != "" && (cur == nil && newest.Version != w.svc.GetStatus().GetStableVersion() || cur != nil && newest.Created > created)
+	st := w.svc.GetStatus()
+	pending := newest.Version != "" && (cur == nil && newest.Version != st.GetStableVersion() || cur != nil && newest.Created > created)
 	frozen := w.svc.GetStatus().GetFrozen()
+	inFlight := cur != nil && !Terminal(cur)
+	// A newer spec that changes what hosts would run: the rollout in
+	// flight's, else the stable release's.
+	newerSpec := w.svc.GetSpecRevision() > w.applied[cur.GetId()]
+	var pendingSpec bool
+	switch {
+	case inFlight:
+		pendingSpec = newerSpec && specdiff.HostAffecting(cur.GetSpec(), w.svc.GetSpec())
+	case st.GetStableVersion() != "" && st.GetStableSpec() != nil:
+		pendingSpec = newerSpec && specdiff.HostAffecting(st.GetStableSpec(), w.svc.GetSpec())
+	}
+	if d.Config && pending {
+		w.fail("%s decided for a spec while release %s is pending", d, newest.Version)
+	}
 	switch d.Action {
 	case ActionStart:
-		if !pending || frozen || (cur != nil && !Terminal(cur)) || d.Version != newest.Version {
-			w.fail("start %s: pending %v frozen %v rollout in flight %v newest %s", d.Version, pending, frozen, cur != nil && !Terminal(cur), newest.Version)
+		want := newest.Version
+		if d.Config {
+			want = st.GetStableVersion()
 		}
-		if id, again := w.started[d.Version]; again {
-			w.fail("release %s starts again (it started rollout %s)", d.Version, id)
+		if !(pending || d.Config && pendingSpec) || frozen || inFlight || d.Version != want {
+			w.fail("start %s: pending %v spec %v frozen %v rollout in flight %v newest %s", d, pending, pendingSpec, frozen, inFlight, newest.Version)
+		}
+		if id, again := w.started[w.startKey(d.Version)]; again {
+			w.fail("release %s with spec %d starts again (it started rollout %s)", d.Version, w.svc.GetSpecRevision(), id)
 		}
 	case ActionSupersede:
-		ok := pending && cur != nil && (cur.GetState() == v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL ||
+		ok := (pending || d.Config && pendingSpec) && cur != nil && (cur.GetState() == v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL ||
 			cur.GetState() == rProg && !cur.GetRollback() && !frozen && w.svc.GetSpec().GetRollout().GetOnNewRelease() != spec.OnNewReleaseQueue)
-		if !ok || d.Version != newest.Version {
-			w.fail("supersede %v by %s: pending %v frozen %v policy %q", cur.GetState(), d.Version, pending, frozen, w.svc.GetSpec().GetRollout().GetOnNewRelease())
+		want := newest.Version
+		if d.Config {
+			want = cur.GetToVersion()
+		}
+		if !ok || d.Version != want {
+			w.fail("supersede %v by %s: pending %v spec %v frozen %v policy %q", cur.GetState(), d, pending, pendingSpec, frozen, w.svc.GetSpec().GetRollout().GetOnNewRelease())
 		}
 	case ActionWait:
-		if !pending || !(frozen || cur != nil && !Terminal(cur)) {
-			w.fail("wait (%s) with pending %v frozen %v", d.Reason, pending, frozen)
+		if !(pending || pendingSpec) || !(frozen || inFlight) {
+			w.fail("wait (%s) with pending %v spec %v frozen %v", d.Reason, pending, pendingSpec, frozen)
+		}
+	case ActionRecordSpec:
+		if inFlight || st.GetStableSpec() == nil || w.svc.GetSpecRevision() == st.GetStableSpecRevision() ||
+			specdiff.HostAffecting(st.GetStableSpec(), w.svc.GetSpec()) {
+			w.fail("record spec %d: in flight %v, stable spec %d (%v)", w.svc.GetSpecRevision(), inFlight, st.GetStableSpecRevision(), st.GetStableSpec() != nil)
 		}
 	case ActionNone:
-		if pending && (frozen || cur != nil && !Terminal(cur)) {
-			w.fail("none (%s) while %s waits", d.Reason, newest.Version)
+		if (pending || pendingSpec) && (frozen || inFlight) {
+			w.fail("none (%s) while %s (spec %v) waits", d.Reason, newest.Version, pendingSpec)
 		}
-		if pending && !frozen && (cur == nil || Terminal(cur)) {
-			w.fail("none (%s): release %s is lost", d.Reason, newest.Version)
+		if (pending || pendingSpec) && !frozen && !inFlight {
+			w.fail("none (%s): release %s (spec %v) is lost", d.Reason, newest.Version, pendingSpec)
+		}
+		if !inFlight && st.GetStableSpec() != nil && w.svc.GetSpecRevision() != st.GetStableSpecRevision() &&
+			!specdiff.HostAffecting(st.GetStableSpec(), w.svc.GetSpec()) && !pending {
+			w.fail("none (%s): spec %d changes nothing on hosts and is not recorded", d.Reason, w.svc.GetSpecRevision())
 		}
 	}
 }
@@ -286,11 +361,15 @@ func (w *world) check() {
 	if st := w.svc.GetStatus().GetStableVersion(); !w.goodStables[st] {
 		w.fail("stable release %s never succeeded", st)
 	}
+	if st := w.svc.GetStatus().GetStableSpecRevision(); !w.goodSpecs[st] {
+		w.fail("stable spec %d never succeeded nor was recorded", st)
+	}
 	if cur, _ := w.current(); cur.GetState() == rFailed && !w.svc.GetStatus().GetFrozen() && !w.unfrozen[cur.GetId()] {
 		w.fail("rollout %s failed but the service is not frozen", cur.GetId())
 	}
 	// What each host is told: generations never go back, and a generation
-	// names one version.
+	// names one version with one spec as hosts run it (a spec recorded
+	// without a rollout differs only in what hosts do not read).
 	cur, _ := w.current()
 	desired := DesiredFunc(w.svc, cur)
 	for _, h := range w.hosts {
@@ -303,13 +382,21 @@ func (w *world) check() {
 		}
 		w.lastGen[h.ID] = g
 		if w.genVersion[h.ID] == nil {
-			w.genVersion[h.ID] = map[int64]string{}
+			w.genVersion[h.ID] = map[int64]told{}
 		}
-		if was, seen := w.genVersion[h.ID][g]; seen && was != v {
-			w.fail("%s is told %s at generation %d, which was %s", h.ID, v, g, was)
+		sp, rev := SpecFor(w.svc, cur, v, g)
+		if was, seen := w.genVersion[h.ID][g]; seen && (was.version != v || specdiff.HostAffecting(was.spec, sp)) {
+			w.fail("%s is told %s with spec %d at generation %d, which was %s with spec %d", h.ID, v, rev, g, was.version, was.rev)
 		}
-		w.genVersion[h.ID][g] = v
+		w.genVersion[h.ID][g] = told{v, sp, rev}
 	}
+}
+
+// told is what a host was told at one generation.
+type told struct {
+	version string
+	spec    *v1.ServiceSpec
+	rev     int64
 }
 
 // The operator calls, as coordinator/leader_ops.go serves them.
@@ -448,6 +535,14 @@ func (w *world) at(t time.Time) string {
 func (w *world) state() []string {
 	st := w.svc.GetStatus()
 	line := fmt.Sprintf("service %s: stable %s gen %d", w.name(), orNone(st.GetStableVersion()), st.GetStableGeneration())
+	// Spec revisions once there is more than one (traces of releases alone
+	// stay as they were).
+	switch rev := w.svc.GetSpecRevision(); {
+	case rev != st.GetStableSpecRevision() && st.GetStableSpec() != nil:
+		line += fmt.Sprintf(", %s (hosts run %s)", SpecName(rev), SpecName(st.GetStableSpecRevision()))
+	case rev > 1:
+		line += ", " + SpecName(rev)
+	}
 	if st.GetFrozen() {
 		line += ", frozen (" + st.GetFrozenReason() + ")"
 	}
@@ -460,7 +555,7 @@ func (w *world) state() []string {
 	if cur.GetRollback() {
 		kind = "rollback"
 	}
-	line = fmt.Sprintf("%s %s %s → %s gen %d: %s", kind, cur.GetId(), orNone(cur.GetFromVersion()), cur.GetToVersion(), cur.GetGeneration(), stateName(cur.GetState()))
+	line = fmt.Sprintf("%s %s %s gen %d: %s", kind, cur.GetId(), Describe(cur), cur.GetGeneration(), stateName(cur.GetState()))
 	if cur.GetPaused() {
 		line += ", paused"
 	}
@@ -522,7 +617,11 @@ func (w *world) desiredLines() []string {
 			out = append(out, h.ID+": nothing")
 			continue
 		}
-		out = append(out, fmt.Sprintf("%s: %s gen %d", h.ID, v, g))
+		line := fmt.Sprintf("%s: %s gen %d", h.ID, v, g)
+		if _, rev := SpecFor(w.svc, cur, v, g); w.svc.GetSpecRevision() > 1 {
+			line += " " + SpecName(rev)
+		}
+		out = append(out, line)
 	}
 	return out
 }
