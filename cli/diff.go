@@ -28,8 +28,14 @@ func DiffRollout(prev, cur *v1.Rollout) []string {
 		if cur.GetRollback() {
 			kind = "rollback"
 		}
-		out = append(out, fmt.Sprintf("%s %s of %s: %s → %s, %s, %s",
-			kind, cur.GetId(), cur.GetService(), versionOrNone(cur.GetFromVersion()), cur.GetToVersion(),
+		switch {
+		case cur.GetRemove():
+			kind = "removal"
+		case rollout.IsConfig(cur):
+			kind = "config rollout"
+		}
+		out = append(out, fmt.Sprintf("%s %s of %s: %s%s, %s, %s",
+			kind, cur.GetId(), cur.GetService(), rollout.Describe(cur), changesNote(cur.GetSpecChanges()),
 			plural(len(cur.GetWaves()), "wave"), plural(hosts, "host")))
 		prev = untouched(cur)
 	}

@@ -202,11 +202,19 @@ func (a *app) watchByEvents(cmd *cobra.Command, service, id string) error {
 
 func printRollout(w io.Writer, ro *v1.Rollout) error {
 	kind := "rollout"
-	if ro.GetRollback() {
+	switch {
+	case ro.GetRollback():
 		kind = "rollback"
+	case ro.GetRemove():
+		kind = "removal"
+	case rollout.IsConfig(ro):
+		kind = "config rollout"
 	}
-	fmt.Fprintf(w, "%s %s of %s: %s → %s, %s (generation %d)\n", kind, ro.GetId(), ro.GetService(),
-		versionOrNone(ro.GetFromVersion()), ro.GetToVersion(), rolloutState(ro.GetState()), ro.GetGeneration())
+	fmt.Fprintf(w, "%s %s of %s: %s, %s (generation %d)\n", kind, ro.GetId(), ro.GetService(),
+		rollout.Describe(ro), rolloutState(ro.GetState()), ro.GetGeneration())
+	if ro.GetSpecRevision() > 0 {
+		fmt.Fprintf(w, "spec: %s%s\n", rollout.SpecName(ro.GetSpecRevision()), changesNote(ro.GetSpecChanges()))
+	}
 	fmt.Fprintf(w, "created %s, started %s, finished %s\n", fmtTime(ro.GetCreatedAt()), fmtTime(ro.GetStartedAt()), fmtTime(ro.GetFinishedAt()))
 	if ro.GetReason() != "" {
 		fmt.Fprintf(w, "reason: %s\n", ro.GetReason())

@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
 
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/internal/spec"
+	"github.com/fleetwave/fleetwave/internal/specdiff"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -39,11 +42,29 @@ func (a *app) serviceCmd() *cobra.Command {
 			if a.jsonOutput() {
 				return printJSON(a.stdout, resp)
 			}
-			verb := "updated"
-			if resp.GetCreated() {
-				verb = "created"
+			svc := resp.GetService()
+			rev := rollout.SpecName(svc.GetSpecRevision())
+			switch {
+			case resp.GetCreated():
+				fmt.Fprintf(a.stdout, "service %s created (%s)\n", s.GetName(), rev)
+				return nil
+			case resp.GetUnchanged():
+				fmt.Fprintf(a.stdout, "service %s unchanged (%s)\n", s.GetName(), rev)
+				return nil
 			}
-			fmt.Fprintf(a.stdout, "service %s %s\n", s.GetName(), verb)
+			fmt.Fprintf(a.stdout, "service %s updated: %s\n", s.GetName(), rev)
+			if r := resp.GetRollout(); r != nil {
+				what := "rollout"
+				if rollout.IsConfig(r) {
+					what = "config rollout"
+				}
+				fmt.Fprintf(a.stdout, "%s %s started: %s%s, %s; follow it with: fleetwave rollout watch %s\n",
+					what, r.GetId(), rollout.Describe(r), changesNote(r.GetSpecChanges()),
+					strings.ToLower(rolloutState(r.GetState())), s.GetName())
+			}
+			if n := resp.GetNote(); n != "" {
+				fmt.Fprintln(a.stdout, n)
+			}
 			return nil
 		}),
 	}
@@ -65,10 +86,10 @@ func (a *app) serviceCmd() *cobra.Command {
 				return printJSON(a.stdout, resp)
 			}
 			tw := newTable(a.stdout)
-			row(tw, "NAME", "MODE", "STABLE", "FROZEN", "LAST ROLLOUT", "SELECTOR")
+			row(tw, "NAME", "MODE", "STABLE", "SPEC", "FROZEN", "LAST ROLLOUT", "SELECTOR")
 			for _, s := range resp.GetServices() {
 				st := s.GetStatus()
-				row(tw, s.GetSpec().GetName(), mode(s.GetSpec()), orDash(st.GetStableVersion()),
+				row(tw, s.GetSpec().GetName(), mode(s.GetSpec()), orDash(st.GetStableVersion()), specColumn(s),
 					yesNo(st.GetFrozen()), orDash(st.GetLastRolloutId()), fmtLabels(s.GetSpec().GetSelector()))
 			}
 			return tw.Flush()
@@ -179,12 +200,44 @@ func frozen(st *v1.ServiceStatus) string {
 	return "yes: " + st.GetFrozenReason()
 }
 
+// specColumn is the spec revision, and the one hosts run when it differs:
+// "5", "5 (hosts 4)".
+func specColumn(s *v1.Service) string {
+	rev, st := s.GetSpecRevision(), s.GetStatus()
+	if rev == 0 {
+		return "-"
+	}
+	if st.GetStableSpec() != nil && st.GetStableSpecRevision() != rev {
+		return fmt.Sprintf("%d (hosts %d)", rev, st.GetStableSpecRevision())
+	}
+	return strconv.FormatInt(rev, 10)
+}
+
+// changesNote is " (changes run.env, checks)" or "".
+func changesNote(changes []string) string {
+	if len(changes) == 0 {
+		return ""
+	}
+	return " (changes " + strings.Join(changes, ", ") + ")"
+}
+
 func printService(w io.Writer, s *v1.Service) error {
 	st := s.GetStatus()
 	tw := newTable(w)
 	row(tw, "name:", s.GetSpec().GetName())
 	row(tw, "mode:", mode(s.GetSpec()))
-	row(tw, "stable version:", fmt.Sprintf("%s (generation %d)", orDash(st.GetStableVersion()), st.GetStableGeneration()))
+	stable := orDash(st.GetStableVersion())
+	if st.GetStableVersion() != "" && st.GetStableSpec() != nil {
+		stable += " with " + rollout.SpecName(st.GetStableSpecRevision())
+	}
+	row(tw, "stable version:", fmt.Sprintf("%s (generation %d)", stable, st.GetStableGeneration()))
+	spec := rollout.SpecName(s.GetSpecRevision())
+	if st.GetStableSpec() != nil && st.GetStableSpecRevision() != s.GetSpecRevision() {
+		if ch := specdiff.HostChanges(st.GetStableSpec(), s.GetSpec()); len(ch) > 0 {
+			spec += fmt.Sprintf(" (hosts run %s; it changes %s)", rollout.SpecName(st.GetStableSpecRevision()), strings.Join(ch, ", "))
+		}
+	}
+	row(tw, "spec:", spec)
 	row(tw, "frozen:", frozen(st))
 	row(tw, "last rollout:", orDash(st.GetLastRolloutId()))
 	row(tw, "updated:", fmtTime(s.GetUpdatedAt()))

@@ -136,6 +136,9 @@ func printDeployStats(w io.Writer, title string, s *v1.DeployStats) error {
 	if s.GetRollouts() > 0 {
 		fmt.Fprintf(w, ": %d succeeded, %d failed, %d rolled back, %d superseded",
 			s.GetSucceeded(), s.GetFailed(), s.GetRolledBack(), s.GetSuperseded())
+		if n := s.GetConfigRollouts(); n > 0 {
+			fmt.Fprintf(w, " (%s of a new spec)", plural(int(n), "config rollout"))
+		}
 	}
 	fmt.Fprintln(w)
 

@@ -134,10 +134,34 @@ func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string)
 		if err := l.commit(ctx, fence, vs, next, vr.Rev, []*v1.Event{ev}); err != nil {
 			return time.Time{}, err
 		}
-		return l.reconcile(ctx, fence, name)
+		if !d.Replan {
+			return l.reconcile(ctx, fence, name)
+		}
+		// A newer spec: the superseded rollout's release planned again
+		// with it, without deciding again (its release is older than the
+		// superseded rollout).
+		if vs, ok = l.c.mirror.Service(name); !ok {
+			return time.Time{}, nil
+		}
+		r, st, res := rollout.Begin(vs.Val, d.Version, l.hosts(), l.observe(name), now)
+		return res.NextWake, l.start(ctx, fence, vs, r, st, res, "", now)
 	case rollout.ActionStart:
 		r, st, res := rollout.Begin(svc, d.Version, l.hosts(), l.observe(name), now)
 		return res.NextWake, l.start(ctx, fence, vs, r, st, res, "", now)
+	case rollout.ActionRecordSpec:
+		// Nothing changes on hosts: the spec becomes the stable spec.
+		next := proto.Clone(svc).(*v1.Service)
+		next.Status = rollout.RecordSpec(svc)
+		ev := event(cur, name, rollout.EventSpecRecorded, "", rollout.SpecRecorded(svc), now)
+		rev, err := l.c.store.PutService(ctx, fence, next, vs.Rev, ev)
+		if err != nil {
+			return time.Time{}, err
+		}
+		log.Info().Int64("spec_revision", svc.GetSpecRevision()).Msg("spec recorded without a rollout: it changes nothing hosts run")
+		if err := l.c.mirror.WaitRev(ctx, rev); err != nil {
+			return time.Time{}, err
+		}
+		return l.reconcile(ctx, fence, name)
 	}
 
 	if !has || rollout.Terminal(cur) {

@@ -57,12 +57,58 @@ func (o *operator) ApplyService(ctx context.Context, req *v1.ApplyServiceRequest
 	if err := spec.Validate(req.GetSpec()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	svc, created, err := o.c.store.ApplySpec(ctx, req.GetSpec(), time.Now())
+	ap, err := o.c.store.ApplySpec(ctx, req.GetSpec(), time.Now())
 	if err != nil {
 		return nil, grpcErr(err)
 	}
-	o.c.log.Info().Str("service", req.GetSpec().GetName()).Bool("created", created).Msg("service applied")
-	return &v1.ApplyServiceResponse{Service: svc, Created: created}, nil
+	name, svc := req.GetSpec().GetName(), ap.Service
+	o.c.log.Info().Str("service", name).Bool("created", ap.Created).Bool("unchanged", ap.Unchanged).
+		Int64("spec_revision", svc.GetSpecRevision()).Msg("service applied")
+	resp := &v1.ApplyServiceResponse{Service: svc, Created: ap.Created, Unchanged: ap.Unchanged}
+	if ap.Created || ap.Unchanged {
+		return resp, nil
+	}
+	// The leader decides what the spec does (a config rollout, recorded,
+	// waits): let it see the spec, then ask, as CreateRelease does. The spec
+	// is stored either way, so from here on errors are only logged.
+	if err := o.c.mirror.WaitRev(ctx, ap.Rev); err != nil {
+		o.c.log.Warn().Err(err).Str("service", name).Msg("spec stored; the rollout leader acts on it")
+		resp.Note = "spec stored; the rollout leader acts on it"
+		return resp, nil
+	}
+	r, after, err := o.c.leader.call(ctx, leaderReq{service: name, op: opReconcile})
+	if err != nil {
+		o.c.log.Warn().Err(err).Str("service", name).Msg("spec stored; the rollout leader acts on it")
+		resp.Note = "spec stored; the rollout leader acts on it"
+		return resp, nil
+	}
+	resp.Service = after
+	resp.Rollout, resp.Note = specOutcome(after, r, svc.GetSpecRevision())
+	return resp, nil
+}
+
+// specOutcome says what spec revision rev of svc did, after the leader
+// reconciled: the rollout that carries it, or a note.
+func specOutcome(svc *v1.Service, r *v1.Rollout, rev int64) (*v1.Rollout, string) {
+	st := svc.GetStatus()
+	spec := rollout.SpecName(rev)
+	switch {
+	case svc.GetSpecRevision() != rev:
+		return nil, fmt.Sprintf("%s stored; %s was applied since", spec, rollout.SpecName(svc.GetSpecRevision()))
+	case r != nil && !rollout.Terminal(r) && r.GetSpecRevision() == rev:
+		return r, ""
+	case st.GetStableSpecRevision() == rev:
+		return nil, fmt.Sprintf("%s recorded without a rollout: it changes nothing hosts run", spec)
+	case st.GetStableVersion() == "":
+		return nil, fmt.Sprintf("%s stored; the first release rolls out with it", spec)
+	case st.GetFrozen():
+		return nil, fmt.Sprintf("%s waits: service %s is frozen after a failed rollout (%s); after a look, run: fleetwave service unfreeze %s",
+			spec, svc.GetSpec().GetName(), st.GetFrozenReason(), svc.GetSpec().GetName())
+	case r != nil && !rollout.Terminal(r):
+		return nil, fmt.Sprintf("%s waits for rollout %s (%s, %s) to end", spec, r.GetId(), rollout.Describe(r),
+			strings.ToLower(strings.TrimPrefix(r.GetState().String(), "ROLLOUT_STATE_")))
+	}
+	return nil, spec + " stored"
 }
 
 func (o *operator) ListServices(ctx context.Context, _ *v1.ListServicesRequest) (*v1.ListServicesResponse, error) {

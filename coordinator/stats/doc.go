@@ -15,10 +15,15 @@
 // not counted.
 //
 // What is counted. Only deployments: rollouts that are not rollbacks
-// (rollout.rollback unset) and whose plan has at least one host (a rollout
-// that selected no host deployed nothing). Rollback rollouts are never
-// counted as deployments, successes or failures; they only mark what they
-// undid and end failures (time to restore).
+// (rollout.rollback unset) or removals (rollout.remove, `service delete`)
+// and whose plan has at least one host (a rollout that selected no host
+// deployed nothing). Rollback rollouts are never counted as deployments,
+// successes or failures; they only mark what they undid and end failures
+// (time to restore). Config rollouts (the stable release rolled out again
+// with a new spec: from_version == to_version, spec revisions differ) are
+// deployments like any other and are also counted in config_rollouts; they
+// have no commit, so they add no lead time, commit_to_release or
+// release_to_start (their rollout and bake times count).
 //
 // Results (the counts; every counted rollout has exactly one):
 //   - rolled_back: a deployment undone by a rollback, in either of two ways:

@@ -74,6 +74,7 @@ func (w window) contains(t time.Time) bool { return !t.Before(w.from) && !t.Afte
 // acc accumulates the counts and samples of one service or the fleet.
 type acc struct {
 	succeeded, failed, rolledBack, superseded uint32
+	config                                    uint32
 	deploys                                   int
 	lead, commitToRelease, releaseToStart     []time.Duration
 	rollout, bake, restore                    []time.Duration
@@ -88,6 +89,7 @@ func (a *acc) add(b *acc) {
 	a.failed += b.failed
 	a.rolledBack += b.rolledBack
 	a.superseded += b.superseded
+	a.config += b.config
 	a.deploys += b.deploys
 	a.lead = append(a.lead, b.lead...)
 	a.commitToRelease = append(a.commitToRelease, b.commitToRelease...)
@@ -108,6 +110,7 @@ func (a *acc) result(service string, w window) *v1.DeployStats {
 		Failed:          a.failed,
 		RolledBack:      a.rolledBack,
 		Superseded:      a.superseded,
+		ConfigRollouts:  a.config,
 		LeadTime:        durStats(a.lead),
 		CommitToRelease: durStats(a.commitToRelease),
 		ReleaseToStart:  durStats(a.releaseToStart),
@@ -189,12 +192,17 @@ func collect(h *ServiceHistory, w window) *acc {
 
 	undoneBy := rolledBack(ros)
 	for i, r := range ros {
-		if r.GetRollback() || !hasHosts(r) {
+		if r.GetRollback() || r.GetRemove() || !hasHosts(r) {
 			continue
 		}
 		end, ok := ts(r.GetFinishedAt())
 		if !ok || !w.contains(end) {
 			continue
+		}
+		rel := releases[r.GetToVersion()]
+		if isConfig(r) {
+			a.config++
+			rel = nil // the release's commit is not this change's
 		}
 		rb, undone := undoneBy[i]
 		switch r.GetState() {
@@ -206,7 +214,7 @@ func collect(h *ServiceHistory, w window) *acc {
 			} else {
 				a.succeeded++
 			}
-			a.leadTime(r, releases[r.GetToVersion()])
+			a.leadTime(r, rel)
 		case v1.RolloutState_ROLLOUT_STATE_FAILED:
 			a.failed++
 			start := end
@@ -285,7 +293,15 @@ func rolledBack(ros []*v1.Rollout) map[int]int {
 	return out
 }
 
-// leadTime adds a completed deployment's lead time and breakdown.
+// isConfig reports whether r is a config rollout: the stable release
+// rolled out again with another spec (as rollout.IsConfig).
+func isConfig(r *v1.Rollout) bool {
+	return !r.GetRollback() && !r.GetRemove() && r.GetToVersion() != "" &&
+		r.GetFromVersion() == r.GetToVersion() && r.GetSpecRevision() != r.GetFromSpecRevision()
+}
+
+// leadTime adds a completed deployment's lead time and breakdown (rel nil:
+// its rollout and bake only).
 func (a *acc) leadTime(r *v1.Rollout, rel *v1.Release) {
 	live, ok := liveAt(r)
 	if !ok {

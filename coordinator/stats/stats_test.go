@@ -643,3 +643,33 @@ func equalHistory(a, b ServiceHistory) bool {
 		slices.EqualFunc(a.Releases, b.Releases, func(x, y *v1.Release) bool { return proto.Equal(x, y) }) &&
 		slices.EqualFunc(a.Rollouts, b.Rollouts, func(x, y *v1.Rollout) bool { return proto.Equal(x, y) })
 }
+
+// A config rollout (v1 again with spec 2) is a deployment: counted, its
+// failure in the change failure rate, its rollout time measured; it has no
+// lead time (the release's commit is not its change). A removal is not a
+// deployment.
+func TestComputeConfigAndRemoval(t *testing.T) {
+	deploy := ro("1", "", "v1", succeeded, at(1*day), at(1*day), at(1*day+m),
+		wave(at(1*day), at(1*day+m), nil, at(1*day+m)))
+	deploy.SpecRevision = 1
+	config := ro("2", "v1", "v1", succeeded, at(2*day), at(2*day), at(2*day+3*m),
+		wave(at(2*day), at(2*day+3*m), nil, at(2*day+3*m)))
+	config.FromSpecRevision, config.SpecRevision = 1, 2
+	configFailed := ro("3", "v1", "v1", failed, at(3*day), at(3*day), at(3*day+m), oneHost(at(3*day)))
+	configFailed.FromSpecRevision, configFailed.SpecRevision = 2, 3
+	removal := ro("4", "v1", "", succeeded, at(4*day), at(4*day), at(4*day+m), wave(at(4*day), at(4*day+m), nil, at(4*day+m)))
+	removal.Remove = true
+	hist := ServiceHistory{
+		Service:  "s",
+		Releases: []*v1.Release{rel("v1", at(1*day-hr), at(1*day))},
+		Rollouts: []*v1.Rollout{deploy, config, configFailed, removal},
+	}
+	got := Compute([]ServiceHistory{hist}, now, 30*day).GetServices()[0]
+	if got.GetRollouts() != 3 || got.GetSucceeded() != 2 || got.GetFailed() != 1 || got.GetConfigRollouts() != 2 {
+		t.Errorf("counts: %d rollouts, %d succeeded, %d failed, %d config; want 3, 2, 1, 2",
+			got.GetRollouts(), got.GetSucceeded(), got.GetFailed(), got.GetConfigRollouts())
+	}
+	checkDur(t, "lead_time (the release's deployment only)", got.GetLeadTime(), dur{1, hr + m, hr + m})
+	checkDur(t, "release_to_start (the release's deployment only)", got.GetReleaseToStart(), dur{1, 0, 0})
+	checkDur(t, "rollout (both)", got.GetRollout(), dur{2, m, 3 * m})
+}

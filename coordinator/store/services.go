@@ -22,37 +22,53 @@ func (s *Store) ListServices(ctx context.Context) ([]*v1.Service, error) {
 	return list(ctx, s, ServicesPrefix, func() *v1.Service { return &v1.Service{} })
 }
 
-// ApplySpec creates a service or replaces its spec, keeping its status. It
-// retries on concurrent updates. created reports whether it was new.
-func (s *Store) ApplySpec(ctx context.Context, spec *v1.ServiceSpec, now time.Time) (svc *v1.Service, created bool, err error) {
+// Applied is what ApplySpec did.
+type Applied struct {
+	Service *v1.Service
+	// Created: the service was new. Unchanged: the spec was the one stored
+	// (nothing was written).
+	Created, Unchanged bool
+	// Rev is the etcd revision of the write (0 when unchanged).
+	Rev int64
+}
+
+// ApplySpec creates a service or replaces its spec, keeping its status. A
+// spec that differs from the stored one gets the next spec revision (the
+// first is 1); the same spec again changes nothing. It retries on
+// concurrent updates.
+func (s *Store) ApplySpec(ctx context.Context, spec *v1.ServiceSpec, now time.Time) (Applied, error) {
 	key := ServiceKey(spec.GetName())
 	for range 10 {
+		var out Applied
 		cur, rev, err := s.GetService(ctx, spec.GetName())
 		switch {
 		case errors.Is(err, ErrNotFound):
-			cur, rev, created = &v1.Service{Status: &v1.ServiceStatus{}}, 0, true
+			cur, rev, out.Created = &v1.Service{Status: &v1.ServiceStatus{}}, 0, true
 		case err != nil:
-			return nil, false, err
-		default:
-			created = false
+			return Applied{}, err
+		}
+		if !out.Created && proto.Equal(cur.GetSpec(), spec) {
+			return Applied{Service: cur, Unchanged: true}, nil
 		}
 		next := proto.Clone(cur).(*v1.Service)
 		next.Spec = spec
+		next.SpecRevision = cur.GetSpecRevision() + 1
 		next.UpdatedAt = tsOf(now)
 		val, err := marshal(next)
 		if err != nil {
-			return nil, false, err
+			return Applied{}, err
 		}
 		resp, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
 			Then(clientv3.OpPut(key, val)).Commit()
 		if err != nil {
-			return nil, false, fmt.Errorf("apply service %s: %w", spec.GetName(), err)
+			return Applied{}, fmt.Errorf("apply service %s: %w", spec.GetName(), err)
 		}
 		if resp.Succeeded {
-			return next, created, nil
+			out.Service, out.Rev = next, resp.Header.Revision
+			return out, nil
 		}
 	}
-	return nil, false, fmt.Errorf("apply service %s: %w", spec.GetName(), ErrConflict)
+	return Applied{}, fmt.Errorf("apply service %s: %w", spec.GetName(), ErrConflict)
 }
 
 // CreateRelease stores a release and returns the revision of the write; a

@@ -55,10 +55,11 @@ func TestApplySpecKeepsStatus(t *testing.T) {
 	s := startStore(t)
 	ctx := context.Background()
 	now := time.Unix(1000, 0)
-	svc, created, err := s.ApplySpec(ctx, &v1.ServiceSpec{Name: "web"}, now)
-	if err != nil || !created {
-		t.Fatalf("create: %v %v", created, err)
+	ap, err := s.ApplySpec(ctx, &v1.ServiceSpec{Name: "web"}, now)
+	if err != nil || !ap.Created || ap.Service.GetSpecRevision() != 1 {
+		t.Fatalf("create: %+v %v", ap, err)
 	}
+	svc := ap.Service
 	_, rev, err := s.GetService(ctx, "web")
 	if err != nil {
 		t.Fatal(err)
@@ -67,12 +68,19 @@ func TestApplySpecKeepsStatus(t *testing.T) {
 	if _, err := s.PutService(ctx, nil, svc, rev); err != nil {
 		t.Fatal(err)
 	}
-	svc2, created, err := s.ApplySpec(ctx, &v1.ServiceSpec{Name: "web", Selector: map[string]string{"role": "web"}}, now)
-	if err != nil || created {
-		t.Fatalf("update: %v %v", created, err)
+	ap, err = s.ApplySpec(ctx, &v1.ServiceSpec{Name: "web", Selector: map[string]string{"role": "web"}}, now)
+	if err != nil || ap.Created || ap.Unchanged {
+		t.Fatalf("update: %+v %v", ap, err)
 	}
-	if svc2.GetStatus().GetStableVersion() != "v1" || svc2.GetSpec().GetSelector()["role"] != "web" {
-		t.Fatalf("status lost or spec not replaced: %v", svc2)
+	svc2 := ap.Service
+	if svc2.GetStatus().GetStableVersion() != "v1" || svc2.GetSpec().GetSelector()["role"] != "web" || svc2.GetSpecRevision() != 2 {
+		t.Fatalf("status lost, spec not replaced or not numbered 2: %v", svc2)
+	}
+	// The same spec again: nothing is written, the revision stays.
+	_, before, _ := s.GetService(ctx, "web")
+	ap, err = s.ApplySpec(ctx, &v1.ServiceSpec{Name: "web", Selector: map[string]string{"role": "web"}}, now.Add(time.Hour))
+	if _, after, _ := s.GetService(ctx, "web"); err != nil || !ap.Unchanged || ap.Service.GetSpecRevision() != 2 || after != before {
+		t.Fatalf("same spec again: %+v %v (mod revision %d -> %d)", ap, err, before, after)
 	}
 	// A stale compare-and-swap loses.
 	if _, err := s.PutService(ctx, nil, svc, rev); !errors.Is(err, ErrConflict) {

@@ -68,9 +68,17 @@ func (x *ApplyServiceRequest) GetSpec() *ServiceSpec {
 }
 
 type ApplyServiceResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Service       *Service               `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
-	Created       bool                   `protobuf:"varint,2,opt,name=created,proto3" json:"created,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Service *Service               `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	Created bool                   `protobuf:"varint,2,opt,name=created,proto3" json:"created,omitempty"`
+	// The spec is the one already applied: nothing was stored (same revision).
+	Unchanged bool `protobuf:"varint,3,opt,name=unchanged,proto3" json:"unchanged,omitempty"`
+	// The config rollout the spec started, if any.
+	Rollout *Rollout `protobuf:"bytes,4,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	// What the spec does when no rollout started: recorded without one (it
+	// changes nothing hosts run), waits (frozen, queued, a rollback runs), or
+	// left to the leader.
+	Note          string `protobuf:"bytes,5,opt,name=note,proto3" json:"note,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -117,6 +125,27 @@ func (x *ApplyServiceResponse) GetCreated() bool {
 		return x.Created
 	}
 	return false
+}
+
+func (x *ApplyServiceResponse) GetUnchanged() bool {
+	if x != nil {
+		return x.Unchanged
+	}
+	return false
+}
+
+func (x *ApplyServiceResponse) GetRollout() *Rollout {
+	if x != nil {
+		return x.Rollout
+	}
+	return nil
+}
+
+func (x *ApplyServiceResponse) GetNote() string {
+	if x != nil {
+		return x.Note
+	}
+	return ""
 }
 
 type ListServicesRequest struct {
@@ -2081,8 +2110,11 @@ type DeployStats struct {
 	ChangeFailureBand   string `protobuf:"bytes,17,opt,name=change_failure_band,json=changeFailureBand,proto3" json:"change_failure_band,omitempty"`
 	RestoreBand         string `protobuf:"bytes,18,opt,name=restore_band,json=restoreBand,proto3" json:"restore_band,omitempty"`
 	OverallBand         string `protobuf:"bytes,19,opt,name=overall_band,json=overallBand,proto3" json:"overall_band,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// of rollouts, config rollouts (the stable release with a new spec:
+	// counted like any deployment, but with no commit, so no lead time)
+	ConfigRollouts uint32 `protobuf:"varint,20,opt,name=config_rollouts,json=configRollouts,proto3" json:"config_rollouts,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *DeployStats) Reset() {
@@ -2246,6 +2278,13 @@ func (x *DeployStats) GetOverallBand() string {
 		return x.OverallBand
 	}
 	return ""
+}
+
+func (x *DeployStats) GetConfigRollouts() uint32 {
+	if x != nil {
+		return x.ConfigRollouts
+	}
+	return 0
 }
 
 // Token is a stored token (without its secret).
@@ -3135,10 +3174,13 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\n" +
 	"\x1bfleetwave/v1/operator.proto\x12\ffleetwave.v1\x1a\x18fleetwave/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"D\n" +
 	"\x13ApplyServiceRequest\x12-\n" +
-	"\x04spec\x18\x01 \x01(\v2\x19.fleetwave.v1.ServiceSpecR\x04spec\"a\n" +
+	"\x04spec\x18\x01 \x01(\v2\x19.fleetwave.v1.ServiceSpecR\x04spec\"\xc4\x01\n" +
 	"\x14ApplyServiceResponse\x12/\n" +
 	"\aservice\x18\x01 \x01(\v2\x15.fleetwave.v1.ServiceR\aservice\x12\x18\n" +
-	"\acreated\x18\x02 \x01(\bR\acreated\"\x15\n" +
+	"\acreated\x18\x02 \x01(\bR\acreated\x12\x1c\n" +
+	"\tunchanged\x18\x03 \x01(\bR\tunchanged\x12/\n" +
+	"\arollout\x18\x04 \x01(\v2\x15.fleetwave.v1.RolloutR\arollout\x12\x12\n" +
+	"\x04note\x18\x05 \x01(\tR\x04note\"\x15\n" +
 	"\x13ListServicesRequest\"I\n" +
 	"\x14ListServicesResponse\x121\n" +
 	"\bservices\x18\x01 \x03(\v2\x15.fleetwave.v1.ServiceR\bservices\"'\n" +
@@ -3255,7 +3297,7 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\rDurationStats\x12\x14\n" +
 	"\x05count\x18\x01 \x01(\rR\x05count\x121\n" +
 	"\x06median\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06median\x12+\n" +
-	"\x03p90\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03p90\"\xd9\x06\n" +
+	"\x03p90\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03p90\"\x82\a\n" +
 	"\vDeployStats\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1a\n" +
 	"\brollouts\x18\x02 \x01(\rR\brollouts\x12\x1c\n" +
@@ -3279,7 +3321,8 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\x15deploy_frequency_band\x18\x10 \x01(\tR\x13deployFrequencyBand\x12.\n" +
 	"\x13change_failure_band\x18\x11 \x01(\tR\x11changeFailureBand\x12!\n" +
 	"\frestore_band\x18\x12 \x01(\tR\vrestoreBand\x12!\n" +
-	"\foverall_band\x18\x13 \x01(\tR\voverallBand\"\xa6\x02\n" +
+	"\foverall_band\x18\x13 \x01(\tR\voverallBand\x12'\n" +
+	"\x0fconfig_rollouts\x18\x14 \x01(\rR\x0econfigRollouts\"\xa6\x02\n" +
 	"\x05Token\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -3440,8 +3483,8 @@ var file_fleetwave_v1_operator_proto_goTypes = []any{
 	(*DeleteServiceResponse)(nil),   // 55: fleetwave.v1.DeleteServiceResponse
 	(*ServiceSpec)(nil),             // 56: fleetwave.v1.ServiceSpec
 	(*Service)(nil),                 // 57: fleetwave.v1.Service
-	(*Release)(nil),                 // 58: fleetwave.v1.Release
-	(*Rollout)(nil),                 // 59: fleetwave.v1.Rollout
+	(*Rollout)(nil),                 // 58: fleetwave.v1.Rollout
+	(*Release)(nil),                 // 59: fleetwave.v1.Release
 	(*Host)(nil),                    // 60: fleetwave.v1.Host
 	(*Event)(nil),                   // 61: fleetwave.v1.Event
 	(*timestamppb.Timestamp)(nil),   // 62: google.protobuf.Timestamp
@@ -3450,103 +3493,104 @@ var file_fleetwave_v1_operator_proto_goTypes = []any{
 var file_fleetwave_v1_operator_proto_depIdxs = []int32{
 	56, // 0: fleetwave.v1.ApplyServiceRequest.spec:type_name -> fleetwave.v1.ServiceSpec
 	57, // 1: fleetwave.v1.ApplyServiceResponse.service:type_name -> fleetwave.v1.Service
-	57, // 2: fleetwave.v1.ListServicesResponse.services:type_name -> fleetwave.v1.Service
-	57, // 3: fleetwave.v1.GetServiceResponse.service:type_name -> fleetwave.v1.Service
-	58, // 4: fleetwave.v1.CreateReleaseRequest.release:type_name -> fleetwave.v1.Release
-	58, // 5: fleetwave.v1.CreateReleaseResponse.release:type_name -> fleetwave.v1.Release
-	59, // 6: fleetwave.v1.CreateReleaseResponse.rollout:type_name -> fleetwave.v1.Rollout
-	58, // 7: fleetwave.v1.ListReleasesResponse.releases:type_name -> fleetwave.v1.Release
-	59, // 8: fleetwave.v1.GetRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	59, // 9: fleetwave.v1.WatchRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	59, // 10: fleetwave.v1.ApproveRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	60, // 11: fleetwave.v1.ListHostsResponse.hosts:type_name -> fleetwave.v1.Host
-	57, // 12: fleetwave.v1.UnfreezeServiceResponse.service:type_name -> fleetwave.v1.Service
-	59, // 13: fleetwave.v1.PauseRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	59, // 14: fleetwave.v1.ResumeRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	59, // 15: fleetwave.v1.AbortRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	59, // 16: fleetwave.v1.RollbackResponse.rollout:type_name -> fleetwave.v1.Rollout
-	61, // 17: fleetwave.v1.ListEventsResponse.events:type_name -> fleetwave.v1.Event
-	61, // 18: fleetwave.v1.WatchEventsResponse.event:type_name -> fleetwave.v1.Event
-	62, // 19: fleetwave.v1.CoordinatorInfo.started_at:type_name -> google.protobuf.Timestamp
-	33, // 20: fleetwave.v1.ClusterStatusResponse.coordinators:type_name -> fleetwave.v1.CoordinatorInfo
-	34, // 21: fleetwave.v1.ClusterStatusResponse.etcd_members:type_name -> fleetwave.v1.EtcdMember
-	63, // 22: fleetwave.v1.GetStatsRequest.since:type_name -> google.protobuf.Duration
-	39, // 23: fleetwave.v1.GetStatsResponse.services:type_name -> fleetwave.v1.DeployStats
-	39, // 24: fleetwave.v1.GetStatsResponse.fleet:type_name -> fleetwave.v1.DeployStats
-	62, // 25: fleetwave.v1.GetStatsResponse.from:type_name -> google.protobuf.Timestamp
-	62, // 26: fleetwave.v1.GetStatsResponse.to:type_name -> google.protobuf.Timestamp
-	63, // 27: fleetwave.v1.DurationStats.median:type_name -> google.protobuf.Duration
-	63, // 28: fleetwave.v1.DurationStats.p90:type_name -> google.protobuf.Duration
-	38, // 29: fleetwave.v1.DeployStats.lead_time:type_name -> fleetwave.v1.DurationStats
-	38, // 30: fleetwave.v1.DeployStats.commit_to_release:type_name -> fleetwave.v1.DurationStats
-	38, // 31: fleetwave.v1.DeployStats.release_to_start:type_name -> fleetwave.v1.DurationStats
-	38, // 32: fleetwave.v1.DeployStats.rollout:type_name -> fleetwave.v1.DurationStats
-	38, // 33: fleetwave.v1.DeployStats.bake:type_name -> fleetwave.v1.DurationStats
-	38, // 34: fleetwave.v1.DeployStats.time_to_restore:type_name -> fleetwave.v1.DurationStats
-	62, // 35: fleetwave.v1.Token.created_at:type_name -> google.protobuf.Timestamp
-	62, // 36: fleetwave.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
-	63, // 37: fleetwave.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
-	40, // 38: fleetwave.v1.CreateTokenResponse.token:type_name -> fleetwave.v1.Token
-	40, // 39: fleetwave.v1.ListTokensResponse.tokens:type_name -> fleetwave.v1.Token
-	62, // 40: fleetwave.v1.AuditEntry.at:type_name -> google.protobuf.Timestamp
-	47, // 41: fleetwave.v1.ListAuditResponse.entries:type_name -> fleetwave.v1.AuditEntry
-	57, // 42: fleetwave.v1.DeleteServiceResponse.service:type_name -> fleetwave.v1.Service
-	59, // 43: fleetwave.v1.DeleteServiceResponse.rollout:type_name -> fleetwave.v1.Rollout
-	0,  // 44: fleetwave.v1.OperatorService.ApplyService:input_type -> fleetwave.v1.ApplyServiceRequest
-	2,  // 45: fleetwave.v1.OperatorService.ListServices:input_type -> fleetwave.v1.ListServicesRequest
-	4,  // 46: fleetwave.v1.OperatorService.GetService:input_type -> fleetwave.v1.GetServiceRequest
-	6,  // 47: fleetwave.v1.OperatorService.CreateRelease:input_type -> fleetwave.v1.CreateReleaseRequest
-	8,  // 48: fleetwave.v1.OperatorService.ListReleases:input_type -> fleetwave.v1.ListReleasesRequest
-	10, // 49: fleetwave.v1.OperatorService.GetRollout:input_type -> fleetwave.v1.GetRolloutRequest
-	12, // 50: fleetwave.v1.OperatorService.WatchRollout:input_type -> fleetwave.v1.WatchRolloutRequest
-	14, // 51: fleetwave.v1.OperatorService.ApproveRollout:input_type -> fleetwave.v1.ApproveRolloutRequest
-	16, // 52: fleetwave.v1.OperatorService.ListHosts:input_type -> fleetwave.v1.ListHostsRequest
-	18, // 53: fleetwave.v1.OperatorService.UnfreezeService:input_type -> fleetwave.v1.UnfreezeServiceRequest
-	20, // 54: fleetwave.v1.OperatorService.PauseRollout:input_type -> fleetwave.v1.PauseRolloutRequest
-	22, // 55: fleetwave.v1.OperatorService.ResumeRollout:input_type -> fleetwave.v1.ResumeRolloutRequest
-	24, // 56: fleetwave.v1.OperatorService.AbortRollout:input_type -> fleetwave.v1.AbortRolloutRequest
-	26, // 57: fleetwave.v1.OperatorService.Rollback:input_type -> fleetwave.v1.RollbackRequest
-	28, // 58: fleetwave.v1.OperatorService.ListEvents:input_type -> fleetwave.v1.ListEventsRequest
-	30, // 59: fleetwave.v1.OperatorService.WatchEvents:input_type -> fleetwave.v1.WatchEventsRequest
-	32, // 60: fleetwave.v1.OperatorService.ClusterStatus:input_type -> fleetwave.v1.ClusterStatusRequest
-	36, // 61: fleetwave.v1.OperatorService.GetStats:input_type -> fleetwave.v1.GetStatsRequest
-	41, // 62: fleetwave.v1.OperatorService.CreateToken:input_type -> fleetwave.v1.CreateTokenRequest
-	43, // 63: fleetwave.v1.OperatorService.ListTokens:input_type -> fleetwave.v1.ListTokensRequest
-	45, // 64: fleetwave.v1.OperatorService.RevokeToken:input_type -> fleetwave.v1.RevokeTokenRequest
-	48, // 65: fleetwave.v1.OperatorService.ListAudit:input_type -> fleetwave.v1.ListAuditRequest
-	50, // 66: fleetwave.v1.OperatorService.WhoAmI:input_type -> fleetwave.v1.WhoAmIRequest
-	52, // 67: fleetwave.v1.OperatorService.RemoveHost:input_type -> fleetwave.v1.RemoveHostRequest
-	54, // 68: fleetwave.v1.OperatorService.DeleteService:input_type -> fleetwave.v1.DeleteServiceRequest
-	1,  // 69: fleetwave.v1.OperatorService.ApplyService:output_type -> fleetwave.v1.ApplyServiceResponse
-	3,  // 70: fleetwave.v1.OperatorService.ListServices:output_type -> fleetwave.v1.ListServicesResponse
-	5,  // 71: fleetwave.v1.OperatorService.GetService:output_type -> fleetwave.v1.GetServiceResponse
-	7,  // 72: fleetwave.v1.OperatorService.CreateRelease:output_type -> fleetwave.v1.CreateReleaseResponse
-	9,  // 73: fleetwave.v1.OperatorService.ListReleases:output_type -> fleetwave.v1.ListReleasesResponse
-	11, // 74: fleetwave.v1.OperatorService.GetRollout:output_type -> fleetwave.v1.GetRolloutResponse
-	13, // 75: fleetwave.v1.OperatorService.WatchRollout:output_type -> fleetwave.v1.WatchRolloutResponse
-	15, // 76: fleetwave.v1.OperatorService.ApproveRollout:output_type -> fleetwave.v1.ApproveRolloutResponse
-	17, // 77: fleetwave.v1.OperatorService.ListHosts:output_type -> fleetwave.v1.ListHostsResponse
-	19, // 78: fleetwave.v1.OperatorService.UnfreezeService:output_type -> fleetwave.v1.UnfreezeServiceResponse
-	21, // 79: fleetwave.v1.OperatorService.PauseRollout:output_type -> fleetwave.v1.PauseRolloutResponse
-	23, // 80: fleetwave.v1.OperatorService.ResumeRollout:output_type -> fleetwave.v1.ResumeRolloutResponse
-	25, // 81: fleetwave.v1.OperatorService.AbortRollout:output_type -> fleetwave.v1.AbortRolloutResponse
-	27, // 82: fleetwave.v1.OperatorService.Rollback:output_type -> fleetwave.v1.RollbackResponse
-	29, // 83: fleetwave.v1.OperatorService.ListEvents:output_type -> fleetwave.v1.ListEventsResponse
-	31, // 84: fleetwave.v1.OperatorService.WatchEvents:output_type -> fleetwave.v1.WatchEventsResponse
-	35, // 85: fleetwave.v1.OperatorService.ClusterStatus:output_type -> fleetwave.v1.ClusterStatusResponse
-	37, // 86: fleetwave.v1.OperatorService.GetStats:output_type -> fleetwave.v1.GetStatsResponse
-	42, // 87: fleetwave.v1.OperatorService.CreateToken:output_type -> fleetwave.v1.CreateTokenResponse
-	44, // 88: fleetwave.v1.OperatorService.ListTokens:output_type -> fleetwave.v1.ListTokensResponse
-	46, // 89: fleetwave.v1.OperatorService.RevokeToken:output_type -> fleetwave.v1.RevokeTokenResponse
-	49, // 90: fleetwave.v1.OperatorService.ListAudit:output_type -> fleetwave.v1.ListAuditResponse
-	51, // 91: fleetwave.v1.OperatorService.WhoAmI:output_type -> fleetwave.v1.WhoAmIResponse
-	53, // 92: fleetwave.v1.OperatorService.RemoveHost:output_type -> fleetwave.v1.RemoveHostResponse
-	55, // 93: fleetwave.v1.OperatorService.DeleteService:output_type -> fleetwave.v1.DeleteServiceResponse
-	69, // [69:94] is the sub-list for method output_type
-	44, // [44:69] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	58, // 2: fleetwave.v1.ApplyServiceResponse.rollout:type_name -> fleetwave.v1.Rollout
+	57, // 3: fleetwave.v1.ListServicesResponse.services:type_name -> fleetwave.v1.Service
+	57, // 4: fleetwave.v1.GetServiceResponse.service:type_name -> fleetwave.v1.Service
+	59, // 5: fleetwave.v1.CreateReleaseRequest.release:type_name -> fleetwave.v1.Release
+	59, // 6: fleetwave.v1.CreateReleaseResponse.release:type_name -> fleetwave.v1.Release
+	58, // 7: fleetwave.v1.CreateReleaseResponse.rollout:type_name -> fleetwave.v1.Rollout
+	59, // 8: fleetwave.v1.ListReleasesResponse.releases:type_name -> fleetwave.v1.Release
+	58, // 9: fleetwave.v1.GetRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	58, // 10: fleetwave.v1.WatchRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	58, // 11: fleetwave.v1.ApproveRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	60, // 12: fleetwave.v1.ListHostsResponse.hosts:type_name -> fleetwave.v1.Host
+	57, // 13: fleetwave.v1.UnfreezeServiceResponse.service:type_name -> fleetwave.v1.Service
+	58, // 14: fleetwave.v1.PauseRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	58, // 15: fleetwave.v1.ResumeRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	58, // 16: fleetwave.v1.AbortRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	58, // 17: fleetwave.v1.RollbackResponse.rollout:type_name -> fleetwave.v1.Rollout
+	61, // 18: fleetwave.v1.ListEventsResponse.events:type_name -> fleetwave.v1.Event
+	61, // 19: fleetwave.v1.WatchEventsResponse.event:type_name -> fleetwave.v1.Event
+	62, // 20: fleetwave.v1.CoordinatorInfo.started_at:type_name -> google.protobuf.Timestamp
+	33, // 21: fleetwave.v1.ClusterStatusResponse.coordinators:type_name -> fleetwave.v1.CoordinatorInfo
+	34, // 22: fleetwave.v1.ClusterStatusResponse.etcd_members:type_name -> fleetwave.v1.EtcdMember
+	63, // 23: fleetwave.v1.GetStatsRequest.since:type_name -> google.protobuf.Duration
+	39, // 24: fleetwave.v1.GetStatsResponse.services:type_name -> fleetwave.v1.DeployStats
+	39, // 25: fleetwave.v1.GetStatsResponse.fleet:type_name -> fleetwave.v1.DeployStats
+	62, // 26: fleetwave.v1.GetStatsResponse.from:type_name -> google.protobuf.Timestamp
+	62, // 27: fleetwave.v1.GetStatsResponse.to:type_name -> google.protobuf.Timestamp
+	63, // 28: fleetwave.v1.DurationStats.median:type_name -> google.protobuf.Duration
+	63, // 29: fleetwave.v1.DurationStats.p90:type_name -> google.protobuf.Duration
+	38, // 30: fleetwave.v1.DeployStats.lead_time:type_name -> fleetwave.v1.DurationStats
+	38, // 31: fleetwave.v1.DeployStats.commit_to_release:type_name -> fleetwave.v1.DurationStats
+	38, // 32: fleetwave.v1.DeployStats.release_to_start:type_name -> fleetwave.v1.DurationStats
+	38, // 33: fleetwave.v1.DeployStats.rollout:type_name -> fleetwave.v1.DurationStats
+	38, // 34: fleetwave.v1.DeployStats.bake:type_name -> fleetwave.v1.DurationStats
+	38, // 35: fleetwave.v1.DeployStats.time_to_restore:type_name -> fleetwave.v1.DurationStats
+	62, // 36: fleetwave.v1.Token.created_at:type_name -> google.protobuf.Timestamp
+	62, // 37: fleetwave.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	63, // 38: fleetwave.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
+	40, // 39: fleetwave.v1.CreateTokenResponse.token:type_name -> fleetwave.v1.Token
+	40, // 40: fleetwave.v1.ListTokensResponse.tokens:type_name -> fleetwave.v1.Token
+	62, // 41: fleetwave.v1.AuditEntry.at:type_name -> google.protobuf.Timestamp
+	47, // 42: fleetwave.v1.ListAuditResponse.entries:type_name -> fleetwave.v1.AuditEntry
+	57, // 43: fleetwave.v1.DeleteServiceResponse.service:type_name -> fleetwave.v1.Service
+	58, // 44: fleetwave.v1.DeleteServiceResponse.rollout:type_name -> fleetwave.v1.Rollout
+	0,  // 45: fleetwave.v1.OperatorService.ApplyService:input_type -> fleetwave.v1.ApplyServiceRequest
+	2,  // 46: fleetwave.v1.OperatorService.ListServices:input_type -> fleetwave.v1.ListServicesRequest
+	4,  // 47: fleetwave.v1.OperatorService.GetService:input_type -> fleetwave.v1.GetServiceRequest
+	6,  // 48: fleetwave.v1.OperatorService.CreateRelease:input_type -> fleetwave.v1.CreateReleaseRequest
+	8,  // 49: fleetwave.v1.OperatorService.ListReleases:input_type -> fleetwave.v1.ListReleasesRequest
+	10, // 50: fleetwave.v1.OperatorService.GetRollout:input_type -> fleetwave.v1.GetRolloutRequest
+	12, // 51: fleetwave.v1.OperatorService.WatchRollout:input_type -> fleetwave.v1.WatchRolloutRequest
+	14, // 52: fleetwave.v1.OperatorService.ApproveRollout:input_type -> fleetwave.v1.ApproveRolloutRequest
+	16, // 53: fleetwave.v1.OperatorService.ListHosts:input_type -> fleetwave.v1.ListHostsRequest
+	18, // 54: fleetwave.v1.OperatorService.UnfreezeService:input_type -> fleetwave.v1.UnfreezeServiceRequest
+	20, // 55: fleetwave.v1.OperatorService.PauseRollout:input_type -> fleetwave.v1.PauseRolloutRequest
+	22, // 56: fleetwave.v1.OperatorService.ResumeRollout:input_type -> fleetwave.v1.ResumeRolloutRequest
+	24, // 57: fleetwave.v1.OperatorService.AbortRollout:input_type -> fleetwave.v1.AbortRolloutRequest
+	26, // 58: fleetwave.v1.OperatorService.Rollback:input_type -> fleetwave.v1.RollbackRequest
+	28, // 59: fleetwave.v1.OperatorService.ListEvents:input_type -> fleetwave.v1.ListEventsRequest
+	30, // 60: fleetwave.v1.OperatorService.WatchEvents:input_type -> fleetwave.v1.WatchEventsRequest
+	32, // 61: fleetwave.v1.OperatorService.ClusterStatus:input_type -> fleetwave.v1.ClusterStatusRequest
+	36, // 62: fleetwave.v1.OperatorService.GetStats:input_type -> fleetwave.v1.GetStatsRequest
+	41, // 63: fleetwave.v1.OperatorService.CreateToken:input_type -> fleetwave.v1.CreateTokenRequest
+	43, // 64: fleetwave.v1.OperatorService.ListTokens:input_type -> fleetwave.v1.ListTokensRequest
+	45, // 65: fleetwave.v1.OperatorService.RevokeToken:input_type -> fleetwave.v1.RevokeTokenRequest
+	48, // 66: fleetwave.v1.OperatorService.ListAudit:input_type -> fleetwave.v1.ListAuditRequest
+	50, // 67: fleetwave.v1.OperatorService.WhoAmI:input_type -> fleetwave.v1.WhoAmIRequest
+	52, // 68: fleetwave.v1.OperatorService.RemoveHost:input_type -> fleetwave.v1.RemoveHostRequest
+	54, // 69: fleetwave.v1.OperatorService.DeleteService:input_type -> fleetwave.v1.DeleteServiceRequest
+	1,  // 70: fleetwave.v1.OperatorService.ApplyService:output_type -> fleetwave.v1.ApplyServiceResponse
+	3,  // 71: fleetwave.v1.OperatorService.ListServices:output_type -> fleetwave.v1.ListServicesResponse
+	5,  // 72: fleetwave.v1.OperatorService.GetService:output_type -> fleetwave.v1.GetServiceResponse
+	7,  // 73: fleetwave.v1.OperatorService.CreateRelease:output_type -> fleetwave.v1.CreateReleaseResponse
+	9,  // 74: fleetwave.v1.OperatorService.ListReleases:output_type -> fleetwave.v1.ListReleasesResponse
+	11, // 75: fleetwave.v1.OperatorService.GetRollout:output_type -> fleetwave.v1.GetRolloutResponse
+	13, // 76: fleetwave.v1.OperatorService.WatchRollout:output_type -> fleetwave.v1.WatchRolloutResponse
+	15, // 77: fleetwave.v1.OperatorService.ApproveRollout:output_type -> fleetwave.v1.ApproveRolloutResponse
+	17, // 78: fleetwave.v1.OperatorService.ListHosts:output_type -> fleetwave.v1.ListHostsResponse
+	19, // 79: fleetwave.v1.OperatorService.UnfreezeService:output_type -> fleetwave.v1.UnfreezeServiceResponse
+	21, // 80: fleetwave.v1.OperatorService.PauseRollout:output_type -> fleetwave.v1.PauseRolloutResponse
+	23, // 81: fleetwave.v1.OperatorService.ResumeRollout:output_type -> fleetwave.v1.ResumeRolloutResponse
+	25, // 82: fleetwave.v1.OperatorService.AbortRollout:output_type -> fleetwave.v1.AbortRolloutResponse
+	27, // 83: fleetwave.v1.OperatorService.Rollback:output_type -> fleetwave.v1.RollbackResponse
+	29, // 84: fleetwave.v1.OperatorService.ListEvents:output_type -> fleetwave.v1.ListEventsResponse
+	31, // 85: fleetwave.v1.OperatorService.WatchEvents:output_type -> fleetwave.v1.WatchEventsResponse
+	35, // 86: fleetwave.v1.OperatorService.ClusterStatus:output_type -> fleetwave.v1.ClusterStatusResponse
+	37, // 87: fleetwave.v1.OperatorService.GetStats:output_type -> fleetwave.v1.GetStatsResponse
+	42, // 88: fleetwave.v1.OperatorService.CreateToken:output_type -> fleetwave.v1.CreateTokenResponse
+	44, // 89: fleetwave.v1.OperatorService.ListTokens:output_type -> fleetwave.v1.ListTokensResponse
+	46, // 90: fleetwave.v1.OperatorService.RevokeToken:output_type -> fleetwave.v1.RevokeTokenResponse
+	49, // 91: fleetwave.v1.OperatorService.ListAudit:output_type -> fleetwave.v1.ListAuditResponse
+	51, // 92: fleetwave.v1.OperatorService.WhoAmI:output_type -> fleetwave.v1.WhoAmIResponse
+	53, // 93: fleetwave.v1.OperatorService.RemoveHost:output_type -> fleetwave.v1.RemoveHostResponse
+	55, // 94: fleetwave.v1.OperatorService.DeleteService:output_type -> fleetwave.v1.DeleteServiceResponse
+	70, // [70:95] is the sub-list for method output_type
+	45, // [45:70] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_operator_proto_init() }
