@@ -42,7 +42,9 @@
 // time it happened) through Step and carries out the returned Actions. The
 // package does no I/O, starts no goroutines, never reads the clock and uses
 // no randomness. It must not import anything but the generated protobuf
-// types and the standard library. Its behaviour is written down as scenario
+// types, the standard library and internal/specdiff (the one, pure rule for
+// which spec changes affect hosts: a config rollout's assignment of the
+// running release with such a spec is an install of it, see spec.go). Its behaviour is written down as scenario
 // traces in testdata/ (TestTraces: inputs, the actions they return, the
 // phase after each; -rewrite updates them) and checked by a seeded
 // simulation against invariants (TestSimulation; -seed N replays one seed).

@@ -13,6 +13,7 @@ func TestPureImports(t *testing.T) {
 	purity.Check(t, map[string]bool{
 		"fmt": true, "strings": true, "time": true,
 		"github.com/fleetwave/fleetwave/proto/fleetwave/v1":  true,
+		"github.com/fleetwave/fleetwave/internal/specdiff":   true,
 		"google.golang.org/protobuf/types/known/timestamppb": true,
 	}, 2)
 }

@@ -177,6 +177,10 @@ func Restore(s Snapshot, found *Running, now time.Time) (*Machine, []Action) {
 	}
 	cur, good, tgt := Version(s.Current), Version(s.LastGood), Version(s.Target)
 	runs := func(v string) bool { return found != nil && v != "" && found.Version == v }
+	// A config install (or its revert): the found process of the release
+	// may run either spec, so it is not adopted as the target's or the last
+	// good's (spec.go).
+	specInstall := specChange(s.Target, s.LastGood)
 	switch s.Phase {
 	case v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_VERIFYING, v1.Phase_PHASE_STAGING, v1.Phase_PHASE_SWITCHING:
 		switch {
@@ -205,7 +209,7 @@ func Restore(s Snapshot, found *Running, now time.Time) (*Machine, []Action) {
 		m.op = opInstall
 		m.currentOK = false
 		switch {
-		case runs(tgt):
+		case runs(tgt) && !specInstall:
 			m.adopt(m.target)
 			m.phase = v1.Phase_PHASE_CHECKING
 			m.persist()
@@ -226,7 +230,7 @@ func Restore(s Snapshot, found *Running, now time.Time) (*Machine, []Action) {
 		m.op = opRevert
 		m.currentOK = false
 		m.report()
-		if runs(good) {
+		if runs(good) && !specInstall {
 			// The revert had started the last good release: re-check it.
 			m.adopt(m.lastGood)
 			m.switched = true
@@ -486,7 +490,7 @@ func (m *Machine) apply(p *pendingAssign, t time.Time) {
 	m.gen = p.gen
 	m.refused = ""
 	v := Version(p.a)
-	if p.a == nil || m.current == nil || Version(m.current) != v || !m.currentOK {
+	if !m.runsAsIs(p.a) {
 		m.stopChecks() // a new assignment ends the watch of the running release
 	}
 	if p.a == nil {
@@ -494,8 +498,10 @@ func (m *Machine) apply(p *pendingAssign, t time.Time) {
 		m.setPhase(v1.Phase_PHASE_FAILED, true)
 		return
 	}
-	if m.current != nil && Version(m.current) == v && m.currentOK {
-		// Already running it and healthy: take the new generation, no restart.
+	if m.runsAsIs(p.a) {
+		// Already running it (with a spec that runs the same) and healthy:
+		// take the new generation, no restart. A spec that changes what
+		// runs is an install of the same release (spec.go).
 		if Version(m.lastGood) == v {
 			m.lastGood = p.a
 		}

@@ -73,7 +73,10 @@ func expectRestore(p *Snapshot, found string) (restoreKind, v1.Phase) {
 			restored = v1.Phase_PHASE_FAILED // inconsistent: handled as settled
 			break
 		}
-		if found == tgt {
+		// A config install (the target is the last good release with a
+		// spec that runs differently): what runs of the release may run
+		// either spec, so it is not adopted.
+		if found == tgt && !specChange(p.Target, p.LastGood) {
 			return restoreResumeInstall, v1.Phase_PHASE_CHECKING
 		}
 		return restoreResumeInstall, v1.Phase_PHASE_STARTING
@@ -121,6 +124,7 @@ type sim struct {
 	t        *testing.T
 	seed     uint64
 	rnd      *rand.Rand
+	specs    map[string]*v1.ServiceSpec // the spec each version was last assigned with
 	m        *Machine
 	now      time.Time
 	log      []string
@@ -211,7 +215,25 @@ func (s *sim) fatalf(format string, args ...any) {
 		s.seed, fmt.Sprintf(format, args...), what, strings.Join(tail, "\n  "), replayCommand(s.seed))
 }
 
+// assignment is an assignment of version at gen: mostly with the spec the
+// version was last assigned with (a newer generation of the same thing),
+// sometimes with a new random spec (a config rollout when the version is
+// the one running).
 func (s *sim) assignment(version string, gen int64) *v1.Assignment {
+	if sp := s.specs[version]; sp != nil && s.rnd.IntN(3) > 0 {
+		a := asgChecks(version, gen, 0)
+		a.Spec = sp
+		return a
+	}
+	a := s.newAssignment(version, gen)
+	if s.specs == nil {
+		s.specs = map[string]*v1.ServiceSpec{}
+	}
+	s.specs[version] = a.Spec
+	return a
+}
+
+func (s *sim) newAssignment(version string, gen int64) *v1.Assignment {
 	a := asgChecks(version, gen, s.rnd.IntN(3))
 	a.Spec.MinHealthyTime = durationpb.New(time.Duration(s.rnd.IntN(15)) * time.Second)
 	a.Spec.HealthyDeadline = durationpb.New(time.Duration(20+s.rnd.IntN(40)) * time.Second)
@@ -630,7 +652,8 @@ func (s *sim) restart() {
 	s.prevGen = s.persisted.Generation
 	s.recovering = kind == restoreRecover
 	s.afterRestore = kind == restoreRecover
-	s.restoredStop = kind == restoreResumeInstall && s.found != "" && s.found != Version(s.persisted.Target)
+	specInstall := specChange(s.persisted.Target, s.persisted.LastGood)
+	s.restoredStop = kind == restoreResumeInstall && s.found != "" && (s.found != Version(s.persisted.Target) || specInstall)
 	s.prev = s.persisted.Phase
 	adopted, long := 0, []ActionKind{}
 	for _, a := range acts {
@@ -649,8 +672,8 @@ func (s *sim) restart() {
 	// What runs is adopted when Restore wants that release, else stopped
 	// before anything starts; an adopted release is not restarted.
 	wantAdopt := s.found != "" && (kind == restoreAdoptSettled || kind == restoreResumeFetch ||
-		(kind == restoreResumeInstall && s.found == Version(s.persisted.Target)) ||
-		(kind == restoreResumeRevert && s.found == Version(s.persisted.LastGood)))
+		(kind == restoreResumeInstall && s.found == Version(s.persisted.Target) && !specInstall) ||
+		(kind == restoreResumeRevert && s.found == Version(s.persisted.LastGood) && !specInstall))
 	switch {
 	case wantAdopt && adopted != 1:
 		s.fatalf("Restore (%v) with %q running adopted %d times", kind, s.found, adopted)

@@ -25,8 +25,12 @@ import (
 // and read the diff. The commands (arguments in brackets are optional):
 //
 //	assign V gen=N [checks=N] [interval=D] [min_healthy=D] [deadline=D] [analysis] [watch=D] [inconclusive=fail]
+//	       [env=K=V] [policy=N]
 //	        a valid assignment of release V (defaults: 1 check, min_healthy
-//	        10s, deadline 1m); analysis adds the error_ratio rule "errors"
+//	        10s, deadline 1m); analysis adds the error_ratio rule "errors";
+//	        env sets run.env (a spec change hosts run: printed V{K=V} in
+//	        actions and snapshots), policy the rollout's max_parallel (one
+//	        they do not)
 //	invalid gen=N [reason=TEXT]     an assignment that failed validation
 //	done KIND [err=TEXT] [link=V|none]
 //	        the long step in flight, which must be KIND, finished; link: the
@@ -227,6 +231,15 @@ func (tr *trace) assignment(t *testing.T, d *datadriven.TestData) *v1.Assignment
 	if a.Spec.Analysis != nil {
 		d.MaybeScanArgs(t, "inconclusive", &a.Spec.Analysis.Inconclusive)
 	}
+	var env string
+	if d.MaybeScanArgs(t, "env", &env) {
+		k, v, _ := strings.Cut(env, "=")
+		a.Spec.Run.Env = map[string]string{k: v}
+	}
+	var policy uint32
+	if d.MaybeScanArgs(t, "policy", &policy) {
+		a.Spec.Rollout = &v1.RolloutPolicy{MaxParallel: policy}
+	}
 	tr.asgs[version] = a
 	return a
 }
@@ -417,13 +430,27 @@ func versionOr(v string) string {
 
 func (tr *trace) at(t time.Time) string { return t.Sub(t0).String() }
 
+// envOf is "{K=V}" for an assignment whose spec sets run.env, else "".
+func envOf(a *v1.Assignment) string {
+	env := a.GetSpec().GetRun().GetEnv()
+	if len(env) == 0 {
+		return ""
+	}
+	var kv []string
+	for k, v := range env {
+		kv = append(kv, k+"="+v)
+	}
+	sort.Strings(kv)
+	return "{" + strings.Join(kv, ",") + "}"
+}
+
 // action prints one action (and, for a report, its reason and checks).
 func (tr *trace) action(a Action) string {
 	var b strings.Builder
 	b.WriteString(a.Kind.String())
 	switch a.Kind {
 	case ActFetch, ActVerify, ActStage, ActSwitch, ActStart, ActAdopt, ActBeginChecks, ActFreezeBaseline:
-		b.WriteString(" " + versionOr(a.Version))
+		b.WriteString(" " + versionOr(a.Version) + envOf(a.Assignment))
 	}
 	if a.Seq != 0 {
 		fmt.Fprintf(&b, " seq=%d", a.Seq)
@@ -435,9 +462,10 @@ func (tr *trace) action(a Action) string {
 	case ActPersist:
 		s := a.Snapshot
 		fmt.Fprintf(&b, " %s gen=%d cur=%s good=%s target=%s", phaseName(s.Phase), s.Generation,
-			versionOr(Version(s.Current)), versionOr(Version(s.LastGood)), versionOr(Version(s.Target)))
+			versionOr(Version(s.Current))+envOf(s.Current), versionOr(Version(s.LastGood))+envOf(s.LastGood),
+			versionOr(Version(s.Target))+envOf(s.Target))
 		if !s.WatchUntil.IsZero() || s.Previous != nil {
-			fmt.Fprintf(&b, " watch_until=%s previous=%s", tr.at(s.WatchUntil), versionOr(Version(s.Previous)))
+			fmt.Fprintf(&b, " watch_until=%s previous=%s", tr.at(s.WatchUntil), versionOr(Version(s.Previous))+envOf(s.Previous))
 		}
 	case ActReport:
 		r := a.Report
