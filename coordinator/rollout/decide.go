@@ -231,8 +231,11 @@ func BeginRollback(svc *v1.Service, to string, hosts []Host, obs func(hostID str
 
 func begin(svc *v1.Service, r *v1.Rollout, obs func(string) Observation, now time.Time) (*v1.Rollout, *v1.ServiceStatus, Result) {
 	kind := EventRolloutCreated
-	if r.GetRollback() {
+	switch {
+	case r.GetRollback():
 		kind = EventRollbackCreated
+	case r.GetRemove():
+		kind = EventRemovalCreated
 	}
 	waves := make([]int, len(r.GetWaves()))
 	for i, w := range r.GetWaves() {
@@ -269,6 +272,16 @@ var ErrRollback = errors.New("rollback refused")
 // release whose newest ended rollout FAILED.
 func RollbackTarget(svc *v1.Service, rollouts []*v1.Rollout, active *v1.Rollout, releases []Release, requested string) (string, error) {
 	name, stable := svc.GetSpec().GetName(), svc.GetStatus().GetStableVersion()
+	if st := svc.GetStatus(); st.GetRemoving() || st.GetRemoved() {
+		return "", fmt.Errorf("%w: service %s: %w", ErrRollback, name, ErrRemoving)
+	}
+	// The history of a deleted incarnation of the name is not a target.
+	for i := len(rollouts) - 1; i >= 0; i-- {
+		if rollouts[i].GetRemove() {
+			rollouts = rollouts[i+1:]
+			break
+		}
+	}
 	if active != nil && Terminal(active) {
 		active = nil
 	}

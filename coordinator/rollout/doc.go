@@ -40,7 +40,8 @@
 //     Changed is false the returned rollout is the input itself.
 //  4. After persisting, push assignments: every host named by a
 //     EventHostAssigned event, and any host that (re)connects, gets what
-//     Desired (or DesiredFunc, for many hosts) says.
+//     Desired (or DesiredFunc, for many hosts) says, given its labels and
+//     its last report (a release, or to remove the service).
 //  5. When the rollout is terminal (Terminal), store Conclude's status for
 //     the service, then push Desired to every selected host: after a failure
 //     that is last good with a newer generation, and the service is frozen.
@@ -49,4 +50,10 @@
 //
 // Events in Result are for logs and `rollout watch`; the persisted rollout is
 // the only state.
+//
+// Besides releases: config rollouts (spec.go: a spec that changes what runs
+// on hosts rolls the stable release out again with it), removals
+// (remove.go: `service delete`, BeginRemoval, Delete) and hosts moving
+// (Desired: a host that has the service but is no longer selected, or whose
+// service is deleted, is told to remove it, given its last report).
 package rollout

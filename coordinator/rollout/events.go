@@ -8,6 +8,10 @@ const (
 	// a rollback), in the transaction that stores it.
 	EventRolloutCreated  = "rollout_created"
 	EventRollbackCreated = "rollback_created"
+	// `fleetwave service delete`: the removal rollout was created (removal
+	// created), and every host removed the service (service deleted).
+	EventRemovalCreated = "removal_created"
+	EventServiceDeleted = "service_deleted"
 
 	// Step's events.
 	EventWaveStarted         = "wave_started"

@@ -125,7 +125,7 @@ func end(r *v1.Rollout, st v1.RolloutState, reason string, now time.Time) *v1.Ro
 // rollout's: the stable release with the last good spec. A rollout that is not
 // FAILED, or that already records restored_at, is not restored again.
 func Restored(r *v1.Rollout, obs func(hostID string) Observation) bool {
-	if r.GetState() != v1.RolloutState_ROLLOUT_STATE_FAILED || r.GetRestoredAt() != nil {
+	if r.GetState() != v1.RolloutState_ROLLOUT_STATE_FAILED || r.GetRestoredAt() != nil || r.GetRemove() {
 		return false
 	}
 	for _, w := range r.GetWaves() {
@@ -158,34 +158,62 @@ func Restored(r *v1.Rollout, obs func(hostID string) Observation) bool {
 	return true
 }
 
-// Desired is what host hostID (with labels) should run for svc given the
-// service's newest rollout r (may be nil or terminal). ok=false means no
-// assignment (not selected, or nothing released yet).
+// Want is what one host should be assigned for a service: a release at a
+// generation, or to remove the service.
+type Want struct {
+	Version    string
+	Generation int64
+	// Remove: stop the service and remove its files (Version is "").
+	Remove bool
+}
+
+func (w Want) String() string {
+	if w.Remove {
+		return fmt.Sprintf("remove gen %d", w.Generation)
+	}
+	return fmt.Sprintf("%s gen %d", w.Version, w.Generation)
+}
+
+// Desired is what host hostID (with labels, and rep its last report for
+// the service, nil if none) should be assigned for svc given the service's
+// newest rollout r (may be nil or terminal). ok=false means no assignment.
 //
-// If r is non-terminal and the host is in r's plan with state != PENDING:
-// (r.to_version, r.generation). Otherwise, if selected and
-// svc.Status.StableVersion != "": (StableVersion, StableGeneration).
+//   - A host r (in flight) has moved (not PENDING in its plan): r's target
+//     at r's generation, or, for a removal, to remove the service.
+//   - A service being removed: a host its removal reached (also after the
+//     removal failed) removes it; one it has not reached yet keeps the
+//     stable release; any other host that has the service removes it.
+//   - Otherwise a selected host (or one in the plan of r in flight, which
+//     it follows to its end) gets the stable release at the stable
+//     generation once there is one.
+//   - A host that has the service (its report says it runs, installs,
+//     failed or is removing it) but should not (not selected, or the
+//     service is deleted) removes it, at a generation above any it may
+//     hold (one above the highest of its report's, the stable one and the
+//     newest rollout's; the one it reports when it is already removing).
+//     Removal takes a host out of the service's generations: an agent
+//     whose service is REMOVED takes any later assignment.
 //
 // It scans r's plan; to ask for many hosts use DesiredFunc.
-func Desired(svc *v1.Service, r *v1.Rollout, hostID string, labels map[string]string) (version string, generation int64, ok bool) {
-	if r != nil && !Terminal(r) {
+func Desired(svc *v1.Service, r *v1.Rollout, hostID string, labels map[string]string, rep *v1.ServiceReport) (Want, bool) {
+	if planIndexed(r) {
 		for _, w := range r.GetWaves() {
 			for _, h := range w.GetHosts() {
 				if h.GetHostId() == hostID {
-					return desired(svc, r, h.GetState(), true, labels)
+					return desired(svc, r, h.GetState(), true, labels, rep)
 				}
 			}
 		}
 	}
-	return desired(svc, r, 0, false, labels)
+	return desired(svc, r, 0, false, labels, rep)
 }
 
 // DesiredFunc returns Desired for svc and r with the plan indexed once, for
 // callers that ask about many hosts (after Conclude, or when a rollout
 // starts). svc and r must not change while the function is in use.
-func DesiredFunc(svc *v1.Service, r *v1.Rollout) func(hostID string, labels map[string]string) (version string, generation int64, ok bool) {
+func DesiredFunc(svc *v1.Service, r *v1.Rollout) func(hostID string, labels map[string]string, rep *v1.ServiceReport) (Want, bool) {
 	var idx map[string]v1.HostRolloutState
-	if r != nil && !Terminal(r) {
+	if planIndexed(r) {
 		idx = make(map[string]v1.HostRolloutState, countHosts(r))
 		for _, w := range r.GetWaves() {
 			for _, h := range w.GetHosts() {
@@ -195,25 +223,65 @@ func DesiredFunc(svc *v1.Service, r *v1.Rollout) func(hostID string, labels map[
 			}
 		}
 	}
-	return func(hostID string, labels map[string]string) (string, int64, bool) {
+	return func(hostID string, labels map[string]string, rep *v1.ServiceReport) (Want, bool) {
 		st, inPlan := idx[hostID]
-		return desired(svc, r, st, inPlan, labels)
+		return desired(svc, r, st, inPlan, labels, rep)
 	}
 }
 
-func desired(svc *v1.Service, r *v1.Rollout, st v1.HostRolloutState, inPlan bool, labels map[string]string) (string, int64, bool) {
-	if inPlan && r != nil && !Terminal(r) &&
-		st != v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING && st != v1.HostRolloutState_HOST_ROLLOUT_STATE_UNSPECIFIED {
-		return r.GetToVersion(), r.GetGeneration(), true
+// planIndexed reports whether r's plan decides what its hosts run: while it
+// is in flight, and for a removal also after it ended.
+func planIndexed(r *v1.Rollout) bool {
+	return r != nil && (!Terminal(r) || r.GetRemove())
+}
+
+func desired(svc *v1.Service, r *v1.Rollout, st v1.HostRolloutState, inPlan bool, labels map[string]string, rep *v1.ServiceReport) (Want, bool) {
+	moved := inPlan && st != v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING && st != v1.HostRolloutState_HOST_ROLLOUT_STATE_UNSPECIFIED
+	if moved && !Terminal(r) && !r.GetRemove() {
+		return Want{Version: r.GetToVersion(), Generation: r.GetGeneration()}, true
 	}
 	status := svc.GetStatus()
-	if status.GetStableVersion() == "" || !Selects(svc.GetSpec().GetSelector(), labels) {
-		return "", 0, false
+	stable, hasStable := Want{Version: status.GetStableVersion(), Generation: status.GetStableGeneration()}, status.GetStableVersion() != ""
+	removeIfHas := func(rep *v1.ServiceReport) (Want, bool) {
+		return removeIfHas(rep, max(status.GetStableGeneration(), r.GetGeneration()))
 	}
-	return status.GetStableVersion(), status.GetStableGeneration(), true
+	switch {
+	case status.GetRemoved():
+		return removeIfHas(rep)
+	case status.GetRemoving() || r.GetRemove() && !Terminal(r):
+		if inPlan && r.GetRemove() {
+			if moved {
+				return Want{Remove: true, Generation: r.GetGeneration()}, true
+			}
+			if hasStable {
+				return stable, true // its wave has not come yet
+			}
+		}
+		return removeIfHas(rep)
+	case hasStable && (Selects(svc.GetSpec().GetSelector(), labels) || inPlan && !Terminal(r)):
+		// Selected; or in the plan of the rollout in flight, which it
+		// follows to its end (the plan is fixed when the rollout starts).
+		return stable, true
+	}
+	return removeIfHas(rep)
 }
 
-// Conclude returns the new ServiceStatus (a copy) after r became terminal:
+// removeIfHas is a removal for a host whose report says it has the service
+// (nothing when it never had it or removed it), above floor (the
+// service's newest generation).
+func removeIfHas(rep *v1.ServiceReport, floor int64) (Want, bool) {
+	switch rep.GetPhase() {
+	case v1.Phase_PHASE_UNSPECIFIED, v1.Phase_PHASE_IDLE, v1.Phase_PHASE_REMOVED:
+		return Want{}, false
+	case v1.Phase_PHASE_REMOVING:
+		return Want{Remove: true, Generation: rep.GetGeneration()}, true
+	}
+	return Want{Remove: true, Generation: max(rep.GetGeneration(), floor) + 1}, true
+}
+
+// Conclude returns the new ServiceStatus (a copy) after r became terminal
+// (for a removal see remove.go: deleted on success; otherwise the stable
+// generation + 1, still removing, and frozen on failure):
 //   - SUCCEEDED: stable = (to_version, r.generation);
 //   - FAILED: stable = (from_version, r.generation+1), frozen = true,
 //     frozen_reason = r.reason (so every host that moved is assigned last
@@ -233,6 +301,10 @@ func Conclude(st *v1.ServiceStatus, r *v1.Rollout) *v1.ServiceStatus {
 	}
 	switch r.GetState() {
 	case v1.RolloutState_ROLLOUT_STATE_SUCCEEDED:
+		if r.GetRemove() {
+			concludeRemoved(out, r)
+			break
+		}
 		out.StableVersion = r.GetToVersion()
 		out.StableGeneration = r.GetGeneration()
 		if r.GetSpec() != nil {
@@ -240,11 +312,25 @@ func Conclude(st *v1.ServiceStatus, r *v1.Rollout) *v1.ServiceStatus {
 			out.StableSpecRevision = r.GetSpecRevision()
 		}
 	case v1.RolloutState_ROLLOUT_STATE_FAILED:
+		if r.GetRemove() {
+			// The hosts it reached stay removed, the others keep the stable
+			// release (Desired, a newer generation, so the next removal's
+			// is above this one's): frozen until a person looks and deletes
+			// again.
+			out.StableGeneration = r.GetGeneration() + 1
+			out.Frozen = true
+			out.FrozenReason = r.GetReason()
+			break
+		}
 		out.StableVersion = r.GetFromVersion()
 		out.StableGeneration = r.GetGeneration() + 1
 		out.Frozen = true
 		out.FrozenReason = r.GetReason()
 	case v1.RolloutState_ROLLOUT_STATE_SUPERSEDED:
+		if r.GetRemove() {
+			out.StableGeneration = r.GetGeneration() + 1 // the hosts it reached stay removed (Desired)
+			break
+		}
 		out.StableVersion = r.GetFromVersion()
 		out.StableGeneration = r.GetGeneration() + 1
 	}

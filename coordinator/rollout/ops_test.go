@@ -85,38 +85,57 @@ func TestDesired(t *testing.T) {
 	db := map[string]string{"role": "db"}
 	gen := r.Generation
 
-	type want struct {
-		v  string
-		g  int64
-		ok bool
-	}
+	healthy := &v1.ServiceReport{Service: "web", Generation: stableGen, Phase: pHealthy, CurrentVersion: fromV}
+	removing := &v1.ServiceReport{Service: "web", Generation: 9, Phase: v1.Phase_PHASE_REMOVING}
+	removed := &v1.ServiceReport{Service: "web", Generation: 9, Phase: v1.Phase_PHASE_REMOVED}
+	// A removal of the service: host-000 reached, the others not yet.
+	rmSvc := proto.Clone(svc).(*v1.Service)
+	rmSvc.Status.Removing = true
+	rm := NewRemoval("r2", rmSvc, hosts, t0)
+	rm, _ = step(t, rm, fleet{}, t0)
+	deleted := proto.Clone(svc).(*v1.Service)
+	deleted.Status = Conclude(rmSvc.Status, end(rm, rOK, "", t0))
+	stable, none := Want{Version: fromV, Generation: stableGen}, Want{}
 	cases := []struct {
 		name   string
 		svc    *v1.Service
 		r      *v1.Rollout
 		host   string
 		labels map[string]string
-		want   want
+		rep    *v1.ServiceReport
+		want   Want
+		ok     bool
 	}{
-		{"moving host gets target", svc, r, "host-000", web, want{toV, gen, true}},
-		{"in plan, labels changed since", svc, r, "host-000", db, want{toV, gen, true}},
-		{"pending host gets stable", svc, r, "host-001", web, want{fromV, stableGen, true}},
-		{"new host gets stable", svc, r, "host-new", web, want{fromV, stableGen, true}},
-		{"unselected host", svc, r, "host-x", db, want{"", 0, false}},
-		{"no rollout", svc, nil, "host-000", web, want{fromV, stableGen, true}},
-		{"terminal rollout ignored", svc, Fail(r, "x", t0), "host-000", web, want{fromV, stableGen, true}},
-		{"nothing released", &v1.Service{Spec: svc.Spec, Status: &v1.ServiceStatus{}}, nil, "host-000", web, want{"", 0, false}},
-		{"nil service", nil, nil, "host-000", web, want{"", 0, false}},
+		{"moving host gets target", svc, r, "host-000", web, nil, Want{Version: toV, Generation: gen}, true},
+		{"in plan, labels changed since", svc, r, "host-000", db, nil, Want{Version: toV, Generation: gen}, true},
+		{"pending host gets stable", svc, r, "host-001", web, nil, stable, true},
+		{"new host gets stable", svc, r, "host-new", web, nil, stable, true},
+		{"unselected host", svc, r, "host-x", db, nil, none, false},
+		{"unselected host that has it removes it", svc, r, "host-x", db, healthy, Want{Remove: true, Generation: gen + 1}, true},
+		{"unselected host that has it, no rollout", svc, nil, "host-x", db, healthy, Want{Remove: true, Generation: stableGen + 1}, true},
+		{"unselected host removing it", svc, r, "host-x", db, removing, Want{Remove: true, Generation: 9}, true},
+		{"unselected host that removed it", svc, r, "host-x", db, removed, none, false},
+		{"no rollout", svc, nil, "host-000", web, nil, stable, true},
+		{"terminal rollout ignored", svc, Fail(r, "x", t0), "host-000", web, nil, stable, true},
+		{"nothing released", &v1.Service{Spec: svc.Spec, Status: &v1.ServiceStatus{}}, nil, "host-000", web, nil, none, false},
+		{"nil service", nil, nil, "host-000", web, nil, none, false},
+		{"removal reached the host", rmSvc, rm, "host-000", web, healthy, Want{Remove: true, Generation: rm.GetGeneration()}, true},
+		{"removal not yet at the host", rmSvc, rm, "host-001", web, healthy, stable, true},
+		{"removal: a host outside its plan that has it", rmSvc, rm, "host-new", web, healthy, Want{Remove: true, Generation: rm.GetGeneration() + 1}, true},
+		{"removal: a host outside its plan without it", rmSvc, rm, "host-new", web, nil, none, false},
+		{"failed removal: reached host stays removed", rmSvc, Fail(rm, "x", t0), "host-000", web, removed, Want{Remove: true, Generation: rm.GetGeneration()}, true},
+		{"failed removal: the others keep stable", rmSvc, Fail(rm, "x", t0), "host-001", web, healthy, stable, true},
+		{"deleted: a host that has it", deleted, end(rm, rOK, "", t0), "host-001", web, healthy, Want{Remove: true, Generation: rm.GetGeneration() + 1}, true},
+		{"deleted: a host that removed it", deleted, end(rm, rOK, "", t0), "host-000", web, removed, none, false},
 	}
 	for _, c := range cases {
-		v, g, ok := Desired(c.svc, c.r, c.host, c.labels)
-		if (want{v, g, ok}) != c.want {
-			t.Errorf("%s: Desired = (%q, %d, %v), want %+v", c.name, v, g, ok, c.want)
+		w, ok := Desired(c.svc, c.r, c.host, c.labels, c.rep)
+		if w != c.want || ok != c.ok {
+			t.Errorf("%s: Desired = %v, %v; want %v, %v", c.name, w, ok, c.want, c.ok)
 		}
-		df := DesiredFunc(c.svc, c.r)
-		v, g, ok = df(c.host, c.labels)
-		if (want{v, g, ok}) != c.want {
-			t.Errorf("%s: DesiredFunc = (%q, %d, %v), want %+v", c.name, v, g, ok, c.want)
+		w, ok = DesiredFunc(c.svc, c.r)(c.host, c.labels, c.rep)
+		if w != c.want || ok != c.ok {
+			t.Errorf("%s: DesiredFunc = %v, %v; want %v, %v", c.name, w, ok, c.want, c.ok)
 		}
 	}
 
@@ -127,8 +146,8 @@ func TestDesired(t *testing.T) {
 	r2, _ = step(t, r2, f, t0)
 	f.report(r2, "host-000", pReverted, "x")
 	r2, _ = step(t, r2, f, t0)
-	if v, _, _ := Desired(svc, r2, "host-000", web); hostOf(r2, "host-000").State != hostFail || v != toV {
-		t.Errorf("failed host desired %q", v)
+	if w, _ := Desired(svc, r2, "host-000", web, nil); hostOf(r2, "host-000").State != hostFail || w.Version != toV {
+		t.Errorf("failed host desired %v", w)
 	}
 }
 

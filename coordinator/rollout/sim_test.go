@@ -3,6 +3,7 @@ package rollout
 import (
 	"flag"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -58,8 +59,9 @@ type simAgent struct {
 	prev      string // version it ran before (a late revert goes back to it)
 	prevSpec  *v1.ServiceSpec
 	phase     v1.Phase
-	ticks     int  // ticks left before the install ends
+	ticks     int  // ticks left before the install (or removal) ends
 	willFail  bool // the install of the current assignment fails
+	removing  bool // the assignment is a removal
 	report    *v1.ServiceReport
 }
 
@@ -76,11 +78,19 @@ var simProgress = []v1.Phase{v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_VERIFYING, 
 // spec if it is connected and it is new. As the real agent does, it
 // installs again (restarts) what it runs when the spec changes what hosts
 // run (specdiff), and takes it without a restart otherwise.
-func (a *simAgent) assign(v string, g int64, sp *v1.ServiceSpec, ok bool, rng *rand.Rand, prm simParams) {
-	if !ok || !a.connected || (g == a.gen && v == a.version) {
+//
+// A removal stops it and removes it (REMOVING, then REMOVED running
+// nothing); a removed agent takes any later assignment.
+func (a *simAgent) assign(w Want, sp *v1.ServiceSpec, ok bool, rng *rand.Rand, prm simParams) {
+	v, g := w.Version, w.Generation
+	if !ok || !a.connected || (g == a.gen && v == a.version && w.Remove == a.removing) {
 		return
 	}
-	a.gen, a.version, a.spec = g, v, sp
+	a.gen, a.version, a.spec, a.removing = g, v, sp, w.Remove
+	if w.Remove {
+		a.phase, a.ticks = v1.Phase_PHASE_REMOVING, 1+rng.IntN(3)
+		return
+	}
 	if v == a.current && !specdiff.HostAffecting(a.curSpec, sp) {
 		a.phase, a.ticks, a.curSpec = pHealthy, 0, sp
 	} else {
@@ -98,6 +108,10 @@ func (a *simAgent) act(svc string, rng *rand.Rand, prm simParams) {
 	}
 	if rng.Float64() < prm.pAct {
 		switch {
+		case a.removing && a.ticks > 0:
+			if a.ticks--; a.ticks == 0 {
+				a.phase, a.current, a.curSpec, a.prev, a.prevSpec = v1.Phase_PHASE_REMOVED, "", nil, "", nil
+			}
 		case a.ticks > 0:
 			a.ticks--
 			a.phase = simProgress[min(len(simProgress)-1, len(simProgress)-1-a.ticks)]
@@ -259,7 +273,8 @@ func simulate(t *testing.T, seed uint64) v1.RolloutState {
 		desired := DesiredFunc(svc, r)
 		for _, h := range hosts {
 			a := agents[h.ID]
-			v, g, ok := desired(h.ID, a.labels)
+			want, ok := desired(h.ID, a.labels, a.report)
+			v, g := want.Version, want.Generation
 			if v == "v2" && !a.selected {
 				fatalf("unselected host %s desired %s", h.ID, v)
 			}
@@ -267,7 +282,7 @@ func simulate(t *testing.T, seed uint64) v1.RolloutState {
 				fatalf("pending host %s desired %s", h.ID, v)
 			}
 			sp, _ := SpecFor(svc, r, v, g)
-			a.assign(v, g, sp, ok, rng, prm)
+			a.assign(want, sp, ok, rng, prm)
 		}
 		// Agents act and links flap.
 		for _, h := range hosts {
@@ -325,8 +340,9 @@ func simulate(t *testing.T, seed uint64) v1.RolloutState {
 	desired := DesiredFunc(svc, r)
 	for _, h := range hosts {
 		a := agents[h.ID]
-		v, g, ok := desired(h.ID, a.labels)
-		if v2, g2, ok2 := Desired(svc, r, h.ID, a.labels); v2 != v || g2 != g || ok2 != ok {
+		want, ok := desired(h.ID, a.labels, nil)
+		v, g := want.Version, want.Generation
+		if w2, ok2 := Desired(svc, r, h.ID, a.labels, nil); w2 != want || ok2 != ok {
 			fatalf("Desired and DesiredFunc disagree for %s", h.ID)
 		}
 		switch {
@@ -515,7 +531,8 @@ func TestPolicySimulation(t *testing.T) {
 	t.Logf("over %d seeds: %v", len(seeds), seen)
 	// The parameters must exercise every part of the policy.
 	for _, k := range []string{"start", "supersede", "wait", "record-spec", "SUCCEEDED", "FAILED", "SUPERSEDED", "rollback", "rollback refused", "unfreeze", "abort", "approve",
-		"spec host", "spec coordinator", "spec back", "config start", "config succeeded", "config failed"} {
+		"spec host", "spec coordinator", "spec back", "config start", "config succeeded", "config failed",
+		"delete", "delete refused", "recreate", "relabel", "removal succeeded", "removal failed"} {
 		if len(seeds) > 1 && seen[k] == 0 {
 			t.Errorf("the simulation never saw %q: %v", k, seen)
 		}
@@ -583,7 +600,9 @@ func simulatePolicy(t *testing.T, seed uint64, seen map[string]int) {
 		agents[h.ID] = &simAgent{labels: h.Labels, connected: rng.IntN(10) > 0, gen: svc.Status.StableGeneration,
 			version: "v1", spec: sp1, current: "v1", curSpec: sp1, prev: "v1", prevSpec: sp1, phase: pHealthy}
 	}
-	pSpec := []float64{0, 0.01, 0.03}[rng.IntN(3)] // a spec applied per tick
+	pSpec := []float64{0, 0.01, 0.03}[rng.IntN(3)]        // a spec applied per tick
+	pRelabel := []float64{0, 0, 0.005, 0.02}[rng.IntN(4)] // a host's labels change per tick
+	deletes := rng.IntN(2)                                // whether the person may delete the service
 	applySpec := func() {
 		next := proto.Clone(w.svc.GetSpec()).(*v1.ServiceSpec)
 		switch k := rng.IntN(4); {
@@ -593,8 +612,12 @@ func simulatePolicy(t *testing.T, seed uint64, seen map[string]int) {
 		case k < 3: // the policy only
 			next.Rollout.MaxParallel = uint32(rng.IntN(6))
 			seen["spec coordinator"]++
-		default: // back to what the stable release runs, with new alerts
-			next.Run = proto.Clone(w.svc.GetStatus().GetStableSpec().GetRun()).(*v1.RunSpec)
+		default: // back to what the stable release runs (or ran first), with new alerts
+			run := w.svc.GetStatus().GetStableSpec().GetRun()
+			if run == nil {
+				run = sp1.GetRun()
+			}
+			next.Run = proto.Clone(run).(*v1.RunSpec)
 			next.Alerts = &v1.Alerts{WebhookUrl: "http://hooks/" + strconv.Itoa(rng.IntN(100))}
 			seen["spec back"]++
 		}
@@ -613,9 +636,10 @@ func simulatePolicy(t *testing.T, seed uint64, seen map[string]int) {
 		cur, _ := w.current()
 		desired := DesiredFunc(w.svc, cur)
 		for _, h := range hosts {
-			v, g, ok := desired(h.ID, h.Labels)
+			want, ok := desired(h.ID, h.Labels, agents[h.ID].report)
+			v, g := want.Version, want.Generation
 			sp, _ := SpecFor(w.svc, cur, v, g)
-			agents[h.ID].assign(v, g, sp, ok, rng, prm)
+			agents[h.ID].assign(want, sp, ok, rng, prm)
 		}
 		for _, h := range hosts {
 			a := agents[h.ID]
@@ -630,13 +654,23 @@ func simulatePolicy(t *testing.T, seed uint64, seen map[string]int) {
 		default:
 			w.now = w.now.Add(time.Duration(rng.IntN(20)) * time.Second)
 		}
-		// A release, and a person.
-		if !drain && rng.Float64() < pRelease {
+		// A release, a spec, a host relabelled, and a person. Releases and
+		// specs of a service being deleted are refused (the operator API);
+		// a spec applied to a deleted one creates it anew.
+		st := w.svc.GetStatus()
+		if !drain && rng.Float64() < pRelease && !st.GetRemoving() && !st.GetRemoved() {
 			versions++
 			w.release(fmt.Sprintf("v%d", versions))
 		}
-		if !drain && rng.Float64() < pSpec {
+		if !drain && rng.Float64() < pSpec && !st.GetRemoving() {
 			applySpec()
+		}
+		if !drain && rng.Float64() < pRelabel {
+			h := &hosts[rng.IntN(len(hosts))]
+			l := maps.Clone(h.Labels)
+			l["role"] = map[string]string{"web": "db", "db": "web"}[l["role"]]
+			h.Labels, agents[h.ID].labels = l, l
+			seen["relabel"]++
 		}
 		cur = w.active()
 		waiting := cur.GetState() == v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL ||
@@ -649,21 +683,36 @@ func simulatePolicy(t *testing.T, seed uint64, seen map[string]int) {
 		case drain && w.svc.GetStatus().GetFrozen():
 			w.unfreeze()
 			seen["unfreeze"]++
+		case drain && st.GetRemoving() && cur == nil:
+			op("delete again", w.deleteService(false))
+		case drain && st.GetRemoved():
+			// Created anew, and released: it must settle like any service.
+			applySpec()
+			versions++
+			w.release(fmt.Sprintf("v%d", versions))
+			seen["recreate"]++
 		case !drain && rng.Float64() < pOperator:
-			switch k := rng.IntN(10); {
+			switch k := rng.IntN(10 + deletes); {
 			case k < 3:
 				op("pause", w.pause())
 			case k < 6:
 				op("resume", w.resume())
 			case k < 7:
 				op("abort", w.abort("sim"))
+			case k == 10:
+				force := rng.IntN(2) == 0
+				if err := w.deleteService(force); err != nil {
+					seen["delete refused"]++
+				} else {
+					seen["delete"]++
+				}
 			case k < 9:
 				to := ""
 				if rng.IntN(2) == 0 {
 					to = fmt.Sprintf("v%d", 1+rng.IntN(versions+1)) // sometimes not a release
 				}
 				op("rollback", w.rollback(to))
-			default:
+			case k == 9:
 				w.unfreeze()
 				seen["unfreeze"]++
 			}
@@ -683,7 +732,8 @@ func simulatePolicy(t *testing.T, seed uint64, seen map[string]int) {
 		tick(true)
 		cur, created := w.current()
 		d := Decide(w.svc, cur, created, w.releases)
-		settled = w.active() == nil && !w.svc.GetStatus().GetFrozen() && d.Action == ActionNone
+		st := w.svc.GetStatus()
+		settled = w.active() == nil && !st.GetFrozen() && !st.GetRemoving() && !st.GetRemoved() && d.Action == ActionNone
 	}
 	if !settled {
 		cur, _ := w.current()
@@ -698,9 +748,16 @@ func simulatePolicy(t *testing.T, seed uint64, seen map[string]int) {
 	desired := DesiredFunc(w.svc, cur)
 	st := w.svc.GetStatus()
 	for _, h := range hosts {
-		v, g, ok := desired(h.ID, h.Labels)
-		if Selects(selector, h.Labels) != ok || ok && v != st.GetStableVersion() {
-			fatalf("settled, %s (selected %v) is told %q, stable %s", h.ID, Selects(selector, h.Labels), v, st.GetStableVersion())
+		want, ok := desired(h.ID, h.Labels, agents[h.ID].report)
+		v, g := want.Version, want.Generation
+		// A host left out by the selector removes the service if it has it.
+		// (Created anew, its first release may have failed: nothing is stable.)
+		stable := st.GetStableVersion()
+		if sel := Selects(selector, h.Labels); sel && stable != "" && (!ok || v != stable) || sel && stable == "" && ok && !want.Remove || !sel && ok && !want.Remove {
+			fatalf("settled, %s (selected %v) is told %v, stable %s", h.ID, sel, want, st.GetStableVersion())
+		}
+		if want.Remove {
+			continue
 		}
 		if sp, rev := SpecFor(w.svc, cur, v, g); ok && (rev != st.GetStableSpecRevision() || !proto.Equal(sp, st.GetStableSpec())) {
 			fatalf("settled, %s is told spec %d, the stable spec is %d", h.ID, rev, st.GetStableSpecRevision())
@@ -709,7 +766,7 @@ func simulatePolicy(t *testing.T, seed uint64, seen map[string]int) {
 	// Settled, the live spec is the stable one, or one that changes what
 	// hosts run and was tried (failed, or undone by a rollback): none is lost
 	// and none that changes nothing on hosts stays unrecorded.
-	if rev := w.svc.GetSpecRevision(); rev != st.GetStableSpecRevision() {
+	if rev := w.svc.GetSpecRevision(); rev != st.GetStableSpecRevision() && st.GetStableVersion() != "" {
 		if !specdiff.HostAffecting(st.GetStableSpec(), w.svc.GetSpec()) || rev > w.applied[cur.GetId()] {
 			fatalf("settled with spec %d, stable spec %d (host changes %v), newest rollout %s applied %d",
 				rev, st.GetStableSpecRevision(), specdiff.HostChanges(st.GetStableSpec(), w.svc.GetSpec()), cur.GetId(), w.applied[cur.GetId()])

@@ -66,6 +66,9 @@ func Describe(r *v1.Rollout) string {
 // targetName names what hosts of r are moved to: "v5", or "v5 with spec 5"
 // for a config rollout.
 func targetName(r *v1.Rollout) string {
+	if r.GetRemove() {
+		return "removal"
+	}
 	if IsConfig(r) {
 		return r.GetToVersion() + " with " + SpecName(r.GetSpecRevision())
 	}

@@ -210,7 +210,13 @@ func (s *stepper) observe(obs func(string) Observation) {
 					msg = phaseName(ph) + " after it was done: " + reason
 				}
 				s.emit(EventHostFailed, i, id, msg)
-			case st == v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING && ph == v1.Phase_PHASE_HEALTHY && rep.GetCurrentVersion() == to:
+			case st == v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING && s.r.GetRemove() && ph == v1.Phase_PHASE_REMOVED:
+				hp := s.host(i, j)
+				hp.State = v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE
+				hp.DoneAt = s.ts()
+				s.mut().LastProgressAt = s.ts()
+				s.emit(EventHostDone, i, id, "removed: stopped, its files gone")
+			case st == v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING && !s.r.GetRemove() && ph == v1.Phase_PHASE_HEALTHY && rep.GetCurrentVersion() == to:
 				hp := s.host(i, j)
 				hp.State = v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE
 				hp.DoneAt = s.ts()
@@ -274,7 +280,11 @@ func (s *stepper) advance() {
 			r := s.mut()
 			r.State = v1.RolloutState_ROLLOUT_STATE_SUCCEEDED
 			r.FinishedAt = s.ts()
-			s.emit(EventRolloutSucceeded, NoWave, "", fmt.Sprintf("%s now runs %s on %d host(s)", r.GetService(), targetName(r), countHosts(r)))
+			msg := fmt.Sprintf("%s now runs %s on %d host(s)", r.GetService(), targetName(r), countHosts(r))
+			if r.GetRemove() {
+				msg = fmt.Sprintf("%s removed from %d host(s)", r.GetService(), countHosts(r))
+			}
+			s.emit(EventRolloutSucceeded, NoWave, "", msg)
 			return
 		}
 		w := s.r.Waves[i]

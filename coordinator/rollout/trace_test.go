@@ -44,9 +44,11 @@ import (
 //	    generation and, for healthy, its target; else its source); down: the
 //	    stream drops after the report
 //	disconnect H...  connect H...  gossip H=STATE...
+//	labels H [k=v ...]         the host's labels change (its agent restarted with others)
 //	approve [wave=N] [t=D]  pause  resume [t=D]  abort [reason=(text)] [t=D]
-//	rollback [to=V] [t=D]  unfreeze [t=D]
-//	    the operator's calls, as the leader serves them
+//	rollback [to=V] [t=D]  unfreeze [t=D]  delete [force] [t=D]
+//	    the operator's calls, as the leader serves them (after a delete,
+//	    `service` creates the service anew)
 //	state                      the service and its newest rollout
 //	desired                    what each host is told to run
 //
@@ -103,6 +105,10 @@ func TestTraces(t *testing.T) {
 					return ""
 				}
 				before := w.svc.GetSpec()
+				if w.svc.GetStatus().GetRemoved() {
+					w.apply(svc.GetSpec())
+					return strings.Join(append(w.take(), w.state()...), "\n")
+				}
 				if rev := w.svc.GetSpecRevision(); w.apply(svc.GetSpec()) == rev {
 					return fmt.Sprintf("%s unchanged", SpecName(rev))
 				}
@@ -139,6 +145,19 @@ func TestTraces(t *testing.T) {
 			case "report":
 				traceReport(td, w, fail)
 				return ""
+			case "labels":
+				if len(td.CmdArgs) == 0 {
+					fail("labels: want a host")
+				}
+				i := slices.IndexFunc(w.hosts, func(h Host) bool { return h.ID == td.CmdArgs[0].Key })
+				if i < 0 {
+					fail("labels: no host %s", td.CmdArgs[0].Key)
+				}
+				w.hosts[i].Labels = map[string]string{}
+				for _, a := range td.CmdArgs[1:] {
+					w.hosts[i].Labels[a.Key] = a.SingleVal(t)
+				}
+				return ""
 			case "disconnect", "connect":
 				for _, a := range td.CmdArgs {
 					o := w.observe(a.Key)
@@ -174,6 +193,8 @@ func TestTraces(t *testing.T) {
 			case "unfreeze":
 				w.unfreeze()
 				return act(nil)
+			case "delete":
+				return act(w.deleteService(td.HasArg("force")))
 			case "state":
 				return strings.Join(w.state(), "\n")
 			case "desired":
@@ -188,7 +209,7 @@ func TestTraces(t *testing.T) {
 // steps reports whether a command steps the rollout in flight, so that
 // its output ends with the next wake.
 func steps(cmd string) bool {
-	return slices.Contains([]string{"reconcile", "approve", "rollback", "unfreeze"}, cmd)
+	return slices.Contains([]string{"reconcile", "approve", "rollback", "unfreeze", "delete"}, cmd)
 }
 
 // arg is a command argument's value ("" if absent), values in parentheses
@@ -292,8 +313,11 @@ func traceReport(td *datadriven.TestData, w *world, fail func(string, ...any)) {
 		}
 		phase := v1.Phase(ph)
 		running := cur.GetFromVersion()
-		if phase == v1.Phase_PHASE_HEALTHY {
+		switch phase {
+		case v1.Phase_PHASE_HEALTHY:
 			running = cur.GetToVersion()
+		case v1.Phase_PHASE_REMOVING, v1.Phase_PHASE_REMOVED:
+			running = ""
 		}
 		if v := arg(td, "version"); v != "" {
 			running = v

@@ -114,8 +114,16 @@ func (w *world) release(v string) {
 }
 
 // apply stores a spec as the store's ApplySpec does: a spec that differs
-// from the live one gets the next revision. It returns the revision.
+// from the live one gets the next revision; a deleted service is created
+// anew (Recreate). It returns the revision.
 func (w *world) apply(sp *v1.ServiceSpec) int64 {
+	if w.svc.GetStatus().GetRemoved() {
+		w.svc.Status = Recreate(w.svc.GetStatus())
+		w.svc.Spec = sp
+		w.svc.SpecRevision++
+		w.logf("service %s created anew", w.name())
+		return w.svc.GetSpecRevision()
+	}
 	if !proto.Equal(sp, w.svc.GetSpec()) {
 		w.svc.Spec = sp
 		w.svc.SpecRevision++
@@ -147,10 +155,16 @@ func (w *world) commit(next *v1.Rollout) {
 		if IsConfig(next) {
 			w.stats["config "+strings.ToLower(stateName(next.GetState()))]++
 		}
+		if next.GetRemove() {
+			w.stats["removal "+strings.ToLower(stateName(next.GetState()))]++
+		}
 		w.svc.Status = Conclude(w.svc.GetStatus(), next)
 		if next.GetState() == rOK {
 			w.goodStables[next.GetToVersion()] = true
 			w.goodSpecs[next.GetSpecRevision()] = true
+		}
+		if next.GetRemove() && next.GetState() == rOK {
+			w.logf("%s %s", next.GetId(), EventServiceDeleted)
 		}
 	}
 }
@@ -296,6 +310,12 @@ func (w *world) checkDecision(d Decision, cur *v1.Rollout, created int64) {
 	if d.Config && pending {
 		w.fail("%s decided for a spec while release %s is pending", d, newest.Version)
 	}
+	if st.GetRemoving() || st.GetRemoved() {
+		if d.Action != ActionNone {
+			w.fail("%s while the service is being deleted", d)
+		}
+		return
+	}
 	switch d.Action {
 	case ActionStart:
 		want := newest.Version
@@ -373,8 +393,19 @@ func (w *world) check() {
 	cur, _ := w.current()
 	desired := DesiredFunc(w.svc, cur)
 	for _, h := range w.hosts {
-		v, g, ok := desired(h.ID, h.Labels)
+		want, ok := desired(h.ID, h.Labels, w.observe(h.ID).Report)
+		v, g := want.Version, want.Generation
 		if !ok {
+			continue
+		}
+		if want.Remove {
+			// Removal takes a host out of the service's generations: its
+			// agent takes any later assignment once it has removed it.
+			if w.observe(h.ID).Report.GetPhase() != v1.Phase_PHASE_REMOVING && g <= w.lastGen[h.ID] {
+				w.fail("%s is told to remove at generation %d, not above %d, the last it was told", h.ID, g, w.lastGen[h.ID])
+			}
+			delete(w.lastGen, h.ID)
+			delete(w.genVersion, h.ID)
 			continue
 		}
 		if g < w.lastGen[h.ID] {
@@ -507,6 +538,26 @@ func (w *world) checkRollbackTarget(target string, inFlight *v1.Rollout, request
 	}
 }
 
+// deleteService is `service delete` as the leader serves it.
+func (w *world) deleteService(force bool) error {
+	cur := w.active()
+	act, err := Delete(w.svc, cur, force)
+	if err != nil {
+		return err
+	}
+	switch act {
+	case DeleteInFlight:
+		return nil
+	case DeleteSupersede:
+		next := Supersede(cur, "service deleted by op", w.now)
+		w.logf("%s %s: %s", next.GetId(), EventRolloutSuperseded, next.GetReason())
+		w.commit(next)
+	}
+	w.begin(BeginRemoval(w.svc, "op", w.hosts, w.observe, w.now))
+	w.check()
+	return nil
+}
+
 func (w *world) unfreeze() {
 	st := w.svc.GetStatus()
 	if st.GetFrozen() {
@@ -535,6 +586,12 @@ func (w *world) at(t time.Time) string {
 func (w *world) state() []string {
 	st := w.svc.GetStatus()
 	line := fmt.Sprintf("service %s: stable %s gen %d", w.name(), orNone(st.GetStableVersion()), st.GetStableGeneration())
+	switch {
+	case st.GetRemoved():
+		line += ", deleted"
+	case st.GetRemoving():
+		line += ", removing"
+	}
 	// Spec revisions once there is more than one (traces of releases alone
 	// stay as they were).
 	switch rev := w.svc.GetSpecRevision(); {
@@ -552,8 +609,11 @@ func (w *world) state() []string {
 		return out
 	}
 	kind := "rollout"
-	if cur.GetRollback() {
+	switch {
+	case cur.GetRollback():
 		kind = "rollback"
+	case cur.GetRemove():
+		kind = "removal"
 	}
 	line = fmt.Sprintf("%s %s %s gen %d: %s", kind, cur.GetId(), Describe(cur), cur.GetGeneration(), stateName(cur.GetState()))
 	if cur.GetPaused() {
@@ -612,9 +672,14 @@ func (w *world) desiredLines() []string {
 	desired := DesiredFunc(w.svc, cur)
 	var out []string
 	for _, h := range w.hosts {
-		v, g, ok := desired(h.ID, h.Labels)
+		want, ok := desired(h.ID, h.Labels, w.observe(h.ID).Report)
+		v, g := want.Version, want.Generation
 		if !ok {
 			out = append(out, h.ID+": nothing")
+			continue
+		}
+		if want.Remove {
+			out = append(out, fmt.Sprintf("%s: remove gen %d", h.ID, g))
 			continue
 		}
 		line := fmt.Sprintf("%s: %s gen %d", h.ID, v, g)
