@@ -17,6 +17,7 @@ const (
 	opInstall           // FETCHING .. CHECKING
 	opRevert            // REVERTING
 	opRecover           // restarting the last good release after Restore (nothing adoptable ran)
+	opRemove            // REMOVING (remove.go)
 )
 
 // recoverKind is what to do once recovery has re-checked the release.
@@ -174,6 +175,9 @@ func Restore(s Snapshot, found *Running, now time.Time) (*Machine, []Action) {
 	}
 	if found != nil {
 		m.epoch = found.Epoch // epochs go on from the running process's
+	}
+	if s.Phase == v1.Phase_PHASE_REMOVING || s.Phase == v1.Phase_PHASE_REMOVED {
+		return m, m.restoreRemove(found, now)
 	}
 	cur, good, tgt := Version(s.Current), Version(s.LastGood), Version(s.Target)
 	runs := func(v string) bool { return found != nil && v != "" && found.Version == v }
@@ -462,6 +466,10 @@ func (m *Machine) startStep(k ActionKind, a *v1.Assignment) {
 // onAssign handles a valid or invalid assignment.
 func (m *Machine) onAssign(p *pendingAssign, t time.Time) {
 	switch {
+	case m.phase == v1.Phase_PHASE_REMOVED && m.op == opNone && p.a != nil && !p.isRemove():
+		// Removed: any release assigned later installs (remove.go).
+		m.apply(p, t)
+		return
 	case p.gen < m.gen:
 		// A replay (or a coordinator gone back in time): refused, and said
 		// in every report until a newer assignment is accepted.
@@ -496,6 +504,10 @@ func (m *Machine) apply(p *pendingAssign, t time.Time) {
 	if p.a == nil {
 		m.reason = "invalid assignment: " + p.invalid
 		m.setPhase(v1.Phase_PHASE_FAILED, true)
+		return
+	}
+	if p.isRemove() {
+		m.beginRemove(t)
 		return
 	}
 	if m.runsAsIs(p.a) {
@@ -543,6 +555,8 @@ func (m *Machine) onDone(in Input, t time.Time) {
 			err = nil // the link is where the revert wanted it: done
 		}
 		m.revertDone(k, err, t)
+	case opRemove:
+		m.removeDone(k, err, t)
 	case opRecover:
 		if k == ActSwitch && err != nil && !(in.LinkKnown && in.Link == Version(m.recWhat)) {
 			m.recoverSwitchFailed(err, in, t)

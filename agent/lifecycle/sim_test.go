@@ -15,17 +15,21 @@ import (
 
 // edges are the allowed phase changes of a machine outside recovery (see doc.go).
 var edges = map[v1.Phase][]v1.Phase{
-	v1.Phase_PHASE_IDLE:      {v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_FAILED},
-	v1.Phase_PHASE_HEALTHY:   {v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_REVERTING},
-	v1.Phase_PHASE_REVERTED:  {v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_FAILED},
-	v1.Phase_PHASE_FAILED:    {v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_FAILED},
-	v1.Phase_PHASE_FETCHING:  {v1.Phase_PHASE_VERIFYING, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY},
-	v1.Phase_PHASE_VERIFYING: {v1.Phase_PHASE_STAGING, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY},
-	v1.Phase_PHASE_STAGING:   {v1.Phase_PHASE_SWITCHING, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY},
+	v1.Phase_PHASE_IDLE:      {v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_REMOVING},
+	v1.Phase_PHASE_HEALTHY:   {v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_REVERTING, v1.Phase_PHASE_REMOVING},
+	v1.Phase_PHASE_REVERTED:  {v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_REMOVING},
+	v1.Phase_PHASE_FAILED:    {v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_REMOVING},
+	v1.Phase_PHASE_FETCHING:  {v1.Phase_PHASE_VERIFYING, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_REMOVING},
+	v1.Phase_PHASE_VERIFYING: {v1.Phase_PHASE_STAGING, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_REMOVING},
+	v1.Phase_PHASE_STAGING:   {v1.Phase_PHASE_SWITCHING, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_REMOVING},
 	v1.Phase_PHASE_SWITCHING: {v1.Phase_PHASE_STARTING, v1.Phase_PHASE_FAILED},
 	v1.Phase_PHASE_STARTING:  {v1.Phase_PHASE_CHECKING, v1.Phase_PHASE_REVERTING},
 	v1.Phase_PHASE_CHECKING:  {v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_REVERTING},
 	v1.Phase_PHASE_REVERTING: {v1.Phase_PHASE_REVERTED, v1.Phase_PHASE_FAILED},
+	// Removal (remove.go): from anything settled or an install before its
+	// switch; a removed service takes a new release or a removal again.
+	v1.Phase_PHASE_REMOVING: {v1.Phase_PHASE_REMOVED, v1.Phase_PHASE_FAILED},
+	v1.Phase_PHASE_REMOVED:  {v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_REMOVING},
 }
 
 // recoveryEdges are the extra edges between Restore and the end of a
@@ -33,8 +37,8 @@ var edges = map[v1.Phase][]v1.Phase{
 // re-checked). A recovery never reverts anything: it ends REVERTED only
 // when it restored REVERTED.
 var recoveryEdges = map[v1.Phase][]v1.Phase{
-	v1.Phase_PHASE_STARTING: {v1.Phase_PHASE_CHECKING, v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_IDLE},
-	v1.Phase_PHASE_CHECKING: {v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_REVERTED, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_FETCHING},
+	v1.Phase_PHASE_STARTING: {v1.Phase_PHASE_CHECKING, v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_IDLE, v1.Phase_PHASE_REMOVING},
+	v1.Phase_PHASE_CHECKING: {v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_REVERTED, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_REMOVING},
 }
 
 // restoreKind is what a Restore must do, decided by the simulation's own
@@ -47,10 +51,11 @@ const (
 	restoreResumeFetch                          // an install before its switch: resume at FETCHING
 	restoreResumeInstall                        // an install after its switch: adopt or start the target, check it
 	restoreResumeRevert                         // a revert: resume it
+	restoreResumeRemove                         // a removal: resume it (what runs is stopped)
 )
 
 func (k restoreKind) String() string {
-	return [...]string{"?", "recover", "adopt-settled", "resume-fetch", "resume-install", "resume-revert"}[k]
+	return [...]string{"?", "recover", "adopt-settled", "resume-fetch", "resume-install", "resume-revert", "resume-remove"}[k]
 }
 
 // expectRestore decides what Restore must do with snapshot p when found
@@ -59,6 +64,8 @@ func expectRestore(p *Snapshot, found string) (restoreKind, v1.Phase) {
 	cur, good, tgt := Version(p.Current), Version(p.LastGood), Version(p.Target)
 	restored := p.Phase
 	switch ph := p.Phase; {
+	case ph == v1.Phase_PHASE_REMOVING || ph == v1.Phase_PHASE_REMOVED:
+		return restoreResumeRemove, v1.Phase_PHASE_REMOVING
 	case preSwitch(ph):
 		if tgt == "" {
 			restored = v1.Phase_PHASE_FAILED // inconsistent: handled as settled
@@ -356,6 +363,11 @@ func (s *sim) apply(acts []Action) {
 			if s.running != "" {
 				s.fatalf("start %s while %s runs", a.Version, s.running)
 			}
+		case ActRemove:
+			// Files go only once nothing runs, and only when removing.
+			if s.running != "" || s.m.Phase() != v1.Phase_PHASE_REMOVING {
+				s.fatalf("remove in %v while %q runs", s.m.Phase(), s.running)
+			}
 		case ActAdopt:
 			if s.restoring == 0 {
 				s.fatalf("%v outside Restore", a)
@@ -448,7 +460,8 @@ func (s *sim) checkReport(r *v1.ServiceReport) {
 	if strings.Contains(r.Reason, "agent restarted before") {
 		s.fatalf("%v blames the agent's restart on the release: %s", p, r.Reason)
 	}
-	if r.Generation < s.prevGen {
+	if r.Generation < s.prevGen && s.prev != v1.Phase_PHASE_REMOVED {
+		// (A removed service takes any later assignment: remove.go.)
 		s.fatalf("generation went back %d -> %d", s.prevGen, r.Generation)
 	}
 	// Healthy only after passing continuously for min_healthy_time.
@@ -493,6 +506,12 @@ func (s *sim) checkReport(r *v1.ServiceReport) {
 		s.fatalf("last good %q never became healthy", r.LastGoodVersion)
 	}
 	switch p {
+	case v1.Phase_PHASE_REMOVED:
+		if r.CurrentVersion != "" || r.LastGoodVersion != "" || r.TargetVersion != "" || s.running != "" || s.link != "" {
+			s.fatalf("REMOVED with current=%q last good=%q target=%q, running %q, link %q",
+				r.CurrentVersion, r.LastGoodVersion, r.TargetVersion, s.running, s.link)
+		}
+		s.everHealthy = map[string]bool{} // nothing of the service remains
 	case v1.Phase_PHASE_HEALTHY:
 		if r.CurrentVersion == "" || r.CurrentVersion != r.LastGoodVersion || r.CurrentVersion != r.TargetVersion {
 			s.fatalf("HEALTHY with current=%q last good=%q target=%q", r.CurrentVersion, r.LastGoodVersion, r.TargetVersion)
@@ -508,6 +527,9 @@ func (s *sim) checkReport(r *v1.ServiceReport) {
 			s.fatalf("REVERTED on %q but %q runs", r.CurrentVersion, s.running)
 		}
 	case v1.Phase_PHASE_FAILED:
+		if s.prev == v1.Phase_PHASE_REMOVING && s.running != "" {
+			s.fatalf("a removal ended FAILED with %q running", s.running)
+		}
 		if preSwitch(s.prev) {
 			if s.stoppedSinceFetch {
 				s.fatalf("FAILED before the switch but the old release was stopped")
@@ -585,6 +607,10 @@ func (s *sim) finish() {
 		}
 	case ActStop:
 		s.running = "" // a failed stop still ends the process (SIGKILL)
+	case ActRemove:
+		if err == nil {
+			s.link = ""
+		}
 	}
 	if a.Kind == ActStart && err == nil {
 		s.runningEpoch = a.Epoch
@@ -610,6 +636,8 @@ func (s *sim) restart() {
 			s.running, s.runningEpoch = a.Version, a.Epoch
 		case ActStop:
 			s.running = ""
+		case ActRemove:
+			s.link = ""
 		}
 		s.log = append(s.log, "  (the "+a.Kind.String()+" in flight happened)")
 	}
@@ -797,6 +825,11 @@ func runSim(t *testing.T, seed uint64, steps int, seen map[[2]v1.Phase]int, st *
 			if gen > s.maxGen {
 				s.maxGen = gen
 			}
+			if s.rnd.IntN(8) == 0 {
+				// The service removed from the host.
+				s.step(Assign(&v1.Assignment{Service: "web", Generation: gen, Remove: true}, s.now))
+				break
+			}
 			s.step(Assign(s.assignment(versions[s.rnd.IntN(len(versions))], gen), s.now))
 		case x < 94:
 			s.maxGen++
@@ -837,7 +870,7 @@ func TestSimulation(t *testing.T) {
 		t.Errorf("simulation reverted %d watched releases, %d on analysis, resumed %d watches, adopted %d processes: not exercised",
 			st.watchReverts, st.analysisReverts, st.resumedWatches, st.adoptions)
 	}
-	for k := restoreRecover; k <= restoreResumeRevert; k++ {
+	for k := restoreRecover; k <= restoreResumeRemove; k++ {
 		if st.restores[k] == 0 {
 			t.Errorf("simulation never restored with %v", k)
 		}

@@ -32,6 +32,7 @@ import (
 //	        actions and snapshots), policy the rollout's max_parallel (one
 //	        they do not)
 //	invalid gen=N [reason=TEXT]     an assignment that failed validation
+//	remove gen=N                    an assignment to remove the service
 //	done KIND [err=TEXT] [link=V|none]
 //	        the long step in flight, which must be KIND, finished; link: the
 //	        switch's read-back link (SwitchDone; without it the link is unknown)
@@ -101,6 +102,10 @@ func (tr *trace) run(t *testing.T, d *datadriven.TestData) string {
 	switch d.Cmd {
 	case "assign":
 		tr.step(t, d, &out, Assign(tr.assignment(t, d), tr.now))
+	case "remove":
+		var gen int64
+		d.ScanArgs(t, "gen", &gen)
+		tr.step(t, d, &out, Assign(&v1.Assignment{Service: "web", Generation: gen, Remove: true}, tr.now))
 	case "invalid":
 		var gen int64
 		d.ScanArgs(t, "gen", &gen)

@@ -215,6 +215,10 @@ const (
 	// with Epoch had started it: supervise it (exits tagged with Epoch,
 	// restarts with Assignment's run spec) without restarting it.
 	ActAdopt
+	// ActRemove: remove the service's files from the host (its releases,
+	// `current`, its PID file; its log stays). Nothing of it runs (an
+	// ActStop came first).
+	ActRemove
 )
 
 func (k ActionKind) String() string {
@@ -243,6 +247,8 @@ func (k ActionKind) String() string {
 		return "freeze-baseline"
 	case ActAdopt:
 		return "adopt"
+	case ActRemove:
+		return "remove"
 	}
 	return fmt.Sprintf("action(%d)", int(k))
 }
@@ -251,7 +257,7 @@ func (k ActionKind) String() string {
 // fed back with Done.
 func (k ActionKind) Long() bool {
 	switch k {
-	case ActFetch, ActVerify, ActStage, ActSwitch, ActStart, ActStop:
+	case ActFetch, ActVerify, ActStage, ActSwitch, ActStart, ActStop, ActRemove:
 		return true
 	}
 	return false
