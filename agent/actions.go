@@ -39,6 +39,8 @@ func (a *agent) do(s *service, act lifecycle.Action) {
 		a.beginChecks(s, act)
 	case lifecycle.ActStopChecks:
 		a.stopChecks(s)
+	case lifecycle.ActRemove:
+		a.startRemove(s, act) // remove.go
 	}
 }
 
@@ -49,6 +51,9 @@ func (a *agent) persist(s *service, snap *lifecycle.Snapshot) error {
 		if err := a.opts.saveHook(snap); err != nil {
 			return fmt.Errorf("save state of %s: %w", s.name, err)
 		}
+	}
+	if removed, err := a.persistRemoved(snap); removed || err != nil {
+		return err // remove.go: a removed service keeps no state
 	}
 	if err := a.store.Save(snap); err != nil {
 		return err

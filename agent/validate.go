@@ -18,6 +18,9 @@ import (
 // validateAssignment checks an assignment after decoding; the error names
 // the field. dir is the release directory exec checks would run in.
 func validateAssignment(a *v1.Assignment, hostID string, labels map[string]string, maxBytes int64, dir string) error {
+	if a.GetRemove() {
+		return validateRemoval(a) // remove.go
+	}
 	if err := spec.CheckName("service", a.GetService()); err != nil {
 		return err
 	}
