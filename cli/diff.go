@@ -120,9 +120,15 @@ func DiffRollout(prev, cur *v1.Rollout) []string {
 			line += ": " + cur.GetReason()
 		}
 		out = append(out, line)
-		if cur.GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED {
+		switch {
+		case cur.GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED && cur.GetRemove():
+			out = append(out, fmt.Sprintf("ALERT: the hosts it reached stay removed, the others keep %s; %s stays being deleted and is frozen; after a look: fleetwave service delete %s",
+				versionOrNone(cur.GetFromVersion()), cur.GetService(), cur.GetService()))
+		case cur.GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED:
 			out = append(out, fmt.Sprintf("ALERT: hosts that moved go back to %s; %s is frozen and people are alerted (the spec's webhook, the coordinator's log); after a look: fleetwave service unfreeze %s",
 				versionOrNone(cur.GetFromVersion()), cur.GetService(), cur.GetService()))
+		case cur.GetState() == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED && cur.GetRemove():
+			out = append(out, fmt.Sprintf("service %s deleted: removed from every host; its history stays (fleetwave rollout history %s)", cur.GetService(), cur.GetService()))
 		}
 	case prev.GetReason() != cur.GetReason() && cur.GetReason() != "":
 		out = append(out, "rollout: "+cur.GetReason())

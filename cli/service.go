@@ -86,11 +86,11 @@ func (a *app) serviceCmd() *cobra.Command {
 				return printJSON(a.stdout, resp)
 			}
 			tw := newTable(a.stdout)
-			row(tw, "NAME", "MODE", "STABLE", "SPEC", "FROZEN", "LAST ROLLOUT", "SELECTOR")
+			row(tw, "NAME", "MODE", "STABLE", "SPEC", "FROZEN", "STATE", "LAST ROLLOUT", "SELECTOR")
 			for _, s := range resp.GetServices() {
 				st := s.GetStatus()
 				row(tw, s.GetSpec().GetName(), mode(s.GetSpec()), orDash(st.GetStableVersion()), specColumn(s),
-					yesNo(st.GetFrozen()), orDash(st.GetLastRolloutId()), fmtLabels(s.GetSpec().GetSelector()))
+					yesNo(st.GetFrozen()), serviceState(s), orDash(st.GetLastRolloutId()), fmtLabels(s.GetSpec().GetSelector()))
 			}
 			return tw.Flush()
 		}),
@@ -134,8 +134,58 @@ func (a *app) serviceCmd() *cobra.Command {
 			return nil
 		}),
 	}
-	cmd.AddCommand(apply, list, get, unfreeze)
+	var force bool
+	del := &cobra.Command{
+		Use:   "delete NAME",
+		Short: "Remove a service from its hosts in waves, then delete it (admin; its history stays)",
+		Long: "Delete stops the service on its hosts wave by wave (drained as any stop: pre_stop and\n" +
+			"shutdown_delay), removes its releases and PID files there (logs are kept), and then deletes the\n" +
+			"service. Its rollouts, releases and events stay readable; service apply creates the name anew.\n" +
+			"Refused while a rollout runs unless --force (the rollout is superseded). Follow it with\n" +
+			"fleetwave rollout watch NAME.",
+		Args: cobra.ExactArgs(1),
+		RunE: run(func(cmd *cobra.Command, args []string) error {
+			resp, err := call(a, cmd, "delete service "+args[0], func(ctx context.Context, c v1.OperatorServiceClient) (*v1.DeleteServiceResponse, error) {
+				return c.DeleteService(ctx, &v1.DeleteServiceRequest{Name: args[0], Force: force})
+			})
+			if err != nil {
+				return err
+			}
+			if a.jsonOutput() {
+				return printJSON(a.stdout, resp)
+			}
+			r := resp.GetRollout()
+			fmt.Fprintf(a.stdout, "service %s: removal %s, %s, %s; follow it with: fleetwave rollout watch %s\n",
+				args[0], r.GetId(), plural(hostsOf(r), "host"), strings.ToLower(rolloutState(r.GetState())), args[0])
+			return nil
+		}),
+	}
+	del.Flags().BoolVar(&force, "force", false, "supersede a rollout in flight instead of refusing")
+	cmd.AddCommand(apply, list, get, unfreeze, del)
 	return cmd
+}
+
+// hostsOf is the number of hosts in a rollout's plan.
+func hostsOf(r *v1.Rollout) int {
+	n := 0
+	for _, w := range r.GetWaves() {
+		n += len(w.GetHosts())
+	}
+	return n
+}
+
+// serviceState is "deleted", "removing", "frozen" or "ok".
+func serviceState(s *v1.Service) string {
+	st := s.GetStatus()
+	switch {
+	case st.GetRemoved():
+		return "deleted"
+	case st.GetRemoving():
+		return "removing"
+	case st.GetFrozen():
+		return "frozen"
+	}
+	return "ok"
 }
 
 // loadSpec reads, parses and validates a spec file. Its errors name the
@@ -239,6 +289,12 @@ func printService(w io.Writer, s *v1.Service) error {
 	}
 	row(tw, "spec:", spec)
 	row(tw, "frozen:", frozen(st))
+	switch {
+	case st.GetRemoved():
+		row(tw, "deleted:", fmt.Sprintf("%s by %s (removal %s; service apply creates it anew)", fmtTime(st.GetRemovedAt()), orDash(st.GetRemovedBy()), st.GetLastRolloutId()))
+	case st.GetRemoving():
+		row(tw, "deleting:", fmt.Sprintf("asked by %s (removal %s: fleetwave rollout watch %s)", orDash(st.GetRemovedBy()), st.GetLastRolloutId(), s.GetSpec().GetName()))
+	}
 	row(tw, "last rollout:", orDash(st.GetLastRolloutId()))
 	row(tw, "updated:", fmtTime(s.GetUpdatedAt()))
 	if err := tw.Flush(); err != nil {

@@ -97,6 +97,7 @@ var methodAccess = map[string]access{
 	opSvc + "ListAudit":            accessAdmin,
 	opSvc + "WhoAmI":               accessAnyone,
 	opSvc + "RemoveHost":           accessAdmin,
+	opSvc + "DeleteService":        accessAdmin,
 	agSvc + "Connect":              accessAgent,
 	agSvc + "Join":                 accessAnyone,
 	agSvc + "Renew":                accessAgent,
@@ -284,6 +285,11 @@ func auditTarget(req any) string {
 		return "host " + r.GetHostId()
 	case *v1.RemoveHostRequest:
 		return "host " + r.GetHostId()
+	case *v1.DeleteServiceRequest:
+		if r.GetForce() {
+			return r.GetName() + " (force)"
+		}
+		return r.GetName()
 	case svc:
 		return r.GetService()
 	case named:

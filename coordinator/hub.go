@@ -53,6 +53,10 @@ type agentConn struct {
 	token string
 	// reports are the last reports this stream wrote, per service.
 	reports map[string]*v1.ServiceReport
+	// seen is the last report this stream received per service (written
+	// or not), guarded by hub.mu: what the host has of each service, for
+	// its assignments (rollout.Desired).
+	seen map[string]*v1.ServiceReport
 }
 
 func newHub(c *Coordinator) *hub {
@@ -165,13 +169,17 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
 		if err := h.c.store.PutHost(ctx, rec); err != nil {
 			return status.Error(codes.Unavailable, err.Error())
 		}
+		if ok && !equalLabels(old.GetLabels(), hello.GetLabels()) {
+			h.c.hostMoved(ctx, id, old.GetLabels(), hello.GetLabels()) // remove.go
+		}
 	}
 	conn := &agentConn{host: id, labels: hello.GetLabels(), out: make(chan queuedSet, 1), cancel: cancel,
-		token: h.c.cfg.Name + "/" + randToken(), reports: map[string]*v1.ServiceReport{}}
+		token: h.c.cfg.Name + "/" + randToken(), reports: map[string]*v1.ServiceReport{}, seen: map[string]*v1.ServiceReport{}}
 	for _, r := range hello.GetServices() {
 		if err := h.saveReport(ctx, conn, r); err != nil {
 			return status.Error(codes.Unavailable, err.Error())
 		}
+		h.saw(conn, r)
 	}
 	h.mu.Lock()
 	if old := h.conns[id]; old != nil {
@@ -222,6 +230,18 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
 			if err := h.saveReport(ctx, conn, r); err != nil {
 				recvErr <- status.Error(codes.Unavailable, err.Error())
 				return
+			}
+			if h.saw(conn, r) {
+				// What the host has changed: its assignments may (a removal
+				// done, or to be made above its new generation). A host that
+				// removed a service gets its set again even if it is the
+				// same: it refused what came while it was removing.
+				if r.GetPhase() == v1.Phase_PHASE_REMOVED {
+					h.mu.Lock()
+					conn.last = nil
+					h.mu.Unlock()
+				}
+				h.queue(conn, false, time.Now())
 			}
 		}
 	}()
@@ -299,7 +319,7 @@ type desiredTable struct {
 type desiredEntry struct {
 	svc     *v1.Service
 	latest  *v1.Rollout
-	desired func(host string, labels map[string]string) (string, int64, bool)
+	desired func(host string, labels map[string]string, rep *v1.ServiceReport) (rollout.Want, bool)
 }
 
 func (h *hub) table() *desiredTable {
@@ -327,15 +347,38 @@ func (h *hub) table() *desiredTable {
 	return t
 }
 
-// assignments computes the full set of assignments for a host.
-func (h *hub) assignments(t *desiredTable, host string, labels map[string]string) *v1.ConnectResponse {
+// saw records the report a stream received and says whether what the host
+// has of the service changed (phase or generation).
+func (h *hub) saw(c *agentConn, r *v1.ServiceReport) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	old := c.seen[r.GetService()]
+	c.seen[r.GetService()] = r
+	return old.GetPhase() != r.GetPhase() || old.GetGeneration() != r.GetGeneration()
+}
+
+// assignments computes the full set of assignments for a host, given what
+// it reported of each service (seen; else the stored report).
+func (h *hub) assignments(t *desiredTable, c *agentConn) *v1.ConnectResponse {
+	host, labels := c.host, c.labels
 	resp := &v1.ConnectResponse{}
 	for _, e := range t.services {
 		name := e.svc.GetSpec().GetName()
-		ver, gen, ok := e.desired(host, labels)
+		h.mu.Lock()
+		rep := c.seen[name]
+		h.mu.Unlock()
+		if rep == nil {
+			rep = h.c.mirror.Report(host, name)
+		}
+		want, ok := e.desired(host, labels, rep)
 		if !ok {
 			continue
 		}
+		if want.Remove {
+			resp.Assignments = append(resp.Assignments, &v1.Assignment{Service: name, Generation: want.Generation, Remove: true})
+			continue
+		}
+		ver, gen := want.Version, want.Generation
 		rel, ok := h.c.mirror.Release(name, ver)
 		if !ok {
 			h.c.log.Error().Str("service", name).Str("version", ver).Msg("assigned release not found")
@@ -353,7 +396,7 @@ func (h *hub) assignments(t *desiredTable, host string, labels map[string]string
 // always when force: on connect); since is when the change was noticed.
 func (h *hub) queue(c *agentConn, force bool, since time.Time) {
 	t := h.table()
-	m := h.assignments(t, c.host, c.labels)
+	m := h.assignments(t, c)
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
 	if err != nil {
 		h.c.log.Error().Err(err).Str("host", c.host).Msg("encode assignments")

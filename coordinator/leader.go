@@ -48,6 +48,8 @@ const (
 	opAbort
 	// opRollback starts a fast rollout to an earlier release.
 	opRollback
+	// opDelete removes the service from its hosts (remove.go).
+	opDelete
 )
 
 // leaderReq is an operator request the loop serves between reconciles.
@@ -58,6 +60,7 @@ type leaderReq struct {
 	reason  string // abort
 	version string // rollback target ("" = the previous good release)
 	wave    uint32 // approve: the wave (0 = whatever waits)
+	force   bool   // delete: supersede a rollout in flight
 	reply   chan leaderReply
 }
 

@@ -19,6 +19,8 @@ func (l *leader) serve(ctx context.Context, fence *store.Fence, req leaderReq) (
 	case opPause, opResume, opAbort, opRollback:
 		r, err := l.decide(ctx, fence, req)
 		return r, nil, err
+	case opDelete:
+		return l.deleteService(ctx, fence, req)
 	}
 	if req.op == opUnfreeze {
 		svc, err := l.unfreeze(ctx, fence, req.service, req.actor)

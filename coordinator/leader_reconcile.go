@@ -56,6 +56,9 @@ func (l *leader) commit(ctx context.Context, fence *store.Fence, vs store.Versio
 	if rollout.Terminal(next) {
 		newSvc = proto.Clone(svc).(*v1.Service)
 		newSvc.Status = rollout.Conclude(svc.GetStatus(), next)
+		if newSvc.GetStatus().GetRemoved() && !svc.GetStatus().GetRemoved() {
+			events = append(events, serviceDeleted(next, time.Now()))
+		}
 	}
 	prev, _ := l.c.mirror.Rollout(next.GetService(), next.GetId())
 	rev, err := l.c.store.WriteRollout(ctx, fence, next, curRev, newSvc, vs.Rev, events...)

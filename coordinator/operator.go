@@ -57,9 +57,19 @@ func (o *operator) ApplyService(ctx context.Context, req *v1.ApplyServiceRequest
 	if err := spec.Validate(req.GetSpec()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	ap, err := o.c.store.ApplySpec(ctx, req.GetSpec(), time.Now())
+	var oldSelector map[string]string
+	if vs, ok := o.c.mirror.Service(req.GetSpec().GetName()); ok {
+		oldSelector = vs.Val.GetSpec().GetSelector()
+	}
+	ap, err := o.c.store.ApplySpec(ctx, req.GetSpec(), time.Now(), rollout.Recreate)
+	if errors.Is(err, store.ErrBeingDeleted) {
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
 	if err != nil {
 		return nil, grpcErr(err)
+	}
+	if !ap.Created && !ap.Unchanged {
+		o.c.selectorMoved(ctx, ap.Service, oldSelector, caller(ctx)) // remove.go
 	}
 	name, svc := req.GetSpec().GetName(), ap.Service
 	o.c.log.Info().Str("service", name).Bool("created", ap.Created).Bool("unchanged", ap.Unchanged).
@@ -144,8 +154,12 @@ func (o *operator) CreateRelease(ctx context.Context, req *v1.CreateReleaseReque
 	if err := o.sync(ctx); err != nil {
 		return nil, grpcErr(err)
 	}
-	if _, ok := o.c.mirror.Service(rel.GetService()); !ok {
+	if vs, ok := o.c.mirror.Service(rel.GetService()); !ok {
 		return nil, status.Errorf(codes.NotFound, "release.service: service %q not found (apply its spec first)", rel.GetService())
+	} else if st := vs.Val.GetStatus(); st.GetRemoved() {
+		return nil, status.Errorf(codes.NotFound, "release.service: service %q is deleted (service apply creates it anew)", rel.GetService())
+	} else if st.GetRemoving() {
+		return nil, status.Errorf(codes.FailedPrecondition, "release.service: service %q is being deleted (rollout %s)", rel.GetService(), st.GetLastRolloutId())
 	}
 	if rel.GetArtifact().GetUrl() == "" {
 		size, err := o.c.arts.Ensure(ctx, rel.GetArtifact().GetSha256())
@@ -307,7 +321,12 @@ func (o *operator) ListHosts(ctx context.Context, _ *v1.ListHostsRequest) (*v1.L
 		if o.c.gossip != nil {
 			h2.Gossip = o.c.gossip.State(h.GetId())
 		}
-		h2.Services = o.c.mirror.Reports(h.GetId())
+		// A service removed from the host is no longer one of its services.
+		for _, r := range o.c.mirror.Reports(h.GetId()) {
+			if r.GetPhase() != v1.Phase_PHASE_REMOVED {
+				h2.Services = append(h2.Services, r)
+			}
+		}
 		resp.Hosts = append(resp.Hosts, h2)
 	}
 	return resp, nil

@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
@@ -24,25 +27,51 @@ import (
 // and the last assignment it was sent.
 type specAgent struct {
 	id     string
-	stream v1.AgentService_ConnectClient
+	cc     *grpc.ClientConn
+	cancel context.CancelFunc
 	mu     sync.Mutex
-	runs   string // version
+	stream v1.AgentService_ConnectClient
+	runs   string // version ("" after a removal)
 	runRev int64  // spec revision
 	last   *v1.Assignment
+	report *v1.ServiceReport // the last report sent
 }
 
 func startSpecAgent(t *testing.T, ctx context.Context, cc *grpc.ClientConn, id string, labels map[string]string) *specAgent {
 	t.Helper()
-	s, err := v1.NewAgentServiceClient(cc).Connect(ctx)
+	a := &specAgent{id: id, cc: cc}
+	a.connect(t, ctx, labels)
+	return a
+}
+
+// connect opens a stream (ending the one before) with a hello carrying the
+// labels and what the agent last reported, as a restarted agent does, and
+// answers every new assignment.
+func (a *specAgent) connect(t *testing.T, ctx context.Context, labels map[string]string) {
+	t.Helper()
+	a.mu.Lock()
+	if a.cancel != nil {
+		a.cancel()
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	a.cancel = cancel
+	hello := &v1.Hello{HostId: a.id, Labels: labels}
+	if a.report != nil {
+		hello.Services = []*v1.ServiceReport{a.report}
+	}
+	a.mu.Unlock()
+	s, err := v1.NewAgentServiceClient(a.cc).Connect(sctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &specAgent{id: id, stream: s}
-	if err := s.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Hello{Hello: &v1.Hello{HostId: id, Labels: labels}}}); err != nil {
+	if err := s.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Hello{Hello: hello}}); err != nil {
 		t.Fatal(err)
 	}
+	a.mu.Lock()
+	a.stream = s
+	a.mu.Unlock()
 	go func() {
-		var gen int64
+		answered := ""
 		for {
 			m, err := s.Recv()
 			if err != nil {
@@ -52,28 +81,32 @@ func startSpecAgent(t *testing.T, ctx context.Context, cc *grpc.ClientConn, id s
 				a.mu.Lock()
 				a.last = as
 				a.mu.Unlock()
-				if as.GetGeneration() > gen {
-					gen = as.GetGeneration()
-					_ = a.answer(as)
+				key := fmt.Sprintf("%d/%s/%v/%d", as.GetGeneration(), as.GetRelease().GetVersion(), as.GetRemove(), as.GetSpecRevision())
+				if key != answered {
+					answered = key
+					_ = a.answer(s, as)
 				}
 			}
 		}
 	}()
-	return a
 }
 
-func (a *specAgent) answer(as *v1.Assignment) error {
+func (a *specAgent) answer(s v1.AgentService_ConnectClient, as *v1.Assignment) error {
 	a.mu.Lock()
 	phase, reason := v1.Phase_PHASE_HEALTHY, ""
-	if as.GetSpec().GetRun().GetEnv()["FAIL"] == "1" {
+	switch {
+	case as.GetRemove():
+		phase, a.runs, a.runRev = v1.Phase_PHASE_REMOVED, "", 0
+	case as.GetSpec().GetRun().GetEnv()["FAIL"] == "1":
 		phase, reason = v1.Phase_PHASE_REVERTED, "spec says FAIL=1"
-	} else {
+	default:
 		a.runs, a.runRev = as.GetRelease().GetVersion(), as.GetSpecRevision()
 	}
 	r := &v1.ServiceReport{Service: as.GetService(), Generation: as.GetGeneration(), Phase: phase,
 		CurrentVersion: a.runs, TargetVersion: as.GetRelease().GetVersion(), Reason: reason}
+	a.report = r
 	a.mu.Unlock()
-	return a.stream.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Report{Report: r}})
+	return s.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Report{Report: r}})
 }
 
 // state is what the agent runs and the last assignment's version and spec
@@ -82,6 +115,13 @@ func (a *specAgent) state() (runs string, runRev int64, last string, lastRev int
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.runs, a.runRev, a.last.GetRelease().GetVersion(), a.last.GetSpecRevision()
+}
+
+// removed reports whether the agent's last answer was REMOVED.
+func (a *specAgent) removed() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.report.GetPhase() == v1.Phase_PHASE_REMOVED
 }
 
 // TestConfigRollout: against real etcd, a spec that changes what hosts run
@@ -243,3 +283,173 @@ const (
 	rOK     = v1.RolloutState_ROLLOUT_STATE_SUCCEEDED
 	rFailed = v1.RolloutState_ROLLOUT_STATE_FAILED
 )
+
+// TestDeleteServiceAndHostsMoving, against real etcd with agents on real
+// streams: a host relabelled out of the selector is told to remove the
+// service (and gets it back when relabelled in), with events and an audit
+// entry; service delete is refused while a rollout runs, then forced: the
+// removal reaches every host, the service is deleted with its history
+// kept, releases are refused, and the name is created anew.
+func TestDeleteServiceAndHostsMoving(t *testing.T) {
+	cc := startCoordinator(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	op := v1.NewOperatorServiceClient(cc)
+	spec := &v1.ServiceSpec{Name: "web", Selector: map[string]string{"role": "web"}, Run: &v1.RunSpec{Command: []string{"./app"}},
+		Rollout: &v1.RolloutPolicy{Canary: 1, Waves: []uint32{50, 100}, MaxParallel: 1, Bake: durationpb.New(0)}}
+	if _, err := op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	web := map[string]string{"role": "web"}
+	var agents []*specAgent
+	for i := range 3 {
+		agents = append(agents, startSpecAgent(t, ctx, cc, fmt.Sprintf("h%d", i), web))
+	}
+	waitHosts(t, ctx, op, 3)
+	release := func(v string) (*v1.CreateReleaseResponse, error) {
+		art := upload(t, ctx, cc, []byte("artifact "+v))
+		return op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: v, Artifact: art}})
+	}
+	if _, err := release("v1"); err != nil {
+		t.Fatal(err)
+	}
+	waitRollout(t, ctx, op, "v1 done", func(r *v1.Rollout) bool { return r.GetToVersion() == "v1" && r.GetState() == rOK })
+	waitFor := func(what string, cond func() error) {
+		t.Helper()
+		testkit.EventuallyErr(t, 30*time.Second, what, cond)
+	}
+	runs := func(a *specAgent, v string) func() error {
+		return func() error {
+			if got, _, _, _ := a.state(); got != v {
+				return fmt.Errorf("%s runs %q", a.id, got)
+			}
+			return nil
+		}
+	}
+	for _, a := range agents {
+		waitFor(a.id+" on v1", runs(a, "v1"))
+	}
+	events := func() map[string][]*v1.Event {
+		t.Helper()
+		evs, err := op.ListEvents(ctx, &v1.ListEventsRequest{Service: "web"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string][]*v1.Event{}
+		for _, e := range evs.GetEvents() {
+			out[e.GetKind()] = append(out[e.GetKind()], e)
+		}
+		return out
+	}
+
+	// h2's agent restarts with role=db: it leaves the selector.
+	h2 := agents[2]
+	h2.connect(t, ctx, map[string]string{"role": "db"})
+	waitFor("h2 removed the service", func() error {
+		if !h2.removed() {
+			return fmt.Errorf("h2 last reported %v", h2.report)
+		}
+		return nil
+	})
+	if evs := events()[EventHostLeft]; len(evs) != 1 || evs[0].GetHost() != "h2" || !strings.Contains(evs[0].GetMessage(), "no longer matches") {
+		t.Errorf("host_left events: %v", evs)
+	}
+	hosts, err := op.ListHosts(ctx, &v1.ListHostsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range hosts.GetHosts() {
+		if h.GetId() == "h2" && len(h.GetServices()) != 0 {
+			t.Errorf("h2 still lists %v", h.GetServices())
+		}
+	}
+	aud, err := op.ListAudit(ctx, &v1.ListAuditRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(aud.GetEntries(), func(e *v1.AuditEntry) bool {
+		return e.GetActor() == "agent:h2" && strings.Contains(e.GetMessage(), "left [web]")
+	}) {
+		t.Errorf("no audit entry for h2 leaving web: %v", aud.GetEntries())
+	}
+	// Back in the selector: the stable release again.
+	h2.connect(t, ctx, web)
+	waitFor("h2 back on v1", runs(h2, "v1"))
+	if evs := events()[EventHostJoined]; len(evs) != 1 || evs[0].GetHost() != "h2" {
+		t.Errorf("host_joined events: %v", evs)
+	}
+
+	// A rollout waits for approval (manual mode): delete is refused, then
+	// forced.
+	manual := proto.Clone(spec).(*v1.ServiceSpec)
+	manual.Rollout.Mode = "manual"
+	if _, err := op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: manual}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := release("v2"); err != nil {
+		t.Fatal(err)
+	}
+	waiting := waitRollout(t, ctx, op, "v2 waits", func(r *v1.Rollout) bool { return r.GetToVersion() == "v2" })
+	if _, err := op.DeleteService(ctx, &v1.DeleteServiceRequest{Name: "web"}); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "--force") {
+		t.Fatalf("delete during a rollout: %v", err)
+	}
+	if _, err := op.DeleteService(ctx, &v1.DeleteServiceRequest{Name: "nope"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("delete of an unknown service: %v", err)
+	}
+	del, err := op.DeleteService(ctx, &v1.DeleteServiceRequest{Name: "web", Force: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rm := del.GetRollout()
+	if !rm.GetRemove() || hostsIn(rm) != 3 || !del.GetService().GetStatus().GetRemoving() {
+		t.Fatalf("delete: %v %v", rm, del.GetService().GetStatus())
+	}
+	if _, err := op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: spec}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("apply while deleting: %v", err)
+	}
+	waitRollout(t, ctx, op, "removal done", func(r *v1.Rollout) bool { return r.GetId() == rm.GetId() && r.GetState() == rOK })
+	for _, a := range agents {
+		if !a.removed() {
+			t.Errorf("%s did not remove the service", a.id)
+		}
+	}
+	svc, _ := op.GetService(ctx, &v1.GetServiceRequest{Name: "web"})
+	if st := svc.GetService().GetStatus(); !st.GetRemoved() || st.GetStableVersion() != "" || st.GetRemovedBy() == "" {
+		t.Fatalf("after the removal: %v", st)
+	}
+	old, err := op.GetRollout(ctx, &v1.GetRolloutRequest{Service: "web", Id: waiting.GetId()})
+	if err != nil || old.GetRollout().GetState() != v1.RolloutState_ROLLOUT_STATE_SUPERSEDED {
+		t.Fatalf("the superseded rollout after delete: %v %v", old, err)
+	}
+	evs := events()
+	for _, k := range []string{rollout.EventRolloutCreated, rollout.EventRemovalCreated, rollout.EventServiceDeleted, rollout.EventRolloutSuperseded} {
+		if len(evs[k]) == 0 {
+			t.Errorf("history after delete lacks %s", k)
+		}
+	}
+	if _, err := release("v3"); status.Code(err) != codes.NotFound || !strings.Contains(err.Error(), "deleted") {
+		t.Errorf("release of a deleted service: %v", err)
+	}
+	aud, _ = op.ListAudit(ctx, &v1.ListAuditRequest{})
+	if !slices.ContainsFunc(aud.GetEntries(), func(e *v1.AuditEntry) bool {
+		return strings.HasSuffix(e.GetMethod(), "DeleteService") && e.GetTarget() == "web (force)" && e.GetResult() == "OK"
+	}) {
+		t.Errorf("no audit entry for the forced delete")
+	}
+
+	// Created anew: a new release rolls out; ids and generations go on.
+	resp, err := op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: spec})
+	if err != nil || !resp.GetCreated() || resp.GetService().GetStatus().GetRemoved() {
+		t.Fatalf("apply after delete: %v %v", resp, err)
+	}
+	if _, err := release("v3"); err != nil {
+		t.Fatal(err)
+	}
+	r3 := waitRollout(t, ctx, op, "v3 done", func(r *v1.Rollout) bool { return r.GetToVersion() == "v3" && r.GetState() == rOK })
+	if r3.GetId() <= rm.GetId() || r3.GetGeneration() <= rm.GetGeneration() || r3.GetFromVersion() != "" {
+		t.Errorf("v3 after re-creation: id %s gen %d from %q; the removal was %s gen %d", r3.GetId(), r3.GetGeneration(), r3.GetFromVersion(), rm.GetId(), rm.GetGeneration())
+	}
+	for _, a := range agents {
+		waitFor(a.id+" on v3", runs(a, "v3"))
+	}
+}

@@ -34,9 +34,11 @@ type Applied struct {
 
 // ApplySpec creates a service or replaces its spec, keeping its status. A
 // spec that differs from the stored one gets the next spec revision (the
-// first is 1); the same spec again changes nothing. It retries on
-// concurrent updates.
-func (s *Store) ApplySpec(ctx context.Context, spec *v1.ServiceSpec, now time.Time) (Applied, error) {
+// first is 1); the same spec again changes nothing. A service being
+// deleted is refused (ErrBeingDeleted); a deleted one is created anew with
+// the status recreate makes of the deleted one's (Created; its spec
+// revisions go on). It retries on concurrent updates.
+func (s *Store) ApplySpec(ctx context.Context, spec *v1.ServiceSpec, now time.Time, recreate func(*v1.ServiceStatus) *v1.ServiceStatus) (Applied, error) {
 	key := ServiceKey(spec.GetName())
 	for range 10 {
 		var out Applied
@@ -47,10 +49,19 @@ func (s *Store) ApplySpec(ctx context.Context, spec *v1.ServiceSpec, now time.Ti
 		case err != nil:
 			return Applied{}, err
 		}
-		if !out.Created && proto.Equal(cur.GetSpec(), spec) {
+		st := cur.GetStatus()
+		switch {
+		case st.GetRemoving() && !st.GetRemoved():
+			return Applied{}, fmt.Errorf("apply service %s: %w (rollout %s): wait for the removal to end", spec.GetName(), ErrBeingDeleted, st.GetLastRolloutId())
+		case st.GetRemoved():
+			out.Created = true
+		case !out.Created && proto.Equal(cur.GetSpec(), spec):
 			return Applied{Service: cur, Unchanged: true}, nil
 		}
 		next := proto.Clone(cur).(*v1.Service)
+		if st.GetRemoved() {
+			next.Status = recreate(st)
+		}
 		next.Spec = spec
 		next.SpecRevision = cur.GetSpecRevision() + 1
 		next.UpdatedAt = tsOf(now)

@@ -48,6 +48,9 @@ var (
 	ErrHistoryShort = errors.New("history incomplete")
 	// ErrConflict is returned when a compare-and-swap lost a race.
 	ErrConflict = errors.New("concurrent update")
+	// ErrBeingDeleted: the service is being deleted (`service delete`): its
+	// spec cannot change until the removal has ended.
+	ErrBeingDeleted = errors.New("service is being deleted")
 )
 
 // Store is a typed view of the keyspace over an etcd client.

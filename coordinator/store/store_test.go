@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -55,7 +56,7 @@ func TestApplySpecKeepsStatus(t *testing.T) {
 	s := startStore(t)
 	ctx := context.Background()
 	now := time.Unix(1000, 0)
-	ap, err := s.ApplySpec(ctx, &v1.ServiceSpec{Name: "web"}, now)
+	ap, err := s.ApplySpec(ctx, &v1.ServiceSpec{Name: "web"}, now, nil)
 	if err != nil || !ap.Created || ap.Service.GetSpecRevision() != 1 {
 		t.Fatalf("create: %+v %v", ap, err)
 	}
@@ -68,7 +69,7 @@ func TestApplySpecKeepsStatus(t *testing.T) {
 	if _, err := s.PutService(ctx, nil, svc, rev); err != nil {
 		t.Fatal(err)
 	}
-	ap, err = s.ApplySpec(ctx, &v1.ServiceSpec{Name: "web", Selector: map[string]string{"role": "web"}}, now)
+	ap, err = s.ApplySpec(ctx, &v1.ServiceSpec{Name: "web", Selector: map[string]string{"role": "web"}}, now, nil)
 	if err != nil || ap.Created || ap.Unchanged {
 		t.Fatalf("update: %+v %v", ap, err)
 	}
@@ -78,7 +79,7 @@ func TestApplySpecKeepsStatus(t *testing.T) {
 	}
 	// The same spec again: nothing is written, the revision stays.
 	_, before, _ := s.GetService(ctx, "web")
-	ap, err = s.ApplySpec(ctx, &v1.ServiceSpec{Name: "web", Selector: map[string]string{"role": "web"}}, now.Add(time.Hour))
+	ap, err = s.ApplySpec(ctx, &v1.ServiceSpec{Name: "web", Selector: map[string]string{"role": "web"}}, now.Add(time.Hour), nil)
 	if _, after, _ := s.GetService(ctx, "web"); err != nil || !ap.Unchanged || ap.Service.GetSpecRevision() != 2 || after != before {
 		t.Fatalf("same spec again: %+v %v (mod revision %d -> %d)", ap, err, before, after)
 	}
@@ -295,5 +296,38 @@ func TestPruneAuditCount(t *testing.T) {
 	}
 	if deleted, err := s.PruneAuditCount(ctx, nil, 10); err != nil || deleted != 0 {
 		t.Errorf("second prune: %d %v", deleted, err)
+	}
+}
+
+// A service being deleted refuses a spec; a deleted one is created anew
+// with the status recreate makes of it, its spec revisions going on.
+func TestApplySpecDeletingAndDeleted(t *testing.T) {
+	s := startStore(t)
+	ctx := context.Background()
+	now := time.Unix(1000, 0)
+	ap, err := s.ApplySpec(ctx, &v1.ServiceSpec{Name: "web"}, now, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, rev, _ := s.GetService(ctx, "web")
+	svc.Status = &v1.ServiceStatus{Removing: true, RolloutSeq: 7, LastRolloutId: "000007", StableGeneration: 9}
+	if _, err := s.PutService(ctx, nil, svc, rev); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ApplySpec(ctx, &v1.ServiceSpec{Name: "web", Selector: map[string]string{"a": "b"}}, now, nil); !errors.Is(err, ErrBeingDeleted) || !strings.Contains(err.Error(), "000007") {
+		t.Fatalf("apply while deleting: %v", err)
+	}
+	svc, rev, _ = s.GetService(ctx, "web")
+	svc.Status.Removed = true
+	if _, err := s.PutService(ctx, nil, svc, rev); err != nil {
+		t.Fatal(err)
+	}
+	recreate := func(st *v1.ServiceStatus) *v1.ServiceStatus {
+		return &v1.ServiceStatus{RolloutSeq: st.GetRolloutSeq(), StableGeneration: st.GetStableGeneration()}
+	}
+	ap, err = s.ApplySpec(ctx, &v1.ServiceSpec{Name: "web"}, now, recreate)
+	if err != nil || !ap.Created || ap.Service.GetSpecRevision() != 2 || ap.Service.GetStatus().GetRemoved() ||
+		ap.Service.GetStatus().GetRolloutSeq() != 7 || ap.Service.GetStatus().GetStableGeneration() != 9 {
+		t.Fatalf("apply of a deleted service: %+v %v", ap, err)
 	}
 }
