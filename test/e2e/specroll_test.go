@@ -2,8 +2,11 @@ package e2e
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
@@ -110,4 +113,137 @@ func TestConfigRolloutCanaryFailsAndIsReverted(t *testing.T) {
 	if out := e.cli(0, "stats", "web").Stdout; !strings.Contains(out, "2 config rollouts") {
 		t.Errorf("stats do not count the config rollouts:\n%s", out)
 	}
+}
+
+// gone reports whether the process pid no longer runs (a zombie counts as
+// gone).
+func gone(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i >= 0 && i+2 < len(s) && s[i+2] == 'Z'
+}
+
+// removedFrom reports why host id still has the web service ("" when its
+// process pid is gone and its releases and PID file are too).
+func (e *env) removedFrom(id string, pid int) string {
+	dir := e.fleet.Agents[id].DataDir
+	switch {
+	case !gone(pid):
+		return fmt.Sprintf("%s: process %d runs", id, pid)
+	case exists(filepath.Join(dir, "releases", "web")):
+		return id + ": releases/web is there"
+	case exists(filepath.Join(dir, "run", "web.pid")):
+		return id + ": run/web.pid is there"
+	case exists(filepath.Join(dir, "state", "web.json")):
+		return id + ": state/web.json is there"
+	}
+	return ""
+}
+
+func exists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// A host relabelled out of the selector has the service stopped and
+// removed, and gets it back when relabelled in; service delete then
+// removes the service from every host in waves (processes gone, files
+// gone, logs kept), keeps its history, refuses releases, and the name is
+// created anew. Real binaries; relabelling restarts the agent with other
+// labels.
+func TestServiceDeleteAndHostRelabelled(t *testing.T) {
+	e := newEnv(t, 4, "web", "0s")
+	if code := e.release("web", "v1", nil); code != 0 {
+		t.Fatalf("rollout of v1: watch exit %d: %v", code, e.rollout("web"))
+	}
+	e.allOn("v1")
+	v1Rollout := e.rollout("web").GetId()
+
+	// host-4 restarts with role=db: it leaves the selector.
+	pid := e.servicePID("host-4")
+	if err := e.fleet.Relabel("host-4", e.fleet.Labels("host-4", "db")); err != nil {
+		t.Fatal(err)
+	}
+	e.waitFor(60*time.Second, "host-4 removed the service", func() (bool, string) {
+		why := e.removedFrom("host-4", pid)
+		return why == "", why
+	})
+	if v := e.fleet.Version(e.ctx, "host-4"); v != "" {
+		t.Errorf("host-4 still serves %q", v)
+	}
+	for _, id := range []string{"host-1", "host-2", "host-3"} {
+		if v := e.fleet.Version(e.ctx, id); v != "v1" {
+			t.Errorf("%s serves %q after host-4 left", id, v)
+		}
+	}
+	if !exists(filepath.Join(e.fleet.Agents["host-4"].DataDir, "logs", "web.log")) {
+		t.Error("host-4's service log is gone")
+	}
+	if out := e.cli(0, "events", "web").Stdout; !strings.Contains(out, "host_left") || !strings.Contains(out, "host-4") {
+		t.Errorf("events lack host-4 leaving:\n%s", out)
+	}
+	if out := e.cli(0, "audit").Stdout; !strings.Contains(out, "labels changed") {
+		t.Errorf("the audit log lacks the relabel:\n%s", out)
+	}
+	// Back in: the stable release.
+	if err := e.fleet.Relabel("host-4", e.fleet.Labels("host-4", "web")); err != nil {
+		t.Fatal(err)
+	}
+	e.allOn("v1")
+	if out := e.cli(0, "events", "web").Stdout; !strings.Contains(out, "host_joined") {
+		t.Errorf("events lack host-4 joining:\n%s", out)
+	}
+
+	// Delete: every host, wave by wave.
+	pids := map[string]int{}
+	for _, id := range e.fleet.AgentIDs() {
+		pids[id] = e.servicePID(id)
+	}
+	out := e.cli(0, "service", "delete", "web").Stdout
+	if !strings.Contains(out, "removal") {
+		t.Errorf("service delete says:\n%s", out)
+	}
+	watch := e.fleet.CLI(e.ctx, "rollout", "watch", "web")
+	if watch.Code != 0 || !strings.Contains(watch.Stdout, "removal") || !strings.Contains(watch.Stdout, "deleted") {
+		t.Fatalf("rollout watch of the removal: exit %d\n%s\n%s", watch.Code, watch.Stdout, watch.Stderr)
+	}
+	r := e.rollout("web")
+	if !r.GetRemove() || len(r.GetWaves()) < 2 {
+		t.Errorf("removal %s: remove %v, %d waves", r.GetId(), r.GetRemove(), len(r.GetWaves()))
+	}
+	for _, id := range e.fleet.AgentIDs() {
+		if why := e.removedFrom(id, pids[id]); why != "" {
+			t.Errorf("after the delete: %s", why)
+		}
+		if !exists(filepath.Join(e.fleet.Agents[id].DataDir, "logs", "web.log")) {
+			t.Errorf("%s: the service log is gone", id)
+		}
+	}
+	// The history stays; the service is deleted; releases are refused.
+	if hist := e.cli(0, "rollout", "history", "web", "--id", v1Rollout).Stdout; !strings.Contains(hist, "rollout_succeeded") {
+		t.Errorf("v1's history after the delete:\n%s", hist)
+	}
+	if hist := e.cli(0, "rollout", "history", "web").Stdout; !strings.Contains(hist, "service_deleted") {
+		t.Errorf("the removal's history:\n%s", hist)
+	}
+	if out := e.cli(0, "service", "get", "web").Stdout; !strings.Contains(out, "deleted:") {
+		t.Errorf("service get after the delete:\n%s", out)
+	}
+	if r := e.cli(1, "release", "create", "web", "--version", "v2", "--artifact", e.artifact("v2", nil)); !strings.Contains(r.Stderr, "deleted") {
+		t.Errorf("release create of a deleted service:\n%s", r.Stderr)
+	}
+	if r := e.cli(1, "service", "delete", "web"); !strings.Contains(r.Stderr, "deleted already") {
+		t.Errorf("a second delete:\n%s", r.Stderr)
+	}
+
+	// Created anew: the next release reaches every host.
+	e.apply("web", fmt.Sprintf(specTmpl, "web", "0s"))
+	if code := e.release("web", "v2", nil); code != 0 {
+		t.Fatalf("rollout of v2 after re-creation: watch exit %d: %v", code, e.rollout("web"))
+	}
+	e.allOn("v2")
 }
