@@ -126,6 +126,8 @@ func (m *agentMetrics) transition(svc string, from, to v1.Phase, kind lifecycle.
 	case v1.Phase_PHASE_REVERTING:
 		end("reverted")
 		m.reverts.WithLabelValues(svc, revertClass(kind, reason)).Inc()
+	case v1.Phase_PHASE_REMOVING:
+		delete(m.installing, svc) // an install a removal abandoned is not one that ended
 	}
 	// REVERTED without REVERTING is a recovery after an agent restart back
 	// to a restored REVERTED: nothing was reverted (an agent restart never
