@@ -362,11 +362,15 @@ func (h *hub) saw(c *agentConn, r *v1.ServiceReport) bool {
 func (h *hub) assignments(t *desiredTable, c *agentConn) *v1.ConnectResponse {
 	host, labels := c.host, c.labels
 	resp := &v1.ConnectResponse{}
-	for _, e := range t.services {
+	seen := make([]*v1.ServiceReport, len(t.services))
+	h.mu.Lock()
+	for i, e := range t.services {
+		seen[i] = c.seen[e.svc.GetSpec().GetName()]
+	}
+	h.mu.Unlock()
+	for i, e := range t.services {
 		name := e.svc.GetSpec().GetName()
-		h.mu.Lock()
-		rep := c.seen[name]
-		h.mu.Unlock()
+		rep := seen[i]
 		if rep == nil {
 			rep = h.c.mirror.Report(host, name)
 		}
