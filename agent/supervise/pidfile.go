@@ -27,9 +27,12 @@ import (
 // across pid reuse and reboots. release and epoch (optional: files of older
 // agents lack them) say what runs: the release version and the epoch of
 // the lifecycle's start it belongs to. Unknown keys are ignored. Version 1
-// was a bare process group id; it cannot be verified, so KillStale never
-// acts on it and FindRunning never adopts it.
+// was a bare process group id; it cannot be verified, so FindRunning never
+// adopts it (nor signals it).
 const pidFileMagic = "fleetwave-pid 2"
+
+// ErrInvalidPIDFile marks a PID file that does not hold a usable record.
+var ErrInvalidPIDFile = errors.New("invalid pid file")
 
 // maxPIDFileBytes bounds what is read from a PID file.
 const maxPIDFileBytes = 4096

@@ -12,8 +12,7 @@
 // and supervises it again (Adopt) although it is not its child: exits are
 // seen through a pidfd (pidfd_open(2)); Found.Stop stops a found process
 // without supervising it (fleetwave-agent stop-services). RotateLog bounds
-// the log files. (KillStale, which an agent used to call at start to kill
-// what an earlier one left, is no longer used by the agent.)
+// the log files.
 //
 // It is Linux only (process groups, /proc). It must not import etcd, the
 // coordinator or any other agent package; it knows nothing about checks or
