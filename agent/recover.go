@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -59,15 +60,23 @@ func (a *agent) recover(saved []*state.Saved) {
 			} else {
 				s.sockSet().set(socks)
 				for _, sock := range socks {
+					if sock.From == 0 {
+						log.Info().Str("socket", sock.Name).Str("listen", sock.Listen).Msg("socket bound anew: no running process holds it")
+						continue
+					}
 					log.Info().Str("socket", sock.Name).Str("listen", sock.Listen).Uint64("inode", sock.Inode).Int("pid", sock.From).
-						Msg("socket recovered (pid 0: no process held it, bound anew)")
+						Msg("socket recovered from a running process")
 				}
 			}
 		}
 		ev := log.Info().Str("phase", snap.Phase.String()).Str("version", lifecycle.Version(snap.Current)).
 			Int64("generation", snap.Generation)
+		var runs []string
 		for _, f := range s.found {
-			ev = ev.Int("pid", f.f.Record.PGID).Str("running", f.f.Record.Release)
+			runs = append(runs, fmt.Sprintf("%s (pid %d, epoch %d)", f.f.Record.Release, f.f.Record.PGID, f.f.Record.Epoch))
+		}
+		if len(runs) > 0 {
+			ev = ev.Strs("running", runs)
 		}
 		m, acts := lifecycle.Restore(*snap, running, now)
 		s.m = m
@@ -136,7 +145,7 @@ func restoreSays(snap *lifecycle.Snapshot, running []lifecycle.Running, acts []l
 		case lifecycle.ActAdopt:
 			says = append(says, "adopting the running "+act.Version+", resuming "+snap.Phase.String())
 		case lifecycle.ActStop:
-			says = append(says, "stopping the running "+act.Version+" (not the release to run)")
+			says = append(says, "stopping the running "+act.Version)
 		}
 	}
 	if len(says) > 0 {
