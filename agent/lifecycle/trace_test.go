@@ -46,9 +46,9 @@ import (
 //	        ActStart's); without running=, nothing runs (as after a reboot);
 //	        running=(V,W) epoch=(N,M): two processes found (a handover)
 //	restore PHASE gen=N [current=V] [last_good=V] [target=V] [previous=V watch_until=D] [current_ok]
-//	        [reason=TEXT] [running=V] [epoch=N] [sockets]
+//	        [reason=TEXT] [running=V] [epoch=N] [sockets] [notify]
 //	        Restore from this snapshot (releases as last assigned, else built;
-//	        with sockets, built declaring a socket)
+//	        with sockets, built declaring a socket; with notify, ready: notify)
 //	install V gen=N [assign args]   setup: assign and finish every step up to CHECKING
 //	healthy V gen=N [assign args]   setup: install, pass checks (and analysis) to HEALTHY
 //	state                           print the machine's report and state in full
@@ -365,6 +365,9 @@ func (tr *trace) snapshot(t *testing.T, d *datadriven.TestData) Snapshot {
 		a := asg(v, s.Generation)
 		if d.HasArg("sockets") {
 			a.Spec.Run.Sockets = []*v1.Socket{{Name: "http", Listen: "127.0.0.1:8080"}}
+		}
+		if d.HasArg("notify") {
+			a.Spec.Run.Ready = ReadyNotify
 		}
 		tr.asgs[v] = a
 		return a
