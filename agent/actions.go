@@ -225,7 +225,7 @@ func (a *agent) startProcess(s *service, act lifecycle.Action) {
 				a.log.Error().Str("service", name).Err(err).Msg("stopping service")
 			}
 		}
-		ev := doneEv{svc: name, seq: act.Seq, err: err}
+		ev := doneEv{svc: name, seq: act.Seq, err: err, start: true}
 		if err == nil {
 			p.sup = supervise.New(cfg, a.log)
 			if ev.err = p.sup.Start(); ev.err == nil {

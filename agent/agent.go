@@ -113,6 +113,7 @@ type (
 		link     string   // ActSwitch: where `current` points afterwards
 		linkOK   bool     // link could be read
 		proc     *process // started process (ActStart)
+		start    bool     // an ActStart's
 		stopped  bool     // an ActStop's: a process is gone
 	}
 	// readyEv: the process started with epoch sent READY=1.

@@ -396,9 +396,9 @@ func (a *agent) preStopHook(svc string, asg *v1.Assignment) (supervise.Hook, err
 		Command: cmd, Env: env, LogPath: a.logFile(svc), Timeout: timeout}, nil
 }
 
-// afterStop tidies up once a process of s is gone: the one left in the
-// handover's PID file takes the main one, the sockets no process uses are
-// closed, and the runtime record is saved.
+// afterStop tidies up once a process of s is gone (or did not start): the
+// one left in the handover's PID file takes the main one, the sockets no
+// process uses are closed, and the runtime record is saved.
 func (a *agent) afterStop(s *service) {
 	main := a.pidFile(s.name)
 	mainTaken := slices.ContainsFunc(s.found, func(f *foundProc) bool { return f.f.PIDFile() == main })

@@ -667,3 +667,45 @@ func TestSocketSetReusesByAddress(t *testing.T) {
 	}
 	_ = l.Close()
 }
+
+// TestSocketsReleasedForAReleaseWithout: v1 binds its own address (no
+// sockets); v2 declares a socket on it, so v1 stops first and the agent
+// binds it; v2 fails to start; the revert's v1 must bind the address
+// again, so the agent has let go of it.
+func TestSocketsReleasedForAReleaseWithout(t *testing.T) {
+	fc := newFakeCoordinator(t)
+	port := strconv.Itoa(ports.Port(t))
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": port}, DataDir: t.TempDir()}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := runAgent(t, ctx, cfg, testOptions())
+	t.Cleanup(cancel)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a1 := handoverRelease(t, fc, "v1", 1, nil)
+	run := a1.Spec.Run
+	run.Command = []string{self, "--listen", "127.0.0.1:${host.label.port}"}
+	run.Env = map[string]string{demoAppEnv: "1", "GORACE": "atexit_sleep_ms=0"}
+	run.Sockets, run.Ready, run.ReadyTimeout = nil, "", nil
+	fc.assign(a1)
+	fc.waitFor(t, "v1 healthy", handoverTimeout, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 1, v1.Phase_PHASE_HEALTHY, "v1")
+	})
+	a2 := handoverRelease(t, fc, "v2", 2, nil)
+	a2.Spec.Run.Command = []string{"./missing"}
+	fc.assign(a2)
+	fc.waitFor(t, "v2 reverted, v1 bound its address again", handoverTimeout, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		r := lastReport(rs, testSvc)
+		return reportIs(r, 2, v1.Phase_PHASE_REVERTED, "v1") && strings.Contains(r.GetReason(), "start v2")
+	})
+	st, err := state.Open(filepath.Join(cfg.DataDir, "state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sv, err := st.LoadWith(testSvc); err != nil || len(sv.Runtime.Sockets) != 0 {
+		t.Fatalf("state records %+v, %v; want no socket held", sv, err)
+	}
+	cancel()
+	waitDone(t, done)
+}

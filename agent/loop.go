@@ -87,7 +87,10 @@ func (a *agent) handle(ev any) {
 		if ev.proc != nil {
 			a.addProcess(s, ev.proc)
 		}
-		if ev.stopped {
+		if ev.stopped || (ev.start && ev.proc == nil) {
+			// A process is gone, or did not start: sockets no process uses
+			// are closed (a release that binds its own address may come
+			// next), and the record saved.
 			a.afterStop(s)
 		}
 		in := lifecycle.Done(ev.seq, ev.err, time.Now())
