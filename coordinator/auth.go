@@ -97,6 +97,8 @@ var methodAccess = map[string]access{
 	opSvc + "ListAudit":            accessAdmin,
 	opSvc + "WhoAmI":               accessAnyone,
 	opSvc + "RemoveHost":           accessAdmin,
+	opSvc + "RevokeCertificate":    accessAdmin,
+	opSvc + "ListRevocations":      accessAdmin,
 	agSvc + "Connect":              accessAgent,
 	agSvc + "Join":                 accessAnyone,
 	agSvc + "Renew":                accessAgent,
@@ -117,7 +119,7 @@ func readOnly(method string) bool {
 		return true
 	}
 	switch method {
-	case opSvc + "WhoAmI", agSvc + "Connect", opSvc + "ListTokens", opSvc + "ListAudit":
+	case opSvc + "WhoAmI", agSvc + "Connect", opSvc + "ListTokens", opSvc + "ListAudit", opSvc + "ListRevocations":
 		return true
 	}
 	return strings.HasPrefix(method, "/grpc.health.v1.")

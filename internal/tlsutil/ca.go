@@ -389,6 +389,9 @@ func ReadCertFile(certFile string) (*x509.Certificate, error) {
 	return certs[0], nil
 }
 
+// ReadCerts returns every certificate of a PEM file; errors name the file.
+func ReadCerts(file string) ([]*x509.Certificate, error) { return readCertsFile(file) }
+
 // ValidHost checks a server name for a certificate: an IP address or a DNS
 // name (optionally with a leading "*." wildcard).
 func ValidHost(h string) error {
