@@ -305,6 +305,10 @@ func (a *app) rpcErr(what string, err error) error {
 	msg := st.Message()
 	switch st.Code() {
 	case codes.Unavailable:
+		if strings.Contains(msg, "bad certificate") && a.tlsCert != "" {
+			msg += fmt.Sprintf(" (the coordinator refused the certificate %s: revoked, expired or not from its CA?)", a.tlsCert)
+			break
+		}
 		msg += fmt.Sprintf(" (is the coordinator at %s running?)", a.coordinator)
 	case codes.DeadlineExceeded:
 		msg += fmt.Sprintf(" (after --timeout %s)", a.timeout)

@@ -12,11 +12,12 @@ import (
 	"github.com/fleetwave/fleetwave/internal/tlsutil"
 )
 
-// tlsCmd is `fleetwave tls`: local certificate helpers (no coordinator call).
+// tlsCmd is `fleetwave tls`: local certificate helpers (init, join-ca: no
+// coordinator call) and revocation (revoke, revocations).
 func (a *app) tlsCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "tls",
-		Short: "Create a CA and certificates for coordinators, agents and operators",
+		Short: "Certificates: create a CA and certificates (local), revoke them and list revocations (admin)",
 	}
 	var (
 		dir          string
@@ -100,7 +101,7 @@ new root with tls init (see the README's migration).`,
 	joinCmd.Flags().StringVar(&joinDir, "dir", "", "directory with the root CA (ca.pem, ca-key.pem)")
 	joinCmd.Flags().DurationVar(&joinTTL, "ttl", tlsutil.DefaultJoinCATTL, "validity of the join CA (never past the root's)")
 	_ = joinCmd.MarkFlagRequired("dir")
-	cmd.AddCommand(initCmd, joinCmd)
+	cmd.AddCommand(initCmd, joinCmd, a.tlsRevokeCmd(), a.tlsRevocationsCmd())
 	return cmd
 }
 
