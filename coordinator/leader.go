@@ -153,6 +153,7 @@ func (l *leader) pruneAudit(ctx context.Context, fence *store.Fence, now time.Ti
 		return
 	}
 	l.auditPruned = now
+	l.pruneRevocations(ctx, fence, now)
 	old, err := l.c.store.PruneAudit(ctx, fence, now.Add(-l.c.cfg.AuditRetention))
 	if err != nil {
 		l.c.log.Warn().Err(err).Msg("pruning the audit log failed")

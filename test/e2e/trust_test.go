@@ -41,7 +41,8 @@ rollout:
 `
 
 // trustEnv is a fleet with TLS on everywhere: certificates from
-// `fleetwave tls init`, a coordinator that can sign join requests, agents
+// `fleetwave tls init`, a coordinator that signs join requests with the
+// join CA (not the root key), agents
 // that trust one release signing key, and operators who authenticate.
 type trustEnv struct {
 	t        *testing.T
@@ -157,7 +158,10 @@ func newTrustEnv(t *testing.T) *trustEnv {
 	e.coord, err = testfleet.Start("coordinator", bins.Coordinator, filepath.Join(dir, "logs", "coordinator.log"),
 		"--listen", e.addr, "--name", "c1", "--data-dir", filepath.Join(dir, "coordinator"), "--lease-ttl", "2s",
 		"--tls-cert", filepath.Join(e.pki, "coordinator-c1.pem"), "--tls-key", filepath.Join(e.pki, "coordinator-c1-key.pem"),
-		"--tls-ca", filepath.Join(e.pki, "ca.pem"), "--tls-ca-key", filepath.Join(e.pki, "ca-key.pem"))
+		"--tls-ca", filepath.Join(e.pki, "ca.pem"),
+		// Joins are signed with the join CA: the root key stays off the
+		// coordinator.
+		"--tls-join-ca", filepath.Join(e.pki, "join-ca.pem"), "--tls-join-ca-key", filepath.Join(e.pki, "join-ca-key.pem"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2887,7 +2887,10 @@ type WhoAmIResponse struct {
 	Identity string                 `protobuf:"bytes,1,opt,name=identity,proto3" json:"identity,omitempty"`
 	Role     string                 `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
 	// how the caller authenticated: certificate, token, insecure
-	Method        string `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
+	Method string `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
+	// the caller's certificate: its serial (hex) and expiry
+	Serial        string                 `protobuf:"bytes,4,opt,name=serial,proto3" json:"serial,omitempty"`
+	NotAfter      *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2941,6 +2944,20 @@ func (x *WhoAmIResponse) GetMethod() string {
 		return x.Method
 	}
 	return ""
+}
+
+func (x *WhoAmIResponse) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *WhoAmIResponse) GetNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotAfter
+	}
+	return nil
 }
 
 type RemoveHostRequest struct {
@@ -3021,6 +3038,312 @@ func (x *RemoveHostResponse) ProtoReflect() protoreflect.Message {
 // Deprecated: Use RemoveHostResponse.ProtoReflect.Descriptor instead.
 func (*RemoveHostResponse) Descriptor() ([]byte, []int) {
 	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{53}
+}
+
+// Revocation is a certificate, or every certificate of an identity issued
+// until a time, that the coordinators refuse.
+type Revocation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// one certificate: its serial number in hex (lowercase, no leading
+	// zeros); "" for an identity revocation
+	Serial string `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	// an identity ("agent:web-1", "operator:alice", "coordinator:c1"): every
+	// certificate naming it that was issued at or before revoked_at
+	Identity string `protobuf:"bytes,2,opt,name=identity,proto3" json:"identity,omitempty"`
+	// for a serial: the identity its certificate names, when known
+	Subject   string                 `protobuf:"bytes,3,opt,name=subject,proto3" json:"subject,omitempty"`
+	RevokedAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	RevokedBy string                 `protobuf:"bytes,5,opt,name=revoked_by,json=revokedBy,proto3" json:"revoked_by,omitempty"`
+	Reason    string                 `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	// dropped after this: no certificate it covers is valid any more (the
+	// certificate's NotAfter when known, else the CA's)
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Revocation) Reset() {
+	*x = Revocation{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Revocation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Revocation) ProtoMessage() {}
+
+func (x *Revocation) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
+func (*Revocation) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *Revocation) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *Revocation) GetIdentity() string {
+	if x != nil {
+		return x.Identity
+	}
+	return ""
+}
+
+func (x *Revocation) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *Revocation) GetRevokedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokedAt
+	}
+	return nil
+}
+
+func (x *Revocation) GetRevokedBy() string {
+	if x != nil {
+		return x.RevokedBy
+	}
+	return ""
+}
+
+func (x *Revocation) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Revocation) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+type RevokeCertificateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// exactly one of serial (hex, colons allowed) and identity ("KIND:NAME")
+	Serial   string `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	Identity string `protobuf:"bytes,2,opt,name=identity,proto3" json:"identity,omitempty"`
+	// with serial, when the caller has the certificate: its NotAfter (the
+	// entry is kept until then) and the identity it names
+	NotAfter *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	Subject  string                 `protobuf:"bytes,4,opt,name=subject,proto3" json:"subject,omitempty"`
+	// free text for the list and the audit log (at most 256 bytes)
+	Reason        string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeCertificateRequest) Reset() {
+	*x = RevokeCertificateRequest{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeCertificateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeCertificateRequest) ProtoMessage() {}
+
+func (x *RevokeCertificateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeCertificateRequest.ProtoReflect.Descriptor instead.
+func (*RevokeCertificateRequest) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *RevokeCertificateRequest) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *RevokeCertificateRequest) GetIdentity() string {
+	if x != nil {
+		return x.Identity
+	}
+	return ""
+}
+
+func (x *RevokeCertificateRequest) GetNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotAfter
+	}
+	return nil
+}
+
+func (x *RevokeCertificateRequest) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *RevokeCertificateRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type RevokeCertificateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revocation    *Revocation            `protobuf:"bytes,1,opt,name=revocation,proto3" json:"revocation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeCertificateResponse) Reset() {
+	*x = RevokeCertificateResponse{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeCertificateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeCertificateResponse) ProtoMessage() {}
+
+func (x *RevokeCertificateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeCertificateResponse.ProtoReflect.Descriptor instead.
+func (*RevokeCertificateResponse) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *RevokeCertificateResponse) GetRevocation() *Revocation {
+	if x != nil {
+		return x.Revocation
+	}
+	return nil
+}
+
+type ListRevocationsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRevocationsRequest) Reset() {
+	*x = ListRevocationsRequest{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRevocationsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRevocationsRequest) ProtoMessage() {}
+
+func (x *ListRevocationsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRevocationsRequest.ProtoReflect.Descriptor instead.
+func (*ListRevocationsRequest) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{57}
+}
+
+type ListRevocationsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// identity revocations by identity, then serials by serial
+	Revocations   []*Revocation `protobuf:"bytes,1,rep,name=revocations,proto3" json:"revocations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRevocationsResponse) Reset() {
+	*x = ListRevocationsResponse{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRevocationsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRevocationsResponse) ProtoMessage() {}
+
+func (x *ListRevocationsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRevocationsResponse.ProtoReflect.Descriptor instead.
+func (*ListRevocationsResponse) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *ListRevocationsResponse) GetRevocations() []*Revocation {
+	if x != nil {
+		return x.Revocations
+	}
+	return nil
 }
 
 var File_fleetwave_v1_operator_proto protoreflect.FileDescriptor
@@ -3216,14 +3539,41 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\x05limit\x18\x01 \x01(\rR\x05limit\"G\n" +
 	"\x11ListAuditResponse\x122\n" +
 	"\aentries\x18\x01 \x03(\v2\x18.fleetwave.v1.AuditEntryR\aentries\"\x0f\n" +
-	"\rWhoAmIRequest\"X\n" +
+	"\rWhoAmIRequest\"\xa9\x01\n" +
 	"\x0eWhoAmIResponse\x12\x1a\n" +
 	"\bidentity\x18\x01 \x01(\tR\bidentity\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x16\n" +
-	"\x06method\x18\x03 \x01(\tR\x06method\",\n" +
+	"\x06method\x18\x03 \x01(\tR\x06method\x12\x16\n" +
+	"\x06serial\x18\x04 \x01(\tR\x06serial\x127\n" +
+	"\tnot_after\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\",\n" +
 	"\x11RemoveHostRequest\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\"\x14\n" +
-	"\x12RemoveHostResponse2\xf2\x0f\n" +
+	"\x12RemoveHostResponse\"\x87\x02\n" +
+	"\n" +
+	"Revocation\x12\x16\n" +
+	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x1a\n" +
+	"\bidentity\x18\x02 \x01(\tR\bidentity\x12\x18\n" +
+	"\asubject\x18\x03 \x01(\tR\asubject\x129\n" +
+	"\n" +
+	"revoked_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\x12\x1d\n" +
+	"\n" +
+	"revoked_by\x18\x05 \x01(\tR\trevokedBy\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\x129\n" +
+	"\n" +
+	"expires_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\xb9\x01\n" +
+	"\x18RevokeCertificateRequest\x12\x16\n" +
+	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x1a\n" +
+	"\bidentity\x18\x02 \x01(\tR\bidentity\x127\n" +
+	"\tnot_after\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\x12\x18\n" +
+	"\asubject\x18\x04 \x01(\tR\asubject\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\"U\n" +
+	"\x19RevokeCertificateResponse\x128\n" +
+	"\n" +
+	"revocation\x18\x01 \x01(\v2\x18.fleetwave.v1.RevocationR\n" +
+	"revocation\"\x18\n" +
+	"\x16ListRevocationsRequest\"U\n" +
+	"\x17ListRevocationsResponse\x12:\n" +
+	"\vrevocations\x18\x01 \x03(\v2\x18.fleetwave.v1.RevocationR\vrevocations2\xb8\x11\n" +
 	"\x0fOperatorService\x12U\n" +
 	"\fApplyService\x12!.fleetwave.v1.ApplyServiceRequest\x1a\".fleetwave.v1.ApplyServiceResponse\x12U\n" +
 	"\fListServices\x12!.fleetwave.v1.ListServicesRequest\x1a\".fleetwave.v1.ListServicesResponse\x12O\n" +
@@ -3253,7 +3603,9 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\tListAudit\x12\x1e.fleetwave.v1.ListAuditRequest\x1a\x1f.fleetwave.v1.ListAuditResponse\x12C\n" +
 	"\x06WhoAmI\x12\x1b.fleetwave.v1.WhoAmIRequest\x1a\x1c.fleetwave.v1.WhoAmIResponse\x12O\n" +
 	"\n" +
-	"RemoveHost\x12\x1f.fleetwave.v1.RemoveHostRequest\x1a .fleetwave.v1.RemoveHostResponseB?Z=github.com/fleetwave/fleetwave/proto/fleetwave/v1;fleetwavev1b\x06proto3"
+	"RemoveHost\x12\x1f.fleetwave.v1.RemoveHostRequest\x1a .fleetwave.v1.RemoveHostResponse\x12d\n" +
+	"\x11RevokeCertificate\x12&.fleetwave.v1.RevokeCertificateRequest\x1a'.fleetwave.v1.RevokeCertificateResponse\x12^\n" +
+	"\x0fListRevocations\x12$.fleetwave.v1.ListRevocationsRequest\x1a%.fleetwave.v1.ListRevocationsResponseB?Z=github.com/fleetwave/fleetwave/proto/fleetwave/v1;fleetwavev1b\x06proto3"
 
 var (
 	file_fleetwave_v1_operator_proto_rawDescOnce sync.Once
@@ -3267,167 +3619,182 @@ func file_fleetwave_v1_operator_proto_rawDescGZIP() []byte {
 	return file_fleetwave_v1_operator_proto_rawDescData
 }
 
-var file_fleetwave_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
+var file_fleetwave_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 59)
 var file_fleetwave_v1_operator_proto_goTypes = []any{
-	(*ApplyServiceRequest)(nil),     // 0: fleetwave.v1.ApplyServiceRequest
-	(*ApplyServiceResponse)(nil),    // 1: fleetwave.v1.ApplyServiceResponse
-	(*ListServicesRequest)(nil),     // 2: fleetwave.v1.ListServicesRequest
-	(*ListServicesResponse)(nil),    // 3: fleetwave.v1.ListServicesResponse
-	(*GetServiceRequest)(nil),       // 4: fleetwave.v1.GetServiceRequest
-	(*GetServiceResponse)(nil),      // 5: fleetwave.v1.GetServiceResponse
-	(*CreateReleaseRequest)(nil),    // 6: fleetwave.v1.CreateReleaseRequest
-	(*CreateReleaseResponse)(nil),   // 7: fleetwave.v1.CreateReleaseResponse
-	(*ListReleasesRequest)(nil),     // 8: fleetwave.v1.ListReleasesRequest
-	(*ListReleasesResponse)(nil),    // 9: fleetwave.v1.ListReleasesResponse
-	(*GetRolloutRequest)(nil),       // 10: fleetwave.v1.GetRolloutRequest
-	(*GetRolloutResponse)(nil),      // 11: fleetwave.v1.GetRolloutResponse
-	(*WatchRolloutRequest)(nil),     // 12: fleetwave.v1.WatchRolloutRequest
-	(*WatchRolloutResponse)(nil),    // 13: fleetwave.v1.WatchRolloutResponse
-	(*ApproveRolloutRequest)(nil),   // 14: fleetwave.v1.ApproveRolloutRequest
-	(*ApproveRolloutResponse)(nil),  // 15: fleetwave.v1.ApproveRolloutResponse
-	(*ListHostsRequest)(nil),        // 16: fleetwave.v1.ListHostsRequest
-	(*ListHostsResponse)(nil),       // 17: fleetwave.v1.ListHostsResponse
-	(*UnfreezeServiceRequest)(nil),  // 18: fleetwave.v1.UnfreezeServiceRequest
-	(*UnfreezeServiceResponse)(nil), // 19: fleetwave.v1.UnfreezeServiceResponse
-	(*PauseRolloutRequest)(nil),     // 20: fleetwave.v1.PauseRolloutRequest
-	(*PauseRolloutResponse)(nil),    // 21: fleetwave.v1.PauseRolloutResponse
-	(*ResumeRolloutRequest)(nil),    // 22: fleetwave.v1.ResumeRolloutRequest
-	(*ResumeRolloutResponse)(nil),   // 23: fleetwave.v1.ResumeRolloutResponse
-	(*AbortRolloutRequest)(nil),     // 24: fleetwave.v1.AbortRolloutRequest
-	(*AbortRolloutResponse)(nil),    // 25: fleetwave.v1.AbortRolloutResponse
-	(*RollbackRequest)(nil),         // 26: fleetwave.v1.RollbackRequest
-	(*RollbackResponse)(nil),        // 27: fleetwave.v1.RollbackResponse
-	(*ListEventsRequest)(nil),       // 28: fleetwave.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),      // 29: fleetwave.v1.ListEventsResponse
-	(*WatchEventsRequest)(nil),      // 30: fleetwave.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),     // 31: fleetwave.v1.WatchEventsResponse
-	(*ClusterStatusRequest)(nil),    // 32: fleetwave.v1.ClusterStatusRequest
-	(*CoordinatorInfo)(nil),         // 33: fleetwave.v1.CoordinatorInfo
-	(*EtcdMember)(nil),              // 34: fleetwave.v1.EtcdMember
-	(*ClusterStatusResponse)(nil),   // 35: fleetwave.v1.ClusterStatusResponse
-	(*GetStatsRequest)(nil),         // 36: fleetwave.v1.GetStatsRequest
-	(*GetStatsResponse)(nil),        // 37: fleetwave.v1.GetStatsResponse
-	(*DurationStats)(nil),           // 38: fleetwave.v1.DurationStats
-	(*DeployStats)(nil),             // 39: fleetwave.v1.DeployStats
-	(*Token)(nil),                   // 40: fleetwave.v1.Token
-	(*CreateTokenRequest)(nil),      // 41: fleetwave.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),     // 42: fleetwave.v1.CreateTokenResponse
-	(*ListTokensRequest)(nil),       // 43: fleetwave.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),      // 44: fleetwave.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),      // 45: fleetwave.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),     // 46: fleetwave.v1.RevokeTokenResponse
-	(*AuditEntry)(nil),              // 47: fleetwave.v1.AuditEntry
-	(*ListAuditRequest)(nil),        // 48: fleetwave.v1.ListAuditRequest
-	(*ListAuditResponse)(nil),       // 49: fleetwave.v1.ListAuditResponse
-	(*WhoAmIRequest)(nil),           // 50: fleetwave.v1.WhoAmIRequest
-	(*WhoAmIResponse)(nil),          // 51: fleetwave.v1.WhoAmIResponse
-	(*RemoveHostRequest)(nil),       // 52: fleetwave.v1.RemoveHostRequest
-	(*RemoveHostResponse)(nil),      // 53: fleetwave.v1.RemoveHostResponse
-	(*ServiceSpec)(nil),             // 54: fleetwave.v1.ServiceSpec
-	(*Service)(nil),                 // 55: fleetwave.v1.Service
-	(*Release)(nil),                 // 56: fleetwave.v1.Release
-	(*Rollout)(nil),                 // 57: fleetwave.v1.Rollout
-	(*Host)(nil),                    // 58: fleetwave.v1.Host
-	(*Event)(nil),                   // 59: fleetwave.v1.Event
-	(*timestamppb.Timestamp)(nil),   // 60: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 61: google.protobuf.Duration
+	(*ApplyServiceRequest)(nil),       // 0: fleetwave.v1.ApplyServiceRequest
+	(*ApplyServiceResponse)(nil),      // 1: fleetwave.v1.ApplyServiceResponse
+	(*ListServicesRequest)(nil),       // 2: fleetwave.v1.ListServicesRequest
+	(*ListServicesResponse)(nil),      // 3: fleetwave.v1.ListServicesResponse
+	(*GetServiceRequest)(nil),         // 4: fleetwave.v1.GetServiceRequest
+	(*GetServiceResponse)(nil),        // 5: fleetwave.v1.GetServiceResponse
+	(*CreateReleaseRequest)(nil),      // 6: fleetwave.v1.CreateReleaseRequest
+	(*CreateReleaseResponse)(nil),     // 7: fleetwave.v1.CreateReleaseResponse
+	(*ListReleasesRequest)(nil),       // 8: fleetwave.v1.ListReleasesRequest
+	(*ListReleasesResponse)(nil),      // 9: fleetwave.v1.ListReleasesResponse
+	(*GetRolloutRequest)(nil),         // 10: fleetwave.v1.GetRolloutRequest
+	(*GetRolloutResponse)(nil),        // 11: fleetwave.v1.GetRolloutResponse
+	(*WatchRolloutRequest)(nil),       // 12: fleetwave.v1.WatchRolloutRequest
+	(*WatchRolloutResponse)(nil),      // 13: fleetwave.v1.WatchRolloutResponse
+	(*ApproveRolloutRequest)(nil),     // 14: fleetwave.v1.ApproveRolloutRequest
+	(*ApproveRolloutResponse)(nil),    // 15: fleetwave.v1.ApproveRolloutResponse
+	(*ListHostsRequest)(nil),          // 16: fleetwave.v1.ListHostsRequest
+	(*ListHostsResponse)(nil),         // 17: fleetwave.v1.ListHostsResponse
+	(*UnfreezeServiceRequest)(nil),    // 18: fleetwave.v1.UnfreezeServiceRequest
+	(*UnfreezeServiceResponse)(nil),   // 19: fleetwave.v1.UnfreezeServiceResponse
+	(*PauseRolloutRequest)(nil),       // 20: fleetwave.v1.PauseRolloutRequest
+	(*PauseRolloutResponse)(nil),      // 21: fleetwave.v1.PauseRolloutResponse
+	(*ResumeRolloutRequest)(nil),      // 22: fleetwave.v1.ResumeRolloutRequest
+	(*ResumeRolloutResponse)(nil),     // 23: fleetwave.v1.ResumeRolloutResponse
+	(*AbortRolloutRequest)(nil),       // 24: fleetwave.v1.AbortRolloutRequest
+	(*AbortRolloutResponse)(nil),      // 25: fleetwave.v1.AbortRolloutResponse
+	(*RollbackRequest)(nil),           // 26: fleetwave.v1.RollbackRequest
+	(*RollbackResponse)(nil),          // 27: fleetwave.v1.RollbackResponse
+	(*ListEventsRequest)(nil),         // 28: fleetwave.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),        // 29: fleetwave.v1.ListEventsResponse
+	(*WatchEventsRequest)(nil),        // 30: fleetwave.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),       // 31: fleetwave.v1.WatchEventsResponse
+	(*ClusterStatusRequest)(nil),      // 32: fleetwave.v1.ClusterStatusRequest
+	(*CoordinatorInfo)(nil),           // 33: fleetwave.v1.CoordinatorInfo
+	(*EtcdMember)(nil),                // 34: fleetwave.v1.EtcdMember
+	(*ClusterStatusResponse)(nil),     // 35: fleetwave.v1.ClusterStatusResponse
+	(*GetStatsRequest)(nil),           // 36: fleetwave.v1.GetStatsRequest
+	(*GetStatsResponse)(nil),          // 37: fleetwave.v1.GetStatsResponse
+	(*DurationStats)(nil),             // 38: fleetwave.v1.DurationStats
+	(*DeployStats)(nil),               // 39: fleetwave.v1.DeployStats
+	(*Token)(nil),                     // 40: fleetwave.v1.Token
+	(*CreateTokenRequest)(nil),        // 41: fleetwave.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),       // 42: fleetwave.v1.CreateTokenResponse
+	(*ListTokensRequest)(nil),         // 43: fleetwave.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),        // 44: fleetwave.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),        // 45: fleetwave.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),       // 46: fleetwave.v1.RevokeTokenResponse
+	(*AuditEntry)(nil),                // 47: fleetwave.v1.AuditEntry
+	(*ListAuditRequest)(nil),          // 48: fleetwave.v1.ListAuditRequest
+	(*ListAuditResponse)(nil),         // 49: fleetwave.v1.ListAuditResponse
+	(*WhoAmIRequest)(nil),             // 50: fleetwave.v1.WhoAmIRequest
+	(*WhoAmIResponse)(nil),            // 51: fleetwave.v1.WhoAmIResponse
+	(*RemoveHostRequest)(nil),         // 52: fleetwave.v1.RemoveHostRequest
+	(*RemoveHostResponse)(nil),        // 53: fleetwave.v1.RemoveHostResponse
+	(*Revocation)(nil),                // 54: fleetwave.v1.Revocation
+	(*RevokeCertificateRequest)(nil),  // 55: fleetwave.v1.RevokeCertificateRequest
+	(*RevokeCertificateResponse)(nil), // 56: fleetwave.v1.RevokeCertificateResponse
+	(*ListRevocationsRequest)(nil),    // 57: fleetwave.v1.ListRevocationsRequest
+	(*ListRevocationsResponse)(nil),   // 58: fleetwave.v1.ListRevocationsResponse
+	(*ServiceSpec)(nil),               // 59: fleetwave.v1.ServiceSpec
+	(*Service)(nil),                   // 60: fleetwave.v1.Service
+	(*Release)(nil),                   // 61: fleetwave.v1.Release
+	(*Rollout)(nil),                   // 62: fleetwave.v1.Rollout
+	(*Host)(nil),                      // 63: fleetwave.v1.Host
+	(*Event)(nil),                     // 64: fleetwave.v1.Event
+	(*timestamppb.Timestamp)(nil),     // 65: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 66: google.protobuf.Duration
 }
 var file_fleetwave_v1_operator_proto_depIdxs = []int32{
-	54, // 0: fleetwave.v1.ApplyServiceRequest.spec:type_name -> fleetwave.v1.ServiceSpec
-	55, // 1: fleetwave.v1.ApplyServiceResponse.service:type_name -> fleetwave.v1.Service
-	55, // 2: fleetwave.v1.ListServicesResponse.services:type_name -> fleetwave.v1.Service
-	55, // 3: fleetwave.v1.GetServiceResponse.service:type_name -> fleetwave.v1.Service
-	56, // 4: fleetwave.v1.CreateReleaseRequest.release:type_name -> fleetwave.v1.Release
-	56, // 5: fleetwave.v1.CreateReleaseResponse.release:type_name -> fleetwave.v1.Release
-	57, // 6: fleetwave.v1.CreateReleaseResponse.rollout:type_name -> fleetwave.v1.Rollout
-	56, // 7: fleetwave.v1.ListReleasesResponse.releases:type_name -> fleetwave.v1.Release
-	57, // 8: fleetwave.v1.GetRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	57, // 9: fleetwave.v1.WatchRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	57, // 10: fleetwave.v1.ApproveRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	58, // 11: fleetwave.v1.ListHostsResponse.hosts:type_name -> fleetwave.v1.Host
-	55, // 12: fleetwave.v1.UnfreezeServiceResponse.service:type_name -> fleetwave.v1.Service
-	57, // 13: fleetwave.v1.PauseRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	57, // 14: fleetwave.v1.ResumeRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	57, // 15: fleetwave.v1.AbortRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	57, // 16: fleetwave.v1.RollbackResponse.rollout:type_name -> fleetwave.v1.Rollout
-	59, // 17: fleetwave.v1.ListEventsResponse.events:type_name -> fleetwave.v1.Event
-	59, // 18: fleetwave.v1.WatchEventsResponse.event:type_name -> fleetwave.v1.Event
-	60, // 19: fleetwave.v1.CoordinatorInfo.started_at:type_name -> google.protobuf.Timestamp
+	59, // 0: fleetwave.v1.ApplyServiceRequest.spec:type_name -> fleetwave.v1.ServiceSpec
+	60, // 1: fleetwave.v1.ApplyServiceResponse.service:type_name -> fleetwave.v1.Service
+	60, // 2: fleetwave.v1.ListServicesResponse.services:type_name -> fleetwave.v1.Service
+	60, // 3: fleetwave.v1.GetServiceResponse.service:type_name -> fleetwave.v1.Service
+	61, // 4: fleetwave.v1.CreateReleaseRequest.release:type_name -> fleetwave.v1.Release
+	61, // 5: fleetwave.v1.CreateReleaseResponse.release:type_name -> fleetwave.v1.Release
+	62, // 6: fleetwave.v1.CreateReleaseResponse.rollout:type_name -> fleetwave.v1.Rollout
+	61, // 7: fleetwave.v1.ListReleasesResponse.releases:type_name -> fleetwave.v1.Release
+	62, // 8: fleetwave.v1.GetRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	62, // 9: fleetwave.v1.WatchRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	62, // 10: fleetwave.v1.ApproveRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	63, // 11: fleetwave.v1.ListHostsResponse.hosts:type_name -> fleetwave.v1.Host
+	60, // 12: fleetwave.v1.UnfreezeServiceResponse.service:type_name -> fleetwave.v1.Service
+	62, // 13: fleetwave.v1.PauseRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	62, // 14: fleetwave.v1.ResumeRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	62, // 15: fleetwave.v1.AbortRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	62, // 16: fleetwave.v1.RollbackResponse.rollout:type_name -> fleetwave.v1.Rollout
+	64, // 17: fleetwave.v1.ListEventsResponse.events:type_name -> fleetwave.v1.Event
+	64, // 18: fleetwave.v1.WatchEventsResponse.event:type_name -> fleetwave.v1.Event
+	65, // 19: fleetwave.v1.CoordinatorInfo.started_at:type_name -> google.protobuf.Timestamp
 	33, // 20: fleetwave.v1.ClusterStatusResponse.coordinators:type_name -> fleetwave.v1.CoordinatorInfo
 	34, // 21: fleetwave.v1.ClusterStatusResponse.etcd_members:type_name -> fleetwave.v1.EtcdMember
-	61, // 22: fleetwave.v1.GetStatsRequest.since:type_name -> google.protobuf.Duration
+	66, // 22: fleetwave.v1.GetStatsRequest.since:type_name -> google.protobuf.Duration
 	39, // 23: fleetwave.v1.GetStatsResponse.services:type_name -> fleetwave.v1.DeployStats
 	39, // 24: fleetwave.v1.GetStatsResponse.fleet:type_name -> fleetwave.v1.DeployStats
-	60, // 25: fleetwave.v1.GetStatsResponse.from:type_name -> google.protobuf.Timestamp
-	60, // 26: fleetwave.v1.GetStatsResponse.to:type_name -> google.protobuf.Timestamp
-	61, // 27: fleetwave.v1.DurationStats.median:type_name -> google.protobuf.Duration
-	61, // 28: fleetwave.v1.DurationStats.p90:type_name -> google.protobuf.Duration
+	65, // 25: fleetwave.v1.GetStatsResponse.from:type_name -> google.protobuf.Timestamp
+	65, // 26: fleetwave.v1.GetStatsResponse.to:type_name -> google.protobuf.Timestamp
+	66, // 27: fleetwave.v1.DurationStats.median:type_name -> google.protobuf.Duration
+	66, // 28: fleetwave.v1.DurationStats.p90:type_name -> google.protobuf.Duration
 	38, // 29: fleetwave.v1.DeployStats.lead_time:type_name -> fleetwave.v1.DurationStats
 	38, // 30: fleetwave.v1.DeployStats.commit_to_release:type_name -> fleetwave.v1.DurationStats
 	38, // 31: fleetwave.v1.DeployStats.release_to_start:type_name -> fleetwave.v1.DurationStats
 	38, // 32: fleetwave.v1.DeployStats.rollout:type_name -> fleetwave.v1.DurationStats
 	38, // 33: fleetwave.v1.DeployStats.bake:type_name -> fleetwave.v1.DurationStats
 	38, // 34: fleetwave.v1.DeployStats.time_to_restore:type_name -> fleetwave.v1.DurationStats
-	60, // 35: fleetwave.v1.Token.created_at:type_name -> google.protobuf.Timestamp
-	60, // 36: fleetwave.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
-	61, // 37: fleetwave.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
+	65, // 35: fleetwave.v1.Token.created_at:type_name -> google.protobuf.Timestamp
+	65, // 36: fleetwave.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	66, // 37: fleetwave.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
 	40, // 38: fleetwave.v1.CreateTokenResponse.token:type_name -> fleetwave.v1.Token
 	40, // 39: fleetwave.v1.ListTokensResponse.tokens:type_name -> fleetwave.v1.Token
-	60, // 40: fleetwave.v1.AuditEntry.at:type_name -> google.protobuf.Timestamp
+	65, // 40: fleetwave.v1.AuditEntry.at:type_name -> google.protobuf.Timestamp
 	47, // 41: fleetwave.v1.ListAuditResponse.entries:type_name -> fleetwave.v1.AuditEntry
-	0,  // 42: fleetwave.v1.OperatorService.ApplyService:input_type -> fleetwave.v1.ApplyServiceRequest
-	2,  // 43: fleetwave.v1.OperatorService.ListServices:input_type -> fleetwave.v1.ListServicesRequest
-	4,  // 44: fleetwave.v1.OperatorService.GetService:input_type -> fleetwave.v1.GetServiceRequest
-	6,  // 45: fleetwave.v1.OperatorService.CreateRelease:input_type -> fleetwave.v1.CreateReleaseRequest
-	8,  // 46: fleetwave.v1.OperatorService.ListReleases:input_type -> fleetwave.v1.ListReleasesRequest
-	10, // 47: fleetwave.v1.OperatorService.GetRollout:input_type -> fleetwave.v1.GetRolloutRequest
-	12, // 48: fleetwave.v1.OperatorService.WatchRollout:input_type -> fleetwave.v1.WatchRolloutRequest
-	14, // 49: fleetwave.v1.OperatorService.ApproveRollout:input_type -> fleetwave.v1.ApproveRolloutRequest
-	16, // 50: fleetwave.v1.OperatorService.ListHosts:input_type -> fleetwave.v1.ListHostsRequest
-	18, // 51: fleetwave.v1.OperatorService.UnfreezeService:input_type -> fleetwave.v1.UnfreezeServiceRequest
-	20, // 52: fleetwave.v1.OperatorService.PauseRollout:input_type -> fleetwave.v1.PauseRolloutRequest
-	22, // 53: fleetwave.v1.OperatorService.ResumeRollout:input_type -> fleetwave.v1.ResumeRolloutRequest
-	24, // 54: fleetwave.v1.OperatorService.AbortRollout:input_type -> fleetwave.v1.AbortRolloutRequest
-	26, // 55: fleetwave.v1.OperatorService.Rollback:input_type -> fleetwave.v1.RollbackRequest
-	28, // 56: fleetwave.v1.OperatorService.ListEvents:input_type -> fleetwave.v1.ListEventsRequest
-	30, // 57: fleetwave.v1.OperatorService.WatchEvents:input_type -> fleetwave.v1.WatchEventsRequest
-	32, // 58: fleetwave.v1.OperatorService.ClusterStatus:input_type -> fleetwave.v1.ClusterStatusRequest
-	36, // 59: fleetwave.v1.OperatorService.GetStats:input_type -> fleetwave.v1.GetStatsRequest
-	41, // 60: fleetwave.v1.OperatorService.CreateToken:input_type -> fleetwave.v1.CreateTokenRequest
-	43, // 61: fleetwave.v1.OperatorService.ListTokens:input_type -> fleetwave.v1.ListTokensRequest
-	45, // 62: fleetwave.v1.OperatorService.RevokeToken:input_type -> fleetwave.v1.RevokeTokenRequest
-	48, // 63: fleetwave.v1.OperatorService.ListAudit:input_type -> fleetwave.v1.ListAuditRequest
-	50, // 64: fleetwave.v1.OperatorService.WhoAmI:input_type -> fleetwave.v1.WhoAmIRequest
-	52, // 65: fleetwave.v1.OperatorService.RemoveHost:input_type -> fleetwave.v1.RemoveHostRequest
-	1,  // 66: fleetwave.v1.OperatorService.ApplyService:output_type -> fleetwave.v1.ApplyServiceResponse
-	3,  // 67: fleetwave.v1.OperatorService.ListServices:output_type -> fleetwave.v1.ListServicesResponse
-	5,  // 68: fleetwave.v1.OperatorService.GetService:output_type -> fleetwave.v1.GetServiceResponse
-	7,  // 69: fleetwave.v1.OperatorService.CreateRelease:output_type -> fleetwave.v1.CreateReleaseResponse
-	9,  // 70: fleetwave.v1.OperatorService.ListReleases:output_type -> fleetwave.v1.ListReleasesResponse
-	11, // 71: fleetwave.v1.OperatorService.GetRollout:output_type -> fleetwave.v1.GetRolloutResponse
-	13, // 72: fleetwave.v1.OperatorService.WatchRollout:output_type -> fleetwave.v1.WatchRolloutResponse
-	15, // 73: fleetwave.v1.OperatorService.ApproveRollout:output_type -> fleetwave.v1.ApproveRolloutResponse
-	17, // 74: fleetwave.v1.OperatorService.ListHosts:output_type -> fleetwave.v1.ListHostsResponse
-	19, // 75: fleetwave.v1.OperatorService.UnfreezeService:output_type -> fleetwave.v1.UnfreezeServiceResponse
-	21, // 76: fleetwave.v1.OperatorService.PauseRollout:output_type -> fleetwave.v1.PauseRolloutResponse
-	23, // 77: fleetwave.v1.OperatorService.ResumeRollout:output_type -> fleetwave.v1.ResumeRolloutResponse
-	25, // 78: fleetwave.v1.OperatorService.AbortRollout:output_type -> fleetwave.v1.AbortRolloutResponse
-	27, // 79: fleetwave.v1.OperatorService.Rollback:output_type -> fleetwave.v1.RollbackResponse
-	29, // 80: fleetwave.v1.OperatorService.ListEvents:output_type -> fleetwave.v1.ListEventsResponse
-	31, // 81: fleetwave.v1.OperatorService.WatchEvents:output_type -> fleetwave.v1.WatchEventsResponse
-	35, // 82: fleetwave.v1.OperatorService.ClusterStatus:output_type -> fleetwave.v1.ClusterStatusResponse
-	37, // 83: fleetwave.v1.OperatorService.GetStats:output_type -> fleetwave.v1.GetStatsResponse
-	42, // 84: fleetwave.v1.OperatorService.CreateToken:output_type -> fleetwave.v1.CreateTokenResponse
-	44, // 85: fleetwave.v1.OperatorService.ListTokens:output_type -> fleetwave.v1.ListTokensResponse
-	46, // 86: fleetwave.v1.OperatorService.RevokeToken:output_type -> fleetwave.v1.RevokeTokenResponse
-	49, // 87: fleetwave.v1.OperatorService.ListAudit:output_type -> fleetwave.v1.ListAuditResponse
-	51, // 88: fleetwave.v1.OperatorService.WhoAmI:output_type -> fleetwave.v1.WhoAmIResponse
-	53, // 89: fleetwave.v1.OperatorService.RemoveHost:output_type -> fleetwave.v1.RemoveHostResponse
-	66, // [66:90] is the sub-list for method output_type
-	42, // [42:66] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	65, // 42: fleetwave.v1.WhoAmIResponse.not_after:type_name -> google.protobuf.Timestamp
+	65, // 43: fleetwave.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
+	65, // 44: fleetwave.v1.Revocation.expires_at:type_name -> google.protobuf.Timestamp
+	65, // 45: fleetwave.v1.RevokeCertificateRequest.not_after:type_name -> google.protobuf.Timestamp
+	54, // 46: fleetwave.v1.RevokeCertificateResponse.revocation:type_name -> fleetwave.v1.Revocation
+	54, // 47: fleetwave.v1.ListRevocationsResponse.revocations:type_name -> fleetwave.v1.Revocation
+	0,  // 48: fleetwave.v1.OperatorService.ApplyService:input_type -> fleetwave.v1.ApplyServiceRequest
+	2,  // 49: fleetwave.v1.OperatorService.ListServices:input_type -> fleetwave.v1.ListServicesRequest
+	4,  // 50: fleetwave.v1.OperatorService.GetService:input_type -> fleetwave.v1.GetServiceRequest
+	6,  // 51: fleetwave.v1.OperatorService.CreateRelease:input_type -> fleetwave.v1.CreateReleaseRequest
+	8,  // 52: fleetwave.v1.OperatorService.ListReleases:input_type -> fleetwave.v1.ListReleasesRequest
+	10, // 53: fleetwave.v1.OperatorService.GetRollout:input_type -> fleetwave.v1.GetRolloutRequest
+	12, // 54: fleetwave.v1.OperatorService.WatchRollout:input_type -> fleetwave.v1.WatchRolloutRequest
+	14, // 55: fleetwave.v1.OperatorService.ApproveRollout:input_type -> fleetwave.v1.ApproveRolloutRequest
+	16, // 56: fleetwave.v1.OperatorService.ListHosts:input_type -> fleetwave.v1.ListHostsRequest
+	18, // 57: fleetwave.v1.OperatorService.UnfreezeService:input_type -> fleetwave.v1.UnfreezeServiceRequest
+	20, // 58: fleetwave.v1.OperatorService.PauseRollout:input_type -> fleetwave.v1.PauseRolloutRequest
+	22, // 59: fleetwave.v1.OperatorService.ResumeRollout:input_type -> fleetwave.v1.ResumeRolloutRequest
+	24, // 60: fleetwave.v1.OperatorService.AbortRollout:input_type -> fleetwave.v1.AbortRolloutRequest
+	26, // 61: fleetwave.v1.OperatorService.Rollback:input_type -> fleetwave.v1.RollbackRequest
+	28, // 62: fleetwave.v1.OperatorService.ListEvents:input_type -> fleetwave.v1.ListEventsRequest
+	30, // 63: fleetwave.v1.OperatorService.WatchEvents:input_type -> fleetwave.v1.WatchEventsRequest
+	32, // 64: fleetwave.v1.OperatorService.ClusterStatus:input_type -> fleetwave.v1.ClusterStatusRequest
+	36, // 65: fleetwave.v1.OperatorService.GetStats:input_type -> fleetwave.v1.GetStatsRequest
+	41, // 66: fleetwave.v1.OperatorService.CreateToken:input_type -> fleetwave.v1.CreateTokenRequest
+	43, // 67: fleetwave.v1.OperatorService.ListTokens:input_type -> fleetwave.v1.ListTokensRequest
+	45, // 68: fleetwave.v1.OperatorService.RevokeToken:input_type -> fleetwave.v1.RevokeTokenRequest
+	48, // 69: fleetwave.v1.OperatorService.ListAudit:input_type -> fleetwave.v1.ListAuditRequest
+	50, // 70: fleetwave.v1.OperatorService.WhoAmI:input_type -> fleetwave.v1.WhoAmIRequest
+	52, // 71: fleetwave.v1.OperatorService.RemoveHost:input_type -> fleetwave.v1.RemoveHostRequest
+	55, // 72: fleetwave.v1.OperatorService.RevokeCertificate:input_type -> fleetwave.v1.RevokeCertificateRequest
+	57, // 73: fleetwave.v1.OperatorService.ListRevocations:input_type -> fleetwave.v1.ListRevocationsRequest
+	1,  // 74: fleetwave.v1.OperatorService.ApplyService:output_type -> fleetwave.v1.ApplyServiceResponse
+	3,  // 75: fleetwave.v1.OperatorService.ListServices:output_type -> fleetwave.v1.ListServicesResponse
+	5,  // 76: fleetwave.v1.OperatorService.GetService:output_type -> fleetwave.v1.GetServiceResponse
+	7,  // 77: fleetwave.v1.OperatorService.CreateRelease:output_type -> fleetwave.v1.CreateReleaseResponse
+	9,  // 78: fleetwave.v1.OperatorService.ListReleases:output_type -> fleetwave.v1.ListReleasesResponse
+	11, // 79: fleetwave.v1.OperatorService.GetRollout:output_type -> fleetwave.v1.GetRolloutResponse
+	13, // 80: fleetwave.v1.OperatorService.WatchRollout:output_type -> fleetwave.v1.WatchRolloutResponse
+	15, // 81: fleetwave.v1.OperatorService.ApproveRollout:output_type -> fleetwave.v1.ApproveRolloutResponse
+	17, // 82: fleetwave.v1.OperatorService.ListHosts:output_type -> fleetwave.v1.ListHostsResponse
+	19, // 83: fleetwave.v1.OperatorService.UnfreezeService:output_type -> fleetwave.v1.UnfreezeServiceResponse
+	21, // 84: fleetwave.v1.OperatorService.PauseRollout:output_type -> fleetwave.v1.PauseRolloutResponse
+	23, // 85: fleetwave.v1.OperatorService.ResumeRollout:output_type -> fleetwave.v1.ResumeRolloutResponse
+	25, // 86: fleetwave.v1.OperatorService.AbortRollout:output_type -> fleetwave.v1.AbortRolloutResponse
+	27, // 87: fleetwave.v1.OperatorService.Rollback:output_type -> fleetwave.v1.RollbackResponse
+	29, // 88: fleetwave.v1.OperatorService.ListEvents:output_type -> fleetwave.v1.ListEventsResponse
+	31, // 89: fleetwave.v1.OperatorService.WatchEvents:output_type -> fleetwave.v1.WatchEventsResponse
+	35, // 90: fleetwave.v1.OperatorService.ClusterStatus:output_type -> fleetwave.v1.ClusterStatusResponse
+	37, // 91: fleetwave.v1.OperatorService.GetStats:output_type -> fleetwave.v1.GetStatsResponse
+	42, // 92: fleetwave.v1.OperatorService.CreateToken:output_type -> fleetwave.v1.CreateTokenResponse
+	44, // 93: fleetwave.v1.OperatorService.ListTokens:output_type -> fleetwave.v1.ListTokensResponse
+	46, // 94: fleetwave.v1.OperatorService.RevokeToken:output_type -> fleetwave.v1.RevokeTokenResponse
+	49, // 95: fleetwave.v1.OperatorService.ListAudit:output_type -> fleetwave.v1.ListAuditResponse
+	51, // 96: fleetwave.v1.OperatorService.WhoAmI:output_type -> fleetwave.v1.WhoAmIResponse
+	53, // 97: fleetwave.v1.OperatorService.RemoveHost:output_type -> fleetwave.v1.RemoveHostResponse
+	56, // 98: fleetwave.v1.OperatorService.RevokeCertificate:output_type -> fleetwave.v1.RevokeCertificateResponse
+	58, // 99: fleetwave.v1.OperatorService.ListRevocations:output_type -> fleetwave.v1.ListRevocationsResponse
+	74, // [74:100] is the sub-list for method output_type
+	48, // [48:74] is the sub-list for method input_type
+	48, // [48:48] is the sub-list for extension type_name
+	48, // [48:48] is the sub-list for extension extendee
+	0,  // [0:48] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_operator_proto_init() }
@@ -3442,7 +3809,7 @@ func file_fleetwave_v1_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fleetwave_v1_operator_proto_rawDesc), len(file_fleetwave_v1_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   54,
+			NumMessages:   59,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
