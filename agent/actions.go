@@ -138,7 +138,7 @@ func (a *agent) startStage(s *service, act lifecycle.Action) {
 		<-wait
 		ev := doneEv{svc: name, seq: act.Seq}
 		if !staged {
-			_, ev.err = a.inst.Stage(name, act.Version, v)
+			_, ev.err = a.inst.Stage(a.ctx, name, act.Version, v)
 		}
 		a.send(ev)
 	})

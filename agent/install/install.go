@@ -359,8 +359,11 @@ func (in *Installer) Staged(service, version, sha string) bool {
 // is removed afterwards. A release already unpacked from the same digest is
 // kept as is. A directory of that version without a marker of this digest
 // (another digest, or left half-removed by a crash) is removed and unpacked
-// again, unless `current` points at it, which is an error.
-func (in *Installer) Stage(service, version string, v *Verified) (string, error) {
+// again, unless `current` points at it, which is an error. Cancelling ctx
+// (a newer assignment, or the agent stopping) ends the unpacking at once
+// with ctx's error and leaves nothing behind but the verified file's
+// removal.
+func (in *Installer) Stage(ctx context.Context, service, version string, v *Verified) (string, error) {
 	if v == nil {
 		return "", fmt.Errorf("stage %s %s: nothing verified", service, version)
 	}
@@ -406,7 +409,7 @@ func (in *Installer) Stage(service, version string, v *Verified) (string, error)
 	if err != nil {
 		return "", fmt.Errorf("stage %s %s: %w", service, version, err)
 	}
-	err = UnpackGzip(f, tmp, in.lim)
+	err = UnpackGzip(ctx, f, tmp, in.lim)
 	f.Close()
 	if err != nil {
 		return "", fmt.Errorf("stage %s %s: %w", service, version, err)

@@ -189,7 +189,7 @@ func stageBytes(t *testing.T, in *Installer, service, version string, art []byte
 	if err != nil {
 		t.Fatal(err)
 	}
-	return in.Stage(service, version, v)
+	return in.Stage(context.Background(), service, version, v)
 }
 
 func TestStageAndSwitch(t *testing.T) {
@@ -362,7 +362,7 @@ func TestUnpackRejects(t *testing.T) {
 			if err := os.Mkdir(root, 0o755); err != nil {
 				t.Fatal(err)
 			}
-			err := UnpackTar(bytes.NewReader(tarBytes(t, tt.entries...)), root, lim)
+			err := UnpackTar(context.Background(), bytes.NewReader(tarBytes(t, tt.entries...)), root, lim)
 			if !errors.Is(err, tt.sent) {
 				t.Fatalf("err %v, want %v", err, tt.sent)
 			}
@@ -376,7 +376,7 @@ func TestUnpackRejects(t *testing.T) {
 
 func TestUnpackAllowsInnerLinks(t *testing.T) {
 	root := t.TempDir()
-	err := UnpackTar(bytes.NewReader(tarBytes(t,
+	err := UnpackTar(context.Background(), bytes.NewReader(tarBytes(t,
 		entry{name: "lib/libx.so.1", body: "so"},
 		entry{name: "lib/libx.so", typ: tar.TypeSymlink, link: "libx.so.1"},
 		entry{name: "bin/tool", typ: tar.TypeSymlink, link: "../lib/libx.so"},
@@ -427,7 +427,7 @@ func TestUnpackLegacyTypeflag(t *testing.T) {
 		copy(h[148:156], fmt.Sprintf("%06o\x00 ", sum))
 	}
 	root := t.TempDir()
-	if err := UnpackTar(bytes.NewReader(b), root, Limits{}); err != nil {
+	if err := UnpackTar(context.Background(), bytes.NewReader(b), root, Limits{}); err != nil {
 		t.Fatal(err)
 	}
 	if fi, err := os.Stat(filepath.Join(root, "d")); err != nil || !fi.IsDir() {
