@@ -45,7 +45,7 @@ type service struct {
 	foundGrace time.Duration
 
 	checkCancel context.CancelFunc
-	fetchCancel context.CancelFunc // cancels the latest fetch (no-op once it ended)
+	fetchCancel context.CancelFunc // cancels the latest fetch or stage (no-op once it ended)
 
 	fetched  *install.Fetched
 	verified *install.Verified

@@ -16,6 +16,7 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -170,6 +171,9 @@ type options struct {
 	// Test hooks (nil in production).
 	saveHook  func(*lifecycle.Snapshot) error // runs before every state save; an error fails the save
 	pruneHook func(service string)            // runs in the background prune before it removes anything
+	// stageHook runs in a background stage before it unpacks, with the
+	// stage's context.
+	stageHook func(ctx context.Context, service, version string)
 	// metricsReady receives the bound metrics address.
 	metricsReady func(addr string)
 }
