@@ -56,6 +56,11 @@ type Config struct {
 	// an assignment whose release is not signed by one of them, or whose
 	// signed manifest does not match it or has expired, is refused.
 	TrustedKeys []string
+	// ArtifactRedirectHosts are the hosts a release's artifact URL may
+	// redirect to besides its own: "host" (the scheme's default port),
+	// "host:port" or "*.domain". Redirects elsewhere, from https to http,
+	// or more than 5 are not followed (artifact.go).
+	ArtifactRedirectHosts []string
 	// TLSCA is the CA the coordinators' certificates chain to. TLSCert and
 	// TLSKey are this host's certificate (identity agent/<host id>) and
 	// key; without them the agent joins with the one-time token in
@@ -108,6 +113,11 @@ func (c Config) Validate() error {
 	for i, p := range c.TrustedKeys {
 		if strings.TrimSpace(p) == "" {
 			return fmt.Errorf("trusted_keys[%d]: empty path", i)
+		}
+	}
+	for i, h := range c.ArtifactRedirectHosts {
+		if err := checkRedirectHost(h); err != nil {
+			return fmt.Errorf("artifact_redirect_hosts[%d]: %w", i, err)
 		}
 	}
 	if _, _, err := net.SplitHostPort(c.MetricsListen); c.MetricsListen != "" && err != nil {
