@@ -22,8 +22,9 @@ import (
 //     is the same assignment.
 //   - Signature: with Config.TrustedKeys, the release must carry a manifest
 //     signed by one of those keys that names its service, version, artifact
-//     sha256 and size, commit and commit time, and has not expired (see
-//     signing.Verify). A release that fails is fed to the machine as an
+//     sha256, size and URL, commit and commit time, and has not expired (see
+//     signing.Verify). The URL is signed so that a coordinator cannot point
+//     agents at another address (artifact.go has the redirect policy). A release that fails is fed to the machine as an
 //     invalid assignment: the service ends FAILED at that generation with
 //     the reason, nothing is fetched or stopped, and the release it runs
 //     keeps running.

@@ -180,6 +180,8 @@ func TestAgentRefusesUnverifiedReleases(t *testing.T) {
 	badSig.Release.Signed.Signature[0] ^= 0x80
 	otherDigest := k.sign(t, v2, now, now.Add(time.Hour))
 	otherDigest.Release.Artifact.Sha256 = d1 // a coordinator swapping the artifact
+	otherURL := k.sign(t, v2, now, now.Add(time.Hour))
+	otherURL.Release.Artifact.Url = "http://169.254.169.254/latest/meta-data" // ...or where it is fetched from
 	refusals := []struct {
 		name string
 		asg  *v1.Assignment
@@ -190,6 +192,7 @@ func TestAgentRefusesUnverifiedReleases(t *testing.T) {
 		{"bad signature", badSig, "signature by key " + k.id + " does not verify: refused"},
 		{"expired", k.sign(t, v2, now.Add(-72*time.Hour), now.Add(-time.Hour)), "signed manifest expired at"},
 		{"artifact swapped", otherDigest, "signed manifest has artifact sha256 " + d2 + ", the release " + d1},
+		{"url swapped", otherURL, "signed manifest has artifact url " + hs.URL + "/v2.tar.gz, the release http://169.254.169.254/latest/meta-data"},
 	}
 	gen := int64(1)
 	for _, r := range refusals {

@@ -1,7 +1,7 @@
 // Package signing owns signed release manifests: ed25519 key pairs in PEM
 // files, the manifest CI signs for a release (service, version, artifact
-// sha256 and size, commit, signing time, expiry), and the check an agent
-// makes before it installs anything (Verify).
+// sha256, size and URL, commit, signing time, expiry), and the check an
+// agent makes before it installs anything (Verify).
 //
 // It uses only the standard library, protobuf and the generated v1 types. It
 // must not import the agent, the coordinator, etcd or grpc. Nothing in it
@@ -212,14 +212,16 @@ func readKeyFile(path string) ([]byte, error) {
 	return data, nil
 }
 
-// Manifest is the manifest of a release: its identity and artifact, signed
-// at signedAt and valid until expiresAt.
+// Manifest is the manifest of a release: its identity and artifact (digest,
+// size and the URL agents fetch it from), signed at signedAt and valid until
+// expiresAt.
 func Manifest(rel *v1.Release, signedAt, expiresAt time.Time) *v1.ReleaseManifest {
 	m := &v1.ReleaseManifest{
 		Service:        rel.GetService(),
 		Version:        rel.GetVersion(),
 		ArtifactSha256: rel.GetArtifact().GetSha256(),
 		ArtifactSize:   rel.GetArtifact().GetSize(),
+		ArtifactUrl:    rel.GetArtifact().GetUrl(),
 		Commit:         rel.GetCommit(),
 		SignedAt:       timestamppb.New(signedAt),
 		ExpiresAt:      timestamppb.New(expiresAt),
@@ -251,7 +253,7 @@ func Sign(m *v1.ReleaseManifest, priv ed25519.PrivateKey) (*v1.SignedManifest, e
 
 // Verify checks the signed manifest of rel: signed by one of the trusted
 // keys (by key id), a valid signature over the manifest bytes, a manifest
-// that names exactly rel's service, version, artifact sha256 and size,
+// that names exactly rel's service, version, artifact sha256, size and URL,
 // commit and commit time, not expired at now and not signed more than
 // MaxClockSkew after now. It returns the manifest, or an *Error naming what
 // failed that matches one of the sentinel errors.
@@ -286,6 +288,7 @@ func Verify(rel *v1.Release, trusted map[string]ed25519.PublicKey, now time.Time
 		{"version", m.GetVersion(), rel.GetVersion()},
 		{"artifact sha256", m.GetArtifactSha256(), rel.GetArtifact().GetSha256()},
 		{"artifact size", strconv.FormatInt(m.GetArtifactSize(), 10), strconv.FormatInt(rel.GetArtifact().GetSize(), 10)},
+		{"artifact url", m.GetArtifactUrl(), rel.GetArtifact().GetUrl()},
 		{"commit", m.GetCommit(), rel.GetCommit()},
 		{"commit time", showTime(m.GetCommitTime()), showTime(rel.GetCommitTime())},
 	} {

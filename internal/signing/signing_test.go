@@ -140,11 +140,14 @@ func TestSignVerify(t *testing.T) {
 	if !proto.Equal(again, rel.Signed) {
 		t.Error("signing is not deterministic")
 	}
-	// Fields outside the manifest (url, created_at, created_by) may change.
+	// Fields outside the manifest (created_at, created_by) may change.
 	rel2 := proto.Clone(rel).(*v1.Release)
-	rel2.Artifact.Url, rel2.CreatedBy, rel2.CreatedAt = "", "someone", nil
+	rel2.CreatedBy, rel2.CreatedAt = "someone", nil
 	if _, err := Verify(rel2, trusted, t0); err != nil {
 		t.Errorf("fields outside the manifest: %v", err)
+	}
+	if m.GetArtifactUrl() != "https://example.com/a.tgz" {
+		t.Errorf("manifest url %q", m.GetArtifactUrl())
 	}
 	// A release without commit time verifies too.
 	bare := testRelease()
@@ -206,6 +209,12 @@ func TestVerifyRefuses(t *testing.T) {
 		{"size differs", func() *v1.Release { r := good(); r.Artifact.Size = 1; return r }(), t0, ErrMismatch, []string{"artifact size 4242, the release 1"}},
 		{"version differs", func() *v1.Release { r := good(); r.Version = "9"; return r }(), t0, ErrMismatch, []string{"release 9:", "version 1.2.3, the release 9"}},
 		{"service differs", func() *v1.Release { r := good(); r.Service = "api"; return r }(), t0, ErrMismatch, []string{"service web, the release api"}},
+		// The URL is signed: the coordinator cannot send agents to another
+		// address (an internal page) for a signed release, nor take the URL
+		// away or add one.
+		{"url differs", func() *v1.Release { r := good(); r.Artifact.Url = "http://10.0.0.1/admin"; return r }(), t0, ErrMismatch,
+			[]string{"artifact url https://example.com/a.tgz, the release http://10.0.0.1/admin"}},
+		{"url removed", func() *v1.Release { r := good(); r.Artifact.Url = ""; return r }(), t0, ErrMismatch, []string{"artifact url"}},
 		{"commit differs", func() *v1.Release { r := good(); r.Commit = "beef"; return r }(), t0, ErrMismatch, []string{"commit 0123456789abcdef, the release beef"}},
 		{"commit time differs", func() *v1.Release { r := good(); r.CommitTime = nil; return r }(), t0, ErrMismatch, []string{"commit time", "(none)"}},
 		{"expired", good(), t0.Add(24 * time.Hour), ErrExpired,
@@ -282,7 +291,8 @@ func FuzzVerify(f *testing.F) {
 		}
 		if !ed25519.Verify(pub, rel.GetSigned().GetManifest(), rel.GetSigned().GetSignature()) ||
 			m.GetVersion() != rel.GetVersion() || m.GetArtifactSha256() != rel.GetArtifact().GetSha256() ||
-			m.GetArtifactSize() != rel.GetArtifact().GetSize() || !t0.Before(m.GetExpiresAt().AsTime()) {
+			m.GetArtifactSize() != rel.GetArtifact().GetSize() || m.GetArtifactUrl() != rel.GetArtifact().GetUrl() ||
+			!t0.Before(m.GetExpiresAt().AsTime()) {
 			t.Fatalf("accepted a release that does not verify: %v", rel)
 		}
 	})
