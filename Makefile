@@ -154,7 +154,7 @@ race:
 FUZZ_TARGETS := \
 	FuzzUnpackEntries:./agent/install FuzzUnpack:./agent/install FuzzUnpackResources:./agent/install \
 	FuzzParse:./internal/spec FuzzParse:./agent/analysis \
-	FuzzVerify:./internal/signing FuzzSignCSR:./internal/tlsutil FuzzIdentityURI:./internal/tlsutil \
+	FuzzVerify:./internal/signing FuzzVerifyRollback:./internal/signing FuzzSignCSR:./internal/tlsutil FuzzIdentityURI:./internal/tlsutil \
 	FuzzValidateAgentMessages:./coordinator
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \

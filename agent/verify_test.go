@@ -25,6 +25,7 @@ type testKey struct {
 	priv    ed25519.PrivateKey
 	id      string
 	pubFile string
+	seq     *uint64 // the last sequence sign used
 }
 
 func newTestKey(t *testing.T) testKey {
@@ -45,15 +46,16 @@ func newTestKey(t *testing.T) testKey {
 	if err := os.WriteFile(path, pubPEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return testKey{pub: pub, priv: priv, id: signing.KeyID(pub), pubFile: path}
+	return testKey{pub: pub, priv: priv, id: signing.KeyID(pub), pubFile: path, seq: new(uint64)}
 }
 
-// sign returns a copy of asg whose release is signed by k, valid from
-// signedAt to expiresAt.
+// sign returns a copy of asg whose release is signed by k with asg's spec
+// and the next sequence of k, valid from signedAt to expiresAt.
 func (k testKey) sign(t *testing.T, asg *v1.Assignment, signedAt, expiresAt time.Time) *v1.Assignment {
 	t.Helper()
 	asg = proto.Clone(asg).(*v1.Assignment)
-	sm, err := signing.Sign(signing.Manifest(asg.GetRelease(), signedAt, expiresAt), k.priv)
+	*k.seq++
+	sm, err := signing.Sign(signing.Manifest(asg.GetRelease(), asg.GetSpec(), *k.seq, signedAt, expiresAt), k.priv)
 	if err != nil {
 		t.Fatal(err)
 	}
