@@ -96,6 +96,7 @@ type agent struct {
 
 	metrics *agentMetrics // Prometheus instruments (metrics.go)
 	trusted trustedKeys   // release signing keys by id; nil: releases are not checked (verify.go)
+	floors  *floorStore   // release floors per service (verify.go; made on first use, run loop only)
 }
 
 // Events sent to the run loop.
