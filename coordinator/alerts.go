@@ -60,7 +60,26 @@ type alerter struct {
 }
 
 func newAlerter(ctx context.Context, log zerolog.Logger, st *store.Store) *alerter {
-	return &alerter{ctx: ctx, log: log, store: st, client: &http.Client{Timeout: 5 * time.Second}, attempts: 8, backoff: 500 * time.Millisecond}
+	return &alerter{ctx: ctx, log: log, store: st, attempts: 8, backoff: 500 * time.Millisecond,
+		client: &http.Client{Timeout: 5 * time.Second, CheckRedirect: sameOriginRedirects}}
+}
+
+// maxWebhookRedirects bounds the redirects an alert follows.
+const maxWebhookRedirects = 3
+
+// sameOriginRedirects lets an alert follow a redirect only to the same
+// scheme, host and port as the webhook URL: a webhook must not be able to
+// send the coordinator (and the alert) to another host, such as an
+// internal address it could not name itself.
+func sameOriginRedirects(req *http.Request, via []*http.Request) error {
+	first := via[0].URL
+	if req.URL.Scheme != first.Scheme || req.URL.Host != first.Host {
+		return fmt.Errorf("redirected to %s://%s, another host than the webhook's %s://%s: not followed", req.URL.Scheme, req.URL.Host, first.Scheme, first.Host)
+	}
+	if len(via) > maxWebhookRedirects {
+		return fmt.Errorf("more than %d redirects: not followed", maxWebhookRedirects)
+	}
+	return nil
 }
 
 func buildAlert(r *v1.Rollout) Alert {

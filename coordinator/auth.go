@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -17,7 +16,6 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fleetwave/fleetwave/internal/tlsutil"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
@@ -56,12 +54,13 @@ func principalFrom(ctx context.Context) (principal, bool) {
 type access int
 
 const (
-	accessAnyone   access = iota // health, WhoAmI, Join (checks its token itself)
-	accessViewer                 // operator reads
-	accessDeployer               // releases and rollout decisions
-	accessAdmin                  // specs, unfreeze, tokens, audit
-	accessAgent                  // an agent (its own stream, its own certificate)
-	accessArtifact               // artifact download: agents, coordinators, viewers
+	accessAnyone        access = iota // health, WhoAmI, Join (checks its token itself)
+	accessViewer                      // operator reads
+	accessDeployer                    // releases and rollout decisions
+	accessAdmin                       // specs, unfreeze, tokens, audit
+	accessAgent                       // an agent (its own stream, its own certificate)
+	accessArtifact                    // artifact download: agents, coordinators, viewers
+	accessAuthenticated               // any caller with a certificate or a token
 )
 
 var roleRank = map[string]int{tlsutil.RoleViewer: 1, tlsutil.RoleDeployer: 2, tlsutil.RoleAdmin: 3}
@@ -104,13 +103,14 @@ var methodAccess = map[string]access{
 	artSvc + "Upload":              accessDeployer,
 	artSvc + "Download":            accessArtifact,
 	"/grpc.health.v1.Health/Check": accessAnyone,
-	"/grpc.health.v1.Health/Watch": accessAnyone,
-	"/grpc.health.v1.Health/List":  accessAnyone,
+	// A watch holds a stream: not for callers without credentials.
+	"/grpc.health.v1.Health/Watch":                                   accessAuthenticated,
+	"/grpc.health.v1.Health/List":                                    accessAnyone,
 	"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo":      accessViewer,
 	"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": accessViewer,
 }
 
-// readOnly methods are not audited.
+// readOnly methods are audited only when refused.
 func readOnly(method string) bool {
 	switch methodAccess[method] {
 	case accessViewer, accessArtifact:
@@ -206,6 +206,10 @@ func authorize(p principal, method string) error {
 			return nil
 		}
 		return status.Errorf(codes.PermissionDenied, "%s: only agents (with a host certificate) may call it; caller is %s", name, p.ident)
+	case accessAuthenticated:
+		if p.kind != "anonymous" {
+			return nil
+		}
 	case accessArtifact:
 		if p.kind == tlsutil.KindAgent || p.kind == tlsutil.KindCoordinator || roleRank[p.role] >= roleRank[tlsutil.RoleViewer] {
 			return nil
@@ -263,36 +267,6 @@ func (b *bucket) allow(now time.Time) bool {
 	return true
 }
 
-// auditSeq orders audit entries written in the same nanosecond.
-var auditSeq atomic.Int64
-
-// audit records a mutating call. A call forwarded to the leader is
-// recorded by both: the coordinator the caller reached, and the leader
-// (naming the coordinator it came through). Refused calls from callers
-// without credentials are rate-limited (they cost an attacker nothing), and
-// every field is bounded.
-func (c *Coordinator) audit(ctx context.Context, p principal, method, target string, err error) {
-	if readOnly(method) {
-		return
-	}
-	if p.kind == "anonymous" && err != nil && !c.anonAudit.allow(time.Now()) {
-		c.log.Warn().Str("method", method).Str("actor", p.ident).Err(err).Msg("refused call not audited (rate limit for unauthenticated callers)")
-		return
-	}
-	from := ""
-	if pr, ok := peer.FromContext(ctx); ok {
-		from = pr.Addr.String()
-	}
-	st, _ := status.FromError(err)
-	e := &v1.AuditEntry{At: timestamppb.Now(), Actor: clip(p.ident, 256), Role: clip(p.role, 32), Method: clip(method, 128), Target: clip(target, 256),
-		Peer: from, Result: st.Code().String(), Message: clip(st.Message(), 512), Coordinator: c.cfg.Name}
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	if werr := c.store.PutAudit(actx, e, int(auditSeq.Add(1)%1000000)); werr != nil {
-		c.log.Error().Err(werr).Str("method", method).Str("actor", p.ident).Msg("audit entry not written")
-	}
-}
-
 // auditTarget names what a request acts on, for the audit log.
 func auditTarget(req any) string {
 	type named interface{ GetName() string }
@@ -321,6 +295,7 @@ func auditTarget(req any) string {
 // unaryAuth authenticates and authorises every unary call, and audits the
 // mutating ones.
 func (c *Coordinator) unaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	defer releaseCallSlot(ctx)
 	p, err := c.authenticate(ctx, info.FullMethod)
 	if err == nil {
 		err = authorize(p, info.FullMethod)
@@ -345,6 +320,7 @@ func (s *authStream) Context() context.Context { return s.ctx }
 // streamAuth does the same for streams (the artifact upload is audited).
 func (c *Coordinator) streamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	ctx := ss.Context()
+	defer releaseCallSlot(ctx)
 	p, err := c.authenticate(ctx, info.FullMethod)
 	if err == nil {
 		err = authorize(p, info.FullMethod)
@@ -354,7 +330,13 @@ func (c *Coordinator) streamAuth(srv any, ss grpc.ServerStream, info *grpc.Strea
 		c.audit(ctx, p, info.FullMethod, "", err)
 		return err
 	}
-	err = handler(srv, &authStream{ServerStream: ss, ctx: withPrincipal(ctx, p)})
+	release, err := c.limits.openStream(p, info.FullMethod)
+	if err != nil {
+		return err
+	}
+	defer release()
+	ls := &limitedStream{ServerStream: ss, l: c.limits, method: info.FullMethod, p: p}
+	err = handler(srv, &authStream{ServerStream: ls, ctx: withPrincipal(ctx, p)})
 	c.audit(ctx, p, info.FullMethod, "", err)
 	return err
 }

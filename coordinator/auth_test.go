@@ -79,9 +79,19 @@ func TestAuthorizeTable(t *testing.T) {
 // tlsFleet is a coordinator with TLS on, and the certificates of tls init.
 type tlsFleet struct {
 	dir, addr string
+	// metrics is the /metrics URL; emb the coordinator's etcd.
+	metrics string
+	emb     *store.Embedded
 }
 
 func startTLSCoordinator(t *testing.T) *tlsFleet {
+	t.Helper()
+	return startTLSCoordinatorWith(t, nil)
+}
+
+// startTLSCoordinatorWith is startTLSCoordinator with changes to the
+// config (limits, say) and metrics served.
+func startTLSCoordinatorWith(t *testing.T, mod func(*Config)) *tlsFleet {
 	t.Helper()
 	dir := t.TempDir()
 	err := tlsutil.Init(dir, tlsutil.InitOptions{
@@ -92,15 +102,21 @@ func startTLSCoordinator(t *testing.T) *tlsFleet {
 	if err != nil {
 		t.Fatal(err)
 	}
-	emb, err := store.StartEmbedded(t.TempDir(), "", zerolog.Nop())
+	emb, err := store.StartEmbedded(t.TempDir(), zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(emb.Close)
-	addr := runTestCoordinator(t, Config{Listen: "127.0.0.1:0", Name: "c1", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, LeaseTTL: 2 * time.Second,
+	metricsc := make(chan string, 1)
+	cfg := Config{Listen: "127.0.0.1:0", Name: "c1", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, EtcdTLS: emb.ClientTLS, LeaseTTL: 2 * time.Second,
 		TLSCert: filepath.Join(dir, "coordinator-c1.pem"), TLSKey: filepath.Join(dir, "coordinator-c1-key.pem"),
-		TLSCA: filepath.Join(dir, "ca.pem"), TLSCAKey: filepath.Join(dir, "ca-key.pem"), AgentCertTTL: time.Hour})
-	return &tlsFleet{dir: dir, addr: addr}
+		TLSCA: filepath.Join(dir, "ca.pem"), TLSCAKey: filepath.Join(dir, "ca-key.pem"), AgentCertTTL: time.Hour,
+		MetricsListen: "127.0.0.1:0", MetricsReady: func(a string) { metricsc <- a }}
+	if mod != nil {
+		mod(&cfg)
+	}
+	addr := runTestCoordinator(t, cfg)
+	return &tlsFleet{dir: dir, addr: addr, metrics: "http://" + <-metricsc + "/metrics", emb: emb}
 }
 
 // dial connects with the named certificate from tls init ("" = none) and
@@ -338,14 +354,65 @@ func TestTLSRolesTokensJoinAudit(t *testing.T) {
 		"anonymous Join host h9 OK",
 		"anonymous Join host h9 Unauthenticated",
 		"agent:h9 Renew  OK",
+		// Refusals of calls that do not change anything, too.
+		"token:invalid WhoAmI  Unauthenticated",
+		"agent:h1 Connect  PermissionDenied",
+		"agent:h1 ListHosts  PermissionDenied",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("audit log lacks %q:\n%s", want, got)
 		}
 	}
-	if strings.Contains(got, "ListServices") || strings.Contains(got, "WhoAmI") {
+	// Reads are audited only when refused.
+	if !strings.Contains(got, "anonymous ListServices  Unauthenticated") {
+		t.Errorf("the refused read is not audited:\n%s", got)
+	}
+	if strings.Contains(got, "ListServices  OK") || strings.Contains(got, "WhoAmI  OK") {
 		t.Errorf("reads audited:\n%s", got)
 	}
 }
 
 func methodNameOf(full string) string { return full[strings.LastIndex(full, "/")+1:] }
+
+// A release records who created it as the coordinator authenticated the
+// caller, whatever the request claims.
+func TestReleaseAuthorIsTheCaller(t *testing.T) {
+	f := startTLSCoordinator(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	admin := v1.NewOperatorServiceClient(f.dial(t, "operator-alice", ""))
+	spec := &v1.ServiceSpec{Name: "web", Selector: map[string]string{"role": "web"}, Run: &v1.RunSpec{Command: []string{"./app"}}}
+	if _, err := admin.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := admin.CreateToken(ctx, &v1.CreateTokenRequest{Name: "ci", Role: "deployer"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		op      v1.OperatorServiceClient
+		version string
+		want    string
+	}{
+		{admin, "v1", "operator:alice"},
+		{v1.NewOperatorServiceClient(f.dial(t, "", tr.GetSecret())), "v2", "token:ci"},
+	} {
+		resp, err := c.op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: c.version, CreatedBy: "operator:bob",
+			Artifact: &v1.Artifact{Url: "https://artifacts.example/web.tgz", Sha256: strings.Repeat("a", 64), Size: 1}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := resp.GetRelease().GetCreatedBy(); got != c.want {
+			t.Errorf("release %s created by %s claiming operator:bob: created_by %q, want %q", c.version, c.want, got, c.want)
+		}
+	}
+	list, err := admin.ListReleases(ctx, &v1.ListReleasesRequest{Service: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range list.GetReleases() {
+		if r.GetCreatedBy() == "operator:bob" {
+			t.Errorf("stored release %s names the claimed author", r.GetVersion())
+		}
+	}
+}

@@ -44,13 +44,13 @@ func (m *member) stop() error {
 	return m.err
 }
 
-// startMember runs a named coordinator on shared etcd endpoints.
-func startMember(t testing.TB, name string, endpoints []string) *member {
+// startMember runs a named coordinator on a shared embedded etcd.
+func startMember(t testing.TB, name string, emb *store.Embedded) *member {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &member{name: name, cancel: cancel, done: make(chan error, 1)}
 	addrc := make(chan string, 1)
-	cfg := Config{Insecure: true, Listen: "127.0.0.1:0", Name: name, DataDir: t.TempDir(), EtcdEndpoints: endpoints, LeaseTTL: 2 * time.Second,
+	cfg := Config{Insecure: true, Listen: "127.0.0.1:0", Name: name, DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, EtcdTLS: emb.ClientTLS, LeaseTTL: 2 * time.Second,
 		Ready: func(a string) { addrc <- a }}
 	go func() { m.done <- Run(ctx, cfg, zerolog.Nop()) }()
 	t.Cleanup(func() { _ = m.stop() })
@@ -94,15 +94,15 @@ func waitCluster(t *testing.T, ctx context.Context, op v1.OperatorServiceClient,
 // the coordinator it was uploaded to); when the leader stops, the other
 // takes over.
 func TestTwoCoordinatorsShareEtcd(t *testing.T) {
-	emb, err := store.StartEmbedded(t.TempDir(), "", zerolog.Nop())
+	emb, err := store.StartEmbedded(t.TempDir(), zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(emb.Close)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	a := startMember(t, "a", emb.Endpoints)
-	b := startMember(t, "b", emb.Endpoints)
+	a := startMember(t, "a", emb)
+	b := startMember(t, "b", emb)
 	st := waitCluster(t, ctx, a.op, "two coordinators and a leader", func(s *v1.ClusterStatusResponse) bool {
 		return len(s.GetCoordinators()) == 2 && s.GetLeader() != ""
 	})
@@ -274,14 +274,14 @@ func TestWatchEvents(t *testing.T) {
 // coordinator restarts count once, and any coordinator, started later,
 // gives the same figures.
 func TestStatsSurviveCoordinatorRestarts(t *testing.T) {
-	emb, err := store.StartEmbedded(t.TempDir(), "", zerolog.Nop())
+	emb, err := store.StartEmbedded(t.TempDir(), zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(emb.Close)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	a := startMember(t, "a", emb.Endpoints)
+	a := startMember(t, "a", emb)
 	spec := &v1.ServiceSpec{Name: "web", Selector: map[string]string{"role": "web"}, Run: &v1.RunSpec{Command: []string{"./app"}},
 		Rollout: &v1.RolloutPolicy{Bake: durationpb.New(0), NoCanary: true}}
 	if _, err := a.op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: spec}); err != nil {
@@ -311,7 +311,7 @@ func TestStatsSurviveCoordinatorRestarts(t *testing.T) {
 	if err := a.stop(); err != nil {
 		t.Fatal(err)
 	}
-	b := startMember(t, "b", emb.Endpoints)
+	b := startMember(t, "b", emb)
 	startScripted(t, ctx, b.cc, "h1", map[string]string{"v3": "failed"})
 	waitRollout(t, ctx, b.op, "v2 succeeded under b", func(r *v1.Rollout) bool {
 		return r.GetToVersion() == "v2" && r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED
@@ -331,7 +331,7 @@ func TestStatsSurviveCoordinatorRestarts(t *testing.T) {
 	if lt := s.GetLeadTime().GetP90().AsDuration(); lt < 2*time.Hour || lt > 2*time.Hour+time.Minute {
 		t.Errorf("lead time p90 %v, want a little over 2h", lt)
 	}
-	c := startMember(t, "c", emb.Endpoints)
+	c := startMember(t, "c", emb)
 	if err := b.stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -408,12 +408,12 @@ func TestRemoveHost(t *testing.T) {
 // Events of old rollouts are pruned (the rollouts themselves stay, for the
 // DORA figures).
 func TestOldRolloutEventsPruned(t *testing.T) {
-	emb, err := store.StartEmbedded(t.TempDir(), "", zerolog.Nop())
+	emb, err := store.StartEmbedded(t.TempDir(), zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(emb.Close)
-	addr := runTestCoordinator(t, Config{Insecure: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints,
+	addr := runTestCoordinator(t, Config{Insecure: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, EtcdTLS: emb.ClientTLS,
 		LeaseTTL: 2 * time.Second, KeepRolloutEvents: 2})
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

@@ -72,12 +72,32 @@ type Config struct {
 	// EtcdCert, EtcdKey and EtcdCA configure TLS to an external etcd (client
 	// certificate optional).
 	EtcdCert, EtcdKey, EtcdCA string
+	// EtcdTLS, if set, is the TLS configuration for EtcdEndpoints, in place
+	// of the three files (for programs and tests that start the etcd
+	// themselves, e.g. with store.StartEmbedded).
+	EtcdTLS *tls.Config
 	// KeepRolloutEvents is how many of a service's newest rollouts keep their
 	// recorded events (default 100; the rollout records themselves, which
 	// the DORA figures use, are kept). AuditRetention is how long audit
 	// entries are kept (default 90 days).
 	KeepRolloutEvents int
 	AuditRetention    time.Duration
+	// AuditMaxEntries is how many audit entries are kept at most, the
+	// newest (default 100,000): whatever callers do, the audit log cannot
+	// fill etcd.
+	AuditMaxEntries int64
+	// AuditFailureInterval: failed and refused calls are audited once per
+	// caller, method and result in each such interval, then as one entry
+	// with their count (default 1m).
+	AuditFailureInterval time.Duration
+	// auditPruneEvery is how often the leader prunes the audit log
+	// (default 1m; tests shorten it).
+	auditPruneEvery time.Duration
+	// EtcdQuotaBytes is the etcd backend quota reported next to the
+	// database size in the metrics (default: the embedded etcd's 4 GiB, or
+	// etcd's default 2 GiB for an external etcd; set it to your etcd's
+	// --quota-backend-bytes).
+	EtcdQuotaBytes int64
 	// EtcdTimeout bounds how long the coordinator waits for etcd at start
 	// (default 30s): it fails with a clear error rather than hang.
 	EtcdTimeout time.Duration
@@ -95,6 +115,9 @@ type Config struct {
 	MetricsListen string
 	// MetricsReady, if set, receives the bound metrics address.
 	MetricsReady func(addr string)
+	// Limits cap connections and streams on the gRPC listener (limits.go;
+	// zero fields take DefaultLimits).
+	Limits Limits
 }
 
 // Validate checks the config; errors name the field.
@@ -130,6 +153,15 @@ func (c *Config) Validate() error {
 	if c.KeepRolloutEvents < 0 {
 		errs = append(errs, fmt.Errorf("keep-rollout-events: %d is negative", c.KeepRolloutEvents))
 	}
+	if c.AuditMaxEntries < 0 || (c.AuditMaxEntries > 0 && c.AuditMaxEntries < 100) {
+		errs = append(errs, fmt.Errorf("audit-max-entries: %d: want at least 100", c.AuditMaxEntries))
+	}
+	if c.AuditFailureInterval < 0 || (c.AuditFailureInterval > 0 && c.AuditFailureInterval < 100*time.Millisecond) {
+		errs = append(errs, fmt.Errorf("audit-failure-interval: %s: want at least 100ms", c.AuditFailureInterval))
+	}
+	if c.EtcdQuotaBytes < 0 {
+		errs = append(errs, fmt.Errorf("etcd-quota-bytes: %d is negative", c.EtcdQuotaBytes))
+	}
 	if c.AuditRetention < 0 || (c.AuditRetention > 0 && c.AuditRetention < time.Hour) {
 		errs = append(errs, fmt.Errorf("audit-retention: %s: want at least 1h", c.AuditRetention))
 	}
@@ -151,10 +183,12 @@ func (c *Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.MetricsListen); c.MetricsListen != "" && err != nil {
 		errs = append(errs, fmt.Errorf("metrics-listen: %q: %w", c.MetricsListen, err))
 	}
+	errs = append(errs, c.Limits.validate()...)
 	return errors.Join(errs...)
 }
 
 func (c *Config) defaults() {
+	c.Limits.defaults()
 	if c.MaxArtifactBytes == 0 {
 		c.MaxArtifactBytes = 1 << 30
 	}
@@ -172,6 +206,21 @@ func (c *Config) defaults() {
 	}
 	if c.AuditRetention == 0 {
 		c.AuditRetention = 90 * 24 * time.Hour
+	}
+	if c.AuditMaxEntries == 0 {
+		c.AuditMaxEntries = 100_000
+	}
+	if c.AuditFailureInterval == 0 {
+		c.AuditFailureInterval = time.Minute
+	}
+	if c.auditPruneEvery == 0 {
+		c.auditPruneEvery = time.Minute
+	}
+	if c.EtcdQuotaBytes == 0 {
+		c.EtcdQuotaBytes = 2 << 30
+		if len(c.EtcdEndpoints) == 0 {
+			c.EtcdQuotaBytes = store.EmbeddedQuotaBytes
+		}
 	}
 }
 
@@ -191,8 +240,10 @@ type Coordinator struct {
 	flights flights
 	// insecure: plain text, every caller trusted (Config.Insecure).
 	insecure bool
-	// anonAudit rate-limits audit entries of refused unauthenticated calls.
-	anonAudit *bucket
+	// failures coalesces audit entries of failed and refused calls (audit.go).
+	failures *failureLog
+	// limits enforces Config.Limits (limits.go).
+	limits *limiter
 	// ca signs agent certificates (nil: no --tls-ca-key).
 	ca *tlsutil.CA
 	// peerCreds are the transport credentials for calls to other
@@ -225,12 +276,12 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 
 	endpoints := cfg.EtcdEndpoints
 	if len(endpoints) == 0 {
-		emb, err := store.StartEmbedded(filepath.Join(cfg.DataDir, "etcd"), "", log)
+		emb, err := store.StartEmbedded(filepath.Join(cfg.DataDir, "etcd"), log)
 		if err != nil {
 			return err
 		}
 		defer emb.Close()
-		endpoints = emb.Endpoints
+		endpoints, cfg.EtcdTLS = emb.Endpoints, emb.ClientTLS
 		go func() {
 			select {
 			case err := <-emb.Err():
@@ -240,8 +291,8 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 			}
 		}()
 	}
-	var etcdTLS *tls.Config
-	if cfg.EtcdCA != "" || cfg.EtcdCert != "" {
+	etcdTLS := cfg.EtcdTLS
+	if etcdTLS == nil && (cfg.EtcdCA != "" || cfg.EtcdCert != "") {
 		var err error
 		if etcdTLS, err = etcdTLSConfig(cfg); err != nil {
 			return err
@@ -263,7 +314,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		return err
 	}
 	c := &Coordinator{cfg: cfg, log: log, store: store.New(cli), arts: arts, cli: cli, start: time.Now(), sessCh: make(chan struct{}), insecure: cfg.Insecure,
-		anonAudit: &bucket{rate: 5, burst: 50}}
+		failures: newFailureLog(cfg.AuditFailureInterval, maxFailureKinds), limits: newLimiter(cfg.Limits, log)}
 	var serverCreds credentials.TransportCredentials
 	if cfg.Insecure {
 		log.Warn().Msg("INSECURE: plain-text gRPC, every caller is trusted as admin; use --tls-cert/--tls-key/--tls-ca in production")
@@ -342,15 +393,15 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		c.gossip = g
 		wg.Go(func() { c.gossipWake(ctx, g) })
 	}
-	srv := grpc.NewServer(
-		grpc.Creds(serverCreds),
+	srv := grpc.NewServer(append(c.limits.serverOptions(),
+		grpc.Creds(limitedCreds{TransportCredentials: serverCreds, l: c.limits}),
 		grpc.ChainUnaryInterceptor(c.unaryAuth, c.metrics.countForwarded(c.fwd.unary)),
 		grpc.ChainStreamInterceptor(c.streamAuth),
 		grpc.MaxRecvMsgSize(4<<20),
 		grpc.MaxSendMsgSize(64<<20),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 2 * time.Second, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 15 * time.Second, Timeout: 10 * time.Second}),
-	)
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 15 * time.Second, Timeout: 10 * time.Second, MaxConnectionIdle: cfg.Limits.MaxConnectionIdle}),
+	)...)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv)
@@ -367,6 +418,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	wg.Go(func() { c.leader.run(ctx) })
 	wg.Go(func() { c.sessionLoop(ctx) })
 	wg.Go(func() { c.replicateLoop(ctx) })
+	wg.Go(func() { c.auditFailuresLoop(ctx) })
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()

@@ -55,12 +55,12 @@ func runTestCoordinator(t testing.TB, cfg Config) string {
 // started etcd (the --etcd-endpoints path) and returns a client connection.
 func startCoordinator(t testing.TB) *grpc.ClientConn {
 	t.Helper()
-	emb, err := store.StartEmbedded(t.TempDir(), "", zerolog.Nop())
+	emb, err := store.StartEmbedded(t.TempDir(), zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(emb.Close)
-	addr := runTestCoordinator(t, Config{Insecure: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, LeaseTTL: 2 * time.Second})
+	addr := runTestCoordinator(t, Config{Insecure: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, EtcdTLS: emb.ClientTLS, LeaseTTL: 2 * time.Second})
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -78,6 +78,14 @@ func TestConfigValidateNamesFields(t *testing.T) {
 	}
 	if err := (&Config{Insecure: true, Listen: "127.0.0.1:7070", DataDir: "d"}).Validate(); err != nil {
 		t.Errorf("valid config rejected: %v", err)
+	}
+	err = (&Config{Insecure: true, Listen: "127.0.0.1:7070", DataDir: "d", Limits: Limits{MaxConnections: 10, MaxConnectionsWithoutCert: 11,
+		MaxStreamsPerCaller: -1, StreamSendTimeout: -time.Second}, AuditMaxEntries: 5, AuditFailureInterval: time.Millisecond, EtcdQuotaBytes: -1}).Validate()
+	for _, want := range []string{"audit-max-entries: 5: want at least 100", "audit-failure-interval: 1ms: want at least 100ms", "etcd-quota-bytes: -1 is negative",
+		"max-connections-without-cert: 11 is over max-connections 10", "max-streams-per-caller: -1 is negative", "stream-send-timeout: -1s is negative"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate error %v does not say %s", err, want)
+		}
 	}
 }
 

@@ -146,18 +146,25 @@ func (l *leader) lead(ctx context.Context, sess *concurrency.Session, fence *sto
 	}
 }
 
-// pruneAudit drops audit entries older than the retention, at most hourly.
+// pruneAudit keeps the audit log within its retention: entries older than
+// Config.AuditRetention and those beyond the newest Config.AuditMaxEntries
+// go, checked every Config.auditPruneEvery.
 func (l *leader) pruneAudit(ctx context.Context, fence *store.Fence, now time.Time) {
-	if now.Sub(l.auditPruned) < time.Hour {
+	if now.Sub(l.auditPruned) < l.c.cfg.auditPruneEvery {
 		return
 	}
 	l.auditPruned = now
-	deleted, err := l.c.store.PruneAudit(ctx, fence, now.Add(-l.c.cfg.AuditRetention))
+	old, err := l.c.store.PruneAudit(ctx, fence, now.Add(-l.c.cfg.AuditRetention))
 	if err != nil {
 		l.c.log.Warn().Err(err).Msg("pruning the audit log failed")
 		return
 	}
-	if deleted > 0 {
-		l.c.log.Info().Int64("entries", deleted).Dur("retention", l.c.cfg.AuditRetention).Msg("old audit entries pruned")
+	over, err := l.c.store.PruneAuditCount(ctx, fence, l.c.cfg.AuditMaxEntries)
+	if err != nil {
+		l.c.log.Warn().Err(err).Msg("pruning the audit log failed")
+	}
+	if old > 0 || over > 0 {
+		l.c.log.Info().Int64("older", old).Dur("retention", l.c.cfg.AuditRetention).Int64("beyond_max", over).
+			Int64("max_entries", l.c.cfg.AuditMaxEntries).Msg("audit entries pruned")
 	}
 }

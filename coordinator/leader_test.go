@@ -39,18 +39,18 @@ func TestCallWhenNotLeading(t *testing.T) {
 // first stored already has its canary assigned, and the service status
 // naming it and its events are in the same revision.
 func TestNewRolloutIsOneWrite(t *testing.T) {
-	emb, err := store.StartEmbedded(t.TempDir(), "", zerolog.Nop())
+	emb, err := store.StartEmbedded(t.TempDir(), zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(emb.Close)
-	addr := runTestCoordinator(t, Config{Insecure: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, LeaseTTL: 2 * time.Second})
+	addr := runTestCoordinator(t, Config{Insecure: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, EtcdTLS: emb.ClientTLS, LeaseTTL: 2 * time.Second})
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	cli, err := store.Dial(emb.Endpoints)
+	cli, err := emb.Dial()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -249,11 +249,60 @@ func (h *hostsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// etcdCollector reads etcd's database size (each endpoint's status), the
+// configured quota and the audit log's length at scrape time: an audit log
+// or history that grows shows before etcd reaches its quota and refuses
+// writes (NOSPACE), which stops every rollout.
+type etcdCollector struct {
+	c                         *Coordinator
+	size, inUse, quota, audit *prometheus.Desc
+}
+
+func newEtcdCollector(c *Coordinator) *etcdCollector {
+	return &etcdCollector{c: c,
+		size: prometheus.NewDesc("fleetwave_coordinator_etcd_db_size_bytes",
+			"Size of etcd's database file by endpoint (what counts against etcd's quota), read at scrape time.", []string{"endpoint"}, nil),
+		inUse: prometheus.NewDesc("fleetwave_coordinator_etcd_db_size_in_use_bytes",
+			"Bytes of etcd's database file in use by endpoint (the rest is freed by a defragmentation), read at scrape time.", []string{"endpoint"}, nil),
+		quota: prometheus.NewDesc("fleetwave_coordinator_etcd_quota_bytes",
+			"etcd's backend quota as configured (--etcd-quota-bytes; the embedded etcd's own): at it etcd refuses writes.", nil, nil),
+		audit: prometheus.NewDesc("fleetwave_coordinator_audit_entries",
+			"Entries in the audit log (kept at most --audit-max-entries), read at scrape time.", nil, nil),
+	}
+}
+
+func (e *etcdCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- e.size
+	ch <- e.inUse
+	ch <- e.quota
+	ch <- e.audit
+}
+
+func (e *etcdCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	ch <- prometheus.MustNewConstMetric(e.quota, prometheus.GaugeValue, float64(e.c.cfg.EtcdQuotaBytes))
+	for _, ep := range e.c.cli.Endpoints() {
+		st, err := e.c.cli.Status(ctx, ep)
+		if err != nil {
+			e.c.log.Debug().Err(err).Str("endpoint", ep).Msg("etcd status for metrics")
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(e.size, prometheus.GaugeValue, float64(st.DbSize), ep)
+		ch <- prometheus.MustNewConstMetric(e.inUse, prometheus.GaugeValue, float64(st.DbSizeInUse), ep)
+	}
+	if n, err := e.c.store.CountAudit(ctx); err == nil {
+		ch <- prometheus.MustNewConstMetric(e.audit, prometheus.GaugeValue, float64(n))
+	}
+}
+
 // startMetrics registers the collectors that read the coordinator's state
 // and, when Config.MetricsListen is set, serves /metrics there. stop ends
 // the server.
 func (c *Coordinator) startMetrics() (stop func(), err error) {
 	m := c.metrics
+	m.reg.MustRegister(c.limits.collectors()...)
+	m.reg.MustRegister(newEtcdCollector(c))
 	m.reg.MustRegister(
 		&hostsCollector{c: c, desc: prometheus.NewDesc("fleetwave_coordinator_hosts",
 			"Hosts by service, the version they run (none: nothing yet) and the phase they last reported (unknown: stream down), from etcd; the same on every coordinator.",

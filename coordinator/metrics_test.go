@@ -31,13 +31,13 @@ import (
 // a free port; it returns the gRPC connection and the /metrics URL.
 func startCoordinatorWithMetrics(t *testing.T) (*grpc.ClientConn, string) {
 	t.Helper()
-	emb, err := store.StartEmbedded(t.TempDir(), "", zerolog.Nop())
+	emb, err := store.StartEmbedded(t.TempDir(), zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(emb.Close)
 	metricsc := make(chan string, 1)
-	addr := runTestCoordinator(t, Config{Insecure: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, LeaseTTL: 2 * time.Second,
+	addr := runTestCoordinator(t, Config{Insecure: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, EtcdTLS: emb.ClientTLS, LeaseTTL: 2 * time.Second,
 		MetricsListen: "127.0.0.1:0", MetricsReady: func(a string) { metricsc <- a }})
 	maddr := <-metricsc // sent before the gRPC address
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -189,6 +189,10 @@ func TestMetricsEndpoint(t *testing.T) {
 		{"fleetwave_coordinator_etcd_request_duration_seconds", []string{"op", "put"}, 1, 1e9},
 		{"fleetwave_coordinator_etcd_request_duration_seconds", []string{"op", "txn"}, 3, 1e9},
 		{"fleetwave_coordinator_etcd_session_losses_total", nil, 0, 0},
+		{"fleetwave_coordinator_etcd_quota_bytes", nil, 2 << 30, 2 << 30}, // an external etcd: etcd's default
+		{"fleetwave_coordinator_audit_entries", nil, 1, 100},
+		{"fleetwave_coordinator_connections", []string{"cert", "yes"}, 1, 10},
+		{"fleetwave_coordinator_connections", []string{"cert", "no"}, 0, 0},
 		{"go_goroutines", nil, 1, 1e9},
 		{"process_start_time_seconds", nil, 1, 1e12},
 	}
@@ -212,6 +216,14 @@ func TestMetricsEndpoint(t *testing.T) {
 	}
 	if v, _, ok := sample(mfs, "fleetwave_coordinator_hosts", "service", "web", "version", "v1", "phase", "healthy"); ok && v != 0 {
 		t.Errorf("hosts still counted on v1: %g", v)
+	}
+	// etcd's size, read from its status: one endpoint.
+	if db := mfs["fleetwave_coordinator_etcd_db_size_bytes"].GetMetric(); len(db) != 1 || db[0].GetGauge().GetValue() < 4096 ||
+		!strings.HasPrefix(db[0].GetLabel()[0].GetValue(), "https://127.0.0.1:") {
+		t.Errorf("etcd database size: %v, want one endpoint's size", db)
+	}
+	if use := mfs["fleetwave_coordinator_etcd_db_size_in_use_bytes"].GetMetric(); len(use) != 1 || use[0].GetGauge().GetValue() <= 0 {
+		t.Errorf("etcd database size in use: %v", use)
 	}
 	if fams := mfs["fleetwave_coordinator_forwarded_calls_total"]; fams != nil && len(fams.GetMetric()) > 0 {
 		t.Errorf("a single coordinator forwarded calls: %v", fams)

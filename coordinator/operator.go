@@ -112,14 +112,15 @@ func (o *operator) CreateRelease(ctx context.Context, req *v1.CreateReleaseReque
 		}
 	}
 	rel.CreatedAt = timestamppb.Now()
-	if rel.GetCreatedBy() == "" {
-		rel.CreatedBy = caller(ctx)
-	}
+	// Who created a release is who the coordinator authenticated, never
+	// what the request says (the CLI sends $USER@host: logged as claimed).
+	claimed := rel.GetCreatedBy()
+	rel.CreatedBy = caller(ctx)
 	rev, err := o.c.store.CreateRelease(ctx, rel)
 	if err != nil {
 		return nil, grpcErr(err)
 	}
-	o.c.log.Info().Str("service", rel.GetService()).Str("version", rel.GetVersion()).Str("sha256", rel.GetArtifact().GetSha256()).Str("by", rel.GetCreatedBy()).Msg("release created")
+	o.c.log.Info().Str("service", rel.GetService()).Str("version", rel.GetVersion()).Str("sha256", rel.GetArtifact().GetSha256()).Str("by", rel.GetCreatedBy()).Str("claimed_by", claimed).Msg("release created")
 	resp := &v1.CreateReleaseResponse{Release: rel}
 	// The leader decides from its mirror: let it see the release first. The
 	// release is stored either way, so from here on errors are only logged.
@@ -406,11 +407,49 @@ func (o *operator) WatchEvents(req *v1.WatchEventsRequest, stream v1.OperatorSer
 	if !req.GetFollow() {
 		return nil
 	}
-	err = o.c.store.WatchEvents(ctx, prefix, at+1, func(e store.RevEvent) error {
-		return stream.Send(&v1.WatchEventsResponse{Event: e.Event, Revision: e.Rev})
-	})
-	if ctx.Err() != nil {
-		return status.FromContextError(ctx.Err()).Err()
+	return o.followEvents(ctx, stream, prefix, at+1)
+}
+
+// errSlowReader ends an event watch whose reader fell too far behind.
+var errSlowReader = errors.New("slow reader")
+
+// followEvents sends the events written under prefix from revision from on.
+// The etcd watch runs ahead of the sends through a queue of
+// Limits.StreamSendBuffer events: a reader that falls further behind loses
+// its connection (limits.go) instead of the coordinator buffering for it
+// (etcd's client would buffer without bound).
+func (o *operator) followEvents(ctx context.Context, stream v1.OperatorService_WatchEventsServer, prefix string, from int64) error {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	lim := o.c.cfg.Limits.StreamSendBuffer
+	q := make(chan store.RevEvent, lim)
+	werr := make(chan error, 1)
+	go func() {
+		werr <- o.c.store.WatchEvents(wctx, prefix, from, func(e store.RevEvent) error {
+			select {
+			case q <- e:
+				return nil
+			default:
+			}
+			p, _ := principalFrom(ctx)
+			o.c.limits.dropSlowReader(ctx, limitSendBuffer, opSvc+"WatchEvents", p, fmt.Sprintf("%d events waiting to be sent", lim))
+			return errSlowReader
+		})
+	}()
+	for {
+		select {
+		case e := <-q:
+			if err := stream.Send(&v1.WatchEventsResponse{Event: e.Event, Revision: e.Rev}); err != nil {
+				return err
+			}
+		case err := <-werr:
+			switch {
+			case errors.Is(err, errSlowReader):
+				return status.Errorf(codes.ResourceExhausted, "WatchEvents: %d events waiting to be sent, the limit (--%s %d); connection closed", lim, limitSendBuffer, lim)
+			case ctx.Err() != nil:
+				return status.FromContextError(ctx.Err()).Err()
+			}
+			return status.Error(codes.Unavailable, err.Error())
+		}
 	}
-	return status.Error(codes.Unavailable, err.Error())
 }

@@ -137,10 +137,23 @@ func run(ctx context.Context) error {
 	}
 	say("applying the service spec")
 	fmt.Print(specText)
-	say("generating load: 20 requests a second to every host")
-	load, stopLoad := context.WithCancel(ctx)
-	defer stopLoad()
-	f.Load(load, 20)
+	say("generating load: 4 clients per host, each a request every 50 ms on a new connection")
+	load := f.StartLoad(ctx, "apply the spec (no service runs yet: requests fail)", 4, 50*time.Millisecond)
+	defer func() {
+		say("requests per step (failed = no answer: refused, reset or timed out; 5xx = the release's own errors)")
+		for _, s := range load.Stop() {
+			fmt.Println(" ", s.String())
+		}
+	}()
+	// step begins a step of the demo: the load's counts so far are
+	// printed and a new count begins.
+	step := func(format string, a ...any) {
+		c := load.Current()
+		fmt.Printf("  load during %q: %d requests, %d failed, %d answered 5xx\n", c.Name, c.Requests, c.Failed, c.ServerErrors)
+		name := fmt.Sprintf(format, a...)
+		load.Step(name)
+		say("%s", name)
+	}
 	if err := cli("service", "apply", "-f", specPath); err != nil {
 		return err
 	}
@@ -164,17 +177,29 @@ func run(ctx context.Context) error {
 		fmt.Println("  /version on each host:", strings.Join(parts, " "))
 	}
 
-	say("release v1: the first rollout, canary first")
+	step("release v1: the first rollout, canary first (a host fails requests until v1 first starts on it)")
 	if err := release("v1", nil); err != nil {
 		return fmt.Errorf("v1 rollout: %w", err)
 	}
 	versions()
-	say("release v2: rolls across the fleet in waves (canary, 50%%, 100%%)")
+	step("release v2: rolls across the fleet in waves (canary, 50%%, 100%%)")
 	if err := release("v2", nil); err != nil {
 		return fmt.Errorf("v2 rollout: %w", err)
 	}
 	versions()
-	say("release v3 is broken: its health check fails")
+	step("restarting every agent (SIGTERM, then start, as systemctl restart does): the services keep running")
+	for _, id := range f.AgentIDs() {
+		a := f.Agents[id]
+		a.Stop(10 * time.Second)
+		if err := a.Restart(); err != nil {
+			return err
+		}
+	}
+	if err := f.WaitConnected(ctx, 30*time.Second); err != nil {
+		return err
+	}
+	versions()
+	step("release v3 is broken: its health check fails")
 	if err := release("v3", map[string]string{"FAIL_HEALTH": "1"}); err == nil {
 		return fmt.Errorf("v3 rollout succeeded, but v3 is broken")
 	}
@@ -186,18 +211,18 @@ func run(ctx context.Context) error {
 	if err := cli("hosts"); err != nil {
 		return err
 	}
-	say("a person looks and unfreezes the service")
+	step("a person looks and unfreezes the service")
 	if err := cli("service", "unfreeze", "web"); err != nil {
 		return err
 	}
-	say("release v4 passes its health check but answers 20%% of requests with 500")
+	step("release v4 passes its health check but answers 20%% of requests with 500")
 	if err := release("v4", map[string]string{"ERROR_RATE": "0.2"}); err == nil {
 		return fmt.Errorf("v4 rollout succeeded, but v4 answers 20%% errors")
 	}
 	fmt.Println("  the rollout failed (as it should): the canary's agent measured the errors and reverted v4")
 	versions()
 	hook.wait(ctx, 30*time.Second)
-	say("a person looks, unfreezes, and a fixed v5 goes out")
+	step("a person looks, unfreezes, and a fixed v5 goes out")
 	if err := cli("service", "unfreeze", "web"); err != nil {
 		return err
 	}
@@ -208,7 +233,7 @@ func run(ctx context.Context) error {
 	if err := cli("rollout", "history", "web", "--id", "000004"); err != nil {
 		return err
 	}
-	say("done: v3 and v4 never left the canary and were never retried; the fleet runs v5")
+	step("done: v3 and v4 never left the canary and were never retried; the fleet runs v5")
 	return nil
 }
 

@@ -68,6 +68,19 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.DurationVar(&cfg.EtcdTimeout, "etcd-timeout", 30*time.Second, "how long to wait for etcd at start before failing")
 	fs.IntVar(&cfg.KeepRolloutEvents, "keep-rollout-events", 100, "keep the recorded events of each service's newest N rollouts")
 	fs.DurationVar(&cfg.AuditRetention, "audit-retention", 90*24*time.Hour, "how long audit entries are kept")
+	fs.Int64Var(&cfg.AuditMaxEntries, "audit-max-entries", 100_000, "how many audit entries are kept at most (the newest)")
+	fs.DurationVar(&cfg.AuditFailureInterval, "audit-failure-interval", time.Minute, "failed and refused calls are audited once per caller, method and result in each such interval, then as one entry with their count")
+	fs.Int64Var(&cfg.EtcdQuotaBytes, "etcd-quota-bytes", 0, "etcd's --quota-backend-bytes, reported beside its database size in the metrics (default: 4 GiB for the embedded etcd, etcd's default 2 GiB for an external one)")
+	d := coordinator.DefaultLimits
+	fs.IntVar(&cfg.Limits.MaxConnections, "max-connections", d.MaxConnections, "connections open at once on the gRPC listener; more are closed after the TLS handshake")
+	fs.IntVar(&cfg.Limits.MaxConnectionsWithoutCert, "max-connections-without-cert", d.MaxConnectionsWithoutCert, "of those, connections whose peer presents no client certificate (joins, health checks, token users)")
+	fs.DurationVar(&cfg.Limits.MaxConnectionIdle, "max-connection-idle", d.MaxConnectionIdle, "close a connection that has had no call for this long")
+	fs.IntVar(&cfg.Limits.MaxStreamsPerConn, "max-streams-per-conn", d.MaxStreamsPerConn, "calls at once on one connection (HTTP/2 max concurrent streams)")
+	fs.IntVar(&cfg.Limits.MaxCallsPerConnWithoutCert, "max-calls-per-conn-without-cert", d.MaxCallsPerConnWithoutCert, "calls in flight on one connection without a client certificate")
+	fs.IntVar(&cfg.Limits.MaxStreamsPerCaller, "max-streams-per-caller", d.MaxStreamsPerCaller, "streaming calls (agent stream, watches, artifact transfers) open at once per authenticated caller")
+	fs.DurationVar(&cfg.Limits.StreamSendTimeout, "stream-send-timeout", d.StreamSendTimeout, "a stream message not taken by its reader within this ends the reader's connection")
+	fs.IntVar(&cfg.Limits.StreamSendBuffer, "stream-send-buffer", d.StreamSendBuffer, "events an event watch may fall behind before its reader's connection is ended")
+	fs.DurationVar(&cfg.Limits.HandshakeTimeout, "handshake-timeout", d.HandshakeTimeout, "a connection must finish its TLS handshake within this")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err

@@ -52,3 +52,48 @@ func (s *Store) PruneAudit(ctx context.Context, f *Fence, before time.Time) (int
 	}
 	return resp.Responses[0].GetResponseDeleteRange().Deleted, nil
 }
+
+// auditPruneBatch bounds the keys one prune step reads (keys only).
+const auditPruneBatch = 10000
+
+// PruneAuditCount deletes, fenced, the oldest audit entries beyond the
+// newest keep, and returns how many went.
+func (s *Store) PruneAuditCount(ctx context.Context, f *Fence, keep int64) (int64, error) {
+	var deleted int64
+	for {
+		resp, err := s.c.Get(ctx, AuditPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			return deleted, fmt.Errorf("count audit: %w", err)
+		}
+		excess := resp.Count - keep
+		if excess <= 0 {
+			return deleted, nil
+		}
+		oldest, err := s.c.Get(ctx, AuditPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(),
+			clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend), clientv3.WithLimit(min(excess, auditPruneBatch)))
+		if err != nil {
+			return deleted, fmt.Errorf("prune audit: %w", err)
+		}
+		if len(oldest.Kvs) == 0 {
+			return deleted, nil
+		}
+		end := string(oldest.Kvs[len(oldest.Kvs)-1].Key) + "\x00"
+		tr, err := s.c.Txn(ctx).If(f.cmps()...).Then(clientv3.OpDelete(AuditPrefix, clientv3.WithRange(end))).Commit()
+		if err != nil {
+			return deleted, fmt.Errorf("prune audit: %w", err)
+		}
+		if !tr.Succeeded {
+			return deleted, fmt.Errorf("prune audit: %w", ErrNotLeader)
+		}
+		deleted += tr.Responses[0].GetResponseDeleteRange().Deleted
+	}
+}
+
+// CountAudit is how many audit entries etcd holds.
+func (s *Store) CountAudit(ctx context.Context) (int64, error) {
+	resp, err := s.c.Get(ctx, AuditPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, fmt.Errorf("count audit: %w", err)
+	}
+	return resp.Count, nil
+}

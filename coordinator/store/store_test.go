@@ -11,6 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fleetwave/fleetwave/internal/testkit"
@@ -20,12 +21,12 @@ import (
 // startStore starts a real embedded etcd in a temp dir.
 func startStore(t *testing.T) *Store {
 	t.Helper()
-	emb, err := StartEmbedded(t.TempDir(), "", zerolog.Nop())
+	emb, err := StartEmbedded(t.TempDir(), zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(emb.Close)
-	c, err := Dial(emb.Endpoints)
+	c, err := emb.Dial()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,5 +252,40 @@ func TestPruneEventsAndAudit(t *testing.T) {
 	}
 	if a, err := s.ListAudit(ctx, 10); err != nil || len(a) != 2 || a[0].GetMethod() != "1" {
 		t.Errorf("audit left: %v %v", a, err)
+	}
+}
+
+// The audit log keeps its newest entries up to a count; pruning goes in
+// batches, so a log far over the count is brought back in one call.
+func TestPruneAuditCount(t *testing.T) {
+	s := startStore(t)
+	ctx := context.Background()
+	now := time.Now()
+	const n = auditPruneBatch + 25
+	ops := make([]clientv3.Op, 0, 100)
+	for i := range n {
+		e := &v1.AuditEntry{At: timestamppb.New(now.Add(time.Duration(i) * time.Millisecond)), Method: fmt.Sprint(i)}
+		b, err := proto.Marshal(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ops = append(ops, clientv3.OpPut(fmt.Sprintf("%s%020d-%06d", AuditPrefix, e.GetAt().AsTime().UnixNano(), i), string(b)))
+		if len(ops) == cap(ops) || i == n-1 {
+			if _, err := s.c.Txn(ctx).Then(ops...).Commit(); err != nil {
+				t.Fatal(err)
+			}
+			ops = ops[:0]
+		}
+	}
+	deleted, err := s.PruneAuditCount(ctx, nil, 10)
+	if err != nil || deleted != n-10 {
+		t.Fatalf("pruned %d (%v), want %d", deleted, err, n-10)
+	}
+	a, err := s.ListAudit(ctx, 100)
+	if err != nil || len(a) != 10 || a[0].GetMethod() != fmt.Sprint(n-10) || a[9].GetMethod() != fmt.Sprint(n-1) {
+		t.Errorf("audit left: %d entries, first %v, %v; want the newest 10", len(a), a[0].GetMethod(), err)
+	}
+	if deleted, err := s.PruneAuditCount(ctx, nil, 10); err != nil || deleted != 0 {
+		t.Errorf("second prune: %d %v", deleted, err)
 	}
 }

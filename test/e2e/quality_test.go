@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -117,9 +116,8 @@ func TestQualityGatesRevertOnTheCanaryAndAlert(t *testing.T) {
 	h := newHook(t, 2) // the webhook is down for its first two deliveries
 	e := newFleetEnv(t, 4)
 	e.apply("web", fmt.Sprintf(qualitySpec, "2s", h.srv.URL))
-	load, stop := context.WithCancel(e.ctx)
-	defer stop()
-	e.fleet.Load(load, 20)
+	load := e.fleet.StartLoad(e.ctx, "quality", 1, 50*time.Millisecond)
+	defer load.Stop()
 	if code := e.release("web", "v1", nil); code != 0 {
 		t.Fatalf("v1: exit %d: %v", code, e.rollout("web"))
 	}
@@ -167,9 +165,8 @@ func TestDegradationAfterHealthyFailsTheRollout(t *testing.T) {
 	h := newHook(t, 0)
 	e := newFleetEnv(t, 4)
 	e.apply("web", fmt.Sprintf(qualitySpec, "8s", h.srv.URL))
-	load, stop := context.WithCancel(e.ctx)
-	defer stop()
-	e.fleet.Load(load, 20)
+	load := e.fleet.StartLoad(e.ctx, "quality", 1, 50*time.Millisecond)
+	defer load.Stop()
 	if code := e.release("web", "v1", nil); code != 0 {
 		t.Fatalf("v1: exit %d: %v", code, e.rollout("web"))
 	}
@@ -235,9 +232,8 @@ func TestPromQLRuleRevertsTheCanary(t *testing.T) {
 	}
 	defer prom.Stop(10 * time.Second)
 	e.apply("web", fmt.Sprintf(promqlSpec, promURL))
-	load, stop := context.WithCancel(e.ctx)
-	defer stop()
-	e.fleet.Load(load, 20)
+	load := e.fleet.StartLoad(e.ctx, "quality", 1, 50*time.Millisecond)
+	defer load.Stop()
 	if code := e.release("web", "v1", nil); code != 0 {
 		t.Fatalf("v1: exit %d: %v", code, e.rollout("web"))
 	}

@@ -33,7 +33,10 @@ import (
 //	FLEETWAVE_SIM_HOSTS=1000,5000,10000 go test -run '^TestScale$' -v -timeout 60m ./internal/testkit/sim
 //
 // For each size it builds and starts the real fleetwave-coordinator binary
-// (embedded etcd) as a separate process, connects a simulated fleet with
+// as a separate process, on an etcd in the test process (the coordinator's
+// embedded etcd serves the coordinator alone since issue 13, and the
+// harness watches etcd; its RSS therefore no longer counts in the
+// coordinator's, unlike in tables measured before), connects a simulated fleet with
 // zero install and check time, and measures: the initial deploy and a
 // 3-wave rollout (canary 1, waves 50% and 100%, max_parallel = fleet, no
 // bake) from release create to every host reporting the target and to the
@@ -145,14 +148,16 @@ type proc struct {
 	etcd []string
 }
 
-// startCoordinatorProc starts the binary and waits for its "coordinator
-// serving" log line, which names the listen address and etcd endpoints.
-func startCoordinatorProc(bin, dir string) (*proc, error) {
+// startCoordinatorProc starts the binary on etcd for a fleet of n hosts and
+// waits for its "coordinator serving" log line, which names the listen
+// address and etcd endpoints.
+func startCoordinatorProc(bin, dir, etcd string, n int) (*proc, error) {
 	logf, err := os.Create(filepath.Join(dir, "coordinator.log"))
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, "--listen", "127.0.0.1:0", "--data-dir", filepath.Join(dir, "data"), "--log-level", "info", "--insecure")
+	cmd := exec.Command(bin, "--listen", "127.0.0.1:0", "--data-dir", filepath.Join(dir, "data"), "--log-level", "info", "--insecure",
+		"--etcd-endpoints", etcd, "--max-connections", strconv.Itoa(n+1000)) // the default (4096) fits a 1000-host fleet
 	// The coordinator dies with this process, even if it is killed.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Env = append(os.Environ(), strings.Fields(os.Getenv("FLEETWAVE_SIM_COORDINATOR_ENV"))...)
@@ -377,7 +382,7 @@ func runScale(t *testing.T, bin string, n int) (_ *scaleResult, err error) {
 			err = fmt.Errorf("%w; coordinator warnings: %s", err, problems(filepath.Join(dir, "coordinator.log"), 5))
 		}
 	}()
-	p, err := startCoordinatorProc(bin, dir)
+	p, err := startCoordinatorProc(bin, dir, startEtcd(t), n)
 	if err != nil {
 		return nil, err
 	}
