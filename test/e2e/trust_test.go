@@ -474,9 +474,12 @@ func TestTrustEndToEnd(t *testing.T) {
 	if !strings.Contains(out, "→ v1") {
 		t.Errorf("signed rollback: %s", out)
 	}
-	e.waitFor("v1 on every host after the signed rollback", func() (bool, string) {
+	e.waitFor("v1 on every host after the signed rollback, and the rollback done", func() (bool, string) {
 		vs := e.versions()
-		return vs["host-1"] == "v1" && vs["host-2"] == "v1" && vs["host-3"] == "v1", fmt.Sprint(vs)
+		r := rollout()
+		return vs["host-1"] == "v1" && vs["host-2"] == "v1" && vs["host-3"] == "v1" &&
+				r.GetToVersion() == "v1" && r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED,
+			fmt.Sprint(vs, " ", r.GetToVersion(), " ", r.GetState())
 	})
 	// A statement is bound to one release: the same statement's bytes do
 	// not verify for another (checked in internal/signing); and the floor
