@@ -140,14 +140,27 @@ func (a *agent) startVerify(s *service, act lifecycle.Action) {
 	})
 }
 
+// startStage unpacks the verified artifact in the background. Like a
+// fetch, it is cancelled by a newer assignment of another release (step)
+// and at shutdown (a.ctx): unpacking a large or hostile archive holds up
+// neither.
 func (a *agent) startStage(s *service, act lifecycle.Action) {
 	name, v, staged, wait := s.name, s.verified, s.staged, s.afterPrune()
 	s.verified = nil
+	if s.fetchCancel != nil {
+		s.fetchCancel()
+	}
+	ctx, cancel := context.WithCancel(a.ctx)
+	s.fetchCancel = cancel
 	a.background(func() {
+		defer cancel()
 		<-wait
 		ev := doneEv{svc: name, seq: act.Seq}
 		if !staged {
-			_, ev.err = a.inst.Stage(name, act.Version, v)
+			if a.opts.stageHook != nil {
+				a.opts.stageHook(ctx, name, act.Version)
+			}
+			_, ev.err = a.inst.Stage(ctx, name, act.Version, v)
 		}
 		a.send(ev)
 	})

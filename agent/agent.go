@@ -48,7 +48,7 @@ type service struct {
 	saved  *lifecycle.Snapshot
 
 	checkCancel context.CancelFunc
-	fetchCancel context.CancelFunc // cancels the latest fetch (no-op once it ended)
+	fetchCancel context.CancelFunc // cancels the latest fetch or stage (no-op once it ended)
 
 	fetched  *install.Fetched
 	verified *install.Verified
@@ -99,6 +99,7 @@ type agent struct {
 
 	metrics *agentMetrics // Prometheus instruments (metrics.go)
 	trusted trustedKeys   // release signing keys by id; nil: releases are not checked (verify.go)
+	floors  *floorStore   // release floors per service (verify.go; made on first use, run loop only)
 }
 
 // Events sent to the run loop.

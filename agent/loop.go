@@ -178,9 +178,10 @@ func (a *agent) step(s *service, in lifecycle.Input) {
 	}
 	a.exec(s, acts)
 	a.updateJudging(s)
-	if s.fetchCancel != nil && s.m.FetchSuperseded() {
-		a.log.Info().Str("service", s.name).Int64("generation", s.m.Generation()).
-			Str("reason", "superseded").Msg("cancelling the fetch of a release no longer wanted")
+	if s.fetchCancel != nil && s.m.InstallSuperseded() {
+		k, _ := s.m.InFlight()
+		a.log.Info().Str("service", s.name).Int64("generation", s.m.Generation()).Str("step", k.String()).
+			Str("reason", "superseded").Msg("cancelling the fetch or stage of a release no longer wanted")
 		s.fetchCancel()
 		s.fetchCancel = nil
 	}

@@ -341,8 +341,11 @@ func (h *hub) assignments(t *desiredTable, host string, labels map[string]string
 			h.c.log.Error().Str("service", name).Str("version", ver).Msg("assigned release not found")
 			continue
 		}
-		resp.Assignments = append(resp.Assignments, &v1.Assignment{Service: name, Generation: gen, Release: rel,
-			Spec: rollout.SpecFor(e.svc, e.latest, ver, gen)})
+		asg := &v1.Assignment{Service: name, Generation: gen, Release: rel, Spec: rollout.SpecFor(e.svc, e.latest, ver, gen)}
+		if sr := e.latest.GetSignedRollback(); sr != nil && ver == e.latest.GetToVersion() {
+			asg.Rollback = sr // lets agents with trusted keys go back below their floor
+		}
+		resp.Assignments = append(resp.Assignments, asg)
 	}
 	sort.Slice(resp.Assignments, func(i, j int) bool { return resp.Assignments[i].Service < resp.Assignments[j].Service })
 	return resp

@@ -55,9 +55,10 @@ type leaderReq struct {
 	service string
 	op      leaderOp
 	actor   string
-	reason  string // abort
-	version string // rollback target ("" = the previous good release)
-	wave    uint32 // approve: the wave (0 = whatever waits)
+	reason  string             // abort
+	version string             // rollback target ("" = the previous good release)
+	signed  *v1.SignedRollback // rollback: the operator's signed statement (nil: none)
+	wave    uint32             // approve: the wave (0 = whatever waits)
 	reply   chan leaderReply
 }
 

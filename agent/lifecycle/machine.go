@@ -456,7 +456,19 @@ func (m *Machine) InFlight() (ActionKind, uint64) {
 // one) is waiting. The caller may cancel the fetch; it still feeds Done for
 // it (with the cancellation error, which is then not a failure).
 func (m *Machine) FetchSuperseded() bool {
-	if m.inflight != ActFetch || m.op != opInstall || m.pending == nil {
+	return m.inflight == ActFetch && m.InstallSuperseded()
+}
+
+// InstallSuperseded is FetchSuperseded for any step before the switch:
+// the ActFetch, ActVerify or ActStage in flight will be thrown away when it
+// finishes. The caller may cancel it; it still feeds Done for it.
+func (m *Machine) InstallSuperseded() bool {
+	switch m.inflight {
+	case ActFetch, ActVerify, ActStage:
+	default:
+		return false
+	}
+	if m.op != opInstall || m.pending == nil {
 		return false
 	}
 	p := m.pending

@@ -1218,7 +1218,10 @@ type RollbackRequest struct {
 	Service string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
 	// "" = the release before the stable one that last rolled out
 	// successfully.
-	ToVersion     string `protobuf:"bytes,2,opt,name=to_version,json=toVersion,proto3" json:"to_version,omitempty"`
+	ToVersion string `protobuf:"bytes,2,opt,name=to_version,json=toVersion,proto3" json:"to_version,omitempty"`
+	// A signed rollback statement for to_version (required then): agents
+	// with trusted keys accept a release below their floor only with one.
+	Signed        *SignedRollback `protobuf:"bytes,3,opt,name=signed,proto3" json:"signed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1265,6 +1268,13 @@ func (x *RollbackRequest) GetToVersion() string {
 		return x.ToVersion
 	}
 	return ""
+}
+
+func (x *RollbackRequest) GetSigned() *SignedRollback {
+	if x != nil {
+		return x.Signed
+	}
+	return nil
 }
 
 type RollbackResponse struct {
@@ -3407,11 +3417,12 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"G\n" +
 	"\x14AbortRolloutResponse\x12/\n" +
-	"\arollout\x18\x01 \x01(\v2\x15.fleetwave.v1.RolloutR\arollout\"J\n" +
+	"\arollout\x18\x01 \x01(\v2\x15.fleetwave.v1.RolloutR\arollout\"\x80\x01\n" +
 	"\x0fRollbackRequest\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1d\n" +
 	"\n" +
-	"to_version\x18\x02 \x01(\tR\ttoVersion\"C\n" +
+	"to_version\x18\x02 \x01(\tR\ttoVersion\x124\n" +
+	"\x06signed\x18\x03 \x01(\v2\x1c.fleetwave.v1.SignedRollbackR\x06signed\"C\n" +
 	"\x10RollbackResponse\x12/\n" +
 	"\arollout\x18\x01 \x01(\v2\x15.fleetwave.v1.RolloutR\arollout\"L\n" +
 	"\x11ListEventsRequest\x12\x18\n" +
@@ -3685,9 +3696,10 @@ var file_fleetwave_v1_operator_proto_goTypes = []any{
 	(*Release)(nil),                   // 61: fleetwave.v1.Release
 	(*Rollout)(nil),                   // 62: fleetwave.v1.Rollout
 	(*Host)(nil),                      // 63: fleetwave.v1.Host
-	(*Event)(nil),                     // 64: fleetwave.v1.Event
-	(*timestamppb.Timestamp)(nil),     // 65: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 66: google.protobuf.Duration
+	(*SignedRollback)(nil),            // 64: fleetwave.v1.SignedRollback
+	(*Event)(nil),                     // 65: fleetwave.v1.Event
+	(*timestamppb.Timestamp)(nil),     // 66: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 67: google.protobuf.Duration
 }
 var file_fleetwave_v1_operator_proto_depIdxs = []int32{
 	59, // 0: fleetwave.v1.ApplyServiceRequest.spec:type_name -> fleetwave.v1.ServiceSpec
@@ -3706,95 +3718,96 @@ var file_fleetwave_v1_operator_proto_depIdxs = []int32{
 	62, // 13: fleetwave.v1.PauseRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
 	62, // 14: fleetwave.v1.ResumeRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
 	62, // 15: fleetwave.v1.AbortRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	62, // 16: fleetwave.v1.RollbackResponse.rollout:type_name -> fleetwave.v1.Rollout
-	64, // 17: fleetwave.v1.ListEventsResponse.events:type_name -> fleetwave.v1.Event
-	64, // 18: fleetwave.v1.WatchEventsResponse.event:type_name -> fleetwave.v1.Event
-	65, // 19: fleetwave.v1.CoordinatorInfo.started_at:type_name -> google.protobuf.Timestamp
-	33, // 20: fleetwave.v1.ClusterStatusResponse.coordinators:type_name -> fleetwave.v1.CoordinatorInfo
-	34, // 21: fleetwave.v1.ClusterStatusResponse.etcd_members:type_name -> fleetwave.v1.EtcdMember
-	66, // 22: fleetwave.v1.GetStatsRequest.since:type_name -> google.protobuf.Duration
-	39, // 23: fleetwave.v1.GetStatsResponse.services:type_name -> fleetwave.v1.DeployStats
-	39, // 24: fleetwave.v1.GetStatsResponse.fleet:type_name -> fleetwave.v1.DeployStats
-	65, // 25: fleetwave.v1.GetStatsResponse.from:type_name -> google.protobuf.Timestamp
-	65, // 26: fleetwave.v1.GetStatsResponse.to:type_name -> google.protobuf.Timestamp
-	66, // 27: fleetwave.v1.DurationStats.median:type_name -> google.protobuf.Duration
-	66, // 28: fleetwave.v1.DurationStats.p90:type_name -> google.protobuf.Duration
-	38, // 29: fleetwave.v1.DeployStats.lead_time:type_name -> fleetwave.v1.DurationStats
-	38, // 30: fleetwave.v1.DeployStats.commit_to_release:type_name -> fleetwave.v1.DurationStats
-	38, // 31: fleetwave.v1.DeployStats.release_to_start:type_name -> fleetwave.v1.DurationStats
-	38, // 32: fleetwave.v1.DeployStats.rollout:type_name -> fleetwave.v1.DurationStats
-	38, // 33: fleetwave.v1.DeployStats.bake:type_name -> fleetwave.v1.DurationStats
-	38, // 34: fleetwave.v1.DeployStats.time_to_restore:type_name -> fleetwave.v1.DurationStats
-	65, // 35: fleetwave.v1.Token.created_at:type_name -> google.protobuf.Timestamp
-	65, // 36: fleetwave.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
-	66, // 37: fleetwave.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
-	40, // 38: fleetwave.v1.CreateTokenResponse.token:type_name -> fleetwave.v1.Token
-	40, // 39: fleetwave.v1.ListTokensResponse.tokens:type_name -> fleetwave.v1.Token
-	65, // 40: fleetwave.v1.AuditEntry.at:type_name -> google.protobuf.Timestamp
-	47, // 41: fleetwave.v1.ListAuditResponse.entries:type_name -> fleetwave.v1.AuditEntry
-	65, // 42: fleetwave.v1.WhoAmIResponse.not_after:type_name -> google.protobuf.Timestamp
-	65, // 43: fleetwave.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
-	65, // 44: fleetwave.v1.Revocation.expires_at:type_name -> google.protobuf.Timestamp
-	65, // 45: fleetwave.v1.RevokeCertificateRequest.not_after:type_name -> google.protobuf.Timestamp
-	54, // 46: fleetwave.v1.RevokeCertificateResponse.revocation:type_name -> fleetwave.v1.Revocation
-	54, // 47: fleetwave.v1.ListRevocationsResponse.revocations:type_name -> fleetwave.v1.Revocation
-	0,  // 48: fleetwave.v1.OperatorService.ApplyService:input_type -> fleetwave.v1.ApplyServiceRequest
-	2,  // 49: fleetwave.v1.OperatorService.ListServices:input_type -> fleetwave.v1.ListServicesRequest
-	4,  // 50: fleetwave.v1.OperatorService.GetService:input_type -> fleetwave.v1.GetServiceRequest
-	6,  // 51: fleetwave.v1.OperatorService.CreateRelease:input_type -> fleetwave.v1.CreateReleaseRequest
-	8,  // 52: fleetwave.v1.OperatorService.ListReleases:input_type -> fleetwave.v1.ListReleasesRequest
-	10, // 53: fleetwave.v1.OperatorService.GetRollout:input_type -> fleetwave.v1.GetRolloutRequest
-	12, // 54: fleetwave.v1.OperatorService.WatchRollout:input_type -> fleetwave.v1.WatchRolloutRequest
-	14, // 55: fleetwave.v1.OperatorService.ApproveRollout:input_type -> fleetwave.v1.ApproveRolloutRequest
-	16, // 56: fleetwave.v1.OperatorService.ListHosts:input_type -> fleetwave.v1.ListHostsRequest
-	18, // 57: fleetwave.v1.OperatorService.UnfreezeService:input_type -> fleetwave.v1.UnfreezeServiceRequest
-	20, // 58: fleetwave.v1.OperatorService.PauseRollout:input_type -> fleetwave.v1.PauseRolloutRequest
-	22, // 59: fleetwave.v1.OperatorService.ResumeRollout:input_type -> fleetwave.v1.ResumeRolloutRequest
-	24, // 60: fleetwave.v1.OperatorService.AbortRollout:input_type -> fleetwave.v1.AbortRolloutRequest
-	26, // 61: fleetwave.v1.OperatorService.Rollback:input_type -> fleetwave.v1.RollbackRequest
-	28, // 62: fleetwave.v1.OperatorService.ListEvents:input_type -> fleetwave.v1.ListEventsRequest
-	30, // 63: fleetwave.v1.OperatorService.WatchEvents:input_type -> fleetwave.v1.WatchEventsRequest
-	32, // 64: fleetwave.v1.OperatorService.ClusterStatus:input_type -> fleetwave.v1.ClusterStatusRequest
-	36, // 65: fleetwave.v1.OperatorService.GetStats:input_type -> fleetwave.v1.GetStatsRequest
-	41, // 66: fleetwave.v1.OperatorService.CreateToken:input_type -> fleetwave.v1.CreateTokenRequest
-	43, // 67: fleetwave.v1.OperatorService.ListTokens:input_type -> fleetwave.v1.ListTokensRequest
-	45, // 68: fleetwave.v1.OperatorService.RevokeToken:input_type -> fleetwave.v1.RevokeTokenRequest
-	48, // 69: fleetwave.v1.OperatorService.ListAudit:input_type -> fleetwave.v1.ListAuditRequest
-	50, // 70: fleetwave.v1.OperatorService.WhoAmI:input_type -> fleetwave.v1.WhoAmIRequest
-	52, // 71: fleetwave.v1.OperatorService.RemoveHost:input_type -> fleetwave.v1.RemoveHostRequest
-	55, // 72: fleetwave.v1.OperatorService.RevokeCertificate:input_type -> fleetwave.v1.RevokeCertificateRequest
-	57, // 73: fleetwave.v1.OperatorService.ListRevocations:input_type -> fleetwave.v1.ListRevocationsRequest
-	1,  // 74: fleetwave.v1.OperatorService.ApplyService:output_type -> fleetwave.v1.ApplyServiceResponse
-	3,  // 75: fleetwave.v1.OperatorService.ListServices:output_type -> fleetwave.v1.ListServicesResponse
-	5,  // 76: fleetwave.v1.OperatorService.GetService:output_type -> fleetwave.v1.GetServiceResponse
-	7,  // 77: fleetwave.v1.OperatorService.CreateRelease:output_type -> fleetwave.v1.CreateReleaseResponse
-	9,  // 78: fleetwave.v1.OperatorService.ListReleases:output_type -> fleetwave.v1.ListReleasesResponse
-	11, // 79: fleetwave.v1.OperatorService.GetRollout:output_type -> fleetwave.v1.GetRolloutResponse
-	13, // 80: fleetwave.v1.OperatorService.WatchRollout:output_type -> fleetwave.v1.WatchRolloutResponse
-	15, // 81: fleetwave.v1.OperatorService.ApproveRollout:output_type -> fleetwave.v1.ApproveRolloutResponse
-	17, // 82: fleetwave.v1.OperatorService.ListHosts:output_type -> fleetwave.v1.ListHostsResponse
-	19, // 83: fleetwave.v1.OperatorService.UnfreezeService:output_type -> fleetwave.v1.UnfreezeServiceResponse
-	21, // 84: fleetwave.v1.OperatorService.PauseRollout:output_type -> fleetwave.v1.PauseRolloutResponse
-	23, // 85: fleetwave.v1.OperatorService.ResumeRollout:output_type -> fleetwave.v1.ResumeRolloutResponse
-	25, // 86: fleetwave.v1.OperatorService.AbortRollout:output_type -> fleetwave.v1.AbortRolloutResponse
-	27, // 87: fleetwave.v1.OperatorService.Rollback:output_type -> fleetwave.v1.RollbackResponse
-	29, // 88: fleetwave.v1.OperatorService.ListEvents:output_type -> fleetwave.v1.ListEventsResponse
-	31, // 89: fleetwave.v1.OperatorService.WatchEvents:output_type -> fleetwave.v1.WatchEventsResponse
-	35, // 90: fleetwave.v1.OperatorService.ClusterStatus:output_type -> fleetwave.v1.ClusterStatusResponse
-	37, // 91: fleetwave.v1.OperatorService.GetStats:output_type -> fleetwave.v1.GetStatsResponse
-	42, // 92: fleetwave.v1.OperatorService.CreateToken:output_type -> fleetwave.v1.CreateTokenResponse
-	44, // 93: fleetwave.v1.OperatorService.ListTokens:output_type -> fleetwave.v1.ListTokensResponse
-	46, // 94: fleetwave.v1.OperatorService.RevokeToken:output_type -> fleetwave.v1.RevokeTokenResponse
-	49, // 95: fleetwave.v1.OperatorService.ListAudit:output_type -> fleetwave.v1.ListAuditResponse
-	51, // 96: fleetwave.v1.OperatorService.WhoAmI:output_type -> fleetwave.v1.WhoAmIResponse
-	53, // 97: fleetwave.v1.OperatorService.RemoveHost:output_type -> fleetwave.v1.RemoveHostResponse
-	56, // 98: fleetwave.v1.OperatorService.RevokeCertificate:output_type -> fleetwave.v1.RevokeCertificateResponse
-	58, // 99: fleetwave.v1.OperatorService.ListRevocations:output_type -> fleetwave.v1.ListRevocationsResponse
-	74, // [74:100] is the sub-list for method output_type
-	48, // [48:74] is the sub-list for method input_type
-	48, // [48:48] is the sub-list for extension type_name
-	48, // [48:48] is the sub-list for extension extendee
-	0,  // [0:48] is the sub-list for field type_name
+	64, // 16: fleetwave.v1.RollbackRequest.signed:type_name -> fleetwave.v1.SignedRollback
+	62, // 17: fleetwave.v1.RollbackResponse.rollout:type_name -> fleetwave.v1.Rollout
+	65, // 18: fleetwave.v1.ListEventsResponse.events:type_name -> fleetwave.v1.Event
+	65, // 19: fleetwave.v1.WatchEventsResponse.event:type_name -> fleetwave.v1.Event
+	66, // 20: fleetwave.v1.CoordinatorInfo.started_at:type_name -> google.protobuf.Timestamp
+	33, // 21: fleetwave.v1.ClusterStatusResponse.coordinators:type_name -> fleetwave.v1.CoordinatorInfo
+	34, // 22: fleetwave.v1.ClusterStatusResponse.etcd_members:type_name -> fleetwave.v1.EtcdMember
+	67, // 23: fleetwave.v1.GetStatsRequest.since:type_name -> google.protobuf.Duration
+	39, // 24: fleetwave.v1.GetStatsResponse.services:type_name -> fleetwave.v1.DeployStats
+	39, // 25: fleetwave.v1.GetStatsResponse.fleet:type_name -> fleetwave.v1.DeployStats
+	66, // 26: fleetwave.v1.GetStatsResponse.from:type_name -> google.protobuf.Timestamp
+	66, // 27: fleetwave.v1.GetStatsResponse.to:type_name -> google.protobuf.Timestamp
+	67, // 28: fleetwave.v1.DurationStats.median:type_name -> google.protobuf.Duration
+	67, // 29: fleetwave.v1.DurationStats.p90:type_name -> google.protobuf.Duration
+	38, // 30: fleetwave.v1.DeployStats.lead_time:type_name -> fleetwave.v1.DurationStats
+	38, // 31: fleetwave.v1.DeployStats.commit_to_release:type_name -> fleetwave.v1.DurationStats
+	38, // 32: fleetwave.v1.DeployStats.release_to_start:type_name -> fleetwave.v1.DurationStats
+	38, // 33: fleetwave.v1.DeployStats.rollout:type_name -> fleetwave.v1.DurationStats
+	38, // 34: fleetwave.v1.DeployStats.bake:type_name -> fleetwave.v1.DurationStats
+	38, // 35: fleetwave.v1.DeployStats.time_to_restore:type_name -> fleetwave.v1.DurationStats
+	66, // 36: fleetwave.v1.Token.created_at:type_name -> google.protobuf.Timestamp
+	66, // 37: fleetwave.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	67, // 38: fleetwave.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
+	40, // 39: fleetwave.v1.CreateTokenResponse.token:type_name -> fleetwave.v1.Token
+	40, // 40: fleetwave.v1.ListTokensResponse.tokens:type_name -> fleetwave.v1.Token
+	66, // 41: fleetwave.v1.AuditEntry.at:type_name -> google.protobuf.Timestamp
+	47, // 42: fleetwave.v1.ListAuditResponse.entries:type_name -> fleetwave.v1.AuditEntry
+	66, // 43: fleetwave.v1.WhoAmIResponse.not_after:type_name -> google.protobuf.Timestamp
+	66, // 44: fleetwave.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
+	66, // 45: fleetwave.v1.Revocation.expires_at:type_name -> google.protobuf.Timestamp
+	66, // 46: fleetwave.v1.RevokeCertificateRequest.not_after:type_name -> google.protobuf.Timestamp
+	54, // 47: fleetwave.v1.RevokeCertificateResponse.revocation:type_name -> fleetwave.v1.Revocation
+	54, // 48: fleetwave.v1.ListRevocationsResponse.revocations:type_name -> fleetwave.v1.Revocation
+	0,  // 49: fleetwave.v1.OperatorService.ApplyService:input_type -> fleetwave.v1.ApplyServiceRequest
+	2,  // 50: fleetwave.v1.OperatorService.ListServices:input_type -> fleetwave.v1.ListServicesRequest
+	4,  // 51: fleetwave.v1.OperatorService.GetService:input_type -> fleetwave.v1.GetServiceRequest
+	6,  // 52: fleetwave.v1.OperatorService.CreateRelease:input_type -> fleetwave.v1.CreateReleaseRequest
+	8,  // 53: fleetwave.v1.OperatorService.ListReleases:input_type -> fleetwave.v1.ListReleasesRequest
+	10, // 54: fleetwave.v1.OperatorService.GetRollout:input_type -> fleetwave.v1.GetRolloutRequest
+	12, // 55: fleetwave.v1.OperatorService.WatchRollout:input_type -> fleetwave.v1.WatchRolloutRequest
+	14, // 56: fleetwave.v1.OperatorService.ApproveRollout:input_type -> fleetwave.v1.ApproveRolloutRequest
+	16, // 57: fleetwave.v1.OperatorService.ListHosts:input_type -> fleetwave.v1.ListHostsRequest
+	18, // 58: fleetwave.v1.OperatorService.UnfreezeService:input_type -> fleetwave.v1.UnfreezeServiceRequest
+	20, // 59: fleetwave.v1.OperatorService.PauseRollout:input_type -> fleetwave.v1.PauseRolloutRequest
+	22, // 60: fleetwave.v1.OperatorService.ResumeRollout:input_type -> fleetwave.v1.ResumeRolloutRequest
+	24, // 61: fleetwave.v1.OperatorService.AbortRollout:input_type -> fleetwave.v1.AbortRolloutRequest
+	26, // 62: fleetwave.v1.OperatorService.Rollback:input_type -> fleetwave.v1.RollbackRequest
+	28, // 63: fleetwave.v1.OperatorService.ListEvents:input_type -> fleetwave.v1.ListEventsRequest
+	30, // 64: fleetwave.v1.OperatorService.WatchEvents:input_type -> fleetwave.v1.WatchEventsRequest
+	32, // 65: fleetwave.v1.OperatorService.ClusterStatus:input_type -> fleetwave.v1.ClusterStatusRequest
+	36, // 66: fleetwave.v1.OperatorService.GetStats:input_type -> fleetwave.v1.GetStatsRequest
+	41, // 67: fleetwave.v1.OperatorService.CreateToken:input_type -> fleetwave.v1.CreateTokenRequest
+	43, // 68: fleetwave.v1.OperatorService.ListTokens:input_type -> fleetwave.v1.ListTokensRequest
+	45, // 69: fleetwave.v1.OperatorService.RevokeToken:input_type -> fleetwave.v1.RevokeTokenRequest
+	48, // 70: fleetwave.v1.OperatorService.ListAudit:input_type -> fleetwave.v1.ListAuditRequest
+	50, // 71: fleetwave.v1.OperatorService.WhoAmI:input_type -> fleetwave.v1.WhoAmIRequest
+	52, // 72: fleetwave.v1.OperatorService.RemoveHost:input_type -> fleetwave.v1.RemoveHostRequest
+	55, // 73: fleetwave.v1.OperatorService.RevokeCertificate:input_type -> fleetwave.v1.RevokeCertificateRequest
+	57, // 74: fleetwave.v1.OperatorService.ListRevocations:input_type -> fleetwave.v1.ListRevocationsRequest
+	1,  // 75: fleetwave.v1.OperatorService.ApplyService:output_type -> fleetwave.v1.ApplyServiceResponse
+	3,  // 76: fleetwave.v1.OperatorService.ListServices:output_type -> fleetwave.v1.ListServicesResponse
+	5,  // 77: fleetwave.v1.OperatorService.GetService:output_type -> fleetwave.v1.GetServiceResponse
+	7,  // 78: fleetwave.v1.OperatorService.CreateRelease:output_type -> fleetwave.v1.CreateReleaseResponse
+	9,  // 79: fleetwave.v1.OperatorService.ListReleases:output_type -> fleetwave.v1.ListReleasesResponse
+	11, // 80: fleetwave.v1.OperatorService.GetRollout:output_type -> fleetwave.v1.GetRolloutResponse
+	13, // 81: fleetwave.v1.OperatorService.WatchRollout:output_type -> fleetwave.v1.WatchRolloutResponse
+	15, // 82: fleetwave.v1.OperatorService.ApproveRollout:output_type -> fleetwave.v1.ApproveRolloutResponse
+	17, // 83: fleetwave.v1.OperatorService.ListHosts:output_type -> fleetwave.v1.ListHostsResponse
+	19, // 84: fleetwave.v1.OperatorService.UnfreezeService:output_type -> fleetwave.v1.UnfreezeServiceResponse
+	21, // 85: fleetwave.v1.OperatorService.PauseRollout:output_type -> fleetwave.v1.PauseRolloutResponse
+	23, // 86: fleetwave.v1.OperatorService.ResumeRollout:output_type -> fleetwave.v1.ResumeRolloutResponse
+	25, // 87: fleetwave.v1.OperatorService.AbortRollout:output_type -> fleetwave.v1.AbortRolloutResponse
+	27, // 88: fleetwave.v1.OperatorService.Rollback:output_type -> fleetwave.v1.RollbackResponse
+	29, // 89: fleetwave.v1.OperatorService.ListEvents:output_type -> fleetwave.v1.ListEventsResponse
+	31, // 90: fleetwave.v1.OperatorService.WatchEvents:output_type -> fleetwave.v1.WatchEventsResponse
+	35, // 91: fleetwave.v1.OperatorService.ClusterStatus:output_type -> fleetwave.v1.ClusterStatusResponse
+	37, // 92: fleetwave.v1.OperatorService.GetStats:output_type -> fleetwave.v1.GetStatsResponse
+	42, // 93: fleetwave.v1.OperatorService.CreateToken:output_type -> fleetwave.v1.CreateTokenResponse
+	44, // 94: fleetwave.v1.OperatorService.ListTokens:output_type -> fleetwave.v1.ListTokensResponse
+	46, // 95: fleetwave.v1.OperatorService.RevokeToken:output_type -> fleetwave.v1.RevokeTokenResponse
+	49, // 96: fleetwave.v1.OperatorService.ListAudit:output_type -> fleetwave.v1.ListAuditResponse
+	51, // 97: fleetwave.v1.OperatorService.WhoAmI:output_type -> fleetwave.v1.WhoAmIResponse
+	53, // 98: fleetwave.v1.OperatorService.RemoveHost:output_type -> fleetwave.v1.RemoveHostResponse
+	56, // 99: fleetwave.v1.OperatorService.RevokeCertificate:output_type -> fleetwave.v1.RevokeCertificateResponse
+	58, // 100: fleetwave.v1.OperatorService.ListRevocations:output_type -> fleetwave.v1.ListRevocationsResponse
+	75, // [75:101] is the sub-list for method output_type
+	49, // [49:75] is the sub-list for method input_type
+	49, // [49:49] is the sub-list for extension type_name
+	49, // [49:49] is the sub-list for extension extendee
+	0,  // [0:49] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_operator_proto_init() }
