@@ -152,9 +152,9 @@ race:
 # Coverage-guided runs of every fuzz target: short ones in make test
 # (fuzz-short), longer with make fuzz (FUZZTIME=10m make fuzz for more).
 FUZZ_TARGETS := \
-	FuzzUnpackEntries:./agent/install FuzzUnpack:./agent/install \
+	FuzzUnpackEntries:./agent/install FuzzUnpack:./agent/install FuzzUnpackResources:./agent/install \
 	FuzzParse:./internal/spec FuzzParse:./agent/analysis \
-	FuzzVerify:./internal/signing FuzzSignCSR:./internal/tlsutil FuzzIdentityURI:./internal/tlsutil \
+	FuzzVerify:./internal/signing FuzzVerifyRollback:./internal/signing FuzzSignCSR:./internal/tlsutil FuzzIdentityURI:./internal/tlsutil \
 	FuzzValidateAgentMessages:./coordinator
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \

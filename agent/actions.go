@@ -2,12 +2,13 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"github.com/fleetwave/fleetwave/agent/install"
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
+	"github.com/fleetwave/fleetwave/agent/sockets"
 	"github.com/fleetwave/fleetwave/agent/supervise"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -26,7 +27,11 @@ func (a *agent) do(s *service, act lifecycle.Action) {
 	case lifecycle.ActSwitch:
 		a.startSwitch(s, act)
 	case lifecycle.ActStart:
-		a.analysisStart(s, act)
+		if !act.Beside {
+			// Beside another process the window would measure both: it
+			// starts measuring the new one once it serves alone (checks).
+			a.analysisStart(s, act)
+		}
 		a.startProcess(s, act)
 	case lifecycle.ActAdopt:
 		a.analysisStart(s, act) // the window measures the adopted process from now
@@ -36,6 +41,9 @@ func (a *agent) do(s *service, act lifecycle.Action) {
 	case lifecycle.ActStop:
 		a.stopProcess(s, act)
 	case lifecycle.ActBeginChecks:
+		if s.ana != nil && s.ana.epoch != act.Epoch {
+			a.analysisStart(s, act) // a handover's process, now alone
+		}
 		a.beginChecks(s, act)
 	case lifecycle.ActStopChecks:
 		a.stopChecks(s)
@@ -53,11 +61,15 @@ func (a *agent) persist(s *service, snap *lifecycle.Snapshot) error {
 		}
 	}
 	if removed, err := a.persistRemoved(snap); removed || err != nil {
-		return err // remove.go: a removed service keeps no state
-	}
-	if err := a.store.Save(snap); err != nil {
+		if removed && err == nil {
+			s.saved = nil // remove.go: a removed service keeps no state
+		}
 		return err
 	}
+	if err := a.store.SaveWith(snap, a.runtime(s)); err != nil {
+		return err
+	}
+	s.saved = snap
 	switch snap.Phase {
 	case v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_REVERTED, v1.Phase_PHASE_FAILED:
 		// A watched release's predecessor stays: a revert may need it.
@@ -136,14 +148,27 @@ func (a *agent) startVerify(s *service, act lifecycle.Action) {
 	})
 }
 
+// startStage unpacks the verified artifact in the background. Like a
+// fetch, it is cancelled by a newer assignment of another release (step)
+// and at shutdown (a.ctx): unpacking a large or hostile archive holds up
+// neither.
 func (a *agent) startStage(s *service, act lifecycle.Action) {
 	name, v, staged, wait := s.name, s.verified, s.staged, s.afterPrune()
 	s.verified = nil
+	if s.fetchCancel != nil {
+		s.fetchCancel()
+	}
+	ctx, cancel := context.WithCancel(a.ctx)
+	s.fetchCancel = cancel
 	a.background(func() {
+		defer cancel()
 		<-wait
 		ev := doneEv{svc: name, seq: act.Seq}
 		if !staged {
-			_, ev.err = a.inst.Stage(name, act.Version, v)
+			if a.opts.stageHook != nil {
+				a.opts.stageHook(ctx, name, act.Version)
+			}
+			_, ev.err = a.inst.Stage(ctx, name, act.Version, v)
 		}
 		a.send(ev)
 	})
@@ -165,68 +190,138 @@ func (a *agent) startSwitch(s *service, act lifecycle.Action) {
 	})
 }
 
+// startProcess carries out ActStart: the process starts with the run spec,
+// on the service's sockets when its release declares any (bound once,
+// reused across releases), with a notify socket when it says ready:
+// notify. Beside: another process of the service still serves (a
+// handover); the new one records itself in the handover's PID file and
+// nothing is stopped. The sockets' identities and the notify socket are
+// saved before the process starts, so that a later agent finds them.
 func (a *agent) startProcess(s *service, act lifecycle.Action) {
 	name := s.name
-	old, oldGrace := s.sup, s.supGrace
-	found, foundGrace := s.found, s.foundGrace
-	a.dropSupervisor(s)
-	s.found = nil
+	var olds []*process
+	var founds []*foundProc
+	if !act.Beside {
+		// The machine stops every process first: this is a safety net.
+		for epoch := range s.procs {
+			olds = append(olds, s.takeProcess(epoch))
+		}
+		founds, s.found = s.found, nil
+	}
 	cfg, err := a.supervisorConfig(name, act.Assignment, act.Epoch)
+	if act.Beside {
+		cfg.PIDFile = a.nextPIDFile(name)
+	}
+	var decls []sockets.Decl
+	if err == nil {
+		decls, err = a.socketDecls(act.Assignment)
+	}
+	if err == nil && len(decls) > 0 {
+		_, _, err = s.sockSet().get(decls) // bound now: a failure fails the start
+	}
+	var n *sockets.Notify
+	if err == nil && lifecycle.NotifiesReady(act.Assignment) {
+		n, err = a.listenNotify(s, act.Epoch)
+	}
+	if err == nil {
+		if err = a.saveRuntime(s); err != nil {
+			err = fmt.Errorf("recording the sockets before the start: %w", err)
+		}
+	}
+	if err != nil && n != nil {
+		_ = n.Close()
+		s.notifyAt(act.Epoch, "")
+		n = nil
+	}
+	cfg.Prepare = a.prepareHook(name, s.sockSet(), decls, n)
+	p := &process{epoch: act.Epoch, asg: act.Assignment, grace: cfg.StopGrace, notify: n, listens: listensOf(decls), stop: make(chan struct{})}
 	a.background(func() {
-		// One process per service: the machine stops the old one first, so
-		// these are only a safety net.
-		if old != nil {
-			if err := a.stopSupervisor(old, oldGrace); err != nil {
+		for _, old := range olds {
+			if err := a.stopSupervisor(old.sup, old.grace); err != nil {
 				a.log.Error().Str("service", name).Err(err).Msg("stopping service")
 			}
 		}
-		if found != nil {
-			if err := found.Stop(foundGrace, a.log); err != nil {
+		for _, f := range founds {
+			if err := f.f.Stop(f.grace, a.log); err != nil {
 				a.log.Error().Str("service", name).Err(err).Msg("stopping service")
 			}
 		}
-		ev := doneEv{svc: name, seq: act.Seq, err: err, epoch: act.Epoch}
+		ev := doneEv{svc: name, seq: act.Seq, err: err, start: true}
 		if err == nil {
-			sup := supervise.New(cfg, a.log)
-			if ev.err = sup.Start(); ev.err == nil {
-				ev.sup, ev.grace = sup, cfg.StopGrace
+			p.sup = supervise.New(cfg, a.log)
+			if ev.err = p.sup.Start(); ev.err == nil {
+				ev.proc = p
 			}
 		}
-		if !a.send(ev) && ev.sup != nil {
+		if ev.proc == nil && n != nil {
+			_ = n.Close()
+		}
+		if !a.send(ev) && ev.proc != nil {
 			// Shutting down: it runs on like every other service, for the
 			// next agent to adopt (its PID file says which start it is).
-			a.detachSupervisor(name, ev.sup, ev.grace)
+			a.detachProcess(name, ev.proc)
 		}
 	})
 }
 
-// adoptProcess carries out ActAdopt: the process found running at Restore
-// becomes the service's supervised process (exits forwarded with the
-// action's epoch, restarted with its assignment's run spec). It is not
-// restarted. If it cannot be supervised (its run spec no longer expands
+// adoptProcess carries out ActAdopt: a process found running at Restore
+// becomes one of the service's supervised processes (exits forwarded with
+// the action's epoch, restarted with its assignment's run spec, on the
+// service's sockets, which were recovered from the processes before). It
+// is not restarted. Its notify socket is listened on again at the path it
+// was given. If it cannot be supervised (its run spec no longer expands
 // with this host's labels, the log cannot be opened), it is stopped, and
 // its exit is reported, so that nothing runs unwatched.
 func (a *agent) adoptProcess(s *service, act lifecycle.Action) {
-	f := s.found
-	s.found = nil
+	f := s.takeFound(act.Epoch, act.Version)
 	if f == nil {
-		a.log.Error().Str("service", s.name).Str("version", act.Version).Msg("nothing found to adopt")
+		a.log.Error().Str("service", s.name).Str("version", act.Version).Uint64("epoch", act.Epoch).Msg("nothing found to adopt")
 		return
 	}
 	cfg, err := a.supervisorConfig(s.name, act.Assignment, act.Epoch)
+	cfg.PIDFile = f.f.PIDFile()
+	var decls []sockets.Decl
 	if err == nil {
+		decls, err = a.socketDecls(act.Assignment)
+	}
+	if err == nil {
+		var n *sockets.Notify
+		if path := s.notify[f.f.Record.Epoch]; path != "" && lifecycle.NotifiesReady(act.Assignment) {
+			// Adopted means ready; its later messages (STOPPING=1, and a
+			// restart's READY=1) still have somewhere to go.
+			if n, err = sockets.ListenNotify(filepath.Dir(path), filepath.Base(path), sockets.AccessMain); err == nil {
+				err = n.Watch(f.f.Record.PGID)
+			}
+			if err != nil {
+				a.log.Warn().Str("service", s.name).Err(err).Str("path", path).Msg("notify socket of the adopted process")
+				if n != nil {
+					_ = n.Close()
+				}
+				n, err = nil, nil
+			}
+		}
+		s.notifyAt(f.f.Record.Epoch, "")
+		if n != nil {
+			s.notifyAt(act.Epoch, n.Path())
+		}
+		cfg.Prepare = a.prepareHook(s.name, s.sockSet(), decls, n)
 		sup := supervise.New(cfg, a.log)
-		if err = sup.Adopt(f); err == nil {
-			a.adoptSupervisor(s, sup, cfg.StopGrace, act.Epoch)
-			a.log.Info().Str("service", s.name).Str("version", act.Version).Int("pid", f.Record.PGID).
+		if err = sup.Adopt(f.f); err == nil {
+			a.addProcess(s, &process{epoch: act.Epoch, asg: act.Assignment, sup: sup, grace: cfg.StopGrace, notify: n,
+				listens: listensOf(decls), stop: make(chan struct{})})
+			a.log.Info().Str("service", s.name).Str("version", act.Version).Int("pid", f.f.Record.PGID).
 				Uint64("epoch", act.Epoch).Msg("service adopted: left running by an earlier agent")
 			return
 		}
+		if n != nil {
+			_ = n.Close()
+			s.notifyAt(act.Epoch, "")
+		}
 	}
 	a.log.Error().Str("service", s.name).Str("version", act.Version).Err(err).Msg("cannot supervise the running process: stopping it")
-	name, grace, epoch := s.name, s.foundGrace, act.Epoch
+	name, epoch := s.name, act.Epoch
 	a.background(func() {
-		if serr := f.Stop(grace, a.log); serr != nil {
+		if serr := f.f.Stop(f.grace, a.log); serr != nil {
 			a.log.Error().Str("service", name).Err(serr).Msg("stopping service")
 		}
 		a.send(exitEv{svc: name, epoch: epoch, exit: supervise.Exit{At: time.Now(), Err: fmt.Errorf("adopt: %w", err)}})
@@ -253,13 +348,14 @@ func (a *agent) supervisorConfig(name string, asg *v1.Assignment, epoch uint64) 
 	}, nil
 }
 
-// adoptSupervisor records a started process and forwards its exits.
-func (a *agent) adoptSupervisor(s *service, sup *supervise.Supervisor, grace time.Duration, epoch uint64) {
-	a.dropSupervisor(s)
-	s.sup, s.supGrace = sup, grace
-	stop := make(chan struct{})
-	s.exitsStop = stop
-	name := s.name
+// addProcess records a started (or adopted) process and forwards its
+// exits, and its READY=1, with its epoch.
+func (a *agent) addProcess(s *service, p *process) {
+	if old := s.takeProcess(p.epoch); old != nil {
+		a.log.Error().Str("service", s.name).Uint64("epoch", p.epoch).Msg("two processes with one epoch")
+	}
+	s.processes()[p.epoch] = p
+	name, sup, epoch, stop := s.name, p.sup, p.epoch, p.stop
 	a.background(func() {
 		for {
 			select {
@@ -274,15 +370,16 @@ func (a *agent) adoptSupervisor(s *service, sup *supervise.Supervisor, grace tim
 			}
 		}
 	})
-}
-
-// dropSupervisor forgets the service's supervisor (the caller stops it).
-func (a *agent) dropSupervisor(s *service) {
-	if s.exitsStop != nil {
-		close(s.exitsStop)
-		s.exitsStop = nil
+	if n := p.notify; n != nil {
+		a.background(func() {
+			select {
+			case <-n.Ready():
+				a.send(readyEv{svc: name, epoch: epoch})
+			case <-stop:
+			case <-a.stopping:
+			}
+		})
 	}
-	s.sup = nil
 }
 
 func (a *agent) stopSupervisor(sup *supervise.Supervisor, grace time.Duration) error {
@@ -291,21 +388,55 @@ func (a *agent) stopSupervisor(sup *supervise.Supervisor, grace time.Duration) e
 	return sup.Stop(ctx)
 }
 
-// stopProcess carries out ActStop: it stops the supervised process, or
-// the one found running at Restore that is not to be adopted.
+// stopProcess carries out ActStop: it stops the process with the action's
+// epoch, supervised or found running at Restore and not adopted. Drain: it
+// served, so its release's pre_stop runs first and its shutdown_delay
+// passes (see drainStop) before the stop signal. If the agent stops during the
+// drain, the process is left running (with its PID file) for the next
+// agent, which stops it again.
 func (a *agent) stopProcess(s *service, act lifecycle.Action) {
-	name, sup, grace := s.name, s.sup, s.supGrace
-	found, foundGrace := s.found, s.foundGrace
-	a.dropSupervisor(s)
-	s.found = nil
+	name := s.name
+	p := s.takeProcess(act.Epoch)
+	var f *foundProc
+	if p == nil {
+		f = s.takeFound(act.Epoch, "")
+	}
+	asg := act.Assignment
+	switch {
+	case p != nil && asg == nil:
+		asg = p.asg
+	case f != nil && asg == nil:
+		asg = f.asg
+	}
+	s.notifyAt(act.Epoch, "")
+	if f != nil {
+		s.notifyAt(f.f.Record.Epoch, "")
+	}
 	a.background(func() {
-		var errs []error
-		if sup != nil {
-			errs = append(errs, a.stopSupervisor(sup, grace))
+		ev := doneEv{svc: name, seq: act.Seq, stopped: true}
+		if act.Drain && asg != nil && (p != nil || f != nil) {
+			if err := a.drainStop(a.ctx, name, asg); err != nil {
+				// The agent is stopping: leave the process to the next one.
+				if p != nil {
+					a.detachProcess(name, p)
+				} else {
+					f.f.Release()
+				}
+				return
+			}
 		}
-		if found != nil {
-			errs = append(errs, found.Stop(foundGrace, a.log))
+		switch {
+		case p != nil:
+			ev.err = a.stopSupervisor(p.sup, p.grace)
+			if p.notify != nil {
+				_ = p.notify.Close()
+			}
+		case f != nil:
+			ev.err = f.f.Stop(f.grace, a.log)
+		default:
+			a.log.Error().Str("service", name).Uint64("epoch", act.Epoch).Msg("nothing to stop")
+			ev.err = fmt.Errorf("stop epoch %d: %w", act.Epoch, errNothingToStop)
 		}
-		a.send(doneEv{svc: name, seq: act.Seq, err: errors.Join(errs...)})
+		a.send(ev)
 	})
 }

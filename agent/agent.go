@@ -34,18 +34,21 @@ type service struct {
 	name string
 	m    *lifecycle.Machine
 
-	sup       *supervise.Supervisor // running process, nil if none
-	supGrace  time.Duration
-	exitsStop chan struct{} // closes the exits forwarder of sup
-
-	// found is the process an earlier agent left running, until Restore's
-	// actions adopt it (ActAdopt) or stop it (ActStop); foundGrace is its
-	// stop grace.
-	found      *supervise.Found
-	foundGrace time.Duration
+	// procs are the supervised processes by epoch: one, or two during a
+	// handover (handover.go).
+	procs map[uint64]*process
+	// found are the processes an earlier agent left running, each until an
+	// action adopts it (ActAdopt) or stops it (ActStop with its epoch).
+	found []*foundProc
+	// socks are the listening sockets the agent holds for the service;
+	// notify the notify socket of each process by epoch; saved the snapshot
+	// last persisted (the runtime record is saved with it).
+	socks  *socketSet
+	notify map[uint64]string
+	saved  *lifecycle.Snapshot
 
 	checkCancel context.CancelFunc
-	fetchCancel context.CancelFunc // cancels the latest fetch (no-op once it ended)
+	fetchCancel context.CancelFunc // cancels the latest fetch or stage (no-op once it ended)
 
 	fetched  *install.Fetched
 	verified *install.Verified
@@ -96,6 +99,7 @@ type agent struct {
 
 	metrics *agentMetrics // Prometheus instruments (metrics.go)
 	trusted trustedKeys   // release signing keys by id; nil: releases are not checked (verify.go)
+	floors  *floorStore   // release floors per service (verify.go; made on first use, run loop only)
 }
 
 // Events sent to the run loop.
@@ -107,11 +111,21 @@ type (
 		fetched  *install.Fetched
 		verified *install.Verified
 		staged   bool
-		link     string                // ActSwitch: where `current` points afterwards
-		linkOK   bool                  // link could be read
-		sup      *supervise.Supervisor // started process (ActStart)
-		grace    time.Duration
-		epoch    uint64
+		link     string   // ActSwitch: where `current` points afterwards
+		linkOK   bool     // link could be read
+		proc     *process // started process (ActStart)
+		start    bool     // an ActStart's
+		stopped  bool     // an ActStop's: a process is gone
+	}
+	// readyEv: the process started with epoch sent READY=1.
+	readyEv struct {
+		svc   string
+		epoch uint64
+	}
+	// runtimeEv: the service's runtime record changed outside the loop (a
+	// restart bound a socket anew): save it.
+	runtimeEv struct {
+		svc string
 	}
 	checksEv struct {
 		svc     string
@@ -149,6 +163,10 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger, opts options) erro
 			return fmt.Errorf("data_dir: %w", err)
 		}
 	}
+	// Only the agent's user may reach the services' notify sockets.
+	if err := makePrivateDir(filepath.Join(dataDir, "notify")); err != nil {
+		return fmt.Errorf("data_dir: %w", err)
+	}
 	unlock, err := lockDataDir(dataDir)
 	if err != nil {
 		return err
@@ -162,7 +180,7 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger, opts options) erro
 	if err != nil {
 		return fmt.Errorf("data_dir: %w", err)
 	}
-	saved, err := store.LoadAll()
+	saved, err := store.LoadAllWith()
 	if err != nil {
 		return err
 	}
@@ -240,8 +258,8 @@ func (a *agent) drain() {
 		select {
 		case ev := <-a.events:
 			if d, ok := ev.(doneEv); ok {
-				if d.sup != nil {
-					a.detachSupervisor(d.svc, d.sup, d.grace)
+				if d.proc != nil {
+					a.detachProcess(d.svc, d.proc)
 				}
 				a.inst.Discard(d.fetched)
 				a.inst.DiscardVerified(d.verified)
@@ -270,6 +288,17 @@ func lockDataDir(dir string) (func(), error) {
 }
 
 func (a *agent) pidFile(svc string) string { return filepath.Join(a.cfg.DataDir, "run", svc+".pid") }
+
+// nextPIDFile records a process started beside the one that serves (a
+// handover) until it takes over (then its record moves to pidFile).
+func (a *agent) nextPIDFile(svc string) string {
+	return filepath.Join(a.cfg.DataDir, "run", svc+nextPIDSuffix)
+}
+
+// nextPIDSuffix ends the name of a handover's PID file (service names have
+// no dots).
+const nextPIDSuffix = ".next.pid"
+
 func (a *agent) logFile(svc string) string { return filepath.Join(a.cfg.DataDir, "logs", svc+".log") }
 
 func stopGrace(asg *v1.Assignment) time.Duration {
@@ -289,34 +318,38 @@ func (a *agent) background(f func()) {
 }
 
 // detachServices stops every check and analysis and leaves every process
-// running, with its PID file, for the next agent (the loop has ended).
+// running, with its PID file, for the next agent (the loop has ended). The
+// agent's copies of the sockets are closed: the processes hold theirs, and
+// the next agent recovers them from those.
 func (a *agent) detachServices() {
 	var wg sync.WaitGroup
 	for _, s := range a.services {
 		a.stopChecks(s)
 		a.stopAnalysis(s)
-		if s.found != nil {
-			s.found.Release() // neither adopted nor stopped yet: the next agent decides
-			s.found = nil
+		for _, f := range s.found {
+			f.f.Release() // neither adopted nor stopped yet: the next agent decides
 		}
-		if s.sup == nil {
-			continue
+		s.found = nil
+		for epoch := range s.procs {
+			p := s.takeProcess(epoch)
+			wg.Go(func() { a.detachProcess(s.name, p) })
 		}
-		sup, grace, name := s.sup, s.supGrace, s.name
-		a.dropSupervisor(s)
-		wg.Go(func() { a.detachSupervisor(name, sup, grace) })
 	}
 	wg.Wait()
 	for _, s := range a.services {
 		a.dropArtifacts(s)
+		s.sockSet().closeAll()
 	}
 }
 
-// detachSupervisor ends a supervisor and leaves its process running.
-func (a *agent) detachSupervisor(name string, sup *supervise.Supervisor, grace time.Duration) {
-	ctx, cancel := context.WithTimeout(context.Background(), grace+5*time.Second)
+// detachProcess ends a process's supervisor and leaves the process running.
+func (a *agent) detachProcess(name string, p *process) {
+	ctx, cancel := context.WithTimeout(context.Background(), p.grace+5*time.Second)
 	defer cancel()
-	if err := sup.Detach(ctx); err != nil {
+	if err := p.sup.Detach(ctx); err != nil {
 		a.log.Error().Str("service", name).Err(err).Msg("leaving service running")
+	}
+	if p.notify != nil {
+		_ = p.notify.Close()
 	}
 }

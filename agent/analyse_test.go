@@ -32,6 +32,9 @@ import (
 const demoAppEnv = "FLEETWAVE_AGENT_TEST_DEMOAPP"
 
 func TestMain(m *testing.M) {
+	if os.Getenv(handoverAppEnv) == "1" {
+		os.Exit(handoverAppMain())
+	}
 	if os.Getenv(demoAppEnv) == "1" {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 		err := demoapp.Run(ctx, os.Args[1:], os.Stdout)
@@ -275,6 +278,9 @@ func TestAnalysisRevertsDegradedReleases(t *testing.T) {
 func TestLifecycleDefaultsMatchSpec(t *testing.T) {
 	if lifecycle.DefaultWatch != spec.DefaultAnalysisWatch {
 		t.Errorf("lifecycle.DefaultWatch %v, spec %v", lifecycle.DefaultWatch, spec.DefaultAnalysisWatch)
+	}
+	if lifecycle.DefaultReadyTimeout != spec.DefaultReadyTimeout || lifecycle.ReadyNotify != spec.ReadyNotify {
+		t.Errorf("lifecycle ready timeout %v / %q, spec %v / %q", lifecycle.DefaultReadyTimeout, lifecycle.ReadyNotify, spec.DefaultReadyTimeout, spec.ReadyNotify)
 	}
 	if d := probe.Interval(&v1.Check{}); lifecycle.DefaultCheckInterval != d {
 		t.Errorf("lifecycle.DefaultCheckInterval %v, probe %v", lifecycle.DefaultCheckInterval, d)

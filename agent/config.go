@@ -16,6 +16,7 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -55,6 +56,11 @@ type Config struct {
 	// an assignment whose release is not signed by one of them, or whose
 	// signed manifest does not match it or has expired, is refused.
 	TrustedKeys []string
+	// ArtifactRedirectHosts are the hosts a release's artifact URL may
+	// redirect to besides its own: "host" (the scheme's default port),
+	// "host:port" or "*.domain". Redirects elsewhere, from https to http,
+	// or more than 5 are not followed (artifact.go).
+	ArtifactRedirectHosts []string
 	// TLSCA is the CA the coordinators' certificates chain to. TLSCert and
 	// TLSKey are this host's certificate (identity agent/<host id>) and
 	// key; without them the agent joins with the one-time token in
@@ -107,6 +113,11 @@ func (c Config) Validate() error {
 	for i, p := range c.TrustedKeys {
 		if strings.TrimSpace(p) == "" {
 			return fmt.Errorf("trusted_keys[%d]: empty path", i)
+		}
+	}
+	for i, h := range c.ArtifactRedirectHosts {
+		if err := checkRedirectHost(h); err != nil {
+			return fmt.Errorf("artifact_redirect_hosts[%d]: %w", i, err)
 		}
 	}
 	if _, _, err := net.SplitHostPort(c.MetricsListen); c.MetricsListen != "" && err != nil {
@@ -170,6 +181,9 @@ type options struct {
 	// Test hooks (nil in production).
 	saveHook  func(*lifecycle.Snapshot) error // runs before every state save; an error fails the save
 	pruneHook func(service string)            // runs in the background prune before it removes anything
+	// stageHook runs in a background stage before it unpacks, with the
+	// stage's context.
+	stageHook func(ctx context.Context, service, version string)
 	// metricsReady receives the bound metrics address.
 	metricsReady func(addr string)
 }

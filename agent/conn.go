@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"sort"
 	"sync"
 	"time"
@@ -317,7 +318,7 @@ func (a *agent) fetch(ctx context.Context, asg *v1.Assignment) (*install.Fetched
 		if f, err = a.fetchTimed(ctx, asg, want); err == nil {
 			return f, nil
 		}
-		if errors.Is(err, install.ErrTooLarge) || ctx.Err() != nil {
+		if errors.Is(err, install.ErrTooLarge) || errors.Is(err, errRedirectRefused) || ctx.Err() != nil {
 			break // no point trying again
 		}
 		a.log.Warn().Str("service", asg.GetService()).Str("version", lifecycle.Version(asg)).Err(err).Msg("fetch failed, retrying")
@@ -335,7 +336,15 @@ func (a *agent) fetchOnce(ctx context.Context, asg *v1.Assignment, want install.
 		if err != nil {
 			return nil, fmt.Errorf("GET %s: %w", u, err)
 		}
-		resp, err := httpClient.Do(req)
+		resp, err := artifactClient(a.cfg.ArtifactRedirectHosts).Do(req)
+		if errors.Is(err, errRedirectRefused) {
+			// Not the url.Error: it quotes the whole URL redirected to.
+			var ue *url.Error
+			if errors.As(err, &ue) {
+				err = ue.Err
+			}
+			return nil, fmt.Errorf("GET %s: %w", u, err)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("GET %s: %w", u, idleErr(ictx, err))
 		}
@@ -367,13 +376,6 @@ func (a *agent) fetchOnce(ctx context.Context, asg *v1.Assignment, want install.
 	}
 	return f, nil
 }
-
-var httpClient = &http.Client{Transport: &http.Transport{
-	Proxy:                 http.ProxyFromEnvironment,
-	ResponseHeaderTimeout: 30 * time.Second,
-	TLSHandshakeTimeout:   10 * time.Second,
-	IdleConnTimeout:       90 * time.Second,
-}}
 
 // chunkReader reads a Download stream as bytes.
 type chunkReader struct {

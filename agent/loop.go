@@ -84,8 +84,14 @@ func (a *agent) handle(ev any) {
 		if ev.staged {
 			s.staged = true
 		}
-		if ev.sup != nil {
-			a.adoptSupervisor(s, ev.sup, ev.grace, ev.epoch)
+		if ev.proc != nil {
+			a.addProcess(s, ev.proc)
+		}
+		if ev.stopped || (ev.start && ev.proc == nil) {
+			// A process is gone, or did not start: sockets no process uses
+			// are closed (a release that binds its own address may come
+			// next), and the record saved.
+			a.afterStop(s)
 		}
 		in := lifecycle.Done(ev.seq, ev.err, time.Now())
 		if ev.linkOK {
@@ -101,6 +107,17 @@ func (a *agent) handle(ev any) {
 			a.log.Warn().Str("service", s.name).Err(ev.exit.Err).Int("restarts", ev.exit.Restarts).Msg("service exited")
 			a.analysisExit(s, ev.epoch, ev.exit.At)
 			a.step(s, lifecycle.Exited(ev.epoch, ev.exit.At))
+		}
+	case readyEv:
+		if s := a.services[ev.svc]; s != nil {
+			a.log.Info().Str("service", s.name).Uint64("epoch", ev.epoch).Msg("READY=1")
+			a.step(s, lifecycle.Ready(ev.epoch, time.Now()))
+		}
+	case runtimeEv:
+		if s := a.services[ev.svc]; s != nil {
+			if err := a.saveRuntime(s); err != nil {
+				a.log.Error().Str("service", s.name).Err(err).Msg("saving the service's sockets")
+			}
 		}
 	case sampleEv:
 		a.onSample(ev)
@@ -161,9 +178,10 @@ func (a *agent) step(s *service, in lifecycle.Input) {
 	}
 	a.exec(s, acts)
 	a.updateJudging(s)
-	if s.fetchCancel != nil && s.m.FetchSuperseded() {
-		a.log.Info().Str("service", s.name).Int64("generation", s.m.Generation()).
-			Str("reason", "superseded").Msg("cancelling the fetch of a release no longer wanted")
+	if s.fetchCancel != nil && s.m.InstallSuperseded() {
+		k, _ := s.m.InFlight()
+		a.log.Info().Str("service", s.name).Int64("generation", s.m.Generation()).Str("step", k.String()).
+			Str("reason", "superseded").Msg("cancelling the fetch or stage of a release no longer wanted")
 		s.fetchCancel()
 		s.fetchCancel = nil
 	}

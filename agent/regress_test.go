@@ -145,8 +145,8 @@ func newLoopAgent(t *testing.T) *agent {
 		cancel()
 		a.wg.Wait()
 		for _, s := range a.services {
-			if s.sup != nil {
-				if err := a.stopSupervisor(s.sup, s.supGrace); err != nil {
+			for _, p := range s.procs {
+				if err := a.stopSupervisor(p.sup, p.grace); err != nil {
 					t.Errorf("stop %s: %v", s.name, err)
 				}
 			}

@@ -17,7 +17,8 @@ import (
 // the process first (ActStop: the stop path, drained as any stop); then
 // ActRemove removes, in this order, the `current` link, every release
 // directory with its digest marker, the service's releases directory and
-// its PID file. The service's log (logs/<service>.log and its rotated
+// its PID files (the main one, and a handover's). The service's sockets
+// were closed when its last process stopped. The service's log (logs/<service>.log and its rotated
 // copies) is kept: the last words of a removed service are often what a
 // person needs; a service created again appends to it. Once REMOVED is
 // persisted the service's state file is deleted instead of written, so an
@@ -30,8 +31,10 @@ func (a *agent) startRemove(s *service, act lifecycle.Action) {
 	a.background(func() {
 		<-wait
 		err := a.inst.RemoveService(name)
-		if perr := os.Remove(a.pidFile(name)); perr != nil && !errors.Is(perr, fs.ErrNotExist) {
-			err = errors.Join(err, fmt.Errorf("remove the PID file: %w", perr))
+		for _, pf := range []string{a.pidFile(name), a.nextPIDFile(name)} {
+			if perr := os.Remove(pf); perr != nil && !errors.Is(perr, fs.ErrNotExist) {
+				err = errors.Join(err, fmt.Errorf("remove the PID file: %w", perr))
+			}
 		}
 		if err == nil {
 			a.log.Info().Str("service", name).Msg("service removed: stopped, releases and PID file deleted (its log is kept)")

@@ -69,7 +69,9 @@ func StopServices(ctx context.Context, dataDir string, log zerolog.Logger) error
 		mu.Unlock()
 	}
 	for _, path := range files {
-		name := strings.TrimSuffix(filepath.Base(path), ".pid")
+		// <service>.pid, and <service>.next.pid of a process started beside
+		// it (a handover the agent stopped in).
+		name := strings.TrimSuffix(strings.TrimSuffix(filepath.Base(path), ".pid"), ".next")
 		slog := log.With().Str("service", name).Logger()
 		wg.Go(func() {
 			f, err := supervise.FindRunning(path, slog)

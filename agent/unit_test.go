@@ -43,54 +43,83 @@ func TestConfigValidate(t *testing.T) {
 func TestValidateAssignment(t *testing.T) {
 	sha := strings.Repeat("a", 64)
 	base := func() *v1.Assignment { return testAssignment("1.0.0", 1, sha, 100, "") }
-	labels := map[string]string{"port": "8081"}
+	labels := map[string]string{"port": "8081", "name": "web"}
 	if err := validateAssignment(base(), "h", labels, 1000, t.TempDir()); err != nil {
 		t.Fatal(err)
+	}
+	// The handover's fields are taken.
+	handover := base()
+	handover.Spec.Run.Sockets = []*v1.Socket{{Name: "http", Listen: "127.0.0.1:${host.label.port}"}, {Name: "admin", Listen: "unix:/run/${host.id}.sock"}}
+	handover.Spec.Run.Ready = "notify"
+	handover.Spec.Run.ReadyTimeout = durationpb.New(10 * time.Second)
+	handover.Spec.Run.ShutdownDelay = durationpb.New(time.Second)
+	handover.Spec.Run.PreStop = &v1.PreStop{Command: []string{"./deregister", "${host.id}"}, Timeout: durationpb.New(5 * time.Second)}
+	if err := validateAssignment(handover, "h", labels, 1000, t.TempDir()); err != nil {
+		t.Fatalf("the handover's fields: %v", err)
 	}
 	tests := []struct {
 		name  string
 		mod   func(*v1.Assignment)
 		field string
+		value string // the error also names the bad value ("" not checked)
 	}{
-		{"service", func(a *v1.Assignment) { a.Service = "Bad_Name" }, "service"},
-		{"generation", func(a *v1.Assignment) { a.Generation = 0 }, "generation"},
-		{"release missing", func(a *v1.Assignment) { a.Release = nil }, "release"},
-		{"release service", func(a *v1.Assignment) { a.Release.Service = "other" }, "release.service"},
-		{"version", func(a *v1.Assignment) { a.Release.Version = "../etc" }, "release.version"},
-		{"version reserved", func(a *v1.Assignment) { a.Release.Version = "current" }, "release.version"},
-		{"artifact missing", func(a *v1.Assignment) { a.Release.Artifact = nil }, "release.artifact"},
-		{"sha", func(a *v1.Assignment) { a.Release.Artifact.Sha256 = "ABC" }, "release.artifact.sha256"},
-		{"size zero", func(a *v1.Assignment) { a.Release.Artifact.Size = 0 }, "release.artifact.size"},
-		{"size cap", func(a *v1.Assignment) { a.Release.Artifact.Size = 1001 }, "release.artifact.size"},
-		{"url", func(a *v1.Assignment) { a.Release.Artifact.Url = "file:///etc/passwd" }, "release.artifact.url"},
-		{"spec missing", func(a *v1.Assignment) { a.Spec = nil }, "spec"},
-		{"spec name", func(a *v1.Assignment) { a.Spec.Name = "other" }, "spec.name"},
-		{"command", func(a *v1.Assignment) { a.Spec.Run.Command = nil }, "spec.run.command"},
-		{"command placeholder", func(a *v1.Assignment) { a.Spec.Run.Command = []string{"./x", "${host.label.nope}"} }, "spec.run.command[1]"},
-		{"env name", func(a *v1.Assignment) { a.Spec.Run.Env = map[string]string{"A=B": "x"} }, "spec.run.env"},
-		{"env placeholder", func(a *v1.Assignment) { a.Spec.Run.Env = map[string]string{"X": "${host.bogus}"} }, "spec.run.env[X]"},
-		{"deadline", func(a *v1.Assignment) { a.Spec.HealthyDeadline = durationpb.New(-time.Second) }, "spec.healthy_deadline"},
-		// The handover's fields are refused until the agent acts on them.
-		{"sockets", func(a *v1.Assignment) { a.Spec.Run.Sockets = []*v1.Socket{{Name: "http", Listen: "127.0.0.1:8081"}} }, "spec.run.sockets"},
-		{"ready notify", func(a *v1.Assignment) { a.Spec.Run.Ready = "notify" }, "spec.run.ready"},
-		{"pre_stop", func(a *v1.Assignment) { a.Spec.Run.PreStop = &v1.PreStop{Command: []string{"./x"}} }, "spec.run.pre_stop"},
-		{"shutdown_delay", func(a *v1.Assignment) { a.Spec.Run.ShutdownDelay = durationpb.New(time.Second) }, "spec.run.shutdown_delay"},
-		{"min healthy", func(a *v1.Assignment) { a.Spec.MinHealthyTime = durationpb.New(-time.Second) }, "spec.min_healthy_time"},
-		{"stop grace", func(a *v1.Assignment) { a.Spec.Run.StopGrace = durationpb.New(-time.Second) }, "spec.run.stop_grace"},
+		{"service", func(a *v1.Assignment) { a.Service = "Bad_Name" }, "service", ""},
+		{"generation", func(a *v1.Assignment) { a.Generation = 0 }, "generation", ""},
+		{"release missing", func(a *v1.Assignment) { a.Release = nil }, "release", ""},
+		{"release service", func(a *v1.Assignment) { a.Release.Service = "other" }, "release.service", ""},
+		{"version", func(a *v1.Assignment) { a.Release.Version = "../etc" }, "release.version", ""},
+		{"version reserved", func(a *v1.Assignment) { a.Release.Version = "current" }, "release.version", ""},
+		{"artifact missing", func(a *v1.Assignment) { a.Release.Artifact = nil }, "release.artifact", ""},
+		{"sha", func(a *v1.Assignment) { a.Release.Artifact.Sha256 = "ABC" }, "release.artifact.sha256", ""},
+		{"size zero", func(a *v1.Assignment) { a.Release.Artifact.Size = 0 }, "release.artifact.size", ""},
+		{"size cap", func(a *v1.Assignment) { a.Release.Artifact.Size = 1001 }, "release.artifact.size", ""},
+		{"url", func(a *v1.Assignment) { a.Release.Artifact.Url = "file:///etc/passwd" }, "release.artifact.url", ""},
+		{"spec missing", func(a *v1.Assignment) { a.Spec = nil }, "spec", ""},
+		{"spec name", func(a *v1.Assignment) { a.Spec.Name = "other" }, "spec.name", ""},
+		{"command", func(a *v1.Assignment) { a.Spec.Run.Command = nil }, "spec.run.command", ""},
+		{"command placeholder", func(a *v1.Assignment) { a.Spec.Run.Command = []string{"./x", "${host.label.nope}"} }, "spec.run.command[1]", ""},
+		{"env name", func(a *v1.Assignment) { a.Spec.Run.Env = map[string]string{"A=B": "x"} }, "spec.run.env", ""},
+		{"env placeholder", func(a *v1.Assignment) { a.Spec.Run.Env = map[string]string{"X": "${host.bogus}"} }, "spec.run.env[X]", "${host.bogus}"},
+		{"deadline", func(a *v1.Assignment) { a.Spec.HealthyDeadline = durationpb.New(-time.Second) }, "spec.healthy_deadline", ""},
+		// The handover's fields, as this host expands them.
+		{"socket address from a label", func(a *v1.Assignment) {
+			a.Spec.Run.Sockets = []*v1.Socket{{Name: "http", Listen: "127.0.0.1:${host.label.name}"}}
+		}, "spec.run.sockets[0].listen", `"127.0.0.1:web"`},
+		{"socket label missing", func(a *v1.Assignment) {
+			a.Spec.Run.Sockets = []*v1.Socket{{Name: "http", Listen: "127.0.0.1:${host.label.nope}"}}
+		}, "spec.run.sockets[0].listen", "${host.label.nope}"},
+		{"socket name twice", func(a *v1.Assignment) {
+			a.Spec.Run.Sockets = []*v1.Socket{{Name: "http", Listen: "127.0.0.1:1"}, {Name: "http", Listen: "127.0.0.1:2"}}
+		}, "spec.run.sockets[1].name", `"http"`},
+		{"socket port 0", func(a *v1.Assignment) {
+			a.Spec.Run.Sockets = []*v1.Socket{{Name: "http", Listen: "127.0.0.1:0"}}
+		}, "spec.run.sockets[0].listen", `"127.0.0.1:0"`},
+		{"ready", func(a *v1.Assignment) { a.Spec.Run.Ready = "bogus" }, "spec.run.ready", `"bogus"`},
+		{"ready_timeout", func(a *v1.Assignment) { a.Spec.Run.ReadyTimeout = durationpb.New(-time.Second) }, "spec.run.ready_timeout", "-1s"},
+		{"shutdown_delay", func(a *v1.Assignment) { a.Spec.Run.ShutdownDelay = durationpb.New(11 * time.Minute) }, "spec.run.shutdown_delay", "11m0s"},
+		{"pre_stop command", func(a *v1.Assignment) { a.Spec.Run.PreStop = &v1.PreStop{} }, "spec.run.pre_stop.command", ""},
+		{"pre_stop placeholder", func(a *v1.Assignment) {
+			a.Spec.Run.PreStop = &v1.PreStop{Command: []string{"./x", "${host.label.nope}"}}
+		}, "spec.run.pre_stop.command[1]", "${host.label.nope}"},
+		{"pre_stop timeout", func(a *v1.Assignment) {
+			a.Spec.Run.PreStop = &v1.PreStop{Command: []string{"./x"}, Timeout: durationpb.New(0)}
+		}, "spec.run.pre_stop.timeout", "0s"},
+		{"min healthy", func(a *v1.Assignment) { a.Spec.MinHealthyTime = durationpb.New(-time.Second) }, "spec.min_healthy_time", ""},
+		{"stop grace", func(a *v1.Assignment) { a.Spec.Run.StopGrace = durationpb.New(-time.Second) }, "spec.run.stop_grace", ""},
 		{"check placeholder", func(a *v1.Assignment) {
 			a.Spec.Checks[0].Kind = &v1.Check_Exec{Exec: &v1.ExecCheck{Command: []string{"${host.label.none}"}}}
-		}, "spec.checks[0].exec.command[0]"},
+		}, "spec.checks[0].exec.command[0]", ""},
 		{"check invalid", func(a *v1.Assignment) {
 			a.Spec.Checks = append(a.Spec.Checks, &v1.Check{Name: "empty"})
-		}, "spec.checks[1]"},
+		}, "spec.checks[1]", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			a := base()
 			tt.mod(a)
 			err := validateAssignment(a, "h", labels, 1000, t.TempDir())
-			if err == nil || !strings.HasPrefix(err.Error(), tt.field) {
-				t.Fatalf("err %v, want it to name %s", err, tt.field)
+			if err == nil || !strings.HasPrefix(err.Error(), tt.field) || !strings.Contains(err.Error(), tt.value) {
+				t.Fatalf("err %v, want it to name %s and %s", err, tt.field, tt.value)
 			}
 		})
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/fleetwave/fleetwave/agent/install"
 	"github.com/fleetwave/fleetwave/agent/probe"
+	"github.com/fleetwave/fleetwave/agent/sockets"
 	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/proto"
@@ -78,7 +79,7 @@ func validateAssignment(a *v1.Assignment, hostID string, labels map[string]strin
 	if err := checkDuration("spec.run.stop_grace", s.GetRun().GetStopGrace(), true); err != nil {
 		return err
 	}
-	if err := checkHandoverFields(s.GetRun()); err != nil {
+	if err := checkHandover(s.GetRun(), hostID, labels); err != nil {
 		return err
 	}
 	if _, _, err := expandRun(s.GetRun(), hostID, labels); err != nil {
@@ -184,21 +185,54 @@ func expandCheck(c *v1.Check, i int, hostID string, labels map[string]string) (*
 	return ec, nil
 }
 
-// checkHandoverFields refuses the zero-downtime handover's fields, which the
-// spec accepts but this agent does not act on yet: running a service
-// without the drain hook or readiness its spec asks for would drop its
-// requests silently.
-func checkHandoverFields(run *v1.RunSpec) error {
-	const why = "this agent does not act on it yet (the socket handover is not wired in): remove it or deploy an agent that does"
-	switch {
-	case len(run.GetSockets()) > 0:
-		return fmt.Errorf("spec.run.sockets: %d declared, but %s", len(run.GetSockets()), why)
-	case run.GetReady() != "" && run.GetReady() != spec.ReadyStarted:
-		return fmt.Errorf("spec.run.ready: %q, but %s", run.GetReady(), why)
-	case run.GetPreStop() != nil:
-		return fmt.Errorf("spec.run.pre_stop: set, but %s", why)
-	case run.GetShutdownDelay().AsDuration() > 0:
-		return fmt.Errorf("spec.run.shutdown_delay: %s, but %s", run.GetShutdownDelay().AsDuration(), why)
+// checkHandover checks the handover's fields of the run spec as this host
+// expands them (the coordinator validated the spec; a label can still make
+// a bad address): the sockets, ready and its timeout, shutdown_delay and
+// pre_stop. Errors name the field and the value.
+func checkHandover(run *v1.RunSpec, hostID string, labels map[string]string) error {
+	if _, err := sockets.FromSpec(run, hostID, labels); err != nil {
+		return fmt.Errorf("spec.%w", err)
+	}
+	switch r := run.GetReady(); r {
+	case "", spec.ReadyStarted, spec.ReadyNotify:
+	default:
+		return fmt.Errorf("spec.run.ready: %q is not %s or %s", r, spec.ReadyStarted, spec.ReadyNotify)
+	}
+	if err := checkDuration("spec.run.ready_timeout", run.GetReadyTimeout(), false); err != nil {
+		return err
+	}
+	if err := checkDuration("spec.run.shutdown_delay", run.GetShutdownDelay(), true); err != nil {
+		return err
+	}
+	if d := run.GetShutdownDelay().AsDuration(); d > spec.MaxShutdownDelay {
+		return fmt.Errorf("spec.run.shutdown_delay: %s is more than %s", d, spec.MaxShutdownDelay)
+	}
+	if ps := run.GetPreStop(); ps != nil {
+		if _, err := expandPreStop(ps, hostID, labels); err != nil {
+			return err
+		}
+		if err := checkDuration("spec.run.pre_stop.timeout", ps.GetTimeout(), false); err != nil {
+			return err
+		}
+		if d := ps.GetTimeout().AsDuration(); d > spec.MaxPreStopTimeout {
+			return fmt.Errorf("spec.run.pre_stop.timeout: %s is more than %s", d, spec.MaxPreStopTimeout)
+		}
 	}
 	return nil
+}
+
+// expandPreStop resolves ${host.*} in the pre_stop command.
+func expandPreStop(ps *v1.PreStop, hostID string, labels map[string]string) ([]string, error) {
+	if len(ps.GetCommand()) == 0 || ps.GetCommand()[0] == "" {
+		return nil, fmt.Errorf("spec.run.pre_stop.command: empty")
+	}
+	cmd := make([]string, 0, len(ps.GetCommand()))
+	for i, arg := range ps.GetCommand() {
+		x, err := spec.Expand(arg, hostID, labels)
+		if err != nil {
+			return nil, fmt.Errorf("spec.run.pre_stop.command[%d]: %v", i, err)
+		}
+		cmd = append(cmd, x)
+	}
+	return cmd, nil
 }

@@ -305,7 +305,16 @@ func (a *app) rpcErr(what string, err error) error {
 	msg := st.Message()
 	switch st.Code() {
 	case codes.Unavailable:
-		msg += fmt.Sprintf(" (is the coordinator at %s running?)", a.coordinator)
+		switch {
+		case a.tlsCert != "" && strings.Contains(msg, "bad certificate"):
+			msg += fmt.Sprintf(" (the coordinator refused the certificate %s: revoked, expired or not from its CA?)", a.tlsCert)
+		case a.tlsCert != "":
+			// A refused client certificate often shows only as a closed
+			// connection (the alert loses the race with the client's writes).
+			msg += fmt.Sprintf(" (is the coordinator at %s running, and does it accept the certificate %s: not revoked, not expired, from its CA?)", a.coordinator, a.tlsCert)
+		default:
+			msg += fmt.Sprintf(" (is the coordinator at %s running?)", a.coordinator)
+		}
 	case codes.DeadlineExceeded:
 		msg += fmt.Sprintf(" (after --timeout %s)", a.timeout)
 	}

@@ -47,6 +47,7 @@ type fake struct {
 	cluster    *v1.ClusterStatusResponse
 	events     []*v1.WatchEventsResponse // sent by WatchEvents, then it returns
 	eventReqs  []*v1.WatchEventsRequest
+	rollbacks  []*v1.RollbackRequest
 }
 
 type fakeOperator struct {
@@ -128,6 +129,18 @@ func (s fakeOperator) ListReleases(_ context.Context, req *v1.ListReleasesReques
 		}
 	}
 	return &v1.ListReleasesResponse{Releases: out}, nil
+}
+
+func (s fakeOperator) Rollback(_ context.Context, req *v1.RollbackRequest) (*v1.RollbackResponse, error) {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	s.f.rollbacks = append(s.f.rollbacks, req)
+	to := req.GetToVersion()
+	if to == "" {
+		to = "1.0"
+	}
+	return &v1.RollbackResponse{Rollout: &v1.Rollout{Id: "000009", Service: req.GetService(), ToVersion: to, Rollback: true,
+		State: v1.RolloutState_ROLLOUT_STATE_PROGRESSING}}, nil
 }
 
 func (s fakeOperator) GetRollout(_ context.Context, req *v1.GetRolloutRequest) (*v1.GetRolloutResponse, error) {

@@ -2,10 +2,13 @@ package cli
 
 import (
 	"context"
+	"crypto/ed25519"
 	"fmt"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/fleetwave/fleetwave/internal/signing"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -23,18 +26,23 @@ func (a *app) rolloutAction(use, short, done string, do func(ctx context.Context
 			if err != nil {
 				return err
 			}
-			if a.jsonOutput() {
-				return printJSON(a.stdout, ro)
-			}
-			line := fmt.Sprintf("rollout %s %s: %s → %s (%s)", ro.GetId(), done,
-				versionOrNone(ro.GetFromVersion()), ro.GetToVersion(), rolloutState(ro.GetState()))
-			if ro.GetReason() != "" {
-				line += ": " + ro.GetReason()
-			}
-			fmt.Fprintln(a.stdout, line)
-			return nil
+			return a.printRolloutLine(ro, done)
 		}),
 	}
+}
+
+// printRolloutLine prints a rollout as one line (or JSON).
+func (a *app) printRolloutLine(ro *v1.Rollout, done string) error {
+	if a.jsonOutput() {
+		return printJSON(a.stdout, ro)
+	}
+	line := fmt.Sprintf("rollout %s %s: %s → %s (%s)", ro.GetId(), done,
+		versionOrNone(ro.GetFromVersion()), ro.GetToVersion(), rolloutState(ro.GetState()))
+	if ro.GetReason() != "" {
+		line += ": " + ro.GetReason()
+	}
+	fmt.Fprintln(a.stdout, line)
+	return nil
 }
 
 func (a *app) pauseCmd() *cobra.Command {
@@ -64,20 +72,106 @@ func (a *app) abortCmd() *cobra.Command {
 	return cmd
 }
 
-// rollbackCmd is the top-level `fleetwave rollback SERVICE [--to VERSION]`.
+// rollbackCmd is the top-level `fleetwave rollback SERVICE [--to VERSION]
+// [--sign KEY [--spec FILE] [--expires D]]`.
 func (a *app) rollbackCmd() *cobra.Command {
-	var to string
-	cmd := a.rolloutAction("rollback", "Roll back fast (no canary, no bake) to an earlier release; works while frozen", "started",
-		func(ctx context.Context, c v1.OperatorServiceClient, s string) (*v1.Rollout, error) {
-			r, err := c.Rollback(ctx, &v1.RollbackRequest{Service: s, ToVersion: to})
-			return r.GetRollout(), err
-		})
+	var to, sign, specFile string
+	var expires time.Duration
+	cmd := &cobra.Command{
+		Use:   "rollback SERVICE [--to VERSION [--sign KEY [--spec FILE] [--expires DURATION]]]",
+		Short: "Roll back fast (no canary, no bake) to an earlier release; works while frozen",
+		Args:  cobra.ExactArgs(1),
+		RunE: run(func(cmd *cobra.Command, args []string) error {
+			fl := cmd.Flags()
+			var key ed25519.PrivateKey
+			var specDigest string
+			switch {
+			case sign == "" && fl.Changed("sign"):
+				return usageErrorf("--sign: empty key file path")
+			case sign == "" && (fl.Changed("spec") || fl.Changed("expires")):
+				return usageErrorf("--spec and --expires need --sign KEY")
+			case sign != "" && to == "":
+				return usageErrorf("--sign needs --to VERSION: the statement names the release")
+			case sign != "" && expires <= 0:
+				return usageErrorf("invalid --expires %s: must be positive", expires)
+			}
+			if sign != "" {
+				k, err := signing.LoadPrivateKey(sign)
+				if err != nil {
+					return fmt.Errorf("--sign: %w", err)
+				}
+				key = k
+				if specFile != "" {
+					sp, err := a.loadSpec(cmd, specFile)
+					if err != nil {
+						return err
+					}
+					if sp.GetName() != args[0] {
+						return usageErrorf("--spec: %s is the spec of service %q, not %q", specFile, sp.GetName(), args[0])
+					}
+					specDigest = signing.SpecDigest(sp)
+				}
+			}
+			ro, err := call(a, cmd, "rollback of "+args[0], func(ctx context.Context, c v1.OperatorServiceClient) (*v1.Rollout, error) {
+				req := &v1.RollbackRequest{Service: args[0], ToVersion: to}
+				if key != nil {
+					rels, err := c.ListReleases(ctx, &v1.ListReleasesRequest{Service: args[0]})
+					if err != nil {
+						return nil, err
+					}
+					sr, err := signRollback(rels.GetReleases(), to, specDigest, key, expires)
+					if err != nil {
+						return nil, err
+					}
+					req.Signed = sr
+				}
+				r, err := c.Rollback(ctx, req)
+				return r.GetRollout(), err
+			})
+			if err != nil {
+				return err
+			}
+			return a.printRolloutLine(ro, "started")
+		}),
+	}
 	cmd.Long = "Rollback starts a rollout to an earlier release: one wave, no canary, no bake, no approval,\n" +
 		"at most max(max_parallel, a quarter of the hosts) at once. Without --to it goes to the release\n" +
 		"the service ran before (the stable one if a rollout is in progress). It refuses a release whose\n" +
-		"last rollout failed. Follow it with `fleetwave rollout watch SERVICE`."
-	cmd.Flags().StringVar(&to, "to", "", "the release version to go back to")
+		"last rollout failed. Follow it with `fleetwave rollout watch SERVICE`.\n\n" +
+		"Agents with --trusted-keys refuse a release older (by signed sequence) than one they accepted,\n" +
+		"unless the rollback carries a statement signed with --sign: it names exactly the signed release\n" +
+		"--to (its manifest), may undo releases up to the highest sequence signed so far, and expires\n" +
+		"(--expires, default 24h). Give --spec when the release must run with a spec other than the one\n" +
+		"it was signed with."
+	fl := cmd.Flags()
+	fl.StringVar(&to, "to", "", "the release version to go back to")
+	fl.StringVar(&sign, "sign", "", "sign a rollback statement for --to with this ed25519 private key file")
+	fl.StringVar(&specFile, "spec", "", "with --sign: the spec file the release runs with, if not the one it was signed with")
+	fl.DurationVar(&expires, "expires", signing.DefaultRollbackExpiry, "with --sign: how long agents accept the statement")
 	return cmd
+}
+
+// signRollback signs a rollback statement for version among the service's
+// releases: valid on floors up to the highest sequence signed so far.
+func signRollback(rels []*v1.Release, version, specDigest string, key ed25519.PrivateKey, expires time.Duration) (*v1.SignedRollback, error) {
+	var target *v1.Release
+	var maxSeq uint64
+	for _, r := range rels {
+		if m := signing.ParseManifest(r); m != nil {
+			maxSeq = max(maxSeq, m.GetSequence())
+		}
+		if r.GetVersion() == version {
+			target = r
+		}
+	}
+	switch {
+	case target == nil:
+		return nil, fmt.Errorf("--to %s: no such release", version)
+	case signing.ParseManifest(target) == nil:
+		return nil, fmt.Errorf("--to %s: the release is not signed (agents with trusted keys refuse it anyway)", version)
+	}
+	now := time.Now()
+	return signing.SignRollback(signing.Rollback(target, maxSeq, specDigest, now, now.Add(expires)), key)
 }
 
 // historyCmd is `fleetwave rollout history SERVICE [--id ID]`.

@@ -39,11 +39,12 @@ func (a *app) releaseCmd() *cobra.Command {
 		version, artifact, url, sha, commit, commitTime string
 		size                                            int64
 		git                                             bool
-		sign                                            string
+		sign, specFile                                  string
+		sequence                                        uint64
 		expires                                         time.Duration
 	}
 	create := &cobra.Command{
-		Use:   "create SERVICE --version V (--artifact FILE | --url URL --sha256 HEX --size N) [--commit SHA --commit-time RFC3339 | --git] [--sign KEY [--expires DURATION]]",
+		Use:   "create SERVICE --version V (--artifact FILE | --url URL --sha256 HEX --size N) [--commit SHA --commit-time RFC3339 | --git] [--sign KEY --spec FILE [--sequence N] [--expires DURATION]]",
 		Short: "Record a release (uploading its artifact); in auto mode its rollout starts",
 		Args:  cobra.ExactArgs(1),
 		RunE: run(func(cmd *cobra.Command, args []string) error {
@@ -58,19 +59,32 @@ func (a *app) releaseCmd() *cobra.Command {
 				return usageErrorf("--url, --sha256 and --size go together: give all three")
 			}
 			var signKey ed25519.PrivateKey
+			var signSpec *v1.ServiceSpec
 			if f.sign != "" {
 				if f.expires <= 0 {
 					return usageErrorf("invalid --expires %s: must be positive", f.expires)
+				}
+				if f.specFile == "" {
+					return usageErrorf("--sign needs --spec FILE: the spec the release runs with is signed with it")
+				}
+				if fl.Changed("sequence") && f.sequence == 0 {
+					return usageErrorf("invalid --sequence 0: sequences start at 1")
 				}
 				k, err := signing.LoadPrivateKey(f.sign)
 				if err != nil {
 					return fmt.Errorf("--sign: %w", err)
 				}
 				signKey = k
+				if signSpec, err = a.loadSpec(cmd, f.specFile); err != nil {
+					return err
+				}
+				if signSpec.GetName() != args[0] {
+					return usageErrorf("--spec: %s is the spec of service %q, not %q", f.specFile, signSpec.GetName(), args[0])
+				}
 			} else if fl.Changed("sign") {
 				return usageErrorf("--sign: empty key file path")
-			} else if fl.Changed("expires") {
-				return usageErrorf("--expires needs --sign KEY")
+			} else if fl.Changed("expires") || fl.Changed("spec") || fl.Changed("sequence") {
+				return usageErrorf("--expires, --spec and --sequence need --sign KEY")
 			}
 			if f.git {
 				if fl.Changed("commit") || fl.Changed("commit-time") {
@@ -96,6 +110,17 @@ func (a *app) releaseCmd() *cobra.Command {
 				rel.CommitTime = timestamppb.New(t)
 			}
 			ctx := cmd.Context()
+			if signKey != nil && f.sequence == 0 {
+				// One above the highest sequence signed for the service so
+				// far. The coordinator is trusted for this number only: a
+				// low one makes agents refuse the release, a high one wastes
+				// numbers; CI may pass its own with --sequence.
+				seq, err := a.nextSequence(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				f.sequence = seq
+			}
 			if f.artifact != "" {
 				file, err := os.Open(f.artifact)
 				if err != nil {
@@ -131,7 +156,7 @@ func (a *app) releaseCmd() *cobra.Command {
 			if signKey != nil {
 				// Signed last: the manifest names the final digest and size.
 				now := time.Now()
-				sm, err := signing.Sign(signing.Manifest(rel, now, now.Add(f.expires)), signKey)
+				sm, err := signing.Sign(signing.Manifest(rel, signSpec, f.sequence, now, now.Add(f.expires)), signKey)
 				if err != nil {
 					return fmt.Errorf("--sign: %w", err)
 				}
@@ -165,6 +190,8 @@ func (a *app) releaseCmd() *cobra.Command {
 	fl.BoolVar(&f.git, "git", false, "take --commit and --commit-time from HEAD of the git repository in the current directory")
 	fl.StringVar(&f.sign, "sign", "", "sign the release manifest with this ed25519 private key file (fleetwave keys generate)")
 	fl.DurationVar(&f.expires, "expires", DefaultSignatureExpiry, "with --sign: how long agents accept the signed release")
+	fl.StringVar(&f.specFile, "spec", "", "with --sign: the service spec file the release runs with (its run, checks and analysis are signed)")
+	fl.Uint64Var(&f.sequence, "sequence", 0, "with --sign: the release's sequence in the service's signed history (default: one above the highest so far)")
 	_ = create.MarkFlagRequired("version")
 
 	list := &cobra.Command{
@@ -192,6 +219,28 @@ func (a *app) releaseCmd() *cobra.Command {
 	}
 	cmd.AddCommand(create, list)
 	return cmd
+}
+
+// nextSequence is one above the highest sequence of the service's signed
+// releases (1 for the first).
+func (a *app) nextSequence(ctx context.Context, service string) (uint64, error) {
+	c, err := a.operator()
+	if err != nil {
+		return 0, err
+	}
+	cctx, cancel := a.callCtx(ctx)
+	defer cancel()
+	resp, err := c.ListReleases(cctx, &v1.ListReleasesRequest{Service: service})
+	if err != nil {
+		return 0, a.rpcErr("list releases of "+service+" (for --sequence)", err)
+	}
+	var seq uint64
+	for _, r := range resp.GetReleases() {
+		if m := signing.ParseManifest(r); m != nil {
+			seq = max(seq, m.GetSequence())
+		}
+	}
+	return seq + 1, nil
 }
 
 // releaseProblems validates a release locally, naming the flags.
@@ -284,6 +333,9 @@ func printCreated(w io.Writer, resp *v1.CreateReleaseResponse) {
 	}
 	if s := r.GetSigned(); s != nil {
 		fmt.Fprintf(w, ", signed by key %s", s.GetKeyId())
+		if m := signing.ParseManifest(r); m != nil {
+			fmt.Fprintf(w, " (sequence %d, spec sha256 %s)", m.GetSequence(), shortSHA(m.GetSpecSha256()))
+		}
 	}
 	fmt.Fprintln(w)
 	ro := resp.GetRollout()

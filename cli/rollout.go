@@ -257,6 +257,26 @@ func (a *app) hostsCmd() *cobra.Command {
 			return nil
 		}),
 	})
+	var reason string
+	revoke := &cobra.Command{
+		Use:   "revoke HOST-ID [--reason TEXT]",
+		Short: "Revoke every certificate issued to a host until now (admin): its stream ends at once, it cannot reconnect",
+		Long: `Revoke every certificate of agent:HOST-ID issued until now, from tls init or
+joined: the coordinators refuse them in the TLS handshake and on every call,
+and end the host's stream at once. The host gets a new certificate only by
+joining with a join token created after the revocation:
+
+  fleetwave token create HOST-ID-join --role join --host HOST-ID
+
+(on the host: the new token in the join token file, DATA-DIR/tls removed,
+the agent restarted). The services the host runs keep running.`,
+		Args: cobra.ExactArgs(1),
+		RunE: run(func(cmd *cobra.Command, args []string) error {
+			return a.revoke(cmd, &v1.RevokeCertificateRequest{Identity: "agent:" + args[0], Reason: reason})
+		}),
+	}
+	revoke.Flags().StringVar(&reason, "reason", "", "why, for the list and the audit log (at most 256 bytes)")
+	cmd.AddCommand(revoke)
 	return cmd
 }
 

@@ -12,11 +12,12 @@ import (
 	"github.com/fleetwave/fleetwave/internal/tlsutil"
 )
 
-// tlsCmd is `fleetwave tls`: local certificate helpers (no coordinator call).
+// tlsCmd is `fleetwave tls`: local certificate helpers (init, join-ca: no
+// coordinator call) and revocation (revoke, revocations).
 func (a *app) tlsCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "tls",
-		Short: "Create a CA and certificates for coordinators, agents and operators",
+		Short: "Certificates: create a CA and certificates (local), revoke them and list revocations (admin)",
 	}
 	var (
 		dir          string
@@ -29,12 +30,18 @@ func (a *app) tlsCmd() *cobra.Command {
 	initCmd := &cobra.Command{
 		Use:   "init --dir DIR [--coordinator NAME[=HOST,...]]... [--agent HOST-ID]... [--operator NAME=ROLE]...",
 		Short: "Create a CA and issue certificates for a small fleet",
-		Long: `Create a CA (ca.pem, ca-key.pem) in DIR and issue a certificate and key for
+		Long: `Create a root CA (ca.pem, ca-key.pem) and a join CA (join-ca.pem,
+join-ca-key.pem) in DIR and issue a certificate and key for
 each coordinator (coordinator-NAME.pem, naming its hosts plus localhost,
 127.0.0.1 and ::1), agent (agent-HOST-ID.pem) and operator
 (operator-NAME.pem, with its role: viewer, deployer or admin).
 Keys are written with mode 0600, certificates 0644. An existing ca.pem is
-only replaced with --force. Nothing is sent anywhere.`,
+only replaced with --force. Nothing is sent anywhere.
+
+The root key (ca-key.pem) signs everything: keep it offline once the
+certificates are issued. The join CA is an intermediate whose key can sign
+agent certificates only (a name constraint every peer enforces); give it to
+the coordinators that let agents join (--tls-join-ca, --tls-join-ca-key).`,
 		Example: `  fleetwave tls init --dir ./pki --coordinator c1=coord.example.com,10.0.0.5 \
     --agent web-1 --agent web-2 --operator alice=admin --operator ci=deployer`,
 		Args: cobra.NoArgs,
@@ -64,7 +71,37 @@ only replaced with --force. Nothing is sent anywhere.`,
 	f.DurationVar(&caTTL, "ca-ttl", tlsutil.DefaultCATTL, "validity of the CA")
 	f.BoolVar(&force, "force", false, "replace an existing CA and certificates in --dir")
 	_ = initCmd.MarkFlagRequired("dir")
-	cmd.AddCommand(initCmd)
+	var joinDir string
+	var joinTTL time.Duration
+	joinCmd := &cobra.Command{
+		Use:   "join-ca --dir DIR [--ttl DURATION]",
+		Short: "Make a new join CA (join-ca.pem, join-ca-key.pem) from the root CA in DIR",
+		Long: `Make a new join CA in DIR from the root CA there (ca.pem, ca-key.pem),
+replacing join-ca.pem and join-ca-key.pem: when the join CA expires, or its
+key may have leaked (then also revoke the old one: fleetwave tls revoke
+OLD-join-ca.pem). Give the new pair to the coordinators and restart them.
+Certificates the old one issued stay valid until they expire or are revoked.
+A root made before join CAs existed (path length 0) cannot have one: make a
+new root with tls init (see the README's migration).`,
+		Args: cobra.NoArgs,
+		RunE: run(func(cmd *cobra.Command, args []string) error {
+			if strings.TrimSpace(joinDir) == "" {
+				return usageErrorf("invalid --dir %q: must not be empty", joinDir)
+			}
+			if joinTTL <= 0 {
+				return usageErrorf("invalid --ttl %s: must be positive", joinTTL)
+			}
+			if err := tlsutil.InitJoinCA(joinDir, joinTTL); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "wrote %s and %s\n", filepath.Join(joinDir, tlsutil.JoinCAFile), filepath.Join(joinDir, tlsutil.JoinCAKeyFile))
+			return nil
+		}),
+	}
+	joinCmd.Flags().StringVar(&joinDir, "dir", "", "directory with the root CA (ca.pem, ca-key.pem)")
+	joinCmd.Flags().DurationVar(&joinTTL, "ttl", tlsutil.DefaultJoinCATTL, "validity of the join CA (never past the root's)")
+	_ = joinCmd.MarkFlagRequired("dir")
+	cmd.AddCommand(initCmd, joinCmd, a.tlsRevokeCmd(), a.tlsRevocationsCmd())
 	return cmd
 }
 
@@ -141,10 +178,14 @@ func (a *app) printTLSInit(dir string, opts tlsutil.InitOptions) error {
 	for _, f := range opts.Files() {
 		var ident, what string
 		switch {
+		case f.JoinCA && f.Key:
+			ident, what = "-", "join CA key: only for coordinators that sign joins (--tls-join-ca-key); it signs agent certificates only"
+		case f.JoinCA:
+			ident, what = "-", "join CA certificate: with its key, for coordinators that sign joins (--tls-join-ca)"
 		case f.Identity == (tlsutil.Identity{}) && f.Key:
-			ident, what = "-", "CA key: keep it secret (offline), it signs every certificate"
+			ident, what = "-", "root CA key: it signs every certificate: keep it offline, on no coordinator or host"
 		case f.Identity == (tlsutil.Identity{}):
-			ident, what = "-", "CA certificate: give it to every coordinator, agent and operator"
+			ident, what = "-", "root CA certificate: give it to every coordinator, agent and operator (--tls-ca)"
 		case f.Key:
 			ident, what = f.Identity.String(), "private key"
 		default:

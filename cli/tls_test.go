@@ -86,6 +86,8 @@ func TestTLSInitCommand(t *testing.T) {
 	}{
 		{"ca.pem", 0o644, ""},
 		{"ca-key.pem", 0o600, ""},
+		{"join-ca.pem", 0o644, ""},
+		{"join-ca-key.pem", 0o600, ""},
 		{"coordinator-c1.pem", 0o644, "coordinator:c1"},
 		{"coordinator-c1-key.pem", 0o600, ""},
 		{"coordinator-c2.pem", 0o644, "coordinator:c2"},
@@ -131,7 +133,7 @@ func TestTLSInitCommand(t *testing.T) {
 		!slices.ContainsFunc(c1.IPAddresses, func(ip net.IP) bool { return ip.Equal(net.ParseIP("127.0.0.1")) }) {
 		t.Errorf("coordinator-c1 SANs: DNS %v, IP %v", c1.DNSNames, c1.IPAddresses)
 	}
-	wantContains(t, "output", out, "hosts coord.example,10.0.0.5,localhost", "CA certificate: give it", "CA key: keep it secret")
+	wantContains(t, "output", out, "hosts coord.example,10.0.0.5,localhost", "root CA certificate: give it", "root CA key: it signs every certificate: keep it offline", "join CA key: only for coordinators that sign joins")
 
 	// The CA is not replaced without --force.
 	before, err := os.ReadFile(filepath.Join(dir, "ca.pem"))
@@ -198,5 +200,35 @@ func TestTLSInitFlagErrors(t *testing.T) {
 	}
 	if _, err := runTLS(t, "tls", "init", "--dir", ""); err == nil || !strings.Contains(err.Error(), `invalid --dir ""`) {
 		t.Errorf("empty --dir: %v", err)
+	}
+}
+
+func TestTLSJoinCACommand(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "pki")
+	if code, _, stderr := runCLI(t, "tls", "init", "--dir", dir); code != 0 {
+		t.Fatalf("tls init: %d %s", code, stderr)
+	}
+	before := readTLSCert(t, filepath.Join(dir, "join-ca.pem"))
+	code, stdout, stderr := runCLI(t, "tls", "join-ca", "--dir", dir, "--ttl", "720h")
+	if code != 0 || !strings.Contains(stdout, "join-ca-key.pem") {
+		t.Fatalf("tls join-ca: %d %s%s", code, stdout, stderr)
+	}
+	after := readTLSCert(t, filepath.Join(dir, "join-ca.pem"))
+	if after.Equal(before) || time.Until(after.NotAfter) > 721*time.Hour {
+		t.Errorf("join CA not replaced with a 720h one: NotAfter %v", after.NotAfter)
+	}
+	if err := after.CheckSignatureFrom(readTLSCert(t, filepath.Join(dir, "ca.pem"))); err != nil {
+		t.Errorf("new join CA not signed by the root: %v", err)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"tls", "join-ca", "--dir", dir, "--ttl", "0s"}, "invalid --ttl"},
+		{[]string{"tls", "join-ca", "--dir", t.TempDir()}, "ca.pem"},
+	} {
+		if code, _, stderr := runCLI(t, c.args...); code == 0 || !strings.Contains(stderr, c.want) {
+			t.Errorf("%v: exit %d, %s; want %q", c.args, code, stderr, c.want)
+		}
 	}
 }

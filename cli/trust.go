@@ -162,6 +162,9 @@ func (a *app) whoamiCmd() *cobra.Command {
 				return printJSON(a.stdout, resp)
 			}
 			fmt.Fprintf(a.stdout, "%s (role %s, by %s)\n", resp.GetIdentity(), orDash(resp.GetRole()), resp.GetMethod())
+			if resp.GetSerial() != "" {
+				fmt.Fprintf(a.stdout, "certificate serial %s, expires %s\n", resp.GetSerial(), fmtTime(resp.GetNotAfter()))
+			}
 			return nil
 		}),
 	}

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -97,6 +98,8 @@ var methodAccess = map[string]access{
 	opSvc + "ListAudit":            accessAdmin,
 	opSvc + "WhoAmI":               accessAnyone,
 	opSvc + "RemoveHost":           accessAdmin,
+	opSvc + "RevokeCertificate":    accessAdmin,
+	opSvc + "ListRevocations":      accessAdmin,
 	opSvc + "DeleteService":        accessAdmin,
 	agSvc + "Connect":              accessAgent,
 	agSvc + "Join":                 accessAnyone,
@@ -118,7 +121,7 @@ func readOnly(method string) bool {
 		return true
 	}
 	switch method {
-	case opSvc + "WhoAmI", agSvc + "Connect", opSvc + "ListTokens", opSvc + "ListAudit":
+	case opSvc + "WhoAmI", agSvc + "Connect", opSvc + "ListTokens", opSvc + "ListAudit", opSvc + "ListRevocations":
 		return true
 	}
 	return strings.HasPrefix(method, "/grpc.health.v1.")
@@ -140,6 +143,11 @@ func (c *Coordinator) authenticate(ctx context.Context, method string) (principa
 	default:
 		if id, ok := tlsutil.PeerIdentity(ctx); ok {
 			p = principal{ident: id.Kind + ":" + id.Name, kind: id.Kind, name: id.Name, role: id.Role, how: "certificate"}
+			// A connection opened before its certificate was revoked.
+			chain, _ := tlsutil.PeerChain(ctx)
+			if err := c.checkChain(chain); err != nil {
+				return p, err
+			}
 			break
 		}
 		if auth := md.Get("authorization"); len(auth) > 0 {
@@ -285,6 +293,11 @@ func auditTarget(req any) string {
 		return "host " + r.GetHostId()
 	case *v1.RemoveHostRequest:
 		return "host " + r.GetHostId()
+	case *v1.RevokeCertificateRequest:
+		if r.GetIdentity() != "" {
+			return "identity " + r.GetIdentity()
+		}
+		return "serial " + r.GetSerial()
 	case *v1.DeleteServiceRequest:
 		if r.GetForce() {
 			return r.GetName() + " (force)"
@@ -341,8 +354,23 @@ func (c *Coordinator) streamAuth(srv any, ss grpc.ServerStream, info *grpc.Strea
 		return err
 	}
 	defer release()
+	// A revocation of the caller's certificate ends the stream (revoke.go).
+	sctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	if chain, ok := tlsutil.PeerChain(ctx); ok && p.how == "certificate" {
+		forget := c.streams.add(chain, cancel)
+		defer forget()
+		// Revoked between the check in authenticate and now.
+		if err := c.checkChain(chain); err != nil {
+			cancel(err)
+		}
+	}
 	ls := &limitedStream{ServerStream: ss, l: c.limits, method: info.FullMethod, p: p}
-	err = handler(srv, &authStream{ServerStream: ls, ctx: withPrincipal(ctx, p)})
+	err = handler(srv, &authStream{ServerStream: ls, ctx: withPrincipal(sctx, p)})
+	var re *revokedError
+	if cause := context.Cause(sctx); errors.As(cause, &re) {
+		err = re
+	}
 	c.audit(ctx, p, info.FullMethod, "", err)
 	return err
 }

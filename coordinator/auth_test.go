@@ -42,6 +42,10 @@ func TestAuthorizeTable(t *testing.T) {
 		{op("admin"), opSvc + "ApplyService", codes.OK},
 		{op("admin"), opSvc + "CreateToken", codes.OK},
 		{op("deployer"), opSvc + "CreateToken", codes.PermissionDenied},
+		{op("admin"), opSvc + "RevokeCertificate", codes.OK},
+		{op("deployer"), opSvc + "RevokeCertificate", codes.PermissionDenied},
+		{op("viewer"), opSvc + "ListRevocations", codes.PermissionDenied},
+		{agent, opSvc + "RevokeCertificate", codes.PermissionDenied},
 		{op("admin"), agSvc + "Connect", codes.PermissionDenied},
 		{agent, agSvc + "Connect", codes.OK},
 		{agent, opSvc + "ListServices", codes.PermissionDenied},
@@ -82,6 +86,8 @@ type tlsFleet struct {
 	// metrics is the /metrics URL; emb the coordinator's etcd.
 	metrics string
 	emb     *store.Embedded
+	// c is the coordinator itself.
+	c *Coordinator
 }
 
 func startTLSCoordinator(t *testing.T) *tlsFleet {
@@ -115,8 +121,10 @@ func startTLSCoordinatorWith(t *testing.T, mod func(*Config)) *tlsFleet {
 	if mod != nil {
 		mod(&cfg)
 	}
+	started := make(chan *Coordinator, 1)
+	cfg.started = func(c *Coordinator) { started <- c }
 	addr := runTestCoordinator(t, cfg)
-	return &tlsFleet{dir: dir, addr: addr, metrics: "http://" + <-metricsc + "/metrics", emb: emb}
+	return &tlsFleet{dir: dir, addr: addr, metrics: "http://" + <-metricsc + "/metrics", emb: emb, c: <-started}
 }
 
 // dial connects with the named certificate from tls init ("" = none) and

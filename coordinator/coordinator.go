@@ -9,6 +9,7 @@ package coordinator
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -60,9 +61,17 @@ type Config struct {
 	// coordinator/<name>) and key; TLSCA the CA every client and peer
 	// certificate must chain to. All three are required unless Insecure.
 	TLSCert, TLSKey, TLSCA string
-	// TLSCAKey, if set, lets this coordinator sign agent certificates for
-	// Join and Renew.
+	// TLSJoinCA and TLSJoinCAKey, if set, are the join CA (an intermediate
+	// under TLSCA that can sign agent certificates only, from tls init)
+	// this coordinator signs agent certificates with for Join and Renew.
+	TLSJoinCA, TLSJoinCAKey string
+	// TLSCAKey, if set, is TLSCA's own key, used like the join CA's: the
+	// layout of PKI directories made before join CAs. It puts the key
+	// that signs every certificate on this coordinator's disk.
 	TLSCAKey string
+	// MaxRevocations is how many certificate revocations are stored at
+	// most (default DefaultMaxRevocations).
+	MaxRevocations int
 	// Insecure serves plain text and trusts every caller as admin (logged
 	// as a warning). Only for tests and trials.
 	Insecure bool
@@ -118,6 +127,8 @@ type Config struct {
 	// Limits cap connections and streams on the gRPC listener (limits.go;
 	// zero fields take DefaultLimits).
 	Limits Limits
+	// started, if set, is given the coordinator before it serves (tests).
+	started func(*Coordinator)
 }
 
 // Validate checks the config; errors name the field.
@@ -147,8 +158,17 @@ func (c *Config) Validate() error {
 	if !c.Insecure && (c.TLSCert == "" || c.TLSKey == "" || c.TLSCA == "") {
 		errs = append(errs, errors.New("tls-cert, tls-key, tls-ca: all required (or --insecure for plain text)"))
 	}
-	if c.Insecure && (c.TLSCert != "" || c.TLSKey != "" || c.TLSCA != "" || c.TLSCAKey != "") {
-		errs = append(errs, errors.New("insecure: cannot be combined with tls-cert, tls-key, tls-ca or tls-ca-key"))
+	if c.Insecure && (c.TLSCert != "" || c.TLSKey != "" || c.TLSCA != "" || c.TLSCAKey != "" || c.TLSJoinCA != "" || c.TLSJoinCAKey != "") {
+		errs = append(errs, errors.New("insecure: cannot be combined with tls-cert, tls-key, tls-ca, tls-ca-key, tls-join-ca or tls-join-ca-key"))
+	}
+	if (c.TLSJoinCA == "") != (c.TLSJoinCAKey == "") {
+		errs = append(errs, errors.New("tls-join-ca, tls-join-ca-key: give both or neither"))
+	}
+	if c.TLSJoinCA != "" && c.TLSCAKey != "" {
+		errs = append(errs, errors.New("tls-ca-key: not with tls-join-ca: joins are signed with the join CA; keep the root key offline"))
+	}
+	if c.MaxRevocations < 0 {
+		errs = append(errs, fmt.Errorf("max-revocations: %d is negative", c.MaxRevocations))
 	}
 	if c.KeepRolloutEvents < 0 {
 		errs = append(errs, fmt.Errorf("keep-rollout-events: %d is negative", c.KeepRolloutEvents))
@@ -189,6 +209,9 @@ func (c *Config) Validate() error {
 
 func (c *Config) defaults() {
 	c.Limits.defaults()
+	if c.MaxRevocations == 0 {
+		c.MaxRevocations = DefaultMaxRevocations
+	}
 	if c.MaxArtifactBytes == 0 {
 		c.MaxArtifactBytes = 1 << 30
 	}
@@ -244,8 +267,19 @@ type Coordinator struct {
 	failures *failureLog
 	// limits enforces Config.Limits (limits.go).
 	limits *limiter
-	// ca signs agent certificates (nil: no --tls-ca-key).
+	// ca signs agent certificates: the join CA, or the root with
+	// --tls-ca-key (nil: neither; Join and Renew are refused).
 	ca *tlsutil.CA
+	// caPEM are the CAs of --tls-ca, given to agents that join; caNotAfter
+	// the latest of their expiries (no certificate outlives it) and
+	// caSerials their serials (never revoked).
+	caPEM      []byte
+	caNotAfter time.Time
+	caSerials  map[string]bool
+	// streams are the streams open with a certificate (revoke.go).
+	streams liveStreams
+	// revokedLog rate-limits the log lines of refused handshakes.
+	revokedLog *bucket
 	// peerCreds are the transport credentials for calls to other
 	// coordinators (forwarding, artifact copies).
 	peerCreds credentials.TransportCredentials
@@ -314,7 +348,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		return err
 	}
 	c := &Coordinator{cfg: cfg, log: log, store: store.New(cli), arts: arts, cli: cli, start: time.Now(), sessCh: make(chan struct{}), insecure: cfg.Insecure,
-		failures: newFailureLog(cfg.AuditFailureInterval, maxFailureKinds), limits: newLimiter(cfg.Limits, log)}
+		failures: newFailureLog(cfg.AuditFailureInterval, maxFailureKinds), limits: newLimiter(cfg.Limits, log), revokedLog: &bucket{rate: 5, burst: 20}}
 	var serverCreds credentials.TransportCredentials
 	if cfg.Insecure {
 		log.Warn().Msg("INSECURE: plain-text gRPC, every caller is trusted as admin; use --tls-cert/--tls-key/--tls-ca in production")
@@ -328,11 +362,22 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		if err != nil {
 			return fmt.Errorf("tls: %w", err)
 		}
+		// A revoked certificate cannot open a connection, as a client nor
+		// as a peer coordinator's server.
+		tlsutil.CheckRevocation(sc, c.checkChain)
+		tlsutil.CheckRevocation(pc, c.checkChain)
 		serverCreds, c.peerCreds = credentials.NewTLS(sc), credentials.NewTLS(pc)
-		if cfg.TLSCAKey != "" {
-			if c.ca, err = tlsutil.LoadCA(cfg.TLSCA, cfg.TLSCAKey); err != nil {
-				return fmt.Errorf("tls-ca-key: %w", err)
-			}
+		if c.caNotAfter, c.caSerials, c.caPEM, err = caBounds(cfg.TLSCA); err != nil {
+			return fmt.Errorf("tls-ca: %w", err)
+		}
+		if c.ca, err = loadIssuer(cfg); err != nil {
+			return err
+		}
+		switch {
+		case cfg.TLSCAKey != "":
+			log.Warn().Msg("the root CA key (--tls-ca-key) is on this coordinator: whoever reads it can make any certificate; sign joins with a join CA instead (--tls-join-ca, --tls-join-ca-key; README: TLS)")
+		case c.ca == nil:
+			log.Info().Msg("no join CA (--tls-join-ca, --tls-join-ca-key): this coordinator refuses Join and Renew")
 		}
 	}
 	c.metrics = newMetrics()
@@ -394,7 +439,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		wg.Go(func() { c.gossipWake(ctx, g) })
 	}
 	srv := grpc.NewServer(append(c.limits.serverOptions(),
-		grpc.Creds(limitedCreds{TransportCredentials: serverCreds, l: c.limits}),
+		grpc.Creds(limitedCreds{TransportCredentials: serverCreds, l: c.limits, refused: c.handshakeRefused}),
 		grpc.ChainUnaryInterceptor(c.unaryAuth, c.metrics.countForwarded(c.fwd.unary)),
 		grpc.ChainStreamInterceptor(c.streamAuth),
 		grpc.MaxRecvMsgSize(4<<20),
@@ -419,10 +464,14 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	wg.Go(func() { c.sessionLoop(ctx) })
 	wg.Go(func() { c.replicateLoop(ctx) })
 	wg.Go(func() { c.auditFailuresLoop(ctx) })
+	wg.Go(func() { c.revocationLoop(ctx) })
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()
 	log.Info().Str("addr", lis.Addr().String()).Str("name", cfg.Name).Strs("etcd", endpoints).Msg("coordinator serving")
+	if cfg.started != nil {
+		cfg.started(c)
+	}
 	if cfg.Ready != nil {
 		cfg.Ready(lis.Addr().String())
 	}
@@ -452,6 +501,33 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	}
 	log.Info().Msg("coordinator stopped")
 	return fatal
+}
+
+// loadIssuer loads the CA that signs agent certificates: the join CA,
+// which must chain to --tls-ca, or (older layouts) the root with its key.
+func loadIssuer(cfg Config) (*tlsutil.CA, error) {
+	switch {
+	case cfg.TLSJoinCA != "":
+		ca, err := tlsutil.LoadCA(cfg.TLSJoinCA, cfg.TLSJoinCAKey)
+		if err != nil {
+			return nil, fmt.Errorf("tls-join-ca: %w", err)
+		}
+		pool, err := tlsutil.LoadCertPool(cfg.TLSCA)
+		if err != nil {
+			return nil, fmt.Errorf("tls-ca: %w", err)
+		}
+		if _, err := ca.Cert.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+			return nil, fmt.Errorf("tls-join-ca: %s does not chain to --tls-ca %s: %w", cfg.TLSJoinCA, cfg.TLSCA, err)
+		}
+		return ca, nil
+	case cfg.TLSCAKey != "":
+		ca, err := tlsutil.LoadCA(cfg.TLSCA, cfg.TLSCAKey)
+		if err != nil {
+			return nil, fmt.Errorf("tls-ca-key: %w", err)
+		}
+		return ca, nil
+	}
+	return nil, nil
 }
 
 // lease is this coordinator's session lease; connection records live on it.

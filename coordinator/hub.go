@@ -389,8 +389,11 @@ func (h *hub) assignments(t *desiredTable, c *agentConn) *v1.ConnectResponse {
 			continue
 		}
 		sp, rev := rollout.SpecFor(e.svc, e.latest, ver, gen)
-		resp.Assignments = append(resp.Assignments, &v1.Assignment{Service: name, Generation: gen, Release: rel,
-			Spec: sp, SpecRevision: rev})
+		asg := &v1.Assignment{Service: name, Generation: gen, Release: rel, Spec: sp, SpecRevision: rev}
+		if sr := e.latest.GetSignedRollback(); sr != nil && ver == e.latest.GetToVersion() {
+			asg.Rollback = sr // lets agents with trusted keys go back below their floor
+		}
+		resp.Assignments = append(resp.Assignments, asg)
 	}
 	sort.Slice(resp.Assignments, func(i, j int) bool { return resp.Assignments[i].Service < resp.Assignments[j].Service })
 	return resp

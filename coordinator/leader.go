@@ -57,10 +57,11 @@ type leaderReq struct {
 	service string
 	op      leaderOp
 	actor   string
-	reason  string // abort
-	version string // rollback target ("" = the previous good release)
-	wave    uint32 // approve: the wave (0 = whatever waits)
-	force   bool   // delete: supersede a rollout in flight
+	reason  string             // abort
+	version string             // rollback target ("" = the previous good release)
+	signed  *v1.SignedRollback // rollback: the operator's signed statement (nil: none)
+	wave    uint32             // approve: the wave (0 = whatever waits)
+	force   bool               // delete: supersede a rollout in flight
 	reply   chan leaderReply
 }
 
@@ -156,6 +157,7 @@ func (l *leader) pruneAudit(ctx context.Context, fence *store.Fence, now time.Ti
 		return
 	}
 	l.auditPruned = now
+	l.pruneRevocations(ctx, fence, now)
 	old, err := l.c.store.PruneAudit(ctx, fence, now.Add(-l.c.cfg.AuditRetention))
 	if err != nil {
 		l.c.log.Warn().Err(err).Msg("pruning the audit log failed")

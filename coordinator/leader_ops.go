@@ -9,6 +9,7 @@ import (
 
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/coordinator/store"
+	"github.com/fleetwave/fleetwave/internal/signing"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -145,7 +146,21 @@ func (l *leader) rollback(ctx context.Context, fence *store.Fence, vs store.Vers
 			return nil, fmt.Errorf("service %q: %w", name, store.ErrNotFound)
 		}
 	}
+	if req.signed != nil {
+		// The statement names one signed manifest of the target: refuse a
+		// mismatch here rather than on every host.
+		st, err := signing.ParseRollback(req.signed)
+		if err != nil {
+			return nil, err
+		}
+		rel, _ := l.c.mirror.Release(name, target)
+		if d := signing.ManifestDigest(rel); d == "" || d != st.GetToManifestSha256() {
+			return nil, fmt.Errorf("the signed rollback names manifest sha256 %s of %s, which is %q here", st.GetToManifestSha256(), target, d)
+		}
+	}
 	r, st, res := rollout.BeginRollback(vs.Val, target, l.hosts(), l.observe(name), now)
+	// Sent with every assignment of the target (hub.assignments).
+	r.SignedRollback = req.signed
 	if err := l.start(ctx, fence, vs, r, st, res, req.actor, now); err != nil {
 		return nil, err
 	}

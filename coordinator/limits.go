@@ -211,11 +211,16 @@ func (l *limiter) serverOptions() []grpc.ServerOption {
 type limitedCreds struct {
 	credentials.TransportCredentials
 	l *limiter
+	// refused, if set, is told of every failed handshake.
+	refused func(from string, err error)
 }
 
 func (c limitedCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	conn, ai, err := c.TransportCredentials.ServerHandshake(raw)
 	if err != nil {
+		if c.refused != nil {
+			c.refused(raw.RemoteAddr().String(), err)
+		}
 		return nil, nil, err
 	}
 	noCert := false
@@ -231,7 +236,7 @@ func (c limitedCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthI
 }
 
 func (c limitedCreds) Clone() credentials.TransportCredentials {
-	return limitedCreds{TransportCredentials: c.TransportCredentials.Clone(), l: c.l}
+	return limitedCreds{TransportCredentials: c.TransportCredentials.Clone(), l: c.l, refused: c.refused}
 }
 
 // limitedConn is an admitted connection; closing it frees its place.

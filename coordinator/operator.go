@@ -16,6 +16,7 @@ import (
 
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/coordinator/store"
+	"github.com/fleetwave/fleetwave/internal/signing"
 	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -396,7 +397,21 @@ func (o *operator) Rollback(ctx context.Context, req *v1.RollbackRequest) (*v1.R
 			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}
 	}
-	r, err := o.rolloutOp(ctx, req.GetService(), leaderReq{op: opRollback, version: req.GetToVersion()})
+	if sr := req.GetSigned(); sr != nil {
+		// Checked here for what it names (the agents verify its signature).
+		if req.GetToVersion() == "" {
+			return nil, status.Error(codes.InvalidArgument, "signed: a signed rollback needs to_version, the release its statement names")
+		}
+		st, err := signing.ParseRollback(sr)
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "signed: %v", err)
+		}
+		if st.GetService() != req.GetService() || st.GetToVersion() != req.GetToVersion() {
+			return nil, status.Errorf(codes.InvalidArgument, "signed: the statement is for %q %q, not %q %q",
+				st.GetService(), st.GetToVersion(), req.GetService(), req.GetToVersion())
+		}
+	}
+	r, err := o.rolloutOp(ctx, req.GetService(), leaderReq{op: opRollback, version: req.GetToVersion(), signed: req.GetSigned()})
 	if err != nil {
 		return nil, err
 	}

@@ -100,7 +100,16 @@ func (o *operator) ListAudit(ctx context.Context, req *v1.ListAuditRequest) (*v1
 
 func (o *operator) WhoAmI(ctx context.Context, _ *v1.WhoAmIRequest) (*v1.WhoAmIResponse, error) {
 	p, _ := principalFrom(ctx)
-	return &v1.WhoAmIResponse{Identity: p.ident, Role: p.role, Method: p.how}, nil
+	resp := &v1.WhoAmIResponse{Identity: p.ident, Role: p.role, Method: p.how}
+	if cert, ok := tlsutil.PeerCertificate(ctx); ok && p.how == "certificate" {
+		resp.Serial, resp.NotAfter = tlsutil.SerialString(cert), timestamppb.New(cert.NotAfter)
+	}
+	return resp, nil
+}
+
+// errNoIssuer refuses Join and Renew on a coordinator without a join CA.
+func errNoIssuer(call string) error {
+	return status.Errorf(codes.FailedPrecondition, "%s: this coordinator cannot sign certificates (started without --tls-join-ca and --tls-join-ca-key); use a coordinator that has the join CA", call)
 }
 
 // Join exchanges a join token and a CSR for a certificate bound to the
@@ -109,7 +118,7 @@ func (o *operator) WhoAmI(ctx context.Context, _ *v1.WhoAmIRequest) (*v1.WhoAmIR
 func (h *hub) Join(ctx context.Context, req *v1.JoinRequest) (*v1.JoinResponse, error) {
 	c := h.c
 	if c.ca == nil {
-		return nil, status.Error(codes.FailedPrecondition, "join: this coordinator has no CA key (--tls-ca-key) to sign certificates")
+		return nil, errNoIssuer("join")
 	}
 	if err := spec.CheckHostID("host_id", req.GetHostId()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
@@ -132,6 +141,13 @@ func (h *hub) Join(ctx context.Context, req *v1.JoinRequest) (*v1.JoinResponse, 
 		return nil, status.Errorf(codes.Unauthenticated, "token %s: expired at %s", t.GetName(), t.GetExpiresAt().AsTime().Format(time.RFC3339))
 	case t.GetHostId() != "" && t.GetHostId() != req.GetHostId():
 		return nil, status.Errorf(codes.PermissionDenied, "token %s is for host %s, not %s", t.GetName(), t.GetHostId(), req.GetHostId())
+	}
+	// A revoked host joins again only with a token created after the
+	// revocation (etcd revisions, not clocks, order them): a token that
+	// leaked with the host's key does not bring it back.
+	if vr, ok := c.mirror.RevokedIdentity(tlsutil.KindAgent, req.GetHostId()); ok && vt.Created <= vr.Rev {
+		return nil, status.Errorf(codes.PermissionDenied, "host %s was revoked at %s: join it with a join token created since (token create --role join --host %s)",
+			req.GetHostId(), vr.Val.GetRevokedAt().AsTime().UTC().Format(time.RFC3339), req.GetHostId())
 	}
 	// A token not bound to a host must not take over a host that exists.
 	if t.GetHostId() == "" {
@@ -161,7 +177,7 @@ func (h *hub) Join(ctx context.Context, req *v1.JoinRequest) (*v1.JoinResponse, 
 // current certificate.
 func (h *hub) Renew(ctx context.Context, req *v1.RenewRequest) (*v1.RenewResponse, error) {
 	if h.c.ca == nil {
-		return nil, status.Error(codes.FailedPrecondition, "renew: this coordinator has no CA key (--tls-ca-key) to sign certificates")
+		return nil, errNoIssuer("renew")
 	}
 	p, _ := principalFrom(ctx)
 	if p.kind != tlsutil.KindAgent {
@@ -177,12 +193,18 @@ func (h *hub) Renew(ctx context.Context, req *v1.RenewRequest) (*v1.RenewRespons
 	return &v1.RenewResponse{Certificate: cert}, nil
 }
 
+// issue signs an agent certificate for host: issued after the host's
+// revocation, if it has one, whatever this coordinator's clock says.
 func (h *hub) issue(csr []byte, host string) (*v1.IssuedCertificate, error) {
-	pem, notAfter, err := h.c.ca.SignCSR(csr, tlsutil.Identity{Kind: tlsutil.KindAgent, Name: host}, h.c.cfg.AgentCertTTL)
+	var after time.Time
+	if vr, ok := h.c.mirror.RevokedIdentity(tlsutil.KindAgent, host); ok {
+		after = vr.Val.GetRevokedAt().AsTime()
+	}
+	pem, notAfter, err := h.c.ca.SignCSRAfter(csr, tlsutil.Identity{Kind: tlsutil.KindAgent, Name: host}, h.c.cfg.AgentCertTTL, after)
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "csr: %v", err)
 	}
-	return &v1.IssuedCertificate{CertificateChain: pem, Ca: h.c.ca.CertPEM, NotAfter: timestamppb.New(notAfter)}, nil
+	return &v1.IssuedCertificate{CertificateChain: pem, Ca: h.c.caPEM, NotAfter: timestamppb.New(notAfter)}, nil
 }
 
 // RemoveHost forgets a decommissioned host (admin): its record and its

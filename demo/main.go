@@ -30,7 +30,10 @@ import (
 const spec = `name: web
 selector: {role: web}
 run:
-  command: ["./demoapp", "--listen", "127.0.0.1:${host.label.port}"]
+  command: ["./demoapp"]
+  sockets: [{name: http, listen: "127.0.0.1:${host.label.port}"}]   # handed from release to release
+  ready: notify                   # the agent waits for READY=1 before it stops the old release
+  ready_timeout: 5s
   stop_grace: 5s
 checks:
   - name: http
@@ -84,7 +87,7 @@ func say(format string, a ...any) {
 	fmt.Printf("\n==> "+format+"\n", a...)
 }
 
-func run(ctx context.Context) error {
+func run(ctx context.Context) (err error) {
 	dir, err := os.MkdirTemp("", "fleetwave-demo-")
 	if err != nil {
 		return err
@@ -138,11 +141,20 @@ func run(ctx context.Context) error {
 	say("applying the service spec")
 	fmt.Print(specText)
 	say("generating load: 4 clients per host, each a request every 50 ms on a new connection")
-	load := f.StartLoad(ctx, "apply the spec (no service runs yet: requests fail)", 4, 50*time.Millisecond)
+	const first = "release v1: the first rollout, canary first (a host fails requests until v1 first starts on it)"
+	load := f.StartLoad(ctx, first, 4, 50*time.Millisecond)
 	defer func() {
 		say("requests per step (failed = no answer: refused, reset or timed out; 5xx = the release's own errors)")
-		for _, s := range load.Stop() {
+		steps := load.Stop()
+		for _, s := range steps {
 			fmt.Println(" ", s.String())
+		}
+		// Past the first rollout every step must lose nothing: the
+		// handover's promise, checked on every run of the demo.
+		if err == nil {
+			if lost := testfleet.Failures(steps[1:]); lost != "" {
+				err = fmt.Errorf("requests failed after v1 was out:\n%s", lost)
+			}
 		}
 	}()
 	// step begins a step of the demo: the load's counts so far are
@@ -177,7 +189,7 @@ func run(ctx context.Context) error {
 		fmt.Println("  /version on each host:", strings.Join(parts, " "))
 	}
 
-	step("release v1: the first rollout, canary first (a host fails requests until v1 first starts on it)")
+	say(first)
 	if err := release("v1", nil); err != nil {
 		return fmt.Errorf("v1 rollout: %w", err)
 	}
@@ -233,7 +245,7 @@ func run(ctx context.Context) error {
 	if err := cli("rollout", "history", "web", "--id", "000004"); err != nil {
 		return err
 	}
-	step("done: v3 and v4 never left the canary and were never retried; the fleet runs v5")
+	say("done: v3 and v4 never left the canary and were never retried; the fleet runs v5")
 	return nil
 }
 

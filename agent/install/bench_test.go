@@ -60,7 +60,7 @@ func BenchmarkInstall(b *testing.B) {
 			b.Fatal(err)
 		}
 		ver := fmt.Sprintf("v%d", i)
-		if _, err := in.Stage("web", ver, v); err != nil {
+		if _, err := in.Stage(context.Background(), "web", ver, v); err != nil {
 			b.Fatal(err)
 		}
 		if err := in.Switch("web", ver); err != nil {

@@ -3,14 +3,17 @@ package install
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
 
 // FuzzUnpack feeds arbitrary tar streams to UnpackTar and checks that it
-// never panics and never writes or links outside the root.
+// never panics, never writes or links outside the root, and stays within
+// its limits and work bounds (checkResources).
 func FuzzUnpack(f *testing.F) {
 	seeds := [][]entry{
 		{{name: "ok/file", body: "x"}, {name: "ok/link", typ: tar.TypeSymlink, link: "file"}},
@@ -45,10 +48,11 @@ func FuzzUnpack(f *testing.F) {
 		if err := os.WriteFile(decoy, []byte("decoy"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		_ = UnpackTar(bytes.NewReader(data), root, lim) // errors are fine; escapes are not
+		u, _ := unpackTar(context.Background(), bytes.NewReader(data), root, lim) // errors are fine; escapes are not
 		if b, err := os.ReadFile(decoy); err != nil || string(b) != "decoy" {
 			t.Fatalf("decoy changed: %q %v", b, err)
 		}
+		checkResources(t, u, lim, root)
 		// Even a rejected archive must not leave a link pointing out.
 		assertNothingOutside(t, parent, root, "x")
 	})
@@ -120,10 +124,92 @@ func FuzzUnpackEntries(f *testing.F) {
 		if err := os.WriteFile(decoy, []byte("decoy"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		_ = UnpackTar(bytes.NewReader(buf.Bytes()), root, lim)
+		u, _ := unpackTar(context.Background(), bytes.NewReader(buf.Bytes()), root, lim)
 		if b, err := os.ReadFile(decoy); err != nil || string(b) != "decoy" {
 			t.Fatalf("decoy changed: %q %v", b, err)
 		}
+		checkResources(t, u, lim, root)
+		assertNothingOutside(t, parent, root, "x")
+	})
+}
+
+// FuzzUnpackResources fuzzes the shape of archives: each line is
+// "<kind>[*<n>] <name> [<link target>]" (kinds as in FuzzUnpackEntries),
+// where *n repeats name n times joined by "/" (n up to 5000), so deep,
+// long and wide archives are a few bytes of input. Whatever the archive,
+// UnpackTar ends (no timeout needed: the work is counted) and checkResources
+// holds: names made, bytes, depth, path lookups and symlink work within
+// their limits, and the lookups within what the entries read justify.
+func FuzzUnpackResources(f *testing.F) {
+	for _, s := range []string{
+		"d*1000 d",               // issue 13's archive
+		"d*64 d",                 // the deepest directory allowed
+		"f*64 d",                 // a file at the depth limit
+		"f*63 d\nf*63 e\nf*63 d", // jumping between deep directories
+		"f a/b/c/d/e/f/g",        // more implied directories than entries allowed
+		"d a\nd*5 a\nf*6 a",
+		"l*3 x ../../y\nf*2 x",
+		"f*30 aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+		"f*2 " + strings.Repeat("n", 256),
+	} {
+		f.Add(s)
+	}
+	lim := Limits{MaxFileBytes: 1 << 10, MaxTotalBytes: 1 << 12, MaxEntries: 64}
+	fsyncUnpacked = false
+	f.Cleanup(func() { fsyncUnpacked = true })
+	kinds := map[string]byte{"f": tar.TypeReg, "d": tar.TypeDir, "l": tar.TypeSymlink, "h": tar.TypeLink, "c": tar.TypeChar, "p": tar.TypeFifo}
+	f.Fuzz(func(t *testing.T, spec string) {
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		for i, line := range strings.Split(spec, "\n") {
+			if i >= 256 {
+				break
+			}
+			parts := strings.SplitN(line, " ", 3)
+			if len(parts) < 2 || parts[1] == "" {
+				continue
+			}
+			kind, rep, _ := strings.Cut(parts[0], "*")
+			typ, ok := kinds[kind]
+			if !ok {
+				continue
+			}
+			n := 1
+			if rep != "" {
+				var err error
+				if n, err = strconv.Atoi(rep); err != nil || n < 1 || n > 5000 {
+					continue
+				}
+			}
+			name := strings.TrimSuffix(strings.Repeat(parts[1]+"/", n), "/")
+			if typ == tar.TypeDir {
+				name += "/"
+			}
+			hdr := &tar.Header{Name: name, Typeflag: typ, Mode: 0o644, Format: tar.FormatPAX}
+			if len(parts) == 3 {
+				hdr.Linkname = parts[2]
+			}
+			if typ == tar.TypeReg {
+				hdr.Size = int64(len(parts[1]))
+			}
+			if tw.WriteHeader(hdr) != nil {
+				return // not representable in tar
+			}
+			if typ == tar.TypeReg {
+				tw.Write([]byte(parts[1]))
+			}
+		}
+		tw.Close()
+		parent, root := newRoot(t)
+		decoy := filepath.Join(parent, "x")
+		if err := os.WriteFile(decoy, []byte("decoy"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		u, _ := unpackTar(context.Background(), bytes.NewReader(buf.Bytes()), root, lim)
+		if b, err := os.ReadFile(decoy); err != nil || string(b) != "decoy" {
+			t.Fatalf("decoy changed: %q %v", b, err)
+		}
+		checkResources(t, u, lim, root)
 		assertNothingOutside(t, parent, root, "x")
 	})
 }

@@ -246,7 +246,9 @@ func (in *Installer) checkArtifact(want Artifact) error {
 	return nil
 }
 
-// Fetched is an artifact downloaded to a temp file, not yet verified.
+// Fetched is an artifact downloaded to a temp file, not yet verified. Its
+// digest and size are of unverified bytes (whatever answered): they are
+// compared, never reported.
 type Fetched struct {
 	Path   string
 	Size   int64
@@ -280,7 +282,9 @@ func (in *Installer) Fetch(ctx context.Context, r io.Reader, want Artifact) (*Fe
 		return nil, fmt.Errorf("fetch %s: more than the declared %d bytes: %w", want.SHA256, want.Size, ErrTooLarge)
 	}
 	if n < want.Size {
-		return nil, fmt.Errorf("fetch %s: truncated: got %d of %d bytes", want.SHA256, n, want.Size)
+		// Not how many came: the bytes are unverified (they may be whatever
+		// answered at the URL), and errors end up in reports.
+		return nil, fmt.Errorf("fetch %s: truncated: fewer than the declared %d bytes", want.SHA256, want.Size)
 	}
 	if err := f.Close(); err != nil {
 		return nil, fmt.Errorf("fetch %s: %w", want.SHA256, err)
@@ -312,15 +316,18 @@ type Verified struct {
 func (v *Verified) Path() string { return v.path }
 
 // Verify compares a fetched artifact with what was assigned. On mismatch the
-// file is deleted and the error names the expected and actual digests.
+// file is deleted and the error names the expected digest and size only:
+// the digest and size of what came are those of unverified bytes, which may
+// be anything the URL answered (an internal page, say), and errors end up
+// in reports that operators and viewers read.
 func (in *Installer) Verify(f *Fetched, want Artifact) (*Verified, error) {
 	if f == nil {
 		return nil, errors.New("verify: nothing fetched")
 	}
 	if f.SHA256 != want.SHA256 || f.Size != want.Size {
 		os.Remove(f.Path)
-		return nil, fmt.Errorf("verify: expected sha256 %s (%d bytes), got sha256 %s (%d bytes): %w",
-			want.SHA256, want.Size, f.SHA256, f.Size, ErrDigestMismatch)
+		return nil, fmt.Errorf("verify: the bytes fetched are not the assigned sha256 %s (%d bytes): %w",
+			want.SHA256, want.Size, ErrDigestMismatch)
 	}
 	return &Verified{path: f.Path, sha256: f.SHA256, size: f.Size}, nil
 }
@@ -359,8 +366,11 @@ func (in *Installer) Staged(service, version, sha string) bool {
 // is removed afterwards. A release already unpacked from the same digest is
 // kept as is. A directory of that version without a marker of this digest
 // (another digest, or left half-removed by a crash) is removed and unpacked
-// again, unless `current` points at it, which is an error.
-func (in *Installer) Stage(service, version string, v *Verified) (string, error) {
+// again, unless `current` points at it, which is an error. Cancelling ctx
+// (a newer assignment, or the agent stopping) ends the unpacking at once
+// with ctx's error and leaves nothing behind but the verified file's
+// removal.
+func (in *Installer) Stage(ctx context.Context, service, version string, v *Verified) (string, error) {
 	if v == nil {
 		return "", fmt.Errorf("stage %s %s: nothing verified", service, version)
 	}
@@ -406,7 +416,7 @@ func (in *Installer) Stage(service, version string, v *Verified) (string, error)
 	if err != nil {
 		return "", fmt.Errorf("stage %s %s: %w", service, version, err)
 	}
-	err = UnpackGzip(f, tmp, in.lim)
+	err = UnpackGzip(ctx, f, tmp, in.lim)
 	f.Close()
 	if err != nil {
 		return "", fmt.Errorf("stage %s %s: %w", service, version, err)

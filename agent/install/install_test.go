@@ -127,8 +127,10 @@ func TestFetchVerify(t *testing.T) {
 		if !errors.Is(err, ErrDigestMismatch) {
 			t.Fatalf("err %v", err)
 		}
-		if !strings.Contains(err.Error(), "expected sha256 "+other.SHA256) || !strings.Contains(err.Error(), "got sha256 "+want.SHA256) {
-			t.Fatalf("error does not name both digests: %v", err)
+		// It names what was expected, never the digest or size of the bytes
+		// that came (whatever answered, e.g. an internal page).
+		if !strings.Contains(err.Error(), "not the assigned sha256 "+other.SHA256) || strings.Contains(err.Error(), want.SHA256) {
+			t.Fatalf("error names the unverified digest, or not the expected one: %v", err)
 		}
 		if _, err := os.Stat(f.Path); !errors.Is(err, fs.ErrNotExist) {
 			t.Fatalf("mismatched file kept: %v", err)
@@ -147,8 +149,8 @@ func TestFetchVerify(t *testing.T) {
 	t.Run("truncated", func(t *testing.T) {
 		in := newInstaller(t, Limits{})
 		_, err := in.Fetch(ctx, bytes.NewReader(data), Artifact{SHA256: want.SHA256, Size: 100})
-		if err == nil || !strings.Contains(err.Error(), "truncated: got 14 of 100 bytes") {
-			t.Fatalf("err %v", err)
+		if err == nil || !strings.Contains(err.Error(), "truncated: fewer than the declared 100 bytes") || strings.Contains(err.Error(), "14") {
+			t.Fatalf("err %v (it must not say how many bytes came)", err)
 		}
 		if n := tmpFiles(t, in); len(n) != 0 {
 			t.Fatalf("temp files left: %v", n)
@@ -189,7 +191,7 @@ func stageBytes(t *testing.T, in *Installer, service, version string, art []byte
 	if err != nil {
 		t.Fatal(err)
 	}
-	return in.Stage(service, version, v)
+	return in.Stage(context.Background(), service, version, v)
 }
 
 func TestStageAndSwitch(t *testing.T) {
@@ -362,7 +364,7 @@ func TestUnpackRejects(t *testing.T) {
 			if err := os.Mkdir(root, 0o755); err != nil {
 				t.Fatal(err)
 			}
-			err := UnpackTar(bytes.NewReader(tarBytes(t, tt.entries...)), root, lim)
+			err := UnpackTar(context.Background(), bytes.NewReader(tarBytes(t, tt.entries...)), root, lim)
 			if !errors.Is(err, tt.sent) {
 				t.Fatalf("err %v, want %v", err, tt.sent)
 			}
@@ -376,7 +378,7 @@ func TestUnpackRejects(t *testing.T) {
 
 func TestUnpackAllowsInnerLinks(t *testing.T) {
 	root := t.TempDir()
-	err := UnpackTar(bytes.NewReader(tarBytes(t,
+	err := UnpackTar(context.Background(), bytes.NewReader(tarBytes(t,
 		entry{name: "lib/libx.so.1", body: "so"},
 		entry{name: "lib/libx.so", typ: tar.TypeSymlink, link: "libx.so.1"},
 		entry{name: "bin/tool", typ: tar.TypeSymlink, link: "../lib/libx.so"},
@@ -427,7 +429,7 @@ func TestUnpackLegacyTypeflag(t *testing.T) {
 		copy(h[148:156], fmt.Sprintf("%06o\x00 ", sum))
 	}
 	root := t.TempDir()
-	if err := UnpackTar(bytes.NewReader(b), root, Limits{}); err != nil {
+	if err := UnpackTar(context.Background(), bytes.NewReader(b), root, Limits{}); err != nil {
 		t.Fatal(err)
 	}
 	if fi, err := os.Stat(filepath.Join(root, "d")); err != nil || !fi.IsDir() {

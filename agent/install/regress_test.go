@@ -3,6 +3,7 @@ package install
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -222,7 +223,7 @@ func checkChain(chain, fanOut int) (used int, err error) {
 func TestLinkCheckIsBounded(t *testing.T) {
 	t.Run("30 chained links accepted", func(t *testing.T) {
 		b := chainTar(t, 30, 0)
-		if err := UnpackTar(bytes.NewReader(b), t.TempDir(), Limits{}); err != nil {
+		if err := UnpackTar(context.Background(), bytes.NewReader(b), t.TempDir(), Limits{}); err != nil {
 			t.Fatalf("%d-byte archive: %v", len(b), err)
 		}
 		// Link k resolves through its own target and those of the k links
@@ -243,7 +244,7 @@ func TestLinkCheckIsBounded(t *testing.T) {
 		if err := os.Mkdir(root, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		err := UnpackTar(bytes.NewReader(b), root, Limits{})
+		err := UnpackTar(context.Background(), bytes.NewReader(b), root, Limits{})
 		if !errors.Is(err, ErrLimit) || !strings.Contains(err.Error(), `entry "c`) ||
 			!strings.Contains(err.Error(), "path components") {
 			t.Fatalf("%d-byte archive: err %v, want ErrLimit naming an entry", len(b), err)

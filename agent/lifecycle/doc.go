@@ -22,11 +22,33 @@
 // A revert (like a recovery) whose switch back fails ends FAILED at once,
 // starts nothing, and reports as current what the link says.
 //
+// Starts, readiness and the handover. A started process is ready once it
+// runs, or, when its release says ready: notify, once it sent READY=1
+// (InputReady) within ready_timeout (DefaultReadyTimeout); a process that
+// exits first or misses the deadline is stopped (not drained: it never
+// served) and its start has failed (an install reverts, a revert ends
+// FAILED, a recovery fails). Only a ready process is checked. When the
+// release to start and the release of the one process that serves both
+// declare sockets, the new process starts beside the old one on the same
+// sockets (ActStart with Beside) and the old one is stopped only once the
+// new one is ready: no gap (a handover). Otherwise the old one is stopped
+// first. Every stop of a process that served is drained (ActStop with
+// Drain: its pre_stop, its shutdown_delay, then the stop signal). A revert
+// hands over the same way (switch back, start the last good release
+// beside the failed one, stop the failed one once it is ready); when the
+// failed release never took over (its new process was not ready), the last
+// good release's process still serves and is only checked again. A
+// revert or a recovery whose new process does not become ready leaves the
+// one that served running (FAILED, saying so), rather than nothing.
+//
 // Agent restarts. Services outlive the agent, so Restore takes, besides the
 // snapshot, what the caller found running (Running: the release and epoch a
-// verified PID record names) and decides: the process the snapshot expects
-// is adopted (ActAdopt; supervised, checked and watched again, never
-// restarted), any other is stopped (ActStop) before anything starts. A
+// verified PID record names; two processes when the agent stopped during a
+// handover) and decides: the process the snapshot expects is adopted
+// (ActAdopt; taken as ready, supervised, checked and watched again, never
+// restarted), a process beside it is stopped (drained) first, as the
+// handover would have, and any other is stopped (or, when both declare
+// sockets, handed over from) before anything else starts. A
 // settled release keeps its phase (a HEALTHY one still in its watch is
 // watched for the rest of it); an install resumes the step it was in (at
 // the fetch before its switch, where a staged release is only re-verified;
@@ -52,22 +74,29 @@
 // The caller's duties, in order, for every slice of Actions returned by Step
 // or Restore:
 //
-//  0. Before Restore, find what runs of the service (a process proven by its
-//     PID record) and pass it as found; keep it until Restore's actions say
-//     to adopt it (ActAdopt) or to stop it (ActStop stops whatever process
-//     of the service runs, a found one included).
+//  0. Before Restore, find what runs of the service (the processes proven
+//     by their PID records) and pass them as found; keep each until an
+//     action adopts it (ActAdopt, only from Restore) or stops it (an ActStop
+//     with its recorded epoch, from Restore or later).
 //  1. Carry out the actions in order. ActPersist must be durable before any
 //     later action of the same slice starts (the persisted phase is what
 //     crash recovery relies on). ActReport, ActAdopt, ActBeginChecks,
 //     ActStopChecks and ActFreezeBaseline are quick and are done inline.
 //  2. The long steps (ActFetch, ActVerify, ActStage, ActSwitch, ActStart,
 //     ActStop) may run in the background. At most one is in flight per
-//     Machine. When it finishes, feed Done(action.Seq, err, now); for
+//     Machine. An ActStart with Beside starts the process next to the one
+//     that serves (stopping nothing); an ActStop stops only the process
+//     with its Epoch, first running its release's pre_stop and waiting its
+//     shutdown_delay when it says Drain. When it finishes, feed
+//     Done(action.Seq, err, now); for
 //     ActSwitch feed SwitchDone with the version `current` points at after
 //     the attempt (read back), so a failed switch is never taken for one that
 //     happened. An ActFetch for which FetchSuperseded reports true may be
 //     cancelled; its Done is still fed.
-//  3. While checking is on (between ActBeginChecks and ActStopChecks; this
+//  3. Feed Ready(epoch, now) when a process started by an ActStart of a
+//     release with ready: notify sends READY=1 (even before that ActStart's
+//     Done), and every exit of such a process with Exited(epoch, now).
+//     While checking is on (between ActBeginChecks and ActStopChecks; this
 //     includes the watch after HEALTHY), feed the results of all probers
 //     with Checks(action.Epoch, now, results), and every unexpected exit of
 //     the process started by the ActStart (or adopted by the ActAdopt) with
@@ -78,7 +107,8 @@
 //     just before it stops the old release for the install of a release
 //     with analysis rules (a first install, a revert and a recovery have
 //     no baseline).
-//  4. Feed Tick(now) periodically (about once a second) so deadlines fire.
+//  4. Feed Tick(now) periodically (about once a second) so deadlines fire
+//     (a readiness deadline too).
 //  5. Feed assignments from the coordinator with Assign (after validating
 //     them) and invalid ones with Invalid.
 //
@@ -98,7 +128,8 @@
 // Restore reports first, from the snapshot's phase: that same phase (a
 // settled service whose release is adopted; REVERTING resumed), FETCHING
 // (an install before its switch), CHECKING or STARTING (an install after
-// its switch: its target adopted, or started) and carries on along the
+// its switch: its target adopted alone, or adopted beside another process,
+// or started) and carries on along the
 // edges above; or, when it recovers, STARTING -> CHECKING -> (the restored
 // phase, FAILED or FETCHING), or STARTING straight to one of those. A
 // recovery never reverts: it ends REVERTED only when it restored REVERTED.

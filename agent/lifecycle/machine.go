@@ -17,7 +17,29 @@ const (
 	opInstall           // FETCHING .. CHECKING
 	opRevert            // REVERTING
 	opRecover           // restarting the last good release after Restore (nothing adoptable ran)
+	opAdopt             // Restore adopted the expected process and stops another found beside it first
 	opRemove            // REMOVING (remove.go)
+)
+
+// proc is a process of the service that the machine knows of: started by
+// an ActStart, or found running at Restore.
+type proc struct {
+	epoch uint64
+	v     string         // its release's version ("" unknown)
+	a     *v1.Assignment // its release; nil: unknown (found running, of a release the snapshot does not name)
+	// ready: it has been serving (ready: started once running, ready:
+	// notify once READY=1; an adopted or found process is taken as
+	// serving). Only a process that served is drained when stopped.
+	ready bool
+}
+
+// stopKind says why the ActStop in flight stops its process.
+type stopKind int
+
+const (
+	stopOp    stopKind = iota // the op's own step (stop before start, a revert's stop)
+	stopOld                   // a handover: the new process is ready, the old one goes
+	stopFresh                 // the new process did not become ready: it goes, the old one stays
 )
 
 // recoverKind is what to do once recovery has re-checked the release.
@@ -59,6 +81,7 @@ func joinReasons(a, b string) string {
 // ActStopChecks) exactly while active.
 type checkState struct {
 	active     bool
+	epoch      uint64 // of the checked process
 	a          *v1.Assignment
 	start      time.Time
 	deadline   time.Time
@@ -98,7 +121,17 @@ type Machine struct {
 	lastGood  *v1.Assignment
 	target    *v1.Assignment
 	currentOK bool // current passed its checks and has not been restarted since
-	running   bool // a process of this service is (supposed to be) running
+
+	// The service's processes. procs serve (one, or two found at Restore);
+	// fresh is the one being started until it is ready and the old ones are
+	// stopped (it then becomes the only one in procs). A handover starts
+	// fresh beside the one in procs.
+	procs    []*proc
+	fresh    *proc
+	readyBy  time.Time // fresh must be ready by then (zero: not waiting)
+	failWhy  string    // why fresh is being stopped (stopFresh)
+	stopping *proc     // the process the ActStop in flight stops
+	stopWhy  stopKind
 
 	op       op
 	pending  *pendingAssign
@@ -129,11 +162,12 @@ func New(service string) *Machine {
 
 // Restore rebuilds the machine of a service from its persisted snapshot
 // after an agent restart. found is what the caller found running of the
-// service (nil: nothing; see Running): services outlive the agent, so
-// usually the process the snapshot expects still runs. Restore decides
-// whether to adopt it (ActAdopt: supervised again, not restarted) or to
-// stop it (ActStop, for a process of a release that must not run), and
-// resumes where the machine was:
+// service (none; one; two when the agent stopped in the middle of a
+// handover; see Running): services outlive the agent, so usually the
+// process the snapshot expects still runs. Restore decides which process
+// to adopt (ActAdopt: supervised again, not restarted, and taken as ready)
+// and which to stop (ActStop: a process of a release that must not run),
+// and resumes where the machine was:
 //
 //   - settled (IDLE, HEALTHY, REVERTED, FAILED) with the current release
 //     running: adopted, the phase stays; a HEALTHY release still in its
@@ -143,23 +177,31 @@ func New(service string) *Machine {
 //     FETCHING (a staged release is only re-verified) and the running
 //     release is adopted.
 //   - an install after its switch (STARTING, CHECKING): the target's
-//     process is adopted or, if it is not running, started (the old
-//     release's stopped first), and checked with a fresh checking period:
-//     only the release's own behaviour can fail it, not the restart.
+//     process is adopted or, if it is not running, started (beside the old
+//     release's process when both declare sockets, else after stopping
+//     it), and checked with a fresh checking period: only the release's
+//     own behaviour can fail it, not the restart.
 //   - a revert (REVERTING) resumes: the last good release is adopted and
-//     re-checked, or the failed one stopped, `current` switched back and
-//     the last good one started.
+//     re-checked, or `current` switched back and the last good one
+//     started (handed over from the failed one, or after stopping it).
+//
+// A process found beside the adopted one (the agent stopped during a
+// handover) is stopped first, drained (pre_stop, shutdown_delay), as the
+// handover would have; the machine then carries on as above (an install
+// after its switch reports STARTING until then).
 //
 // When what the snapshot expects is not running (a reboot, a process that
 // died while no agent watched it), Restore never leaves an unverified
 // release active: it switches `current` back to the last good release (or
 // removes it when there is none), restarts that release and checks it
-// again. Afterwards the machine returns to the restored phase, or resumes
-// an install interrupted before its switch. If the switch back fails,
-// recovery ends FAILED at once, starts nothing, and reports as current what
-// the link says (see SwitchDone; unknown, so none, if the caller could not
-// tell).
-func Restore(s Snapshot, found *Running, now time.Time) (*Machine, []Action) {
+// again (a process of another release still running is stopped first, or
+// handed over from when both declare sockets). Afterwards the machine
+// returns to the restored phase, or resumes an install interrupted before
+// its switch. If the switch back fails, recovery ends FAILED at once,
+// starts nothing, and reports as current what the link says (see
+// SwitchDone; unknown, so none, if the caller could not tell); a process
+// kept for a handover keeps running.
+func Restore(s Snapshot, found []Running, now time.Time) (*Machine, []Action) {
 	m := &Machine{
 		service:  s.Service,
 		phase:    s.Phase,
@@ -173,32 +215,37 @@ func Restore(s Snapshot, found *Running, now time.Time) (*Machine, []Action) {
 		// HEALTHY and REVERTED mean the current release passed its checks.
 		currentOK: s.CurrentOK || s.Phase == v1.Phase_PHASE_HEALTHY || s.Phase == v1.Phase_PHASE_REVERTED,
 	}
-	if found != nil {
-		m.epoch = found.Epoch // epochs go on from the running process's
+	for _, f := range found {
+		m.epoch = max(m.epoch, f.Epoch) // epochs go on from the running processes'
+		m.procs = append(m.procs, &proc{epoch: f.Epoch, v: f.Version, a: s.release(f.Version), ready: true})
 	}
 	if s.Phase == v1.Phase_PHASE_REMOVING || s.Phase == v1.Phase_PHASE_REMOVED {
-		return m, m.restoreRemove(found, now)
+		return m, m.restoreRemove(now)
 	}
 	cur, good, tgt := Version(s.Current), Version(s.LastGood), Version(s.Target)
-	runs := func(v string) bool { return found != nil && v != "" && found.Version == v }
-	// A config install (or its revert): the found process of the release
+	// A config install (or its revert): a found process of the release
 	// may run either spec, so it is not adopted as the target's or the last
-	// good's (spec.go).
+	// good's: it is stopped (or handed over from) like one of another
+	// release (spec.go).
 	specInstall := specChange(s.Target, s.LastGood)
 	switch s.Phase {
 	case v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_VERIFYING, v1.Phase_PHASE_STAGING, v1.Phase_PHASE_SWITCHING:
+		p := m.foundOf(cur)
 		switch {
 		case m.target == nil:
 			m.restored = v1.Phase_PHASE_FAILED
-		case runs(cur) || (found == nil && m.current == nil && m.lastGood == nil):
+		case p != nil || (len(found) == 0 && m.current == nil && m.lastGood == nil):
 			// The release before the install runs on (or there is none):
 			// resume the install where it can be proven, at the fetch.
-			if runs(cur) {
-				m.adopt(m.current)
-			}
 			m.op = opInstall
+			beside := p != nil && m.keep(p, m.current)
 			m.setPhase(v1.Phase_PHASE_FETCHING, true)
-			m.startStep(ActFetch, m.target)
+			if beside {
+				m.op = opAdopt // then the fetch
+				m.stopProc(m.procs[0], stopOld)
+			} else {
+				m.startStep(ActFetch, m.target)
+			}
 			return m, m.take()
 		default:
 			m.rec = recResume
@@ -212,39 +259,42 @@ func Restore(s Snapshot, found *Running, now time.Time) (*Machine, []Action) {
 		}
 		m.op = opInstall
 		m.currentOK = false
-		switch {
-		case runs(tgt) && !specInstall:
-			m.adopt(m.target)
+		if p := m.foundOf(tgt); p != nil && !specInstall {
+			if m.keep(p, m.target) {
+				// The handover was under way: the old process goes first.
+				m.setPhase(v1.Phase_PHASE_STARTING, false)
+				m.stopProc(m.procs[0], stopOld)
+				return m, m.take()
+			}
 			m.phase = v1.Phase_PHASE_CHECKING
 			m.persist()
-			m.beginChecks(m.target, now) // a fresh checking period (reports)
+			m.beginChecks(m.target, p.epoch, now) // a fresh checking period (reports)
 			m.evaluate(now)
-		case found != nil:
-			// The release before the install still runs (or another):
-			// stopped, then the target starts (installDone's ActStop).
-			m.running = true
-			m.setPhase(v1.Phase_PHASE_STARTING, false)
-			m.startStep(ActStop, nil)
-		default:
-			m.setPhase(v1.Phase_PHASE_STARTING, false)
-			m.startStep(ActStart, m.target)
+			return m, m.take()
 		}
+		// The release before the install still runs (or another, or
+		// nothing): the target is started, beside it or after it.
+		m.setPhase(v1.Phase_PHASE_STARTING, false)
+		m.installStart(now)
 		return m, m.take()
 	case v1.Phase_PHASE_REVERTING:
 		m.op = opRevert
 		m.currentOK = false
 		m.report()
-		if runs(good) && !specInstall {
+		if p := m.foundOf(good); p != nil && !specInstall {
 			// The revert had started the last good release: re-check it.
-			m.adopt(m.lastGood)
+			beside := m.keep(p, m.lastGood)
 			m.switched = true
 			m.current = m.lastGood
-			m.beginChecks(m.lastGood, now)
-			m.evaluate(now)
-		} else {
-			m.running = found != nil // the failed release (or another): stopped first
-			m.revertNext(now)
+			if beside {
+				m.stopProc(m.procs[0], stopOld)
+			} else {
+				m.beginChecks(m.lastGood, p.epoch, now)
+				m.evaluate(now)
+			}
+			return m, m.take()
 		}
+		m.revertNext(now) // the failed release (or another) is handed over from or stopped first
 		return m, m.take()
 	case v1.Phase_PHASE_IDLE, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_REVERTED, v1.Phase_PHASE_FAILED:
 		m.rec = recSettled
@@ -258,46 +308,94 @@ func Restore(s Snapshot, found *Running, now time.Time) (*Machine, []Action) {
 		m.restored = v1.Phase_PHASE_FAILED
 		m.currentOK = false
 	}
-	if m.rec == recSettled && m.restored != v1.Phase_PHASE_IDLE && runs(cur) {
-		// Settled, and the current release runs: adopted as it is.
-		m.adopt(m.current)
-		m.phase = m.restored
-		if m.restored == v1.Phase_PHASE_HEALTHY && now.Before(s.WatchUntil) {
-			// Still in its watch: watched for the rest of it.
-			m.beginChecks(m.current, now)
-			m.beginWatch(s.Previous, s.WatchUntil)
-			m.persist()
-		} else {
-			m.persist() // a watch that ended meanwhile is over
-			m.report()
-		}
-		return m, m.take()
-	}
 	if m.rec == recSettled && m.restored == v1.Phase_PHASE_HEALTHY {
-		// Once re-checked, the release is watched for the rest of its window.
+		// The watch the release was in, resumed for the rest of it.
 		m.resumeUntil, m.resumePrev = s.WatchUntil, s.Previous
+	}
+	if p := m.foundOf(cur); m.rec == recSettled && m.restored != v1.Phase_PHASE_IDLE && p != nil {
+		// Settled, and the current release runs: adopted as it is.
+		m.phase = m.restored
+		if m.keep(p, m.current) {
+			m.op = opAdopt // the process beside it goes first
+			m.report()
+			m.stopProc(m.procs[0], stopOld)
+			return m, m.take()
+		}
+		m.settleAdopted(now)
+		return m, m.take()
 	}
 	m.op = opRecover
 	m.recWhat = m.lastGood
 	m.currentOK = false
 	m.setPhase(v1.Phase_PHASE_STARTING, false)
-	if found != nil {
-		m.running = true // a process of another release: stopped first
-		m.startStep(ActStop, nil)
-	} else {
-		m.startStep(ActSwitch, m.recWhat)
-	}
+	m.recoverNext(now) // what runs of another release is stopped (or handed over from) first
 	return m, m.take()
 }
 
-// adopt makes the found process (of a's release, with the restored epoch)
-// the running one: ActAdopt.
-func (m *Machine) adopt(a *v1.Assignment) {
-	m.running = true
-	if m.epoch == 0 {
-		m.epoch = 1 // an unrecorded epoch: 0 means none
+// release returns the snapshot's assignment of version v (nil: none).
+func (s *Snapshot) release(v string) *v1.Assignment {
+	for _, a := range []*v1.Assignment{s.Current, s.Target, s.LastGood, s.Previous} {
+		if a != nil && v != "" && Version(a) == v {
+			return a
+		}
 	}
-	m.emit(Action{Kind: ActAdopt, Epoch: m.epoch, Version: Version(a), Assignment: a})
+	return nil
+}
+
+// foundOf returns the running process of release v (nil: none).
+func (m *Machine) foundOf(v string) *proc {
+	for _, p := range m.procs {
+		if v != "" && p.v == v {
+			return p
+		}
+	}
+	return nil
+}
+
+// keep adopts p, found running, as the process of release a (ActAdopt). It
+// reports whether another process was found beside it: p is then the new
+// process of a handover, ready, and the caller stops the others (drained)
+// before it carries on.
+func (m *Machine) keep(p *proc, a *v1.Assignment) (beside bool) {
+	if p.epoch == 0 {
+		m.epoch++ // an unrecorded epoch: 0 means none
+		p.epoch = m.epoch
+	}
+	p.a, p.ready = a, true
+	m.procs = without(m.procs, p)
+	m.emit(Action{Kind: ActAdopt, Epoch: p.epoch, Version: Version(a), Assignment: a})
+	if len(m.procs) == 0 {
+		m.procs = []*proc{p}
+		return false
+	}
+	m.fresh = p
+	return true
+}
+
+// settleAdopted settles a restored machine on the current release's
+// adopted process: the phase stays; a HEALTHY release still in its watch is
+// watched for the rest of it.
+func (m *Machine) settleAdopted(t time.Time) {
+	if m.restored == v1.Phase_PHASE_HEALTHY && t.Before(m.resumeUntil) {
+		m.beginChecks(m.current, m.procs[0].epoch, t)
+		m.beginWatch(m.resumePrev, m.resumeUntil)
+		m.persist()
+	} else {
+		m.persist() // a watch that ended meanwhile is over
+		m.report()
+	}
+	m.resumeUntil, m.resumePrev = time.Time{}, nil
+}
+
+// without returns ps without p.
+func without(ps []*proc, p *proc) []*proc {
+	var out []*proc
+	for _, q := range ps {
+		if q != p {
+			out = append(out, q)
+		}
+	}
+	return out
 }
 
 // Step feeds one input and returns what to do next.
@@ -307,8 +405,10 @@ func (m *Machine) Step(in Input) []Action {
 	}
 	t := in.At
 	// The watch ends (or reverts, on checks that failed long enough before
-	// it ended) before anything else happens at t.
+	// it ended), and a process late to be ready fails, before anything else
+	// happens at t.
 	m.expireWatch(t)
+	m.expireReady(t)
 	switch in.Kind {
 	case InputAssign:
 		if in.Assignment != nil {
@@ -324,6 +424,8 @@ func (m *Machine) Step(in Input) []Action {
 		m.onExit(in.Epoch, t)
 	case InputAnalysis:
 		m.onAnalysis(in.Epoch, in.Verdict, in.Rules, t)
+	case InputReady:
+		m.onReady(in.Epoch, t)
 	case InputTick:
 		m.evaluate(t)
 	}
@@ -363,7 +465,19 @@ func (m *Machine) InFlight() (ActionKind, uint64) {
 // one) is waiting. The caller may cancel the fetch; it still feeds Done for
 // it (with the cancellation error, which is then not a failure).
 func (m *Machine) FetchSuperseded() bool {
-	if m.inflight != ActFetch || m.op != opInstall || m.pending == nil {
+	return m.inflight == ActFetch && m.InstallSuperseded()
+}
+
+// InstallSuperseded is FetchSuperseded for any step before the switch:
+// the ActFetch, ActVerify or ActStage in flight will be thrown away when it
+// finishes. The caller may cancel it; it still feeds Done for it.
+func (m *Machine) InstallSuperseded() bool {
+	switch m.inflight {
+	case ActFetch, ActVerify, ActStage:
+	default:
+		return false
+	}
+	if m.op != opInstall || m.pending == nil {
 		return false
 	}
 	p := m.pending
@@ -375,7 +489,7 @@ func (m *Machine) FetchSuperseded() bool {
 // rules, or watches it after HEALTHY); ok is false when it uses none.
 func (m *Machine) AnalysisEpoch() (epoch uint64, ok bool) {
 	if m.chk.active && m.chk.analyse {
-		return m.epoch, true
+		return m.chk.epoch, true
 	}
 	return 0, false
 }
@@ -452,15 +566,178 @@ func (m *Machine) setPhase(p v1.Phase, durable bool) {
 	m.report()
 }
 
+// startStep starts a long step that is neither a start nor a stop (see
+// launch and stopProc).
 func (m *Machine) startStep(k ActionKind, a *v1.Assignment) {
 	m.seq++
 	m.inflight = k
-	act := Action{Kind: k, Seq: m.seq, Version: Version(a), Assignment: a}
-	if k == ActStart {
-		m.epoch++
-		act.Epoch = m.epoch
+	m.emit(Action{Kind: k, Seq: m.seq, Version: Version(a), Assignment: a})
+}
+
+// launch starts release a (ActStart): beside the process that serves when
+// one does (a handover: the caller made sure canHandover), else alone. The
+// op goes on with launched once the new process is ready (and the old one
+// stopped), or with launchFailed.
+func (m *Machine) launch(a *v1.Assignment) {
+	m.epoch++
+	m.fresh = &proc{epoch: m.epoch, v: Version(a), a: a}
+	m.readyBy = time.Time{}
+	m.seq++
+	m.inflight = ActStart
+	m.emit(Action{Kind: ActStart, Seq: m.seq, Epoch: m.epoch, Version: Version(a), Assignment: a, Beside: len(m.procs) > 0})
+}
+
+// stopProc stops p (ActStop), drained when it has been serving.
+func (m *Machine) stopProc(p *proc, why stopKind) {
+	m.seq++
+	m.inflight = ActStop
+	m.stopping, m.stopWhy = p, why
+	m.emit(Action{Kind: ActStop, Seq: m.seq, Epoch: p.epoch, Version: p.v, Assignment: p.a, Drain: p.ready})
+}
+
+// canHandover reports whether a process of release a can take over from
+// what serves without a gap: exactly one process serves, of a known
+// release, and both releases declare sockets (the new process starts on
+// the same sockets while the old one still accepts).
+func (m *Machine) canHandover(a *v1.Assignment) bool {
+	return a != nil && len(m.procs) == 1 && m.procs[0].a != nil && HasSockets(m.procs[0].a) && HasSockets(a)
+}
+
+// startDone takes the end of the ActStart in flight.
+func (m *Machine) startDone(err error, t time.Time) {
+	f := m.fresh
+	if err != nil {
+		m.fresh = nil
+		m.launchFailed(err.Error(), t)
+		return
 	}
-	m.emit(act)
+	if f.ready || !NotifiesReady(f.a) {
+		m.handOver(t)
+		return
+	}
+	m.readyBy = t.Add(ReadyTimeout(f.a)) // it says READY=1 by then, or it fails
+}
+
+// onReady takes a READY=1 of the process being started.
+func (m *Machine) onReady(epoch uint64, t time.Time) {
+	f := m.fresh
+	if f == nil || f.epoch != epoch || f.ready {
+		return // not the process being started, or already taken
+	}
+	if m.inflight == ActStart {
+		f.ready = true // before its start was reported: taken then
+		return
+	}
+	if !m.readyBy.IsZero() {
+		m.handOver(t)
+	}
+}
+
+// expireReady fails the process being started when it is not ready by its
+// deadline.
+func (m *Machine) expireReady(t time.Time) {
+	if m.fresh != nil && !m.readyBy.IsZero() && !t.Before(m.readyBy) {
+		m.freshFailed(fmt.Sprintf("not ready within %s (ready: notify, no READY=1)", ReadyTimeout(m.fresh.a)))
+	}
+}
+
+// freshFailed stops the process being started, which did not become ready
+// (not drained: it never served); what served before serves on. The op
+// then goes on with launchFailed(why).
+func (m *Machine) freshFailed(why string) {
+	m.readyBy = time.Time{}
+	m.failWhy = why
+	m.stopProc(m.fresh, stopFresh)
+}
+
+// handOver: the process being started is ready. The ones that served
+// before it are stopped, drained, one after another (stopOld), then it is
+// the one that serves and the op goes on (launched).
+func (m *Machine) handOver(t time.Time) {
+	m.fresh.ready = true
+	m.readyBy = time.Time{}
+	if len(m.procs) > 0 {
+		m.stopProc(m.procs[0], stopOld)
+		return
+	}
+	m.procs = []*proc{m.fresh}
+	m.fresh = nil
+	m.launched(t)
+}
+
+// launched goes on with the op once its new process is ready and serves
+// alone.
+func (m *Machine) launched(t time.Time) {
+	p := m.procs[0]
+	switch m.op {
+	case opInstall:
+		m.phase = v1.Phase_PHASE_CHECKING
+		m.persist()
+		m.beginChecks(m.target, p.epoch, t) // reports (and clears old check results)
+		m.evaluate(t)
+	case opRevert:
+		m.beginChecks(m.lastGood, p.epoch, t)
+		m.evaluate(t)
+	case opRecover:
+		m.phase = v1.Phase_PHASE_CHECKING
+		m.beginChecks(m.recWhat, p.epoch, t)
+		m.evaluate(t)
+	case opAdopt:
+		if m.phase == v1.Phase_PHASE_FETCHING {
+			m.op = opInstall // the install before its switch resumes
+			m.startStep(ActFetch, m.target)
+			return
+		}
+		m.op = opNone
+		m.settleAdopted(t)
+		m.settle(t)
+	}
+}
+
+// launchFailed goes on with the op when its new process did not start or
+// did not become ready (why). What served before serves on.
+func (m *Machine) launchFailed(why string, t time.Time) {
+	kept := ""
+	if len(m.procs) > 0 {
+		kept = fmt.Sprintf("; %s keeps serving", m.procs[0].v)
+	}
+	switch m.op {
+	case opInstall:
+		m.beginRevert(fmt.Sprintf("start %s: %s", Version(m.target), why), t)
+	case opRevert:
+		m.op = opNone
+		m.currentOK = false
+		if len(m.procs) == 0 {
+			m.current = nil
+		}
+		m.reason += fmt.Sprintf("; restart last good %s: %s%s", Version(m.lastGood), why, kept)
+		m.setPhase(v1.Phase_PHASE_FAILED, true)
+		m.settle(t)
+	case opRecover:
+		if len(m.procs) == 0 {
+			m.current = nil
+		}
+		m.recoverOutcome(false, fmt.Sprintf("restart %s: %s%s", Version(m.recWhat), why, kept), t)
+	}
+}
+
+// stopDone takes the end of the ActStop in flight; it reports whether
+// that ends the step (else the op goes on with its own stop).
+func (m *Machine) stopDone(t time.Time) bool {
+	p, why := m.stopping, m.stopWhy
+	m.stopping = nil
+	// A failed stop has still ended the supervisor (SIGKILL): it is gone.
+	m.procs = without(m.procs, p)
+	switch why {
+	case stopOld:
+		m.handOver(t)
+		return true
+	case stopFresh:
+		m.fresh = nil
+		m.launchFailed(m.failWhy, t)
+		return true
+	}
+	return false
 }
 
 // onAssign handles a valid or invalid assignment.
@@ -543,6 +820,13 @@ func (m *Machine) onDone(in Input, t time.Time) {
 	}
 	k, err := m.inflight, in.Err
 	m.inflight = 0
+	switch {
+	case k == ActStart:
+		m.startDone(err, t)
+		return
+	case k == ActStop && m.stopDone(t):
+		return
+	}
 	switch m.op {
 	case opInstall:
 		m.installDone(k, err, t)
@@ -609,31 +893,26 @@ func (m *Machine) installDone(k ActionKind, err error, t time.Time) {
 		m.current = m.target
 		m.currentOK = false
 		m.setPhase(v1.Phase_PHASE_STARTING, true)
-		if m.running {
-			if HasAnalysis(m.target) {
-				// The old release's last samples are its baseline.
-				m.emit(Action{Kind: ActFreezeBaseline, Version: Version(m.target), Assignment: m.target})
-			}
-			m.startStep(ActStop, nil)
-		} else {
-			m.startStep(ActStart, m.target)
+		if len(m.procs) > 0 && HasAnalysis(m.target) {
+			// The old release's last samples are its baseline: frozen before
+			// it stops, or before the new one shares its sockets.
+			m.emit(Action{Kind: ActFreezeBaseline, Version: Version(m.target), Assignment: m.target})
 		}
+		m.installStart(t)
 	case ActStop:
-		// A failed stop has still ended the supervisor; go on.
-		m.running = false
-		m.startStep(ActStart, m.target)
-	case ActStart:
-		if err != nil {
-			m.running = false
-			m.beginRevert(fmt.Sprintf("start %s: %v", v, err), t)
-			return
-		}
-		m.running = true
-		m.phase = v1.Phase_PHASE_CHECKING
-		m.persist()
-		m.beginChecks(m.target, t) // reports (and clears old check results)
-		m.evaluate(t)
+		m.installStart(t)
 	}
+}
+
+// installStart brings the target up after the switch: beside the process
+// that serves when it can take over from it (a handover), else once
+// nothing runs any more (each process stopped first, drained).
+func (m *Machine) installStart(time.Time) {
+	if len(m.procs) > 0 && !m.canHandover(m.target) {
+		m.stopProc(m.procs[0], stopOp)
+		return
+	}
+	m.launch(m.target)
 }
 
 func (m *Machine) failBeforeSwitch(k ActionKind, err error, t time.Time) {
@@ -653,28 +932,49 @@ func (m *Machine) beginRevert(why string, t time.Time) {
 	m.revertNext(t)
 }
 
+// revertNext takes the revert's next step. Without a handover: stop what
+// runs, switch back, start the last good release. With one (the failed
+// release and the last good one both declare sockets): switch back, start
+// the last good release beside the failed one, and stop that once the
+// last good one is ready. When the last good release's process still runs
+// (the failed one never took over from it), it is only checked again.
 func (m *Machine) revertNext(t time.Time) {
+	keep := m.keepsLastGood()
 	switch {
-	case m.running:
-		m.startStep(ActStop, nil)
+	case len(m.procs) > 0 && !keep && !m.canHandover(m.lastGood):
+		m.stopProc(m.procs[0], stopOp)
 	case !m.switched:
 		m.startStep(ActSwitch, m.lastGood)
-	case m.lastGood != nil:
-		m.startStep(ActStart, m.lastGood)
-	default:
+	case m.lastGood == nil:
 		m.op = opNone
 		m.current = nil
 		m.currentOK = false
 		m.reason += "; no last good release: service stopped"
 		m.setPhase(v1.Phase_PHASE_FAILED, true)
 		m.settle(t)
+	case keep:
+		m.beginChecks(m.lastGood, m.procs[0].epoch, t)
+		m.evaluate(t)
+	default:
+		m.launch(m.lastGood)
 	}
 }
 
-func (m *Machine) revertDone(k ActionKind, err error, t time.Time) {
+// keepsLastGood reports whether the one process that serves is of the
+// last good release and not of the release being reverted: it served
+// throughout (a new process that never became ready did not take over from
+// it), so the revert keeps it and only checks it again.
+func (m *Machine) keepsLastGood() bool {
+	if len(m.procs) != 1 || m.lastGood == nil {
+		return false
+	}
+	v := m.procs[0].v
+	return v == Version(m.lastGood) && v != Version(m.target)
+}
+
+func (m *Machine) revertDone(k ActionKind, _ error, t time.Time) {
 	switch k {
 	case ActStop:
-		m.running = false
 		m.revertNext(t)
 	case ActSwitch:
 		m.switched = true
@@ -682,48 +982,36 @@ func (m *Machine) revertDone(k ActionKind, err error, t time.Time) {
 		m.persist()
 		m.report()
 		m.revertNext(t)
-	case ActStart:
-		if err != nil {
-			m.op = opNone
-			m.running = false
-			m.current = nil
-			m.currentOK = false
-			m.reason += fmt.Sprintf("; restart last good %s: %v", Version(m.lastGood), err)
-			m.setPhase(v1.Phase_PHASE_FAILED, true)
-			m.settle(t)
-			return
-		}
-		m.running = true
-		m.beginChecks(m.lastGood, t)
-		m.evaluate(t)
 	}
 }
 
-func (m *Machine) recoverDone(k ActionKind, err error, t time.Time) {
+// recoverNext takes recovery's next step: what runs of another release is
+// stopped first (or, when it and the last good release both declare
+// sockets, handed over from), `current` is switched back, and the last
+// good release started.
+func (m *Machine) recoverNext(t time.Time) {
+	switch {
+	case len(m.procs) > 0 && !m.canHandover(m.recWhat):
+		m.stopProc(m.procs[0], stopOp)
+	case !m.switched:
+		m.startStep(ActSwitch, m.recWhat)
+	case m.recWhat == nil:
+		m.recoverOutcome(false, "no last good release to run", t)
+	default:
+		m.launch(m.recWhat)
+	}
+}
+
+func (m *Machine) recoverDone(k ActionKind, _ error, t time.Time) {
 	switch k {
 	case ActSwitch:
+		m.switched = true
 		m.current = m.recWhat
-		if m.recWhat == nil {
-			m.recoverOutcome(false, "no last good release to run", t)
-			return
-		}
-		m.startStep(ActStart, m.recWhat)
-	case ActStart:
-		if err != nil {
-			m.running = false
-			m.current = nil
-			m.recoverOutcome(false, fmt.Sprintf("restart %s: %v", Version(m.recWhat), err), t)
-			return
-		}
-		m.running = true
-		m.phase = v1.Phase_PHASE_CHECKING
-		m.beginChecks(m.recWhat, t)
-		m.evaluate(t)
+		m.recoverNext(t)
 	case ActStop:
 		// A process of another release found at Restore is gone (a failed
-		// stop has still ended it): now put the last good release back.
-		m.running = false
-		m.startStep(ActSwitch, m.recWhat)
+		// stop has still ended it).
+		m.recoverNext(t)
 	}
 }
 
@@ -733,7 +1021,6 @@ func (m *Machine) recoverDone(k ActionKind, err error, t time.Time) {
 // current is what the link says.
 func (m *Machine) revertSwitchFailed(err error, in Input, t time.Time) {
 	m.op = opNone
-	m.running = false
 	m.currentOK = false
 	m.reason += "; " + m.switchBackFailed(m.lastGood, err, in)
 	m.setPhase(v1.Phase_PHASE_FAILED, true)
@@ -770,7 +1057,6 @@ func (m *Machine) switchBackFailed(a *v1.Assignment, err error, in Input) string
 // started, nothing is claimed as reverted, and current is what the link says.
 func (m *Machine) recoverSwitchFailed(err error, in Input, t time.Time) {
 	m.op = opNone
-	m.running = false
 	m.currentOK = false
 	m.reason = "after agent restart " + m.switchBackFailed(m.recWhat, err, in)
 	m.setPhase(v1.Phase_PHASE_FAILED, true)
@@ -825,11 +1111,12 @@ func (m *Machine) recoverOutcome(ok bool, why string, t time.Time) {
 	m.settle(t)
 }
 
-// beginChecks starts a checking period for a just started release.
-func (m *Machine) beginChecks(a *v1.Assignment, t time.Time) {
+// beginChecks starts a checking period of release a's process with epoch.
+func (m *Machine) beginChecks(a *v1.Assignment, epoch uint64, t time.Time) {
 	n := len(a.GetSpec().GetChecks())
 	m.chk = checkState{
 		active:     true,
+		epoch:      epoch,
 		a:          a,
 		start:      t,
 		deadline:   t.Add(HealthyDeadline(a)),
@@ -847,7 +1134,7 @@ func (m *Machine) beginChecks(a *v1.Assignment, t time.Time) {
 	}
 	m.checks = nil
 	m.rules = nil
-	m.emit(Action{Kind: ActBeginChecks, Epoch: m.epoch, Version: Version(a), Assignment: a})
+	m.emit(Action{Kind: ActBeginChecks, Epoch: epoch, Version: Version(a), Assignment: a})
 	m.report()
 }
 
@@ -885,7 +1172,7 @@ func (m *Machine) watchFailed(why string, t time.Time) {
 
 func (m *Machine) onChecks(epoch uint64, results []CheckResult, t time.Time) {
 	c := &m.chk
-	if !c.active || epoch != m.epoch || t.Before(c.start) || c.zeroChecks {
+	if !c.active || epoch != c.epoch || t.Before(c.start) || c.zeroChecks {
 		return
 	}
 	changed := len(results) != len(m.checks)
@@ -927,8 +1214,14 @@ func (m *Machine) onChecks(epoch uint64, results []CheckResult, t time.Time) {
 }
 
 func (m *Machine) onExit(epoch uint64, t time.Time) {
+	if f := m.fresh; f != nil && f.epoch == epoch && !m.readyBy.IsZero() {
+		// It exited before it said READY=1 (the supervisor would restart
+		// it): a failed start.
+		m.freshFailed("exited before it was ready (ready: notify)")
+		return
+	}
 	c := &m.chk
-	if !c.active || epoch != m.epoch || t.Before(c.start) {
+	if !c.active || epoch != c.epoch || t.Before(c.start) {
 		return // neither checking nor watching (the supervisor restarts it), or an old process
 	}
 	c.exits++
@@ -955,7 +1248,7 @@ func (m *Machine) onExit(epoch uint64, t time.Time) {
 // onAnalysis takes the verdict of one analysis round.
 func (m *Machine) onAnalysis(epoch uint64, v Verdict, results []RuleResult, t time.Time) {
 	c := &m.chk
-	if !c.active || !c.analyse || epoch != m.epoch || t.Before(c.start) {
+	if !c.active || !c.analyse || epoch != c.epoch || t.Before(c.start) {
 		return
 	}
 	changed := len(results) != len(m.rules)

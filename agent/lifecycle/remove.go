@@ -39,10 +39,11 @@ func (m *Machine) beginRemove(t time.Time) {
 	m.removeNext(t)
 }
 
-// removeNext takes the removal's next step: stop what runs, then remove.
+// removeNext takes the removal's next step: stop what runs (each process
+// in turn, drained when it served), then remove.
 func (m *Machine) removeNext(time.Time) {
-	if m.running {
-		m.startStep(ActStop, nil)
+	if len(m.procs) > 0 {
+		m.stopProc(m.procs[0], stopOp)
 		return
 	}
 	m.startStep(ActRemove, nil)
@@ -51,8 +52,7 @@ func (m *Machine) removeNext(time.Time) {
 func (m *Machine) removeDone(k ActionKind, err error, t time.Time) {
 	switch k {
 	case ActStop:
-		m.running = false // a failed stop has still ended the process
-		m.removeNext(t)
+		m.removeNext(t) // stopDone has let the process go (a failed stop has still ended it)
 	case ActRemove:
 		m.op = opNone
 		m.current, m.lastGood, m.target = nil, nil, nil
@@ -67,11 +67,10 @@ func (m *Machine) removeDone(k ActionKind, err error, t time.Time) {
 	}
 }
 
-// restoreRemove resumes a removal after an agent restart: found running
-// (of whatever release) is stopped first.
-func (m *Machine) restoreRemove(found *Running, t time.Time) []Action {
+// restoreRemove resumes a removal after an agent restart: what was found
+// running (m.procs, of whatever release) is stopped first.
+func (m *Machine) restoreRemove(t time.Time) []Action {
 	m.op = opRemove
-	m.running = found != nil
 	m.phase = v1.Phase_PHASE_REMOVING
 	m.report()
 	m.removeNext(t)

@@ -1,10 +1,12 @@
 package lifecycle
 
 import (
+	"cmp"
 	"errors"
 	"flag"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -58,10 +60,11 @@ func (k restoreKind) String() string {
 	return [...]string{"?", "recover", "adopt-settled", "resume-fetch", "resume-install", "resume-revert", "resume-remove"}[k]
 }
 
-// expectRestore decides what Restore must do with snapshot p when found
-// runs ("" = nothing), and the first phase it reports.
-func expectRestore(p *Snapshot, found string) (restoreKind, v1.Phase) {
+// expectRestore decides what Restore must do with snapshot p when the
+// processes of found run, and the first phase it reports.
+func expectRestore(p *Snapshot, found []string) (restoreKind, v1.Phase) {
 	cur, good, tgt := Version(p.Current), Version(p.LastGood), Version(p.Target)
+	has := func(v string) bool { return v != "" && slices.Contains(found, v) }
 	restored := p.Phase
 	switch ph := p.Phase; {
 	case ph == v1.Phase_PHASE_REMOVING || ph == v1.Phase_PHASE_REMOVED:
@@ -71,7 +74,7 @@ func expectRestore(p *Snapshot, found string) (restoreKind, v1.Phase) {
 			restored = v1.Phase_PHASE_FAILED // inconsistent: handled as settled
 			break
 		}
-		if (found != "" && found == cur) || (found == "" && cur == "" && good == "") {
+		if has(cur) || (len(found) == 0 && cur == "" && good == "") {
 			return restoreResumeFetch, v1.Phase_PHASE_FETCHING
 		}
 		return restoreRecover, v1.Phase_PHASE_STARTING
@@ -83,9 +86,10 @@ func expectRestore(p *Snapshot, found string) (restoreKind, v1.Phase) {
 		// A config install (the target is the last good release with a
 		// spec that runs differently): what runs of the release may run
 		// either spec, so it is not adopted.
-		if found == tgt && !specChange(p.Target, p.LastGood) {
+		if has(tgt) && len(found) == 1 && !specChange(p.Target, p.LastGood) {
 			return restoreResumeInstall, v1.Phase_PHASE_CHECKING
 		}
+		// Not running, or running beside another process that goes first.
 		return restoreResumeInstall, v1.Phase_PHASE_STARTING
 	case ph == v1.Phase_PHASE_REVERTING:
 		return restoreResumeRevert, v1.Phase_PHASE_REVERTING
@@ -94,7 +98,7 @@ func expectRestore(p *Snapshot, found string) (restoreKind, v1.Phase) {
 	case ph == v1.Phase_PHASE_HEALTHY && good != tgt:
 		restored = v1.Phase_PHASE_FAILED
 	}
-	if restored != v1.Phase_PHASE_IDLE && found != "" && found == cur {
+	if restored != v1.Phase_PHASE_IDLE && has(cur) {
 		return restoreAdoptSettled, restored
 	}
 	return restoreRecover, v1.Phase_PHASE_STARTING
@@ -173,9 +177,11 @@ type sim struct {
 	analysisReverts int
 	resumedWatches  int
 
-	// model of the host
-	running string // version of the running process, "" none
-	link    string // target of `current`
+	// model of the host: the processes that run, by epoch
+	procs map[uint64]*simProc
+	link  string // target of `current`
+	// READY=1 of a process whose start is in flight (taken when it ends)
+	earlyReady map[uint64]bool
 
 	everHealthy  map[string]bool
 	edgesSeen    map[[2]v1.Phase]int
@@ -185,23 +191,68 @@ type sim struct {
 	recovering   bool
 	afterRestore bool // the next switch must be the recovery's, to the last good release
 
-	// model of the process that runs: its epoch (running is the release)
-	runningEpoch uint64
 	// the Restore being applied (0: none), what it must report first, and
-	// the process it found ("" none) with its epoch
+	// the processes it found
 	restoring    restoreKind
 	restoreFirst v1.Phase
 	firstSeen    bool // Restore's first report was checked
-	found        string
-	foundEpoch   uint64
-	// the next stop is the one a resumed install makes of the release
-	// before it, found running: its baseline is gone with the old agent
-	restoredStop                          bool
+	found        []Running
+	// Restore adopted the settled release beside another process: its
+	// watch resumes once that one is stopped (at the ActBeginChecks)
+	resumeBeside bool
+	// the install's switch just finished: the next stop or start may be
+	// preceded by ActFreezeBaseline (and must, with rules, when a process
+	// runs)
+	installSwitched                       bool
 	restoredFrom                          v1.Phase // the phase of the snapshot last restored
 	adoptions                             int
 	restores                              map[restoreKind]int
 	stoppedSinceFetch, switchedSinceFetch bool
-	linkAtFetch, runningAtFetch           string
+	linkAtFetch                           string
+	procsAtFetch                          string
+	// handovers counts what the handover exercised
+	handovers simHandovers
+}
+
+// simProc is a process of the modelled host.
+type simProc struct {
+	v string
+	// a is its release as the machine knows it: the ActStart's, or the
+	// persisted snapshot's of its version once found at a restart (nil:
+	// unknown)
+	a *v1.Assignment
+	// ready: served (ready: started once running, ready: notify once
+	// READY=1 was fed, a found process always)
+	ready bool
+	// readyBy: a ready: notify process whose start was reported must be
+	// ready by then (zero: not waiting)
+	readyBy time.Time
+}
+
+// simHandovers counts the handover's branches the simulation took.
+type simHandovers struct {
+	beside, drained, notReady, exitedBeforeReady, foundBeside int
+}
+
+// procList describes the processes that run, for logs and comparisons.
+func (s *sim) procList() string {
+	var out []string
+	for e, p := range s.procs {
+		out = append(out, fmt.Sprintf("%s@%d", p.v, e))
+	}
+	slices.Sort(out)
+	return strings.Join(out, ",")
+}
+
+// only returns the one process that runs (nil: none, or more than one).
+func (s *sim) only() (uint64, *simProc) {
+	if len(s.procs) != 1 {
+		return 0, nil
+	}
+	for e, p := range s.procs {
+		return e, p
+	}
+	return 0, nil
 }
 
 // simSeed replays one seed of TestSimulation.
@@ -261,7 +312,61 @@ func (s *sim) newAssignment(version string, gen int64) *v1.Assignment {
 		// No rules: watched for analysis.watch all the same.
 		a.Spec.Analysis = &v1.Analysis{Watch: durationpb.New(time.Duration(5+s.rnd.IntN(60)) * time.Second)}
 	}
+	if s.rnd.IntN(3) > 0 {
+		a.Spec.Run.Sockets = []*v1.Socket{{Name: "http", Listen: "127.0.0.1:8080"}}
+	}
+	if s.rnd.IntN(2) == 0 {
+		a.Spec.Run.Ready = ReadyNotify
+		if s.rnd.IntN(2) == 0 {
+			a.Spec.Run.ReadyTimeout = durationpb.New(time.Duration(2+s.rnd.IntN(20)) * time.Second)
+		}
+	}
 	return a
+}
+
+// ready feeds a READY=1: mostly of the process waiting to be ready (or of
+// one whose start is in flight), sometimes of another (ignored).
+func (s *sim) ready() {
+	if a := s.inflight; a != nil && a.Kind == ActStart && NotifiesReady(a.Assignment) && s.rnd.IntN(4) == 0 {
+		s.feedReady(a.Epoch) // READY=1 before the start's own report
+		return
+	}
+	for e, p := range s.procs {
+		if !p.ready && !p.readyBy.IsZero() {
+			s.feedReady(e)
+			return
+		}
+	}
+	if s.epoch > 0 && s.rnd.IntN(3) == 0 {
+		s.feedReady(s.rnd.Uint64N(s.epoch) + 1) // mostly an old or a serving process's: ignored
+	}
+}
+
+// feedReady feeds a READY=1 of the process with epoch e and updates the
+// model as the machine takes it: the process being started becomes ready,
+// unless its deadline has passed.
+func (s *sim) feedReady(e uint64) {
+	if a := s.inflight; a != nil && a.Kind == ActStart && a.Epoch == e {
+		s.earlyReady[e] = true
+	} else if p := s.procs[e]; p != nil && !p.ready && !p.readyBy.IsZero() && s.now.Before(p.readyBy) {
+		p.ready, p.readyBy = true, time.Time{}
+	}
+	s.step(Ready(e, s.now))
+}
+
+// checkFreeze: the baseline is frozen right before the first stop or start
+// after an install's switch when a process runs and the target has rules
+// (before it stops, or before the new process shares its sockets), and at
+// no other stop or start.
+func (s *sim) checkFreeze(acts []Action, i int) {
+	s.t.Helper()
+	froze := i > 0 && acts[i-1].Kind == ActFreezeBaseline
+	want := s.installSwitched && len(s.procs) > 0 && HasAnalysis(s.m.Target())
+	s.installSwitched = false
+	if froze != want {
+		s.fatalf("%v in %v (recovering=%v) of an install of %q (rules %v, running %s): baseline frozen=%v",
+			acts[i], s.prev, s.recovering, Version(s.m.Target()), HasAnalysis(s.m.Target()), s.procList(), froze)
+	}
 }
 
 // analysing is whether the model expects the machine to use analysis now.
@@ -301,8 +406,18 @@ func (s *sim) step(in Input) {
 	s.in = in
 	s.cause = s.watchCause()
 	wasAnalysing := s.analysing()
+	// The watch as it was before the step (a watch that ends at this
+	// input's time ends before the input counts).
+	wasWatching, wasUntil := s.watching, s.watchUntil
 	acts := s.m.Step(in)
 	s.apply(acts)
+	// A process not ready by its deadline is stopped then, not later.
+	for e, p := range s.procs {
+		if !p.ready && !p.readyBy.IsZero() && !in.At.Before(p.readyBy) &&
+			(s.inflight == nil || s.inflight.Kind != ActStop || s.inflight.Epoch != e) {
+			s.fatalf("%s@%d not ready by %v and not stopped at %v", p.v, e, p.readyBy.Sub(t0), in.At.Sub(t0))
+		}
+	}
 	if s.watching && !in.At.Before(s.watchUntil) && s.m.Phase() == v1.Phase_PHASE_HEALTHY {
 		if s.m.Watching() {
 			s.fatalf("still watching at %v, the watch ended at %v", in.At.Sub(t0), s.watchUntil.Sub(t0))
@@ -316,7 +431,7 @@ func (s *sim) step(in Input) {
 	}
 	// A Fail reverts at once, while checking or watching.
 	if wasAnalysing && in.Kind == InputAnalysis && in.Verdict == VerdictFail && in.Epoch == s.chkEpoch &&
-		(!s.watching || in.At.Before(s.watchUntil)) && s.m.Phase() != v1.Phase_PHASE_REVERTING {
+		(!wasWatching || in.At.Before(wasUntil)) && s.m.Phase() != v1.Phase_PHASE_REVERTING {
 		s.fatalf("analysis Fail did not revert at once (phase %v)", s.m.Phase())
 	}
 }
@@ -330,22 +445,51 @@ func (s *sim) apply(acts []Action) {
 		switch a.Kind {
 		case ActFetch:
 			s.stoppedSinceFetch, s.switchedSinceFetch = false, false
-			s.linkAtFetch, s.runningAtFetch = s.link, s.running
+			s.linkAtFetch, s.procsAtFetch = s.link, s.procList()
 		case ActStop:
 			s.stoppedSinceFetch = true
-			// The machine freezes the baseline right before it stops the
-			// old release for the install of a release with rules, and
-			// at no other stop.
-			install := !s.recovering && s.prev == v1.Phase_PHASE_STARTING && !s.restoredStop
-			s.restoredStop = false
-			froze := i > 0 && acts[i-1].Kind == ActFreezeBaseline
-			if froze != (install && HasAnalysis(s.m.Target())) {
-				s.fatalf("stop in %v (recovering=%v) of an install of %q (rules %v): baseline frozen=%v",
-					s.prev, s.recovering, Version(s.m.Target()), HasAnalysis(s.m.Target()), froze)
+			s.checkFreeze(acts, i)
+			p := s.procs[a.Epoch]
+			if p == nil {
+				s.fatalf("%v, but no process with epoch %d runs (%s)", a, a.Epoch, s.procList())
+			}
+			if a.Drain != p.ready {
+				s.fatalf("%v of a process that served=%v", a, p.ready)
+			}
+			if !a.Drain {
+				// Only a new process that failed to become ready is stopped
+				// without a drain: at its deadline, or once it exited.
+				exited := s.in.Kind == InputExit && s.in.Epoch == a.Epoch
+				if !exited && (p.readyBy.IsZero() || s.in.At.Before(p.readyBy)) {
+					s.fatalf("%v before its readiness deadline %v (input %v at %v)", a, p.readyBy.Sub(t0), s.in.Kind, s.in.At.Sub(t0))
+				}
+				if exited {
+					s.handovers.exitedBeforeReady++
+				} else {
+					s.handovers.notReady++
+				}
+			} else {
+				s.handovers.drained++
+			}
+			// Zero downtime: the only process that serves is not stopped
+			// before its successor is ready when the two can share the
+			// sockets.
+			if _, only := s.only(); only == p && p.ready && !s.recovering {
+				var next *v1.Assignment
+				switch s.prev {
+				case v1.Phase_PHASE_STARTING:
+					next = s.m.Target()
+				case v1.Phase_PHASE_REVERTING:
+					next = s.m.LastGood()
+				}
+				if next != nil && p.a != nil && HasSockets(p.a) && HasSockets(next) && s.restoring == 0 {
+					s.fatalf("%v stops the only process that serves (%s) in %v although %s could take over from it",
+						a, p.v, s.prev, Version(next))
+				}
 			}
 		case ActFreezeBaseline:
-			if i+1 == len(acts) || acts[i+1].Kind != ActStop {
-				s.fatalf("%v not right before a stop", a)
+			if i+1 == len(acts) || (acts[i+1].Kind != ActStop && !(acts[i+1].Kind == ActStart && acts[i+1].Beside)) {
+				s.fatalf("%v not right before a stop or a start beside the old process", a)
 			}
 			if a.Version != s.link || !HasAnalysis(a.Assignment) {
 				s.fatalf("%v: `current` points at %q; rules %v", a, s.link, HasAnalysis(a.Assignment))
@@ -359,24 +503,42 @@ func (s *sim) apply(acts []Action) {
 				}
 			}
 		case ActStart:
-			// One process per service: whatever ran was stopped first.
-			if s.running != "" {
-				s.fatalf("start %s while %s runs", a.Version, s.running)
+			s.checkFreeze(acts, i)
+			if a.Beside {
+				// A handover: beside the one process that serves, both
+				// releases declaring sockets.
+				_, p := s.only()
+				if p == nil || p.a == nil || !HasSockets(p.a) || !HasSockets(a.Assignment) || !p.ready {
+					s.fatalf("%v beside %s", a, s.procList())
+				}
+				s.handovers.beside++
+			} else if len(s.procs) > 0 {
+				// Otherwise whatever ran was stopped first.
+				s.fatalf("start %s while %s runs", a.Version, s.procList())
 			}
 		case ActRemove:
 			// Files go only once nothing runs, and only when removing.
-			if s.running != "" || s.m.Phase() != v1.Phase_PHASE_REMOVING {
-				s.fatalf("remove in %v while %q runs", s.m.Phase(), s.running)
+			if len(s.procs) > 0 || s.m.Phase() != v1.Phase_PHASE_REMOVING {
+				s.fatalf("remove in %v while %s runs", s.m.Phase(), s.procList())
 			}
 		case ActAdopt:
 			if s.restoring == 0 {
 				s.fatalf("%v outside Restore", a)
 			}
-			want := max(s.foundEpoch, 1)
-			if s.found == "" || a.Version != s.found || a.Epoch != want {
-				s.fatalf("%v, but %q runs with epoch %d", a, s.found, s.foundEpoch)
+			var f *Running
+			for i := range s.found {
+				if s.found[i].Version == a.Version && (s.found[i].Epoch == a.Epoch || s.found[i].Epoch == 0) {
+					f = &s.found[i]
+				}
 			}
-			s.runningEpoch = a.Epoch
+			if f == nil || s.procs[f.Epoch] == nil {
+				s.fatalf("%v, but %v runs", a, s.found)
+			}
+			if f.Epoch != a.Epoch {
+				// An unrecorded epoch gets a new one.
+				s.procs[a.Epoch] = s.procs[f.Epoch]
+				delete(s.procs, f.Epoch)
+			}
 			s.epoch = a.Epoch
 			s.adoptions++
 		case ActBeginChecks:
@@ -398,8 +560,20 @@ func (s *sim) apply(acts []Action) {
 			if s.zeroChecks {
 				s.passSince = s.now
 			}
-			if a.Version != s.running || a.Epoch != s.runningEpoch {
-				s.fatalf("checking %q epoch %d but %q epoch %d runs", a.Version, a.Epoch, s.running, s.runningEpoch)
+			if e, p := s.only(); p == nil || e != a.Epoch || p.v != a.Version || !p.ready {
+				s.fatalf("checking %q epoch %d but %s runs", a.Version, a.Epoch, s.procList())
+			}
+			if s.resumeBeside {
+				// The adopted release's watch, resumed once the process
+				// beside it is gone.
+				s.resumeBeside = false
+				if s.m.Phase() == v1.Phase_PHASE_HEALTHY && s.now.Before(s.persisted.WatchUntil) {
+					s.watching = true
+					s.watchUntil = s.persisted.WatchUntil
+					s.prevGood = Version(s.persisted.Previous)
+					s.chkAnalyse = true
+					s.resumedWatches++
+				}
 			}
 		case ActStopChecks:
 			s.checking = false
@@ -428,14 +602,17 @@ func (s *sim) apply(acts []Action) {
 func (s *sim) checkReport(r *v1.ServiceReport) {
 	s.t.Helper()
 	p := r.Phase
+	if p == v1.Phase_PHASE_STARTING && s.prev == v1.Phase_PHASE_SWITCHING && !s.recovering && s.restoring == 0 {
+		s.installSwitched = true
+	}
 	if s.restoring != 0 && !s.firstSeen {
 		// Restore's first report: what the model decided, from where the
 		// snapshot was (not an edge of the machine's own).
 		if p != s.restoreFirst {
-			s.fatalf("restore (%v) of %v with %q running reported %v first, want %v",
+			s.fatalf("restore (%v) of %v with %v running reported %v first, want %v",
 				s.restoring, s.persisted.Phase, s.found, p, s.restoreFirst)
 		}
-		if s.restoring == restoreAdoptSettled && p == v1.Phase_PHASE_HEALTHY && s.now.Before(s.persisted.WatchUntil) {
+		if s.restoring == restoreAdoptSettled && p == v1.Phase_PHASE_HEALTHY && s.now.Before(s.persisted.WatchUntil) && !s.resumeBeside {
 			// The adopted release is watched for the rest of its window.
 			if !s.checking {
 				s.fatalf("adopted HEALTHY release within its watch (until %v) is not checked", s.persisted.WatchUntil.Sub(t0))
@@ -507,45 +684,51 @@ func (s *sim) checkReport(r *v1.ServiceReport) {
 	}
 	switch p {
 	case v1.Phase_PHASE_REMOVED:
-		if r.CurrentVersion != "" || r.LastGoodVersion != "" || r.TargetVersion != "" || s.running != "" || s.link != "" {
-			s.fatalf("REMOVED with current=%q last good=%q target=%q, running %q, link %q",
-				r.CurrentVersion, r.LastGoodVersion, r.TargetVersion, s.running, s.link)
+		if r.CurrentVersion != "" || r.LastGoodVersion != "" || r.TargetVersion != "" || len(s.procs) > 0 || s.link != "" {
+			s.fatalf("REMOVED with current=%q last good=%q target=%q, running %s, link %q",
+				r.CurrentVersion, r.LastGoodVersion, r.TargetVersion, s.procList(), s.link)
 		}
 		s.everHealthy = map[string]bool{} // nothing of the service remains
 	case v1.Phase_PHASE_HEALTHY:
 		if r.CurrentVersion == "" || r.CurrentVersion != r.LastGoodVersion || r.CurrentVersion != r.TargetVersion {
 			s.fatalf("HEALTHY with current=%q last good=%q target=%q", r.CurrentVersion, r.LastGoodVersion, r.TargetVersion)
 		}
-		if s.running != r.CurrentVersion {
-			s.fatalf("HEALTHY on %q but %q runs", r.CurrentVersion, s.running)
+		if _, only := s.only(); only == nil || only.v != r.CurrentVersion {
+			s.fatalf("HEALTHY on %q but %s runs", r.CurrentVersion, s.procList())
 		}
 	case v1.Phase_PHASE_REVERTED:
 		if r.CurrentVersion == "" || r.CurrentVersion != r.LastGoodVersion {
 			s.fatalf("REVERTED with current=%q last good=%q", r.CurrentVersion, r.LastGoodVersion)
 		}
-		if s.running != r.CurrentVersion {
-			s.fatalf("REVERTED on %q but %q runs", r.CurrentVersion, s.running)
+		if _, only := s.only(); only == nil || only.v != r.CurrentVersion {
+			s.fatalf("REVERTED on %q but %s runs", r.CurrentVersion, s.procList())
 		}
 	case v1.Phase_PHASE_FAILED:
-		if s.prev == v1.Phase_PHASE_REMOVING && s.running != "" {
-			s.fatalf("a removal ended FAILED with %q running", s.running)
+		if s.prev == v1.Phase_PHASE_REMOVING && len(s.procs) > 0 {
+			s.fatalf("a removal ended FAILED with %s running", s.procList())
 		}
 		if preSwitch(s.prev) {
 			if s.stoppedSinceFetch {
 				s.fatalf("FAILED before the switch but the old release was stopped")
 			}
-			if s.running != s.runningAtFetch || s.link != s.linkAtFetch {
+			if s.procList() != s.procsAtFetch || s.link != s.linkAtFetch {
 				s.fatalf("FAILED before the switch changed the host: running %q->%q link %q->%q",
-					s.runningAtFetch, s.running, s.linkAtFetch, s.link)
+					s.procsAtFetch, s.procList(), s.linkAtFetch, s.link)
 			}
 		}
 	}
+	if settled(p) && len(s.procs) > 1 {
+		s.fatalf("settled in %v with %s running", p, s.procList())
+	}
 	if settled(p) && r.CurrentVersion != "" && r.CurrentVersion != r.LastGoodVersion {
-		// Only after a recovery whose switch back failed may this be said,
-		// and only truthfully: FAILED, nothing runs, the link points there.
-		if p != v1.Phase_PHASE_FAILED || s.running != "" || r.CurrentVersion != s.link {
-			s.fatalf("settled in %v with current %q != last good %q (link %q, running %q)",
-				p, r.CurrentVersion, r.LastGoodVersion, s.link, s.running)
+		// Only after a switch back that failed may this be said, and only
+		// truthfully: FAILED, the link points there, and nothing runs but
+		// that release or the last good one (kept serving in a handover).
+		_, only := s.only()
+		if p != v1.Phase_PHASE_FAILED || r.CurrentVersion != s.link ||
+			(len(s.procs) > 0 && (only == nil || (only.v != r.CurrentVersion && only.v != r.LastGoodVersion))) {
+			s.fatalf("settled in %v with current %q != last good %q (link %q, running %s)",
+				p, r.CurrentVersion, r.LastGoodVersion, s.link, s.procList())
 		}
 	}
 	if s.recovering && p == v1.Phase_PHASE_REVERTED && s.link != r.CurrentVersion {
@@ -603,17 +786,19 @@ func (s *sim) finish() {
 		}
 	case ActStart:
 		if err == nil {
-			s.running = a.Version
+			p := &simProc{v: a.Version, a: a.Assignment, ready: !NotifiesReady(a.Assignment) || s.earlyReady[a.Epoch]}
+			if !p.ready {
+				p.readyBy = s.now.Add(ReadyTimeout(a.Assignment))
+			}
+			s.procs[a.Epoch] = p
 		}
+		delete(s.earlyReady, a.Epoch)
 	case ActStop:
-		s.running = "" // a failed stop still ends the process (SIGKILL)
+		delete(s.procs, a.Epoch) // a failed stop still ends the process (SIGKILL)
 	case ActRemove:
 		if err == nil {
 			s.link = ""
 		}
-	}
-	if a.Kind == ActStart && err == nil {
-		s.runningEpoch = a.Epoch
 	}
 	if a.Kind == ActSwitch {
 		s.step(SwitchDone(a.Seq, err, s.link, s.now))
@@ -633,9 +818,9 @@ func (s *sim) restart() {
 		case ActSwitch:
 			s.link = a.Version
 		case ActStart:
-			s.running, s.runningEpoch = a.Version, a.Epoch
+			s.procs[a.Epoch] = &simProc{v: a.Version}
 		case ActStop:
-			s.running = ""
+			delete(s.procs, a.Epoch)
 		case ActRemove:
 			s.link = ""
 		}
@@ -645,14 +830,22 @@ func (s *sim) restart() {
 	s.checking = false
 	s.watching = false
 	s.expectRevert = false
-	s.restoredStop = false
-	if s.rnd.IntN(5) == 0 {
-		s.running = "" // a reboot, or the process died while no agent watched
+	s.installSwitched = false
+	s.earlyReady = map[uint64]bool{}
+	switch x := s.rnd.IntN(10); {
+	case x < 2:
+		clear(s.procs) // a reboot, or the processes died while no agent watched
 		s.log = append(s.log, "  (nothing runs)")
+	case x < 3 && len(s.procs) > 1:
+		for e := range s.procs {
+			delete(s.procs, e) // one of two died
+			break
+		}
+		s.log = append(s.log, "  (one process died)")
 	}
 	if s.persisted == nil {
-		if s.running != "" {
-			s.fatalf("%q runs but nothing was ever persisted", s.running)
+		if len(s.procs) > 0 {
+			s.fatalf("%s runs but nothing was ever persisted", s.procList())
 		}
 		s.m = New("web")
 		s.prev = v1.Phase_PHASE_IDLE
@@ -663,25 +856,50 @@ func (s *sim) restart() {
 	if s.persisted.Phase == v1.Phase_PHASE_HEALTHY {
 		s.resumeUntil, s.resumePrev = s.persisted.WatchUntil, Version(s.persisted.Previous)
 	}
-	var found *Running
-	s.found, s.foundEpoch = "", 0
-	if s.running != "" {
-		found = &Running{Version: s.running, Epoch: s.runningEpoch}
-		s.found, s.foundEpoch = s.running, s.runningEpoch
+	// What runs is found, in some order, each taken as serving and known
+	// to the machine by its version only.
+	var found []Running
+	var versions []string
+	for e, p := range s.procs {
+		found = append(found, Running{Version: p.v, Epoch: e})
+		p.a, p.ready, p.readyBy = s.persisted.release(p.v), true, time.Time{}
 	}
-	s.restoring, s.restoreFirst = expectRestore(s.persisted, s.found)
+	slices.SortFunc(found, func(a, b Running) int { return cmp.Compare(a.Epoch, b.Epoch) })
+	if s.rnd.IntN(2) == 0 {
+		slices.Reverse(found)
+	}
+	for _, f := range found {
+		versions = append(versions, f.Version)
+	}
+	s.found = found
+	s.restoring, s.restoreFirst = expectRestore(s.persisted, versions)
 	s.firstSeen = false
 	kind := s.restoring
 	s.restoredFrom = s.persisted.Phase
 	s.restores[kind]++
-	s.log = append(s.log, fmt.Sprintf("  restore %v with %q running: %v", s.persisted.Phase, s.found, kind))
+	wanted := ""
+	switch kind {
+	case restoreAdoptSettled, restoreResumeFetch:
+		wanted = Version(s.persisted.Current)
+	case restoreResumeInstall:
+		wanted = Version(s.persisted.Target)
+	case restoreResumeRevert:
+		wanted = Version(s.persisted.LastGood)
+	}
+	wantAdopt := wanted != "" && slices.Contains(versions, wanted)
+	if (kind == restoreResumeInstall || kind == restoreResumeRevert) && specChange(s.persisted.Target, s.persisted.LastGood) {
+		wantAdopt = false // a config install: what runs of the release may run either spec (spec.go)
+	}
+	s.resumeBeside = kind == restoreAdoptSettled && wantAdopt && len(found) > 1
+	if wantAdopt && len(found) > 1 {
+		s.handovers.foundBeside++
+	}
+	s.log = append(s.log, fmt.Sprintf("  restore %v with %v running: %v", s.persisted.Phase, found, kind))
 	m, acts := Restore(*s.persisted, found, s.now)
 	s.m = m
 	s.prevGen = s.persisted.Generation
 	s.recovering = kind == restoreRecover
 	s.afterRestore = kind == restoreRecover
-	specInstall := specChange(s.persisted.Target, s.persisted.LastGood)
-	s.restoredStop = kind == restoreResumeInstall && s.found != "" && (s.found != Version(s.persisted.Target) || specInstall)
 	s.prev = s.persisted.Phase
 	adopted, long := 0, []ActionKind{}
 	for _, a := range acts {
@@ -697,24 +915,22 @@ func (s *sim) restart() {
 	if !s.firstSeen {
 		s.fatalf("Restore (%v) reported nothing", kind)
 	}
-	// What runs is adopted when Restore wants that release, else stopped
-	// before anything starts; an adopted release is not restarted.
-	wantAdopt := s.found != "" && (kind == restoreAdoptSettled || kind == restoreResumeFetch ||
-		(kind == restoreResumeInstall && s.found == Version(s.persisted.Target) && !specInstall) ||
-		(kind == restoreResumeRevert && s.found == Version(s.persisted.LastGood) && !specInstall))
+	// What runs is adopted when Restore wants that release (any process
+	// beside it is stopped first), else stopped or handed over from before
+	// anything else starts; an adopted release is not restarted.
 	switch {
 	case wantAdopt && adopted != 1:
-		s.fatalf("Restore (%v) with %q running adopted %d times", kind, s.found, adopted)
+		s.fatalf("Restore (%v) with %v running adopted %d times", kind, found, adopted)
 	case wantAdopt:
 		for _, k := range long {
-			if k == ActStart || k == ActStop || k == ActSwitch {
-				s.fatalf("Restore (%v) adopted %q and also emitted %v", kind, s.found, k)
+			if k == ActStart || k == ActSwitch || (k == ActStop && len(found) == 1) {
+				s.fatalf("Restore (%v) adopted %q and also emitted %v", kind, wanted, k)
 			}
 		}
 	case adopted != 0:
-		s.fatalf("Restore (%v) adopted %q, which it must not run", kind, s.found)
-	case s.found != "" && (len(long) == 0 || long[0] != ActStop):
-		s.fatalf("Restore (%v) left %q running unadopted (long steps %v)", kind, s.found, long)
+		s.fatalf("Restore (%v) adopted a process of %v, which it must not run", kind, found)
+	case len(found) > 0 && len(long) == 0:
+		s.fatalf("Restore (%v) left %v running unadopted (long steps %v)", kind, found, long)
 	}
 	if kind == restoreAdoptSettled && m.Phase() != s.persisted.Phase && s.persisted.Phase == v1.Phase_PHASE_HEALTHY && m.Phase() != v1.Phase_PHASE_FAILED {
 		s.fatalf("adopted HEALTHY release ended %v", m.Phase())
@@ -725,12 +941,14 @@ func (s *sim) restart() {
 type simStats struct {
 	watchReverts, analysisReverts, resumedWatches, adoptions int
 	restores                                                 map[restoreKind]int
+	handovers                                                simHandovers
 }
 
 func runSim(t *testing.T, seed uint64, steps int, seen map[[2]v1.Phase]int, st *simStats) {
 	s := &sim{edgesSeen: seen,
 		t: t, seed: seed, rnd: rand.New(rand.NewPCG(seed, 0x5eed)), m: New("web"), now: t0,
 		everHealthy: map[string]bool{}, prev: v1.Phase_PHASE_IDLE, restores: map[restoreKind]int{},
+		procs: map[uint64]*simProc{}, earlyReady: map[uint64]bool{},
 	}
 	defer func() {
 		if st != nil {
@@ -738,6 +956,11 @@ func runSim(t *testing.T, seed uint64, steps int, seen map[[2]v1.Phase]int, st *
 			st.analysisReverts += s.analysisReverts
 			st.resumedWatches += s.resumedWatches
 			st.adoptions += s.adoptions
+			st.handovers.beside += s.handovers.beside
+			st.handovers.drained += s.handovers.drained
+			st.handovers.notReady += s.handovers.notReady
+			st.handovers.exitedBeforeReady += s.handovers.exitedBeforeReady
+			st.handovers.foundBeside += s.handovers.foundBeside
 			if st.restores == nil {
 				st.restores = map[restoreKind]int{}
 			}
@@ -786,8 +1009,14 @@ func runSim(t *testing.T, seed uint64, steps int, seen map[[2]v1.Phase]int, st *
 				s.step(Checks(epoch, s.now, res...))
 			}
 		case x < 58:
-			if s.running != "" {
-				if s.checking && s.epoch == s.chkEpoch {
+			if len(s.procs) > 0 {
+				var epochs []uint64
+				for e := range s.procs {
+					epochs = append(epochs, e)
+				}
+				slices.Sort(epochs)
+				epoch := epochs[s.rnd.IntN(len(epochs))]
+				if s.checking && epoch == s.chkEpoch {
 					s.exits++
 					if !s.watching {
 						if s.zeroChecks {
@@ -797,8 +1026,10 @@ func runSim(t *testing.T, seed uint64, steps int, seen map[[2]v1.Phase]int, st *
 						}
 					}
 				}
-				s.step(Exited(s.epoch, s.now))
+				s.step(Exited(epoch, s.now))
 			}
+		case x < 61:
+			s.ready()
 		case x < 66:
 			if s.checking {
 				v := VerdictPass
@@ -870,6 +1101,9 @@ func TestSimulation(t *testing.T) {
 		t.Errorf("simulation reverted %d watched releases, %d on analysis, resumed %d watches, adopted %d processes: not exercised",
 			st.watchReverts, st.analysisReverts, st.resumedWatches, st.adoptions)
 	}
+	if h := st.handovers; h.beside == 0 || h.drained == 0 || h.notReady == 0 || h.exitedBeforeReady == 0 || h.foundBeside == 0 {
+		t.Errorf("handovers not exercised: %+v", h)
+	}
 	for k := restoreRecover; k <= restoreResumeRemove; k++ {
 		if st.restores[k] == 0 {
 			t.Errorf("simulation never restored with %v", k)
@@ -883,6 +1117,6 @@ func TestSimulation(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("edges taken: %d distinct; watch reverts %d (analysis %d); watches resumed after a restart %d; processes adopted %d; restores %v",
-		len(seen), st.watchReverts, st.analysisReverts, st.resumedWatches, st.adoptions, st.restores)
+	t.Logf("edges taken: %d distinct; watch reverts %d (analysis %d); watches resumed after a restart %d; processes adopted %d; restores %v; handovers %+v",
+		len(seen), st.watchReverts, st.analysisReverts, st.resumedWatches, st.adoptions, st.restores, st.handovers)
 }

@@ -25,9 +25,10 @@ import (
 // and read the diff. The commands (arguments in brackets are optional):
 //
 //	assign V gen=N [checks=N] [interval=D] [min_healthy=D] [deadline=D] [analysis] [watch=D] [inconclusive=fail]
-//	       [env=K=V] [policy=N]
+//	        [sockets] [notify] [ready_timeout=D] [env=K=V] [policy=N]
 //	        a valid assignment of release V (defaults: 1 check, min_healthy
 //	        10s, deadline 1m); analysis adds the error_ratio rule "errors";
+//	        sockets declares a socket (http); notify sets ready: notify;
 //	        env sets run.env (a spec change hosts run: printed V{K=V} in
 //	        actions and snapshots), policy the rollout's max_parallel (one
 //	        they do not)
@@ -40,15 +41,18 @@ import (
 //	checks ok|fail|none [detail=TEXT] [epoch=N]
 //	checks NAME=ok|fail ...         one result per check of the checked release
 //	exit [epoch=N]                  the process exited
+//	ready [epoch=N]                 the process said READY=1
 //	analysis pass|fail|inconclusive [rule=NAME] [epoch=N]
 //	tick                            time passed
 //	advance D                       move the clock without an input
 //	restart [running=V] [epoch=N]   the agent restarts: Restore from the last persisted
 //	        snapshot, with a process of release V found running (epoch: the last
-//	        ActStart's); without running=, nothing runs (as after a reboot)
+//	        ActStart's); without running=, nothing runs (as after a reboot);
+//	        running=(V,W) epoch=(N,M): two processes found (a handover)
 //	restore PHASE gen=N [current=V] [last_good=V] [target=V] [previous=V watch_until=D] [current_ok]
-//	        [reason=TEXT] [running=V] [epoch=N]
-//	        Restore from this snapshot (releases as last assigned, else built)
+//	        [reason=TEXT] [running=V] [epoch=N] [sockets] [notify]
+//	        Restore from this snapshot (releases as last assigned, else built;
+//	        with sockets, built declaring a socket; with notify, ready: notify)
 //	install V gen=N [assign args]   setup: assign and finish every step up to CHECKING
 //	healthy V gen=N [assign args]   setup: install, pass checks (and analysis) to HEALTHY
 //	state                           print the machine's report and state in full
@@ -57,7 +61,9 @@ import (
 // (e.g. `checks ok +10s`) to move the clock by D first. The output is one
 // line per action, then `> PHASE t=T` with the flags that hold: in-flight=KIND
 // (the long step in flight), probing (checks run), watching, analysing
-// (AnalysisEpoch ok), superseded (FetchSuperseded).
+// (AnalysisEpoch ok), superseded (FetchSuperseded), ready-by=T (a started
+// process must say READY=1 by T), procs=E,E (the epochs of the processes
+// that serve, and +E the one being started).
 func TestTraces(t *testing.T) {
 	datadriven.Walk(t, "testdata", func(t *testing.T, path string) {
 		traces := map[string]*trace{}
@@ -78,6 +84,7 @@ type trace struct {
 	now       time.Time
 	inflight  *Action        // the long step in flight
 	epoch     uint64         // epoch of the last ActStart
+	chkEpoch  uint64         // epoch of the last ActBeginChecks
 	checked   *v1.Assignment // the release of the last ActBeginChecks
 	probing   bool
 	persisted *Snapshot                 // last ActPersist
@@ -120,6 +127,10 @@ func (tr *trace) run(t *testing.T, d *datadriven.TestData) string {
 		epoch := tr.epoch
 		d.MaybeScanArgs(t, "epoch", &epoch)
 		tr.step(t, d, &out, Exited(epoch, tr.now))
+	case "ready":
+		epoch := tr.epoch
+		d.MaybeScanArgs(t, "epoch", &epoch)
+		tr.step(t, d, &out, Ready(epoch, tr.now))
 	case "analysis":
 		tr.step(t, d, &out, tr.analysis(t, d))
 	case "tick":
@@ -169,7 +180,7 @@ func (tr *trace) record(t *testing.T, d *datadriven.TestData, out *strings.Build
 		case ActAdopt:
 			tr.epoch = a.Epoch
 		case ActBeginChecks:
-			tr.probing, tr.checked = true, a.Assignment
+			tr.probing, tr.checked, tr.chkEpoch = true, a.Assignment, a.Epoch
 		case ActStopChecks:
 			tr.probing = false
 		case ActPersist:
@@ -179,6 +190,15 @@ func (tr *trace) record(t *testing.T, d *datadriven.TestData, out *strings.Build
 			out.WriteString(tr.action(a))
 		}
 	}
+}
+
+// checkedEpoch is the default epoch of checks and analysis: the checked
+// process's while probing, else the last started one's.
+func (tr *trace) checkedEpoch() uint64 {
+	if tr.probing {
+		return tr.chkEpoch
+	}
+	return tr.epoch
 }
 
 // positional returns the argument without a value (a version, a verdict).
@@ -236,6 +256,15 @@ func (tr *trace) assignment(t *testing.T, d *datadriven.TestData) *v1.Assignment
 	if a.Spec.Analysis != nil {
 		d.MaybeScanArgs(t, "inconclusive", &a.Spec.Analysis.Inconclusive)
 	}
+	if d.HasArg("sockets") {
+		a.Spec.Run.Sockets = []*v1.Socket{{Name: "http", Listen: "127.0.0.1:8080"}}
+	}
+	if d.HasArg("notify") {
+		a.Spec.Run.Ready = ReadyNotify
+	}
+	if dur, ok := tr.duration(t, d, "ready_timeout"); ok {
+		a.Spec.Run.ReadyTimeout = durationpb.New(dur)
+	}
 	var env string
 	if d.MaybeScanArgs(t, "env", &env) {
 		k, v, _ := strings.Cut(env, "=")
@@ -280,7 +309,7 @@ func (tr *trace) done(t *testing.T, d *datadriven.TestData) Input {
 }
 
 func (tr *trace) checks(t *testing.T, d *datadriven.TestData) Input {
-	epoch := tr.epoch
+	epoch := tr.checkedEpoch()
 	d.MaybeScanArgs(t, "epoch", &epoch)
 	detail := "down"
 	d.MaybeScanArgs(t, "detail", &detail)
@@ -313,7 +342,7 @@ func (tr *trace) checks(t *testing.T, d *datadriven.TestData) Input {
 }
 
 func (tr *trace) analysis(t *testing.T, d *datadriven.TestData) Input {
-	epoch := tr.epoch
+	epoch := tr.checkedEpoch()
 	d.MaybeScanArgs(t, "epoch", &epoch)
 	rule := "errors"
 	d.MaybeScanArgs(t, "rule", &rule)
@@ -351,6 +380,12 @@ func (tr *trace) snapshot(t *testing.T, d *datadriven.TestData) Snapshot {
 			return a
 		}
 		a := asg(v, s.Generation)
+		if d.HasArg("sockets") {
+			a.Spec.Run.Sockets = []*v1.Socket{{Name: "http", Listen: "127.0.0.1:8080"}}
+		}
+		if d.HasArg("notify") {
+			a.Spec.Run.Ready = ReadyNotify
+		}
 		tr.asgs[v] = a
 		return a
 	}
@@ -362,21 +397,40 @@ func (tr *trace) snapshot(t *testing.T, d *datadriven.TestData) Snapshot {
 	return s
 }
 
-// found is the process a restart or restore command says runs (nil: none).
-func (tr *trace) found(t *testing.T, d *datadriven.TestData) *Running {
-	var v string
-	if !d.MaybeScanArgs(t, "running", &v) {
-		return nil
+// found is what a restart or restore command says runs (none, one or two
+// processes).
+func (tr *trace) found(t *testing.T, d *datadriven.TestData) []Running {
+	var versions []string
+	var epochs []uint64
+	for _, a := range d.CmdArgs {
+		switch a.Key {
+		case "running":
+			versions = a.Vals
+		case "epoch":
+			for _, v := range a.Vals {
+				n, err := strconv.ParseUint(v, 10, 64)
+				if err != nil {
+					d.Fatalf(t, "epoch: %v", err)
+				}
+				epochs = append(epochs, n)
+			}
+		}
 	}
-	r := &Running{Version: v, Epoch: tr.epoch}
-	d.MaybeScanArgs(t, "epoch", &r.Epoch)
-	return r
+	var found []Running
+	for i, v := range versions {
+		r := Running{Version: v, Epoch: tr.epoch}
+		if i < len(epochs) {
+			r.Epoch = epochs[i]
+		}
+		found = append(found, r)
+	}
+	return found
 }
 
 // restore restarts the machine from s, as the agent does after a restart,
-// with found running (nil: nothing runs).
-func (tr *trace) restore(t *testing.T, d *datadriven.TestData, out *strings.Builder, s Snapshot, found *Running) {
-	tr.inflight, tr.probing, tr.epoch, tr.checked = nil, false, 0, nil
+// with found running.
+func (tr *trace) restore(t *testing.T, d *datadriven.TestData, out *strings.Builder, s Snapshot, found []Running) {
+	tr.inflight, tr.probing, tr.epoch, tr.chkEpoch, tr.checked = nil, false, 0, 0, nil
 	m, acts := Restore(s, found, tr.now)
 	tr.m = m
 	tr.record(t, d, out, acts)
@@ -388,16 +442,25 @@ func (tr *trace) setup(t *testing.T, d *datadriven.TestData) {
 	a := tr.assignment(t, d)
 	v := Version(a)
 	tr.record(t, d, nil, tr.m.Step(Assign(a, tr.now)))
-	for _, k := range []ActionKind{ActFetch, ActVerify, ActStage, ActSwitch, ActStop, ActStart} {
+	for _, k := range []ActionKind{ActFetch, ActVerify, ActStage, ActSwitch} {
 		if tr.inflight == nil || tr.inflight.Kind != k {
-			if k == ActStop {
-				continue // nothing was running
-			}
 			d.Fatalf(t, "%s %s: want %v in flight, have %v (phase %v)", d.Cmd, v, k, tr.inflight, tr.m.Phase())
 		}
 		seq := tr.inflight.Seq
 		tr.inflight = nil
 		tr.record(t, d, nil, tr.m.Step(Done(seq, nil, tr.now)))
+	}
+	// Then stops and a start (in either order: a handover starts first),
+	// and READY=1 when it is waited for.
+	for range 8 {
+		switch {
+		case tr.inflight != nil && (tr.inflight.Kind == ActStop || tr.inflight.Kind == ActStart):
+			seq := tr.inflight.Seq
+			tr.inflight = nil
+			tr.record(t, d, nil, tr.m.Step(Done(seq, nil, tr.now)))
+		case tr.inflight == nil && !tr.m.readyBy.IsZero():
+			tr.record(t, d, nil, tr.m.Step(Ready(tr.epoch, tr.now)))
+		}
 	}
 	if tr.m.Phase() != v1.Phase_PHASE_CHECKING {
 		d.Fatalf(t, "%s %s: %v after the install, want CHECKING", d.Cmd, v, tr.m.Phase())
@@ -454,14 +517,20 @@ func (tr *trace) action(a Action) string {
 	var b strings.Builder
 	b.WriteString(a.Kind.String())
 	switch a.Kind {
-	case ActFetch, ActVerify, ActStage, ActSwitch, ActStart, ActAdopt, ActBeginChecks, ActFreezeBaseline:
+	case ActFetch, ActVerify, ActStage, ActSwitch, ActStart, ActStop, ActAdopt, ActBeginChecks, ActFreezeBaseline:
 		b.WriteString(" " + versionOr(a.Version) + envOf(a.Assignment))
 	}
 	if a.Seq != 0 {
 		fmt.Fprintf(&b, " seq=%d", a.Seq)
 	}
-	if a.Epoch != 0 {
+	if a.Epoch != 0 || a.Kind == ActStop {
 		fmt.Fprintf(&b, " epoch=%d", a.Epoch)
+	}
+	if a.Beside {
+		b.WriteString(" beside")
+	}
+	if a.Drain {
+		b.WriteString(" drain")
 	}
 	switch a.Kind {
 	case ActPersist:
@@ -507,6 +576,19 @@ func (tr *trace) status() string {
 	}
 	if tr.m.FetchSuperseded() {
 		s += " superseded"
+	}
+	if !tr.m.readyBy.IsZero() {
+		s += " ready-by=" + tr.at(tr.m.readyBy)
+	}
+	if n := len(tr.m.procs); (n > 0 && tr.m.fresh != nil) || n > 1 || (n == 1 && tr.epoch != 0 && tr.m.procs[0].epoch != tr.epoch) {
+		var es []string
+		for _, p := range tr.m.procs {
+			es = append(es, strconv.FormatUint(p.epoch, 10))
+		}
+		if f := tr.m.fresh; f != nil {
+			es = append(es, "+"+strconv.FormatUint(f.epoch, 10))
+		}
+		s += " procs=" + strings.Join(es, ",")
 	}
 	return s
 }

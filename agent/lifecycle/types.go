@@ -24,6 +24,13 @@ const (
 	// WatchFailIntervals: during the watch, health checks failing
 	// continuously for this many times the longest check interval revert.
 	WatchFailIntervals = 3
+	// DefaultReadyTimeout is how long a process of a release with ready:
+	// notify has to send READY=1 when its spec leaves run.ready_timeout
+	// unset. It equals spec.DefaultReadyTimeout.
+	DefaultReadyTimeout = 60 * time.Second
+	// ReadyNotify is the value of run.ready that makes the machine wait for
+	// READY=1 (spec.ReadyNotify); any other value means ready once started.
+	ReadyNotify = "notify"
 )
 
 // InputKind says what happened.
@@ -45,6 +52,9 @@ const (
 	// InputAnalysis: the analysis verdict on the process started with an
 	// Epoch.
 	InputAnalysis
+	// InputReady: the process started with an Epoch said READY=1 (its
+	// release has ready: notify).
+	InputReady
 )
 
 func (k InputKind) String() string {
@@ -63,6 +73,8 @@ func (k InputKind) String() string {
 		return "tick"
 	case InputAnalysis:
 		return "analysis"
+	case InputReady:
+		return "ready"
 	}
 	return fmt.Sprintf("input(%d)", int(k))
 }
@@ -127,7 +139,8 @@ type Input struct {
 	// read back by the caller; LinkKnown is false when it could not be read.
 	Link      string
 	LinkKnown bool
-	// Epoch for InputChecks and InputExit: echoes Action.Epoch.
+	// Epoch for InputChecks, InputExit, InputAnalysis and InputReady:
+	// echoes Action.Epoch.
 	Epoch uint64
 	// Checks for InputChecks: one result per prober.
 	Checks []CheckResult
@@ -180,6 +193,9 @@ func Analysis(epoch uint64, at time.Time, v Verdict, rules ...RuleResult) Input 
 // Tick is an InputTick.
 func Tick(at time.Time) Input { return Input{Kind: InputTick, At: at} }
 
+// Ready is an InputReady: the process started with epoch sent READY=1.
+func Ready(epoch uint64, at time.Time) Input { return Input{Kind: InputReady, At: at, Epoch: epoch} }
+
 // ActionKind says what the caller must do.
 type ActionKind int
 
@@ -192,10 +208,18 @@ const (
 	ActStage
 	// ActSwitch: point the `current` symlink at Version ("" = remove it).
 	ActSwitch
-	// ActStart: start Version with Assignment's run spec; tag its exits with Epoch.
+	// ActStart: start Version with Assignment's run spec, on the service's
+	// sockets if it declares any; tag its exits (and its READY=1, see
+	// InputReady) with Epoch. Beside: another process of the service still
+	// serves on the same sockets (a handover): start this one next to it
+	// and stop nothing; the machine stops the old one once this one is
+	// ready.
 	ActStart
-	// ActStop: stop the running process of this service (also one found
-	// running at Restore and not adopted).
+	// ActStop: stop the process with Epoch (started or adopted with that
+	// Epoch, or found running with it at Restore and not adopted); Version
+	// and Assignment are its release (nil: unknown). Drain: it has been
+	// serving: run its release's pre_stop, wait its shutdown_delay, then
+	// stop it (SIGTERM, SIGKILL after stop_grace); else stop it at once.
 	ActStop
 	// ActBeginChecks: start probing with Assignment's checks; tag results with Epoch.
 	ActBeginChecks
@@ -269,8 +293,13 @@ type Action struct {
 	// Seq identifies a long step; feed it back with Done.
 	Seq uint64
 	// Epoch tags a started process and its checks (ActStart, ActAdopt,
-	// ActBeginChecks).
+	// ActBeginChecks) and names the process to stop (ActStop).
 	Epoch uint64
+	// Beside (ActStart): start next to the process that serves, a handover.
+	Beside bool
+	// Drain (ActStop): run pre_stop and wait shutdown_delay before the stop
+	// signal.
+	Drain bool
 	// Version for ActSwitch, ActStart and ActAdopt (and the release of the
 	// others).
 	Version string
@@ -293,6 +322,12 @@ func (a Action) String() string {
 	}
 	if a.Epoch != 0 {
 		s += fmt.Sprintf(" epoch=%d", a.Epoch)
+	}
+	if a.Beside {
+		s += " beside"
+	}
+	if a.Drain {
+		s += " drain"
 	}
 	if a.Report != nil {
 		s += fmt.Sprintf(" %s gen=%d cur=%q good=%q", a.Report.Phase, a.Report.Generation, a.Report.CurrentVersion, a.Report.LastGoodVersion)
@@ -326,9 +361,9 @@ type Snapshot struct {
 }
 
 // Running is what the caller found running of a service when it restores
-// the service's machine after an agent restart: the process a PID record
-// names, proven to be the one an earlier agent started (Restore's found;
-// nil when nothing runs).
+// the service's machine after an agent restart: a process a PID record
+// names, proven to be one an earlier agent started (Restore's found; two
+// when the agent stopped during a handover).
 type Running struct {
 	// Version is the release it runs, as recorded ("" = not recorded: a
 	// process of an unknown release, which is stopped).
@@ -357,6 +392,28 @@ func HealthyDeadline(a *v1.Assignment) time.Duration {
 		return d.AsDuration()
 	}
 	return DefaultHealthyDeadline
+}
+
+// HasSockets reports whether the assignment's spec declares listening
+// sockets (run.sockets): its processes are started on the service's
+// sockets, and a process of it can take over from one of another such
+// release without a gap (a handover).
+func HasSockets(a *v1.Assignment) bool {
+	return len(a.GetSpec().GetRun().GetSockets()) > 0
+}
+
+// NotifiesReady reports whether the spec says ready: notify: a started
+// process is ready only once it sent READY=1.
+func NotifiesReady(a *v1.Assignment) bool {
+	return a.GetSpec().GetRun().GetReady() == ReadyNotify
+}
+
+// ReadyTimeout is the spec's run.ready_timeout or DefaultReadyTimeout.
+func ReadyTimeout(a *v1.Assignment) time.Duration {
+	if d := a.GetSpec().GetRun().GetReadyTimeout(); d != nil && d.AsDuration() > 0 {
+		return d.AsDuration()
+	}
+	return DefaultReadyTimeout
 }
 
 // HasAnalysis reports whether the assignment's spec has analysis rules.

@@ -77,6 +77,26 @@ func (s *Socket) File() (*os.File, error) {
 	return os.NewFile(uintptr(nfd), s.Name), nil
 }
 
+// Renamed returns the same listening socket under another name: a new
+// Socket holding a duplicate of the agent's descriptor, for a release that
+// declares the socket (the same address) under a name of its own. Closing
+// one does not close the other.
+func (s *Socket) Renamed(name string) (*Socket, error) {
+	if err := spec.CheckSocketName("name", name); err != nil {
+		return nil, fmt.Errorf("socket %s: %w", s.Name, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fd < 0 {
+		return nil, fmt.Errorf("socket %s: %w", s.Name, ErrClosed)
+	}
+	nfd, err := unix.FcntlInt(uintptr(s.fd), unix.F_DUPFD_CLOEXEC, 3)
+	if err != nil {
+		return nil, fmt.Errorf("socket %s: dup: %w", s.Name, err)
+	}
+	return &Socket{Name: name, Listen: s.Listen, Network: s.Network, Addr: s.Addr, Inode: s.Inode, From: s.From, fd: nfd}, nil
+}
+
 // Close closes the agent's copy of the socket. The socket itself stays open
 // (and keeps its queue) while a process holds it; a Unix socket's path is
 // left in place. Closing twice returns nil.

@@ -349,3 +349,23 @@ func TestFileIsADuplicate(t *testing.T) {
 		t.Errorf("closing the File closed the socket: %v", err)
 	}
 }
+
+func TestRenamed(t *testing.T) {
+	s := bind(t, Decl{Name: "http", Listen: "127.0.0.1:0"})[0]
+	r, err := s.Renamed("web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Name != "web" || r.Listen != s.Listen || r.Addr != s.Addr || r.Inode != s.Inode || fdOf(t, r) == fdOf(t, s) {
+		t.Fatalf("renamed %+v from %+v", r, s)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := inode(fdOf(t, s)); err != nil {
+		t.Errorf("closing the renamed copy closed the socket: %v", err)
+	}
+	if _, err := s.Renamed("a:b"); err == nil {
+		t.Error("renamed to an invalid name")
+	}
+}

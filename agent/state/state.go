@@ -5,11 +5,16 @@
 // What it stores is the lifecycle's own snapshot (lifecycle.Snapshot: phase,
 // generation, current, last good and target release with their accepted
 // assignments, and the watch of a HEALTHY release with the release before
-// it, and whether current passed its checks); it decides nothing. Files are
-// format 2 (each release with its whole assignment); format 1 files,
-// written by agents before the state stored the snapshot itself (versions
-// by name, each version's assignment once under "releases"), are still
-// read. It must not import the coordinator or etcd.
+// it, and whether current passed its checks); it decides nothing. Beside
+// the snapshot a file holds the agent's Runtime record of the service: the
+// identities of the listening sockets the agent holds for it and the notify
+// socket of each of its processes, so that an agent started later gets them
+// back. Files are format 2 (each release with its whole assignment; the
+// runtime fields were added within format 2 and a file without them still
+// loads, as one with them loads in an agent that does not know them);
+// format 1 files, written by agents before the state stored the snapshot
+// itself (versions by name, each version's assignment once under
+// "releases"), are still read. It must not import the coordinator or etcd.
 package state
 
 import (
@@ -25,6 +30,7 @@ import (
 	"time"
 
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
+	"github.com/fleetwave/fleetwave/agent/sockets"
 	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -57,6 +63,60 @@ type file struct {
 	// CurrentOK (added within format 2; absent in older files, read as
 	// false): current passed its checks and was not restarted since.
 	CurrentOK bool `json:"current_ok,omitempty"`
+	// Sockets and Notify (added within format 2; absent in older files):
+	// the Runtime record.
+	Sockets []sockets.Identity `json:"sockets,omitempty"`
+	Notify  []NotifySocket     `json:"notify,omitempty"`
+}
+
+// Runtime is what the agent, not the lifecycle, records of a service so
+// that an agent started later finds it again: the listening sockets it
+// holds for the service (their identities, for sockets.Recover) and the
+// notify socket of each running process (the NOTIFY_SOCKET that process
+// was given, listened on again when it is adopted).
+type Runtime struct {
+	Sockets []sockets.Identity
+	Notify  []NotifySocket
+}
+
+// NotifySocket is the notify socket (its path) of the process started
+// with Epoch.
+type NotifySocket struct {
+	Epoch uint64 `json:"epoch"`
+	Path  string `json:"path"`
+}
+
+// Saved is what one state file holds.
+type Saved struct {
+	Snapshot *lifecycle.Snapshot
+	Runtime  Runtime
+}
+
+// ValidateRuntime checks a runtime record: socket names and addresses as
+// run.sockets has them (after expansion), each with an inode, and notify
+// sockets with an epoch and an absolute, clean path.
+func ValidateRuntime(rt Runtime) error {
+	names, inodes := map[string]bool{}, map[uint64]bool{}
+	for i, id := range rt.Sockets {
+		field := fmt.Sprintf("sockets[%d]", i)
+		if err := spec.CheckSocketName(field+".name", id.Name); err != nil {
+			return err
+		}
+		if _, _, err := spec.ParseListen(id.Listen); err != nil {
+			return fmt.Errorf("%s.listen: %q: %w", field, id.Listen, err)
+		}
+		if id.Inode == 0 || inodes[id.Inode] || names[id.Name] {
+			return fmt.Errorf("%s: no inode, or a name or inode twice", field)
+		}
+		names[id.Name], inodes[id.Inode] = true, true
+	}
+	for i, n := range rt.Notify {
+		if n.Epoch == 0 || !filepath.IsAbs(n.Path) || filepath.Clean(n.Path) != n.Path || len(n.Path) > spec.MaxUnixPathLen {
+			return fmt.Errorf("notify[%d]: epoch %d, path %q: want an epoch and an absolute clean path of at most %d bytes",
+				i, n.Epoch, n.Path, spec.MaxUnixPathLen)
+		}
+	}
+	return nil
 }
 
 // legacyFile is format 1 (no "format" key): releases named by version, and
@@ -115,11 +175,18 @@ func Validate(s *lifecycle.Snapshot) error {
 	return nil
 }
 
-// Marshal encodes a snapshot in the current format.
+// Marshal encodes a snapshot in the current format (without a runtime
+// record).
 func Marshal(s *lifecycle.Snapshot) ([]byte, error) {
+	return MarshalWith(s, Runtime{})
+}
+
+// MarshalWith encodes a snapshot and the service's runtime record in the
+// current format.
+func MarshalWith(s *lifecycle.Snapshot, rt Runtime) ([]byte, error) {
 	f := file{
 		Format: Format, Service: s.Service, Phase: s.Phase.String(), Generation: s.Generation, Reason: s.Reason,
-		WatchUntil: s.WatchUntil, CurrentOK: s.CurrentOK,
+		WatchUntil: s.WatchUntil, CurrentOK: s.CurrentOK, Sockets: rt.Sockets, Notify: rt.Notify,
 	}
 	raws := []*json.RawMessage{&f.Current, &f.LastGood, &f.Target, &f.Previous}
 	for i, r := range fields(s) {
@@ -139,49 +206,59 @@ func Marshal(s *lifecycle.Snapshot) ([]byte, error) {
 // validate (see Validate). Releases of the same version with equal
 // assignments are one *v1.Assignment, as they were in the machine.
 func Unmarshal(b []byte) (*lifecycle.Snapshot, error) {
+	s, _, err := UnmarshalWith(b)
+	return s, err
+}
+
+// UnmarshalWith is Unmarshal that also returns the runtime record (empty
+// in a format 1 file, and in a format 2 file written before it existed).
+// It does not validate (see Validate and ValidateRuntime).
+func UnmarshalWith(b []byte) (*lifecycle.Snapshot, Runtime, error) {
 	var probe struct {
 		Format int `json:"format"`
 	}
 	if err := json.Unmarshal(b, &probe); err != nil {
-		return nil, err
+		return nil, Runtime{}, err
 	}
 	var s *lifecycle.Snapshot
+	var rt Runtime
 	var err error
 	switch probe.Format {
 	case 0:
 		s, err = unmarshalLegacy(b)
 	case Format:
-		s, err = unmarshalCurrent(b)
+		s, rt, err = unmarshalCurrent(b)
 	default:
-		return nil, fmt.Errorf("format %d: unknown (this agent reads 1 and %d)", probe.Format, Format)
+		return nil, Runtime{}, fmt.Errorf("format %d: unknown (this agent reads 1 and %d)", probe.Format, Format)
 	}
 	if err != nil {
-		return nil, err
+		return nil, Runtime{}, err
 	}
 	share(s)
-	return s, nil
+	return s, rt, nil
 }
 
-func unmarshalCurrent(b []byte) (*lifecycle.Snapshot, error) {
+func unmarshalCurrent(b []byte) (*lifecycle.Snapshot, Runtime, error) {
 	var f file
 	if err := json.Unmarshal(b, &f); err != nil {
-		return nil, err
+		return nil, Runtime{}, err
 	}
 	s, err := snapshot(f.Service, f.Phase, f.Generation, f.Reason, f.WatchUntil)
 	if err != nil {
-		return nil, err
+		return nil, Runtime{}, err
 	}
 	s.CurrentOK = f.CurrentOK
+	rt := Runtime{Sockets: f.Sockets, Notify: f.Notify}
 	raws := []json.RawMessage{f.Current, f.LastGood, f.Target, f.Previous}
 	for i, r := range fields(s) {
 		if len(raws[i]) == 0 || string(raws[i]) == "null" {
 			continue
 		}
 		if *r.a, err = unmarshalAssignment(raws[i]); err != nil {
-			return nil, fmt.Errorf("%s: %w", r.name, err)
+			return nil, Runtime{}, fmt.Errorf("%s: %w", r.name, err)
 		}
 	}
-	return s, nil
+	return s, rt, nil
 }
 
 func unmarshalLegacy(b []byte) (*lifecycle.Snapshot, error) {
@@ -279,12 +356,22 @@ func (st *Store) Path(service string) string {
 }
 
 // Save writes the snapshot of one service durably (temp file, fsync,
-// rename, fsync of the directory), in the current format.
+// rename, fsync of the directory), in the current format, without a
+// runtime record (see SaveWith).
 func (st *Store) Save(s *lifecycle.Snapshot) error {
+	return st.SaveWith(s, Runtime{})
+}
+
+// SaveWith writes the snapshot of one service and its runtime record
+// durably, replacing both.
+func (st *Store) SaveWith(s *lifecycle.Snapshot, rt Runtime) error {
 	if err := Validate(s); err != nil {
 		return fmt.Errorf("save state: %w", err)
 	}
-	b, err := Marshal(s)
+	if err := ValidateRuntime(rt); err != nil {
+		return fmt.Errorf("save state %s: %w", s.Service, err)
+	}
+	b, err := MarshalWith(s, rt)
 	if err != nil {
 		return fmt.Errorf("save state %s: %w", s.Service, err)
 	}
@@ -329,13 +416,23 @@ func (st *Store) Save(s *lifecycle.Snapshot) error {
 
 // Load reads the snapshot of one service; a missing file is (nil, nil).
 func (st *Store) Load(service string) (*lifecycle.Snapshot, error) {
+	sv, err := st.LoadWith(service)
+	if sv == nil {
+		return nil, err
+	}
+	return sv.Snapshot, err
+}
+
+// LoadWith reads the snapshot and the runtime record of one service; a
+// missing file is (nil, nil).
+func (st *Store) LoadWith(service string) (*Saved, error) {
 	if err := spec.CheckName("service", service); err != nil {
 		return nil, fmt.Errorf("load state: %w", err)
 	}
 	return st.load(st.Path(service), service)
 }
 
-func (st *Store) load(path, service string) (*lifecycle.Snapshot, error) {
+func (st *Store) load(path, service string) (*Saved, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -351,22 +448,39 @@ func (st *Store) load(path, service string) (*lifecycle.Snapshot, error) {
 	if len(b) > maxFileBytes {
 		return nil, fmt.Errorf("state file %s: over %d bytes: %w", path, maxFileBytes, ErrCorrupt)
 	}
-	s, err := Unmarshal(b)
+	s, rt, err := UnmarshalWith(b)
 	if err != nil {
 		return nil, fmt.Errorf("state file %s: %v: %w", path, err, ErrCorrupt)
 	}
 	if err := Validate(s); err != nil {
 		return nil, fmt.Errorf("state file %s: %v: %w", path, err, ErrCorrupt)
 	}
+	if err := ValidateRuntime(rt); err != nil {
+		return nil, fmt.Errorf("state file %s: %v: %w", path, err, ErrCorrupt)
+	}
 	if s.Service != service {
 		return nil, fmt.Errorf("state file %s: holds service %q: %w", path, s.Service, ErrCorrupt)
 	}
-	return s, nil
+	return &Saved{Snapshot: s, Runtime: rt}, nil
 }
 
 // LoadAll reads every service's snapshot, sorted by service name. Any
 // corrupt file is an error naming it.
 func (st *Store) LoadAll() ([]*lifecycle.Snapshot, error) {
+	all, err := st.LoadAllWith()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*lifecycle.Snapshot, len(all))
+	for i, sv := range all {
+		out[i] = sv.Snapshot
+	}
+	return out, nil
+}
+
+// LoadAllWith reads every service's snapshot and runtime record, sorted by
+// service name. Any corrupt file is an error naming it.
+func (st *Store) LoadAllWith() ([]*Saved, error) {
 	entries, err := os.ReadDir(st.dir)
 	if err != nil {
 		return nil, fmt.Errorf("load state %s: %w", st.dir, err)
@@ -380,7 +494,7 @@ func (st *Store) LoadAll() ([]*lifecycle.Snapshot, error) {
 		names = append(names, strings.TrimSuffix(n, ".json"))
 	}
 	sort.Strings(names)
-	var out []*lifecycle.Snapshot
+	var out []*Saved
 	for _, n := range names {
 		path := filepath.Join(st.dir, n+".json")
 		if err := spec.CheckName("service", n); err != nil {

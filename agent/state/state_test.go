@@ -4,11 +4,13 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
+	"github.com/fleetwave/fleetwave/agent/sockets"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -277,5 +279,109 @@ func TestWatchRoundTrip(t *testing.T) {
 	bad.WatchUntil = time.Time{}
 	if err := st.Save(&bad); err == nil || !strings.Contains(err.Error(), "previous") {
 		t.Fatalf("err %v", err)
+	}
+}
+
+// TestRuntimeRoundTrip: the runtime record (socket identities, notify
+// sockets) is saved beside the snapshot and loaded back; Save alone writes
+// none.
+func TestRuntimeRoundTrip(t *testing.T) {
+	st, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := sample()
+	rt := Runtime{
+		Sockets: []sockets.Identity{{Name: "http", Listen: "127.0.0.1:8080", Inode: 4242}, {Name: "admin", Listen: "unix:/run/web.sock", Inode: 4343}},
+		Notify:  []NotifySocket{{Epoch: 3, Path: "/var/lib/fleetwave-agent/notify/web-3"}},
+	}
+	if err := st.SaveWith(in, rt); err != nil {
+		t.Fatal(err)
+	}
+	sv, err := st.LoadWith("web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	equal(t, sv.Snapshot, in)
+	if !reflect.DeepEqual(sv.Runtime, rt) {
+		t.Fatalf("runtime %+v, want %+v", sv.Runtime, rt)
+	}
+	all, err := st.LoadAllWith()
+	if err != nil || len(all) != 1 || !reflect.DeepEqual(all[0].Runtime, rt) {
+		t.Fatalf("LoadAllWith = %+v, %v", all, err)
+	}
+	if err := st.Save(in); err != nil {
+		t.Fatal(err)
+	}
+	if sv, err := st.LoadWith("web"); err != nil || len(sv.Runtime.Sockets)+len(sv.Runtime.Notify) != 0 {
+		t.Fatalf("after Save: %+v, %v; want no runtime record", sv, err)
+	}
+}
+
+// TestRuntimeFieldsAreOptional: a format 2 file written before the runtime
+// fields existed loads, with an empty record; Marshal without a record
+// writes none of them, so such files read the same in older agents.
+func TestRuntimeFieldsAreOptional(t *testing.T) {
+	b, err := Marshal(sample())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(b), `"sockets"`) || strings.Contains(string(b), `"notify"`) {
+		t.Fatalf("runtime fields written without a record:\n%s", b)
+	}
+	old := `{"format": 2, "service": "web", "phase": "PHASE_HEALTHY", "generation": 1,
+		"current": {"service": "web", "generation": 1, "release": {"service": "web", "version": "v1"}},
+		"last_good": {"service": "web", "generation": 1, "release": {"service": "web", "version": "v1"}},
+		"target": {"service": "web", "generation": 1, "release": {"service": "web", "version": "v1"}}}`
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "web.json"), []byte(old), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	st, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sv, err := st.LoadWith("web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sv.Snapshot.Phase != v1.Phase_PHASE_HEALTHY || lifecycle.Version(sv.Snapshot.Current) != "v1" ||
+		sv.Runtime.Sockets != nil || sv.Runtime.Notify != nil {
+		t.Fatalf("old format 2 file: %+v", sv)
+	}
+}
+
+// TestRuntimeValidated: a runtime record that could make the agent bind or
+// listen somewhere unexpected is refused on save and on load, naming the
+// field.
+func TestRuntimeValidated(t *testing.T) {
+	dir := t.TempDir()
+	st, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		rt   Runtime
+		want string
+	}{
+		{Runtime{Sockets: []sockets.Identity{{Name: "a:b", Listen: "127.0.0.1:1", Inode: 1}}}, "sockets[0].name"},
+		{Runtime{Sockets: []sockets.Identity{{Name: "http", Listen: "nowhere", Inode: 1}}}, `sockets[0].listen: "nowhere"`},
+		{Runtime{Sockets: []sockets.Identity{{Name: "http", Listen: "127.0.0.1:1"}}}, "sockets[0]: no inode"},
+		{Runtime{Notify: []NotifySocket{{Epoch: 1, Path: "notify/web-1"}}}, `notify[0]: epoch 1, path "notify/web-1"`},
+		{Runtime{Notify: []NotifySocket{{Epoch: 0, Path: "/x/web-0"}}}, "notify[0]: epoch 0"},
+	} {
+		if err := st.SaveWith(sample(), tc.rt); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("SaveWith(%+v) = %v, want %q", tc.rt, err, tc.want)
+		}
+		b, err := MarshalWith(sample(), tc.rt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(st.Path("web"), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.LoadWith("web"); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("loading %+v = %v, want ErrCorrupt naming %q", tc.rt, err, tc.want)
+		}
 	}
 }

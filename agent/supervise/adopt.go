@@ -91,6 +91,9 @@ func FindRunning(pidFile string, log zerolog.Logger) (*Found, error) {
 	return &Found{Record: rec, path: pidFile, p: watch(rec.PGID, pidfd, time.Now(), false)}, nil
 }
 
+// PIDFile is the PID file it was found by.
+func (f *Found) PIDFile() string { return f.path }
+
 // Running reports whether the found process has not exited yet.
 func (f *Found) Running() bool { return f.p != nil && !f.p.exited() }
 

@@ -27,9 +27,12 @@ import (
 // across pid reuse and reboots. release and epoch (optional: files of older
 // agents lack them) say what runs: the release version and the epoch of
 // the lifecycle's start it belongs to. Unknown keys are ignored. Version 1
-// was a bare process group id; it cannot be verified, so KillStale never
-// acts on it and FindRunning never adopts it.
+// was a bare process group id; it cannot be verified, so FindRunning never
+// adopts it (nor signals it).
 const pidFileMagic = "fleetwave-pid 2"
+
+// ErrInvalidPIDFile marks a PID file that does not hold a usable record.
+var ErrInvalidPIDFile = errors.New("invalid pid file")
 
 // maxPIDFileBytes bounds what is read from a PID file.
 const maxPIDFileBytes = 4096
@@ -229,6 +232,13 @@ func WritePIDFile(path string, pgid int) (PIDRecord, error) {
 // WritePIDRecord is WritePIDFile that also records the release the group
 // runs and the epoch of its start.
 func WritePIDRecord(path string, pgid int, release string, epoch uint64) (PIDRecord, error) {
+	pidFileMu.Lock()
+	defer pidFileMu.Unlock()
+	return writePIDRecordLocked(path, pgid, release, epoch)
+}
+
+// writePIDRecordLocked is WritePIDRecord with pidFileMu held.
+func writePIDRecordLocked(path string, pgid int, release string, epoch uint64) (PIDRecord, error) {
 	if err := checkRelease(release); err != nil {
 		return PIDRecord{}, fmt.Errorf("write pid file %s: %w", path, err)
 	}
@@ -237,8 +247,6 @@ func WritePIDRecord(path string, pgid int, release string, epoch uint64) (PIDRec
 		return PIDRecord{}, fmt.Errorf("write pid file %s: %w", path, err)
 	}
 	r.Release, r.Epoch = release, epoch
-	pidFileMu.Lock()
-	defer pidFileMu.Unlock()
 	return r, writeFileAtomic(path, r.marshal())
 }
 
@@ -247,6 +255,11 @@ func WritePIDRecord(path string, pgid int, release string, epoch uint64) (PIDRec
 func removePIDFileIf(path string, r PIDRecord) (bool, error) {
 	pidFileMu.Lock()
 	defer pidFileMu.Unlock()
+	return removePIDFileIfLocked(path, r)
+}
+
+// removePIDFileIfLocked is removePIDFileIf with pidFileMu held.
+func removePIDFileIfLocked(path string, r PIDRecord) (bool, error) {
 	b, err := readLimited(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return false, nil
@@ -299,9 +312,15 @@ func writeFileAtomic(path string, data []byte) error {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("write pid file %s: %w", path, err)
 	}
+	syncDir(dir)
+	return nil
+}
+
+// syncDir fsyncs a directory (best effort), so that a rename in it is
+// durable.
+func syncDir(dir string) {
 	if d, err := os.Open(dir); err == nil {
 		_ = d.Sync()
 		_ = d.Close()
 	}
-	return nil
 }

@@ -4,11 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
-	"strconv"
 	"syscall"
 	"testing"
-	"time"
 )
 
 func TestParseStat(t *testing.T) {
@@ -38,90 +35,6 @@ func TestParseStat(t *testing.T) {
 	b, _ := readProcStat(os.Getpid())
 	if a.StartTime == 0 || a.StartTime != b.StartTime || a.PGrp != b.PGrp || a.PGrp != syscall.Getpgrp() {
 		t.Fatalf("own stat %+v / %+v", a, b)
-	}
-}
-
-// TestKillStaleSparesUnverifiedGroups: a live process group must survive
-// KillStale whenever the PID file cannot prove it is the recorded one (after
-// a reboot, after pid reuse, old bare-pgid files); the file is removed.
-func TestKillStaleSparesUnverifiedGroups(t *testing.T) {
-	boot, err := currentBootID()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, tc := range []struct {
-		name    string
-		content func(pid int, rec PIDRecord) string
-	}{
-		{"old bare pgid", func(pid int, _ PIDRecord) string { return strconv.Itoa(pid) + "\n" }},
-		{"other boot", func(pid int, rec PIDRecord) string {
-			rec.BootID = "00000000-0000-0000-0000-000000000000"
-			if rec.BootID == boot {
-				rec.BootID = "11111111-1111-1111-1111-111111111111"
-			}
-			return string(rec.marshal())
-		}},
-		{"pid reused", func(pid int, rec PIDRecord) string {
-			rec.StartTime++
-			return string(rec.marshal())
-		}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			pid, exited := startStale(t, "serve")
-			rec, err := identify(pid)
-			if err != nil {
-				t.Fatal(err)
-			}
-			pidFile := filepath.Join(t.TempDir(), "svc.pid")
-			if err := os.WriteFile(pidFile, []byte(tc.content(pid, rec)), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			if err := KillStale(pidFile, 200*time.Millisecond, testLogger(t)); err != nil {
-				t.Fatalf("KillStale: %v", err)
-			}
-			if _, err := os.Stat(pidFile); !errors.Is(err, os.ErrNotExist) {
-				t.Fatalf("pid file: %v, want removed", err)
-			}
-			// KillStale has returned: had it signalled the group, the helper
-			// (which exits on SIGTERM) would be gone or going. Check it still
-			// runs and has not exited.
-			select {
-			case err := <-exited:
-				t.Fatalf("unverified group was killed: %v", err)
-			default:
-			}
-			if !pidAlive(pid) {
-				t.Fatalf("unverified group %d was killed", pid)
-			}
-		})
-	}
-}
-
-// TestKillStaleAfterRebootSimulated points the boot id at another file: the
-// very same live group, recorded before a "reboot", is left alone.
-func TestKillStaleAfterRebootSimulated(t *testing.T) {
-	pid, exited := startStale(t, "serve")
-	pidFile := filepath.Join(t.TempDir(), "svc.pid")
-	if _, err := WritePIDFile(pidFile, pid); err != nil {
-		t.Fatal(err)
-	}
-	fake := filepath.Join(t.TempDir(), "boot_id")
-	if err := os.WriteFile(fake, []byte("22222222-2222-2222-2222-222222222222\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	old := bootIDPath
-	bootIDPath = fake
-	t.Cleanup(func() { bootIDPath = old })
-	if err := KillStale(pidFile, 200*time.Millisecond, testLogger(t)); err != nil {
-		t.Fatalf("KillStale: %v", err)
-	}
-	select {
-	case err := <-exited:
-		t.Fatalf("group from before the reboot was killed: %v", err)
-	default:
-	}
-	if _, err := os.Stat(pidFile); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("pid file: %v, want removed", err)
 	}
 }
 

@@ -12,8 +12,7 @@
 // and supervises it again (Adopt) although it is not its child: exits are
 // seen through a pidfd (pidfd_open(2)); Found.Stop stops a found process
 // without supervising it (fleetwave-agent stop-services). RotateLog bounds
-// the log files. (KillStale, which an agent used to call at start to kill
-// what an earlier one left, is no longer used by the agent.)
+// the log files.
 //
 // It is Linux only (process groups, /proc). It must not import etcd, the
 // coordinator or any other agent package; it knows nothing about checks or
@@ -78,6 +77,13 @@ type Config struct {
 	// 200ms, 10s); it doubles per crash and resets after the process has run
 	// 10s.
 	MinBackoff, MaxBackoff time.Duration
+	// Prepare, if set, is called with every command before it starts (the
+	// first start and each restart), after Dir and Env are set: it may
+	// change the command (what runs, its environment, ExtraFiles), e.g. to
+	// pass listening sockets. It returns started, which is called once the
+	// command has started (pid > 0) or failed to (pid 0), or an error, which
+	// fails that start. It runs on the supervisor's goroutines.
+	Prepare func(cmd *exec.Cmd) (started func(pid int), err error)
 }
 
 // Exit is one exit of the supervised process.
@@ -103,10 +109,11 @@ type Supervisor struct {
 	stopped bool
 	detach  bool // the run loop ends leaving the process running (set before stopCh closes)
 
-	// pidRec is what this supervisor last wrote to PIDFile (zero: nothing).
-	// Only spawn (and Adopt) write it (from Start or Adopt, then only from
-	// the run goroutine).
-	pidRec PIDRecord
+	// pidPath is where the PID file is (Config.PIDFile until MovePIDFile)
+	// and pidRec what this supervisor last wrote there (zero: nothing).
+	// Both are guarded by pidFileMu.
+	pidPath string
+	pidRec  PIDRecord
 
 	stopOnce sync.Once
 	stopCh   chan struct{} // closed by Stop and Detach
@@ -131,11 +138,12 @@ func New(cfg Config, log zerolog.Logger) *Supervisor {
 	cfg.Command = append([]string(nil), cfg.Command...)
 	cfg.Env = append([]string(nil), cfg.Env...)
 	return &Supervisor{
-		cfg:    cfg,
-		log:    log.With().Str("service", cfg.Service).Logger(),
-		exits:  make(chan Exit, exitsBuffer),
-		stopCh: make(chan struct{}),
-		done:   make(chan struct{}),
+		cfg:     cfg,
+		pidPath: cfg.PIDFile,
+		log:     log.With().Str("service", cfg.Service).Logger(),
+		exits:   make(chan Exit, exitsBuffer),
+		stopCh:  make(chan struct{}),
+		done:    make(chan struct{}),
 	}
 }
 
@@ -178,7 +186,9 @@ func (s *Supervisor) begin(f *Found) error {
 	var p *proc
 	if f != nil {
 		p, f.p = f.p, nil
+		pidFileMu.Lock()
 		s.pidRec = f.Record
+		pidFileMu.Unlock()
 		s.log.Info().Int("pid", p.pgid).Str("version", f.Record.Release).Uint64("epoch", f.Record.Epoch).
 			Msg("process adopted")
 	} else if p, err = s.spawn(logf); err != nil {
@@ -249,11 +259,23 @@ func (s *Supervisor) spawn(logf *os.File) (*proc, error) {
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	started := func(int) {}
+	if s.cfg.Prepare != nil {
+		f, err := s.cfg.Prepare(cmd)
+		if err != nil {
+			return nil, fmt.Errorf("start %s: %w", s.cfg.Service, err)
+		}
+		if f != nil {
+			started = f
+		}
+	}
 	if err := cmd.Start(); err != nil {
+		started(0)
 		return nil, fmt.Errorf("start %s: exec %q: %w", s.cfg.Service, s.cfg.Command[0], err)
 	}
 	pid := cmd.Process.Pid
-	started := time.Now()
+	started(pid)
+	startedAt := time.Now()
 	// The child is reaped through the pidfd (or wait4 without pidfds), not
 	// through cmd.Wait, so that a detached process leaves nothing waiting.
 	pidfd, err := openPidfd(pid)
@@ -261,19 +283,10 @@ func (s *Supervisor) spawn(logf *os.File) (*proc, error) {
 		s.log.Warn().Err(err).Int("pid", pid).Msg("no pidfd: watching /proc")
 	}
 	_ = cmd.Process.Release()
-	if s.cfg.PIDFile != "" {
-		// Before the process can be reaped: its /proc entry (start time)
-		// must exist.
-		rec, err := WritePIDRecord(s.cfg.PIDFile, pid, s.cfg.Release, s.cfg.Epoch)
-		if err != nil {
-			// The process runs; without a PID file the next agent cannot
-			// adopt it (nor stop it).
-			s.log.Warn().Err(err).Str("path", s.cfg.PIDFile).Msg("write pid file")
-		} else {
-			s.pidRec = rec
-		}
-	}
-	p := watch(pid, pidfd, started, true)
+	// Before the process can be reaped: its /proc entry (start time) must
+	// exist.
+	s.writePIDFile(pid)
+	p := watch(pid, pidfd, startedAt, true)
 	s.log.Info().Int("pid", pid).Int("restarts", s.Restarts()).Msg("process started")
 	return p, nil
 }
@@ -403,19 +416,80 @@ func (s *Supervisor) emit(e Exit) {
 	}
 }
 
+// writePIDFile records the group led by pid in the PID file, if there is
+// one.
+func (s *Supervisor) writePIDFile(pid int) {
+	pidFileMu.Lock()
+	defer pidFileMu.Unlock()
+	if s.pidPath == "" {
+		return
+	}
+	rec, err := writePIDRecordLocked(s.pidPath, pid, s.cfg.Release, s.cfg.Epoch)
+	if err != nil {
+		// The process runs; without a PID file the next agent cannot
+		// adopt it (nor stop it).
+		s.log.Warn().Err(err).Str("path", s.pidPath).Msg("write pid file")
+		return
+	}
+	s.pidRec = rec
+}
+
 // removePIDFile removes the PID file if it still names the group this
 // supervisor wrote last: a supervisor that finishes stopping late must not
 // remove the file of a newer one.
 func (s *Supervisor) removePIDFile() {
-	if s.cfg.PIDFile == "" || s.pidRec.PGID == 0 {
+	pidFileMu.Lock()
+	defer pidFileMu.Unlock()
+	if s.pidPath == "" || s.pidRec.PGID == 0 {
 		return
 	}
-	removed, err := removePIDFileIf(s.cfg.PIDFile, s.pidRec)
+	removed, err := removePIDFileIfLocked(s.pidPath, s.pidRec)
 	if err != nil {
-		s.log.Warn().Err(err).Str("path", s.cfg.PIDFile).Msg("remove pid file")
+		s.log.Warn().Err(err).Str("path", s.pidPath).Msg("remove pid file")
 	} else if !removed {
-		s.log.Debug().Str("path", s.cfg.PIDFile).Msg("pid file now names another process group: kept")
+		s.log.Debug().Str("path", s.pidPath).Msg("pid file now names another process group: kept")
 	}
+}
+
+// MovePIDFile moves the supervisor's PID file to path and keeps it there
+// from now on (restarts write it there; Stop removes it there). The record
+// is renamed, so at any moment it is in exactly one of the two files. A
+// file that no longer names this supervisor's group is left where it is.
+// It is used when a process takes over a service from another one (a
+// handover): the survivor's record moves to the service's main PID file.
+func (s *Supervisor) MovePIDFile(path string) error {
+	pidFileMu.Lock()
+	defer pidFileMu.Unlock()
+	old := s.pidPath
+	if old == path {
+		return nil
+	}
+	s.pidPath = path
+	if old == "" || path == "" || s.pidRec.PGID == 0 {
+		return nil
+	}
+	b, err := readLimited(old)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // not written (a restart failed), or removed
+	}
+	if err != nil {
+		return fmt.Errorf("move pid file %s: %w", old, err)
+	}
+	if got, err := parsePIDFile(b); err != nil || got != s.pidRec {
+		return nil // another group's: not ours to move
+	}
+	if err := os.Rename(old, path); err != nil {
+		return fmt.Errorf("move pid file %s to %s: %w", old, path, err)
+	}
+	syncDir(filepath.Dir(path))
+	return nil
+}
+
+// PIDFile is where the supervisor records its process (see MovePIDFile).
+func (s *Supervisor) PIDFile() string {
+	pidFileMu.Lock()
+	defer pidFileMu.Unlock()
+	return s.pidPath
 }
 
 // killGroup sends sig to process group pgid; a group that no longer exists

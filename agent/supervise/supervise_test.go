@@ -15,7 +15,6 @@ import (
 	"sync"
 	"syscall"
 	"testing"
-	"testing/synctest"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -549,82 +548,10 @@ func startStale(t *testing.T, mode string) (pid int, exited <-chan error) {
 	return c.Process.Pid, ch
 }
 
-func TestKillStaleLiveGroup(t *testing.T) {
-	for _, tc := range []struct {
-		mode    string
-		minTime time.Duration
-		signal  syscall.Signal
-	}{
-		{"serve", 0, 0}, // exits 0 on SIGTERM
-		{"ignore-term", 300 * time.Millisecond, syscall.SIGKILL}, // needs SIGKILL
-	} {
-		t.Run(tc.mode, func(t *testing.T) {
-			pid, exited := startStale(t, tc.mode)
-			pidFile := filepath.Join(t.TempDir(), "svc.pid")
-			if _, err := WritePIDFile(pidFile, pid); err != nil {
-				t.Fatal(err)
-			}
-			start := time.Now()
-			if err := KillStale(pidFile, 300*time.Millisecond, testLogger(t)); err != nil {
-				t.Fatalf("KillStale: %v", err)
-			}
-			if d := time.Since(start); d < tc.minTime {
-				t.Fatalf("KillStale took %v, want >= %v", d, tc.minTime)
-			}
-			select {
-			case err := <-exited:
-				var ee *exec.ExitError
-				if tc.signal == 0 && err != nil {
-					t.Fatalf("stale process exit = %v, want clean exit on SIGTERM", err)
-				}
-				if tc.signal != 0 && (!errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != tc.signal) {
-					t.Fatalf("stale process exit = %v, want killed by %v", err, tc.signal)
-				}
-			case <-time.After(5 * time.Second):
-				t.Fatal("stale process not reaped after KillStale returned")
-			}
-			if _, err := os.Stat(pidFile); !errors.Is(err, os.ErrNotExist) {
-				t.Fatalf("pid file: %v, want removed", err)
-			}
-		})
-	}
-}
-
-func TestKillStaleDeadPID(t *testing.T) {
-	c := exec.Command("/bin/sh", "-c", "exit 0")
-	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
-	pidFile := filepath.Join(t.TempDir(), "svc.pid")
-	// Recorded while it lived (a zombie until Wait), then reaped.
-	if _, err := WritePIDFile(pidFile, c.Process.Pid); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Wait(); err != nil {
-		t.Fatal(err)
-	}
-	// In a bubble the clock moves only while KillStale waits: a dead group
-	// is no reason to wait any of its hour of grace.
-	synctest.Test(t, func(t *testing.T) {
-		start := time.Now()
-		if err := KillStale(pidFile, time.Hour, testLogger(t)); err != nil {
-			t.Fatalf("KillStale: %v", err)
-		}
-		if d := time.Since(start); d != 0 {
-			t.Fatalf("KillStale of a dead group waited %v", d)
-		}
-	})
-	if _, err := os.Stat(pidFile); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("pid file: %v, want removed", err)
-	}
-}
-
-func TestKillStaleNoFileAndBadFile(t *testing.T) {
+// TestFindRunningRejectsBadFiles: a PID file that does not parse, or
+// names pgid 1 or the agent's own group, finds nothing and is removed.
+func TestFindRunningRejectsBadFiles(t *testing.T) {
 	dir := t.TempDir()
-	if err := KillStale(filepath.Join(dir, "missing.pid"), time.Second, testLogger(t)); err != nil {
-		t.Fatalf("KillStale without file = %v, want nil", err)
-	}
 	boot, err := currentBootID()
 	if err != nil {
 		t.Fatal(err)
@@ -641,9 +568,8 @@ func TestKillStaleNoFileAndBadFile(t *testing.T) {
 		if err := os.WriteFile(p, []byte(content+"\n"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		err := KillStale(p, time.Second, testLogger(t))
-		if !errors.Is(err, ErrInvalidPIDFile) {
-			t.Fatalf("KillStale(%q) = %v, want ErrInvalidPIDFile", content, err)
+		if f, err := FindRunning(p, testLogger(t)); f != nil || err != nil {
+			t.Fatalf("FindRunning(%q) = %+v, %v; want nothing", content, f, err)
 		}
 		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
 			t.Fatalf("bad pid file %q not removed: %v", content, err)

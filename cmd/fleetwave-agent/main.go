@@ -122,6 +122,8 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 	gossipFlags := gossip.AddFlags(fs)
 	var trustedKeys listFlag
 	fs.Var(&trustedKeys, "trusted-keys", "public key files (PEM, from fleetwave keys generate; comma-separated or repeated): refuse releases not signed by one of them")
+	var redirectHosts listFlag
+	fs.Var(&redirectHosts, "artifact-redirect-hosts", "hosts an artifact URL may redirect to besides its own: HOST, HOST:PORT or *.DOMAIN (comma-separated or repeated; default none)")
 	tlsCA := fs.String("tls-ca", "", "CA the coordinators' certificates chain to (PEM)")
 	tlsCert := fs.String("tls-cert", "", "this host's certificate (PEM; identity agent/HOST-ID; from fleetwave tls init)")
 	tlsKey := fs.String("tls-key", "", "its key (PEM)")
@@ -170,6 +172,7 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 	}
 	cfg.MetricsListen = *metricsListen
 	cfg.TrustedKeys = trustedKeys
+	cfg.ArtifactRedirectHosts = redirectHosts
 	if *logMax == 0 || *logMax < -1 {
 		return agent.Config{}, 0, bad("service-log-max-bytes", strconv.FormatInt(*logMax, 10), "want a size in bytes, or -1 for never")
 	}
@@ -185,7 +188,8 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 		// Name the flag behind the field.
 		msg := err.Error()
 		for field, flagName := range map[string]string{"coordinators": "coordinator", "data_dir": "data-dir", "labels": "labels",
-			"tls_ca": "tls-ca", "tls_cert": "tls-cert", "insecure": "insecure", "metrics_listen": "metrics-listen", "trusted_keys": "trusted-keys"} {
+			"tls_ca": "tls-ca", "tls_cert": "tls-cert", "insecure": "insecure", "metrics_listen": "metrics-listen", "trusted_keys": "trusted-keys",
+			"artifact_redirect_hosts": "artifact-redirect-hosts"} {
 			if strings.HasPrefix(msg, field) {
 				return agent.Config{}, 0, fmt.Errorf("%w: flag --%s: %v", errUsage, flagName, err)
 			}

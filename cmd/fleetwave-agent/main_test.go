@@ -12,12 +12,14 @@ func TestParseFlags(t *testing.T) {
 	cfg, level, err := parseFlags([]string{
 		"--coordinator", "a:1,b:2", "--coordinator=c:3", "--host-id", "h1",
 		"--labels", "zone=a, port=8081", "--data-dir", "d", "--log-level", "debug", "--insecure",
+		"--artifact-redirect-hosts", "cdn.example.com,*.s3.example.org", "--artifact-redirect-hosts=blobs:8443",
 	}, &stderr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if strings.Join(cfg.Coordinators, " ") != "a:1 b:2 c:3" || cfg.HostID != "h1" || cfg.Labels["port"] != "8081" ||
-		cfg.Labels["zone"] != "a" || cfg.DataDir != "d" || level.String() != "debug" || cfg.AgentVersion != version {
+		cfg.Labels["zone"] != "a" || cfg.DataDir != "d" || level.String() != "debug" || cfg.AgentVersion != version ||
+		strings.Join(cfg.ArtifactRedirectHosts, " ") != "cdn.example.com *.s3.example.org blobs:8443" {
 		t.Fatalf("cfg %+v level %v", cfg, level)
 	}
 }
@@ -39,6 +41,7 @@ func TestBadFlagsExit2NamingFlagAndValue(t *testing.T) {
 		{"no transport security", base, []string{"--tls-ca", "insecure"}},
 		{"insecure with tls", append(base, "--insecure", "--tls-ca", "ca.pem"), []string{"--insecure", "cannot be combined"}},
 		{"tls without identity", append(base, "--tls-ca", "ca.pem"), []string{"--tls-cert", "join_token_file"}},
+		{"redirect host", append(base, "--insecure", "--artifact-redirect-hosts", "https://cdn"), []string{"--artifact-redirect-hosts", `"https://cdn"`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -24,6 +24,9 @@ const (
 	CoordinatorsPrefix = Prefix + "coordinators/"
 	// TokensPrefix: <id> -> Token (secret hashed).
 	TokensPrefix = Prefix + "tokens/"
+	// RevocationsPrefix: serial/<hex serial> and identity/<kind>/<name> ->
+	// Revocation.
+	RevocationsPrefix = Prefix + "revocations/"
 	// AuditPrefix: <unix nanos>-<n> -> AuditEntry (not mirrored).
 	AuditPrefix    = Prefix + "audit/"
 	ElectionPrefix = Prefix + "leader"
@@ -72,3 +75,12 @@ func EventsPrefixFor(service, rolloutID string) string {
 
 // TokenKey is where a token is stored.
 func TokenKey(id string) string { return TokensPrefix + id }
+
+// RevocationKey is where a revocation is stored: by serial, or (serial
+// "") by identity kind and name.
+func RevocationKey(r *v1.Revocation) string {
+	if r.GetSerial() != "" {
+		return RevocationsPrefix + "serial/" + r.GetSerial()
+	}
+	return RevocationsPrefix + "identity/" + strings.Replace(r.GetIdentity(), ":", "/", 1)
+}

@@ -46,8 +46,13 @@ type Mirror struct {
 	// connSince is when this mirror saw each connection record appear.
 	connSince map[string]time.Time
 	tokens    map[string]Versioned[*v1.Token]
-	subs      map[chan struct{}]struct{}
-	revCond   *sync.Cond
+	// revocations by key below RevocationsPrefix ("serial/<hex>",
+	// "identity/<kind>/<name>").
+	revocations map[string]Versioned[*v1.Revocation]
+	// revocationEpoch counts changes to the revocations.
+	revocationEpoch uint64
+	subs            map[chan struct{}]struct{}
+	revCond         *sync.Cond
 	// desiredEpoch counts changes to what hosts should run (services,
 	// releases, rollouts), so assignment pushes can skip report-only changes.
 	desiredEpoch uint64
@@ -71,6 +76,8 @@ func (m *Mirror) reset() {
 	m.coords = map[string]*v1.CoordinatorInfo{}
 	m.connSince = map[string]time.Time{}
 	m.tokens = map[string]Versioned[*v1.Token]{}
+	m.revocations = map[string]Versioned[*v1.Revocation]{}
+	m.revocationEpoch++
 }
 
 // Run loads the keyspace and follows it until ctx ends. It reloads after a
@@ -126,7 +133,7 @@ func (m *Mirror) load(ctx context.Context) (int64, error) {
 }
 
 // mirroredPrefixes are the parts of the keyspace the mirror holds.
-var mirroredPrefixes = []string{ServicesPrefix, ReleasesPrefix, RolloutsPrefix, HostsPrefix, ConnsPrefix, ReportsPrefix, TokensPrefix, CoordinatorsPrefix}
+var mirroredPrefixes = []string{ServicesPrefix, ReleasesPrefix, RolloutsPrefix, HostsPrefix, ConnsPrefix, ReportsPrefix, TokensPrefix, CoordinatorsPrefix, RevocationsPrefix}
 
 func (m *Mirror) follow(ctx context.Context, rev int64) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
@@ -241,6 +248,17 @@ func (m *Mirror) applyLocked(t mvccpb.Event_EventType, kv *mvccpb.KeyValue) {
 		v := &v1.Token{}
 		if decode(v) {
 			m.tokens[id] = Versioned[*v1.Token]{v, kv.ModRevision, kv.CreateRevision}
+		}
+	case strings.HasPrefix(key, RevocationsPrefix):
+		id := strings.TrimPrefix(key, RevocationsPrefix)
+		m.revocationEpoch++
+		if del {
+			delete(m.revocations, id)
+			return
+		}
+		v := &v1.Revocation{}
+		if decode(v) {
+			m.revocations[id] = Versioned[*v1.Revocation]{v, kv.ModRevision, kv.CreateRevision}
 		}
 	case strings.HasPrefix(key, CoordinatorsPrefix):
 		name := strings.TrimPrefix(key, CoordinatorsPrefix)
@@ -485,6 +503,48 @@ func (m *Mirror) Tokens() []*v1.Token {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].GetId() < out[j].GetId() })
 	return out
+}
+
+// RevokedSerial returns the revocation of the certificate with this serial
+// (hex, as RevocationKey has it).
+func (m *Mirror) RevokedSerial(serial string) (*v1.Revocation, bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	r, ok := m.revocations["serial/"+serial]
+	return r.Val, ok
+}
+
+// RevokedIdentity returns the revocation of an identity's certificates
+// (kind and name) with the revision it was last written at.
+func (m *Mirror) RevokedIdentity(kind, name string) (Versioned[*v1.Revocation], bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	r, ok := m.revocations["identity/"+kind+"/"+name]
+	return r, ok
+}
+
+// Revocations returns every revocation: identities, then serials, each by
+// key.
+func (m *Mirror) Revocations() []*v1.Revocation {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	keys := make([]string, 0, len(m.revocations))
+	for k := range m.revocations {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	out := make([]*v1.Revocation, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, m.revocations[k].Val)
+	}
+	return out
+}
+
+// RevocationEpoch changes whenever a revocation is written or deleted.
+func (m *Mirror) RevocationEpoch() uint64 {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.revocationEpoch
 }
 
 // Coordinators returns the registered (live) coordinators by name.

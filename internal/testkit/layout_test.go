@@ -22,7 +22,7 @@ func TestLayout(t *testing.T) {
 	rules := []testkit.DepRule{
 		{Pkg: "cmd/fleetwave-agent", Why: "the agent binary is lean: no etcd, no coordinator or CLI code",
 			Forbid:  append([]string{etcd, "./coordinator", "./cli"}, never...),
-			Include: []string{"./agent", "./agent/analysis", "./agent/analysis/fetch", "./agent/install", "./agent/lifecycle", "./agent/probe", "./agent/state", "./agent/supervise"}},
+			Include: []string{"./agent", "./agent/analysis", "./agent/analysis/fetch", "./agent/install", "./agent/lifecycle", "./agent/probe", "./agent/sockets", "./agent/state", "./agent/supervise"}},
 		{Pkg: "agent/...", Why: "the agent knows nothing of etcd, the coordinator or the CLI",
 			Forbid: append([]string{etcd, "./coordinator", "./cli"}, never...)},
 		{Pkg: "cmd/fleetwave", Why: "the CLI is a plain gRPC client: of the coordinator only the pure engine's vocabulary",

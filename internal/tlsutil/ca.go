@@ -33,12 +33,30 @@ const (
 	backdate = time.Minute
 )
 
+// JoinCAURIDomain is the only URI host a join CA may issue for: the name
+// constraint that limits it to agent identities (fleetwave://agent/...).
+const JoinCAURIDomain = KindAgent
+
+// IssuedAt is when a certificate of this package's CAs was issued: its
+// NotBefore (whole seconds) plus the minute it is backdated by. For a
+// certificate from another CA it is an estimate.
+func IssuedAt(c *x509.Certificate) time.Time { return c.NotBefore.Add(backdate) }
+
 // CA is a certificate authority: its certificate, its signing key and the
-// certificate in PEM (what peers are given to trust).
+// certificate in PEM (what peers are given to trust, for a root).
 type CA struct {
 	Cert    *x509.Certificate
 	Key     crypto.Signer
 	CertPEM []byte
+	// chainPEM are the certificates a certificate this CA issues is sent
+	// with: none for a root; the CA's own certificate (and any above it but
+	// the root) for an intermediate such as a join CA.
+	chainPEM []byte
+}
+
+// Root reports whether the CA's certificate is self-signed.
+func (ca *CA) Root() bool {
+	return bytes.Equal(ca.Cert.RawIssuer, ca.Cert.RawSubject) && ca.Cert.CheckSignatureFrom(ca.Cert) == nil
 }
 
 // NewCA creates a self-signed CA with an ECDSA P-256 key, valid from a minute
@@ -70,10 +88,10 @@ func NewCA(commonName string, ttl time.Duration) (*CA, error) {
 		NotAfter:              now.Add(ttl),
 		IsCA:                  true,
 		BasicConstraintsValid: true,
-		MaxPathLen:            0,
-		MaxPathLenZero:        true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		SubjectKeyId:          ski,
+		// One intermediate below it: the join CA (NewJoinCA).
+		MaxPathLen:   1,
+		KeyUsage:     x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		SubjectKeyId: ski,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
@@ -108,14 +126,105 @@ func LoadCA(certFile, keyFile string) (*CA, error) {
 	if !publicKeysEqual(key.Public(), cert.PublicKey) {
 		return nil, fmt.Errorf("load CA: key file %s does not belong to certificate file %s", keyFile, certFile)
 	}
-	return &CA{Cert: cert, Key: key, CertPEM: pemEncode("CERTIFICATE", cert.Raw)}, nil
+	ca := &CA{Cert: cert, Key: key, CertPEM: pemEncode("CERTIFICATE", cert.Raw)}
+	// An intermediate's certificate (and those above it in the file, but a
+	// root) go with every certificate it issues.
+	for _, c := range certs {
+		if bytes.Equal(c.RawIssuer, c.RawSubject) {
+			break
+		}
+		ca.chainPEM = append(ca.chainPEM, pemEncode("CERTIFICATE", c.Raw)...)
+	}
+	return ca, nil
+}
+
+// DefaultJoinCATTL is the lifetime of a join CA (never past its root's).
+const DefaultJoinCATTL = 2 * 365 * 24 * time.Hour
+
+// NewJoinCA makes an intermediate CA under ca (a root) for coordinators that
+// sign agents' join and renewal requests: its key can issue agent
+// certificates only. A name constraint permits no URI but
+// fleetwave://agent/..., which every verifier (the TLS stack) enforces, so
+// whoever steals it cannot mint an operator or coordinator certificate; it
+// cannot make CAs below it (path length 0). It is valid for ttl, never past
+// the root's expiry.
+func (ca *CA) NewJoinCA(commonName string, ttl time.Duration) (*CA, error) {
+	if ca == nil || ca.Cert == nil || ca.Key == nil {
+		return nil, errors.New("new join CA: root CA not loaded")
+	}
+	if commonName == "" {
+		return nil, errors.New("new join CA: empty common name")
+	}
+	if err := checkTTL(ttl); err != nil {
+		return nil, fmt.Errorf("new join CA %q: %w", commonName, err)
+	}
+	if !ca.Root() {
+		return nil, fmt.Errorf("new join CA %q: %q is not a root (self-signed) CA", commonName, ca.Cert.Subject.CommonName)
+	}
+	if ca.Cert.MaxPathLen == 0 { // explicitly 0 (-1 when absent)
+		return nil, fmt.Errorf("new join CA %q: the root %q allows no intermediate CA (path length 0: a root made by an older tls init); make a new root with tls init", commonName, ca.Cert.Subject.CommonName)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("new join CA %q: generate key: %w", commonName, err)
+	}
+	serial, err := newSerial()
+	if err != nil {
+		return nil, fmt.Errorf("new join CA %q: %w", commonName, err)
+	}
+	ski, err := subjectKeyID(key.Public())
+	if err != nil {
+		return nil, fmt.Errorf("new join CA %q: %w", commonName, err)
+	}
+	now := time.Now()
+	notAfter := now.Add(ttl)
+	if notAfter.After(ca.Cert.NotAfter) {
+		notAfter = ca.Cert.NotAfter
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: commonName, Organization: []string{"fleetwave"}},
+		NotBefore:             now.Add(-backdate),
+		NotAfter:              notAfter,
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		MaxPathLen:            0,
+		MaxPathLenZero:        true,
+		KeyUsage:              x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
+		SubjectKeyId:          ski,
+		AuthorityKeyId:        ca.Cert.SubjectKeyId,
+		// Critical, so that a verifier that does not understand it refuses
+		// the chain rather than ignore the constraint.
+		PermittedDNSDomainsCritical: true,
+		PermittedURIDomains:         []string{JoinCAURIDomain},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key)
+	if err != nil {
+		return nil, fmt.Errorf("new join CA %q: create certificate: %w", commonName, err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("new join CA %q: parse certificate: %w", commonName, err)
+	}
+	certPEM := pemEncode("CERTIFICATE", der)
+	return &CA{Cert: cert, Key: key, CertPEM: certPEM, chainPEM: certPEM}, nil
 }
 
 // Issue signs a certificate for id over pub, valid from a minute ago for ttl
 // (never past the CA's own expiry). hosts become DNS or IP SANs, for
 // servers. The certificate may be used for both client and server auth.
-// It returns the certificate in PEM and its NotAfter.
+// It returns the certificate in PEM (followed by the CA's own certificate
+// when the CA is an intermediate) and its NotAfter.
 func (ca *CA) Issue(id Identity, hosts []string, pub crypto.PublicKey, ttl time.Duration) (certPEM []byte, notAfter time.Time, err error) {
+	return ca.issue(id, hosts, pub, ttl, time.Time{})
+}
+
+// issue is Issue with a floor on the issue time: the certificate's
+// IssuedAt is after `after` (a revocation of every certificate of id
+// issued until then must not cover it), even when this clock is behind the
+// one that set `after`.
+func (ca *CA) issue(id Identity, hosts []string, pub crypto.PublicKey, ttl time.Duration, after time.Time) (certPEM []byte, notAfter time.Time, err error) {
 	if ca == nil || ca.Cert == nil || ca.Key == nil {
 		return nil, time.Time{}, errors.New("issue certificate: CA not loaded")
 	}
@@ -146,7 +255,11 @@ func (ca *CA) Issue(id Identity, hosts []string, pub crypto.PublicKey, ttl time.
 	if !now.Before(ca.Cert.NotAfter) {
 		return nil, time.Time{}, fmt.Errorf("issue certificate for %s: CA %q expired at %s", id, ca.Cert.Subject.CommonName, ca.Cert.NotAfter.UTC().Format(time.RFC3339))
 	}
-	notAfter = now.Add(ttl)
+	issuedAt := now
+	if floor := after.Truncate(time.Second).Add(time.Second); !after.IsZero() && issuedAt.Before(floor) {
+		issuedAt = floor
+	}
+	notAfter = issuedAt.Add(ttl)
 	if notAfter.After(ca.Cert.NotAfter) {
 		notAfter = ca.Cert.NotAfter
 	}
@@ -161,7 +274,7 @@ func (ca *CA) Issue(id Identity, hosts []string, pub crypto.PublicKey, ttl time.
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: id.Name, OrganizationalUnit: []string{id.Kind}, Organization: []string{"fleetwave"}},
-		NotBefore:             now.Add(-backdate),
+		NotBefore:             issuedAt.Add(-backdate),
 		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
@@ -180,7 +293,7 @@ func (ca *CA) Issue(id Identity, hosts []string, pub crypto.PublicKey, ttl time.
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("issue certificate for %s: %w", id, err)
 	}
-	return pemEncode("CERTIFICATE", der), notAfter, nil
+	return append(pemEncode("CERTIFICATE", der), ca.chainPEM...), notAfter, nil
 }
 
 // IssueKeyPair generates a key and issues a certificate for it; it returns
@@ -202,6 +315,14 @@ func (ca *CA) IssueKeyPair(id Identity, hosts []string, ttl time.Duration) (cert
 // identity comes from id alone, NEVER from the request's subject or SANs,
 // and the certificate names no hosts.
 func (ca *CA) SignCSR(csrDER []byte, id Identity, ttl time.Duration) (certPEM []byte, notAfter time.Time, err error) {
+	return ca.SignCSRAfter(csrDER, id, ttl, time.Time{})
+}
+
+// SignCSRAfter is SignCSR for a certificate issued after `after` (by
+// IssuedAt), whatever this clock says: after a revocation of id's
+// certificates up to that time, the new one is not covered. A zero after
+// sets no floor.
+func (ca *CA) SignCSRAfter(csrDER []byte, id Identity, ttl time.Duration, after time.Time) (certPEM []byte, notAfter time.Time, err error) {
 	if len(csrDER) == 0 {
 		return nil, time.Time{}, fmt.Errorf("sign CSR for %s: empty request", id)
 	}
@@ -218,7 +339,7 @@ func (ca *CA) SignCSR(csrDER []byte, id Identity, ttl time.Duration) (certPEM []
 	if err := csr.CheckSignature(); err != nil {
 		return nil, time.Time{}, fmt.Errorf("sign CSR for %s: request signature: %w", id, err)
 	}
-	return ca.Issue(id, nil, csr.PublicKey, ttl)
+	return ca.issue(id, nil, csr.PublicKey, ttl, after)
 }
 
 // GenerateKey makes an ECDSA P-256 key and returns it with its PKCS#8 PEM.
@@ -267,6 +388,9 @@ func ReadCertFile(certFile string) (*x509.Certificate, error) {
 	}
 	return certs[0], nil
 }
+
+// ReadCerts returns every certificate of a PEM file; errors name the file.
+func ReadCerts(file string) ([]*x509.Certificate, error) { return readCertsFile(file) }
 
 // ValidHost checks a server name for a certificate: an IP address or a DNS
 // name (optionally with a leading "*." wildcard).

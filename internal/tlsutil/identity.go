@@ -186,6 +186,17 @@ func PeerIdentity(ctx context.Context) (Identity, bool) {
 // PeerCertificate returns the gRPC peer's verified client certificate (the
 // leaf of the first verified chain), or false when there is none.
 func PeerCertificate(ctx context.Context) (*x509.Certificate, bool) {
+	chain, ok := PeerChain(ctx)
+	if !ok {
+		return nil, false
+	}
+	return chain[0], true
+}
+
+// PeerChain returns the gRPC peer's verified client certificate chain
+// (the first one the TLS stack verified: leaf first, root last), or false
+// when there is none.
+func PeerChain(ctx context.Context) ([]*x509.Certificate, bool) {
 	p, ok := peer.FromContext(ctx)
 	if !ok || p.AuthInfo == nil {
 		return nil, false
@@ -206,5 +217,58 @@ func PeerCertificate(ctx context.Context) (*x509.Certificate, bool) {
 	if len(chains) == 0 || len(chains[0]) == 0 {
 		return nil, false
 	}
-	return chains[0][0], true
+	return chains[0], true
+}
+
+// SerialString is how Fleetwave writes a certificate serial number:
+// lowercase hex without leading zeros (openssl prints it in upper case,
+// padded, sometimes with colons; ParseSerial reads those too).
+func SerialString(c *x509.Certificate) string { return serialString(c) }
+
+// maxSerialHex bounds a serial number: RFC 5280 allows 20 octets.
+const maxSerialHex = 40
+
+// ParseSerial reads a certificate serial number in hex (upper or lower
+// case, leading zeros and colons allowed) and returns it as SerialString
+// writes it.
+func ParseSerial(s string) (string, error) {
+	h := strings.ToLower(strings.ReplaceAll(s, ":", ""))
+	h = strings.TrimPrefix(h, "0x")
+	if h == "" || len(h) > maxSerialHex+2 {
+		return "", fmt.Errorf("serial %q: want 1 to %d hex digits", clipString(s, 64), maxSerialHex)
+	}
+	for _, r := range h {
+		if (r < '0' || r > '9') && (r < 'a' || r > 'f') {
+			return "", fmt.Errorf("serial %q: want hex digits (and colons)", clipString(s, 64))
+		}
+	}
+	h = strings.TrimLeft(h, "0")
+	if h == "" || len(h) > maxSerialHex {
+		return "", fmt.Errorf("serial %q: want a positive number of at most %d hex digits", clipString(s, 64), maxSerialHex)
+	}
+	return h, nil
+}
+
+func clipString(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n], "") + "…"
+}
+
+// ParseIdentityName reads "KIND:NAME" (agent:web-1, operator:alice,
+// coordinator:c1): an identity without a role.
+func ParseIdentityName(s string) (kind, name string, err error) {
+	kind, name, ok := strings.Cut(s, ":")
+	if !ok {
+		return "", "", fmt.Errorf("%w: %q: want KIND:NAME (kind %s, %s or %s)", ErrInvalidIdentity, clipString(s, 64), KindAgent, KindOperator, KindCoordinator)
+	}
+	id := Identity{Kind: kind, Name: name}
+	if kind == KindOperator {
+		id.Role = RoleViewer // the role is not part of the name
+	}
+	if err := id.Validate(); err != nil {
+		return "", "", err
+	}
+	return kind, name, nil
 }

@@ -146,3 +146,27 @@ func TestTLSIdentityFromCert(t *testing.T) {
 		}
 	}
 }
+
+func TestTLSParseSerialAndIdentityName(t *testing.T) {
+	for in, want := range map[string]string{"ab": "ab", "AB": "ab", "00:0A:BC": "abc", "0x1f": "1f", strings.Repeat("f", 40): strings.Repeat("f", 40)} {
+		if got, err := ParseSerial(in); err != nil || got != want {
+			t.Errorf("ParseSerial(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "0", "00:00", "xyz", "12 34", strings.Repeat("f", 41), "-1"} {
+		if got, err := ParseSerial(in); err == nil {
+			t.Errorf("ParseSerial(%q) = %q, want an error", in, got)
+		}
+	}
+	for in, want := range map[string]string{"agent:web-1": "agent web-1", "operator:alice": "operator alice", "coordinator:c1": "coordinator c1"} {
+		k, n, err := ParseIdentityName(in)
+		if err != nil || k+" "+n != want {
+			t.Errorf("ParseIdentityName(%q) = %q %q, %v", in, k, n, err)
+		}
+	}
+	for _, in := range []string{"", "agent", "agent:", "robot:r1", "agent:a/b", "operator:alice?role=admin", ":x"} {
+		if k, n, err := ParseIdentityName(in); err == nil {
+			t.Errorf("ParseIdentityName(%q) = %q %q, want an error", in, k, n)
+		}
+	}
+}

@@ -17,12 +17,18 @@ const (
 	DefaultCATTL = 10 * 365 * 24 * time.Hour // the CA
 	// CACommonName is the subject of the CA that Init creates.
 	CACommonName = "fleetwave CA"
+	// JoinCACommonName is the subject of the join CA (an intermediate).
+	JoinCACommonName = "fleetwave join CA"
 )
 
-// File names Init writes in its directory.
+// File names Init writes in its directory: the root CA (its key is to be
+// kept offline) and the join CA, an intermediate that can sign agent
+// certificates only (coordinators that serve Join get it).
 const (
-	CAFile    = "ca.pem"
-	CAKeyFile = "ca-key.pem"
+	CAFile        = "ca.pem"
+	CAKeyFile     = "ca-key.pem"
+	JoinCAFile    = "join-ca.pem"
+	JoinCAKeyFile = "join-ca-key.pem"
 )
 
 // ErrExists is returned (wrapped) by Init when the directory already holds a
@@ -40,30 +46,37 @@ type InitOptions struct {
 	// Operators maps each operator name to its role.
 	Operators map[string]string
 	// TTL is the validity of issued certificates (DefaultTTL when zero);
-	// CATTL that of the CA (DefaultCATTL when zero).
-	TTL, CATTL time.Duration
+	// CATTL that of the CA (DefaultCATTL when zero); JoinCATTL that of the
+	// join CA (DefaultJoinCATTL when zero; never past the CA's).
+	TTL, CATTL, JoinCATTL time.Duration
 	// Force allows replacing an existing ca.pem (and every other file).
 	Force bool
 }
 
 // InitFile is one file Init writes: its name inside the directory, its mode
 // and, for certificates and keys issued to an identity, that identity (zero
-// for the CA's files).
+// for the CAs' files).
 type InitFile struct {
 	Name     string
 	Mode     fs.FileMode
 	Identity Identity
 	Hosts    []string // server names in a coordinator's certificate
 	Key      bool     // a private key
+	JoinCA   bool     // the join CA's certificate or key
 }
 
+// caFiles are the first files Init writes.
+const caFiles = 4
+
 // Files lists what Init writes for these options, in the order it writes
-// them: the CA, then coordinators, agents and operators, each sorted by name.
-// It does not validate the options.
+// them: the CA, the join CA, then coordinators, agents and operators, each
+// sorted by name. It does not validate the options.
 func (o InitOptions) Files() []InitFile {
 	files := []InitFile{
 		{Name: CAFile, Mode: 0o644},
 		{Name: CAKeyFile, Mode: 0o600, Key: true},
+		{Name: JoinCAFile, Mode: 0o644, JoinCA: true},
+		{Name: JoinCAKeyFile, Mode: 0o600, Key: true, JoinCA: true},
 	}
 	add := func(id Identity, hosts []string) {
 		base := id.Kind + "-" + id.Name
@@ -106,7 +119,8 @@ func sortedKeys[V any](m map[string]V) []string {
 }
 
 // Init writes a CA and certificates for a small fleet into dir (created with
-// mode 0700 when missing): ca.pem and ca-key.pem, then for each coordinator
+// mode 0700 when missing): ca.pem and ca-key.pem (the root: keep its key
+// offline), join-ca.pem and join-ca-key.pem (see NewJoinCA), then for each coordinator
 // NAME coordinator-NAME.pem and coordinator-NAME-key.pem (naming its hosts
 // plus localhost, 127.0.0.1 and ::1), agent-HOST.pem/-key.pem and
 // operator-NAME.pem/-key.pem (the role in the identity). Keys are written
@@ -123,11 +137,17 @@ func Init(dir string, opts InitOptions) error {
 	if opts.CATTL == 0 {
 		opts.CATTL = DefaultCATTL
 	}
+	if opts.JoinCATTL == 0 {
+		opts.JoinCATTL = DefaultJoinCATTL
+	}
 	if err := checkTTL(opts.TTL); err != nil {
 		return fmt.Errorf("tls init: certificate %w", err)
 	}
 	if err := checkTTL(opts.CATTL); err != nil {
 		return fmt.Errorf("tls init: CA %w", err)
+	}
+	if err := checkTTL(opts.JoinCATTL); err != nil {
+		return fmt.Errorf("tls init: join CA %w", err)
 	}
 	files := opts.Files()
 	for _, f := range files {
@@ -170,7 +190,10 @@ func Init(dir string, opts InitOptions) error {
 	if err := WriteFileAtomic(caPath, ca.CertPEM, 0o644); err != nil {
 		return fmt.Errorf("tls init: %w", err)
 	}
-	for i := 2; i+1 < len(files); i += 2 {
+	if err := writeJoinCA(dir, ca, opts.JoinCATTL); err != nil {
+		return fmt.Errorf("tls init: %w", err)
+	}
+	for i := caFiles; i+1 < len(files); i += 2 {
 		cf, kf := files[i], files[i+1]
 		certPEM, keyPEM, err := ca.IssueKeyPair(cf.Identity, cf.Hosts, opts.TTL)
 		if err != nil {
@@ -181,6 +204,40 @@ func Init(dir string, opts InitOptions) error {
 		}
 	}
 	return nil
+}
+
+// InitJoinCA makes a new join CA in dir (join-ca.pem, join-ca-key.pem)
+// from the root there (ca.pem, ca-key.pem), replacing an existing one:
+// when the join CA expires or its key may have leaked (then revoke the old
+// one's serial too). Certificates the old one issued stay valid until they
+// expire or are revoked. ttl 0 is DefaultJoinCATTL.
+func InitJoinCA(dir string, ttl time.Duration) error {
+	if ttl == 0 {
+		ttl = DefaultJoinCATTL
+	}
+	if err := checkTTL(ttl); err != nil {
+		return fmt.Errorf("tls join-ca: %w", err)
+	}
+	root, err := LoadCA(filepath.Join(dir, CAFile), filepath.Join(dir, CAKeyFile))
+	if err != nil {
+		return fmt.Errorf("tls join-ca: %w", err)
+	}
+	if err := writeJoinCA(dir, root, ttl); err != nil {
+		return fmt.Errorf("tls join-ca: %w", err)
+	}
+	return nil
+}
+
+func writeJoinCA(dir string, root *CA, ttl time.Duration) error {
+	jca, err := root.NewJoinCA(JoinCACommonName, ttl)
+	if err != nil {
+		return err
+	}
+	keyPEM, err := marshalKeyPEM(jca)
+	if err != nil {
+		return err
+	}
+	return WriteKeyPair(filepath.Join(dir, JoinCAFile), filepath.Join(dir, JoinCAKeyFile), jca.CertPEM, keyPEM)
 }
 
 func marshalKeyPEM(ca *CA) ([]byte, error) {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -27,7 +28,7 @@ func TestTLSInitWritesFleet(t *testing.T) {
 		names = append(names, f.Name)
 	}
 	want := []string{
-		"ca.pem", "ca-key.pem",
+		"ca.pem", "ca-key.pem", "join-ca.pem", "join-ca-key.pem",
 		"coordinator-c1.pem", "coordinator-c1-key.pem", "coordinator-c2.pem", "coordinator-c2-key.pem",
 		"agent-host-1.pem", "agent-host-1-key.pem", "agent-host-2.pem", "agent-host-2-key.pem",
 		"operator-alice.pem", "operator-alice-key.pem", "operator-ci.pem", "operator-ci-key.pem",
@@ -61,6 +62,9 @@ func TestTLSInitWritesFleet(t *testing.T) {
 		}
 		if f.Key || f.Identity == (Identity{}) {
 			continue
+		}
+		if strings.Contains(f.Name, "join-ca") {
+			t.Errorf("%s: listed with identity %v", f.Name, f.Identity)
 		}
 		certs, err := readCertsFile(path)
 		if err != nil {

@@ -41,7 +41,8 @@ rollout:
 `
 
 // trustEnv is a fleet with TLS on everywhere: certificates from
-// `fleetwave tls init`, a coordinator that can sign join requests, agents
+// `fleetwave tls init`, a coordinator that signs join requests with the
+// join CA (not the root key), agents
 // that trust one release signing key, and operators who authenticate.
 type trustEnv struct {
 	t        *testing.T
@@ -157,7 +158,10 @@ func newTrustEnv(t *testing.T) *trustEnv {
 	e.coord, err = testfleet.Start("coordinator", bins.Coordinator, filepath.Join(dir, "logs", "coordinator.log"),
 		"--listen", e.addr, "--name", "c1", "--data-dir", filepath.Join(dir, "coordinator"), "--lease-ttl", "2s",
 		"--tls-cert", filepath.Join(e.pki, "coordinator-c1.pem"), "--tls-key", filepath.Join(e.pki, "coordinator-c1-key.pem"),
-		"--tls-ca", filepath.Join(e.pki, "ca.pem"), "--tls-ca-key", filepath.Join(e.pki, "ca-key.pem"))
+		"--tls-ca", filepath.Join(e.pki, "ca.pem"),
+		// Joins are signed with the join CA: the root key stays off the
+		// coordinator.
+		"--tls-join-ca", filepath.Join(e.pki, "join-ca.pem"), "--tls-join-ca-key", filepath.Join(e.pki, "join-ca-key.pem"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,7 +196,10 @@ func newTrustEnv(t *testing.T) *trustEnv {
 // releases. A wrong CA, an expired certificate, a host certificate used for
 // another host, a viewer creating a release, a tampered artifact, a bad
 // signature and an expired manifest are each refused with a clear error and
-// change nothing; then the fleet deploys a good release.
+// change nothing; then the fleet deploys a good release. Then what runs is
+// signed (a spec changed on the coordinator is refused), a validly signed
+// older release is refused below the hosts' floor, and a signed rollback
+// statement lets them go back.
 func TestTrustEndToEnd(t *testing.T) {
 	e := newTrustEnv(t)
 	if out := e.mustCLI("operator-admin", "whoami"); !strings.Contains(out, "operator:admin (role admin, by certificate)") {
@@ -274,7 +281,7 @@ func TestTrustEndToEnd(t *testing.T) {
 		e.mustCLI("operator-admin", "service", "unfreeze", "web")
 	}
 
-	if r := release("operator-admin", "v1", nil, "--sign", e.key); r.Code != 0 {
+	if r := release("operator-admin", "v1", nil, "--sign", e.key, "--spec", specPath); r.Code != 0 {
 		t.Fatalf("release v1: %s%s", r.Stdout, r.Stderr)
 	}
 	deploy("v1")
@@ -338,7 +345,7 @@ func TestTrustEndToEnd(t *testing.T) {
 	// 4. A viewer token creating a release.
 	tok := e.mustCLI("operator-admin", "token", "create", "dash", "--role", "viewer")
 	secret := strings.TrimSpace(tok[strings.Index(tok, "secret (shown only now): ")+len("secret (shown only now): "):])
-	r = release("", "v2", nil, "--token", secret, "--sign", e.key)
+	r = release("", "v2", nil, "--token", secret, "--sign", e.key, "--spec", specPath)
 	if r.Code == 0 || !strings.Contains(r.Stderr, "needs role deployer; token:dash has role viewer") {
 		t.Errorf("viewer token creating a release: exit %d: %s", r.Code, r.Stderr)
 	}
@@ -363,14 +370,14 @@ func TestTrustEndToEnd(t *testing.T) {
 	go func() { _ = srv.Serve(lis) }()
 	defer srv.Close()
 	e.mustCLI("operator-admin", "release", "create", "web", "--version", "v3", "--url", "http://"+lis.Addr().String()+"/v3.tar.gz",
-		"--sha256", hex.EncodeToString(sum[:]), "--size", fmt.Sprint(len(data)), "--sign", e.key)
+		"--sha256", hex.EncodeToString(sum[:]), "--size", fmt.Sprint(len(data)), "--sign", e.key, "--spec", specPath)
 	failsOnCanary("v3", "sha256")
 
 	// 6. A bad signature: signed by a key the agents do not trust.
 	if r := localCLI(e.ctx, "keys", "generate", "--out", filepath.Join(e.dir, "rogue")); r.Code != 0 {
 		t.Fatal(r.Stderr)
 	}
-	if r := release("operator-admin", "v4", nil, "--sign", filepath.Join(e.dir, "rogue.key")); r.Code != 0 {
+	if r := release("operator-admin", "v4", nil, "--sign", filepath.Join(e.dir, "rogue.key"), "--spec", specPath); r.Code != 0 {
 		t.Fatal(r.Stderr)
 	}
 	failsOnCanary("v4", "unknown key")
@@ -381,7 +388,7 @@ func TestTrustEndToEnd(t *testing.T) {
 	failsOnCanary("v5", "unsigned: refused")
 
 	// 7. An expired manifest.
-	if r := release("operator-admin", "v6", nil, "--sign", e.key, "--expires", "1s"); r.Code != 0 {
+	if r := release("operator-admin", "v6", nil, "--sign", e.key, "--spec", specPath, "--expires", "1s"); r.Code != 0 {
 		t.Fatal(r.Stderr)
 	}
 	signed := time.Now()
@@ -400,10 +407,104 @@ func TestTrustEndToEnd(t *testing.T) {
 	if vs := e.versions(); vs["host-1"] != "v1" || vs["host-2"] != "v1" || vs["host-3"] != "v1" {
 		t.Errorf("after the refusals the fleet serves %v, want v1 everywhere", vs)
 	}
-	if r := release("operator-admin", "v7", nil, "--sign", e.key); r.Code != 0 {
+	if r := release("operator-admin", "v7", nil, "--sign", e.key, "--spec", specPath); r.Code != 0 {
 		t.Fatal(r.Stderr)
 	}
 	deploy("v7")
+
+	// 8. What runs is signed: a spec changed on the coordinator (here by an
+	// admin, as whoever controls it or its etcd could) is refused with a
+	// release signed with the spec CI has.
+	pwned := filepath.Join(e.dir, "pwned")
+	evilPath := filepath.Join(e.dir, "web-evil.yaml")
+	evil := strings.Replace(trustSpec, `command: ["./demoapp", "--listen", "127.0.0.1:${host.label.port}"]`,
+		`command: ["/bin/sh", "-c", "touch `+pwned+`; exec ./demoapp --listen 127.0.0.1:${host.label.port}"]`, 1)
+	if evil == trustSpec {
+		t.Fatal("the evil spec is the spec")
+	}
+	if err := os.WriteFile(evilPath, []byte(evil), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.mustCLI("operator-admin", "service", "apply", "-f", evilPath)
+	if r := release("operator-admin", "v8", nil, "--sign", e.key, "--spec", specPath); r.Code != 0 {
+		t.Fatal(r.Stderr)
+	}
+	failsOnCanary("v8", "the assigned spec has sha256")
+	e.mustCLI("operator-admin", "service", "apply", "-f", specPath)
+	if r := release("operator-admin", "v9", nil, "--sign", e.key, "--spec", specPath); r.Code != 0 {
+		t.Fatal(r.Stderr)
+	}
+	deploy("v9")
+
+	// 9. The floor: v7 is validly signed and not expired, but older than
+	// v9, which the hosts accepted. A rollback to it (a higher generation)
+	// is refused on every host, which keeps running v9.
+	webReports := func() (map[string]string, error) {
+		h, err := op.ListHosts(e.ctx, &v1.ListHostsRequest{})
+		if err != nil {
+			return nil, err
+		}
+		out := map[string]string{}
+		for _, x := range h.GetHosts() {
+			for _, sr := range x.GetServices() {
+				if sr.GetService() == "web" {
+					out[x.GetId()] = sr.GetPhase().String() + " " + sr.GetReason()
+				}
+			}
+		}
+		return out, nil
+	}
+	e.mustCLI("operator-admin", "rollback", "web", "--to", "v7")
+	e.waitFor("the rollback to v7 refused on every host", func() (bool, string) {
+		rs, err := webReports()
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, id := range []string{"host-1", "host-2", "host-3"} {
+			if !strings.Contains(rs[id], "PHASE_FAILED") || !strings.Contains(rs[id], "release v7: signed sequence") ||
+				!strings.Contains(rs[id], "is below this host's floor") || !strings.Contains(rs[id], "(release v9)") {
+				return false, fmt.Sprint(rs)
+			}
+		}
+		return true, ""
+	})
+	if vs := e.versions(); vs["host-1"] != "v9" || vs["host-2"] != "v9" || vs["host-3"] != "v9" {
+		t.Errorf("after the refused downgrade the fleet serves %v, want v9 everywhere", vs)
+	}
+
+	// 10. A signed rollback statement lets the hosts go back (to v1 here:
+	// the coordinator now counts v7 as its stable release).
+	out = e.mustCLI("operator-admin", "rollback", "web", "--to", "v1", "--sign", e.key)
+	if !strings.Contains(out, "→ v1") {
+		t.Errorf("signed rollback: %s", out)
+	}
+	e.waitFor("v1 on every host after the signed rollback, and the rollback done", func() (bool, string) {
+		vs := e.versions()
+		r := rollout()
+		return vs["host-1"] == "v1" && vs["host-2"] == "v1" && vs["host-3"] == "v1" &&
+				r.GetToVersion() == "v1" && r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED,
+			fmt.Sprint(vs, " ", r.GetToVersion(), " ", r.GetState())
+	})
+	// A statement is bound to one release: the same statement's bytes do
+	// not verify for another (checked in internal/signing); and the floor
+	// did not go down: the next release needs a sequence above v9's, which
+	// the CLI gives it.
+	if r := release("operator-admin", "v10", nil, "--sign", e.key, "--spec", specPath); r.Code != 0 {
+		t.Fatal(r.Stderr)
+	}
+	deploy("v10")
+	for _, id := range []string{"host-1", "host-2", "host-3"} {
+		if e.ran(id, "v8") {
+			t.Errorf("%s ran v8 with the changed spec", id)
+		}
+		b, err := os.ReadFile(filepath.Join(e.dataDirs[id], "trust", "floors", "web.json"))
+		if err != nil || !strings.Contains(string(b), `"version":"v10"`) {
+			t.Errorf("%s floor: %s %v", id, b, err)
+		}
+	}
+	if _, err := os.Stat(pwned); !os.IsNotExist(err) {
+		t.Errorf("the changed command ran: %v", err)
+	}
 
 	// The audit log has the refused calls and who made the good ones.
 	audit := e.mustCLI("operator-admin", "audit", "--limit", "500")

@@ -419,7 +419,9 @@ func NewFleetWith(ctx context.Context, bin *Binaries, dir string, opts Options) 
 			return nil, err
 		}
 		args = append(args, "--tls-cert", filepath.Join(f.PKI, "coordinator-c1.pem"), "--tls-key", filepath.Join(f.PKI, "coordinator-c1-key.pem"),
-			"--tls-ca", filepath.Join(f.PKI, tlsutil.CAFile), "--tls-ca-key", filepath.Join(f.PKI, tlsutil.CAKeyFile))
+			"--tls-ca", filepath.Join(f.PKI, tlsutil.CAFile),
+			// Joins are signed with the join CA; the root key stays here.
+			"--tls-join-ca", filepath.Join(f.PKI, tlsutil.JoinCAFile), "--tls-join-ca-key", filepath.Join(f.PKI, tlsutil.JoinCAKeyFile))
 	} else {
 		args = append(args, "--insecure")
 	}

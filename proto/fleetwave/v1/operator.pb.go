@@ -1247,7 +1247,10 @@ type RollbackRequest struct {
 	Service string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
 	// "" = the release before the stable one that last rolled out
 	// successfully.
-	ToVersion     string `protobuf:"bytes,2,opt,name=to_version,json=toVersion,proto3" json:"to_version,omitempty"`
+	ToVersion string `protobuf:"bytes,2,opt,name=to_version,json=toVersion,proto3" json:"to_version,omitempty"`
+	// A signed rollback statement for to_version (required then): agents
+	// with trusted keys accept a release below their floor only with one.
+	Signed        *SignedRollback `protobuf:"bytes,3,opt,name=signed,proto3" json:"signed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1294,6 +1297,13 @@ func (x *RollbackRequest) GetToVersion() string {
 		return x.ToVersion
 	}
 	return ""
+}
+
+func (x *RollbackRequest) GetSigned() *SignedRollback {
+	if x != nil {
+		return x.Signed
+	}
+	return nil
 }
 
 type RollbackResponse struct {
@@ -2926,7 +2936,10 @@ type WhoAmIResponse struct {
 	Identity string                 `protobuf:"bytes,1,opt,name=identity,proto3" json:"identity,omitempty"`
 	Role     string                 `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
 	// how the caller authenticated: certificate, token, insecure
-	Method        string `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
+	Method string `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
+	// the caller's certificate: its serial (hex) and expiry
+	Serial        string                 `protobuf:"bytes,4,opt,name=serial,proto3" json:"serial,omitempty"`
+	NotAfter      *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2980,6 +2993,20 @@ func (x *WhoAmIResponse) GetMethod() string {
 		return x.Method
 	}
 	return ""
+}
+
+func (x *WhoAmIResponse) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *WhoAmIResponse) GetNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotAfter
+	}
+	return nil
 }
 
 type RemoveHostRequest struct {
@@ -3062,6 +3089,312 @@ func (*RemoveHostResponse) Descriptor() ([]byte, []int) {
 	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{53}
 }
 
+// Revocation is a certificate, or every certificate of an identity issued
+// until a time, that the coordinators refuse.
+type Revocation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// one certificate: its serial number in hex (lowercase, no leading
+	// zeros); "" for an identity revocation
+	Serial string `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	// an identity ("agent:web-1", "operator:alice", "coordinator:c1"): every
+	// certificate naming it that was issued at or before revoked_at
+	Identity string `protobuf:"bytes,2,opt,name=identity,proto3" json:"identity,omitempty"`
+	// for a serial: the identity its certificate names, when known
+	Subject   string                 `protobuf:"bytes,3,opt,name=subject,proto3" json:"subject,omitempty"`
+	RevokedAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	RevokedBy string                 `protobuf:"bytes,5,opt,name=revoked_by,json=revokedBy,proto3" json:"revoked_by,omitempty"`
+	Reason    string                 `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	// dropped after this: no certificate it covers is valid any more (the
+	// certificate's NotAfter when known, else the CA's)
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Revocation) Reset() {
+	*x = Revocation{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Revocation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Revocation) ProtoMessage() {}
+
+func (x *Revocation) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
+func (*Revocation) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *Revocation) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *Revocation) GetIdentity() string {
+	if x != nil {
+		return x.Identity
+	}
+	return ""
+}
+
+func (x *Revocation) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *Revocation) GetRevokedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokedAt
+	}
+	return nil
+}
+
+func (x *Revocation) GetRevokedBy() string {
+	if x != nil {
+		return x.RevokedBy
+	}
+	return ""
+}
+
+func (x *Revocation) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Revocation) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+type RevokeCertificateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// exactly one of serial (hex, colons allowed) and identity ("KIND:NAME")
+	Serial   string `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	Identity string `protobuf:"bytes,2,opt,name=identity,proto3" json:"identity,omitempty"`
+	// with serial, when the caller has the certificate: its NotAfter (the
+	// entry is kept until then) and the identity it names
+	NotAfter *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	Subject  string                 `protobuf:"bytes,4,opt,name=subject,proto3" json:"subject,omitempty"`
+	// free text for the list and the audit log (at most 256 bytes)
+	Reason        string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeCertificateRequest) Reset() {
+	*x = RevokeCertificateRequest{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeCertificateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeCertificateRequest) ProtoMessage() {}
+
+func (x *RevokeCertificateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeCertificateRequest.ProtoReflect.Descriptor instead.
+func (*RevokeCertificateRequest) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *RevokeCertificateRequest) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *RevokeCertificateRequest) GetIdentity() string {
+	if x != nil {
+		return x.Identity
+	}
+	return ""
+}
+
+func (x *RevokeCertificateRequest) GetNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotAfter
+	}
+	return nil
+}
+
+func (x *RevokeCertificateRequest) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *RevokeCertificateRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type RevokeCertificateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revocation    *Revocation            `protobuf:"bytes,1,opt,name=revocation,proto3" json:"revocation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeCertificateResponse) Reset() {
+	*x = RevokeCertificateResponse{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeCertificateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeCertificateResponse) ProtoMessage() {}
+
+func (x *RevokeCertificateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeCertificateResponse.ProtoReflect.Descriptor instead.
+func (*RevokeCertificateResponse) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *RevokeCertificateResponse) GetRevocation() *Revocation {
+	if x != nil {
+		return x.Revocation
+	}
+	return nil
+}
+
+type ListRevocationsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRevocationsRequest) Reset() {
+	*x = ListRevocationsRequest{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRevocationsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRevocationsRequest) ProtoMessage() {}
+
+func (x *ListRevocationsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRevocationsRequest.ProtoReflect.Descriptor instead.
+func (*ListRevocationsRequest) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{57}
+}
+
+type ListRevocationsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// identity revocations by identity, then serials by serial
+	Revocations   []*Revocation `protobuf:"bytes,1,rep,name=revocations,proto3" json:"revocations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRevocationsResponse) Reset() {
+	*x = ListRevocationsResponse{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRevocationsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRevocationsResponse) ProtoMessage() {}
+
+func (x *ListRevocationsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRevocationsResponse.ProtoReflect.Descriptor instead.
+func (*ListRevocationsResponse) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *ListRevocationsResponse) GetRevocations() []*Revocation {
+	if x != nil {
+		return x.Revocations
+	}
+	return nil
+}
+
 type DeleteServiceRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -3073,7 +3406,7 @@ type DeleteServiceRequest struct {
 
 func (x *DeleteServiceRequest) Reset() {
 	*x = DeleteServiceRequest{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[54]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3085,7 +3418,7 @@ func (x *DeleteServiceRequest) String() string {
 func (*DeleteServiceRequest) ProtoMessage() {}
 
 func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[54]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3098,7 +3431,7 @@ func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteServiceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteServiceRequest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{54}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *DeleteServiceRequest) GetName() string {
@@ -3126,7 +3459,7 @@ type DeleteServiceResponse struct {
 
 func (x *DeleteServiceResponse) Reset() {
 	*x = DeleteServiceResponse{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[55]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3138,7 +3471,7 @@ func (x *DeleteServiceResponse) String() string {
 func (*DeleteServiceResponse) ProtoMessage() {}
 
 func (x *DeleteServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[55]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3151,7 +3484,7 @@ func (x *DeleteServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteServiceResponse.ProtoReflect.Descriptor instead.
 func (*DeleteServiceResponse) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{55}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *DeleteServiceResponse) GetService() *Service {
@@ -3232,11 +3565,12 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"G\n" +
 	"\x14AbortRolloutResponse\x12/\n" +
-	"\arollout\x18\x01 \x01(\v2\x15.fleetwave.v1.RolloutR\arollout\"J\n" +
+	"\arollout\x18\x01 \x01(\v2\x15.fleetwave.v1.RolloutR\arollout\"\x80\x01\n" +
 	"\x0fRollbackRequest\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1d\n" +
 	"\n" +
-	"to_version\x18\x02 \x01(\tR\ttoVersion\"C\n" +
+	"to_version\x18\x02 \x01(\tR\ttoVersion\x124\n" +
+	"\x06signed\x18\x03 \x01(\v2\x1c.fleetwave.v1.SignedRollbackR\x06signed\"C\n" +
 	"\x10RollbackResponse\x12/\n" +
 	"\arollout\x18\x01 \x01(\v2\x15.fleetwave.v1.RolloutR\arollout\"L\n" +
 	"\x11ListEventsRequest\x12\x18\n" +
@@ -3365,20 +3699,47 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\x05limit\x18\x01 \x01(\rR\x05limit\"G\n" +
 	"\x11ListAuditResponse\x122\n" +
 	"\aentries\x18\x01 \x03(\v2\x18.fleetwave.v1.AuditEntryR\aentries\"\x0f\n" +
-	"\rWhoAmIRequest\"X\n" +
+	"\rWhoAmIRequest\"\xa9\x01\n" +
 	"\x0eWhoAmIResponse\x12\x1a\n" +
 	"\bidentity\x18\x01 \x01(\tR\bidentity\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x16\n" +
-	"\x06method\x18\x03 \x01(\tR\x06method\",\n" +
+	"\x06method\x18\x03 \x01(\tR\x06method\x12\x16\n" +
+	"\x06serial\x18\x04 \x01(\tR\x06serial\x127\n" +
+	"\tnot_after\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\",\n" +
 	"\x11RemoveHostRequest\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\"\x14\n" +
-	"\x12RemoveHostResponse\"@\n" +
+	"\x12RemoveHostResponse\"\x87\x02\n" +
+	"\n" +
+	"Revocation\x12\x16\n" +
+	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x1a\n" +
+	"\bidentity\x18\x02 \x01(\tR\bidentity\x12\x18\n" +
+	"\asubject\x18\x03 \x01(\tR\asubject\x129\n" +
+	"\n" +
+	"revoked_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\x12\x1d\n" +
+	"\n" +
+	"revoked_by\x18\x05 \x01(\tR\trevokedBy\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\x129\n" +
+	"\n" +
+	"expires_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\xb9\x01\n" +
+	"\x18RevokeCertificateRequest\x12\x16\n" +
+	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x1a\n" +
+	"\bidentity\x18\x02 \x01(\tR\bidentity\x127\n" +
+	"\tnot_after\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\x12\x18\n" +
+	"\asubject\x18\x04 \x01(\tR\asubject\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\"U\n" +
+	"\x19RevokeCertificateResponse\x128\n" +
+	"\n" +
+	"revocation\x18\x01 \x01(\v2\x18.fleetwave.v1.RevocationR\n" +
+	"revocation\"\x18\n" +
+	"\x16ListRevocationsRequest\"U\n" +
+	"\x17ListRevocationsResponse\x12:\n" +
+	"\vrevocations\x18\x01 \x03(\v2\x18.fleetwave.v1.RevocationR\vrevocations\"@\n" +
 	"\x14DeleteServiceRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05force\x18\x02 \x01(\bR\x05force\"y\n" +
 	"\x15DeleteServiceResponse\x12/\n" +
 	"\aservice\x18\x01 \x01(\v2\x15.fleetwave.v1.ServiceR\aservice\x12/\n" +
-	"\arollout\x18\x02 \x01(\v2\x15.fleetwave.v1.RolloutR\arollout2\xcc\x10\n" +
+	"\arollout\x18\x02 \x01(\v2\x15.fleetwave.v1.RolloutR\arollout2\x92\x12\n" +
 	"\x0fOperatorService\x12U\n" +
 	"\fApplyService\x12!.fleetwave.v1.ApplyServiceRequest\x1a\".fleetwave.v1.ApplyServiceResponse\x12U\n" +
 	"\fListServices\x12!.fleetwave.v1.ListServicesRequest\x1a\".fleetwave.v1.ListServicesResponse\x12O\n" +
@@ -3408,7 +3769,9 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\tListAudit\x12\x1e.fleetwave.v1.ListAuditRequest\x1a\x1f.fleetwave.v1.ListAuditResponse\x12C\n" +
 	"\x06WhoAmI\x12\x1b.fleetwave.v1.WhoAmIRequest\x1a\x1c.fleetwave.v1.WhoAmIResponse\x12O\n" +
 	"\n" +
-	"RemoveHost\x12\x1f.fleetwave.v1.RemoveHostRequest\x1a .fleetwave.v1.RemoveHostResponse\x12X\n" +
+	"RemoveHost\x12\x1f.fleetwave.v1.RemoveHostRequest\x1a .fleetwave.v1.RemoveHostResponse\x12d\n" +
+	"\x11RevokeCertificate\x12&.fleetwave.v1.RevokeCertificateRequest\x1a'.fleetwave.v1.RevokeCertificateResponse\x12^\n" +
+	"\x0fListRevocations\x12$.fleetwave.v1.ListRevocationsRequest\x1a%.fleetwave.v1.ListRevocationsResponse\x12X\n" +
 	"\rDeleteService\x12\".fleetwave.v1.DeleteServiceRequest\x1a#.fleetwave.v1.DeleteServiceResponseB?Z=github.com/fleetwave/fleetwave/proto/fleetwave/v1;fleetwavev1b\x06proto3"
 
 var (
@@ -3423,174 +3786,191 @@ func file_fleetwave_v1_operator_proto_rawDescGZIP() []byte {
 	return file_fleetwave_v1_operator_proto_rawDescData
 }
 
-var file_fleetwave_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
+var file_fleetwave_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 61)
 var file_fleetwave_v1_operator_proto_goTypes = []any{
-	(*ApplyServiceRequest)(nil),     // 0: fleetwave.v1.ApplyServiceRequest
-	(*ApplyServiceResponse)(nil),    // 1: fleetwave.v1.ApplyServiceResponse
-	(*ListServicesRequest)(nil),     // 2: fleetwave.v1.ListServicesRequest
-	(*ListServicesResponse)(nil),    // 3: fleetwave.v1.ListServicesResponse
-	(*GetServiceRequest)(nil),       // 4: fleetwave.v1.GetServiceRequest
-	(*GetServiceResponse)(nil),      // 5: fleetwave.v1.GetServiceResponse
-	(*CreateReleaseRequest)(nil),    // 6: fleetwave.v1.CreateReleaseRequest
-	(*CreateReleaseResponse)(nil),   // 7: fleetwave.v1.CreateReleaseResponse
-	(*ListReleasesRequest)(nil),     // 8: fleetwave.v1.ListReleasesRequest
-	(*ListReleasesResponse)(nil),    // 9: fleetwave.v1.ListReleasesResponse
-	(*GetRolloutRequest)(nil),       // 10: fleetwave.v1.GetRolloutRequest
-	(*GetRolloutResponse)(nil),      // 11: fleetwave.v1.GetRolloutResponse
-	(*WatchRolloutRequest)(nil),     // 12: fleetwave.v1.WatchRolloutRequest
-	(*WatchRolloutResponse)(nil),    // 13: fleetwave.v1.WatchRolloutResponse
-	(*ApproveRolloutRequest)(nil),   // 14: fleetwave.v1.ApproveRolloutRequest
-	(*ApproveRolloutResponse)(nil),  // 15: fleetwave.v1.ApproveRolloutResponse
-	(*ListHostsRequest)(nil),        // 16: fleetwave.v1.ListHostsRequest
-	(*ListHostsResponse)(nil),       // 17: fleetwave.v1.ListHostsResponse
-	(*UnfreezeServiceRequest)(nil),  // 18: fleetwave.v1.UnfreezeServiceRequest
-	(*UnfreezeServiceResponse)(nil), // 19: fleetwave.v1.UnfreezeServiceResponse
-	(*PauseRolloutRequest)(nil),     // 20: fleetwave.v1.PauseRolloutRequest
-	(*PauseRolloutResponse)(nil),    // 21: fleetwave.v1.PauseRolloutResponse
-	(*ResumeRolloutRequest)(nil),    // 22: fleetwave.v1.ResumeRolloutRequest
-	(*ResumeRolloutResponse)(nil),   // 23: fleetwave.v1.ResumeRolloutResponse
-	(*AbortRolloutRequest)(nil),     // 24: fleetwave.v1.AbortRolloutRequest
-	(*AbortRolloutResponse)(nil),    // 25: fleetwave.v1.AbortRolloutResponse
-	(*RollbackRequest)(nil),         // 26: fleetwave.v1.RollbackRequest
-	(*RollbackResponse)(nil),        // 27: fleetwave.v1.RollbackResponse
-	(*ListEventsRequest)(nil),       // 28: fleetwave.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),      // 29: fleetwave.v1.ListEventsResponse
-	(*WatchEventsRequest)(nil),      // 30: fleetwave.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),     // 31: fleetwave.v1.WatchEventsResponse
-	(*ClusterStatusRequest)(nil),    // 32: fleetwave.v1.ClusterStatusRequest
-	(*CoordinatorInfo)(nil),         // 33: fleetwave.v1.CoordinatorInfo
-	(*EtcdMember)(nil),              // 34: fleetwave.v1.EtcdMember
-	(*ClusterStatusResponse)(nil),   // 35: fleetwave.v1.ClusterStatusResponse
-	(*GetStatsRequest)(nil),         // 36: fleetwave.v1.GetStatsRequest
-	(*GetStatsResponse)(nil),        // 37: fleetwave.v1.GetStatsResponse
-	(*DurationStats)(nil),           // 38: fleetwave.v1.DurationStats
-	(*DeployStats)(nil),             // 39: fleetwave.v1.DeployStats
-	(*Token)(nil),                   // 40: fleetwave.v1.Token
-	(*CreateTokenRequest)(nil),      // 41: fleetwave.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),     // 42: fleetwave.v1.CreateTokenResponse
-	(*ListTokensRequest)(nil),       // 43: fleetwave.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),      // 44: fleetwave.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),      // 45: fleetwave.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),     // 46: fleetwave.v1.RevokeTokenResponse
-	(*AuditEntry)(nil),              // 47: fleetwave.v1.AuditEntry
-	(*ListAuditRequest)(nil),        // 48: fleetwave.v1.ListAuditRequest
-	(*ListAuditResponse)(nil),       // 49: fleetwave.v1.ListAuditResponse
-	(*WhoAmIRequest)(nil),           // 50: fleetwave.v1.WhoAmIRequest
-	(*WhoAmIResponse)(nil),          // 51: fleetwave.v1.WhoAmIResponse
-	(*RemoveHostRequest)(nil),       // 52: fleetwave.v1.RemoveHostRequest
-	(*RemoveHostResponse)(nil),      // 53: fleetwave.v1.RemoveHostResponse
-	(*DeleteServiceRequest)(nil),    // 54: fleetwave.v1.DeleteServiceRequest
-	(*DeleteServiceResponse)(nil),   // 55: fleetwave.v1.DeleteServiceResponse
-	(*ServiceSpec)(nil),             // 56: fleetwave.v1.ServiceSpec
-	(*Service)(nil),                 // 57: fleetwave.v1.Service
-	(*Rollout)(nil),                 // 58: fleetwave.v1.Rollout
-	(*Release)(nil),                 // 59: fleetwave.v1.Release
-	(*Host)(nil),                    // 60: fleetwave.v1.Host
-	(*Event)(nil),                   // 61: fleetwave.v1.Event
-	(*timestamppb.Timestamp)(nil),   // 62: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 63: google.protobuf.Duration
+	(*ApplyServiceRequest)(nil),       // 0: fleetwave.v1.ApplyServiceRequest
+	(*ApplyServiceResponse)(nil),      // 1: fleetwave.v1.ApplyServiceResponse
+	(*ListServicesRequest)(nil),       // 2: fleetwave.v1.ListServicesRequest
+	(*ListServicesResponse)(nil),      // 3: fleetwave.v1.ListServicesResponse
+	(*GetServiceRequest)(nil),         // 4: fleetwave.v1.GetServiceRequest
+	(*GetServiceResponse)(nil),        // 5: fleetwave.v1.GetServiceResponse
+	(*CreateReleaseRequest)(nil),      // 6: fleetwave.v1.CreateReleaseRequest
+	(*CreateReleaseResponse)(nil),     // 7: fleetwave.v1.CreateReleaseResponse
+	(*ListReleasesRequest)(nil),       // 8: fleetwave.v1.ListReleasesRequest
+	(*ListReleasesResponse)(nil),      // 9: fleetwave.v1.ListReleasesResponse
+	(*GetRolloutRequest)(nil),         // 10: fleetwave.v1.GetRolloutRequest
+	(*GetRolloutResponse)(nil),        // 11: fleetwave.v1.GetRolloutResponse
+	(*WatchRolloutRequest)(nil),       // 12: fleetwave.v1.WatchRolloutRequest
+	(*WatchRolloutResponse)(nil),      // 13: fleetwave.v1.WatchRolloutResponse
+	(*ApproveRolloutRequest)(nil),     // 14: fleetwave.v1.ApproveRolloutRequest
+	(*ApproveRolloutResponse)(nil),    // 15: fleetwave.v1.ApproveRolloutResponse
+	(*ListHostsRequest)(nil),          // 16: fleetwave.v1.ListHostsRequest
+	(*ListHostsResponse)(nil),         // 17: fleetwave.v1.ListHostsResponse
+	(*UnfreezeServiceRequest)(nil),    // 18: fleetwave.v1.UnfreezeServiceRequest
+	(*UnfreezeServiceResponse)(nil),   // 19: fleetwave.v1.UnfreezeServiceResponse
+	(*PauseRolloutRequest)(nil),       // 20: fleetwave.v1.PauseRolloutRequest
+	(*PauseRolloutResponse)(nil),      // 21: fleetwave.v1.PauseRolloutResponse
+	(*ResumeRolloutRequest)(nil),      // 22: fleetwave.v1.ResumeRolloutRequest
+	(*ResumeRolloutResponse)(nil),     // 23: fleetwave.v1.ResumeRolloutResponse
+	(*AbortRolloutRequest)(nil),       // 24: fleetwave.v1.AbortRolloutRequest
+	(*AbortRolloutResponse)(nil),      // 25: fleetwave.v1.AbortRolloutResponse
+	(*RollbackRequest)(nil),           // 26: fleetwave.v1.RollbackRequest
+	(*RollbackResponse)(nil),          // 27: fleetwave.v1.RollbackResponse
+	(*ListEventsRequest)(nil),         // 28: fleetwave.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),        // 29: fleetwave.v1.ListEventsResponse
+	(*WatchEventsRequest)(nil),        // 30: fleetwave.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),       // 31: fleetwave.v1.WatchEventsResponse
+	(*ClusterStatusRequest)(nil),      // 32: fleetwave.v1.ClusterStatusRequest
+	(*CoordinatorInfo)(nil),           // 33: fleetwave.v1.CoordinatorInfo
+	(*EtcdMember)(nil),                // 34: fleetwave.v1.EtcdMember
+	(*ClusterStatusResponse)(nil),     // 35: fleetwave.v1.ClusterStatusResponse
+	(*GetStatsRequest)(nil),           // 36: fleetwave.v1.GetStatsRequest
+	(*GetStatsResponse)(nil),          // 37: fleetwave.v1.GetStatsResponse
+	(*DurationStats)(nil),             // 38: fleetwave.v1.DurationStats
+	(*DeployStats)(nil),               // 39: fleetwave.v1.DeployStats
+	(*Token)(nil),                     // 40: fleetwave.v1.Token
+	(*CreateTokenRequest)(nil),        // 41: fleetwave.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),       // 42: fleetwave.v1.CreateTokenResponse
+	(*ListTokensRequest)(nil),         // 43: fleetwave.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),        // 44: fleetwave.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),        // 45: fleetwave.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),       // 46: fleetwave.v1.RevokeTokenResponse
+	(*AuditEntry)(nil),                // 47: fleetwave.v1.AuditEntry
+	(*ListAuditRequest)(nil),          // 48: fleetwave.v1.ListAuditRequest
+	(*ListAuditResponse)(nil),         // 49: fleetwave.v1.ListAuditResponse
+	(*WhoAmIRequest)(nil),             // 50: fleetwave.v1.WhoAmIRequest
+	(*WhoAmIResponse)(nil),            // 51: fleetwave.v1.WhoAmIResponse
+	(*RemoveHostRequest)(nil),         // 52: fleetwave.v1.RemoveHostRequest
+	(*RemoveHostResponse)(nil),        // 53: fleetwave.v1.RemoveHostResponse
+	(*Revocation)(nil),                // 54: fleetwave.v1.Revocation
+	(*RevokeCertificateRequest)(nil),  // 55: fleetwave.v1.RevokeCertificateRequest
+	(*RevokeCertificateResponse)(nil), // 56: fleetwave.v1.RevokeCertificateResponse
+	(*ListRevocationsRequest)(nil),    // 57: fleetwave.v1.ListRevocationsRequest
+	(*ListRevocationsResponse)(nil),   // 58: fleetwave.v1.ListRevocationsResponse
+	(*DeleteServiceRequest)(nil),      // 59: fleetwave.v1.DeleteServiceRequest
+	(*DeleteServiceResponse)(nil),     // 60: fleetwave.v1.DeleteServiceResponse
+	(*ServiceSpec)(nil),               // 61: fleetwave.v1.ServiceSpec
+	(*Service)(nil),                   // 62: fleetwave.v1.Service
+	(*Rollout)(nil),                   // 63: fleetwave.v1.Rollout
+	(*Release)(nil),                   // 64: fleetwave.v1.Release
+	(*Host)(nil),                      // 65: fleetwave.v1.Host
+	(*SignedRollback)(nil),            // 66: fleetwave.v1.SignedRollback
+	(*Event)(nil),                     // 67: fleetwave.v1.Event
+	(*timestamppb.Timestamp)(nil),     // 68: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 69: google.protobuf.Duration
 }
 var file_fleetwave_v1_operator_proto_depIdxs = []int32{
-	56, // 0: fleetwave.v1.ApplyServiceRequest.spec:type_name -> fleetwave.v1.ServiceSpec
-	57, // 1: fleetwave.v1.ApplyServiceResponse.service:type_name -> fleetwave.v1.Service
-	58, // 2: fleetwave.v1.ApplyServiceResponse.rollout:type_name -> fleetwave.v1.Rollout
-	57, // 3: fleetwave.v1.ListServicesResponse.services:type_name -> fleetwave.v1.Service
-	57, // 4: fleetwave.v1.GetServiceResponse.service:type_name -> fleetwave.v1.Service
-	59, // 5: fleetwave.v1.CreateReleaseRequest.release:type_name -> fleetwave.v1.Release
-	59, // 6: fleetwave.v1.CreateReleaseResponse.release:type_name -> fleetwave.v1.Release
-	58, // 7: fleetwave.v1.CreateReleaseResponse.rollout:type_name -> fleetwave.v1.Rollout
-	59, // 8: fleetwave.v1.ListReleasesResponse.releases:type_name -> fleetwave.v1.Release
-	58, // 9: fleetwave.v1.GetRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	58, // 10: fleetwave.v1.WatchRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	58, // 11: fleetwave.v1.ApproveRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	60, // 12: fleetwave.v1.ListHostsResponse.hosts:type_name -> fleetwave.v1.Host
-	57, // 13: fleetwave.v1.UnfreezeServiceResponse.service:type_name -> fleetwave.v1.Service
-	58, // 14: fleetwave.v1.PauseRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	58, // 15: fleetwave.v1.ResumeRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	58, // 16: fleetwave.v1.AbortRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	58, // 17: fleetwave.v1.RollbackResponse.rollout:type_name -> fleetwave.v1.Rollout
-	61, // 18: fleetwave.v1.ListEventsResponse.events:type_name -> fleetwave.v1.Event
-	61, // 19: fleetwave.v1.WatchEventsResponse.event:type_name -> fleetwave.v1.Event
-	62, // 20: fleetwave.v1.CoordinatorInfo.started_at:type_name -> google.protobuf.Timestamp
-	33, // 21: fleetwave.v1.ClusterStatusResponse.coordinators:type_name -> fleetwave.v1.CoordinatorInfo
-	34, // 22: fleetwave.v1.ClusterStatusResponse.etcd_members:type_name -> fleetwave.v1.EtcdMember
-	63, // 23: fleetwave.v1.GetStatsRequest.since:type_name -> google.protobuf.Duration
-	39, // 24: fleetwave.v1.GetStatsResponse.services:type_name -> fleetwave.v1.DeployStats
-	39, // 25: fleetwave.v1.GetStatsResponse.fleet:type_name -> fleetwave.v1.DeployStats
-	62, // 26: fleetwave.v1.GetStatsResponse.from:type_name -> google.protobuf.Timestamp
-	62, // 27: fleetwave.v1.GetStatsResponse.to:type_name -> google.protobuf.Timestamp
-	63, // 28: fleetwave.v1.DurationStats.median:type_name -> google.protobuf.Duration
-	63, // 29: fleetwave.v1.DurationStats.p90:type_name -> google.protobuf.Duration
-	38, // 30: fleetwave.v1.DeployStats.lead_time:type_name -> fleetwave.v1.DurationStats
-	38, // 31: fleetwave.v1.DeployStats.commit_to_release:type_name -> fleetwave.v1.DurationStats
-	38, // 32: fleetwave.v1.DeployStats.release_to_start:type_name -> fleetwave.v1.DurationStats
-	38, // 33: fleetwave.v1.DeployStats.rollout:type_name -> fleetwave.v1.DurationStats
-	38, // 34: fleetwave.v1.DeployStats.bake:type_name -> fleetwave.v1.DurationStats
-	38, // 35: fleetwave.v1.DeployStats.time_to_restore:type_name -> fleetwave.v1.DurationStats
-	62, // 36: fleetwave.v1.Token.created_at:type_name -> google.protobuf.Timestamp
-	62, // 37: fleetwave.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
-	63, // 38: fleetwave.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
-	40, // 39: fleetwave.v1.CreateTokenResponse.token:type_name -> fleetwave.v1.Token
-	40, // 40: fleetwave.v1.ListTokensResponse.tokens:type_name -> fleetwave.v1.Token
-	62, // 41: fleetwave.v1.AuditEntry.at:type_name -> google.protobuf.Timestamp
-	47, // 42: fleetwave.v1.ListAuditResponse.entries:type_name -> fleetwave.v1.AuditEntry
-	57, // 43: fleetwave.v1.DeleteServiceResponse.service:type_name -> fleetwave.v1.Service
-	58, // 44: fleetwave.v1.DeleteServiceResponse.rollout:type_name -> fleetwave.v1.Rollout
-	0,  // 45: fleetwave.v1.OperatorService.ApplyService:input_type -> fleetwave.v1.ApplyServiceRequest
-	2,  // 46: fleetwave.v1.OperatorService.ListServices:input_type -> fleetwave.v1.ListServicesRequest
-	4,  // 47: fleetwave.v1.OperatorService.GetService:input_type -> fleetwave.v1.GetServiceRequest
-	6,  // 48: fleetwave.v1.OperatorService.CreateRelease:input_type -> fleetwave.v1.CreateReleaseRequest
-	8,  // 49: fleetwave.v1.OperatorService.ListReleases:input_type -> fleetwave.v1.ListReleasesRequest
-	10, // 50: fleetwave.v1.OperatorService.GetRollout:input_type -> fleetwave.v1.GetRolloutRequest
-	12, // 51: fleetwave.v1.OperatorService.WatchRollout:input_type -> fleetwave.v1.WatchRolloutRequest
-	14, // 52: fleetwave.v1.OperatorService.ApproveRollout:input_type -> fleetwave.v1.ApproveRolloutRequest
-	16, // 53: fleetwave.v1.OperatorService.ListHosts:input_type -> fleetwave.v1.ListHostsRequest
-	18, // 54: fleetwave.v1.OperatorService.UnfreezeService:input_type -> fleetwave.v1.UnfreezeServiceRequest
-	20, // 55: fleetwave.v1.OperatorService.PauseRollout:input_type -> fleetwave.v1.PauseRolloutRequest
-	22, // 56: fleetwave.v1.OperatorService.ResumeRollout:input_type -> fleetwave.v1.ResumeRolloutRequest
-	24, // 57: fleetwave.v1.OperatorService.AbortRollout:input_type -> fleetwave.v1.AbortRolloutRequest
-	26, // 58: fleetwave.v1.OperatorService.Rollback:input_type -> fleetwave.v1.RollbackRequest
-	28, // 59: fleetwave.v1.OperatorService.ListEvents:input_type -> fleetwave.v1.ListEventsRequest
-	30, // 60: fleetwave.v1.OperatorService.WatchEvents:input_type -> fleetwave.v1.WatchEventsRequest
-	32, // 61: fleetwave.v1.OperatorService.ClusterStatus:input_type -> fleetwave.v1.ClusterStatusRequest
-	36, // 62: fleetwave.v1.OperatorService.GetStats:input_type -> fleetwave.v1.GetStatsRequest
-	41, // 63: fleetwave.v1.OperatorService.CreateToken:input_type -> fleetwave.v1.CreateTokenRequest
-	43, // 64: fleetwave.v1.OperatorService.ListTokens:input_type -> fleetwave.v1.ListTokensRequest
-	45, // 65: fleetwave.v1.OperatorService.RevokeToken:input_type -> fleetwave.v1.RevokeTokenRequest
-	48, // 66: fleetwave.v1.OperatorService.ListAudit:input_type -> fleetwave.v1.ListAuditRequest
-	50, // 67: fleetwave.v1.OperatorService.WhoAmI:input_type -> fleetwave.v1.WhoAmIRequest
-	52, // 68: fleetwave.v1.OperatorService.RemoveHost:input_type -> fleetwave.v1.RemoveHostRequest
-	54, // 69: fleetwave.v1.OperatorService.DeleteService:input_type -> fleetwave.v1.DeleteServiceRequest
-	1,  // 70: fleetwave.v1.OperatorService.ApplyService:output_type -> fleetwave.v1.ApplyServiceResponse
-	3,  // 71: fleetwave.v1.OperatorService.ListServices:output_type -> fleetwave.v1.ListServicesResponse
-	5,  // 72: fleetwave.v1.OperatorService.GetService:output_type -> fleetwave.v1.GetServiceResponse
-	7,  // 73: fleetwave.v1.OperatorService.CreateRelease:output_type -> fleetwave.v1.CreateReleaseResponse
-	9,  // 74: fleetwave.v1.OperatorService.ListReleases:output_type -> fleetwave.v1.ListReleasesResponse
-	11, // 75: fleetwave.v1.OperatorService.GetRollout:output_type -> fleetwave.v1.GetRolloutResponse
-	13, // 76: fleetwave.v1.OperatorService.WatchRollout:output_type -> fleetwave.v1.WatchRolloutResponse
-	15, // 77: fleetwave.v1.OperatorService.ApproveRollout:output_type -> fleetwave.v1.ApproveRolloutResponse
-	17, // 78: fleetwave.v1.OperatorService.ListHosts:output_type -> fleetwave.v1.ListHostsResponse
-	19, // 79: fleetwave.v1.OperatorService.UnfreezeService:output_type -> fleetwave.v1.UnfreezeServiceResponse
-	21, // 80: fleetwave.v1.OperatorService.PauseRollout:output_type -> fleetwave.v1.PauseRolloutResponse
-	23, // 81: fleetwave.v1.OperatorService.ResumeRollout:output_type -> fleetwave.v1.ResumeRolloutResponse
-	25, // 82: fleetwave.v1.OperatorService.AbortRollout:output_type -> fleetwave.v1.AbortRolloutResponse
-	27, // 83: fleetwave.v1.OperatorService.Rollback:output_type -> fleetwave.v1.RollbackResponse
-	29, // 84: fleetwave.v1.OperatorService.ListEvents:output_type -> fleetwave.v1.ListEventsResponse
-	31, // 85: fleetwave.v1.OperatorService.WatchEvents:output_type -> fleetwave.v1.WatchEventsResponse
-	35, // 86: fleetwave.v1.OperatorService.ClusterStatus:output_type -> fleetwave.v1.ClusterStatusResponse
-	37, // 87: fleetwave.v1.OperatorService.GetStats:output_type -> fleetwave.v1.GetStatsResponse
-	42, // 88: fleetwave.v1.OperatorService.CreateToken:output_type -> fleetwave.v1.CreateTokenResponse
-	44, // 89: fleetwave.v1.OperatorService.ListTokens:output_type -> fleetwave.v1.ListTokensResponse
-	46, // 90: fleetwave.v1.OperatorService.RevokeToken:output_type -> fleetwave.v1.RevokeTokenResponse
-	49, // 91: fleetwave.v1.OperatorService.ListAudit:output_type -> fleetwave.v1.ListAuditResponse
-	51, // 92: fleetwave.v1.OperatorService.WhoAmI:output_type -> fleetwave.v1.WhoAmIResponse
-	53, // 93: fleetwave.v1.OperatorService.RemoveHost:output_type -> fleetwave.v1.RemoveHostResponse
-	55, // 94: fleetwave.v1.OperatorService.DeleteService:output_type -> fleetwave.v1.DeleteServiceResponse
-	70, // [70:95] is the sub-list for method output_type
-	45, // [45:70] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	61, // 0: fleetwave.v1.ApplyServiceRequest.spec:type_name -> fleetwave.v1.ServiceSpec
+	62, // 1: fleetwave.v1.ApplyServiceResponse.service:type_name -> fleetwave.v1.Service
+	63, // 2: fleetwave.v1.ApplyServiceResponse.rollout:type_name -> fleetwave.v1.Rollout
+	62, // 3: fleetwave.v1.ListServicesResponse.services:type_name -> fleetwave.v1.Service
+	62, // 4: fleetwave.v1.GetServiceResponse.service:type_name -> fleetwave.v1.Service
+	64, // 5: fleetwave.v1.CreateReleaseRequest.release:type_name -> fleetwave.v1.Release
+	64, // 6: fleetwave.v1.CreateReleaseResponse.release:type_name -> fleetwave.v1.Release
+	63, // 7: fleetwave.v1.CreateReleaseResponse.rollout:type_name -> fleetwave.v1.Rollout
+	64, // 8: fleetwave.v1.ListReleasesResponse.releases:type_name -> fleetwave.v1.Release
+	63, // 9: fleetwave.v1.GetRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	63, // 10: fleetwave.v1.WatchRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	63, // 11: fleetwave.v1.ApproveRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	65, // 12: fleetwave.v1.ListHostsResponse.hosts:type_name -> fleetwave.v1.Host
+	62, // 13: fleetwave.v1.UnfreezeServiceResponse.service:type_name -> fleetwave.v1.Service
+	63, // 14: fleetwave.v1.PauseRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	63, // 15: fleetwave.v1.ResumeRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	63, // 16: fleetwave.v1.AbortRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	66, // 17: fleetwave.v1.RollbackRequest.signed:type_name -> fleetwave.v1.SignedRollback
+	63, // 18: fleetwave.v1.RollbackResponse.rollout:type_name -> fleetwave.v1.Rollout
+	67, // 19: fleetwave.v1.ListEventsResponse.events:type_name -> fleetwave.v1.Event
+	67, // 20: fleetwave.v1.WatchEventsResponse.event:type_name -> fleetwave.v1.Event
+	68, // 21: fleetwave.v1.CoordinatorInfo.started_at:type_name -> google.protobuf.Timestamp
+	33, // 22: fleetwave.v1.ClusterStatusResponse.coordinators:type_name -> fleetwave.v1.CoordinatorInfo
+	34, // 23: fleetwave.v1.ClusterStatusResponse.etcd_members:type_name -> fleetwave.v1.EtcdMember
+	69, // 24: fleetwave.v1.GetStatsRequest.since:type_name -> google.protobuf.Duration
+	39, // 25: fleetwave.v1.GetStatsResponse.services:type_name -> fleetwave.v1.DeployStats
+	39, // 26: fleetwave.v1.GetStatsResponse.fleet:type_name -> fleetwave.v1.DeployStats
+	68, // 27: fleetwave.v1.GetStatsResponse.from:type_name -> google.protobuf.Timestamp
+	68, // 28: fleetwave.v1.GetStatsResponse.to:type_name -> google.protobuf.Timestamp
+	69, // 29: fleetwave.v1.DurationStats.median:type_name -> google.protobuf.Duration
+	69, // 30: fleetwave.v1.DurationStats.p90:type_name -> google.protobuf.Duration
+	38, // 31: fleetwave.v1.DeployStats.lead_time:type_name -> fleetwave.v1.DurationStats
+	38, // 32: fleetwave.v1.DeployStats.commit_to_release:type_name -> fleetwave.v1.DurationStats
+	38, // 33: fleetwave.v1.DeployStats.release_to_start:type_name -> fleetwave.v1.DurationStats
+	38, // 34: fleetwave.v1.DeployStats.rollout:type_name -> fleetwave.v1.DurationStats
+	38, // 35: fleetwave.v1.DeployStats.bake:type_name -> fleetwave.v1.DurationStats
+	38, // 36: fleetwave.v1.DeployStats.time_to_restore:type_name -> fleetwave.v1.DurationStats
+	68, // 37: fleetwave.v1.Token.created_at:type_name -> google.protobuf.Timestamp
+	68, // 38: fleetwave.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	69, // 39: fleetwave.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
+	40, // 40: fleetwave.v1.CreateTokenResponse.token:type_name -> fleetwave.v1.Token
+	40, // 41: fleetwave.v1.ListTokensResponse.tokens:type_name -> fleetwave.v1.Token
+	68, // 42: fleetwave.v1.AuditEntry.at:type_name -> google.protobuf.Timestamp
+	47, // 43: fleetwave.v1.ListAuditResponse.entries:type_name -> fleetwave.v1.AuditEntry
+	68, // 44: fleetwave.v1.WhoAmIResponse.not_after:type_name -> google.protobuf.Timestamp
+	68, // 45: fleetwave.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
+	68, // 46: fleetwave.v1.Revocation.expires_at:type_name -> google.protobuf.Timestamp
+	68, // 47: fleetwave.v1.RevokeCertificateRequest.not_after:type_name -> google.protobuf.Timestamp
+	54, // 48: fleetwave.v1.RevokeCertificateResponse.revocation:type_name -> fleetwave.v1.Revocation
+	54, // 49: fleetwave.v1.ListRevocationsResponse.revocations:type_name -> fleetwave.v1.Revocation
+	62, // 50: fleetwave.v1.DeleteServiceResponse.service:type_name -> fleetwave.v1.Service
+	63, // 51: fleetwave.v1.DeleteServiceResponse.rollout:type_name -> fleetwave.v1.Rollout
+	0,  // 52: fleetwave.v1.OperatorService.ApplyService:input_type -> fleetwave.v1.ApplyServiceRequest
+	2,  // 53: fleetwave.v1.OperatorService.ListServices:input_type -> fleetwave.v1.ListServicesRequest
+	4,  // 54: fleetwave.v1.OperatorService.GetService:input_type -> fleetwave.v1.GetServiceRequest
+	6,  // 55: fleetwave.v1.OperatorService.CreateRelease:input_type -> fleetwave.v1.CreateReleaseRequest
+	8,  // 56: fleetwave.v1.OperatorService.ListReleases:input_type -> fleetwave.v1.ListReleasesRequest
+	10, // 57: fleetwave.v1.OperatorService.GetRollout:input_type -> fleetwave.v1.GetRolloutRequest
+	12, // 58: fleetwave.v1.OperatorService.WatchRollout:input_type -> fleetwave.v1.WatchRolloutRequest
+	14, // 59: fleetwave.v1.OperatorService.ApproveRollout:input_type -> fleetwave.v1.ApproveRolloutRequest
+	16, // 60: fleetwave.v1.OperatorService.ListHosts:input_type -> fleetwave.v1.ListHostsRequest
+	18, // 61: fleetwave.v1.OperatorService.UnfreezeService:input_type -> fleetwave.v1.UnfreezeServiceRequest
+	20, // 62: fleetwave.v1.OperatorService.PauseRollout:input_type -> fleetwave.v1.PauseRolloutRequest
+	22, // 63: fleetwave.v1.OperatorService.ResumeRollout:input_type -> fleetwave.v1.ResumeRolloutRequest
+	24, // 64: fleetwave.v1.OperatorService.AbortRollout:input_type -> fleetwave.v1.AbortRolloutRequest
+	26, // 65: fleetwave.v1.OperatorService.Rollback:input_type -> fleetwave.v1.RollbackRequest
+	28, // 66: fleetwave.v1.OperatorService.ListEvents:input_type -> fleetwave.v1.ListEventsRequest
+	30, // 67: fleetwave.v1.OperatorService.WatchEvents:input_type -> fleetwave.v1.WatchEventsRequest
+	32, // 68: fleetwave.v1.OperatorService.ClusterStatus:input_type -> fleetwave.v1.ClusterStatusRequest
+	36, // 69: fleetwave.v1.OperatorService.GetStats:input_type -> fleetwave.v1.GetStatsRequest
+	41, // 70: fleetwave.v1.OperatorService.CreateToken:input_type -> fleetwave.v1.CreateTokenRequest
+	43, // 71: fleetwave.v1.OperatorService.ListTokens:input_type -> fleetwave.v1.ListTokensRequest
+	45, // 72: fleetwave.v1.OperatorService.RevokeToken:input_type -> fleetwave.v1.RevokeTokenRequest
+	48, // 73: fleetwave.v1.OperatorService.ListAudit:input_type -> fleetwave.v1.ListAuditRequest
+	50, // 74: fleetwave.v1.OperatorService.WhoAmI:input_type -> fleetwave.v1.WhoAmIRequest
+	52, // 75: fleetwave.v1.OperatorService.RemoveHost:input_type -> fleetwave.v1.RemoveHostRequest
+	55, // 76: fleetwave.v1.OperatorService.RevokeCertificate:input_type -> fleetwave.v1.RevokeCertificateRequest
+	57, // 77: fleetwave.v1.OperatorService.ListRevocations:input_type -> fleetwave.v1.ListRevocationsRequest
+	59, // 78: fleetwave.v1.OperatorService.DeleteService:input_type -> fleetwave.v1.DeleteServiceRequest
+	1,  // 79: fleetwave.v1.OperatorService.ApplyService:output_type -> fleetwave.v1.ApplyServiceResponse
+	3,  // 80: fleetwave.v1.OperatorService.ListServices:output_type -> fleetwave.v1.ListServicesResponse
+	5,  // 81: fleetwave.v1.OperatorService.GetService:output_type -> fleetwave.v1.GetServiceResponse
+	7,  // 82: fleetwave.v1.OperatorService.CreateRelease:output_type -> fleetwave.v1.CreateReleaseResponse
+	9,  // 83: fleetwave.v1.OperatorService.ListReleases:output_type -> fleetwave.v1.ListReleasesResponse
+	11, // 84: fleetwave.v1.OperatorService.GetRollout:output_type -> fleetwave.v1.GetRolloutResponse
+	13, // 85: fleetwave.v1.OperatorService.WatchRollout:output_type -> fleetwave.v1.WatchRolloutResponse
+	15, // 86: fleetwave.v1.OperatorService.ApproveRollout:output_type -> fleetwave.v1.ApproveRolloutResponse
+	17, // 87: fleetwave.v1.OperatorService.ListHosts:output_type -> fleetwave.v1.ListHostsResponse
+	19, // 88: fleetwave.v1.OperatorService.UnfreezeService:output_type -> fleetwave.v1.UnfreezeServiceResponse
+	21, // 89: fleetwave.v1.OperatorService.PauseRollout:output_type -> fleetwave.v1.PauseRolloutResponse
+	23, // 90: fleetwave.v1.OperatorService.ResumeRollout:output_type -> fleetwave.v1.ResumeRolloutResponse
+	25, // 91: fleetwave.v1.OperatorService.AbortRollout:output_type -> fleetwave.v1.AbortRolloutResponse
+	27, // 92: fleetwave.v1.OperatorService.Rollback:output_type -> fleetwave.v1.RollbackResponse
+	29, // 93: fleetwave.v1.OperatorService.ListEvents:output_type -> fleetwave.v1.ListEventsResponse
+	31, // 94: fleetwave.v1.OperatorService.WatchEvents:output_type -> fleetwave.v1.WatchEventsResponse
+	35, // 95: fleetwave.v1.OperatorService.ClusterStatus:output_type -> fleetwave.v1.ClusterStatusResponse
+	37, // 96: fleetwave.v1.OperatorService.GetStats:output_type -> fleetwave.v1.GetStatsResponse
+	42, // 97: fleetwave.v1.OperatorService.CreateToken:output_type -> fleetwave.v1.CreateTokenResponse
+	44, // 98: fleetwave.v1.OperatorService.ListTokens:output_type -> fleetwave.v1.ListTokensResponse
+	46, // 99: fleetwave.v1.OperatorService.RevokeToken:output_type -> fleetwave.v1.RevokeTokenResponse
+	49, // 100: fleetwave.v1.OperatorService.ListAudit:output_type -> fleetwave.v1.ListAuditResponse
+	51, // 101: fleetwave.v1.OperatorService.WhoAmI:output_type -> fleetwave.v1.WhoAmIResponse
+	53, // 102: fleetwave.v1.OperatorService.RemoveHost:output_type -> fleetwave.v1.RemoveHostResponse
+	56, // 103: fleetwave.v1.OperatorService.RevokeCertificate:output_type -> fleetwave.v1.RevokeCertificateResponse
+	58, // 104: fleetwave.v1.OperatorService.ListRevocations:output_type -> fleetwave.v1.ListRevocationsResponse
+	60, // 105: fleetwave.v1.OperatorService.DeleteService:output_type -> fleetwave.v1.DeleteServiceResponse
+	79, // [79:106] is the sub-list for method output_type
+	52, // [52:79] is the sub-list for method input_type
+	52, // [52:52] is the sub-list for extension type_name
+	52, // [52:52] is the sub-list for extension extendee
+	0,  // [0:52] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_operator_proto_init() }
@@ -3605,7 +3985,7 @@ func file_fleetwave_v1_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fleetwave_v1_operator_proto_rawDesc), len(file_fleetwave_v1_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   56,
+			NumMessages:   61,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

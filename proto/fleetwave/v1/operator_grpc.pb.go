@@ -19,31 +19,33 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	OperatorService_ApplyService_FullMethodName    = "/fleetwave.v1.OperatorService/ApplyService"
-	OperatorService_ListServices_FullMethodName    = "/fleetwave.v1.OperatorService/ListServices"
-	OperatorService_GetService_FullMethodName      = "/fleetwave.v1.OperatorService/GetService"
-	OperatorService_CreateRelease_FullMethodName   = "/fleetwave.v1.OperatorService/CreateRelease"
-	OperatorService_ListReleases_FullMethodName    = "/fleetwave.v1.OperatorService/ListReleases"
-	OperatorService_GetRollout_FullMethodName      = "/fleetwave.v1.OperatorService/GetRollout"
-	OperatorService_WatchRollout_FullMethodName    = "/fleetwave.v1.OperatorService/WatchRollout"
-	OperatorService_ApproveRollout_FullMethodName  = "/fleetwave.v1.OperatorService/ApproveRollout"
-	OperatorService_ListHosts_FullMethodName       = "/fleetwave.v1.OperatorService/ListHosts"
-	OperatorService_UnfreezeService_FullMethodName = "/fleetwave.v1.OperatorService/UnfreezeService"
-	OperatorService_PauseRollout_FullMethodName    = "/fleetwave.v1.OperatorService/PauseRollout"
-	OperatorService_ResumeRollout_FullMethodName   = "/fleetwave.v1.OperatorService/ResumeRollout"
-	OperatorService_AbortRollout_FullMethodName    = "/fleetwave.v1.OperatorService/AbortRollout"
-	OperatorService_Rollback_FullMethodName        = "/fleetwave.v1.OperatorService/Rollback"
-	OperatorService_ListEvents_FullMethodName      = "/fleetwave.v1.OperatorService/ListEvents"
-	OperatorService_WatchEvents_FullMethodName     = "/fleetwave.v1.OperatorService/WatchEvents"
-	OperatorService_ClusterStatus_FullMethodName   = "/fleetwave.v1.OperatorService/ClusterStatus"
-	OperatorService_GetStats_FullMethodName        = "/fleetwave.v1.OperatorService/GetStats"
-	OperatorService_CreateToken_FullMethodName     = "/fleetwave.v1.OperatorService/CreateToken"
-	OperatorService_ListTokens_FullMethodName      = "/fleetwave.v1.OperatorService/ListTokens"
-	OperatorService_RevokeToken_FullMethodName     = "/fleetwave.v1.OperatorService/RevokeToken"
-	OperatorService_ListAudit_FullMethodName       = "/fleetwave.v1.OperatorService/ListAudit"
-	OperatorService_WhoAmI_FullMethodName          = "/fleetwave.v1.OperatorService/WhoAmI"
-	OperatorService_RemoveHost_FullMethodName      = "/fleetwave.v1.OperatorService/RemoveHost"
-	OperatorService_DeleteService_FullMethodName   = "/fleetwave.v1.OperatorService/DeleteService"
+	OperatorService_ApplyService_FullMethodName      = "/fleetwave.v1.OperatorService/ApplyService"
+	OperatorService_ListServices_FullMethodName      = "/fleetwave.v1.OperatorService/ListServices"
+	OperatorService_GetService_FullMethodName        = "/fleetwave.v1.OperatorService/GetService"
+	OperatorService_CreateRelease_FullMethodName     = "/fleetwave.v1.OperatorService/CreateRelease"
+	OperatorService_ListReleases_FullMethodName      = "/fleetwave.v1.OperatorService/ListReleases"
+	OperatorService_GetRollout_FullMethodName        = "/fleetwave.v1.OperatorService/GetRollout"
+	OperatorService_WatchRollout_FullMethodName      = "/fleetwave.v1.OperatorService/WatchRollout"
+	OperatorService_ApproveRollout_FullMethodName    = "/fleetwave.v1.OperatorService/ApproveRollout"
+	OperatorService_ListHosts_FullMethodName         = "/fleetwave.v1.OperatorService/ListHosts"
+	OperatorService_UnfreezeService_FullMethodName   = "/fleetwave.v1.OperatorService/UnfreezeService"
+	OperatorService_PauseRollout_FullMethodName      = "/fleetwave.v1.OperatorService/PauseRollout"
+	OperatorService_ResumeRollout_FullMethodName     = "/fleetwave.v1.OperatorService/ResumeRollout"
+	OperatorService_AbortRollout_FullMethodName      = "/fleetwave.v1.OperatorService/AbortRollout"
+	OperatorService_Rollback_FullMethodName          = "/fleetwave.v1.OperatorService/Rollback"
+	OperatorService_ListEvents_FullMethodName        = "/fleetwave.v1.OperatorService/ListEvents"
+	OperatorService_WatchEvents_FullMethodName       = "/fleetwave.v1.OperatorService/WatchEvents"
+	OperatorService_ClusterStatus_FullMethodName     = "/fleetwave.v1.OperatorService/ClusterStatus"
+	OperatorService_GetStats_FullMethodName          = "/fleetwave.v1.OperatorService/GetStats"
+	OperatorService_CreateToken_FullMethodName       = "/fleetwave.v1.OperatorService/CreateToken"
+	OperatorService_ListTokens_FullMethodName        = "/fleetwave.v1.OperatorService/ListTokens"
+	OperatorService_RevokeToken_FullMethodName       = "/fleetwave.v1.OperatorService/RevokeToken"
+	OperatorService_ListAudit_FullMethodName         = "/fleetwave.v1.OperatorService/ListAudit"
+	OperatorService_WhoAmI_FullMethodName            = "/fleetwave.v1.OperatorService/WhoAmI"
+	OperatorService_RemoveHost_FullMethodName        = "/fleetwave.v1.OperatorService/RemoveHost"
+	OperatorService_RevokeCertificate_FullMethodName = "/fleetwave.v1.OperatorService/RevokeCertificate"
+	OperatorService_ListRevocations_FullMethodName   = "/fleetwave.v1.OperatorService/ListRevocations"
+	OperatorService_DeleteService_FullMethodName     = "/fleetwave.v1.OperatorService/DeleteService"
 )
 
 // OperatorServiceClient is the client API for OperatorService service.
@@ -101,6 +103,16 @@ type OperatorServiceClient interface {
 	// reports. Refused while its agent is connected. New rollouts no longer
 	// plan it; a host that connects again is recorded anew.
 	RemoveHost(ctx context.Context, in *RemoveHostRequest, opts ...grpc.CallOption) (*RemoveHostResponse, error)
+	// RevokeCertificate (admin) refuses a certificate from now on: in the TLS
+	// handshake, on every call and stream, and it ends the streams it holds
+	// open. Either one certificate by serial, or every certificate of an
+	// identity issued until now (an agent's host, an operator, a
+	// coordinator); an agent's host then needs a join token created after
+	// the revocation to get a new certificate.
+	RevokeCertificate(ctx context.Context, in *RevokeCertificateRequest, opts ...grpc.CallOption) (*RevokeCertificateResponse, error)
+	// ListRevocations (admin) lists the revocations kept (until the
+	// certificates they cover have expired).
+	ListRevocations(ctx context.Context, in *ListRevocationsRequest, opts ...grpc.CallOption) (*ListRevocationsResponse, error)
 	// DeleteService removes a service from its hosts in waves (admin): each
 	// host stops it and removes its files; then the service is deleted, its
 	// history kept. Refused while a rollout is in flight unless force (the
@@ -374,6 +386,26 @@ func (c *operatorServiceClient) RemoveHost(ctx context.Context, in *RemoveHostRe
 	return out, nil
 }
 
+func (c *operatorServiceClient) RevokeCertificate(ctx context.Context, in *RevokeCertificateRequest, opts ...grpc.CallOption) (*RevokeCertificateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeCertificateResponse)
+	err := c.cc.Invoke(ctx, OperatorService_RevokeCertificate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorServiceClient) ListRevocations(ctx context.Context, in *ListRevocationsRequest, opts ...grpc.CallOption) (*ListRevocationsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListRevocationsResponse)
+	err := c.cc.Invoke(ctx, OperatorService_ListRevocations_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *operatorServiceClient) DeleteService(ctx context.Context, in *DeleteServiceRequest, opts ...grpc.CallOption) (*DeleteServiceResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(DeleteServiceResponse)
@@ -439,6 +471,16 @@ type OperatorServiceServer interface {
 	// reports. Refused while its agent is connected. New rollouts no longer
 	// plan it; a host that connects again is recorded anew.
 	RemoveHost(context.Context, *RemoveHostRequest) (*RemoveHostResponse, error)
+	// RevokeCertificate (admin) refuses a certificate from now on: in the TLS
+	// handshake, on every call and stream, and it ends the streams it holds
+	// open. Either one certificate by serial, or every certificate of an
+	// identity issued until now (an agent's host, an operator, a
+	// coordinator); an agent's host then needs a join token created after
+	// the revocation to get a new certificate.
+	RevokeCertificate(context.Context, *RevokeCertificateRequest) (*RevokeCertificateResponse, error)
+	// ListRevocations (admin) lists the revocations kept (until the
+	// certificates they cover have expired).
+	ListRevocations(context.Context, *ListRevocationsRequest) (*ListRevocationsResponse, error)
 	// DeleteService removes a service from its hosts in waves (admin): each
 	// host stops it and removes its files; then the service is deleted, its
 	// history kept. Refused while a rollout is in flight unless force (the
@@ -525,6 +567,12 @@ func (UnimplementedOperatorServiceServer) WhoAmI(context.Context, *WhoAmIRequest
 }
 func (UnimplementedOperatorServiceServer) RemoveHost(context.Context, *RemoveHostRequest) (*RemoveHostResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RemoveHost not implemented")
+}
+func (UnimplementedOperatorServiceServer) RevokeCertificate(context.Context, *RevokeCertificateRequest) (*RevokeCertificateResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RevokeCertificate not implemented")
+}
+func (UnimplementedOperatorServiceServer) ListRevocations(context.Context, *ListRevocationsRequest) (*ListRevocationsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListRevocations not implemented")
 }
 func (UnimplementedOperatorServiceServer) DeleteService(context.Context, *DeleteServiceRequest) (*DeleteServiceResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method DeleteService not implemented")
@@ -968,6 +1016,42 @@ func _OperatorService_RemoveHost_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _OperatorService_RevokeCertificate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeCertificateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServiceServer).RevokeCertificate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OperatorService_RevokeCertificate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServiceServer).RevokeCertificate(ctx, req.(*RevokeCertificateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _OperatorService_ListRevocations_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRevocationsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServiceServer).ListRevocations(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OperatorService_ListRevocations_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServiceServer).ListRevocations(ctx, req.(*ListRevocationsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _OperatorService_DeleteService_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(DeleteServiceRequest)
 	if err := dec(in); err != nil {
@@ -1080,6 +1164,14 @@ var OperatorService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RemoveHost",
 			Handler:    _OperatorService_RemoveHost_Handler,
+		},
+		{
+			MethodName: "RevokeCertificate",
+			Handler:    _OperatorService_RevokeCertificate_Handler,
+		},
+		{
+			MethodName: "ListRevocations",
+			Handler:    _OperatorService_ListRevocations_Handler,
 		},
 		{
 			MethodName: "DeleteService",

@@ -1772,7 +1772,9 @@ func (x *Release) GetSigned() *SignedManifest {
 	return nil
 }
 
-// ReleaseManifest is what CI signs: the release's identity and artifact.
+// ReleaseManifest is what CI signs: the release's identity and artifact,
+// what it runs (a digest of the spec) and its place in the service's signed
+// history (sequence).
 type ReleaseManifest struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Service        string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
@@ -1783,7 +1785,20 @@ type ReleaseManifest struct {
 	CommitTime     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=commit_time,json=commitTime,proto3" json:"commit_time,omitempty"`
 	SignedAt       *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=signed_at,json=signedAt,proto3" json:"signed_at,omitempty"`
 	// Agents refuse to install the release after this time.
-	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// The URL agents fetch the artifact from ("" = from the coordinators):
+	// an agent with trusted keys fetches only from the URL CI signed.
+	ArtifactUrl string `protobuf:"bytes,9,opt,name=artifact_url,json=artifactUrl,proto3" json:"artifact_url,omitempty"`
+	// sha256 (hex) of what the agent runs of the service spec the release is
+	// assigned with: name, run, checks, min_healthy_time, healthy_deadline
+	// and analysis, deterministically encoded (signing.SpecDigest). Agents
+	// with trusted keys refuse the release with any other spec.
+	SpecSha256 string `protobuf:"bytes,10,opt,name=spec_sha256,json=specSha256,proto3" json:"spec_sha256,omitempty"`
+	// The release's place in the service's signed history (1, 2, ...; TUF's
+	// version number): an agent with trusted keys never accepts a release
+	// below the highest sequence it accepted for the service, unless a signed
+	// rollback statement names it.
+	Sequence      uint64 `protobuf:"varint,11,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1874,6 +1889,191 @@ func (x *ReleaseManifest) GetExpiresAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *ReleaseManifest) GetArtifactUrl() string {
+	if x != nil {
+		return x.ArtifactUrl
+	}
+	return ""
+}
+
+func (x *ReleaseManifest) GetSpecSha256() string {
+	if x != nil {
+		return x.SpecSha256
+	}
+	return ""
+}
+
+func (x *ReleaseManifest) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+// RollbackStatement is what an operator signs to let agents go back to a
+// release below their floor (fleetwave rollback --to V --sign KEY).
+type RollbackStatement struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Service   string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	ToVersion string                 `protobuf:"bytes,2,opt,name=to_version,json=toVersion,proto3" json:"to_version,omitempty"`
+	// sha256 (hex) of the target release's signed manifest bytes
+	// (SignedManifest.manifest): exactly that signed release.
+	ToManifestSha256 string `protobuf:"bytes,3,opt,name=to_manifest_sha256,json=toManifestSha256,proto3" json:"to_manifest_sha256,omitempty"`
+	// Valid only on hosts whose floor is at most this (the highest sequence
+	// of the service's signed releases when it was signed), so it cannot undo
+	// releases signed after it.
+	MaxFloor uint64 `protobuf:"varint,4,opt,name=max_floor,json=maxFloor,proto3" json:"max_floor,omitempty"`
+	// When set, the spec the target runs with instead of the one its manifest
+	// names (a rollback under a changed spec).
+	SpecSha256    string                 `protobuf:"bytes,5,opt,name=spec_sha256,json=specSha256,proto3" json:"spec_sha256,omitempty"`
+	SignedAt      *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=signed_at,json=signedAt,proto3" json:"signed_at,omitempty"`
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RollbackStatement) Reset() {
+	*x = RollbackStatement{}
+	mi := &file_fleetwave_v1_types_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollbackStatement) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollbackStatement) ProtoMessage() {}
+
+func (x *RollbackStatement) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_types_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollbackStatement.ProtoReflect.Descriptor instead.
+func (*RollbackStatement) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *RollbackStatement) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *RollbackStatement) GetToVersion() string {
+	if x != nil {
+		return x.ToVersion
+	}
+	return ""
+}
+
+func (x *RollbackStatement) GetToManifestSha256() string {
+	if x != nil {
+		return x.ToManifestSha256
+	}
+	return ""
+}
+
+func (x *RollbackStatement) GetMaxFloor() uint64 {
+	if x != nil {
+		return x.MaxFloor
+	}
+	return 0
+}
+
+func (x *RollbackStatement) GetSpecSha256() string {
+	if x != nil {
+		return x.SpecSha256
+	}
+	return ""
+}
+
+func (x *RollbackStatement) GetSignedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SignedAt
+	}
+	return nil
+}
+
+func (x *RollbackStatement) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+// SignedRollback carries a serialized RollbackStatement and an ed25519
+// signature over "fleetwave rollback statement v1\n" followed by those
+// bytes (the prefix keeps it from ever verifying as a manifest).
+type SignedRollback struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Statement     []byte                 `protobuf:"bytes,1,opt,name=statement,proto3" json:"statement,omitempty"`
+	Signature     []byte                 `protobuf:"bytes,2,opt,name=signature,proto3" json:"signature,omitempty"`
+	KeyId         string                 `protobuf:"bytes,3,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignedRollback) Reset() {
+	*x = SignedRollback{}
+	mi := &file_fleetwave_v1_types_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignedRollback) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignedRollback) ProtoMessage() {}
+
+func (x *SignedRollback) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_types_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignedRollback.ProtoReflect.Descriptor instead.
+func (*SignedRollback) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *SignedRollback) GetStatement() []byte {
+	if x != nil {
+		return x.Statement
+	}
+	return nil
+}
+
+func (x *SignedRollback) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+func (x *SignedRollback) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
 // SignedManifest carries a serialized ReleaseManifest and an ed25519
 // signature over exactly those bytes.
 type SignedManifest struct {
@@ -1890,7 +2090,7 @@ type SignedManifest struct {
 
 func (x *SignedManifest) Reset() {
 	*x = SignedManifest{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[19]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1902,7 +2102,7 @@ func (x *SignedManifest) String() string {
 func (*SignedManifest) ProtoMessage() {}
 
 func (x *SignedManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[19]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1915,7 +2115,7 @@ func (x *SignedManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignedManifest.ProtoReflect.Descriptor instead.
 func (*SignedManifest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{19}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SignedManifest) GetManifest() []byte {
@@ -1978,7 +2178,7 @@ type ServiceStatus struct {
 
 func (x *ServiceStatus) Reset() {
 	*x = ServiceStatus{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[20]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1990,7 +2190,7 @@ func (x *ServiceStatus) String() string {
 func (*ServiceStatus) ProtoMessage() {}
 
 func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[20]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2003,7 +2203,7 @@ func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStatus.ProtoReflect.Descriptor instead.
 func (*ServiceStatus) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{20}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ServiceStatus) GetStableVersion() string {
@@ -2106,7 +2306,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2118,7 +2318,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2131,7 +2331,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{21}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Service) GetSpec() *ServiceSpec {
@@ -2180,7 +2380,7 @@ type HostProgress struct {
 
 func (x *HostProgress) Reset() {
 	*x = HostProgress{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2192,7 +2392,7 @@ func (x *HostProgress) String() string {
 func (*HostProgress) ProtoMessage() {}
 
 func (x *HostProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2205,7 +2405,7 @@ func (x *HostProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostProgress.ProtoReflect.Descriptor instead.
 func (*HostProgress) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{22}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *HostProgress) GetHostId() string {
@@ -2277,7 +2477,7 @@ type Wave struct {
 
 func (x *Wave) Reset() {
 	*x = Wave{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2289,7 +2489,7 @@ func (x *Wave) String() string {
 func (*Wave) ProtoMessage() {}
 
 func (x *Wave) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2302,7 +2502,7 @@ func (x *Wave) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Wave.ProtoReflect.Descriptor instead.
 func (*Wave) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{23}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Wave) GetIndex() uint32 {
@@ -2408,28 +2608,32 @@ type Rollout struct {
 	// in; unset until then).
 	FailedAt   *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=failed_at,json=failedAt,proto3" json:"failed_at,omitempty"`
 	RestoredAt *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=restored_at,json=restoredAt,proto3" json:"restored_at,omitempty"`
+	// Rollbacks: the operator's signed statement that lets agents with
+	// trusted keys go back below their release floor; sent with every
+	// assignment of to_version.
+	SignedRollback *SignedRollback `protobuf:"bytes,19,opt,name=signed_rollback,json=signedRollback,proto3" json:"signed_rollback,omitempty"`
 	// The revision of spec, and of the spec hosts ran before (the stable
 	// spec's). A config rollout has to_version == from_version and a new
 	// spec_revision: it rolls the stable release out again with a new spec.
-	SpecRevision     int64 `protobuf:"varint,19,opt,name=spec_revision,json=specRevision,proto3" json:"spec_revision,omitempty"`
-	FromSpecRevision int64 `protobuf:"varint,20,opt,name=from_spec_revision,json=fromSpecRevision,proto3" json:"from_spec_revision,omitempty"`
+	SpecRevision     int64 `protobuf:"varint,20,opt,name=spec_revision,json=specRevision,proto3" json:"spec_revision,omitempty"`
+	FromSpecRevision int64 `protobuf:"varint,21,opt,name=from_spec_revision,json=fromSpecRevision,proto3" json:"from_spec_revision,omitempty"`
 	// The service's spec revision when the rollout was created (a rollback
 	// may run with an older spec). Only a spec applied later starts a config
 	// rollout, so a failed spec is never retried and a rollback is not undone.
-	AppliedSpecRevision int64 `protobuf:"varint,21,opt,name=applied_spec_revision,json=appliedSpecRevision,proto3" json:"applied_spec_revision,omitempty"`
+	AppliedSpecRevision int64 `protobuf:"varint,22,opt,name=applied_spec_revision,json=appliedSpecRevision,proto3" json:"applied_spec_revision,omitempty"`
 	// What the new spec changes on hosts, by field (e.g. "run.env",
 	// "checks"), for display; empty when the spec is unchanged.
-	SpecChanges []string `protobuf:"bytes,22,rep,name=spec_changes,json=specChanges,proto3" json:"spec_changes,omitempty"`
+	SpecChanges []string `protobuf:"bytes,23,rep,name=spec_changes,json=specChanges,proto3" json:"spec_changes,omitempty"`
 	// A removal (`fleetwave service delete`): hosts are assigned to stop the
 	// service and remove its files instead of a release (to_version "").
-	Remove        bool `protobuf:"varint,23,opt,name=remove,proto3" json:"remove,omitempty"`
+	Remove        bool `protobuf:"varint,24,opt,name=remove,proto3" json:"remove,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Rollout) Reset() {
 	*x = Rollout{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2441,7 +2645,7 @@ func (x *Rollout) String() string {
 func (*Rollout) ProtoMessage() {}
 
 func (x *Rollout) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2454,7 +2658,7 @@ func (x *Rollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
 func (*Rollout) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{24}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Rollout) GetId() string {
@@ -2583,6 +2787,13 @@ func (x *Rollout) GetRestoredAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Rollout) GetSignedRollback() *SignedRollback {
+	if x != nil {
+		return x.SignedRollback
+	}
+	return nil
+}
+
 func (x *Rollout) GetSpecRevision() int64 {
 	if x != nil {
 		return x.SpecRevision
@@ -2640,7 +2851,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[25]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2652,7 +2863,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[25]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2665,7 +2876,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{25}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Event) GetAt() *timestamppb.Timestamp {
@@ -2735,7 +2946,7 @@ type CheckResult struct {
 
 func (x *CheckResult) Reset() {
 	*x = CheckResult{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[26]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2747,7 +2958,7 @@ func (x *CheckResult) String() string {
 func (*CheckResult) ProtoMessage() {}
 
 func (x *CheckResult) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[26]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2760,7 +2971,7 @@ func (x *CheckResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResult.ProtoReflect.Descriptor instead.
 func (*CheckResult) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{26}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CheckResult) GetName() string {
@@ -2805,7 +3016,7 @@ type ServiceReport struct {
 
 func (x *ServiceReport) Reset() {
 	*x = ServiceReport{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[27]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2817,7 +3028,7 @@ func (x *ServiceReport) String() string {
 func (*ServiceReport) ProtoMessage() {}
 
 func (x *ServiceReport) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[27]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2830,7 +3041,7 @@ func (x *ServiceReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceReport.ProtoReflect.Descriptor instead.
 func (*ServiceReport) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{27}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ServiceReport) GetService() string {
@@ -2903,19 +3114,22 @@ type Assignment struct {
 	Generation int64                  `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
 	Release    *Release               `protobuf:"bytes,3,opt,name=release,proto3" json:"release,omitempty"`
 	Spec       *ServiceSpec           `protobuf:"bytes,4,opt,name=spec,proto3" json:"spec,omitempty"`
+	// Set when the assignment rolls back to a release below the agents'
+	// floor: the rollout's signed rollback statement.
+	Rollback *SignedRollback `protobuf:"bytes,5,opt,name=rollback,proto3" json:"rollback,omitempty"`
 	// The revision of spec (Service.spec_revision), for logs and reports.
-	SpecRevision int64 `protobuf:"varint,5,opt,name=spec_revision,json=specRevision,proto3" json:"spec_revision,omitempty"`
+	SpecRevision int64 `protobuf:"varint,6,opt,name=spec_revision,json=specRevision,proto3" json:"spec_revision,omitempty"`
 	// Stop the service (drained, as for any stop) and remove its files
 	// (releases, `current`, PID file and state; its log is kept). release and
 	// spec are unset.
-	Remove        bool `protobuf:"varint,6,opt,name=remove,proto3" json:"remove,omitempty"`
+	Remove        bool `protobuf:"varint,7,opt,name=remove,proto3" json:"remove,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[28]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2927,7 +3141,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[28]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2940,7 +3154,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{28}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Assignment) GetService() string {
@@ -2967,6 +3181,13 @@ func (x *Assignment) GetRelease() *Release {
 func (x *Assignment) GetSpec() *ServiceSpec {
 	if x != nil {
 		return x.Spec
+	}
+	return nil
+}
+
+func (x *Assignment) GetRollback() *SignedRollback {
+	if x != nil {
+		return x.Rollback
 	}
 	return nil
 }
@@ -3006,7 +3227,7 @@ type Host struct {
 
 func (x *Host) Reset() {
 	*x = Host{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[29]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3018,7 +3239,7 @@ func (x *Host) String() string {
 func (*Host) ProtoMessage() {}
 
 func (x *Host) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[29]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3031,7 +3252,7 @@ func (x *Host) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Host.ProtoReflect.Descriptor instead.
 func (*Host) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{29}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Host) GetId() string {
@@ -3214,7 +3435,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"created_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x1d\n" +
 	"\n" +
 	"created_by\x18\a \x01(\tR\tcreatedBy\x124\n" +
-	"\x06signed\x18\b \x01(\v2\x1c.fleetwave.v1.SignedManifestR\x06signed\"\xdc\x02\n" +
+	"\x06signed\x18\b \x01(\v2\x1c.fleetwave.v1.SignedManifestR\x06signed\"\xbc\x03\n" +
 	"\x0fReleaseManifest\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12'\n" +
@@ -3225,7 +3446,27 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"commitTime\x127\n" +
 	"\tsigned_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\bsignedAt\x129\n" +
 	"\n" +
-	"expires_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"a\n" +
+	"expires_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12!\n" +
+	"\fartifact_url\x18\t \x01(\tR\vartifactUrl\x12\x1f\n" +
+	"\vspec_sha256\x18\n" +
+	" \x01(\tR\n" +
+	"specSha256\x12\x1a\n" +
+	"\bsequence\x18\v \x01(\x04R\bsequence\"\xac\x02\n" +
+	"\x11RollbackStatement\x12\x18\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1d\n" +
+	"\n" +
+	"to_version\x18\x02 \x01(\tR\ttoVersion\x12,\n" +
+	"\x12to_manifest_sha256\x18\x03 \x01(\tR\x10toManifestSha256\x12\x1b\n" +
+	"\tmax_floor\x18\x04 \x01(\x04R\bmaxFloor\x12\x1f\n" +
+	"\vspec_sha256\x18\x05 \x01(\tR\n" +
+	"specSha256\x127\n" +
+	"\tsigned_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\bsignedAt\x129\n" +
+	"\n" +
+	"expires_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"c\n" +
+	"\x0eSignedRollback\x12\x1c\n" +
+	"\tstatement\x18\x01 \x01(\fR\tstatement\x12\x1c\n" +
+	"\tsignature\x18\x02 \x01(\fR\tsignature\x12\x15\n" +
+	"\x06key_id\x18\x03 \x01(\tR\x05keyId\"a\n" +
 	"\x0eSignedManifest\x12\x1a\n" +
 	"\bmanifest\x18\x01 \x01(\fR\bmanifest\x12\x1c\n" +
 	"\tsignature\x18\x02 \x01(\fR\tsignature\x12\x15\n" +
@@ -3276,7 +3517,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x06canary\x18\b \x01(\bR\x06canary\x12)\n" +
 	"\x10waiting_approval\x18\t \x01(\bR\x0fwaitingApproval\x12\x1a\n" +
 	"\bapproved\x18\n" +
-	" \x01(\bR\bapproved\"\xd2\a\n" +
+	" \x01(\bR\bapproved\"\x99\b\n" +
 	"\aRollout\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12!\n" +
@@ -3303,12 +3544,13 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x06paused\x18\x10 \x01(\bR\x06paused\x127\n" +
 	"\tfailed_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\bfailedAt\x12;\n" +
 	"\vrestored_at\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"restoredAt\x12#\n" +
-	"\rspec_revision\x18\x13 \x01(\x03R\fspecRevision\x12,\n" +
-	"\x12from_spec_revision\x18\x14 \x01(\x03R\x10fromSpecRevision\x122\n" +
-	"\x15applied_spec_revision\x18\x15 \x01(\x03R\x13appliedSpecRevision\x12!\n" +
-	"\fspec_changes\x18\x16 \x03(\tR\vspecChanges\x12\x16\n" +
-	"\x06remove\x18\x17 \x01(\bR\x06remove\"\xd8\x01\n" +
+	"restoredAt\x12E\n" +
+	"\x0fsigned_rollback\x18\x13 \x01(\v2\x1c.fleetwave.v1.SignedRollbackR\x0esignedRollback\x12#\n" +
+	"\rspec_revision\x18\x14 \x01(\x03R\fspecRevision\x12,\n" +
+	"\x12from_spec_revision\x18\x15 \x01(\x03R\x10fromSpecRevision\x122\n" +
+	"\x15applied_spec_revision\x18\x16 \x01(\x03R\x13appliedSpecRevision\x12!\n" +
+	"\fspec_changes\x18\x17 \x03(\tR\vspecChanges\x12\x16\n" +
+	"\x06remove\x18\x18 \x01(\bR\x06remove\"\xd8\x01\n" +
 	"\x05Event\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1d\n" +
@@ -3334,7 +3576,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x11last_good_version\x18\x06 \x01(\tR\x0flastGoodVersion\x12\x16\n" +
 	"\x06reason\x18\a \x01(\tR\x06reason\x121\n" +
 	"\x06checks\x18\b \x03(\v2\x19.fleetwave.v1.CheckResultR\x06checks\x12*\n" +
-	"\x02at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\xe3\x01\n" +
+	"\x02at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\x9d\x02\n" +
 	"\n" +
 	"Assignment\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1e\n" +
@@ -3342,9 +3584,10 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"generation\x18\x02 \x01(\x03R\n" +
 	"generation\x12/\n" +
 	"\arelease\x18\x03 \x01(\v2\x15.fleetwave.v1.ReleaseR\arelease\x12-\n" +
-	"\x04spec\x18\x04 \x01(\v2\x19.fleetwave.v1.ServiceSpecR\x04spec\x12#\n" +
-	"\rspec_revision\x18\x05 \x01(\x03R\fspecRevision\x12\x16\n" +
-	"\x06remove\x18\x06 \x01(\bR\x06remove\"\xf8\x02\n" +
+	"\x04spec\x18\x04 \x01(\v2\x19.fleetwave.v1.ServiceSpecR\x04spec\x128\n" +
+	"\brollback\x18\x05 \x01(\v2\x1c.fleetwave.v1.SignedRollbackR\brollback\x12#\n" +
+	"\rspec_revision\x18\x06 \x01(\x03R\fspecRevision\x12\x16\n" +
+	"\x06remove\x18\a \x01(\bR\x06remove\"\xf8\x02\n" +
 	"\x04Host\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x126\n" +
 	"\x06labels\x18\x02 \x03(\v2\x1e.fleetwave.v1.Host.LabelsEntryR\x06labels\x12\x1c\n" +
@@ -3408,7 +3651,7 @@ func file_fleetwave_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_fleetwave_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_fleetwave_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_fleetwave_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_fleetwave_v1_types_proto_goTypes = []any{
 	(RolloutState)(0),             // 0: fleetwave.v1.RolloutState
 	(WaveState)(0),                // 1: fleetwave.v1.WaveState
@@ -3433,99 +3676,105 @@ var file_fleetwave_v1_types_proto_goTypes = []any{
 	(*Artifact)(nil),              // 20: fleetwave.v1.Artifact
 	(*Release)(nil),               // 21: fleetwave.v1.Release
 	(*ReleaseManifest)(nil),       // 22: fleetwave.v1.ReleaseManifest
-	(*SignedManifest)(nil),        // 23: fleetwave.v1.SignedManifest
-	(*ServiceStatus)(nil),         // 24: fleetwave.v1.ServiceStatus
-	(*Service)(nil),               // 25: fleetwave.v1.Service
-	(*HostProgress)(nil),          // 26: fleetwave.v1.HostProgress
-	(*Wave)(nil),                  // 27: fleetwave.v1.Wave
-	(*Rollout)(nil),               // 28: fleetwave.v1.Rollout
-	(*Event)(nil),                 // 29: fleetwave.v1.Event
-	(*CheckResult)(nil),           // 30: fleetwave.v1.CheckResult
-	(*ServiceReport)(nil),         // 31: fleetwave.v1.ServiceReport
-	(*Assignment)(nil),            // 32: fleetwave.v1.Assignment
-	(*Host)(nil),                  // 33: fleetwave.v1.Host
-	nil,                           // 34: fleetwave.v1.ServiceSpec.SelectorEntry
-	nil,                           // 35: fleetwave.v1.RunSpec.EnvEntry
-	nil,                           // 36: fleetwave.v1.Host.LabelsEntry
-	(*durationpb.Duration)(nil),   // 37: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 38: google.protobuf.Timestamp
+	(*RollbackStatement)(nil),     // 23: fleetwave.v1.RollbackStatement
+	(*SignedRollback)(nil),        // 24: fleetwave.v1.SignedRollback
+	(*SignedManifest)(nil),        // 25: fleetwave.v1.SignedManifest
+	(*ServiceStatus)(nil),         // 26: fleetwave.v1.ServiceStatus
+	(*Service)(nil),               // 27: fleetwave.v1.Service
+	(*HostProgress)(nil),          // 28: fleetwave.v1.HostProgress
+	(*Wave)(nil),                  // 29: fleetwave.v1.Wave
+	(*Rollout)(nil),               // 30: fleetwave.v1.Rollout
+	(*Event)(nil),                 // 31: fleetwave.v1.Event
+	(*CheckResult)(nil),           // 32: fleetwave.v1.CheckResult
+	(*ServiceReport)(nil),         // 33: fleetwave.v1.ServiceReport
+	(*Assignment)(nil),            // 34: fleetwave.v1.Assignment
+	(*Host)(nil),                  // 35: fleetwave.v1.Host
+	nil,                           // 36: fleetwave.v1.ServiceSpec.SelectorEntry
+	nil,                           // 37: fleetwave.v1.RunSpec.EnvEntry
+	nil,                           // 38: fleetwave.v1.Host.LabelsEntry
+	(*durationpb.Duration)(nil),   // 39: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 40: google.protobuf.Timestamp
 }
 var file_fleetwave_v1_types_proto_depIdxs = []int32{
-	34, // 0: fleetwave.v1.ServiceSpec.selector:type_name -> fleetwave.v1.ServiceSpec.SelectorEntry
+	36, // 0: fleetwave.v1.ServiceSpec.selector:type_name -> fleetwave.v1.ServiceSpec.SelectorEntry
 	12, // 1: fleetwave.v1.ServiceSpec.run:type_name -> fleetwave.v1.RunSpec
 	15, // 2: fleetwave.v1.ServiceSpec.checks:type_name -> fleetwave.v1.Check
-	37, // 3: fleetwave.v1.ServiceSpec.min_healthy_time:type_name -> google.protobuf.Duration
-	37, // 4: fleetwave.v1.ServiceSpec.healthy_deadline:type_name -> google.protobuf.Duration
+	39, // 3: fleetwave.v1.ServiceSpec.min_healthy_time:type_name -> google.protobuf.Duration
+	39, // 4: fleetwave.v1.ServiceSpec.healthy_deadline:type_name -> google.protobuf.Duration
 	19, // 5: fleetwave.v1.ServiceSpec.rollout:type_name -> fleetwave.v1.RolloutPolicy
 	5,  // 6: fleetwave.v1.ServiceSpec.analysis:type_name -> fleetwave.v1.Analysis
 	11, // 7: fleetwave.v1.ServiceSpec.alerts:type_name -> fleetwave.v1.Alerts
-	37, // 8: fleetwave.v1.Analysis.interval:type_name -> google.protobuf.Duration
-	37, // 9: fleetwave.v1.Analysis.window:type_name -> google.protobuf.Duration
-	37, // 10: fleetwave.v1.Analysis.watch:type_name -> google.protobuf.Duration
+	39, // 8: fleetwave.v1.Analysis.interval:type_name -> google.protobuf.Duration
+	39, // 9: fleetwave.v1.Analysis.window:type_name -> google.protobuf.Duration
+	39, // 10: fleetwave.v1.Analysis.watch:type_name -> google.protobuf.Duration
 	6,  // 11: fleetwave.v1.Analysis.rules:type_name -> fleetwave.v1.AnalysisRule
 	7,  // 12: fleetwave.v1.AnalysisRule.error_ratio:type_name -> fleetwave.v1.ErrorRatioRule
 	8,  // 13: fleetwave.v1.AnalysisRule.latency:type_name -> fleetwave.v1.LatencyRule
 	9,  // 14: fleetwave.v1.AnalysisRule.restarts:type_name -> fleetwave.v1.RestartsRule
 	10, // 15: fleetwave.v1.AnalysisRule.promql:type_name -> fleetwave.v1.PromQLRule
-	35, // 16: fleetwave.v1.RunSpec.env:type_name -> fleetwave.v1.RunSpec.EnvEntry
-	37, // 17: fleetwave.v1.RunSpec.stop_grace:type_name -> google.protobuf.Duration
+	37, // 16: fleetwave.v1.RunSpec.env:type_name -> fleetwave.v1.RunSpec.EnvEntry
+	39, // 17: fleetwave.v1.RunSpec.stop_grace:type_name -> google.protobuf.Duration
 	13, // 18: fleetwave.v1.RunSpec.sockets:type_name -> fleetwave.v1.Socket
-	37, // 19: fleetwave.v1.RunSpec.ready_timeout:type_name -> google.protobuf.Duration
-	37, // 20: fleetwave.v1.RunSpec.shutdown_delay:type_name -> google.protobuf.Duration
+	39, // 19: fleetwave.v1.RunSpec.ready_timeout:type_name -> google.protobuf.Duration
+	39, // 20: fleetwave.v1.RunSpec.shutdown_delay:type_name -> google.protobuf.Duration
 	14, // 21: fleetwave.v1.RunSpec.pre_stop:type_name -> fleetwave.v1.PreStop
-	37, // 22: fleetwave.v1.PreStop.timeout:type_name -> google.protobuf.Duration
+	39, // 22: fleetwave.v1.PreStop.timeout:type_name -> google.protobuf.Duration
 	16, // 23: fleetwave.v1.Check.http:type_name -> fleetwave.v1.HttpCheck
 	17, // 24: fleetwave.v1.Check.tcp:type_name -> fleetwave.v1.TcpCheck
 	18, // 25: fleetwave.v1.Check.exec:type_name -> fleetwave.v1.ExecCheck
-	37, // 26: fleetwave.v1.Check.interval:type_name -> google.protobuf.Duration
-	37, // 27: fleetwave.v1.Check.timeout:type_name -> google.protobuf.Duration
-	37, // 28: fleetwave.v1.RolloutPolicy.bake:type_name -> google.protobuf.Duration
-	37, // 29: fleetwave.v1.RolloutPolicy.progress_deadline:type_name -> google.protobuf.Duration
+	39, // 26: fleetwave.v1.Check.interval:type_name -> google.protobuf.Duration
+	39, // 27: fleetwave.v1.Check.timeout:type_name -> google.protobuf.Duration
+	39, // 28: fleetwave.v1.RolloutPolicy.bake:type_name -> google.protobuf.Duration
+	39, // 29: fleetwave.v1.RolloutPolicy.progress_deadline:type_name -> google.protobuf.Duration
 	20, // 30: fleetwave.v1.Release.artifact:type_name -> fleetwave.v1.Artifact
-	38, // 31: fleetwave.v1.Release.commit_time:type_name -> google.protobuf.Timestamp
-	38, // 32: fleetwave.v1.Release.created_at:type_name -> google.protobuf.Timestamp
-	23, // 33: fleetwave.v1.Release.signed:type_name -> fleetwave.v1.SignedManifest
-	38, // 34: fleetwave.v1.ReleaseManifest.commit_time:type_name -> google.protobuf.Timestamp
-	38, // 35: fleetwave.v1.ReleaseManifest.signed_at:type_name -> google.protobuf.Timestamp
-	38, // 36: fleetwave.v1.ReleaseManifest.expires_at:type_name -> google.protobuf.Timestamp
-	4,  // 37: fleetwave.v1.ServiceStatus.stable_spec:type_name -> fleetwave.v1.ServiceSpec
-	38, // 38: fleetwave.v1.ServiceStatus.removed_at:type_name -> google.protobuf.Timestamp
-	4,  // 39: fleetwave.v1.Service.spec:type_name -> fleetwave.v1.ServiceSpec
-	24, // 40: fleetwave.v1.Service.status:type_name -> fleetwave.v1.ServiceStatus
-	38, // 41: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
-	2,  // 42: fleetwave.v1.HostProgress.state:type_name -> fleetwave.v1.HostRolloutState
-	38, // 43: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
-	38, // 44: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
-	3,  // 45: fleetwave.v1.HostProgress.phase:type_name -> fleetwave.v1.Phase
-	1,  // 46: fleetwave.v1.Wave.state:type_name -> fleetwave.v1.WaveState
-	26, // 47: fleetwave.v1.Wave.hosts:type_name -> fleetwave.v1.HostProgress
-	38, // 48: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
-	38, // 49: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
-	38, // 50: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
-	0,  // 51: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
-	19, // 52: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
-	27, // 53: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
-	38, // 54: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	38, // 55: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
-	38, // 56: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
-	38, // 57: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
-	4,  // 58: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
-	38, // 59: fleetwave.v1.Rollout.failed_at:type_name -> google.protobuf.Timestamp
-	38, // 60: fleetwave.v1.Rollout.restored_at:type_name -> google.protobuf.Timestamp
-	38, // 61: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
-	3,  // 62: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
-	30, // 63: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
-	38, // 64: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
-	21, // 65: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
-	4,  // 66: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
-	36, // 67: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
-	38, // 68: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	31, // 69: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
-	70, // [70:70] is the sub-list for method output_type
-	70, // [70:70] is the sub-list for method input_type
-	70, // [70:70] is the sub-list for extension type_name
-	70, // [70:70] is the sub-list for extension extendee
-	0,  // [0:70] is the sub-list for field type_name
+	40, // 31: fleetwave.v1.Release.commit_time:type_name -> google.protobuf.Timestamp
+	40, // 32: fleetwave.v1.Release.created_at:type_name -> google.protobuf.Timestamp
+	25, // 33: fleetwave.v1.Release.signed:type_name -> fleetwave.v1.SignedManifest
+	40, // 34: fleetwave.v1.ReleaseManifest.commit_time:type_name -> google.protobuf.Timestamp
+	40, // 35: fleetwave.v1.ReleaseManifest.signed_at:type_name -> google.protobuf.Timestamp
+	40, // 36: fleetwave.v1.ReleaseManifest.expires_at:type_name -> google.protobuf.Timestamp
+	40, // 37: fleetwave.v1.RollbackStatement.signed_at:type_name -> google.protobuf.Timestamp
+	40, // 38: fleetwave.v1.RollbackStatement.expires_at:type_name -> google.protobuf.Timestamp
+	4,  // 39: fleetwave.v1.ServiceStatus.stable_spec:type_name -> fleetwave.v1.ServiceSpec
+	40, // 40: fleetwave.v1.ServiceStatus.removed_at:type_name -> google.protobuf.Timestamp
+	4,  // 41: fleetwave.v1.Service.spec:type_name -> fleetwave.v1.ServiceSpec
+	26, // 42: fleetwave.v1.Service.status:type_name -> fleetwave.v1.ServiceStatus
+	40, // 43: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
+	2,  // 44: fleetwave.v1.HostProgress.state:type_name -> fleetwave.v1.HostRolloutState
+	40, // 45: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
+	40, // 46: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
+	3,  // 47: fleetwave.v1.HostProgress.phase:type_name -> fleetwave.v1.Phase
+	1,  // 48: fleetwave.v1.Wave.state:type_name -> fleetwave.v1.WaveState
+	28, // 49: fleetwave.v1.Wave.hosts:type_name -> fleetwave.v1.HostProgress
+	40, // 50: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
+	40, // 51: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
+	40, // 52: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
+	0,  // 53: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
+	19, // 54: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
+	29, // 55: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
+	40, // 56: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	40, // 57: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
+	40, // 58: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
+	40, // 59: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
+	4,  // 60: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
+	40, // 61: fleetwave.v1.Rollout.failed_at:type_name -> google.protobuf.Timestamp
+	40, // 62: fleetwave.v1.Rollout.restored_at:type_name -> google.protobuf.Timestamp
+	24, // 63: fleetwave.v1.Rollout.signed_rollback:type_name -> fleetwave.v1.SignedRollback
+	40, // 64: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
+	3,  // 65: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
+	32, // 66: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
+	40, // 67: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
+	21, // 68: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
+	4,  // 69: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
+	24, // 70: fleetwave.v1.Assignment.rollback:type_name -> fleetwave.v1.SignedRollback
+	38, // 71: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
+	40, // 72: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	33, // 73: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
+	74, // [74:74] is the sub-list for method output_type
+	74, // [74:74] is the sub-list for method input_type
+	74, // [74:74] is the sub-list for extension type_name
+	74, // [74:74] is the sub-list for extension extendee
+	0,  // [0:74] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_types_proto_init() }
@@ -3551,7 +3800,7 @@ func file_fleetwave_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fleetwave_v1_types_proto_rawDesc), len(file_fleetwave_v1_types_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   33,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
