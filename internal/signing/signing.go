@@ -27,6 +27,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/fleetwave/fleetwave/internal/specdiff"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -357,21 +358,17 @@ func isSHA256(s string) bool {
 }
 
 // SpecDigest is the hex sha256 of what an agent runs of a service spec:
-// its name, run section (command, env, sockets, hooks, grace and readiness
-// settings), checks, min_healthy_time, healthy_deadline and analysis, in
-// the deterministic protobuf encoding. The selector, rollout policy and
-// alerts decide which hosts and how fast, not what runs, and are left out
-// (a rollback rollout rewrites its policy). A nil spec digests like an
-// empty one.
+// its name and the fields that affect hosts by the one rule of package
+// specdiff (run: command, env, sockets, hooks, grace and readiness
+// settings; checks, min_healthy_time, healthy_deadline, analysis; and any
+// field added later that is not declared coordinator-only there), in the
+// deterministic protobuf encoding. The selector, rollout policy and alerts
+// decide which hosts and how fast, not what runs, and are left out (a
+// rollback rollout rewrites its policy). A nil spec digests like an empty
+// one.
 func SpecDigest(s *v1.ServiceSpec) string {
-	part := &v1.ServiceSpec{
-		Name:            s.GetName(),
-		Run:             s.GetRun(),
-		Checks:          s.GetChecks(),
-		MinHealthyTime:  s.GetMinHealthyTime(),
-		HealthyDeadline: s.GetHealthyDeadline(),
-		Analysis:        s.GetAnalysis(),
-	}
+	part := specdiff.HostSpec(s)
+	part.Name = s.GetName()
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(part)
 	if err != nil {
 		// Only invalid UTF-8 in a string fails; no signature can match it.

@@ -146,3 +146,23 @@ func only(m protoreflect.Message, fd protoreflect.FieldDescriptor) proto.Message
 	}
 	return out.Interface()
 }
+
+// HostSpec is a copy of s holding only the fields that affect hosts (the
+// Host kind, whatever fields ServiceSpec has): what a host runs of it. Two
+// specs run the same on hosts exactly when their HostSpecs are equal. A
+// nil spec gives an empty one.
+func HostSpec(s *v1.ServiceSpec) *v1.ServiceSpec {
+	out := &v1.ServiceSpec{}
+	m, o := s.ProtoReflect(), out.ProtoReflect()
+	if !m.IsValid() {
+		return out
+	}
+	fields := m.Descriptor().Fields()
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		if KindOf(string(fd.Name())) == Host && m.Has(fd) {
+			o.Set(fd, m.Get(fd))
+		}
+	}
+	return proto.Clone(out).(*v1.ServiceSpec)
+}

@@ -139,3 +139,22 @@ func TestPureImports(t *testing.T) {
 		"google.golang.org/protobuf/reflect/protoreflect":   true,
 	}, 1)
 }
+
+// HostSpec keeps exactly the host fields: equal HostSpecs, no host change.
+func TestHostSpec(t *testing.T) {
+	b := base()
+	h := HostSpec(b)
+	if h.GetName() != "" || h.GetSelector() != nil || h.GetRollout() != nil || h.GetAlerts() != nil {
+		t.Errorf("HostSpec kept a field hosts do not run: %v", h)
+	}
+	if HostAffecting(h, b) {
+		t.Errorf("HostSpec lost a host field: %v", HostChanges(h, b))
+	}
+	h.Run.Env["A"] = "changed"
+	if b.Run.Env["A"] != "1" {
+		t.Error("HostSpec shares its fields with its input")
+	}
+	if !proto.Equal(HostSpec(nil), &v1.ServiceSpec{}) {
+		t.Error("HostSpec(nil)")
+	}
+}
