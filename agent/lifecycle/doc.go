@@ -124,8 +124,12 @@
 //	CHECKING  -> HEALTHY, REVERTING
 //	HEALTHY   -> REVERTING                                  (a failure during the watch)
 //	REVERTING -> REVERTED, FAILED
+//	IDLE, HEALTHY, REVERTED, FAILED, FETCHING .. STAGING -> REMOVING  (a removal: remove.go)
+//	REMOVING  -> REMOVED, FAILED                            (FAILED: the files could not be removed)
+//	REMOVED   -> FETCHING, REMOVING, FAILED                 (any later release, whatever its generation)
 //
-// Restore reports first, from the snapshot's phase: that same phase (a
+// Restore reports first, from the snapshot's phase: REMOVING for a
+// removal (resumed), else that same phase (a
 // settled service whose release is adopted; REVERTING resumed), FETCHING
 // (an install before its switch), CHECKING or STARTING (an install after
 // its switch: its target adopted alone, or adopted beside another process,
