@@ -347,7 +347,8 @@ func TestDeleteServiceAndHostsMoving(t *testing.T) {
 	h2.connect(t, ctx, map[string]string{"role": "db"})
 	waitFor("h2 removed the service", func() error {
 		if !h2.removed() {
-			return fmt.Errorf("h2 last reported %v", h2.report)
+			runs, _, _, _ := h2.state()
+			return fmt.Errorf("h2 runs %q", runs)
 		}
 		return nil
 	})
