@@ -40,6 +40,8 @@ func (a *agent) do(s *service, act lifecycle.Action) {
 		a.freezeBaseline(s, act)
 	case lifecycle.ActStop:
 		a.stopProcess(s, act)
+	case lifecycle.ActHook:
+		a.startHook(s, act)
 	case lifecycle.ActBeginChecks:
 		if s.ana != nil && s.ana.epoch != act.Epoch {
 			a.analysisStart(s, act) // a handover's process, now alone
@@ -369,8 +371,8 @@ func (a *agent) stopSupervisor(sup *supervise.Supervisor, grace time.Duration) e
 
 // stopProcess carries out ActStop: it stops the process with the action's
 // epoch, supervised or found running at Restore and not adopted. Drain: it
-// served, so its release's pre_stop runs first and its shutdown_delay
-// passes (see drainStop) before the stop signal. If the agent stops during the
+// served, so its release's shutdown_delay passes (see drainStop) before
+// the stop signal (its before_stop ran before, an ActHook of its own). If the agent stops during the
 // drain, the process is left running (with its PID file) for the next
 // agent, which stops it again.
 func (a *agent) stopProcess(s *service, act lifecycle.Action) {

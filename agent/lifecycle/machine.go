@@ -833,6 +833,13 @@ func (m *Machine) apply(p *pendingAssign, t time.Time) {
 		}
 		m.current = p.a
 		m.target = p.a
+		for _, q := range m.procs {
+			if q.v == v {
+				// Its next stop uses this spec's before_stop (a broken
+				// one is fixed by applying a spec without it).
+				q.a = p.a
+			}
+		}
 		m.reason = ""
 		m.setPhase(v1.Phase_PHASE_HEALTHY, true)
 		return

@@ -704,6 +704,13 @@ func (s *sim) checkReport(r *v1.ServiceReport) {
 	}
 	switch p {
 	case v1.Phase_PHASE_HEALTHY:
+		// A HEALTHY release's process runs with the current spec (a newer
+		// generation of it is taken without a restart, hooks included).
+		for _, q := range s.procs {
+			if q.v == r.CurrentVersion {
+				q.a = s.m.Current()
+			}
+		}
 		if r.CurrentVersion == "" || r.CurrentVersion != r.LastGoodVersion || r.CurrentVersion != r.TargetVersion {
 			s.fatalf("HEALTHY with current=%q last good=%q target=%q", r.CurrentVersion, r.LastGoodVersion, r.TargetVersion)
 		}

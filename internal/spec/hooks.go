@@ -74,8 +74,8 @@ func HookTimeout(name string, h *v1.Hook) time.Duration {
 	return DefaultHookTimeout
 }
 
-// maxHookTimeout bounds a hook's timeout.
-func maxHookTimeout(name string) time.Duration {
+// MaxHookTimeoutOf bounds the timeout of the hook name.
+func MaxHookTimeoutOf(name string) time.Duration {
 	if name == HookBeforeStop {
 		return MaxPreStopTimeout
 	}
@@ -109,8 +109,8 @@ func validateHook(p *problems, field, name string, h *v1.Hook) {
 		case t < 0:
 		case t == 0:
 			p.add(field+".timeout", "0s: must be more than 0 (leave it out for the default %s)", HookTimeout(name, nil))
-		case t > maxHookTimeout(name):
-			p.add(field+".timeout", "%s is more than %s", t, maxHookTimeout(name))
+		case t > MaxHookTimeoutOf(name):
+			p.add(field+".timeout", "%s is more than %s", t, MaxHookTimeoutOf(name))
 		}
 	}
 }
