@@ -73,8 +73,9 @@ func (a *agent) persist(s *service, snap *lifecycle.Snapshot) error {
 	return nil
 }
 
-// startPrune removes the service's releases except keep (and the one
-// `current` points at) in the background. Prunes of one service run one
+// startPrune removes the service's releases except keep, the one
+// `current` points at and the newest Config.KeepReleases, in the
+// background. Prunes of one service run one
 // after another, and its fetch, verify, stage and switch steps wait for the
 // latest one, so a prune never overlaps them.
 func (a *agent) startPrune(s *service, keep ...string) {
@@ -88,7 +89,7 @@ func (a *agent) startPrune(s *service, keep ...string) {
 		if a.opts.pruneHook != nil {
 			a.opts.pruneHook(name)
 		}
-		if err := a.inst.Prune(name, keep...); err != nil {
+		if err := a.inst.PruneKeeping(name, a.cfg.KeepReleases, keep...); err != nil {
 			a.log.Warn().Str("service", name).Err(err).Msg("pruning old releases")
 		}
 	})
@@ -119,10 +120,15 @@ func (a *agent) startFetch(s *service, act lifecycle.Action) {
 		defer cancel()
 		<-wait
 		ev := doneEv{svc: name, seq: act.Seq}
-		if a.inst.Staged(name, act.Version, artifactOf(asg).SHA256) {
+		switch {
+		case a.inst.Staged(name, act.Version, artifactOf(asg).SHA256):
 			ev.staged = true // unpacked earlier from the same digest
-		} else {
-			ev.fetched, ev.err = a.fetch(ctx, asg)
+		default:
+			// Refused up front when the disk cannot hold the download, the
+			// unpacked release and a margin.
+			if ev.err = a.inst.CheckFreeSpace(asg.GetRelease().GetArtifact().GetSize()); ev.err == nil {
+				ev.fetched, ev.err = a.fetch(ctx, asg)
+			}
 		}
 		if !a.send(ev) {
 			a.inst.Discard(ev.fetched)
