@@ -157,6 +157,12 @@ func (a *agent) startStage(s *service, act lifecycle.Action) {
 		if !staged {
 			_, ev.err = a.inst.Stage(name, act.Version, v)
 		}
+		if ev.err == nil {
+			// The release's files belong to the service's user (run.user).
+			if err := ownRelease(a.inst.ReleaseDir(name, act.Version), act.Assignment.GetSpec().GetRun()); err != nil {
+				ev.err = fmt.Errorf("give the release to spec.run.user: %w", err)
+			}
+		}
 		a.send(ev)
 	})
 }
@@ -320,7 +326,12 @@ func (a *agent) supervisorConfig(name string, asg *v1.Assignment, epoch uint64) 
 	if err != nil {
 		return supervise.Config{}, err
 	}
+	cred, err := a.credential(asg.GetSpec().GetRun())
+	if err != nil {
+		return supervise.Config{}, err
+	}
 	return supervise.Config{
+		Credential: cred,
 		Service:    name,
 		Dir:        a.inst.ReleaseDir(name, lifecycle.Version(asg)),
 		Command:    cmd,
