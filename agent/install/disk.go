@@ -13,8 +13,8 @@ import (
 	"github.com/fleetwave/fleetwave/internal/spec"
 )
 
-// FreeSpaceFactor: a fetch needs at least this many times the artifact's
-// size free on the data dir's filesystem: the download, the unpacked
+// FreeSpaceFactor is how many times the artifact's size a fetch needs free
+// on the data dir's filesystem: the download, the unpacked
 // release (about as large again for a compressed archive of compressible
 // files, often more) and a margin for the services, their logs and the
 // agent's state.
