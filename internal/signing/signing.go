@@ -357,21 +357,21 @@ func isSHA256(s string) bool {
 }
 
 // SpecDigest is the hex sha256 of what an agent runs of a service spec:
-// its name, run section (command, env, sockets, hooks, grace and readiness
-// settings), checks, min_healthy_time, healthy_deadline and analysis, in
+// its name, run section (command, env, user, sockets, grace and readiness
+// settings), hooks, checks, min_healthy_time, healthy_deadline, analysis
+// and any field added later, in
 // the deterministic protobuf encoding. The selector, rollout policy and
 // alerts decide which hosts and how fast, not what runs, and are left out
 // (a rollback rollout rewrites its policy). A nil spec digests like an
 // empty one.
 func SpecDigest(s *v1.ServiceSpec) string {
-	part := &v1.ServiceSpec{
-		Name:            s.GetName(),
-		Run:             s.GetRun(),
-		Checks:          s.GetChecks(),
-		MinHealthyTime:  s.GetMinHealthyTime(),
-		HealthyDeadline: s.GetHealthyDeadline(),
-		Analysis:        s.GetAnalysis(),
+	// Everything but what only the coordinator reads is covered, so a
+	// field added to the spec later is signed unless it is listed here.
+	part := &v1.ServiceSpec{}
+	if s != nil {
+		part = proto.Clone(s).(*v1.ServiceSpec)
 	}
+	part.Selector, part.Rollout, part.Alerts = nil, nil, nil
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(part)
 	if err != nil {
 		// Only invalid UTF-8 in a string fails; no signature can match it.
@@ -386,7 +386,7 @@ func SpecDigest(s *v1.ServiceSpec) string {
 // statement's).
 func CheckSpec(rel *v1.Release, spec *v1.ServiceSpec, want string) error {
 	if got := SpecDigest(spec); got != want {
-		return fail(ErrSpecMismatch, "release %s: the assigned spec has sha256 %s, the signed one %s (run, checks and analysis must be what was signed)",
+		return fail(ErrSpecMismatch, "release %s: the assigned spec has sha256 %s, the signed one %s (run, hooks, checks and analysis must be what was signed)",
 			show(rel.GetVersion(), 64), got, show(want, 80))
 	}
 	return nil
