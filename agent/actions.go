@@ -40,6 +40,8 @@ func (a *agent) do(s *service, act lifecycle.Action) {
 		a.freezeBaseline(s, act)
 	case lifecycle.ActStop:
 		a.stopProcess(s, act)
+	case lifecycle.ActHook:
+		a.startHook(s, act)
 	case lifecycle.ActBeginChecks:
 		if s.ana != nil && s.ana.epoch != act.Epoch {
 			a.analysisStart(s, act) // a handover's process, now alone
@@ -79,8 +81,9 @@ func (a *agent) persist(s *service, snap *lifecycle.Snapshot) error {
 	return nil
 }
 
-// startPrune removes the service's releases except keep (and the one
-// `current` points at) in the background. Prunes of one service run one
+// startPrune removes the service's releases except keep, the one
+// `current` points at and the newest Config.KeepReleases, in the
+// background. Prunes of one service run one
 // after another, and its fetch, verify, stage and switch steps wait for the
 // latest one, so a prune never overlaps them.
 func (a *agent) startPrune(s *service, keep ...string) {
@@ -94,7 +97,7 @@ func (a *agent) startPrune(s *service, keep ...string) {
 		if a.opts.pruneHook != nil {
 			a.opts.pruneHook(name)
 		}
-		if err := a.inst.Prune(name, keep...); err != nil {
+		if err := a.inst.PruneKeeping(name, a.cfg.KeepReleases, keep...); err != nil {
 			a.log.Warn().Str("service", name).Err(err).Msg("pruning old releases")
 		}
 	})
@@ -125,10 +128,15 @@ func (a *agent) startFetch(s *service, act lifecycle.Action) {
 		defer cancel()
 		<-wait
 		ev := doneEv{svc: name, seq: act.Seq}
-		if a.inst.Staged(name, act.Version, artifactOf(asg).SHA256) {
+		switch {
+		case a.inst.Staged(name, act.Version, artifactOf(asg).SHA256):
 			ev.staged = true // unpacked earlier from the same digest
-		} else {
-			ev.fetched, ev.err = a.fetch(ctx, asg)
+		default:
+			// Refused up front when the disk cannot hold the download, the
+			// unpacked release and a margin.
+			if ev.err = a.inst.CheckFreeSpace(asg.GetRelease().GetArtifact().GetSize()); ev.err == nil {
+				ev.fetched, ev.err = a.fetch(ctx, asg)
+			}
 		}
 		if !a.send(ev) {
 			a.inst.Discard(ev.fetched)
@@ -169,6 +177,12 @@ func (a *agent) startStage(s *service, act lifecycle.Action) {
 				a.opts.stageHook(ctx, name, act.Version)
 			}
 			_, ev.err = a.inst.Stage(ctx, name, act.Version, v)
+		}
+		if ev.err == nil {
+			// The release's files belong to the service's user (run.user).
+			if err := ownRelease(a.inst.ReleaseDir(name, act.Version), act.Assignment.GetSpec().GetRun()); err != nil {
+				ev.err = fmt.Errorf("give the release to spec.run.user: %w", err)
+			}
 		}
 		a.send(ev)
 	})
@@ -333,7 +347,12 @@ func (a *agent) supervisorConfig(name string, asg *v1.Assignment, epoch uint64) 
 	if err != nil {
 		return supervise.Config{}, err
 	}
+	cred, err := a.credential(asg.GetSpec().GetRun())
+	if err != nil {
+		return supervise.Config{}, err
+	}
 	return supervise.Config{
+		Credential: cred,
 		Service:    name,
 		Dir:        a.inst.ReleaseDir(name, lifecycle.Version(asg)),
 		Command:    cmd,
@@ -390,8 +409,8 @@ func (a *agent) stopSupervisor(sup *supervise.Supervisor, grace time.Duration) e
 
 // stopProcess carries out ActStop: it stops the process with the action's
 // epoch, supervised or found running at Restore and not adopted. Drain: it
-// served, so its release's pre_stop runs first and its shutdown_delay
-// passes (see drainStop) before the stop signal. If the agent stops during the
+// served, so its release's shutdown_delay passes (see drainStop) before
+// the stop signal (its before_stop ran before, an ActHook of its own). If the agent stops during the
 // drain, the process is left running (with its PID file) for the next
 // agent, which stops it again.
 func (a *agent) stopProcess(s *service, act lifecycle.Action) {

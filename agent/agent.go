@@ -116,6 +116,8 @@ type (
 		proc     *process // started process (ActStart)
 		start    bool     // an ActStart's
 		stopped  bool     // an ActStop's: a process is gone
+		hook     bool     // an ActHook's
+		output   string   // ActHook: the end of the hook's output
 	}
 	// readyEv: the process started with epoch sent READY=1.
 	readyEv struct {

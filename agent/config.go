@@ -76,7 +76,15 @@ type Config struct {
 	// (0 = DefaultServiceLogKeep, negative = none).
 	ServiceLogMaxBytes int64
 	ServiceLogKeep     int
+	// KeepReleases is how many unpacked releases of each service are kept
+	// (the newest staged; 0 = DefaultKeepReleases); the current, last good
+	// and target releases (and the one a watched release would revert to)
+	// are kept besides.
+	KeepReleases int
 }
+
+// DefaultKeepReleases is Config.KeepReleases when it is 0.
+const DefaultKeepReleases = 3
 
 // Validate checks every field; the error names the bad one.
 func (c Config) Validate() error {
@@ -99,6 +107,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxArtifactBytes < 0 {
 		return fmt.Errorf("max_artifact_bytes: %d is negative", c.MaxArtifactBytes)
+	}
+	if c.KeepReleases < 0 {
+		return fmt.Errorf("keep_releases: %d is negative (want 1 or more; 0 for the default %d)", c.KeepReleases, DefaultKeepReleases)
 	}
 	switch {
 	case c.Insecure && (c.TLSCA != "" || c.TLSCert != "" || c.TLSKey != "" || c.JoinTokenFile != ""):
@@ -160,6 +171,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ServiceLogKeep == 0 {
 		c.ServiceLogKeep = DefaultServiceLogKeep
+	}
+	if c.KeepReleases == 0 {
+		c.KeepReleases = DefaultKeepReleases
 	}
 	return c
 }

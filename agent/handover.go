@@ -16,7 +16,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/agent/sockets"
 	"github.com/fleetwave/fleetwave/agent/state"
 	"github.com/fleetwave/fleetwave/agent/supervise"
@@ -27,8 +26,9 @@ import (
 // The handover's I/O (the policy is the lifecycle's): each process of a
 // service is supervised on its own (two run during a handover), started
 // on the service's listening sockets with a notify socket when its release
-// says ready: notify, and stopped drained (pre_stop, shutdown_delay, then
-// the supervisor's SIGTERM and SIGKILL) when the machine says so.
+// says ready: notify, and stopped drained (its before_stop, an ActHook,
+// then shutdown_delay, then the supervisor's SIGTERM and SIGKILL) when the
+// machine says so.
 
 // process is one supervised process of a service.
 type process struct {
@@ -344,27 +344,13 @@ func (a *agent) saveRuntime(s *service) error {
 	return a.store.SaveWith(s.saved, a.runtime(s))
 }
 
-// drainStop runs what comes before the stop signal of a process that served:
-// its release's pre_stop (from its release directory, output to the
-// service log, killed at its timeout; a failure is logged and the stop goes
-// on), then its shutdown_delay. It returns ctx's error when the agent
-// stops meanwhile (the process is then left running for the next agent).
-func (a *agent) drainStop(ctx context.Context, svc string, asg *v1.Assignment) error {
-	run := asg.GetSpec().GetRun()
-	if ps := run.GetPreStop(); ps != nil {
-		h, err := a.preStopHook(svc, asg)
-		if err == nil {
-			a.log.Info().Str("service", svc).Str("version", lifecycle.Version(asg)).Strs("command", h.Command).Msg("pre_stop")
-			err = supervise.RunHook(ctx, h)
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if err != nil {
-			a.log.Warn().Str("service", svc).Str("version", lifecycle.Version(asg)).Err(err).Msg("pre_stop failed: stopping all the same")
-		}
-	}
-	if d := run.GetShutdownDelay().AsDuration(); d > 0 {
+// drainStop waits what comes before the stop signal of a process that
+// served, once its release's before_stop ran (an ActHook the machine
+// emits before the ActStop): its shutdown_delay. It returns ctx's error
+// when the agent stops meanwhile (the process is then left running for the
+// next agent).
+func (a *agent) drainStop(ctx context.Context, _ string, asg *v1.Assignment) error {
+	if d := asg.GetSpec().GetRun().GetShutdownDelay().AsDuration(); d > 0 {
 		t := time.NewTimer(d)
 		defer t.Stop()
 		select {
@@ -374,26 +360,6 @@ func (a *agent) drainStop(ctx context.Context, svc string, asg *v1.Assignment) e
 		}
 	}
 	return nil
-}
-
-// preStopHook is the pre_stop of an assignment, expanded, to run from its
-// release directory with its environment.
-func (a *agent) preStopHook(svc string, asg *v1.Assignment) (supervise.Hook, error) {
-	ps := asg.GetSpec().GetRun().GetPreStop()
-	cmd, err := expandPreStop(ps, a.cfg.HostID, a.cfg.Labels)
-	if err != nil {
-		return supervise.Hook{}, err
-	}
-	_, env, err := expandRun(asg.GetSpec().GetRun(), a.cfg.HostID, a.cfg.Labels)
-	if err != nil {
-		return supervise.Hook{}, err
-	}
-	timeout := spec.DefaultPreStopTimeout
-	if d := ps.GetTimeout(); d != nil && d.AsDuration() > 0 {
-		timeout = d.AsDuration()
-	}
-	return supervise.Hook{Service: svc, Name: "pre_stop", Dir: a.inst.ReleaseDir(svc, lifecycle.Version(asg)),
-		Command: cmd, Env: env, LogPath: a.logFile(svc), Timeout: timeout}, nil
 }
 
 // afterStop tidies up once a process of s is gone (or did not start): the

@@ -688,6 +688,7 @@ func TestSocketsReleasedForAReleaseWithout(t *testing.T) {
 	run.Command = []string{self, "--listen", "127.0.0.1:${host.label.port}"}
 	run.Env = map[string]string{demoAppEnv: "1", "GORACE": "atexit_sleep_ms=0"}
 	run.Sockets, run.Ready, run.ReadyTimeout = nil, "", nil
+	run.PreStop = nil // the demo app has no pre-stop mode (and a failing before_stop would keep v1)
 	fc.assign(a1)
 	fc.waitFor(t, "v1 healthy", handoverTimeout, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
 		return reportIs(lastReport(rs, testSvc), 1, v1.Phase_PHASE_HEALTHY, "v1")

@@ -94,6 +94,9 @@ func (a *agent) handle(ev any) {
 			a.afterStop(s)
 		}
 		in := lifecycle.Done(ev.seq, ev.err, time.Now())
+		if ev.hook {
+			in = lifecycle.HookDone(ev.seq, ev.err, ev.output, in.At)
+		}
 		if ev.linkOK {
 			in = lifecycle.SwitchDone(ev.seq, ev.err, ev.link, in.At)
 		}

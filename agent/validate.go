@@ -85,6 +85,15 @@ func validateAssignment(a *v1.Assignment, hostID string, labels map[string]strin
 	if _, _, err := expandRun(s.GetRun(), hostID, labels); err != nil {
 		return err
 	}
+	if err := checkHooks(s, hostID, labels); err != nil {
+		return err
+	}
+	if ra, err := lookupRunAs(s.GetRun()); err != nil {
+		return err
+	} else if ra != nil && s.GetRun().GetReady() == spec.ReadyNotify {
+		// The notify socket lives in the agent's private directory.
+		return fmt.Errorf("spec.run.ready: %q with spec.run.user %q is not supported yet (the notify socket is the agent's)", spec.ReadyNotify, s.GetRun().GetUser())
+	}
 	if _, _, _, _, err := compileAnalysis(a, hostID, labels); err != nil {
 		return err
 	}
@@ -187,8 +196,9 @@ func expandCheck(c *v1.Check, i int, hostID string, labels map[string]string) (*
 
 // checkHandover checks the handover's fields of the run spec as this host
 // expands them (the coordinator validated the spec; a label can still make
-// a bad address): the sockets, ready and its timeout, shutdown_delay and
-// pre_stop. Errors name the field and the value.
+// a bad address): the sockets, ready and its timeout and shutdown_delay
+// (run.pre_stop is checked with the hooks). Errors name the field and the
+// value.
 func checkHandover(run *v1.RunSpec, hostID string, labels map[string]string) error {
 	if _, err := sockets.FromSpec(run, hostID, labels); err != nil {
 		return fmt.Errorf("spec.%w", err)
@@ -207,32 +217,5 @@ func checkHandover(run *v1.RunSpec, hostID string, labels map[string]string) err
 	if d := run.GetShutdownDelay().AsDuration(); d > spec.MaxShutdownDelay {
 		return fmt.Errorf("spec.run.shutdown_delay: %s is more than %s", d, spec.MaxShutdownDelay)
 	}
-	if ps := run.GetPreStop(); ps != nil {
-		if _, err := expandPreStop(ps, hostID, labels); err != nil {
-			return err
-		}
-		if err := checkDuration("spec.run.pre_stop.timeout", ps.GetTimeout(), false); err != nil {
-			return err
-		}
-		if d := ps.GetTimeout().AsDuration(); d > spec.MaxPreStopTimeout {
-			return fmt.Errorf("spec.run.pre_stop.timeout: %s is more than %s", d, spec.MaxPreStopTimeout)
-		}
-	}
 	return nil
-}
-
-// expandPreStop resolves ${host.*} in the pre_stop command.
-func expandPreStop(ps *v1.PreStop, hostID string, labels map[string]string) ([]string, error) {
-	if len(ps.GetCommand()) == 0 || ps.GetCommand()[0] == "" {
-		return nil, fmt.Errorf("spec.run.pre_stop.command: empty")
-	}
-	cmd := make([]string, 0, len(ps.GetCommand()))
-	for i, arg := range ps.GetCommand() {
-		x, err := spec.Expand(arg, hostID, labels)
-		if err != nil {
-			return nil, fmt.Errorf("spec.run.pre_stop.command[%d]: %v", i, err)
-		}
-		cmd = append(cmd, x)
-	}
-	return cmd, nil
 }

@@ -493,32 +493,9 @@ func (in *Installer) Current(service string) (string, error) {
 }
 
 // Prune removes the unpacked releases of a service except those in keep and
-// the one `current` points at.
+// the one `current` points at (PruneKeeping keeps the newest ones too).
 func (in *Installer) Prune(service string, keep ...string) error {
-	sdir := in.serviceDir(service)
-	entries, err := os.ReadDir(sdir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("prune %s: %w", service, err)
-	}
-	cur, _ := in.Current(service)
-	keepSet := map[string]bool{cur: true, CurrentLink: true}
-	for _, k := range keep {
-		keepSet[k] = true
-	}
-	for _, e := range entries {
-		name := e.Name()
-		if keepSet[name] || strings.HasPrefix(name, ".") || spec.CheckVersion("version", name) != nil {
-			continue
-		}
-		in.log.Info().Str("service", service).Str("version", name).Msg("pruning old release")
-		if err := in.removeRelease(service, name); err != nil {
-			return fmt.Errorf("prune %s %s: %w", service, name, err)
-		}
-	}
-	return nil
+	return in.PruneKeeping(service, 0, keep...)
 }
 
 // writeFileSync writes path through a temp file beside it whose name starts

@@ -41,6 +41,29 @@
 // revert or a recovery whose new process does not become ready leaves the
 // one that served running (FAILED, saying so), rather than nothing.
 //
+// Hooks. The machine decides when a release's hooks run (ActHook, a long
+// step; HookOf reads them from the spec, run.pre_stop being before_stop's
+// alias): after_install once the release is staged, before the switch;
+// before_start right before its process starts; after_start once that
+// process is ready and serves alone, before its checks; validate once the
+// checks (and the analysis) passed, before HEALTHY; before_stop before
+// every stop of a process that served, of the release being stopped. A
+// hook that fails or times out fails an install as a failing check does:
+// after_install before the switch (FAILED, nothing changed), any other by
+// a local revert whose reason names the hook, the release, why and the end
+// of its output (at most MaxHookOutput bytes). A before_stop that fails
+// while an install replaces its process keeps that process running (not
+// signalled) and the install reverts to it; a failing before_stop of a
+// revert, a recovery or a restore is noted and the stop goes on. A revert
+// or a recovery runs before_start and after_start of the release it
+// starts (not after_install, which ran when it was installed, nor
+// validate, as it is re-checked with its health checks alone); their
+// failures are noted, it goes on, and it ends FAILED saying so. While
+// validate runs nothing is decided: a crash loop or an analysis fail
+// meanwhile reverts when it ends. Hooks run at least once: an agent restart
+// during an install runs them again with the step they precede (Restore of
+// STARTING with the target running runs its after_start again).
+//
 // Agent restarts. Services outlive the agent, so Restore takes, besides the
 // snapshot, what the caller found running (Running: the release and epoch a
 // verified PID record names; two processes when the agent stopped during a
@@ -83,12 +106,15 @@
 //     crash recovery relies on). ActReport, ActAdopt, ActBeginChecks,
 //     ActStopChecks and ActFreezeBaseline are quick and are done inline.
 //  2. The long steps (ActFetch, ActVerify, ActStage, ActSwitch, ActStart,
-//     ActStop) may run in the background. At most one is in flight per
+//     ActStop, ActHook) may run in the background. At most one is in flight per
 //     Machine. An ActStart with Beside starts the process next to the one
 //     that serves (stopping nothing); an ActStop stops only the process
 //     with its Epoch, first running its release's pre_stop and waiting its
-//     shutdown_delay when it says Drain. When it finishes, feed
-//     Done(action.Seq, err, now); for
+//     shutdown_delay when it says Drain (its release's before_stop is an
+//     ActHook of its own, before it). An ActHook runs its hook from its
+//     release's directory and kills it at its Timeout; feed its end with
+//     HookDone(action.Seq, err, output, now). When another step finishes,
+//     feed Done(action.Seq, err, now); for
 //     ActSwitch feed SwitchDone with the version `current` points at after
 //     the attempt (read back), so a failed switch is never taken for one that
 //     happened. An ActFetch for which FetchSuperseded reports true may be

@@ -42,6 +42,15 @@ const (
 	stopFresh                 // the new process did not become ready: it goes, the old one stays
 )
 
+// hookRun is the ActHook in flight.
+type hookRun struct {
+	name string
+	a    *v1.Assignment
+	// before_stop: the process to stop once it ran, and why it is stopped
+	p   *proc
+	why stopKind
+}
+
 // recoverKind is what to do once recovery has re-checked the release.
 type recoverKind int
 
@@ -91,6 +100,10 @@ type checkState struct {
 	passSince  time.Time
 	exits      int // since the process started (checking and watch)
 	lastWhy    string
+
+	// validated: the release's validate hook ran and passed (HEALTHY
+	// needs it when the release has one; only an install runs it).
+	validated bool
 
 	// analyse: an install of a release with analysis rules; HEALTHY also
 	// needs the latest verdict to be Pass.
@@ -150,6 +163,14 @@ type Machine struct {
 	// the watch the restored HEALTHY release was in
 	resumeUntil time.Time
 	resumePrev  *v1.Assignment
+
+	// hook is the ActHook in flight (nil: none). hookWhy says which hooks
+	// of the release a revert or a recovery starts failed (it goes on
+	// regardless, and ends FAILED saying so). deferred is a failure of the
+	// checks that came while validate ran: acted on when it ends.
+	hook     *hookRun
+	hookWhy  string
+	deferred string
 
 	now  time.Time
 	acts []Action
@@ -264,6 +285,13 @@ func Restore(s Snapshot, found []Running, now time.Time) (*Machine, []Action) {
 				// The handover was under way: the old process goes first.
 				m.setPhase(v1.Phase_PHASE_STARTING, false)
 				m.stopProc(m.procs[0], stopOld)
+				return m, m.take()
+			}
+			if s.Phase == v1.Phase_PHASE_STARTING && HookOf(m.target, HookAfterStart) != nil {
+				// Its after_start may not have run (or not to its end):
+				// hooks run at least once.
+				m.setPhase(v1.Phase_PHASE_STARTING, false)
+				m.startHook(HookAfterStart, m.target, p, 0)
 				return m, m.take()
 			}
 			m.phase = v1.Phase_PHASE_CHECKING
@@ -529,6 +557,7 @@ func (m *Machine) Report() *v1.ServiceReport {
 	if m.refused != "" {
 		r.Reason = joinReasons(m.reason, m.refused)
 	}
+	r.Reason = boundReason(r.Reason)
 	if !m.now.IsZero() {
 		r.At = timestamppb.New(m.now)
 	}
@@ -579,6 +608,15 @@ func (m *Machine) startStep(k ActionKind, a *v1.Assignment) {
 // op goes on with launched once the new process is ready (and the old one
 // stopped), or with launchFailed.
 func (m *Machine) launch(a *v1.Assignment) {
+	if HookOf(a, HookBeforeStart) != nil {
+		m.startHook(HookBeforeStart, a, nil, 0) // then emitStart
+		return
+	}
+	m.emitStart(a)
+}
+
+// emitStart emits the ActStart of launch.
+func (m *Machine) emitStart(a *v1.Assignment) {
 	m.epoch++
 	m.fresh = &proc{epoch: m.epoch, v: Version(a), a: a}
 	m.readyBy = time.Time{}
@@ -587,8 +625,18 @@ func (m *Machine) launch(a *v1.Assignment) {
 	m.emit(Action{Kind: ActStart, Seq: m.seq, Epoch: m.epoch, Version: Version(a), Assignment: a, Beside: len(m.procs) > 0})
 }
 
-// stopProc stops p (ActStop), drained when it has been serving.
+// stopProc stops p (ActStop), drained when it has been serving: its
+// release's before_stop runs first (ActHook), when it has one.
 func (m *Machine) stopProc(p *proc, why stopKind) {
+	if p.ready && HookOf(p.a, HookBeforeStop) != nil {
+		m.startHook(HookBeforeStop, p.a, p, why) // then emitStop
+		return
+	}
+	m.emitStop(p, why)
+}
+
+// emitStop emits the ActStop of stopProc.
+func (m *Machine) emitStop(p *proc, why stopKind) {
 	m.seq++
 	m.inflight = ActStop
 	m.stopping, m.stopWhy = p, why
@@ -666,8 +714,28 @@ func (m *Machine) handOver(t time.Time) {
 }
 
 // launched goes on with the op once its new process is ready and serves
-// alone.
+// alone: its release's after_start runs (when it has one), then it is
+// checked.
 func (m *Machine) launched(t time.Time) {
+	var a *v1.Assignment
+	switch m.op {
+	case opInstall:
+		a = m.target
+	case opRevert:
+		a = m.lastGood
+	case opRecover:
+		a = m.recWhat
+	}
+	if a != nil && HookOf(a, HookAfterStart) != nil {
+		m.startHook(HookAfterStart, a, m.procs[0], 0) // then checkLaunched
+		return
+	}
+	m.checkLaunched(t)
+}
+
+// checkLaunched begins the checks of the process launched (or goes on
+// with an adoption).
+func (m *Machine) checkLaunched(t time.Time) {
 	p := m.procs[0]
 	switch m.op {
 	case opInstall:
@@ -796,6 +864,13 @@ func (m *Machine) apply(p *pendingAssign, t time.Time) {
 		}
 		m.current = p.a
 		m.target = p.a
+		for _, q := range m.procs {
+			if q.v == v {
+				// Its next stop uses this spec's before_stop (a broken
+				// one is fixed by applying a spec without it).
+				q.a = p.a
+			}
+		}
 		m.reason = ""
 		m.setPhase(v1.Phase_PHASE_HEALTHY, true)
 		return
@@ -823,6 +898,9 @@ func (m *Machine) onDone(in Input, t time.Time) {
 	switch {
 	case k == ActStart:
 		m.startDone(err, t)
+		return
+	case k == ActHook:
+		m.hookDone(err, in.Output, t)
 		return
 	case k == ActStop && m.stopDone(t):
 		return
@@ -881,6 +959,10 @@ func (m *Machine) installDone(k ActionKind, err error, t time.Time) {
 			m.setPhase(v1.Phase_PHASE_STAGING, true)
 			m.startStep(ActStage, m.target)
 		case ActStage:
+			if HookOf(m.target, HookAfterInstall) != nil {
+				m.startHook(HookAfterInstall, m.target, nil, 0) // then afterInstallDone
+				return
+			}
 			m.setPhase(v1.Phase_PHASE_SWITCHING, true)
 			m.startStep(ActSwitch, m.target)
 		}
@@ -916,8 +998,14 @@ func (m *Machine) installStart(time.Time) {
 }
 
 func (m *Machine) failBeforeSwitch(k ActionKind, err error, t time.Time) {
+	m.failedBeforeSwitch(fmt.Sprintf("%s %s: %v", k, Version(m.target), err), t)
+}
+
+// failedBeforeSwitch ends an install before its switch: nothing changed on
+// the host, the old release runs on.
+func (m *Machine) failedBeforeSwitch(why string, t time.Time) {
 	m.op = opNone
-	m.reason = fmt.Sprintf("%s %s: %v", k, Version(m.target), err)
+	m.reason = why
 	m.setPhase(v1.Phase_PHASE_FAILED, true)
 	m.settle(t)
 }
@@ -927,6 +1015,7 @@ func (m *Machine) failBeforeSwitch(k ActionKind, err error, t time.Time) {
 func (m *Machine) beginRevert(why string, t time.Time) {
 	m.op = opRevert
 	m.switched = false
+	m.hookWhy = ""
 	m.reason = why
 	m.setPhase(v1.Phase_PHASE_REVERTING, true)
 	m.revertNext(t)
@@ -939,6 +1028,16 @@ func (m *Machine) beginRevert(why string, t time.Time) {
 // last good one is ready. When the last good release's process still runs
 // (the failed one never took over from it), it is only checked again.
 func (m *Machine) revertNext(t time.Time) {
+	if g := m.goodProc(); g != nil && len(m.procs) > 1 {
+		// The last good release's process serves beside the failed
+		// one's (its before_stop refused a handover): that one goes.
+		for _, p := range m.procs {
+			if p != g {
+				m.stopProc(p, stopOp)
+				return
+			}
+		}
+	}
 	keep := m.keepsLastGood()
 	switch {
 	case len(m.procs) > 0 && !keep && !m.canHandover(m.lastGood):
@@ -965,11 +1064,21 @@ func (m *Machine) revertNext(t time.Time) {
 // throughout (a new process that never became ready did not take over from
 // it), so the revert keeps it and only checks it again.
 func (m *Machine) keepsLastGood() bool {
-	if len(m.procs) != 1 || m.lastGood == nil {
-		return false
+	return len(m.procs) == 1 && m.goodProc() != nil
+}
+
+// goodProc returns the process that serves of the last good release, when
+// that is not the release being reverted (nil: none).
+func (m *Machine) goodProc() *proc {
+	if m.lastGood == nil || Version(m.lastGood) == Version(m.target) {
+		return nil
 	}
-	v := m.procs[0].v
-	return v == Version(m.lastGood) && v != Version(m.target)
+	for _, p := range m.procs {
+		if p.v == Version(m.lastGood) {
+			return p
+		}
+	}
+	return nil
 }
 
 func (m *Machine) revertDone(k ActionKind, _ error, t time.Time) {
@@ -1134,6 +1243,7 @@ func (m *Machine) beginChecks(a *v1.Assignment, epoch uint64, t time.Time) {
 	}
 	m.checks = nil
 	m.rules = nil
+	m.deferred = ""
 	m.emit(Action{Kind: ActBeginChecks, Epoch: epoch, Version: Version(a), Assignment: a})
 	m.report()
 }
@@ -1302,8 +1412,8 @@ func (m *Machine) expireWatch(t time.Time) {
 // evaluate decides a checking period or a watch at time t.
 func (m *Machine) evaluate(t time.Time) {
 	c := &m.chk
-	if !c.active {
-		return
+	if !c.active || (m.hook != nil && !c.watching) {
+		return // validate runs: decided when it ends
 	}
 	if c.watching {
 		if !c.failSince.IsZero() {
@@ -1361,6 +1471,11 @@ func (m *Machine) inconclusiveWhy() string {
 func (m *Machine) checksPassed(t time.Time) {
 	switch m.op {
 	case opInstall:
+		if !m.chk.validated && HookOf(m.chk.a, HookValidate) != nil {
+			// The checks (and the analysis) passed: validate, then HEALTHY.
+			m.startHook(HookValidate, m.chk.a, m.procs[0], 0) // then validateDone
+			return
+		}
 		m.op = opNone
 		prev := m.lastGood
 		m.lastGood = m.current
@@ -1372,10 +1487,25 @@ func (m *Machine) checksPassed(t time.Time) {
 	case opRevert:
 		m.stopChecks()
 		m.op = opNone
+		if m.hookWhy != "" {
+			// It runs and passed its checks, but a hook of its start failed.
+			m.currentOK = false
+			m.reason = joinReasons(m.reason, fmt.Sprintf("last good %s runs, but %s", Version(m.lastGood), m.hookWhy))
+			m.hookWhy = ""
+			m.setPhase(v1.Phase_PHASE_FAILED, true)
+			m.settle(t)
+			return
+		}
 		m.currentOK = true
 		m.setPhase(v1.Phase_PHASE_REVERTED, true)
 		m.settle(t)
 	case opRecover:
+		if why := m.hookWhy; why != "" {
+			m.hookWhy = ""
+			m.stopChecks()
+			m.recoverOutcome(false, fmt.Sprintf("%s runs, but %s", Version(m.recWhat), why), t)
+			return
+		}
 		if m.rec == recSettled && m.restored == v1.Phase_PHASE_HEALTHY && t.Before(m.resumeUntil) {
 			m.beginWatch(m.resumePrev, m.resumeUntil) // the agent restarted during the watch
 		} else {
@@ -1386,6 +1516,14 @@ func (m *Machine) checksPassed(t time.Time) {
 }
 
 func (m *Machine) checksFailed(why string, t time.Time) {
+	if m.hook != nil {
+		// validate runs (a crash loop, an analysis fail): decided when it
+		// ends.
+		if m.deferred == "" {
+			m.deferred = why
+		}
+		return
+	}
 	m.stopChecks()
 	switch m.op {
 	case opInstall:
@@ -1400,4 +1538,230 @@ func (m *Machine) checksFailed(why string, t time.Time) {
 	case opRecover:
 		m.recoverOutcome(false, fmt.Sprintf("%s failed its checks: %s", Version(m.recWhat), why), t)
 	}
+}
+
+// startHook runs the hook name of release a (ActHook). p is the process it
+// is about (before_stop: the one stopped afterwards, for why; after_start,
+// validate: the one started; nil: none).
+func (m *Machine) startHook(name string, a *v1.Assignment, p *proc, why stopKind) {
+	m.seq++
+	m.inflight = ActHook
+	m.hook = &hookRun{name: name, a: a, p: p, why: why}
+	act := Action{Kind: ActHook, Seq: m.seq, Hook: name, Version: Version(a), Assignment: a,
+		Timeout: HookTimeout(a, name), Operation: m.operation()}
+	if p != nil {
+		act.Epoch = p.epoch
+	}
+	if name == HookBeforeStop {
+		act.Next = m.nextVersion()
+	} else {
+		act.Previous = m.previousVersion()
+	}
+	m.emit(act)
+}
+
+// operation names the op for a hook's environment.
+func (m *Machine) operation() string {
+	switch m.op {
+	case opInstall:
+		return OpInstall
+	case opRevert:
+		return OpRevert
+	case opRecover:
+		return OpRecover
+	case opAdopt:
+		return OpRestore
+	case opRemove:
+		return OpRemove
+	}
+	return ""
+}
+
+// previousVersion is what a release being started replaces: the last good
+// release for an install, the failed one for a revert ("" for none or a
+// recovery).
+func (m *Machine) previousVersion() string {
+	switch m.op {
+	case opInstall:
+		return Version(m.lastGood)
+	case opRevert:
+		return Version(m.target)
+	}
+	return ""
+}
+
+// nextVersion is the release that takes over from a process being
+// stopped ("" for none).
+func (m *Machine) nextVersion() string {
+	switch m.op {
+	case opInstall:
+		return Version(m.target)
+	case opRevert:
+		return Version(m.lastGood)
+	case opRecover:
+		return Version(m.recWhat)
+	case opAdopt:
+		return Version(m.current)
+	}
+	return ""
+}
+
+// hookDone takes the end of the ActHook in flight. A hook that failed (or
+// timed out) fails an install as a failing check does: after_install
+// before the switch (FAILED, nothing changed), the others by reverting (a
+// failed before_stop keeps its process: see beforeStopDone). In a revert or
+// a recovery a failed hook is noted and the op goes on.
+func (m *Machine) hookDone(err error, output string, t time.Time) {
+	h := m.hook
+	m.hook = nil
+	why := ""
+	if err != nil {
+		note := ""
+		switch {
+		case h.name != HookBeforeStop:
+		case m.keepsOnFailedStop(h):
+			note = fmt.Sprintf(" (%s keeps running)", Version(h.a))
+		default:
+			note = " (stopped all the same)"
+		}
+		why = hookFailure(h, note, err, output)
+	}
+	switch h.name {
+	case HookAfterInstall:
+		m.afterInstallDone(why, t)
+	case HookBeforeStop:
+		m.beforeStopDone(h, why, t)
+	case HookBeforeStart:
+		if why != "" && m.op == opInstall {
+			m.beginRevert(fmt.Sprintf("%s: %s", Version(m.target), why), t)
+			return
+		}
+		m.noteHook(why)
+		m.emitStart(h.a)
+	case HookAfterStart:
+		if why != "" && m.op == opInstall {
+			m.beginRevert(fmt.Sprintf("%s: %s", Version(m.target), why), t)
+			return
+		}
+		m.noteHook(why)
+		m.checkLaunched(t)
+	case HookValidate:
+		if d := m.deferred; d != "" {
+			m.deferred = ""
+			m.checksFailed(d, t)
+			return
+		}
+		if why != "" {
+			m.checksFailed(why, t)
+			return
+		}
+		m.chk.validated = true
+		m.evaluate(t) // HEALTHY if the checks still pass, else checking goes on
+	}
+}
+
+// noteHook records a failed hook of a revert or a recovery, which goes on.
+func (m *Machine) noteHook(why string) {
+	if why != "" {
+		m.hookWhy = joinReasons(m.hookWhy, why)
+	}
+}
+
+// afterInstallDone goes on with an install once after_install ran: to the
+// switch, or FAILED (nothing was switched: the old release runs on). A
+// newer assignment of another release waiting abandons the install.
+func (m *Machine) afterInstallDone(why string, t time.Time) {
+	if p := m.pending; p != nil {
+		if p.a == nil || Version(p.a) != Version(m.target) {
+			m.apply(p, t)
+			return
+		}
+		m.pending = nil
+		m.gen = p.gen
+		m.target = p.a
+		m.persist()
+		m.report()
+	}
+	if why != "" {
+		m.failedBeforeSwitch(fmt.Sprintf("%s: %s", Version(m.target), why), t)
+		return
+	}
+	m.setPhase(v1.Phase_PHASE_SWITCHING, true)
+	m.startStep(ActSwitch, m.target)
+}
+
+// beforeStopDone goes on once the before_stop of a process to stop ran.
+// When it failed while an install replaces that process (its release says
+// it may not stop now), the process is not signalled and keeps serving,
+// and the install fails: the host reverts to it. Otherwise (a revert, a
+// recovery, a handover finished after an agent restart) the failure is
+// put in the reason and the stop goes on: the process must go.
+func (m *Machine) beforeStopDone(h *hookRun, why string, t time.Time) {
+	if why != "" && m.keepsOnFailedStop(h) {
+		if h.why == stopOld && m.fresh != nil {
+			// The new process is ready and serves beside it: the revert
+			// stops it.
+			m.procs = append(m.procs, m.fresh)
+			m.fresh = nil
+		}
+		m.beginRevert(fmt.Sprintf("%s: %s", Version(m.target), why), t)
+		return
+	}
+	if why != "" {
+		m.reason = joinReasons(m.reason, why)
+	}
+	m.emitStop(h.p, h.why)
+}
+
+// keepsOnFailedStop reports whether a failure of before_stop h keeps its
+// process running: an install replaces it.
+func (m *Machine) keepsOnFailedStop(h *hookRun) bool {
+	return m.op == opInstall && (h.why == stopOp || h.why == stopOld)
+}
+
+// hookFailure says which hook of which release failed (note follows) and
+// why, with the end of its output.
+func hookFailure(h *hookRun, note string, err error, output string) string {
+	why := fmt.Sprintf("hook %s of %s failed%s: %v", h.name, Version(h.a), note, err)
+	if tail := outputTail(output); tail != "" {
+		why += "; last output: " + tail
+	}
+	return why
+}
+
+// outputTail is the end of a hook's output for a reason: at most
+// MaxHookOutput bytes, from a line start when cut, valid UTF-8, its lines
+// joined with " | " and other control characters shown as spaces.
+func outputTail(out string) string {
+	out = strings.TrimRight(out, "\n\r\t ")
+	if len(out) > MaxHookOutput {
+		out = out[len(out)-MaxHookOutput:]
+		if i := strings.IndexByte(out, '\n'); i >= 0 && i < len(out)-1 {
+			out = out[i+1:]
+		}
+	}
+	out = strings.ToValidUTF8(out, "\uFFFD")
+	lines := strings.Split(out, "\n")
+	for i, l := range lines {
+		lines[i] = strings.Map(func(r rune) rune {
+			if r < ' ' || r == 0x7f {
+				return ' '
+			}
+			return r
+		}, strings.TrimRight(l, "\r"))
+	}
+	return strings.Join(lines, " | ")
+}
+
+// boundReason keeps a reason within MaxReason bytes: the middle of a
+// longer one is left out (its start says what failed first, its end the
+// latest).
+func boundReason(s string) string {
+	if len(s) <= MaxReason {
+		return s
+	}
+	const gap = " [...] "
+	head := MaxReason / 4
+	tail := MaxReason - head - len(gap)
+	return strings.ToValidUTF8(s[:head], "") + gap + strings.ToValidUTF8(s[len(s)-tail:], "")
 }

@@ -87,6 +87,9 @@ func expectRestore(p *Snapshot, found []string) (restoreKind, v1.Phase) {
 		// spec that runs differently): what runs of the release may run
 		// either spec, so it is not adopted.
 		if has(tgt) && len(found) == 1 && !specChange(p.Target, p.LastGood) {
+			if ph == v1.Phase_PHASE_STARTING && HookOf(p.Target, HookAfterStart) != nil {
+				return restoreResumeInstall, v1.Phase_PHASE_STARTING // after_start runs again first
+			}
 			return restoreResumeInstall, v1.Phase_PHASE_CHECKING
 		}
 		// Not running, or running beside another process that goes first.
@@ -212,6 +215,25 @@ type sim struct {
 	procsAtFetch                          string
 	// handovers counts what the handover exercised
 	handovers simHandovers
+
+	// hooks: the last hook that ended well (the next step it precedes
+	// must follow), the epochs whose before_stop ran (a drained stop
+	// needs it when the release has one), the epoch whose validate passed,
+	// and what the simulation exercised.
+	hookOK     *Action
+	stopHooked map[uint64]bool
+	validated  uint64
+	hookStats  simHooks
+	// Restore adopted a settled release's process beside another, which
+	// it stops first (drained: its before_stop may take a while)
+	adoptingBeside bool
+}
+
+// simHooks counts the hooks the simulation ran and failed, by name, and
+// the before_stops that failed while an install replaced their process.
+type simHooks struct {
+	ran, failed map[string]int
+	keptRunning int
 }
 
 // simProc is a process of the modelled host.
@@ -319,6 +341,20 @@ func (s *sim) newAssignment(version string, gen int64) *v1.Assignment {
 		a.Spec.Run.Ready = ReadyNotify
 		if s.rnd.IntN(2) == 0 {
 			a.Spec.Run.ReadyTimeout = durationpb.New(time.Duration(2+s.rnd.IntN(20)) * time.Second)
+		}
+	}
+	if s.rnd.IntN(2) == 0 {
+		a.Spec.Hooks = &v1.Hooks{}
+		hook := func() *v1.Hook {
+			if s.rnd.IntN(3) > 0 {
+				return nil
+			}
+			return &v1.Hook{Command: []string{"./hook"}, Timeout: durationpb.New(time.Duration(1+s.rnd.IntN(30)) * time.Second)}
+		}
+		h := a.Spec.Hooks
+		h.AfterInstall, h.BeforeStart, h.AfterStart, h.Validate, h.BeforeStop = hook(), hook(), hook(), hook(), hook()
+		if h.BeforeStop == nil && s.rnd.IntN(3) == 0 {
+			a.Spec.Run.PreStop = &v1.PreStop{Command: []string{"./pre-stop"}} // the alias
 		}
 	}
 	return a
@@ -431,7 +467,8 @@ func (s *sim) step(in Input) {
 	}
 	// A Fail reverts at once, while checking or watching.
 	if wasAnalysing && in.Kind == InputAnalysis && in.Verdict == VerdictFail && in.Epoch == s.chkEpoch &&
-		(!wasWatching || in.At.Before(wasUntil)) && s.m.Phase() != v1.Phase_PHASE_REVERTING {
+		(!wasWatching || in.At.Before(wasUntil)) && s.m.Phase() != v1.Phase_PHASE_REVERTING &&
+		!(s.inflight != nil && s.inflight.Kind == ActHook) { // while validate runs: when it ends
 		s.fatalf("analysis Fail did not revert at once (phase %v)", s.m.Phase())
 	}
 }
@@ -453,6 +490,12 @@ func (s *sim) apply(acts []Action) {
 			if p == nil {
 				s.fatalf("%v, but no process with epoch %d runs (%s)", a, a.Epoch, s.procList())
 			}
+			// A process that served is stopped only after its release's
+			// before_stop ran (well, or in a revert or a recovery at all).
+			if a.Drain && HookOf(p.a, HookBeforeStop) != nil && !s.stopHooked[a.Epoch] {
+				s.fatalf("%v of %s without its before_stop", a, p.v)
+			}
+
 			if a.Drain != p.ready {
 				s.fatalf("%v of a process that served=%v", a, p.ready)
 			}
@@ -487,8 +530,10 @@ func (s *sim) apply(acts []Action) {
 						a, p.v, s.prev, Version(next))
 				}
 			}
+		case ActHook:
+			s.checkHook(acts, i)
 		case ActFreezeBaseline:
-			if i+1 == len(acts) || (acts[i+1].Kind != ActStop && !(acts[i+1].Kind == ActStart && acts[i+1].Beside)) {
+			if i+1 == len(acts) || (acts[i+1].Kind != ActStop && acts[i+1].Kind != ActHook && !(acts[i+1].Kind == ActStart && acts[i+1].Beside)) {
 				s.fatalf("%v not right before a stop or a start beside the old process", a)
 			}
 			if a.Version != s.link || !HasAnalysis(a.Assignment) {
@@ -496,6 +541,7 @@ func (s *sim) apply(acts []Action) {
 			}
 		case ActSwitch:
 			s.switchedSinceFetch = true
+
 			if s.afterRestore {
 				s.afterRestore = false
 				if a.Version != Version(s.persisted.LastGood) {
@@ -504,6 +550,11 @@ func (s *sim) apply(acts []Action) {
 			}
 		case ActStart:
 			s.checkFreeze(acts, i)
+			if HookOf(a.Assignment, HookBeforeStart) != nil && (s.hookOK == nil || s.hookOK.Hook != HookBeforeStart) &&
+				!s.recovering && s.prev != v1.Phase_PHASE_REVERTING {
+				s.fatalf("%v of an install without its before_start", a)
+			}
+
 			if a.Beside {
 				// A handover: beside the one process that serves, both
 				// releases declaring sockets.
@@ -539,6 +590,7 @@ func (s *sim) apply(acts []Action) {
 				s.procs[a.Epoch] = s.procs[f.Epoch]
 				delete(s.procs, f.Epoch)
 			}
+			s.procs[a.Epoch].a = a.Assignment // adopted as the release the machine names
 			s.epoch = a.Epoch
 			s.adoptions++
 		case ActBeginChecks:
@@ -586,6 +638,9 @@ func (s *sim) apply(acts []Action) {
 			}
 		case ActReport:
 			s.checkReport(a.Report)
+		}
+		if a.Kind.Long() && a.Kind != ActHook {
+			s.followsHook(a)
 		}
 		if a.Kind.Long() {
 			if s.inflight != nil {
@@ -662,6 +717,9 @@ func (s *sim) checkReport(r *v1.ServiceReport) {
 		if install && HasAnalysis(s.chkA) && s.verdict != VerdictPass {
 			s.fatalf("HEALTHY with analysis rules while the latest verdict is %v", s.verdict)
 		}
+		if install && HookOf(s.chkA, HookValidate) != nil && s.validated != s.chkEpoch {
+			s.fatalf("HEALTHY on %s without its validate", r.CurrentVersion)
+		}
 		if install {
 			s.watching = true
 			s.watchUntil = s.now.Add(Watch(s.chkA))
@@ -690,6 +748,13 @@ func (s *sim) checkReport(r *v1.ServiceReport) {
 		}
 		s.everHealthy = map[string]bool{} // nothing of the service remains
 	case v1.Phase_PHASE_HEALTHY:
+		// A HEALTHY release's process runs with the current spec (a newer
+		// generation of it is taken without a restart, hooks included).
+		for _, q := range s.procs {
+			if q.v == r.CurrentVersion {
+				q.a = s.m.Current()
+			}
+		}
 		if r.CurrentVersion == "" || r.CurrentVersion != r.LastGoodVersion || r.CurrentVersion != r.TargetVersion {
 			s.fatalf("HEALTHY with current=%q last good=%q target=%q", r.CurrentVersion, r.LastGoodVersion, r.TargetVersion)
 		}
@@ -717,16 +782,20 @@ func (s *sim) checkReport(r *v1.ServiceReport) {
 			}
 		}
 	}
-	if settled(p) && len(s.procs) > 1 {
+	if settled(p) && len(s.procs) > 1 && !s.adoptingBeside {
 		s.fatalf("settled in %v with %s running", p, s.procList())
 	}
 	if settled(p) && r.CurrentVersion != "" && r.CurrentVersion != r.LastGoodVersion {
 		// Only after a switch back that failed may this be said, and only
 		// truthfully: FAILED, the link points there, and nothing runs but
-		// that release or the last good one (kept serving in a handover).
+		// that release, the last good one (kept serving in a handover), or
+		// the one that served when the install began (a handover whose new
+		// process never became ready kept it, and the revert's switch back
+		// then failed: seen once config installs of a running release,
+		// issue 14, took the simulation down new paths).
 		_, only := s.only()
 		if p != v1.Phase_PHASE_FAILED || r.CurrentVersion != s.link ||
-			(len(s.procs) > 0 && (only == nil || (only.v != r.CurrentVersion && only.v != r.LastGoodVersion))) {
+			(len(s.procs) > 0 && (only == nil || (only.v != r.CurrentVersion && only.v != r.LastGoodVersion && only.v != s.linkAtFetch))) {
 			s.fatalf("settled in %v with current %q != last good %q (link %q, running %s)",
 				p, r.CurrentVersion, r.LastGoodVersion, s.link, s.procList())
 		}
@@ -795,6 +864,12 @@ func (s *sim) finish() {
 		delete(s.earlyReady, a.Epoch)
 	case ActStop:
 		delete(s.procs, a.Epoch) // a failed stop still ends the process (SIGKILL)
+		if len(s.procs) <= 1 {
+			s.adoptingBeside = false
+		}
+	case ActHook:
+		s.hookEnded(a, err)
+		return
 	case ActRemove:
 		if err == nil {
 			s.link = ""
@@ -827,6 +902,7 @@ func (s *sim) restart() {
 		s.log = append(s.log, "  (the "+a.Kind.String()+" in flight happened)")
 	}
 	s.inflight = nil
+	s.hookOK = nil
 	s.checking = false
 	s.watching = false
 	s.expectRevert = false
@@ -891,6 +967,7 @@ func (s *sim) restart() {
 		wantAdopt = false // a config install: what runs of the release may run either spec (spec.go)
 	}
 	s.resumeBeside = kind == restoreAdoptSettled && wantAdopt && len(found) > 1
+	s.adoptingBeside = s.resumeBeside
 	if wantAdopt && len(found) > 1 {
 		s.handovers.foundBeside++
 	}
@@ -942,13 +1019,15 @@ type simStats struct {
 	watchReverts, analysisReverts, resumedWatches, adoptions int
 	restores                                                 map[restoreKind]int
 	handovers                                                simHandovers
+	hooks                                                    simHooks
 }
 
 func runSim(t *testing.T, seed uint64, steps int, seen map[[2]v1.Phase]int, st *simStats) {
 	s := &sim{edgesSeen: seen,
 		t: t, seed: seed, rnd: rand.New(rand.NewPCG(seed, 0x5eed)), m: New("web"), now: t0,
 		everHealthy: map[string]bool{}, prev: v1.Phase_PHASE_IDLE, restores: map[restoreKind]int{},
-		procs: map[uint64]*simProc{}, earlyReady: map[uint64]bool{},
+		procs: map[uint64]*simProc{}, earlyReady: map[uint64]bool{}, stopHooked: map[uint64]bool{},
+		hookStats: simHooks{ran: map[string]int{}, failed: map[string]int{}},
 	}
 	defer func() {
 		if st != nil {
@@ -961,6 +1040,16 @@ func runSim(t *testing.T, seed uint64, steps int, seen map[[2]v1.Phase]int, st *
 			st.handovers.notReady += s.handovers.notReady
 			st.handovers.exitedBeforeReady += s.handovers.exitedBeforeReady
 			st.handovers.foundBeside += s.handovers.foundBeside
+			if st.hooks.ran == nil {
+				st.hooks = simHooks{ran: map[string]int{}, failed: map[string]int{}}
+			}
+			for k, n := range s.hookStats.ran {
+				st.hooks.ran[k] += n
+			}
+			for k, n := range s.hookStats.failed {
+				st.hooks.failed[k] += n
+			}
+			st.hooks.keptRunning += s.hookStats.keptRunning
 			if st.restores == nil {
 				st.restores = map[restoreKind]int{}
 			}
@@ -1104,6 +1193,14 @@ func TestSimulation(t *testing.T) {
 	if h := st.handovers; h.beside == 0 || h.drained == 0 || h.notReady == 0 || h.exitedBeforeReady == 0 || h.foundBeside == 0 {
 		t.Errorf("handovers not exercised: %+v", h)
 	}
+	for _, name := range []string{HookAfterInstall, HookBeforeStart, HookAfterStart, HookValidate, HookBeforeStop} {
+		if st.hooks.ran[name] == 0 || st.hooks.failed[name] == 0 {
+			t.Errorf("hook %s ran %d times, failed %d times: not exercised", name, st.hooks.ran[name], st.hooks.failed[name])
+		}
+	}
+	if st.hooks.keptRunning == 0 {
+		t.Errorf("no before_stop failed while an install replaced its process")
+	}
 	for k := restoreRecover; k <= restoreResumeRemove; k++ {
 		if st.restores[k] == 0 {
 			t.Errorf("simulation never restored with %v", k)
@@ -1117,6 +1214,119 @@ func TestSimulation(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("edges taken: %d distinct; watch reverts %d (analysis %d); watches resumed after a restart %d; processes adopted %d; restores %v; handovers %+v",
-		len(seen), st.watchReverts, st.analysisReverts, st.resumedWatches, st.adoptions, st.restores, st.handovers)
+	t.Logf("edges taken: %d distinct; watch reverts %d (analysis %d); watches resumed after a restart %d; processes adopted %d; restores %v; handovers %+v; hooks %+v",
+		len(seen), st.watchReverts, st.analysisReverts, st.resumedWatches, st.adoptions, st.restores, st.handovers, st.hooks)
+}
+
+// checkHook checks an ActHook against the model: each hook runs from the
+// release it belongs to, at its point of the release's life.
+func (s *sim) checkHook(acts []Action, i int) {
+	s.t.Helper()
+	a := acts[i]
+	if HookOf(a.Assignment, a.Hook) == nil || a.Timeout != HookTimeout(a.Assignment, a.Hook) {
+		s.fatalf("%v: the release has no such hook, or timeout %v is not its own", a, a.Timeout)
+	}
+	s.hookStats.ran[a.Hook]++
+	p := s.procs[a.Epoch]
+	switch a.Hook {
+	case HookAfterInstall:
+		if s.prev != v1.Phase_PHASE_STAGING || a.Version != Version(s.m.Target()) || s.switchedSinceFetch || s.stoppedSinceFetch {
+			s.fatalf("%v in %v (target %q; switched %v, stopped %v since the fetch)", a, s.prev, Version(s.m.Target()), s.switchedSinceFetch, s.stoppedSinceFetch)
+		}
+	case HookBeforeStart:
+		s.checkFreeze(acts, i)
+		if s.link != a.Version {
+			s.fatalf("%v while `current` points at %q", a, s.link)
+		}
+	case HookAfterStart:
+		if _, only := s.only(); only == nil || only != p || p.v != a.Version || !p.ready {
+			s.fatalf("%v (epoch %d) but %s runs", a, a.Epoch, s.procList())
+		}
+	case HookValidate:
+		if !s.checking || !s.chkInstall || a.Epoch != s.chkEpoch || a.Version != Version(s.chkA) {
+			s.fatalf("%v outside an install's checks of that process (checking %v epoch %d)", a, s.checking, s.chkEpoch)
+		}
+		if s.passSince.IsZero() || s.now.Sub(s.passSince) < MinHealthyTime(s.chkA) {
+			s.fatalf("%v before the checks passed for %v", a, MinHealthyTime(s.chkA))
+		}
+	case HookBeforeStop:
+		// From the release being stopped, of a process that served.
+		s.checkFreeze(acts, i)
+		if p == nil || p.v != a.Version || !p.ready || p.a == nil {
+			s.fatalf("%v of epoch %d, but %s runs", a, a.Epoch, s.procList())
+		}
+	}
+}
+
+// hookEnded feeds the end of the ActHook a (failed when err is set) and
+// checks what the machine made of it: a failed hook of an install fails it
+// (FAILED before the switch, else a revert naming the hook); a failed
+// before_stop of a process an install replaces keeps that process.
+func (s *sim) hookEnded(a Action, err error) {
+	s.t.Helper()
+	if err != nil {
+		err = errors.New("exit status 1")
+		if s.rnd.IntN(3) == 0 {
+			err = fmt.Errorf("timed out after %s: killed", a.Timeout)
+		}
+		s.hookStats.failed[a.Hook]++
+	}
+	before, recovering, gen := s.m.Phase(), s.recovering, s.m.Generation()
+	install := !recovering && (before == v1.Phase_PHASE_STAGING || before == v1.Phase_PHASE_STARTING || before == v1.Phase_PHASE_CHECKING)
+	s.hookOK = nil
+	if err == nil {
+		s.hookOK = &a
+		switch a.Hook {
+		case HookBeforeStop:
+			s.stopHooked[a.Epoch] = true
+		case HookValidate:
+			s.validated = a.Epoch
+		}
+	} else if a.Hook == HookBeforeStop && !install {
+		s.stopHooked[a.Epoch] = true // noted, and the stop goes on
+	}
+	s.step(HookDone(a.Seq, err, "some output\nthe last line", s.now))
+	if err == nil || !install {
+		return
+	}
+	r := s.m.Report()
+	want := fmt.Sprintf("hook %s of %s failed", a.Hook, a.Version)
+	switch p := s.m.Phase(); {
+	case before == v1.Phase_PHASE_STAGING:
+		if p == v1.Phase_PHASE_FAILED && r.Generation == gen && !strings.Contains(r.Reason, want) {
+			s.fatalf("after_install failed: FAILED with reason %q, want it to name %q", r.Reason, want)
+		}
+	case p != v1.Phase_PHASE_REVERTING || !strings.Contains(r.Reason, want):
+		s.fatalf("%v failed in %v: now %v with reason %q", a, before, p, r.Reason)
+	case a.Hook == HookBeforeStop:
+		if s.procs[a.Epoch] == nil {
+			s.fatalf("%v failed but its process is gone", a)
+		}
+		s.hookStats.keptRunning++
+	}
+}
+
+// followsHook checks that the long step a is what the hook that ended
+// well before it precedes: before_start its start, before_stop the stop
+// of its process, after_install the switch.
+func (s *sim) followsHook(a Action) {
+	s.t.Helper()
+	h := s.hookOK
+	if h == nil {
+		return
+	}
+	s.hookOK = nil
+	ok := true
+	switch h.Hook {
+	case HookBeforeStart:
+		ok = a.Kind == ActStart && a.Version == h.Version
+	case HookBeforeStop:
+		ok = a.Kind == ActStop && a.Epoch == h.Epoch && a.Drain
+	case HookAfterInstall:
+		// the switch, or a newer assignment's fetch
+		ok = a.Kind == ActSwitch && a.Version == h.Version
+	}
+	if !ok && !(h.Hook == HookAfterInstall && a.Kind != ActSwitch) {
+		s.fatalf("%v after %v", a, *h)
+	}
 }

@@ -25,10 +25,13 @@ import (
 // and read the diff. The commands (arguments in brackets are optional):
 //
 //	assign V gen=N [checks=N] [interval=D] [min_healthy=D] [deadline=D] [analysis] [watch=D] [inconclusive=fail]
-//	        [sockets] [notify] [ready_timeout=D] [env=K=V] [policy=N]
+//	        [sockets] [notify] [ready_timeout=D] [hooks=NAME,...] [hook_timeout=D] [pre_stop]
+//	        [env=K=V] [policy=N]
 //	        a valid assignment of release V (defaults: 1 check, min_healthy
 //	        10s, deadline 1m); analysis adds the error_ratio rule "errors";
 //	        sockets declares a socket (http); notify sets ready: notify;
+//	        hooks gives it those hooks (command ./NAME, timeout hook_timeout
+//	        or the default); pre_stop sets run.pre_stop (before_stop's alias);
 //	        env sets run.env (a spec change hosts run: printed V{K=V} in
 //	        actions and snapshots), policy the rollout's max_parallel (one
 //	        they do not)
@@ -38,6 +41,8 @@ import (
 //	        the long step in flight, which must be KIND, finished; link: the
 //	        switch's read-back link (SwitchDone; without it the link is unknown)
 //	done seq=N [err=TEXT]           Done for any Seq (a stale one is ignored)
+//	done hook [err=TEXT] [output=TEXT]   the hook in flight ended (HookDone;
+//	        \n in output is a line break)
 //	checks ok|fail|none [detail=TEXT] [epoch=N]
 //	checks NAME=ok|fail ...         one result per check of the checked release
 //	exit [epoch=N]                  the process exited
@@ -265,6 +270,36 @@ func (tr *trace) assignment(t *testing.T, d *datadriven.TestData) *v1.Assignment
 	if dur, ok := tr.duration(t, d, "ready_timeout"); ok {
 		a.Spec.Run.ReadyTimeout = durationpb.New(dur)
 	}
+	var timeout *durationpb.Duration
+	if dur, ok := tr.duration(t, d, "hook_timeout"); ok {
+		timeout = durationpb.New(dur)
+	}
+	for _, arg := range d.CmdArgs {
+		if arg.Key != "hooks" {
+			continue
+		}
+		a.Spec.Hooks = &v1.Hooks{}
+		for _, name := range arg.Vals {
+			h := &v1.Hook{Command: []string{"./" + name}, Timeout: timeout}
+			switch name {
+			case HookAfterInstall:
+				a.Spec.Hooks.AfterInstall = h
+			case HookBeforeStart:
+				a.Spec.Hooks.BeforeStart = h
+			case HookAfterStart:
+				a.Spec.Hooks.AfterStart = h
+			case HookValidate:
+				a.Spec.Hooks.Validate = h
+			case HookBeforeStop:
+				a.Spec.Hooks.BeforeStop = h
+			default:
+				d.Fatalf(t, "hooks: unknown hook %q", name)
+			}
+		}
+	}
+	if d.HasArg("pre_stop") {
+		a.Spec.Run.PreStop = &v1.PreStop{Command: []string{"./pre_stop"}, Timeout: timeout}
+	}
 	var env string
 	if d.MaybeScanArgs(t, "env", &env) {
 		k, v, _ := strings.Cut(env, "=")
@@ -298,6 +333,11 @@ func (tr *trace) done(t *testing.T, d *datadriven.TestData) Input {
 	}
 	seq := tr.inflight.Seq
 	tr.inflight = nil
+	if kind == "hook" {
+		var output string
+		d.MaybeScanArgs(t, "output", &output)
+		return HookDone(seq, err, strings.ReplaceAll(output, `\n`, "\n"), tr.now)
+	}
 	var link string
 	if d.MaybeScanArgs(t, "link", &link) {
 		if link == "none" {
@@ -442,23 +482,16 @@ func (tr *trace) setup(t *testing.T, d *datadriven.TestData) {
 	a := tr.assignment(t, d)
 	v := Version(a)
 	tr.record(t, d, nil, tr.m.Step(Assign(a, tr.now)))
-	for _, k := range []ActionKind{ActFetch, ActVerify, ActStage, ActSwitch} {
-		if tr.inflight == nil || tr.inflight.Kind != k {
-			d.Fatalf(t, "%s %s: want %v in flight, have %v (phase %v)", d.Cmd, v, k, tr.inflight, tr.m.Phase())
-		}
-		seq := tr.inflight.Seq
-		tr.inflight = nil
-		tr.record(t, d, nil, tr.m.Step(Done(seq, nil, tr.now)))
-	}
-	// Then stops and a start (in either order: a handover starts first),
-	// and READY=1 when it is waited for.
-	for range 8 {
+	// Every step succeeds (the fetch .. the switch, the hooks, stops and
+	// a start in either order: a handover starts first), and READY=1 comes
+	// when it is waited for.
+	for range 16 {
 		switch {
-		case tr.inflight != nil && (tr.inflight.Kind == ActStop || tr.inflight.Kind == ActStart):
+		case tr.inflight != nil:
 			seq := tr.inflight.Seq
 			tr.inflight = nil
 			tr.record(t, d, nil, tr.m.Step(Done(seq, nil, tr.now)))
-		case tr.inflight == nil && !tr.m.readyBy.IsZero():
+		case !tr.m.readyBy.IsZero():
 			tr.record(t, d, nil, tr.m.Step(Ready(tr.epoch, tr.now)))
 		}
 	}
@@ -482,6 +515,11 @@ func (tr *trace) setup(t *testing.T, d *datadriven.TestData) {
 	}
 	tr.now = tr.now.Add(MinHealthyTime(a))
 	tr.record(t, d, nil, tr.m.Step(Checks(tr.epoch, tr.now, ok()...)))
+	if tr.inflight != nil && tr.inflight.Kind == ActHook {
+		seq := tr.inflight.Seq // validate
+		tr.inflight = nil
+		tr.record(t, d, nil, tr.m.Step(Done(seq, nil, tr.now)))
+	}
 	if tr.m.Phase() != v1.Phase_PHASE_HEALTHY {
 		d.Fatalf(t, "healthy %s: %v, want HEALTHY (%s)", v, tr.m.Phase(), tr.m.Report().GetReason())
 	}
@@ -516,8 +554,11 @@ func envOf(a *v1.Assignment) string {
 func (tr *trace) action(a Action) string {
 	var b strings.Builder
 	b.WriteString(a.Kind.String())
+	if a.Kind == ActHook {
+		b.WriteString(" " + a.Hook)
+	}
 	switch a.Kind {
-	case ActFetch, ActVerify, ActStage, ActSwitch, ActStart, ActStop, ActAdopt, ActBeginChecks, ActFreezeBaseline:
+	case ActFetch, ActVerify, ActStage, ActSwitch, ActStart, ActStop, ActAdopt, ActBeginChecks, ActFreezeBaseline, ActHook:
 		b.WriteString(" " + versionOr(a.Version) + envOf(a.Assignment))
 	}
 	if a.Seq != 0 {
@@ -531,6 +572,14 @@ func (tr *trace) action(a Action) string {
 	}
 	if a.Drain {
 		b.WriteString(" drain")
+	}
+	if a.Kind == ActHook {
+		fmt.Fprintf(&b, " timeout=%s %s", a.Timeout, a.Operation)
+		if a.Hook == HookBeforeStop {
+			fmt.Fprintf(&b, " next=%s", versionOr(a.Next))
+		} else {
+			fmt.Fprintf(&b, " previous=%s", versionOr(a.Previous))
+		}
 	}
 	switch a.Kind {
 	case ActPersist:

@@ -31,6 +31,34 @@ const (
 	// ReadyNotify is the value of run.ready that makes the machine wait for
 	// READY=1 (spec.ReadyNotify); any other value means ready once started.
 	ReadyNotify = "notify"
+
+	// The hooks (spec.Hook*), in the order a release meets them.
+	HookAfterInstall = "after_install"
+	HookBeforeStart  = "before_start"
+	HookAfterStart   = "after_start"
+	HookValidate     = "validate"
+	HookBeforeStop   = "before_stop"
+	// DefaultHookTimeout is a hook's timeout when its spec leaves it unset
+	// (spec.DefaultHookTimeout); DefaultBeforeStopTimeout is before_stop's
+	// (spec.DefaultPreStopTimeout).
+	DefaultHookTimeout       = 60 * time.Second
+	DefaultBeforeStopTimeout = 10 * time.Second
+	// MaxHookOutput bounds the end of a failed hook's output that the
+	// machine puts in its report's reason.
+	MaxHookOutput = 2048
+	// MaxReason bounds a report's reason (the coordinator refuses longer
+	// ones): the middle of a longer one is left out.
+	MaxReason = 4096
+)
+
+// The operations a hook runs in (Action.Operation, the hook's
+// FLEETWAVE_OPERATION).
+const (
+	OpInstall = "install" // installing an assigned release
+	OpRevert  = "revert"  // going back to the last good release
+	OpRecover = "recover" // putting the last good release back after an agent restart found it not running
+	OpRestore = "restore" // an agent restart finishing a handover it found half done
+	OpRemove  = "remove"  // removing the service from the host (remove.go)
 )
 
 // InputKind says what happened.
@@ -56,6 +84,8 @@ const (
 	// release has ready: notify).
 	InputReady
 )
+
+// (An ActHook's end is an InputDone, with the end of its output: HookDone.)
 
 func (k InputKind) String() string {
 	switch k {
@@ -134,6 +164,9 @@ type Input struct {
 	// Seq and Err for InputDone: Seq echoes Action.Seq, Err is nil on success.
 	Seq uint64
 	Err error
+	// Output for the InputDone of an ActHook: the end of what the hook
+	// wrote (the machine keeps at most MaxHookOutput bytes of it).
+	Output string
 	// Link and LinkKnown for the InputDone of an ActSwitch (see SwitchDone):
 	// the version `current` points at after the attempt ("" = no link), as
 	// read back by the caller; LinkKnown is false when it could not be read.
@@ -172,6 +205,13 @@ func Done(seq uint64, err error, at time.Time) Input {
 // link does not point at.
 func SwitchDone(seq uint64, err error, link string, at time.Time) Input {
 	return Input{Kind: InputDone, At: at, Seq: seq, Err: err, Link: link, LinkKnown: true}
+}
+
+// HookDone is the InputDone of an ActHook: err is nil when the hook exited
+// 0, else why it failed (its exit status, or that it was killed at its
+// timeout); output is the end of what it wrote.
+func HookDone(seq uint64, err error, output string, at time.Time) Input {
+	return Input{Kind: InputDone, At: at, Seq: seq, Err: err, Output: output}
 }
 
 // Checks is an InputChecks.
@@ -239,6 +279,14 @@ const (
 	// with Epoch had started it: supervise it (exits tagged with Epoch,
 	// restarts with Assignment's run spec) without restarting it.
 	ActAdopt
+	// ActHook: run the hook named Hook of Assignment (release Version) from
+	// that release's directory, killing its process group at Timeout; feed
+	// its end with HookDone. Previous (after_install, before_start,
+	// after_start, validate: the release it replaces) or Next (before_stop:
+	// the release that takes over) and Operation are for its environment;
+	// Epoch is the process it is about (before_stop: the one to be stopped;
+	// after_start, validate: the one started), 0 for none.
+	ActHook
 	// ActRemove: remove the service's files from the host (its releases,
 	// `current`, its PID file; its log stays). Nothing of it runs (an
 	// ActStop came first).
@@ -271,6 +319,8 @@ func (k ActionKind) String() string {
 		return "freeze-baseline"
 	case ActAdopt:
 		return "adopt"
+	case ActHook:
+		return "hook"
 	case ActRemove:
 		return "remove"
 	}
@@ -281,7 +331,7 @@ func (k ActionKind) String() string {
 // fed back with Done.
 func (k ActionKind) Long() bool {
 	switch k {
-	case ActFetch, ActVerify, ActStage, ActSwitch, ActStart, ActStop, ActRemove:
+	case ActFetch, ActVerify, ActStage, ActSwitch, ActStart, ActStop, ActHook, ActRemove:
 		return true
 	}
 	return false
@@ -310,10 +360,19 @@ type Action struct {
 	Snapshot *Snapshot
 	// Report for ActReport.
 	Report *v1.ServiceReport
+	// Hook, Timeout, Previous, Next and Operation for ActHook.
+	Hook      string
+	Timeout   time.Duration
+	Previous  string
+	Next      string
+	Operation string
 }
 
 func (a Action) String() string {
 	s := a.Kind.String()
+	if a.Hook != "" {
+		s += " " + a.Hook
+	}
 	if a.Version != "" {
 		s += " " + a.Version
 	}
@@ -451,4 +510,41 @@ func WatchFailAfter(a *v1.Assignment) time.Duration {
 		longest = DefaultCheckInterval
 	}
 	return WatchFailIntervals * longest
+}
+
+// HookOf returns the assignment's hook of that name (nil: none):
+// spec.hooks.NAME, and for before_stop its alias run.pre_stop when
+// hooks.before_stop is unset (as spec.Hook).
+func HookOf(a *v1.Assignment, name string) *v1.Hook {
+	h := a.GetSpec().GetHooks()
+	switch name {
+	case HookAfterInstall:
+		return h.GetAfterInstall()
+	case HookBeforeStart:
+		return h.GetBeforeStart()
+	case HookAfterStart:
+		return h.GetAfterStart()
+	case HookValidate:
+		return h.GetValidate()
+	case HookBeforeStop:
+		if bs := h.GetBeforeStop(); bs != nil {
+			return bs
+		}
+		if ps := a.GetSpec().GetRun().GetPreStop(); ps != nil {
+			return &v1.Hook{Command: ps.GetCommand(), Timeout: ps.GetTimeout()}
+		}
+	}
+	return nil
+}
+
+// HookTimeout is the timeout of the assignment's hook of that name, or its
+// default.
+func HookTimeout(a *v1.Assignment, name string) time.Duration {
+	if d := HookOf(a, name).GetTimeout(); d != nil && d.AsDuration() > 0 {
+		return d.AsDuration()
+	}
+	if name == HookBeforeStop {
+		return DefaultBeforeStopTimeout
+	}
+	return DefaultHookTimeout
 }

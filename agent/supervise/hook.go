@@ -4,45 +4,71 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
 
-// Hook is a command run for a service outside its supervised process, e.g.
-// a pre_stop command that deregisters the process from a load balancer
-// before it is stopped.
+// Hook is a command run for a service outside its supervised process: a
+// lifecycle hook of its spec (after_install, before_start, after_start,
+// validate, before_stop).
 type Hook struct {
 	Service string   // for errors
-	Name    string   // what it is, for errors ("pre_stop")
-	Dir     string   // working directory (a release dir)
+	Name    string   // what it is, for errors ("before_stop")
+	Dir     string   // working directory (the release dir it belongs to)
 	Command []string // already expanded; Command[0] starting with "./" is relative to Dir
 	Env     []string // KEY=VALUE, appended to a minimal env (PATH, HOME=Dir), as for the service
 	LogPath string   // stdout and stderr appended here (created 0644)
 	Timeout time.Duration
+	// Credential, if set, runs the hook as that user and group (the
+	// service's run.user; the agent must be root).
+	Credential *syscall.Credential
+	// TailBytes: RunHookTail returns at most this many bytes of the end of
+	// the hook's output (default DefaultHookTail).
+	TailBytes int
 }
 
+// DefaultHookTail is how much of the end of a hook's output RunHookTail
+// keeps when Hook.TailBytes is not set.
+const DefaultHookTail = 2048
+
 // hookKillWait bounds the wait for a hook's process group to go after
-// SIGKILL (a member stuck in uninterruptible sleep).
+// SIGKILL (a member stuck in uninterruptible sleep), and then for the last
+// of its output.
 const hookKillWait = 5 * time.Second
 
-// RunHook runs h in its own process group, its output appended to
-// h.LogPath, and waits for it. When h.Timeout passes or ctx ends first, the
-// whole group gets SIGKILL and RunHook returns an error saying so. A
-// non-zero exit is an error naming the status. Nothing of the hook is left
-// running when RunHook returns (its group is killed once its leader has
-// exited too).
+// RunHook is RunHookTail without the output's tail, its error naming the
+// hook and the service.
 func RunHook(ctx context.Context, h Hook) error {
-	what := fmt.Sprintf("%s of %s", h.Name, h.Service)
+	if _, err := RunHookTail(ctx, h); err != nil {
+		return fmt.Errorf("%s of %s: %w", h.Name, h.Service, err)
+	}
+	return nil
+}
+
+// RunHookTail runs h in its own process group, its output appended to
+// h.LogPath, and waits for it. When h.Timeout passes or ctx ends first, the
+// whole group gets SIGKILL and it returns an error saying so. A non-zero
+// exit is an error naming the status. Nothing of the hook's group is left
+// running when it returns (its group is killed once its leader has exited
+// too). It returns the end of the hook's output (at most h.TailBytes) in
+// either case. Its errors say what went wrong, not which hook.
+//
+// The output goes through the agent (a pipe it copies to the log), so that
+// its end can be reported: a hook whose agent is killed meets a closed
+// pipe at its next write.
+func RunHookTail(ctx context.Context, h Hook) (string, error) {
 	if len(h.Command) == 0 || h.Command[0] == "" {
-		return fmt.Errorf("%s: %w", what, ErrNoCommand)
+		return "", ErrNoCommand
 	}
 	logf, err := os.OpenFile(h.LogPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
-		return fmt.Errorf("%s: open log: %w", what, err)
+		return "", fmt.Errorf("open log: %w", err)
 	}
 	defer logf.Close()
 	name := h.Command[0]
@@ -56,11 +82,28 @@ func RunHook(ctx context.Context, h Hook) error {
 		path = defaultPath
 	}
 	cmd.Env = append([]string{"PATH=" + path, "HOME=" + h.Dir}, h.Env...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("%s: exec %q: %w", what, h.Command[0], err)
+	r, w, err := os.Pipe()
+	if err != nil {
+		return "", err
 	}
+	defer r.Close()
+	cmd.Stdout, cmd.Stderr = w, w
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: h.Credential}
+	err = cmd.Start()
+	w.Close() // the hook's copies are its own
+	if err != nil {
+		return "", fmt.Errorf("exec %q: %w", h.Command[0], err)
+	}
+	n := h.TailBytes
+	if n <= 0 {
+		n = DefaultHookTail
+	}
+	tail := &tailBuffer{max: n}
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		_, _ = io.Copy(tailWriter{log: logf, tail: tail}, r)
+	}()
 	pgid := cmd.Process.Pid
 	waited := make(chan error, 1)
 	go func() { waited <- cmd.Wait() }()
@@ -83,14 +126,53 @@ func RunHook(ctx context.Context, h Hook) error {
 	if why != "" {
 		<-waited
 		waitGroupGone(pgid, time.Now().Add(hookKillWait))
-		return fmt.Errorf("%s: %s: killed", what, why)
+	}
+	// The group is gone, and with it the writers of the pipe, unless a
+	// process left the group holding it: read what is left, not forever.
+	_ = r.SetReadDeadline(time.Now().Add(hookKillWait))
+	<-copied
+	out := tail.String()
+	if why != "" {
+		return out, fmt.Errorf("%s: killed", why)
 	}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
-		return fmt.Errorf("%s: %s", what, ee.ProcessState)
+		return out, errors.New(ee.ProcessState.String())
 	}
-	if err != nil {
-		return fmt.Errorf("%s: %w", what, err)
+	return out, err
+}
+
+// tailWriter copies a hook's output to the service log (a failed write
+// there does not stop the hook) and keeps its end.
+type tailWriter struct {
+	log  io.Writer
+	tail *tailBuffer
+}
+
+func (t tailWriter) Write(p []byte) (int, error) {
+	_, _ = t.log.Write(p)
+	return t.tail.Write(p)
+}
+
+// tailBuffer keeps the last max bytes written to it.
+type tailBuffer struct {
+	mu  sync.Mutex
+	max int
+	buf []byte
+}
+
+func (b *tailBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.buf = append(b.buf, p...)
+	if over := len(b.buf) - b.max; over > 0 {
+		b.buf = append(b.buf[:0], b.buf[over:]...)
 	}
-	return nil
+	return len(p), nil
+}
+
+func (b *tailBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return string(b.buf)
 }

@@ -175,3 +175,32 @@ func TestRunHook(t *testing.T) {
 		t.Fatalf("missing hook: %v", err)
 	}
 }
+
+// TestRunHookTail: the end of a hook's output comes back (at most
+// TailBytes), also when it fails or times out, and all of it is in the
+// service log.
+func TestRunHookTail(t *testing.T) {
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "service.log")
+	writeScript(t, dir, "chatty.sh", "i=0\nwhile [ $i -lt 100 ]; do echo \"line $i\"; i=$((i+1)); done\necho 'ERROR: boom' >&2\nexit 3\n")
+	writeScript(t, dir, "slow.sh", "echo 'waiting for the database'\nexec sleep 300\n")
+	h := Hook{Service: "web", Name: "after_install", Dir: dir, LogPath: logPath, Timeout: time.Minute, TailBytes: 64}
+
+	h.Command = []string{"./chatty.sh"}
+	out, err := RunHookTail(context.Background(), h)
+	if err == nil || !strings.Contains(err.Error(), "exit status 3") {
+		t.Fatalf("err = %v", err)
+	}
+	if len(out) > 64 || !strings.HasSuffix(out, "line 99\nERROR: boom\n") {
+		t.Fatalf("tail %q: want at most 64 bytes ending with the last lines", out)
+	}
+	if log := readFile(t, logPath); !strings.HasPrefix(log, "line 0\n") || !strings.HasSuffix(log, "line 99\nERROR: boom\n") {
+		t.Fatalf("log %q: want all of the output", log)
+	}
+
+	h.Command, h.Timeout = []string{"./slow.sh"}, 100*time.Millisecond
+	out, err = RunHookTail(context.Background(), h)
+	if err == nil || !strings.Contains(err.Error(), "timed out after 100ms: killed") || out != "waiting for the database\n" {
+		t.Fatalf("timed out hook: %q, %v", out, err)
+	}
+}

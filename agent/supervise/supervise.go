@@ -84,6 +84,9 @@ type Config struct {
 	// command has started (pid > 0) or failed to (pid 0), or an error, which
 	// fails that start. It runs on the supervisor's goroutines.
 	Prepare func(cmd *exec.Cmd) (started func(pid int), err error)
+	// Credential, if set, runs the process (and every restart) as that
+	// user and group (the agent must be root).
+	Credential *syscall.Credential
 }
 
 // Exit is one exit of the supervised process.
@@ -258,7 +261,7 @@ func (s *Supervisor) spawn(logf *os.File) (*proc, error) {
 	// agent, and keeps writing when the agent is gone.
 	cmd.Stdout = logf
 	cmd.Stderr = logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: s.cfg.Credential}
 	started := func(int) {}
 	if s.cfg.Prepare != nil {
 		f, err := s.cfg.Prepare(cmd)

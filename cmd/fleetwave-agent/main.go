@@ -131,6 +131,7 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 	insecureFlag := fs.Bool("insecure", false, "plain-text connection to the coordinators (tests and trials only)")
 	logMax := fs.Int64("service-log-max-bytes", agent.DefaultServiceLogMaxBytes, "rotate a service's log (DATA-DIR/logs/SERVICE.log) when it reaches this size (copy-truncate; -1 = never)")
 	logKeep := fs.Int("service-log-keep", agent.DefaultServiceLogKeep, "rotated files kept per service log (SERVICE.log.1 is the newest)")
+	keepReleases := fs.Int("keep-releases", agent.DefaultKeepReleases, "unpacked releases kept per service (the newest; the current and last good ones are always kept)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return agent.Config{}, 0, err
@@ -179,6 +180,10 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 	if *logKeep < 0 {
 		return agent.Config{}, 0, bad("service-log-keep", strconv.Itoa(*logKeep), "want 0 or more")
 	}
+	if *keepReleases < 1 {
+		return agent.Config{}, 0, bad("keep-releases", strconv.Itoa(*keepReleases), "want 1 or more")
+	}
+	cfg.KeepReleases = *keepReleases
 	cfg.ServiceLogMaxBytes = *logMax
 	cfg.ServiceLogKeep = *logKeep
 	if *logKeep == 0 {

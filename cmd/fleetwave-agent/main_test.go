@@ -101,3 +101,22 @@ func TestStopServicesCommand(t *testing.T) {
 		t.Fatalf("empty data dir: exit %d, stderr %q", code, stderr.String())
 	}
 }
+
+func TestKeepReleasesFlag(t *testing.T) {
+	base := []string{"--coordinator", "a:1", "--host-id", "h1", "--data-dir", "d", "--insecure"}
+	var stderr bytes.Buffer
+	cfg, _, err := parseFlags(base, &stderr)
+	if err != nil || cfg.KeepReleases != 3 {
+		t.Fatalf("default: keep %d, %v", cfg.KeepReleases, err)
+	}
+	if cfg, _, err = parseFlags(append(base, "--keep-releases", "1"), &stderr); err != nil || cfg.KeepReleases != 1 {
+		t.Fatalf("--keep-releases 1: keep %d, %v", cfg.KeepReleases, err)
+	}
+	for _, v := range []string{"0", "-2"} {
+		stderr.Reset()
+		if code := run(context.Background(), append(append([]string{}, base...), "--keep-releases", v), &stderr); code != 2 ||
+			!strings.Contains(stderr.String(), `invalid value "`+v+`" for flag --keep-releases: want 1 or more`) {
+			t.Errorf("--keep-releases %s: exit %d, stderr %q", v, code, stderr.String())
+		}
+	}
+}

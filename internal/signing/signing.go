@@ -358,14 +358,14 @@ func isSHA256(s string) bool {
 }
 
 // SpecDigest is the hex sha256 of what an agent runs of a service spec:
-// its name and the fields that affect hosts by the one rule of package
-// specdiff (run: command, env, sockets, hooks, grace and readiness
-// settings; checks, min_healthy_time, healthy_deadline, analysis; and any
-// field added later that is not declared coordinator-only there), in the
-// deterministic protobuf encoding. The selector, rollout policy and alerts
-// decide which hosts and how fast, not what runs, and are left out (a
-// rollback rollout rewrites its policy). A nil spec digests like an empty
-// one.
+// its name and everything that affects hosts by the one rule of package
+// specdiff (run: command, env, user, sockets, grace and readiness
+// settings; hooks, checks, min_healthy_time, healthy_deadline, analysis;
+// and any field added later, unless specdiff declares it coordinator-only),
+// in the deterministic protobuf encoding. The selector, rollout policy and
+// alerts decide which hosts and how fast, not what runs, and are left out
+// (a rollback rollout rewrites its policy). A nil spec digests like an
+// empty one.
 func SpecDigest(s *v1.ServiceSpec) string {
 	part := specdiff.HostSpec(s)
 	part.Name = s.GetName()
@@ -383,7 +383,7 @@ func SpecDigest(s *v1.ServiceSpec) string {
 // statement's).
 func CheckSpec(rel *v1.Release, spec *v1.ServiceSpec, want string) error {
 	if got := SpecDigest(spec); got != want {
-		return fail(ErrSpecMismatch, "release %s: the assigned spec has sha256 %s, the signed one %s (run, checks and analysis must be what was signed)",
+		return fail(ErrSpecMismatch, "release %s: the assigned spec has sha256 %s, the signed one %s (run, hooks, checks and analysis must be what was signed)",
 			show(rel.GetVersion(), 64), got, show(want, 80))
 	}
 	return nil

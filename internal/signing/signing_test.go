@@ -359,6 +359,13 @@ func TestSpecDigest(t *testing.T) {
 		"healthy_deadline": func(s *v1.ServiceSpec) { s.HealthyDeadline = durationpb.New(time.Hour) },
 		"analysis":         func(s *v1.ServiceSpec) { s.Analysis.MetricsUrl = "http://10.0.0.1/" },
 		"no run":           func(s *v1.ServiceSpec) { s.Run = nil },
+		"hooks.after_install": func(s *v1.ServiceSpec) {
+			s.Hooks = &v1.Hooks{AfterInstall: &v1.Hook{Command: []string{"./migrate"}}}
+		},
+		"hooks.before_stop": func(s *v1.ServiceSpec) {
+			s.Hooks = &v1.Hooks{BeforeStop: &v1.Hook{Command: []string{"./deregister"}}}
+		},
+		"run.user": func(s *v1.ServiceSpec) { s.Run.User = "root" },
 	}
 	for name, mut := range covered {
 		s := testSpec()

@@ -155,23 +155,8 @@ func validateHandover(p *problems, s *v1.ServiceSpec) {
 	if sd := validDuration(p, "run.shutdown_delay", r.GetShutdownDelay()); sd > MaxShutdownDelay {
 		p.add("run.shutdown_delay", "%s is more than %s", sd, MaxShutdownDelay)
 	}
-	if ps := r.GetPreStop(); ps != nil {
-		cmd := ps.GetCommand()
-		if len(cmd) == 0 || cmd[0] == "" {
-			p.add("run.pre_stop.command", "must not be empty")
-		}
-		for i, arg := range cmd {
-			checkTemplate(p, fmt.Sprintf("run.pre_stop.command[%d]", i), arg)
-		}
-		if ps.GetTimeout() != nil {
-			switch t := validDuration(p, "run.pre_stop.timeout", ps.GetTimeout()); {
-			case t == 0:
-				p.add("run.pre_stop.timeout", "0s: must be more than 0 (leave it out for the default %s)", DefaultPreStopTimeout)
-			case t > MaxPreStopTimeout:
-				p.add("run.pre_stop.timeout", "%s is more than %s", t, MaxPreStopTimeout)
-			}
-		}
-	}
+	// run.pre_stop is validated with the hooks (validateHooks): it is an
+	// alias of hooks.before_stop.
 }
 
 // validDurationQuiet is validDuration without recording a problem: -1 for

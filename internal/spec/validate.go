@@ -76,6 +76,8 @@ func Validate(s *v1.ServiceSpec) error {
 	}
 	validateRun(&p, s.GetRun())
 	validateHandover(&p, s)
+	validateHooks(&p, s)
+	validateUser(&p, s.GetRun())
 	validateChecks(&p, s.GetChecks())
 	mht := validDuration(&p, "min_healthy_time", s.GetMinHealthyTime())
 	hd := validDuration(&p, "healthy_deadline", s.GetHealthyDeadline())

@@ -52,7 +52,10 @@ func TestRule(t *testing.T) {
 		{"run.ready_timeout", func(s *v1.ServiceSpec) { s.Run.ReadyTimeout = durationpb.New(time.Minute) }, []string{"run.ready_timeout"}, nil, nil},
 		{"run.shutdown_delay", func(s *v1.ServiceSpec) { s.Run.ShutdownDelay = durationpb.New(time.Second) }, []string{"run.shutdown_delay"}, nil, nil},
 		{"run.pre_stop", func(s *v1.ServiceSpec) { s.Run.PreStop = &v1.PreStop{Command: []string{"./drain"}} }, []string{"run.pre_stop"}, nil, nil},
+		{"run.user", func(s *v1.ServiceSpec) { s.Run.User = "web" }, []string{"run.user"}, nil, nil},
+		{"run.group", func(s *v1.ServiceSpec) { s.Run.User, s.Run.Group = "web", "web" }, []string{"run.user", "run.group"}, nil, nil},
 		{"run unset", func(s *v1.ServiceSpec) { s.Run = nil }, []string{"run"}, nil, nil},
+		{"hooks", func(s *v1.ServiceSpec) { s.Hooks = &v1.Hooks{Validate: &v1.Hook{Command: []string{"./validate"}}} }, []string{"hooks"}, nil, nil},
 		{"checks", func(s *v1.ServiceSpec) { s.Checks[0].GetHttp().Url = "http://127.0.0.1:8080/ready" }, []string{"checks"}, nil, nil},
 		{"checks removed", func(s *v1.ServiceSpec) { s.Checks = nil }, []string{"checks"}, nil, nil},
 		{"min_healthy_time", func(s *v1.ServiceSpec) { s.MinHealthyTime = durationpb.New(2 * time.Second) }, []string{"min_healthy_time"}, nil, nil},
@@ -90,14 +93,14 @@ func TestRule(t *testing.T) {
 // that TestRule does not exercise: decide its kind (the default is Host)
 // and add a row.
 func TestEveryFieldHasARow(t *testing.T) {
-	covered := []string{"name", "selector", "run", "checks", "min_healthy_time", "healthy_deadline", "rollout", "analysis", "alerts"}
+	covered := []string{"name", "selector", "run", "checks", "min_healthy_time", "healthy_deadline", "rollout", "analysis", "alerts", "hooks"}
 	fields := (&v1.ServiceSpec{}).ProtoReflect().Descriptor().Fields()
 	for i := range fields.Len() {
 		if n := string(fields.Get(i).Name()); !slices.Contains(covered, n) {
 			t.Errorf("ServiceSpec.%s (kind %s) has no row in TestRule", n, KindOf(n))
 		}
 	}
-	runCovered := []string{"command", "env", "stop_grace", "sockets", "ready", "ready_timeout", "shutdown_delay", "pre_stop"}
+	runCovered := []string{"command", "env", "stop_grace", "sockets", "ready", "ready_timeout", "shutdown_delay", "pre_stop", "user", "group"}
 	run := (&v1.RunSpec{}).ProtoReflect().Descriptor().Fields()
 	for i := range run.Len() {
 		if n := string(run.Get(i).Name()); !slices.Contains(runCovered, n) {

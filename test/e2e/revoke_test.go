@@ -63,7 +63,7 @@ func TestRevocationEndToEnd(t *testing.T) {
 	if err := testfleet.Artifact(art, bins.DemoApp, "v1", nil); err != nil {
 		t.Fatal(err)
 	}
-	e.mustCLI("operator-admin", "release", "create", "web", "--version", "v1", "--artifact", art, "--sign", e.key)
+	e.mustCLI("operator-admin", "release", "create", "web", "--version", "v1", "--artifact", art, "--sign", e.key, "--spec", specPath)
 
 	who := e.mustCLI("operator-vera", "whoami")
 	_, rest, ok := strings.Cut(who, "certificate serial ")

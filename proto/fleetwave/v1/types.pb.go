@@ -310,7 +310,9 @@ type ServiceSpec struct {
 	// that a release lowered quality and must be reverted.
 	Analysis *Analysis `protobuf:"bytes,8,opt,name=analysis,proto3" json:"analysis,omitempty"`
 	// Where people are told when a rollout fails.
-	Alerts        *Alerts `protobuf:"bytes,9,opt,name=alerts,proto3" json:"alerts,omitempty"`
+	Alerts *Alerts `protobuf:"bytes,9,opt,name=alerts,proto3" json:"alerts,omitempty"`
+	// Commands the agent runs at points of a release's life on the host.
+	Hooks         *Hooks `protobuf:"bytes,10,opt,name=hooks,proto3" json:"hooks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -408,6 +410,157 @@ func (x *ServiceSpec) GetAlerts() *Alerts {
 	return nil
 }
 
+func (x *ServiceSpec) GetHooks() *Hooks {
+	if x != nil {
+		return x.Hooks
+	}
+	return nil
+}
+
+// Hooks are commands the agent runs at points of a release's life on a
+// host, each from the directory of the release it belongs to, in its own
+// process group, as the service's user, with its output in the service
+// log. A failing or timed-out hook fails the host as a failing check does
+// (see the README for each hook's effect).
+type Hooks struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The release is unpacked and verified; nothing is switched yet.
+	AfterInstall *Hook `protobuf:"bytes,1,opt,name=after_install,json=afterInstall,proto3" json:"after_install,omitempty"`
+	// Right before the release's process starts.
+	BeforeStart *Hook `protobuf:"bytes,2,opt,name=before_start,json=beforeStart,proto3" json:"before_start,omitempty"`
+	// Once the release's process is ready and serves alone, before its checks.
+	AfterStart *Hook `protobuf:"bytes,3,opt,name=after_start,json=afterStart,proto3" json:"after_start,omitempty"`
+	// Once the checks (and the analysis) passed, before the host is healthy.
+	Validate *Hook `protobuf:"bytes,4,opt,name=validate,proto3" json:"validate,omitempty"`
+	// Before a process that served is stopped, from the release being stopped
+	// (run.pre_stop is an alias of it).
+	BeforeStop    *Hook `protobuf:"bytes,5,opt,name=before_stop,json=beforeStop,proto3" json:"before_stop,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Hooks) Reset() {
+	*x = Hooks{}
+	mi := &file_fleetwave_v1_types_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Hooks) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Hooks) ProtoMessage() {}
+
+func (x *Hooks) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_types_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Hooks.ProtoReflect.Descriptor instead.
+func (*Hooks) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Hooks) GetAfterInstall() *Hook {
+	if x != nil {
+		return x.AfterInstall
+	}
+	return nil
+}
+
+func (x *Hooks) GetBeforeStart() *Hook {
+	if x != nil {
+		return x.BeforeStart
+	}
+	return nil
+}
+
+func (x *Hooks) GetAfterStart() *Hook {
+	if x != nil {
+		return x.AfterStart
+	}
+	return nil
+}
+
+func (x *Hooks) GetValidate() *Hook {
+	if x != nil {
+		return x.Validate
+	}
+	return nil
+}
+
+func (x *Hooks) GetBeforeStop() *Hook {
+	if x != nil {
+		return x.BeforeStop
+	}
+	return nil
+}
+
+// Hook is one command: an argument list (never a shell unless it names
+// one), placeholders allowed.
+type Hook struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Command []string               `protobuf:"bytes,1,rep,name=command,proto3" json:"command,omitempty"`
+	// Killed (its whole process group) after this; defaults and limits per
+	// hook in the README (after_install, before_start, after_start, validate:
+	// default 60s, at most 30m; before_stop: default 10s, at most 5m).
+	Timeout       *durationpb.Duration `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Hook) Reset() {
+	*x = Hook{}
+	mi := &file_fleetwave_v1_types_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Hook) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Hook) ProtoMessage() {}
+
+func (x *Hook) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_types_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Hook.ProtoReflect.Descriptor instead.
+func (*Hook) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Hook) GetCommand() []string {
+	if x != nil {
+		return x.Command
+	}
+	return nil
+}
+
+func (x *Hook) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
 // Analysis is the agent's local quality gate. The agent scrapes the
 // service's Prometheus endpoint every interval, keeps a baseline measured
 // from the running release just before a switch, and evaluates every rule
@@ -438,7 +591,7 @@ type Analysis struct {
 
 func (x *Analysis) Reset() {
 	*x = Analysis{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[1]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -450,7 +603,7 @@ func (x *Analysis) String() string {
 func (*Analysis) ProtoMessage() {}
 
 func (x *Analysis) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[1]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -463,7 +616,7 @@ func (x *Analysis) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Analysis.ProtoReflect.Descriptor instead.
 func (*Analysis) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{1}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Analysis) GetMetricsUrl() string {
@@ -532,7 +685,7 @@ type AnalysisRule struct {
 
 func (x *AnalysisRule) Reset() {
 	*x = AnalysisRule{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[2]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -544,7 +697,7 @@ func (x *AnalysisRule) String() string {
 func (*AnalysisRule) ProtoMessage() {}
 
 func (x *AnalysisRule) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[2]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -557,7 +710,7 @@ func (x *AnalysisRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AnalysisRule.ProtoReflect.Descriptor instead.
 func (*AnalysisRule) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{2}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *AnalysisRule) GetName() string {
@@ -661,7 +814,7 @@ type ErrorRatioRule struct {
 
 func (x *ErrorRatioRule) Reset() {
 	*x = ErrorRatioRule{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[3]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -673,7 +826,7 @@ func (x *ErrorRatioRule) String() string {
 func (*ErrorRatioRule) ProtoMessage() {}
 
 func (x *ErrorRatioRule) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[3]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -686,7 +839,7 @@ func (x *ErrorRatioRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ErrorRatioRule.ProtoReflect.Descriptor instead.
 func (*ErrorRatioRule) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{3}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ErrorRatioRule) GetMetric() string {
@@ -750,7 +903,7 @@ type LatencyRule struct {
 
 func (x *LatencyRule) Reset() {
 	*x = LatencyRule{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[4]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -762,7 +915,7 @@ func (x *LatencyRule) String() string {
 func (*LatencyRule) ProtoMessage() {}
 
 func (x *LatencyRule) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[4]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -775,7 +928,7 @@ func (x *LatencyRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LatencyRule.ProtoReflect.Descriptor instead.
 func (*LatencyRule) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{4}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *LatencyRule) GetMetric() string {
@@ -823,7 +976,7 @@ type RestartsRule struct {
 
 func (x *RestartsRule) Reset() {
 	*x = RestartsRule{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[5]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -835,7 +988,7 @@ func (x *RestartsRule) String() string {
 func (*RestartsRule) ProtoMessage() {}
 
 func (x *RestartsRule) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[5]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -848,7 +1001,7 @@ func (x *RestartsRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartsRule.ProtoReflect.Descriptor instead.
 func (*RestartsRule) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{5}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RestartsRule) GetMax() uint32 {
@@ -873,7 +1026,7 @@ type PromQLRule struct {
 
 func (x *PromQLRule) Reset() {
 	*x = PromQLRule{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[6]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -885,7 +1038,7 @@ func (x *PromQLRule) String() string {
 func (*PromQLRule) ProtoMessage() {}
 
 func (x *PromQLRule) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[6]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -898,7 +1051,7 @@ func (x *PromQLRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromQLRule.ProtoReflect.Descriptor instead.
 func (*PromQLRule) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{6}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PromQLRule) GetQuery() string {
@@ -933,7 +1086,7 @@ type Alerts struct {
 
 func (x *Alerts) Reset() {
 	*x = Alerts{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[7]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -945,7 +1098,7 @@ func (x *Alerts) String() string {
 func (*Alerts) ProtoMessage() {}
 
 func (x *Alerts) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[7]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -958,7 +1111,7 @@ func (x *Alerts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Alerts.ProtoReflect.Descriptor instead.
 func (*Alerts) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{7}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Alerts) GetWebhookUrl() string {
@@ -996,14 +1149,22 @@ type RunSpec struct {
 	// Nomad's shutdown_delay (default 0, at most 10m).
 	ShutdownDelay *durationpb.Duration `protobuf:"bytes,7,opt,name=shutdown_delay,json=shutdownDelay,proto3" json:"shutdown_delay,omitempty"`
 	// Run before a process is stopped, from the release being stopped.
-	PreStop       *PreStop `protobuf:"bytes,8,opt,name=pre_stop,json=preStop,proto3" json:"pre_stop,omitempty"`
+	// Deprecated alias of hooks.before_stop (set one of them, not both).
+	PreStop *PreStop `protobuf:"bytes,8,opt,name=pre_stop,json=preStop,proto3" json:"pre_stop,omitempty"`
+	// When the agent runs as root: run the service and its hooks as this
+	// user (a name or a numeric uid), its primary group unless group is set;
+	// the release's files are owned by it. An agent that is not root refuses
+	// the assignment unless this is its own user.
+	User string `protobuf:"bytes,9,opt,name=user,proto3" json:"user,omitempty"`
+	// The group to run as (a name or a numeric gid; needs user).
+	Group         string `protobuf:"bytes,10,opt,name=group,proto3" json:"group,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RunSpec) Reset() {
 	*x = RunSpec{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[8]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1015,7 +1176,7 @@ func (x *RunSpec) String() string {
 func (*RunSpec) ProtoMessage() {}
 
 func (x *RunSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[8]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1028,7 +1189,7 @@ func (x *RunSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunSpec.ProtoReflect.Descriptor instead.
 func (*RunSpec) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{8}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RunSpec) GetCommand() []string {
@@ -1087,6 +1248,20 @@ func (x *RunSpec) GetPreStop() *PreStop {
 	return nil
 }
 
+func (x *RunSpec) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *RunSpec) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
 // Socket is one listening socket of a service.
 type Socket struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1104,7 +1279,7 @@ type Socket struct {
 
 func (x *Socket) Reset() {
 	*x = Socket{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[9]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1116,7 +1291,7 @@ func (x *Socket) String() string {
 func (*Socket) ProtoMessage() {}
 
 func (x *Socket) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[9]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1129,7 +1304,7 @@ func (x *Socket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Socket.ProtoReflect.Descriptor instead.
 func (*Socket) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{9}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Socket) GetName() string {
@@ -1161,7 +1336,7 @@ type PreStop struct {
 
 func (x *PreStop) Reset() {
 	*x = PreStop{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[10]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1173,7 +1348,7 @@ func (x *PreStop) String() string {
 func (*PreStop) ProtoMessage() {}
 
 func (x *PreStop) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[10]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1186,7 +1361,7 @@ func (x *PreStop) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreStop.ProtoReflect.Descriptor instead.
 func (*PreStop) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{10}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PreStop) GetCommand() []string {
@@ -1223,7 +1398,7 @@ type Check struct {
 
 func (x *Check) Reset() {
 	*x = Check{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[11]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1235,7 +1410,7 @@ func (x *Check) String() string {
 func (*Check) ProtoMessage() {}
 
 func (x *Check) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[11]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1248,7 +1423,7 @@ func (x *Check) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Check.ProtoReflect.Descriptor instead.
 func (*Check) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{11}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Check) GetName() string {
@@ -1339,7 +1514,7 @@ type HttpCheck struct {
 
 func (x *HttpCheck) Reset() {
 	*x = HttpCheck{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[12]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1351,7 +1526,7 @@ func (x *HttpCheck) String() string {
 func (*HttpCheck) ProtoMessage() {}
 
 func (x *HttpCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[12]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1364,7 +1539,7 @@ func (x *HttpCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HttpCheck.ProtoReflect.Descriptor instead.
 func (*HttpCheck) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{12}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *HttpCheck) GetUrl() string {
@@ -1391,7 +1566,7 @@ type TcpCheck struct {
 
 func (x *TcpCheck) Reset() {
 	*x = TcpCheck{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[13]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1403,7 +1578,7 @@ func (x *TcpCheck) String() string {
 func (*TcpCheck) ProtoMessage() {}
 
 func (x *TcpCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[13]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1416,7 +1591,7 @@ func (x *TcpCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TcpCheck.ProtoReflect.Descriptor instead.
 func (*TcpCheck) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{13}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *TcpCheck) GetAddress() string {
@@ -1436,7 +1611,7 @@ type ExecCheck struct {
 
 func (x *ExecCheck) Reset() {
 	*x = ExecCheck{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[14]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1448,7 +1623,7 @@ func (x *ExecCheck) String() string {
 func (*ExecCheck) ProtoMessage() {}
 
 func (x *ExecCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[14]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1461,7 +1636,7 @@ func (x *ExecCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecCheck.ProtoReflect.Descriptor instead.
 func (*ExecCheck) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{14}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ExecCheck) GetCommand() []string {
@@ -1506,7 +1681,7 @@ type RolloutPolicy struct {
 
 func (x *RolloutPolicy) Reset() {
 	*x = RolloutPolicy{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[15]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1518,7 +1693,7 @@ func (x *RolloutPolicy) String() string {
 func (*RolloutPolicy) ProtoMessage() {}
 
 func (x *RolloutPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[15]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1531,7 +1706,7 @@ func (x *RolloutPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutPolicy.ProtoReflect.Descriptor instead.
 func (*RolloutPolicy) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{15}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RolloutPolicy) GetCanary() uint32 {
@@ -1619,7 +1794,7 @@ type Artifact struct {
 
 func (x *Artifact) Reset() {
 	*x = Artifact{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[16]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1631,7 +1806,7 @@ func (x *Artifact) String() string {
 func (*Artifact) ProtoMessage() {}
 
 func (x *Artifact) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[16]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1644,7 +1819,7 @@ func (x *Artifact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Artifact.ProtoReflect.Descriptor instead.
 func (*Artifact) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{16}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Artifact) GetSha256() string {
@@ -1688,7 +1863,7 @@ type Release struct {
 
 func (x *Release) Reset() {
 	*x = Release{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[17]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1700,7 +1875,7 @@ func (x *Release) String() string {
 func (*Release) ProtoMessage() {}
 
 func (x *Release) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[17]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1713,7 +1888,7 @@ func (x *Release) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Release.ProtoReflect.Descriptor instead.
 func (*Release) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{17}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Release) GetService() string {
@@ -1805,7 +1980,7 @@ type ReleaseManifest struct {
 
 func (x *ReleaseManifest) Reset() {
 	*x = ReleaseManifest{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[18]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1817,7 +1992,7 @@ func (x *ReleaseManifest) String() string {
 func (*ReleaseManifest) ProtoMessage() {}
 
 func (x *ReleaseManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[18]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1830,7 +2005,7 @@ func (x *ReleaseManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseManifest.ProtoReflect.Descriptor instead.
 func (*ReleaseManifest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{18}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ReleaseManifest) GetService() string {
@@ -1934,7 +2109,7 @@ type RollbackStatement struct {
 
 func (x *RollbackStatement) Reset() {
 	*x = RollbackStatement{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[19]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1946,7 +2121,7 @@ func (x *RollbackStatement) String() string {
 func (*RollbackStatement) ProtoMessage() {}
 
 func (x *RollbackStatement) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[19]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1959,7 +2134,7 @@ func (x *RollbackStatement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackStatement.ProtoReflect.Descriptor instead.
 func (*RollbackStatement) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{19}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RollbackStatement) GetService() string {
@@ -2025,7 +2200,7 @@ type SignedRollback struct {
 
 func (x *SignedRollback) Reset() {
 	*x = SignedRollback{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[20]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2037,7 +2212,7 @@ func (x *SignedRollback) String() string {
 func (*SignedRollback) ProtoMessage() {}
 
 func (x *SignedRollback) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[20]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2050,7 +2225,7 @@ func (x *SignedRollback) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignedRollback.ProtoReflect.Descriptor instead.
 func (*SignedRollback) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{20}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SignedRollback) GetStatement() []byte {
@@ -2090,7 +2265,7 @@ type SignedManifest struct {
 
 func (x *SignedManifest) Reset() {
 	*x = SignedManifest{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2102,7 +2277,7 @@ func (x *SignedManifest) String() string {
 func (*SignedManifest) ProtoMessage() {}
 
 func (x *SignedManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2115,7 +2290,7 @@ func (x *SignedManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignedManifest.ProtoReflect.Descriptor instead.
 func (*SignedManifest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{21}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SignedManifest) GetManifest() []byte {
@@ -2178,7 +2353,7 @@ type ServiceStatus struct {
 
 func (x *ServiceStatus) Reset() {
 	*x = ServiceStatus{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2190,7 +2365,7 @@ func (x *ServiceStatus) String() string {
 func (*ServiceStatus) ProtoMessage() {}
 
 func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2203,7 +2378,7 @@ func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStatus.ProtoReflect.Descriptor instead.
 func (*ServiceStatus) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{22}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ServiceStatus) GetStableVersion() string {
@@ -2306,7 +2481,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2318,7 +2493,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2331,7 +2506,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{23}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Service) GetSpec() *ServiceSpec {
@@ -2380,7 +2555,7 @@ type HostProgress struct {
 
 func (x *HostProgress) Reset() {
 	*x = HostProgress{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2392,7 +2567,7 @@ func (x *HostProgress) String() string {
 func (*HostProgress) ProtoMessage() {}
 
 func (x *HostProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2405,7 +2580,7 @@ func (x *HostProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostProgress.ProtoReflect.Descriptor instead.
 func (*HostProgress) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{24}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *HostProgress) GetHostId() string {
@@ -2477,7 +2652,7 @@ type Wave struct {
 
 func (x *Wave) Reset() {
 	*x = Wave{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[25]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2489,7 +2664,7 @@ func (x *Wave) String() string {
 func (*Wave) ProtoMessage() {}
 
 func (x *Wave) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[25]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2502,7 +2677,7 @@ func (x *Wave) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Wave.ProtoReflect.Descriptor instead.
 func (*Wave) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{25}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Wave) GetIndex() uint32 {
@@ -2633,7 +2808,7 @@ type Rollout struct {
 
 func (x *Rollout) Reset() {
 	*x = Rollout{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[26]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2645,7 +2820,7 @@ func (x *Rollout) String() string {
 func (*Rollout) ProtoMessage() {}
 
 func (x *Rollout) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[26]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2658,7 +2833,7 @@ func (x *Rollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
 func (*Rollout) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{26}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Rollout) GetId() string {
@@ -2851,7 +3026,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[27]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2863,7 +3038,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[27]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2876,7 +3051,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{27}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Event) GetAt() *timestamppb.Timestamp {
@@ -2946,7 +3121,7 @@ type CheckResult struct {
 
 func (x *CheckResult) Reset() {
 	*x = CheckResult{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[28]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2958,7 +3133,7 @@ func (x *CheckResult) String() string {
 func (*CheckResult) ProtoMessage() {}
 
 func (x *CheckResult) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[28]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2971,7 +3146,7 @@ func (x *CheckResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResult.ProtoReflect.Descriptor instead.
 func (*CheckResult) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{28}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CheckResult) GetName() string {
@@ -3016,7 +3191,7 @@ type ServiceReport struct {
 
 func (x *ServiceReport) Reset() {
 	*x = ServiceReport{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[29]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3028,7 +3203,7 @@ func (x *ServiceReport) String() string {
 func (*ServiceReport) ProtoMessage() {}
 
 func (x *ServiceReport) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[29]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3041,7 +3216,7 @@ func (x *ServiceReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceReport.ProtoReflect.Descriptor instead.
 func (*ServiceReport) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{29}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ServiceReport) GetService() string {
@@ -3129,7 +3304,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[30]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3141,7 +3316,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[30]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3154,7 +3329,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{30}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Assignment) GetService() string {
@@ -3227,7 +3402,7 @@ type Host struct {
 
 func (x *Host) Reset() {
 	*x = Host{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[31]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3239,7 +3414,7 @@ func (x *Host) String() string {
 func (*Host) ProtoMessage() {}
 
 func (x *Host) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[31]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3252,7 +3427,7 @@ func (x *Host) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Host.ProtoReflect.Descriptor instead.
 func (*Host) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{31}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Host) GetId() string {
@@ -3315,7 +3490,7 @@ var File_fleetwave_v1_types_proto protoreflect.FileDescriptor
 
 const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x18fleetwave/v1/types.proto\x12\ffleetwave.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9d\x04\n" +
+	"\x18fleetwave/v1/types.proto\x12\ffleetwave.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc8\x04\n" +
 	"\vServiceSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12C\n" +
 	"\bselector\x18\x02 \x03(\v2'.fleetwave.v1.ServiceSpec.SelectorEntryR\bselector\x12'\n" +
@@ -3325,10 +3500,23 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x10healthy_deadline\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x0fhealthyDeadline\x125\n" +
 	"\arollout\x18\a \x01(\v2\x1b.fleetwave.v1.RolloutPolicyR\arollout\x122\n" +
 	"\banalysis\x18\b \x01(\v2\x16.fleetwave.v1.AnalysisR\banalysis\x12,\n" +
-	"\x06alerts\x18\t \x01(\v2\x14.fleetwave.v1.AlertsR\x06alerts\x1a;\n" +
+	"\x06alerts\x18\t \x01(\v2\x14.fleetwave.v1.AlertsR\x06alerts\x12)\n" +
+	"\x05hooks\x18\n" +
+	" \x01(\v2\x13.fleetwave.v1.HooksR\x05hooks\x1a;\n" +
 	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc3\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x91\x02\n" +
+	"\x05Hooks\x127\n" +
+	"\rafter_install\x18\x01 \x01(\v2\x12.fleetwave.v1.HookR\fafterInstall\x125\n" +
+	"\fbefore_start\x18\x02 \x01(\v2\x12.fleetwave.v1.HookR\vbeforeStart\x123\n" +
+	"\vafter_start\x18\x03 \x01(\v2\x12.fleetwave.v1.HookR\n" +
+	"afterStart\x12.\n" +
+	"\bvalidate\x18\x04 \x01(\v2\x12.fleetwave.v1.HookR\bvalidate\x123\n" +
+	"\vbefore_stop\x18\x05 \x01(\v2\x12.fleetwave.v1.HookR\n" +
+	"beforeStop\"U\n" +
+	"\x04Hook\x12\x18\n" +
+	"\acommand\x18\x01 \x03(\tR\acommand\x123\n" +
+	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\xc3\x02\n" +
 	"\bAnalysis\x12\x1f\n" +
 	"\vmetrics_url\x18\x01 \x01(\tR\n" +
 	"metricsUrl\x125\n" +
@@ -3373,7 +3561,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x04_min\")\n" +
 	"\x06Alerts\x12\x1f\n" +
 	"\vwebhook_url\x18\x01 \x01(\tR\n" +
-	"webhookUrl\"\xc1\x03\n" +
+	"webhookUrl\"\xeb\x03\n" +
 	"\aRunSpec\x12\x18\n" +
 	"\acommand\x18\x01 \x03(\tR\acommand\x120\n" +
 	"\x03env\x18\x02 \x03(\v2\x1e.fleetwave.v1.RunSpec.EnvEntryR\x03env\x128\n" +
@@ -3383,7 +3571,10 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x05ready\x18\x05 \x01(\tR\x05ready\x12>\n" +
 	"\rready_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\freadyTimeout\x12@\n" +
 	"\x0eshutdown_delay\x18\a \x01(\v2\x19.google.protobuf.DurationR\rshutdownDelay\x120\n" +
-	"\bpre_stop\x18\b \x01(\v2\x15.fleetwave.v1.PreStopR\apreStop\x1a6\n" +
+	"\bpre_stop\x18\b \x01(\v2\x15.fleetwave.v1.PreStopR\apreStop\x12\x12\n" +
+	"\x04user\x18\t \x01(\tR\x04user\x12\x14\n" +
+	"\x05group\x18\n" +
+	" \x01(\tR\x05group\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"4\n" +
@@ -3651,130 +3842,139 @@ func file_fleetwave_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_fleetwave_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_fleetwave_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_fleetwave_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_fleetwave_v1_types_proto_goTypes = []any{
 	(RolloutState)(0),             // 0: fleetwave.v1.RolloutState
 	(WaveState)(0),                // 1: fleetwave.v1.WaveState
 	(HostRolloutState)(0),         // 2: fleetwave.v1.HostRolloutState
 	(Phase)(0),                    // 3: fleetwave.v1.Phase
 	(*ServiceSpec)(nil),           // 4: fleetwave.v1.ServiceSpec
-	(*Analysis)(nil),              // 5: fleetwave.v1.Analysis
-	(*AnalysisRule)(nil),          // 6: fleetwave.v1.AnalysisRule
-	(*ErrorRatioRule)(nil),        // 7: fleetwave.v1.ErrorRatioRule
-	(*LatencyRule)(nil),           // 8: fleetwave.v1.LatencyRule
-	(*RestartsRule)(nil),          // 9: fleetwave.v1.RestartsRule
-	(*PromQLRule)(nil),            // 10: fleetwave.v1.PromQLRule
-	(*Alerts)(nil),                // 11: fleetwave.v1.Alerts
-	(*RunSpec)(nil),               // 12: fleetwave.v1.RunSpec
-	(*Socket)(nil),                // 13: fleetwave.v1.Socket
-	(*PreStop)(nil),               // 14: fleetwave.v1.PreStop
-	(*Check)(nil),                 // 15: fleetwave.v1.Check
-	(*HttpCheck)(nil),             // 16: fleetwave.v1.HttpCheck
-	(*TcpCheck)(nil),              // 17: fleetwave.v1.TcpCheck
-	(*ExecCheck)(nil),             // 18: fleetwave.v1.ExecCheck
-	(*RolloutPolicy)(nil),         // 19: fleetwave.v1.RolloutPolicy
-	(*Artifact)(nil),              // 20: fleetwave.v1.Artifact
-	(*Release)(nil),               // 21: fleetwave.v1.Release
-	(*ReleaseManifest)(nil),       // 22: fleetwave.v1.ReleaseManifest
-	(*RollbackStatement)(nil),     // 23: fleetwave.v1.RollbackStatement
-	(*SignedRollback)(nil),        // 24: fleetwave.v1.SignedRollback
-	(*SignedManifest)(nil),        // 25: fleetwave.v1.SignedManifest
-	(*ServiceStatus)(nil),         // 26: fleetwave.v1.ServiceStatus
-	(*Service)(nil),               // 27: fleetwave.v1.Service
-	(*HostProgress)(nil),          // 28: fleetwave.v1.HostProgress
-	(*Wave)(nil),                  // 29: fleetwave.v1.Wave
-	(*Rollout)(nil),               // 30: fleetwave.v1.Rollout
-	(*Event)(nil),                 // 31: fleetwave.v1.Event
-	(*CheckResult)(nil),           // 32: fleetwave.v1.CheckResult
-	(*ServiceReport)(nil),         // 33: fleetwave.v1.ServiceReport
-	(*Assignment)(nil),            // 34: fleetwave.v1.Assignment
-	(*Host)(nil),                  // 35: fleetwave.v1.Host
-	nil,                           // 36: fleetwave.v1.ServiceSpec.SelectorEntry
-	nil,                           // 37: fleetwave.v1.RunSpec.EnvEntry
-	nil,                           // 38: fleetwave.v1.Host.LabelsEntry
-	(*durationpb.Duration)(nil),   // 39: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 40: google.protobuf.Timestamp
+	(*Hooks)(nil),                 // 5: fleetwave.v1.Hooks
+	(*Hook)(nil),                  // 6: fleetwave.v1.Hook
+	(*Analysis)(nil),              // 7: fleetwave.v1.Analysis
+	(*AnalysisRule)(nil),          // 8: fleetwave.v1.AnalysisRule
+	(*ErrorRatioRule)(nil),        // 9: fleetwave.v1.ErrorRatioRule
+	(*LatencyRule)(nil),           // 10: fleetwave.v1.LatencyRule
+	(*RestartsRule)(nil),          // 11: fleetwave.v1.RestartsRule
+	(*PromQLRule)(nil),            // 12: fleetwave.v1.PromQLRule
+	(*Alerts)(nil),                // 13: fleetwave.v1.Alerts
+	(*RunSpec)(nil),               // 14: fleetwave.v1.RunSpec
+	(*Socket)(nil),                // 15: fleetwave.v1.Socket
+	(*PreStop)(nil),               // 16: fleetwave.v1.PreStop
+	(*Check)(nil),                 // 17: fleetwave.v1.Check
+	(*HttpCheck)(nil),             // 18: fleetwave.v1.HttpCheck
+	(*TcpCheck)(nil),              // 19: fleetwave.v1.TcpCheck
+	(*ExecCheck)(nil),             // 20: fleetwave.v1.ExecCheck
+	(*RolloutPolicy)(nil),         // 21: fleetwave.v1.RolloutPolicy
+	(*Artifact)(nil),              // 22: fleetwave.v1.Artifact
+	(*Release)(nil),               // 23: fleetwave.v1.Release
+	(*ReleaseManifest)(nil),       // 24: fleetwave.v1.ReleaseManifest
+	(*RollbackStatement)(nil),     // 25: fleetwave.v1.RollbackStatement
+	(*SignedRollback)(nil),        // 26: fleetwave.v1.SignedRollback
+	(*SignedManifest)(nil),        // 27: fleetwave.v1.SignedManifest
+	(*ServiceStatus)(nil),         // 28: fleetwave.v1.ServiceStatus
+	(*Service)(nil),               // 29: fleetwave.v1.Service
+	(*HostProgress)(nil),          // 30: fleetwave.v1.HostProgress
+	(*Wave)(nil),                  // 31: fleetwave.v1.Wave
+	(*Rollout)(nil),               // 32: fleetwave.v1.Rollout
+	(*Event)(nil),                 // 33: fleetwave.v1.Event
+	(*CheckResult)(nil),           // 34: fleetwave.v1.CheckResult
+	(*ServiceReport)(nil),         // 35: fleetwave.v1.ServiceReport
+	(*Assignment)(nil),            // 36: fleetwave.v1.Assignment
+	(*Host)(nil),                  // 37: fleetwave.v1.Host
+	nil,                           // 38: fleetwave.v1.ServiceSpec.SelectorEntry
+	nil,                           // 39: fleetwave.v1.RunSpec.EnvEntry
+	nil,                           // 40: fleetwave.v1.Host.LabelsEntry
+	(*durationpb.Duration)(nil),   // 41: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 42: google.protobuf.Timestamp
 }
 var file_fleetwave_v1_types_proto_depIdxs = []int32{
-	36, // 0: fleetwave.v1.ServiceSpec.selector:type_name -> fleetwave.v1.ServiceSpec.SelectorEntry
-	12, // 1: fleetwave.v1.ServiceSpec.run:type_name -> fleetwave.v1.RunSpec
-	15, // 2: fleetwave.v1.ServiceSpec.checks:type_name -> fleetwave.v1.Check
-	39, // 3: fleetwave.v1.ServiceSpec.min_healthy_time:type_name -> google.protobuf.Duration
-	39, // 4: fleetwave.v1.ServiceSpec.healthy_deadline:type_name -> google.protobuf.Duration
-	19, // 5: fleetwave.v1.ServiceSpec.rollout:type_name -> fleetwave.v1.RolloutPolicy
-	5,  // 6: fleetwave.v1.ServiceSpec.analysis:type_name -> fleetwave.v1.Analysis
-	11, // 7: fleetwave.v1.ServiceSpec.alerts:type_name -> fleetwave.v1.Alerts
-	39, // 8: fleetwave.v1.Analysis.interval:type_name -> google.protobuf.Duration
-	39, // 9: fleetwave.v1.Analysis.window:type_name -> google.protobuf.Duration
-	39, // 10: fleetwave.v1.Analysis.watch:type_name -> google.protobuf.Duration
-	6,  // 11: fleetwave.v1.Analysis.rules:type_name -> fleetwave.v1.AnalysisRule
-	7,  // 12: fleetwave.v1.AnalysisRule.error_ratio:type_name -> fleetwave.v1.ErrorRatioRule
-	8,  // 13: fleetwave.v1.AnalysisRule.latency:type_name -> fleetwave.v1.LatencyRule
-	9,  // 14: fleetwave.v1.AnalysisRule.restarts:type_name -> fleetwave.v1.RestartsRule
-	10, // 15: fleetwave.v1.AnalysisRule.promql:type_name -> fleetwave.v1.PromQLRule
-	37, // 16: fleetwave.v1.RunSpec.env:type_name -> fleetwave.v1.RunSpec.EnvEntry
-	39, // 17: fleetwave.v1.RunSpec.stop_grace:type_name -> google.protobuf.Duration
-	13, // 18: fleetwave.v1.RunSpec.sockets:type_name -> fleetwave.v1.Socket
-	39, // 19: fleetwave.v1.RunSpec.ready_timeout:type_name -> google.protobuf.Duration
-	39, // 20: fleetwave.v1.RunSpec.shutdown_delay:type_name -> google.protobuf.Duration
-	14, // 21: fleetwave.v1.RunSpec.pre_stop:type_name -> fleetwave.v1.PreStop
-	39, // 22: fleetwave.v1.PreStop.timeout:type_name -> google.protobuf.Duration
-	16, // 23: fleetwave.v1.Check.http:type_name -> fleetwave.v1.HttpCheck
-	17, // 24: fleetwave.v1.Check.tcp:type_name -> fleetwave.v1.TcpCheck
-	18, // 25: fleetwave.v1.Check.exec:type_name -> fleetwave.v1.ExecCheck
-	39, // 26: fleetwave.v1.Check.interval:type_name -> google.protobuf.Duration
-	39, // 27: fleetwave.v1.Check.timeout:type_name -> google.protobuf.Duration
-	39, // 28: fleetwave.v1.RolloutPolicy.bake:type_name -> google.protobuf.Duration
-	39, // 29: fleetwave.v1.RolloutPolicy.progress_deadline:type_name -> google.protobuf.Duration
-	20, // 30: fleetwave.v1.Release.artifact:type_name -> fleetwave.v1.Artifact
-	40, // 31: fleetwave.v1.Release.commit_time:type_name -> google.protobuf.Timestamp
-	40, // 32: fleetwave.v1.Release.created_at:type_name -> google.protobuf.Timestamp
-	25, // 33: fleetwave.v1.Release.signed:type_name -> fleetwave.v1.SignedManifest
-	40, // 34: fleetwave.v1.ReleaseManifest.commit_time:type_name -> google.protobuf.Timestamp
-	40, // 35: fleetwave.v1.ReleaseManifest.signed_at:type_name -> google.protobuf.Timestamp
-	40, // 36: fleetwave.v1.ReleaseManifest.expires_at:type_name -> google.protobuf.Timestamp
-	40, // 37: fleetwave.v1.RollbackStatement.signed_at:type_name -> google.protobuf.Timestamp
-	40, // 38: fleetwave.v1.RollbackStatement.expires_at:type_name -> google.protobuf.Timestamp
-	4,  // 39: fleetwave.v1.ServiceStatus.stable_spec:type_name -> fleetwave.v1.ServiceSpec
-	40, // 40: fleetwave.v1.ServiceStatus.removed_at:type_name -> google.protobuf.Timestamp
-	4,  // 41: fleetwave.v1.Service.spec:type_name -> fleetwave.v1.ServiceSpec
-	26, // 42: fleetwave.v1.Service.status:type_name -> fleetwave.v1.ServiceStatus
-	40, // 43: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
-	2,  // 44: fleetwave.v1.HostProgress.state:type_name -> fleetwave.v1.HostRolloutState
-	40, // 45: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
-	40, // 46: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
-	3,  // 47: fleetwave.v1.HostProgress.phase:type_name -> fleetwave.v1.Phase
-	1,  // 48: fleetwave.v1.Wave.state:type_name -> fleetwave.v1.WaveState
-	28, // 49: fleetwave.v1.Wave.hosts:type_name -> fleetwave.v1.HostProgress
-	40, // 50: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
-	40, // 51: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
-	40, // 52: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
-	0,  // 53: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
-	19, // 54: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
-	29, // 55: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
-	40, // 56: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	40, // 57: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
-	40, // 58: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
-	40, // 59: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
-	4,  // 60: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
-	40, // 61: fleetwave.v1.Rollout.failed_at:type_name -> google.protobuf.Timestamp
-	40, // 62: fleetwave.v1.Rollout.restored_at:type_name -> google.protobuf.Timestamp
-	24, // 63: fleetwave.v1.Rollout.signed_rollback:type_name -> fleetwave.v1.SignedRollback
-	40, // 64: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
-	3,  // 65: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
-	32, // 66: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
-	40, // 67: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
-	21, // 68: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
-	4,  // 69: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
-	24, // 70: fleetwave.v1.Assignment.rollback:type_name -> fleetwave.v1.SignedRollback
-	38, // 71: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
-	40, // 72: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	33, // 73: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
-	74, // [74:74] is the sub-list for method output_type
-	74, // [74:74] is the sub-list for method input_type
-	74, // [74:74] is the sub-list for extension type_name
-	74, // [74:74] is the sub-list for extension extendee
-	0,  // [0:74] is the sub-list for field type_name
+	38, // 0: fleetwave.v1.ServiceSpec.selector:type_name -> fleetwave.v1.ServiceSpec.SelectorEntry
+	14, // 1: fleetwave.v1.ServiceSpec.run:type_name -> fleetwave.v1.RunSpec
+	17, // 2: fleetwave.v1.ServiceSpec.checks:type_name -> fleetwave.v1.Check
+	41, // 3: fleetwave.v1.ServiceSpec.min_healthy_time:type_name -> google.protobuf.Duration
+	41, // 4: fleetwave.v1.ServiceSpec.healthy_deadline:type_name -> google.protobuf.Duration
+	21, // 5: fleetwave.v1.ServiceSpec.rollout:type_name -> fleetwave.v1.RolloutPolicy
+	7,  // 6: fleetwave.v1.ServiceSpec.analysis:type_name -> fleetwave.v1.Analysis
+	13, // 7: fleetwave.v1.ServiceSpec.alerts:type_name -> fleetwave.v1.Alerts
+	5,  // 8: fleetwave.v1.ServiceSpec.hooks:type_name -> fleetwave.v1.Hooks
+	6,  // 9: fleetwave.v1.Hooks.after_install:type_name -> fleetwave.v1.Hook
+	6,  // 10: fleetwave.v1.Hooks.before_start:type_name -> fleetwave.v1.Hook
+	6,  // 11: fleetwave.v1.Hooks.after_start:type_name -> fleetwave.v1.Hook
+	6,  // 12: fleetwave.v1.Hooks.validate:type_name -> fleetwave.v1.Hook
+	6,  // 13: fleetwave.v1.Hooks.before_stop:type_name -> fleetwave.v1.Hook
+	41, // 14: fleetwave.v1.Hook.timeout:type_name -> google.protobuf.Duration
+	41, // 15: fleetwave.v1.Analysis.interval:type_name -> google.protobuf.Duration
+	41, // 16: fleetwave.v1.Analysis.window:type_name -> google.protobuf.Duration
+	41, // 17: fleetwave.v1.Analysis.watch:type_name -> google.protobuf.Duration
+	8,  // 18: fleetwave.v1.Analysis.rules:type_name -> fleetwave.v1.AnalysisRule
+	9,  // 19: fleetwave.v1.AnalysisRule.error_ratio:type_name -> fleetwave.v1.ErrorRatioRule
+	10, // 20: fleetwave.v1.AnalysisRule.latency:type_name -> fleetwave.v1.LatencyRule
+	11, // 21: fleetwave.v1.AnalysisRule.restarts:type_name -> fleetwave.v1.RestartsRule
+	12, // 22: fleetwave.v1.AnalysisRule.promql:type_name -> fleetwave.v1.PromQLRule
+	39, // 23: fleetwave.v1.RunSpec.env:type_name -> fleetwave.v1.RunSpec.EnvEntry
+	41, // 24: fleetwave.v1.RunSpec.stop_grace:type_name -> google.protobuf.Duration
+	15, // 25: fleetwave.v1.RunSpec.sockets:type_name -> fleetwave.v1.Socket
+	41, // 26: fleetwave.v1.RunSpec.ready_timeout:type_name -> google.protobuf.Duration
+	41, // 27: fleetwave.v1.RunSpec.shutdown_delay:type_name -> google.protobuf.Duration
+	16, // 28: fleetwave.v1.RunSpec.pre_stop:type_name -> fleetwave.v1.PreStop
+	41, // 29: fleetwave.v1.PreStop.timeout:type_name -> google.protobuf.Duration
+	18, // 30: fleetwave.v1.Check.http:type_name -> fleetwave.v1.HttpCheck
+	19, // 31: fleetwave.v1.Check.tcp:type_name -> fleetwave.v1.TcpCheck
+	20, // 32: fleetwave.v1.Check.exec:type_name -> fleetwave.v1.ExecCheck
+	41, // 33: fleetwave.v1.Check.interval:type_name -> google.protobuf.Duration
+	41, // 34: fleetwave.v1.Check.timeout:type_name -> google.protobuf.Duration
+	41, // 35: fleetwave.v1.RolloutPolicy.bake:type_name -> google.protobuf.Duration
+	41, // 36: fleetwave.v1.RolloutPolicy.progress_deadline:type_name -> google.protobuf.Duration
+	22, // 37: fleetwave.v1.Release.artifact:type_name -> fleetwave.v1.Artifact
+	42, // 38: fleetwave.v1.Release.commit_time:type_name -> google.protobuf.Timestamp
+	42, // 39: fleetwave.v1.Release.created_at:type_name -> google.protobuf.Timestamp
+	27, // 40: fleetwave.v1.Release.signed:type_name -> fleetwave.v1.SignedManifest
+	42, // 41: fleetwave.v1.ReleaseManifest.commit_time:type_name -> google.protobuf.Timestamp
+	42, // 42: fleetwave.v1.ReleaseManifest.signed_at:type_name -> google.protobuf.Timestamp
+	42, // 43: fleetwave.v1.ReleaseManifest.expires_at:type_name -> google.protobuf.Timestamp
+	42, // 44: fleetwave.v1.RollbackStatement.signed_at:type_name -> google.protobuf.Timestamp
+	42, // 45: fleetwave.v1.RollbackStatement.expires_at:type_name -> google.protobuf.Timestamp
+	4,  // 46: fleetwave.v1.ServiceStatus.stable_spec:type_name -> fleetwave.v1.ServiceSpec
+	42, // 47: fleetwave.v1.ServiceStatus.removed_at:type_name -> google.protobuf.Timestamp
+	4,  // 48: fleetwave.v1.Service.spec:type_name -> fleetwave.v1.ServiceSpec
+	28, // 49: fleetwave.v1.Service.status:type_name -> fleetwave.v1.ServiceStatus
+	42, // 50: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
+	2,  // 51: fleetwave.v1.HostProgress.state:type_name -> fleetwave.v1.HostRolloutState
+	42, // 52: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
+	42, // 53: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
+	3,  // 54: fleetwave.v1.HostProgress.phase:type_name -> fleetwave.v1.Phase
+	1,  // 55: fleetwave.v1.Wave.state:type_name -> fleetwave.v1.WaveState
+	30, // 56: fleetwave.v1.Wave.hosts:type_name -> fleetwave.v1.HostProgress
+	42, // 57: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
+	42, // 58: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
+	42, // 59: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
+	0,  // 60: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
+	21, // 61: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
+	31, // 62: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
+	42, // 63: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	42, // 64: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
+	42, // 65: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
+	42, // 66: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
+	4,  // 67: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
+	42, // 68: fleetwave.v1.Rollout.failed_at:type_name -> google.protobuf.Timestamp
+	42, // 69: fleetwave.v1.Rollout.restored_at:type_name -> google.protobuf.Timestamp
+	26, // 70: fleetwave.v1.Rollout.signed_rollback:type_name -> fleetwave.v1.SignedRollback
+	42, // 71: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
+	3,  // 72: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
+	34, // 73: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
+	42, // 74: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
+	23, // 75: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
+	4,  // 76: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
+	26, // 77: fleetwave.v1.Assignment.rollback:type_name -> fleetwave.v1.SignedRollback
+	40, // 78: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
+	42, // 79: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	35, // 80: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
+	81, // [81:81] is the sub-list for method output_type
+	81, // [81:81] is the sub-list for method input_type
+	81, // [81:81] is the sub-list for extension type_name
+	81, // [81:81] is the sub-list for extension extendee
+	0,  // [0:81] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_types_proto_init() }
@@ -3782,14 +3982,14 @@ func file_fleetwave_v1_types_proto_init() {
 	if File_fleetwave_v1_types_proto != nil {
 		return
 	}
-	file_fleetwave_v1_types_proto_msgTypes[2].OneofWrappers = []any{
+	file_fleetwave_v1_types_proto_msgTypes[4].OneofWrappers = []any{
 		(*AnalysisRule_ErrorRatio)(nil),
 		(*AnalysisRule_Latency)(nil),
 		(*AnalysisRule_Restarts)(nil),
 		(*AnalysisRule_Promql)(nil),
 	}
-	file_fleetwave_v1_types_proto_msgTypes[6].OneofWrappers = []any{}
-	file_fleetwave_v1_types_proto_msgTypes[11].OneofWrappers = []any{
+	file_fleetwave_v1_types_proto_msgTypes[8].OneofWrappers = []any{}
+	file_fleetwave_v1_types_proto_msgTypes[13].OneofWrappers = []any{
 		(*Check_Http)(nil),
 		(*Check_Tcp)(nil),
 		(*Check_Exec)(nil),
@@ -3800,7 +4000,7 @@ func file_fleetwave_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fleetwave_v1_types_proto_rawDesc), len(file_fleetwave_v1_types_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   35,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,126 @@
+package install
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/fleetwave/fleetwave/internal/spec"
+)
+
+// FreeSpaceFactor is how many times the artifact's size a fetch needs free
+// on the data dir's filesystem: the download, the unpacked
+// release (about as large again for a compressed archive of compressible
+// files, often more) and a margin for the services, their logs and the
+// agent's state.
+const FreeSpaceFactor = 3
+
+// ErrDiskSpace marks a fetch refused for lack of free space (errors.Is).
+var ErrDiskSpace = errors.New("not enough free space")
+
+// statfs is syscall.Statfs; tests replace it.
+var statfs = syscall.Statfs
+
+// FreeBytes is the space an unprivileged writer may still use on the data
+// dir's filesystem.
+func (in *Installer) FreeBytes() (uint64, error) {
+	var st syscall.Statfs_t
+	if err := statfs(in.dataDir, &st); err != nil {
+		return 0, fmt.Errorf("free space of %s: %w", in.dataDir, err)
+	}
+	return st.Bavail * uint64(st.Bsize), nil
+}
+
+// CheckFreeSpace refuses a fetch of an artifact of size bytes when the
+// data dir's filesystem has less than FreeSpaceFactor times that free, with
+// an error naming the filesystem, what is free and what is needed.
+func (in *Installer) CheckFreeSpace(size int64) error {
+	free, err := in.FreeBytes()
+	if err != nil {
+		return err
+	}
+	need := uint64(max(size, 0)) * FreeSpaceFactor
+	if free < need {
+		return fmt.Errorf("%w on the filesystem of %s: %s free, need %s (%d × the artifact's %s: download, unpack and margin)",
+			ErrDiskSpace, in.dataDir, bytesText(free), bytesText(need), FreeSpaceFactor, bytesText(uint64(max(size, 0))))
+	}
+	return nil
+}
+
+// bytesText renders a byte count for people (binary units).
+func bytesText(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// PruneKeeping removes the unpacked releases of a service except the
+// newest `newest` ones (by when they were staged), those in keep and the
+// one `current` points at. newest 0 keeps only those.
+func (in *Installer) PruneKeeping(service string, newest int, keep ...string) error {
+	sdir := in.serviceDir(service)
+	entries, err := os.ReadDir(sdir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("prune %s: %w", service, err)
+	}
+	cur, _ := in.Current(service)
+	keepSet := map[string]bool{cur: true, CurrentLink: true}
+	for _, k := range keep {
+		keepSet[k] = true
+	}
+	type staged struct {
+		version string
+		at      time.Time
+	}
+	var releases []staged
+	for _, e := range entries {
+		name := e.Name()
+		if name == CurrentLink || strings.HasPrefix(name, ".") || spec.CheckVersion("version", name) != nil {
+			continue
+		}
+		releases = append(releases, staged{name, in.stagedAt(service, name)})
+	}
+	// Newest first; equal times by name, so that the choice is stable.
+	slices.SortFunc(releases, func(a, b staged) int {
+		if c := b.at.Compare(a.at); c != 0 {
+			return c
+		}
+		return strings.Compare(b.version, a.version)
+	})
+	for i, r := range releases {
+		if i < newest || keepSet[r.version] {
+			continue
+		}
+		in.log.Info().Str("service", service).Str("version", r.version).Msg("pruning old release")
+		if err := in.removeRelease(service, r.version); err != nil {
+			return fmt.Errorf("prune %s %s: %w", service, r.version, err)
+		}
+	}
+	return nil
+}
+
+// stagedAt is when a release was unpacked: its digest marker's time (the
+// directory's, for a release without one).
+func (in *Installer) stagedAt(service, version string) time.Time {
+	for _, p := range []string{in.markerPath(service, version), in.oldMarkerPath(service, version), in.ReleaseDir(service, version)} {
+		if fi, err := os.Lstat(p); err == nil {
+			return fi.ModTime()
+		}
+	}
+	return time.Time{}
+}

@@ -1,0 +1,128 @@
+package install
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// TestPruneKeepsTheNewest: of six staged releases, the newest (by when
+// they were staged) are kept, and the one `current` points at and those
+// named are kept whatever their age.
+func TestPruneKeepsTheNewest(t *testing.T) {
+	in := newInstaller(t, Limits{})
+	base := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i := 1; i <= 6; i++ {
+		v := fmt.Sprintf("%d.0.0", i)
+		art := gz(t, tarBytes(t, entry{name: "VERSION", body: v}))
+		if _, err := stageBytes(t, in, "web", v, art); err != nil {
+			t.Fatal(err)
+		}
+		// Staged in this order (set, not slept for).
+		at := base.Add(time.Duration(i) * time.Minute)
+		if err := os.Chtimes(in.markerPath("web", v), at, at); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := in.Switch("web", "1.0.0"); err != nil { // the oldest is current
+		t.Fatal(err)
+	}
+	releases := func() []string {
+		es, err := os.ReadDir(in.serviceDir("web"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, e := range es {
+			if e.IsDir() && !strings.HasPrefix(e.Name(), ".") {
+				out = append(out, e.Name())
+			}
+		}
+		return out
+	}
+	if err := in.PruneKeeping("web", 3, "2.0.0"); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := releases(), []string{"1.0.0", "2.0.0", "4.0.0", "5.0.0", "6.0.0"}; !slices.Equal(got, want) {
+		t.Fatalf("keep 3 newest, current 1.0.0 and 2.0.0: %v, want %v", got, want)
+	}
+	if in.Staged("web", "3.0.0", "") || in.marker("web", "3.0.0") != "" {
+		t.Fatal("3.0.0's marker survived its release")
+	}
+	if err := in.PruneKeeping("web", 1); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := releases(), []string{"1.0.0", "6.0.0"}; !slices.Equal(got, want) {
+		t.Fatalf("keep the newest and current: %v, want %v", got, want)
+	}
+	if got, _ := in.Current("web"); got != "1.0.0" {
+		t.Fatalf("current -> %q", got)
+	}
+}
+
+// TestCheckFreeSpace: a fetch needs FreeSpaceFactor times the artifact's
+// size free on the data dir's filesystem; the refusal names the
+// filesystem, what is free and what is needed.
+func TestCheckFreeSpace(t *testing.T) {
+	in := newInstaller(t, Limits{})
+	free, err := in.FreeBytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := in.CheckFreeSpace(int64(free / 6)); err != nil {
+		t.Fatalf("a sixth of the free space (%d bytes): %v", free/6, err)
+	}
+	err = in.CheckFreeSpace(int64(free / 2))
+	if !errors.Is(err, ErrDiskSpace) || !strings.Contains(err.Error(), "on the filesystem of "+in.dataDir) ||
+		!strings.Contains(err.Error(), "(3 × the artifact's") {
+		t.Fatalf("half the free space: %v", err)
+	}
+	// What statfs says is what counts (available to unprivileged writers).
+	defer func(f func(string, *syscall.Statfs_t) error) { statfs = f }(statfs)
+	statfs = func(_ string, st *syscall.Statfs_t) error {
+		st.Bavail, st.Bsize = 2560, 4096 // 10 MiB
+		return nil
+	}
+	want := "not enough free space on the filesystem of " + in.dataDir + ": 10.0 MiB free, need 12.0 MiB (3 × the artifact's 4.0 MiB: download, unpack and margin)"
+	if err := in.CheckFreeSpace(4 << 20); err == nil || err.Error() != want {
+		t.Fatalf("err %v\nwant %s", err, want)
+	}
+	if err := in.CheckFreeSpace(3 << 20); err != nil {
+		t.Fatalf("9 MiB of 10: %v", err)
+	}
+}
+
+// TestCheckFreeSpaceOnASmallFilesystem: on a real 8 MiB filesystem (a
+// tmpfs; needs root), files that fill it make a fetch that fitted before
+// refused.
+func TestCheckFreeSpaceOnASmallFilesystem(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a small tmpfs needs root")
+	}
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=8m"); err != nil {
+		t.Skipf("cannot mount a tmpfs here: %v", err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(dir, 0) })
+	in, err := New(filepath.Join(dir, "data"), Limits{}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := in.CheckFreeSpace(2 << 20); err != nil {
+		t.Fatalf("2 MiB on an empty 8 MiB filesystem: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "data", "ballast"), make([]byte, 4<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := in.CheckFreeSpace(2 << 20); !errors.Is(err, ErrDiskSpace) || !strings.Contains(err.Error(), "need 6.0 MiB") {
+		t.Fatalf("2 MiB with 4 MiB free: %v", err)
+	}
+}

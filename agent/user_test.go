@@ -1,0 +1,123 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// testUser creates an unprivileged user for the test (removed at its end).
+func testUser(t *testing.T) *user.User {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("running a service as another user needs the agent to be root (useradd too)")
+	}
+	name := fmt.Sprintf("fwtest%d", os.Getpid()%100000)
+	out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", name).CombinedOutput()
+	if err != nil {
+		t.Skipf("useradd %s: %v: %s", name, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("userdel", name).CombinedOutput(); err != nil {
+			t.Errorf("userdel %s: %v: %s", name, err, out)
+		}
+	})
+	u, err := user.Lookup(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// traversable opens dir and its parents up to the temporary directory
+// for others to pass through (t.TempDir makes them 0700).
+func traversable(t *testing.T, dir string) {
+	t.Helper()
+	for d := dir; d != os.TempDir() && d != "/" && d != "."; d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestRunAsUser: with run.user the service and its hooks run as that user
+// (uid and group), the release's files are theirs (the service writes
+// into its release), and a user the host does not have is refused with
+// the field and the name.
+func TestRunAsUser(t *testing.T) {
+	u := testUser(t)
+	fc := newFakeCoordinator(t)
+	dataDir := t.TempDir()
+	traversable(t, dataDir)
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: dataDir}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := runAgent(t, ctx, cfg, testOptions())
+	t.Cleanup(func() {
+		cancel()
+		waitDone(t, done)
+	})
+	run := "#!/bin/sh\necho \"service uid=$(id -u) gid=$(id -g)\"\ntouch ./written-by-the-service\nexec sleep 300\n"
+	hook := "#!/bin/sh\necho \"hook $FLEETWAVE_HOOK uid=$(id -u) gid=$(id -g)\"\n"
+	art := tarGz(t, map[string]string{"run.sh": run, "check.sh": goodCheck, "hook.sh": hook})
+	a := testAssignment("1.0.0", 1, fc.addArtifact(art), int64(len(art)), "")
+	a.Spec.Run.User = u.Username
+	a.Spec.Hooks = &v1.Hooks{AfterInstall: &v1.Hook{Command: []string{"./hook.sh"}}, BeforeStart: &v1.Hook{Command: []string{"./hook.sh"},
+		Timeout: durationpb.New(time.Minute)}}
+	fc.assign(a)
+	fc.waitFor(t, "1.0.0 healthy", time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 1, v1.Phase_PHASE_HEALTHY, "1.0.0")
+	})
+	ids := fmt.Sprintf("uid=%s gid=%s", u.Uid, u.Gid)
+	log, err := os.ReadFile(filepath.Join(dataDir, "logs", testSvc+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"hook after_install " + ids, "hook before_start " + ids, "service " + ids} {
+		if !strings.Contains(string(log), want) {
+			t.Errorf("service log has no %q:\n%s", want, log)
+		}
+	}
+	rel := filepath.Join(dataDir, "releases", testSvc, "1.0.0")
+	for _, f := range []string{".", "run.sh", "written-by-the-service"} {
+		fi, err := os.Lstat(filepath.Join(rel, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		if strconv.Itoa(int(st.Uid)) != u.Uid || strconv.Itoa(int(st.Gid)) != u.Gid {
+			t.Errorf("%s owned by %d:%d, want %s:%s", f, st.Uid, st.Gid, u.Uid, u.Gid)
+		}
+	}
+	pid := readPID(t, filepath.Join(dataDir, "run", testSvc+".pid"))
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil || !strings.Contains(string(status), "\nUid:\t"+u.Uid+"\t") {
+		t.Fatalf("the service's process %d: %v\n%s", pid, err, status)
+	}
+
+	bad := testAssignment("2.0.0", 2, fc.addArtifact(art), int64(len(art)), "")
+	bad.Spec.Run.User = "fleetwave-no-such-user"
+	fc.assign(bad)
+	var reason string
+	fc.waitFor(t, "2.0.0 refused", time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		r := lastReport(rs, testSvc)
+		reason = r.GetReason()
+		return r.GetGeneration() == 2 && r.GetPhase() == v1.Phase_PHASE_FAILED
+	})
+	if want := `invalid assignment: spec.run.user: no user "fleetwave-no-such-user" on this host`; reason != want {
+		t.Fatalf("reason %q, want %q", reason, want)
+	}
+	if readPID(t, filepath.Join(dataDir, "run", testSvc+".pid")) != pid || !alive(pid) {
+		t.Fatal("the running release was touched")
+	}
+}
