@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/fleetwave/fleetwave/coordinator"
+	"github.com/fleetwave/fleetwave/coordinator/dashboard"
 	"github.com/fleetwave/fleetwave/internal/gossip"
 )
 
@@ -54,6 +55,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.Int64Var(&cfg.MaxArtifactBytes, "max-artifact-bytes", 1<<30, "largest artifact accepted")
 	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", 5*time.Second, "leader lease TTL")
 	fs.StringVar(&cfg.MetricsListen, "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (host:port; empty = off)")
+	fs.StringVar(&cfg.HTTPListen, "http-listen", "", "serve the web dashboard at https://ADDR/ (http:// with --insecure; host:port; empty = off; default "+coordinator.DefaultHTTPListen+" with the embedded etcd, off with --etcd-endpoints)")
+	hd := dashboard.DefaultLimits
+	fs.IntVar(&cfg.HTTPLimits.MaxSessions, "http-max-sessions", hd.MaxSessions, "dashboard logins alive at once; more are refused")
+	fs.DurationVar(&cfg.HTTPLimits.SessionTTL, "http-session-ttl", hd.SessionTTL, "a dashboard login lasts this long")
+	fs.IntVar(&cfg.HTTPLimits.MaxStreamsPerIdentity, "http-max-streams-per-identity", hd.MaxStreamsPerIdentity, "live dashboard pages (event streams) one identity holds open at once")
+	fs.Int64Var(&cfg.HTTPLimits.MaxBodyBytes, "http-max-body-bytes", hd.MaxBodyBytes, "largest dashboard form accepted")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	gossipFlags := gossip.AddFlags(fs)
 	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "this coordinator's certificate (PEM; identity coordinator/NAME; from fleetwave tls init)")
@@ -96,6 +103,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	cfg.Gossip = gossipFlags()
 	if endpoints != "" {
 		cfg.EtcdEndpoints = strings.Split(endpoints, ",")
+	}
+	httpSet := false
+	fs.Visit(func(f *flag.Flag) { httpSet = httpSet || f.Name == "http-listen" })
+	if !httpSet && endpoints == "" {
+		// The embedded single-node setup: the dashboard on loopback.
+		cfg.HTTPListen, cfg.HTTPListenOptional = coordinator.DefaultHTTPListen, true
 	}
 	lvl, err := zerolog.ParseLevel(level)
 	if err != nil {

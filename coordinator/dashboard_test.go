@@ -1,0 +1,75 @@
+package coordinator
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/fleetwave/fleetwave/coordinator/dashboard"
+	"github.com/fleetwave/fleetwave/coordinator/store"
+	"github.com/fleetwave/fleetwave/internal/testkit/ports"
+)
+
+func TestDashboardConfigValidateNamesFields(t *testing.T) {
+	err := (&Config{Insecure: true, Listen: "127.0.0.1:7070", DataDir: "d", HTTPListen: "nope",
+		HTTPLimits: dashboard.Limits{MaxSessions: -1, MaxBodyBytes: 5}}).Validate()
+	for _, want := range []string{`http-listen: "nope"`, "http-max-sessions: -1 is negative", "http-max-body-bytes: 5: want at least 1024"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate error %v does not say %s", err, want)
+		}
+	}
+}
+
+// The dashboard is served by the coordinator (here insecure: plain HTTP,
+// the login takes no token), and an address that is taken fails the start
+// unless it is only the default.
+func TestDashboardServedAndTakenAddress(t *testing.T) {
+	emb, err := store.StartEmbedded(t.TempDir(), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(emb.Close)
+	base := Config{Insecure: true, Listen: "127.0.0.1:0", EtcdEndpoints: emb.Endpoints, EtcdTLS: emb.ClientTLS, LeaseTTL: 2 * time.Second}
+
+	cfg := base
+	cfg.DataDir, cfg.HTTPListen = t.TempDir(), ports.Addr(t)
+	urlc := make(chan string, 1)
+	cfg.HTTPReady = func(u string) { urlc <- u }
+	runTestCoordinator(t, cfg)
+	url := <-urlc
+	if url != "http://"+cfg.HTTPListen+"/" {
+		t.Fatalf("dashboard at %s, want http://%s/", url, cfg.HTTPListen)
+	}
+	resp, err := http.Get(url + "login")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "no token is needed") || resp.Header.Get("Content-Security-Policy") == "" {
+		t.Fatalf("login page: %d %v\n%s", resp.StatusCode, resp.Header, body)
+	}
+
+	held, err := net.Listen("tcp", ports.Addr(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	taken := base
+	taken.DataDir, taken.HTTPListen = t.TempDir(), held.Addr().String()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	err = Run(ctx, taken, zerolog.Nop())
+	if err == nil || !strings.Contains(err.Error(), "http-listen "+held.Addr().String()) {
+		t.Fatalf("Run with a taken --http-listen: %v, want an error naming it", err)
+	}
+	// The default address taken: the coordinator runs without a dashboard.
+	taken.DataDir, taken.HTTPListenOptional = t.TempDir(), true
+	runTestCoordinator(t, taken)
+}
