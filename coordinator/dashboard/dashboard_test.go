@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fleetwave/fleetwave/internal/testkit"
@@ -36,6 +37,8 @@ import (
 type fakeAPI struct {
 	v1.UnimplementedOperatorServiceServer
 	approvals atomic.Int32
+	mu        sync.Mutex
+	calls     []string
 	// watching counts open WatchRollout streams.
 	watching atomic.Int32
 }
@@ -47,6 +50,8 @@ func tokenRole(ctx context.Context) (string, string, error) {
 		return "token:vera", "viewer", nil
 	case "Bearer deployer-secret":
 		return "token:dep", "deployer", nil
+	case "Bearer admin-secret":
+		return "token:ada", "admin", nil
 	}
 	return "", "", status.Error(codes.Unauthenticated, "token: unknown or revoked")
 }
@@ -56,10 +61,83 @@ func need(ctx context.Context, role string) error {
 	if err != nil {
 		return err
 	}
-	if role == "deployer" && r != "deployer" {
-		return status.Errorf(codes.PermissionDenied, "needs role deployer; %s has role %s", id, r)
+	rank := map[string]int{"viewer": 1, "deployer": 2, "admin": 3}
+	if rank[r] < rank[role] {
+		return status.Errorf(codes.PermissionDenied, "needs role %s; %s has role %s", role, id, r)
 	}
 	return nil
+}
+
+// called records the actions that reached the API.
+func (f *fakeAPI) called(ctx context.Context, role, what string) error {
+	if err := need(ctx, role); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, what)
+	return nil
+}
+
+func (f *fakeAPI) PauseRollout(ctx context.Context, req *v1.PauseRolloutRequest) (*v1.PauseRolloutResponse, error) {
+	return &v1.PauseRolloutResponse{}, f.called(ctx, "deployer", "pause "+req.GetService())
+}
+
+func (f *fakeAPI) ResumeRollout(ctx context.Context, req *v1.ResumeRolloutRequest) (*v1.ResumeRolloutResponse, error) {
+	return &v1.ResumeRolloutResponse{}, f.called(ctx, "deployer", "resume "+req.GetService())
+}
+
+func (f *fakeAPI) AbortRollout(ctx context.Context, req *v1.AbortRolloutRequest) (*v1.AbortRolloutResponse, error) {
+	return &v1.AbortRolloutResponse{}, f.called(ctx, "deployer", "abort "+req.GetService()+": "+req.GetReason())
+}
+
+func (f *fakeAPI) Rollback(ctx context.Context, req *v1.RollbackRequest) (*v1.RollbackResponse, error) {
+	return &v1.RollbackResponse{}, f.called(ctx, "deployer", "rollback "+req.GetService())
+}
+
+func (f *fakeAPI) UnfreezeService(ctx context.Context, req *v1.UnfreezeServiceRequest) (*v1.UnfreezeServiceResponse, error) {
+	return &v1.UnfreezeServiceResponse{}, f.called(ctx, "admin", "unfreeze "+req.GetName())
+}
+
+// GetStats: web had one successful rollout 2 days ago and one failed today.
+func (f *fakeAPI) GetStats(ctx context.Context, req *v1.GetStatsRequest) (*v1.GetStatsResponse, error) {
+	if err := need(ctx, "viewer"); err != nil {
+		return nil, err
+	}
+	days := req.GetSince().AsDuration() / (24 * time.Hour)
+	s := &v1.DeployStats{Service: "web", Failed: 1, Rollouts: 1, ChangeFailureRate: 1}
+	if days >= 3 {
+		s.Succeeded, s.Rollouts, s.ChangeFailureRate, s.LeadTime = 1, 2, 0.5, &v1.DurationStats{Count: 1, Median: durationpb.New(90 * time.Second)}
+	}
+	return &v1.GetStatsResponse{Services: []*v1.DeployStats{s}}, nil
+}
+
+func (f *fakeAPI) ListEvents(ctx context.Context, req *v1.ListEventsRequest) (*v1.ListEventsResponse, error) {
+	if err := need(ctx, "viewer"); err != nil {
+		return nil, err
+	}
+	evs := []*v1.Event{
+		{At: timestamppb.New(time.Unix(1000, 0)), Service: "web", RolloutId: "r1", Kind: "rollout_created", Wave: -1, Message: "v1 -> v2"},
+		{At: timestamppb.New(time.Unix(1001, 0)), Service: "web", RolloutId: "r1", Kind: "host_failed", Wave: 1, Host: "h2", Message: "check http failed"},
+		{At: timestamppb.New(time.Unix(1002, 0)), Service: "web", RolloutId: "r1", Kind: "rollout_approved", Wave: 1, Actor: "token:dep"},
+	}
+	var out []*v1.Event
+	for _, e := range evs {
+		if req.GetRolloutId() == "" || e.GetRolloutId() == req.GetRolloutId() {
+			out = append(out, e)
+		}
+	}
+	return &v1.ListEventsResponse{Events: out}, nil
+}
+
+func (f *fakeAPI) ListAudit(ctx context.Context, _ *v1.ListAuditRequest) (*v1.ListAuditResponse, error) {
+	if err := need(ctx, "admin"); err != nil {
+		return nil, err
+	}
+	return &v1.ListAuditResponse{Entries: []*v1.AuditEntry{
+		{At: timestamppb.New(time.Unix(1000, 0)), Actor: "token:dep", Role: "deployer", Method: "/fleetwave.v1.OperatorService/ApproveRollout", Target: "web", Result: "OK"},
+		{At: timestamppb.New(time.Unix(1001, 0)), Actor: "token:vera", Role: "viewer", Method: "/fleetwave.v1.OperatorService/Rollback", Target: "web", Result: "PermissionDenied"},
+	}}, nil
 }
 
 func (f *fakeAPI) WhoAmI(ctx context.Context, _ *v1.WhoAmIRequest) (*v1.WhoAmIResponse, error) {
@@ -606,5 +684,134 @@ func TestServeStopsWithContext(t *testing.T) {
 	}
 	if _, err := http.Get("http://" + lis.Addr().String() + "/login"); err == nil {
 		t.Fatal("still serving after its context ended")
+	}
+}
+
+func TestEveryActionReachesTheAPIWithTheCallersToken(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	dep, adm := d.client(), d.client()
+	d.login(dep, "deployer-secret")
+	d.login(adm, "admin-secret")
+	for _, tc := range []struct {
+		c      *http.Client
+		action string
+		form   url.Values
+		want   string
+	}{
+		{dep, "pause", nil, "pause web"},
+		{dep, "resume", nil, "resume web"},
+		{dep, "abort", url.Values{"reason": {"bad smell"}}, "abort web: bad smell"},
+		{dep, "abort", nil, "abort web: aborted from the dashboard"},
+		{dep, "rollback", nil, "rollback web"},
+		{adm, "unfreeze", nil, "unfreeze web"},
+	} {
+		form := url.Values{"csrf": {d.csrf(tc.c)}}
+		for k, v := range tc.form {
+			form[k] = v
+		}
+		if code := d.post(tc.c, "/services/web/"+tc.action, form, nil); code != http.StatusSeeOther {
+			t.Errorf("%s: status %d, want 303", tc.action, code)
+			continue
+		}
+		d.api.mu.Lock()
+		last := d.api.calls[len(d.api.calls)-1]
+		d.api.mu.Unlock()
+		if last != tc.want {
+			t.Errorf("%s reached the API as %q, want %q", tc.action, last, tc.want)
+		}
+	}
+	// A deployer cannot unfreeze: the API refuses, the page says why.
+	if code := d.post(dep, "/services/web/unfreeze", url.Values{"csrf": {d.csrf(dep)}}, nil); code != http.StatusForbidden {
+		t.Errorf("deployer unfreeze: status %d, want 403", code)
+	}
+}
+
+func TestServicesPageShowsFiguresAndChart(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	c := d.client()
+	d.login(c, "viewer-secret")
+	code, body := d.get(c, "/")
+	if code != 200 {
+		t.Fatalf("services page: %d\n%s", code, body)
+	}
+	for _, want := range []string{`href="/services/web"`, "2 (1 ok, 1 failed)", "50%", "1m30s", `class="chart"`,
+		"0 day(s) ago: 0 succeeded, 1 failed", "2 day(s) ago: 1 succeeded, 0 failed", "29 day(s) ago: 0 succeeded, 0 failed"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("services page lacks %q", want)
+		}
+	}
+	if strings.Contains(body, `href="/audit"`) {
+		t.Error("a viewer's navigation links the audit log")
+	}
+}
+
+func TestBarsScaleToTallestDay(t *testing.T) {
+	b := bars([]dayStats{{Succeeded: 2}, {Failed: 1}, {}}, 2)
+	if len(b) != 3 || b[2].OKH != chartHeight || b[2].OKY != 0 || b[1].BadH != chartHeight/2 || b[1].BadY != chartHeight/2 || b[0].OKH+b[0].BadH != 0 {
+		t.Errorf("bars: %+v", b)
+	}
+	if b := bars([]dayStats{{}, {}}, 0); b[0].OKH != 0 || b[0].OKY != chartHeight {
+		t.Errorf("bars of an empty month: %+v", b)
+	}
+}
+
+func TestHostsPage(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	c := d.client()
+	d.login(c, "viewer-secret")
+	code, body := d.get(c, "/hosts")
+	if code != 200 || !strings.Contains(body, `data-host="h1"`) || !strings.Contains(body, "connected") || !strings.Contains(body, "healthy v2") {
+		t.Errorf("hosts page: %d\n%s", code, body)
+	}
+}
+
+func TestHistoryFilters(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	c := d.client()
+	d.login(c, "viewer-secret")
+	for _, tc := range []struct {
+		query string
+		want  []string
+		not   []string
+	}{
+		{"", []string{"rollout_created", "host_failed", "rollout_approved"}, nil},
+		{"?kind=host_failed", []string{"host_failed"}, []string{"rollout_created", "rollout_approved"}},
+		{"?text=TOKEN:DEP", []string{"rollout_approved"}, []string{"host_failed"}},
+		{"?rollout=r9", nil, []string{"host_failed"}},
+	} {
+		code, body := d.get(c, "/services/web/history"+tc.query)
+		if code != 200 {
+			t.Fatalf("history%s: %d\n%s", tc.query, code, body)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(body, `data-kind="`+w+`"`) {
+				t.Errorf("history%s lacks %s", tc.query, w)
+			}
+		}
+		for _, w := range tc.not {
+			if strings.Contains(body, `data-kind="`+w+`"`) {
+				t.Errorf("history%s shows %s", tc.query, w)
+			}
+		}
+	}
+	if code, body := d.get(c, "/services/web/history?text="+strings.Repeat("x", 201)); code != http.StatusBadRequest || !strings.Contains(body, "text: 201 bytes, at most 200") {
+		t.Errorf("a 201-byte filter: %d\n%s", code, body)
+	}
+}
+
+func TestAuditPageAdminOnlyWithFilters(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	v, a := d.client(), d.client()
+	d.login(v, "viewer-secret")
+	d.login(a, "admin-secret")
+	if code, _ := d.get(v, "/audit"); code != http.StatusForbidden {
+		t.Errorf("viewer's audit page: status %d, want 403 (the API refuses)", code)
+	}
+	code, body := d.get(a, "/audit?result=PermissionDenied")
+	if code != 200 || !strings.Contains(body, "token:vera") || strings.Contains(body, "token:dep") {
+		t.Errorf("audit filtered by result: %d\n%s", code, body)
+	}
+	if _, body := d.get(a, "/"); !strings.Contains(body, `href="/audit"`) {
+		t.Error("an admin's navigation does not link the audit log")
 	}
 }

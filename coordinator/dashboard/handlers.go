@@ -174,8 +174,16 @@ func (s *Server) servicesPage(w http.ResponseWriter, r *http.Request, sess *sess
 		s.grpcFail(w, r, sess, "list services", err)
 		return
 	}
+	stats, err := servicesStats(sess.ctxFor(ctx), sess.api())
+	if err != nil {
+		s.grpcFail(w, r, sess, "deployment figures", err)
+		return
+	}
 	data := s.pageFor(sess, "Services")
 	data.Services = servicesView(resp.GetServices())
+	for i := range data.Services {
+		data.Services[i].Stats = stats[data.Services[i].Name]
+	}
 	s.render(w, http.StatusOK, "services", data)
 }
 
@@ -319,7 +327,7 @@ func (s *Server) render(w http.ResponseWriter, code int, page string, data pageD
 }
 
 func (s *Server) pageFor(sess *session, title string) pageData {
-	return pageData{Title: title, Identity: sess.identity, Role: sess.role, CSRF: sess.csrf, Insecure: s.cfg.Insecure, Coordinator: s.cfg.Name}
+	return pageData{Title: title, Identity: sess.identity, Role: sess.role, CSRF: sess.csrf, Insecure: s.cfg.Insecure, Coordinator: s.cfg.Name, Admin: sess.isAdmin()}
 }
 
 var errNoRollout = errors.New("no rollout yet")

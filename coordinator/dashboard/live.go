@@ -27,6 +27,7 @@ func parseTemplates() (map[string]*template.Template, *template.Template, error)
 	funcs := template.FuncMap{
 		"eventTime": func(ev *v1.Event) string { return ev.GetAt().AsTime().UTC().Format("15:04:05") },
 		"join":      strings.Join,
+		"auditTime": func(e *v1.AuditEntry) string { return e.GetAt().AsTime().UTC().Format("2006-01-02 15:04:05") },
 	}
 	pages := map[string]*template.Template{}
 	names, err := fs.Glob(assetsFS, "assets/templates/page_*.html")

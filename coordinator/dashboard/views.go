@@ -22,6 +22,11 @@ type pageData struct {
 	Next                                     string
 	Services                                 []serviceView
 	Board                                    *boardView
+	Hosts                                    []hostView
+	History                                  *historyView
+	Audit                                    *auditView
+	// Admin: the navigation shows the audit log.
+	Admin bool
 	// Live is the rollout page's event stream.
 	Live string
 }
@@ -29,6 +34,7 @@ type pageData struct {
 type serviceView struct {
 	Name, Stable, Rollout string
 	Frozen, Removing      bool
+	Stats                 *statsView
 }
 
 func servicesView(svcs []*v1.Service) []serviceView {
