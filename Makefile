@@ -176,6 +176,7 @@ fuzz-short:
 # $(E2E_ARTIFACTS)/_artifacts/ (t.ArtifactDir; the test logs the path).
 E2E_ARTIFACTS ?= $(CURDIR)/.test-artifacts
 e2e: deps
+	mkdir -p $(E2E_ARTIFACTS)
 	FLEETWAVE_REQUIRE_PROMETHEUS=1 $(GO) test -count=1 -p 1 -timeout 30m -artifacts -outputdir $(E2E_ARTIFACTS) $(E2E_PKGS)
 
 demo:

@@ -44,7 +44,11 @@ func fmtDuration(d *v1.DurationStats) string {
 	if d.GetCount() == 0 {
 		return "—"
 	}
-	return d.GetMedian().AsDuration().Round(time.Second).String()
+	m := d.GetMedian().AsDuration()
+	if m < time.Second {
+		return m.Round(time.Millisecond).String()
+	}
+	return m.Round(time.Second).String()
 }
 
 // servicesStats reads the DORA figures over statsDays and, for the chart,

@@ -236,6 +236,9 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Errorf("wave 1 has %d pending cells while it waits for approval, want 2", pending)
 	}
 	b.screenshot("1-canary-healthy-waiting-approval")
+	t.Logf("MEASURE rollout page of 3 hosts: %d bytes of HTML, of which the board %d",
+		value(b, "page size", chromedp.Evaluate[int](`document.documentElement.outerHTML.length`)),
+		value(b, "board size", chromedp.Evaluate[int](`document.getElementById('board').innerHTML.length`)))
 	b.run("approve", 90*time.Second,
 		chromedp.Click(chromedp.CSS("#action-approve")),
 		chromedp.WaitVisible(chromedp.CSS(`.summary[data-state="succeeded"]`)))
@@ -275,6 +278,16 @@ func TestDashboardInBrowser(t *testing.T) {
 		return resp.GetRollout()
 	}
 	failed := newest()
+
+	// The other pages: services with their figures, hosts, history.
+	b.run("services page", 30*time.Second, chromedp.Navigate(b.base), chromedp.WaitVisible(chromedp.CSS(`#services svg.chart`)))
+	b.screenshot("5-services")
+	b.run("hosts page", 30*time.Second, chromedp.Navigate(b.base+"hosts"), chromedp.WaitVisible(chromedp.CSS(`#hosts tr[data-host="host-3"]`)))
+	if n := value(b, "connected hosts", chromedp.Evaluate[int](`document.querySelectorAll('#hosts .tag.ok').length`)); n != 3 {
+		t.Errorf("hosts page shows %d connected hosts, want 3", n)
+	}
+	b.run("history filtered", 30*time.Second, chromedp.Navigate(b.base+"services/web/history?kind=host_failed"),
+		chromedp.WaitVisible(chromedp.CSS(`#history li[data-kind="host_failed"]`)))
 
 	// 3. A viewer sees the same page without a button, and the server
 	// refuses a POST the page never offered.
