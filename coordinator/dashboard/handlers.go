@@ -2,7 +2,6 @@ package dashboard
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	stdlog "log"
 	"net/http"
@@ -329,5 +328,3 @@ func (s *Server) render(w http.ResponseWriter, code int, page string, data pageD
 func (s *Server) pageFor(sess *session, title string) pageData {
 	return pageData{Title: title, Identity: sess.identity, Role: sess.role, CSRF: sess.csrf, Insecure: s.cfg.Insecure, Coordinator: s.cfg.Name, Admin: sess.isAdmin()}
 }
-
-var errNoRollout = errors.New("no rollout yet")
