@@ -374,7 +374,7 @@ func TestDeployerSeesActionsAndApproves(t *testing.T) {
 	if code != 200 {
 		t.Fatalf("rollout page: %d\n%s", code, body)
 	}
-	for _, want := range []string{`id="action-approve"`, `name="wave" value="1"`, `id="action-pause"`, `id="action-abort"`, `data-state="healthy"`, `data-state="failed"`,
+	for _, want := range []string{`id="action-approve"`, `name="wave" value="1"`, "Wave 1 waits for approval: check the hosts already on v2", `id="action-pause"`, `id="action-abort"`, `data-state="healthy"`, `data-state="failed"`,
 		"analysis:errors", "error ratio 0.010 &lt;= max 0.050", "&lt;script&gt;alert(1)&lt;/script&gt;"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("rollout page lacks %q", want)
@@ -813,5 +813,27 @@ func TestAuditPageAdminOnlyWithFilters(t *testing.T) {
 	}
 	if _, body := d.get(a, "/"); !strings.Contains(body, `href="/audit"`) {
 		t.Error("an admin's navigation does not link the audit log")
+	}
+}
+
+func TestNextStepSaysWhatToDo(t *testing.T) {
+	failed := &v1.Rollout{State: v1.RolloutState_ROLLOUT_STATE_FAILED}
+	for _, tc := range []struct {
+		r       *v1.Rollout
+		frozen  bool
+		waiting int64
+		want    string
+	}{
+		{&v1.Rollout{State: v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL}, false, 0, "waits for approval to start"},
+		{&v1.Rollout{State: v1.RolloutState_ROLLOUT_STATE_PROGRESSING, ToVersion: "v2"}, false, 2, "Wave 2 waits for approval: check the hosts already on v2"},
+		{&v1.Rollout{State: v1.RolloutState_ROLLOUT_STATE_PROGRESSING, Paused: true}, false, -1, "Paused"},
+		{&v1.Rollout{State: v1.RolloutState_ROLLOUT_STATE_PROGRESSING}, false, -1, "nothing to do"},
+		{failed, true, -1, "an admin unfreezes the service"},
+		{failed, false, -1, "Failed: the hosts that moved went back"},
+		{&v1.Rollout{State: v1.RolloutState_ROLLOUT_STATE_SUCCEEDED, ToVersion: "v3"}, false, -1, "every host runs v3"},
+	} {
+		if got := nextStep(tc.r, tc.frozen, tc.waiting); !strings.Contains(got, tc.want) {
+			t.Errorf("%v frozen=%v waiting=%d: %q, want %q", tc.r.GetState(), tc.frozen, tc.waiting, got, tc.want)
+		}
 	}
 }

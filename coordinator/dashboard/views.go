@@ -55,7 +55,9 @@ type boardView struct {
 	Stable                               string
 	Paused, Rollback, Frozen, Config     bool
 	// None: the service has had no rollout yet.
-	None    bool
+	None bool
+	// Next says what to do now (or that nothing is needed).
+	Next    string
 	Waves   []waveView
 	Actions []actionView
 	CSRF    string
@@ -217,6 +219,7 @@ func buildBoard(sess *session, svc *v1.Service, r *v1.Rollout, hosts []*v1.Host)
 		}
 		b.Waves = append(b.Waves, wv)
 	}
+	b.Next = nextStep(r, b.Frozen, waiting)
 	if deployer {
 		if waiting >= 0 {
 			b.Actions = append(b.Actions, actionView{Name: "approve", Label: approveLabel(waiting), Wave: uint32(waiting)})
@@ -232,6 +235,27 @@ func buildBoard(sess *session, svc *v1.Service, r *v1.Rollout, hosts []*v1.Host)
 		b.Actions = append(b.Actions, actionView{Name: "rollback", Label: "Roll back", Danger: true})
 	}
 	return b
+}
+
+// nextStep is the answer to "what do I do now?" for rollout r.
+func nextStep(r *v1.Rollout, frozen bool, waiting int64) string {
+	switch {
+	case waiting == 0:
+		return "The rollout waits for approval to start: approve it, or release a newer version to replace it."
+	case waiting > 0:
+		return "Wave " + itoa(waiting) + " waits for approval: check the hosts already on " + r.GetToVersion() + ", then approve the wave (or abort)."
+	case r.GetPaused() && !terminal(r):
+		return "Paused: hosts already moving finish, nothing new starts. Resume, or abort."
+	case r.GetState() == v1.RolloutState_ROLLOUT_STATE_PROGRESSING:
+		return "Progressing: nothing to do; a failure stops it and takes the hosts that moved back."
+	case r.GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED && frozen:
+		return "Failed, and the service is frozen: every host that moved went back to the last good release. Read the reasons below, fix the release, then an admin unfreezes the service and a new release rolls out."
+	case r.GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED:
+		return "Failed: the hosts that moved went back to the last good release. Read the reasons below."
+	case r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED:
+		return "Done: every host runs " + r.GetToVersion() + "."
+	}
+	return ""
 }
 
 func approveLabel(wave int64) string {

@@ -263,6 +263,9 @@ func TestDashboardInBrowser(t *testing.T) {
 	if !strings.Contains(reason, "http") {
 		t.Errorf("the failed canary's reason %q does not name its failing check", reason)
 	}
+	if next := value(b, "what to do now", chromedp.Text(chromedp.CSS("#next"))); !strings.Contains(next, "unfreezes") {
+		t.Errorf("after the failure the page says %q, want what to do (unfreeze after a fix)", next)
+	}
 	b.screenshot("3-failed-canary")
 	newest := func() *v1.Rollout {
 		t.Helper()
