@@ -39,6 +39,17 @@ func main() {
 
 var errUsage = errors.New("usage")
 
+// defaultHTTPListen turns the dashboard on at coordinator.DefaultHTTPListen
+// in the embedded single-node setup (no --etcd-endpoints) when
+// --http-listen was not given; given (even empty), the flag decides.
+func defaultHTTPListen(fs *flag.FlagSet, cfg *coordinator.Config) {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == "http-listen" })
+	if !set && len(cfg.EtcdEndpoints) == 0 {
+		cfg.HTTPListen, cfg.HTTPListenOptional = coordinator.DefaultHTTPListen, true
+	}
+}
+
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
@@ -104,12 +115,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if endpoints != "" {
 		cfg.EtcdEndpoints = strings.Split(endpoints, ",")
 	}
-	httpSet := false
-	fs.Visit(func(f *flag.Flag) { httpSet = httpSet || f.Name == "http-listen" })
-	if !httpSet && endpoints == "" {
-		// The embedded single-node setup: the dashboard on loopback.
-		cfg.HTTPListen, cfg.HTTPListenOptional = coordinator.DefaultHTTPListen, true
-	}
+	defaultHTTPListen(fs, &cfg)
 	lvl, err := zerolog.ParseLevel(level)
 	if err != nil {
 		return fmt.Errorf("%w: --log-level: %q: want debug, info, warn or error", errUsage, level)
