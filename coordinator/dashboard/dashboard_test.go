@@ -43,9 +43,16 @@ type fakeAPI struct {
 	watching atomic.Int32
 }
 
+// viewerRevoked makes the viewer's token unknown (revoked).
+var viewerRevoked atomic.Bool
+
 func tokenRole(ctx context.Context) (string, string, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
-	switch strings.Join(md.Get("authorization"), "") {
+	auth := strings.Join(md.Get("authorization"), "")
+	if auth == "Bearer viewer-secret" && viewerRevoked.Load() {
+		auth = ""
+	}
+	switch auth {
 	case "Bearer viewer-secret":
 		return "token:vera", "viewer", nil
 	case "Bearer deployer-secret":
@@ -835,5 +842,29 @@ func TestNextStepSaysWhatToDo(t *testing.T) {
 		if got := nextStep(tc.r, tc.frozen, tc.waiting); !strings.Contains(got, tc.want) {
 			t.Errorf("%v frozen=%v waiting=%d: %q, want %q", tc.r.GetState(), tc.frozen, tc.waiting, got, tc.want)
 		}
+	}
+}
+
+// A token revoked after login ends the session at its next call, and the
+// live page is told why and stops.
+func TestRevokedTokenEndsSession(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	c := d.client()
+	d.login(c, "viewer-secret")
+	viewerRevoked.Store(true)
+	t.Cleanup(func() { viewerRevoked.Store(false) })
+	live, code := d.openLive(c)
+	if code != 200 {
+		t.Fatalf("live: %d", code)
+	}
+	name, data, err := live.next()
+	if err != nil || name != "fatal" || !strings.Contains(data, "unknown or revoked") {
+		t.Fatalf("live page of a revoked token: %q %q %v, want a fatal event", name, data, err)
+	}
+	if code, _ := d.get(c, "/"); code != http.StatusSeeOther {
+		t.Errorf("page after the revocation: status %d, want 303 to the login", code)
+	}
+	if n := d.srv.sessions.count(); n != 0 {
+		t.Errorf("%d sessions after the token was revoked", n)
 	}
 }
