@@ -38,10 +38,7 @@ func (s *session) ctxFor(ctx context.Context) context.Context {
 func (s *session) api() v1.OperatorServiceClient { return v1.NewOperatorServiceClient(s.conn) }
 
 // can says whether the session's role includes want (viewer < deployer < admin).
-func (s *session) can(want string) bool {
-	rank := map[string]int{tlsutil.RoleViewer: 1, tlsutil.RoleDeployer: 2, tlsutil.RoleAdmin: 3}
-	return rank[s.role] >= rank[want] && rank[want] > 0
-}
+func (s *session) can(want string) bool { return tlsutil.RoleIncludes(s.role, want) }
 
 type sessionHandler func(w http.ResponseWriter, r *http.Request, s *session)
 
