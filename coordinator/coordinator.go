@@ -219,6 +219,19 @@ func (c *Config) Validate() error {
 	if err := c.HTTPLimits.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	// A session's live pages share its gRPC connection, whose calls in
+	// flight are limited like any connection without a certificate.
+	pages, calls := c.HTTPLimits.MaxStreamsPerIdentity, c.Limits.MaxCallsPerConnWithoutCert
+	if pages == 0 {
+		pages = dashboard.DefaultLimits.MaxStreamsPerIdentity
+	}
+	if calls == 0 {
+		calls = DefaultLimits.MaxCallsPerConnWithoutCert
+	}
+	if need := pages*dashboard.CallsPerLivePage + dashboard.CallsPerPage; c.HTTPListen != "" && need > calls {
+		errs = append(errs, fmt.Errorf("http-max-streams-per-identity: %d live pages take up to %d calls at once on a session's gRPC connection, more than max-calls-per-conn-without-cert %d (at most %d pages)",
+			pages, need, calls, (calls-dashboard.CallsPerPage)/dashboard.CallsPerLivePage))
+	}
 	if _, _, err := net.SplitHostPort(c.MetricsListen); c.MetricsListen != "" && err != nil {
 		errs = append(errs, fmt.Errorf("metrics-listen: %q: %w", c.MetricsListen, err))
 	}

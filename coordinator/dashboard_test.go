@@ -24,6 +24,22 @@ func TestDashboardConfigValidateNamesFields(t *testing.T) {
 			t.Errorf("Validate error %v does not say %s", err, want)
 		}
 	}
+	// Live pages share a session's gRPC connection: they must fit in its
+	// calls in flight (4 pages take 14 of the default 16).
+	ok := Config{Insecure: true, Listen: "127.0.0.1:7070", DataDir: "d", HTTPListen: "127.0.0.1:7080"}
+	if err := ok.Validate(); err != nil {
+		t.Errorf("the default limits: %v", err)
+	}
+	tooMany := ok
+	tooMany.HTTPLimits.MaxStreamsPerIdentity = 5
+	err = tooMany.Validate()
+	if want := "http-max-streams-per-identity: 5 live pages take up to 17 calls at once on a session's gRPC connection, more than max-calls-per-conn-without-cert 16 (at most 4 pages)"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("Validate: %v, want %q", err, want)
+	}
+	tooMany.Limits.MaxCallsPerConnWithoutCert = 17
+	if err := tooMany.Validate(); err != nil {
+		t.Errorf("5 pages with 17 calls per connection: %v", err)
+	}
 }
 
 // The dashboard is served by the coordinator (here insecure: plain HTTP,

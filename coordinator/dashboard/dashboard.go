@@ -37,13 +37,20 @@ type Limits struct {
 	SessionTTL time.Duration
 	// MaxStreamsPerIdentity is how many live pages (server-sent event
 	// streams) one identity holds open at once, over all its sessions.
+	// Each holds two gRPC streams and makes one read at a time on its
+	// session's connection (CallsPerLivePage).
 	MaxStreamsPerIdentity int
 	// MaxBodyBytes bounds a POST's body.
 	MaxBodyBytes int64
 }
 
 // DefaultLimits are the dashboard's limits unless configured.
-var DefaultLimits = Limits{MaxSessions: 256, SessionTTL: 12 * time.Hour, MaxStreamsPerIdentity: 8, MaxBodyBytes: 16 << 10}
+var DefaultLimits = Limits{MaxSessions: 256, SessionTTL: 12 * time.Hour, MaxStreamsPerIdentity: 4, MaxBodyBytes: 16 << 10}
+
+// CallsPerLivePage is how many gRPC calls a live page has in flight at
+// most on its session's connection: the rollout and event watches and one
+// read. CallsPerPage is what a page load or an action adds.
+const CallsPerLivePage, CallsPerPage = 3, 2
 
 func (l *Limits) defaults() {
 	d := DefaultLimits
