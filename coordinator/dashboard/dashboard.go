@@ -17,6 +17,8 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
+	"path"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -128,12 +130,12 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dashboard templates: %w", err)
 	}
-	static, err := fs.Sub(assetsFS, "assets/static")
+	static, err := staticHandler()
 	if err != nil {
 		return nil, fmt.Errorf("dashboard assets: %w", err)
 	}
 	return &Server{cfg: cfg, log: log, sessions: newSessions(cfg.Limits), pages: pages, fragment: fragment,
-		static: http.StripPrefix("/static/", http.FileServerFS(static)), now: time.Now}, nil
+		static: static, now: time.Now}, nil
 }
 
 // Handler is the dashboard's HTTP handler.
@@ -187,6 +189,39 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	}
 	s.sessions.closeAll()
 	return nil
+}
+
+// staticHandler serves the embedded script and stylesheet by name, whole:
+// not http.FileServer, whose Range parsing (GO-2026-6609, fixed in
+// go1.26.9) this does not need.
+func staticHandler() (http.Handler, error) {
+	types := map[string]string{".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+	files := map[string][]byte{}
+	err := fs.WalkDir(assetsFS, "assets/static", func(p string, de fs.DirEntry, err error) error {
+		if err != nil || de.IsDir() {
+			return err
+		}
+		b, err := assetsFS.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		files["/static/"+strings.TrimPrefix(p, "assets/static/")] = b
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, ok := files[r.URL.Path]
+		typ := types[path.Ext(r.URL.Path)]
+		if !ok || typ == "" {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", typ)
+		w.Header().Set("Cache-Control", "no-cache")
+		_, _ = w.Write(b)
+	}), nil
 }
 
 // dial opens a session's connection to the gRPC API.

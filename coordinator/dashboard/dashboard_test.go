@@ -620,6 +620,9 @@ func TestSecurityHeadersAndNoExternalRequests(t *testing.T) {
 			t.Errorf("%s: status %d, headers %v", path, resp.StatusCode, resp.Header)
 		}
 	}
+	if code, _ := d.get(d.client(), "/static/nope.js"); code != http.StatusNotFound {
+		t.Errorf("unknown asset: status %d, want 404", code)
+	}
 	// Every asset is embedded: none names another origin.
 	err := fs.WalkDir(assetsFS, "assets", func(p string, de fs.DirEntry, err error) error {
 		if err != nil || de.IsDir() {
