@@ -5,8 +5,13 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	stdlog "log"
 	"net"
+	"strings"
 	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
 
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -25,7 +30,8 @@ const DefaultHTTPListen = "127.0.0.1:7080"
 // when the dashboard is listening (or did not start); serving ends with
 // ctx, and wait returns once it has.
 func (c *Coordinator) startDashboard(ctx context.Context, grpcAddr string) (wait func(), err error) {
-	cfg := dashboard.Config{GRPCTarget: selfAddr(grpcAddr), Insecure: c.insecure, Limits: c.cfg.HTTPLimits, Name: c.cfg.Name}
+	cfg := dashboard.Config{GRPCTarget: selfAddr(grpcAddr), Insecure: c.insecure, Limits: c.cfg.HTTPLimits, Name: c.cfg.Name,
+		ErrorLog: stdlog.New(limitedLog{log: c.log.With().Str("component", "dashboard").Logger(), b: &bucket{rate: 5, burst: 20}, now: time.Now}, "", 0)}
 	if c.insecure {
 		cfg.GRPCCreds = insecure.NewCredentials()
 	} else {
@@ -73,6 +79,21 @@ func (c *Coordinator) startDashboard(ctx context.Context, grpcAddr string) (wait
 		}
 	}()
 	return func() { <-done }, nil
+}
+
+// limitedLog writes the dashboard's HTTP server errors (one per failed TLS
+// handshake: anyone can cause them) to the log, a few a second at most.
+type limitedLog struct {
+	log zerolog.Logger
+	b   *bucket
+	now func() time.Time
+}
+
+func (l limitedLog) Write(p []byte) (int, error) {
+	if l.b.allow(l.now()) {
+		l.log.Warn().Msg(strings.TrimSpace(string(p)))
+	}
+	return len(p), nil
 }
 
 // selfAddr is an address this process can dial its own listener at: the

@@ -89,3 +89,27 @@ func TestDashboardServedAndTakenAddress(t *testing.T) {
 	taken.DataDir, taken.HTTPListenOptional = t.TempDir(), true
 	runTestCoordinator(t, taken)
 }
+
+// The dashboard's HTTP server errors (anyone can fail a TLS handshake)
+// reach the log a few a second at most.
+func TestDashboardErrorLogLimited(t *testing.T) {
+	var buf strings.Builder
+	now := time.Unix(1000, 0)
+	l := limitedLog{log: zerolog.New(&buf), b: &bucket{rate: 5, burst: 20}, now: func() time.Time { return now }}
+	write := func(n int) {
+		for range n {
+			if _, err := l.Write([]byte("http: TLS handshake error from 127.0.0.1:1: EOF\n")); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	write(1000)
+	if n := strings.Count(buf.String(), "\n"); n != 20 {
+		t.Errorf("%d of 1000 lines logged at once, want the burst of 20", n)
+	}
+	now = now.Add(time.Second)
+	write(1000)
+	if n := strings.Count(buf.String(), "\n"); n != 25 {
+		t.Errorf("%d lines logged after a second more, want 25 (5 a second)", n)
+	}
+}

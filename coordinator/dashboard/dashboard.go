@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"html/template"
 	"io/fs"
+	stdlog "log"
 	"net"
 	"net/http"
 	"path"
@@ -103,6 +104,9 @@ type Config struct {
 	Limits   Limits
 	// Name is the coordinator's name, shown in the page header.
 	Name string
+	// ErrorLog receives the HTTP server's own errors (TLS handshakes that
+	// failed, bad requests); nil logs them to the logger, every one.
+	ErrorLog *stdlog.Logger
 }
 
 // Server serves the dashboard.
@@ -123,6 +127,9 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 		return nil, err
 	}
 	cfg.Limits.defaults()
+	if cfg.ErrorLog == nil {
+		cfg.ErrorLog = stdlog.New(log.With().Str("component", "dashboard").Logger(), "", 0)
+	}
 	if cfg.GRPCTarget == "" || cfg.GRPCCreds == nil {
 		return nil, errors.New("dashboard: the gRPC target and its credentials are required")
 	}
@@ -165,7 +172,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		MaxHeaderBytes:    64 << 10,
 		TLSConfig:         s.cfg.TLS,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
-		ErrorLog:          newErrorLog(s.log),
+		ErrorLog:          s.cfg.ErrorLog,
 	}
 	errc := make(chan error, 1)
 	go func() {

@@ -3,14 +3,12 @@ package dashboard
 import (
 	"context"
 	"fmt"
-	stdlog "log"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/rs/zerolog"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -22,10 +20,6 @@ import (
 
 // cookieName is the session cookie.
 const cookieName = "fleetwave_session"
-
-func newErrorLog(log zerolog.Logger) *stdlog.Logger {
-	return stdlog.New(log.With().Str("component", "dashboard").Logger(), "", 0)
-}
 
 // ctxFor is a call context carrying the session's operator token.
 func (s *session) ctxFor(ctx context.Context) context.Context {
