@@ -69,13 +69,20 @@ $(VULNDB)/index/db.json: | $(BIN)/indexdb
 
 tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc
 
-# Test servers from Debian's packages: a real Prometheus for the PromQL rules.
+# Test servers and tools from Debian's packages: a real Prometheus for the
+# PromQL rules, and chromium, the browser the dashboard's test drives
+# headless (test/e2e/dashboard_test.go; with CI=true a missing chromium
+# fails that test).
+DEBIAN_TEST_PACKAGES := prometheus chromium
 deps:
-	@command -v prometheus >/dev/null 2>&1 || { \
+	@missing=; for p in $(DEBIAN_TEST_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
 	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	  echo "installing Debian's prometheus package"; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	  echo "installing Debian's packages:$$missing"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 	@prometheus --version 2>&1 | head -n 1
+	@chromium --version 2>/dev/null | head -n 1
 
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/...
@@ -165,8 +172,12 @@ fuzz:
 fuzz-short:
 	$(MAKE) fuzz FUZZTIME=$(FUZZTIME_SHORT)
 
+# Files tests save (the dashboard test's screenshots) go to
+# $(E2E_ARTIFACTS)/_artifacts/ (t.ArtifactDir; the test logs the path).
+E2E_ARTIFACTS ?= $(CURDIR)/.test-artifacts
 e2e: deps
-	FLEETWAVE_REQUIRE_PROMETHEUS=1 $(GO) test -count=1 -p 1 -timeout 30m $(E2E_PKGS)
+	mkdir -p $(E2E_ARTIFACTS)
+	FLEETWAVE_REQUIRE_PROMETHEUS=1 $(GO) test -count=1 -p 1 -timeout 30m -artifacts -outputdir $(E2E_ARTIFACTS) $(E2E_PKGS)
 
 demo:
 	$(GO) run ./demo
@@ -180,4 +191,4 @@ bench:
 	FLEETWAVE_SIM_HOSTS=$(FLEETWAVE_SIM_HOSTS) $(GO) test -count=1 -run '^TestScale$$' -v -timeout 60m ./internal/testkit/sim
 
 clean:
-	rm -rf $(BIN) .proto-check
+	rm -rf $(BIN) .proto-check .test-artifacts

@@ -64,8 +64,6 @@ const (
 	accessAuthenticated               // any caller with a certificate or a token
 )
 
-var roleRank = map[string]int{tlsutil.RoleViewer: 1, tlsutil.RoleDeployer: 2, tlsutil.RoleAdmin: 3}
-
 const (
 	opSvc  = "/fleetwave.v1.OperatorService/"
 	agSvc  = "/fleetwave.v1.AgentService/"
@@ -220,12 +218,12 @@ func authorize(p principal, method string) error {
 			return nil
 		}
 	case accessArtifact:
-		if p.kind == tlsutil.KindAgent || p.kind == tlsutil.KindCoordinator || roleRank[p.role] >= roleRank[tlsutil.RoleViewer] {
+		if p.kind == tlsutil.KindAgent || p.kind == tlsutil.KindCoordinator || tlsutil.RoleIncludes(p.role, tlsutil.RoleViewer) {
 			return nil
 		}
 	default:
 		want := map[access]string{accessViewer: tlsutil.RoleViewer, accessDeployer: tlsutil.RoleDeployer, accessAdmin: tlsutil.RoleAdmin}[need]
-		if roleRank[p.role] >= roleRank[want] {
+		if tlsutil.RoleIncludes(p.role, want) {
 			return nil
 		}
 		if p.kind == "anonymous" {

@@ -34,6 +34,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fleetwave/fleetwave/coordinator/artifacts"
+	"github.com/fleetwave/fleetwave/coordinator/dashboard"
 	"github.com/fleetwave/fleetwave/coordinator/store"
 	"github.com/fleetwave/fleetwave/internal/gossip"
 	"github.com/fleetwave/fleetwave/internal/tlsutil"
@@ -127,6 +128,18 @@ type Config struct {
 	MetricsListen string
 	// MetricsReady, if set, receives the bound metrics address.
 	MetricsReady func(addr string)
+	// HTTPListen serves the web dashboard (empty = off): HTTPS with
+	// TLSCert, or plain HTTP when Insecure.
+	HTTPListen string
+	// HTTPListenOptional: HTTPListen is a default, not asked for; when
+	// its address is taken the coordinator runs without the dashboard
+	// (and logs why) instead of failing.
+	HTTPListenOptional bool
+	// HTTPLimits bound the dashboard's sessions, live pages and request
+	// bodies (zero fields take dashboard.DefaultLimits).
+	HTTPLimits dashboard.Limits
+	// HTTPReady, if set, receives the dashboard's URL once it listens.
+	HTTPReady func(url string)
 	// Limits cap connections and streams on the gRPC listener (limits.go;
 	// zero fields take DefaultLimits).
 	Limits Limits
@@ -202,6 +215,25 @@ func (c *Config) Validate() error {
 	}
 	if c.LeaseTTL < 0 || (c.LeaseTTL > 0 && c.LeaseTTL < time.Second) {
 		errs = append(errs, fmt.Errorf("lease-ttl: %s: want at least 1s", c.LeaseTTL))
+	}
+	if _, _, err := net.SplitHostPort(c.HTTPListen); c.HTTPListen != "" && err != nil {
+		errs = append(errs, fmt.Errorf("http-listen: %q: %w", c.HTTPListen, err))
+	}
+	if err := c.HTTPLimits.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	// A session's live pages share its gRPC connection, whose calls in
+	// flight are limited like any connection without a certificate.
+	pages, calls := c.HTTPLimits.MaxStreamsPerIdentity, c.Limits.MaxCallsPerConnWithoutCert
+	if pages == 0 {
+		pages = dashboard.DefaultLimits.MaxStreamsPerIdentity
+	}
+	if calls == 0 {
+		calls = DefaultLimits.MaxCallsPerConnWithoutCert
+	}
+	if need := pages*dashboard.CallsPerLivePage + dashboard.CallsPerPage; c.HTTPListen != "" && need > calls {
+		errs = append(errs, fmt.Errorf("http-max-streams-per-identity: %d live pages take up to %d calls at once on a session's gRPC connection, more than max-calls-per-conn-without-cert %d (at most %d pages)",
+			pages, need, calls, (calls-dashboard.CallsPerPage)/dashboard.CallsPerLivePage))
 	}
 	if _, _, err := net.SplitHostPort(c.MetricsListen); c.MetricsListen != "" && err != nil {
 		errs = append(errs, fmt.Errorf("metrics-listen: %q: %w", c.MetricsListen, err))
@@ -471,6 +503,14 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()
+	if cfg.HTTPListen != "" {
+		waitDashboard, err := c.startDashboard(ctx, lis.Addr().String())
+		if err != nil {
+			srv.Stop()
+			return err
+		}
+		defer waitDashboard()
+	}
 	log.Info().Str("addr", lis.Addr().String()).Str("name", cfg.Name).Strs("etcd", endpoints).Msg("coordinator serving")
 	if cfg.started != nil {
 		cfg.started(c)

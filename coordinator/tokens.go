@@ -29,7 +29,7 @@ func (o *operator) CreateToken(ctx context.Context, req *v1.CreateTokenRequest) 
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	role := req.GetRole()
-	if _, ok := roleRank[role]; !ok && role != roleJoin {
+	if !tlsutil.ValidRole(role) && role != roleJoin {
 		return nil, status.Errorf(codes.InvalidArgument, "role: %q: want viewer, deployer, admin or join", role)
 	}
 	if h := req.GetHostId(); h != "" {

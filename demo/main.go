@@ -169,6 +169,9 @@ func run(ctx context.Context) (err error) {
 	if err := cli("service", "apply", "-f", specPath); err != nil {
 		return err
 	}
+	if err := showDashboard(ctx, f); err != nil {
+		return err
+	}
 	release := func(version string, extra map[string]string) error {
 		art := filepath.Join(dir, version+".tar.gz")
 		if err := testfleet.Artifact(art, bin.DemoApp, version, extra); err != nil {
@@ -246,6 +249,29 @@ func run(ctx context.Context) (err error) {
 		return err
 	}
 	say("done: v3 and v4 never left the canary and were never retried; the fleet runs v5")
+	if os.Getenv("FLEETWAVE_DEMO_HOLD") != "" {
+		say("the fleet and its dashboard stay up at %s until Ctrl-C (FLEETWAVE_DEMO_HOLD)", f.DashboardURL)
+		<-ctx.Done()
+	}
+	return nil
+}
+
+// showDashboard prints the dashboard's address and an admin token to log
+// in with: the coordinator serves it on --http-listen, with the demo's own
+// CA, so the browser warns once about the certificate.
+func showDashboard(ctx context.Context, f *testfleet.Fleet) error {
+	cmd := exec.CommandContext(ctx, f.Bin.CLI, append(append([]string{"--coordinator", f.Addr}, f.CLIFlags()...), "token", "create", "demo", "--role", "admin", "--ttl", "24h")...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("token for the dashboard: %w\n%s", err, out)
+	}
+	_, secret, ok := strings.Cut(string(out), "secret (shown only now): ")
+	if !ok {
+		return fmt.Errorf("token for the dashboard: no secret in %q", out)
+	}
+	say("the dashboard: %s (log in with the token below; the certificate is the demo's own CA, %s)", f.DashboardURL, filepath.Join(f.PKI, "ca.pem"))
+	fmt.Println("  token:", strings.TrimSpace(secret))
+	fmt.Println("  open", f.DashboardURL+"services/web", "to watch each rollout live; FLEETWAVE_DEMO_HOLD=1 keeps it up after the demo")
 	return nil
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/fleetwave/fleetwave/coordinator"
+	"github.com/fleetwave/fleetwave/coordinator/dashboard"
 	"github.com/fleetwave/fleetwave/internal/gossip"
 )
 
@@ -38,6 +39,17 @@ func main() {
 
 var errUsage = errors.New("usage")
 
+// defaultHTTPListen turns the dashboard on at coordinator.DefaultHTTPListen
+// in the embedded single-node setup (no --etcd-endpoints) when
+// --http-listen was not given; given (even empty), the flag decides.
+func defaultHTTPListen(fs *flag.FlagSet, cfg *coordinator.Config) {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == "http-listen" })
+	if !set && len(cfg.EtcdEndpoints) == 0 {
+		cfg.HTTPListen, cfg.HTTPListenOptional = coordinator.DefaultHTTPListen, true
+	}
+}
+
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
@@ -54,6 +66,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.Int64Var(&cfg.MaxArtifactBytes, "max-artifact-bytes", 1<<30, "largest artifact accepted")
 	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", 5*time.Second, "leader lease TTL")
 	fs.StringVar(&cfg.MetricsListen, "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (host:port; empty = off)")
+	fs.StringVar(&cfg.HTTPListen, "http-listen", "", "serve the web dashboard at https://ADDR/ (http:// with --insecure; host:port; empty = off; default "+coordinator.DefaultHTTPListen+" with the embedded etcd, off with --etcd-endpoints)")
+	hd := dashboard.DefaultLimits
+	fs.IntVar(&cfg.HTTPLimits.MaxSessions, "http-max-sessions", hd.MaxSessions, "dashboard logins alive at once; more are refused")
+	fs.DurationVar(&cfg.HTTPLimits.SessionTTL, "http-session-ttl", hd.SessionTTL, "a dashboard login lasts this long")
+	fs.IntVar(&cfg.HTTPLimits.MaxStreamsPerIdentity, "http-max-streams-per-identity", hd.MaxStreamsPerIdentity, "live dashboard pages (event streams) one identity holds open at once")
+	fs.Int64Var(&cfg.HTTPLimits.MaxBodyBytes, "http-max-body-bytes", hd.MaxBodyBytes, "largest dashboard form accepted")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	gossipFlags := gossip.AddFlags(fs)
 	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "this coordinator's certificate (PEM; identity coordinator/NAME; from fleetwave tls init)")
@@ -97,6 +115,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if endpoints != "" {
 		cfg.EtcdEndpoints = strings.Split(endpoints, ",")
 	}
+	defaultHTTPListen(fs, &cfg)
 	lvl, err := zerolog.ParseLevel(level)
 	if err != nil {
 		return fmt.Errorf("%w: --log-level: %q: want debug, info, warn or error", errUsage, level)

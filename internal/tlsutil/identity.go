@@ -100,6 +100,16 @@ func ValidRole(role string) bool {
 	return false
 }
 
+// roleRank orders the operator roles: each includes the ones below it.
+var roleRank = map[string]int{RoleViewer: 1, RoleDeployer: 2, RoleAdmin: 3}
+
+// RoleIncludes reports whether role may do what want may: viewer <
+// deployer < admin. A role that is not an operator role includes none; a
+// want that is not one is included in every role (callers pass one).
+func RoleIncludes(role, want string) bool {
+	return roleRank[role] >= roleRank[want]
+}
+
 // ParseIdentity parses and validates a fleetwave:// URI. Only the canonical
 // form that Identity.URI produces is accepted: no user, port, fragment,
 // escapes, extra path segments or query parameters.

@@ -362,9 +362,11 @@ type Fleet struct {
 	Addr string
 	// MetricsAddr serves the coordinator's Prometheus metrics.
 	MetricsAddr string
-	Coord       *Proc
-	Agents      map[string]*Agent
-	agentIDs    []string
+	// DashboardURL is the coordinator's web dashboard (https:// with TLS).
+	DashboardURL string
+	Coord        *Proc
+	Agents       map[string]*Agent
+	agentIDs     []string
 	// PKI is the directory with the CA and certificates when TLS is on
 	// ("" = plain text).
 	PKI string
@@ -404,11 +406,20 @@ func NewFleetWith(ctx context.Context, bin *Binaries, dir string, opts Options) 
 	if err != nil {
 		return nil, err
 	}
+	hport, err := ports.Take()
+	if err != nil {
+		return nil, err
+	}
 	f := &Fleet{Bin: bin, Dir: dir, Addr: fmt.Sprintf("127.0.0.1:%d", port), MetricsAddr: fmt.Sprintf("127.0.0.1:%d", mport), Agents: map[string]*Agent{}}
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", hport)
+	f.DashboardURL = "http://" + httpAddr + "/"
+	if opts.TLS {
+		f.DashboardURL = "https://" + httpAddr + "/"
+	}
 	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o755); err != nil {
 		return nil, err
 	}
-	args := []string{"--listen", f.Addr, "--name", "c1", "--data-dir", filepath.Join(dir, "coordinator"), "--lease-ttl", "2s", "--metrics-listen", f.MetricsAddr}
+	args := []string{"--listen", f.Addr, "--name", "c1", "--data-dir", filepath.Join(dir, "coordinator"), "--lease-ttl", "2s", "--metrics-listen", f.MetricsAddr, "--http-listen", httpAddr}
 	if opts.TLS {
 		f.PKI = filepath.Join(dir, "pki")
 		if err := tlsutil.Init(f.PKI, tlsutil.InitOptions{Coordinators: map[string][]string{"c1": nil},

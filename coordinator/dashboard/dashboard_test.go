@@ -1,0 +1,873 @@
+package dashboard
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/fleetwave/fleetwave/internal/testkit"
+	"github.com/fleetwave/fleetwave/internal/testkit/ports"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// fakeAPI is an OperatorService on a real loopback listener: tokens
+// "viewer-secret" and "deployer-secret", a service "web" whose rollout
+// waits for approval of wave 1.
+type fakeAPI struct {
+	v1.UnimplementedOperatorServiceServer
+	approvals atomic.Int32
+	mu        sync.Mutex
+	calls     []string
+	// watching counts open WatchRollout streams.
+	watching atomic.Int32
+}
+
+// viewerRevoked makes the viewer's token unknown (revoked).
+var viewerRevoked atomic.Bool
+
+func tokenRole(ctx context.Context) (string, string, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	auth := strings.Join(md.Get("authorization"), "")
+	if auth == "Bearer viewer-secret" && viewerRevoked.Load() {
+		auth = ""
+	}
+	switch auth {
+	case "Bearer viewer-secret":
+		return "token:vera", "viewer", nil
+	case "Bearer deployer-secret":
+		return "token:dep", "deployer", nil
+	case "Bearer admin-secret":
+		return "token:ada", "admin", nil
+	}
+	return "", "", status.Error(codes.Unauthenticated, "token: unknown or revoked")
+}
+
+func need(ctx context.Context, role string) error {
+	id, r, err := tokenRole(ctx)
+	if err != nil {
+		return err
+	}
+	rank := map[string]int{"viewer": 1, "deployer": 2, "admin": 3}
+	if rank[r] < rank[role] {
+		return status.Errorf(codes.PermissionDenied, "needs role %s; %s has role %s", role, id, r)
+	}
+	return nil
+}
+
+// called records the actions that reached the API.
+func (f *fakeAPI) called(ctx context.Context, role, what string) error {
+	if err := need(ctx, role); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, what)
+	return nil
+}
+
+func (f *fakeAPI) PauseRollout(ctx context.Context, req *v1.PauseRolloutRequest) (*v1.PauseRolloutResponse, error) {
+	return &v1.PauseRolloutResponse{}, f.called(ctx, "deployer", "pause "+req.GetService())
+}
+
+func (f *fakeAPI) ResumeRollout(ctx context.Context, req *v1.ResumeRolloutRequest) (*v1.ResumeRolloutResponse, error) {
+	return &v1.ResumeRolloutResponse{}, f.called(ctx, "deployer", "resume "+req.GetService())
+}
+
+func (f *fakeAPI) AbortRollout(ctx context.Context, req *v1.AbortRolloutRequest) (*v1.AbortRolloutResponse, error) {
+	return &v1.AbortRolloutResponse{}, f.called(ctx, "deployer", "abort "+req.GetService()+": "+req.GetReason())
+}
+
+func (f *fakeAPI) Rollback(ctx context.Context, req *v1.RollbackRequest) (*v1.RollbackResponse, error) {
+	return &v1.RollbackResponse{}, f.called(ctx, "deployer", "rollback "+req.GetService())
+}
+
+func (f *fakeAPI) UnfreezeService(ctx context.Context, req *v1.UnfreezeServiceRequest) (*v1.UnfreezeServiceResponse, error) {
+	return &v1.UnfreezeServiceResponse{}, f.called(ctx, "admin", "unfreeze "+req.GetName())
+}
+
+// GetStats: web had one successful rollout 2 days ago and one failed today.
+func (f *fakeAPI) GetStats(ctx context.Context, req *v1.GetStatsRequest) (*v1.GetStatsResponse, error) {
+	if err := need(ctx, "viewer"); err != nil {
+		return nil, err
+	}
+	days := req.GetSince().AsDuration() / (24 * time.Hour)
+	s := &v1.DeployStats{Service: "web", Failed: 1, Rollouts: 1, ChangeFailureRate: 1}
+	if days >= 3 {
+		s.Succeeded, s.Rollouts, s.ChangeFailureRate, s.LeadTime = 1, 2, 0.5, &v1.DurationStats{Count: 1, Median: durationpb.New(90 * time.Second)}
+	}
+	return &v1.GetStatsResponse{Services: []*v1.DeployStats{s}}, nil
+}
+
+func (f *fakeAPI) ListEvents(ctx context.Context, req *v1.ListEventsRequest) (*v1.ListEventsResponse, error) {
+	if err := need(ctx, "viewer"); err != nil {
+		return nil, err
+	}
+	evs := []*v1.Event{
+		{At: timestamppb.New(time.Unix(1000, 0)), Service: "web", RolloutId: "r1", Kind: "rollout_created", Wave: -1, Message: "v1 -> v2"},
+		{At: timestamppb.New(time.Unix(1001, 0)), Service: "web", RolloutId: "r1", Kind: "host_failed", Wave: 1, Host: "h2", Message: "check http failed"},
+		{At: timestamppb.New(time.Unix(1002, 0)), Service: "web", RolloutId: "r1", Kind: "rollout_approved", Wave: 1, Actor: "token:dep"},
+	}
+	var out []*v1.Event
+	for _, e := range evs {
+		if req.GetRolloutId() == "" || e.GetRolloutId() == req.GetRolloutId() {
+			out = append(out, e)
+		}
+	}
+	return &v1.ListEventsResponse{Events: out}, nil
+}
+
+func (f *fakeAPI) ListAudit(ctx context.Context, _ *v1.ListAuditRequest) (*v1.ListAuditResponse, error) {
+	if err := need(ctx, "admin"); err != nil {
+		return nil, err
+	}
+	return &v1.ListAuditResponse{Entries: []*v1.AuditEntry{
+		{At: timestamppb.New(time.Unix(1000, 0)), Actor: "token:dep", Role: "deployer", Method: "/fleetwave.v1.OperatorService/ApproveRollout", Target: "web", Result: "OK"},
+		{At: timestamppb.New(time.Unix(1001, 0)), Actor: "token:vera", Role: "viewer", Method: "/fleetwave.v1.OperatorService/Rollback", Target: "web", Result: "PermissionDenied"},
+	}}, nil
+}
+
+func (f *fakeAPI) WhoAmI(ctx context.Context, _ *v1.WhoAmIRequest) (*v1.WhoAmIResponse, error) {
+	id, role, err := tokenRole(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &v1.WhoAmIResponse{Identity: id, Role: role, Method: "token"}, nil
+}
+
+func testRollout() *v1.Rollout {
+	return &v1.Rollout{Id: "r1", Service: "web", FromVersion: "v1", ToVersion: "v2", State: v1.RolloutState_ROLLOUT_STATE_PROGRESSING,
+		CreatedAt: timestamppb.New(time.Unix(1000, 0)),
+		Waves: []*v1.Wave{
+			{Index: 0, Canary: true, State: v1.WaveState_WAVE_STATE_DONE, Hosts: []*v1.HostProgress{{HostId: "h1", State: v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE, Phase: v1.Phase_PHASE_HEALTHY}}},
+			{Index: 1, WaitingApproval: true, State: v1.WaveState_WAVE_STATE_PENDING, Hosts: []*v1.HostProgress{{HostId: "h2", State: v1.HostRolloutState_HOST_ROLLOUT_STATE_FAILED, Reason: "check http: <script>alert(1)</script>"}}},
+		}}
+}
+
+func (f *fakeAPI) ListServices(ctx context.Context, _ *v1.ListServicesRequest) (*v1.ListServicesResponse, error) {
+	if err := need(ctx, "viewer"); err != nil {
+		return nil, err
+	}
+	return &v1.ListServicesResponse{Services: []*v1.Service{{Spec: &v1.ServiceSpec{Name: "web"}, Status: &v1.ServiceStatus{StableVersion: "v1", LastRolloutId: "r1"}}}}, nil
+}
+
+func (f *fakeAPI) GetService(ctx context.Context, req *v1.GetServiceRequest) (*v1.GetServiceResponse, error) {
+	if err := need(ctx, "viewer"); err != nil {
+		return nil, err
+	}
+	if req.GetName() != "web" {
+		return nil, status.Errorf(codes.NotFound, "service %s not found", req.GetName())
+	}
+	return &v1.GetServiceResponse{Service: &v1.Service{Spec: &v1.ServiceSpec{Name: "web"}, Status: &v1.ServiceStatus{StableVersion: "v1"}}}, nil
+}
+
+func (f *fakeAPI) GetRollout(ctx context.Context, _ *v1.GetRolloutRequest) (*v1.GetRolloutResponse, error) {
+	if err := need(ctx, "viewer"); err != nil {
+		return nil, err
+	}
+	return &v1.GetRolloutResponse{Rollout: testRollout()}, nil
+}
+
+func (f *fakeAPI) ListHosts(ctx context.Context, _ *v1.ListHostsRequest) (*v1.ListHostsResponse, error) {
+	if err := need(ctx, "viewer"); err != nil {
+		return nil, err
+	}
+	return &v1.ListHostsResponse{Hosts: []*v1.Host{{Id: "h1", Connected: true, Services: []*v1.ServiceReport{{Service: "web", Phase: v1.Phase_PHASE_HEALTHY, CurrentVersion: "v2", TargetVersion: "v2",
+		Checks: []*v1.CheckResult{{Name: "analysis:errors", Ok: true, Detail: "error ratio 0.010 <= max 0.050"}}}}}}}, nil
+}
+
+func (f *fakeAPI) ApproveRollout(ctx context.Context, _ *v1.ApproveRolloutRequest) (*v1.ApproveRolloutResponse, error) {
+	if err := need(ctx, "deployer"); err != nil {
+		return nil, err
+	}
+	f.approvals.Add(1)
+	return &v1.ApproveRolloutResponse{}, nil
+}
+
+func (f *fakeAPI) WatchRollout(_ *v1.WatchRolloutRequest, stream v1.OperatorService_WatchRolloutServer) error {
+	if err := need(stream.Context(), "viewer"); err != nil {
+		return err
+	}
+	f.watching.Add(1)
+	defer f.watching.Add(-1)
+	if err := stream.Send(&v1.WatchRolloutResponse{Rollout: testRollout()}); err != nil {
+		return err
+	}
+	<-stream.Context().Done()
+	return nil
+}
+
+func (f *fakeAPI) WatchEvents(_ *v1.WatchEventsRequest, stream v1.OperatorService_WatchEventsServer) error {
+	if err := need(stream.Context(), "viewer"); err != nil {
+		return err
+	}
+	ev := &v1.Event{At: timestamppb.New(time.Unix(1001, 0)), Service: "web", RolloutId: "r1", Kind: "wave_waiting_approval", Wave: 1, Message: "wave 1 waits"}
+	if err := stream.Send(&v1.WatchEventsResponse{Event: ev, Revision: 42}); err != nil {
+		return err
+	}
+	<-stream.Context().Done()
+	return nil
+}
+
+type testDash struct {
+	t    *testing.T
+	api  *fakeAPI
+	srv  *Server
+	http *httptest.Server
+	now  atomic.Pointer[time.Time]
+}
+
+// newTestDash serves the dashboard over TLS (httptest) in front of a fake
+// gRPC API on a real loopback listener.
+func newTestDash(t *testing.T, lim Limits) *testDash {
+	t.Helper()
+	lis, err := net.Listen("tcp", ports.Addr(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	api := &fakeAPI{}
+	gs := grpc.NewServer()
+	v1.RegisterOperatorServiceServer(gs, api)
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(gs.Stop)
+	s, err := New(Config{GRPCTarget: lis.Addr().String(), GRPCCreds: insecure.NewCredentials(), Limits: lim, Name: "c1"}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &testDash{t: t, api: api, srv: s}
+	start := time.Unix(1_000_000, 0)
+	d.now.Store(&start)
+	s.now = func() time.Time { return *d.now.Load() }
+	d.http = httptest.NewTLSServer(s.Handler())
+	t.Cleanup(func() { d.http.Close(); s.sessions.closeAll() })
+	return d
+}
+
+func (d *testDash) advance(by time.Duration) {
+	n := d.now.Load().Add(by)
+	d.now.Store(&n)
+}
+
+// client is a browser-like client: a cookie jar, no redirects followed.
+func (d *testDash) client() *http.Client {
+	jar, _ := cookiejar.New(nil)
+	c := d.http.Client()
+	return &http.Client{Transport: c.Transport, Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+}
+
+func (d *testDash) login(c *http.Client, token string) *http.Response {
+	d.t.Helper()
+	resp, err := c.PostForm(d.http.URL+"/login", url.Values{"token": {token}})
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp
+}
+
+func (d *testDash) get(c *http.Client, path string) (int, string) {
+	d.t.Helper()
+	resp, err := c.Get(d.http.URL + path)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func (d *testDash) post(c *http.Client, path string, form url.Values, hdr map[string]string) int {
+	d.t.Helper()
+	req, err := http.NewRequest(http.MethodPost, d.http.URL+path, strings.NewReader(form.Encode()))
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// csrf logs c in and reads its CSRF token from a page.
+func (d *testDash) csrf(c *http.Client) string {
+	d.t.Helper()
+	_, body := d.get(c, "/")
+	_, rest, ok := strings.Cut(body, `name="csrf" value="`)
+	if !ok {
+		d.t.Fatalf("no CSRF token in the page:\n%s", body)
+	}
+	tok, _, _ := strings.Cut(rest, `"`)
+	return tok
+}
+
+func TestLoginSetsHttpOnlySecureStrictCookie(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	resp := d.login(d.client(), "deployer-secret")
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("login: status %d, want 303", resp.StatusCode)
+	}
+	cs := resp.Cookies()
+	if len(cs) != 1 || cs[0].Name != cookieName || !cs[0].HttpOnly || !cs[0].Secure || cs[0].SameSite != http.SameSiteStrictMode || cs[0].Path != "/" {
+		t.Fatalf("session cookie: %+v, want HttpOnly, Secure, SameSite=Strict, Path=/", cs)
+	}
+	if strings.Contains(cs[0].Value, "deployer-secret") {
+		t.Fatal("the cookie carries the operator token")
+	}
+}
+
+func TestLoginRefusesUnknownTokenAndEmptyToken(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	for _, tok := range []string{"wrong", ""} {
+		resp := d.login(d.client(), tok)
+		if resp.StatusCode != http.StatusUnauthorized || len(resp.Cookies()) != 0 {
+			t.Errorf("login with %q: status %d cookies %v, want 401 and none", tok, resp.StatusCode, resp.Cookies())
+		}
+	}
+	if n := d.srv.sessions.count(); n != 0 {
+		t.Errorf("%d sessions after refused logins", n)
+	}
+}
+
+func TestPagesWithoutSessionGoToLogin(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	c := d.client()
+	resp, err := c.Get(d.http.URL + "/services/web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/login?next=%2Fservices%2Fweb" {
+		t.Errorf("GET without session: %d to %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	if code := d.post(c, "/services/web/approve", url.Values{"wave": {"1"}}, nil); code != http.StatusUnauthorized {
+		t.Errorf("POST without session: status %d, want 401", code)
+	}
+	if n := d.api.approvals.Load(); n != 0 {
+		t.Errorf("%d approvals reached the API", n)
+	}
+}
+
+func TestDeployerSeesActionsAndApproves(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	c := d.client()
+	d.login(c, "deployer-secret")
+	code, body := d.get(c, "/services/web")
+	if code != 200 {
+		t.Fatalf("rollout page: %d\n%s", code, body)
+	}
+	for _, want := range []string{`id="action-approve"`, `name="wave" value="1"`, "Wave 1 waits for approval: check the hosts already on v2", `id="action-pause"`, `id="action-abort"`, `data-state="healthy"`, `data-state="failed"`,
+		"analysis:errors", "error ratio 0.010 &lt;= max 0.050", "&lt;script&gt;alert(1)&lt;/script&gt;"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("rollout page lacks %q", want)
+		}
+	}
+	if strings.Contains(body, "<script>alert(1)") {
+		t.Error("a host's reason is not escaped")
+	}
+	if strings.Contains(body, `id="action-unfreeze"`) {
+		t.Error("a deployer is offered unfreeze (admin only)")
+	}
+	if code := d.post(c, "/services/web/approve", url.Values{"csrf": {d.csrf(c)}, "wave": {"1"}}, nil); code != http.StatusSeeOther {
+		t.Fatalf("approve: status %d, want 303", code)
+	}
+	if n := d.api.approvals.Load(); n != 1 {
+		t.Fatalf("%d approvals reached the API, want 1", n)
+	}
+}
+
+func TestViewerSeesNoButtonsAndForgedPostsAreRefused(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	c := d.client()
+	d.login(c, "viewer-secret")
+	_, body := d.get(c, "/services/web")
+	if strings.Contains(body, "action-") {
+		t.Errorf("a viewer's rollout page has action buttons:\n%s", body)
+	}
+	csrf := d.csrf(c)
+	for _, tc := range []struct {
+		name string
+		form url.Values
+		hdr  map[string]string
+	}{
+		{"no CSRF token", url.Values{"wave": {"1"}}, nil},
+		{"wrong CSRF token", url.Values{"csrf": {"forged"}, "wave": {"1"}}, nil},
+		{"another origin", url.Values{"csrf": {csrf}, "wave": {"1"}}, map[string]string{"Origin": "https://evil.example"}},
+		// The page offers no button, and the gRPC API refuses the role.
+		{"viewer with its CSRF token", url.Values{"csrf": {csrf}, "wave": {"1"}}, nil},
+	} {
+		if code := d.post(c, "/services/web/approve", tc.form, tc.hdr); code != http.StatusForbidden {
+			t.Errorf("%s: status %d, want 403", tc.name, code)
+		}
+	}
+	if n := d.api.approvals.Load(); n != 0 {
+		t.Errorf("%d approvals reached the API", n)
+	}
+}
+
+func TestBadActionAndServiceNamed(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	c := d.client()
+	d.login(c, "deployer-secret")
+	csrf := d.csrf(c)
+	if code := d.post(c, "/services/web/explode", url.Values{"csrf": {csrf}}, nil); code != http.StatusNotFound {
+		t.Errorf("unknown action: status %d, want 404", code)
+	}
+	if code := d.post(c, "/services/web/approve", url.Values{"csrf": {csrf}, "wave": {"x"}}, nil); code != http.StatusBadRequest {
+		t.Errorf("wave x: status %d, want 400", code)
+	}
+	code, body := d.get(c, "/services/Not_A_Name")
+	if code != http.StatusBadRequest || !strings.Contains(body, "Not_A_Name") {
+		t.Errorf("bad service name: %d\n%s", code, body)
+	}
+}
+
+func TestMaxBodyBytes(t *testing.T) {
+	d := newTestDash(t, Limits{MaxBodyBytes: 1024})
+	c := d.client()
+	d.login(c, "deployer-secret")
+	form := url.Values{"csrf": {d.csrf(c)}, "wave": {"1"}, "reason": {strings.Repeat("x", 2000)}}
+	if code := d.post(c, "/services/web/abort", form, nil); code != http.StatusRequestEntityTooLarge {
+		t.Errorf("2 KB form with http-max-body-bytes 1024: status %d, want 413", code)
+	}
+	if code := d.post(d.client(), "/login", url.Values{"token": {strings.Repeat("x", 2000)}}, nil); code != http.StatusRequestEntityTooLarge {
+		t.Errorf("2 KB login form: status %d, want 413", code)
+	}
+}
+
+func TestMaxSessionsAndExpiry(t *testing.T) {
+	d := newTestDash(t, Limits{MaxSessions: 2, SessionTTL: time.Hour})
+	a, b, c := d.client(), d.client(), d.client()
+	for _, cl := range []*http.Client{a, b} {
+		if resp := d.login(cl, "viewer-secret"); resp.StatusCode != http.StatusSeeOther {
+			t.Fatalf("login: %d", resp.StatusCode)
+		}
+	}
+	if resp := d.login(c, "viewer-secret"); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("third login with http-max-sessions 2: status %d, want 503", resp.StatusCode)
+	}
+	d.advance(time.Hour)
+	// Expired: the page sends the browser to the login, and a new login
+	// takes an expired session's place.
+	if code, _ := d.get(a, "/"); code != http.StatusSeeOther {
+		t.Errorf("page after the session's TTL: status %d, want 303 to the login", code)
+	}
+	if resp := d.login(c, "viewer-secret"); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("login after the others expired: status %d", resp.StatusCode)
+	}
+	if n := d.srv.sessions.count(); n != 1 {
+		t.Errorf("%d sessions stored, want 1 (expired ones dropped)", n)
+	}
+}
+
+func TestLogoutEndsSession(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	c := d.client()
+	d.login(c, "viewer-secret")
+	if code := d.post(c, "/logout", url.Values{"csrf": {d.csrf(c)}}, nil); code != http.StatusSeeOther {
+		t.Fatalf("logout: %d", code)
+	}
+	if n := d.srv.sessions.count(); n != 0 {
+		t.Errorf("%d sessions after logout", n)
+	}
+}
+
+// sseReader reads server-sent events from a live page.
+type sseReader struct {
+	resp *http.Response
+	r    *bufio.Reader
+}
+
+func (d *testDash) openLive(c *http.Client) (*sseReader, int) {
+	d.t.Helper()
+	resp, err := c.Get(d.http.URL + "/services/web/live")
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	if resp.StatusCode != 200 {
+		resp.Body.Close()
+		return nil, resp.StatusCode
+	}
+	d.t.Cleanup(func() { resp.Body.Close() })
+	return &sseReader{resp: resp, r: bufio.NewReader(resp.Body)}, 200
+}
+
+// next returns the next event's name and data.
+func (s *sseReader) next() (string, string, error) {
+	var name string
+	var data []string
+	for {
+		line, err := s.r.ReadString('\n')
+		if err != nil {
+			return "", "", err
+		}
+		line = strings.TrimRight(line, "\n")
+		switch {
+		case line == "" && name != "":
+			return name, strings.Join(data, "\n"), nil
+		case strings.HasPrefix(line, "event: "):
+			name = strings.TrimPrefix(line, "event: ")
+		case strings.HasPrefix(line, "data: "):
+			data = append(data, strings.TrimPrefix(line, "data: "))
+		}
+	}
+}
+
+func TestLivePagePushesBoardAndEvents(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	c := d.client()
+	d.login(c, "viewer-secret")
+	live, code := d.openLive(c)
+	if code != 200 {
+		t.Fatalf("live: status %d", code)
+	}
+	if ct := live.resp.Header.Get("Content-Type"); ct != "text/event-stream" {
+		t.Errorf("content type %q", ct)
+	}
+	got := map[string]string{}
+	for len(got) < 2 {
+		name, data, err := live.next()
+		if err != nil {
+			t.Fatalf("reading the stream: %v (so far %v)", err, got)
+		}
+		got[name] = data
+	}
+	if b := got["board"]; !strings.Contains(b, `data-host="h1" data-state="healthy"`) || strings.Contains(b, "action-") {
+		t.Errorf("board event (viewer):\n%s", b)
+	}
+	if e := got["event"]; !strings.Contains(e, "wave_waiting_approval") || !strings.Contains(e, "wave 1 waits") {
+		t.Errorf("event:\n%s", e)
+	}
+}
+
+func TestLivePagesPerIdentityLimited(t *testing.T) {
+	d := newTestDash(t, Limits{MaxStreamsPerIdentity: 1})
+	a, b := d.client(), d.client()
+	d.login(a, "viewer-secret")
+	d.login(b, "viewer-secret") // the same identity in another session
+	first, code := d.openLive(a)
+	if code != 200 {
+		t.Fatalf("first live page: %d", code)
+	}
+	if _, code := d.openLive(b); code != http.StatusTooManyRequests {
+		t.Fatalf("second live page of one identity with http-max-streams-per-identity 1: status %d, want 429", code)
+	}
+	first.resp.Body.Close()
+	// The slot is given back when the first page's handler ends.
+	testkit.Eventually(t, 10*time.Second, "a live page opens after the first closed", func() bool {
+		live, code := d.openLive(b)
+		if code == 200 {
+			live.resp.Body.Close()
+		}
+		return code == 200
+	})
+}
+
+func TestLimitsValidateNamesFlag(t *testing.T) {
+	for _, tc := range []struct {
+		l    Limits
+		want string
+	}{
+		{Limits{MaxSessions: -1}, "http-max-sessions: -1"},
+		{Limits{SessionTTL: time.Second}, "http-session-ttl: 1s"},
+		{Limits{MaxStreamsPerIdentity: -2}, "http-max-streams-per-identity: -2"},
+		{Limits{MaxBodyBytes: 10}, "http-max-body-bytes: 10"},
+	} {
+		err := tc.l.Validate()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: %v, want %q", tc.l, err, tc.want)
+		}
+	}
+	if err := DefaultLimits.Validate(); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestSecurityHeadersAndNoExternalRequests(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	for _, path := range []string{"/login", "/static/app.js", "/static/style.css"} {
+		resp, err := d.client().Get(d.http.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 || resp.Header.Get("Content-Security-Policy") != contentSecurityPolicy || resp.Header.Get("X-Content-Type-Options") != "nosniff" {
+			t.Errorf("%s: status %d, headers %v", path, resp.StatusCode, resp.Header)
+		}
+	}
+	if code, _ := d.get(d.client(), "/static/nope.js"); code != http.StatusNotFound {
+		t.Errorf("unknown asset: status %d, want 404", code)
+	}
+	// Every asset is embedded: none names another origin.
+	err := fs.WalkDir(assetsFS, "assets", func(p string, de fs.DirEntry, err error) error {
+		if err != nil || de.IsDir() {
+			return err
+		}
+		b, err := assetsFS.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		for _, bad := range []string{"http://", "https://", "//cdn", "@import", "<style", "style=", " on"} {
+			if bad == " on" {
+				// inline event handlers: onclick=, onload=, ...
+				for _, h := range []string{" onclick=", " onload=", " onerror=", " onsubmit="} {
+					if strings.Contains(string(b), h) {
+						return fmt.Errorf("%s: inline handler %q", p, h)
+					}
+				}
+				continue
+			}
+			if strings.Contains(string(b), bad) {
+				return fmt.Errorf("%s contains %q", p, bad)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
+	}
+}
+
+func TestSafeNext(t *testing.T) {
+	for in, want := range map[string]string{"/services/web": "/services/web", "//evil.example/x": "/", "https://evil.example": "/", "": "/", "/\\evil": "/"} {
+		if got := safeNext(in); got != want {
+			t.Errorf("safeNext(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestWriteSSEMultiline(t *testing.T) {
+	var b strings.Builder
+	if err := writeSSE(&b, sseMessage{event: "board", id: "7", data: []byte("a\nb\r\nc")}); err != nil {
+		t.Fatal(err)
+	}
+	if want := "event: board\nid: 7\ndata: a\ndata: b\ndata: c\n\n"; b.String() != want {
+		t.Errorf("got %q, want %q", b.String(), want)
+	}
+}
+
+// Serve ends when its context does, and closes the sessions' connections.
+func TestServeStopsWithContext(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	lis, err := net.Listen("tcp", ports.Addr(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var serveErr error
+	wg.Go(func() { serveErr = d.srv.Serve(ctx, lis) })
+	resp, err := http.Get("http://" + lis.Addr().String() + "/login")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	cancel()
+	wg.Wait()
+	if serveErr != nil {
+		t.Fatal(serveErr)
+	}
+	if _, err := http.Get("http://" + lis.Addr().String() + "/login"); err == nil {
+		t.Fatal("still serving after its context ended")
+	}
+}
+
+func TestEveryActionReachesTheAPIWithTheCallersToken(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	dep, adm := d.client(), d.client()
+	d.login(dep, "deployer-secret")
+	d.login(adm, "admin-secret")
+	for _, tc := range []struct {
+		c      *http.Client
+		action string
+		form   url.Values
+		want   string
+	}{
+		{dep, "pause", nil, "pause web"},
+		{dep, "resume", nil, "resume web"},
+		{dep, "abort", url.Values{"reason": {"bad smell"}}, "abort web: bad smell"},
+		{dep, "abort", nil, "abort web: aborted from the dashboard"},
+		{dep, "rollback", nil, "rollback web"},
+		{adm, "unfreeze", nil, "unfreeze web"},
+	} {
+		form := url.Values{"csrf": {d.csrf(tc.c)}}
+		for k, v := range tc.form {
+			form[k] = v
+		}
+		if code := d.post(tc.c, "/services/web/"+tc.action, form, nil); code != http.StatusSeeOther {
+			t.Errorf("%s: status %d, want 303", tc.action, code)
+			continue
+		}
+		d.api.mu.Lock()
+		last := d.api.calls[len(d.api.calls)-1]
+		d.api.mu.Unlock()
+		if last != tc.want {
+			t.Errorf("%s reached the API as %q, want %q", tc.action, last, tc.want)
+		}
+	}
+	// A deployer cannot unfreeze: the API refuses, the page says why.
+	if code := d.post(dep, "/services/web/unfreeze", url.Values{"csrf": {d.csrf(dep)}}, nil); code != http.StatusForbidden {
+		t.Errorf("deployer unfreeze: status %d, want 403", code)
+	}
+}
+
+func TestServicesPageShowsFiguresAndChart(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	c := d.client()
+	d.login(c, "viewer-secret")
+	code, body := d.get(c, "/")
+	if code != 200 {
+		t.Fatalf("services page: %d\n%s", code, body)
+	}
+	for _, want := range []string{`href="/services/web"`, "2 (1 ok, 1 failed)", "50%", "1m30s", `class="chart"`,
+		"0 day(s) ago: 0 succeeded, 1 failed", "2 day(s) ago: 1 succeeded, 0 failed", "29 day(s) ago: 0 succeeded, 0 failed"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("services page lacks %q", want)
+		}
+	}
+	if strings.Contains(body, `href="/audit"`) {
+		t.Error("a viewer's navigation links the audit log")
+	}
+}
+
+func TestBarsScaleToTallestDay(t *testing.T) {
+	b := bars([]dayStats{{Succeeded: 2}, {Failed: 1}, {}}, 2)
+	if len(b) != 3 || b[2].OKH != chartHeight || b[2].OKY != 0 || b[1].BadH != chartHeight/2 || b[1].BadY != chartHeight/2 || b[0].OKH+b[0].BadH != 0 {
+		t.Errorf("bars: %+v", b)
+	}
+	if b := bars([]dayStats{{}, {}}, 0); b[0].OKH != 0 || b[0].OKY != chartHeight {
+		t.Errorf("bars of an empty month: %+v", b)
+	}
+}
+
+func TestHostsPage(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	c := d.client()
+	d.login(c, "viewer-secret")
+	code, body := d.get(c, "/hosts")
+	if code != 200 || !strings.Contains(body, `data-host="h1"`) || !strings.Contains(body, "connected") || !strings.Contains(body, "healthy v2") {
+		t.Errorf("hosts page: %d\n%s", code, body)
+	}
+}
+
+func TestHistoryFilters(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	c := d.client()
+	d.login(c, "viewer-secret")
+	for _, tc := range []struct {
+		query string
+		want  []string
+		not   []string
+	}{
+		{"", []string{"rollout_created", "host_failed", "rollout_approved"}, nil},
+		{"?kind=host_failed", []string{"host_failed"}, []string{"rollout_created", "rollout_approved"}},
+		{"?text=TOKEN:DEP", []string{"rollout_approved"}, []string{"host_failed"}},
+		{"?rollout=r9", nil, []string{"host_failed"}},
+	} {
+		code, body := d.get(c, "/services/web/history"+tc.query)
+		if code != 200 {
+			t.Fatalf("history%s: %d\n%s", tc.query, code, body)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(body, `data-kind="`+w+`"`) {
+				t.Errorf("history%s lacks %s", tc.query, w)
+			}
+		}
+		for _, w := range tc.not {
+			if strings.Contains(body, `data-kind="`+w+`"`) {
+				t.Errorf("history%s shows %s", tc.query, w)
+			}
+		}
+	}
+	if code, body := d.get(c, "/services/web/history?text="+strings.Repeat("x", 201)); code != http.StatusBadRequest || !strings.Contains(body, "text: 201 bytes, at most 200") {
+		t.Errorf("a 201-byte filter: %d\n%s", code, body)
+	}
+}
+
+func TestAuditPageAdminOnlyWithFilters(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	v, a := d.client(), d.client()
+	d.login(v, "viewer-secret")
+	d.login(a, "admin-secret")
+	if code, _ := d.get(v, "/audit"); code != http.StatusForbidden {
+		t.Errorf("viewer's audit page: status %d, want 403 (the API refuses)", code)
+	}
+	code, body := d.get(a, "/audit?result=PermissionDenied")
+	if code != 200 || !strings.Contains(body, "token:vera") || strings.Contains(body, "token:dep") {
+		t.Errorf("audit filtered by result: %d\n%s", code, body)
+	}
+	if _, body := d.get(a, "/"); !strings.Contains(body, `href="/audit"`) {
+		t.Error("an admin's navigation does not link the audit log")
+	}
+}
+
+func TestNextStepSaysWhatToDo(t *testing.T) {
+	failed := &v1.Rollout{State: v1.RolloutState_ROLLOUT_STATE_FAILED}
+	for _, tc := range []struct {
+		r       *v1.Rollout
+		frozen  bool
+		waiting int64
+		want    string
+	}{
+		{&v1.Rollout{State: v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL}, false, 0, "waits for approval to start"},
+		{&v1.Rollout{State: v1.RolloutState_ROLLOUT_STATE_PROGRESSING, ToVersion: "v2"}, false, 2, "Wave 2 waits for approval: check the hosts already on v2"},
+		{&v1.Rollout{State: v1.RolloutState_ROLLOUT_STATE_PROGRESSING, Paused: true}, false, -1, "Paused"},
+		{&v1.Rollout{State: v1.RolloutState_ROLLOUT_STATE_PROGRESSING}, false, -1, "nothing to do"},
+		{failed, true, -1, "an admin unfreezes the service"},
+		{failed, false, -1, "Failed: the hosts that moved went back"},
+		{&v1.Rollout{State: v1.RolloutState_ROLLOUT_STATE_SUCCEEDED, ToVersion: "v3"}, false, -1, "every host runs v3"},
+	} {
+		if got := nextStep(tc.r, tc.frozen, tc.waiting); !strings.Contains(got, tc.want) {
+			t.Errorf("%v frozen=%v waiting=%d: %q, want %q", tc.r.GetState(), tc.frozen, tc.waiting, got, tc.want)
+		}
+	}
+}
+
+// A token revoked after login ends the session at its next call, and the
+// live page is told why and stops.
+func TestRevokedTokenEndsSession(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	c := d.client()
+	d.login(c, "viewer-secret")
+	viewerRevoked.Store(true)
+	t.Cleanup(func() { viewerRevoked.Store(false) })
+	live, code := d.openLive(c)
+	if code != 200 {
+		t.Fatalf("live: %d", code)
+	}
+	name, data, err := live.next()
+	if err != nil || name != "fatal" || !strings.Contains(data, "unknown or revoked") {
+		t.Fatalf("live page of a revoked token: %q %q %v, want a fatal event", name, data, err)
+	}
+	if code, _ := d.get(c, "/"); code != http.StatusSeeOther {
+		t.Errorf("page after the revocation: status %d, want 303 to the login", code)
+	}
+	if n := d.srv.sessions.count(); n != 0 {
+		t.Errorf("%d sessions after the token was revoked", n)
+	}
+}

@@ -1,0 +1,278 @@
+package dashboard
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"html/template"
+	"io"
+	"io/fs"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/fleetwave/fleetwave/internal/spec"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// parseTemplates parses each page with the layout, and the fragments the
+// event stream sends (the board, an event line).
+func parseTemplates() (map[string]*template.Template, *template.Template, error) {
+	funcs := template.FuncMap{
+		"eventTime": func(ev *v1.Event) string { return ev.GetAt().AsTime().UTC().Format("15:04:05") },
+		"join":      strings.Join,
+		"auditTime": func(e *v1.AuditEntry) string { return e.GetAt().AsTime().UTC().Format("2006-01-02 15:04:05") },
+	}
+	pages := map[string]*template.Template{}
+	names, err := fs.Glob(assetsFS, "assets/templates/page_*.html")
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, n := range names {
+		t, err := template.New("").Funcs(funcs).ParseFS(assetsFS, "assets/templates/layout.html", "assets/templates/fragments.html", n)
+		if err != nil {
+			return nil, nil, err
+		}
+		name := strings.TrimSuffix(strings.TrimPrefix(n, "assets/templates/page_"), ".html")
+		pages[name] = t
+	}
+	frag, err := template.New("").Funcs(funcs).ParseFS(assetsFS, "assets/templates/fragments.html")
+	if err != nil {
+		return nil, nil, err
+	}
+	return pages, frag, nil
+}
+
+// sseMessage is one server-sent event.
+type sseMessage struct {
+	event, id string
+	data      []byte
+}
+
+// writeSSE writes m; data lines each get their own "data:" field.
+func writeSSE(w io.Writer, m sseMessage) error {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "event: %s\n", m.event)
+	if m.id != "" {
+		fmt.Fprintf(&b, "id: %s\n", m.id)
+	}
+	for _, line := range bytes.Split(m.data, []byte("\n")) {
+		b.WriteString("data: ")
+		b.Write(bytes.TrimRight(line, "\r"))
+		b.WriteByte('\n')
+	}
+	b.WriteByte('\n')
+	_, err := w.Write(b.Bytes())
+	return err
+}
+
+// retryAfterError is how long the live page waits before watching again
+// after a watch failed for another reason than the rollout ending.
+const retryAfterError = 2 * time.Second
+
+// live is the rollout page's event stream: the board, rendered again on
+// every change of the rollout the coordinator's WatchRollout pushes, and
+// each event of the shown rollout from WatchEvents. Nothing polls: when a
+// rollout ends its watch ends, and the next event of the service (a new
+// rollout's creation) starts the watch of the newest one.
+func (s *Server) live(w http.ResponseWriter, r *http.Request, sess *session) {
+	svc := r.PathValue("service")
+	if err := spec.CheckName("service", svc); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	release, err := s.sessions.openStream(sess.identity)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusTooManyRequests)
+		return
+	}
+	defer release()
+	var since int64
+	if id := r.Header.Get("Last-Event-ID"); id != "" {
+		if since, err = strconv.ParseInt(id, 10, 64); err != nil || since < 0 {
+			http.Error(w, fmt.Sprintf("Last-Event-ID: %q is not an event revision", id), http.StatusBadRequest)
+			return
+		}
+	}
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	cctx := sess.ctxFor(ctx)
+	rc := http.NewResponseController(w)
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	if err := rc.Flush(); err != nil {
+		return
+	}
+	out := make(chan sseMessage, 16)
+	send := func(m sseMessage) bool {
+		select {
+		case out <- m:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	// shown is the rollout the board shows: events of it and of later
+	// rollouts are sent.
+	var shownMu sync.Mutex
+	var shownID string
+	var shownAt time.Time
+	// refresh wakes the board's watcher when an event arrives.
+	refresh := make(chan struct{}, 1)
+	// boardShown is closed once the first board went out: events are
+	// filtered by the rollout it shows.
+	boardShown := make(chan struct{})
+	var shownOnce sync.Once
+	fatal := func(err error) {
+		st, _ := status.FromError(err)
+		if st.Code() == codes.Unauthenticated {
+			s.sessions.remove(sess.id)
+		}
+		if send(sseMessage{event: "fatal", data: []byte(template.HTMLEscapeString(st.Message()))}) {
+			<-ctx.Done()
+		}
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Go(func() {
+		for ctx.Err() == nil {
+			err := s.watchBoard(cctx, sess, svc, func(b *boardView, r *v1.Rollout) bool {
+				shownMu.Lock()
+				if r != nil {
+					shownID, shownAt = r.GetId(), r.GetCreatedAt().AsTime()
+				}
+				shownMu.Unlock()
+				var buf bytes.Buffer
+				if err := s.fragment.ExecuteTemplate(&buf, "board", b); err != nil {
+					s.log.Error().Err(err).Msg("dashboard: render board")
+					return false
+				}
+				ok := send(sseMessage{event: "board", data: buf.Bytes()})
+				shownOnce.Do(func() { close(boardShown) })
+				return ok
+			})
+			if c := status.Code(err); c == codes.Unauthenticated || c == codes.PermissionDenied || c == codes.ResourceExhausted {
+				fatal(err)
+				return
+			}
+			wait := (<-chan time.Time)(nil)
+			if err != nil && ctx.Err() == nil {
+				s.log.Warn().Err(err).Str("service", svc).Msg("dashboard: rollout watch ended")
+				wait = time.After(retryAfterError)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-refresh:
+			case <-wait:
+			}
+		}
+	})
+	wg.Go(func() {
+		select {
+		case <-boardShown:
+		case <-ctx.Done():
+			return
+		}
+		for ctx.Err() == nil {
+			stream, err := sess.api().WatchEvents(cctx, &v1.WatchEventsRequest{Service: svc, Follow: true, SinceRevision: since})
+			for err == nil {
+				var ev *v1.WatchEventsResponse
+				if ev, err = stream.Recv(); err != nil {
+					break
+				}
+				since = ev.GetRevision()
+				select {
+				case refresh <- struct{}{}:
+				default:
+				}
+				shownMu.Lock()
+				show := (ev.GetEvent().GetRolloutId() == shownID || !ev.GetEvent().GetAt().AsTime().Before(shownAt))
+				shownMu.Unlock()
+				if !show {
+					continue
+				}
+				var buf bytes.Buffer
+				if rerr := s.fragment.ExecuteTemplate(&buf, "event", ev.GetEvent()); rerr != nil {
+					s.log.Error().Err(rerr).Msg("dashboard: render event")
+					continue
+				}
+				if !send(sseMessage{event: "event", id: strconv.FormatInt(ev.GetRevision(), 10), data: buf.Bytes()}) {
+					return
+				}
+			}
+			if c := status.Code(err); c == codes.Unauthenticated || c == codes.PermissionDenied || c == codes.ResourceExhausted {
+				fatal(err)
+				return
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			s.log.Warn().Err(err).Str("service", svc).Msg("dashboard: event watch ended")
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(retryAfterError):
+			}
+		}
+	})
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case m := <-out:
+			_ = rc.SetWriteDeadline(time.Now().Add(30 * time.Second))
+			if err := writeSSE(w, m); err != nil {
+				return
+			}
+			if err := rc.Flush(); err != nil {
+				return
+			}
+		}
+	}
+}
+
+// watchBoard sends the board for every state of the service's newest
+// rollout until that rollout ends (nil error) or the watch fails.
+func (s *Server) watchBoard(ctx context.Context, sess *session, svc string, send func(*boardView, *v1.Rollout) bool) error {
+	stream, err := sess.api().WatchRollout(ctx, &v1.WatchRolloutRequest{Service: svc})
+	if err != nil {
+		return err
+	}
+	sent := false
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if status.Code(err) == codes.NotFound && !sent {
+			// No rollout yet: show the service; the first event wakes us.
+			b, berr := s.board(ctx, sess, svc, nil)
+			if berr != nil {
+				return berr
+			}
+			send(b, nil)
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		b, err := s.board(ctx, sess, svc, resp.GetRollout())
+		if err != nil {
+			return err
+		}
+		if !send(b, resp.GetRollout()) {
+			return ctx.Err()
+		}
+		sent = true
+	}
+}
