@@ -134,6 +134,9 @@ type Machine struct {
 	lastGood  *v1.Assignment
 	target    *v1.Assignment
 	currentOK bool // current passed its checks and has not been restarted since
+	// targetEpoch is the epoch of the process started for target by the
+	// install under way (0: none yet; Snapshot.TargetEpoch).
+	targetEpoch uint64
 
 	// The service's processes. procs serve (one, or two found at Restore);
 	// fresh is the one being started until it is ready and the old ones are
@@ -224,15 +227,16 @@ func New(service string) *Machine {
 // kept for a handover keeps running.
 func Restore(s Snapshot, found []Running, now time.Time) (*Machine, []Action) {
 	m := &Machine{
-		service:  s.Service,
-		phase:    s.Phase,
-		gen:      s.Generation,
-		reason:   s.Reason,
-		current:  s.Current,
-		lastGood: s.LastGood,
-		target:   s.Target,
-		now:      now,
-		restored: s.Phase,
+		service:     s.Service,
+		phase:       s.Phase,
+		gen:         s.Generation,
+		reason:      s.Reason,
+		current:     s.Current,
+		lastGood:    s.LastGood,
+		target:      s.Target,
+		now:         now,
+		restored:    s.Phase,
+		targetEpoch: s.TargetEpoch,
 		// HEALTHY and REVERTED mean the current release passed its checks.
 		currentOK: s.CurrentOK || s.Phase == v1.Phase_PHASE_HEALTHY || s.Phase == v1.Phase_PHASE_REVERTED,
 	}
@@ -245,10 +249,16 @@ func Restore(s Snapshot, found []Running, now time.Time) (*Machine, []Action) {
 	}
 	cur, good, tgt := Version(s.Current), Version(s.LastGood), Version(s.Target)
 	// A config install (or its revert): a found process of the release
-	// may run either spec, so it is not adopted as the target's or the last
-	// good's: it is stopped (or handed over from) like one of another
-	// release (spec.go).
+	// runs the target's spec when its epoch is the target's (TargetEpoch),
+	// else the last good's. Without a recorded epoch it may run either, so
+	// it is not adopted as the target's or the last good's: it is stopped
+	// (or handed over from) like one of another release (spec.go).
 	specInstall := specChange(s.Target, s.LastGood)
+	targetOf, goodOf := m.foundOf(tgt), m.foundOf(good)
+	if specInstall && s.TargetEpoch != 0 {
+		targetOf, goodOf = m.foundEpoch(tgt, func(e uint64) bool { return e == s.TargetEpoch }), m.foundEpoch(good, func(e uint64) bool { return e != s.TargetEpoch })
+		specInstall = false
+	}
 	switch s.Phase {
 	case v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_VERIFYING, v1.Phase_PHASE_STAGING, v1.Phase_PHASE_SWITCHING:
 		p := m.foundOf(cur)
@@ -280,7 +290,7 @@ func Restore(s Snapshot, found []Running, now time.Time) (*Machine, []Action) {
 		}
 		m.op = opInstall
 		m.currentOK = false
-		if p := m.foundOf(tgt); p != nil && !specInstall {
+		if p := targetOf; p != nil && !specInstall {
 			if m.keep(p, m.target) {
 				// The handover was under way: the old process goes first.
 				m.setPhase(v1.Phase_PHASE_STARTING, false)
@@ -309,7 +319,7 @@ func Restore(s Snapshot, found []Running, now time.Time) (*Machine, []Action) {
 		m.op = opRevert
 		m.currentOK = false
 		m.report()
-		if p := m.foundOf(good); p != nil && !specInstall {
+		if p := goodOf; p != nil && !specInstall {
 			// The revert had started the last good release: re-check it.
 			beside := m.keep(p, m.lastGood)
 			m.switched = true
@@ -374,6 +384,17 @@ func (s *Snapshot) release(v string) *v1.Assignment {
 func (m *Machine) foundOf(v string) *proc {
 	for _, p := range m.procs {
 		if v != "" && p.v == v {
+			return p
+		}
+	}
+	return nil
+}
+
+// foundEpoch is the process found running of release v whose epoch is
+// one of, nil if none.
+func (m *Machine) foundEpoch(v string, of func(uint64) bool) *proc {
+	for _, p := range m.procs {
+		if v != "" && p.v == v && of(p.epoch) {
 			return p
 		}
 	}
@@ -528,14 +549,15 @@ func (m *Machine) Watching() bool { return m.chk.active && m.chk.watching }
 // Snapshot is the durable state now.
 func (m *Machine) Snapshot() *Snapshot {
 	s := &Snapshot{
-		Service:    m.service,
-		Phase:      m.phase,
-		Generation: m.gen,
-		Reason:     m.reason,
-		Current:    m.current,
-		LastGood:   m.lastGood,
-		Target:     m.target,
-		CurrentOK:  m.currentOK && m.current != nil,
+		Service:     m.service,
+		Phase:       m.phase,
+		Generation:  m.gen,
+		Reason:      m.reason,
+		Current:     m.current,
+		LastGood:    m.lastGood,
+		Target:      m.target,
+		CurrentOK:   m.currentOK && m.current != nil,
+		TargetEpoch: m.targetEpoch,
 	}
 	if m.chk.active && m.chk.watching {
 		s.WatchUntil, s.Previous = m.chk.watchUntil, m.chk.prevGood
@@ -618,6 +640,14 @@ func (m *Machine) launch(a *v1.Assignment) {
 // emitStart emits the ActStart of launch.
 func (m *Machine) emitStart(a *v1.Assignment) {
 	m.epoch++
+	if m.op == opInstall && a == m.target {
+		m.targetEpoch = m.epoch
+		if specChange(m.target, m.lastGood) {
+			// Durable before the start: after an agent restart the epoch
+			// tells the new spec's process from the old one's (spec.go).
+			m.persist()
+		}
+	}
 	m.fresh = &proc{epoch: m.epoch, v: Version(a), a: a}
 	m.readyBy = time.Time{}
 	m.seq++
@@ -876,6 +906,7 @@ func (m *Machine) apply(p *pendingAssign, t time.Time) {
 		return
 	}
 	m.target = p.a
+	m.targetEpoch = 0
 	m.reason = ""
 	m.op = opInstall
 	m.setPhase(v1.Phase_PHASE_FETCHING, true)

@@ -62,7 +62,11 @@ func (k restoreKind) String() string {
 
 // expectRestore decides what Restore must do with snapshot p when the
 // processes of found run, and the first phase it reports.
-func expectRestore(p *Snapshot, found []string) (restoreKind, v1.Phase) {
+func expectRestore(p *Snapshot, running []Running) (restoreKind, v1.Phase) {
+	var found []string
+	for _, f := range running {
+		found = append(found, f.Version)
+	}
 	cur, good, tgt := Version(p.Current), Version(p.LastGood), Version(p.Target)
 	has := func(v string) bool { return v != "" && slices.Contains(found, v) }
 	restored := p.Phase
@@ -84,9 +88,11 @@ func expectRestore(p *Snapshot, found []string) (restoreKind, v1.Phase) {
 			break
 		}
 		// A config install (the target is the last good release with a
-		// spec that runs differently): what runs of the release may run
+		// spec that runs differently): what runs of the release is the
+		// target's when its epoch is (TargetEpoch); without one it may run
 		// either spec, so it is not adopted.
-		if has(tgt) && len(found) == 1 && !specChange(p.Target, p.LastGood) {
+		isTarget := !specChange(p.Target, p.LastGood) || p.TargetEpoch != 0 && len(running) == 1 && running[0].Epoch == p.TargetEpoch
+		if has(tgt) && len(found) == 1 && isTarget {
 			if ph == v1.Phase_PHASE_STARTING && HookOf(p.Target, HookAfterStart) != nil {
 				return restoreResumeInstall, v1.Phase_PHASE_STARTING // after_start runs again first
 			}
@@ -396,7 +402,11 @@ func (s *sim) feedReady(e uint64) {
 // no other stop or start.
 func (s *sim) checkFreeze(acts []Action, i int) {
 	s.t.Helper()
-	froze := i > 0 && acts[i-1].Kind == ActFreezeBaseline
+	j := i - 1
+	for j >= 0 && acts[j].Kind == ActPersist && acts[i].Kind == ActStart {
+		j-- // a config install's epoch is made durable before its start
+	}
+	froze := j >= 0 && acts[j].Kind == ActFreezeBaseline
 	want := s.installSwitched && len(s.procs) > 0 && HasAnalysis(s.m.Target())
 	s.installSwitched = false
 	if froze != want {
@@ -533,7 +543,11 @@ func (s *sim) apply(acts []Action) {
 		case ActHook:
 			s.checkHook(acts, i)
 		case ActFreezeBaseline:
-			if i+1 == len(acts) || (acts[i+1].Kind != ActStop && acts[i+1].Kind != ActHook && !(acts[i+1].Kind == ActStart && acts[i+1].Beside)) {
+			j := i + 1
+			for j < len(acts) && acts[j].Kind == ActPersist {
+				j++ // a config install's epoch is made durable before its start
+			}
+			if j == len(acts) || (acts[j].Kind != ActStop && acts[j].Kind != ActHook && !(acts[j].Kind == ActStart && acts[j].Beside)) {
 				s.fatalf("%v not right before a stop or a start beside the old process", a)
 			}
 			if a.Version != s.link || !HasAnalysis(a.Assignment) {
@@ -948,7 +962,7 @@ func (s *sim) restart() {
 		versions = append(versions, f.Version)
 	}
 	s.found = found
-	s.restoring, s.restoreFirst = expectRestore(s.persisted, versions)
+	s.restoring, s.restoreFirst = expectRestore(s.persisted, found)
 	s.firstSeen = false
 	kind := s.restoring
 	s.restoredFrom = s.persisted.Phase
@@ -964,7 +978,13 @@ func (s *sim) restart() {
 	}
 	wantAdopt := wanted != "" && slices.Contains(versions, wanted)
 	if (kind == restoreResumeInstall || kind == restoreResumeRevert) && specChange(s.persisted.Target, s.persisted.LastGood) {
-		wantAdopt = false // a config install: what runs of the release may run either spec (spec.go)
+		// A config install: what runs of the release runs the target's spec
+		// when its epoch is the target's, else the last good's; without a
+		// recorded epoch it may run either (spec.go).
+		te := s.persisted.TargetEpoch
+		wantAdopt = te != 0 && slices.ContainsFunc(found, func(r Running) bool {
+			return r.Version == wanted && (r.Epoch == te) == (kind == restoreResumeInstall)
+		})
 	}
 	s.resumeBeside = kind == restoreAdoptSettled && wantAdopt && len(found) > 1
 	s.adoptingBeside = s.resumeBeside

@@ -431,6 +431,7 @@ func (tr *trace) snapshot(t *testing.T, d *datadriven.TestData) Snapshot {
 	}
 	s.Current, s.LastGood, s.Target, s.Previous = release("current"), release("last_good"), release("target"), release("previous")
 	s.CurrentOK = d.HasArg("current_ok")
+	d.MaybeScanArgs(t, "target_epoch", &s.TargetEpoch)
 	if dur, ok := tr.duration(t, d, "watch_until"); ok {
 		s.WatchUntil = t0.Add(dur)
 	}
@@ -589,6 +590,9 @@ func (tr *trace) action(a Action) string {
 			versionOr(Version(s.Target))+envOf(s.Target))
 		if !s.WatchUntil.IsZero() || s.Previous != nil {
 			fmt.Fprintf(&b, " watch_until=%s previous=%s", tr.at(s.WatchUntil), versionOr(Version(s.Previous))+envOf(s.Previous))
+		}
+		if s.TargetEpoch != 0 {
+			fmt.Fprintf(&b, " target_epoch=%d", s.TargetEpoch)
 		}
 	case ActReport:
 		r := a.Report

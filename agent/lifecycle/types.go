@@ -417,6 +417,11 @@ type Snapshot struct {
 	// CurrentOK: Current passed its checks and was not restarted since (so
 	// an assignment of it at a newer generation needs no restart).
 	CurrentOK bool
+	// TargetEpoch is the epoch of the process started for Target by the
+	// install under way (0: none started yet, or not recorded). In a config
+	// install (the same release, another spec) it tells the process running
+	// the new spec from those running the old one (spec.go).
+	TargetEpoch uint64
 }
 
 // Running is what the caller found running of a service when it restores
