@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fleetwave/fleetwave/internal/hookspec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -297,11 +298,11 @@ func Restore(s Snapshot, found []Running, now time.Time) (*Machine, []Action) {
 				m.stopProc(m.procs[0], stopOld)
 				return m, m.take()
 			}
-			if s.Phase == v1.Phase_PHASE_STARTING && HookOf(m.target, HookAfterStart) != nil {
+			if s.Phase == v1.Phase_PHASE_STARTING && hookspec.Of(m.target.GetSpec(), hookspec.AfterStart) != nil {
 				// Its after_start may not have run (or not to its end):
 				// hooks run at least once.
 				m.setPhase(v1.Phase_PHASE_STARTING, false)
-				m.startHook(HookAfterStart, m.target, p, 0)
+				m.startHook(hookspec.AfterStart, m.target, p, 0)
 				return m, m.take()
 			}
 			m.phase = v1.Phase_PHASE_CHECKING
@@ -630,8 +631,8 @@ func (m *Machine) startStep(k ActionKind, a *v1.Assignment) {
 // op goes on with launched once the new process is ready (and the old one
 // stopped), or with launchFailed.
 func (m *Machine) launch(a *v1.Assignment) {
-	if HookOf(a, HookBeforeStart) != nil {
-		m.startHook(HookBeforeStart, a, nil, 0) // then emitStart
+	if hookspec.Of(a.GetSpec(), hookspec.BeforeStart) != nil {
+		m.startHook(hookspec.BeforeStart, a, nil, 0) // then emitStart
 		return
 	}
 	m.emitStart(a)
@@ -658,8 +659,8 @@ func (m *Machine) emitStart(a *v1.Assignment) {
 // stopProc stops p (ActStop), drained when it has been serving: its
 // release's before_stop runs first (ActHook), when it has one.
 func (m *Machine) stopProc(p *proc, why stopKind) {
-	if p.ready && HookOf(p.a, HookBeforeStop) != nil {
-		m.startHook(HookBeforeStop, p.a, p, why) // then emitStop
+	if p.ready && hookspec.Of(p.a.GetSpec(), hookspec.BeforeStop) != nil {
+		m.startHook(hookspec.BeforeStop, p.a, p, why) // then emitStop
 		return
 	}
 	m.emitStop(p, why)
@@ -756,8 +757,8 @@ func (m *Machine) launched(t time.Time) {
 	case opRecover:
 		a = m.recWhat
 	}
-	if a != nil && HookOf(a, HookAfterStart) != nil {
-		m.startHook(HookAfterStart, a, m.procs[0], 0) // then checkLaunched
+	if a != nil && hookspec.Of(a.GetSpec(), hookspec.AfterStart) != nil {
+		m.startHook(hookspec.AfterStart, a, m.procs[0], 0) // then checkLaunched
 		return
 	}
 	m.checkLaunched(t)
@@ -990,8 +991,8 @@ func (m *Machine) installDone(k ActionKind, err error, t time.Time) {
 			m.setPhase(v1.Phase_PHASE_STAGING, true)
 			m.startStep(ActStage, m.target)
 		case ActStage:
-			if HookOf(m.target, HookAfterInstall) != nil {
-				m.startHook(HookAfterInstall, m.target, nil, 0) // then afterInstallDone
+			if hookspec.Of(m.target.GetSpec(), hookspec.AfterInstall) != nil {
+				m.startHook(hookspec.AfterInstall, m.target, nil, 0) // then afterInstallDone
 				return
 			}
 			m.setPhase(v1.Phase_PHASE_SWITCHING, true)
@@ -1502,9 +1503,9 @@ func (m *Machine) inconclusiveWhy() string {
 func (m *Machine) checksPassed(t time.Time) {
 	switch m.op {
 	case opInstall:
-		if !m.chk.validated && HookOf(m.chk.a, HookValidate) != nil {
+		if !m.chk.validated && hookspec.Of(m.chk.a.GetSpec(), hookspec.Validate) != nil {
 			// The checks (and the analysis) passed: validate, then HEALTHY.
-			m.startHook(HookValidate, m.chk.a, m.procs[0], 0) // then validateDone
+			m.startHook(hookspec.Validate, m.chk.a, m.procs[0], 0) // then validateDone
 			return
 		}
 		m.op = opNone
@@ -1579,11 +1580,11 @@ func (m *Machine) startHook(name string, a *v1.Assignment, p *proc, why stopKind
 	m.inflight = ActHook
 	m.hook = &hookRun{name: name, a: a, p: p, why: why}
 	act := Action{Kind: ActHook, Seq: m.seq, Hook: name, Version: Version(a), Assignment: a,
-		Timeout: HookTimeout(a, name), Operation: m.operation()}
+		Timeout: hookspec.Timeout(a.GetSpec(), name), Operation: m.operation()}
 	if p != nil {
 		act.Epoch = p.epoch
 	}
-	if name == HookBeforeStop {
+	if name == hookspec.BeforeStop {
 		act.Next = m.nextVersion()
 	} else {
 		act.Previous = m.previousVersion()
@@ -1649,7 +1650,7 @@ func (m *Machine) hookDone(err error, output string, t time.Time) {
 	if err != nil {
 		note := ""
 		switch {
-		case h.name != HookBeforeStop:
+		case h.name != hookspec.BeforeStop:
 		case m.keepsOnFailedStop(h):
 			note = fmt.Sprintf(" (%s keeps running)", Version(h.a))
 		default:
@@ -1658,25 +1659,25 @@ func (m *Machine) hookDone(err error, output string, t time.Time) {
 		why = hookFailure(h, note, err, output)
 	}
 	switch h.name {
-	case HookAfterInstall:
+	case hookspec.AfterInstall:
 		m.afterInstallDone(why, t)
-	case HookBeforeStop:
+	case hookspec.BeforeStop:
 		m.beforeStopDone(h, why, t)
-	case HookBeforeStart:
+	case hookspec.BeforeStart:
 		if why != "" && m.op == opInstall {
 			m.beginRevert(fmt.Sprintf("%s: %s", Version(m.target), why), t)
 			return
 		}
 		m.noteHook(why)
 		m.emitStart(h.a)
-	case HookAfterStart:
+	case hookspec.AfterStart:
 		if why != "" && m.op == opInstall {
 			m.beginRevert(fmt.Sprintf("%s: %s", Version(m.target), why), t)
 			return
 		}
 		m.noteHook(why)
 		m.checkLaunched(t)
-	case HookValidate:
+	case hookspec.Validate:
 		if d := m.deferred; d != "" {
 			m.deferred = ""
 			m.checksFailed(d, t)
