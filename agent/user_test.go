@@ -121,3 +121,35 @@ func TestRunAsUser(t *testing.T) {
 		t.Fatal("the running release was touched")
 	}
 }
+
+// TestExecChecksRunAsUser: with run.user the release's exec checks run as
+// that user and group (not as the agent, root), from the release's
+// directory, which is theirs.
+func TestExecChecksRunAsUser(t *testing.T) {
+	u := testUser(t)
+	fc := newFakeCoordinator(t)
+	dataDir := t.TempDir()
+	traversable(t, dataDir)
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: dataDir}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := runAgent(t, ctx, cfg, testOptions())
+	t.Cleanup(func() {
+		cancel()
+		waitDone(t, done)
+	})
+	check := "#!/bin/sh\necho \"check uid=$(id -u) gid=$(id -g)\" > ./checked-as\n"
+	art := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": check})
+	a := testAssignment("1.0.0", 1, fc.addArtifact(art), int64(len(art)), "")
+	a.Spec.Run.User = u.Username
+	fc.assign(a)
+	fc.waitFor(t, "1.0.0 healthy", time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 1, v1.Phase_PHASE_HEALTHY, "1.0.0")
+	})
+	got, err := os.ReadFile(filepath.Join(dataDir, "releases", testSvc, "1.0.0", "checked-as"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("check uid=%s gid=%s\n", u.Uid, u.Gid); string(got) != want {
+		t.Fatalf("the exec check ran as %q, want %q", got, want)
+	}
+}

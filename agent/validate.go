@@ -102,7 +102,7 @@ func validateAssignment(a *v1.Assignment, hostID string, labels map[string]strin
 		if err != nil {
 			return err
 		}
-		if _, err := probe.New(ec, dir); err != nil {
+		if _, err := probe.New(ec, dir, nil); err != nil {
 			return fmt.Errorf("spec.checks[%d].%w", i, err) // probe names the field inside the check
 		}
 	}
