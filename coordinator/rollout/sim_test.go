@@ -534,7 +534,9 @@ func TestPolicySimulation(t *testing.T) {
 		"spec host", "spec coordinator", "spec back", "config start", "config succeeded", "config failed",
 		"delete", "delete refused", "recreate", "relabel", "removal succeeded", "removal failed",
 		"spec selector", "leave", "leave succeeded", "leave failed"} {
-		if len(seeds) > 1 && seen[k] == 0 {
+		// Only over every seed: a fifth of them (-short, -race) need not
+		// reach the rarer ends (a failed removal, a service created anew).
+		if len(seeds) > 1 && !testing.Short() && !raceEnabled && seen[k] == 0 {
 			t.Errorf("the simulation never saw %q: %v", k, seen)
 		}
 	}
