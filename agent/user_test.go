@@ -137,7 +137,7 @@ func TestExecChecksRunAsUser(t *testing.T) {
 		cancel()
 		waitDone(t, done)
 	})
-	check := "#!/bin/sh\necho \"check uid=$(id -u) gid=$(id -g)\" > ./checked-as\n"
+	check := "#!/bin/sh\necho \"check uid=$(id -u) gid=$(id -g)\" > ./checked-as.tmp && mv ./checked-as.tmp ./checked-as\n"
 	art := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": check})
 	a := testAssignment("1.0.0", 1, fc.addArtifact(art), int64(len(art)), "")
 	a.Spec.Run.User = u.Username
