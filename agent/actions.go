@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/fleetwave/fleetwave/agent/install"
@@ -235,7 +236,7 @@ func (a *agent) startProcess(s *service, act lifecycle.Action) {
 	}
 	var n *sockets.Notify
 	if err == nil && lifecycle.NotifiesReady(act.Assignment) {
-		n, err = a.listenNotify(s, act.Epoch)
+		n, err = a.listenNotify(s, act.Epoch, act.Assignment.GetSpec().GetRun())
 	}
 	if err == nil {
 		if err = a.saveRuntime(s); err != nil {
@@ -303,7 +304,11 @@ func (a *agent) adoptProcess(s *service, act lifecycle.Action) {
 		if path := s.notify[f.f.Record.Epoch]; path != "" && lifecycle.NotifiesReady(act.Assignment) {
 			// Adopted means ready; its later messages (STOPPING=1, and a
 			// restart's READY=1) still have somewhere to go.
-			if n, err = sockets.ListenNotify(filepath.Dir(path), filepath.Base(path), sockets.AccessMain); err == nil {
+			var cred *syscall.Credential
+			if cred, err = a.credential(act.Assignment.GetSpec().GetRun()); err == nil {
+				n, err = sockets.ListenNotify(filepath.Dir(path), filepath.Base(path), sockets.AccessMain, cred)
+			}
+			if err == nil {
 				err = n.Watch(f.f.Record.PGID)
 			}
 			if err != nil {

@@ -24,7 +24,6 @@ import (
 	"github.com/fleetwave/fleetwave/internal/spec"
 	"github.com/fleetwave/fleetwave/internal/testkit"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -282,21 +281,6 @@ func TestLifecycleDefaultsMatchSpec(t *testing.T) {
 	}
 	if lifecycle.DefaultReadyTimeout != spec.DefaultReadyTimeout || lifecycle.ReadyNotify != spec.ReadyNotify {
 		t.Errorf("lifecycle ready timeout %v / %q, spec %v / %q", lifecycle.DefaultReadyTimeout, lifecycle.ReadyNotify, spec.DefaultReadyTimeout, spec.ReadyNotify)
-	}
-	if lifecycle.DefaultHookTimeout != spec.DefaultHookTimeout || lifecycle.DefaultBeforeStopTimeout != spec.DefaultPreStopTimeout {
-		t.Errorf("lifecycle hook timeouts %v / %v, spec %v / %v", lifecycle.DefaultHookTimeout, lifecycle.DefaultBeforeStopTimeout, spec.DefaultHookTimeout, spec.DefaultPreStopTimeout)
-	}
-	if !slices.Equal(spec.HookNames, []string{lifecycle.HookAfterInstall, lifecycle.HookBeforeStart, lifecycle.HookAfterStart, lifecycle.HookValidate, lifecycle.HookBeforeStop}) {
-		t.Errorf("hook names: spec %v", spec.HookNames)
-	}
-	// The machine reads a spec's hooks as the spec package does (the alias too).
-	s := &v1.ServiceSpec{Run: &v1.RunSpec{PreStop: &v1.PreStop{Command: []string{"./x"}}},
-		Hooks: &v1.Hooks{AfterStart: &v1.Hook{Command: []string{"./y"}, Timeout: durationpb.New(time.Second)}}}
-	for _, name := range spec.HookNames {
-		a := &v1.Assignment{Spec: s}
-		if !proto.Equal(lifecycle.HookOf(a, name), spec.Hook(s, name)) || lifecycle.HookTimeout(a, name) != spec.HookTimeout(name, spec.Hook(s, name)) {
-			t.Errorf("hook %s: lifecycle %v %v, spec %v", name, lifecycle.HookOf(a, name), lifecycle.HookTimeout(a, name), spec.Hook(s, name))
-		}
 	}
 	if d := probe.Interval(&v1.Check{}); lifecycle.DefaultCheckInterval != d {
 		t.Errorf("lifecycle.DefaultCheckInterval %v, probe %v", lifecycle.DefaultCheckInterval, d)

@@ -28,12 +28,16 @@ func (a *agent) beginChecks(s *service, act lifecycle.Action) {
 	}
 	dir := a.inst.ReleaseDir(name, act.Version)
 	var probers []prober
-	var buildErr error
+	// Exec checks run as the service's user (run.user), as its hooks do.
+	cred, buildErr := a.credential(act.Assignment.GetSpec().GetRun())
 	for i, c := range act.Assignment.GetSpec().GetChecks() {
+		if buildErr != nil {
+			break
+		}
 		ec, err := expandCheck(c, i, a.cfg.HostID, a.cfg.Labels)
 		var p probe.Prober
 		if err == nil {
-			p, err = probe.New(ec, dir)
+			p, err = probe.New(ec, dir, cred)
 		}
 		if err != nil {
 			buildErr = err

@@ -208,3 +208,103 @@ func TestAgentKilledWhileCheckingBadRelease(t *testing.T) {
 		t.Fatalf("agent exit: %v", err)
 	}
 }
+
+// TestAgentKilledDuringConfigInstall: kill -9 of the real agent while a
+// config install (the running release, a spec that changes its env) is
+// being checked. The restarted agent adopts the process that runs the new
+// spec (it is not started again) and finishes the install: healthy with
+// the new spec. Then a spec whose check fails, killed while it is checked:
+// the restarted agent reverts it, exactly once, to the same release with
+// the spec it ran before. Each spec's process is started once.
+func TestAgentKilledDuringConfigInstall(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and kills the agent binary")
+	}
+	bin := buildAgent(t)
+	fc := newFakeCoordinator(t)
+	art := tarGz(t, map[string]string{
+		"run.sh":   "#!/bin/sh\necho \"started mode=$MODE\"\necho \"$MODE\" > mode\nexec sleep 300\n",
+		"check.sh": "#!/bin/sh\n[ \"$(cat mode)\" != bad ] && [ ! -e ../../hold ]\n",
+	})
+	digest := fc.addArtifact(art)
+	p := newAgentProc(t, bin, fc)
+	hold := filepath.Join(p.dataDir, "hold") // the check fails while it exists
+	assign := func(gen int64, mode string) {
+		a := testAssignment("1.0.0", gen, digest, int64(len(art)), "")
+		a.Spec.Run.Env["MODE"] = mode
+		a.Spec.HealthyDeadline = durationpb.New(20 * time.Second)
+		if mode == "bad" {
+			a.Spec.HealthyDeadline = durationpb.New(3 * time.Second)
+		}
+		a.SpecRevision = gen
+		fc.assign(a)
+	}
+	modes := func() string {
+		b, _ := os.ReadFile(filepath.Join(p.dataDir, "logs", testSvc+".log"))
+		var out []string
+		for _, l := range strings.Split(string(b), "\n") {
+			if m, ok := strings.CutPrefix(l, "started mode="); ok {
+				out = append(out, m)
+			}
+		}
+		return strings.Join(out, " ")
+	}
+
+	first := p.start()
+	assign(1, "a")
+	fc.waitFor(t, "healthy with mode a", time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 1, v1.Phase_PHASE_HEALTHY, "1.0.0")
+	})
+
+	// Mode b is checked (held unhealthy by the hold file) when the agent dies.
+	if err := os.WriteFile(hold, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	assign(2, "b")
+	fc.waitFor(t, "mode b checking", time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 2, v1.Phase_PHASE_CHECKING, "1.0.0")
+	})
+	pidB := readPID(t, p.pidFile())
+	p.kill9(first)
+	if err := os.Remove(hold); err != nil {
+		t.Fatal(err)
+	}
+	nr := reportCount(fc)
+	second := p.start()
+	fc.waitFor(t, "mode b healthy after the restart", time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs[nr:], testSvc), 2, v1.Phase_PHASE_HEALTHY, "1.0.0")
+	})
+	if pid := readPID(t, p.pidFile()); pid != pidB || !alive(pid) {
+		t.Fatalf("mode b's process %d was not adopted: now %d", pidB, pid)
+	}
+	if got := modes(); got != "a b" {
+		t.Fatalf("starts by mode: %q, want \"a b\"", got)
+	}
+
+	// A bad spec, checked when the agent dies: reverted once to mode b.
+	assign(3, "bad")
+	fc.waitFor(t, "mode bad checking", time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 3, v1.Phase_PHASE_CHECKING, "1.0.0")
+	})
+	pidBad := readPID(t, p.pidFile())
+	p.kill9(second)
+	nr = reportCount(fc)
+	third := p.start()
+	fc.waitFor(t, "reverted to mode b after the restart", time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		r := lastReport(rs[nr:], testSvc)
+		return reportIs(r, 3, v1.Phase_PHASE_REVERTED, "1.0.0")
+	})
+	waitGone(t, pidBad)
+	if got := modes(); got != "a b bad b" {
+		t.Fatalf("starts by mode: %q, want \"a b bad b\"", got)
+	}
+	if got := currentLink(t, p.dataDir); got != "1.0.0" {
+		t.Fatalf("current -> %q", got)
+	}
+	if err := third.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := third.Wait(); err != nil {
+		t.Fatalf("agent exit: %v", err)
+	}
+}

@@ -237,14 +237,25 @@ func (a *agent) prepareHook(svc string, ss *socketSet, decls []sockets.Decl, n *
 	}
 }
 
-// notifyDir is where the notify sockets of the services' processes live.
-func (a *agent) notifyDir() string { return filepath.Join(a.cfg.DataDir, "notify") }
+// notifyDir is where the notify sockets of the services' processes live,
+// and notifyUsersDir those of services that run as another user
+// (run.user).
+func (a *agent) notifyDir() string      { return filepath.Join(a.cfg.DataDir, "notify") }
+func (a *agent) notifyUsersDir() string { return filepath.Join(a.cfg.DataDir, "notify-users") }
 
 // makePrivateDir creates dir (and its parents) and makes sure it is a
 // directory, not a link, owned by the agent's user, mode 0700: only the
 // agent's user (and root) may reach the notify sockets inside.
-func makePrivateDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+func makePrivateDir(dir string) error { return makeNotifyDir(dir, 0o700) }
+
+// makeNotifyDir is makePrivateDir with another mode: 0711 for the notify
+// sockets of services that run as another user, who must pass through the
+// directory to reach their socket (each 0600 and theirs) but may not list
+// it, nor create anything in it (systemd's notify socket is reachable by
+// everyone and trusts only the sender's credentials; these are reachable
+// by their service's user alone, and check the sender's pid too).
+func makeNotifyDir(dir string, mode os.FileMode) error {
+	if err := os.MkdirAll(dir, mode); err != nil {
 		return err
 	}
 	fi, err := os.Lstat(dir)
@@ -258,8 +269,8 @@ func makePrivateDir(dir string) error {
 	case ok && int(st.Uid) != os.Geteuid():
 		return fmt.Errorf("%s: owned by uid %d, not the agent's %d", dir, st.Uid, os.Geteuid())
 	}
-	if fi.Mode().Perm() != 0o700 {
-		return os.Chmod(dir, 0o700)
+	if fi.Mode().Perm() != mode {
+		return os.Chmod(dir, mode)
 	}
 	return nil
 }
@@ -273,21 +284,28 @@ const notifyTempLen = 18
 // than a Unix socket address holds, in a directory of the agent's own
 // under the temporary directory, with a shorter name. It fails, naming
 // the path, when neither fits.
-func (a *agent) notifyPath(svc string, epoch uint64) (string, error) {
+//
+// A service that runs as another user (shared) gets its sockets in
+// notify-users/ (or a "-users" directory under the temporary one), mode
+// 0711 (makeNotifyDir).
+func (a *agent) notifyPath(svc string, epoch uint64, shared bool) (string, error) {
 	fits := func(dir, name string) bool {
 		return len(dir)+1+len(name) <= spec.MaxUnixPathLen && len(dir)+notifyTempLen <= spec.MaxUnixPathLen
 	}
-	dir, name := a.notifyDir(), svc+"-"+strconv.FormatUint(epoch, 10)
+	dir, name, tmp, mode := a.notifyDir(), svc+"-"+strconv.FormatUint(epoch, 10), "fleetwave-notify-", os.FileMode(0o700)
+	if shared {
+		dir, tmp, mode = a.notifyUsersDir(), "fleetwave-notify-users-", 0o711
+	}
 	if !fits(dir, name) {
 		long := filepath.Join(dir, name)
-		dir = filepath.Join(os.TempDir(), "fleetwave-notify-"+shortHash(a.cfg.DataDir))
+		dir = filepath.Join(os.TempDir(), tmp+shortHash(a.cfg.DataDir))
 		name = shortHash(svc) + "-" + strconv.FormatUint(epoch, 10)
 		if !fits(dir, name) {
 			return "", fmt.Errorf("notify socket %s (and %s): longer than the %d bytes of a Unix socket address",
 				long, filepath.Join(dir, name), spec.MaxUnixPathLen)
 		}
 	}
-	if err := makePrivateDir(dir); err != nil {
+	if err := makeNotifyDir(dir, mode); err != nil {
 		return "", fmt.Errorf("notify socket directory: %w", err)
 	}
 	return filepath.Join(dir, name), nil
@@ -298,14 +316,19 @@ func shortHash(s string) string {
 	return hex.EncodeToString(sum[:4])
 }
 
-// listenNotify makes the notify socket of a service's process (epoch) and
+// listenNotify makes the notify socket of a service's process (epoch),
+// which runs as run.user when set (the socket is then that user's), and
 // records its path.
-func (a *agent) listenNotify(s *service, epoch uint64) (*sockets.Notify, error) {
-	path, err := a.notifyPath(s.name, epoch)
+func (a *agent) listenNotify(s *service, epoch uint64, run *v1.RunSpec) (*sockets.Notify, error) {
+	cred, err := a.credential(run)
 	if err != nil {
 		return nil, err
 	}
-	n, err := sockets.ListenNotify(filepath.Dir(path), filepath.Base(path), sockets.AccessMain)
+	path, err := a.notifyPath(s.name, epoch, cred != nil)
+	if err != nil {
+		return nil, err
+	}
+	n, err := sockets.ListenNotify(filepath.Dir(path), filepath.Base(path), sockets.AccessMain, cred)
 	if err != nil {
 		return nil, err
 	}

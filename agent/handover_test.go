@@ -598,14 +598,14 @@ func TestHandoverAgentStoppedMidHandover(t *testing.T) {
 func TestNotifyPath(t *testing.T) {
 	short := t.TempDir()
 	a := &agent{cfg: Config{DataDir: short}}
-	p, err := a.notifyPath(testSvc, 7)
+	p, err := a.notifyPath(testSvc, 7, false)
 	if err != nil || p != filepath.Join(short, "notify", testSvc+"-7") {
 		t.Fatalf("notifyPath = %q, %v", p, err)
 	}
 	if fi, err := os.Stat(filepath.Dir(p)); err != nil || fi.Mode().Perm() != 0o700 {
 		t.Fatalf("notify dir: %v, %v; want mode 0700", fi, err)
 	}
-	n, err := a.listenNotify(&service{name: testSvc}, 7)
+	n, err := a.listenNotify(&service{name: testSvc}, 7, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -615,7 +615,7 @@ func TestNotifyPath(t *testing.T) {
 	a = &agent{cfg: Config{DataDir: long}}
 	tmp := t.TempDir()
 	t.Setenv("TMPDIR", tmp)
-	p, err = a.notifyPath(strings.Repeat("s", 63), 18446744073709551615)
+	p, err = a.notifyPath(strings.Repeat("s", 63), 18446744073709551615, false)
 	if err != nil || !strings.HasPrefix(p, tmp+"/fleetwave-notify-") || len(p) > 107 {
 		t.Fatalf("notifyPath with a long data dir = %q (%d bytes), %v; want a path under %s", p, len(p), err, tmp)
 	}
@@ -624,7 +624,7 @@ func TestNotifyPath(t *testing.T) {
 	}
 
 	t.Setenv("TMPDIR", filepath.Join(tmp, strings.Repeat("t", 100)))
-	if _, err := a.notifyPath(testSvc, 1); err == nil || !strings.Contains(err.Error(), filepath.Join(long, "notify", testSvc+"-1")) ||
+	if _, err := a.notifyPath(testSvc, 1, false); err == nil || !strings.Contains(err.Error(), filepath.Join(long, "notify", testSvc+"-1")) ||
 		!strings.Contains(err.Error(), "107 bytes") {
 		t.Fatalf("notifyPath with nowhere short enough: %v; want the path named", err)
 	}

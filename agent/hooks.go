@@ -5,6 +5,7 @@ import (
 
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/agent/supervise"
+	"github.com/fleetwave/fleetwave/internal/hookspec"
 	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -47,11 +48,11 @@ func (a *agent) startHook(s *service, act lifecycle.Action) {
 // hookOf builds the hook an ActHook runs.
 func (a *agent) hookOf(svc string, act lifecycle.Action) (supervise.Hook, error) {
 	asg := act.Assignment
-	hk := lifecycle.HookOf(asg, act.Hook)
+	hk := hookspec.Of(asg.GetSpec(), act.Hook)
 	if hk == nil {
 		return supervise.Hook{}, fmt.Errorf("%s: the release has no such hook", act.Hook)
 	}
-	field := "spec." + spec.HookField(asg.GetSpec(), act.Hook)
+	field := "spec." + hookspec.Field(asg.GetSpec(), act.Hook)
 	cmd, err := expandHook(field, hk, a.cfg.HostID, a.cfg.Labels)
 	if err != nil {
 		return supervise.Hook{}, err
@@ -68,7 +69,7 @@ func (a *agent) hookOf(svc string, act lifecycle.Action) (supervise.Hook, error)
 		envHostID+"="+a.cfg.HostID,
 		fmt.Sprintf("%s=%d", envGen, asg.GetGeneration()),
 	)
-	if act.Hook == lifecycle.HookBeforeStop {
+	if act.Hook == hookspec.BeforeStop {
 		env = append(env, envNext+"="+act.Next)
 	} else {
 		env = append(env, envPrevious+"="+act.Previous)
@@ -105,19 +106,19 @@ func checkHooks(s *v1.ServiceSpec, hostID string, labels map[string]string) erro
 	if s.GetHooks().GetBeforeStop() != nil && s.GetRun().GetPreStop() != nil {
 		return fmt.Errorf("spec.run.pre_stop: set together with hooks.before_stop (it is its alias: set one)")
 	}
-	for _, name := range spec.HookNames {
-		h := spec.Hook(s, name)
+	for _, name := range hookspec.Names {
+		h := hookspec.Of(s, name)
 		if h == nil {
 			continue
 		}
-		field := "spec." + spec.HookField(s, name)
+		field := "spec." + hookspec.Field(s, name)
 		if _, err := expandHook(field, h, hostID, labels); err != nil {
 			return err
 		}
 		if err := checkDuration(field+".timeout", h.GetTimeout(), false); err != nil {
 			return err
 		}
-		if max := spec.MaxHookTimeoutOf(name); h.GetTimeout().AsDuration() > max {
+		if max := hookspec.MaxTimeoutOf(name); h.GetTimeout().AsDuration() > max {
 			return fmt.Errorf("%s.timeout: %s is more than %s", field, h.GetTimeout().AsDuration(), max)
 		}
 	}

@@ -223,3 +223,64 @@ func TestTimedOutHookIsKilledAndReverts(t *testing.T) {
 		t.Fatalf("current -> %q", got)
 	}
 }
+
+// TestFailingBeforeStopKeepsTheOldRelease: an install whose old release's
+// before_stop fails (from the old release's directory, with the spec it
+// was installed with) fails the install: the old process is not
+// signalled and keeps running (the same pid), the new release never
+// starts (its before_start never runs), `current` points at the old
+// release again, and the host reports REVERTED naming the hook, its
+// release, its exit status and the last lines of its output. Real
+// processes and files.
+func TestFailingBeforeStopKeepsTheOldRelease(t *testing.T) {
+	fc, cfg, markers := newHookAgent(t)
+	pidFile := filepath.Join(cfg.DataDir, "run", testSvc+".pid")
+	fc.assign(hookRelease(t, fc, "1.0.0", 1, markers, "fail-before_stop"))
+	fc.waitFor(t, "1.0.0 healthy", time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 1, v1.Phase_PHASE_HEALTHY, "1.0.0")
+	})
+	pid := readPID(t, pidFile)
+
+	fc.assign(hookRelease(t, fc, "2.0.0", 2, markers))
+	var r *v1.ServiceReport
+	fc.waitFor(t, "2.0.0 reverted", time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		r = lastReport(rs, testSvc)
+		return reportIs(r, 2, v1.Phase_PHASE_REVERTED, "1.0.0")
+	})
+	for _, want := range []string{"2.0.0", "hook before_stop of 1.0.0 failed (1.0.0 keeps running): exit status 3", "last output: ", "smoke test: GET /checkout answered 500 | giving up"} {
+		if !strings.Contains(r.GetReason(), want) {
+			t.Errorf("reason %q does not say %q", r.GetReason(), want)
+		}
+	}
+	if r.GetLastGoodVersion() != "1.0.0" {
+		t.Errorf("last good %q", r.GetLastGoodVersion())
+	}
+	if got := currentLink(t, cfg.DataDir); got != "1.0.0" {
+		t.Fatalf("current -> %q", got)
+	}
+	if now := readPID(t, pidFile); now != pid || !alive(pid) {
+		t.Fatalf("the old process (pid %d) did not keep running: pid file says %d, alive %v", pid, now, alive(pid))
+	}
+	lines := markerLines(t, markers)
+	stop := "before_stop version=1.0.0 file=1.0.0 dir=" + filepath.Join(cfg.DataDir, "releases", testSvc, "1.0.0") +
+		" service=" + testSvc + " op=install previous=unset next=2.0.0"
+	var stops int
+	for _, l := range lines {
+		if strings.HasPrefix(l, stop) {
+			stops++
+		}
+		if strings.HasPrefix(l, "before_start version=2.0.0") || strings.HasPrefix(l, "after_start version=2.0.0") {
+			t.Errorf("2.0.0 was started: %s", l)
+		}
+	}
+	if stops != 1 {
+		t.Fatalf("the old release's before_stop ran %d times, want once from its release:\n%s\nwant a line starting %s", stops, strings.Join(lines, "\n"), stop)
+	}
+	log, err := os.ReadFile(filepath.Join(cfg.DataDir, "logs", testSvc+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(log), "started 2.0.0") || strings.Count(string(log), "started 1.0.0") != 1 {
+		t.Fatalf("service log: the old release restarted or the new one started:\n%s", log)
+	}
+}

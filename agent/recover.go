@@ -103,16 +103,18 @@ func foundEpoch(found []*foundProc, epoch uint64) int {
 // removeStaleNotify removes the notify sockets an earlier agent left of
 // processes that no longer run (an agent killed with -9 leaves them).
 func (a *agent) removeStaleNotify(keep map[string]bool) {
-	entries, err := os.ReadDir(a.notifyDir())
-	if err != nil {
-		return
-	}
-	for _, e := range entries {
-		path := filepath.Join(a.notifyDir(), e.Name())
-		if keep[path] || e.Type()&os.ModeSocket == 0 || strings.HasPrefix(e.Name(), ".") {
+	for _, dir := range []string{a.notifyDir(), a.notifyUsersDir()} {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
 			continue
 		}
-		_ = os.Remove(path)
+		for _, e := range entries {
+			path := filepath.Join(dir, e.Name())
+			if keep[path] || e.Type()&os.ModeSocket == 0 || strings.HasPrefix(e.Name(), ".") {
+				continue
+			}
+			_ = os.Remove(path)
+		}
 	}
 }
 

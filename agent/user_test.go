@@ -121,3 +121,91 @@ func TestRunAsUser(t *testing.T) {
 		t.Fatal("the running release was touched")
 	}
 }
+
+// TestExecChecksRunAsUser: with run.user the release's exec checks run as
+// that user and group (not as the agent, root), from the release's
+// directory, which is theirs.
+func TestExecChecksRunAsUser(t *testing.T) {
+	u := testUser(t)
+	fc := newFakeCoordinator(t)
+	dataDir := t.TempDir()
+	traversable(t, dataDir)
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: dataDir}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := runAgent(t, ctx, cfg, testOptions())
+	t.Cleanup(func() {
+		cancel()
+		waitDone(t, done)
+	})
+	check := "#!/bin/sh\necho \"check uid=$(id -u) gid=$(id -g)\" > ./checked-as.tmp && mv ./checked-as.tmp ./checked-as\n"
+	art := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": check})
+	a := testAssignment("1.0.0", 1, fc.addArtifact(art), int64(len(art)), "")
+	a.Spec.Run.User = u.Username
+	fc.assign(a)
+	fc.waitFor(t, "1.0.0 healthy", time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 1, v1.Phase_PHASE_HEALTHY, "1.0.0")
+	})
+	got, err := os.ReadFile(filepath.Join(dataDir, "releases", testSvc, "1.0.0", "checked-as"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("check uid=%s gid=%s\n", u.Uid, u.Gid); string(got) != want {
+		t.Fatalf("the exec check ran as %q, want %q", got, want)
+	}
+}
+
+// TestNotifyAsUser: a service with run.user and ready: notify gets a notify
+// socket its user can reach (in notify-users/, mode 0711: passed through,
+// not listed; the socket 0600 and the user's), says READY=1 from its own
+// process and becomes healthy; its socket is reachable by no other user:
+// the agent's own notify directory stays 0700.
+func TestNotifyAsUser(t *testing.T) {
+	const py = "/usr/bin/python3"
+	if _, err := os.Stat(py); err != nil {
+		t.Skip("no " + py + " to send READY=1 from the service")
+	}
+	u := testUser(t)
+	fc := newFakeCoordinator(t)
+	dataDir := t.TempDir()
+	traversable(t, dataDir)
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: dataDir}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := runAgent(t, ctx, cfg, testOptions())
+	t.Cleanup(func() {
+		cancel()
+		waitDone(t, done)
+	})
+	// The service's own process (exec'd) sends READY=1, then sleeps.
+	run := "#!/bin/sh\necho \"service uid=$(id -u) notify=$NOTIFY_SOCKET\"\nexec " + py +
+		" -c 'import os, socket, time; s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b\"READY=1\", os.environ[\"NOTIFY_SOCKET\"]); print(\"ready sent\", flush=True); time.sleep(300)'\n"
+	art := tarGz(t, map[string]string{"run.sh": run, "check.sh": goodCheck})
+	a := testAssignment("1.0.0", 1, fc.addArtifact(art), int64(len(art)), "")
+	a.Spec.Run.User = u.Username
+	a.Spec.Run.Ready = "notify"
+	a.Spec.Run.ReadyTimeout = durationpb.New(20 * time.Second)
+	fc.assign(a)
+	fc.waitFor(t, "1.0.0 healthy", time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 1, v1.Phase_PHASE_HEALTHY, "1.0.0")
+	})
+	log, err := os.ReadFile(filepath.Join(dataDir, "logs", testSvc+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dataDir, "notify-users", testSvc+"-1")
+	if !strings.Contains(string(log), "service uid="+u.Uid+" notify="+sock) || !strings.Contains(string(log), "ready sent") {
+		t.Fatalf("service log:\n%s", log)
+	}
+	fi, err := os.Lstat(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if fi.Mode().Type() != os.ModeSocket || fi.Mode().Perm() != 0o600 || strconv.Itoa(int(st.Uid)) != u.Uid || strconv.Itoa(int(st.Gid)) != u.Gid {
+		t.Errorf("notify socket %s: mode %v, owner %d:%d; want a socket 0600 of %s:%s", sock, fi.Mode(), st.Uid, st.Gid, u.Uid, u.Gid)
+	}
+	for dir, mode := range map[string]os.FileMode{filepath.Dir(sock): 0o711, filepath.Join(dataDir, "notify"): 0o700} {
+		if fi, err := os.Stat(dir); err == nil && fi.Mode().Perm() != mode {
+			t.Errorf("%s: mode %v, want %v", dir, fi.Mode().Perm(), mode)
+		}
+	}
+}

@@ -88,11 +88,8 @@ func validateAssignment(a *v1.Assignment, hostID string, labels map[string]strin
 	if err := checkHooks(s, hostID, labels); err != nil {
 		return err
 	}
-	if ra, err := lookupRunAs(s.GetRun()); err != nil {
+	if _, err := lookupRunAs(s.GetRun()); err != nil {
 		return err
-	} else if ra != nil && s.GetRun().GetReady() == spec.ReadyNotify {
-		// The notify socket lives in the agent's private directory.
-		return fmt.Errorf("spec.run.ready: %q with spec.run.user %q is not supported yet (the notify socket is the agent's)", spec.ReadyNotify, s.GetRun().GetUser())
 	}
 	if _, _, _, _, err := compileAnalysis(a, hostID, labels); err != nil {
 		return err
@@ -102,7 +99,7 @@ func validateAssignment(a *v1.Assignment, hostID string, labels map[string]strin
 		if err != nil {
 			return err
 		}
-		if _, err := probe.New(ec, dir); err != nil {
+		if _, err := probe.New(ec, dir, nil); err != nil {
 			return fmt.Errorf("spec.checks[%d].%w", i, err) // probe names the field inside the check
 		}
 	}

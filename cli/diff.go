@@ -121,6 +121,11 @@ func DiffRollout(prev, cur *v1.Rollout) []string {
 		}
 		out = append(out, line)
 		switch {
+		case cur.GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED && cur.GetLeft():
+			out = append(out, fmt.Sprintf("ALERT: the hosts it reached stay removed, the others the selector left keep %s; %s is frozen; after a look: fleetwave service unfreeze %s (the removal runs again)",
+				versionOrNone(cur.GetFromVersion()), cur.GetService(), cur.GetService()))
+		case cur.GetState() == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED && cur.GetLeft():
+			out = append(out, fmt.Sprintf("removed from every host the selector left; %s runs on the hosts it selects", cur.GetService()))
 		case cur.GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED && cur.GetRemove():
 			out = append(out, fmt.Sprintf("ALERT: the hosts it reached stay removed, the others keep %s; %s stays being deleted and is frozen; after a look: fleetwave service delete %s",
 				versionOrNone(cur.GetFromVersion()), cur.GetService(), cur.GetService()))

@@ -55,7 +55,10 @@ func (a *app) serviceCmd() *cobra.Command {
 			fmt.Fprintf(a.stdout, "service %s updated: %s\n", s.GetName(), rev)
 			if r := resp.GetRollout(); r != nil {
 				what := "rollout"
-				if rollout.IsConfig(r) {
+				switch {
+				case r.GetRemove():
+					what = "removal"
+				case rollout.IsConfig(r):
 					what = "config rollout"
 				}
 				fmt.Fprintf(a.stdout, "%s %s started: %s%s, %s; follow it with: fleetwave rollout watch %s\n",

@@ -129,8 +129,30 @@ func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string)
 		return l.reconcile(ctx, fence, name)
 	}
 
-	d := rollout.Decide(svc, cur, vr.Created, l.releases(name))
+	dr, created, err := l.deciding(name, vr)
+	if err != nil {
+		return time.Time{}, err
+	}
+	d := rollout.Decide(svc, dr, created, l.releases(name))
 	switch d.Action {
+	case rollout.ActionLeave:
+		// The hosts the selector leaves out are removed in waves.
+		r, st, res := rollout.BeginLeave(svc, dr, l.hosts(), l.observe(name), now)
+		if r != nil {
+			return res.NextWake, l.start(ctx, fence, vs, r, st, res, "", now)
+		}
+		next := proto.Clone(svc).(*v1.Service)
+		next.Status = st
+		msg := fmt.Sprintf("selector %s recorded: no host that has the service is left out", rollout.FmtLabels(svc.GetSpec().GetSelector()))
+		rev, err := l.c.store.PutService(ctx, fence, next, vs.Rev, event(cur, name, rollout.EventSpecRecorded, "", msg, now))
+		if err != nil {
+			return time.Time{}, err
+		}
+		log.Info().Msg(msg)
+		if err := l.c.mirror.WaitRev(ctx, rev); err != nil {
+			return time.Time{}, err
+		}
+		return l.reconcile(ctx, fence, name)
 	case rollout.ActionSupersede:
 		next := rollout.Supersede(cur, d.Reason, now)
 		ev := event(next, name, rollout.EventRolloutSuperseded, "", next.GetReason(), now)
@@ -178,6 +200,24 @@ func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string)
 		return res.NextWake, nil
 	}
 	return res.NextWake, l.commit(ctx, fence, vs, next, vr.Rev, engineEvents(next, res.Events, now))
+}
+
+// deciding is the rollout rollout.Decide is given and the revision that
+// created it: the newest (vr), or, when that is an ended removal of hosts
+// a selector left out, the one before it (rollout.Deciding).
+func (l *leader) deciding(name string, vr store.Versioned[*v1.Rollout]) (*v1.Rollout, int64, error) {
+	for vr.Val != nil && !rollout.Deciding(vr.Val) {
+		id := rollout.PrevID(vr.Val)
+		if id == "" {
+			return nil, 0, nil
+		}
+		prev, ok := l.c.mirror.Rollout(name, id)
+		if !ok {
+			return nil, 0, fmt.Errorf("rollout %s/%s before removal %s is missing", name, id, vr.Val.GetId())
+		}
+		vr = prev
+	}
+	return vr.Val, vr.Created, nil
 }
 
 // observe is what the mirror and gossip say of a host, for the engine.

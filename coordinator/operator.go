@@ -108,6 +108,9 @@ func specOutcome(svc *v1.Service, r *v1.Rollout, rev int64) (*v1.Rollout, string
 		return nil, fmt.Sprintf("%s stored; %s was applied since", spec, rollout.SpecName(svc.GetSpecRevision()))
 	case r != nil && !rollout.Terminal(r) && r.GetSpecRevision() == rev:
 		return r, ""
+	case r.GetLeft() && !rollout.Terminal(r):
+		return r, fmt.Sprintf("%s: removal %s stops and removes the service in waves on the %d host(s) the selector leaves out; the others keep running (what else the spec changes rolls out after it)",
+			spec, r.GetId(), hostsIn(r))
 	case st.GetStableSpecRevision() == rev:
 		return nil, fmt.Sprintf("%s recorded without a rollout: it changes nothing hosts run", spec)
 	case st.GetStableVersion() == "":

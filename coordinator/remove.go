@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
-	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -36,14 +34,11 @@ import (
 //   - A host's labels are recorded when its agent says hello with other
 //     ones; then every service it leaves or joins gets a host_left or
 //     host_joined event and the audit log an entry (actor: the agent). A
-//     spec whose selector changes records the hosts it moves the same way
-//     (ApplyService's own audit entry names the caller).
-
-// Event kinds of hosts moving (the engine's vocabulary has the others).
-const (
-	EventHostLeft   = "host_left"
-	EventHostJoined = "host_joined"
-)
+//     spec whose selector changes records the hosts it adds as host_joined
+//     events (ApplyService's own audit entry names the caller); the hosts
+//     it leaves out are removed in waves by a removal the leader begins
+//     (rollout.ActionLeave, rollout.BeginLeave), whose creation records a
+//     host_left event for each.
 
 func (o *operator) DeleteService(ctx context.Context, req *v1.DeleteServiceRequest) (*v1.DeleteServiceResponse, error) {
 	if err := spec.CheckName("name", req.GetName()); err != nil {
@@ -133,9 +128,12 @@ func (c *Coordinator) hostMoved(ctx context.Context, host string, old, labels ma
 			continue
 		}
 		name := svc.GetSpec().GetName()
-		kind, msg := EventHostJoined, fmt.Sprintf("%s now matches the selector %s (labels %s): it is assigned %s", host, fmtLabels(sel), fmtLabels(labels), st.GetStableVersion())
+		kind, msg := rollout.EventHostJoined, fmt.Sprintf("%s now matches the selector %s (labels %s): it is assigned %s", host, rollout.FmtLabels(sel), rollout.FmtLabels(labels), st.GetStableVersion())
 		if was {
-			kind, msg = EventHostLeft, fmt.Sprintf("%s no longer matches the selector %s (labels %s): the service is stopped and removed there", host, fmtLabels(sel), fmtLabels(labels))
+			kind, msg = rollout.EventHostLeft, fmt.Sprintf("%s no longer matches the selector %s (labels %s): the service is stopped and removed there", host, rollout.FmtLabels(sel), rollout.FmtLabels(labels))
+			if rollout.Selects(rollout.Placement(svc), labels) {
+				msg = fmt.Sprintf("%s no longer matches the selector %s (labels %s): it keeps the stable release until the removal of the hosts the selector leaves out reaches it", host, rollout.FmtLabels(sel), rollout.FmtLabels(labels))
+			}
 			left = append(left, name)
 		} else {
 			joined = append(joined, name)
@@ -150,11 +148,13 @@ func (c *Coordinator) hostMoved(ctx context.Context, host string, old, labels ma
 	}
 	c.putAudit(ctx, &v1.AuditEntry{At: timestamppb.Now(), Actor: "agent:" + host, Role: "agent", Method: "hello: labels changed",
 		Target: "host " + host, Result: codes.OK.String(), Coordinator: c.cfg.Name,
-		Message: clip(fmt.Sprintf("labels %s -> %s; left %v, joined %v", fmtLabels(old), fmtLabels(labels), left, joined), 512)})
+		Message: clip(fmt.Sprintf("labels %s -> %s; left %v, joined %v", rollout.FmtLabels(old), rollout.FmtLabels(labels), left, joined), 512)})
 	c.log.Info().Str("host", host).Strs("left", left).Strs("joined", joined).Msg("host labels changed")
 }
 
-// selectorMoved records the hosts a changed selector moves, as events.
+// selectorMoved records the hosts a changed selector adds, as
+// host_joined events (those it leaves out are recorded by their removal,
+// rollout.BeginLeave).
 func (c *Coordinator) selectorMoved(ctx context.Context, svc *v1.Service, old map[string]string, by string) {
 	sel := svc.GetSpec().GetSelector()
 	st := svc.GetStatus()
@@ -164,16 +164,12 @@ func (c *Coordinator) selectorMoved(ctx context.Context, svc *v1.Service, old ma
 	now := time.Now()
 	var evs []*v1.Event
 	for _, h := range c.mirror.Hosts() {
-		was, is := rollout.Selects(old, h.GetLabels()), rollout.Selects(sel, h.GetLabels())
-		if was == is {
+		if rollout.Selects(old, h.GetLabels()) || !rollout.Selects(sel, h.GetLabels()) {
 			continue
 		}
-		kind, msg := EventHostJoined, fmt.Sprintf("the selector %s now selects %s: it is assigned %s", fmtLabels(sel), h.GetId(), st.GetStableVersion())
-		if was {
-			kind, msg = EventHostLeft, fmt.Sprintf("the selector %s no longer selects %s: the service is stopped and removed there", fmtLabels(sel), h.GetId())
-		}
 		evs = append(evs, &v1.Event{At: timestamppb.New(now), Service: svc.GetSpec().GetName(), RolloutId: st.GetLastRolloutId(),
-			Kind: kind, Wave: rollout.NoWave, Host: h.GetId(), Actor: by, Message: msg})
+			Kind: rollout.EventHostJoined, Wave: rollout.NoWave, Host: h.GetId(), Actor: by,
+			Message: fmt.Sprintf("the selector %s now selects %s: it is assigned %s", rollout.FmtLabels(sel), h.GetId(), st.GetStableVersion())})
 	}
 	if len(evs) == 0 {
 		return
@@ -198,14 +194,4 @@ func (c *Coordinator) putEvents(ctx context.Context, evs []*v1.Event) error {
 		evs = evs[n:]
 	}
 	return nil
-}
-
-// fmtLabels is "{k=v, ...}" in key order.
-func fmtLabels(l map[string]string) string {
-	kv := make([]string, 0, len(l))
-	for k, v := range l {
-		kv = append(kv, k+"="+v)
-	}
-	sort.Strings(kv)
-	return "{" + strings.Join(kv, ", ") + "}"
 }

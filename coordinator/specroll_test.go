@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -352,7 +353,7 @@ func TestDeleteServiceAndHostsMoving(t *testing.T) {
 		}
 		return nil
 	})
-	if evs := events()[EventHostLeft]; len(evs) != 1 || evs[0].GetHost() != "h2" || !strings.Contains(evs[0].GetMessage(), "no longer matches") {
+	if evs := events()[rollout.EventHostLeft]; len(evs) != 1 || evs[0].GetHost() != "h2" || !strings.Contains(evs[0].GetMessage(), "no longer matches") {
 		t.Errorf("host_left events: %v", evs)
 	}
 	hosts, err := op.ListHosts(ctx, &v1.ListHostsRequest{})
@@ -376,7 +377,7 @@ func TestDeleteServiceAndHostsMoving(t *testing.T) {
 	// Back in the selector: the stable release again.
 	h2.connect(t, ctx, web)
 	waitFor("h2 back on v1", runs(h2, "v1"))
-	if evs := events()[EventHostJoined]; len(evs) != 1 || evs[0].GetHost() != "h2" {
+	if evs := events()[rollout.EventHostJoined]; len(evs) != 1 || evs[0].GetHost() != "h2" {
 		t.Errorf("host_joined events: %v", evs)
 	}
 
@@ -452,5 +453,113 @@ func TestDeleteServiceAndHostsMoving(t *testing.T) {
 	}
 	for _, a := range agents {
 		waitFor(a.id+" on v3", runs(a, "v3"))
+	}
+}
+
+// TestSelectorChangeRemovesInWaves, against real etcd with agents on real
+// streams: a spec whose selector leaves out two of three hosts that run the
+// service begins a removal of exactly those two, through the policy's
+// waves (one host each) with a host_left event each; the first is removed
+// before the second is told to; the host that stays keeps its assignment;
+// then the selector is the one hosts are placed by, and a release rolls
+// out to the host that stays only.
+func TestSelectorChangeRemovesInWaves(t *testing.T) {
+	cc := startCoordinator(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	op := v1.NewOperatorServiceClient(cc)
+	spec := &v1.ServiceSpec{Name: "web", Selector: map[string]string{"role": "web"}, Run: &v1.RunSpec{Command: []string{"./app"}},
+		Rollout: &v1.RolloutPolicy{Canary: 1, Waves: []uint32{50, 100}, MaxParallel: 1, Bake: durationpb.New(0)}}
+	if _, err := op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	var agents []*specAgent
+	for i, zone := range []string{"a", "b", "b"} {
+		agents = append(agents, startSpecAgent(t, ctx, cc, fmt.Sprintf("h%d", i), map[string]string{"role": "web", "zone": zone}))
+	}
+	waitHosts(t, ctx, op, 3)
+	release := func(v string) {
+		art := upload(t, ctx, cc, []byte("artifact "+v))
+		if _, err := op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: v, Artifact: art}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	release("v1")
+	waitRollout(t, ctx, op, "v1 done", func(r *v1.Rollout) bool { return r.GetToVersion() == "v1" && r.GetState() == rOK })
+
+	narrow := proto.Clone(spec).(*v1.ServiceSpec)
+	narrow.Selector = map[string]string{"role": "web", "zone": "a"}
+	resp, err := op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: narrow})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rm := resp.GetRollout()
+	if !rm.GetLeft() || !rm.GetRemove() || hostsIn(rm) != 2 || len(rm.GetWaves()) != 2 || !strings.Contains(resp.GetNote(), "in waves") {
+		t.Fatalf("apply of a narrower selector: rollout %v, note %q", rm, resp.GetNote())
+	}
+	done := waitRollout(t, ctx, op, "removal done", func(r *v1.Rollout) bool { return r.GetId() == rm.GetId() && r.GetState() == rOK })
+	var order []string
+	for _, w := range done.GetWaves() {
+		for _, h := range w.GetHosts() {
+			order = append(order, h.GetHostId())
+		}
+	}
+	if !slices.Equal(order, []string{"h1", "h2"}) && !slices.Equal(order, []string{"h2", "h1"}) {
+		t.Fatalf("removal plan %v", order)
+	}
+	for _, a := range agents[1:] {
+		if !a.removed() {
+			t.Errorf("%s did not remove the service", a.id)
+		}
+	}
+	if runs, _, last, _ := agents[0].state(); runs != "v1" || last != "v1" {
+		t.Errorf("h0, still selected, runs %q, told %q", runs, last)
+	}
+	evs, err := op.ListEvents(ctx, &v1.ListEventsRequest{Service: "web", RolloutId: rm.GetId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left, seq []string
+	for _, e := range evs.GetEvents() {
+		switch e.GetKind() {
+		case rollout.EventHostLeft:
+			left = append(left, e.GetHost())
+		case rollout.EventHostAssigned, rollout.EventHostDone:
+			seq = append(seq, e.GetKind()+" "+e.GetHost())
+		}
+	}
+	slices.Sort(left)
+	if !slices.Equal(left, []string{"h1", "h2"}) {
+		t.Errorf("host_left events of the removal: %v", left)
+	}
+	// Waves of one host: the first is done before the second is assigned.
+	want := []string{"host_assigned " + order[0], "host_done " + order[0], "host_assigned " + order[1], "host_done " + order[1]}
+	if !slices.Equal(seq, want) {
+		t.Errorf("removal events %v, want %v", seq, want)
+	}
+	svc, err := op.GetService(ctx, &v1.GetServiceRequest{Name: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := svc.GetService().GetStatus(); st.GetRemoving() || st.GetRemoved() || st.GetStableVersion() != "v1" || !maps.Equal(st.GetStableSpec().GetSelector(), narrow.GetSelector()) {
+		t.Fatalf("after the removal: %v", st)
+	}
+
+	// A release now rolls out to the host that stays only.
+	release("v2")
+	r2 := waitRollout(t, ctx, op, "v2 done", func(r *v1.Rollout) bool { return r.GetToVersion() == "v2" && r.GetState() == rOK })
+	if hostsIn(r2) != 1 {
+		t.Errorf("v2 rolled out to %d host(s)", hostsIn(r2))
+	}
+	testkit.EventuallyErr(t, 30*time.Second, "h0 on v2", func() error {
+		if runs, _, _, _ := agents[0].state(); runs != "v2" {
+			return fmt.Errorf("h0 runs %q", runs)
+		}
+		return nil
+	})
+	for _, a := range agents[1:] {
+		if !a.removed() {
+			t.Errorf("%s has the service again", a.id)
+		}
 	}
 }

@@ -42,7 +42,7 @@
 // one that served running (FAILED, saying so), rather than nothing.
 //
 // Hooks. The machine decides when a release's hooks run (ActHook, a long
-// step; HookOf reads them from the spec, run.pre_stop being before_stop's
+// step; internal/hookspec reads them from the spec, run.pre_stop being before_stop's
 // alias): after_install once the release is staged, before the switch;
 // before_start right before its process starts; after_start once that
 // process is ready and serves alone, before its checks; validate once the

@@ -14,6 +14,7 @@ func TestPureImports(t *testing.T) {
 		"fmt": true, "strings": true, "time": true,
 		"github.com/fleetwave/fleetwave/proto/fleetwave/v1":  true,
 		"github.com/fleetwave/fleetwave/internal/specdiff":   true,
+		"github.com/fleetwave/fleetwave/internal/hookspec":   true,
 		"google.golang.org/protobuf/types/known/timestamppb": true,
 	}, 2)
 }

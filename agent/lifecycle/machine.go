@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fleetwave/fleetwave/internal/hookspec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -134,6 +135,9 @@ type Machine struct {
 	lastGood  *v1.Assignment
 	target    *v1.Assignment
 	currentOK bool // current passed its checks and has not been restarted since
+	// targetEpoch is the epoch of the process started for target by the
+	// install under way (0: none yet; Snapshot.TargetEpoch).
+	targetEpoch uint64
 
 	// The service's processes. procs serve (one, or two found at Restore);
 	// fresh is the one being started until it is ready and the old ones are
@@ -224,15 +228,16 @@ func New(service string) *Machine {
 // kept for a handover keeps running.
 func Restore(s Snapshot, found []Running, now time.Time) (*Machine, []Action) {
 	m := &Machine{
-		service:  s.Service,
-		phase:    s.Phase,
-		gen:      s.Generation,
-		reason:   s.Reason,
-		current:  s.Current,
-		lastGood: s.LastGood,
-		target:   s.Target,
-		now:      now,
-		restored: s.Phase,
+		service:     s.Service,
+		phase:       s.Phase,
+		gen:         s.Generation,
+		reason:      s.Reason,
+		current:     s.Current,
+		lastGood:    s.LastGood,
+		target:      s.Target,
+		now:         now,
+		restored:    s.Phase,
+		targetEpoch: s.TargetEpoch,
 		// HEALTHY and REVERTED mean the current release passed its checks.
 		currentOK: s.CurrentOK || s.Phase == v1.Phase_PHASE_HEALTHY || s.Phase == v1.Phase_PHASE_REVERTED,
 	}
@@ -245,10 +250,16 @@ func Restore(s Snapshot, found []Running, now time.Time) (*Machine, []Action) {
 	}
 	cur, good, tgt := Version(s.Current), Version(s.LastGood), Version(s.Target)
 	// A config install (or its revert): a found process of the release
-	// may run either spec, so it is not adopted as the target's or the last
-	// good's: it is stopped (or handed over from) like one of another
-	// release (spec.go).
+	// runs the target's spec when its epoch is the target's (TargetEpoch),
+	// else the last good's. Without a recorded epoch it may run either, so
+	// it is not adopted as the target's or the last good's: it is stopped
+	// (or handed over from) like one of another release (spec.go).
 	specInstall := specChange(s.Target, s.LastGood)
+	targetOf, goodOf := m.foundOf(tgt), m.foundOf(good)
+	if specInstall && s.TargetEpoch != 0 {
+		targetOf, goodOf = m.foundEpoch(tgt, func(e uint64) bool { return e == s.TargetEpoch }), m.foundEpoch(good, func(e uint64) bool { return e != s.TargetEpoch })
+		specInstall = false
+	}
 	switch s.Phase {
 	case v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_VERIFYING, v1.Phase_PHASE_STAGING, v1.Phase_PHASE_SWITCHING:
 		p := m.foundOf(cur)
@@ -280,18 +291,18 @@ func Restore(s Snapshot, found []Running, now time.Time) (*Machine, []Action) {
 		}
 		m.op = opInstall
 		m.currentOK = false
-		if p := m.foundOf(tgt); p != nil && !specInstall {
+		if p := targetOf; p != nil && !specInstall {
 			if m.keep(p, m.target) {
 				// The handover was under way: the old process goes first.
 				m.setPhase(v1.Phase_PHASE_STARTING, false)
 				m.stopProc(m.procs[0], stopOld)
 				return m, m.take()
 			}
-			if s.Phase == v1.Phase_PHASE_STARTING && HookOf(m.target, HookAfterStart) != nil {
+			if s.Phase == v1.Phase_PHASE_STARTING && hookspec.Of(m.target.GetSpec(), hookspec.AfterStart) != nil {
 				// Its after_start may not have run (or not to its end):
 				// hooks run at least once.
 				m.setPhase(v1.Phase_PHASE_STARTING, false)
-				m.startHook(HookAfterStart, m.target, p, 0)
+				m.startHook(hookspec.AfterStart, m.target, p, 0)
 				return m, m.take()
 			}
 			m.phase = v1.Phase_PHASE_CHECKING
@@ -309,7 +320,7 @@ func Restore(s Snapshot, found []Running, now time.Time) (*Machine, []Action) {
 		m.op = opRevert
 		m.currentOK = false
 		m.report()
-		if p := m.foundOf(good); p != nil && !specInstall {
+		if p := goodOf; p != nil && !specInstall {
 			// The revert had started the last good release: re-check it.
 			beside := m.keep(p, m.lastGood)
 			m.switched = true
@@ -374,6 +385,17 @@ func (s *Snapshot) release(v string) *v1.Assignment {
 func (m *Machine) foundOf(v string) *proc {
 	for _, p := range m.procs {
 		if v != "" && p.v == v {
+			return p
+		}
+	}
+	return nil
+}
+
+// foundEpoch is the process found running of release v whose epoch is
+// one of, nil if none.
+func (m *Machine) foundEpoch(v string, of func(uint64) bool) *proc {
+	for _, p := range m.procs {
+		if v != "" && p.v == v && of(p.epoch) {
 			return p
 		}
 	}
@@ -528,14 +550,15 @@ func (m *Machine) Watching() bool { return m.chk.active && m.chk.watching }
 // Snapshot is the durable state now.
 func (m *Machine) Snapshot() *Snapshot {
 	s := &Snapshot{
-		Service:    m.service,
-		Phase:      m.phase,
-		Generation: m.gen,
-		Reason:     m.reason,
-		Current:    m.current,
-		LastGood:   m.lastGood,
-		Target:     m.target,
-		CurrentOK:  m.currentOK && m.current != nil,
+		Service:     m.service,
+		Phase:       m.phase,
+		Generation:  m.gen,
+		Reason:      m.reason,
+		Current:     m.current,
+		LastGood:    m.lastGood,
+		Target:      m.target,
+		CurrentOK:   m.currentOK && m.current != nil,
+		TargetEpoch: m.targetEpoch,
 	}
 	if m.chk.active && m.chk.watching {
 		s.WatchUntil, s.Previous = m.chk.watchUntil, m.chk.prevGood
@@ -608,8 +631,8 @@ func (m *Machine) startStep(k ActionKind, a *v1.Assignment) {
 // op goes on with launched once the new process is ready (and the old one
 // stopped), or with launchFailed.
 func (m *Machine) launch(a *v1.Assignment) {
-	if HookOf(a, HookBeforeStart) != nil {
-		m.startHook(HookBeforeStart, a, nil, 0) // then emitStart
+	if hookspec.Of(a.GetSpec(), hookspec.BeforeStart) != nil {
+		m.startHook(hookspec.BeforeStart, a, nil, 0) // then emitStart
 		return
 	}
 	m.emitStart(a)
@@ -618,6 +641,14 @@ func (m *Machine) launch(a *v1.Assignment) {
 // emitStart emits the ActStart of launch.
 func (m *Machine) emitStart(a *v1.Assignment) {
 	m.epoch++
+	if m.op == opInstall && a == m.target {
+		m.targetEpoch = m.epoch
+		if specChange(m.target, m.lastGood) {
+			// Durable before the start: after an agent restart the epoch
+			// tells the new spec's process from the old one's (spec.go).
+			m.persist()
+		}
+	}
 	m.fresh = &proc{epoch: m.epoch, v: Version(a), a: a}
 	m.readyBy = time.Time{}
 	m.seq++
@@ -628,8 +659,8 @@ func (m *Machine) emitStart(a *v1.Assignment) {
 // stopProc stops p (ActStop), drained when it has been serving: its
 // release's before_stop runs first (ActHook), when it has one.
 func (m *Machine) stopProc(p *proc, why stopKind) {
-	if p.ready && HookOf(p.a, HookBeforeStop) != nil {
-		m.startHook(HookBeforeStop, p.a, p, why) // then emitStop
+	if p.ready && hookspec.Of(p.a.GetSpec(), hookspec.BeforeStop) != nil {
+		m.startHook(hookspec.BeforeStop, p.a, p, why) // then emitStop
 		return
 	}
 	m.emitStop(p, why)
@@ -726,8 +757,8 @@ func (m *Machine) launched(t time.Time) {
 	case opRecover:
 		a = m.recWhat
 	}
-	if a != nil && HookOf(a, HookAfterStart) != nil {
-		m.startHook(HookAfterStart, a, m.procs[0], 0) // then checkLaunched
+	if a != nil && hookspec.Of(a.GetSpec(), hookspec.AfterStart) != nil {
+		m.startHook(hookspec.AfterStart, a, m.procs[0], 0) // then checkLaunched
 		return
 	}
 	m.checkLaunched(t)
@@ -876,6 +907,7 @@ func (m *Machine) apply(p *pendingAssign, t time.Time) {
 		return
 	}
 	m.target = p.a
+	m.targetEpoch = 0
 	m.reason = ""
 	m.op = opInstall
 	m.setPhase(v1.Phase_PHASE_FETCHING, true)
@@ -959,8 +991,8 @@ func (m *Machine) installDone(k ActionKind, err error, t time.Time) {
 			m.setPhase(v1.Phase_PHASE_STAGING, true)
 			m.startStep(ActStage, m.target)
 		case ActStage:
-			if HookOf(m.target, HookAfterInstall) != nil {
-				m.startHook(HookAfterInstall, m.target, nil, 0) // then afterInstallDone
+			if hookspec.Of(m.target.GetSpec(), hookspec.AfterInstall) != nil {
+				m.startHook(hookspec.AfterInstall, m.target, nil, 0) // then afterInstallDone
 				return
 			}
 			m.setPhase(v1.Phase_PHASE_SWITCHING, true)
@@ -1471,9 +1503,9 @@ func (m *Machine) inconclusiveWhy() string {
 func (m *Machine) checksPassed(t time.Time) {
 	switch m.op {
 	case opInstall:
-		if !m.chk.validated && HookOf(m.chk.a, HookValidate) != nil {
+		if !m.chk.validated && hookspec.Of(m.chk.a.GetSpec(), hookspec.Validate) != nil {
 			// The checks (and the analysis) passed: validate, then HEALTHY.
-			m.startHook(HookValidate, m.chk.a, m.procs[0], 0) // then validateDone
+			m.startHook(hookspec.Validate, m.chk.a, m.procs[0], 0) // then validateDone
 			return
 		}
 		m.op = opNone
@@ -1548,11 +1580,11 @@ func (m *Machine) startHook(name string, a *v1.Assignment, p *proc, why stopKind
 	m.inflight = ActHook
 	m.hook = &hookRun{name: name, a: a, p: p, why: why}
 	act := Action{Kind: ActHook, Seq: m.seq, Hook: name, Version: Version(a), Assignment: a,
-		Timeout: HookTimeout(a, name), Operation: m.operation()}
+		Timeout: hookspec.Timeout(a.GetSpec(), name), Operation: m.operation()}
 	if p != nil {
 		act.Epoch = p.epoch
 	}
-	if name == HookBeforeStop {
+	if name == hookspec.BeforeStop {
 		act.Next = m.nextVersion()
 	} else {
 		act.Previous = m.previousVersion()
@@ -1618,7 +1650,7 @@ func (m *Machine) hookDone(err error, output string, t time.Time) {
 	if err != nil {
 		note := ""
 		switch {
-		case h.name != HookBeforeStop:
+		case h.name != hookspec.BeforeStop:
 		case m.keepsOnFailedStop(h):
 			note = fmt.Sprintf(" (%s keeps running)", Version(h.a))
 		default:
@@ -1627,25 +1659,25 @@ func (m *Machine) hookDone(err error, output string, t time.Time) {
 		why = hookFailure(h, note, err, output)
 	}
 	switch h.name {
-	case HookAfterInstall:
+	case hookspec.AfterInstall:
 		m.afterInstallDone(why, t)
-	case HookBeforeStop:
+	case hookspec.BeforeStop:
 		m.beforeStopDone(h, why, t)
-	case HookBeforeStart:
+	case hookspec.BeforeStart:
 		if why != "" && m.op == opInstall {
 			m.beginRevert(fmt.Sprintf("%s: %s", Version(m.target), why), t)
 			return
 		}
 		m.noteHook(why)
 		m.emitStart(h.a)
-	case HookAfterStart:
+	case hookspec.AfterStart:
 		if why != "" && m.op == opInstall {
 			m.beginRevert(fmt.Sprintf("%s: %s", Version(m.target), why), t)
 			return
 		}
 		m.noteHook(why)
 		m.checkLaunched(t)
-	case HookValidate:
+	case hookspec.Validate:
 		if d := m.deferred; d != "" {
 			m.deferred = ""
 			m.checksFailed(d, t)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetwave/fleetwave/internal/hookspec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
@@ -62,7 +63,11 @@ func (k restoreKind) String() string {
 
 // expectRestore decides what Restore must do with snapshot p when the
 // processes of found run, and the first phase it reports.
-func expectRestore(p *Snapshot, found []string) (restoreKind, v1.Phase) {
+func expectRestore(p *Snapshot, running []Running) (restoreKind, v1.Phase) {
+	var found []string
+	for _, f := range running {
+		found = append(found, f.Version)
+	}
 	cur, good, tgt := Version(p.Current), Version(p.LastGood), Version(p.Target)
 	has := func(v string) bool { return v != "" && slices.Contains(found, v) }
 	restored := p.Phase
@@ -84,10 +89,12 @@ func expectRestore(p *Snapshot, found []string) (restoreKind, v1.Phase) {
 			break
 		}
 		// A config install (the target is the last good release with a
-		// spec that runs differently): what runs of the release may run
+		// spec that runs differently): what runs of the release is the
+		// target's when its epoch is (TargetEpoch); without one it may run
 		// either spec, so it is not adopted.
-		if has(tgt) && len(found) == 1 && !specChange(p.Target, p.LastGood) {
-			if ph == v1.Phase_PHASE_STARTING && HookOf(p.Target, HookAfterStart) != nil {
+		isTarget := !specChange(p.Target, p.LastGood) || p.TargetEpoch != 0 && len(running) == 1 && running[0].Epoch == p.TargetEpoch
+		if has(tgt) && len(found) == 1 && isTarget {
+			if ph == v1.Phase_PHASE_STARTING && hookspec.Of(p.Target.GetSpec(), hookspec.AfterStart) != nil {
 				return restoreResumeInstall, v1.Phase_PHASE_STARTING // after_start runs again first
 			}
 			return restoreResumeInstall, v1.Phase_PHASE_CHECKING
@@ -396,7 +403,11 @@ func (s *sim) feedReady(e uint64) {
 // no other stop or start.
 func (s *sim) checkFreeze(acts []Action, i int) {
 	s.t.Helper()
-	froze := i > 0 && acts[i-1].Kind == ActFreezeBaseline
+	j := i - 1
+	for j >= 0 && acts[j].Kind == ActPersist && acts[i].Kind == ActStart {
+		j-- // a config install's epoch is made durable before its start
+	}
+	froze := j >= 0 && acts[j].Kind == ActFreezeBaseline
 	want := s.installSwitched && len(s.procs) > 0 && HasAnalysis(s.m.Target())
 	s.installSwitched = false
 	if froze != want {
@@ -492,7 +503,7 @@ func (s *sim) apply(acts []Action) {
 			}
 			// A process that served is stopped only after its release's
 			// before_stop ran (well, or in a revert or a recovery at all).
-			if a.Drain && HookOf(p.a, HookBeforeStop) != nil && !s.stopHooked[a.Epoch] {
+			if a.Drain && hookspec.Of(p.a.GetSpec(), hookspec.BeforeStop) != nil && !s.stopHooked[a.Epoch] {
 				s.fatalf("%v of %s without its before_stop", a, p.v)
 			}
 
@@ -533,7 +544,11 @@ func (s *sim) apply(acts []Action) {
 		case ActHook:
 			s.checkHook(acts, i)
 		case ActFreezeBaseline:
-			if i+1 == len(acts) || (acts[i+1].Kind != ActStop && acts[i+1].Kind != ActHook && !(acts[i+1].Kind == ActStart && acts[i+1].Beside)) {
+			j := i + 1
+			for j < len(acts) && acts[j].Kind == ActPersist {
+				j++ // a config install's epoch is made durable before its start
+			}
+			if j == len(acts) || (acts[j].Kind != ActStop && acts[j].Kind != ActHook && !(acts[j].Kind == ActStart && acts[j].Beside)) {
 				s.fatalf("%v not right before a stop or a start beside the old process", a)
 			}
 			if a.Version != s.link || !HasAnalysis(a.Assignment) {
@@ -550,7 +565,7 @@ func (s *sim) apply(acts []Action) {
 			}
 		case ActStart:
 			s.checkFreeze(acts, i)
-			if HookOf(a.Assignment, HookBeforeStart) != nil && (s.hookOK == nil || s.hookOK.Hook != HookBeforeStart) &&
+			if hookspec.Of(a.Assignment.GetSpec(), hookspec.BeforeStart) != nil && (s.hookOK == nil || s.hookOK.Hook != hookspec.BeforeStart) &&
 				!s.recovering && s.prev != v1.Phase_PHASE_REVERTING {
 				s.fatalf("%v of an install without its before_start", a)
 			}
@@ -717,7 +732,7 @@ func (s *sim) checkReport(r *v1.ServiceReport) {
 		if install && HasAnalysis(s.chkA) && s.verdict != VerdictPass {
 			s.fatalf("HEALTHY with analysis rules while the latest verdict is %v", s.verdict)
 		}
-		if install && HookOf(s.chkA, HookValidate) != nil && s.validated != s.chkEpoch {
+		if install && hookspec.Of(s.chkA.GetSpec(), hookspec.Validate) != nil && s.validated != s.chkEpoch {
 			s.fatalf("HEALTHY on %s without its validate", r.CurrentVersion)
 		}
 		if install {
@@ -948,7 +963,7 @@ func (s *sim) restart() {
 		versions = append(versions, f.Version)
 	}
 	s.found = found
-	s.restoring, s.restoreFirst = expectRestore(s.persisted, versions)
+	s.restoring, s.restoreFirst = expectRestore(s.persisted, found)
 	s.firstSeen = false
 	kind := s.restoring
 	s.restoredFrom = s.persisted.Phase
@@ -964,7 +979,13 @@ func (s *sim) restart() {
 	}
 	wantAdopt := wanted != "" && slices.Contains(versions, wanted)
 	if (kind == restoreResumeInstall || kind == restoreResumeRevert) && specChange(s.persisted.Target, s.persisted.LastGood) {
-		wantAdopt = false // a config install: what runs of the release may run either spec (spec.go)
+		// A config install: what runs of the release runs the target's spec
+		// when its epoch is the target's, else the last good's; without a
+		// recorded epoch it may run either (spec.go).
+		te := s.persisted.TargetEpoch
+		wantAdopt = te != 0 && slices.ContainsFunc(found, func(r Running) bool {
+			return r.Version == wanted && (r.Epoch == te) == (kind == restoreResumeInstall)
+		})
 	}
 	s.resumeBeside = kind == restoreAdoptSettled && wantAdopt && len(found) > 1
 	s.adoptingBeside = s.resumeBeside
@@ -1193,7 +1214,7 @@ func TestSimulation(t *testing.T) {
 	if h := st.handovers; h.beside == 0 || h.drained == 0 || h.notReady == 0 || h.exitedBeforeReady == 0 || h.foundBeside == 0 {
 		t.Errorf("handovers not exercised: %+v", h)
 	}
-	for _, name := range []string{HookAfterInstall, HookBeforeStart, HookAfterStart, HookValidate, HookBeforeStop} {
+	for _, name := range []string{hookspec.AfterInstall, hookspec.BeforeStart, hookspec.AfterStart, hookspec.Validate, hookspec.BeforeStop} {
 		if st.hooks.ran[name] == 0 || st.hooks.failed[name] == 0 {
 			t.Errorf("hook %s ran %d times, failed %d times: not exercised", name, st.hooks.ran[name], st.hooks.failed[name])
 		}
@@ -1223,33 +1244,33 @@ func TestSimulation(t *testing.T) {
 func (s *sim) checkHook(acts []Action, i int) {
 	s.t.Helper()
 	a := acts[i]
-	if HookOf(a.Assignment, a.Hook) == nil || a.Timeout != HookTimeout(a.Assignment, a.Hook) {
+	if hookspec.Of(a.Assignment.GetSpec(), a.Hook) == nil || a.Timeout != hookspec.Timeout(a.Assignment.GetSpec(), a.Hook) {
 		s.fatalf("%v: the release has no such hook, or timeout %v is not its own", a, a.Timeout)
 	}
 	s.hookStats.ran[a.Hook]++
 	p := s.procs[a.Epoch]
 	switch a.Hook {
-	case HookAfterInstall:
+	case hookspec.AfterInstall:
 		if s.prev != v1.Phase_PHASE_STAGING || a.Version != Version(s.m.Target()) || s.switchedSinceFetch || s.stoppedSinceFetch {
 			s.fatalf("%v in %v (target %q; switched %v, stopped %v since the fetch)", a, s.prev, Version(s.m.Target()), s.switchedSinceFetch, s.stoppedSinceFetch)
 		}
-	case HookBeforeStart:
+	case hookspec.BeforeStart:
 		s.checkFreeze(acts, i)
 		if s.link != a.Version {
 			s.fatalf("%v while `current` points at %q", a, s.link)
 		}
-	case HookAfterStart:
+	case hookspec.AfterStart:
 		if _, only := s.only(); only == nil || only != p || p.v != a.Version || !p.ready {
 			s.fatalf("%v (epoch %d) but %s runs", a, a.Epoch, s.procList())
 		}
-	case HookValidate:
+	case hookspec.Validate:
 		if !s.checking || !s.chkInstall || a.Epoch != s.chkEpoch || a.Version != Version(s.chkA) {
 			s.fatalf("%v outside an install's checks of that process (checking %v epoch %d)", a, s.checking, s.chkEpoch)
 		}
 		if s.passSince.IsZero() || s.now.Sub(s.passSince) < MinHealthyTime(s.chkA) {
 			s.fatalf("%v before the checks passed for %v", a, MinHealthyTime(s.chkA))
 		}
-	case HookBeforeStop:
+	case hookspec.BeforeStop:
 		// From the release being stopped, of a process that served.
 		s.checkFreeze(acts, i)
 		if p == nil || p.v != a.Version || !p.ready || p.a == nil {
@@ -1277,12 +1298,12 @@ func (s *sim) hookEnded(a Action, err error) {
 	if err == nil {
 		s.hookOK = &a
 		switch a.Hook {
-		case HookBeforeStop:
+		case hookspec.BeforeStop:
 			s.stopHooked[a.Epoch] = true
-		case HookValidate:
+		case hookspec.Validate:
 			s.validated = a.Epoch
 		}
-	} else if a.Hook == HookBeforeStop && !install {
+	} else if a.Hook == hookspec.BeforeStop && !install {
 		s.stopHooked[a.Epoch] = true // noted, and the stop goes on
 	}
 	s.step(HookDone(a.Seq, err, "some output\nthe last line", s.now))
@@ -1298,7 +1319,7 @@ func (s *sim) hookEnded(a Action, err error) {
 		}
 	case p != v1.Phase_PHASE_REVERTING || !strings.Contains(r.Reason, want):
 		s.fatalf("%v failed in %v: now %v with reason %q", a, before, p, r.Reason)
-	case a.Hook == HookBeforeStop:
+	case a.Hook == hookspec.BeforeStop:
 		if s.procs[a.Epoch] == nil {
 			s.fatalf("%v failed but its process is gone", a)
 		}
@@ -1318,15 +1339,15 @@ func (s *sim) followsHook(a Action) {
 	s.hookOK = nil
 	ok := true
 	switch h.Hook {
-	case HookBeforeStart:
+	case hookspec.BeforeStart:
 		ok = a.Kind == ActStart && a.Version == h.Version
-	case HookBeforeStop:
+	case hookspec.BeforeStop:
 		ok = a.Kind == ActStop && a.Epoch == h.Epoch && a.Drain
-	case HookAfterInstall:
+	case hookspec.AfterInstall:
 		// the switch, or a newer assignment's fetch
 		ok = a.Kind == ActSwitch && a.Version == h.Version
 	}
-	if !ok && !(h.Hook == HookAfterInstall && a.Kind != ActSwitch) {
+	if !ok && !(h.Hook == hookspec.AfterInstall && a.Kind != ActSwitch) {
 		s.fatalf("%v after %v", a, *h)
 	}
 }

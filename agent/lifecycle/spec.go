@@ -21,10 +21,16 @@ import (
 //     restart (as for the same spec).
 //
 // After an agent restart in the middle of such an install (STARTING,
-// CHECKING) or of its revert (REVERTING), a process found running of the
-// release cannot be told apart by its PID record (which names the release,
-// not the spec): it is not adopted but stopped, and the right spec's
-// process started (one restart more, never the wrong spec left running).
+// CHECKING) or of its revert (REVERTING), the processes found running of
+// the release are told apart by their epochs (PID records name the release
+// and the epoch, not the spec): the target's process is the one started
+// at Snapshot.TargetEpoch, which is made durable before that start; any
+// other runs the last good spec. So the install is finished (the target's
+// process adopted and checked afresh) or reverted (the last good's adopted,
+// the target's stopped) exactly once, with no process started again. A
+// state written before the epoch was recorded (TargetEpoch 0) cannot tell
+// them apart: the process is stopped and the right spec's started (one
+// restart more, never the wrong spec left running).
 
 // runsAsIs reports whether assignment a is what the machine runs, healthy:
 // the same release with a spec that runs the same on hosts, so taking it

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/datadriven"
+	"github.com/fleetwave/fleetwave/internal/hookspec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
@@ -282,15 +283,15 @@ func (tr *trace) assignment(t *testing.T, d *datadriven.TestData) *v1.Assignment
 		for _, name := range arg.Vals {
 			h := &v1.Hook{Command: []string{"./" + name}, Timeout: timeout}
 			switch name {
-			case HookAfterInstall:
+			case hookspec.AfterInstall:
 				a.Spec.Hooks.AfterInstall = h
-			case HookBeforeStart:
+			case hookspec.BeforeStart:
 				a.Spec.Hooks.BeforeStart = h
-			case HookAfterStart:
+			case hookspec.AfterStart:
 				a.Spec.Hooks.AfterStart = h
-			case HookValidate:
+			case hookspec.Validate:
 				a.Spec.Hooks.Validate = h
-			case HookBeforeStop:
+			case hookspec.BeforeStop:
 				a.Spec.Hooks.BeforeStop = h
 			default:
 				d.Fatalf(t, "hooks: unknown hook %q", name)
@@ -431,6 +432,7 @@ func (tr *trace) snapshot(t *testing.T, d *datadriven.TestData) Snapshot {
 	}
 	s.Current, s.LastGood, s.Target, s.Previous = release("current"), release("last_good"), release("target"), release("previous")
 	s.CurrentOK = d.HasArg("current_ok")
+	d.MaybeScanArgs(t, "target_epoch", &s.TargetEpoch)
 	if dur, ok := tr.duration(t, d, "watch_until"); ok {
 		s.WatchUntil = t0.Add(dur)
 	}
@@ -575,7 +577,7 @@ func (tr *trace) action(a Action) string {
 	}
 	if a.Kind == ActHook {
 		fmt.Fprintf(&b, " timeout=%s %s", a.Timeout, a.Operation)
-		if a.Hook == HookBeforeStop {
+		if a.Hook == hookspec.BeforeStop {
 			fmt.Fprintf(&b, " next=%s", versionOr(a.Next))
 		} else {
 			fmt.Fprintf(&b, " previous=%s", versionOr(a.Previous))
@@ -589,6 +591,9 @@ func (tr *trace) action(a Action) string {
 			versionOr(Version(s.Target))+envOf(s.Target))
 		if !s.WatchUntil.IsZero() || s.Previous != nil {
 			fmt.Fprintf(&b, " watch_until=%s previous=%s", tr.at(s.WatchUntil), versionOr(Version(s.Previous))+envOf(s.Previous))
+		}
+		if s.TargetEpoch != 0 {
+			fmt.Fprintf(&b, " target_epoch=%d", s.TargetEpoch)
 		}
 	case ActReport:
 		r := a.Report

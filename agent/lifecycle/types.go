@@ -32,17 +32,6 @@ const (
 	// READY=1 (spec.ReadyNotify); any other value means ready once started.
 	ReadyNotify = "notify"
 
-	// The hooks (spec.Hook*), in the order a release meets them.
-	HookAfterInstall = "after_install"
-	HookBeforeStart  = "before_start"
-	HookAfterStart   = "after_start"
-	HookValidate     = "validate"
-	HookBeforeStop   = "before_stop"
-	// DefaultHookTimeout is a hook's timeout when its spec leaves it unset
-	// (spec.DefaultHookTimeout); DefaultBeforeStopTimeout is before_stop's
-	// (spec.DefaultPreStopTimeout).
-	DefaultHookTimeout       = 60 * time.Second
-	DefaultBeforeStopTimeout = 10 * time.Second
 	// MaxHookOutput bounds the end of a failed hook's output that the
 	// machine puts in its report's reason.
 	MaxHookOutput = 2048
@@ -417,6 +406,11 @@ type Snapshot struct {
 	// CurrentOK: Current passed its checks and was not restarted since (so
 	// an assignment of it at a newer generation needs no restart).
 	CurrentOK bool
+	// TargetEpoch is the epoch of the process started for Target by the
+	// install under way (0: none started yet, or not recorded). In a config
+	// install (the same release, another spec) it tells the process running
+	// the new spec from those running the old one (spec.go).
+	TargetEpoch uint64
 }
 
 // Running is what the caller found running of a service when it restores
@@ -510,41 +504,4 @@ func WatchFailAfter(a *v1.Assignment) time.Duration {
 		longest = DefaultCheckInterval
 	}
 	return WatchFailIntervals * longest
-}
-
-// HookOf returns the assignment's hook of that name (nil: none):
-// spec.hooks.NAME, and for before_stop its alias run.pre_stop when
-// hooks.before_stop is unset (as spec.Hook).
-func HookOf(a *v1.Assignment, name string) *v1.Hook {
-	h := a.GetSpec().GetHooks()
-	switch name {
-	case HookAfterInstall:
-		return h.GetAfterInstall()
-	case HookBeforeStart:
-		return h.GetBeforeStart()
-	case HookAfterStart:
-		return h.GetAfterStart()
-	case HookValidate:
-		return h.GetValidate()
-	case HookBeforeStop:
-		if bs := h.GetBeforeStop(); bs != nil {
-			return bs
-		}
-		if ps := a.GetSpec().GetRun().GetPreStop(); ps != nil {
-			return &v1.Hook{Command: ps.GetCommand(), Timeout: ps.GetTimeout()}
-		}
-	}
-	return nil
-}
-
-// HookTimeout is the timeout of the assignment's hook of that name, or its
-// default.
-func HookTimeout(a *v1.Assignment, name string) time.Duration {
-	if d := HookOf(a, name).GetTimeout(); d != nil && d.AsDuration() > 0 {
-		return d.AsDuration()
-	}
-	if name == HookBeforeStop {
-		return DefaultBeforeStopTimeout
-	}
-	return DefaultHookTimeout
 }

@@ -79,13 +79,14 @@ func durationOr(d time.Duration, set bool, def time.Duration) time.Duration {
 
 // New builds a prober from a check whose strings are already expanded
 // (${host.*} resolved). dir is the working dir for exec checks; a command
-// starting with "./" names a file in dir. Defaults: interval 1s, timeout 2s,
-// name = kind if empty.
+// starting with "./" names a file in dir; cred, when set, is the user and
+// groups exec checks run as (the service's run.user; nil: as the agent).
+// Defaults: interval 1s, timeout 2s, name = kind if empty.
 //
 // Errors name the field relative to the check, e.g.
 // `http.url: invalid URL "..."`; a caller validating a list prefixes the
 // index: fmt.Errorf("checks[%d].%w", i, err) gives `checks[0].http.url: ...`.
-func New(c *v1.Check, dir string) (Prober, error) {
+func New(c *v1.Check, dir string, cred *syscall.Credential) (Prober, error) {
 	if c == nil {
 		return nil, fmt.Errorf("check: missing: %w", ErrInvalidCheck)
 	}
@@ -111,7 +112,7 @@ func New(c *v1.Check, dir string) (Prober, error) {
 	case *v1.Check_Tcp:
 		return newTCP(c.GetName(), k.Tcp, timeout)
 	case *v1.Check_Exec:
-		return newExec(c.GetName(), k.Exec, dir, timeout)
+		return newExec(c.GetName(), k.Exec, dir, timeout, cred)
 	default:
 		return nil, fmt.Errorf("kind: one of http, tcp, exec is required: %w", ErrInvalidCheck)
 	}
@@ -236,9 +237,10 @@ type execProber struct {
 	command []string
 	dir     string
 	timeout time.Duration
+	cred    *syscall.Credential
 }
 
-func newExec(name string, e *v1.ExecCheck, dir string, timeout time.Duration) (Prober, error) {
+func newExec(name string, e *v1.ExecCheck, dir string, timeout time.Duration, cred *syscall.Credential) (Prober, error) {
 	cmd := e.GetCommand()
 	if len(cmd) == 0 || cmd[0] == "" {
 		return nil, fmt.Errorf("exec.command: empty command %q: %w", cmd, ErrInvalidCheck)
@@ -248,6 +250,7 @@ func newExec(name string, e *v1.ExecCheck, dir string, timeout time.Duration) (P
 		command: append([]string(nil), cmd...),
 		dir:     dir,
 		timeout: timeout,
+		cred:    cred,
 	}, nil
 }
 
@@ -271,7 +274,7 @@ func (p *execProber) Probe(ctx context.Context) Result {
 	cmd.Stdout = out
 	cmd.Stderr = out
 	// Own process group, so a timeout kills whatever the check spawned.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: p.cred}
 	cmd.Cancel = func() error {
 		return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	}

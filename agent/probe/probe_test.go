@@ -31,7 +31,7 @@ func execCheck(cmd ...string) *v1.Check {
 
 func mustNew(t *testing.T, c *v1.Check, dir string) Prober {
 	t.Helper()
-	p, err := New(c, dir)
+	p, err := New(c, dir, nil)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -82,7 +82,7 @@ func TestNewErrorsNameField(t *testing.T) {
 		{"interval", withInterval, "interval: invalid duration 0s"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p, err := New(tc.check, t.TempDir())
+			p, err := New(tc.check, t.TempDir(), nil)
 			if err == nil {
 				t.Fatalf("New = %v, want error", p)
 			}

@@ -96,7 +96,7 @@ func TestHandover(t *testing.T) {
 	socks := bind(t, Decl{Name: "http", Listen: "127.0.0.1:0"})
 	dir := sockDir(t)
 	startServer := func(name string) (*proc, *Notify) {
-		n, err := ListenNotify(dir, name, AccessMain)
+		n, err := ListenNotify(dir, name, AccessMain, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

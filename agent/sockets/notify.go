@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -109,12 +110,14 @@ type received struct {
 	msg Message
 }
 
-// ListenNotify creates the notify socket dir/name (mode 0600: only the
-// agent's user, and root, may send; services run as the agent's user) and
-// starts reading it. name is one path element; a stale file of that name is
-// replaced. The socket is bound under a temporary name, restricted, then
-// renamed into place, so it is never reachable with looser permissions.
-func ListenNotify(dir, name string, access Access) (*Notify, error) {
+// ListenNotify creates the notify socket dir/name (mode 0600: only its
+// owner, and root, may send) and starts reading it. owner, when set, is
+// the user and group the socket is given to (a service's run.user, which
+// must reach it; nil: the agent's user). name is one path element; a stale
+// file of that name is replaced. The socket is bound under a temporary
+// name, restricted and given to its owner, then renamed into place, so it
+// is never reachable by anyone else.
+func ListenNotify(dir, name string, access Access, owner *syscall.Credential) (*Notify, error) {
 	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") {
 		return nil, fmt.Errorf("notify socket: invalid name %q", name)
 	}
@@ -146,6 +149,11 @@ func ListenNotify(dir, name string, access Access) (*Notify, error) {
 	}
 	if err := os.Chmod(tmp, 0o600); err != nil {
 		return fail(err)
+	}
+	if owner != nil {
+		if err := os.Lchown(tmp, int(owner.Uid), int(owner.Gid)); err != nil {
+			return fail(err)
+		}
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return fail(err)

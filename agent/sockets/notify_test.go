@@ -17,7 +17,7 @@ import (
 
 func listenNotify(t *testing.T, access Access) *Notify {
 	t.Helper()
-	n, err := ListenNotify(sockDir(t), "svc.notify", access)
+	n, err := ListenNotify(sockDir(t), "svc.notify", access, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,7 +315,7 @@ func TestNotifyClose(t *testing.T) {
 	if err := os.WriteFile(path, []byte("stale"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	n, err := ListenNotify(dir, "n", AccessMain)
+	n, err := ListenNotify(dir, "n", AccessMain, nil)
 	if err != nil {
 		t.Fatalf("ListenNotify over a stale file: %v", err)
 	}
@@ -341,11 +341,11 @@ func TestNotifyClose(t *testing.T) {
 		t.Errorf("Err after Close: %v", n.Stats().Err)
 	}
 	// A later receiver on the same path is not removed by an earlier Close.
-	a, err := ListenNotify(dir, "m", AccessMain)
+	a, err := ListenNotify(dir, "m", AccessMain, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := ListenNotify(dir, "m", AccessMain)
+	b, err := ListenNotify(dir, "m", AccessMain, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -359,11 +359,11 @@ func TestNotifyClose(t *testing.T) {
 		t.Errorf("directory holds %d files, want 1 (no temporary names left)", len(entries))
 	}
 	for _, name := range []string{"", ".", "..", "a/b", "x\x00"} {
-		if _, err := ListenNotify(dir, name, AccessMain); err == nil {
+		if _, err := ListenNotify(dir, name, AccessMain, nil); err == nil {
 			t.Errorf("ListenNotify(%q) succeeded", name)
 		}
 	}
-	if _, err := ListenNotify(dir, strings.Repeat("n", 110), AccessMain); err == nil || !strings.Contains(err.Error(), "107 bytes") {
+	if _, err := ListenNotify(dir, strings.Repeat("n", 110), AccessMain, nil); err == nil || !strings.Contains(err.Error(), "107 bytes") {
 		t.Errorf("long path: %v", err)
 	}
 	if err := n.Watch(0); err == nil {

@@ -63,6 +63,10 @@ type file struct {
 	// CurrentOK (added within format 2; absent in older files, read as
 	// false): current passed its checks and was not restarted since.
 	CurrentOK bool `json:"current_ok,omitempty"`
+	// TargetEpoch (added within format 2; absent in older files, read as 0:
+	// not recorded): the epoch of the process started for target by the
+	// install under way.
+	TargetEpoch uint64 `json:"target_epoch,omitempty"`
 	// Sockets and Notify (added within format 2; absent in older files):
 	// the Runtime record.
 	Sockets []sockets.Identity `json:"sockets,omitempty"`
@@ -186,7 +190,7 @@ func Marshal(s *lifecycle.Snapshot) ([]byte, error) {
 func MarshalWith(s *lifecycle.Snapshot, rt Runtime) ([]byte, error) {
 	f := file{
 		Format: Format, Service: s.Service, Phase: s.Phase.String(), Generation: s.Generation, Reason: s.Reason,
-		WatchUntil: s.WatchUntil, CurrentOK: s.CurrentOK, Sockets: rt.Sockets, Notify: rt.Notify,
+		WatchUntil: s.WatchUntil, CurrentOK: s.CurrentOK, TargetEpoch: s.TargetEpoch, Sockets: rt.Sockets, Notify: rt.Notify,
 	}
 	raws := []*json.RawMessage{&f.Current, &f.LastGood, &f.Target, &f.Previous}
 	for i, r := range fields(s) {
@@ -248,6 +252,7 @@ func unmarshalCurrent(b []byte) (*lifecycle.Snapshot, Runtime, error) {
 		return nil, Runtime{}, err
 	}
 	s.CurrentOK = f.CurrentOK
+	s.TargetEpoch = f.TargetEpoch
 	rt := Runtime{Sockets: f.Sockets, Notify: f.Notify}
 	raws := []json.RawMessage{f.Current, f.LastGood, f.Target, f.Previous}
 	for i, r := range fields(s) {

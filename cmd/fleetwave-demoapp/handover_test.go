@@ -39,7 +39,7 @@ func startDemo(t *testing.T, version string, socks []*sockets.Socket, notifyDir 
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, err := sockets.ListenNotify(notifyDir, version, sockets.AccessMain)
+	n, err := sockets.ListenNotify(notifyDir, version, sockets.AccessMain, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -43,6 +43,10 @@ const (
 	// from the stable spec only in what the coordinator reads: store
 	// RecordSpec's status (no rollout; nothing changes on hosts).
 	ActionRecordSpec
+	// ActionLeave: no rollout is in flight and the live selector differs
+	// from the placement: begin the removal of the hosts it leaves out
+	// (BeginLeave; see remove.go), before any release or spec.
+	ActionLeave
 )
 
 func (a Action) String() string {
@@ -57,6 +61,8 @@ func (a Action) String() string {
 		return "start"
 	case ActionRecordSpec:
 		return "record-spec"
+	case ActionLeave:
+		return "leave"
 	}
 	return fmt.Sprintf("Action(%d)", int(a))
 }
@@ -125,6 +131,14 @@ func (d Decision) String() string {
 //     (unless frozen), and one that does not is recorded as the stable spec
 //     (ActionRecordSpec, also while frozen).
 //   - A service being removed (removing or removed) starts nothing.
+//   - A selector that leaves out hosts (remove.go): with nothing in flight
+//     and not frozen, their removal starts first (ActionLeave); in flight,
+//     a newer spec waits for the rollout to end (no supersede, so the
+//     hosts left out never get a release or spec before their removal).
+//     A removal of hosts left out runs to its end.
+//
+// r is the newest rollout that is not an ended removal of hosts left out
+// (such a removal carries no release or spec; see Deciding).
 func Decide(svc *v1.Service, r *v1.Rollout, rCreated int64, releases []Release) Decision {
 	st := svc.GetStatus()
 	if st.GetRemoving() || st.GetRemoved() {
@@ -132,6 +146,14 @@ func Decide(svc *v1.Service, r *v1.Rollout, rCreated int64, releases []Release) 
 	}
 	newest, ok := newestRelease(releases)
 	relPending := ok && (r == nil || newest.Created > rCreated)
+	leave := selectorPending(svc)
+	if r.GetLeft() && !Terminal(r) {
+		if relPending || specPending(svc, r, st.GetStableSpec()) {
+			return Decision{Action: ActionWait, Version: newest.Version, Config: !relPending,
+				Reason: fmt.Sprintf("removal %s of the hosts the selector left runs to its end first", r.GetId())}
+		}
+		return Decision{Action: ActionNone, Reason: fmt.Sprintf("removal %s of the hosts the selector left is the newest", r.GetId())}
+	}
 	if r != nil && !Terminal(r) {
 		v := newest.Version
 		how := "release " + v
@@ -149,6 +171,8 @@ func Decide(svc *v1.Service, r *v1.Rollout, rCreated int64, releases []Release) 
 			d.Action, d.Reason = ActionWait, fmt.Sprintf("rollout %s to %s is %s", r.GetId(), r.GetToVersion(), stateName(r.GetState()))
 		case r.GetRollback():
 			d.Action, d.Reason = ActionWait, fmt.Sprintf("rollback %s to %s runs to its end first", r.GetId(), r.GetToVersion())
+		case leave && !relPending:
+			d.Action, d.Reason = ActionWait, fmt.Sprintf("the selector changed: %s waits for rollout %s to %s to end (then the hosts it leaves out are removed)", how, r.GetId(), r.GetToVersion())
 		case st.GetFrozen():
 			d.Action, d.Reason = ActionWait, "service is frozen: "+st.GetFrozenReason()
 		case svc.GetSpec().GetRollout().GetOnNewRelease() == spec.OnNewReleaseQueue:
@@ -159,9 +183,15 @@ func Decide(svc *v1.Service, r *v1.Rollout, rCreated int64, releases []Release) 
 		// A newer spec plans the superseded rollout's release again, unless
 		// that is the stable release and the spec runs on hosts as the
 		// stable spec does (the hosts only go back).
-		d.Replan = d.Action == ActionSupersede && d.Config &&
+		d.Replan = d.Action == ActionSupersede && d.Config && !leave &&
 			(v != st.GetStableVersion() || specdiff.HostAffecting(st.GetStableSpec(), svc.GetSpec()))
 		return d
+	}
+	if leave {
+		if st.GetFrozen() {
+			return Decision{Action: ActionWait, Reason: "the selector changed; service is frozen: " + st.GetFrozenReason()}
+		}
+		return Decision{Action: ActionLeave, Reason: fmt.Sprintf("the selector %s differs from %s, the one hosts were placed by", FmtLabels(svc.GetSpec().GetSelector()), FmtLabels(Placement(svc)))}
 	}
 	switch {
 	case !relPending && r != nil:
@@ -193,6 +223,24 @@ func Decide(svc *v1.Service, r *v1.Rollout, rCreated int64, releases []Release) 
 		return Decision{Action: ActionNone, Reason: newest.Version + " is the stable release"}
 	}
 	return Decision{Action: ActionNone, Reason: fmt.Sprintf("no release since rollout %s", r.GetId())}
+}
+
+// Deciding reports whether r (a service's newest rollout) is the one
+// Decide is given: not when it is an ended removal of hosts left out (it
+// carries no release or spec): then the rollout before it (id one less)
+// is, and so on.
+func Deciding(r *v1.Rollout) bool {
+	return !(r.GetLeft() && Terminal(r))
+}
+
+// PrevID is the id of the rollout before r (NextID's inverse), "" for the
+// first.
+func PrevID(r *v1.Rollout) string {
+	var n int
+	if _, err := fmt.Sscanf(r.GetId(), "%d", &n); err != nil || n <= 1 {
+		return ""
+	}
+	return fmt.Sprintf("%06d", n-1)
 }
 
 // newestRelease is the release created last.
@@ -269,7 +317,8 @@ var ErrRollback = errors.New("rollback refused")
 // SUCCEEDED rollout that is not the stable release. It refuses (wrapping
 // ErrRollback): no such release; a version that is not a release of svc;
 // the stable release when nothing is in flight (it already runs); and a
-// release whose newest ended rollout FAILED.
+// release whose newest ended rollout FAILED; and while a removal of hosts
+// a selector left out is in flight.
 func RollbackTarget(svc *v1.Service, rollouts []*v1.Rollout, active *v1.Rollout, releases []Release, requested string) (string, error) {
 	name, stable := svc.GetSpec().GetName(), svc.GetStatus().GetStableVersion()
 	if st := svc.GetStatus(); st.GetRemoving() || st.GetRemoved() {
@@ -277,7 +326,7 @@ func RollbackTarget(svc *v1.Service, rollouts []*v1.Rollout, active *v1.Rollout,
 	}
 	// The history of a deleted incarnation of the name is not a target.
 	for i := len(rollouts) - 1; i >= 0; i-- {
-		if rollouts[i].GetRemove() {
+		if rollouts[i].GetRemove() && !rollouts[i].GetLeft() {
 			rollouts = rollouts[i+1:]
 			break
 		}
@@ -285,6 +334,17 @@ func RollbackTarget(svc *v1.Service, rollouts []*v1.Rollout, active *v1.Rollout,
 	if active != nil && Terminal(active) {
 		active = nil
 	}
+	if active.GetLeft() {
+		return "", fmt.Errorf("%w: service %s: removal %s of the hosts the selector left is in flight: wait for it, or abort it (fleetwave rollout abort %s)", ErrRollback, name, active.GetId(), name)
+	}
+	// A removal of hosts left out names no release.
+	var named []*v1.Rollout
+	for _, r := range rollouts {
+		if !r.GetLeft() {
+			named = append(named, r)
+		}
+	}
+	rollouts = named
 	target := requested
 	if target == "" {
 		if active != nil && stable != "" && active.GetToVersion() != stable {

@@ -53,7 +53,10 @@
 //
 // Besides releases: config rollouts (spec.go: a spec that changes what runs
 // on hosts rolls the stable release out again with it), removals
-// (remove.go: `service delete`, BeginRemoval, Delete) and hosts moving
-// (Desired: a host that has the service but is no longer selected, or whose
-// service is deleted, is told to remove it, given its last report).
+// (remove.go: `service delete`, BeginRemoval, Delete), a selector change's
+// removal of the hosts it leaves out in waves (remove.go: Placement,
+// ActionLeave, BeginLeave) and hosts moving (Desired: a host that has the
+// service but is selected by neither the live selector nor the placement,
+// or whose service is deleted, is told to remove it, given its last
+// report).
 package rollout

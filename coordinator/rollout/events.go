@@ -12,6 +12,11 @@ const (
 	// created), and every host removed the service (service deleted).
 	EventRemovalCreated = "removal_created"
 	EventServiceDeleted = "service_deleted"
+	// Hosts moving: a host left the service's selector (its labels changed,
+	// or a selector change left it out: then recorded when the removal of
+	// those hosts is created, BeginLeave), or joined it.
+	EventHostLeft   = "host_left"
+	EventHostJoined = "host_joined"
 
 	// Step's events.
 	EventWaveStarted         = "wave_started"

@@ -186,6 +186,9 @@ func (w Want) String() string {
 //   - Otherwise a selected host (or one in the plan of r in flight, which
 //     it follows to its end) gets the stable release at the stable
 //     generation once there is one.
+//   - A host that has the service and that a selector change left out (the
+//     placement selects it, the live selector does not) keeps the stable
+//     release until a removal of such hosts reaches it (remove.go).
 //   - A host that has the service (its report says it runs, installs,
 //     failed or is removing it) but should not (not selected, or the
 //     service is deleted) removes it, at a generation above any it may
@@ -245,10 +248,11 @@ func desired(svc *v1.Service, r *v1.Rollout, st v1.HostRolloutState, inPlan bool
 	removeIfHas := func(rep *v1.ServiceReport) (Want, bool) {
 		return removeIfHas(rep, max(status.GetStableGeneration(), r.GetGeneration()))
 	}
+	left := inPlan && r.GetLeft()
 	switch {
 	case status.GetRemoved():
 		return removeIfHas(rep)
-	case status.GetRemoving() || r.GetRemove() && !Terminal(r):
+	case status.GetRemoving() || r.GetRemove() && !Terminal(r) && (!r.GetLeft() || left):
 		if inPlan && r.GetRemove() {
 			if moved {
 				return Want{Remove: true, Generation: r.GetGeneration()}, true
@@ -261,6 +265,10 @@ func desired(svc *v1.Service, r *v1.Rollout, st v1.HostRolloutState, inPlan bool
 	case hasStable && (Selects(svc.GetSpec().GetSelector(), labels) || inPlan && !Terminal(r)):
 		// Selected; or in the plan of the rollout in flight, which it
 		// follows to its end (the plan is fixed when the rollout starts).
+		return stable, true
+	case hasStable && Selects(Placement(svc), labels) && hasService(rep) && !(left && moved):
+		// Left out by a selector change: it keeps the stable release until
+		// a removal reaches it (remove.go).
 		return stable, true
 	}
 	return removeIfHas(rep)
@@ -301,6 +309,16 @@ func Conclude(st *v1.ServiceStatus, r *v1.Rollout) *v1.ServiceStatus {
 	}
 	switch r.GetState() {
 	case v1.RolloutState_ROLLOUT_STATE_SUCCEEDED:
+		if r.GetLeft() {
+			// The hosts left out are removed: the live selector (the
+			// removal's copy) is the placement now.
+			out.StableGeneration = r.GetGeneration()
+			if out.StableSpec != nil {
+				out.StableSpec = proto.Clone(out.StableSpec).(*v1.ServiceSpec)
+				out.StableSpec.Selector = r.GetSpec().GetSelector()
+			}
+			break
+		}
 		if r.GetRemove() {
 			concludeRemoved(out, r)
 			break
@@ -308,7 +326,7 @@ func Conclude(st *v1.ServiceStatus, r *v1.Rollout) *v1.ServiceStatus {
 		out.StableVersion = r.GetToVersion()
 		out.StableGeneration = r.GetGeneration()
 		if r.GetSpec() != nil {
-			out.StableSpec = r.GetSpec()
+			out.StableSpec = keepPlacement(r.GetSpec(), st)
 			out.StableSpecRevision = r.GetSpecRevision()
 		}
 	case v1.RolloutState_ROLLOUT_STATE_FAILED:
@@ -335,6 +353,18 @@ func Conclude(st *v1.ServiceStatus, r *v1.Rollout) *v1.ServiceStatus {
 		out.StableGeneration = r.GetGeneration() + 1
 	}
 	out.LastRolloutId = r.GetId()
+	return out
+}
+
+// keepPlacement is sp as a new stable spec: with the placement of st (the
+// old status; nil or without a stable spec: sp's own selector), which only
+// a removal of the hosts a selector leaves out changes (remove.go).
+func keepPlacement(sp *v1.ServiceSpec, st *v1.ServiceStatus) *v1.ServiceSpec {
+	if st.GetStableSpec() == nil || sameLabels(sp.GetSelector(), st.GetStableSpec().GetSelector()) {
+		return sp
+	}
+	out := proto.Clone(sp).(*v1.ServiceSpec)
+	out.Selector = st.GetStableSpec().GetSelector()
 	return out
 }
 

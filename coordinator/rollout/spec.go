@@ -55,6 +55,8 @@ func SpecName(n int64) string {
 // v5)" (a removal).
 func Describe(r *v1.Rollout) string {
 	switch {
+	case r.GetLeft():
+		return "remove from the hosts the selector left (runs " + orNone(r.GetFromVersion()) + ")"
 	case r.GetRemove():
 		return "remove (was " + orNone(r.GetFromVersion()) + ")"
 	case IsConfig(r):
@@ -98,7 +100,7 @@ func RecordSpec(svc *v1.Service) *v1.ServiceStatus {
 	if svc.GetStatus() != nil {
 		st = proto.Clone(svc.GetStatus()).(*v1.ServiceStatus)
 	}
-	st.StableSpec = proto.Clone(svc.GetSpec()).(*v1.ServiceSpec)
+	st.StableSpec = keepPlacement(proto.Clone(svc.GetSpec()).(*v1.ServiceSpec), svc.GetStatus())
 	st.StableSpecRevision = svc.GetSpecRevision()
 	return st
 }

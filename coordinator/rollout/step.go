@@ -281,7 +281,9 @@ func (s *stepper) advance() {
 			r.State = v1.RolloutState_ROLLOUT_STATE_SUCCEEDED
 			r.FinishedAt = s.ts()
 			msg := fmt.Sprintf("%s now runs %s on %d host(s)", r.GetService(), targetName(r), countHosts(r))
-			if r.GetRemove() {
+			if r.GetLeft() {
+				msg = fmt.Sprintf("%s removed from the %d host(s) the selector left", r.GetService(), countHosts(r))
+			} else if r.GetRemove() {
 				msg = fmt.Sprintf("%s removed from %d host(s)", r.GetService(), countHosts(r))
 			}
 			s.emit(EventRolloutSucceeded, NoWave, "", msg)

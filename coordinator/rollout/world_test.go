@@ -2,6 +2,7 @@ package rollout
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -95,6 +96,23 @@ func (w *world) current() (*v1.Rollout, int64) {
 	return nil, 0
 }
 
+// deciding is the rollout Decide is given and when it was created: the
+// newest, before any ended removal of hosts left out (Deciding), as the
+// leader's.
+func (w *world) deciding() (*v1.Rollout, int64) {
+	r, created := w.current()
+	for r != nil && !Deciding(r) {
+		id := PrevID(r)
+		r, created = nil, 0
+		for _, p := range w.rollouts {
+			if p.GetId() == id {
+				r, created = p, w.created[id]
+			}
+		}
+	}
+	return r, created
+}
+
 func (w *world) active() *v1.Rollout {
 	if r, _ := w.current(); r != nil && !Terminal(r) {
 		return r
@@ -155,7 +173,9 @@ func (w *world) commit(next *v1.Rollout) {
 		if IsConfig(next) {
 			w.stats["config "+strings.ToLower(stateName(next.GetState()))]++
 		}
-		if next.GetRemove() {
+		if next.GetLeft() {
+			w.stats["leave "+strings.ToLower(stateName(next.GetState()))]++
+		} else if next.GetRemove() {
 			w.stats["removal "+strings.ToLower(stateName(next.GetState()))]++
 		}
 		w.svc.Status = Conclude(w.svc.GetStatus(), next)
@@ -163,7 +183,7 @@ func (w *world) commit(next *v1.Rollout) {
 			w.goodStables[next.GetToVersion()] = true
 			w.goodSpecs[next.GetSpecRevision()] = true
 		}
-		if next.GetRemove() && next.GetState() == rOK {
+		if next.GetRemove() && !next.GetLeft() && next.GetState() == rOK {
 			w.logf("%s %s", next.GetId(), EventServiceDeleted)
 		}
 	}
@@ -189,12 +209,12 @@ func (w *world) begin(r *v1.Rollout, st *v1.ServiceStatus, res Result) {
 	if prev, _ := w.current(); prev != nil && r.GetGeneration() <= prev.GetGeneration() {
 		w.fail("rollout %s has generation %d, not above %s's %d", r.GetId(), r.GetGeneration(), prev.GetId(), prev.GetGeneration())
 	}
-	if r.GetAppliedSpecRevision() != w.svc.GetSpecRevision() {
+	if r.GetAppliedSpecRevision() != w.svc.GetSpecRevision() && !r.GetLeft() {
 		w.fail("rollout %s records applied spec revision %d, the service is at %d", r.GetId(), r.GetAppliedSpecRevision(), w.svc.GetSpecRevision())
 	}
 	w.rev++
 	w.created[r.GetId()] = w.rev
-	w.applied[r.GetId()] = w.svc.GetSpecRevision()
+	w.applied[r.GetId()] = r.GetAppliedSpecRevision()
 	w.rollouts = append(w.rollouts, r)
 	w.svc.Status = st
 	if Terminal(r) && r.GetState() == rOK {
@@ -231,7 +251,7 @@ func (w *world) step(cur *v1.Rollout) {
 func (w *world) reconcile() {
 	w.wake = time.Time{}
 	for range 10 {
-		cur, created := w.current()
+		cur, _ := w.current()
 		if cur.GetState() == rFailed && cur.GetRestoredAt() == nil && Restored(cur, w.observe) {
 			next := proto.Clone(cur).(*v1.Rollout)
 			next.RestoredAt = timestamppb.New(w.now)
@@ -239,13 +259,22 @@ func (w *world) reconcile() {
 			w.put(next)
 			continue
 		}
-		d := Decide(w.svc, cur, created, w.releases)
+		dr, created := w.deciding()
+		d := Decide(w.svc, dr, created, w.releases)
 		w.stats[d.Action.String()]++
 		if d.Action != ActionNone {
 			w.logf("decide: %s", d)
 		}
-		w.checkDecision(d, cur, created)
+		w.checkDecision(d, dr, created)
 		switch d.Action {
+		case ActionLeave:
+			r, st, res := BeginLeave(w.svc, dr, w.hosts, w.observe, w.now)
+			if r == nil {
+				w.logf("%s: selector %s recorded: no host that has the service leaves", EventSpecRecorded, FmtLabels(w.svc.GetSpec().GetSelector()))
+				w.svc.Status = st
+				continue
+			}
+			w.begin(r, st, res)
 		case ActionSupersede:
 			next := Supersede(cur, d.Reason, w.now)
 			w.logf("%s %s: %s", next.GetId(), EventRolloutSuperseded, next.GetReason())
@@ -309,6 +338,23 @@ func (w *world) checkDecision(d Decision, cur *v1.Rollout, created int64) {
 	}
 	if d.Config && pending {
 		w.fail("%s decided for a spec while release %s is pending", d, newest.Version)
+	}
+	// A selector that differs from the one the hosts were placed by.
+	leave := st.GetStableSpec() != nil && !maps.Equal(st.GetStableSpec().GetSelector(), w.svc.GetSpec().GetSelector())
+	switch {
+	case d.Action == ActionLeave && (!leave || inFlight || frozen):
+		w.fail("leave: selector changed %v, in flight %v, frozen %v", leave, inFlight, frozen)
+	case leave && !inFlight && !frozen && d.Action != ActionLeave && !st.GetRemoving() && !st.GetRemoved():
+		w.fail("%s while the selector changed and nothing is in flight", d)
+	case leave && d.Replan:
+		w.fail("%s while the selector changed: the hosts it leaves out are removed first", d)
+	case cur.GetLeft() && inFlight && d.Action != ActionNone && d.Action != ActionWait:
+		w.fail("%s while removal %s of hosts left out runs", d, cur.GetId())
+	case d.Action == ActionLeave:
+		return
+	}
+	if leave && frozen && !inFlight && d.Action == ActionWait {
+		return
 	}
 	if st.GetRemoving() || st.GetRemoved() {
 		if d.Action != ActionNone {

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/fleetwave/fleetwave/internal/hookspec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -32,8 +33,8 @@ func TestParseHooksExample(t *testing.T) {
 	if s.GetRun().GetUser() != "shop" || s.GetRun().GetGroup() != "shop" {
 		t.Fatalf("run.user, run.group = %q, %q", s.GetRun().GetUser(), s.GetRun().GetGroup())
 	}
-	if got := HookTimeout(HookBeforeStart, Hook(s, HookBeforeStart)); got != DefaultHookTimeout {
-		t.Errorf("before_start timeout %s, want the default %s", got, DefaultHookTimeout)
+	if got := hookspec.Timeout(s, hookspec.BeforeStart); got != hookspec.DefaultTimeout {
+		t.Errorf("before_start timeout %s, want the default %s", got, hookspec.DefaultTimeout)
 	}
 }
 
@@ -41,12 +42,12 @@ func TestParseHooksExample(t *testing.T) {
 func TestHookAlias(t *testing.T) {
 	s := valid()
 	s.Run.PreStop = &v1.PreStop{Command: []string{"./deregister"}}
-	h := Hook(s, HookBeforeStop)
-	if h == nil || h.GetCommand()[0] != "./deregister" || HookField(s, HookBeforeStop) != "run.pre_stop" {
-		t.Fatalf("before_stop of a spec with run.pre_stop = %v (field %s)", h, HookField(s, HookBeforeStop))
+	h := hookspec.Of(s, hookspec.BeforeStop)
+	if h == nil || h.GetCommand()[0] != "./deregister" || hookspec.Field(s, hookspec.BeforeStop) != "run.pre_stop" {
+		t.Fatalf("before_stop of a spec with run.pre_stop = %v (field %s)", h, hookspec.Field(s, hookspec.BeforeStop))
 	}
-	if got := HookTimeout(HookBeforeStop, h); got != DefaultPreStopTimeout {
-		t.Errorf("before_stop default timeout %s, want %s", got, DefaultPreStopTimeout)
+	if got := hookspec.Timeout(s, hookspec.BeforeStop); got != hookspec.DefaultBeforeStopTimeout {
+		t.Errorf("before_stop default timeout %s, want %s", got, hookspec.DefaultBeforeStopTimeout)
 	}
 	s.Hooks = &v1.Hooks{BeforeStop: &v1.Hook{Command: []string{"./other"}}}
 	err := Validate(s)
@@ -57,8 +58,8 @@ func TestHookAlias(t *testing.T) {
 	if err := Validate(s); err != nil {
 		t.Fatalf("hooks.before_stop alone: %v", err)
 	}
-	if HookField(s, HookBeforeStop) != "hooks.before_stop" {
-		t.Errorf("field %s", HookField(s, HookBeforeStop))
+	if hookspec.Field(s, hookspec.BeforeStop) != "hooks.before_stop" {
+		t.Errorf("field %s", hookspec.Field(s, hookspec.BeforeStop))
 	}
 }
 

@@ -40,10 +40,6 @@ const (
 	MaxReadyTimeout = time.Hour
 	// MaxShutdownDelay bounds run.shutdown_delay (default 0).
 	MaxShutdownDelay = 10 * time.Minute
-	// DefaultPreStopTimeout applies when run.pre_stop.timeout is not set.
-	DefaultPreStopTimeout = 10 * time.Second
-	// MaxPreStopTimeout bounds run.pre_stop.timeout.
-	MaxPreStopTimeout = 5 * time.Minute
 )
 
 // hostnameRE is what ParseListen accepts as a host that is neither empty nor

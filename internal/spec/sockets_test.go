@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/fleetwave/fleetwave/internal/hookspec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -100,7 +101,7 @@ func TestValidateHandoverOK(t *testing.T) {
 		"pre_stop default timeout": func(r *v1.RunSpec) {
 			r.PreStop.Timeout = nil
 		},
-		"pre_stop max timeout": func(r *v1.RunSpec) { r.PreStop.Timeout = durationpb.New(MaxPreStopTimeout) },
+		"pre_stop max timeout": func(r *v1.RunSpec) { r.PreStop.Timeout = durationpb.New(hookspec.MaxBeforeStopTimeout) },
 		"no pre_stop":          func(r *v1.RunSpec) { r.PreStop = nil },
 	}
 	for name, mutate := range cases {

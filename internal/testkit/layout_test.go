@@ -43,6 +43,8 @@ func TestLayout(t *testing.T) {
 		{Pkg: "internal/spec", Why: "specs are linked into the agent and the CLI", Forbid: []string{etcd, "./coordinator", "./agent"}},
 		{Pkg: "internal/specdiff", Why: "the host-affecting rule is linked into the agent's pure lifecycle and the pure engine",
 			Forbid: []string{etcd, "./coordinator", "./agent", "./internal/spec"}},
+		{Pkg: "internal/hookspec", Why: "the hook lookup is linked into the agent's pure lifecycle and the spec validation",
+			Forbid: []string{etcd, "./coordinator", "./agent", "./internal/spec"}},
 		{Pkg: "internal/signing", Why: "signing is linked into the agent and the CLI", Forbid: []string{etcd, "./coordinator", "./agent"}},
 		{Pkg: "internal/tlsutil", Why: "TLS helpers are linked into every binary", Forbid: []string{etcd, "./coordinator", "./agent"}},
 		{Pkg: "internal/testkit/sim", Why: "the simulator is a client of the coordinator, as agents are",

@@ -247,3 +247,71 @@ func TestServiceDeleteAndHostRelabelled(t *testing.T) {
 	}
 	e.allOn("v2")
 }
+
+// A selector change that leaves out two of three hosts removes the service
+// from them in waves (the policy's [50, 100]: one host, then the other),
+// as a removal rollout that rollout watch follows and the history keeps,
+// with a host_left event each; the host that stays is never restarted.
+// Real binaries.
+func TestSelectorChangeRemovesInWaves(t *testing.T) {
+	e := newEnv(t, 3, "web", "0s") // host-1 and host-3 in zone a, host-2 in zone b
+	if code := e.release("web", "v1", nil); code != 0 {
+		t.Fatalf("rollout of v1: watch exit %d: %v", code, e.rollout("web"))
+	}
+	e.allOn("v1")
+	pids := map[string]int{}
+	for _, id := range e.fleet.AgentIDs() {
+		pids[id] = e.servicePID(id)
+	}
+
+	narrow := strings.Replace(fmt.Sprintf(specTmpl, "web", "0s"), "selector: {role: web}", "selector: {role: web, zone: b}", 1)
+	specPath := filepath.Join(e.dir, "web-zone-b.yaml")
+	if err := os.WriteFile(specPath, []byte(narrow), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out := e.cli(0, "service", "apply", "-f", specPath).Stdout; !strings.Contains(out, "removal") || !strings.Contains(out, "in waves") {
+		t.Errorf("service apply of a narrower selector says:\n%s", out)
+	}
+	watch := e.fleet.CLI(e.ctx, "rollout", "watch", "web")
+	if watch.Code != 0 || !strings.Contains(watch.Stdout, "remove from the hosts the selector left") || !strings.Contains(watch.Stdout, "2 waves, 2 hosts") {
+		t.Fatalf("rollout watch of the removal: exit %d\n%s\n%s", watch.Code, watch.Stdout, watch.Stderr)
+	}
+	r := e.rollout("web")
+	if !r.GetLeft() || r.GetState() != v1.RolloutState_ROLLOUT_STATE_SUCCEEDED || len(r.GetWaves()) != 2 {
+		t.Fatalf("removal %s: left %v, %v, %d waves", r.GetId(), r.GetLeft(), r.GetState(), len(r.GetWaves()))
+	}
+	// One host per wave; the second wave started after the first was done.
+	w0, w1 := r.GetWaves()[0], r.GetWaves()[1]
+	if len(w0.GetHosts()) != 1 || len(w1.GetHosts()) != 1 || w1.GetStartedAt().AsTime().Before(w0.GetDoneAt().AsTime()) {
+		t.Errorf("waves: %v then %v", w0, w1)
+	}
+	for _, id := range []string{"host-1", "host-3"} {
+		if why := e.removedFrom(id, pids[id]); why != "" {
+			t.Errorf("after the selector change: %s", why)
+		}
+	}
+	if v := e.fleet.Version(e.ctx, "host-2"); v != "v1" {
+		t.Errorf("host-2 serves %q", v)
+	}
+	if pid := e.servicePID("host-2"); pid != pids["host-2"] {
+		t.Errorf("host-2's service was restarted: pid %d, was %d", pid, pids["host-2"])
+	}
+	hist := e.cli(0, "rollout", "history", "web", "--id", r.GetId()).Stdout
+	for _, want := range []string{"host_left", "host-1", "host-3", "removal_created", "rollout_succeeded"} {
+		if !strings.Contains(hist, want) {
+			t.Errorf("the removal's history lacks %s:\n%s", want, hist)
+		}
+	}
+	// The next release reaches the host that stays only.
+	if code := e.release("web", "v2", nil); code != 0 {
+		t.Fatalf("rollout of v2: watch exit %d: %v", code, e.rollout("web"))
+	}
+	if v := e.fleet.Version(e.ctx, "host-2"); v != "v2" {
+		t.Errorf("host-2 serves %q after v2", v)
+	}
+	for _, id := range []string{"host-1", "host-3"} {
+		if v := e.fleet.Version(e.ctx, id); v != "" {
+			t.Errorf("%s serves %q after v2", id, v)
+		}
+	}
+}

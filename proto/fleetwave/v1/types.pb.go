@@ -2329,7 +2329,10 @@ type ServiceStatus struct {
 	RolloutSeq    int64  `protobuf:"varint,6,opt,name=rollout_seq,json=rolloutSeq,proto3" json:"rollout_seq,omitempty"`
 	// The spec the stable release runs with: the spec of the last rollout that
 	// succeeded, or a later spec that differs from it only in what the
-	// coordinator alone reads (rollout policy, alerts, selector). A spec that
+	// coordinator alone reads (rollout policy, alerts). Its selector is the
+	// one the hosts were placed by: it changes only when no host that has the
+	// service is left out by the live selector (a removal of those, left,
+	// ends so). A spec that
 	// changes what runs on hosts reaches them with a rollout (a config
 	// rollout of the stable release when no release is waiting).
 	StableSpec *ServiceSpec `protobuf:"bytes,7,opt,name=stable_spec,json=stableSpec,proto3" json:"stable_spec,omitempty"`
@@ -2801,7 +2804,12 @@ type Rollout struct {
 	SpecChanges []string `protobuf:"bytes,23,rep,name=spec_changes,json=specChanges,proto3" json:"spec_changes,omitempty"`
 	// A removal (`fleetwave service delete`): hosts are assigned to stop the
 	// service and remove its files instead of a release (to_version "").
-	Remove        bool `protobuf:"varint,24,opt,name=remove,proto3" json:"remove,omitempty"`
+	Remove bool `protobuf:"varint,24,opt,name=remove,proto3" json:"remove,omitempty"`
+	// A removal from the hosts a selector change left out (remove is set
+	// too): its plan is those hosts (they had the service, the stable spec's
+	// selector selects them and the live one does not), the service stays.
+	// Its success records the live selector in the stable spec.
+	Left          bool `protobuf:"varint,25,opt,name=left,proto3" json:"left,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3000,6 +3008,13 @@ func (x *Rollout) GetSpecChanges() []string {
 func (x *Rollout) GetRemove() bool {
 	if x != nil {
 		return x.Remove
+	}
+	return false
+}
+
+func (x *Rollout) GetLeft() bool {
+	if x != nil {
+		return x.Left
 	}
 	return false
 }
@@ -3708,7 +3723,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x06canary\x18\b \x01(\bR\x06canary\x12)\n" +
 	"\x10waiting_approval\x18\t \x01(\bR\x0fwaitingApproval\x12\x1a\n" +
 	"\bapproved\x18\n" +
-	" \x01(\bR\bapproved\"\x99\b\n" +
+	" \x01(\bR\bapproved\"\xad\b\n" +
 	"\aRollout\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12!\n" +
@@ -3741,7 +3756,8 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x12from_spec_revision\x18\x15 \x01(\x03R\x10fromSpecRevision\x122\n" +
 	"\x15applied_spec_revision\x18\x16 \x01(\x03R\x13appliedSpecRevision\x12!\n" +
 	"\fspec_changes\x18\x17 \x03(\tR\vspecChanges\x12\x16\n" +
-	"\x06remove\x18\x18 \x01(\bR\x06remove\"\xd8\x01\n" +
+	"\x06remove\x18\x18 \x01(\bR\x06remove\x12\x12\n" +
+	"\x04left\x18\x19 \x01(\bR\x04left\"\xd8\x01\n" +
 	"\x05Event\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1d\n" +
