@@ -144,6 +144,10 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
 	id := hello.GetHostId()
+	if err := checkAgentVersion("hello.agent_version", hello.GetAgentVersion()); err != nil {
+		h.c.log.Warn().Str("host", id).Str("agent_version", hello.GetAgentVersion()).Msg("agent older than the minimum refused")
+		return status.Error(codes.FailedPrecondition, err.Error())
+	}
 	// A host certificate opens only its own host's stream: it receives only
 	// its assignments and reports only for itself.
 	if p, ok := principalFrom(ctx); ok && p.kind == tlsutil.KindAgent && p.name != id {

@@ -31,15 +31,25 @@ var version = "dev"
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	os.Exit(run(ctx, os.Args[1:], os.Stderr))
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 
 // errUsage marks errors in the command line (exit status 2).
 var errUsage = errors.New("usage")
 
-func run(ctx context.Context, args []string, stderr io.Writer) int {
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "stop-services" {
 		return runStopServices(ctx, args[1:], stderr)
+	}
+	if len(args) > 0 && args[0] == "version" {
+		if len(args) > 1 {
+			fmt.Fprintf(stderr, "fleetwave-agent version: unexpected argument %q\n", args[1])
+			return 2
+		}
+		// The version alone on a line: what this binary reports in its
+		// Hello (scripts compare it).
+		fmt.Fprintln(stdout, version)
+		return 0
 	}
 	cfg, level, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
