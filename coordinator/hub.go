@@ -257,7 +257,7 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
 			return err
 		case q := <-conn.out:
 			// A copy: queued sets may be shared; sent_at measures delivery.
-			if err := stream.Send(&v1.ConnectResponse{Assignments: q.resp.GetAssignments(), SentAt: timestamppb.Now()}); err != nil {
+			if err := stream.Send(&v1.ConnectResponse{Assignments: q.resp.GetAssignments(), Agent: q.resp.GetAgent(), SentAt: timestamppb.Now()}); err != nil {
 				return err
 			}
 			h.c.metrics.delivered(q)
@@ -382,8 +382,11 @@ func (h *hub) assignments(t *desiredTable, c *agentConn) *v1.ConnectResponse {
 		if !ok {
 			continue
 		}
+		agentBinary := name == spec.AgentService // agentupgrade.go
 		if want.Remove {
-			resp.Assignments = append(resp.Assignments, &v1.Assignment{Service: name, Generation: want.Generation, Remove: true})
+			if !agentBinary { // an agent is never removed
+				resp.Assignments = append(resp.Assignments, &v1.Assignment{Service: name, Generation: want.Generation, Remove: true})
+			}
 			continue
 		}
 		ver, gen := want.Version, want.Generation
@@ -396,6 +399,10 @@ func (h *hub) assignments(t *desiredTable, c *agentConn) *v1.ConnectResponse {
 		asg := &v1.Assignment{Service: name, Generation: gen, Release: rel, Spec: sp, SpecRevision: rev}
 		if sr := e.latest.GetSignedRollback(); sr != nil && ver == e.latest.GetToVersion() {
 			asg.Rollback = sr // lets agents with trusted keys go back below their floor
+		}
+		if agentBinary {
+			resp.Agent = asg
+			continue
 		}
 		resp.Assignments = append(resp.Assignments, asg)
 	}

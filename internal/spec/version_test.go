@@ -1,6 +1,11 @@
 package spec
 
-import "testing"
+import (
+	"strings"
+	"testing"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
 
 func TestParseReleaseVersion(t *testing.T) {
 	good := map[string]ReleaseVersion{
@@ -45,5 +50,19 @@ func TestReleaseVersionCompare(t *testing.T) {
 	}
 	if s := MustParseReleaseVersion("v1.2.3-rc.1+x").String(); s != "v1.2.3-rc.1" {
 		t.Errorf("String: %q", s)
+	}
+}
+
+func TestAgentServiceReserved(t *testing.T) {
+	s := &v1.ServiceSpec{Name: AgentService, Run: &v1.RunSpec{Command: []string{"./app"}}}
+	err := Validate(s)
+	if err == nil || !strings.Contains(err.Error(), `name: "fleetwave-agent" is reserved for agent upgrades`) {
+		t.Fatalf("Validate: %v", err)
+	}
+	if err := ValidateRolloutPolicy(&v1.RolloutPolicy{Waves: []uint32{50, 40}}); err == nil || !strings.Contains(err.Error(), "rollout.waves[1]: 40") {
+		t.Fatalf("ValidateRolloutPolicy: %v", err)
+	}
+	if err := ValidateRolloutPolicy(&v1.RolloutPolicy{Canary: 1, Waves: []uint32{50, 100}}); err != nil {
+		t.Fatalf("ValidateRolloutPolicy: %v", err)
 	}
 }
