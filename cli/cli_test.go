@@ -48,6 +48,7 @@ type fake struct {
 	events     []*v1.WatchEventsResponse // sent by WatchEvents, then it returns
 	eventReqs  []*v1.WatchEventsRequest
 	rollbacks  []*v1.RollbackRequest
+	upgrades   []*v1.UpgradeAgentsRequest
 }
 
 type fakeOperator struct {
@@ -117,6 +118,14 @@ func (s fakeOperator) CreateRelease(_ context.Context, req *v1.CreateReleaseRequ
 	r := proto.Clone(req.GetRelease()).(*v1.Release)
 	r.CreatedAt = timestamppb.New(time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC))
 	return &v1.CreateReleaseResponse{Release: r, Rollout: s.f.rollout}, nil
+}
+
+func (s fakeOperator) UpgradeAgents(_ context.Context, req *v1.UpgradeAgentsRequest) (*v1.UpgradeAgentsResponse, error) {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	s.f.upgrades = append(s.f.upgrades, req)
+	r := proto.Clone(req.GetRelease()).(*v1.Release)
+	return &v1.UpgradeAgentsResponse{Release: r, Rollout: s.f.rollout}, nil
 }
 
 func (s fakeOperator) ListReleases(_ context.Context, req *v1.ListReleasesRequest) (*v1.ListReleasesResponse, error) {
