@@ -60,11 +60,32 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	log := zerolog.New(stderr).Level(level).With().Timestamp().Logger()
-	if err := agent.Run(ctx, cfg, log); err != nil {
+	confirm, err := agent.ConfirmFromEnv()
+	if err != nil {
 		log.Error().Err(err).Msg("agent failed")
 		return 1
 	}
-	return 0
+	cfg.Confirm = confirm
+	for {
+		err := agent.Run(ctx, cfg, log)
+		var up *agent.Upgrade
+		if !errors.As(err, &up) {
+			if err != nil {
+				log.Error().Err(err).Msg("agent failed")
+				return 1
+			}
+			return 0
+		}
+		// Hand over to the new agent (agent/handoff.go); if it does not
+		// take over, this agent runs again and reports why.
+		if agent.Handoff(ctx, cfg, up, args, log) {
+			return 0
+		}
+		if ctx.Err() != nil {
+			return 0 // stopped during the handover: the next start reports it
+		}
+		cfg.Confirm = nil // this agent is no longer anyone's new agent
+	}
 }
 
 // runStopServices is `fleetwave-agent stop-services`: stop every service
@@ -142,6 +163,7 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 	logMax := fs.Int64("service-log-max-bytes", agent.DefaultServiceLogMaxBytes, "rotate a service's log (DATA-DIR/logs/SERVICE.log) when it reaches this size (copy-truncate; -1 = never)")
 	logKeep := fs.Int("service-log-keep", agent.DefaultServiceLogKeep, "rotated files kept per service log (SERVICE.log.1 is the newest)")
 	keepReleases := fs.Int("keep-releases", agent.DefaultKeepReleases, "unpacked releases kept per service (the newest; the current and last good ones are always kept)")
+	upgradeDeadline := fs.Duration("upgrade-deadline", agent.DefaultUpgradeDeadline, fmt.Sprintf("a new agent binary (fleetwave agent upgrade) that does not connect within this is stopped and this agent runs again (%s to %s)", agent.MinUpgradeDeadline, agent.MaxUpgradeDeadline))
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return agent.Config{}, 0, err
@@ -194,6 +216,10 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 		return agent.Config{}, 0, bad("keep-releases", strconv.Itoa(*keepReleases), "want 1 or more")
 	}
 	cfg.KeepReleases = *keepReleases
+	cfg.UpgradeDeadline = *upgradeDeadline
+	if d := *upgradeDeadline; d < agent.MinUpgradeDeadline || d > agent.MaxUpgradeDeadline {
+		return agent.Config{}, 0, bad("upgrade-deadline", d.String(), fmt.Sprintf("want %s to %s", agent.MinUpgradeDeadline, agent.MaxUpgradeDeadline))
+	}
 	cfg.ServiceLogMaxBytes = *logMax
 	cfg.ServiceLogKeep = *logKeep
 	if *logKeep == 0 {

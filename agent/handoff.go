@@ -1,0 +1,231 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/rs/zerolog"
+
+	"github.com/fleetwave/fleetwave/agent/lifecycle"
+)
+
+// The process side of an agent upgrade (the tableflip pattern: the old
+// process starts the new one, which takes over only once it is known to
+// work). Run returned an *Upgrade: the old agent stopped as on SIGTERM, its
+// services running. Handoff then:
+//
+//   - starts the new binary with the agent's own arguments and, in
+//     EnvConfirmFD, the number of an inherited pipe's write end; the new
+//     agent adopts the services, connects, and once a coordinator answered
+//     its hello writes one line to the pipe (ConfirmFromEnv);
+//   - on that line makes the new binary the agent's executable (the old
+//     one kept as <exe>.previous, the new one renamed over <exe>, so the
+//     next start, by systemd or anyone, runs it), tells systemd the new
+//     main pid when NOTIFY_SOCKET is set (MAINPID=), records the upgrade
+//     done, and returns true: the old process exits and the new agent runs
+//     on;
+//   - when the new agent exits first, does not confirm within
+//     Config.UpgradeDeadline, or the old agent is told to stop meanwhile
+//     (ctx), it stops the new agent (SIGTERM, which leaves the services
+//     running; SIGKILL after HandoffStopGrace), records the upgrade failed
+//     with the reason and returns false: Run again resumes the old agent
+//     (adopting the services once more), which reports the failure.
+
+// EnvConfirmFD names the environment variable that tells a new agent the
+// descriptor to confirm on.
+const EnvConfirmFD = "FLEETWAVE_AGENT_CONFIRM_FD"
+
+// HandoffStopGrace is how long a new agent that is sent away has to exit
+// after SIGTERM before SIGKILL.
+const HandoffStopGrace = 10 * time.Second
+
+// confirmLine is what a new agent writes to confirm.
+const confirmLine = "accepted\n"
+
+// ConfirmFromEnv returns the Config.Confirm of a new agent started by
+// Handoff (nil when the agent was not: EnvConfirmFD unset). It removes the
+// variable from the environment and keeps the descriptor from the agent's
+// children (its services and hooks).
+func ConfirmFromEnv() (func(), error) {
+	v, ok := os.LookupEnv(EnvConfirmFD)
+	if !ok {
+		return nil, nil
+	}
+	os.Unsetenv(EnvConfirmFD)
+	fd, err := strconv.Atoi(v)
+	if err != nil || fd < 3 {
+		return nil, fmt.Errorf("%s: %q is not an inherited descriptor number", EnvConfirmFD, v)
+	}
+	syscall.CloseOnExec(fd)
+	f := os.NewFile(uintptr(fd), "agent-upgrade-confirm")
+	if f == nil {
+		return nil, fmt.Errorf("%s: descriptor %d is not open", EnvConfirmFD, fd)
+	}
+	return func() {
+		_, _ = io.WriteString(f, confirmLine)
+		_ = f.Close()
+	}, nil
+}
+
+// Handoff hands over to the new agent of up (see above) and reports whether
+// it took over. args are the agent's own arguments (os.Args[1:]). Its
+// errors are in the record and the log: a false return means "run again".
+func Handoff(ctx context.Context, cfg Config, up *Upgrade, args []string, log zerolog.Logger) bool {
+	cfg = cfg.withDefaults()
+	log = log.With().Str("host", cfg.HostID).Str("version", up.Record.Version).Logger()
+	end, detail := handoff(ctx, cfg, up, args, log)
+	rec, commit := lifecycle.AgentHandoff(up.Record, end, detail, cfg.UpgradeDeadline)
+	if err := saveUpgradeRecord(cfg.DataDir, &rec); err != nil {
+		log.Error().Err(err).Msg("saving the agent upgrade record")
+	}
+	if commit {
+		log.Info().Msg("agent upgrade: the new agent took over; this one exits")
+	} else {
+		log.Warn().Str("reason", rec.Reason).Msg("agent upgrade failed: this agent runs again")
+	}
+	return commit
+}
+
+func handoff(ctx context.Context, cfg Config, up *Upgrade, args []string, log zerolog.Logger) (lifecycle.HandoffEnd, string) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return lifecycle.HandoffExited, "pipe: " + err.Error()
+	}
+	defer r.Close()
+	cmd := exec.Command(up.Binary, args...)
+	cmd.Env = append(withoutEnv(os.Environ(), EnvConfirmFD), EnvConfirmFD+"=3")
+	cmd.ExtraFiles = []*os.File{w}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, os.Stdout, os.Stderr
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return lifecycle.HandoffExited, "start: " + err.Error()
+	}
+	w.Close()
+	log.Info().Int("pid", cmd.Process.Pid).Dur("deadline", cfg.UpgradeDeadline).Msg("agent upgrade: new agent started; waiting for it to connect")
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	confirmed := make(chan bool, 1)
+	go func() {
+		b := make([]byte, len(confirmLine))
+		n, _ := io.ReadFull(r, b)
+		confirmed <- n == len(b) && string(b) == confirmLine
+	}()
+	deadline := time.NewTimer(cfg.UpgradeDeadline)
+	defer deadline.Stop()
+	var end lifecycle.HandoffEnd
+	var detail string
+	select {
+	case ok := <-confirmed:
+		if ok {
+			if err := commitBinary(up.Binary); err != nil {
+				end, detail = lifecycle.HandoffCommitFailed, err.Error()
+				break
+			}
+			notifyMainPID(cmd.Process.Pid, log)
+			return lifecycle.HandoffConfirmed, ""
+		}
+		// The pipe closed without the line: the new agent is exiting.
+		err := <-exited
+		return lifecycle.HandoffExited, exitText(err)
+	case err := <-exited:
+		return lifecycle.HandoffExited, exitText(err)
+	case <-deadline.C:
+		end = lifecycle.HandoffDeadline
+	case <-ctx.Done():
+		end = lifecycle.HandoffStopped
+	}
+	stopNewAgent(cmd, exited, log)
+	return end, detail
+}
+
+// stopNewAgent ends a new agent that did not take over: SIGTERM (it leaves
+// the services running), SIGKILL after HandoffStopGrace.
+func stopNewAgent(cmd *exec.Cmd, exited <-chan error, log zerolog.Logger) {
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	t := time.NewTimer(HandoffStopGrace)
+	defer t.Stop()
+	select {
+	case <-exited:
+		return
+	case <-t.C:
+	}
+	log.Warn().Int("pid", cmd.Process.Pid).Dur("grace", HandoffStopGrace).Msg("agent upgrade: the new agent ignored SIGTERM; killing it")
+	_ = cmd.Process.Kill()
+	<-exited
+}
+
+func exitText(err error) string {
+	if err == nil {
+		return "exit status 0"
+	}
+	return err.Error()
+}
+
+func withoutEnv(env []string, key string) []string {
+	out := make([]string, 0, len(env)+1)
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, key+"=") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// executable is the running agent's executable (os.Executable; tests
+// point it at a file of their own).
+var executable = os.Executable
+
+// commitBinary makes bin the agent's executable: a copy beside the running
+// executable renamed over it (atomic), the old one kept as <exe>.previous
+// (a hard link, else a copy).
+func commitBinary(bin string) error {
+	exe, err := executable()
+	if err != nil {
+		return fmt.Errorf("find the agent's executable: %w", err)
+	}
+	if exe, err = filepath.EvalSymlinks(exe); err != nil {
+		return fmt.Errorf("find the agent's executable: %w", err)
+	}
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		return fmt.Errorf("read the new agent: %w", err)
+	}
+	prev := exe + ".previous"
+	if err := os.Remove(prev); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("keep the previous agent: %w", err)
+	}
+	if err := os.Link(exe, prev); err != nil {
+		old, rerr := os.ReadFile(exe)
+		if rerr != nil {
+			return fmt.Errorf("keep the previous agent: %w", rerr)
+		}
+		if err := writeFileAtomic(prev, old, 0o755); err != nil {
+			return fmt.Errorf("keep the previous agent: %w", err)
+		}
+	}
+	if err := writeFileAtomic(exe, b, 0o755); err != nil {
+		return fmt.Errorf("install the new agent as %s: %w", exe, err)
+	}
+	return nil
+}
+
+// notifyMainPID tells systemd (when the agent runs under it with a notify
+// socket) that the new agent is the service's main process from now on.
+func notifyMainPID(pid int, log zerolog.Logger) {
+	if os.Getenv("NOTIFY_SOCKET") == "" {
+		return
+	}
+	if _, err := daemon.SdNotify(false, "MAINPID="+strconv.Itoa(pid)); err != nil {
+		log.Warn().Err(err).Int("pid", pid).Msg("agent upgrade: telling systemd the new main pid")
+	}
+}

@@ -1,0 +1,245 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/fleetwave/fleetwave/agent/lifecycle"
+	"github.com/fleetwave/fleetwave/internal/spec"
+	"github.com/fleetwave/fleetwave/internal/testkit"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+func writeScript(t *testing.T, path, body string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte("#!/bin/sh\n"+body+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestUpgradeRecordRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	if rec, err := loadUpgradeRecord(dir); rec != nil || err != nil {
+		t.Fatalf("no record: %v, %v", rec, err)
+	}
+	want := &lifecycle.AgentUpgrade{Version: "v0.2.0", Generation: 4, From: "v0.1.0", State: lifecycle.AgentFailed, Reason: "why"}
+	if err := saveUpgradeRecord(dir, want); err != nil {
+		t.Fatal(err)
+	}
+	got, err := loadUpgradeRecord(dir)
+	if err != nil || *got != *want {
+		t.Fatalf("got %+v, %v", got, err)
+	}
+	if err := os.WriteFile(upgradeRecordPath(dir), []byte(`{"version":"v1","state":"maybe"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loadUpgradeRecord(dir); err == nil || !strings.Contains(err.Error(), `state "maybe"`) {
+		t.Fatalf("bad state: %v", err)
+	}
+}
+
+func TestCheckAgentBinary(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	good := filepath.Join(dir, "good", agentBinary)
+	writeScript(t, good, `[ "$1" = version ] && echo v0.2.0`)
+	if err := checkAgentBinary(ctx, good, "v0.2.0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkAgentBinary(ctx, good, "v0.3.0"); err == nil || !strings.Contains(err.Error(), `printed "v0.2.0", not "v0.3.0"`) {
+		t.Fatalf("wrong version: %v", err)
+	}
+	if err := checkAgentBinary(ctx, filepath.Join(dir, "none", agentBinary), "v0.2.0"); err == nil || !strings.Contains(err.Error(), "no fleetwave-agent at its root") {
+		t.Fatalf("missing: %v", err)
+	}
+	plain := filepath.Join(dir, "plain", agentBinary)
+	writeScript(t, plain, "echo v0.2.0")
+	if err := os.Chmod(plain, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkAgentBinary(ctx, plain, "v0.2.0"); err == nil || !strings.Contains(err.Error(), "not an executable file") {
+		t.Fatalf("not executable: %v", err)
+	}
+	failing := filepath.Join(dir, "failing", agentBinary)
+	writeScript(t, failing, "exit 3")
+	if err := checkAgentBinary(ctx, failing, "v0.2.0"); err == nil || !strings.Contains(err.Error(), "exit status 3") {
+		t.Fatalf("failing: %v", err)
+	}
+}
+
+func TestValidateAgentAssignment(t *testing.T) {
+	good := func() *v1.Assignment {
+		return &v1.Assignment{Service: spec.AgentService, Generation: 2,
+			Release: &v1.Release{Version: "v0.2.0", Artifact: &v1.Artifact{Sha256: strings.Repeat("a", 64), Size: 10}}}
+	}
+	if err := validateAgentAssignment(good(), 100); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		mut  func(*v1.Assignment)
+		want string
+	}{
+		{func(a *v1.Assignment) { a.Service = "web" }, `agent.service: "web"`},
+		{func(a *v1.Assignment) { a.Generation = 0 }, "agent.generation: 0"},
+		{func(a *v1.Assignment) { a.Release.Version = "../x" }, `agent.release.version: invalid version "../x"`},
+		{func(a *v1.Assignment) { a.Release.Version = "current" }, `agent.release.version: "current" is reserved`},
+		{func(a *v1.Assignment) { a.Release.Artifact.Sha256 = "x" }, "agent.release.artifact.sha256"},
+		{func(a *v1.Assignment) { a.Release.Artifact.Size = 101 }, "agent.release.artifact.size: 101 is not within 1 and 100"},
+		{func(a *v1.Assignment) { a.Release.Artifact.Url = "file:///etc/passwd" }, `agent.release.artifact.url: "file:///etc/passwd"`},
+		{func(a *v1.Assignment) { a.Release = nil }, "agent.release: missing"},
+	} {
+		a := good()
+		tt.mut(a)
+		if err := validateAgentAssignment(a, 100); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%v: %v, want %q", a, err, tt.want)
+		}
+	}
+}
+
+// handoffFixture is a data dir with a trying record, an "executable" of
+// the old agent and a new agent script.
+type handoffFixture struct {
+	cfg     Config
+	up      *Upgrade
+	exe     string
+	pidFile string
+}
+
+func newHandoffFixture(t *testing.T, script string) *handoffFixture {
+	t.Helper()
+	dir := t.TempDir()
+	f := &handoffFixture{exe: filepath.Join(dir, "bin", "fleetwave-agent"), pidFile: filepath.Join(dir, "new.pid")}
+	writeScript(t, f.exe, "echo old agent")
+	old := executable
+	executable = func() (string, error) { return f.exe, nil }
+	t.Cleanup(func() { executable = old })
+	bin := filepath.Join(dir, "data", "releases", spec.AgentService, "v0.2.0", agentBinary)
+	writeScript(t, bin, "echo $$ > "+f.pidFile+"\n"+script)
+	f.cfg = Config{HostID: "h1", DataDir: filepath.Join(dir, "data"), UpgradeDeadline: MinUpgradeDeadline}
+	f.up = &Upgrade{Binary: bin, Record: lifecycle.AgentUpgrade{Version: "v0.2.0", Generation: 3, From: "v0.1.0", State: lifecycle.AgentTrying}}
+	if err := saveUpgradeRecord(f.cfg.DataDir, &f.up.Record); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func (f *handoffFixture) record(t *testing.T) *lifecycle.AgentUpgrade {
+	t.Helper()
+	rec, err := loadUpgradeRecord(f.cfg.DataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+// newPID is the new agent's pid (it wrote it first thing).
+func (f *handoffFixture) newPID(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile(f.pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// A new agent that confirms takes over: its binary becomes the executable,
+// the old one is kept as .previous, the record says done, and it runs on.
+func TestHandoffConfirmed(t *testing.T) {
+	f := newHandoffFixture(t, `[ "$`+EnvConfirmFD+`" = 3 ] || exit 9
+echo accepted >&3
+exec sleep 600`)
+	if !Handoff(context.Background(), f.cfg, f.up, []string{"--host-id", "h1"}, zerolog.Nop()) {
+		t.Fatalf("not taken over: %+v", f.record(t))
+	}
+	pid := f.newPID(t)
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+	if !alive(pid) {
+		t.Fatal("the new agent is not running")
+	}
+	if rec := f.record(t); rec.State != lifecycle.AgentDone || rec.Reason != "" {
+		t.Fatalf("record %+v", rec)
+	}
+	newBin, _ := os.ReadFile(f.up.Binary)
+	exe, _ := os.ReadFile(f.exe)
+	prev, _ := os.ReadFile(f.exe + ".previous")
+	if string(exe) != string(newBin) || !strings.Contains(string(prev), "echo old agent") {
+		t.Fatalf("executable %q, previous %q", exe, prev)
+	}
+	if fi, err := os.Stat(f.exe); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Fatalf("executable: %v, %v", fi, err)
+	}
+}
+
+// A new agent that exits before it confirms: failed, the executable kept.
+func TestHandoffNewAgentExits(t *testing.T) {
+	f := newHandoffFixture(t, "exit 4")
+	if Handoff(context.Background(), f.cfg, f.up, nil, zerolog.Nop()) {
+		t.Fatal("taken over")
+	}
+	rec := f.record(t)
+	if rec.State != lifecycle.AgentFailed || !strings.Contains(rec.Reason, "exited before it connected (exit status 4): went back to v0.1.0") {
+		t.Fatalf("record %+v", rec)
+	}
+	if b, _ := os.ReadFile(f.exe); !strings.Contains(string(b), "echo old agent") {
+		t.Fatalf("executable replaced: %q", b)
+	}
+	if _, err := os.Stat(f.exe + ".previous"); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("previous: %v", err)
+	}
+}
+
+// A new agent that never confirms is stopped at the deadline (and one that
+// ignores SIGTERM is killed after the grace): failed, nothing left running.
+func TestHandoffDeadline(t *testing.T) {
+	f := newHandoffFixture(t, "exec sleep 600")
+	if Handoff(context.Background(), f.cfg, f.up, nil, zerolog.Nop()) {
+		t.Fatal("taken over")
+	}
+	rec := f.record(t)
+	if rec.State != lifecycle.AgentFailed || !strings.Contains(rec.Reason, "did not connect and confirm within 1s") {
+		t.Fatalf("record %+v", rec)
+	}
+	pid := f.newPID(t)
+	testkit.Eventually(t, 30*time.Second, "the new agent is gone", func() bool { return !alive(pid) })
+	if b, _ := os.ReadFile(f.exe); !strings.Contains(string(b), "echo old agent") {
+		t.Fatalf("executable replaced: %q", b)
+	}
+}
+
+// The old agent told to stop during the handover stops the new one.
+func TestHandoffStopped(t *testing.T) {
+	f := newHandoffFixture(t, "exec sleep 600")
+	f.cfg.UpgradeDeadline = MaxUpgradeDeadline
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		testkit.Eventually(t, 30*time.Second, "the new agent started", func() bool {
+			_, err := os.Stat(f.pidFile)
+			return err == nil
+		})
+		cancel()
+	}()
+	if Handoff(ctx, f.cfg, f.up, nil, zerolog.Nop()) {
+		t.Fatal("taken over")
+	}
+	if rec := f.record(t); rec.State != lifecycle.AgentFailed || !strings.Contains(rec.Reason, "was stopped") {
+		t.Fatalf("record %+v", rec)
+	}
+	pid := f.newPID(t)
+	testkit.Eventually(t, 30*time.Second, "the new agent is gone", func() bool { return !alive(pid) })
+}
