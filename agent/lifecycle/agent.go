@@ -16,7 +16,7 @@ import (
 //
 //   - An assignment of the version the agent runs is reported HEALTHY (the
 //     new agent, back and accepted, says so; so does any agent already on
-//     it).
+//     it). During a handover the old agent alone writes the record.
 //   - An assignment of another version is an upgrade, unless the record says
 //     it failed at that generation or a later one (never retried: the same
 //     generation is the same assignment) or the assignment is older than
@@ -75,6 +75,12 @@ func AgentAssign(rec *AgentUpgrade, own string, asg *v1.Assignment) AgentDecisio
 	switch {
 	case rec != nil && gen < rec.Generation:
 		return AgentDecision{Report: agentReport(rec, own)} // a replay
+	case v == own && rec != nil && rec.State == AgentTrying && rec.Version == v && rec.Generation == gen:
+		// The new agent during its handover: the old agent owns the record
+		// until the handover ends.
+		done := *rec
+		done.State = AgentDone
+		return AgentDecision{Report: agentReport(&done, own)}
 	case v == own:
 		done := &AgentUpgrade{Version: v, Generation: gen, From: own, State: AgentDone}
 		if rec != nil && rec.Version == v && rec.Generation == gen {
