@@ -91,6 +91,11 @@ type Config struct {
 	// confirms to the old one with it (cmd/fleetwave-agent). It also makes
 	// the agent the new agent of a handover in progress (lifecycle.AgentStart).
 	Confirm func()
+	// NotifySocket is systemd's notify socket of the agent's unit ("" =
+	// none; NotifySocketFromEnv): after an upgrade the old agent tells
+	// systemd the new agent's pid on it (MAINPID=). The new agent gets it
+	// in its environment; services never do.
+	NotifySocket string
 }
 
 // Limits of Config.UpgradeDeadline.

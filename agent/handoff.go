@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,7 +14,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/rs/zerolog"
 
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
@@ -31,7 +31,7 @@ import (
 //   - on that line makes the new binary the agent's executable (the old
 //     one kept as <exe>.previous, the new one renamed over <exe>, so the
 //     next start, by systemd or anyone, runs it), tells systemd the new
-//     main pid when NOTIFY_SOCKET is set (MAINPID=), records the upgrade
+//     main pid when it runs under systemd (MAINPID=), records the upgrade
 //     done, and returns true: the old process exits and the new agent runs
 //     on;
 //   - when the new agent exits first, does not confirm within
@@ -103,7 +103,10 @@ func handoff(ctx context.Context, cfg Config, up *Upgrade, args []string, log ze
 	}
 	defer r.Close()
 	cmd := exec.Command(up.Binary, args...)
-	cmd.Env = append(withoutEnv(os.Environ(), EnvConfirmFD), EnvConfirmFD+"=3")
+	cmd.Env = append(withoutEnv(withoutEnv(os.Environ(), EnvConfirmFD), EnvNotifySocket), EnvConfirmFD+"=3")
+	if cfg.NotifySocket != "" {
+		cmd.Env = append(cmd.Env, EnvNotifySocket+"="+cfg.NotifySocket) // for its own upgrades
+	}
 	cmd.ExtraFiles = []*os.File{w}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, os.Stdout, os.Stderr
 	if err := cmd.Start(); err != nil {
@@ -131,7 +134,7 @@ func handoff(ctx context.Context, cfg Config, up *Upgrade, args []string, log ze
 				end, detail = lifecycle.HandoffCommitFailed, err.Error()
 				break
 			}
-			notifyMainPID(cmd.Process.Pid, log)
+			notifyMainPID(cfg.NotifySocket, cmd.Process.Pid, log)
 			return lifecycle.HandoffConfirmed, ""
 		}
 		// The pipe closed without the line: the new agent is exiting.
@@ -219,13 +222,36 @@ func commitBinary(bin string) error {
 	return nil
 }
 
+// EnvNotifySocket is systemd's notify socket variable (sd_notify(3)).
+const EnvNotifySocket = "NOTIFY_SOCKET"
+
+// NotifySocketFromEnv takes systemd's notify socket out of the environment
+// (so the services and hooks the agent starts do not inherit it) and
+// returns it for Config.NotifySocket ("" when unset).
+func NotifySocketFromEnv() string {
+	v := os.Getenv(EnvNotifySocket)
+	os.Unsetenv(EnvNotifySocket)
+	return v
+}
+
 // notifyMainPID tells systemd (when the agent runs under it with a notify
-// socket) that the new agent is the service's main process from now on.
-func notifyMainPID(pid int, log zerolog.Logger) {
-	if os.Getenv("NOTIFY_SOCKET") == "" {
+// socket, Config.NotifySocket) that the new agent is the unit's main
+// process from now on (MAINPID=, accepted from the main process with
+// NotifyAccess=main).
+func notifyMainPID(socket string, pid int, log zerolog.Logger) {
+	if socket == "" {
 		return
 	}
-	if _, err := daemon.SdNotify(false, "MAINPID="+strconv.Itoa(pid)); err != nil {
-		log.Warn().Err(err).Int("pid", pid).Msg("agent upgrade: telling systemd the new main pid")
+	name := socket
+	if strings.HasPrefix(name, "@") {
+		name = "\x00" + name[1:] // abstract namespace
+	}
+	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: name, Net: "unixgram"})
+	if err == nil {
+		_, err = conn.Write([]byte("MAINPID=" + strconv.Itoa(pid)))
+		conn.Close()
+	}
+	if err != nil {
+		log.Warn().Err(err).Int("pid", pid).Str("socket", socket).Msg("agent upgrade: telling systemd the new main pid")
 	}
 }

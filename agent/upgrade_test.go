@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -126,7 +127,7 @@ func newHandoffFixture(t *testing.T, script string) *handoffFixture {
 	executable = func() (string, error) { return f.exe, nil }
 	t.Cleanup(func() { executable = old })
 	bin := filepath.Join(dir, "data", "releases", spec.AgentService, "v0.2.0", agentBinary)
-	writeScript(t, bin, "echo $$ > "+f.pidFile+"\n"+script)
+	writeScript(t, bin, "echo $$ > "+f.pidFile+".tmp && mv "+f.pidFile+".tmp "+f.pidFile+"\n"+script)
 	f.cfg = Config{HostID: "h1", DataDir: filepath.Join(dir, "data"), UpgradeDeadline: MinUpgradeDeadline}
 	f.up = &Upgrade{Binary: bin, Record: lifecycle.AgentUpgrade{Version: "v0.2.0", Generation: 3, From: "v0.1.0", State: lifecycle.AgentTrying}}
 	if err := saveUpgradeRecord(f.cfg.DataDir, &f.up.Record); err != nil {
@@ -242,4 +243,42 @@ func TestHandoffStopped(t *testing.T) {
 	}
 	pid := f.newPID(t)
 	testkit.Eventually(t, 30*time.Second, "the new agent is gone", func() bool { return !alive(pid) })
+}
+
+// After a handover systemd is told the new main pid on the unit's notify
+// socket, and the new agent gets the socket for its own upgrades.
+func TestHandoffTellsSystemdTheNewMainPID(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	f := newHandoffFixture(t, `[ "$NOTIFY_SOCKET" = "`+sock+`" ] || exit 9
+echo accepted >&3
+exec sleep 600`)
+	f.cfg.NotifySocket = sock
+	if !Handoff(context.Background(), f.cfg, f.up, nil, zerolog.Nop()) {
+		t.Fatalf("not taken over: %+v", f.record(t))
+	}
+	pid := f.newPID(t)
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+	buf := make([]byte, 64)
+	if err := conn.SetReadDeadline(time.Now().Add(30 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	n, err := conn.Read(buf)
+	if err != nil || string(buf[:n]) != "MAINPID="+strconv.Itoa(pid) {
+		t.Fatalf("notify: %q, %v; want MAINPID=%d", buf[:n], err, pid)
+	}
+}
+
+func TestNotifySocketFromEnv(t *testing.T) {
+	t.Setenv(EnvNotifySocket, "/run/systemd/notify")
+	if got := NotifySocketFromEnv(); got != "/run/systemd/notify" {
+		t.Fatalf("got %q", got)
+	}
+	if v, ok := os.LookupEnv(EnvNotifySocket); ok {
+		t.Fatalf("still in the environment: %q", v)
+	}
 }

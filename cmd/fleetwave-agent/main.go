@@ -66,6 +66,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	cfg.Confirm = confirm
+	cfg.NotifySocket = agent.NotifySocketFromEnv()
 	for {
 		err := agent.Run(ctx, cfg, log)
 		var up *agent.Upgrade
