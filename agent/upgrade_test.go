@@ -282,3 +282,43 @@ func TestNotifySocketFromEnv(t *testing.T) {
 		t.Fatalf("still in the environment: %q", v)
 	}
 }
+
+// With trusted keys an agent release must be signed for the reserved
+// service and its version: unsigned, a service release's signature over the
+// same bytes, or a lower sequence than one accepted are refused; a good
+// one raises the agent's own floor.
+func TestVerifyAgentRelease(t *testing.T) {
+	k := newTestKey(t)
+	a := &agent{cfg: Config{DataDir: t.TempDir()}, trusted: trustedKeys{k.id: k.pub}}
+	now := time.Now()
+	art := &v1.Artifact{Sha256: strings.Repeat("b", 64), Size: 42}
+	agentAsg := func(gen int64) *v1.Assignment {
+		return &v1.Assignment{Service: spec.AgentService, Generation: gen, Spec: spec.AgentSpec(nil),
+			Release: &v1.Release{Service: spec.AgentService, Version: "v0.2.0", Artifact: art}}
+	}
+	if err := a.verifyAgent(agentAsg(1)); err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("unsigned: %v", err)
+	}
+	// The same bytes released and signed as the service web: the signed
+	// manifest names web, not the agent.
+	web := k.signSeq(t, &v1.Assignment{Service: "web", Generation: 1, Spec: spec.AgentSpec(nil),
+		Release: &v1.Release{Service: "web", Version: "v0.2.0", Artifact: art}}, 9, now, now.Add(time.Hour))
+	replay := agentAsg(2)
+	replay.Release.Signed = web.GetRelease().GetSigned()
+	if err := a.verifyAgent(replay); err == nil || !strings.Contains(err.Error(), "refused") || !strings.Contains(err.Error(), "signed manifest has service web, the release fleetwave-agent") {
+		t.Fatalf("a service's signature: %v", err)
+	}
+	good := k.signSeq(t, agentAsg(3), 5, now, now.Add(time.Hour))
+	if err := a.verifyAgent(good); err != nil {
+		t.Fatalf("signed for the agent: %v", err)
+	}
+	if fl, err := a.floors.get(spec.AgentService); err != nil || fl.Sequence != 5 {
+		t.Fatalf("agent floor %+v, %v", fl, err)
+	}
+	older := agentAsg(4)
+	older.Release.Version = "v0.1.5"
+	older = k.signSeq(t, older, 4, now, now.Add(time.Hour))
+	if err := a.verifyAgent(older); err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("below the floor: %v", err)
+	}
+}

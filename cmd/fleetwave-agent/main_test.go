@@ -6,6 +6,9 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/fleetwave/fleetwave/agent"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -43,6 +46,8 @@ func TestBadFlagsExit2NamingFlagAndValue(t *testing.T) {
 		{"insecure with tls", append(base, "--insecure", "--tls-ca", "ca.pem"), []string{"--insecure", "cannot be combined"}},
 		{"tls without identity", append(base, "--tls-ca", "ca.pem"), []string{"--tls-cert", "join_token_file"}},
 		{"redirect host", append(base, "--insecure", "--artifact-redirect-hosts", "https://cdn"), []string{"--artifact-redirect-hosts", `"https://cdn"`}},
+		{"upgrade deadline too short", append(base, "--insecure", "--upgrade-deadline", "500ms"), []string{"--upgrade-deadline", `"500ms"`, "1s to 1h0m0s"}},
+		{"upgrade deadline too long", append(base, "--insecure", "--upgrade-deadline", "2h"), []string{"--upgrade-deadline", `"2h0m0s"`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -131,5 +136,18 @@ func TestVersionCommand(t *testing.T) {
 	if code := run(context.Background(), []string{"version", "extra"}, &stdout, &stderr); code != 2 || stdout.Len() != 0 ||
 		!strings.Contains(stderr.String(), `unexpected argument "extra"`) {
 		t.Fatalf("exit %d, stdout %q, stderr %q", code, stdout.String(), stderr.String())
+	}
+}
+
+func TestUpgradeDeadlineFlag(t *testing.T) {
+	base := []string{"--coordinator", "a:1", "--host-id", "h1", "--data-dir", "d", "--insecure"}
+	var stderr bytes.Buffer
+	cfg, _, err := parseFlags(base, &stderr)
+	if err != nil || cfg.UpgradeDeadline != agent.DefaultUpgradeDeadline {
+		t.Fatalf("default: %v, %v", cfg.UpgradeDeadline, err)
+	}
+	cfg, _, err = parseFlags(append(base, "--upgrade-deadline", "20s"), &stderr)
+	if err != nil || cfg.UpgradeDeadline != 20*time.Second {
+		t.Fatalf("20s: %v, %v", cfg.UpgradeDeadline, err)
 	}
 }
