@@ -284,6 +284,12 @@ func (a *agent) maybeHandOver() {
 // prepareAgent fetches, verifies and unpacks the agent release and checks
 // that its binary runs and is the assigned version.
 func (a *agent) prepareAgent(ctx context.Context, asg *v1.Assignment) (string, error) {
+	if os.Getenv("INVOCATION_ID") != "" && a.cfg.NotifySocket == "" {
+		// Under systemd without a notify socket systemd could not be told
+		// the new agent's pid: it would take the old one's exit for the
+		// agent's and start it again beside the new one.
+		return "", errors.New("the agent runs under systemd without NotifyAccess=main (no NOTIFY_SOCKET): systemd would not follow the new agent; install deployments/systemd/fleetwave-agent.service and systemctl daemon-reload")
+	}
 	v, want := asg.GetRelease().GetVersion(), artifactOf(asg)
 	if !a.inst.Staged(spec.AgentService, v, want.SHA256) {
 		if err := a.inst.CheckFreeSpace(want.Size); err != nil {

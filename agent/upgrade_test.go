@@ -322,3 +322,15 @@ func TestVerifyAgentRelease(t *testing.T) {
 		t.Fatalf("below the floor: %v", err)
 	}
 }
+
+// Under systemd without a notify socket the agent refuses to upgrade
+// itself (systemd could not follow the new agent) and says how to fix it.
+func TestPrepareAgentRefusedUnderSystemdWithoutNotify(t *testing.T) {
+	t.Setenv("INVOCATION_ID", "0123456789abcdef")
+	a := &agent{cfg: Config{DataDir: t.TempDir()}}
+	_, err := a.prepareAgent(context.Background(), &v1.Assignment{Service: spec.AgentService, Generation: 1,
+		Release: &v1.Release{Version: "v0.2.0", Artifact: &v1.Artifact{Sha256: strings.Repeat("c", 64), Size: 1}}})
+	if err == nil || !strings.Contains(err.Error(), "without NotifyAccess=main") {
+		t.Fatalf("prepare: %v", err)
+	}
+}

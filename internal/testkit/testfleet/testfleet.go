@@ -109,6 +109,13 @@ func (p *Proc) start() error {
 		return fmt.Errorf("start %s: %w", p.Name, err)
 	}
 	cmd := exec.Command(p.bin, p.args...)
+	// Not a systemd service, even when the tests run in one: an agent under
+	// systemd without its notify socket refuses to upgrade itself.
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "INVOCATION_ID=") && !strings.HasPrefix(kv, "NOTIFY_SOCKET=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
