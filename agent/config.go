@@ -96,6 +96,10 @@ type Config struct {
 	// systemd the new agent's pid on it (MAINPID=). The new agent gets it
 	// in its environment; services never do.
 	NotifySocket string
+	// Executable is the installed agent executable an upgrade replaces
+	// ("" = the running one; a new agent started by Handoff runs from its
+	// release directory and is told it: ExecutableFromEnv).
+	Executable string
 }
 
 // Limits of Config.UpgradeDeadline.

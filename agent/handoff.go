@@ -28,9 +28,12 @@ import (
 //     EnvConfirmFD, the number of an inherited pipe's write end; the new
 //     agent adopts the services, connects, and once a coordinator answered
 //     its hello writes one line to the pipe (ConfirmFromEnv);
-//   - on that line makes the new binary the agent's executable (the old
-//     one kept as <exe>.previous, the new one renamed over <exe>, so the
-//     next start, by systemd or anyone, runs it), tells systemd the new
+//   - on that line makes the new binary the agent's installed executable
+//     (Config.Executable, else the running one; the old one kept as
+//     <exe>.previous, the new one renamed over <exe>, so the next start, by
+//     systemd or anyone, runs it; the new agent, which runs from its
+//     release directory, is told the path in EnvExecutable for its own
+//     upgrades), tells systemd the new
 //     main pid when it runs under systemd (MAINPID=), records the upgrade
 //     done, and returns true: the old process exits and the new agent runs
 //     on;
@@ -97,13 +100,18 @@ func Handoff(ctx context.Context, cfg Config, up *Upgrade, args []string, log ze
 }
 
 func handoff(ctx context.Context, cfg Config, up *Upgrade, args []string, log zerolog.Logger) (lifecycle.HandoffEnd, string) {
+	exe, err := installedExecutable(cfg)
+	if err != nil {
+		return lifecycle.HandoffCommitFailed, err.Error()
+	}
 	r, w, err := os.Pipe()
 	if err != nil {
 		return lifecycle.HandoffExited, "pipe: " + err.Error()
 	}
 	defer r.Close()
 	cmd := exec.Command(up.Binary, args...)
-	cmd.Env = append(withoutEnv(withoutEnv(os.Environ(), EnvConfirmFD), EnvNotifySocket), EnvConfirmFD+"=3")
+	cmd.Env = withoutEnv(withoutEnv(withoutEnv(os.Environ(), EnvConfirmFD), EnvNotifySocket), EnvExecutable)
+	cmd.Env = append(cmd.Env, EnvConfirmFD+"=3", EnvExecutable+"="+exe)
 	if cfg.NotifySocket != "" {
 		cmd.Env = append(cmd.Env, EnvNotifySocket+"="+cfg.NotifySocket) // for its own upgrades
 	}
@@ -130,7 +138,7 @@ func handoff(ctx context.Context, cfg Config, up *Upgrade, args []string, log ze
 	select {
 	case ok := <-confirmed:
 		if ok {
-			if err := commitBinary(up.Binary); err != nil {
+			if err := commitBinary(exe, up.Binary); err != nil {
 				end, detail = lifecycle.HandoffCommitFailed, err.Error()
 				break
 			}
@@ -188,17 +196,40 @@ func withoutEnv(env []string, key string) []string {
 // point it at a file of their own).
 var executable = os.Executable
 
-// commitBinary makes bin the agent's executable: a copy beside the running
-// executable renamed over it (atomic), the old one kept as <exe>.previous
-// (a hard link, else a copy).
-func commitBinary(bin string) error {
-	exe, err := executable()
+// EnvExecutable names the environment variable that tells a new agent the
+// installed executable (Config.Executable): it runs from its release
+// directory, but its own upgrade replaces the installed one.
+const EnvExecutable = "FLEETWAVE_AGENT_EXECUTABLE"
+
+// ExecutableFromEnv takes EnvExecutable out of the environment and returns
+// it for Config.Executable ("" when unset: the running executable).
+func ExecutableFromEnv() string {
+	v := os.Getenv(EnvExecutable)
+	os.Unsetenv(EnvExecutable)
+	return v
+}
+
+// installedExecutable is the executable an upgrade replaces: configured,
+// else the running one, links resolved.
+func installedExecutable(cfg Config) (string, error) {
+	exe := cfg.Executable
+	if exe == "" {
+		var err error
+		if exe, err = executable(); err != nil {
+			return "", fmt.Errorf("find the agent's executable: %w", err)
+		}
+	}
+	exe, err := filepath.EvalSymlinks(exe)
 	if err != nil {
-		return fmt.Errorf("find the agent's executable: %w", err)
+		return "", fmt.Errorf("find the agent's executable: %w", err)
 	}
-	if exe, err = filepath.EvalSymlinks(exe); err != nil {
-		return fmt.Errorf("find the agent's executable: %w", err)
-	}
+	return exe, nil
+}
+
+// commitBinary makes bin the agent's executable exe: a copy beside it
+// renamed over it (atomic), the old one kept as <exe>.previous (a hard
+// link, else a copy).
+func commitBinary(exe, bin string) error {
 	b, err := os.ReadFile(bin)
 	if err != nil {
 		return fmt.Errorf("read the new agent: %w", err)

@@ -127,7 +127,7 @@ func newHandoffFixture(t *testing.T, script string) *handoffFixture {
 	executable = func() (string, error) { return f.exe, nil }
 	t.Cleanup(func() { executable = old })
 	bin := filepath.Join(dir, "data", "releases", spec.AgentService, "v0.2.0", agentBinary)
-	writeScript(t, bin, "echo $$ > "+f.pidFile+".tmp && mv "+f.pidFile+".tmp "+f.pidFile+"\n"+script)
+	writeScript(t, bin, "env > "+f.pidFile+".env\necho $$ > "+f.pidFile+".tmp && mv "+f.pidFile+".tmp "+f.pidFile+"\n"+script)
 	f.cfg = Config{HostID: "h1", DataDir: filepath.Join(dir, "data"), UpgradeDeadline: MinUpgradeDeadline}
 	f.up = &Upgrade{Binary: bin, Record: lifecycle.AgentUpgrade{Version: "v0.2.0", Generation: 3, From: "v0.1.0", State: lifecycle.AgentTrying}}
 	if err := saveUpgradeRecord(f.cfg.DataDir, &f.up.Record); err != nil {
@@ -184,6 +184,12 @@ exec sleep 600`)
 	}
 	if fi, err := os.Stat(f.exe); err != nil || fi.Mode().Perm() != 0o755 {
 		t.Fatalf("executable: %v, %v", fi, err)
+	}
+	// The new agent runs from its release directory and is told which
+	// executable its own upgrade replaces.
+	env, _ := os.ReadFile(f.pidFile + ".env")
+	if !strings.Contains(string(env), "\n"+EnvExecutable+"="+f.exe+"\n") {
+		t.Fatalf("the new agent's environment has no %s=%s:\n%s", EnvExecutable, f.exe, env)
 	}
 }
 
@@ -332,5 +338,21 @@ func TestPrepareAgentRefusedUnderSystemdWithoutNotify(t *testing.T) {
 		Release: &v1.Release{Version: "v0.2.0", Artifact: &v1.Artifact{Sha256: strings.Repeat("c", 64), Size: 1}}})
 	if err == nil || !strings.Contains(err.Error(), "without NotifyAccess=main") {
 		t.Fatalf("prepare: %v", err)
+	}
+}
+
+func TestExecutableFromEnv(t *testing.T) {
+	t.Setenv(EnvExecutable, "/usr/local/bin/fleetwave-agent")
+	if got := ExecutableFromEnv(); got != "/usr/local/bin/fleetwave-agent" {
+		t.Fatalf("got %q", got)
+	}
+	if v, ok := os.LookupEnv(EnvExecutable); ok {
+		t.Fatalf("still in the environment: %q", v)
+	}
+	// Configured, it is what an upgrade replaces, not the running binary.
+	exe := filepath.Join(t.TempDir(), "fleetwave-agent")
+	writeScript(t, exe, "true")
+	if got, err := installedExecutable(Config{Executable: exe}); err != nil || got != exe {
+		t.Fatalf("installedExecutable: %q, %v", got, err)
 	}
 }

@@ -67,6 +67,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	cfg.Confirm = confirm
 	cfg.NotifySocket = agent.NotifySocketFromEnv()
+	cfg.Executable = agent.ExecutableFromEnv()
 	for {
 		err := agent.Run(ctx, cfg, log)
 		var up *agent.Upgrade

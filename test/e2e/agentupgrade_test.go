@@ -27,8 +27,10 @@ import (
 // old agent's stream stays up): it does not confirm within the deadline, the
 // old agent stops it and runs again by itself, and the rollout fails by the
 // budget. The other hosts run the new agent (it is their executable now,
-// the old one kept as .previous), `hosts` shows each host's version, no
-// service was restarted anywhere, and no request failed.
+// the old one kept as .previous), `hosts` shows each host's version. After
+// an unfreeze a fixed agent reaches every host, the upgraded agents handing
+// over in their turn. No service was restarted anywhere, and no request
+// failed.
 func TestAgentUpgradeInWaves(t *testing.T) {
 	const newVersion, deadline = "v0.2.0", "20s"
 	ctx := t.Context()
@@ -167,15 +169,71 @@ func TestAgentUpgradeInWaves(t *testing.T) {
 	}
 	// The upgraded hosts' executable is the new agent; the old one is kept.
 	for id, exe := range exes {
-		b, _ := os.ReadFile(exe)
-		prev, perr := os.ReadFile(exe + ".previous")
-		switch {
-		case id == "host-3" && (!bytes.Equal(b, oldBytes) || perr == nil):
-			t.Errorf("%s: its executable was replaced (or a .previous kept: %v)", id, perr)
-		case id != "host-3" && (!bytes.Equal(b, newBytes) || !bytes.Equal(prev, oldBytes)):
-			t.Errorf("%s: executable is the new agent %v, .previous the old one %v (%v)", id, bytes.Equal(b, newBytes), bytes.Equal(prev, oldBytes), perr)
+		if id == "host-3" {
+			b, _ := os.ReadFile(exe)
+			if _, perr := os.Stat(exe + ".previous"); !bytes.Equal(b, oldBytes) || perr == nil {
+				t.Errorf("%s: its executable was replaced (or a .previous kept: %v)", id, perr)
+			}
+			continue
 		}
+		e.waitFor(60*time.Second, id+"'s executable is "+newVersion+", the old one kept", func() (bool, string) {
+			b, _ := os.ReadFile(exe)
+			prev, _ := os.ReadFile(exe + ".previous")
+			return bytes.Equal(b, newBytes) && bytes.Equal(prev, oldBytes),
+				fmt.Sprintf("executable %v, .previous %v", bytes.Equal(b, newBytes), bytes.Equal(prev, oldBytes))
+		})
 	}
+
+	// After a look: a fixed agent reaches every host, the upgraded ones
+	// upgrading again (the new agent hands over in its turn) and host-3
+	// from where it went back.
+	const fixed = "v0.3.0"
+	fixedBin := buildAgent(t, filepath.Join(dir, "fixed"), fixed)
+	fixedBytes, err := os.ReadFile(fixedBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	load = f.StartLoad(ctx, "agent upgrade to "+fixed+" in waves", loadClients, loadInterval)
+	defer load.Stop()
+	e.cli(0, "service", "unfreeze", spec.AgentService)
+	e.cli(0, "agent", "upgrade", "--version", fixed, "--artifact", agentArtifact(t, fixedBin, filepath.Join(dir, "fleetwave-agent-"+fixed+".tar.gz")),
+		"--canary", "1", "--waves", "100", "--max-parallel", "2", "--progress-deadline", "3m")
+	if r := e.fleet.CLI(ctx, "rollout", "watch", spec.AgentService); r.Code != 0 {
+		t.Fatalf("rollout watch %s: exit %d, want 0\n%s%s", spec.AgentService, r.Code, r.Stdout, r.Stderr)
+	}
+	steps = append(steps, load.Stop()...)
+	e.waitFor(60*time.Second, "every host connected on "+fixed, func() (bool, string) {
+		hosts, err := f.Hosts(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		got := map[string]string{}
+		ok := len(hosts) == 3
+		for _, h := range hosts {
+			got[h.GetId()] = fmt.Sprintf("%s connected=%v", h.GetAgentVersion(), h.GetConnected())
+			ok = ok && h.GetConnected() && h.GetAgentVersion() == fixed
+		}
+		return ok, fmt.Sprint(got)
+	})
+	e.allOn("v1")
+	for id, exe := range exes {
+		if pid := e.servicePID(id); pid != pids[id] {
+			t.Errorf("%s: service pid %d after the second agent upgrade, was %d", id, pid, pids[id])
+		}
+		prevWant := newBytes
+		if id == "host-3" {
+			prevWant = oldBytes
+		}
+		// A host is done when its new agent reports; the old one replaces
+		// the executable right after the confirmation.
+		e.waitFor(60*time.Second, id+"'s executable is "+fixed+", the one before kept", func() (bool, string) {
+			b, _ := os.ReadFile(exe)
+			prev, _ := os.ReadFile(exe + ".previous")
+			return bytes.Equal(b, fixedBytes) && bytes.Equal(prev, prevWant),
+				fmt.Sprintf("executable %v, .previous %v", bytes.Equal(b, fixedBytes), bytes.Equal(prev, prevWant))
+		})
+	}
+
 	for _, s := range steps {
 		t.Logf("MEASURE %s", s.String())
 		if s.Requests == 0 {
