@@ -148,6 +148,19 @@ func TestUpgradeAgentsRollout(t *testing.T) {
 	if r.GetService() != spec.AgentService || r.GetToVersion() != "v0.2.0" || len(r.GetWaves()) != 2 || !r.GetWaves()[0].GetCanary() {
 		t.Fatalf("agent rollout: %v (note %q)", r, up.GetNote())
 	}
+	// Audited with the caller and what it upgrades to.
+	testkit.EventuallyErr(t, 30*time.Second, "the upgrade in the audit log", func() error {
+		al, err := op.ListAudit(ctx, &v1.ListAuditRequest{})
+		if err != nil {
+			return err
+		}
+		for _, e := range al.GetEntries() {
+			if strings.HasSuffix(e.GetMethod(), "/UpgradeAgents") && e.GetTarget() == spec.AgentService+"@v0.2.0" && e.GetResult() == "OK" && e.GetActor() != "" {
+				return nil
+			}
+		}
+		return fmt.Errorf("no OK UpgradeAgents entry for %s@v0.2.0 in %d entries", spec.AgentService, len(al.GetEntries()))
+	})
 	if _, err := op.UpgradeAgents(ctx, &v1.UpgradeAgentsRequest{Release: &v1.Release{Version: "v0.3.0", Artifact: art}}); status.Code(err) != codes.FailedPrecondition ||
 		!strings.Contains(err.Error(), "one agent rollout at a time") {
 		t.Fatalf("second agent rollout: %v", err)
