@@ -307,6 +307,11 @@ func (a *agent) prepareAgent(ctx context.Context, asg *v1.Assignment) (string, e
 			return "", err
 		}
 	}
+	// Agent binaries kept: the newest --keep-releases, this one and the
+	// one running (an upgraded agent runs from its release directory).
+	if err := a.inst.PruneKeeping(spec.AgentService, a.cfg.KeepReleases, v, a.cfg.AgentVersion); err != nil {
+		a.log.Warn().Err(err).Msg("pruning old agent binaries")
+	}
 	bin := filepath.Join(a.inst.ReleaseDir(spec.AgentService, v), agentBinary)
 	return bin, checkAgentBinary(ctx, bin, v)
 }

@@ -1,7 +1,12 @@
 package agent
 
 import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"net"
 	"os"
@@ -14,6 +19,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/fleetwave/fleetwave/agent/install"
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/internal/spec"
 	"github.com/fleetwave/fleetwave/internal/testkit"
@@ -354,5 +360,80 @@ func TestExecutableFromEnv(t *testing.T) {
 	writeScript(t, exe, "true")
 	if got, err := installedExecutable(Config{Executable: exe}); err != nil || got != exe {
 		t.Fatalf("installedExecutable: %q, %v", got, err)
+	}
+}
+
+// stageAgentRelease unpacks an agent artifact whose fleetwave-agent is a
+// script printing printed, as version, the way a fetched one is.
+func stageAgentRelease(t *testing.T, a *agent, version, printed string) *v1.Assignment {
+	t.Helper()
+	script := []byte("#!/bin/sh\necho " + printed + "\n")
+	var buf bytes.Buffer
+	gz := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(gz)
+	if err := tw.WriteHeader(&tar.Header{Name: agentBinary, Mode: 0o755, Size: int64(len(script)), Typeflag: tar.TypeReg}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tw.Write(script); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := gz.Close(); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(buf.Bytes())
+	want := install.Artifact{SHA256: hex.EncodeToString(sum[:]), Size: int64(buf.Len())}
+	ctx := context.Background()
+	f, err := a.inst.Fetch(ctx, bytes.NewReader(buf.Bytes()), want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ver, err := a.inst.Verify(f, want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.inst.Stage(ctx, spec.AgentService, version, ver); err != nil {
+		t.Fatal(err)
+	}
+	return &v1.Assignment{Service: spec.AgentService, Generation: 1,
+		Release: &v1.Release{Version: version, Artifact: &v1.Artifact{Sha256: want.SHA256, Size: want.Size}}}
+}
+
+// Preparing an unpacked agent release checks its binary's version and
+// keeps the newest --keep-releases agent binaries besides the target and
+// the running one.
+func TestPrepareAgentChecksAndPrunes(t *testing.T) {
+	dir := t.TempDir()
+	inst, err := install.New(dir, install.Limits{}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &agent{cfg: Config{DataDir: dir, KeepReleases: 1, AgentVersion: "v0.1.0"}, inst: inst, log: zerolog.Nop()}
+	for _, v := range []string{"v0.1.0", "v0.1.1", "v0.1.2"} {
+		stageAgentRelease(t, a, v, v)
+	}
+	bad := stageAgentRelease(t, a, "v0.1.3", "v0.1.4")
+	if _, err := a.prepareAgent(context.Background(), bad); err == nil || !strings.Contains(err.Error(), `printed "v0.1.4", not "v0.1.3"`) {
+		t.Fatalf("wrong version: %v", err)
+	}
+	good := stageAgentRelease(t, a, "v0.2.0", "v0.2.0")
+	bin, err := a.prepareAgent(context.Background(), good)
+	if err != nil || bin != filepath.Join(inst.ReleaseDir(spec.AgentService, "v0.2.0"), agentBinary) {
+		t.Fatalf("prepare: %q, %v", bin, err)
+	}
+	ents, err := os.ReadDir(filepath.Join(dir, "releases", spec.AgentService))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kept []string
+	for _, e := range ents {
+		if !strings.HasPrefix(e.Name(), ".") {
+			kept = append(kept, e.Name())
+		}
+	}
+	if strings.Join(kept, " ") != "v0.1.0 v0.2.0" {
+		t.Fatalf("agent releases kept: %v, want the running v0.1.0 and the target v0.2.0 (the newest)", kept)
 	}
 }
