@@ -78,6 +78,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			}
 			return 0
 		}
+		if ctx.Err() != nil {
+			// Told to stop as it was about to hand over: no new agent is
+			// started; the next start finds the upgrade unfinished and
+			// reports it failed.
+			return 0
+		}
 		// Hand over to the new agent (agent/handoff.go); if it does not
 		// take over, this agent runs again and reports why.
 		if agent.Handoff(ctx, cfg, up, args, log) {
