@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -54,6 +55,57 @@ const HandoffStopGrace = 10 * time.Second
 
 // confirmLine is what a new agent writes to confirm.
 const confirmLine = "accepted\n"
+
+// parentCheckInterval is how often a new agent that has not confirmed
+// looks whether the old agent is still there (WatchParent).
+const parentCheckInterval = time.Second
+
+// WatchParent is for a new agent that has not confirmed yet (Config.Confirm
+// set): it returns a Config.Confirm that confirms only while the old agent
+// (parent ppid) is still there, and a context that ends, with a log line,
+// when the old agent is gone before the confirmation. A new agent without
+// its old agent stops: the old agent died in the handover (kill -9, a
+// crash), its supervisor (systemd) starts the old binary again, which must
+// get the data dir, and reports the upgrade failed (lifecycle.AgentStart).
+func WatchParent(ctx context.Context, confirm func(), log zerolog.Logger) (context.Context, func()) {
+	return watchParent(ctx, confirm, os.Getppid(), os.Getppid, parentCheckInterval, log)
+}
+
+func watchParent(ctx context.Context, confirm func(), ppid int, getppid func() int, every time.Duration, log zerolog.Logger) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	confirmed := make(chan struct{})
+	var once sync.Once
+	wrapped := func() {
+		once.Do(func() {
+			if getppid() != ppid {
+				return // the watch below stops the agent
+			}
+			// The watch ends first: once the old agent has the line it
+			// exits, and that is no reason to stop.
+			close(confirmed)
+			confirm()
+		})
+	}
+	go func() {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-confirmed:
+				return
+			case <-t.C:
+			}
+			if getppid() != ppid {
+				log.Warn().Int("ppid", ppid).Msg("agent upgrade: the old agent is gone before this new agent confirmed: stopping (the old agent, started again, reports the upgrade failed)")
+				cancel()
+				return
+			}
+		}
+	}()
+	return ctx, wrapped
+}
 
 // ConfirmFromEnv returns the Config.Confirm of a new agent started by
 // Handoff (nil when the agent was not: EnvConfirmFD unset). It removes the

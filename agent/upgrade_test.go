@@ -13,8 +13,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -436,4 +438,42 @@ func TestPrepareAgentChecksAndPrunes(t *testing.T) {
 	if strings.Join(kept, " ") != "v0.1.0 v0.2.0" {
 		t.Fatalf("agent releases kept: %v, want the running v0.1.0 and the target v0.2.0 (the newest)", kept)
 	}
+}
+
+// A new agent whose old agent is gone before it confirmed stops (and does
+// not confirm); one that confirmed is not stopped by the old agent's exit.
+func TestWatchParent(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var ppid atomic.Int64
+		ppid.Store(100)
+		getppid := func() int { return int(ppid.Load()) }
+		confirms := 0
+		ctx, confirm := watchParent(context.Background(), func() { confirms++ }, 100, getppid, time.Second, zerolog.Nop())
+		time.Sleep(3 * time.Second) // fake time: three checks, the parent there
+		synctest.Wait()
+		if ctx.Err() != nil {
+			t.Fatal("stopped while the old agent is there")
+		}
+		ppid.Store(1) // the old agent died: reparented
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if ctx.Err() == nil {
+			t.Fatal("not stopped after the old agent died")
+		}
+		confirm()
+		if confirms != 0 {
+			t.Fatal("confirmed without the old agent")
+		}
+
+		ppid.Store(100)
+		ctx, confirm = watchParent(context.Background(), func() { confirms++ }, 100, getppid, time.Second, zerolog.Nop())
+		confirm()
+		confirm()
+		ppid.Store(1) // the old agent exits after the confirmation
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		if ctx.Err() != nil || confirms != 1 {
+			t.Fatalf("after confirming: stopped %v, %d confirmations", ctx.Err(), confirms)
+		}
+	})
 }

@@ -65,6 +65,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		log.Error().Err(err).Msg("agent failed")
 		return 1
 	}
+	if confirm != nil {
+		// A new agent of an upgrade: it stops if the old one is gone
+		// before it could confirm (agent.WatchParent).
+		ctx, confirm = agent.WatchParent(ctx, confirm, log)
+	}
 	cfg.Confirm = confirm
 	cfg.NotifySocket = agent.NotifySocketFromEnv()
 	cfg.Executable = agent.ExecutableFromEnv()
