@@ -23,8 +23,9 @@ import (
 // Run runs the agent until ctx ends; then it closes the stream and returns
 // nil, leaving every service running: services outlive the agent, and the
 // next agent adopts them (recover.go). StopServices stops them. It returns
-// an error only when it cannot start (bad config, data dir unusable,
-// corrupt state).
+// an error when it cannot start (bad config, data dir unusable, corrupt
+// state), and an *Upgrade when it stopped the same way to hand over to a
+// new agent binary (upgrade.go; pass it to Handoff).
 func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	return run(ctx, cfg, log, defaultOptions())
 }
@@ -100,6 +101,9 @@ type agent struct {
 	metrics *agentMetrics // Prometheus instruments (metrics.go)
 	trusted trustedKeys   // release signing keys by id; nil: releases are not checked (verify.go)
 	floors  *floorStore   // release floors per service (verify.go; made on first use, run loop only)
+
+	up          agentUpgrade // the agent's own upgrade (upgrade.go; run loop only)
+	confirmOnce sync.Once    // Config.Confirm is called once
 }
 
 // Events sent to the run loop.
@@ -142,6 +146,7 @@ type (
 	}
 	assignEv struct {
 		assignments []*v1.Assignment
+		agent       *v1.Assignment // the agent binary's (nil: none)
 	}
 )
 
@@ -219,7 +224,10 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger, opts options) erro
 		return err
 	}
 	defer stopMetrics()
-	log.Info().Str("path", dataDir).Int("services", len(saved)).Msg("agent starting")
+	log.Info().Str("path", dataDir).Int("services", len(saved)).Str("agent_version", cfg.AgentVersion).Msg("agent starting")
+	if err := a.startAgent(); err != nil {
+		return err
+	}
 	a.recover(saved)
 	a.background(func() { a.rotateLogs(loopCtx) })
 
@@ -248,6 +256,10 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger, opts options) erro
 	cancel()
 	a.wg.Wait()
 	a.drain()
+	if a.up.stop {
+		log.Info().Str("version", a.up.rec.Version).Msg("agent stopped for its upgrade")
+		return &Upgrade{Binary: a.up.binary, Record: *a.up.rec}
+	}
 	log.Info().Msg("agent stopped")
 	return nil
 }

@@ -81,7 +81,33 @@ type Config struct {
 	// and target releases (and the one a watched release would revert to)
 	// are kept besides.
 	KeepReleases int
+	// UpgradeDeadline is how long a new agent binary (fleetwave agent
+	// upgrade) has to connect, be accepted and confirm before this agent
+	// kills it and goes back to itself (0 = DefaultUpgradeDeadline; at most
+	// MaxUpgradeDeadline). Handoff reads it.
+	UpgradeDeadline time.Duration
+	// Confirm, when set, is called once, when a coordinator first answers
+	// the agent's hello (it was accepted): the new agent of an upgrade
+	// confirms to the old one with it (cmd/fleetwave-agent). It also makes
+	// the agent the new agent of a handover in progress (lifecycle.AgentStart).
+	Confirm func()
+	// NotifySocket is systemd's notify socket of the agent's unit ("" =
+	// none; NotifySocketFromEnv): after an upgrade the old agent tells
+	// systemd the new agent's pid on it (MAINPID=). The new agent gets it
+	// in its environment; services never do.
+	NotifySocket string
+	// Executable is the installed agent executable an upgrade replaces
+	// ("" = the running one; a new agent started by Handoff runs from its
+	// release directory and is told it: ExecutableFromEnv).
+	Executable string
 }
+
+// Limits of Config.UpgradeDeadline.
+const (
+	DefaultUpgradeDeadline = time.Minute
+	MinUpgradeDeadline     = time.Second
+	MaxUpgradeDeadline     = time.Hour
+)
 
 // DefaultKeepReleases is Config.KeepReleases when it is 0.
 const DefaultKeepReleases = 3
@@ -107,6 +133,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxArtifactBytes < 0 {
 		return fmt.Errorf("max_artifact_bytes: %d is negative", c.MaxArtifactBytes)
+	}
+	if d := c.UpgradeDeadline; d != 0 && (d < MinUpgradeDeadline || d > MaxUpgradeDeadline) {
+		return fmt.Errorf("upgrade_deadline: %s is not within %s and %s", d, MinUpgradeDeadline, MaxUpgradeDeadline)
 	}
 	if c.KeepReleases < 0 {
 		return fmt.Errorf("keep_releases: %d is negative (want 1 or more; 0 for the default %d)", c.KeepReleases, DefaultKeepReleases)
@@ -165,6 +194,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.AgentVersion == "" {
 		c.AgentVersion = "dev"
+	}
+	if c.UpgradeDeadline == 0 {
+		c.UpgradeDeadline = DefaultUpgradeDeadline
 	}
 	if c.ServiceLogMaxBytes == 0 {
 		c.ServiceLogMaxBytes = DefaultServiceLogMaxBytes

@@ -227,8 +227,12 @@ func (a *agent) session(ctx context.Context, addr string) (established bool, err
 				return
 			}
 			answered = true
+			if a.cfg.Confirm != nil {
+				// Accepted: the new agent of an upgrade says so (once).
+				a.confirmOnce.Do(a.cfg.Confirm)
+			}
 			a.metrics.assignmentsReceived(resp.GetSentAt(), time.Now())
-			if !a.send(assignEv{assignments: resp.GetAssignments()}) {
+			if !a.send(assignEv{assignments: resp.GetAssignments(), agent: resp.GetAgent()}) {
 				errc <- errors.New("agent stopping")
 				return
 			}

@@ -29,6 +29,12 @@ func (a *agent) loop(ctx context.Context) {
 		case ev := <-a.events:
 			a.handle(ev)
 		}
+		if a.up.binary != "" {
+			a.maybeHandOver()
+		}
+		if a.up.stop {
+			return // hand over to the new agent (upgrade.go)
+		}
 	}
 }
 
@@ -126,6 +132,9 @@ func (a *agent) handle(ev any) {
 		a.onSample(ev)
 	case assignEv:
 		a.assign(ev.assignments)
+		a.agentAssigned(ev.agent)
+	case agentPreparedEv:
+		a.agentPrepared(ev)
 	}
 }
 

@@ -48,6 +48,7 @@ type fake struct {
 	events     []*v1.WatchEventsResponse // sent by WatchEvents, then it returns
 	eventReqs  []*v1.WatchEventsRequest
 	rollbacks  []*v1.RollbackRequest
+	upgrades   []*v1.UpgradeAgentsRequest
 }
 
 type fakeOperator struct {
@@ -117,6 +118,14 @@ func (s fakeOperator) CreateRelease(_ context.Context, req *v1.CreateReleaseRequ
 	r := proto.Clone(req.GetRelease()).(*v1.Release)
 	r.CreatedAt = timestamppb.New(time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC))
 	return &v1.CreateReleaseResponse{Release: r, Rollout: s.f.rollout}, nil
+}
+
+func (s fakeOperator) UpgradeAgents(_ context.Context, req *v1.UpgradeAgentsRequest) (*v1.UpgradeAgentsResponse, error) {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	s.f.upgrades = append(s.f.upgrades, req)
+	r := proto.Clone(req.GetRelease()).(*v1.Release)
+	return &v1.UpgradeAgentsResponse{Release: r, Rollout: s.f.rollout}, nil
 }
 
 func (s fakeOperator) ListReleases(_ context.Context, req *v1.ListReleasesRequest) (*v1.ListReleasesResponse, error) {
@@ -592,7 +601,7 @@ func TestListingsAndErrors(t *testing.T) {
 			EtcdMembers: []*v1.EtcdMember{{Name: "e1", ClientUrls: []string{"http://10.0.0.1:2379"}, Healthy: true, Leader: true, DbSizeBytes: 3 << 20, RaftTerm: 4, RaftIndex: 99},
 				{Name: "e2", Error: "context deadline exceeded"}, {Name: "e3", Error: "connection refused"}}},
 		hosts: []*v1.Host{{
-			Id: "h1", Labels: map[string]string{"role": "web", "zone": "a"}, Connected: true, Coordinator: "c1", Gossip: "alive",
+			Id: "h1", Labels: map[string]string{"role": "web", "zone": "a"}, Connected: true, Coordinator: "c1", Gossip: "alive", AgentVersion: "v0.2.0",
 			Services: []*v1.ServiceReport{{Service: "web", Phase: v1.Phase_PHASE_HEALTHY, CurrentVersion: "1.1", LastGoodVersion: "1.0"}},
 		}, {Id: "h2"}},
 	}
@@ -605,7 +614,7 @@ func TestListingsAndErrors(t *testing.T) {
 	}{
 		{[]string{"service", "list"}, []string{"NAME", "web", "manual", "1.0", "yes", "web-2", "role=web"}},
 		{[]string{"service", "get", "web"}, []string{"stable version:", "1.0 (generation 3)", "spec:", "  name: web", "    mode: manual"}},
-		{[]string{"hosts"}, []string{"HOST", "STREAM", "GOSSIP", "h1    yes        c1      alive   role=web,zone=a", "web=healthy 1.1/1.0", "h2", "no"}},
+		{[]string{"hosts"}, []string{"HOST", "STREAM", "GOSSIP", "AGENT", "h1    yes        c1      alive   v0.2.0  role=web,zone=a", "web=healthy 1.1/1.0", "h2", "no"}},
 		{[]string{"cluster", "status"}, []string{"rollout leader: c1 (answered by c2)",
 			"c1           10.0.0.1:7070  leader    3", "c2           10.0.0.2:7070  follower  2",
 			"e1           http://10.0.0.1:2379  healthy", "leader  3.0 MiB  4          99",

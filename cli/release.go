@@ -122,31 +122,9 @@ func (a *app) releaseCmd() *cobra.Command {
 				f.sequence = seq
 			}
 			if f.artifact != "" {
-				file, err := os.Open(f.artifact)
-				if err != nil {
-					return fmt.Errorf("artifact: %w", err)
-				}
-				defer file.Close()
-				fi, err := file.Stat()
-				if err != nil {
-					return fmt.Errorf("artifact: %w", err)
-				}
-				if !fi.Mode().IsRegular() {
-					return fmt.Errorf("artifact %s: not a regular file", f.artifact)
-				}
-				if fi.Size() == 0 {
-					return fmt.Errorf("artifact %s: empty file", f.artifact)
-				}
-				// Check everything but the digest before uploading.
-				rel.Artifact = &v1.Artifact{Sha256: strings.Repeat("0", 64), Size: fi.Size()}
-				if err := releaseProblems(rel); err != nil {
+				if err := a.uploadArtifact(ctx, rel, f.artifact); err != nil {
 					return err
 				}
-				sum, size, err := a.upload(ctx, file)
-				if err != nil {
-					return fmt.Errorf("upload %s: %w", f.artifact, err)
-				}
-				rel.Artifact = &v1.Artifact{Sha256: sum, Size: size}
 			} else {
 				rel.Artifact = &v1.Artifact{Url: f.url, Sha256: f.sha, Size: f.size}
 				if err := releaseProblems(rel); err != nil {
@@ -219,6 +197,37 @@ func (a *app) releaseCmd() *cobra.Command {
 	}
 	cmd.AddCommand(create, list)
 	return cmd
+}
+
+// uploadArtifact checks rel (all but the digest) and uploads the file as
+// its artifact, setting rel.Artifact.
+func (a *app) uploadArtifact(ctx context.Context, rel *v1.Release, path string) error {
+	file, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("artifact: %w", err)
+	}
+	defer file.Close()
+	fi, err := file.Stat()
+	if err != nil {
+		return fmt.Errorf("artifact: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("artifact %s: not a regular file", path)
+	}
+	if fi.Size() == 0 {
+		return fmt.Errorf("artifact %s: empty file", path)
+	}
+	// Check everything but the digest before uploading.
+	rel.Artifact = &v1.Artifact{Sha256: strings.Repeat("0", 64), Size: fi.Size()}
+	if err := releaseProblems(rel); err != nil {
+		return err
+	}
+	sum, size, err := a.upload(ctx, file)
+	if err != nil {
+		return fmt.Errorf("upload %s: %w", path, err)
+	}
+	rel.Artifact = &v1.Artifact{Sha256: sum, Size: size}
+	return nil
 }
 
 // nextSequence is one above the highest sequence of the service's signed

@@ -283,7 +283,7 @@ the agent restarted). The services the host runs keep running.`,
 func (a *app) hostsListCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "hosts",
-		Short: "List hosts: stream (which coordinator), gossip state, labels, and per service phase current/last good",
+		Short: "List hosts: stream (which coordinator), gossip state, agent version, labels, and per service phase current/last good",
 		Args:  cobra.NoArgs,
 		RunE: run(func(cmd *cobra.Command, args []string) error {
 			resp, err := call(a, cmd, "list hosts", func(ctx context.Context, c v1.OperatorServiceClient) (*v1.ListHostsResponse, error) {
@@ -296,7 +296,7 @@ func (a *app) hostsListCmd() *cobra.Command {
 				return printJSON(a.stdout, resp)
 			}
 			tw := newTable(a.stdout)
-			row(tw, "HOST", "CONNECTED", "STREAM", "GOSSIP", "LABELS", "SERVICES (phase current/last good)")
+			row(tw, "HOST", "CONNECTED", "STREAM", "GOSSIP", "AGENT", "LABELS", "SERVICES (phase current/last good)")
 			for _, h := range resp.GetHosts() {
 				var svcs string
 				for i, s := range h.GetServices() {
@@ -311,7 +311,7 @@ func (a *app) hostsListCmd() *cobra.Command {
 					svcs += fmt.Sprintf("%s=%s %s/%s", s.GetService(), phase,
 						orDash(s.GetCurrentVersion()), orDash(s.GetLastGoodVersion()))
 				}
-				row(tw, h.GetId(), yesNo(h.GetConnected()), orDash(h.GetCoordinator()), orDash(h.GetGossip()), fmtLabels(h.GetLabels()), orDash(svcs))
+				row(tw, h.GetId(), yesNo(h.GetConnected()), orDash(h.GetCoordinator()), orDash(h.GetGossip()), orDash(h.GetAgentVersion()), fmtLabels(h.GetLabels()), orDash(svcs))
 			}
 			return tw.Flush()
 		}),

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/fleetwave/fleetwave/internal/spec"
 	"github.com/fleetwave/fleetwave/internal/tlsutil"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -99,6 +100,7 @@ var methodAccess = map[string]access{
 	opSvc + "RevokeCertificate":    accessAdmin,
 	opSvc + "ListRevocations":      accessAdmin,
 	opSvc + "DeleteService":        accessAdmin,
+	opSvc + "UpgradeAgents":        accessAdmin,
 	agSvc + "Connect":              accessAgent,
 	agSvc + "Join":                 accessAnyone,
 	agSvc + "Renew":                accessAgent,
@@ -296,6 +298,8 @@ func auditTarget(req any) string {
 			return "identity " + r.GetIdentity()
 		}
 		return "serial " + r.GetSerial()
+	case *v1.UpgradeAgentsRequest:
+		return spec.AgentService + "@" + r.GetRelease().GetVersion()
 	case *v1.DeleteServiceRequest:
 		if r.GetForce() {
 			return r.GetName() + " (force)"

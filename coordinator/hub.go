@@ -144,6 +144,10 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
 	id := hello.GetHostId()
+	if err := checkAgentVersion("hello.agent_version", hello.GetAgentVersion()); err != nil {
+		h.c.log.Warn().Str("host", id).Str("agent_version", hello.GetAgentVersion()).Msg("agent older than the minimum refused")
+		return status.Error(codes.FailedPrecondition, err.Error())
+	}
 	// A host certificate opens only its own host's stream: it receives only
 	// its assignments and reports only for itself.
 	if p, ok := principalFrom(ctx); ok && p.kind == tlsutil.KindAgent && p.name != id {
@@ -253,7 +257,7 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
 			return err
 		case q := <-conn.out:
 			// A copy: queued sets may be shared; sent_at measures delivery.
-			if err := stream.Send(&v1.ConnectResponse{Assignments: q.resp.GetAssignments(), SentAt: timestamppb.Now()}); err != nil {
+			if err := stream.Send(&v1.ConnectResponse{Assignments: q.resp.GetAssignments(), Agent: q.resp.GetAgent(), SentAt: timestamppb.Now()}); err != nil {
 				return err
 			}
 			h.c.metrics.delivered(q)
@@ -378,8 +382,11 @@ func (h *hub) assignments(t *desiredTable, c *agentConn) *v1.ConnectResponse {
 		if !ok {
 			continue
 		}
+		agentBinary := name == spec.AgentService // agentupgrade.go
 		if want.Remove {
-			resp.Assignments = append(resp.Assignments, &v1.Assignment{Service: name, Generation: want.Generation, Remove: true})
+			if !agentBinary { // an agent is never removed
+				resp.Assignments = append(resp.Assignments, &v1.Assignment{Service: name, Generation: want.Generation, Remove: true})
+			}
 			continue
 		}
 		ver, gen := want.Version, want.Generation
@@ -392,6 +399,10 @@ func (h *hub) assignments(t *desiredTable, c *agentConn) *v1.ConnectResponse {
 		asg := &v1.Assignment{Service: name, Generation: gen, Release: rel, Spec: sp, SpecRevision: rev}
 		if sr := e.latest.GetSignedRollback(); sr != nil && ver == e.latest.GetToVersion() {
 			asg.Rollback = sr // lets agents with trusted keys go back below their floor
+		}
+		if agentBinary {
+			resp.Agent = asg
+			continue
 		}
 		resp.Assignments = append(resp.Assignments, asg)
 	}

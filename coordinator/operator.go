@@ -155,6 +155,15 @@ func (o *operator) CreateRelease(ctx context.Context, req *v1.CreateReleaseReque
 	if err := spec.ValidateRelease(rel); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	if rel.GetService() == spec.AgentService {
+		return nil, status.Errorf(codes.InvalidArgument, "release.service: %q is reserved for agent binaries: use fleetwave agent upgrade", rel.GetService())
+	}
+	return o.createRelease(ctx, rel)
+}
+
+// createRelease stores a valid release and asks the leader to start its
+// rollout (CreateRelease, UpgradeAgents).
+func (o *operator) createRelease(ctx context.Context, rel *v1.Release) (*v1.CreateReleaseResponse, error) {
 	if err := o.sync(ctx); err != nil {
 		return nil, grpcErr(err)
 	}

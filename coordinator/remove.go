@@ -44,6 +44,9 @@ func (o *operator) DeleteService(ctx context.Context, req *v1.DeleteServiceReque
 	if err := spec.CheckName("name", req.GetName()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	if req.GetName() == spec.AgentService {
+		return nil, status.Errorf(codes.InvalidArgument, "name: %q is the agent itself: it cannot be deleted", req.GetName())
+	}
 	r, svc, err := o.c.leader.call(ctx, leaderReq{service: req.GetName(), op: opDelete, actor: caller(ctx), force: req.GetForce()})
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrNotLeader) || errors.Is(err, store.ErrConflict) || ctx.Err() != nil {

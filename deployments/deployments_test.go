@@ -224,6 +224,11 @@ func TestAgentUnitLeavesServicesRunning(t *testing.T) {
 	if len(killModes) != 1 || killModes[0] != "[Service] KillMode=process" {
 		t.Errorf("fleetwave-agent.service: KillMode directives %q, want exactly [Service] KillMode=process", killModes)
 	}
+	// An agent upgrade tells systemd the new agent's pid (MAINPID=), which
+	// systemd takes from the main process only with NotifyAccess.
+	if !strings.Contains(string(data), "\nNotifyAccess=main\n") {
+		t.Error("fleetwave-agent.service: no NotifyAccess=main: systemd would not follow an upgraded agent")
+	}
 	unitCmd := stopCmdRE.FindStringSubmatch(string(data))
 	readme, err := os.ReadFile("../README.md")
 	if err != nil {

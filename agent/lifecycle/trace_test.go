@@ -3,6 +3,7 @@ package lifecycle
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -71,16 +72,26 @@ import (
 // process must say READY=1 by T), procs=E,E (the epochs of the processes
 // that serve, and +E the one being started).
 func TestTraces(t *testing.T) {
-	datadriven.Walk(t, "testdata", func(t *testing.T, path string) {
-		traces := map[string]*trace{}
-		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
-			tr := traces[t.Name()]
-			if tr == nil {
-				tr = &trace{m: New("web"), now: t0, asgs: map[string]*v1.Assignment{}}
-				traces[t.Name()] = tr
-			}
-			return tr.run(t, d)
-		})
+	// The service machine's traces: testdata/*.txt (the agent's own
+	// upgrade has its own in testdata/agent/, agent_test.go).
+	paths, err := filepath.Glob(filepath.Join("testdata", "*.txt"))
+	if err != nil || len(paths) == 0 {
+		t.Fatalf("no traces in testdata: %v", err)
+	}
+	for _, path := range paths {
+		t.Run(strings.TrimSuffix(filepath.Base(path), ".txt"), func(t *testing.T) { runTraceFile(t, path) })
+	}
+}
+
+func runTraceFile(t *testing.T, path string) {
+	traces := map[string]*trace{}
+	datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
+		tr := traces[t.Name()]
+		if tr == nil {
+			tr = &trace{m: New("web"), now: t0, asgs: map[string]*v1.Assignment{}}
+			traces[t.Name()] = tr
+		}
+		return tr.run(t, d)
 	})
 }
 

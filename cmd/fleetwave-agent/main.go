@@ -31,15 +31,25 @@ var version = "dev"
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	os.Exit(run(ctx, os.Args[1:], os.Stderr))
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 
 // errUsage marks errors in the command line (exit status 2).
 var errUsage = errors.New("usage")
 
-func run(ctx context.Context, args []string, stderr io.Writer) int {
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "stop-services" {
 		return runStopServices(ctx, args[1:], stderr)
+	}
+	if len(args) > 0 && args[0] == "version" {
+		if len(args) > 1 {
+			fmt.Fprintf(stderr, "fleetwave-agent version: unexpected argument %q\n", args[1])
+			return 2
+		}
+		// The version alone on a line: what this binary reports in its
+		// Hello (scripts compare it).
+		fmt.Fprintln(stdout, version)
+		return 0
 	}
 	cfg, level, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
@@ -50,11 +60,45 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		return 2
 	}
 	log := zerolog.New(stderr).Level(level).With().Timestamp().Logger()
-	if err := agent.Run(ctx, cfg, log); err != nil {
+	confirm, err := agent.ConfirmFromEnv()
+	if err != nil {
 		log.Error().Err(err).Msg("agent failed")
 		return 1
 	}
-	return 0
+	if confirm != nil {
+		// A new agent of an upgrade: it stops if the old one is gone
+		// before it could confirm (agent.WatchParent).
+		ctx, confirm = agent.WatchParent(ctx, confirm, log)
+	}
+	cfg.Confirm = confirm
+	cfg.NotifySocket = agent.NotifySocketFromEnv()
+	cfg.Executable = agent.ExecutableFromEnv()
+	for {
+		err := agent.Run(ctx, cfg, log)
+		var up *agent.Upgrade
+		if !errors.As(err, &up) {
+			if err != nil {
+				log.Error().Err(err).Msg("agent failed")
+				return 1
+			}
+			return 0
+		}
+		if ctx.Err() != nil {
+			// Told to stop as it was about to hand over: no new agent is
+			// started; the next start finds the upgrade unfinished and
+			// reports it failed.
+			return 0
+		}
+		// Hand over to the new agent (agent/handoff.go); if it does not
+		// take over, this agent runs again and reports why.
+		if agent.Handoff(ctx, cfg, up, args, log) {
+			return 0
+		}
+		if ctx.Err() != nil {
+			return 0 // stopped during the handover: the next start reports it
+		}
+		cfg.Confirm = nil // this agent is no longer anyone's new agent
+	}
 }
 
 // runStopServices is `fleetwave-agent stop-services`: stop every service
@@ -132,6 +176,7 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 	logMax := fs.Int64("service-log-max-bytes", agent.DefaultServiceLogMaxBytes, "rotate a service's log (DATA-DIR/logs/SERVICE.log) when it reaches this size (copy-truncate; -1 = never)")
 	logKeep := fs.Int("service-log-keep", agent.DefaultServiceLogKeep, "rotated files kept per service log (SERVICE.log.1 is the newest)")
 	keepReleases := fs.Int("keep-releases", agent.DefaultKeepReleases, "unpacked releases kept per service (the newest; the current and last good ones are always kept)")
+	upgradeDeadline := fs.Duration("upgrade-deadline", agent.DefaultUpgradeDeadline, fmt.Sprintf("a new agent binary (fleetwave agent upgrade) that does not connect within this is stopped and this agent runs again (%s to %s)", agent.MinUpgradeDeadline, agent.MaxUpgradeDeadline))
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return agent.Config{}, 0, err
@@ -184,6 +229,10 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 		return agent.Config{}, 0, bad("keep-releases", strconv.Itoa(*keepReleases), "want 1 or more")
 	}
 	cfg.KeepReleases = *keepReleases
+	cfg.UpgradeDeadline = *upgradeDeadline
+	if d := *upgradeDeadline; d < agent.MinUpgradeDeadline || d > agent.MaxUpgradeDeadline {
+		return agent.Config{}, 0, bad("upgrade-deadline", d.String(), fmt.Sprintf("want %s to %s", agent.MinUpgradeDeadline, agent.MaxUpgradeDeadline))
+	}
 	cfg.ServiceLogMaxBytes = *logMax
 	cfg.ServiceLogKeep = *logKeep
 	if *logKeep == 0 {

@@ -3,8 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/fleetwave/fleetwave/agent"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -42,11 +46,13 @@ func TestBadFlagsExit2NamingFlagAndValue(t *testing.T) {
 		{"insecure with tls", append(base, "--insecure", "--tls-ca", "ca.pem"), []string{"--insecure", "cannot be combined"}},
 		{"tls without identity", append(base, "--tls-ca", "ca.pem"), []string{"--tls-cert", "join_token_file"}},
 		{"redirect host", append(base, "--insecure", "--artifact-redirect-hosts", "https://cdn"), []string{"--artifact-redirect-hosts", `"https://cdn"`}},
+		{"upgrade deadline too short", append(base, "--insecure", "--upgrade-deadline", "500ms"), []string{"--upgrade-deadline", `"500ms"`, "1s to 1h0m0s"}},
+		{"upgrade deadline too long", append(base, "--insecure", "--upgrade-deadline", "2h"), []string{"--upgrade-deadline", `"2h0m0s"`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var stderr bytes.Buffer
-			if code := run(context.Background(), tt.args, &stderr); code != 2 {
+			if code := run(context.Background(), tt.args, io.Discard, &stderr); code != 2 {
 				t.Fatalf("exit %d, want 2; stderr %s", code, stderr.String())
 			}
 			for _, w := range tt.want {
@@ -77,7 +83,7 @@ func TestServiceLogFlags(t *testing.T) {
 	}
 	for _, bad := range [][]string{{"--service-log-max-bytes", "0"}, {"--service-log-max-bytes", "-5"}, {"--service-log-keep", "-1"}} {
 		stderr.Reset()
-		if code := run(context.Background(), append(append([]string{}, base...), bad...), &stderr); code != 2 || !strings.Contains(stderr.String(), bad[0]) {
+		if code := run(context.Background(), append(append([]string{}, base...), bad...), io.Discard, &stderr); code != 2 || !strings.Contains(stderr.String(), bad[0]) {
 			t.Errorf("%v: exit %d, stderr %q; want 2 naming the flag", bad, code, stderr.String())
 		}
 	}
@@ -85,19 +91,19 @@ func TestServiceLogFlags(t *testing.T) {
 
 func TestStopServicesCommand(t *testing.T) {
 	var stderr bytes.Buffer
-	if code := run(context.Background(), []string{"stop-services", "--bogus"}, &stderr); code != 2 {
+	if code := run(context.Background(), []string{"stop-services", "--bogus"}, io.Discard, &stderr); code != 2 {
 		t.Fatalf("unknown flag: exit %d, want 2", code)
 	}
-	if code := run(context.Background(), []string{"stop-services", "--data-dir", t.TempDir(), "extra"}, &stderr); code != 2 {
+	if code := run(context.Background(), []string{"stop-services", "--data-dir", t.TempDir(), "extra"}, io.Discard, &stderr); code != 2 {
 		t.Fatalf("extra argument: exit %d, want 2", code)
 	}
 	stderr.Reset()
-	if code := run(context.Background(), []string{"stop-services", "--data-dir", t.TempDir() + "/missing"}, &stderr); code != 1 ||
+	if code := run(context.Background(), []string{"stop-services", "--data-dir", t.TempDir() + "/missing"}, io.Discard, &stderr); code != 1 ||
 		!strings.Contains(stderr.String(), "missing") {
 		t.Fatalf("missing data dir: exit %d, stderr %q; want 1 naming it", code, stderr.String())
 	}
 	// Nothing runs: nothing to do, exit 0.
-	if code := run(context.Background(), []string{"stop-services", "--data-dir", t.TempDir()}, &stderr); code != 0 {
+	if code := run(context.Background(), []string{"stop-services", "--data-dir", t.TempDir()}, io.Discard, &stderr); code != 0 {
 		t.Fatalf("empty data dir: exit %d, stderr %q", code, stderr.String())
 	}
 }
@@ -114,9 +120,34 @@ func TestKeepReleasesFlag(t *testing.T) {
 	}
 	for _, v := range []string{"0", "-2"} {
 		stderr.Reset()
-		if code := run(context.Background(), append(append([]string{}, base...), "--keep-releases", v), &stderr); code != 2 ||
+		if code := run(context.Background(), append(append([]string{}, base...), "--keep-releases", v), io.Discard, &stderr); code != 2 ||
 			!strings.Contains(stderr.String(), `invalid value "`+v+`" for flag --keep-releases: want 1 or more`) {
 			t.Errorf("--keep-releases %s: exit %d, stderr %q", v, code, stderr.String())
 		}
+	}
+}
+
+func TestVersionCommand(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"version"}, &stdout, &stderr); code != 0 || stdout.String() != version+"\n" {
+		t.Fatalf("exit %d, stdout %q, stderr %q", code, stdout.String(), stderr.String())
+	}
+	stdout.Reset()
+	if code := run(context.Background(), []string{"version", "extra"}, &stdout, &stderr); code != 2 || stdout.Len() != 0 ||
+		!strings.Contains(stderr.String(), `unexpected argument "extra"`) {
+		t.Fatalf("exit %d, stdout %q, stderr %q", code, stdout.String(), stderr.String())
+	}
+}
+
+func TestUpgradeDeadlineFlag(t *testing.T) {
+	base := []string{"--coordinator", "a:1", "--host-id", "h1", "--data-dir", "d", "--insecure"}
+	var stderr bytes.Buffer
+	cfg, _, err := parseFlags(base, &stderr)
+	if err != nil || cfg.UpgradeDeadline != agent.DefaultUpgradeDeadline {
+		t.Fatalf("default: %v, %v", cfg.UpgradeDeadline, err)
+	}
+	cfg, _, err = parseFlags(append(base, "--upgrade-deadline", "20s"), &stderr)
+	if err != nil || cfg.UpgradeDeadline != 20*time.Second {
+		t.Fatalf("20s: %v, %v", cfg.UpgradeDeadline, err)
 	}
 }

@@ -71,6 +71,7 @@ func Validate(s *v1.ServiceSpec) error {
 	}
 	var p problems
 	p.addErr(CheckName("name", s.GetName()))
+	p.addErr(checkNotReserved("name", s.GetName()))
 	for _, k := range sortedKeys(s.GetSelector()) {
 		p.addErr(CheckLabels("selector", map[string]string{k: s.GetSelector()[k]}))
 	}

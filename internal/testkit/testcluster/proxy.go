@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/fleetwave/fleetwave/internal/testkit/ports"
 )
 
 // Proxy is a TCP proxy on loopback in the test process, forwarding every
@@ -34,11 +36,11 @@ type Proxy struct {
 	wg     sync.WaitGroup
 }
 
-// NewProxy listens on a free loopback port and forwards to target
-// (host:port). It is closed at the end of t.
+// NewProxy listens on a loopback port from internal/testkit/ports and
+// forwards to target (host:port). It is closed at the end of t.
 func NewProxy(t testing.TB, target string) *Proxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", ports.Addr(t))
 	if err != nil {
 		t.Fatalf("proxy to %s: listen: %v", target, err)
 	}
@@ -82,6 +84,15 @@ func (p *Proxy) Cut() error {
 		reset(c)
 	}
 	return nil
+}
+
+// RefuseNew resets each new connection as soon as it is accepted, until
+// Restore, and leaves the open ones as they are: a client that connected
+// before keeps its connection, one that connects now cannot.
+func (p *Proxy) RefuseNew() {
+	p.mu.Lock()
+	p.cut = true
+	p.mu.Unlock()
 }
 
 // Restore lets new connections through again.

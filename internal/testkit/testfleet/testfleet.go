@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -108,6 +109,13 @@ func (p *Proc) start() error {
 		return fmt.Errorf("start %s: %w", p.Name, err)
 	}
 	cmd := exec.Command(p.bin, p.args...)
+	// Not a systemd service, even when the tests run in one: an agent under
+	// systemd without its notify socket refuses to upgrade itself.
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "INVOCATION_ID=") && !strings.HasPrefix(kv, "NOTIFY_SOCKET=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -488,9 +496,26 @@ func (f *Fleet) Hosts(ctx context.Context) ([]*v1.Host, error) {
 	return listHosts(ctx, cc)
 }
 
+// AgentOptions change how AddAgentWith starts an agent.
+type AgentOptions struct {
+	// Binary is the agent executable ("" = the fleet's). An agent that
+	// upgrades itself replaces its executable: give each such agent a copy.
+	Binary string
+	// Coordinator is the address the agent connects to ("" = the
+	// coordinator's; e.g. a proxy in front of it).
+	Coordinator string
+	// Args are more flags.
+	Args []string
+}
+
 // AddAgent starts an agent with labels zone=<zone>, role=web and a free
 // port label for its service.
 func (f *Fleet) AddAgent(id, zone string) (*Agent, error) {
+	return f.AddAgentWith(id, zone, AgentOptions{})
+}
+
+// AddAgentWith is AddAgent with options.
+func (f *Fleet) AddAgentWith(id, zone string, o AgentOptions) (*Agent, error) {
 	port, err := ports.Take()
 	if err != nil {
 		return nil, err
@@ -502,7 +527,14 @@ func (f *Fleet) AddAgent(id, zone string) (*Agent, error) {
 	dataDir := filepath.Join(f.Dir, "agents", id)
 	labels := fmt.Sprintf("zone=%s,role=web,port=%d", zone, port)
 	maddr := fmt.Sprintf("127.0.0.1:%d", mport)
-	args := []string{"--coordinator", f.Addr, "--host-id", id, "--labels", labels, "--data-dir", dataDir, "--metrics-listen", maddr}
+	coord, bin := f.Addr, f.Bin.Agent
+	if o.Coordinator != "" {
+		coord = o.Coordinator
+	}
+	if o.Binary != "" {
+		bin = o.Binary
+	}
+	args := []string{"--coordinator", coord, "--host-id", id, "--labels", labels, "--data-dir", dataDir, "--metrics-listen", maddr}
 	if f.PKI == "" {
 		args = append(args, "--insecure")
 	} else {
@@ -516,7 +548,8 @@ func (f *Fleet) AddAgent(id, zone string) (*Agent, error) {
 		}
 		args = append(args, "--tls-ca", filepath.Join(f.PKI, tlsutil.CAFile), "--tls-cert", certFile, "--tls-key", keyFile)
 	}
-	p, err := Start("agent "+id, f.Bin.Agent, filepath.Join(f.Dir, "logs", "agent-"+id+".log"), args...)
+	args = append(args, o.Args...)
+	p, err := Start("agent "+id, bin, filepath.Join(f.Dir, "logs", "agent-"+id+".log"), args...)
 	if err != nil {
 		return nil, err
 	}
@@ -556,12 +589,79 @@ func (f *Fleet) Close() {
 			if a.Running() {
 				a.Stop(15 * time.Second)
 			}
+			// An agent that upgraded itself runs as another process.
+			StopPID(a.CurrentPID(), 15*time.Second)
 			StopServices(f.Bin.Agent, a.DataDir)
 		}()
 	}
 	wg.Wait()
 	if f.Coord != nil && f.Coord.Running() {
 		f.Coord.Stop(15 * time.Second)
+	}
+}
+
+// CurrentPID is the pid of the agent process running on a's data dir
+// now, which is not a's own process once the agent upgraded itself (the new
+// agent is started by the old one); 0 when none runs. It looks for a
+// process whose arguments hold --data-dir DATA-DIR and which is not a's.
+func (a *Agent) CurrentPID() int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0
+	}
+	running := a.Running()
+	a.mu.Lock()
+	own := 0
+	if running && a.cmd != nil && a.cmd.Process != nil {
+		own = a.cmd.Process.Pid
+	}
+	a.mu.Unlock()
+	want := "\x00--data-dir\x00" + a.DataDir + "\x00"
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == own {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !strings.Contains(string(b), want) || strings.Contains(string(b), "\x00stop-services\x00") {
+			continue
+		}
+		if st, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat")); err == nil {
+			if i := strings.LastIndexByte(string(st), ')'); i > 0 && len(st) > i+2 && st[i+2] == 'Z' {
+				continue // exited, not reaped yet
+			}
+		}
+		return pid
+	}
+	if own != 0 {
+		return own
+	}
+	return 0
+}
+
+// StopPID sends pid (0: nothing) SIGTERM and waits until it is gone,
+// SIGKILL after grace. For processes the test did not start itself (it
+// cannot wait for them): it polls.
+func StopPID(pid int, grace time.Duration) {
+	if pid <= 0 {
+		return
+	}
+	_ = syscall.Kill(pid, syscall.SIGTERM)
+	gone := func() bool {
+		st, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+		if err != nil {
+			return true
+		}
+		i := strings.LastIndexByte(string(st), ')')
+		return i > 0 && len(st) > i+2 && st[i+2] == 'Z'
+	}
+	deadline := time.Now().Add(grace)
+	for !gone() {
+		if time.Now().After(deadline) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			deadline = time.Now().Add(grace)
+		}
+		time.Sleep(20 * time.Millisecond) // polling a process that is not our child
 	}
 }
 

@@ -177,7 +177,13 @@ type ConnectResponse struct {
 	// The full set of assignments for this host.
 	Assignments []*Assignment `protobuf:"bytes,1,rep,name=assignments,proto3" json:"assignments,omitempty"`
 	// When the coordinator sent it, to measure delivery latency.
-	SentAt        *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=sent_at,json=sentAt,proto3" json:"sent_at,omitempty"`
+	SentAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=sent_at,json=sentAt,proto3" json:"sent_at,omitempty"`
+	// The agent binary this host should run (service fleetwave-agent, unset:
+	// none): an agent on another version upgrades itself to it and reports
+	// the outcome as the service fleetwave-agent (phase HEALTHY with
+	// current_version the version it runs, or FAILED with the reason).
+	// Apart from the assignments: an agent that does not know it ignores it.
+	Agent         *Assignment `protobuf:"bytes,3,opt,name=agent,proto3" json:"agent,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -222,6 +228,13 @@ func (x *ConnectResponse) GetAssignments() []*Assignment {
 func (x *ConnectResponse) GetSentAt() *timestamppb.Timestamp {
 	if x != nil {
 		return x.SentAt
+	}
+	return nil
+}
+
+func (x *ConnectResponse) GetAgent() *Assignment {
+	if x != nil {
+		return x.Agent
 	}
 	return nil
 }
@@ -498,10 +511,11 @@ const file_fleetwave_v1_agent_proto_rawDesc = "" +
 	"\bservices\x18\x04 \x03(\v2\x1b.fleetwave.v1.ServiceReportR\bservices\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x82\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb2\x01\n" +
 	"\x0fConnectResponse\x12:\n" +
 	"\vassignments\x18\x01 \x03(\v2\x18.fleetwave.v1.AssignmentR\vassignments\x123\n" +
-	"\asent_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\"N\n" +
+	"\asent_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\x12.\n" +
+	"\x05agent\x18\x03 \x01(\v2\x18.fleetwave.v1.AssignmentR\x05agent\"N\n" +
 	"\vJoinRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x17\n" +
 	"\ahost_id\x18\x02 \x01(\tR\x06hostId\x12\x10\n" +
@@ -555,20 +569,21 @@ var file_fleetwave_v1_agent_proto_depIdxs = []int32{
 	9,  // 3: fleetwave.v1.Hello.services:type_name -> fleetwave.v1.ServiceReport
 	10, // 4: fleetwave.v1.ConnectResponse.assignments:type_name -> fleetwave.v1.Assignment
 	11, // 5: fleetwave.v1.ConnectResponse.sent_at:type_name -> google.protobuf.Timestamp
-	7,  // 6: fleetwave.v1.JoinResponse.certificate:type_name -> fleetwave.v1.IssuedCertificate
-	7,  // 7: fleetwave.v1.RenewResponse.certificate:type_name -> fleetwave.v1.IssuedCertificate
-	11, // 8: fleetwave.v1.IssuedCertificate.not_after:type_name -> google.protobuf.Timestamp
-	0,  // 9: fleetwave.v1.AgentService.Connect:input_type -> fleetwave.v1.ConnectRequest
-	3,  // 10: fleetwave.v1.AgentService.Join:input_type -> fleetwave.v1.JoinRequest
-	4,  // 11: fleetwave.v1.AgentService.Renew:input_type -> fleetwave.v1.RenewRequest
-	2,  // 12: fleetwave.v1.AgentService.Connect:output_type -> fleetwave.v1.ConnectResponse
-	5,  // 13: fleetwave.v1.AgentService.Join:output_type -> fleetwave.v1.JoinResponse
-	6,  // 14: fleetwave.v1.AgentService.Renew:output_type -> fleetwave.v1.RenewResponse
-	12, // [12:15] is the sub-list for method output_type
-	9,  // [9:12] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	10, // 6: fleetwave.v1.ConnectResponse.agent:type_name -> fleetwave.v1.Assignment
+	7,  // 7: fleetwave.v1.JoinResponse.certificate:type_name -> fleetwave.v1.IssuedCertificate
+	7,  // 8: fleetwave.v1.RenewResponse.certificate:type_name -> fleetwave.v1.IssuedCertificate
+	11, // 9: fleetwave.v1.IssuedCertificate.not_after:type_name -> google.protobuf.Timestamp
+	0,  // 10: fleetwave.v1.AgentService.Connect:input_type -> fleetwave.v1.ConnectRequest
+	3,  // 11: fleetwave.v1.AgentService.Join:input_type -> fleetwave.v1.JoinRequest
+	4,  // 12: fleetwave.v1.AgentService.Renew:input_type -> fleetwave.v1.RenewRequest
+	2,  // 13: fleetwave.v1.AgentService.Connect:output_type -> fleetwave.v1.ConnectResponse
+	5,  // 14: fleetwave.v1.AgentService.Join:output_type -> fleetwave.v1.JoinResponse
+	6,  // 15: fleetwave.v1.AgentService.Renew:output_type -> fleetwave.v1.RenewResponse
+	13, // [13:16] is the sub-list for method output_type
+	10, // [10:13] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_agent_proto_init() }

@@ -3501,6 +3501,128 @@ func (x *DeleteServiceResponse) GetRollout() *Rollout {
 	return nil
 }
 
+type UpgradeAgentsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The agent release: version (what the new binary prints for
+	// `fleetwave-agent version`), artifact (a .tar.gz with the executable
+	// fleetwave-agent at its root; in the artifact store or at a URL),
+	// optionally signed (service fleetwave-agent). service is set by the
+	// coordinator.
+	Release *Release `protobuf:"bytes,1,opt,name=release,proto3" json:"release,omitempty"`
+	// Canary, waves, max_parallel, bake, max_failures, progress_deadline
+	// (mode, approve_each_wave and on_new_release are not used: an agent
+	// rollout starts at once and a second one is refused while one runs).
+	Policy        *RolloutPolicy `protobuf:"bytes,2,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpgradeAgentsRequest) Reset() {
+	*x = UpgradeAgentsRequest{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpgradeAgentsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpgradeAgentsRequest) ProtoMessage() {}
+
+func (x *UpgradeAgentsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpgradeAgentsRequest.ProtoReflect.Descriptor instead.
+func (*UpgradeAgentsRequest) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *UpgradeAgentsRequest) GetRelease() *Release {
+	if x != nil {
+		return x.Release
+	}
+	return nil
+}
+
+func (x *UpgradeAgentsRequest) GetPolicy() *RolloutPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+type UpgradeAgentsResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Release *Release               `protobuf:"bytes,1,opt,name=release,proto3" json:"release,omitempty"`
+	// The agent rollout ("" note when it started).
+	Rollout *Rollout `protobuf:"bytes,2,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	// Why no rollout started (e.g. frozen after a failed agent rollout).
+	Note          string `protobuf:"bytes,3,opt,name=note,proto3" json:"note,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpgradeAgentsResponse) Reset() {
+	*x = UpgradeAgentsResponse{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpgradeAgentsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpgradeAgentsResponse) ProtoMessage() {}
+
+func (x *UpgradeAgentsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpgradeAgentsResponse.ProtoReflect.Descriptor instead.
+func (*UpgradeAgentsResponse) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *UpgradeAgentsResponse) GetRelease() *Release {
+	if x != nil {
+		return x.Release
+	}
+	return nil
+}
+
+func (x *UpgradeAgentsResponse) GetRollout() *Rollout {
+	if x != nil {
+		return x.Rollout
+	}
+	return nil
+}
+
+func (x *UpgradeAgentsResponse) GetNote() string {
+	if x != nil {
+		return x.Note
+	}
+	return ""
+}
+
 var File_fleetwave_v1_operator_proto protoreflect.FileDescriptor
 
 const file_fleetwave_v1_operator_proto_rawDesc = "" +
@@ -3739,7 +3861,14 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\x05force\x18\x02 \x01(\bR\x05force\"y\n" +
 	"\x15DeleteServiceResponse\x12/\n" +
 	"\aservice\x18\x01 \x01(\v2\x15.fleetwave.v1.ServiceR\aservice\x12/\n" +
-	"\arollout\x18\x02 \x01(\v2\x15.fleetwave.v1.RolloutR\arollout2\x92\x12\n" +
+	"\arollout\x18\x02 \x01(\v2\x15.fleetwave.v1.RolloutR\arollout\"|\n" +
+	"\x14UpgradeAgentsRequest\x12/\n" +
+	"\arelease\x18\x01 \x01(\v2\x15.fleetwave.v1.ReleaseR\arelease\x123\n" +
+	"\x06policy\x18\x02 \x01(\v2\x1b.fleetwave.v1.RolloutPolicyR\x06policy\"\x8d\x01\n" +
+	"\x15UpgradeAgentsResponse\x12/\n" +
+	"\arelease\x18\x01 \x01(\v2\x15.fleetwave.v1.ReleaseR\arelease\x12/\n" +
+	"\arollout\x18\x02 \x01(\v2\x15.fleetwave.v1.RolloutR\arollout\x12\x12\n" +
+	"\x04note\x18\x03 \x01(\tR\x04note2\xec\x12\n" +
 	"\x0fOperatorService\x12U\n" +
 	"\fApplyService\x12!.fleetwave.v1.ApplyServiceRequest\x1a\".fleetwave.v1.ApplyServiceResponse\x12U\n" +
 	"\fListServices\x12!.fleetwave.v1.ListServicesRequest\x1a\".fleetwave.v1.ListServicesResponse\x12O\n" +
@@ -3772,7 +3901,8 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"RemoveHost\x12\x1f.fleetwave.v1.RemoveHostRequest\x1a .fleetwave.v1.RemoveHostResponse\x12d\n" +
 	"\x11RevokeCertificate\x12&.fleetwave.v1.RevokeCertificateRequest\x1a'.fleetwave.v1.RevokeCertificateResponse\x12^\n" +
 	"\x0fListRevocations\x12$.fleetwave.v1.ListRevocationsRequest\x1a%.fleetwave.v1.ListRevocationsResponse\x12X\n" +
-	"\rDeleteService\x12\".fleetwave.v1.DeleteServiceRequest\x1a#.fleetwave.v1.DeleteServiceResponseB?Z=github.com/fleetwave/fleetwave/proto/fleetwave/v1;fleetwavev1b\x06proto3"
+	"\rDeleteService\x12\".fleetwave.v1.DeleteServiceRequest\x1a#.fleetwave.v1.DeleteServiceResponse\x12X\n" +
+	"\rUpgradeAgents\x12\".fleetwave.v1.UpgradeAgentsRequest\x1a#.fleetwave.v1.UpgradeAgentsResponseB?Z=github.com/fleetwave/fleetwave/proto/fleetwave/v1;fleetwavev1b\x06proto3"
 
 var (
 	file_fleetwave_v1_operator_proto_rawDescOnce sync.Once
@@ -3786,7 +3916,7 @@ func file_fleetwave_v1_operator_proto_rawDescGZIP() []byte {
 	return file_fleetwave_v1_operator_proto_rawDescData
 }
 
-var file_fleetwave_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 61)
+var file_fleetwave_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 63)
 var file_fleetwave_v1_operator_proto_goTypes = []any{
 	(*ApplyServiceRequest)(nil),       // 0: fleetwave.v1.ApplyServiceRequest
 	(*ApplyServiceResponse)(nil),      // 1: fleetwave.v1.ApplyServiceResponse
@@ -3849,128 +3979,137 @@ var file_fleetwave_v1_operator_proto_goTypes = []any{
 	(*ListRevocationsResponse)(nil),   // 58: fleetwave.v1.ListRevocationsResponse
 	(*DeleteServiceRequest)(nil),      // 59: fleetwave.v1.DeleteServiceRequest
 	(*DeleteServiceResponse)(nil),     // 60: fleetwave.v1.DeleteServiceResponse
-	(*ServiceSpec)(nil),               // 61: fleetwave.v1.ServiceSpec
-	(*Service)(nil),                   // 62: fleetwave.v1.Service
-	(*Rollout)(nil),                   // 63: fleetwave.v1.Rollout
-	(*Release)(nil),                   // 64: fleetwave.v1.Release
-	(*Host)(nil),                      // 65: fleetwave.v1.Host
-	(*SignedRollback)(nil),            // 66: fleetwave.v1.SignedRollback
-	(*Event)(nil),                     // 67: fleetwave.v1.Event
-	(*timestamppb.Timestamp)(nil),     // 68: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 69: google.protobuf.Duration
+	(*UpgradeAgentsRequest)(nil),      // 61: fleetwave.v1.UpgradeAgentsRequest
+	(*UpgradeAgentsResponse)(nil),     // 62: fleetwave.v1.UpgradeAgentsResponse
+	(*ServiceSpec)(nil),               // 63: fleetwave.v1.ServiceSpec
+	(*Service)(nil),                   // 64: fleetwave.v1.Service
+	(*Rollout)(nil),                   // 65: fleetwave.v1.Rollout
+	(*Release)(nil),                   // 66: fleetwave.v1.Release
+	(*Host)(nil),                      // 67: fleetwave.v1.Host
+	(*SignedRollback)(nil),            // 68: fleetwave.v1.SignedRollback
+	(*Event)(nil),                     // 69: fleetwave.v1.Event
+	(*timestamppb.Timestamp)(nil),     // 70: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 71: google.protobuf.Duration
+	(*RolloutPolicy)(nil),             // 72: fleetwave.v1.RolloutPolicy
 }
 var file_fleetwave_v1_operator_proto_depIdxs = []int32{
-	61, // 0: fleetwave.v1.ApplyServiceRequest.spec:type_name -> fleetwave.v1.ServiceSpec
-	62, // 1: fleetwave.v1.ApplyServiceResponse.service:type_name -> fleetwave.v1.Service
-	63, // 2: fleetwave.v1.ApplyServiceResponse.rollout:type_name -> fleetwave.v1.Rollout
-	62, // 3: fleetwave.v1.ListServicesResponse.services:type_name -> fleetwave.v1.Service
-	62, // 4: fleetwave.v1.GetServiceResponse.service:type_name -> fleetwave.v1.Service
-	64, // 5: fleetwave.v1.CreateReleaseRequest.release:type_name -> fleetwave.v1.Release
-	64, // 6: fleetwave.v1.CreateReleaseResponse.release:type_name -> fleetwave.v1.Release
-	63, // 7: fleetwave.v1.CreateReleaseResponse.rollout:type_name -> fleetwave.v1.Rollout
-	64, // 8: fleetwave.v1.ListReleasesResponse.releases:type_name -> fleetwave.v1.Release
-	63, // 9: fleetwave.v1.GetRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	63, // 10: fleetwave.v1.WatchRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	63, // 11: fleetwave.v1.ApproveRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	65, // 12: fleetwave.v1.ListHostsResponse.hosts:type_name -> fleetwave.v1.Host
-	62, // 13: fleetwave.v1.UnfreezeServiceResponse.service:type_name -> fleetwave.v1.Service
-	63, // 14: fleetwave.v1.PauseRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	63, // 15: fleetwave.v1.ResumeRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	63, // 16: fleetwave.v1.AbortRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	66, // 17: fleetwave.v1.RollbackRequest.signed:type_name -> fleetwave.v1.SignedRollback
-	63, // 18: fleetwave.v1.RollbackResponse.rollout:type_name -> fleetwave.v1.Rollout
-	67, // 19: fleetwave.v1.ListEventsResponse.events:type_name -> fleetwave.v1.Event
-	67, // 20: fleetwave.v1.WatchEventsResponse.event:type_name -> fleetwave.v1.Event
-	68, // 21: fleetwave.v1.CoordinatorInfo.started_at:type_name -> google.protobuf.Timestamp
+	63, // 0: fleetwave.v1.ApplyServiceRequest.spec:type_name -> fleetwave.v1.ServiceSpec
+	64, // 1: fleetwave.v1.ApplyServiceResponse.service:type_name -> fleetwave.v1.Service
+	65, // 2: fleetwave.v1.ApplyServiceResponse.rollout:type_name -> fleetwave.v1.Rollout
+	64, // 3: fleetwave.v1.ListServicesResponse.services:type_name -> fleetwave.v1.Service
+	64, // 4: fleetwave.v1.GetServiceResponse.service:type_name -> fleetwave.v1.Service
+	66, // 5: fleetwave.v1.CreateReleaseRequest.release:type_name -> fleetwave.v1.Release
+	66, // 6: fleetwave.v1.CreateReleaseResponse.release:type_name -> fleetwave.v1.Release
+	65, // 7: fleetwave.v1.CreateReleaseResponse.rollout:type_name -> fleetwave.v1.Rollout
+	66, // 8: fleetwave.v1.ListReleasesResponse.releases:type_name -> fleetwave.v1.Release
+	65, // 9: fleetwave.v1.GetRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	65, // 10: fleetwave.v1.WatchRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	65, // 11: fleetwave.v1.ApproveRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	67, // 12: fleetwave.v1.ListHostsResponse.hosts:type_name -> fleetwave.v1.Host
+	64, // 13: fleetwave.v1.UnfreezeServiceResponse.service:type_name -> fleetwave.v1.Service
+	65, // 14: fleetwave.v1.PauseRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	65, // 15: fleetwave.v1.ResumeRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	65, // 16: fleetwave.v1.AbortRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	68, // 17: fleetwave.v1.RollbackRequest.signed:type_name -> fleetwave.v1.SignedRollback
+	65, // 18: fleetwave.v1.RollbackResponse.rollout:type_name -> fleetwave.v1.Rollout
+	69, // 19: fleetwave.v1.ListEventsResponse.events:type_name -> fleetwave.v1.Event
+	69, // 20: fleetwave.v1.WatchEventsResponse.event:type_name -> fleetwave.v1.Event
+	70, // 21: fleetwave.v1.CoordinatorInfo.started_at:type_name -> google.protobuf.Timestamp
 	33, // 22: fleetwave.v1.ClusterStatusResponse.coordinators:type_name -> fleetwave.v1.CoordinatorInfo
 	34, // 23: fleetwave.v1.ClusterStatusResponse.etcd_members:type_name -> fleetwave.v1.EtcdMember
-	69, // 24: fleetwave.v1.GetStatsRequest.since:type_name -> google.protobuf.Duration
+	71, // 24: fleetwave.v1.GetStatsRequest.since:type_name -> google.protobuf.Duration
 	39, // 25: fleetwave.v1.GetStatsResponse.services:type_name -> fleetwave.v1.DeployStats
 	39, // 26: fleetwave.v1.GetStatsResponse.fleet:type_name -> fleetwave.v1.DeployStats
-	68, // 27: fleetwave.v1.GetStatsResponse.from:type_name -> google.protobuf.Timestamp
-	68, // 28: fleetwave.v1.GetStatsResponse.to:type_name -> google.protobuf.Timestamp
-	69, // 29: fleetwave.v1.DurationStats.median:type_name -> google.protobuf.Duration
-	69, // 30: fleetwave.v1.DurationStats.p90:type_name -> google.protobuf.Duration
+	70, // 27: fleetwave.v1.GetStatsResponse.from:type_name -> google.protobuf.Timestamp
+	70, // 28: fleetwave.v1.GetStatsResponse.to:type_name -> google.protobuf.Timestamp
+	71, // 29: fleetwave.v1.DurationStats.median:type_name -> google.protobuf.Duration
+	71, // 30: fleetwave.v1.DurationStats.p90:type_name -> google.protobuf.Duration
 	38, // 31: fleetwave.v1.DeployStats.lead_time:type_name -> fleetwave.v1.DurationStats
 	38, // 32: fleetwave.v1.DeployStats.commit_to_release:type_name -> fleetwave.v1.DurationStats
 	38, // 33: fleetwave.v1.DeployStats.release_to_start:type_name -> fleetwave.v1.DurationStats
 	38, // 34: fleetwave.v1.DeployStats.rollout:type_name -> fleetwave.v1.DurationStats
 	38, // 35: fleetwave.v1.DeployStats.bake:type_name -> fleetwave.v1.DurationStats
 	38, // 36: fleetwave.v1.DeployStats.time_to_restore:type_name -> fleetwave.v1.DurationStats
-	68, // 37: fleetwave.v1.Token.created_at:type_name -> google.protobuf.Timestamp
-	68, // 38: fleetwave.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
-	69, // 39: fleetwave.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
+	70, // 37: fleetwave.v1.Token.created_at:type_name -> google.protobuf.Timestamp
+	70, // 38: fleetwave.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	71, // 39: fleetwave.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
 	40, // 40: fleetwave.v1.CreateTokenResponse.token:type_name -> fleetwave.v1.Token
 	40, // 41: fleetwave.v1.ListTokensResponse.tokens:type_name -> fleetwave.v1.Token
-	68, // 42: fleetwave.v1.AuditEntry.at:type_name -> google.protobuf.Timestamp
+	70, // 42: fleetwave.v1.AuditEntry.at:type_name -> google.protobuf.Timestamp
 	47, // 43: fleetwave.v1.ListAuditResponse.entries:type_name -> fleetwave.v1.AuditEntry
-	68, // 44: fleetwave.v1.WhoAmIResponse.not_after:type_name -> google.protobuf.Timestamp
-	68, // 45: fleetwave.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
-	68, // 46: fleetwave.v1.Revocation.expires_at:type_name -> google.protobuf.Timestamp
-	68, // 47: fleetwave.v1.RevokeCertificateRequest.not_after:type_name -> google.protobuf.Timestamp
+	70, // 44: fleetwave.v1.WhoAmIResponse.not_after:type_name -> google.protobuf.Timestamp
+	70, // 45: fleetwave.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
+	70, // 46: fleetwave.v1.Revocation.expires_at:type_name -> google.protobuf.Timestamp
+	70, // 47: fleetwave.v1.RevokeCertificateRequest.not_after:type_name -> google.protobuf.Timestamp
 	54, // 48: fleetwave.v1.RevokeCertificateResponse.revocation:type_name -> fleetwave.v1.Revocation
 	54, // 49: fleetwave.v1.ListRevocationsResponse.revocations:type_name -> fleetwave.v1.Revocation
-	62, // 50: fleetwave.v1.DeleteServiceResponse.service:type_name -> fleetwave.v1.Service
-	63, // 51: fleetwave.v1.DeleteServiceResponse.rollout:type_name -> fleetwave.v1.Rollout
-	0,  // 52: fleetwave.v1.OperatorService.ApplyService:input_type -> fleetwave.v1.ApplyServiceRequest
-	2,  // 53: fleetwave.v1.OperatorService.ListServices:input_type -> fleetwave.v1.ListServicesRequest
-	4,  // 54: fleetwave.v1.OperatorService.GetService:input_type -> fleetwave.v1.GetServiceRequest
-	6,  // 55: fleetwave.v1.OperatorService.CreateRelease:input_type -> fleetwave.v1.CreateReleaseRequest
-	8,  // 56: fleetwave.v1.OperatorService.ListReleases:input_type -> fleetwave.v1.ListReleasesRequest
-	10, // 57: fleetwave.v1.OperatorService.GetRollout:input_type -> fleetwave.v1.GetRolloutRequest
-	12, // 58: fleetwave.v1.OperatorService.WatchRollout:input_type -> fleetwave.v1.WatchRolloutRequest
-	14, // 59: fleetwave.v1.OperatorService.ApproveRollout:input_type -> fleetwave.v1.ApproveRolloutRequest
-	16, // 60: fleetwave.v1.OperatorService.ListHosts:input_type -> fleetwave.v1.ListHostsRequest
-	18, // 61: fleetwave.v1.OperatorService.UnfreezeService:input_type -> fleetwave.v1.UnfreezeServiceRequest
-	20, // 62: fleetwave.v1.OperatorService.PauseRollout:input_type -> fleetwave.v1.PauseRolloutRequest
-	22, // 63: fleetwave.v1.OperatorService.ResumeRollout:input_type -> fleetwave.v1.ResumeRolloutRequest
-	24, // 64: fleetwave.v1.OperatorService.AbortRollout:input_type -> fleetwave.v1.AbortRolloutRequest
-	26, // 65: fleetwave.v1.OperatorService.Rollback:input_type -> fleetwave.v1.RollbackRequest
-	28, // 66: fleetwave.v1.OperatorService.ListEvents:input_type -> fleetwave.v1.ListEventsRequest
-	30, // 67: fleetwave.v1.OperatorService.WatchEvents:input_type -> fleetwave.v1.WatchEventsRequest
-	32, // 68: fleetwave.v1.OperatorService.ClusterStatus:input_type -> fleetwave.v1.ClusterStatusRequest
-	36, // 69: fleetwave.v1.OperatorService.GetStats:input_type -> fleetwave.v1.GetStatsRequest
-	41, // 70: fleetwave.v1.OperatorService.CreateToken:input_type -> fleetwave.v1.CreateTokenRequest
-	43, // 71: fleetwave.v1.OperatorService.ListTokens:input_type -> fleetwave.v1.ListTokensRequest
-	45, // 72: fleetwave.v1.OperatorService.RevokeToken:input_type -> fleetwave.v1.RevokeTokenRequest
-	48, // 73: fleetwave.v1.OperatorService.ListAudit:input_type -> fleetwave.v1.ListAuditRequest
-	50, // 74: fleetwave.v1.OperatorService.WhoAmI:input_type -> fleetwave.v1.WhoAmIRequest
-	52, // 75: fleetwave.v1.OperatorService.RemoveHost:input_type -> fleetwave.v1.RemoveHostRequest
-	55, // 76: fleetwave.v1.OperatorService.RevokeCertificate:input_type -> fleetwave.v1.RevokeCertificateRequest
-	57, // 77: fleetwave.v1.OperatorService.ListRevocations:input_type -> fleetwave.v1.ListRevocationsRequest
-	59, // 78: fleetwave.v1.OperatorService.DeleteService:input_type -> fleetwave.v1.DeleteServiceRequest
-	1,  // 79: fleetwave.v1.OperatorService.ApplyService:output_type -> fleetwave.v1.ApplyServiceResponse
-	3,  // 80: fleetwave.v1.OperatorService.ListServices:output_type -> fleetwave.v1.ListServicesResponse
-	5,  // 81: fleetwave.v1.OperatorService.GetService:output_type -> fleetwave.v1.GetServiceResponse
-	7,  // 82: fleetwave.v1.OperatorService.CreateRelease:output_type -> fleetwave.v1.CreateReleaseResponse
-	9,  // 83: fleetwave.v1.OperatorService.ListReleases:output_type -> fleetwave.v1.ListReleasesResponse
-	11, // 84: fleetwave.v1.OperatorService.GetRollout:output_type -> fleetwave.v1.GetRolloutResponse
-	13, // 85: fleetwave.v1.OperatorService.WatchRollout:output_type -> fleetwave.v1.WatchRolloutResponse
-	15, // 86: fleetwave.v1.OperatorService.ApproveRollout:output_type -> fleetwave.v1.ApproveRolloutResponse
-	17, // 87: fleetwave.v1.OperatorService.ListHosts:output_type -> fleetwave.v1.ListHostsResponse
-	19, // 88: fleetwave.v1.OperatorService.UnfreezeService:output_type -> fleetwave.v1.UnfreezeServiceResponse
-	21, // 89: fleetwave.v1.OperatorService.PauseRollout:output_type -> fleetwave.v1.PauseRolloutResponse
-	23, // 90: fleetwave.v1.OperatorService.ResumeRollout:output_type -> fleetwave.v1.ResumeRolloutResponse
-	25, // 91: fleetwave.v1.OperatorService.AbortRollout:output_type -> fleetwave.v1.AbortRolloutResponse
-	27, // 92: fleetwave.v1.OperatorService.Rollback:output_type -> fleetwave.v1.RollbackResponse
-	29, // 93: fleetwave.v1.OperatorService.ListEvents:output_type -> fleetwave.v1.ListEventsResponse
-	31, // 94: fleetwave.v1.OperatorService.WatchEvents:output_type -> fleetwave.v1.WatchEventsResponse
-	35, // 95: fleetwave.v1.OperatorService.ClusterStatus:output_type -> fleetwave.v1.ClusterStatusResponse
-	37, // 96: fleetwave.v1.OperatorService.GetStats:output_type -> fleetwave.v1.GetStatsResponse
-	42, // 97: fleetwave.v1.OperatorService.CreateToken:output_type -> fleetwave.v1.CreateTokenResponse
-	44, // 98: fleetwave.v1.OperatorService.ListTokens:output_type -> fleetwave.v1.ListTokensResponse
-	46, // 99: fleetwave.v1.OperatorService.RevokeToken:output_type -> fleetwave.v1.RevokeTokenResponse
-	49, // 100: fleetwave.v1.OperatorService.ListAudit:output_type -> fleetwave.v1.ListAuditResponse
-	51, // 101: fleetwave.v1.OperatorService.WhoAmI:output_type -> fleetwave.v1.WhoAmIResponse
-	53, // 102: fleetwave.v1.OperatorService.RemoveHost:output_type -> fleetwave.v1.RemoveHostResponse
-	56, // 103: fleetwave.v1.OperatorService.RevokeCertificate:output_type -> fleetwave.v1.RevokeCertificateResponse
-	58, // 104: fleetwave.v1.OperatorService.ListRevocations:output_type -> fleetwave.v1.ListRevocationsResponse
-	60, // 105: fleetwave.v1.OperatorService.DeleteService:output_type -> fleetwave.v1.DeleteServiceResponse
-	79, // [79:106] is the sub-list for method output_type
-	52, // [52:79] is the sub-list for method input_type
-	52, // [52:52] is the sub-list for extension type_name
-	52, // [52:52] is the sub-list for extension extendee
-	0,  // [0:52] is the sub-list for field type_name
+	64, // 50: fleetwave.v1.DeleteServiceResponse.service:type_name -> fleetwave.v1.Service
+	65, // 51: fleetwave.v1.DeleteServiceResponse.rollout:type_name -> fleetwave.v1.Rollout
+	66, // 52: fleetwave.v1.UpgradeAgentsRequest.release:type_name -> fleetwave.v1.Release
+	72, // 53: fleetwave.v1.UpgradeAgentsRequest.policy:type_name -> fleetwave.v1.RolloutPolicy
+	66, // 54: fleetwave.v1.UpgradeAgentsResponse.release:type_name -> fleetwave.v1.Release
+	65, // 55: fleetwave.v1.UpgradeAgentsResponse.rollout:type_name -> fleetwave.v1.Rollout
+	0,  // 56: fleetwave.v1.OperatorService.ApplyService:input_type -> fleetwave.v1.ApplyServiceRequest
+	2,  // 57: fleetwave.v1.OperatorService.ListServices:input_type -> fleetwave.v1.ListServicesRequest
+	4,  // 58: fleetwave.v1.OperatorService.GetService:input_type -> fleetwave.v1.GetServiceRequest
+	6,  // 59: fleetwave.v1.OperatorService.CreateRelease:input_type -> fleetwave.v1.CreateReleaseRequest
+	8,  // 60: fleetwave.v1.OperatorService.ListReleases:input_type -> fleetwave.v1.ListReleasesRequest
+	10, // 61: fleetwave.v1.OperatorService.GetRollout:input_type -> fleetwave.v1.GetRolloutRequest
+	12, // 62: fleetwave.v1.OperatorService.WatchRollout:input_type -> fleetwave.v1.WatchRolloutRequest
+	14, // 63: fleetwave.v1.OperatorService.ApproveRollout:input_type -> fleetwave.v1.ApproveRolloutRequest
+	16, // 64: fleetwave.v1.OperatorService.ListHosts:input_type -> fleetwave.v1.ListHostsRequest
+	18, // 65: fleetwave.v1.OperatorService.UnfreezeService:input_type -> fleetwave.v1.UnfreezeServiceRequest
+	20, // 66: fleetwave.v1.OperatorService.PauseRollout:input_type -> fleetwave.v1.PauseRolloutRequest
+	22, // 67: fleetwave.v1.OperatorService.ResumeRollout:input_type -> fleetwave.v1.ResumeRolloutRequest
+	24, // 68: fleetwave.v1.OperatorService.AbortRollout:input_type -> fleetwave.v1.AbortRolloutRequest
+	26, // 69: fleetwave.v1.OperatorService.Rollback:input_type -> fleetwave.v1.RollbackRequest
+	28, // 70: fleetwave.v1.OperatorService.ListEvents:input_type -> fleetwave.v1.ListEventsRequest
+	30, // 71: fleetwave.v1.OperatorService.WatchEvents:input_type -> fleetwave.v1.WatchEventsRequest
+	32, // 72: fleetwave.v1.OperatorService.ClusterStatus:input_type -> fleetwave.v1.ClusterStatusRequest
+	36, // 73: fleetwave.v1.OperatorService.GetStats:input_type -> fleetwave.v1.GetStatsRequest
+	41, // 74: fleetwave.v1.OperatorService.CreateToken:input_type -> fleetwave.v1.CreateTokenRequest
+	43, // 75: fleetwave.v1.OperatorService.ListTokens:input_type -> fleetwave.v1.ListTokensRequest
+	45, // 76: fleetwave.v1.OperatorService.RevokeToken:input_type -> fleetwave.v1.RevokeTokenRequest
+	48, // 77: fleetwave.v1.OperatorService.ListAudit:input_type -> fleetwave.v1.ListAuditRequest
+	50, // 78: fleetwave.v1.OperatorService.WhoAmI:input_type -> fleetwave.v1.WhoAmIRequest
+	52, // 79: fleetwave.v1.OperatorService.RemoveHost:input_type -> fleetwave.v1.RemoveHostRequest
+	55, // 80: fleetwave.v1.OperatorService.RevokeCertificate:input_type -> fleetwave.v1.RevokeCertificateRequest
+	57, // 81: fleetwave.v1.OperatorService.ListRevocations:input_type -> fleetwave.v1.ListRevocationsRequest
+	59, // 82: fleetwave.v1.OperatorService.DeleteService:input_type -> fleetwave.v1.DeleteServiceRequest
+	61, // 83: fleetwave.v1.OperatorService.UpgradeAgents:input_type -> fleetwave.v1.UpgradeAgentsRequest
+	1,  // 84: fleetwave.v1.OperatorService.ApplyService:output_type -> fleetwave.v1.ApplyServiceResponse
+	3,  // 85: fleetwave.v1.OperatorService.ListServices:output_type -> fleetwave.v1.ListServicesResponse
+	5,  // 86: fleetwave.v1.OperatorService.GetService:output_type -> fleetwave.v1.GetServiceResponse
+	7,  // 87: fleetwave.v1.OperatorService.CreateRelease:output_type -> fleetwave.v1.CreateReleaseResponse
+	9,  // 88: fleetwave.v1.OperatorService.ListReleases:output_type -> fleetwave.v1.ListReleasesResponse
+	11, // 89: fleetwave.v1.OperatorService.GetRollout:output_type -> fleetwave.v1.GetRolloutResponse
+	13, // 90: fleetwave.v1.OperatorService.WatchRollout:output_type -> fleetwave.v1.WatchRolloutResponse
+	15, // 91: fleetwave.v1.OperatorService.ApproveRollout:output_type -> fleetwave.v1.ApproveRolloutResponse
+	17, // 92: fleetwave.v1.OperatorService.ListHosts:output_type -> fleetwave.v1.ListHostsResponse
+	19, // 93: fleetwave.v1.OperatorService.UnfreezeService:output_type -> fleetwave.v1.UnfreezeServiceResponse
+	21, // 94: fleetwave.v1.OperatorService.PauseRollout:output_type -> fleetwave.v1.PauseRolloutResponse
+	23, // 95: fleetwave.v1.OperatorService.ResumeRollout:output_type -> fleetwave.v1.ResumeRolloutResponse
+	25, // 96: fleetwave.v1.OperatorService.AbortRollout:output_type -> fleetwave.v1.AbortRolloutResponse
+	27, // 97: fleetwave.v1.OperatorService.Rollback:output_type -> fleetwave.v1.RollbackResponse
+	29, // 98: fleetwave.v1.OperatorService.ListEvents:output_type -> fleetwave.v1.ListEventsResponse
+	31, // 99: fleetwave.v1.OperatorService.WatchEvents:output_type -> fleetwave.v1.WatchEventsResponse
+	35, // 100: fleetwave.v1.OperatorService.ClusterStatus:output_type -> fleetwave.v1.ClusterStatusResponse
+	37, // 101: fleetwave.v1.OperatorService.GetStats:output_type -> fleetwave.v1.GetStatsResponse
+	42, // 102: fleetwave.v1.OperatorService.CreateToken:output_type -> fleetwave.v1.CreateTokenResponse
+	44, // 103: fleetwave.v1.OperatorService.ListTokens:output_type -> fleetwave.v1.ListTokensResponse
+	46, // 104: fleetwave.v1.OperatorService.RevokeToken:output_type -> fleetwave.v1.RevokeTokenResponse
+	49, // 105: fleetwave.v1.OperatorService.ListAudit:output_type -> fleetwave.v1.ListAuditResponse
+	51, // 106: fleetwave.v1.OperatorService.WhoAmI:output_type -> fleetwave.v1.WhoAmIResponse
+	53, // 107: fleetwave.v1.OperatorService.RemoveHost:output_type -> fleetwave.v1.RemoveHostResponse
+	56, // 108: fleetwave.v1.OperatorService.RevokeCertificate:output_type -> fleetwave.v1.RevokeCertificateResponse
+	58, // 109: fleetwave.v1.OperatorService.ListRevocations:output_type -> fleetwave.v1.ListRevocationsResponse
+	60, // 110: fleetwave.v1.OperatorService.DeleteService:output_type -> fleetwave.v1.DeleteServiceResponse
+	62, // 111: fleetwave.v1.OperatorService.UpgradeAgents:output_type -> fleetwave.v1.UpgradeAgentsResponse
+	84, // [84:112] is the sub-list for method output_type
+	56, // [56:84] is the sub-list for method input_type
+	56, // [56:56] is the sub-list for extension type_name
+	56, // [56:56] is the sub-list for extension extendee
+	0,  // [0:56] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_operator_proto_init() }
@@ -3985,7 +4124,7 @@ func file_fleetwave_v1_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fleetwave_v1_operator_proto_rawDesc), len(file_fleetwave_v1_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   61,
+			NumMessages:   63,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -46,6 +46,7 @@ const (
 	OperatorService_RevokeCertificate_FullMethodName = "/fleetwave.v1.OperatorService/RevokeCertificate"
 	OperatorService_ListRevocations_FullMethodName   = "/fleetwave.v1.OperatorService/ListRevocations"
 	OperatorService_DeleteService_FullMethodName     = "/fleetwave.v1.OperatorService/DeleteService"
+	OperatorService_UpgradeAgents_FullMethodName     = "/fleetwave.v1.OperatorService/UpgradeAgents"
 )
 
 // OperatorServiceClient is the client API for OperatorService service.
@@ -118,6 +119,10 @@ type OperatorServiceClient interface {
 	// history kept. Refused while a rollout is in flight unless force (the
 	// rollout is then superseded).
 	DeleteService(ctx context.Context, in *DeleteServiceRequest, opts ...grpc.CallOption) (*DeleteServiceResponse, error)
+	// UpgradeAgents rolls a new agent binary out to every host (admin): the
+	// release `version` of the reserved service fleetwave-agent, in waves by
+	// `policy`, watched like any rollout. One agent rollout at a time.
+	UpgradeAgents(ctx context.Context, in *UpgradeAgentsRequest, opts ...grpc.CallOption) (*UpgradeAgentsResponse, error)
 }
 
 type operatorServiceClient struct {
@@ -416,6 +421,16 @@ func (c *operatorServiceClient) DeleteService(ctx context.Context, in *DeleteSer
 	return out, nil
 }
 
+func (c *operatorServiceClient) UpgradeAgents(ctx context.Context, in *UpgradeAgentsRequest, opts ...grpc.CallOption) (*UpgradeAgentsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpgradeAgentsResponse)
+	err := c.cc.Invoke(ctx, OperatorService_UpgradeAgents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OperatorServiceServer is the server API for OperatorService service.
 // All implementations must embed UnimplementedOperatorServiceServer
 // for forward compatibility.
@@ -486,6 +501,10 @@ type OperatorServiceServer interface {
 	// history kept. Refused while a rollout is in flight unless force (the
 	// rollout is then superseded).
 	DeleteService(context.Context, *DeleteServiceRequest) (*DeleteServiceResponse, error)
+	// UpgradeAgents rolls a new agent binary out to every host (admin): the
+	// release `version` of the reserved service fleetwave-agent, in waves by
+	// `policy`, watched like any rollout. One agent rollout at a time.
+	UpgradeAgents(context.Context, *UpgradeAgentsRequest) (*UpgradeAgentsResponse, error)
 	mustEmbedUnimplementedOperatorServiceServer()
 }
 
@@ -576,6 +595,9 @@ func (UnimplementedOperatorServiceServer) ListRevocations(context.Context, *List
 }
 func (UnimplementedOperatorServiceServer) DeleteService(context.Context, *DeleteServiceRequest) (*DeleteServiceResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method DeleteService not implemented")
+}
+func (UnimplementedOperatorServiceServer) UpgradeAgents(context.Context, *UpgradeAgentsRequest) (*UpgradeAgentsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UpgradeAgents not implemented")
 }
 func (UnimplementedOperatorServiceServer) mustEmbedUnimplementedOperatorServiceServer() {}
 func (UnimplementedOperatorServiceServer) testEmbeddedByValue()                         {}
@@ -1070,6 +1092,24 @@ func _OperatorService_DeleteService_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _OperatorService_UpgradeAgents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpgradeAgentsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServiceServer).UpgradeAgents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OperatorService_UpgradeAgents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServiceServer).UpgradeAgents(ctx, req.(*UpgradeAgentsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // OperatorService_ServiceDesc is the grpc.ServiceDesc for OperatorService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1176,6 +1216,10 @@ var OperatorService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteService",
 			Handler:    _OperatorService_DeleteService_Handler,
+		},
+		{
+			MethodName: "UpgradeAgents",
+			Handler:    _OperatorService_UpgradeAgents_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
