@@ -1,6 +1,7 @@
 package sockets
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"net"
@@ -221,17 +222,18 @@ func TestPrepareChildSees(t *testing.T) {
 	args := []string{"a b", "$HOME", `'q"`, "-x", ""}
 	cmd := helperCmd(t, "env", args...)
 	cmd.Env = append(cmd.Env, "LISTEN_PID=1", "LISTEN_FDS=9", "LISTEN_FDNAMES=x", "NOTIFY_SOCKET=/nonexistent", "KEEP=1")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Its output is collected by exec and complete once Wait returns (a
+	// StdoutPipe read alongside the Wait of startPlain may find the pipe
+	// closed by Wait first).
+	var out bytes.Buffer
+	cmd.Stdout = &out
 	p := start(t, cmd, socks, nil)
-	var r report
-	if err := json.NewDecoder(out).Decode(&r); err != nil {
-		t.Fatalf("decode the child's report: %v", err)
-	}
 	if err := waitExit(t, p); err != nil {
 		t.Fatalf("child: %v", err)
+	}
+	var r report
+	if err := json.NewDecoder(&out).Decode(&r); err != nil {
+		t.Fatalf("decode the child's report: %v", err)
 	}
 	exe, _ := os.Executable()
 	if r.PID != p.cmd.Process.Pid {
@@ -314,20 +316,16 @@ func TestPrepareRelativeProgram(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := &exec.Cmd{Path: "-prog", Args: []string{"-prog", "arg"}, Dir: dir, Env: []string{}}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
+	var out bytes.Buffer // complete once Wait returns
+	cmd.Stdout = &out
 	p := start(t, cmd, socks, nil)
-	b := make([]byte, 256)
-	nb, _ := out.Read(b)
 	if err := waitExit(t, p); err != nil {
 		t.Fatal(err)
 	}
-	f := strings.Fields(string(b[:nb]))
+	f := strings.Fields(out.String())
 	pid := strconv.Itoa(p.cmd.Process.Pid)
 	if len(f) != 5 || f[0] != pid || f[1] != pid || f[2] != "http" || f[3] != "./-prog" || f[4] != "arg" {
-		t.Errorf("script printed %q, want %q", b[:nb], pid+" "+pid+" http ./-prog arg")
+		t.Errorf("script printed %q, want %q", out.String(), pid+" "+pid+" http ./-prog arg")
 	}
 }
 

@@ -330,10 +330,15 @@ func TestCrashOnceThenRuns(t *testing.T) {
 	if s.Restarts() != 1 {
 		t.Fatalf("Restarts = %d, want 1", s.Restarts())
 	}
-	rec, err := ReadPIDFile(cfg.PIDFile)
-	if err != nil || rec.PGID != pid {
-		t.Fatalf("pid file = %+v, %v; want the restarted pid %d", rec, err, pid)
-	}
+	// The restarted process may log before the supervisor has written its
+	// pid file.
+	testkit.EventuallyErr(t, within, "the pid file names the restarted process", func() error {
+		rec, err := ReadPIDFile(cfg.PIDFile)
+		if err != nil || rec.PGID != pid {
+			return fmt.Errorf("pid file = %+v, %v; want the restarted pid %d", rec, err, pid)
+		}
+		return nil
+	})
 	stop(t, s)
 }
 
