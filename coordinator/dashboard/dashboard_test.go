@@ -871,3 +871,22 @@ func TestRevokedTokenEndsSession(t *testing.T) {
 		t.Errorf("%d sessions after the token was revoked", n)
 	}
 }
+
+// A browser drops tabs (and CR, LF) from a URL before it resolves it, so a
+// Location of "/\t/evil.example" is "//evil.example": another host.
+func TestLoginNextWithControlCharactersStaysHere(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	for _, next := range []string{"/\t/evil.example", "/\x0b/evil.example", "\t//evil.example", "/\x00/evil.example", "/\x7f"} {
+		req, _ := http.NewRequest(http.MethodPost, d.http.URL+"/login", strings.NewReader(url.Values{"token": {"viewer-secret"}, "next": {next}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		// The transport: Go's client refuses such a Location, browsers do not.
+		resp, err := d.client().Transport.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if loc := resp.Header.Get("Location"); loc != "/" {
+			t.Errorf("login with next %q: Location %q, want /", next, loc)
+		}
+	}
+}

@@ -82,9 +82,12 @@ func (s *Server) loginPage(w http.ResponseWriter, r *http.Request) {
 	s.render(w, http.StatusOK, "login", pageData{Title: "Log in", Insecure: s.cfg.Insecure, Next: safeNext(r.URL.Query().Get("next"))})
 }
 
-// safeNext keeps a redirect after login on this dashboard.
+// safeNext keeps a redirect after login on this dashboard: one leading
+// "/", no backslash and no control character (browsers drop tabs and
+// newlines from a URL, so "/\t/evil.example" would be "//evil.example").
 func safeNext(next string) string {
-	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.ContainsAny(next, "\\\r\n") {
+	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.ContainsRune(next, '\\') ||
+		strings.IndexFunc(next, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0 {
 		return "/"
 	}
 	return next
