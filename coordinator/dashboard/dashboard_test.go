@@ -890,3 +890,28 @@ func TestLoginNextWithControlCharactersStaysHere(t *testing.T) {
 		}
 	}
 }
+
+// A lone CR ends a line in an event stream as LF does: a reason or event
+// message (written by an agent or an operator) with CRs must stay data and
+// not add fields (id, event) or end the event early.
+func TestWriteSSELoneCarriageReturn(t *testing.T) {
+	var b strings.Builder
+	msg := "check failed\rid: 999999999\r\revent: board\rdata: all hosts healthy\r"
+	if err := writeSSE(&b, sseMessage{event: "event", id: "7", data: []byte(msg)}); err != nil {
+		t.Fatal(err)
+	}
+	// Split as a browser does (CRLF, CR or LF end a line).
+	lines := strings.Split(strings.ReplaceAll(strings.ReplaceAll(b.String(), "\r\n", "\n"), "\r", "\n"), "\n")
+	var fields []string
+	for _, l := range lines[:len(lines)-2] { // the last two: the event's blank line, then nothing
+		if l == "" {
+			t.Fatalf("blank line inside the event (it would be dispatched early): %q", b.String())
+		}
+		name, _, _ := strings.Cut(l, ":")
+		fields = append(fields, name)
+	}
+	want := []string{"event", "id", "data", "data", "data", "data", "data", "data"}
+	if strings.Join(fields, ",") != strings.Join(want, ",") {
+		t.Errorf("fields %v, want %v (output %q)", fields, want, b.String())
+	}
+}

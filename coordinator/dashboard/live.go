@@ -55,16 +55,20 @@ type sseMessage struct {
 	data      []byte
 }
 
-// writeSSE writes m; data lines each get their own "data:" field.
+// writeSSE writes m; data lines each get their own "data:" field. CRLF,
+// a lone CR and LF all end a line in an event stream: each is a line
+// break here, so data (reasons, messages) cannot add fields or end the
+// event.
 func writeSSE(w io.Writer, m sseMessage) error {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "event: %s\n", m.event)
 	if m.id != "" {
 		fmt.Fprintf(&b, "id: %s\n", m.id)
 	}
-	for _, line := range bytes.Split(m.data, []byte("\n")) {
+	data := bytes.ReplaceAll(bytes.ReplaceAll(m.data, []byte("\r\n"), []byte("\n")), []byte("\r"), []byte("\n"))
+	for _, line := range bytes.Split(data, []byte("\n")) {
 		b.WriteString("data: ")
-		b.Write(bytes.TrimRight(line, "\r"))
+		b.Write(line)
 		b.WriteByte('\n')
 	}
 	b.WriteByte('\n')
