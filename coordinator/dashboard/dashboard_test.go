@@ -915,3 +915,29 @@ func TestWriteSSELoneCarriageReturn(t *testing.T) {
 		t.Errorf("fields %v, want %v (output %q)", fields, want, b.String())
 	}
 }
+
+// A viewer's token logging in again and again must not take every session
+// (http-max-sessions) and keep everyone else out until they expire: one
+// identity holds maxSessionsPerIdentity, its oldest dropped for a new one.
+func TestOneIdentityCannotTakeEverySession(t *testing.T) {
+	d := newTestDash(t, Limits{MaxSessions: maxSessionsPerIdentity + 2})
+	var first *http.Client
+	for i := 0; i < maxSessionsPerIdentity+2; i++ {
+		c := d.client()
+		if i == 0 {
+			first = c
+		}
+		if resp := d.login(c, "viewer-secret"); resp.StatusCode != http.StatusSeeOther {
+			t.Fatalf("viewer's login %d: status %d", i+1, resp.StatusCode)
+		}
+	}
+	if resp := d.login(d.client(), "deployer-secret"); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("deployer's login after the viewer's %d: status %d, want 303", maxSessionsPerIdentity+2, resp.StatusCode)
+	}
+	if code, _ := d.get(first, "/"); code != http.StatusSeeOther {
+		t.Errorf("the viewer's oldest session: status %d, want 303 to the login (dropped)", code)
+	}
+	if n := d.srv.sessions.count(); n != maxSessionsPerIdentity+1 {
+		t.Errorf("%d sessions, want %d", n, maxSessionsPerIdentity+1)
+	}
+}

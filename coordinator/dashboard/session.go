@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"sort"
 	"sync"
 	"time"
 
@@ -22,6 +23,7 @@ type session struct {
 	identity string
 	role     string
 	expires  time.Time
+	seq      uint64 // order of login, for dropping an identity's oldest
 	// conn is the session's own connection to the gRPC API: calls without
 	// a client certificate are limited per connection on the listener
 	// (--max-calls-per-conn-without-cert), so sessions do not share one.
@@ -40,6 +42,7 @@ type sessions struct {
 
 	mu      sync.Mutex
 	byID    map[string]*session
+	seq     uint64
 	streams map[string]int // identity -> open live pages
 }
 
@@ -54,17 +57,38 @@ func randomToken() string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-// add stores a new session; expired ones are dropped first. At
-// Limits.MaxSessions it is refused and s.conn is left to the caller.
+// maxSessionsPerIdentity is how many sessions one identity (token) holds:
+// a new login past it ends that identity's oldest session, so one token
+// logging in again and again cannot take every session.
+const maxSessionsPerIdentity = 8
+
+// add stores a new session; expired ones are dropped first, and the
+// identity's oldest past maxSessionsPerIdentity. At Limits.MaxSessions it
+// is refused and s.conn is left to the caller.
 func (ss *sessions) add(s *session, now time.Time) error {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	ss.pruneLocked(now)
+	var mine []*session
+	for _, o := range ss.byID {
+		if o.identity == s.identity {
+			mine = append(mine, o)
+		}
+	}
+	if len(mine) >= maxSessionsPerIdentity {
+		sort.Slice(mine, func(i, j int) bool { return mine[i].seq < mine[j].seq })
+		for _, o := range mine[:len(mine)-maxSessionsPerIdentity+1] {
+			delete(ss.byID, o.id)
+			closeConn(o)
+		}
+	}
 	if len(ss.byID) >= ss.lim.MaxSessions {
 		return fmt.Errorf("%w: %d live (max-sessions %d); log out elsewhere or wait until one expires", errTooManySessions, len(ss.byID), ss.lim.MaxSessions)
 	}
 	s.id, s.csrf = randomToken(), randomToken()
 	s.expires = now.Add(ss.lim.SessionTTL)
+	ss.seq++
+	s.seq = ss.seq
 	ss.byID[s.id] = s
 	return nil
 }
