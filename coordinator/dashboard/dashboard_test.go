@@ -941,3 +941,51 @@ func TestOneIdentityCannotTakeEverySession(t *testing.T) {
 		t.Errorf("%d sessions, want %d", n, maxSessionsPerIdentity+1)
 	}
 }
+
+// A live page ends when its session does (logout here; expiry and a
+// removal alike): it does not stay open, retrying on the session's closed
+// connection and holding the identity's live-page slot.
+func TestLivePageEndsWithItsSession(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	c := d.client()
+	d.login(c, "viewer-secret")
+	live, code := d.openLive(c)
+	if code != 200 {
+		t.Fatalf("live: %d", code)
+	}
+	for seen := map[string]bool{}; !seen["board"] || !seen["event"]; {
+		name, _, err := live.next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[name] = true
+	}
+	if code := d.post(c, "/logout", url.Values{"csrf": {d.csrf(c)}}, nil); code != http.StatusSeeOther {
+		t.Fatalf("logout: %d", code)
+	}
+	ended := make(chan string, 1)
+	go func() {
+		for {
+			name, data, err := live.next()
+			if err != nil {
+				ended <- "end of stream: " + err.Error()
+				return
+			}
+			if name == "fatal" {
+				ended <- "fatal: " + data
+				return
+			}
+		}
+	}()
+	select {
+	case how := <-ended:
+		t.Log(how)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the live page of a logged-out session is still open after 10 s")
+	}
+	testkit.Eventually(t, 5*time.Second, "the identity's live-page slot is given back", func() bool {
+		d.srv.sessions.mu.Lock()
+		defer d.srv.sessions.mu.Unlock()
+		return d.srv.sessions.streams["token:vera"] == 0
+	})
+}

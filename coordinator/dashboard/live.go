@@ -104,9 +104,13 @@ func (s *Server) live(w http.ResponseWriter, r *http.Request, sess *session) {
 			return
 		}
 	}
-	ctx, cancel := context.WithCancel(r.Context())
+	// The page ends with its session: at its expiry, and (checked before
+	// every retry) when it was logged out or removed.
+	ctx, cancel := context.WithTimeout(r.Context(), sess.expires.Sub(s.now()))
 	defer cancel()
 	cctx := sess.ctxFor(ctx)
+	ended := func() bool { _, ok := s.sessions.get(sess.id, s.now()); return !ok }
+	errEnded := status.Error(codes.Unauthenticated, "the session ended: log in again")
 	rc := http.NewResponseController(w)
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
@@ -140,9 +144,8 @@ func (s *Server) live(w http.ResponseWriter, r *http.Request, sess *session) {
 		if st.Code() == codes.Unauthenticated {
 			s.sessions.remove(sess.id)
 		}
-		if send(sseMessage{event: "fatal", data: []byte(template.HTMLEscapeString(st.Message()))}) {
-			<-ctx.Done()
-		}
+		// The writer ends the stream once this is written.
+		send(sseMessage{event: "fatal", data: []byte(template.HTMLEscapeString(st.Message()))})
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -166,6 +169,10 @@ func (s *Server) live(w http.ResponseWriter, r *http.Request, sess *session) {
 			})
 			if c := status.Code(err); c == codes.Unauthenticated || c == codes.PermissionDenied || c == codes.ResourceExhausted {
 				fatal(err)
+				return
+			}
+			if ctx.Err() == nil && ended() {
+				fatal(errEnded)
 				return
 			}
 			wait := (<-chan time.Time)(nil)
@@ -221,6 +228,10 @@ func (s *Server) live(w http.ResponseWriter, r *http.Request, sess *session) {
 			if ctx.Err() != nil {
 				return
 			}
+			if ended() {
+				fatal(errEnded)
+				return
+			}
 			s.log.Warn().Err(err).Str("service", svc).Msg("dashboard: event watch ended")
 			select {
 			case <-ctx.Done():
@@ -239,6 +250,9 @@ func (s *Server) live(w http.ResponseWriter, r *http.Request, sess *session) {
 				return
 			}
 			if err := rc.Flush(); err != nil {
+				return
+			}
+			if m.event == "fatal" {
 				return
 			}
 		}
