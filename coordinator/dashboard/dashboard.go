@@ -19,6 +19,7 @@ import (
 	"net"
 	"net/http"
 	"path"
+	"strconv"
 	"strings"
 	"time"
 
@@ -159,7 +160,30 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /audit", s.withSession(s.auditPage))
 	mux.HandleFunc("POST /services/{service}/{action}", s.withSession(s.action))
 	mux.Handle("GET /static/", s.static)
+	if s.cfg.Insecure {
+		return securityHeaders(addressOnly(mux))
+	}
 	return securityHeaders(mux)
+}
+
+// addressOnly answers only requests for an IP address or localhost: an
+// insecure dashboard (plain HTTP, no token) is otherwise open to DNS
+// rebinding, a page of another name that resolves to the dashboard's
+// address being same-origin with it. (With TLS the browser refuses the
+// certificate for another name.)
+func addressOnly(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host := r.Host
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+		if net.ParseIP(host) == nil && !strings.EqualFold(host, "localhost") {
+			http.Error(w, "insecure dashboard: reach it by IP address or localhost, not by the name "+strconv.Quote(host), http.StatusMisdirectedRequest)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // Serve serves the dashboard on lis until ctx ends.

@@ -989,3 +989,36 @@ func TestLivePageEndsWithItsSession(t *testing.T) {
 		return d.srv.sessions.streams["token:vera"] == 0
 	})
 }
+
+// DNS rebinding: a page of evil.example whose name then resolves to
+// 127.0.0.1 is same-origin with an insecure dashboard there (plain HTTP,
+// every browser an admin, no token): its script could log in, read the
+// CSRF token and act. An insecure dashboard answers only requests for an
+// IP address or localhost.
+func TestInsecureDashboardRefusesOtherHostNames(t *testing.T) {
+	s, err := New(Config{GRPCTarget: "127.0.0.1:1", GRPCCreds: insecure.NewCredentials(), Insecure: true}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(s.Handler())
+	t.Cleanup(srv.Close)
+	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	for host, want := range map[string]int{
+		"evil.example:" + port: http.StatusMisdirectedRequest, "evil.example": http.StatusMisdirectedRequest,
+		"127.0.0.1:" + port: http.StatusOK, "localhost:" + port: http.StatusOK, "[::1]:" + port: http.StatusOK,
+	} {
+		for _, m := range []string{http.MethodGet, http.MethodPost} {
+			req, _ := http.NewRequest(m, srv.URL+"/login", strings.NewReader(""))
+			req.Host = host
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			resp, err := srv.Client().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if m == http.MethodGet && resp.StatusCode != want || m == http.MethodPost && want != http.StatusOK && resp.StatusCode != want {
+				t.Errorf("%s /login with Host %q: status %d, want %d", m, host, resp.StatusCode, want)
+			}
+		}
+	}
+}
