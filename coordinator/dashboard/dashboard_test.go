@@ -597,6 +597,7 @@ func TestLimitsValidateNamesFlag(t *testing.T) {
 		{Limits{SessionTTL: time.Second}, "http-session-ttl: 1s"},
 		{Limits{MaxStreamsPerIdentity: -2}, "http-max-streams-per-identity: -2"},
 		{Limits{MaxBodyBytes: 10}, "http-max-body-bytes: 10"},
+		{Limits{MaxConnections: -1}, "http-max-connections: -1"},
 	} {
 		err := tc.l.Validate()
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -1021,4 +1022,51 @@ func TestInsecureDashboardRefusesOtherHostNames(t *testing.T) {
 			}
 		}
 	}
+}
+
+// Anyone who reaches the dashboard's port can open connections: without a
+// cap they take file descriptors the whole coordinator shares (its gRPC
+// listener, etcd). Past http-max-connections a new one is closed at once.
+func TestConnectionsCapped(t *testing.T) {
+	d := newTestDash(t, Limits{MaxConnections: 2})
+	lis, err := net.Listen("tcp", ports.Addr(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = d.srv.Serve(ctx, lis) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	dial := func() net.Conn {
+		c, err := net.Dial("tcp", lis.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	// closed: the server closed c (EOF) rather than leave it waiting.
+	closed := func(c net.Conn) bool {
+		_ = c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		_, err := c.Read(make([]byte, 1))
+		return err == io.EOF
+	}
+	a, b := dial(), dial()
+	time.Sleep(100 * time.Millisecond) // both accepted
+	if !closed(dial()) {
+		t.Fatal("a third connection with http-max-connections 2 was kept open")
+	}
+	if closed(b) {
+		t.Fatal("an admitted connection was closed")
+	}
+	a.Close()
+	testkit.Eventually(t, 5*time.Second, "a connection is admitted once one closed", func() bool {
+		c := dial()
+		if _, err := c.Write([]byte("GET /login HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+			return false
+		}
+		_ = c.SetReadDeadline(time.Now().Add(time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		return err == nil && strings.HasPrefix(line, "HTTP/1.1 200")
+	})
 }
