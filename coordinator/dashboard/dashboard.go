@@ -126,6 +126,7 @@ type Server struct {
 	cfg      Config
 	log      zerolog.Logger
 	sessions *sessions
+	failures loginFailures
 	pages    map[string]*template.Template
 	fragment *template.Template
 	static   http.Handler

@@ -41,6 +41,8 @@ type fakeAPI struct {
 	calls     []string
 	// watching counts open WatchRollout streams.
 	watching atomic.Int32
+	// whoami counts WhoAmI calls (logins checked).
+	whoami atomic.Int32
 }
 
 // viewerRevoked makes the viewer's token unknown (revoked).
@@ -148,6 +150,7 @@ func (f *fakeAPI) ListAudit(ctx context.Context, _ *v1.ListAuditRequest) (*v1.Li
 }
 
 func (f *fakeAPI) WhoAmI(ctx context.Context, _ *v1.WhoAmIRequest) (*v1.WhoAmIResponse, error) {
+	f.whoami.Add(1)
 	id, role, err := tokenRole(ctx)
 	if err != nil {
 		return nil, err
@@ -1069,4 +1072,30 @@ func TestConnectionsCapped(t *testing.T) {
 		line, err := bufio.NewReader(c).ReadString('\n')
 		return err == nil && strings.HasPrefix(line, "HTTP/1.1 200")
 	})
+}
+
+// Failed logins are limited per address: each dials the gRPC API and
+// writes a log line, and nothing else stops guessing.
+func TestFailedLoginsLimitedPerAddress(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	c := d.client()
+	for i := 0; i < loginFailureBurst; i++ {
+		if resp := d.login(c, fmt.Sprintf("guess-%d", i)); resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("failed login %d: status %d, want 401", i+1, resp.StatusCode)
+		}
+	}
+	before := d.api.whoami.Load()
+	if resp := d.login(c, "guess-again"); resp.StatusCode != http.StatusTooManyRequests {
+		t.Errorf("login after %d failures: status %d, want 429", loginFailureBurst, resp.StatusCode)
+	}
+	if resp := d.login(c, "viewer-secret"); resp.StatusCode != http.StatusTooManyRequests {
+		t.Errorf("a right token while the address is limited: status %d, want 429 (else guessing goes on)", resp.StatusCode)
+	}
+	if d.api.whoami.Load() != before {
+		t.Error("a limited login reached the API")
+	}
+	d.advance(loginFailureEvery)
+	if resp := d.login(c, "viewer-secret"); resp.StatusCode != http.StatusSeeOther {
+		t.Errorf("login %s later: status %d, want 303", loginFailureEvery, resp.StatusCode)
+	}
 }

@@ -3,6 +3,7 @@ package dashboard
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -108,6 +109,15 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		s.render(w, http.StatusForbidden, "login", data)
 		return
 	}
+	from, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		from = r.RemoteAddr
+	}
+	if !s.failures.take(from, s.now()) {
+		data.Error = fmt.Sprintf("too many failed logins from %s: try again in %s", from, loginFailureEvery)
+		s.render(w, http.StatusTooManyRequests, "login", data)
+		return
+	}
 	token := strings.TrimSpace(r.PostForm.Get("token"))
 	if token == "" && !s.cfg.Insecure {
 		data.Error = "token: required (an operator token from fleetwave token create)"
@@ -140,6 +150,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		s.render(w, httpStatus(st.Code()), "login", data)
 		return
 	}
+	s.failures.succeeded(from, s.now())
 	sess.identity, sess.role = who.GetIdentity(), who.GetRole()
 	if err := s.sessions.add(sess, s.now()); err != nil {
 		_ = cc.Close()

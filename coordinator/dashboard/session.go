@@ -176,3 +176,80 @@ func (ss *sessions) openStream(identity string) (func(), error) {
 func (s *session) csrfOK(got string) bool {
 	return got != "" && subtle.ConstantTimeCompare([]byte(got), []byte(s.csrf)) == 1
 }
+
+// Failed logins are limited per address: loginFailureBurst, then one
+// every loginFailureEvery. A login from a limited address is refused
+// before its token is checked, right or wrong.
+const (
+	loginFailureBurst = 10
+	loginFailureEvery = 6 * time.Second
+	// maxLoginAddresses bounds the addresses tracked; past it, new ones
+	// share one allowance.
+	maxLoginAddresses = 4096
+)
+
+// loginFailures is a token bucket of failed logins per address.
+type loginFailures struct {
+	mu sync.Mutex
+	by map[string]*failureBucket
+}
+
+type failureBucket struct {
+	left float64
+	at   time.Time
+}
+
+// refill brings b to now; it reports whether b is full.
+func (b *failureBucket) refill(now time.Time) bool {
+	b.left = min(loginFailureBurst, b.left+float64(now.Sub(b.at))/float64(loginFailureEvery))
+	b.at = now
+	return b.left >= loginFailureBurst
+}
+
+func (f *loginFailures) bucket(from string, now time.Time) *failureBucket {
+	if f.by == nil {
+		f.by = map[string]*failureBucket{}
+	}
+	if b, ok := f.by[from]; ok {
+		b.refill(now)
+		return b
+	}
+	if len(f.by) >= maxLoginAddresses {
+		for k, b := range f.by {
+			if b.refill(now) {
+				delete(f.by, k)
+			}
+		}
+		if len(f.by) >= maxLoginAddresses {
+			from = "(others)"
+			if b, ok := f.by[from]; ok {
+				b.refill(now)
+				return b
+			}
+		}
+	}
+	b := &failureBucket{left: loginFailureBurst, at: now}
+	f.by[from] = b
+	return b
+}
+
+// take spends one of from's failures ahead of a login (so logins in
+// flight at once count too); false: none left.
+func (f *loginFailures) take(from string, now time.Time) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b := f.bucket(from, now)
+	if b.left < 1 {
+		return false
+	}
+	b.left--
+	return true
+}
+
+// succeeded gives back what take spent: the login did not fail.
+func (f *loginFailures) succeeded(from string, now time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b := f.bucket(from, now)
+	b.left = min(loginFailureBurst, b.left+1)
+}
