@@ -336,7 +336,7 @@ func TestLoginSetsHttpOnlySecureStrictCookie(t *testing.T) {
 		t.Fatalf("login: status %d, want 303", resp.StatusCode)
 	}
 	cs := resp.Cookies()
-	if len(cs) != 1 || cs[0].Name != cookieName || !cs[0].HttpOnly || !cs[0].Secure || cs[0].SameSite != http.SameSiteStrictMode || cs[0].Path != "/" {
+	if len(cs) != 1 || cs[0].Name != "__Host-fleetwave_session" || !cs[0].HttpOnly || !cs[0].Secure || cs[0].SameSite != http.SameSiteStrictMode || cs[0].Path != "/" {
 		t.Fatalf("session cookie: %+v, want HttpOnly, Secure, SameSite=Strict, Path=/", cs)
 	}
 	if strings.Contains(cs[0].Value, "deployer-secret") {
@@ -1097,5 +1097,29 @@ func TestFailedLoginsLimitedPerAddress(t *testing.T) {
 	d.advance(loginFailureEvery)
 	if resp := d.login(c, "viewer-secret"); resp.StatusCode != http.StatusSeeOther {
 		t.Errorf("login %s later: status %d, want 303", loginFailureEvery, resp.StatusCode)
+	}
+}
+
+// Cookies are not kept apart by port, and a sibling origin (a service on
+// another port of the same host, or a subdomain) can set one named like
+// the session, with a longer Path so the browser sends it first: the
+// victim then works in the attacker's session. Over HTTPS the session is a
+// __Host- cookie, which only this origin can set (Secure, Path=/, no Domain).
+func TestSessionCookieCannotBeTossedBySiblingOrigin(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	attacker := d.login(d.client(), "deployer-secret")
+	cs := attacker.Cookies()
+	if len(cs) != 1 || !strings.HasPrefix(cs[0].Name, "__Host-") {
+		t.Fatalf("session cookie over HTTPS: %+v, want a __Host- name", cs)
+	}
+	req, _ := http.NewRequest(http.MethodGet, d.http.URL+"/", nil)
+	req.Header.Set("Cookie", "fleetwave_session="+cs[0].Value)
+	resp, err := d.client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Errorf("a session id in a cookie without the __Host- prefix: status %d, want 303 to the login", resp.StatusCode)
 	}
 }

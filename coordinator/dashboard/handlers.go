@@ -19,8 +19,15 @@ import (
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
-// cookieName is the session cookie.
-const cookieName = "fleetwave_session"
+// cookieName is the session cookie: over HTTPS a __Host- cookie, which
+// only this origin can set (a sibling origin, another port of the host or
+// a subdomain, could otherwise set its own session's id for this one).
+func cookieName(r *http.Request) string {
+	if r.TLS != nil {
+		return "__Host-fleetwave_session"
+	}
+	return "fleetwave_session"
+}
 
 // ctxFor is a call context carrying the session's operator token.
 func (s *session) ctxFor(ctx context.Context) context.Context {
@@ -42,7 +49,7 @@ type sessionHandler func(w http.ResponseWriter, r *http.Request, s *session)
 func (s *Server) withSession(h sessionHandler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var sess *session
-		if c, err := r.Cookie(cookieName); err == nil {
+		if c, err := r.Cookie(cookieName(r)); err == nil {
 			sess, _ = s.sessions.get(c.Value, s.now())
 		}
 		if sess == nil {
@@ -159,14 +166,14 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info().Str("identity", sess.identity).Str("role", sess.role).Str("remote", r.RemoteAddr).Msg("dashboard: logged in")
-	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: sess.id, Path: "/", HttpOnly: true, Secure: r.TLS != nil,
+	http.SetCookie(w, &http.Cookie{Name: cookieName(r), Value: sess.id, Path: "/", HttpOnly: true, Secure: r.TLS != nil,
 		SameSite: http.SameSiteStrictMode, MaxAge: int(s.cfg.Limits.SessionTTL.Seconds())})
 	http.Redirect(w, r, data.Next, http.StatusSeeOther)
 }
 
 func (s *Server) logout(w http.ResponseWriter, r *http.Request, sess *session) {
 	s.sessions.remove(sess.id)
-	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: "", Path: "/", HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode, MaxAge: -1})
+	http.SetCookie(w, &http.Cookie{Name: cookieName(r), Value: "", Path: "/", HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode, MaxAge: -1})
 	http.Redirect(w, r, "/login", http.StatusSeeOther)
 }
 
