@@ -1123,3 +1123,36 @@ func TestSessionCookieCannotBeTossedBySiblingOrigin(t *testing.T) {
 		t.Errorf("a session id in a cookie without the __Host- prefix: status %d, want 303 to the login", resp.StatusCode)
 	}
 }
+
+// stuckWriter is a client that reads nothing: a write waits until the
+// handler's write deadline (any deadline fails it here at once; without
+// one it waits for good, 3 s in the test).
+type stuckWriter struct {
+	h        http.Header
+	deadline time.Time
+}
+
+func (w *stuckWriter) Header() http.Header { return w.h }
+func (w *stuckWriter) WriteHeader(int)     {}
+func (w *stuckWriter) Write(b []byte) (int, error) {
+	if !w.deadline.IsZero() {
+		return 0, fmt.Errorf("write: %w", context.DeadlineExceeded)
+	}
+	time.Sleep(3 * time.Second)
+	return 0, io.ErrClosedPipe
+}
+func (w *stuckWriter) SetWriteDeadline(t time.Time) error { w.deadline = t; return nil }
+func (w *stuckWriter) FlushError() error                  { return nil }
+
+// A logged-in client that requests pages and reads none of them must not
+// hold a handler (and the page) for good: pages are written within a
+// deadline (the server has no WriteTimeout: live pages last).
+func TestPageToClientThatDoesNotReadHasDeadline(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	w := &stuckWriter{h: http.Header{}}
+	start := time.Now()
+	d.srv.render(w, http.StatusOK, "login", pageData{Title: "Log in"})
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("rendering to a client that reads nothing took %s: no write deadline", took)
+	}
+}

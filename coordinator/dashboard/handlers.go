@@ -333,9 +333,24 @@ func (s *Server) render(w http.ResponseWriter, code int, page string, data pageD
 	h := w.Header()
 	h.Set("Content-Type", "text/html; charset=utf-8")
 	h.Set("Cache-Control", "no-store")
+	// With its length known, nothing (no last chunk) is left to write
+	// after the flush below.
+	h.Set("Content-Length", strconv.Itoa(buf.Len()))
+	// The server has no WriteTimeout (live pages last): a client that
+	// reads nothing would hold this handler and the page for good. The
+	// page is written, and flushed, within pageWriteTimeout; the deadline
+	// is then cleared for a next request on the connection.
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Now().Add(pageWriteTimeout))
+	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
 	w.WriteHeader(code)
-	_, _ = w.Write([]byte(buf.String()))
+	if _, err := w.Write([]byte(buf.String())); err == nil {
+		_ = rc.Flush()
+	}
 }
+
+// pageWriteTimeout bounds writing a page to the client.
+const pageWriteTimeout = 30 * time.Second
 
 func (s *Server) pageFor(sess *session, title string) pageData {
 	return pageData{Title: title, Identity: sess.identity, Role: sess.role, CSRF: sess.csrf, Insecure: s.cfg.Insecure, Coordinator: s.cfg.Name, Admin: sess.isAdmin()}
