@@ -19,7 +19,10 @@ import (
 	"net"
 	"net/http"
 	"path"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -45,10 +48,13 @@ type Limits struct {
 	MaxStreamsPerIdentity int
 	// MaxBodyBytes bounds a POST's body.
 	MaxBodyBytes int64
+	// MaxConnections is how many connections the dashboard's listener
+	// holds at once; a new one past it is closed at once.
+	MaxConnections int
 }
 
 // DefaultLimits are the dashboard's limits unless configured.
-var DefaultLimits = Limits{MaxSessions: 256, SessionTTL: 12 * time.Hour, MaxStreamsPerIdentity: 4, MaxBodyBytes: 16 << 10}
+var DefaultLimits = Limits{MaxSessions: 256, SessionTTL: 12 * time.Hour, MaxStreamsPerIdentity: 4, MaxBodyBytes: 16 << 10, MaxConnections: 1024}
 
 // CallsPerLivePage is how many gRPC calls a live page has in flight at
 // most on its session's connection: the rollout and event watches and one
@@ -69,6 +75,9 @@ func (l *Limits) defaults() {
 	if l.MaxBodyBytes == 0 {
 		l.MaxBodyBytes = d.MaxBodyBytes
 	}
+	if l.MaxConnections == 0 {
+		l.MaxConnections = d.MaxConnections
+	}
 }
 
 // Validate checks the limits; errors name the flag and value.
@@ -85,6 +94,9 @@ func (l Limits) Validate() error {
 	}
 	if l.MaxBodyBytes < 0 || (l.MaxBodyBytes > 0 && l.MaxBodyBytes < 1024) {
 		errs = append(errs, fmt.Errorf("http-max-body-bytes: %d: want at least 1024", l.MaxBodyBytes))
+	}
+	if l.MaxConnections < 0 {
+		errs = append(errs, fmt.Errorf("http-max-connections: %d is negative", l.MaxConnections))
 	}
 	return errors.Join(errs...)
 }
@@ -114,6 +126,7 @@ type Server struct {
 	cfg      Config
 	log      zerolog.Logger
 	sessions *sessions
+	failures loginFailures
 	pages    map[string]*template.Template
 	fragment *template.Template
 	static   http.Handler
@@ -159,7 +172,30 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /audit", s.withSession(s.auditPage))
 	mux.HandleFunc("POST /services/{service}/{action}", s.withSession(s.action))
 	mux.Handle("GET /static/", s.static)
+	if s.cfg.Insecure {
+		return securityHeaders(addressOnly(mux))
+	}
 	return securityHeaders(mux)
+}
+
+// addressOnly answers only requests for an IP address or localhost: an
+// insecure dashboard (plain HTTP, no token) is otherwise open to DNS
+// rebinding, a page of another name that resolves to the dashboard's
+// address being same-origin with it. (With TLS the browser refuses the
+// certificate for another name.)
+func addressOnly(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host := r.Host
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+		if net.ParseIP(host) == nil && !strings.EqualFold(host, "localhost") {
+			http.Error(w, "insecure dashboard: reach it by IP address or localhost, not by the name "+strconv.Quote(host), http.StatusMisdirectedRequest)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // Serve serves the dashboard on lis until ctx ends.
@@ -174,6 +210,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 		ErrorLog:          s.cfg.ErrorLog,
 	}
+	lis = &cappedListener{Listener: lis, max: s.cfg.Limits.MaxConnections, log: s.cfg.ErrorLog}
 	errc := make(chan error, 1)
 	go func() {
 		if s.cfg.TLS != nil {
@@ -263,4 +300,41 @@ func securityHeaders(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// cappedListener holds at most max connections: one past it is closed as
+// soon as it is accepted (and logged through the rate-limited error log).
+type cappedListener struct {
+	net.Listener
+	max  int
+	log  *stdlog.Logger
+	open atomic.Int64
+}
+
+func (l *cappedListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if n := l.open.Add(1); n > int64(l.max) {
+			l.open.Add(-1)
+			_ = c.Close()
+			l.log.Printf("dashboard: connection from %s refused: %d open (http-max-connections %d)", c.RemoteAddr(), n-1, l.max)
+			continue
+		}
+		return &cappedConn{Conn: c, l: l}, nil
+	}
+}
+
+// cappedConn gives its place back when closed (once).
+type cappedConn struct {
+	net.Conn
+	l    *cappedListener
+	once sync.Once
+}
+
+func (c *cappedConn) Close() error {
+	c.once.Do(func() { c.l.open.Add(-1) })
+	return c.Conn.Close()
 }

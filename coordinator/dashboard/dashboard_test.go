@@ -41,6 +41,8 @@ type fakeAPI struct {
 	calls     []string
 	// watching counts open WatchRollout streams.
 	watching atomic.Int32
+	// whoami counts WhoAmI calls (logins checked).
+	whoami atomic.Int32
 }
 
 // viewerRevoked makes the viewer's token unknown (revoked).
@@ -148,6 +150,7 @@ func (f *fakeAPI) ListAudit(ctx context.Context, _ *v1.ListAuditRequest) (*v1.Li
 }
 
 func (f *fakeAPI) WhoAmI(ctx context.Context, _ *v1.WhoAmIRequest) (*v1.WhoAmIResponse, error) {
+	f.whoami.Add(1)
 	id, role, err := tokenRole(ctx)
 	if err != nil {
 		return nil, err
@@ -333,7 +336,7 @@ func TestLoginSetsHttpOnlySecureStrictCookie(t *testing.T) {
 		t.Fatalf("login: status %d, want 303", resp.StatusCode)
 	}
 	cs := resp.Cookies()
-	if len(cs) != 1 || cs[0].Name != cookieName || !cs[0].HttpOnly || !cs[0].Secure || cs[0].SameSite != http.SameSiteStrictMode || cs[0].Path != "/" {
+	if len(cs) != 1 || cs[0].Name != "__Host-fleetwave_session" || !cs[0].HttpOnly || !cs[0].Secure || cs[0].SameSite != http.SameSiteStrictMode || cs[0].Path != "/" {
 		t.Fatalf("session cookie: %+v, want HttpOnly, Secure, SameSite=Strict, Path=/", cs)
 	}
 	if strings.Contains(cs[0].Value, "deployer-secret") {
@@ -597,6 +600,7 @@ func TestLimitsValidateNamesFlag(t *testing.T) {
 		{Limits{SessionTTL: time.Second}, "http-session-ttl: 1s"},
 		{Limits{MaxStreamsPerIdentity: -2}, "http-max-streams-per-identity: -2"},
 		{Limits{MaxBodyBytes: 10}, "http-max-body-bytes: 10"},
+		{Limits{MaxConnections: -1}, "http-max-connections: -1"},
 	} {
 		err := tc.l.Validate()
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -869,5 +873,286 @@ func TestRevokedTokenEndsSession(t *testing.T) {
 	}
 	if n := d.srv.sessions.count(); n != 0 {
 		t.Errorf("%d sessions after the token was revoked", n)
+	}
+}
+
+// A browser drops tabs (and CR, LF) from a URL before it resolves it, so a
+// Location of "/\t/evil.example" is "//evil.example": another host.
+func TestLoginNextWithControlCharactersStaysHere(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	for _, next := range []string{"/\t/evil.example", "/\x0b/evil.example", "\t//evil.example", "/\x00/evil.example", "/\x7f"} {
+		req, _ := http.NewRequest(http.MethodPost, d.http.URL+"/login", strings.NewReader(url.Values{"token": {"viewer-secret"}, "next": {next}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		// The transport: Go's client refuses such a Location, browsers do not.
+		resp, err := d.client().Transport.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if loc := resp.Header.Get("Location"); loc != "/" {
+			t.Errorf("login with next %q: Location %q, want /", next, loc)
+		}
+	}
+}
+
+// A lone CR ends a line in an event stream as LF does: a reason or event
+// message (written by an agent or an operator) with CRs must stay data and
+// not add fields (id, event) or end the event early.
+func TestWriteSSELoneCarriageReturn(t *testing.T) {
+	var b strings.Builder
+	msg := "check failed\rid: 999999999\r\revent: board\rdata: all hosts healthy\r"
+	if err := writeSSE(&b, sseMessage{event: "event", id: "7", data: []byte(msg)}); err != nil {
+		t.Fatal(err)
+	}
+	// Split as a browser does (CRLF, CR or LF end a line).
+	lines := strings.Split(strings.ReplaceAll(strings.ReplaceAll(b.String(), "\r\n", "\n"), "\r", "\n"), "\n")
+	var fields []string
+	for _, l := range lines[:len(lines)-2] { // the last two: the event's blank line, then nothing
+		if l == "" {
+			t.Fatalf("blank line inside the event (it would be dispatched early): %q", b.String())
+		}
+		name, _, _ := strings.Cut(l, ":")
+		fields = append(fields, name)
+	}
+	want := []string{"event", "id", "data", "data", "data", "data", "data", "data"}
+	if strings.Join(fields, ",") != strings.Join(want, ",") {
+		t.Errorf("fields %v, want %v (output %q)", fields, want, b.String())
+	}
+}
+
+// A viewer's token logging in again and again must not take every session
+// (http-max-sessions) and keep everyone else out until they expire: one
+// identity holds maxSessionsPerIdentity, its oldest dropped for a new one.
+func TestOneIdentityCannotTakeEverySession(t *testing.T) {
+	d := newTestDash(t, Limits{MaxSessions: maxSessionsPerIdentity + 2})
+	var first *http.Client
+	for i := 0; i < maxSessionsPerIdentity+2; i++ {
+		c := d.client()
+		if i == 0 {
+			first = c
+		}
+		if resp := d.login(c, "viewer-secret"); resp.StatusCode != http.StatusSeeOther {
+			t.Fatalf("viewer's login %d: status %d", i+1, resp.StatusCode)
+		}
+	}
+	if resp := d.login(d.client(), "deployer-secret"); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("deployer's login after the viewer's %d: status %d, want 303", maxSessionsPerIdentity+2, resp.StatusCode)
+	}
+	if code, _ := d.get(first, "/"); code != http.StatusSeeOther {
+		t.Errorf("the viewer's oldest session: status %d, want 303 to the login (dropped)", code)
+	}
+	if n := d.srv.sessions.count(); n != maxSessionsPerIdentity+1 {
+		t.Errorf("%d sessions, want %d", n, maxSessionsPerIdentity+1)
+	}
+}
+
+// A live page ends when its session does (logout here; expiry and a
+// removal alike): it does not stay open, retrying on the session's closed
+// connection and holding the identity's live-page slot.
+func TestLivePageEndsWithItsSession(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	c := d.client()
+	d.login(c, "viewer-secret")
+	live, code := d.openLive(c)
+	if code != 200 {
+		t.Fatalf("live: %d", code)
+	}
+	for seen := map[string]bool{}; !seen["board"] || !seen["event"]; {
+		name, _, err := live.next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[name] = true
+	}
+	if code := d.post(c, "/logout", url.Values{"csrf": {d.csrf(c)}}, nil); code != http.StatusSeeOther {
+		t.Fatalf("logout: %d", code)
+	}
+	ended := make(chan string, 1)
+	go func() {
+		for {
+			name, data, err := live.next()
+			if err != nil {
+				ended <- "end of stream: " + err.Error()
+				return
+			}
+			if name == "fatal" {
+				ended <- "fatal: " + data
+				return
+			}
+		}
+	}()
+	select {
+	case how := <-ended:
+		t.Log(how)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the live page of a logged-out session is still open after 10 s")
+	}
+	testkit.Eventually(t, 5*time.Second, "the identity's live-page slot is given back", func() bool {
+		d.srv.sessions.mu.Lock()
+		defer d.srv.sessions.mu.Unlock()
+		return d.srv.sessions.streams["token:vera"] == 0
+	})
+}
+
+// DNS rebinding: a page of evil.example whose name then resolves to
+// 127.0.0.1 is same-origin with an insecure dashboard there (plain HTTP,
+// every browser an admin, no token): its script could log in, read the
+// CSRF token and act. An insecure dashboard answers only requests for an
+// IP address or localhost.
+func TestInsecureDashboardRefusesOtherHostNames(t *testing.T) {
+	s, err := New(Config{GRPCTarget: "127.0.0.1:1", GRPCCreds: insecure.NewCredentials(), Insecure: true}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(s.Handler())
+	t.Cleanup(srv.Close)
+	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	for host, want := range map[string]int{
+		"evil.example:" + port: http.StatusMisdirectedRequest, "evil.example": http.StatusMisdirectedRequest,
+		"127.0.0.1:" + port: http.StatusOK, "localhost:" + port: http.StatusOK, "[::1]:" + port: http.StatusOK,
+	} {
+		for _, m := range []string{http.MethodGet, http.MethodPost} {
+			req, _ := http.NewRequest(m, srv.URL+"/login", strings.NewReader(""))
+			req.Host = host
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			resp, err := srv.Client().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if m == http.MethodGet && resp.StatusCode != want || m == http.MethodPost && want != http.StatusOK && resp.StatusCode != want {
+				t.Errorf("%s /login with Host %q: status %d, want %d", m, host, resp.StatusCode, want)
+			}
+		}
+	}
+}
+
+// Anyone who reaches the dashboard's port can open connections: without a
+// cap they take file descriptors the whole coordinator shares (its gRPC
+// listener, etcd). Past http-max-connections a new one is closed at once.
+func TestConnectionsCapped(t *testing.T) {
+	d := newTestDash(t, Limits{MaxConnections: 2})
+	lis, err := net.Listen("tcp", ports.Addr(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = d.srv.Serve(ctx, lis) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	dial := func() net.Conn {
+		c, err := net.Dial("tcp", lis.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	// closed: the server closed c (EOF) rather than leave it waiting.
+	closed := func(c net.Conn) bool {
+		_ = c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		_, err := c.Read(make([]byte, 1))
+		return err == io.EOF
+	}
+	a, b := dial(), dial()
+	time.Sleep(100 * time.Millisecond) // both accepted
+	if !closed(dial()) {
+		t.Fatal("a third connection with http-max-connections 2 was kept open")
+	}
+	if closed(b) {
+		t.Fatal("an admitted connection was closed")
+	}
+	a.Close()
+	testkit.Eventually(t, 5*time.Second, "a connection is admitted once one closed", func() bool {
+		c := dial()
+		if _, err := c.Write([]byte("GET /login HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+			return false
+		}
+		_ = c.SetReadDeadline(time.Now().Add(time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		return err == nil && strings.HasPrefix(line, "HTTP/1.1 200")
+	})
+}
+
+// Failed logins are limited per address: each dials the gRPC API and
+// writes a log line, and nothing else stops guessing.
+func TestFailedLoginsLimitedPerAddress(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	c := d.client()
+	for i := 0; i < loginFailureBurst; i++ {
+		if resp := d.login(c, fmt.Sprintf("guess-%d", i)); resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("failed login %d: status %d, want 401", i+1, resp.StatusCode)
+		}
+	}
+	before := d.api.whoami.Load()
+	if resp := d.login(c, "guess-again"); resp.StatusCode != http.StatusTooManyRequests {
+		t.Errorf("login after %d failures: status %d, want 429", loginFailureBurst, resp.StatusCode)
+	}
+	if resp := d.login(c, "viewer-secret"); resp.StatusCode != http.StatusTooManyRequests {
+		t.Errorf("a right token while the address is limited: status %d, want 429 (else guessing goes on)", resp.StatusCode)
+	}
+	if d.api.whoami.Load() != before {
+		t.Error("a limited login reached the API")
+	}
+	d.advance(loginFailureEvery)
+	if resp := d.login(c, "viewer-secret"); resp.StatusCode != http.StatusSeeOther {
+		t.Errorf("login %s later: status %d, want 303", loginFailureEvery, resp.StatusCode)
+	}
+}
+
+// Cookies are not kept apart by port, and a sibling origin (a service on
+// another port of the same host, or a subdomain) can set one named like
+// the session, with a longer Path so the browser sends it first: the
+// victim then works in the attacker's session. Over HTTPS the session is a
+// __Host- cookie, which only this origin can set (Secure, Path=/, no Domain).
+func TestSessionCookieCannotBeTossedBySiblingOrigin(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	attacker := d.login(d.client(), "deployer-secret")
+	cs := attacker.Cookies()
+	if len(cs) != 1 || !strings.HasPrefix(cs[0].Name, "__Host-") {
+		t.Fatalf("session cookie over HTTPS: %+v, want a __Host- name", cs)
+	}
+	req, _ := http.NewRequest(http.MethodGet, d.http.URL+"/", nil)
+	req.Header.Set("Cookie", "fleetwave_session="+cs[0].Value)
+	resp, err := d.client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Errorf("a session id in a cookie without the __Host- prefix: status %d, want 303 to the login", resp.StatusCode)
+	}
+}
+
+// stuckWriter is a client that reads nothing: a write waits until the
+// handler's write deadline (any deadline fails it here at once; without
+// one it waits for good, 3 s in the test).
+type stuckWriter struct {
+	h        http.Header
+	deadline time.Time
+}
+
+func (w *stuckWriter) Header() http.Header { return w.h }
+func (w *stuckWriter) WriteHeader(int)     {}
+func (w *stuckWriter) Write(b []byte) (int, error) {
+	if !w.deadline.IsZero() {
+		return 0, fmt.Errorf("write: %w", context.DeadlineExceeded)
+	}
+	time.Sleep(3 * time.Second)
+	return 0, io.ErrClosedPipe
+}
+func (w *stuckWriter) SetWriteDeadline(t time.Time) error { w.deadline = t; return nil }
+func (w *stuckWriter) FlushError() error                  { return nil }
+
+// A logged-in client that requests pages and reads none of them must not
+// hold a handler (and the page) for good: pages are written within a
+// deadline (the server has no WriteTimeout: live pages last).
+func TestPageToClientThatDoesNotReadHasDeadline(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	w := &stuckWriter{h: http.Header{}}
+	start := time.Now()
+	d.srv.render(w, http.StatusOK, "login", pageData{Title: "Log in"})
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("rendering to a client that reads nothing took %s: no write deadline", took)
 	}
 }

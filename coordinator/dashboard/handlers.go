@@ -3,6 +3,7 @@ package dashboard
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -18,8 +19,15 @@ import (
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
-// cookieName is the session cookie.
-const cookieName = "fleetwave_session"
+// cookieName is the session cookie: over HTTPS a __Host- cookie, which
+// only this origin can set (a sibling origin, another port of the host or
+// a subdomain, could otherwise set its own session's id for this one).
+func cookieName(r *http.Request) string {
+	if r.TLS != nil {
+		return "__Host-fleetwave_session"
+	}
+	return "fleetwave_session"
+}
 
 // ctxFor is a call context carrying the session's operator token.
 func (s *session) ctxFor(ctx context.Context) context.Context {
@@ -41,7 +49,7 @@ type sessionHandler func(w http.ResponseWriter, r *http.Request, s *session)
 func (s *Server) withSession(h sessionHandler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var sess *session
-		if c, err := r.Cookie(cookieName); err == nil {
+		if c, err := r.Cookie(cookieName(r)); err == nil {
 			sess, _ = s.sessions.get(c.Value, s.now())
 		}
 		if sess == nil {
@@ -82,9 +90,12 @@ func (s *Server) loginPage(w http.ResponseWriter, r *http.Request) {
 	s.render(w, http.StatusOK, "login", pageData{Title: "Log in", Insecure: s.cfg.Insecure, Next: safeNext(r.URL.Query().Get("next"))})
 }
 
-// safeNext keeps a redirect after login on this dashboard.
+// safeNext keeps a redirect after login on this dashboard: one leading
+// "/", no backslash and no control character (browsers drop tabs and
+// newlines from a URL, so "/\t/evil.example" would be "//evil.example").
 func safeNext(next string) string {
-	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.ContainsAny(next, "\\\r\n") {
+	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.ContainsRune(next, '\\') ||
+		strings.IndexFunc(next, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0 {
 		return "/"
 	}
 	return next
@@ -103,6 +114,15 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	if !sameOrigin(r) {
 		data.Error = "refused: the login form was posted from another origin"
 		s.render(w, http.StatusForbidden, "login", data)
+		return
+	}
+	from, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		from = r.RemoteAddr
+	}
+	if !s.failures.take(from, s.now()) {
+		data.Error = fmt.Sprintf("too many failed logins from %s: try again in %s", from, loginFailureEvery)
+		s.render(w, http.StatusTooManyRequests, "login", data)
 		return
 	}
 	token := strings.TrimSpace(r.PostForm.Get("token"))
@@ -137,6 +157,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		s.render(w, httpStatus(st.Code()), "login", data)
 		return
 	}
+	s.failures.succeeded(from, s.now())
 	sess.identity, sess.role = who.GetIdentity(), who.GetRole()
 	if err := s.sessions.add(sess, s.now()); err != nil {
 		_ = cc.Close()
@@ -145,14 +166,14 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info().Str("identity", sess.identity).Str("role", sess.role).Str("remote", r.RemoteAddr).Msg("dashboard: logged in")
-	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: sess.id, Path: "/", HttpOnly: true, Secure: r.TLS != nil,
+	http.SetCookie(w, &http.Cookie{Name: cookieName(r), Value: sess.id, Path: "/", HttpOnly: true, Secure: r.TLS != nil,
 		SameSite: http.SameSiteStrictMode, MaxAge: int(s.cfg.Limits.SessionTTL.Seconds())})
 	http.Redirect(w, r, data.Next, http.StatusSeeOther)
 }
 
 func (s *Server) logout(w http.ResponseWriter, r *http.Request, sess *session) {
 	s.sessions.remove(sess.id)
-	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: "", Path: "/", HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode, MaxAge: -1})
+	http.SetCookie(w, &http.Cookie{Name: cookieName(r), Value: "", Path: "/", HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode, MaxAge: -1})
 	http.Redirect(w, r, "/login", http.StatusSeeOther)
 }
 
@@ -312,9 +333,24 @@ func (s *Server) render(w http.ResponseWriter, code int, page string, data pageD
 	h := w.Header()
 	h.Set("Content-Type", "text/html; charset=utf-8")
 	h.Set("Cache-Control", "no-store")
+	// With its length known, nothing (no last chunk) is left to write
+	// after the flush below.
+	h.Set("Content-Length", strconv.Itoa(buf.Len()))
+	// The server has no WriteTimeout (live pages last): a client that
+	// reads nothing would hold this handler and the page for good. The
+	// page is written, and flushed, within pageWriteTimeout; the deadline
+	// is then cleared for a next request on the connection.
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Now().Add(pageWriteTimeout))
+	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
 	w.WriteHeader(code)
-	_, _ = w.Write([]byte(buf.String()))
+	if _, err := w.Write([]byte(buf.String())); err == nil {
+		_ = rc.Flush()
+	}
 }
+
+// pageWriteTimeout bounds writing a page to the client.
+const pageWriteTimeout = 30 * time.Second
 
 func (s *Server) pageFor(sess *session, title string) pageData {
 	return pageData{Title: title, Identity: sess.identity, Role: sess.role, CSRF: sess.csrf, Insecure: s.cfg.Insecure, Coordinator: s.cfg.Name, Admin: sess.isAdmin()}

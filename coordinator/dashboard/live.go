@@ -55,16 +55,20 @@ type sseMessage struct {
 	data      []byte
 }
 
-// writeSSE writes m; data lines each get their own "data:" field.
+// writeSSE writes m; data lines each get their own "data:" field. CRLF,
+// a lone CR and LF all end a line in an event stream: each is a line
+// break here, so data (reasons, messages) cannot add fields or end the
+// event.
 func writeSSE(w io.Writer, m sseMessage) error {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "event: %s\n", m.event)
 	if m.id != "" {
 		fmt.Fprintf(&b, "id: %s\n", m.id)
 	}
-	for _, line := range bytes.Split(m.data, []byte("\n")) {
+	data := bytes.ReplaceAll(bytes.ReplaceAll(m.data, []byte("\r\n"), []byte("\n")), []byte("\r"), []byte("\n"))
+	for _, line := range bytes.Split(data, []byte("\n")) {
 		b.WriteString("data: ")
-		b.Write(bytes.TrimRight(line, "\r"))
+		b.Write(line)
 		b.WriteByte('\n')
 	}
 	b.WriteByte('\n')
@@ -100,9 +104,13 @@ func (s *Server) live(w http.ResponseWriter, r *http.Request, sess *session) {
 			return
 		}
 	}
-	ctx, cancel := context.WithCancel(r.Context())
+	// The page ends with its session: at its expiry, and (checked before
+	// every retry) when it was logged out or removed.
+	ctx, cancel := context.WithTimeout(r.Context(), sess.expires.Sub(s.now()))
 	defer cancel()
 	cctx := sess.ctxFor(ctx)
+	ended := func() bool { _, ok := s.sessions.get(sess.id, s.now()); return !ok }
+	errEnded := status.Error(codes.Unauthenticated, "the session ended: log in again")
 	rc := http.NewResponseController(w)
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
@@ -136,9 +144,8 @@ func (s *Server) live(w http.ResponseWriter, r *http.Request, sess *session) {
 		if st.Code() == codes.Unauthenticated {
 			s.sessions.remove(sess.id)
 		}
-		if send(sseMessage{event: "fatal", data: []byte(template.HTMLEscapeString(st.Message()))}) {
-			<-ctx.Done()
-		}
+		// The writer ends the stream once this is written.
+		send(sseMessage{event: "fatal", data: []byte(template.HTMLEscapeString(st.Message()))})
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -162,6 +169,10 @@ func (s *Server) live(w http.ResponseWriter, r *http.Request, sess *session) {
 			})
 			if c := status.Code(err); c == codes.Unauthenticated || c == codes.PermissionDenied || c == codes.ResourceExhausted {
 				fatal(err)
+				return
+			}
+			if ctx.Err() == nil && ended() {
+				fatal(errEnded)
 				return
 			}
 			wait := (<-chan time.Time)(nil)
@@ -217,6 +228,10 @@ func (s *Server) live(w http.ResponseWriter, r *http.Request, sess *session) {
 			if ctx.Err() != nil {
 				return
 			}
+			if ended() {
+				fatal(errEnded)
+				return
+			}
 			s.log.Warn().Err(err).Str("service", svc).Msg("dashboard: event watch ended")
 			select {
 			case <-ctx.Done():
@@ -235,6 +250,9 @@ func (s *Server) live(w http.ResponseWriter, r *http.Request, sess *session) {
 				return
 			}
 			if err := rc.Flush(); err != nil {
+				return
+			}
+			if m.event == "fatal" {
 				return
 			}
 		}

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"sort"
 	"sync"
 	"time"
 
@@ -22,6 +23,7 @@ type session struct {
 	identity string
 	role     string
 	expires  time.Time
+	seq      uint64 // order of login, for dropping an identity's oldest
 	// conn is the session's own connection to the gRPC API: calls without
 	// a client certificate are limited per connection on the listener
 	// (--max-calls-per-conn-without-cert), so sessions do not share one.
@@ -40,6 +42,7 @@ type sessions struct {
 
 	mu      sync.Mutex
 	byID    map[string]*session
+	seq     uint64
 	streams map[string]int // identity -> open live pages
 }
 
@@ -54,17 +57,38 @@ func randomToken() string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-// add stores a new session; expired ones are dropped first. At
-// Limits.MaxSessions it is refused and s.conn is left to the caller.
+// maxSessionsPerIdentity is how many sessions one identity (token) holds:
+// a new login past it ends that identity's oldest session, so one token
+// logging in again and again cannot take every session.
+const maxSessionsPerIdentity = 8
+
+// add stores a new session; expired ones are dropped first, and the
+// identity's oldest past maxSessionsPerIdentity. At Limits.MaxSessions it
+// is refused and s.conn is left to the caller.
 func (ss *sessions) add(s *session, now time.Time) error {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	ss.pruneLocked(now)
+	var mine []*session
+	for _, o := range ss.byID {
+		if o.identity == s.identity {
+			mine = append(mine, o)
+		}
+	}
+	if len(mine) >= maxSessionsPerIdentity {
+		sort.Slice(mine, func(i, j int) bool { return mine[i].seq < mine[j].seq })
+		for _, o := range mine[:len(mine)-maxSessionsPerIdentity+1] {
+			delete(ss.byID, o.id)
+			closeConn(o)
+		}
+	}
 	if len(ss.byID) >= ss.lim.MaxSessions {
 		return fmt.Errorf("%w: %d live (max-sessions %d); log out elsewhere or wait until one expires", errTooManySessions, len(ss.byID), ss.lim.MaxSessions)
 	}
 	s.id, s.csrf = randomToken(), randomToken()
 	s.expires = now.Add(ss.lim.SessionTTL)
+	ss.seq++
+	s.seq = ss.seq
 	ss.byID[s.id] = s
 	return nil
 }
@@ -151,4 +175,81 @@ func (ss *sessions) openStream(identity string) (func(), error) {
 // csrfOK compares a form's CSRF token with the session's in constant time.
 func (s *session) csrfOK(got string) bool {
 	return got != "" && subtle.ConstantTimeCompare([]byte(got), []byte(s.csrf)) == 1
+}
+
+// Failed logins are limited per address: loginFailureBurst, then one
+// every loginFailureEvery. A login from a limited address is refused
+// before its token is checked, right or wrong.
+const (
+	loginFailureBurst = 10
+	loginFailureEvery = 6 * time.Second
+	// maxLoginAddresses bounds the addresses tracked; past it, new ones
+	// share one allowance.
+	maxLoginAddresses = 4096
+)
+
+// loginFailures is a token bucket of failed logins per address.
+type loginFailures struct {
+	mu sync.Mutex
+	by map[string]*failureBucket
+}
+
+type failureBucket struct {
+	left float64
+	at   time.Time
+}
+
+// refill brings b to now; it reports whether b is full.
+func (b *failureBucket) refill(now time.Time) bool {
+	b.left = min(loginFailureBurst, b.left+float64(now.Sub(b.at))/float64(loginFailureEvery))
+	b.at = now
+	return b.left >= loginFailureBurst
+}
+
+func (f *loginFailures) bucket(from string, now time.Time) *failureBucket {
+	if f.by == nil {
+		f.by = map[string]*failureBucket{}
+	}
+	if b, ok := f.by[from]; ok {
+		b.refill(now)
+		return b
+	}
+	if len(f.by) >= maxLoginAddresses {
+		for k, b := range f.by {
+			if b.refill(now) {
+				delete(f.by, k)
+			}
+		}
+		if len(f.by) >= maxLoginAddresses {
+			from = "(others)"
+			if b, ok := f.by[from]; ok {
+				b.refill(now)
+				return b
+			}
+		}
+	}
+	b := &failureBucket{left: loginFailureBurst, at: now}
+	f.by[from] = b
+	return b
+}
+
+// take spends one of from's failures ahead of a login (so logins in
+// flight at once count too); false: none left.
+func (f *loginFailures) take(from string, now time.Time) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b := f.bucket(from, now)
+	if b.left < 1 {
+		return false
+	}
+	b.left--
+	return true
+}
+
+// succeeded gives back what take spent: the login did not fail.
+func (f *loginFailures) succeeded(from string, now time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b := f.bucket(from, now)
+	b.left = min(loginFailureBurst, b.left+1)
 }
