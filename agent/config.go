@@ -81,6 +81,13 @@ type Config struct {
 	// and target releases (and the one a watched release would revert to)
 	// are kept besides.
 	KeepReleases int
+	// CgroupParent is the cgroup, relative to the root of the hierarchy,
+	// below which every service process gets its own cgroup
+	// (<parent>/<service>/<instance>; "" = supervise.DefaultCgroupParent).
+	// Cgroups are used when the agent runs as root on a usable hierarchy
+	// (supervise.OpenCgroups); otherwise process groups alone, and specs
+	// with resources.memory_max or tasks_max are refused.
+	CgroupParent string
 }
 
 // DefaultKeepReleases is Config.KeepReleases when it is 0.

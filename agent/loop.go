@@ -156,7 +156,11 @@ func (a *agent) assign(list []*v1.Assignment) {
 			a.services[name] = s
 		}
 		dir := a.inst.ReleaseDir(name, asg.GetRelease().GetVersion())
-		if err := validateAssignment(asg, a.cfg.HostID, a.cfg.Labels, a.cfg.MaxArtifactBytes, dir); err != nil {
+		err := validateAssignment(asg, a.cfg.HostID, a.cfg.Labels, a.cfg.MaxArtifactBytes, dir)
+		if err == nil {
+			err = checkResources(asg.GetSpec().GetResources(), a.cgroups)
+		}
+		if err != nil {
 			a.log.Warn().Str("service", name).Int64("generation", asg.GetGeneration()).Err(err).Msg("invalid assignment")
 			a.step(s, lifecycle.Invalid(asg.GetGeneration(), err.Error(), now))
 			continue
