@@ -2,10 +2,12 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"sort"
 	"time"
 
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
+	"github.com/fleetwave/fleetwave/agent/supervise"
 	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -109,7 +111,12 @@ func (a *agent) handle(ev any) {
 		if s := a.services[ev.svc]; s != nil {
 			a.log.Warn().Str("service", s.name).Err(ev.exit.Err).Int("restarts", ev.exit.Restarts).Msg("service exited")
 			a.analysisExit(s, ev.epoch, ev.exit.At)
-			a.step(s, lifecycle.Exited(ev.epoch, ev.exit.At))
+			in := lifecycle.Exited(ev.epoch, ev.exit.At)
+			if oom, ok := errors.AsType[*supervise.OOMError](ev.exit.Err); ok {
+				// Killed at resources.memory_max: the failure's reason says so.
+				in = lifecycle.ExitedBecause(ev.epoch, oom.Error(), ev.exit.At)
+			}
+			a.step(s, in)
 		}
 	case readyEv:
 		if s := a.services[ev.svc]; s != nil {
