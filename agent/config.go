@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
+	"github.com/fleetwave/fleetwave/agent/supervise"
 	"github.com/fleetwave/fleetwave/internal/gossip"
 	"github.com/fleetwave/fleetwave/internal/spec"
 )
@@ -136,6 +137,11 @@ func (c Config) Validate() error {
 	for i, h := range c.ArtifactRedirectHosts {
 		if err := checkRedirectHost(h); err != nil {
 			return fmt.Errorf("artifact_redirect_hosts[%d]: %w", i, err)
+		}
+	}
+	if c.CgroupParent != "" {
+		if err := supervise.CheckCgroupParent(c.CgroupParent); err != nil {
+			return fmt.Errorf("cgroup_parent: %w", err)
 		}
 	}
 	if _, _, err := net.SplitHostPort(c.MetricsListen); c.MetricsListen != "" && err != nil {

@@ -231,7 +231,9 @@ func runAgent(t *testing.T, ctx context.Context, cfg Config, opts options) <-cha
 			t.Errorf("agent on %s still running at cleanup", cfg.DataDir)
 			return
 		}
-		stopServices(t, cfg.DataDir)
+		if err := StopServices(context.Background(), cfg.DataDir, cfg.CgroupParent, zerolog.Nop()); err != nil {
+			t.Errorf("stop services in %s: %v", cfg.DataDir, err)
+		}
 	})
 	return done
 }

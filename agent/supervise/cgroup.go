@@ -91,12 +91,11 @@ type Cgroups struct {
 // fails: an unusable hierarchy gives Mode CgroupNone and the Reason.
 func OpenCgroups(parent string) *Cgroups {
 	c := &Cgroups{mode: CgroupNone}
-	clean := path.Clean("/" + parent)
-	if parent == "" || clean == "/" || strings.Contains(parent, "..") {
-		c.reason = fmt.Sprintf("cgroup parent %q: want a relative path below the root of the hierarchy", parent)
+	if err := CheckCgroupParent(parent); err != nil {
+		c.reason = err.Error()
 		return c
 	}
-	c.parent = clean
+	c.parent = path.Clean("/" + parent)
 	if os.Geteuid() != 0 {
 		c.reason = "the agent does not run as root"
 		return c
@@ -111,6 +110,30 @@ func OpenCgroups(parent string) *Cgroups {
 		c.reason = "no cgroup hierarchy is mounted at " + cgroupRoot
 	}
 	return c
+}
+
+// MaxCgroupParent bounds a cgroup parent's length (bytes).
+const MaxCgroupParent = 256
+
+// CheckCgroupParent checks a cgroup parent: a relative path below the root
+// of the hierarchy ("fleetwave", "ops/fleetwave"), without "." or ".."
+// components, at most MaxCgroupParent bytes.
+func CheckCgroupParent(parent string) error {
+	bad := func(why string) error { return fmt.Errorf("cgroup parent %q: %s", truncate(parent, 64), why) }
+	switch {
+	case parent == "":
+		return bad("empty")
+	case len(parent) > MaxCgroupParent:
+		return bad(fmt.Sprintf("%d bytes, over %d", len(parent), MaxCgroupParent))
+	case strings.HasPrefix(parent, "/"):
+		return bad("want a relative path below the root of the hierarchy")
+	}
+	for _, part := range strings.Split(parent, "/") {
+		if part == "" || part == "." || part == ".." || strings.ContainsAny(part, "\x00\n") {
+			return bad("want a relative path below the root of the hierarchy (no empty, . or .. parts)")
+		}
+	}
+	return nil
 }
 
 func (c *Cgroups) openV2() string {
@@ -185,6 +208,22 @@ func (c *Cgroups) Reason() string {
 	}
 	return c.reason
 }
+
+// String is what the host reports (Hello.cgroups): "v1 /fleetwave",
+// "v2 /fleetwave" or "none: <reason>", at most MaxCgroupsReport bytes.
+func (c *Cgroups) String() string {
+	if c.Usable() {
+		return c.Mode() + " " + c.Parent()
+	}
+	s := CgroupNone + ": " + c.Reason()
+	if len(s) > MaxCgroupsReport {
+		s = s[:MaxCgroupsReport-3] + "..."
+	}
+	return s
+}
+
+// MaxCgroupsReport bounds Cgroups.String (and the coordinator's Hello.cgroups).
+const MaxCgroupsReport = 512
 
 // Parent is the agent's cgroup, from the root of the hierarchy ("/fleetwave").
 func (c *Cgroups) Parent() string {

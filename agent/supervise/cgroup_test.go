@@ -317,9 +317,14 @@ func TestLimitsWithoutCgroupsRefused(t *testing.T) {
 // TestOpenCgroupsRefusesBadParent: the parent must be a relative path
 // below the root.
 func TestOpenCgroupsRefusesBadParent(t *testing.T) {
-	for _, p := range []string{"", "/", "..", "a/../../b"} {
-		if c := OpenCgroups(p); c.Usable() || !strings.Contains(c.Reason(), "cgroup parent") {
+	for _, p := range []string{"", "/", "..", "a/../../b", "/fleetwave", "a//b", "a/", "./a", strings.Repeat("a", MaxCgroupParent+1)} {
+		if c := OpenCgroups(p); c.Usable() || !strings.Contains(c.Reason(), "cgroup parent") || CheckCgroupParent(p) == nil {
 			t.Errorf("OpenCgroups(%q): mode %s, reason %q", p, c.Mode(), c.Reason())
+		}
+	}
+	for _, p := range []string{"fleetwave", "ops/fleetwave", "a.b-c_d"} {
+		if err := CheckCgroupParent(p); err != nil {
+			t.Errorf("CheckCgroupParent(%q) = %v", p, err)
 		}
 	}
 }

@@ -14,6 +14,14 @@
 // without supervising it (fleetwave-agent stop-services). RotateLog bounds
 // the log files.
 //
+// Where cgroups are usable (Cgroups, OpenCgroups: root, cgroup v1 or v2,
+// through containerd/cgroups) every instance also runs in its own cgroup
+// below the agent's, with the service's Limits (memory, cpu weight,
+// tasks), entered before any of the service's code runs (a /bin/sh gate);
+// a stop or a crash ends every process in it, those that left the process
+// group too, and removes it; a kill at the memory limit is reported as an
+// OOMError; FindRunning finds an adopted process's cgroup again.
+//
 // It is Linux only (process groups, /proc). It must not import etcd, the
 // coordinator or any other agent package; it knows nothing about checks or
 // the lifecycle, and of a release only the name it records.

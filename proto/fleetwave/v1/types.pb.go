@@ -3475,7 +3475,10 @@ type Host struct {
 	// Gossip (memberlist) state as the answering coordinator sees it: alive,
 	// suspect, dead, left, or "" when gossip is off or the host never joined.
 	// A hint only: decisions never start from it.
-	Gossip        string `protobuf:"bytes,8,opt,name=gossip,proto3" json:"gossip,omitempty"`
+	Gossip string `protobuf:"bytes,8,opt,name=gossip,proto3" json:"gossip,omitempty"`
+	// The agent's Hello.cgroups: "v1 /fleetwave", "v2 /fleetwave" or
+	// "none: <why>" ("" from agents before cgroups).
+	Cgroups       string `protobuf:"bytes,9,opt,name=cgroups,proto3" json:"cgroups,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3562,6 +3565,13 @@ func (x *Host) GetCoordinator() string {
 func (x *Host) GetGossip() string {
 	if x != nil {
 		return x.Gossip
+	}
+	return ""
+}
+
+func (x *Host) GetCgroups() string {
+	if x != nil {
+		return x.Cgroups
 	}
 	return ""
 }
@@ -3865,7 +3875,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x04spec\x18\x04 \x01(\v2\x19.fleetwave.v1.ServiceSpecR\x04spec\x128\n" +
 	"\brollback\x18\x05 \x01(\v2\x1c.fleetwave.v1.SignedRollbackR\brollback\x12#\n" +
 	"\rspec_revision\x18\x06 \x01(\x03R\fspecRevision\x12\x16\n" +
-	"\x06remove\x18\a \x01(\bR\x06remove\"\xf8\x02\n" +
+	"\x06remove\x18\a \x01(\bR\x06remove\"\x92\x03\n" +
 	"\x04Host\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x126\n" +
 	"\x06labels\x18\x02 \x03(\v2\x1e.fleetwave.v1.Host.LabelsEntryR\x06labels\x12\x1c\n" +
@@ -3874,7 +3884,8 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\bservices\x18\x05 \x03(\v2\x1b.fleetwave.v1.ServiceReportR\bservices\x12#\n" +
 	"\ragent_version\x18\x06 \x01(\tR\fagentVersion\x12 \n" +
 	"\vcoordinator\x18\a \x01(\tR\vcoordinator\x12\x16\n" +
-	"\x06gossip\x18\b \x01(\tR\x06gossip\x1a9\n" +
+	"\x06gossip\x18\b \x01(\tR\x06gossip\x12\x18\n" +
+	"\acgroups\x18\t \x01(\tR\acgroups\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\xc5\x01\n" +
