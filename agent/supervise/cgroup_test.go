@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/fleetwave/fleetwave/internal/testkit"
+	"github.com/rs/zerolog"
 )
 
 // testCgroups opens cgroups below a parent of this test's own, removed at
@@ -326,5 +327,37 @@ func TestOpenCgroupsRefusesBadParent(t *testing.T) {
 		if err := CheckCgroupParent(p); err != nil {
 			t.Errorf("CheckCgroupParent(%q) = %v", p, err)
 		}
+	}
+}
+
+// BenchmarkStartToExit measures a start of /bin/true until its exit is
+// delivered: in a process group alone, and in its own cgroup (created,
+// the gate opened, the cgroup removed after the exit).
+func BenchmarkStartToExit(b *testing.B) {
+	for _, withCgroup := range []bool{false, true} {
+		b.Run(map[bool]string{false: "process-group", true: "cgroup"}[withCgroup], func(b *testing.B) {
+			var c *Cgroups
+			if withCgroup {
+				c = OpenCgroups(fmt.Sprintf("fleetwave-bench-%d", os.Getpid()))
+				if !c.Usable() {
+					b.Skipf("cgroups unusable: %s", c.Reason())
+				}
+				defer func() {
+					for _, d := range c.dirs() {
+						_ = os.Remove(d)
+					}
+				}()
+			}
+			dir := b.TempDir()
+			for b.Loop() {
+				s := New(Config{Service: "bench", Dir: dir, Command: []string{"/bin/true"}, LogPath: filepath.Join(dir, "log"),
+					MinBackoff: time.Hour, MaxBackoff: time.Hour, Cgroups: c}, zerolog.Nop())
+				if err := s.Start(); err != nil {
+					b.Fatal(err)
+				}
+				<-s.Exits()
+				_ = s.Stop(context.Background())
+			}
+		})
 	}
 }
