@@ -265,9 +265,25 @@ func (c *Cgroups) create(service string, l Limits) (*cgroup, error) {
 		}
 	}
 	if err != nil {
+		g.removeDirs() // whatever a failed creation made (v1: one directory per controller)
 		return nil, fmt.Errorf("create cgroup %s: %w", g.path, err)
 	}
 	return g, nil
+}
+
+// removeDirs removes the cgroup's directories, which must be empty, then
+// the service's when it is empty too (rmdir fails on a cgroup with
+// children, e.g. the other instance of a handover). The caller holds c.mu.
+func (g *cgroup) removeDirs() {
+	for _, p := range []string{g.path, path.Dir(g.path)} {
+		if g.c.mode == CgroupV2 {
+			_ = os.Remove(filepath.Join(g.c.root, p))
+			continue
+		}
+		for _, name := range v1Controllers {
+			_ = os.Remove(filepath.Join(cgroupRoot, string(name), p))
+		}
+	}
 }
 
 func (g *cgroup) make() error {
@@ -277,7 +293,7 @@ func (g *cgroup) make() error {
 		var svc *cgroup2.Manager
 		if svc, err = cgroup2.NewManager(c.root, path.Join(c.parent, service), &cgroup2.Resources{}); err == nil {
 			if err = svc.ToggleControllers(v2Controllers, cgroup2.Enable); err == nil {
-				g.v2, err = cgroup2.NewManager(c.root, g.path, v2Resources(l))
+				g.v2, err = cgroup2.NewManager(c.root, g.path, v2Resources(l, filepath.Join(c.root, c.parent)))
 			}
 		}
 	} else {
@@ -286,12 +302,14 @@ func (g *cgroup) make() error {
 	return err
 }
 
-func v2Resources(l Limits) *cgroup2.Resources {
+// v2Resources are l for cgroup v2; parentDir is the agent's cgroup, whose
+// files say whether swap is accounted.
+func v2Resources(l Limits, parentDir string) *cgroup2.Resources {
 	r := &cgroup2.Resources{}
 	if l.MemoryMax > 0 {
 		m := int64(l.MemoryMax)
 		r.Memory = &cgroup2.Memory{Max: &m}
-		if _, err := os.Stat(filepath.Join(cgroupRoot, "memory.swap.max")); err == nil {
+		if _, err := os.Stat(filepath.Join(parentDir, "memory.swap.max")); err == nil {
 			zero := int64(0)
 			r.Memory.Swap = &zero // the limit is on memory, not memory plus swap
 		}
@@ -491,16 +509,7 @@ func (g *cgroup) remove() error {
 	if err != nil && !errors.Is(err, cgroup1.ErrCgroupDeleted) {
 		return fmt.Errorf("remove cgroup %s: %w", g.path, err)
 	}
-	// The service's cgroup: removed when empty (rmdir fails on a cgroup
-	// with children, e.g. the other instance of a handover).
-	svc := path.Dir(g.path)
-	if g.v2 != nil {
-		_ = os.Remove(filepath.Join(g.c.root, svc))
-	} else {
-		for _, name := range v1Controllers {
-			_ = os.Remove(filepath.Join(cgroupRoot, string(name), svc))
-		}
-	}
+	g.removeDirs() // the service's cgroup, when empty
 	return nil
 }
 

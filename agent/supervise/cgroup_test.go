@@ -361,3 +361,38 @@ func BenchmarkStartToExit(b *testing.B) {
 		})
 	}
 }
+
+// TestTwoInstancesSideBySide: the two processes of a handover (one
+// service, two supervisors) run in a cgroup each; stopping the first
+// leaves the second and the service's cgroup; stopping the second removes
+// everything.
+func TestTwoInstancesSideBySide(t *testing.T) {
+	c := testCgroups(t)
+	var sups []*Supervisor
+	var pids []int
+	for range 2 {
+		cfg := helperConfig(t, "serve")
+		cfg.Cgroups = c
+		s := New(cfg, testLogger(t))
+		if err := s.Start(); err != nil {
+			t.Fatalf("Start: %v", err)
+		}
+		sups = append(sups, s)
+		pids = append(pids, waitReady(t, cfg.LogPath, 1)[0])
+	}
+	first, second := cgroupOf(t, c, pids[0]), cgroupOf(t, c, pids[1])
+	if first == second || filepath.Dir(first) != filepath.Dir(second) {
+		t.Fatalf("instances in %s and %s, want two cgroups of one service", first, second)
+	}
+	stop(t, sups[0])
+	if !pidAlive(pids[1]) || cgroupOf(t, c, pids[1]) != second {
+		t.Fatalf("the second instance did not survive the first's stop")
+	}
+	if left := cgroupDirs(c); len(left) != 2*len(c.dirs()) {
+		t.Fatalf("after the first stop: %v, want the second instance's and the service's cgroups", left)
+	}
+	stop(t, sups[1])
+	if left := cgroupDirs(c); len(left) > 0 {
+		t.Fatalf("cgroups left: %v", left)
+	}
+}
