@@ -98,7 +98,7 @@ type checkState struct {
 	zeroChecks bool
 	passing    bool
 	passSince  time.Time
-	exits      int // since the process started (checking and watch)
+	exits      int    // since the process started (checking and watch)
 	lastExit   string // how the last exit with a reason ended (ExitedBecause)
 	lastWhy    string
 
