@@ -37,6 +37,22 @@ func starts(t *testing.T, dataDir string) int {
 	return strings.Count(string(b), "started port=")
 }
 
+// waitStarts waits until the service's log shows want starts (a process
+// logs its start a moment after the agent has recorded its pid) and fails
+// if it shows more.
+func waitStarts(t *testing.T, dataDir string, want int) {
+	t.Helper()
+	testkit.EventuallyErr(t, time.Minute, fmt.Sprintf("%d starts in the service log", want), func() error {
+		if got := starts(t, dataDir); got < want {
+			return fmt.Errorf("%d starts logged", got)
+		}
+		return nil
+	})
+	if got := starts(t, dataDir); got != want {
+		t.Fatalf("%d starts in the service log, want %d", got, want)
+	}
+}
+
 // reportsSince returns the reports of the test service from index n on.
 func reportsSince(fc *fakeCoordinator, n int) []*v1.ServiceReport {
 	fc.mu.Lock()
@@ -84,7 +100,8 @@ func TestServicesOutliveTheAgent(t *testing.T) {
 		return reportIs(lastReport(rs, testSvc), 2, v1.Phase_PHASE_HEALTHY, "2.0.0")
 	})
 	pid := readPID(t, pidFile)
-	n := starts(t, dataDir)
+	n := 2 // v1, then v2
+	waitStarts(t, dataDir, n)
 
 	cancel()
 	waitDone(t, done)
@@ -106,9 +123,7 @@ func TestServicesOutliveTheAgent(t *testing.T) {
 	if got := readPID(t, pidFile); got != pid || !alive(pid) {
 		t.Fatalf("adopting restarted the service: pid %d, was %d", got, pid)
 	}
-	if got := starts(t, dataDir); got != n {
-		t.Fatalf("the service started %d more times across the agent restart", got-n)
-	}
+	waitStarts(t, dataDir, n) // none across the agent restart
 	for _, r := range reportsSince(fc, nr) {
 		if r.GetPhase() != v1.Phase_PHASE_HEALTHY {
 			t.Fatalf("the new agent reported %v (%s): an adopted healthy release keeps its phase", r.GetPhase(), r.GetReason())
@@ -131,12 +146,7 @@ func TestServicesOutliveTheAgent(t *testing.T) {
 		restarted = rec.PGID
 		return nil
 	})
-	// The PID file is written once the process runs; its first line comes
-	// a little later.
-	testkit.Eventually(t, time.Minute, "the restarted process's first line", func() bool { return starts(t, dataDir) >= n+1 })
-	if got := starts(t, dataDir); got != n+1 {
-		t.Fatalf("%d starts after the crash, want %d", got, n+1)
-	}
+	waitStarts(t, dataDir, n+1) // one after the crash
 
 	// It is still watched: a failing check reverts it to v1.
 	if err := os.WriteFile(flag, nil, 0o644); err != nil {
@@ -177,7 +187,8 @@ func TestAgentRestartWhileCheckingIsNotAFailure(t *testing.T) {
 		return reportIs(lastReport(rs, testSvc), 2, v1.Phase_PHASE_CHECKING, "2.0.0")
 	})
 	pid := readPID(t, pidFile)
-	n := starts(t, dataDir)
+	n := 2 // v1, then v2
+	waitStarts(t, dataDir, n)
 	cancel()
 	waitDone(t, done)
 
@@ -198,9 +209,7 @@ func TestAgentRestartWhileCheckingIsNotAFailure(t *testing.T) {
 	if got := readPID(t, pidFile); got != pid || !alive(pid) {
 		t.Fatalf("the checked release was restarted: pid %d, was %d", got, pid)
 	}
-	if got := starts(t, dataDir); got != n {
-		t.Fatalf("the service started %d more times across the agent restart", got-n)
-	}
+	waitStarts(t, dataDir, n) // none across the agent restart
 	for _, r := range reportsSince(fc, nr) {
 		switch r.GetPhase() {
 		case v1.Phase_PHASE_REVERTING, v1.Phase_PHASE_REVERTED, v1.Phase_PHASE_FAILED:

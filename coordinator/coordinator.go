@@ -102,6 +102,9 @@ type Config struct {
 	// auditPruneEvery is how often the leader prunes the audit log
 	// (default 1m; tests shorten it).
 	auditPruneEvery time.Duration
+	// pruneClock, when set, gives the time the leader prunes at (tests
+	// move it forward instead of waiting for wall-clock expiries).
+	pruneClock func() time.Time
 	// EtcdQuotaBytes is the etcd backend quota reported next to the
 	// database size in the metrics (default: the embedded etcd's 4 GiB, or
 	// etcd's default 2 GiB for an external etcd; set it to your etcd's

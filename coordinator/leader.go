@@ -128,7 +128,11 @@ func (l *leader) lead(ctx context.Context, sess *concurrency.Session, fence *sto
 				return err
 			}
 		}
-		l.pruneAudit(ctx, fence, time.Now())
+		now := time.Now()
+		if l.c.cfg.pruneClock != nil {
+			now = l.c.cfg.pruneClock()
+		}
+		l.pruneAudit(ctx, fence, now)
 		next, err := l.reconcileAll(ctx, fence)
 		if errors.Is(err, store.ErrNotLeader) {
 			return err

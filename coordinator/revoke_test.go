@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -248,7 +249,15 @@ func TestRevokedHostNeedsNewJoinToken(t *testing.T) {
 // always allowed), entries go when the certificates they cover expire,
 // bad requests are refused, and a CA in --tls-ca cannot be revoked.
 func TestRevocationLimitsAndPruning(t *testing.T) {
-	f := startTLSCoordinatorWith(t, func(c *Config) { c.MaxRevocations = 3; c.auditPruneEvery = 100 * time.Millisecond })
+	// The leader prunes at a clock the test moves forward: an entry
+	// that expires in an hour is pruned when the clock passes that hour,
+	// however slow the machine.
+	var skew atomic.Int64
+	f := startTLSCoordinatorWith(t, func(c *Config) {
+		c.MaxRevocations = 3
+		c.auditPruneEvery = 100 * time.Millisecond
+		c.pruneClock = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
+	})
 	ctx := t.Context()
 	admin := v1.NewOperatorServiceClient(f.dial(t, "operator-alice", ""))
 	ca := f.certOf(t, "ca")
@@ -274,8 +283,8 @@ func TestRevocationLimitsAndPruning(t *testing.T) {
 		wantCode(t, c.req.String(), err, codes.InvalidArgument, c.want)
 	}
 
-	// An entry whose certificate expires in a moment, and two more.
-	soon := time.Now().Add(time.Second)
+	// An entry whose certificate expires in an hour, and two more.
+	soon := time.Now().Add(time.Hour)
 	if _, err := admin.RevokeCertificate(ctx, &v1.RevokeCertificateRequest{Serial: "a1", NotAfter: timestamppb.New(soon)}); err != nil {
 		t.Fatal(err)
 	}
@@ -294,7 +303,9 @@ func TestRevocationLimitsAndPruning(t *testing.T) {
 	if _, err := admin.RevokeCertificate(ctx, &v1.RevokeCertificateRequest{Identity: "agent:x1", Reason: "again"}); err != nil {
 		t.Errorf("revoking an identity again at the limit: %v", err)
 	}
-	// The leader prunes the expired one; then there is room again.
+	// Two hours on, the leader prunes the expired one; then there is
+	// room again.
+	skew.Store(int64(2 * time.Hour))
 	testkit.EventuallyErr(t, 30*time.Second, "the expired revocation pruned", func() error {
 		l, err := admin.ListRevocations(ctx, &v1.ListRevocationsRequest{})
 		if err != nil {

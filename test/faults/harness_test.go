@@ -52,8 +52,8 @@ checks:
     http: {url: "http://${host.label.listen}/healthz"}
     interval: 200ms
     timeout: 1s
-min_healthy_time: 500ms
-healthy_deadline: 10s
+min_healthy_time: %s
+healthy_deadline: 20s
 rollout:
   no_canary: true
   waves: [100]
@@ -64,6 +64,9 @@ rollout:
 
 // faultSpec is the policy the faulted rollout (v1 → v2) runs with: with 5
 // hosts, a canary (host-1), then host-2 and host-3, then host-4 and host-5.
+// It differs from setupSpec only in its rollout policy, which the
+// coordinator alone reads: applying it rolls nothing out (a change of what
+// hosts run, min_healthy_time included, would start a config rollout).
 const faultSpec = `name: web
 selector: {role: web}
 run:
@@ -256,11 +259,13 @@ func newHarness(t *testing.T, o options) *harness {
 	})
 	h.logf("cluster up: etcd %v, coordinators %s, agents %d (link: %s)", h.etcd.Endpoints(), h.coordNames(), nHosts, orNone(h.linkKind))
 
-	h.apply("setup", setupSpec)
+	h.apply("setup", fmt.Sprintf(setupSpec, or(o.minHealthy, "1s")))
 	id := h.release("v1")
 	h.waitSucceeded(id, 60*time.Second)
 	h.waitVersions("v1", 20*time.Second)
-	h.apply("fault", fmt.Sprintf(faultSpec, or(o.minHealthy, "1s"), or(o.bake, "2s")))
+	if out := h.apply("fault", fmt.Sprintf(faultSpec, or(o.minHealthy, "1s"), or(o.bake, "2s"))); strings.Contains(out, "started") {
+		t.Fatalf("the fault spec changes the rollout policy alone, yet it started a rollout: %s", out)
+	}
 	h.logf("fleet on v1 (rollout %s); fault spec applied (bake %s, min_healthy_time %s)", id, or(o.bake, "2s"), or(o.minHealthy, "1s"))
 	return h
 }
@@ -682,13 +687,14 @@ func (h *harness) cliJSON(c *coord, m proto.Message, args ...string) {
 	}
 }
 
-func (h *harness) apply(name, spec string) {
+// apply applies spec (saved as name.yaml) and returns what the CLI said.
+func (h *harness) apply(name, spec string) string {
 	h.t.Helper()
 	p := filepath.Join(h.dir, name+".yaml")
 	if err := os.WriteFile(p, []byte(spec), 0o644); err != nil {
 		h.t.Fatal(err)
 	}
-	h.cli("service", "apply", "-f", p)
+	return h.cli("service", "apply", "-f", p)
 }
 
 // release builds a demo-app artifact of version, creates the release
