@@ -446,6 +446,16 @@ func (g *cgroup) signal(sig syscall.Signal) {
 	}
 }
 
+// signalOutside sends sig to every process in the cgroup that is not in
+// process group pgid (which the caller signals as a group).
+func (g *cgroup) signalOutside(pgid int, sig syscall.Signal) {
+	for _, pid := range g.pids() {
+		if pg, err := syscall.Getpgid(pid); err == nil && pg != pgid && pid > 1 && pid != os.Getpid() {
+			_ = syscall.Kill(pid, sig)
+		}
+	}
+}
+
 // killAll sends SIGKILL to every process in the cgroup, missing none: v2
 // writes cgroup.kill (or freezes, kills and thaws on kernels before 5.14);
 // v1 freezes the cgroup, kills every process and thaws it.

@@ -255,9 +255,10 @@ func TestStopEndsDaemonizedGrandchild(t *testing.T) {
 				t.Fatalf("no grandchild pid in the log")
 			}
 			gc, _ := strconv.Atoi(m[1])
-			testkit.Eventually(t, within, "the grandchild in its own session", func() bool {
+			testkit.Eventually(t, within, "the grandchild in its own session, ignoring SIGTERM (exec'd sleep)", func() bool {
 				pg, err := syscall.Getpgid(gc)
-				return err == nil && pg == gc
+				comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", gc))
+				return err == nil && pg == gc && strings.TrimSpace(string(comm)) == "sleep"
 			})
 			if cgroupOf(t, c, gc) != cgroupOf(t, c, pid) {
 				t.Fatalf("grandchild in %s, service in %s", cgroupOf(t, c, gc), cgroupOf(t, c, pid))
@@ -392,6 +393,29 @@ func TestTwoInstancesSideBySide(t *testing.T) {
 		t.Fatalf("after the first stop: %v, want the second instance's and the service's cgroups", left)
 	}
 	stop(t, sups[1])
+	if left := cgroupDirs(c); len(left) > 0 {
+		t.Fatalf("cgroups left: %v", left)
+	}
+}
+
+// TestStopTermsDaemonsFirst: a process that left the process group gets
+// SIGTERM with the group and may end on its own within the grace; the stop
+// does not wait the grace out when everything ended.
+func TestStopTermsDaemonsFirst(t *testing.T) {
+	c := testCgroups(t)
+	cfg := shellConfig(t, `setsid sh -c 'trap "echo daemon terminated; exit 0" TERM; echo daemon trapping; while :; do sleep 0.05; done' </dev/null & echo ready pid=$$; exec sleep 600`)
+	cfg.Cgroups = c
+	cfg.StopGrace = time.Hour // were it waited out, stop's 20 s would fail the test
+	s := New(cfg, testLogger(t))
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	waitReady(t, cfg.LogPath, 1)
+	testkit.Eventually(t, within, "the daemon's trap set", func() bool { return strings.Contains(readFile(t, cfg.LogPath), "daemon trapping") })
+	stop(t, s)
+	if !strings.Contains(readFile(t, cfg.LogPath), "daemon terminated") {
+		t.Fatalf("the daemon did not get SIGTERM; log:\n%s", readFile(t, cfg.LogPath))
+	}
 	if left := cgroupDirs(c); len(left) > 0 {
 		t.Fatalf("cgroups left: %v", left)
 	}

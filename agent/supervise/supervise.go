@@ -448,8 +448,9 @@ func terminate(p *proc, grace time.Duration, log zerolog.Logger) {
 		log.Warn().Err(err).Int("pid", p.pgid).Msg("SIGTERM process group")
 	}
 	if p.cg != nil {
-		// Those that left the process group (daemons) are told too.
-		p.cg.signal(syscall.SIGTERM)
+		// Those that left the process group (daemons) are told too, once:
+		// a second SIGTERM means "now" to some programs.
+		p.cg.signalOutside(p.pgid, syscall.SIGTERM)
 	}
 	timer := time.NewTimer(grace)
 	defer timer.Stop()
