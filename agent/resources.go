@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -20,6 +21,12 @@ func openCgroups(parent string, log zerolog.Logger) *supervise.Cgroups {
 	c := supervise.OpenCgroups(parent)
 	if c.Usable() {
 		log.Info().Str("mode", c.Mode()).Str("cgroup", c.Parent()).Msg("cgroups: every service process runs in its own cgroup")
+		removed, err := c.RemoveStale(supervise.StaleCgroupAge, time.Now())
+		if err != nil {
+			log.Warn().Err(err).Msg("looking for empty cgroups left over")
+		} else if len(removed) > 0 {
+			log.Info().Strs("cgroups", removed).Msg("removed empty cgroups left over")
+		}
 	} else {
 		log.Warn().Str("mode", c.Mode()).Str("reason", c.Reason()).
 			Msg("cgroups unusable: services run in process groups alone; specs with resources.memory_max or resources.tasks_max are refused, resources.cpu_weight is not applied")

@@ -523,6 +523,56 @@ func (g *cgroup) remove() error {
 	return nil
 }
 
+// StaleCgroupAge is how old an empty instance cgroup must be for
+// RemoveStale: an instance is populated within moments of its creation, so
+// an older empty one is left over (its process ended while no agent
+// watched it, or an agent died between making it and starting the
+// process).
+const StaleCgroupAge = time.Minute
+
+// RemoveStale removes the empty instance cgroups below the parent that are
+// older than age (and service cgroups left empty), as of now. It returns
+// the instance cgroups removed. Cgroups with a process are never touched.
+func (c *Cgroups) RemoveStale(age time.Duration, now time.Time) ([]string, error) {
+	if !c.Usable() {
+		return nil, nil
+	}
+	base := filepath.Join(cgroupRoot, string(cgroup1.Memory), c.parent)
+	if c.mode == CgroupV2 {
+		base = filepath.Join(c.root, c.parent)
+	}
+	services, err := os.ReadDir(base)
+	if err != nil {
+		return nil, fmt.Errorf("remove stale cgroups: %w", err)
+	}
+	var removed []string
+	for _, svc := range services {
+		if !svc.IsDir() {
+			continue
+		}
+		instances, err := os.ReadDir(filepath.Join(base, svc.Name()))
+		if err != nil {
+			continue
+		}
+		for _, inst := range instances {
+			fi, err := inst.Info()
+			if !inst.IsDir() || err != nil || now.Sub(fi.ModTime()) < age {
+				continue
+			}
+			g := &cgroup{c: c, path: path.Join(c.parent, svc.Name(), inst.Name())}
+			procs, err := os.ReadFile(filepath.Join(base, svc.Name(), inst.Name(), "cgroup.procs"))
+			if err != nil || len(strings.TrimSpace(string(procs))) > 0 {
+				continue
+			}
+			c.mu.Lock()
+			g.removeDirs()
+			c.mu.Unlock()
+			removed = append(removed, g.path)
+		}
+	}
+	return removed, nil
+}
+
 // OOMError is the Exit.Err of a process that the kernel's OOM killer ended
 // because its service reached resources.memory_max.
 type OOMError struct {

@@ -420,3 +420,58 @@ func TestStopTermsDaemonsFirst(t *testing.T) {
 		t.Fatalf("cgroups left: %v", left)
 	}
 }
+
+// TestRemoveStale: an empty instance cgroup older than the age is removed
+// (with its service's cgroup when that is empty); a fresh empty one and an
+// old one with a process are kept.
+func TestRemoveStale(t *testing.T) {
+	c := testCgroups(t)
+	old := time.Now().Add(-time.Hour)
+	age := func(g *cgroup) {
+		t.Helper()
+		dir := filepath.Join(cgroupRoot, "memory", g.path)
+		if c.Mode() == CgroupV2 {
+			dir = filepath.Join(c.root, g.path)
+		}
+		if err := os.Chtimes(dir, old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stale, err := c.create("gone", Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	age(stale)
+	fresh, err := c.create("fresh", Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := helperConfig(t, "serve")
+	cfg.Cgroups = c
+	s := New(cfg, testLogger(t))
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	running := c.find(waitReady(t, cfg.LogPath, 1)[0])
+	age(running)
+
+	removed, err := c.RemoveStale(StaleCgroupAge, time.Now())
+	if err != nil || len(removed) != 1 || removed[0] != stale.path {
+		t.Fatalf("RemoveStale = %v, %v; want only %s", removed, err, stale.path)
+	}
+	for _, d := range cgroupDirs(c) {
+		if strings.Contains(d, "/gone") {
+			t.Errorf("%s left", d)
+		}
+	}
+	if c.find(waitReady(t, cfg.LogPath, 1)[0]) == nil {
+		t.Fatal("the running process's cgroup was removed")
+	}
+	stop(t, s)
+	if err := fresh.remove(); err != nil {
+		t.Fatal(err)
+	}
+	if left := cgroupDirs(c); len(left) > 0 {
+		t.Fatalf("cgroups left: %v", left)
+	}
+}
