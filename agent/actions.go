@@ -369,6 +369,8 @@ func (a *agent) supervisorConfig(name string, asg *v1.Assignment, epoch uint64) 
 		Epoch:      epoch,
 		MinBackoff: a.opts.supMinBackoff,
 		MaxBackoff: a.opts.supMaxBackoff,
+		Cgroups:    a.cgroups,
+		Limits:     limitsOf(asg.GetSpec().GetResources()),
 	}, nil
 }
 

@@ -98,9 +98,10 @@ type agent struct {
 	wg       sync.WaitGroup
 	ctx      context.Context // canceled at shutdown
 
-	metrics *agentMetrics // Prometheus instruments (metrics.go)
-	trusted trustedKeys   // release signing keys by id; nil: releases are not checked (verify.go)
-	floors  *floorStore   // release floors per service (verify.go; made on first use, run loop only)
+	metrics *agentMetrics      // Prometheus instruments (metrics.go)
+	trusted trustedKeys        // release signing keys by id; nil: releases are not checked (verify.go)
+	cgroups *supervise.Cgroups // every service process in its own cgroup, when usable
+	floors  *floorStore        // release floors per service (verify.go; made on first use, run loop only)
 
 	up          agentUpgrade // the agent's own upgrade (upgrade.go; run loop only)
 	confirmOnce sync.Once    // Config.Confirm is called once
@@ -218,6 +219,7 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger, opts options) erro
 		stopping:   make(chan struct{}),
 		ctx:        loopCtx,
 		trusted:    trusted,
+		cgroups:    openCgroups(cfg.CgroupParent, log),
 	}
 	stopMetrics, err := a.startMetrics()
 	if err != nil {

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
+	"github.com/fleetwave/fleetwave/agent/supervise"
 	"github.com/fleetwave/fleetwave/internal/gossip"
 	"github.com/fleetwave/fleetwave/internal/spec"
 )
@@ -100,6 +101,13 @@ type Config struct {
 	// ("" = the running one; a new agent started by Handoff runs from its
 	// release directory and is told it: ExecutableFromEnv).
 	Executable string
+	// CgroupParent is the cgroup, relative to the root of the hierarchy,
+	// below which every service process gets its own cgroup
+	// (<parent>/<service>/<instance>; "" = supervise.DefaultCgroupParent).
+	// Cgroups are used when the agent runs as root on a usable hierarchy
+	// (supervise.OpenCgroups); otherwise process groups alone, and specs
+	// with resources.memory_max or tasks_max are refused.
+	CgroupParent string
 }
 
 // Limits of Config.UpgradeDeadline.
@@ -158,6 +166,11 @@ func (c Config) Validate() error {
 	for i, h := range c.ArtifactRedirectHosts {
 		if err := checkRedirectHost(h); err != nil {
 			return fmt.Errorf("artifact_redirect_hosts[%d]: %w", i, err)
+		}
+	}
+	if c.CgroupParent != "" {
+		if err := supervise.CheckCgroupParent(c.CgroupParent); err != nil {
+			return fmt.Errorf("cgroup_parent: %w", err)
 		}
 	}
 	if _, _, err := net.SplitHostPort(c.MetricsListen); c.MetricsListen != "" && err != nil {

@@ -71,6 +71,14 @@ func (r *reporter) hello(cfg Config) *v1.Hello {
 	return h
 }
 
+// hello is the Hello of a new stream: the reporter's, and what confines
+// the host's services.
+func (a *agent) hello() *v1.Hello {
+	h := a.rep.hello(a.cfg)
+	h.Cgroups = a.cgroups.String()
+	return h
+}
+
 // take returns the reports changed since the last send, by service name.
 func (r *reporter) take() []*v1.ServiceReport {
 	r.mu.Lock()
@@ -203,7 +211,7 @@ func (a *agent) session(ctx context.Context, addr string) (established bool, err
 	if err != nil {
 		return false, fmt.Errorf("connect %s: %w", addr, err)
 	}
-	if err := stream.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Hello{Hello: a.rep.hello(a.cfg)}}); err != nil {
+	if err := stream.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Hello{Hello: a.hello()}}); err != nil {
 		return false, fmt.Errorf("hello to %s: %w", addr, err)
 	}
 	a.conns.set(cc)

@@ -8,11 +8,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"github.com/rs/zerolog"
 	"net"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/fleetwave/fleetwave/internal/testkit"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
@@ -230,7 +231,9 @@ func runAgent(t *testing.T, ctx context.Context, cfg Config, opts options) <-cha
 			t.Errorf("agent on %s still running at cleanup", cfg.DataDir)
 			return
 		}
-		stopServices(t, cfg.DataDir)
+		if err := StopServices(context.Background(), cfg.DataDir, cfg.CgroupParent, zerolog.Nop()); err != nil {
+			t.Errorf("stop services in %s: %v", cfg.DataDir, err)
+		}
 	})
 	return done
 }
@@ -239,7 +242,7 @@ func runAgent(t *testing.T, ctx context.Context, cfg Config, opts options) <-cha
 // fleetwave-agent stop-services does).
 func stopServices(t *testing.T, dataDir string) {
 	t.Helper()
-	if err := StopServices(context.Background(), dataDir, zerolog.Nop()); err != nil {
+	if err := StopServices(context.Background(), dataDir, "", zerolog.Nop()); err != nil {
 		t.Errorf("stop services in %s: %v", dataDir, err)
 	}
 }

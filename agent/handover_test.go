@@ -431,11 +431,14 @@ func TestHandoverNotReadyKeepsTheOldOne(t *testing.T) {
 	fc, cfg, cancel, done, cl, pid1 := handoverSetup(t)
 
 	a2 := handoverRelease(t, fc, "v2", 2, map[string]string{fileNoReady: ""})
-	a2.Spec.Run.ReadyTimeout = durationpb.New(time.Second)
+	// Long enough for v2 (this race-built test binary, started through
+	// the cgroup gate and the LISTEN_PID shell) to serve before it is
+	// stopped, on a loaded machine too: the test waits for its "listening".
+	a2.Spec.Run.ReadyTimeout = durationpb.New(5 * time.Second)
 	fc.assign(a2)
 	fc.waitFor(t, "v2 reverted", handoverTimeout, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
 		r := lastReport(rs, testSvc)
-		return reportIs(r, 2, v1.Phase_PHASE_REVERTED, "v1") && strings.Contains(r.GetReason(), "start v2: not ready within 1s")
+		return reportIs(r, 2, v1.Phase_PHASE_REVERTED, "v1") && strings.Contains(r.GetReason(), "start v2: not ready within 5s")
 	})
 	v2 := waitLog(t, cfg.DataDir, "listening", "v2") // it served beside v1, never ready
 	waitGone(t, v2.PID)

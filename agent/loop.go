@@ -2,10 +2,12 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"sort"
 	"time"
 
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
+	"github.com/fleetwave/fleetwave/agent/supervise"
 	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -115,7 +117,12 @@ func (a *agent) handle(ev any) {
 		if s := a.services[ev.svc]; s != nil {
 			a.log.Warn().Str("service", s.name).Err(ev.exit.Err).Int("restarts", ev.exit.Restarts).Msg("service exited")
 			a.analysisExit(s, ev.epoch, ev.exit.At)
-			a.step(s, lifecycle.Exited(ev.epoch, ev.exit.At))
+			in := lifecycle.Exited(ev.epoch, ev.exit.At)
+			if oom, ok := errors.AsType[*supervise.OOMError](ev.exit.Err); ok {
+				// Killed at resources.memory_max: the failure's reason says so.
+				in = lifecycle.ExitedBecause(ev.epoch, oom.Error(), ev.exit.At)
+			}
+			a.step(s, in)
 		}
 	case readyEv:
 		if s := a.services[ev.svc]; s != nil {
@@ -165,7 +172,11 @@ func (a *agent) assign(list []*v1.Assignment) {
 			a.services[name] = s
 		}
 		dir := a.inst.ReleaseDir(name, asg.GetRelease().GetVersion())
-		if err := validateAssignment(asg, a.cfg.HostID, a.cfg.Labels, a.cfg.MaxArtifactBytes, dir); err != nil {
+		err := validateAssignment(asg, a.cfg.HostID, a.cfg.Labels, a.cfg.MaxArtifactBytes, dir)
+		if err == nil {
+			err = checkResources(asg.GetSpec().GetResources(), a.cgroups)
+		}
+		if err != nil {
 			a.log.Warn().Str("service", name).Int64("generation", asg.GetGeneration()).Err(err).Msg("invalid assignment")
 			a.step(s, lifecycle.Invalid(asg.GetGeneration(), err.Error(), now))
 			continue

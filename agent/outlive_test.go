@@ -250,12 +250,17 @@ func TestServiceLogsRotate(t *testing.T) {
 	if _, err := os.Stat(log + ".3"); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("%s.3: %v, want none (keep %d)", log, err, keep)
 	}
-	for _, p := range []string{log + ".1", log + ".2"} {
-		fi, err := os.Stat(p)
-		if err != nil || fi.Size() < limit {
-			t.Fatalf("%s: %v, %v; want a rotated log of at least %d bytes", p, fi, err, limit)
+	// A rotation may be under way (.1 renamed to .2, the log not yet
+	// copied to .1): wait for both.
+	testkit.EventuallyErr(t, time.Minute, "two rotated files of at least the limit", func() error {
+		for _, p := range []string{log + ".1", log + ".2"} {
+			fi, err := os.Stat(p)
+			if err != nil || fi.Size() < limit {
+				return fmt.Errorf("%s: %v, %v; want a rotated log of at least %d bytes", p, fi, err, limit)
+			}
 		}
-	}
+		return nil
+	})
 	if got := readPID(t, filepath.Join(dataDir, "run", testSvc+".pid")); got != pid || !alive(pid) {
 		t.Fatalf("rotation restarted the service: pid %d, was %d", got, pid)
 	}

@@ -33,7 +33,7 @@ func (a *agent) recover(saved []*state.Saved) {
 		var running []lifecycle.Running
 		var pids []int
 		for _, path := range []string{a.pidFile(snap.Service), a.nextPIDFile(snap.Service)} {
-			found, err := supervise.FindRunning(path, log)
+			found, err := supervise.FindRunning(path, a.cgroups, log)
 			if err != nil {
 				// Unreadable: whatever runs cannot be proven, so it is neither
 				// adopted nor signalled (as with an unverifiable record).

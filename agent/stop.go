@@ -31,7 +31,11 @@ import (
 // could not be stopped. When ctx ends (a second SIGTERM) it says so, but
 // every stop still runs to its end (SIGKILL after the grace): no service is
 // left half stopped.
-func StopServices(ctx context.Context, dataDir string, log zerolog.Logger) error {
+//
+// cgroupParent is the agent's Config.CgroupParent ("" the default): a
+// process found in its cgroup below it is stopped with every process of
+// that cgroup, daemons that left its process group included.
+func StopServices(ctx context.Context, dataDir, cgroupParent string, log zerolog.Logger) error {
 	if strings.TrimSpace(dataDir) == "" {
 		return errors.New("data_dir: required")
 	}
@@ -52,6 +56,10 @@ func StopServices(ctx context.Context, dataDir string, log zerolog.Logger) error
 		return fmt.Errorf("stop services: %w", err)
 	}
 	sort.Strings(files)
+	var cgs *supervise.Cgroups
+	if len(files) > 0 {
+		cgs = openCgroups(cgroupParent, log)
+	}
 	var store *state.Store
 	if _, err := os.Stat(filepath.Join(dir, "state")); err == nil {
 		if store, err = state.Open(filepath.Join(dir, "state")); err != nil {
@@ -74,7 +82,7 @@ func StopServices(ctx context.Context, dataDir string, log zerolog.Logger) error
 		name := strings.TrimSuffix(strings.TrimSuffix(filepath.Base(path), ".pid"), ".next")
 		slog := log.With().Str("service", name).Logger()
 		wg.Go(func() {
-			f, err := supervise.FindRunning(path, slog)
+			f, err := supervise.FindRunning(path, cgs, slog)
 			if err != nil {
 				fail(fmt.Errorf("service %s: %w", name, err))
 				return

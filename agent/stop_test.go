@@ -64,7 +64,7 @@ func TestStopServices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := StopServices(context.Background(), dataDir, zerolog.Nop()); err == nil || !strings.Contains(err.Error(), "stop the agent first") {
+	if err := StopServices(context.Background(), dataDir, "", zerolog.Nop()); err == nil || !strings.Contains(err.Error(), "stop the agent first") {
 		t.Fatalf("StopServices while an agent holds the data dir: %v", err)
 	}
 	unlock()
@@ -73,7 +73,7 @@ func TestStopServices(t *testing.T) {
 	}
 
 	start := time.Now()
-	if err := StopServices(context.Background(), dataDir, testLogger(t)); err != nil {
+	if err := StopServices(context.Background(), dataDir, "", testLogger(t)); err != nil {
 		t.Fatalf("StopServices: %v", err)
 	}
 	if took := time.Since(start); took < 2*time.Second {
@@ -95,7 +95,7 @@ func TestStopServices(t *testing.T) {
 		t.Fatalf("pid file: %v, want removed", err)
 	}
 	// Nothing left: a second run has nothing to do.
-	if err := StopServices(context.Background(), dataDir, zerolog.Nop()); err != nil {
+	if err := StopServices(context.Background(), dataDir, "", zerolog.Nop()); err != nil {
 		t.Fatalf("second StopServices: %v", err)
 	}
 }

@@ -601,9 +601,9 @@ func TestListingsAndErrors(t *testing.T) {
 			EtcdMembers: []*v1.EtcdMember{{Name: "e1", ClientUrls: []string{"http://10.0.0.1:2379"}, Healthy: true, Leader: true, DbSizeBytes: 3 << 20, RaftTerm: 4, RaftIndex: 99},
 				{Name: "e2", Error: "context deadline exceeded"}, {Name: "e3", Error: "connection refused"}}},
 		hosts: []*v1.Host{{
-			Id: "h1", Labels: map[string]string{"role": "web", "zone": "a"}, Connected: true, Coordinator: "c1", Gossip: "alive", AgentVersion: "v0.2.0",
+			Id: "h1", Labels: map[string]string{"role": "web", "zone": "a"}, Connected: true, Coordinator: "c1", Gossip: "alive", AgentVersion: "v0.2.0", Cgroups: "v1 /fleetwave",
 			Services: []*v1.ServiceReport{{Service: "web", Phase: v1.Phase_PHASE_HEALTHY, CurrentVersion: "1.1", LastGoodVersion: "1.0"}},
-		}, {Id: "h2"}},
+		}, {Id: "h2", Cgroups: "none: the agent does not run as root"}},
 	}
 	addr := serve(t, f)
 	t.Setenv(EnvCoordinator, addr) // no --coordinator from here on
@@ -614,7 +614,7 @@ func TestListingsAndErrors(t *testing.T) {
 	}{
 		{[]string{"service", "list"}, []string{"NAME", "web", "manual", "1.0", "yes", "web-2", "role=web"}},
 		{[]string{"service", "get", "web"}, []string{"stable version:", "1.0 (generation 3)", "spec:", "  name: web", "    mode: manual"}},
-		{[]string{"hosts"}, []string{"HOST", "STREAM", "GOSSIP", "AGENT", "h1    yes        c1      alive   v0.2.0  role=web,zone=a", "web=healthy 1.1/1.0", "h2", "no"}},
+		{[]string{"hosts"}, []string{"HOST", "STREAM", "GOSSIP", "AGENT", "CGROUPS", "h1    yes        c1      alive   v0.2.0  v1       role=web,zone=a", "web=healthy 1.1/1.0", "h2    no         -       -       -       none"}},
 		{[]string{"cluster", "status"}, []string{"rollout leader: c1 (answered by c2)",
 			"c1           10.0.0.1:7070  leader    3", "c2           10.0.0.2:7070  follower  2",
 			"e1           http://10.0.0.1:2379  healthy", "leader  3.0 MiB  4          99",

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"google.golang.org/grpc/status"
 	"io"
 	"strconv"
+	"strings"
 	"time"
+
+	"google.golang.org/grpc/status"
 
 	"github.com/spf13/cobra"
 
@@ -296,7 +298,7 @@ func (a *app) hostsListCmd() *cobra.Command {
 				return printJSON(a.stdout, resp)
 			}
 			tw := newTable(a.stdout)
-			row(tw, "HOST", "CONNECTED", "STREAM", "GOSSIP", "AGENT", "LABELS", "SERVICES (phase current/last good)")
+			row(tw, "HOST", "CONNECTED", "STREAM", "GOSSIP", "AGENT", "CGROUPS", "LABELS", "SERVICES (phase current/last good)")
 			for _, h := range resp.GetHosts() {
 				var svcs string
 				for i, s := range h.GetServices() {
@@ -311,7 +313,9 @@ func (a *app) hostsListCmd() *cobra.Command {
 					svcs += fmt.Sprintf("%s=%s %s/%s", s.GetService(), phase,
 						orDash(s.GetCurrentVersion()), orDash(s.GetLastGoodVersion()))
 				}
-				row(tw, h.GetId(), yesNo(h.GetConnected()), orDash(h.GetCoordinator()), orDash(h.GetGossip()), orDash(h.GetAgentVersion()), fmtLabels(h.GetLabels()), orDash(svcs))
+				// The mode alone ("v1", "none"); --json has the parent or the reason.
+				cg, _, _ := strings.Cut(h.GetCgroups(), " ")
+				row(tw, h.GetId(), yesNo(h.GetConnected()), orDash(h.GetCoordinator()), orDash(h.GetGossip()), orDash(h.GetAgentVersion()), orDash(strings.TrimSuffix(cg, ":")), fmtLabels(h.GetLabels()), orDash(svcs))
 			}
 			return tw.Flush()
 		}),

@@ -215,7 +215,8 @@ func TestAgentStreamDrivesRollout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := stream.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Hello{Hello: &v1.Hello{HostId: "h1", Labels: map[string]string{"role": "web"}}}}); err != nil {
+	if err := stream.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Hello{Hello: &v1.Hello{HostId: "h1", Labels: map[string]string{"role": "web"},
+		Cgroups: "v1 /fleetwave"}}}); err != nil {
 		t.Fatal(err)
 	}
 	expect := func(version string, gen int64) {
@@ -234,6 +235,9 @@ func TestAgentStreamDrivesRollout(t *testing.T) {
 		}
 	}
 	expect("v1", 1)
+	if hs, err := op.ListHosts(ctx, &v1.ListHostsRequest{}); err != nil || len(hs.GetHosts()) != 1 || hs.GetHosts()[0].GetCgroups() != "v1 /fleetwave" {
+		t.Fatalf("hosts %v, %v; want h1 with its hello's cgroups", hs, err)
+	}
 	report := func(phase v1.Phase, cur string, gen int64) {
 		t.Helper()
 		r := &v1.ServiceReport{Service: "web", Generation: gen, Phase: phase, CurrentVersion: cur, TargetVersion: cur, LastGoodVersion: "v1"}

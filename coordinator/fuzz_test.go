@@ -36,6 +36,9 @@ func FuzzValidateAgentMessages(f *testing.F) {
 				if h.GetHostId() == "" || strings.ContainsAny(h.GetHostId(), "/\x00 ") {
 					t.Fatalf("hello with host id %q accepted", h.GetHostId())
 				}
+				if len(h.GetCgroups()) > maxHelloCgroups {
+					t.Fatalf("hello with %d bytes of cgroups accepted", len(h.GetCgroups()))
+				}
 			}
 		}
 		if r := m.GetReport(); r != nil {
@@ -44,4 +47,17 @@ func FuzzValidateAgentMessages(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestValidateHelloCgroups: Hello.cgroups is bounded, and the refusal names
+// the field.
+func TestValidateHelloCgroups(t *testing.T) {
+	h := &v1.Hello{HostId: "h1", Cgroups: "none: " + strings.Repeat("x", maxHelloCgroups-6)}
+	if err := validateHello(h); err != nil {
+		t.Fatalf("%d bytes: %v", len(h.GetCgroups()), err)
+	}
+	h.Cgroups += "x"
+	if err := validateHello(h); err == nil || !strings.Contains(err.Error(), "hello.cgroups: 513 bytes, over 512") {
+		t.Fatalf("513 bytes: %v", err)
+	}
 }

@@ -65,6 +65,10 @@ func newHub(c *Coordinator) *hub {
 
 const maxServicesPerHello = 1000
 
+// maxHelloCgroups bounds Hello.cgroups (the agent sends at most
+// supervise.MaxCgroupsReport bytes; the coordinator does not import the agent).
+const maxHelloCgroups = 512
+
 func validateReport(r *v1.ServiceReport) error {
 	if r == nil {
 		return errors.New("report: missing")
@@ -120,6 +124,9 @@ func validateHello(h *v1.Hello) error {
 	if len(h.GetAgentVersion()) > 128 {
 		return fmt.Errorf("hello.agent_version: %d bytes, over 128", len(h.GetAgentVersion()))
 	}
+	if len(h.GetCgroups()) > maxHelloCgroups {
+		return fmt.Errorf("hello.cgroups: %d bytes, over %d", len(h.GetCgroups()), maxHelloCgroups)
+	}
 	if len(h.GetServices()) > maxServicesPerHello {
 		return fmt.Errorf("hello.services: %d entries, over %d", len(h.GetServices()), maxServicesPerHello)
 	}
@@ -168,8 +175,9 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
 	}
 
 	// Record the host (labels) when new or changed; never on a heartbeat.
-	if old, ok := h.c.mirror.Host(id); !ok || !equalLabels(old.GetLabels(), hello.GetLabels()) || old.GetAgentVersion() != hello.GetAgentVersion() {
-		rec := &v1.Host{Id: id, Labels: hello.GetLabels(), AgentVersion: hello.GetAgentVersion(), LastSeen: timestamppb.Now()}
+	if old, ok := h.c.mirror.Host(id); !ok || !equalLabels(old.GetLabels(), hello.GetLabels()) || old.GetAgentVersion() != hello.GetAgentVersion() ||
+		old.GetCgroups() != hello.GetCgroups() {
+		rec := &v1.Host{Id: id, Labels: hello.GetLabels(), AgentVersion: hello.GetAgentVersion(), Cgroups: hello.GetCgroups(), LastSeen: timestamppb.Now()}
 		if err := h.c.store.PutHost(ctx, rec); err != nil {
 			return status.Error(codes.Unavailable, err.Error())
 		}

@@ -126,7 +126,10 @@
 //     includes the watch after HEALTHY), feed the results of all probers
 //     with Checks(action.Epoch, now, results), and every unexpected exit of
 //     the process started by the ActStart (or adopted by the ActAdopt) with
-//     that Epoch with Exited(epoch, now). While AnalysisEpoch reports ok, feed every analysis
+//     that Epoch with Exited(epoch, now) (ExitedBecause(epoch, why, now)
+//     when how it ended is worth reporting: killed at its memory limit; the
+//     crash loop's reason names the last such exit). While AnalysisEpoch
+//     reports ok, feed every analysis
 //     round of that epoch's process with Analysis(epoch, now, verdict,
 //     results...) (see package analysis). The baseline those verdicts
 //     compare with is frozen at ActFreezeBaseline, which the machine emits

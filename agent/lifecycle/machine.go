@@ -99,7 +99,8 @@ type checkState struct {
 	zeroChecks bool
 	passing    bool
 	passSince  time.Time
-	exits      int // since the process started (checking and watch)
+	exits      int    // since the process started (checking and watch)
+	lastExit   string // how the last exit with a reason ended (ExitedBecause)
 	lastWhy    string
 
 	// validated: the release's validate hook ran and passed (HEALTHY
@@ -471,7 +472,7 @@ func (m *Machine) Step(in Input) []Action {
 	case InputChecks:
 		m.onChecks(in.Epoch, in.Checks, t)
 	case InputExit:
-		m.onExit(in.Epoch, t)
+		m.onExit(in.Epoch, in.Reason, t)
 	case InputAnalysis:
 		m.onAnalysis(in.Epoch, in.Verdict, in.Rules, t)
 	case InputReady:
@@ -1355,7 +1356,7 @@ func (m *Machine) onChecks(epoch uint64, results []CheckResult, t time.Time) {
 	m.evaluate(t)
 }
 
-func (m *Machine) onExit(epoch uint64, t time.Time) {
+func (m *Machine) onExit(epoch uint64, why string, t time.Time) {
 	if f := m.fresh; f != nil && f.epoch == epoch && !m.readyBy.IsZero() {
 		// It exited before it said READY=1 (the supervisor would restart
 		// it): a failed start.
@@ -1367,13 +1368,20 @@ func (m *Machine) onExit(epoch uint64, t time.Time) {
 		return // neither checking nor watching (the supervisor restarts it), or an old process
 	}
 	c.exits++
+	if why != "" {
+		c.lastExit = why
+	}
+	last := ""
+	if c.lastExit != "" {
+		last = "; last: " + c.lastExit
+	}
 	if c.watching {
 		if c.exits >= CrashLoopExits {
-			m.watchFailed(fmt.Sprintf("crash loop after healthy: %d exits within %s", c.exits, t.Sub(c.start)), t)
+			m.watchFailed(fmt.Sprintf("crash loop after healthy: %d exits within %s%s", c.exits, t.Sub(c.start), last), t)
 		}
 		return
 	}
-	c.lastWhy = fmt.Sprintf("process exited (%d times)", c.exits)
+	c.lastWhy = fmt.Sprintf("process exited (%d times%s)", c.exits, last)
 	if c.zeroChecks {
 		c.passing = true
 		c.passSince = t
@@ -1381,7 +1389,7 @@ func (m *Machine) onExit(epoch uint64, t time.Time) {
 		c.passing = false
 	}
 	if c.exits >= CrashLoopExits {
-		m.checksFailed(fmt.Sprintf("crash loop: %d exits within %s", c.exits, t.Sub(c.start)), t)
+		m.checksFailed(fmt.Sprintf("crash loop: %d exits within %s%s", c.exits, t.Sub(c.start), last), t)
 		return
 	}
 	m.evaluate(t)

@@ -143,7 +143,9 @@ func (tr *trace) run(t *testing.T, d *datadriven.TestData) string {
 	case "exit":
 		epoch := tr.epoch
 		d.MaybeScanArgs(t, "epoch", &epoch)
-		tr.step(t, d, &out, Exited(epoch, tr.now))
+		why := ""
+		d.MaybeScanArgs(t, "reason", &why)
+		tr.step(t, d, &out, ExitedBecause(epoch, why, tr.now))
 	case "ready":
 		epoch := tr.epoch
 		d.MaybeScanArgs(t, "epoch", &epoch)

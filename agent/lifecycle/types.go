@@ -147,7 +147,9 @@ type Input struct {
 	// Assignment for InputAssign. The caller has validated it (names,
 	// version, artifact) and it must not be modified afterwards.
 	Assignment *v1.Assignment
-	// Generation and Reason for InputInvalid.
+	// Generation and Reason for InputInvalid. Reason for InputExit, when
+	// how the process ended is worth reporting (killed at its memory
+	// limit): the crash loop's reason names the last such exit.
 	Generation int64
 	Reason     string
 	// Seq and Err for InputDone: Seq echoes Action.Seq, Err is nil on success.
@@ -212,6 +214,18 @@ func Checks(epoch uint64, at time.Time, results ...CheckResult) Input {
 func Exited(epoch uint64, at time.Time) Input {
 	return Input{Kind: InputExit, At: at, Epoch: epoch}
 }
+
+// ExitedBecause is an InputExit with how the process ended (e.g. killed at
+// its memory limit), which the reasons of its failure name.
+func ExitedBecause(epoch uint64, why string, at time.Time) Input {
+	if len(why) > MaxExitReason {
+		why = why[:MaxExitReason] + "..."
+	}
+	return Input{Kind: InputExit, At: at, Epoch: epoch, Reason: why}
+}
+
+// MaxExitReason bounds ExitedBecause's why (bytes; longer is cut).
+const MaxExitReason = 256
 
 // Analysis is an InputAnalysis: the verdict v of one analysis round on the
 // process started with epoch, and every rule's result.

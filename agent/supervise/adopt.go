@@ -32,7 +32,12 @@ type Found struct {
 // pid, an old bare-pgid file, garbage) is removed, the reason logged, and
 // nil, nil returned: nothing is adopted and nothing is signalled. An error
 // means the file could not be read.
-func FindRunning(pidFile string, log zerolog.Logger) (*Found, error) {
+//
+// With usable cgs, the found process's cgroup (an instance cgroup below
+// the agent's, read from /proc/<pid>/cgroup) is found again: stopping the
+// process, or its exit under a supervisor that adopted it, ends every
+// process in it and removes it, as for one the supervisor started.
+func FindRunning(pidFile string, cgs *Cgroups, log zerolog.Logger) (*Found, error) {
 	data, err := readLimited(pidFile)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -88,7 +93,9 @@ func FindRunning(pidFile string, log zerolog.Logger) (*Found, error) {
 		removeFile(pidFile, log)
 		return nil, nil
 	}
-	return &Found{Record: rec, path: pidFile, p: watch(rec.PGID, pidfd, time.Now(), false)}, nil
+	p := watch(rec.PGID, pidfd, time.Now(), false)
+	p.cg = cgs.find(rec.PGID)
+	return &Found{Record: rec, path: pidFile, p: p}, nil
 }
 
 // PIDFile is the PID file it was found by.

@@ -70,7 +70,7 @@ func TestDetachThenAdopt(t *testing.T) {
 		t.Fatalf("pid file holds %+v, want pgid %d release 1.2.3 epoch 7", rec, pid)
 	}
 
-	f, err := FindRunning(cfg.PIDFile, testLogger(t))
+	f, err := FindRunning(cfg.PIDFile, nil, testLogger(t))
 	if err != nil || f == nil {
 		t.Fatalf("FindRunning = %v, %v; want the detached process", f, err)
 	}
@@ -156,7 +156,7 @@ func TestAdoptNonChild(t *testing.T) {
 	if _, err := WritePIDRecord(cfg.PIDFile, pid, "2.0.0", 3); err != nil {
 		t.Fatal(err)
 	}
-	f, err := FindRunning(cfg.PIDFile, testLogger(t))
+	f, err := FindRunning(cfg.PIDFile, nil, testLogger(t))
 	if err != nil || f == nil {
 		t.Fatalf("FindRunning = %v, %v", f, err)
 	}
@@ -188,7 +188,7 @@ func TestFoundStop(t *testing.T) {
 	if _, err := WritePIDRecord(pidFile, pid, "1.0.0", 1); err != nil {
 		t.Fatal(err)
 	}
-	f, err := FindRunning(pidFile, testLogger(t))
+	f, err := FindRunning(pidFile, nil, testLogger(t))
 	if err != nil || f == nil {
 		t.Fatalf("FindRunning = %v, %v", f, err)
 	}
@@ -196,7 +196,7 @@ func TestFoundStop(t *testing.T) {
 	if !pidAlive(pid) {
 		t.Fatal("Release stopped the process")
 	}
-	f, err = FindRunning(pidFile, testLogger(t))
+	f, err = FindRunning(pidFile, nil, testLogger(t))
 	if err != nil || f == nil {
 		t.Fatalf("FindRunning after Release = %v, %v", f, err)
 	}
@@ -241,7 +241,7 @@ func TestFindRunningFindsNothingUnproven(t *testing.T) {
 			if err := os.WriteFile(pidFile, []byte(tc.content), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			f, err := FindRunning(pidFile, testLogger(t))
+			f, err := FindRunning(pidFile, nil, testLogger(t))
 			if err != nil || f != nil {
 				t.Fatalf("FindRunning = %+v, %v; want nothing", f, err)
 			}
@@ -250,7 +250,7 @@ func TestFindRunningFindsNothingUnproven(t *testing.T) {
 			}
 		})
 	}
-	if f, err := FindRunning(filepath.Join(t.TempDir(), "missing.pid"), testLogger(t)); f != nil || err != nil {
+	if f, err := FindRunning(filepath.Join(t.TempDir(), "missing.pid"), nil, testLogger(t)); f != nil || err != nil {
 		t.Fatalf("FindRunning without a file = %v, %v", f, err)
 	}
 	select {

@@ -47,8 +47,14 @@ func truncate(s string, n int) string {
 // waitGroupGone polls until no live member of group pgid is left or the
 // deadline passes; it reports whether the group is gone.
 func waitGroupGone(pgid int, deadline time.Time) bool {
+	return waitGone(func() bool { return groupAlive(pgid) }, deadline)
+}
+
+// waitGone polls until alive is false or the deadline passes; it reports
+// whether alive became false.
+func waitGone(alive func() bool, deadline time.Time) bool {
 	for {
-		if !groupAlive(pgid) {
+		if !alive() {
 			return true
 		}
 		left := time.Until(deadline)
@@ -57,6 +63,12 @@ func waitGroupGone(pgid int, deadline time.Time) bool {
 		}
 		time.Sleep(min(left, 20*time.Millisecond))
 	}
+}
+
+// alive reports whether a member of p's process group, or a process of its
+// cgroup, is alive (not a zombie).
+func (p *proc) alive() bool {
+	return groupAlive(p.pgid) || (p.cg != nil && p.cg.alive())
 }
 
 // groupAlive reports whether process group pgid has a member that is not a

@@ -47,6 +47,7 @@ const pollGone = 100 * time.Millisecond
 // so that no one else's wait loses its child.
 type proc struct {
 	pgid    int
+	cg      *cgroup // nil: a process group alone
 	started time.Time
 	spawned bool // started by this supervisor: reaped here
 

@@ -14,6 +14,14 @@
 // without supervising it (fleetwave-agent stop-services). RotateLog bounds
 // the log files.
 //
+// Where cgroups are usable (Cgroups, OpenCgroups: root, cgroup v1 or v2,
+// through containerd/cgroups) every instance also runs in its own cgroup
+// below the agent's, with the service's Limits (memory, cpu weight,
+// tasks), entered before any of the service's code runs (a /bin/sh gate);
+// a stop or a crash ends every process in it, those that left the process
+// group too, and removes it; a kill at the memory limit is reported as an
+// OOMError; FindRunning finds an adopted process's cgroup again.
+//
 // It is Linux only (process groups, /proc). It must not import etcd, the
 // coordinator or any other agent package; it knows nothing about checks or
 // the lifecycle, and of a release only the name it records.
@@ -87,6 +95,14 @@ type Config struct {
 	// Credential, if set, runs the process (and every restart) as that
 	// user and group (the agent must be root).
 	Credential *syscall.Credential
+	// Cgroups, if usable, gives every instance of the process its own
+	// cgroup below the agent's, with Limits, entered before the process
+	// runs any of its own code; a stop, or the exit of the process, ends
+	// every process left in it, and it is removed. Unusable or nil: the
+	// process group alone, and Limits with MemoryMax or TasksMax set fail
+	// every start (ErrCgroupsUnusable); a CPUWeight alone is not applied.
+	Cgroups *Cgroups
+	Limits  Limits
 }
 
 // Exit is one exit of the supervised process.
@@ -262,21 +278,59 @@ func (s *Supervisor) spawn(logf *os.File) (*proc, error) {
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: s.cfg.Credential}
+	var cg *cgroup
+	if s.cfg.Cgroups.Usable() {
+		var err error
+		if cg, err = s.cfg.Cgroups.create(s.cfg.Service, s.cfg.Limits); err != nil {
+			return nil, fmt.Errorf("start %s: %w", s.cfg.Service, err)
+		}
+	} else if s.cfg.Limits.MemoryMax > 0 || s.cfg.Limits.TasksMax > 0 {
+		return nil, fmt.Errorf("start %s: memory or tasks limit: %w: %s", s.cfg.Service, ErrCgroupsUnusable, s.cfg.Cgroups.Reason())
+	}
 	started := func(int) {}
 	if s.cfg.Prepare != nil {
 		f, err := s.cfg.Prepare(cmd)
 		if err != nil {
+			s.removeCgroup(cg)
 			return nil, fmt.Errorf("start %s: %w", s.cfg.Service, err)
 		}
 		if f != nil {
 			started = f
 		}
 	}
+	var open func() error
+	if cg != nil {
+		var err error
+		if open, err = gate(cmd); err != nil {
+			started(0)
+			s.removeCgroup(cg)
+			return nil, fmt.Errorf("start %s: %w", s.cfg.Service, err)
+		}
+	}
 	if err := cmd.Start(); err != nil {
 		started(0)
+		if open != nil {
+			_ = open() // closes the pipe
+		}
+		s.removeCgroup(cg)
 		return nil, fmt.Errorf("start %s: exec %q: %w", s.cfg.Service, s.cfg.Command[0], err)
 	}
 	pid := cmd.Process.Pid
+	if cg != nil {
+		// The gate holds the process in /bin/sh until it is in its cgroup:
+		// none of the service's code runs outside its limits.
+		err := cg.add(pid)
+		if err == nil {
+			err = open()
+		}
+		if err != nil {
+			started(0)
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			s.removeCgroup(cg)
+			return nil, fmt.Errorf("start %s: %w", s.cfg.Service, err)
+		}
+	}
 	started(pid)
 	startedAt := time.Now()
 	// The child is reaped through the pidfd (or wait4 without pidfds), not
@@ -290,7 +344,12 @@ func (s *Supervisor) spawn(logf *os.File) (*proc, error) {
 	// exist.
 	s.writePIDFile(pid)
 	p := watch(pid, pidfd, startedAt, true)
-	s.log.Info().Int("pid", pid).Int("restarts", s.Restarts()).Msg("process started")
+	p.cg = cg
+	ev := s.log.Info().Int("pid", pid).Int("restarts", s.Restarts())
+	if cg != nil {
+		ev = ev.Str("cgroup", cg.path)
+	}
+	ev.Msg("process started")
 	return p, nil
 }
 
@@ -332,12 +391,19 @@ func (s *Supervisor) run(p *proc, logf *os.File) {
 				if err := killGroup(p.pgid, syscall.SIGKILL); err != nil {
 					s.log.Warn().Err(err).Int("pid", p.pgid).Msg("SIGKILL orphans of the exited process")
 				}
+				exitErr, reason := p.err, "exited"
+				if p.cg != nil {
+					if p.cg.oomKills() > 0 {
+						exitErr, reason = &OOMError{MemoryMax: p.cg.limits.MemoryMax, Err: p.err}, "memory limit"
+					}
+					s.removeCgroup(p.cg) // and every orphan in it
+				}
 				if ran >= backoffResetAfter {
 					backoff = s.cfg.MinBackoff
 				}
-				s.emit(Exit{At: time.Now(), Err: p.err, Restarts: s.Restarts()})
-				s.log.Warn().Err(p.err).Int("pid", p.pgid).Dur("ran", ran).Dur("backoff", backoff).
-					Str("reason", "exited").Msg("process exited, restarting")
+				s.emit(Exit{At: time.Now(), Err: exitErr, Restarts: s.Restarts()})
+				s.log.Warn().Err(exitErr).Int("pid", p.pgid).Dur("ran", ran).Dur("backoff", backoff).
+					Str("reason", reason).Msg("process exited, restarting")
 				p = nil
 			}
 		}
@@ -381,13 +447,19 @@ func terminate(p *proc, grace time.Duration, log zerolog.Logger) {
 	if err := killGroup(p.pgid, syscall.SIGTERM); err != nil {
 		log.Warn().Err(err).Int("pid", p.pgid).Msg("SIGTERM process group")
 	}
+	if p.cg != nil {
+		// Those that left the process group (daemons) are told too, once:
+		// a second SIGTERM means "now" to some programs.
+		p.cg.signalOutside(p.pgid, syscall.SIGTERM)
+	}
 	timer := time.NewTimer(grace)
 	defer timer.Stop()
 	select {
 	case <-p.done:
-		// The leader is gone; give the rest of the group the remaining grace.
-		waitGroupGone(p.pgid, deadline)
-		if groupAlive(p.pgid) {
+		// The leader is gone; give the rest of the group (and of the
+		// cgroup) the remaining grace.
+		waitGone(p.alive, deadline)
+		if p.alive() {
 			log.Warn().Int("pid", p.pgid).Str("reason", "grace expired").Msg("SIGKILL process group")
 			if err := killGroup(p.pgid, syscall.SIGKILL); err != nil {
 				log.Warn().Err(err).Int("pid", p.pgid).Msg("SIGKILL process group")
@@ -398,9 +470,30 @@ func terminate(p *proc, grace time.Duration, log zerolog.Logger) {
 		if err := killGroup(p.pgid, syscall.SIGKILL); err != nil {
 			log.Warn().Err(err).Int("pid", p.pgid).Msg("SIGKILL process group")
 		}
+		if p.cg != nil {
+			if err := p.cg.killAll(); err != nil {
+				log.Warn().Err(err).Str("cgroup", p.cg.path).Msg("SIGKILL cgroup")
+			}
+		}
 		<-p.done
 	}
+	if p.cg != nil {
+		// Every process left in the cgroup is killed, then it is removed.
+		if err := p.cg.remove(); err != nil {
+			log.Warn().Err(err).Str("cgroup", p.cg.path).Msg("remove cgroup")
+		}
+	}
 	log.Debug().AnErr("wait", p.err).Int("pid", p.pgid).Msg("process exited on stop")
+}
+
+// removeCgroup ends whatever is left in cg (nil: nothing) and removes it.
+func (s *Supervisor) removeCgroup(cg *cgroup) {
+	if cg == nil {
+		return
+	}
+	if err := cg.remove(); err != nil {
+		s.log.Warn().Err(err).Str("cgroup", cg.path).Msg("remove cgroup")
+	}
 }
 
 // emit sends e without ever blocking: when the buffer is full the oldest

@@ -79,6 +79,18 @@ func helperMain(mode string) {
 			os.Exit(2)
 		}
 		os.Exit(0)
+	case "hog": // allocates and touches memory, 1 MiB at a time, up to 1 GiB
+		var keep [][]byte
+		fmt.Printf("ready pid=%d\n", os.Getpid())
+		for range 1024 {
+			b := make([]byte, 1<<20)
+			for i := 0; i < len(b); i += 4096 {
+				b[i] = 1
+			}
+			keep = append(keep, b)
+		}
+		fmt.Printf("hog survived with %d MiB\n", len(keep))
+		serveUntilTerm()
 	default:
 		fmt.Fprintf(os.Stderr, "unknown helper mode %q\n", mode)
 		os.Exit(2)
@@ -573,7 +585,7 @@ func TestFindRunningRejectsBadFiles(t *testing.T) {
 		if err := os.WriteFile(p, []byte(content+"\n"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if f, err := FindRunning(p, testLogger(t)); f != nil || err != nil {
+		if f, err := FindRunning(p, nil, testLogger(t)); f != nil || err != nil {
 			t.Fatalf("FindRunning(%q) = %+v, %v; want nothing", content, f, err)
 		}
 		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {

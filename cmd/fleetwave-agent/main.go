@@ -19,6 +19,7 @@ import (
 	"syscall"
 
 	"github.com/fleetwave/fleetwave/agent"
+	"github.com/fleetwave/fleetwave/agent/supervise"
 	"github.com/fleetwave/fleetwave/internal/gossip"
 	"github.com/fleetwave/fleetwave/internal/signing"
 	"github.com/fleetwave/fleetwave/internal/spec"
@@ -114,6 +115,7 @@ func runStopServices(ctx context.Context, args []string, stderr io.Writer) int {
 	}
 	dataDir := fs.String("data-dir", "/var/lib/fleetwave-agent", "the agent's data directory")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	cgroupParent := fs.String("cgroup-parent", supervise.DefaultCgroupParent, "the agent's --cgroup-parent: a service's whole cgroup is stopped")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -131,7 +133,7 @@ func runStopServices(ctx context.Context, args []string, stderr io.Writer) int {
 		return 2
 	}
 	log := zerolog.New(stderr).Level(level).With().Timestamp().Logger()
-	if err := agent.StopServices(ctx, *dataDir, log); err != nil {
+	if err := agent.StopServices(ctx, *dataDir, *cgroupParent, log); err != nil {
 		log.Error().Err(err).Msg("stop services failed")
 		return 1
 	}
@@ -175,6 +177,7 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 	insecureFlag := fs.Bool("insecure", false, "plain-text connection to the coordinators (tests and trials only)")
 	logMax := fs.Int64("service-log-max-bytes", agent.DefaultServiceLogMaxBytes, "rotate a service's log (DATA-DIR/logs/SERVICE.log) when it reaches this size (copy-truncate; -1 = never)")
 	logKeep := fs.Int("service-log-keep", agent.DefaultServiceLogKeep, "rotated files kept per service log (SERVICE.log.1 is the newest)")
+	cgroupParent := fs.String("cgroup-parent", supervise.DefaultCgroupParent, "cgroup (relative to the hierarchy's root) below which each service process gets its own (as root, on cgroup v1 or v2)")
 	keepReleases := fs.Int("keep-releases", agent.DefaultKeepReleases, "unpacked releases kept per service (the newest; the current and last good ones are always kept)")
 	upgradeDeadline := fs.Duration("upgrade-deadline", agent.DefaultUpgradeDeadline, fmt.Sprintf("a new agent binary (fleetwave agent upgrade) that does not connect within this is stopped and this agent runs again (%s to %s)", agent.MinUpgradeDeadline, agent.MaxUpgradeDeadline))
 	if err := fs.Parse(args); err != nil {
@@ -233,6 +236,7 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 	if d := *upgradeDeadline; d < agent.MinUpgradeDeadline || d > agent.MaxUpgradeDeadline {
 		return agent.Config{}, 0, bad("upgrade-deadline", d.String(), fmt.Sprintf("want %s to %s", agent.MinUpgradeDeadline, agent.MaxUpgradeDeadline))
 	}
+	cfg.CgroupParent = *cgroupParent
 	cfg.ServiceLogMaxBytes = *logMax
 	cfg.ServiceLogKeep = *logKeep
 	if *logKeep == 0 {

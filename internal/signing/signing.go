@@ -360,7 +360,7 @@ func isSHA256(s string) bool {
 // SpecDigest is the hex sha256 of what an agent runs of a service spec:
 // its name and everything that affects hosts by the one rule of package
 // specdiff (run: command, env, user, sockets, grace and readiness
-// settings; hooks, checks, min_healthy_time, healthy_deadline, analysis;
+// settings; hooks, resources, checks, min_healthy_time, healthy_deadline, analysis;
 // and any field added later, unless specdiff declares it coordinator-only),
 // in the deterministic protobuf encoding. The selector, rollout policy and
 // alerts decide which hosts and how fast, not what runs, and are left out

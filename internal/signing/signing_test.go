@@ -362,6 +362,12 @@ func TestSpecDigest(t *testing.T) {
 		"hooks.after_install": func(s *v1.ServiceSpec) {
 			s.Hooks = &v1.Hooks{AfterInstall: &v1.Hook{Command: []string{"./migrate"}}}
 		},
+		"resources.memory_max": func(s *v1.ServiceSpec) {
+			s.Resources = &v1.Resources{MemoryMax: "256Mi"}
+		},
+		"resources.tasks_max": func(s *v1.ServiceSpec) {
+			s.Resources = &v1.Resources{TasksMax: 64}
+		},
 		"hooks.before_stop": func(s *v1.ServiceSpec) {
 			s.Hooks = &v1.Hooks{BeforeStop: &v1.Hook{Command: []string{"./deregister"}}}
 		},

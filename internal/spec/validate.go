@@ -79,6 +79,7 @@ func Validate(s *v1.ServiceSpec) error {
 	validateHandover(&p, s)
 	validateHooks(&p, s)
 	validateUser(&p, s.GetRun())
+	validateResources(&p, s.GetResources())
 	validateChecks(&p, s.GetChecks())
 	mht := validDuration(&p, "min_healthy_time", s.GetMinHealthyTime())
 	hd := validDuration(&p, "healthy_deadline", s.GetHealthyDeadline())

@@ -56,6 +56,7 @@ func TestRule(t *testing.T) {
 		{"run.group", func(s *v1.ServiceSpec) { s.Run.User, s.Run.Group = "web", "web" }, []string{"run.user", "run.group"}, nil, nil},
 		{"run unset", func(s *v1.ServiceSpec) { s.Run = nil }, []string{"run"}, nil, nil},
 		{"hooks", func(s *v1.ServiceSpec) { s.Hooks = &v1.Hooks{Validate: &v1.Hook{Command: []string{"./validate"}}} }, []string{"hooks"}, nil, nil},
+		{"resources", func(s *v1.ServiceSpec) { s.Resources = &v1.Resources{MemoryMax: "256Mi"} }, []string{"resources"}, nil, nil},
 		{"checks", func(s *v1.ServiceSpec) { s.Checks[0].GetHttp().Url = "http://127.0.0.1:8080/ready" }, []string{"checks"}, nil, nil},
 		{"checks removed", func(s *v1.ServiceSpec) { s.Checks = nil }, []string{"checks"}, nil, nil},
 		{"min_healthy_time", func(s *v1.ServiceSpec) { s.MinHealthyTime = durationpb.New(2 * time.Second) }, []string{"min_healthy_time"}, nil, nil},
@@ -93,7 +94,7 @@ func TestRule(t *testing.T) {
 // that TestRule does not exercise: decide its kind (the default is Host)
 // and add a row.
 func TestEveryFieldHasARow(t *testing.T) {
-	covered := []string{"name", "selector", "run", "checks", "min_healthy_time", "healthy_deadline", "rollout", "analysis", "alerts", "hooks"}
+	covered := []string{"name", "selector", "run", "checks", "min_healthy_time", "healthy_deadline", "rollout", "analysis", "alerts", "hooks", "resources"}
 	fields := (&v1.ServiceSpec{}).ProtoReflect().Descriptor().Fields()
 	for i := range fields.Len() {
 		if n := string(fields.Get(i).Name()); !slices.Contains(covered, n) {

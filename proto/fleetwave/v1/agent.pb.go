@@ -105,11 +105,16 @@ func (*ConnectRequest_Hello) isConnectRequest_Msg() {}
 func (*ConnectRequest_Report) isConnectRequest_Msg() {}
 
 type Hello struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	HostId        string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
-	Labels        map[string]string      `protobuf:"bytes,2,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	AgentVersion  string                 `protobuf:"bytes,3,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
-	Services      []*ServiceReport       `protobuf:"bytes,4,rep,name=services,proto3" json:"services,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	HostId       string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	Labels       map[string]string      `protobuf:"bytes,2,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	AgentVersion string                 `protobuf:"bytes,3,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	Services     []*ServiceReport       `protobuf:"bytes,4,rep,name=services,proto3" json:"services,omitempty"`
+	// What confines the host's services: "v1 <parent>" or "v2 <parent>" (each
+	// service process in its own cgroup below parent), or "none: <why>"
+	// (process groups alone; specs with resources.memory_max or tasks_max
+	// are refused). At most 512 bytes. Empty from agents before cgroups.
+	Cgroups       string `protobuf:"bytes,5,opt,name=cgroups,proto3" json:"cgroups,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -170,6 +175,13 @@ func (x *Hello) GetServices() []*ServiceReport {
 		return x.Services
 	}
 	return nil
+}
+
+func (x *Hello) GetCgroups() string {
+	if x != nil {
+		return x.Cgroups
+	}
+	return ""
 }
 
 type ConnectResponse struct {
@@ -503,12 +515,13 @@ const file_fleetwave_v1_agent_proto_rawDesc = "" +
 	"\x0eConnectRequest\x12+\n" +
 	"\x05hello\x18\x01 \x01(\v2\x13.fleetwave.v1.HelloH\x00R\x05hello\x125\n" +
 	"\x06report\x18\x02 \x01(\v2\x1b.fleetwave.v1.ServiceReportH\x00R\x06reportB\x05\n" +
-	"\x03msg\"\xf2\x01\n" +
+	"\x03msg\"\x8c\x02\n" +
 	"\x05Hello\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x127\n" +
 	"\x06labels\x18\x02 \x03(\v2\x1f.fleetwave.v1.Hello.LabelsEntryR\x06labels\x12#\n" +
 	"\ragent_version\x18\x03 \x01(\tR\fagentVersion\x127\n" +
-	"\bservices\x18\x04 \x03(\v2\x1b.fleetwave.v1.ServiceReportR\bservices\x1a9\n" +
+	"\bservices\x18\x04 \x03(\v2\x1b.fleetwave.v1.ServiceReportR\bservices\x12\x18\n" +
+	"\acgroups\x18\x05 \x01(\tR\acgroups\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb2\x01\n" +

@@ -312,7 +312,10 @@ type ServiceSpec struct {
 	// Where people are told when a rollout fails.
 	Alerts *Alerts `protobuf:"bytes,9,opt,name=alerts,proto3" json:"alerts,omitempty"`
 	// Commands the agent runs at points of a release's life on the host.
-	Hooks         *Hooks `protobuf:"bytes,10,opt,name=hooks,proto3" json:"hooks,omitempty"`
+	Hooks *Hooks `protobuf:"bytes,10,opt,name=hooks,proto3" json:"hooks,omitempty"`
+	// Resource limits of every process of the service (Linux cgroups; see
+	// the README for v1, v2 and hosts without usable cgroups).
+	Resources     *Resources `protobuf:"bytes,11,opt,name=resources,proto3" json:"resources,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -417,6 +420,83 @@ func (x *ServiceSpec) GetHooks() *Hooks {
 	return nil
 }
 
+func (x *ServiceSpec) GetResources() *Resources {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+// Resources limit a service's processes: each instance runs in its own
+// cgroup with these limits. Unset (zero) fields are not limited.
+type Resources struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Memory limit in bytes, written with a binary unit ("256Mi", "1Gi") or
+	// as a plain number of bytes; at least 1Mi. The kernel kills a process of
+	// the service when the service needs more (reported as such).
+	MemoryMax string `protobuf:"bytes,1,opt,name=memory_max,json=memoryMax,proto3" json:"memory_max,omitempty"`
+	// CPU weight relative to other cgroups, 1..10000 (cgroup v2's scale;
+	// cgroup v1 gets cpu.shares = weight * 1024 / 100). Unset: the kernel's
+	// default (100).
+	CpuWeight uint32 `protobuf:"varint,2,opt,name=cpu_weight,json=cpuWeight,proto3" json:"cpu_weight,omitempty"`
+	// Most tasks (processes and threads) the service may have at once; a
+	// fork or thread creation beyond it fails. 1..4194304.
+	TasksMax      uint32 `protobuf:"varint,3,opt,name=tasks_max,json=tasksMax,proto3" json:"tasks_max,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Resources) Reset() {
+	*x = Resources{}
+	mi := &file_fleetwave_v1_types_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Resources) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Resources) ProtoMessage() {}
+
+func (x *Resources) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_types_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Resources.ProtoReflect.Descriptor instead.
+func (*Resources) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Resources) GetMemoryMax() string {
+	if x != nil {
+		return x.MemoryMax
+	}
+	return ""
+}
+
+func (x *Resources) GetCpuWeight() uint32 {
+	if x != nil {
+		return x.CpuWeight
+	}
+	return 0
+}
+
+func (x *Resources) GetTasksMax() uint32 {
+	if x != nil {
+		return x.TasksMax
+	}
+	return 0
+}
+
 // Hooks are commands the agent runs at points of a release's life on a
 // host, each from the directory of the release it belongs to, in its own
 // process group, as the service's user, with its output in the service
@@ -441,7 +521,7 @@ type Hooks struct {
 
 func (x *Hooks) Reset() {
 	*x = Hooks{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[1]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -453,7 +533,7 @@ func (x *Hooks) String() string {
 func (*Hooks) ProtoMessage() {}
 
 func (x *Hooks) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[1]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -466,7 +546,7 @@ func (x *Hooks) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hooks.ProtoReflect.Descriptor instead.
 func (*Hooks) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{1}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Hooks) GetAfterInstall() *Hook {
@@ -519,7 +599,7 @@ type Hook struct {
 
 func (x *Hook) Reset() {
 	*x = Hook{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[2]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -531,7 +611,7 @@ func (x *Hook) String() string {
 func (*Hook) ProtoMessage() {}
 
 func (x *Hook) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[2]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -544,7 +624,7 @@ func (x *Hook) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hook.ProtoReflect.Descriptor instead.
 func (*Hook) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{2}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Hook) GetCommand() []string {
@@ -591,7 +671,7 @@ type Analysis struct {
 
 func (x *Analysis) Reset() {
 	*x = Analysis{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[3]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -603,7 +683,7 @@ func (x *Analysis) String() string {
 func (*Analysis) ProtoMessage() {}
 
 func (x *Analysis) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[3]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -616,7 +696,7 @@ func (x *Analysis) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Analysis.ProtoReflect.Descriptor instead.
 func (*Analysis) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{3}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Analysis) GetMetricsUrl() string {
@@ -685,7 +765,7 @@ type AnalysisRule struct {
 
 func (x *AnalysisRule) Reset() {
 	*x = AnalysisRule{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[4]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -697,7 +777,7 @@ func (x *AnalysisRule) String() string {
 func (*AnalysisRule) ProtoMessage() {}
 
 func (x *AnalysisRule) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[4]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -710,7 +790,7 @@ func (x *AnalysisRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AnalysisRule.ProtoReflect.Descriptor instead.
 func (*AnalysisRule) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{4}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *AnalysisRule) GetName() string {
@@ -814,7 +894,7 @@ type ErrorRatioRule struct {
 
 func (x *ErrorRatioRule) Reset() {
 	*x = ErrorRatioRule{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[5]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -826,7 +906,7 @@ func (x *ErrorRatioRule) String() string {
 func (*ErrorRatioRule) ProtoMessage() {}
 
 func (x *ErrorRatioRule) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[5]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -839,7 +919,7 @@ func (x *ErrorRatioRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ErrorRatioRule.ProtoReflect.Descriptor instead.
 func (*ErrorRatioRule) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{5}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ErrorRatioRule) GetMetric() string {
@@ -903,7 +983,7 @@ type LatencyRule struct {
 
 func (x *LatencyRule) Reset() {
 	*x = LatencyRule{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[6]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -915,7 +995,7 @@ func (x *LatencyRule) String() string {
 func (*LatencyRule) ProtoMessage() {}
 
 func (x *LatencyRule) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[6]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -928,7 +1008,7 @@ func (x *LatencyRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LatencyRule.ProtoReflect.Descriptor instead.
 func (*LatencyRule) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{6}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *LatencyRule) GetMetric() string {
@@ -976,7 +1056,7 @@ type RestartsRule struct {
 
 func (x *RestartsRule) Reset() {
 	*x = RestartsRule{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[7]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -988,7 +1068,7 @@ func (x *RestartsRule) String() string {
 func (*RestartsRule) ProtoMessage() {}
 
 func (x *RestartsRule) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[7]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1001,7 +1081,7 @@ func (x *RestartsRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartsRule.ProtoReflect.Descriptor instead.
 func (*RestartsRule) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{7}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RestartsRule) GetMax() uint32 {
@@ -1026,7 +1106,7 @@ type PromQLRule struct {
 
 func (x *PromQLRule) Reset() {
 	*x = PromQLRule{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[8]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1038,7 +1118,7 @@ func (x *PromQLRule) String() string {
 func (*PromQLRule) ProtoMessage() {}
 
 func (x *PromQLRule) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[8]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1051,7 +1131,7 @@ func (x *PromQLRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromQLRule.ProtoReflect.Descriptor instead.
 func (*PromQLRule) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{8}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PromQLRule) GetQuery() string {
@@ -1086,7 +1166,7 @@ type Alerts struct {
 
 func (x *Alerts) Reset() {
 	*x = Alerts{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[9]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1098,7 +1178,7 @@ func (x *Alerts) String() string {
 func (*Alerts) ProtoMessage() {}
 
 func (x *Alerts) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[9]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1111,7 +1191,7 @@ func (x *Alerts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Alerts.ProtoReflect.Descriptor instead.
 func (*Alerts) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{9}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Alerts) GetWebhookUrl() string {
@@ -1164,7 +1244,7 @@ type RunSpec struct {
 
 func (x *RunSpec) Reset() {
 	*x = RunSpec{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[10]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1176,7 +1256,7 @@ func (x *RunSpec) String() string {
 func (*RunSpec) ProtoMessage() {}
 
 func (x *RunSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[10]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1189,7 +1269,7 @@ func (x *RunSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunSpec.ProtoReflect.Descriptor instead.
 func (*RunSpec) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{10}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RunSpec) GetCommand() []string {
@@ -1279,7 +1359,7 @@ type Socket struct {
 
 func (x *Socket) Reset() {
 	*x = Socket{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[11]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1291,7 +1371,7 @@ func (x *Socket) String() string {
 func (*Socket) ProtoMessage() {}
 
 func (x *Socket) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[11]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1304,7 +1384,7 @@ func (x *Socket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Socket.ProtoReflect.Descriptor instead.
 func (*Socket) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{11}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Socket) GetName() string {
@@ -1336,7 +1416,7 @@ type PreStop struct {
 
 func (x *PreStop) Reset() {
 	*x = PreStop{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[12]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1348,7 +1428,7 @@ func (x *PreStop) String() string {
 func (*PreStop) ProtoMessage() {}
 
 func (x *PreStop) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[12]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1361,7 +1441,7 @@ func (x *PreStop) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreStop.ProtoReflect.Descriptor instead.
 func (*PreStop) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{12}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PreStop) GetCommand() []string {
@@ -1398,7 +1478,7 @@ type Check struct {
 
 func (x *Check) Reset() {
 	*x = Check{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[13]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1410,7 +1490,7 @@ func (x *Check) String() string {
 func (*Check) ProtoMessage() {}
 
 func (x *Check) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[13]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1423,7 +1503,7 @@ func (x *Check) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Check.ProtoReflect.Descriptor instead.
 func (*Check) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{13}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Check) GetName() string {
@@ -1514,7 +1594,7 @@ type HttpCheck struct {
 
 func (x *HttpCheck) Reset() {
 	*x = HttpCheck{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[14]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1526,7 +1606,7 @@ func (x *HttpCheck) String() string {
 func (*HttpCheck) ProtoMessage() {}
 
 func (x *HttpCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[14]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1539,7 +1619,7 @@ func (x *HttpCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HttpCheck.ProtoReflect.Descriptor instead.
 func (*HttpCheck) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{14}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *HttpCheck) GetUrl() string {
@@ -1566,7 +1646,7 @@ type TcpCheck struct {
 
 func (x *TcpCheck) Reset() {
 	*x = TcpCheck{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[15]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1578,7 +1658,7 @@ func (x *TcpCheck) String() string {
 func (*TcpCheck) ProtoMessage() {}
 
 func (x *TcpCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[15]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1591,7 +1671,7 @@ func (x *TcpCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TcpCheck.ProtoReflect.Descriptor instead.
 func (*TcpCheck) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{15}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *TcpCheck) GetAddress() string {
@@ -1611,7 +1691,7 @@ type ExecCheck struct {
 
 func (x *ExecCheck) Reset() {
 	*x = ExecCheck{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[16]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1623,7 +1703,7 @@ func (x *ExecCheck) String() string {
 func (*ExecCheck) ProtoMessage() {}
 
 func (x *ExecCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[16]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1636,7 +1716,7 @@ func (x *ExecCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecCheck.ProtoReflect.Descriptor instead.
 func (*ExecCheck) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{16}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ExecCheck) GetCommand() []string {
@@ -1681,7 +1761,7 @@ type RolloutPolicy struct {
 
 func (x *RolloutPolicy) Reset() {
 	*x = RolloutPolicy{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[17]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1693,7 +1773,7 @@ func (x *RolloutPolicy) String() string {
 func (*RolloutPolicy) ProtoMessage() {}
 
 func (x *RolloutPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[17]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1706,7 +1786,7 @@ func (x *RolloutPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutPolicy.ProtoReflect.Descriptor instead.
 func (*RolloutPolicy) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{17}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RolloutPolicy) GetCanary() uint32 {
@@ -1794,7 +1874,7 @@ type Artifact struct {
 
 func (x *Artifact) Reset() {
 	*x = Artifact{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[18]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1806,7 +1886,7 @@ func (x *Artifact) String() string {
 func (*Artifact) ProtoMessage() {}
 
 func (x *Artifact) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[18]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1819,7 +1899,7 @@ func (x *Artifact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Artifact.ProtoReflect.Descriptor instead.
 func (*Artifact) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{18}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Artifact) GetSha256() string {
@@ -1863,7 +1943,7 @@ type Release struct {
 
 func (x *Release) Reset() {
 	*x = Release{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[19]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1875,7 +1955,7 @@ func (x *Release) String() string {
 func (*Release) ProtoMessage() {}
 
 func (x *Release) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[19]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1888,7 +1968,7 @@ func (x *Release) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Release.ProtoReflect.Descriptor instead.
 func (*Release) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{19}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Release) GetService() string {
@@ -1980,7 +2060,7 @@ type ReleaseManifest struct {
 
 func (x *ReleaseManifest) Reset() {
 	*x = ReleaseManifest{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[20]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1992,7 +2072,7 @@ func (x *ReleaseManifest) String() string {
 func (*ReleaseManifest) ProtoMessage() {}
 
 func (x *ReleaseManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[20]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2005,7 +2085,7 @@ func (x *ReleaseManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseManifest.ProtoReflect.Descriptor instead.
 func (*ReleaseManifest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{20}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ReleaseManifest) GetService() string {
@@ -2109,7 +2189,7 @@ type RollbackStatement struct {
 
 func (x *RollbackStatement) Reset() {
 	*x = RollbackStatement{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2121,7 +2201,7 @@ func (x *RollbackStatement) String() string {
 func (*RollbackStatement) ProtoMessage() {}
 
 func (x *RollbackStatement) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2134,7 +2214,7 @@ func (x *RollbackStatement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackStatement.ProtoReflect.Descriptor instead.
 func (*RollbackStatement) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{21}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RollbackStatement) GetService() string {
@@ -2200,7 +2280,7 @@ type SignedRollback struct {
 
 func (x *SignedRollback) Reset() {
 	*x = SignedRollback{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2212,7 +2292,7 @@ func (x *SignedRollback) String() string {
 func (*SignedRollback) ProtoMessage() {}
 
 func (x *SignedRollback) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2225,7 +2305,7 @@ func (x *SignedRollback) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignedRollback.ProtoReflect.Descriptor instead.
 func (*SignedRollback) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{22}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SignedRollback) GetStatement() []byte {
@@ -2265,7 +2345,7 @@ type SignedManifest struct {
 
 func (x *SignedManifest) Reset() {
 	*x = SignedManifest{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2277,7 +2357,7 @@ func (x *SignedManifest) String() string {
 func (*SignedManifest) ProtoMessage() {}
 
 func (x *SignedManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2290,7 +2370,7 @@ func (x *SignedManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignedManifest.ProtoReflect.Descriptor instead.
 func (*SignedManifest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{23}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SignedManifest) GetManifest() []byte {
@@ -2356,7 +2436,7 @@ type ServiceStatus struct {
 
 func (x *ServiceStatus) Reset() {
 	*x = ServiceStatus{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2368,7 +2448,7 @@ func (x *ServiceStatus) String() string {
 func (*ServiceStatus) ProtoMessage() {}
 
 func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2381,7 +2461,7 @@ func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStatus.ProtoReflect.Descriptor instead.
 func (*ServiceStatus) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{24}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ServiceStatus) GetStableVersion() string {
@@ -2484,7 +2564,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[25]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2496,7 +2576,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[25]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2509,7 +2589,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{25}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Service) GetSpec() *ServiceSpec {
@@ -2558,7 +2638,7 @@ type HostProgress struct {
 
 func (x *HostProgress) Reset() {
 	*x = HostProgress{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[26]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2570,7 +2650,7 @@ func (x *HostProgress) String() string {
 func (*HostProgress) ProtoMessage() {}
 
 func (x *HostProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[26]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2583,7 +2663,7 @@ func (x *HostProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostProgress.ProtoReflect.Descriptor instead.
 func (*HostProgress) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{26}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *HostProgress) GetHostId() string {
@@ -2655,7 +2735,7 @@ type Wave struct {
 
 func (x *Wave) Reset() {
 	*x = Wave{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[27]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2667,7 +2747,7 @@ func (x *Wave) String() string {
 func (*Wave) ProtoMessage() {}
 
 func (x *Wave) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[27]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2680,7 +2760,7 @@ func (x *Wave) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Wave.ProtoReflect.Descriptor instead.
 func (*Wave) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{27}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Wave) GetIndex() uint32 {
@@ -2816,7 +2896,7 @@ type Rollout struct {
 
 func (x *Rollout) Reset() {
 	*x = Rollout{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[28]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2828,7 +2908,7 @@ func (x *Rollout) String() string {
 func (*Rollout) ProtoMessage() {}
 
 func (x *Rollout) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[28]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2841,7 +2921,7 @@ func (x *Rollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
 func (*Rollout) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{28}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Rollout) GetId() string {
@@ -3041,7 +3121,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[29]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3053,7 +3133,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[29]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3066,7 +3146,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{29}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Event) GetAt() *timestamppb.Timestamp {
@@ -3136,7 +3216,7 @@ type CheckResult struct {
 
 func (x *CheckResult) Reset() {
 	*x = CheckResult{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[30]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3148,7 +3228,7 @@ func (x *CheckResult) String() string {
 func (*CheckResult) ProtoMessage() {}
 
 func (x *CheckResult) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[30]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3161,7 +3241,7 @@ func (x *CheckResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResult.ProtoReflect.Descriptor instead.
 func (*CheckResult) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{30}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CheckResult) GetName() string {
@@ -3206,7 +3286,7 @@ type ServiceReport struct {
 
 func (x *ServiceReport) Reset() {
 	*x = ServiceReport{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[31]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3218,7 +3298,7 @@ func (x *ServiceReport) String() string {
 func (*ServiceReport) ProtoMessage() {}
 
 func (x *ServiceReport) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[31]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3231,7 +3311,7 @@ func (x *ServiceReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceReport.ProtoReflect.Descriptor instead.
 func (*ServiceReport) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{31}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ServiceReport) GetService() string {
@@ -3319,7 +3399,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[32]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3331,7 +3411,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[32]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3344,7 +3424,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{32}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Assignment) GetService() string {
@@ -3410,14 +3490,17 @@ type Host struct {
 	// Gossip (memberlist) state as the answering coordinator sees it: alive,
 	// suspect, dead, left, or "" when gossip is off or the host never joined.
 	// A hint only: decisions never start from it.
-	Gossip        string `protobuf:"bytes,8,opt,name=gossip,proto3" json:"gossip,omitempty"`
+	Gossip string `protobuf:"bytes,8,opt,name=gossip,proto3" json:"gossip,omitempty"`
+	// The agent's Hello.cgroups: "v1 /fleetwave", "v2 /fleetwave" or
+	// "none: <why>" ("" from agents before cgroups).
+	Cgroups       string `protobuf:"bytes,9,opt,name=cgroups,proto3" json:"cgroups,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Host) Reset() {
 	*x = Host{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[33]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3429,7 +3512,7 @@ func (x *Host) String() string {
 func (*Host) ProtoMessage() {}
 
 func (x *Host) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[33]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3442,7 +3525,7 @@ func (x *Host) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Host.ProtoReflect.Descriptor instead.
 func (*Host) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{33}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Host) GetId() string {
@@ -3501,11 +3584,18 @@ func (x *Host) GetGossip() string {
 	return ""
 }
 
+func (x *Host) GetCgroups() string {
+	if x != nil {
+		return x.Cgroups
+	}
+	return ""
+}
+
 var File_fleetwave_v1_types_proto protoreflect.FileDescriptor
 
 const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x18fleetwave/v1/types.proto\x12\ffleetwave.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc8\x04\n" +
+	"\x18fleetwave/v1/types.proto\x12\ffleetwave.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xff\x04\n" +
 	"\vServiceSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12C\n" +
 	"\bselector\x18\x02 \x03(\v2'.fleetwave.v1.ServiceSpec.SelectorEntryR\bselector\x12'\n" +
@@ -3517,10 +3607,17 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\banalysis\x18\b \x01(\v2\x16.fleetwave.v1.AnalysisR\banalysis\x12,\n" +
 	"\x06alerts\x18\t \x01(\v2\x14.fleetwave.v1.AlertsR\x06alerts\x12)\n" +
 	"\x05hooks\x18\n" +
-	" \x01(\v2\x13.fleetwave.v1.HooksR\x05hooks\x1a;\n" +
+	" \x01(\v2\x13.fleetwave.v1.HooksR\x05hooks\x125\n" +
+	"\tresources\x18\v \x01(\v2\x17.fleetwave.v1.ResourcesR\tresources\x1a;\n" +
 	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x91\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"f\n" +
+	"\tResources\x12\x1d\n" +
+	"\n" +
+	"memory_max\x18\x01 \x01(\tR\tmemoryMax\x12\x1d\n" +
+	"\n" +
+	"cpu_weight\x18\x02 \x01(\rR\tcpuWeight\x12\x1b\n" +
+	"\ttasks_max\x18\x03 \x01(\rR\btasksMax\"\x91\x02\n" +
 	"\x05Hooks\x127\n" +
 	"\rafter_install\x18\x01 \x01(\v2\x12.fleetwave.v1.HookR\fafterInstall\x125\n" +
 	"\fbefore_start\x18\x02 \x01(\v2\x12.fleetwave.v1.HookR\vbeforeStart\x123\n" +
@@ -3794,7 +3891,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x04spec\x18\x04 \x01(\v2\x19.fleetwave.v1.ServiceSpecR\x04spec\x128\n" +
 	"\brollback\x18\x05 \x01(\v2\x1c.fleetwave.v1.SignedRollbackR\brollback\x12#\n" +
 	"\rspec_revision\x18\x06 \x01(\x03R\fspecRevision\x12\x16\n" +
-	"\x06remove\x18\a \x01(\bR\x06remove\"\xf8\x02\n" +
+	"\x06remove\x18\a \x01(\bR\x06remove\"\x92\x03\n" +
 	"\x04Host\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x126\n" +
 	"\x06labels\x18\x02 \x03(\v2\x1e.fleetwave.v1.Host.LabelsEntryR\x06labels\x12\x1c\n" +
@@ -3803,7 +3900,8 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\bservices\x18\x05 \x03(\v2\x1b.fleetwave.v1.ServiceReportR\bservices\x12#\n" +
 	"\ragent_version\x18\x06 \x01(\tR\fagentVersion\x12 \n" +
 	"\vcoordinator\x18\a \x01(\tR\vcoordinator\x12\x16\n" +
-	"\x06gossip\x18\b \x01(\tR\x06gossip\x1a9\n" +
+	"\x06gossip\x18\b \x01(\tR\x06gossip\x12\x18\n" +
+	"\acgroups\x18\t \x01(\tR\acgroups\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\xc5\x01\n" +
@@ -3858,139 +3956,141 @@ func file_fleetwave_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_fleetwave_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_fleetwave_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_fleetwave_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_fleetwave_v1_types_proto_goTypes = []any{
 	(RolloutState)(0),             // 0: fleetwave.v1.RolloutState
 	(WaveState)(0),                // 1: fleetwave.v1.WaveState
 	(HostRolloutState)(0),         // 2: fleetwave.v1.HostRolloutState
 	(Phase)(0),                    // 3: fleetwave.v1.Phase
 	(*ServiceSpec)(nil),           // 4: fleetwave.v1.ServiceSpec
-	(*Hooks)(nil),                 // 5: fleetwave.v1.Hooks
-	(*Hook)(nil),                  // 6: fleetwave.v1.Hook
-	(*Analysis)(nil),              // 7: fleetwave.v1.Analysis
-	(*AnalysisRule)(nil),          // 8: fleetwave.v1.AnalysisRule
-	(*ErrorRatioRule)(nil),        // 9: fleetwave.v1.ErrorRatioRule
-	(*LatencyRule)(nil),           // 10: fleetwave.v1.LatencyRule
-	(*RestartsRule)(nil),          // 11: fleetwave.v1.RestartsRule
-	(*PromQLRule)(nil),            // 12: fleetwave.v1.PromQLRule
-	(*Alerts)(nil),                // 13: fleetwave.v1.Alerts
-	(*RunSpec)(nil),               // 14: fleetwave.v1.RunSpec
-	(*Socket)(nil),                // 15: fleetwave.v1.Socket
-	(*PreStop)(nil),               // 16: fleetwave.v1.PreStop
-	(*Check)(nil),                 // 17: fleetwave.v1.Check
-	(*HttpCheck)(nil),             // 18: fleetwave.v1.HttpCheck
-	(*TcpCheck)(nil),              // 19: fleetwave.v1.TcpCheck
-	(*ExecCheck)(nil),             // 20: fleetwave.v1.ExecCheck
-	(*RolloutPolicy)(nil),         // 21: fleetwave.v1.RolloutPolicy
-	(*Artifact)(nil),              // 22: fleetwave.v1.Artifact
-	(*Release)(nil),               // 23: fleetwave.v1.Release
-	(*ReleaseManifest)(nil),       // 24: fleetwave.v1.ReleaseManifest
-	(*RollbackStatement)(nil),     // 25: fleetwave.v1.RollbackStatement
-	(*SignedRollback)(nil),        // 26: fleetwave.v1.SignedRollback
-	(*SignedManifest)(nil),        // 27: fleetwave.v1.SignedManifest
-	(*ServiceStatus)(nil),         // 28: fleetwave.v1.ServiceStatus
-	(*Service)(nil),               // 29: fleetwave.v1.Service
-	(*HostProgress)(nil),          // 30: fleetwave.v1.HostProgress
-	(*Wave)(nil),                  // 31: fleetwave.v1.Wave
-	(*Rollout)(nil),               // 32: fleetwave.v1.Rollout
-	(*Event)(nil),                 // 33: fleetwave.v1.Event
-	(*CheckResult)(nil),           // 34: fleetwave.v1.CheckResult
-	(*ServiceReport)(nil),         // 35: fleetwave.v1.ServiceReport
-	(*Assignment)(nil),            // 36: fleetwave.v1.Assignment
-	(*Host)(nil),                  // 37: fleetwave.v1.Host
-	nil,                           // 38: fleetwave.v1.ServiceSpec.SelectorEntry
-	nil,                           // 39: fleetwave.v1.RunSpec.EnvEntry
-	nil,                           // 40: fleetwave.v1.Host.LabelsEntry
-	(*durationpb.Duration)(nil),   // 41: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 42: google.protobuf.Timestamp
+	(*Resources)(nil),             // 5: fleetwave.v1.Resources
+	(*Hooks)(nil),                 // 6: fleetwave.v1.Hooks
+	(*Hook)(nil),                  // 7: fleetwave.v1.Hook
+	(*Analysis)(nil),              // 8: fleetwave.v1.Analysis
+	(*AnalysisRule)(nil),          // 9: fleetwave.v1.AnalysisRule
+	(*ErrorRatioRule)(nil),        // 10: fleetwave.v1.ErrorRatioRule
+	(*LatencyRule)(nil),           // 11: fleetwave.v1.LatencyRule
+	(*RestartsRule)(nil),          // 12: fleetwave.v1.RestartsRule
+	(*PromQLRule)(nil),            // 13: fleetwave.v1.PromQLRule
+	(*Alerts)(nil),                // 14: fleetwave.v1.Alerts
+	(*RunSpec)(nil),               // 15: fleetwave.v1.RunSpec
+	(*Socket)(nil),                // 16: fleetwave.v1.Socket
+	(*PreStop)(nil),               // 17: fleetwave.v1.PreStop
+	(*Check)(nil),                 // 18: fleetwave.v1.Check
+	(*HttpCheck)(nil),             // 19: fleetwave.v1.HttpCheck
+	(*TcpCheck)(nil),              // 20: fleetwave.v1.TcpCheck
+	(*ExecCheck)(nil),             // 21: fleetwave.v1.ExecCheck
+	(*RolloutPolicy)(nil),         // 22: fleetwave.v1.RolloutPolicy
+	(*Artifact)(nil),              // 23: fleetwave.v1.Artifact
+	(*Release)(nil),               // 24: fleetwave.v1.Release
+	(*ReleaseManifest)(nil),       // 25: fleetwave.v1.ReleaseManifest
+	(*RollbackStatement)(nil),     // 26: fleetwave.v1.RollbackStatement
+	(*SignedRollback)(nil),        // 27: fleetwave.v1.SignedRollback
+	(*SignedManifest)(nil),        // 28: fleetwave.v1.SignedManifest
+	(*ServiceStatus)(nil),         // 29: fleetwave.v1.ServiceStatus
+	(*Service)(nil),               // 30: fleetwave.v1.Service
+	(*HostProgress)(nil),          // 31: fleetwave.v1.HostProgress
+	(*Wave)(nil),                  // 32: fleetwave.v1.Wave
+	(*Rollout)(nil),               // 33: fleetwave.v1.Rollout
+	(*Event)(nil),                 // 34: fleetwave.v1.Event
+	(*CheckResult)(nil),           // 35: fleetwave.v1.CheckResult
+	(*ServiceReport)(nil),         // 36: fleetwave.v1.ServiceReport
+	(*Assignment)(nil),            // 37: fleetwave.v1.Assignment
+	(*Host)(nil),                  // 38: fleetwave.v1.Host
+	nil,                           // 39: fleetwave.v1.ServiceSpec.SelectorEntry
+	nil,                           // 40: fleetwave.v1.RunSpec.EnvEntry
+	nil,                           // 41: fleetwave.v1.Host.LabelsEntry
+	(*durationpb.Duration)(nil),   // 42: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 43: google.protobuf.Timestamp
 }
 var file_fleetwave_v1_types_proto_depIdxs = []int32{
-	38, // 0: fleetwave.v1.ServiceSpec.selector:type_name -> fleetwave.v1.ServiceSpec.SelectorEntry
-	14, // 1: fleetwave.v1.ServiceSpec.run:type_name -> fleetwave.v1.RunSpec
-	17, // 2: fleetwave.v1.ServiceSpec.checks:type_name -> fleetwave.v1.Check
-	41, // 3: fleetwave.v1.ServiceSpec.min_healthy_time:type_name -> google.protobuf.Duration
-	41, // 4: fleetwave.v1.ServiceSpec.healthy_deadline:type_name -> google.protobuf.Duration
-	21, // 5: fleetwave.v1.ServiceSpec.rollout:type_name -> fleetwave.v1.RolloutPolicy
-	7,  // 6: fleetwave.v1.ServiceSpec.analysis:type_name -> fleetwave.v1.Analysis
-	13, // 7: fleetwave.v1.ServiceSpec.alerts:type_name -> fleetwave.v1.Alerts
-	5,  // 8: fleetwave.v1.ServiceSpec.hooks:type_name -> fleetwave.v1.Hooks
-	6,  // 9: fleetwave.v1.Hooks.after_install:type_name -> fleetwave.v1.Hook
-	6,  // 10: fleetwave.v1.Hooks.before_start:type_name -> fleetwave.v1.Hook
-	6,  // 11: fleetwave.v1.Hooks.after_start:type_name -> fleetwave.v1.Hook
-	6,  // 12: fleetwave.v1.Hooks.validate:type_name -> fleetwave.v1.Hook
-	6,  // 13: fleetwave.v1.Hooks.before_stop:type_name -> fleetwave.v1.Hook
-	41, // 14: fleetwave.v1.Hook.timeout:type_name -> google.protobuf.Duration
-	41, // 15: fleetwave.v1.Analysis.interval:type_name -> google.protobuf.Duration
-	41, // 16: fleetwave.v1.Analysis.window:type_name -> google.protobuf.Duration
-	41, // 17: fleetwave.v1.Analysis.watch:type_name -> google.protobuf.Duration
-	8,  // 18: fleetwave.v1.Analysis.rules:type_name -> fleetwave.v1.AnalysisRule
-	9,  // 19: fleetwave.v1.AnalysisRule.error_ratio:type_name -> fleetwave.v1.ErrorRatioRule
-	10, // 20: fleetwave.v1.AnalysisRule.latency:type_name -> fleetwave.v1.LatencyRule
-	11, // 21: fleetwave.v1.AnalysisRule.restarts:type_name -> fleetwave.v1.RestartsRule
-	12, // 22: fleetwave.v1.AnalysisRule.promql:type_name -> fleetwave.v1.PromQLRule
-	39, // 23: fleetwave.v1.RunSpec.env:type_name -> fleetwave.v1.RunSpec.EnvEntry
-	41, // 24: fleetwave.v1.RunSpec.stop_grace:type_name -> google.protobuf.Duration
-	15, // 25: fleetwave.v1.RunSpec.sockets:type_name -> fleetwave.v1.Socket
-	41, // 26: fleetwave.v1.RunSpec.ready_timeout:type_name -> google.protobuf.Duration
-	41, // 27: fleetwave.v1.RunSpec.shutdown_delay:type_name -> google.protobuf.Duration
-	16, // 28: fleetwave.v1.RunSpec.pre_stop:type_name -> fleetwave.v1.PreStop
-	41, // 29: fleetwave.v1.PreStop.timeout:type_name -> google.protobuf.Duration
-	18, // 30: fleetwave.v1.Check.http:type_name -> fleetwave.v1.HttpCheck
-	19, // 31: fleetwave.v1.Check.tcp:type_name -> fleetwave.v1.TcpCheck
-	20, // 32: fleetwave.v1.Check.exec:type_name -> fleetwave.v1.ExecCheck
-	41, // 33: fleetwave.v1.Check.interval:type_name -> google.protobuf.Duration
-	41, // 34: fleetwave.v1.Check.timeout:type_name -> google.protobuf.Duration
-	41, // 35: fleetwave.v1.RolloutPolicy.bake:type_name -> google.protobuf.Duration
-	41, // 36: fleetwave.v1.RolloutPolicy.progress_deadline:type_name -> google.protobuf.Duration
-	22, // 37: fleetwave.v1.Release.artifact:type_name -> fleetwave.v1.Artifact
-	42, // 38: fleetwave.v1.Release.commit_time:type_name -> google.protobuf.Timestamp
-	42, // 39: fleetwave.v1.Release.created_at:type_name -> google.protobuf.Timestamp
-	27, // 40: fleetwave.v1.Release.signed:type_name -> fleetwave.v1.SignedManifest
-	42, // 41: fleetwave.v1.ReleaseManifest.commit_time:type_name -> google.protobuf.Timestamp
-	42, // 42: fleetwave.v1.ReleaseManifest.signed_at:type_name -> google.protobuf.Timestamp
-	42, // 43: fleetwave.v1.ReleaseManifest.expires_at:type_name -> google.protobuf.Timestamp
-	42, // 44: fleetwave.v1.RollbackStatement.signed_at:type_name -> google.protobuf.Timestamp
-	42, // 45: fleetwave.v1.RollbackStatement.expires_at:type_name -> google.protobuf.Timestamp
-	4,  // 46: fleetwave.v1.ServiceStatus.stable_spec:type_name -> fleetwave.v1.ServiceSpec
-	42, // 47: fleetwave.v1.ServiceStatus.removed_at:type_name -> google.protobuf.Timestamp
-	4,  // 48: fleetwave.v1.Service.spec:type_name -> fleetwave.v1.ServiceSpec
-	28, // 49: fleetwave.v1.Service.status:type_name -> fleetwave.v1.ServiceStatus
-	42, // 50: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
-	2,  // 51: fleetwave.v1.HostProgress.state:type_name -> fleetwave.v1.HostRolloutState
-	42, // 52: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
-	42, // 53: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
-	3,  // 54: fleetwave.v1.HostProgress.phase:type_name -> fleetwave.v1.Phase
-	1,  // 55: fleetwave.v1.Wave.state:type_name -> fleetwave.v1.WaveState
-	30, // 56: fleetwave.v1.Wave.hosts:type_name -> fleetwave.v1.HostProgress
-	42, // 57: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
-	42, // 58: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
-	42, // 59: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
-	0,  // 60: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
-	21, // 61: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
-	31, // 62: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
-	42, // 63: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	42, // 64: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
-	42, // 65: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
-	42, // 66: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
-	4,  // 67: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
-	42, // 68: fleetwave.v1.Rollout.failed_at:type_name -> google.protobuf.Timestamp
-	42, // 69: fleetwave.v1.Rollout.restored_at:type_name -> google.protobuf.Timestamp
-	26, // 70: fleetwave.v1.Rollout.signed_rollback:type_name -> fleetwave.v1.SignedRollback
-	42, // 71: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
-	3,  // 72: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
-	34, // 73: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
-	42, // 74: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
-	23, // 75: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
-	4,  // 76: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
-	26, // 77: fleetwave.v1.Assignment.rollback:type_name -> fleetwave.v1.SignedRollback
-	40, // 78: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
-	42, // 79: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	35, // 80: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
-	81, // [81:81] is the sub-list for method output_type
-	81, // [81:81] is the sub-list for method input_type
-	81, // [81:81] is the sub-list for extension type_name
-	81, // [81:81] is the sub-list for extension extendee
-	0,  // [0:81] is the sub-list for field type_name
+	39, // 0: fleetwave.v1.ServiceSpec.selector:type_name -> fleetwave.v1.ServiceSpec.SelectorEntry
+	15, // 1: fleetwave.v1.ServiceSpec.run:type_name -> fleetwave.v1.RunSpec
+	18, // 2: fleetwave.v1.ServiceSpec.checks:type_name -> fleetwave.v1.Check
+	42, // 3: fleetwave.v1.ServiceSpec.min_healthy_time:type_name -> google.protobuf.Duration
+	42, // 4: fleetwave.v1.ServiceSpec.healthy_deadline:type_name -> google.protobuf.Duration
+	22, // 5: fleetwave.v1.ServiceSpec.rollout:type_name -> fleetwave.v1.RolloutPolicy
+	8,  // 6: fleetwave.v1.ServiceSpec.analysis:type_name -> fleetwave.v1.Analysis
+	14, // 7: fleetwave.v1.ServiceSpec.alerts:type_name -> fleetwave.v1.Alerts
+	6,  // 8: fleetwave.v1.ServiceSpec.hooks:type_name -> fleetwave.v1.Hooks
+	5,  // 9: fleetwave.v1.ServiceSpec.resources:type_name -> fleetwave.v1.Resources
+	7,  // 10: fleetwave.v1.Hooks.after_install:type_name -> fleetwave.v1.Hook
+	7,  // 11: fleetwave.v1.Hooks.before_start:type_name -> fleetwave.v1.Hook
+	7,  // 12: fleetwave.v1.Hooks.after_start:type_name -> fleetwave.v1.Hook
+	7,  // 13: fleetwave.v1.Hooks.validate:type_name -> fleetwave.v1.Hook
+	7,  // 14: fleetwave.v1.Hooks.before_stop:type_name -> fleetwave.v1.Hook
+	42, // 15: fleetwave.v1.Hook.timeout:type_name -> google.protobuf.Duration
+	42, // 16: fleetwave.v1.Analysis.interval:type_name -> google.protobuf.Duration
+	42, // 17: fleetwave.v1.Analysis.window:type_name -> google.protobuf.Duration
+	42, // 18: fleetwave.v1.Analysis.watch:type_name -> google.protobuf.Duration
+	9,  // 19: fleetwave.v1.Analysis.rules:type_name -> fleetwave.v1.AnalysisRule
+	10, // 20: fleetwave.v1.AnalysisRule.error_ratio:type_name -> fleetwave.v1.ErrorRatioRule
+	11, // 21: fleetwave.v1.AnalysisRule.latency:type_name -> fleetwave.v1.LatencyRule
+	12, // 22: fleetwave.v1.AnalysisRule.restarts:type_name -> fleetwave.v1.RestartsRule
+	13, // 23: fleetwave.v1.AnalysisRule.promql:type_name -> fleetwave.v1.PromQLRule
+	40, // 24: fleetwave.v1.RunSpec.env:type_name -> fleetwave.v1.RunSpec.EnvEntry
+	42, // 25: fleetwave.v1.RunSpec.stop_grace:type_name -> google.protobuf.Duration
+	16, // 26: fleetwave.v1.RunSpec.sockets:type_name -> fleetwave.v1.Socket
+	42, // 27: fleetwave.v1.RunSpec.ready_timeout:type_name -> google.protobuf.Duration
+	42, // 28: fleetwave.v1.RunSpec.shutdown_delay:type_name -> google.protobuf.Duration
+	17, // 29: fleetwave.v1.RunSpec.pre_stop:type_name -> fleetwave.v1.PreStop
+	42, // 30: fleetwave.v1.PreStop.timeout:type_name -> google.protobuf.Duration
+	19, // 31: fleetwave.v1.Check.http:type_name -> fleetwave.v1.HttpCheck
+	20, // 32: fleetwave.v1.Check.tcp:type_name -> fleetwave.v1.TcpCheck
+	21, // 33: fleetwave.v1.Check.exec:type_name -> fleetwave.v1.ExecCheck
+	42, // 34: fleetwave.v1.Check.interval:type_name -> google.protobuf.Duration
+	42, // 35: fleetwave.v1.Check.timeout:type_name -> google.protobuf.Duration
+	42, // 36: fleetwave.v1.RolloutPolicy.bake:type_name -> google.protobuf.Duration
+	42, // 37: fleetwave.v1.RolloutPolicy.progress_deadline:type_name -> google.protobuf.Duration
+	23, // 38: fleetwave.v1.Release.artifact:type_name -> fleetwave.v1.Artifact
+	43, // 39: fleetwave.v1.Release.commit_time:type_name -> google.protobuf.Timestamp
+	43, // 40: fleetwave.v1.Release.created_at:type_name -> google.protobuf.Timestamp
+	28, // 41: fleetwave.v1.Release.signed:type_name -> fleetwave.v1.SignedManifest
+	43, // 42: fleetwave.v1.ReleaseManifest.commit_time:type_name -> google.protobuf.Timestamp
+	43, // 43: fleetwave.v1.ReleaseManifest.signed_at:type_name -> google.protobuf.Timestamp
+	43, // 44: fleetwave.v1.ReleaseManifest.expires_at:type_name -> google.protobuf.Timestamp
+	43, // 45: fleetwave.v1.RollbackStatement.signed_at:type_name -> google.protobuf.Timestamp
+	43, // 46: fleetwave.v1.RollbackStatement.expires_at:type_name -> google.protobuf.Timestamp
+	4,  // 47: fleetwave.v1.ServiceStatus.stable_spec:type_name -> fleetwave.v1.ServiceSpec
+	43, // 48: fleetwave.v1.ServiceStatus.removed_at:type_name -> google.protobuf.Timestamp
+	4,  // 49: fleetwave.v1.Service.spec:type_name -> fleetwave.v1.ServiceSpec
+	29, // 50: fleetwave.v1.Service.status:type_name -> fleetwave.v1.ServiceStatus
+	43, // 51: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
+	2,  // 52: fleetwave.v1.HostProgress.state:type_name -> fleetwave.v1.HostRolloutState
+	43, // 53: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
+	43, // 54: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
+	3,  // 55: fleetwave.v1.HostProgress.phase:type_name -> fleetwave.v1.Phase
+	1,  // 56: fleetwave.v1.Wave.state:type_name -> fleetwave.v1.WaveState
+	31, // 57: fleetwave.v1.Wave.hosts:type_name -> fleetwave.v1.HostProgress
+	43, // 58: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
+	43, // 59: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
+	43, // 60: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
+	0,  // 61: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
+	22, // 62: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
+	32, // 63: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
+	43, // 64: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	43, // 65: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
+	43, // 66: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
+	43, // 67: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
+	4,  // 68: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
+	43, // 69: fleetwave.v1.Rollout.failed_at:type_name -> google.protobuf.Timestamp
+	43, // 70: fleetwave.v1.Rollout.restored_at:type_name -> google.protobuf.Timestamp
+	27, // 71: fleetwave.v1.Rollout.signed_rollback:type_name -> fleetwave.v1.SignedRollback
+	43, // 72: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
+	3,  // 73: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
+	35, // 74: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
+	43, // 75: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
+	24, // 76: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
+	4,  // 77: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
+	27, // 78: fleetwave.v1.Assignment.rollback:type_name -> fleetwave.v1.SignedRollback
+	41, // 79: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
+	43, // 80: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	36, // 81: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
+	82, // [82:82] is the sub-list for method output_type
+	82, // [82:82] is the sub-list for method input_type
+	82, // [82:82] is the sub-list for extension type_name
+	82, // [82:82] is the sub-list for extension extendee
+	0,  // [0:82] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_types_proto_init() }
@@ -3998,14 +4098,14 @@ func file_fleetwave_v1_types_proto_init() {
 	if File_fleetwave_v1_types_proto != nil {
 		return
 	}
-	file_fleetwave_v1_types_proto_msgTypes[4].OneofWrappers = []any{
+	file_fleetwave_v1_types_proto_msgTypes[5].OneofWrappers = []any{
 		(*AnalysisRule_ErrorRatio)(nil),
 		(*AnalysisRule_Latency)(nil),
 		(*AnalysisRule_Restarts)(nil),
 		(*AnalysisRule_Promql)(nil),
 	}
-	file_fleetwave_v1_types_proto_msgTypes[8].OneofWrappers = []any{}
-	file_fleetwave_v1_types_proto_msgTypes[13].OneofWrappers = []any{
+	file_fleetwave_v1_types_proto_msgTypes[9].OneofWrappers = []any{}
+	file_fleetwave_v1_types_proto_msgTypes[14].OneofWrappers = []any{
 		(*Check_Http)(nil),
 		(*Check_Tcp)(nil),
 		(*Check_Exec)(nil),
@@ -4016,7 +4116,7 @@ func file_fleetwave_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fleetwave_v1_types_proto_rawDesc), len(file_fleetwave_v1_types_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   37,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,477 @@
+package supervise
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fleetwave/fleetwave/internal/testkit"
+	"github.com/rs/zerolog"
+)
+
+// testCgroups opens cgroups below a parent of this test's own, removed at
+// the end (every test's cgroups must be gone by then: checked). It skips
+// when the machine has no usable cgroups, saying why.
+func testCgroups(t *testing.T) *Cgroups {
+	t.Helper()
+	parent := fmt.Sprintf("fleetwave-test-%d-%s", os.Getpid(), strings.ReplaceAll(t.Name(), "/", "-"))
+	c := OpenCgroups(parent)
+	if !c.Usable() {
+		t.Skipf("cgroups unusable on this machine: %s", c.Reason())
+	}
+	t.Cleanup(func() {
+		for _, d := range cgroupDirs(c) { // a failed test's (the tests check there are none)
+			_ = os.Remove(d)
+		}
+		for _, d := range c.dirs() {
+			if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("remove the test's cgroup %s: %v", d, err)
+			}
+		}
+	})
+	return c
+}
+
+// dirs are the directories of the parent cgroup (one per v1 controller).
+func (c *Cgroups) dirs() []string {
+	if c.mode == CgroupV2 {
+		return []string{filepath.Join(c.root, c.parent)}
+	}
+	var out []string
+	for _, n := range v1Controllers {
+		out = append(out, filepath.Join(cgroupRoot, string(n), c.parent))
+	}
+	return out
+}
+
+// cgroupDirs lists every cgroup below the parent, deepest first.
+func cgroupDirs(c *Cgroups) []string {
+	var out []string
+	for _, d := range c.dirs() {
+		_ = filepath.WalkDir(d, func(p string, e os.DirEntry, err error) error {
+			if err == nil && e.IsDir() && p != d {
+				out = append([]string{p}, out...)
+			}
+			return nil
+		})
+	}
+	return out
+}
+
+// cgroupFile reads a file of the cgroup at path: v1name in controller's
+// hierarchy on v1, v2name on v2.
+func cgroupFile(t *testing.T, c *Cgroups, controller, v1name, v2name, path string) string {
+	t.Helper()
+	f := filepath.Join(cgroupRoot, controller, path, v1name)
+	if c.mode == CgroupV2 {
+		f = filepath.Join(c.root, path, v2name)
+	}
+	b, err := os.ReadFile(f)
+	if err != nil {
+		t.Fatalf("read %s: %v", f, err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// cgroupOf is the cgroup (from the hierarchy's root) pid runs in, in the
+// memory controller's hierarchy on v1.
+func cgroupOf(t *testing.T, c *Cgroups, pid int) string {
+	t.Helper()
+	g := c.find(pid)
+	if g == nil {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+		t.Fatalf("pid %d is not in a cgroup below %s:\n%s", pid, c.parent, b)
+	}
+	return g.path
+}
+
+func shellConfig(t *testing.T, script string) Config {
+	t.Helper()
+	dir := t.TempDir()
+	return Config{
+		Service:    "svc",
+		Dir:        dir,
+		Command:    []string{"/bin/sh", "-c", script},
+		LogPath:    filepath.Join(dir, "service.log"),
+		PIDFile:    filepath.Join(dir, "service.pid"),
+		StopGrace:  5 * time.Second,
+		MinBackoff: time.Hour, // one run: no restart in these tests
+		MaxBackoff: time.Hour,
+	}
+}
+
+// daemon starts a process that leaves the process group (setsid) and
+// ignores SIGTERM: only its cgroup still holds it.
+const daemon = `setsid sh -c 'trap "" TERM; exec sleep 600' </dev/null`
+
+var grandchildRE = regexp.MustCompile(`grandchild pid=(\d+)`)
+
+// TestCgroupLimitsWritten: each instance runs in its own cgroup below the
+// agent's, entered before the service's own code runs (the gate), with
+// memory_max, cpu_weight (v1: cpu.shares as systemd maps it) and
+// tasks_max written; the stop removes it.
+func TestCgroupLimitsWritten(t *testing.T) {
+	c := testCgroups(t)
+	cfg := helperConfig(t, "serve")
+	cfg.Cgroups = c
+	cfg.Limits = Limits{MemoryMax: 64 << 20, CPUWeight: 200, TasksMax: 64}
+	s := New(cfg, testLogger(t))
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	pid := waitReady(t, cfg.LogPath, 1)[0]
+	path := cgroupOf(t, c, pid)
+	if !regexp.MustCompile(`^` + regexp.QuoteMeta(c.Parent()) + `/helper/[0-9a-f]{12}$`).MatchString(path) {
+		t.Fatalf("cgroup %s, want %s/helper/<instance>", path, c.Parent())
+	}
+	if got := cgroupFile(t, c, "memory", "memory.limit_in_bytes", "memory.max", path); got != strconv.Itoa(64<<20) {
+		t.Errorf("memory limit %s, want %d", got, 64<<20)
+	}
+	if c.Mode() == CgroupV1 {
+		if got := cgroupFile(t, c, "cpu", "cpu.shares", "", path); got != "2048" {
+			t.Errorf("cpu.shares %s, want 2048 (weight 200)", got)
+		}
+	} else if got := cgroupFile(t, c, "", "", "cpu.weight", path); got != "200" {
+		t.Errorf("cpu.weight %s, want 200", got)
+	}
+	if got := cgroupFile(t, c, "pids", "pids.max", "pids.max", path); got != "64" {
+		t.Errorf("pids.max %s, want 64", got)
+	}
+	stop(t, s)
+	if left := cgroupDirs(c); len(left) > 0 {
+		t.Fatalf("cgroups left after Stop: %v", left)
+	}
+}
+
+func TestCPUShares(t *testing.T) {
+	for w, want := range map[uint32]uint64{1: 10, 100: 1024, 200: 2048, 10000: 102400} {
+		if got := CPUShares(w); got != want {
+			t.Errorf("CPUShares(%d) = %d, want %d", w, got, want)
+		}
+	}
+}
+
+// TestMemoryHogKilledAtLimit: a process allocating past memory_max is
+// killed by the kernel, and its exit says it was killed at its memory
+// limit.
+func TestMemoryHogKilledAtLimit(t *testing.T) {
+	c := testCgroups(t)
+	cfg := helperConfig(t, "hog")
+	cfg.Cgroups = c
+	cfg.Limits = Limits{MemoryMax: 64 << 20}
+	cfg.MinBackoff, cfg.MaxBackoff = time.Hour, time.Hour
+	s := New(cfg, testLogger(t))
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	e := nextExit(t, s)
+	var oom *OOMError
+	if !errors.As(e.Err, &oom) || oom.MemoryMax != 64<<20 {
+		t.Fatalf("exit %v, want an OOMError at 64Mi; log:\n%s", e.Err, readFile(t, cfg.LogPath))
+	}
+	var ee *ExitError
+	if !errors.As(e.Err, &ee) || ee.Signal != syscall.SIGKILL {
+		t.Errorf("exit %v, want SIGKILL under the OOMError", e.Err)
+	}
+	if !strings.Contains(e.Err.Error(), "killed at its memory limit") {
+		t.Errorf("exit reads %q", e.Err)
+	}
+	if strings.Contains(readFile(t, cfg.LogPath), "hog survived") {
+		t.Fatalf("the hog allocated 1 GiB under a 64 MiB limit")
+	}
+	stop(t, s)
+	if left := cgroupDirs(c); len(left) > 0 {
+		t.Fatalf("cgroups left: %v", left)
+	}
+}
+
+// TestForkBombHeldAtTasksMax: a bounded fork bomb (at most 200 processes,
+// each leaving the process group and ignoring SIGTERM, should the limit
+// fail) is held at tasks_max: its forks fail, the service's main process
+// lives on, and stopping the service ends every one of them.
+func TestForkBombHeldAtTasksMax(t *testing.T) {
+	c := testCgroups(t)
+	const tasksMax = 16
+	cfg := shellConfig(t, `( i=0; while [ $i -lt 200 ]; do `+daemon+` & i=$((i+1)); done ); echo "bomb ended status $?"; echo ready pid=$$; exec sleep 600`)
+	cfg.Cgroups = c
+	cfg.Limits = Limits{TasksMax: tasksMax}
+	cfg.StopGrace = 500 * time.Millisecond // the bomb's processes ignore SIGTERM
+	s := New(cfg, testLogger(t))
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	pid := waitReady(t, cfg.LogPath, 1)[0]
+	log := readFile(t, cfg.LogPath)
+	if !strings.Contains(log, "Cannot fork") || strings.Contains(log, "bomb ended status 0") {
+		t.Fatalf("the fork bomb's forks did not fail; log:\n%s", log)
+	}
+	g := c.find(pid)
+	if g == nil {
+		t.Fatalf("pid %d in no cgroup of ours", pid)
+	}
+	pids := g.pids()
+	if len(pids) > tasksMax || len(pids) < tasksMax-2 {
+		t.Fatalf("%d processes in the cgroup, want at most tasks_max %d (and the bomb near it)", len(pids), tasksMax)
+	}
+	if !pidAlive(pid) {
+		t.Fatalf("the service's main process %d died", pid)
+	}
+	stop(t, s)
+	for _, p := range pids {
+		if pidAlive(p) {
+			t.Errorf("pid %d of the fork bomb alive after Stop", p)
+		}
+	}
+	if left := cgroupDirs(c); len(left) > 0 {
+		t.Fatalf("cgroups left: %v", left)
+	}
+}
+
+// TestStopEndsDaemonizedGrandchild: a grandchild that left the process
+// group (setsid) and ignores SIGTERM is ended by Stop through the cgroup,
+// also when the process was detached and found again by a later agent.
+func TestStopEndsDaemonizedGrandchild(t *testing.T) {
+	for _, adopted := range []bool{false, true} {
+		t.Run(fmt.Sprintf("adopted=%v", adopted), func(t *testing.T) {
+			c := testCgroups(t)
+			cfg := shellConfig(t, daemon+` & echo "grandchild pid=$!"; echo ready pid=$$; exec sleep 600`)
+			cfg.Cgroups = c
+			cfg.StopGrace = 200 * time.Millisecond
+			s := New(cfg, testLogger(t))
+			if err := s.Start(); err != nil {
+				t.Fatalf("Start: %v", err)
+			}
+			pid := waitReady(t, cfg.LogPath, 1)[0]
+			m := grandchildRE.FindStringSubmatch(readFile(t, cfg.LogPath))
+			if m == nil {
+				t.Fatalf("no grandchild pid in the log")
+			}
+			gc, _ := strconv.Atoi(m[1])
+			testkit.Eventually(t, within, "the grandchild in its own session, ignoring SIGTERM (exec'd sleep)", func() bool {
+				pg, err := syscall.Getpgid(gc)
+				comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", gc))
+				return err == nil && pg == gc && strings.TrimSpace(string(comm)) == "sleep"
+			})
+			if cgroupOf(t, c, gc) != cgroupOf(t, c, pid) {
+				t.Fatalf("grandchild in %s, service in %s", cgroupOf(t, c, gc), cgroupOf(t, c, pid))
+			}
+			if adopted {
+				detach(t, s)
+				f, err := FindRunning(cfg.PIDFile, c, testLogger(t))
+				if err != nil || f == nil {
+					t.Fatalf("FindRunning = %v, %v", f, err)
+				}
+				if f.p.cg == nil {
+					t.Fatalf("the found process's cgroup was not found again")
+				}
+				if err := f.Stop(cfg.StopGrace, testLogger(t)); err != nil {
+					t.Fatalf("Found.Stop: %v", err)
+				}
+			} else {
+				ctx, cancel := context.WithTimeout(context.Background(), within)
+				defer cancel()
+				if err := s.Stop(ctx); err != nil {
+					t.Fatalf("Stop: %v", err)
+				}
+			}
+			if pidAlive(gc) || pidAlive(pid) {
+				t.Fatalf("alive after stop: grandchild %v, service %v", pidAlive(gc), pidAlive(pid))
+			}
+			if left := cgroupDirs(c); len(left) > 0 {
+				t.Fatalf("cgroups left: %v", left)
+			}
+		})
+	}
+}
+
+// TestLimitsWithoutCgroupsRefused: memory or tasks limits on a host
+// without usable cgroups fail the start (nothing runs); a cpu weight alone
+// runs.
+func TestLimitsWithoutCgroupsRefused(t *testing.T) {
+	none := &Cgroups{mode: CgroupNone, reason: "test: none"}
+	for _, l := range []Limits{{MemoryMax: 64 << 20}, {TasksMax: 10}} {
+		cfg := helperConfig(t, "serve")
+		cfg.Cgroups, cfg.Limits = none, l
+		s := New(cfg, testLogger(t))
+		err := s.Start()
+		if !errors.Is(err, ErrCgroupsUnusable) || !strings.Contains(err.Error(), "test: none") {
+			t.Fatalf("Start with %+v = %v, want ErrCgroupsUnusable with the reason", l, err)
+		}
+	}
+	cfg := helperConfig(t, "serve")
+	cfg.Cgroups, cfg.Limits = none, Limits{CPUWeight: 50}
+	s := New(cfg, testLogger(t))
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start with a cpu weight alone: %v", err)
+	}
+	waitReady(t, cfg.LogPath, 1)
+	stop(t, s)
+}
+
+// TestOpenCgroupsRefusesBadParent: the parent must be a relative path
+// below the root.
+func TestOpenCgroupsRefusesBadParent(t *testing.T) {
+	for _, p := range []string{"", "/", "..", "a/../../b", "/fleetwave", "a//b", "a/", "./a", strings.Repeat("a", MaxCgroupParent+1)} {
+		if c := OpenCgroups(p); c.Usable() || !strings.Contains(c.Reason(), "cgroup parent") || CheckCgroupParent(p) == nil {
+			t.Errorf("OpenCgroups(%q): mode %s, reason %q", p, c.Mode(), c.Reason())
+		}
+	}
+	for _, p := range []string{"fleetwave", "ops/fleetwave", "a.b-c_d"} {
+		if err := CheckCgroupParent(p); err != nil {
+			t.Errorf("CheckCgroupParent(%q) = %v", p, err)
+		}
+	}
+}
+
+// BenchmarkStartToExit measures a start of /bin/true until its exit is
+// delivered: in a process group alone, and in its own cgroup (created,
+// the gate opened, the cgroup removed after the exit).
+func BenchmarkStartToExit(b *testing.B) {
+	for _, withCgroup := range []bool{false, true} {
+		b.Run(map[bool]string{false: "process-group", true: "cgroup"}[withCgroup], func(b *testing.B) {
+			var c *Cgroups
+			if withCgroup {
+				c = OpenCgroups(fmt.Sprintf("fleetwave-bench-%d", os.Getpid()))
+				if !c.Usable() {
+					b.Skipf("cgroups unusable: %s", c.Reason())
+				}
+				defer func() {
+					for _, d := range c.dirs() {
+						_ = os.Remove(d)
+					}
+				}()
+			}
+			dir := b.TempDir()
+			for b.Loop() {
+				s := New(Config{Service: "bench", Dir: dir, Command: []string{"/bin/true"}, LogPath: filepath.Join(dir, "log"),
+					MinBackoff: time.Hour, MaxBackoff: time.Hour, Cgroups: c}, zerolog.Nop())
+				if err := s.Start(); err != nil {
+					b.Fatal(err)
+				}
+				<-s.Exits()
+				_ = s.Stop(context.Background())
+			}
+		})
+	}
+}
+
+// TestTwoInstancesSideBySide: the two processes of a handover (one
+// service, two supervisors) run in a cgroup each; stopping the first
+// leaves the second and the service's cgroup; stopping the second removes
+// everything.
+func TestTwoInstancesSideBySide(t *testing.T) {
+	c := testCgroups(t)
+	var sups []*Supervisor
+	var pids []int
+	for range 2 {
+		cfg := helperConfig(t, "serve")
+		cfg.Cgroups = c
+		s := New(cfg, testLogger(t))
+		if err := s.Start(); err != nil {
+			t.Fatalf("Start: %v", err)
+		}
+		sups = append(sups, s)
+		pids = append(pids, waitReady(t, cfg.LogPath, 1)[0])
+	}
+	first, second := cgroupOf(t, c, pids[0]), cgroupOf(t, c, pids[1])
+	if first == second || filepath.Dir(first) != filepath.Dir(second) {
+		t.Fatalf("instances in %s and %s, want two cgroups of one service", first, second)
+	}
+	stop(t, sups[0])
+	if !pidAlive(pids[1]) || cgroupOf(t, c, pids[1]) != second {
+		t.Fatalf("the second instance did not survive the first's stop")
+	}
+	if left := cgroupDirs(c); len(left) != 2*len(c.dirs()) {
+		t.Fatalf("after the first stop: %v, want the second instance's and the service's cgroups", left)
+	}
+	stop(t, sups[1])
+	if left := cgroupDirs(c); len(left) > 0 {
+		t.Fatalf("cgroups left: %v", left)
+	}
+}
+
+// TestStopTermsDaemonsFirst: a process that left the process group gets
+// SIGTERM with the group and may end on its own within the grace; the stop
+// does not wait the grace out when everything ended.
+func TestStopTermsDaemonsFirst(t *testing.T) {
+	c := testCgroups(t)
+	cfg := shellConfig(t, `setsid sh -c 'trap "echo daemon terminated; exit 0" TERM; echo daemon trapping; while :; do sleep 0.05; done' </dev/null & echo ready pid=$$; exec sleep 600`)
+	cfg.Cgroups = c
+	cfg.StopGrace = time.Hour // were it waited out, stop's 20 s would fail the test
+	s := New(cfg, testLogger(t))
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	waitReady(t, cfg.LogPath, 1)
+	testkit.Eventually(t, within, "the daemon's trap set", func() bool { return strings.Contains(readFile(t, cfg.LogPath), "daemon trapping") })
+	stop(t, s)
+	if !strings.Contains(readFile(t, cfg.LogPath), "daemon terminated") {
+		t.Fatalf("the daemon did not get SIGTERM; log:\n%s", readFile(t, cfg.LogPath))
+	}
+	if left := cgroupDirs(c); len(left) > 0 {
+		t.Fatalf("cgroups left: %v", left)
+	}
+}
+
+// TestRemoveStale: an empty instance cgroup older than the age is removed
+// (with its service's cgroup when that is empty); a fresh empty one and an
+// old one with a process are kept.
+func TestRemoveStale(t *testing.T) {
+	c := testCgroups(t)
+	old := time.Now().Add(-time.Hour)
+	age := func(g *cgroup) {
+		t.Helper()
+		dir := filepath.Join(cgroupRoot, "memory", g.path)
+		if c.Mode() == CgroupV2 {
+			dir = filepath.Join(c.root, g.path)
+		}
+		if err := os.Chtimes(dir, old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stale, err := c.create("gone", Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	age(stale)
+	fresh, err := c.create("fresh", Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := helperConfig(t, "serve")
+	cfg.Cgroups = c
+	s := New(cfg, testLogger(t))
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	running := c.find(waitReady(t, cfg.LogPath, 1)[0])
+	age(running)
+
+	removed, err := c.RemoveStale(StaleCgroupAge, time.Now())
+	if err != nil || len(removed) != 1 || removed[0] != stale.path {
+		t.Fatalf("RemoveStale = %v, %v; want only %s", removed, err, stale.path)
+	}
+	for _, d := range cgroupDirs(c) {
+		if strings.Contains(d, "/gone") {
+			t.Errorf("%s left", d)
+		}
+	}
+	if c.find(waitReady(t, cfg.LogPath, 1)[0]) == nil {
+		t.Fatal("the running process's cgroup was removed")
+	}
+	stop(t, s)
+	if err := fresh.remove(); err != nil {
+		t.Fatal(err)
+	}
+	if left := cgroupDirs(c); len(left) > 0 {
+		t.Fatalf("cgroups left: %v", left)
+	}
+}
