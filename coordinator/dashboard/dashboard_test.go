@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"html"
 	"io"
 	"io/fs"
 	"net"
@@ -1154,5 +1155,38 @@ func TestPageToClientThatDoesNotReadHasDeadline(t *testing.T) {
 	d.srv.render(w, http.StatusOK, "login", pageData{Title: "Log in"})
 	if took := time.Since(start); took > time.Second {
 		t.Errorf("rendering to a client that reads nothing took %s: no write deadline", took)
+	}
+}
+
+// The board names a rollout as the CLI, events and logs do
+// (rollout.Describe): a config rollout by its spec revisions, an agent
+// upgrade as the agent's.
+func TestBoardNamesTheRolloutAsEverywhere(t *testing.T) {
+	_, frag, err := parseTemplates()
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := &v1.Service{Spec: &v1.ServiceSpec{Name: "web"}}
+	for _, tc := range []struct {
+		r      *v1.Rollout
+		want   string
+		config bool
+	}{
+		{&v1.Rollout{Id: "000002", Service: "web", FromVersion: "v1", ToVersion: "v2", SpecRevision: 3, FromSpecRevision: 3}, "v1 → v2", false},
+		{&v1.Rollout{Id: "000003", Service: "web", FromVersion: "v2", ToVersion: "v2", SpecRevision: 4, FromSpecRevision: 3}, "v2 with spec 3 → spec 4", true},
+		{&v1.Rollout{Id: "000004", Service: "web", FromVersion: "v2", Remove: true}, "remove (was v2)", false},
+		{&v1.Rollout{Id: "000001", Service: "fleetwave-agent", ToVersion: "v0.2.0"}, "agent (none) → v0.2.0", false},
+	} {
+		b := buildBoard(&session{}, svc, tc.r, nil)
+		if b.What != tc.want || b.Config != tc.config {
+			t.Errorf("%v: board says %q (config %v), want %q (config %v)", tc.r, b.What, b.Config, tc.want, tc.config)
+		}
+		var out strings.Builder
+		if err := frag.ExecuteTemplate(&out, "board", b); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out.String(), html.EscapeString(tc.want)) {
+			t.Errorf("the rendered board does not name %q:\n%s", tc.want, out.String())
+		}
 	}
 }

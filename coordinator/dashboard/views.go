@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
+
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -51,9 +53,12 @@ func servicesView(svcs []*v1.Service) []serviceView {
 // boardView is the rollout board: the part of the rollout page the event
 // stream replaces on every change.
 type boardView struct {
-	Service, ID, From, To, State, Reason string
-	Stable                               string
-	Paused, Rollback, Frozen, Config     bool
+	Service, ID, State, Reason string
+	// What the rollout changes, named as everywhere else
+	// (rollout.Describe): "v1 → v2", "v2 with spec 3 → spec 4", ...
+	What                             string
+	Stable                           string
+	Paused, Rollback, Frozen, Config bool
 	// None: the service has had no rollout yet.
 	None bool
 	// Next says what to do now (or that nothing is needed).
@@ -180,10 +185,10 @@ func buildBoard(sess *session, svc *v1.Service, r *v1.Rollout, hosts []*v1.Host)
 			}
 		}
 	}
-	b.ID, b.From, b.To, b.Reason = r.GetId(), r.GetFromVersion(), r.GetToVersion(), r.GetReason()
+	b.ID, b.What, b.Reason = r.GetId(), rollout.Describe(r), r.GetReason()
 	b.State = lower(r.GetState().String(), "ROLLOUT_STATE_")
 	b.Paused, b.Rollback = r.GetPaused(), r.GetRollback()
-	b.Config = r.GetFromVersion() == r.GetToVersion() && !r.GetRemove()
+	b.Config = rollout.IsConfig(r)
 	waiting := int64(-1)
 	if r.GetState() == v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL {
 		waiting = 0

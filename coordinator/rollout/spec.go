@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/fleetwave/fleetwave/internal/spec"
 	"github.com/fleetwave/fleetwave/internal/specdiff"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/proto"
@@ -50,11 +51,15 @@ func SpecName(n int64) string {
 	return fmt.Sprintf("spec %d", n)
 }
 
-// Describe names what a rollout changes, for events, logs and the CLI:
-// "v4 → v5", "v5 with spec 4 → spec 5" (a config rollout) or "remove (was
-// v5)" (a removal).
+// Describe names what a rollout changes, for events, logs, the CLI and the
+// dashboard: "v4 → v5", "v5 with spec 4 → spec 5" (a config rollout),
+// "remove (was v5)" (a removal) or "agent v0.1.0 → v0.2.0" (an agent
+// upgrade; "agent (none) → v0.2.0" for the first, whose hosts ran binaries
+// installed by hand).
 func Describe(r *v1.Rollout) string {
 	switch {
+	case r.GetService() == spec.AgentService:
+		return "agent " + orNone(r.GetFromVersion()) + " → " + r.GetToVersion()
 	case r.GetLeft():
 		return "remove from the hosts the selector left (runs " + orNone(r.GetFromVersion()) + ")"
 	case r.GetRemove():
