@@ -635,3 +635,38 @@ func gate(cmd *exec.Cmd) (open func() error, err error) {
 
 // gateShell is the shell that runs gateScript.
 const gateShell = "/bin/sh"
+
+// StartIn starts cmd (not started yet) in a new cgroup of its own below
+// service's, <parent>/<service>/<id>, with limits l, gated as a service
+// process is: nothing cmd runs, also what leaves its process group (a
+// setsid'd daemon), is outside the cgroup. end, to be called once cmd has
+// been waited for, kills whatever is left in the cgroup and removes it.
+// The agent runs the service's exec checks this way: they run as the
+// service's user, which can rewrite the release's files they name.
+func (c *Cgroups) StartIn(service string, l Limits, cmd *exec.Cmd) (end func(), err error) {
+	cg, err := c.create(service, l)
+	if err != nil {
+		return nil, err
+	}
+	open, err := gate(cmd)
+	if err != nil {
+		_ = cg.remove()
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		_ = open() // closes the pipe
+		_ = cg.remove()
+		return nil, err
+	}
+	err = cg.add(cmd.Process.Pid)
+	if err == nil {
+		err = open()
+	}
+	if err != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		_ = cg.remove()
+		return nil, err
+	}
+	return func() { _ = cg.remove() }, nil
+}
