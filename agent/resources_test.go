@@ -182,3 +182,14 @@ func TestExecCheckLeavesNothingOutsideCgroup(t *testing.T) {
 		t.Fatalf("the check's setsid'd daemon %d still runs after the check ended", pid)
 	}
 }
+
+// TestCheckResourcesMessageBounded: the agent's own check of memory_max
+// names a value of any length (leading zeros parse) truncated.
+func TestCheckResourcesMessageBounded(t *testing.T) {
+	for _, v := range []string{strings.Repeat("9", 100000), strings.Repeat("0", 100000) + "1"} {
+		err := checkResources(&v1.Resources{MemoryMax: v}, supervise.OpenCgroups("/"))
+		if err == nil || !strings.HasPrefix(err.Error(), "spec.resources.memory_max: ") || len(err.Error()) > 1000 {
+			t.Errorf("memory_max of %d bytes: error %.200q (%d bytes), want one naming the field, bounded", len(v), err, len(fmt.Sprint(err)))
+		}
+	}
+}
