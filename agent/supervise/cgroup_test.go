@@ -513,3 +513,41 @@ func TestHookLeavesNothingOutsideCgroup(t *testing.T) {
 		t.Errorf("cgroups left behind: %v", d)
 	}
 }
+
+// TestRemoveStaleLeavesForeignCgroups: with a --cgroup-parent shared with
+// something else (systemd's "system.slice"), RemoveStale removes only
+// what looks like the agent's own (a service name, then a 12 hex digit
+// instance): not an empty cgroup of another unit, nor that unit's cgroup.
+// And a service name with path characters makes no cgroup at all.
+func TestRemoveStaleLeavesForeignCgroups(t *testing.T) {
+	c := testCgroups(t)
+	var foreign []string
+	for _, d := range c.dirs() {
+		p := filepath.Join(d, "other.service", "payload")
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		foreign = append(foreign, p)
+	}
+	t.Cleanup(func() {
+		for _, p := range foreign {
+			_ = os.Remove(p)
+			_ = os.Remove(filepath.Dir(p))
+		}
+	})
+	removed, err := c.RemoveStale(StaleCgroupAge, time.Now().Add(time.Hour))
+	if err != nil || len(removed) != 0 {
+		t.Errorf("RemoveStale = %v, %v; want nothing removed", removed, err)
+	}
+	for _, p := range foreign {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("foreign cgroup %s: %v", p, err)
+		}
+	}
+	for _, name := range []string{"../../escape", "a/b", "..", "", "Web"} {
+		if g, err := c.create(name, Limits{}); err == nil {
+			_ = g.remove()
+			t.Errorf("create(%q) made %s, want an error", name, g.path)
+		}
+	}
+}
