@@ -3,11 +3,14 @@ package agent
 import (
 	"context"
 	"fmt"
+	"os/exec"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/agent/probe"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
 // prober is one check with its schedule.
@@ -37,7 +40,7 @@ func (a *agent) beginChecks(s *service, act lifecycle.Action) {
 		ec, err := expandCheck(c, i, a.cfg.HostID, a.cfg.Labels)
 		var p probe.Prober
 		if err == nil {
-			p, err = probe.New(ec, dir, cred)
+			p, err = a.newProber(name, act.Assignment.GetSpec().GetResources(), ec, dir, cred)
 		}
 		if err != nil {
 			buildErr = err
@@ -55,6 +58,23 @@ func (a *agent) beginChecks(s *service, act lifecycle.Action) {
 		return
 	}
 	a.background(func() { a.runChecks(ctx, name, epoch, probers) })
+}
+
+// newProber builds one of service's probers. Where cgroups are usable an
+// exec check runs in a cgroup of its own below the service's, with the
+// service's limits, emptied when the check ends: it runs as the service's
+// user, which can rewrite the release's files it names, and whatever it
+// leaves running (a setsid'd daemon) would otherwise live on outside any
+// cgroup, unlimited and never stopped.
+func (a *agent) newProber(service string, res *v1.Resources, c *v1.Check, dir string, cred *syscall.Credential) (probe.Prober, error) {
+	p, err := probe.New(c, dir, cred)
+	if err != nil || !a.cgroups.Usable() {
+		return p, err
+	}
+	cgs, limits := a.cgroups, limitsOf(res)
+	return probe.WithStarter(p, func(cmd *exec.Cmd) (func(), error) {
+		return cgs.StartIn(service, limits, cmd)
+	}), nil
 }
 
 func (a *agent) stopChecks(s *service) {

@@ -80,6 +80,7 @@ func (a *agent) hookOf(svc string, act lifecycle.Action) (supervise.Hook, error)
 	}
 	return supervise.Hook{Service: svc, Name: act.Hook, Dir: a.inst.ReleaseDir(svc, act.Version),
 		Command: cmd, Env: env, LogPath: a.logFile(svc), Timeout: act.Timeout, Credential: cred,
+		Cgroups: a.cgroups, Limits: limitsOf(asg.GetSpec().GetResources()),
 		TailBytes: lifecycle.MaxHookOutput}, nil
 }
 

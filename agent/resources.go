@@ -50,11 +50,15 @@ func checkResources(r *v1.Resources, cgs *supervise.Cgroups) error {
 	}
 	if s := r.GetMemoryMax(); s != "" {
 		n, err := spec.ParseBytes(s)
+		q := s // leading zeros parse: any length
+		if len(q) > 64 {
+			q = q[:64] + "..."
+		}
 		if err != nil {
-			return fmt.Errorf("spec.resources.memory_max: %q: %w", s, err)
+			return fmt.Errorf("spec.resources.memory_max: %q: %w", q, err)
 		}
 		if n < spec.MinMemoryMax || n > spec.MaxMemoryMax {
-			return fmt.Errorf("spec.resources.memory_max: %q is outside 1Mi..1Pi", s)
+			return fmt.Errorf("spec.resources.memory_max: %q is outside 1Mi..1Pi", q)
 		}
 	}
 	if w := r.GetCpuWeight(); w != 0 && (w < spec.MinCPUWeight || w > spec.MaxCPUWeight) {

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -130,6 +132,64 @@ func TestResourcesRefusedWithoutCgroups(t *testing.T) {
 			t.Errorf("%v: %v", tc.r, err)
 		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
 			t.Errorf("%v: %v, want %q", tc.r, err, tc.want)
+		}
+	}
+}
+
+// TestExecCheckLeavesNothingOutsideCgroup: an exec check runs as the
+// service's user, which can rewrite the release's check script; one that
+// starts a setsid'd daemon (out of the check's process group, which a
+// timeout kills) must not leave it running outside any cgroup, unlimited
+// and never stopped. The check runs in a cgroup of its own below the
+// service's, with the service's limits, emptied and removed when it ends.
+func TestExecCheckLeavesNothingOutsideCgroup(t *testing.T) {
+	parent := fmt.Sprintf("fleetwave-agent-check-%d", os.Getpid())
+	cgs := supervise.OpenCgroups(parent)
+	if !cgs.Usable() {
+		t.Skipf("cgroups unusable on this machine: %s", cgs.Reason())
+	}
+	t.Cleanup(func() { removeCgroupParent(t, parent) })
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, "daemon.pid")
+	cgFile := filepath.Join(dir, "daemon.cgroup")
+	script := "setsid sh -c 'cat /proc/self/cgroup > " + cgFile + "; exec sleep 300' </dev/null >/dev/null 2>&1 &\necho $! > " + pidFile + "\n" +
+		"while [ ! -s " + cgFile + " ]; do :; done\nexit 0\n"
+	if err := os.WriteFile(filepath.Join(dir, "check.sh"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	a := &agent{cgroups: cgs}
+	c := &v1.Check{Name: "daemonizes", Timeout: durationpb.New(time.Minute),
+		Kind: &v1.Check_Exec{Exec: &v1.ExecCheck{Command: []string{"/bin/sh", "./check.sh"}}}}
+	p, err := a.newProber(testSvc, &v1.Resources{TasksMax: 16}, c, dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := p.Probe(context.Background())
+	if !r.OK {
+		t.Fatalf("probe: %+v", r)
+	}
+	b, _ := os.ReadFile(pidFile)
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		t.Fatalf("daemon pid %q: %v", b, err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+	cg, _ := os.ReadFile(cgFile)
+	if !strings.Contains(string(cg), "/"+parent+"/"+testSvc+"/") {
+		t.Errorf("the check's daemon ran in %q, not below /%s/%s", cg, parent, testSvc)
+	}
+	if alive(pid) {
+		t.Fatalf("the check's setsid'd daemon %d still runs after the check ended", pid)
+	}
+}
+
+// TestCheckResourcesMessageBounded: the agent's own check of memory_max
+// names a value of any length (leading zeros parse) truncated.
+func TestCheckResourcesMessageBounded(t *testing.T) {
+	for _, v := range []string{strings.Repeat("9", 100000), strings.Repeat("0", 100000) + "1"} {
+		err := checkResources(&v1.Resources{MemoryMax: v}, supervise.OpenCgroups("/"))
+		if err == nil || !strings.HasPrefix(err.Error(), "spec.resources.memory_max: ") || len(err.Error()) > 1000 {
+			t.Errorf("memory_max of %d bytes: error %.200q (%d bytes), want one naming the field, bounded", len(v), err, len(fmt.Sprint(err)))
 		}
 	}
 }

@@ -238,6 +238,23 @@ type execProber struct {
 	dir     string
 	timeout time.Duration
 	cred    *syscall.Credential
+	start   Starter // nil: cmd.Start
+}
+
+// Starter starts an exec check's command in place of cmd.Start; end is
+// called once the command has been waited for.
+type Starter func(cmd *exec.Cmd) (end func(), err error)
+
+// WithStarter makes an exec prober start its command with start (the
+// agent's: in a cgroup of its own, so that nothing the check leaves behind
+// outlives it); other probers are returned as they are.
+func WithStarter(p Prober, start Starter) Prober {
+	if e, ok := p.(*execProber); ok && start != nil {
+		c := *e
+		c.start = start
+		return &c
+	}
+	return p
 }
 
 func newExec(name string, e *v1.ExecCheck, dir string, timeout time.Duration, cred *syscall.Credential) (Prober, error) {
@@ -279,7 +296,16 @@ func (p *execProber) Probe(ctx context.Context) Result {
 		return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	}
 	cmd.WaitDelay = waitDelay
-	err := cmd.Run()
+	var err error
+	if p.start == nil {
+		err = cmd.Run()
+	} else {
+		var end func()
+		if end, err = p.start(cmd); err == nil {
+			err = cmd.Wait()
+			end()
+		}
+	}
 	last := lastLine(out.Bytes())
 	desc := fmt.Sprintf("exec %q", p.command[0])
 	var detail string

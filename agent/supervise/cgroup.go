@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -246,10 +247,22 @@ type cgroup struct {
 	v2     *cgroup2.Manager
 }
 
+// serviceCgroupRE and instanceCgroupRE are the names of the agent's
+// cgroups below its parent: a service's (spec.CheckName's), then an
+// instance's (12 hex digits, create's).
+var (
+	serviceCgroupRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+	instanceCgroupRE = regexp.MustCompile(`^[0-9a-f]{12}$`)
+)
+
 // create makes a new instance cgroup for service with limits l.
 func (c *Cgroups) create(service string, l Limits) (*cgroup, error) {
 	if !c.Usable() {
 		return nil, fmt.Errorf("cgroup for %s: %w: %s", service, ErrCgroupsUnusable, c.Reason())
+	}
+	if !serviceCgroupRE.MatchString(service) {
+		// A path element of the agent's own, never "..", "a/b" or "".
+		return nil, fmt.Errorf("cgroup for service %q: not a service name", truncate(service, 64))
 	}
 	var id [6]byte
 	_, _ = rand.Read(id[:])
@@ -547,7 +560,9 @@ func (c *Cgroups) RemoveStale(age time.Duration, now time.Time) ([]string, error
 	}
 	var removed []string
 	for _, svc := range services {
-		if !svc.IsDir() {
+		// Only what is named as the agent names its cgroups: the parent
+		// may be shared (systemd's units have a dot in their names).
+		if !svc.IsDir() || !serviceCgroupRE.MatchString(svc.Name()) {
 			continue
 		}
 		instances, err := os.ReadDir(filepath.Join(base, svc.Name()))
@@ -556,7 +571,7 @@ func (c *Cgroups) RemoveStale(age time.Duration, now time.Time) ([]string, error
 		}
 		for _, inst := range instances {
 			fi, err := inst.Info()
-			if !inst.IsDir() || err != nil || now.Sub(fi.ModTime()) < age {
+			if !inst.IsDir() || !instanceCgroupRE.MatchString(inst.Name()) || err != nil || now.Sub(fi.ModTime()) < age {
 				continue
 			}
 			g := &cgroup{c: c, path: path.Join(c.parent, svc.Name(), inst.Name())}
@@ -635,3 +650,38 @@ func gate(cmd *exec.Cmd) (open func() error, err error) {
 
 // gateShell is the shell that runs gateScript.
 const gateShell = "/bin/sh"
+
+// StartIn starts cmd (not started yet) in a new cgroup of its own below
+// service's, <parent>/<service>/<id>, with limits l, gated as a service
+// process is: nothing cmd runs, also what leaves its process group (a
+// setsid'd daemon), is outside the cgroup. end, to be called once cmd has
+// been waited for, kills whatever is left in the cgroup and removes it.
+// The agent runs the service's exec checks this way: they run as the
+// service's user, which can rewrite the release's files they name.
+func (c *Cgroups) StartIn(service string, l Limits, cmd *exec.Cmd) (end func(), err error) {
+	cg, err := c.create(service, l)
+	if err != nil {
+		return nil, err
+	}
+	open, err := gate(cmd)
+	if err != nil {
+		_ = cg.remove()
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		_ = open() // closes the pipe
+		_ = cg.remove()
+		return nil, err
+	}
+	err = cg.add(cmd.Process.Pid)
+	if err == nil {
+		err = open()
+	}
+	if err != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		_ = cg.remove()
+		return nil, err
+	}
+	return func() { _ = cg.remove() }, nil
+}

@@ -475,3 +475,79 @@ func TestRemoveStale(t *testing.T) {
 		t.Fatalf("cgroups left: %v", left)
 	}
 }
+
+// TestHookLeavesNothingOutsideCgroup: a hook runs as the service's user,
+// which can rewrite the release's hook script; one that starts a setsid'd
+// daemon (out of the hook's process group, which is killed when it ends)
+// must not leave it running outside any cgroup, unlimited and never
+// stopped. With Cgroups the hook runs in a cgroup of its own below the
+// service's, emptied and removed when it ends.
+func TestHookLeavesNothingOutsideCgroup(t *testing.T) {
+	c := testCgroups(t)
+	dir := t.TempDir()
+	pidFile, cgFile := filepath.Join(dir, "daemon.pid"), filepath.Join(dir, "daemon.cgroup")
+	script := "setsid sh -c 'cat /proc/self/cgroup > " + cgFile + "; exec sleep 300' </dev/null >/dev/null 2>&1 &\necho $! > " + pidFile + "\n" +
+		"while [ ! -s " + cgFile + " ]; do :; done\n"
+	if err := os.WriteFile(filepath.Join(dir, "hook.sh"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_, err := RunHookTail(context.Background(), Hook{Service: "web", Name: "after_start", Dir: dir,
+		Command: []string{"/bin/sh", "./hook.sh"}, LogPath: filepath.Join(dir, "log"), Timeout: time.Minute,
+		Cgroups: c, Limits: Limits{TasksMax: 16}})
+	if err != nil {
+		t.Fatalf("hook: %v", err)
+	}
+	b, _ := os.ReadFile(pidFile)
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		t.Fatalf("daemon pid %q: %v", b, err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+	if cg, _ := os.ReadFile(cgFile); !strings.Contains(string(cg), c.Parent()+"/web/") {
+		t.Errorf("the hook's daemon ran in %q, not below %s/web", cg, c.Parent())
+	}
+	if pidAlive(pid) {
+		t.Fatalf("the hook's setsid'd daemon %d still runs after the hook ended", pid)
+	}
+	if d := cgroupDirs(c); len(d) > 0 {
+		t.Errorf("cgroups left behind: %v", d)
+	}
+}
+
+// TestRemoveStaleLeavesForeignCgroups: with a --cgroup-parent shared with
+// something else (systemd's "system.slice"), RemoveStale removes only
+// what looks like the agent's own (a service name, then a 12 hex digit
+// instance): not an empty cgroup of another unit, nor that unit's cgroup.
+// And a service name with path characters makes no cgroup at all.
+func TestRemoveStaleLeavesForeignCgroups(t *testing.T) {
+	c := testCgroups(t)
+	var foreign []string
+	for _, d := range c.dirs() {
+		p := filepath.Join(d, "other.service", "payload")
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		foreign = append(foreign, p)
+	}
+	t.Cleanup(func() {
+		for _, p := range foreign {
+			_ = os.Remove(p)
+			_ = os.Remove(filepath.Dir(p))
+		}
+	})
+	removed, err := c.RemoveStale(StaleCgroupAge, time.Now().Add(time.Hour))
+	if err != nil || len(removed) != 0 {
+		t.Errorf("RemoveStale = %v, %v; want nothing removed", removed, err)
+	}
+	for _, p := range foreign {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("foreign cgroup %s: %v", p, err)
+		}
+	}
+	for _, name := range []string{"../../escape", "a/b", "..", "", "Web"} {
+		if g, err := c.create(name, Limits{}); err == nil {
+			_ = g.remove()
+			t.Errorf("create(%q) made %s, want an error", name, g.path)
+		}
+	}
+}

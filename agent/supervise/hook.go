@@ -28,6 +28,12 @@ type Hook struct {
 	// Credential, if set, runs the hook as that user and group (the
 	// service's run.user; the agent must be root).
 	Credential *syscall.Credential
+	// Cgroups, if usable, runs the hook in a cgroup of its own below the
+	// service's (<parent>/<Service>/<id>) with Limits, emptied and removed
+	// when the hook ends: nothing it starts, also what leaves its process
+	// group, outlives it (Cgroups.StartIn).
+	Cgroups *Cgroups
+	Limits  Limits
 	// TailBytes: RunHookTail returns at most this many bytes of the end of
 	// the hook's output (default DefaultHookTail).
 	TailBytes int
@@ -89,7 +95,12 @@ func RunHookTail(ctx context.Context, h Hook) (string, error) {
 	defer r.Close()
 	cmd.Stdout, cmd.Stderr = w, w
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: h.Credential}
-	err = cmd.Start()
+	end := func() {}
+	if h.Cgroups.Usable() {
+		end, err = h.Cgroups.StartIn(h.Service, h.Limits, cmd)
+	} else {
+		err = cmd.Start()
+	}
 	w.Close() // the hook's copies are its own
 	if err != nil {
 		return "", fmt.Errorf("exec %q: %w", h.Command[0], err)
@@ -127,6 +138,7 @@ func RunHookTail(ctx context.Context, h Hook) (string, error) {
 		<-waited
 		waitGroupGone(pgid, time.Now().Add(hookKillWait))
 	}
+	end() // and whatever left its group, in its cgroup
 	// The group is gone, and with it the writers of the pipe, unless a
 	// process left the group holding it: read what is left, not forever.
 	_ = r.SetReadDeadline(time.Now().Add(hookKillWait))

@@ -2,7 +2,6 @@ package spec
 
 import (
 	"errors"
-	"fmt"
 	"math"
 	"strconv"
 	"strings"
@@ -50,7 +49,7 @@ func ParseBytes(s string) (uint64, error) {
 	}
 	n, err := strconv.ParseUint(digits, 10, 64)
 	if err != nil || n > math.MaxUint64>>shift {
-		return 0, fmt.Errorf("%q does not fit in 64 bits", s)
+		return 0, errors.New("does not fit in 64 bits")
 	}
 	return n << shift, nil
 }
@@ -71,13 +70,14 @@ func validateResources(p *problems, r *v1.Resources) {
 	}
 	if s := r.GetMemoryMax(); s != "" {
 		n, err := ParseBytes(s)
+		q := truncate(s, 64) // leading zeros parse: any length
 		switch {
 		case err != nil:
-			p.add("resources.memory_max", "%q: %v", truncate(s, 64), err)
+			p.add("resources.memory_max", "%q: %v", q, err)
 		case n < MinMemoryMax:
-			p.add("resources.memory_max", "%q is %d bytes, less than the minimum 1Mi", s, n)
+			p.add("resources.memory_max", "%q is %d bytes, less than the minimum 1Mi", q, n)
 		case n > MaxMemoryMax:
-			p.add("resources.memory_max", "%q is more than the maximum 1Pi", s)
+			p.add("resources.memory_max", "%q is more than the maximum 1Pi", q)
 		}
 	}
 	if w := r.GetCpuWeight(); w != 0 && (w < MinCPUWeight || w > MaxCPUWeight) {

@@ -68,3 +68,25 @@ func TestValidateResources(t *testing.T) {
 		}
 	}
 }
+
+// TestValidateResourcesMessageBounded: a memory_max of 100000 characters
+// (leading zeros pass the parser; nines overflow it) is named in the
+// problem truncated, as other values are, not copied whole (twice).
+func TestValidateResourcesMessageBounded(t *testing.T) {
+	for _, v := range []string{
+		strings.Repeat("9", 100000),           // does not fit in 64 bits
+		strings.Repeat("0", 100000) + "1",     // below the minimum
+		strings.Repeat("0", 100000) + "2Pi",   // above the maximum
+		strings.Repeat("0", 100000) + "1.5Gi", // malformed
+	} {
+		s := valid()
+		s.Resources = &v1.Resources{MemoryMax: v}
+		err := Validate(s)
+		if err == nil || !strings.Contains(err.Error(), "resources.memory_max") {
+			t.Fatalf("memory_max of %d bytes: error %v, want one naming resources.memory_max", len(v), err)
+		}
+		if n := len(err.Error()); n > 1000 {
+			t.Errorf("memory_max of %d bytes: error of %d bytes: %.200s...", len(v), n, err)
+		}
+	}
+}
