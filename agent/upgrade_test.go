@@ -477,3 +477,17 @@ func TestWatchParent(t *testing.T) {
 		}
 	})
 }
+
+// A coordinator must not install an agent release as an ordinary service:
+// it would share DATA_DIR/releases/fleetwave-agent/<version>/ with the
+// agent's own upgrade, be given to the spec's run.user (ownRelease) and be
+// changed by that user's command, then run as root by an agent upgrade of
+// the same version and digest (already staged: not fetched again).
+func TestUpgradeServiceAssignmentOfReservedNameRefused(t *testing.T) {
+	asg := testAssignment("v0.3.0", 1, strings.Repeat("a", 64), 10, "")
+	asg.Service, asg.Release.Service, asg.Spec.Name = spec.AgentService, spec.AgentService, spec.AgentService
+	err := validateAssignment(asg, testHostID, map[string]string{"port": "1"}, 1000, t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), "reserved") {
+		t.Fatalf("a service assignment of %s: %v, want refused as reserved", spec.AgentService, err)
+	}
+}
