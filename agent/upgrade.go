@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/fleetwave/fleetwave/agent/install"
@@ -319,7 +320,36 @@ func (a *agent) prepareAgent(ctx context.Context, asg *v1.Assignment) (string, e
 // agentVersionTimeout bounds `fleetwave-agent version` of a new binary.
 const agentVersionTimeout = 30 * time.Second
 
-// checkAgentBinary runs `bin version` and wants it to print version.
+// agentVersionWaitDelay is how long the check waits, once the binary has
+// exited or been killed, for its output to close: a process it left behind
+// holding stdout would otherwise keep the agent reading for ever.
+var agentVersionWaitDelay = 2 * time.Second
+
+// agentVersionMaxOutput caps what `fleetwave-agent version` may print.
+const agentVersionMaxOutput = 4096
+
+// errVersionOutput: `version` printed more than agentVersionMaxOutput.
+var errVersionOutput = fmt.Errorf("printed more than %d bytes", agentVersionMaxOutput)
+
+// cappedBuffer keeps at most its cap; a write beyond it fails, which ends
+// the copy and closes the pipe (the binary gets EPIPE).
+type cappedBuffer struct {
+	b    []byte
+	over bool
+}
+
+func (c *cappedBuffer) Write(p []byte) (int, error) {
+	if len(c.b)+len(p) > agentVersionMaxOutput {
+		c.over = true
+		return 0, errVersionOutput
+	}
+	c.b = append(c.b, p...)
+	return len(p), nil
+}
+
+// checkAgentBinary runs `bin version` and wants it to print version. The
+// binary runs in a process group of its own, killed whole on the timeout
+// and when the check ends, and its output is capped.
 func checkAgentBinary(ctx context.Context, bin, version string) error {
 	fi, err := os.Lstat(bin)
 	switch {
@@ -334,10 +364,25 @@ func checkAgentBinary(ctx context.Context, bin, version string) error {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "version")
 	cmd.Env = []string{} // nothing of the agent's: it only prints its version
-	out, err := cmd.Output()
-	if err != nil {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = agentVersionWaitDelay
+	var stdout cappedBuffer
+	cmd.Stdout = &stdout
+	err = cmd.Start()
+	if err == nil {
+		err = cmd.Wait()
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // whatever it left behind
+	}
+	switch {
+	case stdout.over: // the binary may have died of the closed pipe
+		return fmt.Errorf("%s version: %w", agentBinary, errVersionOutput)
+	case errors.Is(err, exec.ErrWaitDelay):
+		return fmt.Errorf("%s version: exited leaving a process holding its output", agentBinary)
+	case err != nil:
 		return fmt.Errorf("%s version: %w", agentBinary, err)
 	}
+	out := stdout.b
 	got := strings.TrimSpace(string(out))
 	if len(got) > 64 {
 		got = got[:64] + "..."

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -489,5 +490,41 @@ func TestUpgradeServiceAssignmentOfReservedNameRefused(t *testing.T) {
 	err := validateAssignment(asg, testHostID, map[string]string{"port": "1"}, 1000, t.TempDir())
 	if err == nil || !strings.Contains(err.Error(), "reserved") {
 		t.Fatalf("a service assignment of %s: %v, want refused as reserved", spec.AgentService, err)
+	}
+}
+
+// `fleetwave-agent version` of a new binary is bounded: a binary that
+// leaves a child holding its stdout does not keep the agent waiting for
+// ever (the timeout killed only the binary, and the agent read on until
+// every holder of the pipe closed it), and one that prints without end
+// does not fill the agent's memory.
+func TestUpgradeCheckAgentBinaryBounded(t *testing.T) {
+	dir := t.TempDir()
+	held := filepath.Join(dir, "held", agentBinary)
+	// The child outlives the binary and keeps stdout; the binary prints
+	// the right version and exits 0.
+	writeScript(t, held, `sleep 3600 & echo $! > `+filepath.Join(dir, "child.pid")+`; echo v0.2.0`)
+	loud := filepath.Join(dir, "loud", agentBinary)
+	writeScript(t, loud, `exec yes v0.2.0`)
+	// No timer: a check that never returns fails the test by its timeout.
+	if err := checkAgentBinary(context.Background(), held, "v0.2.0"); err == nil || !strings.Contains(err.Error(), "holding its output") {
+		t.Fatalf("held: %v, want refused for leaving a process holding its output", err)
+	}
+	if err := checkAgentBinary(context.Background(), loud, "v0.2.0"); err == nil || !strings.Contains(err.Error(), "more than") {
+		t.Fatalf("loud: %v, want refused for its output", err)
+	}
+	// Nothing of the check is left running.
+	b, err := os.ReadFile(filepath.Join(dir, "child.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	deadline := time.Now().Add(time.Minute)
+	for syscall.Kill(pid, 0) == nil {
+		if time.Now().After(deadline) {
+			syscall.Kill(pid, syscall.SIGKILL)
+			t.Fatalf("the version check's child %d is still running", pid)
+		}
+		runtime.Gosched()
 	}
 }
