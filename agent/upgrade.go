@@ -187,6 +187,7 @@ func (a *agent) startAgent() error {
 // agentAssigned handles the agent assignment of a set (nil: none).
 func (a *agent) agentAssigned(asg *v1.Assignment) {
 	if asg == nil {
+		a.dropAgentUpgrade("the agent assignment is gone")
 		return
 	}
 	if err := validateAgentAssignment(asg, a.cfg.MaxArtifactBytes); err != nil {
@@ -197,6 +198,9 @@ func (a *agent) agentAssigned(asg *v1.Assignment) {
 		return // being prepared, or ready
 	}
 	d := lifecycle.AgentAssign(a.up.rec, a.cfg.AgentVersion, asg)
+	if !d.Upgrade {
+		a.dropAgentUpgrade("the agent is assigned " + asg.GetRelease().GetVersion())
+	}
 	a.applyAgent(d, false)
 	if !d.Upgrade {
 		return
@@ -217,6 +221,22 @@ func (a *agent) agentAssigned(asg *v1.Assignment) {
 		bin, err := a.prepareAgent(ctx, asg)
 		a.send(agentPreparedEv{asg: asg, binary: bin, err: err})
 	})
+}
+
+// dropAgentUpgrade gives up an upgrade being prepared, or prepared and
+// waiting for the services to settle, that is no longer assigned (why):
+// the assignment is gone (an aborted first agent rollout) or says another
+// version (a failed rollout's hosts go back to the stable agent). Once the
+// loop is ending for the handover (stop) it is too late.
+func (a *agent) dropAgentUpgrade(why string) {
+	if a.up.asg == nil || a.up.stop {
+		return
+	}
+	a.log.Info().Str("version", a.up.asg.GetRelease().GetVersion()).Int64("generation", a.up.asg.GetGeneration()).Str("reason", why).Msg("agent upgrade: no longer assigned; not handing over")
+	if a.up.cancel != nil {
+		a.up.cancel()
+	}
+	a.up.asg, a.up.cancel, a.up.binary = nil, nil, ""
 }
 
 // verifyAgent makes the trust checks of an agent release (verify.go) when

@@ -528,3 +528,54 @@ func TestUpgradeCheckAgentBinaryBounded(t *testing.T) {
 		runtime.Gosched()
 	}
 }
+
+// An agent preparing (or holding, until its services settle) a new binary
+// goes no further once its assignment is gone (the first agent rollout
+// aborted) or says to stay on the version it runs (a failed rollout's
+// hosts are assigned the stable agent): the preparation is cancelled and
+// its end hands over to nothing.
+func TestUpgradeWithdrawnMidPrepareDoesNotHandOver(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		next func(a *agent) *v1.Assignment
+	}{
+		{"gone", func(*agent) *v1.Assignment { return nil }},
+		{"back to the running version", func(a *agent) *v1.Assignment {
+			return &v1.Assignment{Service: spec.AgentService, Generation: 3,
+				Release: &v1.Release{Version: a.cfg.AgentVersion, Artifact: &v1.Artifact{Sha256: strings.Repeat("d", 64), Size: 10}}}
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, prepared := range []bool{false, true} {
+				a := &agent{cfg: Config{DataDir: t.TempDir(), AgentVersion: "v0.1.0", MaxArtifactBytes: 1 << 20}, rep: newReporter(), log: zerolog.Nop()}
+				up := &v1.Assignment{Service: spec.AgentService, Generation: 2,
+					Release: &v1.Release{Version: "v0.2.0", Artifact: &v1.Artifact{Sha256: strings.Repeat("e", 64), Size: 10}}}
+				cancelled := false
+				a.up.asg, a.up.cancel = up, func() { cancelled = true }
+				busy := &service{name: "web", m: lifecycle.New("web")}
+				if prepared {
+					// Ready, waiting for a service in the middle of something.
+					busy.blocked = true
+					a.services = map[string]*service{"web": busy}
+					a.up.cancel, cancelled = nil, true
+					a.agentPrepared(agentPreparedEv{asg: up, binary: "/new/fleetwave-agent"})
+					if a.up.stop || a.up.binary == "" {
+						t.Fatalf("setup: stop %v, binary %q", a.up.stop, a.up.binary)
+					}
+				}
+				a.agentAssigned(tt.next(a))
+				if !cancelled {
+					t.Fatalf("prepared %v: the preparation was not cancelled", prepared)
+				}
+				if !prepared {
+					a.agentPrepared(agentPreparedEv{asg: up, binary: "/new/fleetwave-agent"})
+				}
+				busy.blocked = false
+				a.maybeHandOver()
+				if a.up.stop {
+					t.Fatalf("prepared %v: the agent hands over to v0.2.0, no longer assigned", prepared)
+				}
+			}
+		})
+	}
+}
