@@ -579,3 +579,19 @@ func TestUpgradeWithdrawnMidPrepareDoesNotHandOver(t *testing.T) {
 		})
 	}
 }
+
+// A new agent that closes its confirmation pipe without the line but runs
+// on is still held to the deadline: the old agent waited for its exit
+// with no deadline at all, while it ran the host unconfirmed.
+func TestHandoffPipeClosedWithoutConfirmationKeepsDeadline(t *testing.T) {
+	f := newHandoffFixture(t, "exec 3>&-\nexec sleep 600")
+	if Handoff(context.Background(), f.cfg, f.up, nil, zerolog.Nop()) {
+		t.Fatal("taken over")
+	}
+	rec := f.record(t)
+	if rec.State != lifecycle.AgentFailed || !strings.Contains(rec.Reason, "did not connect and confirm within 1s") {
+		t.Fatalf("record %+v", rec)
+	}
+	pid := f.newPID(t)
+	testkit.Eventually(t, 30*time.Second, "the new agent is gone", func() bool { return !alive(pid) })
+}
