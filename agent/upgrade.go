@@ -16,6 +16,7 @@ import (
 
 	"github.com/fleetwave/fleetwave/agent/install"
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
+	"github.com/fleetwave/fleetwave/internal/signing"
 	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -257,10 +258,25 @@ func (a *agent) verifyAgent(asg *v1.Assignment) error {
 	if err != nil {
 		return err
 	}
+	// The floor is 0 until the first fleet upgrade (an agent installed by
+	// hand): an older agent than the one running is a downgrade all the
+	// same, allowed only by a signed rollback statement (verified above).
+	if older(asg.GetRelease().GetVersion(), a.cfg.AgentVersion) && asg.GetRollback() == nil {
+		return fmt.Errorf("agent %s is older than the running agent %s and comes with no signed rollback statement: %w: refused",
+			asg.GetRelease().GetVersion(), a.cfg.AgentVersion, signing.ErrBelowFloor)
+	}
 	if raise {
 		return a.floors.raise(spec.AgentService, next)
 	}
 	return nil
+}
+
+// older reports whether version v is a numbered version below own (false
+// when either is not vMAJOR.MINOR.PATCH, like "dev").
+func older(v, own string) bool {
+	rv, ok1 := spec.ParseReleaseVersion(v)
+	ro, ok2 := spec.ParseReleaseVersion(own)
+	return ok1 && ok2 && rv.Compare(ro) < 0
 }
 
 // agentPrepared handles the end of a preparation.

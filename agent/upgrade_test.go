@@ -595,3 +595,37 @@ func TestHandoffPipeClosedWithoutConfirmationKeepsDeadline(t *testing.T) {
 	pid := f.newPID(t)
 	testkit.Eventually(t, 30*time.Second, "the new agent is gone", func() bool { return !alive(pid) })
 }
+
+// With trusted keys a validly signed agent release older than the running
+// agent is a downgrade even where the agent's floor is still 0 (every host
+// whose agent was installed by hand, before its first fleet upgrade): a
+// replayed old (say vulnerable) agent must come with a signed rollback
+// statement.
+func TestUpgradeVerifyAgentRefusesOlderThanRunning(t *testing.T) {
+	k := newTestKey(t)
+	a := &agent{cfg: Config{DataDir: t.TempDir(), AgentVersion: "v0.3.0"}, trusted: trustedKeys{k.id: k.pub}}
+	now := time.Now()
+	asg := func(v string, gen int64) *v1.Assignment {
+		return &v1.Assignment{Service: spec.AgentService, Generation: gen, Spec: spec.AgentSpec(nil),
+			Release: &v1.Release{Service: spec.AgentService, Version: v, Artifact: &v1.Artifact{Sha256: strings.Repeat("b", 64), Size: 42}}}
+	}
+	old := k.signSeq(t, asg("v0.2.0", 1), 4, now, now.Add(time.Hour))
+	if err := a.verifyAgent(old); err == nil || !strings.Contains(err.Error(), "older than the running agent v0.3.0") {
+		t.Fatalf("older signed agent on a floor of 0: %v, want refused", err)
+	}
+	if fl, err := a.floors.get(spec.AgentService); err != nil || fl.Sequence != 0 {
+		t.Fatalf("floor raised by a refused downgrade: %+v, %v", fl, err)
+	}
+	// A signed rollback statement allows it; a newer agent needs none.
+	if err := a.verifyAgent(k.rollback(t, old, 4, "", now, now.Add(time.Hour))); err != nil {
+		t.Fatalf("older agent with a rollback statement: %v", err)
+	}
+	if err := a.verifyAgent(k.signSeq(t, asg("v0.4.0", 2), 6, now, now.Add(time.Hour))); err != nil {
+		t.Fatalf("newer agent: %v", err)
+	}
+	// An unnumbered running agent (a build from source) cannot tell.
+	a.cfg.AgentVersion = "dev"
+	if err := a.verifyAgent(k.signSeq(t, asg("v0.5.0", 3), 7, now, now.Add(time.Hour))); err != nil {
+		t.Fatalf("from dev: %v", err)
+	}
+}
