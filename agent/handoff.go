@@ -187,6 +187,7 @@ func handoff(ctx context.Context, cfg Config, up *Upgrade, args []string, log ze
 	defer deadline.Stop()
 	var end lifecycle.HandoffEnd
 	var detail string
+wait:
 	select {
 	case ok := <-confirmed:
 		if ok {
@@ -197,9 +198,10 @@ func handoff(ctx context.Context, cfg Config, up *Upgrade, args []string, log ze
 			notifyMainPID(cfg.NotifySocket, cmd.Process.Pid, log)
 			return lifecycle.HandoffConfirmed, ""
 		}
-		// The pipe closed without the line: the new agent is exiting.
-		err := <-exited
-		return lifecycle.HandoffExited, exitText(err)
+		// The pipe closed without the line: the new agent is exiting, or
+		// runs on without confirming; the deadline still holds.
+		confirmed = nil
+		goto wait
 	case err := <-exited:
 		return lifecycle.HandoffExited, exitText(err)
 	case <-deadline.C:

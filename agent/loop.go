@@ -155,6 +155,13 @@ func (a *agent) assign(list []*v1.Assignment) {
 			a.log.Warn().Err(err).Int64("generation", asg.GetGeneration()).Msg("ignoring assignment with an invalid service name")
 			continue
 		}
+		if name == spec.AgentService {
+			// The agent's own releases come as ConnectResponse.agent only
+			// (upgrade.go); as a service they would share its release
+			// directory (validateAssignment).
+			a.log.Warn().Int64("generation", asg.GetGeneration()).Str("service", name).Msg("ignoring a service assignment of the name reserved for agent upgrades")
+			continue
+		}
 		if cur, ok := newest[name]; !ok || asg.GetGeneration() > cur.GetGeneration() {
 			newest[name] = asg
 		}

@@ -11,10 +11,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/fleetwave/fleetwave/agent/install"
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
+	"github.com/fleetwave/fleetwave/internal/signing"
 	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -186,6 +188,7 @@ func (a *agent) startAgent() error {
 // agentAssigned handles the agent assignment of a set (nil: none).
 func (a *agent) agentAssigned(asg *v1.Assignment) {
 	if asg == nil {
+		a.dropAgentUpgrade("the agent assignment is gone")
 		return
 	}
 	if err := validateAgentAssignment(asg, a.cfg.MaxArtifactBytes); err != nil {
@@ -196,6 +199,9 @@ func (a *agent) agentAssigned(asg *v1.Assignment) {
 		return // being prepared, or ready
 	}
 	d := lifecycle.AgentAssign(a.up.rec, a.cfg.AgentVersion, asg)
+	if !d.Upgrade {
+		a.dropAgentUpgrade("the agent is assigned " + asg.GetRelease().GetVersion())
+	}
 	a.applyAgent(d, false)
 	if !d.Upgrade {
 		return
@@ -218,6 +224,22 @@ func (a *agent) agentAssigned(asg *v1.Assignment) {
 	})
 }
 
+// dropAgentUpgrade gives up an upgrade being prepared, or prepared and
+// waiting for the services to settle, that is no longer assigned (why):
+// the assignment is gone (an aborted first agent rollout) or says another
+// version (a failed rollout's hosts go back to the stable agent). Once the
+// loop is ending for the handover (stop) it is too late.
+func (a *agent) dropAgentUpgrade(why string) {
+	if a.up.asg == nil || a.up.stop {
+		return
+	}
+	a.log.Info().Str("version", a.up.asg.GetRelease().GetVersion()).Int64("generation", a.up.asg.GetGeneration()).Str("reason", why).Msg("agent upgrade: no longer assigned; not handing over")
+	if a.up.cancel != nil {
+		a.up.cancel()
+	}
+	a.up.asg, a.up.cancel, a.up.binary = nil, nil, ""
+}
+
 // verifyAgent makes the trust checks of an agent release (verify.go) when
 // the agent has trusted keys: a signature naming the reserved service is
 // required, and the release floor applies as to any service.
@@ -236,10 +258,25 @@ func (a *agent) verifyAgent(asg *v1.Assignment) error {
 	if err != nil {
 		return err
 	}
+	// The floor is 0 until the first fleet upgrade (an agent installed by
+	// hand): an older agent than the one running is a downgrade all the
+	// same, allowed only by a signed rollback statement (verified above).
+	if older(asg.GetRelease().GetVersion(), a.cfg.AgentVersion) && asg.GetRollback() == nil {
+		return fmt.Errorf("agent %s is older than the running agent %s and comes with no signed rollback statement: %w: refused",
+			asg.GetRelease().GetVersion(), a.cfg.AgentVersion, signing.ErrBelowFloor)
+	}
 	if raise {
 		return a.floors.raise(spec.AgentService, next)
 	}
 	return nil
+}
+
+// older reports whether version v is a numbered version below own (false
+// when either is not vMAJOR.MINOR.PATCH, like "dev").
+func older(v, own string) bool {
+	rv, ok1 := spec.ParseReleaseVersion(v)
+	ro, ok2 := spec.ParseReleaseVersion(own)
+	return ok1 && ok2 && rv.Compare(ro) < 0
 }
 
 // agentPrepared handles the end of a preparation.
@@ -319,7 +356,36 @@ func (a *agent) prepareAgent(ctx context.Context, asg *v1.Assignment) (string, e
 // agentVersionTimeout bounds `fleetwave-agent version` of a new binary.
 const agentVersionTimeout = 30 * time.Second
 
-// checkAgentBinary runs `bin version` and wants it to print version.
+// agentVersionWaitDelay is how long the check waits, once the binary has
+// exited or been killed, for its output to close: a process it left behind
+// holding stdout would otherwise keep the agent reading for ever.
+var agentVersionWaitDelay = 2 * time.Second
+
+// agentVersionMaxOutput caps what `fleetwave-agent version` may print.
+const agentVersionMaxOutput = 4096
+
+// errVersionOutput: `version` printed more than agentVersionMaxOutput.
+var errVersionOutput = fmt.Errorf("printed more than %d bytes", agentVersionMaxOutput)
+
+// cappedBuffer keeps at most its cap; a write beyond it fails, which ends
+// the copy and closes the pipe (the binary gets EPIPE).
+type cappedBuffer struct {
+	b    []byte
+	over bool
+}
+
+func (c *cappedBuffer) Write(p []byte) (int, error) {
+	if len(c.b)+len(p) > agentVersionMaxOutput {
+		c.over = true
+		return 0, errVersionOutput
+	}
+	c.b = append(c.b, p...)
+	return len(p), nil
+}
+
+// checkAgentBinary runs `bin version` and wants it to print version. The
+// binary runs in a process group of its own, killed whole on the timeout
+// and when the check ends, and its output is capped.
 func checkAgentBinary(ctx context.Context, bin, version string) error {
 	fi, err := os.Lstat(bin)
 	switch {
@@ -334,10 +400,25 @@ func checkAgentBinary(ctx context.Context, bin, version string) error {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "version")
 	cmd.Env = []string{} // nothing of the agent's: it only prints its version
-	out, err := cmd.Output()
-	if err != nil {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = agentVersionWaitDelay
+	var stdout cappedBuffer
+	cmd.Stdout = &stdout
+	err = cmd.Start()
+	if err == nil {
+		err = cmd.Wait()
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // whatever it left behind
+	}
+	switch {
+	case stdout.over: // the binary may have died of the closed pipe
+		return fmt.Errorf("%s version: %w", agentBinary, errVersionOutput)
+	case errors.Is(err, exec.ErrWaitDelay):
+		return fmt.Errorf("%s version: exited leaving a process holding its output", agentBinary)
+	case err != nil:
 		return fmt.Errorf("%s version: %w", agentBinary, err)
 	}
+	out := stdout.b
 	got := strings.TrimSpace(string(out))
 	if len(got) > 64 {
 		got = got[:64] + "..."

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -476,4 +477,155 @@ func TestWatchParent(t *testing.T) {
 			t.Fatalf("after confirming: stopped %v, %d confirmations", ctx.Err(), confirms)
 		}
 	})
+}
+
+// A coordinator must not install an agent release as an ordinary service:
+// it would share DATA_DIR/releases/fleetwave-agent/<version>/ with the
+// agent's own upgrade, be given to the spec's run.user (ownRelease) and be
+// changed by that user's command, then run as root by an agent upgrade of
+// the same version and digest (already staged: not fetched again).
+func TestUpgradeServiceAssignmentOfReservedNameRefused(t *testing.T) {
+	asg := testAssignment("v0.3.0", 1, strings.Repeat("a", 64), 10, "")
+	asg.Service, asg.Release.Service, asg.Spec.Name = spec.AgentService, spec.AgentService, spec.AgentService
+	err := validateAssignment(asg, testHostID, map[string]string{"port": "1"}, 1000, t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), "reserved") {
+		t.Fatalf("a service assignment of %s: %v, want refused as reserved", spec.AgentService, err)
+	}
+}
+
+// `fleetwave-agent version` of a new binary is bounded: a binary that
+// leaves a child holding its stdout does not keep the agent waiting for
+// ever (the timeout killed only the binary, and the agent read on until
+// every holder of the pipe closed it), and one that prints without end
+// does not fill the agent's memory.
+func TestUpgradeCheckAgentBinaryBounded(t *testing.T) {
+	dir := t.TempDir()
+	held := filepath.Join(dir, "held", agentBinary)
+	// The child outlives the binary and keeps stdout; the binary prints
+	// the right version and exits 0.
+	writeScript(t, held, `sleep 3600 & echo $! > `+filepath.Join(dir, "child.pid")+`; echo v0.2.0`)
+	loud := filepath.Join(dir, "loud", agentBinary)
+	writeScript(t, loud, `exec yes v0.2.0`)
+	// No timer: a check that never returns fails the test by its timeout.
+	if err := checkAgentBinary(context.Background(), held, "v0.2.0"); err == nil || !strings.Contains(err.Error(), "holding its output") {
+		t.Fatalf("held: %v, want refused for leaving a process holding its output", err)
+	}
+	if err := checkAgentBinary(context.Background(), loud, "v0.2.0"); err == nil || !strings.Contains(err.Error(), "more than") {
+		t.Fatalf("loud: %v, want refused for its output", err)
+	}
+	// Nothing of the check is left running.
+	b, err := os.ReadFile(filepath.Join(dir, "child.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	deadline := time.Now().Add(time.Minute)
+	for syscall.Kill(pid, 0) == nil {
+		if time.Now().After(deadline) {
+			syscall.Kill(pid, syscall.SIGKILL)
+			t.Fatalf("the version check's child %d is still running", pid)
+		}
+		runtime.Gosched()
+	}
+}
+
+// An agent preparing (or holding, until its services settle) a new binary
+// goes no further once its assignment is gone (the first agent rollout
+// aborted) or says to stay on the version it runs (a failed rollout's
+// hosts are assigned the stable agent): the preparation is cancelled and
+// its end hands over to nothing.
+func TestUpgradeWithdrawnMidPrepareDoesNotHandOver(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		next func(a *agent) *v1.Assignment
+	}{
+		{"gone", func(*agent) *v1.Assignment { return nil }},
+		{"back to the running version", func(a *agent) *v1.Assignment {
+			return &v1.Assignment{Service: spec.AgentService, Generation: 3,
+				Release: &v1.Release{Version: a.cfg.AgentVersion, Artifact: &v1.Artifact{Sha256: strings.Repeat("d", 64), Size: 10}}}
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, prepared := range []bool{false, true} {
+				a := &agent{cfg: Config{DataDir: t.TempDir(), AgentVersion: "v0.1.0", MaxArtifactBytes: 1 << 20}, rep: newReporter(), log: zerolog.Nop()}
+				up := &v1.Assignment{Service: spec.AgentService, Generation: 2,
+					Release: &v1.Release{Version: "v0.2.0", Artifact: &v1.Artifact{Sha256: strings.Repeat("e", 64), Size: 10}}}
+				cancelled := false
+				a.up.asg, a.up.cancel = up, func() { cancelled = true }
+				busy := &service{name: "web", m: lifecycle.New("web")}
+				if prepared {
+					// Ready, waiting for a service in the middle of something.
+					busy.blocked = true
+					a.services = map[string]*service{"web": busy}
+					a.up.cancel, cancelled = nil, true
+					a.agentPrepared(agentPreparedEv{asg: up, binary: "/new/fleetwave-agent"})
+					if a.up.stop || a.up.binary == "" {
+						t.Fatalf("setup: stop %v, binary %q", a.up.stop, a.up.binary)
+					}
+				}
+				a.agentAssigned(tt.next(a))
+				if !cancelled {
+					t.Fatalf("prepared %v: the preparation was not cancelled", prepared)
+				}
+				if !prepared {
+					a.agentPrepared(agentPreparedEv{asg: up, binary: "/new/fleetwave-agent"})
+				}
+				busy.blocked = false
+				a.maybeHandOver()
+				if a.up.stop {
+					t.Fatalf("prepared %v: the agent hands over to v0.2.0, no longer assigned", prepared)
+				}
+			}
+		})
+	}
+}
+
+// A new agent that closes its confirmation pipe without the line but runs
+// on is still held to the deadline: the old agent waited for its exit
+// with no deadline at all, while it ran the host unconfirmed.
+func TestHandoffPipeClosedWithoutConfirmationKeepsDeadline(t *testing.T) {
+	f := newHandoffFixture(t, "exec 3>&-\nexec sleep 600")
+	if Handoff(context.Background(), f.cfg, f.up, nil, zerolog.Nop()) {
+		t.Fatal("taken over")
+	}
+	rec := f.record(t)
+	if rec.State != lifecycle.AgentFailed || !strings.Contains(rec.Reason, "did not connect and confirm within 1s") {
+		t.Fatalf("record %+v", rec)
+	}
+	pid := f.newPID(t)
+	testkit.Eventually(t, 30*time.Second, "the new agent is gone", func() bool { return !alive(pid) })
+}
+
+// With trusted keys a validly signed agent release older than the running
+// agent is a downgrade even where the agent's floor is still 0 (every host
+// whose agent was installed by hand, before its first fleet upgrade): a
+// replayed old (say vulnerable) agent must come with a signed rollback
+// statement.
+func TestUpgradeVerifyAgentRefusesOlderThanRunning(t *testing.T) {
+	k := newTestKey(t)
+	a := &agent{cfg: Config{DataDir: t.TempDir(), AgentVersion: "v0.3.0"}, trusted: trustedKeys{k.id: k.pub}}
+	now := time.Now()
+	asg := func(v string, gen int64) *v1.Assignment {
+		return &v1.Assignment{Service: spec.AgentService, Generation: gen, Spec: spec.AgentSpec(nil),
+			Release: &v1.Release{Service: spec.AgentService, Version: v, Artifact: &v1.Artifact{Sha256: strings.Repeat("b", 64), Size: 42}}}
+	}
+	old := k.signSeq(t, asg("v0.2.0", 1), 4, now, now.Add(time.Hour))
+	if err := a.verifyAgent(old); err == nil || !strings.Contains(err.Error(), "older than the running agent v0.3.0") {
+		t.Fatalf("older signed agent on a floor of 0: %v, want refused", err)
+	}
+	if fl, err := a.floors.get(spec.AgentService); err != nil || fl.Sequence != 0 {
+		t.Fatalf("floor raised by a refused downgrade: %+v, %v", fl, err)
+	}
+	// A signed rollback statement allows it; a newer agent needs none.
+	if err := a.verifyAgent(k.rollback(t, old, 4, "", now, now.Add(time.Hour))); err != nil {
+		t.Fatalf("older agent with a rollback statement: %v", err)
+	}
+	if err := a.verifyAgent(k.signSeq(t, asg("v0.4.0", 2), 6, now, now.Add(time.Hour))); err != nil {
+		t.Fatalf("newer agent: %v", err)
+	}
+	// An unnumbered running agent (a build from source) cannot tell.
+	a.cfg.AgentVersion = "dev"
+	if err := a.verifyAgent(k.signSeq(t, asg("v0.5.0", 3), 7, now, now.Add(time.Hour))); err != nil {
+		t.Fatalf("from dev: %v", err)
+	}
 }

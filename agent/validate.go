@@ -19,6 +19,12 @@ import (
 // validateAssignment checks an assignment after decoding; the error names
 // the field. dir is the release directory exec checks would run in.
 func validateAssignment(a *v1.Assignment, hostID string, labels map[string]string, maxBytes int64, dir string) error {
+	if a.GetService() == spec.AgentService {
+		// Its releases are the agent's own binaries (upgrade.go), in the
+		// same release directory: never a service, installed, given to a
+		// run.user or removed.
+		return fmt.Errorf("service: %q is reserved for the agent's own upgrades", a.GetService())
+	}
 	if a.GetRemove() {
 		return validateRemoval(a) // remove.go
 	}
