@@ -1049,18 +1049,35 @@ func TestConnectionsCapped(t *testing.T) {
 		t.Cleanup(func() { c.Close() })
 		return c
 	}
-	// closed: the server closed c (EOF) rather than leave it waiting.
+	// closed: the server closed c (EOF; a failure deadline, not an
+	// expected time).
 	closed := func(c net.Conn) bool {
-		_ = c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		_ = c.SetReadDeadline(time.Now().Add(time.Minute))
 		_, err := c.Read(make([]byte, 1))
 		return err == io.EOF
 	}
+	// serves: c is answered (so it was accepted and admitted).
+	serves := func(c net.Conn) bool {
+		if _, err := c.Write([]byte("GET /login HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+			return false
+		}
+		_ = c.SetReadDeadline(time.Now().Add(time.Minute))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return false
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}
 	a, b := dial(), dial()
-	time.Sleep(100 * time.Millisecond) // both accepted
+	if !serves(a) || !serves(b) {
+		t.Fatal("the first two connections were not served")
+	}
 	if !closed(dial()) {
 		t.Fatal("a third connection with http-max-connections 2 was kept open")
 	}
-	if closed(b) {
+	if !serves(b) {
 		t.Fatal("an admitted connection was closed")
 	}
 	a.Close()
@@ -1125,22 +1142,24 @@ func TestSessionCookieCannotBeTossedBySiblingOrigin(t *testing.T) {
 	}
 }
 
-// stuckWriter is a client that reads nothing: a write waits until the
-// handler's write deadline (any deadline fails it here at once; without
-// one it waits for good, 3 s in the test).
+// stuckWriter is a client that reads nothing: a write with a deadline set
+// fails (the deadline passes, as it would); one without a deadline would
+// wait for good, so it is recorded and failed at once instead.
 type stuckWriter struct {
-	h        http.Header
-	deadline time.Time
+	h                    http.Header
+	deadline             time.Time
+	writes, undeadlined int
 }
 
 func (w *stuckWriter) Header() http.Header { return w.h }
 func (w *stuckWriter) WriteHeader(int)     {}
 func (w *stuckWriter) Write(b []byte) (int, error) {
-	if !w.deadline.IsZero() {
-		return 0, fmt.Errorf("write: %w", context.DeadlineExceeded)
+	w.writes++
+	if w.deadline.IsZero() {
+		w.undeadlined++
+		return 0, io.ErrClosedPipe
 	}
-	time.Sleep(3 * time.Second)
-	return 0, io.ErrClosedPipe
+	return 0, fmt.Errorf("write: %w", context.DeadlineExceeded)
 }
 func (w *stuckWriter) SetWriteDeadline(t time.Time) error { w.deadline = t; return nil }
 func (w *stuckWriter) FlushError() error                  { return nil }
@@ -1151,10 +1170,9 @@ func (w *stuckWriter) FlushError() error                  { return nil }
 func TestPageToClientThatDoesNotReadHasDeadline(t *testing.T) {
 	d := newTestDash(t, Limits{})
 	w := &stuckWriter{h: http.Header{}}
-	start := time.Now()
 	d.srv.render(w, http.StatusOK, "login", pageData{Title: "Log in"})
-	if took := time.Since(start); took > time.Second {
-		t.Errorf("rendering to a client that reads nothing took %s: no write deadline", took)
+	if w.writes == 0 || w.undeadlined != 0 {
+		t.Errorf("%d writes, %d of them without a write deadline: a client that reads nothing would hold the handler for good", w.writes, w.undeadlined)
 	}
 }
 
