@@ -1146,8 +1146,8 @@ func TestSessionCookieCannotBeTossedBySiblingOrigin(t *testing.T) {
 // fails (the deadline passes, as it would); one without a deadline would
 // wait for good, so it is recorded and failed at once instead.
 type stuckWriter struct {
-	h                    http.Header
-	deadline             time.Time
+	h                   http.Header
+	deadline            time.Time
 	writes, undeadlined int
 }
 
