@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/fleetwave/fleetwave/agent/probe"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // startingProber fails until its process "answers" (answersAt after the
@@ -65,4 +67,30 @@ func TestChecksRetrySoonerUntilTheyPass(t *testing.T) {
 			t.Fatalf("first pass reported at %v, want 700ms", passedAt)
 		}
 	})
+}
+
+// TestHealthyAtWithoutTicksOrChecks: the agent wakes up at the moment the
+// checks have passed for min_healthy_time (lifecycle.Machine.HealthyAt). With
+// no periodic tick and no check result due for an hour after the first
+// pass, only that wake-up can make the release HEALTHY before the failure
+// deadline.
+func TestHealthyAtWithoutTicksOrChecks(t *testing.T) {
+	fc := newFakeCoordinator(t)
+	art := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": goodCheck})
+	digest := fc.addArtifact(art)
+	dataDir := t.TempDir()
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: dataDir, AgentVersion: "test"}
+	opts := testOptions()
+	opts.tick = time.Hour
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := runAgent(t, ctx, cfg, opts)
+	a := testAssignment("1.0.0", 1, digest, int64(len(art)), "")
+	a.Spec.Checks[0].Interval = durationpb.New(time.Hour)
+	fc.assign(a)
+	fc.waitFor(t, "v1 healthy", 30*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 1, v1.Phase_PHASE_HEALTHY, "1.0.0")
+	})
+	cancel()
+	waitDone(t, done)
 }
