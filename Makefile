@@ -190,11 +190,14 @@ demo:
 
 # Benchmarks print numbers (docs/BENCHMARKS.md); the fleet simulator's scale
 # table runs the real coordinator binary against N simulated agents
-# (FLEETWAVE_SIM_HOSTS=1000 make bench for a quick one).
+# (FLEETWAVE_SIM_HOSTS=1000 make bench for a quick one); then the lead time
+# of a small fleet of real agents (6 hosts, python's http.server) against
+# Nomad's rolling update (test/e2e TestLeadTimeSmallFleet, FLEETWAVE_BENCH=1).
 FLEETWAVE_SIM_HOSTS ?= 1000,5000,10000
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./coordinator/... ./agent/...
 	FLEETWAVE_SIM_HOSTS=$(FLEETWAVE_SIM_HOSTS) $(GO) test -count=1 -run '^TestScale$$' -v -timeout 60m ./internal/testkit/sim
+	FLEETWAVE_BENCH=1 $(GO) test -count=1 -run '^TestLeadTimeSmallFleet$$' -v -timeout 10m ./test/e2e
 
 clean:
 	rm -rf $(BIN) .proto-check .test-artifacts

@@ -87,6 +87,12 @@ func (a *agent) stopChecks(s *service) {
 func (a *agent) runChecks(ctx context.Context, name string, epoch uint64, probers []prober) {
 	results := make([]lifecycle.CheckResult, len(probers))
 	next := make([]time.Time, len(probers))
+	// Whether each check passed in this checking period, and how often it
+	// failed before: until it passes it is retried sooner than its
+	// interval (lifecycle.ProbeDelay), as the process is usually still
+	// starting when the first run (at once) finds it not answering.
+	passed := make([]bool, len(probers))
+	failures := make([]int, len(probers))
 	for i, p := range probers {
 		results[i] = lifecycle.CheckResult{Name: p.p.Name(), Detail: "not run yet"}
 	}
@@ -100,11 +106,12 @@ func (a *agent) runChecks(ctx context.Context, name string, epoch uint64, prober
 		}
 		now := time.Now()
 		var wg sync.WaitGroup
+		ran := make([]bool, len(probers))
 		for i := range probers {
 			if now.Before(next[i]) {
 				continue
 			}
-			next[i] = now.Add(probers[i].interval)
+			ran[i] = true
 			wg.Add(1)
 			go func(i int) {
 				defer wg.Done()
@@ -114,6 +121,17 @@ func (a *agent) runChecks(ctx context.Context, name string, epoch uint64, prober
 		wg.Wait()
 		if ctx.Err() != nil {
 			return
+		}
+		for i := range probers {
+			if !ran[i] {
+				continue
+			}
+			if results[i].OK {
+				passed[i] = true
+			} else {
+				failures[i]++
+			}
+			next[i] = now.Add(lifecycle.ProbeDelay(probers[i].interval, passed[i], failures[i]))
 		}
 		snapshot := append([]lifecycle.CheckResult(nil), results...)
 		if !a.send(checksEv{svc: name, epoch: epoch, at: time.Now(), results: snapshot}) {

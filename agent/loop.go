@@ -16,20 +16,34 @@ import (
 func (a *agent) loop(ctx context.Context) {
 	tick := time.NewTicker(a.opts.tick)
 	defer tick.Stop()
+	// wake fires at the earliest time a machine's checks will have passed
+	// for min_healthy_time (lifecycle.Machine.HealthyAt): HEALTHY is
+	// decided then, not up to a tick or a check interval later.
+	wake := time.NewTimer(time.Hour)
+	wake.Stop()
+	defer wake.Stop()
+	var wakeAt time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case now := <-tick.C:
+			a.tickAll(now)
+		case now := <-wake.C:
+			wakeAt = time.Time{}
 			for _, name := range a.names() {
-				s := a.services[name]
-				if s.blocked {
-					a.runQueue(s) // retry the failed save
-				}
-				a.step(s, lifecycle.Tick(now))
+				a.step(a.services[name], lifecycle.Tick(now))
 			}
 		case ev := <-a.events:
 			a.handle(ev)
+		}
+		if at := a.healthyAt(time.Now()); !at.Equal(wakeAt) {
+			wakeAt = at
+			if at.IsZero() {
+				wake.Stop()
+			} else {
+				wake.Reset(time.Until(at))
+			}
 		}
 		if a.up.binary != "" {
 			a.maybeHandOver()
@@ -38,6 +52,29 @@ func (a *agent) loop(ctx context.Context) {
 			return // hand over to the new agent (upgrade.go)
 		}
 	}
+}
+
+// tickAll feeds every machine the periodic tick.
+func (a *agent) tickAll(now time.Time) {
+	for _, name := range a.names() {
+		s := a.services[name]
+		if s.blocked {
+			a.runQueue(s) // retry the failed save
+		}
+		a.step(s, lifecycle.Tick(now))
+	}
+}
+
+// healthyAt is the earliest HealthyAt of the machines after now (zero:
+// none).
+func (a *agent) healthyAt(now time.Time) time.Time {
+	var first time.Time
+	for _, s := range a.services {
+		if at, ok := s.m.HealthyAt(); ok && at.After(now) && (first.IsZero() || at.Before(first)) {
+			first = at
+		}
+	}
+	return first
 }
 
 func (a *agent) names() []string {

@@ -39,3 +39,33 @@ func TestSpecDefaults(t *testing.T) {
 		t.Fatalf("defaults: min healthy %v deadline %v", MinHealthyTime(none), HealthyDeadline(none))
 	}
 }
+
+// TestProbeDelay: a check that has not passed yet is retried sooner than
+// its interval, backing off to it; once passed it runs on its interval.
+func TestProbeDelay(t *testing.T) {
+	for _, tc := range []struct {
+		interval time.Duration
+		passed   bool
+		failures int
+		want     time.Duration
+	}{
+		{time.Second, false, 1, 100 * time.Millisecond},
+		{time.Second, false, 2, 200 * time.Millisecond},
+		{time.Second, false, 3, 400 * time.Millisecond},
+		{time.Second, false, 4, 800 * time.Millisecond},
+		{time.Second, false, 5, time.Second},
+		{time.Second, false, 1000, time.Second},
+		{time.Second, true, 1, time.Second},
+		{time.Second, true, 0, time.Second},
+		{time.Second, false, 0, time.Second}, // not run yet: the caller runs it at once
+		{50 * time.Millisecond, false, 1, 50 * time.Millisecond},
+		{100 * time.Millisecond, false, 3, 100 * time.Millisecond},
+		{250 * time.Millisecond, false, 2, 200 * time.Millisecond},
+		{250 * time.Millisecond, false, 3, 250 * time.Millisecond},
+		{time.Hour, false, 100, time.Hour},
+	} {
+		if got := ProbeDelay(tc.interval, tc.passed, tc.failures); got != tc.want {
+			t.Errorf("ProbeDelay(%v, passed %v, %d failures) = %v, want %v", tc.interval, tc.passed, tc.failures, got, tc.want)
+		}
+	}
+}

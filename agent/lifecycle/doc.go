@@ -137,7 +137,11 @@
 //     with analysis rules (a first install, a revert and a recovery have
 //     no baseline).
 //  4. Feed Tick(now) periodically (about once a second) so deadlines fire
-//     (a readiness deadline too).
+//     (a readiness deadline too), and at HealthyAt, so that a release is
+//     HEALTHY as soon as its checks have passed for min_healthy_time.
+//     Run each check again ProbeDelay after its last run: before it first
+//     passes in a checking period a failing check is retried sooner than
+//     its interval (the process is usually still starting).
 //  5. Feed assignments from the coordinator with Assign (after validating
 //     them) and invalid ones with Invalid.
 //

@@ -545,6 +545,22 @@ func (m *Machine) AnalysisEpoch() (epoch uint64, ok bool) {
 	return 0, false
 }
 
+// HealthyAt is when the checks of the checking period will have passed
+// for min_healthy_time if they go on passing (ok is false when no checking
+// period runs, it is a watch, or the checks do not pass now). The caller
+// feeds a Tick at that time (duty 4), so that HEALTHY is decided then and
+// not at the next check result or periodic tick, up to a check interval
+// or a tick later. Until that time no Tick changes anything about the
+// checks; after it, the decision may still wait for the analysis or the
+// validate hook.
+func (m *Machine) HealthyAt() (time.Time, bool) {
+	c := &m.chk
+	if !c.active || c.watching || !c.passing {
+		return time.Time{}, false
+	}
+	return c.passSince.Add(c.minHealthy), true
+}
+
 // Watching reports whether the release is in its watch after HEALTHY.
 func (m *Machine) Watching() bool { return m.chk.active && m.chk.watching }
 

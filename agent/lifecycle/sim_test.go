@@ -476,6 +476,12 @@ func (s *sim) step(in Input) {
 	if _, ok := s.m.AnalysisEpoch(); ok != s.analysing() {
 		s.fatalf("machine analyses=%v, model %v", ok, s.analysing())
 	}
+	// The time the agent wakes up for is when the model's checks will
+	// have passed for min_healthy_time, while it checks and they pass.
+	if at, ok := s.m.HealthyAt(); ok != (s.checking && !s.watching && !s.passSince.IsZero()) ||
+		(ok && !at.Equal(s.passSince.Add(MinHealthyTime(s.chkA)))) {
+		s.fatalf("HealthyAt %v %v; model: checking %v watching %v passing since %v", ok, at.Sub(t0), s.checking, s.watching, s.passSince.Sub(t0))
+	}
 	// A Fail reverts at once, while checking or watching.
 	if wasAnalysing && in.Kind == InputAnalysis && in.Verdict == VerdictFail && in.Epoch == s.chkEpoch &&
 		(!wasWatching || in.At.Before(wasUntil)) && s.m.Phase() != v1.Phase_PHASE_REVERTING &&

@@ -638,6 +638,9 @@ func (tr *trace) status() string {
 	if tr.m.Watching() {
 		s += " watching"
 	}
+	if at, ok := tr.m.HealthyAt(); ok {
+		s += " healthy-at=" + tr.at(at)
+	}
 	if e, ok := tr.m.AnalysisEpoch(); ok {
 		s += " analysing=" + strconv.FormatUint(e, 10)
 	}

@@ -453,6 +453,31 @@ func MinHealthyTime(a *v1.Assignment) time.Duration {
 	return DefaultMinHealthyTime
 }
 
+// StartupProbeDelay is the first delay before a failing check runs again
+// while it has not passed yet in its checking period (ProbeDelay).
+const StartupProbeDelay = 100 * time.Millisecond
+
+// ProbeDelay is how long after one run of a check with interval its next
+// run starts. Once the check has passed in its checking period (passed),
+// and for an interval at or below StartupProbeDelay, that is interval.
+// Before, a process is usually still starting: a failing check is retried
+// after StartupProbeDelay, doubled with each further failure (failures:
+// how many runs failed so far, at least 1), never later than interval. So
+// a process that does not answer yet when its first check runs (at once,
+// when the checks begin) is found passing about when it starts answering
+// rather than one interval later, and a slow starter costs only a few more
+// probes (about log2(interval / StartupProbeDelay)).
+func ProbeDelay(interval time.Duration, passed bool, failures int) time.Duration {
+	if passed || interval <= StartupProbeDelay || failures < 1 {
+		return interval
+	}
+	d := StartupProbeDelay
+	for i := 1; i < failures && d < interval; i++ {
+		d *= 2
+	}
+	return min(d, interval)
+}
+
 // HealthyDeadline is the spec's healthy_deadline or its default.
 func HealthyDeadline(a *v1.Assignment) time.Duration {
 	if d := a.GetSpec().GetHealthyDeadline(); d != nil && d.AsDuration() > 0 {

@@ -1,0 +1,96 @@
+package agent
+
+import (
+	"context"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/fleetwave/fleetwave/agent/probe"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// startingProber fails until its process "answers" (answersAt after the
+// start, on synctest's clock), then passes; it records when it ran.
+type startingProber struct {
+	start     time.Time
+	answersAt time.Duration
+	ran       []time.Duration
+}
+
+func (p *startingProber) Name() string { return "http" }
+
+func (p *startingProber) Probe(context.Context) probe.Result {
+	at := time.Since(p.start)
+	p.ran = append(p.ran, at)
+	return probe.Result{Name: "http", OK: at >= p.answersAt, Detail: "connection refused"}
+}
+
+// TestChecksRetrySoonerUntilTheyPass: the first check runs as the checks
+// begin; until it passes a failing check runs again after 100 ms, 200 ms,
+// 400 ms ... (lifecycle.ProbeDelay), not a whole interval later; once it
+// passed it runs on its interval. synctest's clock: the times are exact.
+func TestChecksRetrySoonerUntilTheyPass(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a := &agent{events: make(chan any, 64), stopping: make(chan struct{})}
+		p := &startingProber{start: time.Now(), answersAt: 650 * time.Millisecond}
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			a.runChecks(ctx, "web", 1, []prober{{p: p, interval: time.Second, timeout: time.Second}})
+		}()
+		var passedAt time.Duration
+		for passedAt == 0 {
+			ev := (<-a.events).(checksEv)
+			if ev.results[0].OK {
+				passedAt = ev.at.Sub(p.start)
+			}
+		}
+		// Two more rounds on the interval.
+		<-a.events
+		<-a.events
+		cancel()
+		<-done
+		want := []time.Duration{0, 100 * time.Millisecond, 300 * time.Millisecond, 700 * time.Millisecond,
+			1700 * time.Millisecond, 2700 * time.Millisecond}
+		if len(p.ran) != len(want) {
+			t.Fatalf("probes ran at %v, want %v", p.ran, want)
+		}
+		for i := range want {
+			if p.ran[i] != want[i] {
+				t.Fatalf("probes ran at %v, want %v", p.ran, want)
+			}
+		}
+		if passedAt != 700*time.Millisecond {
+			t.Fatalf("first pass reported at %v, want 700ms", passedAt)
+		}
+	})
+}
+
+// TestHealthyAtWithoutTicksOrChecks: the agent wakes up at the moment the
+// checks have passed for min_healthy_time (lifecycle.Machine.HealthyAt). With
+// no periodic tick and no check result due for an hour after the first
+// pass, only that wake-up can make the release HEALTHY before the failure
+// deadline.
+func TestHealthyAtWithoutTicksOrChecks(t *testing.T) {
+	fc := newFakeCoordinator(t)
+	art := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": goodCheck})
+	digest := fc.addArtifact(art)
+	dataDir := t.TempDir()
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: dataDir, AgentVersion: "test"}
+	opts := testOptions()
+	opts.tick = time.Hour
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := runAgent(t, ctx, cfg, opts)
+	a := testAssignment("1.0.0", 1, digest, int64(len(art)), "")
+	a.Spec.Checks[0].Interval = durationpb.New(time.Hour)
+	fc.assign(a)
+	fc.waitFor(t, "v1 healthy", 30*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 1, v1.Phase_PHASE_HEALTHY, "1.0.0")
+	})
+	cancel()
+	waitDone(t, done)
+}
