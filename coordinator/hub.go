@@ -94,6 +94,11 @@ func validateReport(r *v1.ServiceReport) error {
 	if r.GetGeneration() < 0 {
 		return fmt.Errorf("report.generation: %d is negative", r.GetGeneration())
 	}
+	if b := r.GetBadSource(); b != "" {
+		if err := spec.CheckHostID("report.bad_source", b); err != nil {
+			return err
+		}
+	}
 	if len(r.GetReason()) > 4096 {
 		return fmt.Errorf("report.reason: %d bytes, over 4096", len(r.GetReason()))
 	}
@@ -386,11 +391,22 @@ func (h *hub) table() *desiredTable {
 }
 
 // peerHosts are the hosts that advertise a peer address, with their
-// labels; an agent whose identity is revoked is never named a source.
+// labels. An agent whose identity is revoked is never named a source, nor
+// one that another host's report names as its bad_source (it served bytes
+// that failed verification), while that report stands.
 func (h *hub) peerHosts() map[string]rollout.PeerHost {
 	out := map[string]rollout.PeerHost{}
-	for _, host := range h.c.mirror.Hosts() {
-		if host.GetPeerAddress() == "" {
+	hosts := h.c.mirror.Hosts()
+	bad := map[string]bool{}
+	for _, host := range hosts {
+		for _, r := range h.c.mirror.Reports(host.GetId()) {
+			if b := r.GetBadSource(); b != "" {
+				bad[b] = true
+			}
+		}
+	}
+	for _, host := range hosts {
+		if host.GetPeerAddress() == "" || bad[host.GetId()] {
 			continue
 		}
 		if _, revoked := h.c.mirror.RevokedIdentity(tlsutil.KindAgent, host.GetId()); revoked {
