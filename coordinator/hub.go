@@ -463,7 +463,9 @@ func (h *hub) assignments(t *desiredTable, c *agentConn) *v1.ConnectResponse {
 		}
 		sp, rev := rollout.SpecFor(e.svc, e.latest, ver, gen)
 		asg := &v1.Assignment{Service: name, Generation: gen, Release: rel, Spec: sp, SpecRevision: rev}
-		if e.peers != nil && ver == e.latest.GetToVersion() && rel.GetArtifact().GetSha256() != "" {
+		// A host that holds the artifact already gets no sources: its
+		// assignment does not change as other hosts finish.
+		if e.peers != nil && ver == e.latest.GetToVersion() && rel.GetArtifact().GetSha256() != "" && !e.peers.Has(host) {
 			asg.Sources = rollout.SourcesOf(e.peers.Pick(host, labels[rollout.ZoneLabel], h.c.cfg.ArtifactSources))
 		}
 		if sr := e.latest.GetSignedRollback(); sr != nil && ver == e.latest.GetToVersion() {

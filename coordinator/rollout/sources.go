@@ -74,17 +74,17 @@ func PeersOf(r *v1.Rollout, hosts map[string]PeerHost) []Peer {
 type PeerSet struct {
 	byZone map[string][]Peer
 	all    []Peer
+	ids    map[string]bool
 }
 
 // NewPeerSet indexes peers (a peer listed twice counts once).
 func NewPeerSet(peers []Peer) *PeerSet {
-	s := &PeerSet{byZone: map[string][]Peer{}}
-	seen := map[string]bool{}
+	s := &PeerSet{byZone: map[string][]Peer{}, ids: map[string]bool{}}
 	for _, p := range peers {
-		if seen[p.ID] || p.ID == "" || p.Address == "" {
+		if s.ids[p.ID] || p.ID == "" || p.Address == "" {
 			continue
 		}
-		seen[p.ID] = true
+		s.ids[p.ID] = true
 		s.all = append(s.all, p)
 		s.byZone[p.Zone] = append(s.byZone[p.Zone], p)
 	}
@@ -105,6 +105,10 @@ func NewPeerSet(peers []Peer) *PeerSet {
 
 // Len is the number of candidates.
 func (s *PeerSet) Len() int { return len(s.all) }
+
+// Has reports whether host is a candidate (it holds the artifact: it needs
+// no sources).
+func (s *PeerSet) Has(host string) bool { return s != nil && s.ids[host] }
 
 // Pick returns up to n sources for host (in zone): same zone first, each
 // group's window ordered by wave. n is clamped to [0, MaxSources].

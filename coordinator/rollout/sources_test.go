@@ -43,7 +43,7 @@ func TestPickEdgeCases(t *testing.T) {
 		t.Fatalf("nil set: %v", got)
 	}
 	s := NewPeerSet([]Peer{{ID: "a", Address: "a:1"}, {ID: "a", Address: "a:2"}, {ID: "", Address: "x:1"}, {ID: "noaddr"}})
-	if s.Len() != 1 {
+	if s.Len() != 1 || !s.Has("a") || s.Has("noaddr") || nilSet.Has("a") {
 		t.Fatalf("Len = %d, want 1 (duplicates, empty ids and addresses dropped)", s.Len())
 	}
 	if got := s.Pick("a", "", 3); len(got) != 0 {

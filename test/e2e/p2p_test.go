@@ -138,7 +138,9 @@ func (e *env) waveHosts(i int) []string {
 func TestPeerToPeerBadPeerRejected(t *testing.T) {
 	const n = 4
 	e := newP2PEnv(t, n)
-	coordEgress := func() float64 { return e.metric(e.fleet.MetricsAddr, "fleetwave_coordinator_artifact_egress_bytes_total") }
+	coordEgress := func() float64 {
+		return e.metric(e.fleet.MetricsAddr, "fleetwave_coordinator_artifact_egress_bytes_total")
+	}
 
 	// A good release: one copy from the coordinator (the canary's).
 	size, _, canary := e.startP2PRelease("v1")
