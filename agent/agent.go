@@ -103,6 +103,9 @@ type agent struct {
 	cgroups *supervise.Cgroups // every service process in its own cgroup, when usable
 	floors  *floorStore        // release floors per service (verify.go; made on first use, run loop only)
 
+	peerAddr string       // advertised in the Hello ("" = no peer listener; peer.go)
+	dropped  droppedPeers // peers that served bad bytes
+
 	up          agentUpgrade // the agent's own upgrade (upgrade.go; run loop only)
 	confirmOnce sync.Once    // Config.Confirm is called once
 }
@@ -226,6 +229,12 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger, opts options) erro
 		return err
 	}
 	defer stopMetrics()
+	peerAddr, servePeer, stopPeer, err := a.startPeer()
+	if err != nil {
+		return err
+	}
+	defer stopPeer()
+	a.peerAddr = peerAddr
 	log.Info().Str("path", dataDir).Int("services", len(saved)).Str("agent_version", cfg.AgentVersion).Msg("agent starting")
 	if err := a.startAgent(); err != nil {
 		return err
@@ -243,6 +252,11 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger, opts options) erro
 		// without a coordinator anyway.
 		if err := a.ensureCert(loopCtx); err != nil {
 			return
+		}
+		if err := servePeer(); err != nil {
+			// The agent works without it; its Hello still names the
+			// address, where fetchers fail and take their next source.
+			log.Error().Err(err).Msg("peer listener not started")
 		}
 		a.connLoop(loopCtx)
 	}()

@@ -108,7 +108,25 @@ type Config struct {
 	// (supervise.OpenCgroups); otherwise process groups alone, and specs
 	// with resources.memory_max or tasks_max are refused.
 	CgroupParent string
+	// PeerListen is where the agent serves the artifacts it holds,
+	// verified, to other agents of the fleet (host:port; "" = off; needs
+	// TLS). PeerAdvertise is the address other agents reach it at, sent in
+	// the Hello ("" = PeerListen, which then must name a host).
+	PeerListen, PeerAdvertise string
+	// PeerMaxUploads bounds the peer downloads served at once (0 =
+	// DefaultPeerMaxUploads); PeerUploadRate the bytes per second they
+	// send together (a token bucket; 0 = DefaultPeerUploadRate).
+	PeerMaxUploads int
+	PeerUploadRate int64
 }
+
+// Limits of the peer listener (peer.go).
+const (
+	DefaultPeerMaxUploads       = 8
+	MaxPeerMaxUploads           = 1024
+	DefaultPeerUploadRate int64 = 100 << 20 // 100 MiB/s
+	MinPeerUploadRate     int64 = 64 << 10  // 64 KiB/s
+)
 
 // Limits of Config.UpgradeDeadline.
 const (
@@ -176,6 +194,39 @@ func (c Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.MetricsListen); c.MetricsListen != "" && err != nil {
 		return fmt.Errorf("metrics_listen: %q: want host:port: %v", c.MetricsListen, err)
 	}
+	return c.validatePeer()
+}
+
+// validatePeer checks the peer listener's fields.
+func (c Config) validatePeer() error {
+	if c.PeerMaxUploads < 0 || c.PeerMaxUploads > MaxPeerMaxUploads {
+		return fmt.Errorf("peer_max_uploads: %d is not within 1 and %d (0 for the default %d)", c.PeerMaxUploads, MaxPeerMaxUploads, DefaultPeerMaxUploads)
+	}
+	if c.PeerUploadRate < 0 || (c.PeerUploadRate > 0 && c.PeerUploadRate < MinPeerUploadRate) {
+		return fmt.Errorf("peer_upload_rate: %d bytes/s is below %d (0 for the default %d)", c.PeerUploadRate, MinPeerUploadRate, DefaultPeerUploadRate)
+	}
+	if c.PeerListen == "" {
+		if c.PeerAdvertise != "" {
+			return fmt.Errorf("peer_advertise: %q without peer_listen", c.PeerAdvertise)
+		}
+		return nil
+	}
+	if c.Insecure {
+		return errors.New("peer_listen: agents serve artifacts to each other over mutual TLS only, not with insecure")
+	}
+	host, _, err := net.SplitHostPort(c.PeerListen)
+	if err != nil {
+		return fmt.Errorf("peer_listen: %q: want host:port: %v", c.PeerListen, err)
+	}
+	if c.PeerAdvertise == "" {
+		if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+			return fmt.Errorf("peer_advertise: required when peer_listen %q names no host", c.PeerListen)
+		}
+		return nil
+	}
+	if h, p, err := net.SplitHostPort(c.PeerAdvertise); err != nil || h == "" || p == "" || p == "0" {
+		return fmt.Errorf("peer_advertise: %q: want host:port", c.PeerAdvertise)
+	}
 	return nil
 }
 
@@ -219,6 +270,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.KeepReleases == 0 {
 		c.KeepReleases = DefaultKeepReleases
+	}
+	if c.PeerMaxUploads == 0 {
+		c.PeerMaxUploads = DefaultPeerMaxUploads
+	}
+	if c.PeerUploadRate == 0 {
+		c.PeerUploadRate = DefaultPeerUploadRate
 	}
 	return c
 }

@@ -16,6 +16,7 @@ import (
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/protobuf/proto"
 )
 
 // maxRecvBytes bounds one message from the coordinator.
@@ -29,6 +30,9 @@ type reporter struct {
 	latest map[string]*v1.ServiceReport
 	dirty  map[string]bool
 	notify chan struct{}
+	// bad is the last peer dropped for bad bytes per service (peer.go),
+	// set on every report of the service from then on.
+	bad map[string]string
 }
 
 func newReporter() *reporter {
@@ -36,25 +40,55 @@ func newReporter() *reporter {
 		latest: map[string]*v1.ServiceReport{},
 		dirty:  map[string]bool{},
 		notify: make(chan struct{}, 1),
+		bad:    map[string]string{},
 	}
 }
 
 // put records a report to send.
 func (r *reporter) put(rep *v1.ServiceReport) {
 	r.mu.Lock()
-	r.latest[rep.GetService()] = rep
+	r.latest[rep.GetService()] = r.stamp(rep)
 	r.dirty[rep.GetService()] = true
 	r.mu.Unlock()
+	r.wake()
+}
+
+func (r *reporter) wake() {
 	select {
 	case r.notify <- struct{}{}:
 	default:
 	}
 }
 
+// stamp returns rep with the service's bad source set (a copy when it
+// changes anything). r.mu is held.
+func (r *reporter) stamp(rep *v1.ServiceReport) *v1.ServiceReport {
+	b := r.bad[rep.GetService()]
+	if b == "" || rep.GetBadSource() == b {
+		return rep
+	}
+	c := proto.Clone(rep).(*v1.ServiceReport)
+	c.BadSource = b
+	return c
+}
+
+// setBadSource names the last peer of a service dropped for bad bytes in
+// its reports, and sends the latest one again with it.
+func (r *reporter) setBadSource(service, host string) {
+	r.mu.Lock()
+	r.bad[service] = host
+	if rep := r.latest[service]; rep != nil {
+		r.latest[service] = r.stamp(rep)
+		r.dirty[service] = true
+	}
+	r.mu.Unlock()
+	r.wake()
+}
+
 // setLatest updates the full status without asking for a send.
 func (r *reporter) setLatest(rep *v1.ServiceReport) {
 	r.mu.Lock()
-	r.latest[rep.GetService()] = rep
+	r.latest[rep.GetService()] = r.stamp(rep)
 	r.mu.Unlock()
 }
 
@@ -76,6 +110,7 @@ func (r *reporter) hello(cfg Config) *v1.Hello {
 func (a *agent) hello() *v1.Hello {
 	h := a.rep.hello(a.cfg)
 	h.Cgroups = a.cgroups.String()
+	h.PeerAddress = a.peerAddr
 	return h
 }
 
@@ -339,7 +374,19 @@ func (a *agent) fetch(ctx context.Context, asg *v1.Assignment) (*install.Fetched
 }
 
 func (a *agent) fetchOnce(ctx context.Context, asg *v1.Assignment, want install.Artifact) (*install.Fetched, error) {
-	if u := asg.GetRelease().GetArtifact().GetUrl(); u != "" {
+	u := asg.GetRelease().GetArtifact().GetUrl()
+	// Peers first (peer.go), then the coordinator (resuming) or the URL.
+	f, err := a.fetchFromPeers(ctx, asg, want, u == "")
+	switch {
+	case err == nil:
+		return f, nil
+	case errors.Is(err, errNoPeerSource):
+	case u == "" || ctx.Err() != nil:
+		return nil, err
+	default:
+		a.log.Warn().Str("service", asg.GetService()).Err(err).Msg("no peer could serve the artifact; fetching from its URL")
+	}
+	if u != "" {
 		// The transport bounds the wait for headers; nothing bounds a body
 		// that stops arriving but the idle watch.
 		ictx, wrap, stop := idleWatch(ctx, a.opts.fetchIdle)
@@ -364,7 +411,7 @@ func (a *agent) fetchOnce(ctx context.Context, asg *v1.Assignment, want install.
 		if resp.StatusCode != http.StatusOK {
 			return nil, fmt.Errorf("GET %s: status %s", u, resp.Status)
 		}
-		f, err := a.inst.Fetch(ictx, a.metrics.countFetch(asg.GetService(), wrap(resp.Body)), want)
+		f, err := a.inst.Fetch(ictx, a.metrics.countFetch(asg.GetService(), a.metrics.countSource(sourceURL, wrap(resp.Body))), want)
 		if err != nil {
 			return nil, fmt.Errorf("GET %s: %w", u, idleErr(ictx, err))
 		}
@@ -382,7 +429,7 @@ func (a *agent) fetchOnce(ctx context.Context, asg *v1.Assignment, want install.
 	if err != nil {
 		return nil, fmt.Errorf("download %s: %w", want.SHA256, idleErr(dctx, err))
 	}
-	f, err := a.inst.Fetch(dctx, a.metrics.countFetch(asg.GetService(), wrap(&chunkReader{stream: stream})), want)
+	f, err = a.inst.Fetch(dctx, a.metrics.countFetch(asg.GetService(), a.metrics.countSource(sourceCoordinator, wrap(&chunkReader{stream: stream}))), want)
 	if err != nil {
 		return nil, fmt.Errorf("download: %w", idleErr(dctx, err))
 	}

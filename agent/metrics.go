@@ -51,6 +51,12 @@ type agentMetrics struct {
 	fetchDuration *prometheus.HistogramVec // service, result
 	delivery      prometheus.Histogram
 
+	// Peer-to-peer artifacts (peer.go).
+	sourceBytes   *prometheus.CounterVec // source: peer, coordinator, url
+	peersRejected prometheus.Counter
+	peerUploaded  prometheus.Counter
+	peerRefused   prometheus.Counter
+
 	// installing marks services with an install under way (since FETCHING),
 	// so an install is counted once when it ends. Only the run loop touches
 	// it.
@@ -87,6 +93,25 @@ func newAgentMetrics(rep *reporter) *agentMetrics {
 		Help:    "Duration of one artifact download attempt, by service and result (ok, error, canceled).",
 		Buckets: []float64{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800},
 	}, []string{"service", "result"})
+	m.sourceBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "fleetwave_agent_artifact_source_bytes_total",
+		Help: "Artifact bytes downloaded, by kind of source: peer (another agent), coordinator, url (the release's URL); failed attempts included.",
+	}, []string{"source"})
+	for _, k := range []string{sourcePeer, sourceCoordinator, sourceURL} {
+		m.sourceBytes.WithLabelValues(k)
+	}
+	m.peersRejected = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "fleetwave_agent_peer_sources_rejected_total",
+		Help: "Peers dropped because the bytes they served failed verification (digest or size).",
+	})
+	m.peerUploaded = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "fleetwave_agent_peer_upload_bytes_total",
+		Help: "Artifact bytes this agent served to other agents on its peer listener.",
+	})
+	m.peerRefused = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "fleetwave_agent_peer_uploads_refused_total",
+		Help: "Peer downloads refused because --peer-max-uploads were being served already.",
+	})
 	m.delivery = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name: "fleetwave_agent_assignment_delivery_seconds",
 		Help: "Time from the coordinator sending an assignment set (its sent_at) to this agent receiving it; " +
@@ -99,6 +124,7 @@ func newAgentMetrics(rep *reporter) *agentMetrics {
 		&phaseCollector{rep: rep, desc: prometheus.NewDesc("fleetwave_agent_phase",
 			"1 for the phase each service is in (as last reported), 0 for the others.", []string{"service", "phase"}, nil)},
 		m.installs, m.reverts, m.anaValue, m.anaThreshold, m.fetchBytes, m.fetchDuration, m.delivery,
+		m.sourceBytes, m.peersRejected, m.peerUploaded, m.peerRefused,
 	)
 	return m
 }
@@ -192,6 +218,15 @@ func (m *agentMetrics) assignmentsReceived(sentAt *timestamppb.Timestamp, now ti
 		return
 	}
 	m.delivery.Observe(max(now.Sub(sentAt.AsTime()).Seconds(), 0))
+}
+
+// countSource counts the bytes read through r as downloaded from a kind of
+// source.
+func (m *agentMetrics) countSource(kind string, r io.Reader) io.Reader {
+	if m == nil {
+		return r
+	}
+	return &countingReader{r: r, c: m.sourceBytes.WithLabelValues(kind)}
 }
 
 // countFetch counts the bytes read through r as downloaded for svc.

@@ -312,6 +312,10 @@ func (a *app) hostsListCmd() *cobra.Command {
 					}
 					svcs += fmt.Sprintf("%s=%s %s/%s", s.GetService(), phase,
 						orDash(s.GetCurrentVersion()), orDash(s.GetLastGoodVersion()))
+					if b := s.GetBadSource(); b != "" {
+						// The last peer whose bytes failed verification.
+						svcs += " (bad peer " + b + ")"
+					}
 				}
 				// The mode alone ("v1", "none"); --json has the parent or the reason.
 				cg, _, _ := strings.Cut(h.GetCgroups(), " ")

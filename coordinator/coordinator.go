@@ -35,6 +35,7 @@ import (
 
 	"github.com/fleetwave/fleetwave/coordinator/artifacts"
 	"github.com/fleetwave/fleetwave/coordinator/dashboard"
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/coordinator/store"
 	"github.com/fleetwave/fleetwave/internal/gossip"
 	"github.com/fleetwave/fleetwave/internal/tlsutil"
@@ -119,6 +120,11 @@ type Config struct {
 	Gossip gossip.Config
 	// MaxArtifactBytes caps uploads (default 1 GiB).
 	MaxArtifactBytes int64
+	// ArtifactSources is how many agents that hold a rollout's artifact are
+	// named in each assignment of its target as peer-to-peer sources
+	// (rollout.PeerSet; 0 = rollout.DefaultSources, negative = none, at most
+	// rollout.MaxSources).
+	ArtifactSources int
 	// LeaseTTL is the leader session's TTL (default 5s): how long a dead
 	// leader blocks a new one.
 	LeaseTTL time.Duration
@@ -213,6 +219,9 @@ func (c *Config) Validate() error {
 	if c.MaxArtifactBytes < 0 {
 		errs = append(errs, fmt.Errorf("max-artifact-bytes: %d is negative", c.MaxArtifactBytes))
 	}
+	if c.ArtifactSources > rollout.MaxSources {
+		errs = append(errs, fmt.Errorf("artifact-sources: %d is over %d", c.ArtifactSources, rollout.MaxSources))
+	}
 	if c.LeaseTTL < 0 || (c.LeaseTTL > 0 && c.LeaseTTL < time.Second) {
 		errs = append(errs, fmt.Errorf("lease-ttl: %s: want at least 1s", c.LeaseTTL))
 	}
@@ -249,6 +258,9 @@ func (c *Config) defaults() {
 	}
 	if c.MaxArtifactBytes == 0 {
 		c.MaxArtifactBytes = 1 << 30
+	}
+	if c.ArtifactSources == 0 {
+		c.ArtifactSources = rollout.DefaultSources
 	}
 	if c.LeaseTTL == 0 {
 		c.LeaseTTL = 5 * time.Second

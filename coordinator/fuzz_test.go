@@ -61,3 +61,28 @@ func TestValidateHelloCgroups(t *testing.T) {
 		t.Fatalf("513 bytes: %v", err)
 	}
 }
+
+// TestValidatePeerFields: Hello.peer_address is host:port of at most 256
+// bytes and a report's bad_source a host id; refusals name the field.
+func TestValidatePeerFields(t *testing.T) {
+	for _, c := range []struct {
+		addr, want string
+	}{
+		{"10.0.0.1:7071", ""},
+		{"", ""},
+		{"no-port", `hello.peer_address: "no-port": want host:port`},
+		{":7071", `hello.peer_address: ":7071": want host:port`},
+		{strings.Repeat("h", 252) + ":7071", "hello.peer_address: 257 bytes, over 256"},
+	} {
+		err := validateHello(&v1.Hello{HostId: "h1", PeerAddress: c.addr})
+		if (c.want == "" && err != nil) || (c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want))) {
+			t.Errorf("peer_address %q: %v, want %q", c.addr, err, c.want)
+		}
+	}
+	if err := validateReport(&v1.ServiceReport{Service: "web", BadSource: "host-1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := validateReport(&v1.ServiceReport{Service: "web", BadSource: "../x"}); err == nil || !strings.Contains(err.Error(), "report.bad_source") {
+		t.Fatalf("bad_source ../x: %v", err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"sort"
 	"sync"
 	"time"
@@ -69,6 +70,9 @@ const maxServicesPerHello = 1000
 // supervise.MaxCgroupsReport bytes; the coordinator does not import the agent).
 const maxHelloCgroups = 512
 
+// maxPeerAddress bounds Hello.peer_address.
+const maxPeerAddress = 256
+
 func validateReport(r *v1.ServiceReport) error {
 	if r == nil {
 		return errors.New("report: missing")
@@ -89,6 +93,11 @@ func validateReport(r *v1.ServiceReport) error {
 	}
 	if r.GetGeneration() < 0 {
 		return fmt.Errorf("report.generation: %d is negative", r.GetGeneration())
+	}
+	if b := r.GetBadSource(); b != "" {
+		if err := spec.CheckHostID("report.bad_source", b); err != nil {
+			return err
+		}
 	}
 	if len(r.GetReason()) > 4096 {
 		return fmt.Errorf("report.reason: %d bytes, over 4096", len(r.GetReason()))
@@ -123,6 +132,14 @@ func validateHello(h *v1.Hello) error {
 	}
 	if len(h.GetAgentVersion()) > 128 {
 		return fmt.Errorf("hello.agent_version: %d bytes, over 128", len(h.GetAgentVersion()))
+	}
+	if a := h.GetPeerAddress(); a != "" {
+		if len(a) > maxPeerAddress {
+			return fmt.Errorf("hello.peer_address: %d bytes, over %d", len(a), maxPeerAddress)
+		}
+		if host, port, err := net.SplitHostPort(a); err != nil || host == "" || port == "" {
+			return fmt.Errorf("hello.peer_address: %q: want host:port", a)
+		}
 	}
 	if len(h.GetCgroups()) > maxHelloCgroups {
 		return fmt.Errorf("hello.cgroups: %d bytes, over %d", len(h.GetCgroups()), maxHelloCgroups)
@@ -176,8 +193,9 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
 
 	// Record the host (labels) when new or changed; never on a heartbeat.
 	if old, ok := h.c.mirror.Host(id); !ok || !equalLabels(old.GetLabels(), hello.GetLabels()) || old.GetAgentVersion() != hello.GetAgentVersion() ||
-		old.GetCgroups() != hello.GetCgroups() {
-		rec := &v1.Host{Id: id, Labels: hello.GetLabels(), AgentVersion: hello.GetAgentVersion(), Cgroups: hello.GetCgroups(), LastSeen: timestamppb.Now()}
+		old.GetCgroups() != hello.GetCgroups() || old.GetPeerAddress() != hello.GetPeerAddress() {
+		rec := &v1.Host{Id: id, Labels: hello.GetLabels(), AgentVersion: hello.GetAgentVersion(), Cgroups: hello.GetCgroups(),
+			PeerAddress: hello.GetPeerAddress(), LastSeen: timestamppb.Now()}
 		if err := h.c.store.PutHost(ctx, rec); err != nil {
 			return status.Error(codes.Unavailable, err.Error())
 		}
@@ -332,6 +350,9 @@ type desiredEntry struct {
 	svc     *v1.Service
 	latest  *v1.Rollout
 	desired func(host string, labels map[string]string, rep *v1.ServiceReport) (rollout.Want, bool)
+	// peers are the hosts that hold the artifact of latest's target, for
+	// the sources of its assignments (nil: none, or peer-to-peer is off).
+	peers *rollout.PeerSet
 }
 
 func (h *hub) table() *desiredTable {
@@ -343,6 +364,7 @@ func (h *hub) table() *desiredTable {
 		return t
 	}
 	t = &desiredTable{epoch: epoch}
+	var peerHosts map[string]rollout.PeerHost // read once, when a rollout needs it
 	for _, vs := range h.c.mirror.Services() {
 		svc := vs.Val
 		var latest *v1.Rollout
@@ -351,12 +373,48 @@ func (h *hub) table() *desiredTable {
 				latest = r.Val
 			}
 		}
-		t.services = append(t.services, desiredEntry{svc: svc, latest: latest, desired: rollout.DesiredFunc(svc, latest)})
+		e := desiredEntry{svc: svc, latest: latest, desired: rollout.DesiredFunc(svc, latest)}
+		if latest.GetToVersion() != "" && h.c.cfg.ArtifactSources > 0 {
+			if peerHosts == nil {
+				peerHosts = h.peerHosts()
+			}
+			if ps := rollout.NewPeerSet(rollout.PeersOf(latest, peerHosts)); ps.Len() > 0 {
+				e.peers = ps
+			}
+		}
+		t.services = append(t.services, e)
 	}
 	h.mu.Lock()
 	h.cached = t
 	h.mu.Unlock()
 	return t
+}
+
+// peerHosts are the hosts that advertise a peer address, with their
+// labels. An agent whose identity is revoked is never named a source, nor
+// one that another host's report names as its bad_source (it served bytes
+// that failed verification), while that report stands.
+func (h *hub) peerHosts() map[string]rollout.PeerHost {
+	out := map[string]rollout.PeerHost{}
+	hosts := h.c.mirror.Hosts()
+	bad := map[string]bool{}
+	for _, host := range hosts {
+		for _, r := range h.c.mirror.Reports(host.GetId()) {
+			if b := r.GetBadSource(); b != "" {
+				bad[b] = true
+			}
+		}
+	}
+	for _, host := range hosts {
+		if host.GetPeerAddress() == "" || bad[host.GetId()] {
+			continue
+		}
+		if _, revoked := h.c.mirror.RevokedIdentity(tlsutil.KindAgent, host.GetId()); revoked {
+			continue
+		}
+		out[host.GetId()] = rollout.PeerHost{Labels: host.GetLabels(), Address: host.GetPeerAddress()}
+	}
+	return out
 }
 
 // saw records the report a stream received and says whether what the host
@@ -405,6 +463,11 @@ func (h *hub) assignments(t *desiredTable, c *agentConn) *v1.ConnectResponse {
 		}
 		sp, rev := rollout.SpecFor(e.svc, e.latest, ver, gen)
 		asg := &v1.Assignment{Service: name, Generation: gen, Release: rel, Spec: sp, SpecRevision: rev}
+		// A host that holds the artifact already gets no sources: its
+		// assignment does not change as other hosts finish.
+		if e.peers != nil && ver == e.latest.GetToVersion() && rel.GetArtifact().GetSha256() != "" && !e.peers.Has(host) {
+			asg.Sources = rollout.SourcesOf(e.peers.Pick(host, labels[rollout.ZoneLabel], h.c.cfg.ArtifactSources))
+		}
 		if sr := e.latest.GetSignedRollback(); sr != nil && ver == e.latest.GetToVersion() {
 			asg.Rollback = sr // lets agents with trusted keys go back below their floor
 		}

@@ -315,6 +315,10 @@ func (c *Coordinator) startMetrics() (stop func(), err error) {
 			defer c.hub.mu.Unlock()
 			return float64(len(c.hub.conns))
 		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "fleetwave_coordinator_artifact_egress_bytes_total",
+			Help: "Artifact bytes this coordinator's ArtifactService sent (to agents, and to other coordinators copying an artifact); peer-to-peer transfers between agents are not counted here.",
+		}, func() float64 { return float64(c.arts.BytesSent()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "fleetwave_coordinator_leader",
 			Help: "1 while this coordinator is the rollout leader, else 0.",

@@ -111,7 +111,7 @@ func (in *Installer) PruneKeeping(service string, newest int, keep ...string) er
 			return fmt.Errorf("prune %s %s: %w", service, r.version, err)
 		}
 	}
-	return nil
+	return in.PruneArtifacts()
 }
 
 // stagedAt is when a release was unpacked: its digest marker's time (the

@@ -38,6 +38,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 
 	"github.com/fleetwave/fleetwave/internal/spec"
 	"github.com/rs/zerolog"
@@ -103,6 +104,8 @@ type Installer struct {
 	dataDir string
 	lim     Limits
 	log     zerolog.Logger
+	// keep: Stage keeps verified artifacts (keep.go).
+	keep atomic.Bool
 }
 
 // New prepares the data dir (tmp/ and releases/), removes leftovers of an
@@ -382,6 +385,7 @@ func (in *Installer) Stage(ctx context.Context, service, version string, v *Veri
 	if _, err := os.Lstat(final); err == nil {
 		got := in.marker(service, version)
 		if got == v.sha256 {
+			in.keepOrLog(service, version, v)
 			return final, nil
 		}
 		if cur, _ := in.Current(service); cur == version {
@@ -434,7 +438,16 @@ func (in *Installer) Stage(ctx context.Context, service, version string, v *Veri
 	if err := syncDir(sdir); err != nil {
 		return "", fmt.Errorf("stage %s %s: %w", service, version, err)
 	}
+	in.keepOrLog(service, version, v)
 	return final, nil
+}
+
+// keepOrLog keeps v's artifact (KeepArtifacts); failing to is logged, not
+// an error of the stage: the agent then only serves it to nobody.
+func (in *Installer) keepOrLog(service, version string, v *Verified) {
+	if err := in.keepArtifact(v); err != nil {
+		in.log.Warn().Str("service", service).Str("version", version).Err(err).Msg("artifact not kept for peers")
+	}
 }
 
 // Switch atomically points releases/<service>/current at version: it makes

@@ -34,5 +34,8 @@ func (in *Installer) RemoveService(service string) error {
 	if err := os.RemoveAll(sdir); err != nil {
 		return fmt.Errorf("remove %s: %w", service, err)
 	}
-	return syncDir(in.releasesDir())
+	if err := syncDir(in.releasesDir()); err != nil {
+		return err
+	}
+	return in.PruneArtifacts()
 }

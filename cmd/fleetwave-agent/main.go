@@ -179,6 +179,10 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 	logKeep := fs.Int("service-log-keep", agent.DefaultServiceLogKeep, "rotated files kept per service log (SERVICE.log.1 is the newest)")
 	cgroupParent := fs.String("cgroup-parent", supervise.DefaultCgroupParent, "cgroup (relative to the hierarchy's root) below which each service process gets its own (as root, on cgroup v1 or v2)")
 	keepReleases := fs.Int("keep-releases", agent.DefaultKeepReleases, "unpacked releases kept per service (the newest; the current and last good ones are always kept)")
+	peerListen := fs.String("peer-listen", "", "serve the verified artifacts this host holds to other agents on HOST:PORT (mutual TLS; empty = off)")
+	peerAdvertise := fs.String("peer-advertise", "", "the address other agents reach the peer listener at (default: --peer-listen, which then must name a host)")
+	peerMaxUploads := fs.Int("peer-max-uploads", agent.DefaultPeerMaxUploads, fmt.Sprintf("peer downloads served at once; more are refused and fetch elsewhere (1 to %d)", agent.MaxPeerMaxUploads))
+	peerUploadRate := fs.Int64("peer-upload-rate", agent.DefaultPeerUploadRate, fmt.Sprintf("bytes per second all peer downloads together send at most (a token bucket; at least %d)", agent.MinPeerUploadRate))
 	upgradeDeadline := fs.Duration("upgrade-deadline", agent.DefaultUpgradeDeadline, fmt.Sprintf("a new agent binary (fleetwave agent upgrade) that does not connect within this is stopped and this agent runs again (%s to %s)", agent.MinUpgradeDeadline, agent.MaxUpgradeDeadline))
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -237,6 +241,14 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 		return agent.Config{}, 0, bad("upgrade-deadline", d.String(), fmt.Sprintf("want %s to %s", agent.MinUpgradeDeadline, agent.MaxUpgradeDeadline))
 	}
 	cfg.CgroupParent = *cgroupParent
+	if *peerMaxUploads < 1 || *peerMaxUploads > agent.MaxPeerMaxUploads {
+		return agent.Config{}, 0, bad("peer-max-uploads", strconv.Itoa(*peerMaxUploads), fmt.Sprintf("want 1 to %d", agent.MaxPeerMaxUploads))
+	}
+	if *peerUploadRate < agent.MinPeerUploadRate {
+		return agent.Config{}, 0, bad("peer-upload-rate", strconv.FormatInt(*peerUploadRate, 10), fmt.Sprintf("want at least %d bytes per second", agent.MinPeerUploadRate))
+	}
+	cfg.PeerListen, cfg.PeerAdvertise = *peerListen, *peerAdvertise
+	cfg.PeerMaxUploads, cfg.PeerUploadRate = *peerMaxUploads, *peerUploadRate
 	cfg.ServiceLogMaxBytes = *logMax
 	cfg.ServiceLogKeep = *logKeep
 	if *logKeep == 0 {

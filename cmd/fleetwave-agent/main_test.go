@@ -127,6 +127,41 @@ func TestKeepReleasesFlag(t *testing.T) {
 	}
 }
 
+func TestPeerFlags(t *testing.T) {
+	base := []string{"--coordinator", "a:1", "--host-id", "h1", "--data-dir", "d", "--tls-ca", "ca.pem", "--tls-cert", "c.pem", "--tls-key", "k.pem"}
+	var stderr bytes.Buffer
+	cfg, _, err := parseFlags(base, &stderr)
+	if err != nil || cfg.PeerListen != "" || cfg.PeerMaxUploads != agent.DefaultPeerMaxUploads || cfg.PeerUploadRate != agent.DefaultPeerUploadRate {
+		t.Fatalf("defaults: %q %d %d, %v", cfg.PeerListen, cfg.PeerMaxUploads, cfg.PeerUploadRate, err)
+	}
+	cfg, _, err = parseFlags(append(base, "--peer-listen", "10.0.0.1:7071", "--peer-max-uploads", "2", "--peer-upload-rate", "1048576"), &stderr)
+	if err != nil || cfg.PeerListen != "10.0.0.1:7071" || cfg.PeerMaxUploads != 2 || cfg.PeerUploadRate != 1<<20 {
+		t.Fatalf("set: %+v, %v", cfg, err)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--peer-max-uploads", "0"}, `invalid value "0" for flag --peer-max-uploads: want 1 to 1024`},
+		{[]string{"--peer-max-uploads", "1025"}, `invalid value "1025" for flag --peer-max-uploads`},
+		{[]string{"--peer-upload-rate", "1000"}, `invalid value "1000" for flag --peer-upload-rate: want at least 65536`},
+		{[]string{"--peer-listen", ":7071"}, "peer_advertise: required when peer_listen"},
+		{[]string{"--peer-listen", "nonsense"}, `peer_listen: "nonsense": want host:port`},
+		{[]string{"--peer-advertise", "h:1"}, "peer_advertise: \"h:1\" without peer_listen"},
+	} {
+		stderr.Reset()
+		if code := run(context.Background(), append(append([]string{}, base...), c.args...), io.Discard, &stderr); code != 2 ||
+			!strings.Contains(stderr.String(), c.want) {
+			t.Errorf("%v: exit %d, stderr %q, want %q", c.args, code, stderr.String(), c.want)
+		}
+	}
+	stderr.Reset()
+	insecure := []string{"--coordinator", "a:1", "--host-id", "h1", "--data-dir", "d", "--insecure", "--peer-listen", "127.0.0.1:7071"}
+	if code := run(context.Background(), insecure, io.Discard, &stderr); code != 2 || !strings.Contains(stderr.String(), "mutual TLS only, not with insecure") {
+		t.Errorf("--insecure --peer-listen: exit %d, stderr %q", code, stderr.String())
+	}
+}
+
 func TestVersionCommand(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	if code := run(context.Background(), []string{"version"}, &stdout, &stderr); code != 0 || stdout.String() != version+"\n" {

@@ -36,6 +36,8 @@ type Store struct {
 	// fetch, if set, brings a missing artifact into the store (from a peer
 	// coordinator); see SetFetcher.
 	fetch atomic.Pointer[Fetcher]
+	// sent counts the artifact bytes Download has sent (egress).
+	sent atomic.Int64
 	v1.UnimplementedArtifactServiceServer
 }
 
@@ -183,6 +185,7 @@ func (s *Store) Download(req *v1.DownloadRequest, stream v1.ArtifactService_Down
 			if serr := stream.Send(&v1.DownloadResponse{Chunk: buf[:n]}); serr != nil {
 				return serr
 			}
+			s.sent.Add(int64(n))
 		}
 		if err == io.EOF {
 			return nil
@@ -192,6 +195,10 @@ func (s *Store) Download(req *v1.DownloadRequest, stream v1.ArtifactService_Down
 		}
 	}
 }
+
+// BytesSent is how many artifact bytes Download has sent since the store
+// was opened (to agents and to other coordinators).
+func (s *Store) BytesSent() int64 { return s.sent.Load() }
 
 func syncDir(dir string) error {
 	d, err := os.Open(dir)

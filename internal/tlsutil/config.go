@@ -88,25 +88,9 @@ var ErrNotCoordinator = errors.New("server is not a fleetwave coordinator")
 // verifyCoordinator verifies a server's chain against roots at now and
 // returns the coordinator identity of its leaf.
 func verifyCoordinator(certs []*x509.Certificate, roots *x509.CertPool, now time.Time) (Identity, error) {
-	if len(certs) == 0 {
-		return Identity{}, errors.New("server sent no certificate")
-	}
-	inter := x509.NewCertPool()
-	for _, c := range certs[1:] {
-		inter.AddCert(c)
-	}
-	leaf := certs[0]
-	if _, err := leaf.Verify(x509.VerifyOptions{
-		Roots:         roots,
-		Intermediates: inter,
-		CurrentTime:   now,
-		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}); err != nil {
-		return Identity{}, fmt.Errorf("server certificate %q: %w", leaf.Subject.CommonName, err)
-	}
-	id, err := IdentityFromCert(leaf)
+	id, err := verifyServer(certs, roots, now)
 	if err != nil {
-		return Identity{}, fmt.Errorf("server certificate: %w", err)
+		return Identity{}, err
 	}
 	if id.Kind != KindCoordinator {
 		return Identity{}, fmt.Errorf("%w: its certificate names %s", ErrNotCoordinator, id)

@@ -170,11 +170,16 @@ func (e *env) release(service, version string, extra map[string]string) int {
 
 func (e *env) rollout(service string) *v1.Rollout {
 	e.t.Helper()
-	r, err := testfleet.Rollout(e.ctx, e.fleet.Addr, service)
+	cc, err := e.fleet.Dial() // plain text or TLS, as the fleet
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	return r
+	defer cc.Close()
+	resp, err := v1.NewOperatorServiceClient(cc).GetRollout(e.ctx, &v1.GetRolloutRequest{Service: service})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return resp.GetRollout()
 }
 
 // versions asks every host's service for its /version.

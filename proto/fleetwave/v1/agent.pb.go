@@ -114,7 +114,10 @@ type Hello struct {
 	// service process in its own cgroup below parent), or "none: <why>"
 	// (process groups alone; specs with resources.memory_max or tasks_max
 	// are refused). At most 512 bytes. Empty from agents before cgroups.
-	Cgroups       string `protobuf:"bytes,5,opt,name=cgroups,proto3" json:"cgroups,omitempty"`
+	Cgroups string `protobuf:"bytes,5,opt,name=cgroups,proto3" json:"cgroups,omitempty"`
+	// Where this agent serves verified artifacts to other agents (host:port,
+	// its --peer-listen address as others reach it; "" = it does not).
+	PeerAddress   string `protobuf:"bytes,6,opt,name=peer_address,json=peerAddress,proto3" json:"peer_address,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -180,6 +183,13 @@ func (x *Hello) GetServices() []*ServiceReport {
 func (x *Hello) GetCgroups() string {
 	if x != nil {
 		return x.Cgroups
+	}
+	return ""
+}
+
+func (x *Hello) GetPeerAddress() string {
+	if x != nil {
+		return x.PeerAddress
 	}
 	return ""
 }
@@ -515,13 +525,14 @@ const file_fleetwave_v1_agent_proto_rawDesc = "" +
 	"\x0eConnectRequest\x12+\n" +
 	"\x05hello\x18\x01 \x01(\v2\x13.fleetwave.v1.HelloH\x00R\x05hello\x125\n" +
 	"\x06report\x18\x02 \x01(\v2\x1b.fleetwave.v1.ServiceReportH\x00R\x06reportB\x05\n" +
-	"\x03msg\"\x8c\x02\n" +
+	"\x03msg\"\xaf\x02\n" +
 	"\x05Hello\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x127\n" +
 	"\x06labels\x18\x02 \x03(\v2\x1f.fleetwave.v1.Hello.LabelsEntryR\x06labels\x12#\n" +
 	"\ragent_version\x18\x03 \x01(\tR\fagentVersion\x127\n" +
 	"\bservices\x18\x04 \x03(\v2\x1b.fleetwave.v1.ServiceReportR\bservices\x12\x18\n" +
-	"\acgroups\x18\x05 \x01(\tR\acgroups\x1a9\n" +
+	"\acgroups\x18\x05 \x01(\tR\acgroups\x12!\n" +
+	"\fpeer_address\x18\x06 \x01(\tR\vpeerAddress\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb2\x01\n" +

@@ -3280,8 +3280,11 @@ type ServiceReport struct {
 	Reason          string                 `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
 	Checks          []*CheckResult         `protobuf:"bytes,8,rep,name=checks,proto3" json:"checks,omitempty"`
 	At              *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=at,proto3" json:"at,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The last peer (host id) whose bytes for this service's artifact failed
+	// verification: the agent dropped it and fetched from another source.
+	BadSource     string `protobuf:"bytes,10,opt,name=bad_source,json=badSource,proto3" json:"bad_source,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ServiceReport) Reset() {
@@ -3377,6 +3380,13 @@ func (x *ServiceReport) GetAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *ServiceReport) GetBadSource() string {
+	if x != nil {
+		return x.BadSource
+	}
+	return ""
+}
+
 // Assignment is what one host should run for one service.
 type Assignment struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
@@ -3392,7 +3402,11 @@ type Assignment struct {
 	// Stop the service (drained, as for any stop) and remove its files
 	// (releases, `current`, PID file and state; its log is kept). release and
 	// spec are unset.
-	Remove        bool `protobuf:"varint,7,opt,name=remove,proto3" json:"remove,omitempty"`
+	Remove bool `protobuf:"varint,7,opt,name=remove,proto3" json:"remove,omitempty"`
+	// Other agents that hold the release's artifact, verified, to fetch it
+	// from first, in order; the release's own URL or the coordinator is the
+	// fallback. Chosen by rollout.Sources; empty when none has it.
+	Sources       []*ArtifactSource `protobuf:"bytes,8,rep,name=sources,proto3" json:"sources,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3476,6 +3490,67 @@ func (x *Assignment) GetRemove() bool {
 	return false
 }
 
+func (x *Assignment) GetSources() []*ArtifactSource {
+	if x != nil {
+		return x.Sources
+	}
+	return nil
+}
+
+// ArtifactSource is an agent that serves an artifact (ArtifactService.
+// Download over mutual TLS) on its peer address.
+type ArtifactSource struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	HostId        string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	Address       string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ArtifactSource) Reset() {
+	*x = ArtifactSource{}
+	mi := &file_fleetwave_v1_types_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ArtifactSource) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ArtifactSource) ProtoMessage() {}
+
+func (x *ArtifactSource) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_types_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ArtifactSource.ProtoReflect.Descriptor instead.
+func (*ArtifactSource) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *ArtifactSource) GetHostId() string {
+	if x != nil {
+		return x.HostId
+	}
+	return ""
+}
+
+func (x *ArtifactSource) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
 // Host is the coordinator's view of one agent.
 type Host struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -3493,14 +3568,16 @@ type Host struct {
 	Gossip string `protobuf:"bytes,8,opt,name=gossip,proto3" json:"gossip,omitempty"`
 	// The agent's Hello.cgroups: "v1 /fleetwave", "v2 /fleetwave" or
 	// "none: <why>" ("" from agents before cgroups).
-	Cgroups       string `protobuf:"bytes,9,opt,name=cgroups,proto3" json:"cgroups,omitempty"`
+	Cgroups string `protobuf:"bytes,9,opt,name=cgroups,proto3" json:"cgroups,omitempty"`
+	// The agent's Hello.peer_address ("" = it serves no artifacts).
+	PeerAddress   string `protobuf:"bytes,10,opt,name=peer_address,json=peerAddress,proto3" json:"peer_address,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Host) Reset() {
 	*x = Host{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[34]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3512,7 +3589,7 @@ func (x *Host) String() string {
 func (*Host) ProtoMessage() {}
 
 func (x *Host) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[34]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3525,7 +3602,7 @@ func (x *Host) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Host.ProtoReflect.Descriptor instead.
 func (*Host) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{34}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Host) GetId() string {
@@ -3587,6 +3664,13 @@ func (x *Host) GetGossip() string {
 func (x *Host) GetCgroups() string {
 	if x != nil {
 		return x.Cgroups
+	}
+	return ""
+}
+
+func (x *Host) GetPeerAddress() string {
+	if x != nil {
+		return x.PeerAddress
 	}
 	return ""
 }
@@ -3868,7 +3952,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\vCheckResult\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x16\n" +
-	"\x06detail\x18\x03 \x01(\tR\x06detail\"\xe7\x02\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\"\x86\x03\n" +
 	"\rServiceReport\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1e\n" +
 	"\n" +
@@ -3880,7 +3964,10 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x11last_good_version\x18\x06 \x01(\tR\x0flastGoodVersion\x12\x16\n" +
 	"\x06reason\x18\a \x01(\tR\x06reason\x121\n" +
 	"\x06checks\x18\b \x03(\v2\x19.fleetwave.v1.CheckResultR\x06checks\x12*\n" +
-	"\x02at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\x9d\x02\n" +
+	"\x02at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x1d\n" +
+	"\n" +
+	"bad_source\x18\n" +
+	" \x01(\tR\tbadSource\"\xd5\x02\n" +
 	"\n" +
 	"Assignment\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1e\n" +
@@ -3891,7 +3978,11 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x04spec\x18\x04 \x01(\v2\x19.fleetwave.v1.ServiceSpecR\x04spec\x128\n" +
 	"\brollback\x18\x05 \x01(\v2\x1c.fleetwave.v1.SignedRollbackR\brollback\x12#\n" +
 	"\rspec_revision\x18\x06 \x01(\x03R\fspecRevision\x12\x16\n" +
-	"\x06remove\x18\a \x01(\bR\x06remove\"\x92\x03\n" +
+	"\x06remove\x18\a \x01(\bR\x06remove\x126\n" +
+	"\asources\x18\b \x03(\v2\x1c.fleetwave.v1.ArtifactSourceR\asources\"C\n" +
+	"\x0eArtifactSource\x12\x17\n" +
+	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\"\xb5\x03\n" +
 	"\x04Host\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x126\n" +
 	"\x06labels\x18\x02 \x03(\v2\x1e.fleetwave.v1.Host.LabelsEntryR\x06labels\x12\x1c\n" +
@@ -3901,7 +3992,9 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\ragent_version\x18\x06 \x01(\tR\fagentVersion\x12 \n" +
 	"\vcoordinator\x18\a \x01(\tR\vcoordinator\x12\x16\n" +
 	"\x06gossip\x18\b \x01(\tR\x06gossip\x12\x18\n" +
-	"\acgroups\x18\t \x01(\tR\acgroups\x1a9\n" +
+	"\acgroups\x18\t \x01(\tR\acgroups\x12!\n" +
+	"\fpeer_address\x18\n" +
+	" \x01(\tR\vpeerAddress\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\xc5\x01\n" +
@@ -3956,7 +4049,7 @@ func file_fleetwave_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_fleetwave_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_fleetwave_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_fleetwave_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_fleetwave_v1_types_proto_goTypes = []any{
 	(RolloutState)(0),             // 0: fleetwave.v1.RolloutState
 	(WaveState)(0),                // 1: fleetwave.v1.WaveState
@@ -3996,19 +4089,20 @@ var file_fleetwave_v1_types_proto_goTypes = []any{
 	(*CheckResult)(nil),           // 35: fleetwave.v1.CheckResult
 	(*ServiceReport)(nil),         // 36: fleetwave.v1.ServiceReport
 	(*Assignment)(nil),            // 37: fleetwave.v1.Assignment
-	(*Host)(nil),                  // 38: fleetwave.v1.Host
-	nil,                           // 39: fleetwave.v1.ServiceSpec.SelectorEntry
-	nil,                           // 40: fleetwave.v1.RunSpec.EnvEntry
-	nil,                           // 41: fleetwave.v1.Host.LabelsEntry
-	(*durationpb.Duration)(nil),   // 42: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 43: google.protobuf.Timestamp
+	(*ArtifactSource)(nil),        // 38: fleetwave.v1.ArtifactSource
+	(*Host)(nil),                  // 39: fleetwave.v1.Host
+	nil,                           // 40: fleetwave.v1.ServiceSpec.SelectorEntry
+	nil,                           // 41: fleetwave.v1.RunSpec.EnvEntry
+	nil,                           // 42: fleetwave.v1.Host.LabelsEntry
+	(*durationpb.Duration)(nil),   // 43: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 44: google.protobuf.Timestamp
 }
 var file_fleetwave_v1_types_proto_depIdxs = []int32{
-	39, // 0: fleetwave.v1.ServiceSpec.selector:type_name -> fleetwave.v1.ServiceSpec.SelectorEntry
+	40, // 0: fleetwave.v1.ServiceSpec.selector:type_name -> fleetwave.v1.ServiceSpec.SelectorEntry
 	15, // 1: fleetwave.v1.ServiceSpec.run:type_name -> fleetwave.v1.RunSpec
 	18, // 2: fleetwave.v1.ServiceSpec.checks:type_name -> fleetwave.v1.Check
-	42, // 3: fleetwave.v1.ServiceSpec.min_healthy_time:type_name -> google.protobuf.Duration
-	42, // 4: fleetwave.v1.ServiceSpec.healthy_deadline:type_name -> google.protobuf.Duration
+	43, // 3: fleetwave.v1.ServiceSpec.min_healthy_time:type_name -> google.protobuf.Duration
+	43, // 4: fleetwave.v1.ServiceSpec.healthy_deadline:type_name -> google.protobuf.Duration
 	22, // 5: fleetwave.v1.ServiceSpec.rollout:type_name -> fleetwave.v1.RolloutPolicy
 	8,  // 6: fleetwave.v1.ServiceSpec.analysis:type_name -> fleetwave.v1.Analysis
 	14, // 7: fleetwave.v1.ServiceSpec.alerts:type_name -> fleetwave.v1.Alerts
@@ -4019,78 +4113,79 @@ var file_fleetwave_v1_types_proto_depIdxs = []int32{
 	7,  // 12: fleetwave.v1.Hooks.after_start:type_name -> fleetwave.v1.Hook
 	7,  // 13: fleetwave.v1.Hooks.validate:type_name -> fleetwave.v1.Hook
 	7,  // 14: fleetwave.v1.Hooks.before_stop:type_name -> fleetwave.v1.Hook
-	42, // 15: fleetwave.v1.Hook.timeout:type_name -> google.protobuf.Duration
-	42, // 16: fleetwave.v1.Analysis.interval:type_name -> google.protobuf.Duration
-	42, // 17: fleetwave.v1.Analysis.window:type_name -> google.protobuf.Duration
-	42, // 18: fleetwave.v1.Analysis.watch:type_name -> google.protobuf.Duration
+	43, // 15: fleetwave.v1.Hook.timeout:type_name -> google.protobuf.Duration
+	43, // 16: fleetwave.v1.Analysis.interval:type_name -> google.protobuf.Duration
+	43, // 17: fleetwave.v1.Analysis.window:type_name -> google.protobuf.Duration
+	43, // 18: fleetwave.v1.Analysis.watch:type_name -> google.protobuf.Duration
 	9,  // 19: fleetwave.v1.Analysis.rules:type_name -> fleetwave.v1.AnalysisRule
 	10, // 20: fleetwave.v1.AnalysisRule.error_ratio:type_name -> fleetwave.v1.ErrorRatioRule
 	11, // 21: fleetwave.v1.AnalysisRule.latency:type_name -> fleetwave.v1.LatencyRule
 	12, // 22: fleetwave.v1.AnalysisRule.restarts:type_name -> fleetwave.v1.RestartsRule
 	13, // 23: fleetwave.v1.AnalysisRule.promql:type_name -> fleetwave.v1.PromQLRule
-	40, // 24: fleetwave.v1.RunSpec.env:type_name -> fleetwave.v1.RunSpec.EnvEntry
-	42, // 25: fleetwave.v1.RunSpec.stop_grace:type_name -> google.protobuf.Duration
+	41, // 24: fleetwave.v1.RunSpec.env:type_name -> fleetwave.v1.RunSpec.EnvEntry
+	43, // 25: fleetwave.v1.RunSpec.stop_grace:type_name -> google.protobuf.Duration
 	16, // 26: fleetwave.v1.RunSpec.sockets:type_name -> fleetwave.v1.Socket
-	42, // 27: fleetwave.v1.RunSpec.ready_timeout:type_name -> google.protobuf.Duration
-	42, // 28: fleetwave.v1.RunSpec.shutdown_delay:type_name -> google.protobuf.Duration
+	43, // 27: fleetwave.v1.RunSpec.ready_timeout:type_name -> google.protobuf.Duration
+	43, // 28: fleetwave.v1.RunSpec.shutdown_delay:type_name -> google.protobuf.Duration
 	17, // 29: fleetwave.v1.RunSpec.pre_stop:type_name -> fleetwave.v1.PreStop
-	42, // 30: fleetwave.v1.PreStop.timeout:type_name -> google.protobuf.Duration
+	43, // 30: fleetwave.v1.PreStop.timeout:type_name -> google.protobuf.Duration
 	19, // 31: fleetwave.v1.Check.http:type_name -> fleetwave.v1.HttpCheck
 	20, // 32: fleetwave.v1.Check.tcp:type_name -> fleetwave.v1.TcpCheck
 	21, // 33: fleetwave.v1.Check.exec:type_name -> fleetwave.v1.ExecCheck
-	42, // 34: fleetwave.v1.Check.interval:type_name -> google.protobuf.Duration
-	42, // 35: fleetwave.v1.Check.timeout:type_name -> google.protobuf.Duration
-	42, // 36: fleetwave.v1.RolloutPolicy.bake:type_name -> google.protobuf.Duration
-	42, // 37: fleetwave.v1.RolloutPolicy.progress_deadline:type_name -> google.protobuf.Duration
+	43, // 34: fleetwave.v1.Check.interval:type_name -> google.protobuf.Duration
+	43, // 35: fleetwave.v1.Check.timeout:type_name -> google.protobuf.Duration
+	43, // 36: fleetwave.v1.RolloutPolicy.bake:type_name -> google.protobuf.Duration
+	43, // 37: fleetwave.v1.RolloutPolicy.progress_deadline:type_name -> google.protobuf.Duration
 	23, // 38: fleetwave.v1.Release.artifact:type_name -> fleetwave.v1.Artifact
-	43, // 39: fleetwave.v1.Release.commit_time:type_name -> google.protobuf.Timestamp
-	43, // 40: fleetwave.v1.Release.created_at:type_name -> google.protobuf.Timestamp
+	44, // 39: fleetwave.v1.Release.commit_time:type_name -> google.protobuf.Timestamp
+	44, // 40: fleetwave.v1.Release.created_at:type_name -> google.protobuf.Timestamp
 	28, // 41: fleetwave.v1.Release.signed:type_name -> fleetwave.v1.SignedManifest
-	43, // 42: fleetwave.v1.ReleaseManifest.commit_time:type_name -> google.protobuf.Timestamp
-	43, // 43: fleetwave.v1.ReleaseManifest.signed_at:type_name -> google.protobuf.Timestamp
-	43, // 44: fleetwave.v1.ReleaseManifest.expires_at:type_name -> google.protobuf.Timestamp
-	43, // 45: fleetwave.v1.RollbackStatement.signed_at:type_name -> google.protobuf.Timestamp
-	43, // 46: fleetwave.v1.RollbackStatement.expires_at:type_name -> google.protobuf.Timestamp
+	44, // 42: fleetwave.v1.ReleaseManifest.commit_time:type_name -> google.protobuf.Timestamp
+	44, // 43: fleetwave.v1.ReleaseManifest.signed_at:type_name -> google.protobuf.Timestamp
+	44, // 44: fleetwave.v1.ReleaseManifest.expires_at:type_name -> google.protobuf.Timestamp
+	44, // 45: fleetwave.v1.RollbackStatement.signed_at:type_name -> google.protobuf.Timestamp
+	44, // 46: fleetwave.v1.RollbackStatement.expires_at:type_name -> google.protobuf.Timestamp
 	4,  // 47: fleetwave.v1.ServiceStatus.stable_spec:type_name -> fleetwave.v1.ServiceSpec
-	43, // 48: fleetwave.v1.ServiceStatus.removed_at:type_name -> google.protobuf.Timestamp
+	44, // 48: fleetwave.v1.ServiceStatus.removed_at:type_name -> google.protobuf.Timestamp
 	4,  // 49: fleetwave.v1.Service.spec:type_name -> fleetwave.v1.ServiceSpec
 	29, // 50: fleetwave.v1.Service.status:type_name -> fleetwave.v1.ServiceStatus
-	43, // 51: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
+	44, // 51: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
 	2,  // 52: fleetwave.v1.HostProgress.state:type_name -> fleetwave.v1.HostRolloutState
-	43, // 53: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
-	43, // 54: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
+	44, // 53: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
+	44, // 54: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
 	3,  // 55: fleetwave.v1.HostProgress.phase:type_name -> fleetwave.v1.Phase
 	1,  // 56: fleetwave.v1.Wave.state:type_name -> fleetwave.v1.WaveState
 	31, // 57: fleetwave.v1.Wave.hosts:type_name -> fleetwave.v1.HostProgress
-	43, // 58: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
-	43, // 59: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
-	43, // 60: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
+	44, // 58: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
+	44, // 59: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
+	44, // 60: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
 	0,  // 61: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
 	22, // 62: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
 	32, // 63: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
-	43, // 64: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	43, // 65: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
-	43, // 66: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
-	43, // 67: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
+	44, // 64: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	44, // 65: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
+	44, // 66: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
+	44, // 67: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
 	4,  // 68: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
-	43, // 69: fleetwave.v1.Rollout.failed_at:type_name -> google.protobuf.Timestamp
-	43, // 70: fleetwave.v1.Rollout.restored_at:type_name -> google.protobuf.Timestamp
+	44, // 69: fleetwave.v1.Rollout.failed_at:type_name -> google.protobuf.Timestamp
+	44, // 70: fleetwave.v1.Rollout.restored_at:type_name -> google.protobuf.Timestamp
 	27, // 71: fleetwave.v1.Rollout.signed_rollback:type_name -> fleetwave.v1.SignedRollback
-	43, // 72: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
+	44, // 72: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
 	3,  // 73: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
 	35, // 74: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
-	43, // 75: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
+	44, // 75: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
 	24, // 76: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
 	4,  // 77: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
 	27, // 78: fleetwave.v1.Assignment.rollback:type_name -> fleetwave.v1.SignedRollback
-	41, // 79: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
-	43, // 80: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	36, // 81: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
-	82, // [82:82] is the sub-list for method output_type
-	82, // [82:82] is the sub-list for method input_type
-	82, // [82:82] is the sub-list for extension type_name
-	82, // [82:82] is the sub-list for extension extendee
-	0,  // [0:82] is the sub-list for field type_name
+	38, // 79: fleetwave.v1.Assignment.sources:type_name -> fleetwave.v1.ArtifactSource
+	42, // 80: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
+	44, // 81: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	36, // 82: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
+	83, // [83:83] is the sub-list for method output_type
+	83, // [83:83] is the sub-list for method input_type
+	83, // [83:83] is the sub-list for extension type_name
+	83, // [83:83] is the sub-list for extension extendee
+	0,  // [0:83] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_types_proto_init() }
@@ -4116,7 +4211,7 @@ func file_fleetwave_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fleetwave_v1_types_proto_rawDesc), len(file_fleetwave_v1_types_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   38,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

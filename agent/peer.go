@@ -1,0 +1,423 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	"github.com/fleetwave/fleetwave/agent/install"
+	"github.com/fleetwave/fleetwave/internal/spec"
+	"github.com/fleetwave/fleetwave/internal/tlsutil"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// Peer-to-peer artifacts.
+//
+// With Config.PeerListen set, the agent keeps the verified artifact of each
+// staged release (install.KeepArtifacts) and serves it to other agents of
+// the fleet: ArtifactService.Download by sha256 with an offset, over mutual
+// TLS (both ends present their host certificate, each requires the other's
+// to name an agent; the fetcher requires the very host the coordinator
+// named). At most PeerMaxUploads downloads are served at once (more are
+// refused with ResourceExhausted and the fetcher takes its next source), and
+// together they send at most PeerUploadRate bytes per second (a token
+// bucket).
+//
+// The coordinator names a few such agents in an assignment
+// (Assignment.sources). The agent tries them in order, resuming at the
+// offset it has from the next one when one fails mid-way, then the
+// coordinator (releases without a URL; the release's URL otherwise). The
+// whole artifact's sha256 and size are checked as for any download; the
+// signature was checked on the assignment. When they fail, every peer that
+// sent bytes of it is dropped for the agent's life (at most maxDroppedPeers
+// remembered), named in the service's report (bad_source) and counted, and
+// the fetch starts again from the remaining sources.
+
+// Kinds of artifact source (the metric's source label).
+const (
+	sourcePeer        = "peer"
+	sourceCoordinator = "coordinator"
+	sourceURL         = "url"
+)
+
+// peerChunk is the size of each chunk a peer sends, and the token bucket's
+// burst.
+const peerChunk = 64 << 10
+
+// maxDroppedPeers bounds the peers an agent remembers as bad; past it the
+// set is emptied and starts again.
+const maxDroppedPeers = 1024
+
+// peerServer serves kept artifacts to other agents.
+type peerServer struct {
+	v1.UnimplementedArtifactServiceServer
+	inst    *install.Installer
+	slots   chan struct{}
+	limit   *rate.Limiter
+	metrics *agentMetrics
+	log     zerolog.Logger
+}
+
+func newPeerServer(inst *install.Installer, maxUploads int, bytesPerSec int64, m *agentMetrics, log zerolog.Logger) *peerServer {
+	return &peerServer{
+		inst:    inst,
+		slots:   make(chan struct{}, maxUploads),
+		limit:   rate.NewLimiter(rate.Limit(bytesPerSec), peerChunk),
+		metrics: m,
+		log:     log,
+	}
+}
+
+// Download implements ArtifactService.Download for other agents.
+func (p *peerServer) Download(req *v1.DownloadRequest, stream v1.ArtifactService_DownloadServer) error {
+	ctx := stream.Context()
+	if id, ok := tlsutil.PeerIdentity(ctx); !ok || id.Kind != tlsutil.KindAgent {
+		return status.Error(codes.PermissionDenied, "peer artifacts are served to agents of this fleet only")
+	}
+	if err := spec.CheckSHA256("sha256", req.GetSha256()); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	if req.GetOffset() < 0 {
+		return status.Errorf(codes.InvalidArgument, "offset: %d is negative", req.GetOffset())
+	}
+	select {
+	case p.slots <- struct{}{}:
+		defer func() { <-p.slots }()
+	default:
+		if p.metrics != nil {
+			p.metrics.peerRefused.Inc()
+		}
+		return status.Errorf(codes.ResourceExhausted, "serving %d peer downloads already (--peer-max-uploads)", cap(p.slots))
+	}
+	f, size, err := p.inst.OpenArtifact(req.GetSha256())
+	if errors.Is(err, fs.ErrNotExist) {
+		return status.Errorf(codes.NotFound, "artifact %s not held here", req.GetSha256())
+	}
+	if err != nil {
+		return status.Error(codes.Internal, err.Error())
+	}
+	defer f.Close()
+	if req.GetOffset() > size {
+		return status.Errorf(codes.OutOfRange, "offset: %d is past the artifact's %d bytes", req.GetOffset(), size)
+	}
+	if _, err := f.Seek(req.GetOffset(), io.SeekStart); err != nil {
+		return status.Errorf(codes.Internal, "offset %d: %v", req.GetOffset(), err)
+	}
+	buf := make([]byte, peerChunk)
+	for {
+		n, err := f.Read(buf)
+		if n > 0 {
+			if werr := p.limit.WaitN(ctx, n); werr != nil {
+				return status.FromContextError(werr).Err()
+			}
+			if serr := stream.Send(&v1.DownloadResponse{Chunk: buf[:n]}); serr != nil {
+				return serr
+			}
+			if p.metrics != nil {
+				p.metrics.peerUploaded.Add(float64(n))
+			}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return status.Errorf(codes.Internal, "read artifact %s: %v", req.GetSha256(), err)
+		}
+	}
+}
+
+// startPeer binds the peer listener (Config.PeerListen) and returns the
+// address to advertise; serve starts serving once the host certificate
+// exists (after a join), and stop ends it. Off: "" and no-ops.
+func (a *agent) startPeer() (advertise string, serve func() error, stop func(), err error) {
+	nop := func() error { return nil }
+	if a.cfg.PeerListen == "" {
+		return "", nop, func() {}, nil
+	}
+	lis, err := net.Listen("tcp", a.cfg.PeerListen)
+	if err != nil {
+		return "", nil, nil, fmt.Errorf("peer_listen %s: %w", a.cfg.PeerListen, err)
+	}
+	advertise = a.cfg.PeerAdvertise
+	if advertise == "" {
+		host, _, _ := net.SplitHostPort(a.cfg.PeerListen)
+		_, port, _ := net.SplitHostPort(lis.Addr().String())
+		advertise = net.JoinHostPort(host, port)
+	}
+	a.inst.KeepArtifacts()
+	var (
+		mu  sync.Mutex
+		srv *grpc.Server
+	)
+	serve = func() error {
+		cert, key := a.certPaths()
+		tc, err := tlsutil.PeerServerConfig(cert, key, a.cfg.TLSCA)
+		if err != nil {
+			return fmt.Errorf("peer listener: %w", err)
+		}
+		mu.Lock()
+		srv = grpc.NewServer(grpc.Creds(credentials.NewTLS(tc)), grpc.MaxConcurrentStreams(uint32(a.cfg.PeerMaxUploads)*2))
+		v1.RegisterArtifactServiceServer(srv, newPeerServer(a.inst, a.cfg.PeerMaxUploads, a.cfg.PeerUploadRate, a.metrics, a.log))
+		s := srv
+		mu.Unlock()
+		a.log.Info().Str("addr", lis.Addr().String()).Str("advertise", advertise).Int("max_uploads", a.cfg.PeerMaxUploads).
+			Int64("upload_rate", a.cfg.PeerUploadRate).Msg("serving artifacts to peers")
+		go func() {
+			if err := s.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				a.log.Error().Err(err).Msg("peer listener failed")
+			}
+		}()
+		return nil
+	}
+	stop = func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if srv != nil {
+			srv.Stop()
+			return
+		}
+		lis.Close()
+	}
+	return advertise, serve, stop, nil
+}
+
+// droppedPeers are the peers this agent no longer fetches from.
+type droppedPeers struct {
+	mu  sync.Mutex
+	set map[string]bool
+}
+
+func (d *droppedPeers) add(host string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.set == nil || len(d.set) >= maxDroppedPeers {
+		d.set = map[string]bool{}
+	}
+	d.set[host] = true
+}
+
+func (d *droppedPeers) has(host string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.set[host]
+}
+
+// byteSource is one place an artifact can be read from, at an offset.
+type byteSource struct {
+	kind string // sourcePeer or sourceCoordinator
+	host string // the peer's host id
+	open func(ctx context.Context, off int64) (io.Reader, error)
+}
+
+func (s byteSource) String() string {
+	if s.kind == sourcePeer {
+		return "peer " + s.host
+	}
+	return s.kind
+}
+
+// resumingReader reads an artifact of size bytes from its sources in turn:
+// when one fails or ends early, the next one is opened at the offset
+// reached. It records the peers that sent bytes.
+type resumingReader struct {
+	ctx     context.Context
+	size    int64
+	srcs    []byteSource
+	i       int
+	off     int64
+	cur     io.Reader
+	cancel  context.CancelFunc
+	sent    []string // peers that sent bytes, in order
+	errs    []error
+	metrics *agentMetrics
+	log     zerolog.Logger
+}
+
+func (r *resumingReader) Read(p []byte) (int, error) {
+	for {
+		if err := r.ctx.Err(); err != nil {
+			return 0, err
+		}
+		if r.cur == nil {
+			if r.i >= len(r.srcs) {
+				return 0, fmt.Errorf("no source left at byte %d of %d: %w", r.off, r.size, errors.Join(r.errs...))
+			}
+			src := r.srcs[r.i]
+			sctx, cancel := context.WithCancel(r.ctx)
+			rd, err := src.open(sctx, r.off)
+			if err != nil {
+				cancel()
+				r.fail(src, err)
+				continue
+			}
+			r.cur, r.cancel = r.metrics.countSource(src.kind, rd), cancel
+		}
+		src := r.srcs[r.i]
+		n, err := r.cur.Read(p)
+		if n > 0 {
+			r.off += int64(n)
+			if src.kind == sourcePeer && (len(r.sent) == 0 || r.sent[len(r.sent)-1] != src.host) {
+				r.sent = append(r.sent, src.host)
+			}
+		}
+		switch {
+		case err == nil:
+			return n, nil
+		case err == io.EOF && r.off >= r.size:
+			return n, io.EOF
+		case err == io.EOF:
+			err = fmt.Errorf("ended at byte %d of %d", r.off, r.size)
+		}
+		if cerr := r.ctx.Err(); cerr != nil {
+			return n, cerr
+		}
+		r.cancel()
+		r.cur = nil
+		r.fail(src, err)
+		if n > 0 {
+			return n, nil
+		}
+	}
+}
+
+// fail records a source's failure and moves to the next one.
+func (r *resumingReader) fail(src byteSource, err error) {
+	r.errs = append(r.errs, fmt.Errorf("%s: %w", src, err))
+	r.log.Info().Str("source", src.String()).Int64("offset", r.off).Err(err).Msg("artifact source failed, trying the next")
+	r.i++
+}
+
+func (r *resumingReader) close() {
+	if r.cancel != nil {
+		r.cancel()
+	}
+}
+
+// peerSources are the assignment's sources this agent may still use.
+func (a *agent) peerSources(asg *v1.Assignment) []byteSource {
+	if a.cfg.Insecure {
+		return nil // peers are reached over mutual TLS only
+	}
+	var out []byteSource
+	for _, s := range asg.GetSources() {
+		if s.GetHostId() == a.cfg.HostID || s.GetAddress() == "" || a.dropped.has(s.GetHostId()) {
+			continue
+		}
+		out = append(out, byteSource{kind: sourcePeer, host: s.GetHostId(), open: a.openPeer(s.GetHostId(), s.GetAddress(), asg)})
+	}
+	return out
+}
+
+// openPeer opens a Download from the agent of host at addr.
+func (a *agent) openPeer(host, addr string, asg *v1.Assignment) func(ctx context.Context, off int64) (io.Reader, error) {
+	return func(ctx context.Context, off int64) (io.Reader, error) {
+		cert, key := a.certPaths()
+		tc, err := tlsutil.PeerClientConfig(cert, key, a.cfg.TLSCA, host)
+		if err != nil {
+			return nil, err
+		}
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvBytes)))
+		if err != nil {
+			return nil, fmt.Errorf("dial %s: %w", addr, err)
+		}
+		context.AfterFunc(ctx, func() { cc.Close() })
+		return a.openDownload(ctx, cc, asg, off)
+	}
+}
+
+// openDownload starts a Download of asg's artifact at off on cc; the
+// reader fails once nothing arrives for the idle timeout.
+func (a *agent) openDownload(ctx context.Context, cc *grpc.ClientConn, asg *v1.Assignment, off int64) (io.Reader, error) {
+	ictx, wrap, stop := idleWatch(ctx, a.opts.fetchIdle)
+	context.AfterFunc(ctx, stop)
+	stream, err := v1.NewArtifactServiceClient(cc).Download(ictx, &v1.DownloadRequest{Sha256: artifactOf(asg).SHA256, Offset: off})
+	if err != nil {
+		stop()
+		return nil, idleErr(ictx, err)
+	}
+	return &idleErrReader{r: wrap(&chunkReader{stream: stream}), ctx: ictx}, nil
+}
+
+// idleErrReader names the idle timeout in a read error it caused.
+type idleErrReader struct {
+	r   io.Reader
+	ctx context.Context
+}
+
+func (r *idleErrReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = idleErr(r.ctx, err)
+	}
+	return n, err
+}
+
+// coordinatorSource is the coordinator's ArtifactService, at an offset.
+func (a *agent) coordinatorSource(asg *v1.Assignment) byteSource {
+	return byteSource{kind: sourceCoordinator, open: func(ctx context.Context, off int64) (io.Reader, error) {
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		cc, err := a.conns.wait(wctx)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		return a.openDownload(ctx, cc, asg, off)
+	}}
+}
+
+// errNoPeerSource: the assignment names no peer this agent may use.
+var errNoPeerSource = errors.New("no peer source")
+
+// fetchFromPeers fetches asg's artifact from its peer sources, and then
+// the coordinator when the release has no URL (withCoordinator). A result
+// whose digest or size is wrong drops the peers that sent bytes of it
+// (reported) and starts again from the sources left.
+func (a *agent) fetchFromPeers(ctx context.Context, asg *v1.Assignment, want install.Artifact, withCoordinator bool) (*install.Fetched, error) {
+	for {
+		srcs := a.peerSources(asg)
+		if len(srcs) == 0 {
+			return nil, errNoPeerSource
+		}
+		if withCoordinator {
+			srcs = append(srcs, a.coordinatorSource(asg))
+		}
+		rr := &resumingReader{ctx: ctx, size: want.Size, srcs: srcs, metrics: a.metrics,
+			log: a.log.With().Str("service", asg.GetService()).Str("sha256", want.SHA256).Logger()}
+		f, err := a.inst.Fetch(ctx, a.metrics.countFetch(asg.GetService(), rr), want)
+		rr.close()
+		if err == nil && f.SHA256 == want.SHA256 && f.Size == want.Size {
+			return f, nil
+		}
+		a.inst.Discard(f)
+		if ctx.Err() != nil || (err != nil && !errors.Is(err, install.ErrTooLarge)) || len(rr.sent) == 0 {
+			if err == nil {
+				err = fmt.Errorf("the bytes fetched are not the assigned sha256 %s (%d bytes): %w", want.SHA256, want.Size, install.ErrDigestMismatch)
+			}
+			return nil, fmt.Errorf("download %s: %w", want.SHA256, err)
+		}
+		// Bad bytes (or too many) came from peers: drop them all, say so,
+		// and try again without them.
+		for _, host := range rr.sent {
+			a.dropped.add(host)
+			if a.metrics != nil {
+				a.metrics.peersRejected.Inc()
+			}
+			a.log.Warn().Str("service", asg.GetService()).Str("peer", host).Str("sha256", want.SHA256).
+				Msg("peer served bytes that failed verification: dropped")
+		}
+		a.rep.setBadSource(asg.GetService(), rr.sent[len(rr.sent)-1])
+	}
+}
