@@ -31,9 +31,9 @@ const (
 	EventRolloutSucceeded    = "rollout_succeeded"
 	// A closed deploy window or a blackout holds the next wave (StepHeld),
 	// and the hold ended.
-	EventWaveHeld     = "wave_held"
-	EventWaveReleased = "wave_released"
-	EventRolloutFailed       = "rollout_failed"
+	EventWaveHeld      = "wave_held"
+	EventWaveReleased  = "wave_released"
+	EventRolloutFailed = "rollout_failed"
 
 	// Decisions: a newer release or a rollback ends a rollout
 	// (ActionSupersede), and operators' calls.
