@@ -231,3 +231,39 @@ func Override(svc *v1.Service, version, reason, by string, now time.Time) (*v1.H
 func HoldOverridden(o *v1.HoldOverride) string {
 	return fmt.Sprintf("%s may roll out past windows, blackouts and after: %s", o.GetVersion(), o.GetReason())
 }
+
+// AfterCycle is the cycle of rollout.after that the spec of service name
+// would close (after names the services it comes after; others the
+// rollout.after of every other service, by name), as the names along it
+// starting and ending with name; nil when there is none.
+func AfterCycle(name string, after []string, others map[string][]string) []string {
+	graph := func(n string) []string {
+		if n == name {
+			return after
+		}
+		return others[n]
+	}
+	// Depth-first from name, in the order given (so the cycle named is
+	// the same for the same specs).
+	seen := map[string]bool{}
+	var path []string
+	var walk func(n string) []string
+	walk = func(n string) []string {
+		path = append(path, n)
+		for _, m := range graph(n) {
+			if m == name {
+				return append(append([]string(nil), path...), name)
+			}
+			if seen[m] {
+				continue
+			}
+			seen[m] = true
+			if c := walk(m); c != nil {
+				return c
+			}
+		}
+		path = path[:len(path)-1]
+		return nil
+	}
+	return walk(name)
+}

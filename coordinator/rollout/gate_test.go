@@ -115,3 +115,16 @@ func TestOverrideRefusals(t *testing.T) {
 		}
 	}
 }
+
+func TestAfterCycle(t *testing.T) {
+	others := map[string][]string{"api": {"db"}, "db": {"cache"}, "cache": nil, "jobs": {"web"}}
+	if c := AfterCycle("web", []string{"api"}, others); c != nil {
+		t.Errorf("web after api: cycle %v", c)
+	}
+	if c := AfterCycle("cache", []string{"web", "api"}, others); fmt.Sprint(c) != "[cache api db cache]" {
+		t.Errorf("cache after web, api: cycle %v, want [cache api db cache]", c)
+	}
+	if c := AfterCycle("web", []string{"jobs"}, others); fmt.Sprint(c) != "[web jobs web]" {
+		t.Errorf("web after jobs: cycle %v", c)
+	}
+}

@@ -565,8 +565,12 @@ func (x *GetRolloutRequest) GetId() string {
 }
 
 type GetRolloutResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Rollout       *Rollout               `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Rollout *Rollout               `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	// Why the service's newest release (or spec) does not roll out now: a
+	// deploy window, a blackout, after, a freeze, a queue; "" when nothing
+	// waits. Only for the newest rollout (id "").
+	Waiting       string `protobuf:"bytes,2,opt,name=waiting,proto3" json:"waiting,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -606,6 +610,13 @@ func (x *GetRolloutResponse) GetRollout() *Rollout {
 		return x.Rollout
 	}
 	return nil
+}
+
+func (x *GetRolloutResponse) GetWaiting() string {
+	if x != nil {
+		return x.Waiting
+	}
+	return ""
 }
 
 type WatchRolloutRequest struct {
@@ -4161,9 +4172,10 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\breleases\x18\x01 \x03(\v2\x15.fleetwave.v1.ReleaseR\breleases\"=\n" +
 	"\x11GetRolloutRequest\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x0e\n" +
-	"\x02id\x18\x02 \x01(\tR\x02id\"E\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\"_\n" +
 	"\x12GetRolloutResponse\x12/\n" +
-	"\arollout\x18\x01 \x01(\v2\x15.fleetwave.v1.RolloutR\arollout\"?\n" +
+	"\arollout\x18\x01 \x01(\v2\x15.fleetwave.v1.RolloutR\arollout\x12\x18\n" +
+	"\awaiting\x18\x02 \x01(\tR\awaiting\"?\n" +
 	"\x13WatchRolloutRequest\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\"G\n" +
