@@ -179,6 +179,9 @@ func (a *app) watchByEvents(cmd *cobra.Command, service, id string) error {
 		return err
 	}
 	r := ro.GetRollout()
+	if r == nil { // no rollout yet, only a release that waits
+		return fmt.Errorf("service %s has no rollout yet: %s", service, ro.GetWaiting())
+	}
 	code := -1
 	stop := func(e *v1.Event) (bool, error) {
 		c, ok := rolloutEndKinds[e.GetKind()]

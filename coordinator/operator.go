@@ -205,6 +205,10 @@ func (o *operator) createRelease(ctx context.Context, rel *v1.Release) (*v1.Crea
 		return resp, nil
 	}
 	r, svc, err := o.c.leader.call(ctx, leaderReq{service: rel.GetService(), op: opReconcile})
+	var held string // a deploy window, a blackout or after (policy.go)
+	if err == nil {
+		held = o.c.holding(svc, rel.GetVersion(), time.Now()).Reason()
+	}
 	switch {
 	case err != nil:
 		o.c.log.Warn().Err(err).Str("service", rel.GetService()).Msg("release stored; rollout will start on the leader")
@@ -214,9 +218,8 @@ func (o *operator) createRelease(ctx context.Context, rel *v1.Release) (*v1.Crea
 	case svc.GetStatus().GetFrozen():
 		resp.Note = fmt.Sprintf("no rollout started: service %s is frozen after a failed rollout (%s); after a look, run: fleetwave service unfreeze %s",
 			rel.GetService(), svc.GetStatus().GetFrozenReason(), rel.GetService())
-	case o.c.holding(svc, rel.GetVersion(), time.Now()).Reason() != "":
-		// A deploy window, a blackout or after (policy.go).
-		resp.Note = "no rollout started: " + o.c.holding(svc, rel.GetVersion(), time.Now()).Reason()
+	case held != "":
+		resp.Note = "no rollout started: " + held
 	case r != nil && !rollout.Terminal(r):
 		resp.Note = fmt.Sprintf("queued: rollout %s to %s is %s; when it ends the newest release rolls out",
 			r.GetId(), r.GetToVersion(), strings.ToLower(strings.TrimPrefix(r.GetState().String(), "ROLLOUT_STATE_")))
