@@ -203,7 +203,7 @@ ArtifactService; anything it does, any gRPC client can do.`,
 	pf.BoolVar(&a.insecure, "insecure", a.getenv("FLEETWAVE_INSECURE") == "1", "plain text, for a coordinator run with --insecure ($FLEETWAVE_INSECURE=1)")
 	a.root = root
 
-	root.AddCommand(a.serviceCmd(), a.releaseCmd(), a.agentCmd(), a.rolloutCmd(), a.rollbackCmd(), a.hostsCmd(), a.clusterCmd(), newStatsCmd(a), a.eventsCmd(), a.gossipCmd(), a.tokenCmd(), a.auditCmd(), a.whoamiCmd(), a.keysCmd(), a.tlsCmd())
+	root.AddCommand(a.serviceCmd(), a.releaseCmd(), a.agentCmd(), a.rolloutCmd(), a.rollbackCmd(), a.hostsCmd(), a.clusterCmd(), newStatsCmd(a), a.eventsCmd(), a.gossipCmd(), a.tokenCmd(), a.auditCmd(), a.whoamiCmd(), a.keysCmd(), a.tlsCmd(), a.freezeCmd())
 	return root
 }
 

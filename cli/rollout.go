@@ -35,7 +35,16 @@ func (a *app) rolloutCmd() *cobra.Command {
 				return err
 			}
 			if a.jsonOutput() {
+				if resp.GetRollout() == nil {
+					return printJSON(a.stdout, resp) // only what waits
+				}
 				return printJSON(a.stdout, resp.GetRollout())
+			}
+			if resp.GetWaiting() != "" {
+				fmt.Fprintf(a.stdout, "waiting: %s\n", resp.GetWaiting())
+			}
+			if resp.GetRollout() == nil {
+				return nil
 			}
 			return printRollout(a.stdout, resp.GetRollout())
 		}),
@@ -89,7 +98,7 @@ creation until it ends.`,
 		}),
 	}
 	approve.Flags().Uint32Var(&approveWave, "wave", 0, "the wave to approve when the policy approves each wave (default: whatever waits)")
-	cmd.AddCommand(st, watch, approve, a.pauseCmd(), a.resumeCmd(), a.abortCmd(), a.historyCmd())
+	cmd.AddCommand(st, watch, approve, a.pauseCmd(), a.resumeCmd(), a.abortCmd(), a.historyCmd(), a.rolloutPlanCmd(), a.rolloutOverrideCmd())
 	return cmd
 }
 
@@ -170,6 +179,9 @@ func (a *app) watchByEvents(cmd *cobra.Command, service, id string) error {
 		return err
 	}
 	r := ro.GetRollout()
+	if r == nil { // no rollout yet, only a release that waits
+		return fmt.Errorf("service %s has no rollout yet: %s", service, ro.GetWaiting())
+	}
 	code := -1
 	stop := func(e *v1.Event) (bool, error) {
 		c, ok := rolloutEndKinds[e.GetKind()]
@@ -220,6 +232,9 @@ func printRollout(w io.Writer, ro *v1.Rollout) error {
 	fmt.Fprintf(w, "created %s, started %s, finished %s\n", fmtTime(ro.GetCreatedAt()), fmtTime(ro.GetStartedAt()), fmtTime(ro.GetFinishedAt()))
 	if ro.GetReason() != "" {
 		fmt.Fprintf(w, "reason: %s\n", ro.GetReason())
+	}
+	if ro.GetHeld() != "" {
+		fmt.Fprintf(w, "held at the next wave: %s\n", ro.GetHeld())
 	}
 	fmt.Fprintln(w)
 	tw := newTable(w)

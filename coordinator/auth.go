@@ -101,6 +101,11 @@ var methodAccess = map[string]access{
 	opSvc + "ListRevocations":      accessAdmin,
 	opSvc + "DeleteService":        accessAdmin,
 	opSvc + "UpgradeAgents":        accessAdmin,
+	opSvc + "PlanRollout":          accessViewer,
+	opSvc + "CreateBlackout":       accessAdmin,
+	opSvc + "ListBlackouts":        accessViewer,
+	opSvc + "DeleteBlackout":       accessAdmin,
+	opSvc + "OverrideHold":         accessAdmin,
 	agSvc + "Connect":              accessAgent,
 	agSvc + "Join":                 accessAnyone,
 	agSvc + "Renew":                accessAgent,
@@ -300,6 +305,12 @@ func auditTarget(req any) string {
 		return "serial " + r.GetSerial()
 	case *v1.UpgradeAgentsRequest:
 		return spec.AgentService + "@" + r.GetRelease().GetVersion()
+	case *v1.OverrideHoldRequest:
+		return r.GetService() + ": " + r.GetReason()
+	case *v1.CreateBlackoutRequest:
+		return fmt.Sprintf("blackout %s to %s: %s", r.GetFrom().AsTime().UTC().Format(time.RFC3339), r.GetTo().AsTime().UTC().Format(time.RFC3339), r.GetReason())
+	case *v1.DeleteBlackoutRequest:
+		return "blackout " + r.GetId()
 	case *v1.DeleteServiceRequest:
 		if r.GetForce() {
 			return r.GetName() + " (force)"

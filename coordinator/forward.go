@@ -36,6 +36,7 @@ var leaderMethods = map[string]func() proto.Message{
 	v1.OperatorService_Rollback_FullMethodName:        func() proto.Message { return new(v1.RollbackResponse) },
 	v1.OperatorService_DeleteService_FullMethodName:   func() proto.Message { return new(v1.DeleteServiceResponse) },
 	v1.OperatorService_UpgradeAgents_FullMethodName:   func() proto.Message { return new(v1.UpgradeAgentsResponse) },
+	v1.OperatorService_OverrideHold_FullMethodName:    func() proto.Message { return new(v1.OverrideHoldResponse) },
 }
 
 // forwarder sends leader-only operator calls to the leader, and keeps the

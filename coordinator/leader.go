@@ -50,6 +50,9 @@ const (
 	opRollback
 	// opDelete removes the service from its hosts (remove.go).
 	opDelete
+	// opOverride lets the newest release past windows, blackouts and after
+	// (policy.go).
+	opOverride
 )
 
 // leaderReq is an operator request the loop serves between reconciles.
@@ -57,7 +60,7 @@ type leaderReq struct {
 	service string
 	op      leaderOp
 	actor   string
-	reason  string             // abort
+	reason  string             // abort, override
 	version string             // rollback target ("" = the previous good release)
 	signed  *v1.SignedRollback // rollback: the operator's signed statement (nil: none)
 	wave    uint32             // approve: the wave (0 = whatever waits)
@@ -162,6 +165,7 @@ func (l *leader) pruneAudit(ctx context.Context, fence *store.Fence, now time.Ti
 	}
 	l.auditPruned = now
 	l.pruneRevocations(ctx, fence, now)
+	l.pruneBlackouts(ctx, fence, now)
 	old, err := l.c.store.PruneAudit(ctx, fence, now.Add(-l.c.cfg.AuditRetention))
 	if err != nil {
 		l.c.log.Warn().Err(err).Msg("pruning the audit log failed")

@@ -22,6 +22,9 @@ func (l *leader) serve(ctx context.Context, fence *store.Fence, req leaderReq) (
 		return r, nil, err
 	case opDelete:
 		return l.deleteService(ctx, fence, req)
+	case opOverride:
+		svc, err := l.override(ctx, fence, req)
+		return nil, svc, err
 	}
 	if req.op == opUnfreeze {
 		svc, err := l.unfreeze(ctx, fence, req.service, req.actor)
@@ -67,7 +70,7 @@ func (l *leader) serve(ctx context.Context, fence *store.Fence, req leaderReq) (
 	ev := event(next, req.service, rollout.EventRolloutApproved, req.actor, what+" approved: "+orNone(next.GetFromVersion())+" → "+next.GetToVersion(), now)
 	// The approval and the Step that moves the hosts it lets go are one
 	// write.
-	next, res := rollout.Step(next, l.observe(req.service), now)
+	next, res := rollout.StepHeld(next, l.observe(req.service), now, l.c.holding(vs.Val, next.GetToVersion(), now).Clock)
 	if err := l.commit(ctx, fence, vs, next, vr.Rev, append([]*v1.Event{ev}, engineEvents(next, res.Events, now)...)); err != nil {
 		return nil, nil, err
 	}

@@ -134,6 +134,9 @@ func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string)
 		return time.Time{}, err
 	}
 	d := rollout.Decide(svc, dr, created, l.releases(name))
+	// Windows, blackouts and after hold what would change hosts (policy.go).
+	hold := l.c.holding(svc, d.Version, now)
+	d = rollout.Gated(d, hold)
 	switch d.Action {
 	case rollout.ActionLeave:
 		// The hosts the selector leaves out are removed in waves.
@@ -190,9 +193,16 @@ func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string)
 	}
 
 	if !has || rollout.Terminal(cur) {
+		if d.Action == rollout.ActionWait {
+			return hold.Wake, nil // a window opens, a blackout ends
+		}
 		return time.Time{}, nil
 	}
-	next, res := rollout.Step(cur, l.observe(name), now)
+	held := l.c.holding(svc, cur.GetToVersion(), now)
+	next, res := rollout.StepHeld(cur, l.observe(name), now, held.Clock)
+	if !held.Wake.IsZero() && !rollout.Terminal(next) && (res.NextWake.IsZero() || held.Wake.Before(res.NextWake)) {
+		res.NextWake = held.Wake
+	}
 	for _, ev := range res.Events {
 		log.Info().Str("rollout", cur.GetId()).Str("event", ev.Kind).Int("wave", ev.Wave).Str("host", ev.Host).Msg(ev.Message)
 	}

@@ -58,6 +58,9 @@ func (o *operator) ApplyService(ctx context.Context, req *v1.ApplyServiceRequest
 	if err := spec.Validate(req.GetSpec()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	if err := o.c.afterCycle(req.GetSpec()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
 	var oldSelector map[string]string
 	if vs, ok := o.c.mirror.Service(req.GetSpec().GetName()); ok {
 		oldSelector = vs.Val.GetSpec().GetSelector()
@@ -202,6 +205,10 @@ func (o *operator) createRelease(ctx context.Context, rel *v1.Release) (*v1.Crea
 		return resp, nil
 	}
 	r, svc, err := o.c.leader.call(ctx, leaderReq{service: rel.GetService(), op: opReconcile})
+	var held string // a deploy window, a blackout or after (policy.go)
+	if err == nil {
+		held = o.c.holding(svc, rel.GetVersion(), time.Now()).Reason()
+	}
 	switch {
 	case err != nil:
 		o.c.log.Warn().Err(err).Str("service", rel.GetService()).Msg("release stored; rollout will start on the leader")
@@ -211,6 +218,8 @@ func (o *operator) createRelease(ctx context.Context, rel *v1.Release) (*v1.Crea
 	case svc.GetStatus().GetFrozen():
 		resp.Note = fmt.Sprintf("no rollout started: service %s is frozen after a failed rollout (%s); after a look, run: fleetwave service unfreeze %s",
 			rel.GetService(), svc.GetStatus().GetFrozenReason(), rel.GetService())
+	case held != "":
+		resp.Note = "no rollout started: " + held
 	case r != nil && !rollout.Terminal(r):
 		resp.Note = fmt.Sprintf("queued: rollout %s to %s is %s; when it ends the newest release rolls out",
 			r.GetId(), r.GetToVersion(), strings.ToLower(strings.TrimPrefix(r.GetState().String(), "ROLLOUT_STATE_")))
@@ -268,11 +277,18 @@ func (o *operator) GetRollout(ctx context.Context, req *v1.GetRolloutRequest) (*
 	if err := o.sync(ctx); err != nil {
 		return nil, grpcErr(err)
 	}
+	var waiting string
+	if vs, ok := o.c.mirror.Service(req.GetService()); ok && req.GetId() == "" {
+		waiting = o.c.waiting(req.GetService(), vs.Val, time.Now())
+	}
 	r, err := o.rollout(req.GetService(), req.GetId())
 	if err != nil {
+		if waiting != "" && status.Code(err) == codes.NotFound {
+			return &v1.GetRolloutResponse{Waiting: waiting}, nil
+		}
 		return nil, err
 	}
-	return &v1.GetRolloutResponse{Rollout: r}, nil
+	return &v1.GetRolloutResponse{Rollout: r, Waiting: waiting}, nil
 }
 
 func (o *operator) WatchRollout(req *v1.WatchRolloutRequest, stream v1.OperatorService_WatchRolloutServer) error {

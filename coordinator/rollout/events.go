@@ -29,7 +29,11 @@ const (
 	EventWaveDone            = "wave_done"
 	EventWaveWaitingApproval = "wave_waiting_approval"
 	EventRolloutSucceeded    = "rollout_succeeded"
-	EventRolloutFailed       = "rollout_failed"
+	// A closed deploy window or a blackout holds the next wave (StepHeld),
+	// and the hold ended.
+	EventWaveHeld      = "wave_held"
+	EventWaveReleased  = "wave_released"
+	EventRolloutFailed = "rollout_failed"
 
 	// Decisions: a newer release or a rollback ends a rollout
 	// (ActionSupersede), and operators' calls.
@@ -39,6 +43,8 @@ const (
 	EventRolloutResumed    = "rollout_resumed"
 	EventRolloutAborted    = "rollout_aborted"
 	EventServiceUnfrozen   = "service_unfrozen"
+	// An admin let a held release roll out (fleetwave rollout override).
+	EventHoldOverridden = "hold_overridden"
 
 	// A spec that changes nothing hosts run became the stable spec without
 	// a rollout (ActionRecordSpec).

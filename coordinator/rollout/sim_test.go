@@ -14,6 +14,7 @@ import (
 	"github.com/fleetwave/fleetwave/internal/specdiff"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // replaySeed replays one seed of the seeded simulations: a failure prints
@@ -533,7 +534,7 @@ func TestPolicySimulation(t *testing.T) {
 	for _, k := range []string{"start", "supersede", "wait", "record-spec", "SUCCEEDED", "FAILED", "SUPERSEDED", "rollback", "rollback refused", "unfreeze", "abort", "approve",
 		"spec host", "spec coordinator", "spec back", "config start", "config succeeded", "config failed",
 		"delete", "delete refused", "recreate", "relabel", "removal succeeded", "removal failed",
-		"spec selector", "leave", "leave succeeded", "leave failed"} {
+		"spec selector", "leave", "leave succeeded", "leave failed", "held", "wave held"} {
 		// Only over every seed: a fifth of them (-short, -race) need not
 		// reach the rarer ends (a failed removal, a service created anew).
 		if len(seeds) > 1 && !testing.Short() && !raceEnabled && seen[k] == 0 {
@@ -606,6 +607,7 @@ func simulatePolicy(t *testing.T, seed uint64, seen map[string]int) {
 	pSpec := []float64{0, 0.01, 0.03}[rng.IntN(3)]        // a spec applied per tick
 	pRelabel := []float64{0, 0, 0.005, 0.02}[rng.IntN(4)] // a host's labels change per tick
 	deletes := rng.IntN(2)                                // whether the person may delete the service
+	pBlackout := []float64{0, 0, 0.01}[rng.IntN(3)]       // a blackout created per tick
 	applySpec := func() {
 		next := proto.Clone(w.svc.GetSpec()).(*v1.ServiceSpec)
 		switch k := rng.IntN(5); {
@@ -677,6 +679,15 @@ func simulatePolicy(t *testing.T, seed uint64, seen map[string]int) {
 			l["role"] = map[string]string{"web": "db", "db": "web"}[l["role"]]
 			h.Labels, agents[h.ID].labels = l, l
 			seen["relabel"]++
+		}
+		// A coordinator-wide blackout now and then; the drain ends them.
+		if !drain && rng.Float64() < pBlackout {
+			from := w.now.Add(time.Duration(rng.IntN(120)) * time.Second)
+			w.gates.Blackouts = append(w.gates.Blackouts, &v1.Blackout{Id: fmt.Sprintf("b%d", len(w.gates.Blackouts)),
+				From: timestamppb.New(from), To: timestamppb.New(from.Add(time.Duration(1+rng.IntN(600)) * time.Second))})
+		}
+		if drain {
+			w.gates.Blackouts = nil
 		}
 		cur = w.active()
 		waiting := cur.GetState() == v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL ||

@@ -95,12 +95,23 @@ func effective(p *v1.RolloutPolicy) policy {
 //     plan order, while fewer than max_parallel are UPDATING.
 //   - When every wave is DONE the rollout SUCCEEDED.
 func Step(r *v1.Rollout, obs func(hostID string) Observation, now time.Time) (*v1.Rollout, Result) {
+	return stepGated(r, obs, now, "")
+}
+
+// stepGated is Step and StepHeld (gate.go): held is why the next wave may not
+// start ("" when nothing holds it).
+func stepGated(r *v1.Rollout, obs func(hostID string) Observation, now time.Time, held string) (*v1.Rollout, Result) {
 	if r.GetState() != v1.RolloutState_ROLLOUT_STATE_PROGRESSING {
 		return r, Result{}
 	}
-	s := &stepper{in: r, r: r, now: now, pol: effective(r.GetPolicy())}
+	s := &stepper{in: r, r: r, now: now, pol: effective(r.GetPolicy()), held: held}
 	if obs != nil {
 		s.observe(obs)
+	}
+	if held == "" && r.GetHeld() != "" {
+		s.mut().Held = ""
+		s.mut().LastProgressAt = s.ts() // the deadline counts from the release
+		s.emit(EventWaveReleased, NoWave, "", "hold ended: the next wave may start")
 	}
 	// Paused: hosts already moving are still observed and their failures
 	// still count, but nothing new starts and no deadline runs.
@@ -122,6 +133,7 @@ type stepper struct {
 	now    time.Time
 	pol    policy
 	res    Result
+	held   string // why the next wave may not start ("" = it may)
 }
 
 func (s *stepper) mut() *v1.Rollout {
@@ -301,6 +313,15 @@ func (s *stepper) advance() {
 				if !w.GetWaitingApproval() {
 					s.wave(i).WaitingApproval = true
 					s.emit(EventWaveWaitingApproval, i, "", fmt.Sprintf("%s waits for approval: fleetwave rollout approve %s --wave %d", waveName(i, w), s.r.GetService(), i))
+				}
+				return
+			}
+			if s.held != "" {
+				// A closed window or a blackout: wait at the boundary, with
+				// no deadline running.
+				if s.r.GetHeld() != s.held {
+					s.mut().Held = s.held
+					s.emit(EventWaveHeld, i, "", fmt.Sprintf("%s waits: %s", waveName(i, w), s.held))
 				}
 				return
 			}

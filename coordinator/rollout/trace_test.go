@@ -11,6 +11,7 @@ import (
 	"github.com/cockroachdb/datadriven"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fleetwave/fleetwave/internal/specdiff"
 
@@ -30,6 +31,7 @@ import (
 //	        [parallel=N] [bake=D] [deadline=D] [failures=N] [on-new=supersede|queue]
 //	        [each-wave] [selector=(k=v,...)] [stable=VERSION]
 //	        [run=(./app,ARG...)] [env=(K=V,...)] [webhook=URL]
+//	        [window=(DAYS,HH:MM,HH:MM,ZONE)] [after=(NAME,...)]
 //	    the service's spec: its policy, what hosts run (run, env) and its
 //	    alerts. The first is spec 1; again: an apply (a spec that differs gets
 //	    the next revision; it prints the revision and what changed), same
@@ -49,6 +51,13 @@ import (
 //	rollback [to=V] [t=D]  unfreeze [t=D]  delete [force] [t=D]
 //	    the operator's calls, as the leader serves them (after a delete,
 //	    `service` creates the service anew)
+//	blackout ID from=D to=D [reason=(text)]   a coordinator-wide blackout
+//	unblackout ID              the blackout is deleted
+//	upstream NAME=STATE...     the newest rollout of a service in rollout.after
+//	                           (succeeded, failed, progressing, ...; none: no
+//	                           rollout; missing: no such service)
+//	override [reason=(text)]   an admin lets the newest release past the holds
+//	plan [version=V]           the preview (Preview) of a rollout now
 //	state                      the service and its newest rollout
 //	desired                    what each host is told to run
 //
@@ -138,7 +147,68 @@ func TestTraces(t *testing.T) {
 				return ""
 			case "decide":
 				cur, created := w.current()
-				return Decide(w.svc, cur, created, w.releases).String()
+				d := Decide(w.svc, cur, created, w.releases)
+				return Gated(d, Holding(w.svc, w.gates, d.Version, w.now)).String()
+			case "blackout":
+				if len(td.CmdArgs) == 0 {
+					fail("blackout: want an id")
+				}
+				from, err1 := time.ParseDuration(arg(td, "from"))
+				to, err2 := time.ParseDuration(arg(td, "to"))
+				if err1 != nil || err2 != nil {
+					fail("blackout: from=%s to=%s: want durations", arg(td, "from"), arg(td, "to"))
+				}
+				w.gates.Blackouts = append(w.gates.Blackouts, &v1.Blackout{Id: td.CmdArgs[0].Key,
+					From: timestamppb.New(t0.Add(from)), To: timestamppb.New(t0.Add(to)), Reason: arg(td, "reason")})
+				return ""
+			case "unblackout":
+				w.gates.Blackouts = slices.DeleteFunc(w.gates.Blackouts, func(b *v1.Blackout) bool { return b.GetId() == td.CmdArgs[0].Key })
+				return ""
+			case "upstream":
+				if w.gates.Upstream == nil {
+					w.gates.Upstream = map[string]*v1.Rollout{}
+				}
+				for _, a := range td.CmdArgs {
+					switch st := a.SingleVal(t); st {
+					case "missing":
+						delete(w.gates.Upstream, a.Key)
+					case "none":
+						w.gates.Upstream[a.Key] = nil
+					default:
+						n, ok := v1.RolloutState_value["ROLLOUT_STATE_"+strings.ToUpper(st)]
+						if !ok {
+							fail("upstream %s=%s: not a rollout state", a.Key, st)
+						}
+						w.gates.Upstream[a.Key] = &v1.Rollout{Id: "000009", Service: a.Key, ToVersion: "u1", State: v1.RolloutState(n), Reason: "upstream reason"}
+					}
+				}
+				return ""
+			case "override":
+				return act(w.override(arg(td, "reason")))
+			case "plan":
+				cur, created := w.current()
+				d := Decide(w.svc, cur, created, w.releases)
+				v := arg(td, "version")
+				if v == "" {
+					v = d.Version
+				}
+				h := Holding(w.svc, w.gates, v, w.now)
+				p := Preview(w.svc, v, w.hosts, w.observe, Gated(d, h), h, w.now)
+				out := []string{fmt.Sprintf("plan %s → %s: %s", orNone(p.Rollout.GetFromVersion()), p.Rollout.GetToVersion(), p.Decision)}
+				for i, wv := range p.Rollout.GetWaves() {
+					var ids []string
+					for _, hp := range wv.GetHosts() {
+						ids = append(ids, hp.GetHostId())
+					}
+					out = append(out, fmt.Sprintf("  %s: %s", waveName(i, wv), strings.Join(ids, " ")))
+				}
+				if len(p.Unknown) > 0 {
+					out = append(out, "unknown: "+strings.Join(p.Unknown, " "))
+				}
+				if r := h.Reason(); r != "" {
+					out = append(out, "held: "+r)
+				}
+				return strings.Join(out, "\n")
 			case "reconcile":
 				w.reconcile()
 				return act(nil)
@@ -209,7 +279,7 @@ func TestTraces(t *testing.T) {
 // steps reports whether a command steps the rollout in flight, so that
 // its output ends with the next wake.
 func steps(cmd string) bool {
-	return slices.Contains([]string{"reconcile", "approve", "rollback", "unfreeze", "delete"}, cmd)
+	return slices.Contains([]string{"reconcile", "approve", "rollback", "unfreeze", "delete", "override"}, cmd)
 }
 
 // arg is a command argument's value ("" if absent), values in parentheses
@@ -285,6 +355,15 @@ func traceService(t *testing.T, td *datadriven.TestData) *v1.Service {
 	}
 	if u := arg(td, "webhook"); u != "" {
 		sp.Alerts = &v1.Alerts{WebhookUrl: u}
+	}
+	if a, ok := td.Arg("window"); ok {
+		if len(a.Vals) != 4 {
+			t.Fatalf("%s: window=%v: want (days,start,end,zone)", td.Pos, a.Vals)
+		}
+		pol.Windows = []*v1.DeployWindow{{Days: a.Vals[0], Start: a.Vals[1], End: a.Vals[2], TimeZone: a.Vals[3]}}
+	}
+	if a, ok := td.Arg("after"); ok {
+		pol.After = a.Vals
 	}
 	return &v1.Service{Spec: sp}
 }

@@ -51,6 +51,10 @@ type world struct {
 	unfrozen    map[string]bool  // rollouts whose freeze an operator lifted
 	steps       int
 	stats       map[string]int // decisions and rollout ends, for the simulation's coverage
+
+	// gates: blackouts and upstream services (gate.go), as the leader
+	// reads them from its mirror.
+	gates Gates
 }
 
 func newWorld(svc *v1.Service, hosts []Host, now time.Time, fail func(string, ...any)) *world {
@@ -229,7 +233,21 @@ func (w *world) begin(r *v1.Rollout, st *v1.ServiceStatus, res Result) {
 // and commits a change.
 func (w *world) step(cur *v1.Rollout) {
 	before := proto.Clone(cur).(*v1.Rollout)
-	out, res := Step(cur, w.observe, w.now)
+	h := Holding(w.svc, w.gates, cur.GetToVersion(), w.now)
+	out, res := StepHeld(cur, w.observe, w.now, h.Clock)
+	if h.Clock != "" && !cur.GetRollback() {
+		for i, wv := range out.GetWaves() {
+			if before.GetWaves()[i].GetState() == v1.WaveState_WAVE_STATE_PENDING && wv.GetState() != v1.WaveState_WAVE_STATE_PENDING {
+				w.fail("wave %d started while held: %s", i, h.Clock)
+			}
+		}
+	}
+	if hasEvent(res.Events, EventWaveHeld, "") {
+		w.stats["wave held"]++
+	}
+	if !h.Wake.IsZero() && out.GetState() == rProg {
+		res.NextWake = earliest(res.NextWake, h.Wake)
+	}
 	if !proto.Equal(before, cur) {
 		w.fail("Step mutated its input")
 	}
@@ -261,11 +279,21 @@ func (w *world) reconcile() {
 		}
 		dr, created := w.deciding()
 		d := Decide(w.svc, dr, created, w.releases)
+		w.checkDecision(d, dr, created)
+		h := Holding(w.svc, w.gates, d.Version, w.now)
+		if g := Gated(d, h); g.Action != d.Action {
+			w.stats["held"]++
+		}
+		if d = Gated(d, h); h.Reason() != "" && (d.Action == ActionStart || d.Action == ActionSupersede || d.Action == ActionLeave) {
+			w.fail("%s while held: %s", d, h.Reason())
+		}
+		if d.Action == ActionWait && !h.Wake.IsZero() {
+			w.wake = earliest(w.wake, h.Wake)
+		}
 		w.stats[d.Action.String()]++
 		if d.Action != ActionNone {
 			w.logf("decide: %s", d)
 		}
-		w.checkDecision(d, dr, created)
 		switch d.Action {
 		case ActionLeave:
 			r, st, res := BeginLeave(w.svc, dr, w.hosts, w.observe, w.now)
@@ -620,6 +648,26 @@ func (w *world) unfreeze() {
 
 // Printing, for traces.
 
+// override is the leader's OverrideHold: the newest release may roll out
+// past the holds.
+func (w *world) override(reason string) error {
+	var newest Release
+	for _, rel := range w.releases {
+		if rel.Created > newest.Created {
+			newest = rel
+		}
+	}
+	o, err := Override(w.svc, newest.Version, reason, "admin", w.now)
+	if err != nil {
+		return err
+	}
+	w.logf("%s: %s", EventHoldOverridden, HoldOverridden(o))
+	w.svc.Status = proto.Clone(w.svc.GetStatus()).(*v1.ServiceStatus)
+	w.svc.Status.HoldOverride = o
+	w.reconcile()
+	return nil
+}
+
 func (w *world) at(t time.Time) string {
 	if t.IsZero() {
 		return "-"
@@ -707,6 +755,10 @@ func (w *world) state() []string {
 // flight (after a pass that stepped it).
 func (w *world) wakeLine() []string {
 	if w.active() == nil {
+		// A release held by the clock wakes the leader when it may change.
+		if !w.wake.IsZero() {
+			return []string{"next wake " + w.at(w.wake)}
+		}
 		return nil
 	}
 	return []string{"next wake " + w.at(w.wake)}

@@ -27,6 +27,8 @@ const (
 	// RevocationsPrefix: serial/<hex serial> and identity/<kind>/<name> ->
 	// Revocation.
 	RevocationsPrefix = Prefix + "revocations/"
+	// BlackoutsPrefix: <id> -> Blackout (fleetwave freeze).
+	BlackoutsPrefix = Prefix + "blackouts/"
 	// AuditPrefix: <unix nanos>-<n> -> AuditEntry (not mirrored).
 	AuditPrefix    = Prefix + "audit/"
 	ElectionPrefix = Prefix + "leader"
@@ -84,3 +86,6 @@ func RevocationKey(r *v1.Revocation) string {
 	}
 	return RevocationsPrefix + "identity/" + strings.Replace(r.GetIdentity(), ":", "/", 1)
 }
+
+// BlackoutKey is where a blackout is stored.
+func BlackoutKey(id string) string { return BlackoutsPrefix + id }

@@ -49,6 +49,8 @@ type Mirror struct {
 	// revocations by key below RevocationsPrefix ("serial/<hex>",
 	// "identity/<kind>/<name>").
 	revocations map[string]Versioned[*v1.Revocation]
+	// blackouts by id (fleetwave freeze).
+	blackouts map[string]*v1.Blackout
 	// revocationEpoch counts changes to the revocations.
 	revocationEpoch uint64
 	subs            map[chan struct{}]struct{}
@@ -77,6 +79,7 @@ func (m *Mirror) reset() {
 	m.connSince = map[string]time.Time{}
 	m.tokens = map[string]Versioned[*v1.Token]{}
 	m.revocations = map[string]Versioned[*v1.Revocation]{}
+	m.blackouts = map[string]*v1.Blackout{}
 	m.revocationEpoch++
 }
 
@@ -259,6 +262,16 @@ func (m *Mirror) applyLocked(t mvccpb.Event_EventType, kv *mvccpb.KeyValue) {
 		v := &v1.Revocation{}
 		if decode(v) {
 			m.revocations[id] = Versioned[*v1.Revocation]{v, kv.ModRevision, kv.CreateRevision}
+		}
+	case strings.HasPrefix(key, BlackoutsPrefix):
+		id := strings.TrimPrefix(key, BlackoutsPrefix)
+		if del {
+			delete(m.blackouts, id)
+			return
+		}
+		v := &v1.Blackout{}
+		if decode(v) {
+			m.blackouts[id] = v
 		}
 	case strings.HasPrefix(key, CoordinatorsPrefix):
 		name := strings.TrimPrefix(key, CoordinatorsPrefix)
@@ -545,6 +558,24 @@ func (m *Mirror) RevocationEpoch() uint64 {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	return m.revocationEpoch
+}
+
+// Blackouts returns the stored blackouts by start, then id.
+func (m *Mirror) Blackouts() []*v1.Blackout {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	out := make([]*v1.Blackout, 0, len(m.blackouts))
+	for _, b := range m.blackouts {
+		out = append(out, b)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i].GetFrom().AsTime(), out[j].GetFrom().AsTime()
+		if !a.Equal(b) {
+			return a.Before(b)
+		}
+		return out[i].GetId() < out[j].GetId()
+	})
+	return out
 }
 
 // Coordinators returns the registered (live) coordinators by name.

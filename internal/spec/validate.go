@@ -90,6 +90,11 @@ func Validate(s *v1.ServiceSpec) error {
 		}
 	}
 	validateRollout(&p, s.GetRollout())
+	for i, a := range s.GetRollout().GetAfter() {
+		if a == s.GetName() {
+			p.add(fmt.Sprintf("rollout.after[%d]", i), "%q is the service itself (a cycle)", a)
+		}
+	}
 	validateAnalysisAndAlerts(&p, s)
 	return errors.Join(p...)
 }
@@ -239,6 +244,27 @@ func validateRollout(p *problems, r *v1.RolloutPolicy) {
 	}
 	validDuration(p, "rollout.bake", r.GetBake())
 	validDuration(p, "rollout.progress_deadline", r.GetProgressDeadline())
+	if n := len(r.GetWindows()); n > MaxWindows {
+		p.add("rollout.windows", "%d windows, more than %d", n, MaxWindows)
+	}
+	for i, w := range r.GetWindows() {
+		if _, err := ParseWindow(fmt.Sprintf("rollout.windows[%d]", i), w); err != nil {
+			p.addErr(err)
+		}
+	}
+	if n := len(r.GetAfter()); n > MaxAfter {
+		p.add("rollout.after", "%d services, more than %d", n, MaxAfter)
+	}
+	seen := map[string]bool{}
+	for i, a := range r.GetAfter() {
+		field := fmt.Sprintf("rollout.after[%d]", i)
+		if err := CheckName(field, a); err != nil {
+			p.addErr(err)
+		} else if seen[a] {
+			p.add(field, "%q is named twice", a)
+		}
+		seen[a] = true
+	}
 }
 
 // validDuration returns d, or -1 after recording a problem (out of range or

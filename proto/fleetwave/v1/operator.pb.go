@@ -565,8 +565,12 @@ func (x *GetRolloutRequest) GetId() string {
 }
 
 type GetRolloutResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Rollout       *Rollout               `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Rollout *Rollout               `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	// Why the service's newest release (or spec) does not roll out now: a
+	// deploy window, a blackout, after, a freeze, a queue; "" when nothing
+	// waits. Only for the newest rollout (id "").
+	Waiting       string `protobuf:"bytes,2,opt,name=waiting,proto3" json:"waiting,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -606,6 +610,13 @@ func (x *GetRolloutResponse) GetRollout() *Rollout {
 		return x.Rollout
 	}
 	return nil
+}
+
+func (x *GetRolloutResponse) GetWaiting() string {
+	if x != nil {
+		return x.Waiting
+	}
+	return ""
 }
 
 type WatchRolloutRequest struct {
@@ -3623,6 +3634,512 @@ func (x *UpgradeAgentsResponse) GetNote() string {
 	return ""
 }
 
+type PlanRolloutRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Service string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	// The release to preview ("" = the newest release).
+	Version string `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	// A spec to preview instead of the live one (its name must be service's).
+	Spec          *ServiceSpec `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlanRolloutRequest) Reset() {
+	*x = PlanRolloutRequest{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlanRolloutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlanRolloutRequest) ProtoMessage() {}
+
+func (x *PlanRolloutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlanRolloutRequest.ProtoReflect.Descriptor instead.
+func (*PlanRolloutRequest) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *PlanRolloutRequest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *PlanRolloutRequest) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *PlanRolloutRequest) GetSpec() *ServiceSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+type PlanRolloutResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The rollout as the engine would plan it now (nothing is stored).
+	Rollout *Rollout `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	// Planned hosts whose agent is not connected: their wave would wait for
+	// them until the progress deadline.
+	UnknownHosts []string `protobuf:"bytes,2,rep,name=unknown_hosts,json=unknownHosts,proto3" json:"unknown_hosts,omitempty"`
+	// What the policy says now ("start", "wait: ...").
+	Decision string `protobuf:"bytes,3,opt,name=decision,proto3" json:"decision,omitempty"`
+	// Why a rollout would not start now (window, blackout, after, frozen);
+	// "" when it would start.
+	Held string `protobuf:"bytes,4,opt,name=held,proto3" json:"held,omitempty"`
+	// What the spec changes against the stable spec, by field.
+	SpecChanges   []string `protobuf:"bytes,5,rep,name=spec_changes,json=specChanges,proto3" json:"spec_changes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlanRolloutResponse) Reset() {
+	*x = PlanRolloutResponse{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlanRolloutResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlanRolloutResponse) ProtoMessage() {}
+
+func (x *PlanRolloutResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlanRolloutResponse.ProtoReflect.Descriptor instead.
+func (*PlanRolloutResponse) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *PlanRolloutResponse) GetRollout() *Rollout {
+	if x != nil {
+		return x.Rollout
+	}
+	return nil
+}
+
+func (x *PlanRolloutResponse) GetUnknownHosts() []string {
+	if x != nil {
+		return x.UnknownHosts
+	}
+	return nil
+}
+
+func (x *PlanRolloutResponse) GetDecision() string {
+	if x != nil {
+		return x.Decision
+	}
+	return ""
+}
+
+func (x *PlanRolloutResponse) GetHeld() string {
+	if x != nil {
+		return x.Held
+	}
+	return ""
+}
+
+func (x *PlanRolloutResponse) GetSpecChanges() []string {
+	if x != nil {
+		return x.SpecChanges
+	}
+	return nil
+}
+
+type CreateBlackoutRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	From          *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=from,proto3" json:"from,omitempty"`
+	To            *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateBlackoutRequest) Reset() {
+	*x = CreateBlackoutRequest{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateBlackoutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateBlackoutRequest) ProtoMessage() {}
+
+func (x *CreateBlackoutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateBlackoutRequest.ProtoReflect.Descriptor instead.
+func (*CreateBlackoutRequest) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *CreateBlackoutRequest) GetFrom() *timestamppb.Timestamp {
+	if x != nil {
+		return x.From
+	}
+	return nil
+}
+
+func (x *CreateBlackoutRequest) GetTo() *timestamppb.Timestamp {
+	if x != nil {
+		return x.To
+	}
+	return nil
+}
+
+func (x *CreateBlackoutRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type CreateBlackoutResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Blackout      *Blackout              `protobuf:"bytes,1,opt,name=blackout,proto3" json:"blackout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateBlackoutResponse) Reset() {
+	*x = CreateBlackoutResponse{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateBlackoutResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateBlackoutResponse) ProtoMessage() {}
+
+func (x *CreateBlackoutResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateBlackoutResponse.ProtoReflect.Descriptor instead.
+func (*CreateBlackoutResponse) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *CreateBlackoutResponse) GetBlackout() *Blackout {
+	if x != nil {
+		return x.Blackout
+	}
+	return nil
+}
+
+type ListBlackoutsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBlackoutsRequest) Reset() {
+	*x = ListBlackoutsRequest{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[67]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBlackoutsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBlackoutsRequest) ProtoMessage() {}
+
+func (x *ListBlackoutsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[67]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBlackoutsRequest.ProtoReflect.Descriptor instead.
+func (*ListBlackoutsRequest) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{67}
+}
+
+type ListBlackoutsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// by start
+	Blackouts     []*Blackout `protobuf:"bytes,1,rep,name=blackouts,proto3" json:"blackouts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBlackoutsResponse) Reset() {
+	*x = ListBlackoutsResponse{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[68]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBlackoutsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBlackoutsResponse) ProtoMessage() {}
+
+func (x *ListBlackoutsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[68]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBlackoutsResponse.ProtoReflect.Descriptor instead.
+func (*ListBlackoutsResponse) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{68}
+}
+
+func (x *ListBlackoutsResponse) GetBlackouts() []*Blackout {
+	if x != nil {
+		return x.Blackouts
+	}
+	return nil
+}
+
+type DeleteBlackoutRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteBlackoutRequest) Reset() {
+	*x = DeleteBlackoutRequest{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteBlackoutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteBlackoutRequest) ProtoMessage() {}
+
+func (x *DeleteBlackoutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteBlackoutRequest.ProtoReflect.Descriptor instead.
+func (*DeleteBlackoutRequest) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *DeleteBlackoutRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type DeleteBlackoutResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteBlackoutResponse) Reset() {
+	*x = DeleteBlackoutResponse{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteBlackoutResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteBlackoutResponse) ProtoMessage() {}
+
+func (x *DeleteBlackoutResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteBlackoutResponse.ProtoReflect.Descriptor instead.
+func (*DeleteBlackoutResponse) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{70}
+}
+
+type OverrideHoldRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Service       string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OverrideHoldRequest) Reset() {
+	*x = OverrideHoldRequest{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OverrideHoldRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OverrideHoldRequest) ProtoMessage() {}
+
+func (x *OverrideHoldRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OverrideHoldRequest.ProtoReflect.Descriptor instead.
+func (*OverrideHoldRequest) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *OverrideHoldRequest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *OverrideHoldRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type OverrideHoldResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Service       *Service               `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OverrideHoldResponse) Reset() {
+	*x = OverrideHoldResponse{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[72]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OverrideHoldResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OverrideHoldResponse) ProtoMessage() {}
+
+func (x *OverrideHoldResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[72]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OverrideHoldResponse.ProtoReflect.Descriptor instead.
+func (*OverrideHoldResponse) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{72}
+}
+
+func (x *OverrideHoldResponse) GetService() *Service {
+	if x != nil {
+		return x.Service
+	}
+	return nil
+}
+
 var File_fleetwave_v1_operator_proto protoreflect.FileDescriptor
 
 const file_fleetwave_v1_operator_proto_rawDesc = "" +
@@ -3655,9 +4172,10 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\breleases\x18\x01 \x03(\v2\x15.fleetwave.v1.ReleaseR\breleases\"=\n" +
 	"\x11GetRolloutRequest\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x0e\n" +
-	"\x02id\x18\x02 \x01(\tR\x02id\"E\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\"_\n" +
 	"\x12GetRolloutResponse\x12/\n" +
-	"\arollout\x18\x01 \x01(\v2\x15.fleetwave.v1.RolloutR\arollout\"?\n" +
+	"\arollout\x18\x01 \x01(\v2\x15.fleetwave.v1.RolloutR\arollout\x12\x18\n" +
+	"\awaiting\x18\x02 \x01(\tR\awaiting\"?\n" +
 	"\x13WatchRolloutRequest\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\"G\n" +
@@ -3868,7 +4386,34 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\x15UpgradeAgentsResponse\x12/\n" +
 	"\arelease\x18\x01 \x01(\v2\x15.fleetwave.v1.ReleaseR\arelease\x12/\n" +
 	"\arollout\x18\x02 \x01(\v2\x15.fleetwave.v1.RolloutR\arollout\x12\x12\n" +
-	"\x04note\x18\x03 \x01(\tR\x04note2\xec\x12\n" +
+	"\x04note\x18\x03 \x01(\tR\x04note\"w\n" +
+	"\x12PlanRolloutRequest\x12\x18\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\x12-\n" +
+	"\x04spec\x18\x03 \x01(\v2\x19.fleetwave.v1.ServiceSpecR\x04spec\"\xbe\x01\n" +
+	"\x13PlanRolloutResponse\x12/\n" +
+	"\arollout\x18\x01 \x01(\v2\x15.fleetwave.v1.RolloutR\arollout\x12#\n" +
+	"\runknown_hosts\x18\x02 \x03(\tR\funknownHosts\x12\x1a\n" +
+	"\bdecision\x18\x03 \x01(\tR\bdecision\x12\x12\n" +
+	"\x04held\x18\x04 \x01(\tR\x04held\x12!\n" +
+	"\fspec_changes\x18\x05 \x03(\tR\vspecChanges\"\x8b\x01\n" +
+	"\x15CreateBlackoutRequest\x12.\n" +
+	"\x04from\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04from\x12*\n" +
+	"\x02to\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02to\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"L\n" +
+	"\x16CreateBlackoutResponse\x122\n" +
+	"\bblackout\x18\x01 \x01(\v2\x16.fleetwave.v1.BlackoutR\bblackout\"\x16\n" +
+	"\x14ListBlackoutsRequest\"M\n" +
+	"\x15ListBlackoutsResponse\x124\n" +
+	"\tblackouts\x18\x01 \x03(\v2\x16.fleetwave.v1.BlackoutR\tblackouts\"'\n" +
+	"\x15DeleteBlackoutRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x18\n" +
+	"\x16DeleteBlackoutResponse\"G\n" +
+	"\x13OverrideHoldRequest\x12\x18\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"G\n" +
+	"\x14OverrideHoldResponse\x12/\n" +
+	"\aservice\x18\x01 \x01(\v2\x15.fleetwave.v1.ServiceR\aservice2\xab\x16\n" +
 	"\x0fOperatorService\x12U\n" +
 	"\fApplyService\x12!.fleetwave.v1.ApplyServiceRequest\x1a\".fleetwave.v1.ApplyServiceResponse\x12U\n" +
 	"\fListServices\x12!.fleetwave.v1.ListServicesRequest\x1a\".fleetwave.v1.ListServicesResponse\x12O\n" +
@@ -3902,7 +4447,12 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\x11RevokeCertificate\x12&.fleetwave.v1.RevokeCertificateRequest\x1a'.fleetwave.v1.RevokeCertificateResponse\x12^\n" +
 	"\x0fListRevocations\x12$.fleetwave.v1.ListRevocationsRequest\x1a%.fleetwave.v1.ListRevocationsResponse\x12X\n" +
 	"\rDeleteService\x12\".fleetwave.v1.DeleteServiceRequest\x1a#.fleetwave.v1.DeleteServiceResponse\x12X\n" +
-	"\rUpgradeAgents\x12\".fleetwave.v1.UpgradeAgentsRequest\x1a#.fleetwave.v1.UpgradeAgentsResponseB?Z=github.com/fleetwave/fleetwave/proto/fleetwave/v1;fleetwavev1b\x06proto3"
+	"\rUpgradeAgents\x12\".fleetwave.v1.UpgradeAgentsRequest\x1a#.fleetwave.v1.UpgradeAgentsResponse\x12R\n" +
+	"\vPlanRollout\x12 .fleetwave.v1.PlanRolloutRequest\x1a!.fleetwave.v1.PlanRolloutResponse\x12[\n" +
+	"\x0eCreateBlackout\x12#.fleetwave.v1.CreateBlackoutRequest\x1a$.fleetwave.v1.CreateBlackoutResponse\x12X\n" +
+	"\rListBlackouts\x12\".fleetwave.v1.ListBlackoutsRequest\x1a#.fleetwave.v1.ListBlackoutsResponse\x12[\n" +
+	"\x0eDeleteBlackout\x12#.fleetwave.v1.DeleteBlackoutRequest\x1a$.fleetwave.v1.DeleteBlackoutResponse\x12U\n" +
+	"\fOverrideHold\x12!.fleetwave.v1.OverrideHoldRequest\x1a\".fleetwave.v1.OverrideHoldResponseB?Z=github.com/fleetwave/fleetwave/proto/fleetwave/v1;fleetwavev1b\x06proto3"
 
 var (
 	file_fleetwave_v1_operator_proto_rawDescOnce sync.Once
@@ -3916,7 +4466,7 @@ func file_fleetwave_v1_operator_proto_rawDescGZIP() []byte {
 	return file_fleetwave_v1_operator_proto_rawDescData
 }
 
-var file_fleetwave_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 63)
+var file_fleetwave_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 73)
 var file_fleetwave_v1_operator_proto_goTypes = []any{
 	(*ApplyServiceRequest)(nil),       // 0: fleetwave.v1.ApplyServiceRequest
 	(*ApplyServiceResponse)(nil),      // 1: fleetwave.v1.ApplyServiceResponse
@@ -3981,135 +4531,163 @@ var file_fleetwave_v1_operator_proto_goTypes = []any{
 	(*DeleteServiceResponse)(nil),     // 60: fleetwave.v1.DeleteServiceResponse
 	(*UpgradeAgentsRequest)(nil),      // 61: fleetwave.v1.UpgradeAgentsRequest
 	(*UpgradeAgentsResponse)(nil),     // 62: fleetwave.v1.UpgradeAgentsResponse
-	(*ServiceSpec)(nil),               // 63: fleetwave.v1.ServiceSpec
-	(*Service)(nil),                   // 64: fleetwave.v1.Service
-	(*Rollout)(nil),                   // 65: fleetwave.v1.Rollout
-	(*Release)(nil),                   // 66: fleetwave.v1.Release
-	(*Host)(nil),                      // 67: fleetwave.v1.Host
-	(*SignedRollback)(nil),            // 68: fleetwave.v1.SignedRollback
-	(*Event)(nil),                     // 69: fleetwave.v1.Event
-	(*timestamppb.Timestamp)(nil),     // 70: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 71: google.protobuf.Duration
-	(*RolloutPolicy)(nil),             // 72: fleetwave.v1.RolloutPolicy
+	(*PlanRolloutRequest)(nil),        // 63: fleetwave.v1.PlanRolloutRequest
+	(*PlanRolloutResponse)(nil),       // 64: fleetwave.v1.PlanRolloutResponse
+	(*CreateBlackoutRequest)(nil),     // 65: fleetwave.v1.CreateBlackoutRequest
+	(*CreateBlackoutResponse)(nil),    // 66: fleetwave.v1.CreateBlackoutResponse
+	(*ListBlackoutsRequest)(nil),      // 67: fleetwave.v1.ListBlackoutsRequest
+	(*ListBlackoutsResponse)(nil),     // 68: fleetwave.v1.ListBlackoutsResponse
+	(*DeleteBlackoutRequest)(nil),     // 69: fleetwave.v1.DeleteBlackoutRequest
+	(*DeleteBlackoutResponse)(nil),    // 70: fleetwave.v1.DeleteBlackoutResponse
+	(*OverrideHoldRequest)(nil),       // 71: fleetwave.v1.OverrideHoldRequest
+	(*OverrideHoldResponse)(nil),      // 72: fleetwave.v1.OverrideHoldResponse
+	(*ServiceSpec)(nil),               // 73: fleetwave.v1.ServiceSpec
+	(*Service)(nil),                   // 74: fleetwave.v1.Service
+	(*Rollout)(nil),                   // 75: fleetwave.v1.Rollout
+	(*Release)(nil),                   // 76: fleetwave.v1.Release
+	(*Host)(nil),                      // 77: fleetwave.v1.Host
+	(*SignedRollback)(nil),            // 78: fleetwave.v1.SignedRollback
+	(*Event)(nil),                     // 79: fleetwave.v1.Event
+	(*timestamppb.Timestamp)(nil),     // 80: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 81: google.protobuf.Duration
+	(*RolloutPolicy)(nil),             // 82: fleetwave.v1.RolloutPolicy
+	(*Blackout)(nil),                  // 83: fleetwave.v1.Blackout
 }
 var file_fleetwave_v1_operator_proto_depIdxs = []int32{
-	63, // 0: fleetwave.v1.ApplyServiceRequest.spec:type_name -> fleetwave.v1.ServiceSpec
-	64, // 1: fleetwave.v1.ApplyServiceResponse.service:type_name -> fleetwave.v1.Service
-	65, // 2: fleetwave.v1.ApplyServiceResponse.rollout:type_name -> fleetwave.v1.Rollout
-	64, // 3: fleetwave.v1.ListServicesResponse.services:type_name -> fleetwave.v1.Service
-	64, // 4: fleetwave.v1.GetServiceResponse.service:type_name -> fleetwave.v1.Service
-	66, // 5: fleetwave.v1.CreateReleaseRequest.release:type_name -> fleetwave.v1.Release
-	66, // 6: fleetwave.v1.CreateReleaseResponse.release:type_name -> fleetwave.v1.Release
-	65, // 7: fleetwave.v1.CreateReleaseResponse.rollout:type_name -> fleetwave.v1.Rollout
-	66, // 8: fleetwave.v1.ListReleasesResponse.releases:type_name -> fleetwave.v1.Release
-	65, // 9: fleetwave.v1.GetRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	65, // 10: fleetwave.v1.WatchRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	65, // 11: fleetwave.v1.ApproveRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	67, // 12: fleetwave.v1.ListHostsResponse.hosts:type_name -> fleetwave.v1.Host
-	64, // 13: fleetwave.v1.UnfreezeServiceResponse.service:type_name -> fleetwave.v1.Service
-	65, // 14: fleetwave.v1.PauseRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	65, // 15: fleetwave.v1.ResumeRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	65, // 16: fleetwave.v1.AbortRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	68, // 17: fleetwave.v1.RollbackRequest.signed:type_name -> fleetwave.v1.SignedRollback
-	65, // 18: fleetwave.v1.RollbackResponse.rollout:type_name -> fleetwave.v1.Rollout
-	69, // 19: fleetwave.v1.ListEventsResponse.events:type_name -> fleetwave.v1.Event
-	69, // 20: fleetwave.v1.WatchEventsResponse.event:type_name -> fleetwave.v1.Event
-	70, // 21: fleetwave.v1.CoordinatorInfo.started_at:type_name -> google.protobuf.Timestamp
+	73, // 0: fleetwave.v1.ApplyServiceRequest.spec:type_name -> fleetwave.v1.ServiceSpec
+	74, // 1: fleetwave.v1.ApplyServiceResponse.service:type_name -> fleetwave.v1.Service
+	75, // 2: fleetwave.v1.ApplyServiceResponse.rollout:type_name -> fleetwave.v1.Rollout
+	74, // 3: fleetwave.v1.ListServicesResponse.services:type_name -> fleetwave.v1.Service
+	74, // 4: fleetwave.v1.GetServiceResponse.service:type_name -> fleetwave.v1.Service
+	76, // 5: fleetwave.v1.CreateReleaseRequest.release:type_name -> fleetwave.v1.Release
+	76, // 6: fleetwave.v1.CreateReleaseResponse.release:type_name -> fleetwave.v1.Release
+	75, // 7: fleetwave.v1.CreateReleaseResponse.rollout:type_name -> fleetwave.v1.Rollout
+	76, // 8: fleetwave.v1.ListReleasesResponse.releases:type_name -> fleetwave.v1.Release
+	75, // 9: fleetwave.v1.GetRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	75, // 10: fleetwave.v1.WatchRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	75, // 11: fleetwave.v1.ApproveRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	77, // 12: fleetwave.v1.ListHostsResponse.hosts:type_name -> fleetwave.v1.Host
+	74, // 13: fleetwave.v1.UnfreezeServiceResponse.service:type_name -> fleetwave.v1.Service
+	75, // 14: fleetwave.v1.PauseRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	75, // 15: fleetwave.v1.ResumeRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	75, // 16: fleetwave.v1.AbortRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	78, // 17: fleetwave.v1.RollbackRequest.signed:type_name -> fleetwave.v1.SignedRollback
+	75, // 18: fleetwave.v1.RollbackResponse.rollout:type_name -> fleetwave.v1.Rollout
+	79, // 19: fleetwave.v1.ListEventsResponse.events:type_name -> fleetwave.v1.Event
+	79, // 20: fleetwave.v1.WatchEventsResponse.event:type_name -> fleetwave.v1.Event
+	80, // 21: fleetwave.v1.CoordinatorInfo.started_at:type_name -> google.protobuf.Timestamp
 	33, // 22: fleetwave.v1.ClusterStatusResponse.coordinators:type_name -> fleetwave.v1.CoordinatorInfo
 	34, // 23: fleetwave.v1.ClusterStatusResponse.etcd_members:type_name -> fleetwave.v1.EtcdMember
-	71, // 24: fleetwave.v1.GetStatsRequest.since:type_name -> google.protobuf.Duration
+	81, // 24: fleetwave.v1.GetStatsRequest.since:type_name -> google.protobuf.Duration
 	39, // 25: fleetwave.v1.GetStatsResponse.services:type_name -> fleetwave.v1.DeployStats
 	39, // 26: fleetwave.v1.GetStatsResponse.fleet:type_name -> fleetwave.v1.DeployStats
-	70, // 27: fleetwave.v1.GetStatsResponse.from:type_name -> google.protobuf.Timestamp
-	70, // 28: fleetwave.v1.GetStatsResponse.to:type_name -> google.protobuf.Timestamp
-	71, // 29: fleetwave.v1.DurationStats.median:type_name -> google.protobuf.Duration
-	71, // 30: fleetwave.v1.DurationStats.p90:type_name -> google.protobuf.Duration
+	80, // 27: fleetwave.v1.GetStatsResponse.from:type_name -> google.protobuf.Timestamp
+	80, // 28: fleetwave.v1.GetStatsResponse.to:type_name -> google.protobuf.Timestamp
+	81, // 29: fleetwave.v1.DurationStats.median:type_name -> google.protobuf.Duration
+	81, // 30: fleetwave.v1.DurationStats.p90:type_name -> google.protobuf.Duration
 	38, // 31: fleetwave.v1.DeployStats.lead_time:type_name -> fleetwave.v1.DurationStats
 	38, // 32: fleetwave.v1.DeployStats.commit_to_release:type_name -> fleetwave.v1.DurationStats
 	38, // 33: fleetwave.v1.DeployStats.release_to_start:type_name -> fleetwave.v1.DurationStats
 	38, // 34: fleetwave.v1.DeployStats.rollout:type_name -> fleetwave.v1.DurationStats
 	38, // 35: fleetwave.v1.DeployStats.bake:type_name -> fleetwave.v1.DurationStats
 	38, // 36: fleetwave.v1.DeployStats.time_to_restore:type_name -> fleetwave.v1.DurationStats
-	70, // 37: fleetwave.v1.Token.created_at:type_name -> google.protobuf.Timestamp
-	70, // 38: fleetwave.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
-	71, // 39: fleetwave.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
+	80, // 37: fleetwave.v1.Token.created_at:type_name -> google.protobuf.Timestamp
+	80, // 38: fleetwave.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	81, // 39: fleetwave.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
 	40, // 40: fleetwave.v1.CreateTokenResponse.token:type_name -> fleetwave.v1.Token
 	40, // 41: fleetwave.v1.ListTokensResponse.tokens:type_name -> fleetwave.v1.Token
-	70, // 42: fleetwave.v1.AuditEntry.at:type_name -> google.protobuf.Timestamp
+	80, // 42: fleetwave.v1.AuditEntry.at:type_name -> google.protobuf.Timestamp
 	47, // 43: fleetwave.v1.ListAuditResponse.entries:type_name -> fleetwave.v1.AuditEntry
-	70, // 44: fleetwave.v1.WhoAmIResponse.not_after:type_name -> google.protobuf.Timestamp
-	70, // 45: fleetwave.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
-	70, // 46: fleetwave.v1.Revocation.expires_at:type_name -> google.protobuf.Timestamp
-	70, // 47: fleetwave.v1.RevokeCertificateRequest.not_after:type_name -> google.protobuf.Timestamp
+	80, // 44: fleetwave.v1.WhoAmIResponse.not_after:type_name -> google.protobuf.Timestamp
+	80, // 45: fleetwave.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
+	80, // 46: fleetwave.v1.Revocation.expires_at:type_name -> google.protobuf.Timestamp
+	80, // 47: fleetwave.v1.RevokeCertificateRequest.not_after:type_name -> google.protobuf.Timestamp
 	54, // 48: fleetwave.v1.RevokeCertificateResponse.revocation:type_name -> fleetwave.v1.Revocation
 	54, // 49: fleetwave.v1.ListRevocationsResponse.revocations:type_name -> fleetwave.v1.Revocation
-	64, // 50: fleetwave.v1.DeleteServiceResponse.service:type_name -> fleetwave.v1.Service
-	65, // 51: fleetwave.v1.DeleteServiceResponse.rollout:type_name -> fleetwave.v1.Rollout
-	66, // 52: fleetwave.v1.UpgradeAgentsRequest.release:type_name -> fleetwave.v1.Release
-	72, // 53: fleetwave.v1.UpgradeAgentsRequest.policy:type_name -> fleetwave.v1.RolloutPolicy
-	66, // 54: fleetwave.v1.UpgradeAgentsResponse.release:type_name -> fleetwave.v1.Release
-	65, // 55: fleetwave.v1.UpgradeAgentsResponse.rollout:type_name -> fleetwave.v1.Rollout
-	0,  // 56: fleetwave.v1.OperatorService.ApplyService:input_type -> fleetwave.v1.ApplyServiceRequest
-	2,  // 57: fleetwave.v1.OperatorService.ListServices:input_type -> fleetwave.v1.ListServicesRequest
-	4,  // 58: fleetwave.v1.OperatorService.GetService:input_type -> fleetwave.v1.GetServiceRequest
-	6,  // 59: fleetwave.v1.OperatorService.CreateRelease:input_type -> fleetwave.v1.CreateReleaseRequest
-	8,  // 60: fleetwave.v1.OperatorService.ListReleases:input_type -> fleetwave.v1.ListReleasesRequest
-	10, // 61: fleetwave.v1.OperatorService.GetRollout:input_type -> fleetwave.v1.GetRolloutRequest
-	12, // 62: fleetwave.v1.OperatorService.WatchRollout:input_type -> fleetwave.v1.WatchRolloutRequest
-	14, // 63: fleetwave.v1.OperatorService.ApproveRollout:input_type -> fleetwave.v1.ApproveRolloutRequest
-	16, // 64: fleetwave.v1.OperatorService.ListHosts:input_type -> fleetwave.v1.ListHostsRequest
-	18, // 65: fleetwave.v1.OperatorService.UnfreezeService:input_type -> fleetwave.v1.UnfreezeServiceRequest
-	20, // 66: fleetwave.v1.OperatorService.PauseRollout:input_type -> fleetwave.v1.PauseRolloutRequest
-	22, // 67: fleetwave.v1.OperatorService.ResumeRollout:input_type -> fleetwave.v1.ResumeRolloutRequest
-	24, // 68: fleetwave.v1.OperatorService.AbortRollout:input_type -> fleetwave.v1.AbortRolloutRequest
-	26, // 69: fleetwave.v1.OperatorService.Rollback:input_type -> fleetwave.v1.RollbackRequest
-	28, // 70: fleetwave.v1.OperatorService.ListEvents:input_type -> fleetwave.v1.ListEventsRequest
-	30, // 71: fleetwave.v1.OperatorService.WatchEvents:input_type -> fleetwave.v1.WatchEventsRequest
-	32, // 72: fleetwave.v1.OperatorService.ClusterStatus:input_type -> fleetwave.v1.ClusterStatusRequest
-	36, // 73: fleetwave.v1.OperatorService.GetStats:input_type -> fleetwave.v1.GetStatsRequest
-	41, // 74: fleetwave.v1.OperatorService.CreateToken:input_type -> fleetwave.v1.CreateTokenRequest
-	43, // 75: fleetwave.v1.OperatorService.ListTokens:input_type -> fleetwave.v1.ListTokensRequest
-	45, // 76: fleetwave.v1.OperatorService.RevokeToken:input_type -> fleetwave.v1.RevokeTokenRequest
-	48, // 77: fleetwave.v1.OperatorService.ListAudit:input_type -> fleetwave.v1.ListAuditRequest
-	50, // 78: fleetwave.v1.OperatorService.WhoAmI:input_type -> fleetwave.v1.WhoAmIRequest
-	52, // 79: fleetwave.v1.OperatorService.RemoveHost:input_type -> fleetwave.v1.RemoveHostRequest
-	55, // 80: fleetwave.v1.OperatorService.RevokeCertificate:input_type -> fleetwave.v1.RevokeCertificateRequest
-	57, // 81: fleetwave.v1.OperatorService.ListRevocations:input_type -> fleetwave.v1.ListRevocationsRequest
-	59, // 82: fleetwave.v1.OperatorService.DeleteService:input_type -> fleetwave.v1.DeleteServiceRequest
-	61, // 83: fleetwave.v1.OperatorService.UpgradeAgents:input_type -> fleetwave.v1.UpgradeAgentsRequest
-	1,  // 84: fleetwave.v1.OperatorService.ApplyService:output_type -> fleetwave.v1.ApplyServiceResponse
-	3,  // 85: fleetwave.v1.OperatorService.ListServices:output_type -> fleetwave.v1.ListServicesResponse
-	5,  // 86: fleetwave.v1.OperatorService.GetService:output_type -> fleetwave.v1.GetServiceResponse
-	7,  // 87: fleetwave.v1.OperatorService.CreateRelease:output_type -> fleetwave.v1.CreateReleaseResponse
-	9,  // 88: fleetwave.v1.OperatorService.ListReleases:output_type -> fleetwave.v1.ListReleasesResponse
-	11, // 89: fleetwave.v1.OperatorService.GetRollout:output_type -> fleetwave.v1.GetRolloutResponse
-	13, // 90: fleetwave.v1.OperatorService.WatchRollout:output_type -> fleetwave.v1.WatchRolloutResponse
-	15, // 91: fleetwave.v1.OperatorService.ApproveRollout:output_type -> fleetwave.v1.ApproveRolloutResponse
-	17, // 92: fleetwave.v1.OperatorService.ListHosts:output_type -> fleetwave.v1.ListHostsResponse
-	19, // 93: fleetwave.v1.OperatorService.UnfreezeService:output_type -> fleetwave.v1.UnfreezeServiceResponse
-	21, // 94: fleetwave.v1.OperatorService.PauseRollout:output_type -> fleetwave.v1.PauseRolloutResponse
-	23, // 95: fleetwave.v1.OperatorService.ResumeRollout:output_type -> fleetwave.v1.ResumeRolloutResponse
-	25, // 96: fleetwave.v1.OperatorService.AbortRollout:output_type -> fleetwave.v1.AbortRolloutResponse
-	27, // 97: fleetwave.v1.OperatorService.Rollback:output_type -> fleetwave.v1.RollbackResponse
-	29, // 98: fleetwave.v1.OperatorService.ListEvents:output_type -> fleetwave.v1.ListEventsResponse
-	31, // 99: fleetwave.v1.OperatorService.WatchEvents:output_type -> fleetwave.v1.WatchEventsResponse
-	35, // 100: fleetwave.v1.OperatorService.ClusterStatus:output_type -> fleetwave.v1.ClusterStatusResponse
-	37, // 101: fleetwave.v1.OperatorService.GetStats:output_type -> fleetwave.v1.GetStatsResponse
-	42, // 102: fleetwave.v1.OperatorService.CreateToken:output_type -> fleetwave.v1.CreateTokenResponse
-	44, // 103: fleetwave.v1.OperatorService.ListTokens:output_type -> fleetwave.v1.ListTokensResponse
-	46, // 104: fleetwave.v1.OperatorService.RevokeToken:output_type -> fleetwave.v1.RevokeTokenResponse
-	49, // 105: fleetwave.v1.OperatorService.ListAudit:output_type -> fleetwave.v1.ListAuditResponse
-	51, // 106: fleetwave.v1.OperatorService.WhoAmI:output_type -> fleetwave.v1.WhoAmIResponse
-	53, // 107: fleetwave.v1.OperatorService.RemoveHost:output_type -> fleetwave.v1.RemoveHostResponse
-	56, // 108: fleetwave.v1.OperatorService.RevokeCertificate:output_type -> fleetwave.v1.RevokeCertificateResponse
-	58, // 109: fleetwave.v1.OperatorService.ListRevocations:output_type -> fleetwave.v1.ListRevocationsResponse
-	60, // 110: fleetwave.v1.OperatorService.DeleteService:output_type -> fleetwave.v1.DeleteServiceResponse
-	62, // 111: fleetwave.v1.OperatorService.UpgradeAgents:output_type -> fleetwave.v1.UpgradeAgentsResponse
-	84, // [84:112] is the sub-list for method output_type
-	56, // [56:84] is the sub-list for method input_type
-	56, // [56:56] is the sub-list for extension type_name
-	56, // [56:56] is the sub-list for extension extendee
-	0,  // [0:56] is the sub-list for field type_name
+	74, // 50: fleetwave.v1.DeleteServiceResponse.service:type_name -> fleetwave.v1.Service
+	75, // 51: fleetwave.v1.DeleteServiceResponse.rollout:type_name -> fleetwave.v1.Rollout
+	76, // 52: fleetwave.v1.UpgradeAgentsRequest.release:type_name -> fleetwave.v1.Release
+	82, // 53: fleetwave.v1.UpgradeAgentsRequest.policy:type_name -> fleetwave.v1.RolloutPolicy
+	76, // 54: fleetwave.v1.UpgradeAgentsResponse.release:type_name -> fleetwave.v1.Release
+	75, // 55: fleetwave.v1.UpgradeAgentsResponse.rollout:type_name -> fleetwave.v1.Rollout
+	73, // 56: fleetwave.v1.PlanRolloutRequest.spec:type_name -> fleetwave.v1.ServiceSpec
+	75, // 57: fleetwave.v1.PlanRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	80, // 58: fleetwave.v1.CreateBlackoutRequest.from:type_name -> google.protobuf.Timestamp
+	80, // 59: fleetwave.v1.CreateBlackoutRequest.to:type_name -> google.protobuf.Timestamp
+	83, // 60: fleetwave.v1.CreateBlackoutResponse.blackout:type_name -> fleetwave.v1.Blackout
+	83, // 61: fleetwave.v1.ListBlackoutsResponse.blackouts:type_name -> fleetwave.v1.Blackout
+	74, // 62: fleetwave.v1.OverrideHoldResponse.service:type_name -> fleetwave.v1.Service
+	0,  // 63: fleetwave.v1.OperatorService.ApplyService:input_type -> fleetwave.v1.ApplyServiceRequest
+	2,  // 64: fleetwave.v1.OperatorService.ListServices:input_type -> fleetwave.v1.ListServicesRequest
+	4,  // 65: fleetwave.v1.OperatorService.GetService:input_type -> fleetwave.v1.GetServiceRequest
+	6,  // 66: fleetwave.v1.OperatorService.CreateRelease:input_type -> fleetwave.v1.CreateReleaseRequest
+	8,  // 67: fleetwave.v1.OperatorService.ListReleases:input_type -> fleetwave.v1.ListReleasesRequest
+	10, // 68: fleetwave.v1.OperatorService.GetRollout:input_type -> fleetwave.v1.GetRolloutRequest
+	12, // 69: fleetwave.v1.OperatorService.WatchRollout:input_type -> fleetwave.v1.WatchRolloutRequest
+	14, // 70: fleetwave.v1.OperatorService.ApproveRollout:input_type -> fleetwave.v1.ApproveRolloutRequest
+	16, // 71: fleetwave.v1.OperatorService.ListHosts:input_type -> fleetwave.v1.ListHostsRequest
+	18, // 72: fleetwave.v1.OperatorService.UnfreezeService:input_type -> fleetwave.v1.UnfreezeServiceRequest
+	20, // 73: fleetwave.v1.OperatorService.PauseRollout:input_type -> fleetwave.v1.PauseRolloutRequest
+	22, // 74: fleetwave.v1.OperatorService.ResumeRollout:input_type -> fleetwave.v1.ResumeRolloutRequest
+	24, // 75: fleetwave.v1.OperatorService.AbortRollout:input_type -> fleetwave.v1.AbortRolloutRequest
+	26, // 76: fleetwave.v1.OperatorService.Rollback:input_type -> fleetwave.v1.RollbackRequest
+	28, // 77: fleetwave.v1.OperatorService.ListEvents:input_type -> fleetwave.v1.ListEventsRequest
+	30, // 78: fleetwave.v1.OperatorService.WatchEvents:input_type -> fleetwave.v1.WatchEventsRequest
+	32, // 79: fleetwave.v1.OperatorService.ClusterStatus:input_type -> fleetwave.v1.ClusterStatusRequest
+	36, // 80: fleetwave.v1.OperatorService.GetStats:input_type -> fleetwave.v1.GetStatsRequest
+	41, // 81: fleetwave.v1.OperatorService.CreateToken:input_type -> fleetwave.v1.CreateTokenRequest
+	43, // 82: fleetwave.v1.OperatorService.ListTokens:input_type -> fleetwave.v1.ListTokensRequest
+	45, // 83: fleetwave.v1.OperatorService.RevokeToken:input_type -> fleetwave.v1.RevokeTokenRequest
+	48, // 84: fleetwave.v1.OperatorService.ListAudit:input_type -> fleetwave.v1.ListAuditRequest
+	50, // 85: fleetwave.v1.OperatorService.WhoAmI:input_type -> fleetwave.v1.WhoAmIRequest
+	52, // 86: fleetwave.v1.OperatorService.RemoveHost:input_type -> fleetwave.v1.RemoveHostRequest
+	55, // 87: fleetwave.v1.OperatorService.RevokeCertificate:input_type -> fleetwave.v1.RevokeCertificateRequest
+	57, // 88: fleetwave.v1.OperatorService.ListRevocations:input_type -> fleetwave.v1.ListRevocationsRequest
+	59, // 89: fleetwave.v1.OperatorService.DeleteService:input_type -> fleetwave.v1.DeleteServiceRequest
+	61, // 90: fleetwave.v1.OperatorService.UpgradeAgents:input_type -> fleetwave.v1.UpgradeAgentsRequest
+	63, // 91: fleetwave.v1.OperatorService.PlanRollout:input_type -> fleetwave.v1.PlanRolloutRequest
+	65, // 92: fleetwave.v1.OperatorService.CreateBlackout:input_type -> fleetwave.v1.CreateBlackoutRequest
+	67, // 93: fleetwave.v1.OperatorService.ListBlackouts:input_type -> fleetwave.v1.ListBlackoutsRequest
+	69, // 94: fleetwave.v1.OperatorService.DeleteBlackout:input_type -> fleetwave.v1.DeleteBlackoutRequest
+	71, // 95: fleetwave.v1.OperatorService.OverrideHold:input_type -> fleetwave.v1.OverrideHoldRequest
+	1,  // 96: fleetwave.v1.OperatorService.ApplyService:output_type -> fleetwave.v1.ApplyServiceResponse
+	3,  // 97: fleetwave.v1.OperatorService.ListServices:output_type -> fleetwave.v1.ListServicesResponse
+	5,  // 98: fleetwave.v1.OperatorService.GetService:output_type -> fleetwave.v1.GetServiceResponse
+	7,  // 99: fleetwave.v1.OperatorService.CreateRelease:output_type -> fleetwave.v1.CreateReleaseResponse
+	9,  // 100: fleetwave.v1.OperatorService.ListReleases:output_type -> fleetwave.v1.ListReleasesResponse
+	11, // 101: fleetwave.v1.OperatorService.GetRollout:output_type -> fleetwave.v1.GetRolloutResponse
+	13, // 102: fleetwave.v1.OperatorService.WatchRollout:output_type -> fleetwave.v1.WatchRolloutResponse
+	15, // 103: fleetwave.v1.OperatorService.ApproveRollout:output_type -> fleetwave.v1.ApproveRolloutResponse
+	17, // 104: fleetwave.v1.OperatorService.ListHosts:output_type -> fleetwave.v1.ListHostsResponse
+	19, // 105: fleetwave.v1.OperatorService.UnfreezeService:output_type -> fleetwave.v1.UnfreezeServiceResponse
+	21, // 106: fleetwave.v1.OperatorService.PauseRollout:output_type -> fleetwave.v1.PauseRolloutResponse
+	23, // 107: fleetwave.v1.OperatorService.ResumeRollout:output_type -> fleetwave.v1.ResumeRolloutResponse
+	25, // 108: fleetwave.v1.OperatorService.AbortRollout:output_type -> fleetwave.v1.AbortRolloutResponse
+	27, // 109: fleetwave.v1.OperatorService.Rollback:output_type -> fleetwave.v1.RollbackResponse
+	29, // 110: fleetwave.v1.OperatorService.ListEvents:output_type -> fleetwave.v1.ListEventsResponse
+	31, // 111: fleetwave.v1.OperatorService.WatchEvents:output_type -> fleetwave.v1.WatchEventsResponse
+	35, // 112: fleetwave.v1.OperatorService.ClusterStatus:output_type -> fleetwave.v1.ClusterStatusResponse
+	37, // 113: fleetwave.v1.OperatorService.GetStats:output_type -> fleetwave.v1.GetStatsResponse
+	42, // 114: fleetwave.v1.OperatorService.CreateToken:output_type -> fleetwave.v1.CreateTokenResponse
+	44, // 115: fleetwave.v1.OperatorService.ListTokens:output_type -> fleetwave.v1.ListTokensResponse
+	46, // 116: fleetwave.v1.OperatorService.RevokeToken:output_type -> fleetwave.v1.RevokeTokenResponse
+	49, // 117: fleetwave.v1.OperatorService.ListAudit:output_type -> fleetwave.v1.ListAuditResponse
+	51, // 118: fleetwave.v1.OperatorService.WhoAmI:output_type -> fleetwave.v1.WhoAmIResponse
+	53, // 119: fleetwave.v1.OperatorService.RemoveHost:output_type -> fleetwave.v1.RemoveHostResponse
+	56, // 120: fleetwave.v1.OperatorService.RevokeCertificate:output_type -> fleetwave.v1.RevokeCertificateResponse
+	58, // 121: fleetwave.v1.OperatorService.ListRevocations:output_type -> fleetwave.v1.ListRevocationsResponse
+	60, // 122: fleetwave.v1.OperatorService.DeleteService:output_type -> fleetwave.v1.DeleteServiceResponse
+	62, // 123: fleetwave.v1.OperatorService.UpgradeAgents:output_type -> fleetwave.v1.UpgradeAgentsResponse
+	64, // 124: fleetwave.v1.OperatorService.PlanRollout:output_type -> fleetwave.v1.PlanRolloutResponse
+	66, // 125: fleetwave.v1.OperatorService.CreateBlackout:output_type -> fleetwave.v1.CreateBlackoutResponse
+	68, // 126: fleetwave.v1.OperatorService.ListBlackouts:output_type -> fleetwave.v1.ListBlackoutsResponse
+	70, // 127: fleetwave.v1.OperatorService.DeleteBlackout:output_type -> fleetwave.v1.DeleteBlackoutResponse
+	72, // 128: fleetwave.v1.OperatorService.OverrideHold:output_type -> fleetwave.v1.OverrideHoldResponse
+	96, // [96:129] is the sub-list for method output_type
+	63, // [63:96] is the sub-list for method input_type
+	63, // [63:63] is the sub-list for extension type_name
+	63, // [63:63] is the sub-list for extension extendee
+	0,  // [0:63] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_operator_proto_init() }
@@ -4124,7 +4702,7 @@ func file_fleetwave_v1_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fleetwave_v1_operator_proto_rawDesc), len(file_fleetwave_v1_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   63,
+			NumMessages:   73,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

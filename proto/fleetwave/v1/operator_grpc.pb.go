@@ -47,6 +47,11 @@ const (
 	OperatorService_ListRevocations_FullMethodName   = "/fleetwave.v1.OperatorService/ListRevocations"
 	OperatorService_DeleteService_FullMethodName     = "/fleetwave.v1.OperatorService/DeleteService"
 	OperatorService_UpgradeAgents_FullMethodName     = "/fleetwave.v1.OperatorService/UpgradeAgents"
+	OperatorService_PlanRollout_FullMethodName       = "/fleetwave.v1.OperatorService/PlanRollout"
+	OperatorService_CreateBlackout_FullMethodName    = "/fleetwave.v1.OperatorService/CreateBlackout"
+	OperatorService_ListBlackouts_FullMethodName     = "/fleetwave.v1.OperatorService/ListBlackouts"
+	OperatorService_DeleteBlackout_FullMethodName    = "/fleetwave.v1.OperatorService/DeleteBlackout"
+	OperatorService_OverrideHold_FullMethodName      = "/fleetwave.v1.OperatorService/OverrideHold"
 )
 
 // OperatorServiceClient is the client API for OperatorService service.
@@ -123,6 +128,20 @@ type OperatorServiceClient interface {
 	// release `version` of the reserved service fleetwave-agent, in waves by
 	// `policy`, watched like any rollout. One agent rollout at a time.
 	UpgradeAgents(ctx context.Context, in *UpgradeAgentsRequest, opts ...grpc.CallOption) (*UpgradeAgentsResponse, error)
+	// PlanRollout previews, without changing anything, the rollout a release
+	// (or a spec) would start now: its waves and hosts, what changes, the
+	// hosts that are unknown, and what holds it (issue 18).
+	PlanRollout(ctx context.Context, in *PlanRolloutRequest, opts ...grpc.CallOption) (*PlanRolloutResponse, error)
+	// CreateBlackout (admin) stores a coordinator-wide blackout: no rollout
+	// starts in it and rollouts in flight wait at their next wave boundary.
+	CreateBlackout(ctx context.Context, in *CreateBlackoutRequest, opts ...grpc.CallOption) (*CreateBlackoutResponse, error)
+	// ListBlackouts lists the blackouts stored (ended ones are pruned).
+	ListBlackouts(ctx context.Context, in *ListBlackoutsRequest, opts ...grpc.CallOption) (*ListBlackoutsResponse, error)
+	// DeleteBlackout (admin) ends a blackout now.
+	DeleteBlackout(ctx context.Context, in *DeleteBlackoutRequest, opts ...grpc.CallOption) (*DeleteBlackoutResponse, error)
+	// OverrideHold (admin) lets the service's newest release roll out
+	// although a window, a blackout or an upstream service holds it.
+	OverrideHold(ctx context.Context, in *OverrideHoldRequest, opts ...grpc.CallOption) (*OverrideHoldResponse, error)
 }
 
 type operatorServiceClient struct {
@@ -431,6 +450,56 @@ func (c *operatorServiceClient) UpgradeAgents(ctx context.Context, in *UpgradeAg
 	return out, nil
 }
 
+func (c *operatorServiceClient) PlanRollout(ctx context.Context, in *PlanRolloutRequest, opts ...grpc.CallOption) (*PlanRolloutResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PlanRolloutResponse)
+	err := c.cc.Invoke(ctx, OperatorService_PlanRollout_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorServiceClient) CreateBlackout(ctx context.Context, in *CreateBlackoutRequest, opts ...grpc.CallOption) (*CreateBlackoutResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateBlackoutResponse)
+	err := c.cc.Invoke(ctx, OperatorService_CreateBlackout_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorServiceClient) ListBlackouts(ctx context.Context, in *ListBlackoutsRequest, opts ...grpc.CallOption) (*ListBlackoutsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListBlackoutsResponse)
+	err := c.cc.Invoke(ctx, OperatorService_ListBlackouts_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorServiceClient) DeleteBlackout(ctx context.Context, in *DeleteBlackoutRequest, opts ...grpc.CallOption) (*DeleteBlackoutResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteBlackoutResponse)
+	err := c.cc.Invoke(ctx, OperatorService_DeleteBlackout_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorServiceClient) OverrideHold(ctx context.Context, in *OverrideHoldRequest, opts ...grpc.CallOption) (*OverrideHoldResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(OverrideHoldResponse)
+	err := c.cc.Invoke(ctx, OperatorService_OverrideHold_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OperatorServiceServer is the server API for OperatorService service.
 // All implementations must embed UnimplementedOperatorServiceServer
 // for forward compatibility.
@@ -505,6 +574,20 @@ type OperatorServiceServer interface {
 	// release `version` of the reserved service fleetwave-agent, in waves by
 	// `policy`, watched like any rollout. One agent rollout at a time.
 	UpgradeAgents(context.Context, *UpgradeAgentsRequest) (*UpgradeAgentsResponse, error)
+	// PlanRollout previews, without changing anything, the rollout a release
+	// (or a spec) would start now: its waves and hosts, what changes, the
+	// hosts that are unknown, and what holds it (issue 18).
+	PlanRollout(context.Context, *PlanRolloutRequest) (*PlanRolloutResponse, error)
+	// CreateBlackout (admin) stores a coordinator-wide blackout: no rollout
+	// starts in it and rollouts in flight wait at their next wave boundary.
+	CreateBlackout(context.Context, *CreateBlackoutRequest) (*CreateBlackoutResponse, error)
+	// ListBlackouts lists the blackouts stored (ended ones are pruned).
+	ListBlackouts(context.Context, *ListBlackoutsRequest) (*ListBlackoutsResponse, error)
+	// DeleteBlackout (admin) ends a blackout now.
+	DeleteBlackout(context.Context, *DeleteBlackoutRequest) (*DeleteBlackoutResponse, error)
+	// OverrideHold (admin) lets the service's newest release roll out
+	// although a window, a blackout or an upstream service holds it.
+	OverrideHold(context.Context, *OverrideHoldRequest) (*OverrideHoldResponse, error)
 	mustEmbedUnimplementedOperatorServiceServer()
 }
 
@@ -598,6 +681,21 @@ func (UnimplementedOperatorServiceServer) DeleteService(context.Context, *Delete
 }
 func (UnimplementedOperatorServiceServer) UpgradeAgents(context.Context, *UpgradeAgentsRequest) (*UpgradeAgentsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method UpgradeAgents not implemented")
+}
+func (UnimplementedOperatorServiceServer) PlanRollout(context.Context, *PlanRolloutRequest) (*PlanRolloutResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PlanRollout not implemented")
+}
+func (UnimplementedOperatorServiceServer) CreateBlackout(context.Context, *CreateBlackoutRequest) (*CreateBlackoutResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CreateBlackout not implemented")
+}
+func (UnimplementedOperatorServiceServer) ListBlackouts(context.Context, *ListBlackoutsRequest) (*ListBlackoutsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListBlackouts not implemented")
+}
+func (UnimplementedOperatorServiceServer) DeleteBlackout(context.Context, *DeleteBlackoutRequest) (*DeleteBlackoutResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteBlackout not implemented")
+}
+func (UnimplementedOperatorServiceServer) OverrideHold(context.Context, *OverrideHoldRequest) (*OverrideHoldResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method OverrideHold not implemented")
 }
 func (UnimplementedOperatorServiceServer) mustEmbedUnimplementedOperatorServiceServer() {}
 func (UnimplementedOperatorServiceServer) testEmbeddedByValue()                         {}
@@ -1110,6 +1208,96 @@ func _OperatorService_UpgradeAgents_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _OperatorService_PlanRollout_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PlanRolloutRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServiceServer).PlanRollout(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OperatorService_PlanRollout_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServiceServer).PlanRollout(ctx, req.(*PlanRolloutRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _OperatorService_CreateBlackout_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateBlackoutRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServiceServer).CreateBlackout(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OperatorService_CreateBlackout_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServiceServer).CreateBlackout(ctx, req.(*CreateBlackoutRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _OperatorService_ListBlackouts_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListBlackoutsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServiceServer).ListBlackouts(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OperatorService_ListBlackouts_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServiceServer).ListBlackouts(ctx, req.(*ListBlackoutsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _OperatorService_DeleteBlackout_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteBlackoutRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServiceServer).DeleteBlackout(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OperatorService_DeleteBlackout_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServiceServer).DeleteBlackout(ctx, req.(*DeleteBlackoutRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _OperatorService_OverrideHold_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(OverrideHoldRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServiceServer).OverrideHold(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OperatorService_OverrideHold_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServiceServer).OverrideHold(ctx, req.(*OverrideHoldRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // OperatorService_ServiceDesc is the grpc.ServiceDesc for OperatorService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1220,6 +1408,26 @@ var OperatorService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "UpgradeAgents",
 			Handler:    _OperatorService_UpgradeAgents_Handler,
+		},
+		{
+			MethodName: "PlanRollout",
+			Handler:    _OperatorService_PlanRollout_Handler,
+		},
+		{
+			MethodName: "CreateBlackout",
+			Handler:    _OperatorService_CreateBlackout_Handler,
+		},
+		{
+			MethodName: "ListBlackouts",
+			Handler:    _OperatorService_ListBlackouts_Handler,
+		},
+		{
+			MethodName: "DeleteBlackout",
+			Handler:    _OperatorService_DeleteBlackout_Handler,
+		},
+		{
+			MethodName: "OverrideHold",
+			Handler:    _OperatorService_OverrideHold_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -1754,7 +1754,13 @@ type RolloutPolicy struct {
 	// (default: the running rollout ends, hosts it moved go back to the stable
 	// release, and the newest release starts from the canary) or "queue" (it
 	// waits; when the running rollout ends the newest release rolls out).
-	OnNewRelease  string `protobuf:"bytes,10,opt,name=on_new_release,json=onNewRelease,proto3" json:"on_new_release,omitempty"`
+	OnNewRelease string `protobuf:"bytes,10,opt,name=on_new_release,json=onNewRelease,proto3" json:"on_new_release,omitempty"`
+	// Deploy windows (issue 18): a rollout starts, and a started one begins
+	// its next wave, only inside one of these. Empty: any time.
+	Windows []*DeployWindow `protobuf:"bytes,20,rep,name=windows,proto3" json:"windows,omitempty"`
+	// Services whose newest rollout must have succeeded before a rollout of
+	// this service starts (issue 18). No cycles (refused at apply).
+	After         []string `protobuf:"bytes,21,rep,name=after,proto3" json:"after,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1859,6 +1865,180 @@ func (x *RolloutPolicy) GetOnNewRelease() string {
 	return ""
 }
 
+func (x *RolloutPolicy) GetWindows() []*DeployWindow {
+	if x != nil {
+		return x.Windows
+	}
+	return nil
+}
+
+func (x *RolloutPolicy) GetAfter() []string {
+	if x != nil {
+		return x.After
+	}
+	return nil
+}
+
+// DeployWindow is a weekly time range a service may deploy in.
+type DeployWindow struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Weekdays, comma-separated names or ranges of mon..sun ("mon-fri",
+	// "sat,sun"); empty: every day. The day the window opens.
+	Days string `protobuf:"bytes,1,opt,name=days,proto3" json:"days,omitempty"`
+	// "HH:MM" (24-hour) in time_zone. end may be "24:00"; an end at or
+	// before start closes the next day (an overnight window).
+	Start string `protobuf:"bytes,2,opt,name=start,proto3" json:"start,omitempty"`
+	End   string `protobuf:"bytes,3,opt,name=end,proto3" json:"end,omitempty"`
+	// IANA time zone name (default "UTC").
+	TimeZone      string `protobuf:"bytes,4,opt,name=time_zone,json=timeZone,proto3" json:"time_zone,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeployWindow) Reset() {
+	*x = DeployWindow{}
+	mi := &file_fleetwave_v1_types_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeployWindow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeployWindow) ProtoMessage() {}
+
+func (x *DeployWindow) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_types_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeployWindow.ProtoReflect.Descriptor instead.
+func (*DeployWindow) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *DeployWindow) GetDays() string {
+	if x != nil {
+		return x.Days
+	}
+	return ""
+}
+
+func (x *DeployWindow) GetStart() string {
+	if x != nil {
+		return x.Start
+	}
+	return ""
+}
+
+func (x *DeployWindow) GetEnd() string {
+	if x != nil {
+		return x.End
+	}
+	return ""
+}
+
+func (x *DeployWindow) GetTimeZone() string {
+	if x != nil {
+		return x.TimeZone
+	}
+	return ""
+}
+
+// Blackout is a coordinator-wide period in which no rollout starts and
+// rollouts in flight wait at their next wave boundary (fleetwave freeze).
+type Blackout struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	From          *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=from,proto3" json:"from,omitempty"`
+	To            *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=to,proto3" json:"to,omitempty"`
+	Reason        string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	CreatedBy     string                 `protobuf:"bytes,5,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Blackout) Reset() {
+	*x = Blackout{}
+	mi := &file_fleetwave_v1_types_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Blackout) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Blackout) ProtoMessage() {}
+
+func (x *Blackout) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_types_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Blackout.ProtoReflect.Descriptor instead.
+func (*Blackout) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Blackout) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Blackout) GetFrom() *timestamppb.Timestamp {
+	if x != nil {
+		return x.From
+	}
+	return nil
+}
+
+func (x *Blackout) GetTo() *timestamppb.Timestamp {
+	if x != nil {
+		return x.To
+	}
+	return nil
+}
+
+func (x *Blackout) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Blackout) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *Blackout) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
 // Artifact names the bytes of a release. Either the coordinator's
 // content-addressed store holds them (url empty) or url points at them.
 type Artifact struct {
@@ -1874,7 +2054,7 @@ type Artifact struct {
 
 func (x *Artifact) Reset() {
 	*x = Artifact{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[19]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1886,7 +2066,7 @@ func (x *Artifact) String() string {
 func (*Artifact) ProtoMessage() {}
 
 func (x *Artifact) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[19]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1899,7 +2079,7 @@ func (x *Artifact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Artifact.ProtoReflect.Descriptor instead.
 func (*Artifact) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{19}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Artifact) GetSha256() string {
@@ -1943,7 +2123,7 @@ type Release struct {
 
 func (x *Release) Reset() {
 	*x = Release{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[20]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1955,7 +2135,7 @@ func (x *Release) String() string {
 func (*Release) ProtoMessage() {}
 
 func (x *Release) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[20]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1968,7 +2148,7 @@ func (x *Release) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Release.ProtoReflect.Descriptor instead.
 func (*Release) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{20}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Release) GetService() string {
@@ -2060,7 +2240,7 @@ type ReleaseManifest struct {
 
 func (x *ReleaseManifest) Reset() {
 	*x = ReleaseManifest{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2072,7 +2252,7 @@ func (x *ReleaseManifest) String() string {
 func (*ReleaseManifest) ProtoMessage() {}
 
 func (x *ReleaseManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2085,7 +2265,7 @@ func (x *ReleaseManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseManifest.ProtoReflect.Descriptor instead.
 func (*ReleaseManifest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{21}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ReleaseManifest) GetService() string {
@@ -2189,7 +2369,7 @@ type RollbackStatement struct {
 
 func (x *RollbackStatement) Reset() {
 	*x = RollbackStatement{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2201,7 +2381,7 @@ func (x *RollbackStatement) String() string {
 func (*RollbackStatement) ProtoMessage() {}
 
 func (x *RollbackStatement) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2214,7 +2394,7 @@ func (x *RollbackStatement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackStatement.ProtoReflect.Descriptor instead.
 func (*RollbackStatement) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{22}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RollbackStatement) GetService() string {
@@ -2280,7 +2460,7 @@ type SignedRollback struct {
 
 func (x *SignedRollback) Reset() {
 	*x = SignedRollback{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2292,7 +2472,7 @@ func (x *SignedRollback) String() string {
 func (*SignedRollback) ProtoMessage() {}
 
 func (x *SignedRollback) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2305,7 +2485,7 @@ func (x *SignedRollback) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignedRollback.ProtoReflect.Descriptor instead.
 func (*SignedRollback) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{23}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SignedRollback) GetStatement() []byte {
@@ -2345,7 +2525,7 @@ type SignedManifest struct {
 
 func (x *SignedManifest) Reset() {
 	*x = SignedManifest{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2357,7 +2537,7 @@ func (x *SignedManifest) String() string {
 func (*SignedManifest) ProtoMessage() {}
 
 func (x *SignedManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2370,7 +2550,7 @@ func (x *SignedManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignedManifest.ProtoReflect.Descriptor instead.
 func (*SignedManifest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{24}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SignedManifest) GetManifest() []byte {
@@ -2429,14 +2609,17 @@ type ServiceStatus struct {
 	Removed   bool                   `protobuf:"varint,10,opt,name=removed,proto3" json:"removed,omitempty"`
 	RemovedAt *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=removed_at,json=removedAt,proto3" json:"removed_at,omitempty"`
 	// who asked for the delete
-	RemovedBy     string `protobuf:"bytes,12,opt,name=removed_by,json=removedBy,proto3" json:"removed_by,omitempty"`
+	RemovedBy string `protobuf:"bytes,12,opt,name=removed_by,json=removedBy,proto3" json:"removed_by,omitempty"`
+	// An admin's override of the deploy windows, blackouts and after for
+	// one release (fleetwave rollout override); recorded in the audit log.
+	HoldOverride  *HoldOverride `protobuf:"bytes,40,opt,name=hold_override,json=holdOverride,proto3" json:"hold_override,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ServiceStatus) Reset() {
 	*x = ServiceStatus{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[25]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2448,7 +2631,7 @@ func (x *ServiceStatus) String() string {
 func (*ServiceStatus) ProtoMessage() {}
 
 func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[25]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2461,7 +2644,7 @@ func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStatus.ProtoReflect.Descriptor instead.
 func (*ServiceStatus) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{25}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ServiceStatus) GetStableVersion() string {
@@ -2548,6 +2731,83 @@ func (x *ServiceStatus) GetRemovedBy() string {
 	return ""
 }
 
+func (x *ServiceStatus) GetHoldOverride() *HoldOverride {
+	if x != nil {
+		return x.HoldOverride
+	}
+	return nil
+}
+
+// HoldOverride lets one release roll out although a window, a blackout or
+// an upstream service holds it.
+type HoldOverride struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Version       string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	By            string                 `protobuf:"bytes,3,opt,name=by,proto3" json:"by,omitempty"`
+	At            *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=at,proto3" json:"at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HoldOverride) Reset() {
+	*x = HoldOverride{}
+	mi := &file_fleetwave_v1_types_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HoldOverride) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HoldOverride) ProtoMessage() {}
+
+func (x *HoldOverride) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_types_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HoldOverride.ProtoReflect.Descriptor instead.
+func (*HoldOverride) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *HoldOverride) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *HoldOverride) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *HoldOverride) GetBy() string {
+	if x != nil {
+		return x.By
+	}
+	return ""
+}
+
+func (x *HoldOverride) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
 // Service is a spec with its status, as stored and as listed.
 type Service struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -2564,7 +2824,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[26]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2576,7 +2836,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[26]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2589,7 +2849,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{26}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Service) GetSpec() *ServiceSpec {
@@ -2638,7 +2898,7 @@ type HostProgress struct {
 
 func (x *HostProgress) Reset() {
 	*x = HostProgress{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[27]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2650,7 +2910,7 @@ func (x *HostProgress) String() string {
 func (*HostProgress) ProtoMessage() {}
 
 func (x *HostProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[27]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2663,7 +2923,7 @@ func (x *HostProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostProgress.ProtoReflect.Descriptor instead.
 func (*HostProgress) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{27}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *HostProgress) GetHostId() string {
@@ -2735,7 +2995,7 @@ type Wave struct {
 
 func (x *Wave) Reset() {
 	*x = Wave{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[28]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2747,7 +3007,7 @@ func (x *Wave) String() string {
 func (*Wave) ProtoMessage() {}
 
 func (x *Wave) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[28]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2760,7 +3020,7 @@ func (x *Wave) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Wave.ProtoReflect.Descriptor instead.
 func (*Wave) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{28}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Wave) GetIndex() uint32 {
@@ -2889,14 +3149,17 @@ type Rollout struct {
 	// too): its plan is those hosts (they had the service, the stable spec's
 	// selector selects them and the live one does not), the service stays.
 	// Its success records the live selector in the stable spec.
-	Left          bool `protobuf:"varint,25,opt,name=left,proto3" json:"left,omitempty"`
+	Left bool `protobuf:"varint,25,opt,name=left,proto3" json:"left,omitempty"`
+	// Why the next wave waits (a deploy window closed, a blackout); "" when
+	// nothing holds it. Set and cleared by Step at wave boundaries.
+	Held          string `protobuf:"bytes,40,opt,name=held,proto3" json:"held,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Rollout) Reset() {
 	*x = Rollout{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[29]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2908,7 +3171,7 @@ func (x *Rollout) String() string {
 func (*Rollout) ProtoMessage() {}
 
 func (x *Rollout) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[29]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2921,7 +3184,7 @@ func (x *Rollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
 func (*Rollout) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{29}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Rollout) GetId() string {
@@ -3099,6 +3362,13 @@ func (x *Rollout) GetLeft() bool {
 	return false
 }
 
+func (x *Rollout) GetHeld() string {
+	if x != nil {
+		return x.Held
+	}
+	return ""
+}
+
 // Event is one decision or happening, kept in etcd per service and shown by
 // `fleetwave rollout history`.
 type Event struct {
@@ -3121,7 +3391,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[30]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3133,7 +3403,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[30]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3146,7 +3416,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{30}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Event) GetAt() *timestamppb.Timestamp {
@@ -3216,7 +3486,7 @@ type CheckResult struct {
 
 func (x *CheckResult) Reset() {
 	*x = CheckResult{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[31]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3228,7 +3498,7 @@ func (x *CheckResult) String() string {
 func (*CheckResult) ProtoMessage() {}
 
 func (x *CheckResult) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[31]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3241,7 +3511,7 @@ func (x *CheckResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResult.ProtoReflect.Descriptor instead.
 func (*CheckResult) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{31}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CheckResult) GetName() string {
@@ -3289,7 +3559,7 @@ type ServiceReport struct {
 
 func (x *ServiceReport) Reset() {
 	*x = ServiceReport{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[32]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3301,7 +3571,7 @@ func (x *ServiceReport) String() string {
 func (*ServiceReport) ProtoMessage() {}
 
 func (x *ServiceReport) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[32]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3314,7 +3584,7 @@ func (x *ServiceReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceReport.ProtoReflect.Descriptor instead.
 func (*ServiceReport) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{32}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ServiceReport) GetService() string {
@@ -3413,7 +3683,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[33]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3425,7 +3695,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[33]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3438,7 +3708,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{33}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Assignment) GetService() string {
@@ -3509,7 +3779,7 @@ type ArtifactSource struct {
 
 func (x *ArtifactSource) Reset() {
 	*x = ArtifactSource{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[34]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3521,7 +3791,7 @@ func (x *ArtifactSource) String() string {
 func (*ArtifactSource) ProtoMessage() {}
 
 func (x *ArtifactSource) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[34]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3534,7 +3804,7 @@ func (x *ArtifactSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArtifactSource.ProtoReflect.Descriptor instead.
 func (*ArtifactSource) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{34}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ArtifactSource) GetHostId() string {
@@ -3577,7 +3847,7 @@ type Host struct {
 
 func (x *Host) Reset() {
 	*x = Host{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[35]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3589,7 +3859,7 @@ func (x *Host) String() string {
 func (*Host) ProtoMessage() {}
 
 func (x *Host) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[35]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3602,7 +3872,7 @@ func (x *Host) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Host.ProtoReflect.Descriptor instead.
 func (*Host) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{35}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Host) GetId() string {
@@ -3794,7 +4064,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\bTcpCheck\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\"%\n" +
 	"\tExecCheck\x12\x18\n" +
-	"\acommand\x18\x01 \x03(\tR\acommand\"\xfd\x02\n" +
+	"\acommand\x18\x01 \x03(\tR\acommand\"\xc9\x03\n" +
 	"\rRolloutPolicy\x12\x16\n" +
 	"\x06canary\x18\x01 \x01(\rR\x06canary\x12\x14\n" +
 	"\x05waves\x18\x02 \x03(\rR\x05waves\x12!\n" +
@@ -3806,7 +4076,23 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\tno_canary\x18\b \x01(\bR\bnoCanary\x12*\n" +
 	"\x11approve_each_wave\x18\t \x01(\bR\x0fapproveEachWave\x12$\n" +
 	"\x0eon_new_release\x18\n" +
-	" \x01(\tR\fonNewRelease\"H\n" +
+	" \x01(\tR\fonNewRelease\x124\n" +
+	"\awindows\x18\x14 \x03(\v2\x1a.fleetwave.v1.DeployWindowR\awindows\x12\x14\n" +
+	"\x05after\x18\x15 \x03(\tR\x05after\"g\n" +
+	"\fDeployWindow\x12\x12\n" +
+	"\x04days\x18\x01 \x01(\tR\x04days\x12\x14\n" +
+	"\x05start\x18\x02 \x01(\tR\x05start\x12\x10\n" +
+	"\x03end\x18\x03 \x01(\tR\x03end\x12\x1b\n" +
+	"\ttime_zone\x18\x04 \x01(\tR\btimeZone\"\xe8\x01\n" +
+	"\bBlackout\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12.\n" +
+	"\x04from\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04from\x12*\n" +
+	"\x02to\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x02to\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\x05 \x01(\tR\tcreatedBy\x129\n" +
+	"\n" +
+	"created_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"H\n" +
 	"\bArtifact\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x03R\x04size\x12\x10\n" +
@@ -3857,7 +4143,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x0eSignedManifest\x12\x1a\n" +
 	"\bmanifest\x18\x01 \x01(\fR\bmanifest\x12\x1c\n" +
 	"\tsignature\x18\x02 \x01(\fR\tsignature\x12\x15\n" +
-	"\x06key_id\x18\x03 \x01(\tR\x05keyId\"\xe7\x03\n" +
+	"\x06key_id\x18\x03 \x01(\tR\x05keyId\"\xa8\x04\n" +
 	"\rServiceStatus\x12%\n" +
 	"\x0estable_version\x18\x01 \x01(\tR\rstableVersion\x12+\n" +
 	"\x11stable_generation\x18\x02 \x01(\x03R\x10stableGeneration\x12\x16\n" +
@@ -3875,7 +4161,13 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\n" +
 	"removed_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tremovedAt\x12\x1d\n" +
 	"\n" +
-	"removed_by\x18\f \x01(\tR\tremovedBy\"\xcd\x01\n" +
+	"removed_by\x18\f \x01(\tR\tremovedBy\x12?\n" +
+	"\rhold_override\x18( \x01(\v2\x1a.fleetwave.v1.HoldOverrideR\fholdOverride\"|\n" +
+	"\fHoldOverride\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\tR\aversion\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x0e\n" +
+	"\x02by\x18\x03 \x01(\tR\x02by\x12*\n" +
+	"\x02at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\xcd\x01\n" +
 	"\aService\x12-\n" +
 	"\x04spec\x18\x01 \x01(\v2\x19.fleetwave.v1.ServiceSpecR\x04spec\x123\n" +
 	"\x06status\x18\x02 \x01(\v2\x1b.fleetwave.v1.ServiceStatusR\x06status\x129\n" +
@@ -3904,7 +4196,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x06canary\x18\b \x01(\bR\x06canary\x12)\n" +
 	"\x10waiting_approval\x18\t \x01(\bR\x0fwaitingApproval\x12\x1a\n" +
 	"\bapproved\x18\n" +
-	" \x01(\bR\bapproved\"\xad\b\n" +
+	" \x01(\bR\bapproved\"\xc1\b\n" +
 	"\aRollout\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12!\n" +
@@ -3938,7 +4230,8 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x15applied_spec_revision\x18\x16 \x01(\x03R\x13appliedSpecRevision\x12!\n" +
 	"\fspec_changes\x18\x17 \x03(\tR\vspecChanges\x12\x16\n" +
 	"\x06remove\x18\x18 \x01(\bR\x06remove\x12\x12\n" +
-	"\x04left\x18\x19 \x01(\bR\x04left\"\xd8\x01\n" +
+	"\x04left\x18\x19 \x01(\bR\x04left\x12\x12\n" +
+	"\x04held\x18( \x01(\tR\x04held\"\xd8\x01\n" +
 	"\x05Event\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1d\n" +
@@ -4049,7 +4342,7 @@ func file_fleetwave_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_fleetwave_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_fleetwave_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_fleetwave_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_fleetwave_v1_types_proto_goTypes = []any{
 	(RolloutState)(0),             // 0: fleetwave.v1.RolloutState
 	(WaveState)(0),                // 1: fleetwave.v1.WaveState
@@ -4074,35 +4367,38 @@ var file_fleetwave_v1_types_proto_goTypes = []any{
 	(*TcpCheck)(nil),              // 20: fleetwave.v1.TcpCheck
 	(*ExecCheck)(nil),             // 21: fleetwave.v1.ExecCheck
 	(*RolloutPolicy)(nil),         // 22: fleetwave.v1.RolloutPolicy
-	(*Artifact)(nil),              // 23: fleetwave.v1.Artifact
-	(*Release)(nil),               // 24: fleetwave.v1.Release
-	(*ReleaseManifest)(nil),       // 25: fleetwave.v1.ReleaseManifest
-	(*RollbackStatement)(nil),     // 26: fleetwave.v1.RollbackStatement
-	(*SignedRollback)(nil),        // 27: fleetwave.v1.SignedRollback
-	(*SignedManifest)(nil),        // 28: fleetwave.v1.SignedManifest
-	(*ServiceStatus)(nil),         // 29: fleetwave.v1.ServiceStatus
-	(*Service)(nil),               // 30: fleetwave.v1.Service
-	(*HostProgress)(nil),          // 31: fleetwave.v1.HostProgress
-	(*Wave)(nil),                  // 32: fleetwave.v1.Wave
-	(*Rollout)(nil),               // 33: fleetwave.v1.Rollout
-	(*Event)(nil),                 // 34: fleetwave.v1.Event
-	(*CheckResult)(nil),           // 35: fleetwave.v1.CheckResult
-	(*ServiceReport)(nil),         // 36: fleetwave.v1.ServiceReport
-	(*Assignment)(nil),            // 37: fleetwave.v1.Assignment
-	(*ArtifactSource)(nil),        // 38: fleetwave.v1.ArtifactSource
-	(*Host)(nil),                  // 39: fleetwave.v1.Host
-	nil,                           // 40: fleetwave.v1.ServiceSpec.SelectorEntry
-	nil,                           // 41: fleetwave.v1.RunSpec.EnvEntry
-	nil,                           // 42: fleetwave.v1.Host.LabelsEntry
-	(*durationpb.Duration)(nil),   // 43: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 44: google.protobuf.Timestamp
+	(*DeployWindow)(nil),          // 23: fleetwave.v1.DeployWindow
+	(*Blackout)(nil),              // 24: fleetwave.v1.Blackout
+	(*Artifact)(nil),              // 25: fleetwave.v1.Artifact
+	(*Release)(nil),               // 26: fleetwave.v1.Release
+	(*ReleaseManifest)(nil),       // 27: fleetwave.v1.ReleaseManifest
+	(*RollbackStatement)(nil),     // 28: fleetwave.v1.RollbackStatement
+	(*SignedRollback)(nil),        // 29: fleetwave.v1.SignedRollback
+	(*SignedManifest)(nil),        // 30: fleetwave.v1.SignedManifest
+	(*ServiceStatus)(nil),         // 31: fleetwave.v1.ServiceStatus
+	(*HoldOverride)(nil),          // 32: fleetwave.v1.HoldOverride
+	(*Service)(nil),               // 33: fleetwave.v1.Service
+	(*HostProgress)(nil),          // 34: fleetwave.v1.HostProgress
+	(*Wave)(nil),                  // 35: fleetwave.v1.Wave
+	(*Rollout)(nil),               // 36: fleetwave.v1.Rollout
+	(*Event)(nil),                 // 37: fleetwave.v1.Event
+	(*CheckResult)(nil),           // 38: fleetwave.v1.CheckResult
+	(*ServiceReport)(nil),         // 39: fleetwave.v1.ServiceReport
+	(*Assignment)(nil),            // 40: fleetwave.v1.Assignment
+	(*ArtifactSource)(nil),        // 41: fleetwave.v1.ArtifactSource
+	(*Host)(nil),                  // 42: fleetwave.v1.Host
+	nil,                           // 43: fleetwave.v1.ServiceSpec.SelectorEntry
+	nil,                           // 44: fleetwave.v1.RunSpec.EnvEntry
+	nil,                           // 45: fleetwave.v1.Host.LabelsEntry
+	(*durationpb.Duration)(nil),   // 46: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 47: google.protobuf.Timestamp
 }
 var file_fleetwave_v1_types_proto_depIdxs = []int32{
-	40, // 0: fleetwave.v1.ServiceSpec.selector:type_name -> fleetwave.v1.ServiceSpec.SelectorEntry
+	43, // 0: fleetwave.v1.ServiceSpec.selector:type_name -> fleetwave.v1.ServiceSpec.SelectorEntry
 	15, // 1: fleetwave.v1.ServiceSpec.run:type_name -> fleetwave.v1.RunSpec
 	18, // 2: fleetwave.v1.ServiceSpec.checks:type_name -> fleetwave.v1.Check
-	43, // 3: fleetwave.v1.ServiceSpec.min_healthy_time:type_name -> google.protobuf.Duration
-	43, // 4: fleetwave.v1.ServiceSpec.healthy_deadline:type_name -> google.protobuf.Duration
+	46, // 3: fleetwave.v1.ServiceSpec.min_healthy_time:type_name -> google.protobuf.Duration
+	46, // 4: fleetwave.v1.ServiceSpec.healthy_deadline:type_name -> google.protobuf.Duration
 	22, // 5: fleetwave.v1.ServiceSpec.rollout:type_name -> fleetwave.v1.RolloutPolicy
 	8,  // 6: fleetwave.v1.ServiceSpec.analysis:type_name -> fleetwave.v1.Analysis
 	14, // 7: fleetwave.v1.ServiceSpec.alerts:type_name -> fleetwave.v1.Alerts
@@ -4113,79 +4409,85 @@ var file_fleetwave_v1_types_proto_depIdxs = []int32{
 	7,  // 12: fleetwave.v1.Hooks.after_start:type_name -> fleetwave.v1.Hook
 	7,  // 13: fleetwave.v1.Hooks.validate:type_name -> fleetwave.v1.Hook
 	7,  // 14: fleetwave.v1.Hooks.before_stop:type_name -> fleetwave.v1.Hook
-	43, // 15: fleetwave.v1.Hook.timeout:type_name -> google.protobuf.Duration
-	43, // 16: fleetwave.v1.Analysis.interval:type_name -> google.protobuf.Duration
-	43, // 17: fleetwave.v1.Analysis.window:type_name -> google.protobuf.Duration
-	43, // 18: fleetwave.v1.Analysis.watch:type_name -> google.protobuf.Duration
+	46, // 15: fleetwave.v1.Hook.timeout:type_name -> google.protobuf.Duration
+	46, // 16: fleetwave.v1.Analysis.interval:type_name -> google.protobuf.Duration
+	46, // 17: fleetwave.v1.Analysis.window:type_name -> google.protobuf.Duration
+	46, // 18: fleetwave.v1.Analysis.watch:type_name -> google.protobuf.Duration
 	9,  // 19: fleetwave.v1.Analysis.rules:type_name -> fleetwave.v1.AnalysisRule
 	10, // 20: fleetwave.v1.AnalysisRule.error_ratio:type_name -> fleetwave.v1.ErrorRatioRule
 	11, // 21: fleetwave.v1.AnalysisRule.latency:type_name -> fleetwave.v1.LatencyRule
 	12, // 22: fleetwave.v1.AnalysisRule.restarts:type_name -> fleetwave.v1.RestartsRule
 	13, // 23: fleetwave.v1.AnalysisRule.promql:type_name -> fleetwave.v1.PromQLRule
-	41, // 24: fleetwave.v1.RunSpec.env:type_name -> fleetwave.v1.RunSpec.EnvEntry
-	43, // 25: fleetwave.v1.RunSpec.stop_grace:type_name -> google.protobuf.Duration
+	44, // 24: fleetwave.v1.RunSpec.env:type_name -> fleetwave.v1.RunSpec.EnvEntry
+	46, // 25: fleetwave.v1.RunSpec.stop_grace:type_name -> google.protobuf.Duration
 	16, // 26: fleetwave.v1.RunSpec.sockets:type_name -> fleetwave.v1.Socket
-	43, // 27: fleetwave.v1.RunSpec.ready_timeout:type_name -> google.protobuf.Duration
-	43, // 28: fleetwave.v1.RunSpec.shutdown_delay:type_name -> google.protobuf.Duration
+	46, // 27: fleetwave.v1.RunSpec.ready_timeout:type_name -> google.protobuf.Duration
+	46, // 28: fleetwave.v1.RunSpec.shutdown_delay:type_name -> google.protobuf.Duration
 	17, // 29: fleetwave.v1.RunSpec.pre_stop:type_name -> fleetwave.v1.PreStop
-	43, // 30: fleetwave.v1.PreStop.timeout:type_name -> google.protobuf.Duration
+	46, // 30: fleetwave.v1.PreStop.timeout:type_name -> google.protobuf.Duration
 	19, // 31: fleetwave.v1.Check.http:type_name -> fleetwave.v1.HttpCheck
 	20, // 32: fleetwave.v1.Check.tcp:type_name -> fleetwave.v1.TcpCheck
 	21, // 33: fleetwave.v1.Check.exec:type_name -> fleetwave.v1.ExecCheck
-	43, // 34: fleetwave.v1.Check.interval:type_name -> google.protobuf.Duration
-	43, // 35: fleetwave.v1.Check.timeout:type_name -> google.protobuf.Duration
-	43, // 36: fleetwave.v1.RolloutPolicy.bake:type_name -> google.protobuf.Duration
-	43, // 37: fleetwave.v1.RolloutPolicy.progress_deadline:type_name -> google.protobuf.Duration
-	23, // 38: fleetwave.v1.Release.artifact:type_name -> fleetwave.v1.Artifact
-	44, // 39: fleetwave.v1.Release.commit_time:type_name -> google.protobuf.Timestamp
-	44, // 40: fleetwave.v1.Release.created_at:type_name -> google.protobuf.Timestamp
-	28, // 41: fleetwave.v1.Release.signed:type_name -> fleetwave.v1.SignedManifest
-	44, // 42: fleetwave.v1.ReleaseManifest.commit_time:type_name -> google.protobuf.Timestamp
-	44, // 43: fleetwave.v1.ReleaseManifest.signed_at:type_name -> google.protobuf.Timestamp
-	44, // 44: fleetwave.v1.ReleaseManifest.expires_at:type_name -> google.protobuf.Timestamp
-	44, // 45: fleetwave.v1.RollbackStatement.signed_at:type_name -> google.protobuf.Timestamp
-	44, // 46: fleetwave.v1.RollbackStatement.expires_at:type_name -> google.protobuf.Timestamp
-	4,  // 47: fleetwave.v1.ServiceStatus.stable_spec:type_name -> fleetwave.v1.ServiceSpec
-	44, // 48: fleetwave.v1.ServiceStatus.removed_at:type_name -> google.protobuf.Timestamp
-	4,  // 49: fleetwave.v1.Service.spec:type_name -> fleetwave.v1.ServiceSpec
-	29, // 50: fleetwave.v1.Service.status:type_name -> fleetwave.v1.ServiceStatus
-	44, // 51: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
-	2,  // 52: fleetwave.v1.HostProgress.state:type_name -> fleetwave.v1.HostRolloutState
-	44, // 53: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
-	44, // 54: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
-	3,  // 55: fleetwave.v1.HostProgress.phase:type_name -> fleetwave.v1.Phase
-	1,  // 56: fleetwave.v1.Wave.state:type_name -> fleetwave.v1.WaveState
-	31, // 57: fleetwave.v1.Wave.hosts:type_name -> fleetwave.v1.HostProgress
-	44, // 58: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
-	44, // 59: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
-	44, // 60: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
-	0,  // 61: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
-	22, // 62: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
-	32, // 63: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
-	44, // 64: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	44, // 65: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
-	44, // 66: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
-	44, // 67: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
-	4,  // 68: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
-	44, // 69: fleetwave.v1.Rollout.failed_at:type_name -> google.protobuf.Timestamp
-	44, // 70: fleetwave.v1.Rollout.restored_at:type_name -> google.protobuf.Timestamp
-	27, // 71: fleetwave.v1.Rollout.signed_rollback:type_name -> fleetwave.v1.SignedRollback
-	44, // 72: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
-	3,  // 73: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
-	35, // 74: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
-	44, // 75: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
-	24, // 76: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
-	4,  // 77: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
-	27, // 78: fleetwave.v1.Assignment.rollback:type_name -> fleetwave.v1.SignedRollback
-	38, // 79: fleetwave.v1.Assignment.sources:type_name -> fleetwave.v1.ArtifactSource
-	42, // 80: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
-	44, // 81: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	36, // 82: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
-	83, // [83:83] is the sub-list for method output_type
-	83, // [83:83] is the sub-list for method input_type
-	83, // [83:83] is the sub-list for extension type_name
-	83, // [83:83] is the sub-list for extension extendee
-	0,  // [0:83] is the sub-list for field type_name
+	46, // 34: fleetwave.v1.Check.interval:type_name -> google.protobuf.Duration
+	46, // 35: fleetwave.v1.Check.timeout:type_name -> google.protobuf.Duration
+	46, // 36: fleetwave.v1.RolloutPolicy.bake:type_name -> google.protobuf.Duration
+	46, // 37: fleetwave.v1.RolloutPolicy.progress_deadline:type_name -> google.protobuf.Duration
+	23, // 38: fleetwave.v1.RolloutPolicy.windows:type_name -> fleetwave.v1.DeployWindow
+	47, // 39: fleetwave.v1.Blackout.from:type_name -> google.protobuf.Timestamp
+	47, // 40: fleetwave.v1.Blackout.to:type_name -> google.protobuf.Timestamp
+	47, // 41: fleetwave.v1.Blackout.created_at:type_name -> google.protobuf.Timestamp
+	25, // 42: fleetwave.v1.Release.artifact:type_name -> fleetwave.v1.Artifact
+	47, // 43: fleetwave.v1.Release.commit_time:type_name -> google.protobuf.Timestamp
+	47, // 44: fleetwave.v1.Release.created_at:type_name -> google.protobuf.Timestamp
+	30, // 45: fleetwave.v1.Release.signed:type_name -> fleetwave.v1.SignedManifest
+	47, // 46: fleetwave.v1.ReleaseManifest.commit_time:type_name -> google.protobuf.Timestamp
+	47, // 47: fleetwave.v1.ReleaseManifest.signed_at:type_name -> google.protobuf.Timestamp
+	47, // 48: fleetwave.v1.ReleaseManifest.expires_at:type_name -> google.protobuf.Timestamp
+	47, // 49: fleetwave.v1.RollbackStatement.signed_at:type_name -> google.protobuf.Timestamp
+	47, // 50: fleetwave.v1.RollbackStatement.expires_at:type_name -> google.protobuf.Timestamp
+	4,  // 51: fleetwave.v1.ServiceStatus.stable_spec:type_name -> fleetwave.v1.ServiceSpec
+	47, // 52: fleetwave.v1.ServiceStatus.removed_at:type_name -> google.protobuf.Timestamp
+	32, // 53: fleetwave.v1.ServiceStatus.hold_override:type_name -> fleetwave.v1.HoldOverride
+	47, // 54: fleetwave.v1.HoldOverride.at:type_name -> google.protobuf.Timestamp
+	4,  // 55: fleetwave.v1.Service.spec:type_name -> fleetwave.v1.ServiceSpec
+	31, // 56: fleetwave.v1.Service.status:type_name -> fleetwave.v1.ServiceStatus
+	47, // 57: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
+	2,  // 58: fleetwave.v1.HostProgress.state:type_name -> fleetwave.v1.HostRolloutState
+	47, // 59: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
+	47, // 60: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
+	3,  // 61: fleetwave.v1.HostProgress.phase:type_name -> fleetwave.v1.Phase
+	1,  // 62: fleetwave.v1.Wave.state:type_name -> fleetwave.v1.WaveState
+	34, // 63: fleetwave.v1.Wave.hosts:type_name -> fleetwave.v1.HostProgress
+	47, // 64: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
+	47, // 65: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
+	47, // 66: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
+	0,  // 67: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
+	22, // 68: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
+	35, // 69: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
+	47, // 70: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	47, // 71: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
+	47, // 72: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
+	47, // 73: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
+	4,  // 74: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
+	47, // 75: fleetwave.v1.Rollout.failed_at:type_name -> google.protobuf.Timestamp
+	47, // 76: fleetwave.v1.Rollout.restored_at:type_name -> google.protobuf.Timestamp
+	29, // 77: fleetwave.v1.Rollout.signed_rollback:type_name -> fleetwave.v1.SignedRollback
+	47, // 78: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
+	3,  // 79: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
+	38, // 80: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
+	47, // 81: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
+	26, // 82: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
+	4,  // 83: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
+	29, // 84: fleetwave.v1.Assignment.rollback:type_name -> fleetwave.v1.SignedRollback
+	41, // 85: fleetwave.v1.Assignment.sources:type_name -> fleetwave.v1.ArtifactSource
+	45, // 86: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
+	47, // 87: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	39, // 88: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
+	89, // [89:89] is the sub-list for method output_type
+	89, // [89:89] is the sub-list for method input_type
+	89, // [89:89] is the sub-list for extension type_name
+	89, // [89:89] is the sub-list for extension extendee
+	0,  // [0:89] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_types_proto_init() }
@@ -4211,7 +4513,7 @@ func file_fleetwave_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fleetwave_v1_types_proto_rawDesc), len(file_fleetwave_v1_types_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   39,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

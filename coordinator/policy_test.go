@@ -1,0 +1,92 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// Blackouts: bad input is refused naming the field and value and stores
+// nothing; every limit (count, length, reason) is enforced; delete of an
+// unknown id is NotFound. A cycle of rollout.after is refused at apply and
+// stores nothing; a plan of an unknown release is NotFound.
+func TestBlackoutAndOrderInputAndLimits(t *testing.T) {
+	cc := startCoordinator(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	op := v1.NewOperatorServiceClient(cc)
+	now := time.Now()
+	ts := func(d time.Duration) *timestamppb.Timestamp { return timestamppb.New(now.Add(d)) }
+	for _, c := range []struct {
+		req  *v1.CreateBlackoutRequest
+		want string
+	}{
+		{&v1.CreateBlackoutRequest{From: ts(0), Reason: "x"}, "from, to: both must be set"},
+		{&v1.CreateBlackoutRequest{From: ts(time.Hour), To: ts(time.Minute), Reason: "x"}, "to: "},
+		{&v1.CreateBlackoutRequest{From: ts(-2 * time.Hour), To: ts(-time.Hour), Reason: "x"}, "has passed"},
+		{&v1.CreateBlackoutRequest{From: ts(0), To: ts(MaxBlackoutLength + time.Hour), Reason: "x"}, "more than 2160h0m0s"},
+		{&v1.CreateBlackoutRequest{From: ts(0), To: ts(time.Hour), Reason: " "}, "reason: must be set"},
+		{&v1.CreateBlackoutRequest{From: ts(0), To: ts(time.Hour), Reason: strings.Repeat("r", maxBlackoutReason+1)}, fmt.Sprintf("reason: %d bytes, more than %d", maxBlackoutReason+1, maxBlackoutReason)},
+	} {
+		_, err := op.CreateBlackout(ctx, c.req)
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("CreateBlackout(%v): %v, want InvalidArgument %q", c.req, err, c.want)
+		}
+	}
+	if l, err := op.ListBlackouts(ctx, &v1.ListBlackoutsRequest{}); err != nil || len(l.GetBlackouts()) != 0 {
+		t.Fatalf("refused blackouts were stored: %v %v", l, err)
+	}
+	for i := range MaxBlackouts {
+		if _, err := op.CreateBlackout(ctx, &v1.CreateBlackoutRequest{From: ts(time.Duration(i) * time.Minute), To: ts(time.Hour + time.Duration(i)*time.Minute), Reason: "b"}); err != nil {
+			t.Fatalf("blackout %d: %v", i, err)
+		}
+	}
+	_, err := op.CreateBlackout(ctx, &v1.CreateBlackoutRequest{From: ts(0), To: ts(time.Hour), Reason: "one too many"})
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), fmt.Sprintf("%d blackouts stored, the limit %d", MaxBlackouts, MaxBlackouts)) {
+		t.Errorf("blackout %d: %v", MaxBlackouts+1, err)
+	}
+	l, err := op.ListBlackouts(ctx, &v1.ListBlackoutsRequest{})
+	if err != nil || len(l.GetBlackouts()) != MaxBlackouts {
+		t.Fatalf("list: %d blackouts, %v", len(l.GetBlackouts()), err)
+	}
+	if _, err := op.DeleteBlackout(ctx, &v1.DeleteBlackoutRequest{Id: l.GetBlackouts()[0].GetId()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := op.DeleteBlackout(ctx, &v1.DeleteBlackoutRequest{Id: "bo-nothere"}); status.Code(err) != codes.NotFound {
+		t.Errorf("delete of an unknown blackout: %v", err)
+	}
+	if _, err := op.DeleteBlackout(ctx, &v1.DeleteBlackoutRequest{Id: "a/b"}); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), `id: "a/b"`) {
+		t.Errorf("delete of a bad id: %v", err)
+	}
+
+	run := &v1.RunSpec{Command: []string{"./app"}}
+	for _, sp := range []*v1.ServiceSpec{
+		{Name: "api", Run: run},
+		{Name: "web", Run: run, Rollout: &v1.RolloutPolicy{After: []string{"api"}}},
+	} {
+		if _, err := op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: sp}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err = op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: &v1.ServiceSpec{Name: "api", Run: run, Rollout: &v1.RolloutPolicy{After: []string{"web"}}}})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "rollout.after: [web] closes a cycle: api → web → api") {
+		t.Errorf("a cycle: %v", err)
+	}
+	if s, err := op.GetService(ctx, &v1.GetServiceRequest{Name: "api"}); err != nil || len(s.GetService().GetSpec().GetRollout().GetAfter()) != 0 {
+		t.Errorf("the refused spec was stored: %v %v", s, err)
+	}
+	if _, err := op.PlanRollout(ctx, &v1.PlanRolloutRequest{Service: "web", Version: "v9"}); status.Code(err) != codes.NotFound || !strings.Contains(err.Error(), `version: service web has no release "v9"`) {
+		t.Errorf("plan of an unknown release: %v", err)
+	}
+	if _, err := op.OverrideHold(ctx, &v1.OverrideHoldRequest{Service: "web", Reason: "x"}); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "service: web has no release") {
+		t.Errorf("override without a release: %v", err)
+	}
+}
