@@ -17,7 +17,7 @@
 // (the canary's ratio is greater). It is exact for any counts, so sparse
 // errors and a baseline with no error at all are judged correctly: 3 errors
 // in 200 canary requests against 0 in 10,000 baseline requests is
-// significant (p = 8e-6), 1 in 30 against 0 in 300 is not (p = 0.09).
+// significant (p = 7.4e-6), 1 in 30 against 0 in 300 is not (p = 0.09).
 //
 // Latency (latency rules): the Mann-Whitney U test, one-sided (canary
 // requests are slower), on the pooled histogram buckets. Observations in the
