@@ -218,11 +218,16 @@ func (j Judgement) Reason() string {
 }
 
 // Judge compares the canary hosts with the baseline hosts over each window,
-// for each rule of c (validated), correcting for multiple testing over
+// for each rule of c (validated here, with its defaults; c is not changed),
+// correcting for multiple testing over
 // c.Rules x c.Windows tests. It is pure and deterministic. It fails on
 // input that cannot be compared (more windows than c.Windows, a count that
 // makes no sense); the error names the window, host and field.
 func Judge(c Config, windows []Window) (Judgement, error) {
+	c.Rules = slices.Clone(c.Rules)
+	if err := c.Validate(); err != nil {
+		return Judgement{}, fmt.Errorf("compare: %w", err)
+	}
 	if len(windows) > c.Windows {
 		return Judgement{}, fmt.Errorf("%d windows given, more than the %d the comparison was planned (and corrected) for", len(windows), c.Windows)
 	}
