@@ -65,8 +65,8 @@ func signed(v float64) string {
 	switch {
 	case math.IsInf(v, 1):
 		return "+inf% (from zero)"
-	case v >= 0:
-		return fmt.Sprintf("+%.0f%%", v*100)
+	case math.Round(v*100) >= 0:
+		return fmt.Sprintf("+%.0f%%", math.Abs(math.Round(v*100)))
 	}
 	return fmt.Sprintf("%.0f%%", v*100)
 }
