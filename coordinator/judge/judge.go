@@ -26,8 +26,12 @@ const (
 	MaxRules           = 32
 	MaxBuckets         = 256
 	MaxHostsPerWindow  = 100_000
-	testFisher         = "Fisher exact"
-	testMannWhitney    = "Mann-Whitney"
+	// MaxGroupCount bounds a group's requests (observations) in a window,
+	// where the tests' floating point stays exact to many digits (a
+	// billion requests per window is 33 million a second over 30 s).
+	MaxGroupCount   = 1_000_000_000
+	testFisher      = "Fisher exact"
+	testMannWhitney = "Mann-Whitney"
 )
 
 // Verdict is the outcome of one comparison, or of a whole judgement (the
@@ -145,7 +149,9 @@ type Window struct {
 	Hosts      []HostSummary
 }
 
-// HostSummary is one host's increases over a window, per rule.
+// HostSummary is one host's increases over a window, per rule (at most
+// one HostSummary per host in a window; Counts of rules the Config does not
+// have are ignored).
 type HostSummary struct {
 	Host string
 	// Canary is true for a host on the new release, false for a baseline
@@ -239,6 +245,13 @@ func Judge(c Config, windows []Window) (Judgement, error) {
 		if len(w.Hosts) > MaxHostsPerWindow {
 			return Judgement{}, fmt.Errorf("windows[%d]: %d hosts, more than %d", wi, len(w.Hosts), MaxHostsPerWindow)
 		}
+		seen := make(map[string]int, len(w.Hosts))
+		for hi, h := range w.Hosts {
+			if first, dup := seen[h.Host]; dup {
+				return Judgement{}, fmt.Errorf("windows[%d].hosts[%d] (%s): the same host as hosts[%d]", wi, hi, h.Host, first)
+			}
+			seen[h.Host] = hi
+		}
 		for _, rule := range c.Rules {
 			r, err := compare(rule, wi, w)
 			if err != nil {
@@ -313,8 +326,8 @@ func compare(rule Rule, wi int, w Window) (Result, error) {
 				if ct.Errors > ct.Requests {
 					return r, fmt.Errorf("%s: errors %d more than requests %d", where, ct.Errors, ct.Requests)
 				}
-				if reqs[g]+ct.Requests < reqs[g] {
-					return r, fmt.Errorf("%s: requests %d overflow the group's total", where, ct.Requests)
+				if ct.Requests > MaxGroupCount-reqs[g] {
+					return r, fmt.Errorf("%s: requests %d: the group's total passes %d", where, ct.Requests, uint64(MaxGroupCount))
 				}
 				errs[g] += ct.Errors
 				reqs[g] += ct.Requests
@@ -326,8 +339,8 @@ func compare(rule Rule, wi int, w Window) (Result, error) {
 					continue
 				}
 				total := ct.Buckets[len(ct.Buckets)-1].Count
-				if reqs[g]+total < reqs[g] {
-					return r, fmt.Errorf("%s: bucket count %d overflows the group's total", where, total)
+				if total > MaxGroupCount-reqs[g] {
+					return r, fmt.Errorf("%s: observations %d: the group's total passes %d", where, total, uint64(MaxGroupCount))
 				}
 				reqs[g] += total
 				hists[g] = append(hists[g], ct.Buckets)

@@ -224,9 +224,22 @@ func TestBadCountsRefused(t *testing.T) {
 			t.Errorf("%+v: %v, want %q", tc.h, err, tc.want)
 		}
 	}
-	over := Window{Hosts: []HostSummary{errorHost("a", true, 0, math.MaxUint64), errorHost("b", true, 0, 1)}}
-	if _, err := Judge(c, []Window{over}); err == nil || !strings.Contains(err.Error(), "overflow") {
-		t.Errorf("overflow: %v", err)
+	dup := Window{Hosts: []HostSummary{errorHost("a", true, 0, 10), errorHost("b", false, 0, 10), errorHost("a", true, 0, 10)}}
+	if _, err := Judge(c, []Window{dup}); err == nil || !strings.Contains(err.Error(), "windows[0].hosts[2] (a): the same host as hosts[0]") {
+		t.Errorf("a host twice: %v", err)
+	}
+	for _, w := range []Window{
+		{Hosts: []HostSummary{errorHost("a", true, 0, MaxGroupCount), errorHost("b", true, 0, 1)}},
+		{Hosts: []HostSummary{errorHost("a", true, 0, math.MaxUint64)}},
+		{Hosts: []HostSummary{latencyHost("a", false, hist(promBuckets, MaxGroupCount)), latencyHost("b", false, hist(promBuckets, 1))}},
+	} {
+		if _, err := Judge(c, []Window{w}); err == nil || !strings.Contains(err.Error(), "the group's total passes 1000000000") {
+			t.Errorf("over the limit: %v", err)
+		}
+	}
+	at := Window{Hosts: []HostSummary{errorHost("a", true, 10_000_000, MaxGroupCount), errorHost("b", false, 10_000_000, MaxGroupCount)}}
+	if j, err := Judge(c, []Window{at}); err != nil || !(j.Results[0].P > 0.45 && j.Results[0].P < 0.55) {
+		t.Errorf("at the limit, alike: %v, p %v", err, j.Results)
 	}
 	if _, err := Judge(c, []Window{{Hosts: make([]HostSummary, MaxHostsPerWindow+1)}}); err == nil || !strings.Contains(err.Error(), "100001 hosts, more than 100000") {
 		t.Errorf("too many hosts: %v", err)

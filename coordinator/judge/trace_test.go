@@ -11,7 +11,7 @@ import (
 	"github.com/cockroachdb/datadriven"
 )
 
-// TestScenarios replays the scenarios in testdata/*.txt: a comparison's
+// TestScenarios replays the scenarios in testdata/scenarios/*.txt: a comparison's
 // config, then its windows one at a time, each printing the judgement over
 // every window so far. `go test ./coordinator/judge -run TestScenarios
 // -rewrite` rewrites the expected output (read the diff before committing).
@@ -32,7 +32,7 @@ import (
 //
 // Each window prints the overall verdict and every result's reason.
 func TestScenarios(t *testing.T) {
-	datadriven.Walk(t, "testdata", func(t *testing.T, path string) {
+	datadriven.Walk(t, "testdata/scenarios", func(t *testing.T, path string) {
 		var c Config
 		bounds := map[string][]float64{}
 		var windows []Window
