@@ -7,24 +7,26 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/fleetwave/fleetwave/internal/spec"
 )
 
 // Rule kinds; the names are those of the analysis rules.
 const (
-	KindErrorRatio = "error_ratio"
-	KindLatency    = "latency"
+	KindErrorRatio = spec.RuleErrorRatio
+	KindLatency    = spec.RuleLatency
 )
 
-// Defaults and limits (see Config).
+// Defaults and limits (see Config); those of the spec are spec's.
 const (
-	DefaultAlpha       = 0.01
-	DefaultMinRequests = 200
-	DefaultMinSamples  = 50
-	DefaultMaxIncrease = 0.2
-	MaxAlpha           = 0.2
-	MaxWindows         = 1000
+	DefaultAlpha       = spec.DefaultCompareAlpha
+	DefaultMinRequests = spec.DefaultCompareMinRequests
+	DefaultMinSamples  = spec.DefaultCompareMinSamples
+	DefaultMaxIncrease = spec.DefaultCompareMaxIncrease
+	MaxAlpha           = spec.MaxCompareAlpha
+	MaxWindows         = spec.MaxCompareWindows
 	MaxRules           = 32
-	MaxBuckets         = 256
+	MaxBuckets         = spec.MaxCompareBuckets
 	MaxHostsPerWindow  = 100_000
 	// MaxGroupCount bounds a group's requests (observations) in a window,
 	// where the tests' floating point stays exact to many digits (a
