@@ -16,6 +16,7 @@ import (
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/protobuf/proto"
 )
 
 // maxRecvBytes bounds one message from the coordinator.
@@ -29,32 +30,75 @@ type reporter struct {
 	latest map[string]*v1.ServiceReport
 	dirty  map[string]bool
 	notify chan struct{}
+	// metrics is each service's last metric summary (analysis.compare),
+	// carried by every report of the service until the next one.
+	metrics map[string]*v1.MetricSummary
 }
 
 func newReporter() *reporter {
 	return &reporter{
-		latest: map[string]*v1.ServiceReport{},
-		dirty:  map[string]bool{},
-		notify: make(chan struct{}, 1),
+		latest:  map[string]*v1.ServiceReport{},
+		dirty:   map[string]bool{},
+		notify:  make(chan struct{}, 1),
+		metrics: map[string]*v1.MetricSummary{},
 	}
 }
 
 // put records a report to send.
 func (r *reporter) put(rep *v1.ServiceReport) {
 	r.mu.Lock()
-	r.latest[rep.GetService()] = rep
+	r.latest[rep.GetService()] = r.withMetrics(rep)
 	r.dirty[rep.GetService()] = true
 	r.mu.Unlock()
+	r.kick()
+}
+
+func (r *reporter) kick() {
 	select {
 	case r.notify <- struct{}{}:
 	default:
 	}
 }
 
+// withMetrics is rep carrying the service's last metric summary (a copy
+// when it must change: rep may be the machine's).
+func (r *reporter) withMetrics(rep *v1.ServiceReport) *v1.ServiceReport {
+	m := r.metrics[rep.GetService()]
+	if rep.GetMetrics() == m {
+		return rep
+	}
+	out := proto.Clone(rep).(*v1.ServiceReport)
+	out.Metrics = m
+	return out
+}
+
+// setMetrics makes m the service's metric summary, sent at once with its
+// latest report (nil m clears it, and sends nothing).
+func (r *reporter) setMetrics(service string, m *v1.MetricSummary) {
+	r.mu.Lock()
+	if m == nil {
+		delete(r.metrics, service)
+	} else {
+		r.metrics[service] = m
+	}
+	rep := r.latest[service]
+	send := rep != nil && m != nil
+	if rep != nil {
+		r.latest[service] = r.withMetrics(rep)
+	}
+	if send {
+		r.dirty[service] = true
+	}
+	r.mu.Unlock()
+	if send {
+		r.kick()
+	}
+}
+
 // setLatest updates the full status without asking for a send.
 func (r *reporter) setLatest(rep *v1.ServiceReport) {
 	r.mu.Lock()
-	r.latest[rep.GetService()] = rep
+	r.latest[rep.GetService()] = r.withMetrics(rep)
 	r.mu.Unlock()
 }
 

@@ -48,6 +48,11 @@ const (
 	// (Restored).
 	EventFleetRestored = "fleet_restored"
 
+	// Written by the leader when the canary-versus-baseline comparison
+	// (analysis.compare, coordinator/judge) failed the rollout
+	// (CompareFailed); its message is the judge's reason.
+	EventComparisonFailed = "comparison_failed"
+
 	// The alerter's webhook outcome after a failed rollout.
 	EventAlertSent   = "alert_sent"
 	EventAlertFailed = "alert_failed"
