@@ -48,7 +48,7 @@ type analyser struct {
 	// summarized is the end of the last window summarized for the
 	// coordinator's comparison (analysis.compare).
 	summarized time.Time
-	verdict   lifecycle.Verdict // last verdict fed, for logging changes (0 = none)
+	verdict    lifecycle.Verdict // last verdict fed, for logging changes (0 = none)
 
 	// judging is set while the machine uses this analyser's verdicts: only
 	// then are the promql queries run (they need no baseline).
