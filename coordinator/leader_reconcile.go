@@ -190,9 +190,20 @@ func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string)
 	}
 
 	if !has || rollout.Terminal(cur) {
+		delete(l.compared, name)
 		return time.Time{}, nil
 	}
+	why, compareWake := l.compare(cur, now)
+	if why != "" {
+		next := rollout.CompareFailed(cur, why, now)
+		delete(l.compared, name)
+		ev := event(next, name, rollout.EventComparisonFailed, "", next.GetReason(), now)
+		return time.Time{}, l.commit(ctx, fence, vs, next, vr.Rev, []*v1.Event{ev})
+	}
 	next, res := rollout.Step(cur, l.observe(name), now)
+	if !compareWake.IsZero() && (res.NextWake.IsZero() || compareWake.Before(res.NextWake)) {
+		res.NextWake = compareWake
+	}
 	for _, ev := range res.Events {
 		log.Info().Str("rollout", cur.GetId()).Str("event", ev.Kind).Int("wave", ev.Wave).Str("host", ev.Host).Msg(ev.Message)
 	}
