@@ -13,9 +13,12 @@
 //	DEGRADE_AFTER a Go duration: ERROR_RATE and LATENCY apply only once the
 //	             app has run this long (a release that degrades after it
 //	             reported healthy)
+//	LOAD_FACTOR  "N F": while at least N requests to / are in flight (this
+//	             one included), LATENCY is multiplied by F (a number >= 0):
+//	             a service that slows down under load (N >= 1, at most 1000)
 //
-// VERSION, CRASH, ERROR_RATE, LATENCY and DEGRADE_AFTER are read once at
-// start; a bad value is a start error naming the file.
+// VERSION, CRASH, ERROR_RATE, LATENCY, DEGRADE_AFTER and LOAD_FACTOR are
+// read once at start; a bad value is a start error naming the file.
 //
 // Endpoints: / ("hello from VERSION"), /healthz ("ok"), /version (the
 // version, no newline), /metrics (Prometheus text format from its own
@@ -65,7 +68,11 @@ const (
 	FileErrorRate  = "ERROR_RATE"
 	FileLatency    = "LATENCY"
 	FileDegrade    = "DEGRADE_AFTER"
+	FileLoadFactor = "LOAD_FACTOR"
 )
+
+// maxLoadThreshold bounds LOAD_FACTOR's N.
+const maxLoadThreshold = 1000
 
 const (
 	// maxFileSize bounds what is read from a behaviour file.
@@ -251,6 +258,10 @@ type config struct {
 	latency   time.Duration
 	// degradeAfter delays errorRate and latency (0: from the start).
 	degradeAfter time.Duration
+	// loadThreshold and loadFactor: from loadThreshold requests in flight
+	// (0: never), latency is multiplied by loadFactor.
+	loadThreshold int64
+	loadFactor    float64
 }
 
 func load(dir string) (config, error) {
@@ -301,6 +312,17 @@ func load(dir string) (config, error) {
 		}
 		c.degradeAfter = d
 	}
+
+	if s, ok, err := readSmall(dir, FileLoadFactor); err != nil {
+		return c, err
+	} else if ok {
+		var n int64
+		var f float64
+		if _, err := fmt.Sscanf(s, "%d %g", &n, &f); err != nil || n < 1 || n > maxLoadThreshold || !(f >= 0) || math.IsInf(f, 0) {
+			return c, fmt.Errorf("%s: invalid %q (want \"N F\": N requests in flight, 1..%d, and a factor >= 0)", FileLoadFactor, truncate(s, 64), maxLoadThreshold)
+		}
+		c.loadThreshold, c.loadFactor = n, f
+	}
 	return c, nil
 }
 
@@ -340,6 +362,8 @@ type app struct {
 	cfg    config
 	onRoot func()
 	served atomic.Uint64 // requests to / so far, for ERROR_RATE
+	// inFlight counts the requests to / being served, for LOAD_FACTOR.
+	inFlight atomic.Int64
 	// degradeAt is when ERROR_RATE and LATENCY start to apply.
 	degradeAt time.Time
 
@@ -402,9 +426,15 @@ func (a *app) root(w http.ResponseWriter, r *http.Request) {
 	if a.onRoot != nil {
 		a.onRoot()
 	}
+	inFlight := a.inFlight.Add(1)
+	defer a.inFlight.Add(-1)
 	degraded := !time.Now().Before(a.degradeAt)
 	if a.cfg.latency > 0 && degraded {
-		t := time.NewTimer(a.cfg.latency)
+		d := a.cfg.latency
+		if a.cfg.loadThreshold > 0 && inFlight >= a.cfg.loadThreshold {
+			d = time.Duration(float64(d) * a.cfg.loadFactor)
+		}
+		t := time.NewTimer(d)
 		select {
 		case <-t.C:
 		case <-r.Context().Done():
