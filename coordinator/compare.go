@@ -1,9 +1,13 @@
 package coordinator
 
 import (
+	"context"
+	"fmt"
+	"strings"
 	"time"
 
 	"github.com/fleetwave/fleetwave/coordinator/judge"
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -18,6 +22,7 @@ type comparison struct {
 	rollout string
 	tr      *judge.Tracker
 	broken  bool // the config could not be compiled (logged once)
+	windows int  // looks planned
 }
 
 // compareConfig is the judge's config for a spec's analysis section: every
@@ -54,9 +59,11 @@ func compareConfig(a *v1.Analysis) (judge.Config, time.Duration) {
 // and judges the windows closed at now. Hosts reporting r's to_version are
 // the canary, hosts reporting its from_version the baseline. It returns the
 // judge's reason when the comparison failed ("" otherwise) and when to look
-// again (zero: no window pending). Rollbacks, removals and config rollouts
-// (the same release on both sides) are not compared.
-func (l *leader) compare(r *v1.Rollout, now time.Time) (string, time.Time) {
+// again (zero: no window pending). Each look is recorded as an event
+// (comparison_judged) with the newest window's results. Rollbacks,
+// removals and config rollouts (the same release on both sides) are not
+// compared.
+func (l *leader) compare(ctx context.Context, r *v1.Rollout, now time.Time) (string, time.Time) {
 	name := r.GetService()
 	a := r.GetSpec().GetAnalysis()
 	if a.GetCompare() == nil || r.GetRollback() || r.GetRemove() || r.GetFromVersion() == "" || r.GetFromVersion() == r.GetToVersion() {
@@ -72,7 +79,7 @@ func (l *leader) compare(r *v1.Rollout, now time.Time) (string, time.Time) {
 			from = r.GetCreatedAt().AsTime()
 		}
 		tr, err := judge.NewTracker(cfg, span, from)
-		cmp = &comparison{rollout: r.GetId(), tr: tr, broken: err != nil}
+		cmp = &comparison{rollout: r.GetId(), tr: tr, broken: err != nil, windows: cfg.Windows}
 		l.compared[name] = cmp
 		if err != nil {
 			log.Error().Err(err).Msg("analysis.compare disabled for this rollout")
@@ -107,7 +114,11 @@ func (l *leader) compare(r *v1.Rollout, now time.Time) (string, time.Time) {
 		if j.Verdict == judge.Fail {
 			ev = log.Warn()
 		}
-		ev.Int("look", cmp.tr.Looks()).Str("verdict", j.Verdict.String()).Str("reason", j.Reason()).Msg("canary compared with baseline hosts")
+		msg := lookMessage(j, cmp.tr.Looks(), cmp.windows)
+		ev.Int("look", cmp.tr.Looks()).Str("verdict", j.Verdict.String()).Str("reason", msg).Msg("canary compared with baseline hosts")
+		if err := l.c.store.PutEvents(ctx, event(r, name, rollout.EventComparisonJudged, "", msg, now)); err != nil {
+			log.Warn().Err(err).Msg("comparison event not recorded")
+		}
 	}
 	if j.Verdict == judge.Fail {
 		return j.Reason(), time.Time{}
@@ -126,4 +137,16 @@ func summaryCounts(m *v1.MetricSummary) []judge.Counts {
 		out = append(out, c)
 	}
 	return out
+}
+
+// lookMessage says what a look found: its number, the verdict so far and
+// the newest window's results.
+func lookMessage(j judge.Judgement, look, planned int) string {
+	var why []string
+	for _, r := range j.Results {
+		if r.Window == look-1 {
+			why = append(why, r.Verdict.String()+": "+r.Reason)
+		}
+	}
+	return fmt.Sprintf("look %d of %d: %s; %s", look, planned, j.Verdict, strings.Join(why, "; "))
 }

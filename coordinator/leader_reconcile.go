@@ -193,7 +193,7 @@ func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string)
 		delete(l.compared, name)
 		return time.Time{}, nil
 	}
-	why, compareWake := l.compare(cur, now)
+	why, compareWake := l.compare(ctx, cur, now)
 	if why != "" {
 		next := rollout.CompareFailed(cur, why, now)
 		delete(l.compared, name)

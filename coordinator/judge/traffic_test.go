@@ -233,7 +233,8 @@ func TestPower(t *testing.T) {
 }
 
 // TestTrafficTable prints the table of docs/BENCHMARKS.md (set
-// FLEETWAVE_JUDGE_TABLE=1; it takes a few minutes).
+// FLEETWAVE_JUDGE_TABLE=1; about 20 minutes on a busy 2-core machine;
+// FLEETWAVE_JUDGE_SEEDS=N for fewer than 1,000 seeds per row).
 func TestTrafficTable(t *testing.T) {
 	if os.Getenv("FLEETWAVE_JUDGE_TABLE") == "" {
 		t.Skip("set FLEETWAVE_JUDGE_TABLE=1 to print the table")

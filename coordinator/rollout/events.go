@@ -52,6 +52,9 @@ const (
 	// (analysis.compare, coordinator/judge) failed the rollout
 	// (CompareFailed); its message is the judge's reason.
 	EventComparisonFailed = "comparison_failed"
+	// Written by the leader after each look of the comparison: the look,
+	// its verdict and the newest window's results in plain words.
+	EventComparisonJudged = "comparison_judged"
 
 	// The alerter's webhook outcome after a failed rollout.
 	EventAlertSent   = "alert_sent"
