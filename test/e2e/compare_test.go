@@ -71,6 +71,11 @@ func TestCompareFailsSlowCanaryNotTheSpike(t *testing.T) {
 	if !strings.Contains(events, "comparison_judged") || !strings.Contains(events, "Mann-Whitney") {
 		t.Errorf("the A/A rollout was not compared (no conclusive look):\n%s", events)
 	}
+	for _, l := range strings.Split(events, "\n") {
+		if strings.Contains(l, "comparison_judged") && strings.Contains(l, "look 8 of 8") {
+			t.Logf("A/A, last look: %s", l)
+		}
+	}
 
 	// 30% slower under load: failed by the comparison on the canary.
 	code := e.release("web", "v3", slowFiles)
@@ -79,6 +84,7 @@ func TestCompareFailsSlowCanaryNotTheSpike(t *testing.T) {
 		t.Fatalf("slow release v3: watch exit %d, want 1: %v", code, r)
 	}
 	canary := r.GetWaves()[0].GetHosts()[0].GetHostId()
+	t.Logf("slow release: %s", r.GetReason())
 	for _, want := range []string{"canary worse than baseline hosts", `rule "p99": p99 latency`, "on 1 canary host vs", "baseline hosts", "Mann-Whitney p=", "> allowed +20%"} {
 		if !strings.Contains(r.GetReason(), want) {
 			t.Errorf("failure reason does not say %q: %s", want, r.GetReason())
