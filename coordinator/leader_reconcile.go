@@ -99,6 +99,7 @@ func (l *leader) current(name string, svc *v1.Service) (store.Versioned[*v1.Roll
 func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string) (time.Time, error) {
 	vs, ok := l.c.mirror.Service(name)
 	if !ok {
+		delete(l.compared, name)
 		return time.Time{}, nil
 	}
 	svc := vs.Val
