@@ -17,6 +17,11 @@ import (
 
 func (l *leader) reconcileAll(ctx context.Context, fence *store.Fence) (time.Time, error) {
 	var next time.Time
+	for name := range l.compared {
+		if _, ok := l.c.mirror.Service(name); !ok {
+			delete(l.compared, name) // the service was deleted
+		}
+	}
 	for _, vs := range l.c.mirror.Services() {
 		w, err := l.reconcile(ctx, fence, vs.Val.GetSpec().GetName())
 		if err != nil {
@@ -99,7 +104,6 @@ func (l *leader) current(name string, svc *v1.Service) (store.Versioned[*v1.Roll
 func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string) (time.Time, error) {
 	vs, ok := l.c.mirror.Service(name)
 	if !ok {
-		delete(l.compared, name)
 		return time.Time{}, nil
 	}
 	svc := vs.Val
