@@ -23,7 +23,7 @@
 // Endpoints: / ("hello from VERSION"), /healthz ("ok"), /version (the
 // version, no newline), /metrics (Prometheus text format from its own
 // registry: http_requests_total{code,path}, http_request_duration_seconds
-// {path}, demoapp_build_info{version}).
+// {path} in buckets 1.25x apart from 1 ms, demoapp_build_info{version}).
 //
 // For the zero-downtime handover it follows systemd's conventions: given a
 // listening socket by socket activation (LISTEN_PID is its pid, LISTEN_FDS
@@ -386,7 +386,7 @@ func newApp(dir string, cfg config, onRoot func()) *app {
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "http_request_duration_seconds",
 			Help:    "HTTP request duration by path.",
-			Buckets: prometheus.DefBuckets,
+			Buckets: durationBuckets,
 		}, []string{"path"}),
 	}
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
@@ -398,6 +398,12 @@ func newApp(dir string, cfg config, onRoot func()) *app {
 	a.registry.MustRegister(a.requests, a.duration, build)
 	return a
 }
+
+// durationBuckets are 1.25x apart from 1 ms to about 7.5 s (40 buckets), so
+// that a quantile estimated from them (histogram_quantile, the judge's
+// effect size) moves with a 20-30% slowdown; the client's default buckets
+// are 2-2.5x apart.
+var durationBuckets = prometheus.ExponentialBuckets(0.001, 1.25, 40)
 
 // knownPaths are the path label values; anything else is "other", so that
 // scanners cannot blow up the label cardinality.

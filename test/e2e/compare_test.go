@@ -8,8 +8,10 @@ import (
 
 // compareSpec: the per-host latency rule is a loose safety net (it would
 // not fail either release); analysis.compare judges the canary against
-// the hosts still on the stable release over the same 2 s windows. The
-// canary wave bakes long enough for every look.
+// the hosts still on the stable release over the same 2 s windows, on the
+// median. The canary wave bakes long enough for every look. The allowed
+// increase is +10%: on a busy test machine scheduling delays add to every
+// request, so a release 30% slower measures less than +30%.
 const compareSpec = `name: web
 selector: {role: web}
 run:
@@ -25,9 +27,9 @@ analysis:
   window: 2s
   watch: 90s
   rules:
-    - name: p99
-      latency: {metric: http_request_duration_seconds, quantile: 0.99, max_seconds: 5, min_samples: 10}
-  compare: {against: baseline_hosts, windows: 8, min_samples: 20}
+    - name: p50
+      latency: {metric: http_request_duration_seconds, quantile: 0.5, max_seconds: 5, min_samples: 10}
+  compare: {against: baseline_hosts, windows: 8, min_samples: 20, max_increase: 0.1}
 rollout:
   canary: 1
   waves: [50, 100]
@@ -36,12 +38,12 @@ rollout:
   progress_deadline: 3m
 `
 
-// Every release takes 20 ms a request, twice that from 3 requests in
+// Every release takes 50 ms a request, twice that from 3 requests in
 // flight (under load); the slow release takes 2.6 times as long under load:
 // 30% slower than the stable release, and only under load.
 var (
-	stableFiles = map[string]string{"LATENCY": "20ms", "LOAD_FACTOR": "3 2"}
-	slowFiles   = map[string]string{"LATENCY": "20ms", "LOAD_FACTOR": "3 2.6"}
+	stableFiles = map[string]string{"LATENCY": "50ms", "LOAD_FACTOR": "3 2"}
+	slowFiles   = map[string]string{"LATENCY": "50ms", "LOAD_FACTOR": "3 2.6"}
 )
 
 // TestCompareFailsSlowCanaryNotTheSpike: all hosts see the same traffic
@@ -85,7 +87,7 @@ func TestCompareFailsSlowCanaryNotTheSpike(t *testing.T) {
 	}
 	canary := r.GetWaves()[0].GetHosts()[0].GetHostId()
 	t.Logf("slow release: %s", r.GetReason())
-	for _, want := range []string{"canary worse than baseline hosts", `rule "p99": p99 latency`, "on 1 canary host vs", "baseline hosts", "Mann-Whitney p=", "> allowed +20%"} {
+	for _, want := range []string{"canary worse than baseline hosts", `rule "p50": p50 latency`, "on 1 canary host vs", "baseline hosts", "Mann-Whitney p=", "> allowed +10%"} {
 		if !strings.Contains(r.GetReason(), want) {
 			t.Errorf("failure reason does not say %q: %s", want, r.GetReason())
 		}
