@@ -16,14 +16,17 @@
 //	LOAD_FACTOR  "N F": while at least N requests to / are in flight (this
 //	             one included), LATENCY is multiplied by F (a number >= 0):
 //	             a service that slows down under load (N >= 1, at most 1000)
+//	FINE_BUCKETS if present, http_request_duration_seconds has buckets 1.25x
+//	             apart from 1 ms to 7.5 s instead of the client's default
 //
-// VERSION, CRASH, ERROR_RATE, LATENCY, DEGRADE_AFTER and LOAD_FACTOR are
-// read once at start; a bad value is a start error naming the file.
+// VERSION, CRASH, ERROR_RATE, LATENCY, DEGRADE_AFTER, LOAD_FACTOR and
+// FINE_BUCKETS are read once at start; a bad value is a start error naming
+// the file.
 //
 // Endpoints: / ("hello from VERSION"), /healthz ("ok"), /version (the
 // version, no newline), /metrics (Prometheus text format from its own
 // registry: http_requests_total{code,path}, http_request_duration_seconds
-// {path} in buckets 1.25x apart from 1 ms, demoapp_build_info{version}).
+// {path}, demoapp_build_info{version}).
 //
 // For the zero-downtime handover it follows systemd's conventions: given a
 // listening socket by socket activation (LISTEN_PID is its pid, LISTEN_FDS
@@ -69,6 +72,7 @@ const (
 	FileLatency    = "LATENCY"
 	FileDegrade    = "DEGRADE_AFTER"
 	FileLoadFactor = "LOAD_FACTOR"
+	FileFineBucket = "FINE_BUCKETS"
 )
 
 // maxLoadThreshold bounds LOAD_FACTOR's N.
@@ -262,6 +266,7 @@ type config struct {
 	// (0: never), latency is multiplied by loadFactor.
 	loadThreshold int64
 	loadFactor    float64
+	fineBuckets   bool
 }
 
 func load(dir string) (config, error) {
@@ -282,6 +287,11 @@ func load(dir string) (config, error) {
 		return c, err
 	}
 	c.crash = ok
+
+	if _, ok, err = readSmall(dir, FileFineBucket); err != nil {
+		return c, err
+	}
+	c.fineBuckets = ok
 
 	if s, ok, err := readSmall(dir, FileErrorRate); err != nil {
 		return c, err
@@ -373,6 +383,10 @@ type app struct {
 }
 
 func newApp(dir string, cfg config, onRoot func()) *app {
+	buckets := prometheus.DefBuckets
+	if cfg.fineBuckets {
+		buckets = fineBuckets
+	}
 	a := &app{
 		dir:       dir,
 		cfg:       cfg,
@@ -386,7 +400,7 @@ func newApp(dir string, cfg config, onRoot func()) *app {
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "http_request_duration_seconds",
 			Help:    "HTTP request duration by path.",
-			Buckets: durationBuckets,
+			Buckets: buckets,
 		}, []string{"path"}),
 	}
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
@@ -399,11 +413,11 @@ func newApp(dir string, cfg config, onRoot func()) *app {
 	return a
 }
 
-// durationBuckets are 1.25x apart from 1 ms to about 7.5 s (40 buckets), so
-// that a quantile estimated from them (histogram_quantile, the judge's
-// effect size) moves with a 20-30% slowdown; the client's default buckets
-// are 2-2.5x apart.
-var durationBuckets = prometheus.ExponentialBuckets(0.001, 1.25, 40)
+// fineBuckets (FINE_BUCKETS) are 1.25x apart from 1 ms to about 7.5 s (40
+// buckets), so that a quantile estimated from them (histogram_quantile, the
+// coordinator's comparison) moves with a 20-30% slowdown; the client's
+// default buckets are 2-2.5x apart.
+var fineBuckets = prometheus.ExponentialBuckets(0.001, 1.25, 40)
 
 // knownPaths are the path label values; anything else is "other", so that
 // scanners cannot blow up the label cardinality.

@@ -461,3 +461,21 @@ func TestLoadFactor(t *testing.T) {
 		t.Fatalf("GET / = %d %q", code, body)
 	}
 }
+
+// TestFineBuckets: with FINE_BUCKETS the latency histogram's buckets are
+// 1.25x apart from 1 ms; without it, the client's default.
+func TestFineBuckets(t *testing.T) {
+	for _, tc := range []struct {
+		files map[string]string
+		want  string
+	}{
+		{map[string]string{"VERSION": "v1", "FINE_BUCKETS": ""}, `le="0.00125"`},
+		{map[string]string{"VERSION": "v1"}, `le="0.005"`},
+	} {
+		s := start(t, writeFiles(t, tc.files), nil)
+		get(t, s.url+"/")
+		if _, body := get(t, s.url+"/metrics"); !strings.Contains(body, `http_request_duration_seconds_bucket{path="/",`+tc.want+`}`) {
+			t.Errorf("files %v: no bucket %s in\n%s", tc.files, tc.want, body)
+		}
+	}
+}
