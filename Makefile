@@ -168,7 +168,7 @@ FUZZ_TARGETS := \
 	FuzzUnpackEntries:./agent/install FuzzUnpack:./agent/install FuzzUnpackResources:./agent/install \
 	FuzzParse:./internal/spec FuzzParse:./agent/analysis \
 	FuzzVerify:./internal/signing FuzzVerifyRollback:./internal/signing FuzzSignCSR:./internal/tlsutil FuzzIdentityURI:./internal/tlsutil \
-	FuzzValidateAgentMessages:./coordinator
+	FuzzValidateAgentMessages:./coordinator FuzzJudge:./coordinator/judge
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 	  echo "fuzz $${t%%:*} in $${t#*:} for $(FUZZTIME)"; \

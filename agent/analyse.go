@@ -45,7 +45,10 @@ type analyser struct {
 
 	promql    map[string]analysis.PromQLResult
 	scrapeErr error
-	verdict   lifecycle.Verdict // last verdict fed, for logging changes (0 = none)
+	// summarized is the end of the last window summarized for the
+	// coordinator's comparison (analysis.compare).
+	summarized time.Time
+	verdict    lifecycle.Verdict // last verdict fed, for logging changes (0 = none)
 
 	// judging is set while the machine uses this analyser's verdicts: only
 	// then are the promql queries run (they need no baseline).
@@ -138,7 +141,7 @@ func (a *agent) syncAnalysis(s *service) {
 		an.win = old.win.Retarget(cfg)
 		an.since, an.base, an.frozen = old.since, old.base, old.frozen
 		an.epoch, an.exits, an.promql = old.epoch, old.exits, old.promql
-		an.verdict = old.verdict
+		an.verdict, an.summarized = old.verdict, old.summarized
 	} else {
 		an.win = analysis.NewWindow(cfg)
 	}
@@ -161,6 +164,23 @@ func (a *agent) stopAnalysis(s *service) {
 	if s.ana != nil {
 		s.ana.stop()
 		s.ana = nil
+		a.rep.setMetrics(s.name, nil)
+	}
+}
+
+// summarize sends, once per clock-aligned window of the analysis window,
+// the metric rules' increases over the last window for the coordinator's
+// comparison (analysis.compare), labelled with the release that ran. A
+// window that ended before the measured process started is skipped: its
+// samples are of another process.
+func (a *agent) summarize(s *service, an *analyser, at time.Time) {
+	start, end := analysis.SummaryWindow(at, an.cfg.Window)
+	if !end.After(an.summarized) || end.Before(an.since) {
+		return
+	}
+	an.summarized = end
+	if m := analysis.Summarize(an.cfg.Rules, an.win, at, start, end, lifecycle.Version(s.m.Current())); m != nil {
+		a.rep.setMetrics(s.name, m)
 	}
 }
 
@@ -235,6 +255,9 @@ func (a *agent) onSample(ev sampleEv) {
 	an.scrapeErr = ev.err
 	if ev.err == nil && !ev.sample.At.Before(an.since) {
 		an.win.Add(ev.sample)
+		if an.cfg.Compare {
+			a.summarize(s, an, ev.sample.At)
+		}
 	}
 	if ev.promql != nil {
 		an.promql = ev.promql

@@ -33,14 +33,18 @@ type reporter struct {
 	// bad is the last peer dropped for bad bytes per service (peer.go),
 	// set on every report of the service from then on.
 	bad map[string]string
+	// metrics is each service's last metric summary (analysis.compare),
+	// carried by every report of the service until the next one.
+	metrics map[string]*v1.MetricSummary
 }
 
 func newReporter() *reporter {
 	return &reporter{
-		latest: map[string]*v1.ServiceReport{},
-		dirty:  map[string]bool{},
-		notify: make(chan struct{}, 1),
-		bad:    map[string]string{},
+		latest:  map[string]*v1.ServiceReport{},
+		dirty:   map[string]bool{},
+		notify:  make(chan struct{}, 1),
+		bad:     map[string]string{},
+		metrics: map[string]*v1.MetricSummary{},
 	}
 }
 
@@ -60,15 +64,20 @@ func (r *reporter) wake() {
 	}
 }
 
-// stamp returns rep with the service's bad source set (a copy when it
-// changes anything). r.mu is held.
+// stamp returns rep with the service's bad source and last metric summary
+// set (a copy when it changes anything: rep may be the machine's). r.mu is
+// held.
 func (r *reporter) stamp(rep *v1.ServiceReport) *v1.ServiceReport {
 	b := r.bad[rep.GetService()]
-	if b == "" || rep.GetBadSource() == b {
+	m := r.metrics[rep.GetService()]
+	if (b == "" || rep.GetBadSource() == b) && rep.GetMetrics() == m {
 		return rep
 	}
 	c := proto.Clone(rep).(*v1.ServiceReport)
-	c.BadSource = b
+	if b != "" {
+		c.BadSource = b
+	}
+	c.Metrics = m
 	return c
 }
 
@@ -83,6 +92,29 @@ func (r *reporter) setBadSource(service, host string) {
 	}
 	r.mu.Unlock()
 	r.wake()
+}
+
+// setMetrics makes m the service's metric summary, sent at once with its
+// latest report (nil m clears it, and sends nothing).
+func (r *reporter) setMetrics(service string, m *v1.MetricSummary) {
+	r.mu.Lock()
+	if m == nil {
+		delete(r.metrics, service)
+	} else {
+		r.metrics[service] = m
+	}
+	rep := r.latest[service]
+	send := rep != nil && m != nil
+	if rep != nil {
+		r.latest[service] = r.stamp(rep)
+	}
+	if send {
+		r.dirty[service] = true
+	}
+	r.mu.Unlock()
+	if send {
+		r.wake()
+	}
 }
 
 // setLatest updates the full status without asking for a send.

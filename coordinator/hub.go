@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/fleetwave/fleetwave/coordinator/judge"
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/internal/spec"
 	"github.com/fleetwave/fleetwave/internal/tlsutil"
@@ -108,6 +109,31 @@ func validateReport(r *v1.ServiceReport) error {
 	for i, c := range r.GetChecks() {
 		if len(c.GetName()) > maxField || len(c.GetDetail()) > maxField {
 			return fmt.Errorf("report.checks[%d]: name or detail over %d bytes", i, maxField)
+		}
+	}
+	return validateMetricSummary(r.GetMetrics())
+}
+
+// validateMetricSummary bounds a report's metric summary (analysis.compare):
+// its size only; the judge checks that its counts make sense.
+func validateMetricSummary(m *v1.MetricSummary) error {
+	if m == nil {
+		return nil
+	}
+	if v := m.GetVersion(); v != "" {
+		if err := spec.CheckVersion("report.metrics.version", v); err != nil {
+			return err
+		}
+	}
+	if len(m.GetRules()) > judge.MaxRules {
+		return fmt.Errorf("report.metrics.rules: %d entries, over %d", len(m.GetRules()), judge.MaxRules)
+	}
+	for i, rc := range m.GetRules() {
+		if len(rc.GetRule()) > maxField {
+			return fmt.Errorf("report.metrics.rules[%d].rule: over %d bytes", i, maxField)
+		}
+		if len(rc.GetBuckets()) > judge.MaxBuckets {
+			return fmt.Errorf("report.metrics.rules[%d].buckets: %d entries, over %d", i, len(rc.GetBuckets()), judge.MaxBuckets)
 		}
 	}
 	return nil

@@ -23,6 +23,9 @@ type leader struct {
 	wake chan struct{}
 	// auditPruned is when the loop last pruned the audit log.
 	auditPruned time.Time
+	// compared holds the comparison of each service's rollout in flight
+	// (analysis.compare); only the loop touches it.
+	compared map[string]*comparison
 }
 
 // poke has the loop reconcile soon; it never blocks.
@@ -75,7 +78,7 @@ type leaderReply struct {
 }
 
 func newLeader(c *Coordinator) *leader {
-	return &leader{c: c, reqs: make(chan leaderReq), wake: make(chan struct{}, 1)}
+	return &leader{c: c, reqs: make(chan leaderReq), wake: make(chan struct{}, 1), compared: map[string]*comparison{}}
 }
 
 // call sends a request to the loop; it fails fast when this coordinator

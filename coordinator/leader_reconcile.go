@@ -17,6 +17,11 @@ import (
 
 func (l *leader) reconcileAll(ctx context.Context, fence *store.Fence) (time.Time, error) {
 	var next time.Time
+	for name := range l.compared {
+		if _, ok := l.c.mirror.Service(name); !ok {
+			delete(l.compared, name) // the service was deleted
+		}
+	}
 	for _, vs := range l.c.mirror.Services() {
 		w, err := l.reconcile(ctx, fence, vs.Val.GetSpec().GetName())
 		if err != nil {
@@ -193,15 +198,26 @@ func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string)
 	}
 
 	if !has || rollout.Terminal(cur) {
+		delete(l.compared, name)
 		if d.Action == rollout.ActionWait {
 			return hold.Wake, nil // a window opens, a blackout ends
 		}
 		return time.Time{}, nil
 	}
+	why, compareWake := l.compare(ctx, cur, now)
+	if why != "" {
+		next := rollout.CompareFailed(cur, why, now)
+		delete(l.compared, name)
+		ev := event(next, name, rollout.EventComparisonFailed, "", next.GetReason(), now)
+		return time.Time{}, l.commit(ctx, fence, vs, next, vr.Rev, []*v1.Event{ev})
+	}
 	held := l.c.holding(svc, cur.GetToVersion(), now)
 	next, res := rollout.StepHeld(cur, l.observe(name), now, held.Clock)
 	if !held.Wake.IsZero() && !rollout.Terminal(next) && (res.NextWake.IsZero() || held.Wake.Before(res.NextWake)) {
 		res.NextWake = held.Wake
+	}
+	if !compareWake.IsZero() && (res.NextWake.IsZero() || compareWake.Before(res.NextWake)) {
+		res.NextWake = compareWake
 	}
 	for _, ev := range res.Events {
 		log.Info().Str("rollout", cur.GetId()).Str("event", ev.Kind).Int("wave", ev.Wave).Str("host", ev.Host).Msg(ev.Message)

@@ -30,7 +30,10 @@ type Config struct {
 	Watch         time.Duration
 	// FailInconclusive is true for inconclusive: "fail".
 	FailInconclusive bool
-	Rules            []Rule
+	// Compare is true when analysis.compare is set: the agent summarizes
+	// every clock-aligned Window for the coordinator (Summarize).
+	Compare bool
+	Rules   []Rule
 }
 
 // Rule is one analysis rule with its defaults applied. Which fields mean
@@ -74,6 +77,7 @@ func Compile(a *v1.Analysis) (Config, error) {
 		Window:           durationOr(a.GetWindow().AsDuration(), spec.DefaultAnalysisWindow),
 		Watch:            durationOr(a.GetWatch().AsDuration(), spec.DefaultAnalysisWatch),
 		FailInconclusive: a.GetInconclusive() == "fail",
+		Compare:          a.GetCompare() != nil,
 	}
 	var errs []error
 	for i, r := range a.GetRules() {

@@ -14,11 +14,12 @@ func TestPureImports(t *testing.T) {
 	purity.Check(t, map[string]bool{
 		"bytes": true, "errors": true, "fmt": true, "io": true, "math": true, "regexp": true,
 		"slices": true, "strconv": true, "strings": true, "time": true,
-		"github.com/fleetwave/fleetwave/agent/lifecycle":    true,
-		"github.com/fleetwave/fleetwave/internal/spec":      true,
-		"github.com/fleetwave/fleetwave/proto/fleetwave/v1": true,
-		"github.com/prometheus/client_model/go":             true,
-		"github.com/prometheus/common/expfmt":               true,
-		"github.com/prometheus/common/model":                true,
+		"github.com/fleetwave/fleetwave/agent/lifecycle":     true,
+		"github.com/fleetwave/fleetwave/internal/spec":       true,
+		"github.com/fleetwave/fleetwave/proto/fleetwave/v1":  true,
+		"github.com/prometheus/client_model/go":              true,
+		"github.com/prometheus/common/expfmt":                true,
+		"github.com/prometheus/common/model":                 true,
+		"google.golang.org/protobuf/types/known/timestamppb": true,
 	}, 6)
 }

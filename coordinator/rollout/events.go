@@ -54,6 +54,14 @@ const (
 	// (Restored).
 	EventFleetRestored = "fleet_restored"
 
+	// Written by the leader when the canary-versus-baseline comparison
+	// (analysis.compare, coordinator/judge) failed the rollout
+	// (CompareFailed); its message is the judge's reason.
+	EventComparisonFailed = "comparison_failed"
+	// Written by the leader after each look of the comparison: the look,
+	// its verdict and the newest window's results in plain words.
+	EventComparisonJudged = "comparison_judged"
+
 	// The alerter's webhook outcome after a failed rollout.
 	EventAlertSent   = "alert_sent"
 	EventAlertFailed = "alert_failed"

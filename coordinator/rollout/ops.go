@@ -86,6 +86,18 @@ func Fail(r *v1.Rollout, reason string, now time.Time) *v1.Rollout {
 	return end(r, v1.RolloutState_ROLLOUT_STATE_FAILED, reason, now)
 }
 
+// CompareFailed is the comparison's gate: it fails a rollout that is not
+// terminal (progressing, paused or waiting for approval) because the
+// canary-versus-baseline comparison (analysis.compare, coordinator/judge)
+// found the new release worse than the hosts still on the old one; reason
+// is the judge's, which names the rule, both groups, the test, its
+// p-value and the effect size. Like Fail otherwise (the current wave
+// FAILED, hosts go back to last good when the caller concludes). r is not
+// mutated; a terminal rollout (or nil) is returned as is.
+func CompareFailed(r *v1.Rollout, reason string, now time.Time) *v1.Rollout {
+	return end(r, v1.RolloutState_ROLLOUT_STATE_FAILED, "canary worse than baseline hosts: "+reason, now)
+}
+
 // Supersede ends a non-terminal rollout because a newer release replaces it:
 // state SUPERSEDED, reason, finished_at = now. A terminal rollout (or nil) is
 // returned as is. r is not mutated.

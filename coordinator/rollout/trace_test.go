@@ -48,6 +48,8 @@ import (
 //	disconnect H...  connect H...  gossip H=STATE...
 //	labels H [k=v ...]         the host's labels change (its agent restarted with others)
 //	approve [wave=N] [t=D]  pause  resume [t=D]  abort [reason=(text)] [t=D]
+//	compare-fail reason=(text) [t=D]
+//	    the canary-versus-baseline comparison failed (the leader's judge)
 //	rollback [to=V] [t=D]  unfreeze [t=D]  delete [force] [t=D]
 //	    the operator's calls, as the leader serves them (after a delete,
 //	    `service` creates the service anew)
@@ -258,6 +260,8 @@ func TestTraces(t *testing.T) {
 				return act(w.resume())
 			case "abort":
 				return act(w.abort(arg(td, "reason")))
+			case "compare-fail":
+				return act(w.compareFailed(arg(td, "reason")))
 			case "rollback":
 				return act(w.rollback(arg(td, "to")))
 			case "unfreeze":

@@ -574,6 +574,19 @@ func (w *world) abort(reason string) error {
 	return nil
 }
 
+// compareFailed is the leader's duty when the comparison fails.
+func (w *world) compareFailed(reason string) error {
+	cur, err := w.inProgress()
+	if err != nil {
+		return err
+	}
+	next := CompareFailed(cur, reason, w.now)
+	w.logf("%s %s: %s", next.GetId(), EventComparisonFailed, next.GetReason())
+	w.commit(next)
+	w.check()
+	return nil
+}
+
 func (w *world) rollback(to string) error {
 	cur := w.active()
 	target, err := RollbackTarget(w.svc, w.rollouts, cur, w.releases, to)

@@ -13,9 +13,15 @@
 //	DEGRADE_AFTER a Go duration: ERROR_RATE and LATENCY apply only once the
 //	             app has run this long (a release that degrades after it
 //	             reported healthy)
+//	LOAD_FACTOR  "N F": while at least N requests to / are in flight (this
+//	             one included), LATENCY is multiplied by F (a number >= 0):
+//	             a service that slows down under load (N >= 1, at most 1000)
+//	FINE_BUCKETS if present, http_request_duration_seconds has buckets 1.25x
+//	             apart from 1 ms to 7.5 s instead of the client's default
 //
-// VERSION, CRASH, ERROR_RATE, LATENCY and DEGRADE_AFTER are read once at
-// start; a bad value is a start error naming the file.
+// VERSION, CRASH, ERROR_RATE, LATENCY, DEGRADE_AFTER, LOAD_FACTOR and
+// FINE_BUCKETS are read once at start; a bad value is a start error naming
+// the file.
 //
 // Endpoints: / ("hello from VERSION"), /healthz ("ok"), /version (the
 // version, no newline), /metrics (Prometheus text format from its own
@@ -65,7 +71,12 @@ const (
 	FileErrorRate  = "ERROR_RATE"
 	FileLatency    = "LATENCY"
 	FileDegrade    = "DEGRADE_AFTER"
+	FileLoadFactor = "LOAD_FACTOR"
+	FileFineBucket = "FINE_BUCKETS"
 )
+
+// maxLoadThreshold bounds LOAD_FACTOR's N.
+const maxLoadThreshold = 1000
 
 const (
 	// maxFileSize bounds what is read from a behaviour file.
@@ -251,6 +262,11 @@ type config struct {
 	latency   time.Duration
 	// degradeAfter delays errorRate and latency (0: from the start).
 	degradeAfter time.Duration
+	// loadThreshold and loadFactor: from loadThreshold requests in flight
+	// (0: never), latency is multiplied by loadFactor.
+	loadThreshold int64
+	loadFactor    float64
+	fineBuckets   bool
 }
 
 func load(dir string) (config, error) {
@@ -271,6 +287,11 @@ func load(dir string) (config, error) {
 		return c, err
 	}
 	c.crash = ok
+
+	if _, ok, err = readSmall(dir, FileFineBucket); err != nil {
+		return c, err
+	}
+	c.fineBuckets = ok
 
 	if s, ok, err := readSmall(dir, FileErrorRate); err != nil {
 		return c, err
@@ -300,6 +321,17 @@ func load(dir string) (config, error) {
 			return c, fmt.Errorf("%s: invalid duration %q (want e.g. 20s)", FileDegrade, truncate(s, 64))
 		}
 		c.degradeAfter = d
+	}
+
+	if s, ok, err := readSmall(dir, FileLoadFactor); err != nil {
+		return c, err
+	} else if ok {
+		var n int64
+		var f float64
+		if _, err := fmt.Sscanf(s, "%d %g", &n, &f); err != nil || n < 1 || n > maxLoadThreshold || !(f >= 0) || math.IsInf(f, 0) {
+			return c, fmt.Errorf("%s: invalid %q (want \"N F\": N requests in flight, 1..%d, and a factor >= 0)", FileLoadFactor, truncate(s, 64), maxLoadThreshold)
+		}
+		c.loadThreshold, c.loadFactor = n, f
 	}
 	return c, nil
 }
@@ -340,6 +372,8 @@ type app struct {
 	cfg    config
 	onRoot func()
 	served atomic.Uint64 // requests to / so far, for ERROR_RATE
+	// inFlight counts the requests to / being served, for LOAD_FACTOR.
+	inFlight atomic.Int64
 	// degradeAt is when ERROR_RATE and LATENCY start to apply.
 	degradeAt time.Time
 
@@ -349,6 +383,10 @@ type app struct {
 }
 
 func newApp(dir string, cfg config, onRoot func()) *app {
+	buckets := prometheus.DefBuckets
+	if cfg.fineBuckets {
+		buckets = fineBuckets
+	}
 	a := &app{
 		dir:       dir,
 		cfg:       cfg,
@@ -362,7 +400,7 @@ func newApp(dir string, cfg config, onRoot func()) *app {
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "http_request_duration_seconds",
 			Help:    "HTTP request duration by path.",
-			Buckets: prometheus.DefBuckets,
+			Buckets: buckets,
 		}, []string{"path"}),
 	}
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
@@ -374,6 +412,12 @@ func newApp(dir string, cfg config, onRoot func()) *app {
 	a.registry.MustRegister(a.requests, a.duration, build)
 	return a
 }
+
+// fineBuckets (FINE_BUCKETS) are 1.25x apart from 1 ms to about 7.5 s (40
+// buckets), so that a quantile estimated from them (histogram_quantile, the
+// coordinator's comparison) moves with a 20-30% slowdown; the client's
+// default buckets are 2-2.5x apart.
+var fineBuckets = prometheus.ExponentialBuckets(0.001, 1.25, 40)
 
 // knownPaths are the path label values; anything else is "other", so that
 // scanners cannot blow up the label cardinality.
@@ -402,9 +446,15 @@ func (a *app) root(w http.ResponseWriter, r *http.Request) {
 	if a.onRoot != nil {
 		a.onRoot()
 	}
+	inFlight := a.inFlight.Add(1)
+	defer a.inFlight.Add(-1)
 	degraded := !time.Now().Before(a.degradeAt)
 	if a.cfg.latency > 0 && degraded {
-		t := time.NewTimer(a.cfg.latency)
+		d := a.cfg.latency
+		if a.cfg.loadThreshold > 0 && inFlight >= a.cfg.loadThreshold {
+			d = time.Duration(float64(d) * a.cfg.loadFactor)
+		}
+		t := time.NewTimer(d)
 		select {
 		case <-t.C:
 		case <-r.Context().Done():

@@ -245,6 +245,11 @@ func TestBadFiles(t *testing.T) {
 		{map[string]string{"VERSION": "v1", "LATENCY": "slow"}, `LATENCY: invalid duration "slow"`},
 		{map[string]string{"VERSION": "v1", "LATENCY": "-1s"}, `LATENCY: invalid duration "-1s"`},
 		{map[string]string{"VERSION": "v1", "DEGRADE_AFTER": "soon"}, `DEGRADE_AFTER: invalid duration "soon"`},
+		{map[string]string{"VERSION": "v1", "LOAD_FACTOR": "4"}, `LOAD_FACTOR: invalid "4" (want "N F"`},
+		{map[string]string{"VERSION": "v1", "LOAD_FACTOR": "0 2"}, `LOAD_FACTOR: invalid "0 2"`},
+		{map[string]string{"VERSION": "v1", "LOAD_FACTOR": "1001 2"}, `LOAD_FACTOR: invalid "1001 2"`},
+		{map[string]string{"VERSION": "v1", "LOAD_FACTOR": "4 -1"}, `LOAD_FACTOR: invalid "4 -1"`},
+		{map[string]string{"VERSION": "v1", "LOAD_FACTOR": "4 NaN"}, `LOAD_FACTOR: invalid "4 NaN"`},
 	} {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -444,6 +449,33 @@ func TestInjectErrorExactFraction(t *testing.T) {
 		want := int(rate*1000 + 1e-6)
 		if fails != want {
 			t.Errorf("rate %v: %d of 1000 failed, want %d", rate, fails, want)
+		}
+	}
+}
+
+// TestLoadFactor: from N requests in flight, LATENCY is multiplied by F: a
+// lone request with "1 0" skips an hour of LATENCY.
+func TestLoadFactor(t *testing.T) {
+	s := start(t, writeFiles(t, map[string]string{"VERSION": "v1", "LATENCY": "1h", "LOAD_FACTOR": "1 0"}), nil)
+	if code, body := get(t, s.url+"/"); code != 200 || body != "hello from v1" {
+		t.Fatalf("GET / = %d %q", code, body)
+	}
+}
+
+// TestFineBuckets: with FINE_BUCKETS the latency histogram's buckets are
+// 1.25x apart from 1 ms; without it, the client's default.
+func TestFineBuckets(t *testing.T) {
+	for _, tc := range []struct {
+		files map[string]string
+		want  string
+	}{
+		{map[string]string{"VERSION": "v1", "FINE_BUCKETS": ""}, `le="0.00125"`},
+		{map[string]string{"VERSION": "v1"}, `le="0.005"`},
+	} {
+		s := start(t, writeFiles(t, tc.files), nil)
+		get(t, s.url+"/")
+		if _, body := get(t, s.url+"/metrics"); !strings.Contains(body, `http_request_duration_seconds_bucket{path="/",`+tc.want+`}`) {
+			t.Errorf("files %v: no bucket %s in\n%s", tc.files, tc.want, body)
 		}
 	}
 }

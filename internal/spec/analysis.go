@@ -32,6 +32,22 @@ const (
 	MaxAnalysisSamples = 3600
 )
 
+// Defaults and limits of analysis.compare (the coordinator's judge,
+// coordinator/judge, applies the same).
+const (
+	CompareBaselineHosts      = "baseline_hosts"
+	DefaultCompareWindows     = 10
+	MaxCompareWindows         = 1000
+	DefaultCompareAlpha       = 0.01
+	MaxCompareAlpha           = 0.2
+	DefaultCompareMaxIncrease = 0.2
+	DefaultCompareMinRequests = 200
+	DefaultCompareMinSamples  = 50
+	// MaxCompareBuckets bounds a latency rule's buckets in a host's
+	// summary.
+	MaxCompareBuckets = 256
+)
+
 // Names of the analysis rule kinds; a rule's name defaults to its kind.
 const (
 	RuleErrorRatio = "error_ratio"
@@ -138,8 +154,29 @@ func validateAnalysis(p *problems, a *v1.Analysis) {
 			names[name] = i
 		}
 	}
+	if c := a.GetCompare(); c != nil {
+		validateCompare(p, c, needScrape >= 0)
+	}
 	if needScrape >= 0 && a.GetMetricsUrl() == "" {
 		p.add("analysis.metrics_url", "must be set: analysis.rules[%d] (%s) reads the service's metrics", needScrape, RuleKind(a.GetRules()[needScrape]))
+	}
+}
+
+func validateCompare(p *problems, c *v1.Compare, hasMetricRule bool) {
+	if c.GetAgainst() != CompareBaselineHosts {
+		p.add("analysis.compare.against", "%q is not %s (the only comparison)", c.GetAgainst(), CompareBaselineHosts)
+	}
+	if !hasMetricRule {
+		p.add("analysis.compare", "compares the error_ratio and latency rules, and analysis.rules has none")
+	}
+	if w := c.GetWindows(); w > MaxCompareWindows {
+		p.add("analysis.compare.windows", "%d is more than %d", w, MaxCompareWindows)
+	}
+	if a := c.GetAlpha(); !(a >= 0 && a <= MaxCompareAlpha) {
+		p.add("analysis.compare.alpha", "%v is not in (0, %v] (0 = the default %v)", a, MaxCompareAlpha, DefaultCompareAlpha)
+	}
+	if m := c.GetMaxIncrease(); !(m >= 0) || math.IsInf(m, 0) {
+		p.add("analysis.compare.max_increase", "%v is not a finite number >= 0 (0 = the default %v)", m, DefaultCompareMaxIncrease)
 	}
 }
 

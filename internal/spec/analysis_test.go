@@ -59,6 +59,10 @@ func TestValidateAnalysisOK(t *testing.T) {
 		"two latency named": func(a *v1.Analysis) {
 			a.Rules = append(a.Rules, &v1.AnalysisRule{Name: "p50", Kind: &v1.AnalysisRule_Latency{Latency: &v1.LatencyRule{Metric: "x", Quantile: 0.5, MaxSeconds: 1}}})
 		},
+		"compare with defaults": func(a *v1.Analysis) { a.Compare = &v1.Compare{Against: CompareBaselineHosts} },
+		"compare set": func(a *v1.Analysis) {
+			a.Compare = &v1.Compare{Against: CompareBaselineHosts, Windows: MaxCompareWindows, Alpha: MaxCompareAlpha, MaxIncrease: 0.5, MinRequests: 1000, MinSamples: 10}
+		},
 	}
 	for name, mutate := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -138,6 +142,22 @@ func TestValidateAnalysisErrors(t *testing.T) {
 		{"promql query placeholder", func(s *v1.ServiceSpec) { pq(s.Analysis).Query = "up{host=\"${host.name}\"}" }, `analysis.rules[3].promql.query: unknown placeholder ${host.name}`},
 		{"promql min > max", func(s *v1.ServiceSpec) { pq(s.Analysis).Min = proto.Float64(101) }, `analysis.rules[3].promql.min: 101 is greater than max 100`},
 		{"promql max NaN", func(s *v1.ServiceSpec) { pq(s.Analysis).Max = math.NaN() }, `analysis.rules[3].promql.max: NaN is not a number`},
+		{"compare against", func(s *v1.ServiceSpec) { s.Analysis.Compare = &v1.Compare{Against: "previous_release"} }, `analysis.compare.against: "previous_release" is not baseline_hosts (the only comparison)`},
+		{"compare against empty", func(s *v1.ServiceSpec) { s.Analysis.Compare = &v1.Compare{} }, `analysis.compare.against: "" is not baseline_hosts`},
+		{"compare windows", func(s *v1.ServiceSpec) {
+			s.Analysis.Compare = &v1.Compare{Against: CompareBaselineHosts, Windows: 1001}
+		}, `analysis.compare.windows: 1001 is more than 1000`},
+		{"compare alpha", func(s *v1.ServiceSpec) { s.Analysis.Compare = &v1.Compare{Against: CompareBaselineHosts, Alpha: 0.5} }, `analysis.compare.alpha: 0.5 is not in (0, 0.2] (0 = the default 0.01)`},
+		{"compare alpha NaN", func(s *v1.ServiceSpec) {
+			s.Analysis.Compare = &v1.Compare{Against: CompareBaselineHosts, Alpha: math.NaN()}
+		}, `analysis.compare.alpha: NaN is not in (0, 0.2]`},
+		{"compare max increase", func(s *v1.ServiceSpec) {
+			s.Analysis.Compare = &v1.Compare{Against: CompareBaselineHosts, MaxIncrease: math.Inf(1)}
+		}, `analysis.compare.max_increase: +Inf is not a finite number >= 0`},
+		{"compare no metric rule", func(s *v1.ServiceSpec) {
+			s.Analysis.Compare = &v1.Compare{Against: CompareBaselineHosts}
+			s.Analysis.Rules = s.Analysis.Rules[2:3]
+		}, `analysis.compare: compares the error_ratio and latency rules, and analysis.rules has none`},
 		{"webhook scheme", func(s *v1.ServiceSpec) { s.Alerts.WebhookUrl = "mailto:ops@example.com" }, `alerts.webhook_url: "mailto:ops@example.com" is not an http:// or https:// URL`},
 		{"webhook no host", func(s *v1.ServiceSpec) { s.Alerts.WebhookUrl = "https:///hook" }, `alerts.webhook_url: "https:///hook" has no host`},
 	}

@@ -665,6 +665,10 @@ type Analysis struct {
 	Inconclusive string `protobuf:"bytes,6,opt,name=inconclusive,proto3" json:"inconclusive,omitempty"`
 	// Prometheus server HTTP API for promql rules, e.g. http://prom:9090.
 	PrometheusUrl string `protobuf:"bytes,7,opt,name=prometheus_url,json=prometheusUrl,proto3" json:"prometheus_url,omitempty"`
+	// Compare the hosts on the new release with the hosts still on the
+	// stable release over the same windows (the coordinator's judge), beside
+	// the per-host rules above, which stay the host-local safety net.
+	Compare       *Compare `protobuf:"bytes,8,opt,name=compare,proto3" json:"compare,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -748,6 +752,311 @@ func (x *Analysis) GetPrometheusUrl() string {
 	return ""
 }
 
+func (x *Analysis) GetCompare() *Compare {
+	if x != nil {
+		return x.Compare
+	}
+	return nil
+}
+
+// Compare: during a rollout the coordinator compares, for every
+// error_ratio and latency rule, the hosts on the new release (canary) with
+// the hosts on the release it replaces (baseline) over the same windows of
+// analysis.window, aligned to the clock: Fisher's exact test on error
+// counts, Mann-Whitney U on latency histograms, corrected for multiple
+// testing (Holm-Bonferroni over rules x windows). A significant difference
+// larger than max_increase fails the rollout, with a reason naming the
+// rule, both groups' values, the test, its p-value and the effect size.
+type Compare struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What to compare against: "baseline_hosts" (the only one).
+	Against string `protobuf:"bytes,1,opt,name=against,proto3" json:"against,omitempty"`
+	// How many windows the comparison looks at in all from the rollout's
+	// start (default 10, 1..1000); the correction covers them all.
+	Windows uint32 `protobuf:"varint,2,opt,name=windows,proto3" json:"windows,omitempty"`
+	// Family-wise false positive rate over rules x windows (default 0.01,
+	// at most 0.2).
+	Alpha float64 `protobuf:"fixed64,3,opt,name=alpha,proto3" json:"alpha,omitempty"`
+	// Allowed relative increase of the canary's error ratio or quantile over
+	// the baseline's (default 0.2 = +20%).
+	MaxIncrease float64 `protobuf:"fixed64,4,opt,name=max_increase,json=maxIncrease,proto3" json:"max_increase,omitempty"`
+	// Fewer requests (error_ratio) or observations (latency) than this in a
+	// group is inconclusive (defaults 200 and 50).
+	MinRequests   uint64 `protobuf:"varint,5,opt,name=min_requests,json=minRequests,proto3" json:"min_requests,omitempty"`
+	MinSamples    uint64 `protobuf:"varint,6,opt,name=min_samples,json=minSamples,proto3" json:"min_samples,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Compare) Reset() {
+	*x = Compare{}
+	mi := &file_fleetwave_v1_types_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Compare) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Compare) ProtoMessage() {}
+
+func (x *Compare) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_types_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Compare.ProtoReflect.Descriptor instead.
+func (*Compare) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Compare) GetAgainst() string {
+	if x != nil {
+		return x.Against
+	}
+	return ""
+}
+
+func (x *Compare) GetWindows() uint32 {
+	if x != nil {
+		return x.Windows
+	}
+	return 0
+}
+
+func (x *Compare) GetAlpha() float64 {
+	if x != nil {
+		return x.Alpha
+	}
+	return 0
+}
+
+func (x *Compare) GetMaxIncrease() float64 {
+	if x != nil {
+		return x.MaxIncrease
+	}
+	return 0
+}
+
+func (x *Compare) GetMinRequests() uint64 {
+	if x != nil {
+		return x.MinRequests
+	}
+	return 0
+}
+
+func (x *Compare) GetMinSamples() uint64 {
+	if x != nil {
+		return x.MinSamples
+	}
+	return 0
+}
+
+// MetricSummary is what an agent's metrics rules measured over one window
+// of analysis.window aligned to the clock (for analysis.compare): the
+// increases of each error_ratio and latency rule's metric.
+type MetricSummary struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Start *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=start,proto3" json:"start,omitempty"`
+	End   *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=end,proto3" json:"end,omitempty"`
+	// The release whose process was measured.
+	Version       string        `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	Rules         []*RuleCounts `protobuf:"bytes,4,rep,name=rules,proto3" json:"rules,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MetricSummary) Reset() {
+	*x = MetricSummary{}
+	mi := &file_fleetwave_v1_types_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MetricSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MetricSummary) ProtoMessage() {}
+
+func (x *MetricSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_types_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MetricSummary.ProtoReflect.Descriptor instead.
+func (*MetricSummary) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *MetricSummary) GetStart() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *MetricSummary) GetEnd() *timestamppb.Timestamp {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
+func (x *MetricSummary) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *MetricSummary) GetRules() []*RuleCounts {
+	if x != nil {
+		return x.Rules
+	}
+	return nil
+}
+
+// RuleCounts is one rule's increases over a window.
+type RuleCounts struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Rule  string                 `protobuf:"bytes,1,opt,name=rule,proto3" json:"rule,omitempty"`
+	// error_ratio: the counter's increase over all its series and over its
+	// error series.
+	Requests uint64 `protobuf:"varint,2,opt,name=requests,proto3" json:"requests,omitempty"`
+	Errors   uint64 `protobuf:"varint,3,opt,name=errors,proto3" json:"errors,omitempty"`
+	// latency: cumulative bucket increases by increasing upper bound, the
+	// last +Inf.
+	Buckets       []*HistogramBucket `protobuf:"bytes,4,rep,name=buckets,proto3" json:"buckets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RuleCounts) Reset() {
+	*x = RuleCounts{}
+	mi := &file_fleetwave_v1_types_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RuleCounts) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RuleCounts) ProtoMessage() {}
+
+func (x *RuleCounts) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_types_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RuleCounts.ProtoReflect.Descriptor instead.
+func (*RuleCounts) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *RuleCounts) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
+}
+
+func (x *RuleCounts) GetRequests() uint64 {
+	if x != nil {
+		return x.Requests
+	}
+	return 0
+}
+
+func (x *RuleCounts) GetErrors() uint64 {
+	if x != nil {
+		return x.Errors
+	}
+	return 0
+}
+
+func (x *RuleCounts) GetBuckets() []*HistogramBucket {
+	if x != nil {
+		return x.Buckets
+	}
+	return nil
+}
+
+type HistogramBucket struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UpperBound    float64                `protobuf:"fixed64,1,opt,name=upper_bound,json=upperBound,proto3" json:"upper_bound,omitempty"`
+	Count         uint64                 `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HistogramBucket) Reset() {
+	*x = HistogramBucket{}
+	mi := &file_fleetwave_v1_types_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistogramBucket) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistogramBucket) ProtoMessage() {}
+
+func (x *HistogramBucket) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_types_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistogramBucket.ProtoReflect.Descriptor instead.
+func (*HistogramBucket) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *HistogramBucket) GetUpperBound() float64 {
+	if x != nil {
+		return x.UpperBound
+	}
+	return 0
+}
+
+func (x *HistogramBucket) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
 // AnalysisRule is one quality rule. Exactly one kind is set.
 type AnalysisRule struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -765,7 +1074,7 @@ type AnalysisRule struct {
 
 func (x *AnalysisRule) Reset() {
 	*x = AnalysisRule{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[5]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -777,7 +1086,7 @@ func (x *AnalysisRule) String() string {
 func (*AnalysisRule) ProtoMessage() {}
 
 func (x *AnalysisRule) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[5]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -790,7 +1099,7 @@ func (x *AnalysisRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AnalysisRule.ProtoReflect.Descriptor instead.
 func (*AnalysisRule) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{5}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AnalysisRule) GetName() string {
@@ -894,7 +1203,7 @@ type ErrorRatioRule struct {
 
 func (x *ErrorRatioRule) Reset() {
 	*x = ErrorRatioRule{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[6]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -906,7 +1215,7 @@ func (x *ErrorRatioRule) String() string {
 func (*ErrorRatioRule) ProtoMessage() {}
 
 func (x *ErrorRatioRule) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[6]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -919,7 +1228,7 @@ func (x *ErrorRatioRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ErrorRatioRule.ProtoReflect.Descriptor instead.
 func (*ErrorRatioRule) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{6}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ErrorRatioRule) GetMetric() string {
@@ -983,7 +1292,7 @@ type LatencyRule struct {
 
 func (x *LatencyRule) Reset() {
 	*x = LatencyRule{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[7]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -995,7 +1304,7 @@ func (x *LatencyRule) String() string {
 func (*LatencyRule) ProtoMessage() {}
 
 func (x *LatencyRule) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[7]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1008,7 +1317,7 @@ func (x *LatencyRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LatencyRule.ProtoReflect.Descriptor instead.
 func (*LatencyRule) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{7}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *LatencyRule) GetMetric() string {
@@ -1056,7 +1365,7 @@ type RestartsRule struct {
 
 func (x *RestartsRule) Reset() {
 	*x = RestartsRule{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[8]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1068,7 +1377,7 @@ func (x *RestartsRule) String() string {
 func (*RestartsRule) ProtoMessage() {}
 
 func (x *RestartsRule) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[8]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1081,7 +1390,7 @@ func (x *RestartsRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartsRule.ProtoReflect.Descriptor instead.
 func (*RestartsRule) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{8}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RestartsRule) GetMax() uint32 {
@@ -1106,7 +1415,7 @@ type PromQLRule struct {
 
 func (x *PromQLRule) Reset() {
 	*x = PromQLRule{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[9]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1118,7 +1427,7 @@ func (x *PromQLRule) String() string {
 func (*PromQLRule) ProtoMessage() {}
 
 func (x *PromQLRule) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[9]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1131,7 +1440,7 @@ func (x *PromQLRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromQLRule.ProtoReflect.Descriptor instead.
 func (*PromQLRule) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{9}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PromQLRule) GetQuery() string {
@@ -1166,7 +1475,7 @@ type Alerts struct {
 
 func (x *Alerts) Reset() {
 	*x = Alerts{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[10]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1178,7 +1487,7 @@ func (x *Alerts) String() string {
 func (*Alerts) ProtoMessage() {}
 
 func (x *Alerts) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[10]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1191,7 +1500,7 @@ func (x *Alerts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Alerts.ProtoReflect.Descriptor instead.
 func (*Alerts) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{10}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Alerts) GetWebhookUrl() string {
@@ -1244,7 +1553,7 @@ type RunSpec struct {
 
 func (x *RunSpec) Reset() {
 	*x = RunSpec{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[11]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1256,7 +1565,7 @@ func (x *RunSpec) String() string {
 func (*RunSpec) ProtoMessage() {}
 
 func (x *RunSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[11]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1269,7 +1578,7 @@ func (x *RunSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunSpec.ProtoReflect.Descriptor instead.
 func (*RunSpec) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{11}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RunSpec) GetCommand() []string {
@@ -1359,7 +1668,7 @@ type Socket struct {
 
 func (x *Socket) Reset() {
 	*x = Socket{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[12]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1371,7 +1680,7 @@ func (x *Socket) String() string {
 func (*Socket) ProtoMessage() {}
 
 func (x *Socket) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[12]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1384,7 +1693,7 @@ func (x *Socket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Socket.ProtoReflect.Descriptor instead.
 func (*Socket) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{12}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Socket) GetName() string {
@@ -1416,7 +1725,7 @@ type PreStop struct {
 
 func (x *PreStop) Reset() {
 	*x = PreStop{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[13]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1428,7 +1737,7 @@ func (x *PreStop) String() string {
 func (*PreStop) ProtoMessage() {}
 
 func (x *PreStop) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[13]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1441,7 +1750,7 @@ func (x *PreStop) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreStop.ProtoReflect.Descriptor instead.
 func (*PreStop) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{13}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PreStop) GetCommand() []string {
@@ -1478,7 +1787,7 @@ type Check struct {
 
 func (x *Check) Reset() {
 	*x = Check{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[14]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1490,7 +1799,7 @@ func (x *Check) String() string {
 func (*Check) ProtoMessage() {}
 
 func (x *Check) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[14]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1503,7 +1812,7 @@ func (x *Check) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Check.ProtoReflect.Descriptor instead.
 func (*Check) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{14}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Check) GetName() string {
@@ -1594,7 +1903,7 @@ type HttpCheck struct {
 
 func (x *HttpCheck) Reset() {
 	*x = HttpCheck{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[15]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1606,7 +1915,7 @@ func (x *HttpCheck) String() string {
 func (*HttpCheck) ProtoMessage() {}
 
 func (x *HttpCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[15]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1619,7 +1928,7 @@ func (x *HttpCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HttpCheck.ProtoReflect.Descriptor instead.
 func (*HttpCheck) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{15}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *HttpCheck) GetUrl() string {
@@ -1646,7 +1955,7 @@ type TcpCheck struct {
 
 func (x *TcpCheck) Reset() {
 	*x = TcpCheck{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[16]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1658,7 +1967,7 @@ func (x *TcpCheck) String() string {
 func (*TcpCheck) ProtoMessage() {}
 
 func (x *TcpCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[16]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1671,7 +1980,7 @@ func (x *TcpCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TcpCheck.ProtoReflect.Descriptor instead.
 func (*TcpCheck) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{16}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *TcpCheck) GetAddress() string {
@@ -1691,7 +2000,7 @@ type ExecCheck struct {
 
 func (x *ExecCheck) Reset() {
 	*x = ExecCheck{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[17]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1703,7 +2012,7 @@ func (x *ExecCheck) String() string {
 func (*ExecCheck) ProtoMessage() {}
 
 func (x *ExecCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[17]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1716,7 +2025,7 @@ func (x *ExecCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecCheck.ProtoReflect.Descriptor instead.
 func (*ExecCheck) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{17}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ExecCheck) GetCommand() []string {
@@ -1767,7 +2076,7 @@ type RolloutPolicy struct {
 
 func (x *RolloutPolicy) Reset() {
 	*x = RolloutPolicy{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[18]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1779,7 +2088,7 @@ func (x *RolloutPolicy) String() string {
 func (*RolloutPolicy) ProtoMessage() {}
 
 func (x *RolloutPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[18]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1792,7 +2101,7 @@ func (x *RolloutPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutPolicy.ProtoReflect.Descriptor instead.
 func (*RolloutPolicy) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{18}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RolloutPolicy) GetCanary() uint32 {
@@ -1897,7 +2206,7 @@ type DeployWindow struct {
 
 func (x *DeployWindow) Reset() {
 	*x = DeployWindow{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[19]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1909,7 +2218,7 @@ func (x *DeployWindow) String() string {
 func (*DeployWindow) ProtoMessage() {}
 
 func (x *DeployWindow) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[19]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1922,7 +2231,7 @@ func (x *DeployWindow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeployWindow.ProtoReflect.Descriptor instead.
 func (*DeployWindow) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{19}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DeployWindow) GetDays() string {
@@ -1969,7 +2278,7 @@ type Blackout struct {
 
 func (x *Blackout) Reset() {
 	*x = Blackout{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[20]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1981,7 +2290,7 @@ func (x *Blackout) String() string {
 func (*Blackout) ProtoMessage() {}
 
 func (x *Blackout) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[20]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1994,7 +2303,7 @@ func (x *Blackout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Blackout.ProtoReflect.Descriptor instead.
 func (*Blackout) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{20}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Blackout) GetId() string {
@@ -2054,7 +2363,7 @@ type Artifact struct {
 
 func (x *Artifact) Reset() {
 	*x = Artifact{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2066,7 +2375,7 @@ func (x *Artifact) String() string {
 func (*Artifact) ProtoMessage() {}
 
 func (x *Artifact) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[21]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2079,7 +2388,7 @@ func (x *Artifact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Artifact.ProtoReflect.Descriptor instead.
 func (*Artifact) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{21}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Artifact) GetSha256() string {
@@ -2123,7 +2432,7 @@ type Release struct {
 
 func (x *Release) Reset() {
 	*x = Release{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2135,7 +2444,7 @@ func (x *Release) String() string {
 func (*Release) ProtoMessage() {}
 
 func (x *Release) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[22]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2148,7 +2457,7 @@ func (x *Release) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Release.ProtoReflect.Descriptor instead.
 func (*Release) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{22}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Release) GetService() string {
@@ -2240,7 +2549,7 @@ type ReleaseManifest struct {
 
 func (x *ReleaseManifest) Reset() {
 	*x = ReleaseManifest{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2252,7 +2561,7 @@ func (x *ReleaseManifest) String() string {
 func (*ReleaseManifest) ProtoMessage() {}
 
 func (x *ReleaseManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[23]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2265,7 +2574,7 @@ func (x *ReleaseManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseManifest.ProtoReflect.Descriptor instead.
 func (*ReleaseManifest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{23}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ReleaseManifest) GetService() string {
@@ -2369,7 +2678,7 @@ type RollbackStatement struct {
 
 func (x *RollbackStatement) Reset() {
 	*x = RollbackStatement{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2381,7 +2690,7 @@ func (x *RollbackStatement) String() string {
 func (*RollbackStatement) ProtoMessage() {}
 
 func (x *RollbackStatement) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[24]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2394,7 +2703,7 @@ func (x *RollbackStatement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackStatement.ProtoReflect.Descriptor instead.
 func (*RollbackStatement) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{24}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RollbackStatement) GetService() string {
@@ -2460,7 +2769,7 @@ type SignedRollback struct {
 
 func (x *SignedRollback) Reset() {
 	*x = SignedRollback{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[25]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2472,7 +2781,7 @@ func (x *SignedRollback) String() string {
 func (*SignedRollback) ProtoMessage() {}
 
 func (x *SignedRollback) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[25]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2485,7 +2794,7 @@ func (x *SignedRollback) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignedRollback.ProtoReflect.Descriptor instead.
 func (*SignedRollback) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{25}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SignedRollback) GetStatement() []byte {
@@ -2525,7 +2834,7 @@ type SignedManifest struct {
 
 func (x *SignedManifest) Reset() {
 	*x = SignedManifest{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[26]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2537,7 +2846,7 @@ func (x *SignedManifest) String() string {
 func (*SignedManifest) ProtoMessage() {}
 
 func (x *SignedManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[26]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2550,7 +2859,7 @@ func (x *SignedManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignedManifest.ProtoReflect.Descriptor instead.
 func (*SignedManifest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{26}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SignedManifest) GetManifest() []byte {
@@ -2619,7 +2928,7 @@ type ServiceStatus struct {
 
 func (x *ServiceStatus) Reset() {
 	*x = ServiceStatus{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[27]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2631,7 +2940,7 @@ func (x *ServiceStatus) String() string {
 func (*ServiceStatus) ProtoMessage() {}
 
 func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[27]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2644,7 +2953,7 @@ func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStatus.ProtoReflect.Descriptor instead.
 func (*ServiceStatus) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{27}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ServiceStatus) GetStableVersion() string {
@@ -2752,7 +3061,7 @@ type HoldOverride struct {
 
 func (x *HoldOverride) Reset() {
 	*x = HoldOverride{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[28]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2764,7 +3073,7 @@ func (x *HoldOverride) String() string {
 func (*HoldOverride) ProtoMessage() {}
 
 func (x *HoldOverride) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[28]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2777,7 +3086,7 @@ func (x *HoldOverride) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HoldOverride.ProtoReflect.Descriptor instead.
 func (*HoldOverride) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{28}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *HoldOverride) GetVersion() string {
@@ -2824,7 +3133,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[29]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2836,7 +3145,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[29]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2849,7 +3158,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{29}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Service) GetSpec() *ServiceSpec {
@@ -2898,7 +3207,7 @@ type HostProgress struct {
 
 func (x *HostProgress) Reset() {
 	*x = HostProgress{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[30]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2910,7 +3219,7 @@ func (x *HostProgress) String() string {
 func (*HostProgress) ProtoMessage() {}
 
 func (x *HostProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[30]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2923,7 +3232,7 @@ func (x *HostProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostProgress.ProtoReflect.Descriptor instead.
 func (*HostProgress) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{30}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *HostProgress) GetHostId() string {
@@ -2995,7 +3304,7 @@ type Wave struct {
 
 func (x *Wave) Reset() {
 	*x = Wave{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[31]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3007,7 +3316,7 @@ func (x *Wave) String() string {
 func (*Wave) ProtoMessage() {}
 
 func (x *Wave) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[31]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3020,7 +3329,7 @@ func (x *Wave) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Wave.ProtoReflect.Descriptor instead.
 func (*Wave) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{31}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Wave) GetIndex() uint32 {
@@ -3159,7 +3468,7 @@ type Rollout struct {
 
 func (x *Rollout) Reset() {
 	*x = Rollout{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[32]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3171,7 +3480,7 @@ func (x *Rollout) String() string {
 func (*Rollout) ProtoMessage() {}
 
 func (x *Rollout) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[32]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3184,7 +3493,7 @@ func (x *Rollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
 func (*Rollout) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{32}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Rollout) GetId() string {
@@ -3391,7 +3700,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[33]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3403,7 +3712,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[33]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3416,7 +3725,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{33}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Event) GetAt() *timestamppb.Timestamp {
@@ -3486,7 +3795,7 @@ type CheckResult struct {
 
 func (x *CheckResult) Reset() {
 	*x = CheckResult{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[34]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3498,7 +3807,7 @@ func (x *CheckResult) String() string {
 func (*CheckResult) ProtoMessage() {}
 
 func (x *CheckResult) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[34]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3511,7 +3820,7 @@ func (x *CheckResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResult.ProtoReflect.Descriptor instead.
 func (*CheckResult) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{34}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *CheckResult) GetName() string {
@@ -3552,14 +3861,16 @@ type ServiceReport struct {
 	At              *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=at,proto3" json:"at,omitempty"`
 	// The last peer (host id) whose bytes for this service's artifact failed
 	// verification: the agent dropped it and fetched from another source.
-	BadSource     string `protobuf:"bytes,10,opt,name=bad_source,json=badSource,proto3" json:"bad_source,omitempty"`
+	BadSource string `protobuf:"bytes,10,opt,name=bad_source,json=badSource,proto3" json:"bad_source,omitempty"`
+	// The last full window's metric summary, when analysis.compare is set.
+	Metrics       *MetricSummary `protobuf:"bytes,11,opt,name=metrics,proto3" json:"metrics,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ServiceReport) Reset() {
 	*x = ServiceReport{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[35]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3571,7 +3882,7 @@ func (x *ServiceReport) String() string {
 func (*ServiceReport) ProtoMessage() {}
 
 func (x *ServiceReport) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[35]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3584,7 +3895,7 @@ func (x *ServiceReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceReport.ProtoReflect.Descriptor instead.
 func (*ServiceReport) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{35}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ServiceReport) GetService() string {
@@ -3657,6 +3968,13 @@ func (x *ServiceReport) GetBadSource() string {
 	return ""
 }
 
+func (x *ServiceReport) GetMetrics() *MetricSummary {
+	if x != nil {
+		return x.Metrics
+	}
+	return nil
+}
+
 // Assignment is what one host should run for one service.
 type Assignment struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
@@ -3683,7 +4001,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[36]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3695,7 +4013,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[36]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3708,7 +4026,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{36}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Assignment) GetService() string {
@@ -3779,7 +4097,7 @@ type ArtifactSource struct {
 
 func (x *ArtifactSource) Reset() {
 	*x = ArtifactSource{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[37]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3791,7 +4109,7 @@ func (x *ArtifactSource) String() string {
 func (*ArtifactSource) ProtoMessage() {}
 
 func (x *ArtifactSource) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[37]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3804,7 +4122,7 @@ func (x *ArtifactSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArtifactSource.ProtoReflect.Descriptor instead.
 func (*ArtifactSource) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{37}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ArtifactSource) GetHostId() string {
@@ -3847,7 +4165,7 @@ type Host struct {
 
 func (x *Host) Reset() {
 	*x = Host{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[38]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3859,7 +4177,7 @@ func (x *Host) String() string {
 func (*Host) ProtoMessage() {}
 
 func (x *Host) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[38]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3872,7 +4190,7 @@ func (x *Host) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Host.ProtoReflect.Descriptor instead.
 func (*Host) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{38}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Host) GetId() string {
@@ -3982,7 +4300,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"beforeStop\"U\n" +
 	"\x04Hook\x12\x18\n" +
 	"\acommand\x18\x01 \x03(\tR\acommand\x123\n" +
-	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\xc3\x02\n" +
+	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\xf4\x02\n" +
 	"\bAnalysis\x12\x1f\n" +
 	"\vmetrics_url\x18\x01 \x01(\tR\n" +
 	"metricsUrl\x125\n" +
@@ -3991,7 +4309,31 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x05watch\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x05watch\x120\n" +
 	"\x05rules\x18\x05 \x03(\v2\x1a.fleetwave.v1.AnalysisRuleR\x05rules\x12\"\n" +
 	"\finconclusive\x18\x06 \x01(\tR\finconclusive\x12%\n" +
-	"\x0eprometheus_url\x18\a \x01(\tR\rprometheusUrl\"\x90\x02\n" +
+	"\x0eprometheus_url\x18\a \x01(\tR\rprometheusUrl\x12/\n" +
+	"\acompare\x18\b \x01(\v2\x15.fleetwave.v1.CompareR\acompare\"\xba\x01\n" +
+	"\aCompare\x12\x18\n" +
+	"\aagainst\x18\x01 \x01(\tR\aagainst\x12\x18\n" +
+	"\awindows\x18\x02 \x01(\rR\awindows\x12\x14\n" +
+	"\x05alpha\x18\x03 \x01(\x01R\x05alpha\x12!\n" +
+	"\fmax_increase\x18\x04 \x01(\x01R\vmaxIncrease\x12!\n" +
+	"\fmin_requests\x18\x05 \x01(\x04R\vminRequests\x12\x1f\n" +
+	"\vmin_samples\x18\x06 \x01(\x04R\n" +
+	"minSamples\"\xb9\x01\n" +
+	"\rMetricSummary\x120\n" +
+	"\x05start\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05start\x12,\n" +
+	"\x03end\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x03end\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\tR\aversion\x12.\n" +
+	"\x05rules\x18\x04 \x03(\v2\x18.fleetwave.v1.RuleCountsR\x05rules\"\x8d\x01\n" +
+	"\n" +
+	"RuleCounts\x12\x12\n" +
+	"\x04rule\x18\x01 \x01(\tR\x04rule\x12\x1a\n" +
+	"\brequests\x18\x02 \x01(\x04R\brequests\x12\x16\n" +
+	"\x06errors\x18\x03 \x01(\x04R\x06errors\x127\n" +
+	"\abuckets\x18\x04 \x03(\v2\x1d.fleetwave.v1.HistogramBucketR\abuckets\"H\n" +
+	"\x0fHistogramBucket\x12\x1f\n" +
+	"\vupper_bound\x18\x01 \x01(\x01R\n" +
+	"upperBound\x12\x14\n" +
+	"\x05count\x18\x02 \x01(\x04R\x05count\"\x90\x02\n" +
 	"\fAnalysisRule\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12?\n" +
 	"\verror_ratio\x18\x02 \x01(\v2\x1c.fleetwave.v1.ErrorRatioRuleH\x00R\n" +
@@ -4245,7 +4587,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\vCheckResult\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x16\n" +
-	"\x06detail\x18\x03 \x01(\tR\x06detail\"\x86\x03\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\"\xbd\x03\n" +
 	"\rServiceReport\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1e\n" +
 	"\n" +
@@ -4260,7 +4602,8 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x02at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x1d\n" +
 	"\n" +
 	"bad_source\x18\n" +
-	" \x01(\tR\tbadSource\"\xd5\x02\n" +
+	" \x01(\tR\tbadSource\x125\n" +
+	"\ametrics\x18\v \x01(\v2\x1b.fleetwave.v1.MetricSummaryR\ametrics\"\xd5\x02\n" +
 	"\n" +
 	"Assignment\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1e\n" +
@@ -4342,7 +4685,7 @@ func file_fleetwave_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_fleetwave_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_fleetwave_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_fleetwave_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_fleetwave_v1_types_proto_goTypes = []any{
 	(RolloutState)(0),             // 0: fleetwave.v1.RolloutState
 	(WaveState)(0),                // 1: fleetwave.v1.WaveState
@@ -4353,55 +4696,59 @@ var file_fleetwave_v1_types_proto_goTypes = []any{
 	(*Hooks)(nil),                 // 6: fleetwave.v1.Hooks
 	(*Hook)(nil),                  // 7: fleetwave.v1.Hook
 	(*Analysis)(nil),              // 8: fleetwave.v1.Analysis
-	(*AnalysisRule)(nil),          // 9: fleetwave.v1.AnalysisRule
-	(*ErrorRatioRule)(nil),        // 10: fleetwave.v1.ErrorRatioRule
-	(*LatencyRule)(nil),           // 11: fleetwave.v1.LatencyRule
-	(*RestartsRule)(nil),          // 12: fleetwave.v1.RestartsRule
-	(*PromQLRule)(nil),            // 13: fleetwave.v1.PromQLRule
-	(*Alerts)(nil),                // 14: fleetwave.v1.Alerts
-	(*RunSpec)(nil),               // 15: fleetwave.v1.RunSpec
-	(*Socket)(nil),                // 16: fleetwave.v1.Socket
-	(*PreStop)(nil),               // 17: fleetwave.v1.PreStop
-	(*Check)(nil),                 // 18: fleetwave.v1.Check
-	(*HttpCheck)(nil),             // 19: fleetwave.v1.HttpCheck
-	(*TcpCheck)(nil),              // 20: fleetwave.v1.TcpCheck
-	(*ExecCheck)(nil),             // 21: fleetwave.v1.ExecCheck
-	(*RolloutPolicy)(nil),         // 22: fleetwave.v1.RolloutPolicy
-	(*DeployWindow)(nil),          // 23: fleetwave.v1.DeployWindow
-	(*Blackout)(nil),              // 24: fleetwave.v1.Blackout
-	(*Artifact)(nil),              // 25: fleetwave.v1.Artifact
-	(*Release)(nil),               // 26: fleetwave.v1.Release
-	(*ReleaseManifest)(nil),       // 27: fleetwave.v1.ReleaseManifest
-	(*RollbackStatement)(nil),     // 28: fleetwave.v1.RollbackStatement
-	(*SignedRollback)(nil),        // 29: fleetwave.v1.SignedRollback
-	(*SignedManifest)(nil),        // 30: fleetwave.v1.SignedManifest
-	(*ServiceStatus)(nil),         // 31: fleetwave.v1.ServiceStatus
-	(*HoldOverride)(nil),          // 32: fleetwave.v1.HoldOverride
-	(*Service)(nil),               // 33: fleetwave.v1.Service
-	(*HostProgress)(nil),          // 34: fleetwave.v1.HostProgress
-	(*Wave)(nil),                  // 35: fleetwave.v1.Wave
-	(*Rollout)(nil),               // 36: fleetwave.v1.Rollout
-	(*Event)(nil),                 // 37: fleetwave.v1.Event
-	(*CheckResult)(nil),           // 38: fleetwave.v1.CheckResult
-	(*ServiceReport)(nil),         // 39: fleetwave.v1.ServiceReport
-	(*Assignment)(nil),            // 40: fleetwave.v1.Assignment
-	(*ArtifactSource)(nil),        // 41: fleetwave.v1.ArtifactSource
-	(*Host)(nil),                  // 42: fleetwave.v1.Host
-	nil,                           // 43: fleetwave.v1.ServiceSpec.SelectorEntry
-	nil,                           // 44: fleetwave.v1.RunSpec.EnvEntry
-	nil,                           // 45: fleetwave.v1.Host.LabelsEntry
-	(*durationpb.Duration)(nil),   // 46: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 47: google.protobuf.Timestamp
+	(*Compare)(nil),               // 9: fleetwave.v1.Compare
+	(*MetricSummary)(nil),         // 10: fleetwave.v1.MetricSummary
+	(*RuleCounts)(nil),            // 11: fleetwave.v1.RuleCounts
+	(*HistogramBucket)(nil),       // 12: fleetwave.v1.HistogramBucket
+	(*AnalysisRule)(nil),          // 13: fleetwave.v1.AnalysisRule
+	(*ErrorRatioRule)(nil),        // 14: fleetwave.v1.ErrorRatioRule
+	(*LatencyRule)(nil),           // 15: fleetwave.v1.LatencyRule
+	(*RestartsRule)(nil),          // 16: fleetwave.v1.RestartsRule
+	(*PromQLRule)(nil),            // 17: fleetwave.v1.PromQLRule
+	(*Alerts)(nil),                // 18: fleetwave.v1.Alerts
+	(*RunSpec)(nil),               // 19: fleetwave.v1.RunSpec
+	(*Socket)(nil),                // 20: fleetwave.v1.Socket
+	(*PreStop)(nil),               // 21: fleetwave.v1.PreStop
+	(*Check)(nil),                 // 22: fleetwave.v1.Check
+	(*HttpCheck)(nil),             // 23: fleetwave.v1.HttpCheck
+	(*TcpCheck)(nil),              // 24: fleetwave.v1.TcpCheck
+	(*ExecCheck)(nil),             // 25: fleetwave.v1.ExecCheck
+	(*RolloutPolicy)(nil),         // 26: fleetwave.v1.RolloutPolicy
+	(*DeployWindow)(nil),          // 27: fleetwave.v1.DeployWindow
+	(*Blackout)(nil),              // 28: fleetwave.v1.Blackout
+	(*Artifact)(nil),              // 29: fleetwave.v1.Artifact
+	(*Release)(nil),               // 30: fleetwave.v1.Release
+	(*ReleaseManifest)(nil),       // 31: fleetwave.v1.ReleaseManifest
+	(*RollbackStatement)(nil),     // 32: fleetwave.v1.RollbackStatement
+	(*SignedRollback)(nil),        // 33: fleetwave.v1.SignedRollback
+	(*SignedManifest)(nil),        // 34: fleetwave.v1.SignedManifest
+	(*ServiceStatus)(nil),         // 35: fleetwave.v1.ServiceStatus
+	(*HoldOverride)(nil),          // 36: fleetwave.v1.HoldOverride
+	(*Service)(nil),               // 37: fleetwave.v1.Service
+	(*HostProgress)(nil),          // 38: fleetwave.v1.HostProgress
+	(*Wave)(nil),                  // 39: fleetwave.v1.Wave
+	(*Rollout)(nil),               // 40: fleetwave.v1.Rollout
+	(*Event)(nil),                 // 41: fleetwave.v1.Event
+	(*CheckResult)(nil),           // 42: fleetwave.v1.CheckResult
+	(*ServiceReport)(nil),         // 43: fleetwave.v1.ServiceReport
+	(*Assignment)(nil),            // 44: fleetwave.v1.Assignment
+	(*ArtifactSource)(nil),        // 45: fleetwave.v1.ArtifactSource
+	(*Host)(nil),                  // 46: fleetwave.v1.Host
+	nil,                           // 47: fleetwave.v1.ServiceSpec.SelectorEntry
+	nil,                           // 48: fleetwave.v1.RunSpec.EnvEntry
+	nil,                           // 49: fleetwave.v1.Host.LabelsEntry
+	(*durationpb.Duration)(nil),   // 50: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 51: google.protobuf.Timestamp
 }
 var file_fleetwave_v1_types_proto_depIdxs = []int32{
-	43, // 0: fleetwave.v1.ServiceSpec.selector:type_name -> fleetwave.v1.ServiceSpec.SelectorEntry
-	15, // 1: fleetwave.v1.ServiceSpec.run:type_name -> fleetwave.v1.RunSpec
-	18, // 2: fleetwave.v1.ServiceSpec.checks:type_name -> fleetwave.v1.Check
-	46, // 3: fleetwave.v1.ServiceSpec.min_healthy_time:type_name -> google.protobuf.Duration
-	46, // 4: fleetwave.v1.ServiceSpec.healthy_deadline:type_name -> google.protobuf.Duration
-	22, // 5: fleetwave.v1.ServiceSpec.rollout:type_name -> fleetwave.v1.RolloutPolicy
+	47, // 0: fleetwave.v1.ServiceSpec.selector:type_name -> fleetwave.v1.ServiceSpec.SelectorEntry
+	19, // 1: fleetwave.v1.ServiceSpec.run:type_name -> fleetwave.v1.RunSpec
+	22, // 2: fleetwave.v1.ServiceSpec.checks:type_name -> fleetwave.v1.Check
+	50, // 3: fleetwave.v1.ServiceSpec.min_healthy_time:type_name -> google.protobuf.Duration
+	50, // 4: fleetwave.v1.ServiceSpec.healthy_deadline:type_name -> google.protobuf.Duration
+	26, // 5: fleetwave.v1.ServiceSpec.rollout:type_name -> fleetwave.v1.RolloutPolicy
 	8,  // 6: fleetwave.v1.ServiceSpec.analysis:type_name -> fleetwave.v1.Analysis
-	14, // 7: fleetwave.v1.ServiceSpec.alerts:type_name -> fleetwave.v1.Alerts
+	18, // 7: fleetwave.v1.ServiceSpec.alerts:type_name -> fleetwave.v1.Alerts
 	6,  // 8: fleetwave.v1.ServiceSpec.hooks:type_name -> fleetwave.v1.Hooks
 	5,  // 9: fleetwave.v1.ServiceSpec.resources:type_name -> fleetwave.v1.Resources
 	7,  // 10: fleetwave.v1.Hooks.after_install:type_name -> fleetwave.v1.Hook
@@ -4409,85 +4756,91 @@ var file_fleetwave_v1_types_proto_depIdxs = []int32{
 	7,  // 12: fleetwave.v1.Hooks.after_start:type_name -> fleetwave.v1.Hook
 	7,  // 13: fleetwave.v1.Hooks.validate:type_name -> fleetwave.v1.Hook
 	7,  // 14: fleetwave.v1.Hooks.before_stop:type_name -> fleetwave.v1.Hook
-	46, // 15: fleetwave.v1.Hook.timeout:type_name -> google.protobuf.Duration
-	46, // 16: fleetwave.v1.Analysis.interval:type_name -> google.protobuf.Duration
-	46, // 17: fleetwave.v1.Analysis.window:type_name -> google.protobuf.Duration
-	46, // 18: fleetwave.v1.Analysis.watch:type_name -> google.protobuf.Duration
-	9,  // 19: fleetwave.v1.Analysis.rules:type_name -> fleetwave.v1.AnalysisRule
-	10, // 20: fleetwave.v1.AnalysisRule.error_ratio:type_name -> fleetwave.v1.ErrorRatioRule
-	11, // 21: fleetwave.v1.AnalysisRule.latency:type_name -> fleetwave.v1.LatencyRule
-	12, // 22: fleetwave.v1.AnalysisRule.restarts:type_name -> fleetwave.v1.RestartsRule
-	13, // 23: fleetwave.v1.AnalysisRule.promql:type_name -> fleetwave.v1.PromQLRule
-	44, // 24: fleetwave.v1.RunSpec.env:type_name -> fleetwave.v1.RunSpec.EnvEntry
-	46, // 25: fleetwave.v1.RunSpec.stop_grace:type_name -> google.protobuf.Duration
-	16, // 26: fleetwave.v1.RunSpec.sockets:type_name -> fleetwave.v1.Socket
-	46, // 27: fleetwave.v1.RunSpec.ready_timeout:type_name -> google.protobuf.Duration
-	46, // 28: fleetwave.v1.RunSpec.shutdown_delay:type_name -> google.protobuf.Duration
-	17, // 29: fleetwave.v1.RunSpec.pre_stop:type_name -> fleetwave.v1.PreStop
-	46, // 30: fleetwave.v1.PreStop.timeout:type_name -> google.protobuf.Duration
-	19, // 31: fleetwave.v1.Check.http:type_name -> fleetwave.v1.HttpCheck
-	20, // 32: fleetwave.v1.Check.tcp:type_name -> fleetwave.v1.TcpCheck
-	21, // 33: fleetwave.v1.Check.exec:type_name -> fleetwave.v1.ExecCheck
-	46, // 34: fleetwave.v1.Check.interval:type_name -> google.protobuf.Duration
-	46, // 35: fleetwave.v1.Check.timeout:type_name -> google.protobuf.Duration
-	46, // 36: fleetwave.v1.RolloutPolicy.bake:type_name -> google.protobuf.Duration
-	46, // 37: fleetwave.v1.RolloutPolicy.progress_deadline:type_name -> google.protobuf.Duration
-	23, // 38: fleetwave.v1.RolloutPolicy.windows:type_name -> fleetwave.v1.DeployWindow
-	47, // 39: fleetwave.v1.Blackout.from:type_name -> google.protobuf.Timestamp
-	47, // 40: fleetwave.v1.Blackout.to:type_name -> google.protobuf.Timestamp
-	47, // 41: fleetwave.v1.Blackout.created_at:type_name -> google.protobuf.Timestamp
-	25, // 42: fleetwave.v1.Release.artifact:type_name -> fleetwave.v1.Artifact
-	47, // 43: fleetwave.v1.Release.commit_time:type_name -> google.protobuf.Timestamp
-	47, // 44: fleetwave.v1.Release.created_at:type_name -> google.protobuf.Timestamp
-	30, // 45: fleetwave.v1.Release.signed:type_name -> fleetwave.v1.SignedManifest
-	47, // 46: fleetwave.v1.ReleaseManifest.commit_time:type_name -> google.protobuf.Timestamp
-	47, // 47: fleetwave.v1.ReleaseManifest.signed_at:type_name -> google.protobuf.Timestamp
-	47, // 48: fleetwave.v1.ReleaseManifest.expires_at:type_name -> google.protobuf.Timestamp
-	47, // 49: fleetwave.v1.RollbackStatement.signed_at:type_name -> google.protobuf.Timestamp
-	47, // 50: fleetwave.v1.RollbackStatement.expires_at:type_name -> google.protobuf.Timestamp
-	4,  // 51: fleetwave.v1.ServiceStatus.stable_spec:type_name -> fleetwave.v1.ServiceSpec
-	47, // 52: fleetwave.v1.ServiceStatus.removed_at:type_name -> google.protobuf.Timestamp
-	32, // 53: fleetwave.v1.ServiceStatus.hold_override:type_name -> fleetwave.v1.HoldOverride
-	47, // 54: fleetwave.v1.HoldOverride.at:type_name -> google.protobuf.Timestamp
-	4,  // 55: fleetwave.v1.Service.spec:type_name -> fleetwave.v1.ServiceSpec
-	31, // 56: fleetwave.v1.Service.status:type_name -> fleetwave.v1.ServiceStatus
-	47, // 57: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
-	2,  // 58: fleetwave.v1.HostProgress.state:type_name -> fleetwave.v1.HostRolloutState
-	47, // 59: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
-	47, // 60: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
-	3,  // 61: fleetwave.v1.HostProgress.phase:type_name -> fleetwave.v1.Phase
-	1,  // 62: fleetwave.v1.Wave.state:type_name -> fleetwave.v1.WaveState
-	34, // 63: fleetwave.v1.Wave.hosts:type_name -> fleetwave.v1.HostProgress
-	47, // 64: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
-	47, // 65: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
-	47, // 66: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
-	0,  // 67: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
-	22, // 68: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
-	35, // 69: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
-	47, // 70: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	47, // 71: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
-	47, // 72: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
-	47, // 73: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
-	4,  // 74: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
-	47, // 75: fleetwave.v1.Rollout.failed_at:type_name -> google.protobuf.Timestamp
-	47, // 76: fleetwave.v1.Rollout.restored_at:type_name -> google.protobuf.Timestamp
-	29, // 77: fleetwave.v1.Rollout.signed_rollback:type_name -> fleetwave.v1.SignedRollback
-	47, // 78: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
-	3,  // 79: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
-	38, // 80: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
-	47, // 81: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
-	26, // 82: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
-	4,  // 83: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
-	29, // 84: fleetwave.v1.Assignment.rollback:type_name -> fleetwave.v1.SignedRollback
-	41, // 85: fleetwave.v1.Assignment.sources:type_name -> fleetwave.v1.ArtifactSource
-	45, // 86: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
-	47, // 87: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	39, // 88: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
-	89, // [89:89] is the sub-list for method output_type
-	89, // [89:89] is the sub-list for method input_type
-	89, // [89:89] is the sub-list for extension type_name
-	89, // [89:89] is the sub-list for extension extendee
-	0,  // [0:89] is the sub-list for field type_name
+	50, // 15: fleetwave.v1.Hook.timeout:type_name -> google.protobuf.Duration
+	50, // 16: fleetwave.v1.Analysis.interval:type_name -> google.protobuf.Duration
+	50, // 17: fleetwave.v1.Analysis.window:type_name -> google.protobuf.Duration
+	50, // 18: fleetwave.v1.Analysis.watch:type_name -> google.protobuf.Duration
+	13, // 19: fleetwave.v1.Analysis.rules:type_name -> fleetwave.v1.AnalysisRule
+	9,  // 20: fleetwave.v1.Analysis.compare:type_name -> fleetwave.v1.Compare
+	51, // 21: fleetwave.v1.MetricSummary.start:type_name -> google.protobuf.Timestamp
+	51, // 22: fleetwave.v1.MetricSummary.end:type_name -> google.protobuf.Timestamp
+	11, // 23: fleetwave.v1.MetricSummary.rules:type_name -> fleetwave.v1.RuleCounts
+	12, // 24: fleetwave.v1.RuleCounts.buckets:type_name -> fleetwave.v1.HistogramBucket
+	14, // 25: fleetwave.v1.AnalysisRule.error_ratio:type_name -> fleetwave.v1.ErrorRatioRule
+	15, // 26: fleetwave.v1.AnalysisRule.latency:type_name -> fleetwave.v1.LatencyRule
+	16, // 27: fleetwave.v1.AnalysisRule.restarts:type_name -> fleetwave.v1.RestartsRule
+	17, // 28: fleetwave.v1.AnalysisRule.promql:type_name -> fleetwave.v1.PromQLRule
+	48, // 29: fleetwave.v1.RunSpec.env:type_name -> fleetwave.v1.RunSpec.EnvEntry
+	50, // 30: fleetwave.v1.RunSpec.stop_grace:type_name -> google.protobuf.Duration
+	20, // 31: fleetwave.v1.RunSpec.sockets:type_name -> fleetwave.v1.Socket
+	50, // 32: fleetwave.v1.RunSpec.ready_timeout:type_name -> google.protobuf.Duration
+	50, // 33: fleetwave.v1.RunSpec.shutdown_delay:type_name -> google.protobuf.Duration
+	21, // 34: fleetwave.v1.RunSpec.pre_stop:type_name -> fleetwave.v1.PreStop
+	50, // 35: fleetwave.v1.PreStop.timeout:type_name -> google.protobuf.Duration
+	23, // 36: fleetwave.v1.Check.http:type_name -> fleetwave.v1.HttpCheck
+	24, // 37: fleetwave.v1.Check.tcp:type_name -> fleetwave.v1.TcpCheck
+	25, // 38: fleetwave.v1.Check.exec:type_name -> fleetwave.v1.ExecCheck
+	50, // 39: fleetwave.v1.Check.interval:type_name -> google.protobuf.Duration
+	50, // 40: fleetwave.v1.Check.timeout:type_name -> google.protobuf.Duration
+	50, // 41: fleetwave.v1.RolloutPolicy.bake:type_name -> google.protobuf.Duration
+	50, // 42: fleetwave.v1.RolloutPolicy.progress_deadline:type_name -> google.protobuf.Duration
+	27, // 43: fleetwave.v1.RolloutPolicy.windows:type_name -> fleetwave.v1.DeployWindow
+	51, // 44: fleetwave.v1.Blackout.from:type_name -> google.protobuf.Timestamp
+	51, // 45: fleetwave.v1.Blackout.to:type_name -> google.protobuf.Timestamp
+	51, // 46: fleetwave.v1.Blackout.created_at:type_name -> google.protobuf.Timestamp
+	29, // 47: fleetwave.v1.Release.artifact:type_name -> fleetwave.v1.Artifact
+	51, // 48: fleetwave.v1.Release.commit_time:type_name -> google.protobuf.Timestamp
+	51, // 49: fleetwave.v1.Release.created_at:type_name -> google.protobuf.Timestamp
+	34, // 50: fleetwave.v1.Release.signed:type_name -> fleetwave.v1.SignedManifest
+	51, // 51: fleetwave.v1.ReleaseManifest.commit_time:type_name -> google.protobuf.Timestamp
+	51, // 52: fleetwave.v1.ReleaseManifest.signed_at:type_name -> google.protobuf.Timestamp
+	51, // 53: fleetwave.v1.ReleaseManifest.expires_at:type_name -> google.protobuf.Timestamp
+	51, // 54: fleetwave.v1.RollbackStatement.signed_at:type_name -> google.protobuf.Timestamp
+	51, // 55: fleetwave.v1.RollbackStatement.expires_at:type_name -> google.protobuf.Timestamp
+	4,  // 56: fleetwave.v1.ServiceStatus.stable_spec:type_name -> fleetwave.v1.ServiceSpec
+	51, // 57: fleetwave.v1.ServiceStatus.removed_at:type_name -> google.protobuf.Timestamp
+	36, // 58: fleetwave.v1.ServiceStatus.hold_override:type_name -> fleetwave.v1.HoldOverride
+	51, // 59: fleetwave.v1.HoldOverride.at:type_name -> google.protobuf.Timestamp
+	4,  // 60: fleetwave.v1.Service.spec:type_name -> fleetwave.v1.ServiceSpec
+	35, // 61: fleetwave.v1.Service.status:type_name -> fleetwave.v1.ServiceStatus
+	51, // 62: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
+	2,  // 63: fleetwave.v1.HostProgress.state:type_name -> fleetwave.v1.HostRolloutState
+	51, // 64: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
+	51, // 65: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
+	3,  // 66: fleetwave.v1.HostProgress.phase:type_name -> fleetwave.v1.Phase
+	1,  // 67: fleetwave.v1.Wave.state:type_name -> fleetwave.v1.WaveState
+	38, // 68: fleetwave.v1.Wave.hosts:type_name -> fleetwave.v1.HostProgress
+	51, // 69: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
+	51, // 70: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
+	51, // 71: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
+	0,  // 72: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
+	26, // 73: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
+	39, // 74: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
+	51, // 75: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	51, // 76: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
+	51, // 77: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
+	51, // 78: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
+	4,  // 79: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
+	51, // 80: fleetwave.v1.Rollout.failed_at:type_name -> google.protobuf.Timestamp
+	51, // 81: fleetwave.v1.Rollout.restored_at:type_name -> google.protobuf.Timestamp
+	33, // 82: fleetwave.v1.Rollout.signed_rollback:type_name -> fleetwave.v1.SignedRollback
+	51, // 83: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
+	3,  // 84: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
+	42, // 85: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
+	51, // 86: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
+	10, // 87: fleetwave.v1.ServiceReport.metrics:type_name -> fleetwave.v1.MetricSummary
+	30, // 88: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
+	4,  // 89: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
+	33, // 90: fleetwave.v1.Assignment.rollback:type_name -> fleetwave.v1.SignedRollback
+	45, // 91: fleetwave.v1.Assignment.sources:type_name -> fleetwave.v1.ArtifactSource
+	49, // 92: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
+	51, // 93: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	43, // 94: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
+	95, // [95:95] is the sub-list for method output_type
+	95, // [95:95] is the sub-list for method input_type
+	95, // [95:95] is the sub-list for extension type_name
+	95, // [95:95] is the sub-list for extension extendee
+	0,  // [0:95] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_types_proto_init() }
@@ -4495,14 +4848,14 @@ func file_fleetwave_v1_types_proto_init() {
 	if File_fleetwave_v1_types_proto != nil {
 		return
 	}
-	file_fleetwave_v1_types_proto_msgTypes[5].OneofWrappers = []any{
+	file_fleetwave_v1_types_proto_msgTypes[9].OneofWrappers = []any{
 		(*AnalysisRule_ErrorRatio)(nil),
 		(*AnalysisRule_Latency)(nil),
 		(*AnalysisRule_Restarts)(nil),
 		(*AnalysisRule_Promql)(nil),
 	}
-	file_fleetwave_v1_types_proto_msgTypes[9].OneofWrappers = []any{}
-	file_fleetwave_v1_types_proto_msgTypes[14].OneofWrappers = []any{
+	file_fleetwave_v1_types_proto_msgTypes[13].OneofWrappers = []any{}
+	file_fleetwave_v1_types_proto_msgTypes[18].OneofWrappers = []any{
 		(*Check_Http)(nil),
 		(*Check_Tcp)(nil),
 		(*Check_Exec)(nil),
@@ -4513,7 +4866,7 @@ func file_fleetwave_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fleetwave_v1_types_proto_rawDesc), len(file_fleetwave_v1_types_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   42,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

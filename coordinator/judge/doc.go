@@ -1,0 +1,53 @@
+// Package judge compares a canary with its baseline like a statistician:
+// hosts on the new release against hosts still on the stable release, over
+// the same windows of time, so that a traffic spike every host sees is not
+// blamed on the release, and "1 error in 30 requests" is told apart from
+// noise. It owns the statistics of `analysis.compare: baseline_hosts` and
+// nothing else.
+//
+// It is pure: values in (a Config, per-window per-host summaries of counter
+// and histogram bucket increases), a Judgement out. It must not import etcd,
+// grpc, the coordinator or any I/O package, start goroutines or read the
+// clock; it imports only the standard library (a test checks).
+//
+// # Tests
+//
+// Error ratio (error_ratio rules): each group's requests and errors are
+// pooled over its hosts and compared with Fisher's exact test, one-sided
+// (the canary's ratio is greater). It is exact for any counts, so sparse
+// errors and a baseline with no error at all are judged correctly: 3 errors
+// in 200 canary requests against 0 in 10,000 baseline requests is
+// significant (p = 7.4e-6), 1 in 30 against 0 in 300 is not (p = 0.09).
+//
+// Latency (latency rules): the Mann-Whitney U test, one-sided (canary
+// requests are slower), on the pooled histogram buckets. Observations in the
+// same bucket are ties; the variance carries the tie correction and the
+// statistic a continuity correction (normal approximation, which the
+// minimum sample size makes sound). Hosts with different bucket layouts are
+// compared at the bounds they all share, never by guessing within a bucket.
+//
+// Effect size: a significant difference fails only when the canary's value
+// (error ratio, or the rule's quantile estimated from the buckets as
+// Prometheus' histogram_quantile does) is more than MaxIncrease above the
+// baseline's, so a tiny but significant difference on a busy service
+// passes. A baseline of zero errors makes any canary error an infinite
+// increase: it fails when significant.
+//
+// Minimum sample size: a window where a group has no host or fewer
+// requests (observations) than the rule's MinCount is Inconclusive for that
+// rule, and says which group lacks what.
+//
+// Multiple testing: every rule in every window is one test; the
+// Holm-Bonferroni procedure keeps the family-wise error rate at Alpha over
+// Rules x Windows tests, where Windows is the number of windows the
+// comparison may look at in all (windows not yet seen count as p = 1). So
+// looking again every window does not raise the A/A false positive rate.
+//
+// Assumptions: requests are independent, and hosts of a group are alike
+// (pooling); a host that is itself an outlier on the stable release makes
+// the baseline noisier, not the canary worse.
+//
+// A Verdict here is the coordinator's, not the agent's lifecycle.Verdict
+// (the coordinator does not import agent packages); the values mean the
+// same.
+package judge

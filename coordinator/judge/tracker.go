@@ -1,0 +1,204 @@
+package judge
+
+import (
+	"fmt"
+	"slices"
+	"time"
+)
+
+// Tracker gathers the hosts' window summaries during one rollout and
+// judges each window once it has closed: the k-th look compares every
+// host's increases summed over the windows so far (cumulative, so the
+// evidence adds up; the correction covers Config.Windows looks). A host
+// is a canary or a baseline host per summary (by the release it ran), and
+// its sums are kept per group, so a host that moved from the baseline to
+// the canary counts in each group for what it measured there. It is pure
+// (time is an argument) and not safe for concurrent use.
+type Tracker struct {
+	cfg   Config
+	span  time.Duration
+	from  time.Time
+	grace time.Duration
+
+	pending map[time.Time]map[string]HostSummary // window end -> host key -> summary
+	sums    map[string]HostSummary               // host key -> increases so far
+	keys    []string                             // host keys in the order first seen
+	looks   []Window
+	judged  time.Time // end of the newest window judged
+	last    Judgement
+}
+
+// NewTracker returns a tracker for windows of span (aligned to the clock,
+// as the agents summarize them) of a rollout that started at from:
+// windows that end at or before from are ignored. A window is judged
+// span/2 after its end, time for every host's summary to arrive; later
+// summaries of it are dropped. c is validated (an error names the field).
+func NewTracker(c Config, span time.Duration, from time.Time) (*Tracker, error) {
+	c.Rules = slices.Clone(c.Rules)
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("compare: %w", err)
+	}
+	if span <= 0 {
+		return nil, fmt.Errorf("compare: window %s: must be positive", span)
+	}
+	return &Tracker{cfg: c, span: span, from: from, grace: span / 2,
+		pending: map[time.Time]map[string]HostSummary{}, sums: map[string]HostSummary{}}, nil
+}
+
+// Add records a host's summary of the window ending at end. canary says
+// which group the host was in (the release it ran). A summary of a window
+// already judged, before the rollout, or seen already is ignored; it
+// reports whether the summary was taken.
+func (t *Tracker) Add(host string, canary bool, end time.Time, counts []Counts) bool {
+	if !end.After(t.from) || !end.After(t.judged) || t.done() {
+		return false
+	}
+	key := host + " (baseline)"
+	if canary {
+		key = host + " (canary)"
+	}
+	w := t.pending[end]
+	if w == nil {
+		if len(t.pending) >= MaxWindows {
+			return false
+		}
+		w = map[string]HostSummary{}
+		t.pending[end] = w
+	}
+	if _, dup := w[key]; dup {
+		return false
+	}
+	if len(w) >= MaxHostsPerWindow {
+		return false
+	}
+	w[key] = HostSummary{Host: host, Canary: canary, Counts: counts}
+	return true
+}
+
+func (t *Tracker) done() bool { return len(t.looks) >= t.cfg.Windows }
+
+// Judge judges, in order, every pending window closed at now (its end +
+// span/2), one look each, until Config.Windows looks were taken. It
+// returns the judgement of the newest look (the previous one when no
+// window closed) and whether there was a new look. Summaries that cannot be
+// compared (bad counts) are an error naming the host; the tracker is then
+// unchanged.
+func (t *Tracker) Judge(now time.Time) (Judgement, bool, error) {
+	ends := make([]time.Time, 0, len(t.pending))
+	for end := range t.pending {
+		if !end.Add(t.grace).After(now) {
+			ends = append(ends, end)
+		}
+	}
+	slices.SortFunc(ends, func(a, b time.Time) int { return a.Compare(b) })
+	looked := false
+	for _, end := range ends {
+		if t.done() {
+			break
+		}
+		sums := make(map[string]HostSummary, len(t.sums))
+		keys := slices.Clone(t.keys)
+		for k, v := range t.sums {
+			sums[k] = v
+		}
+		hostKeys := make([]string, 0, len(t.pending[end]))
+		for k := range t.pending[end] {
+			hostKeys = append(hostKeys, k)
+		}
+		slices.Sort(hostKeys)
+		for _, k := range hostKeys {
+			s := t.pending[end][k]
+			prev, seen := sums[k]
+			if !seen {
+				keys = append(keys, k)
+			}
+			sums[k] = addSummary(prev, s)
+		}
+		w := Window{Start: t.from, End: end}
+		for _, k := range keys {
+			h := sums[k]
+			h.Host = k
+			w.Hosts = append(w.Hosts, h)
+		}
+		j, err := Judge(t.cfg, append(slices.Clone(t.looks), w))
+		if err != nil {
+			return t.last, looked, err
+		}
+		t.sums, t.keys = sums, keys
+		t.looks = append(t.looks, w)
+		t.last, looked = j, true
+		t.judged = end
+		delete(t.pending, end)
+	}
+	for end := range t.pending {
+		if !end.After(t.judged) || t.done() {
+			delete(t.pending, end)
+		}
+	}
+	return t.last, looked, nil
+}
+
+// NextWake is when the next pending window closes (zero when none).
+func (t *Tracker) NextWake() time.Time {
+	var next time.Time
+	for end := range t.pending {
+		if at := end.Add(t.grace); next.IsZero() || at.Before(next) {
+			next = at
+		}
+	}
+	return next
+}
+
+// Looks is the number of windows judged so far.
+func (t *Tracker) Looks() int { return len(t.looks) }
+
+// addSummary adds b's counts to a's, rule by rule (a histogram's buckets
+// at the bounds both have: a layout change makes the sum coarser, never
+// wrong).
+func addSummary(a, b HostSummary) HostSummary {
+	out := HostSummary{Host: b.Host, Canary: b.Canary}
+	byRule := map[string]int{}
+	for _, c := range a.Counts {
+		byRule[c.Rule] = len(out.Counts)
+		out.Counts = append(out.Counts, Counts{Rule: c.Rule, Requests: c.Requests, Errors: c.Errors, Buckets: slices.Clone(c.Buckets)})
+	}
+	for _, c := range b.Counts {
+		i, ok := byRule[c.Rule]
+		if !ok {
+			byRule[c.Rule] = len(out.Counts)
+			out.Counts = append(out.Counts, Counts{Rule: c.Rule, Requests: c.Requests, Errors: c.Errors, Buckets: slices.Clone(c.Buckets)})
+			continue
+		}
+		o := &out.Counts[i]
+		o.Requests = satAdd(o.Requests, c.Requests)
+		o.Errors = satAdd(o.Errors, c.Errors)
+		o.Buckets = addBuckets(o.Buckets, c.Buckets)
+	}
+	return out
+}
+
+func satAdd(a, b uint64) uint64 {
+	if a+b < a {
+		return ^uint64(0)
+	}
+	return a + b
+}
+
+// addBuckets sums two cumulative histograms at the bounds both have (all
+// of one when the other is empty). Malformed input is summed as is: Judge
+// reports it.
+func addBuckets(a, b []Bucket) []Bucket {
+	if len(a) == 0 {
+		return slices.Clone(b)
+	}
+	if len(b) == 0 {
+		return a
+	}
+	bounds := commonBounds([][]Bucket{a, b})
+	pa, pb := pool(bounds, [][]Bucket{a}), pool(bounds, [][]Bucket{b})
+	out := make([]Bucket, len(bounds))
+	for i := range bounds {
+		out[i] = Bucket{UpperBound: bounds[i], Count: satAdd(pa[i], pb[i])}
+	}
+	return out
+}
