@@ -1754,7 +1754,21 @@ type RolloutPolicy struct {
 	// (default: the running rollout ends, hosts it moved go back to the stable
 	// release, and the newest release starts from the canary) or "queue" (it
 	// waits; when the running rollout ends the newest release rolls out).
-	OnNewRelease  string `protobuf:"bytes,10,opt,name=on_new_release,json=onNewRelease,proto3" json:"on_new_release,omitempty"`
+	OnNewRelease string `protobuf:"bytes,10,opt,name=on_new_release,json=onNewRelease,proto3" json:"on_new_release,omitempty"`
+	// Zone safety (issue 18): at most this many hosts of one zone (the host
+	// label "zone"; hosts without one form one group) unavailable at once,
+	// that is updating, failed, or done but unreachable: a count ("2") or a
+	// percentage of the zone's hosts in the plan ("25%", rounded up, at least
+	// 1). Empty: no limit but max_parallel.
+	MaxUnavailablePerZone string `protobuf:"bytes,20,opt,name=max_unavailable_per_zone,json=maxUnavailablePerZone,proto3" json:"max_unavailable_per_zone,omitempty"`
+	// "" (default: waves spread over the zones) or "one_at_a_time": the plan
+	// finishes a zone (its hosts cut by the waves' percentages, each wave
+	// baked) before the next zone starts, in sorted zone order.
+	ZoneOrder string `protobuf:"bytes,21,opt,name=zone_order,json=zoneOrder,proto3" json:"zone_order,omitempty"`
+	// Names of Prometheus alerts (Alertmanager's alertname label) that abort
+	// a rollout of this service in progress when Alertmanager posts them
+	// firing to the coordinator's receiver.
+	AbortOnAlerts []string `protobuf:"bytes,22,rep,name=abort_on_alerts,json=abortOnAlerts,proto3" json:"abort_on_alerts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1857,6 +1871,27 @@ func (x *RolloutPolicy) GetOnNewRelease() string {
 		return x.OnNewRelease
 	}
 	return ""
+}
+
+func (x *RolloutPolicy) GetMaxUnavailablePerZone() string {
+	if x != nil {
+		return x.MaxUnavailablePerZone
+	}
+	return ""
+}
+
+func (x *RolloutPolicy) GetZoneOrder() string {
+	if x != nil {
+		return x.ZoneOrder
+	}
+	return ""
+}
+
+func (x *RolloutPolicy) GetAbortOnAlerts() []string {
+	if x != nil {
+		return x.AbortOnAlerts
+	}
+	return nil
 }
 
 // Artifact names the bytes of a release. Either the coordinator's
@@ -2631,7 +2666,10 @@ type HostProgress struct {
 	StartedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
 	DoneAt    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=done_at,json=doneAt,proto3" json:"done_at,omitempty"`
 	// Phase last reported for this service, for display.
-	Phase         Phase `protobuf:"varint,7,opt,name=phase,proto3,enum=fleetwave.v1.Phase" json:"phase,omitempty"`
+	Phase Phase `protobuf:"varint,7,opt,name=phase,proto3,enum=fleetwave.v1.Phase" json:"phase,omitempty"`
+	// The host's "zone" label when the rollout was planned ("" without one):
+	// the group rollout.max_unavailable_per_zone counts.
+	Zone          string `protobuf:"bytes,8,opt,name=zone,proto3" json:"zone,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2713,6 +2751,13 @@ func (x *HostProgress) GetPhase() Phase {
 		return x.Phase
 	}
 	return Phase_PHASE_UNSPECIFIED
+}
+
+func (x *HostProgress) GetZone() string {
+	if x != nil {
+		return x.Zone
+	}
+	return ""
 }
 
 type Wave struct {
@@ -3710,7 +3755,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\bTcpCheck\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\"%\n" +
 	"\tExecCheck\x12\x18\n" +
-	"\acommand\x18\x01 \x03(\tR\acommand\"\xfd\x02\n" +
+	"\acommand\x18\x01 \x03(\tR\acommand\"\xfd\x03\n" +
 	"\rRolloutPolicy\x12\x16\n" +
 	"\x06canary\x18\x01 \x01(\rR\x06canary\x12\x14\n" +
 	"\x05waves\x18\x02 \x03(\rR\x05waves\x12!\n" +
@@ -3722,7 +3767,11 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\tno_canary\x18\b \x01(\bR\bnoCanary\x12*\n" +
 	"\x11approve_each_wave\x18\t \x01(\bR\x0fapproveEachWave\x12$\n" +
 	"\x0eon_new_release\x18\n" +
-	" \x01(\tR\fonNewRelease\"H\n" +
+	" \x01(\tR\fonNewRelease\x127\n" +
+	"\x18max_unavailable_per_zone\x18\x14 \x01(\tR\x15maxUnavailablePerZone\x12\x1d\n" +
+	"\n" +
+	"zone_order\x18\x15 \x01(\tR\tzoneOrder\x12&\n" +
+	"\x0fabort_on_alerts\x18\x16 \x03(\tR\rabortOnAlerts\"H\n" +
 	"\bArtifact\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x03R\x04size\x12\x10\n" +
@@ -3797,7 +3846,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x06status\x18\x02 \x01(\v2\x1b.fleetwave.v1.ServiceStatusR\x06status\x129\n" +
 	"\n" +
 	"updated_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12#\n" +
-	"\rspec_revision\x18\x04 \x01(\x03R\fspecRevision\"\xaa\x02\n" +
+	"\rspec_revision\x18\x04 \x01(\x03R\fspecRevision\"\xbe\x02\n" +
 	"\fHostProgress\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x124\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x1e.fleetwave.v1.HostRolloutStateR\x05state\x12\x18\n" +
@@ -3806,7 +3855,8 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\n" +
 	"started_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x123\n" +
 	"\adone_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x06doneAt\x12)\n" +
-	"\x05phase\x18\a \x01(\x0e2\x13.fleetwave.v1.PhaseR\x05phase\"\xa3\x03\n" +
+	"\x05phase\x18\a \x01(\x0e2\x13.fleetwave.v1.PhaseR\x05phase\x12\x12\n" +
+	"\x04zone\x18\b \x01(\tR\x04zone\"\xa3\x03\n" +
 	"\x04Wave\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12-\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x17.fleetwave.v1.WaveStateR\x05state\x120\n" +
