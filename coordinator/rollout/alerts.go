@@ -2,10 +2,8 @@ package rollout
 
 import (
 	"fmt"
-	"slices"
 	"sort"
 	"strings"
-	"unicode/utf8"
 
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -49,13 +47,13 @@ func AlertAbort(r *v1.Rollout, alerts []FiringAlert) (reason string, abort bool)
 	}
 	var hits []string
 	for _, a := range alerts {
-		if !slices.Contains(names, a.Name()) {
+		if !contains(names, a.Name()) {
 			continue
 		}
 		if s, ok := a.Labels[AlertLabelService]; ok && s != r.GetService() {
 			continue
 		}
-		if d := describeAlert(a); !slices.Contains(hits, d) {
+		if d := describeAlert(a); !contains(hits, d) {
 			hits = append(hits, d)
 		}
 	}
@@ -91,14 +89,19 @@ func describeAlert(a FiringAlert) string {
 	return name + "{" + strings.Join(kv, ", ") + "}"
 }
 
-// clip shortens s to at most n bytes (on a rune boundary), marking the cut.
+// clip shortens s to at most n bytes, marking the cut.
 func clip(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	cut := n
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
+	return strings.ToValidUTF8(s[:n], "") + "…"
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
 	}
-	return s[:cut] + "…"
+	return false
 }

@@ -1159,7 +1159,19 @@ func (x *PromQLRule) GetMin() float64 {
 type Alerts struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// A JSON POST goes here when a rollout fails (retried with backoff).
-	WebhookUrl    string `protobuf:"bytes,1,opt,name=webhook_url,json=webhookUrl,proto3" json:"webhook_url,omitempty"`
+	WebhookUrl string `protobuf:"bytes,1,opt,name=webhook_url,json=webhookUrl,proto3" json:"webhook_url,omitempty"`
+	// The body posted (issue 18): "json" (default: Fleetwave's alert
+	// object), "slack" (a Slack-compatible incoming-webhook message, {"text":
+	// ...}) or "template" (template renders it).
+	Format string `protobuf:"bytes,20,opt,name=format,proto3" json:"format,omitempty"`
+	// format template: a Go text/template over the alert (its fields as in
+	// the README), checked at apply; the body is at most 64 KiB.
+	Template string `protobuf:"bytes,21,opt,name=template,proto3" json:"template,omitempty"`
+	// format template: the body's Content-Type (default application/json).
+	ContentType string `protobuf:"bytes,22,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
+	// Which rollouts alert: "error" (default: failed ones) or "info" (every
+	// rollout's end: succeeded and superseded too).
+	MinSeverity   string `protobuf:"bytes,23,opt,name=min_severity,json=minSeverity,proto3" json:"min_severity,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1197,6 +1209,34 @@ func (*Alerts) Descriptor() ([]byte, []int) {
 func (x *Alerts) GetWebhookUrl() string {
 	if x != nil {
 		return x.WebhookUrl
+	}
+	return ""
+}
+
+func (x *Alerts) GetFormat() string {
+	if x != nil {
+		return x.Format
+	}
+	return ""
+}
+
+func (x *Alerts) GetTemplate() string {
+	if x != nil {
+		return x.Template
+	}
+	return ""
+}
+
+func (x *Alerts) GetContentType() string {
+	if x != nil {
+		return x.ContentType
+	}
+	return ""
+}
+
+func (x *Alerts) GetMinSeverity() string {
+	if x != nil {
+		return x.MinSeverity
 	}
 	return ""
 }
@@ -3715,10 +3755,14 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x05query\x18\x01 \x01(\tR\x05query\x12\x10\n" +
 	"\x03max\x18\x02 \x01(\x01R\x03max\x12\x15\n" +
 	"\x03min\x18\x03 \x01(\x01H\x00R\x03min\x88\x01\x01B\x06\n" +
-	"\x04_min\")\n" +
+	"\x04_min\"\xa3\x01\n" +
 	"\x06Alerts\x12\x1f\n" +
 	"\vwebhook_url\x18\x01 \x01(\tR\n" +
-	"webhookUrl\"\xeb\x03\n" +
+	"webhookUrl\x12\x16\n" +
+	"\x06format\x18\x14 \x01(\tR\x06format\x12\x1a\n" +
+	"\btemplate\x18\x15 \x01(\tR\btemplate\x12!\n" +
+	"\fcontent_type\x18\x16 \x01(\tR\vcontentType\x12!\n" +
+	"\fmin_severity\x18\x17 \x01(\tR\vminSeverity\"\xeb\x03\n" +
 	"\aRunSpec\x12\x18\n" +
 	"\acommand\x18\x01 \x03(\tR\acommand\x120\n" +
 	"\x03env\x18\x02 \x03(\v2\x1e.fleetwave.v1.RunSpec.EnvEntryR\x03env\x128\n" +
