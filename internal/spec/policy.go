@@ -22,8 +22,9 @@ const (
 	OnNewReleaseQueue     = "queue"
 )
 
-// RolloutPolicy.zone_order: waves spread over the zones (the default, "")
-// or one zone finished, and baked, before the next starts.
+// ZoneOrderOneAtATime is the value of RolloutPolicy.zone_order that
+// finishes (and bakes) one zone before the next starts; the default ("")
+// spreads the waves over the zones.
 const ZoneOrderOneAtATime = "one_at_a_time"
 
 // MaxAbortOnAlerts bounds rollout.abort_on_alerts.
