@@ -18,8 +18,9 @@ import (
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
-// alerter sends alerts in the background, retrying with backoff; every
-// alert is also a log line at error level and an event in etcd.
+// alerter sends alerts in the background, retrying with backoff; a
+// failure is also a log line at error level, and every delivery's outcome
+// an event in etcd.
 type alerter struct {
 	ctx      context.Context
 	log      zerolog.Logger
