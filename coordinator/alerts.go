@@ -3,9 +3,9 @@ package coordinator
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -14,41 +14,13 @@ import (
 
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/coordinator/store"
+	"github.com/fleetwave/fleetwave/internal/alertfmt"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
-// Alert is the JSON body POSTed to a service's alerts.webhook_url when a
-// rollout fails.
-type Alert struct {
-	Kind        string      `json:"kind"` // rollout.EventRolloutFailed
-	Service     string      `json:"service"`
-	RolloutID   string      `json:"rollout_id"`
-	FromVersion string      `json:"from_version"`
-	ToVersion   string      `json:"to_version"`
-	Reason      string      `json:"reason"`
-	Hosts       []AlertHost `json:"failed_hosts"`
-	At          time.Time   `json:"at"`
-	Frozen      bool        `json:"frozen"`
-	Action      string      `json:"action"`
-	Waves       []AlertWave `json:"waves"`
-}
-
-// AlertHost is one host that failed, with why.
-type AlertHost struct {
-	Host   string `json:"host"`
-	Reason string `json:"reason"`
-}
-
-// AlertWave summarises one wave.
-type AlertWave struct {
-	Index    uint32 `json:"index"`
-	State    string `json:"state"`
-	Hosts    int    `json:"hosts"`
-	Failures uint32 `json:"failures"`
-}
-
-// alerter sends alerts in the background, retrying with backoff; every
-// alert is also a log line at error level and an event in etcd.
+// alerter sends alerts in the background, retrying with backoff; a
+// failure is also a log line at error level, and every delivery's outcome
+// an event in etcd.
 type alerter struct {
 	ctx      context.Context
 	log      zerolog.Logger
@@ -82,43 +54,53 @@ func sameOriginRedirects(req *http.Request, via []*http.Request) error {
 	return nil
 }
 
-func buildAlert(r *v1.Rollout) Alert {
-	a := Alert{Kind: rollout.EventRolloutFailed, Service: r.GetService(), RolloutID: r.GetId(), FromVersion: r.GetFromVersion(),
-		ToVersion: r.GetToVersion(), Reason: r.GetReason(), At: r.GetFinishedAt().AsTime(), Frozen: true,
-		Action: fmt.Sprintf("hosts that moved are going back to %s; after a look run: fleetwave service unfreeze %s", orNone(r.GetFromVersion()), r.GetService())}
+// buildAlert is the alert about ended rollout r: severity error when it
+// failed (the service is frozen), info when it succeeded or was
+// superseded.
+func buildAlert(r *v1.Rollout) alertfmt.Alert {
+	a := alertfmt.Alert{Kind: rollout.EventRolloutSucceeded, Severity: alertfmt.SeverityInfo, Service: r.GetService(), RolloutID: r.GetId(),
+		FromVersion: r.GetFromVersion(), ToVersion: r.GetToVersion(), Change: rollout.Describe(r),
+		State: strings.TrimPrefix(r.GetState().String(), "ROLLOUT_STATE_"), Reason: r.GetReason(), At: r.GetFinishedAt().AsTime()}
+	switch r.GetState() {
+	case v1.RolloutState_ROLLOUT_STATE_FAILED:
+		a.Kind, a.Severity, a.Frozen = rollout.EventRolloutFailed, alertfmt.SeverityError, true
+		a.Action = fmt.Sprintf("hosts that moved are going back to %s; after a look run: fleetwave service unfreeze %s", orNone(r.GetFromVersion()), r.GetService())
+	case v1.RolloutState_ROLLOUT_STATE_SUPERSEDED:
+		a.Kind = rollout.EventRolloutSuperseded
+	}
 	for _, w := range r.GetWaves() {
-		a.Waves = append(a.Waves, AlertWave{Index: w.GetIndex(), State: w.GetState().String(), Hosts: len(w.GetHosts()), Failures: w.GetFailures()})
+		a.Waves = append(a.Waves, alertfmt.AlertWave{Index: w.GetIndex(), State: w.GetState().String(), Hosts: len(w.GetHosts()), Failures: w.GetFailures()})
 		for _, h := range w.GetHosts() {
 			if h.GetState() == v1.HostRolloutState_HOST_ROLLOUT_STATE_FAILED {
-				a.Hosts = append(a.Hosts, AlertHost{Host: h.GetHostId(), Reason: h.GetReason()})
+				a.Hosts = append(a.Hosts, alertfmt.AlertHost{Host: h.GetHostId(), Reason: h.GetReason()})
 			}
 		}
 	}
 	return a
 }
 
-// rolloutFailed logs the alert and, when the service names a webhook,
-// delivers it in the background.
-func (a *alerter) rolloutFailed(svc *v1.Service, r *v1.Rollout) {
+// rolloutEnded alerts about ended rollout r of svc: a failure is logged
+// as an alert, and delivered when the service names a webhook; another
+// end only when its alerts.min_severity is info. Delivery runs in the
+// background, in the service's alerts.format.
+func (a *alerter) rolloutEnded(svc *v1.Service, r *v1.Rollout) {
 	alert := buildAlert(r)
-	url := svc.GetSpec().GetAlerts().GetWebhookUrl()
-	a.log.Error().Str("alert", alert.Kind).Str("service", alert.Service).Str("rollout", alert.RolloutID).
-		Str("version", alert.ToVersion).Str("reason", alert.Reason).Str("webhook", url).Msg("ALERT: rollout failed; service frozen; a person must look")
-	if url == "" {
+	al := svc.GetSpec().GetAlerts()
+	url := al.GetWebhookUrl()
+	if alert.Severity == alertfmt.SeverityError {
+		a.log.Error().Str("alert", alert.Kind).Str("service", alert.Service).Str("rollout", alert.RolloutID).
+			Str("version", alert.ToVersion).Str("reason", alert.Reason).Str("webhook", url).Msg("ALERT: rollout failed; service frozen; a person must look")
+	}
+	if url == "" || !alertfmt.Wanted(al.GetMinSeverity(), alert.Severity) {
 		return
 	}
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false) // reasons say "> max", not "\u003e max"
-	if err := enc.Encode(alert); err != nil {
-		a.log.Error().Err(err).Msg("encode alert")
-		return
-	}
-	body := buf.Bytes()
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
-		err := a.deliver(url, body)
+		body, ct, err := alertfmt.Render(al.GetFormat(), al.GetTemplate(), al.GetContentType(), alert)
+		if err == nil {
+			err = a.deliver(url, ct, body)
+		}
 		kind, msg := rollout.EventAlertSent, "alert delivered to "+url
 		if err != nil {
 			kind, msg = rollout.EventAlertFailed, fmt.Sprintf("alert to %s not delivered: %v", url, err)
@@ -134,7 +116,7 @@ func (a *alerter) rolloutFailed(svc *v1.Service, r *v1.Rollout) {
 }
 
 // deliver POSTs body until a 2xx answer, with exponential backoff.
-func (a *alerter) deliver(url string, body []byte) error {
+func (a *alerter) deliver(url, contentType string, body []byte) error {
 	wait := a.backoff
 	var last error
 	for i := range a.attempts {
@@ -150,7 +132,7 @@ func (a *alerter) deliver(url string, body []byte) error {
 		if err != nil {
 			return fmt.Errorf("webhook %s: %w", url, err)
 		}
-		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Content-Type", contentType)
 		resp, err := a.client.Do(req)
 		if err != nil {
 			last = err

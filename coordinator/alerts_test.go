@@ -39,20 +39,20 @@ func TestWebhookRedirectsStayOnItsHost(t *testing.T) {
 	a := newAlerter(context.Background(), zerolog.Nop(), nil)
 	a.attempts = 1
 
-	err := a.deliver(hook.URL+"/away", []byte(`{"kind":"rollout_failed"}`))
+	err := a.deliver(hook.URL+"/away", "application/json", []byte(`{"kind":"rollout_failed"}`))
 	if err == nil || !strings.Contains(err.Error(), "another host than the webhook's") {
 		t.Errorf("redirect to another host: %v, want it refused", err)
 	}
 	if n := elsewhere.Load(); n != 0 {
 		t.Errorf("the other host got %d requests", n)
 	}
-	if err := a.deliver(hook.URL+"/moved", []byte(`{"kind":"rollout_failed"}`)); err != nil {
+	if err := a.deliver(hook.URL+"/moved", "application/json", []byte(`{"kind":"rollout_failed"}`)); err != nil {
 		t.Errorf("redirect on the same host: %v", err)
 	}
 	if got.Load() != `{"kind":"rollout_failed"}` {
 		t.Errorf("delivered %v after a same-host redirect", got.Load())
 	}
-	if err := a.deliver(hook.URL+"/loop", nil); err == nil || !strings.Contains(err.Error(), "more than 3 redirects") {
+	if err := a.deliver(hook.URL+"/loop", "application/json", nil); err == nil || !strings.Contains(err.Error(), "more than 3 redirects") {
 		t.Errorf("a redirect loop: %v", err)
 	}
 }

@@ -146,6 +146,10 @@ type Config struct {
 	HTTPLimits dashboard.Limits
 	// HTTPReady, if set, receives the dashboard's URL once it listens.
 	HTTPReady func(url string)
+	// AlertmanagerTokenFile turns on the Alertmanager receiver
+	// (alertmanager.go) on the dashboard's listener: a file holding the
+	// bearer token Alertmanager must send (empty = off).
+	AlertmanagerTokenFile string
 	// Limits cap connections and streams on the gRPC listener (limits.go;
 	// zero fields take DefaultLimits).
 	Limits Limits
@@ -230,6 +234,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.HTTPLimits.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if c.AlertmanagerTokenFile != "" && c.HTTPListen == "" {
+		errs = append(errs, fmt.Errorf("alertmanager-token-file: %q: the receiver is served on http-listen, which is off", c.AlertmanagerTokenFile))
 	}
 	// A session's live pages share its gRPC connection, whose calls in
 	// flight are limited like any connection without a certificate.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	stdlog "log"
 	"net"
+	"net/http"
 	"strings"
 	"syscall"
 	"time"
@@ -49,6 +50,13 @@ func (c *Coordinator) startDashboard(ctx context.Context, grpcAddr string) (wait
 			return nil, fmt.Errorf("http-listen: %w", err)
 		}
 		cfg.GRPCCreds = credentials.NewTLS(cc)
+	}
+	if c.cfg.AlertmanagerTokenFile != "" {
+		rcv, err := c.newAlertReceiver(c.cfg.AlertmanagerTokenFile)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Receivers = map[string]http.Handler{AlertmanagerPath: rcv}
 	}
 	d, err := dashboard.New(cfg, c.log)
 	if err != nil {

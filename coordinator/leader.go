@@ -9,6 +9,7 @@ import (
 
 	"go.etcd.io/etcd/client/v3/concurrency"
 
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/coordinator/store"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -56,6 +57,9 @@ const (
 	// opOverride lets the newest release past windows, blackouts and after
 	// (policy.go).
 	opOverride
+	// opAlerts aborts the running rollout when firing alerts name it
+	// (rollout.AlertAbort; the Alertmanager receiver, alertmanager.go).
+	opAlerts
 )
 
 // leaderReq is an operator request the loop serves between reconciles.
@@ -63,11 +67,12 @@ type leaderReq struct {
 	service string
 	op      leaderOp
 	actor   string
-	reason  string             // abort, override
-	version string             // rollback target ("" = the previous good release)
-	signed  *v1.SignedRollback // rollback: the operator's signed statement (nil: none)
-	wave    uint32             // approve: the wave (0 = whatever waits)
-	force   bool               // delete: supersede a rollout in flight
+	reason  string                // abort, override
+	version string                // rollback target ("" = the previous good release)
+	signed  *v1.SignedRollback    // rollback: the operator's signed statement (nil: none)
+	wave    uint32                // approve: the wave (0 = whatever waits)
+	force   bool                  // delete: supersede a rollout in flight
+	alerts  []rollout.FiringAlert // opAlerts: the alerts firing
 	reply   chan leaderReply
 }
 

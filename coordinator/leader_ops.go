@@ -17,7 +17,7 @@ import (
 // release), approve, unfreeze, or the decisions in decide.
 func (l *leader) serve(ctx context.Context, fence *store.Fence, req leaderReq) (*v1.Rollout, *v1.Service, error) {
 	switch req.op {
-	case opPause, opResume, opAbort, opRollback:
+	case opPause, opResume, opAbort, opRollback, opAlerts:
 		r, err := l.decide(ctx, fence, req)
 		return r, nil, err
 	case opDelete:
@@ -94,11 +94,22 @@ func (l *leader) decide(ctx context.Context, fence *store.Fence, req leaderReq) 
 		return l.rollback(ctx, fence, vs, vr, active, req, now)
 	}
 	if !active {
+		if req.op == opAlerts {
+			return nil, nil // ended meanwhile: nothing to abort
+		}
 		return nil, fmt.Errorf("service %s has no rollout in progress", req.service)
 	}
 	var next *v1.Rollout
 	var kind, msg string
 	switch req.op {
+	case opAlerts:
+		why, abort := rollout.AlertAbort(vr.Val, req.alerts)
+		if !abort {
+			return nil, nil
+		}
+		why = "aborted by " + orNone(req.actor) + ": " + why
+		next = rollout.Fail(vr.Val, why, now)
+		kind, msg = rollout.EventRolloutAborted, why
 	case opPause:
 		next, err = rollout.Pause(vr.Val)
 		kind, msg = rollout.EventRolloutPaused, "paused: hosts already moving finish, nothing new starts"

@@ -78,9 +78,7 @@ func (l *leader) commit(ctx context.Context, fence *store.Fence, vs store.Versio
 	if rollout.Terminal(next) {
 		l.pruneEvents(ctx, fence, next)
 		l.c.log.Info().Str("service", svc.GetSpec().GetName()).Str("rollout", next.GetId()).Str("state", next.GetState().String()).Str("reason", next.GetReason()).Msg("rollout ended")
-		if next.GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED {
-			l.c.alerts.rolloutFailed(svc, next)
-		}
+		l.c.alerts.rolloutEnded(svc, next)
 	}
 	return l.c.mirror.WaitRev(ctx, rev)
 }

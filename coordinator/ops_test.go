@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
+	"github.com/fleetwave/fleetwave/internal/alertfmt"
 	"github.com/fleetwave/fleetwave/internal/spec"
 	"github.com/fleetwave/fleetwave/internal/testkit"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
@@ -130,7 +131,7 @@ func TestFailureAlertRollbackPauseResumeAbortHistory(t *testing.T) {
 	// A webhook that fails twice before it accepts: the alert is retried.
 	var hookMu sync.Mutex
 	var hookCalls int
-	var alert Alert
+	var alert alertfmt.Alert
 	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		hookMu.Lock()
 		defer hookMu.Unlock()

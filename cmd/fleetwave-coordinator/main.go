@@ -75,6 +75,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.IntVar(&cfg.HTTPLimits.MaxStreamsPerIdentity, "http-max-streams-per-identity", hd.MaxStreamsPerIdentity, "live dashboard pages (event streams) one identity holds open at once")
 	fs.Int64Var(&cfg.HTTPLimits.MaxBodyBytes, "http-max-body-bytes", hd.MaxBodyBytes, "largest dashboard form accepted")
 	fs.IntVar(&cfg.HTTPLimits.MaxConnections, "http-max-connections", hd.MaxConnections, "connections the dashboard holds at once; more are closed at once")
+	fs.StringVar(&cfg.AlertmanagerTokenFile, "alertmanager-token-file", "", "serve an Alertmanager webhook receiver at "+coordinator.AlertmanagerPath+" on --http-listen, for rollout.abort_on_alerts; Alertmanager must send the bearer token this file holds (empty = off)")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	gossipFlags := gossip.AddFlags(fs)
 	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "this coordinator's certificate (PEM; identity coordinator/NAME; from fleetwave tls init)")

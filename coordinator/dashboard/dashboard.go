@@ -119,6 +119,10 @@ type Config struct {
 	// ErrorLog receives the HTTP server's own errors (TLS handshakes that
 	// failed, bad requests); nil logs them to the logger, every one.
 	ErrorLog *stdlog.Logger
+	// Receivers are more POST endpoints served on the dashboard's
+	// listener, by path, outside its login: each authenticates its callers
+	// itself (the coordinator's Alertmanager receiver).
+	Receivers map[string]http.Handler
 }
 
 // Server serves the dashboard.
@@ -172,6 +176,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /audit", s.withSession(s.auditPage))
 	mux.HandleFunc("POST /services/{service}/{action}", s.withSession(s.action))
 	mux.Handle("GET /static/", s.static)
+	for path, h := range s.cfg.Receivers {
+		mux.Handle("POST "+path, h)
+	}
 	if s.cfg.Insecure {
 		return securityHeaders(addressOnly(mux))
 	}

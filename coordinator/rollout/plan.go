@@ -90,7 +90,11 @@ func WithDefaults(p *v1.RolloutPolicy) *v1.RolloutPolicy {
 // exists: sorted by id inside each zone, then zones interleaved round-robin in
 // sorted order, hosts without a zone label forming one more group after the
 // zones. The canary thus lands on the first zone's first host. Host ids that
-// are empty are ignored; a duplicated id is planned once.
+// are empty are ignored; a duplicated id is planned once. With zone_order
+// one_at_a_time the zones are not interleaved but planned one after the
+// other, each cut by the waves' percentages of its own hosts (the canary
+// from the first zone only): a zone is done, and baked, before the next
+// starts. Each planned host records its zone (HostProgress.zone).
 //
 // from_version = svc.Status.StableVersion, generation =
 // svc.Status.StableGeneration + 1, policy = WithDefaults(spec.rollout).
@@ -111,7 +115,7 @@ func New(id string, svc *v1.Service, to string, hosts []Host, now time.Time) *v1
 		Generation:  st.GetStableGeneration() + 1,
 		Policy:      pol,
 		Spec:        proto.Clone(svc.GetSpec()).(*v1.ServiceSpec),
-		Waves:       buildWaves(planOrder(sp.GetSelector(), hosts), pol),
+		Waves:       planWaves(sp.GetSelector(), hosts, pol),
 		CreatedAt:   timestamppb.New(now),
 		// The live spec, against the one the stable release runs with.
 		SpecRevision:        svc.GetSpecRevision(),
@@ -153,8 +157,65 @@ func start(r *v1.Rollout, now time.Time) {
 	}
 }
 
-// planOrder returns the ids of the selected hosts in plan order.
+// planned is a selected host in plan order, with its zone.
+type planned struct{ id, zone string }
+
+// planWaves is the plan of New: the selected hosts cut into waves. With
+// zone_order one_at_a_time the zones go one after the other (sorted, hosts
+// without a zone last), each cut by the policy's waves, the canary taken
+// from the first zone; otherwise the waves spread over the zones.
+func planWaves(selector map[string]string, hosts []Host, pol *v1.RolloutPolicy) []*v1.Wave {
+	groups := planGroups(selector, hosts)
+	if pol.GetZoneOrder() != spec.ZoneOrderOneAtATime || len(groups) < 2 {
+		return buildWaves(interleave(groups), pol)
+	}
+	var waves []*v1.Wave
+	for i, g := range groups {
+		zp := pol
+		if i > 0 { // the canary is the first zone's
+			zp = proto.Clone(pol).(*v1.RolloutPolicy)
+			zp.NoCanary, zp.Canary = true, 0
+		}
+		for _, w := range buildWaves(g, zp) {
+			w.Index = uint32(len(waves))
+			waves = append(waves, w)
+		}
+	}
+	return waves
+}
+
+// planOrder returns the ids of the selected hosts in plan order (the
+// zones interleaved).
 func planOrder(selector map[string]string, hosts []Host) []string {
+	order := interleave(planGroups(selector, hosts))
+	ids := make([]string, len(order))
+	for i, p := range order {
+		ids[i] = p.id
+	}
+	return ids
+}
+
+// interleave takes one host of each group in turn.
+func interleave(groups [][]planned) []planned {
+	var out []planned
+	for round := 0; ; round++ {
+		added := false
+		for _, g := range groups {
+			if round < len(g) {
+				out = append(out, g[round])
+				added = true
+			}
+		}
+		if !added {
+			return out
+		}
+	}
+}
+
+// planGroups returns the selected hosts by zone: each zone's hosts sorted
+// by id, the zones sorted, hosts without a zone label one more group after
+// them.
+func planGroups(selector map[string]string, hosts []Host) [][]planned {
 	type cand struct {
 		id, zone string
 		hasZone  bool
@@ -179,57 +240,46 @@ func planOrder(selector map[string]string, hosts []Host) []string {
 		}
 		return a.zone < b.zone
 	})
-	byZone := map[string][]string{}
-	var zones, noZone []string
+	byZone := map[string][]planned{}
+	var zones []string
+	var noZone []planned
 	for i, c := range cands {
 		if i > 0 && cands[i-1].id == c.id {
 			continue
 		}
 		if !c.hasZone {
-			noZone = append(noZone, c.id)
+			noZone = append(noZone, planned{id: c.id})
 			continue
 		}
 		if _, ok := byZone[c.zone]; !ok {
 			zones = append(zones, c.zone)
 		}
-		byZone[c.zone] = append(byZone[c.zone], c.id)
+		byZone[c.zone] = append(byZone[c.zone], planned{id: c.id, zone: c.zone})
 	}
 	sort.Strings(zones)
-	groups := make([][]string, 0, len(zones)+1)
+	groups := make([][]planned, 0, len(zones)+1)
 	for _, z := range zones {
 		groups = append(groups, byZone[z])
 	}
 	if len(noZone) > 0 {
 		groups = append(groups, noZone)
 	}
-	var out []string
-	for round := 0; ; round++ {
-		added := false
-		for _, g := range groups {
-			if round < len(g) {
-				out = append(out, g[round])
-				added = true
-			}
-		}
-		if !added {
-			return out
-		}
-	}
+	return groups
 }
 
 // buildWaves cuts the ordered hosts into waves following pol (defaulted).
-func buildWaves(order []string, pol *v1.RolloutPolicy) []*v1.Wave {
+func buildWaves(order []planned, pol *v1.RolloutPolicy) []*v1.Wave {
 	n := len(order)
 	var waves []*v1.Wave
-	add := func(ids []string, canary bool) {
+	add := func(ids []planned, canary bool) {
 		w := &v1.Wave{
 			Index:  uint32(len(waves)),
 			State:  v1.WaveState_WAVE_STATE_PENDING,
 			Canary: canary,
 			Hosts:  make([]*v1.HostProgress, len(ids)),
 		}
-		for i, id := range ids {
-			w.Hosts[i] = &v1.HostProgress{HostId: id, State: v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING}
+		for i, p := range ids {
+			w.Hosts[i] = &v1.HostProgress{HostId: p.id, Zone: p.zone, State: v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING}
 		}
 		waves = append(waves, w)
 	}

@@ -196,6 +196,10 @@ func simulate(t *testing.T, seed uint64) v1.RolloutState {
 		pol.Mode = spec.ModeManual
 	}
 	pol.ApproveEachWave = rng.IntN(4) == 0
+	pol.MaxUnavailablePerZone = []string{"", "", "1", "2", "10%", "50%"}[rng.IntN(6)]
+	if rng.IntN(3) == 0 {
+		pol.ZoneOrder = spec.ZoneOrderOneAtATime
+	}
 	pauses := rng.IntN(3) == 0 // a person pauses and resumes now and then
 	eff := effective(WithDefaults(pol))
 	prm := simParams{
@@ -243,6 +247,26 @@ func simulate(t *testing.T, seed uint64) v1.RolloutState {
 	for id, a := range agents {
 		if a.selected && !inPlan[id] {
 			fatalf("selected host %s missing from the plan", id)
+		}
+	}
+	// Zones one at a time: each wave holds one zone, and a zone's waves
+	// follow each other (no zone comes back after another started).
+	if pol.ZoneOrder == spec.ZoneOrderOneAtATime {
+		done := map[string]bool{}
+		last := "\x00"
+		for i, w := range r.GetWaves() {
+			z := w.GetHosts()[0].GetZone()
+			for _, h := range w.GetHosts() {
+				if h.GetZone() != z || h.GetZone() != agents[h.GetHostId()].labels[ZoneLabel] {
+					fatalf("zone_order one_at_a_time: wave %d mixes zones (%s in %q)", i, h.GetHostId(), z)
+				}
+			}
+			if z != last {
+				if done[z] {
+					fatalf("zone_order one_at_a_time: zone %q comes back at wave %d", z, i)
+				}
+				done[last], last = true, z
+			}
 		}
 	}
 
@@ -448,6 +472,26 @@ func checkStep(fatalf func(string, ...any), stepN int, in, out *v1.Rollout, res 
 	}
 	if len(assignedEv) > 0 {
 		fatalf("step %d: host_assigned events without a move: %v", stepN, assignedEv)
+	}
+	// max_unavailable_per_zone: a host the Step moves never takes its zone
+	// over the limit (hosts failing or dropping on their own may).
+	if lim := ZoneLimits(out); lim != nil {
+		unavailable := map[string]int{}
+		for _, w := range out.Waves {
+			for _, h := range w.Hosts {
+				if Unavailable(h) {
+					unavailable[h.GetZone()]++
+				}
+			}
+		}
+		for i, w := range out.Waves {
+			for k, h := range w.Hosts {
+				if in.Waves[i].Hosts[k].State == pending && h.State == updating && unavailable[h.GetZone()] > lim[h.GetZone()] {
+					fatalf("step %d: %s assigned with %d host(s) of zone %q unavailable, max_unavailable_per_zone %s = %d",
+						stepN, h.HostId, unavailable[h.GetZone()], h.GetZone(), out.GetPolicy().GetMaxUnavailablePerZone(), lim[h.GetZone()])
+				}
+			}
+		}
 	}
 	if overBudget && out.State != rFailed {
 		fatalf("step %d: a wave is over budget but the rollout is %v", stepN, out.State)

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -92,7 +93,11 @@ func effective(p *v1.RolloutPolicy) policy {
 //     now reaches bake_until; then the next wave starts in the same Step. A
 //     progressing wave fails the rollout once now reaches last_progress_at +
 //     progress_deadline; otherwise PENDING hosts are moved to UPDATING, in
-//     plan order, while fewer than max_parallel are UPDATING.
+//     plan order, while fewer than max_parallel are UPDATING, skipping a
+//     host whose zone has max_unavailable_per_zone hosts unavailable
+//     (Unavailable: updating, failed, or done but unreachable). When a
+//     zone's failed hosts alone fill its limit and it has pending hosts in
+//     the current wave, the rollout fails (they could never move).
 //   - When every wave is DONE the rollout SUCCEEDED.
 func Step(r *v1.Rollout, obs func(hostID string) Observation, now time.Time) (*v1.Rollout, Result) {
 	return stepGated(r, obs, now, "")
@@ -399,6 +404,14 @@ func (s *stepper) progressWave(i int) bool {
 		return false
 	}
 
+	zones := s.zoneRoom()
+	if zones != nil {
+		if z, failed, ok := s.zoneStuck(i); ok {
+			s.fail(i, fmt.Sprintf("%s: %d host(s) failed, max_unavailable_per_zone %s allows %d unavailable: its pending hosts can never move",
+				zoneName(z), failed, s.r.GetPolicy().GetMaxUnavailablePerZone(), ZoneLimits(s.r)[z]))
+			return false
+		}
+	}
 	for j := range s.r.Waves[i].Hosts {
 		if updating >= s.pol.maxParallel {
 			break
@@ -406,6 +419,12 @@ func (s *stepper) progressWave(i int) bool {
 		h := s.r.Waves[i].Hosts[j]
 		if h == nil || h.GetState() != v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING {
 			continue
+		}
+		if zones != nil {
+			if zones[h.GetZone()] <= 0 {
+				continue // its zone is at max_unavailable_per_zone
+			}
+			zones[h.GetZone()]--
 		}
 		hp := s.host(i, j)
 		hp.State = v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING
@@ -415,6 +434,88 @@ func (s *stepper) progressWave(i int) bool {
 	}
 	s.res.NextWake = deadlineAt
 	return false
+}
+
+// Unavailable reports whether h counts against its zone's
+// max_unavailable_per_zone: updating, failed, or done but unreachable.
+func Unavailable(h *v1.HostProgress) bool {
+	switch h.GetState() {
+	case v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING, v1.HostRolloutState_HOST_ROLLOUT_STATE_FAILED:
+		return true
+	case v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE:
+		return h.GetUnknown()
+	}
+	return false
+}
+
+// ZoneLimits is, for each zone of r's plan ("" for hosts without one), how
+// many of its hosts may be unavailable at once under the policy's
+// max_unavailable_per_zone; nil when the policy sets no limit.
+func ZoneLimits(r *v1.Rollout) map[string]int {
+	lim := r.GetPolicy().GetMaxUnavailablePerZone()
+	if lim == "" {
+		return nil
+	}
+	size := map[string]int{}
+	for _, w := range r.GetWaves() {
+		for _, h := range w.GetHosts() {
+			size[h.GetZone()]++
+		}
+	}
+	out := make(map[string]int, len(size))
+	for z, n := range size {
+		out[z] = spec.ZoneLimit(lim, n)
+		if out[z] == 0 { // an invalid limit read back from storage: one at a time
+			out[z] = 1
+		}
+	}
+	return out
+}
+
+// zoneStuck reports a zone with a pending host in wave i whose failed
+// hosts alone fill its max_unavailable_per_zone: a failed host stays
+// failed, so that host can never move.
+func (s *stepper) zoneStuck(i int) (zone string, failed int, stuck bool) {
+	lim := ZoneLimits(s.r)
+	nFailed := map[string]int{}
+	for _, w := range s.r.GetWaves() {
+		for _, h := range w.GetHosts() {
+			if h.GetState() == v1.HostRolloutState_HOST_ROLLOUT_STATE_FAILED {
+				nFailed[h.GetZone()]++
+			}
+		}
+	}
+	for _, h := range s.r.Waves[i].GetHosts() {
+		if z := h.GetZone(); h.GetState() == v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING && nFailed[z] >= lim[z] {
+			return z, nFailed[z], true
+		}
+	}
+	return "", 0, false
+}
+
+// zoneName is `zone "a"`, or "hosts without a zone".
+func zoneName(z string) string {
+	if z == "" {
+		return "hosts without a zone"
+	}
+	return fmt.Sprintf("zone %q", z)
+}
+
+// zoneRoom is, for each zone, how many more of its hosts may become
+// unavailable now (nil: no limit).
+func (s *stepper) zoneRoom() map[string]int {
+	room := ZoneLimits(s.r)
+	if room == nil {
+		return nil
+	}
+	for _, w := range s.r.GetWaves() {
+		for _, h := range w.GetHosts() {
+			if Unavailable(h) {
+				room[h.GetZone()]--
+			}
+		}
+	}
+	return room
 }
 
 func (s *stepper) waveDone(i int, how string) {

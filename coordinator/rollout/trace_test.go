@@ -32,6 +32,7 @@ import (
 //	        [each-wave] [selector=(k=v,...)] [stable=VERSION]
 //	        [run=(./app,ARG...)] [env=(K=V,...)] [webhook=URL]
 //	        [window=(DAYS,HH:MM,HH:MM,ZONE)] [after=(NAME,...)]
+//	        [zone-limit=N|P%] [zone-order=one_at_a_time] [abort-on=(ALERT,...)]
 //	    the service's spec: its policy, what hosts run (run, env) and its
 //	    alerts. The first is spec 1; again: an apply (a spec that differs gets
 //	    the next revision; it prints the revision and what changed), same
@@ -51,6 +52,10 @@ import (
 //	compare-fail reason=(text) [t=D]
 //	    the canary-versus-baseline comparison failed (the leader's judge)
 //	rollback [to=V] [t=D]  unfreeze [t=D]  delete [force] [t=D]
+//	alert NAME[=(k=v,...)]... [t=D]
+//	    Alertmanager posts these alerts firing (NAME is the alertname,
+//	    the values its other labels): the leader aborts the rollout in
+//	    flight when AlertAbort says so
 //	    the operator's calls, as the leader serves them (after a delete,
 //	    `service` creates the service anew)
 //	blackout ID from=D to=D [reason=(text)]   a coordinator-wide blackout
@@ -262,6 +267,21 @@ func TestTraces(t *testing.T) {
 				return act(w.abort(arg(td, "reason")))
 			case "compare-fail":
 				return act(w.compareFailed(arg(td, "reason")))
+			case "alert":
+				var firing []FiringAlert
+				for _, a := range td.CmdArgs {
+					if a.Key == "t" {
+						continue
+					}
+					l := map[string]string{AlertLabelName: a.Key}
+					for _, kv := range a.Vals {
+						k, v, _ := strings.Cut(kv, "=")
+						l[k] = v
+					}
+					firing = append(firing, FiringAlert{Labels: l})
+				}
+				w.alerts(firing)
+				return act(nil)
 			case "rollback":
 				return act(w.rollback(arg(td, "to")))
 			case "unfreeze":
@@ -326,6 +346,10 @@ func traceService(t *testing.T, td *datadriven.TestData) *v1.Service {
 	}
 	pol.Canary, pol.MaxParallel, pol.MaxFailures = num("canary"), num("parallel"), num("failures")
 	pol.Bake, pol.ProgressDeadline = dur("bake"), dur("deadline")
+	pol.MaxUnavailablePerZone, pol.ZoneOrder = arg(td, "zone-limit"), arg(td, "zone-order")
+	if a, ok := td.Arg("abort-on"); ok {
+		pol.AbortOnAlerts = a.Vals
+	}
 	if s := arg(td, "waves"); s != "" {
 		for _, p := range strings.Split(s, ",") {
 			n, err := strconv.ParseUint(strings.TrimSpace(p), 10, 32)

@@ -587,6 +587,25 @@ func (w *world) compareFailed(reason string) error {
 	return nil
 }
 
+// alerts is Alertmanager posting firing alerts: the leader aborts the
+// rollout in progress when AlertAbort says so (else nothing happens).
+func (w *world) alerts(firing []FiringAlert) {
+	cur := w.active()
+	if cur == nil {
+		w.logf("no rollout in flight")
+		return
+	}
+	why, ok := AlertAbort(cur, firing)
+	if !ok {
+		w.logf("%s: no alert of rollout.abort_on_alerts", cur.GetId())
+		return
+	}
+	next := Fail(cur, "aborted by alertmanager: "+why, w.now)
+	w.logf("%s %s: %s", next.GetId(), EventRolloutAborted, next.GetReason())
+	w.commit(next)
+	w.check()
+}
+
 func (w *world) rollback(to string) error {
 	cur := w.active()
 	target, err := RollbackTarget(w.svc, w.rollouts, cur, w.releases, to)

@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/fleetwave/fleetwave/internal/alertfmt"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -86,6 +87,10 @@ func RuleKind(r *v1.AnalysisRule) string {
 // validateAnalysisAndAlerts checks the analysis and alerts sections of s.
 func validateAnalysisAndAlerts(p *problems, s *v1.ServiceSpec) {
 	validateAnalysis(p, s.GetAnalysis())
+	al := s.GetAlerts()
+	for _, err := range alertfmt.Check(al.GetFormat(), al.GetTemplate(), al.GetContentType(), al.GetMinSeverity()) {
+		p.addErr(err)
+	}
 	if raw := s.GetAlerts().GetWebhookUrl(); raw != "" {
 		checkPlainHTTPURL(p, "alerts.webhook_url", raw)
 	}

@@ -166,9 +166,15 @@ func normalizeSingular(fd protoreflect.FieldDescriptor, v any, path string, errs
 		}
 		return normalize(md, v, path, errs)
 	case protoreflect.StringKind:
-		switch v.(type) {
+		switch v := v.(type) {
 		case string:
-		case json.Number, bool:
+		case json.Number:
+			if path == "rollout.max_unavailable_per_zone" {
+				// A count or a percentage: `2` as well as "2" and "25%".
+				return string(v)
+			}
+			*errs = append(*errs, fmt.Errorf("%s: want a string, got %s %s (quote it)", path, jsonKind(v), compact(v)))
+		case bool:
 			*errs = append(*errs, fmt.Errorf("%s: want a string, got %s %s (quote it)", path, jsonKind(v), compact(v)))
 		default:
 			*errs = append(*errs, fmt.Errorf("%s: want a string, got %s", path, jsonKind(v)))

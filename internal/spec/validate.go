@@ -265,7 +265,33 @@ func validateRollout(p *problems, r *v1.RolloutPolicy) {
 		}
 		seen[a] = true
 	}
+	if _, _, err := ParseZoneLimit(r.GetMaxUnavailablePerZone()); err != nil {
+		p.addErr(err)
+	}
+	switch r.GetZoneOrder() {
+	case "", ZoneOrderOneAtATime:
+	default:
+		p.add("rollout.zone_order", "%q is not %s (or empty: waves spread over the zones)", r.GetZoneOrder(), ZoneOrderOneAtATime)
+	}
+	if n := len(r.GetAbortOnAlerts()); n > MaxAbortOnAlerts {
+		p.add("rollout.abort_on_alerts", "%d alert names, more than %d", n, MaxAbortOnAlerts)
+	}
+	seen = map[string]bool{}
+	for i, a := range r.GetAbortOnAlerts() {
+		field := fmt.Sprintf("rollout.abort_on_alerts[%d]", i)
+		switch {
+		case !alertNameRE.MatchString(a):
+			p.add(field, "%q is not an alert name ([A-Za-z_:][A-Za-z0-9_:]{0,127}, like Prometheus metric names)", a)
+		case seen[a]:
+			p.add(field, "%q is listed twice", a)
+		}
+		seen[a] = true
+	}
 }
+
+// alertNameRE is what rollout.abort_on_alerts accepts: a Prometheus
+// alerting rule's name (a metric name), at most 128 characters.
+var alertNameRE = regexp.MustCompile(`^[A-Za-z_:][A-Za-z0-9_:]{0,127}$`)
 
 // validDuration returns d, or -1 after recording a problem (out of range or
 // negative). An unset duration is 0.

@@ -95,10 +95,16 @@ func (e *env) apply(name, spec string) {
 // newFleetEnv starts a coordinator and n agents in zones a and b.
 func newFleetEnv(t *testing.T, n int) *env {
 	t.Helper()
+	return newFleetEnvWith(t, n, testfleet.Options{})
+}
+
+// newFleetEnvWith is newFleetEnv with options for the fleet.
+func newFleetEnvWith(t *testing.T, n int, opts testfleet.Options) *env {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	t.Cleanup(cancel)
 	dir := t.TempDir()
-	f, err := testfleet.NewFleet(ctx, bins, dir)
+	f, err := testfleet.NewFleetWith(ctx, bins, dir, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

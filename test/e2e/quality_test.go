@@ -53,6 +53,7 @@ type hook struct {
 	calls  int
 	refuse int
 	alerts []map[string]any
+	ct     string // the last delivery's Content-Type
 	srv    *httptest.Server
 }
 
@@ -67,6 +68,7 @@ func newHook(t *testing.T, refuse int) *hook {
 			return
 		}
 		var a map[string]any
+		h.ct = r.Header.Get("Content-Type")
 		b, _ := io.ReadAll(r.Body)
 		if err := json.Unmarshal(b, &a); err == nil {
 			h.alerts = append(h.alerts, a)
@@ -80,6 +82,12 @@ func (h *hook) received() []map[string]any {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return append([]map[string]any(nil), h.alerts...)
+}
+
+func (h *hook) contentType() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.ct
 }
 
 // everRan reports which hosts ever ran version.

@@ -386,6 +386,8 @@ type Options struct {
 	// TLS turns mutual TLS on: a CA and certificates are made in DIR/pki
 	// (the coordinator c1, an admin operator, one per agent).
 	TLS bool
+	// CoordinatorArgs are more flags for the coordinator.
+	CoordinatorArgs []string
 }
 
 // Agent is one agent process and the port its service uses.
@@ -444,6 +446,7 @@ func NewFleetWith(ctx context.Context, bin *Binaries, dir string, opts Options) 
 	} else {
 		args = append(args, "--insecure")
 	}
+	args = append(args, opts.CoordinatorArgs...)
 	f.Coord, err = Start("coordinator", bin.Coordinator, filepath.Join(dir, "logs", "coordinator.log"), args...)
 	if err != nil {
 		return nil, err

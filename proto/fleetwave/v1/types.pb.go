@@ -1468,7 +1468,19 @@ func (x *PromQLRule) GetMin() float64 {
 type Alerts struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// A JSON POST goes here when a rollout fails (retried with backoff).
-	WebhookUrl    string `protobuf:"bytes,1,opt,name=webhook_url,json=webhookUrl,proto3" json:"webhook_url,omitempty"`
+	WebhookUrl string `protobuf:"bytes,1,opt,name=webhook_url,json=webhookUrl,proto3" json:"webhook_url,omitempty"`
+	// The body posted (issue 18): "json" (default: Fleetwave's alert
+	// object), "slack" (a Slack-compatible incoming-webhook message, {"text":
+	// ...}) or "template" (template renders it).
+	Format string `protobuf:"bytes,20,opt,name=format,proto3" json:"format,omitempty"`
+	// format template: a Go text/template over the alert (its fields as in
+	// the README), checked at apply; the body is at most 64 KiB.
+	Template string `protobuf:"bytes,21,opt,name=template,proto3" json:"template,omitempty"`
+	// format template: the body's Content-Type (default application/json).
+	ContentType string `protobuf:"bytes,22,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
+	// Which rollouts alert: "error" (default: failed ones) or "info" (every
+	// rollout's end: succeeded and superseded too).
+	MinSeverity   string `protobuf:"bytes,23,opt,name=min_severity,json=minSeverity,proto3" json:"min_severity,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1506,6 +1518,34 @@ func (*Alerts) Descriptor() ([]byte, []int) {
 func (x *Alerts) GetWebhookUrl() string {
 	if x != nil {
 		return x.WebhookUrl
+	}
+	return ""
+}
+
+func (x *Alerts) GetFormat() string {
+	if x != nil {
+		return x.Format
+	}
+	return ""
+}
+
+func (x *Alerts) GetTemplate() string {
+	if x != nil {
+		return x.Template
+	}
+	return ""
+}
+
+func (x *Alerts) GetContentType() string {
+	if x != nil {
+		return x.ContentType
+	}
+	return ""
+}
+
+func (x *Alerts) GetMinSeverity() string {
+	if x != nil {
+		return x.MinSeverity
 	}
 	return ""
 }
@@ -2069,7 +2109,21 @@ type RolloutPolicy struct {
 	Windows []*DeployWindow `protobuf:"bytes,20,rep,name=windows,proto3" json:"windows,omitempty"`
 	// Services whose newest rollout must have succeeded before a rollout of
 	// this service starts (issue 18). No cycles (refused at apply).
-	After         []string `protobuf:"bytes,21,rep,name=after,proto3" json:"after,omitempty"`
+	After []string `protobuf:"bytes,21,rep,name=after,proto3" json:"after,omitempty"`
+	// Zone safety (issue 18): at most this many hosts of one zone (the host
+	// label "zone"; hosts without one form one group) unavailable at once,
+	// that is updating, failed, or done but unreachable: a count ("2") or a
+	// percentage of the zone's hosts in the plan ("25%", rounded up, at least
+	// 1). Empty: no limit but max_parallel.
+	MaxUnavailablePerZone string `protobuf:"bytes,22,opt,name=max_unavailable_per_zone,json=maxUnavailablePerZone,proto3" json:"max_unavailable_per_zone,omitempty"`
+	// "" (default: waves spread over the zones) or "one_at_a_time": the plan
+	// finishes a zone (its hosts cut by the waves' percentages, each wave
+	// baked) before the next zone starts, in sorted zone order.
+	ZoneOrder string `protobuf:"bytes,23,opt,name=zone_order,json=zoneOrder,proto3" json:"zone_order,omitempty"`
+	// Names of Prometheus alerts (Alertmanager's alertname label) that abort
+	// a rollout of this service in progress when Alertmanager posts them
+	// firing to the coordinator's receiver.
+	AbortOnAlerts []string `protobuf:"bytes,24,rep,name=abort_on_alerts,json=abortOnAlerts,proto3" json:"abort_on_alerts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2184,6 +2238,27 @@ func (x *RolloutPolicy) GetWindows() []*DeployWindow {
 func (x *RolloutPolicy) GetAfter() []string {
 	if x != nil {
 		return x.After
+	}
+	return nil
+}
+
+func (x *RolloutPolicy) GetMaxUnavailablePerZone() string {
+	if x != nil {
+		return x.MaxUnavailablePerZone
+	}
+	return ""
+}
+
+func (x *RolloutPolicy) GetZoneOrder() string {
+	if x != nil {
+		return x.ZoneOrder
+	}
+	return ""
+}
+
+func (x *RolloutPolicy) GetAbortOnAlerts() []string {
+	if x != nil {
+		return x.AbortOnAlerts
 	}
 	return nil
 }
@@ -3200,7 +3275,10 @@ type HostProgress struct {
 	StartedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
 	DoneAt    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=done_at,json=doneAt,proto3" json:"done_at,omitempty"`
 	// Phase last reported for this service, for display.
-	Phase         Phase `protobuf:"varint,7,opt,name=phase,proto3,enum=fleetwave.v1.Phase" json:"phase,omitempty"`
+	Phase Phase `protobuf:"varint,7,opt,name=phase,proto3,enum=fleetwave.v1.Phase" json:"phase,omitempty"`
+	// The host's "zone" label when the rollout was planned ("" without one):
+	// the group rollout.max_unavailable_per_zone counts.
+	Zone          string `protobuf:"bytes,8,opt,name=zone,proto3" json:"zone,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3282,6 +3360,13 @@ func (x *HostProgress) GetPhase() Phase {
 		return x.Phase
 	}
 	return Phase_PHASE_UNSPECIFIED
+}
+
+func (x *HostProgress) GetZone() string {
+	if x != nil {
+		return x.Zone
+	}
+	return ""
 }
 
 type Wave struct {
@@ -4366,10 +4451,14 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x05query\x18\x01 \x01(\tR\x05query\x12\x10\n" +
 	"\x03max\x18\x02 \x01(\x01R\x03max\x12\x15\n" +
 	"\x03min\x18\x03 \x01(\x01H\x00R\x03min\x88\x01\x01B\x06\n" +
-	"\x04_min\")\n" +
+	"\x04_min\"\xa3\x01\n" +
 	"\x06Alerts\x12\x1f\n" +
 	"\vwebhook_url\x18\x01 \x01(\tR\n" +
-	"webhookUrl\"\xeb\x03\n" +
+	"webhookUrl\x12\x16\n" +
+	"\x06format\x18\x14 \x01(\tR\x06format\x12\x1a\n" +
+	"\btemplate\x18\x15 \x01(\tR\btemplate\x12!\n" +
+	"\fcontent_type\x18\x16 \x01(\tR\vcontentType\x12!\n" +
+	"\fmin_severity\x18\x17 \x01(\tR\vminSeverity\"\xeb\x03\n" +
 	"\aRunSpec\x12\x18\n" +
 	"\acommand\x18\x01 \x03(\tR\acommand\x120\n" +
 	"\x03env\x18\x02 \x03(\v2\x1e.fleetwave.v1.RunSpec.EnvEntryR\x03env\x128\n" +
@@ -4406,7 +4495,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\bTcpCheck\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\"%\n" +
 	"\tExecCheck\x12\x18\n" +
-	"\acommand\x18\x01 \x03(\tR\acommand\"\xc9\x03\n" +
+	"\acommand\x18\x01 \x03(\tR\acommand\"\xc9\x04\n" +
 	"\rRolloutPolicy\x12\x16\n" +
 	"\x06canary\x18\x01 \x01(\rR\x06canary\x12\x14\n" +
 	"\x05waves\x18\x02 \x03(\rR\x05waves\x12!\n" +
@@ -4420,7 +4509,11 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x0eon_new_release\x18\n" +
 	" \x01(\tR\fonNewRelease\x124\n" +
 	"\awindows\x18\x14 \x03(\v2\x1a.fleetwave.v1.DeployWindowR\awindows\x12\x14\n" +
-	"\x05after\x18\x15 \x03(\tR\x05after\"g\n" +
+	"\x05after\x18\x15 \x03(\tR\x05after\x127\n" +
+	"\x18max_unavailable_per_zone\x18\x16 \x01(\tR\x15maxUnavailablePerZone\x12\x1d\n" +
+	"\n" +
+	"zone_order\x18\x17 \x01(\tR\tzoneOrder\x12&\n" +
+	"\x0fabort_on_alerts\x18\x18 \x03(\tR\rabortOnAlerts\"g\n" +
 	"\fDeployWindow\x12\x12\n" +
 	"\x04days\x18\x01 \x01(\tR\x04days\x12\x14\n" +
 	"\x05start\x18\x02 \x01(\tR\x05start\x12\x10\n" +
@@ -4515,7 +4608,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x06status\x18\x02 \x01(\v2\x1b.fleetwave.v1.ServiceStatusR\x06status\x129\n" +
 	"\n" +
 	"updated_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12#\n" +
-	"\rspec_revision\x18\x04 \x01(\x03R\fspecRevision\"\xaa\x02\n" +
+	"\rspec_revision\x18\x04 \x01(\x03R\fspecRevision\"\xbe\x02\n" +
 	"\fHostProgress\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x124\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x1e.fleetwave.v1.HostRolloutStateR\x05state\x12\x18\n" +
@@ -4524,7 +4617,8 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\n" +
 	"started_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x123\n" +
 	"\adone_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x06doneAt\x12)\n" +
-	"\x05phase\x18\a \x01(\x0e2\x13.fleetwave.v1.PhaseR\x05phase\"\xa3\x03\n" +
+	"\x05phase\x18\a \x01(\x0e2\x13.fleetwave.v1.PhaseR\x05phase\x12\x12\n" +
+	"\x04zone\x18\b \x01(\tR\x04zone\"\xa3\x03\n" +
 	"\x04Wave\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12-\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x17.fleetwave.v1.WaveStateR\x05state\x120\n" +

@@ -1,0 +1,102 @@
+package coordinator
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+func receiverForTest(t *testing.T, token string) (*alertReceiver, error) {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(p, []byte(token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := &Coordinator{log: zerolog.Nop()}
+	return c.newAlertReceiver(p)
+}
+
+func TestAlertReceiverTokenFile(t *testing.T) {
+	for token, want := range map[string]string{
+		"short":                         "the token is 5 bytes, want at least 16",
+		"":                              "the token is 0 bytes",
+		"0123456789abcdef 0123456789":   "holds white space",
+		strings.Repeat("x", 4097):       "the token is 4097 bytes, more than 4096",
+		"0123456789abcdef0123456789\n":  "",
+		"  0123456789abcdef0123456789 ": "",
+	} {
+		_, err := receiverForTest(t, token)
+		if (want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), want)) || (err != nil && !strings.HasPrefix(err.Error(), "alertmanager-token-file: ")) {
+			t.Errorf("token %.20q: %v, want %q", token, err, want)
+		}
+	}
+	c := &Coordinator{log: zerolog.Nop()}
+	if _, err := c.newAlertReceiver(filepath.Join(t.TempDir(), "missing")); err == nil || !strings.Contains(err.Error(), "alertmanager-token-file: ") {
+		t.Errorf("missing file: %v", err)
+	}
+	cfg := Config{AlertmanagerTokenFile: "/x"}
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), `alertmanager-token-file: "/x": the receiver is served on http-listen, which is off`) {
+		t.Errorf("Validate without http-listen: %v", err)
+	}
+}
+
+func serve(a *alertReceiver, token, body string) (int, AlertmanagerAnswer, http.Header) {
+	req := httptest.NewRequest(http.MethodPost, AlertmanagerPath, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+token)
+	w := httptest.NewRecorder()
+	a.ServeHTTP(w, req)
+	var ans AlertmanagerAnswer
+	_ = json.Unmarshal(w.Body.Bytes(), &ans)
+	return w.Code, ans, w.Header()
+}
+
+// At most AlertmanagerBurst posts at once, then AlertmanagerRate a second
+// (time is the receiver's clock, set by the test).
+func TestAlertReceiverRateLimit(t *testing.T) {
+	const token = "0123456789abcdef0123456789"
+	a, err := receiverForTest(t, token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 12, 5, 10, 0, 0, 0, time.UTC)
+	a.now = func() time.Time { return now }
+	for i := range AlertmanagerBurst {
+		if code, ans, _ := serve(a, token, `{"version":"3"}`); code != http.StatusBadRequest || !strings.Contains(ans.Error, `version: "3" is not 4`) {
+			t.Fatalf("post %d: %d %+v", i, code, ans)
+		}
+	}
+	code, ans, h := serve(a, token, `{"version":"4"}`)
+	if code != http.StatusTooManyRequests || h.Get("Retry-After") != "1" || !strings.Contains(ans.Error, "more than 5 notifications a second") {
+		t.Fatalf("post over the burst: %d %+v %v", code, ans, h)
+	}
+	now = now.Add(time.Second)
+	for i := range AlertmanagerRate {
+		if code, _, _ := serve(a, token, `{"version":"4","status":"resolved","alerts":[]}`); code != http.StatusOK {
+			t.Fatalf("post %d a second later: %d", i, code)
+		}
+	}
+	if code, _, _ := serve(a, token, `{"version":"4"}`); code != http.StatusTooManyRequests {
+		t.Fatalf("post over the rate: %d", code)
+	}
+}
+
+// Alerts past AlertmanagerMaxAlerts are not read; the answer counts them.
+func TestAlertReceiverMaxAlerts(t *testing.T) {
+	const token = "0123456789abcdef0123456789"
+	a, err := receiverForTest(t, token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alerts := strings.Repeat(`{"status":"resolved","labels":{"alertname":"A"}},`, AlertmanagerMaxAlerts+7)
+	code, ans, h := serve(a, token, `{"version":"4","status":"resolved","alerts":[`+strings.TrimSuffix(alerts, ",")+`]}`)
+	if code != http.StatusOK || ans.Ignored != 7 || ans.Firing != 0 || ans.Aborted == nil || h.Get("Content-Type") != "application/json" {
+		t.Fatalf("%d %+v %v", code, ans, h)
+	}
+}
