@@ -356,15 +356,20 @@ func TestDeleteServiceAndHostsMoving(t *testing.T) {
 	if evs := events()[rollout.EventHostLeft]; len(evs) != 1 || evs[0].GetHost() != "h2" || !strings.Contains(evs[0].GetMessage(), "no longer matches") {
 		t.Errorf("host_left events: %v", evs)
 	}
-	hosts, err := op.ListHosts(ctx, &v1.ListHostsRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, h := range hosts.GetHosts() {
-		if h.GetId() == "h2" && len(h.GetServices()) != 0 {
-			t.Errorf("h2 still lists %v", h.GetServices())
+	// The agent's report that it removed the service reaches the host's
+	// record after the agent has acted on it: wait for it.
+	waitFor("h2 lists no service", func() error {
+		hosts, err := op.ListHosts(ctx, &v1.ListHostsRequest{})
+		if err != nil {
+			return err
 		}
-	}
+		for _, h := range hosts.GetHosts() {
+			if h.GetId() == "h2" && len(h.GetServices()) != 0 {
+				return fmt.Errorf("h2 still lists %v", h.GetServices())
+			}
+		}
+		return nil
+	})
 	aud, err := op.ListAudit(ctx, &v1.ListAuditRequest{})
 	if err != nil {
 		t.Fatal(err)
