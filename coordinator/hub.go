@@ -34,6 +34,12 @@ type hub struct {
 	cached *desiredTable
 	// reports batches report writes from every stream.
 	reports *reportWriter
+	// dirty are the streams whose host's reports changed what it has,
+	// with when that was noticed: pushLoop computes their assignments, so
+	// a stream's own goroutines stay shallow (small stacks) and do no
+	// encoding. kick wakes pushLoop for them.
+	dirty map[*agentConn]time.Time
+	kick  chan struct{}
 }
 
 type agentConn struct {
@@ -60,7 +66,8 @@ type agentConn struct {
 }
 
 func newHub(c *Coordinator) *hub {
-	return &hub{c: c, conns: map[string]*agentConn{}, reports: newReportWriter(c.store)}
+	return &hub{c: c, conns: map[string]*agentConn{}, reports: newReportWriter(c.store),
+		dirty: map[*agentConn]time.Time{}, kick: make(chan struct{}, 1)}
 }
 
 const maxServicesPerHello = 1000
@@ -248,12 +255,18 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
 				// done, or to be made above its new generation). A host that
 				// removed a service gets its set again even if it is the
 				// same: it refused what came while it was removing.
+				h.mu.Lock()
 				if r.GetPhase() == v1.Phase_PHASE_REMOVED {
-					h.mu.Lock()
 					conn.last = nil
-					h.mu.Unlock()
 				}
-				h.queue(conn, false, time.Now())
+				if _, ok := h.dirty[conn]; !ok {
+					h.dirty[conn] = time.Now()
+				}
+				h.mu.Unlock()
+				select {
+				case h.kick <- struct{}{}:
+				default:
+				}
 			}
 		}
 	}()
@@ -265,12 +278,26 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
 			return err
 		case q := <-conn.out:
 			// A copy: queued sets may be shared; sent_at measures delivery.
-			if err := stream.Send(&v1.ConnectResponse{Assignments: q.resp.GetAssignments(), Agent: q.resp.GetAgent(), SentAt: timestamppb.Now()}); err != nil {
+			msg := &v1.ConnectResponse{Assignments: q.resp.GetAssignments(), Agent: q.resp.GetAgent(), SentAt: timestamppb.Now()}
+			if err := sendShallow(stream, msg); err != nil {
 				return err
 			}
 			h.c.metrics.delivered(q)
 		}
 	}
+}
+
+// sendShallow sends msg on the stream from a goroutine that ends with the
+// send, and waits for it. Encoding and writing a message grows a
+// goroutine's stack several times over; done by the stream's handler, which
+// lives as long as the agent is connected, that stack stayed with every
+// connected agent (about 20 KiB each at 2,000 agents). Only one send is
+// ever in flight per stream (the handler waits), as gRPC requires; a send
+// that cannot proceed ends at the stream's send timeout (limits.go).
+func sendShallow(stream v1.AgentService_ConnectServer, msg *v1.ConnectResponse) error {
+	done := make(chan error, 1)
+	go func() { done <- stream.Send(msg) }()
+	return <-done
 }
 
 // saveReport writes a report when it differs from the last one this stream
@@ -445,7 +472,8 @@ func (h *hub) queue(c *agentConn, force bool, since time.Time) {
 }
 
 // pushLoop re-evaluates every connected host's assignments whenever what
-// hosts should run may have changed.
+// hosts should run may have changed, and those of the hosts whose reports
+// changed what they have (hub.dirty).
 func (h *hub) pushLoop(ctx context.Context) {
 	ch, unsub := h.c.mirror.Subscribe()
 	defer unsub()
@@ -455,9 +483,17 @@ func (h *hub) pushLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-ch:
+		case <-h.kick:
 		}
+		h.mu.Lock()
+		dirty := h.dirty
+		h.dirty = map[*agentConn]time.Time{}
+		h.mu.Unlock()
 		e := h.c.mirror.DesiredEpoch()
 		if e == epoch {
+			for c, since := range dirty {
+				h.queue(c, false, since)
+			}
 			continue
 		}
 		epoch = e
@@ -469,8 +505,14 @@ func (h *hub) pushLoop(ctx context.Context) {
 		}
 		h.mu.Unlock()
 		for _, c := range conns {
-			h.queue(c, false, seen)
+			since, ok := dirty[c]
+			if !ok {
+				since = seen
+			}
+			h.queue(c, false, since)
 		}
+		// A dirty stream replaced meanwhile is no longer in conns: its
+		// successor was queued on connect.
 	}
 }
 
