@@ -371,7 +371,7 @@ type scaleResult struct {
 	rollback      time.Duration // failing report sent -> every host reports the previous release
 	rollbackFrom  time.Duration // release create -> failing report sent
 	failReason    string
-	rolloutBytes  int64 // size of the rollout record at the end
+	rolloutBytes  int64   // size of the rollout record at the end
 	txns          int     // the coordinator's etcd transactions during the rollout
 	txnMean       float64 // their mean latency, seconds
 	notes         []string
