@@ -192,9 +192,12 @@ demo:
 # table runs the real coordinator binary against N simulated agents
 # (FLEETWAVE_SIM_HOSTS=1000 make bench for a quick one).
 FLEETWAVE_SIM_HOSTS ?= 1000,5000,10000
+# The spread harness: hosts/coordinators (FLEETWAVE_SIM_SPREAD= make bench to skip it).
+FLEETWAVE_SIM_SPREAD ?= 10000/1,20000/2
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./coordinator/... ./agent/...
 	FLEETWAVE_SIM_HOSTS=$(FLEETWAVE_SIM_HOSTS) $(GO) test -count=1 -run '^TestScale$$' -v -timeout 60m ./internal/testkit/sim
+	FLEETWAVE_SIM_SPREAD=$(FLEETWAVE_SIM_SPREAD) $(GO) test -count=1 -run '^TestScaleCoordinators$$' -v -timeout 60m ./internal/testkit/sim
 
 clean:
 	rm -rf $(BIN) .proto-check .test-artifacts
