@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"testing"
 
 	"github.com/rs/zerolog"
@@ -12,50 +11,9 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fleetwave/fleetwave/coordinator/store"
+	"github.com/fleetwave/fleetwave/internal/testkit"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
-
-// countingKV counts the transactions in flight at once.
-type countingKV struct {
-	clientv3.KV
-	now, most atomic.Int64
-}
-
-func (k *countingKV) Txn(ctx context.Context) clientv3.Txn {
-	return &countingTxn{Txn: k.KV.Txn(ctx), k: k}
-}
-
-type countingTxn struct {
-	clientv3.Txn
-	k *countingKV
-}
-
-func (t *countingTxn) If(cs ...clientv3.Cmp) clientv3.Txn {
-	t.Txn = t.Txn.If(cs...)
-	return t
-}
-
-func (t *countingTxn) Then(ops ...clientv3.Op) clientv3.Txn {
-	t.Txn = t.Txn.Then(ops...)
-	return t
-}
-
-func (t *countingTxn) Else(ops ...clientv3.Op) clientv3.Txn {
-	t.Txn = t.Txn.Else(ops...)
-	return t
-}
-
-func (t *countingTxn) Commit() (*clientv3.TxnResponse, error) {
-	n := t.k.now.Add(1)
-	for {
-		m := t.k.most.Load()
-		if n <= m || t.k.most.CompareAndSwap(m, n) {
-			break
-		}
-	}
-	defer t.k.now.Add(-1)
-	return t.Txn.Commit()
-}
 
 // Reports from many streams at once are written by at most maxReportTxns
 // transactions in flight, every one is stored, and each host's reports,
@@ -72,7 +30,7 @@ func TestReportWriterConcurrentTransactions(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cli.Close() })
-	kv := &countingKV{KV: cli.KV}
+	kv := &testkit.TxnCounter{KV: cli.KV}
 	cli.KV = kv
 	w := newReportWriter(store.New(cli))
 	ctx, cancel := context.WithCancel(context.Background())
@@ -122,7 +80,7 @@ func TestReportWriterConcurrentTransactions(t *testing.T) {
 			t.Errorf("%s: stored %v, want the host's last report (HEALTHY)", e.Key, r.GetPhase())
 		}
 	}
-	most := kv.most.Load()
+	most := kv.Most()
 	if most > maxReportTxns {
 		t.Errorf("%d transactions in flight at once, over maxReportTxns (%d)", most, maxReportTxns)
 	}

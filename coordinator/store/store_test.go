@@ -187,6 +187,8 @@ func clientWithCountOnlyForTest() clientv3.OpOption { return clientv3.WithCountO
 // first events and the rest follow, all recorded, in order.
 func TestWriteRolloutWithManyEvents(t *testing.T) {
 	s := startStore(t)
+	kv := &testkit.TxnCounter{KV: s.c.KV}
+	s.c.KV = kv
 	ctx := context.Background()
 	r := &v1.Rollout{Id: "000001", Service: "web", ToVersion: "v1"}
 	now := time.Now()
@@ -221,6 +223,9 @@ func TestWriteRolloutWithManyEvents(t *testing.T) {
 		if e.GetHost() != fmt.Sprintf("h%04d", i) {
 			t.Fatalf("event %d is for %s", i, e.GetHost())
 		}
+	}
+	if most := kv.Most(); most > maxEventTxns {
+		t.Errorf("%d transactions in flight at once, over maxEventTxns (%d)", most, maxEventTxns)
 	}
 }
 
