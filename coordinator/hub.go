@@ -290,8 +290,8 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
 // sendShallow sends msg on the stream from a goroutine that ends with the
 // send, and waits for it. Encoding and writing a message grows a
 // goroutine's stack several times over; done by the stream's handler, which
-// lives as long as the agent is connected, that stack stayed with every
-// connected agent (about 20 KiB each at 2,000 agents). Only one send is
+// lives as long as the agent is connected, the grown stack stayed with
+// every connected agent (docs/BENCHMARKS.md, issue 16). Only one send is
 // ever in flight per stream (the handler waits), as gRPC requires; a send
 // that cannot proceed ends at the stream's send timeout (limits.go).
 func sendShallow(stream v1.AgentService_ConnectServer, msg *v1.ConnectResponse) error {
