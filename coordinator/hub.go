@@ -34,12 +34,6 @@ type hub struct {
 	cached *desiredTable
 	// reports batches report writes from every stream.
 	reports *reportWriter
-	// dirty are the streams whose host's reports changed what it has,
-	// with when that was noticed: pushLoop computes their assignments, so
-	// a stream's own goroutines stay shallow (small stacks) and do no
-	// encoding. kick wakes pushLoop for them.
-	dirty map[*agentConn]time.Time
-	kick  chan struct{}
 }
 
 type agentConn struct {
@@ -66,8 +60,7 @@ type agentConn struct {
 }
 
 func newHub(c *Coordinator) *hub {
-	return &hub{c: c, conns: map[string]*agentConn{}, reports: newReportWriter(c.store),
-		dirty: map[*agentConn]time.Time{}, kick: make(chan struct{}, 1)}
+	return &hub{c: c, conns: map[string]*agentConn{}, reports: newReportWriter(c.store)}
 }
 
 const maxServicesPerHello = 1000
@@ -255,18 +248,12 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
 				// done, or to be made above its new generation). A host that
 				// removed a service gets its set again even if it is the
 				// same: it refused what came while it was removing.
-				h.mu.Lock()
 				if r.GetPhase() == v1.Phase_PHASE_REMOVED {
+					h.mu.Lock()
 					conn.last = nil
+					h.mu.Unlock()
 				}
-				if _, ok := h.dirty[conn]; !ok {
-					h.dirty[conn] = time.Now()
-				}
-				h.mu.Unlock()
-				select {
-				case h.kick <- struct{}{}:
-				default:
-				}
+				h.queue(conn, false, time.Now())
 			}
 		}
 	}()
@@ -278,26 +265,12 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
 			return err
 		case q := <-conn.out:
 			// A copy: queued sets may be shared; sent_at measures delivery.
-			msg := &v1.ConnectResponse{Assignments: q.resp.GetAssignments(), Agent: q.resp.GetAgent(), SentAt: timestamppb.Now()}
-			if err := sendShallow(stream, msg); err != nil {
+			if err := stream.Send(&v1.ConnectResponse{Assignments: q.resp.GetAssignments(), Agent: q.resp.GetAgent(), SentAt: timestamppb.Now()}); err != nil {
 				return err
 			}
 			h.c.metrics.delivered(q)
 		}
 	}
-}
-
-// sendShallow sends msg on the stream from a goroutine that ends with the
-// send, and waits for it. Encoding and writing a message grows a
-// goroutine's stack several times over; done by the stream's handler, which
-// lives as long as the agent is connected, the grown stack stayed with
-// every connected agent (docs/BENCHMARKS.md, issue 16). Only one send is
-// ever in flight per stream (the handler waits), as gRPC requires; a send
-// that cannot proceed ends at the stream's send timeout (limits.go).
-func sendShallow(stream v1.AgentService_ConnectServer, msg *v1.ConnectResponse) error {
-	done := make(chan error, 1)
-	go func() { done <- stream.Send(msg) }()
-	return <-done
 }
 
 // saveReport writes a report when it differs from the last one this stream
@@ -472,8 +445,7 @@ func (h *hub) queue(c *agentConn, force bool, since time.Time) {
 }
 
 // pushLoop re-evaluates every connected host's assignments whenever what
-// hosts should run may have changed, and those of the hosts whose reports
-// changed what they have (hub.dirty).
+// hosts should run may have changed.
 func (h *hub) pushLoop(ctx context.Context) {
 	ch, unsub := h.c.mirror.Subscribe()
 	defer unsub()
@@ -483,17 +455,9 @@ func (h *hub) pushLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-ch:
-		case <-h.kick:
 		}
-		h.mu.Lock()
-		dirty := h.dirty
-		h.dirty = map[*agentConn]time.Time{}
-		h.mu.Unlock()
 		e := h.c.mirror.DesiredEpoch()
 		if e == epoch {
-			for c, since := range dirty {
-				h.queue(c, false, since)
-			}
 			continue
 		}
 		epoch = e
@@ -505,14 +469,8 @@ func (h *hub) pushLoop(ctx context.Context) {
 		}
 		h.mu.Unlock()
 		for _, c := range conns {
-			since, ok := dirty[c]
-			if !ok {
-				since = seen
-			}
-			h.queue(c, false, since)
+			h.queue(c, false, seen)
 		}
-		// A dirty stream replaced meanwhile is no longer in conns: its
-		// successor was queued on connect.
 	}
 }
 
