@@ -194,10 +194,13 @@ demo:
 # of a small fleet of real agents (6 hosts, python's http.server) against
 # Nomad's rolling update (test/e2e TestLeadTimeSmallFleet, FLEETWAVE_BENCH=1).
 FLEETWAVE_SIM_HOSTS ?= 1000,5000,10000
+# The spread harness: hosts/coordinators (FLEETWAVE_SIM_SPREAD= make bench to skip it).
+FLEETWAVE_SIM_SPREAD ?= 10000/1,20000/2
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./coordinator/... ./agent/...
 	FLEETWAVE_SIM_HOSTS=$(FLEETWAVE_SIM_HOSTS) $(GO) test -count=1 -run '^TestScale$$' -v -timeout 60m ./internal/testkit/sim
 	FLEETWAVE_BENCH=1 $(GO) test -count=1 -run '^TestLeadTimeSmallFleet$$' -v -timeout 10m ./test/e2e
+	FLEETWAVE_SIM_SPREAD=$(FLEETWAVE_SIM_SPREAD) $(GO) test -count=1 -run '^TestScaleCoordinators$$' -v -timeout 60m ./internal/testkit/sim
 
 clean:
 	rm -rf $(BIN) .proto-check .test-artifacts

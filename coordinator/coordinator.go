@@ -498,6 +498,11 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		grpc.ChainStreamInterceptor(c.streamAuth),
 		grpc.MaxRecvMsgSize(4<<20),
 		grpc.MaxSendMsgSize(64<<20),
+		// No read buffer of gRPC's own per connection (32 KiB by default,
+		// one per agent): the frames are read from the connection directly
+		// (with TLS, from its record buffer). Write buffers are shared
+		// between connections already.
+		grpc.ReadBufferSize(0),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 2 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 15 * time.Second, Timeout: 10 * time.Second, MaxConnectionIdle: cfg.Limits.MaxConnectionIdle}),
 	)...)

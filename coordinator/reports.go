@@ -50,17 +50,37 @@ func (w *reportWriter) put(ctx context.Context, host string, r *v1.ServiceReport
 	}
 }
 
-// run writes batches until ctx ends; queued reports then fail.
+// maxReportTxns is how many report transactions are in flight at once.
+// etcd commits concurrent transactions in one raft batch (one fsync), so
+// with a disk that takes tens of milliseconds per fsync the writers keep up
+// with thousands of reports a second where one writer queued them. A
+// stream has at most one report in flight (it waits for its transaction
+// before reading the next message), so one host's reports are never
+// reordered.
+const maxReportTxns = 8
+
+// run writes batches, maxReportTxns transactions at once, until ctx ends;
+// queued reports then fail.
 func (w *reportWriter) run(ctx context.Context) {
+	var wg sync.WaitGroup
+	for range maxReportTxns {
+		wg.Go(func() { w.write(ctx) })
+	}
+	wg.Wait()
+	w.mu.Lock()
+	for _, p := range w.pending {
+		p.done <- ctx.Err()
+	}
+	w.pending = nil
+	w.mu.Unlock()
+}
+
+// write is one of run's writers: it takes whatever has gathered (up to
+// store.MaxReportBatch) and writes it, until ctx ends.
+func (w *reportWriter) write(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
-			w.mu.Lock()
-			for _, p := range w.pending {
-				p.done <- ctx.Err()
-			}
-			w.pending = nil
-			w.mu.Unlock()
 			return
 		case <-w.kick:
 		}
@@ -74,6 +94,13 @@ func (w *reportWriter) run(ctx context.Context) {
 			if n == 0 {
 				break
 			}
+			if more {
+				// Another writer takes the rest meanwhile.
+				select {
+				case w.kick <- struct{}{}:
+				default:
+				}
+			}
 			reps := make([]store.HostReport, n)
 			for i, p := range batch {
 				reps[i] = p.hr
@@ -81,9 +108,6 @@ func (w *reportWriter) run(ctx context.Context) {
 			err := w.s.PutReports(ctx, reps)
 			for _, p := range batch {
 				p.done <- err
-			}
-			if !more {
-				break
 			}
 		}
 	}

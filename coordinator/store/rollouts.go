@@ -2,7 +2,9 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -66,17 +68,49 @@ func (s *Store) WriteRollout(ctx context.Context, f *Fence, r *v1.Rollout, rollo
 		return 0, fmt.Errorf("write rollout %s/%s: %w", r.GetService(), r.GetId(), fenceErr(f, resp))
 	}
 	rev := resp.Header.Revision
+	if len(later) == 0 {
+		return rev, nil
+	}
+	// The rest in batches, maxEventTxns at once: one after the other they
+	// cost a disk sync each, which at thousands of hosts per wave made the
+	// leader wait seconds per step. Their keys order them, not their
+	// revisions.
+	var (
+		mu     sync.Mutex
+		failed int
+		errs   []error
+		wg     sync.WaitGroup
+		slots  = make(chan struct{}, maxEventTxns)
+	)
 	for len(later) > 0 {
 		n := min(len(later), maxEventOpsInTxn)
-		er, err := s.c.Txn(ctx).Then(later[:n]...).Commit()
-		if err != nil {
-			// The decision stands; only history is short.
-			return rev, fmt.Errorf("write rollout %s/%s: %d events not recorded: %w (%w)", r.GetService(), r.GetId(), len(later), ErrHistoryShort, err)
-		}
-		rev, later = er.Header.Revision, later[n:]
+		batch := later[:n]
+		later = later[n:]
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			er, err := s.c.Txn(ctx).Then(batch...).Commit()
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				failed += len(batch)
+				errs = append(errs, err)
+				return
+			}
+			rev = max(rev, er.Header.Revision)
+		})
+	}
+	wg.Wait()
+	if failed > 0 {
+		// The decision stands; only history is short.
+		return rev, fmt.Errorf("write rollout %s/%s: %d events not recorded: %w (%w)", r.GetService(), r.GetId(), failed, ErrHistoryShort, errors.Join(errs...))
 	}
 	return rev, nil
 }
+
+// maxEventTxns is how many transactions of a decision's further events are
+// in flight at once.
+const maxEventTxns = 8
 
 // maxEventOpsInTxn keeps a transaction under etcd's default limit of 128
 // operations, with room for the rollout and service writes.

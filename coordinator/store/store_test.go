@@ -187,15 +187,30 @@ func clientWithCountOnlyForTest() clientv3.OpOption { return clientv3.WithCountO
 // first events and the rest follow, all recorded, in order.
 func TestWriteRolloutWithManyEvents(t *testing.T) {
 	s := startStore(t)
+	kv := &testkit.TxnCounter{KV: s.c.KV}
+	s.c.KV = kv
 	ctx := context.Background()
 	r := &v1.Rollout{Id: "000001", Service: "web", ToVersion: "v1"}
 	now := time.Now()
 	var evs []*v1.Event
-	for i := range 350 {
-		evs = append(evs, &v1.Event{At: timestamppb.New(now), Service: "web", RolloutId: "000001", Kind: "host_assigned", Host: fmt.Sprintf("h%03d", i)})
+	// More batches than maxEventTxns: they are written concurrently.
+	for i := range 1050 {
+		evs = append(evs, &v1.Event{At: timestamppb.New(now), Service: "web", RolloutId: "000001", Kind: "host_assigned", Host: fmt.Sprintf("h%04d", i)})
 	}
-	if _, err := s.WriteRollout(ctx, nil, r, 0, nil, 0, evs...); err != nil {
+	rev, err := s.WriteRollout(ctx, nil, r, 0, nil, 0, evs...)
+	if err != nil {
 		t.Fatal(err)
+	}
+	// The revision returned covers every event's write (the leader waits
+	// for it in its mirror).
+	resp, err := s.c.Get(ctx, EventsPrefix, clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range resp.Kvs {
+		if kv.ModRevision > rev {
+			t.Fatalf("event %s written at revision %d, after the %d WriteRollout returned", kv.Key, kv.ModRevision, rev)
+		}
 	}
 	got, err := s.ListEvents(ctx, "web", "000001")
 	if err != nil {
@@ -205,9 +220,12 @@ func TestWriteRolloutWithManyEvents(t *testing.T) {
 		t.Fatalf("%d events recorded, want %d", len(got), len(evs))
 	}
 	for i, e := range got {
-		if e.GetHost() != fmt.Sprintf("h%03d", i) {
+		if e.GetHost() != fmt.Sprintf("h%04d", i) {
 			t.Fatalf("event %d is for %s", i, e.GetHost())
 		}
+	}
+	if most := kv.Most(); most > maxEventTxns {
+		t.Errorf("%d transactions in flight at once, over maxEventTxns (%d)", most, maxEventTxns)
 	}
 }
 

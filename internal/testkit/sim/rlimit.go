@@ -22,3 +22,24 @@ func RaiseFileLimit() (uint64, error) {
 	}
 	return lim.Cur, nil
 }
+
+// RaiseFileLimitTo raises the soft limit of open files to at least want,
+// raising the hard limit too when it is lower (which takes root, or
+// CAP_SYS_RESOURCE, and stays within fs.nr_open), and returns the new soft
+// limit. Without the privilege it raises what it can and returns that.
+func RaiseFileLimitTo(want uint64) (uint64, error) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 0, fmt.Errorf("get RLIMIT_NOFILE: %w", err)
+	}
+	if lim.Cur >= want {
+		return lim.Cur, nil
+	}
+	if lim.Max < want {
+		raised := syscall.Rlimit{Cur: want, Max: want}
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &raised); err == nil {
+			return want, nil
+		}
+	}
+	return RaiseFileLimit()
+}

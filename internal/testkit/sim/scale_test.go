@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +23,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
+	"github.com/fleetwave/fleetwave/internal/testkit/ports"
 	"github.com/fleetwave/fleetwave/internal/testkit/testfleet"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -142,22 +144,24 @@ func buildCoordinator(t *testing.T) string {
 
 // proc is the coordinator process.
 type proc struct {
-	cmd  *exec.Cmd
-	done chan error
-	addr string
-	etcd []string
+	cmd     *exec.Cmd
+	done    chan error
+	addr    string
+	etcd    []string
+	metrics string // host:port of its /metrics
 }
 
 // startCoordinatorProc starts the binary on etcd for a fleet of n hosts and
 // waits for its "coordinator serving" log line, which names the listen
 // address and etcd endpoints.
-func startCoordinatorProc(bin, dir, etcd string, n int) (*proc, error) {
+func startCoordinatorProc(bin, dir, etcd, metrics string, n int) (*proc, error) {
 	logf, err := os.Create(filepath.Join(dir, "coordinator.log"))
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(bin, "--listen", "127.0.0.1:0", "--data-dir", filepath.Join(dir, "data"), "--log-level", "info", "--insecure",
-		"--etcd-endpoints", etcd, "--max-connections", strconv.Itoa(n+1000)) // the default (4096) fits a 1000-host fleet
+		"--etcd-endpoints", etcd, "--max-connections", strconv.Itoa(n+1000), // the default (4096) fits a 1000-host fleet
+		"--metrics-listen", metrics)
 	// The coordinator dies with this process, even if it is killed.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Env = append(os.Environ(), strings.Fields(os.Getenv("FLEETWAVE_SIM_COORDINATOR_ENV"))...)
@@ -167,7 +171,7 @@ func startCoordinatorProc(bin, dir, etcd string, n int) (*proc, error) {
 		logf.Close()
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
-	p := &proc{cmd: cmd, done: make(chan error, 1)}
+	p := &proc{cmd: cmd, done: make(chan error, 1), metrics: metrics}
 	type serving struct {
 		Addr string   `json:"addr"`
 		Etcd []string `json:"etcd"`
@@ -367,7 +371,9 @@ type scaleResult struct {
 	rollback      time.Duration // failing report sent -> every host reports the previous release
 	rollbackFrom  time.Duration // release create -> failing report sent
 	failReason    string
-	rolloutBytes  int64 // size of the rollout record at the end
+	rolloutBytes  int64   // size of the rollout record at the end
+	txns          int     // the coordinator's etcd transactions during the rollout
+	txnMean       float64 // their mean latency, seconds
 	notes         []string
 }
 
@@ -382,7 +388,7 @@ func runScale(t *testing.T, bin string, n int) (_ *scaleResult, err error) {
 			err = fmt.Errorf("%w; coordinator warnings: %s", err, problems(filepath.Join(dir, "coordinator.log"), 5))
 		}
 	}()
-	p, err := startCoordinatorProc(bin, dir, startEtcd(t), n)
+	p, err := startCoordinatorProc(bin, dir, startEtcd(t), ports.Addr(t), n)
 	if err != nil {
 		return nil, err
 	}
@@ -484,9 +490,15 @@ func runScale(t *testing.T, bin string, n int) (_ *scaleResult, err error) {
 	f.ResetLatency()
 	_, c0, _ := procStat(pid)
 	_, s0, _ := procStat(os.Getpid())
+	n0, sum0, _ := etcdTxns(ctx, p.metrics)
 	r0 := time.Now()
 	if res.rollout, err = timedRollout(ctx, f, o, svc, "v2"); err != nil {
 		return res, err
+	}
+	if n1, sum1, err := etcdTxns(ctx, p.metrics); err == nil && n1 > n0 {
+		res.txns, res.txnMean = int(n1-n0), (sum1-sum0)/(n1-n0)
+	} else if err != nil {
+		res.notes = append(res.notes, "metrics: "+err.Error())
 	}
 	_, c1, _ := procStat(pid)
 	_, s1, _ := procStat(os.Getpid())
@@ -682,6 +694,7 @@ func (r *scaleResult) print(w io.Writer) {
 	fmt.Fprintf(w, "(a) rollout v1→v2 (3 waves):       all reported %s, SUCCEEDED seen %s (meanwhile coordinator %.2f cores, sim %.2f)\n",
 		ms(r.rollout.allReported), ms(r.rollout.succeeded), r.rolloutCPU, r.simRolloutCPU)
 	fmt.Fprintf(w, "    its timeline (coordinator):    %s\n", r.rollout.waves)
+	fmt.Fprintf(w, "    coordinator's etcd txns:       %d during the rollout, mean latency %.1f ms\n", r.txns, r.txnMean*1000)
 	fmt.Fprintf(w, "(b) assignment delivery latency:   p50 %s, p90 %s, p99 %s, max %s over %d messages\n",
 		r.latency.P50.Round(time.Microsecond), r.latency.P90.Round(time.Microsecond), r.latency.P99.Round(time.Microsecond), r.latency.Max.Round(time.Microsecond), r.latency.Count)
 	fmt.Fprintf(w, "(c) coordinator VmRSS:             %.1f MiB with no agent, %.1f MiB with %d connected (%.1f KiB per agent), %.1f MiB after the first deploy: %.1f KiB per agent\n",
@@ -743,4 +756,35 @@ func printSummary(w io.Writer, rs []*scaleResult) {
 			r.latency.P50.Round(time.Millisecond/10), r.latency.P99.Round(time.Millisecond/10),
 			r.rssSlope(), r.idleCPU, writes, ms(r.rollback))
 	}
+}
+
+// etcdTxns scrapes the coordinator's count and total seconds of etcd
+// transactions (fleetwave_coordinator_etcd_request_duration_seconds, op txn).
+func etcdTxns(ctx context.Context, addr string) (count, sum float64, err error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	if err != nil {
+		return 0, 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, 0, fmt.Errorf("scrape %s: %w", addr, err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	const name = "fleetwave_coordinator_etcd_request_duration_seconds"
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) != 2 || !strings.Contains(f[0], `op="txn"`) {
+			continue
+		}
+		v, _ := strconv.ParseFloat(f[1], 64)
+		switch {
+		case strings.HasPrefix(f[0], name+"_count"):
+			count = v
+		case strings.HasPrefix(f[0], name+"_sum"):
+			sum = v
+		}
+	}
+	return count, sum, sc.Err()
 }

@@ -129,15 +129,21 @@ func TestFailureRateFailsRolloutAndHostsGoBack(t *testing.T) {
 	if err := f.WaitAll(ctx, "web", "v1"); err != nil {
 		t.Fatal(err)
 	}
-	for i := range n {
-		rep, err := f.Report(i, "web")
-		if err != nil {
-			t.Fatal(err)
+	// Hosts that never moved get the concluded rollout's generation after
+	// the failure is written, which may be after the hosts that moved are
+	// back: wait for every host's report of it.
+	testkit.EventuallyErr(t, 20*time.Second, "every host on v1 above the failed rollout's generation", func() error {
+		for i := range n {
+			rep, err := f.Report(i, "web")
+			if err != nil {
+				return err
+			}
+			if rep.GetLastGoodVersion() != "v1" || rep.GetGeneration() <= r.GetGeneration() {
+				return fmt.Errorf("host %d after the failed rollout: %v", i, rep)
+			}
 		}
-		if rep.GetLastGoodVersion() != "v1" || rep.GetGeneration() <= r.GetGeneration() {
-			t.Errorf("host %d after the failed rollout: %v", i, rep)
-		}
-	}
+		return nil
+	})
 	if st := f.Stats(); st.Failures == 0 || st.LastFailure.IsZero() {
 		t.Errorf("stats %+v: want failures", st)
 	}
