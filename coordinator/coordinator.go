@@ -719,8 +719,20 @@ func (c *Coordinator) sessionChanged() <-chan struct{} {
 	return c.sessCh
 }
 
+// newSession takes a new lease and keeps it alive until ctx ends. The grant
+// has a deadline of one lease TTL (at least 2 s): under a starved etcd a
+// grant without one could wait for minutes while the coordinator, with no
+// session, neither led nor served agents and said nothing (the caller logs
+// each failed attempt and tries again).
 func (c *Coordinator) newSession(ctx context.Context) (*concurrency.Session, error) {
-	return concurrency.NewSession(c.cli, concurrency.WithTTL(int(c.cfg.LeaseTTL.Seconds())), concurrency.WithContext(ctx))
+	ttl := int(c.cfg.LeaseTTL.Seconds())
+	gctx, cancel := context.WithTimeout(ctx, max(c.cfg.LeaseTTL, 2*time.Second))
+	defer cancel()
+	lease, err := c.cli.Grant(gctx, int64(ttl))
+	if err != nil {
+		return nil, fmt.Errorf("lease grant (ttl %ds): %w", ttl, err)
+	}
+	return concurrency.NewSession(c.cli, concurrency.WithTTL(ttl), concurrency.WithLease(lease.ID), concurrency.WithContext(ctx))
 }
 
 // sessionLoop replaces the etcd session when its lease is lost (the
@@ -761,10 +773,12 @@ func (c *Coordinator) sessionLoop(ctx context.Context) {
 			case <-time.After(d):
 			}
 		}
-		for ctx.Err() == nil {
-			if err := c.register(ctx); err == nil {
+		for attempt := 1; ctx.Err() == nil; attempt++ {
+			err := c.register(ctx)
+			if err == nil {
 				break
 			}
+			c.log.Warn().Err(err).Int("attempt", attempt).Msg("registering with the new etcd session failed: retrying in 1s")
 			select {
 			case <-ctx.Done():
 			case <-time.After(time.Second):
