@@ -253,6 +253,9 @@ func Judge(c Config, windows []Window) (Judgement, error) {
 				return Judgement{}, fmt.Errorf("windows[%d].hosts[%d] (%s): the same host as hosts[%d]", wi, hi, h.Host, first)
 			}
 			seen[h.Host] = hi
+			if err := checkHost(h.Counts); err != nil {
+				return Judgement{}, fmt.Errorf("windows[%d].hosts[%d] (%s) %w", wi, hi, h.Host, err)
+			}
 		}
 		for _, rule := range c.Rules {
 			r, err := compare(rule, wi, w)
@@ -426,6 +429,29 @@ func change(v, base float64) float64 {
 		return math.Inf(1)
 	}
 	return 0
+}
+
+// checkHost checks one host's counts of a window, whatever the rules'
+// kinds: at most MaxRules rules, each once, errors not above requests,
+// well-formed buckets. The error starts with the rule's name.
+func checkHost(counts []Counts) error {
+	if len(counts) > MaxRules {
+		return fmt.Errorf("counts: %d rules, more than %d", len(counts), MaxRules)
+	}
+	for i, c := range counts {
+		for _, prev := range counts[:i] {
+			if prev.Rule == c.Rule {
+				return fmt.Errorf("rule %q: given twice", c.Rule)
+			}
+		}
+		if c.Errors > c.Requests {
+			return fmt.Errorf("rule %q: errors %d more than requests %d", c.Rule, c.Errors, c.Requests)
+		}
+		if err := checkBuckets(c.Buckets); err != nil {
+			return fmt.Errorf("rule %q: %w", c.Rule, err)
+		}
+	}
+	return nil
 }
 
 // checkBuckets checks a host's cumulative buckets: at most MaxBuckets,

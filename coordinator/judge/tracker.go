@@ -33,7 +33,13 @@ type Tracker struct {
 // windows that end at or before from are ignored. A window is judged
 // span/2 after its end, time for every host's summary to arrive; later
 // summaries of it are dropped. c is validated (an error names the field).
-func NewTracker(c Config, span time.Duration, from time.Time) (*Tracker, error) {
+//
+// now is when the tracker is made. Windows of the rollout that closed
+// before now (a leader that took over mid-rollout: its predecessor may have
+// judged them) count as looks already taken, with nothing learnt from
+// them (p = 1), and their summaries are ignored: a failover never judges a
+// window twice nor takes more than c.Windows looks in all.
+func NewTracker(c Config, span time.Duration, from, now time.Time) (*Tracker, error) {
 	c.Rules = slices.Clone(c.Rules)
 	if err := c.Validate(); err != nil {
 		return nil, fmt.Errorf("compare: %w", err)
@@ -41,17 +47,35 @@ func NewTracker(c Config, span time.Duration, from time.Time) (*Tracker, error) 
 	if span <= 0 {
 		return nil, fmt.Errorf("compare: window %s: must be positive", span)
 	}
-	return &Tracker{cfg: c, span: span, from: from, grace: span / 2,
-		pending: map[time.Time]map[string]HostSummary{}, sums: map[string]HostSummary{}}, nil
+	t := &Tracker{cfg: c, span: span, from: from, grace: span / 2,
+		pending: map[time.Time]map[string]HostSummary{}, sums: map[string]HostSummary{}}
+	// The first window ending after from, then every window closed by now.
+	for end := from.Truncate(span).Add(span); !end.Add(t.grace).After(now) && !t.done(); end = end.Add(span) {
+		t.looks = append(t.looks, Window{Start: from, End: end})
+		t.judged = end
+	}
+	return t, nil
 }
 
-// Add records a host's summary of the window ending at end. canary says
-// which group the host was in (the release it ran). A summary of a window
-// already judged, before the rollout, or seen already is ignored; it
-// reports whether the summary was taken.
-func (t *Tracker) Add(host string, canary bool, end time.Time, counts []Counts) bool {
+// Add records a host's summary of the window ending at end; now is the
+// leader's clock. canary says which group the host was in (the release it
+// ran). A summary of a window already judged, before the rollout, or seen
+// already is ignored (false, nil). A summary that cannot be one is refused
+// with an error naming the host and what is wrong, and that host's window
+// is then ignored: an end that is not a multiple of the window length
+// since the Unix epoch (summaries are clock-aligned), an end more than
+// span/2 after now (the host's clock is ahead), counts that make no sense
+// (see Judge). So a faulty or hostile agent neither spends the
+// comparison's looks nor stops the other hosts' windows from being judged.
+func (t *Tracker) Add(host string, canary bool, end time.Time, counts []Counts, now time.Time) (bool, error) {
 	if !end.After(t.from) || !end.After(t.judged) || t.done() {
-		return false
+		return false, nil
+	}
+	if !end.Truncate(t.span).Equal(end) {
+		return false, fmt.Errorf("%s: window end %s: not a multiple of the %s window (summaries are aligned to the clock)", host, end.Format(time.RFC3339Nano), t.span)
+	}
+	if ahead := end.Sub(now); ahead > t.grace {
+		return false, fmt.Errorf("%s: window end %s: %s ahead of the leader's clock, more than the %s allowed", host, end.Format(time.RFC3339Nano), ahead, t.grace)
 	}
 	key := host + " (baseline)"
 	if canary {
@@ -60,19 +84,23 @@ func (t *Tracker) Add(host string, canary bool, end time.Time, counts []Counts) 
 	w := t.pending[end]
 	if w == nil {
 		if len(t.pending) >= MaxWindows {
-			return false
+			return false, nil
 		}
 		w = map[string]HostSummary{}
 		t.pending[end] = w
 	}
 	if _, dup := w[key]; dup {
-		return false
+		return false, nil
 	}
 	if len(w) >= MaxHostsPerWindow {
-		return false
+		return false, nil
+	}
+	if err := checkHost(counts); err != nil {
+		w[key] = HostSummary{Host: host, Canary: canary} // nothing, and refused once
+		return false, fmt.Errorf("%s %w", host, err)
 	}
 	w[key] = HostSummary{Host: host, Canary: canary, Counts: counts}
-	return true
+	return true, nil
 }
 
 func (t *Tracker) done() bool { return len(t.looks) >= t.cfg.Windows }
