@@ -137,3 +137,44 @@ func mustAdd(t *testing.T, tr *Tracker, host string, canary bool, end time.Time,
 		t.Fatalf("%s at %v: taken %v, %v", host, end, ok, err)
 	}
 }
+
+// TestTrackerBusyFleetKeepsJudging: a busy fleet's cumulative counts pass
+// MaxGroupCount after a few windows (here 180 baseline hosts with 1e6
+// requests a window each: 1.08e9 at window 6). Before, every look from then
+// on failed ("the group's total passes"), so the comparison stopped for the
+// rest of the rollout; now the counts so far are halved, keeping the
+// ratios, and a canary with 3x the errors still fails. A host's own
+// window is refused over MaxGroupCount.
+func TestTrackerBusyFleetKeepsJudging(t *testing.T) {
+	c := Config{Windows: 13, Rules: []Rule{{Name: "errors", Kind: KindErrorRatio}}}
+	span := 30 * time.Second
+	tr, err := NewTracker(c, span, t0, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	end := t0
+	for w := range 12 {
+		end = end.Add(span)
+		for h := range 200 {
+			errs := uint64(1000)
+			if h%10 == 0 && w >= 8 {
+				errs = 3000 // the canary gets worse from window 9 on
+			}
+			mustAdd(t, tr, hostName(h), h%10 == 0, end, errCounts(errs, 1_000_000), end)
+		}
+		j, looked, err := tr.Judge(end.Add(span / 2))
+		if err != nil || !looked {
+			t.Fatalf("window %d: looked %v, %v", w+1, looked, err)
+		}
+		last := j.Results[len(j.Results)-1]
+		if last.BaselineN > MaxGroupCount || last.CanaryN > MaxGroupCount {
+			t.Fatalf("window %d: %d, %d requests: over %d", w+1, last.CanaryN, last.BaselineN, MaxGroupCount)
+		}
+		if want := Pass; w < 8 && j.Verdict != want || w >= 9 && j.Verdict != Fail {
+			t.Fatalf("window %d: %s: %s", w+1, j.Verdict, last.Reason)
+		}
+	}
+	if ok, err := tr.Add("huge", false, end.Add(span), errCounts(0, MaxGroupCount+1), end.Add(span)); ok || err == nil || !strings.Contains(err.Error(), `huge rule "errors": requests 1000000001: more than 1000000000`) {
+		t.Errorf("a host over MaxGroupCount: %v %v", ok, err)
+	}
+}
