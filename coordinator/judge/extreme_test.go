@@ -2,6 +2,7 @@ package judge
 
 import (
 	"math"
+	"slices"
 	"testing"
 	"time"
 )
@@ -77,3 +78,28 @@ func BenchmarkTrackerLook(b *testing.B) {
 }
 
 func hostName(i int) string { return "host-" + string(rune('a'+i%26)) + string(rune('a'+i/26%26)) }
+
+// TestMannWhitneyAtExtremeSizes: with 5e8 observations a group, alike
+// groups give p near 0.5, every observation in one bucket p = 1, and 1% of
+// the observations (5e6) moved one bucket up is found (0.1% is
+// not: z = 0.85, rightly); never NaN.
+func TestMannWhitneyAtExtremeSizes(t *testing.T) {
+	const n = MaxGroupCount / 2
+	alike := make([]uint64, 64)
+	for i := range alike {
+		alike[i] = n / 64
+	}
+	if r := mannWhitneyGreater(alike, alike); !(r.P > 0.45 && r.P < 0.55) || math.Abs(r.Superiority-0.5) > 1e-9 {
+		t.Errorf("alike: %+v", r)
+	}
+	one := []uint64{0, n, 0}
+	if r := mannWhitneyGreater(one, one); r.P != 1 {
+		t.Errorf("one bucket: %+v", r)
+	}
+	shifted := slices.Clone(alike)
+	shifted[10] -= n / 100
+	shifted[11] += n / 100
+	if r := mannWhitneyGreater(shifted, alike); !(r.P < 1e-6) || math.IsNaN(r.P) {
+		t.Errorf("shifted: %+v", r)
+	}
+}
