@@ -15,9 +15,9 @@ import (
 // comparison is the leader's canary-versus-baseline comparison of one
 // rollout in flight whose spec sets analysis.compare; coordinator/judge
 // does the statistics. It lives in the leader's memory only: a new leader
-// starts it again from the windows that end after it took over (looks
-// already taken are not repeated, the correction still covers the planned
-// number).
+// starts it again from the windows that close after it took over; the
+// windows that closed before count as looks taken (with nothing learnt), so
+// no window is judged twice and the correction still covers every look.
 type comparison struct {
 	rollout string
 	tr      *judge.Tracker
@@ -78,7 +78,7 @@ func (l *leader) compare(ctx context.Context, r *v1.Rollout, now time.Time) (str
 		if r.GetStartedAt() == nil {
 			from = r.GetCreatedAt().AsTime()
 		}
-		tr, err := judge.NewTracker(cfg, span, from)
+		tr, err := judge.NewTracker(cfg, span, from, now)
 		cmp = &comparison{rollout: r.GetId(), tr: tr, broken: err != nil, windows: cfg.Windows}
 		l.compared[name] = cmp
 		if err != nil {
@@ -102,7 +102,9 @@ func (l *leader) compare(ctx context.Context, r *v1.Rollout, now time.Time) (str
 			default:
 				continue
 			}
-			cmp.tr.Add(h.GetHostId(), canary, m.GetEnd().AsTime(), summaryCounts(m))
+			if _, err := cmp.tr.Add(h.GetHostId(), canary, m.GetEnd().AsTime(), summaryCounts(m), now); err != nil {
+				log.Warn().Err(err).Str("host", h.GetHostId()).Msg("metric summary refused for the comparison")
+			}
 		}
 	}
 	j, looked, err := cmp.tr.Judge(now)

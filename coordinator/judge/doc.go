@@ -43,6 +43,12 @@
 // comparison may look at in all (windows not yet seen count as p = 1). So
 // looking again every window does not raise the A/A false positive rate.
 //
+// Limits: a host's counts per window are at most MaxGroupCount (refused
+// above); the Tracker halves a rule's cumulative counts, every host's, when
+// a group's total passes it, so the tests stay exact and fast. A Tracker's
+// memory is one cumulative summary per host and group, the pending windows'
+// summaries and the earlier looks' results: it does not grow with looks.
+//
 // Assumptions: requests are independent, and hosts of a group are alike
 // (pooling); a host that is itself an outlier on the stable release makes
 // the baseline noisier, not the canary worse.

@@ -239,35 +239,59 @@ func Judge(c Config, windows []Window) (Judgement, error) {
 	if len(windows) > c.Windows {
 		return Judgement{}, fmt.Errorf("%d windows given, more than the %d the comparison was planned (and corrected) for", len(windows), c.Windows)
 	}
-	tests := len(c.Rules) * c.Windows
-	var results []Result
-	var ps []float64
-	var tested []int // results index of each p
+	var raw []Result
 	for wi, w := range windows {
-		if len(w.Hosts) > MaxHostsPerWindow {
-			return Judgement{}, fmt.Errorf("windows[%d]: %d hosts, more than %d", wi, len(w.Hosts), MaxHostsPerWindow)
+		rs, err := judgeWindow(c, wi, w)
+		if err != nil {
+			return Judgement{}, err
 		}
-		seen := make(map[string]int, len(w.Hosts))
-		for hi, h := range w.Hosts {
-			if first, dup := seen[h.Host]; dup {
-				return Judgement{}, fmt.Errorf("windows[%d].hosts[%d] (%s): the same host as hosts[%d]", wi, hi, h.Host, first)
-			}
-			seen[h.Host] = hi
+		raw = append(raw, rs...)
+	}
+	return decide(c, raw), nil
+}
+
+// judgeWindow checks window wi and compares each rule of c (validated)
+// over it: the results before the correction for multiple testing (see
+// decide), which depend on this window alone.
+func judgeWindow(c Config, wi int, w Window) ([]Result, error) {
+	if len(w.Hosts) > MaxHostsPerWindow {
+		return nil, fmt.Errorf("windows[%d]: %d hosts, more than %d", wi, len(w.Hosts), MaxHostsPerWindow)
+	}
+	seen := make(map[string]int, len(w.Hosts))
+	for hi, h := range w.Hosts {
+		if first, dup := seen[h.Host]; dup {
+			return nil, fmt.Errorf("windows[%d].hosts[%d] (%s): the same host as hosts[%d]", wi, hi, h.Host, first)
 		}
-		for _, rule := range c.Rules {
-			r, err := compare(rule, wi, w)
-			if err != nil {
-				return Judgement{}, err
-			}
-			r.Tests = tests
-			if r.Verdict != Inconclusive {
-				ps = append(ps, r.P)
-				tested = append(tested, len(results))
-			}
-			results = append(results, r)
+		seen[h.Host] = hi
+		if err := checkHost(h.Counts); err != nil {
+			return nil, fmt.Errorf("windows[%d].hosts[%d] (%s) %w", wi, hi, h.Host, err)
 		}
 	}
-	reject, adjusted := holm(ps, tests, c.Alpha)
+	results := make([]Result, 0, len(c.Rules))
+	for _, rule := range c.Rules {
+		r, err := compare(rule, wi, w)
+		if err != nil {
+			return nil, err
+		}
+		r.Tests = len(c.Rules) * c.Windows
+		results = append(results, r)
+	}
+	return results, nil
+}
+
+// decide applies the Holm-Bonferroni correction over c.Rules x c.Windows
+// tests to the results of judgeWindow (not changed) and gives the verdicts.
+func decide(c Config, raw []Result) Judgement {
+	results := slices.Clone(raw)
+	var ps []float64
+	var tested []int // results index of each p
+	for i, r := range results {
+		if r.Verdict != Inconclusive {
+			ps = append(ps, r.P)
+			tested = append(tested, i)
+		}
+	}
+	reject, adjusted := holm(ps, len(c.Rules)*c.Windows, c.Alpha)
 	for i, ri := range tested {
 		r := &results[ri]
 		r.AdjustedP = adjusted[i]
@@ -294,7 +318,7 @@ func Judge(c Config, windows []Window) (Judgement, error) {
 			}
 		}
 	}
-	return j, nil
+	return j
 }
 
 func ruleOf(c Config, name string) Rule {
@@ -426,6 +450,35 @@ func change(v, base float64) float64 {
 		return math.Inf(1)
 	}
 	return 0
+}
+
+// checkHost checks one host's counts of a window, whatever the rules'
+// kinds: at most MaxRules rules, each once, at most MaxGroupCount requests
+// (observations), errors not above requests, well-formed buckets. The error starts with the rule's name.
+func checkHost(counts []Counts) error {
+	if len(counts) > MaxRules {
+		return fmt.Errorf("counts: %d rules, more than %d", len(counts), MaxRules)
+	}
+	for i, c := range counts {
+		for _, prev := range counts[:i] {
+			if prev.Rule == c.Rule {
+				return fmt.Errorf("rule %q: given twice", c.Rule)
+			}
+		}
+		if c.Requests > MaxGroupCount {
+			return fmt.Errorf("rule %q: requests %d: more than %d", c.Rule, c.Requests, uint64(MaxGroupCount))
+		}
+		if n := len(c.Buckets); n > 0 && c.Buckets[n-1].Count > MaxGroupCount {
+			return fmt.Errorf("rule %q: observations %d: more than %d", c.Rule, c.Buckets[n-1].Count, uint64(MaxGroupCount))
+		}
+		if c.Errors > c.Requests {
+			return fmt.Errorf("rule %q: errors %d more than requests %d", c.Rule, c.Errors, c.Requests)
+		}
+		if err := checkBuckets(c.Buckets); err != nil {
+			return fmt.Errorf("rule %q: %w", c.Rule, err)
+		}
+	}
+	return nil
 }
 
 // checkBuckets checks a host's cumulative buckets: at most MaxBuckets,

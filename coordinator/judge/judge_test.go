@@ -230,12 +230,14 @@ func TestBadCountsRefused(t *testing.T) {
 	}
 	for _, w := range []Window{
 		{Hosts: []HostSummary{errorHost("a", true, 0, MaxGroupCount), errorHost("b", true, 0, 1)}},
-		{Hosts: []HostSummary{errorHost("a", true, 0, math.MaxUint64)}},
 		{Hosts: []HostSummary{latencyHost("a", false, hist(promBuckets, MaxGroupCount)), latencyHost("b", false, hist(promBuckets, 1))}},
 	} {
 		if _, err := Judge(c, []Window{w}); err == nil || !strings.Contains(err.Error(), "the group's total passes 1000000000") {
 			t.Errorf("over the limit: %v", err)
 		}
+	}
+	if _, err := Judge(c, []Window{{Hosts: []HostSummary{errorHost("a", true, 0, math.MaxUint64)}}}); err == nil || !strings.Contains(err.Error(), `(a) rule "errors": requests 18446744073709551615: more than 1000000000`) {
+		t.Errorf("a host over the limit: %v", err)
 	}
 	at := Window{Hosts: []HostSummary{errorHost("a", true, 10_000_000, MaxGroupCount), errorHost("b", false, 10_000_000, MaxGroupCount)}}
 	if j, err := Judge(c, []Window{at}); err != nil || !(j.Results[0].P > 0.45 && j.Results[0].P < 0.55) {

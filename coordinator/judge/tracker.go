@@ -23,9 +23,13 @@ type Tracker struct {
 	pending map[time.Time]map[string]HostSummary // window end -> host key -> summary
 	sums    map[string]HostSummary               // host key -> increases so far
 	keys    []string                             // host keys in the order first seen
-	looks   []Window
-	judged  time.Time // end of the newest window judged
-	last    Judgement
+	// looks is the number of looks taken; raw their results before the
+	// correction (judgeWindow), all a new look needs of them: the memory
+	// and time of a look do not grow with the looks before it.
+	looks  int
+	raw    []Result
+	judged time.Time // end of the newest window judged
+	last   Judgement
 }
 
 // NewTracker returns a tracker for windows of span (aligned to the clock,
@@ -33,7 +37,13 @@ type Tracker struct {
 // windows that end at or before from are ignored. A window is judged
 // span/2 after its end, time for every host's summary to arrive; later
 // summaries of it are dropped. c is validated (an error names the field).
-func NewTracker(c Config, span time.Duration, from time.Time) (*Tracker, error) {
+//
+// now is when the tracker is made. Windows of the rollout that closed
+// before now (a leader that took over mid-rollout: its predecessor may have
+// judged them) count as looks already taken, with nothing learnt from
+// them (p = 1), and their summaries are ignored: a failover never judges a
+// window twice nor takes more than c.Windows looks in all.
+func NewTracker(c Config, span time.Duration, from, now time.Time) (*Tracker, error) {
 	c.Rules = slices.Clone(c.Rules)
 	if err := c.Validate(); err != nil {
 		return nil, fmt.Errorf("compare: %w", err)
@@ -41,17 +51,35 @@ func NewTracker(c Config, span time.Duration, from time.Time) (*Tracker, error) 
 	if span <= 0 {
 		return nil, fmt.Errorf("compare: window %s: must be positive", span)
 	}
-	return &Tracker{cfg: c, span: span, from: from, grace: span / 2,
-		pending: map[time.Time]map[string]HostSummary{}, sums: map[string]HostSummary{}}, nil
+	t := &Tracker{cfg: c, span: span, from: from, grace: span / 2,
+		pending: map[time.Time]map[string]HostSummary{}, sums: map[string]HostSummary{}}
+	// The first window ending after from, then every window closed by now.
+	for end := from.Truncate(span).Add(span); !end.Add(t.grace).After(now) && !t.done(); end = end.Add(span) {
+		t.looks++
+		t.judged = end
+	}
+	return t, nil
 }
 
-// Add records a host's summary of the window ending at end. canary says
-// which group the host was in (the release it ran). A summary of a window
-// already judged, before the rollout, or seen already is ignored; it
-// reports whether the summary was taken.
-func (t *Tracker) Add(host string, canary bool, end time.Time, counts []Counts) bool {
+// Add records a host's summary of the window ending at end; now is the
+// leader's clock. canary says which group the host was in (the release it
+// ran). A summary of a window already judged, before the rollout, or seen
+// already is ignored (false, nil). A summary that cannot be one is refused
+// with an error naming the host and what is wrong, and that host's window
+// is then ignored: an end that is not a multiple of the window length
+// since the Unix epoch (summaries are clock-aligned), an end more than
+// span/2 after now (the host's clock is ahead), counts that make no sense
+// (see Judge). So a faulty or hostile agent neither spends the
+// comparison's looks nor stops the other hosts' windows from being judged.
+func (t *Tracker) Add(host string, canary bool, end time.Time, counts []Counts, now time.Time) (bool, error) {
 	if !end.After(t.from) || !end.After(t.judged) || t.done() {
-		return false
+		return false, nil
+	}
+	if !end.Truncate(t.span).Equal(end) {
+		return false, fmt.Errorf("%s: window end %s: not a multiple of the %s window (summaries are aligned to the clock)", host, end.Format(time.RFC3339Nano), t.span)
+	}
+	if ahead := end.Sub(now); ahead > t.grace {
+		return false, fmt.Errorf("%s: window end %s: %s ahead of the leader's clock, more than the %s allowed", host, end.Format(time.RFC3339Nano), ahead, t.grace)
 	}
 	key := host + " (baseline)"
 	if canary {
@@ -60,22 +88,26 @@ func (t *Tracker) Add(host string, canary bool, end time.Time, counts []Counts) 
 	w := t.pending[end]
 	if w == nil {
 		if len(t.pending) >= MaxWindows {
-			return false
+			return false, nil
 		}
 		w = map[string]HostSummary{}
 		t.pending[end] = w
 	}
 	if _, dup := w[key]; dup {
-		return false
+		return false, nil
 	}
 	if len(w) >= MaxHostsPerWindow {
-		return false
+		return false, nil
+	}
+	if err := checkHost(counts); err != nil {
+		w[key] = HostSummary{Host: host, Canary: canary} // nothing, and refused once
+		return false, fmt.Errorf("%s %w", host, err)
 	}
 	w[key] = HostSummary{Host: host, Canary: canary, Counts: counts}
-	return true
+	return true, nil
 }
 
-func (t *Tracker) done() bool { return len(t.looks) >= t.cfg.Windows }
+func (t *Tracker) done() bool { return t.looks >= t.cfg.Windows }
 
 // Judge judges, in order, every pending window closed at now (its end +
 // span/2), one look each, until Config.Windows looks were taken. It
@@ -114,19 +146,21 @@ func (t *Tracker) Judge(now time.Time) (Judgement, bool, error) {
 			}
 			sums[k] = addSummary(prev, s)
 		}
+		halveOver(sums, keys, t.cfg.Rules)
 		w := Window{Start: t.from, End: end}
 		for _, k := range keys {
 			h := sums[k]
 			h.Host = k
 			w.Hosts = append(w.Hosts, h)
 		}
-		j, err := Judge(t.cfg, append(slices.Clone(t.looks), w))
+		rs, err := judgeWindow(t.cfg, t.looks, w)
 		if err != nil {
 			return t.last, looked, err
 		}
 		t.sums, t.keys = sums, keys
-		t.looks = append(t.looks, w)
-		t.last, looked = j, true
+		t.raw = append(t.raw, rs...)
+		t.looks++
+		t.last, looked = decide(t.cfg, t.raw), true
 		t.judged = end
 		delete(t.pending, end)
 	}
@@ -150,7 +184,7 @@ func (t *Tracker) NextWake() time.Time {
 }
 
 // Looks is the number of windows judged so far.
-func (t *Tracker) Looks() int { return len(t.looks) }
+func (t *Tracker) Looks() int { return t.looks }
 
 // addSummary adds b's counts to a's, rule by rule (a histogram's buckets
 // at the bounds both have: a layout change makes the sum coarser, never
@@ -201,4 +235,49 @@ func addBuckets(a, b []Bucket) []Bucket {
 		out[i] = Bucket{UpperBound: bounds[i], Count: satAdd(pa[i], pb[i])}
 	}
 	return out
+}
+
+// halveOver keeps each rule's group totals within MaxGroupCount, where the
+// tests are exact and fast: when a group's cumulative requests
+// (observations) of a rule pass it, every host's counts of that rule, in
+// both groups, are halved (rounding down) until they do not. The ratios and
+// the distributions are kept, only the evidence is capped: at that size it
+// is overwhelming already.
+func halveOver(sums map[string]HostSummary, keys []string, rules []Rule) {
+	for _, rule := range rules {
+		for {
+			var total [2]uint64
+			for _, k := range keys {
+				g := 0
+				if sums[k].Canary {
+					g = 1
+				}
+				for _, c := range sums[k].Counts {
+					if c.Rule == rule.Name {
+						total[g] = satAdd(total[g], c.Requests)
+						if n := len(c.Buckets); n > 0 {
+							total[g] = satAdd(total[g], c.Buckets[n-1].Count)
+						}
+					}
+				}
+			}
+			if max(total[0], total[1]) <= MaxGroupCount {
+				break
+			}
+			for _, k := range keys {
+				h := sums[k]
+				h.Counts = slices.Clone(h.Counts)
+				for i := range h.Counts {
+					if c := &h.Counts[i]; c.Rule == rule.Name {
+						c.Requests, c.Errors = c.Requests/2, c.Errors/2
+						c.Buckets = slices.Clone(c.Buckets)
+						for b := range c.Buckets {
+							c.Buckets[b].Count /= 2
+						}
+					}
+				}
+				sums[k] = h
+			}
+		}
+	}
 }
