@@ -24,7 +24,8 @@ import (
 //     holds it.
 //
 // An admin's override (status hold_override) lifts all three for one
-// release. A rollback is never held (it is an operator's repair).
+// release with the spec live when it was given (a spec applied later is
+// held again). A rollback is never held (it is an operator's repair).
 type Gates struct {
 	Blackouts []*v1.Blackout
 	// Upstream: for each service named in rollout.after, its newest rollout
@@ -58,13 +59,14 @@ func (h Hold) Reason() string {
 }
 
 // Holding is what holds svc's rollouts at now, given the gates. The
-// override (status hold_override) for version lifts every hold; version is
+// override (status hold_override) for version and svc's spec revision
+// lifts every hold; version is
 // the release a rollout would roll out ("" when none is named). A spec
 // whose windows do not parse (only a record written before validation)
 // holds with the parse error.
 func Holding(svc *v1.Service, g Gates, version string, now time.Time) Hold {
 	var h Hold
-	if o := svc.GetStatus().GetHoldOverride(); o != nil && version != "" && o.GetVersion() == version {
+	if Overridden(svc, version) {
 		return h
 	}
 	pol := svc.GetSpec().GetRollout()
@@ -212,7 +214,7 @@ func fmtTime(t time.Time) string {
 const MaxOverrideReason = 256
 
 // Override is the hold override an admin gives svc's release version
-// (the newest) with a reason, at now. It refuses (naming the field and
+// (the newest), with svc's live spec, and a reason, at now. It refuses (naming the field and
 // value) an empty or too long reason, and a service with no release.
 func Override(svc *v1.Service, version, reason, by string, now time.Time) (*v1.HoldOverride, error) {
 	name := svc.GetSpec().GetName()
@@ -224,12 +226,22 @@ func Override(svc *v1.Service, version, reason, by string, now time.Time) (*v1.H
 	case version == "":
 		return nil, fmt.Errorf("service: %s has no release to let through", name)
 	}
-	return &v1.HoldOverride{Version: version, Reason: reason, By: by, At: timestamppb.New(now)}, nil
+	return &v1.HoldOverride{Version: version, Reason: reason, By: by, At: timestamppb.New(now), SpecRevision: svc.GetSpecRevision()}, nil
+}
+
+// Overridden reports whether svc's override (status hold_override) lets
+// version through: the release it names with the spec revision live when
+// it was given. A spec applied since is held again, or an operator could
+// carry any config change past a blackout on an admin's override given
+// for something else.
+func Overridden(svc *v1.Service, version string) bool {
+	o := svc.GetStatus().GetHoldOverride()
+	return o != nil && version != "" && o.GetVersion() == version && o.GetSpecRevision() == svc.GetSpecRevision()
 }
 
 // HoldOverridden is the message of EventHoldOverridden.
 func HoldOverridden(o *v1.HoldOverride) string {
-	return fmt.Sprintf("%s may roll out past windows, blackouts and after: %s", o.GetVersion(), o.GetReason())
+	return fmt.Sprintf("%s with %s may roll out past windows, blackouts and after: %s", o.GetVersion(), SpecName(o.GetSpecRevision()), o.GetReason())
 }
 
 // AfterCycle is the cycle of rollout.after that the spec of service name
