@@ -46,6 +46,7 @@ func (c *Coordinator) gates(svc *v1.Service) rollout.Gates {
 	if len(after) == 0 {
 		return g
 	}
+	g.Cycle = rollout.AfterCycle(svc.GetSpec().GetName(), after, c.afterGraph())
 	g.Upstream = map[string]*v1.Rollout{}
 	for _, name := range after {
 		vs, ok := c.mirror.Service(name)
@@ -115,18 +116,26 @@ func (c *Coordinator) holding(svc *v1.Service, version string, now time.Time) ro
 	return rollout.Holding(svc, c.gates(svc), version, now)
 }
 
+// afterGraph is the rollout.after of every service in the mirror that is
+// not removed (a removed one holds nothing: gates), by name.
+func (c *Coordinator) afterGraph() map[string][]string {
+	g := map[string][]string{}
+	for _, vs := range c.mirror.Services() {
+		if a := vs.Val.GetSpec().GetRollout().GetAfter(); len(a) > 0 && !vs.Val.GetStatus().GetRemoved() {
+			g[vs.Val.GetSpec().GetName()] = a
+		}
+	}
+	return g
+}
+
 // afterCycle refuses a spec whose rollout.after closes a cycle with the
-// services stored, naming it.
+// services stored, naming it. The caller syncs the mirror first.
 func (c *Coordinator) afterCycle(sp *v1.ServiceSpec) error {
 	after := sp.GetRollout().GetAfter()
 	if len(after) == 0 {
 		return nil
 	}
-	others := map[string][]string{}
-	for _, vs := range c.mirror.Services() {
-		others[vs.Val.GetSpec().GetName()] = vs.Val.GetSpec().GetRollout().GetAfter()
-	}
-	if cyc := rollout.AfterCycle(sp.GetName(), after, others); cyc != nil {
+	if cyc := rollout.AfterCycle(sp.GetName(), after, c.afterGraph()); cyc != nil {
 		return fmt.Errorf("rollout.after: %v closes a cycle: %s (each would wait for the other forever)", after, strings.Join(cyc, " → "))
 	}
 	return nil

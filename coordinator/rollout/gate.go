@@ -32,6 +32,11 @@ type Gates struct {
 	// (Deciding), nil when it has none; a name absent from the map is a
 	// service that does not exist.
 	Upstream map[string]*v1.Rollout
+	// Cycle: a cycle of rollout.after through the service (AfterCycle,
+	// nil when none). Apply refuses one, but two specs applied at the same
+	// time can close it; every service on it would wait forever, so it
+	// holds with a reason that says what to do.
+	Cycle []string
 }
 
 // Hold is what holds svc's rollouts at now.
@@ -98,6 +103,9 @@ func Holding(svc *v1.Service, g Gates, version string, now time.Time) Hold {
 	}
 	h.Clock = strings.Join(clock, "; ")
 	var after []string
+	if len(g.Cycle) > 0 {
+		after = append(after, fmt.Sprintf("rollout.after closes a cycle: %s (specs applied at the same time): apply one of them without it, or fleetwave rollout override", strings.Join(g.Cycle, " → ")))
+	}
 	for _, name := range pol.GetAfter() {
 		if why := upstreamHold(name, g.Upstream); why != "" {
 			after = append(after, why)
