@@ -18,6 +18,9 @@ const (
 	MaxWindows = 32
 	// MaxAfter bounds rollout.after.
 	MaxAfter = 32
+	// MaxWindowField bounds each of a window's days, start, end and
+	// time_zone (the longest IANA zone name is 32 bytes).
+	MaxWindowField = 64
 )
 
 var weekdays = []string{"sun", "mon", "tue", "wed", "thu", "fri", "sat"}
@@ -39,6 +42,11 @@ func (w Window) String() string { return w.text }
 // (e.g. "rollout.windows[0]").
 func ParseWindow(field string, w *v1.DeployWindow) (Window, error) {
 	out := Window{}
+	for _, f := range []struct{ name, val string }{{"days", w.GetDays()}, {"start", w.GetStart()}, {"end", w.GetEnd()}, {"time_zone", w.GetTimeZone()}} {
+		if len(f.val) > MaxWindowField {
+			return out, fmt.Errorf("%s.%s: %d bytes, more than %d", field, f.name, len(f.val), MaxWindowField)
+		}
+	}
 	days := strings.ToLower(strings.TrimSpace(w.GetDays()))
 	if days == "" || days == "*" {
 		for i := range out.Days {

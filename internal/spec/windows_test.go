@@ -152,3 +152,25 @@ func TestWindowDSTEdges(t *testing.T) {
 		}
 	}
 }
+
+// TestParseWindowHugeInput: a window's days, start, end and time zone are
+// bounded (MaxWindowField bytes); a huge one is refused naming the field
+// and its length, without echoing it, and without a look-up.
+func TestParseWindowHugeInput(t *testing.T) {
+	huge := strings.Repeat("x", 1<<20)
+	for _, c := range []struct {
+		w     *v1.DeployWindow
+		field string
+	}{
+		{&v1.DeployWindow{Days: strings.Repeat("mon,", 1<<18), Start: "09:00", End: "10:00"}, "w.days"},
+		{&v1.DeployWindow{Start: huge, End: "10:00"}, "w.start"},
+		{&v1.DeployWindow{Start: "09:00", End: huge}, "w.end"},
+		{&v1.DeployWindow{Start: "09:00", End: "10:00", TimeZone: "Europe/" + huge}, "w.time_zone"},
+	} {
+		_, err := ParseWindow("w", c.w)
+		want := fmt.Sprintf("bytes, more than %d", MaxWindowField)
+		if got := fmt.Sprint(err); len(got) > 200 || !strings.HasPrefix(got, c.field+": ") || !strings.Contains(got, want) {
+			t.Errorf("ParseWindow(huge %s) = %.200s, want a short error naming %s and %q", c.field, got, c.field, want)
+		}
+	}
+}
