@@ -46,14 +46,22 @@ func (c *Coordinator) gates(svc *v1.Service) rollout.Gates {
 	if len(after) == 0 {
 		return g
 	}
-	g.Cycle = rollout.AfterCycle(svc.GetSpec().GetName(), after, c.afterGraph())
 	g.Upstream = map[string]*v1.Rollout{}
+	waits := false
 	for _, name := range after {
 		vs, ok := c.mirror.Service(name)
 		if !ok || vs.Val.GetStatus().GetRemoved() {
+			waits = true
 			continue
 		}
-		g.Upstream[name] = c.newestDeciding(name, vs.Val)
+		r := c.newestDeciding(name, vs.Val)
+		g.Upstream[name] = r
+		waits = waits || r.GetState() != v1.RolloutState_ROLLOUT_STATE_SUCCEEDED
+	}
+	// Every service on a cycle waits for the next: look for one (a walk of
+	// every service's after) only when this one waits.
+	if waits {
+		g.Cycle = rollout.AfterCycle(svc.GetSpec().GetName(), after, c.afterGraph())
 	}
 	return g
 }
