@@ -239,9 +239,9 @@ func Override(svc *v1.Service, version, reason, by string, now time.Time) (*v1.H
 
 // Overridden reports whether svc's override (status hold_override) lets
 // version through: the release it names with the spec revision live when
-// it was given. A spec applied since is held again, or an operator could
-// carry any config change past a blackout on an admin's override given
-// for something else.
+// it was given. A spec applied since is held again: an override given
+// for one change (perhaps weeks ago, by someone else) must not let a
+// later one past a blackout.
 func Overridden(svc *v1.Service, version string) bool {
 	o := svc.GetStatus().GetHoldOverride()
 	return o != nil && version != "" && o.GetVersion() == version && o.GetSpecRevision() == svc.GetSpecRevision()
