@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
@@ -152,4 +153,56 @@ func TestAfterCycleAppliedConcurrentlyHoldsWithReason(t *testing.T) {
 		}
 		return err
 	})
+}
+
+// rollout plan refuses, naming the field and value, a service that does
+// not exist, a spec that fails validation, names another service or
+// closes a cycle; a preview of a valid spec changes nothing stored.
+func TestPlanRolloutRefusalsChangeNothing(t *testing.T) {
+	cc := startCoordinator(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	op := v1.NewOperatorServiceClient(cc)
+	run := &v1.RunSpec{Command: []string{"./app"}}
+	for _, sp := range []*v1.ServiceSpec{{Name: "api", Run: run}, {Name: "web", Run: run, Rollout: &v1.RolloutPolicy{After: []string{"api"}}}} {
+		if _, err := op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: sp}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	art := upload(t, ctx, cc, []byte("web v1"))
+	if _, err := op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: "v1", Artifact: art}}); err != nil {
+		t.Fatal(err)
+	}
+	before, err := op.GetService(ctx, &v1.GetServiceRequest{Name: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		req  *v1.PlanRolloutRequest
+		code codes.Code
+		want string
+	}{
+		{&v1.PlanRolloutRequest{Service: "nope"}, codes.NotFound, `service: no service "nope"`},
+		{&v1.PlanRolloutRequest{Service: "Bad Name"}, codes.InvalidArgument, `service: invalid name "Bad Name"`},
+		{&v1.PlanRolloutRequest{Service: "web", Version: "../v1"}, codes.InvalidArgument, `version: invalid version "../v1"`},
+		{&v1.PlanRolloutRequest{Service: "web", Spec: &v1.ServiceSpec{Name: "api", Run: run}}, codes.InvalidArgument, `spec.name: "api" is not the service "web"`},
+		{&v1.PlanRolloutRequest{Service: "web", Spec: &v1.ServiceSpec{Name: "web", Run: run, Rollout: &v1.RolloutPolicy{Windows: []*v1.DeployWindow{{Start: "09:00", End: "25:00"}}}}},
+			codes.InvalidArgument, `rollout.windows[0].end: "25:00" is not a time of day`},
+		{&v1.PlanRolloutRequest{Service: "web", Spec: &v1.ServiceSpec{Name: "web", Run: run, Rollout: &v1.RolloutPolicy{Windows: []*v1.DeployWindow{{Start: "09:00", End: "10:00", TimeZone: "Mars/Olympus"}}}}},
+			codes.InvalidArgument, `rollout.windows[0].time_zone: "Mars/Olympus" is not an IANA time zone`},
+	} {
+		_, err := op.PlanRollout(ctx, c.req)
+		if status.Code(err) != c.code || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("PlanRollout(%v): %v, want %s %q", c.req, err, c.code, c.want)
+		}
+	}
+	// A valid spec previewed changes nothing.
+	p, err := op.PlanRollout(ctx, &v1.PlanRolloutRequest{Service: "web", Spec: &v1.ServiceSpec{Name: "web", Run: run}})
+	if err != nil || p.GetRollout().GetToVersion() != "v1" {
+		t.Fatalf("plan of a valid spec: %v %v", p, err)
+	}
+	after, err := op.GetService(ctx, &v1.GetServiceRequest{Name: "web"})
+	if err != nil || !proto.Equal(before.GetService(), after.GetService()) {
+		t.Errorf("plan changed the service:\nbefore %v\nafter  %v (%v)", before.GetService(), after.GetService(), err)
+	}
 }
