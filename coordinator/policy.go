@@ -56,7 +56,7 @@ func (c *Coordinator) gates(svc *v1.Service) rollout.Gates {
 		}
 		r := c.newestDeciding(name, vs.Val)
 		g.Upstream[name] = r
-		waits = waits || r.GetState() != v1.RolloutState_ROLLOUT_STATE_SUCCEEDED
+		waits = waits || r.GetState() != v1.RolloutState_ROLLOUT_STATE_SUCCEEDED || r.GetRollback()
 	}
 	// Every service on a cycle waits for the next: look for one (a walk of
 	// every service's after) only when this one waits.

@@ -20,8 +20,8 @@ import (
 //     and rollouts in flight wait at their next wave boundary while one
 //     is on;
 //   - the services it comes after (spec rollout.after): a rollout starts only
-//     when the newest rollout of each of them has succeeded; a failed one
-//     holds it.
+//     when the newest rollout of each of them has succeeded; a failed one,
+//     or a rollback (an operator undid the upstream's release), holds it.
 //
 // An admin's override (status hold_override) lifts all three for one
 // release with the spec live when it was given (a spec applied later is
@@ -124,6 +124,10 @@ func upstreamHold(name string, up map[string]*v1.Rollout) string {
 		return fmt.Sprintf("waits for service %s (after), which does not exist", name)
 	case r == nil:
 		return fmt.Sprintf("waits for service %s (after): it has no rollout yet", name)
+	case r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED && r.GetRollback():
+		// An operator undid the upstream's release: what this service's
+		// release comes after is not out.
+		return fmt.Sprintf("held by service %s (after): its newest rollout %s rolled it back to %s; a rollout of %s must succeed first", name, r.GetId(), orNone(r.GetToVersion()), name)
 	case r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED:
 		return ""
 	case r.GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED:
