@@ -133,16 +133,16 @@ func TestWindowDSTEdges(t *testing.T) {
 		next             time.Time
 	}{
 		// Spring: 01:00Z is 02:00 CET = 03:00 CEST.
-		{"sat", "22:00", "02:30", utc(3, 29, 0, 59), true, utc(3, 29, 1, 0)},    // closes as the clock jumps past 02:30
-		{"sat", "22:00", "02:30", utc(3, 29, 1, 0), false, utc(4, 4, 20, 0)},    // 03:00 CEST: closed (before: open until 03:30)
-		{"sun", "02:30", "03:15", utc(3, 29, 0, 59), false, utc(3, 29, 1, 0)},   // opens as the clock jumps past 02:30
-		{"sun", "02:30", "03:15", utc(3, 29, 1, 5), true, utc(3, 29, 1, 15)},    // 03:05 CEST: open (before: never that day)
-		{"sun", "02:00", "03:00", utc(3, 29, 0, 30), false, utc(4, 5, 0, 0)},    // the hour does not exist: no opening that day
-		{"", "00:00", "24:00", utc(3, 29, 1, 30), true, utc(3, 29, 22, 0)},      // a 23-hour day is still whole
+		{"sat", "22:00", "02:30", utc(3, 29, 0, 59), true, utc(3, 29, 1, 0)},  // closes as the clock jumps past 02:30
+		{"sat", "22:00", "02:30", utc(3, 29, 1, 0), false, utc(4, 4, 20, 0)},  // 03:00 CEST: closed (before: open until 03:30)
+		{"sun", "02:30", "03:15", utc(3, 29, 0, 59), false, utc(3, 29, 1, 0)}, // opens as the clock jumps past 02:30
+		{"sun", "02:30", "03:15", utc(3, 29, 1, 5), true, utc(3, 29, 1, 15)},  // 03:05 CEST: open (before: never that day)
+		{"sun", "02:00", "03:00", utc(3, 29, 0, 30), false, utc(4, 5, 0, 0)},  // the hour does not exist: no opening that day
+		{"", "00:00", "24:00", utc(3, 29, 1, 30), true, utc(3, 29, 22, 0)},    // a 23-hour day is still whole
 		// Autumn: 00:00Z-01:00Z is 02:00-03:00 CEST, 01:00Z-02:00Z is 02:00-03:00 CET.
-		{"sun", "01:30", "02:30", utc(10, 25, 0, 29), true, utc(10, 25, 0, 30)}, // 02:29 CEST
-		{"sun", "01:30", "02:30", utc(10, 25, 0, 45), false, utc(11, 1, 0, 30)}, // 02:45 CEST: past the end (before: open)
-		{"sun", "01:30", "02:30", utc(10, 25, 1, 15), false, utc(11, 1, 0, 30)}, // 02:15 CET, the second time: closed
+		{"sun", "01:30", "02:30", utc(10, 25, 0, 29), true, utc(10, 25, 0, 30)},  // 02:29 CEST
+		{"sun", "01:30", "02:30", utc(10, 25, 0, 45), false, utc(11, 1, 0, 30)},  // 02:45 CEST: past the end (before: open)
+		{"sun", "01:30", "02:30", utc(10, 25, 1, 15), false, utc(11, 1, 0, 30)},  // 02:15 CET, the second time: closed
 		{"sun", "02:30", "04:00", utc(10, 25, 0, 45), false, utc(10, 25, 1, 30)}, // opens at the second 02:30
 	} {
 		w := mustWindow(t, c.days, c.start, c.end, "Europe/Berlin")
