@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -126,7 +127,7 @@ reason is required and recorded in the audit log and the rollout's events.`,
 				return printJSON(a.stdout, resp)
 			}
 			o := resp.GetService().GetStatus().GetHoldOverride()
-			fmt.Fprintf(a.stdout, "%s %s may roll out past windows, blackouts and after (by %s: %s)\n", args[0], o.GetVersion(), o.GetBy(), o.GetReason())
+			fmt.Fprintf(a.stdout, "%s %s with %s may roll out past windows, blackouts and after (by %s: %s)\n", args[0], o.GetVersion(), rollout.SpecName(o.GetSpecRevision()), o.GetBy(), o.GetReason())
 			return nil
 		}),
 	}

@@ -58,6 +58,13 @@ func (o *operator) ApplyService(ctx context.Context, req *v1.ApplyServiceRequest
 	if err := spec.Validate(req.GetSpec()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	// The cycle check reads the mirror: sync it, or a spec applied just
+	// before through another coordinator is not seen.
+	if len(req.GetSpec().GetRollout().GetAfter()) > 0 {
+		if err := o.sync(ctx); err != nil {
+			return nil, grpcErr(err)
+		}
+	}
 	if err := o.c.afterCycle(req.GetSpec()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}

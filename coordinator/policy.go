@@ -47,12 +47,21 @@ func (c *Coordinator) gates(svc *v1.Service) rollout.Gates {
 		return g
 	}
 	g.Upstream = map[string]*v1.Rollout{}
+	waits := false
 	for _, name := range after {
 		vs, ok := c.mirror.Service(name)
 		if !ok || vs.Val.GetStatus().GetRemoved() {
+			waits = true
 			continue
 		}
-		g.Upstream[name] = c.newestDeciding(name, vs.Val)
+		r := c.newestDeciding(name, vs.Val)
+		g.Upstream[name] = r
+		waits = waits || r.GetState() != v1.RolloutState_ROLLOUT_STATE_SUCCEEDED || r.GetRollback()
+	}
+	// Every service on a cycle waits for the next: look for one (a walk of
+	// every service's after) only when this one waits.
+	if waits {
+		g.Cycle = rollout.AfterCycle(svc.GetSpec().GetName(), after, c.afterGraph())
 	}
 	return g
 }
@@ -115,18 +124,26 @@ func (c *Coordinator) holding(svc *v1.Service, version string, now time.Time) ro
 	return rollout.Holding(svc, c.gates(svc), version, now)
 }
 
+// afterGraph is the rollout.after of every service in the mirror that is
+// not removed (a removed one holds nothing: gates), by name.
+func (c *Coordinator) afterGraph() map[string][]string {
+	g := map[string][]string{}
+	for _, vs := range c.mirror.Services() {
+		if a := vs.Val.GetSpec().GetRollout().GetAfter(); len(a) > 0 && !vs.Val.GetStatus().GetRemoved() {
+			g[vs.Val.GetSpec().GetName()] = a
+		}
+	}
+	return g
+}
+
 // afterCycle refuses a spec whose rollout.after closes a cycle with the
-// services stored, naming it.
+// services stored, naming it. The caller syncs the mirror first.
 func (c *Coordinator) afterCycle(sp *v1.ServiceSpec) error {
 	after := sp.GetRollout().GetAfter()
 	if len(after) == 0 {
 		return nil
 	}
-	others := map[string][]string{}
-	for _, vs := range c.mirror.Services() {
-		others[vs.Val.GetSpec().GetName()] = vs.Val.GetSpec().GetRollout().GetAfter()
-	}
-	if cyc := rollout.AfterCycle(sp.GetName(), after, others); cyc != nil {
+	if cyc := rollout.AfterCycle(sp.GetName(), after, c.afterGraph()); cyc != nil {
 		return fmt.Errorf("rollout.after: %v closes a cycle: %s (each would wait for the other forever)", after, strings.Join(cyc, " → "))
 	}
 	return nil

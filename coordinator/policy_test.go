@@ -7,11 +7,18 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
+	"github.com/fleetwave/fleetwave/coordinator/store"
+	"github.com/fleetwave/fleetwave/internal/testkit"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+	"github.com/rs/zerolog"
 )
 
 // Blackouts: bad input is refused naming the field and value and stores
@@ -88,5 +95,114 @@ func TestBlackoutAndOrderInputAndLimits(t *testing.T) {
 	}
 	if _, err := op.OverrideHold(ctx, &v1.OverrideHoldRequest{Service: "web", Reason: "x"}); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "service: web has no release") {
 		t.Errorf("override without a release: %v", err)
+	}
+}
+
+// Two specs applied at the same time can close a cycle of rollout.after
+// that neither apply saw (each checked before the other was stored; here
+// the store is written directly, as the two applies would): the release
+// is not held forever with "no rollout yet", it says the cycle and what to
+// do, and an apply that breaks the cycle lets it start.
+func TestAfterCycleAppliedConcurrentlyHoldsWithReason(t *testing.T) {
+	emb, err := store.StartEmbedded(t.TempDir(), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(emb.Close)
+	addr := runTestCoordinator(t, Config{Insecure: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, EtcdTLS: emb.ClientTLS, LeaseTTL: 2 * time.Second})
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	cli, err := emb.Dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	run := &v1.RunSpec{Command: []string{"./app"}}
+	st := store.New(cli)
+	for _, sp := range []*v1.ServiceSpec{
+		{Name: "api", Run: run, Rollout: &v1.RolloutPolicy{After: []string{"web"}}},
+		{Name: "web", Run: run, Rollout: &v1.RolloutPolicy{After: []string{"api"}}},
+	} {
+		if _, err := st.ApplySpec(ctx, sp, time.Now(), rollout.Recreate); err != nil {
+			t.Fatal(err)
+		}
+	}
+	op := v1.NewOperatorServiceClient(cc)
+	art := upload(t, ctx, cc, []byte("web v1"))
+	resp, err := op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: "v1", Artifact: art}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "rollout.after closes a cycle: web → api → web (specs applied at the same time): apply one of them without it"; !strings.Contains(resp.GetNote(), want) {
+		t.Errorf("release of a service on a cycle: note %q, want it to say %q", resp.GetNote(), want)
+	}
+	// The apply that breaks the cycle is not refused (the cycle is not of
+	// its making) and lets web's release through.
+	if _, err := op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: &v1.ServiceSpec{Name: "web", Run: run}}); err != nil {
+		t.Fatalf("the apply that breaks the cycle: %v", err)
+	}
+	testkit.EventuallyErr(t, 30*time.Second, "web's release starts once the cycle is broken", func() error {
+		s, err := op.GetService(ctx, &v1.GetServiceRequest{Name: "web"})
+		if err == nil && s.GetService().GetStatus().GetLastRolloutId() == "" {
+			err = fmt.Errorf("no rollout yet")
+		}
+		return err
+	})
+}
+
+// rollout plan refuses, naming the field and value, a service that does
+// not exist, a spec that fails validation, names another service or
+// closes a cycle; a preview of a valid spec changes nothing stored.
+func TestPlanRolloutRefusalsChangeNothing(t *testing.T) {
+	cc := startCoordinator(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	op := v1.NewOperatorServiceClient(cc)
+	run := &v1.RunSpec{Command: []string{"./app"}}
+	for _, sp := range []*v1.ServiceSpec{{Name: "api", Run: run}, {Name: "web", Run: run, Rollout: &v1.RolloutPolicy{After: []string{"api"}}}} {
+		if _, err := op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: sp}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	art := upload(t, ctx, cc, []byte("web v1"))
+	if _, err := op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: "v1", Artifact: art}}); err != nil {
+		t.Fatal(err)
+	}
+	before, err := op.GetService(ctx, &v1.GetServiceRequest{Name: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		req  *v1.PlanRolloutRequest
+		code codes.Code
+		want string
+	}{
+		{&v1.PlanRolloutRequest{Service: "nope"}, codes.NotFound, `service: no service "nope"`},
+		{&v1.PlanRolloutRequest{Service: "Bad Name"}, codes.InvalidArgument, `service: invalid name "Bad Name"`},
+		{&v1.PlanRolloutRequest{Service: "web", Version: "../v1"}, codes.InvalidArgument, `version: invalid version "../v1"`},
+		{&v1.PlanRolloutRequest{Service: "web", Spec: &v1.ServiceSpec{Name: "api", Run: run}}, codes.InvalidArgument, `spec.name: "api" is not the service "web"`},
+		{&v1.PlanRolloutRequest{Service: "web", Spec: &v1.ServiceSpec{Name: "web", Run: run, Rollout: &v1.RolloutPolicy{Windows: []*v1.DeployWindow{{Start: "09:00", End: "25:00"}}}}},
+			codes.InvalidArgument, `rollout.windows[0].end: "25:00" is not a time of day`},
+		{&v1.PlanRolloutRequest{Service: "web", Spec: &v1.ServiceSpec{Name: "web", Run: run, Rollout: &v1.RolloutPolicy{Windows: []*v1.DeployWindow{{Start: "09:00", End: "10:00", TimeZone: "Mars/Olympus"}}}}},
+			codes.InvalidArgument, `rollout.windows[0].time_zone: "Mars/Olympus" is not an IANA time zone`},
+	} {
+		_, err := op.PlanRollout(ctx, c.req)
+		if status.Code(err) != c.code || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("PlanRollout(%v): %v, want %s %q", c.req, err, c.code, c.want)
+		}
+	}
+	// A valid spec previewed changes nothing.
+	p, err := op.PlanRollout(ctx, &v1.PlanRolloutRequest{Service: "web", Spec: &v1.ServiceSpec{Name: "web", Run: run}})
+	if err != nil || p.GetRollout().GetToVersion() != "v1" {
+		t.Fatalf("plan of a valid spec: %v %v", p, err)
+	}
+	after, err := op.GetService(ctx, &v1.GetServiceRequest{Name: "web"})
+	if err != nil || !proto.Equal(before.GetService(), after.GetService()) {
+		t.Errorf("plan changed the service:\nbefore %v\nafter  %v (%v)", before.GetService(), after.GetService(), err)
 	}
 }

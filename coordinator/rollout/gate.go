@@ -20,17 +20,23 @@ import (
 //     and rollouts in flight wait at their next wave boundary while one
 //     is on;
 //   - the services it comes after (spec rollout.after): a rollout starts only
-//     when the newest rollout of each of them has succeeded; a failed one
-//     holds it.
+//     when the newest rollout of each of them has succeeded; a failed one,
+//     or a rollback (an operator undid the upstream's release), holds it.
 //
 // An admin's override (status hold_override) lifts all three for one
-// release. A rollback is never held (it is an operator's repair).
+// release with the spec live when it was given (a spec applied later is
+// held again). A rollback is never held (it is an operator's repair).
 type Gates struct {
 	Blackouts []*v1.Blackout
 	// Upstream: for each service named in rollout.after, its newest rollout
 	// (Deciding), nil when it has none; a name absent from the map is a
 	// service that does not exist.
 	Upstream map[string]*v1.Rollout
+	// Cycle: a cycle of rollout.after through the service (AfterCycle,
+	// nil when none). Apply refuses one, but two specs applied at the same
+	// time can close it; every service on it would wait forever, so it
+	// holds with a reason that says what to do.
+	Cycle []string
 }
 
 // Hold is what holds svc's rollouts at now.
@@ -58,13 +64,14 @@ func (h Hold) Reason() string {
 }
 
 // Holding is what holds svc's rollouts at now, given the gates. The
-// override (status hold_override) for version lifts every hold; version is
+// override (status hold_override) for version and svc's spec revision
+// lifts every hold; version is
 // the release a rollout would roll out ("" when none is named). A spec
 // whose windows do not parse (only a record written before validation)
 // holds with the parse error.
 func Holding(svc *v1.Service, g Gates, version string, now time.Time) Hold {
 	var h Hold
-	if o := svc.GetStatus().GetHoldOverride(); o != nil && version != "" && o.GetVersion() == version {
+	if Overridden(svc, version) {
 		return h
 	}
 	pol := svc.GetSpec().GetRollout()
@@ -96,6 +103,9 @@ func Holding(svc *v1.Service, g Gates, version string, now time.Time) Hold {
 	}
 	h.Clock = strings.Join(clock, "; ")
 	var after []string
+	if len(g.Cycle) > 0 {
+		after = append(after, fmt.Sprintf("rollout.after closes a cycle: %s (specs applied at the same time): apply one of them without it, or fleetwave rollout override", strings.Join(g.Cycle, " → ")))
+	}
 	for _, name := range pol.GetAfter() {
 		if why := upstreamHold(name, g.Upstream); why != "" {
 			after = append(after, why)
@@ -114,6 +124,10 @@ func upstreamHold(name string, up map[string]*v1.Rollout) string {
 		return fmt.Sprintf("waits for service %s (after), which does not exist", name)
 	case r == nil:
 		return fmt.Sprintf("waits for service %s (after): it has no rollout yet", name)
+	case r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED && r.GetRollback():
+		// An operator undid the upstream's release: what this service's
+		// release comes after is not out.
+		return fmt.Sprintf("held by service %s (after): its newest rollout %s rolled it back to %s; a rollout of %s must succeed first", name, r.GetId(), orNone(r.GetToVersion()), name)
 	case r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED:
 		return ""
 	case r.GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED:
@@ -212,7 +226,7 @@ func fmtTime(t time.Time) string {
 const MaxOverrideReason = 256
 
 // Override is the hold override an admin gives svc's release version
-// (the newest) with a reason, at now. It refuses (naming the field and
+// (the newest), with svc's live spec, and a reason, at now. It refuses (naming the field and
 // value) an empty or too long reason, and a service with no release.
 func Override(svc *v1.Service, version, reason, by string, now time.Time) (*v1.HoldOverride, error) {
 	name := svc.GetSpec().GetName()
@@ -224,12 +238,22 @@ func Override(svc *v1.Service, version, reason, by string, now time.Time) (*v1.H
 	case version == "":
 		return nil, fmt.Errorf("service: %s has no release to let through", name)
 	}
-	return &v1.HoldOverride{Version: version, Reason: reason, By: by, At: timestamppb.New(now)}, nil
+	return &v1.HoldOverride{Version: version, Reason: reason, By: by, At: timestamppb.New(now), SpecRevision: svc.GetSpecRevision()}, nil
+}
+
+// Overridden reports whether svc's override (status hold_override) lets
+// version through: the release it names with the spec revision live when
+// it was given. A spec applied since is held again: an override given
+// for one change (perhaps weeks ago, by someone else) must not let a
+// later one past a blackout.
+func Overridden(svc *v1.Service, version string) bool {
+	o := svc.GetStatus().GetHoldOverride()
+	return o != nil && version != "" && o.GetVersion() == version && o.GetSpecRevision() == svc.GetSpecRevision()
 }
 
 // HoldOverridden is the message of EventHoldOverridden.
 func HoldOverridden(o *v1.HoldOverride) string {
-	return fmt.Sprintf("%s may roll out past windows, blackouts and after: %s", o.GetVersion(), o.GetReason())
+	return fmt.Sprintf("%s with %s may roll out past windows, blackouts and after: %s", o.GetVersion(), SpecName(o.GetSpecRevision()), o.GetReason())
 }
 
 // AfterCycle is the cycle of rollout.after that the spec of service name

@@ -128,3 +128,45 @@ func TestAfterCycle(t *testing.T) {
 		t.Errorf("web after jobs: cycle %v", c)
 	}
 }
+
+// TestHoldingAfterCycle: a cycle of rollout.after that apply could not
+// refuse (two specs applied at the same time) holds with a reason naming
+// it and what to do, not "waits ... no rollout yet" forever; the
+// override lets the release through.
+func TestHoldingAfterCycle(t *testing.T) {
+	svc := newSvc(nil, nil)
+	svc.Spec.Rollout = &v1.RolloutPolicy{After: []string{"api"}}
+	g := Gates{Upstream: map[string]*v1.Rollout{"api": nil}, Cycle: []string{"web", "api", "web"}}
+	h := Holding(svc, g, toV, t0)
+	want := "rollout.after closes a cycle: web → api → web (specs applied at the same time): apply one of them without it, or fleetwave rollout override; waits for service api (after): it has no rollout yet"
+	if h.After != want || h.Clock != "" {
+		t.Errorf("Holding with a cycle: after %q clock %q, want after %q", h.After, h.Clock, want)
+	}
+	o, err := Override(svc, toV, "break the cycle", "admin", t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.Status = &v1.ServiceStatus{HoldOverride: o}
+	if h := Holding(svc, g, toV, t0); h.Reason() != "" {
+		t.Errorf("the override does not lift the cycle: %q", h.Reason())
+	}
+}
+
+// TestAfterUpstreamRolledBack: an upstream whose newest rollout is a
+// rollback that succeeded (an operator undid its release) holds the
+// service: the order is about the upstream's release rolling out, and
+// "succeeded" would otherwise let web's v2 out on top of api's v1.
+func TestAfterUpstreamRolledBack(t *testing.T) {
+	svc := newSvc(nil, nil)
+	svc.Spec.Rollout = &v1.RolloutPolicy{After: []string{"api"}}
+	back := &v1.Rollout{Id: "000005", Service: "api", ToVersion: "a1", Rollback: true, State: v1.RolloutState_ROLLOUT_STATE_SUCCEEDED}
+	h := Holding(svc, Gates{Upstream: map[string]*v1.Rollout{"api": back}}, toV, t0)
+	want := "held by service api (after): its newest rollout 000005 rolled it back to a1; a rollout of api must succeed first"
+	if h.After != want {
+		t.Errorf("upstream rolled back: after %q, want %q", h.After, want)
+	}
+	back.Rollback = false
+	if h := Holding(svc, Gates{Upstream: map[string]*v1.Rollout{"api": back}}, toV, t0); h.After != "" {
+		t.Errorf("upstream succeeded: after %q, want none", h.After)
+	}
+}

@@ -18,6 +18,9 @@ const (
 	MaxWindows = 32
 	// MaxAfter bounds rollout.after.
 	MaxAfter = 32
+	// MaxWindowField bounds each of a window's days, start, end and
+	// time_zone (the longest IANA zone name is 32 bytes).
+	MaxWindowField = 64
 )
 
 var weekdays = []string{"sun", "mon", "tue", "wed", "thu", "fri", "sat"}
@@ -39,6 +42,11 @@ func (w Window) String() string { return w.text }
 // (e.g. "rollout.windows[0]").
 func ParseWindow(field string, w *v1.DeployWindow) (Window, error) {
 	out := Window{}
+	for _, f := range []struct{ name, val string }{{"days", w.GetDays()}, {"start", w.GetStart()}, {"end", w.GetEnd()}, {"time_zone", w.GetTimeZone()}} {
+		if len(f.val) > MaxWindowField {
+			return out, fmt.Errorf("%s.%s: %d bytes, more than %d", field, f.name, len(f.val), MaxWindowField)
+		}
+	}
 	days := strings.ToLower(strings.TrimSpace(w.GetDays()))
 	if days == "" || days == "*" {
 		for i := range out.Days {
@@ -130,24 +138,55 @@ func parseClock(field, s string, end bool) (int, error) {
 
 // Intervals are the window's openings that overlap [from-1 day, from+8
 // days], as instants (a window opening on a listed day; DST moves its
-// instants as the zone does).
+// instants as the zone does: wallInstant). An opening the zone skips
+// (02:00-03:00 on the day the clocks go forward) is empty.
 func (w Window) intervals(from time.Time) [][2]time.Time {
 	var out [][2]time.Time
 	local := from.In(w.Loc)
 	for off := -1; off <= 8; off++ {
-		day := time.Date(local.Year(), local.Month(), local.Day()+off, 0, 0, 0, 0, w.Loc)
+		day := time.Date(local.Year(), local.Month(), local.Day()+off, 0, 0, 0, 0, time.UTC)
 		if !w.Days[day.Weekday()] {
 			continue
 		}
-		start := time.Date(day.Year(), day.Month(), day.Day(), 0, w.Start, 0, 0, w.Loc)
-		endDay := day.Day()
+		endMin := w.End
 		if w.End <= w.Start {
-			endDay++
+			endMin += 24 * 60
 		}
-		end := time.Date(day.Year(), day.Month(), endDay, 0, w.End, 0, 0, w.Loc)
+		start := wallInstant(day.Add(time.Duration(w.Start)*time.Minute), w.Loc, false)
+		end := wallInstant(day.Add(time.Duration(endMin)*time.Minute), w.Loc, true)
 		out = append(out, [2]time.Time{start, end})
 	}
 	return out
+}
+
+// wallInstant is the instant loc's clock reads wall (its date and time,
+// given in UTC as a plain wall clock), so that a window is never open at a
+// wall-clock time outside its start and end: a time the zone skips (the
+// clocks go forward) is the instant the clock jumps past it; a time it
+// repeats (the clocks go back) is its first occurrence for an end (the
+// window closes the first time the clock reads it) and its second for a
+// start (it opens the last time). time.Date alone moves a skipped time an
+// hour late and picks the second occurrence of a repeated one, which kept
+// a window open up to an hour past its end.
+func wallInstant(wall time.Time, loc *time.Location, end bool) time.Time {
+	t := time.Date(wall.Year(), wall.Month(), wall.Day(), wall.Hour(), wall.Minute(), 0, 0, loc)
+	zoneStart, _ := t.ZoneBounds()
+	if !sameWall(t.In(loc), wall) {
+		return zoneStart // skipped: the transition
+	}
+	if end && !zoneStart.IsZero() {
+		_, before := zoneStart.Add(-time.Nanosecond).Zone()
+		if _, now := t.Zone(); before > now {
+			if first := t.Add(-time.Duration(before-now) * time.Second); first.Before(zoneStart) && sameWall(first.In(loc), wall) {
+				return first
+			}
+		}
+	}
+	return t
+}
+
+func sameWall(t, wall time.Time) bool {
+	return t.Year() == wall.Year() && t.YearDay() == wall.YearDay() && t.Hour() == wall.Hour() && t.Minute() == wall.Minute()
 }
 
 // InWindows reports whether now is inside one of the windows (always, when
@@ -159,6 +198,9 @@ func InWindows(ws []Window, now time.Time) (open bool, next time.Time) {
 	}
 	for _, w := range ws {
 		for _, iv := range w.intervals(now) {
+			if !iv[1].After(iv[0]) {
+				continue // skipped by the zone
+			}
 			if !now.Before(iv[0]) && now.Before(iv[1]) {
 				open = true
 			}

@@ -114,3 +114,63 @@ func TestValidateWindowsAndAfter(t *testing.T) {
 		t.Errorf("Validate with %d windows: %v", MaxWindows+1, err)
 	}
 }
+
+// TestWindowDSTEdges: a window never opens at a wall-clock time outside
+// its start and end. Europe/Berlin skips 02:00-03:00 on 2026-03-29 and
+// repeats 02:00-03:00 on 2026-10-25. A start or end in the skipped hour
+// is the instant the clock jumps past it (03:00 CEST); an end in the
+// repeated hour is its first occurrence (the window closes the first time
+// the clock reads it), a start its second (it opens when the clock last
+// reads it). Before, Go's normalisation moved a skipped end an hour late
+// (22:00-02:30 stayed open until 03:30) and a repeated end to the second
+// occurrence (open until the clock read 02:30 the second time).
+func TestWindowDSTEdges(t *testing.T) {
+	utc := func(mo time.Month, d, h, m int) time.Time { return time.Date(2026, mo, d, h, m, 0, 0, time.UTC) }
+	for _, c := range []struct {
+		days, start, end string
+		now              time.Time
+		open             bool
+		next             time.Time
+	}{
+		// Spring: 01:00Z is 02:00 CET = 03:00 CEST.
+		{"sat", "22:00", "02:30", utc(3, 29, 0, 59), true, utc(3, 29, 1, 0)},  // closes as the clock jumps past 02:30
+		{"sat", "22:00", "02:30", utc(3, 29, 1, 0), false, utc(4, 4, 20, 0)},  // 03:00 CEST: closed (before: open until 03:30)
+		{"sun", "02:30", "03:15", utc(3, 29, 0, 59), false, utc(3, 29, 1, 0)}, // opens as the clock jumps past 02:30
+		{"sun", "02:30", "03:15", utc(3, 29, 1, 5), true, utc(3, 29, 1, 15)},  // 03:05 CEST: open (before: never that day)
+		{"sun", "02:00", "03:00", utc(3, 29, 0, 30), false, utc(4, 5, 0, 0)},  // the hour does not exist: no opening that day
+		{"", "00:00", "24:00", utc(3, 29, 1, 30), true, utc(3, 29, 22, 0)},    // a 23-hour day is still whole
+		// Autumn: 00:00Z-01:00Z is 02:00-03:00 CEST, 01:00Z-02:00Z is 02:00-03:00 CET.
+		{"sun", "01:30", "02:30", utc(10, 25, 0, 29), true, utc(10, 25, 0, 30)},  // 02:29 CEST
+		{"sun", "01:30", "02:30", utc(10, 25, 0, 45), false, utc(11, 1, 0, 30)},  // 02:45 CEST: past the end (before: open)
+		{"sun", "01:30", "02:30", utc(10, 25, 1, 15), false, utc(11, 1, 0, 30)},  // 02:15 CET, the second time: closed
+		{"sun", "02:30", "04:00", utc(10, 25, 0, 45), false, utc(10, 25, 1, 30)}, // opens at the second 02:30
+	} {
+		w := mustWindow(t, c.days, c.start, c.end, "Europe/Berlin")
+		open, next := InWindows([]Window{w}, c.now)
+		if open != c.open || !next.Equal(c.next) {
+			t.Errorf("InWindows(%s, %s) = %v, %s; want %v, %s", w, c.now.Format(time.RFC3339), open, next.UTC().Format(time.RFC3339), c.open, c.next.Format(time.RFC3339))
+		}
+	}
+}
+
+// TestParseWindowHugeInput: a window's days, start, end and time zone are
+// bounded (MaxWindowField bytes); a huge one is refused naming the field
+// and its length, without echoing it, and without a look-up.
+func TestParseWindowHugeInput(t *testing.T) {
+	huge := strings.Repeat("x", 1<<20)
+	for _, c := range []struct {
+		w     *v1.DeployWindow
+		field string
+	}{
+		{&v1.DeployWindow{Days: strings.Repeat("mon,", 1<<18), Start: "09:00", End: "10:00"}, "w.days"},
+		{&v1.DeployWindow{Start: huge, End: "10:00"}, "w.start"},
+		{&v1.DeployWindow{Start: "09:00", End: huge}, "w.end"},
+		{&v1.DeployWindow{Start: "09:00", End: "10:00", TimeZone: "Europe/" + huge}, "w.time_zone"},
+	} {
+		_, err := ParseWindow("w", c.w)
+		want := fmt.Sprintf("bytes, more than %d", MaxWindowField)
+		if got := fmt.Sprint(err); len(got) > 200 || !strings.HasPrefix(got, c.field+": ") || !strings.Contains(got, want) {
+			t.Errorf("ParseWindow(huge %s) = %.200s, want a short error naming %s and %q", c.field, got, c.field, want)
+		}
+	}
+}

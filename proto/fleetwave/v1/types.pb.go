@@ -3122,14 +3122,17 @@ func (x *ServiceStatus) GetHoldOverride() *HoldOverride {
 	return nil
 }
 
-// HoldOverride lets one release roll out although a window, a blackout or
-// an upstream service holds it.
+// HoldOverride lets one release, with the spec live when it was given,
+// roll out although a window, a blackout or an upstream service holds it.
 type HoldOverride struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
-	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
-	By            string                 `protobuf:"bytes,3,opt,name=by,proto3" json:"by,omitempty"`
-	At            *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=at,proto3" json:"at,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Version string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	Reason  string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	By      string                 `protobuf:"bytes,3,opt,name=by,proto3" json:"by,omitempty"`
+	At      *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=at,proto3" json:"at,omitempty"`
+	// The spec revision live when it was given: the override lets this
+	// release with this spec through, not a spec applied after it.
+	SpecRevision  int64 `protobuf:"varint,5,opt,name=spec_revision,json=specRevision,proto3" json:"spec_revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3190,6 +3193,13 @@ func (x *HoldOverride) GetAt() *timestamppb.Timestamp {
 		return x.At
 	}
 	return nil
+}
+
+func (x *HoldOverride) GetSpecRevision() int64 {
+	if x != nil {
+		return x.SpecRevision
+	}
+	return 0
 }
 
 // Service is a spec with its status, as stored and as listed.
@@ -4597,12 +4607,13 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"removed_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tremovedAt\x12\x1d\n" +
 	"\n" +
 	"removed_by\x18\f \x01(\tR\tremovedBy\x12?\n" +
-	"\rhold_override\x18( \x01(\v2\x1a.fleetwave.v1.HoldOverrideR\fholdOverride\"|\n" +
+	"\rhold_override\x18( \x01(\v2\x1a.fleetwave.v1.HoldOverrideR\fholdOverride\"\xa1\x01\n" +
 	"\fHoldOverride\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x0e\n" +
 	"\x02by\x18\x03 \x01(\tR\x02by\x12*\n" +
-	"\x02at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\xcd\x01\n" +
+	"\x02at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12#\n" +
+	"\rspec_revision\x18\x05 \x01(\x03R\fspecRevision\"\xcd\x01\n" +
 	"\aService\x12-\n" +
 	"\x04spec\x18\x01 \x01(\v2\x19.fleetwave.v1.ServiceSpecR\x04spec\x123\n" +
 	"\x06status\x18\x02 \x01(\v2\x1b.fleetwave.v1.ServiceStatusR\x06status\x129\n" +
