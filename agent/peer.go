@@ -334,7 +334,16 @@ func (a *agent) openPeer(host, addr string, asg *v1.Assignment) func(ctx context
 			return nil, fmt.Errorf("dial %s: %w", addr, err)
 		}
 		context.AfterFunc(ctx, func() { cc.Close() })
-		return a.openDownload(ctx, cc, asg, off)
+		// A peer is left once it sends less than the minimum rate over a
+		// window: a trickle never trips the idle watch.
+		rctx, wrap, stop := rateWatch(ctx, a.opts.peerMinRateWindow, a.opts.peerMinRate)
+		context.AfterFunc(ctx, stop)
+		rd, err := a.openDownload(rctx, cc, asg, off)
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		return wrap(rd), nil
 	}
 }
 
