@@ -429,7 +429,8 @@ func (a *agent) fetch(ctx context.Context, asg *v1.Assignment) (*install.Fetched
 func (a *agent) fetchOnce(ctx context.Context, asg *v1.Assignment, want install.Artifact) (*install.Fetched, error) {
 	u := asg.GetRelease().GetArtifact().GetUrl()
 	// Peers first (peer.go), then the coordinator (resuming) or the URL.
-	f, err := a.fetchFromPeers(ctx, asg, want, u == "")
+	var sus suspects
+	f, err := a.fetchFromPeers(ctx, asg, want, u == "", &sus)
 	switch {
 	case err == nil:
 		return f, nil
@@ -468,6 +469,7 @@ func (a *agent) fetchOnce(ctx context.Context, asg *v1.Assignment, want install.
 		if err != nil {
 			return nil, fmt.Errorf("GET %s: %w", u, idleErr(ictx, err))
 		}
+		a.blameSuspects(asg, want, f, &sus)
 		return f, nil
 	}
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -486,6 +488,7 @@ func (a *agent) fetchOnce(ctx context.Context, asg *v1.Assignment, want install.
 	if err != nil {
 		return nil, fmt.Errorf("download: %w", idleErr(dctx, err))
 	}
+	a.blameSuspects(asg, want, f, &sus)
 	return f, nil
 }
 

@@ -409,3 +409,105 @@ func TestDroppedPeersBounded(t *testing.T) {
 		t.Fatalf("past the bound: %d remembered", len(d.set))
 	}
 }
+
+// TestPeerFetchBlamesOnlyTheBadPeer: a lying peer sends a corrupted first
+// half and fails, a good peer sends the rest; the whole fails verification.
+// Which of the two lied is not known from that fetch, so neither is
+// blamed on it: the agent fetches again without them (here from the
+// coordinator), compares what each sent with the good copy, and only the
+// liar is dropped and reported, never the good peer.
+func TestPeerFetchBlamesOnlyTheBadPeer(t *testing.T) {
+	pki := newPeerPKI(t)
+	art := bigArtifact(t, 400<<10)
+	corrupt := bytes.Clone(art)
+	corrupt[10] ^= 0xff
+	liar := servePeerTLS(t, pki, "liar", halfServer{art: corrupt})
+	good := newPeerAgent(t, pki, "good", true)
+	good.holds(t, art)
+	a := newPeerAgent(t, pki, "fetcher", false)
+	coord := serveGRPC(t, grpc.Creds(insecure.NewCredentials()), memStore{art: art})
+	cc, err := grpc.NewClient(coord, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	a.conns.set(cc)
+	a.rep.put(&v1.ServiceReport{Service: "web", Phase: v1.Phase_PHASE_FETCHING})
+	asg := assignmentFrom(art, good)
+	asg.Sources = append([]*v1.ArtifactSource{{HostId: "liar", Address: liar}}, asg.Sources...)
+	f, err := a.fetchOnce(context.Background(), asg, artifactOf(asg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.inst.Discard(f)
+	if !bytes.Equal(readFetched(t, f), art) {
+		t.Fatal("fetched bytes differ")
+	}
+	if !a.dropped.has("liar") || a.dropped.has("good") {
+		t.Fatalf("dropped: %v, want liar only", a.dropped.set)
+	}
+	if got := a.rep.take(); len(got) != 1 || got[0].GetBadSource() != "liar" {
+		t.Fatalf("report: %v, want bad_source liar", got)
+	}
+	if n := testutil.ToFloat64(a.metrics.peersRejected); n != 1 {
+		t.Fatalf("peers rejected: %v, want 1", n)
+	}
+}
+
+// trickleServer sends one byte of art at a time, every gap, from the
+// offset asked: never idle long, far too slow.
+type trickleServer struct {
+	v1.UnimplementedArtifactServiceServer
+	art []byte
+	gap time.Duration
+}
+
+func (s trickleServer) Download(req *v1.DownloadRequest, stream v1.ArtifactService_DownloadServer) error {
+	t := time.NewTicker(s.gap)
+	defer t.Stop()
+	for i := req.GetOffset(); i < int64(len(s.art)); i++ {
+		if err := stream.Send(&v1.DownloadResponse{Chunk: s.art[i : i+1]}); err != nil {
+			return err
+		}
+		select {
+		case <-stream.Context().Done():
+			return stream.Context().Err()
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// TestPeerFetchLeavesSlowPeer: a peer that sends a byte now and then (a
+// slow-loris: never idle for the idle timeout) is left once a window
+// brings less than the minimum rate; the next source continues from the
+// byte reached, and the slow peer is not blamed (its bytes were right).
+func TestPeerFetchLeavesSlowPeer(t *testing.T) {
+	pki := newPeerPKI(t)
+	art := bigArtifact(t, 200<<10)
+	slow := servePeerTLS(t, pki, "slow", trickleServer{art: art, gap: 5 * time.Millisecond})
+	good := newPeerAgent(t, pki, "good", true)
+	good.holds(t, art)
+	a := newPeerAgent(t, pki, "fetcher", false)
+	a.opts.fetchIdle = time.Minute // the trickle never trips it
+	a.opts.peerMinRateWindow = 200 * time.Millisecond
+	asg := assignmentFrom(art, good)
+	asg.Sources = append([]*v1.ArtifactSource{{HostId: "slow", Address: slow}}, asg.Sources...)
+	// The deadline only stops a broken fetcher from hanging the test.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	f, err := a.fetchOnce(ctx, asg, artifactOf(asg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.inst.Discard(f)
+	if !bytes.Equal(readFetched(t, f), art) {
+		t.Fatal("fetched bytes differ")
+	}
+	if a.dropped.has("slow") || a.dropped.has("good") {
+		t.Fatalf("dropped: %v, want none", a.dropped.set)
+	}
+	if n := testutil.ToFloat64(good.metrics.peerUploaded); n <= 0 || n >= float64(len(art)) {
+		t.Fatalf("the good peer sent %v bytes, want the rest after the slow one's", n)
+	}
+}
