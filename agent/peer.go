@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
 	"github.com/fleetwave/fleetwave/agent/install"
@@ -150,10 +151,11 @@ func (a *agent) startPeer() (advertise string, serve func() error, stop func(), 
 	if a.cfg.PeerListen == "" {
 		return "", nop, func() {}, nil
 	}
-	lis, err := net.Listen("tcp", a.cfg.PeerListen)
+	tcp, err := net.Listen("tcp", a.cfg.PeerListen)
 	if err != nil {
 		return "", nil, nil, fmt.Errorf("peer_listen %s: %w", a.cfg.PeerListen, err)
 	}
+	lis := &capListener{Listener: tcp, open: make(chan struct{}, a.opts.peerMaxConns)}
 	advertise = a.cfg.PeerAdvertise
 	if advertise == "" {
 		host, _, _ := net.SplitHostPort(a.cfg.PeerListen)
@@ -172,7 +174,9 @@ func (a *agent) startPeer() (advertise string, serve func() error, stop func(), 
 			return fmt.Errorf("peer listener: %w", err)
 		}
 		mu.Lock()
-		srv = grpc.NewServer(grpc.Creds(credentials.NewTLS(tc)), grpc.MaxConcurrentStreams(uint32(a.cfg.PeerMaxUploads)*2))
+		srv = grpc.NewServer(grpc.Creds(credentials.NewTLS(tc)), grpc.MaxConcurrentStreams(uint32(a.cfg.PeerMaxUploads)*2),
+			grpc.ConnectionTimeout(a.opts.peerHandshakeTimeout),
+			grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: a.opts.peerConnIdle}))
 		v1.RegisterArtifactServiceServer(srv, newPeerServer(a.inst, a.cfg.PeerMaxUploads, a.cfg.PeerUploadRate, a.metrics, a.log))
 		s := srv
 		mu.Unlock()
@@ -195,6 +199,40 @@ func (a *agent) startPeer() (advertise string, serve func() error, stop func(), 
 		lis.Close()
 	}
 	return advertise, serve, stop, nil
+}
+
+// capListener closes the connections it accepts while cap(open) are open
+// already: anyone can connect before the TLS handshake says who they are,
+// and each connection holds a file and a goroutine.
+type capListener struct {
+	net.Listener
+	open chan struct{}
+}
+
+func (l *capListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case l.open <- struct{}{}:
+			return &capConn{Conn: c, release: sync.OnceFunc(func() { <-l.open })}, nil
+		default:
+			c.Close()
+		}
+	}
+}
+
+// capConn gives its place back when closed.
+type capConn struct {
+	net.Conn
+	release func()
+}
+
+func (c *capConn) Close() error {
+	c.release()
+	return c.Conn.Close()
 }
 
 // droppedPeers are the peers this agent no longer fetches from.

@@ -511,3 +511,87 @@ func TestPeerFetchLeavesSlowPeer(t *testing.T) {
 		t.Fatalf("the good peer sent %v bytes, want the rest after the slow one's", n)
 	}
 }
+
+// servingPeer starts a's peer listener with opts changed by set.
+func servingPeer(t *testing.T, a *agent, set func(*options)) {
+	t.Helper()
+	set(&a.opts)
+	a.cfg.PeerListen = ports.Addr(t)
+	addr, start, stop, err := a.startPeer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	if err := start(); err != nil {
+		t.Fatal(err)
+	}
+	a.peerAddr = addr
+}
+
+// closedByServer reports whether the server closed c (a read ends); the
+// deadline is only a bound for a server that never does.
+func closedByServer(t *testing.T, c net.Conn) error {
+	t.Helper()
+	if err := c.SetReadDeadline(time.Now().Add(30 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c.Read(make([]byte, 1))
+	return err
+}
+
+// TestPeerListenerBoundsConnections: anyone can open connections to a peer
+// listener before TLS says who they are. Past peerMaxConns open at once
+// they are closed as accepted; a handshake that does not finish within
+// peerHandshakeTimeout is closed; once the idle connections go, a peer
+// downloads again.
+func TestPeerListenerBoundsConnections(t *testing.T) {
+	pki := newPeerPKI(t)
+	art := bigArtifact(t, 64<<10)
+	srv := newPeerAgent(t, pki, "srv", false)
+	servingPeer(t, srv, func(o *options) { o.peerMaxConns = 3; o.peerHandshakeTimeout = time.Hour })
+	srv.holds(t, art)
+	var idle []net.Conn
+	for range 3 {
+		c, err := net.Dial("tcp", srv.peerAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		idle = append(idle, c)
+	}
+	extra, err := net.Dial("tcp", srv.peerAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	if err := closedByServer(t, extra); err != io.EOF && !errors.Is(err, net.ErrClosed) && !isReset(err) {
+		t.Fatalf("a connection past the limit: %v, want closed by the server", err)
+	}
+	for _, c := range idle {
+		c.Close()
+	}
+	a := newPeerAgent(t, pki, "fetcher", false)
+	asg := assignmentFrom(art, srv)
+	testkit.EventuallyErr(t, 10*time.Second, "a download once the idle connections closed", func() error {
+		f, err := a.fetchOnce(context.Background(), asg, artifactOf(asg))
+		if err == nil {
+			a.inst.Discard(f)
+		}
+		return err
+	})
+
+	slow := newPeerAgent(t, pki, "slow-handshake", false)
+	servingPeer(t, slow, func(o *options) { o.peerHandshakeTimeout = 100 * time.Millisecond })
+	c, err := net.Dial("tcp", slow.peerAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := closedByServer(t, c); err != io.EOF && !isReset(err) {
+		t.Fatalf("a connection that never starts its handshake: %v, want closed by the server", err)
+	}
+}
+
+func isReset(err error) bool {
+	var ne *net.OpError
+	return errors.As(err, &ne) && !ne.Timeout()
+}
