@@ -595,3 +595,54 @@ func isReset(err error) bool {
 	var ne *net.OpError
 	return errors.As(err, &ne) && !ne.Timeout()
 }
+
+// floodServer sends art from the offset asked, then garbage without end.
+type floodServer struct {
+	v1.UnimplementedArtifactServiceServer
+	art []byte
+}
+
+func (s floodServer) Download(req *v1.DownloadRequest, stream v1.ArtifactService_DownloadServer) error {
+	if err := stream.Send(&v1.DownloadResponse{Chunk: s.art[req.GetOffset():]}); err != nil {
+		return err
+	}
+	junk := make([]byte, peerChunk)
+	for {
+		if err := stream.Send(&v1.DownloadResponse{Chunk: junk}); err != nil {
+			return err
+		}
+	}
+}
+
+// TestPeerFetchStopsAnEndlessStream: a peer that sends the artifact and
+// then bytes without end is read up to the artifact's size plus one chunk
+// at most, blamed, and the coordinator serves the artifact.
+func TestPeerFetchStopsAnEndlessStream(t *testing.T) {
+	pki := newPeerPKI(t)
+	art := bigArtifact(t, 100<<10)
+	flood := servePeerTLS(t, pki, "flood", floodServer{art: art})
+	a := newPeerAgent(t, pki, "fetcher", false)
+	coord := serveGRPC(t, grpc.Creds(insecure.NewCredentials()), memStore{art: art})
+	cc, err := grpc.NewClient(coord, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	a.conns.set(cc)
+	asg := assignmentFrom(art)
+	asg.Sources = []*v1.ArtifactSource{{HostId: "flood", Address: flood}}
+	f, err := a.fetchOnce(context.Background(), asg, artifactOf(asg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.inst.Discard(f)
+	if !bytes.Equal(readFetched(t, f), art) {
+		t.Fatal("fetched bytes differ")
+	}
+	if !a.dropped.has("flood") {
+		t.Fatal("the flooding peer was not dropped")
+	}
+	if n := testutil.ToFloat64(a.metrics.sourceBytes.WithLabelValues(sourcePeer)); n > float64(len(art)+4*peerChunk) {
+		t.Fatalf("read %v bytes from the flooding peer for a %d-byte artifact", n, len(art))
+	}
+}
