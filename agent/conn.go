@@ -361,13 +361,17 @@ func rateWatch(ctx context.Context, d time.Duration, minRate int64) (rctx contex
 	var got atomic.Int64
 	min := int64(float64(minRate) * d.Seconds())
 	var (
-		mu    sync.Mutex
-		timer *time.Timer
+		mu      sync.Mutex
+		timer   *time.Timer
+		stopped bool
 	)
 	var check func()
 	check = func() {
 		mu.Lock()
 		defer mu.Unlock()
+		if stopped {
+			return
+		}
 		if n := got.Swap(0); n < min {
 			cancel(fmt.Errorf("%w: %d bytes in %s, under %d bytes/s", errTooSlow, n, d, minRate))
 			return
@@ -380,6 +384,7 @@ func rateWatch(ctx context.Context, d time.Duration, minRate int64) (rctx contex
 	wrap = func(r io.Reader) io.Reader { return rateReader{r: r, n: &got} }
 	stop = func() {
 		mu.Lock()
+		stopped = true
 		timer.Stop()
 		mu.Unlock()
 		cancel(nil)
