@@ -291,8 +291,18 @@ type options struct {
 	fetchAttempts int
 	fetchTimeout  time.Duration
 	fetchIdle     time.Duration // a download that receives nothing for this long fails
-	logRotate     time.Duration // how often service logs are checked for rotation
-	seed          uint64        // 0 = from the clock
+	// A peer source that sends less than peerMinRate bytes per second over
+	// a window of peerMinRateWindow is left for the next source.
+	peerMinRate       int64
+	peerMinRateWindow time.Duration
+	// The peer listener: connections open at once (more are closed as
+	// they are accepted), the time a TLS handshake may take, and how long
+	// a connection may sit without a call.
+	peerMaxConns         int
+	peerHandshakeTimeout time.Duration
+	peerConnIdle         time.Duration
+	logRotate            time.Duration // how often service logs are checked for rotation
+	seed                 uint64        // 0 = from the clock
 
 	// Test hooks (nil in production).
 	saveHook  func(*lifecycle.Snapshot) error // runs before every state save; an error fails the save
@@ -306,13 +316,18 @@ type options struct {
 
 func defaultOptions() options {
 	return options{
-		tick:          time.Second,
-		backoffBase:   500 * time.Millisecond,
-		backoffMax:    30 * time.Second,
-		keepalive:     5 * time.Second,
-		fetchAttempts: 3,
-		fetchTimeout:  30 * time.Minute,
-		fetchIdle:     60 * time.Second,
-		logRotate:     30 * time.Second,
+		tick:                 time.Second,
+		backoffBase:          500 * time.Millisecond,
+		backoffMax:           30 * time.Second,
+		keepalive:            5 * time.Second,
+		fetchAttempts:        3,
+		fetchTimeout:         30 * time.Minute,
+		fetchIdle:            60 * time.Second,
+		peerMinRate:          256 << 10,
+		peerMinRateWindow:    30 * time.Second,
+		peerMaxConns:         256,
+		peerHandshakeTimeout: 10 * time.Second,
+		peerConnIdle:         2 * time.Minute,
+		logRotate:            30 * time.Second,
 	}
 }

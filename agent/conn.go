@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fleetwave/fleetwave/agent/install"
@@ -367,9 +368,66 @@ func idleWatch(ctx context.Context, d time.Duration) (ictx context.Context, wrap
 	return ictx, wrap, stop
 }
 
-// idleErr replaces err by the idle timeout when that is what ended ictx.
+// errTooSlow: a download received less than its minimum rate.
+var errTooSlow = errors.New("below the minimum rate")
+
+// rateReader adds what it reads to n (rateWatch).
+type rateReader struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c rateReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// rateWatch returns a context that is cancelled (cause errTooSlow) at the
+// end of the first window of d in which less than minRate bytes per second
+// were read through wrap's readers (a sender that trickles a byte now and
+// then never trips the idle watch), and stop, which must be called when
+// done.
+func rateWatch(ctx context.Context, d time.Duration, minRate int64) (rctx context.Context, wrap func(io.Reader) io.Reader, stop func()) {
+	rctx, cancel := context.WithCancelCause(ctx)
+	var got atomic.Int64
+	min := int64(float64(minRate) * d.Seconds())
+	var (
+		mu      sync.Mutex
+		timer   *time.Timer
+		stopped bool
+	)
+	var check func()
+	check = func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
+		}
+		if n := got.Swap(0); n < min {
+			cancel(fmt.Errorf("%w: %d bytes in %s, under %d bytes/s", errTooSlow, n, d, minRate))
+			return
+		}
+		timer = time.AfterFunc(d, check)
+	}
+	mu.Lock()
+	timer = time.AfterFunc(d, check)
+	mu.Unlock()
+	wrap = func(r io.Reader) io.Reader { return rateReader{r: r, n: &got} }
+	stop = func() {
+		mu.Lock()
+		stopped = true
+		timer.Stop()
+		mu.Unlock()
+		cancel(nil)
+	}
+	return rctx, wrap, stop
+}
+
+// idleErr replaces err by the idle timeout (or the minimum rate) when that
+// is what ended ictx.
 func idleErr(ictx context.Context, err error) error {
-	if cause := context.Cause(ictx); err != nil && errors.Is(cause, errFetchIdle) {
+	if cause := context.Cause(ictx); err != nil && (errors.Is(cause, errFetchIdle) || errors.Is(cause, errTooSlow)) {
 		return fmt.Errorf("%w (%v)", cause, err)
 	}
 	return err
@@ -408,7 +466,8 @@ func (a *agent) fetch(ctx context.Context, asg *v1.Assignment) (*install.Fetched
 func (a *agent) fetchOnce(ctx context.Context, asg *v1.Assignment, want install.Artifact) (*install.Fetched, error) {
 	u := asg.GetRelease().GetArtifact().GetUrl()
 	// Peers first (peer.go), then the coordinator (resuming) or the URL.
-	f, err := a.fetchFromPeers(ctx, asg, want, u == "")
+	var sus suspects
+	f, err := a.fetchFromPeers(ctx, asg, want, u == "", &sus)
 	switch {
 	case err == nil:
 		return f, nil
@@ -447,6 +506,7 @@ func (a *agent) fetchOnce(ctx context.Context, asg *v1.Assignment, want install.
 		if err != nil {
 			return nil, fmt.Errorf("GET %s: %w", u, idleErr(ictx, err))
 		}
+		a.blameSuspects(asg, want, f, &sus)
 		return f, nil
 	}
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -465,6 +525,7 @@ func (a *agent) fetchOnce(ctx context.Context, asg *v1.Assignment, want install.
 	if err != nil {
 		return nil, fmt.Errorf("download: %w", idleErr(dctx, err))
 	}
+	a.blameSuspects(asg, want, f, &sus)
 	return f, nil
 }
 

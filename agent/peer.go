@@ -1,12 +1,16 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -15,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
 	"github.com/fleetwave/fleetwave/agent/install"
@@ -146,10 +151,11 @@ func (a *agent) startPeer() (advertise string, serve func() error, stop func(), 
 	if a.cfg.PeerListen == "" {
 		return "", nop, func() {}, nil
 	}
-	lis, err := net.Listen("tcp", a.cfg.PeerListen)
+	tcp, err := net.Listen("tcp", a.cfg.PeerListen)
 	if err != nil {
 		return "", nil, nil, fmt.Errorf("peer_listen %s: %w", a.cfg.PeerListen, err)
 	}
+	lis := &capListener{Listener: tcp, open: make(chan struct{}, a.opts.peerMaxConns)}
 	advertise = a.cfg.PeerAdvertise
 	if advertise == "" {
 		host, _, _ := net.SplitHostPort(a.cfg.PeerListen)
@@ -168,7 +174,9 @@ func (a *agent) startPeer() (advertise string, serve func() error, stop func(), 
 			return fmt.Errorf("peer listener: %w", err)
 		}
 		mu.Lock()
-		srv = grpc.NewServer(grpc.Creds(credentials.NewTLS(tc)), grpc.MaxConcurrentStreams(uint32(a.cfg.PeerMaxUploads)*2))
+		srv = grpc.NewServer(grpc.Creds(credentials.NewTLS(tc)), grpc.MaxConcurrentStreams(uint32(a.cfg.PeerMaxUploads)*2),
+			grpc.ConnectionTimeout(a.opts.peerHandshakeTimeout),
+			grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: a.opts.peerConnIdle}))
 		v1.RegisterArtifactServiceServer(srv, newPeerServer(a.inst, a.cfg.PeerMaxUploads, a.cfg.PeerUploadRate, a.metrics, a.log))
 		s := srv
 		mu.Unlock()
@@ -191,6 +199,40 @@ func (a *agent) startPeer() (advertise string, serve func() error, stop func(), 
 		lis.Close()
 	}
 	return advertise, serve, stop, nil
+}
+
+// capListener closes the connections it accepts while cap(open) are open
+// already: anyone can connect before the TLS handshake says who they are,
+// and each connection holds a file and a goroutine.
+type capListener struct {
+	net.Listener
+	open chan struct{}
+}
+
+func (l *capListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case l.open <- struct{}{}:
+			return &capConn{Conn: c, release: sync.OnceFunc(func() { <-l.open })}, nil
+		default:
+			c.Close()
+		}
+	}
+}
+
+// capConn gives its place back when closed.
+type capConn struct {
+	net.Conn
+	release func()
+}
+
+func (c *capConn) Close() error {
+	c.release()
+	return c.Conn.Close()
 }
 
 // droppedPeers are the peers this agent no longer fetches from.
@@ -239,7 +281,8 @@ type resumingReader struct {
 	off     int64
 	cur     io.Reader
 	cancel  context.CancelFunc
-	sent    []string // peers that sent bytes, in order
+	sent    []string  // peers that sent bytes, in order
+	segs    []segment // what each peer sent, in order
 	errs    []error
 	metrics *agentMetrics
 	log     zerolog.Logger
@@ -267,10 +310,18 @@ func (r *resumingReader) Read(p []byte) (int, error) {
 		src := r.srcs[r.i]
 		n, err := r.cur.Read(p)
 		if n > 0 {
-			r.off += int64(n)
-			if src.kind == sourcePeer && (len(r.sent) == 0 || r.sent[len(r.sent)-1] != src.host) {
-				r.sent = append(r.sent, src.host)
+			if src.kind == sourcePeer {
+				if len(r.sent) == 0 || r.sent[len(r.sent)-1] != src.host {
+					r.sent = append(r.sent, src.host)
+				}
+				if k := len(r.segs); k == 0 || r.segs[k-1].host != src.host || r.segs[k-1].off+r.segs[k-1].n != r.off {
+					r.segs = append(r.segs, segment{host: src.host, off: r.off, h: sha256.New()})
+				}
+				sg := &r.segs[len(r.segs)-1]
+				sg.h.Write(p[:n])
+				sg.n += int64(n)
 			}
+			r.off += int64(n)
 		}
 		switch {
 		case err == nil:
@@ -292,6 +343,71 @@ func (r *resumingReader) Read(p []byte) (int, error) {
 	}
 }
 
+// segment is a run of bytes one peer sent, at an offset, and their sha256.
+type segment struct {
+	host string
+	off  int64
+	n    int64
+	h    hash.Hash
+}
+
+// suspects are the bytes of fetches that mixed peers and failed
+// verification: one of those peers (or more) lied, but the whole digest
+// does not say which. Once a good copy is fetched, each segment is compared
+// with the same bytes of it (blameSuspects): only the peers whose bytes
+// differ are blamed.
+type suspects struct {
+	segs  []segment
+	hosts map[string]bool // not asked again during this fetch
+}
+
+func (s *suspects) add(segs []segment) {
+	if s.hosts == nil {
+		s.hosts = map[string]bool{}
+	}
+	s.segs = append(s.segs, segs...)
+	for _, sg := range segs {
+		s.hosts[sg.host] = true
+	}
+}
+
+// liars returns the suspects whose bytes differ from the verified file at
+// path (bytes past its end differ), each once, in order.
+func (s *suspects) liars(path string) ([]string, error) {
+	if len(s.segs) == 0 {
+		return nil, nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("compare suspect bytes: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("compare suspect bytes: %w", err)
+	}
+	var out []string
+	seen := map[string]bool{}
+	for _, sg := range s.segs {
+		if seen[sg.host] {
+			continue
+		}
+		bad := sg.off+sg.n > fi.Size()
+		if !bad {
+			h := sha256.New()
+			if _, err := io.Copy(h, io.NewSectionReader(f, sg.off, sg.n)); err != nil {
+				return nil, fmt.Errorf("compare suspect bytes: %w", err)
+			}
+			bad = !bytes.Equal(h.Sum(nil), sg.h.Sum(nil))
+		}
+		if bad {
+			seen[sg.host] = true
+			out = append(out, sg.host)
+		}
+	}
+	return out, nil
+}
+
 // fail records a source's failure and moves to the next one.
 func (r *resumingReader) fail(src byteSource, err error) {
 	r.errs = append(r.errs, fmt.Errorf("%s: %w", src, err))
@@ -306,13 +422,13 @@ func (r *resumingReader) close() {
 }
 
 // peerSources are the assignment's sources this agent may still use.
-func (a *agent) peerSources(asg *v1.Assignment) []byteSource {
+func (a *agent) peerSources(asg *v1.Assignment, sus *suspects) []byteSource {
 	if a.cfg.Insecure {
 		return nil // peers are reached over mutual TLS only
 	}
 	var out []byteSource
 	for _, s := range asg.GetSources() {
-		if s.GetHostId() == a.cfg.HostID || s.GetAddress() == "" || a.dropped.has(s.GetHostId()) {
+		if s.GetHostId() == a.cfg.HostID || s.GetAddress() == "" || a.dropped.has(s.GetHostId()) || sus.hosts[s.GetHostId()] {
 			continue
 		}
 		out = append(out, byteSource{kind: sourcePeer, host: s.GetHostId(), open: a.openPeer(s.GetHostId(), s.GetAddress(), asg)})
@@ -334,7 +450,16 @@ func (a *agent) openPeer(host, addr string, asg *v1.Assignment) func(ctx context
 			return nil, fmt.Errorf("dial %s: %w", addr, err)
 		}
 		context.AfterFunc(ctx, func() { cc.Close() })
-		return a.openDownload(ctx, cc, asg, off)
+		// A peer is left once it sends less than the minimum rate over a
+		// window: a trickle never trips the idle watch.
+		rctx, wrap, stop := rateWatch(ctx, a.opts.peerMinRateWindow, a.opts.peerMinRate)
+		context.AfterFunc(ctx, stop)
+		rd, err := a.openDownload(rctx, cc, asg, off)
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		return wrap(rd), nil
 	}
 }
 
@@ -383,11 +508,15 @@ var errNoPeerSource = errors.New("no peer source")
 
 // fetchFromPeers fetches asg's artifact from its peer sources, and then
 // the coordinator when the release has no URL (withCoordinator). A result
-// whose digest or size is wrong drops the peers that sent bytes of it
-// (reported) and starts again from the sources left.
-func (a *agent) fetchFromPeers(ctx context.Context, asg *v1.Assignment, want install.Artifact, withCoordinator bool) (*install.Fetched, error) {
+// whose digest or size is wrong drops the peer that sent bytes of it when
+// it was one peer (the rest came from the coordinator); when several
+// peers sent parts, their bytes become suspects (sus) and they are not
+// asked again during this fetch. The fetch then starts again from the
+// sources left; the caller blames the suspects against the good copy it
+// gets at last (blameSuspects).
+func (a *agent) fetchFromPeers(ctx context.Context, asg *v1.Assignment, want install.Artifact, withCoordinator bool, sus *suspects) (*install.Fetched, error) {
 	for {
-		srcs := a.peerSources(asg)
+		srcs := a.peerSources(asg, sus)
 		if len(srcs) == 0 {
 			return nil, errNoPeerSource
 		}
@@ -399,6 +528,7 @@ func (a *agent) fetchFromPeers(ctx context.Context, asg *v1.Assignment, want ins
 		f, err := a.inst.Fetch(ctx, a.metrics.countFetch(asg.GetService(), rr), want)
 		rr.close()
 		if err == nil && f.SHA256 == want.SHA256 && f.Size == want.Size {
+			a.blameSuspects(asg, want, f, sus)
 			return f, nil
 		}
 		a.inst.Discard(f)
@@ -408,16 +538,46 @@ func (a *agent) fetchFromPeers(ctx context.Context, asg *v1.Assignment, want ins
 			}
 			return nil, fmt.Errorf("download %s: %w", want.SHA256, err)
 		}
-		// Bad bytes (or too many) came from peers: drop them all, say so,
-		// and try again without them.
-		for _, host := range rr.sent {
-			a.dropped.add(host)
-			if a.metrics != nil {
-				a.metrics.peersRejected.Inc()
-			}
-			a.log.Warn().Str("service", asg.GetService()).Str("peer", host).Str("sha256", want.SHA256).
-				Msg("peer served bytes that failed verification: dropped")
+		if len(rr.sent) == 1 {
+			// Bad bytes (or too many) came from one peer: drop it, say so,
+			// and try again without it.
+			a.blame(asg, want, rr.sent)
+			continue
 		}
-		a.rep.setBadSource(asg.GetService(), rr.sent[len(rr.sent)-1])
+		// Several peers sent parts: which one lied is known once a good
+		// copy is there. Until then none of them is asked again.
+		sus.add(rr.segs)
+		a.log.Warn().Str("service", asg.GetService()).Strs("peers", rr.sent).Str("sha256", want.SHA256).
+			Msg("bytes from several peers failed verification: fetching without them to find which")
 	}
+}
+
+// blame drops the peers named (not asked again by this agent), counts and
+// logs them, and names the last in the service's report.
+func (a *agent) blame(asg *v1.Assignment, want install.Artifact, hosts []string) {
+	for _, host := range hosts {
+		a.dropped.add(host)
+		if a.metrics != nil {
+			a.metrics.peersRejected.Inc()
+		}
+		a.log.Warn().Str("service", asg.GetService()).Str("peer", host).Str("sha256", want.SHA256).
+			Msg("peer served bytes that failed verification: dropped")
+	}
+	if len(hosts) > 0 {
+		a.rep.setBadSource(asg.GetService(), hosts[len(hosts)-1])
+	}
+}
+
+// blameSuspects blames the suspect peers whose bytes differ from the
+// copy f, when f is the assigned artifact (nothing otherwise).
+func (a *agent) blameSuspects(asg *v1.Assignment, want install.Artifact, f *install.Fetched, sus *suspects) {
+	if len(sus.segs) == 0 || f.SHA256 != want.SHA256 || f.Size != want.Size {
+		return
+	}
+	liars, err := sus.liars(f.Path)
+	if err != nil {
+		a.log.Warn().Str("service", asg.GetService()).Err(err).Msg("could not tell which peer sent bad bytes")
+		return
+	}
+	a.blame(asg, want, liars)
 }

@@ -409,3 +409,240 @@ func TestDroppedPeersBounded(t *testing.T) {
 		t.Fatalf("past the bound: %d remembered", len(d.set))
 	}
 }
+
+// TestPeerFetchBlamesOnlyTheBadPeer: a lying peer sends a corrupted first
+// half and fails, a good peer sends the rest; the whole fails verification.
+// Which of the two lied is not known from that fetch, so neither is
+// blamed on it: the agent fetches again without them (here from the
+// coordinator), compares what each sent with the good copy, and only the
+// liar is dropped and reported, never the good peer.
+func TestPeerFetchBlamesOnlyTheBadPeer(t *testing.T) {
+	pki := newPeerPKI(t)
+	art := bigArtifact(t, 400<<10)
+	corrupt := bytes.Clone(art)
+	corrupt[10] ^= 0xff
+	liar := servePeerTLS(t, pki, "liar", halfServer{art: corrupt})
+	good := newPeerAgent(t, pki, "good", true)
+	good.holds(t, art)
+	a := newPeerAgent(t, pki, "fetcher", false)
+	coord := serveGRPC(t, grpc.Creds(insecure.NewCredentials()), memStore{art: art})
+	cc, err := grpc.NewClient(coord, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	a.conns.set(cc)
+	a.rep.put(&v1.ServiceReport{Service: "web", Phase: v1.Phase_PHASE_FETCHING})
+	asg := assignmentFrom(art, good)
+	asg.Sources = append([]*v1.ArtifactSource{{HostId: "liar", Address: liar}}, asg.Sources...)
+	f, err := a.fetchOnce(context.Background(), asg, artifactOf(asg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.inst.Discard(f)
+	if !bytes.Equal(readFetched(t, f), art) {
+		t.Fatal("fetched bytes differ")
+	}
+	if !a.dropped.has("liar") || a.dropped.has("good") {
+		t.Fatalf("dropped: %v, want liar only", a.dropped.set)
+	}
+	if got := a.rep.take(); len(got) != 1 || got[0].GetBadSource() != "liar" {
+		t.Fatalf("report: %v, want bad_source liar", got)
+	}
+	if n := testutil.ToFloat64(a.metrics.peersRejected); n != 1 {
+		t.Fatalf("peers rejected: %v, want 1", n)
+	}
+}
+
+// trickleServer sends one byte of art at a time, every gap, from the
+// offset asked: never idle long, far too slow.
+type trickleServer struct {
+	v1.UnimplementedArtifactServiceServer
+	art []byte
+	gap time.Duration
+}
+
+func (s trickleServer) Download(req *v1.DownloadRequest, stream v1.ArtifactService_DownloadServer) error {
+	t := time.NewTicker(s.gap)
+	defer t.Stop()
+	for i := req.GetOffset(); i < int64(len(s.art)); i++ {
+		if err := stream.Send(&v1.DownloadResponse{Chunk: s.art[i : i+1]}); err != nil {
+			return err
+		}
+		select {
+		case <-stream.Context().Done():
+			return stream.Context().Err()
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// TestPeerFetchLeavesSlowPeer: a peer that sends a byte now and then (a
+// slow-loris: never idle for the idle timeout) is left once a window
+// brings less than the minimum rate; the next source continues from the
+// byte reached, and the slow peer is not blamed (its bytes were right).
+func TestPeerFetchLeavesSlowPeer(t *testing.T) {
+	pki := newPeerPKI(t)
+	art := bigArtifact(t, 200<<10)
+	slow := servePeerTLS(t, pki, "slow", trickleServer{art: art, gap: 5 * time.Millisecond})
+	good := newPeerAgent(t, pki, "good", true)
+	good.holds(t, art)
+	a := newPeerAgent(t, pki, "fetcher", false)
+	a.opts.fetchIdle = time.Minute // the trickle never trips it
+	a.opts.peerMinRateWindow = 200 * time.Millisecond
+	asg := assignmentFrom(art, good)
+	asg.Sources = append([]*v1.ArtifactSource{{HostId: "slow", Address: slow}}, asg.Sources...)
+	// The deadline only stops a broken fetcher from hanging the test.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	f, err := a.fetchOnce(ctx, asg, artifactOf(asg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.inst.Discard(f)
+	if !bytes.Equal(readFetched(t, f), art) {
+		t.Fatal("fetched bytes differ")
+	}
+	if a.dropped.has("slow") || a.dropped.has("good") {
+		t.Fatalf("dropped: %v, want none", a.dropped.set)
+	}
+	if n := testutil.ToFloat64(good.metrics.peerUploaded); n <= 0 || n >= float64(len(art)) {
+		t.Fatalf("the good peer sent %v bytes, want the rest after the slow one's", n)
+	}
+}
+
+// servingPeer starts a's peer listener with opts changed by set.
+func servingPeer(t *testing.T, a *agent, set func(*options)) {
+	t.Helper()
+	set(&a.opts)
+	a.cfg.PeerListen = ports.Addr(t)
+	addr, start, stop, err := a.startPeer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	if err := start(); err != nil {
+		t.Fatal(err)
+	}
+	a.peerAddr = addr
+}
+
+// closedByServer reports whether the server closed c (a read ends); the
+// deadline is only a bound for a server that never does.
+func closedByServer(t *testing.T, c net.Conn) error {
+	t.Helper()
+	if err := c.SetReadDeadline(time.Now().Add(30 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c.Read(make([]byte, 1))
+	return err
+}
+
+// TestPeerListenerBoundsConnections: anyone can open connections to a peer
+// listener before TLS says who they are. Past peerMaxConns open at once
+// they are closed as accepted; a handshake that does not finish within
+// peerHandshakeTimeout is closed; once the idle connections go, a peer
+// downloads again.
+func TestPeerListenerBoundsConnections(t *testing.T) {
+	pki := newPeerPKI(t)
+	art := bigArtifact(t, 64<<10)
+	srv := newPeerAgent(t, pki, "srv", false)
+	servingPeer(t, srv, func(o *options) { o.peerMaxConns = 3; o.peerHandshakeTimeout = time.Hour })
+	srv.holds(t, art)
+	var idle []net.Conn
+	for range 3 {
+		c, err := net.Dial("tcp", srv.peerAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		idle = append(idle, c)
+	}
+	extra, err := net.Dial("tcp", srv.peerAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	if err := closedByServer(t, extra); err != io.EOF && !errors.Is(err, net.ErrClosed) && !isReset(err) {
+		t.Fatalf("a connection past the limit: %v, want closed by the server", err)
+	}
+	for _, c := range idle {
+		c.Close()
+	}
+	a := newPeerAgent(t, pki, "fetcher", false)
+	asg := assignmentFrom(art, srv)
+	testkit.EventuallyErr(t, 10*time.Second, "a download once the idle connections closed", func() error {
+		f, err := a.fetchOnce(context.Background(), asg, artifactOf(asg))
+		if err == nil {
+			a.inst.Discard(f)
+		}
+		return err
+	})
+
+	slow := newPeerAgent(t, pki, "slow-handshake", false)
+	servingPeer(t, slow, func(o *options) { o.peerHandshakeTimeout = 100 * time.Millisecond })
+	c, err := net.Dial("tcp", slow.peerAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := closedByServer(t, c); err != io.EOF && !isReset(err) {
+		t.Fatalf("a connection that never starts its handshake: %v, want closed by the server", err)
+	}
+}
+
+func isReset(err error) bool {
+	var ne *net.OpError
+	return errors.As(err, &ne) && !ne.Timeout()
+}
+
+// floodServer sends art from the offset asked, then garbage without end.
+type floodServer struct {
+	v1.UnimplementedArtifactServiceServer
+	art []byte
+}
+
+func (s floodServer) Download(req *v1.DownloadRequest, stream v1.ArtifactService_DownloadServer) error {
+	if err := stream.Send(&v1.DownloadResponse{Chunk: s.art[req.GetOffset():]}); err != nil {
+		return err
+	}
+	junk := make([]byte, peerChunk)
+	for {
+		if err := stream.Send(&v1.DownloadResponse{Chunk: junk}); err != nil {
+			return err
+		}
+	}
+}
+
+// TestPeerFetchStopsAnEndlessStream: a peer that sends the artifact and
+// then bytes without end is read up to the artifact's size plus one chunk
+// at most, blamed, and the coordinator serves the artifact.
+func TestPeerFetchStopsAnEndlessStream(t *testing.T) {
+	pki := newPeerPKI(t)
+	art := bigArtifact(t, 100<<10)
+	flood := servePeerTLS(t, pki, "flood", floodServer{art: art})
+	a := newPeerAgent(t, pki, "fetcher", false)
+	coord := serveGRPC(t, grpc.Creds(insecure.NewCredentials()), memStore{art: art})
+	cc, err := grpc.NewClient(coord, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	a.conns.set(cc)
+	asg := assignmentFrom(art)
+	asg.Sources = []*v1.ArtifactSource{{HostId: "flood", Address: flood}}
+	f, err := a.fetchOnce(context.Background(), asg, artifactOf(asg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.inst.Discard(f)
+	if !bytes.Equal(readFetched(t, f), art) {
+		t.Fatal("fetched bytes differ")
+	}
+	if !a.dropped.has("flood") {
+		t.Fatal("the flooding peer was not dropped")
+	}
+	if n := testutil.ToFloat64(a.metrics.sourceBytes.WithLabelValues(sourcePeer)); n > float64(len(art)+4*peerChunk) {
+		t.Fatalf("read %v bytes from the flooding peer for a %d-byte artifact", n, len(art))
+	}
+}

@@ -418,19 +418,21 @@ func (h *hub) table() *desiredTable {
 
 // peerHosts are the hosts that advertise a peer address, with their
 // labels. An agent whose identity is revoked is never named a source, nor
-// one that another host's report names as its bad_source (it served bytes
-// that failed verification), while that report stands.
+// one that the reports of rollout.BadSourceQuorum other hosts name as their
+// bad_source (it served bytes that failed verification), while those
+// reports stand.
 func (h *hub) peerHosts() map[string]rollout.PeerHost {
 	out := map[string]rollout.PeerHost{}
 	hosts := h.c.mirror.Hosts()
-	bad := map[string]bool{}
+	named := map[string][]string{}
 	for _, host := range hosts {
 		for _, r := range h.c.mirror.Reports(host.GetId()) {
 			if b := r.GetBadSource(); b != "" {
-				bad[b] = true
+				named[host.GetId()] = append(named[host.GetId()], b)
 			}
 		}
 	}
+	bad := rollout.BadPeers(named)
 	for _, host := range hosts {
 		if host.GetPeerAddress() == "" || bad[host.GetId()] {
 			continue

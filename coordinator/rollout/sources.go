@@ -157,3 +157,36 @@ func SourcesOf(peers []Peer) []*v1.ArtifactSource {
 	}
 	return out
 }
+
+// BadSourceQuorum is how many distinct hosts must name a host as their
+// bad_source (it served them bytes that failed verification) before the
+// coordinator stops naming it as a source to anyone. One agent alone
+// (malicious, or wrong about it: a faulty disk or memory of its own) cannot
+// get healthy peers excluded fleet-wide; it drops the peer for itself.
+const BadSourceQuorum = 2
+
+// BadPeers returns the hosts named as a bad source by at least
+// BadSourceQuorum distinct reporters. named maps each reporter to the hosts
+// its reports name (one per service; a reporter naming a host twice, or
+// itself, counts once, or not at all).
+func BadPeers(named map[string][]string) map[string]bool {
+	by := map[string]map[string]bool{}
+	for reporter, hosts := range named {
+		for _, h := range hosts {
+			if h == "" || h == reporter {
+				continue
+			}
+			if by[h] == nil {
+				by[h] = map[string]bool{}
+			}
+			by[h][reporter] = true
+		}
+	}
+	out := map[string]bool{}
+	for h, reporters := range by {
+		if len(reporters) >= BadSourceQuorum {
+			out[h] = true
+		}
+	}
+	return out
+}

@@ -128,3 +128,28 @@ func TestSourcesOf(t *testing.T) {
 		t.Fatalf("SourcesOf = %v", got)
 	}
 }
+
+// TestBadPeersNeedsAQuorum: one agent naming every host as its bad source
+// (one per service it reports) gets none of them excluded; a host named
+// by two distinct hosts is.
+func TestBadPeersNeedsAQuorum(t *testing.T) {
+	var liar []string
+	for i := range 100 {
+		liar = append(liar, fmt.Sprintf("h%d", i))
+	}
+	if got := BadPeers(map[string][]string{"mallory": liar}); len(got) != 0 {
+		t.Fatalf("one reporter excluded %d hosts: %v", len(got), got)
+	}
+	got := BadPeers(map[string][]string{
+		"mallory": liar,
+		"a":       {"bad", "bad"},   // twice from one reporter: one vote
+		"b":       {"bad", "", "b"}, // empty and itself: no vote
+		"c":       {"h7"},           // with mallory's: two reporters
+	})
+	if len(got) != 2 || !got["bad"] || !got["h7"] {
+		t.Fatalf("BadPeers = %v, want bad and h7", got)
+	}
+	if got := BadPeers(map[string][]string{"a": {"x"}, "b": {"b"}}); len(got) != 0 {
+		t.Fatalf("a host naming itself counts: %v", got)
+	}
+}
