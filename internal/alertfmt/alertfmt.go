@@ -12,8 +12,10 @@ import (
 	"errors"
 	"fmt"
 	"mime"
+	"slices"
 	"strings"
 	"text/template"
+	tparse "text/template/parse"
 	"time"
 )
 
@@ -154,7 +156,100 @@ func checkTemplate(tmpl string) error {
 }
 
 func parse(tmpl string) (*template.Template, error) {
-	return template.New("alerts.template").Funcs(funcs).Option("missingkey=error").Parse(tmpl)
+	t, err := template.New("alerts.template").Funcs(funcs).Option("missingkey=error").Parse(tmpl)
+	if err != nil {
+		return nil, err
+	}
+	for _, tt := range t.Templates() {
+		if tt.Tree == nil {
+			continue
+		}
+		if err := bounded(tt.Root); err != nil {
+			return nil, err
+		}
+	}
+	return t, nil
+}
+
+// Ranged are the only fields a template may range over: the alert's own
+// lists (or, inside a with on a wave, its host count), so its running time
+// is bounded by the alert's data. Text/template can otherwise loop without
+// end and without output, which the body cap does not stop: {{range
+// 2000000000}}, {{range .At.UnixNano}}, or a {{template}} that calls
+// itself twice on a shorter slice each time.
+var ranged = []string{"Hosts", "Waves"}
+
+// maxRanges bounds the range actions of a template.
+const maxRanges = 16
+
+// bounded refuses what could run a template for long: {{template}} and
+// {{block}} (recursion), a range over anything but .Hosts or .Waves (or
+// $.Hosts, $.Waves), a range inside a range, more than maxRanges ranges
+// in one (named) template.
+func bounded(n tparse.Node) error {
+	var count int
+	return walk(n, 0, &count)
+}
+
+// walk checks n, at depth ranges deep; count is the ranges seen so far.
+
+func walk(n tparse.Node, depth int, count *int) error {
+	switch n := n.(type) {
+	case *tparse.ListNode:
+		if n == nil {
+			return nil
+		}
+		for _, c := range n.Nodes {
+			if err := walk(c, depth, count); err != nil {
+				return err
+			}
+		}
+	case *tparse.TemplateNode:
+		return fmt.Errorf("{{template %q}}: not allowed (a template could call itself without end); write it out", n.Name)
+	case *tparse.IfNode:
+		return walkBranch(&n.BranchNode, depth, count)
+	case *tparse.WithNode:
+		return walkBranch(&n.BranchNode, depth, count)
+	case *tparse.RangeNode:
+		*count++
+		switch {
+		case depth > 0:
+			return fmt.Errorf("{{range %s}}: a range inside a range is not allowed", n.Pipe)
+		case *count > maxRanges:
+			return fmt.Errorf("{{range %s}}: more than %d ranges", n.Pipe, maxRanges)
+		case !rangesOverData(n.Pipe):
+			return fmt.Errorf("{{range %s}}: only .Hosts and .Waves may be ranged over (a range over a number or a function could run without end)", n.Pipe)
+		}
+		return walkBranch(&n.BranchNode, depth+1, count)
+	}
+	return nil
+}
+
+func walkBranch(b *tparse.BranchNode, depth int, count *int) error {
+	if err := walk(b.List, depth, count); err != nil {
+		return err
+	}
+	return walk(b.ElseList, depth, count)
+}
+
+// rangesOverData: the pipe is .Hosts, .Waves, $.Hosts or $.Waves.
+func rangesOverData(p *tparse.PipeNode) bool {
+	if p == nil || len(p.Cmds) != 1 || len(p.Cmds[0].Args) != 1 {
+		return false
+	}
+	var ident []string
+	switch a := p.Cmds[0].Args[0].(type) {
+	case *tparse.FieldNode:
+		ident = a.Ident
+	case *tparse.VariableNode:
+		if len(a.Ident) == 0 || a.Ident[0] != "$" {
+			return false
+		}
+		ident = a.Ident[1:]
+	default:
+		return false
+	}
+	return len(ident) == 1 && slices.Contains(ranged, ident[0])
 }
 
 // Sample is an alert of the given severity, for checking templates and

@@ -27,7 +27,19 @@ func TestCheck(t *testing.T) {
 		{"unknown field", FormatTemplate, "{{.Nope}}", "", "", "alerts.template: on a sample rollout_failed alert: template: alerts.template:1:2: executing \"alerts.template\" at <.Nope>: can't evaluate field Nope"},
 		{"unknown function", FormatTemplate, "{{env \"HOME\"}}", "", "", `alerts.template: template: alerts.template:1: function "env" not defined`},
 		{"fails on info only", FormatTemplate, "{{index .Hosts 0}}", "", "", "alerts.template: on a sample rollout_succeeded alert"},
-		{"too big output", FormatTemplate, "{{range .Waves}}{{range $.Waves}}{{range $.Waves}}{{range $.Waves}}{{range $.Waves}}{{range $.Waves}}{{range $.Waves}}{{range $.Waves}}{{range $.Waves}}{{range $.Waves}}{{range $.Waves}}{{range $.Waves}}{{range $.Waves}}{{range $.Waves}}{{range $.Waves}}{{range $.Waves}}{{range $.Waves}}{{$.Reason}}{{end}}{{end}}{{end}}{{end}}{{end}}{{end}}{{end}}{{end}}{{end}}{{end}}{{end}}{{end}}{{end}}{{end}}{{end}}{{end}}{{end}}", "", "", "the body is more than 65536 bytes"},
+		{"too big output", FormatTemplate, `{{printf "%70000s" .Reason}}`, "", "", "the body is more than 65536 bytes"},
+		// Templates that would run without end (or for 2^30 steps) with no
+		// output, so the body cap never stops them: before, Check (at
+		// apply) and every alert hung on a coordinator core.
+		{"range over a number", FormatTemplate, "{{range 2000000000}}{{end}}", "", "", "alerts.template: {{range 2000000000}}: only .Hosts and .Waves may be ranged over"},
+		{"range over a method", FormatTemplate, "{{range .At.UnixNano}}{{end}}", "", "", "{{range .At.UnixNano}}: only .Hosts and .Waves"},
+		{"range over a variable", FormatTemplate, "{{$n := 2000000000}}{{range $n}}{{end}}", "", "", "{{range $n}}: only .Hosts and .Waves"},
+		{"range over a function", FormatTemplate, `{{range slice .Hosts 0}}{{end}}`, "", "", "only .Hosts and .Waves"},
+		{"recursion", FormatTemplate, `{{define "a"}}{{if .}}{{template "a" slice . 1}}{{template "a" slice . 1}}{{end}}{{end}}{{template "a" "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}`, "", "", `alerts.template: {{template "a"}}: not allowed`},
+		{"block", FormatTemplate, `{{block "b" .}}{{.Service}}{{end}}`, "", "", `{{template "b"}}: not allowed`},
+		{"nested range", FormatTemplate, "{{range .Waves}}{{if true}}{{range $.Waves}}{{end}}{{end}}{{end}}", "", "", "{{range $.Waves}}: a range inside a range is not allowed"},
+		{"too many ranges", FormatTemplate, strings.Repeat("{{range .Hosts}}{{end}}", maxRanges+1), "", "", "more than 16 ranges"},
+		{"ranges allowed", FormatTemplate, `{{range $i, $h := .Hosts}}{{$i}} {{$h.Host}}{{end}}{{with .Waves}}{{range $.Waves}}{{.State}}{{else}}none{{end}}{{end}}` + strings.Repeat("{{range .Hosts}}{{end}}", maxRanges-2), "text/plain", "", ""},
 		{"bad content type", FormatTemplate, "{{.Service}}", "json", "", `alerts.content_type: "json" is not a media type`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
