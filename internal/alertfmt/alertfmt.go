@@ -127,7 +127,7 @@ func Check(format, tmpl, contentType, minSeverity string) []error {
 		if mt, _, err := mime.ParseMediaType(contentType); contentType != "" && (err != nil || !strings.Contains(mt, "/")) {
 			errs = append(errs, fmt.Errorf("alerts.content_type: %q is not a media type (type/subtype, e.g. text/plain; charset=utf-8)", contentType))
 		}
-		if err := checkTemplate(tmpl); err != nil {
+		if err := checkTemplate(tmpl, orDefault(contentType, DefaultContentType)); err != nil {
 			errs = append(errs, fmt.Errorf("alerts.template: %w", err))
 		}
 	default:
@@ -136,7 +136,7 @@ func Check(format, tmpl, contentType, minSeverity string) []error {
 	return errs
 }
 
-func checkTemplate(tmpl string) error {
+func checkTemplate(tmpl, contentType string) error {
 	switch {
 	case tmpl == "":
 		return errors.New("must be set with format template")
@@ -148,7 +148,11 @@ func checkTemplate(tmpl string) error {
 		return err
 	}
 	for _, a := range []Alert{Sample(SeverityError), Sample(SeverityInfo)} {
-		if _, err := execute(t, a); err != nil {
+		body, err := execute(t, a)
+		if err == nil {
+			err = validJSON(contentType, body)
+		}
+		if err != nil {
 			return fmt.Errorf("on a sample %s alert: %w", a.Kind, err)
 		}
 	}
@@ -192,7 +196,6 @@ func bounded(n tparse.Node) error {
 }
 
 // walk checks n, at depth ranges deep; count is the ranges seen so far.
-
 func walk(n tparse.Node, depth int, count *int) error {
 	switch n := n.(type) {
 	case *tparse.ListNode:
@@ -260,8 +263,8 @@ func Sample(severity string) Alert {
 		Waves: []AlertWave{{Index: 0, State: "WAVE_STATE_DONE", Hosts: 1}, {Index: 1, State: "WAVE_STATE_DONE", Hosts: 4}}}
 	if severity == SeverityError {
 		a.Kind, a.Severity, a.State, a.Frozen = "rollout_failed", SeverityError, "FAILED", true
-		a.Reason = "wave 0 (canary): 1 host(s) failed, budget 0: host-1: check http: status 500"
-		a.Hosts = []AlertHost{{Host: "host-1", Reason: "check http: status 500"}}
+		a.Reason = `wave 0 (canary): 1 host(s) failed, budget 0: host-1: check http: status 500 "upstream error"`
+		a.Hosts = []AlertHost{{Host: "host-1", Reason: `check http: status 500 "upstream error"`}}
 		a.Action = "hosts that moved are going back to v1; after a look run: fleetwave service unfreeze web"
 		a.Waves = []AlertWave{{Index: 0, State: "WAVE_STATE_FAILED", Hosts: 1, Failures: 1}, {Index: 1, State: "WAVE_STATE_PENDING", Hosts: 4}}
 	}
@@ -282,10 +285,13 @@ func Render(format, tmpl, contentType string, a Alert) ([]byte, string, error) {
 		body, err = marshal(map[string]string{"text": slackText(a)})
 	case FormatTemplate:
 		var t *template.Template
+		ct = orDefault(contentType, DefaultContentType)
 		if t, err = parse(tmpl); err == nil {
 			body, err = execute(t, a)
 		}
-		ct = orDefault(contentType, DefaultContentType)
+		if err == nil {
+			err = validJSON(ct, body)
+		}
 	default:
 		err = fmt.Errorf("alerts.format %q is not %s, %s or %s", format, FormatJSON, FormatSlack, FormatTemplate)
 	}
@@ -296,6 +302,18 @@ func Render(format, tmpl, contentType string, a Alert) ([]byte, string, error) {
 		return nil, "", fmt.Errorf("the %s body is %d bytes, more than %d", orDefault(format, FormatJSON), len(body), MaxBody)
 	}
 	return body, ct, nil
+}
+
+// validJSON refuses a body that is not JSON when its Content-Type says it
+// is (application/json or */*+json): a template that writes a value
+// unquoted ("{{.Reason}}" where the reason holds a quote) would otherwise
+// send a body the webhook refuses, 8 times.
+func validJSON(contentType string, body []byte) error {
+	mt, _, err := mime.ParseMediaType(contentType)
+	if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) || json.Valid(body) {
+		return nil
+	}
+	return fmt.Errorf("the body is not valid JSON, which its content type %s says it is (write values with json: {{json .Reason}}): %s", mt, clip(string(body), 80))
 }
 
 // marshal is JSON without HTML escaping: reasons say "> max", not
