@@ -193,15 +193,17 @@ func (a *alertReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	aborted, err := a.abort(r.Context(), firing)
 	ans.Aborted = aborted
+	// Every abort is audited, those before a failure too (a retry of the
+	// notification finds them ended and does not audit them again).
+	for _, ab := range aborted {
+		a.putAudit(r.Context(), &v1.AuditEntry{At: timestamppb.New(now), Actor: alertmanagerActor, Method: "POST " + AlertmanagerPath,
+			Target: ab.Service, Peer: clip(r.RemoteAddr, 64), Result: "OK", Message: clip("rollout "+ab.RolloutID+" "+ab.Reason, 512), Coordinator: a.c.cfg.Name})
+	}
 	if err != nil {
 		ans.Error = err.Error()
 		// Alertmanager retries a notification answered 5xx.
 		a.answer(w, http.StatusServiceUnavailable, ans)
 		return
-	}
-	for _, ab := range aborted {
-		a.putAudit(r.Context(), &v1.AuditEntry{At: timestamppb.New(now), Actor: alertmanagerActor, Method: "POST " + AlertmanagerPath,
-			Target: ab.Service, Peer: clip(r.RemoteAddr, 64), Result: "OK", Message: clip("rollout "+ab.RolloutID+" "+ab.Reason, 512), Coordinator: a.c.cfg.Name})
 	}
 	a.answer(w, http.StatusOK, ans)
 }
