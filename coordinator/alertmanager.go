@@ -29,6 +29,9 @@ import (
 // insecure), outside the dashboard's login, and bounded: a bearer token
 // (compared in constant time), a body of at most AlertmanagerMaxBody, at
 // most AlertmanagerMaxAlerts alerts read, AlertmanagerRate posts a second.
+// Posts with the token and posts without it draw on separate buckets, so
+// whoever reaches the port without the token cannot crowd out
+// Alertmanager's notifications.
 
 const (
 	// AlertmanagerPath is where the receiver listens.
@@ -40,7 +43,9 @@ const (
 	// read; the rest are ignored (and the answer says how many).
 	AlertmanagerMaxAlerts = 1000
 	// AlertmanagerRate and AlertmanagerBurst bound the posts the receiver
-	// takes (all callers together); more are answered 429.
+	// takes with the token (all callers together), and, in a bucket of
+	// their own, the posts refused for no or a wrong token; more are
+	// answered 429.
 	AlertmanagerRate  = 5
 	AlertmanagerBurst = 20
 	// Token file bounds: a token shorter than alertmanagerMinToken is
@@ -85,8 +90,10 @@ type AlertmanagerAbort struct {
 type alertReceiver struct {
 	c     *Coordinator
 	token []byte
-	rate  *bucket
-	now   func() time.Time
+	// rate bounds the posts with the token, refused those without it.
+	rate    *bucket
+	refused *bucket
+	now     func() time.Time
 }
 
 // newAlertReceiver reads the token file; a missing, short or long token
@@ -109,7 +116,8 @@ func (c *Coordinator) newAlertReceiver(path string) (*alertReceiver, error) {
 		c.log.Warn().Str("path", path).Msgf("alertmanager token file is readable by others (mode %v)", fi.Mode().Perm())
 	}
 	c.log.Info().Str("path", AlertmanagerPath).Msg("alertmanager receiver on the dashboard's listener")
-	return &alertReceiver{c: c, token: []byte(tok), rate: &bucket{rate: AlertmanagerRate, burst: AlertmanagerBurst}, now: time.Now}, nil
+	return &alertReceiver{c: c, token: []byte(tok), rate: &bucket{rate: AlertmanagerRate, burst: AlertmanagerBurst},
+		refused: &bucket{rate: AlertmanagerRate, burst: AlertmanagerBurst}, now: time.Now}, nil
 }
 
 func (a *alertReceiver) answer(w http.ResponseWriter, code int, ans AlertmanagerAnswer) {
@@ -130,12 +138,17 @@ func (a *alertReceiver) authorized(r *http.Request) bool {
 
 func (a *alertReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	now := a.now()
-	if !a.rate.allow(now) {
+	ok := a.authorized(r)
+	b := a.rate
+	if !ok {
+		b = a.refused
+	}
+	if !b.allow(now) {
 		w.Header().Set("Retry-After", "1")
 		a.answer(w, http.StatusTooManyRequests, AlertmanagerAnswer{Error: fmt.Sprintf("more than %d notifications a second", AlertmanagerRate)})
 		return
 	}
-	if !a.authorized(r) {
+	if !ok {
 		e := &v1.AuditEntry{At: timestamppb.New(now), Actor: alertmanagerActor, Method: "POST " + AlertmanagerPath, Peer: clip(r.RemoteAddr, 64),
 			Result: "Unauthenticated", Message: "no or wrong bearer token", Coordinator: a.c.cfg.Name}
 		if a.c.failures.admit(e, now) {
@@ -180,15 +193,17 @@ func (a *alertReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	aborted, err := a.abort(r.Context(), firing)
 	ans.Aborted = aborted
+	// Every abort is audited, those before a failure too (a retry of the
+	// notification finds them ended and does not audit them again).
+	for _, ab := range aborted {
+		a.putAudit(r.Context(), &v1.AuditEntry{At: timestamppb.New(now), Actor: alertmanagerActor, Method: "POST " + AlertmanagerPath,
+			Target: ab.Service, Peer: clip(r.RemoteAddr, 64), Result: "OK", Message: clip("rollout "+ab.RolloutID+" "+ab.Reason, 512), Coordinator: a.c.cfg.Name})
+	}
 	if err != nil {
 		ans.Error = err.Error()
 		// Alertmanager retries a notification answered 5xx.
 		a.answer(w, http.StatusServiceUnavailable, ans)
 		return
-	}
-	for _, ab := range aborted {
-		a.putAudit(r.Context(), &v1.AuditEntry{At: timestamppb.New(now), Actor: alertmanagerActor, Method: "POST " + AlertmanagerPath,
-			Target: ab.Service, Peer: clip(r.RemoteAddr, 64), Result: "OK", Message: clip("rollout "+ab.RolloutID+" "+ab.Reason, 512), Coordinator: a.c.cfg.Name})
 	}
 	a.answer(w, http.StatusOK, ans)
 }

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
 func receiverForTest(t *testing.T, token string) (*alertReceiver, error) {
@@ -98,5 +100,35 @@ func TestAlertReceiverMaxAlerts(t *testing.T) {
 	code, ans, h := serve(a, token, `{"version":"4","status":"resolved","alerts":[`+strings.TrimSuffix(alerts, ",")+`]}`)
 	if code != http.StatusOK || ans.Ignored != 7 || ans.Firing != 0 || ans.Aborted == nil || h.Get("Content-Type") != "application/json" {
 		t.Fatalf("%d %+v %v", code, ans, h)
+	}
+}
+
+// Posts without the token draw on their own bucket: a flood of them past
+// the burst does not make Alertmanager's notifications wait (before, one
+// bucket for all posts let anyone who reaches the port starve the
+// receiver with 429s).
+func TestAlertReceiverRefusedPostsDoNotStarve(t *testing.T) {
+	const token = "0123456789abcdef0123456789"
+	a, err := receiverForTest(t, token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 12, 5, 10, 0, 0, 0, time.UTC)
+	a.now = func() time.Time { return now }
+	a.c.failures = newFailureLog(time.Hour, maxFailureKinds)
+	// The interval's first refusal is written; later ones are counted.
+	a.c.failures.admit(&v1.AuditEntry{Actor: alertmanagerActor, Method: "POST " + AlertmanagerPath, Result: "Unauthenticated"}, now)
+	for i := range AlertmanagerBurst {
+		if code, _, _ := serve(a, "wrong-token-0123456789", `{"version":"4"}`); code != http.StatusUnauthorized {
+			t.Fatalf("refused post %d: %d", i, code)
+		}
+	}
+	if code, _, _ := serve(a, "wrong-token-0123456789", `{"version":"4"}`); code != http.StatusTooManyRequests {
+		t.Fatalf("refused post over the burst: %d, want 429", code)
+	}
+	for i := range AlertmanagerBurst {
+		if code, ans, _ := serve(a, token, `{"version":"4","status":"resolved","alerts":[]}`); code != http.StatusOK {
+			t.Fatalf("post %d with the token after the flood: %d %+v", i, code, ans)
+		}
 	}
 }

@@ -10,7 +10,7 @@ import (
 // packages, protobuf and the generated types; no goroutines, no time.Now.
 func TestPureImports(t *testing.T) {
 	purity.Check(t, map[string]bool{
-		"errors": true, "fmt": true, "sort": true, "strings": true, "time": true,
+		"errors": true, "fmt": true, "sort": true, "strings": true, "time": true, "unicode": true,
 		"github.com/fleetwave/fleetwave/proto/fleetwave/v1":  true,
 		"github.com/fleetwave/fleetwave/internal/spec":       true,
 		"github.com/fleetwave/fleetwave/internal/specdiff":   true,

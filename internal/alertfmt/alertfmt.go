@@ -12,8 +12,10 @@ import (
 	"errors"
 	"fmt"
 	"mime"
+	"slices"
 	"strings"
 	"text/template"
+	tparse "text/template/parse"
 	"time"
 )
 
@@ -125,7 +127,7 @@ func Check(format, tmpl, contentType, minSeverity string) []error {
 		if mt, _, err := mime.ParseMediaType(contentType); contentType != "" && (err != nil || !strings.Contains(mt, "/")) {
 			errs = append(errs, fmt.Errorf("alerts.content_type: %q is not a media type (type/subtype, e.g. text/plain; charset=utf-8)", contentType))
 		}
-		if err := checkTemplate(tmpl); err != nil {
+		if err := checkTemplate(tmpl, orDefault(contentType, DefaultContentType)); err != nil {
 			errs = append(errs, fmt.Errorf("alerts.template: %w", err))
 		}
 	default:
@@ -134,7 +136,7 @@ func Check(format, tmpl, contentType, minSeverity string) []error {
 	return errs
 }
 
-func checkTemplate(tmpl string) error {
+func checkTemplate(tmpl, contentType string) error {
 	switch {
 	case tmpl == "":
 		return errors.New("must be set with format template")
@@ -146,7 +148,11 @@ func checkTemplate(tmpl string) error {
 		return err
 	}
 	for _, a := range []Alert{Sample(SeverityError), Sample(SeverityInfo)} {
-		if _, err := execute(t, a); err != nil {
+		body, err := execute(t, a)
+		if err == nil {
+			err = validJSON(contentType, body)
+		}
+		if err != nil {
 			return fmt.Errorf("on a sample %s alert: %w", a.Kind, err)
 		}
 	}
@@ -154,7 +160,99 @@ func checkTemplate(tmpl string) error {
 }
 
 func parse(tmpl string) (*template.Template, error) {
-	return template.New("alerts.template").Funcs(funcs).Option("missingkey=error").Parse(tmpl)
+	t, err := template.New("alerts.template").Funcs(funcs).Option("missingkey=error").Parse(tmpl)
+	if err != nil {
+		return nil, err
+	}
+	for _, tt := range t.Templates() {
+		if tt.Tree == nil {
+			continue
+		}
+		if err := bounded(tt.Root); err != nil {
+			return nil, err
+		}
+	}
+	return t, nil
+}
+
+// Ranged are the only fields a template may range over: the alert's own
+// lists (or, inside a with on a wave, its host count), so its running time
+// is bounded by the alert's data. Text/template can otherwise loop without
+// end and without output, which the body cap does not stop: {{range
+// 2000000000}}, {{range .At.UnixNano}}, or a {{template}} that calls
+// itself twice on a shorter slice each time.
+var ranged = []string{"Hosts", "Waves"}
+
+// maxRanges bounds the range actions of a template.
+const maxRanges = 16
+
+// bounded refuses what could run a template for long: {{template}} and
+// {{block}} (recursion), a range over anything but .Hosts or .Waves (or
+// $.Hosts, $.Waves), a range inside a range, more than maxRanges ranges
+// in one (named) template.
+func bounded(n tparse.Node) error {
+	var count int
+	return walk(n, 0, &count)
+}
+
+// walk checks n, at depth ranges deep; count is the ranges seen so far.
+func walk(n tparse.Node, depth int, count *int) error {
+	switch n := n.(type) {
+	case *tparse.ListNode:
+		if n == nil {
+			return nil
+		}
+		for _, c := range n.Nodes {
+			if err := walk(c, depth, count); err != nil {
+				return err
+			}
+		}
+	case *tparse.TemplateNode:
+		return fmt.Errorf("{{template %q}}: not allowed (a template could call itself without end); write it out", n.Name)
+	case *tparse.IfNode:
+		return walkBranch(&n.BranchNode, depth, count)
+	case *tparse.WithNode:
+		return walkBranch(&n.BranchNode, depth, count)
+	case *tparse.RangeNode:
+		*count++
+		switch {
+		case depth > 0:
+			return fmt.Errorf("{{range %s}}: a range inside a range is not allowed", n.Pipe)
+		case *count > maxRanges:
+			return fmt.Errorf("{{range %s}}: more than %d ranges", n.Pipe, maxRanges)
+		case !rangesOverData(n.Pipe):
+			return fmt.Errorf("{{range %s}}: only .Hosts and .Waves may be ranged over (a range over a number or a function could run without end)", n.Pipe)
+		}
+		return walkBranch(&n.BranchNode, depth+1, count)
+	}
+	return nil
+}
+
+func walkBranch(b *tparse.BranchNode, depth int, count *int) error {
+	if err := walk(b.List, depth, count); err != nil {
+		return err
+	}
+	return walk(b.ElseList, depth, count)
+}
+
+// rangesOverData: the pipe is .Hosts, .Waves, $.Hosts or $.Waves.
+func rangesOverData(p *tparse.PipeNode) bool {
+	if p == nil || len(p.Cmds) != 1 || len(p.Cmds[0].Args) != 1 {
+		return false
+	}
+	var ident []string
+	switch a := p.Cmds[0].Args[0].(type) {
+	case *tparse.FieldNode:
+		ident = a.Ident
+	case *tparse.VariableNode:
+		if len(a.Ident) == 0 || a.Ident[0] != "$" {
+			return false
+		}
+		ident = a.Ident[1:]
+	default:
+		return false
+	}
+	return len(ident) == 1 && slices.Contains(ranged, ident[0])
 }
 
 // Sample is an alert of the given severity, for checking templates and
@@ -165,8 +263,8 @@ func Sample(severity string) Alert {
 		Waves: []AlertWave{{Index: 0, State: "WAVE_STATE_DONE", Hosts: 1}, {Index: 1, State: "WAVE_STATE_DONE", Hosts: 4}}}
 	if severity == SeverityError {
 		a.Kind, a.Severity, a.State, a.Frozen = "rollout_failed", SeverityError, "FAILED", true
-		a.Reason = "wave 0 (canary): 1 host(s) failed, budget 0: host-1: check http: status 500"
-		a.Hosts = []AlertHost{{Host: "host-1", Reason: "check http: status 500"}}
+		a.Reason = `wave 0 (canary): 1 host(s) failed, budget 0: host-1: check http: status 500 "upstream error"`
+		a.Hosts = []AlertHost{{Host: "host-1", Reason: `check http: status 500 "upstream error"`}}
 		a.Action = "hosts that moved are going back to v1; after a look run: fleetwave service unfreeze web"
 		a.Waves = []AlertWave{{Index: 0, State: "WAVE_STATE_FAILED", Hosts: 1, Failures: 1}, {Index: 1, State: "WAVE_STATE_PENDING", Hosts: 4}}
 	}
@@ -187,10 +285,13 @@ func Render(format, tmpl, contentType string, a Alert) ([]byte, string, error) {
 		body, err = marshal(map[string]string{"text": slackText(a)})
 	case FormatTemplate:
 		var t *template.Template
+		ct = orDefault(contentType, DefaultContentType)
 		if t, err = parse(tmpl); err == nil {
 			body, err = execute(t, a)
 		}
-		ct = orDefault(contentType, DefaultContentType)
+		if err == nil {
+			err = validJSON(ct, body)
+		}
 	default:
 		err = fmt.Errorf("alerts.format %q is not %s, %s or %s", format, FormatJSON, FormatSlack, FormatTemplate)
 	}
@@ -201,6 +302,18 @@ func Render(format, tmpl, contentType string, a Alert) ([]byte, string, error) {
 		return nil, "", fmt.Errorf("the %s body is %d bytes, more than %d", orDefault(format, FormatJSON), len(body), MaxBody)
 	}
 	return body, ct, nil
+}
+
+// validJSON refuses a body that is not JSON when its Content-Type says it
+// is (application/json or */*+json): a template that writes a value
+// unquoted ("{{.Reason}}" where the reason holds a quote) would otherwise
+// send a body the webhook refuses, 8 times.
+func validJSON(contentType string, body []byte) error {
+	mt, _, err := mime.ParseMediaType(contentType)
+	if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) || json.Valid(body) {
+		return nil
+	}
+	return fmt.Errorf("the body is not valid JSON, which its content type %s says it is (write values with json: {{json .Reason}}): %s", mt, clip(string(body), 80))
 }
 
 // marshal is JSON without HTML escaping: reasons say "> max", not

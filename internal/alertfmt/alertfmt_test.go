@@ -26,8 +26,25 @@ func TestCheck(t *testing.T) {
 		{"does not parse", FormatTemplate, "{{.Service", "", "", "alerts.template: template: alerts.template:1: unclosed action"},
 		{"unknown field", FormatTemplate, "{{.Nope}}", "", "", "alerts.template: on a sample rollout_failed alert: template: alerts.template:1:2: executing \"alerts.template\" at <.Nope>: can't evaluate field Nope"},
 		{"unknown function", FormatTemplate, "{{env \"HOME\"}}", "", "", `alerts.template: template: alerts.template:1: function "env" not defined`},
-		{"fails on info only", FormatTemplate, "{{index .Hosts 0}}", "", "", "alerts.template: on a sample rollout_succeeded alert"},
-		{"too big output", FormatTemplate, "{{range .Waves}}{{range $.Waves}}{{range $.Waves}}{{range $.Waves}}{{range $.Waves}}{{range $.Waves}}{{range $.Waves}}{{range $.Waves}}{{range $.Waves}}{{range $.Waves}}{{range $.Waves}}{{range $.Waves}}{{range $.Waves}}{{range $.Waves}}{{range $.Waves}}{{range $.Waves}}{{range $.Waves}}{{$.Reason}}{{end}}{{end}}{{end}}{{end}}{{end}}{{end}}{{end}}{{end}}{{end}}{{end}}{{end}}{{end}}{{end}}{{end}}{{end}}{{end}}{{end}}", "", "", "the body is more than 65536 bytes"},
+		{"fails on info only", FormatTemplate, "{{json (index .Hosts 0)}}", "", "", "alerts.template: on a sample rollout_succeeded alert"},
+		{"too big output", FormatTemplate, `{{printf "%70000s" .Reason}}`, "", "", "the body is more than 65536 bytes"},
+		// Templates that would run without end (or for 2^30 steps) with no
+		// output, so the body cap never stops them: before, Check (at
+		// apply) and every alert hung on a coordinator core.
+		{"range over a number", FormatTemplate, "{{range 2000000000}}{{end}}", "", "", "alerts.template: {{range 2000000000}}: only .Hosts and .Waves may be ranged over"},
+		{"range over a method", FormatTemplate, "{{range .At.UnixNano}}{{end}}", "", "", "{{range .At.UnixNano}}: only .Hosts and .Waves"},
+		{"range over a variable", FormatTemplate, "{{$n := 2000000000}}{{range $n}}{{end}}", "", "", "{{range $n}}: only .Hosts and .Waves"},
+		{"range over a function", FormatTemplate, `{{range slice .Hosts 0}}{{end}}`, "", "", "only .Hosts and .Waves"},
+		{"recursion", FormatTemplate, `{{define "a"}}{{if .}}{{template "a" slice . 1}}{{template "a" slice . 1}}{{end}}{{end}}{{template "a" "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}`, "", "", `alerts.template: {{template "a"}}: not allowed`},
+		{"block", FormatTemplate, `{{block "b" .}}{{.Service}}{{end}}`, "", "", `{{template "b"}}: not allowed`},
+		{"nested range", FormatTemplate, "{{range .Waves}}{{if true}}{{range $.Waves}}{{end}}{{end}}{{end}}", "", "", "{{range $.Waves}}: a range inside a range is not allowed"},
+		{"too many ranges", FormatTemplate, strings.Repeat("{{range .Hosts}}{{end}}", maxRanges+1), "", "", "more than 16 ranges"},
+		{"ranges allowed", FormatTemplate, `{{range $i, $h := .Hosts}}{{$i}} {{$h.Host}}{{end}}{{with .Waves}}{{range $.Waves}}{{.State}}{{else}}none{{end}}{{end}}` + strings.Repeat("{{range .Hosts}}{{end}}", maxRanges-2), "text/plain", "", ""},
+		// A JSON content type (the default) needs a JSON body: before, an
+		// unquoted value was sent as is and refused by the webhook 8 times.
+		{"not JSON", FormatTemplate, `{"text": "{{.Reason}}"}`, "", "", `alerts.template: on a sample rollout_failed alert: the body is not valid JSON, which its content type application/json says it is (write values with json: {{json .Reason}}): {"text": "wave 0`},
+		{"not JSON +json", FormatTemplate, `{{.Service}}`, "application/vnd.example+json; charset=utf-8", "", "not valid JSON, which its content type application/vnd.example+json says it is"},
+		{"text need not be JSON", FormatTemplate, `"{{.Reason}}`, "text/plain", "", ""},
 		{"bad content type", FormatTemplate, "{{.Service}}", "json", "", `alerts.content_type: "json" is not a media type`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -87,6 +104,13 @@ func TestRender(t *testing.T) {
 	body, ct, err = Render(FormatTemplate, `{"text": {{json .Reason}}, "sev": "{{.Severity}}"}`, "", Sample(SeverityError))
 	if err != nil || ct != DefaultContentType || !json.Valid(body) || !strings.Contains(string(body), `"sev": "error"`) {
 		t.Fatalf("template: %v %q %s", err, ct, body)
+	}
+	// Data Check could not foresee: a service name is safe, a reason with
+	// a quote is not; the alert is not sent (alert_failed says why).
+	quoted := Sample(SeverityInfo)
+	quoted.Reason = `superseded by "v3"`
+	if _, _, err := Render(FormatTemplate, `{"text": "{{.Service}} {{.Reason}}"}`, "", quoted); err == nil || !strings.Contains(err.Error(), "not valid JSON") {
+		t.Errorf("template writing invalid JSON: %v", err)
 	}
 	if _, ct, _ := Render(FormatTemplate, "{{.Service}}", "text/plain", info); ct != "text/plain" {
 		t.Errorf("template content type %q", ct)
