@@ -55,7 +55,8 @@ const MaxZoneLimit = 100000
 
 // ZoneLimit is the number of hosts of a zone of zoneHosts hosts that may be
 // unavailable at once under rollout.max_unavailable_per_zone s (already
-// valid); 0 means no limit. A percentage rounds up and is at least 1.
+// valid); 0 means no limit. A percentage rounds down and is at least 1
+// (like Kubernetes' maxUnavailable: never more unavailable than asked).
 func ZoneLimit(s string, zoneHosts int) int {
 	n, pct, err := ParseZoneLimit(s)
 	if err != nil || n == 0 {
@@ -64,5 +65,5 @@ func ZoneLimit(s string, zoneHosts int) int {
 	if !pct {
 		return n
 	}
-	return max(1, (zoneHosts*n+99)/100)
+	return max(1, zoneHosts*n/100)
 }

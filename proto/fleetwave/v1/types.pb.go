@@ -2113,7 +2113,7 @@ type RolloutPolicy struct {
 	// Zone safety (issue 18): at most this many hosts of one zone (the host
 	// label "zone"; hosts without one form one group) unavailable at once,
 	// that is updating, failed, or done but unreachable: a count ("2") or a
-	// percentage of the zone's hosts in the plan ("25%", rounded up, at least
+	// percentage of the zone's hosts in the plan ("25%", rounded down, at least
 	// 1). Empty: no limit but max_parallel.
 	MaxUnavailablePerZone string `protobuf:"bytes,22,opt,name=max_unavailable_per_zone,json=maxUnavailablePerZone,proto3" json:"max_unavailable_per_zone,omitempty"`
 	// "" (default: waves spread over the zones) or "one_at_a_time": the plan
