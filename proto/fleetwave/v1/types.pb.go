@@ -3958,7 +3958,11 @@ type ServiceReport struct {
 	// verification: the agent dropped it and fetched from another source.
 	BadSource string `protobuf:"bytes,10,opt,name=bad_source,json=badSource,proto3" json:"bad_source,omitempty"`
 	// The last full window's metric summary, when analysis.compare is set.
-	Metrics       *MetricSummary `protobuf:"bytes,11,opt,name=metrics,proto3" json:"metrics,omitempty"`
+	Metrics *MetricSummary `protobuf:"bytes,11,opt,name=metrics,proto3" json:"metrics,omitempty"`
+	// sha256 (hex) of the artifact of Assignment.stage the agent holds,
+	// verified, ready to switch to ("" = none staged). The coordinator counts
+	// such a host as a source of that artifact for other hosts.
+	StagedSha256  string `protobuf:"bytes,12,opt,name=staged_sha256,json=stagedSha256,proto3" json:"staged_sha256,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4070,6 +4074,13 @@ func (x *ServiceReport) GetMetrics() *MetricSummary {
 	return nil
 }
 
+func (x *ServiceReport) GetStagedSha256() string {
+	if x != nil {
+		return x.StagedSha256
+	}
+	return ""
+}
+
 // Assignment is what one host should run for one service.
 type Assignment struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
@@ -4089,7 +4100,14 @@ type Assignment struct {
 	// Other agents that hold the release's artifact, verified, to fetch it
 	// from first, in order; the release's own URL or the coordinator is the
 	// fallback. Chosen by rollout.Sources; empty when none has it.
-	Sources       []*ArtifactSource `protobuf:"bytes,8,rep,name=sources,proto3" json:"sources,omitempty"`
+	Sources []*ArtifactSource `protobuf:"bytes,8,rep,name=sources,proto3" json:"sources,omitempty"`
+	// Set while the host waits for its wave in a rollout that stages ahead:
+	// the rollout's target release. The agent fetches its artifact (from
+	// sources first, which then name holders of this artifact), verifies and
+	// keeps it without switching (release stays what runs), and reports it in
+	// ServiceReport.staged_sha256. Unset: nothing to stage (a staged release
+	// that is no longer wanted is dropped).
+	Stage         *Release `protobuf:"bytes,9,opt,name=stage,proto3" json:"stage,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4176,6 +4194,13 @@ func (x *Assignment) GetRemove() bool {
 func (x *Assignment) GetSources() []*ArtifactSource {
 	if x != nil {
 		return x.Sources
+	}
+	return nil
+}
+
+func (x *Assignment) GetStage() *Release {
+	if x != nil {
+		return x.Stage
 	}
 	return nil
 }
@@ -4692,7 +4717,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\vCheckResult\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x16\n" +
-	"\x06detail\x18\x03 \x01(\tR\x06detail\"\xbd\x03\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\"\xe2\x03\n" +
 	"\rServiceReport\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1e\n" +
 	"\n" +
@@ -4708,7 +4733,8 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\n" +
 	"bad_source\x18\n" +
 	" \x01(\tR\tbadSource\x125\n" +
-	"\ametrics\x18\v \x01(\v2\x1b.fleetwave.v1.MetricSummaryR\ametrics\"\xd5\x02\n" +
+	"\ametrics\x18\v \x01(\v2\x1b.fleetwave.v1.MetricSummaryR\ametrics\x12#\n" +
+	"\rstaged_sha256\x18\f \x01(\tR\fstagedSha256\"\x82\x03\n" +
 	"\n" +
 	"Assignment\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1e\n" +
@@ -4720,7 +4746,8 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\brollback\x18\x05 \x01(\v2\x1c.fleetwave.v1.SignedRollbackR\brollback\x12#\n" +
 	"\rspec_revision\x18\x06 \x01(\x03R\fspecRevision\x12\x16\n" +
 	"\x06remove\x18\a \x01(\bR\x06remove\x126\n" +
-	"\asources\x18\b \x03(\v2\x1c.fleetwave.v1.ArtifactSourceR\asources\"C\n" +
+	"\asources\x18\b \x03(\v2\x1c.fleetwave.v1.ArtifactSourceR\asources\x12+\n" +
+	"\x05stage\x18\t \x01(\v2\x15.fleetwave.v1.ReleaseR\x05stage\"C\n" +
 	"\x0eArtifactSource\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\"\xb5\x03\n" +
@@ -4938,14 +4965,15 @@ var file_fleetwave_v1_types_proto_depIdxs = []int32{
 	4,  // 89: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
 	33, // 90: fleetwave.v1.Assignment.rollback:type_name -> fleetwave.v1.SignedRollback
 	45, // 91: fleetwave.v1.Assignment.sources:type_name -> fleetwave.v1.ArtifactSource
-	49, // 92: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
-	51, // 93: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	43, // 94: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
-	95, // [95:95] is the sub-list for method output_type
-	95, // [95:95] is the sub-list for method input_type
-	95, // [95:95] is the sub-list for extension type_name
-	95, // [95:95] is the sub-list for extension extendee
-	0,  // [0:95] is the sub-list for field type_name
+	30, // 92: fleetwave.v1.Assignment.stage:type_name -> fleetwave.v1.Release
+	49, // 93: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
+	51, // 94: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	43, // 95: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
+	96, // [96:96] is the sub-list for method output_type
+	96, // [96:96] is the sub-list for method input_type
+	96, // [96:96] is the sub-list for extension type_name
+	96, // [96:96] is the sub-list for extension extendee
+	0,  // [0:96] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_types_proto_init() }
