@@ -34,13 +34,13 @@ RACE_PKGS := ./coordinator/... ./agent/... ./cli/... ./demo/demoapp/... ./intern
 # End-to-end packages: real binaries, several processes each; run one
 # package at a time so they do not compete for the two cores.
 E2E_PKGS := ./test/e2e/... ./test/faults/...
-FUZZTIME ?= 2m
-# make test's fuzz budget is a count of executions, not a duration: Go 1.26's
+# Fuzz budgets are counts of executions, not durations: Go 1.26's
 # fuzz coordinator can fail a target with a bare "context deadline exceeded"
 # when a -fuzztime deadline races a busy worker (golang/go#75804, fixed in Go
 # 1.27); a count has no deadline to race, and is as thorough on a slow machine.
+FUZZTIME ?= 200000x
 FUZZTIME_SHORT ?= 5000x
-FUZZMINIMIZE ?= 5s
+FUZZMINIMIZE ?= 2000x
 FUZZMINIMIZE_SHORT ?= 200x
 
 .PHONY: all build test unit e2e race fuzz fuzz-short lint vet fmt-check staticcheck vulncheck tidy-check proto proto-check tools deps demo bench clean
@@ -163,7 +163,7 @@ race:
 	$(GO) test -count=1 -race -timeout 20m $(RACE_PKGS)
 
 # Coverage-guided runs of every fuzz target: short ones in make test
-# (fuzz-short), longer with make fuzz (FUZZTIME=10m make fuzz for more).
+# (fuzz-short), longer with make fuzz (FUZZTIME=2000000x make fuzz for more).
 FUZZ_TARGETS := \
 	FuzzUnpackEntries:./agent/install FuzzUnpack:./agent/install FuzzUnpackResources:./agent/install \
 	FuzzParse:./internal/spec FuzzParse:./agent/analysis \
