@@ -3,6 +3,7 @@ package sim
 import (
 	"context"
 	"crypto/rand"
+	"strings"
 	"testing"
 	"time"
 
@@ -96,5 +97,25 @@ func TestFetchFromPeers(t *testing.T) {
 		if h.GetPeerAddress() != peerAddress(h.GetId()) {
 			t.Fatalf("host %s: peer address %q, want %q", h.GetId(), h.GetPeerAddress(), peerAddress(h.GetId()))
 		}
+	}
+}
+
+func TestConfigBandwidthLimits(t *testing.T) {
+	c := Config{Coordinator: "127.0.0.1:1", P2P: true, DownloadRate: -1, UploadRate: MaxRate + 1, CoordinatorRate: -2,
+		PeerMaxUploads: MaxPeerMaxUploads + 1, ByteScale: MaxByteScale + 1}
+	err := c.Validate()
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{"p2p: needs fetch", "download-rate: -1 bytes/s", "upload-rate: 1000000000001 bytes/s", "coordinator-rate: -2 bytes/s",
+		"peer-max-uploads: 1025", "byte-scale: 1000001"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not name %q", err, want)
+		}
+	}
+	ok := Config{Coordinator: "127.0.0.1:1", Fetch: true, P2P: true, DownloadRate: MaxRate, UploadRate: 1, CoordinatorRate: MaxRate,
+		PeerMaxUploads: MaxPeerMaxUploads, ByteScale: MaxByteScale}
+	if err := ok.Validate(); err != nil {
+		t.Fatalf("limits themselves: %v", err)
 	}
 }
