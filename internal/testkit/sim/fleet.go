@@ -131,9 +131,10 @@ func (f *Fleet) Close() {
 }
 
 // streamsPerDownloadConn is how many hosts share one connection for
-// artifact downloads from the coordinator (under its 128 streams per
-// connection).
-const streamsPerDownloadConn = 100
+// artifact downloads from the coordinator: under its streams per caller
+// (--max-streams-per-caller 64; an insecure caller is its connection) and
+// per connection (128). A real agent downloads on its own connection.
+const streamsPerDownloadConn = 50
 
 // startTransfers sets up the bandwidth model: the coordinator's bucket,
 // the peer addresses and the download connections.
