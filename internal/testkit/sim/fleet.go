@@ -65,6 +65,8 @@ type Fleet struct {
 	blobs      map[string][]byte // sha256 -> the artifact's bytes, first verified copy (under mu)
 	holders    map[string]int    // sha256 -> hosts holding it (under mu)
 
+	stages               atomic.Uint64
+	staged               atomic.Uint64
 	fetches              atomic.Uint64
 	coordBytes           atomic.Int64
 	peerBytes            atomic.Int64
@@ -416,7 +418,9 @@ type Stats struct {
 
 	// The bandwidth model (Config.Fetch), bytes modeled (real times
 	// ByteScale).
-	Fetches          uint64 // artifact fetches started
+	Stages           uint64 // assignments received with a stage
+	Staged           uint64 // stages fetched and reported (staged_sha256)
+	Fetches          uint64 // artifact fetches started (installs and stages)
 	CoordinatorBytes int64  // artifact bytes from the coordinator
 	PeerBytes        int64  // artifact bytes between hosts
 	PeerRefused      uint64 // peer downloads refused (all upload slots taken)
@@ -439,6 +443,8 @@ func (f *Fleet) Stats() Stats {
 		Reverts:     f.reverts.Load(),
 		Disconnects: f.disconnects.Load(),
 
+		Stages:               f.stages.Load(),
+		Staged:               f.staged.Load(),
 		Fetches:              f.fetches.Load(),
 		CoordinatorBytes:     f.coordBytes.Load(),
 		PeerBytes:            f.peerBytes.Load(),

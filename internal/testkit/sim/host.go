@@ -444,6 +444,9 @@ func (h *host) assign(a *v1.Assignment, now time.Time) {
 		h.svcs[name] = st
 	}
 	staged := st.staged
+	if a.GetStage() != nil {
+		h.f.stages.Add(1)
+	}
 	if h.f.cfg.Fetch && a.GetGeneration() >= st.gen {
 		h.stage(st, a)
 	}
@@ -453,10 +456,16 @@ func (h *host) assign(a *v1.Assignment, now time.Time) {
 	case st.step == stepCheck:
 		st.pending = a // taken up when the checks end
 	default:
+		if st.staged != staged && st.staged != "" {
+			h.f.staged.Add(1)
+		}
 		h.apply(st, a, now)
 		return
 	}
 	if st.staged != staged {
+		if st.staged != "" {
+			h.f.staged.Add(1)
+		}
 		h.emit(st, now)
 	}
 }
@@ -489,6 +498,7 @@ func (h *host) onFetch(r fetchResult) {
 		staged := st.stageSHA == r.sha && r.err == nil && st.staged != r.sha
 		if staged {
 			st.staged = r.sha
+			h.f.staged.Add(1)
 		}
 		switch {
 		case st.step == stepFetch && st.fetchSHA == r.sha && r.err != nil:

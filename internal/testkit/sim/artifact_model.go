@@ -11,7 +11,7 @@ import (
 // artifact on every host, and what the coordinator sends, from the fleet's
 // size, the artifact's size, the rates and the waves. It is a flow model,
 // pure and deterministic (no I/O, no clock), checked against the measured
-// 1,000 and 5,000 host rows of the spread table (spread_test.go) and used
+// 1,000 and 5,000 host rows of the spread table (artifact_spread_test.go) and used
 // for fleets too large to measure here (docs/BENCHMARKS.md).
 //
 // Without staging, the waves run one after the other. The hosts of a wave
@@ -23,10 +23,13 @@ import (
 //   - with peer-to-peer, the sources are the D hosts done before the wave
 //     (the coordinator names only those); each serves at most
 //     PeerMaxUploads at once, so min(n, D*PeerMaxUploads) hosts fetch from
-//     peers (each peer serving ceil(p/D), each transfer at
-//     min(Down, Up/ceil(p/D))) and the others, refused, from the
-//     coordinator as above; the wave's transfer ends with the slower of
-//     the two groups.
+//     peers and the others, refused, from the coordinator as above. The
+//     coordinator spreads the asking hosts over the sources by a hash of
+//     their ids, so the most loaded source serves more than the mean p/D:
+//     about p/D + sqrt(2 (p/D) ln D) (balls into bins), at most
+//     PeerMaxUploads; its transfers, at min(Down, Up/load) each, end the
+//     peers' part. The wave's transfer ends with the slower of the two
+//     groups.
 //
 // A wave then takes WaveOverhead more (install, health checks, the
 // coordinator noticing the wave is done and assigning the next).
@@ -42,9 +45,9 @@ import (
 // in which its hosts all hold the artifact (the model stages hosts in
 // wave order).
 
-// SpreadParams describes one rollout for the model. Rates are in bytes
+// ArtifactParams describes one rollout for the model. Rates are in bytes
 // per second.
-type SpreadParams struct {
+type ArtifactParams struct {
 	Hosts int
 	Size  int64 // the artifact, bytes
 	// Down and Up are each host's rates; Coord the coordinator's NIC.
@@ -63,8 +66,8 @@ type SpreadParams struct {
 	WaveOverhead time.Duration
 }
 
-// SpreadResult is the model's answer.
-type SpreadResult struct {
+// ArtifactResult is the model's answer.
+type ArtifactResult struct {
 	// Spread is from release create to every host holding the artifact;
 	// Done to the last wave done (the rollout SUCCEEDED).
 	Spread, Done time.Duration
@@ -77,7 +80,7 @@ type SpreadResult struct {
 }
 
 // validate checks the parameters; errors name the field.
-func (p SpreadParams) validate() error {
+func (p ArtifactParams) validate() error {
 	var errs []error
 	if p.Hosts < 1 {
 		errs = append(errs, fmt.Errorf("hosts: %d, want at least 1", p.Hosts))
@@ -134,20 +137,32 @@ func WaveSizes(n, canary int, waves []uint32) []int {
 
 func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 
+// maxLoad is the most downloads one of d sources serves when n hosts
+// each pick one by a hash of their id (balls into bins: the mean
+// m = n/d plus sqrt(2 m ln d), Raab and Steger's bound, rounded up; all n
+// on a single source).
+func maxLoad(n, d int) int {
+	if d <= 1 {
+		return n
+	}
+	m := float64(n) / float64(d)
+	return int(math.Ceil(m + math.Sqrt(2*m*math.Log(float64(d)))))
+}
+
 // coordTime is how long the coordinator takes to serve c hosts at once.
-func (p SpreadParams) coordTime(c int) float64 {
+func (p ArtifactParams) coordTime(c int) float64 {
 	if c == 0 {
 		return 0
 	}
 	return float64(p.Size) / min(p.Down, p.Coord/float64(c))
 }
 
-// Spread runs the model.
-func Spread(p SpreadParams) (SpreadResult, error) {
+// ArtifactSpread runs the model.
+func ArtifactSpread(p ArtifactParams) (ArtifactResult, error) {
 	if err := p.validate(); err != nil {
-		return SpreadResult{}, err
+		return ArtifactResult{}, err
 	}
-	res := SpreadResult{WaveSizes: WaveSizes(p.Hosts, p.Canary, p.Waves)}
+	res := ArtifactResult{WaveSizes: WaveSizes(p.Hosts, p.Canary, p.Waves)}
 	over := p.WaveOverhead.Seconds()
 	if p.Stage {
 		return p.staged(res, over), nil
@@ -158,7 +173,7 @@ func Spread(p SpreadParams) (SpreadResult, error) {
 		tp := 0.0
 		if p.P2P && done > 0 {
 			peers = min(n, done*p.PeerMaxUploads)
-			per := (peers + done - 1) / done
+			per := min(p.PeerMaxUploads, maxLoad(peers, done))
 			tp = float64(p.Size) / min(p.Down, p.Up/float64(per))
 		}
 		c := n - peers
@@ -175,7 +190,7 @@ func Spread(p SpreadParams) (SpreadResult, error) {
 }
 
 // staged is the model with staging ahead.
-func (p SpreadParams) staged(res SpreadResult, over float64) SpreadResult {
+func (p ArtifactParams) staged(res ArtifactResult, over float64) ArtifactResult {
 	fan := p.FanOut
 	if fan == 0 {
 		fan = p.PeerMaxUploads

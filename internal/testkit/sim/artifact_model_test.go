@@ -13,8 +13,8 @@ const (
 	mb50 = 50_000_000
 )
 
-func baseParams(n int) SpreadParams {
-	return SpreadParams{Hosts: n, Size: mb50, Down: gbit, Up: gbit, Coord: 10 * gbit, PeerMaxUploads: 8,
+func baseParams(n int) ArtifactParams {
+	return ArtifactParams{Hosts: n, Size: mb50, Down: gbit, Up: gbit, Coord: 10 * gbit, PeerMaxUploads: 8,
 		Canary: 1, Waves: []uint32{2, 10, 50, 100}}
 }
 
@@ -39,10 +39,10 @@ func TestWaveSizes(t *testing.T) {
 // Without peer-to-peer the coordinator sends every byte, and a wave of c
 // hosts takes c*size over its rate (or one host's download time, if
 // longer).
-func TestSpreadWithoutPeers(t *testing.T) {
+func TestArtifactSpreadModelWithoutPeers(t *testing.T) {
 	p := baseParams(1000)
 	p.WaveOverhead = time.Second
-	r, err := Spread(p)
+	r, err := ArtifactSpread(p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,10 +63,10 @@ func TestSpreadWithoutPeers(t *testing.T) {
 
 // With peer-to-peer, the hosts done before a wave serve PeerMaxUploads
 // each; the rest of the wave is refused and goes to the coordinator.
-func TestSpreadWithPeers(t *testing.T) {
+func TestArtifactSpreadModelWithPeers(t *testing.T) {
 	p := baseParams(1000)
 	p.P2P = true
-	r, err := Spread(p)
+	r, err := ArtifactSpread(p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,15 +78,17 @@ func TestSpreadWithPeers(t *testing.T) {
 	if want := int64(988 * mb50); r.PeerBytes != want {
 		t.Fatalf("peer bytes %d, want %d", r.PeerBytes, want)
 	}
-	// Canary 0.4 s; wave 1: peers 8 on one host (3.2 s), coordinator 11 at
-	// once (0.44 s) -> 3.2; wave 2: 80 on 20 peers, 4 each (1.6 s); wave 3:
-	// 400 on 100 (1.6 s); wave 4: 500 on 500 (0.4 s).
-	want := 0.4 + 3.2 + 1.6 + 1.6 + 0.4
+	// Canary 0.4 s; wave 1: 8 on the one peer (3.2 s), the coordinator
+	// 11 at once (0.44 s) -> 3.2 s; wave 2: 80 on 20 peers, 4 each on
+	// average, the most loaded 4+sqrt(8 ln 20) -> 9, capped at 8 (3.2 s);
+	// wave 3: 400 on 100, 4+sqrt(8 ln 100) -> 11, 8 (3.2 s); wave 4: 500
+	// on 500, 1+sqrt(2 ln 500) -> 5 (2.0 s).
+	want := 0.4 + 3.2 + 3.2 + 3.2 + 2.0
 	if d := r.Spread.Seconds() - want; math.Abs(d) > 1e-6 {
 		t.Fatalf("spread %s, want %.3fs", r.Spread, want)
 	}
 	nop := baseParams(1000)
-	r0, _ := Spread(nop)
+	r0, _ := ArtifactSpread(nop)
 	if r.Spread >= r0.Spread || r.Egress >= r0.Egress {
 		t.Fatalf("peer-to-peer (%s, %d bytes) no better than without (%s, %d bytes)", r.Spread, r.Egress, r0.Spread, r0.Egress)
 	}
@@ -94,11 +96,11 @@ func TestSpreadWithPeers(t *testing.T) {
 
 // Staging grows the holders (fan-out+1)-fold a round: N hosts after about
 // log(N)/log(fan-out+1) rounds.
-func TestSpreadStaged(t *testing.T) {
+func TestArtifactSpreadModelStaged(t *testing.T) {
 	for _, n := range []int{1000, 10_000, 100_000} {
 		p := baseParams(n)
 		p.P2P, p.Stage = true, true
-		r, err := Spread(p)
+		r, err := ArtifactSpread(p)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -114,10 +116,10 @@ func TestSpreadStaged(t *testing.T) {
 		}
 		// Waves that wait (min_healthy_time, bake) gain from staging.
 		p.WaveOverhead = 5 * time.Second
-		r, _ = Spread(p)
+		r, _ = ArtifactSpread(p)
 		unstaged := p
 		unstaged.Stage = false
-		u, _ := Spread(unstaged)
+		u, _ := ArtifactSpread(unstaged)
 		if r.Done > u.Done {
 			t.Errorf("%d hosts: staged rollout %s slower than unstaged %s", n, r.Done, u.Done)
 		}
@@ -125,24 +127,34 @@ func TestSpreadStaged(t *testing.T) {
 	// Without peers the coordinator serves everyone, at its rate.
 	p := baseParams(1000)
 	p.Stage = true
-	r, _ := Spread(p)
+	r, _ := ArtifactSpread(p)
 	if r.Egress != 1000*mb50 || (r.Spread-40*time.Second).Abs() > time.Millisecond {
 		t.Fatalf("staged without peers: egress %d, spread %s; want all from the coordinator in 40s", r.Egress, r.Spread)
 	}
 }
 
-func TestSpreadDeterministic(t *testing.T) {
+func TestMaxLoad(t *testing.T) {
+	for _, c := range []struct{ n, d, want int }{
+		{8, 1, 8}, {0, 5, 0}, {50, 50, 4}, {40, 10, 9}, {1000, 10, 122},
+	} {
+		if got := maxLoad(c.n, c.d); got != c.want {
+			t.Errorf("maxLoad(%d, %d) = %d, want %d", c.n, c.d, got, c.want)
+		}
+	}
+}
+
+func TestArtifactSpreadModelDeterministic(t *testing.T) {
 	p := baseParams(5000)
 	p.P2P = true
-	a, _ := Spread(p)
-	b, _ := Spread(p)
+	a, _ := ArtifactSpread(p)
+	b, _ := ArtifactSpread(p)
 	if !slices.Equal(a.WaveSizes, b.WaveSizes) || a.Spread != b.Spread || a.Egress != b.Egress || a.Done != b.Done {
 		t.Fatalf("two runs differ: %+v, %+v", a, b)
 	}
 }
 
-func TestSpreadBadParams(t *testing.T) {
-	_, err := Spread(SpreadParams{Hosts: 0, Size: -1, Down: 0, Up: math.Inf(1), Coord: -1, PeerMaxUploads: 0, FanOut: -1, Canary: -1, WaveOverhead: -time.Second})
+func TestArtifactSpreadModelBadParams(t *testing.T) {
+	_, err := ArtifactSpread(ArtifactParams{Hosts: 0, Size: -1, Down: 0, Up: math.Inf(1), Coord: -1, PeerMaxUploads: 0, FanOut: -1, Canary: -1, WaveOverhead: -time.Second})
 	if err == nil {
 		t.Fatal("no error")
 	}
