@@ -3,6 +3,7 @@ package sim
 import (
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -163,4 +164,38 @@ func TestArtifactSpreadModelBadParams(t *testing.T) {
 			t.Errorf("error %q does not name %q", err, want)
 		}
 	}
+}
+
+// TestArtifactSpreadModelTable prints the model's rows of
+// docs/BENCHMARKS.md (go test -run TestArtifactSpreadModelTable -v): the
+// harness's spec and rates for 1,000 to 100,000 hosts.
+func TestArtifactSpreadModelTable(t *testing.T) {
+	t.Log("| hosts | p2p | staging | every host holds it | SUCCEEDED | coordinator egress | peer bytes | staging rounds |")
+	t.Log("|---|---|---|---|---|---|---|---|")
+	for _, n := range []int{1000, 5000, 10_000, 100_000} {
+		for _, mode := range []struct{ p2p, stage bool }{{false, false}, {true, false}, {false, true}, {true, true}} {
+			p := baseParams(n)
+			p.P2P, p.Stage, p.WaveOverhead = mode.p2p, mode.stage, time.Second
+			r, err := ArtifactSpread(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Egress+r.PeerBytes != int64(n)*mb50 {
+				t.Errorf("%d hosts %+v: %d + %d bytes moved, want %d", n, mode, r.Egress, r.PeerBytes, int64(n)*mb50)
+			}
+			rounds := "-"
+			if mode.stage {
+				rounds = strconv.Itoa(r.Rounds)
+			}
+			t.Logf("| %d | %s | %s | %.1f s | %.1f s | %.1f GB | %.1f GB | %s |", n, onOff(mode.p2p), onOff(mode.stage),
+				r.Spread.Seconds(), r.Done.Seconds(), float64(r.Egress)/1e9, float64(r.PeerBytes)/1e9, rounds)
+		}
+	}
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
 }

@@ -109,7 +109,10 @@ func TestArtifactSpread(t *testing.T) {
 				t.Errorf("hosts=%d p2p=%v: %v", n, p2p, err)
 				continue
 			}
-			fmt.Fprintf(out, "hosts %d, p2p %v: waves %s\n", n, p2p, r.timeline)
+			ft := r.stats.FetchTime
+			fmt.Fprintf(out, "hosts %d, p2p %v: fetch time p50 %s, p90 %s, p99 %s, max %s; assignment delivery p99 %s; waves %s\n", n, p2p,
+				ft.P50.Round(time.Millisecond), ft.P90.Round(time.Millisecond), ft.P99.Round(time.Millisecond), ft.Max.Round(time.Millisecond),
+				r.stats.Latency.P99.Round(time.Millisecond), r.timeline)
 			rows = append(rows, r)
 		}
 	}

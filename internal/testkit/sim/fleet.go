@@ -73,6 +73,8 @@ type Fleet struct {
 	peerRefused          atomic.Uint64
 	maxUploads           atomic.Int64
 	maxConcurrentUploads atomic.Int64
+	fetchMu              sync.Mutex
+	fetchTimes           []time.Duration // fetches that succeeded, start to verified
 }
 
 type svcVersion struct{ service, version string }
@@ -427,6 +429,10 @@ type Stats struct {
 	// MaxUploads is the most peer downloads one host served;
 	// MaxConcurrentUploads the most it served at once.
 	MaxUploads, MaxConcurrentUploads int64
+	// FetchTime summarises the fetches that succeeded, from start to
+	// verified (Dropped unused: every one is kept, one per host and
+	// artifact).
+	FetchTime Latency
 }
 
 // Stats returns the counters and the latency percentiles.
@@ -459,15 +465,31 @@ func (f *Fleet) Stats() Stats {
 	lat := slices.Clone(f.lat)
 	s.Latency.Dropped = f.latDropped
 	f.latMu.Unlock()
-	s.Latency.Count = len(lat)
-	if len(lat) > 0 {
-		slices.Sort(lat)
-		s.Latency.P50 = quantile(lat, 0.50)
-		s.Latency.P90 = quantile(lat, 0.90)
-		s.Latency.P99 = quantile(lat, 0.99)
-		s.Latency.Max = lat[len(lat)-1]
-	}
+	s.Latency = summarise(lat, s.Latency.Dropped)
+	f.fetchMu.Lock()
+	ft := slices.Clone(f.fetchTimes)
+	f.fetchMu.Unlock()
+	s.FetchTime = summarise(ft, 0)
 	return s
+}
+
+// summarise sorts ds and returns its percentiles.
+func summarise(ds []time.Duration, dropped uint64) Latency {
+	l := Latency{Count: len(ds), Dropped: dropped}
+	if len(ds) > 0 {
+		slices.Sort(ds)
+		l.P50 = quantile(ds, 0.50)
+		l.P90 = quantile(ds, 0.90)
+		l.P99 = quantile(ds, 0.99)
+		l.Max = ds[len(ds)-1]
+	}
+	return l
+}
+
+func (f *Fleet) recordFetch(d time.Duration) {
+	f.fetchMu.Lock()
+	f.fetchTimes = append(f.fetchTimes, d)
+	f.fetchMu.Unlock()
 }
 
 // quantile is the nearest-rank q-quantile of sorted (non-empty).

@@ -124,7 +124,11 @@ func (h *host) startFetch(art *v1.Artifact, sources []*v1.ArtifactSource) {
 		srcs = append(srcs, s.GetAddress())
 	}
 	go func() {
+		start := time.Now()
 		kind, err := h.fetch(h.f.ctx, sha, size, srcs)
+		if err == nil {
+			h.f.recordFetch(time.Since(start))
+		}
 		select {
 		case h.fetchc <- fetchResult{sha: sha, source: kind, err: err}:
 		case <-h.f.ctx.Done():
