@@ -43,11 +43,15 @@ import (
 // piece is the real bytes taken from a bucket at once (and its burst).
 const piece = 8 << 10
 
-// fetchRetries bounds the attempts at the coordinator of one fetch, and
-// fetchRetryWait is the pause between them.
+// fetchRetries bounds the attempts at the coordinator of one fetch; the
+// pause between them starts at fetchRetryWait and doubles up to
+// fetchRetryMax (about 3 minutes in all: a fetch rides out a coordinator
+// that drops its connections for a while, as when it loses its etcd
+// session on a loaded machine, rather than failing the install).
 const (
-	fetchRetries   = 5
+	fetchRetries   = 20
 	fetchRetryWait = time.Second
+	fetchRetryMax  = 10 * time.Second
 )
 
 // Source kinds of a fetch.
@@ -123,7 +127,7 @@ func (h *host) startFetch(art *v1.Artifact, sources []*v1.ArtifactSource) {
 	for _, s := range sources {
 		srcs = append(srcs, s.GetAddress())
 	}
-	go func() {
+	h.f.wg.Go(func() { // Close waits for it
 		start := time.Now()
 		kind, err := h.fetch(h.f.ctx, sha, size, srcs)
 		if err == nil {
@@ -133,7 +137,7 @@ func (h *host) startFetch(art *v1.Artifact, sources []*v1.ArtifactSource) {
 		case h.fetchc <- fetchResult{sha: sha, source: kind, err: err}:
 		case <-h.f.ctx.Done():
 		}
-	}()
+	})
 }
 
 // fetch gets the artifact from the first source that serves it.
@@ -154,13 +158,15 @@ func (h *host) fetch(ctx context.Context, sha string, size int64, sources []stri
 		h.f.log.Debug().Str("host", h.id).Str("source", from.id).Err(err).Msg("peer source failed, trying the next")
 	}
 	var err error
+	wait := fetchRetryWait
 	for i := range fetchRetries {
 		if i > 0 {
 			select {
 			case <-ctx.Done():
 				return "", ctx.Err()
-			case <-time.After(fetchRetryWait):
+			case <-time.After(wait):
 			}
+			wait = min(2*wait, fetchRetryMax)
 		}
 		if err = h.fromCoordinator(ctx, sha, size); err == nil {
 			h.setHeld(sha)
@@ -170,7 +176,7 @@ func (h *host) fetch(ctx context.Context, sha string, size int64, sources []stri
 			return "", ctx.Err()
 		}
 	}
-	return "", fmt.Errorf("fetch %s from the coordinator: %w", sha, err)
+	return "", fmt.Errorf("fetch %s from the coordinator, %d attempts: %w", sha, fetchRetries, err)
 }
 
 func (h *host) setHeld(sha string) {
