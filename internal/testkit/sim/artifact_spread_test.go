@@ -172,6 +172,7 @@ type artifactRow struct {
 	egressMetric     int64 // the coordinator's metric, times the scale
 	stats            Stats
 	model            ArtifactResult
+	modelStaged      ArtifactResult // the same fleet staging ahead
 	timeline         string
 	staged, stageMsg uint64
 }
@@ -248,9 +249,13 @@ func runArtifactSpread(t *testing.T, bin string, n int, p2p bool, sc artifactCon
 	if got := row.stats.CoordinatorBytes + row.stats.PeerBytes; got != int64(n)*sc.size() {
 		return nil, fmt.Errorf("bytes moved: %d, want %d hosts x %d", got, n, sc.size())
 	}
-	row.model, err = ArtifactSpread(ArtifactParams{Hosts: n, Size: sc.size(), Down: float64(sc.down), Up: float64(sc.up), Coord: float64(sc.coord),
-		PeerMaxUploads: sc.maxUploads, P2P: p2p, Canary: sc.canary, Waves: sc.waves, WaveOverhead: sc.minHealthy})
-	if err != nil {
+	mp := ArtifactParams{Hosts: n, Size: sc.size(), Down: float64(sc.down), Up: float64(sc.up), Coord: float64(sc.coord),
+		PeerMaxUploads: sc.maxUploads, P2P: p2p, Canary: sc.canary, Waves: sc.waves, WaveOverhead: sc.minHealthy}
+	if row.model, err = ArtifactSpread(mp); err != nil {
+		return nil, err
+	}
+	mp.Stage = true
+	if row.modelStaged, err = ArtifactSpread(mp); err != nil {
 		return nil, err
 	}
 	return row, nil
@@ -266,7 +271,7 @@ func printArtifactSpread(w io.Writer, rows []*artifactRow) {
 	}
 	fmt.Fprintf(w, "\n| hosts | p2p | every host holds it: measured / model | SUCCEEDED: measured / model | coordinator egress: metric / model | peer bytes | peer downloads refused | most uploads one host served (in all / at once) |")
 	if staging {
-		fmt.Fprintf(w, " stages received / staged |")
+		fmt.Fprintf(w, " stages received / staged / model staged: holds, SUCCEEDED, egress |")
 	}
 	fmt.Fprintf(w, "\n|---|---|---|---|---|---|---|---|")
 	if staging {
@@ -282,7 +287,7 @@ func printArtifactSpread(w io.Writer, rows []*artifactRow) {
 			secs(r.spread), secs(r.model.Spread), secs(r.done), secs(r.model.Done),
 			egress(r), gb(r.model.Egress), gb(r.stats.PeerBytes), r.stats.PeerRefused, r.stats.MaxUploads, r.stats.MaxConcurrentUploads)
 		if staging {
-			fmt.Fprintf(w, " %d / %d |", r.stageMsg, r.staged)
+			fmt.Fprintf(w, " %d / %d / %s, %s, %s |", r.stageMsg, r.staged, secs(r.modelStaged.Spread), secs(r.modelStaged.Done), gb(r.modelStaged.Egress))
 		}
 		fmt.Fprintln(w)
 	}
