@@ -196,11 +196,15 @@ demo:
 FLEETWAVE_SIM_HOSTS ?= 1000,5000,10000
 # The spread harness: hosts/coordinators (FLEETWAVE_SIM_SPREAD= make bench to skip it).
 FLEETWAVE_SIM_SPREAD ?= 10000/1,20000/2
+# The artifact-spread harness: fleet sizes, each without and with
+# peer-to-peer (FLEETWAVE_SIM_ARTIFACT= make bench to skip it).
+FLEETWAVE_SIM_ARTIFACT ?= 1000,5000
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./coordinator/... ./agent/...
 	FLEETWAVE_SIM_HOSTS=$(FLEETWAVE_SIM_HOSTS) $(GO) test -count=1 -run '^TestScale$$' -v -timeout 60m ./internal/testkit/sim
 	FLEETWAVE_BENCH=1 $(GO) test -count=1 -run '^TestLeadTimeSmallFleet$$' -v -timeout 10m ./test/e2e
 	FLEETWAVE_SIM_SPREAD=$(FLEETWAVE_SIM_SPREAD) $(GO) test -count=1 -run '^TestScaleCoordinators$$' -v -timeout 60m ./internal/testkit/sim
+	FLEETWAVE_SIM_ARTIFACT=$(FLEETWAVE_SIM_ARTIFACT) $(GO) test -count=1 -run '^TestArtifactSpread$$' -v -timeout 60m ./internal/testkit/sim
 
 clean:
 	rm -rf $(BIN) .proto-check .test-artifacts

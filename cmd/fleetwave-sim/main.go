@@ -58,6 +58,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.IntVar(&cfg.SourceAddrs, "source-addrs", 0, "spread connections over this many 127.1.x.y source addresses (0 = off)")
 	fs.IntVar(&cfg.ConnectConcurrency, "connect-concurrency", sim.DefaultConnectConcurrency, "connection attempts in flight at once")
 	fs.DurationVar(&cfg.Keepalive, "keepalive", sim.DefaultKeepalive, "gRPC keepalive ping interval (negative: off)")
+	fs.BoolVar(&cfg.Fetch, "fetch", false, "installs move the artifact's bytes through the bandwidth model (sources named by the coordinator, then its ArtifactService)")
+	fs.BoolVar(&cfg.P2P, "p2p", false, "advertise a peer address and serve held artifacts to the other simulated hosts (needs --fetch)")
+	fs.Int64Var(&cfg.DownloadRate, "download-rate", sim.DefaultHostRate, "each host's download rate, modeled bytes/s (1 Gbit/s)")
+	fs.Int64Var(&cfg.UploadRate, "upload-rate", sim.DefaultHostRate, "each host's upload rate, modeled bytes/s (1 Gbit/s)")
+	fs.Int64Var(&cfg.CoordinatorRate, "coordinator-rate", sim.DefaultCoordinatorRate, "the coordinator's NIC, shared by all it serves, modeled bytes/s (10 Gbit/s)")
+	fs.IntVar(&cfg.PeerMaxUploads, "peer-max-uploads", sim.DefaultPeerMaxUploads, "peer downloads one host serves at once; one more is refused")
+	fs.Int64Var(&cfg.ByteScale, "byte-scale", 1, "an artifact byte stands for this many modeled bytes; every rate is divided by it")
 	fs.DurationVar(&every, "stats-interval", 10*time.Second, "how often to log statistics")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
@@ -113,7 +120,9 @@ func logStats(log zerolog.Logger, s sim.Stats) {
 	ev := log.Info().Int("hosts", s.Hosts).Int("connected", s.Connected).
 		Uint64("hellos", s.Hellos).Uint64("reports", s.Reports).Uint64("responses", s.Responses).
 		Uint64("assignments", s.Assignments).Uint64("installs", s.Installs).Uint64("failures", s.Failures).
-		Uint64("reverts", s.Reverts).Uint64("disconnects", s.Disconnects).Int("latency_samples", s.Latency.Count)
+		Uint64("reverts", s.Reverts).Uint64("disconnects", s.Disconnects).Int("latency_samples", s.Latency.Count).
+		Uint64("fetches", s.Fetches).Int64("coordinator_bytes", s.CoordinatorBytes).Int64("peer_bytes", s.PeerBytes).
+		Uint64("peer_refused", s.PeerRefused).Int64("max_uploads", s.MaxUploads)
 	if s.Latency.Count > 0 {
 		ev = ev.Dur("latency_p50", s.Latency.P50).Dur("latency_p99", s.Latency.P99).Dur("latency_max", s.Latency.Max)
 	}

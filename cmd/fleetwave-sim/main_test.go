@@ -17,6 +17,10 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		{"--labels", "nokey"},
 		{"--coordinator", "nope"},
 		{"--stats-interval", "0s"},
+		{"--p2p"}, // without --fetch
+		{"--fetch", "--byte-scale", "-1"},
+		{"--fetch", "--peer-max-uploads", "1025"},
+		{"--fetch", "--download-rate", "-5"},
 		{"extra"},
 	} {
 		var out bytes.Buffer

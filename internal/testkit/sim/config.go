@@ -22,6 +22,22 @@ const (
 	DefaultKeepalive = 5 * time.Second
 	// DefaultMaxLatencySamples bounds the delivery latencies kept.
 	DefaultMaxLatencySamples = 1 << 20
+
+	// DefaultHostRate is a simulated host's download and upload rate:
+	// 1 Gbit/s, in modeled bytes per second.
+	DefaultHostRate = 125_000_000
+	// DefaultCoordinatorRate is the coordinator's NIC: 10 Gbit/s, in
+	// modeled bytes per second, shared by everything it serves.
+	DefaultCoordinatorRate = 1_250_000_000
+	// DefaultPeerMaxUploads is how many peer downloads a simulated host
+	// serves at once (the agent's --peer-max-uploads default).
+	DefaultPeerMaxUploads = 8
+	// MaxRate bounds every rate (modeled bytes per second: 8 Tbit/s).
+	MaxRate = 1_000_000_000_000
+	// MaxByteScale bounds Config.ByteScale.
+	MaxByteScale = 1_000_000
+	// MaxPeerMaxUploads bounds Config.PeerMaxUploads (as the agent's flag).
+	MaxPeerMaxUploads = 1024
 )
 
 // Config describes a simulated fleet.
@@ -77,6 +93,33 @@ type Config struct {
 	// MaxLatencySamples bounds the delivery latencies kept for Stats
 	// (default 1Mi; later samples are counted but not kept).
 	MaxLatencySamples int
+
+	// The bandwidth model (transfer.go). Off unless Fetch.
+	//
+	// Fetch makes installs move bytes: a host assigned a release whose
+	// artifact it does not hold fetches it (the assignment's sources
+	// first, then the coordinator's ArtifactService) and checks its size
+	// and sha256 before the install delay starts.
+	Fetch bool
+	// P2P advertises a peer address in every host's Hello and serves the
+	// artifacts a host holds to the other simulated hosts the coordinator
+	// sends to it (needs Fetch).
+	P2P bool
+	// DownloadRate and UploadRate are each host's token buckets, in
+	// modeled bytes per second (default 125e6: 1 Gbit/s).
+	DownloadRate, UploadRate int64
+	// CoordinatorRate is one bucket shared by every byte the coordinator
+	// serves, in modeled bytes per second (default 1.25e9: 10 Gbit/s).
+	CoordinatorRate int64
+	// PeerMaxUploads is how many peer downloads one host serves at once;
+	// one more is refused and the asking host tries its next source
+	// (default 8, as the agent's --peer-max-uploads).
+	PeerMaxUploads int
+	// ByteScale S (default 1): an artifact of B real bytes stands for
+	// B*S modeled bytes and every rate is divided by S, so that a
+	// transfer takes the modeled time while moving 1/S of the bytes.
+	// Byte counts (Stats) are modeled bytes: real bytes times S.
+	ByteScale int64
 }
 
 // Validate checks the config; errors name the field.
@@ -138,6 +181,23 @@ func (c *Config) Validate() error {
 	if c.MaxLatencySamples < 0 {
 		errs = append(errs, fmt.Errorf("max-latency-samples: %d is negative", c.MaxLatencySamples))
 	}
+	if c.P2P && !c.Fetch {
+		errs = append(errs, errors.New("p2p: needs fetch (hosts serve only what they fetched)"))
+	}
+	for _, r := range []struct {
+		name string
+		v    int64
+	}{{"download-rate", c.DownloadRate}, {"upload-rate", c.UploadRate}, {"coordinator-rate", c.CoordinatorRate}} {
+		if r.v < 0 || r.v > MaxRate {
+			errs = append(errs, fmt.Errorf("%s: %d bytes/s, want 0 (default) to %d", r.name, r.v, int64(MaxRate)))
+		}
+	}
+	if c.PeerMaxUploads < 0 || c.PeerMaxUploads > MaxPeerMaxUploads {
+		errs = append(errs, fmt.Errorf("peer-max-uploads: %d, want 0 (default) to %d", c.PeerMaxUploads, MaxPeerMaxUploads))
+	}
+	if c.ByteScale < 0 || c.ByteScale > MaxByteScale {
+		errs = append(errs, fmt.Errorf("byte-scale: %d, want 0 (default) to %d", c.ByteScale, MaxByteScale))
+	}
 	return errors.Join(errs...)
 }
 
@@ -165,6 +225,21 @@ func (c *Config) defaults() {
 	}
 	if c.MaxLatencySamples == 0 {
 		c.MaxLatencySamples = DefaultMaxLatencySamples
+	}
+	if c.DownloadRate == 0 {
+		c.DownloadRate = DefaultHostRate
+	}
+	if c.UploadRate == 0 {
+		c.UploadRate = DefaultHostRate
+	}
+	if c.CoordinatorRate == 0 {
+		c.CoordinatorRate = DefaultCoordinatorRate
+	}
+	if c.PeerMaxUploads == 0 {
+		c.PeerMaxUploads = DefaultPeerMaxUploads
+	}
+	if c.ByteScale == 0 {
+		c.ByteScale = 1
 	}
 }
 

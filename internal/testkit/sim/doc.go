@@ -6,7 +6,12 @@
 // configurable delays and failure rates, drawn from a seeded *rand.Rand per
 // host, so which install of which host fails is fixed by the seed. Faults
 // (a host's stream going down and coming back, a host failing its next
-// install) can be injected while the fleet runs.
+// install) can be injected while the fleet runs. With Config.Fetch an
+// install first moves the artifact's bytes through a bandwidth model (per
+// host token buckets, the coordinator's NIC, peer upload slots, a byte
+// scale; transfer.go), from the sources the coordinator names and from its
+// ArtifactService; ArtifactSpread is the same spread as a flow model on
+// paper.
 //
 // It owns the simulated agents and the statistics about them (connections,
 // reports, assignment delivery latency). It must not import the coordinator

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
@@ -55,6 +57,24 @@ type Fleet struct {
 	latMu      sync.Mutex
 	lat        []time.Duration
 	latDropped uint64
+
+	// The bandwidth model (transfer.go), with Config.Fetch.
+	coord      *bucket          // the coordinator's NIC
+	byPeerAddr map[string]*host // peer address -> host, with Config.P2P
+	dl         []*grpc.ClientConn
+	blobs      map[string][]byte // sha256 -> the artifact's bytes, first verified copy (under mu)
+	holders    map[string]int    // sha256 -> hosts holding it (under mu)
+
+	stages               atomic.Uint64
+	staged               atomic.Uint64
+	fetches              atomic.Uint64
+	coordBytes           atomic.Int64
+	peerBytes            atomic.Int64
+	peerRefused          atomic.Uint64
+	maxUploads           atomic.Int64
+	maxConcurrentUploads atomic.Int64
+	fetchMu              sync.Mutex
+	fetchTimes           []time.Duration // fetches that succeeded, start to verified
 }
 
 type svcVersion struct{ service, version string }
@@ -64,6 +84,19 @@ type svcVersion struct{ service, version string }
 // ctx ends. It returns once every host runs; use WaitConnected to wait for
 // the connections.
 func Start(ctx context.Context, cfg Config, log zerolog.Logger) (*Fleet, error) {
+	f, err := newFleet(ctx, cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	for _, h := range f.hosts {
+		f.wg.Go(h.run)
+	}
+	log.Info().Int("hosts", f.cfg.Hosts).Str("coordinator", f.cfg.Coordinator).Int64("seed", f.cfg.Seed).Msg("simulated fleet started")
+	return f, nil
+}
+
+// newFleet builds the fleet without running its hosts.
+func newFleet(ctx context.Context, cfg Config, log zerolog.Logger) (*Fleet, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -83,10 +116,12 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (*Fleet, error) 
 	for i := range f.hosts {
 		f.hosts[i] = newHost(f, i)
 	}
-	for _, h := range f.hosts {
-		f.wg.Go(h.run)
+	if cfg.Fetch {
+		if err := f.startTransfers(); err != nil {
+			cancel()
+			return nil, err
+		}
 	}
-	log.Info().Int("hosts", cfg.Hosts).Str("coordinator", cfg.Coordinator).Int64("seed", cfg.Seed).Msg("simulated fleet started")
 	return f, nil
 }
 
@@ -94,6 +129,112 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (*Fleet, error) 
 func (f *Fleet) Close() {
 	f.cancel()
 	f.wg.Wait()
+	for _, cc := range f.dl {
+		_ = cc.Close()
+	}
+}
+
+// streamsPerDownloadConn is how many hosts share one connection for
+// artifact downloads from the coordinator: under its streams per caller
+// (--max-streams-per-caller 64; an insecure caller is its connection) and
+// per connection (128). A real agent downloads on its own connection.
+const streamsPerDownloadConn = 50
+
+// startTransfers sets up the bandwidth model: the coordinator's bucket,
+// the peer addresses and the download connections.
+func (f *Fleet) startTransfers() error {
+	cfg := f.cfg
+	f.coord = newBucket(cfg.CoordinatorRate, cfg.ByteScale)
+	f.blobs, f.holders = map[string][]byte{}, map[string]int{}
+	if cfg.P2P {
+		f.byPeerAddr = make(map[string]*host, len(f.hosts))
+		for _, h := range f.hosts {
+			f.byPeerAddr[peerAddress(h.id)] = h
+		}
+	}
+	for range (len(f.hosts) + streamsPerDownloadConn - 1) / streamsPerDownloadConn {
+		cc, err := grpc.NewClient("passthrough:///"+cfg.Coordinator,
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvBytes)))
+		if err != nil {
+			for _, c := range f.dl {
+				_ = c.Close()
+			}
+			return fmt.Errorf("dial %s for downloads: %w", cfg.Coordinator, err)
+		}
+		f.dl = append(f.dl, cc)
+	}
+	return nil
+}
+
+// downloadConn is host i's connection for downloads from the coordinator.
+func (f *Fleet) downloadConn(i int) *grpc.ClientConn { return f.dl[i%len(f.dl)] }
+
+// storeMax raises m to v if v is larger.
+func (f *Fleet) storeMax(m *atomic.Int64, v int64) {
+	for {
+		old := m.Load()
+		if v <= old || m.CompareAndSwap(old, v) {
+			return
+		}
+	}
+}
+
+// keepBlob keeps the first verified copy of an artifact, for peers to
+// serve from (one copy per artifact for the whole fleet, not per host).
+func (f *Fleet) keepBlob(sha string, b []byte) {
+	f.mu.Lock()
+	if f.blobs[sha] == nil {
+		f.blobs[sha] = b
+	}
+	f.mu.Unlock()
+}
+
+func (f *Fleet) blob(sha string) []byte {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.blobs[sha]
+}
+
+func (f *Fleet) addHolder(sha string) {
+	f.mu.Lock()
+	f.holders[sha]++
+	close(f.changed)
+	f.changed = make(chan struct{})
+	f.mu.Unlock()
+}
+
+// Holding is the number of hosts that hold the artifact sha (fetched and
+// verified; with Config.Fetch).
+func (f *Fleet) Holding(sha string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.holders[sha]
+}
+
+// WaitHolding waits until every host holds the artifact sha.
+func (f *Fleet) WaitHolding(ctx context.Context, sha string) error {
+	if err := f.wait(ctx, func() bool { return f.holders[sha] >= len(f.hosts) }); err != nil {
+		return fmt.Errorf("wait for %d hosts holding artifact %s (%d now): %w", len(f.hosts), sha, f.Holding(sha), err)
+	}
+	return nil
+}
+
+// HostTransfer is what one host moved, in modeled bytes.
+type HostTransfer struct {
+	FromCoordinator int64
+	FromPeers       int64
+	Served          int64 // to other hosts
+	Uploads         int64 // peer downloads it served
+}
+
+// Transfer is what host i moved.
+func (f *Fleet) Transfer(i int) (HostTransfer, error) {
+	h, err := f.host(i)
+	if err != nil {
+		return HostTransfer{}, err
+	}
+	return HostTransfer{FromCoordinator: h.fromCoord.Load(), FromPeers: h.fromPeers.Load(), Served: h.served.Load(), Uploads: h.uploads.Load()}, nil
 }
 
 // Len is the number of hosts.
@@ -276,6 +417,22 @@ type Stats struct {
 	// (zero if none).
 	LastFailure time.Time
 	Latency     Latency
+
+	// The bandwidth model (Config.Fetch), bytes modeled (real times
+	// ByteScale).
+	Stages           uint64 // assignments received with a stage
+	Staged           uint64 // stages fetched and reported (staged_sha256)
+	Fetches          uint64 // artifact fetches started (installs and stages)
+	CoordinatorBytes int64  // artifact bytes from the coordinator
+	PeerBytes        int64  // artifact bytes between hosts
+	PeerRefused      uint64 // peer downloads refused (all upload slots taken)
+	// MaxUploads is the most peer downloads one host served;
+	// MaxConcurrentUploads the most it served at once.
+	MaxUploads, MaxConcurrentUploads int64
+	// FetchTime summarises the fetches that succeeded, from start to
+	// verified (Dropped unused: every one is kept, one per host and
+	// artifact).
+	FetchTime Latency
 }
 
 // Stats returns the counters and the latency percentiles.
@@ -291,6 +448,15 @@ func (f *Fleet) Stats() Stats {
 		Failures:    f.failures.Load(),
 		Reverts:     f.reverts.Load(),
 		Disconnects: f.disconnects.Load(),
+
+		Stages:               f.stages.Load(),
+		Staged:               f.staged.Load(),
+		Fetches:              f.fetches.Load(),
+		CoordinatorBytes:     f.coordBytes.Load(),
+		PeerBytes:            f.peerBytes.Load(),
+		PeerRefused:          f.peerRefused.Load(),
+		MaxUploads:           f.maxUploads.Load(),
+		MaxConcurrentUploads: f.maxConcurrentUploads.Load(),
 	}
 	if n := f.lastFailure.Load(); n != 0 {
 		s.LastFailure = time.Unix(0, n)
@@ -299,15 +465,31 @@ func (f *Fleet) Stats() Stats {
 	lat := slices.Clone(f.lat)
 	s.Latency.Dropped = f.latDropped
 	f.latMu.Unlock()
-	s.Latency.Count = len(lat)
-	if len(lat) > 0 {
-		slices.Sort(lat)
-		s.Latency.P50 = quantile(lat, 0.50)
-		s.Latency.P90 = quantile(lat, 0.90)
-		s.Latency.P99 = quantile(lat, 0.99)
-		s.Latency.Max = lat[len(lat)-1]
-	}
+	s.Latency = summarise(lat, s.Latency.Dropped)
+	f.fetchMu.Lock()
+	ft := slices.Clone(f.fetchTimes)
+	f.fetchMu.Unlock()
+	s.FetchTime = summarise(ft, 0)
 	return s
+}
+
+// summarise sorts ds and returns its percentiles.
+func summarise(ds []time.Duration, dropped uint64) Latency {
+	l := Latency{Count: len(ds), Dropped: dropped}
+	if len(ds) > 0 {
+		slices.Sort(ds)
+		l.P50 = quantile(ds, 0.50)
+		l.P90 = quantile(ds, 0.90)
+		l.P99 = quantile(ds, 0.99)
+		l.Max = ds[len(ds)-1]
+	}
+	return l
+}
+
+func (f *Fleet) recordFetch(d time.Duration) {
+	f.fetchMu.Lock()
+	f.fetchTimes = append(f.fetchTimes, d)
+	f.fetchMu.Unlock()
 }
 
 // quantile is the nearest-rank q-quantile of sorted (non-empty).

@@ -10,6 +10,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -38,6 +39,7 @@ type stepKind int
 
 const (
 	stepNone    stepKind = iota
+	stepFetch            // moving the artifact's bytes (Config.Fetch); ends in stepInstall or FAILED
 	stepInstall          // fetch..switch; ends FAILED or in CHECKING
 	stepCheck            // checks; ends HEALTHY or REVERTED
 )
@@ -59,6 +61,14 @@ type svcState struct {
 	checkFor time.Duration // the checks' duration
 	pending  *v1.Assignment
 
+	// With Config.Fetch: the artifact being fetched for the install
+	// (stepFetch) and the install's duration once it is here; the
+	// artifact of Assignment.stage and whether it is held (staged).
+	fetchSHA   string
+	installFor time.Duration
+	stageSHA   string
+	staged     string
+
 	sentHealthy string // version of the last HEALTHY report sent ("" = other)
 }
 
@@ -66,7 +76,7 @@ func (s *svcState) report(now time.Time) *v1.ServiceReport {
 	return &v1.ServiceReport{
 		Service: s.name, Generation: s.gen, Phase: s.phase,
 		CurrentVersion: s.current, TargetVersion: s.target, LastGoodVersion: s.lastGood,
-		Reason: s.reason, At: timestamppb.New(now),
+		Reason: s.reason, At: timestamppb.New(now), StagedSha256: s.staged,
 	}
 }
 
@@ -121,6 +131,17 @@ type host struct {
 
 	mu     sync.Mutex
 	status map[string]*v1.ServiceReport // latest status per service, for Report
+	held   map[string]bool              // artifacts (sha256) held, verified
+
+	// The bandwidth model (transfer.go), with Config.Fetch.
+	inflight  map[string]bool // artifacts being fetched (loop only)
+	fetchc    chan fetchResult
+	slots     chan struct{} // peer uploads being served
+	up, down  *bucket
+	fromCoord atomic.Int64 // modeled bytes fetched from the coordinator
+	fromPeers atomic.Int64 // ... from other hosts
+	served    atomic.Int64 // ... sent to other hosts
+	uploads   atomic.Int64 // peer downloads served
 }
 
 func newHost(f *Fleet, i int) *host {
@@ -135,6 +156,13 @@ func newHost(f *Fleet, i int) *host {
 		svcs:   map[string]*svcState{},
 		good:   map[string]bool{},
 		status: map[string]*v1.ServiceReport{},
+		held:   map[string]bool{},
+
+		inflight: map[string]bool{},
+		fetchc:   make(chan fetchResult),
+		slots:    make(chan struct{}, f.cfg.PeerMaxUploads),
+		up:       newBucket(f.cfg.UploadRate, f.cfg.ByteScale),
+		down:     newBucket(f.cfg.DownloadRate, f.cfg.ByteScale),
 	}
 }
 
@@ -165,6 +193,8 @@ func (h *host) run() {
 			h.onDial(d)
 		case r := <-h.recvc:
 			h.onRecv(r)
+		case r := <-h.fetchc:
+			h.onFetch(r)
 		case <-timer.C:
 		}
 		if !timer.Stop() {
@@ -180,7 +210,7 @@ func (h *host) run() {
 func (h *host) nextWake() time.Time {
 	var next time.Time
 	for _, s := range h.svcs {
-		if s.step != stepNone && (next.IsZero() || s.due.Before(next)) {
+		if s.step != stepNone && s.step != stepFetch && (next.IsZero() || s.due.Before(next)) {
 			next = s.due
 		}
 	}
@@ -296,6 +326,9 @@ func (h *host) onDial(d dialResult) {
 	}
 	h.sess = s
 	hello := &v1.Hello{HostId: h.id, Labels: h.labels, AgentVersion: h.f.cfg.AgentVersion}
+	if h.f.cfg.P2P {
+		hello.PeerAddress = peerAddress(h.id)
+	}
 	now := time.Now()
 	for _, name := range slices.Sorted(maps.Keys(h.svcs)) {
 		hello.Services = append(hello.Services, h.svcs[name].report(now))
@@ -410,16 +443,79 @@ func (h *host) assign(a *v1.Assignment, now time.Time) {
 		st = &svcState{name: name, phase: v1.Phase_PHASE_IDLE}
 		h.svcs[name] = st
 	}
+	staged := st.staged
+	if a.GetStage() != nil {
+		h.f.stages.Add(1)
+	}
+	if h.f.cfg.Fetch && a.GetGeneration() >= st.gen {
+		h.stage(st, a)
+	}
 	switch {
-	case a.GetGeneration() <= st.gen:
-		return // stale or a repeat
+	case a.GetGeneration() <= st.gen: // stale or a repeat
 	case st.pending != nil && a.GetGeneration() <= st.pending.GetGeneration():
-		return
 	case st.step == stepCheck:
 		st.pending = a // taken up when the checks end
+	default:
+		if st.staged != staged && st.staged != "" {
+			h.f.staged.Add(1)
+		}
+		h.apply(st, a, now)
 		return
 	}
-	h.apply(st, a, now)
+	if st.staged != staged {
+		if st.staged != "" {
+			h.f.staged.Add(1)
+		}
+		h.emit(st, now)
+	}
+}
+
+// stage takes an assignment's stage: fetch its artifact in the background
+// (the assignment's sources first) and report it staged once held; no
+// stage drops what was staged (the bytes stay held).
+func (h *host) stage(st *svcState, a *v1.Assignment) {
+	art := a.GetStage().GetArtifact()
+	sha := art.GetSha256()
+	st.stageSHA, st.staged = sha, ""
+	switch {
+	case sha == "":
+	case h.holds(sha):
+		st.staged = sha
+	default:
+		h.startFetch(art, a.GetSources())
+	}
+}
+
+// onFetch takes the end of a fetch: the installs waiting for it go on (or
+// fail), a stage waiting for it is reported.
+func (h *host) onFetch(r fetchResult) {
+	delete(h.inflight, r.sha)
+	now := time.Now()
+	if r.err != nil {
+		h.f.log.Debug().Str("host", h.id).Str("sha256", r.sha).Err(r.err).Msg("fetch failed")
+	}
+	for _, st := range h.svcs {
+		staged := st.stageSHA == r.sha && r.err == nil && st.staged != r.sha
+		if staged {
+			st.staged = r.sha
+			h.f.staged.Add(1)
+		}
+		switch {
+		case st.step == stepFetch && st.fetchSHA == r.sha && r.err != nil:
+			st.step = stepNone
+			st.phase = v1.Phase_PHASE_FAILED
+			st.reason = "fetch: " + r.err.Error()
+			h.f.failures.Add(1)
+			h.emit(st, now)
+		case st.step == stepFetch && st.fetchSHA == r.sha:
+			st.step, st.due = stepInstall, now.Add(st.installFor)
+			if staged {
+				h.emit(st, now)
+			}
+		case staged:
+			h.emit(st, now)
+		}
+	}
 }
 
 // apply acts on an assignment; the service is settled or installing (an
@@ -452,6 +548,12 @@ func (h *host) apply(st *svcState, a *v1.Assignment, now time.Time) {
 		h.failNext, st.fail = false, true
 	}
 	st.step, st.due = stepInstall, now.Add(install)
+	st.fetchSHA = ""
+	if art := a.GetRelease().GetArtifact(); cfg.Fetch && art.GetSha256() != "" && !h.holds(art.GetSha256()) {
+		st.step, st.due = stepFetch, time.Time{}
+		st.fetchSHA, st.installFor = art.GetSha256(), install
+		h.startFetch(art, a.GetSources())
+	}
 	st.phase = v1.Phase_PHASE_FETCHING
 	h.f.installs.Add(1)
 	if !cfg.QuietPhases {
@@ -471,7 +573,7 @@ func (h *host) jitter(max time.Duration) time.Duration {
 // advance finishes every step that is due.
 func (h *host) advance(now time.Time) {
 	for _, st := range h.svcs {
-		for st.step != stepNone && !now.Before(st.due) {
+		for st.step != stepNone && st.step != stepFetch && !now.Before(st.due) {
 			h.finishStep(st, now)
 		}
 	}
