@@ -70,6 +70,7 @@ type StagePlan struct {
 	// Waiting is how many PENDING hosts do not have it yet.
 	Waiting  int
 	admitted map[string]int // waiting host → its position among the admitted
+	staged   map[string]bool
 	n        int
 }
 
@@ -89,7 +90,7 @@ func PlanStage(r *v1.Rollout, sha string, hosts map[string]PeerHost, staged map[
 	if !Stages(r) || sha == "" {
 		return nil
 	}
-	p := &StagePlan{Sha256: sha, admitted: map[string]int{}, n: min(max(n, 0), MaxSources)}
+	p := &StagePlan{Sha256: sha, admitted: map[string]int{}, staged: staged, n: min(max(n, 0), MaxSources)}
 	seen := map[string]bool{}
 	var waiting []string
 	for wi, w := range r.GetWaves() {
@@ -159,4 +160,19 @@ func (p *StagePlan) Stage(host string) (bool, []Peer) {
 		out = append(out, p.Holders[(first+j)%h])
 	}
 	return true, out
+}
+
+// StagedHolders are the holders that hold the artifact staged (not DONE):
+// added to the sources of installs of the target.
+func (p *StagePlan) StagedHolders() []Peer {
+	if p == nil {
+		return nil
+	}
+	var out []Peer
+	for _, h := range p.Holders {
+		if p.staged[h.ID] {
+			out = append(out, h)
+		}
+	}
+	return out
 }
