@@ -141,10 +141,15 @@ func (p *StagePlan) Admitted() int {
 }
 
 // Stage reports whether host stages now, and the holders to name as its
-// sources (none: it fetches from the release's URL or the coordinator).
+// sources (none: it fetches from the release's URL or the coordinator). A
+// host that reports the artifact staged keeps its stage (without sources):
+// an assignment without one drops it.
 func (p *StagePlan) Stage(host string) (bool, []Peer) {
 	if p == nil {
 		return false, nil
+	}
+	if p.staged[host] {
+		return true, nil
 	}
 	i, ok := p.admitted[host]
 	if !ok {

@@ -54,6 +54,10 @@ func TestStageScenarios(t *testing.T) {
 					if !ok {
 						continue
 					}
+					if staged[h.GetHostId()] && h.GetState() == v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING {
+						fmt.Fprintf(&b, "  %s staged\n", h.GetHostId())
+						continue
+					}
 					if len(src) == 0 {
 						fmt.Fprintf(&b, "  %s ← origin\n", h.GetHostId())
 						continue
@@ -137,7 +141,7 @@ func TestStageScenarios(t *testing.T) {
 				p := plan()
 				for _, w := range r.GetWaves() {
 					for _, h := range w.GetHosts() {
-						if ok, _ := p.Stage(h.GetHostId()); ok {
+						if ok, _ := p.Stage(h.GetHostId()); ok && h.GetState() == v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING {
 							staged[h.GetHostId()] = true
 						}
 					}
@@ -182,6 +186,9 @@ func TestStageGrowsLogarithmically(t *testing.T) {
 			for _, hp := range w.Hosts {
 				ok, src := p.Stage(hp.GetHostId())
 				if !ok {
+					continue
+				}
+				if staged[hp.GetHostId()] {
 					continue
 				}
 				if len(src) == 0 {
