@@ -151,6 +151,9 @@ func sameAssignments(a, b []*v1.Assignment) bool {
 func (f *fakeCoordinator) Download(req *v1.DownloadRequest, stream grpc.ServerStreamingServer[v1.DownloadResponse]) error {
 	f.mu.Lock()
 	b, ok := f.artifacts[req.GetSha256()]
+	if f.downloads == nil {
+		f.downloads = map[string]int{}
+	}
 	f.downloads[req.GetSha256()]++
 	f.mu.Unlock()
 	if !ok {
