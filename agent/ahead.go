@@ -187,7 +187,9 @@ func (a *agent) stageAhead(ctx context.Context, asg *v1.Assignment, want install
 	return err
 }
 
-// aheadDone handles the end of a staging ahead.
+// aheadEnded handles the end of a staging ahead: staged, it is reported;
+// failed, it is forgotten (the install fetches the release when the wave
+// comes; the next assignment change stages it again).
 func (a *agent) aheadEnded(ev aheadEv) {
 	s := a.services[ev.svc]
 	if s == nil || ev.seq != s.aheadSeq || s.ahead.Version == "" {
