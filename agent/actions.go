@@ -77,7 +77,7 @@ func (a *agent) persist(s *service, snap *lifecycle.Snapshot) error {
 	case v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_REVERTED, v1.Phase_PHASE_FAILED:
 		// A watched release's predecessor stays: a revert may need it.
 		a.startPrune(s, lifecycle.Version(snap.Current), lifecycle.Version(snap.LastGood),
-			lifecycle.Version(snap.Target), lifecycle.Version(snap.Previous))
+			lifecycle.Version(snap.Target), lifecycle.Version(snap.Previous), s.ahead.Version)
 	}
 	return nil
 }
@@ -124,14 +124,19 @@ func (a *agent) startFetch(s *service, act lifecycle.Action) {
 	}
 	ctx, cancel := context.WithCancel(a.ctx)
 	s.fetchCancel = cancel
-	name, asg, wait := s.name, act.Assignment, s.afterPrune()
+	name, asg, wait, ahead := s.name, act.Assignment, s.afterPrune(), s.afterAhead()
 	a.background(func() {
 		defer cancel()
 		<-wait
+		<-ahead // a staging of this release ahead of the wave ends first (ahead.go)
 		ev := doneEv{svc: name, seq: act.Seq}
 		switch {
 		case a.inst.Staged(name, act.Version, artifactOf(asg).SHA256):
-			ev.staged = true // unpacked earlier from the same digest
+			ev.staged = true // unpacked earlier from the same digest (staged ahead, or kept)
+			a.log.Info().Str("service", name).Str("version", act.Version).Msg("release already unpacked from the assigned digest: nothing to fetch")
+			if a.metrics != nil {
+				a.metrics.installsReady.Inc()
+			}
 		default:
 			// Refused up front when the disk cannot hold the download, the
 			// unpacked release and a margin.

@@ -51,6 +51,15 @@ type service struct {
 	checkCancel context.CancelFunc
 	fetchCancel context.CancelFunc // cancels the latest fetch or stage (no-op once it ended)
 
+	// ahead is the release staged (or staging) ahead of the host's wave
+	// (ahead.go): aheadCancel cancels its staging in flight, aheadSeq
+	// numbers the stagings, aheadDone is closed when the latest staging or
+	// drop ended (nil: none); the install's fetch waits for it.
+	ahead       lifecycle.Ahead
+	aheadCancel context.CancelFunc
+	aheadSeq    uint64
+	aheadDone   chan struct{}
+
 	fetched  *install.Fetched
 	verified *install.Verified
 	staged   bool // the target was already staged: fetch/verify/stage are no-ops

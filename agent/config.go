@@ -310,6 +310,9 @@ type options struct {
 	// stageHook runs in a background stage before it unpacks, with the
 	// stage's context.
 	stageHook func(ctx context.Context, service, version string)
+	// aheadHook runs in a staging ahead of the wave before it unpacks,
+	// with its context.
+	aheadHook func(ctx context.Context, service, version string)
 	// metricsReady receives the bound metrics address.
 	metricsReady func(addr string)
 }

@@ -37,6 +37,9 @@ type reporter struct {
 	// metrics is each service's last metric summary (analysis.compare),
 	// carried by every report of the service until the next one.
 	metrics map[string]*v1.MetricSummary
+	// staged is the sha256 of each service's release staged ahead of its
+	// wave (ahead.go), carried by every report of the service.
+	staged map[string]string
 }
 
 func newReporter() *reporter {
@@ -46,6 +49,7 @@ func newReporter() *reporter {
 		notify:  make(chan struct{}, 1),
 		bad:     map[string]string{},
 		metrics: map[string]*v1.MetricSummary{},
+		staged:  map[string]string{},
 	}
 }
 
@@ -65,13 +69,14 @@ func (r *reporter) wake() {
 	}
 }
 
-// stamp returns rep with the service's bad source and last metric summary
-// set (a copy when it changes anything: rep may be the machine's). r.mu is
+// stamp returns rep with the service's bad source, last metric summary and
+// release staged ahead set (a copy when it changes anything: rep may be the machine's). r.mu is
 // held.
 func (r *reporter) stamp(rep *v1.ServiceReport) *v1.ServiceReport {
 	b := r.bad[rep.GetService()]
 	m := r.metrics[rep.GetService()]
-	if (b == "" || rep.GetBadSource() == b) && rep.GetMetrics() == m {
+	st := r.staged[rep.GetService()]
+	if (b == "" || rep.GetBadSource() == b) && rep.GetMetrics() == m && rep.GetStagedSha256() == st {
 		return rep
 	}
 	c := proto.Clone(rep).(*v1.ServiceReport)
@@ -79,6 +84,7 @@ func (r *reporter) stamp(rep *v1.ServiceReport) *v1.ServiceReport {
 		c.BadSource = b
 	}
 	c.Metrics = m
+	c.StagedSha256 = st
 	return c
 }
 
@@ -88,6 +94,23 @@ func (r *reporter) setBadSource(service, host string) {
 	r.mu.Lock()
 	r.bad[service] = host
 	if rep := r.latest[service]; rep != nil {
+		r.latest[service] = r.stamp(rep)
+		r.dirty[service] = true
+	}
+	r.mu.Unlock()
+	r.wake()
+}
+
+// setStaged sets the sha256 of the service's release staged ahead ("":
+// none) and sends its latest report again with it.
+func (r *reporter) setStaged(service, sha string) {
+	r.mu.Lock()
+	if sha == "" {
+		delete(r.staged, service)
+	} else {
+		r.staged[service] = sha
+	}
+	if rep := r.latest[service]; rep != nil && rep.GetStagedSha256() != sha {
 		r.latest[service] = r.stamp(rep)
 		r.dirty[service] = true
 	}

@@ -38,6 +38,7 @@ type fakeCoordinator struct {
 	hellos      []*v1.Hello
 	reports     []*v1.ServiceReport
 	streams     int
+	downloads   map[string]int // Download calls by sha256
 }
 
 func newFakeCoordinator(t *testing.T) *fakeCoordinator {
@@ -51,7 +52,7 @@ func newFakeCoordinatorAt(t *testing.T, addr string) *fakeCoordinator {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fakeCoordinator{addr: lis.Addr().String(), srv: grpc.NewServer(), artifacts: map[string][]byte{}, changed: make(chan struct{})}
+	f := &fakeCoordinator{addr: lis.Addr().String(), srv: grpc.NewServer(), artifacts: map[string][]byte{}, downloads: map[string]int{}, changed: make(chan struct{})}
 	v1.RegisterAgentServiceServer(f.srv, f)
 	v1.RegisterArtifactServiceServer(f.srv, f)
 	go f.srv.Serve(lis)
@@ -150,6 +151,10 @@ func sameAssignments(a, b []*v1.Assignment) bool {
 func (f *fakeCoordinator) Download(req *v1.DownloadRequest, stream grpc.ServerStreamingServer[v1.DownloadResponse]) error {
 	f.mu.Lock()
 	b, ok := f.artifacts[req.GetSha256()]
+	if f.downloads == nil {
+		f.downloads = map[string]int{}
+	}
+	f.downloads[req.GetSha256()]++
 	f.mu.Unlock()
 	if !ok {
 		return status.Errorf(codes.NotFound, "artifact %s", req.GetSha256())

@@ -179,6 +179,8 @@ func (a *agent) handle(ev any) {
 		a.agentAssigned(ev.agent)
 	case agentPreparedEv:
 		a.agentPrepared(ev)
+	case aheadEv:
+		a.aheadEnded(ev)
 	}
 }
 
@@ -228,6 +230,7 @@ func (a *agent) assign(list []*v1.Assignment) {
 		if a.refuse(s, asg, now) {
 			continue // replayed, or its release does not verify (verify.go)
 		}
+		a.aheadAssigned(s, asg, now) // ahead.go: before the machine, which may fetch
 		a.step(s, lifecycle.Assign(asg, now))
 	}
 }

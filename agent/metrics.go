@@ -57,6 +57,10 @@ type agentMetrics struct {
 	peerUploaded  prometheus.Counter
 	peerRefused   prometheus.Counter
 
+	// Staging ahead of the wave (ahead.go).
+	stagedAhead   prometheus.Counter
+	installsReady prometheus.Counter
+
 	// installing marks services with an install under way (since FETCHING),
 	// so an install is counted once when it ends. Only the run loop touches
 	// it.
@@ -112,6 +116,14 @@ func newAgentMetrics(rep *reporter) *agentMetrics {
 		Name: "fleetwave_agent_peer_uploads_refused_total",
 		Help: "Peer downloads refused because --peer-max-uploads were being served already.",
 	})
+	m.stagedAhead = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "fleetwave_agent_staged_ahead_total",
+		Help: "Releases staged ahead of the host's wave (Assignment.stage): fetched, verified and unpacked without switching.",
+	})
+	m.installsReady = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "fleetwave_agent_installs_prestaged_total",
+		Help: "Installs that found their release already unpacked from the assigned digest (staged ahead, or kept) and fetched nothing.",
+	})
 	m.delivery = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name: "fleetwave_agent_assignment_delivery_seconds",
 		Help: "Time from the coordinator sending an assignment set (its sent_at) to this agent receiving it; " +
@@ -124,7 +136,7 @@ func newAgentMetrics(rep *reporter) *agentMetrics {
 		&phaseCollector{rep: rep, desc: prometheus.NewDesc("fleetwave_agent_phase",
 			"1 for the phase each service is in (as last reported), 0 for the others.", []string{"service", "phase"}, nil)},
 		m.installs, m.reverts, m.anaValue, m.anaThreshold, m.fetchBytes, m.fetchDuration, m.delivery,
-		m.sourceBytes, m.peersRejected, m.peerUploaded, m.peerRefused,
+		m.sourceBytes, m.peersRejected, m.peerUploaded, m.peerRefused, m.stagedAhead, m.installsReady,
 	)
 	return m
 }

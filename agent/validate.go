@@ -34,40 +34,8 @@ func validateAssignment(a *v1.Assignment, hostID string, labels map[string]strin
 	if a.GetGeneration() <= 0 {
 		return fmt.Errorf("generation: %d must be > 0", a.GetGeneration())
 	}
-	r := a.GetRelease()
-	if r == nil {
-		return fmt.Errorf("release: missing")
-	}
-	if r.GetService() != "" && r.GetService() != a.GetService() {
-		return fmt.Errorf("release.service: %q is not the assigned service %q", r.GetService(), a.GetService())
-	}
-	if err := spec.CheckVersion("release.version", r.GetVersion()); err != nil {
+	if err := validateRelease("release", a.GetRelease(), a.GetService(), maxBytes); err != nil {
 		return err
-	}
-	if r.GetVersion() == install.CurrentLink {
-		return fmt.Errorf("release.version: %q is reserved", r.GetVersion())
-	}
-	art := r.GetArtifact()
-	if art == nil {
-		return fmt.Errorf("release.artifact: missing")
-	}
-	if err := spec.CheckSHA256("release.artifact.sha256", art.GetSha256()); err != nil {
-		return err
-	}
-	if art.GetSize() <= 0 {
-		return fmt.Errorf("release.artifact.size: %d must be > 0", art.GetSize())
-	}
-	if art.GetSize() > maxBytes {
-		return fmt.Errorf("release.artifact.size: %d is over the cap of %d bytes", art.GetSize(), maxBytes)
-	}
-	if u := art.GetUrl(); u != "" {
-		p, err := url.Parse(u)
-		if err != nil {
-			return fmt.Errorf("release.artifact.url: %v", err)
-		}
-		if (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
-			return fmt.Errorf("release.artifact.url: %q is not an http(s) URL", u)
-		}
 	}
 	s := a.GetSpec()
 	if s == nil {
@@ -219,6 +187,46 @@ func checkHandover(run *v1.RunSpec, hostID string, labels map[string]string) err
 	}
 	if d := run.GetShutdownDelay().AsDuration(); d > spec.MaxShutdownDelay {
 		return fmt.Errorf("spec.run.shutdown_delay: %s is more than %s", d, spec.MaxShutdownDelay)
+	}
+	return nil
+}
+
+// validateRelease checks the release of an assignment (field "release") or
+// the one it stages (field "stage") for service; the error names the field.
+func validateRelease(field string, r *v1.Release, service string, maxBytes int64) error {
+	if r == nil {
+		return fmt.Errorf("%s: missing", field)
+	}
+	if r.GetService() != "" && r.GetService() != service {
+		return fmt.Errorf("%s.service: %q is not the assigned service %q", field, r.GetService(), service)
+	}
+	if err := spec.CheckVersion(field+".version", r.GetVersion()); err != nil {
+		return err
+	}
+	if r.GetVersion() == install.CurrentLink {
+		return fmt.Errorf("%s.version: %q is reserved", field, r.GetVersion())
+	}
+	art := r.GetArtifact()
+	if art == nil {
+		return fmt.Errorf("%s.artifact: missing", field)
+	}
+	if err := spec.CheckSHA256(field+".artifact.sha256", art.GetSha256()); err != nil {
+		return err
+	}
+	if art.GetSize() <= 0 {
+		return fmt.Errorf("%s.artifact.size: %d must be > 0", field, art.GetSize())
+	}
+	if art.GetSize() > maxBytes {
+		return fmt.Errorf("%s.artifact.size: %d is over the cap of %d bytes", field, art.GetSize(), maxBytes)
+	}
+	if u := art.GetUrl(); u != "" {
+		p, err := url.Parse(u)
+		if err != nil {
+			return fmt.Errorf("%s.artifact.url: %v", field, err)
+		}
+		if (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+			return fmt.Errorf("%s.artifact.url: %q is not an http(s) URL", field, u)
+		}
 	}
 	return nil
 }

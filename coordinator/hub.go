@@ -379,6 +379,9 @@ type desiredEntry struct {
 	// peers are the hosts that hold the artifact of latest's target, for
 	// the sources of its assignments (nil: none, or peer-to-peer is off).
 	peers *rollout.PeerSet
+	// stage says which hosts waiting for their wave stage latest's target
+	// now, and from whom (rollout.stage_ahead; nil: none).
+	stage *rollout.StagePlan
 }
 
 func (h *hub) table() *desiredTable {
@@ -400,11 +403,14 @@ func (h *hub) table() *desiredTable {
 			}
 		}
 		e := desiredEntry{svc: svc, latest: latest, desired: rollout.DesiredFunc(svc, latest)}
-		if latest.GetToVersion() != "" && h.c.cfg.ArtifactSources > 0 {
+		if (latest.GetToVersion() != "" && h.c.cfg.ArtifactSources > 0) || rollout.Stages(latest) {
 			if peerHosts == nil {
 				peerHosts = h.peerHosts()
 			}
-			if ps := rollout.NewPeerSet(rollout.PeersOf(latest, peerHosts)); ps.Len() > 0 {
+		}
+		holders := h.stagePlan(&e, peerHosts)
+		if latest.GetToVersion() != "" && h.c.cfg.ArtifactSources > 0 {
+			if ps := rollout.NewPeerSet(append(rollout.PeersOf(latest, peerHosts), holders...)); ps.Len() > 0 {
 				e.peers = ps
 			}
 		}
@@ -414,6 +420,32 @@ func (h *hub) table() *desiredTable {
 	h.cached = t
 	h.mu.Unlock()
 	return t
+}
+
+// stagePlan sets e.stage when e's rollout stages its target ahead
+// (rollout.PlanStage), from the reports that say the target's artifact is
+// staged, and returns the hosts that hold it staged (sources for installs
+// too).
+func (h *hub) stagePlan(e *desiredEntry, peerHosts map[string]rollout.PeerHost) []rollout.Peer {
+	r := e.latest
+	if !rollout.Stages(r) || e.svc.GetSpec().GetName() == spec.AgentService {
+		return nil // agent upgrades stage their binary their own way (agentupgrade.go)
+	}
+	rel, ok := h.c.mirror.Release(r.GetService(), r.GetToVersion())
+	sha := rel.GetArtifact().GetSha256()
+	if !ok || sha == "" {
+		return nil
+	}
+	staged := map[string]bool{}
+	for _, w := range r.GetWaves() {
+		for _, hp := range w.GetHosts() {
+			if h.c.mirror.Report(hp.GetHostId(), r.GetService()).GetStagedSha256() == sha {
+				staged[hp.GetHostId()] = true
+			}
+		}
+	}
+	e.stage = rollout.PlanStage(r, sha, peerHosts, staged, h.c.cfg.ArtifactSources)
+	return e.stage.StagedHolders()
 }
 
 // peerHosts are the hosts that advertise a peer address, with their
@@ -495,6 +527,17 @@ func (h *hub) assignments(t *desiredTable, c *agentConn) *v1.ConnectResponse {
 		// assignment does not change as other hosts finish.
 		if e.peers != nil && ver == e.latest.GetToVersion() && rel.GetArtifact().GetSha256() != "" && !e.peers.Has(host) {
 			asg.Sources = rollout.SourcesOf(e.peers.Pick(host, labels[rollout.ZoneLabel], h.c.cfg.ArtifactSources))
+		}
+		if e.stage != nil && ver != e.latest.GetToVersion() && rep.GetCurrentVersion() == ver {
+			// Waiting for its wave, running what it is assigned: it may
+			// stage the target (rollout.PlanStage); sources then name
+			// holders of the target's artifact.
+			if ok, src := e.stage.Stage(host); ok {
+				if target, found := h.c.mirror.Release(name, e.latest.GetToVersion()); found {
+					asg.Stage = target
+					asg.Sources = rollout.SourcesOf(src)
+				}
+			}
 		}
 		if sr := e.latest.GetSignedRollback(); sr != nil && ver == e.latest.GetToVersion() {
 			asg.Rollback = sr // lets agents with trusted keys go back below their floor

@@ -249,6 +249,28 @@ func (h *hostsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// stagedCollector counts, per service whose rollout in flight stages
+// ahead (rollout.stage_ahead), the hosts of its plan that report its
+// target's artifact staged, and those staging it now (admitted, not staged
+// yet), from the hub's desired table.
+type stagedCollector struct {
+	c              *Coordinator
+	staged, active *prometheus.Desc
+}
+
+func (s *stagedCollector) Describe(ch chan<- *prometheus.Desc) { ch <- s.staged; ch <- s.active }
+
+func (s *stagedCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, e := range s.c.hub.table().services {
+		if e.stage == nil {
+			continue
+		}
+		name := e.svc.GetSpec().GetName()
+		ch <- prometheus.MustNewConstMetric(s.staged, prometheus.GaugeValue, float64(e.stage.Staged), name, e.latest.GetToVersion())
+		ch <- prometheus.MustNewConstMetric(s.active, prometheus.GaugeValue, float64(e.stage.Admitted()), name, e.latest.GetToVersion())
+	}
+}
+
 // etcdCollector reads etcd's database size (each endpoint's status), the
 // configured quota and the audit log's length at scrape time: an audit log
 // or history that grows shows before etcd reaches its quota and refuses
@@ -307,6 +329,13 @@ func (c *Coordinator) startMetrics() (stop func(), err error) {
 		&hostsCollector{c: c, desc: prometheus.NewDesc("fleetwave_coordinator_hosts",
 			"Hosts by service, the version they run (none: nothing yet) and the phase they last reported (unknown: stream down), from etcd; the same on every coordinator.",
 			[]string{"service", "version", "phase"}, nil)},
+		&stagedCollector{c: c,
+			staged: prometheus.NewDesc("fleetwave_coordinator_staged_hosts",
+				"Hosts of the rollout in flight (rollout.stage_ahead) that report its target's artifact staged ahead of their wave.",
+				[]string{"service", "version"}, nil),
+			active: prometheus.NewDesc("fleetwave_coordinator_staging_hosts",
+				"Hosts of the rollout in flight (rollout.stage_ahead) admitted to stage its target now, not staged yet (at most rollout.StageOrigin + rollout.StageFanout per holder).",
+				[]string{"service", "version"}, nil)},
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "fleetwave_coordinator_connected_agents",
 			Help: "Agents whose stream this coordinator holds.",

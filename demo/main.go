@@ -59,6 +59,7 @@ rollout:
   bake: 3s
   progress_deadline: 5m
   mode: auto
+  stage_ahead: true
 alerts:
   webhook_url: "%s"
 `

@@ -113,3 +113,20 @@ func (in *Installer) PruneArtifacts() error {
 	}
 	return nil
 }
+
+// DropRelease removes an unpacked release of a service that nothing uses
+// (a release staged ahead of its wave that is no longer wanted) and the
+// kept artifacts no release uses any more. The release `current` points at
+// is never removed: that is an error.
+func (in *Installer) DropRelease(service, version string) error {
+	if err := checkNames(service, version); err != nil {
+		return fmt.Errorf("drop release: %w", err)
+	}
+	if cur, _ := in.Current(service); cur == version {
+		return fmt.Errorf("drop release %s %s: it is current", service, version)
+	}
+	if err := in.removeRelease(service, version); err != nil {
+		return fmt.Errorf("drop release %s %s: %w", service, version, err)
+	}
+	return in.PruneArtifacts()
+}

@@ -69,3 +69,41 @@ func TestKeepArtifacts(t *testing.T) {
 		t.Fatalf("artifacts dir holds %d files, want 1", len(ents))
 	}
 }
+
+// TestDropRelease: a release staged ahead and no longer wanted is removed
+// with its kept artifact; the current one is refused; bad names are errors.
+func TestDropRelease(t *testing.T) {
+	in := newInstaller(t, Limits{})
+	in.KeepArtifacts()
+	a1 := gz(t, tarBytes(t, entry{name: "v", body: "one"}))
+	a2 := gz(t, tarBytes(t, entry{name: "v", body: "two"}))
+	for v, art := range map[string][]byte{"1": a1, "2": a2} {
+		if _, err := stageBytes(t, in, "web", v, art); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := in.Switch("web", "1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := in.DropRelease("web", "1"); err == nil {
+		t.Fatal("dropped the current release")
+	}
+	if err := in.DropRelease("web", "../x"); err == nil {
+		t.Fatal("dropped a path")
+	}
+	if err := in.DropRelease("web", "2"); err != nil {
+		t.Fatal(err)
+	}
+	if in.Staged("web", "2", digest(a2)) {
+		t.Fatal("release 2 still staged")
+	}
+	if _, err := os.Lstat(in.ReleaseDir("web", "2")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("release 2's directory: %v", err)
+	}
+	if _, _, err := in.OpenArtifact(digest(a2)); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("a2 kept with no release staged from it: %v", err)
+	}
+	if !in.Staged("web", "1", digest(a1)) {
+		t.Fatal("release 1 lost")
+	}
+}

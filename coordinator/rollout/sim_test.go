@@ -200,6 +200,7 @@ func simulate(t *testing.T, seed uint64) v1.RolloutState {
 	if rng.IntN(3) == 0 {
 		pol.ZoneOrder = spec.ZoneOrderOneAtATime
 	}
+	pol.StageAhead = rng.IntN(2) == 0
 	pauses := rng.IntN(3) == 0 // a person pauses and resumes now and then
 	eff := effective(WithDefaults(pol))
 	prm := simParams{
@@ -289,6 +290,15 @@ func simulate(t *testing.T, seed uint64) v1.RolloutState {
 		}
 		return Observation{Connected: a.connected, Report: a.report}
 	}
+	// Staging ahead (stage_ahead): every host has a peer address but one
+	// in ten; staged are the hosts that report the target staged.
+	stageHosts := map[string]PeerHost{}
+	for _, h := range hosts {
+		if rng.IntN(10) > 0 {
+			stageHosts[h.ID] = PeerHost{Address: h.ID + ":1", Labels: h.Labels}
+		}
+	}
+	staged := map[string]bool{}
 	const maxSteps = 20000
 	for stepN := 0; !Terminal(r); stepN++ {
 		if stepN >= maxSteps {
@@ -308,6 +318,13 @@ func simulate(t *testing.T, seed uint64) v1.RolloutState {
 			}
 			sp, _ := SpecFor(svc, r, v, g)
 			a.assign(want, sp, ok, rng, prm)
+		}
+		sp := checkStage(fatalf, stepN, r, stageHosts, staged)
+		for _, h := range hosts {
+			// A connected host admitted to stage finishes now and then.
+			if ok, _ := sp.Stage(h.ID); ok && agents[h.ID].connected && rng.Float64() < prm.pAct {
+				staged[h.ID] = true
+			}
 		}
 		// Agents act and links flap.
 		for _, h := range hosts {
@@ -842,4 +859,56 @@ func simulatePolicy(t *testing.T, seed uint64, seen map[string]int) {
 	for k, v := range w.stats {
 		seen[k] += v
 	}
+}
+
+func stagePlanOf(r *v1.Rollout, hosts map[string]PeerHost, staged map[string]bool) *StagePlan {
+	return PlanStage(r, "sha-v2", hosts, staged, DefaultSources)
+}
+
+// checkStage checks PlanStage's invariants on the rollout as it is: only
+// a rollout that Stages plans; only waiting (PENDING) hosts are admitted,
+// at most StageOrigin + StageFanout per holder; no holder is the first
+// source of more than StageOrigin + StageFanout hosts; a host is never
+// its own source; sources are holders.
+func checkStage(fatalf func(string, ...any), stepN int, r *v1.Rollout, hosts map[string]PeerHost, staged map[string]bool) *StagePlan {
+	p := stagePlanOf(r, hosts, staged)
+	if !Stages(r) {
+		if p != nil {
+			fatalf("step %d: a staging plan for a rollout that does not stage (%v)", stepN, r.GetState())
+		}
+		return nil
+	}
+	holders := map[string]bool{}
+	for _, h := range p.Holders {
+		holders[h.ID] = true
+	}
+	if limit := StageOrigin + StageFanout*len(p.Holders); p.Admitted() > limit {
+		fatalf("step %d: %d hosts admitted to stage, over %d (%d holders)", stepN, p.Admitted(), limit, len(p.Holders))
+	}
+	first := map[string]int{}
+	for _, w := range r.GetWaves() {
+		for _, hp := range w.GetHosts() {
+			ok, src := p.Stage(hp.GetHostId())
+			if !ok {
+				continue
+			}
+			if !staged[hp.GetHostId()] && hp.GetState() != pending {
+				fatalf("step %d: %s admitted to stage in state %v", stepN, hp.GetHostId(), hp.GetState())
+			}
+			for _, s := range src {
+				if s.ID == hp.GetHostId() || !holders[s.ID] {
+					fatalf("step %d: %s named %s as a source (holders %v)", stepN, hp.GetHostId(), s.ID, holders)
+				}
+			}
+			if len(src) > 0 {
+				first[src[0].ID]++
+			}
+		}
+	}
+	for h, n := range first {
+		if n > StageOrigin+StageFanout {
+			fatalf("step %d: holder %s is the first source of %d hosts, over %d", stepN, h, n, StageOrigin+StageFanout)
+		}
+	}
+	return p
 }

@@ -2,6 +2,7 @@ package rollout
 
 import (
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -74,6 +75,9 @@ import (
 // every action, as the simulations do.
 func TestTraces(t *testing.T) {
 	datadriven.Walk(t, "testdata", func(t *testing.T, path string) {
+		if filepath.Dir(path) != "testdata" {
+			return // testdata/stage/: PlanStage's scenarios (stage_test.go)
+		}
 		var w *world
 		datadriven.RunTest(t, path, func(t *testing.T, td *datadriven.TestData) string {
 			fail := func(format string, args ...any) {

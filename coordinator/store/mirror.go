@@ -56,7 +56,8 @@ type Mirror struct {
 	subs            map[chan struct{}]struct{}
 	revCond         *sync.Cond
 	// desiredEpoch counts changes to what hosts should run (services,
-	// releases, rollouts), so assignment pushes can skip report-only changes.
+	// releases, rollouts, and reports whose staged_sha256 changed), so
+	// assignment pushes can skip other report-only changes.
 	desiredEpoch uint64
 }
 
@@ -289,11 +290,19 @@ func (m *Mirror) applyLocked(t mvccpb.Event_EventType, kv *mvccpb.KeyValue) {
 			return
 		}
 		if del {
+			if m.reports[p[0]][p[1]].GetStagedSha256() != "" {
+				m.desiredEpoch++ // a holder of a staged artifact is gone
+			}
 			delete(m.reports[p[0]], p[1])
 			return
 		}
 		v := &v1.ServiceReport{}
 		if decode(v) {
+			if v.GetStagedSha256() != m.reports[p[0]][p[1]].GetStagedSha256() {
+				// Who holds a staged artifact decides which hosts stage
+				// and from whom (rollout.PlanStage).
+				m.desiredEpoch++
+			}
 			if m.reports[p[0]] == nil {
 				m.reports[p[0]] = map[string]*v1.ServiceReport{}
 			}
@@ -347,7 +356,8 @@ func (m *Mirror) WaitRev(ctx context.Context, rev int64) error {
 }
 
 // DesiredEpoch changes whenever a service, release, rollout or host record
-// changed (not on reports or connections).
+// changed, or a report's staged_sha256 (not on other report changes or
+// connections).
 func (m *Mirror) DesiredEpoch() uint64 {
 	m.mu.RLock()
 	defer m.mu.RUnlock()

@@ -167,6 +167,15 @@ func TestMirrorFollowsWrites(t *testing.T) {
 	if m.DesiredEpoch() != epoch {
 		t.Fatal("a report changed the desired epoch")
 	}
+	// A report whose staged_sha256 changes does: it makes a holder of a
+	// staged artifact (rollout.PlanStage).
+	if err := s.PutReport(ctx, "h1", &v1.ServiceReport{Service: "web", Phase: v1.Phase_PHASE_FAILED, StagedSha256: "aa"}); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 20*time.Second, "the staged report mirrored", func() bool { return m.Report("h1", "web").GetStagedSha256() == "aa" })
+	if m.DesiredEpoch() == epoch {
+		t.Fatal("a report's new staged_sha256 did not change the desired epoch")
+	}
 	if err := s.PutConn(ctx, "h1", "c1", 0); err != nil {
 		t.Fatal(err)
 	}

@@ -22,7 +22,8 @@ import (
 // leadTimeSpec is the policy of the Nomad comparison (issue 16): no
 // canary, max_parallel 2 over 6 hosts (three batches), min_healthy_time 1s,
 // an http check every 1 s; python's http.server serves the release
-// directory.
+// directory. stage_ahead: hosts waiting for their batch fetch and unpack
+// the release meanwhile.
 const leadTimeSpec = `name: %s
 selector: {role: web}
 run:
@@ -39,6 +40,7 @@ rollout:
   waves: [100]
   max_parallel: 2
   progress_deadline: 2m
+  stage_ahead: true
 `
 
 // leadTimeRounds is how many updates TestLeadTimeSmallFleet times.

@@ -2124,6 +2124,11 @@ type RolloutPolicy struct {
 	// a rollout of this service in progress when Alertmanager posts them
 	// firing to the coordinator's receiver.
 	AbortOnAlerts []string `protobuf:"bytes,24,rep,name=abort_on_alerts,json=abortOnAlerts,proto3" json:"abort_on_alerts,omitempty"`
+	// Stage the rollout's artifact on hosts ahead of their wave: while a
+	// rollout runs, hosts waiting for their wave fetch, verify and unpack its
+	// target release without switching (Assignment.stage), spreading as a
+	// tree from hosts that hold it (rollout.StageOrigin, rollout.StageFanout).
+	StageAhead    bool `protobuf:"varint,25,opt,name=stage_ahead,json=stageAhead,proto3" json:"stage_ahead,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2261,6 +2266,13 @@ func (x *RolloutPolicy) GetAbortOnAlerts() []string {
 		return x.AbortOnAlerts
 	}
 	return nil
+}
+
+func (x *RolloutPolicy) GetStageAhead() bool {
+	if x != nil {
+		return x.StageAhead
+	}
+	return false
 }
 
 // DeployWindow is a weekly time range a service may deploy in.
@@ -4530,7 +4542,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\bTcpCheck\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\"%\n" +
 	"\tExecCheck\x12\x18\n" +
-	"\acommand\x18\x01 \x03(\tR\acommand\"\xc9\x04\n" +
+	"\acommand\x18\x01 \x03(\tR\acommand\"\xea\x04\n" +
 	"\rRolloutPolicy\x12\x16\n" +
 	"\x06canary\x18\x01 \x01(\rR\x06canary\x12\x14\n" +
 	"\x05waves\x18\x02 \x03(\rR\x05waves\x12!\n" +
@@ -4548,7 +4560,9 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x18max_unavailable_per_zone\x18\x16 \x01(\tR\x15maxUnavailablePerZone\x12\x1d\n" +
 	"\n" +
 	"zone_order\x18\x17 \x01(\tR\tzoneOrder\x12&\n" +
-	"\x0fabort_on_alerts\x18\x18 \x03(\tR\rabortOnAlerts\"g\n" +
+	"\x0fabort_on_alerts\x18\x18 \x03(\tR\rabortOnAlerts\x12\x1f\n" +
+	"\vstage_ahead\x18\x19 \x01(\bR\n" +
+	"stageAhead\"g\n" +
 	"\fDeployWindow\x12\x12\n" +
 	"\x04days\x18\x01 \x01(\tR\x04days\x12\x14\n" +
 	"\x05start\x18\x02 \x01(\tR\x05start\x12\x10\n" +

@@ -1,0 +1,220 @@
+package rollout
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/cockroachdb/datadriven"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// TestStageScenarios replays testdata/stage/*.txt: which waiting hosts of a
+// rollout with stage_ahead stage its target, and from which holders
+// (PlanStage). Commands:
+//
+//	rollout waves=(N,...) [state=progressing|succeeded|failed|superseded|waiting] [rollback] [remove] [config] [off] [sources=N]
+//	    a rollout v1 → v2 whose wave i has N hosts, named h<wave>-<i>, all
+//	    PENDING with a peer address; off: stage_ahead false; config: v2 → v2
+//	noaddr H...          the hosts have no peer address
+//	state H=pending|updating|done|failed...
+//	staged H...          the hosts report the target's artifact staged
+//	unstaged H...        they no longer do
+//	plan                 print PlanStage: holders, admitted hosts and their sources
+//	grow                 each admitted host reports staged, then plan
+func TestStageScenarios(t *testing.T) {
+	datadriven.Walk(t, "testdata/stage", func(t *testing.T, path string) {
+		var r *v1.Rollout
+		hosts := map[string]PeerHost{}
+		staged := map[string]bool{}
+		nSources := DefaultSources
+		find := func(id string) *v1.HostProgress {
+			for _, w := range r.GetWaves() {
+				for _, h := range w.GetHosts() {
+					if h.GetHostId() == id {
+						return h
+					}
+				}
+			}
+			t.Fatalf("%s: no host %s", path, id)
+			return nil
+		}
+		plan := func() *StagePlan { return PlanStage(r, "aa", hosts, staged, nSources) }
+		show := func(p *StagePlan) string {
+			if p == nil {
+				return "no staging\n"
+			}
+			var b strings.Builder
+			fmt.Fprintf(&b, "holders %d, staged %d, admitted %d of %d waiting\n", len(p.Holders), p.Staged, p.Admitted(), p.Waiting)
+			for _, w := range r.GetWaves() {
+				for _, h := range w.GetHosts() {
+					ok, src := p.Stage(h.GetHostId())
+					if !ok {
+						continue
+					}
+					if staged[h.GetHostId()] && h.GetState() == v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING {
+						fmt.Fprintf(&b, "  %s staged\n", h.GetHostId())
+						continue
+					}
+					if len(src) == 0 {
+						fmt.Fprintf(&b, "  %s ← origin\n", h.GetHostId())
+						continue
+					}
+					fmt.Fprintf(&b, "  %s ← %s\n", h.GetHostId(), strings.Join(peerIDs(src), " "))
+				}
+			}
+			return b.String()
+		}
+		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
+			switch d.Cmd {
+			case "rollout":
+				r = &v1.Rollout{FromVersion: "v1", ToVersion: "v2", State: v1.RolloutState_ROLLOUT_STATE_PROGRESSING,
+					Policy: &v1.RolloutPolicy{StageAhead: true}}
+				clear(hosts)
+				clear(staged)
+				nSources = DefaultSources
+				for _, a := range d.CmdArgs {
+					switch a.Key {
+					case "waves":
+						for wi, v := range a.Vals {
+							n, err := strconv.Atoi(v)
+							if err != nil {
+								t.Fatal(err)
+							}
+							w := &v1.Wave{Index: uint32(wi)}
+							for i := range n {
+								id := fmt.Sprintf("h%d-%d", wi, i)
+								w.Hosts = append(w.Hosts, &v1.HostProgress{HostId: id, State: v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING})
+								hosts[id] = PeerHost{Address: id + ":7000"}
+							}
+							r.Waves = append(r.Waves, w)
+						}
+					case "state":
+						r.State = map[string]v1.RolloutState{
+							"progressing": v1.RolloutState_ROLLOUT_STATE_PROGRESSING,
+							"succeeded":   v1.RolloutState_ROLLOUT_STATE_SUCCEEDED,
+							"failed":      v1.RolloutState_ROLLOUT_STATE_FAILED,
+							"superseded":  v1.RolloutState_ROLLOUT_STATE_SUPERSEDED,
+							"waiting":     v1.RolloutState_ROLLOUT_STATE_WAITING_APPROVAL,
+						}[a.Vals[0]]
+					case "rollback":
+						r.Rollback = true
+					case "remove":
+						r.Remove = true
+					case "config":
+						r.FromVersion = "v2"
+					case "off":
+						r.Policy.StageAhead = false
+					case "sources":
+						nSources, _ = strconv.Atoi(a.Vals[0])
+					default:
+						t.Fatalf("rollout: unknown argument %s", a.Key)
+					}
+				}
+				return ""
+			case "noaddr":
+				for _, a := range d.CmdArgs {
+					delete(hosts, a.Key)
+				}
+				return ""
+			case "state":
+				for _, a := range d.CmdArgs {
+					find(a.Key).State = map[string]v1.HostRolloutState{
+						"pending":  v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING,
+						"updating": v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING,
+						"done":     v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE,
+						"failed":   v1.HostRolloutState_HOST_ROLLOUT_STATE_FAILED,
+					}[a.Vals[0]]
+				}
+				return ""
+			case "staged", "unstaged":
+				for _, a := range d.CmdArgs {
+					find(a.Key)
+					staged[a.Key] = d.Cmd == "staged"
+				}
+				return ""
+			case "plan":
+				return show(plan())
+			case "grow":
+				p := plan()
+				for _, w := range r.GetWaves() {
+					for _, h := range w.GetHosts() {
+						if ok, _ := p.Stage(h.GetHostId()); ok && h.GetState() == v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING {
+							staged[h.GetHostId()] = true
+						}
+					}
+				}
+				p = plan()
+				return fmt.Sprintf("holders %d, admitted %d of %d waiting\n", len(p.Holders), p.Admitted(), p.Waiting)
+			}
+			t.Fatalf("unknown command %s", d.Cmd)
+			return ""
+		})
+	})
+}
+
+// A wave of N hosts holds the artifact after O(log N) rounds (each round:
+// every admitted host stages), with every holder the first source of at
+// most StageFanout+StageOrigin hosts, and the coordinator serving only the
+// hosts admitted without holders (StageOrigin, in the first round).
+func TestStageGrowsLogarithmically(t *testing.T) {
+	for _, n := range []int{1, 10, 100, 1000, 10000} {
+		r := &v1.Rollout{FromVersion: "v1", ToVersion: "v2", State: v1.RolloutState_ROLLOUT_STATE_PROGRESSING,
+			Policy: &v1.RolloutPolicy{StageAhead: true}}
+		w := &v1.Wave{}
+		hosts := map[string]PeerHost{}
+		for i := range n {
+			id := fmt.Sprintf("h%05d", i)
+			w.Hosts = append(w.Hosts, &v1.HostProgress{HostId: id, State: v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING})
+			hosts[id] = PeerHost{Address: id + ":1"}
+		}
+		r.Waves = []*v1.Wave{{Hosts: []*v1.HostProgress{{HostId: "canary", State: v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING}}}, w}
+		staged := map[string]bool{}
+		rounds, origin := 0, 0
+		for {
+			p := PlanStage(r, "aa", hosts, staged, DefaultSources)
+			if p.Waiting == 0 {
+				break
+			}
+			rounds++
+			if rounds > 20 {
+				t.Fatalf("n=%d: not all staged after 20 rounds (%d waiting)", n, p.Waiting)
+			}
+			load := map[string]int{}
+			for _, hp := range w.Hosts {
+				ok, src := p.Stage(hp.GetHostId())
+				if !ok {
+					continue
+				}
+				if staged[hp.GetHostId()] {
+					continue
+				}
+				if len(src) == 0 {
+					origin++
+				} else {
+					load[src[0].ID]++
+				}
+				staged[hp.GetHostId()] = true
+			}
+			for h, l := range load {
+				if l > StageFanout+StageOrigin {
+					t.Fatalf("n=%d round %d: holder %s is first source of %d hosts, over %d", n, rounds, h, l, StageFanout+StageOrigin)
+				}
+			}
+		}
+		// ⌈log₅(n/2)⌉+1 rounds at most: 2 → 10 → 50 → …
+		limit := 1
+		for c := StageOrigin; c < n; c *= 1 + StageFanout {
+			limit++
+		}
+		if rounds > limit {
+			t.Errorf("n=%d: %d rounds, want at most %d", n, rounds, limit)
+		}
+		if origin > StageOrigin {
+			t.Errorf("n=%d: %d hosts staged from the origin, want at most %d", n, origin, StageOrigin)
+		}
+		t.Logf("n=%d: %d rounds, %d from the origin", n, rounds, origin)
+	}
+}
