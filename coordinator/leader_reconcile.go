@@ -66,7 +66,8 @@ func (l *leader) commit(ctx context.Context, fence *store.Fence, vs store.Versio
 		}
 	}
 	prev, _ := l.c.mirror.Rollout(next.GetService(), next.GetId())
-	rev, err := l.c.store.WriteRollout(ctx, fence, next, curRev, newSvc, vs.Rev, events...)
+	base := store.RolloutBase{Rollout: prev.Val, Rev: curRev, Layout: l.c.mirror.RolloutLayout(next.GetService(), next.GetId())}
+	rev, err := l.c.store.WriteRollout(ctx, fence, next, base, newSvc, vs.Rev, events...)
 	if errors.Is(err, store.ErrHistoryShort) {
 		l.c.log.Error().Err(err).Str("service", svc.GetSpec().GetName()).Str("rollout", next.GetId()).Msg("decision committed, events lost")
 		err = nil
@@ -121,7 +122,8 @@ func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string)
 		next.RestoredAt = timestamppb.New(now)
 		took := now.Sub(cur.GetFailedAt().AsTime()).Round(time.Millisecond)
 		ev := event(next, name, rollout.EventFleetRestored, "", fmt.Sprintf("every host that moved runs %s again, %s after the failure", orNone(cur.GetFromVersion()), took), now)
-		rev, err := l.c.store.WriteRollout(ctx, fence, next, vr.Rev, nil, 0, ev)
+		base := store.RolloutBase{Rollout: cur, Rev: vr.Rev, Layout: l.c.mirror.RolloutLayout(name, cur.GetId())}
+		rev, err := l.c.store.WriteRollout(ctx, fence, next, base, nil, 0, ev)
 		if err != nil {
 			return time.Time{}, err
 		}
@@ -283,7 +285,7 @@ func (l *leader) start(ctx context.Context, fence *store.Fence, vs store.Version
 			ev.Actor = actor
 		}
 	}
-	rev, err := l.c.store.WriteRollout(ctx, fence, r, 0, newSvc, vs.Rev, evs...)
+	rev, err := l.c.store.WriteRollout(ctx, fence, r, store.RolloutBase{Layout: l.c.newRolloutLayout()}, newSvc, vs.Rev, evs...)
 	if errors.Is(err, store.ErrHistoryShort) {
 		l.c.log.Error().Err(err).Str("service", name).Str("rollout", r.GetId()).Msg("rollout created, events lost")
 		err = nil
@@ -305,6 +307,24 @@ func (l *leader) start(ctx context.Context, fence *store.Fence, vs store.Version
 		l.c.log.Info().Str("service", name).Str("rollout", r.GetId()).Str("event", ev.Kind).Int("wave", ev.Wave).Str("host", ev.Host).Msg(ev.Message)
 	}
 	return l.c.mirror.WaitRev(ctx, rev)
+}
+
+// newRolloutLayout is the layout a new rollout is written in: split when
+// every registered coordinator (this one included) reads it, else one key,
+// so that a coordinator from before the split layout, during a rolling
+// upgrade, never finds a rollout it cannot read. A rollout keeps its layout
+// to the end.
+func (c *Coordinator) newRolloutLayout() store.RolloutLayout {
+	coords := c.mirror.Coordinators()
+	if len(coords) == 0 {
+		return store.OneKey
+	}
+	for _, ci := range coords {
+		if !ci.GetReadsSplitRollouts() {
+			return store.OneKey
+		}
+	}
+	return store.Split
 }
 
 func orNone(s string) string {
