@@ -233,16 +233,18 @@ func rolloutOps(r *v1.Rollout, base RolloutBase) ([]clientv3.Cmp, []clientv3.Op,
 // is not nil, its service (for example the status naming a new rollout, or
 // the status after a rollout ended) in one fenced transaction. It compares
 // the revisions the caller read: base.Rev 0 means the rollout must not
-// exist yet (in either layout). It returns the revision of the write.
-func (s *Store) WriteRollout(ctx context.Context, f *Fence, r *v1.Rollout, base RolloutBase, svc *v1.Service, serviceRev int64, events ...*v1.Event) (int64, error) {
+// exist yet (in either layout). It returns the revision of the decision
+// (the rollout's revision, which the next write compares) and the highest
+// revision of the write (its last events).
+func (s *Store) WriteRollout(ctx context.Context, f *Fence, r *v1.Rollout, base RolloutBase, svc *v1.Service, serviceRev int64, events ...*v1.Event) (decision, last int64, err error) {
 	rcmps, ops, err := rolloutOps(r, base)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	cmps := append(f.cmps(), rcmps...)
 	evOps, err := eventOps(events)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	// etcd bounds the operations in one transaction (--max-txn-ops, 128 by
 	// default): the decision and the first events go together, the rest
@@ -256,7 +258,7 @@ func (s *Store) WriteRollout(ctx context.Context, f *Fence, r *v1.Rollout, base 
 		skey := ServiceKey(svc.GetSpec().GetName())
 		sval, err := marshal(svc)
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(skey), "=", serviceRev))
 		ops = append(ops, clientv3.OpPut(skey, sval))
@@ -267,14 +269,15 @@ func (s *Store) WriteRollout(ctx context.Context, f *Fence, r *v1.Rollout, base 
 	}
 	resp, err := s.c.Txn(ctx).If(cmps...).Then(ops...).Else(fenceGet...).Commit()
 	if err != nil {
-		return 0, fmt.Errorf("write rollout %s/%s: %w", r.GetService(), r.GetId(), err)
+		return 0, 0, fmt.Errorf("write rollout %s/%s: %w", r.GetService(), r.GetId(), err)
 	}
 	if !resp.Succeeded {
-		return 0, fmt.Errorf("write rollout %s/%s: %w", r.GetService(), r.GetId(), fenceErr(f, resp))
+		return 0, 0, fmt.Errorf("write rollout %s/%s: %w", r.GetService(), r.GetId(), fenceErr(f, resp))
 	}
-	rev := resp.Header.Revision
+	decision = resp.Header.Revision
+	rev := decision
 	if len(later) == 0 {
-		return rev, nil
+		return decision, rev, nil
 	}
 	// The rest in batches, maxEventTxns at once: one after the other they
 	// cost a disk sync each, which at thousands of hosts per wave made the
@@ -308,9 +311,9 @@ func (s *Store) WriteRollout(ctx context.Context, f *Fence, r *v1.Rollout, base 
 	wg.Wait()
 	if failed > 0 {
 		// The decision stands; only history is short.
-		return rev, fmt.Errorf("write rollout %s/%s: %d events not recorded: %w (%w)", r.GetService(), r.GetId(), failed, ErrHistoryShort, errors.Join(errs...))
+		return decision, rev, fmt.Errorf("write rollout %s/%s: %d events not recorded: %w (%w)", r.GetService(), r.GetId(), failed, ErrHistoryShort, errors.Join(errs...))
 	}
-	return rev, nil
+	return decision, rev, nil
 }
 
 // maxEventTxns is how many transactions of a decision's further events are

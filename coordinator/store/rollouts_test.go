@@ -66,7 +66,7 @@ func TestSplitRolloutWritesWhatChanged(t *testing.T) {
 	// 1 + 10 + 1,500 hosts: parts of 500 in wave order, the first holding
 	// waves 0 and 1 and 489 hosts of wave 2.
 	r := testRollout("000001", 1, 10, 1500)
-	rev, err := s.WriteRollout(ctx, nil, r, RolloutBase{Layout: Split}, nil, 0)
+	rev, _, err := s.WriteRollout(ctx, nil, r, RolloutBase{Layout: Split}, nil, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +96,7 @@ func TestSplitRolloutWritesWhatChanged(t *testing.T) {
 	next := proto.Clone(r).(*v1.Rollout)
 	next.Waves[2].State = v1.WaveState_WAVE_STATE_PROGRESSING
 	next.Waves[2].Hosts[1400].State = v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING
-	rev2, err := s.WriteRollout(ctx, nil, next, RolloutBase{Rollout: r, Rev: rev, Layout: Split}, nil, 0)
+	rev2, _, err := s.WriteRollout(ctx, nil, next, RolloutBase{Rollout: r, Rev: rev, Layout: Split}, nil, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,14 +112,14 @@ func TestSplitRolloutWritesWhatChanged(t *testing.T) {
 	}
 
 	// A stale base is a conflict, nothing written.
-	if _, err := s.WriteRollout(ctx, nil, next, RolloutBase{Rollout: r, Rev: rev, Layout: Split}, nil, 0); !errors.Is(err, ErrConflict) {
+	if _, _, err := s.WriteRollout(ctx, nil, next, RolloutBase{Rollout: r, Rev: rev, Layout: Split}, nil, 0); !errors.Is(err, ErrConflict) {
 		t.Fatalf("write over a stale revision: %v, want ErrConflict", err)
 	}
 
 	// Fewer hosts (fewer parts): the parts past the end are deleted.
 	short := proto.Clone(next).(*v1.Rollout)
 	short.Waves[2].Hosts = short.Waves[2].Hosts[:100]
-	rev3, err := s.WriteRollout(ctx, nil, short, RolloutBase{Rollout: next, Rev: rev2, Layout: Split}, nil, 0)
+	rev3, _, err := s.WriteRollout(ctx, nil, short, RolloutBase{Rollout: next, Rev: rev2, Layout: Split}, nil, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +167,7 @@ func TestOneKeyRolloutLoadsAndContinues(t *testing.T) {
 	}
 	next := proto.Clone(r).(*v1.Rollout)
 	next.Waves[0].Hosts[0].State = v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING
-	rev, err := s.WriteRollout(ctx, nil, next, RolloutBase{Rollout: vr.Val, Rev: vr.Rev, Layout: m.RolloutLayout("web", "000001")}, nil, 0)
+	rev, _, err := s.WriteRollout(ctx, nil, next, RolloutBase{Rollout: vr.Val, Rev: vr.Rev, Layout: m.RolloutLayout("web", "000001")}, nil, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,13 +184,13 @@ func TestOneKeyRolloutLoadsAndContinues(t *testing.T) {
 		t.Fatal("mirror did not follow the one-key rollout")
 	}
 	// The same id cannot be created in the other layout.
-	if _, err := s.WriteRollout(ctx, nil, r, RolloutBase{Layout: Split}, nil, 0); !errors.Is(err, ErrConflict) {
+	if _, _, err := s.WriteRollout(ctx, nil, r, RolloutBase{Layout: Split}, nil, 0); !errors.Is(err, ErrConflict) {
 		t.Fatalf("split create over a one-key rollout: %v, want ErrConflict", err)
 	}
-	if _, err := s.WriteRollout(ctx, nil, testRollout("000002", 3), RolloutBase{Layout: Split}, nil, 0); err != nil {
+	if _, _, err := s.WriteRollout(ctx, nil, testRollout("000002", 3), RolloutBase{Layout: Split}, nil, 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.WriteRollout(ctx, nil, testRollout("000002", 3), RolloutBase{Layout: OneKey}, nil, 0); !errors.Is(err, ErrConflict) {
+	if _, _, err := s.WriteRollout(ctx, nil, testRollout("000002", 3), RolloutBase{Layout: OneKey}, nil, 0); !errors.Is(err, ErrConflict) {
 		t.Fatalf("one-key create over a split rollout: %v, want ErrConflict", err)
 	}
 }
@@ -214,7 +214,7 @@ func TestSplitRolloutPartsBounded(t *testing.T) {
 	for i := range 1000 {
 		evs = append(evs, &v1.Event{At: timestamppb.Now(), Service: "web", RolloutId: "000001", Kind: "host_assigned", Host: fmt.Sprintf("h%04d", i)})
 	}
-	if _, err := s.WriteRollout(ctx, nil, r, RolloutBase{Layout: Split}, &v1.Service{Spec: &v1.ServiceSpec{Name: "web"}}, 0, evs...); err != nil {
+	if _, _, err := s.WriteRollout(ctx, nil, r, RolloutBase{Layout: Split}, &v1.Service{Spec: &v1.ServiceSpec{Name: "web"}}, 0, evs...); err != nil {
 		t.Fatal(err)
 	}
 	// The decision's revision (the returned one is that of the last events).
