@@ -790,7 +790,7 @@ func (c *Coordinator) sessionLoop(ctx context.Context) {
 
 // register records this coordinator in etcd on its session lease.
 func (c *Coordinator) register(ctx context.Context) error {
-	info := &v1.CoordinatorInfo{Name: c.cfg.Name, Address: c.cfg.Advertise, StartedAt: timestamppb.New(c.start), Version: c.cfg.Version}
+	info := &v1.CoordinatorInfo{Name: c.cfg.Name, Address: c.cfg.Advertise, StartedAt: timestamppb.New(c.start), Version: c.cfg.Version, ReadsSplitRollouts: true}
 	if c.gossip != nil {
 		info.GossipAddress = c.gossip.LocalAddr()
 	}

@@ -27,6 +27,16 @@ type leader struct {
 	// compared holds the comparison of each service's rollout in flight
 	// (analysis.compare); only the loop touches it.
 	compared map[string]*comparison
+	// written is when the loop last wrote each service's rollout: a step
+	// that changes only what displays show waits displayWriteEvery after
+	// it (leader_reconcile.go). Only the loop touches it.
+	written map[string]time.Time
+	// lazy is set while the loop reconciles on its own (not for an
+	// operator's request): a step that writes the rollout alone does not
+	// wait for the mirror, and own holds what it wrote, by service, until
+	// the mirror has it (leader_reconcile.go). Only the loop touches them.
+	lazy bool
+	own  map[string]ownWrite
 }
 
 // poke has the loop reconcile soon; it never blocks.
@@ -83,7 +93,7 @@ type leaderReply struct {
 }
 
 func newLeader(c *Coordinator) *leader {
-	return &leader{c: c, reqs: make(chan leaderReq), wake: make(chan struct{}, 1), compared: map[string]*comparison{}}
+	return &leader{c: c, reqs: make(chan leaderReq), wake: make(chan struct{}, 1), compared: map[string]*comparison{}, written: map[string]time.Time{}, own: map[string]ownWrite{}}
 }
 
 // call sends a request to the loop; it fails fast when this coordinator
@@ -113,6 +123,7 @@ func (l *leader) call(ctx context.Context, req leaderReq) (*v1.Rollout, *v1.Serv
 func (l *leader) lead(ctx context.Context, sess *concurrency.Session, fence *store.Fence) error {
 	l.leading.Store(true)
 	defer l.leading.Store(false)
+	clear(l.own) // from an earlier term
 	ch, unsub := l.c.mirror.Subscribe()
 	defer unsub()
 	timer := time.NewTimer(0)
@@ -133,6 +144,11 @@ func (l *leader) lead(ctx context.Context, sess *concurrency.Session, fence *sto
 		case <-l.wake:
 		case <-timer.C:
 		case req := <-l.reqs:
+			// The request reads the mirror: it must have the loop's writes.
+			if err := l.settle(ctx); err != nil {
+				req.reply <- leaderReply{err: err}
+				return err
+			}
 			r, svc, err := l.serve(ctx, fence, req)
 			req.reply <- leaderReply{r, svc, err}
 			if errors.Is(err, store.ErrNotLeader) {
@@ -144,7 +160,9 @@ func (l *leader) lead(ctx context.Context, sess *concurrency.Session, fence *sto
 			now = l.c.cfg.pruneClock()
 		}
 		l.pruneAudit(ctx, fence, now)
+		l.lazy = true
 		next, err := l.reconcileAll(ctx, fence)
+		l.lazy = false
 		if errors.Is(err, store.ErrNotLeader) {
 			return err
 		}

@@ -53,8 +53,11 @@ func event(r *v1.Rollout, service, kind, actor, msg string, now time.Time) *v1.E
 }
 
 // commit writes a rollout's next state (concluding the service when it
-// ended) with its events, fenced, waits until the mirror has it, and sends
-// the alert when the rollout failed.
+// ended) with its events, fenced, and sends the alert when the rollout
+// failed. It waits until the mirror has the write, except for a step that
+// wrote the rollout alone while the loop reconciles on its own (l.lazy):
+// then the loop keeps what it wrote (l.own) and reads it in place of the
+// mirror's older copy.
 func (l *leader) commit(ctx context.Context, fence *store.Fence, vs store.Versioned[*v1.Service], next *v1.Rollout, curRev int64, events []*v1.Event) error {
 	svc := vs.Val
 	var newSvc *v1.Service
@@ -65,8 +68,10 @@ func (l *leader) commit(ctx context.Context, fence *store.Fence, vs store.Versio
 			events = append(events, serviceDeleted(next, time.Now()))
 		}
 	}
-	prev, _ := l.c.mirror.Rollout(next.GetService(), next.GetId())
-	rev, err := l.c.store.WriteRollout(ctx, fence, next, curRev, newSvc, vs.Rev, events...)
+	name := next.GetService()
+	prev, _ := l.rollout(name, next.GetId())
+	base := store.RolloutBase{Rollout: prev.Val, Rev: curRev, Layout: l.c.mirror.RolloutLayout(name, next.GetId())}
+	decision, rev, err := l.c.store.WriteRollout(ctx, fence, next, base, newSvc, vs.Rev, events...)
 	if errors.Is(err, store.ErrHistoryShort) {
 		l.c.log.Error().Err(err).Str("service", svc.GetSpec().GetName()).Str("rollout", next.GetId()).Msg("decision committed, events lost")
 		err = nil
@@ -74,13 +79,66 @@ func (l *leader) commit(ctx context.Context, fence *store.Fence, vs store.Versio
 	if err != nil {
 		return err
 	}
+	l.written[name] = time.Now()
 	l.c.metrics.rolloutWritten(prev.Val, next, l.c.mirror.Release)
 	if rollout.Terminal(next) {
 		l.pruneEvents(ctx, fence, next)
 		l.c.log.Info().Str("service", svc.GetSpec().GetName()).Str("rollout", next.GetId()).Str("state", next.GetState().String()).Str("reason", next.GetReason()).Msg("rollout ended")
 		l.c.alerts.rolloutEnded(svc, next)
 	}
+	if l.lazy && newSvc == nil {
+		l.own[name] = ownWrite{rollout: store.Versioned[*v1.Rollout]{Val: next, Rev: decision, Created: prev.Created}, last: rev}
+		return nil
+	}
+	delete(l.own, name)
 	return l.c.mirror.WaitRev(ctx, rev)
+}
+
+// displayWriteEvery is how often at most the leader writes a rollout step
+// that changes only hosts' phases (rollout.Result.DisplayOnly): each write
+// is a transaction the leader waits for, and during a wave reports of
+// FETCHING and CHECKING made a third of the steps (issue 16). Displays show
+// a phase at most this late.
+const displayWriteEvery = 500 * time.Millisecond
+
+// ownWrite is a rollout as the loop wrote it, before its mirror has it:
+// the rollout with the revision of the decision (which the next write
+// compares), and the highest revision of the write.
+type ownWrite struct {
+	rollout store.Versioned[*v1.Rollout]
+	last    int64
+}
+
+// rollout is the mirror's copy of a rollout, or what the loop last wrote
+// of it when the mirror has not caught up with that yet.
+func (l *leader) rollout(service, id string) (store.Versioned[*v1.Rollout], bool) {
+	vr, ok := l.c.mirror.Rollout(service, id)
+	o, has := l.own[service]
+	switch {
+	case !has:
+	case ok && vr.Rev >= o.rollout.Rev:
+		delete(l.own, service) // the mirror caught up
+	case o.rollout.Val.GetId() == id:
+		return o.rollout, true
+	}
+	return vr, ok
+}
+
+// settle waits until the mirror has every write the loop did not wait
+// for, so that what reads the mirror (operator requests) sees them.
+func (l *leader) settle(ctx context.Context) error {
+	var last int64
+	for _, o := range l.own {
+		last = max(last, o.last)
+	}
+	if last == 0 {
+		return nil
+	}
+	if err := l.c.mirror.WaitRev(ctx, last); err != nil {
+		return err
+	}
+	clear(l.own)
+	return nil
 }
 
 // current returns the service's newest rollout with its revisions.
@@ -89,7 +147,7 @@ func (l *leader) current(name string, svc *v1.Service) (store.Versioned[*v1.Roll
 	if id == "" {
 		return store.Versioned[*v1.Rollout]{}, false, nil
 	}
-	vr, ok := l.c.mirror.Rollout(name, id)
+	vr, ok := l.rollout(name, id)
 	if !ok {
 		return vr, false, fmt.Errorf("rollout %s/%s named by the service is missing", name, id)
 	}
@@ -121,7 +179,8 @@ func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string)
 		next.RestoredAt = timestamppb.New(now)
 		took := now.Sub(cur.GetFailedAt().AsTime()).Round(time.Millisecond)
 		ev := event(next, name, rollout.EventFleetRestored, "", fmt.Sprintf("every host that moved runs %s again, %s after the failure", orNone(cur.GetFromVersion()), took), now)
-		rev, err := l.c.store.WriteRollout(ctx, fence, next, vr.Rev, nil, 0, ev)
+		base := store.RolloutBase{Rollout: cur, Rev: vr.Rev, Layout: l.c.mirror.RolloutLayout(name, cur.GetId())}
+		_, rev, err := l.c.store.WriteRollout(ctx, fence, next, base, nil, 0, ev)
 		if err != nil {
 			return time.Time{}, err
 		}
@@ -223,6 +282,14 @@ func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string)
 	if !res.Changed {
 		return res.NextWake, nil
 	}
+	if at, ok := l.written[name]; ok && res.DisplayOnly && now.Sub(at) < displayWriteEvery {
+		// Only hosts' phases, for displays: written with the next
+		// decision, or displayWriteEvery after the last write.
+		if wake := at.Add(displayWriteEvery); res.NextWake.IsZero() || wake.Before(res.NextWake) {
+			res.NextWake = wake
+		}
+		return res.NextWake, nil
+	}
 	return res.NextWake, l.commit(ctx, fence, vs, next, vr.Rev, engineEvents(next, res.Events, now))
 }
 
@@ -283,7 +350,7 @@ func (l *leader) start(ctx context.Context, fence *store.Fence, vs store.Version
 			ev.Actor = actor
 		}
 	}
-	rev, err := l.c.store.WriteRollout(ctx, fence, r, 0, newSvc, vs.Rev, evs...)
+	_, rev, err := l.c.store.WriteRollout(ctx, fence, r, store.RolloutBase{Layout: l.c.newRolloutLayout()}, newSvc, vs.Rev, evs...)
 	if errors.Is(err, store.ErrHistoryShort) {
 		l.c.log.Error().Err(err).Str("service", name).Str("rollout", r.GetId()).Msg("rollout created, events lost")
 		err = nil
@@ -291,6 +358,7 @@ func (l *leader) start(ctx context.Context, fence *store.Fence, vs store.Version
 	if err != nil {
 		return err
 	}
+	l.written[name] = time.Now()
 	if rollout.Terminal(r) {
 		l.pruneEvents(ctx, fence, r)
 	}
@@ -305,6 +373,24 @@ func (l *leader) start(ctx context.Context, fence *store.Fence, vs store.Version
 		l.c.log.Info().Str("service", name).Str("rollout", r.GetId()).Str("event", ev.Kind).Int("wave", ev.Wave).Str("host", ev.Host).Msg(ev.Message)
 	}
 	return l.c.mirror.WaitRev(ctx, rev)
+}
+
+// newRolloutLayout is the layout a new rollout is written in: split when
+// every registered coordinator (this one included) reads it, else one key,
+// so that a coordinator from before the split layout, during a rolling
+// upgrade, never finds a rollout it cannot read. A rollout keeps its layout
+// to the end.
+func (c *Coordinator) newRolloutLayout() store.RolloutLayout {
+	coords := c.mirror.Coordinators()
+	if len(coords) == 0 {
+		return store.OneKey
+	}
+	for _, ci := range coords {
+		if !ci.GetReadsSplitRollouts() {
+			return store.OneKey
+		}
+	}
+	return store.Split
 }
 
 func orNone(s string) string {

@@ -73,18 +73,13 @@ func TestNewRolloutIsOneWrite(t *testing.T) {
 	// transaction wrote.
 	firstWrite := func(id string, wantUpdating int, wantKind string) {
 		t.Helper()
-		key := store.RolloutKey("web", id)
-		cur, err := cli.Get(ctx, key)
-		if err != nil || len(cur.Kvs) != 1 {
-			t.Fatalf("get %s: %v %v", key, cur, err)
+		st := store.New(cli)
+		_, created, err := st.GetRolloutAt(ctx, "web", id, 0)
+		if err != nil {
+			t.Fatal(err)
 		}
-		created := cur.Kvs[0].CreateRevision
-		first, err := cli.Get(ctx, key, clientv3.WithRev(created))
-		if err != nil || len(first.Kvs) != 1 {
-			t.Fatalf("get %s at %d: %v", key, created, err)
-		}
-		r := &v1.Rollout{}
-		if err := proto.Unmarshal(first.Kvs[0].Value, r); err != nil {
+		r, _, err := st.GetRolloutAt(ctx, "web", id, created)
+		if err != nil {
 			t.Fatal(err)
 		}
 		if u, _ := countUpdating(r); u != wantUpdating || r.GetState() != v1.RolloutState_ROLLOUT_STATE_PROGRESSING {

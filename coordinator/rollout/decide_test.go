@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
@@ -145,5 +146,26 @@ func TestRollbackTarget(t *testing.T) {
 				t.Errorf("RollbackTarget = %q, %v; want %q", got, err, tt.want)
 			}
 		})
+	}
+}
+
+// A step that only records hosts' reported phases (for displays) says so;
+// one that also decides something does not.
+func TestStepDisplayOnly(t *testing.T) {
+	svc := newSvc(&v1.RolloutPolicy{Canary: 1, Waves: []uint32{100}, MaxParallel: 2}, nil)
+	r, _, _ := Begin(svc, toV, zoned(3, "a"), fleet{}.obs, t0)
+	f := fleet{}
+	f.report(r, "host-000", v1.Phase_PHASE_FETCHING, "")
+	out, res := step(t, r, f, t0.Add(time.Second))
+	if !res.Changed || !res.DisplayOnly || hostOf(out, "host-000").GetPhase() != v1.Phase_PHASE_FETCHING {
+		t.Fatalf("phase FETCHING recorded: changed %v, display only %v, phase %v", res.Changed, res.DisplayOnly, hostOf(out, "host-000").GetPhase())
+	}
+	f.report(out, "host-000", v1.Phase_PHASE_HEALTHY, "")
+	out2, res := step(t, out, f, t0.Add(2*time.Second))
+	if !res.Changed || res.DisplayOnly || hostOf(out2, "host-000").GetState() != v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE {
+		t.Fatalf("canary healthy: changed %v, display only %v, state %v", res.Changed, res.DisplayOnly, hostOf(out2, "host-000").GetState())
+	}
+	if _, res := step(t, out2, f, t0.Add(2*time.Second)); res.Changed || res.DisplayOnly {
+		t.Fatalf("nothing new: changed %v, display only %v", res.Changed, res.DisplayOnly)
 	}
 }

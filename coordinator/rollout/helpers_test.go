@@ -80,7 +80,36 @@ func step(t *testing.T, r *v1.Rollout, f fleet, now time.Time) (*v1.Rollout, Res
 	if res.Changed == proto.Equal(out, r) {
 		t.Fatalf("Changed=%v but output equal to input: %v", res.Changed, proto.Equal(out, r))
 	}
+	if err := checkDisplayOnly(r, out, res); err != nil {
+		t.Fatal(err)
+	}
 	return out, res
+}
+
+// checkDisplayOnly checks Result.DisplayOnly: set exactly when the step
+// changed hosts' phases and nothing else, and never with events.
+func checkDisplayOnly(in, out *v1.Rollout, res Result) error {
+	if !res.Changed {
+		if res.DisplayOnly {
+			return fmt.Errorf("DisplayOnly without a change")
+		}
+		return nil
+	}
+	a, b := proto.Clone(in).(*v1.Rollout), proto.Clone(out).(*v1.Rollout)
+	for _, r := range []*v1.Rollout{a, b} {
+		for _, w := range r.GetWaves() {
+			for _, h := range w.GetHosts() {
+				h.Phase = v1.Phase_PHASE_UNSPECIFIED
+			}
+		}
+	}
+	if only := proto.Equal(a, b); only != res.DisplayOnly {
+		return fmt.Errorf("DisplayOnly=%v but the step changed only phases: %v", res.DisplayOnly, only)
+	}
+	if res.DisplayOnly && len(res.Events) > 0 {
+		return fmt.Errorf("DisplayOnly with %d events", len(res.Events))
+	}
+	return nil
 }
 
 func planIDs(r *v1.Rollout) [][]string {

@@ -368,6 +368,9 @@ func simulate(t *testing.T, seed uint64) v1.RolloutState {
 		if res.Changed != (out != r) || res.Changed == proto.Equal(out, r) {
 			fatalf("step %d: Changed=%v but out==in %v, equal %v", stepN, res.Changed, out == r, proto.Equal(out, r))
 		}
+		if err := checkDisplayOnly(r, out, res); err != nil {
+			fatalf("step %d: %v", stepN, err)
+		}
 		checkStep(fatalf, stepN, r, out, res, eff, plan, now)
 		checkGates(fatalf, stepN, r, out)
 		r = out

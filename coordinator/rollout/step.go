@@ -32,6 +32,10 @@ type Result struct {
 	// NextWake is the earliest time a Step is needed even without new
 	// observations (bake end, progress deadline); zero if none.
 	NextWake time.Time
+	// DisplayOnly: what changed is only hosts' phase last reported, which
+	// only displays show (nothing is decided on it): the caller may write
+	// it later, with the next change.
+	DisplayOnly bool
 }
 
 // Terminal reports whether r has ended: SUCCEEDED, FAILED or SUPERSEDED (a
@@ -124,6 +128,7 @@ func stepGated(r *v1.Rollout, obs func(hostID string) Observation, now time.Time
 		s.advance()
 	}
 	s.res.Changed = s.cloned
+	s.res.DisplayOnly = s.cloned && !s.decided
 	return s.r, s.res
 }
 
@@ -139,9 +144,12 @@ type stepper struct {
 	pol    policy
 	res    Result
 	held   string // why the next wave may not start ("" = it may)
+	// decided: a write other than a display one (display) was made.
+	decided bool
 }
 
 func (s *stepper) mut() *v1.Rollout {
+	s.decided = true
 	if !s.cloned {
 		s.r = proto.Clone(s.in).(*v1.Rollout)
 		s.cloned = true
@@ -152,6 +160,14 @@ func (s *stepper) mut() *v1.Rollout {
 func (s *stepper) wave(i int) *v1.Wave { return s.mut().Waves[i] }
 
 func (s *stepper) host(i, j int) *v1.HostProgress { return s.mut().Waves[i].Hosts[j] }
+
+// display is host for a change only displays show (Result.DisplayOnly).
+func (s *stepper) display(i, j int) *v1.HostProgress {
+	decided := s.decided
+	h := s.host(i, j)
+	s.decided = decided
+	return h
+}
 
 func (s *stepper) ts() *timestamppb.Timestamp { return timestamppb.New(s.now) }
 
@@ -210,7 +226,7 @@ func (s *stepper) observe(obs func(string) Observation) {
 			}
 			ph := rep.GetPhase()
 			if ph != s.r.Waves[i].Hosts[j].GetPhase() {
-				s.host(i, j).Phase = ph
+				s.display(i, j).Phase = ph
 			}
 			switch {
 			case ph == v1.Phase_PHASE_FAILED || ph == v1.Phase_PHASE_REVERTED:

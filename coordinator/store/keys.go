@@ -48,6 +48,21 @@ func ReportKey(host, service string) string {
 // CoordinatorKey is where a coordinator registers itself.
 func CoordinatorKey(name string) string { return CoordinatorsPrefix + name }
 
+// SplitRolloutsPrefix holds rollouts in the split layout (rollouts.go):
+// <service>/<id> -> the head (a Rollout whose waves have no hosts) and
+// <service>/<id>/<part> -> a part (a Rollout holding only its waves' index
+// and a run of their hosts). Coordinators from before the split layout
+// ignore these keys (its name does not start with RolloutsPrefix).
+const SplitRolloutsPrefix = Prefix + "rolloutsplit/"
+
+// RolloutHeadKey is where a split rollout's head is stored.
+func RolloutHeadKey(service, id string) string { return SplitRolloutsPrefix + service + "/" + id }
+
+// RolloutPartKey is where a split rollout's part n (from 0) is stored.
+func RolloutPartKey(service, id string, n int) string {
+	return fmt.Sprintf("%s/%04d", RolloutHeadKey(service, id), n)
+}
+
 // SplitKey returns the parts of key after prefix.
 func SplitKey(key, prefix string) []string {
 	return strings.Split(strings.TrimPrefix(key, prefix), "/")

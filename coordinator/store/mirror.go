@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -38,11 +39,17 @@ type Mirror struct {
 	ready    bool
 	services map[string]Versioned[*v1.Service]
 	releases map[string]map[string]Versioned[*v1.Release]
+	// rollouts in either layout (split ones assembled from splits).
 	rollouts map[string]map[string]Versioned[*v1.Rollout]
-	hosts    map[string]*v1.Host
-	conns    map[string]string
-	reports  map[string]map[string]*v1.ServiceReport
-	coords   map[string]*v1.CoordinatorInfo
+	// splits are the rollouts in the split layout as stored, by service
+	// and id; dirty names those to assemble again once a batch of changes
+	// is applied (a write's head and parts arrive together).
+	splits  map[string]map[string]*splitRecord
+	dirty   map[[2]string]struct{}
+	hosts   map[string]*v1.Host
+	conns   map[string]string
+	reports map[string]map[string]*v1.ServiceReport
+	coords  map[string]*v1.CoordinatorInfo
 	// connSince is when this mirror saw each connection record appear.
 	connSince map[string]time.Time
 	tokens    map[string]Versioned[*v1.Token]
@@ -73,6 +80,8 @@ func (m *Mirror) reset() {
 	m.services = map[string]Versioned[*v1.Service]{}
 	m.releases = map[string]map[string]Versioned[*v1.Release]{}
 	m.rollouts = map[string]map[string]Versioned[*v1.Rollout]{}
+	m.splits = map[string]map[string]*splitRecord{}
+	m.dirty = map[[2]string]struct{}{}
 	m.hosts = map[string]*v1.Host{}
 	m.conns = map[string]string{}
 	m.reports = map[string]map[string]*v1.ServiceReport{}
@@ -128,6 +137,7 @@ func (m *Mirror) load(ctx context.Context) (int64, error) {
 	for _, kv := range kvs {
 		m.applyLocked(mvccpb.PUT, kv)
 	}
+	m.assembleLocked()
 	m.rev = rev
 	m.ready = true
 	m.revCond.Broadcast()
@@ -137,7 +147,7 @@ func (m *Mirror) load(ctx context.Context) (int64, error) {
 }
 
 // mirroredPrefixes are the parts of the keyspace the mirror holds.
-var mirroredPrefixes = []string{ServicesPrefix, ReleasesPrefix, RolloutsPrefix, HostsPrefix, ConnsPrefix, ReportsPrefix, TokensPrefix, CoordinatorsPrefix, RevocationsPrefix}
+var mirroredPrefixes = []string{ServicesPrefix, ReleasesPrefix, RolloutsPrefix, SplitRolloutsPrefix, HostsPrefix, ConnsPrefix, ReportsPrefix, TokensPrefix, CoordinatorsPrefix, RevocationsPrefix}
 
 func (m *Mirror) follow(ctx context.Context, rev int64) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
@@ -154,6 +164,7 @@ func (m *Mirror) follow(ctx context.Context, rev int64) error {
 		for _, ev := range resp.Events {
 			m.applyLocked(ev.Type, ev.Kv)
 		}
+		m.assembleLocked()
 		if resp.Header.Revision > m.rev {
 			m.rev = resp.Header.Revision
 		}
@@ -169,7 +180,7 @@ func (m *Mirror) follow(ctx context.Context, rev int64) error {
 func (m *Mirror) applyLocked(t mvccpb.Event_EventType, kv *mvccpb.KeyValue) {
 	key := string(kv.Key)
 	del := t == mvccpb.DELETE
-	if strings.HasPrefix(key, ServicesPrefix) || strings.HasPrefix(key, ReleasesPrefix) || strings.HasPrefix(key, RolloutsPrefix) || strings.HasPrefix(key, HostsPrefix) {
+	if strings.HasPrefix(key, ServicesPrefix) || strings.HasPrefix(key, ReleasesPrefix) || strings.HasPrefix(key, RolloutsPrefix) || strings.HasPrefix(key, SplitRolloutsPrefix) || strings.HasPrefix(key, HostsPrefix) {
 		m.desiredEpoch++
 	}
 	decode := func(msg proto.Message) bool {
@@ -222,6 +233,8 @@ func (m *Mirror) applyLocked(t mvccpb.Event_EventType, kv *mvccpb.KeyValue) {
 			}
 			m.rollouts[p[0]][p[1]] = Versioned[*v1.Rollout]{v, kv.ModRevision, kv.CreateRevision}
 		}
+	case strings.HasPrefix(key, SplitRolloutsPrefix):
+		m.applySplitLocked(del, key, kv, decode)
 	case strings.HasPrefix(key, HostsPrefix):
 		id := strings.TrimPrefix(key, HostsPrefix)
 		if del {
@@ -309,6 +322,106 @@ func (m *Mirror) applyLocked(t mvccpb.Event_EventType, kv *mvccpb.KeyValue) {
 			m.reports[p[0]][p[1]] = v
 		}
 	}
+}
+
+// splitRecord is a rollout in the split layout as the mirror holds it: its
+// head and its parts by number.
+type splitRecord struct {
+	head  Versioned[*v1.Rollout]
+	parts map[int]*v1.Rollout
+}
+
+func (m *Mirror) applySplitLocked(del bool, key string, kv *mvccpb.KeyValue, decode func(proto.Message) bool) {
+	p := SplitKey(key, SplitRolloutsPrefix)
+	if len(p) != 2 && len(p) != 3 {
+		return
+	}
+	service, id := p[0], p[1]
+	rec := m.splits[service][id]
+	if rec == nil {
+		if del {
+			return
+		}
+		rec = &splitRecord{parts: map[int]*v1.Rollout{}}
+		if m.splits[service] == nil {
+			m.splits[service] = map[string]*splitRecord{}
+		}
+		m.splits[service][id] = rec
+	}
+	m.dirty[[2]string{service, id}] = struct{}{}
+	if len(p) == 2 {
+		if del {
+			delete(m.splits[service], id)
+			return
+		}
+		v := &v1.Rollout{}
+		if decode(v) {
+			rec.head = Versioned[*v1.Rollout]{v, kv.ModRevision, kv.CreateRevision}
+		}
+		return
+	}
+	n, err := strconv.Atoi(p[2])
+	if err != nil || n < 0 {
+		m.log.Error().Str("key", key).Msg("rollout part with a bad number ignored")
+		return
+	}
+	if del {
+		delete(rec.parts, n)
+		return
+	}
+	v := &v1.Rollout{}
+	if decode(v) {
+		rec.parts[n] = v
+	}
+}
+
+// assembleLocked puts together the split rollouts changed since the last
+// call, into rollouts.
+func (m *Mirror) assembleLocked() {
+	for k := range m.dirty {
+		delete(m.dirty, k)
+		service, id := k[0], k[1]
+		rec := m.splits[service][id]
+		if rec == nil || rec.head.Val == nil {
+			if rec == nil {
+				delete(m.rollouts[service], id)
+			}
+			continue
+		}
+		parts := make([]*v1.Rollout, len(rec.parts))
+		complete := true
+		for n, p := range rec.parts {
+			if n >= len(parts) {
+				complete = false
+				break
+			}
+			parts[n] = p
+		}
+		if !complete {
+			m.log.Error().Str("service", service).Str("rollout", id).Int("parts", len(rec.parts)).Msg("split rollout with a gap in its parts ignored")
+			continue
+		}
+		r, err := assembleRollout(rec.head.Val, parts)
+		if err != nil {
+			m.log.Error().Err(err).Str("service", service).Str("rollout", id).Msg("split rollout ignored")
+			continue
+		}
+		if m.rollouts[service] == nil {
+			m.rollouts[service] = map[string]Versioned[*v1.Rollout]{}
+		}
+		m.rollouts[service][id] = Versioned[*v1.Rollout]{r, rec.head.Rev, rec.head.Created}
+	}
+}
+
+// RolloutLayout returns how a rollout is stored (OneKey when the mirror
+// does not have it).
+func (m *Mirror) RolloutLayout(service, id string) RolloutLayout {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if m.splits[service][id] != nil {
+		return Split
+	}
+	return OneKey
 }
 
 // Subscribe returns a channel that receives a value (coalesced) after every

@@ -89,8 +89,14 @@ func TestApplySpecKeepsStatus(t *testing.T) {
 	}
 }
 
-// A deposed leader's writes fail with ErrNotLeader.
+// A deposed leader's writes fail with ErrNotLeader, in either layout.
 func TestFencedWriteAfterLosingLeadership(t *testing.T) {
+	for _, layout := range []RolloutLayout{OneKey, Split} {
+		t.Run(layout.String(), func(t *testing.T) { testFencedWriteAfterLosingLeadership(t, layout) })
+	}
+}
+
+func testFencedWriteAfterLosingLeadership(t *testing.T, layout RolloutLayout) {
 	s := startStore(t)
 	ctx := context.Background()
 	sess, err := concurrency.NewSession(s.Client(), concurrency.WithTTL(5))
@@ -102,25 +108,27 @@ func TestFencedWriteAfterLosingLeadership(t *testing.T) {
 		t.Fatal(err)
 	}
 	fence := &Fence{Key: e.Key(), Rev: e.Rev()}
-	r := &v1.Rollout{Id: "000001", Service: "web", ToVersion: "v1"}
-	rev, err := s.WriteRollout(ctx, fence, r, 0, nil, 0)
+	r := &v1.Rollout{Id: "000001", Service: "web", ToVersion: "v1", Waves: []*v1.Wave{{Hosts: []*v1.HostProgress{{HostId: "h1"}}}}}
+	rev, _, err := s.WriteRollout(ctx, fence, r, RolloutBase{Layout: layout}, nil, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Creating the same rollout twice is a conflict, not a lost fence.
-	if _, err := s.WriteRollout(ctx, fence, r, 0, nil, 0); !errors.Is(err, ErrConflict) {
+	if _, _, err := s.WriteRollout(ctx, fence, r, RolloutBase{Layout: layout}, nil, 0); !errors.Is(err, ErrConflict) {
 		t.Fatalf("double create: got %v, want ErrConflict", err)
 	}
 	// Leadership lost (session closed, key deleted): writes are refused.
 	if err := sess.Close(); err != nil {
 		t.Fatal(err)
 	}
-	r.ToVersion = "v2"
-	if _, err := s.WriteRollout(ctx, fence, r, rev, nil, 0); !errors.Is(err, ErrNotLeader) {
+	next := proto.Clone(r).(*v1.Rollout)
+	next.ToVersion = "v2"
+	next.Waves[0].Hosts[0].State = v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING
+	if _, _, err := s.WriteRollout(ctx, fence, next, RolloutBase{Rollout: r, Rev: rev, Layout: layout}, nil, 0); !errors.Is(err, ErrNotLeader) {
 		t.Fatalf("write after losing leadership: got %v, want ErrNotLeader", err)
 	}
 	got, err := s.GetRollout(ctx, "web", "000001")
-	if err != nil || got.GetToVersion() != "v1" {
+	if err != nil || got.GetToVersion() != "v1" || got.GetWaves()[0].GetHosts()[0].GetState() != v1.HostRolloutState_HOST_ROLLOUT_STATE_UNSPECIFIED {
 		t.Fatalf("rollout changed by a deposed leader: %v %v", got, err)
 	}
 }
@@ -206,9 +214,13 @@ func TestWriteRolloutWithManyEvents(t *testing.T) {
 	for i := range 1050 {
 		evs = append(evs, &v1.Event{At: timestamppb.New(now), Service: "web", RolloutId: "000001", Kind: "host_assigned", Host: fmt.Sprintf("h%04d", i)})
 	}
-	rev, err := s.WriteRollout(ctx, nil, r, 0, nil, 0, evs...)
+	decision, rev, err := s.WriteRollout(ctx, nil, r, RolloutBase{}, nil, 0, evs...)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The decision's revision is the rollout's (the next write compares it).
+	if _, created, err := s.GetRolloutAt(ctx, "web", "000001", 0); err != nil || created != decision || decision >= rev {
+		t.Fatalf("rollout created at %d (%v); WriteRollout said decision %d, last %d", created, err, decision, rev)
 	}
 	// The revision returned covers every event's write (the leader waits
 	// for it in its mirror).

@@ -180,7 +180,10 @@ func TestEtcdQuorumLostMidRollout(t *testing.T) {
 	for _, x := range h.hosts {
 		starts[x.id] = len(h.starts(x))
 	}
+	// The rollout in either layout: one key, or a head and its parts
+	// (coordinator/store/rollouts.go).
 	key := "/fleetwave/v1/rollouts/" + service + "/" + id
+	head := "/fleetwave/v1/rolloutsplit/" + service + "/" + id
 	survivor := h.etcd.Endpoint(2)
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{survivor}, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
@@ -194,12 +197,30 @@ func TestEtcdQuorumLostMidRollout(t *testing.T) {
 		if err != nil {
 			return nil, 0, err
 		}
-		if len(resp.Kvs) != 1 {
-			return nil, 0, fmt.Errorf("%s: %d keys", key, len(resp.Kvs))
+		if len(resp.Kvs) == 0 {
+			// The head and its parts ("<head>/<n>"; "0" follows "/").
+			if resp, err = cli.Get(ctx, head, clientv3.WithRange(head+"0"), clientv3.WithSerializable()); err != nil {
+				return nil, 0, err
+			}
+			if len(resp.Kvs) == 0 || string(resp.Kvs[0].Key) != head {
+				return nil, 0, fmt.Errorf("%s: no rollout in either layout", key)
+			}
 		}
 		var sr v1.Rollout
 		if err := proto.Unmarshal(resp.Kvs[0].Value, &sr); err != nil {
-			return nil, 0, fmt.Errorf("%s: %w", key, err)
+			return nil, 0, fmt.Errorf("%s: %w", resp.Kvs[0].Key, err)
+		}
+		for _, kv := range resp.Kvs[1:] {
+			var part v1.Rollout
+			if err := proto.Unmarshal(kv.Value, &part); err != nil {
+				return nil, 0, fmt.Errorf("%s: %w", kv.Key, err)
+			}
+			for _, w := range part.GetWaves() {
+				if int(w.GetIndex()) >= len(sr.GetWaves()) {
+					return nil, 0, fmt.Errorf("%s: wave %d of %d", kv.Key, w.GetIndex(), len(sr.GetWaves()))
+				}
+				sr.Waves[w.GetIndex()].Hosts = append(sr.Waves[w.GetIndex()].Hosts, w.GetHosts()...)
+			}
 		}
 		return &sr, resp.Kvs[0].ModRevision, nil
 	}

@@ -1634,8 +1634,13 @@ type CoordinatorInfo struct {
 	Version string `protobuf:"bytes,6,opt,name=version,proto3" json:"version,omitempty"`
 	// gossip address ("" = gossip off)
 	GossipAddress string `protobuf:"bytes,7,opt,name=gossip_address,json=gossipAddress,proto3" json:"gossip_address,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// It reads rollout records split into a head and host parts (store
+	// package, rollouts.go). The leader writes a new rollout split only when
+	// every registered coordinator says so; coordinators from before this
+	// field leave it false.
+	ReadsSplitRollouts bool `protobuf:"varint,8,opt,name=reads_split_rollouts,json=readsSplitRollouts,proto3" json:"reads_split_rollouts,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *CoordinatorInfo) Reset() {
@@ -1715,6 +1720,13 @@ func (x *CoordinatorInfo) GetGossipAddress() string {
 		return x.GossipAddress
 	}
 	return ""
+}
+
+func (x *CoordinatorInfo) GetReadsSplitRollouts() bool {
+	if x != nil {
+		return x.ReadsSplitRollouts
+	}
+	return false
 }
 
 type EtcdMember struct {
@@ -4228,7 +4240,7 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\x13WatchEventsResponse\x12)\n" +
 	"\x05event\x18\x01 \x01(\v2\x13.fleetwave.v1.EventR\x05event\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\"\x16\n" +
-	"\x14ClusterStatusRequest\"\xeb\x01\n" +
+	"\x14ClusterStatusRequest\"\x9d\x02\n" +
 	"\x0fCoordinatorInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x16\n" +
@@ -4237,7 +4249,8 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"started_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12\x16\n" +
 	"\x06agents\x18\x05 \x01(\rR\x06agents\x12\x18\n" +
 	"\aversion\x18\x06 \x01(\tR\aversion\x12%\n" +
-	"\x0egossip_address\x18\a \x01(\tR\rgossipAddress\"\xb0\x02\n" +
+	"\x0egossip_address\x18\a \x01(\tR\rgossipAddress\x120\n" +
+	"\x14reads_split_rollouts\x18\b \x01(\bR\x12readsSplitRollouts\"\xb0\x02\n" +
 	"\n" +
 	"EtcdMember\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +

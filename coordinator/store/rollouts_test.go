@@ -1,0 +1,234 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// testRollout has waves of the given sizes, hosts named by wave and place.
+func testRollout(id string, sizes ...int) *v1.Rollout {
+	r := &v1.Rollout{Id: id, Service: "web", ToVersion: "v2", FromVersion: "v1", State: v1.RolloutState_ROLLOUT_STATE_PROGRESSING,
+		CreatedAt: timestamppb.New(time.Unix(1700000000, 0))}
+	for i, n := range sizes {
+		w := &v1.Wave{Index: uint32(i), State: v1.WaveState_WAVE_STATE_PENDING}
+		for j := range n {
+			w.Hosts = append(w.Hosts, &v1.HostProgress{HostId: fmt.Sprintf("h%d-%05d", i, j), Zone: "z1"})
+		}
+		r.Waves = append(r.Waves, w)
+	}
+	return r
+}
+
+// startMirror runs a mirror of s until the test ends.
+func startMirror(t *testing.T, s *Store) *Mirror {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	m := NewMirror(s, zerolog.Nop())
+	done := make(chan struct{})
+	go func() { _ = m.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return m
+}
+
+// keysWrittenAt lists the keys under prefix last written at revision rev.
+func keysWrittenAt(t *testing.T, s *Store, prefix string, rev int64) []string {
+	t.Helper()
+	resp, err := s.c.Get(context.Background(), prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, kv := range resp.Kvs {
+		if kv.ModRevision == rev {
+			out = append(out, string(kv.Key))
+		}
+	}
+	return out
+}
+
+// A split rollout reads back whole (GetRollout, the mirror) and a write
+// puts the head and only the parts whose hosts changed.
+func TestSplitRolloutWritesWhatChanged(t *testing.T) {
+	s := startStore(t)
+	m := startMirror(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// 1 + 10 + 1,500 hosts: parts of 500 in wave order, the first holding
+	// waves 0 and 1 and 489 hosts of wave 2.
+	r := testRollout("000001", 1, 10, 1500)
+	rev, _, err := s.WriteRollout(ctx, nil, r, RolloutBase{Layout: Split}, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{RolloutHeadKey("web", "000001"), RolloutPartKey("web", "000001", 0), RolloutPartKey("web", "000001", 1),
+		RolloutPartKey("web", "000001", 2), RolloutPartKey("web", "000001", 3)}
+	if got := keysWrittenAt(t, s, SplitRolloutsPrefix, rev); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("new split rollout wrote %v, want %v", got, want)
+	}
+	if got := keysWrittenAt(t, s, RolloutsPrefix, rev); len(got) != 0 {
+		t.Fatalf("a split rollout wrote the one-key record too: %v", got)
+	}
+	got, err := s.GetRollout(ctx, "web", "000001")
+	if err != nil || !proto.Equal(got, r) {
+		t.Fatalf("GetRollout of a split rollout differs from what was written (%v)", err)
+	}
+	if err := m.WaitRev(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+	if vr, ok := m.Rollout("web", "000001"); !ok || !proto.Equal(vr.Val, r) || vr.Rev != rev || vr.Created != rev {
+		t.Fatalf("mirror's copy of a split rollout: ok %v, revisions %d/%d want %d, equal %v", ok, vr.Rev, vr.Created, rev, proto.Equal(vr.Val, r))
+	}
+	if l := m.RolloutLayout("web", "000001"); l != Split {
+		t.Fatalf("mirror says the layout is %s", l)
+	}
+
+	// One host of the last part moves: the head and that part only.
+	next := proto.Clone(r).(*v1.Rollout)
+	next.Waves[2].State = v1.WaveState_WAVE_STATE_PROGRESSING
+	next.Waves[2].Hosts[1400].State = v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING
+	rev2, _, err := s.WriteRollout(ctx, nil, next, RolloutBase{Rollout: r, Rev: rev, Layout: Split}, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = []string{RolloutHeadKey("web", "000001"), RolloutPartKey("web", "000001", 2)}
+	if got := keysWrittenAt(t, s, SplitRolloutsPrefix, rev2); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("a step moving one host wrote %v, want %v", got, want)
+	}
+	if err := m.WaitRev(ctx, rev2); err != nil {
+		t.Fatal(err)
+	}
+	if vr, _ := m.Rollout("web", "000001"); !proto.Equal(vr.Val, next) || vr.Rev != rev2 || vr.Created != rev {
+		t.Fatalf("mirror after the step: revisions %d/%d, want %d/%d, equal %v", vr.Rev, vr.Created, rev2, rev, proto.Equal(vr.Val, next))
+	}
+
+	// A stale base is a conflict, nothing written.
+	if _, _, err := s.WriteRollout(ctx, nil, next, RolloutBase{Rollout: r, Rev: rev, Layout: Split}, nil, 0); !errors.Is(err, ErrConflict) {
+		t.Fatalf("write over a stale revision: %v, want ErrConflict", err)
+	}
+
+	// Fewer hosts (fewer parts): the parts past the end are deleted.
+	short := proto.Clone(next).(*v1.Rollout)
+	short.Waves[2].Hosts = short.Waves[2].Hosts[:100]
+	rev3, _, err := s.WriteRollout(ctx, nil, short, RolloutBase{Rollout: next, Rev: rev2, Layout: Split}, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.WaitRev(ctx, rev3); err != nil {
+		t.Fatal(err)
+	}
+	if vr, _ := m.Rollout("web", "000001"); !proto.Equal(vr.Val, short) {
+		t.Fatalf("mirror after the parts shrank: %d hosts in wave 2, want 100", len(vr.Val.GetWaves()[2].GetHosts()))
+	}
+	if got, err := s.GetRollout(ctx, "web", "000001"); err != nil || !proto.Equal(got, short) {
+		t.Fatalf("GetRollout after the parts shrank differs (%v)", err)
+	}
+	// A new mirror loads the split rollout from scratch.
+	m2 := startMirror(t, s)
+	if err := m2.WaitRev(ctx, rev3); err != nil {
+		t.Fatal(err)
+	}
+	if vr, _ := m2.Rollout("web", "000001"); !proto.Equal(vr.Val, short) || vr.Rev != rev3 || vr.Created != rev {
+		t.Fatal("a mirror loading a split rollout assembles something else")
+	}
+}
+
+// A rollout written by a coordinator from before the split layout (one
+// key) loads and continues in its layout; an id is taken in either layout.
+func TestOneKeyRolloutLoadsAndContinues(t *testing.T) {
+	s := startStore(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r := testRollout("000001", 1, 20)
+	// As the old code wrote it: one put of the whole rollout.
+	val, err := proto.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.c.Put(ctx, RolloutKey("web", "000001"), string(val)); err != nil {
+		t.Fatal(err)
+	}
+	m := startMirror(t, s)
+	if err := m.WaitRev(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	vr, ok := m.Rollout("web", "000001")
+	if !ok || !proto.Equal(vr.Val, r) || m.RolloutLayout("web", "000001") != OneKey {
+		t.Fatalf("one-key rollout in the mirror: ok %v, layout %s", ok, m.RolloutLayout("web", "000001"))
+	}
+	next := proto.Clone(r).(*v1.Rollout)
+	next.Waves[0].Hosts[0].State = v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING
+	rev, _, err := s.WriteRollout(ctx, nil, next, RolloutBase{Rollout: vr.Val, Rev: vr.Rev, Layout: m.RolloutLayout("web", "000001")}, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := keysWrittenAt(t, s, RolloutsPrefix, rev); len(got) != 1 || got[0] != RolloutKey("web", "000001") {
+		t.Fatalf("continuing a one-key rollout wrote %v", got)
+	}
+	if got := keysWrittenAt(t, s, SplitRolloutsPrefix, rev); len(got) != 0 {
+		t.Fatalf("continuing a one-key rollout wrote split keys %v", got)
+	}
+	if err := m.WaitRev(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+	if vr, _ := m.Rollout("web", "000001"); !proto.Equal(vr.Val, next) {
+		t.Fatal("mirror did not follow the one-key rollout")
+	}
+	// The same id cannot be created in the other layout.
+	if _, _, err := s.WriteRollout(ctx, nil, r, RolloutBase{Layout: Split}, nil, 0); !errors.Is(err, ErrConflict) {
+		t.Fatalf("split create over a one-key rollout: %v, want ErrConflict", err)
+	}
+	if _, _, err := s.WriteRollout(ctx, nil, testRollout("000002", 3), RolloutBase{Layout: Split}, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.WriteRollout(ctx, nil, testRollout("000002", 3), RolloutBase{Layout: OneKey}, nil, 0); !errors.Is(err, ErrConflict) {
+		t.Fatalf("one-key create over a split rollout: %v, want ErrConflict", err)
+	}
+}
+
+// The limits: a rollout has at most maxRolloutParts parts (larger ones
+// beyond rolloutPartHosts * maxRolloutParts hosts), so a new rollout of
+// 40,000 hosts with a step's 1,000 events fits etcd's operations per
+// transaction.
+func TestSplitRolloutPartsBounded(t *testing.T) {
+	for _, c := range []struct{ hosts, parts int }{{1, 1}, {500, 1}, {501, 2}, {32000, 64}, {32001, 64}, {40000, 64}} {
+		_, parts := splitRollout(testRollout("000001", 1, c.hosts-1))
+		if len(parts) != c.parts {
+			t.Errorf("%d hosts: %d parts, want %d", c.hosts, len(parts), c.parts)
+		}
+	}
+	s := startStore(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	r := testRollout("000001", 1, 39999)
+	var evs []*v1.Event
+	for i := range 1000 {
+		evs = append(evs, &v1.Event{At: timestamppb.Now(), Service: "web", RolloutId: "000001", Kind: "host_assigned", Host: fmt.Sprintf("h%04d", i)})
+	}
+	if _, _, err := s.WriteRollout(ctx, nil, r, RolloutBase{Layout: Split}, &v1.Service{Spec: &v1.ServiceSpec{Name: "web"}}, 0, evs...); err != nil {
+		t.Fatal(err)
+	}
+	// The decision's revision (the returned one is that of the last events).
+	_, created, err := s.GetRolloutAt(ctx, "web", "000001", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := keysWrittenAt(t, s, SplitRolloutsPrefix, created); len(got) != 1+maxRolloutParts {
+		t.Fatalf("%d keys written, want the head and %d parts", len(got), maxRolloutParts)
+	}
+	if got, err := s.GetRollout(ctx, "web", "000001"); err != nil || !proto.Equal(got, r) {
+		t.Fatalf("GetRollout of 40,000 hosts differs (%v)", err)
+	}
+	if got, err := s.ListEvents(ctx, "web", "000001"); err != nil || len(got) != len(evs) {
+		t.Fatalf("%d events recorded, want %d (%v)", len(got), len(evs), err)
+	}
+}
