@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -41,15 +43,28 @@ type hub struct {
 type agentConn struct {
 	host   string
 	labels map[string]string
-	// out holds the newest assignment set not yet sent (capacity 1; a newer
-	// set replaces an unsent older one: level-triggered).
-	out    chan queuedSet
-	cancel context.CancelFunc
-	// last is the encoding of the last set queued, to skip repeats, and
-	// epoch the desired-state epoch it was computed at: an older computation
-	// finishing late must not replace a newer set.
-	last  []byte
-	epoch uint64
+	stream v1.AgentService_ConnectServer
+	// cancel ends the stream's work (its etcd calls, its sends) with a
+	// cause; ts ends the stream itself with a status, which ends the
+	// handler's Recv: the stream has no goroutine of its own waiting for
+	// its end.
+	cancel context.CancelCauseFunc
+	ts     statusWriter
+	// pending is the newest assignment set not yet sent (a newer set
+	// replaces an unsent older one: level-triggered); sending says a
+	// sender goroutine is at work (at most one per stream, started by queue
+	// and ending when nothing is pending); done that the handler is
+	// returning, so no sender starts. Guarded by hub.mu.
+	pending *queuedSet
+	sending bool
+	done    bool
+	senders sync.WaitGroup
+	// lastSum is the hash of the encoding of the last set queued, to skip
+	// repeats (zero: none, send the next one), and epoch the desired-state
+	// epoch it was computed at: an older computation finishing late must
+	// not replace a newer set.
+	lastSum [sha256.Size]byte
+	epoch   uint64
 	// token identifies this stream's connection record, so a replaced
 	// stream's clean-up cannot delete its successor's record.
 	token string
@@ -59,6 +74,34 @@ type agentConn struct {
 	// or not), guarded by hub.mu: what the host has of each service, for
 	// its assignments (rollout.Desired).
 	seen map[string]*v1.ServiceReport
+}
+
+// errStreamEnded is why a stream ended from outside ends: replaced by a
+// newer stream of its host, or the coordinator stopping or without an etcd
+// session.
+var errStreamEnded = errors.New("connection replaced or coordinator stopping")
+
+// end ends the stream from outside with cause: its work stops and its
+// status (cause's gRPC status, else Canceled with cause's message) goes to
+// the agent at once, which ends the handler's Recv.
+func (c *agentConn) end(cause error) {
+	c.cancel(cause)
+	st, ok := status.FromError(cause)
+	if !ok {
+		st = status.New(codes.Canceled, cause.Error())
+	}
+	if c.ts != nil {
+		_ = c.ts.WriteStatus(st) // nil when the stream has ended already
+	}
+}
+
+// statusWriter is what gRPC's transport stream (under a server stream's
+// context: grpc.ServerTransportStreamFromContext) offers to end a stream
+// with a status from outside its handler; the handler's own return then
+// writes nothing more. TestStreamEndedFromOutside checks that gRPC still
+// offers it.
+type statusWriter interface {
+	WriteStatus(*status.Status) error
 }
 
 func newHub(c *Coordinator) *hub {
@@ -182,9 +225,9 @@ func validateHello(h *v1.Hello) error {
 }
 
 // Connect implements AgentService.Connect.
-func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
-	ctx, cancel := context.WithCancel(stream.Context())
-	defer cancel()
+func (h *hub) Connect(stream v1.AgentService_ConnectServer) (retErr error) {
+	ctx, cancel := context.WithCancelCause(stream.Context())
+	defer cancel(nil)
 	first, err := stream.Recv()
 	if err != nil {
 		return err
@@ -211,7 +254,9 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
 		ctx, cancelCert = context.WithDeadline(ctx, cert.NotAfter)
 		defer cancelCert()
 	}
-	log := h.c.log.With().Str("host", id).Logger()
+	// No logger of the stream's own (With: a buffer kept per stream, about
+	// 450 bytes per agent): the host field is added per line.
+	log := &h.c.log
 	from := ""
 	if p, ok := peer.FromContext(ctx); ok {
 		from = p.Addr.String()
@@ -229,8 +274,18 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
 			h.c.hostMoved(ctx, id, old.GetLabels(), hello.GetLabels()) // remove.go
 		}
 	}
-	conn := &agentConn{host: id, labels: hello.GetLabels(), out: make(chan queuedSet, 1), cancel: cancel,
+	conn := &agentConn{host: id, labels: hello.GetLabels(), stream: stream, cancel: cancel,
 		token: h.c.cfg.Name + "/" + randToken(), reports: map[string]*v1.ServiceReport{}, seen: map[string]*v1.ServiceReport{}}
+	conn.ts, _ = grpc.ServerTransportStreamFromContext(ctx).(statusWriter)
+	// A stream's context ends by itself (plain context.Canceled: the stream
+	// or its connection ended) or with a cause: its certificate's deadline,
+	// a revocation (streamAuth: its status is the revocation), end. Those
+	// must end Recv too. AfterFunc starts no goroutine until then.
+	defer context.AfterFunc(ctx, func() {
+		if cause := context.Cause(ctx); cause != context.Canceled {
+			conn.end(cause)
+		}
+	})()
 	for _, r := range hello.GetServices() {
 		if err := h.saveReport(ctx, conn, r); err != nil {
 			return status.Error(codes.Unavailable, err.Error())
@@ -239,7 +294,7 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
 	}
 	h.mu.Lock()
 	if old := h.conns[id]; old != nil {
-		old.cancel()
+		old.end(errStreamEnded)
 	}
 	h.conns[id] = conn
 	h.mu.Unlock()
@@ -248,13 +303,26 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
 		if h.conns[id] == conn {
 			delete(h.conns, id)
 		}
+		conn.done = true
+		busy := conn.sending
 		h.mu.Unlock()
+		if busy && stream.Context().Err() == nil {
+			// A send waiting for the agent to read (flow control) returns
+			// only when the stream ends; gRPC forbids sending after the
+			// handler returned, so it ends first, with the handler's status.
+			cause := retErr
+			if cause == nil {
+				cause = errStreamEnded
+			}
+			conn.end(cause)
+		}
+		conn.senders.Wait()
 		dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer dcancel()
 		if err := h.c.store.DeleteConn(dctx, id, conn.token); err != nil {
-			log.Warn().Err(err).Msg("record disconnect failed")
+			log.Warn().Str("host", id).Err(err).Msg("record disconnect failed")
 		}
-		log.Info().Msg("agent disconnected")
+		log.Info().Str("host", id).Msg("agent disconnected")
 	}()
 	lease, err := h.c.liveLease(ctx)
 	if err != nil {
@@ -263,57 +331,70 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) error {
 	if err := h.c.store.PutConn(ctx, id, conn.token, lease); err != nil {
 		return status.Error(codes.Unavailable, err.Error())
 	}
-	log.Info().Str("from", from).Int("services", len(hello.GetServices())).Msg("agent connected")
+	log.Info().Str("host", id).Str("from", from).Int("services", len(hello.GetServices())).Msg("agent connected")
 	h.queue(conn, true, time.Now())
 
-	recvErr := make(chan error, 1)
-	go func() {
-		for {
-			m, err := stream.Recv()
-			if err != nil {
-				recvErr <- err
-				return
-			}
-			r := m.GetReport()
-			if r == nil {
-				recvErr <- status.Error(codes.InvalidArgument, "message: want a report after the hello")
-				return
-			}
-			if err := validateReport(r); err != nil {
-				log.Warn().Err(err).Msg("invalid report ignored")
-				continue
-			}
-			if err := h.saveReport(ctx, conn, r); err != nil {
-				recvErr <- status.Error(codes.Unavailable, err.Error())
-				return
-			}
-			if h.saw(conn, r) {
-				// What the host has changed: its assignments may (a removal
-				// done, or to be made above its new generation). A host that
-				// removed a service gets its set again even if it is the
-				// same: it refused what came while it was removing.
-				if r.GetPhase() == v1.Phase_PHASE_REMOVED {
-					h.mu.Lock()
-					conn.last = nil
-					h.mu.Unlock()
-				}
-				h.queue(conn, false, time.Now())
-			}
-		}
-	}()
+	// The handler receives; sets are sent by a goroutine queue starts when
+	// one is pending, which ends when none is (sendLoop): one goroutine per
+	// stream between deliveries, besides gRPC's per connection.
 	for {
-		select {
-		case <-ctx.Done():
-			return status.Error(codes.Canceled, "connection replaced or coordinator stopping")
-		case err := <-recvErr:
-			return err
-		case q := <-conn.out:
-			// A copy: queued sets may be shared; sent_at measures delivery.
-			if err := stream.Send(&v1.ConnectResponse{Assignments: q.resp.GetAssignments(), Agent: q.resp.GetAgent(), SentAt: timestamppb.Now()}); err != nil {
-				return err
+		m, err := stream.Recv()
+		if err != nil {
+			if cause := context.Cause(ctx); errors.Is(cause, errStreamEnded) || errors.Is(cause, context.DeadlineExceeded) {
+				return status.Error(codes.Canceled, cause.Error())
 			}
-			h.c.metrics.delivered(q)
+			return err // a revocation's status is streamAuth's
 		}
+		r := m.GetReport()
+		if r == nil {
+			return status.Error(codes.InvalidArgument, "message: want a report after the hello")
+		}
+		if err := validateReport(r); err != nil {
+			log.Warn().Str("host", id).Err(err).Msg("invalid report ignored")
+			continue
+		}
+		if err := h.saveReport(ctx, conn, r); err != nil {
+			return status.Error(codes.Unavailable, err.Error())
+		}
+		if h.saw(conn, r) {
+			// What the host has changed: its assignments may (a removal
+			// done, or to be made above its new generation). A host that
+			// removed a service gets its set again even if it is the
+			// same: it refused what came while it was removing.
+			if r.GetPhase() == v1.Phase_PHASE_REMOVED {
+				h.mu.Lock()
+				conn.lastSum = [sha256.Size]byte{}
+				h.mu.Unlock()
+			}
+			h.queue(conn, false, time.Now())
+		}
+	}
+}
+
+// sendLoop sends c's pending sets until none is left, then ends. Only one
+// runs per stream (agentConn.sending), so sends are never concurrent.
+func (h *hub) sendLoop(c *agentConn) {
+	defer c.senders.Done()
+	for {
+		h.mu.Lock()
+		q := c.pending
+		c.pending = nil
+		if q == nil || c.done {
+			c.sending = false
+			h.mu.Unlock()
+			return
+		}
+		h.mu.Unlock()
+		// A copy: queued sets may be shared; sent_at measures delivery.
+		if err := c.stream.Send(&v1.ConnectResponse{Assignments: q.resp.GetAssignments(), Agent: q.resp.GetAgent(), SentAt: timestamppb.Now()}); err != nil {
+			h.mu.Lock()
+			c.sending = false
+			h.mu.Unlock()
+			h.c.log.Debug().Err(err).Str("host", c.host).Msg("send assignments failed: ending the stream")
+			c.end(fmt.Errorf("send assignments: %w", err)) // the handler's Recv returns
+			return
+		}
+		h.c.metrics.delivered(*q)
 	}
 }
 
@@ -562,20 +643,22 @@ func (h *hub) queue(c *agentConn, force bool, since time.Time) {
 		h.c.log.Error().Err(err).Str("host", c.host).Msg("encode assignments")
 		return
 	}
+	sum := sha256.Sum256(b)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if t.epoch < c.epoch {
 		return // a newer set was queued meanwhile
 	}
-	if !force && string(b) == string(c.last) {
+	if !force && sum == c.lastSum {
 		return
 	}
-	c.last, c.epoch = b, t.epoch
-	select {
-	case <-c.out: // drop the unsent older set
-	default:
+	c.lastSum, c.epoch = sum, t.epoch
+	c.pending = &queuedSet{resp: m, since: since, connect: force}
+	if !c.sending && !c.done {
+		c.sending = true
+		c.senders.Add(1)
+		go h.sendLoop(c)
 	}
-	c.out <- queuedSet{resp: m, since: since, connect: force}
 }
 
 // pushLoop re-evaluates every connected host's assignments whenever what
@@ -612,6 +695,6 @@ func (h *hub) closeAll() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, c := range h.conns {
-		c.cancel()
+		c.end(errStreamEnded)
 	}
 }

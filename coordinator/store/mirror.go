@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -48,7 +49,7 @@ type Mirror struct {
 	dirty   map[[2]string]struct{}
 	hosts   map[string]*v1.Host
 	conns   map[string]string
-	reports map[string]map[string]*v1.ServiceReport
+	reports map[string]hostReports
 	coords  map[string]*v1.CoordinatorInfo
 	// connSince is when this mirror saw each connection record appear.
 	connSince map[string]time.Time
@@ -84,7 +85,7 @@ func (m *Mirror) reset() {
 	m.dirty = map[[2]string]struct{}{}
 	m.hosts = map[string]*v1.Host{}
 	m.conns = map[string]string{}
-	m.reports = map[string]map[string]*v1.ServiceReport{}
+	m.reports = map[string]hostReports{}
 	m.coords = map[string]*v1.CoordinatorInfo{}
 	m.connSince = map[string]time.Time{}
 	m.tokens = map[string]Versioned[*v1.Token]{}
@@ -303,23 +304,27 @@ func (m *Mirror) applyLocked(t mvccpb.Event_EventType, kv *mvccpb.KeyValue) {
 			return
 		}
 		if del {
-			if m.reports[p[0]][p[1]].GetStagedSha256() != "" {
+			if m.reports[p[0]].get(p[1]).GetStagedSha256() != "" {
 				m.desiredEpoch++ // a holder of a staged artifact is gone
 			}
-			delete(m.reports[p[0]], p[1])
+			m.reports[p[0]] = m.reports[p[0]].remove(p[1])
+			if len(m.reports[p[0]]) == 0 {
+				delete(m.reports, p[0])
+			}
 			return
 		}
 		v := &v1.ServiceReport{}
 		if decode(v) {
-			if v.GetStagedSha256() != m.reports[p[0]][p[1]].GetStagedSha256() {
+			if v.GetStagedSha256() != m.reports[p[0]].get(p[1]).GetStagedSha256() {
 				// Who holds a staged artifact decides which hosts stage
 				// and from whom (rollout.PlanStage).
 				m.desiredEpoch++
 			}
-			if m.reports[p[0]] == nil {
-				m.reports[p[0]] = map[string]*v1.ServiceReport{}
+			svc := v.GetService() // shares the report's string, not the key's
+			if svc != p[1] {
+				svc = strings.Clone(p[1])
 			}
-			m.reports[p[0]][p[1]] = v
+			m.reports[p[0]] = m.reports[p[0]].put(svc, v)
 		}
 	}
 }
@@ -422,6 +427,44 @@ func (m *Mirror) RolloutLayout(service, id string) RolloutLayout {
 		return Split
 	}
 	return OneKey
+}
+
+// hostReports are a host's last reports, sorted by service: a slice, not a
+// map, as a host runs few services and the mirror holds one per host (a
+// map costs about 250 bytes more per host).
+type hostReports []hostReport
+
+type hostReport struct {
+	service string
+	r       *v1.ServiceReport
+}
+
+func (hr hostReports) find(service string) (int, bool) {
+	i := sort.Search(len(hr), func(i int) bool { return hr[i].service >= service })
+	return i, i < len(hr) && hr[i].service == service
+}
+
+func (hr hostReports) get(service string) *v1.ServiceReport {
+	if i, ok := hr.find(service); ok {
+		return hr[i].r
+	}
+	return nil
+}
+
+func (hr hostReports) put(service string, r *v1.ServiceReport) hostReports {
+	i, ok := hr.find(service)
+	if ok {
+		hr[i].r = r
+		return hr
+	}
+	return slices.Insert(hr, i, hostReport{service: service, r: r})
+}
+
+func (hr hostReports) remove(service string) hostReports {
+	if i, ok := hr.find(service); ok {
+		return slices.Delete(hr, i, i+1)
+	}
+	return hr
 }
 
 // Subscribe returns a channel that receives a value (coalesced) after every
@@ -725,18 +768,18 @@ func (m *Mirror) Coordinator(name string) (*v1.CoordinatorInfo, bool) {
 func (m *Mirror) Report(host, service string) *v1.ServiceReport {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
-	return m.reports[host][service]
+	return m.reports[host].get(service)
 }
 
 // Reports returns a host's last reports, sorted by service.
 func (m *Mirror) Reports(host string) []*v1.ServiceReport {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
-	out := make([]*v1.ServiceReport, 0, len(m.reports[host]))
-	for _, r := range m.reports[host] {
-		out = append(out, r)
+	hr := m.reports[host]
+	out := make([]*v1.ServiceReport, len(hr))
+	for i, e := range hr {
+		out[i] = e.r // sorted by service already
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].GetService() < out[j].GetService() })
 	return out
 }
 

@@ -31,7 +31,9 @@ import (
 // It writes, into FLEETWAVE_SIM_PROFILE, cpu.pprof (two rollouts) and
 // heap-connected.pprof / heap-deployed.pprof (after a GC, with the fleet
 // connected and after the deploys) with goroutine dumps beside them; the sim's own allocations are in them
-// too, under package sim and the grpc client. Its etcd is embedded here
+// too, under package sim and the grpc client. FLEETWAVE_SIM_MEMPROFILERATE
+// sets runtime.MemProfileRate (e.g. 4096, to see objects of a few hundred
+// bytes per agent). Its etcd is embedded here
 // with a large MaxTxnOps, as big steps put more events in one transaction
 // than etcd's default 128 allows.
 func TestProfileInProcess(t *testing.T) {
@@ -42,6 +44,9 @@ func TestProfileInProcess(t *testing.T) {
 	dir := os.Getenv("FLEETWAVE_SIM_PROFILE")
 	if dir == "" {
 		dir = t.TempDir()
+	}
+	if r, _ := strconv.Atoi(os.Getenv("FLEETWAVE_SIM_MEMPROFILERATE")); r > 0 {
+		runtime.MemProfileRate = r // finer heap profiles (default 512 KiB: per-agent objects hide)
 	}
 	if _, err := RaiseFileLimit(); err != nil {
 		t.Fatal(err)

@@ -354,27 +354,30 @@ type timing struct {
 }
 
 type scaleResult struct {
-	n             int
-	connect       time.Duration
-	initial       timing
-	rollout       timing
-	latency       Latency
-	rssBase       int64
-	rssConnected  int64   // with the fleet connected, before any release
-	rssN          int64   // after the initial deploy
-	idleCPU       float64 // cores
-	simIdleCPU    float64 // cores used by this (the sim's) process meanwhile
-	rolloutCPU    float64 // coordinator cores during the rollout
-	simRolloutCPU float64 // this process's cores meanwhile
-	writes        []phaseWrites
-	failDetect    time.Duration // failing report sent -> rollout FAILED (coordinator's finished_at)
-	rollback      time.Duration // failing report sent -> every host reports the previous release
-	rollbackFrom  time.Duration // release create -> failing report sent
-	failReason    string
-	rolloutBytes  int64   // size of the rollout record at the end
-	txns          int     // the coordinator's etcd transactions during the rollout
-	txnMean       float64 // their mean latency, seconds
-	notes         []string
+	n            int
+	connect      time.Duration
+	initial      timing
+	rollout      timing
+	latency      Latency
+	rssBase      int64
+	rssConnected int64 // with the fleet connected, before any release
+	rssN         int64 // after the initial deploy
+	// goBase, goConnected and goN are the coordinator's Go memory at the
+	// same three moments (its /metrics).
+	goBase, goConnected, goN goMem
+	idleCPU                  float64 // cores
+	simIdleCPU               float64 // cores used by this (the sim's) process meanwhile
+	rolloutCPU               float64 // coordinator cores during the rollout
+	simRolloutCPU            float64 // this process's cores meanwhile
+	writes                   []phaseWrites
+	failDetect               time.Duration // failing report sent -> rollout FAILED (coordinator's finished_at)
+	rollback                 time.Duration // failing report sent -> every host reports the previous release
+	rollbackFrom             time.Duration // release create -> failing report sent
+	failReason               string
+	rolloutBytes             int64   // size of the rollout record at the end
+	txns                     int     // the coordinator's etcd transactions during the rollout
+	txnMean                  float64 // their mean latency, seconds
+	notes                    []string
 }
 
 // runScale measures one fleet size.
@@ -429,6 +432,7 @@ func runScale(t *testing.T, bin string, n int) (_ *scaleResult, err error) {
 	if res.rssBase, _, err = procStat(pid); err != nil {
 		return nil, err
 	}
+	res.goBase = scrapeGoMem(ctx, p.metrics, res)
 	if err := phase("setup"); err != nil {
 		return nil, err
 	}
@@ -450,6 +454,7 @@ func runScale(t *testing.T, bin string, n int) (_ *scaleResult, err error) {
 	if res.rssConnected, _, err = procStat(pid); err != nil {
 		return res, err
 	}
+	res.goConnected = scrapeGoMem(ctx, p.metrics, res)
 	if err := phase(fmt.Sprintf("connect %d hosts", n)); err != nil {
 		return res, err
 	}
@@ -467,6 +472,7 @@ func runScale(t *testing.T, bin string, n int) (_ *scaleResult, err error) {
 		return res, err
 	}
 	res.rssN = rss
+	res.goN = scrapeGoMem(ctx, p.metrics, res)
 	_, self0, _ := procStat(os.Getpid())
 	t0 := time.Now()
 	sleep(ctx, idle)
@@ -699,6 +705,11 @@ func (r *scaleResult) print(w io.Writer) {
 		r.latency.P50.Round(time.Microsecond), r.latency.P90.Round(time.Microsecond), r.latency.P99.Round(time.Microsecond), r.latency.Max.Round(time.Microsecond), r.latency.Count)
 	fmt.Fprintf(w, "(c) coordinator VmRSS:             %.1f MiB with no agent, %.1f MiB with %d connected (%.1f KiB per agent), %.1f MiB after the first deploy: %.1f KiB per agent\n",
 		float64(r.rssBase)/(1<<20), float64(r.rssConnected)/(1<<20), r.n, float64(r.rssConnected-r.rssBase)/float64(r.n)/1024, float64(r.rssN)/(1<<20), r.rssSlope())
+	perAgent := func(a, b float64) float64 { return (b - a) / float64(r.n) / 1024 }
+	fmt.Fprintf(w, "    coordinator Go memory:         per agent connected / after the first deploy: heap in use %.1f / %.1f KiB, goroutine stacks %.1f / %.1f KiB, goroutines %.2f / %.2f\n",
+		perAgent(r.goBase.heap, r.goConnected.heap), perAgent(r.goBase.heap, r.goN.heap),
+		perAgent(r.goBase.stack, r.goConnected.stack), perAgent(r.goBase.stack, r.goN.stack),
+		(r.goConnected.goroutines-r.goBase.goroutines)/float64(r.n), (r.goN.goroutines-r.goBase.goroutines)/float64(r.n))
 	fmt.Fprintf(w, "(d) coordinator CPU idle:          %.3f cores (the sim's process: %.3f cores)\n", r.idleCPU, r.simIdleCPU)
 	fmt.Fprintf(w, "(f) last wave fails, roll back:    failing report %s after release create; rollout FAILED after %s; every host back on v2 after %s\n",
 		ms(r.rollbackFrom), ms(r.failDetect), ms(r.rollback))
@@ -758,33 +769,72 @@ func printSummary(w io.Writer, rs []*scaleResult) {
 	}
 }
 
-// etcdTxns scrapes the coordinator's count and total seconds of etcd
-// transactions (fleetwave_coordinator_etcd_request_duration_seconds, op txn).
-func etcdTxns(ctx context.Context, addr string) (count, sum float64, err error) {
+// goMem is a coordinator's Go memory as its /metrics tells it (the
+// Prometheus Go collector; heap in use includes garbage not yet collected).
+type goMem struct{ heap, stack, goroutines float64 }
+
+// scrapeGoMem reads goMem from the coordinator's /metrics; a failure is
+// noted in res and gives zeros.
+func scrapeGoMem(ctx context.Context, addr string, res *scaleResult) goMem {
+	var m goMem
+	err := scrapeMetrics(ctx, addr, func(name string, v float64) {
+		switch name {
+		case "go_memstats_heap_inuse_bytes":
+			m.heap = v
+		case "go_memstats_stack_inuse_bytes":
+			m.stack = v
+		case "go_goroutines":
+			m.goroutines = v
+		}
+	})
+	if err != nil {
+		res.notes = append(res.notes, "metrics: "+err.Error())
+	}
+	return m
+}
+
+// scrapeMetrics calls f with each sample line's name (labels included) and
+// value from the coordinator's /metrics.
+func scrapeMetrics(ctx context.Context, addr string, f func(name string, v float64)) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
 	if err != nil {
-		return 0, 0, err
+		return err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, 0, fmt.Errorf("scrape %s: %w", addr, err)
+		return fmt.Errorf("scrape %s: %w", addr, err)
 	}
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	const name = "fleetwave_coordinator_etcd_request_duration_seconds"
 	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) != 2 || !strings.Contains(f[0], `op="txn"`) {
+		fs := strings.Fields(sc.Text())
+		if len(fs) != 2 || strings.HasPrefix(fs[0], "#") {
 			continue
 		}
-		v, _ := strconv.ParseFloat(f[1], 64)
+		v, err := strconv.ParseFloat(fs[1], 64)
+		if err != nil {
+			continue
+		}
+		f(fs[0], v)
+	}
+	return sc.Err()
+}
+
+// etcdTxns scrapes the coordinator's count and total seconds of etcd
+// transactions (fleetwave_coordinator_etcd_request_duration_seconds, op txn).
+func etcdTxns(ctx context.Context, addr string) (count, sum float64, err error) {
+	const name = "fleetwave_coordinator_etcd_request_duration_seconds"
+	err = scrapeMetrics(ctx, addr, func(n string, v float64) {
+		if !strings.Contains(n, `op="txn"`) {
+			return
+		}
 		switch {
-		case strings.HasPrefix(f[0], name+"_count"):
+		case strings.HasPrefix(n, name+"_count"):
 			count = v
-		case strings.HasPrefix(f[0], name+"_sum"):
+		case strings.HasPrefix(n, name+"_sum"):
 			sum = v
 		}
-	}
-	return count, sum, sc.Err()
+	})
+	return count, sum, err
 }

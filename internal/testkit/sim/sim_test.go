@@ -171,7 +171,11 @@ func TestFaultInjectionDisconnectMidRollout(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Wait for wave 1 (not the canary) to be installing, and take three of
-	// its hosts down.
+	// its hosts down. The rollout record says the wave started as soon as
+	// the coordinator's mirror has it (GetRollout syncs the mirror); the
+	// hosts' assignments follow from the hub's push, which runs after that
+	// same mirror change, so a host may get its assignment a moment after
+	// the wave is seen: wait for hosts to be installing, not only assigned.
 	r, err := o.waitRollout(ctx, "web", func(r *v1.Rollout) bool {
 		return r.GetToVersion() == "v2" && len(r.GetWaves()) == 3 && r.GetWaves()[1].GetState() == v1.WaveState_WAVE_STATE_PROGRESSING
 	})
@@ -179,25 +183,27 @@ func TestFaultInjectionDisconnectMidRollout(t *testing.T) {
 		t.Fatal(err)
 	}
 	var down []int
-	for _, h := range r.GetWaves()[1].GetHosts() {
-		var i int
-		if _, err := fmt.Sscanf(h.GetHostId(), "sim-%05d", &i); err != nil {
-			t.Fatal(err)
+	isDown := map[int]bool{}
+	testkit.EventuallyErr(t, 10*time.Second, "three hosts of wave 1 installing", func() error {
+		for _, h := range r.GetWaves()[1].GetHosts() {
+			var i int
+			if _, err := fmt.Sscanf(h.GetHostId(), "sim-%05d", &i); err != nil {
+				t.Fatal(err)
+			}
+			// Only hosts still installing: the rollout must wait for them.
+			if rep, err := f.Report(i, "web"); isDown[i] || err != nil || rep.GetPhase() != v1.Phase_PHASE_FETCHING || rep.GetTargetVersion() != "v2" {
+				continue
+			}
+			if err := f.Disconnect(i); err != nil {
+				t.Fatal(err)
+			}
+			isDown[i] = true
+			if down = append(down, i); len(down) == 3 {
+				return nil
+			}
 		}
-		// Only hosts still installing: the rollout must wait for them.
-		if rep, err := f.Report(i, "web"); err != nil || rep.GetPhase() != v1.Phase_PHASE_FETCHING {
-			continue
-		}
-		if err := f.Disconnect(i); err != nil {
-			t.Fatal(err)
-		}
-		if down = append(down, i); len(down) == 3 {
-			break
-		}
-	}
-	if len(down) != 3 {
-		t.Fatalf("only %d hosts of wave 1 were installing", len(down))
-	}
+		return fmt.Errorf("%d of wave 1's hosts installing v2 taken down", len(down))
+	})
 	unknown := func(r *v1.Rollout) (k int) {
 		for _, w := range r.GetWaves() {
 			for _, h := range w.GetHosts() {
