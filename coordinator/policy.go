@@ -73,11 +73,15 @@ func (c *Coordinator) gates(svc *v1.Service) rollout.Gates {
 // machine's zoneinfo files): parsed again only when a service's windows
 // change, so the engine (rollout.Holding) evaluates them without I/O and
 // the leader does not read zoneinfo on every step. One entry per service
-// name (bounded by the services stored). The zero value is ready.
+// name with windows, at most maxCachedWindows (past it the cache starts
+// again empty: services come and go). The zero value is ready.
 type windowCache struct {
 	mu sync.Mutex
 	m  map[string]parsedWindows
 }
+
+// maxCachedWindows bounds windowCache's entries.
+const maxCachedWindows = 4096
 
 type parsedWindows struct {
 	src []*v1.DeployWindow
@@ -98,7 +102,7 @@ func (wc *windowCache) parsed(svc *v1.Service) ([]spec.Window, error) {
 		return p.ws, p.err
 	}
 	ws, err := spec.ParseWindows(src)
-	if wc.m == nil {
+	if _, ok := wc.m[name]; wc.m == nil || (!ok && len(wc.m) >= maxCachedWindows) {
 		wc.m = map[string]parsedWindows{}
 	}
 	wc.m[name] = parsedWindows{src: src, ws: ws, err: err}

@@ -237,4 +237,20 @@ func TestWindowCache(t *testing.T) {
 	if ws, err := wc.parsed(&v1.Service{Spec: &v1.ServiceSpec{Name: "web"}}); ws != nil || err != nil {
 		t.Errorf("no windows: %v, %v", ws, err)
 	}
+	// Bounded: past maxCachedWindows names the cache starts again.
+	for i := range maxCachedWindows + 1 {
+		s := svc("UTC")
+		s.Spec.Name = fmt.Sprint("svc", i)
+		if _, err := wc.parsed(s); err != nil {
+			t.Fatal(err)
+		}
+		if len(wc.m) > maxCachedWindows {
+			t.Fatalf("%d entries, more than %d", len(wc.m), maxCachedWindows)
+		}
+	}
+	// web and svc0 .. svc4094 fill it; svc4095 starts it again, svc4096
+	// joins.
+	if len(wc.m) != 2 {
+		t.Errorf("%d entries after %d more names, want 2 (started again)", len(wc.m), maxCachedWindows+1)
+	}
 }
