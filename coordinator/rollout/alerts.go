@@ -22,7 +22,8 @@ const AlertLabelName = "alertname"
 // aborts only that service's rollout.
 const AlertLabelService = "service"
 
-// FiringAlert is one alert reported firing, by its labels.
+// FiringAlert is one alert reported firing, by its labels (made printable
+// and bounded by the receiver that decoded them).
 type FiringAlert struct {
 	Labels map[string]string
 }
