@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -48,6 +49,11 @@ const (
 	// answered 429.
 	AlertmanagerRate  = 5
 	AlertmanagerBurst = 20
+	// AlertmanagerMaxLabel bounds each label's name and value as the
+	// receiver passes them on (firingAlerts): a longer one is cut and
+	// marked "…", so it never equals an alert name (at most 128 bytes,
+	// spec rollout.abort_on_alerts) or a service name.
+	AlertmanagerMaxLabel = 128
 	// Token file bounds: a token shorter than alertmanagerMinToken is
 	// refused at start.
 	alertmanagerMinToken = 16
@@ -180,12 +186,7 @@ func (a *alertReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ans.Ignored = len(alerts) - AlertmanagerMaxAlerts
 		alerts = alerts[:AlertmanagerMaxAlerts]
 	}
-	var firing []rollout.FiringAlert
-	for _, al := range alerts {
-		if al.Status == "firing" && al.Labels[rollout.AlertLabelName] != "" {
-			firing = append(firing, rollout.FiringAlert{Labels: al.Labels})
-		}
-	}
+	firing := firingAlerts(alerts)
 	ans.Firing = len(firing)
 	if len(firing) == 0 {
 		a.answer(w, http.StatusOK, ans)
@@ -206,6 +207,49 @@ func (a *alertReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.answer(w, http.StatusOK, ans)
+}
+
+// firingAlerts are the alerts firing with an alertname, with their labels
+// made safe to print: labels come from whoever holds the token, and the
+// engine puts them in the rollout's reason, which events, the audit log
+// and the CLI print. Each label's name and value is valid UTF-8 with each
+// control or other unprintable character (a newline, an ANSI escape) and
+// each run of invalid UTF-8 replaced by "?", then cut to
+// AlertmanagerMaxLabel bytes. Names that come out the same keep the value
+// of the first in byte order.
+func firingAlerts(alerts []amAlert) []rollout.FiringAlert {
+	var out []rollout.FiringAlert
+	for _, al := range alerts {
+		if al.Status != "firing" || al.Labels[rollout.AlertLabelName] == "" {
+			continue
+		}
+		keys := make([]string, 0, len(al.Labels))
+		for k := range al.Labels {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		labels := make(map[string]string, len(keys))
+		for _, k := range keys {
+			sk := printableLabel(k)
+			if _, dup := labels[sk]; !dup {
+				labels[sk] = printableLabel(al.Labels[k])
+			}
+		}
+		out = append(out, rollout.FiringAlert{Labels: labels})
+	}
+	return out
+}
+
+// printableLabel is s with unprintable characters and invalid UTF-8
+// replaced by "?", cut to AlertmanagerMaxLabel bytes (firingAlerts).
+func printableLabel(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsPrint(r) {
+			return r
+		}
+		return '?'
+	}, strings.ToValidUTF8(s, "?"))
+	return clip(s, AlertmanagerMaxLabel)
 }
 
 func (a *alertReceiver) putAudit(ctx context.Context, e *v1.AuditEntry) {

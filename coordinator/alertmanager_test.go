@@ -9,9 +9,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode"
 
 	"github.com/rs/zerolog"
 
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -130,5 +132,60 @@ func TestAlertReceiverRefusedPostsDoNotStarve(t *testing.T) {
 		if code, ans, _ := serve(a, token, `{"version":"4","status":"resolved","alerts":[]}`); code != http.StatusOK {
 			t.Fatalf("post %d with the token after the flood: %d %+v", i, code, ans)
 		}
+	}
+}
+
+// Alert names and labels come from whoever holds the receiver's token:
+// the receiver (firingAlerts) makes them printable and bounded before the
+// engine puts them in the rollout's reason, which events, the audit log
+// and `fleetwave` print (before, a label "x\n[fake] rollout
+// succeeded\x1b[2J" went through as is). The labels are decoded from JSON
+// as a post is.
+func TestFiringAlertsPrintable(t *testing.T) {
+	body := `{"version":"4","alerts":[
+		{"status":"firing","labels":{"alertname":"HighErrorRate","instance\r\n":"x\n[fake] rollout succeeded\u001b[2J\u2028\u0000","bad":"\ud800","huge":"` + strings.Repeat("v", 5000) + `"}},
+		{"status":"firing","labels":{"alertname":"HighErrorRate` + strings.Repeat("x", 200) + `"}},
+		{"status":"resolved","labels":{"alertname":"HighErrorRate"}},
+		{"status":"firing","labels":{"severity":"page"}}]}`
+	var n amNotification
+	if err := json.Unmarshal([]byte(body), &n); err != nil {
+		t.Fatal(err)
+	}
+	firing := firingAlerts(n.Alerts)
+	if len(firing) != 2 {
+		t.Fatalf("%d firing alerts with an alertname, want 2: %v", len(firing), firing)
+	}
+	for _, a := range firing {
+		for k, v := range a.Labels {
+			if len(k) > AlertmanagerMaxLabel+len("…") || len(v) > AlertmanagerMaxLabel+len("…") {
+				t.Errorf("label %.40q=%.40q: %d and %d bytes, more than %d", k, v, len(k), len(v), AlertmanagerMaxLabel)
+			}
+			for _, c := range k + v {
+				if !unicode.IsPrint(c) {
+					t.Errorf("label %q=%q holds %U", k, v, c)
+				}
+			}
+		}
+	}
+	if got := firing[0].Labels["instance??"]; got != "x?[fake] rollout succeeded?[2J??" {
+		t.Errorf("instance label %q", got)
+	}
+	// A name cut to the bound is marked and matches no policy's name.
+	if name := firing[1].Name(); !strings.HasSuffix(name, "…") || len(name) != AlertmanagerMaxLabel+len("…") {
+		t.Errorf("long alertname %q", name)
+	}
+	pol := &v1.RolloutPolicy{AbortOnAlerts: []string{"HighErrorRate"}}
+	r := &v1.Rollout{Id: "000001", Service: "web", State: v1.RolloutState_ROLLOUT_STATE_PROGRESSING, Policy: pol}
+	why, ok := rollout.AlertAbort(r, firing)
+	if !ok {
+		t.Fatal("not aborted")
+	}
+	for _, c := range why {
+		if !unicode.IsPrint(c) {
+			t.Fatalf("reason holds %U: %q", c, why)
+		}
+	}
+	if !strings.Contains(why, `instance??=x?[fake] rollout succeeded?[2J??`) || len(why) > 1000 {
+		t.Errorf("reason (%d bytes) %q", len(why), why)
 	}
 }

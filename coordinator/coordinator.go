@@ -321,6 +321,8 @@ type Coordinator struct {
 	failures *failureLog
 	// limits enforces Config.Limits (limits.go).
 	limits *limiter
+	// windows are services' deploy windows, parsed (policy.go).
+	windows windowCache
 	// ca signs agent certificates: the join CA, or the root with
 	// --tls-ca-key (nil: neither; Join and Renew are refused).
 	ca *tlsutil.CA

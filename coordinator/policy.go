@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -42,6 +43,7 @@ const (
 // gates are the engine's inputs for svc's holds, from the mirror.
 func (c *Coordinator) gates(svc *v1.Service) rollout.Gates {
 	g := rollout.Gates{Blackouts: c.mirror.Blackouts()}
+	g.Windows, g.WindowsErr = c.windows.parsed(svc)
 	after := svc.GetSpec().GetRollout().GetAfter()
 	if len(after) == 0 {
 		return g
@@ -64,6 +66,59 @@ func (c *Coordinator) gates(svc *v1.Service) rollout.Gates {
 		g.Cycle = rollout.AfterCycle(svc.GetSpec().GetName(), after, c.afterGraph())
 	}
 	return g
+}
+
+// windowCache holds each service's rollout.windows parsed (spec.ParseWindows
+// resolves their time zones with time.LoadLocation, which reads the
+// machine's zoneinfo files): parsed again only when a service's windows
+// change, so the engine (rollout.Holding) evaluates them without I/O and
+// the leader does not read zoneinfo on every step. One entry per service
+// name with windows, at most maxCachedWindows (past it the cache starts
+// again empty: services come and go). The zero value is ready.
+type windowCache struct {
+	mu sync.Mutex
+	m  map[string]parsedWindows
+}
+
+// maxCachedWindows bounds windowCache's entries.
+const maxCachedWindows = 4096
+
+type parsedWindows struct {
+	src []*v1.DeployWindow
+	ws  []spec.Window
+	err error
+}
+
+// parsed is svc's windows parsed, and the parse error.
+func (wc *windowCache) parsed(svc *v1.Service) ([]spec.Window, error) {
+	src := svc.GetSpec().GetRollout().GetWindows()
+	if len(src) == 0 {
+		return nil, nil
+	}
+	name := svc.GetSpec().GetName()
+	wc.mu.Lock()
+	defer wc.mu.Unlock()
+	if p, ok := wc.m[name]; ok && sameWindows(p.src, src) {
+		return p.ws, p.err
+	}
+	ws, err := spec.ParseWindows(src)
+	if _, ok := wc.m[name]; wc.m == nil || (!ok && len(wc.m) >= maxCachedWindows) {
+		wc.m = map[string]parsedWindows{}
+	}
+	wc.m[name] = parsedWindows{src: src, ws: ws, err: err}
+	return ws, err
+}
+
+func sameWindows(a, b []*v1.DeployWindow) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !proto.Equal(a[i], b[i]) {
+			return false
+		}
+	}
+	return true
 }
 
 // newestDeciding is the service's newest rollout that names a release

@@ -206,3 +206,51 @@ func TestPlanRolloutRefusalsChangeNothing(t *testing.T) {
 		t.Errorf("plan changed the service:\nbefore %v\nafter  %v (%v)", before.GetService(), after.GetService(), err)
 	}
 }
+
+// TestWindowCache: a service's windows are parsed (time zones resolved)
+// once, again only when they change (not on every reconcile), and an
+// unparsable record's error is kept and returned the same way.
+func TestWindowCache(t *testing.T) {
+	svc := func(tz string) *v1.Service {
+		return &v1.Service{Spec: &v1.ServiceSpec{Name: "web", Rollout: &v1.RolloutPolicy{Windows: []*v1.DeployWindow{
+			{Days: "mon-fri", Start: "09:00", End: "17:00", TimeZone: tz}}}}}
+	}
+	var wc windowCache
+	ws, err := wc.parsed(svc("Europe/Berlin"))
+	if err != nil || len(ws) != 1 || ws[0].Loc.String() != "Europe/Berlin" {
+		t.Fatalf("parsed = %v, %v", ws, err)
+	}
+	// time.LoadLocation returns a new *Location on every call: the same
+	// pointer is the cached parse. The spec is a copy (as the mirror
+	// decodes each revision), equal in value.
+	again, err := wc.parsed(proto.Clone(svc("Europe/Berlin")).(*v1.Service))
+	if err != nil || again[0].Loc != ws[0].Loc {
+		t.Errorf("same windows parsed again (%p, was %p), err %v", again[0].Loc, ws[0].Loc, err)
+	}
+	moved, err := wc.parsed(svc("Asia/Tokyo"))
+	if err != nil || moved[0].Loc.String() != "Asia/Tokyo" {
+		t.Errorf("changed windows: %v, %v; want Asia/Tokyo", moved, err)
+	}
+	if _, err := wc.parsed(svc("Mars/Olympus")); err == nil || !strings.Contains(err.Error(), `rollout.windows[0].time_zone: "Mars/Olympus"`) {
+		t.Errorf("unparsable windows: err %v, want one naming rollout.windows[0].time_zone", err)
+	}
+	if ws, err := wc.parsed(&v1.Service{Spec: &v1.ServiceSpec{Name: "web"}}); ws != nil || err != nil {
+		t.Errorf("no windows: %v, %v", ws, err)
+	}
+	// Bounded: past maxCachedWindows names the cache starts again.
+	for i := range maxCachedWindows + 1 {
+		s := svc("UTC")
+		s.Spec.Name = fmt.Sprint("svc", i)
+		if _, err := wc.parsed(s); err != nil {
+			t.Fatal(err)
+		}
+		if len(wc.m) > maxCachedWindows {
+			t.Fatalf("%d entries, more than %d", len(wc.m), maxCachedWindows)
+		}
+	}
+	// web and svc0 .. svc4094 fill it; svc4095 starts it again, svc4096
+	// joins.
+	if len(wc.m) != 2 {
+		t.Errorf("%d entries after %d more names, want 2 (started again)", len(wc.m), maxCachedWindows+1)
+	}
+}

@@ -1,7 +1,9 @@
 package judge
 
 import (
+	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -176,5 +178,143 @@ func TestTrackerBusyFleetKeepsJudging(t *testing.T) {
 	}
 	if ok, err := tr.Add("huge", false, end.Add(span), errCounts(0, MaxGroupCount+1), end.Add(span)); ok || err == nil || !strings.Contains(err.Error(), `huge rule "errors": requests 1000000001: more than 1000000000`) {
 		t.Errorf("a host over MaxGroupCount: %v %v", ok, err)
+	}
+}
+
+// TestHostWeightCap: one baseline host claiming 900 million requests (a
+// host may report a billion a window) at the canary's error ratio, and as
+// many observations as slow as the canary, drowned its eight honest
+// peers: the baseline looked as bad as the canary, and a canary with 2×
+// the errors and 2% of its requests slow (p99 +58%) passed. Scaled down
+// to MaxHostWeight times its group's median host, it weighs as much as 4
+// of them: the canary fails, and the reason says a host was scaled down.
+// The same fleet without the liar fails alike.
+func TestHostWeightCap(t *testing.T) {
+	c := Config{Windows: 1, Rules: []Rule{{Name: "errors", Kind: KindErrorRatio}, {Name: "latency", Kind: KindLatency, Quantile: 0.99}}}
+	bounds := []float64{0.05, 0.1, 0.2, 0.4, math.Inf(1)}
+	host := func(name string, canary bool, errs, reqs uint64, per ...uint64) HostSummary {
+		return HostSummary{Host: name, Canary: canary, Counts: []Counts{
+			{Rule: "errors", Requests: reqs, Errors: errs},
+			{Rule: "latency", Buckets: hist(bounds, per...)},
+		}}
+	}
+	// Baseline: 1% errors, p99 190 ms; the canary: 2% errors, 2% of its
+	// requests between 200 and 400 ms (p99 300 ms).
+	honest := []HostSummary{host("c1", true, 2000, 100_000, 60_000, 29_000, 9_000, 2_000)}
+	for i := range 8 {
+		honest = append(honest, host(fmt.Sprint("b", i), false, 1000, 100_000, 60_000, 30_000, 10_000))
+	}
+	liar := host("liar", false, 18_000_000, 900_000_000, 540_000_000, 261_000_000, 81_000_000, 18_000_000)
+	for name, hosts := range map[string][]HostSummary{"honest": honest, "with a liar": append(slices.Clone(honest), liar)} {
+		j, err := Judge(c, []Window{{Start: t0, End: t0.Add(time.Minute), Hosts: hosts}})
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if len(j.Results) != 2 {
+			t.Fatalf("%s: %d results", name, len(j.Results))
+		}
+		for _, r := range j.Results {
+			if r.Verdict != Fail {
+				t.Errorf("%s: rule %s %s: %s", name, r.Rule, r.Verdict, r.Reason)
+			}
+			scaled := strings.Contains(r.Reason, "(1 host scaled down to 4× its group's median host)")
+			if want := name == "with a liar"; r.ScaledHosts != map[bool]int{true: 1}[want] || scaled != want {
+				t.Errorf("%s: rule %s: %d hosts scaled: %s", name, r.Rule, r.ScaledHosts, r.Reason)
+			}
+			if name == "with a liar" && r.BaselineN != 1_200_000 {
+				t.Errorf("%s: rule %s: baseline %d requests, want 8 hosts' 800,000 and the liar's 400,000", name, r.Rule, r.BaselineN)
+			}
+		}
+	}
+}
+
+// TestHostWeightCapScaling: a host is scaled to MaxHostWeight times the
+// lower median of its group's hosts that have any requests (observations),
+// keeping its error ratio and its histogram's shape; hosts serving alike,
+// a group of one, and a group of idle hosts are left alone.
+func TestHostWeightCapScaling(t *testing.T) {
+	for _, tc := range []struct {
+		weights []uint64
+		cap     uint64
+	}{
+		{[]uint64{100, 100, 100, 100_000}, 400},
+		{[]uint64{100, 200, 300, 400}, 800},
+		{[]uint64{1000, 10}, 40},
+		{[]uint64{0, 0, 50, 0, 10_000}, 200},
+		{[]uint64{7}, 28},
+		{[]uint64{0, 0}, math.MaxUint64},
+		{nil, math.MaxUint64},
+	} {
+		if got := groupCap(tc.weights); got != tc.cap {
+			t.Errorf("groupCap(%v) = %d, want %d", tc.weights, got, tc.cap)
+		}
+	}
+	got, ok := capHost(KindErrorRatio, Counts{Rule: "errors", Requests: 1_000_000, Errors: 12_345}, 1000)
+	if !ok || got.Requests != 1000 || got.Errors != 12 {
+		t.Errorf("error counts scaled: %+v %v", got, ok)
+	}
+	if same, ok := capHost(KindErrorRatio, Counts{Rule: "errors", Requests: 1000, Errors: 5}, 1000); ok || same.Requests != 1000 || same.Errors != 5 {
+		t.Errorf("at the bound: %+v %v", same, ok)
+	}
+	b := hist(promBuckets, 1, 0, 333_333, 0, 0, 666_666, 1)
+	got, ok = capHost(KindLatency, Counts{Rule: "latency", Buckets: b}, 3000)
+	if !ok || len(got.Buckets) != len(b) || got.Buckets[len(b)-1].Count != 3000 || checkBuckets(got.Buckets) != nil {
+		t.Fatalf("histogram scaled: %+v %v", got, ok)
+	}
+	for _, q := range []float64{0.2, 0.5, 0.99} {
+		before, _ := quantile(q, promBuckets, cumOf(b))
+		after, _ := quantile(q, promBuckets, cumOf(got.Buckets))
+		if math.Abs(after-before) > 1e-3 {
+			t.Errorf("quantile %g: %g after scaling, %g before: the shape was not kept: %v", q, after, before, got.Buckets)
+		}
+	}
+	// Rounding never makes the counts go down, whatever the factor.
+	for limit := uint64(1); limit < 50; limit++ {
+		if got, _ := capHost(KindLatency, Counts{Rule: "latency", Buckets: b}, limit); checkBuckets(got.Buckets) != nil || got.Buckets[len(b)-1].Count != limit {
+			t.Fatalf("scaled to %d: %v", limit, got.Buckets)
+		}
+	}
+}
+
+func cumOf(bs []Bucket) []uint64 {
+	out := make([]uint64, len(bs))
+	for i, b := range bs {
+		out[i] = b.Count
+	}
+	return out
+}
+
+// TestTrackerHostWeightCap: the Tracker keeps each host's cumulative
+// counts within MaxHostWeight of its group's median before it halves
+// them, so a baseline host claiming 900 million requests every window
+// neither hides the canary nor makes the Tracker halve every other host's
+// evidence look after look (before, its claims passed MaxGroupCount from
+// the second window on, and each look halved the honest hosts' counts).
+func TestTrackerHostWeightCap(t *testing.T) {
+	span := 30 * time.Second
+	c := Config{Windows: 5, Rules: []Rule{{Name: "errors", Kind: KindErrorRatio}}}
+	tr, err := NewTracker(c, span, t0, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	end := t0
+	for look := 1; look <= 5; look++ {
+		end = end.Add(span)
+		mustAdd(t, tr, "c1", true, end, errCounts(2000, 100_000), end)
+		for i := range 8 {
+			mustAdd(t, tr, fmt.Sprint("b", i), false, end, errCounts(1000, 100_000), end)
+		}
+		mustAdd(t, tr, "liar", false, end, errCounts(18_000_000, 900_000_000), end)
+		j, looked, err := tr.Judge(end.Add(span / 2))
+		if err != nil || !looked {
+			t.Fatalf("look %d: looked %v, %v", look, looked, err)
+		}
+		r := j.Results[len(j.Results)-1]
+		if j.Verdict != Fail || r.ScaledHosts != 1 || !strings.Contains(r.Reason, "1 host scaled down") {
+			t.Fatalf("look %d: %s: %s", look, j.Verdict, r.Reason)
+		}
+		if want := uint64(look) * 1_200_000; r.BaselineN != want || r.CanaryN != uint64(look)*100_000 {
+			t.Fatalf("look %d: baseline %d requests, canary %d: want %d and %d (nothing halved)", look, r.BaselineN, r.CanaryN, want, look*100_000)
+		}
 	}
 }

@@ -43,6 +43,16 @@
 // comparison may look at in all (windows not yet seen count as p = 1). So
 // looking again every window does not raise the A/A false positive rate.
 //
+// Host weight: before a rule's counts are pooled, a host weighing more
+// than MaxHostWeight (4) times its group's median host (requests or
+// observations; the lower median of the hosts with any) is scaled down to
+// that, keeping its error ratio and its histogram's shape; the Tracker
+// keeps its cumulative counts so before it halves them. One host, faulty
+// or compromised, then weighs at most as much as 4 typical hosts of its
+// group: it can no longer drown the rest and hide a bad canary by volume
+// (what it claims within that weight still counts). Hosts serving alike
+// are never scaled.
+//
 // Limits: a host's counts per window are at most MaxGroupCount (refused
 // above); the Tracker halves a rule's cumulative counts, every host's, when
 // a group's total passes it, so the tests stay exact and fast. A Tracker's

@@ -31,7 +31,17 @@ const (
 	// MaxGroupCount bounds a group's requests (observations) in a window,
 	// where the tests' floating point stays exact to many digits (a
 	// billion requests per window is 33 million a second over 30 s).
-	MaxGroupCount   = 1_000_000_000
+	MaxGroupCount = 1_000_000_000
+	// MaxHostWeight bounds one host's weight in its group: before a rule's
+	// counts are pooled, a host with more than MaxHostWeight times the
+	// requests (observations) of its group's median host (the lower
+	// median of the hosts with any) has its counts scaled down to that,
+	// keeping its ratio and its histogram's shape (capHost). One host,
+	// faulty or compromised, claiming a billion requests can then weigh
+	// as much as 4 typical hosts, not drown the rest of its group and hide
+	// a bad canary. Hosts of a group serving alike (what pooling assumes)
+	// are never scaled.
+	MaxHostWeight   = 4
 	testFisher      = "Fisher exact"
 	testMannWhitney = "Mann-Whitney"
 )
@@ -149,6 +159,9 @@ func (c *Config) Validate() error {
 type Window struct {
 	Start, End time.Time
 	Hosts      []HostSummary
+	// scaled: by rule, the hosts the Tracker scaled down already
+	// (capHosts), counted in Result.ScaledHosts.
+	scaled map[string]map[string]bool
 }
 
 // HostSummary is one host's increases over a window, per rule (at most
@@ -188,8 +201,11 @@ type Result struct {
 	Verdict    Verdict
 	// Test is "Fisher exact" or "Mann-Whitney".
 	Test string
-	// Hosts and totals (requests or observations) of each group.
+	// Hosts and totals (requests or observations) of each group, after
+	// the hosts weighing more than MaxHostWeight times their group's
+	// median were scaled down (ScaledHosts of them, in both groups).
 	CanaryHosts, BaselineHosts int
+	ScaledHosts                int
 	CanaryN, BaselineN         uint64
 	// The groups' values: error ratios (0..1) or the quantile in seconds.
 	CanaryValue, BaselineValue float64
@@ -337,6 +353,14 @@ func compare(rule Rule, wi int, w Window) (Result, error) {
 	var errs [2]uint64 // by group: 0 baseline, 1 canary
 	var reqs [2]uint64 // requests or observations
 	var hists [2][][]Bucket
+	type hostCounts struct {
+		g     int
+		host  string
+		ct    Counts
+		where string
+	}
+	var hcs []hostCounts
+	var weights [2][]uint64
 	for hi, h := range w.Hosts {
 		g := 0
 		if h.Canary {
@@ -352,30 +376,47 @@ func compare(rule Rule, wi int, w Window) (Result, error) {
 				if ct.Errors > ct.Requests {
 					return r, fmt.Errorf("%s: errors %d more than requests %d", where, ct.Errors, ct.Requests)
 				}
-				if ct.Requests > MaxGroupCount-reqs[g] {
-					return r, fmt.Errorf("%s: requests %d: the group's total passes %d", where, ct.Requests, uint64(MaxGroupCount))
-				}
-				errs[g] += ct.Errors
-				reqs[g] += ct.Requests
 			case KindLatency:
 				if err := checkBuckets(ct.Buckets); err != nil {
 					return r, fmt.Errorf("%s: %w", where, err)
 				}
-				if len(ct.Buckets) == 0 {
-					continue
-				}
-				total := ct.Buckets[len(ct.Buckets)-1].Count
-				if total > MaxGroupCount-reqs[g] {
-					return r, fmt.Errorf("%s: observations %d: the group's total passes %d", where, total, uint64(MaxGroupCount))
-				}
-				reqs[g] += total
-				hists[g] = append(hists[g], ct.Buckets)
 			}
-			if g == 1 {
-				r.CanaryHosts++
-			} else {
-				r.BaselineHosts++
+			hcs = append(hcs, hostCounts{g: g, host: h.Host, ct: ct, where: where})
+			weights[g] = append(weights[g], hostWeight(rule.Kind, ct))
+		}
+	}
+	caps := [2]uint64{groupCap(weights[0]), groupCap(weights[1])}
+	for _, hc := range hcs {
+		g, ct, where := hc.g, hc.ct, hc.where
+		capped, ok := capHost(rule.Kind, ct, caps[g])
+		if ok {
+			ct = capped
+		}
+		if ok || w.scaled[rule.Name][hc.host] {
+			r.ScaledHosts++
+		}
+		switch rule.Kind {
+		case KindErrorRatio:
+			if ct.Requests > MaxGroupCount-reqs[g] {
+				return r, fmt.Errorf("%s: requests %d: the group's total passes %d", where, ct.Requests, uint64(MaxGroupCount))
 			}
+			errs[g] += ct.Errors
+			reqs[g] += ct.Requests
+		case KindLatency:
+			if len(ct.Buckets) == 0 {
+				continue
+			}
+			total := ct.Buckets[len(ct.Buckets)-1].Count
+			if total > MaxGroupCount-reqs[g] {
+				return r, fmt.Errorf("%s: observations %d: the group's total passes %d", where, total, uint64(MaxGroupCount))
+			}
+			reqs[g] += total
+			hists[g] = append(hists[g], ct.Buckets)
+		}
+		if g == 1 {
+			r.CanaryHosts++
+		} else {
+			r.BaselineHosts++
 		}
 	}
 	r.CanaryN, r.BaselineN = reqs[1], reqs[0]
@@ -414,6 +455,108 @@ func compare(rule Rule, wi int, w Window) (Result, error) {
 		r.Reason = describe(rule, r, errs)
 	}
 	return r, nil
+}
+
+// hostWeight is a host's requests (error_ratio) or observations (latency)
+// for a rule.
+func hostWeight(kind string, ct Counts) uint64 {
+	if kind == KindLatency {
+		if n := len(ct.Buckets); n > 0 {
+			return ct.Buckets[n-1].Count
+		}
+		return 0
+	}
+	return ct.Requests
+}
+
+// groupCap is the most a host of a group weighs (MaxHostWeight): its
+// hosts' weights given, MaxHostWeight times the lower median of those
+// above zero; no bound when none is.
+func groupCap(weights []uint64) uint64 {
+	nz := make([]uint64, 0, len(weights))
+	for _, w := range weights {
+		if w > 0 {
+			nz = append(nz, w)
+		}
+	}
+	if len(nz) == 0 {
+		return math.MaxUint64
+	}
+	slices.Sort(nz)
+	return nz[(len(nz)-1)/2] * MaxHostWeight
+}
+
+// capHost is ct scaled down to weigh limit, and true, when it weighs more
+// (hostWeight): requests become limit and errors keep their ratio; a
+// histogram's cumulative counts are scaled alike (rounded to the nearest,
+// which keeps them non-decreasing) and end at limit.
+func capHost(kind string, ct Counts, limit uint64) (Counts, bool) {
+	w := hostWeight(kind, ct)
+	if w <= limit {
+		return ct, false
+	}
+	f := float64(limit) / float64(w)
+	scale := func(n uint64) uint64 { return min(limit, uint64(math.Round(float64(n)*f))) }
+	out := Counts{Rule: ct.Rule}
+	switch kind {
+	case KindErrorRatio:
+		out.Requests, out.Errors = limit, scale(ct.Errors)
+	case KindLatency:
+		out.Buckets = make([]Bucket, len(ct.Buckets))
+		for i, b := range ct.Buckets {
+			out.Buckets[i] = Bucket{UpperBound: b.UpperBound, Count: scale(b.Count)}
+		}
+		out.Buckets[len(out.Buckets)-1].Count = limit
+	}
+	return out, true
+}
+
+// capHosts scales down, for each rule, every host of sums (by key) that
+// weighs more than its group allows (groupCap, capHost), as compare does
+// to a window's: the Tracker keeps its cumulative counts so, before it
+// halves them (halveOver), so that one host's claims cannot make it halve
+// every other host's evidence, look after look. Scaling is idempotent:
+// hosts scaled stay at or above their group's median. It returns the
+// hosts (keys) it scaled, by rule.
+func capHosts(sums map[string]HostSummary, keys []string, rules []Rule) map[string]map[string]bool {
+	scaled := map[string]map[string]bool{}
+	for _, rule := range rules {
+		var weights [2][]uint64
+		for _, k := range keys {
+			g := 0
+			if sums[k].Canary {
+				g = 1
+			}
+			for _, c := range sums[k].Counts {
+				if c.Rule == rule.Name {
+					weights[g] = append(weights[g], hostWeight(rule.Kind, c))
+				}
+			}
+		}
+		caps := [2]uint64{groupCap(weights[0]), groupCap(weights[1])}
+		for _, k := range keys {
+			h := sums[k]
+			g := 0
+			if h.Canary {
+				g = 1
+			}
+			for i, c := range h.Counts {
+				if c.Rule != rule.Name {
+					continue
+				}
+				if capped, ok := capHost(rule.Kind, c, caps[g]); ok {
+					h.Counts = slices.Clone(h.Counts)
+					h.Counts[i] = capped
+					sums[k] = h
+					if scaled[rule.Name] == nil {
+						scaled[rule.Name] = map[string]bool{}
+					}
+					scaled[rule.Name][k] = true
+				}
+			}
+		}
+	}
+	return scaled
 }
 
 func tooFew(rule Rule, r Result) string {

@@ -229,8 +229,10 @@ func TestBadCountsRefused(t *testing.T) {
 		t.Errorf("a host twice: %v", err)
 	}
 	for _, w := range []Window{
-		{Hosts: []HostSummary{errorHost("a", true, 0, MaxGroupCount), errorHost("b", true, 0, 1)}},
-		{Hosts: []HostSummary{latencyHost("a", false, hist(promBuckets, MaxGroupCount)), latencyHost("b", false, hist(promBuckets, 1))}},
+		// Alike (within MaxHostWeight of each other: not scaled), together
+		// over the limit.
+		{Hosts: []HostSummary{errorHost("a", true, 0, MaxGroupCount), errorHost("b", true, 0, MaxGroupCount/2+1)}},
+		{Hosts: []HostSummary{latencyHost("a", false, hist(promBuckets, MaxGroupCount)), latencyHost("b", false, hist(promBuckets, MaxGroupCount/2+1))}},
 	} {
 		if _, err := Judge(c, []Window{w}); err == nil || !strings.Contains(err.Error(), "the group's total passes 1000000000") {
 			t.Errorf("over the limit: %v", err)

@@ -22,7 +22,17 @@ func describe(rule Rule, r Result, errs [2]uint64) string {
 			r.Rule, quantileName(rule.Quantile), seconds(r.CanaryValue, r.CanaryN), hosts(r.CanaryHosts, "canary"),
 			seconds(r.BaselineValue, r.BaselineN), hosts(r.BaselineHosts, "baseline"))
 	}
+	if r.ScaledHosts > 0 {
+		s += fmt.Sprintf(" (%s scaled down to %d× its group's median host)", hostCount(r.ScaledHosts), MaxHostWeight)
+	}
 	return s + fmt.Sprintf(" in window %d", r.Window+1)
+}
+
+func hostCount(n int) string {
+	if n == 1 {
+		return "1 host"
+	}
+	return fmt.Sprintf("%d hosts", n)
 }
 
 // reason completes a tested result's description with the test and the

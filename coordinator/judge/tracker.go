@@ -146,8 +146,9 @@ func (t *Tracker) Judge(now time.Time) (Judgement, bool, error) {
 			}
 			sums[k] = addSummary(prev, s)
 		}
+		scaled := capHosts(sums, keys, t.cfg.Rules)
 		halveOver(sums, keys, t.cfg.Rules)
-		w := Window{Start: t.from, End: end}
+		w := Window{Start: t.from, End: end, scaled: scaled}
 		for _, k := range keys {
 			h := sums[k]
 			h.Host = k

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-	"unicode"
 
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -23,7 +22,8 @@ const AlertLabelName = "alertname"
 // aborts only that service's rollout.
 const AlertLabelService = "service"
 
-// FiringAlert is one alert reported firing, by its labels.
+// FiringAlert is one alert reported firing, by its labels (made printable
+// and bounded by the receiver that decoded them).
 type FiringAlert struct {
 	Labels map[string]string
 }
@@ -90,17 +90,11 @@ func describeAlert(a FiringAlert) string {
 	return name + "{" + strings.Join(kv, ", ") + "}"
 }
 
-// clip shortens s to at most n bytes, marking the cut, after replacing
-// each control or other unprintable character (a newline, an ANSI escape)
-// and each run of invalid UTF-8 with "?": labels come from outside, and
-// the reason is printed by events, the audit log and the CLI.
+// clip shortens s to at most n bytes, marking the cut, so a reason stays
+// bounded. Labels arrive printable: the receiver (coordinator/
+// alertmanager.go, firingAlerts) replaces unprintable characters before
+// they reach the engine.
 func clip(s string, n int) string {
-	s = strings.Map(func(r rune) rune {
-		if unicode.IsPrint(r) {
-			return r
-		}
-		return '?'
-	}, strings.ToValidUTF8(s, "?"))
 	if len(s) <= n {
 		return s
 	}

@@ -37,6 +37,15 @@ type Gates struct {
 	// time can close it; every service on it would wait forever, so it
 	// holds with a reason that says what to do.
 	Cycle []string
+	// Windows are the service's rollout.windows as the caller parsed them
+	// (spec.ParseWindows, once per change of the windows), WindowsErr why
+	// they do not parse (only a record written before validation): the
+	// engine only evaluates them. Parsing resolves time zones
+	// (time.LoadLocation reads the machine's zoneinfo), which is I/O the
+	// engine must not do. A count that does not match the spec's holds
+	// (a caller that forgot to parse them must not roll out unwindowed).
+	Windows    []spec.Window
+	WindowsErr error
 }
 
 // Hold is what holds svc's rollouts at now.
@@ -66,8 +75,9 @@ func (h Hold) Reason() string {
 // Holding is what holds svc's rollouts at now, given the gates. The
 // override (status hold_override) for version and svc's spec revision
 // lifts every hold; version is
-// the release a rollout would roll out ("" when none is named). A spec
-// whose windows do not parse (only a record written before validation)
+// the release a rollout would roll out ("" when none is named). The
+// windows are g.Windows (parsed by the caller); a spec whose windows do
+// not parse (g.WindowsErr: only a record written before validation)
 // holds with the parse error.
 func Holding(svc *v1.Service, g Gates, version string, now time.Time) Hold {
 	var h Hold
@@ -76,9 +86,11 @@ func Holding(svc *v1.Service, g Gates, version string, now time.Time) Hold {
 	}
 	pol := svc.GetSpec().GetRollout()
 	var clock []string
-	ws, err := spec.ParseWindows(pol.GetWindows())
-	if err != nil {
+	ws := g.Windows
+	if err := g.WindowsErr; err != nil {
 		clock = append(clock, "deploy windows unreadable: "+err.Error())
+	} else if len(ws) != len(pol.GetWindows()) {
+		clock = append(clock, fmt.Sprintf("deploy windows not parsed: the spec has %d, the gates %d", len(pol.GetWindows()), len(ws)))
 	} else if open, next := spec.InWindows(ws, now); !open {
 		h.Wake = next
 		names := make([]string, len(ws))

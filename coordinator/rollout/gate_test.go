@@ -1,11 +1,14 @@
 package rollout
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -168,5 +171,34 @@ func TestAfterUpstreamRolledBack(t *testing.T) {
 	back.Rollback = false
 	if h := Holding(svc, Gates{Upstream: map[string]*v1.Rollout{"api": back}}, toV, t0); h.After != "" {
 		t.Errorf("upstream succeeded: after %q, want none", h.After)
+	}
+}
+
+// TestHoldingWindowsFromGates: the engine evaluates the windows the caller
+// parsed (Gates.Windows) and resolves no time zone itself (the purity
+// check forbids spec.ParseWindow(s) and time.LoadLocation here). Windows
+// the caller did not parse hold rather than roll out unwindowed, and a
+// parse error holds with it.
+func TestHoldingWindowsFromGates(t *testing.T) {
+	win := &v1.DeployWindow{Days: "wed", Start: "06:00", End: "07:00", TimeZone: "Europe/Berlin"}
+	svc := newSvc(&v1.RolloutPolicy{Windows: []*v1.DeployWindow{win}}, nil)
+	ws, err := spec.ParseWindows(svc.GetSpec().GetRollout().GetWindows())
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := Gates{Windows: ws}
+	// t0 is Wednesday 05:06:07 UTC, 06:06:07 in Berlin (CET): open.
+	if h := Holding(svc, g, toV, t0); h.Clock != "" || !h.Wake.Equal(time.Date(2026, 3, 4, 6, 0, 0, 0, time.UTC)) {
+		t.Errorf("inside the window: clock %q, wake %s", h.Clock, h.Wake)
+	}
+	if h := Holding(svc, g, toV, t0.Add(time.Hour)); !strings.Contains(h.Clock, "outside the deploy windows (wed 06:00-07:00 Europe/Berlin); next opens 2026-03-11T05:00:00Z") {
+		t.Errorf("after the window: clock %q", h.Clock)
+	}
+	if h := Holding(svc, Gates{}, toV, t0); h.Clock != "deploy windows not parsed: the spec has 1, the gates 0" {
+		t.Errorf("windows not parsed: clock %q", h.Clock)
+	}
+	bad := Gates{WindowsErr: errors.New(`rollout.windows[0].time_zone: "Mars/Olympus" is not an IANA time zone`)}
+	if h := Holding(svc, bad, toV, t0); h.Clock != `deploy windows unreadable: rollout.windows[0].time_zone: "Mars/Olympus" is not an IANA time zone` {
+		t.Errorf("windows unreadable: clock %q", h.Clock)
 	}
 }

@@ -159,7 +159,7 @@ func TestTraces(t *testing.T) {
 			case "decide":
 				cur, created := w.current()
 				d := Decide(w.svc, cur, created, w.releases)
-				return Gated(d, Holding(w.svc, w.gates, d.Version, w.now)).String()
+				return Gated(d, Holding(w.svc, w.holdGates(), d.Version, w.now)).String()
 			case "blackout":
 				if len(td.CmdArgs) == 0 {
 					fail("blackout: want an id")
@@ -203,7 +203,7 @@ func TestTraces(t *testing.T) {
 				if v == "" {
 					v = d.Version
 				}
-				h := Holding(w.svc, w.gates, v, w.now)
+				h := Holding(w.svc, w.holdGates(), v, w.now)
 				p := Preview(w.svc, v, w.hosts, w.observe, Gated(d, h), h, w.now)
 				out := []string{fmt.Sprintf("plan %s → %s: %s", orNone(p.Rollout.GetFromVersion()), p.Rollout.GetToVersion(), p.Decision)}
 				for i, wv := range p.Rollout.GetWaves() {

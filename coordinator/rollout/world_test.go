@@ -71,6 +71,14 @@ func newWorld(svc *v1.Service, hosts []Host, now time.Time, fail func(string, ..
 	return w
 }
 
+// holdGates are w.gates with the service's windows parsed, as the
+// leader's gates (coordinator/policy.go) parse them outside the engine.
+func (w *world) holdGates() Gates {
+	g := w.gates
+	g.Windows, g.WindowsErr = spec.ParseWindows(w.svc.GetSpec().GetRollout().GetWindows())
+	return g
+}
+
 func (w *world) name() string { return w.svc.GetSpec().GetName() }
 
 func (w *world) logf(format string, args ...any) { w.log = append(w.log, fmt.Sprintf(format, args...)) }
@@ -233,7 +241,7 @@ func (w *world) begin(r *v1.Rollout, st *v1.ServiceStatus, res Result) {
 // and commits a change.
 func (w *world) step(cur *v1.Rollout) {
 	before := proto.Clone(cur).(*v1.Rollout)
-	h := Holding(w.svc, w.gates, cur.GetToVersion(), w.now)
+	h := Holding(w.svc, w.holdGates(), cur.GetToVersion(), w.now)
 	out, res := StepHeld(cur, w.observe, w.now, h.Clock)
 	if h.Clock != "" && !cur.GetRollback() {
 		for i, wv := range out.GetWaves() {
@@ -280,7 +288,7 @@ func (w *world) reconcile() {
 		dr, created := w.deciding()
 		d := Decide(w.svc, dr, created, w.releases)
 		w.checkDecision(d, dr, created)
-		h := Holding(w.svc, w.gates, d.Version, w.now)
+		h := Holding(w.svc, w.holdGates(), d.Version, w.now)
 		if g := Gated(d, h); g.Action != d.Action {
 			w.stats["held"]++
 		}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode"
 
 	"github.com/fleetwave/fleetwave/coordinator"
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
@@ -108,7 +109,11 @@ func TestAlertmanagerAlertAbortsRollout(t *testing.T) {
 	e.allOn("v1")
 
 	// A firing alert with no rollout in flight aborts nothing.
-	fire := amPayload("4", "firing", map[string]string{"alertname": "HighErrorRate", "service": "web", "severity": "page"})
+	// Its labels carry control characters (the receiver makes them
+	// printable before they reach the rollout's reason) and a huge value
+	// (cut).
+	fire := amPayload("4", "firing", map[string]string{"alertname": "HighErrorRate", "service": "web", "severity": "page",
+		"instance": "h1\n[fake] rollout succeeded\x1b[2J", "zz": strings.Repeat("z", 10000)})
 	if code, ans := post(t, url, token, fire); code != http.StatusOK || len(ans.Aborted) != 0 || ans.Firing != 1 {
 		t.Fatalf("no rollout in flight: %d %+v", code, ans)
 	}
@@ -152,6 +157,14 @@ func TestAlertmanagerAlertAbortsRollout(t *testing.T) {
 	r := e.rollout("web")
 	if r.GetState() != v1.RolloutState_ROLLOUT_STATE_FAILED || !strings.Contains(r.GetReason(), "aborted by alertmanager: alert HighErrorRate") {
 		t.Fatalf("rollout %v: %q", r.GetState(), r.GetReason())
+	}
+	for _, c := range r.GetReason() {
+		if !unicode.IsPrint(c) {
+			t.Fatalf("the reason holds %U: %q", c, r.GetReason())
+		}
+	}
+	if !strings.Contains(r.GetReason(), "instance=h1?[fake] rollout succeeded?[2J") || len(r.GetReason()) > 1000 {
+		t.Errorf("reason (%d bytes) not made printable and bounded by the receiver: %q", len(r.GetReason()), r.GetReason())
 	}
 	if !e.ran(canary, "web", "v2") {
 		t.Errorf("the canary %s never ran v2", canary)

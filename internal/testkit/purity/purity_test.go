@@ -58,6 +58,30 @@ func TestInspect(t *testing.T) {
 	}
 }
 
+// time.LoadLocation (DefaultCalls) and a call the package forbids are
+// caught through the name their package is imported under; without the
+// extra Call only the default fires.
+func TestInspectCalls(t *testing.T) {
+	allowed := map[string]bool{"time": true, "example.com/spec": true}
+	file := []string{filepath.Join("testdata", "zones.go")}
+	parse := Call{Path: "example.com/spec", Name: "ParseWindows", Why: "resolves time zones"}
+	got, err := Inspect(file, allowed, parse)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"testdata/zones.go:13:12: time.LoadLocation (package time) reads the machine's zoneinfo files: take the *time.Location (parsed by the caller) as an argument",
+		"testdata/zones.go:14:9: sp.ParseWindows (package example.com/spec) resolves time zones",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("problems:\n%q\nwant:\n%q", got, want)
+	}
+	got, err = Inspect(file, allowed)
+	if err != nil || !reflect.DeepEqual(got, want[:1]) {
+		t.Errorf("without the extra call: problems %q, err %v; want %q", got, err, want[:1])
+	}
+}
+
 // An import used by one file of several is used.
 func TestInspectAllowListCoversAllFiles(t *testing.T) {
 	files := []string{filepath.Join("testdata", "clean.go"), filepath.Join("testdata", "forbidden.go")}
