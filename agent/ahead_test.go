@@ -201,3 +201,37 @@ func TestCheckStage(t *testing.T) {
 		t.Fatalf("stage below the floor: err %v, want a floor error", err)
 	}
 }
+
+// A staging that fails is reported (stage_failed_sha256) so that the
+// coordinator gives its admission slot to another waiting host; the report
+// carries it until a staging starts again, and a staging that then works
+// clears it.
+func TestStageAheadFailureReported(t *testing.T) {
+	fc := newFakeCoordinator(t)
+	art1 := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": goodCheck})
+	art2 := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": goodCheck, "two": "2"})
+	d1, d2 := fc.addArtifact(art1), fc.addArtifact(art2)
+	missing := strings.Repeat("ab", 32) // the coordinator does not have it
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: t.TempDir()}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := runAgent(t, ctx, cfg, testOptions())
+
+	v1asg := func() *v1.Assignment { return testAssignment("1.0.0", 1, d1, int64(len(art1)), "") }
+	fc.assign(v1asg())
+	fc.waitFor(t, "v1 healthy", 20*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 1, v1.Phase_PHASE_HEALTHY, "1.0.0")
+	})
+	fc.assign(withStage(v1asg(), "2.0.0", missing, 100))
+	fc.waitFor(t, "the failed staging reported", 30*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		r := lastReport(rs, testSvc)
+		return r.GetStageFailedSha256() == missing && r.GetStagedSha256() == "" && reportIs(r, 1, v1.Phase_PHASE_HEALTHY, "1.0.0")
+	})
+	fc.assign(withStage(v1asg(), "2.1.0", d2, int64(len(art2))))
+	fc.waitFor(t, "v2.1 staged, the failure cleared", 20*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		r := lastReport(rs, testSvc)
+		return r.GetStagedSha256() == d2 && r.GetStageFailedSha256() == ""
+	})
+	cancel()
+	waitDone(t, done)
+}

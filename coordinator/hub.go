@@ -436,15 +436,22 @@ func (h *hub) stagePlan(e *desiredEntry, peerHosts map[string]rollout.PeerHost) 
 	if !ok || sha == "" {
 		return nil
 	}
-	staged := map[string]bool{}
+	// out: hosts that would hold an admission slot without filling it
+	// (not connected, or their staging of sha failed).
+	staged, out := map[string]bool{}, map[string]bool{}
 	for _, w := range r.GetWaves() {
 		for _, hp := range w.GetHosts() {
-			if h.c.mirror.Report(hp.GetHostId(), r.GetService()).GetStagedSha256() == sha {
-				staged[hp.GetHostId()] = true
+			id := hp.GetHostId()
+			rep := h.c.mirror.Report(id, r.GetService())
+			if rep.GetStagedSha256() == sha {
+				staged[id] = true
+			}
+			if rep.GetStageFailedSha256() == sha || !h.c.mirror.Connected(id) {
+				out[id] = true
 			}
 		}
 	}
-	e.stage = rollout.PlanStage(r, sha, peerHosts, staged, h.c.cfg.ArtifactSources)
+	e.stage = rollout.PlanStage(r, sha, peerHosts, staged, out, h.c.cfg.ArtifactSources)
 	return e.stage.StagedHolders()
 }
 

@@ -22,6 +22,8 @@ import (
 //	state H=pending|updating|done|failed...
 //	staged H...          the hosts report the target's artifact staged
 //	unstaged H...        they no longer do
+//	out H...             the hosts cannot stage now (disconnected, or their staging failed)
+//	in H...              they can again
 //	plan                 print PlanStage: holders, admitted hosts and their sources
 //	grow                 each admitted host reports staged, then plan
 func TestStageScenarios(t *testing.T) {
@@ -29,6 +31,7 @@ func TestStageScenarios(t *testing.T) {
 		var r *v1.Rollout
 		hosts := map[string]PeerHost{}
 		staged := map[string]bool{}
+		out := map[string]bool{}
 		nSources := DefaultSources
 		find := func(id string) *v1.HostProgress {
 			for _, w := range r.GetWaves() {
@@ -41,13 +44,16 @@ func TestStageScenarios(t *testing.T) {
 			t.Fatalf("%s: no host %s", path, id)
 			return nil
 		}
-		plan := func() *StagePlan { return PlanStage(r, "aa", hosts, staged, nSources) }
+		plan := func() *StagePlan { return PlanStage(r, "aa", hosts, staged, out, nSources) }
 		show := func(p *StagePlan) string {
 			if p == nil {
 				return "no staging\n"
 			}
 			var b strings.Builder
 			fmt.Fprintf(&b, "holders %d, staged %d, admitted %d of %d waiting\n", len(p.Holders), p.Staged, p.Admitted(), p.Waiting)
+			if p.Out > 0 {
+				fmt.Fprintf(&b, "out %d\n", p.Out)
+			}
 			for _, w := range r.GetWaves() {
 				for _, h := range w.GetHosts() {
 					ok, src := p.Stage(h.GetHostId())
@@ -74,6 +80,7 @@ func TestStageScenarios(t *testing.T) {
 					Policy: &v1.RolloutPolicy{StageAhead: true}}
 				clear(hosts)
 				clear(staged)
+				clear(out)
 				nSources = DefaultSources
 				for _, a := range d.CmdArgs {
 					switch a.Key {
@@ -135,6 +142,12 @@ func TestStageScenarios(t *testing.T) {
 					staged[a.Key] = d.Cmd == "staged"
 				}
 				return ""
+			case "out", "in":
+				for _, a := range d.CmdArgs {
+					find(a.Key)
+					out[a.Key] = d.Cmd == "out"
+				}
+				return ""
 			case "plan":
 				return show(plan())
 			case "grow":
@@ -174,7 +187,7 @@ func TestStageGrowsLogarithmically(t *testing.T) {
 		staged := map[string]bool{}
 		rounds, origin := 0, 0
 		for {
-			p := PlanStage(r, "aa", hosts, staged, DefaultSources)
+			p := PlanStage(r, "aa", hosts, staged, nil, DefaultSources)
 			if p.Waiting == 0 {
 				break
 			}

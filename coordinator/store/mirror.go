@@ -298,9 +298,11 @@ func (m *Mirror) applyLocked(t mvccpb.Event_EventType, kv *mvccpb.KeyValue) {
 		}
 		v := &v1.ServiceReport{}
 		if decode(v) {
-			if v.GetStagedSha256() != m.reports[p[0]][p[1]].GetStagedSha256() {
-				// Who holds a staged artifact decides which hosts stage
-				// and from whom (rollout.PlanStage).
+			if old := m.reports[p[0]][p[1]]; v.GetStagedSha256() != old.GetStagedSha256() ||
+				v.GetStageFailedSha256() != old.GetStageFailedSha256() {
+				// Who holds a staged artifact, and whose staging failed,
+				// decides which hosts stage and from whom
+				// (rollout.PlanStage).
 				m.desiredEpoch++
 			}
 			if m.reports[p[0]] == nil {
