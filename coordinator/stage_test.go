@@ -1,0 +1,143 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/fleetwave/fleetwave/internal/testkit"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// stageFleet is a fleet of fake agents on real streams that install v1 at
+// once, never finish any other release, and record each host's latest
+// Assignment.stage.
+type stageFleet struct {
+	mu      sync.Mutex
+	stage   map[string]string // host → version its latest assignment stages ("": none)
+	streams map[string]v1.AgentService_ConnectClient
+	last    map[string]*v1.ServiceReport
+}
+
+func (f *stageFleet) run(ctx context.Context, t *testing.T, cc *grpc.ClientConn, id string) {
+	s, err := v1.NewAgentServiceClient(cc).Connect(ctx)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	hello := &v1.Hello{HostId: id, Labels: map[string]string{"role": "web"}, PeerAddress: id + ":7000"}
+	if err := s.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Hello{Hello: hello}}); err != nil {
+		t.Error(err)
+		return
+	}
+	f.mu.Lock()
+	f.streams[id] = s
+	f.mu.Unlock()
+	gens := map[string]int64{}
+	for {
+		m, err := s.Recv()
+		if err != nil {
+			return
+		}
+		for _, a := range m.GetAssignments() {
+			f.mu.Lock()
+			f.stage[id] = a.GetStage().GetVersion()
+			f.mu.Unlock()
+			v := a.GetRelease().GetVersion()
+			if gens[a.GetService()] == a.GetGeneration() || v != "v1" {
+				continue
+			}
+			gens[a.GetService()] = a.GetGeneration()
+			f.report(t, id, &v1.ServiceReport{Service: a.GetService(), Generation: a.GetGeneration(), Phase: v1.Phase_PHASE_HEALTHY,
+				CurrentVersion: v, TargetVersion: v, LastGoodVersion: v})
+		}
+	}
+}
+
+func (f *stageFleet) report(t *testing.T, id string, r *v1.ServiceReport) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.last[id] = r
+	if err := f.streams[id].Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Report{Report: r}}); err != nil {
+		t.Error(err)
+	}
+}
+
+// staging lists the hosts whose latest assignment stages version.
+func (f *stageFleet) staging(version string) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for id, v := range f.stage {
+		if v == version {
+			out = append(out, id)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// TestHubStagesAhead: the hub sends Assignment.stage to StageOrigin hosts
+// waiting for their wave (no holder yet), and a host that reports its
+// staging failed (stage_failed_sha256) gives its admission slot to another
+// waiting host: before, the slot stayed with it and staging stalled.
+func TestHubStagesAhead(t *testing.T) {
+	cc := startCoordinator(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	op := v1.NewOperatorServiceClient(cc)
+	const n = 9
+	spec := &v1.ServiceSpec{Name: "web", Selector: map[string]string{"role": "web"}, Run: &v1.RunSpec{Command: []string{"./app"}},
+		Rollout: &v1.RolloutPolicy{Canary: 1, Waves: []uint32{100}, MaxParallel: n, Bake: durationpb.New(0), StageAhead: true}}
+	if _, err := op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	f := &stageFleet{stage: map[string]string{}, streams: map[string]v1.AgentService_ConnectClient{}, last: map[string]*v1.ServiceReport{}}
+	for i := range n {
+		go f.run(ctx, t, cc, fmt.Sprintf("h%d", i))
+	}
+	create := func(version string, art *v1.Artifact) {
+		t.Helper()
+		if _, err := op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: version, Artifact: art}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	create("v1", upload(t, ctx, cc, []byte("one")))
+	testkit.Eventually(t, 60*time.Second, "v1 on every host", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return len(f.last) == n
+	})
+	art2 := upload(t, ctx, cc, []byte("two"))
+	create("v2", art2)
+	var first []string
+	testkit.Eventually(t, 60*time.Second, "StageOrigin hosts staging v2", func() bool {
+		first = f.staging("v2")
+		return len(first) == 2
+	})
+	failed := first[0]
+	f.mu.Lock()
+	r := f.last[failed]
+	f.mu.Unlock()
+	r = &v1.ServiceReport{Service: r.GetService(), Generation: r.GetGeneration(), Phase: r.GetPhase(), CurrentVersion: r.GetCurrentVersion(),
+		TargetVersion: r.GetTargetVersion(), LastGoodVersion: r.GetLastGoodVersion(), StageFailedSha256: art2.GetSha256()}
+	f.report(t, failed, r)
+	testkit.Eventually(t, 60*time.Second, "the failed host's slot given to another waiting host", func() bool {
+		now := f.staging("v2")
+		if len(now) != 2 {
+			return false
+		}
+		for _, id := range now {
+			if id == failed {
+				return false
+			}
+		}
+		return true
+	})
+}
