@@ -585,23 +585,65 @@ func (h *hub) queue(c *agentConn, force bool, since time.Time) {
 	c.out <- queuedSet{resp: m, since: since, connect: force}
 }
 
+// stageRepushInterval is the least time between two passes of the push
+// loop that only reports' staging fields caused (staged_sha256,
+// stage_failed_sha256): while a rollout stages ahead every host's staged
+// report changes the plan, and a pass re-evaluates every connected host
+// (O(hosts)), so one pass per report would be O(hosts²) per rollout.
+// Paced, staging changes reach agents within this interval; any other
+// change of the desired state passes at once.
+const stageRepushInterval = time.Second
+
+// pushPacer decides when the push loop passes (pure: the mirror's epochs
+// and the time are inputs).
+type pushPacer struct {
+	interval time.Duration
+	epoch    uint64    // DesiredEpoch at the last pass
+	other    uint64    // its changes other than staging ones, at the last pass
+	last     time.Time // when the last pass ran
+}
+
+// due says whether a pass runs now for the mirror's epochs (desired, and
+// of its changes the staging-only ones) at now; when not but a change
+// waits for the pacing, wait > 0 is when to ask again.
+func (p *pushPacer) due(desired, stage uint64, now time.Time) (pass bool, wait time.Duration) {
+	if desired == p.epoch {
+		return false, 0
+	}
+	other := desired - stage
+	if other == p.other {
+		if d := p.interval - now.Sub(p.last); d > 0 {
+			return false, d
+		}
+	}
+	p.epoch, p.other, p.last = desired, other, now
+	return true, 0
+}
+
 // pushLoop re-evaluates every connected host's assignments whenever what
-// hosts should run may have changed.
+// hosts should run may have changed (staging-only changes paced:
+// stageRepushInterval).
 func (h *hub) pushLoop(ctx context.Context) {
 	ch, unsub := h.c.mirror.Subscribe()
 	defer unsub()
-	var epoch uint64
+	pace := pushPacer{interval: stageRepushInterval}
+	var later <-chan time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-ch:
+		case <-later:
+			later = nil
 		}
-		e := h.c.mirror.DesiredEpoch()
-		if e == epoch {
+		e, st := h.c.mirror.Epochs()
+		pass, wait := pace.due(e, st, time.Now())
+		if !pass {
+			if wait > 0 && later == nil {
+				later = time.After(wait)
+			}
 			continue
 		}
-		epoch = e
 		seen := time.Now()
 		h.mu.Lock()
 		conns := make([]*agentConn, 0, len(h.conns))

@@ -109,11 +109,21 @@ func TestHubStagesAhead(t *testing.T) {
 		}
 	}
 	create("v1", upload(t, ctx, cc, []byte("one")))
-	testkit.Eventually(t, 60*time.Second, "v1 on every host", func() bool {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		return len(f.last) == n
-	})
+	w, err := op.WatchRollout(ctx, &v1.WatchRolloutRequest{Service: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last *v1.Rollout
+	for {
+		m, err := w.Recv()
+		if err != nil {
+			break
+		}
+		last = m.GetRollout()
+	}
+	if last.GetState() != v1.RolloutState_ROLLOUT_STATE_SUCCEEDED || last.GetToVersion() != "v1" {
+		t.Fatalf("rollout of v1: %v %s", last.GetState(), last.GetReason())
+	}
 	art2 := upload(t, ctx, cc, []byte("two"))
 	create("v2", art2)
 	var first []string
@@ -140,4 +150,46 @@ func TestHubStagesAhead(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// TestPushPacer: reports' staging-only changes of the desired state cause
+// at most one pass of the push loop per stageRepushInterval (with a
+// trailing pass for the last of them); other changes pass at once. Before
+// the pacing, each of n staged reports re-evaluated every connected host
+// (n passes of O(hosts) each).
+func TestPushPacer(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	p := pushPacer{interval: time.Second}
+	if pass, _ := p.due(5, 0, t0); !pass {
+		t.Fatal("the first change did not pass")
+	}
+	if pass, wait := p.due(5, 0, t0.Add(time.Millisecond)); pass || wait != 0 {
+		t.Fatalf("no change: pass %v, wait %v", pass, wait)
+	}
+	// 1,000 staged reports within the interval: no pass, a wait until the
+	// interval is over.
+	passes := 0
+	for i := range 1000 {
+		now := t0.Add(time.Duration(i+1) * time.Millisecond / 2)
+		pass, wait := p.due(uint64(6+i), uint64(1+i), now)
+		if pass {
+			passes++
+		} else if want := time.Second - now.Sub(t0); wait != want {
+			t.Fatalf("report %d: wait %v, want %v", i, wait, want)
+		}
+	}
+	if passes != 0 {
+		t.Fatalf("%d passes for 1,000 staged reports within the interval, want 0 (then 1 trailing)", passes)
+	}
+	// The trailing pass, once the interval is over.
+	if pass, _ := p.due(1005, 1000, t0.Add(time.Second)); !pass {
+		t.Fatal("no trailing pass after the interval")
+	}
+	// A staged report then another change: the other change passes at once.
+	if pass, _ := p.due(1006, 1001, t0.Add(time.Second+time.Millisecond)); pass {
+		t.Fatal("a staged report right after a pass passed")
+	}
+	if pass, _ := p.due(1007, 1001, t0.Add(time.Second+2*time.Millisecond)); !pass {
+		t.Fatal("a change other than staging did not pass at once")
+	}
 }

@@ -231,3 +231,30 @@ func TestStageGrowsLogarithmically(t *testing.T) {
 		t.Logf("n=%d: %d rounds, %d from the origin", n, rounds, origin)
 	}
 }
+
+// BenchmarkPlanStage: the engine's share of one recomputation of the hub's
+// table while a rollout stages (every report whose staged_sha256 changes
+// causes one): n plan hosts, a tenth of them staged.
+func BenchmarkPlanStage(b *testing.B) {
+	for _, n := range []int{2000, 10000} {
+		b.Run(fmt.Sprintf("hosts=%d", n), func(b *testing.B) {
+			r := &v1.Rollout{FromVersion: "v1", ToVersion: "v2", State: v1.RolloutState_ROLLOUT_STATE_PROGRESSING,
+				Policy: &v1.RolloutPolicy{StageAhead: true}}
+			w := &v1.Wave{}
+			hosts, staged := map[string]PeerHost{}, map[string]bool{}
+			for i := range n {
+				id := fmt.Sprintf("h%05d", i)
+				w.Hosts = append(w.Hosts, &v1.HostProgress{HostId: id, State: v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING})
+				hosts[id] = PeerHost{Address: id + ":1"}
+				staged[id] = i%10 == 0
+			}
+			r.Waves = []*v1.Wave{w}
+			for b.Loop() {
+				p := PlanStage(r, "aa", hosts, staged, nil, DefaultSources)
+				for _, hp := range w.Hosts {
+					p.Stage(hp.GetHostId())
+				}
+			}
+		})
+	}
+}

@@ -59,6 +59,10 @@ type Mirror struct {
 	// releases, rollouts, and reports whose staged_sha256 changed), so
 	// assignment pushes can skip other report-only changes.
 	desiredEpoch uint64
+	// stageEpoch counts the changes of desiredEpoch that are reports'
+	// staging fields (staged_sha256, stage_failed_sha256) only: the hub
+	// paces the pushes they cause (pushPacer).
+	stageEpoch uint64
 }
 
 // NewMirror makes a mirror; Run fills and follows it.
@@ -292,6 +296,7 @@ func (m *Mirror) applyLocked(t mvccpb.Event_EventType, kv *mvccpb.KeyValue) {
 		if del {
 			if m.reports[p[0]][p[1]].GetStagedSha256() != "" {
 				m.desiredEpoch++ // a holder of a staged artifact is gone
+				m.stageEpoch++
 			}
 			delete(m.reports[p[0]], p[1])
 			return
@@ -304,6 +309,7 @@ func (m *Mirror) applyLocked(t mvccpb.Event_EventType, kv *mvccpb.KeyValue) {
 				// decides which hosts stage and from whom
 				// (rollout.PlanStage).
 				m.desiredEpoch++
+				m.stageEpoch++
 			}
 			if m.reports[p[0]] == nil {
 				m.reports[p[0]] = map[string]*v1.ServiceReport{}
@@ -364,6 +370,14 @@ func (m *Mirror) DesiredEpoch() uint64 {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	return m.desiredEpoch
+}
+
+// Epochs returns DesiredEpoch and, of its changes, how many were reports'
+// staging fields only (read together).
+func (m *Mirror) Epochs() (desired, stage uint64) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.desiredEpoch, m.stageEpoch
 }
 
 // Rev is the last revision applied.
