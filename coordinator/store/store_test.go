@@ -186,6 +186,10 @@ func TestMirrorFollowsWrites(t *testing.T) {
 	if m.DesiredEpoch() == epoch {
 		t.Fatal("a report's new stage_failed_sha256 did not change the desired epoch")
 	}
+	// Both were staging-only changes (Epochs: the hub paces those).
+	if d, st := m.Epochs(); d != m.DesiredEpoch() || st != 2 {
+		t.Fatalf("Epochs() = %d, %d; want %d, 2 staging-only changes", d, st, m.DesiredEpoch())
+	}
 	if err := s.PutConn(ctx, "h1", "c1", 0); err != nil {
 		t.Fatal(err)
 	}
