@@ -235,3 +235,53 @@ func TestStageAheadFailureReported(t *testing.T) {
 	cancel()
 	waitDone(t, done)
 }
+
+// A removal of the service while a staging ahead is in flight waits for
+// the staging to end: before, RemoveService ran beside it and the staging,
+// cancelled but already past its fetch, recreated the service's releases
+// directory after the removal (left behind by a removed service).
+func TestStageAheadThenRemove(t *testing.T) {
+	fc := newFakeCoordinator(t)
+	art1 := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": goodCheck})
+	art2 := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": goodCheck, "two": "2"})
+	d1, d2 := fc.addArtifact(art1), fc.addArtifact(art2)
+	dataDir := t.TempDir()
+	sdir := filepath.Join(dataDir, "releases", testSvc)
+	opts := testOptions()
+	started := make(chan struct{}, 1)
+	hookDone := make(chan struct{})
+	opts.aheadHook = func(ctx context.Context, _, v string) {
+		defer close(hookDone)
+		started <- struct{}{}
+		<-ctx.Done() // the removal cancels the staging
+		// A slow unpack: the staging goes on a little after its cancel.
+		// Fixed, the removal waits for it and this wait runs out; before,
+		// the removal ran meanwhile.
+		for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if _, err := os.Lstat(sdir); os.IsNotExist(err) {
+				return
+			}
+		}
+	}
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: dataDir}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := runAgent(t, ctx, cfg, opts)
+	v1asg := func() *v1.Assignment { return testAssignment("1.0.0", 1, d1, int64(len(art1)), "") }
+	fc.assign(v1asg())
+	fc.waitFor(t, "v1 healthy", 20*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 1, v1.Phase_PHASE_HEALTHY, "1.0.0")
+	})
+	fc.assign(withStage(v1asg(), "2.0.0", d2, int64(len(art2))))
+	recv(t, "the staging of v2 to reach its unpacking", started, 20*time.Second)
+	fc.assign(&v1.Assignment{Service: testSvc, Generation: 5, Remove: true})
+	fc.waitFor(t, "removed", 30*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 5, v1.Phase_PHASE_REMOVED, "")
+	})
+	<-hookDone
+	cancel()
+	waitDone(t, done) // every background job ended
+	if _, err := os.Lstat(sdir); !os.IsNotExist(err) {
+		t.Fatalf("%s still there after the removal (%v)", sdir, err)
+	}
+}
