@@ -285,3 +285,43 @@ func TestStageAheadThenRemove(t *testing.T) {
 		t.Fatalf("%s still there after the removal (%v)", sdir, err)
 	}
 }
+
+// After an agent restart, a stage it had staged before is found on disk
+// (same digest) and reported again without fetching anything.
+func TestStageAheadAfterRestart(t *testing.T) {
+	fc := newFakeCoordinator(t)
+	art1 := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": goodCheck})
+	art2 := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": goodCheck, "two": "2"})
+	d1, d2 := fc.addArtifact(art1), fc.addArtifact(art2)
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: t.TempDir()}
+	staged := func() *v1.Assignment {
+		return withStage(testAssignment("1.0.0", 1, d1, int64(len(art1)), ""), "2.0.0", d2, int64(len(art2)))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := runAgent(t, ctx, cfg, testOptions())
+	fc.assign(staged())
+	fc.waitFor(t, "v2 staged", 20*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		r := lastReport(rs, testSvc)
+		return r.GetStagedSha256() == d2 && reportIs(r, 1, v1.Phase_PHASE_HEALTHY, "1.0.0")
+	})
+	cancel()
+	waitDone(t, done)
+
+	fc.mu.Lock()
+	fc.reports = nil
+	fc.mu.Unlock()
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	done = runAgent(t, ctx, cfg, testOptions())
+	fc.waitFor(t, "v2 reported staged again", 20*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return lastReport(rs, testSvc).GetStagedSha256() == d2
+	})
+	fc.mu.Lock()
+	n2 := fc.downloads[d2]
+	fc.mu.Unlock()
+	if n2 != 1 {
+		t.Fatalf("v2 downloaded %d times, want 1 (found staged after the restart)", n2)
+	}
+	cancel()
+	waitDone(t, done)
+}
