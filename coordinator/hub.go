@@ -100,6 +100,21 @@ func validateReport(r *v1.ServiceReport) error {
 			return err
 		}
 	}
+	// Staging digests (rollout.stage_ahead): each change of one recomputes
+	// the stage plan, so only a sha256 (or none) is taken.
+	for _, f := range []struct{ field, v string }{
+		{"report.staged_sha256", r.GetStagedSha256()},
+		{"report.stage_failed_sha256", r.GetStageFailedSha256()},
+	} {
+		if len(f.v) > 64 {
+			return fmt.Errorf("%s: %d bytes, over 64 (a sha256 in hex)", f.field, len(f.v))
+		}
+		if f.v != "" {
+			if err := spec.CheckSHA256(f.field, f.v); err != nil {
+				return err
+			}
+		}
+	}
 	if len(r.GetReason()) > 4096 {
 		return fmt.Errorf("report.reason: %d bytes, over 4096", len(r.GetReason()))
 	}

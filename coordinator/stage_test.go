@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -191,5 +192,29 @@ func TestPushPacer(t *testing.T) {
 	}
 	if pass, _ := p.due(1007, 1001, t0.Add(time.Second+2*time.Millisecond)); !pass {
 		t.Fatal("a change other than staging did not pass at once")
+	}
+}
+
+// TestValidateReportStaging: a report's staging digests are sha256s (or
+// empty); anything else is refused, naming the field and the value, before
+// it reaches the store (each change recomputes the stage plan). Before, any
+// string up to the message size was stored.
+func TestValidateReportStaging(t *testing.T) {
+	sha := strings.Repeat("ab", 32)
+	if err := validateReport(&v1.ServiceReport{Service: "web", StagedSha256: sha, StageFailedSha256: sha}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		r    *v1.ServiceReport
+		want string
+	}{
+		{&v1.ServiceReport{Service: "web", StagedSha256: "nope"}, `report.staged_sha256: invalid sha256 "nope"`},
+		{&v1.ServiceReport{Service: "web", StagedSha256: strings.Repeat("a", 1<<20)}, `report.staged_sha256: 1048576 bytes, over 64`},
+		{&v1.ServiceReport{Service: "web", StageFailedSha256: strings.ToUpper(sha) + "x"}, `report.stage_failed_sha256`},
+	} {
+		err := validateReport(tc.r)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%.40v: %v, want %q", tc.r, err, tc.want)
+		}
 	}
 }
