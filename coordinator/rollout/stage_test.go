@@ -15,7 +15,7 @@ import (
 // rollout with stage_ahead stage its target, and from which holders
 // (PlanStage). Commands:
 //
-//	rollout waves=(N,...) [state=progressing|succeeded|failed|superseded|waiting] [rollback] [remove] [config] [off] [sources=N]
+//	rollout waves=(N,...) [state=progressing|succeeded|failed|superseded|waiting] [rollback] [remove] [config] [off] [paused] [sources=N]
 //	    a rollout v1 → v2 whose wave i has N hosts, named h<wave>-<i>, all
 //	    PENDING with a peer address; off: stage_ahead false; config: v2 → v2
 //	noaddr H...          the hosts have no peer address
@@ -114,6 +114,8 @@ func TestStageScenarios(t *testing.T) {
 						r.FromVersion = "v2"
 					case "off":
 						r.Policy.StageAhead = false
+					case "paused":
+						r.Paused = true
 					case "sources":
 						nSources, _ = strconv.Atoi(a.Vals[0])
 					default:
