@@ -154,6 +154,7 @@ func (a *agent) startAhead(s *service, asg *v1.Assignment, rel *v1.Release) {
 	s.aheadCancel = cancel
 	fetchAsg := &v1.Assignment{Service: name, Generation: asg.GetGeneration(), Release: rel, Sources: asg.GetSources()}
 	a.log.Info().Str("service", name).Str("version", rel.GetVersion()).Int("sources", len(asg.GetSources())).Msg("staging ahead of the wave")
+	a.rep.setStageFailed(name, "")
 	a.aheadBackground(s, func(context.Context) {
 		defer cancel()
 		start := time.Now()
@@ -188,8 +189,9 @@ func (a *agent) stageAhead(ctx context.Context, asg *v1.Assignment, want install
 }
 
 // aheadEnded handles the end of a staging ahead: staged, it is reported;
-// failed, it is forgotten (the install fetches the release when the wave
-// comes; the next assignment change stages it again).
+// failed, it is reported (stage_failed_sha256, until a staging starts
+// again: the coordinator admits another host in its place) and forgotten
+// (the install fetches the release when the wave comes).
 func (a *agent) aheadEnded(ev aheadEv) {
 	s := a.services[ev.svc]
 	if s == nil || ev.seq != s.aheadSeq || s.ahead.Version == "" {
@@ -198,7 +200,10 @@ func (a *agent) aheadEnded(ev aheadEv) {
 	log := a.log.With().Str("service", s.name).Str("version", s.ahead.Version).Dur("took", ev.took).Logger()
 	if ev.err != nil {
 		if !errors.Is(ev.err, context.Canceled) {
+			// Reported (stage_failed_sha256): the coordinator gives the
+			// admission slot to another waiting host.
 			log.Warn().Err(ev.err).Msg("staging ahead failed: the install fetches it when the wave comes")
+			a.rep.setStageFailed(s.name, s.ahead.SHA256)
 		}
 		s.ahead, s.aheadCancel = lifecycle.Ahead{}, nil
 		return

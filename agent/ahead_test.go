@@ -201,3 +201,127 @@ func TestCheckStage(t *testing.T) {
 		t.Fatalf("stage below the floor: err %v, want a floor error", err)
 	}
 }
+
+// A staging that fails is reported (stage_failed_sha256) so that the
+// coordinator gives its admission slot to another waiting host; the report
+// carries it until a staging starts again, and a staging that then works
+// clears it.
+func TestStageAheadFailureReported(t *testing.T) {
+	fc := newFakeCoordinator(t)
+	art1 := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": goodCheck})
+	art2 := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": goodCheck, "two": "2"})
+	d1, d2 := fc.addArtifact(art1), fc.addArtifact(art2)
+	missing := strings.Repeat("ab", 32) // the coordinator does not have it
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: t.TempDir()}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := runAgent(t, ctx, cfg, testOptions())
+
+	v1asg := func() *v1.Assignment { return testAssignment("1.0.0", 1, d1, int64(len(art1)), "") }
+	fc.assign(v1asg())
+	fc.waitFor(t, "v1 healthy", 20*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 1, v1.Phase_PHASE_HEALTHY, "1.0.0")
+	})
+	fc.assign(withStage(v1asg(), "2.0.0", missing, 100))
+	fc.waitFor(t, "the failed staging reported", 30*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		r := lastReport(rs, testSvc)
+		return r.GetStageFailedSha256() == missing && r.GetStagedSha256() == "" && reportIs(r, 1, v1.Phase_PHASE_HEALTHY, "1.0.0")
+	})
+	fc.assign(withStage(v1asg(), "2.1.0", d2, int64(len(art2))))
+	fc.waitFor(t, "v2.1 staged, the failure cleared", 20*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		r := lastReport(rs, testSvc)
+		return r.GetStagedSha256() == d2 && r.GetStageFailedSha256() == ""
+	})
+	cancel()
+	waitDone(t, done)
+}
+
+// A removal of the service while a staging ahead is in flight waits for
+// the staging to end: before, RemoveService ran beside it and the staging,
+// cancelled but already past its fetch, recreated the service's releases
+// directory after the removal (left behind by a removed service).
+func TestStageAheadThenRemove(t *testing.T) {
+	fc := newFakeCoordinator(t)
+	art1 := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": goodCheck})
+	art2 := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": goodCheck, "two": "2"})
+	d1, d2 := fc.addArtifact(art1), fc.addArtifact(art2)
+	dataDir := t.TempDir()
+	sdir := filepath.Join(dataDir, "releases", testSvc)
+	opts := testOptions()
+	started := make(chan struct{}, 1)
+	hookDone := make(chan struct{})
+	opts.aheadHook = func(ctx context.Context, _, v string) {
+		defer close(hookDone)
+		started <- struct{}{}
+		<-ctx.Done() // the removal cancels the staging
+		// A slow unpack: the staging goes on a little after its cancel.
+		// Fixed, the removal waits for it and this wait runs out; before,
+		// the removal ran meanwhile.
+		for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if _, err := os.Lstat(sdir); os.IsNotExist(err) {
+				return
+			}
+		}
+	}
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: dataDir}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := runAgent(t, ctx, cfg, opts)
+	v1asg := func() *v1.Assignment { return testAssignment("1.0.0", 1, d1, int64(len(art1)), "") }
+	fc.assign(v1asg())
+	fc.waitFor(t, "v1 healthy", 20*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 1, v1.Phase_PHASE_HEALTHY, "1.0.0")
+	})
+	fc.assign(withStage(v1asg(), "2.0.0", d2, int64(len(art2))))
+	recv(t, "the staging of v2 to reach its unpacking", started, 20*time.Second)
+	fc.assign(&v1.Assignment{Service: testSvc, Generation: 5, Remove: true})
+	fc.waitFor(t, "removed", 30*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 5, v1.Phase_PHASE_REMOVED, "")
+	})
+	<-hookDone
+	cancel()
+	waitDone(t, done) // every background job ended
+	if _, err := os.Lstat(sdir); !os.IsNotExist(err) {
+		t.Fatalf("%s still there after the removal (%v)", sdir, err)
+	}
+}
+
+// After an agent restart, a stage it had staged before is found on disk
+// (same digest) and reported again without fetching anything.
+func TestStageAheadAfterRestart(t *testing.T) {
+	fc := newFakeCoordinator(t)
+	art1 := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": goodCheck})
+	art2 := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": goodCheck, "two": "2"})
+	d1, d2 := fc.addArtifact(art1), fc.addArtifact(art2)
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: t.TempDir()}
+	staged := func() *v1.Assignment {
+		return withStage(testAssignment("1.0.0", 1, d1, int64(len(art1)), ""), "2.0.0", d2, int64(len(art2)))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := runAgent(t, ctx, cfg, testOptions())
+	fc.assign(staged())
+	fc.waitFor(t, "v2 staged", 20*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		r := lastReport(rs, testSvc)
+		return r.GetStagedSha256() == d2 && reportIs(r, 1, v1.Phase_PHASE_HEALTHY, "1.0.0")
+	})
+	cancel()
+	waitDone(t, done)
+
+	fc.mu.Lock()
+	fc.reports = nil
+	fc.mu.Unlock()
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	done = runAgent(t, ctx, cfg, testOptions())
+	fc.waitFor(t, "v2 reported staged again", 20*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return lastReport(rs, testSvc).GetStagedSha256() == d2
+	})
+	fc.mu.Lock()
+	n2 := fc.downloads[d2]
+	fc.mu.Unlock()
+	if n2 != 1 {
+		t.Fatalf("v2 downloaded %d times, want 1 (found staged after the restart)", n2)
+	}
+	cancel()
+	waitDone(t, done)
+}

@@ -40,6 +40,10 @@ type reporter struct {
 	// staged is the sha256 of each service's release staged ahead of its
 	// wave (ahead.go), carried by every report of the service.
 	staged map[string]string
+	// stageFailed is the sha256 of each service's stage whose staging
+	// failed (ahead.go), carried by every report of the service until a
+	// staging starts again.
+	stageFailed map[string]string
 }
 
 func newReporter() *reporter {
@@ -50,6 +54,8 @@ func newReporter() *reporter {
 		bad:     map[string]string{},
 		metrics: map[string]*v1.MetricSummary{},
 		staged:  map[string]string{},
+
+		stageFailed: map[string]string{},
 	}
 }
 
@@ -75,8 +81,9 @@ func (r *reporter) wake() {
 func (r *reporter) stamp(rep *v1.ServiceReport) *v1.ServiceReport {
 	b := r.bad[rep.GetService()]
 	m := r.metrics[rep.GetService()]
-	st := r.staged[rep.GetService()]
-	if (b == "" || rep.GetBadSource() == b) && rep.GetMetrics() == m && rep.GetStagedSha256() == st {
+	st, sf := r.staged[rep.GetService()], r.stageFailed[rep.GetService()]
+	if (b == "" || rep.GetBadSource() == b) && rep.GetMetrics() == m && rep.GetStagedSha256() == st &&
+		rep.GetStageFailedSha256() == sf {
 		return rep
 	}
 	c := proto.Clone(rep).(*v1.ServiceReport)
@@ -85,6 +92,7 @@ func (r *reporter) stamp(rep *v1.ServiceReport) *v1.ServiceReport {
 	}
 	c.Metrics = m
 	c.StagedSha256 = st
+	c.StageFailedSha256 = sf
 	return c
 }
 
@@ -104,15 +112,27 @@ func (r *reporter) setBadSource(service, host string) {
 // setStaged sets the sha256 of the service's release staged ahead ("":
 // none) and sends its latest report again with it.
 func (r *reporter) setStaged(service, sha string) {
+	r.setAhead(r.staged, service, sha)
+}
+
+// setStageFailed sets the sha256 of the service's stage whose staging
+// failed ("": none) and sends its latest report again with it.
+func (r *reporter) setStageFailed(service, sha string) {
+	r.setAhead(r.stageFailed, service, sha)
+}
+
+func (r *reporter) setAhead(m map[string]string, service, sha string) {
 	r.mu.Lock()
 	if sha == "" {
-		delete(r.staged, service)
+		delete(m, service)
 	} else {
-		r.staged[service] = sha
+		m[service] = sha
 	}
-	if rep := r.latest[service]; rep != nil && rep.GetStagedSha256() != sha {
-		r.latest[service] = r.stamp(rep)
-		r.dirty[service] = true
+	if rep := r.latest[service]; rep != nil {
+		if c := r.stamp(rep); c != rep {
+			r.latest[service] = c
+			r.dirty[service] = true
+		}
 	}
 	r.mu.Unlock()
 	r.wake()

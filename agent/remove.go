@@ -26,10 +26,11 @@ import (
 
 // startRemove carries out ActRemove in the background.
 func (a *agent) startRemove(s *service, act lifecycle.Action) {
-	name, wait := s.name, s.afterPrune()
+	name, wait, ahead := s.name, s.afterPrune(), s.afterAhead()
 	a.dropArtifacts(s)
 	a.background(func() {
 		<-wait
+		<-ahead // a staging ahead (cancelled) or its drop ends first: it writes under the service's directory
 		err := a.inst.RemoveService(name)
 		for _, pf := range []string{a.pidFile(name), a.nextPIDFile(name)} {
 			if perr := os.Remove(pf); perr != nil && !errors.Is(perr, fs.ErrNotExist) {

@@ -143,6 +143,21 @@ func validateReport(r *v1.ServiceReport) error {
 			return err
 		}
 	}
+	// Staging digests (rollout.stage_ahead): each change of one recomputes
+	// the stage plan, so only a sha256 (or none) is taken.
+	for _, f := range []struct{ field, v string }{
+		{"report.staged_sha256", r.GetStagedSha256()},
+		{"report.stage_failed_sha256", r.GetStageFailedSha256()},
+	} {
+		if len(f.v) > 64 {
+			return fmt.Errorf("%s: %d bytes, over 64 (a sha256 in hex)", f.field, len(f.v))
+		}
+		if f.v != "" {
+			if err := spec.CheckSHA256(f.field, f.v); err != nil {
+				return err
+			}
+		}
+	}
 	if len(r.GetReason()) > 4096 {
 		return fmt.Errorf("report.reason: %d bytes, over 4096", len(r.GetReason()))
 	}
@@ -517,15 +532,22 @@ func (h *hub) stagePlan(e *desiredEntry, peerHosts map[string]rollout.PeerHost) 
 	if !ok || sha == "" {
 		return nil
 	}
-	staged := map[string]bool{}
+	// out: hosts that would hold an admission slot without filling it
+	// (not connected, or their staging of sha failed).
+	staged, out := map[string]bool{}, map[string]bool{}
 	for _, w := range r.GetWaves() {
 		for _, hp := range w.GetHosts() {
-			if h.c.mirror.Report(hp.GetHostId(), r.GetService()).GetStagedSha256() == sha {
-				staged[hp.GetHostId()] = true
+			id := hp.GetHostId()
+			rep := h.c.mirror.Report(id, r.GetService())
+			if rep.GetStagedSha256() == sha {
+				staged[id] = true
+			}
+			if rep.GetStageFailedSha256() == sha || !h.c.mirror.Connected(id) {
+				out[id] = true
 			}
 		}
 	}
-	e.stage = rollout.PlanStage(r, sha, peerHosts, staged, h.c.cfg.ArtifactSources)
+	e.stage = rollout.PlanStage(r, sha, peerHosts, staged, out, h.c.cfg.ArtifactSources)
 	return e.stage.StagedHolders()
 }
 
@@ -661,23 +683,65 @@ func (h *hub) queue(c *agentConn, force bool, since time.Time) {
 	}
 }
 
+// stageRepushInterval is the least time between two passes of the push
+// loop that only reports' staging fields caused (staged_sha256,
+// stage_failed_sha256): while a rollout stages ahead every host's staged
+// report changes the plan, and a pass re-evaluates every connected host
+// (O(hosts)), so one pass per report would be O(hosts²) per rollout.
+// Paced, staging changes reach agents within this interval; any other
+// change of the desired state passes at once.
+const stageRepushInterval = time.Second
+
+// pushPacer decides when the push loop passes (pure: the mirror's epochs
+// and the time are inputs).
+type pushPacer struct {
+	interval time.Duration
+	epoch    uint64    // DesiredEpoch at the last pass
+	other    uint64    // its changes other than staging ones, at the last pass
+	last     time.Time // when the last pass ran
+}
+
+// due says whether a pass runs now for the mirror's epochs (desired, and
+// of its changes the staging-only ones) at now; when not but a change
+// waits for the pacing, wait > 0 is when to ask again.
+func (p *pushPacer) due(desired, stage uint64, now time.Time) (pass bool, wait time.Duration) {
+	if desired == p.epoch {
+		return false, 0
+	}
+	other := desired - stage
+	if other == p.other {
+		if d := p.interval - now.Sub(p.last); d > 0 {
+			return false, d
+		}
+	}
+	p.epoch, p.other, p.last = desired, other, now
+	return true, 0
+}
+
 // pushLoop re-evaluates every connected host's assignments whenever what
-// hosts should run may have changed.
+// hosts should run may have changed (staging-only changes paced:
+// stageRepushInterval).
 func (h *hub) pushLoop(ctx context.Context) {
 	ch, unsub := h.c.mirror.Subscribe()
 	defer unsub()
-	var epoch uint64
+	pace := pushPacer{interval: stageRepushInterval}
+	var later <-chan time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-ch:
+		case <-later:
+			later = nil
 		}
-		e := h.c.mirror.DesiredEpoch()
-		if e == epoch {
+		e, st := h.c.mirror.Epochs()
+		pass, wait := pace.due(e, st, time.Now())
+		if !pass {
+			if wait > 0 && later == nil {
+				later = time.After(wait)
+			}
 			continue
 		}
-		epoch = e
 		seen := time.Now()
 		h.mu.Lock()
 		conns := make([]*agentConn, 0, len(h.conns))

@@ -865,7 +865,7 @@ func simulatePolicy(t *testing.T, seed uint64, seen map[string]int) {
 }
 
 func stagePlanOf(r *v1.Rollout, hosts map[string]PeerHost, staged map[string]bool) *StagePlan {
-	return PlanStage(r, "sha-v2", hosts, staged, DefaultSources)
+	return PlanStage(r, "sha-v2", hosts, staged, nil, DefaultSources)
 }
 
 // checkStage checks PlanStage's invariants on the rollout as it is: only

@@ -24,6 +24,12 @@ import (
 //   - waiting hosts are the PENDING hosts of the plan that do not report it
 //     staged, in wave order (then plan order): later waves' hosts get the
 //     artifact in the order their waves will need it;
+//   - hosts that cannot stage now (out: not connected, or their latest
+//     report says their staging of this artifact failed,
+//     stage_failed_sha256) are neither waiting nor holders: an admission
+//     slot never stays with a host that will not fill it, so a
+//     disconnected or failing stager never stalls the others (a failed
+//     host fetches the release when its wave comes);
 //   - fan-out admission: the first StageOrigin + StageFanout × holders of
 //     the waiting hosts are admitted (get stage now); the others wait. The
 //     admitted host at position i names holders starting at holder
@@ -68,7 +74,10 @@ type StagePlan struct {
 	// (with or without a peer address).
 	Staged int
 	// Waiting is how many PENDING hosts do not have it yet.
-	Waiting  int
+	Waiting int
+	// Out is how many hosts of the plan cannot stage now (see PlanStage's
+	// out) and do not report the artifact staged.
+	Out      int
 	admitted map[string]int // waiting host → its position among the admitted
 	staged   map[string]bool
 	n        int
@@ -83,10 +92,12 @@ func Stages(r *v1.Rollout) bool {
 
 // PlanStage decides which waiting hosts of r stage its target (artifact
 // sha) now and from which holders; staged are the hosts whose latest report
-// says staged_sha256 = sha, hosts the hosts with a peer address (see
-// PeersOf), n the number of sources per assignment (clamped to [0,
-// MaxSources]). nil when r does not stage (Stages) or sha is empty.
-func PlanStage(r *v1.Rollout, sha string, hosts map[string]PeerHost, staged map[string]bool, n int) *StagePlan {
+// says staged_sha256 = sha, out the hosts that cannot stage now (not
+// connected, or their staging of sha failed: neither admitted nor
+// holders), hosts the hosts with a peer address (see PeersOf), n the
+// number of sources per assignment (clamped to [0, MaxSources]). nil when
+// r does not stage (Stages) or sha is empty.
+func PlanStage(r *v1.Rollout, sha string, hosts map[string]PeerHost, staged, out map[string]bool, n int) *StagePlan {
 	if !Stages(r) || sha == "" {
 		return nil
 	}
@@ -102,7 +113,7 @@ func PlanStage(r *v1.Rollout, sha string, hosts map[string]PeerHost, staged map[
 			seen[id] = true
 			st := hp.GetState()
 			h, hasAddr := hosts[id]
-			hasAddr = hasAddr && h.Address != ""
+			hasAddr = hasAddr && h.Address != "" && !out[id]
 			switch {
 			case st == v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE:
 				if hasAddr {
@@ -113,7 +124,10 @@ func PlanStage(r *v1.Rollout, sha string, hosts map[string]PeerHost, staged map[
 				if hasAddr {
 					p.Holders = append(p.Holders, Peer{ID: id, Address: h.Address, Zone: h.Labels[ZoneLabel], Wave: wi})
 				}
-			case st == v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING || st == v1.HostRolloutState_HOST_ROLLOUT_STATE_UNSPECIFIED:
+			case st != v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING && st != v1.HostRolloutState_HOST_ROLLOUT_STATE_UNSPECIFIED:
+			case out[id]:
+				p.Out++
+			default:
 				waiting = append(waiting, id)
 			}
 		}

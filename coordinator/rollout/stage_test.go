@@ -15,13 +15,15 @@ import (
 // rollout with stage_ahead stage its target, and from which holders
 // (PlanStage). Commands:
 //
-//	rollout waves=(N,...) [state=progressing|succeeded|failed|superseded|waiting] [rollback] [remove] [config] [off] [sources=N]
+//	rollout waves=(N,...) [state=progressing|succeeded|failed|superseded|waiting] [rollback] [remove] [config] [off] [paused] [sources=N]
 //	    a rollout v1 → v2 whose wave i has N hosts, named h<wave>-<i>, all
 //	    PENDING with a peer address; off: stage_ahead false; config: v2 → v2
 //	noaddr H...          the hosts have no peer address
 //	state H=pending|updating|done|failed...
 //	staged H...          the hosts report the target's artifact staged
 //	unstaged H...        they no longer do
+//	out H...             the hosts cannot stage now (disconnected, or their staging failed)
+//	in H...              they can again
 //	plan                 print PlanStage: holders, admitted hosts and their sources
 //	grow                 each admitted host reports staged, then plan
 func TestStageScenarios(t *testing.T) {
@@ -29,6 +31,7 @@ func TestStageScenarios(t *testing.T) {
 		var r *v1.Rollout
 		hosts := map[string]PeerHost{}
 		staged := map[string]bool{}
+		out := map[string]bool{}
 		nSources := DefaultSources
 		find := func(id string) *v1.HostProgress {
 			for _, w := range r.GetWaves() {
@@ -41,13 +44,16 @@ func TestStageScenarios(t *testing.T) {
 			t.Fatalf("%s: no host %s", path, id)
 			return nil
 		}
-		plan := func() *StagePlan { return PlanStage(r, "aa", hosts, staged, nSources) }
+		plan := func() *StagePlan { return PlanStage(r, "aa", hosts, staged, out, nSources) }
 		show := func(p *StagePlan) string {
 			if p == nil {
 				return "no staging\n"
 			}
 			var b strings.Builder
 			fmt.Fprintf(&b, "holders %d, staged %d, admitted %d of %d waiting\n", len(p.Holders), p.Staged, p.Admitted(), p.Waiting)
+			if p.Out > 0 {
+				fmt.Fprintf(&b, "out %d\n", p.Out)
+			}
 			for _, w := range r.GetWaves() {
 				for _, h := range w.GetHosts() {
 					ok, src := p.Stage(h.GetHostId())
@@ -74,6 +80,7 @@ func TestStageScenarios(t *testing.T) {
 					Policy: &v1.RolloutPolicy{StageAhead: true}}
 				clear(hosts)
 				clear(staged)
+				clear(out)
 				nSources = DefaultSources
 				for _, a := range d.CmdArgs {
 					switch a.Key {
@@ -107,6 +114,8 @@ func TestStageScenarios(t *testing.T) {
 						r.FromVersion = "v2"
 					case "off":
 						r.Policy.StageAhead = false
+					case "paused":
+						r.Paused = true
 					case "sources":
 						nSources, _ = strconv.Atoi(a.Vals[0])
 					default:
@@ -133,6 +142,12 @@ func TestStageScenarios(t *testing.T) {
 				for _, a := range d.CmdArgs {
 					find(a.Key)
 					staged[a.Key] = d.Cmd == "staged"
+				}
+				return ""
+			case "out", "in":
+				for _, a := range d.CmdArgs {
+					find(a.Key)
+					out[a.Key] = d.Cmd == "out"
 				}
 				return ""
 			case "plan":
@@ -174,7 +189,7 @@ func TestStageGrowsLogarithmically(t *testing.T) {
 		staged := map[string]bool{}
 		rounds, origin := 0, 0
 		for {
-			p := PlanStage(r, "aa", hosts, staged, DefaultSources)
+			p := PlanStage(r, "aa", hosts, staged, nil, DefaultSources)
 			if p.Waiting == 0 {
 				break
 			}
@@ -216,5 +231,32 @@ func TestStageGrowsLogarithmically(t *testing.T) {
 			t.Errorf("n=%d: %d hosts staged from the origin, want at most %d", n, origin, StageOrigin)
 		}
 		t.Logf("n=%d: %d rounds, %d from the origin", n, rounds, origin)
+	}
+}
+
+// BenchmarkPlanStage: the engine's share of one recomputation of the hub's
+// table while a rollout stages (every report whose staged_sha256 changes
+// causes one): n plan hosts, a tenth of them staged.
+func BenchmarkPlanStage(b *testing.B) {
+	for _, n := range []int{2000, 10000} {
+		b.Run(fmt.Sprintf("hosts=%d", n), func(b *testing.B) {
+			r := &v1.Rollout{FromVersion: "v1", ToVersion: "v2", State: v1.RolloutState_ROLLOUT_STATE_PROGRESSING,
+				Policy: &v1.RolloutPolicy{StageAhead: true}}
+			w := &v1.Wave{}
+			hosts, staged := map[string]PeerHost{}, map[string]bool{}
+			for i := range n {
+				id := fmt.Sprintf("h%05d", i)
+				w.Hosts = append(w.Hosts, &v1.HostProgress{HostId: id, State: v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING})
+				hosts[id] = PeerHost{Address: id + ":1"}
+				staged[id] = i%10 == 0
+			}
+			r.Waves = []*v1.Wave{w}
+			for b.Loop() {
+				p := PlanStage(r, "aa", hosts, staged, nil, DefaultSources)
+				for _, hp := range w.Hosts {
+					p.Stage(hp.GetHostId())
+				}
+			}
+		})
 	}
 }

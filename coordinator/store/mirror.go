@@ -67,6 +67,10 @@ type Mirror struct {
 	// releases, rollouts, and reports whose staged_sha256 changed), so
 	// assignment pushes can skip other report-only changes.
 	desiredEpoch uint64
+	// stageEpoch counts the changes of desiredEpoch that are reports'
+	// staging fields (staged_sha256, stage_failed_sha256) only: the hub
+	// paces the pushes they cause (pushPacer).
+	stageEpoch uint64
 }
 
 // NewMirror makes a mirror; Run fills and follows it.
@@ -306,6 +310,7 @@ func (m *Mirror) applyLocked(t mvccpb.Event_EventType, kv *mvccpb.KeyValue) {
 		if del {
 			if m.reports[p[0]].get(p[1]).GetStagedSha256() != "" {
 				m.desiredEpoch++ // a holder of a staged artifact is gone
+				m.stageEpoch++
 			}
 			m.reports[p[0]] = m.reports[p[0]].remove(p[1])
 			if len(m.reports[p[0]]) == 0 {
@@ -315,10 +320,13 @@ func (m *Mirror) applyLocked(t mvccpb.Event_EventType, kv *mvccpb.KeyValue) {
 		}
 		v := &v1.ServiceReport{}
 		if decode(v) {
-			if v.GetStagedSha256() != m.reports[p[0]].get(p[1]).GetStagedSha256() {
-				// Who holds a staged artifact decides which hosts stage
-				// and from whom (rollout.PlanStage).
+			if old := m.reports[p[0]].get(p[1]); v.GetStagedSha256() != old.GetStagedSha256() ||
+				v.GetStageFailedSha256() != old.GetStageFailedSha256() {
+				// Who holds a staged artifact, and whose staging failed,
+				// decides which hosts stage and from whom
+				// (rollout.PlanStage).
 				m.desiredEpoch++
+				m.stageEpoch++
 			}
 			svc := v.GetService() // shares the report's string, not the key's
 			if svc != p[1] {
@@ -518,6 +526,14 @@ func (m *Mirror) DesiredEpoch() uint64 {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	return m.desiredEpoch
+}
+
+// Epochs returns DesiredEpoch and, of its changes, how many were reports'
+// staging fields only (read together).
+func (m *Mirror) Epochs() (desired, stage uint64) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.desiredEpoch, m.stageEpoch
 }
 
 // Rev is the last revision applied.

@@ -184,6 +184,20 @@ func TestMirrorFollowsWrites(t *testing.T) {
 	if m.DesiredEpoch() == epoch {
 		t.Fatal("a report's new staged_sha256 did not change the desired epoch")
 	}
+	// So does one whose stage_failed_sha256 changes: the host's admission
+	// slot goes to another waiting host.
+	epoch = m.DesiredEpoch()
+	if err := s.PutReport(ctx, "h1", &v1.ServiceReport{Service: "web", Phase: v1.Phase_PHASE_FAILED, StagedSha256: "aa", StageFailedSha256: "bb"}); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 20*time.Second, "the failed-staging report mirrored", func() bool { return m.Report("h1", "web").GetStageFailedSha256() == "bb" })
+	if m.DesiredEpoch() == epoch {
+		t.Fatal("a report's new stage_failed_sha256 did not change the desired epoch")
+	}
+	// Both were staging-only changes (Epochs: the hub paces those).
+	if d, st := m.Epochs(); d != m.DesiredEpoch() || st != 2 {
+		t.Fatalf("Epochs() = %d, %d; want %d, 2 staging-only changes", d, st, m.DesiredEpoch())
+	}
 	if err := s.PutConn(ctx, "h1", "c1", 0); err != nil {
 		t.Fatal(err)
 	}

@@ -3974,9 +3974,14 @@ type ServiceReport struct {
 	// sha256 (hex) of the artifact of Assignment.stage the agent holds,
 	// verified, ready to switch to ("" = none staged). The coordinator counts
 	// such a host as a source of that artifact for other hosts.
-	StagedSha256  string `protobuf:"bytes,12,opt,name=staged_sha256,json=stagedSha256,proto3" json:"staged_sha256,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	StagedSha256 string `protobuf:"bytes,12,opt,name=staged_sha256,json=stagedSha256,proto3" json:"staged_sha256,omitempty"`
+	// sha256 (hex) of the artifact of Assignment.stage whose staging failed
+	// on this host (fetch, verify, free space or unpack; "" = none): the
+	// coordinator admits another waiting host in its place, and the host
+	// fetches the release when its wave comes.
+	StageFailedSha256 string `protobuf:"bytes,13,opt,name=stage_failed_sha256,json=stageFailedSha256,proto3" json:"stage_failed_sha256,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ServiceReport) Reset() {
@@ -4089,6 +4094,13 @@ func (x *ServiceReport) GetMetrics() *MetricSummary {
 func (x *ServiceReport) GetStagedSha256() string {
 	if x != nil {
 		return x.StagedSha256
+	}
+	return ""
+}
+
+func (x *ServiceReport) GetStageFailedSha256() string {
+	if x != nil {
+		return x.StageFailedSha256
 	}
 	return ""
 }
@@ -4731,7 +4743,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\vCheckResult\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x16\n" +
-	"\x06detail\x18\x03 \x01(\tR\x06detail\"\xe2\x03\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\"\x92\x04\n" +
 	"\rServiceReport\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1e\n" +
 	"\n" +
@@ -4748,7 +4760,8 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"bad_source\x18\n" +
 	" \x01(\tR\tbadSource\x125\n" +
 	"\ametrics\x18\v \x01(\v2\x1b.fleetwave.v1.MetricSummaryR\ametrics\x12#\n" +
-	"\rstaged_sha256\x18\f \x01(\tR\fstagedSha256\"\x82\x03\n" +
+	"\rstaged_sha256\x18\f \x01(\tR\fstagedSha256\x12.\n" +
+	"\x13stage_failed_sha256\x18\r \x01(\tR\x11stageFailedSha256\"\x82\x03\n" +
 	"\n" +
 	"Assignment\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1e\n" +
