@@ -103,6 +103,12 @@ func (s *Store) GetRolloutAt(ctx context.Context, service, id string, rev int64)
 			h = m
 			continue
 		}
+		if want := RolloutPartKey(service, id, i-1); string(kv.Key) != want {
+			// Never written so (a write puts every part it changed with
+			// the head): the record was damaged; no rollout with hosts
+			// missing or out of place.
+			return nil, 0, fmt.Errorf("get rollout %s/%s: part %d missing (found %s)", service, id, i-1, kv.Key)
+		}
 		parts = append(parts, m)
 	}
 	r, err := assembleRollout(h, parts)

@@ -296,3 +296,37 @@ func TestUnsplitRollout(t *testing.T) {
 		t.Fatalf("GetRollout after unsplit and a step differs (%v)", err)
 	}
 }
+
+// A split rollout missing a part in the middle (a damaged record: no write
+// makes one) is an error to GetRollout, not a rollout with hosts missing;
+// the mirror keeps the last whole copy.
+func TestSplitRolloutGapRefused(t *testing.T) {
+	s := startStore(t)
+	m := startMirror(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r := testRollout("000001", 1, 1499)
+	rev, _, err := s.WriteRollout(ctx, nil, r, RolloutBase{Layout: Split}, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.WaitRev(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m.Rollout("web", "000001"); !ok {
+		t.Fatal("the mirror does not have the whole rollout")
+	}
+	del, err := s.c.Delete(ctx, RolloutPartKey("web", "000001", 1))
+	if err != nil || del.Deleted != 1 {
+		t.Fatalf("delete part 1: %v", err)
+	}
+	if _, err := s.GetRollout(ctx, "web", "000001"); err == nil || !strings.Contains(err.Error(), "part 1 missing") {
+		t.Fatalf("GetRollout of a rollout without part 1: %v, want part 1 missing", err)
+	}
+	if err := m.WaitRev(ctx, del.Header.Revision); err != nil {
+		t.Fatal(err)
+	}
+	if vr, ok := m.Rollout("web", "000001"); !ok || !proto.Equal(vr.Val, r) || vr.Rev != rev {
+		t.Fatalf("the mirror does not keep the last whole copy: ok %v rev %d want %d, waves %d", ok, vr.Rev, rev, len(vr.Val.GetWaves()))
+	}
+}
