@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -150,6 +151,115 @@ func TestStreamGoroutinesReturnToBaseline(t *testing.T) {
 		// for streams: a leak of one per stream is over 100.
 		if got := runtime.NumGoroutine(); got > base+10 {
 			return fmt.Errorf("%d goroutines, %d before %d streams", got, base, 4*n)
+		}
+		return nil
+	})
+}
+
+// TestBlockedSenderEndsWithItsStream: agents that never read while sets
+// larger than the flow-control window are sent to them (their sender
+// goroutine blocked in Send) go away or are replaced by a newer stream:
+// every handler and sender ends, and the coordinator's goroutines return to
+// what they were.
+func TestBlockedSenderEndsWithItsStream(t *testing.T) {
+	emb, err := store.StartEmbedded(t.TempDir(), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(emb.Close)
+	addr := runTestCoordinator(t, Config{Insecure: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, EtcdTLS: emb.ClientTLS, LeaseTTL: 10 * time.Second})
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	op := v1.NewOperatorServiceClient(cc)
+	// A set of about 300 KiB: over the 64 KiB a reader that reads nothing
+	// lets through.
+	big := &v1.ServiceSpec{Name: "web", Selector: map[string]string{"role": "web"},
+		Run:    &v1.RunSpec{Command: []string{"./app"}, Env: map[string]string{"BIG": strings.Repeat("x", 300<<10)}},
+		Rollout: &v1.RolloutPolicy{NoCanary: true, Waves: []uint32{100}, MaxParallel: 100}}
+	if _, err := op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: big}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	base := runtime.NumGoroutine()
+	const n = 10
+	var cancels []context.CancelFunc
+	for i := range n {
+		sctx, scancel := context.WithCancel(ctx)
+		cancels = append(cancels, scancel)
+		s, err := v1.NewAgentServiceClient(cc).Connect(sctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hello := &v1.Hello{HostId: fmt.Sprintf("h%d", i), Labels: map[string]string{"role": "web"}}
+		if err := s.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Hello{Hello: hello}}); err != nil {
+			t.Fatal(err)
+		}
+		// It never reads.
+	}
+	testkit.EventuallyErr(t, 30*time.Second, "every agent connected", func() error {
+		resp, err := op.ListHosts(ctx, &v1.ListHostsRequest{})
+		if err != nil {
+			return err
+		}
+		c := 0
+		for _, h := range resp.GetHosts() {
+			if h.GetConnected() {
+				c++
+			}
+		}
+		if c != n {
+			return fmt.Errorf("%d of %d connected", c, n)
+		}
+		return nil
+	})
+	// A release: every host is to install it, with the big spec.
+	art := upload(t, ctx, cc, []byte("artifact v1"))
+	if _, err := op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: "v1", Artifact: art}}); err != nil {
+		t.Fatal(err)
+	}
+	waitRollout(t, ctx, op, "every host updating", func(r *v1.Rollout) bool {
+		updating, _ := countUpdating(r)
+		return updating == n
+	})
+	// At least a handler and a sender blocked in Send per stream.
+	testkit.EventuallyErr(t, 30*time.Second, "a sender per stream blocked", func() error {
+		if got := runtime.NumGoroutine(); got < base+2*n {
+			return fmt.Errorf("%d goroutines, %d before %d streams", got, base, n)
+		}
+		return nil
+	})
+	// Half go away; the other half are replaced by a stream that reads.
+	for i := range n {
+		if i%2 == 0 {
+			cancels[i]()
+			continue
+		}
+		sctx, scancel := context.WithCancel(ctx)
+		s, err := v1.NewAgentServiceClient(cc).Connect(sctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hello := &v1.Hello{HostId: fmt.Sprintf("h%d", i), Labels: map[string]string{"role": "web"}}
+		if err := s.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Hello{Hello: hello}}); err != nil {
+			t.Fatal(err)
+		}
+		m, err := s.Recv()
+		if err != nil || len(m.GetAssignments()) != 1 || m.GetAssignments()[0].GetRelease().GetVersion() != "v1" {
+			t.Fatalf("the newer stream of h%d: %v, assignments %d", i, err, len(m.GetAssignments()))
+		}
+		scancel()
+		cancels[i]()
+	}
+	testkit.EventuallyErr(t, 30*time.Second, "goroutines back to the baseline", func() error {
+		if got := runtime.NumGoroutine(); got > base+10 {
+			return fmt.Errorf("%d goroutines, %d before", got, base)
 		}
 		return nil
 	})
