@@ -179,7 +179,7 @@ func TestBlockedSenderEndsWithItsStream(t *testing.T) {
 	// A set of about 300 KiB: over the 64 KiB a reader that reads nothing
 	// lets through.
 	big := &v1.ServiceSpec{Name: "web", Selector: map[string]string{"role": "web"},
-		Run:    &v1.RunSpec{Command: []string{"./app"}, Env: map[string]string{"BIG": strings.Repeat("x", 300<<10)}},
+		Run:     &v1.RunSpec{Command: []string{"./app"}, Env: map[string]string{"BIG": strings.Repeat("x", 300<<10)}},
 		Rollout: &v1.RolloutPolicy{NoCanary: true, Waves: []uint32{100}, MaxParallel: 100}}
 	if _, err := op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: big}); err != nil {
 		t.Fatal(err)
