@@ -10,6 +10,7 @@ import (
 	"net"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -38,6 +39,9 @@ type hub struct {
 	cached *desiredTable
 	// reports batches report writes from every stream.
 	reports *reportWriter
+	// arrivals numbers streams in the order their handlers start
+	// (agentConn.seq).
+	arrivals atomic.Uint64
 }
 
 type agentConn struct {
@@ -65,6 +69,9 @@ type agentConn struct {
 	// not replace a newer set.
 	lastSum [sha256.Size]byte
 	epoch   uint64
+	// seq is the stream's arrival number (hub.arrivals): a stream that
+	// arrived before the host's registered one does not replace it.
+	seq uint64
 	// token identifies this stream's connection record, so a replaced
 	// stream's clean-up cannot delete its successor's record.
 	token string
@@ -80,6 +87,10 @@ type agentConn struct {
 // newer stream of its host, or the coordinator stopping or without an etcd
 // session.
 var errStreamEnded = errors.New("connection replaced or coordinator stopping")
+
+// errOlderStream is why a stream whose hello took longer than a newer
+// stream's of the same host ends instead of replacing it.
+var errOlderStream = errors.New("a newer stream of this host was accepted while this one said hello")
 
 // end ends the stream from outside with cause: its work stops and its
 // status (cause's gRPC status, else Canceled with cause's message) goes to
@@ -241,6 +252,7 @@ func validateHello(h *v1.Hello) error {
 
 // Connect implements AgentService.Connect.
 func (h *hub) Connect(stream v1.AgentService_ConnectServer) (retErr error) {
+	seq := h.arrivals.Add(1)
 	ctx, cancel := context.WithCancelCause(stream.Context())
 	defer cancel(nil)
 	first, err := stream.Recv()
@@ -289,7 +301,7 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) (retErr error) {
 			h.c.hostMoved(ctx, id, old.GetLabels(), hello.GetLabels()) // remove.go
 		}
 	}
-	conn := &agentConn{host: id, labels: hello.GetLabels(), stream: stream, cancel: cancel,
+	conn := &agentConn{host: id, seq: seq, labels: hello.GetLabels(), stream: stream, cancel: cancel,
 		token: h.c.cfg.Name + "/" + randToken(), reports: map[string]*v1.ServiceReport{}, seen: map[string]*v1.ServiceReport{}}
 	conn.ts, _ = grpc.ServerTransportStreamFromContext(ctx).(statusWriter)
 	// A stream's context ends by itself (plain context.Canceled: the stream
@@ -309,6 +321,13 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) (retErr error) {
 	}
 	h.mu.Lock()
 	if old := h.conns[id]; old != nil {
+		if old.seq > seq {
+			// The host opened a newer stream while this one's hello was
+			// handled (an agent reconnecting, this stream's etcd writes
+			// slow): the newer one stays.
+			h.mu.Unlock()
+			return status.Error(codes.Canceled, errOlderStream.Error())
+		}
 		old.end(errStreamEnded)
 	}
 	h.conns[id] = conn

@@ -171,6 +171,22 @@ func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string)
 	}
 	cur := vr.Val
 
+	// A coordinator that does not read split rollouts registered (late,
+	// or a downgrade): the service's rollout is rewritten in one key, or
+	// that coordinator would assign its hosts as if none ran.
+	if old := l.c.splitUnreader(); has && old != "" && l.c.mirror.RolloutLayout(name, cur.GetId()) == store.Split {
+		rev, err := l.c.store.UnsplitRollout(ctx, fence, store.RolloutBase{Rollout: cur, Rev: vr.Rev, Layout: store.Split})
+		if err != nil {
+			return time.Time{}, err
+		}
+		log.Warn().Str("rollout", cur.GetId()).Str("coordinator", old).Msg("rollout rewritten in one key: a registered coordinator does not read split rollouts")
+		delete(l.own, name)
+		if err := l.c.mirror.WaitRev(ctx, rev); err != nil {
+			return time.Time{}, err
+		}
+		return l.reconcile(ctx, fence, name)
+	}
+
 	// A failed rollout records when every host it moved ran a good release
 	// again (time to restore). Only the rollout is written: the service's
 	// status (its freeze) was concluded when it failed.
@@ -379,7 +395,9 @@ func (l *leader) start(ctx context.Context, fence *store.Fence, vs store.Version
 // every registered coordinator (this one included) reads it, else one key,
 // so that a coordinator from before the split layout, during a rolling
 // upgrade, never finds a rollout it cannot read. A rollout keeps its layout
-// to the end.
+// to the end, except that a service's current rollout is rewritten in one
+// key when such a coordinator registers after it was created (reconcile,
+// splitUnreader).
 func (c *Coordinator) newRolloutLayout() store.RolloutLayout {
 	coords := c.mirror.Coordinators()
 	if len(coords) == 0 {
@@ -391,6 +409,17 @@ func (c *Coordinator) newRolloutLayout() store.RolloutLayout {
 		}
 	}
 	return store.Split
+}
+
+// splitUnreader names a registered coordinator that does not read split
+// rollouts ("" when none).
+func (c *Coordinator) splitUnreader() string {
+	for _, ci := range c.mirror.Coordinators() {
+		if !ci.GetReadsSplitRollouts() {
+			return ci.GetName()
+		}
+	}
+	return ""
 }
 
 func orNone(s string) string {

@@ -365,6 +365,11 @@ func (m *Mirror) applySplitLocked(del bool, key string, kv *mvccpb.KeyValue, dec
 	if len(p) == 2 {
 		if del {
 			delete(m.splits[service], id)
+			// Gone, unless rewritten in one key by the same write
+			// (UnsplitRollout), whichever event comes first.
+			if vr, ok := m.rollouts[service][id]; ok && vr.Rev < kv.ModRevision {
+				delete(m.rollouts[service], id)
+			}
 			return
 		}
 		v := &v1.Rollout{}
@@ -396,10 +401,7 @@ func (m *Mirror) assembleLocked() {
 		service, id := k[0], k[1]
 		rec := m.splits[service][id]
 		if rec == nil || rec.head.Val == nil {
-			if rec == nil {
-				delete(m.rollouts[service], id)
-			}
-			continue
+			continue // a deleted head removed its rollout (applySplitLocked)
 		}
 		parts := make([]*v1.Rollout, len(rec.parts))
 		complete := true

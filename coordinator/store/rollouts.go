@@ -103,6 +103,12 @@ func (s *Store) GetRolloutAt(ctx context.Context, service, id string, rev int64)
 			h = m
 			continue
 		}
+		if want := RolloutPartKey(service, id, i-1); string(kv.Key) != want {
+			// Never written so (a write puts every part it changed with
+			// the head): the record was damaged; no rollout with hosts
+			// missing or out of place.
+			return nil, 0, fmt.Errorf("get rollout %s/%s: part %d missing (found %s)", service, id, i-1, kv.Key)
+		}
 		parts = append(parts, m)
 	}
 	r, err := assembleRollout(h, parts)
@@ -314,6 +320,42 @@ func (s *Store) WriteRollout(ctx context.Context, f *Fence, r *v1.Rollout, base 
 		return decision, rev, fmt.Errorf("write rollout %s/%s: %d events not recorded: %w (%w)", r.GetService(), r.GetId(), failed, ErrHistoryShort, errors.Join(errs...))
 	}
 	return decision, rev, nil
+}
+
+// UnsplitRollout rewrites a split rollout in one key (base.Rollout, read
+// at base.Rev: its head's revision): the one-key record is put and the head
+// and parts deleted in one fenced transaction. The leader does it when a
+// coordinator that does not read split rollouts registers while one is
+// the service's current rollout (a late registration, a downgrade): such
+// a coordinator would not see the rollout and would assign its hosts as if
+// none ran. It returns the revision of the write.
+func (s *Store) UnsplitRollout(ctx context.Context, f *Fence, base RolloutBase) (int64, error) {
+	r := base.Rollout
+	service, id := r.GetService(), r.GetId()
+	if base.Layout != Split || base.Rev == 0 {
+		return 0, fmt.Errorf("unsplit rollout %s/%s: layout %s at revision %d: want a stored split rollout", service, id, base.Layout, base.Rev)
+	}
+	rkey, hkey := RolloutKey(service, id), RolloutHeadKey(service, id)
+	rval, err := marshal(r)
+	if err != nil {
+		return 0, err
+	}
+	cmps := append(f.cmps(), clientv3.Compare(clientv3.ModRevision(hkey), "=", base.Rev), clientv3.Compare(clientv3.CreateRevision(rkey), "=", 0))
+	// The deletes first: a mirror applying the events in order ends with
+	// the one-key record.
+	ops := []clientv3.Op{clientv3.OpDelete(hkey), clientv3.OpDelete(hkey+"/", clientv3.WithPrefix()), clientv3.OpPut(rkey, rval)}
+	var fenceGet []clientv3.Op
+	if f != nil {
+		fenceGet = []clientv3.Op{clientv3.OpGet(f.Key)}
+	}
+	resp, err := s.c.Txn(ctx).If(cmps...).Then(ops...).Else(fenceGet...).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("unsplit rollout %s/%s: %w", service, id, err)
+	}
+	if !resp.Succeeded {
+		return 0, fmt.Errorf("unsplit rollout %s/%s: %w", service, id, fenceErr(f, resp))
+	}
+	return resp.Header.Revision, nil
 }
 
 // maxEventTxns is how many transactions of a decision's further events are

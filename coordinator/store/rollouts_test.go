@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -230,5 +231,102 @@ func TestSplitRolloutPartsBounded(t *testing.T) {
 	}
 	if got, err := s.ListEvents(ctx, "web", "000001"); err != nil || len(got) != len(evs) {
 		t.Fatalf("%d events recorded, want %d (%v)", len(got), len(evs), err)
+	}
+}
+
+// A split rollout rewritten in one key (UnsplitRollout): one write puts
+// the one-key record and deletes the head and every part; a mirror
+// following it and one loading afterwards both hold the whole rollout in
+// one key; the next step writes one key; a stale base or a rollout that is
+// not split is refused with nothing changed.
+func TestUnsplitRollout(t *testing.T) {
+	s := startStore(t)
+	m := startMirror(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r := testRollout("000001", 1, 10, 1500)
+	rev, _, err := s.WriteRollout(ctx, nil, r, RolloutBase{Layout: Split}, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.UnsplitRollout(ctx, nil, RolloutBase{Rollout: r, Rev: rev - 1, Layout: Split}); !errors.Is(err, ErrConflict) {
+		t.Fatalf("unsplit over a stale revision: %v, want ErrConflict", err)
+	}
+	if _, err := s.UnsplitRollout(ctx, nil, RolloutBase{Rollout: r, Rev: rev, Layout: OneKey}); err == nil || !strings.Contains(err.Error(), "want a stored split rollout") {
+		t.Fatalf("unsplit of a one-key base: %v", err)
+	}
+	if err := m.WaitRev(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+	rev2, err := s.UnsplitRollout(ctx, nil, RolloutBase{Rollout: r, Rev: rev, Layout: Split})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := keysWrittenAt(t, s, RolloutsPrefix, rev2); fmt.Sprint(got) != fmt.Sprint([]string{RolloutKey("web", "000001")}) {
+		t.Fatalf("unsplit wrote %v", got)
+	}
+	left, err := s.c.Get(ctx, SplitRolloutsPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil || left.Count != 0 {
+		t.Fatalf("%d split keys left after unsplit (%v)", left.Count, err)
+	}
+	if err := m.WaitRev(ctx, rev2); err != nil {
+		t.Fatal(err)
+	}
+	vr, ok := m.Rollout("web", "000001")
+	if !ok || !proto.Equal(vr.Val, r) || vr.Rev != rev2 || m.RolloutLayout("web", "000001") != OneKey {
+		t.Fatalf("mirror after unsplit: ok %v, rev %d want %d, layout %s", ok, vr.Rev, rev2, m.RolloutLayout("web", "000001"))
+	}
+	m2 := startMirror(t, s)
+	if err := m2.WaitRev(ctx, rev2); err != nil {
+		t.Fatal(err)
+	}
+	if vr, ok := m2.Rollout("web", "000001"); !ok || !proto.Equal(vr.Val, r) || m2.RolloutLayout("web", "000001") != OneKey {
+		t.Fatal("a mirror loading after unsplit does not hold the rollout in one key")
+	}
+	next := proto.Clone(r).(*v1.Rollout)
+	next.Waves[2].Hosts[1400].State = v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING
+	rev3, _, err := s.WriteRollout(ctx, nil, next, RolloutBase{Rollout: vr.Val, Rev: vr.Rev, Layout: m.RolloutLayout("web", "000001")}, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := keysWrittenAt(t, s, Prefix, rev3); fmt.Sprint(got) != fmt.Sprint([]string{RolloutKey("web", "000001")}) {
+		t.Fatalf("the step after unsplit wrote %v", got)
+	}
+	if got, err := s.GetRollout(ctx, "web", "000001"); err != nil || !proto.Equal(got, next) {
+		t.Fatalf("GetRollout after unsplit and a step differs (%v)", err)
+	}
+}
+
+// A split rollout missing a part in the middle (a damaged record: no write
+// makes one) is an error to GetRollout, not a rollout with hosts missing;
+// the mirror keeps the last whole copy.
+func TestSplitRolloutGapRefused(t *testing.T) {
+	s := startStore(t)
+	m := startMirror(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r := testRollout("000001", 1, 1499)
+	rev, _, err := s.WriteRollout(ctx, nil, r, RolloutBase{Layout: Split}, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.WaitRev(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m.Rollout("web", "000001"); !ok {
+		t.Fatal("the mirror does not have the whole rollout")
+	}
+	del, err := s.c.Delete(ctx, RolloutPartKey("web", "000001", 1))
+	if err != nil || del.Deleted != 1 {
+		t.Fatalf("delete part 1: %v", err)
+	}
+	if _, err := s.GetRollout(ctx, "web", "000001"); err == nil || !strings.Contains(err.Error(), "part 1 missing") {
+		t.Fatalf("GetRollout of a rollout without part 1: %v, want part 1 missing", err)
+	}
+	if err := m.WaitRev(ctx, del.Header.Revision); err != nil {
+		t.Fatal(err)
+	}
+	if vr, ok := m.Rollout("web", "000001"); !ok || !proto.Equal(vr.Val, r) || vr.Rev != rev {
+		t.Fatalf("the mirror does not keep the last whole copy: ok %v rev %d want %d, waves %d", ok, vr.Rev, rev, len(vr.Val.GetWaves()))
 	}
 }
