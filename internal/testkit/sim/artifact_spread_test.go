@@ -30,7 +30,8 @@ import (
 // peer-to-peer; on, with it; stage, with it and rollout.stage_ahead: true;
 // default off,on,stage), it starts the real coordinator binary on a fresh etcd, a simulated fleet
 // whose installs move bytes (Config.Fetch) through the bandwidth model,
-// releases an artifact of FLEETWAVE_SIM_ARTIFACT_MB (default 50) modeled
+// rolls out v0 (a 1-byte artifact: hosts stage only while they run a
+// release), then releases v1, an artifact of FLEETWAVE_SIM_ARTIFACT_MB (default 50) modeled
 // megabytes and measures two times, both from release create (the
 // CreateRelease call): until every host holds the artifact (fetched, for
 // an install or a stage, size and sha256 checked), and until the rollout
@@ -220,7 +221,6 @@ func runArtifactSpread(t *testing.T, bin string, n int, m spreadMode, sc artifac
 		return nil, err
 	}
 	defer o.cc.Close()
-	o.randomArtifact(ctx, t, int(sc.size()/sc.scale))
 	if err := o.apply(ctx, sc.spec(n, m)); err != nil {
 		return nil, err
 	}
@@ -235,6 +235,15 @@ func runArtifactSpread(t *testing.T, bin string, n int, m spreadMode, sc artifac
 	if err := f.WaitConnected(ctx, n); err != nil {
 		return nil, err
 	}
+	// Hosts stage only while they run a release (an assignment to wait
+	// with): every host first runs v0, a 1-byte artifact, then the
+	// measurement is the rollout to v1.
+	o.randomArtifact(ctx, t, 1)
+	if err := runToSuccess(ctx, f, o, "v0"); err != nil {
+		return nil, err
+	}
+	f.ResetTransfers()
+	o.randomArtifact(ctx, t, int(sc.size()/sc.scale))
 	egress0, err := scrapeCounter(ctx, p.metrics, "fleetwave_coordinator_artifact_egress_bytes_total")
 	if err != nil {
 		return nil, err
@@ -278,6 +287,27 @@ func runArtifactSpread(t *testing.T, bin string, n int, m spreadMode, sc artifac
 		return nil, err
 	}
 	return row, nil
+}
+
+// runToSuccess releases version of web and waits for every host healthy
+// on it and the rollout SUCCEEDED.
+func runToSuccess(ctx context.Context, f *Fleet, o *operator, version string) error {
+	wctx, cancel := context.WithTimeout(ctx, phaseTimeout)
+	defer cancel()
+	if _, err := o.release(wctx, "web", version); err != nil {
+		return err
+	}
+	if err := f.WaitAll(wctx, "web", version); err != nil {
+		return err
+	}
+	r, err := o.waitRollout(wctx, "web", ended(version))
+	if err != nil {
+		return err
+	}
+	if r.GetState() != v1.RolloutState_ROLLOUT_STATE_SUCCEEDED {
+		return fmt.Errorf("rollout to %s: %v %s", version, r.GetState(), r.GetReason())
+	}
+	return nil
 }
 
 func printArtifactSpread(w io.Writer, rows []*artifactRow) {
