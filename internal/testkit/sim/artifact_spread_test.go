@@ -118,9 +118,9 @@ func TestArtifactSpread(t *testing.T) {
 				continue
 			}
 			ft := r.stats.FetchTime
-			fmt.Fprintf(out, "hosts %d, %s: fetch time p50 %s, p90 %s, p99 %s, max %s; assignment delivery p99 %s; waves %s\n", n, m,
+			fmt.Fprintf(out, "hosts %d, %s: fetch time p50 %s, p90 %s, p99 %s, max %s; assignment delivery p99 %s; assignment sets received %d (%d assignments); waves %s\n", n, m,
 				ft.P50.Round(time.Millisecond), ft.P90.Round(time.Millisecond), ft.P99.Round(time.Millisecond), ft.Max.Round(time.Millisecond),
-				r.stats.Latency.P99.Round(time.Millisecond), r.timeline)
+				r.stats.Latency.P99.Round(time.Millisecond), r.responses, r.assignments, r.timeline)
 			rows = append(rows, r)
 		}
 	}
@@ -199,6 +199,9 @@ type artifactRow struct {
 	model            ArtifactResult // the mode's model (Stage for p2p+stage)
 	timeline         string
 	staged, stageMsg uint64
+	// ConnectResponses and assignments the hosts received during v1's
+	// rollout (the coordinator re-sends a host's set when it changes).
+	responses, assignments uint64
 }
 
 // runArtifactSpread measures one fleet size, with or without peer-to-peer.
@@ -243,6 +246,7 @@ func runArtifactSpread(t *testing.T, bin string, n int, m spreadMode, sc artifac
 		return nil, err
 	}
 	f.ResetTransfers()
+	before := f.Stats()
 	o.randomArtifact(ctx, t, int(sc.size()/sc.scale))
 	egress0, err := scrapeCounter(ctx, p.metrics, "fleetwave_coordinator_artifact_egress_bytes_total")
 	if err != nil {
@@ -277,6 +281,8 @@ func runArtifactSpread(t *testing.T, bin string, n int, m spreadMode, sc artifac
 	}
 	row.egressMetric = int64(egress1-egress0) * sc.scale
 	row.stats = f.Stats()
+	row.responses = row.stats.Responses - before.Responses
+	row.assignments = row.stats.Assignments - before.Assignments
 	row.staged, row.stageMsg = row.stats.Staged, row.stats.Stages
 	if got := row.stats.CoordinatorBytes + row.stats.PeerBytes; got != int64(n)*sc.size() {
 		return nil, fmt.Errorf("bytes moved: %d, want %d hosts x %d", got, n, sc.size())
