@@ -37,6 +37,10 @@ type hub struct {
 	mu     sync.Mutex
 	conns  map[string]*agentConn
 	cached *desiredTable
+	// building serialises rebuilds of cached: every stream's report
+	// calls table(), and without it each caller that saw a new epoch
+	// rebuilt the table itself, all at once.
+	building sync.Mutex
 	// reports batches report writes from every stream.
 	reports *reportWriter
 	// arrivals numbers streams in the order their handlers start
@@ -500,14 +504,17 @@ type desiredEntry struct {
 }
 
 func (h *hub) table() *desiredTable {
-	epoch := h.c.mirror.DesiredEpoch()
-	h.mu.Lock()
-	t := h.cached
-	h.mu.Unlock()
-	if t != nil && t.epoch == epoch {
+	if t := h.cachedAt(h.c.mirror.DesiredEpoch()); t != nil {
 		return t
 	}
-	t = &desiredTable{epoch: epoch}
+	h.building.Lock()
+	defer h.building.Unlock()
+	// Another caller may have built it meanwhile (epochs only grow).
+	epoch := h.c.mirror.DesiredEpoch()
+	if t := h.cachedAt(epoch); t != nil {
+		return t
+	}
+	t := &desiredTable{epoch: epoch}
 	var peerHosts map[string]rollout.PeerHost // read once, when a rollout needs it
 	for _, vs := range h.c.mirror.Services() {
 		svc := vs.Val
@@ -535,6 +542,16 @@ func (h *hub) table() *desiredTable {
 	h.cached = t
 	h.mu.Unlock()
 	return t
+}
+
+// cachedAt is the cached table if it was built at epoch (else nil).
+func (h *hub) cachedAt(epoch uint64) *desiredTable {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if t := h.cached; t != nil && t.epoch == epoch {
+		return t
+	}
+	return nil
 }
 
 // stagePlan sets e.stage when e's rollout stages its target ahead

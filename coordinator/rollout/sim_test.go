@@ -869,10 +869,12 @@ func stagePlanOf(r *v1.Rollout, hosts map[string]PeerHost, staged map[string]boo
 }
 
 // checkStage checks PlanStage's invariants on the rollout as it is: only
-// a rollout that Stages plans; only waiting (PENDING) hosts are admitted,
-// at most StageOrigin + StageFanout per holder; no holder is the first
-// source of more than StageOrigin + StageFanout hosts; a host is never
-// its own source; sources are holders.
+// a rollout that Stages plans; only waiting (PENDING) hosts are admitted;
+// at most StageOrigin are admitted without sources (the roots); every
+// admitted host's first source is an ancestor of it in the plan-order tree
+// (so a holder serves its own subtree, StageFanout children unless some
+// serve nobody, whatever order hosts finish in); a host is never its own
+// source; sources are holders.
 func checkStage(fatalf func(string, ...any), stepN int, r *v1.Rollout, hosts map[string]PeerHost, staged map[string]bool) *StagePlan {
 	p := stagePlanOf(r, hosts, staged)
 	if !Stages(r) {
@@ -885,10 +887,15 @@ func checkStage(fatalf func(string, ...any), stepN int, r *v1.Rollout, hosts map
 	for _, h := range p.Holders {
 		holders[h.ID] = true
 	}
-	if limit := StageOrigin + StageFanout*len(p.Holders); p.Admitted() > limit {
-		fatalf("step %d: %d hosts admitted to stage, over %d (%d holders)", stepN, p.Admitted(), limit, len(p.Holders))
+	pos := map[string]int{}
+	for _, w := range r.GetWaves() {
+		for _, hp := range w.GetHosts() {
+			if _, ok := pos[hp.GetHostId()]; !ok {
+				pos[hp.GetHostId()] = len(pos)
+			}
+		}
 	}
-	first := map[string]int{}
+	roots := 0
 	for _, w := range r.GetWaves() {
 		for _, hp := range w.GetHosts() {
 			ok, src := p.Stage(hp.GetHostId())
@@ -903,15 +910,25 @@ func checkStage(fatalf func(string, ...any), stepN int, r *v1.Rollout, hosts map
 					fatalf("step %d: %s named %s as a source (holders %v)", stepN, hp.GetHostId(), s.ID, holders)
 				}
 			}
-			if len(src) > 0 {
-				first[src[0].ID]++
+			if staged[hp.GetHostId()] {
+				continue
+			}
+			if len(src) == 0 {
+				roots++
+				continue
+			}
+			ancestor := false
+			for q := pos[hp.GetHostId()]; q > 0 && !ancestor; {
+				q = (q - 1) / StageFanout
+				ancestor = q == pos[src[0].ID]
+			}
+			if !ancestor {
+				fatalf("step %d: %s's first source %s is not above it in the tree", stepN, hp.GetHostId(), src[0].ID)
 			}
 		}
 	}
-	for h, n := range first {
-		if n > StageOrigin+StageFanout {
-			fatalf("step %d: holder %s is the first source of %d hosts, over %d", stepN, h, n, StageOrigin+StageFanout)
-		}
+	if roots > StageOrigin {
+		fatalf("step %d: %d hosts admitted without sources, over StageOrigin %d", stepN, roots, StageOrigin)
 	}
 	return p
 }

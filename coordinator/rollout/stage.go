@@ -1,8 +1,6 @@
 package rollout
 
 import (
-	"sort"
-
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -30,25 +28,29 @@ import (
 //     slot never stays with a host that will not fill it, so a
 //     disconnected or failing stager never stalls the others (a failed
 //     host fetches the release when its wave comes);
-//   - fan-out admission: the first StageOrigin + StageFanout × holders of
-//     the waiting hosts are admitted (get stage now); the others wait. The
-//     admitted host at position i names holders starting at holder
-//     (i / StageFanout) mod holders as its sources (at most n); without
-//     holders it names none and fetches from the release's URL or the
-//     coordinator. Each holder is thus the first source of at most
-//     StageFanout + StageOrigin hosts, under the peers' default
-//     --peer-max-uploads (8);
-//   - as admitted hosts report staged they become holders and admit
-//     StageFanout more each: with every admitted host finishing in about one
-//     artifact transfer time T, the holders grow 1 → 5 → 25 → … (×(1 +
-//     StageFanout) a round), so N hosts hold the artifact after about
-//     log₅(N) rounds, while the coordinator serves about StageOrigin copies
-//     (plus what the canary's install fetches) instead of one per host.
-//
-// The admitted set only grows while holders do: a host that becomes a
-// holder leaves the waiting list and admits StageFanout more, so an
-// admitted host stays admitted (its sources may shift to other holders; the
-// agent keeps a staging fetch in flight for the same release).
+//   - the tree: the plan's hosts in plan order (wave by wave) form a
+//     StageFanout-ary tree (host q's parent is host (q-1)/StageFanout). A
+//     waiting host looks up the tree, past hosts that serve nobody (no peer
+//     address, out, or in their wave and not DONE), to its first ancestor:
+//     a holder → it is admitted and that holder is its first source (then
+//     a window of the other holders starting at a hash of its id, up to
+//     n); a waiting host → it waits for it; none → it is a root, and the
+//     first StageOrigin roots (plan order) are admitted without sources
+//     (the release's URL or the coordinator serves them);
+//   - so a holder is the first source of at most its StageFanout children
+//     (more only when a child serves nobody and its children look past
+//     it), whatever order hosts finish in, and a host keeps its parent as
+//     holders come and go: its staging fetch in flight stays counted where
+//     it is. (An earlier rule, admitted host i named holder i/StageFanout,
+//     held within one plan only: as hosts finished in any order the new
+//     admits wrapped to holder 0, and the canary was asked for 300
+//     stagings at once at 1,000 hosts; TestStageInFlightLoadPerHolder.)
+//   - with every admitted host finishing in about one artifact transfer
+//     time T, the holders grow StageFanout-fold a round (1 → 5 → 21 → 85
+//     …), so N hosts hold the artifact after about log₄(N) rounds, while
+//     the coordinator serves only the roots (none when the canary is done;
+//     its StageFanout children while it is still in its wave) instead of
+//     one copy per host.
 //
 // Rollbacks do not stage: their target is the release hosts ran before,
 // usually still unpacked on them (Config.KeepReleases). A rollout
@@ -78,7 +80,8 @@ type StagePlan struct {
 	// Out is how many hosts of the plan cannot stage now (see PlanStage's
 	// out) and do not report the artifact staged.
 	Out      int
-	admitted map[string]int // waiting host → its position among the admitted
+	admitted map[string]int  // waiting host → its position among the admitted
+	first    map[string]Peer // admitted host → its parent holder (none: from the origin)
 	staged   map[string]bool
 	n        int
 }
@@ -102,8 +105,19 @@ func PlanStage(r *v1.Rollout, sha string, hosts map[string]PeerHost, staged, out
 		return nil
 	}
 	p := &StagePlan{Sha256: sha, admitted: map[string]int{}, staged: staged, n: min(max(n, 0), MaxSources)}
+	// The plan's hosts in plan order (wave by wave), each once: the tree.
+	type node struct {
+		id    string
+		peer  Peer
+		class int
+	}
+	const (
+		gone    = iota // serves nobody: no peer address, out, or in its wave and not done
+		holder         // DONE or staged, with a peer address
+		waiting        // PENDING, not staged, not out: will hold it once staged
+	)
 	seen := map[string]bool{}
-	var waiting []string
+	var nodes []node
 	for wi, w := range r.GetWaves() {
 		for _, hp := range w.GetHosts() {
 			id := hp.GetHostId()
@@ -114,34 +128,59 @@ func PlanStage(r *v1.Rollout, sha string, hosts map[string]PeerHost, staged, out
 			st := hp.GetState()
 			h, hasAddr := hosts[id]
 			hasAddr = hasAddr && h.Address != "" && !out[id]
+			nd := node{id: id, peer: Peer{ID: id, Address: h.Address, Zone: h.Labels[ZoneLabel], Wave: wi}}
 			switch {
 			case st == v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE:
 				if hasAddr {
-					p.Holders = append(p.Holders, Peer{ID: id, Address: h.Address, Zone: h.Labels[ZoneLabel], Wave: wi})
+					nd.class = holder
 				}
 			case staged[id]:
 				p.Staged++
 				if hasAddr {
-					p.Holders = append(p.Holders, Peer{ID: id, Address: h.Address, Zone: h.Labels[ZoneLabel], Wave: wi})
+					nd.class = holder
 				}
 			case st != v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING && st != v1.HostRolloutState_HOST_ROLLOUT_STATE_UNSPECIFIED:
 			case out[id]:
 				p.Out++
 			default:
-				waiting = append(waiting, id)
+				nd.class = waiting
+				p.Waiting++
 			}
+			if nd.class == holder {
+				p.Holders = append(p.Holders, nd.peer)
+			}
+			nodes = append(nodes, nd)
 		}
 	}
-	sort.SliceStable(p.Holders, func(i, j int) bool {
-		if p.Holders[i].Wave != p.Holders[j].Wave {
-			return p.Holders[i].Wave < p.Holders[j].Wave
+	p.first = map[string]Peer{}
+	origin := 0
+	for q, nd := range nodes {
+		if nd.class != waiting {
+			continue
 		}
-		return p.Holders[i].ID < p.Holders[j].ID
-	})
-	p.Waiting = len(waiting)
-	k := min(StageOrigin+StageFanout*len(p.Holders), len(waiting))
-	for i, id := range waiting[:k] {
-		p.admitted[id] = i
+		// Up the tree past hosts that serve nobody: the first holder is
+		// the source; a waiting ancestor means wait for it; none is a root
+		// (the coordinator or the release's URL serves it).
+		a, src, root := q, -1, true
+		for a > 0 {
+			a = (a - 1) / StageFanout
+			if nodes[a].class == gone {
+				continue
+			}
+			root = false
+			if nodes[a].class == holder {
+				src = a
+			}
+			break
+		}
+		switch {
+		case src >= 0:
+			p.admitted[nd.id] = len(p.admitted)
+			p.first[nd.id] = nodes[src].peer
+		case root && origin < StageOrigin:
+			origin++
+			p.admitted[nd.id] = len(p.admitted)
+		}
 	}
 	return p
 }
@@ -155,9 +194,10 @@ func (p *StagePlan) Admitted() int {
 }
 
 // Stage reports whether host stages now, and the holders to name as its
-// sources (none: it fetches from the release's URL or the coordinator). A
-// host that reports the artifact staged keeps its stage (without sources):
-// an assignment without one drops it.
+// sources (none: it fetches from the release's URL or the coordinator): its
+// parent holder in the tree first, then a window of the other holders
+// starting at a hash of its id. A host that reports the artifact staged
+// keeps its stage (without sources): an assignment without one drops it.
 func (p *StagePlan) Stage(host string) (bool, []Peer) {
 	if p == nil {
 		return false, nil
@@ -165,18 +205,21 @@ func (p *StagePlan) Stage(host string) (bool, []Peer) {
 	if p.staged[host] {
 		return true, nil
 	}
-	i, ok := p.admitted[host]
-	if !ok {
+	if _, ok := p.admitted[host]; !ok {
 		return false, nil
 	}
+	first, ok := p.first[host]
 	h := len(p.Holders)
-	if h == 0 || p.n == 0 {
+	if !ok || h == 0 || p.n == 0 {
 		return true, nil
 	}
-	first := i / StageFanout
 	out := make([]Peer, 0, min(p.n, h))
+	out = append(out, first)
+	start := hashID(host)
 	for j := 0; j < h && len(out) < p.n; j++ {
-		out = append(out, p.Holders[(first+j)%h])
+		if c := p.Holders[(start+uint64(j))%uint64(h)]; c.ID != first.ID {
+			out = append(out, c)
+		}
 	}
 	return true, out
 }

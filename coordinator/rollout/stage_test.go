@@ -2,6 +2,8 @@ package rollout
 
 import (
 	"fmt"
+	"math/rand/v2"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -172,8 +174,8 @@ func TestStageScenarios(t *testing.T) {
 
 // A wave of N hosts holds the artifact after O(log N) rounds (each round:
 // every admitted host stages), with every holder the first source of at
-// most StageFanout+StageOrigin hosts, and the coordinator serving only the
-// hosts admitted without holders (StageOrigin, in the first round).
+// most StageFanout hosts (its children in the tree), and the coordinator
+// serving only the roots (hosts with no holder or waiting host above).
 func TestStageGrowsLogarithmically(t *testing.T) {
 	for _, n := range []int{1, 10, 100, 1000, 10000} {
 		r := &v1.Rollout{FromVersion: "v1", ToVersion: "v2", State: v1.RolloutState_ROLLOUT_STATE_PROGRESSING,
@@ -214,21 +216,23 @@ func TestStageGrowsLogarithmically(t *testing.T) {
 				staged[hp.GetHostId()] = true
 			}
 			for h, l := range load {
-				if l > StageFanout+StageOrigin {
-					t.Fatalf("n=%d round %d: holder %s is first source of %d hosts, over %d", n, rounds, h, l, StageFanout+StageOrigin)
+				if l > StageFanout {
+					t.Fatalf("n=%d round %d: holder %s is first source of %d hosts, over %d", n, rounds, h, l, StageFanout)
 				}
 			}
 		}
-		// ⌈log₅(n/2)⌉+1 rounds at most: 2 → 10 → 50 → …
-		limit := 1
-		for c := StageOrigin; c < n; c *= 1 + StageFanout {
+		// The tree grows StageFanout-fold a round: the canary (in its wave,
+		// serving nobody) leaves its StageFanout children as roots, served
+		// by the origin StageOrigin at a time; then ⌈log_F(n)⌉ levels.
+		limit := 2
+		for c := StageFanout; c < n; c *= StageFanout {
 			limit++
 		}
 		if rounds > limit {
 			t.Errorf("n=%d: %d rounds, want at most %d", n, rounds, limit)
 		}
-		if origin > StageOrigin {
-			t.Errorf("n=%d: %d hosts staged from the origin, want at most %d", n, origin, StageOrigin)
+		if origin > StageFanout {
+			t.Errorf("n=%d: %d hosts staged from the origin, want at most %d (the roots)", n, origin, StageFanout)
 		}
 		t.Logf("n=%d: %d rounds, %d from the origin", n, rounds, origin)
 	}
@@ -258,5 +262,73 @@ func BenchmarkPlanStage(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// Admitted hosts keep the source they started their staging with (the
+// agent does not restart a fetch in flight when its sources shift), and
+// finish one at a time, in a seeded random order; a new plan follows every
+// finish. No holder may then be the first source of more in-flight
+// stagings than the peers' default upload slots (--peer-max-uploads 8):
+// a host refused there tries its next source and, at the end of its list,
+// the coordinator. (Holders ordered by wave then id, with the admitted
+// list's tail wrapping to holder 0, put up to hundreds on the canary.)
+func TestStageInFlightLoadPerHolder(t *testing.T) {
+	const peerMaxUploads = 8
+	for _, seed := range []uint64{1, 2, 3} {
+		for _, n := range []int{200, 1000} {
+			r := &v1.Rollout{FromVersion: "v1", ToVersion: "v2", State: v1.RolloutState_ROLLOUT_STATE_PROGRESSING,
+				Policy: &v1.RolloutPolicy{StageAhead: true}}
+			w := &v1.Wave{}
+			hosts := map[string]PeerHost{"canary": {Address: "canary:1"}}
+			for i := range n {
+				id := fmt.Sprintf("h%05d", i)
+				w.Hosts = append(w.Hosts, &v1.HostProgress{HostId: id, State: v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING})
+				hosts[id] = PeerHost{Address: id + ":1"}
+			}
+			r.Waves = []*v1.Wave{{Hosts: []*v1.HostProgress{{HostId: "canary", State: v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE}}}, w}
+			rng := rand.New(rand.NewPCG(seed, uint64(n)))
+			staged := map[string]bool{}
+			source := map[string]string{} // in-flight host → the holder it fetches from ("" the coordinator)
+			worst, worstHolder := 0, ""
+			for len(staged) < n {
+				p := PlanStage(r, "aa", hosts, staged, nil, DefaultSources)
+				for _, hp := range w.Hosts {
+					id := hp.GetHostId()
+					if _, busy := source[id]; busy || staged[id] {
+						continue
+					}
+					if ok, src := p.Stage(id); ok {
+						source[id] = ""
+						if len(src) > 0 {
+							source[id] = src[0].ID
+						}
+					}
+				}
+				load := map[string]int{}
+				var inFlight []string
+				for id, s := range source {
+					inFlight = append(inFlight, id)
+					if s != "" {
+						load[s]++
+					}
+				}
+				for h, l := range load {
+					if l > worst {
+						worst, worstHolder = l, h
+					}
+				}
+				if len(inFlight) == 0 {
+					t.Fatalf("seed %d n=%d: nothing in flight, %d of %d staged", seed, n, len(staged), n)
+				}
+				sort.Strings(inFlight)
+				done := inFlight[rng.IntN(len(inFlight))]
+				delete(source, done)
+				staged[done] = true
+			}
+			if worst > peerMaxUploads {
+				t.Errorf("seed %d n=%d: holder %s was the first source of %d stagings in flight at once, over %d", seed, n, worstHolder, worst, peerMaxUploads)
+			}
+		}
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"time"
+
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
 )
 
 // The artifact-spread model on paper: how long a rollout takes to put an
@@ -34,16 +36,29 @@ import (
 // A wave then takes WaveOverhead more (install, health checks, the
 // coordinator noticing the wave is done and assigning the next).
 //
-// With staging, every host fetches ahead of its wave, the holders serving
-// others as they arrive: in each round the holders each serve up to
-// FanOut new hosts (the holders grow (FanOut+1)-fold a round, so N hosts
-// hold it after about log(N)/log(FanOut+1) rounds); a round lasts one
-// transfer, Size/min(Down, Up/k) for k downloads per holder; and the
-// coordinator serves as many hosts as its rate carries in a round
-// (without peer-to-peer it serves everyone, at its rate). A wave ends
+// With staging, hosts fetch ahead of their wave by the rollout engine's
+// tree (coordinator/rollout/stage.go, PlanStage): the plan's hosts in plan
+// order form a FanOut-ary tree; a waiting host stages once the first host
+// above it that serves holds the artifact, from it; hosts with nobody
+// above (the canary's children while it is in its wave) are roots, Origin
+// of them at a time from the coordinator (Origin and FanOut default to
+// rollout.StageOrigin and rollout.StageFanout). The model runs it in
+// rounds: round 1 is the canary's install and Origin roots, all from the
+// coordinator; in each later round the hosts that became holders in the
+// round before serve their FanOut children (the canary its remaining
+// ones), so the holders grow about FanOut-fold a round (3, 13, 53, 213, …
+// with the defaults), and a round lasts one transfer at FanOut downloads
+// per holder, Size/min(Down, Up/FanOut). The model counts the canary a
+// holder from the end of round 1 (the engine, once it is DONE,
+// WaveOverhead later) and admits a round's hosts all at once (the engine
+// admits a holder's children as soon as it reports staged). A wave ends
 // WaveOverhead after the later of the previous wave's end and the round
-// in which its hosts all hold the artifact (the model stages hosts in
-// wave order).
+// in which its hosts all hold the artifact.
+//
+// Without peer-to-peer no host has a peer address, so the engine never has
+// a holder: it stages Origin hosts at a time from the coordinator, whose
+// NIC stays the bound; the model then gives the unstaged answer (Rounds
+// 0).
 
 // ArtifactParams describes one rollout for the model. Rates are in bytes
 // per second.
@@ -55,10 +70,11 @@ type ArtifactParams struct {
 	// PeerMaxUploads is how many peer downloads a host serves at once.
 	PeerMaxUploads int
 	P2P            bool
-	// Stage fetches every host's artifact ahead of its wave, FanOut
-	// downloads per holder at once (0: PeerMaxUploads).
-	Stage  bool
-	FanOut int
+	// Stage is rollout.stage_ahead: hosts fetch ahead of their wave,
+	// admitted Origin from the coordinator, then FanOut per holder (0:
+	// rollout.StageOrigin, rollout.StageFanout).
+	Stage          bool
+	Origin, FanOut int
 	// Canary and Waves are the rollout policy's (cumulative percentages).
 	Canary int
 	Waves  []uint32
@@ -98,6 +114,9 @@ func (p ArtifactParams) validate() error {
 	}
 	if p.PeerMaxUploads < 1 {
 		errs = append(errs, fmt.Errorf("peer-max-uploads: %d, want at least 1", p.PeerMaxUploads))
+	}
+	if p.Origin < 0 {
+		errs = append(errs, fmt.Errorf("origin: %d is negative", p.Origin))
 	}
 	if p.FanOut < 0 {
 		errs = append(errs, fmt.Errorf("fan-out: %d is negative", p.FanOut))
@@ -164,7 +183,7 @@ func ArtifactSpread(p ArtifactParams) (ArtifactResult, error) {
 	}
 	res := ArtifactResult{WaveSizes: WaveSizes(p.Hosts, p.Canary, p.Waves)}
 	over := p.WaveOverhead.Seconds()
-	if p.Stage {
+	if p.Stage && p.P2P {
 		return p.staged(res, over), nil
 	}
 	t, done := 0.0, 0
@@ -189,34 +208,57 @@ func ArtifactSpread(p ArtifactParams) (ArtifactResult, error) {
 	return res, nil
 }
 
-// staged is the model with staging ahead.
+// staged is the model with staging ahead (and peer-to-peer).
 func (p ArtifactParams) staged(res ArtifactResult, over float64) ArtifactResult {
-	fan := p.FanOut
-	if fan == 0 {
-		fan = p.PeerMaxUploads
+	origin, fan := p.Origin, p.FanOut
+	if origin == 0 {
+		origin = rollout.StageOrigin
 	}
-	// Holders after each round, and when. A round of k new hosts on h
-	// holders has each serve ceil(k/h), at min(Down, Up/ceil(k/h)) each;
-	// the coordinator serves what its rate carries meanwhile (at least one
-	// host a round).
+	if fan == 0 {
+		fan = rollout.StageFanout
+	}
+	// Holders after each round, and when. The engine's tree: a holder
+	// serves its FanOut children once; while the canary is in its wave its
+	// children are roots, Origin of them served by the coordinator.
 	var holders []int  // after round r+1
 	var ends []float64 // end of round r+1
-	h, t := 0, 0.0
+	h, t, fresh := 0, 0.0, 0
 	for h < p.Hosts {
-		per, fromPeers := 0, 0
-		round := float64(p.Size) / p.Down
-		if p.P2P && h > 0 {
-			fromPeers = min(h*fan, p.Hosts-h)
-			per = (fromPeers + h - 1) / h
-			round = float64(p.Size) / min(p.Down, p.Up/float64(per))
+		var fromPeers, fromCoord int
+		var round float64
+		if h == 0 {
+			// The canary's install and Origin roots, from the coordinator;
+			// the canary's other children are served by it next round.
+			roots := min(origin, fan*max(p.Canary, 1))
+			fromCoord = min(p.Canary+roots, p.Hosts)
+			round = p.coordTime(fromCoord)
+			fresh = fromCoord
+			res.Egress += int64(fromCoord) * p.Size
+			h += fromCoord
+			t += round
+			holders = append(holders, h)
+			ends = append(ends, t)
+			// The next round's children: fan per fresh holder, less the
+			// canary's children already served as roots.
+			fresh = fan*fresh - roots
+			continue
 		}
-		fromCoord := min(max(1, int(p.Coord*round/float64(p.Size))), p.Hosts-h-fromPeers)
+		admitted := min(fresh, p.Hosts-h)
+		if admitted <= 0 {
+			admitted = min(fan, p.Hosts-h)
+		}
+		servers := max((admitted+fan-1)/fan, 1)
+		fromPeers = min(admitted, servers*p.PeerMaxUploads)
+		fromCoord = admitted - fromPeers
+		per := (fromPeers + servers - 1) / servers
+		round = max(float64(p.Size)/min(p.Down, p.Up/float64(per)), p.coordTime(fromCoord))
 		res.Egress += int64(fromCoord) * p.Size
 		res.PeerBytes += int64(fromPeers) * p.Size
-		h += fromCoord + fromPeers
+		h += admitted
 		t += round
 		holders = append(holders, h)
 		ends = append(ends, t)
+		fresh = fan * admitted
 	}
 	res.Rounds = len(holders)
 	res.Spread = seconds(t)

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
 )
 
 const (
@@ -95,9 +97,36 @@ func TestArtifactSpreadModelWithPeers(t *testing.T) {
 	}
 }
 
-// Staging grows the holders (fan-out+1)-fold a round: N hosts after about
-// log(N)/log(fan-out+1) rounds.
+// Staging follows the engine's tree (rollout.StageOrigin roots from the
+// coordinator, then each holder serves its rollout.StageFanout children):
+// the holders grow about StageFanout-fold a round.
 func TestArtifactSpreadModelStaged(t *testing.T) {
+	p := baseParams(1000)
+	p.P2P, p.Stage, p.WaveOverhead = true, true, time.Second
+	r, err := ArtifactSpread(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Round 1: the canary and 2 roots from the coordinator, 0.4 s; then
+	// the canary's 2 other children and the roots' 8 (13 hold it), their
+	// 40 (53), 160 (213), 640 (853), the last 147: 4 downloads per holder
+	// (1.6 s each).
+	if r.Rounds != 6 {
+		t.Errorf("rounds %d, want 6", r.Rounds)
+	}
+	if want := 0.4 + 5*1.6; math.Abs(r.Spread.Seconds()-want) > 1e-6 {
+		t.Errorf("spread %s, want %.1fs", r.Spread, want)
+	}
+	if r.Egress != 3*mb50 || r.PeerBytes != 997*mb50 {
+		t.Errorf("egress %d, peer bytes %d; want 3 and 997 hosts' worth", r.Egress, r.PeerBytes)
+	}
+	// Waves of 1, 19, 80, 400, 500 (cumulative 1, 20, 100, 500, 1000)
+	// are held after rounds 1, 3, 4, 5, 6 (0.4, 3.6, 5.2, 6.8, 8.4 s);
+	// each wave ends 1 s after the later of that and the previous one.
+	if want := 9.4; math.Abs(r.Done.Seconds()-want) > 1e-6 {
+		t.Errorf("done %s, want %.1fs", r.Done, want)
+	}
+
 	for _, n := range []int{1000, 10_000, 100_000} {
 		p := baseParams(n)
 		p.P2P, p.Stage = true, true
@@ -105,15 +134,21 @@ func TestArtifactSpreadModelStaged(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		bound := int(math.Ceil(math.Log(float64(n))/math.Log(9))) + 1
+		growth := float64(rollout.StageFanout)
+		bound := int(math.Ceil(math.Log(float64(n))/math.Log(growth))) + 1
 		if r.Rounds < 1 || r.Rounds > bound {
-			t.Errorf("%d hosts: %d rounds, want 1..%d", n, r.Rounds, bound)
+			t.Errorf("%d hosts: %d rounds, want 1..%d (log%g)", n, r.Rounds, bound, growth)
 		}
 		if r.Egress+r.PeerBytes != int64(n)*mb50 {
 			t.Errorf("%d hosts: egress %d + peers %d, want every host's artifact once", n, r.Egress, r.PeerBytes)
 		}
-		if lo, hi := time.Duration(r.Rounds)*400*time.Millisecond, time.Duration(r.Rounds)*3200*time.Millisecond; r.Spread < lo || r.Spread > hi {
-			t.Errorf("%d hosts: spread %s, want %d rounds of 0.4 s (one download) to 3.2 s (%d uploads at once)", n, r.Spread, r.Rounds, p.PeerMaxUploads)
+		// The coordinator serves the canary and StageOrigin hosts only.
+		if want := int64(1+rollout.StageOrigin) * mb50; r.Egress != want {
+			t.Errorf("%d hosts: egress %d, want %d", n, r.Egress, want)
+		}
+		most := rollout.StageFanout + 1 // the mean of Origin + Fanout*h over h, rounded up
+		if lo, hi := time.Duration(r.Rounds)*400*time.Millisecond, time.Duration(r.Rounds)*time.Duration(most)*400*time.Millisecond; r.Spread < lo || r.Spread > hi {
+			t.Errorf("%d hosts: spread %s, want %d rounds of 0.4 s (one download) to %d downloads at once", n, r.Spread, r.Rounds, most)
 		}
 		// Waves that wait (min_healthy_time, bake) gain from staging.
 		p.WaveOverhead = 5 * time.Second
@@ -125,12 +160,39 @@ func TestArtifactSpreadModelStaged(t *testing.T) {
 			t.Errorf("%d hosts: staged rollout %s slower than unstaged %s", n, r.Done, u.Done)
 		}
 	}
-	// Without peers the coordinator serves everyone, at its rate.
-	p := baseParams(1000)
+	// Without peers the engine has no holder: the coordinator's NIC stays
+	// the bound and the model gives the unstaged answer.
+	p = baseParams(1000)
 	p.Stage = true
-	r, _ := ArtifactSpread(p)
-	if r.Egress != 1000*mb50 || (r.Spread-40*time.Second).Abs() > time.Millisecond {
-		t.Fatalf("staged without peers: egress %d, spread %s; want all from the coordinator in 40s", r.Egress, r.Spread)
+	r, _ = ArtifactSpread(p)
+	p.Stage = false
+	u, _ := ArtifactSpread(p)
+	if r.Egress != 1000*mb50 || r.Spread != u.Spread || r.Rounds != 0 {
+		t.Fatalf("staged without peers: egress %d, spread %s (unstaged %s), rounds %d; want all from the coordinator as unstaged", r.Egress, r.Spread, u.Spread, r.Rounds)
+	}
+}
+
+// Origin and FanOut default to the engine's constants; other values
+// change the growth.
+func TestArtifactSpreadModelStageParams(t *testing.T) {
+	p := baseParams(10_000)
+	p.P2P, p.Stage = true, true
+	def, _ := ArtifactSpread(p)
+	p.Origin, p.FanOut = rollout.StageOrigin, rollout.StageFanout
+	explicit, _ := ArtifactSpread(p)
+	if def.Spread != explicit.Spread || def.Rounds != explicit.Rounds || def.Egress != explicit.Egress {
+		t.Fatalf("defaults %+v differ from the engine's constants %+v", def, explicit)
+	}
+	p.FanOut = 1
+	slow, _ := ArtifactSpread(p)
+	if slow.Rounds <= def.Rounds {
+		t.Fatalf("fan-out 1: %d rounds, want more than the default's %d", slow.Rounds, def.Rounds)
+	}
+	// A fan-out above PeerMaxUploads: the refused go to the coordinator.
+	p.FanOut, p.PeerMaxUploads = 16, 8
+	over, _ := ArtifactSpread(p)
+	if over.Egress <= def.Egress || over.Egress+over.PeerBytes != 10_000*mb50 {
+		t.Fatalf("fan-out 16 over 8 uploads: egress %d, peer bytes %d; want more egress than %d, every byte once", over.Egress, over.PeerBytes, def.Egress)
 	}
 }
 
@@ -155,11 +217,11 @@ func TestArtifactSpreadModelDeterministic(t *testing.T) {
 }
 
 func TestArtifactSpreadModelBadParams(t *testing.T) {
-	_, err := ArtifactSpread(ArtifactParams{Hosts: 0, Size: -1, Down: 0, Up: math.Inf(1), Coord: -1, PeerMaxUploads: 0, FanOut: -1, Canary: -1, WaveOverhead: -time.Second})
+	_, err := ArtifactSpread(ArtifactParams{Hosts: 0, Size: -1, Down: 0, Up: math.Inf(1), Coord: -1, PeerMaxUploads: 0, Origin: -1, FanOut: -1, Canary: -1, WaveOverhead: -time.Second})
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, want := range []string{"hosts: 0", "size: -1", "down: 0", "up: +Inf", "coord: -1", "peer-max-uploads: 0", "fan-out: -1", "canary: -1", "wave-overhead: -1s"} {
+	for _, want := range []string{"hosts: 0", "size: -1", "down: 0", "up: +Inf", "coord: -1", "peer-max-uploads: 0", "origin: -1", "fan-out: -1", "canary: -1", "wave-overhead: -1s"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not name %q", err, want)
 		}

@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/internal/testkit/ports"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -25,12 +26,16 @@ import (
 //
 //	FLEETWAVE_SIM_ARTIFACT=1000,5000 go test -run '^TestArtifactSpread$' -v -timeout 60m ./internal/testkit/sim
 //
-// For each size, without and with peer-to-peer (FLEETWAVE_SIM_P2P=off,on),
-// it starts the real coordinator binary on a fresh etcd, a simulated fleet
+// For each size and mode (FLEETWAVE_SIM_P2P lists them: off, without
+// peer-to-peer; on, with it; stage, with it and rollout.stage_ahead: true;
+// default off,on,stage), it starts the real coordinator binary on a fresh etcd, a simulated fleet
 // whose installs move bytes (Config.Fetch) through the bandwidth model,
-// releases an artifact of FLEETWAVE_SIM_ARTIFACT_MB (default 50) modeled
-// megabytes and measures, from release create: every host holding the
-// artifact (fetched, size and sha256 checked), the rollout SUCCEEDED; the
+// rolls out v0 (a 1-byte artifact: hosts stage only while they run a
+// release), then releases v1, an artifact of FLEETWAVE_SIM_ARTIFACT_MB (default 50) modeled
+// megabytes and measures two times, both from release create (the
+// CreateRelease call): until every host holds the artifact (fetched, for
+// an install or a stage, size and sha256 checked), and until the rollout
+// is SUCCEEDED; the
 // coordinator's artifact egress (its metric, cross-checked with the sim's
 // count), the bytes between hosts, the downloads peers refused and the
 // most one host served; and the model's numbers (ArtifactSpread) for the same
@@ -40,6 +45,7 @@ import (
 // scale FLEETWAVE_SIM_BYTE_SCALE (1000). FLEETWAVE_SIM_COORDINATOR,
 // FLEETWAVE_SIM_PHASE_TIMEOUT and FLEETWAVE_SIM_OUT work as for TestScale.
 // The staging columns are printed only when the coordinator sent a stage.
+// The model's row is the mode's own (ArtifactSpread with Stage for stage).
 func TestArtifactSpread(t *testing.T) {
 	sizes := os.Getenv("FLEETWAVE_SIM_ARTIFACT")
 	if sizes == "" {
@@ -53,15 +59,17 @@ func TestArtifactSpread(t *testing.T) {
 		}
 		ns = append(ns, n)
 	}
-	var modes []bool
-	for _, s := range strings.Split(envOr("FLEETWAVE_SIM_P2P", "off,on"), ",") {
+	var modes []spreadMode
+	for _, s := range strings.Split(envOr("FLEETWAVE_SIM_P2P", "off,on,stage"), ",") {
 		switch strings.TrimSpace(s) {
 		case "off":
-			modes = append(modes, false)
+			modes = append(modes, spreadMode{})
 		case "on":
-			modes = append(modes, true)
+			modes = append(modes, spreadMode{p2p: true})
+		case "stage":
+			modes = append(modes, spreadMode{p2p: true, stage: true})
 		default:
-			t.Fatalf("FLEETWAVE_SIM_P2P: %q, want off and/or on", s)
+			t.Fatalf("FLEETWAVE_SIM_P2P: %q, want off, on or stage", s)
 		}
 	}
 	sc := artifactConfig{
@@ -103,16 +111,16 @@ func TestArtifactSpread(t *testing.T) {
 			t.Errorf("hosts=%d: open file limit %d is too low", n, limit)
 			continue
 		}
-		for _, p2p := range modes {
-			r, err := runArtifactSpread(t, bin, n, p2p, sc)
+		for _, m := range modes {
+			r, err := runArtifactSpread(t, bin, n, m, sc)
 			if err != nil {
-				t.Errorf("hosts=%d p2p=%v: %v", n, p2p, err)
+				t.Errorf("hosts=%d %s: %v", n, m, err)
 				continue
 			}
 			ft := r.stats.FetchTime
-			fmt.Fprintf(out, "hosts %d, p2p %v: fetch time p50 %s, p90 %s, p99 %s, max %s; assignment delivery p99 %s; waves %s\n", n, p2p,
+			fmt.Fprintf(out, "hosts %d, %s: fetch time p50 %s, p90 %s, p99 %s, max %s; assignment delivery p99 %s; assignment sets received %d (%d assignments); waves %s\n", n, m,
 				ft.P50.Round(time.Millisecond), ft.P90.Round(time.Millisecond), ft.P99.Round(time.Millisecond), ft.Max.Round(time.Millisecond),
-				r.stats.Latency.P99.Round(time.Millisecond), r.timeline)
+				r.stats.Latency.P99.Round(time.Millisecond), r.responses, r.assignments, r.timeline)
 			rows = append(rows, r)
 		}
 	}
@@ -138,6 +146,19 @@ func envInt(t *testing.T, name string, def int64) int64 {
 	return v
 }
 
+// spreadMode is one row's mode: peer-to-peer, and staging ahead (with it).
+type spreadMode struct{ p2p, stage bool }
+
+func (m spreadMode) String() string {
+	switch {
+	case m.stage:
+		return "p2p+stage"
+	case m.p2p:
+		return "p2p"
+	}
+	return "off"
+}
+
 type artifactConfig struct {
 	mb, scale, down, up, coord int64
 	maxUploads                 int
@@ -148,9 +169,10 @@ type artifactConfig struct {
 
 func (sc artifactConfig) size() int64 { return sc.mb * 1_000_000 }
 
-func (sc artifactConfig) spec(n int) *v1.ServiceSpec {
+func (sc artifactConfig) spec(n int, m spreadMode) *v1.ServiceSpec {
 	s := simSpec("web", uint32(sc.canary), sc.waves, uint32(n))
 	s.MinHealthyTime = durationpb.New(sc.minHealthy)
+	s.Rollout.StageAhead = m.stage
 	return s
 }
 
@@ -161,24 +183,29 @@ func (sc artifactConfig) printHeader(w io.Writer, cpus int) {
 		gbps(sc.down), gbps(sc.up), gbps(sc.coord), sc.maxUploads)
 	fmt.Fprintf(w, "spec: canary %d, waves %v%% (cumulative), max_parallel = fleet, bake 0, min_healthy_time %s (the sim's check delay); install delay 0\n",
 		sc.canary, sc.waves, sc.minHealthy)
+	fmt.Fprintf(w, "modes: off (no peer-to-peer), p2p (peer-to-peer), p2p+stage (peer-to-peer and rollout.stage_ahead: true; staging admits %d hosts from the origin, %d per holder)\n",
+		rollout.StageOrigin, rollout.StageFanout)
+	fmt.Fprintf(w, "times: from release create to every host holding the artifact, and to the rollout SUCCEEDED\n")
 }
 
 func gbps(bytesPerSec int64) string { return fmt.Sprintf("%g Gbit/s", float64(bytesPerSec)*8/1e9) }
 
 type artifactRow struct {
 	n                int
-	p2p              bool
+	mode             spreadMode
 	spread, done     time.Duration
 	egressMetric     int64 // the coordinator's metric, times the scale
 	stats            Stats
-	model            ArtifactResult
-	modelStaged      ArtifactResult // the same fleet staging ahead
+	model            ArtifactResult // the mode's model (Stage for p2p+stage)
 	timeline         string
 	staged, stageMsg uint64
+	// ConnectResponses and assignments the hosts received during v1's
+	// rollout (the coordinator re-sends a host's set when it changes).
+	responses, assignments uint64
 }
 
 // runArtifactSpread measures one fleet size, with or without peer-to-peer.
-func runArtifactSpread(t *testing.T, bin string, n int, p2p bool, sc artifactConfig) (_ *artifactRow, err error) {
+func runArtifactSpread(t *testing.T, bin string, n int, m spreadMode, sc artifactConfig) (_ *artifactRow, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*phaseTimeout)
 	defer cancel()
 	dir := t.TempDir()
@@ -197,12 +224,11 @@ func runArtifactSpread(t *testing.T, bin string, n int, p2p bool, sc artifactCon
 		return nil, err
 	}
 	defer o.cc.Close()
-	o.randomArtifact(ctx, t, int(sc.size()/sc.scale))
-	if err := o.apply(ctx, sc.spec(n)); err != nil {
+	if err := o.apply(ctx, sc.spec(n, m)); err != nil {
 		return nil, err
 	}
 	cfg := Config{Coordinator: p.addr, Hosts: n, Seed: 1, SourceAddrs: max(1, n/500), CheckDelay: sc.minHealthy,
-		Fetch: true, P2P: p2p, DownloadRate: sc.down, UploadRate: sc.up, CoordinatorRate: sc.coord,
+		Fetch: true, P2P: m.p2p, DownloadRate: sc.down, UploadRate: sc.up, CoordinatorRate: sc.coord,
 		PeerMaxUploads: sc.maxUploads, ByteScale: sc.scale}
 	f, err := Start(ctx, cfg, zerolog.Nop())
 	if err != nil {
@@ -212,6 +238,16 @@ func runArtifactSpread(t *testing.T, bin string, n int, p2p bool, sc artifactCon
 	if err := f.WaitConnected(ctx, n); err != nil {
 		return nil, err
 	}
+	// Hosts stage only while they run a release (an assignment to wait
+	// with): every host first runs v0, a 1-byte artifact, then the
+	// measurement is the rollout to v1.
+	o.randomArtifact(ctx, t, 1)
+	if err := runToSuccess(ctx, f, o, "v0"); err != nil {
+		return nil, err
+	}
+	f.ResetTransfers()
+	before := f.Stats()
+	o.randomArtifact(ctx, t, int(sc.size()/sc.scale))
 	egress0, err := scrapeCounter(ctx, p.metrics, "fleetwave_coordinator_artifact_egress_bytes_total")
 	if err != nil {
 		return nil, err
@@ -222,7 +258,7 @@ func runArtifactSpread(t *testing.T, bin string, n int, p2p bool, sc artifactCon
 	if _, err := o.release(wctx, "web", "v1"); err != nil {
 		return nil, err
 	}
-	row := &artifactRow{n: n, p2p: p2p}
+	row := &artifactRow{n: n, mode: m}
 	if err := f.WaitHolding(wctx, o.art.GetSha256()); err != nil {
 		return nil, err
 	}
@@ -245,20 +281,39 @@ func runArtifactSpread(t *testing.T, bin string, n int, p2p bool, sc artifactCon
 	}
 	row.egressMetric = int64(egress1-egress0) * sc.scale
 	row.stats = f.Stats()
+	row.responses = row.stats.Responses - before.Responses
+	row.assignments = row.stats.Assignments - before.Assignments
 	row.staged, row.stageMsg = row.stats.Staged, row.stats.Stages
 	if got := row.stats.CoordinatorBytes + row.stats.PeerBytes; got != int64(n)*sc.size() {
 		return nil, fmt.Errorf("bytes moved: %d, want %d hosts x %d", got, n, sc.size())
 	}
 	mp := ArtifactParams{Hosts: n, Size: sc.size(), Down: float64(sc.down), Up: float64(sc.up), Coord: float64(sc.coord),
-		PeerMaxUploads: sc.maxUploads, P2P: p2p, Canary: sc.canary, Waves: sc.waves, WaveOverhead: sc.minHealthy}
+		PeerMaxUploads: sc.maxUploads, P2P: m.p2p, Stage: m.stage, Canary: sc.canary, Waves: sc.waves, WaveOverhead: sc.minHealthy}
 	if row.model, err = ArtifactSpread(mp); err != nil {
 		return nil, err
 	}
-	mp.Stage = true
-	if row.modelStaged, err = ArtifactSpread(mp); err != nil {
-		return nil, err
-	}
 	return row, nil
+}
+
+// runToSuccess releases version of web and waits for every host healthy
+// on it and the rollout SUCCEEDED.
+func runToSuccess(ctx context.Context, f *Fleet, o *operator, version string) error {
+	wctx, cancel := context.WithTimeout(ctx, phaseTimeout)
+	defer cancel()
+	if _, err := o.release(wctx, "web", version); err != nil {
+		return err
+	}
+	if err := f.WaitAll(wctx, "web", version); err != nil {
+		return err
+	}
+	r, err := o.waitRollout(wctx, "web", ended(version))
+	if err != nil {
+		return err
+	}
+	if r.GetState() != v1.RolloutState_ROLLOUT_STATE_SUCCEEDED {
+		return fmt.Errorf("rollout to %s: %v %s", version, r.GetState(), r.GetReason())
+	}
+	return nil
 }
 
 func printArtifactSpread(w io.Writer, rows []*artifactRow) {
@@ -269,9 +324,9 @@ func printArtifactSpread(w io.Writer, rows []*artifactRow) {
 	for _, r := range rows {
 		staging = staging || r.stageMsg > 0
 	}
-	fmt.Fprintf(w, "\n| hosts | p2p | every host holds it: measured / model | SUCCEEDED: measured / model | coordinator egress: metric / model | peer bytes | peer downloads refused | most uploads one host served (in all / at once) |")
+	fmt.Fprintf(w, "\n| hosts | mode | release create → every host holds it: measured / model | release create → SUCCEEDED: measured / model | coordinator egress: metric / model | peer bytes | peer downloads refused | most uploads one host served (in all / at once) |")
 	if staging {
-		fmt.Fprintf(w, " stages received / staged / model staged: holds, SUCCEEDED, egress |")
+		fmt.Fprintf(w, " stages received / hosts staged / model staging rounds |")
 	}
 	fmt.Fprintf(w, "\n|---|---|---|---|---|---|---|---|")
 	if staging {
@@ -279,15 +334,15 @@ func printArtifactSpread(w io.Writer, rows []*artifactRow) {
 	}
 	fmt.Fprintln(w)
 	for _, r := range rows {
-		p2p := "off"
-		if r.p2p {
-			p2p = "on"
-		}
-		fmt.Fprintf(w, "| %d | %s | %s / %s | %s / %s | %s / %s | %s | %d | %d / %d |", r.n, p2p,
+		fmt.Fprintf(w, "| %d | %s | %s / %s | %s / %s | %s / %s | %s | %d | %d / %d |", r.n, r.mode,
 			secs(r.spread), secs(r.model.Spread), secs(r.done), secs(r.model.Done),
 			egress(r), gb(r.model.Egress), gb(r.stats.PeerBytes), r.stats.PeerRefused, r.stats.MaxUploads, r.stats.MaxConcurrentUploads)
 		if staging {
-			fmt.Fprintf(w, " %d / %d / %s, %s, %s |", r.stageMsg, r.staged, secs(r.modelStaged.Spread), secs(r.modelStaged.Done), gb(r.modelStaged.Egress))
+			rounds := "-"
+			if r.mode.stage {
+				rounds = strconv.Itoa(r.model.Rounds)
+			}
+			fmt.Fprintf(w, " %d / %d / %s |", r.stageMsg, r.staged, rounds)
 		}
 		fmt.Fprintln(w)
 	}

@@ -486,6 +486,28 @@ func summarise(ds []time.Duration, dropped uint64) Latency {
 	return l
 }
 
+// ResetTransfers zeroes the bandwidth model's counters (Stats' Stages to
+// FetchTime, and each host's Transfer), for a measurement that starts
+// after an earlier rollout. Call it with no fetch in flight (after the
+// earlier rollout is SUCCEEDED and every host holds its artifact); what
+// hosts hold stays.
+func (f *Fleet) ResetTransfers() {
+	for _, c := range []*atomic.Uint64{&f.stages, &f.staged, &f.fetches, &f.peerRefused} {
+		c.Store(0)
+	}
+	for _, c := range []*atomic.Int64{&f.coordBytes, &f.peerBytes, &f.maxUploads, &f.maxConcurrentUploads} {
+		c.Store(0)
+	}
+	for _, h := range f.hosts {
+		for _, c := range []*atomic.Int64{&h.fromCoord, &h.fromPeers, &h.served, &h.uploads} {
+			c.Store(0)
+		}
+	}
+	f.fetchMu.Lock()
+	f.fetchTimes = nil
+	f.fetchMu.Unlock()
+}
+
 func (f *Fleet) recordFetch(d time.Duration) {
 	f.fetchMu.Lock()
 	f.fetchTimes = append(f.fetchTimes, d)
