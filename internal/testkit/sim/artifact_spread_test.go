@@ -183,7 +183,7 @@ func (sc artifactConfig) printHeader(w io.Writer, cpus int) {
 		gbps(sc.down), gbps(sc.up), gbps(sc.coord), sc.maxUploads)
 	fmt.Fprintf(w, "spec: canary %d, waves %v%% (cumulative), max_parallel = fleet, bake 0, min_healthy_time %s (the sim's check delay); install delay 0\n",
 		sc.canary, sc.waves, sc.minHealthy)
-	fmt.Fprintf(w, "modes: off (no peer-to-peer), p2p (peer-to-peer), p2p+stage (peer-to-peer and rollout.stage_ahead: true; staging admits %d hosts from the origin, %d per holder)\n",
+	fmt.Fprintf(w, "modes: off (no peer-to-peer), p2p (peer-to-peer), p2p+stage (peer-to-peer and rollout.stage_ahead: true; staging: a tree, %d roots at a time from the origin, %d children per holder)\n",
 		rollout.StageOrigin, rollout.StageFanout)
 	fmt.Fprintf(w, "times: from release create to every host holding the artifact, and to the rollout SUCCEEDED\n")
 }
