@@ -334,7 +334,7 @@ func (c *Coordinator) startMetrics() (stop func(), err error) {
 				"Hosts of the rollout in flight (rollout.stage_ahead) that report its target's artifact staged ahead of their wave.",
 				[]string{"service", "version"}, nil),
 			active: prometheus.NewDesc("fleetwave_coordinator_staging_hosts",
-				"Hosts of the rollout in flight (rollout.stage_ahead) admitted to stage its target now, not staged yet (at most rollout.StageOrigin + rollout.StageFanout per holder).",
+				"Hosts of the rollout in flight (rollout.stage_ahead) admitted to stage its target now, not staged yet (each holder's rollout.StageFanout children in the staging tree, and rollout.StageOrigin roots).",
 				[]string{"service", "version"}, nil)},
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "fleetwave_coordinator_connected_agents",
