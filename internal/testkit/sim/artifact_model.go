@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"math"
 	"time"
-
-	"github.com/fleetwave/fleetwave/coordinator/rollout"
 )
 
 // The artifact-spread model on paper: how long a rollout takes to put an
@@ -71,8 +69,9 @@ type ArtifactParams struct {
 	PeerMaxUploads int
 	P2P            bool
 	// Stage is rollout.stage_ahead: hosts fetch ahead of their wave,
-	// admitted Origin from the coordinator, then FanOut per holder (0:
-	// rollout.StageOrigin, rollout.StageFanout).
+	// Origin roots at a time from the coordinator, FanOut children per
+	// holder (the callers pass rollout.StageOrigin and rollout.StageFanout:
+	// the simulator does not import the coordinator's packages).
 	Stage          bool
 	Origin, FanOut int
 	// Canary and Waves are the rollout policy's (cumulative percentages).
@@ -115,11 +114,11 @@ func (p ArtifactParams) validate() error {
 	if p.PeerMaxUploads < 1 {
 		errs = append(errs, fmt.Errorf("peer-max-uploads: %d, want at least 1", p.PeerMaxUploads))
 	}
-	if p.Origin < 0 {
-		errs = append(errs, fmt.Errorf("origin: %d is negative", p.Origin))
+	if p.Origin < 0 || (p.Stage && p.Origin == 0) {
+		errs = append(errs, fmt.Errorf("origin: %d, want at least 1 with stage (the engine's rollout.StageOrigin)", p.Origin))
 	}
-	if p.FanOut < 0 {
-		errs = append(errs, fmt.Errorf("fan-out: %d is negative", p.FanOut))
+	if p.FanOut < 0 || (p.Stage && p.FanOut == 0) {
+		errs = append(errs, fmt.Errorf("fan-out: %d, want at least 1 with stage (the engine's rollout.StageFanout)", p.FanOut))
 	}
 	if p.Canary < 0 {
 		errs = append(errs, fmt.Errorf("canary: %d is negative", p.Canary))
@@ -211,12 +210,6 @@ func ArtifactSpread(p ArtifactParams) (ArtifactResult, error) {
 // staged is the model with staging ahead (and peer-to-peer).
 func (p ArtifactParams) staged(res ArtifactResult, over float64) ArtifactResult {
 	origin, fan := p.Origin, p.FanOut
-	if origin == 0 {
-		origin = rollout.StageOrigin
-	}
-	if fan == 0 {
-		fan = rollout.StageFanout
-	}
 	// Holders after each round, and when. The engine's tree: a holder
 	// serves its FanOut children once; while the canary is in its wave its
 	// children are roots, Origin of them served by the coordinator.

@@ -18,7 +18,7 @@ const (
 
 func baseParams(n int) ArtifactParams {
 	return ArtifactParams{Hosts: n, Size: mb50, Down: gbit, Up: gbit, Coord: 10 * gbit, PeerMaxUploads: 8,
-		Canary: 1, Waves: []uint32{2, 10, 50, 100}}
+		Origin: rollout.StageOrigin, FanOut: rollout.StageFanout, Canary: 1, Waves: []uint32{2, 10, 50, 100}}
 }
 
 func TestWaveSizes(t *testing.T) {
@@ -172,16 +172,16 @@ func TestArtifactSpreadModelStaged(t *testing.T) {
 	}
 }
 
-// Origin and FanOut default to the engine's constants; other values
-// change the growth.
+// Staging needs Origin and FanOut (the engine's constants, passed by the
+// callers); other values change the growth.
 func TestArtifactSpreadModelStageParams(t *testing.T) {
 	p := baseParams(10_000)
 	p.P2P, p.Stage = true, true
 	def, _ := ArtifactSpread(p)
-	p.Origin, p.FanOut = rollout.StageOrigin, rollout.StageFanout
-	explicit, _ := ArtifactSpread(p)
-	if def.Spread != explicit.Spread || def.Rounds != explicit.Rounds || def.Egress != explicit.Egress {
-		t.Fatalf("defaults %+v differ from the engine's constants %+v", def, explicit)
+	zero := p
+	zero.Origin, zero.FanOut = 0, 0
+	if _, err := ArtifactSpread(zero); err == nil || !strings.Contains(err.Error(), "origin: 0") || !strings.Contains(err.Error(), "fan-out: 0") {
+		t.Fatalf("stage without origin and fan-out: %v, want both named", err)
 	}
 	p.FanOut = 1
 	slow, _ := ArtifactSpread(p)

@@ -288,7 +288,7 @@ func runArtifactSpread(t *testing.T, bin string, n int, m spreadMode, sc artifac
 		return nil, fmt.Errorf("bytes moved: %d, want %d hosts x %d", got, n, sc.size())
 	}
 	mp := ArtifactParams{Hosts: n, Size: sc.size(), Down: float64(sc.down), Up: float64(sc.up), Coord: float64(sc.coord),
-		PeerMaxUploads: sc.maxUploads, P2P: m.p2p, Stage: m.stage, Canary: sc.canary, Waves: sc.waves, WaveOverhead: sc.minHealthy}
+		PeerMaxUploads: sc.maxUploads, Origin: rollout.StageOrigin, FanOut: rollout.StageFanout, P2P: m.p2p, Stage: m.stage, Canary: sc.canary, Waves: sc.waves, WaveOverhead: sc.minHealthy}
 	if row.model, err = ArtifactSpread(mp); err != nil {
 		return nil, err
 	}
