@@ -20,8 +20,10 @@ var stageSpec = strings.Replace(p2pSpec, "  progress_deadline: 5m\n", "  progres
 // unpack the release while the canary runs and wave 1 waits for approval:
 // all of them report it staged before their wave starts, none switches
 // early (each still serves the old version, `current` still points at it),
-// the coordinator serves at most 1 + rollout.StageOrigin copies (the
-// canary's and the first stagers'; the others fetch from peers), and when
+// the coordinator serves at most 1 + rollout.StageFanout copies (the
+// canary's, and its children in the staging tree, which are roots served
+// by the coordinator while the canary is still in its wave; the others
+// fetch from peers), and when
 // the wave comes every host installs what it staged without fetching again.
 // A new release while hosts stage supersedes the rollout: the old stage is
 // dropped (its release directory removed) and the new one staged.
@@ -88,8 +90,8 @@ func TestStageAhead(t *testing.T) {
 		}
 	}
 	staging := egress() - before
-	if staging > float64((1+rollout.StageOrigin)*size) {
-		t.Errorf("coordinator egress for v2's canary and staging: %v bytes, want at most %d copies of %d", staging, 1+rollout.StageOrigin, size)
+	if staging > float64((1+rollout.StageFanout)*size) {
+		t.Errorf("coordinator egress for v2's canary and staging: %v bytes, want at most %d copies of %d", staging, 1+rollout.StageFanout, size)
 	}
 	fromPeers := peerBytes() - peersBefore
 	t.Logf("v2 staged on %d hosts (canary %s): coordinator egress %.0f bytes (%.1f copies), %.0f bytes from peers",
