@@ -119,7 +119,14 @@ func (s *Store) GetRolloutAt(ctx context.Context, service, id string, rev int64)
 // each part's hosts appended to their waves, parts in order. The hosts are
 // the parts' (shared, not copied).
 func assembleRollout(head *v1.Rollout, parts []*v1.Rollout) (*v1.Rollout, error) {
+	if head.SplitParts != nil && int(head.GetSplitParts()) != len(parts) {
+		// A write puts the head with every part it changed and deletes the
+		// parts past the last: fewer parts than the head counts is a
+		// damaged record, never a shorter rollout.
+		return nil, fmt.Errorf("rollout %s/%s: %d parts found, the head says %d", head.GetService(), head.GetId(), len(parts), head.GetSplitParts())
+	}
 	r := proto.Clone(head).(*v1.Rollout)
+	r.SplitParts = nil
 	for n, p := range parts {
 		for _, w := range p.GetWaves() {
 			i := int(w.GetIndex())
@@ -158,6 +165,7 @@ func splitRollout(r *v1.Rollout) (*v1.Rollout, []*v1.Rollout) {
 			hosts, n = hosts[k:], n+k
 		}
 	}
+	head.SplitParts = proto.Uint32(uint32(len(parts)))
 	return head, parts
 }
 

@@ -300,6 +300,68 @@ func TestUnsplitRollout(t *testing.T) {
 // A split rollout missing a part in the middle (a damaged record: no write
 // makes one) is an error to GetRollout, not a rollout with hosts missing;
 // the mirror keeps the last whole copy.
+// The last part missing is not read as a shorter rollout: the head counts
+// its parts (before it, a rollout of 1,499 hosts without its last part was
+// read as one of 1,000).
+func TestSplitRolloutLastPartMissingRefused(t *testing.T) {
+	s := startStore(t)
+	m := startMirror(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r := testRollout("000001", 1, 1499) // parts 0, 1, 2
+	rev, _, err := s.WriteRollout(ctx, nil, r, RolloutBase{Layout: Split}, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetRollout(ctx, "web", "000001")
+	if err != nil || !proto.Equal(got, r) {
+		t.Fatalf("GetRollout: %v (equal %v)", err, proto.Equal(got, r))
+	}
+	if got.SplitParts != nil {
+		t.Fatalf("a rollout as read carries split_parts %d (storage only)", got.GetSplitParts())
+	}
+	if err := m.WaitRev(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+	if vr, ok := m.Rollout("web", "000001"); !ok || !proto.Equal(vr.Val, r) {
+		t.Fatal("the mirror does not have the whole rollout")
+	}
+	del, err := s.c.Delete(ctx, RolloutPartKey("web", "000001", 2))
+	if err != nil || del.Deleted != 1 {
+		t.Fatalf("delete part 2: %v", err)
+	}
+	if _, err := s.GetRollout(ctx, "web", "000001"); err == nil || !strings.Contains(err.Error(), "2 parts found, the head says 3") {
+		t.Fatalf("GetRollout of a rollout without its last part: %v, want 2 parts found, the head says 3", err)
+	}
+	if err := m.WaitRev(ctx, del.Header.Revision); err != nil {
+		t.Fatal(err)
+	}
+	if vr, ok := m.Rollout("web", "000001"); !ok || !proto.Equal(vr.Val, r) || vr.Rev != rev {
+		t.Fatalf("the mirror does not keep the last whole copy: ok %v rev %d want %d", ok, vr.Rev, rev)
+	}
+}
+
+// A head written before heads counted their parts is read with the parts
+// found.
+func TestSplitRolloutHeadWithoutCount(t *testing.T) {
+	head, parts := splitRollout(testRollout("000001", 1, 1499))
+	if head.GetSplitParts() != 3 || len(parts) != 3 {
+		t.Fatalf("split_parts %d, %d parts: want 3", head.GetSplitParts(), len(parts))
+	}
+	head.SplitParts = nil
+	r, err := assembleRollout(head, parts[:2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, w := range r.GetWaves() {
+		n += len(w.GetHosts())
+	}
+	if n != 1000 {
+		t.Fatalf("%d hosts assembled, want 1000", n)
+	}
+}
+
 func TestSplitRolloutGapRefused(t *testing.T) {
 	s := startStore(t)
 	m := startMirror(t, s)

@@ -3568,7 +3568,12 @@ type Rollout struct {
 	Left bool `protobuf:"varint,25,opt,name=left,proto3" json:"left,omitempty"`
 	// Why the next wave waits (a deploy window closed, a blackout); "" when
 	// nothing holds it. Set and cleared by Step at wave boundaries.
-	Held          string `protobuf:"bytes,40,opt,name=held,proto3" json:"held,omitempty"`
+	Held string `protobuf:"bytes,40,opt,name=held,proto3" json:"held,omitempty"`
+	// Storage only: the head of a rollout split under rolloutsplit/ says how
+	// many parts hold its hosts, so that a missing last part is not read as
+	// a shorter rollout. Unset in a rollout as read (and in heads written
+	// before it: their parts are then counted as found).
+	SplitParts    *uint32 `protobuf:"varint,41,opt,name=split_parts,json=splitParts,proto3,oneof" json:"split_parts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3783,6 +3788,13 @@ func (x *Rollout) GetHeld() string {
 		return x.Held
 	}
 	return ""
+}
+
+func (x *Rollout) GetSplitParts() uint32 {
+	if x != nil && x.SplitParts != nil {
+		return *x.SplitParts
+	}
+	return 0
 }
 
 // Event is one decision or happening, kept in etcd per service and shown by
@@ -4694,7 +4706,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x06canary\x18\b \x01(\bR\x06canary\x12)\n" +
 	"\x10waiting_approval\x18\t \x01(\bR\x0fwaitingApproval\x12\x1a\n" +
 	"\bapproved\x18\n" +
-	" \x01(\bR\bapproved\"\xc1\b\n" +
+	" \x01(\bR\bapproved\"\xf7\b\n" +
 	"\aRollout\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12!\n" +
@@ -4729,7 +4741,10 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\fspec_changes\x18\x17 \x03(\tR\vspecChanges\x12\x16\n" +
 	"\x06remove\x18\x18 \x01(\bR\x06remove\x12\x12\n" +
 	"\x04left\x18\x19 \x01(\bR\x04left\x12\x12\n" +
-	"\x04held\x18( \x01(\tR\x04held\"\xd8\x01\n" +
+	"\x04held\x18( \x01(\tR\x04held\x12$\n" +
+	"\vsplit_parts\x18) \x01(\rH\x00R\n" +
+	"splitParts\x88\x01\x01B\x0e\n" +
+	"\f_split_parts\"\xd8\x01\n" +
 	"\x05Event\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1d\n" +
@@ -5020,6 +5035,7 @@ func file_fleetwave_v1_types_proto_init() {
 		(*Check_Tcp)(nil),
 		(*Check_Exec)(nil),
 	}
+	file_fleetwave_v1_types_proto_msgTypes[36].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
