@@ -89,9 +89,9 @@ func TestParseControlReply(t *testing.T) {
 }
 
 // controlSession serves f over a pair of real pipes and returns the
-// request writer, a reader of reply lines, and the channel of
-// ServeControl's result.
-func controlSession(t *testing.T, ctx context.Context, f *Fleet) (*os.File, *bufio.Scanner, chan error) {
+// request writer, the reply reader, and the channel of ServeControl's
+// result (the reply writer is closed when it returns).
+func controlSession(t *testing.T, ctx context.Context, f *Fleet) (w, r *os.File, done chan error) {
 	t.Helper()
 	inR, inW, err := os.Pipe()
 	if err != nil {
@@ -102,15 +102,19 @@ func controlSession(t *testing.T, ctx context.Context, f *Fleet) (*os.File, *buf
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { inW.Close(); outR.Close() })
-	done := make(chan error, 1)
+	done = make(chan error, 1)
 	go func() {
 		done <- ServeControl(ctx, f, inR, outW)
 		inR.Close()
 		outW.Close()
 	}()
-	sc := bufio.NewScanner(outR)
+	return inW, outR, done
+}
+
+func replies(r *os.File) *bufio.Scanner {
+	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 4096), MaxControlReply)
-	return inW, sc, done
+	return sc
 }
 
 func nextReply(t *testing.T, sc *bufio.Scanner) string {
@@ -132,7 +136,8 @@ func TestServeControlRefusesBadLines(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	w, sc, done := controlSession(t, ctx, f)
+	w, r, done := controlSession(t, ctx, f)
+	sc := replies(r)
 	send := func(s string) {
 		t.Helper()
 		if _, err := w.WriteString(s); err != nil {
@@ -208,19 +213,7 @@ func TestRemoteFleet(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	inR, inW, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	outR, outW, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() {
-		done <- ServeControl(ctx, f, inR, outW)
-		outW.Close()
-	}()
+	inW, outR, done := controlSession(t, ctx, f)
 	rf := NewRemoteFleet(inW, outR)
 
 	if err := rf.WaitConnected(ctx, n); err != nil {
@@ -272,6 +265,4 @@ func TestRemoteFleet(t *testing.T) {
 	if _, err := rf.Stats(ctx); !errors.Is(err, ErrControlClosed) {
 		t.Errorf("Stats after the end: %v, want ErrControlClosed", err)
 	}
-	inR.Close()
-	outR.Close()
 }
