@@ -157,6 +157,24 @@ func harnessOut(t testing.TB) io.Writer {
 	return io.MultiWriter(os.Stdout, f)
 }
 
+// harnessDir is a new directory for one process's files (its log, its
+// data): under FLEETWAVE_SIM_LOGS when set, kept after the test for a
+// look at a failed or slow run (named after the test and name, replaced
+// if there), in t's temporary directory otherwise.
+func harnessDir(t testing.TB, name string) (string, error) {
+	dir := filepath.Join(t.TempDir(), name)
+	if root := os.Getenv("FLEETWAVE_SIM_LOGS"); root != "" {
+		dir = filepath.Join(root, strings.ReplaceAll(t.Name(), "/", "_")+"-"+name)
+		if err := os.RemoveAll(dir); err != nil {
+			return "", fmt.Errorf("FLEETWAVE_SIM_LOGS: %w", err)
+		}
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("FLEETWAVE_SIM_LOGS: %w", err)
+	}
+	return dir, nil
+}
+
 // coordinatorBinary is FLEETWAVE_SIM_COORDINATOR, or the coordinator built
 // for this test.
 func coordinatorBinary(t testing.TB) string {

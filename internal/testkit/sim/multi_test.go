@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -47,8 +48,12 @@ import (
 // prebuilt fleetwave-sim (built otherwise); FLEETWAVE_SIM_SETTLE,
 // FLEETWAVE_SIM_COORDINATOR, FLEETWAVE_SIM_PHASE_TIMEOUT,
 // FLEETWAVE_SIM_QUIET and FLEETWAVE_SIM_OUT work as for TestScale. Each
-// process's log is in the test's temporary directory (c<i>/coordinator.log,
-// c<i>/sim.log), named in the error when a run fails.
+// coordinator's and simulator's log is in a directory per coordinator
+// (<hosts>-on-<k>-c<i>/coordinator.log and sim.log), named in the error
+// when a run fails: in the test's temporary directory, or kept under
+// FLEETWAVE_SIM_LOGS when set. Each coordinator's row counts the etcd
+// sessions it lost (each ends all its agents' streams: the times of such
+// a run are the recovery's) and its agents' dropped streams.
 func TestScaleCoordinators(t *testing.T) {
 	sizes := envList(t, "FLEETWAVE_SIM_SPREAD", "", parseSpreadSize)
 	if len(sizes) == 0 {
@@ -83,8 +88,8 @@ func TestScaleCoordinators(t *testing.T) {
 		rows = append(rows, r.rows()...)
 	}
 	if len(rows) > 0 {
-		fmt.Fprintf(out, "\n| hosts | coordinators | rollout, 3 waves (all reported / SUCCEEDED) | coordinator | its agents | RSS per agent: connected / after first deploy | its CPU during the rollout | its agents' delivery p50 / p99 | its simulator's CPU |\n")
-		fmt.Fprintf(out, "|---|---|---|---|---|---|---|---|---|\n")
+		fmt.Fprintf(out, "\n| hosts | coordinators | rollout, 3 waves (all reported / SUCCEEDED) | coordinator | its agents | RSS per agent: connected / after first deploy | its CPU during the rollout | its agents' delivery p50 / p99 | its simulator's CPU | its etcd sessions lost / agent streams dropped |\n")
+		fmt.Fprintf(out, "|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, row := range rows {
 			fmt.Fprintln(out, row)
 		}
@@ -109,7 +114,15 @@ type coordShare struct {
 	rolloutCPU               float64
 	latency                  Latency
 	simCPU                   float64 // its simulator process's cores during the rollout
+	// sessionsLost counts its etcd sessions lost during the run (each
+	// ended its agents' streams); drops counts its agents' streams that
+	// ended after it answered (the simulator's Disconnects).
+	sessionsLost int
+	drops        uint64
 }
+
+// sessionLost is the coordinator's log message when its etcd lease expired.
+const sessionLost = "etcd session lost"
 
 func (r *spreadResult) print(w io.Writer) {
 	fmt.Fprintf(w, "\n== %d hosts on %d coordinators ==\n", r.hosts, r.coords)
@@ -117,9 +130,9 @@ func (r *spreadResult) print(w io.Writer) {
 	fmt.Fprintf(w, "rollout v1→v2 (3 waves):           all reported %s, SUCCEEDED seen %s\n", ms(r.rollout.allReported), ms(r.rollout.succeeded))
 	fmt.Fprintf(w, "    its timeline (leader):         %s\n", r.rollout.waves)
 	for i, c := range r.per {
-		fmt.Fprintf(w, "coordinator %d: %d agents, VmRSS %.1f MiB with none, %.1f KiB per agent connected, %.1f KiB after the first deploy; %.2f cores during the rollout; delivery p50 %s, p99 %s; its simulator %.2f cores\n",
+		fmt.Fprintf(w, "coordinator %d: %d agents, VmRSS %.1f MiB with none, %.1f KiB per agent connected, %.1f KiB after the first deploy; %.2f cores during the rollout; delivery p50 %s, p99 %s; its simulator %.2f cores; etcd sessions lost %d, agent streams dropped %d\n",
 			i, c.agents, float64(c.rssBase)/(1<<20), c.perAgent(c.rssConn), c.perAgent(c.rssDep), c.rolloutCPU,
-			c.latency.P50.Round(time.Millisecond/10), c.latency.P99.Round(time.Millisecond/10), c.simCPU)
+			c.latency.P50.Round(time.Millisecond/10), c.latency.P99.Round(time.Millisecond/10), c.simCPU, c.sessionsLost, c.drops)
 	}
 }
 
@@ -130,9 +143,9 @@ func (c coordShare) perAgent(rss int64) float64 {
 func (r *spreadResult) rows() []string {
 	var out []string
 	for i, c := range r.per {
-		out = append(out, fmt.Sprintf("| %d | %d | %s / %s | %d | %d | %.1f / %.1f KiB | %.2f cores | %s / %s | %.2f cores |", r.hosts, r.coords,
+		out = append(out, fmt.Sprintf("| %d | %d | %s / %s | %d | %d | %.1f / %.1f KiB | %.2f cores | %s / %s | %.2f cores | %d / %d |", r.hosts, r.coords,
 			ms(r.rollout.allReported), ms(r.rollout.succeeded), i, c.agents, c.perAgent(c.rssConn), c.perAgent(c.rssDep), c.rolloutCPU,
-			c.latency.P50.Round(time.Millisecond/10), c.latency.P99.Round(time.Millisecond/10), c.simCPU))
+			c.latency.P50.Round(time.Millisecond/10), c.latency.P99.Round(time.Millisecond/10), c.simCPU, c.sessionsLost, c.drops))
 	}
 	return out
 }
@@ -147,16 +160,19 @@ func runSpread(t *testing.T, bin, simBin string, n, k int, settle time.Duration)
 	procs := make([]*proc, k)
 	dirs := make([]string, k)
 	defer func() {
-		if err != nil {
-			for i, dir := range dirs {
-				err = fmt.Errorf("%w; coordinator %d warnings: %s; its simulator's: %s", err, i,
-					problems(filepath.Join(dir, "coordinator.log"), 3), problems(filepath.Join(dir, "sim.log"), 3))
+		for i, dir := range dirs {
+			if dir == "" {
+				continue
+			}
+			res.per[i].sessionsLost = countLines(filepath.Join(dir, "coordinator.log"), sessionLost)
+			if err != nil {
+				err = fmt.Errorf("%w; coordinator %d (log in %s) lost its etcd session %d times, warnings: %s; its simulator's: %s", err, i, dir,
+					res.per[i].sessionsLost, problems(filepath.Join(dir, "coordinator.log"), 3), problems(filepath.Join(dir, "sim.log"), 3))
 			}
 		}
 	}()
 	for i := range k {
-		dirs[i] = filepath.Join(t.TempDir(), fmt.Sprintf("c%d", i))
-		if err := os.MkdirAll(dirs[i], 0o755); err != nil {
+		if dirs[i], err = harnessDir(t, fmt.Sprintf("%d-on-%d-c%d", n, k, i)); err != nil {
 			return nil, err
 		}
 		p, err := startCoordinatorProc(bin, dirs[i], etcd, ports.Addr(t), n/k+1)
@@ -251,6 +267,7 @@ func runSpread(t *testing.T, bin, simBin string, n, k int, settle time.Duration)
 			return nil, fmt.Errorf("simulator of coordinator %d: %w", i, err)
 		}
 		res.per[i].latency = st.Latency
+		res.per[i].drops = st.Disconnects
 	}
 	return res, nil
 }
@@ -258,6 +275,14 @@ func runSpread(t *testing.T, bin, simBin string, n, k int, settle time.Duration)
 // spreadRollout is timedRollout over several simulators: every host of
 // every one reporting the release, then the rollout SUCCEEDED.
 func spreadRollout(ctx context.Context, sims []*simProc, o *operator, svc, version string) (timing, error) {
+	tm, err := spreadRolloutOnce(ctx, sims, o, svc, version)
+	if err != nil {
+		return tm, fmt.Errorf("rollout to %s (phase timeout %s, FLEETWAVE_SIM_PHASE_TIMEOUT): %w", version, phaseTimeout, err)
+	}
+	return tm, nil
+}
+
+func spreadRolloutOnce(ctx context.Context, sims []*simProc, o *operator, svc, version string) (timing, error) {
 	var tm timing
 	start := time.Now()
 	if _, err := o.release(ctx, svc, version); err != nil {
@@ -367,4 +392,20 @@ func (s *simProc) stop() {
 		<-s.done
 	}
 	s.out.Close()
+}
+
+// countLines is the number of lines of the file at path that contain
+// substr (0 if it cannot be read).
+func countLines(path, substr string) int {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, substr) {
+			n++
+		}
+	}
+	return n
 }
