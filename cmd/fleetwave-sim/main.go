@@ -1,6 +1,9 @@
 // Command fleetwave-sim runs thousands of simulated agents in one process
 // against a coordinator (see package internal/testkit/sim), logging fleet
-// statistics periodically until interrupted.
+// statistics periodically until interrupted. With --control it is driven
+// by another process instead (the spread harness runs one per
+// coordinator): requests on stdin, replies on stdout (sim.ServeControl),
+// until stdin ends.
 package main
 
 import (
@@ -22,7 +25,7 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	err := run(ctx, os.Args[1:], os.Stderr)
+	err := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return
 	}
@@ -37,12 +40,13 @@ func main() {
 
 var errUsage = errors.New("usage")
 
-func run(ctx context.Context, args []string, stderr io.Writer) error {
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("fleetwave-sim", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var cfg sim.Config
 	var labels, level string
 	var every time.Duration
+	var control bool
 	fs.StringVar(&cfg.Coordinator, "coordinator", "127.0.0.1:7070", "coordinator gRPC address (host:port)")
 	fs.IntVar(&cfg.Hosts, "hosts", 100, "number of simulated hosts")
 	fs.StringVar(&cfg.HostPrefix, "host-prefix", sim.DefaultHostPrefix, "host id prefix (ids are prefix + index, e.g. sim-00042)")
@@ -65,7 +69,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.Int64Var(&cfg.CoordinatorRate, "coordinator-rate", sim.DefaultCoordinatorRate, "the coordinator's NIC, shared by all it serves, modeled bytes/s (10 Gbit/s)")
 	fs.IntVar(&cfg.PeerMaxUploads, "peer-max-uploads", sim.DefaultPeerMaxUploads, "peer downloads one host serves at once; one more is refused")
 	fs.Int64Var(&cfg.ByteScale, "byte-scale", 1, "an artifact byte stands for this many modeled bytes; every rate is divided by it")
-	fs.DurationVar(&every, "stats-interval", 10*time.Second, "how often to log statistics")
+	fs.DurationVar(&every, "stats-interval", 10*time.Second, "how often to log statistics (not with --control)")
+	fs.BoolVar(&control, "control", false, "be driven by the control protocol: requests on stdin, replies on stdout, until stdin ends (logs stay on stderr; no periodic statistics)")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -102,6 +107,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer fleet.Close()
+	if control {
+		err := sim.ServeControl(ctx, fleet, stdin, stdout)
+		logStats(log, fleet.Stats())
+		return err
+	}
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {

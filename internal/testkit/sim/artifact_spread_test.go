@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -47,38 +46,18 @@ import (
 // The staging columns are printed only when the coordinator sent a stage.
 // The model's row is the mode's own (ArtifactSpread with Stage for stage).
 func TestArtifactSpread(t *testing.T) {
-	sizes := os.Getenv("FLEETWAVE_SIM_ARTIFACT")
-	if sizes == "" {
+	ns := envList(t, "FLEETWAVE_SIM_ARTIFACT", "", fleetSize(2))
+	if len(ns) == 0 {
 		t.Skip("set FLEETWAVE_SIM_ARTIFACT=1000,5000 to run the artifact-spread harness")
 	}
-	var ns []int
-	for _, s := range strings.Split(sizes, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 2 {
-			t.Fatalf("FLEETWAVE_SIM_ARTIFACT: %q is not a fleet size (at least 2)", s)
-		}
-		ns = append(ns, n)
-	}
-	var modes []spreadMode
-	for _, s := range strings.Split(envOr("FLEETWAVE_SIM_P2P", "off,on,stage"), ",") {
-		switch strings.TrimSpace(s) {
-		case "off":
-			modes = append(modes, spreadMode{})
-		case "on":
-			modes = append(modes, spreadMode{p2p: true})
-		case "stage":
-			modes = append(modes, spreadMode{p2p: true, stage: true})
-		default:
-			t.Fatalf("FLEETWAVE_SIM_P2P: %q, want off, on or stage", s)
-		}
-	}
+	modes := envList(t, "FLEETWAVE_SIM_P2P", "off,on,stage", parseSpreadMode)
 	sc := artifactConfig{
-		mb:         envInt(t, "FLEETWAVE_SIM_ARTIFACT_MB", 50),
-		scale:      envInt(t, "FLEETWAVE_SIM_BYTE_SCALE", 1000),
-		down:       envInt(t, "FLEETWAVE_SIM_DOWNLOAD_RATE", DefaultHostRate),
-		up:         envInt(t, "FLEETWAVE_SIM_UPLOAD_RATE", DefaultHostRate),
-		coord:      envInt(t, "FLEETWAVE_SIM_COORDINATOR_RATE", DefaultCoordinatorRate),
-		maxUploads: int(envInt(t, "FLEETWAVE_SIM_PEER_MAX_UPLOADS", DefaultPeerMaxUploads)),
+		mb:         envInt(t, "FLEETWAVE_SIM_ARTIFACT_MB", 50, 1, 1<<20),
+		scale:      envInt(t, "FLEETWAVE_SIM_BYTE_SCALE", 1000, 1, MaxByteScale),
+		down:       envInt(t, "FLEETWAVE_SIM_DOWNLOAD_RATE", DefaultHostRate, 1, MaxRate),
+		up:         envInt(t, "FLEETWAVE_SIM_UPLOAD_RATE", DefaultHostRate, 1, MaxRate),
+		coord:      envInt(t, "FLEETWAVE_SIM_COORDINATOR_RATE", DefaultCoordinatorRate, 1, MaxRate),
+		maxUploads: int(envInt(t, "FLEETWAVE_SIM_PEER_MAX_UPLOADS", DefaultPeerMaxUploads, 1, MaxPeerMaxUploads)),
 		minHealthy: time.Second,
 		canary:     1,
 		waves:      []uint32{2, 10, 50, 100},
@@ -90,20 +69,9 @@ func TestArtifactSpread(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bin := os.Getenv("FLEETWAVE_SIM_COORDINATOR")
-	if bin == "" {
-		bin = buildCoordinator(t)
-	}
+	bin := coordinatorBinary(t)
 	phaseTimeout = envDuration(t, "FLEETWAVE_SIM_PHASE_TIMEOUT", 15*time.Minute)
-	out := io.Writer(os.Stdout)
-	if p := os.Getenv("FLEETWAVE_SIM_OUT"); p != "" {
-		f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		out = io.MultiWriter(os.Stdout, f)
-	}
+	out := harnessOut(t)
 	sc.printHeader(out, numCPU())
 	var rows []*artifactRow
 	for _, n := range ns {
@@ -125,25 +93,6 @@ func TestArtifactSpread(t *testing.T) {
 		}
 	}
 	printArtifactSpread(out, rows)
-}
-
-func envOr(name, def string) string {
-	if s := os.Getenv(name); s != "" {
-		return s
-	}
-	return def
-}
-
-func envInt(t *testing.T, name string, def int64) int64 {
-	s := os.Getenv(name)
-	if s == "" {
-		return def
-	}
-	v, err := strconv.ParseInt(s, 10, 64)
-	if err != nil {
-		t.Fatalf("%s: %q is not an integer", name, s)
-	}
-	return v
 }
 
 // spreadMode is one row's mode: peer-to-peer, and staging ahead (with it).

@@ -3,12 +3,12 @@ package sim
 import (
 	"context"
 	"fmt"
+	"math"
 	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
-	"strconv"
 	"testing"
 	"time"
 
@@ -37,15 +37,15 @@ import (
 // with a large MaxTxnOps, as big steps put more events in one transaction
 // than etcd's default 128 allows.
 func TestProfileInProcess(t *testing.T) {
-	n, _ := strconv.Atoi(os.Getenv("FLEETWAVE_SIM_INPROCESS"))
-	if n <= 0 {
+	n := int(envInt(t, "FLEETWAVE_SIM_INPROCESS", 0, 0, maxHarnessHosts))
+	if n == 0 {
 		t.Skip("set FLEETWAVE_SIM_INPROCESS=<hosts> (and FLEETWAVE_SIM_PROFILE=<dir>) to profile an in-process run")
 	}
 	dir := os.Getenv("FLEETWAVE_SIM_PROFILE")
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	if r, _ := strconv.Atoi(os.Getenv("FLEETWAVE_SIM_MEMPROFILERATE")); r > 0 {
+	if r := int(envInt(t, "FLEETWAVE_SIM_MEMPROFILERATE", 0, 0, math.MaxInt32)); r > 0 {
 		runtime.MemProfileRate = r // finer heap profiles (default 512 KiB: per-agent objects hide)
 	}
 	if _, err := RaiseFileLimit(); err != nil {

@@ -24,7 +24,6 @@ import (
 
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/internal/testkit/ports"
-	"github.com/fleetwave/fleetwave/internal/testkit/testfleet"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -59,35 +58,16 @@ import (
 // coordinator process only, e.g. GOGC=50), FLEETWAVE_SIM_QUIET=1 (hosts report only outcomes, not FETCHING and
 // CHECKING: what the coordinator would see if it did not persist them).
 func TestScale(t *testing.T) {
-	spec := os.Getenv("FLEETWAVE_SIM_HOSTS")
-	if spec == "" {
+	sizes := envList(t, "FLEETWAVE_SIM_HOSTS", "", fleetSize(1))
+	if len(sizes) == 0 {
 		t.Skip("set FLEETWAVE_SIM_HOSTS=1000,5000,10000 to run the scale harness")
-	}
-	var sizes []int
-	for _, s := range strings.Split(spec, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 1 {
-			t.Fatalf("FLEETWAVE_SIM_HOSTS: %q is not a fleet size", s)
-		}
-		sizes = append(sizes, n)
 	}
 	limit, err := RaiseFileLimit()
 	if err != nil {
 		t.Fatal(err)
 	}
-	bin := os.Getenv("FLEETWAVE_SIM_COORDINATOR")
-	if bin == "" {
-		bin = buildCoordinator(t)
-	}
-	out := io.Writer(os.Stdout)
-	if p := os.Getenv("FLEETWAVE_SIM_OUT"); p != "" {
-		f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		out = io.MultiWriter(os.Stdout, f)
-	}
+	bin := coordinatorBinary(t)
+	out := harnessOut(t)
 	fmt.Fprintf(out, "\nfleetwave scale harness: %d CPUs, open file limit %d, sizes %v, quiet phases %v\n", numCPU(), limit, sizes, os.Getenv("FLEETWAVE_SIM_QUIET") == "1")
 	var results []*scaleResult
 	for _, n := range sizes {
@@ -112,34 +92,6 @@ func numCPU() int {
 		return 0
 	}
 	return strings.Count(string(b), "processor\t:")
-}
-
-func envDuration(t *testing.T, name string, def time.Duration) time.Duration {
-	s := os.Getenv(name)
-	if s == "" {
-		return def
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil {
-		t.Fatalf("%s: %v", name, err)
-	}
-	return d
-}
-
-func buildCoordinator(t *testing.T) string {
-	t.Helper()
-	root, err := testfleet.ModuleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(t.TempDir(), "fleetwave-coordinator")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/fleetwave-coordinator")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, b)
-	}
-	return bin
 }
 
 // proc is the coordinator process.
