@@ -97,3 +97,110 @@ func TestConfigChangeRestartsWithTheNewSpec(t *testing.T) {
 	cancel()
 	waitDone(t, done)
 }
+
+// TestJudgingOnlyChangeKeepsTheProcess: the release that runs, assigned
+// again with a spec that changes only how it is judged (its checks,
+// min_healthy_time, healthy_deadline), is installed in place: the same
+// process (same PID, one start in its log) is checked under the new spec,
+// CHECKING -> HEALTHY, across an agent restart in the middle too; a new
+// check that fails reverts in place (same PID, the last good spec's check
+// runs again: REVERTED); a change of run.env with it still restarts.
+// Real processes.
+func TestJudgingOnlyChangeKeepsTheProcess(t *testing.T) {
+	fc := newFakeCoordinator(t)
+	flag := filepath.Join(t.TempDir(), "pass")
+	art := tarGz(t, map[string]string{
+		"run.sh":    runScript,
+		"check.sh":  goodCheck,
+		"gated.sh":  passingAfter(flag),
+		"broken.sh": badCheck,
+	})
+	digest := fc.addArtifact(art)
+	dataDir := t.TempDir()
+	pidFile := filepath.Join(dataDir, "run", testSvc+".pid")
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: dataDir, AgentVersion: "test"}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := runAgent(t, ctx, cfg, testOptions())
+
+	assign := func(gen int64, check string, mod func(*v1.Assignment)) {
+		a := testAssignment("1.0.0", gen, digest, int64(len(art)), "")
+		a.Spec.Checks[0].Name = check
+		a.Spec.Checks[0].GetExec().Command = []string{"./" + check + ".sh"}
+		a.SpecRevision = gen
+		if mod != nil {
+			mod(a)
+		}
+		fc.assign(a)
+	}
+	waitReport := func(what string, from int, gen int64, phase v1.Phase) *v1.ServiceReport {
+		t.Helper()
+		var got *v1.ServiceReport
+		fc.waitFor(t, what, time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+			got = lastReport(rs[min(from, len(rs)):], testSvc)
+			return reportIs(got, gen, phase, "1.0.0")
+		})
+		return got
+	}
+	samePID := func(what string, want int) {
+		t.Helper()
+		if got := readPID(t, pidFile); got != want || !alive(want) {
+			t.Fatalf("%s: pid %d -> %d (old alive %v): restarted", what, want, got, alive(want))
+		}
+		waitStarts(t, dataDir, 1)
+	}
+
+	assign(1, "check", nil)
+	waitReport("healthy", 0, 1, v1.Phase_PHASE_HEALTHY)
+	pid := readPID(t, pidFile)
+	waitStarts(t, dataDir, 1)
+
+	// Another check (passing only once flag exists) and other durations:
+	// in place, CHECKING under the new check with the same process.
+	assign(2, "gated", func(a *v1.Assignment) {
+		a.Spec.MinHealthyTime = durationpb.New(500 * time.Millisecond)
+		a.Spec.HealthyDeadline = durationpb.New(time.Minute)
+	})
+	r := waitReport("checking the new check in place", 0, 2, v1.Phase_PHASE_CHECKING)
+	fc.waitFor(t, "the new check failing", time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		r = lastReport(rs, testSvc)
+		return reportIs(r, 2, v1.Phase_PHASE_CHECKING, "1.0.0") && len(r.GetChecks()) == 1 &&
+			r.GetChecks()[0].GetName() == "gated" && !r.GetChecks()[0].GetOk()
+	})
+	samePID("checking in place", pid)
+
+	// The agent restarts in the middle: the next one adopts the process
+	// and checks it under the new spec.
+	cancel()
+	waitDone(t, done)
+	nr := reportCount(fc)
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	done2 := runAgent(t, ctx2, cfg, testOptions())
+	waitReport("the new agent checking in place", nr, 2, v1.Phase_PHASE_CHECKING)
+	if err := os.WriteFile(flag, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitReport("healthy in place", nr, 2, v1.Phase_PHASE_HEALTHY)
+	samePID("healthy in place after an agent restart", pid)
+
+	// A new check that fails: reverted in place, the last good check
+	// (gated) runs again.
+	nr = reportCount(fc)
+	assign(3, "broken", func(a *v1.Assignment) { a.Spec.HealthyDeadline = durationpb.New(2 * time.Second) })
+	r = waitReport("reverted in place", nr, 3, v1.Phase_PHASE_REVERTED)
+	if !strings.Contains(r.GetReason(), "not healthy within 2s") || len(r.GetChecks()) != 1 || r.GetChecks()[0].GetName() != "gated" || !r.GetChecks()[0].GetOk() {
+		t.Fatalf("reverted with reason %q checks %v: want the broken check's failure and the gated check passing", r.GetReason(), r.GetChecks())
+	}
+	samePID("reverted in place", pid)
+
+	// A judging change together with run.env: restarted.
+	assign(4, "check", func(a *v1.Assignment) { a.Spec.Run.Env["MODE"] = "b" })
+	waitReport("healthy with a new env", nr, 4, v1.Phase_PHASE_HEALTHY)
+	if got := readPID(t, pidFile); got == pid || alive(pid) {
+		t.Fatalf("not restarted for a new env: pid %d -> %d (old alive %v)", pid, got, alive(pid))
+	}
+	waitStarts(t, dataDir, 2)
+	cancel2()
+	waitDone(t, done2)
+}

@@ -18,6 +18,7 @@ import (
 	"github.com/fleetwave/fleetwave/internal/signing"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // testKey is a generated signing key pair with its public key file.
@@ -118,6 +119,11 @@ func TestVerifyRelease(t *testing.T) {
 	evilEnv.Spec.Run.Env["LD_PRELOAD"] = "/tmp/evil.so"
 	evilCheck := proto.Clone(good).(*v1.Assignment)
 	evilCheck.Spec.Checks[0].Kind = &v1.Check_Exec{Exec: &v1.ExecCheck{Command: []string{"/bin/sh", "-c", "id > /tmp/pwned"}}}
+	// A change of only how the release is judged (installed in place when
+	// unsigned) is refused like any other spec change.
+	judging := proto.Clone(good).(*v1.Assignment)
+	judging.Spec.MinHealthyTime = durationpb.New(time.Hour)
+	judging.Spec.Analysis = &v1.Analysis{Watch: durationpb.New(time.Hour)}
 	noSpec := proto.Clone(good).(*v1.Assignment)
 	noSpec.Spec = nil
 	// Fields only the coordinator acts on may change.
@@ -145,6 +151,7 @@ func TestVerifyRelease(t *testing.T) {
 		{"run.command changed", evilCommand, signing.ErrSpecMismatch, "release 2.0.0: the assigned spec has sha256 " + signing.SpecDigest(evilCommand.Spec) + ", the signed one " + signing.SpecDigest(base.Spec)},
 		{"run.env changed", evilEnv, signing.ErrSpecMismatch, "the assigned spec has sha256"},
 		{"check changed", evilCheck, signing.ErrSpecMismatch, "the assigned spec has sha256"},
+		{"judging only changed", judging, signing.ErrSpecMismatch, "the assigned spec has sha256"},
 		{"no spec", noSpec, signing.ErrSpecMismatch, "the assigned spec has sha256"},
 		{"signed by an older fleetwave", old, signing.ErrIncomplete, "no spec digest or no sequence"},
 	}

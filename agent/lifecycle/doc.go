@@ -89,7 +89,8 @@
 // no randomness. It must not import anything but the generated protobuf
 // types, the standard library and internal/specdiff (the one, pure rule for
 // which spec changes affect hosts: a config rollout's assignment of the
-// running release with such a spec is an install of it, see spec.go). Its behaviour is written down as scenario
+// running release with such a spec is an install of it, in place when only
+// how the release is judged changes: no restart, see spec.go). Its behaviour is written down as scenario
 // traces in testdata/ (TestTraces: inputs, the actions they return, the
 // phase after each; -rewrite updates them) and checked by a seeded
 // simulation against invariants (TestSimulation; -seed N replays one seed).
@@ -149,9 +150,10 @@
 //
 //	IDLE                      -> FETCHING, FAILED           (a new assignment; FAILED: an invalid one)
 //	HEALTHY, REVERTED, FAILED -> FETCHING, HEALTHY, FAILED  (HEALTHY: assigned the release already running healthy)
-//	FETCHING  -> VERIFYING, FAILED, FETCHING, HEALTHY          (FETCHING/HEALTHY/FAILED: a newer assignment replaced the install)
-//	VERIFYING -> STAGING,   FAILED, FETCHING, HEALTHY
-//	STAGING   -> SWITCHING, FAILED, FETCHING, HEALTHY
+//	HEALTHY, REVERTED, FAILED -> CHECKING                   (an install in place: only how it is judged changes, spec.go)
+//	FETCHING  -> VERIFYING, FAILED, FETCHING, HEALTHY, CHECKING (FETCHING/HEALTHY/FAILED/CHECKING: a newer assignment replaced the install)
+//	VERIFYING -> STAGING,   FAILED, FETCHING, HEALTHY, CHECKING
+//	STAGING   -> SWITCHING, FAILED, FETCHING, HEALTHY, CHECKING
 //	SWITCHING -> STARTING, FAILED                           (FAILED: the switch did not happen)
 //	STARTING  -> CHECKING, REVERTING
 //	CHECKING  -> HEALTHY, REVERTING

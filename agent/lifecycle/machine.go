@@ -261,6 +261,11 @@ func Restore(s Snapshot, found []Running, now time.Time) (*Machine, []Action) {
 		targetOf, goodOf = m.foundEpoch(tgt, func(e uint64) bool { return e == s.TargetEpoch }), m.foundEpoch(good, func(e uint64) bool { return e != s.TargetEpoch })
 		specInstall = false
 	}
+	if judgedInPlace(s.Target, s.LastGood) {
+		// An in-place install (or its revert): the process of the release
+		// runs the same under either spec, so it is both's (spec.go).
+		targetOf, goodOf, specInstall = m.foundOf(tgt), m.foundOf(good), false
+	}
 	switch s.Phase {
 	case v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_VERIFYING, v1.Phase_PHASE_STAGING, v1.Phase_PHASE_SWITCHING:
 		p := m.foundOf(cur)
@@ -923,6 +928,11 @@ func (m *Machine) apply(p *pendingAssign, t time.Time) {
 		m.setPhase(v1.Phase_PHASE_HEALTHY, true)
 		return
 	}
+	if m.inPlace(p.a) {
+		// Only how it is judged changes: the process serves on (spec.go).
+		m.installInPlace(p.a, t)
+		return
+	}
 	m.target = p.a
 	m.targetEpoch = 0
 	m.reason = ""
@@ -1066,6 +1076,10 @@ func (m *Machine) beginRevert(why string, t time.Time) {
 	m.switched = false
 	m.hookWhy = ""
 	m.reason = why
+	if m.revertsInPlace() {
+		m.revertInPlace(t) // spec.go
+		return
+	}
 	m.setPhase(v1.Phase_PHASE_REVERTING, true)
 	m.revertNext(t)
 }

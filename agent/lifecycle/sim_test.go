@@ -13,18 +13,21 @@ import (
 
 	"github.com/fleetwave/fleetwave/internal/hookspec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
-// edges are the allowed phase changes of a machine outside recovery (see doc.go).
+// edges are the allowed phase changes of a machine outside recovery (see
+// doc.go). CHECKING from a settled phase or an install before its switch:
+// an install in place (spec.go).
 var edges = map[v1.Phase][]v1.Phase{
 	v1.Phase_PHASE_IDLE:      {v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_REMOVING},
-	v1.Phase_PHASE_HEALTHY:   {v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_REVERTING, v1.Phase_PHASE_REMOVING},
-	v1.Phase_PHASE_REVERTED:  {v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_REMOVING},
-	v1.Phase_PHASE_FAILED:    {v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_REMOVING},
-	v1.Phase_PHASE_FETCHING:  {v1.Phase_PHASE_VERIFYING, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_REMOVING},
-	v1.Phase_PHASE_VERIFYING: {v1.Phase_PHASE_STAGING, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_REMOVING},
-	v1.Phase_PHASE_STAGING:   {v1.Phase_PHASE_SWITCHING, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_REMOVING},
+	v1.Phase_PHASE_HEALTHY:   {v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_CHECKING, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_REVERTING, v1.Phase_PHASE_REMOVING},
+	v1.Phase_PHASE_REVERTED:  {v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_CHECKING, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_REMOVING},
+	v1.Phase_PHASE_FAILED:    {v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_CHECKING, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_REMOVING},
+	v1.Phase_PHASE_FETCHING:  {v1.Phase_PHASE_VERIFYING, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_CHECKING, v1.Phase_PHASE_REMOVING},
+	v1.Phase_PHASE_VERIFYING: {v1.Phase_PHASE_STAGING, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_CHECKING, v1.Phase_PHASE_REMOVING},
+	v1.Phase_PHASE_STAGING:   {v1.Phase_PHASE_SWITCHING, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_CHECKING, v1.Phase_PHASE_REMOVING},
 	v1.Phase_PHASE_SWITCHING: {v1.Phase_PHASE_STARTING, v1.Phase_PHASE_FAILED},
 	v1.Phase_PHASE_STARTING:  {v1.Phase_PHASE_CHECKING, v1.Phase_PHASE_REVERTING},
 	v1.Phase_PHASE_CHECKING:  {v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_REVERTING},
@@ -92,7 +95,9 @@ func expectRestore(p *Snapshot, running []Running) (restoreKind, v1.Phase) {
 		// spec that runs differently): what runs of the release is the
 		// target's when its epoch is (TargetEpoch); without one it may run
 		// either spec, so it is not adopted.
-		isTarget := !specChange(p.Target, p.LastGood) || p.TargetEpoch != 0 && len(running) == 1 && running[0].Epoch == p.TargetEpoch
+		// An in-place install: the process runs the same under either
+		// spec, so it is the target's whatever its epoch.
+		isTarget := !specChange(p.Target, p.LastGood) || judgedInPlace(p.Target, p.LastGood) || p.TargetEpoch != 0 && len(running) == 1 && running[0].Epoch == p.TargetEpoch
 		if has(tgt) && len(found) == 1 && isTarget {
 			if ph == v1.Phase_PHASE_STARTING && hookspec.Of(p.Target.GetSpec(), hookspec.AfterStart) != nil {
 				return restoreResumeInstall, v1.Phase_PHASE_STARTING // after_start runs again first
@@ -161,11 +166,14 @@ type sim struct {
 	chkStart   time.Time
 	passSince  time.Time // zero: not passing
 	zeroChecks bool
-	chkInstall bool      // an install's check
-	chkAnalyse bool      // analysed when it has rules: an install's check or a resumed watch
-	verdict    Verdict   // latest analysis verdict fed for chkEpoch
-	exits      int       // exits of chkEpoch's process
-	failSince  time.Time // checks failing continuously since (zero: not)
+	chkInstall bool // an install's check
+	inPlaces   int  // installs in place (spec.go)
+	// reverts in place (spec.go)
+	inPlaceReverts int
+	chkAnalyse     bool      // analysed when it has rules: an install's check or a resumed watch
+	verdict        Verdict   // latest analysis verdict fed for chkEpoch
+	exits          int       // exits of chkEpoch's process
+	failSince      time.Time // checks failing continuously since (zero: not)
 	// failSince before the input being stepped changed it
 	failSinceBefore time.Time
 
@@ -307,6 +315,18 @@ func (s *sim) fatalf(format string, args ...any) {
 // sometimes with a new random spec (a config rollout when the version is
 // the one running).
 func (s *sim) assignment(version string, gen int64) *v1.Assignment {
+	if sp := s.specs[version]; sp != nil && s.rnd.IntN(5) == 0 {
+		// A spec that changes only how the release is judged (installed
+		// in place when it runs healthy): other checks and durations.
+		a := asgChecks(version, gen, s.rnd.IntN(3))
+		j := proto.Clone(sp).(*v1.ServiceSpec)
+		j.Checks = a.Spec.Checks
+		j.MinHealthyTime = durationpb.New(time.Duration(s.rnd.IntN(15)) * time.Second)
+		j.HealthyDeadline = durationpb.New(time.Duration(20+s.rnd.IntN(40)) * time.Second)
+		a.Spec = j
+		s.specs[version] = j
+		return a
+	}
 	if sp := s.specs[version]; sp != nil && s.rnd.IntN(3) > 0 {
 		a := asgChecks(version, gen, 0)
 		a.Spec = sp
@@ -447,6 +467,34 @@ func (s *sim) watchCause() string {
 	return ""
 }
 
+// reverted reports whether acts report REVERTING.
+func reverted(acts []Action) bool {
+	return slices.ContainsFunc(acts, func(a Action) bool {
+		return a.Kind == ActReport && a.Report.GetPhase() == v1.Phase_PHASE_REVERTING
+	})
+}
+
+// revertedInPlace reports whether the revert that acts begin is in place:
+// persisted with the last good and the target the same release judged
+// differently, and no long step until it ends (or the slice does).
+func revertedInPlace(acts []Action) bool {
+	var snap *Snapshot
+	begun := false
+	for _, a := range acts {
+		switch {
+		case a.Kind == ActPersist && !begun:
+			snap = a.Snapshot
+		case a.Kind == ActReport && a.Report.GetPhase() == v1.Phase_PHASE_REVERTING:
+			begun = true
+		case a.Kind == ActReport && begun:
+			return snap != nil && judgedInPlace(snap.LastGood, snap.Target)
+		case a.Kind.Long() && begun:
+			return false
+		}
+	}
+	return snap != nil && judgedInPlace(snap.LastGood, snap.Target)
+}
+
 func (s *sim) step(in Input) {
 	s.t.Helper()
 	s.log = append(s.log, fmt.Sprintf("%s t=%s in %s seq=%d epoch=%d verdict=%v", s.m.Phase(), in.At.Sub(t0), in.Kind, in.Seq, in.Epoch, in.Verdict))
@@ -456,8 +504,17 @@ func (s *sim) step(in Input) {
 	// The watch as it was before the step (a watch that ends at this
 	// input's time ends before the input counts).
 	wasWatching, wasUntil := s.watching, s.watchUntil
+	wasPhase := s.m.Phase()
 	acts := s.m.Step(in)
 	s.apply(acts)
+	if wasPhase != v1.Phase_PHASE_REVERTING && reverted(acts) && slices.ContainsFunc(acts, func(a Action) bool { return a.Kind == ActBeginChecks }) {
+		// A revert in place (spec.go): the process that served is
+		// re-checked under the last good spec, nothing stopped or started.
+		if !revertedInPlace(acts) {
+			s.fatalf("a revert in place of %q (%v), but the specs run differently or a long step started", Version(s.m.Target()), acts)
+		}
+		s.inPlaceReverts++
+	}
 	// A process not ready by its deadline is stopped then, not later.
 	for e, p := range s.procs {
 		if !p.ready && !p.readyBy.IsZero() && !in.At.Before(p.readyBy) &&
@@ -485,6 +542,7 @@ func (s *sim) step(in Input) {
 	// A Fail reverts at once, while checking or watching.
 	if wasAnalysing && in.Kind == InputAnalysis && in.Verdict == VerdictFail && in.Epoch == s.chkEpoch &&
 		(!wasWatching || in.At.Before(wasUntil)) && s.m.Phase() != v1.Phase_PHASE_REVERTING &&
+		!reverted(acts) && // a revert in place may end at once (spec.go)
 		!(s.inflight != nil && s.inflight.Kind == ActHook) { // while validate runs: when it ends
 		s.fatalf("analysis Fail did not revert at once (phase %v)", s.m.Phase())
 	}
@@ -621,6 +679,15 @@ func (s *sim) apply(acts []Action) {
 			s.chkA = a.Assignment
 			s.chkStart = s.now
 			s.chkInstall = !s.recovering && s.prev == v1.Phase_PHASE_STARTING
+			if !s.recovering && s.m.Phase() == v1.Phase_PHASE_CHECKING && (settled(s.prev) || preSwitch(s.prev)) {
+				// An install in place (spec.go): the process that serves,
+				// judged under a spec that differs only in how it is judged.
+				if p := s.procs[a.Epoch]; p == nil || p.a == nil || !judgedInPlace(p.a, a.Assignment) && !judgedInPlace(s.m.LastGood(), a.Assignment) {
+					s.fatalf("in-place install of %q epoch %d, but its process runs another spec", a.Version, a.Epoch)
+				}
+				s.chkInstall = true
+				s.inPlaces++
+			}
 			if s.restoring != 0 {
 				s.chkInstall = s.restoring == restoreResumeInstall
 			}
@@ -984,7 +1051,8 @@ func (s *sim) restart() {
 		wanted = Version(s.persisted.LastGood)
 	}
 	wantAdopt := wanted != "" && slices.Contains(versions, wanted)
-	if (kind == restoreResumeInstall || kind == restoreResumeRevert) && specChange(s.persisted.Target, s.persisted.LastGood) {
+	if (kind == restoreResumeInstall || kind == restoreResumeRevert) && specChange(s.persisted.Target, s.persisted.LastGood) &&
+		!judgedInPlace(s.persisted.Target, s.persisted.LastGood) {
 		// A config install: what runs of the release runs the target's spec
 		// when its epoch is the target's, else the last good's; without a
 		// recorded epoch it may run either (spec.go).
@@ -1044,6 +1112,7 @@ func (s *sim) restart() {
 // simStats counts what the simulation exercised.
 type simStats struct {
 	watchReverts, analysisReverts, resumedWatches, adoptions int
+	inPlaces, inPlaceReverts                                 int
 	restores                                                 map[restoreKind]int
 	handovers                                                simHandovers
 	hooks                                                    simHooks
@@ -1062,6 +1131,8 @@ func runSim(t *testing.T, seed uint64, steps int, seen map[[2]v1.Phase]int, st *
 			st.analysisReverts += s.analysisReverts
 			st.resumedWatches += s.resumedWatches
 			st.adoptions += s.adoptions
+			st.inPlaces += s.inPlaces
+			st.inPlaceReverts += s.inPlaceReverts
 			st.handovers.beside += s.handovers.beside
 			st.handovers.drained += s.handovers.drained
 			st.handovers.notReady += s.handovers.notReady
@@ -1217,6 +1288,9 @@ func TestSimulation(t *testing.T) {
 		t.Errorf("simulation reverted %d watched releases, %d on analysis, resumed %d watches, adopted %d processes: not exercised",
 			st.watchReverts, st.analysisReverts, st.resumedWatches, st.adoptions)
 	}
+	if st.inPlaces == 0 || st.inPlaceReverts == 0 {
+		t.Errorf("installs in place %d, reverts in place %d: not exercised", st.inPlaces, st.inPlaceReverts)
+	}
 	if h := st.handovers; h.beside == 0 || h.drained == 0 || h.notReady == 0 || h.exitedBeforeReady == 0 || h.foundBeside == 0 {
 		t.Errorf("handovers not exercised: %+v", h)
 	}
@@ -1241,8 +1315,8 @@ func TestSimulation(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("edges taken: %d distinct; watch reverts %d (analysis %d); watches resumed after a restart %d; processes adopted %d; restores %v; handovers %+v; hooks %+v",
-		len(seen), st.watchReverts, st.analysisReverts, st.resumedWatches, st.adoptions, st.restores, st.handovers, st.hooks)
+	t.Logf("edges taken: %d distinct; watch reverts %d (analysis %d); watches resumed after a restart %d; processes adopted %d; installs in place %d, reverts in place %d; restores %v; handovers %+v; hooks %+v",
+		len(seen), st.watchReverts, st.analysisReverts, st.resumedWatches, st.adoptions, st.inPlaces, st.inPlaceReverts, st.restores, st.handovers, st.hooks)
 }
 
 // checkHook checks an ActHook against the model: each hook runs from the

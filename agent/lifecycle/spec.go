@@ -1,6 +1,8 @@
 package lifecycle
 
 import (
+	"time"
+
 	"github.com/fleetwave/fleetwave/internal/specdiff"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -16,6 +18,18 @@ import (
 //     with the new spec, checked, analysed and watched), and a failure
 //     reverts locally to the last good (release, spec) pair, which is the
 //     same release with the spec it ran before.
+//   - it changes only how the release is judged (checks, min_healthy_time,
+//     healthy_deadline, analysis: specdiff.JudgingOnly) and the machine is
+//     settled on that release, healthy, its one process serving: it is
+//     installed IN PLACE (inPlace). Nothing is fetched, switched, stopped
+//     or started: `current` is the new spec at once (the process runs the
+//     same run spec), and that same process is checked (CHECKING, a fresh
+//     checking period), analysed and watched under the new spec. A
+//     failure reverts in place too: `current` is the last good spec again
+//     and the process, still the same, is re-checked with its checks
+//     (REVERTING → REVERTED). When the machine is not settled healthy on
+//     the release (a failed process, one being started), the change is
+//     installed as any other.
 //   - it changes only what the coordinator reads (rollout policy, alerts,
 //     selector): taken as the running release at a newer generation, no
 //     restart (as for the same spec).
@@ -32,6 +46,12 @@ import (
 // them apart: the process is stopped and the right spec's started (one
 // restart more, never the wrong spec left running).
 
+// An agent restart in the middle of an in-place install or of its revert
+// finds the one process of the release running: as the two specs run the
+// same, it is the target's and the last good's process alike (judgedInPlace),
+// so it is adopted and checked again with the spec the snapshot judges
+// (Current), whatever its epoch.
+
 // runsAsIs reports whether assignment a is what the machine runs, healthy:
 // the same release with a spec that runs the same on hosts, so taking it
 // needs no restart.
@@ -44,4 +64,59 @@ func (m *Machine) runsAsIs(a *v1.Assignment) bool {
 // run differently on hosts.
 func specChange(a, b *v1.Assignment) bool {
 	return a != nil && b != nil && Version(a) == Version(b) && specdiff.HostAffecting(a.GetSpec(), b.GetSpec())
+}
+
+// judgedInPlace reports whether a and b are the same release with specs
+// that differ only in how it is judged (specdiff.JudgingOnly): a process
+// of it runs the same under either.
+func judgedInPlace(a, b *v1.Assignment) bool {
+	return a != nil && b != nil && Version(a) == Version(b) && specdiff.JudgingOnly(a.GetSpec(), b.GetSpec())
+}
+
+// inPlace reports whether assignment a is installed in place: the machine
+// is settled on a's release, healthy (its last good spec, passed and not
+// restarted since), with the one process of it serving, and a's spec
+// differs from the running one only in how it is judged.
+func (m *Machine) inPlace(a *v1.Assignment) bool {
+	return m.op == opNone && m.currentOK && m.fresh == nil && len(m.procs) == 1 && m.procs[0].v == Version(a) &&
+		m.lastGood != nil && Version(m.lastGood) == Version(m.current) &&
+		!specdiff.HostAffecting(m.lastGood.GetSpec(), m.current.GetSpec()) && judgedInPlace(m.current, a)
+}
+
+// installInPlace installs a in place (inPlace holds): `current` takes its
+// spec, and the process that serves is checked (a fresh checking period),
+// analysed and watched under it, as if it had just been started for it.
+func (m *Machine) installInPlace(a *v1.Assignment, t time.Time) {
+	p := m.procs[0]
+	m.target = a
+	m.current = a
+	m.currentOK = false // not yet passed under this spec
+	m.targetEpoch = p.epoch
+	m.reason = ""
+	m.op = opInstall
+	p.a = a
+	m.phase = v1.Phase_PHASE_CHECKING
+	m.persist()
+	m.beginChecks(a, p.epoch, t) // reports
+	m.evaluate(t)
+}
+
+// revertsInPlace reports whether the revert under way can be done in
+// place: the one process that serves is of the release being reverted,
+// which runs the same under the last good spec (judgedInPlace).
+func (m *Machine) revertsInPlace() bool {
+	return m.fresh == nil && len(m.procs) == 1 && m.procs[0].v == Version(m.current) && judgedInPlace(m.lastGood, m.current)
+}
+
+// revertInPlace reverts in place (revertsInPlace holds; op, reason set):
+// `current` is the last good spec again, and the same process is
+// re-checked with its checks.
+func (m *Machine) revertInPlace(t time.Time) {
+	p := m.procs[0]
+	m.switched = true
+	m.current = m.lastGood
+	p.a = m.lastGood
+	m.setPhase(v1.Phase_PHASE_REVERTING, true)
+	m.beginChecks(m.lastGood, p.epoch, t)
+	m.evaluate(t)
 }

@@ -28,7 +28,7 @@ import (
 //
 //	assign V gen=N [checks=N] [interval=D] [min_healthy=D] [deadline=D] [analysis] [watch=D] [inconclusive=fail]
 //	        [sockets] [notify] [ready_timeout=D] [hooks=NAME,...] [hook_timeout=D] [pre_stop]
-//	        [env=K=V] [policy=N]
+//	        [env=K=V] [check=CMD] [policy=N]
 //	        a valid assignment of release V (defaults: 1 check, min_healthy
 //	        10s, deadline 1m); analysis adds the error_ratio rule "errors";
 //	        sockets declares a socket (http); notify sets ready: notify;
@@ -36,7 +36,8 @@ import (
 //	        or the default); pre_stop sets run.pre_stop (before_stop's alias);
 //	        env sets run.env (a spec change hosts run: printed V{K=V} in
 //	        actions and snapshots), policy the rollout's max_parallel (one
-//	        they do not)
+//	        they do not), check the checks' command (a spec change that
+//	        only changes how the release is judged: printed V{check=CMD})
 //	invalid gen=N [reason=TEXT]     an assignment that failed validation
 //	remove gen=N                    an assignment to remove the service
 //	done KIND [err=TEXT] [link=V|none]
@@ -319,6 +320,12 @@ func (tr *trace) assignment(t *testing.T, d *datadriven.TestData) *v1.Assignment
 		k, v, _ := strings.Cut(env, "=")
 		a.Spec.Run.Env = map[string]string{k: v}
 	}
+	var check string
+	if d.MaybeScanArgs(t, "check", &check) {
+		for _, c := range a.Spec.Checks {
+			c.GetExec().Command = []string{check}
+		}
+	}
 	var policy uint32
 	if d.MaybeScanArgs(t, "policy", &policy) {
 		a.Spec.Rollout = &v1.RolloutPolicy{MaxParallel: policy}
@@ -551,17 +558,22 @@ func versionOr(v string) string {
 
 func (tr *trace) at(t time.Time) string { return t.Sub(t0).String() }
 
-// envOf is "{K=V}" for an assignment whose spec sets run.env, else "".
+// envOf is "{K=V,check=CMD}" for an assignment whose spec sets run.env
+// (K=V) or checks that run another command than "true" (check=CMD), else "".
 func envOf(a *v1.Assignment) string {
-	env := a.GetSpec().GetRun().GetEnv()
-	if len(env) == 0 {
-		return ""
-	}
 	var kv []string
-	for k, v := range env {
+	for k, v := range a.GetSpec().GetRun().GetEnv() {
 		kv = append(kv, k+"="+v)
 	}
 	sort.Strings(kv)
+	if cs := a.GetSpec().GetChecks(); len(cs) > 0 {
+		if cmd := cs[0].GetExec().GetCommand(); len(cmd) > 0 && cmd[0] != "true" {
+			kv = append(kv, "check="+cmd[0])
+		}
+	}
+	if len(kv) == 0 {
+		return ""
+	}
 	return "{" + strings.Join(kv, ",") + "}"
 }
 

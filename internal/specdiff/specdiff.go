@@ -9,6 +9,15 @@
 // field, including any field added to ServiceSpec later (hooks, resources),
 // affects hosts, so a new field can never be silently ignored by a rollout.
 //
+// Within the Host kind, a change of only how hosts judge a release
+// (checks, min_healthy_time, healthy_deadline, analysis: Judging) still
+// rolls out, but a host applies it in place: the running process is kept
+// and judged again under the new spec (JudgingOnly). No field of run is in
+// that class (each takes effect only when a process starts, so applying it
+// without a restart would leave the process running with the old value),
+// and neither is any field added later: a new field restarts until it is
+// decided otherwise, here, with a row in the table test.
+//
 // It is pure (values in, values out) and imports only the generated types
 // and protobuf, so the agent's pure lifecycle may use it.
 package specdiff
@@ -55,6 +64,46 @@ var notHost = map[protoreflect.Name]Kind{
 	"rollout":  Coordinator,
 	"alerts":   Coordinator,
 	"selector": Placement,
+}
+
+// judging is every Host field whose change only changes how hosts judge
+// the running release, not what runs: applied in place (JudgingOnly).
+var judging = map[protoreflect.Name]bool{
+	"checks":           true,
+	"min_healthy_time": true,
+	"healthy_deadline": true,
+	"analysis":         true,
+}
+
+// Judging reports whether a change of the top-level ServiceSpec field
+// (by its proto name) only changes how hosts judge the running release.
+func Judging(field string) bool {
+	return judging[protoreflect.Name(field)]
+}
+
+// JudgingOnly reports whether a and b run differently on hosts only in
+// how the release is judged: they differ in a Host field, and every Host
+// field they differ in is a Judging one. A host applies such a change in
+// place (the process keeps running); any other Host change restarts it.
+func JudgingOnly(a, b *v1.ServiceSpec) bool {
+	host := HostChanges(a, b)
+	for _, p := range host {
+		if !Judging(topField(p)) {
+			return false
+		}
+	}
+	return len(host) > 0
+}
+
+// topField is the top-level field of a change's path ("analysis.rules" →
+// "analysis").
+func topField(path string) string {
+	for i := range len(path) {
+		if path[i] == '.' {
+			return path[:i]
+		}
+	}
+	return path
 }
 
 // KindOf is what a change of the top-level ServiceSpec field (by its proto

@@ -27,8 +27,16 @@ func base() *v1.ServiceSpec {
 	}
 }
 
+// inPlace are the rows of TestRule whose change a host applies in place
+// (JudgingOnly: only how the release is judged changes); every other row
+// with host changes restarts the process.
+var inPlace = map[string]bool{
+	"checks": true, "checks removed": true, "min_healthy_time": true, "healthy_deadline": true,
+	"analysis.rules": true, "analysis.watch": true, "analysis removed": true, "judging together": true,
+}
+
 // TestRule is the rule, one row per change: which fields a change names
-// and whether it rolls out. Every field of ServiceSpec and RunSpec has a
+// and whether it rolls out (and whether in place: inPlace). Every field of ServiceSpec and RunSpec has a
 // row (TestEveryFieldHasARow).
 func TestRule(t *testing.T) {
 	for _, tc := range []struct {
@@ -64,6 +72,20 @@ func TestRule(t *testing.T) {
 		{"analysis.rules", func(s *v1.ServiceSpec) { s.Analysis.Rules[0].GetRestarts().Max = 2 }, []string{"analysis.rules"}, nil, nil},
 		{"analysis.watch", func(s *v1.ServiceSpec) { s.Analysis.Watch = durationpb.New(time.Minute) }, []string{"analysis.watch"}, nil, nil},
 		{"analysis removed", func(s *v1.ServiceSpec) { s.Analysis = nil }, []string{"analysis"}, nil, nil},
+		{"judging together", func(s *v1.ServiceSpec) {
+			s.Checks = nil
+			s.MinHealthyTime = nil
+			s.Analysis.Watch = durationpb.New(time.Minute)
+			s.Alerts = nil
+		}, []string{"checks", "min_healthy_time", "analysis.watch"}, []string{"alerts"}, nil},
+		{"judging and run", func(s *v1.ServiceSpec) {
+			s.Checks = nil
+			s.Run.Env["A"] = "2"
+		}, []string{"run.env", "checks"}, nil, nil},
+		{"judging and hooks", func(s *v1.ServiceSpec) {
+			s.MinHealthyTime = nil
+			s.Hooks = &v1.Hooks{Validate: &v1.Hook{Command: []string{"./validate"}}}
+		}, []string{"min_healthy_time", "hooks"}, nil, nil},
 		{"rollout", func(s *v1.ServiceSpec) { s.Rollout.MaxParallel = 5; s.Rollout.Mode = "manual" }, nil, []string{"rollout"}, nil},
 		{"rollout removed", func(s *v1.ServiceSpec) { s.Rollout = nil }, nil, []string{"rollout"}, nil},
 		{"alerts", func(s *v1.ServiceSpec) { s.Alerts.WebhookUrl = "http://hooks/y" }, nil, []string{"alerts"}, nil},
@@ -81,6 +103,9 @@ func TestRule(t *testing.T) {
 				got := Diff(dir[0], dir[1])
 				if !slices.Equal(got.Host, tc.host) || !slices.Equal(got.Coordinator, tc.coord) || !slices.Equal(got.Placement, tc.place) {
 					t.Errorf("Diff = %+v, want host %v coordinator %v placement %v", got, tc.host, tc.coord, tc.place)
+				}
+				if got, want := JudgingOnly(dir[0], dir[1]), inPlace[tc.name]; got != want {
+					t.Errorf("JudgingOnly = %v, want %v", got, want)
 				}
 				if HostAffecting(dir[0], dir[1]) != (len(tc.host) > 0) {
 					t.Errorf("HostAffecting = %v", !(len(tc.host) > 0))
@@ -117,6 +142,31 @@ func TestKinds(t *testing.T) {
 		if got := KindOf(f); got != want {
 			t.Errorf("KindOf(%s) = %s, want %s", f, got, want)
 		}
+	}
+}
+
+// TestJudging: the judging class is exactly checks, min_healthy_time,
+// healthy_deadline and analysis; no run field and no other field (a field
+// added later restarts by default).
+func TestJudging(t *testing.T) {
+	fields := (&v1.ServiceSpec{}).ProtoReflect().Descriptor().Fields()
+	var got []string
+	for i := range fields.Len() {
+		if n := string(fields.Get(i).Name()); Judging(n) {
+			got = append(got, n)
+			if KindOf(n) != Host {
+				t.Errorf("judging field %s is of kind %s, want host", n, KindOf(n))
+			}
+		}
+	}
+	if want := []string{"checks", "min_healthy_time", "healthy_deadline", "analysis"}; !slices.Equal(got, want) {
+		t.Errorf("judging fields %v, want %v", got, want)
+	}
+	if JudgingOnly(nil, nil) || JudgingOnly(base(), base()) {
+		t.Error("no change is judging-only")
+	}
+	if !JudgingOnly(nil, &v1.ServiceSpec{Checks: base().Checks}) {
+		t.Error("nil → checks only is judging-only")
 	}
 }
 
