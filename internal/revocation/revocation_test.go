@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -266,5 +267,47 @@ func TestCheck(t *testing.T) {
 		if got != nil && got.Subject != "agent:b" {
 			t.Errorf("%s: subject %q", c.name, got.Subject)
 		}
+	}
+}
+
+// A full set (DefaultMax entries, each near its largest) saves and loads
+// within the file bound; the figures are the README's.
+func TestSetAtMaximum(t *testing.T) {
+	s := NewSet(0, time.Time{})
+	in := &v1.RevocationSet{Revision: 1}
+	for i := range DefaultMax {
+		r := serial(fmt.Sprintf("f%039x", i), t0, t0.Add(time.Hour)) // 40 hex digits, the most
+		r.Subject = fmt.Sprintf("agent:host-%06d", i)
+		r.Reason = strings.Repeat("r", 256)
+		r.RevokedBy = "operator:" + strings.Repeat("a", 60)
+		in.Revocations = append(in.Revocations, r)
+	}
+	wire := proto.Size(in)
+	began := time.Now()
+	if n, err := s.Merge(in, t0); n != DefaultMax || err != nil {
+		t.Fatalf("merge = %d, %v", n, err)
+	}
+	merged := time.Since(began)
+	file := filepath.Join(t.TempDir(), "revocations.pb")
+	if err := s.Save(file); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Size() > maxFileBytes(DefaultMax) {
+		t.Fatalf("file %d bytes, over the bound %d", fi.Size(), maxFileBytes(DefaultMax))
+	}
+	l := NewSet(0, time.Time{})
+	began = time.Now()
+	if err := l.Load(file, t0); err != nil || l.Len() != DefaultMax {
+		t.Fatalf("load: %v, %d entries", err, l.Len())
+	}
+	t.Logf("%d revocations of up to %d bytes: %d bytes on the wire and on disk (bound %d), merged in %s, loaded in %s",
+		DefaultMax, proto.Size(in.Revocations[0]), wire, maxFileBytes(DefaultMax), merged.Round(time.Millisecond), time.Since(began).Round(time.Millisecond))
+	// One more new one is refused; none held is evicted.
+	if _, err := s.Merge(&v1.RevocationSet{Revocations: []*v1.Revocation{ident("agent:late", t0, t0.Add(time.Hour))}}, t0); !errors.Is(err, ErrFull) || s.Len() != DefaultMax {
+		t.Fatalf("past the maximum: %v, %d held", err, s.Len())
 	}
 }
