@@ -80,6 +80,7 @@ func TestAgentPeerListenerRefusesRevokedHost(t *testing.T) {
 		return peerHandshake(f.PKI, "host-2", "host-1", peerAddr)
 	})
 
+	revoked := time.Now()
 	if r := f.CLI(ctx, "hosts", "revoke", "host-2", "--reason", "stolen"); r.Code != 0 {
 		t.Fatalf("hosts revoke: %s%s", r.Stdout, r.Stderr)
 	}
@@ -91,6 +92,7 @@ func TestAgentPeerListenerRefusesRevokedHost(t *testing.T) {
 		}
 		return nil
 	})
+	t.Logf("host-1 refused host-2's certificate %s after the revoke command started", time.Since(revoked).Round(time.Millisecond))
 	if err := peerHandshake(f.PKI, "host-1", "host-1", peerAddr); err != nil {
 		t.Fatalf("a certificate that is not revoked: %v", err)
 	}
@@ -223,10 +225,12 @@ func TestAgentsLeaveRevokedCoordinator(t *testing.T) {
 	}
 	testkit.EventuallyErr(t, time.Minute, "both agents connected to c1 (first in their list)", onAll("c1"))
 
+	revoked := time.Now()
 	if r := admin(addrs["c2"], "tls", "revoke", "coordinator:c1", "--reason", "key leaked"); r.Code != 0 {
 		t.Fatalf("tls revoke coordinator:c1: %s%s", r.Stdout, r.Stderr)
 	}
 	testkit.EventuallyErr(t, time.Minute, "both agents left c1 for c2", onAll("c2"))
+	t.Logf("both agents on c2 %s after the revoke command started", time.Since(revoked).Round(time.Millisecond))
 	for i, h := range []string{"host-1", "host-2"} {
 		log := agents[i].Tail(40000)
 		if !strings.Contains(log, "the coordinator's certificate is revoked") || !strings.Contains(log, "coordinator:c1 issued until then was revoked") {
