@@ -131,15 +131,21 @@ func (a *agent) takeRevocations(in *v1.RevocationSet, now time.Time) bool {
 	if added == 0 && pruned == 0 {
 		return false
 	}
-	r.saveMu.Lock()
-	serr := r.set.Save(r.file)
-	r.saveMu.Unlock()
-	if serr != nil {
-		// Held in memory and enforced; saved with the next change.
-		a.log.Error().Err(serr).Msg("revocations not saved")
-	}
+	a.saveRevocations()
 	a.log.Info().Int("added", added).Int("pruned", pruned).Int("held", r.set.Len()).Int64("revision", in.GetRevision()).Msg("revocations received")
 	return added > 0
+}
+
+// saveRevocations writes the set to its file. A failure is logged: the
+// set is held in memory and enforced, and saved with the next change.
+func (a *agent) saveRevocations() {
+	r := a.revs
+	r.saveMu.Lock()
+	err := r.set.Save(r.file)
+	r.saveMu.Unlock()
+	if err != nil {
+		a.log.Error().Err(err).Msg("revocations not saved")
+	}
 }
 
 // errCoordinatorRevoked ends a stream to a coordinator whose certificate a
@@ -164,6 +170,7 @@ func (a *agent) checkCoordinatorRevoked(p *peer.Peer) error {
 	}
 	if err := a.checkRevoked(sideCoordinator, chain); err != nil {
 		a.revs.set.ForgetRevision()
+		a.saveRevocations()
 		return fmt.Errorf("%w: %w", errCoordinatorRevoked, err)
 	}
 	return nil

@@ -98,6 +98,9 @@ func TestAgentRevocations(t *testing.T) {
 	if got := testutil.ToFloat64(b.revs.refused.WithLabelValues(sideCoordinator)); got != 1 {
 		t.Fatalf("refused{side=coordinator} = %v, want 1", got)
 	}
+	if got := *open().revs.revision(); got != 0 {
+		t.Fatalf("revision saved after leaving a revoked coordinator %d, want 0", got)
+	}
 
 	// A damaged file stops the start, naming it.
 	file := filepath.Join(cfg.DataDir, revocationsFile)

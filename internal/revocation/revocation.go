@@ -222,10 +222,11 @@ func (s *Set) ForgetRevision() {
 	s.mu.Unlock()
 }
 
-// Merge adds what a coordinator sent at now and takes its revision. Each
-// entry is validated on its own: an invalid one, one already expired at
-// now, and a new one past the maximum are skipped (the error names them),
-// the others are merged. Merging never removes and never narrows: an entry
+// Merge adds what a coordinator sent at now and takes its revision (not
+// when new entries were skipped at the maximum: they are to come again).
+// Each entry is validated on its own: an invalid one, one already expired
+// at now, and a new one past the maximum are skipped (the error names
+// them), the others are merged. Merging never removes and never narrows: an entry
 // already held keeps the later revoked_at (an identity's revocation then
 // covers more) and the later expires_at. It returns how many entries were
 // added or changed.
@@ -260,9 +261,12 @@ func (s *Set) Merge(in *v1.RevocationSet, now time.Time) (changed int, err error
 		}
 	}
 	if full > 0 {
+		// The revision stays: the next coordinator sends them again, and
+		// they are taken once pruning made room.
 		errs = append(errs, fmt.Errorf("%d new revocations skipped: %d held, the maximum (--max-revocations %d): %w", full, len(s.entries), s.max, ErrFull))
+	} else {
+		s.revision = in.GetRevision()
 	}
-	s.revision = in.GetRevision()
 	return changed, errors.Join(errs...)
 }
 

@@ -131,9 +131,12 @@ func TestSetBounds(t *testing.T) {
 		in = append(in, ident("agent:"+id, t0, t0.Add(time.Hour)))
 	}
 	in[0].ExpiresAt = timestamppb.New(t0.Add(time.Minute))
-	n, err := s.Merge(&v1.RevocationSet{Revocations: in}, t0)
+	n, err := s.Merge(&v1.RevocationSet{Revocations: in, Revision: 7}, t0)
 	if n != 3 || !errors.Is(err, ErrFull) || !strings.Contains(err.Error(), "2 new revocations skipped") {
 		t.Fatalf("merge = %d, %v; want 3 and ErrFull naming 2 skipped", n, err)
+	}
+	if s.Revision() != 0 {
+		t.Fatalf("revision %d after skipping entries at the maximum, want 0 (kept: they are to come again)", s.Revision())
 	}
 	if n, err := s.Merge(&v1.RevocationSet{Revocations: []*v1.Revocation{ident("agent:b", t0.Add(time.Second), t0.Add(time.Hour))}}, t0); n != 1 || err != nil {
 		t.Fatalf("widening at the maximum = %d, %v", n, err)
