@@ -115,6 +115,8 @@ type agent struct {
 	peerAddr string       // advertised in the Hello ("" = no peer listener; peer.go)
 	dropped  droppedPeers // peers that served bad bytes
 
+	revs *revocations // revocations held and checked (revoke.go); nil with insecure
+
 	up          agentUpgrade // the agent's own upgrade (upgrade.go; run loop only)
 	confirmOnce sync.Once    // Config.Confirm is called once
 }
@@ -218,10 +220,15 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger, opts options) erro
 	if seed == 0 {
 		seed = uint64(time.Now().UnixNano())
 	}
+	revs, err := openRevocations(cfg, time.Now())
+	if err != nil {
+		return err
+	}
 	loopCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	a := &agent{
-		cfg: cfg, opts: opts, log: log, inst: inst, store: store,
+		revs: revs,
+		cfg:  cfg, opts: opts, log: log, inst: inst, store: store,
 		rep:        newReporter(),
 		conns:      newConnHolder(),
 		rnd:        rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
@@ -238,6 +245,7 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger, opts options) erro
 		return err
 	}
 	defer stopMetrics()
+	revs.register(a.metrics.reg)
 	peerAddr, servePeer, stopPeer, err := a.startPeer()
 	if err != nil {
 		return err

@@ -26,6 +26,7 @@ import (
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/agent/supervise"
 	"github.com/fleetwave/fleetwave/internal/gossip"
+	"github.com/fleetwave/fleetwave/internal/revocation"
 	"github.com/fleetwave/fleetwave/internal/spec"
 )
 
@@ -118,6 +119,10 @@ type Config struct {
 	// send together (a token bucket; 0 = DefaultPeerUploadRate).
 	PeerMaxUploads int
 	PeerUploadRate int64
+	// MaxRevocations bounds the revocations the agent holds (revoke.go;
+	// 0 = revocation.DefaultMax, 10,000, the coordinators' default): new
+	// ones past it are refused, none is evicted.
+	MaxRevocations int
 }
 
 // Limits of the peer listener (peer.go).
@@ -162,6 +167,9 @@ func (c Config) Validate() error {
 	}
 	if d := c.UpgradeDeadline; d != 0 && (d < MinUpgradeDeadline || d > MaxUpgradeDeadline) {
 		return fmt.Errorf("upgrade_deadline: %s is not within %s and %s", d, MinUpgradeDeadline, MaxUpgradeDeadline)
+	}
+	if c.MaxRevocations < 0 || c.MaxRevocations > MaxMaxRevocations {
+		return fmt.Errorf("max_revocations: %d is not within 1 and %d (0 for the default %d)", c.MaxRevocations, MaxMaxRevocations, revocation.DefaultMax)
 	}
 	if c.KeepReleases < 0 {
 		return fmt.Errorf("keep_releases: %d is negative (want 1 or more; 0 for the default %d)", c.KeepReleases, DefaultKeepReleases)

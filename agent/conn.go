@@ -17,6 +17,7 @@ import (
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -187,6 +188,7 @@ func (a *agent) hello() *v1.Hello {
 	h := a.rep.hello(a.cfg)
 	h.Cgroups = a.cgroups.String()
 	h.PeerAddress = a.peerAddr
+	h.RevocationsRevision = a.revs.revision()
 	return h
 }
 
@@ -328,6 +330,7 @@ func (a *agent) session(ctx context.Context, addr string) (established bool, err
 	a.conns.set(cc)
 	defer a.conns.clearIf(cc)
 	a.log.Info().Str("coordinator", addr).Msg("connected")
+	coord, _ := peer.FromContext(stream.Context())
 
 	errc := make(chan error, 2)
 	var got sync.WaitGroup
@@ -346,6 +349,15 @@ func (a *agent) session(ctx context.Context, addr string) (established bool, err
 				return
 			}
 			answered = true
+			if a.takeRevocations(resp.GetRevocations(), time.Now()) {
+				if err := a.checkCoordinatorRevoked(coord); err != nil {
+					errc <- fmt.Errorf("leaving %s: %w", addr, err)
+					return
+				}
+			}
+			if resp.GetRevocationsOnly() {
+				continue // no assignment set in it
+			}
 			if a.cfg.Confirm != nil {
 				// Accepted: the new agent of an upgrade says so (once).
 				a.confirmOnce.Do(a.cfg.Confirm)

@@ -173,6 +173,7 @@ func (a *agent) startPeer() (advertise string, serve func() error, stop func(), 
 		if err != nil {
 			return fmt.Errorf("peer listener: %w", err)
 		}
+		a.refuseRevoked(tc, sidePeer)
 		mu.Lock()
 		srv = grpc.NewServer(grpc.Creds(credentials.NewTLS(tc)), grpc.MaxConcurrentStreams(uint32(a.cfg.PeerMaxUploads)*2),
 			grpc.ConnectionTimeout(a.opts.peerHandshakeTimeout),
@@ -444,6 +445,7 @@ func (a *agent) openPeer(host, addr string, asg *v1.Assignment) func(ctx context
 		if err != nil {
 			return nil, err
 		}
+		a.refuseRevoked(tc, sidePeer)
 		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvBytes)))
 		if err != nil {

@@ -38,6 +38,7 @@ func (a *agent) transport() (credentials.TransportCredentials, error) {
 	if err != nil {
 		return nil, err
 	}
+	a.refuseRevoked(tc, sideCoordinator)
 	return credentials.NewTLS(tc), nil
 }
 
@@ -109,6 +110,7 @@ func (a *agent) join(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	a.refuseRevoked(tc, sideCoordinator)
 	var errs []error
 	for _, addr := range a.cfg.Coordinators {
 		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))

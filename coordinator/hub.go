@@ -46,6 +46,8 @@ type hub struct {
 	// arrivals numbers streams in the order their handlers start
 	// (agentConn.seq).
 	arrivals atomic.Uint64
+	// revDelta caches the revocations sent to agents (revdelta.go).
+	revDelta revDelta
 }
 
 type agentConn struct {
@@ -85,6 +87,14 @@ type agentConn struct {
 	// or not), guarded by hub.mu: what the host has of each service, for
 	// its assignments (rollout.Desired).
 	seen map[string]*v1.ServiceReport
+	// revocations says the agent keeps revocations (its hello had
+	// revocations_revision): it gets them (revdelta.go). revSent is the
+	// revision it holds them up to (only the sender touches it after the
+	// hello); revPending that new ones wait for a revocation-only message
+	// (guarded by hub.mu).
+	revocations bool
+	revSent     int64
+	revPending  bool
 }
 
 // errStreamEnded is why a stream ended from outside ends: replaced by a
@@ -308,6 +318,9 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) (retErr error) {
 	conn := &agentConn{host: id, seq: seq, labels: hello.GetLabels(), stream: stream, cancel: cancel,
 		token: h.c.cfg.Name + "/" + randToken(), reports: map[string]*v1.ServiceReport{}, seen: map[string]*v1.ServiceReport{}}
 	conn.ts, _ = grpc.ServerTransportStreamFromContext(ctx).(statusWriter)
+	if hello.RevocationsRevision != nil {
+		conn.revocations, conn.revSent = true, hello.GetRevocationsRevision()
+	}
 	// A stream's context ends by itself (plain context.Canceled: the stream
 	// or its connection ended) or with a cause: its certificate's deadline,
 	// a revocation (streamAuth: its status is the revocation), end. Those
@@ -417,14 +430,26 @@ func (h *hub) sendLoop(c *agentConn) {
 		h.mu.Lock()
 		q := c.pending
 		c.pending = nil
-		if q == nil || c.done {
+		revOnly := c.revPending
+		c.revPending = false
+		if (q == nil && !revOnly) || c.done {
 			c.sending = false
 			h.mu.Unlock()
 			return
 		}
 		h.mu.Unlock()
 		// A copy: queued sets may be shared; sent_at measures delivery.
-		if err := c.stream.Send(&v1.ConnectResponse{Assignments: q.resp.GetAssignments(), Agent: q.resp.GetAgent(), SentAt: timestamppb.Now()}); err != nil {
+		m := &v1.ConnectResponse{SentAt: timestamppb.Now()}
+		if q != nil {
+			m.Assignments, m.Agent = q.resp.GetAssignments(), q.resp.GetAgent()
+		} else {
+			m.RevocationsOnly = true
+		}
+		revAt := h.attachRevocations(c, m)
+		if q == nil && m.Revocations == nil {
+			continue // nothing new for this agent
+		}
+		if err := c.stream.Send(m); err != nil {
 			h.mu.Lock()
 			c.sending = false
 			h.mu.Unlock()
@@ -432,7 +457,12 @@ func (h *hub) sendLoop(c *agentConn) {
 			c.end(fmt.Errorf("send assignments: %w", err)) // the handler's Recv returns
 			return
 		}
-		h.c.metrics.delivered(*q)
+		if m.Revocations != nil {
+			c.revSent = revAt
+		}
+		if q != nil {
+			h.c.metrics.delivered(*q)
+		}
 	}
 }
 

@@ -25,7 +25,6 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
-	"fmt"
 	"sync"
 	"time"
 
@@ -34,6 +33,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fleetwave/fleetwave/coordinator/store"
+	"github.com/fleetwave/fleetwave/internal/revocation"
 	"github.com/fleetwave/fleetwave/internal/tlsutil"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -53,17 +53,7 @@ type revokedError struct {
 }
 
 func (e *revokedError) Error() string {
-	what := "certificate serial " + e.serial
-	if e.r.GetIdentity() != "" {
-		what = "every certificate of " + e.r.GetIdentity() + " issued until then"
-	} else if e.subject != "" {
-		what += " (" + e.subject + ")"
-	}
-	msg := fmt.Sprintf("%s was revoked at %s by %s", what, e.r.GetRevokedAt().AsTime().UTC().Format(time.RFC3339), e.r.GetRevokedBy())
-	if e.r.GetReason() != "" {
-		msg += ": " + e.r.GetReason()
-	}
-	return msg
+	return (&revocation.Refused{Subject: e.subject, Serial: e.serial, R: e.r}).Error()
 }
 
 // GRPCStatus makes a revocation an Unauthenticated call error.
@@ -71,30 +61,27 @@ func (e *revokedError) GRPCStatus() *status.Status {
 	return status.New(codes.Unauthenticated, e.Error())
 }
 
+// mirrorRevocations looks revocations up in the mirror (revocation.Lookup).
+type mirrorRevocations struct{ m *store.Mirror }
+
+func (l mirrorRevocations) RevokedSerial(serial string) (*v1.Revocation, bool) {
+	return l.m.RevokedSerial(serial)
+}
+
+func (l mirrorRevocations) RevokedIdentityAt(kind, name string) (*v1.Revocation, bool) {
+	vr, ok := l.m.RevokedIdentity(kind, name)
+	return vr.Val, ok
+}
+
 // checkChain refuses a verified chain (leaf first) that a revocation
-// covers: any certificate in it by serial, or the leaf by its identity and
-// issue time.
+// covers (revocation.Check: any certificate in it by serial, or the leaf
+// by its identity and issue time).
 func (c *Coordinator) checkChain(chain []*x509.Certificate) error {
 	if len(chain) == 0 || c.mirror == nil {
 		return nil
 	}
-	leaf := chain[0]
-	subject := ""
-	id, idErr := tlsutil.IdentityFromCert(leaf)
-	if idErr == nil {
-		subject = id.Kind + ":" + id.Name
-	}
-	for _, cert := range chain {
-		serial := tlsutil.SerialString(cert)
-		if r, ok := c.mirror.RevokedSerial(serial); ok {
-			return &revokedError{subject: subject, serial: serial, r: r}
-		}
-	}
-	if idErr != nil {
-		return nil
-	}
-	if vr, ok := c.mirror.RevokedIdentity(id.Kind, id.Name); ok && !tlsutil.IssuedAt(leaf).After(vr.Val.GetRevokedAt().AsTime()) {
-		return &revokedError{subject: subject, serial: tlsutil.SerialString(leaf), r: vr.Val}
+	if r := revocation.Check(chain, mirrorRevocations{c.mirror}); r != nil {
+		return &revokedError{subject: r.Subject, serial: r.Serial, r: r.R}
 	}
 	return nil
 }
@@ -190,6 +177,8 @@ func (c *Coordinator) revocationLoop(ctx context.Context) {
 		if n := c.endRevoked(); n > 0 {
 			c.log.Warn().Int("streams", n).Msg("streams of revoked certificates ended")
 		}
+		// Agents that keep revocations get the new ones (revdelta.go).
+		c.hub.pushRevocations()
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/fleetwave/fleetwave/agent"
 	"github.com/fleetwave/fleetwave/agent/supervise"
 	"github.com/fleetwave/fleetwave/internal/gossip"
+	"github.com/fleetwave/fleetwave/internal/revocation"
 	"github.com/fleetwave/fleetwave/internal/signing"
 	"github.com/fleetwave/fleetwave/internal/spec"
 	"github.com/rs/zerolog"
@@ -183,6 +184,7 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 	peerAdvertise := fs.String("peer-advertise", "", "the address other agents reach the peer listener at (default: --peer-listen, which then must name a host)")
 	peerMaxUploads := fs.Int("peer-max-uploads", agent.DefaultPeerMaxUploads, fmt.Sprintf("peer downloads served at once; more are refused and fetch elsewhere (1 to %d)", agent.MaxPeerMaxUploads))
 	peerUploadRate := fs.Int64("peer-upload-rate", agent.DefaultPeerUploadRate, fmt.Sprintf("bytes per second all peer downloads together send at most (a token bucket; at least %d)", agent.MinPeerUploadRate))
+	maxRevocations := fs.Int("max-revocations", revocation.DefaultMax, fmt.Sprintf("certificate revocations this agent holds at most (received from the coordinators; new ones past it are refused, none is evicted; 1 to %d)", agent.MaxMaxRevocations))
 	upgradeDeadline := fs.Duration("upgrade-deadline", agent.DefaultUpgradeDeadline, fmt.Sprintf("a new agent binary (fleetwave agent upgrade) that does not connect within this is stopped and this agent runs again (%s to %s)", agent.MinUpgradeDeadline, agent.MaxUpgradeDeadline))
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -249,6 +251,10 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 	}
 	cfg.PeerListen, cfg.PeerAdvertise = *peerListen, *peerAdvertise
 	cfg.PeerMaxUploads, cfg.PeerUploadRate = *peerMaxUploads, *peerUploadRate
+	if *maxRevocations < 1 || *maxRevocations > agent.MaxMaxRevocations {
+		return agent.Config{}, 0, bad("max-revocations", strconv.Itoa(*maxRevocations), fmt.Sprintf("want 1 to %d", agent.MaxMaxRevocations))
+	}
+	cfg.MaxRevocations = *maxRevocations
 	cfg.ServiceLogMaxBytes = *logMax
 	cfg.ServiceLogKeep = *logKeep
 	if *logKeep == 0 {

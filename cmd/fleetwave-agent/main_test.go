@@ -144,6 +144,8 @@ func TestPeerFlags(t *testing.T) {
 	}{
 		{[]string{"--peer-max-uploads", "0"}, `invalid value "0" for flag --peer-max-uploads: want 1 to 1024`},
 		{[]string{"--peer-max-uploads", "1025"}, `invalid value "1025" for flag --peer-max-uploads`},
+		{[]string{"--max-revocations", "0"}, `invalid value "0" for flag --max-revocations: want 1 to 100000`},
+		{[]string{"--max-revocations", "100001"}, `invalid value "100001" for flag --max-revocations`},
 		{[]string{"--peer-upload-rate", "1000"}, `invalid value "1000" for flag --peer-upload-rate: want at least 65536`},
 		{[]string{"--peer-listen", ":7071"}, "peer_advertise: required when peer_listen"},
 		{[]string{"--peer-listen", "nonsense"}, `peer_listen: "nonsense": want host:port`},

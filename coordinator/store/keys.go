@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/fleetwave/fleetwave/internal/revocation"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -96,10 +97,7 @@ func TokenKey(id string) string { return TokensPrefix + id }
 // RevocationKey is where a revocation is stored: by serial, or (serial
 // "") by identity kind and name.
 func RevocationKey(r *v1.Revocation) string {
-	if r.GetSerial() != "" {
-		return RevocationsPrefix + "serial/" + r.GetSerial()
-	}
-	return RevocationsPrefix + "identity/" + strings.Replace(r.GetIdentity(), ":", "/", 1)
+	return RevocationsPrefix + revocation.Key(r)
 }
 
 // BlackoutKey is where a blackout is stored.

@@ -737,6 +737,29 @@ func (m *Mirror) Revocations() []*v1.Revocation {
 	return out
 }
 
+// RevocationsSince returns the revocations written after revision since
+// (all of them when since is 0 or ahead of the mirror: another etcd), by
+// key, and the mirror's revision they are complete up to (agents' deltas).
+func (m *Mirror) RevocationsSince(since int64) (out []*v1.Revocation, at int64) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if since > m.rev {
+		since = 0
+	}
+	keys := make([]string, 0, len(m.revocations))
+	for k, r := range m.revocations {
+		if r.Rev > since {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	out = make([]*v1.Revocation, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, m.revocations[k].Val)
+	}
+	return out, m.rev
+}
+
 // RevocationEpoch changes whenever a revocation is written or deleted.
 func (m *Mirror) RevocationEpoch() uint64 {
 	m.mu.RLock()

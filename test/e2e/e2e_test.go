@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
+	"github.com/fleetwave/fleetwave/internal/testkit/testcluster"
 	"github.com/fleetwave/fleetwave/internal/testkit/testfleet"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -43,6 +44,7 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
+	testcluster.RemoveBuilds() // etcdnode, when a test started an etcd of its own
 	os.Exit(code)
 }
 

@@ -117,9 +117,15 @@ type Hello struct {
 	Cgroups string `protobuf:"bytes,5,opt,name=cgroups,proto3" json:"cgroups,omitempty"`
 	// Where this agent serves verified artifacts to other agents (host:port,
 	// its --peer-listen address as others reach it; "" = it does not).
-	PeerAddress   string `protobuf:"bytes,6,opt,name=peer_address,json=peerAddress,proto3" json:"peer_address,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	PeerAddress string `protobuf:"bytes,6,opt,name=peer_address,json=peerAddress,proto3" json:"peer_address,omitempty"`
+	// The revision (RevocationSet.revision) of the revocations this agent
+	// holds; present (0 included) only from agents that keep revocations:
+	// the coordinator then sends them the revocations written after it (all
+	// of them when it is 0 or ahead of the coordinator's etcd), and
+	// revocation-only messages (ConnectResponse.revocations_only).
+	RevocationsRevision *int64 `protobuf:"varint,7,opt,name=revocations_revision,json=revocationsRevision,proto3,oneof" json:"revocations_revision,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
@@ -194,6 +200,13 @@ func (x *Hello) GetPeerAddress() string {
 	return ""
 }
 
+func (x *Hello) GetRevocationsRevision() int64 {
+	if x != nil && x.RevocationsRevision != nil {
+		return *x.RevocationsRevision
+	}
+	return 0
+}
+
 type ConnectResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The full set of assignments for this host.
@@ -205,9 +218,18 @@ type ConnectResponse struct {
 	// the outcome as the service fleetwave-agent (phase HEALTHY with
 	// current_version the version it runs, or FAILED with the reason).
 	// Apart from the assignments: an agent that does not know it ignores it.
-	Agent         *Assignment `protobuf:"bytes,3,opt,name=agent,proto3" json:"agent,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Agent *Assignment `protobuf:"bytes,3,opt,name=agent,proto3" json:"agent,omitempty"`
+	// Revocations written since the revision the agent said it holds (or
+	// since the last message), to agents that sent
+	// Hello.revocations_revision. Agents only ever add them (an entry goes
+	// when what it covers has expired): a coordinator cannot withdraw one.
+	Revocations *RevocationSet `protobuf:"bytes,4,opt,name=revocations,proto3" json:"revocations,omitempty"`
+	// This message carries only revocations: keep the assignments (no
+	// assignment set is in it). Sent only to agents that sent
+	// Hello.revocations_revision.
+	RevocationsOnly bool `protobuf:"varint,5,opt,name=revocations_only,json=revocationsOnly,proto3" json:"revocations_only,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ConnectResponse) Reset() {
@@ -261,6 +283,76 @@ func (x *ConnectResponse) GetAgent() *Assignment {
 	return nil
 }
 
+func (x *ConnectResponse) GetRevocations() *RevocationSet {
+	if x != nil {
+		return x.Revocations
+	}
+	return nil
+}
+
+func (x *ConnectResponse) GetRevocationsOnly() bool {
+	if x != nil {
+		return x.RevocationsOnly
+	}
+	return false
+}
+
+// RevocationSet is a set of revocations (ConnectResponse.revocations: the
+// ones written since what the agent holds; the agent's file
+// DATA_DIR/revocations.pb: all it holds).
+type RevocationSet struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Revocations []*Revocation          `protobuf:"bytes,1,rep,name=revocations,proto3" json:"revocations,omitempty"`
+	// the coordinators' etcd revision the entries are complete up to
+	Revision      int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevocationSet) Reset() {
+	*x = RevocationSet{}
+	mi := &file_fleetwave_v1_agent_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevocationSet) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevocationSet) ProtoMessage() {}
+
+func (x *RevocationSet) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_agent_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevocationSet.ProtoReflect.Descriptor instead.
+func (*RevocationSet) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_agent_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RevocationSet) GetRevocations() []*Revocation {
+	if x != nil {
+		return x.Revocations
+	}
+	return nil
+}
+
+func (x *RevocationSet) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 type JoinRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Token  string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
@@ -273,7 +365,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_fleetwave_v1_agent_proto_msgTypes[3]
+	mi := &file_fleetwave_v1_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -285,7 +377,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_agent_proto_msgTypes[3]
+	mi := &file_fleetwave_v1_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -298,7 +390,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_fleetwave_v1_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *JoinRequest) GetToken() string {
@@ -332,7 +424,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_fleetwave_v1_agent_proto_msgTypes[4]
+	mi := &file_fleetwave_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -344,7 +436,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_agent_proto_msgTypes[4]
+	mi := &file_fleetwave_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -357,7 +449,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_fleetwave_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RenewRequest) GetCsr() []byte {
@@ -376,7 +468,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_fleetwave_v1_agent_proto_msgTypes[5]
+	mi := &file_fleetwave_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -388,7 +480,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_agent_proto_msgTypes[5]
+	mi := &file_fleetwave_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -401,7 +493,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_fleetwave_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *JoinResponse) GetCertificate() *IssuedCertificate {
@@ -420,7 +512,7 @@ type RenewResponse struct {
 
 func (x *RenewResponse) Reset() {
 	*x = RenewResponse{}
-	mi := &file_fleetwave_v1_agent_proto_msgTypes[6]
+	mi := &file_fleetwave_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -432,7 +524,7 @@ func (x *RenewResponse) String() string {
 func (*RenewResponse) ProtoMessage() {}
 
 func (x *RenewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_agent_proto_msgTypes[6]
+	mi := &file_fleetwave_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -445,7 +537,7 @@ func (x *RenewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
 func (*RenewResponse) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_fleetwave_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RenewResponse) GetCertificate() *IssuedCertificate {
@@ -468,7 +560,7 @@ type IssuedCertificate struct {
 
 func (x *IssuedCertificate) Reset() {
 	*x = IssuedCertificate{}
-	mi := &file_fleetwave_v1_agent_proto_msgTypes[7]
+	mi := &file_fleetwave_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -480,7 +572,7 @@ func (x *IssuedCertificate) String() string {
 func (*IssuedCertificate) ProtoMessage() {}
 
 func (x *IssuedCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_agent_proto_msgTypes[7]
+	mi := &file_fleetwave_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -493,7 +585,7 @@ func (x *IssuedCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssuedCertificate.ProtoReflect.Descriptor instead.
 func (*IssuedCertificate) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_fleetwave_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *IssuedCertificate) GetCertificateChain() []byte {
@@ -521,25 +613,32 @@ var File_fleetwave_v1_agent_proto protoreflect.FileDescriptor
 
 const file_fleetwave_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x18fleetwave/v1/agent.proto\x12\ffleetwave.v1\x1a\x18fleetwave/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"{\n" +
+	"\x18fleetwave/v1/agent.proto\x12\ffleetwave.v1\x1a\x1bfleetwave/v1/operator.proto\x1a\x18fleetwave/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"{\n" +
 	"\x0eConnectRequest\x12+\n" +
 	"\x05hello\x18\x01 \x01(\v2\x13.fleetwave.v1.HelloH\x00R\x05hello\x125\n" +
 	"\x06report\x18\x02 \x01(\v2\x1b.fleetwave.v1.ServiceReportH\x00R\x06reportB\x05\n" +
-	"\x03msg\"\xaf\x02\n" +
+	"\x03msg\"\x80\x03\n" +
 	"\x05Hello\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x127\n" +
 	"\x06labels\x18\x02 \x03(\v2\x1f.fleetwave.v1.Hello.LabelsEntryR\x06labels\x12#\n" +
 	"\ragent_version\x18\x03 \x01(\tR\fagentVersion\x127\n" +
 	"\bservices\x18\x04 \x03(\v2\x1b.fleetwave.v1.ServiceReportR\bservices\x12\x18\n" +
 	"\acgroups\x18\x05 \x01(\tR\acgroups\x12!\n" +
-	"\fpeer_address\x18\x06 \x01(\tR\vpeerAddress\x1a9\n" +
+	"\fpeer_address\x18\x06 \x01(\tR\vpeerAddress\x126\n" +
+	"\x14revocations_revision\x18\a \x01(\x03H\x00R\x13revocationsRevision\x88\x01\x01\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb2\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x17\n" +
+	"\x15_revocations_revision\"\x9c\x02\n" +
 	"\x0fConnectResponse\x12:\n" +
 	"\vassignments\x18\x01 \x03(\v2\x18.fleetwave.v1.AssignmentR\vassignments\x123\n" +
 	"\asent_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\x12.\n" +
-	"\x05agent\x18\x03 \x01(\v2\x18.fleetwave.v1.AssignmentR\x05agent\"N\n" +
+	"\x05agent\x18\x03 \x01(\v2\x18.fleetwave.v1.AssignmentR\x05agent\x12=\n" +
+	"\vrevocations\x18\x04 \x01(\v2\x1b.fleetwave.v1.RevocationSetR\vrevocations\x12)\n" +
+	"\x10revocations_only\x18\x05 \x01(\bR\x0frevocationsOnly\"g\n" +
+	"\rRevocationSet\x12:\n" +
+	"\vrevocations\x18\x01 \x03(\v2\x18.fleetwave.v1.RevocationR\vrevocations\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"N\n" +
 	"\vJoinRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x17\n" +
 	"\ahost_id\x18\x02 \x01(\tR\x06hostId\x12\x10\n" +
@@ -571,43 +670,47 @@ func file_fleetwave_v1_agent_proto_rawDescGZIP() []byte {
 	return file_fleetwave_v1_agent_proto_rawDescData
 }
 
-var file_fleetwave_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_fleetwave_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_fleetwave_v1_agent_proto_goTypes = []any{
 	(*ConnectRequest)(nil),        // 0: fleetwave.v1.ConnectRequest
 	(*Hello)(nil),                 // 1: fleetwave.v1.Hello
 	(*ConnectResponse)(nil),       // 2: fleetwave.v1.ConnectResponse
-	(*JoinRequest)(nil),           // 3: fleetwave.v1.JoinRequest
-	(*RenewRequest)(nil),          // 4: fleetwave.v1.RenewRequest
-	(*JoinResponse)(nil),          // 5: fleetwave.v1.JoinResponse
-	(*RenewResponse)(nil),         // 6: fleetwave.v1.RenewResponse
-	(*IssuedCertificate)(nil),     // 7: fleetwave.v1.IssuedCertificate
-	nil,                           // 8: fleetwave.v1.Hello.LabelsEntry
-	(*ServiceReport)(nil),         // 9: fleetwave.v1.ServiceReport
-	(*Assignment)(nil),            // 10: fleetwave.v1.Assignment
-	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
+	(*RevocationSet)(nil),         // 3: fleetwave.v1.RevocationSet
+	(*JoinRequest)(nil),           // 4: fleetwave.v1.JoinRequest
+	(*RenewRequest)(nil),          // 5: fleetwave.v1.RenewRequest
+	(*JoinResponse)(nil),          // 6: fleetwave.v1.JoinResponse
+	(*RenewResponse)(nil),         // 7: fleetwave.v1.RenewResponse
+	(*IssuedCertificate)(nil),     // 8: fleetwave.v1.IssuedCertificate
+	nil,                           // 9: fleetwave.v1.Hello.LabelsEntry
+	(*ServiceReport)(nil),         // 10: fleetwave.v1.ServiceReport
+	(*Assignment)(nil),            // 11: fleetwave.v1.Assignment
+	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
+	(*Revocation)(nil),            // 13: fleetwave.v1.Revocation
 }
 var file_fleetwave_v1_agent_proto_depIdxs = []int32{
 	1,  // 0: fleetwave.v1.ConnectRequest.hello:type_name -> fleetwave.v1.Hello
-	9,  // 1: fleetwave.v1.ConnectRequest.report:type_name -> fleetwave.v1.ServiceReport
-	8,  // 2: fleetwave.v1.Hello.labels:type_name -> fleetwave.v1.Hello.LabelsEntry
-	9,  // 3: fleetwave.v1.Hello.services:type_name -> fleetwave.v1.ServiceReport
-	10, // 4: fleetwave.v1.ConnectResponse.assignments:type_name -> fleetwave.v1.Assignment
-	11, // 5: fleetwave.v1.ConnectResponse.sent_at:type_name -> google.protobuf.Timestamp
-	10, // 6: fleetwave.v1.ConnectResponse.agent:type_name -> fleetwave.v1.Assignment
-	7,  // 7: fleetwave.v1.JoinResponse.certificate:type_name -> fleetwave.v1.IssuedCertificate
-	7,  // 8: fleetwave.v1.RenewResponse.certificate:type_name -> fleetwave.v1.IssuedCertificate
-	11, // 9: fleetwave.v1.IssuedCertificate.not_after:type_name -> google.protobuf.Timestamp
-	0,  // 10: fleetwave.v1.AgentService.Connect:input_type -> fleetwave.v1.ConnectRequest
-	3,  // 11: fleetwave.v1.AgentService.Join:input_type -> fleetwave.v1.JoinRequest
-	4,  // 12: fleetwave.v1.AgentService.Renew:input_type -> fleetwave.v1.RenewRequest
-	2,  // 13: fleetwave.v1.AgentService.Connect:output_type -> fleetwave.v1.ConnectResponse
-	5,  // 14: fleetwave.v1.AgentService.Join:output_type -> fleetwave.v1.JoinResponse
-	6,  // 15: fleetwave.v1.AgentService.Renew:output_type -> fleetwave.v1.RenewResponse
-	13, // [13:16] is the sub-list for method output_type
-	10, // [10:13] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	10, // 1: fleetwave.v1.ConnectRequest.report:type_name -> fleetwave.v1.ServiceReport
+	9,  // 2: fleetwave.v1.Hello.labels:type_name -> fleetwave.v1.Hello.LabelsEntry
+	10, // 3: fleetwave.v1.Hello.services:type_name -> fleetwave.v1.ServiceReport
+	11, // 4: fleetwave.v1.ConnectResponse.assignments:type_name -> fleetwave.v1.Assignment
+	12, // 5: fleetwave.v1.ConnectResponse.sent_at:type_name -> google.protobuf.Timestamp
+	11, // 6: fleetwave.v1.ConnectResponse.agent:type_name -> fleetwave.v1.Assignment
+	3,  // 7: fleetwave.v1.ConnectResponse.revocations:type_name -> fleetwave.v1.RevocationSet
+	13, // 8: fleetwave.v1.RevocationSet.revocations:type_name -> fleetwave.v1.Revocation
+	8,  // 9: fleetwave.v1.JoinResponse.certificate:type_name -> fleetwave.v1.IssuedCertificate
+	8,  // 10: fleetwave.v1.RenewResponse.certificate:type_name -> fleetwave.v1.IssuedCertificate
+	12, // 11: fleetwave.v1.IssuedCertificate.not_after:type_name -> google.protobuf.Timestamp
+	0,  // 12: fleetwave.v1.AgentService.Connect:input_type -> fleetwave.v1.ConnectRequest
+	4,  // 13: fleetwave.v1.AgentService.Join:input_type -> fleetwave.v1.JoinRequest
+	5,  // 14: fleetwave.v1.AgentService.Renew:input_type -> fleetwave.v1.RenewRequest
+	2,  // 15: fleetwave.v1.AgentService.Connect:output_type -> fleetwave.v1.ConnectResponse
+	6,  // 16: fleetwave.v1.AgentService.Join:output_type -> fleetwave.v1.JoinResponse
+	7,  // 17: fleetwave.v1.AgentService.Renew:output_type -> fleetwave.v1.RenewResponse
+	15, // [15:18] is the sub-list for method output_type
+	12, // [12:15] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_agent_proto_init() }
@@ -615,18 +718,20 @@ func file_fleetwave_v1_agent_proto_init() {
 	if File_fleetwave_v1_agent_proto != nil {
 		return
 	}
+	file_fleetwave_v1_operator_proto_init()
 	file_fleetwave_v1_types_proto_init()
 	file_fleetwave_v1_agent_proto_msgTypes[0].OneofWrappers = []any{
 		(*ConnectRequest_Hello)(nil),
 		(*ConnectRequest_Report)(nil),
 	}
+	file_fleetwave_v1_agent_proto_msgTypes[1].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fleetwave_v1_agent_proto_rawDesc), len(file_fleetwave_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
