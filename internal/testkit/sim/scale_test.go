@@ -260,7 +260,7 @@ type writeCounter struct {
 	// transactions (a load-independent figure of the report path).
 	reportRevs map[int64]bool
 	last       int64
-	cond   chan struct{}
+	cond       chan struct{}
 }
 
 type kindCount struct {
