@@ -505,6 +505,7 @@ func runScale(t *testing.T, bin string, n int) (_ *scaleResult, err error) {
 	_, c0, _ := procStat(pid)
 	_, s0, _ := procStat(os.Getpid())
 	n0, sum0, _ := etcdTxns(ctx, p.metrics)
+	rw0, _ := reportWriterCounts(ctx, p.metrics)
 	r0 := time.Now()
 	if res.rollout, err = timedRollout(ctx, f, o, svc, "v2"); err != nil {
 		return res, err
@@ -513,6 +514,10 @@ func runScale(t *testing.T, bin string, n int) (_ *scaleResult, err error) {
 		res.txns, res.txnMean = int(n1-n0), (sum1-sum0)/(n1-n0)
 	} else if err != nil {
 		res.notes = append(res.notes, "metrics: "+err.Error())
+	}
+	if rw1, err := reportWriterCounts(ctx, p.metrics); err == nil && rw1[0] > rw0[0] {
+		res.notes = append(res.notes, fmt.Sprintf("report writer during the rollout: %.0f transactions, %.0f reports written, %.0f coalesced",
+			rw1[0]-rw0[0], rw1[1]-rw0[1], rw1[2]-rw0[2]))
 	}
 	_, c1, _ := procStat(pid)
 	_, s1, _ := procStat(os.Getpid())
@@ -845,4 +850,21 @@ func etcdTxns(ctx context.Context, addr string) (count, sum float64, err error) 
 		}
 	})
 	return count, sum, err
+}
+
+// reportWriterCounts scrapes the coordinator's report transactions, reports
+// written and reports coalesced (zeros from a coordinator without them).
+func reportWriterCounts(ctx context.Context, addr string) ([3]float64, error) {
+	var c [3]float64
+	err := scrapeMetrics(ctx, addr, func(n string, v float64) {
+		switch n {
+		case "fleetwave_coordinator_report_txns_total":
+			c[0] = v
+		case "fleetwave_coordinator_reports_written_total":
+			c[1] = v
+		case "fleetwave_coordinator_reports_coalesced_total":
+			c[2] = v
+		}
+	})
+	return c, err
 }
