@@ -471,12 +471,20 @@ func TestReportQueueOutcomesFirst(t *testing.T) {
 	}
 }
 
-// TestReportNotStoredEndsStream: the stream no longer waits for its
-// reports' transactions, yet a report that could not be stored still ends
-// its stream (Unavailable), so the agent reconnects and its hello, whose
-// reports are stored before the stream counts as connected, carries its
-// full status again.
-func TestReportNotStoredEndsStream(t *testing.T) {
+// gatedHub is a coordinator serving the service "web" whose report
+// writer's transactions wait for the test (gatedKV), and agent streams to
+// it over real gRPC.
+type gatedHub struct {
+	t    *testing.T
+	ctx  context.Context
+	c    *Coordinator
+	cc   *grpc.ClientConn
+	g    *gatedKV
+	wcli *clientv3.Client
+}
+
+func newGatedHub(t *testing.T) *gatedHub {
+	t.Helper()
 	emb, err := store.StartEmbedded(t.TempDir(), zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
@@ -502,7 +510,7 @@ func TestReportNotStoredEndsStream(t *testing.T) {
 	}
 	t.Cleanup(func() { cc.Close() })
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
-	defer cancel()
+	t.Cleanup(cancel)
 	if _, err := v1.NewOperatorServiceClient(cc).ApplyService(ctx, &v1.ApplyServiceRequest{Spec: &v1.ServiceSpec{Name: "web", Run: &v1.RunSpec{Command: []string{"x"}}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -510,29 +518,61 @@ func TestReportNotStoredEndsStream(t *testing.T) {
 		_, ok := c.mirror.Service("web")
 		return ok
 	})
-	connect := func(hello *v1.Hello) v1.AgentService_ConnectClient {
-		t.Helper()
-		s, err := v1.NewAgentServiceClient(cc).Connect(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := s.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Hello{Hello: hello}}); err != nil {
-			t.Fatal(err)
-		}
-		return s
+	return &gatedHub{t: t, ctx: ctx, c: c, cc: cc, g: g, wcli: wcli}
+}
+
+// connect opens h's stream with hello.
+func (gh *gatedHub) connect(hello *v1.Hello) v1.AgentService_ConnectClient {
+	gh.t.Helper()
+	s, err := v1.NewAgentServiceClient(gh.cc).Connect(gh.ctx)
+	if err != nil {
+		gh.t.Fatal(err)
 	}
-	firstSet := func(s v1.AgentService_ConnectClient) {
-		t.Helper()
-		if _, err := s.Recv(); err != nil {
-			t.Fatalf("first set: %v", err)
-		}
+	if err := s.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Hello{Hello: hello}}); err != nil {
+		gh.t.Fatal(err)
 	}
-	send := func(s v1.AgentService_ConnectClient, r *v1.ServiceReport) {
-		t.Helper()
-		if err := s.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Report{Report: r}}); err != nil {
-			t.Fatal(err)
-		}
+	return s
+}
+
+func (gh *gatedHub) firstSet(s v1.AgentService_ConnectClient) {
+	gh.t.Helper()
+	if _, err := s.Recv(); err != nil {
+		gh.t.Fatalf("first set: %v", err)
 	}
+}
+
+func (gh *gatedHub) send(s v1.AgentService_ConnectClient, r *v1.ServiceReport) {
+	gh.t.Helper()
+	if err := s.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Report{Report: r}}); err != nil {
+		gh.t.Fatal(err)
+	}
+}
+
+// stored is the report of host and service in etcd (nil: none).
+func (gh *gatedHub) stored(host, service string) *v1.ServiceReport {
+	gh.t.Helper()
+	resp, err := gh.wcli.Get(gh.ctx, store.ReportKey(host, service))
+	if err != nil {
+		gh.t.Fatal(err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil
+	}
+	r := &v1.ServiceReport{}
+	if err := proto.Unmarshal(resp.Kvs[0].Value, r); err != nil {
+		gh.t.Fatal(err)
+	}
+	return r
+}
+
+// TestReportNotStoredEndsStream: the stream no longer waits for its
+// reports' transactions, yet a report that could not be stored still ends
+// its stream (Unavailable), so the agent reconnects and its hello, whose
+// reports are stored before the stream counts as connected, carries its
+// full status again.
+func TestReportNotStoredEndsStream(t *testing.T) {
+	gh := newGatedHub(t)
+	c, g, connect, firstSet, send := gh.c, gh.g, gh.connect, gh.firstSet, gh.send
 	s := connect(&v1.Hello{HostId: "h1"})
 	firstSet(s)
 	send(s, report("web", v1.Phase_PHASE_FETCHING))
@@ -545,7 +585,7 @@ func TestReportNotStoredEndsStream(t *testing.T) {
 		return queued && busy && ph == v1.Phase_PHASE_HEALTHY
 	})
 	g.release <- errors.New("etcd unreachable")
-	err = nil
+	var err error
 	for err == nil { // (assignment sets until the end)
 		_, err = s.Recv()
 	}
@@ -563,12 +603,48 @@ func TestReportNotStoredEndsStream(t *testing.T) {
 	}
 	g.release <- nil
 	firstSet(s2)
-	resp, err := wcli.Get(ctx, store.ReportKey("h1", "web"))
+	if r := gh.stored("h1", "web"); r.GetCurrentVersion() != "v2" {
+		t.Fatalf("stored %v, want the hello's report", r)
+	}
+}
+
+// TestHelloReportFollowsQueued: an agent reconnects while its earlier
+// stream's report is still in a transaction; its hello's report equals the
+// one stored before, yet is written after the one in flight (not skipped as
+// unchanged), so what is stored last is the host's current status.
+func TestHelloReportFollowsQueued(t *testing.T) {
+	gh := newGatedHub(t)
+	a := &v1.ServiceReport{Service: "web", Phase: v1.Phase_PHASE_HEALTHY, CurrentVersion: "v1"}
+	b := &v1.ServiceReport{Service: "web", Phase: v1.Phase_PHASE_FETCHING, CurrentVersion: "v1", TargetVersion: "v2"}
+	sctx, scancel := context.WithCancel(gh.ctx)
+	defer scancel()
+	s, err := v1.NewAgentServiceClient(gh.cc).Connect(sctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &v1.ServiceReport{}
-	if len(resp.Kvs) != 1 || proto.Unmarshal(resp.Kvs[0].Value, r) != nil || r.GetCurrentVersion() != "v2" {
-		t.Fatalf("stored %v, want the hello's report", r)
+	if err := s.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Hello{Hello: &v1.Hello{HostId: "h1", Services: []*v1.ServiceReport{a}}}}); err != nil {
+		t.Fatal(err)
+	}
+	enteredTxn(t, gh.g)
+	gh.g.release <- nil
+	gh.firstSet(s)
+	testkit.Eventually(t, 30*time.Second, "h1's first report in the mirror", func() bool {
+		return proto.Equal(gh.c.mirror.Report("h1", "web"), a)
+	})
+	gh.send(s, b)
+	enteredTxn(t, gh.g) // b in flight, held
+	scancel()           // the stream drops
+	// The agent is back on a (b's install was cancelled) and reconnects.
+	s2 := gh.connect(&v1.Hello{HostId: "h1", Services: []*v1.ServiceReport{a}})
+	testkit.Eventually(t, 30*time.Second, "the hello's report queued behind b", func() bool {
+		ph, queued, busy := gh.c.hub.reports.queued("h1", "web")
+		return queued && busy && ph == v1.Phase_PHASE_HEALTHY
+	})
+	gh.g.release <- nil // b
+	enteredTxn(t, gh.g)
+	gh.g.release <- nil // the hello's a
+	gh.firstSet(s2)
+	if r := gh.stored("h1", "web"); !proto.Equal(r, a) {
+		t.Fatalf("stored %v, want the hello's report %v", r, a)
 	}
 }
