@@ -81,7 +81,8 @@ type agentConn struct {
 	// token identifies this stream's connection record, so a replaced
 	// stream's clean-up cannot delete its successor's record.
 	token string
-	// reports are the last reports this stream wrote, per service.
+	// reports are the last reports this stream queued for writing, per
+	// service.
 	reports map[string]*v1.ServiceReport
 	// seen is the last report this stream received per service (written
 	// or not), guarded by hub.mu: what the host has of each service, for
@@ -95,6 +96,9 @@ type agentConn struct {
 	revocations bool
 	revSent     int64
 	revPending  bool
+	// stored is told the outcome of each report this stream queued after
+	// its hello (hub.reportStored).
+	stored func(error)
 }
 
 // errStreamEnded is why a stream ended from outside ends: replaced by a
@@ -105,6 +109,30 @@ var errStreamEnded = errors.New("connection replaced or coordinator stopping")
 // errOlderStream is why a stream whose hello took longer than a newer
 // stream's of the same host ends instead of replacing it.
 var errOlderStream = errors.New("a newer stream of this host was accepted while this one said hello")
+
+// reportNotStored is why a stream whose report could not be written ends
+// (Unavailable): its agent reconnects and its hello carries its full
+// status, so the coordinator never goes on with a report it lost.
+type reportNotStored struct{ err error }
+
+func (e reportNotStored) Error() string              { return "report not stored: " + e.err.Error() }
+func (e reportNotStored) Unwrap() error              { return e.err }
+func (e reportNotStored) GRPCStatus() *status.Status { return status.New(codes.Unavailable, e.Error()) }
+
+// reportStored is c's report callback (reportWriter.put): a report that
+// was not stored ends the stream.
+func (h *hub) reportStored(c *agentConn) func(error) {
+	return func(err error) {
+		if err == nil {
+			return
+		}
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if !c.done {
+			c.end(reportNotStored{err})
+		}
+	}
+}
 
 // end ends the stream from outside with cause: its work stops and its
 // status (cause's gRPC status, else Canceled with cause's message) goes to
@@ -130,7 +158,7 @@ type statusWriter interface {
 }
 
 func newHub(c *Coordinator) *hub {
-	return &hub{c: c, conns: map[string]*agentConn{}, reports: newReportWriter(c.store)}
+	return &hub{c: c, conns: map[string]*agentConn{}, reports: newReportWriter(c.store, c.metrics)}
 }
 
 const maxServicesPerHello = 1000
@@ -321,6 +349,7 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) (retErr error) {
 	if hello.RevocationsRevision != nil {
 		conn.revocations, conn.revSent = true, hello.GetRevocationsRevision()
 	}
+	conn.stored = h.reportStored(conn)
 	// A stream's context ends by itself (plain context.Canceled: the stream
 	// or its connection ended) or with a cause: its certificate's deadline,
 	// a revocation (streamAuth: its status is the revocation), end. Those
@@ -330,11 +359,25 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) (retErr error) {
 			conn.end(cause)
 		}
 	})()
+	// The hello's reports are stored before the stream counts as connected
+	// (written together, in as few transactions as they fill).
+	stored := make(chan error, len(hello.GetServices()))
+	queued := 0
 	for _, r := range hello.GetServices() {
-		if err := h.saveReport(ctx, conn, r); err != nil {
-			return status.Error(codes.Unavailable, err.Error())
+		if h.saveReport(conn, r, func(err error) { stored <- err }) {
+			queued++
 		}
 		h.saw(conn, r)
+	}
+	for range queued {
+		select {
+		case err := <-stored:
+			if err != nil {
+				return status.Error(codes.Unavailable, err.Error())
+			}
+		case <-ctx.Done():
+			return status.Error(codes.Unavailable, context.Cause(ctx).Error())
+		}
 	}
 	h.mu.Lock()
 	if old := h.conns[id]; old != nil {
@@ -391,8 +434,12 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) (retErr error) {
 	for {
 		m, err := stream.Recv()
 		if err != nil {
-			if cause := context.Cause(ctx); errors.Is(cause, errStreamEnded) || errors.Is(cause, context.DeadlineExceeded) {
+			cause := context.Cause(ctx)
+			if errors.Is(cause, errStreamEnded) || errors.Is(cause, context.DeadlineExceeded) {
 				return status.Error(codes.Canceled, cause.Error())
+			}
+			if rns := (reportNotStored{}); errors.As(cause, &rns) {
+				return rns.GRPCStatus().Err()
 			}
 			return err // a revocation's status is streamAuth's
 		}
@@ -404,9 +451,9 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) (retErr error) {
 			log.Warn().Str("host", id).Err(err).Msg("invalid report ignored")
 			continue
 		}
-		if err := h.saveReport(ctx, conn, r); err != nil {
-			return status.Error(codes.Unavailable, err.Error())
-		}
+		// Queued, not waited for: the stream reads on while it is written
+		// (a failed write ends the stream: reportStored).
+		h.saveReport(conn, r, conn.stored)
 		if h.saw(conn, r) {
 			// What the host has changed: its assignments may (a removal
 			// done, or to be made above its new generation). A host that
@@ -466,28 +513,31 @@ func (h *hub) sendLoop(c *agentConn) {
 	}
 }
 
-// saveReport writes a report when it differs from the last one this stream
-// wrote (or, for the hello, from the stored one), ignoring its timestamp, so
-// etcd load follows state changes, not chatter. Reports for services the
-// coordinator does not know are dropped: agents cannot create keys at will.
-// Only the stream's own goroutine calls it after the hello.
-func (h *hub) saveReport(ctx context.Context, c *agentConn, r *v1.ServiceReport) error {
+// saveReport queues a report for writing (reportWriter.put, which calls
+// done with the outcome) when it differs from the last one this stream
+// queued (or, for the hello, from the stored one), ignoring its timestamp,
+// so etcd load follows state changes, not chatter; it says whether it
+// queued it. Reports for services the coordinator does not know are
+// dropped: agents cannot create keys at will. Only the stream's own
+// goroutine calls it.
+func (h *hub) saveReport(c *agentConn, r *v1.ServiceReport, done func(error)) bool {
 	if _, ok := h.c.mirror.Service(r.GetService()); !ok {
 		h.c.log.Debug().Str("host", c.host).Str("service", r.GetService()).Msg("report for an unknown service dropped")
-		return nil
+		return false
 	}
 	old := c.reports[r.GetService()]
-	if old == nil {
+	if old == nil && !h.reports.pending(c.host, r.GetService()) {
+		// (A report of an earlier stream still to be written: this one
+		// must follow it even if it equals the stored one.)
 		old = h.c.mirror.Report(c.host, r.GetService())
 	}
 	if old != nil && sameReport(old, r) {
-		return nil
+		return false
 	}
-	if err := h.reports.put(ctx, c.host, r); err != nil {
-		return err
-	}
+	// Counted as written now: if the write fails, the stream ends.
 	c.reports[r.GetService()] = r
-	return nil
+	h.reports.put(c.host, r, done)
+	return true
 }
 
 func randToken() string {

@@ -16,6 +16,8 @@ package coordinator
 //     assignment set has been written to the host's stream;
 //   - etcd request latency: every request through the etcd client's KV
 //     (store.InstrumentKV);
+//   - report transactions, reports written and coalesced: the hub's report
+//     writer (reports.go), on every coordinator for its own streams;
 //   - leader, etcd session losses, calls forwarded to the leader.
 
 import (
@@ -63,6 +65,8 @@ type metrics struct {
 	etcdFailures    *prometheus.CounterVec   // op
 	sessionLosses   prometheus.Counter
 	forwarded       *prometheus.CounterVec // method, result
+	// The report path (reportWriter).
+	reportTxns, reportsWritten, reportsCoalesced prometheus.Counter
 }
 
 // newMetrics makes the coordinator's registry with the Go and process
@@ -112,11 +116,24 @@ func newMetrics() *metrics {
 		Name: "fleetwave_coordinator_forwarded_calls_total",
 		Help: "Leader-only operator calls this coordinator forwarded to the rollout leader (or failed to), by method and result (ok, error).",
 	}, []string{"method", "result"})
+	m.reportTxns = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "fleetwave_coordinator_report_txns_total",
+		Help: "etcd transactions that wrote agents' reports (failed ones included; up to 100 reports each).",
+	})
+	m.reportsWritten = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "fleetwave_coordinator_reports_written_total",
+		Help: "Agents' reports stored in etcd.",
+	})
+	m.reportsCoalesced = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "fleetwave_coordinator_reports_coalesced_total",
+		Help: "Agents' reports replaced, before their transaction, by a newer report of the same host and service (never written).",
+	})
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.rollouts, m.rolloutDuration, m.waveDuration, m.leadTime, m.delivery,
 		m.etcdLatency, m.etcdFailures, m.sessionLosses, m.forwarded,
+		m.reportTxns, m.reportsWritten, m.reportsCoalesced,
 	)
 	return m
 }

@@ -189,6 +189,10 @@ func TestMetricsEndpoint(t *testing.T) {
 		{"fleetwave_coordinator_etcd_request_duration_seconds", []string{"op", "put"}, 1, 1e9},
 		{"fleetwave_coordinator_etcd_request_duration_seconds", []string{"op", "txn"}, 3, 1e9},
 		{"fleetwave_coordinator_etcd_session_losses_total", nil, 0, 0},
+		// h1's two reports (a slow machine may coalesce them into one).
+		{"fleetwave_coordinator_report_txns_total", nil, 1, 2},
+		{"fleetwave_coordinator_reports_written_total", nil, 1, 2},
+		{"fleetwave_coordinator_reports_coalesced_total", nil, 0, 1},
 		{"fleetwave_coordinator_etcd_quota_bytes", nil, 2 << 30, 2 << 30}, // an external etcd: etcd's default
 		{"fleetwave_coordinator_audit_entries", nil, 1, 100},
 		{"fleetwave_coordinator_connections", []string{"cert", "yes"}, 1, 10},

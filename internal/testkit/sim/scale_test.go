@@ -208,8 +208,11 @@ type writeCounter struct {
 	mu     sync.Mutex
 	counts map[string]*kindCount
 	revs   map[int64]bool
-	last   int64
-	cond   chan struct{}
+	// reportRevs are the revisions that wrote a report: the report
+	// transactions (a load-independent figure of the report path).
+	reportRevs map[int64]bool
+	last       int64
+	cond       chan struct{}
 }
 
 type kindCount struct {
@@ -218,7 +221,7 @@ type kindCount struct {
 }
 
 func newWriteCounter(ctx context.Context, cli *clientv3.Client) *writeCounter {
-	w := &writeCounter{counts: map[string]*kindCount{}, revs: map[int64]bool{}, cond: make(chan struct{})}
+	w := &writeCounter{counts: map[string]*kindCount{}, revs: map[int64]bool{}, reportRevs: map[int64]bool{}, cond: make(chan struct{})}
 	rev := int64(0)
 	if resp, err := cli.Get(ctx, "/fleetwave/v1/none"); err == nil {
 		rev = resp.Header.Revision
@@ -241,6 +244,9 @@ func newWriteCounter(ctx context.Context, cli *clientv3.Client) *writeCounter {
 					c.Deletes++
 				}
 				w.revs[ev.Kv.ModRevision] = true
+				if kind == "reports" {
+					w.reportRevs[ev.Kv.ModRevision] = true
+				}
 			}
 			if resp.Header.Revision > w.last {
 				w.last = resp.Header.Revision
@@ -254,11 +260,12 @@ func newWriteCounter(ctx context.Context, cli *clientv3.Client) *writeCounter {
 }
 
 // take waits until the watch has seen every write up to now and returns
-// the counts since the last take (and the number of etcd revisions).
-func (w *writeCounter) take(ctx context.Context, cli *clientv3.Client) (map[string]kindCount, int, error) {
+// the counts since the last take (and the number of etcd revisions, and of
+// those that wrote reports).
+func (w *writeCounter) take(ctx context.Context, cli *clientv3.Client) (map[string]kindCount, int, int, error) {
 	resp, err := cli.Get(ctx, "/fleetwave/v1/none")
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, 0, err
 	}
 	want := resp.Header.Revision
 	for {
@@ -269,10 +276,10 @@ func (w *writeCounter) take(ctx context.Context, cli *clientv3.Client) (map[stri
 			for k, c := range w.counts {
 				out[k] = *c
 			}
-			revs := len(w.revs)
-			w.counts, w.revs = map[string]*kindCount{}, map[int64]bool{}
+			revs, reportRevs := len(w.revs), len(w.reportRevs)
+			w.counts, w.revs, w.reportRevs = map[string]*kindCount{}, map[int64]bool{}, map[int64]bool{}
 			w.mu.Unlock()
-			return out, revs, nil
+			return out, revs, reportRevs, nil
 		}
 		w.mu.Unlock()
 		// The watch's own revision lags when the newest write is not
@@ -288,15 +295,16 @@ func (w *writeCounter) take(ctx context.Context, cli *clientv3.Client) (map[stri
 				w.mu.Unlock()
 			}
 		case <-ctx.Done():
-			return nil, 0, ctx.Err()
+			return nil, 0, 0, ctx.Err()
 		}
 	}
 }
 
 type phaseWrites struct {
-	name   string
-	counts map[string]kindCount
-	revs   int
+	name       string
+	counts     map[string]kindCount
+	revs       int
+	reportTxns int // revisions that wrote reports
 }
 
 type timing struct {
@@ -361,11 +369,11 @@ func runScale(t *testing.T, bin string, n int) (_ *scaleResult, err error) {
 	defer cli.Close()
 	wc := newWriteCounter(ctx, cli)
 	phase := func(name string) error {
-		c, revs, err := wc.take(ctx, cli)
+		c, revs, reportTxns, err := wc.take(ctx, cli)
 		if err != nil {
 			return fmt.Errorf("etcd writes of %s: %w", name, err)
 		}
-		res.writes = append(res.writes, phaseWrites{name: name, counts: c, revs: revs})
+		res.writes = append(res.writes, phaseWrites{name: name, counts: c, revs: revs, reportTxns: reportTxns})
 		return nil
 	}
 	o, err := dialOperator(ctx, p.addr)
@@ -449,6 +457,7 @@ func runScale(t *testing.T, bin string, n int) (_ *scaleResult, err error) {
 	_, c0, _ := procStat(pid)
 	_, s0, _ := procStat(os.Getpid())
 	n0, sum0, _ := etcdTxns(ctx, p.metrics)
+	rw0, _ := reportWriterCounts(ctx, p.metrics)
 	r0 := time.Now()
 	if res.rollout, err = timedRollout(ctx, f, o, svc, "v2"); err != nil {
 		return res, err
@@ -457,6 +466,10 @@ func runScale(t *testing.T, bin string, n int) (_ *scaleResult, err error) {
 		res.txns, res.txnMean = int(n1-n0), (sum1-sum0)/(n1-n0)
 	} else if err != nil {
 		res.notes = append(res.notes, "metrics: "+err.Error())
+	}
+	if rw1, err := reportWriterCounts(ctx, p.metrics); err == nil && rw1[0] > rw0[0] {
+		res.notes = append(res.notes, fmt.Sprintf("report writer during the rollout: %.0f transactions, %.0f reports written, %.0f coalesced",
+			rw1[0]-rw0[0], rw1[1]-rw0[1], rw1[2]-rw0[2]))
 	}
 	_, c1, _ := procStat(pid)
 	_, s1, _ := procStat(os.Getpid())
@@ -666,7 +679,7 @@ func (r *scaleResult) print(w io.Writer) {
 	fmt.Fprintf(w, "(f) last wave fails, roll back:    failing report %s after release create; rollout FAILED after %s; every host back on v2 after %s\n",
 		ms(r.rollbackFrom), ms(r.failDetect), ms(r.rollback))
 	fmt.Fprintf(w, "    rollout record at the end:     %d bytes\n", r.rolloutBytes)
-	fmt.Fprintf(w, "(e) etcd writes by phase and kind (puts/deletes, value bytes; revisions = transactions):\n")
+	fmt.Fprintf(w, "(e) etcd writes by phase and kind (puts/deletes, value bytes; revisions = transactions, of which report transactions):\n")
 	for _, ph := range r.writes {
 		kinds := make([]string, 0, len(ph.counts))
 		for k := range ph.counts {
@@ -680,7 +693,7 @@ func (r *scaleResult) print(w io.Writer) {
 			total += c.Puts + c.Deletes
 			parts = append(parts, fmt.Sprintf("%s %d/%d %s", k, c.Puts, c.Deletes, sizeStr(c.Bytes)))
 		}
-		fmt.Fprintf(w, "    %-52s %6d writes, %5d revisions: %s\n", ph.name, total, ph.revs, strings.Join(parts, ", "))
+		fmt.Fprintf(w, "    %-52s %6d writes, %5d revisions (%d of reports): %s\n", ph.name, total, ph.revs, ph.reportTxns, strings.Join(parts, ", "))
 	}
 	for _, n := range r.notes {
 		fmt.Fprintf(w, "    note: %s\n", n)
@@ -789,4 +802,21 @@ func etcdTxns(ctx context.Context, addr string) (count, sum float64, err error) 
 		}
 	})
 	return count, sum, err
+}
+
+// reportWriterCounts scrapes the coordinator's report transactions, reports
+// written and reports coalesced (zeros from a coordinator without them).
+func reportWriterCounts(ctx context.Context, addr string) ([3]float64, error) {
+	var c [3]float64
+	err := scrapeMetrics(ctx, addr, func(n string, v float64) {
+		switch n {
+		case "fleetwave_coordinator_report_txns_total":
+			c[0] = v
+		case "fleetwave_coordinator_reports_written_total":
+			c[1] = v
+		case "fleetwave_coordinator_reports_coalesced_total":
+			c[2] = v
+		}
+	})
+	return c, err
 }
