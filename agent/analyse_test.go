@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -470,4 +471,56 @@ func TestPrometheusQueriesOfARoundRunAtOnce(t *testing.T) {
 	if maxInFlight != rules {
 		t.Fatalf("at most %d queries in flight at once, want all %d", maxInFlight, rules)
 	}
+}
+
+// TestAnalysisAddedInPlace: the running release assigned again with the
+// same run and analysis added (a judging-only change, installed in place)
+// is analysed: the same process is measured under the new rules, which
+// pass, so it becomes HEALTHY at the new generation with the rules in its
+// report (not reverted for want of a verdict). Real processes.
+func TestAnalysisAddedInPlace(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a real release for several seconds")
+	}
+	fc := newFakeCoordinator(t)
+	port := strconv.Itoa(ports.Port(t))
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": port}, DataDir: t.TempDir()}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := runAgent(t, ctx, cfg, testOptions())
+	lg := startLoad(t, "http://127.0.0.1:"+port+"/")
+	_ = lg
+
+	art := tarGz(t, map[string]string{"VERSION": "v1"})
+	fc.addArtifact(art)
+	a := demoAssignment(t, "v1", 1, art, 250*time.Millisecond, 1500*time.Millisecond)
+	rules := a.Spec.Analysis
+	a.Spec.Analysis = nil
+	fc.assign(a)
+	fc.waitFor(t, "v1 healthy without analysis", 20*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 1, v1.Phase_PHASE_HEALTHY, "v1")
+	})
+	pid := readPID(t, filepath.Join(cfg.DataDir, "run", testSvc+".pid"))
+
+	b := demoAssignment(t, "v1", 2, art, 250*time.Millisecond, 1500*time.Millisecond)
+	b.Spec.Analysis = rules
+	fc.assign(b)
+	var r *v1.ServiceReport
+	fc.waitFor(t, "v1 settled with analysis", 40*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		r = lastReport(rs, testSvc)
+		return r.GetGeneration() == 2 && (r.GetPhase() == v1.Phase_PHASE_HEALTHY || r.GetPhase() == v1.Phase_PHASE_REVERTED || r.GetPhase() == v1.Phase_PHASE_FAILED)
+	})
+	if r.GetPhase() != v1.Phase_PHASE_HEALTHY {
+		t.Fatalf("analysis added in place: %v, reason %q, want HEALTHY", r.GetPhase(), r.GetReason())
+	}
+	for _, rule := range []string{"errors", "latency", "restarts"} {
+		if c := reportCheck(r, "analysis:"+rule); c == nil || !c.GetOk() {
+			t.Fatalf("HEALTHY report lacks a passing analysis:%s: %v", rule, r.GetChecks())
+		}
+	}
+	if got := readPID(t, filepath.Join(cfg.DataDir, "run", testSvc+".pid")); got != pid || !alive(pid) {
+		t.Fatalf("restarted: pid %d -> %d", pid, got)
+	}
+	cancel()
+	waitDone(t, done)
 }

@@ -61,8 +61,9 @@ type agentMetrics struct {
 	stagedAhead   prometheus.Counter
 	installsReady prometheus.Counter
 
-	// installing marks services with an install under way (since FETCHING),
-	// so an install is counted once when it ends. Only the run loop touches
+	// installing marks services with an install under way (since FETCHING,
+	// or CHECKING straight from a settled phase: an install in place), so
+	// an install is counted once when it ends. Only the run loop touches
 	// it.
 	installing map[string]bool
 }
@@ -157,6 +158,10 @@ func (m *agentMetrics) transition(svc string, from, to v1.Phase, kind lifecycle.
 	switch to {
 	case v1.Phase_PHASE_FETCHING:
 		m.installing[svc] = true
+	case v1.Phase_PHASE_CHECKING:
+		if from == v1.Phase_PHASE_HEALTHY || from == v1.Phase_PHASE_REVERTED || from == v1.Phase_PHASE_FAILED {
+			m.installing[svc] = true // an install in place (lifecycle spec.go)
+		}
 	case v1.Phase_PHASE_HEALTHY:
 		end("succeeded")
 	case v1.Phase_PHASE_FAILED:

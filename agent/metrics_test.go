@@ -345,3 +345,54 @@ func TestMetricsListenValidated(t *testing.T) {
 		t.Errorf("valid metrics_listen rejected: %v", err)
 	}
 }
+
+// An install in place (a judging-only spec change: a settled phase goes
+// straight to CHECKING) is an install: counted when it ends, like one that
+// began at FETCHING; its revert too.
+func TestInPlaceInstallCounted(t *testing.T) {
+	m := newAgentMetrics(newReporter())
+	const (
+		checking, healthy       = v1.Phase_PHASE_CHECKING, v1.Phase_PHASE_HEALTHY
+		reverting, reverted     = v1.Phase_PHASE_REVERTING, v1.Phase_PHASE_REVERTED
+		failed, starting, idle  = v1.Phase_PHASE_FAILED, v1.Phase_PHASE_STARTING, v1.Phase_PHASE_IDLE
+		fetching, assign, check = v1.Phase_PHASE_FETCHING, lifecycle.InputAssign, lifecycle.InputChecks
+	)
+	for _, s := range []struct {
+		from, to v1.Phase
+		kind     lifecycle.InputKind
+	}{
+		{idle, fetching, assign},
+		{fetching, checking, lifecycle.InputDone},
+		{checking, healthy, check},   // install 1 succeeded
+		{healthy, checking, assign},  // in place
+		{checking, healthy, check},   // install 2 succeeded
+		{healthy, checking, assign},  // in place
+		{checking, reverting, check}, // install 3 reverted
+		{reverting, reverted, check},
+		{reverted, checking, assign}, // in place
+		{checking, reverting, check}, // install 4 reverted
+		{reverting, failed, check},
+		{failed, checking, assign}, // in place
+		{checking, healthy, check}, // install 5 succeeded
+		{starting, checking, lifecycle.InputDone},
+		{checking, healthy, check}, // a recovery: not an install
+	} {
+		m.transition("web", s.from, s.to, s.kind, "")
+	}
+	mfs, err := m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string]*dto.MetricFamily{}
+	for _, mf := range mfs {
+		byName[mf.GetName()] = mf
+	}
+	for _, w := range []want{
+		{"fleetwave_agent_installs_total", []string{"service", "web", "result", "succeeded"}, 3, 3},
+		{"fleetwave_agent_installs_total", []string{"service", "web", "result", "reverted"}, 2, 2},
+	} {
+		if v, _, ok := metricValue(byName, w.name, w.labels...); !ok || v != w.min {
+			t.Errorf("%s%v = %g (found %v), want %g", w.name, w.labels, v, ok, w.min)
+		}
+	}
+}

@@ -263,8 +263,18 @@ func Restore(s Snapshot, found []Running, now time.Time) (*Machine, []Action) {
 	}
 	if judgedInPlace(s.Target, s.LastGood) {
 		// An in-place install (or its revert): the process of the release
-		// runs the same under either spec, so it is both's (spec.go).
+		// runs the same under either spec, so it is both's (spec.go). Two
+		// found (a handover of such a change installed as any other) are
+		// still told apart by the recorded epoch.
 		targetOf, goodOf, specInstall = m.foundOf(tgt), m.foundOf(good), false
+		if s.TargetEpoch != 0 {
+			if p := m.foundEpoch(tgt, func(e uint64) bool { return e == s.TargetEpoch }); p != nil {
+				targetOf = p
+			}
+			if p := m.foundEpoch(good, func(e uint64) bool { return e != s.TargetEpoch }); p != nil {
+				goodOf = p
+			}
+		}
 	}
 	switch s.Phase {
 	case v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_VERIFYING, v1.Phase_PHASE_STAGING, v1.Phase_PHASE_SWITCHING:

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/fleetwave/fleetwave/internal/hookspec"
+	"github.com/fleetwave/fleetwave/internal/specdiff"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -682,7 +683,7 @@ func (s *sim) apply(acts []Action) {
 			if !s.recovering && s.m.Phase() == v1.Phase_PHASE_CHECKING && (settled(s.prev) || preSwitch(s.prev)) {
 				// An install in place (spec.go): the process that serves,
 				// judged under a spec that differs only in how it is judged.
-				if p := s.procs[a.Epoch]; p == nil || p.a == nil || !judgedInPlace(p.a, a.Assignment) && !judgedInPlace(s.m.LastGood(), a.Assignment) {
+				if p := s.procs[a.Epoch]; p == nil || p.a == nil || !runsSame(p.a, a.Assignment) {
 					s.fatalf("in-place install of %q epoch %d, but its process runs another spec", a.Version, a.Epoch)
 				}
 				s.chkInstall = true
@@ -1430,4 +1431,11 @@ func (s *sim) followsHook(a Action) {
 	if !ok && !(h.Hook == hookspec.AfterInstall && a.Kind != ActSwitch) {
 		s.fatalf("%v after %v", a, *h)
 	}
+}
+
+// runsSame reports whether a process started with a runs as one started
+// with b: the same release with specs equal on hosts or differing only in
+// how they are judged.
+func runsSame(a, b *v1.Assignment) bool {
+	return Version(a) == Version(b) && (!specdiff.HostAffecting(a.GetSpec(), b.GetSpec()) || specdiff.JudgingOnly(a.GetSpec(), b.GetSpec()))
 }
