@@ -268,3 +268,128 @@ func TestStopServicesDrains(t *testing.T) {
 		})
 	}
 }
+
+// TestStopServicesHookFailsStillStops: a before_stop that fails, or
+// outlives its timeout (its process group killed), is logged and the
+// service is stopped all the same, after the shutdown_delay.
+func TestStopServicesHookFailsStillStops(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		timeout time.Duration
+		script  string
+	}{
+		{"exit 3", 0, `echo "$$" > "$OUT/hook.pid"; exit 3`},
+		{"timeout", time.Second, `echo "$$" > "$OUT/hook.pid"; exec sleep 300`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dataDir, out, reaped := stopFixture(t, func(out string) *v1.Assignment {
+				return drainAssignment(out, false, tt.timeout, 100*time.Millisecond, "/bin/sh", "-c", tt.script)
+			})
+			cfg := Config{DataDir: dataDir, HostID: testHostID, Labels: map[string]string{"port": "8123"}}
+			if err := StopServices(context.Background(), cfg, true, testLogger(t)); err != nil {
+				t.Fatalf("StopServices: %v", err)
+			}
+			if drained, _ := waitTerm(t, out, reaped); drained {
+				t.Fatal("the failing hook left its mark")
+			}
+			b, err := os.ReadFile(filepath.Join(out, "hook.pid"))
+			if err != nil {
+				t.Fatalf("the hook did not run: %v", err)
+			}
+			pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if alive(pid) {
+				t.Fatalf("the hook (pid %d) still runs", pid)
+			}
+		})
+	}
+}
+
+// TestStopServicesNoDrain: without drain (--no-drain) no hook runs and the
+// service gets SIGTERM at once.
+func TestStopServicesNoDrain(t *testing.T) {
+	dataDir, out, reaped := stopFixture(t, func(out string) *v1.Assignment {
+		return drainAssignment(out, false, 0, time.Hour)
+	})
+	// No host id, no labels: not needed without a drain.
+	if err := StopServices(context.Background(), Config{DataDir: dataDir}, false, testLogger(t)); err != nil {
+		t.Fatalf("StopServices: %v", err)
+	}
+	if drained, _ := waitTerm(t, out, reaped); drained {
+		t.Fatal("the before_stop ran")
+	}
+	if _, err := os.Stat(filepath.Join(out, "hook.env")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("hook.env: %v, want no hook run", err)
+	}
+}
+
+// TestStopServicesBadHostIdentity: draining needs a valid host id and
+// labels (the hooks' ${host.*}); bad ones are refused naming the field and
+// value, before anything is stopped.
+func TestStopServicesBadHostIdentity(t *testing.T) {
+	dataDir, _, _ := stopFixture(t, func(out string) *v1.Assignment { return drainAssignment(out, false, 0, 0) })
+	pid := readPID(t, filepath.Join(dataDir, "run", testSvc+".pid"))
+	for _, tt := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{DataDir: dataDir, HostID: "bad id"}, `host_id`},
+		{Config{DataDir: dataDir, HostID: testHostID, Labels: map[string]string{"port": "a b"}}, `labels`},
+	} {
+		err := StopServices(context.Background(), tt.cfg, true, zerolog.Nop())
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%+v: %v, want an error naming %s", tt.cfg, err, tt.want)
+		}
+	}
+	if !alive(pid) {
+		t.Fatal("a refused stop stopped the service")
+	}
+}
+
+// TestStopServicesCancelDuringHook: ctx ending (a second SIGTERM) while
+// the before_stop runs kills the hook's process group, skips the
+// shutdown_delay (an hour) and stops the service at once: nothing is left
+// half stopped, and StopServices returns nil (every service stopped).
+func TestStopServicesCancelDuringHook(t *testing.T) {
+	dataDir, out, reaped := stopFixture(t, func(out string) *v1.Assignment {
+		return drainAssignment(out, false, 4*time.Minute, time.Hour, "/bin/sh", "-c", `echo "$$" > "$OUT/hook.pid.tmp"; mv "$OUT/hook.pid.tmp" "$OUT/hook.pid"; exec sleep 300`)
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cfg := Config{DataDir: dataDir, HostID: testHostID, Labels: map[string]string{"port": "8123"}}
+	done := make(chan error, 1)
+	go func() { done <- StopServices(ctx, cfg, true, testLogger(t)) }()
+	var hookPID int
+	testkit.Eventually(t, time.Minute, "the hook running", func() bool {
+		b, err := os.ReadFile(filepath.Join(out, "hook.pid"))
+		if err != nil {
+			return false
+		}
+		hookPID, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err == nil
+	})
+	if _, err := os.Stat(filepath.Join(out, "term")); err == nil {
+		t.Fatal("SIGTERM during the hook")
+	}
+	cancel()
+	var err error
+	testkit.Eventually(t, time.Minute, "StopServices to return", func() bool {
+		select {
+		case err = <-done:
+			return true
+		default:
+			return false
+		}
+	})
+	if err != nil {
+		t.Fatalf("StopServices: %v", err)
+	}
+	if drained, _ := waitTerm(t, out, reaped); drained {
+		t.Fatal("the hook left its mark")
+	}
+	if alive(hookPID) {
+		t.Fatalf("the hook (pid %d) still runs", hookPID)
+	}
+}
