@@ -108,6 +108,53 @@ func TestStopServicesCommand(t *testing.T) {
 	}
 }
 
+// TestStopServicesHostFlags: stop-services takes --host-id, --labels
+// (parsed and checked as the agent's: a bad value exits 2 naming the flag
+// and the value) and --no-drain.
+func TestStopServicesHostFlags(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"--labels", "zoneA"}, []string{"--labels", `"zoneA"`}},
+		{[]string{"--labels", "zone=a b"}, []string{"--labels", `"zone=a b"`}},
+		{[]string{"--labels", "zone=a,zone=b"}, []string{"--labels", `"zone=a,zone=b"`, "given twice"}},
+		{[]string{"--host-id", "bad id"}, []string{"--host-id", `"bad id"`}},
+		{[]string{"--no-drain=maybe"}, []string{"no-drain"}},
+	} {
+		var stderr bytes.Buffer
+		args := append([]string{"stop-services", "--data-dir", t.TempDir()}, tt.args...)
+		if code := run(context.Background(), args, io.Discard, &stderr); code != 2 {
+			t.Errorf("%v: exit %d, want 2; stderr %s", tt.args, code, stderr.String())
+			continue
+		}
+		for _, w := range tt.want {
+			if !strings.Contains(stderr.String(), w) {
+				t.Errorf("%v: stderr %q does not contain %q", tt.args, stderr.String(), w)
+			}
+		}
+	}
+	for _, args := range [][]string{
+		{"--host-id", "h1", "--labels", "zone=a,port=8080"},
+		{"--host-id", "h1", "--no-drain"},
+		{"--no-drain"},
+	} {
+		var stderr bytes.Buffer
+		if code := run(context.Background(), append([]string{"stop-services", "--data-dir", t.TempDir()}, args...), io.Discard, &stderr); code != 0 {
+			t.Errorf("%v: exit %d, stderr %s", args, code, stderr.String())
+		}
+	}
+	var stderr bytes.Buffer
+	if code := run(context.Background(), []string{"stop-services", "--help"}, io.Discard, &stderr); code != 0 {
+		t.Fatalf("--help: exit %d", code)
+	}
+	for _, w := range []string{"-host-id", "-labels", "-no-drain", "before_stop", "shutdown_delay"} {
+		if !strings.Contains(stderr.String(), w) {
+			t.Errorf("--help %q does not mention %q", stderr.String(), w)
+		}
+	}
+}
+
 func TestKeepReleasesFlag(t *testing.T) {
 	base := []string{"--coordinator", "a:1", "--host-id", "h1", "--data-dir", "d", "--insecure"}
 	var stderr bytes.Buffer
