@@ -82,7 +82,7 @@ func StopServices(ctx context.Context, cfg Config, drain bool, log zerolog.Logge
 	var store *state.Store
 	if _, err := os.Stat(filepath.Join(dir, "state")); err == nil {
 		if store, err = state.Open(filepath.Join(dir, "state")); err != nil {
-			log.Warn().Err(err).Msg("state unreadable: stopping with the default stop grace")
+			log.Warn().Err(err).Msg("state unreadable: stopping with the default stop grace, without a drain")
 		}
 	}
 	hh := hookHost{hostID: cfg.HostID, labels: cfg.Labels, dataDir: dir, cgroups: cgs}

@@ -202,7 +202,6 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 	if fs.NArg() > 0 {
 		return agent.Config{}, 0, fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
 	}
-	bad := badFlag
 	if len(coordinators) == 0 {
 		return agent.Config{}, 0, fmt.Errorf("%w: flag --coordinator is required", errUsage)
 	}
@@ -212,7 +211,7 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 	}
 	level, err := zerolog.ParseLevel(*logLevel)
 	if err != nil || *logLevel == "" {
-		return agent.Config{}, 0, bad("log-level", *logLevel, "want debug, info, warn or error")
+		return agent.Config{}, 0, badFlag("log-level", *logLevel, "want debug, info, warn or error")
 	}
 	cfg := agent.Config{
 		Coordinators:  coordinators,
@@ -231,25 +230,25 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 	cfg.TrustedKeys = trustedKeys
 	cfg.ArtifactRedirectHosts = redirectHosts
 	if *logMax == 0 || *logMax < -1 {
-		return agent.Config{}, 0, bad("service-log-max-bytes", strconv.FormatInt(*logMax, 10), "want a size in bytes, or -1 for never")
+		return agent.Config{}, 0, badFlag("service-log-max-bytes", strconv.FormatInt(*logMax, 10), "want a size in bytes, or -1 for never")
 	}
 	if *logKeep < 0 {
-		return agent.Config{}, 0, bad("service-log-keep", strconv.Itoa(*logKeep), "want 0 or more")
+		return agent.Config{}, 0, badFlag("service-log-keep", strconv.Itoa(*logKeep), "want 0 or more")
 	}
 	if *keepReleases < 1 {
-		return agent.Config{}, 0, bad("keep-releases", strconv.Itoa(*keepReleases), "want 1 or more")
+		return agent.Config{}, 0, badFlag("keep-releases", strconv.Itoa(*keepReleases), "want 1 or more")
 	}
 	cfg.KeepReleases = *keepReleases
 	cfg.UpgradeDeadline = *upgradeDeadline
 	if d := *upgradeDeadline; d < agent.MinUpgradeDeadline || d > agent.MaxUpgradeDeadline {
-		return agent.Config{}, 0, bad("upgrade-deadline", d.String(), fmt.Sprintf("want %s to %s", agent.MinUpgradeDeadline, agent.MaxUpgradeDeadline))
+		return agent.Config{}, 0, badFlag("upgrade-deadline", d.String(), fmt.Sprintf("want %s to %s", agent.MinUpgradeDeadline, agent.MaxUpgradeDeadline))
 	}
 	cfg.CgroupParent = *cgroupParent
 	if *peerMaxUploads < 1 || *peerMaxUploads > agent.MaxPeerMaxUploads {
-		return agent.Config{}, 0, bad("peer-max-uploads", strconv.Itoa(*peerMaxUploads), fmt.Sprintf("want 1 to %d", agent.MaxPeerMaxUploads))
+		return agent.Config{}, 0, badFlag("peer-max-uploads", strconv.Itoa(*peerMaxUploads), fmt.Sprintf("want 1 to %d", agent.MaxPeerMaxUploads))
 	}
 	if *peerUploadRate < agent.MinPeerUploadRate {
-		return agent.Config{}, 0, bad("peer-upload-rate", strconv.FormatInt(*peerUploadRate, 10), fmt.Sprintf("want at least %d bytes per second", agent.MinPeerUploadRate))
+		return agent.Config{}, 0, badFlag("peer-upload-rate", strconv.FormatInt(*peerUploadRate, 10), fmt.Sprintf("want at least %d bytes per second", agent.MinPeerUploadRate))
 	}
 	cfg.PeerListen, cfg.PeerAdvertise = *peerListen, *peerAdvertise
 	cfg.PeerMaxUploads, cfg.PeerUploadRate = *peerMaxUploads, *peerUploadRate
