@@ -310,7 +310,7 @@ func (a *agent) adoptProcess(s *service, act lifecycle.Action) {
 			// Adopted means ready; its later messages (STOPPING=1, and a
 			// restart's READY=1) still have somewhere to go.
 			var cred *syscall.Credential
-			if cred, err = a.credential(act.Assignment.GetSpec().GetRun()); err == nil {
+			if cred, err = credential(act.Assignment.GetSpec().GetRun()); err == nil {
 				n, err = sockets.ListenNotify(filepath.Dir(path), filepath.Base(path), sockets.AccessMain, cred)
 			}
 			if err == nil {
@@ -357,7 +357,7 @@ func (a *agent) supervisorConfig(name string, asg *v1.Assignment, epoch uint64) 
 	if err != nil {
 		return supervise.Config{}, err
 	}
-	cred, err := a.credential(asg.GetSpec().GetRun())
+	cred, err := credential(asg.GetSpec().GetRun())
 	if err != nil {
 		return supervise.Config{}, err
 	}
@@ -446,7 +446,7 @@ func (a *agent) stopProcess(s *service, act lifecycle.Action) {
 	a.background(func() {
 		ev := doneEv{svc: name, seq: act.Seq, stopped: true}
 		if act.Drain && asg != nil && (p != nil || f != nil) {
-			if err := a.drainStop(a.ctx, name, asg); err != nil {
+			if err := drainStop(a.ctx, asg); err != nil {
 				// The agent is stopping: leave the process to the next one.
 				if p != nil {
 					a.detachProcess(name, p)

@@ -346,7 +346,10 @@ func (a *agent) nextPIDFile(svc string) string {
 // no dots).
 const nextPIDSuffix = ".next.pid"
 
-func (a *agent) logFile(svc string) string { return filepath.Join(a.cfg.DataDir, "logs", svc+".log") }
+func (a *agent) logFile(svc string) string { return serviceLogPath(a.cfg.DataDir, svc) }
+
+// serviceLogPath is the log of service svc in the data dir dataDir.
+func serviceLogPath(dataDir, svc string) string { return filepath.Join(dataDir, "logs", svc+".log") }
 
 func stopGrace(asg *v1.Assignment) time.Duration {
 	if d := asg.GetSpec().GetRun().GetStopGrace(); d != nil && d.AsDuration() > 0 {

@@ -32,7 +32,7 @@ func (a *agent) beginChecks(s *service, act lifecycle.Action) {
 	dir := a.inst.ReleaseDir(name, act.Version)
 	var probers []prober
 	// Exec checks run as the service's user (run.user), as its hooks do.
-	cred, buildErr := a.credential(act.Assignment.GetSpec().GetRun())
+	cred, buildErr := credential(act.Assignment.GetSpec().GetRun())
 	for i, c := range act.Assignment.GetSpec().GetChecks() {
 		if buildErr != nil {
 			break

@@ -236,7 +236,7 @@ func runAgent(t *testing.T, ctx context.Context, cfg Config, opts options) <-cha
 			t.Errorf("agent on %s still running at cleanup", cfg.DataDir)
 			return
 		}
-		if err := StopServices(context.Background(), cfg.DataDir, cfg.CgroupParent, zerolog.Nop()); err != nil {
+		if err := StopServices(context.Background(), Config{DataDir: cfg.DataDir, CgroupParent: cfg.CgroupParent}, false, zerolog.Nop()); err != nil {
 			t.Errorf("stop services in %s: %v", cfg.DataDir, err)
 		}
 	})
@@ -247,7 +247,7 @@ func runAgent(t *testing.T, ctx context.Context, cfg Config, opts options) <-cha
 // fleetwave-agent stop-services does).
 func stopServices(t *testing.T, dataDir string) {
 	t.Helper()
-	if err := StopServices(context.Background(), dataDir, "", zerolog.Nop()); err != nil {
+	if err := StopServices(context.Background(), Config{DataDir: dataDir}, false, zerolog.Nop()); err != nil {
 		t.Errorf("stop services in %s: %v", dataDir, err)
 	}
 }

@@ -320,7 +320,7 @@ func shortHash(s string) string {
 // which runs as run.user when set (the socket is then that user's), and
 // records its path.
 func (a *agent) listenNotify(s *service, epoch uint64, run *v1.RunSpec) (*sockets.Notify, error) {
-	cred, err := a.credential(run)
+	cred, err := credential(run)
 	if err != nil {
 		return nil, err
 	}
@@ -371,8 +371,8 @@ func (a *agent) saveRuntime(s *service) error {
 // served, once its release's before_stop ran (an ActHook the machine
 // emits before the ActStop): its shutdown_delay. It returns ctx's error
 // when the agent stops meanwhile (the process is then left running for the
-// next agent).
-func (a *agent) drainStop(ctx context.Context, _ string, asg *v1.Assignment) error {
+// next agent). stop-services waits it too (stop.go).
+func drainStop(ctx context.Context, asg *v1.Assignment) error {
 	if d := asg.GetSpec().GetRun().GetShutdownDelay().AsDuration(); d > 0 {
 		t := time.NewTimer(d)
 		defer t.Stop()

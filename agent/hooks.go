@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 
+	"github.com/fleetwave/fleetwave/agent/install"
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/agent/supervise"
 	"github.com/fleetwave/fleetwave/internal/hookspec"
@@ -15,7 +16,7 @@ import (
 const (
 	envService  = "FLEETWAVE_SERVICE"          // the service's name
 	envHook     = "FLEETWAVE_HOOK"             // after_install, before_start, after_start, validate, before_stop
-	envOp       = "FLEETWAVE_OPERATION"        // install, revert, recover, restore
+	envOp       = "FLEETWAVE_OPERATION"        // install, revert, recover, restore, remove, stop (stop-services)
 	envVersion  = "FLEETWAVE_VERSION"          // the release the hook belongs to (its directory is the working directory)
 	envPrevious = "FLEETWAVE_PREVIOUS_VERSION" // the release it replaces (not for before_stop; "" for none)
 	envNext     = "FLEETWAVE_NEXT_VERSION"     // before_stop: the release that takes over ("" for none)
@@ -45,19 +46,36 @@ func (a *agent) startHook(s *service, act lifecycle.Action) {
 	})
 }
 
+// hookHost is what building a hook needs besides its action: the host's
+// id and labels (${host.*}, FLEETWAVE_HOST_ID), the data dir (absolute:
+// the release directory, the service log) and the cgroups hooks run in.
+// The agent has one of its config; stop-services (stop.go) one of its
+// flags, without a running agent.
+type hookHost struct {
+	hostID  string
+	labels  map[string]string
+	dataDir string
+	cgroups *supervise.Cgroups
+}
+
 // hookOf builds the hook an ActHook runs.
 func (a *agent) hookOf(svc string, act lifecycle.Action) (supervise.Hook, error) {
+	return hookHost{hostID: a.cfg.HostID, labels: a.cfg.Labels, dataDir: a.cfg.DataDir, cgroups: a.cgroups}.hookOf(svc, act)
+}
+
+// hookOf builds the hook an ActHook (or stop-services' drain) runs.
+func (hh hookHost) hookOf(svc string, act lifecycle.Action) (supervise.Hook, error) {
 	asg := act.Assignment
 	hk := hookspec.Of(asg.GetSpec(), act.Hook)
 	if hk == nil {
 		return supervise.Hook{}, fmt.Errorf("%s: the release has no such hook", act.Hook)
 	}
 	field := "spec." + hookspec.Field(asg.GetSpec(), act.Hook)
-	cmd, err := expandHook(field, hk, a.cfg.HostID, a.cfg.Labels)
+	cmd, err := expandHook(field, hk, hh.hostID, hh.labels)
 	if err != nil {
 		return supervise.Hook{}, err
 	}
-	_, env, err := expandRun(asg.GetSpec().GetRun(), a.cfg.HostID, a.cfg.Labels)
+	_, env, err := expandRun(asg.GetSpec().GetRun(), hh.hostID, hh.labels)
 	if err != nil {
 		return supervise.Hook{}, err
 	}
@@ -66,7 +84,7 @@ func (a *agent) hookOf(svc string, act lifecycle.Action) (supervise.Hook, error)
 		envHook+"="+act.Hook,
 		envOp+"="+act.Operation,
 		envVersion+"="+act.Version,
-		envHostID+"="+a.cfg.HostID,
+		envHostID+"="+hh.hostID,
 		fmt.Sprintf("%s=%d", envGen, asg.GetGeneration()),
 	)
 	if act.Hook == hookspec.BeforeStop {
@@ -74,13 +92,13 @@ func (a *agent) hookOf(svc string, act lifecycle.Action) (supervise.Hook, error)
 	} else {
 		env = append(env, envPrevious+"="+act.Previous)
 	}
-	cred, err := a.credential(asg.GetSpec().GetRun())
+	cred, err := credential(asg.GetSpec().GetRun())
 	if err != nil {
 		return supervise.Hook{}, err
 	}
-	return supervise.Hook{Service: svc, Name: act.Hook, Dir: a.inst.ReleaseDir(svc, act.Version),
-		Command: cmd, Env: env, LogPath: a.logFile(svc), Timeout: act.Timeout, Credential: cred,
-		Cgroups: a.cgroups, Limits: limitsOf(asg.GetSpec().GetResources()),
+	return supervise.Hook{Service: svc, Name: act.Hook, Dir: install.ReleaseDirIn(hh.dataDir, svc, act.Version),
+		Command: cmd, Env: env, LogPath: serviceLogPath(hh.dataDir, svc), Timeout: act.Timeout, Credential: cred,
+		Cgroups: hh.cgroups, Limits: limitsOf(asg.GetSpec().GetResources()),
 		TailBytes: lifecycle.MaxHookOutput}, nil
 }
 

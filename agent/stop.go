@@ -9,15 +9,17 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/agent/state"
 	"github.com/fleetwave/fleetwave/agent/supervise"
+	"github.com/fleetwave/fleetwave/internal/hookspec"
+	"github.com/fleetwave/fleetwave/internal/spec"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"github.com/rs/zerolog"
 )
 
-// StopServices stops every service an agent left running in dataDir
+// StopServices stops every service an agent left running in cfg.DataDir
 // (fleetwave-agent stop-services): each process group its PID file proves
 // (boot id, start time) gets SIGTERM, and SIGKILL once its release's
 // stop_grace has passed; all at once; the PID files are removed. It is the
@@ -27,17 +29,34 @@ import (
 // in the state: an agent started later puts the last good release back
 // (recovery) and runs it again.
 //
-// It returns nil when nothing runs; the error names every service that
-// could not be stopped. When ctx ends (a second SIGTERM) it says so, but
-// every stop still runs to its end (SIGKILL after the grace): no service is
-// left half stopped.
+// With drain, each process is drained first as a deploy drains one that
+// served (drainFound): its release's before_stop, then its
+// shutdown_delay; without, it gets SIGTERM at once (--no-drain, for
+// emergencies).
 //
-// cgroupParent is the agent's Config.CgroupParent ("" the default): a
-// process found in its cgroup below it is stopped with every process of
-// that cgroup, daemons that left its process group included.
-func StopServices(ctx context.Context, dataDir, cgroupParent string, log zerolog.Logger) error {
+// It reads cfg.DataDir, cfg.CgroupParent ("" the default: a process found
+// in its cgroup below it is stopped with every process of that cgroup,
+// daemons that left its process group included) and, to drain,
+// cfg.HostID and cfg.Labels (the hooks' ${host.*} and FLEETWAVE_HOST_ID),
+// checked as the agent checks them.
+//
+// It returns nil when nothing runs; the error names every service that
+// could not be stopped. When ctx ends (a second SIGTERM) it says so and
+// abandons the drains in progress (a hook's process group is killed), but
+// every stop still runs to its end (SIGKILL after the grace): no service
+// is left half stopped.
+func StopServices(ctx context.Context, cfg Config, drain bool, log zerolog.Logger) error {
+	dataDir := cfg.DataDir
 	if strings.TrimSpace(dataDir) == "" {
 		return errors.New("data_dir: required")
+	}
+	if drain {
+		if err := spec.CheckHostID("host_id", cfg.HostID); err != nil {
+			return err
+		}
+		if err := spec.CheckLabels("labels", cfg.Labels); err != nil {
+			return err
+		}
 	}
 	dir, err := filepath.Abs(dataDir)
 	if err != nil {
@@ -58,14 +77,15 @@ func StopServices(ctx context.Context, dataDir, cgroupParent string, log zerolog
 	sort.Strings(files)
 	var cgs *supervise.Cgroups
 	if len(files) > 0 {
-		cgs = openCgroups(cgroupParent, log)
+		cgs = openCgroups(cfg.CgroupParent, log)
 	}
 	var store *state.Store
 	if _, err := os.Stat(filepath.Join(dir, "state")); err == nil {
 		if store, err = state.Open(filepath.Join(dir, "state")); err != nil {
-			log.Warn().Err(err).Msg("state unreadable: stopping with the default stop grace")
+			log.Warn().Err(err).Msg("state unreadable: stopping with the default stop grace, without a drain")
 		}
 	}
+	hh := hookHost{hostID: cfg.HostID, labels: cfg.Labels, dataDir: dir, cgroups: cgs}
 	var (
 		mu   sync.Mutex
 		errs []error
@@ -90,7 +110,14 @@ func StopServices(ctx context.Context, dataDir, cgroupParent string, log zerolog
 			if f == nil {
 				return // nothing provably runs (logged); the file is gone
 			}
-			grace := serviceGrace(store, name, f.Record.Release, slog)
+			snap := loadSnapshot(store, name, slog)
+			grace := supervise.DefaultStopGrace
+			if snap != nil {
+				grace = foundGrace(snap, &lifecycle.Running{Version: f.Record.Release})
+			}
+			if drain {
+				drainFound(ctx, hh, snap, name, f.Record.Release, slog)
+			}
 			stopped := make(chan error, 1)
 			go func() { stopped <- f.Stop(grace, slog) }()
 			select {
@@ -113,18 +140,59 @@ func StopServices(ctx context.Context, dataDir, cgroupParent string, log zerolog
 	return nil
 }
 
-// serviceGrace is the stop grace of release version of a service as the
-// state records it (the default without state).
-func serviceGrace(store *state.Store, name, version string, log zerolog.Logger) time.Duration {
+// loadSnapshot is the state's snapshot of a service (nil: no state, none
+// or unreadable, said in the log: the stop then has the default stop grace
+// and no drain).
+func loadSnapshot(store *state.Store, name string, log zerolog.Logger) *lifecycle.Snapshot {
 	if store == nil {
-		return supervise.DefaultStopGrace
+		return nil
 	}
 	snap, err := store.Load(name)
-	if err != nil || snap == nil {
-		if err != nil {
-			log.Warn().Err(err).Msg("state unreadable: stopping with the default stop grace")
-		}
-		return supervise.DefaultStopGrace
+	if err != nil {
+		log.Warn().Err(err).Msg("state unreadable: stopping with the default stop grace, without a drain")
+		return nil
 	}
-	return foundGrace(snap, &lifecycle.Running{Version: version})
+	return snap
+}
+
+// drainFound drains a process of service name (release version) found
+// running, before its stop, as a deploy drains a process that served: its
+// release's before_stop (or run.pre_stop) runs as the agent runs it
+// (hookHost.hookOf, FLEETWAVE_OPERATION=stop, FLEETWAVE_NEXT_VERSION=""),
+// then its shutdown_delay passes (drainStop). The release is the state's
+// record of it (releaseOf); without one nothing is drained (said in the
+// log). A hook that fails or times out is logged and the drain goes on;
+// ctx's end (a second SIGTERM) abandons the hook (its process group
+// killed) and the delay.
+func drainFound(ctx context.Context, hh hookHost, snap *lifecycle.Snapshot, name, version string, log zerolog.Logger) {
+	log = log.With().Str("version", version).Logger()
+	var asg *v1.Assignment
+	if snap != nil {
+		asg = releaseOf(snap, version)
+	}
+	if asg == nil {
+		log.Warn().Msg("the state has no record of the running release: stopping it without a drain")
+		return
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	if hookspec.Of(asg.GetSpec(), hookspec.BeforeStop) != nil {
+		act := lifecycle.Action{Kind: lifecycle.ActHook, Hook: hookspec.BeforeStop, Version: version, Assignment: asg,
+			Timeout: hookspec.Timeout(asg.GetSpec(), hookspec.BeforeStop), Operation: lifecycle.OpStop}
+		h, err := hh.hookOf(name, act)
+		if err == nil {
+			log.Info().Str("hook", act.Hook).Str("operation", act.Operation).Strs("command", h.Command).Dur("timeout", h.Timeout).Msg("hook")
+			_, err = supervise.RunHookTail(ctx, h)
+		}
+		if err != nil {
+			log.Warn().Str("hook", act.Hook).Err(err).Msg("hook failed: stopping the service all the same")
+		}
+	}
+	if d := asg.GetSpec().GetRun().GetShutdownDelay().AsDuration(); d > 0 && ctx.Err() == nil {
+		log.Info().Dur("shutdown_delay", d).Msg("waiting the shutdown_delay before the stop")
+	}
+	if err := drainStop(ctx, asg); err != nil {
+		log.Warn().Err(err).Msg("drain abandoned: stopping now")
+	}
 }

@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -17,6 +19,7 @@ import (
 	"github.com/fleetwave/fleetwave/internal/testkit"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // TestStopServices stops a service an agent left running with its
@@ -64,7 +67,7 @@ func TestStopServices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := StopServices(context.Background(), dataDir, "", zerolog.Nop()); err == nil || !strings.Contains(err.Error(), "stop the agent first") {
+	if err := StopServices(context.Background(), Config{DataDir: dataDir, HostID: testHostID}, true, zerolog.Nop()); err == nil || !strings.Contains(err.Error(), "stop the agent first") {
 		t.Fatalf("StopServices while an agent holds the data dir: %v", err)
 	}
 	unlock()
@@ -73,7 +76,7 @@ func TestStopServices(t *testing.T) {
 	}
 
 	start := time.Now()
-	if err := StopServices(context.Background(), dataDir, "", testLogger(t)); err != nil {
+	if err := StopServices(context.Background(), Config{DataDir: dataDir, HostID: testHostID}, true, testLogger(t)); err != nil {
 		t.Fatalf("StopServices: %v", err)
 	}
 	if took := time.Since(start); took < 2*time.Second {
@@ -95,7 +98,298 @@ func TestStopServices(t *testing.T) {
 		t.Fatalf("pid file: %v, want removed", err)
 	}
 	// Nothing left: a second run has nothing to do.
-	if err := StopServices(context.Background(), dataDir, "", zerolog.Nop()); err != nil {
+	if err := StopServices(context.Background(), Config{DataDir: dataDir, HostID: testHostID}, true, zerolog.Nop()); err != nil {
 		t.Fatalf("second StopServices: %v", err)
+	}
+}
+
+// drainScript is a before_stop hook (./drain.sh ${host.id}) that records
+// its argument, working directory and environment in $OUT/hook.env, says
+// "hook-output" (to the service log), records when it ended in
+// $OUT/hook.end and leaves the mark $OUT/drained.
+const drainScript = `#!/bin/sh
+{ echo "arg=$1"; echo "pwd=$(pwd)"; env | grep -E '^(FLEETWAVE_|PORT=)'; } > "$OUT/hook.env"
+echo hook-output
+date +%s%N > "$OUT/hook.end"
+touch "$OUT/drained"
+`
+
+// drainedService is a service that, at SIGTERM, writes to $OUT/term
+// whether $OUT/drained was there ("drained" or "undrained") and when
+// (nanoseconds), then exits.
+const drainedService = `trap 'if [ -e "$OUT/drained" ]; then echo drained; else echo undrained; fi > "$OUT/term.tmp"; date +%s%N >> "$OUT/term.tmp"; mv "$OUT/term.tmp" "$OUT/term"; exit 0' TERM
+echo ready
+while :; do sleep 1 & wait $!; done
+`
+
+// stopFixture is a data dir left by an agent: the state records the
+// assignment release(out) (release 1.0.0, current and last good), its
+// release dir holds drain.sh, and drainedService runs as its process (its
+// PID file written), with OUT=out. It returns the data dir, out, and a
+// channel closed once the service is reaped.
+func stopFixture(t *testing.T, release func(out string) *v1.Assignment) (dataDir, out string, reaped <-chan struct{}) {
+	t.Helper()
+	dataDir, out = t.TempDir(), t.TempDir()
+	asg := release(out)
+	rel := filepath.Join(dataDir, "releases", testSvc, "1.0.0")
+	for _, d := range []string{filepath.Join(dataDir, "run"), filepath.Join(dataDir, "state"), filepath.Join(dataDir, "logs"), rel} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(rel, "drain.sh"), []byte(drainScript), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	st, err := state.Open(filepath.Join(dataDir, "state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Save(&lifecycle.Snapshot{Service: testSvc, Phase: v1.Phase_PHASE_HEALTHY, Generation: asg.GetGeneration(),
+		Current: asg, LastGood: asg, Target: asg, CurrentOK: true}); err != nil {
+		t.Fatal(err)
+	}
+	svc := exec.Command("/bin/sh", "-c", drainedService)
+	svc.Env = append(os.Environ(), "OUT="+out)
+	svc.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stdout, err := svc.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stdout.Read(make([]byte, 6)); err != nil { // "ready": the trap is set
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = svc.Wait(); close(done) }()
+	t.Cleanup(func() { _ = syscall.Kill(-svc.Process.Pid, syscall.SIGKILL); <-done })
+	if _, err := supervise.WritePIDRecord(filepath.Join(dataDir, "run", testSvc+".pid"), svc.Process.Pid, "1.0.0", 1); err != nil {
+		t.Fatal(err)
+	}
+	return dataDir, out, done
+}
+
+// drainAssignment is release 1.0.0 with ./drain.sh ${host.id} as its
+// before_stop (alias: as run.pre_stop), timeout, and shutdown_delay.
+func drainAssignment(out string, alias bool, timeout, delay time.Duration, cmd ...string) *v1.Assignment {
+	asg := testAssignment("1.0.0", 3, strings.Repeat("a", 64), 10, "")
+	asg.Spec.Run.Env = map[string]string{"PORT": "${host.label.port}", "OUT": out}
+	if delay > 0 {
+		asg.Spec.Run.ShutdownDelay = durationpb.New(delay)
+	}
+	if len(cmd) == 0 {
+		cmd = []string{"./drain.sh", "${host.id}"}
+	}
+	var to *durationpb.Duration
+	if timeout > 0 {
+		to = durationpb.New(timeout)
+	}
+	if alias {
+		asg.Spec.Run.PreStop = &v1.PreStop{Command: cmd, Timeout: to}
+	} else {
+		asg.Spec.Hooks = &v1.Hooks{BeforeStop: &v1.Hook{Command: cmd, Timeout: to}}
+	}
+	return asg
+}
+
+// waitTerm waits for the service's SIGTERM record: whether the drain's
+// mark was there, and when (Unix nanoseconds).
+func waitTerm(t *testing.T, out string, reaped <-chan struct{}) (drained bool, at int64) {
+	t.Helper()
+	testkit.Eventually(t, time.Minute, "the service reaped", func() bool {
+		select {
+		case <-reaped:
+			return true
+		default:
+			return false
+		}
+	})
+	b, err := os.ReadFile(filepath.Join(out, "term"))
+	if err != nil {
+		t.Fatalf("the service did not record its SIGTERM: %v", err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		t.Fatalf("term record %q", b)
+	}
+	at, err = strconv.ParseInt(f[1], 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f[0] == "drained", at
+}
+
+// TestStopServicesDrains: stop-services runs the running release's
+// before_stop (hooks.before_stop, or its alias run.pre_stop) as a deploy
+// does (from the release dir, ${host.*} expanded, the service's env and
+// FLEETWAVE_* with FLEETWAVE_OPERATION=stop and an empty
+// FLEETWAVE_NEXT_VERSION, its output in the service log), then waits the
+// shutdown_delay, and only then sends SIGTERM: the service sees the hook's
+// mark, at least the delay after the hook ended.
+func TestStopServicesDrains(t *testing.T) {
+	for _, alias := range []bool{false, true} {
+		t.Run(map[bool]string{false: "hooks.before_stop", true: "run.pre_stop"}[alias], func(t *testing.T) {
+			const delay = 400 * time.Millisecond
+			dataDir, out, reaped := stopFixture(t, func(out string) *v1.Assignment { return drainAssignment(out, alias, 0, delay) })
+			cfg := Config{DataDir: dataDir, HostID: testHostID, Labels: map[string]string{"port": "8123"}}
+			if err := StopServices(context.Background(), cfg, true, testLogger(t)); err != nil {
+				t.Fatalf("StopServices: %v", err)
+			}
+			drained, termAt := waitTerm(t, out, reaped)
+			if !drained {
+				t.Fatal("SIGTERM came before the before_stop hook ended")
+			}
+			env, err := os.ReadFile(filepath.Join(out, "hook.env"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, want := range []string{"arg=" + testHostID, "pwd=" + filepath.Join(dataDir, "releases", testSvc, "1.0.0"),
+				"PORT=8123", "FLEETWAVE_SERVICE=" + testSvc, "FLEETWAVE_HOOK=before_stop", "FLEETWAVE_OPERATION=stop",
+				"FLEETWAVE_VERSION=1.0.0", "FLEETWAVE_NEXT_VERSION=", "FLEETWAVE_HOST_ID=" + testHostID, "FLEETWAVE_GENERATION=3"} {
+				if !slices.Contains(strings.Split(string(env), "\n"), want) {
+					t.Errorf("hook environment lacks %q:\n%s", want, env)
+				}
+			}
+			if log, err := os.ReadFile(filepath.Join(dataDir, "logs", testSvc+".log")); err != nil || !strings.Contains(string(log), "hook-output") {
+				t.Errorf("service log %q, %v: want the hook's output", log, err)
+			}
+			b, err := os.ReadFile(filepath.Join(out, "hook.end"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			hookEnd, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := time.Duration(termAt - hookEnd); d < delay {
+				t.Errorf("SIGTERM %v after the hook ended, want at least the shutdown_delay %v", d, delay)
+			}
+		})
+	}
+}
+
+// TestStopServicesHookFailsStillStops: a before_stop that fails, or
+// outlives its timeout (its process group killed), is logged and the
+// service is stopped all the same, after the shutdown_delay.
+func TestStopServicesHookFailsStillStops(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		timeout time.Duration
+		script  string
+	}{
+		{"exit 3", 0, `echo "$$" > "$OUT/hook.pid"; exit 3`},
+		{"timeout", time.Second, `echo "$$" > "$OUT/hook.pid"; exec sleep 300`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dataDir, out, reaped := stopFixture(t, func(out string) *v1.Assignment {
+				return drainAssignment(out, false, tt.timeout, 100*time.Millisecond, "/bin/sh", "-c", tt.script)
+			})
+			cfg := Config{DataDir: dataDir, HostID: testHostID, Labels: map[string]string{"port": "8123"}}
+			if err := StopServices(context.Background(), cfg, true, testLogger(t)); err != nil {
+				t.Fatalf("StopServices: %v", err)
+			}
+			if drained, _ := waitTerm(t, out, reaped); drained {
+				t.Fatal("the failing hook left its mark")
+			}
+			b, err := os.ReadFile(filepath.Join(out, "hook.pid"))
+			if err != nil {
+				t.Fatalf("the hook did not run: %v", err)
+			}
+			pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if alive(pid) {
+				t.Fatalf("the hook (pid %d) still runs", pid)
+			}
+		})
+	}
+}
+
+// TestStopServicesNoDrain: without drain (--no-drain) no hook runs and the
+// service gets SIGTERM at once.
+func TestStopServicesNoDrain(t *testing.T) {
+	dataDir, out, reaped := stopFixture(t, func(out string) *v1.Assignment {
+		return drainAssignment(out, false, 0, time.Hour)
+	})
+	// No host id, no labels: not needed without a drain.
+	if err := StopServices(context.Background(), Config{DataDir: dataDir}, false, testLogger(t)); err != nil {
+		t.Fatalf("StopServices: %v", err)
+	}
+	if drained, _ := waitTerm(t, out, reaped); drained {
+		t.Fatal("the before_stop ran")
+	}
+	if _, err := os.Stat(filepath.Join(out, "hook.env")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("hook.env: %v, want no hook run", err)
+	}
+}
+
+// TestStopServicesBadHostIdentity: draining needs a valid host id and
+// labels (the hooks' ${host.*}); bad ones are refused naming the field and
+// value, before anything is stopped.
+func TestStopServicesBadHostIdentity(t *testing.T) {
+	dataDir, _, _ := stopFixture(t, func(out string) *v1.Assignment { return drainAssignment(out, false, 0, 0) })
+	pid := readPID(t, filepath.Join(dataDir, "run", testSvc+".pid"))
+	for _, tt := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{DataDir: dataDir, HostID: "bad id"}, `host_id`},
+		{Config{DataDir: dataDir, HostID: testHostID, Labels: map[string]string{"port": "a b"}}, `labels`},
+	} {
+		err := StopServices(context.Background(), tt.cfg, true, zerolog.Nop())
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%+v: %v, want an error naming %s", tt.cfg, err, tt.want)
+		}
+	}
+	if !alive(pid) {
+		t.Fatal("a refused stop stopped the service")
+	}
+}
+
+// TestStopServicesCancelDuringHook: ctx ending (a second SIGTERM) while
+// the before_stop runs kills the hook's process group, skips the
+// shutdown_delay (an hour) and stops the service at once: nothing is left
+// half stopped, and StopServices returns nil (every service stopped).
+func TestStopServicesCancelDuringHook(t *testing.T) {
+	dataDir, out, reaped := stopFixture(t, func(out string) *v1.Assignment {
+		return drainAssignment(out, false, 4*time.Minute, time.Hour, "/bin/sh", "-c", `echo "$$" > "$OUT/hook.pid.tmp"; mv "$OUT/hook.pid.tmp" "$OUT/hook.pid"; exec sleep 300`)
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cfg := Config{DataDir: dataDir, HostID: testHostID, Labels: map[string]string{"port": "8123"}}
+	done := make(chan error, 1)
+	go func() { done <- StopServices(ctx, cfg, true, testLogger(t)) }()
+	var hookPID int
+	testkit.Eventually(t, time.Minute, "the hook running", func() bool {
+		b, err := os.ReadFile(filepath.Join(out, "hook.pid"))
+		if err != nil {
+			return false
+		}
+		hookPID, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err == nil
+	})
+	if _, err := os.Stat(filepath.Join(out, "term")); err == nil {
+		t.Fatal("SIGTERM during the hook")
+	}
+	cancel()
+	var err error
+	testkit.Eventually(t, time.Minute, "StopServices to return", func() bool {
+		select {
+		case err = <-done:
+			return true
+		default:
+			return false
+		}
+	})
+	if err != nil {
+		t.Fatalf("StopServices: %v", err)
+	}
+	if drained, _ := waitTerm(t, out, reaped); drained {
+		t.Fatal("the hook left its mark")
+	}
+	if alive(hookPID) {
+		t.Fatalf("the hook (pid %d) still runs", hookPID)
 	}
 }

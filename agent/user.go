@@ -117,7 +117,7 @@ func lookupGroup(name string) (*user.Group, error) {
 }
 
 // credential is what a process of the run spec runs as (nil: as the agent).
-func (a *agent) credential(run *v1.RunSpec) (*syscall.Credential, error) {
+func credential(run *v1.RunSpec) (*syscall.Credential, error) {
 	ra, err := lookupRunAs(run)
 	if err != nil || ra == nil {
 		return nil, err

@@ -150,7 +150,14 @@ func (in *Installer) serviceDir(service string) string {
 
 // ReleaseDir is where a release is (or would be) unpacked.
 func (in *Installer) ReleaseDir(service, version string) string {
-	return filepath.Join(in.serviceDir(service), version)
+	return ReleaseDirIn(in.dataDir, service, version)
+}
+
+// ReleaseDirIn is where a release is (or would be) unpacked in the data dir
+// dataDir (absolute), for who reads it without an Installer
+// (fleetwave-agent stop-services runs a release's before_stop there).
+func ReleaseDirIn(dataDir, service, version string) string {
+	return filepath.Join(dataDir, "releases", service, version)
 }
 
 // markerDirName is the directory of digest markers under a service dir.

@@ -48,6 +48,7 @@ const (
 	OpRecover = "recover" // putting the last good release back after an agent restart found it not running
 	OpRestore = "restore" // an agent restart finishing a handover it found half done
 	OpRemove  = "remove"  // removing the service from the host (remove.go)
+	OpStop    = "stop"    // fleetwave-agent stop-services draining the service (agent/stop.go; not the machine's)
 )
 
 // InputKind says what happened.

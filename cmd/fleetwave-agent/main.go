@@ -104,17 +104,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 // runStopServices is `fleetwave-agent stop-services`: stop every service
-// an agent left running in the data dir (agent.StopServices).
+// an agent left running in the data dir (agent.StopServices), each drained
+// first (its release's before_stop, its shutdown_delay) unless --no-drain.
 func runStopServices(ctx context.Context, args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("fleetwave-agent stop-services", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: fleetwave-agent stop-services [--data-dir DIR] [--log-level LEVEL]\n\n"+
-			"Stops every service the agent left running in DIR (SIGTERM, SIGKILL after its stop_grace) and exits.\n"+
-			"Stop the agent first: stopping the agent leaves its services running.\n\n")
+		fmt.Fprintf(stderr, "Usage: fleetwave-agent stop-services [--data-dir DIR] [--host-id ID] [--labels k=v,...] [--no-drain] [--log-level LEVEL]\n\n"+
+			"Stops every service the agent left running in DIR and exits: each runs its release's before_stop hook\n"+
+			"and waits its shutdown_delay (as in a deploy), then gets SIGTERM, and SIGKILL after its stop_grace.\n"+
+			"A second SIGTERM abandons the hooks and delays and stops at once. Stop the agent first:\n"+
+			"stopping the agent leaves its services running.\n\n")
 		fs.PrintDefaults()
 	}
 	dataDir := fs.String("data-dir", "/var/lib/fleetwave-agent", "the agent's data directory")
+	hostIdentity := hostFlags(fs)
+	noDrain := fs.Bool("no-drain", false, "no before_stop hook and no shutdown_delay: SIGTERM at once (emergencies)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	cgroupParent := fs.String("cgroup-parent", supervise.DefaultCgroupParent, "the agent's --cgroup-parent: a service's whole cgroup is stopped")
 	if err := fs.Parse(args); err != nil {
@@ -128,13 +133,19 @@ func runStopServices(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "fleetwave-agent stop-services: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
+	hostID, labels, err := hostIdentity()
+	if err != nil {
+		fmt.Fprintf(stderr, "fleetwave-agent stop-services: %v\n", err)
+		return 2
+	}
 	level, err := zerolog.ParseLevel(*logLevel)
 	if err != nil || *logLevel == "" {
 		fmt.Fprintf(stderr, "fleetwave-agent stop-services: invalid value %q for flag --log-level: want debug, info, warn or error\n", *logLevel)
 		return 2
 	}
 	log := zerolog.New(stderr).Level(level).With().Timestamp().Logger()
-	if err := agent.StopServices(ctx, *dataDir, *cgroupParent, log); err != nil {
+	cfg := agent.Config{DataDir: *dataDir, CgroupParent: *cgroupParent, HostID: hostID, Labels: labels}
+	if err := agent.StopServices(ctx, cfg, !*noDrain, log); err != nil {
 		log.Error().Err(err).Msg("stop services failed")
 		return 1
 	}
@@ -160,9 +171,7 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 	fs.SetOutput(stderr)
 	var coordinators listFlag
 	fs.Var(&coordinators, "coordinator", "coordinator gRPC address host:port (comma-separated or repeated)")
-	hostname, _ := os.Hostname()
-	hostID := fs.String("host-id", hostname, "this host's stable id")
-	labels := fs.String("labels", "", "host labels k=v,k=v")
+	hostIdentity := hostFlags(fs)
 	dataDir := fs.String("data-dir", "/var/lib/fleetwave-agent", "directory for releases, state, logs")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (host:port; empty = off)")
@@ -195,26 +204,20 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 	if fs.NArg() > 0 {
 		return agent.Config{}, 0, fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
 	}
-	bad := func(name, value, why string) error {
-		return fmt.Errorf("%w: invalid value %q for flag --%s: %s", errUsage, value, name, why)
-	}
 	if len(coordinators) == 0 {
 		return agent.Config{}, 0, fmt.Errorf("%w: flag --coordinator is required", errUsage)
 	}
-	if err := spec.CheckHostID("host-id", *hostID); err != nil {
-		return agent.Config{}, 0, bad("host-id", *hostID, "want [A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-	}
-	lm, err := parseLabels(*labels)
+	hostID, lm, err := hostIdentity()
 	if err != nil {
-		return agent.Config{}, 0, bad("labels", *labels, err.Error())
+		return agent.Config{}, 0, err
 	}
 	level, err := zerolog.ParseLevel(*logLevel)
 	if err != nil || *logLevel == "" {
-		return agent.Config{}, 0, bad("log-level", *logLevel, "want debug, info, warn or error")
+		return agent.Config{}, 0, badFlag("log-level", *logLevel, "want debug, info, warn or error")
 	}
 	cfg := agent.Config{
 		Coordinators:  coordinators,
-		HostID:        *hostID,
+		HostID:        hostID,
 		Labels:        lm,
 		DataDir:       *dataDir,
 		AgentVersion:  version,
@@ -229,25 +232,25 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 	cfg.TrustedKeys = trustedKeys
 	cfg.ArtifactRedirectHosts = redirectHosts
 	if *logMax == 0 || *logMax < -1 {
-		return agent.Config{}, 0, bad("service-log-max-bytes", strconv.FormatInt(*logMax, 10), "want a size in bytes, or -1 for never")
+		return agent.Config{}, 0, badFlag("service-log-max-bytes", strconv.FormatInt(*logMax, 10), "want a size in bytes, or -1 for never")
 	}
 	if *logKeep < 0 {
-		return agent.Config{}, 0, bad("service-log-keep", strconv.Itoa(*logKeep), "want 0 or more")
+		return agent.Config{}, 0, badFlag("service-log-keep", strconv.Itoa(*logKeep), "want 0 or more")
 	}
 	if *keepReleases < 1 {
-		return agent.Config{}, 0, bad("keep-releases", strconv.Itoa(*keepReleases), "want 1 or more")
+		return agent.Config{}, 0, badFlag("keep-releases", strconv.Itoa(*keepReleases), "want 1 or more")
 	}
 	cfg.KeepReleases = *keepReleases
 	cfg.UpgradeDeadline = *upgradeDeadline
 	if d := *upgradeDeadline; d < agent.MinUpgradeDeadline || d > agent.MaxUpgradeDeadline {
-		return agent.Config{}, 0, bad("upgrade-deadline", d.String(), fmt.Sprintf("want %s to %s", agent.MinUpgradeDeadline, agent.MaxUpgradeDeadline))
+		return agent.Config{}, 0, badFlag("upgrade-deadline", d.String(), fmt.Sprintf("want %s to %s", agent.MinUpgradeDeadline, agent.MaxUpgradeDeadline))
 	}
 	cfg.CgroupParent = *cgroupParent
 	if *peerMaxUploads < 1 || *peerMaxUploads > agent.MaxPeerMaxUploads {
-		return agent.Config{}, 0, bad("peer-max-uploads", strconv.Itoa(*peerMaxUploads), fmt.Sprintf("want 1 to %d", agent.MaxPeerMaxUploads))
+		return agent.Config{}, 0, badFlag("peer-max-uploads", strconv.Itoa(*peerMaxUploads), fmt.Sprintf("want 1 to %d", agent.MaxPeerMaxUploads))
 	}
 	if *peerUploadRate < agent.MinPeerUploadRate {
-		return agent.Config{}, 0, bad("peer-upload-rate", strconv.FormatInt(*peerUploadRate, 10), fmt.Sprintf("want at least %d bytes per second", agent.MinPeerUploadRate))
+		return agent.Config{}, 0, badFlag("peer-upload-rate", strconv.FormatInt(*peerUploadRate, 10), fmt.Sprintf("want at least %d bytes per second", agent.MinPeerUploadRate))
 	}
 	cfg.PeerListen, cfg.PeerAdvertise = *peerListen, *peerAdvertise
 	cfg.PeerMaxUploads, cfg.PeerUploadRate = *peerMaxUploads, *peerUploadRate
@@ -276,6 +279,33 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 		return agent.Config{}, 0, fmt.Errorf("%w: flag --trusted-keys: %v", errUsage, err)
 	}
 	return cfg, level, nil
+}
+
+// badFlag is the usage error of a flag's bad value: it names the flag, the
+// value and what is wanted.
+func badFlag(name, value, why string) error {
+	return fmt.Errorf("%w: invalid value %q for flag --%s: %s", errUsage, value, name, why)
+}
+
+// hostFlags adds the host's identity flags to fs, --host-id (default: the
+// host name) and --labels, which the agent and stop-services (for its
+// hooks' ${host.*}) take alike. The function it returns checks and parses
+// them once fs is parsed; its errors are usage errors naming the flag and
+// its value (badFlag).
+func hostFlags(fs *flag.FlagSet) func() (hostID string, labels map[string]string, err error) {
+	hostname, _ := os.Hostname()
+	id := fs.String("host-id", hostname, "this host's stable id")
+	labels := fs.String("labels", "", "host labels k=v,k=v")
+	return func() (string, map[string]string, error) {
+		if err := spec.CheckHostID("host-id", *id); err != nil {
+			return "", nil, badFlag("host-id", *id, "want [A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+		}
+		lm, err := parseLabels(*labels)
+		if err != nil {
+			return "", nil, badFlag("labels", *labels, err.Error())
+		}
+		return *id, lm, nil
+	}
 }
 
 // parseLabels parses k=v,k=v.

@@ -3,12 +3,21 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/fleetwave/fleetwave/agent"
+	"github.com/fleetwave/fleetwave/agent/lifecycle"
+	"github.com/fleetwave/fleetwave/agent/state"
+	"github.com/fleetwave/fleetwave/agent/supervise"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -108,6 +117,53 @@ func TestStopServicesCommand(t *testing.T) {
 	}
 }
 
+// TestStopServicesHostFlags: stop-services takes --host-id, --labels
+// (parsed and checked as the agent's: a bad value exits 2 naming the flag
+// and the value) and --no-drain.
+func TestStopServicesHostFlags(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"--labels", "zoneA"}, []string{"--labels", `"zoneA"`}},
+		{[]string{"--labels", "zone=a b"}, []string{"--labels", `"zone=a b"`}},
+		{[]string{"--labels", "zone=a,zone=b"}, []string{"--labels", `"zone=a,zone=b"`, "given twice"}},
+		{[]string{"--host-id", "bad id"}, []string{"--host-id", `"bad id"`}},
+		{[]string{"--no-drain=maybe"}, []string{"no-drain"}},
+	} {
+		var stderr bytes.Buffer
+		args := append([]string{"stop-services", "--data-dir", t.TempDir()}, tt.args...)
+		if code := run(context.Background(), args, io.Discard, &stderr); code != 2 {
+			t.Errorf("%v: exit %d, want 2; stderr %s", tt.args, code, stderr.String())
+			continue
+		}
+		for _, w := range tt.want {
+			if !strings.Contains(stderr.String(), w) {
+				t.Errorf("%v: stderr %q does not contain %q", tt.args, stderr.String(), w)
+			}
+		}
+	}
+	for _, args := range [][]string{
+		{"--host-id", "h1", "--labels", "zone=a,port=8080"},
+		{"--host-id", "h1", "--no-drain"},
+		{"--no-drain"},
+	} {
+		var stderr bytes.Buffer
+		if code := run(context.Background(), append([]string{"stop-services", "--data-dir", t.TempDir()}, args...), io.Discard, &stderr); code != 0 {
+			t.Errorf("%v: exit %d, stderr %s", args, code, stderr.String())
+		}
+	}
+	var stderr bytes.Buffer
+	if code := run(context.Background(), []string{"stop-services", "--help"}, io.Discard, &stderr); code != 0 {
+		t.Fatalf("--help: exit %d", code)
+	}
+	for _, w := range []string{"-host-id", "-labels", "-no-drain", "before_stop", "shutdown_delay"} {
+		if !strings.Contains(stderr.String(), w) {
+			t.Errorf("--help %q does not mention %q", stderr.String(), w)
+		}
+	}
+}
+
 func TestKeepReleasesFlag(t *testing.T) {
 	base := []string{"--coordinator", "a:1", "--host-id", "h1", "--data-dir", "d", "--insecure"}
 	var stderr bytes.Buffer
@@ -186,5 +242,65 @@ func TestUpgradeDeadlineFlag(t *testing.T) {
 	cfg, _, err = parseFlags(append(base, "--upgrade-deadline", "20s"), &stderr)
 	if err != nil || cfg.UpgradeDeadline != 20*time.Second {
 		t.Fatalf("20s: %v, %v", cfg.UpgradeDeadline, err)
+	}
+}
+
+// TestStopServicesDrainsWithHostFlags: the command's --host-id and
+// --labels reach the running release's before_stop (${host.id} in its
+// command, ${host.label.zone} in the service's env), which runs before the
+// service is stopped; --no-drain runs none.
+func TestStopServicesDrainsWithHostFlags(t *testing.T) {
+	for _, noDrain := range []bool{false, true} {
+		dataDir, out := t.TempDir(), t.TempDir()
+		for _, d := range []string{"run", "state", "logs", "releases/web/1.0.0"} {
+			if err := os.MkdirAll(filepath.Join(dataDir, d), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		asg := &v1.Assignment{Service: "web", Generation: 1,
+			Release: &v1.Release{Service: "web", Version: "1.0.0", Artifact: &v1.Artifact{Sha256: strings.Repeat("a", 64), Size: 1}},
+			Spec: &v1.ServiceSpec{Name: "web",
+				Run:   &v1.RunSpec{Command: []string{"./run.sh"}, Env: map[string]string{"ZONE": "${host.label.zone}", "OUT": out}},
+				Hooks: &v1.Hooks{BeforeStop: &v1.Hook{Command: []string{"/bin/sh", "-c", `echo "$0 $ZONE" > "$OUT/hook"`, "${host.id}"}}},
+			}}
+		st, err := state.Open(filepath.Join(dataDir, "state"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Save(&lifecycle.Snapshot{Service: "web", Phase: v1.Phase_PHASE_HEALTHY, Generation: 1,
+			Current: asg, LastGood: asg, Target: asg, CurrentOK: true}); err != nil {
+			t.Fatal(err)
+		}
+		svc := exec.Command("sleep", "600")
+		svc.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := svc.Start(); err != nil {
+			t.Fatal(err)
+		}
+		reaped := make(chan struct{})
+		go func() { _ = svc.Wait(); close(reaped) }()
+		t.Cleanup(func() { _ = syscall.Kill(-svc.Process.Pid, syscall.SIGKILL); <-reaped })
+		if _, err := supervise.WritePIDRecord(filepath.Join(dataDir, "run", "web.pid"), svc.Process.Pid, "1.0.0", 1); err != nil {
+			t.Fatal(err)
+		}
+		args := []string{"stop-services", "--data-dir", dataDir, "--host-id", "h9", "--labels", "zone=z1"}
+		if noDrain {
+			args = append(args, "--no-drain")
+		}
+		var stderr bytes.Buffer
+		if code := run(context.Background(), args, io.Discard, &stderr); code != 0 {
+			t.Fatalf("%v: exit %d, stderr %s", args, code, stderr.String())
+		}
+		select {
+		case <-reaped:
+		case <-time.After(time.Minute): // failure deadline, not a measure
+			t.Fatalf("%v returned with the service still running", args)
+		}
+		b, err := os.ReadFile(filepath.Join(out, "hook"))
+		switch {
+		case noDrain && !errors.Is(err, os.ErrNotExist):
+			t.Errorf("--no-drain: hook file %q, %v; want no hook run", b, err)
+		case !noDrain && (err != nil || string(b) != "h9 z1\n"):
+			t.Errorf("hook wrote %q, %v; want %q", b, err, "h9 z1\n")
+		}
 	}
 }

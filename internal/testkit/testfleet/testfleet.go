@@ -668,13 +668,14 @@ func StopPID(pid int, grace time.Duration) {
 	}
 }
 
-// StopServices runs `fleetwave-agent stop-services` on an agent's data dir
-// (whose agent has exited): the services outlive their agent. Errors are
-// not returned: this is clean-up.
+// StopServices runs `fleetwave-agent stop-services --no-drain` on an
+// agent's data dir (whose agent has exited): the services outlive their
+// agent. Errors are not returned: this is clean-up (no drain: no hook of a
+// test's release runs, no shutdown_delay is waited).
 func StopServices(agentBin, dataDir string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	_ = exec.CommandContext(ctx, agentBin, "stop-services", "--data-dir", dataDir).Run()
+	_ = exec.CommandContext(ctx, agentBin, "stop-services", "--no-drain", "--data-dir", dataDir).Run()
 }
 
 // EvilArtifact writes a tarball with one entry named name (e.g. a path with
