@@ -255,7 +255,7 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 	cfg.PeerListen, cfg.PeerAdvertise = *peerListen, *peerAdvertise
 	cfg.PeerMaxUploads, cfg.PeerUploadRate = *peerMaxUploads, *peerUploadRate
 	if *maxRevocations < 1 || *maxRevocations > agent.MaxMaxRevocations {
-		return agent.Config{}, 0, bad("max-revocations", strconv.Itoa(*maxRevocations), fmt.Sprintf("want 1 to %d", agent.MaxMaxRevocations))
+		return agent.Config{}, 0, badFlag("max-revocations", strconv.Itoa(*maxRevocations), fmt.Sprintf("want 1 to %d", agent.MaxMaxRevocations))
 	}
 	cfg.MaxRevocations = *maxRevocations
 	cfg.ServiceLogMaxBytes = *logMax
