@@ -56,6 +56,9 @@ func TestStageScenarios(t *testing.T) {
 			if p.Out > 0 {
 				fmt.Fprintf(&b, "out %d\n", p.Out)
 			}
+			if p.CanaryWave {
+				b.WriteString("canary wave in flight: nothing admitted\n")
+			}
 			for _, w := range r.GetWaves() {
 				for _, h := range w.GetHosts() {
 					ok, src := p.Stage(h.GetHostId())
@@ -174,20 +177,28 @@ func TestStageScenarios(t *testing.T) {
 
 // A wave of N hosts holds the artifact after O(log N) rounds (each round:
 // every admitted host stages), with every holder the first source of at
-// most StageFanout hosts (its children in the tree), and the coordinator
-// serving only the roots (hosts with no holder or waiting host above).
+// most StageFanout hosts (its children in the tree), nothing staged while
+// the canary is in its wave, and the coordinator serving no root once the
+// canary is done (it is the tree's first holder). Before staging waited
+// for the canary, its StageFanout children were roots served by the
+// coordinator while it installed.
 func TestStageGrowsLogarithmically(t *testing.T) {
 	for _, n := range []int{1, 10, 100, 1000, 10000} {
 		r := &v1.Rollout{FromVersion: "v1", ToVersion: "v2", State: v1.RolloutState_ROLLOUT_STATE_PROGRESSING,
 			Policy: &v1.RolloutPolicy{StageAhead: true}}
 		w := &v1.Wave{}
-		hosts := map[string]PeerHost{}
+		hosts := map[string]PeerHost{"canary": {Address: "canary:1"}}
 		for i := range n {
 			id := fmt.Sprintf("h%05d", i)
 			w.Hosts = append(w.Hosts, &v1.HostProgress{HostId: id, State: v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING})
 			hosts[id] = PeerHost{Address: id + ":1"}
 		}
-		r.Waves = []*v1.Wave{{Hosts: []*v1.HostProgress{{HostId: "canary", State: v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING}}}, w}
+		canary := &v1.HostProgress{HostId: "canary", State: v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING}
+		r.Waves = []*v1.Wave{{Hosts: []*v1.HostProgress{canary}}, w}
+		if p := PlanStage(r, "aa", hosts, map[string]bool{}, nil, DefaultSources); p.Admitted() != 0 || !p.CanaryWave {
+			t.Fatalf("n=%d: %d admitted while the canary is in its wave (canary wave %v), want 0", n, p.Admitted(), p.CanaryWave)
+		}
+		canary.State = v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE
 		staged := map[string]bool{}
 		rounds, origin := 0, 0
 		for {
@@ -221,18 +232,18 @@ func TestStageGrowsLogarithmically(t *testing.T) {
 				}
 			}
 		}
-		// The tree grows StageFanout-fold a round: the canary (in its wave,
-		// serving nobody) leaves its StageFanout children as roots, served
-		// by the origin StageOrigin at a time; then ⌈log_F(n)⌉ levels.
-		limit := 2
-		for c := StageFanout; c < n; c *= StageFanout {
-			limit++
+		// The tree grows StageFanout-fold a round from the canary: after
+		// round k it holds 1 + F + … + F^k hosts.
+		limit := 0
+		for held, level := 1, 1; held < n+1; limit++ {
+			level *= StageFanout
+			held += level
 		}
 		if rounds > limit {
 			t.Errorf("n=%d: %d rounds, want at most %d", n, rounds, limit)
 		}
-		if origin > StageFanout {
-			t.Errorf("n=%d: %d hosts staged from the origin, want at most %d (the roots)", n, origin, StageFanout)
+		if origin != 0 {
+			t.Errorf("n=%d: %d hosts staged from the origin, want 0 (the canary is the root)", n, origin)
 		}
 		t.Logf("n=%d: %d rounds, %d from the origin", n, rounds, origin)
 	}
