@@ -256,6 +256,28 @@ func (p *StagePlan) Stage(host string) (bool, []Peer) {
 	return true, out
 }
 
+// Lost reports whether a host the plan counts on is no longer connected
+// (connected says): an admitted host not staged yet (its admission slot
+// and its children wait for it) or a holder (it serves its children).
+// The plan was made with the hosts then connected; after such a
+// disconnect it is out of date until the next plan (the hub replans).
+func (p *StagePlan) Lost(connected func(host string) bool) bool {
+	if p == nil {
+		return false
+	}
+	for id := range p.admitted {
+		if !p.staged[id] && !connected(id) {
+			return true
+		}
+	}
+	for _, h := range p.Holders {
+		if !connected(h.ID) {
+			return true
+		}
+	}
+	return false
+}
+
 // StagedHolders are the holders that hold the artifact staged (not DONE):
 // added to the sources of installs of the target.
 func (p *StagePlan) StagedHolders() []Peer {

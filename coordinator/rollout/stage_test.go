@@ -343,3 +343,34 @@ func TestStageInFlightLoadPerHolder(t *testing.T) {
 		}
 	}
 }
+
+// TestStagePlanLost: a plan is out of date when a host it counts on
+// disconnects: an admitted host not staged yet, or a holder; not when a
+// staged host that is no holder, or a host it does not admit, does.
+func TestStagePlanLost(t *testing.T) {
+	r := &v1.Rollout{FromVersion: "v1", ToVersion: "v2", State: v1.RolloutState_ROLLOUT_STATE_PROGRESSING,
+		Policy: &v1.RolloutPolicy{StageAhead: true}}
+	hosts := map[string]PeerHost{}
+	w := &v1.Wave{}
+	for i := range 10 {
+		id := fmt.Sprintf("h%d", i)
+		w.Hosts = append(w.Hosts, &v1.HostProgress{HostId: id, State: v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING})
+		hosts[id] = PeerHost{Address: id + ":1"}
+	}
+	r.Waves = []*v1.Wave{{Hosts: []*v1.HostProgress{{HostId: "canary", State: v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE}}}, w}
+	hosts["canary"] = PeerHost{Address: "canary:1"}
+	delete(hosts, "h9") // staged without a peer address: no holder
+	p := PlanStage(r, "aa", hosts, map[string]bool{"h9": true}, nil, DefaultSources)
+	// Admitted: h0..h3 (the canary's children); holder: the canary.
+	for _, tc := range []struct {
+		gone string
+		want bool
+	}{{"", false}, {"canary", true}, {"h0", true}, {"h3", true}, {"h4", false}, {"h9", false}} {
+		if got := p.Lost(func(id string) bool { return id != tc.gone }); got != tc.want {
+			t.Errorf("%q disconnected: Lost %v, want %v", tc.gone, got, tc.want)
+		}
+	}
+	if (*StagePlan)(nil).Lost(func(string) bool { return false }) {
+		t.Error("a nil plan lost a host")
+	}
+}
