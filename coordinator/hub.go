@@ -767,19 +767,16 @@ func (p *pushPacer) due(desired, stage uint64, now time.Time) (pass bool, wait t
 	return true, 0
 }
 
-// stageLost reports whether the current table's stage plans count on a
-// host that is no longer connected (rollout.StagePlan.Lost): a staging
-// host that disconnected would keep its admission slot, and a holder its
-// children, until the next change of the desired state, which a
-// disconnect of a host waiting for its wave is not (the rollout records
-// only its hosts in flight as unknown). False when the cached table is
-// already stale (its rebuild sees the connections as they are).
+// stageLost reports whether the table's stage plans count on a host that
+// is no longer connected (rollout.StagePlan.Lost): a staging host that
+// disconnected would keep its admission slot, and a holder its children,
+// until the next change of the desired state, which a disconnect of a
+// host waiting for its wave is not (the rollout records only its hosts in
+// flight as unknown). A stale table is rebuilt first (the next pass needs
+// it anyway), so a disconnect during a rebuild is caught by the next
+// check: the caller reads Mirror.Disconnects before.
 func (h *hub) stageLost() bool {
-	t := h.cachedAt(h.tableEpoch())
-	if t == nil {
-		return false
-	}
-	for _, e := range t.services {
+	for _, e := range h.table().services {
 		if e.stage.Lost(h.c.mirror.Connected) {
 			return true
 		}
