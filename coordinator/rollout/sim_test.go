@@ -876,21 +876,13 @@ func simulatePolicy(t *testing.T, seed uint64, seen map[string]int) {
 	}
 }
 
-// firstWave is r's first wave (the canary wave; nil without waves).
-func firstWave(r *v1.Rollout) *v1.Wave {
-	if ws := r.GetWaves(); len(ws) > 0 {
-		return ws[0]
-	}
-	return nil
-}
-
 func stagePlanOf(r *v1.Rollout, hosts map[string]PeerHost, staged map[string]bool) *StagePlan {
 	return PlanStage(r, "sha-v2", hosts, staged, nil, DefaultSources)
 }
 
 // checkStage checks PlanStage's invariants on the rollout as it is: only
 // a rollout that Stages plans; nothing is admitted while a host of the
-// first (canary) wave is PENDING or UPDATING; only waiting (PENDING) hosts
+// canary wave (Wave.canary) is PENDING or UPDATING; only waiting (PENDING) hosts
 // are admitted;
 // at most StageOrigin are admitted without sources (the roots); every
 // admitted host's first source is an ancestor of it in the plan-order tree
@@ -918,9 +910,11 @@ func checkStage(fatalf func(string, ...any), stepN int, r *v1.Rollout, hosts map
 		}
 	}
 	canary := false
-	for _, hp := range firstWave(r).GetHosts() {
-		if st := hp.GetState(); st != v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE && st != v1.HostRolloutState_HOST_ROLLOUT_STATE_FAILED {
-			canary = true
+	for _, w := range r.GetWaves() {
+		for _, hp := range w.GetHosts() {
+			if st := hp.GetState(); w.GetCanary() && st != v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE && st != v1.HostRolloutState_HOST_ROLLOUT_STATE_FAILED {
+				canary = true
+			}
 		}
 	}
 	if canary != p.CanaryWave {

@@ -15,9 +15,9 @@ import (
 // whom, is decided here, deterministically from the rollout, the hosts'
 // peer addresses and which hosts report the target's artifact staged:
 //
-//   - nothing stages before the rollout's first wave (the canary wave; the
-//     first percentage wave with no_canary) has finished: every host of it
-//     DONE or FAILED. The canary exists to reject a bad release; staging it
+//   - nothing stages before the rollout's canary wave (its first, unless
+//     no_canary: Wave.canary) has finished: every host of it DONE or
+//     FAILED. The canary exists to reject a bad release; staging it
 //     on the fleet while the canary may still reject it spends the fleet's
 //     and the coordinator's bandwidth for nothing, and the canary, once
 //     DONE, is the tree's first holder, so the coordinator serves one copy
@@ -97,8 +97,8 @@ type StagePlan struct {
 	// Out is how many hosts of the plan cannot stage now (see PlanStage's
 	// out) and do not report the artifact staged.
 	Out int
-	// CanaryWave says the rollout's first wave has not finished (a host
-	// of it PENDING or UPDATING): no host is admitted.
+	// CanaryWave says the rollout's canary wave (Wave.canary) has not
+	// finished (a host of it PENDING or UPDATING): no host is admitted.
 	CanaryWave bool
 	admitted   map[string]int  // waiting host → its position among the admitted
 	first      map[string]Peer // admitted host → its parent holder (none: from the origin)
@@ -147,7 +147,7 @@ func PlanStage(r *v1.Rollout, sha string, hosts map[string]PeerHost, staged, out
 			}
 			seen[id] = true
 			st := hp.GetState()
-			if wi == 0 && st != v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE && st != v1.HostRolloutState_HOST_ROLLOUT_STATE_FAILED {
+			if w.GetCanary() && st != v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE && st != v1.HostRolloutState_HOST_ROLLOUT_STATE_FAILED {
 				p.CanaryWave = true
 			}
 			h, hasAddr := hosts[id]

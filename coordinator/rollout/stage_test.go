@@ -17,9 +17,10 @@ import (
 // rollout with stage_ahead stage its target, and from which holders
 // (PlanStage). Commands:
 //
-//	rollout waves=(N,...) [state=progressing|succeeded|failed|superseded|waiting] [rollback] [remove] [config] [off] [paused] [sources=N]
+//	rollout waves=(N,...) [state=progressing|succeeded|failed|superseded|waiting] [rollback] [remove] [config] [off] [paused] [sources=N] [nocanary]
 //	    a rollout v1 → v2 whose wave i has N hosts, named h<wave>-<i>, all
-//	    PENDING with a peer address; off: stage_ahead false; config: v2 → v2
+//	    PENDING with a peer address, wave 0 its canary wave (nocanary: a
+//	    plain wave, as with no_canary); off: stage_ahead false; config: v2 → v2
 //	noaddr H...          the hosts have no peer address
 //	state H=pending|updating|done|failed...
 //	staged H...          the hosts report the target's artifact staged
@@ -87,6 +88,7 @@ func TestStageScenarios(t *testing.T) {
 				clear(staged)
 				clear(out)
 				nSources = DefaultSources
+				noCanary := false
 				for _, a := range d.CmdArgs {
 					switch a.Key {
 					case "waves":
@@ -95,7 +97,7 @@ func TestStageScenarios(t *testing.T) {
 							if err != nil {
 								t.Fatal(err)
 							}
-							w := &v1.Wave{Index: uint32(wi)}
+							w := &v1.Wave{Index: uint32(wi), Canary: wi == 0}
 							for i := range n {
 								id := fmt.Sprintf("h%d-%d", wi, i)
 								w.Hosts = append(w.Hosts, &v1.HostProgress{HostId: id, State: v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING})
@@ -123,9 +125,14 @@ func TestStageScenarios(t *testing.T) {
 						r.Paused = true
 					case "sources":
 						nSources, _ = strconv.Atoi(a.Vals[0])
+					case "nocanary":
+						noCanary = true
 					default:
 						t.Fatalf("rollout: unknown argument %s", a.Key)
 					}
+				}
+				if noCanary && len(r.Waves) > 0 {
+					r.Waves[0].Canary = false
 				}
 				return ""
 			case "noaddr":
@@ -194,7 +201,7 @@ func TestStageGrowsLogarithmically(t *testing.T) {
 			hosts[id] = PeerHost{Address: id + ":1"}
 		}
 		canary := &v1.HostProgress{HostId: "canary", State: v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING}
-		r.Waves = []*v1.Wave{{Hosts: []*v1.HostProgress{canary}}, w}
+		r.Waves = []*v1.Wave{{Canary: true, Hosts: []*v1.HostProgress{canary}}, w}
 		if p := PlanStage(r, "aa", hosts, map[string]bool{}, nil, DefaultSources); p.Admitted() != 0 || !p.CanaryWave {
 			t.Fatalf("n=%d: %d admitted while the canary is in its wave (canary wave %v), want 0", n, p.Admitted(), p.CanaryWave)
 		}
