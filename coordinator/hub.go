@@ -48,6 +48,10 @@ type hub struct {
 	arrivals atomic.Uint64
 	// revDelta caches the revocations sent to agents (revdelta.go).
 	revDelta revDelta
+	// replans counts the tables made stale because a host a stage plan
+	// counted on disconnected (stageLost); added to the mirror's desired
+	// epoch it keys the cached table (tableEpoch). Under mu.
+	replans uint64
 }
 
 type agentConn struct {
@@ -583,14 +587,23 @@ type desiredEntry struct {
 	stage *rollout.StagePlan
 }
 
+// tableEpoch keys the cached table: the mirror's desired epoch plus the
+// hub's stage replans (both only grow).
+func (h *hub) tableEpoch() uint64 {
+	h.mu.Lock()
+	r := h.replans
+	h.mu.Unlock()
+	return h.c.mirror.DesiredEpoch() + r
+}
+
 func (h *hub) table() *desiredTable {
-	if t := h.cachedAt(h.c.mirror.DesiredEpoch()); t != nil {
+	if t := h.cachedAt(h.tableEpoch()); t != nil {
 		return t
 	}
 	h.building.Lock()
 	defer h.building.Unlock()
 	// Another caller may have built it meanwhile (epochs only grow).
-	epoch := h.c.mirror.DesiredEpoch()
+	epoch := h.tableEpoch()
 	if t := h.cachedAt(epoch); t != nil {
 		return t
 	}
@@ -834,14 +847,42 @@ func (p *pushPacer) due(desired, stage uint64, now time.Time) (pass bool, wait t
 	return true, 0
 }
 
+// stageLost reports whether the table's stage plans count on a host that
+// is no longer connected (rollout.StagePlan.Lost): a staging host that
+// disconnected would keep its admission slot, and a holder its children,
+// until the next change of the desired state, which a disconnect of a
+// host waiting for its wave is not (the rollout records only its hosts in
+// flight as unknown). A stale table is rebuilt first (the next pass needs
+// it anyway), so a disconnect during a rebuild is caught by the next
+// check: the caller reads Mirror.Disconnects before.
+func (h *hub) stageLost() bool {
+	for _, e := range h.table().services {
+		if e.stage.Lost(h.c.mirror.Connected) {
+			return true
+		}
+	}
+	return false
+}
+
+// replan makes the cached table stale: the next table() replans staging.
+func (h *hub) replan() {
+	h.mu.Lock()
+	h.replans++
+	h.mu.Unlock()
+}
+
 // pushLoop re-evaluates every connected host's assignments whenever what
 // hosts should run may have changed (staging-only changes paced:
-// stageRepushInterval).
+// stageRepushInterval). A disconnect of a host a stage plan counts on is
+// a staging-only change: checked at most once per stageRepushInterval
+// (stageLost scans the plans' admitted hosts and holders).
 func (h *hub) pushLoop(ctx context.Context) {
 	ch, unsub := h.c.mirror.Subscribe()
 	defer unsub()
 	pace := pushPacer{interval: stageRepushInterval}
 	var later <-chan time.Time
+	var disconnects uint64 // the mirror's Disconnects at the last check
+	var checked time.Time  // when
 	for {
 		select {
 		case <-ctx.Done():
@@ -850,13 +891,32 @@ func (h *hub) pushLoop(ctx context.Context) {
 		case <-later:
 			later = nil
 		}
+		now := time.Now()
+		var waitLost time.Duration
+		if d := h.c.mirror.Disconnects(); d != disconnects {
+			if waitLost = stageRepushInterval - now.Sub(checked); waitLost <= 0 {
+				waitLost, disconnects, checked = 0, d, now
+				if h.stageLost() {
+					h.replan()
+				}
+			}
+		}
+		h.mu.Lock()
+		r := h.replans
+		h.mu.Unlock()
 		e, st := h.c.mirror.Epochs()
-		pass, wait := pace.due(e, st, time.Now())
+		pass, wait := pace.due(e+r, st+r, now)
+		if waitLost > 0 && (wait == 0 || waitLost < wait) {
+			wait = waitLost
+		}
 		if !pass {
 			if wait > 0 && later == nil {
 				later = time.After(wait)
 			}
 			continue
+		}
+		if waitLost > 0 && later == nil {
+			later = time.After(waitLost)
 		}
 		seen := time.Now()
 		h.mu.Lock()

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -12,46 +13,81 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/internal/testkit"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
-// stageFleet is a fleet of fake agents on real streams that install v1 at
-// once, never finish any other release, and record each host's latest
-// Assignment.stage.
+// stageFleet is a fleet of fake agents on real streams that install every
+// release they are assigned at once, except the held version (hold: its
+// installs wait for install), and record each host's latest
+// Assignment.stage and the first source it names.
 type stageFleet struct {
 	mu      sync.Mutex
+	hold    string
 	stage   map[string]string // host → version its latest assignment stages ("": none)
+	src     map[string]string // host → the first source of its latest stage ("": none)
+	onHello map[string]string // host → the version the first assignments of its latest stream staged
+	hellos  map[string]int    // host → streams that received their first assignments
+	asg     map[string]*v1.Assignment
 	streams map[string]v1.AgentService_ConnectClient
+	cancel  map[string]context.CancelFunc
 	last    map[string]*v1.ServiceReport
 }
 
+func newStageFleet(hold string) *stageFleet {
+	return &stageFleet{hold: hold, stage: map[string]string{}, src: map[string]string{}, onHello: map[string]string{}, hellos: map[string]int{},
+		asg: map[string]*v1.Assignment{}, streams: map[string]v1.AgentService_ConnectClient{}, cancel: map[string]context.CancelFunc{},
+		last: map[string]*v1.ServiceReport{}}
+}
+
+// run connects host id (again: a newer stream replaces the older) and
+// follows its assignments until the stream or ctx ends.
 func (f *stageFleet) run(ctx context.Context, t *testing.T, cc *grpc.ClientConn, id string) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	s, err := v1.NewAgentServiceClient(cc).Connect(ctx)
 	if err != nil {
 		t.Error(err)
 		return
 	}
 	hello := &v1.Hello{HostId: id, Labels: map[string]string{"role": "web"}, PeerAddress: id + ":7000"}
+	f.mu.Lock()
+	if r := f.last[id]; r != nil {
+		hello.Services = []*v1.ServiceReport{r}
+	}
+	f.mu.Unlock()
 	if err := s.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Hello{Hello: hello}}); err != nil {
 		t.Error(err)
 		return
 	}
 	f.mu.Lock()
-	f.streams[id] = s
+	f.streams[id], f.cancel[id] = s, cancel
 	f.mu.Unlock()
 	gens := map[string]int64{}
-	for {
+	for first := true; ; first = false {
 		m, err := s.Recv()
 		if err != nil {
 			return
 		}
+		f.mu.Lock()
+		if first {
+			f.onHello[id] = ""
+			for _, a := range m.GetAssignments() {
+				f.onHello[id] = a.GetStage().GetVersion()
+			}
+			f.hellos[id]++
+		}
+		f.mu.Unlock()
 		for _, a := range m.GetAssignments() {
 			f.mu.Lock()
-			f.stage[id] = a.GetStage().GetVersion()
+			f.stage[id], f.src[id], f.asg[id] = a.GetStage().GetVersion(), "", a
+			if a.GetStage() != nil && len(a.GetSources()) > 0 {
+				f.src[id] = a.GetSources()[0].GetHostId()
+			}
 			f.mu.Unlock()
 			v := a.GetRelease().GetVersion()
-			if gens[a.GetService()] == a.GetGeneration() || v != "v1" {
+			if gens[a.GetService()] == a.GetGeneration() || v == f.hold {
 				continue
 			}
 			gens[a.GetService()] = a.GetGeneration()
@@ -59,6 +95,26 @@ func (f *stageFleet) run(ctx context.Context, t *testing.T, cc *grpc.ClientConn,
 				CurrentVersion: v, TargetVersion: v, LastGoodVersion: v})
 		}
 	}
+}
+
+// install reports host id healthy on the release its latest assignment
+// names (a held install).
+func (f *stageFleet) install(t *testing.T, id string) {
+	f.mu.Lock()
+	a := f.asg[id]
+	f.mu.Unlock()
+	v := a.GetRelease().GetVersion()
+	f.report(t, id, &v1.ServiceReport{Service: a.GetService(), Generation: a.GetGeneration(), Phase: v1.Phase_PHASE_HEALTHY,
+		CurrentVersion: v, TargetVersion: v, LastGoodVersion: v})
+}
+
+// disconnect ends host id's stream (the host stays down).
+func (f *stageFleet) disconnect(id string) {
+	f.mu.Lock()
+	cancel := f.cancel[id]
+	f.stage[id], f.src[id] = "", ""
+	f.mu.Unlock()
+	cancel()
 }
 
 func (f *stageFleet) report(t *testing.T, id string, r *v1.ServiceReport) {
@@ -70,38 +126,37 @@ func (f *stageFleet) report(t *testing.T, id string, r *v1.ServiceReport) {
 	}
 }
 
-// staging lists the hosts whose latest assignment stages version.
+// staging lists the hosts whose latest assignment stages version, each
+// with its first source ("host←source"; "host←" none).
 func (f *stageFleet) staging(version string) []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var out []string
 	for id, v := range f.stage {
 		if v == version {
-			out = append(out, id)
+			out = append(out, id+"←"+f.src[id])
 		}
 	}
 	sort.Strings(out)
 	return out
 }
 
-// TestHubStagesAhead: the hub sends Assignment.stage to StageOrigin hosts
-// waiting for their wave (no holder yet), and a host that reports its
-// staging failed (stage_failed_sha256) gives its admission slot to another
-// waiting host: before, the slot stayed with it and staging stalled.
-func TestHubStagesAhead(t *testing.T) {
-	cc := startCoordinator(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+// stageRollout starts the stage-ahead fleet of TestHubStagesAhead and
+// TestHubReplansWhenStagerDisconnects: n hosts on v1, then v2 created
+// (the fleet holds its installs), the canary wave then a bake of an hour
+// before the other wave. It returns the fleet, v2's artifact and the v2
+// rollout once its canary is UPDATING.
+func stageRollout(t *testing.T, ctx context.Context, cc *grpc.ClientConn, n int) (*stageFleet, *v1.Artifact, *v1.Rollout) {
+	t.Helper()
 	op := v1.NewOperatorServiceClient(cc)
-	const n = 9
-	spec := &v1.ServiceSpec{Name: "web", Selector: map[string]string{"role": "web"}, Run: &v1.RunSpec{Command: []string{"./app"}},
-		Rollout: &v1.RolloutPolicy{Canary: 1, Waves: []uint32{100}, MaxParallel: n, Bake: durationpb.New(0), StageAhead: true}}
+	pol := &v1.RolloutPolicy{Canary: 1, Waves: []uint32{100}, MaxParallel: uint32(n), Bake: durationpb.New(0), StageAhead: true}
+	spec := &v1.ServiceSpec{Name: "web", Selector: map[string]string{"role": "web"}, Run: &v1.RunSpec{Command: []string{"./app"}}, Rollout: pol}
 	if _, err := op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: spec}); err != nil {
 		t.Fatal(err)
 	}
-	f := &stageFleet{stage: map[string]string{}, streams: map[string]v1.AgentService_ConnectClient{}, last: map[string]*v1.ServiceReport{}}
+	f := newStageFleet("v2")
 	for i := range n {
-		go f.run(ctx, t, cc, fmt.Sprintf("h%d", i))
+		go f.run(ctx, t, cc, fmt.Sprintf("h%02d", i))
 	}
 	create := func(version string, art *v1.Artifact) {
 		t.Helper()
@@ -109,47 +164,145 @@ func TestHubStagesAhead(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	create("v1", upload(t, ctx, cc, []byte("one")))
-	w, err := op.WatchRollout(ctx, &v1.WatchRolloutRequest{Service: "web"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var last *v1.Rollout
-	for {
-		m, err := w.Recv()
+	watch := func(until func(*v1.Rollout) bool) *v1.Rollout {
+		t.Helper()
+		w, err := op.WatchRollout(ctx, &v1.WatchRolloutRequest{Service: "web"})
 		if err != nil {
-			break
+			t.Fatal(err)
 		}
-		last = m.GetRollout()
+		var last *v1.Rollout
+		for {
+			m, err := w.Recv()
+			if err != nil {
+				t.Fatalf("watch: %v (last %v)", err, last)
+			}
+			if last = m.GetRollout(); until(last) {
+				return last
+			}
+		}
 	}
-	if last.GetState() != v1.RolloutState_ROLLOUT_STATE_SUCCEEDED || last.GetToVersion() != "v1" {
-		t.Fatalf("rollout of v1: %v %s", last.GetState(), last.GetReason())
+	create("v1", upload(t, ctx, cc, []byte("one")))
+	if r := watch(rollout.Terminal); r.GetState() != v1.RolloutState_ROLLOUT_STATE_SUCCEEDED || r.GetToVersion() != "v1" {
+		t.Fatalf("rollout of v1: %v %s", r.GetState(), r.GetReason())
+	}
+	// The other wave waits an hour after the canary's: its hosts wait
+	// for their wave while the test looks at their staging.
+	pol.Bake = durationpb.New(time.Hour)
+	if _, err := op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: spec}); err != nil {
+		t.Fatal(err)
 	}
 	art2 := upload(t, ctx, cc, []byte("two"))
 	create("v2", art2)
-	var first []string
-	testkit.Eventually(t, 60*time.Second, "StageOrigin hosts staging v2", func() bool {
-		first = f.staging("v2")
-		return len(first) == 2
+	r := watch(func(r *v1.Rollout) bool {
+		return r.GetToVersion() == "v2" && len(r.GetWaves()) == 2 &&
+			r.GetWaves()[0].GetHosts()[0].GetState() == v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING
 	})
-	failed := first[0]
+	if len(r.GetWaves()[1].GetHosts()) != n-1 {
+		t.Fatalf("v2 rollout waves %v, want the canary then %d hosts", r.GetWaves(), n-1)
+	}
+	return f, art2, r
+}
+
+// TestHubStagesAhead: staging waits for the canary, then follows the
+// tree. While the canary is in its wave no host gets Assignment.stage
+// (each host of the other wave reconnects and its first assignments stage
+// nothing; before, the canary's children were roots and StageOrigin of
+// them staged from the coordinator); once the canary is DONE its
+// StageFanout children stage with the canary as their first source (the
+// coordinator serves no root). A host that reports its staging failed
+// (stage_failed_sha256) serves nobody: its children stage from the
+// canary instead of waiting for it.
+func TestHubStagesAhead(t *testing.T) {
+	cc := startCoordinator(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const n = 9
+	f, art2, r := stageRollout(t, ctx, cc, n)
+	canary := r.GetWaves()[0].GetHosts()[0].GetHostId()
+	var plan []string // wave 1 in plan order: the tree's nodes 1..n-1
+	for _, hp := range r.GetWaves()[1].GetHosts() {
+		plan = append(plan, hp.GetHostId())
+	}
+	for _, id := range plan {
+		f.mu.Lock()
+		before := f.hellos[id]
+		f.mu.Unlock()
+		go f.run(ctx, t, cc, id)
+		testkit.Eventually(t, 60*time.Second, id+" reconnected", func() bool {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			return f.hellos[id] > before
+		})
+		f.mu.Lock()
+		got := f.onHello[id]
+		f.mu.Unlock()
+		if got != "" {
+			t.Fatalf("%s stages %s while the canary %s is in its wave", id, got, canary)
+		}
+	}
+	f.install(t, canary)
+	want := func(ids []string, src string) []string {
+		var out []string
+		for _, id := range ids {
+			out = append(out, id+"←"+src)
+		}
+		sort.Strings(out)
+		return out
+	}
+	children := want(plan[:4], canary)
+	var got []string
+	testkit.Eventually(t, 60*time.Second, "the canary's children staging v2 from it", func() bool {
+		got = f.staging("v2")
+		return slices.Equal(got, children)
+	})
+	// plan[0] fails its staging: its children (plan[4:8]) look past it to
+	// the canary.
+	failed := plan[0]
 	f.mu.Lock()
-	r := f.last[failed]
+	rep := f.last[failed]
 	f.mu.Unlock()
-	r = &v1.ServiceReport{Service: r.GetService(), Generation: r.GetGeneration(), Phase: r.GetPhase(), CurrentVersion: r.GetCurrentVersion(),
-		TargetVersion: r.GetTargetVersion(), LastGoodVersion: r.GetLastGoodVersion(), StageFailedSha256: art2.GetSha256()}
-	f.report(t, failed, r)
-	testkit.Eventually(t, 60*time.Second, "the failed host's slot given to another waiting host", func() bool {
-		now := f.staging("v2")
-		if len(now) != 2 {
-			return false
-		}
-		for _, id := range now {
-			if id == failed {
-				return false
-			}
-		}
-		return true
+	rep = &v1.ServiceReport{Service: rep.GetService(), Generation: rep.GetGeneration(), Phase: rep.GetPhase(), CurrentVersion: rep.GetCurrentVersion(),
+		TargetVersion: rep.GetTargetVersion(), LastGoodVersion: rep.GetLastGoodVersion(), StageFailedSha256: art2.GetSha256()}
+	f.report(t, failed, rep)
+	after := want(append(slices.Clone(plan[1:4]), plan[4:8]...), canary)
+	testkit.Eventually(t, 60*time.Second, "the failed host's children staging from the canary", func() bool {
+		got = f.staging("v2")
+		return slices.Equal(got, after)
+	})
+}
+
+// TestHubReplansWhenStagerDisconnects: a host admitted to stage that
+// disconnects (while waiting for its wave: the rollout records nothing)
+// makes the hub replan (paced like other staging changes): its children
+// in the tree look past it to the canary. Before, the plan kept counting
+// it until the next change of the desired state, and its children waited
+// for a host that was gone.
+func TestHubReplansWhenStagerDisconnects(t *testing.T) {
+	cc := startCoordinator(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const n = 9
+	f, _, r := stageRollout(t, ctx, cc, n)
+	canary := r.GetWaves()[0].GetHosts()[0].GetHostId()
+	var plan []string
+	for _, hp := range r.GetWaves()[1].GetHosts() {
+		plan = append(plan, hp.GetHostId())
+	}
+	f.install(t, canary)
+	testkit.Eventually(t, 60*time.Second, "the canary's children staging v2", func() bool {
+		return len(f.staging("v2")) == 4
+	})
+	gone := plan[0]
+	f.disconnect(gone)
+	var want []string
+	for _, id := range append(slices.Clone(plan[1:4]), plan[4:8]...) {
+		want = append(want, id+"←"+canary)
+	}
+	sort.Strings(want)
+	var got []string
+	testkit.Eventually(t, 60*time.Second, "the disconnected host's children staging from the canary", func() bool {
+		got = f.staging("v2")
+		return slices.Equal(got, want)
 	})
 }
 

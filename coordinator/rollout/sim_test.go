@@ -142,20 +142,25 @@ func (a *simAgent) observation() Observation {
 func TestSimulation(t *testing.T) {
 	seeds := simSeeds(200)
 	outcomes := map[v1.RolloutState]int{}
+	stage := map[string]int{}
 	for _, seed := range seeds {
-		outcomes[simulate(t, seed)]++
+		outcomes[simulate(t, seed, stage)]++
 		if t.Failed() {
 			return
 		}
 	}
-	t.Logf("outcomes over %d seeds: %v", len(seeds), outcomes)
+	t.Logf("outcomes over %d seeds: %v; staging steps %v", len(seeds), outcomes, stage)
 	// The parameters must exercise both ends.
 	if len(seeds) > 1 && (outcomes[rOK] == 0 || outcomes[rFailed] == 0) {
 		t.Errorf("simulation never reached one of SUCCEEDED/FAILED: %v", outcomes)
 	}
+	// And staging both held by the canary wave and admitting hosts.
+	if len(seeds) > 1 && (stage["canary wave"] == 0 || stage["admitted"] == 0) {
+		t.Errorf("simulation never staged, or never held staging for the canary: %v", stage)
+	}
 }
 
-func simulate(t *testing.T, seed uint64) v1.RolloutState {
+func simulate(t *testing.T, seed uint64, stage map[string]int) v1.RolloutState {
 	rng := rand.New(rand.NewPCG(seed, 0xf1ee7))
 	fatalf := seedFatalf(t, seed)
 
@@ -320,6 +325,13 @@ func simulate(t *testing.T, seed uint64) v1.RolloutState {
 			a.assign(want, sp, ok, rng, prm)
 		}
 		sp := checkStage(fatalf, stepN, r, stageHosts, staged)
+		switch {
+		case sp == nil || sp.Waiting == 0:
+		case sp.CanaryWave:
+			stage["canary wave"]++
+		case sp.Admitted() > 0:
+			stage["admitted"]++
+		}
 		for _, h := range hosts {
 			// A connected host admitted to stage finishes now and then.
 			if ok, _ := sp.Stage(h.ID); ok && agents[h.ID].connected && rng.Float64() < prm.pAct {
@@ -869,7 +881,9 @@ func stagePlanOf(r *v1.Rollout, hosts map[string]PeerHost, staged map[string]boo
 }
 
 // checkStage checks PlanStage's invariants on the rollout as it is: only
-// a rollout that Stages plans; only waiting (PENDING) hosts are admitted;
+// a rollout that Stages plans; nothing is admitted while a host of the
+// canary wave (Wave.canary) is PENDING or UPDATING; only waiting (PENDING) hosts
+// are admitted;
 // at most StageOrigin are admitted without sources (the roots); every
 // admitted host's first source is an ancestor of it in the plan-order tree
 // (so a holder serves its own subtree, StageFanout children unless some
@@ -895,12 +909,26 @@ func checkStage(fatalf func(string, ...any), stepN int, r *v1.Rollout, hosts map
 			}
 		}
 	}
+	canary := false
+	for _, w := range r.GetWaves() {
+		for _, hp := range w.GetHosts() {
+			if st := hp.GetState(); w.GetCanary() && st != v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE && st != v1.HostRolloutState_HOST_ROLLOUT_STATE_FAILED {
+				canary = true
+			}
+		}
+	}
+	if canary != p.CanaryWave {
+		fatalf("step %d: canary wave in flight %v, the plan says %v", stepN, canary, p.CanaryWave)
+	}
 	roots := 0
 	for _, w := range r.GetWaves() {
 		for _, hp := range w.GetHosts() {
 			ok, src := p.Stage(hp.GetHostId())
 			if !ok {
 				continue
+			}
+			if canary && !staged[hp.GetHostId()] {
+				fatalf("step %d: %s admitted to stage while the canary wave is in flight", stepN, hp.GetHostId())
 			}
 			if !staged[hp.GetHostId()] && hp.GetState() != pending {
 				fatalf("step %d: %s admitted to stage in state %v", stepN, hp.GetHostId(), hp.GetState())

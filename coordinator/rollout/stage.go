@@ -15,10 +15,24 @@ import (
 // whom, is decided here, deterministically from the rollout, the hosts'
 // peer addresses and which hosts report the target's artifact staged:
 //
+//   - nothing stages before the rollout's canary wave (its first, unless
+//     no_canary: Wave.canary) has finished: every host of it DONE or
+//     FAILED. The canary exists to reject a bad release; staging it
+//     on the fleet while the canary may still reject it spends the fleet's
+//     and the coordinator's bandwidth for nothing, and the canary, once
+//     DONE, is the tree's first holder, so the coordinator serves one copy
+//     (the canary's install) instead of the canary's and its children's.
+//     A canary host without a peer address, or out, still holds the gate
+//     shut until its wave finishes (a disconnected canary is not a passed
+//     one);
 //   - holders are the hosts of the plan that are DONE on the target
 //     (PeersOf) or whose latest report says staged_sha256 = the target's
 //     artifact sha256, with a peer address (not revoked, not a bad source:
 //     the caller's hosts map leaves those out), ordered by wave, then id;
+//   - future holders are the hosts in their wave and not DONE (UPDATING:
+//     installing or checking the target), with a peer address and not out:
+//     they will hold the artifact when their install finishes, so the
+//     waiting hosts below them wait for them rather than become roots;
 //   - waiting hosts are the PENDING hosts of the plan that do not report it
 //     staged, in wave order (then plan order): later waves' hosts get the
 //     artifact in the order their waves will need it;
@@ -31,12 +45,13 @@ import (
 //   - the tree: the plan's hosts in plan order (wave by wave) form a
 //     StageFanout-ary tree (host q's parent is host (q-1)/StageFanout). A
 //     waiting host looks up the tree, past hosts that serve nobody (no peer
-//     address, out, or in their wave and not DONE), to its first ancestor:
-//     a holder → it is admitted and that holder is its first source (then
-//     a window of the other holders starting at a hash of its id, up to
-//     n); a waiting host → it waits for it; none → it is a root, and the
-//     first StageOrigin roots (plan order) are admitted without sources
-//     (the release's URL or the coordinator serves them);
+//     address, out, or FAILED, or in their wave without a peer address),
+//     to its first ancestor: a holder → it is admitted and that holder is
+//     its first source (then a window of the other holders starting at a
+//     hash of its id, up to n); a waiting host or a future holder → it
+//     waits for it; none → it is a root, and the first StageOrigin roots
+//     (plan order) are admitted without sources (the release's URL or the
+//     coordinator serves them);
 //   - so a holder is the first source of at most its StageFanout children
 //     (more only when a child serves nobody and its children look past
 //     it), whatever order hosts finish in, and a host keeps its parent as
@@ -48,9 +63,11 @@ import (
 //   - with every admitted host finishing in about one artifact transfer
 //     time T, the holders grow StageFanout-fold a round (1 → 5 → 21 → 85
 //     …), so N hosts hold the artifact after about log₄(N) rounds, while
-//     the coordinator serves only the roots (none when the canary is done;
-//     its StageFanout children while it is still in its wave) instead of
-//     one copy per host.
+//     the coordinator serves only the roots (none when the canary is done
+//     with a peer address; StageOrigin at a time when no host above them
+//     serves) instead of one copy per host. (Before the canary gate and
+//     future holders, the canary's StageFanout children were roots while
+//     it was in its wave: 1+StageFanout copies left the coordinator.)
 //
 // Rollbacks do not stage: their target is the release hosts ran before,
 // usually still unpacked on them (Config.KeepReleases). A rollout
@@ -79,11 +96,14 @@ type StagePlan struct {
 	Waiting int
 	// Out is how many hosts of the plan cannot stage now (see PlanStage's
 	// out) and do not report the artifact staged.
-	Out      int
-	admitted map[string]int  // waiting host → its position among the admitted
-	first    map[string]Peer // admitted host → its parent holder (none: from the origin)
-	staged   map[string]bool
-	n        int
+	Out int
+	// CanaryWave says the rollout's canary wave (Wave.canary) has not
+	// finished (a host of it PENDING or UPDATING): no host is admitted.
+	CanaryWave bool
+	admitted   map[string]int  // waiting host → its position among the admitted
+	first      map[string]Peer // admitted host → its parent holder (none: from the origin)
+	staged     map[string]bool
+	n          int
 }
 
 // Stages reports whether a rollout stages ahead at all: stage_ahead, in
@@ -112,9 +132,10 @@ func PlanStage(r *v1.Rollout, sha string, hosts map[string]PeerHost, staged, out
 		class int
 	}
 	const (
-		gone    = iota // serves nobody: no peer address, out, or in its wave and not done
+		gone    = iota // serves nobody: no peer address, out, or FAILED
 		holder         // DONE or staged, with a peer address
 		waiting        // PENDING, not staged, not out: will hold it once staged
+		future         // UPDATING (in its wave), with a peer address: will hold it once DONE
 	)
 	seen := map[string]bool{}
 	var nodes []node
@@ -126,6 +147,9 @@ func PlanStage(r *v1.Rollout, sha string, hosts map[string]PeerHost, staged, out
 			}
 			seen[id] = true
 			st := hp.GetState()
+			if w.GetCanary() && st != v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE && st != v1.HostRolloutState_HOST_ROLLOUT_STATE_FAILED {
+				p.CanaryWave = true
+			}
 			h, hasAddr := hosts[id]
 			hasAddr = hasAddr && h.Address != "" && !out[id]
 			nd := node{id: id, peer: Peer{ID: id, Address: h.Address, Zone: h.Labels[ZoneLabel], Wave: wi}}
@@ -138,6 +162,10 @@ func PlanStage(r *v1.Rollout, sha string, hosts map[string]PeerHost, staged, out
 				p.Staged++
 				if hasAddr {
 					nd.class = holder
+				}
+			case st == v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING:
+				if hasAddr {
+					nd.class = future
 				}
 			case st != v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING && st != v1.HostRolloutState_HOST_ROLLOUT_STATE_UNSPECIFIED:
 			case out[id]:
@@ -153,14 +181,18 @@ func PlanStage(r *v1.Rollout, sha string, hosts map[string]PeerHost, staged, out
 		}
 	}
 	p.first = map[string]Peer{}
+	if p.CanaryWave {
+		return p // staging waits for the canary to pass
+	}
 	origin := 0
 	for q, nd := range nodes {
 		if nd.class != waiting {
 			continue
 		}
 		// Up the tree past hosts that serve nobody: the first holder is
-		// the source; a waiting ancestor means wait for it; none is a root
-		// (the coordinator or the release's URL serves it).
+		// the source; a waiting ancestor or a future holder means wait for
+		// it; none is a root (the coordinator or the release's URL serves
+		// it).
 		a, src, root := q, -1, true
 		for a > 0 {
 			a = (a - 1) / StageFanout
@@ -222,6 +254,28 @@ func (p *StagePlan) Stage(host string) (bool, []Peer) {
 		}
 	}
 	return true, out
+}
+
+// Lost reports whether a host the plan counts on is no longer connected
+// (connected says): an admitted host not staged yet (its admission slot
+// and its children wait for it) or a holder (it serves its children).
+// The plan was made with the hosts then connected; after such a
+// disconnect it is out of date until the next plan (the hub replans).
+func (p *StagePlan) Lost(connected func(host string) bool) bool {
+	if p == nil {
+		return false
+	}
+	for id := range p.admitted {
+		if !p.staged[id] && !connected(id) {
+			return true
+		}
+	}
+	for _, h := range p.Holders {
+		if !connected(h.ID) {
+			return true
+		}
+	}
+	return false
 }
 
 // StagedHolders are the holders that hold the artifact staged (not DONE):

@@ -17,9 +17,10 @@ import (
 // rollout with stage_ahead stage its target, and from which holders
 // (PlanStage). Commands:
 //
-//	rollout waves=(N,...) [state=progressing|succeeded|failed|superseded|waiting] [rollback] [remove] [config] [off] [paused] [sources=N]
+//	rollout waves=(N,...) [state=progressing|succeeded|failed|superseded|waiting] [rollback] [remove] [config] [off] [paused] [sources=N] [nocanary]
 //	    a rollout v1 → v2 whose wave i has N hosts, named h<wave>-<i>, all
-//	    PENDING with a peer address; off: stage_ahead false; config: v2 → v2
+//	    PENDING with a peer address, wave 0 its canary wave (nocanary: a
+//	    plain wave, as with no_canary); off: stage_ahead false; config: v2 → v2
 //	noaddr H...          the hosts have no peer address
 //	state H=pending|updating|done|failed...
 //	staged H...          the hosts report the target's artifact staged
@@ -56,6 +57,9 @@ func TestStageScenarios(t *testing.T) {
 			if p.Out > 0 {
 				fmt.Fprintf(&b, "out %d\n", p.Out)
 			}
+			if p.CanaryWave {
+				b.WriteString("canary wave in flight: nothing admitted\n")
+			}
 			for _, w := range r.GetWaves() {
 				for _, h := range w.GetHosts() {
 					ok, src := p.Stage(h.GetHostId())
@@ -84,6 +88,7 @@ func TestStageScenarios(t *testing.T) {
 				clear(staged)
 				clear(out)
 				nSources = DefaultSources
+				noCanary := false
 				for _, a := range d.CmdArgs {
 					switch a.Key {
 					case "waves":
@@ -92,7 +97,7 @@ func TestStageScenarios(t *testing.T) {
 							if err != nil {
 								t.Fatal(err)
 							}
-							w := &v1.Wave{Index: uint32(wi)}
+							w := &v1.Wave{Index: uint32(wi), Canary: wi == 0}
 							for i := range n {
 								id := fmt.Sprintf("h%d-%d", wi, i)
 								w.Hosts = append(w.Hosts, &v1.HostProgress{HostId: id, State: v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING})
@@ -120,9 +125,14 @@ func TestStageScenarios(t *testing.T) {
 						r.Paused = true
 					case "sources":
 						nSources, _ = strconv.Atoi(a.Vals[0])
+					case "nocanary":
+						noCanary = true
 					default:
 						t.Fatalf("rollout: unknown argument %s", a.Key)
 					}
+				}
+				if noCanary && len(r.Waves) > 0 {
+					r.Waves[0].Canary = false
 				}
 				return ""
 			case "noaddr":
@@ -174,20 +184,28 @@ func TestStageScenarios(t *testing.T) {
 
 // A wave of N hosts holds the artifact after O(log N) rounds (each round:
 // every admitted host stages), with every holder the first source of at
-// most StageFanout hosts (its children in the tree), and the coordinator
-// serving only the roots (hosts with no holder or waiting host above).
+// most StageFanout hosts (its children in the tree), nothing staged while
+// the canary is in its wave, and the coordinator serving no root once the
+// canary is done (it is the tree's first holder). Before staging waited
+// for the canary, its StageFanout children were roots served by the
+// coordinator while it installed.
 func TestStageGrowsLogarithmically(t *testing.T) {
 	for _, n := range []int{1, 10, 100, 1000, 10000} {
 		r := &v1.Rollout{FromVersion: "v1", ToVersion: "v2", State: v1.RolloutState_ROLLOUT_STATE_PROGRESSING,
 			Policy: &v1.RolloutPolicy{StageAhead: true}}
 		w := &v1.Wave{}
-		hosts := map[string]PeerHost{}
+		hosts := map[string]PeerHost{"canary": {Address: "canary:1"}}
 		for i := range n {
 			id := fmt.Sprintf("h%05d", i)
 			w.Hosts = append(w.Hosts, &v1.HostProgress{HostId: id, State: v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING})
 			hosts[id] = PeerHost{Address: id + ":1"}
 		}
-		r.Waves = []*v1.Wave{{Hosts: []*v1.HostProgress{{HostId: "canary", State: v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING}}}, w}
+		canary := &v1.HostProgress{HostId: "canary", State: v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING}
+		r.Waves = []*v1.Wave{{Canary: true, Hosts: []*v1.HostProgress{canary}}, w}
+		if p := PlanStage(r, "aa", hosts, map[string]bool{}, nil, DefaultSources); p.Admitted() != 0 || !p.CanaryWave {
+			t.Fatalf("n=%d: %d admitted while the canary is in its wave (canary wave %v), want 0", n, p.Admitted(), p.CanaryWave)
+		}
+		canary.State = v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE
 		staged := map[string]bool{}
 		rounds, origin := 0, 0
 		for {
@@ -221,18 +239,18 @@ func TestStageGrowsLogarithmically(t *testing.T) {
 				}
 			}
 		}
-		// The tree grows StageFanout-fold a round: the canary (in its wave,
-		// serving nobody) leaves its StageFanout children as roots, served
-		// by the origin StageOrigin at a time; then ⌈log_F(n)⌉ levels.
-		limit := 2
-		for c := StageFanout; c < n; c *= StageFanout {
-			limit++
+		// The tree grows StageFanout-fold a round from the canary: after
+		// round k it holds 1 + F + … + F^k hosts.
+		limit := 0
+		for held, level := 1, 1; held < n+1; limit++ {
+			level *= StageFanout
+			held += level
 		}
 		if rounds > limit {
 			t.Errorf("n=%d: %d rounds, want at most %d", n, rounds, limit)
 		}
-		if origin > StageFanout {
-			t.Errorf("n=%d: %d hosts staged from the origin, want at most %d (the roots)", n, origin, StageFanout)
+		if origin != 0 {
+			t.Errorf("n=%d: %d hosts staged from the origin, want 0 (the canary is the root)", n, origin)
 		}
 		t.Logf("n=%d: %d rounds, %d from the origin", n, rounds, origin)
 	}
@@ -330,5 +348,36 @@ func TestStageInFlightLoadPerHolder(t *testing.T) {
 				t.Errorf("seed %d n=%d: holder %s was the first source of %d stagings in flight at once, over %d", seed, n, worstHolder, worst, peerMaxUploads)
 			}
 		}
+	}
+}
+
+// TestStagePlanLost: a plan is out of date when a host it counts on
+// disconnects: an admitted host not staged yet, or a holder; not when a
+// staged host that is no holder, or a host it does not admit, does.
+func TestStagePlanLost(t *testing.T) {
+	r := &v1.Rollout{FromVersion: "v1", ToVersion: "v2", State: v1.RolloutState_ROLLOUT_STATE_PROGRESSING,
+		Policy: &v1.RolloutPolicy{StageAhead: true}}
+	hosts := map[string]PeerHost{}
+	w := &v1.Wave{}
+	for i := range 10 {
+		id := fmt.Sprintf("h%d", i)
+		w.Hosts = append(w.Hosts, &v1.HostProgress{HostId: id, State: v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING})
+		hosts[id] = PeerHost{Address: id + ":1"}
+	}
+	r.Waves = []*v1.Wave{{Hosts: []*v1.HostProgress{{HostId: "canary", State: v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE}}}, w}
+	hosts["canary"] = PeerHost{Address: "canary:1"}
+	delete(hosts, "h9") // staged without a peer address: no holder
+	p := PlanStage(r, "aa", hosts, map[string]bool{"h9": true}, nil, DefaultSources)
+	// Admitted: h0..h3 (the canary's children); holder: the canary.
+	for _, tc := range []struct {
+		gone string
+		want bool
+	}{{"", false}, {"canary", true}, {"h0", true}, {"h3", true}, {"h4", false}, {"h9", false}} {
+		if got := p.Lost(func(id string) bool { return id != tc.gone }); got != tc.want {
+			t.Errorf("%q disconnected: Lost %v, want %v", tc.gone, got, tc.want)
+		}
+	}
+	if (*StagePlan)(nil).Lost(func(string) bool { return false }) {
+		t.Error("a nil plan lost a host")
 	}
 }

@@ -71,6 +71,10 @@ type Mirror struct {
 	// staging fields (staged_sha256, stage_failed_sha256) only: the hub
 	// paces the pushes they cause (pushPacer).
 	stageEpoch uint64
+	// disconnects counts deleted connection records (an agent stream
+	// ended on some coordinator, or its lease expired): the hub replans
+	// staging when one of them was a host its plan counts on.
+	disconnects uint64
 }
 
 // NewMirror makes a mirror; Run fills and follows it.
@@ -96,6 +100,7 @@ func (m *Mirror) reset() {
 	m.revocations = map[string]Versioned[*v1.Revocation]{}
 	m.blackouts = map[string]*v1.Blackout{}
 	m.revocationEpoch++
+	m.disconnects++ // a reload may drop connections without a delete
 }
 
 // Run loads the keyspace and follows it until ctx ends. It reloads after a
@@ -253,6 +258,9 @@ func (m *Mirror) applyLocked(t mvccpb.Event_EventType, kv *mvccpb.KeyValue) {
 	case strings.HasPrefix(key, ConnsPrefix):
 		id := strings.TrimPrefix(key, ConnsPrefix)
 		if del {
+			if _, ok := m.conns[id]; ok {
+				m.disconnects++
+			}
 			delete(m.conns, id)
 			delete(m.connSince, id)
 			return
@@ -536,6 +544,14 @@ func (m *Mirror) Epochs() (desired, stage uint64) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	return m.desiredEpoch, m.stageEpoch
+}
+
+// Disconnects counts the connection records deleted so far (not a
+// desired-state change: what a host should run does not depend on it).
+func (m *Mirror) Disconnects() uint64 {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.disconnects
 }
 
 // Rev is the last revision applied.

@@ -202,6 +202,9 @@ func TestMirrorFollowsWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	testkit.Eventually(t, 20*time.Second, "h1 connected in the mirror", func() bool { return m.Connected("h1") })
+	// A disconnect counts in Disconnects (the hub replans staging when
+	// the host was one its plan counted on), not in the desired epoch.
+	disc, epoch := m.Disconnects(), m.DesiredEpoch()
 	if err := s.DeleteConn(ctx, "h1", "other"); err != nil {
 		t.Fatal(err)
 	}
@@ -209,6 +212,9 @@ func TestMirrorFollowsWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	testkit.Eventually(t, 20*time.Second, "h1 disconnected in the mirror", func() bool { return !m.Connected("h1") })
+	if m.Disconnects() != disc+1 || m.DesiredEpoch() != epoch {
+		t.Fatalf("a disconnect: Disconnects %d → %d, desired epoch %d → %d; want one more disconnect, the same epoch", disc, m.Disconnects(), epoch, m.DesiredEpoch())
+	}
 }
 
 func clientWithCountOnlyForTest() clientv3.OpOption { return clientv3.WithCountOnly() }

@@ -35,23 +35,27 @@ import (
 // coordinator noticing the wave is done and assigning the next).
 //
 // With staging, hosts fetch ahead of their wave by the rollout engine's
-// tree (coordinator/rollout/stage.go, PlanStage): the plan's hosts in plan
-// order form a FanOut-ary tree; a waiting host stages once the first host
-// above it that serves holds the artifact, from it; hosts with nobody
-// above (the canary's children while it is in its wave) are roots, Origin
-// of them at a time from the coordinator (Origin and FanOut default to
-// rollout.StageOrigin and rollout.StageFanout). The model runs it in
-// rounds: round 1 is the canary's install and Origin roots, all from the
-// coordinator; in each later round the hosts that became holders in the
-// round before serve their FanOut children (the canary its remaining
-// ones), so the holders grow about FanOut-fold a round (3, 13, 53, 213, …
-// with the defaults), and a round lasts one transfer at FanOut downloads
-// per holder, Size/min(Down, Up/FanOut). The model counts the canary a
-// holder from the end of round 1 (the engine, once it is DONE,
-// WaveOverhead later) and admits a round's hosts all at once (the engine
-// admits a holder's children as soon as it reports staged). A wave ends
-// WaveOverhead after the later of the previous wave's end and the round
-// in which its hosts all hold the artifact.
+// tree (coordinator/rollout/stage.go, PlanStage), and only once the first
+// (canary) wave has passed: the first wave installs as without staging
+// (from the coordinator: nobody holds the artifact yet) and ends
+// WaveOverhead later; nothing stages meanwhile. Then the plan's hosts in
+// plan order form a FanOut-ary tree whose first holders are the first
+// wave's hosts: they serve their FanOut children not in the first wave
+// (FanOut*c - (c-1) for a first wave of c), and in each later round the
+// hosts that became holders in the round before serve their FanOut
+// children, so the holders grow about FanOut-fold a round (1, 5, 21, 85,
+// … with the defaults), and a round lasts one transfer at FanOut
+// downloads per holder, Size/min(Down, Up/FanOut). The coordinator serves
+// the first wave only (no root: a host without a holder above it is a
+// root only when the hosts above serve nobody, which with peer-to-peer
+// they all do). The model admits a round's hosts all at once (the engine
+// admits a holder's children as soon as it reports staged), and lets the
+// tree serve the second wave's hosts too (the engine starts that wave
+// when the first ends: its hosts install from the holders, PeerMaxUploads
+// each, rather than stage). A later wave ends WaveOverhead after the later
+// of the previous wave's end and the round in which its hosts all hold
+// the artifact. Origin does not enter the model with peer-to-peer (the
+// engine's StageOrigin bounds the roots, and there are none).
 //
 // Without peer-to-peer no host has a peer address, so the engine never has
 // a holder: it stages Origin hosts at a time from the coordinator, whose
@@ -209,42 +213,28 @@ func ArtifactSpread(p ArtifactParams) (ArtifactResult, error) {
 
 // staged is the model with staging ahead (and peer-to-peer).
 func (p ArtifactParams) staged(res ArtifactResult, over float64) ArtifactResult {
-	origin, fan := p.Origin, p.FanOut
-	// Holders after each round, and when. The engine's tree: a holder
-	// serves its FanOut children once; while the canary is in its wave its
-	// children are roots, Origin of them served by the coordinator.
-	var holders []int  // after round r+1
-	var ends []float64 // end of round r+1
-	h, t, fresh := 0, 0.0, 0
+	fan := p.FanOut
+	// The first (canary) wave installs from the coordinator; nothing
+	// stages until it is done.
+	first := res.WaveSizes[0]
+	t := p.coordTime(first)
+	res.Egress += int64(first) * p.Size
+	holders := []int{first} // after round r+1
+	ends := []float64{t}    // end of round r+1
+	firstEnd := t + over
+	// Then the tree from the first wave's hosts, round by round.
+	h, t := first, firstEnd
+	fresh := fan*first - (first - 1) // their children not in the first wave
 	for h < p.Hosts {
-		var fromPeers, fromCoord int
-		var round float64
-		if h == 0 {
-			// The canary's install and Origin roots, from the coordinator;
-			// the canary's other children are served by it next round.
-			roots := min(origin, fan*max(p.Canary, 1))
-			fromCoord = min(p.Canary+roots, p.Hosts)
-			round = p.coordTime(fromCoord)
-			fresh = fromCoord
-			res.Egress += int64(fromCoord) * p.Size
-			h += fromCoord
-			t += round
-			holders = append(holders, h)
-			ends = append(ends, t)
-			// The next round's children: fan per fresh holder, less the
-			// canary's children already served as roots.
-			fresh = fan*fresh - roots
-			continue
-		}
 		admitted := min(fresh, p.Hosts-h)
 		if admitted <= 0 {
 			admitted = min(fan, p.Hosts-h)
 		}
 		servers := max((admitted+fan-1)/fan, 1)
-		fromPeers = min(admitted, servers*p.PeerMaxUploads)
-		fromCoord = admitted - fromPeers
+		fromPeers := min(admitted, servers*p.PeerMaxUploads)
+		fromCoord := admitted - fromPeers
 		per := (fromPeers + servers - 1) / servers
-		round = max(float64(p.Size)/min(p.Down, p.Up/float64(per)), p.coordTime(fromCoord))
+		round := max(float64(p.Size)/min(p.Down, p.Up/float64(per)), p.coordTime(fromCoord))
 		res.Egress += int64(fromCoord) * p.Size
 		res.PeerBytes += int64(fromPeers) * p.Size
 		h += admitted
@@ -255,6 +245,9 @@ func (p ArtifactParams) staged(res ArtifactResult, over float64) ArtifactResult 
 	}
 	res.Rounds = len(holders)
 	res.Spread = seconds(t)
+	if h == first {
+		res.Spread = seconds(ends[0]) // the first wave is the fleet
+	}
 	// When k hosts hold it: the end of the first round with k holders.
 	heldBy := func(k int) float64 {
 		for r, n := range holders {
@@ -264,8 +257,8 @@ func (p ArtifactParams) staged(res ArtifactResult, over float64) ArtifactResult 
 		}
 		return t
 	}
-	done, covered := 0.0, 0
-	for _, n := range res.WaveSizes {
+	done, covered := firstEnd, first
+	for _, n := range res.WaveSizes[1:] {
 		covered += n
 		done = max(done, heldBy(covered)) + over
 	}

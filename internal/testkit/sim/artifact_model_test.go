@@ -97,9 +97,11 @@ func TestArtifactSpreadModelWithPeers(t *testing.T) {
 	}
 }
 
-// Staging follows the engine's tree (rollout.StageOrigin roots from the
-// coordinator, then each holder serves its rollout.StageFanout children):
-// the holders grow about StageFanout-fold a round.
+// Staging follows the engine's tree, and waits for the canary: the first
+// wave installs from the coordinator, nothing stages until it is done,
+// then each holder serves its rollout.StageFanout children: the holders
+// grow about StageFanout-fold a round, and the coordinator serves the
+// first wave only.
 func TestArtifactSpreadModelStaged(t *testing.T) {
 	p := baseParams(1000)
 	p.P2P, p.Stage, p.WaveOverhead = true, true, time.Second
@@ -107,24 +109,36 @@ func TestArtifactSpreadModelStaged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Round 1: the canary and 2 roots from the coordinator, 0.4 s; then
-	// the canary's 2 other children and the roots' 8 (13 hold it), their
-	// 40 (53), 160 (213), 640 (853), the last 147: 4 downloads per holder
-	// (1.6 s each).
+	// Round 1: the canary's install from the coordinator, 0.4 s; its wave
+	// ends 1 s later (1.4 s). Then the canary's 4 children (5 hold it),
+	// their 16 (21), 64 (85), 256 (341), the last 659: 4 downloads per
+	// holder (1.6 s each).
 	if r.Rounds != 6 {
 		t.Errorf("rounds %d, want 6", r.Rounds)
 	}
-	if want := 0.4 + 5*1.6; math.Abs(r.Spread.Seconds()-want) > 1e-6 {
+	if want := 1.4 + 5*1.6; math.Abs(r.Spread.Seconds()-want) > 1e-6 {
 		t.Errorf("spread %s, want %.1fs", r.Spread, want)
 	}
-	if r.Egress != 3*mb50 || r.PeerBytes != 997*mb50 {
-		t.Errorf("egress %d, peer bytes %d; want 3 and 997 hosts' worth", r.Egress, r.PeerBytes)
+	if r.Egress != 1*mb50 || r.PeerBytes != 999*mb50 {
+		t.Errorf("egress %d, peer bytes %d; want 1 and 999 hosts' worth", r.Egress, r.PeerBytes)
 	}
-	// Waves of 1, 19, 80, 400, 500 (cumulative 1, 20, 100, 500, 1000)
-	// are held after rounds 1, 3, 4, 5, 6 (0.4, 3.6, 5.2, 6.8, 8.4 s);
-	// each wave ends 1 s after the later of that and the previous one.
-	if want := 9.4; math.Abs(r.Done.Seconds()-want) > 1e-6 {
+	// Waves of 1, 19, 80, 400, 500 (cumulative 1, 20, 100, 500, 1000):
+	// the canary's ends at 1.4 s; the others are held after rounds 3, 5,
+	// 6, 6 (4.6, 7.8, 9.4, 9.4 s); each ends 1 s after the later of that
+	// and the previous one: 5.6, 8.8, 10.4, 11.4 s.
+	if want := 11.4; math.Abs(r.Done.Seconds()-want) > 1e-6 {
 		t.Errorf("done %s, want %.1fs", r.Done, want)
+	}
+	// A canary wave of 3: it serves its 4*3-2 = 10 children not in it.
+	p.Canary = 3
+	if r, _ = ArtifactSpread(p); r.Egress != 3*mb50 {
+		t.Errorf("canary of 3: egress %d, want 3 hosts' worth", r.Egress)
+	}
+	// The whole fleet in the first wave: one round, nothing staged.
+	one := baseParams(1)
+	one.P2P, one.Stage = true, true
+	if r, _ = ArtifactSpread(one); r.Rounds != 1 || r.Egress != mb50 || r.Spread != 400*time.Millisecond {
+		t.Errorf("1 host: rounds %d, egress %d, spread %s; want 1, one copy, 0.4 s", r.Rounds, r.Egress, r.Spread)
 	}
 
 	for _, n := range []int{1000, 10_000, 100_000} {
@@ -142,11 +156,11 @@ func TestArtifactSpreadModelStaged(t *testing.T) {
 		if r.Egress+r.PeerBytes != int64(n)*mb50 {
 			t.Errorf("%d hosts: egress %d + peers %d, want every host's artifact once", n, r.Egress, r.PeerBytes)
 		}
-		// The coordinator serves the canary and StageOrigin hosts only.
-		if want := int64(1+rollout.StageOrigin) * mb50; r.Egress != want {
+		// The coordinator serves the canary only.
+		if want := int64(1) * mb50; r.Egress != want {
 			t.Errorf("%d hosts: egress %d, want %d", n, r.Egress, want)
 		}
-		most := rollout.StageFanout + 1 // the mean of Origin + Fanout*h over h, rounded up
+		most := rollout.StageFanout // downloads per holder a round
 		if lo, hi := time.Duration(r.Rounds)*400*time.Millisecond, time.Duration(r.Rounds)*time.Duration(most)*400*time.Millisecond; r.Spread < lo || r.Spread > hi {
 			t.Errorf("%d hosts: spread %s, want %d rounds of 0.4 s (one download) to %d downloads at once", n, r.Spread, r.Rounds, most)
 		}
@@ -249,7 +263,7 @@ func TestArtifactSpreadModelTable(t *testing.T) {
 			if mode.stage {
 				rounds = strconv.Itoa(r.Rounds)
 			}
-			t.Logf("| %d | %s | %s | %.1f s | %.1f s | %.1f GB | %.1f GB | %s |", n, onOff(mode.p2p), onOff(mode.stage),
+			t.Logf("| %d | %s | %s | %.1f s | %.1f s | %.2f GB | %.1f GB | %s |", n, onOff(mode.p2p), onOff(mode.stage),
 				r.Spread.Seconds(), r.Done.Seconds(), float64(r.Egress)/1e9, float64(r.PeerBytes)/1e9, rounds)
 		}
 	}
