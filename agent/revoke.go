@@ -48,6 +48,68 @@ type revocations struct {
 	// receiver may start while the old one's last save runs).
 	saveMu  sync.Mutex
 	refused *prometheus.CounterVec // side
+	coords  coordRefusals
+}
+
+// coordRefusals is the agent's last resort against revocations of every
+// coordinator: revocations come from the coordinators, and one (or a
+// stolen coordinator key reached once) can send made-up revocations of
+// all the others, which the agent keeps (it never drops one before it
+// expires). Refusing them all would cut the agent from every coordinator
+// for good, and from the revocation of the one that lied. So when every
+// address of its list was refused as revoked (in the handshake, or left
+// on a revocation) since a coordinator was last accepted, the next session
+// does not check coordinator revocations (logged as an error), and the
+// next round checks again. A coordinator that is really revoked is
+// refused while any other is not; an agent whose coordinators are all
+// revoked behaves as agents did before they learnt revocations.
+type coordRefusals struct {
+	mu      sync.Mutex
+	addrs map[string]bool // addresses refused as revoked since one was accepted
+}
+
+// refused records that the coordinator at addr was refused as revoked.
+func (c *coordRefusals) refused(addr string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.addrs == nil {
+		c.addrs = map[string]bool{}
+	}
+	c.addrs[addr] = true
+}
+
+// lastResort says whether the next session goes without checking
+// coordinator revocations: every one of addrs was refused as revoked since
+// one was accepted (the record then starts again).
+func (c *coordRefusals) lastResort(addrs []string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, a := range addrs {
+		if !c.addrs[a] {
+			return false
+		}
+	}
+	c.addrs = nil
+	return len(addrs) > 0
+}
+
+// accepted records that a coordinator was accepted (checked and answered).
+func (c *coordRefusals) accepted() {
+	c.mu.Lock()
+	c.addrs = nil
+	c.mu.Unlock()
+}
+
+// lastResort is coordRefusals.lastResort (false with no revocations).
+func (r *revocations) lastResort(addrs []string) bool {
+	return r != nil && r.coords.lastResort(addrs)
+}
+
+// accepted is coordRefusals.accepted.
+func (r *revocations) accepted() {
+	if r != nil {
+		r.coords.accepted()
+	}
 }
 
 // openRevocations loads the agent's revocations (nil with insecure: there

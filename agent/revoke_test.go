@@ -115,3 +115,43 @@ func TestAgentRevocations(t *testing.T) {
 		t.Fatalf("insecure: %v, %v", r, err)
 	}
 }
+
+// The last resort against revocations of every coordinator: only when
+// each address of the list was refused as revoked since one was last
+// accepted, once, and then the record starts again; an accepted
+// coordinator clears it. Before it, an agent given made-up revocations of
+// every coordinator (by one of them) refused them all for good.
+func TestCoordinatorLastResort(t *testing.T) {
+	addrs := []string{"c1:1", "c2:1", "c3:1"}
+	var c coordRefusals
+	if c.lastResort(addrs) {
+		t.Fatal("last resort with nothing refused")
+	}
+	c.refused("c1:1")
+	c.refused("c2:1")
+	if c.lastResort(addrs) {
+		t.Fatal("last resort with c3 not refused")
+	}
+	c.accepted()
+	c.refused("c3:1")
+	if c.lastResort(addrs) {
+		t.Fatal("last resort although c1 and c2 were accepted since")
+	}
+	c.refused("c1:1")
+	c.refused("c2:1")
+	c.refused("other:1") // not in the list: changes nothing
+	if !c.lastResort(addrs) {
+		t.Fatal("no last resort with every coordinator refused")
+	}
+	if c.lastResort(addrs) {
+		t.Fatal("a second last resort without the coordinators refused again")
+	}
+	if c.lastResort(nil) {
+		t.Fatal("last resort with no coordinators")
+	}
+	var none *revocations // an insecure agent
+	none.accepted()
+	if none.lastResort(addrs) {
+		t.Fatal("last resort without revocations")
+	}
+}
