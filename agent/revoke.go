@@ -64,7 +64,7 @@ type revocations struct {
 // refused while any other is not; an agent whose coordinators are all
 // revoked behaves as agents did before they learnt revocations.
 type coordRefusals struct {
-	mu      sync.Mutex
+	mu    sync.Mutex
 	addrs map[string]bool // addresses refused as revoked since one was accepted
 }
 
