@@ -285,6 +285,8 @@ func (a *agent) connLoop(ctx context.Context) {
 		}
 		if established {
 			attempt = 0
+		} else {
+			a.revs.failed(addr)
 		}
 		d := a.backoff(attempt)
 		attempt++
@@ -306,7 +308,7 @@ func (a *agent) session(ctx context.Context, addr string) (established bool, err
 	lastResort := a.revs.lastResort(a.cfg.Coordinators)
 	if lastResort {
 		a.log.Error().Str("coordinator", addr).Strs("coordinators", a.cfg.Coordinators).
-			Msg("every coordinator was refused as revoked: connecting without checking coordinator revocations (a coordinator may have sent made-up ones; check the revocations in etcd)")
+			Msg("every coordinator was refused as revoked or unreachable: connecting without checking coordinator revocations (a coordinator may have sent made-up ones; check the revocations in etcd)")
 	}
 	creds, err := a.transport(addr, lastResort)
 	if err != nil {

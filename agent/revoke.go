@@ -55,17 +55,19 @@ type revocations struct {
 // coordinator: revocations come from the coordinators, and one (or a
 // stolen coordinator key reached once) can send made-up revocations of
 // all the others, which the agent keeps (it never drops one before it
-// expires). Refusing them all would cut the agent from every coordinator
-// for good, and from the revocation of the one that lied. So when every
-// address of its list was refused as revoked (in the handshake, or left
-// on a revocation) since a coordinator was last accepted, the next session
-// does not check coordinator revocations (logged as an error), and the
-// next round checks again. A coordinator that is really revoked is
-// refused while any other is not; an agent whose coordinators are all
-// revoked behaves as agents did before they learnt revocations.
+// expires). Refusing them would cut the agent from every coordinator for
+// good once the liar is gone, and from the liar's own revocation. So when
+// every address of its list failed since a coordinator was last accepted,
+// at least one refused as revoked (in the handshake, or left on a
+// revocation), the next session does not check coordinator revocations
+// (logged as an error), and the next round checks again. A revoked
+// coordinator is refused while any other is reachable and not refused; an
+// agent that reaches only revoked coordinators behaves as agents did
+// before they learnt revocations.
 type coordRefusals struct {
-	mu    sync.Mutex
-	addrs map[string]bool // addresses refused as revoked since one was accepted
+	mu sync.Mutex
+	// addrs failed since one was accepted: true for refused as revoked.
+	addrs map[string]bool
 }
 
 // refused records that the coordinator at addr was refused as revoked.
@@ -78,19 +80,37 @@ func (c *coordRefusals) refused(addr string) {
 	c.addrs[addr] = true
 }
 
+// failed records that the session to addr failed (a refusal as revoked
+// recorded for it stays).
+func (c *coordRefusals) failed(addr string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.addrs == nil {
+		c.addrs = map[string]bool{}
+	}
+	c.addrs[addr] = c.addrs[addr] // false unless refused as revoked
+}
+
 // lastResort says whether the next session goes without checking
-// coordinator revocations: every one of addrs was refused as revoked since
-// one was accepted (the record then starts again).
+// coordinator revocations: every one of addrs failed since one was
+// accepted, at least one refused as revoked (the record then starts
+// again).
 func (c *coordRefusals) lastResort(addrs []string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	revoked := false
 	for _, a := range addrs {
-		if !c.addrs[a] {
+		r, failed := c.addrs[a]
+		if !failed {
 			return false
 		}
+		revoked = revoked || r
+	}
+	if !revoked {
+		return false
 	}
 	c.addrs = nil
-	return len(addrs) > 0
+	return true
 }
 
 // accepted records that a coordinator was accepted (checked and answered).
@@ -103,6 +123,13 @@ func (c *coordRefusals) accepted() {
 // lastResort is coordRefusals.lastResort (false with no revocations).
 func (r *revocations) lastResort(addrs []string) bool {
 	return r != nil && r.coords.lastResort(addrs)
+}
+
+// failed is coordRefusals.failed.
+func (r *revocations) failed(addr string) {
+	if r != nil {
+		r.coords.failed(addr)
+	}
 }
 
 // accepted is coordRefusals.accepted.
