@@ -88,7 +88,9 @@ func (c *coordRefusals) failed(addr string) {
 	if c.addrs == nil {
 		c.addrs = map[string]bool{}
 	}
-	c.addrs[addr] = c.addrs[addr] // false unless refused as revoked
+	if _, ok := c.addrs[addr]; !ok {
+		c.addrs[addr] = false
+	}
 }
 
 // lastResort says whether the next session goes without checking
