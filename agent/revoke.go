@@ -48,6 +48,97 @@ type revocations struct {
 	// receiver may start while the old one's last save runs).
 	saveMu  sync.Mutex
 	refused *prometheus.CounterVec // side
+	coords  coordRefusals
+}
+
+// coordRefusals is the agent's last resort against revocations of every
+// coordinator: revocations come from the coordinators, and one (or a
+// stolen coordinator key reached once) can send made-up revocations of
+// all the others, which the agent keeps (it never drops one before it
+// expires). Refusing them would cut the agent from every coordinator for
+// good once the liar is gone, and from the liar's own revocation. So when
+// every address of its list failed since a coordinator was last accepted,
+// at least one refused as revoked (in the handshake, or left on a
+// revocation), the next session does not check coordinator revocations
+// (logged as an error), and the next round checks again. A revoked
+// coordinator is refused while any other is reachable and not refused; an
+// agent that reaches only revoked coordinators behaves as agents did
+// before they learnt revocations.
+type coordRefusals struct {
+	mu sync.Mutex
+	// addrs failed since one was accepted: true for refused as revoked.
+	addrs map[string]bool
+}
+
+// refused records that the coordinator at addr was refused as revoked.
+func (c *coordRefusals) refused(addr string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.addrs == nil {
+		c.addrs = map[string]bool{}
+	}
+	c.addrs[addr] = true
+}
+
+// failed records that the session to addr failed (a refusal as revoked
+// recorded for it stays).
+func (c *coordRefusals) failed(addr string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.addrs == nil {
+		c.addrs = map[string]bool{}
+	}
+	if _, ok := c.addrs[addr]; !ok {
+		c.addrs[addr] = false
+	}
+}
+
+// lastResort says whether the next session goes without checking
+// coordinator revocations: every one of addrs failed since one was
+// accepted, at least one refused as revoked (the record then starts
+// again).
+func (c *coordRefusals) lastResort(addrs []string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	revoked := false
+	for _, a := range addrs {
+		r, failed := c.addrs[a]
+		if !failed {
+			return false
+		}
+		revoked = revoked || r
+	}
+	if !revoked {
+		return false
+	}
+	c.addrs = nil
+	return true
+}
+
+// accepted records that a coordinator was accepted (checked and answered).
+func (c *coordRefusals) accepted() {
+	c.mu.Lock()
+	c.addrs = nil
+	c.mu.Unlock()
+}
+
+// lastResort is coordRefusals.lastResort (false with no revocations).
+func (r *revocations) lastResort(addrs []string) bool {
+	return r != nil && r.coords.lastResort(addrs)
+}
+
+// failed is coordRefusals.failed.
+func (r *revocations) failed(addr string) {
+	if r != nil {
+		r.coords.failed(addr)
+	}
+}
+
+// accepted is coordRefusals.accepted.
+func (r *revocations) accepted() {
+	if r != nil {
+		r.coords.accepted()
+	}
 }
 
 // openRevocations loads the agent's revocations (nil with insecure: there

@@ -115,3 +115,59 @@ func TestAgentRevocations(t *testing.T) {
 		t.Fatalf("insecure: %v, %v", r, err)
 	}
 }
+
+// The last resort against revocations of every coordinator: only when
+// each address of the list failed since one was last accepted, at least
+// one refused as revoked, once, and then the record starts again; an
+// accepted coordinator clears it. Before it, an agent given made-up
+// revocations of every other coordinator (by one of them, gone since)
+// refused them all for good.
+func TestCoordinatorLastResort(t *testing.T) {
+	addrs := []string{"c1:1", "c2:1", "c3:1"}
+	var c coordRefusals
+	if c.lastResort(addrs) {
+		t.Fatal("last resort with nothing failed")
+	}
+	for _, a := range addrs {
+		c.failed(a)
+	}
+	if c.lastResort(addrs) {
+		t.Fatal("last resort with every coordinator unreachable, none refused as revoked")
+	}
+	c.accepted()
+	c.refused("c1:1")
+	c.refused("c2:1")
+	if c.lastResort(addrs) {
+		t.Fatal("last resort with c3 not failed since")
+	}
+	c.failed("c3:1")
+	c.failed("c1:1") // a refusal recorded stays
+	if !c.lastResort(addrs) {
+		t.Fatal("no last resort with c1, c2 refused as revoked and c3 unreachable")
+	}
+	if c.lastResort(addrs) {
+		t.Fatal("a second last resort without the coordinators failing again")
+	}
+	c.refused("c1:1")
+	c.refused("c2:1")
+	c.accepted()
+	c.refused("c3:1")
+	if c.lastResort(addrs) {
+		t.Fatal("last resort although c1 and c2 were accepted since")
+	}
+	c.refused("c1:1")
+	c.refused("c2:1")
+	c.refused("other:1") // not in the list: changes nothing
+	if !c.lastResort(addrs) {
+		t.Fatal("no last resort with every coordinator refused")
+	}
+	if c.lastResort(nil) {
+		t.Fatal("last resort with no coordinators")
+	}
+	var none *revocations // an insecure agent
+	none.accepted()
+	none.failed("c1:1")
+	if none.lastResort(addrs) {
+		t.Fatal("last resort without revocations")
+	}
+}

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
@@ -28,8 +29,10 @@ func (a *agent) certPaths() (cert, key string) {
 	return filepath.Join(dir, "agent.pem"), filepath.Join(dir, "agent-key.pem")
 }
 
-// transport returns the credentials for calls to coordinators.
-func (a *agent) transport() (credentials.TransportCredentials, error) {
+// transport returns the credentials for a session to the coordinator at
+// addr; lastResort: not refusing revoked coordinator certificates
+// (coordRefusals).
+func (a *agent) transport(addr string, lastResort bool) (credentials.TransportCredentials, error) {
 	if a.cfg.Insecure {
 		return insecure.NewCredentials(), nil
 	}
@@ -38,7 +41,15 @@ func (a *agent) transport() (credentials.TransportCredentials, error) {
 	if err != nil {
 		return nil, err
 	}
-	a.refuseRevoked(tc, sideCoordinator)
+	if !lastResort && a.revs != nil {
+		tlsutil.CheckRevocation(tc, func(chain []*x509.Certificate) error {
+			err := a.checkRevoked(sideCoordinator, chain)
+			if err != nil {
+				a.revs.coords.refused(addr)
+			}
+			return err
+		})
+	}
 	return credentials.NewTLS(tc), nil
 }
 

@@ -1,9 +1,15 @@
 package coordinator
 
 import (
+	"fmt"
+	"slices"
+	"strings"
+
 	"context"
 	"testing"
 	"time"
+
+	"github.com/fleetwave/fleetwave/coordinator/store"
 
 	"google.golang.org/protobuf/proto"
 
@@ -129,5 +135,107 @@ func TestAgentsGetRevocationDeltas(t *testing.T) {
 		if first.GetRevocations().GetRevision() < r2 {
 			t.Errorf("%s: revision %d, want at least %d", tc.name, first.GetRevocations().GetRevision(), r2)
 		}
+	}
+}
+
+// A delta larger than the bound of one message goes in several, in the
+// order the revocations were written, each at most the bound (whole
+// revisions) with the revision it is complete up to, the last at the
+// mirror's: together every revocation once. Failed before (one message
+// carried the whole delta: 10,000 revocations of 1,024 bytes, or more
+// with a larger --max-revocations, came near or over the agent's 16 MiB
+// receive limit, and a message over it ends the stream at every
+// connection).
+func TestRevocationDeltaSplitIntoBoundedMessages(t *testing.T) {
+	f := startTLSCoordinator(t)
+	ctx := t.Context()
+	admin := v1.NewOperatorServiceClient(f.dial(t, "operator-alice", ""))
+	reason := strings.Repeat("r", 200)
+	var want []string
+	for i := range 7 {
+		host := fmt.Sprintf("h%d", 10+i)
+		if _, err := admin.RevokeCertificate(ctx, &v1.RevokeCertificateRequest{Identity: "agent:" + host, Reason: reason}); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, "identity/agent/"+host)
+	}
+	c := coordinatorOf(t, f)
+	const maxBytes = 600 // two of these revocations, not three
+	c.hub.revDelta.mu.Lock()
+	c.hub.revDelta.maxBytes = maxBytes
+	c.hub.revDelta.mu.Unlock()
+
+	stream, m := helloRev(t, f, "h1", proto.Int64(0))
+	var got []string
+	var last int64
+	for {
+		set := m.GetRevocations()
+		if n := len(set.GetRevocations()); n == 0 || n > 2 {
+			t.Fatalf("message with %d revocations (%v), want 1 or 2 (at most %d bytes)", n, revKeys(set), maxBytes)
+		}
+		if set.GetRevision() <= last {
+			t.Fatalf("revision %d after %d", set.GetRevision(), last)
+		}
+		last = set.GetRevision()
+		got = append(got, revKeys(set)...)
+		if len(got) >= len(want) {
+			break
+		}
+		var err error
+		if m, err = stream.Recv(); err != nil {
+			t.Fatal(err)
+		}
+		if !m.GetRevocationsOnly() && len(m.GetRevocations().GetRevocations()) == 0 {
+			m.Revocations = nil // an assignment set queued meanwhile
+			if m, err = stream.Recv(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	slices.Sort(got)
+	if !sameKeys(got, want...) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	// The last message is complete up to the mirror's revision then
+	// (other writes may have moved it since), past the last revocation.
+	all, at := c.mirror.RevocationsSince(0)
+	if last < all[len(all)-1].Rev || last > at {
+		t.Fatalf("last message at revision %d, want from the last revocation's %d to the mirror's %d", last, all[len(all)-1].Rev, at)
+	}
+	// A revision in the middle resumes after it.
+	_, first := helloRev(t, f, "h2", proto.Int64(all[3].Rev))
+	if k := revKeys(first.GetRevocations()); !sameKeys(k, want[4], want[5]) {
+		t.Fatalf("after revision of %s: got %v, want %v", want[3], k, want[4:6])
+	}
+}
+
+// cutRevocations cuts only between revisions and takes at least one
+// revision whatever its size.
+func TestCutRevocations(t *testing.T) {
+	r := func(id string, rev int64) store.Versioned[*v1.Revocation] {
+		return store.Versioned[*v1.Revocation]{Val: &v1.Revocation{Identity: id, Reason: strings.Repeat("r", 100)}, Rev: rev}
+	}
+	all := []store.Versioned[*v1.Revocation]{r("agent:b", 5), r("agent:a", 5), r("agent:c", 6)}
+	for _, tc := range []struct {
+		name     string
+		maxBytes int
+		want     []string
+		at       int64
+		more     bool
+	}{
+		{"all fit", 1 << 20, []string{"identity/agent/a", "identity/agent/b", "identity/agent/c"}, 9, false},
+		{"one revision's pair over the bound is kept whole", 10, []string{"identity/agent/a", "identity/agent/b"}, 5, true},
+	} {
+		e := cutRevocations(all, 9, tc.maxBytes)
+		var got []string
+		for _, x := range e.out {
+			got = append(got, revocation.Key(x))
+		}
+		if !sameKeys(got, tc.want...) || e.at != tc.at || e.more != tc.more {
+			t.Errorf("%s: got %v at %d more %v, want %v at %d more %v", tc.name, got, e.at, e.more, tc.want, tc.at, tc.more)
+		}
+	}
+	if e := cutRevocations(nil, 9, 0); len(e.out) != 0 || e.at != 9 || e.more {
+		t.Errorf("empty: %+v", e)
 	}
 }

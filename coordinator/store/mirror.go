@@ -754,9 +754,10 @@ func (m *Mirror) Revocations() []*v1.Revocation {
 }
 
 // RevocationsSince returns the revocations written after revision since
-// (all of them when since is 0 or ahead of the mirror: another etcd), by
-// key, and the mirror's revision they are complete up to (agents' deltas).
-func (m *Mirror) RevocationsSince(since int64) (out []*v1.Revocation, at int64) {
+// (all of them when since is 0 or ahead of the mirror: another etcd), in
+// the order they were written (by revision, then key), and the mirror's
+// revision they are complete up to (agents' deltas).
+func (m *Mirror) RevocationsSince(since int64) (out []Versioned[*v1.Revocation], at int64) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	if since > m.rev {
@@ -768,10 +769,16 @@ func (m *Mirror) RevocationsSince(since int64) (out []*v1.Revocation, at int64) 
 			keys = append(keys, k)
 		}
 	}
-	sort.Strings(keys)
-	out = make([]*v1.Revocation, 0, len(keys))
+	sort.Slice(keys, func(i, j int) bool {
+		ri, rj := m.revocations[keys[i]].Rev, m.revocations[keys[j]].Rev
+		if ri != rj {
+			return ri < rj
+		}
+		return keys[i] < keys[j]
+	})
+	out = make([]Versioned[*v1.Revocation], 0, len(keys))
 	for _, k := range keys {
-		out = append(out, m.revocations[k].Val)
+		out = append(out, m.revocations[k])
 	}
 	return out, m.rev
 }

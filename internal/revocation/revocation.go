@@ -300,6 +300,15 @@ func merged(old, r *v1.Revocation) *v1.Revocation {
 	} else {
 		m.ExpiresAt = old.GetExpiresAt()
 	}
+	// The other's expires_at can be longer than base's (nanoseconds): what
+	// the entry says rather than what it covers (the reason, then who
+	// revoked it and the subject) gives way, so every entry held passes
+	// Validate (and the file saved with it loads).
+	for _, f := range []*string{&m.Reason, &m.RevokedBy, &m.Subject} {
+		if over := proto.Size(m) - MaxEntryBytes; over > 0 {
+			*f = strings.ToValidUTF8((*f)[:max(0, len(*f)-over)], "")
+		}
+	}
 	return m
 }
 

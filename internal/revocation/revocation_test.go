@@ -314,3 +314,46 @@ func TestSetAtMaximum(t *testing.T) {
 		t.Fatalf("past the maximum: %v, %d held", err, s.Len())
 	}
 }
+
+// An entry merged from two (the later revoke's record, the other's later
+// expires_at) stays within MaxEntryBytes, so the file saved with it loads:
+// a coordinator sending an entry of exactly MaxEntryBytes after one with
+// a longer expires_at (nanoseconds) made a held entry over the bound, and
+// the agent then refused to start on its own file. Failed before (Load:
+// "1029 bytes, over 1024").
+func TestMergedEntryStaysWithinBound(t *testing.T) {
+	s := NewSet(0, time.Time{})
+	first := ident("agent:h1", t0, t0.Add(48*time.Hour+time.Nanosecond*123456789))
+	mustMerge(t, s, 1, first)
+	second := ident("agent:h1", t0.Add(time.Hour), t0.Add(24*time.Hour))
+	second.Reason = strings.Repeat("x", MaxEntryBytes) // trimmed below to exactly the bound
+	second.Reason = second.Reason[:MaxEntryBytes-(proto.Size(second)-MaxEntryBytes)]
+	if n := proto.Size(second); n != MaxEntryBytes {
+		t.Fatalf("test entry is %d bytes, want %d", n, MaxEntryBytes)
+	}
+	if n := mustMerge(t, s, 2, second); n != 1 {
+		t.Fatalf("merged %d, want 1", n)
+	}
+	r, _ := s.RevokedIdentityAt("agent", "h1")
+	if n := proto.Size(r); n > MaxEntryBytes {
+		t.Fatalf("held entry is %d bytes, over %d", n, MaxEntryBytes)
+	}
+	if !r.GetRevokedAt().AsTime().Equal(t0.Add(time.Hour)) || !r.GetExpiresAt().AsTime().Equal(first.GetExpiresAt().AsTime()) {
+		t.Fatalf("held %v, want the later revoked_at and the later expires_at", r)
+	}
+	file := filepath.Join(t.TempDir(), "revocations.pb")
+	if err := s.Save(file); err != nil {
+		t.Fatal(err)
+	}
+	if err := NewSet(0, time.Time{}).Load(file, t0); err != nil {
+		t.Fatalf("the agent's own file: %v", err)
+	}
+	// The same with the bytes in revoked_by and no reason.
+	third := ident("agent:h2", t0.Add(time.Hour), t0.Add(24*time.Hour))
+	third.RevokedBy = strings.Repeat("y", MaxEntryBytes)
+	third.RevokedBy = third.RevokedBy[:MaxEntryBytes-(proto.Size(third)-MaxEntryBytes)]
+	mustMerge(t, s, 3, ident("agent:h2", t0, first.GetExpiresAt().AsTime()), third)
+	if r, _ := s.RevokedIdentityAt("agent", "h2"); Validate(r) != nil {
+		t.Fatalf("held entry: %v", Validate(r))
+	}
+}
