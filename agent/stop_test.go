@@ -393,3 +393,60 @@ func TestStopServicesCancelDuringHook(t *testing.T) {
 		t.Fatalf("the hook (pid %d) still runs", hookPID)
 	}
 }
+
+// TestStopServicesHandoverDrainsOnce: a service found in a handover (its
+// <service>.pid and <service>.next.pid both running the same release, as
+// an agent stopped in a handover of a judging-only change leaves it) is
+// drained once: its before_stop runs once (not once per process, two at
+// once), then both processes are stopped.
+func TestStopServicesHandoverDrainsOnce(t *testing.T) {
+	hook := `echo run >> "$OUT/runs"; mkdir "$OUT/running" || echo overlap >> "$OUT/overlap"; sleep 0.3; rmdir "$OUT/running"; touch "$OUT/drained"`
+	dataDir, out, reaped := stopFixture(t, func(out string) *v1.Assignment {
+		return drainAssignment(out, false, 0, 0, "/bin/sh", "-c", hook)
+	})
+	next := exec.Command("/bin/sh", "-c", drainedService)
+	nextOut := t.TempDir()
+	next.Env = append(os.Environ(), "OUT="+nextOut)
+	next.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stdout, err := next.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := next.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stdout.Read(make([]byte, 6)); err != nil { // "ready": the trap is set
+		t.Fatal(err)
+	}
+	nextReaped := make(chan struct{})
+	go func() { _ = next.Wait(); close(nextReaped) }()
+	t.Cleanup(func() { _ = syscall.Kill(-next.Process.Pid, syscall.SIGKILL); <-nextReaped })
+	if _, err := supervise.WritePIDRecord(filepath.Join(dataDir, "run", testSvc+nextPIDSuffix), next.Process.Pid, "1.0.0", 2); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{DataDir: dataDir, HostID: testHostID, Labels: map[string]string{"port": "8123"}}
+	if err := StopServices(context.Background(), cfg, true, testLogger(t)); err != nil {
+		t.Fatalf("StopServices: %v", err)
+	}
+	if drained, _ := waitTerm(t, out, reaped); !drained {
+		t.Error("the process of <service>.pid got SIGTERM before the drain")
+	}
+	// The hook's mark is in out; the other process records in nextOut.
+	testkit.Eventually(t, time.Minute, "the process of <service>.next.pid reaped", func() bool {
+		select {
+		case <-nextReaped:
+			return true
+		default:
+			return false
+		}
+	})
+	if _, err := os.Stat(filepath.Join(nextOut, "term")); err != nil {
+		t.Errorf("the process of <service>.next.pid did not record its SIGTERM: %v", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(out, "runs")); err != nil || strings.Count(string(b), "run") != 1 {
+		t.Errorf("before_stop runs %q, %v: want one", b, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(out, "overlap")); err == nil {
+		t.Errorf("two before_stop hooks ran at once: %q", b)
+	}
+}
