@@ -44,7 +44,7 @@ import (
 // checked as the agent checks them.
 //
 // It returns nil when nothing runs; the error names every service that
-// could not be stopped. When ctx ends (a second SIGTERM) it says so and
+// could not be stopped. When ctx ends (a SIGTERM or SIGINT to the command) it says so and
 // abandons the drains in progress (a hook's process group is killed), but
 // every stop still runs to its end (SIGKILL after the grace): no service
 // is left half stopped.
@@ -210,7 +210,7 @@ func stopFound(ctx context.Context, f *supervise.Found, snap *lifecycle.Snapshot
 // then the longest of their shutdown_delays passes (drainStop). A release
 // is the state's record of it (releaseOf); without one it is not drained
 // (said in the log). A hook that fails or times out is logged and the
-// drain goes on; ctx's end (a second SIGTERM) abandons the hook (its
+// drain goes on; ctx's end (a SIGTERM or SIGINT) abandons the hook (its
 // process group killed) and the delay.
 func drainFound(ctx context.Context, hh hookHost, snap *lifecycle.Snapshot, name string, versions []string, log zerolog.Logger) {
 	var longest *v1.Assignment

@@ -348,7 +348,7 @@ func TestStopServicesBadHostIdentity(t *testing.T) {
 	}
 }
 
-// TestStopServicesCancelDuringHook: ctx ending (a second SIGTERM) while
+// TestStopServicesCancelDuringHook: ctx ending (a SIGTERM or SIGINT) while
 // the before_stop runs kills the hook's process group, skips the
 // shutdown_delay (an hour) and stops the service at once: nothing is left
 // half stopped, and StopServices returns nil (every service stopped).
