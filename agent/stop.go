@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/agent/state"
@@ -84,7 +86,11 @@ func StopServices(ctx context.Context, cfg Config, drain bool, log zerolog.Logge
 	}
 	var store *state.Store
 	if _, err := os.Stat(filepath.Join(dir, "state")); err == nil {
-		if store, err = state.Open(filepath.Join(dir, "state")); err != nil {
+		if err := trustedState(dir, true); err != nil {
+			log.Warn().Err(err).Msg("state not trusted: stopping with the default stop grace, without a drain")
+		} else if err := trustedState(filepath.Join(dir, "state"), false); err != nil {
+			log.Warn().Err(err).Msg("state not trusted: stopping with the default stop grace, without a drain")
+		} else if store, err = state.Open(filepath.Join(dir, "state")); err != nil {
 			log.Warn().Err(err).Msg("state unreadable: stopping with the default stop grace, without a drain")
 		}
 	}
@@ -162,12 +168,18 @@ func StopServices(ctx context.Context, cfg Config, drain bool, log zerolog.Logge
 	return nil
 }
 
-// loadSnapshot is the state's snapshot of a service (nil: no state, none
-// or unreadable, said in the log: the stop then has the default stop grace
-// and no drain).
+// loadSnapshot is the state's snapshot of a service (nil: no state, none,
+// unreadable or not trusted (trustedState), said in the log: the stop then
+// has the default stop grace and no drain).
 func loadSnapshot(store *state.Store, name string, log zerolog.Logger) *lifecycle.Snapshot {
 	if store == nil {
 		return nil
+	}
+	if err := spec.CheckName("service", name); err == nil {
+		if err := trustedState(store.Path(name), false); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			log.Warn().Err(err).Msg("state not trusted: stopping with the default stop grace, without a drain")
+			return nil
+		}
 	}
 	snap, err := store.Load(name)
 	if err != nil {
@@ -175,6 +187,35 @@ func loadSnapshot(store *state.Store, name string, log zerolog.Logger) *lifecycl
 		return nil
 	}
 	return snap
+}
+
+// trustedState checks that path (the data dir, followed if a link, when
+// follow; else the state dir or a state file, never a link) is as the
+// agent makes it: owned by this process's user and writable by no one
+// else. stop-services runs as root, and the state chooses what its drains
+// run and as whom: a state an agent running as another user wrote (or
+// anyone else could have), would let that user run commands as root.
+func trustedState(path string, follow bool) error {
+	stat := os.Lstat
+	if follow {
+		stat = os.Stat
+	}
+	fi, err := stat(path)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case fi.Mode()&fs.ModeSymlink != 0:
+		return fmt.Errorf("%s: a link", path)
+	case !ok:
+		return fmt.Errorf("%s: no owner known", path)
+	case int(st.Uid) != os.Geteuid():
+		return fmt.Errorf("%s: owned by uid %d, not this process's %d", path, st.Uid, os.Geteuid())
+	case fi.Mode().Perm()&0o022 != 0:
+		return fmt.Errorf("%s: mode %v: writable by others than its owner", path, fi.Mode().Perm())
+	}
+	return nil
 }
 
 // stopFound stops a process found running with its release's stop grace
