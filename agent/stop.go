@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/agent/state"
@@ -29,10 +32,12 @@ import (
 // in the state: an agent started later puts the last good release back
 // (recovery) and runs it again.
 //
-// With drain, each process is drained first as a deploy drains one that
-// served (drainFound): its release's before_stop, then its
-// shutdown_delay; without, it gets SIGTERM at once (--no-drain, for
-// emergencies).
+// With drain, each service is drained first as a deploy drains a process
+// that served (drainFound): its release's before_stop, then its
+// shutdown_delay; once, also when two of its processes run (a handover
+// the agent stopped in: each release among them has its before_stop run,
+// one after the other, then the longest delay passes); without, its
+// processes get SIGTERM at once (--no-drain, for emergencies).
 //
 // It reads cfg.DataDir, cfg.CgroupParent ("" the default: a process found
 // in its cgroup below it is stopped with every process of that cgroup,
@@ -41,7 +46,7 @@ import (
 // checked as the agent checks them.
 //
 // It returns nil when nothing runs; the error names every service that
-// could not be stopped. When ctx ends (a second SIGTERM) it says so and
+// could not be stopped. When ctx ends (a SIGTERM or SIGINT to the command) it says so and
 // abandons the drains in progress (a hook's process group is killed), but
 // every stop still runs to its end (SIGKILL after the grace): no service
 // is left half stopped.
@@ -81,7 +86,11 @@ func StopServices(ctx context.Context, cfg Config, drain bool, log zerolog.Logge
 	}
 	var store *state.Store
 	if _, err := os.Stat(filepath.Join(dir, "state")); err == nil {
-		if store, err = state.Open(filepath.Join(dir, "state")); err != nil {
+		if err := trustedState(dir, true); err != nil {
+			log.Warn().Err(err).Msg("state not trusted: stopping with the default stop grace, without a drain")
+		} else if err := trustedState(filepath.Join(dir, "state"), false); err != nil {
+			log.Warn().Err(err).Msg("state not trusted: stopping with the default stop grace, without a drain")
+		} else if store, err = state.Open(filepath.Join(dir, "state")); err != nil {
 			log.Warn().Err(err).Msg("state unreadable: stopping with the default stop grace, without a drain")
 		}
 	}
@@ -96,41 +105,60 @@ func StopServices(ctx context.Context, cfg Config, drain bool, log zerolog.Logge
 		errs = append(errs, err)
 		mu.Unlock()
 	}
+	// A service's PID files: <service>.pid, and <service>.next.pid of a
+	// process started beside it (a handover the agent stopped in), in
+	// that order. A service is drained once, whatever number of processes
+	// it has (drainFound), then they are all stopped.
+	var names []string
+	pids := map[string][]string{}
 	for _, path := range files {
-		// <service>.pid, and <service>.next.pid of a process started beside
-		// it (a handover the agent stopped in).
-		name := strings.TrimSuffix(strings.TrimSuffix(filepath.Base(path), ".pid"), ".next")
+		base := strings.TrimSuffix(filepath.Base(path), ".pid")
+		name := strings.TrimSuffix(base, ".next")
+		if _, ok := pids[name]; !ok {
+			names = append(names, name)
+		}
+		if name == base {
+			pids[name] = append([]string{path}, pids[name]...)
+		} else {
+			pids[name] = append(pids[name], path)
+		}
+	}
+	for _, name := range names {
 		slog := log.With().Str("service", name).Logger()
 		wg.Go(func() {
-			f, err := supervise.FindRunning(path, cgs, slog)
-			if err != nil {
-				fail(fmt.Errorf("service %s: %w", name, err))
-				return
+			var found []*supervise.Found
+			for _, path := range pids[name] {
+				f, err := supervise.FindRunning(path, cgs, slog)
+				if err != nil {
+					fail(fmt.Errorf("service %s: %w", name, err))
+					continue
+				}
+				if f != nil { // else nothing provably runs (logged); the file is gone
+					found = append(found, f)
+				}
 			}
-			if f == nil {
-				return // nothing provably runs (logged); the file is gone
+			if len(found) == 0 {
+				return
 			}
 			snap := loadSnapshot(store, name, slog)
-			grace := supervise.DefaultStopGrace
-			if snap != nil {
-				grace = foundGrace(snap, &lifecycle.Running{Version: f.Record.Release})
-			}
 			if drain {
-				drainFound(ctx, hh, snap, name, f.Record.Release, slog)
+				var versions []string
+				for _, f := range found {
+					if !slices.Contains(versions, f.Record.Release) {
+						versions = append(versions, f.Record.Release)
+					}
+				}
+				drainFound(ctx, hh, snap, name, versions, slog)
 			}
-			stopped := make(chan error, 1)
-			go func() { stopped <- f.Stop(grace, slog) }()
-			select {
-			case err = <-stopped:
-			case <-ctx.Done():
-				slog.Warn().Err(ctx.Err()).Msg("still stopping: waiting for the stop grace to end")
-				err = <-stopped
+			var stops sync.WaitGroup
+			for _, f := range found {
+				stops.Go(func() {
+					if err := stopFound(ctx, f, snap, slog); err != nil {
+						fail(fmt.Errorf("service %s: %w", name, err))
+					}
+				})
 			}
-			if err != nil {
-				fail(fmt.Errorf("service %s: %w", name, err))
-				return
-			}
-			slog.Info().Int("pid", f.Record.PGID).Str("version", f.Record.Release).Dur("grace", grace).Msg("service stopped")
+			stops.Wait()
 		})
 	}
 	wg.Wait()
@@ -140,12 +168,18 @@ func StopServices(ctx context.Context, cfg Config, drain bool, log zerolog.Logge
 	return nil
 }
 
-// loadSnapshot is the state's snapshot of a service (nil: no state, none
-// or unreadable, said in the log: the stop then has the default stop grace
-// and no drain).
+// loadSnapshot is the state's snapshot of a service (nil: no state, none,
+// unreadable or not trusted (trustedState), said in the log: the stop then
+// has the default stop grace and no drain).
 func loadSnapshot(store *state.Store, name string, log zerolog.Logger) *lifecycle.Snapshot {
 	if store == nil {
 		return nil
+	}
+	if err := spec.CheckName("service", name); err == nil {
+		if err := trustedState(store.Path(name), false); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			log.Warn().Err(err).Msg("state not trusted: stopping with the default stop grace, without a drain")
+			return nil
+		}
 	}
 	snap, err := store.Load(name)
 	if err != nil {
@@ -155,44 +189,114 @@ func loadSnapshot(store *state.Store, name string, log zerolog.Logger) *lifecycl
 	return snap
 }
 
-// drainFound drains a process of service name (release version) found
-// running, before its stop, as a deploy drains a process that served: its
-// release's before_stop (or run.pre_stop) runs as the agent runs it
-// (hookHost.hookOf, FLEETWAVE_OPERATION=stop, FLEETWAVE_NEXT_VERSION=""),
-// then its shutdown_delay passes (drainStop). The release is the state's
-// record of it (releaseOf); without one nothing is drained (said in the
-// log). A hook that fails or times out is logged and the drain goes on;
-// ctx's end (a second SIGTERM) abandons the hook (its process group
-// killed) and the delay.
-func drainFound(ctx context.Context, hh hookHost, snap *lifecycle.Snapshot, name, version string, log zerolog.Logger) {
-	log = log.With().Str("version", version).Logger()
+// trustedState checks that path (the data dir, followed if a link, when
+// follow; else the state dir or a state file, never a link) is as the
+// agent makes it: owned by this process's user and writable by no one
+// else. stop-services runs as root, and the state chooses what its drains
+// run and as whom: a state an agent running as another user wrote (or
+// anyone else could have), would let that user run commands as root.
+func trustedState(path string, follow bool) error {
+	stat := os.Lstat
+	if follow {
+		stat = os.Stat
+	}
+	fi, err := stat(path)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case fi.Mode()&fs.ModeSymlink != 0:
+		return fmt.Errorf("%s: a link", path)
+	case !ok:
+		return fmt.Errorf("%s: no owner known", path)
+	case int(st.Uid) != os.Geteuid():
+		return fmt.Errorf("%s: owned by uid %d, not this process's %d", path, st.Uid, os.Geteuid())
+	case fi.Mode().Perm()&0o022 != 0:
+		return fmt.Errorf("%s: mode %v: writable by others than its owner", path, fi.Mode().Perm())
+	}
+	return nil
+}
+
+// stopFound stops a process found running with its release's stop grace
+// (the default without a state record of it). ctx's end does not cut the
+// stop short: it is logged, and the stop runs to its end.
+func stopFound(ctx context.Context, f *supervise.Found, snap *lifecycle.Snapshot, log zerolog.Logger) error {
+	grace := supervise.DefaultStopGrace
+	if snap != nil {
+		grace = foundGrace(snap, &lifecycle.Running{Version: f.Record.Release})
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- f.Stop(grace, log) }()
+	var err error
+	select {
+	case err = <-stopped:
+	case <-ctx.Done():
+		log.Warn().Err(ctx.Err()).Msg("still stopping: waiting for the stop grace to end")
+		err = <-stopped
+	}
+	if err != nil {
+		return err
+	}
+	log.Info().Int("pid", f.Record.PGID).Str("version", f.Record.Release).Dur("grace", grace).Msg("service stopped")
+	return nil
+}
+
+// drainFound drains the processes of service name found running (their
+// releases versions, each once: the two processes of a handover may run
+// the same), before their stop, as a deploy drains a process that served:
+// each release's before_stop (or run.pre_stop), one after the other (never
+// two hooks of a service at once, as in the agent), runs as the agent runs
+// it (hookHost.hookOf, FLEETWAVE_OPERATION=stop, FLEETWAVE_NEXT_VERSION=""),
+// then the longest of their shutdown_delays passes (drainStop). A release
+// is the state's record of it (releaseOf); without one it is not drained
+// (said in the log). A hook that fails or times out is logged and the
+// drain goes on; ctx's end (a SIGTERM or SIGINT) abandons the hook (its
+// process group killed) and the delay.
+func drainFound(ctx context.Context, hh hookHost, snap *lifecycle.Snapshot, name string, versions []string, log zerolog.Logger) {
+	var longest *v1.Assignment
+	for _, version := range versions {
+		if asg := drainHook(ctx, hh, snap, name, version, log.With().Str("version", version).Logger()); asg != nil &&
+			(longest == nil || asg.GetSpec().GetRun().GetShutdownDelay().AsDuration() > longest.GetSpec().GetRun().GetShutdownDelay().AsDuration()) {
+			longest = asg
+		}
+	}
+	if longest == nil {
+		return
+	}
+	log = log.With().Str("version", lifecycle.Version(longest)).Logger()
+	if d := longest.GetSpec().GetRun().GetShutdownDelay().AsDuration(); d > 0 && ctx.Err() == nil {
+		log.Info().Dur("shutdown_delay", d).Msg("waiting the shutdown_delay before the stop")
+	}
+	if err := drainStop(ctx, longest); err != nil {
+		log.Warn().Err(err).Msg("drain abandoned: stopping now")
+	}
+}
+
+// drainHook runs the before_stop of release version of service name, if
+// it has one, and returns its assignment (nil: no record of it in the
+// state, said in the log).
+func drainHook(ctx context.Context, hh hookHost, snap *lifecycle.Snapshot, name, version string, log zerolog.Logger) *v1.Assignment {
 	var asg *v1.Assignment
 	if snap != nil {
 		asg = releaseOf(snap, version)
 	}
 	if asg == nil {
 		log.Warn().Msg("the state has no record of the running release: stopping it without a drain")
-		return
+		return nil
 	}
-	if ctx.Err() != nil {
-		return
+	if ctx.Err() != nil || hookspec.Of(asg.GetSpec(), hookspec.BeforeStop) == nil {
+		return asg
 	}
-	if hookspec.Of(asg.GetSpec(), hookspec.BeforeStop) != nil {
-		act := lifecycle.Action{Kind: lifecycle.ActHook, Hook: hookspec.BeforeStop, Version: version, Assignment: asg,
-			Timeout: hookspec.Timeout(asg.GetSpec(), hookspec.BeforeStop), Operation: lifecycle.OpStop}
-		h, err := hh.hookOf(name, act)
-		if err == nil {
-			log.Info().Str("hook", act.Hook).Str("operation", act.Operation).Strs("command", h.Command).Dur("timeout", h.Timeout).Msg("hook")
-			_, err = supervise.RunHookTail(ctx, h)
-		}
-		if err != nil {
-			log.Warn().Str("hook", act.Hook).Err(err).Msg("hook failed: stopping the service all the same")
-		}
+	act := lifecycle.Action{Kind: lifecycle.ActHook, Hook: hookspec.BeforeStop, Version: version, Assignment: asg,
+		Timeout: hookspec.Timeout(asg.GetSpec(), hookspec.BeforeStop), Operation: lifecycle.OpStop}
+	h, err := hh.hookOf(name, act)
+	if err == nil {
+		log.Info().Str("hook", act.Hook).Str("operation", act.Operation).Strs("command", h.Command).Dur("timeout", h.Timeout).Msg("hook")
+		_, err = supervise.RunHookTail(ctx, h)
 	}
-	if d := asg.GetSpec().GetRun().GetShutdownDelay().AsDuration(); d > 0 && ctx.Err() == nil {
-		log.Info().Dur("shutdown_delay", d).Msg("waiting the shutdown_delay before the stop")
+	if err != nil {
+		log.Warn().Str("hook", act.Hook).Err(err).Msg("hook failed: stopping the service all the same")
 	}
-	if err := drainStop(ctx, asg); err != nil {
-		log.Warn().Err(err).Msg("drain abandoned: stopping now")
-	}
+	return asg
 }

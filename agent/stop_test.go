@@ -3,12 +3,14 @@ package agent
 import (
 	"context"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -348,7 +350,7 @@ func TestStopServicesBadHostIdentity(t *testing.T) {
 	}
 }
 
-// TestStopServicesCancelDuringHook: ctx ending (a second SIGTERM) while
+// TestStopServicesCancelDuringHook: ctx ending (a SIGTERM or SIGINT) while
 // the before_stop runs kills the hook's process group, skips the
 // shutdown_delay (an hour) and stops the service at once: nothing is left
 // half stopped, and StopServices returns nil (every service stopped).
@@ -392,4 +394,149 @@ func TestStopServicesCancelDuringHook(t *testing.T) {
 	if alive(hookPID) {
 		t.Fatalf("the hook (pid %d) still runs", hookPID)
 	}
+}
+
+// TestStopServicesHandoverDrainsOnce: a service found in a handover (its
+// <service>.pid and <service>.next.pid both running the same release, as
+// an agent stopped in a handover of a judging-only change leaves it) is
+// drained once: its before_stop runs once (not once per process, two at
+// once), then both processes are stopped.
+func TestStopServicesHandoverDrainsOnce(t *testing.T) {
+	hook := `echo run >> "$OUT/runs"; mkdir "$OUT/running" || echo overlap >> "$OUT/overlap"; sleep 0.3; rmdir "$OUT/running"; touch "$OUT/drained"`
+	dataDir, out, reaped := stopFixture(t, func(out string) *v1.Assignment {
+		return drainAssignment(out, false, 0, 0, "/bin/sh", "-c", hook)
+	})
+	next := exec.Command("/bin/sh", "-c", drainedService)
+	nextOut := t.TempDir()
+	next.Env = append(os.Environ(), "OUT="+nextOut)
+	next.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stdout, err := next.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := next.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stdout.Read(make([]byte, 6)); err != nil { // "ready": the trap is set
+		t.Fatal(err)
+	}
+	nextReaped := make(chan struct{})
+	go func() { _ = next.Wait(); close(nextReaped) }()
+	t.Cleanup(func() { _ = syscall.Kill(-next.Process.Pid, syscall.SIGKILL); <-nextReaped })
+	if _, err := supervise.WritePIDRecord(filepath.Join(dataDir, "run", testSvc+nextPIDSuffix), next.Process.Pid, "1.0.0", 2); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{DataDir: dataDir, HostID: testHostID, Labels: map[string]string{"port": "8123"}}
+	if err := StopServices(context.Background(), cfg, true, testLogger(t)); err != nil {
+		t.Fatalf("StopServices: %v", err)
+	}
+	if drained, _ := waitTerm(t, out, reaped); !drained {
+		t.Error("the process of <service>.pid got SIGTERM before the drain")
+	}
+	// The hook's mark is in out; the other process records in nextOut.
+	testkit.Eventually(t, time.Minute, "the process of <service>.next.pid reaped", func() bool {
+		select {
+		case <-nextReaped:
+			return true
+		default:
+			return false
+		}
+	})
+	if _, err := os.Stat(filepath.Join(nextOut, "term")); err != nil {
+		t.Errorf("the process of <service>.next.pid did not record its SIGTERM: %v", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(out, "runs")); err != nil || strings.Count(string(b), "run") != 1 {
+		t.Errorf("before_stop runs %q, %v: want one", b, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(out, "overlap")); err == nil {
+		t.Errorf("two before_stop hooks ran at once: %q", b)
+	}
+}
+
+// TestStopServicesUntrustedStateNoDrain: stop-services runs as root while
+// an agent may run as another user (its data dir that user's): a state it
+// did not write itself, or one others may write, is not trusted to choose
+// what runs (a before_stop without run.user would run as root, its
+// release's ./drain.sh rewritable by that user). The service is stopped
+// without a drain, with the default stop grace, and the log says why.
+func TestStopServicesUntrustedStateNoDrain(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		root   bool // needs root (chown)
+		change func(t *testing.T, dataDir string)
+	}{
+		{"state file owned by another user", true, func(t *testing.T, dataDir string) {
+			chown(t, filepath.Join(dataDir, "state", testSvc+".json"))
+		}},
+		{"state dir owned by another user", true, func(t *testing.T, dataDir string) {
+			chown(t, filepath.Join(dataDir, "state"))
+		}},
+		{"data dir owned by another user", true, func(t *testing.T, dataDir string) {
+			chown(t, dataDir)
+		}},
+		{"state file writable by others", false, func(t *testing.T, dataDir string) {
+			chmod(t, filepath.Join(dataDir, "state", testSvc+".json"), 0o666)
+		}},
+		{"state dir writable by its group", false, func(t *testing.T, dataDir string) {
+			chmod(t, filepath.Join(dataDir, "state"), 0o775)
+		}},
+		{"state file a link", false, func(t *testing.T, dataDir string) {
+			path := filepath.Join(dataDir, "state", testSvc+".json")
+			if err := os.Rename(path, path+".real"); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(path+".real", path); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.root && os.Geteuid() != 0 {
+				t.Skip("needs root to give a file to another user")
+			}
+			dataDir, out, reaped := stopFixture(t, func(out string) *v1.Assignment { return drainAssignment(out, false, 0, 0) })
+			tt.change(t, dataDir)
+			var log strings.Builder
+			cfg := Config{DataDir: dataDir, HostID: testHostID, Labels: map[string]string{"port": "8123"}}
+			if err := StopServices(context.Background(), cfg, true, zerolog.New(&syncWriter{w: &log})); err != nil {
+				t.Fatalf("StopServices: %v", err)
+			}
+			if drained, _ := waitTerm(t, out, reaped); drained {
+				t.Fatal("the before_stop of an untrusted state ran")
+			}
+			if _, err := os.Stat(filepath.Join(out, "hook.env")); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("hook.env: %v, want no hook run", err)
+			}
+			if !strings.Contains(log.String(), "state not trusted") {
+				t.Errorf("the log does not say the state is not trusted:\n%s", log.String())
+			}
+		})
+	}
+}
+
+// chown gives path to nobody (uid and gid 65534).
+func chown(t *testing.T, path string) {
+	t.Helper()
+	if err := os.Lchown(path, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func chmod(t *testing.T, path string, mode os.FileMode) {
+	t.Helper()
+	if err := os.Chmod(path, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// syncWriter writes to w, one writer at a time.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
 }

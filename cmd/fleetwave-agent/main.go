@@ -113,7 +113,7 @@ func runStopServices(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "Usage: fleetwave-agent stop-services [--data-dir DIR] [--host-id ID] [--labels k=v,...] [--no-drain] [--log-level LEVEL]\n\n"+
 			"Stops every service the agent left running in DIR and exits: each runs its release's before_stop hook\n"+
 			"and waits its shutdown_delay (as in a deploy), then gets SIGTERM, and SIGKILL after its stop_grace.\n"+
-			"A second SIGTERM abandons the hooks and delays and stops at once. Stop the agent first:\n"+
+			"A SIGTERM or SIGINT (Ctrl-C) abandons the hooks and delays and stops at once. Stop the agent first:\n"+
 			"stopping the agent leaves its services running.\n\n")
 		fs.PrintDefaults()
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -17,7 +18,9 @@ import (
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/agent/state"
 	"github.com/fleetwave/fleetwave/agent/supervise"
+	"github.com/fleetwave/fleetwave/internal/testkit"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -302,5 +305,99 @@ func TestStopServicesDrainsWithHostFlags(t *testing.T) {
 		case !noDrain && (err != nil || string(b) != "h9 z1\n"):
 			t.Errorf("hook wrote %q, %v; want %q", b, err, "h9 z1\n")
 		}
+	}
+}
+
+// mainEnv set to 1 makes the test binary the command itself (TestMain
+// runs main), so that a test can signal a real fleetwave-agent process.
+const mainEnv = "FLEETWAVE_AGENT_TEST_MAIN"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(mainEnv) == "1" {
+		main()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// TestStopServicesSignalAbandonsDrain: the signal wiring of the command.
+// A SIGTERM to a stop-services process while a before_stop runs (its
+// timeout 4 min, the shutdown_delay an hour) kills the hook's process
+// group, skips the delay and stops the service at once; the command exits
+// 0 (every service stopped).
+func TestStopServicesSignalAbandonsDrain(t *testing.T) {
+	dataDir, out := t.TempDir(), t.TempDir()
+	for _, d := range []string{"run", "state", "logs", "releases/web/1.0.0"} {
+		if err := os.MkdirAll(filepath.Join(dataDir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	asg := &v1.Assignment{Service: "web", Generation: 1,
+		Release: &v1.Release{Service: "web", Version: "1.0.0", Artifact: &v1.Artifact{Sha256: strings.Repeat("a", 64), Size: 1}},
+		Spec: &v1.ServiceSpec{Name: "web",
+			Run: &v1.RunSpec{Command: []string{"./run.sh"}, Env: map[string]string{"OUT": out}, ShutdownDelay: durationpb.New(time.Hour)},
+			Hooks: &v1.Hooks{BeforeStop: &v1.Hook{Timeout: durationpb.New(4 * time.Minute),
+				Command: []string{"/bin/sh", "-c", `echo "$$" > "$OUT/hook.pid.tmp"; mv "$OUT/hook.pid.tmp" "$OUT/hook.pid"; exec sleep 300`}}},
+		}}
+	st, err := state.Open(filepath.Join(dataDir, "state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Save(&lifecycle.Snapshot{Service: "web", Phase: v1.Phase_PHASE_HEALTHY, Generation: 1,
+		Current: asg, LastGood: asg, Target: asg, CurrentOK: true}); err != nil {
+		t.Fatal(err)
+	}
+	svc := exec.Command("sleep", "600")
+	svc.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := svc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	reaped := make(chan struct{})
+	go func() { _ = svc.Wait(); close(reaped) }()
+	t.Cleanup(func() { _ = syscall.Kill(-svc.Process.Pid, syscall.SIGKILL); <-reaped })
+	if _, err := supervise.WritePIDRecord(filepath.Join(dataDir, "run", "web.pid"), svc.Process.Pid, "1.0.0", 1); err != nil {
+		t.Fatal(err)
+	}
+
+	var stderr bytes.Buffer
+	cmd := exec.Command(os.Args[0], "stop-services", "--data-dir", dataDir, "--host-id", "h9")
+	cmd.Env = append(os.Environ(), mainEnv+"=1")
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	var hookPID int
+	testkit.Eventually(t, time.Minute, "the before_stop running", func() bool {
+		b, err := os.ReadFile(filepath.Join(out, "hook.pid"))
+		if err != nil {
+			return false
+		}
+		hookPID, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err == nil
+	})
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("stop-services: %v; stderr:\n%s", err, stderr.String())
+		}
+	case <-time.After(time.Minute): // failure deadline, not a measure
+		t.Fatalf("stop-services still runs a minute after SIGTERM (the hour's shutdown_delay?); stderr:\n%s", stderr.String())
+	}
+	select {
+	case <-reaped:
+	case <-time.After(time.Minute): // failure deadline, not a measure
+		t.Fatal("stop-services exited with the service still running")
+	}
+	if err := syscall.Kill(hookPID, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Fatalf("the hook (pid %d) still runs after stop-services exited: %v", hookPID, err)
+	}
+	if !strings.Contains(stderr.String(), "drain abandoned") {
+		t.Errorf("stderr lacks the abandoned drain:\n%s", stderr.String())
 	}
 }
