@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -133,9 +134,16 @@ func StopServices(ctx context.Context, cfg Config, drain bool, log zerolog.Logge
 					fail(fmt.Errorf("service %s: %w", name, err))
 					continue
 				}
-				if f != nil { // else nothing provably runs (logged); the file is gone
-					found = append(found, f)
+				if f == nil {
+					continue // nothing provably runs (logged); the file is gone
 				}
+				if err := pidFileAuthority(path, f.Record.PGID); err != nil {
+					f.Release()
+					slog.Error().Err(err).Int("pid", f.Record.PGID).Msg("pid file not trusted: its process group is left running")
+					fail(fmt.Errorf("service %s: %w", name, err))
+					continue
+				}
+				found = append(found, f)
 			}
 			if len(found) == 0 {
 				return
@@ -216,6 +224,75 @@ func trustedState(path string, follow bool) error {
 		return fmt.Errorf("%s: mode %v: writable by others than its owner", path, fi.Mode().Perm())
 	}
 	return nil
+}
+
+// pidFileAuthority checks that whoever could have written a PID file
+// could also have signalled the process group it names: stop-services runs
+// as root, and a PID file in the run dir of an agent running as another
+// user (or one anyone may write) naming, with its real start time, a
+// process of root's (sshd) would otherwise have root stop it. The file and
+// its directory must not be writable by others than their owners (nor the
+// file a link), and each owner must be root or the process's real or saved
+// user (who may signal it, kill(2)).
+func pidFileAuthority(path string, pgid int) error {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return fmt.Errorf("pid file %s: %w", path, err)
+	}
+	di, err := os.Stat(filepath.Dir(path))
+	if err != nil {
+		return fmt.Errorf("pid file %s: %w", path, err)
+	}
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		return fmt.Errorf("pid file %s: a link", path)
+	}
+	uids, err := procUIDs(pgid)
+	if err != nil {
+		return fmt.Errorf("pid file %s: process %d: %w", path, pgid, err)
+	}
+	for _, x := range []struct {
+		what string
+		fi   fs.FileInfo
+	}{{"pid file " + path, fi}, {"its directory " + filepath.Dir(path), di}} {
+		st, ok := x.fi.Sys().(*syscall.Stat_t)
+		switch {
+		case !ok:
+			return fmt.Errorf("%s: no owner known", x.what)
+		case x.fi.Mode().Perm()&0o022 != 0:
+			return fmt.Errorf("%s: mode %v: writable by others than its owner", x.what, x.fi.Mode().Perm())
+		case st.Uid != 0 && !slices.Contains(uids, st.Uid):
+			return fmt.Errorf("%s: owned by uid %d, which may not signal process group %d (uids %v)", x.what, st.Uid, pgid, uids)
+		}
+	}
+	return nil
+}
+
+// procUIDs returns a process's real and saved user ids (/proc/PID/status).
+func procUIDs(pid int) ([]uint32, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return nil, err
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		rest, ok := strings.CutPrefix(line, "Uid:")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(rest) // real, effective, saved, filesystem
+		if len(f) != 4 {
+			break
+		}
+		var out []uint32
+		for _, i := range []int{0, 2} {
+			u, err := strconv.ParseUint(f[i], 10, 32)
+			if err != nil {
+				return nil, fmt.Errorf("status: Uid %q: %w", rest, err)
+			}
+			out = append(out, uint32(u))
+		}
+		return out, nil
+	}
+	return nil, errors.New("status: no Uid line")
 }
 
 // stopFound stops a process found running with its release's stop grace

@@ -540,3 +540,75 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	defer s.mu.Unlock()
 	return s.w.Write(p)
 }
+
+// stop-services (root) stops a process group only when whoever could have
+// written its PID file could have signalled it: before, a PID file in the
+// run dir of an agent running as another user, naming any process of the
+// host with its real start time, had root stop it.
+func TestStopServicesPIDFileAuthority(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (processes of another user, chown)")
+	}
+	for _, tc := range []struct {
+		name      string
+		fileOwner int // -1: root's, as written
+		fileMode  os.FileMode
+		runMode   os.FileMode
+		stopped   bool
+		why       string
+	}{
+		{"the process's own user", 65534, 0o644, 0o755, true, ""},
+		{"root's file", -1, 0o644, 0o755, true, ""},
+		{"another user's file", 65533, 0o644, 0o755, false, "owned by uid 65533, which may not signal"},
+		{"a file others may write", -1, 0o666, 0o755, false, "writable by others than its owner"},
+		{"a run dir others may write", -1, 0o644, 0o777, false, "writable by others than its owner"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dataDir := t.TempDir()
+			run := filepath.Join(dataDir, "run")
+			if err := os.MkdirAll(run, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			svc := exec.Command("/bin/sh", "-c", "echo ready; while :; do sleep 1 & wait $!; done")
+			svc.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+			out, err := svc.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := svc.Start(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := out.Read(make([]byte, 6)); err != nil {
+				t.Fatal(err)
+			}
+			reaped := make(chan struct{})
+			go func() { _ = svc.Wait(); close(reaped) }()
+			t.Cleanup(func() { _ = syscall.Kill(-svc.Process.Pid, syscall.SIGKILL); <-reaped })
+			pidFile := filepath.Join(run, testSvc+".pid")
+			if _, err := supervise.WritePIDRecord(pidFile, svc.Process.Pid, "1.0.0", 1); err != nil {
+				t.Fatal(err)
+			}
+			if tc.fileOwner >= 0 {
+				if err := os.Lchown(pidFile, tc.fileOwner, tc.fileOwner); err != nil {
+					t.Fatal(err)
+				}
+			}
+			chmod(t, pidFile, tc.fileMode)
+			chmod(t, run, tc.runMode)
+			err = StopServices(context.Background(), Config{DataDir: dataDir, HostID: testHostID}, false, testLogger(t))
+			if tc.stopped {
+				if err != nil {
+					t.Fatalf("StopServices: %v", err)
+				}
+				<-reaped
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.why) {
+				t.Fatalf("StopServices: %v, want an error saying %q", err, tc.why)
+			}
+			if !alive(svc.Process.Pid) {
+				t.Fatal("the process was signalled")
+			}
+		})
+	}
+}
