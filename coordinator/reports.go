@@ -42,6 +42,9 @@ type reportWriter struct {
 	mu      sync.Mutex
 	q       reportQueue
 	stopped error // set once run returned: puts fail with it
+	// storedRev is the newest revision of a report transaction that
+	// ended, set before its keys stop being pending (see pending).
+	storedRev int64
 	kick    chan struct{}
 }
 
@@ -52,7 +55,8 @@ func newReportWriter(s *store.Store, m *metrics) *reportWriter {
 
 // put queues a report of host; done is called once, without the writer's
 // lock, with nil when it was stored (or a newer report of the same host and
-// service that replaced it was), else with the error. put does not wait.
+// service that replaced it was, or its host's record was removed meanwhile:
+// nothing to store, store.PutReports), else with the error. put does not wait.
 func (w *reportWriter) put(host string, r *v1.ServiceReport, done func(error)) {
 	w.mu.Lock()
 	if err := w.stopped; err != nil {
@@ -70,11 +74,12 @@ func (w *reportWriter) put(host string, r *v1.ServiceReport, done func(error)) {
 }
 
 // pending says whether a report of host and service is queued or in a
-// transaction.
-func (w *reportWriter) pending(host, service string) bool {
+// transaction; when none is, every report of theirs this writer stored is
+// at or below rev (a mirror that reached rev holds the last of them).
+func (w *reportWriter) pending(host, service string) (pending bool, rev int64) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.q.slots[reportKey{host, service}] != nil
+	return w.q.slots[reportKey{host, service}] != nil, w.storedRev
 }
 
 func (w *reportWriter) signal() {
@@ -135,12 +140,11 @@ func (w *reportWriter) write(ctx context.Context) {
 			for i, p := range batch {
 				reps[i] = store.HostReport{Host: p.key.host, Report: p.r}
 			}
-			err := w.s.PutReports(ctx, reps)
+			n, rev, err := w.s.PutReports(ctx, reps)
 			w.txns.Inc()
-			if err == nil {
-				w.written.Add(float64(len(batch)))
-			}
+			w.written.Add(float64(n))
 			w.mu.Lock()
+			w.storedRev = max(w.storedRev, rev)
 			w.q.finish(batch, w.now())
 			more = w.q.takeable() > 0
 			w.mu.Unlock()

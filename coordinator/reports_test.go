@@ -38,6 +38,12 @@ func TestReportWriterConcurrentTransactions(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cli.Close() })
+	const hosts = 500
+	for i := range hosts {
+		if err := store.New(cli).PutHost(context.Background(), &v1.Host{Id: fmt.Sprintf("h%03d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	kv := &testkit.TxnCounter{KV: cli.KV}
 	cli.KV = kv
 	w := newReportWriter(store.New(cli), newMetrics())
@@ -52,7 +58,6 @@ func TestReportWriterConcurrentTransactions(t *testing.T) {
 		<-done
 	}()
 
-	const hosts = 500
 	phases := []v1.Phase{v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_CHECKING, v1.Phase_PHASE_HEALTHY}
 	var wg sync.WaitGroup
 	errs := make(chan error, hosts*len(phases))
@@ -132,6 +137,13 @@ func (t *gatedTxn) If(cs ...clientv3.Cmp) clientv3.Txn {
 
 func (t *gatedTxn) Then(ops ...clientv3.Op) clientv3.Txn {
 	for _, op := range ops {
+		if op.IsTxn() { // a report's put, done if its host has a record
+			_, then, _ := op.Txn()
+			for _, op := range then {
+				t.keys = append(t.keys, string(op.KeyBytes()))
+			}
+			continue
+		}
 		t.keys = append(t.keys, string(op.KeyBytes()))
 	}
 	t.Txn = t.Txn.Then(ops...)
@@ -175,6 +187,12 @@ func gatedWriter(t *testing.T) (*reportWriter, *gatedKV, *clientv3.Client) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { wcli.Close() })
+	// Reports are stored only for hosts with a record (store.PutReports).
+	for _, h := range []string{"h1", "h2"} {
+		if err := store.New(cli).PutHost(context.Background(), &v1.Host{Id: h}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	g := newGatedKV(wcli.KV)
 	wcli.KV = g
 	w := newReportWriter(store.New(wcli), newMetrics())
@@ -647,4 +665,76 @@ func TestHelloReportFollowsQueued(t *testing.T) {
 	if r := gh.stored("h1", "web"); !proto.Equal(r, a) {
 		t.Fatalf("stored %v, want the hello's report %v", r, a)
 	}
+}
+
+// TestReportOfRemovedHostNotWritten: a report still in its transaction when
+// its host is removed (DeleteHost: record and reports) is not written
+// after, which would bring back report keys of a deleted host. (Failed
+// before store.PutReports checked the host's record: the report key was
+// stored again.)
+func TestReportOfRemovedHostNotWritten(t *testing.T) {
+	w, g, cli := gatedWriter(t)
+	done, res := resultOf()
+	w.put("h1", report("web", v1.Phase_PHASE_HEALTHY), done)
+	enteredTxn(t, g)
+	if err := store.New(cli).DeleteHost(context.Background(), "h1"); err != nil {
+		t.Fatal(err)
+	}
+	g.release <- nil
+	if err := waitResult(t, "report of a removed host", res); err != nil {
+		t.Fatalf("put: %v, want nil (nothing to store)", err)
+	}
+	if ph := storedPhase(t, cli, "h1", "web"); ph != v1.Phase_PHASE_UNSPECIFIED {
+		t.Fatalf("stored %v for a removed host, want no report", ph)
+	}
+	// Other hosts' reports in the same kind of transaction are written.
+	done, res = resultOf()
+	w.put("h2", report("web", v1.Phase_PHASE_HEALTHY), done)
+	enteredTxn(t, g)
+	g.release <- nil
+	if err := waitResult(t, "report of h2", res); err != nil {
+		t.Fatal(err)
+	}
+	if ph := storedPhase(t, cli, "h2", "web"); ph != v1.Phase_PHASE_HEALTHY {
+		t.Fatalf("stored %v for h2, want HEALTHY", ph)
+	}
+}
+
+// TestHelloNotSkippedWhileMirrorBehind: a hello's report equal to the one
+// the mirror holds is written anyway while the mirror has not applied
+// every report the writer stored: the mirror may still hold an older
+// report than etcd's (an earlier stream's newer report written, not yet
+// mirrored), and skipping the hello would leave that newer, stale report
+// in etcd for good (the leader waiting on a phase the host left). (Failed
+// before saveReport compared the mirror's revision: the hello was skipped
+// as unchanged.) The writer's stored revision is set ahead of the mirror
+// to stand for that lag.
+func TestHelloNotSkippedWhileMirrorBehind(t *testing.T) {
+	gh := newGatedHub(t)
+	a := &v1.ServiceReport{Service: "web", Phase: v1.Phase_PHASE_HEALTHY, CurrentVersion: "v1"}
+	sctx, scancel := context.WithCancel(gh.ctx)
+	s, err := v1.NewAgentServiceClient(gh.cc).Connect(sctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Hello{Hello: &v1.Hello{HostId: "h1", Services: []*v1.ServiceReport{a}}}}); err != nil {
+		t.Fatal(err)
+	}
+	enteredTxn(t, gh.g)
+	gh.g.release <- nil
+	gh.firstSet(s)
+	testkit.Eventually(t, 30*time.Second, "h1's report in the mirror", func() bool {
+		return proto.Equal(gh.c.mirror.Report("h1", "web"), a)
+	})
+	scancel()
+	w := gh.c.hub.reports
+	w.mu.Lock()
+	w.storedRev = gh.c.mirror.Rev() + 1000
+	w.mu.Unlock()
+	s2 := gh.connect(&v1.Hello{HostId: "h1", Services: []*v1.ServiceReport{a}})
+	if keys := enteredTxn(t, gh.g); len(keys) != 1 || keys[0] != store.ReportKey("h1", "web") {
+		t.Fatalf("hello's transaction writes %v, want h1/web", keys)
+	}
+	gh.g.release <- nil
+	gh.firstSet(s2)
 }
