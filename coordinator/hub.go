@@ -526,10 +526,16 @@ func (h *hub) saveReport(c *agentConn, r *v1.ServiceReport, done func(error)) bo
 		return false
 	}
 	old := c.reports[r.GetService()]
-	if old == nil && !h.reports.pending(c.host, r.GetService()) {
-		// (A report of an earlier stream still to be written: this one
-		// must follow it even if it equals the stored one.)
-		old = h.c.mirror.Report(c.host, r.GetService())
+	if old == nil {
+		// A report of an earlier stream still to be written: this one
+		// must follow it even if it equals the stored one. Nor is the
+		// mirror trusted while it has not applied every report this
+		// writer stored: it may still hold one older than the last
+		// written, and a hello equal to that older one, skipped, would
+		// leave the newer (stale) one in etcd for good.
+		if pending, rev := h.reports.pending(c.host, r.GetService()); !pending && h.c.mirror.Rev() >= rev {
+			old = h.c.mirror.Report(c.host, r.GetService())
+		}
 	}
 	if old != nil && sameReport(old, r) {
 		return false
