@@ -45,7 +45,7 @@ type reportWriter struct {
 	// storedRev is the newest revision of a report transaction that
 	// ended, set before its keys stop being pending (see pending).
 	storedRev int64
-	kick    chan struct{}
+	kick      chan struct{}
 }
 
 func newReportWriter(s *store.Store, m *metrics) *reportWriter {
