@@ -359,6 +359,9 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) (retErr error) {
 			conn.end(cause)
 		}
 	})()
+	// From now on reports of this host's older streams are dropped (sent
+	// before this hello, they must not land after its reports).
+	defer h.reports.helloBegins(id, seq)()
 	// The hello's reports are stored before the stream counts as connected
 	// (written together, in as few transactions as they fill).
 	stored := make(chan error, len(hello.GetServices()))
@@ -542,7 +545,7 @@ func (h *hub) saveReport(c *agentConn, r *v1.ServiceReport, done func(error)) bo
 	}
 	// Counted as written now: if the write fails, the stream ends.
 	c.reports[r.GetService()] = r
-	h.reports.put(c.host, r, done)
+	h.reports.putFrom(c.host, c.seq, r, done)
 	return true
 }
 

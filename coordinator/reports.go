@@ -45,12 +45,15 @@ type reportWriter struct {
 	// storedRev is the newest revision of a report transaction that
 	// ended, set before its keys stop being pending (see pending).
 	storedRev int64
-	kick      chan struct{}
+	// hellos is, per host, the newest stream that began its hello (until
+	// it ends): at most one entry per connected host.
+	hellos map[string]uint64
+	kick   chan struct{}
 }
 
 func newReportWriter(s *store.Store, m *metrics) *reportWriter {
 	return &reportWriter{s: s, now: time.Now, txns: m.reportTxns, written: m.reportsWritten, coalesced: m.reportsCoalesced,
-		q: newReportQueue(), kick: make(chan struct{}, 1)}
+		hellos: map[string]uint64{}, q: newReportQueue(), kick: make(chan struct{}, 1)}
 }
 
 // put queues a report of host; done is called once, without the writer's
@@ -58,10 +61,24 @@ func newReportWriter(s *store.Store, m *metrics) *reportWriter {
 // service that replaced it was, or its host's record was removed meanwhile:
 // nothing to store, store.PutReports), else with the error. put does not wait.
 func (w *reportWriter) put(host string, r *v1.ServiceReport, done func(error)) {
+	w.putFrom(host, 0, r, done)
+}
+
+// putFrom is put for a report of host's stream seq (hub.arrivals): once a
+// newer stream of host began its hello (helloBegins), the report is
+// dropped (done(nil), as if replaced): it was sent before that hello, and
+// written after the hello's reports it would leave an older status in
+// etcd. seq 0: no stream.
+func (w *reportWriter) putFrom(host string, seq uint64, r *v1.ServiceReport, done func(error)) {
 	w.mu.Lock()
 	if err := w.stopped; err != nil {
 		w.mu.Unlock()
 		done(err)
+		return
+	}
+	if seq != 0 && w.hellos[host] > seq {
+		w.mu.Unlock()
+		done(nil)
 		return
 	}
 	replaced := w.q.add(host, r, done, w.now())
@@ -71,6 +88,24 @@ func (w *reportWriter) put(host string, r *v1.ServiceReport, done func(error)) {
 		return // the queued report it replaced is already counted as pending
 	}
 	w.signal()
+}
+
+// helloBegins is told that host's stream seq is about to queue its hello's
+// reports: from then on the reports of its older streams are dropped
+// (putFrom). The returned func is called when that stream ended.
+func (w *reportWriter) helloBegins(host string, seq uint64) (ended func()) {
+	w.mu.Lock()
+	if w.hellos[host] < seq {
+		w.hellos[host] = seq
+	}
+	w.mu.Unlock()
+	return func() {
+		w.mu.Lock()
+		if w.hellos[host] == seq {
+			delete(w.hellos, host)
+		}
+		w.mu.Unlock()
+	}
 }
 
 // pending says whether a report of host and service is queued or in a

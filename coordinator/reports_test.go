@@ -738,3 +738,46 @@ func TestHelloNotSkippedWhileMirrorBehind(t *testing.T) {
 	gh.g.release <- nil
 	gh.firstSet(s2)
 }
+
+// TestOlderStreamReportAfterHelloDropped: a report the host sent on its
+// old stream, read by the coordinator only after the host's new stream
+// queued its hello's reports, is dropped: written after them it would leave
+// the host's older status in etcd. (Failed before the writer knew the
+// newest stream's hello: the old report was queued behind the hello's and
+// stored last.)
+func TestOlderStreamReportAfterHelloDropped(t *testing.T) {
+	gh := newGatedHub(t)
+	old := &v1.ServiceReport{Service: "web", Phase: v1.Phase_PHASE_FETCHING, CurrentVersion: "v1", TargetVersion: "v2"}
+	cur := &v1.ServiceReport{Service: "web", Phase: v1.Phase_PHASE_HEALTHY, CurrentVersion: "v1"}
+	s1 := gh.connect(&v1.Hello{HostId: "h1"})
+	gh.firstSet(s1)
+	var c1 *agentConn
+	testkit.Eventually(t, 30*time.Second, "the first stream connected", func() bool {
+		gh.c.hub.mu.Lock()
+		defer gh.c.hub.mu.Unlock()
+		c1 = gh.c.hub.conns["h1"]
+		return c1 != nil
+	})
+	s2 := gh.connect(&v1.Hello{HostId: "h1", Services: []*v1.ServiceReport{cur}})
+	enteredTxn(t, gh.g) // the hello's report in flight, held
+	gh.send(s1, old)
+	testkit.Eventually(t, 30*time.Second, "the old stream read its report", func() bool {
+		gh.c.hub.mu.Lock()
+		defer gh.c.hub.mu.Unlock()
+		return proto.Equal(c1.seen["web"], old)
+	})
+	gh.g.release <- nil
+	gh.firstSet(s2)
+	testkit.Eventually(t, 30*time.Second, "no report of h1 left to write", func() bool {
+		select {
+		case <-gh.g.entered:
+			gh.g.release <- nil
+		default:
+		}
+		pending, _ := gh.c.hub.reports.pending("h1", "web")
+		return !pending
+	})
+	if r := gh.stored("h1", "web"); !proto.Equal(r, cur) {
+		t.Fatalf("stored %v, want the new stream's hello %v", r, cur)
+	}
+}
