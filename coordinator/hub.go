@@ -98,7 +98,7 @@ type agentConn struct {
 	revPending  bool
 	// stored is told the outcome of each report this stream queued after
 	// its hello (hub.reportStored).
-	stored func(error)
+	stored *reportDone
 }
 
 // errStreamEnded is why a stream ended from outside ends: replaced by a
@@ -349,7 +349,7 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) (retErr error) {
 	if hello.RevocationsRevision != nil {
 		conn.revocations, conn.revSent = true, hello.GetRevocationsRevision()
 	}
-	conn.stored = h.reportStored(conn)
+	conn.stored = &reportDone{h.reportStored(conn)}
 	// A stream's context ends by itself (plain context.Canceled: the stream
 	// or its connection ended) or with a cause: its certificate's deadline,
 	// a revocation (streamAuth: its status is the revocation), end. Those
@@ -367,7 +367,7 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) (retErr error) {
 	stored := make(chan error, len(hello.GetServices()))
 	queued := 0
 	for _, r := range hello.GetServices() {
-		if h.saveReport(conn, r, func(err error) { stored <- err }) {
+		if h.saveReport(conn, r, &reportDone{func(err error) { stored <- err }}) {
 			queued++
 		}
 		h.saw(conn, r)
@@ -523,7 +523,7 @@ func (h *hub) sendLoop(c *agentConn) {
 // queued it. Reports for services the coordinator does not know are
 // dropped: agents cannot create keys at will. Only the stream's own
 // goroutine calls it.
-func (h *hub) saveReport(c *agentConn, r *v1.ServiceReport, done func(error)) bool {
+func (h *hub) saveReport(c *agentConn, r *v1.ServiceReport, done *reportDone) bool {
 	if _, ok := h.c.mirror.Service(r.GetService()); !ok {
 		h.c.log.Debug().Str("host", c.host).Str("service", r.GetService()).Msg("report for an unknown service dropped")
 		return false

@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -61,24 +62,30 @@ func newReportWriter(s *store.Store, m *metrics) *reportWriter {
 // service that replaced it was, or its host's record was removed meanwhile:
 // nothing to store, store.PutReports), else with the error. put does not wait.
 func (w *reportWriter) put(host string, r *v1.ServiceReport, done func(error)) {
-	w.putFrom(host, 0, r, done)
+	w.putFrom(host, 0, r, &reportDone{done})
 }
+
+// reportDone is a put callback with an identity: a report replacing a
+// queued one with the same callback (a stream's, agentConn.stored) does
+// not add it again, so a flood of one stream's reports keeps one callback,
+// not one per report.
+type reportDone struct{ f func(error) }
 
 // putFrom is put for a report of host's stream seq (hub.arrivals): once a
 // newer stream of host began its hello (helloBegins), the report is
 // dropped (done(nil), as if replaced): it was sent before that hello, and
 // written after the hello's reports it would leave an older status in
 // etcd. seq 0: no stream.
-func (w *reportWriter) putFrom(host string, seq uint64, r *v1.ServiceReport, done func(error)) {
+func (w *reportWriter) putFrom(host string, seq uint64, r *v1.ServiceReport, done *reportDone) {
 	w.mu.Lock()
 	if err := w.stopped; err != nil {
 		w.mu.Unlock()
-		done(err)
+		done.f(err)
 		return
 	}
 	if seq != 0 && w.hellos[host] > seq {
 		w.mu.Unlock()
-		done(nil)
+		done.f(nil)
 		return
 	}
 	replaced := w.q.add(host, r, done, w.now())
@@ -219,7 +226,7 @@ type reportKey struct{ host, service string }
 type pendingReport struct {
 	key     reportKey
 	r       *v1.ServiceReport
-	done    []func(error)
+	done    []*reportDone // each once
 	outcome bool          // reportOutcome(r)
 	since   time.Time     // when it became takeable
 	elem    *list.Element // in reportQueue.outcomes or phases while takeable
@@ -227,7 +234,7 @@ type pendingReport struct {
 
 func (p *pendingReport) notify(err error) {
 	for _, d := range p.done {
-		d(err)
+		d.f(err)
 	}
 }
 
@@ -252,7 +259,7 @@ func newReportQueue() reportQueue {
 }
 
 // add queues r of host; it reports whether r replaced a queued report.
-func (q *reportQueue) add(host string, r *v1.ServiceReport, done func(error), now time.Time) bool {
+func (q *reportQueue) add(host string, r *v1.ServiceReport, done *reportDone, now time.Time) bool {
 	k := reportKey{host, r.GetService()}
 	s := q.slots[k]
 	if s == nil {
@@ -261,7 +268,10 @@ func (q *reportQueue) add(host string, r *v1.ServiceReport, done func(error), no
 	}
 	outcome := reportOutcome(r)
 	if p := s.queued; p != nil {
-		p.r, p.done = r, append(p.done, done)
+		p.r = r
+		if !slices.Contains(p.done, done) {
+			p.done = append(p.done, done)
+		}
 		if p.elem != nil && p.outcome != outcome {
 			q.list(p.outcome).Remove(p.elem)
 			p.outcome = outcome
@@ -270,7 +280,7 @@ func (q *reportQueue) add(host string, r *v1.ServiceReport, done func(error), no
 		p.outcome = outcome
 		return true
 	}
-	p := &pendingReport{key: k, r: r, done: []func(error){done}, outcome: outcome}
+	p := &pendingReport{key: k, r: r, done: []*reportDone{done}, outcome: outcome}
 	s.queued = p
 	if !s.busy {
 		q.push(p, now)

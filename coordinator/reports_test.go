@@ -447,7 +447,7 @@ func TestReportWriteFailure(t *testing.T) {
 func TestReportQueueOutcomesFirst(t *testing.T) {
 	q := newReportQueue()
 	t0 := time.Unix(1_000_000, 0)
-	nop := func(error) {}
+	nop := &reportDone{func(error) {}}
 	q.add("slow", report("web", v1.Phase_PHASE_FETCHING), nop, t0)
 	q.add("p1", report("web", v1.Phase_PHASE_CHECKING), nop, t0)
 	// A queued phase-only report replaced by an outcome moves up.
@@ -779,5 +779,44 @@ func TestOlderStreamReportAfterHelloDropped(t *testing.T) {
 	})
 	if r := gh.stored("h1", "web"); !proto.Equal(r, cur) {
 		t.Fatalf("stored %v, want the new stream's hello %v", r, cur)
+	}
+}
+
+// TestReportFloodKeepsOneCallback: a stream flooding reports while its
+// key's transaction is held keeps one queued report with one callback (the
+// stream's), not one callback per report replaced: the queue's memory is
+// bounded by hosts × services, not by how fast an agent sends. (Failed
+// before put callbacks had an identity: 10,000 callbacks were kept.)
+func TestReportFloodKeepsOneCallback(t *testing.T) {
+	w, g, cli := gatedWriter(t)
+	done, res := resultOf()
+	stream := &reportDone{done}
+	w.putFrom("h1", 1, report("web", v1.Phase_PHASE_FETCHING), stream)
+	enteredTxn(t, g)
+	const flood = 10000
+	for i := range flood {
+		ph := v1.Phase_PHASE_CHECKING
+		if i%2 == 1 {
+			ph = v1.Phase_PHASE_HEALTHY
+		}
+		w.putFrom("h1", 1, report("web", ph), stream)
+	}
+	w.mu.Lock()
+	n := len(w.q.slots[reportKey{"h1", "web"}].queued.done)
+	w.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d callbacks kept for one queued report, want 1", n)
+	}
+	g.release <- nil // FETCHING
+	if err := waitResult(t, "FETCHING", res); err != nil {
+		t.Fatal(err)
+	}
+	enteredTxn(t, g)
+	g.release <- nil // the last of the flood
+	if err := waitResult(t, "the flood's last report", res); err != nil {
+		t.Fatal(err)
+	}
+	if ph := storedPhase(t, cli, "h1", "web"); ph != v1.Phase_PHASE_HEALTHY {
+		t.Fatalf("stored %v, want the last report (HEALTHY)", ph)
 	}
 }
