@@ -102,7 +102,7 @@ type agentConn struct {
 	revPending  bool
 	// stored is told the outcome of each report this stream queued after
 	// its hello (hub.reportStored).
-	stored func(error)
+	stored *reportDone
 }
 
 // errStreamEnded is why a stream ended from outside ends: replaced by a
@@ -353,7 +353,7 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) (retErr error) {
 	if hello.RevocationsRevision != nil {
 		conn.revocations, conn.revSent = true, hello.GetRevocationsRevision()
 	}
-	conn.stored = h.reportStored(conn)
+	conn.stored = &reportDone{h.reportStored(conn)}
 	// A stream's context ends by itself (plain context.Canceled: the stream
 	// or its connection ended) or with a cause: its certificate's deadline,
 	// a revocation (streamAuth: its status is the revocation), end. Those
@@ -363,12 +363,15 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) (retErr error) {
 			conn.end(cause)
 		}
 	})()
+	// From now on reports of this host's older streams are dropped (sent
+	// before this hello, they must not land after its reports).
+	defer h.reports.helloBegins(id, seq)()
 	// The hello's reports are stored before the stream counts as connected
 	// (written together, in as few transactions as they fill).
 	stored := make(chan error, len(hello.GetServices()))
 	queued := 0
 	for _, r := range hello.GetServices() {
-		if h.saveReport(conn, r, func(err error) { stored <- err }) {
+		if h.saveReport(conn, r, &reportDone{func(err error) { stored <- err }}) {
 			queued++
 		}
 		h.saw(conn, r)
@@ -524,23 +527,29 @@ func (h *hub) sendLoop(c *agentConn) {
 // queued it. Reports for services the coordinator does not know are
 // dropped: agents cannot create keys at will. Only the stream's own
 // goroutine calls it.
-func (h *hub) saveReport(c *agentConn, r *v1.ServiceReport, done func(error)) bool {
+func (h *hub) saveReport(c *agentConn, r *v1.ServiceReport, done *reportDone) bool {
 	if _, ok := h.c.mirror.Service(r.GetService()); !ok {
 		h.c.log.Debug().Str("host", c.host).Str("service", r.GetService()).Msg("report for an unknown service dropped")
 		return false
 	}
 	old := c.reports[r.GetService()]
-	if old == nil && !h.reports.pending(c.host, r.GetService()) {
-		// (A report of an earlier stream still to be written: this one
-		// must follow it even if it equals the stored one.)
-		old = h.c.mirror.Report(c.host, r.GetService())
+	if old == nil {
+		// A report of an earlier stream still to be written: this one
+		// must follow it even if it equals the stored one. Nor is the
+		// mirror trusted while it has not applied every report this
+		// writer stored: it may still hold one older than the last
+		// written, and a hello equal to that older one, skipped, would
+		// leave the newer (stale) one in etcd for good.
+		if pending, rev := h.reports.pending(c.host, r.GetService()); !pending && h.c.mirror.Rev() >= rev {
+			old = h.c.mirror.Report(c.host, r.GetService())
+		}
 	}
 	if old != nil && sameReport(old, r) {
 		return false
 	}
 	// Counted as written now: if the write fails, the stream ends.
 	c.reports[r.GetService()] = r
-	h.reports.put(c.host, r, done)
+	h.reports.putFrom(c.host, c.seq, r, done)
 	return true
 }
 

@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -42,22 +43,49 @@ type reportWriter struct {
 	mu      sync.Mutex
 	q       reportQueue
 	stopped error // set once run returned: puts fail with it
-	kick    chan struct{}
+	// storedRev is the newest revision of a report transaction that
+	// ended, set before its keys stop being pending (see pending).
+	storedRev int64
+	// hellos is, per host, the newest stream that began its hello (until
+	// it ends): at most one entry per connected host.
+	hellos map[string]uint64
+	kick   chan struct{}
 }
 
 func newReportWriter(s *store.Store, m *metrics) *reportWriter {
 	return &reportWriter{s: s, now: time.Now, txns: m.reportTxns, written: m.reportsWritten, coalesced: m.reportsCoalesced,
-		q: newReportQueue(), kick: make(chan struct{}, 1)}
+		hellos: map[string]uint64{}, q: newReportQueue(), kick: make(chan struct{}, 1)}
 }
 
 // put queues a report of host; done is called once, without the writer's
 // lock, with nil when it was stored (or a newer report of the same host and
-// service that replaced it was), else with the error. put does not wait.
+// service that replaced it was, or its host's record was removed meanwhile:
+// nothing to store, store.PutReports), else with the error. put does not wait.
 func (w *reportWriter) put(host string, r *v1.ServiceReport, done func(error)) {
+	w.putFrom(host, 0, r, &reportDone{done})
+}
+
+// reportDone is a put callback with an identity: a report replacing a
+// queued one with the same callback (a stream's, agentConn.stored) does
+// not add it again, so a flood of one stream's reports keeps one callback,
+// not one per report.
+type reportDone struct{ f func(error) }
+
+// putFrom is put for a report of host's stream seq (hub.arrivals): once a
+// newer stream of host began its hello (helloBegins), the report is
+// dropped (done(nil), as if replaced): it was sent before that hello, and
+// written after the hello's reports it would leave an older status in
+// etcd. seq 0: no stream.
+func (w *reportWriter) putFrom(host string, seq uint64, r *v1.ServiceReport, done *reportDone) {
 	w.mu.Lock()
 	if err := w.stopped; err != nil {
 		w.mu.Unlock()
-		done(err)
+		done.f(err)
+		return
+	}
+	if seq != 0 && w.hellos[host] > seq {
+		w.mu.Unlock()
+		done.f(nil)
 		return
 	}
 	replaced := w.q.add(host, r, done, w.now())
@@ -69,12 +97,31 @@ func (w *reportWriter) put(host string, r *v1.ServiceReport, done func(error)) {
 	w.signal()
 }
 
+// helloBegins is told that host's stream seq is about to queue its hello's
+// reports: from then on the reports of its older streams are dropped
+// (putFrom). The returned func is called when that stream ended.
+func (w *reportWriter) helloBegins(host string, seq uint64) (ended func()) {
+	w.mu.Lock()
+	if w.hellos[host] < seq {
+		w.hellos[host] = seq
+	}
+	w.mu.Unlock()
+	return func() {
+		w.mu.Lock()
+		if w.hellos[host] == seq {
+			delete(w.hellos, host)
+		}
+		w.mu.Unlock()
+	}
+}
+
 // pending says whether a report of host and service is queued or in a
-// transaction.
-func (w *reportWriter) pending(host, service string) bool {
+// transaction; when none is, every report of theirs this writer stored is
+// at or below rev (a mirror that reached rev holds the last of them).
+func (w *reportWriter) pending(host, service string) (pending bool, rev int64) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.q.slots[reportKey{host, service}] != nil
+	return w.q.slots[reportKey{host, service}] != nil, w.storedRev
 }
 
 func (w *reportWriter) signal() {
@@ -135,12 +182,11 @@ func (w *reportWriter) write(ctx context.Context) {
 			for i, p := range batch {
 				reps[i] = store.HostReport{Host: p.key.host, Report: p.r}
 			}
-			err := w.s.PutReports(ctx, reps)
+			n, rev, err := w.s.PutReports(ctx, reps)
 			w.txns.Inc()
-			if err == nil {
-				w.written.Add(float64(len(batch)))
-			}
+			w.written.Add(float64(n))
 			w.mu.Lock()
+			w.storedRev = max(w.storedRev, rev)
 			w.q.finish(batch, w.now())
 			more = w.q.takeable() > 0
 			w.mu.Unlock()
@@ -180,7 +226,7 @@ type reportKey struct{ host, service string }
 type pendingReport struct {
 	key     reportKey
 	r       *v1.ServiceReport
-	done    []func(error)
+	done    []*reportDone // each once
 	outcome bool          // reportOutcome(r)
 	since   time.Time     // when it became takeable
 	elem    *list.Element // in reportQueue.outcomes or phases while takeable
@@ -188,7 +234,7 @@ type pendingReport struct {
 
 func (p *pendingReport) notify(err error) {
 	for _, d := range p.done {
-		d(err)
+		d.f(err)
 	}
 }
 
@@ -213,7 +259,7 @@ func newReportQueue() reportQueue {
 }
 
 // add queues r of host; it reports whether r replaced a queued report.
-func (q *reportQueue) add(host string, r *v1.ServiceReport, done func(error), now time.Time) bool {
+func (q *reportQueue) add(host string, r *v1.ServiceReport, done *reportDone, now time.Time) bool {
 	k := reportKey{host, r.GetService()}
 	s := q.slots[k]
 	if s == nil {
@@ -222,7 +268,10 @@ func (q *reportQueue) add(host string, r *v1.ServiceReport, done func(error), no
 	}
 	outcome := reportOutcome(r)
 	if p := s.queued; p != nil {
-		p.r, p.done = r, append(p.done, done)
+		p.r = r
+		if !slices.Contains(p.done, done) {
+			p.done = append(p.done, done)
+		}
 		if p.elem != nil && p.outcome != outcome {
 			q.list(p.outcome).Remove(p.elem)
 			p.outcome = outcome
@@ -231,7 +280,7 @@ func (q *reportQueue) add(host string, r *v1.ServiceReport, done func(error), no
 		p.outcome = outcome
 		return true
 	}
-	p := &pendingReport{key: k, r: r, done: []func(error){done}, outcome: outcome}
+	p := &pendingReport{key: k, r: r, done: []*reportDone{done}, outcome: outcome}
 	s.queued = p
 	if !s.busy {
 		q.push(p, now)

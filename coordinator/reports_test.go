@@ -38,6 +38,12 @@ func TestReportWriterConcurrentTransactions(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cli.Close() })
+	const hosts = 500
+	for i := range hosts {
+		if err := store.New(cli).PutHost(context.Background(), &v1.Host{Id: fmt.Sprintf("h%03d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	kv := &testkit.TxnCounter{KV: cli.KV}
 	cli.KV = kv
 	w := newReportWriter(store.New(cli), newMetrics())
@@ -52,7 +58,6 @@ func TestReportWriterConcurrentTransactions(t *testing.T) {
 		<-done
 	}()
 
-	const hosts = 500
 	phases := []v1.Phase{v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_CHECKING, v1.Phase_PHASE_HEALTHY}
 	var wg sync.WaitGroup
 	errs := make(chan error, hosts*len(phases))
@@ -132,6 +137,13 @@ func (t *gatedTxn) If(cs ...clientv3.Cmp) clientv3.Txn {
 
 func (t *gatedTxn) Then(ops ...clientv3.Op) clientv3.Txn {
 	for _, op := range ops {
+		if op.IsTxn() { // a report's put, done if its host has a record
+			_, then, _ := op.Txn()
+			for _, op := range then {
+				t.keys = append(t.keys, string(op.KeyBytes()))
+			}
+			continue
+		}
 		t.keys = append(t.keys, string(op.KeyBytes()))
 	}
 	t.Txn = t.Txn.Then(ops...)
@@ -175,6 +187,12 @@ func gatedWriter(t *testing.T) (*reportWriter, *gatedKV, *clientv3.Client) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { wcli.Close() })
+	// Reports are stored only for hosts with a record (store.PutReports).
+	for _, h := range []string{"h1", "h2"} {
+		if err := store.New(cli).PutHost(context.Background(), &v1.Host{Id: h}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	g := newGatedKV(wcli.KV)
 	wcli.KV = g
 	w := newReportWriter(store.New(wcli), newMetrics())
@@ -429,7 +447,7 @@ func TestReportWriteFailure(t *testing.T) {
 func TestReportQueueOutcomesFirst(t *testing.T) {
 	q := newReportQueue()
 	t0 := time.Unix(1_000_000, 0)
-	nop := func(error) {}
+	nop := &reportDone{func(error) {}}
 	q.add("slow", report("web", v1.Phase_PHASE_FETCHING), nop, t0)
 	q.add("p1", report("web", v1.Phase_PHASE_CHECKING), nop, t0)
 	// A queued phase-only report replaced by an outcome moves up.
@@ -646,5 +664,159 @@ func TestHelloReportFollowsQueued(t *testing.T) {
 	gh.firstSet(s2)
 	if r := gh.stored("h1", "web"); !proto.Equal(r, a) {
 		t.Fatalf("stored %v, want the hello's report %v", r, a)
+	}
+}
+
+// TestReportOfRemovedHostNotWritten: a report still in its transaction when
+// its host is removed (DeleteHost: record and reports) is not written
+// after, which would bring back report keys of a deleted host. (Failed
+// before store.PutReports checked the host's record: the report key was
+// stored again.)
+func TestReportOfRemovedHostNotWritten(t *testing.T) {
+	w, g, cli := gatedWriter(t)
+	done, res := resultOf()
+	w.put("h1", report("web", v1.Phase_PHASE_HEALTHY), done)
+	enteredTxn(t, g)
+	if err := store.New(cli).DeleteHost(context.Background(), "h1"); err != nil {
+		t.Fatal(err)
+	}
+	g.release <- nil
+	if err := waitResult(t, "report of a removed host", res); err != nil {
+		t.Fatalf("put: %v, want nil (nothing to store)", err)
+	}
+	if ph := storedPhase(t, cli, "h1", "web"); ph != v1.Phase_PHASE_UNSPECIFIED {
+		t.Fatalf("stored %v for a removed host, want no report", ph)
+	}
+	// Other hosts' reports in the same kind of transaction are written.
+	done, res = resultOf()
+	w.put("h2", report("web", v1.Phase_PHASE_HEALTHY), done)
+	enteredTxn(t, g)
+	g.release <- nil
+	if err := waitResult(t, "report of h2", res); err != nil {
+		t.Fatal(err)
+	}
+	if ph := storedPhase(t, cli, "h2", "web"); ph != v1.Phase_PHASE_HEALTHY {
+		t.Fatalf("stored %v for h2, want HEALTHY", ph)
+	}
+}
+
+// TestHelloNotSkippedWhileMirrorBehind: a hello's report equal to the one
+// the mirror holds is written anyway while the mirror has not applied
+// every report the writer stored: the mirror may still hold an older
+// report than etcd's (an earlier stream's newer report written, not yet
+// mirrored), and skipping the hello would leave that newer, stale report
+// in etcd for good (the leader waiting on a phase the host left). (Failed
+// before saveReport compared the mirror's revision: the hello was skipped
+// as unchanged.) The writer's stored revision is set ahead of the mirror
+// to stand for that lag.
+func TestHelloNotSkippedWhileMirrorBehind(t *testing.T) {
+	gh := newGatedHub(t)
+	a := &v1.ServiceReport{Service: "web", Phase: v1.Phase_PHASE_HEALTHY, CurrentVersion: "v1"}
+	sctx, scancel := context.WithCancel(gh.ctx)
+	s, err := v1.NewAgentServiceClient(gh.cc).Connect(sctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Hello{Hello: &v1.Hello{HostId: "h1", Services: []*v1.ServiceReport{a}}}}); err != nil {
+		t.Fatal(err)
+	}
+	enteredTxn(t, gh.g)
+	gh.g.release <- nil
+	gh.firstSet(s)
+	testkit.Eventually(t, 30*time.Second, "h1's report in the mirror", func() bool {
+		return proto.Equal(gh.c.mirror.Report("h1", "web"), a)
+	})
+	scancel()
+	w := gh.c.hub.reports
+	w.mu.Lock()
+	w.storedRev = gh.c.mirror.Rev() + 1000
+	w.mu.Unlock()
+	s2 := gh.connect(&v1.Hello{HostId: "h1", Services: []*v1.ServiceReport{a}})
+	if keys := enteredTxn(t, gh.g); len(keys) != 1 || keys[0] != store.ReportKey("h1", "web") {
+		t.Fatalf("hello's transaction writes %v, want h1/web", keys)
+	}
+	gh.g.release <- nil
+	gh.firstSet(s2)
+}
+
+// TestOlderStreamReportAfterHelloDropped: a report the host sent on its
+// old stream, read by the coordinator only after the host's new stream
+// queued its hello's reports, is dropped: written after them it would leave
+// the host's older status in etcd. (Failed before the writer knew the
+// newest stream's hello: the old report was queued behind the hello's and
+// stored last.)
+func TestOlderStreamReportAfterHelloDropped(t *testing.T) {
+	gh := newGatedHub(t)
+	old := &v1.ServiceReport{Service: "web", Phase: v1.Phase_PHASE_FETCHING, CurrentVersion: "v1", TargetVersion: "v2"}
+	cur := &v1.ServiceReport{Service: "web", Phase: v1.Phase_PHASE_HEALTHY, CurrentVersion: "v1"}
+	s1 := gh.connect(&v1.Hello{HostId: "h1"})
+	gh.firstSet(s1)
+	var c1 *agentConn
+	testkit.Eventually(t, 30*time.Second, "the first stream connected", func() bool {
+		gh.c.hub.mu.Lock()
+		defer gh.c.hub.mu.Unlock()
+		c1 = gh.c.hub.conns["h1"]
+		return c1 != nil
+	})
+	s2 := gh.connect(&v1.Hello{HostId: "h1", Services: []*v1.ServiceReport{cur}})
+	enteredTxn(t, gh.g) // the hello's report in flight, held
+	gh.send(s1, old)
+	testkit.Eventually(t, 30*time.Second, "the old stream read its report", func() bool {
+		gh.c.hub.mu.Lock()
+		defer gh.c.hub.mu.Unlock()
+		return proto.Equal(c1.seen["web"], old)
+	})
+	gh.g.release <- nil
+	gh.firstSet(s2)
+	testkit.Eventually(t, 30*time.Second, "no report of h1 left to write", func() bool {
+		select {
+		case <-gh.g.entered:
+			gh.g.release <- nil
+		default:
+		}
+		pending, _ := gh.c.hub.reports.pending("h1", "web")
+		return !pending
+	})
+	if r := gh.stored("h1", "web"); !proto.Equal(r, cur) {
+		t.Fatalf("stored %v, want the new stream's hello %v", r, cur)
+	}
+}
+
+// TestReportFloodKeepsOneCallback: a stream flooding reports while its
+// key's transaction is held keeps one queued report with one callback (the
+// stream's), not one callback per report replaced: the queue's memory is
+// bounded by hosts × services, not by how fast an agent sends. (Failed
+// before put callbacks had an identity: 10,000 callbacks were kept.)
+func TestReportFloodKeepsOneCallback(t *testing.T) {
+	w, g, cli := gatedWriter(t)
+	done, res := resultOf()
+	stream := &reportDone{done}
+	w.putFrom("h1", 1, report("web", v1.Phase_PHASE_FETCHING), stream)
+	enteredTxn(t, g)
+	const flood = 10000
+	for i := range flood {
+		ph := v1.Phase_PHASE_CHECKING
+		if i%2 == 1 {
+			ph = v1.Phase_PHASE_HEALTHY
+		}
+		w.putFrom("h1", 1, report("web", ph), stream)
+	}
+	w.mu.Lock()
+	n := len(w.q.slots[reportKey{"h1", "web"}].queued.done)
+	w.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d callbacks kept for one queued report, want 1", n)
+	}
+	g.release <- nil // FETCHING
+	if err := waitResult(t, "FETCHING", res); err != nil {
+		t.Fatal(err)
+	}
+	enteredTxn(t, g)
+	g.release <- nil // the last of the flood
+	if err := waitResult(t, "the flood's last report", res); err != nil {
+		t.Fatal(err)
+	}
+	if ph := storedPhase(t, cli, "h1", "web"); ph != v1.Phase_PHASE_HEALTHY {
+		t.Fatalf("stored %v, want the last report (HEALTHY)", ph)
 	}
 }

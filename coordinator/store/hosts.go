@@ -77,22 +77,35 @@ type HostReport struct {
 }
 
 // PutReports writes reports in one transaction (at most maxEventOpsInTxn).
-func (s *Store) PutReports(ctx context.Context, reps []HostReport) error {
+// A report is written only while its host's record exists (a nested
+// transaction per report), so a report still queued when its host was
+// removed (DeleteHost) does not bring back report keys of a deleted host.
+// It returns how many were written and the transaction's revision.
+func (s *Store) PutReports(ctx context.Context, reps []HostReport) (int, int64, error) {
 	if len(reps) > maxEventOpsInTxn {
-		return fmt.Errorf("put reports: %d in one batch, at most %d", len(reps), maxEventOpsInTxn)
+		return 0, 0, fmt.Errorf("put reports: %d in one batch, at most %d", len(reps), maxEventOpsInTxn)
 	}
 	ops := make([]clientv3.Op, 0, len(reps))
 	for _, hr := range reps {
 		val, err := marshal(hr.Report)
 		if err != nil {
-			return err
+			return 0, 0, err
 		}
-		ops = append(ops, clientv3.OpPut(ReportKey(hr.Host, hr.Report.GetService()), val))
+		ops = append(ops, clientv3.OpTxn(
+			[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(HostKey(hr.Host)), ">", 0)},
+			[]clientv3.Op{clientv3.OpPut(ReportKey(hr.Host, hr.Report.GetService()), val)}, nil))
 	}
-	if _, err := s.c.Txn(ctx).Then(ops...).Commit(); err != nil {
-		return fmt.Errorf("put %d reports: %w", len(reps), err)
+	resp, err := s.c.Txn(ctx).Then(ops...).Commit()
+	if err != nil {
+		return 0, 0, fmt.Errorf("put %d reports: %w", len(reps), err)
 	}
-	return nil
+	written := 0
+	for _, r := range resp.Responses {
+		if r.GetResponseTxn().GetSucceeded() {
+			written++
+		}
+	}
+	return written, resp.Header.GetRevision(), nil
 }
 
 // MaxReportBatch is the most reports PutReports takes at once.
