@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -128,7 +129,8 @@ func TestAgentPeerListenerRefusesRevokedHost(t *testing.T) {
 // coordinator:c1 over their stream, leave c1 (logged with the reason) and
 // work with c2; they are refused by nothing else. Before agents learnt
 // revocations they stayed with c1: a stolen coordinator certificate and key
-// posed as a coordinator to them until it expired.
+// posed as a coordinator to them until it expired. With c2 gone too they
+// stay off c1 (refusing it at every attempt): agents fail closed.
 func TestAgentsLeaveRevokedCoordinator(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
@@ -235,6 +237,45 @@ func TestAgentsLeaveRevokedCoordinator(t *testing.T) {
 		log := agents[i].Tail(40000)
 		if !strings.Contains(log, "the coordinator's certificate is revoked") || !strings.Contains(log, "coordinator:c1 issued until then was revoked") {
 			t.Errorf("%s's log does not say why it left c1:\n%s", h, log)
+		}
+	}
+
+	// They stay off c1: with c2 gone they refuse c1 at every attempt
+	// (counted: 1 for leaving it, then one per handshake) and stay
+	// disconnected rather than go back to it (agents fail closed).
+	procs[1].Stop(15 * time.Second)
+	testkit.EventuallyErr(t, 2*time.Minute, "both agents refused c1 twice with c2 gone", func() error {
+		for _, h := range []string{"host-1", "host-2"} {
+			body, code, err := testfleet.HTTPGet(ctx, "http://"+metrics[h]+"/metrics")
+			if err != nil || code != 200 {
+				return fmt.Errorf("scrape %s: %d %v", h, code, err)
+			}
+			var n float64
+			for _, line := range strings.Split(body, "\n") {
+				if v, ok := strings.CutPrefix(line, `fleetwave_agent_revoked_refused_total{side="coordinator"} `); ok {
+					if n, err = strconv.ParseFloat(v, 64); err != nil {
+						return fmt.Errorf("%s: %q: %v", h, line, err)
+					}
+				}
+			}
+			if n < 3 {
+				return fmt.Errorf("%s refused a coordinator %v times, want at least 3", h, n)
+			}
+		}
+		return nil
+	})
+	cc1, err := grpc.NewClient(addrs["c1"], grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc1.Close()
+	resp, err := v1.NewOperatorServiceClient(cc1).ListHosts(ctx, &v1.ListHostsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range resp.GetHosts() {
+		if h.GetConnected() && h.GetCoordinator() == "c1" {
+			t.Errorf("%s connected to the revoked c1", h.GetId())
 		}
 	}
 }
