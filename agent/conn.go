@@ -285,8 +285,6 @@ func (a *agent) connLoop(ctx context.Context) {
 		}
 		if established {
 			attempt = 0
-		} else {
-			a.revs.failed(addr)
 		}
 		d := a.backoff(attempt)
 		attempt++
@@ -305,12 +303,7 @@ func (a *agent) connLoop(ctx context.Context) {
 // reports as they change, while assignments flow to the run loop. It says
 // whether the coordinator answered at all (to reset the backoff).
 func (a *agent) session(ctx context.Context, addr string) (established bool, err error) {
-	lastResort := a.revs.lastResort(a.cfg.Coordinators)
-	if lastResort {
-		a.log.Error().Str("coordinator", addr).Strs("coordinators", a.cfg.Coordinators).
-			Msg("every coordinator was refused as revoked or unreachable: connecting without checking coordinator revocations (a coordinator may have sent made-up ones; check the revocations in etcd)")
-	}
-	creds, err := a.transport(addr, lastResort)
+	creds, err := a.transport(addr)
 	if err != nil {
 		return false, fmt.Errorf("tls: %w", err)
 	}
@@ -355,13 +348,9 @@ func (a *agent) session(ctx context.Context, addr string) (established bool, err
 				errc <- fmt.Errorf("receive from %s: %w", addr, err)
 				return
 			}
-			if !answered && !lastResort {
-				a.revs.accepted()
-			}
 			answered = true
-			if a.takeRevocations(resp.GetRevocations(), time.Now()) && !lastResort {
-				if err := a.checkCoordinatorRevoked(coord); err != nil {
-					a.revs.coords.refused(addr)
+			if a.takeRevocations(resp.GetRevocations(), time.Now()) {
+				if err := a.checkCoordinatorRevoked(addr, coord); err != nil {
 					errc <- fmt.Errorf("leaving %s: %w", addr, err)
 					return
 				}

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -16,9 +17,11 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/fleetwave/fleetwave/internal/testkit"
+	"github.com/fleetwave/fleetwave/internal/tlsutil"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
@@ -38,12 +41,33 @@ type fakeCoordinator struct {
 	hellos      []*v1.Hello
 	reports     []*v1.ServiceReport
 	streams     int
-	downloads   map[string]int // Download calls by sha256
+	revocations *v1.RevocationSet // sent, revocation-only, whenever it is replaced
+	downloads   map[string]int    // Download calls by sha256
 }
 
 func newFakeCoordinator(t *testing.T) *fakeCoordinator {
 	t.Helper()
 	return newFakeCoordinatorAt(t, "127.0.0.1:0")
+}
+
+// newTLSFakeCoordinator is the fake coordinator serving TLS with the
+// certificate of coordinator name from the PKI directory pki.
+func newTLSFakeCoordinator(t *testing.T, pki, name string) *fakeCoordinator {
+	t.Helper()
+	tc, err := tlsutil.ServerConfig(filepath.Join(pki, "coordinator-"+name+".pem"), filepath.Join(pki, "coordinator-"+name+"-key.pem"), filepath.Join(pki, tlsutil.CAFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeCoordinator{addr: lis.Addr().String(), srv: grpc.NewServer(grpc.Creds(credentials.NewTLS(tc))), artifacts: map[string][]byte{}, downloads: map[string]int{}, changed: make(chan struct{})}
+	v1.RegisterAgentServiceServer(f.srv, f)
+	v1.RegisterArtifactServiceServer(f.srv, f)
+	go f.srv.Serve(lis)
+	t.Cleanup(f.srv.Stop)
+	return f
 }
 
 func newFakeCoordinatorAt(t *testing.T, addr string) *fakeCoordinator {
@@ -115,11 +139,18 @@ func (f *fakeCoordinator) Connect(stream grpc.BidiStreamingServer[v1.ConnectRequ
 		}
 	}()
 	var sent []*v1.Assignment
+	var sentRevs *v1.RevocationSet
 	first2 := true
 	for {
 		f.mu.Lock()
-		cur, ch := f.assignments, f.changed
+		cur, ch, revs := f.assignments, f.changed, f.revocations
 		f.mu.Unlock()
+		if revs != sentRevs {
+			if err := stream.Send(&v1.ConnectResponse{Revocations: revs, RevocationsOnly: true}); err != nil {
+				return err
+			}
+			sentRevs = revs
+		}
 		if first2 || !sameAssignments(cur, sent) {
 			if err := stream.Send(&v1.ConnectResponse{Assignments: cur}); err != nil {
 				return err

@@ -48,97 +48,6 @@ type revocations struct {
 	// receiver may start while the old one's last save runs).
 	saveMu  sync.Mutex
 	refused *prometheus.CounterVec // side
-	coords  coordRefusals
-}
-
-// coordRefusals is the agent's last resort against revocations of every
-// coordinator: revocations come from the coordinators, and one (or a
-// stolen coordinator key reached once) can send made-up revocations of
-// all the others, which the agent keeps (it never drops one before it
-// expires). Refusing them would cut the agent from every coordinator for
-// good once the liar is gone, and from the liar's own revocation. So when
-// every address of its list failed since a coordinator was last accepted,
-// at least one refused as revoked (in the handshake, or left on a
-// revocation), the next session does not check coordinator revocations
-// (logged as an error), and the next round checks again. A revoked
-// coordinator is refused while any other is reachable and not refused; an
-// agent that reaches only revoked coordinators behaves as agents did
-// before they learnt revocations.
-type coordRefusals struct {
-	mu sync.Mutex
-	// addrs failed since one was accepted: true for refused as revoked.
-	addrs map[string]bool
-}
-
-// refused records that the coordinator at addr was refused as revoked.
-func (c *coordRefusals) refused(addr string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.addrs == nil {
-		c.addrs = map[string]bool{}
-	}
-	c.addrs[addr] = true
-}
-
-// failed records that the session to addr failed (a refusal as revoked
-// recorded for it stays).
-func (c *coordRefusals) failed(addr string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.addrs == nil {
-		c.addrs = map[string]bool{}
-	}
-	if _, ok := c.addrs[addr]; !ok {
-		c.addrs[addr] = false
-	}
-}
-
-// lastResort says whether the next session goes without checking
-// coordinator revocations: every one of addrs failed since one was
-// accepted, at least one refused as revoked (the record then starts
-// again).
-func (c *coordRefusals) lastResort(addrs []string) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	revoked := false
-	for _, a := range addrs {
-		r, failed := c.addrs[a]
-		if !failed {
-			return false
-		}
-		revoked = revoked || r
-	}
-	if !revoked {
-		return false
-	}
-	c.addrs = nil
-	return true
-}
-
-// accepted records that a coordinator was accepted (checked and answered).
-func (c *coordRefusals) accepted() {
-	c.mu.Lock()
-	c.addrs = nil
-	c.mu.Unlock()
-}
-
-// lastResort is coordRefusals.lastResort (false with no revocations).
-func (r *revocations) lastResort(addrs []string) bool {
-	return r != nil && r.coords.lastResort(addrs)
-}
-
-// failed is coordRefusals.failed.
-func (r *revocations) failed(addr string) {
-	if r != nil {
-		r.coords.failed(addr)
-	}
-}
-
-// accepted is coordRefusals.accepted.
-func (r *revocations) accepted() {
-	if r != nil {
-		r.coords.accepted()
-	}
 }
 
 // openRevocations loads the agent's revocations (nil with insecure: there
@@ -191,8 +100,15 @@ func (r *revocations) revision() *int64 {
 	return proto.Int64(r.set.Revision())
 }
 
-// check refuses a chain a revocation covers on side, counted and logged.
-func (a *agent) checkRevoked(side string, chain []*x509.Certificate) error {
+// checkRevoked refuses a chain a revocation covers on side, counted and
+// logged; addr is the coordinator's address (side coordinator; "" for a
+// peer). A refused coordinator is logged as an error: the agent fails
+// closed, and with every coordinator refused it stays disconnected until
+// an operator acts (docs/SECURITY.md). It is logged once per attempt, and
+// attempts are spaced by the reconnect backoff (reset only by a
+// coordinator that answered): with every coordinator refused, at most one
+// line per attempt every 15 to 30 s once the backoff reached its cap.
+func (a *agent) checkRevoked(side, addr string, chain []*x509.Certificate) error {
 	r := a.revs
 	if r == nil {
 		return nil
@@ -202,7 +118,14 @@ func (a *agent) checkRevoked(side string, chain []*x509.Certificate) error {
 		return nil
 	}
 	r.refused.WithLabelValues(side).Inc()
-	a.log.Warn().Str("side", side).Str("certificate", ref.Subject).Str("serial", ref.Serial).Str("reason", ref.Error()).
+	ev := a.log.Warn()
+	if side == sideCoordinator {
+		ev = a.log.Error()
+		if addr != "" { // "" while joining: the join's error names it
+			ev = ev.Str("coordinator", addr)
+		}
+	}
+	ev.Str("side", side).Str("certificate", ref.Subject).Str("serial", ref.Serial).Str("reason", ref.Error()).
 		Msg("TLS handshake refused: revoked certificate")
 	return fmt.Errorf("%s certificate revoked: %w", side, ref)
 }
@@ -247,7 +170,7 @@ var errCoordinatorRevoked = errors.New("the coordinator's certificate is revoked
 // open stream (from its context) after new revocations: an error ends the
 // stream, the agent forgets its revision (the coordinator may have
 // withheld revocations: the next one sends all) and connects to the next.
-func (a *agent) checkCoordinatorRevoked(p *peer.Peer) error {
+func (a *agent) checkCoordinatorRevoked(addr string, p *peer.Peer) error {
 	if a.revs == nil || p == nil {
 		return nil
 	}
@@ -259,7 +182,7 @@ func (a *agent) checkCoordinatorRevoked(p *peer.Peer) error {
 	if len(info.State.VerifiedChains) > 0 {
 		chain = info.State.VerifiedChains[0]
 	}
-	if err := a.checkRevoked(sideCoordinator, chain); err != nil {
+	if err := a.checkRevoked(sideCoordinator, addr, chain); err != nil {
 		a.revs.set.ForgetRevision()
 		a.saveRevocations()
 		return fmt.Errorf("%w: %w", errCoordinatorRevoked, err)
@@ -273,5 +196,5 @@ func (a *agent) refuseRevoked(cfg *tls.Config, side string) {
 	if a.revs == nil {
 		return
 	}
-	tlsutil.CheckRevocation(cfg, func(chain []*x509.Certificate) error { return a.checkRevoked(side, chain) })
+	tlsutil.CheckRevocation(cfg, func(chain []*x509.Certificate) error { return a.checkRevoked(side, "", chain) })
 }

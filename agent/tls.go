@@ -30,9 +30,9 @@ func (a *agent) certPaths() (cert, key string) {
 }
 
 // transport returns the credentials for a session to the coordinator at
-// addr; lastResort: not refusing revoked coordinator certificates
-// (coordRefusals).
-func (a *agent) transport(addr string, lastResort bool) (credentials.TransportCredentials, error) {
+// addr, refusing a coordinator certificate the agent's revocations cover
+// (always: the agent fails closed, docs/SECURITY.md).
+func (a *agent) transport(addr string) (credentials.TransportCredentials, error) {
 	if a.cfg.Insecure {
 		return insecure.NewCredentials(), nil
 	}
@@ -41,13 +41,9 @@ func (a *agent) transport(addr string, lastResort bool) (credentials.TransportCr
 	if err != nil {
 		return nil, err
 	}
-	if !lastResort && a.revs != nil {
+	if a.revs != nil {
 		tlsutil.CheckRevocation(tc, func(chain []*x509.Certificate) error {
-			err := a.checkRevoked(sideCoordinator, chain)
-			if err != nil {
-				a.revs.coords.refused(addr)
-			}
-			return err
+			return a.checkRevoked(sideCoordinator, addr, chain)
 		})
 	}
 	return credentials.NewTLS(tc), nil

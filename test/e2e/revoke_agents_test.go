@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -128,8 +129,8 @@ func TestAgentPeerListenerRefusesRevokedHost(t *testing.T) {
 // coordinator:c1 over their stream, leave c1 (logged with the reason) and
 // work with c2; they are refused by nothing else. Before agents learnt
 // revocations they stayed with c1: a stolen coordinator certificate and key
-// posed as a coordinator to them until it expired. When every coordinator
-// is revoked the agents connect anyway, as a last resort (logged).
+// posed as a coordinator to them until it expired. With c2 gone too they
+// stay off c1 (refusing it at every attempt): agents fail closed.
 func TestAgentsLeaveRevokedCoordinator(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
@@ -239,29 +240,42 @@ func TestAgentsLeaveRevokedCoordinator(t *testing.T) {
 		}
 	}
 
-	// Revocations of every coordinator (here written to etcd; made up by a
-	// coordinator they would be the same to the agents): they are not cut
-	// from all of them for good, as they were before the last resort: once
-	// each was refused, they connect without checking coordinator
-	// revocations, and say so.
-	if r := admin(addrs["c2"], "tls", "revoke", "coordinator:c2", "--reason", "every coordinator"); r.Code != 0 {
-		t.Fatalf("tls revoke coordinator:c2: %s%s", r.Stdout, r.Stderr)
-	}
-	testkit.EventuallyErr(t, 2*time.Minute, "both agents left c2 and connected again as a last resort", func() error {
-		for i, h := range []string{"host-1", "host-2"} {
-			if !strings.Contains(agents[i].Tail(40000), "every coordinator was refused as revoked") {
-				return fmt.Errorf("%s has not taken the last resort", h)
+	// They stay off c1: with c2 gone they refuse c1 at every attempt
+	// (counted: 1 for leaving it, then one per handshake) and stay
+	// disconnected rather than go back to it (agents fail closed).
+	procs[1].Stop(15 * time.Second)
+	testkit.EventuallyErr(t, 2*time.Minute, "both agents refused c1 twice with c2 gone", func() error {
+		for _, h := range []string{"host-1", "host-2"} {
+			body, code, err := testfleet.HTTPGet(ctx, "http://"+metrics[h]+"/metrics")
+			if err != nil || code != 200 {
+				return fmt.Errorf("scrape %s: %d %v", h, code, err)
 			}
-		}
-		resp, err := v1.NewOperatorServiceClient(cc).ListHosts(ctx, &v1.ListHostsRequest{})
-		if err != nil {
-			return err
-		}
-		for _, h := range resp.GetHosts() {
-			if !h.GetConnected() {
-				return fmt.Errorf("%s not connected", h.GetId())
+			var n float64
+			for _, line := range strings.Split(body, "\n") {
+				if v, ok := strings.CutPrefix(line, `fleetwave_agent_revoked_refused_total{side="coordinator"} `); ok {
+					if n, err = strconv.ParseFloat(v, 64); err != nil {
+						return fmt.Errorf("%s: %q: %v", h, line, err)
+					}
+				}
+			}
+			if n < 3 {
+				return fmt.Errorf("%s refused a coordinator %v times, want at least 3", h, n)
 			}
 		}
 		return nil
 	})
+	cc1, err := grpc.NewClient(addrs["c1"], grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc1.Close()
+	resp, err := v1.NewOperatorServiceClient(cc1).ListHosts(ctx, &v1.ListHostsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range resp.GetHosts() {
+		if h.GetConnected() && h.GetCoordinator() == "c1" {
+			t.Errorf("%s connected to the revoked c1", h.GetId())
+		}
+	}
 }
