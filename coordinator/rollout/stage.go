@@ -28,7 +28,8 @@ import (
 //   - holders are the hosts of the plan that are DONE on the target
 //     (PeersOf) or whose latest report says staged_sha256 = the target's
 //     artifact sha256, with a peer address (not revoked, not a bad source:
-//     the caller's hosts map leaves those out), in plan order (wave by wave; by id within a zone, zones interleaved);
+//     the caller's hosts map leaves those out), in plan order (wave by
+//     wave; by id within a zone, zones interleaved);
 //   - future holders are the hosts in their wave and not DONE (UPDATING:
 //     installing or checking the target), with a peer address and not out:
 //     they will hold the artifact when their install finishes, so the
