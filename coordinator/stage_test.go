@@ -348,6 +348,41 @@ func TestPushPacer(t *testing.T) {
 	}
 }
 
+// TestLostPacer: a disconnect storm (10,000 hosts over two seconds)
+// checks the stage plans (and replans) at most once per interval, not
+// once per host, and the last disconnect gets a trailing check.
+func TestLostPacer(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	p := lostPacer{interval: time.Second}
+	if check, wait := p.due(0, t0); check || wait != 0 {
+		t.Fatalf("no disconnect: check %v, wait %v", check, wait)
+	}
+	const n = 10000
+	checks := 0
+	var now time.Time
+	var wait time.Duration
+	for i := range n {
+		now = t0.Add(time.Duration(i) * 2 * time.Second / n)
+		var check bool
+		check, wait = p.due(uint64(i+1), now)
+		switch {
+		case check:
+			checks++
+		case wait <= 0 || wait > time.Second:
+			t.Fatalf("disconnect %d: no check and wait %v (want in (0, 1s])", i, wait)
+		}
+	}
+	if checks != 2 {
+		t.Fatalf("%d checks for %d disconnects over 2 s, want 2 (at 0 s and 1 s, then 1 trailing)", checks, n)
+	}
+	if check, _ := p.due(n, now.Add(wait)); !check {
+		t.Fatal("no trailing check after the last disconnect")
+	}
+	if check, wait := p.due(n, now.Add(wait+time.Millisecond)); check || wait != 0 {
+		t.Fatalf("no new disconnect: check %v, wait %v", check, wait)
+	}
+}
+
 // TestValidateReportStaging: a report's staging digests are sha256s (or
 // empty); anything else is refused, naming the field and the value, before
 // it reaches the store (each change recomputes the stage plan). Before, any

@@ -324,7 +324,14 @@ func simulate(t *testing.T, seed uint64, stage map[string]int) v1.RolloutState {
 			sp, _ := SpecFor(svc, r, v, g)
 			a.assign(want, sp, ok, rng, prm)
 		}
-		sp := checkStage(fatalf, stepN, r, stageHosts, staged)
+		// out: the hosts whose link is down (the hub's not connected).
+		down := map[string]bool{}
+		for _, h := range hosts {
+			if !agents[h.ID].connected {
+				down[h.ID] = true
+			}
+		}
+		sp := checkStage(fatalf, stepN, r, stageHosts, staged, down)
 		switch {
 		case sp == nil || sp.Waiting == 0:
 		case sp.CanaryWave:
@@ -876,8 +883,8 @@ func simulatePolicy(t *testing.T, seed uint64, seen map[string]int) {
 	}
 }
 
-func stagePlanOf(r *v1.Rollout, hosts map[string]PeerHost, staged map[string]bool) *StagePlan {
-	return PlanStage(r, "sha-v2", hosts, staged, nil, DefaultSources)
+func stagePlanOf(r *v1.Rollout, hosts map[string]PeerHost, staged, out map[string]bool) *StagePlan {
+	return PlanStage(r, "sha-v2", hosts, staged, out, DefaultSources)
 }
 
 // checkStage checks PlanStage's invariants on the rollout as it is: only
@@ -888,9 +895,13 @@ func stagePlanOf(r *v1.Rollout, hosts map[string]PeerHost, staged map[string]boo
 // admitted host's first source is an ancestor of it in the plan-order tree
 // (so a holder serves its own subtree, StageFanout children unless some
 // serve nobody, whatever order hosts finish in); a host is never its own
-// source; sources are holders.
-func checkStage(fatalf func(string, ...any), stepN int, r *v1.Rollout, hosts map[string]PeerHost, staged map[string]bool) *StagePlan {
-	p := stagePlanOf(r, hosts, staged)
+// source; sources are holders; no out host (not connected) is admitted or
+// a holder, so a plan just made is never Lost (else the hub would replan
+// at every check); and staging never stalls: once the canary wave is done,
+// while a host waits, one is admitted or a future holder (an UPDATING
+// host with a peer address, not out) is installing.
+func checkStage(fatalf func(string, ...any), stepN int, r *v1.Rollout, hosts map[string]PeerHost, staged, out map[string]bool) *StagePlan {
+	p := stagePlanOf(r, hosts, staged, out)
 	if !Stages(r) {
 		if p != nil {
 			fatalf("step %d: a staging plan for a rollout that does not stage (%v)", stepN, r.GetState())
@@ -957,6 +968,28 @@ func checkStage(fatalf func(string, ...any), stepN int, r *v1.Rollout, hosts map
 	}
 	if roots > StageOrigin {
 		fatalf("step %d: %d hosts admitted without sources, over StageOrigin %d", stepN, roots, StageOrigin)
+	}
+	if p.Lost(func(id string) bool { return !out[id] }) {
+		fatalf("step %d: a plan just made counts on a host that is out (%v)", stepN, out)
+	}
+	for _, h := range p.Holders {
+		if out[h.ID] {
+			fatalf("step %d: holder %s is out", stepN, h.ID)
+		}
+	}
+	if !canary && p.Waiting > 0 && p.Admitted() == 0 {
+		future := false
+		for _, w := range r.GetWaves() {
+			for _, hp := range w.GetHosts() {
+				id := hp.GetHostId()
+				if hp.GetState() == v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING && hosts[id].Address != "" && !out[id] {
+					future = true
+				}
+			}
+		}
+		if !future {
+			fatalf("step %d: %d hosts wait to stage, none is admitted and no future holder installs", stepN, p.Waiting)
+		}
 	}
 	return p
 }

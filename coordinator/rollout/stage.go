@@ -28,7 +28,8 @@ import (
 //   - holders are the hosts of the plan that are DONE on the target
 //     (PeersOf) or whose latest report says staged_sha256 = the target's
 //     artifact sha256, with a peer address (not revoked, not a bad source:
-//     the caller's hosts map leaves those out), ordered by wave, then id;
+//     the caller's hosts map leaves those out), in plan order (wave by
+//     wave; by id within a zone, zones interleaved);
 //   - future holders are the hosts in their wave and not DONE (UPDATING:
 //     installing or checking the target), with a peer address and not out:
 //     they will hold the artifact when their install finishes, so the
@@ -87,7 +88,7 @@ type StagePlan struct {
 	// Sha256 is the artifact staged.
 	Sha256 string
 	// Holders are the hosts that hold the artifact (DONE or staged), with
-	// a peer address, by wave then id.
+	// a peer address, in plan order (wave by wave, zones interleaved).
 	Holders []Peer
 	// Staged is how many hosts of the plan report the artifact staged
 	// (with or without a peer address).
