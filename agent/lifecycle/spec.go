@@ -11,8 +11,8 @@ import (
 // again with another spec (a config rollout). Whether that is a change is
 // decided by the one rule of package specdiff:
 //
-//   - the new spec changes what runs on hosts (run, checks, analysis, ...):
-//     it is an install of the same release (FETCHING .. CHECKING: the
+//   - the new spec changes what runs on hosts (run, hooks, resources, ...;
+//     with or beside how it is judged): it is an install of the same release (FETCHING .. CHECKING: the
 //     staged release is only re-verified by its digest, `current` is
 //     switched to the same directory, the process is stopped and started
 //     with the new spec, checked, analysed and watched), and a failure
