@@ -44,22 +44,8 @@ func TestStopServices(t *testing.T) {
 		Current: asg, LastGood: asg, Target: asg, CurrentOK: true}); err != nil {
 		t.Fatal(err)
 	}
-	svc := exec.Command("/bin/sh", "-c", "trap '' TERM; echo ready; while :; do sleep 1; done")
-	svc.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	out, err := svc.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := svc.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := out.Read(make([]byte, 6)); err != nil { // "ready": the trap is set
-		t.Fatal(err)
-	}
 	var waitErr error
-	reaped := make(chan struct{})
-	go func() { waitErr = svc.Wait(); close(reaped) }()
-	t.Cleanup(func() { _ = syscall.Kill(-svc.Process.Pid, syscall.SIGKILL); <-reaped })
+	svc, reaped := startGroup(t, "trap '' TERM; echo ready; while :; do sleep 1; done", nil, nil, &waitErr)
 	pidFile := filepath.Join(dataDir, "run", testSvc+".pid")
 	if _, err := supervise.WritePIDRecord(pidFile, svc.Process.Pid, "1.0.0", 1); err != nil {
 		t.Fatal(err)
@@ -103,6 +89,38 @@ func TestStopServices(t *testing.T) {
 	if err := StopServices(context.Background(), Config{DataDir: dataDir, HostID: testHostID}, true, zerolog.Nop()); err != nil {
 		t.Fatalf("second StopServices: %v", err)
 	}
+}
+
+// startGroup starts script (/bin/sh -c) in its own process group with env
+// added and as cred (nil: this process's user), waits until it printed
+// "ready", kills the group at the test's end, and returns it with a
+// channel closed once it is reaped (its wait error in *waitErr when not
+// nil).
+func startGroup(t *testing.T, script string, env []string, cred *syscall.Credential, waitErr *error) (*exec.Cmd, <-chan struct{}) {
+	t.Helper()
+	svc := exec.Command("/bin/sh", "-c", script)
+	svc.Env = append(os.Environ(), env...)
+	svc.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred}
+	out, err := svc.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := out.Read(make([]byte, 6)); err != nil { // "ready": its traps are set
+		t.Fatal(err)
+	}
+	reaped := make(chan struct{})
+	go func() {
+		err := svc.Wait()
+		if waitErr != nil {
+			*waitErr = err
+		}
+		close(reaped)
+	}()
+	t.Cleanup(func() { _ = syscall.Kill(-svc.Process.Pid, syscall.SIGKILL); <-reaped })
+	return svc, reaped
 }
 
 // drainScript is a before_stop hook (./drain.sh ${host.id}) that records
@@ -150,22 +168,7 @@ func stopFixture(t *testing.T, release func(out string) *v1.Assignment) (dataDir
 		Current: asg, LastGood: asg, Target: asg, CurrentOK: true}); err != nil {
 		t.Fatal(err)
 	}
-	svc := exec.Command("/bin/sh", "-c", drainedService)
-	svc.Env = append(os.Environ(), "OUT="+out)
-	svc.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	stdout, err := svc.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := svc.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := stdout.Read(make([]byte, 6)); err != nil { // "ready": the trap is set
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = svc.Wait(); close(done) }()
-	t.Cleanup(func() { _ = syscall.Kill(-svc.Process.Pid, syscall.SIGKILL); <-done })
+	svc, done := startGroup(t, drainedService, []string{"OUT=" + out}, nil, nil)
 	if _, err := supervise.WritePIDRecord(filepath.Join(dataDir, "run", testSvc+".pid"), svc.Process.Pid, "1.0.0", 1); err != nil {
 		t.Fatal(err)
 	}
@@ -406,23 +409,8 @@ func TestStopServicesHandoverDrainsOnce(t *testing.T) {
 	dataDir, out, reaped := stopFixture(t, func(out string) *v1.Assignment {
 		return drainAssignment(out, false, 0, 0, "/bin/sh", "-c", hook)
 	})
-	next := exec.Command("/bin/sh", "-c", drainedService)
 	nextOut := t.TempDir()
-	next.Env = append(os.Environ(), "OUT="+nextOut)
-	next.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	stdout, err := next.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := next.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := stdout.Read(make([]byte, 6)); err != nil { // "ready": the trap is set
-		t.Fatal(err)
-	}
-	nextReaped := make(chan struct{})
-	go func() { _ = next.Wait(); close(nextReaped) }()
-	t.Cleanup(func() { _ = syscall.Kill(-next.Process.Pid, syscall.SIGKILL); <-nextReaped })
+	next, nextReaped := startGroup(t, drainedService, []string{"OUT=" + nextOut}, nil, nil)
 	if _, err := supervise.WritePIDRecord(filepath.Join(dataDir, "run", testSvc+nextPIDSuffix), next.Process.Pid, "1.0.0", 2); err != nil {
 		t.Fatal(err)
 	}
@@ -569,21 +557,7 @@ func TestStopServicesPIDFileAuthority(t *testing.T) {
 			if err := os.MkdirAll(run, 0o755); err != nil {
 				t.Fatal(err)
 			}
-			svc := exec.Command("/bin/sh", "-c", "echo ready; while :; do sleep 1 & wait $!; done")
-			svc.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-			out, err := svc.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := svc.Start(); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := out.Read(make([]byte, 6)); err != nil {
-				t.Fatal(err)
-			}
-			reaped := make(chan struct{})
-			go func() { _ = svc.Wait(); close(reaped) }()
-			t.Cleanup(func() { _ = syscall.Kill(-svc.Process.Pid, syscall.SIGKILL); <-reaped })
+			svc, reaped := startGroup(t, "echo ready; while :; do sleep 1 & wait $!; done", nil, &syscall.Credential{Uid: 65534, Gid: 65534}, nil)
 			pidFile := filepath.Join(run, testSvc+".pid")
 			if _, err := supervise.WritePIDRecord(pidFile, svc.Process.Pid, "1.0.0", 1); err != nil {
 				t.Fatal(err)
@@ -595,7 +569,7 @@ func TestStopServicesPIDFileAuthority(t *testing.T) {
 			}
 			chmod(t, pidFile, tc.fileMode)
 			chmod(t, run, tc.runMode)
-			err = StopServices(context.Background(), Config{DataDir: dataDir, HostID: testHostID}, false, testLogger(t))
+			err := StopServices(context.Background(), Config{DataDir: dataDir, HostID: testHostID}, false, testLogger(t))
 			if tc.stopped {
 				if err != nil {
 					t.Fatalf("StopServices: %v", err)
