@@ -266,25 +266,7 @@ func TestStopServicesDrainsWithHostFlags(t *testing.T) {
 				Run:   &v1.RunSpec{Command: []string{"./run.sh"}, Env: map[string]string{"ZONE": "${host.label.zone}", "OUT": out}},
 				Hooks: &v1.Hooks{BeforeStop: &v1.Hook{Command: []string{"/bin/sh", "-c", `echo "$0 $ZONE" > "$OUT/hook"`, "${host.id}"}}},
 			}}
-		st, err := state.Open(filepath.Join(dataDir, "state"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := st.Save(&lifecycle.Snapshot{Service: "web", Phase: v1.Phase_PHASE_HEALTHY, Generation: 1,
-			Current: asg, LastGood: asg, Target: asg, CurrentOK: true}); err != nil {
-			t.Fatal(err)
-		}
-		svc := exec.Command("sleep", "600")
-		svc.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		if err := svc.Start(); err != nil {
-			t.Fatal(err)
-		}
-		reaped := make(chan struct{})
-		go func() { _ = svc.Wait(); close(reaped) }()
-		t.Cleanup(func() { _ = syscall.Kill(-svc.Process.Pid, syscall.SIGKILL); <-reaped })
-		if _, err := supervise.WritePIDRecord(filepath.Join(dataDir, "run", "web.pid"), svc.Process.Pid, "1.0.0", 1); err != nil {
-			t.Fatal(err)
-		}
+		reaped := leftRunning(t, dataDir, asg)
 		args := []string{"stop-services", "--data-dir", dataDir, "--host-id", "h9", "--labels", "zone=z1"}
 		if noDrain {
 			args = append(args, "--no-drain")
@@ -339,25 +321,7 @@ func TestStopServicesSignalAbandonsDrain(t *testing.T) {
 			Hooks: &v1.Hooks{BeforeStop: &v1.Hook{Timeout: durationpb.New(4 * time.Minute),
 				Command: []string{"/bin/sh", "-c", `echo "$$" > "$OUT/hook.pid.tmp"; mv "$OUT/hook.pid.tmp" "$OUT/hook.pid"; exec sleep 300`}}},
 		}}
-	st, err := state.Open(filepath.Join(dataDir, "state"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.Save(&lifecycle.Snapshot{Service: "web", Phase: v1.Phase_PHASE_HEALTHY, Generation: 1,
-		Current: asg, LastGood: asg, Target: asg, CurrentOK: true}); err != nil {
-		t.Fatal(err)
-	}
-	svc := exec.Command("sleep", "600")
-	svc.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := svc.Start(); err != nil {
-		t.Fatal(err)
-	}
-	reaped := make(chan struct{})
-	go func() { _ = svc.Wait(); close(reaped) }()
-	t.Cleanup(func() { _ = syscall.Kill(-svc.Process.Pid, syscall.SIGKILL); <-reaped })
-	if _, err := supervise.WritePIDRecord(filepath.Join(dataDir, "run", "web.pid"), svc.Process.Pid, "1.0.0", 1); err != nil {
-		t.Fatal(err)
-	}
+	reaped := leftRunning(t, dataDir, asg)
 
 	var stderr bytes.Buffer
 	cmd := exec.Command(os.Args[0], "stop-services", "--data-dir", dataDir, "--host-id", "h9")
@@ -400,4 +364,31 @@ func TestStopServicesSignalAbandonsDrain(t *testing.T) {
 	if !strings.Contains(stderr.String(), "drain abandoned") {
 		t.Errorf("stderr lacks the abandoned drain:\n%s", stderr.String())
 	}
+}
+
+// leftRunning is a data dir as an agent leaves it: the state records asg
+// (current and last good, healthy) and a process of it runs (sleep, its
+// PID file written); it returns a channel closed once that is reaped.
+func leftRunning(t *testing.T, dataDir string, asg *v1.Assignment) <-chan struct{} {
+	t.Helper()
+	st, err := state.Open(filepath.Join(dataDir, "state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Save(&lifecycle.Snapshot{Service: asg.GetService(), Phase: v1.Phase_PHASE_HEALTHY, Generation: asg.GetGeneration(),
+		Current: asg, LastGood: asg, Target: asg, CurrentOK: true}); err != nil {
+		t.Fatal(err)
+	}
+	svc := exec.Command("sleep", "600")
+	svc.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := svc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	reaped := make(chan struct{})
+	go func() { _ = svc.Wait(); close(reaped) }()
+	t.Cleanup(func() { _ = syscall.Kill(-svc.Process.Pid, syscall.SIGKILL); <-reaped })
+	if _, err := supervise.WritePIDRecord(filepath.Join(dataDir, "run", asg.GetService()+".pid"), svc.Process.Pid, asg.GetRelease().GetVersion(), 1); err != nil {
+		t.Fatal(err)
+	}
+	return reaped
 }
