@@ -856,32 +856,6 @@ func (p *pushPacer) due(desired, stage uint64, now time.Time) (pass bool, wait t
 	return true, 0
 }
 
-// lostPacer decides when the push loop checks the stage plans for a host
-// they count on that disconnected (stageLost): at most once per interval
-// however many disconnects arrive (a storm of 10,000 is one check, and at
-// most one replan, per interval, not one per host), with a trailing check
-// for the last of them (pure: the mirror's Disconnects and the time are
-// inputs).
-type lostPacer struct {
-	interval    time.Duration
-	disconnects uint64    // Mirror.Disconnects at the last check
-	last        time.Time // when the last check ran
-}
-
-// due says whether a check runs now for the mirror's disconnects d at now;
-// when not but a disconnect waits for the pacing, wait > 0 is when to ask
-// again.
-func (p *lostPacer) due(d uint64, now time.Time) (check bool, wait time.Duration) {
-	if d == p.disconnects {
-		return false, 0
-	}
-	if w := p.interval - now.Sub(p.last); w > 0 {
-		return false, w
-	}
-	p.disconnects, p.last = d, now
-	return true, 0
-}
-
 // stageLost reports whether the table's stage plans count on a host that
 // is no longer connected (rollout.StagePlan.Lost): a staging host that
 // disconnected would keep its admission slot, and a holder its children,
@@ -915,7 +889,10 @@ func (h *hub) pushLoop(ctx context.Context) {
 	ch, unsub := h.c.mirror.Subscribe()
 	defer unsub()
 	pace := pushPacer{interval: stageRepushInterval}
-	lost := lostPacer{interval: stageRepushInterval}
+	// Disconnects are paced like staging-only changes (every one of them
+	// is): a storm of 10,000 is one check, and at most one replan, per
+	// interval, with a trailing check for the last (TestLostPacer).
+	lost := pushPacer{interval: stageRepushInterval}
 	var later <-chan time.Time
 	for {
 		select {
@@ -926,7 +903,8 @@ func (h *hub) pushLoop(ctx context.Context) {
 			later = nil
 		}
 		now := time.Now()
-		check, waitLost := lost.due(h.c.mirror.Disconnects(), now)
+		disc := h.c.mirror.Disconnects()
+		check, waitLost := lost.due(disc, disc, now)
 		if check && h.stageLost() {
 			h.replan()
 		}

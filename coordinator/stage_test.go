@@ -353,8 +353,8 @@ func TestPushPacer(t *testing.T) {
 // once per host, and the last disconnect gets a trailing check.
 func TestLostPacer(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	p := lostPacer{interval: time.Second}
-	if check, wait := p.due(0, t0); check || wait != 0 {
+	p := pushPacer{interval: time.Second} // as the push loop paces disconnects
+	if check, wait := p.due(0, 0, t0); check || wait != 0 {
 		t.Fatalf("no disconnect: check %v, wait %v", check, wait)
 	}
 	const n = 10000
@@ -364,7 +364,7 @@ func TestLostPacer(t *testing.T) {
 	for i := range n {
 		now = t0.Add(time.Duration(i) * 2 * time.Second / n)
 		var check bool
-		check, wait = p.due(uint64(i+1), now)
+		check, wait = p.due(uint64(i+1), uint64(i+1), now)
 		switch {
 		case check:
 			checks++
@@ -375,10 +375,10 @@ func TestLostPacer(t *testing.T) {
 	if checks != 2 {
 		t.Fatalf("%d checks for %d disconnects over 2 s, want 2 (at 0 s and 1 s, then 1 trailing)", checks, n)
 	}
-	if check, _ := p.due(n, now.Add(wait)); !check {
+	if check, _ := p.due(n, n, now.Add(wait)); !check {
 		t.Fatal("no trailing check after the last disconnect")
 	}
-	if check, wait := p.due(n, now.Add(wait+time.Millisecond)); check || wait != 0 {
+	if check, wait := p.due(n, n, now.Add(wait+time.Millisecond)); check || wait != 0 {
 		t.Fatalf("no new disconnect: check %v, wait %v", check, wait)
 	}
 }
