@@ -204,6 +204,18 @@ func loadSnapshot(store *state.Store, name string, log zerolog.Logger) *lifecycl
 // run and as whom: a state an agent running as another user wrote (or
 // anyone else could have), would let that user run commands as root.
 func trustedState(path string, follow bool) error {
+	return ownedSafely(path, path, follow, func(uid uint32) error {
+		if int(uid) != os.Geteuid() {
+			return fmt.Errorf("owned by uid %d, not this process's %d", uid, os.Geteuid())
+		}
+		return nil
+	})
+}
+
+// ownedSafely checks that path (what names it in errors) is no link
+// (followed when follow), writable by no one but its owner, and that
+// owner passes ownerOK.
+func ownedSafely(path, what string, follow bool, ownerOK func(uid uint32) error) error {
 	stat := os.Lstat
 	if follow {
 		stat = os.Stat
@@ -215,13 +227,14 @@ func trustedState(path string, follow bool) error {
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	switch {
 	case fi.Mode()&fs.ModeSymlink != 0:
-		return fmt.Errorf("%s: a link", path)
+		return fmt.Errorf("%s: a link", what)
 	case !ok:
-		return fmt.Errorf("%s: no owner known", path)
-	case int(st.Uid) != os.Geteuid():
-		return fmt.Errorf("%s: owned by uid %d, not this process's %d", path, st.Uid, os.Geteuid())
+		return fmt.Errorf("%s: no owner known", what)
 	case fi.Mode().Perm()&0o022 != 0:
-		return fmt.Errorf("%s: mode %v: writable by others than its owner", path, fi.Mode().Perm())
+		return fmt.Errorf("%s: mode %v: writable by others than its owner", what, fi.Mode().Perm())
+	}
+	if err := ownerOK(st.Uid); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
 }
@@ -235,36 +248,21 @@ func trustedState(path string, follow bool) error {
 // file a link), and each owner must be root or the process's real or saved
 // user (who may signal it, kill(2)).
 func pidFileAuthority(path string, pgid int) error {
-	fi, err := os.Lstat(path)
-	if err != nil {
-		return fmt.Errorf("pid file %s: %w", path, err)
-	}
-	di, err := os.Stat(filepath.Dir(path))
-	if err != nil {
-		return fmt.Errorf("pid file %s: %w", path, err)
-	}
-	if fi.Mode()&fs.ModeSymlink != 0 {
-		return fmt.Errorf("pid file %s: a link", path)
-	}
 	uids, err := procUIDs(pgid)
 	if err != nil {
 		return fmt.Errorf("pid file %s: process %d: %w", path, pgid, err)
 	}
-	for _, x := range []struct {
-		what string
-		fi   fs.FileInfo
-	}{{"pid file " + path, fi}, {"its directory " + filepath.Dir(path), di}} {
-		st, ok := x.fi.Sys().(*syscall.Stat_t)
-		switch {
-		case !ok:
-			return fmt.Errorf("%s: no owner known", x.what)
-		case x.fi.Mode().Perm()&0o022 != 0:
-			return fmt.Errorf("%s: mode %v: writable by others than its owner", x.what, x.fi.Mode().Perm())
-		case st.Uid != 0 && !slices.Contains(uids, st.Uid):
-			return fmt.Errorf("%s: owned by uid %d, which may not signal process group %d (uids %v)", x.what, st.Uid, pgid, uids)
+	mayKill := func(uid uint32) error {
+		if uid != 0 && !slices.Contains(uids, uid) {
+			return fmt.Errorf("owned by uid %d, which may not signal process group %d (uids %v)", uid, pgid, uids)
 		}
+		return nil
 	}
-	return nil
+	if err := ownedSafely(path, "pid file "+path, false, mayKill); err != nil {
+		return err
+	}
+	dir := filepath.Dir(path)
+	return ownedSafely(dir, "its directory "+dir, true, mayKill)
 }
 
 // procUIDs returns a process's real and saved user ids (/proc/PID/status).
