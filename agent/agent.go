@@ -258,6 +258,7 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger, opts options) erro
 	}
 	a.recover(saved)
 	a.background(func() { a.rotateLogs(loopCtx) })
+	a.background(func() { a.saveRevocationsLoop(loopCtx) })
 
 	if a.cfg.Insecure {
 		log.Warn().Msg("INSECURE: plain-text connection to the coordinators; use --tls-ca with --tls-cert/--tls-key or --join-token-file in production")
@@ -288,6 +289,7 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger, opts options) erro
 	a.detachServices()
 	cancel()
 	a.wg.Wait()
+	a.flushRevocations() // nothing merges them any more
 	a.drain()
 	if a.up.stop {
 		log.Info().Str("version", a.up.rec.Version).Msg("agent stopped for its upgrade")

@@ -123,6 +123,11 @@ type Config struct {
 	// 0 = revocation.DefaultMax, 10,000, the coordinators' default): new
 	// ones past it are refused, none is evicted.
 	MaxRevocations int
+	// RevocationsSaveInterval is how often at most the revocations are
+	// written to DataDir/revocations.pb (revoke.go; 0 =
+	// DefaultRevocationsSaveInterval): a crash loses at most the last
+	// interval's, which the coordinators send again.
+	RevocationsSaveInterval time.Duration
 }
 
 // Limits of the peer listener (peer.go).
@@ -170,6 +175,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxRevocations < 0 || c.MaxRevocations > MaxMaxRevocations {
 		return fmt.Errorf("max_revocations: %d is not within 1 and %d (0 for the default %d)", c.MaxRevocations, MaxMaxRevocations, revocation.DefaultMax)
+	}
+	if d := c.RevocationsSaveInterval; d != 0 && (d < MinRevocationsSaveInterval || d > MaxRevocationsSaveInterval) {
+		return fmt.Errorf("revocations_save_interval: %s is not within %s and %s", d, MinRevocationsSaveInterval, MaxRevocationsSaveInterval)
 	}
 	if c.KeepReleases < 0 {
 		return fmt.Errorf("keep_releases: %d is negative (want 1 or more; 0 for the default %d)", c.KeepReleases, DefaultKeepReleases)

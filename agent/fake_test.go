@@ -140,6 +140,11 @@ func (f *fakeCoordinator) Connect(stream grpc.BidiStreamingServer[v1.ConnectRequ
 	}()
 	var sent []*v1.Assignment
 	var sentRevs *v1.RevocationSet
+	f.mu.Lock()
+	if h := first.GetHello(); h.RevocationsRevision != nil && f.revocations != nil && h.GetRevocationsRevision() >= f.revocations.GetRevision() {
+		sentRevs = f.revocations // as a coordinator: nothing written since the agent's revision
+	}
+	f.mu.Unlock()
 	first2 := true
 	for {
 		f.mu.Lock()

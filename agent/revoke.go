@@ -9,12 +9,14 @@ package agent
 // are only ever added or widened, and go when what they cover has expired.
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -33,6 +35,22 @@ const MaxMaxRevocations = 100000
 // revocationsFile is where the agent keeps its revocations, in DataDir.
 const revocationsFile = "revocations.pb"
 
+// Limits of Config.RevocationsSaveInterval: the file is written at most
+// once per interval (and at a clean shutdown), so a flood of revocation
+// messages costs one write of the set per interval, not one per message.
+const (
+	DefaultRevocationsSaveInterval = time.Second
+	MinRevocationsSaveInterval     = 10 * time.Millisecond
+	MaxRevocationsSaveInterval     = time.Hour
+)
+
+// Results of a save (the label "result" of
+// fleetwave_agent_revocation_saves_total).
+const (
+	saveSaved  = "saved"
+	saveFailed = "failed"
+)
+
 // Sides of a refused handshake (the label "side" of
 // fleetwave_agent_revoked_refused_total).
 const (
@@ -41,12 +59,27 @@ const (
 )
 
 // revocations is the agent's set and what goes with it.
+//
+// The set in memory is what the agent enforces, from the moment a message
+// is merged. The file follows at most once per interval (the saver,
+// saveRevocationsLoop; and at a clean shutdown, flushRevocations): a crash
+// loses at most the revocations of the last interval, and the Hello says
+// the revision of the file (saved), not of the set, so after a crash and
+// before it alike the coordinator sends again whatever is not in the file.
 type revocations struct {
-	set  *revocation.Set
-	file string
-	// saveMu serialises saves (the stream's receiver saves; a new stream's
-	// receiver may start while the old one's last save runs).
-	saveMu  sync.Mutex
+	set      *revocation.Set
+	file     string
+	interval time.Duration
+	// dirty (capacity 1) holds a token while the set has changes the file
+	// does not.
+	dirty chan struct{}
+	// saveMu serialises saves, and a save with forgetting the revision.
+	saveMu sync.Mutex
+	// saved is the revision of the file (loaded, or written last): the
+	// Hello's. Written under saveMu.
+	saved   atomic.Int64
+	failing bool                   // under saveMu: the last save failed (logged once per streak)
+	saves   *prometheus.CounterVec // result
 	refused *prometheus.CounterVec // side
 }
 
@@ -67,9 +100,19 @@ func openRevocations(cfg Config, now time.Time) (*revocations, error) {
 			caEnd = c.NotAfter
 		}
 	}
+	interval := cfg.RevocationsSaveInterval
+	if interval == 0 {
+		interval = DefaultRevocationsSaveInterval
+	}
 	r := &revocations{
-		set:  revocation.NewSet(cfg.MaxRevocations, caEnd),
-		file: filepath.Join(cfg.DataDir, revocationsFile),
+		set:      revocation.NewSet(cfg.MaxRevocations, caEnd),
+		file:     filepath.Join(cfg.DataDir, revocationsFile),
+		interval: interval,
+		dirty:    make(chan struct{}, 1),
+		saves: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "fleetwave_agent_revocation_saves_total",
+			Help: "Writes of DATA_DIR/revocations.pb: result saved or failed (retried after --revocations-save-interval). At most one per interval, whatever the revocation messages received, and one at a clean shutdown.",
+		}, []string{"result"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fleetwave_agent_revoked_refused_total",
 			Help: "TLS handshakes this agent refused because the other end's certificate is revoked: side peer (another agent: a client of its peer listener, or a peer it fetches from), coordinator (a coordinator it connects to).",
@@ -78,6 +121,7 @@ func openRevocations(cfg Config, now time.Time) (*revocations, error) {
 	if err := r.set.Load(r.file, now); err != nil {
 		return nil, fmt.Errorf("data_dir: %w (remove the file to start without revocations: the coordinators send them again)", err)
 	}
+	r.saved.Store(r.set.Revision())
 	return r, nil
 }
 
@@ -86,18 +130,20 @@ func (r *revocations) register(reg *prometheus.Registry) {
 	if r == nil || reg == nil {
 		return
 	}
-	reg.MustRegister(r.refused, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	reg.MustRegister(r.refused, r.saves, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "fleetwave_agent_revocations",
 		Help: "Revocations this agent holds (received from the coordinators, kept in DATA_DIR/revocations.pb).",
 	}, func() float64 { return float64(r.set.Len()) }))
 }
 
-// revision is what the Hello says the agent holds (nil: it keeps none).
+// revision is what the Hello says the agent holds (nil: it keeps none):
+// the revision of the file, so what is not saved yet comes again (it is
+// held already: merging it again changes nothing).
 func (r *revocations) revision() *int64 {
 	if r == nil {
 		return nil
 	}
-	return proto.Int64(r.set.Revision())
+	return proto.Int64(r.saved.Load())
 }
 
 // checkRevoked refuses a chain a revocation covers on side, counted and
@@ -131,7 +177,8 @@ func (a *agent) checkRevoked(side, addr string, chain []*x509.Certificate) error
 }
 
 // take merges what a coordinator sent (prune first: expired entries make
-// room), saves the set when it changed, and says whether it did.
+// room), enforced from now on, has the saver save the set when it changed,
+// and says whether it did.
 func (a *agent) takeRevocations(in *v1.RevocationSet, now time.Time) bool {
 	r := a.revs
 	if r == nil || in == nil {
@@ -145,21 +192,97 @@ func (a *agent) takeRevocations(in *v1.RevocationSet, now time.Time) bool {
 	if added == 0 && pruned == 0 {
 		return false
 	}
-	a.saveRevocations()
+	r.markDirty()
 	a.log.Info().Int("added", added).Int("pruned", pruned).Int("held", r.set.Len()).Int64("revision", in.GetRevision()).Msg("revocations received")
 	return added > 0
 }
 
-// saveRevocations writes the set to its file. A failure is logged: the
-// set is held in memory and enforced, and saved with the next change.
+// markDirty tells the saver the set changed.
+func (r *revocations) markDirty() {
+	select {
+	case r.dirty <- struct{}{}:
+	default: // already told
+	}
+}
+
+// saveRevocationsLoop is the saver: it saves the set when it changed, at
+// most once per interval, until ctx ends (flushRevocations then saves
+// what is left).
+func (a *agent) saveRevocationsLoop(ctx context.Context) {
+	r := a.revs
+	if r == nil {
+		return
+	}
+	t := time.NewTimer(r.interval)
+	t.Stop()
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.dirty:
+		}
+		a.saveRevocations()
+		t.Reset(r.interval)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// flushRevocations saves the set if it has unsaved changes: at a clean
+// shutdown, once the saver and the streams have ended.
+func (a *agent) flushRevocations() {
+	if a.revs == nil {
+		return
+	}
+	select {
+	case <-a.revs.dirty:
+		a.saveRevocations()
+	default:
+	}
+}
+
+// saveRevocations writes the set to its file and takes its revision for
+// the Hello. A failure is logged (once until a save succeeds) and retried
+// by the saver after the interval: the set is held in memory and enforced
+// meanwhile.
 func (a *agent) saveRevocations() {
 	r := a.revs
 	r.saveMu.Lock()
-	err := r.set.Save(r.file)
-	r.saveMu.Unlock()
+	defer r.saveMu.Unlock()
+	rev, err := r.set.Save(r.file)
 	if err != nil {
-		a.log.Error().Err(err).Msg("revocations not saved")
+		r.saves.WithLabelValues(saveFailed).Inc()
+		r.markDirty()
+		ev := a.log.Debug()
+		if !r.failing {
+			ev = a.log.Error()
+		}
+		ev.Err(err).Dur("retry_in", r.interval).Msg("revocations not saved (enforced from memory; the Hello says the revision last saved)")
+		r.failing = true
+		return
 	}
+	r.saved.Store(rev)
+	r.saves.WithLabelValues(saveSaved).Inc()
+	if r.failing {
+		a.log.Info().Int64("revision", rev).Msg("revocations saved again")
+		r.failing = false
+	}
+}
+
+// forgetRevision makes the Hello say revision 0, so the next coordinator
+// sends every revocation, and saves it at once (not at the saver's pace:
+// after a crash, too, the next coordinator must send them all).
+func (a *agent) forgetRevision() {
+	r := a.revs
+	r.saveMu.Lock()
+	r.set.ForgetRevision()
+	r.saved.Store(0)
+	r.saveMu.Unlock()
+	a.saveRevocations()
 }
 
 // errCoordinatorRevoked ends a stream to a coordinator whose certificate a
@@ -183,8 +306,7 @@ func (a *agent) checkCoordinatorRevoked(addr string, p *peer.Peer) error {
 		chain = info.State.VerifiedChains[0]
 	}
 	if err := a.checkRevoked(sideCoordinator, addr, chain); err != nil {
-		a.revs.set.ForgetRevision()
-		a.saveRevocations()
+		a.forgetRevision()
 		return fmt.Errorf("%w: %w", errCoordinatorRevoked, err)
 	}
 	return nil

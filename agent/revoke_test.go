@@ -5,10 +5,15 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -17,7 +22,9 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/fleetwave/fleetwave/internal/revocation"
 	"github.com/fleetwave/fleetwave/internal/testkit"
+	"github.com/fleetwave/fleetwave/internal/testkit/ports"
 	"github.com/fleetwave/fleetwave/internal/tlsutil"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -59,6 +66,15 @@ func TestAgentRevocations(t *testing.T) {
 	}
 	if !a.takeRevocations(&v1.RevocationSet{Revision: 5, Revocations: []*v1.Revocation{rev("agent:h2")}}, now) {
 		t.Fatal("nothing taken")
+	}
+	// Enforced at once; the Hello says what the file holds (nothing yet:
+	// the saver has not run) until it is saved.
+	if rev := *a.revs.revision(); rev != 0 {
+		t.Fatalf("hello revision before the save %d, want 0 (the file's)", rev)
+	}
+	a.flushRevocations()
+	if rev := *a.revs.revision(); rev != 5 {
+		t.Fatalf("hello revision after the save %d, want 5", rev)
 	}
 	if err := a.checkRevoked(sidePeer, "", chainOf("agent-h2")); err == nil || !strings.Contains(err.Error(), "every certificate of agent:h2") {
 		t.Fatalf("h2 at the peer listener: %v", err)
@@ -223,5 +239,227 @@ func TestAgentFailsClosedOnRevokedCoordinators(t *testing.T) {
 	}
 	if got := metric(url, "fleetwave_agent_revocations"); got != 0 {
 		t.Fatalf("fleetwave_agent_revocations after the recovery = %v, want 0", got)
+	}
+}
+
+// A flood of revocation messages (1,000 over 7 s, each adding one) is
+// enforced message by message but written once per save interval (1 s):
+// 8 writes (the first at once, then one per interval while changes come),
+// not 1,000; a clean shutdown with nothing unsaved writes nothing more,
+// and the file then holds them all with the last revision.
+func TestRevocationSavesCoalesced(t *testing.T) {
+	pki := t.TempDir()
+	if err := tlsutil.Init(pki, tlsutil.InitOptions{Coordinators: map[string][]string{"c1": nil}, Agents: []string{"h1"}}); err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := tlsutil.ReadCertFile(filepath.Join(pki, "agent-h1.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{DataDir: t.TempDir(), TLSCA: filepath.Join(pki, tlsutil.CAFile), RevocationsSaveInterval: time.Second}
+	var now time.Time // the bubble's
+	synctest.Test(t, func(t *testing.T) {
+		now = time.Now()
+		r, err := openRevocations(cfg, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := &agent{cfg: cfg, log: zerolog.Nop(), revs: r}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); a.saveRevocationsLoop(ctx) }()
+		const n = 1000
+		for i := range n {
+			serial := tlsutil.SerialString(leaf)
+			if i < n-1 {
+				serial = fmt.Sprintf("%x", 0x1000+i) // others
+			}
+			in := &v1.RevocationSet{Revision: int64(i + 1), Revocations: []*v1.Revocation{{Serial: serial, RevokedAt: timestamppb.New(now),
+				RevokedBy: "operator:admin", ExpiresAt: timestamppb.New(now.Add(time.Hour))}}}
+			if !a.takeRevocations(in, time.Now()) {
+				t.Fatalf("message %d: nothing taken", i)
+			}
+			time.Sleep(7 * time.Millisecond) // the bubble's clock: 7 s in all
+		}
+		// The last one is enforced before any save could take it.
+		if err := a.checkRevoked(sidePeer, "", []*x509.Certificate{leaf}); err == nil {
+			t.Fatal("h1 accepted right after its revocation")
+		}
+		time.Sleep(2 * time.Second) // past the last interval
+		synctest.Wait()
+		if got := testutil.ToFloat64(r.saves.WithLabelValues(saveSaved)); got != 8 {
+			t.Fatalf("saves after 1,000 messages over 7 s = %v, want 8 (one per 1 s interval)", got)
+		}
+		if rev := *r.revision(); rev != n {
+			t.Fatalf("hello revision %d, want %d", rev, n)
+		}
+		cancel()
+		<-done
+		a.flushRevocations()
+		if got := testutil.ToFloat64(r.saves.WithLabelValues(saveSaved)); got != 8 {
+			t.Fatalf("saves after a shutdown with nothing unsaved = %v, want 8", got)
+		}
+	})
+	l := revocation.NewSet(0, time.Time{})
+	if err := l.Load(filepath.Join(cfg.DataDir, revocationsFile), now); err != nil || l.Len() != 1000 || l.Revision() != 1000 {
+		t.Fatalf("file: %d entries, revision %d, %v; want 1000, 1000", l.Len(), l.Revision(), err)
+	}
+}
+
+// A failed save is retried after the interval (counted, logged once), and
+// the Hello keeps the revision last saved; a clean shutdown saves what the
+// saver has not.
+func TestRevocationSaveFailureRetried(t *testing.T) {
+	pki := t.TempDir()
+	if err := tlsutil.Init(pki, tlsutil.InitOptions{Coordinators: map[string][]string{"c1": nil}, Agents: []string{"h1"}}); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cfg := Config{DataDir: filepath.Join(dir, "data"), TLSCA: filepath.Join(pki, tlsutil.CAFile), RevocationsSaveInterval: time.Second}
+	synctest.Test(t, func(t *testing.T) {
+		now := time.Now()
+		r, err := openRevocations(cfg, now) // no data dir: every save fails
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := &agent{cfg: cfg, log: zerolog.Nop(), revs: r}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); a.saveRevocationsLoop(ctx) }()
+		a.takeRevocations(&v1.RevocationSet{Revision: 3, Revocations: []*v1.Revocation{{Identity: "agent:h1", RevokedAt: timestamppb.New(now),
+			RevokedBy: "operator:admin", ExpiresAt: timestamppb.New(now.Add(time.Hour))}}}, now)
+		time.Sleep(2500 * time.Millisecond)
+		synctest.Wait()
+		if got := testutil.ToFloat64(r.saves.WithLabelValues(saveFailed)); got != 3 {
+			t.Fatalf("failed saves over 2.5 s = %v, want 3 (at 0, 1 and 2 s)", got)
+		}
+		if rev := *r.revision(); rev != 0 {
+			t.Fatalf("hello revision with no save %d, want 0", rev)
+		}
+		cancel()
+		<-done
+		if err := os.Mkdir(cfg.DataDir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		a.flushRevocations()
+		if got := testutil.ToFloat64(r.saves.WithLabelValues(saveSaved)); got != 1 {
+			t.Fatalf("saves at the shutdown = %v, want 1", got)
+		}
+		if rev := *r.revision(); rev != 3 {
+			t.Fatalf("hello revision after the save %d, want 3", rev)
+		}
+	})
+}
+
+// The limits of Config.RevocationsSaveInterval.
+func TestRevocationsSaveIntervalLimits(t *testing.T) {
+	base := Config{Coordinators: []string{"c:1"}, HostID: "h1", DataDir: "d", Insecure: true}
+	for _, d := range []time.Duration{0, MinRevocationsSaveInterval, MaxRevocationsSaveInterval} {
+		c := base
+		c.RevocationsSaveInterval = d
+		if err := c.Validate(); err != nil {
+			t.Errorf("%s: %v", d, err)
+		}
+	}
+	for _, d := range []time.Duration{-time.Second, MinRevocationsSaveInterval - 1, MaxRevocationsSaveInterval + 1} {
+		c := base
+		c.RevocationsSaveInterval = d
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "revocations_save_interval: "+d.String()) {
+			t.Errorf("%s: %v", d, err)
+		}
+	}
+}
+
+// kill -9 of the real agent binary between receiving a revocation and
+// saving it (--revocations-save-interval 1h: only the first message is
+// saved, at once) loses it from the file only: the restarted agent's
+// Hello says the revision of the file, the coordinator (which sends what
+// was written since) sends it again, and it is enforced again; a clean
+// stop then saves it.
+func TestAgentKilledBeforeRevocationsSaved(t *testing.T) {
+	bin := buildAgent(t)
+	pki := t.TempDir()
+	if err := tlsutil.Init(pki, tlsutil.InitOptions{Coordinators: map[string][]string{"c1": nil}, Agents: []string{testHostID, "h2", "h3"}}); err != nil {
+		t.Fatal(err)
+	}
+	fc := newTLSFakeCoordinator(t, pki, "c1")
+	now := time.Now()
+	rev := func(id string) *v1.Revocation {
+		return &v1.Revocation{Identity: id, RevokedAt: timestamppb.New(now), RevokedBy: "operator:admin", ExpiresAt: timestamppb.New(now.Add(time.Hour))}
+	}
+	setRevs := func(rs *v1.RevocationSet) {
+		fc.mu.Lock()
+		fc.revocations = rs
+		fc.notifyLocked()
+		fc.mu.Unlock()
+	}
+	setRevs(&v1.RevocationSet{Revision: 5, Revocations: []*v1.Revocation{rev("agent:h2")}})
+	dataDir := t.TempDir()
+	file := filepath.Join(dataDir, revocationsFile)
+	lw := &testWriter{t: t}
+	t.Cleanup(func() { lw.mu.Lock(); lw.done = true; lw.mu.Unlock() })
+	metrics := ports.Addr(t)
+	start := func() *exec.Cmd {
+		cmd := exec.Command(bin, "--coordinator", fc.addr, "--host-id", testHostID, "--data-dir", dataDir,
+			"--tls-ca", filepath.Join(pki, tlsutil.CAFile), "--tls-cert", filepath.Join(pki, "agent-"+testHostID+".pem"),
+			"--tls-key", filepath.Join(pki, "agent-"+testHostID+"-key.pem"), "--metrics-listen", metrics,
+			"--revocations-save-interval", "1h", "--log-level", "debug")
+		cmd.Stderr = lw
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		return cmd
+	}
+	metric := func(name string, labels ...string) float64 {
+		resp, err := http.Get("http://" + metrics + "/metrics")
+		if err != nil {
+			return -1 // not serving yet
+		}
+		resp.Body.Close()
+		_, mfs := scrapeMetrics(t, "http://"+metrics+"/metrics")
+		v, _, _ := metricValue(mfs, name, labels...)
+		return v
+	}
+	saved := func() *v1.RevocationSet {
+		l := revocation.NewSet(0, time.Time{})
+		if err := l.Load(file, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		return l.Snapshot()
+	}
+
+	cmd := start()
+	testkit.Eventually(t, 30*time.Second, "revision 5 saved", func() bool {
+		return metric("fleetwave_agent_revocation_saves_total", "result", saveSaved) == 1
+	})
+	if s := saved(); s.GetRevision() != 5 || len(s.GetRevocations()) != 1 {
+		t.Fatalf("file after the first message: %v", s)
+	}
+	setRevs(&v1.RevocationSet{Revision: 6, Revocations: []*v1.Revocation{rev("agent:h2"), rev("agent:h3")}})
+	testkit.Eventually(t, 30*time.Second, "h3's revocation held", func() bool { return metric("fleetwave_agent_revocations") == 2 })
+	p := &agentProc{t: t}
+	p.kill9(cmd)
+	if s := saved(); s.GetRevision() != 5 || len(s.GetRevocations()) != 1 {
+		t.Fatalf("file after kill -9 with revision 6 unsaved: %v (want revision 5, h2 only)", s)
+	}
+
+	cmd = start()
+	fc.waitFor(t, "the restarted agent's hello", 30*time.Second, func(hs []*v1.Hello, _ []*v1.ServiceReport) bool { return len(hs) == 2 })
+	fc.mu.Lock()
+	h := fc.hellos[1]
+	fc.mu.Unlock()
+	if h.RevocationsRevision == nil || h.GetRevocationsRevision() != 5 {
+		t.Fatalf("restarted agent's hello revision %v, want 5 (the file's)", h.RevocationsRevision)
+	}
+	testkit.Eventually(t, 30*time.Second, "h3's revocation held again", func() bool { return metric("fleetwave_agent_revocations") == 2 })
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("agent after SIGTERM: %v", err)
+	}
+	if s := saved(); s.GetRevision() != 6 || len(s.GetRevocations()) != 2 {
+		t.Fatalf("file after a clean stop: %v (want revision 6, h2 and h3)", s)
 	}
 }

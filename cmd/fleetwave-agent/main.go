@@ -194,6 +194,7 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 	peerMaxUploads := fs.Int("peer-max-uploads", agent.DefaultPeerMaxUploads, fmt.Sprintf("peer downloads served at once; more are refused and fetch elsewhere (1 to %d)", agent.MaxPeerMaxUploads))
 	peerUploadRate := fs.Int64("peer-upload-rate", agent.DefaultPeerUploadRate, fmt.Sprintf("bytes per second all peer downloads together send at most (a token bucket; at least %d)", agent.MinPeerUploadRate))
 	maxRevocations := fs.Int("max-revocations", revocation.DefaultMax, fmt.Sprintf("certificate revocations this agent holds at most (received from the coordinators; new ones past it are refused, none is evicted; 1 to %d)", agent.MaxMaxRevocations))
+	revSaveInterval := fs.Duration("revocations-save-interval", agent.DefaultRevocationsSaveInterval, fmt.Sprintf("write the revocations received (DATA-DIR/revocations.pb) at most once per this (enforced as they arrive; a crash loses at most this much, which the coordinators send again; %s to %s)", agent.MinRevocationsSaveInterval, agent.MaxRevocationsSaveInterval))
 	upgradeDeadline := fs.Duration("upgrade-deadline", agent.DefaultUpgradeDeadline, fmt.Sprintf("a new agent binary (fleetwave agent upgrade) that does not connect within this is stopped and this agent runs again (%s to %s)", agent.MinUpgradeDeadline, agent.MaxUpgradeDeadline))
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -258,6 +259,10 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 		return agent.Config{}, 0, badFlag("max-revocations", strconv.Itoa(*maxRevocations), fmt.Sprintf("want 1 to %d", agent.MaxMaxRevocations))
 	}
 	cfg.MaxRevocations = *maxRevocations
+	if d := *revSaveInterval; d < agent.MinRevocationsSaveInterval || d > agent.MaxRevocationsSaveInterval {
+		return agent.Config{}, 0, badFlag("revocations-save-interval", d.String(), fmt.Sprintf("want %s to %s", agent.MinRevocationsSaveInterval, agent.MaxRevocationsSaveInterval))
+	}
+	cfg.RevocationsSaveInterval = *revSaveInterval
 	cfg.ServiceLogMaxBytes = *logMax
 	cfg.ServiceLogKeep = *logKeep
 	if *logKeep == 0 {

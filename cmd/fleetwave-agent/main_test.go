@@ -60,6 +60,8 @@ func TestBadFlagsExit2NamingFlagAndValue(t *testing.T) {
 		{"redirect host", append(base, "--insecure", "--artifact-redirect-hosts", "https://cdn"), []string{"--artifact-redirect-hosts", `"https://cdn"`}},
 		{"upgrade deadline too short", append(base, "--insecure", "--upgrade-deadline", "500ms"), []string{"--upgrade-deadline", `"500ms"`, "1s to 1h0m0s"}},
 		{"upgrade deadline too long", append(base, "--insecure", "--upgrade-deadline", "2h"), []string{"--upgrade-deadline", `"2h0m0s"`}},
+		{"revocations save interval too short", append(base, "--insecure", "--revocations-save-interval", "5ms"), []string{"--revocations-save-interval", `"5ms"`, "10ms to 1h0m0s"}},
+		{"revocations save interval too long", append(base, "--insecure", "--revocations-save-interval", "61m"), []string{"--revocations-save-interval", `"1h1m0s"`, "10ms to 1h0m0s"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -19,16 +19,19 @@ import (
 func maxFileBytes(max int) int64 { return int64(max)*(MaxEntryBytes+8) + 64 }
 
 // Save writes the set to file atomically (mode 0600): a crash leaves the
-// old file or the new one.
-func (s *Set) Save(file string) error {
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(s.Snapshot())
+// old file or the new one. It returns the revision it wrote: the file's
+// entries and revision are one snapshot, so a set loaded from it says the
+// revision of what it holds (and a coordinator sends what came after).
+func (s *Set) Save(file string) (revision int64, err error) {
+	snap := s.Snapshot()
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(snap)
 	if err != nil {
-		return fmt.Errorf("encode revocations: %w", err)
+		return 0, fmt.Errorf("encode revocations: %w", err)
 	}
 	if err := tlsutil.WriteFileAtomic(file, b, 0o600); err != nil {
-		return fmt.Errorf("save revocations: %w", err)
+		return 0, fmt.Errorf("save revocations: %w", err)
 	}
-	return nil
+	return snap.GetRevision(), nil
 }
 
 // Load reads a set saved by Save into s (merged: s is normally empty),

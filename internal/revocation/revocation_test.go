@@ -184,7 +184,7 @@ func TestSetPersistence(t *testing.T) {
 		t.Fatalf("missing file: %v, len %d", err, s.Len())
 	}
 	mustMerge(t, s, 42, ident("agent:a", t0, t0.Add(time.Hour)), serial("abc", t0, t0.Add(2*time.Hour)))
-	if err := s.Save(file); err != nil {
+	if _, err := s.Save(file); err != nil {
 		t.Fatal(err)
 	}
 	if fi, err := os.Stat(file); err != nil || fi.Mode().Perm() != 0o600 {
@@ -292,7 +292,7 @@ func TestSetAtMaximum(t *testing.T) {
 	}
 	merged := time.Since(began)
 	file := filepath.Join(t.TempDir(), "revocations.pb")
-	if err := s.Save(file); err != nil {
+	if _, err := s.Save(file); err != nil {
 		t.Fatal(err)
 	}
 	fi, err := os.Stat(file)
@@ -342,7 +342,7 @@ func TestMergedEntryStaysWithinBound(t *testing.T) {
 		t.Fatalf("held %v, want the later revoked_at and the later expires_at", r)
 	}
 	file := filepath.Join(t.TempDir(), "revocations.pb")
-	if err := s.Save(file); err != nil {
+	if _, err := s.Save(file); err != nil {
 		t.Fatal(err)
 	}
 	if err := NewSet(0, time.Time{}).Load(file, t0); err != nil {
