@@ -220,7 +220,7 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger, opts options) erro
 	if seed == 0 {
 		seed = uint64(time.Now().UnixNano())
 	}
-	revs, err := openRevocations(cfg, time.Now())
+	revs, err := openRevocations(cfg, time.Now(), log)
 	if err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/proto"
@@ -86,7 +87,16 @@ type revocations struct {
 // openRevocations loads the agent's revocations (nil with insecure: there
 // are no certificates to check). Every entry expires at the latest with
 // the CAs of Config.TLSCA.
-func openRevocations(cfg Config, now time.Time) (*revocations, error) {
+//
+// A file holding more than Config.MaxRevocations (saved before the flag
+// was lowered) is loaded whole, up to MaxMaxRevocations: the agent starts
+// and enforces every revocation it saved (it never drops one: it fails
+// closed), refuses new ones until pruning brings the set under the
+// maximum, and says so in a warning naming the flag, its value, the file,
+// the count and what to do. An agent that would not start is an outage of
+// its host; the limit is only there to bound memory, and the file bounds
+// it still (MaxMaxRevocations).
+func openRevocations(cfg Config, now time.Time, log zerolog.Logger) (*revocations, error) {
 	if cfg.Insecure {
 		return nil, nil
 	}
@@ -118,8 +128,13 @@ func openRevocations(cfg Config, now time.Time) (*revocations, error) {
 			Help: "TLS handshakes this agent refused because the other end's certificate is revoked: side peer (another agent: a client of its peer listener, or a peer it fetches from), coordinator (a coordinator it connects to).",
 		}, []string{"side"}),
 	}
-	if err := r.set.Load(r.file, now); err != nil {
+	if err := r.set.Load(r.file, now, MaxMaxRevocations); err != nil {
 		return nil, fmt.Errorf("data_dir: %w (remove the file to start without revocations: the coordinators send them again)", err)
+	}
+	if n := r.set.Len(); n > r.set.Max() {
+		log.Warn().Str("path", r.file).Int("held", n).Int("max_revocations", r.set.Max()).
+			Msgf("revocations file holds %d revocations, over --max-revocations %d: all %d are enforced, new ones are refused until expired ones are pruned below %d; raise --max-revocations to at least %d to take new ones now",
+				n, r.set.Max(), n, r.set.Max(), n)
 	}
 	r.saved.Store(r.set.Revision())
 	return r, nil

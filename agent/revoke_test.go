@@ -51,7 +51,7 @@ func TestAgentRevocations(t *testing.T) {
 	now := time.Now()
 	open := func() *agent {
 		t.Helper()
-		r, err := openRevocations(cfg, now)
+		r, err := openRevocations(cfg, now, zerolog.Nop())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -125,11 +125,11 @@ func TestAgentRevocations(t *testing.T) {
 	if err := os.WriteFile(file, []byte("\xff\xff"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := openRevocations(cfg, now); err == nil || !strings.Contains(err.Error(), file) {
+	if _, err := openRevocations(cfg, now, zerolog.Nop()); err == nil || !strings.Contains(err.Error(), file) {
 		t.Fatalf("damaged file: %v", err)
 	}
 	// Insecure: no revocations, no revision in the hello.
-	if r, err := openRevocations(Config{Insecure: true}, now); r != nil || err != nil || r.revision() != nil {
+	if r, err := openRevocations(Config{Insecure: true}, now, zerolog.Nop()); r != nil || err != nil || r.revision() != nil {
 		t.Fatalf("insecure: %v, %v", r, err)
 	}
 }
@@ -260,7 +260,7 @@ func TestRevocationSavesCoalesced(t *testing.T) {
 	var now time.Time // the bubble's
 	synctest.Test(t, func(t *testing.T) {
 		now = time.Now()
-		r, err := openRevocations(cfg, now)
+		r, err := openRevocations(cfg, now, zerolog.Nop())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -301,7 +301,7 @@ func TestRevocationSavesCoalesced(t *testing.T) {
 		}
 	})
 	l := revocation.NewSet(0, time.Time{})
-	if err := l.Load(filepath.Join(cfg.DataDir, revocationsFile), now); err != nil || l.Len() != 1000 || l.Revision() != 1000 {
+	if err := l.Load(filepath.Join(cfg.DataDir, revocationsFile), now, 0); err != nil || l.Len() != 1000 || l.Revision() != 1000 {
 		t.Fatalf("file: %d entries, revision %d, %v; want 1000, 1000", l.Len(), l.Revision(), err)
 	}
 }
@@ -318,7 +318,7 @@ func TestRevocationSaveFailureRetried(t *testing.T) {
 	cfg := Config{DataDir: filepath.Join(dir, "data"), TLSCA: filepath.Join(pki, tlsutil.CAFile), RevocationsSaveInterval: time.Second}
 	synctest.Test(t, func(t *testing.T) {
 		now := time.Now()
-		r, err := openRevocations(cfg, now) // no data dir: every save fails
+		r, err := openRevocations(cfg, now, zerolog.Nop()) // no data dir: every save fails
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -423,7 +423,7 @@ func TestAgentKilledBeforeRevocationsSaved(t *testing.T) {
 	}
 	saved := func() *v1.RevocationSet {
 		l := revocation.NewSet(0, time.Time{})
-		if err := l.Load(file, time.Now()); err != nil {
+		if err := l.Load(file, time.Now(), 0); err != nil {
 			t.Fatal(err)
 		}
 		return l.Snapshot()

@@ -14,13 +14,19 @@ import (
 	"testing"
 	"time"
 
+	"net/http"
+
 	"github.com/fleetwave/fleetwave/agent"
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/agent/state"
 	"github.com/fleetwave/fleetwave/agent/supervise"
+	"github.com/fleetwave/fleetwave/internal/revocation"
 	"github.com/fleetwave/fleetwave/internal/testkit"
+	"github.com/fleetwave/fleetwave/internal/testkit/ports"
+	"github.com/fleetwave/fleetwave/internal/tlsutil"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -393,4 +399,91 @@ func leftRunning(t *testing.T, dataDir string, asg *v1.Assignment) <-chan struct
 		t.Fatal(err)
 	}
 	return reaped
+}
+
+// TestMaxRevocationsLoweredBelowFile: the real agent started with
+// --max-revocations 2 on a data dir whose revocations file holds 3 (saved
+// under a larger maximum) starts, enforces all 3 (none dropped: it fails
+// closed), warns naming the flag, its value, the file, the count and what
+// to do, and a clean stop leaves the 3 in the file.
+func TestMaxRevocationsLoweredBelowFile(t *testing.T) {
+	pki, dataDir := t.TempDir(), t.TempDir()
+	if err := tlsutil.Init(pki, tlsutil.InitOptions{Coordinators: map[string][]string{"c1": nil}, Agents: []string{"h1"}}); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	set := revocation.NewSet(0, time.Time{})
+	var in []*v1.Revocation
+	for _, id := range []string{"agent:h2", "agent:h3", "agent:h4"} {
+		in = append(in, &v1.Revocation{Identity: id, RevokedAt: timestamppb.New(now), RevokedBy: "operator:admin", ExpiresAt: timestamppb.New(now.Add(time.Hour))})
+	}
+	if _, err := set.Merge(&v1.RevocationSet{Revision: 4, Revocations: in}, now); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dataDir, "revocations.pb")
+	if _, err := set.Save(file); err != nil {
+		t.Fatal(err)
+	}
+	metrics := ports.Addr(t)
+	logFile, err := os.Create(filepath.Join(t.TempDir(), "agent.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	cmd := exec.Command(os.Args[0], "--coordinator", ports.Addr(t), "--host-id", "h1", "--data-dir", dataDir,
+		"--tls-ca", filepath.Join(pki, tlsutil.CAFile), "--tls-cert", filepath.Join(pki, "agent-h1.pem"), "--tls-key", filepath.Join(pki, "agent-h1-key.pem"),
+		"--metrics-listen", metrics, "--max-revocations", "2")
+	cmd.Env = append(os.Environ(), mainEnv+"=1")
+	cmd.Stderr = logFile
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() { cmd.Process.Kill() })
+	held := func() string {
+		resp, err := http.Get("http://" + metrics + "/metrics")
+		if err != nil {
+			return ""
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "fleetwave_agent_revocations "); ok {
+				return v
+			}
+		}
+		return ""
+	}
+	testkit.Eventually(t, 30*time.Second, "the agent serving its metrics", func() bool {
+		select {
+		case err := <-exited:
+			b, _ := os.ReadFile(logFile.Name())
+			t.Fatalf("agent exited: %v\n%s", err, b)
+		default:
+		}
+		return held() != ""
+	})
+	if got := held(); got != "3" {
+		t.Fatalf("fleetwave_agent_revocations %s, want 3 (the file's, none dropped)", got)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-exited; err != nil {
+		t.Fatalf("agent after SIGTERM: %v", err)
+	}
+	b, err := os.ReadFile(logFile.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []string{"over --max-revocations 2", file, "holds 3 revocations", "raise --max-revocations to at least 3"} {
+		if !strings.Contains(string(b), w) {
+			t.Errorf("log does not say %q:\n%s", w, b)
+		}
+	}
+	l := revocation.NewSet(0, time.Time{})
+	if err := l.Load(file, time.Now(), 0); err != nil || l.Len() != 3 || l.Revision() != 4 {
+		t.Fatalf("file after the stop: %d entries, revision %d, %v; want 3, 4", l.Len(), l.Revision(), err)
+	}
 }

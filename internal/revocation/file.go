@@ -35,10 +35,15 @@ func (s *Set) Save(file string) (revision int64, err error) {
 }
 
 // Load reads a set saved by Save into s (merged: s is normally empty),
-// dropping what expired before now. A missing file is an empty set. A file
-// over the bound of s's maximum, one that does not decode, or one with an
-// invalid entry is an error naming the file: nothing is merged then.
-func (s *Set) Load(file string, now time.Time) error {
+// dropping what expired before now. A file is loaded whole up to atMost
+// entries (at least s's maximum), also past s's maximum: a file saved
+// under a larger maximum loses none of its revocations (the set then
+// refuses new ones until pruning brings it under its maximum). A missing
+// file is an empty set. A file over the bound of atMost entries, one that
+// does not decode, or one with an invalid entry is an error naming the
+// file: nothing is merged then.
+func (s *Set) Load(file string, now time.Time, atMost int) error {
+	atMost = max(atMost, s.max)
 	f, err := os.Open(file)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -47,24 +52,27 @@ func (s *Set) Load(file string, now time.Time) error {
 		return fmt.Errorf("revocations file: %w", err)
 	}
 	defer f.Close()
-	limit := maxFileBytes(s.max)
+	limit := maxFileBytes(atMost)
 	b, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
 		return fmt.Errorf("revocations file %s: %w", file, err)
 	}
 	if int64(len(b)) > limit {
-		return fmt.Errorf("revocations file %s: over %d bytes (%d revocations at most)", file, limit, s.max)
+		return fmt.Errorf("revocations file %s: over %d bytes (%d revocations at most)", file, limit, atMost)
 	}
 	in := &v1.RevocationSet{}
 	if err := proto.Unmarshal(b, in); err != nil {
 		return fmt.Errorf("revocations file %s: %w", file, err)
+	}
+	if n := len(in.GetRevocations()); n > atMost {
+		return fmt.Errorf("revocations file %s: %d revocations, over %d", file, n, atMost)
 	}
 	for i, r := range in.GetRevocations() {
 		if err := Validate(r); err != nil {
 			return fmt.Errorf("revocations file %s: revocations[%d]: %w", file, i, err)
 		}
 	}
-	if _, err := s.Merge(in, now); err != nil {
+	if _, err := s.merge(in, now, atMost); err != nil {
 		return fmt.Errorf("revocations file %s: %w", file, err)
 	}
 	return nil

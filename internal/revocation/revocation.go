@@ -198,6 +198,10 @@ func (s *Set) RevokedIdentityAt(kind, name string) (*v1.Revocation, bool) {
 // Check is Check against the set.
 func (s *Set) Check(chain []*x509.Certificate) *Refused { return Check(chain, s) }
 
+// Max is the most entries Merge lets the set hold (it can hold more: see
+// Load).
+func (s *Set) Max() int { return s.max }
+
 // Len is how many entries the set holds.
 func (s *Set) Len() int {
 	s.mu.RLock()
@@ -231,6 +235,11 @@ func (s *Set) ForgetRevision() {
 // covers more) and the later expires_at. It returns how many entries were
 // added or changed.
 func (s *Set) Merge(in *v1.RevocationSet, now time.Time) (changed int, err error) {
+	return s.merge(in, now, s.max)
+}
+
+// merge is Merge with new entries refused at limit held.
+func (s *Set) merge(in *v1.RevocationSet, now time.Time, limit int) (changed int, err error) {
 	var errs []error
 	var full int
 	s.mu.Lock()
@@ -247,7 +256,7 @@ func (s *Set) Merge(in *v1.RevocationSet, now time.Time) (changed int, err error
 		key := Key(r)
 		old, ok := s.entries[key]
 		if !ok {
-			if len(s.entries) >= s.max {
+			if len(s.entries) >= limit {
 				full++
 				continue
 			}
@@ -263,7 +272,7 @@ func (s *Set) Merge(in *v1.RevocationSet, now time.Time) (changed int, err error
 	if full > 0 {
 		// The revision stays: the next coordinator sends them again, and
 		// they are taken once pruning made room.
-		errs = append(errs, fmt.Errorf("%d new revocations skipped: %d held, the maximum (--max-revocations %d): %w", full, len(s.entries), s.max, ErrFull))
+		errs = append(errs, fmt.Errorf("%d new revocations skipped: %d held, the maximum (--max-revocations %d): %w", full, len(s.entries), limit, ErrFull))
 	} else {
 		s.revision = in.GetRevision()
 	}

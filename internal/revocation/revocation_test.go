@@ -180,7 +180,7 @@ func TestSetPersistence(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "revocations.pb")
 	s := NewSet(0, time.Time{})
-	if err := s.Load(file, t0); err != nil || s.Len() != 0 {
+	if err := s.Load(file, t0, 0); err != nil || s.Len() != 0 {
 		t.Fatalf("missing file: %v, len %d", err, s.Len())
 	}
 	mustMerge(t, s, 42, ident("agent:a", t0, t0.Add(time.Hour)), serial("abc", t0, t0.Add(2*time.Hour)))
@@ -191,7 +191,7 @@ func TestSetPersistence(t *testing.T) {
 		t.Fatalf("file %v mode %v, want 0600", err, fi.Mode())
 	}
 	l := NewSet(0, time.Time{})
-	if err := l.Load(file, t0); err != nil {
+	if err := l.Load(file, t0, 0); err != nil {
 		t.Fatal(err)
 	}
 	if !proto.Equal(l.Snapshot(), s.Snapshot()) {
@@ -199,7 +199,7 @@ func TestSetPersistence(t *testing.T) {
 	}
 	// Loaded after agent:a expired: it is not taken.
 	l = NewSet(0, time.Time{})
-	if err := l.Load(file, t0.Add(90*time.Minute)); err != nil || l.Len() != 1 {
+	if err := l.Load(file, t0.Add(90*time.Minute), 0); err != nil || l.Len() != 1 {
 		t.Fatalf("load later: %v, len %d; want 1", err, l.Len())
 	}
 
@@ -210,7 +210,7 @@ func TestSetPersistence(t *testing.T) {
 			t.Fatal(err)
 		}
 		l := NewSet(max, time.Time{})
-		err := l.Load(f, t0)
+		err := l.Load(f, t0, 0)
 		if err == nil || !strings.Contains(err.Error(), f) || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want an error naming the file and %q", name, err, want)
 		}
@@ -304,7 +304,7 @@ func TestSetAtMaximum(t *testing.T) {
 	}
 	l := NewSet(0, time.Time{})
 	began = time.Now()
-	if err := l.Load(file, t0); err != nil || l.Len() != DefaultMax {
+	if err := l.Load(file, t0, 0); err != nil || l.Len() != DefaultMax {
 		t.Fatalf("load: %v, %d entries", err, l.Len())
 	}
 	t.Logf("%d revocations of up to %d bytes: %d bytes on the wire and on disk (bound %d), merged in %s, loaded in %s",
@@ -345,7 +345,7 @@ func TestMergedEntryStaysWithinBound(t *testing.T) {
 	if _, err := s.Save(file); err != nil {
 		t.Fatal(err)
 	}
-	if err := NewSet(0, time.Time{}).Load(file, t0); err != nil {
+	if err := NewSet(0, time.Time{}).Load(file, t0, 0); err != nil {
 		t.Fatalf("the agent's own file: %v", err)
 	}
 	// The same with the bytes in revoked_by and no reason.
@@ -355,5 +355,34 @@ func TestMergedEntryStaysWithinBound(t *testing.T) {
 	mustMerge(t, s, 3, ident("agent:h2", t0, first.GetExpiresAt().AsTime()), third)
 	if r, _ := s.RevokedIdentityAt("agent", "h2"); Validate(r) != nil {
 		t.Fatalf("held entry: %v", Validate(r))
+	}
+}
+
+// A file saved under a larger maximum is loaded whole (up to atMost) by a
+// set of a smaller one: nothing dropped, the file's revision taken; the
+// set then refuses new entries (keeping its revision, so they come again)
+// but still widens the ones it holds; a file over atMost is refused naming
+// the file and the count.
+func TestSetLoadOverMaximum(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "revocations.pb")
+	s := NewSet(3, time.Time{})
+	mustMerge(t, s, 7, ident("agent:a", t0, t0.Add(time.Hour)), ident("agent:b", t0, t0.Add(time.Hour)), ident("agent:c", t0, t0.Add(time.Hour)))
+	if _, err := s.Save(file); err != nil {
+		t.Fatal(err)
+	}
+	l := NewSet(2, time.Time{})
+	if err := l.Load(file, t0, 3); err != nil || l.Len() != 3 || l.Revision() != 7 {
+		t.Fatalf("load 3 under a maximum of 2: %v, len %d, revision %d; want 3, 7", err, l.Len(), l.Revision())
+	}
+	n, err := l.Merge(&v1.RevocationSet{Revision: 9, Revocations: []*v1.Revocation{ident("agent:d", t0, t0.Add(time.Hour))}}, t0)
+	if n != 0 || !errors.Is(err, ErrFull) || !strings.Contains(err.Error(), "--max-revocations 2") || l.Revision() != 7 {
+		t.Fatalf("a new one past the maximum: %d, %v, revision %d; want refused, revision 7", n, err, l.Revision())
+	}
+	if n, err := l.Merge(&v1.RevocationSet{Revision: 9, Revocations: []*v1.Revocation{ident("agent:a", t0.Add(time.Minute), t0.Add(time.Hour))}}, t0); n != 1 || err != nil {
+		t.Fatalf("widening one held: %d, %v; want 1 changed", n, err)
+	}
+	err = NewSet(2, time.Time{}).Load(file, t0, 0)
+	if err == nil || !strings.Contains(err.Error(), file) || !strings.Contains(err.Error(), "3 revocations, over 2") {
+		t.Fatalf("load 3 with at most 2: %v", err)
 	}
 }
