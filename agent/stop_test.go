@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -18,6 +19,7 @@ import (
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/agent/state"
 	"github.com/fleetwave/fleetwave/agent/supervise"
+	"github.com/fleetwave/fleetwave/internal/procenv"
 	"github.com/fleetwave/fleetwave/internal/testkit"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"github.com/rs/zerolog"
@@ -584,5 +586,78 @@ func TestStopServicesPIDFileAuthority(t *testing.T) {
 				t.Fatal("the process was signalled")
 			}
 		})
+	}
+}
+
+// TestStopServicesHookEnvironmentIsTheDeploys: a hook run by
+// stop-services gets the environment a deploy gave it, whatever the
+// environment of the shell that runs stop-services: here a PATH whose
+// first directory has an `sh` of its own and a variable of the caller.
+// The same command (`sh -c 'env ...'`, a bare name) records its
+// environment as before_start of the deploy and as before_stop of
+// stop-services: equal but for what says which hook and operation it is,
+// PATH procenv.Path in both, the caller's sh never run.
+func TestStopServicesHookEnvironmentIsTheDeploys(t *testing.T) {
+	fc := newFakeCoordinator(t)
+	dataDir, out := t.TempDir(), t.TempDir()
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081", "zone": "z1"}, DataDir: dataDir}
+	art := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": goodCheck})
+	asg := testAssignment("1.0.0", 1, fc.addArtifact(art), int64(len(art)), "")
+	asg.Spec.Run.Env["OUT"] = out
+	asg.Spec.Run.Env["ZONE"] = "${host.label.zone}"
+	record := func() *v1.Hook {
+		return &v1.Hook{Command: []string{"sh", "-c", `env | LC_ALL=C sort > "$OUT/$FLEETWAVE_HOOK.env"`}, Timeout: durationpb.New(time.Minute)}
+	}
+	asg.Spec.Hooks = &v1.Hooks{BeforeStart: record(), BeforeStop: record()}
+	fc.assign(asg)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := runAgent(t, ctx, cfg, testOptions())
+	fc.waitFor(t, "1.0.0 healthy", time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 1, v1.Phase_PHASE_HEALTHY, "1.0.0")
+	})
+	cancel()
+	waitDone(t, done)
+
+	// The operator's shell: its own sh first in PATH, a variable of its own.
+	own := t.TempDir()
+	if err := os.WriteFile(filepath.Join(own, "sh"), []byte("#!/bin/sh\ntouch \"$OUT/caller-sh-ran\"\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", own+string(os.PathListSeparator)+os.Getenv("PATH"))
+	t.Setenv("FLEETWAVE_TEST_CALLER", "leaked")
+	if err := StopServices(context.Background(), Config{DataDir: dataDir, HostID: cfg.HostID, Labels: cfg.Labels}, true, zerolog.New(zerolog.NewTestWriter(t))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(out, "caller-sh-ran")); err == nil {
+		t.Fatal("stop-services ran the hook's sh from the caller's PATH")
+	}
+	envOf := func(hook string) map[string]string {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(out, hook+".env"))
+		if err != nil {
+			t.Fatalf("%s did not run: %v", hook, err)
+		}
+		m := map[string]string{}
+		for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			k, v, _ := strings.Cut(line, "=")
+			m[k] = v
+		}
+		return m
+	}
+	deploy, stop := envOf("before_start"), envOf("before_stop")
+	if deploy["PATH"] != procenv.Path || stop["PATH"] != procenv.Path {
+		t.Fatalf("PATH: deploy %q, stop-services %q; want %q in both", deploy["PATH"], stop["PATH"], procenv.Path)
+	}
+	if stop["FLEETWAVE_OPERATION"] != "stop" || deploy["FLEETWAVE_OPERATION"] != "install" || stop["ZONE"] != "z1" || stop["FLEETWAVE_HOST_ID"] != testHostID {
+		t.Fatalf("stop-services hook environment: %v", stop)
+	}
+	// What says which hook and operation it is differs, by design.
+	for _, k := range []string{"FLEETWAVE_HOOK", "FLEETWAVE_OPERATION", "FLEETWAVE_PREVIOUS_VERSION", "FLEETWAVE_NEXT_VERSION"} {
+		delete(deploy, k)
+		delete(stop, k)
+	}
+	if fmt.Sprint(deploy) != fmt.Sprint(stop) { // sorted by key
+
+		t.Fatalf("hook environment\n deploy:        %v\n stop-services: %v", deploy, stop)
 	}
 }

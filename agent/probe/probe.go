@@ -15,12 +15,12 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/fleetwave/fleetwave/internal/procenv"
 
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -39,8 +39,6 @@ const (
 	// waitDelay bounds how long an exec check waits for its output pipe
 	// after the process exited or was killed (a grandchild may hold it).
 	waitDelay = time.Second
-	// defaultPath is the exec check's PATH when the agent has none.
-	defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 )
 
 // ErrInvalidCheck is wrapped by every error New returns.
@@ -276,17 +274,14 @@ func (p *execProber) Name() string { return p.name }
 func (p *execProber) Probe(ctx context.Context) Result {
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
-	name := p.command[0]
-	if strings.HasPrefix(name, "./") {
-		name = filepath.Join(p.dir, name)
+	env := procenv.Env(p.dir, nil)
+	name, lookErr := procenv.Program(p.command[0], p.dir, env)
+	if lookErr != nil {
+		return Result{Name: p.name, Detail: fmt.Sprintf("exec %q: %v", p.command[0], lookErr)}
 	}
 	cmd := exec.CommandContext(ctx, name, p.command[1:]...)
 	cmd.Dir = p.dir
-	path := os.Getenv("PATH")
-	if path == "" {
-		path = defaultPath
-	}
-	cmd.Env = []string{"PATH=" + path, "HOME=" + p.dir}
+	cmd.Env = env
 	out := &tailBuffer{max: outputTail}
 	cmd.Stdout = out
 	cmd.Stderr = out

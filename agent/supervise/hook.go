@@ -7,11 +7,11 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/fleetwave/fleetwave/internal/procenv"
 )
 
 // Hook is a command run for a service outside its supervised process: a
@@ -22,7 +22,7 @@ type Hook struct {
 	Name    string   // what it is, for errors ("before_stop")
 	Dir     string   // working directory (the release dir it belongs to)
 	Command []string // already expanded; Command[0] starting with "./" is relative to Dir
-	Env     []string // KEY=VALUE, appended to a minimal env (PATH, HOME=Dir), as for the service
+	Env     []string // KEY=VALUE, appended to procenv.Env (PATH, HOME=Dir), as for the service: the same run by the agent or by stop-services
 	LogPath string   // stdout and stderr appended here (created 0644)
 	Timeout time.Duration
 	// Credential, if set, runs the hook as that user and group (the
@@ -77,17 +77,14 @@ func RunHookTail(ctx context.Context, h Hook) (string, error) {
 		return "", fmt.Errorf("open log: %w", err)
 	}
 	defer logf.Close()
-	name := h.Command[0]
-	if strings.HasPrefix(name, "./") {
-		name = filepath.Join(h.Dir, name)
+	env := procenv.Env(h.Dir, h.Env)
+	name, err := procenv.Program(h.Command[0], h.Dir, env)
+	if err != nil {
+		return "", err
 	}
 	cmd := exec.Command(name, h.Command[1:]...)
 	cmd.Dir = h.Dir
-	path := os.Getenv("PATH")
-	if path == "" {
-		path = defaultPath
-	}
-	cmd.Env = append([]string{"PATH=" + path, "HOME=" + h.Dir}, h.Env...)
+	cmd.Env = env
 	r, w, err := os.Pipe()
 	if err != nil {
 		return "", err

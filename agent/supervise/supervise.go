@@ -34,11 +34,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/fleetwave/fleetwave/internal/procenv"
 
 	"github.com/rs/zerolog"
 )
@@ -53,8 +54,6 @@ const (
 	backoffResetAfter = 10 * time.Second
 	// exitsBuffer is the capacity of the Exits channel.
 	exitsBuffer = 32
-	// defaultPath is used for the child's PATH when the agent has none.
-	defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 )
 
 // Errors returned by Start and Adopt.
@@ -69,7 +68,7 @@ type Config struct {
 	Service   string        // for logs
 	Dir       string        // working directory (the release dir, a real path)
 	Command   []string      // already expanded; Command[0] starting with "./" is relative to Dir
-	Env       []string      // KEY=VALUE, appended to a minimal env (PATH, HOME=Dir)
+	Env       []string      // KEY=VALUE, appended to procenv.Env (PATH, HOME=Dir): nothing of the agent's own
 	LogPath   string        // stdout+stderr appended here (file created 0644)
 	StopGrace time.Duration // SIGTERM to the process group, SIGKILL after this (default 10s)
 	// PIDFile, if set, receives the running process group id with the boot
@@ -266,13 +265,14 @@ func (s *Supervisor) end(ctx context.Context, detach bool) error {
 
 // spawn starts one instance, writes the PID file and watches the process.
 func (s *Supervisor) spawn(logf *os.File) (*proc, error) {
-	name := s.cfg.Command[0]
-	if strings.HasPrefix(name, "./") {
-		name = filepath.Join(s.cfg.Dir, name)
+	env := procenv.Env(s.cfg.Dir, s.cfg.Env)
+	name, err := procenv.Program(s.cfg.Command[0], s.cfg.Dir, env)
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", s.cfg.Service, err)
 	}
 	cmd := exec.Command(name, s.cfg.Command[1:]...)
 	cmd.Dir = s.cfg.Dir
-	cmd.Env = s.env()
+	cmd.Env = env
 	// The file itself, not a pipe: the process writes its log without the
 	// agent, and keeps writing when the agent is gone.
 	cmd.Stdout = logf
@@ -351,15 +351,6 @@ func (s *Supervisor) spawn(logf *os.File) (*proc, error) {
 	}
 	ev.Msg("process started")
 	return p, nil
-}
-
-func (s *Supervisor) env() []string {
-	path := os.Getenv("PATH")
-	if path == "" {
-		path = defaultPath
-	}
-	env := []string{"PATH=" + path, "HOME=" + s.cfg.Dir}
-	return append(env, s.cfg.Env...)
 }
 
 // run owns the process: it is the only goroutine that starts, signals or
