@@ -205,6 +205,11 @@ func (a *agent) takeRevocations(in *v1.RevocationSet, now time.Time) bool {
 		a.log.Warn().Err(err).Int("merged", added).Msg("revocations from the coordinator partly refused")
 	}
 	if added == 0 && pruned == 0 {
+		if r.set.Revision() != r.saved.Load() {
+			// Nothing new, but a later revision: saved too, else every
+			// connection has the same delta sent again.
+			r.markDirty()
+		}
 		return false
 	}
 	r.markDirty()

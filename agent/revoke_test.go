@@ -85,9 +85,18 @@ func TestAgentRevocations(t *testing.T) {
 	if got := testutil.ToFloat64(a.revs.refused.WithLabelValues(sidePeer)); got != 1 {
 		t.Fatalf("refused{side=peer} = %v, want 1", got)
 	}
-	// Taking the same again changes nothing (and saves nothing).
+	// Taking the same again adds nothing; its later revision is saved
+	// (else the next connection has the same delta sent again).
 	if a.takeRevocations(&v1.RevocationSet{Revision: 6, Revocations: []*v1.Revocation{rev("agent:h2")}}, now) {
 		t.Fatal("a known revocation taken as new")
+	}
+	a.flushRevocations()
+	if rev := *a.revs.revision(); rev != 6 {
+		t.Fatalf("hello revision after a delta of nothing new %d, want 6", rev)
+	}
+	a.flushRevocations() // nothing unsaved: nothing written
+	if got := testutil.ToFloat64(a.revs.saves.WithLabelValues(saveSaved)); got != 2 {
+		t.Fatalf("saves %v, want 2", got)
 	}
 
 	// Loaded at start, with no coordinator.
@@ -95,8 +104,8 @@ func TestAgentRevocations(t *testing.T) {
 	if err := b.checkRevoked(sidePeer, "", chainOf("agent-h2")); err == nil {
 		t.Fatal("h2 accepted after a restart")
 	}
-	if got := *b.revs.revision(); got != 5 {
-		t.Fatalf("revision after a restart %d, want 5 (the last save's)", got)
+	if got := *b.revs.revision(); got != 6 {
+		t.Fatalf("revision after a restart %d, want 6 (the last save's)", got)
 	}
 
 	// The coordinator of an open stream is revoked: left, revision forgotten.
