@@ -340,12 +340,14 @@ func TestHubReplansWhenStagerReconnects(t *testing.T) {
 		got = f.staging("v2")
 		return slices.Equal(got, without)
 	})
+	start := time.Now()
 	go f.run(ctx, t, cc, back)
 	with := want(plan[0], plan[1], plan[2], plan[3])
 	testkit.Eventually(t, 60*time.Second, back+" staging v2 once back", func() bool {
 		got = f.staging("v2")
 		return slices.Equal(got, with)
 	})
+	t.Logf("%s staging %v after its reconnect", back, time.Since(start))
 }
 
 // TestPushPacer: reports' staging-only changes of the desired state cause
