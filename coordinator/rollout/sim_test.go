@@ -896,7 +896,8 @@ func stagePlanOf(r *v1.Rollout, hosts map[string]PeerHost, staged, out map[strin
 // are admitted;
 // at most StageOrigin are admitted without sources (the roots) besides
 // the kept ones (a holder above them in the tree is out: they keep the
-// admission it gave them, StagePlan.Kept); every
+// admission it gave them, StagePlan.Kept, named a window of holders or
+// none); every
 // admitted host's first source is an ancestor of it in the plan-order tree
 // (so a holder serves its own subtree, StageFanout children unless some
 // serve nobody, whatever order hosts finish in); a host is never its own
@@ -977,8 +978,9 @@ func checkStage(fatalf func(string, ...any), stepN int, r *v1.Rollout, hosts map
 			if staged[hp.GetHostId()] {
 				continue
 			}
-			if len(src) == 0 {
-				if lostAbove(pos[hp.GetHostId()]) {
+			below := lostAbove(pos[hp.GetHostId()])
+			if len(src) == 0 || below && !p.hasFirst(hp.GetHostId()) {
+				if below {
 					kept++
 				} else {
 					roots++

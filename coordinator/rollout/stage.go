@@ -57,9 +57,12 @@ import (
 //     connected: a flapping or restarting holder) serves nobody now, but
 //     the waiting hosts it would admit keep their admission (kept): they
 //     look past it as above, and when that finds no holder they stay
-//     admitted rather than wait or become roots (without sources: their
-//     fetch falls back to the other holders they were named and to the
-//     coordinator or the release's URL). Their partial downloads are in
+//     admitted rather than wait or become roots, named a window of the
+//     other holders (at a hash of their id, up to n; none left: the
+//     coordinator or the release's URL serves them), so that while a
+//     holder is out the fleet, not the coordinator, serves them when it
+//     can (a coordinator's failover drops every connection at once).
+//     Their partial downloads are in
 //     flight: dropping their admission made their agents cancel the
 //     staging and drop what they had fetched, and a holder that flapped
 //     made its children start over at every flap. The kept hosts are the
@@ -120,6 +123,7 @@ type StagePlan struct {
 	Kept     int
 	admitted map[string]int  // waiting host → its position among the admitted
 	first    map[string]Peer // admitted host → its parent holder (none: from the origin)
+	kept     map[string]bool // admitted hosts kept without a holder above (a window of holders)
 	staged   map[string]bool
 	// left are the hosts the plan leaves out that would stage (waiting) or
 	// serve (holders) if they could: Found.
@@ -211,7 +215,7 @@ func PlanStage(r *v1.Rollout, sha string, hosts map[string]PeerHost, staged, out
 			nodes = append(nodes, nd)
 		}
 	}
-	p.first = map[string]Peer{}
+	p.first, p.kept = map[string]Peer{}, map[string]bool{}
 	if p.CanaryWave {
 		p.left = nil // nobody stages before the canary passes, whoever comes back
 		return p     // staging waits for the canary to pass
@@ -249,6 +253,7 @@ func PlanStage(r *v1.Rollout, sha string, hosts map[string]PeerHost, staged, out
 		case kept:
 			p.Kept++
 			p.admitted[nd.id] = len(p.admitted)
+			p.kept[nd.id] = true
 		case root && origin < StageOrigin:
 			origin++
 			p.admitted[nd.id] = len(p.admitted)
@@ -268,7 +273,8 @@ func (p *StagePlan) Admitted() int {
 // Stage reports whether host stages now, and the holders to name as its
 // sources (none: it fetches from the release's URL or the coordinator): its
 // parent holder in the tree first, then a window of the other holders
-// starting at a hash of its id. A host that reports the artifact staged
+// starting at a hash of its id (a host kept below a holder that is out,
+// with no holder above it: the window only). A host that reports the artifact staged
 // keeps its stage (without sources): an assignment without one drops it.
 func (p *StagePlan) Stage(host string) (bool, []Peer) {
 	if p == nil {
@@ -282,11 +288,13 @@ func (p *StagePlan) Stage(host string) (bool, []Peer) {
 	}
 	first, ok := p.first[host]
 	h := len(p.Holders)
-	if !ok || h == 0 || p.n == 0 {
+	if (!ok && !p.kept[host]) || h == 0 || p.n == 0 {
 		return true, nil
 	}
 	out := make([]Peer, 0, min(p.n, h))
-	out = append(out, first)
+	if ok {
+		out = append(out, first)
+	}
 	start := hashID(host)
 	for j := 0; j < h && len(out) < p.n; j++ {
 		if c := p.Holders[(start+uint64(j))%uint64(h)]; c.ID != first.ID {
