@@ -672,7 +672,8 @@ func (h *hub) stagePlan(e *desiredEntry, peerHosts map[string]rollout.PeerHost) 
 		return nil
 	}
 	// out: hosts that would hold an admission slot without filling it
-	// (not connected, or their staging of sha failed).
+	// (not connected, or their staging of sha failed), or serve nobody
+	// (cannotStage).
 	staged, out := map[string]bool{}, map[string]bool{}
 	for _, w := range r.GetWaves() {
 		for _, hp := range w.GetHosts() {
@@ -681,13 +682,21 @@ func (h *hub) stagePlan(e *desiredEntry, peerHosts map[string]rollout.PeerHost) 
 			if rep.GetStagedSha256() == sha {
 				staged[id] = true
 			}
-			if rep.GetStageFailedSha256() == sha || !h.c.mirror.Connected(id) {
+			if h.cannotStage(r.GetService(), sha, id, hp.GetState() == v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE) {
 				out[id] = true
 			}
 		}
 	}
 	e.stage = rollout.PlanStage(r, sha, peerHosts, staged, out, h.c.cfg.ArtifactSources)
 	return e.stage.StagedHolders()
+}
+
+// cannotStage says whether a host of a rollout that stages sha is out of
+// its stage plan (rollout.PlanStage's out): not connected, or its staging
+// of sha failed, unless it is DONE (installed since: its reports keep
+// stage_failed_sha256 until a staging starts again, and it serves sha).
+func (h *hub) cannotStage(service, sha, id string, done bool) bool {
+	return !h.c.mirror.Connected(id) || (!done && h.c.mirror.Report(id, service).GetStageFailedSha256() == sha)
 }
 
 // peerHosts are the hosts that advertise a peer address, with their
@@ -878,9 +887,15 @@ func (h *hub) stageStale() bool {
 			return true
 		}
 		svc, sha := e.latest.GetService(), e.stage.Sha256
-		if e.stage.Found(func(id string) bool {
-			return h.c.mirror.Connected(id) && h.c.mirror.Report(id, svc).GetStageFailedSha256() != sha
-		}) {
+		done := map[string]bool{}
+		for _, w := range e.latest.GetWaves() {
+			for _, hp := range w.GetHosts() {
+				if hp.GetState() == v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE {
+					done[hp.GetHostId()] = true
+				}
+			}
+		}
+		if e.stage.Found(func(id string) bool { return !h.cannotStage(svc, sha, id, done[id]) }) {
 			return true
 		}
 	}

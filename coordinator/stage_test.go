@@ -350,6 +350,41 @@ func TestHubReplansWhenStagerReconnects(t *testing.T) {
 	t.Logf("%s staging %v after its reconnect", back, time.Since(start))
 }
 
+// TestHubDoneHostWithFailedStagingServes: a host whose staging of the
+// target failed and that installed it since (DONE, its reports still
+// carrying stage_failed_sha256: the agent clears it only when a staging
+// starts again) holds the target: it is a holder and the first source of
+// its children. Before, it stayed out of the plan for good (no holder),
+// and its children staged from the hosts above it, or the coordinator.
+func TestHubDoneHostWithFailedStagingServes(t *testing.T) {
+	cc := startCoordinator(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const n = 9
+	f, art2, r := stageRollout(t, ctx, cc, n)
+	canary := r.GetWaves()[0].GetHosts()[0].GetHostId()
+	var plan []string
+	for _, hp := range r.GetWaves()[1].GetHosts() {
+		plan = append(plan, hp.GetHostId())
+	}
+	f.mu.Lock()
+	a := f.asg[canary]
+	f.mu.Unlock()
+	v := a.GetRelease().GetVersion()
+	f.report(t, canary, &v1.ServiceReport{Service: a.GetService(), Generation: a.GetGeneration(), Phase: v1.Phase_PHASE_HEALTHY,
+		CurrentVersion: v, TargetVersion: v, LastGoodVersion: v, StageFailedSha256: art2.GetSha256()})
+	var want []string
+	for _, id := range plan[:4] {
+		want = append(want, id+"←"+canary)
+	}
+	sort.Strings(want)
+	var got []string
+	testkit.Eventually(t, 60*time.Second, "the canary's children staging v2 from it", func() bool {
+		got = f.staging("v2")
+		return slices.Equal(got, want)
+	})
+}
+
 // TestPushPacer: reports' staging-only changes of the desired state cause
 // at most one pass of the push loop per stageRepushInterval (with a
 // trailing pass for the last of them); other changes pass at once. Before
