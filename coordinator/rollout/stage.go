@@ -61,7 +61,7 @@ import (
 //     other holders (at a hash of their id, up to n; none left: the
 //     coordinator or the release's URL serves them), so that while a
 //     holder is out the fleet, not the coordinator, serves them when it
-//     can (a coordinator's failover drops every connection at once).
+//     can (a coordinator that fails drops all its connections at once).
 //     Their partial downloads are in
 //     flight: dropping their admission made their agents cancel the
 //     staging and drop what they had fetched, and a holder that flapped
