@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/fleetwave/fleetwave/internal/testkit"
+	"github.com/fleetwave/fleetwave/internal/testkit/ports"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -135,6 +136,77 @@ func TestStageAheadInFlight(t *testing.T) {
 	fc.waitFor(t, "v2 healthy", 20*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
 		return reportIs(lastReport(rs, testSvc), 2, v1.Phase_PHASE_HEALTHY, "2.0.0")
 	})
+	fc.mu.Lock()
+	n2 := fc.downloads[d2]
+	fc.mu.Unlock()
+	if n2 != 1 {
+		t.Fatalf("v2 downloaded %d times, want 1", n2)
+	}
+	cancel()
+	waitDone(t, done)
+}
+
+// TestStageAheadSourcesChange: an assignment that stages the same release
+// (same version and sha256) from other sources, as the coordinator's plan
+// gives when a holder the host stages from flaps (rollout.PlanStage: the
+// host keeps its admission, its first source changes), leaves the staging
+// in flight alone: it is not cancelled, what it fetched is kept, and the
+// release is fetched once (its fetch falls back between the sources it
+// was given and the coordinator: TestPeerFetchResumesAtOffset,
+// TestPeerFetchFallsBackToCoordinator).
+func TestStageAheadSourcesChange(t *testing.T) {
+	fc := newFakeCoordinator(t)
+	art1 := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": goodCheck})
+	art2 := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": goodCheck, "two": "2"})
+	d1, d2 := fc.addArtifact(art1), fc.addArtifact(art2)
+	opts := testOptions()
+	release := make(chan struct{})
+	started := make(chan struct{}, 2)
+	cancelled := make(chan bool, 2)
+	opts.aheadHook = func(ctx context.Context, _, v string) {
+		started <- struct{}{}
+		select {
+		case <-release:
+			cancelled <- false
+		case <-ctx.Done():
+			cancelled <- true
+		}
+	}
+	dataDir := t.TempDir()
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: dataDir}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := runAgent(t, ctx, cfg, opts)
+	v1asg := func() *v1.Assignment { return testAssignment("1.0.0", 1, d1, int64(len(art1)), "") }
+	fc.assign(v1asg())
+	fc.waitFor(t, "v1 healthy", 20*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 1, v1.Phase_PHASE_HEALTHY, "1.0.0")
+	})
+
+	fc.assign(withStage(v1asg(), "2.0.0", d2, int64(len(art2))))
+	recv(t, "the staging of v2 to reach its unpacking", started, 20*time.Second)
+	// The same stage from other sources (a holder that nothing serves
+	// from: the staging in flight must not start over), with an invalid
+	// assignment of another service in the same set: its report says the
+	// set was handled.
+	moved := withStage(v1asg(), "2.0.0", d2, int64(len(art2)))
+	moved.Sources = []*v1.ArtifactSource{{HostId: "other-holder", Address: ports.Addr(t)}}
+	fc.assign(moved, &v1.Assignment{Service: "marker", Generation: 1})
+	fc.waitFor(t, "the set with the new sources handled", 20*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return lastReport(rs, "marker") != nil
+	})
+	close(release)
+	fc.waitFor(t, "v2 staged", 20*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return lastReport(rs, testSvc).GetStagedSha256() == d2
+	})
+	if <-cancelled {
+		t.Fatal("the staging in flight was cancelled when only its sources changed")
+	}
+	select {
+	case <-started:
+		t.Fatal("a second staging started when only the sources changed")
+	default:
+	}
 	fc.mu.Lock()
 	n2 := fc.downloads[d2]
 	fc.mu.Unlock()

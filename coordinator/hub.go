@@ -49,7 +49,8 @@ type hub struct {
 	// revDelta caches the revocations sent to agents (revdelta.go).
 	revDelta revDelta
 	// replans counts the tables made stale because a host a stage plan
-	// counted on disconnected (stageLost); added to the mirror's desired
+	// counted on disconnected, or one it left out reconnected
+	// (stageStale); added to the mirror's desired
 	// epoch it keys the cached table (tableEpoch). Under mu.
 	replans uint64
 }
@@ -671,7 +672,8 @@ func (h *hub) stagePlan(e *desiredEntry, peerHosts map[string]rollout.PeerHost) 
 		return nil
 	}
 	// out: hosts that would hold an admission slot without filling it
-	// (not connected, or their staging of sha failed).
+	// (not connected, or their staging of sha failed), or serve nobody
+	// (cannotStage).
 	staged, out := map[string]bool{}, map[string]bool{}
 	for _, w := range r.GetWaves() {
 		for _, hp := range w.GetHosts() {
@@ -680,13 +682,21 @@ func (h *hub) stagePlan(e *desiredEntry, peerHosts map[string]rollout.PeerHost) 
 			if rep.GetStagedSha256() == sha {
 				staged[id] = true
 			}
-			if rep.GetStageFailedSha256() == sha || !h.c.mirror.Connected(id) {
+			if h.cannotStage(r.GetService(), sha, id, hp.GetState() == v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE) {
 				out[id] = true
 			}
 		}
 	}
 	e.stage = rollout.PlanStage(r, sha, peerHosts, staged, out, h.c.cfg.ArtifactSources)
 	return e.stage.StagedHolders()
+}
+
+// cannotStage says whether a host of a rollout that stages sha is out of
+// its stage plan (rollout.PlanStage's out): not connected, or its staging
+// of sha failed, unless it is DONE (installed since: its reports keep
+// stage_failed_sha256 until a staging starts again, and it serves sha).
+func (h *hub) cannotStage(service, sha, id string, done bool) bool {
+	return !h.c.mirror.Connected(id) || (!done && h.c.mirror.Report(id, service).GetStageFailedSha256() == sha)
 }
 
 // peerHosts are the hosts that advertise a peer address, with their
@@ -856,17 +866,36 @@ func (p *pushPacer) due(desired, stage uint64, now time.Time) (pass bool, wait t
 	return true, 0
 }
 
-// stageLost reports whether the table's stage plans count on a host that
-// is no longer connected (rollout.StagePlan.Lost): a staging host that
-// disconnected would keep its admission slot, and a holder its children,
-// until the next change of the desired state, which a disconnect of a
-// host waiting for its wave is not (the rollout records only its hosts in
-// flight as unknown). A stale table is rebuilt first (the next pass needs
-// it anyway), so a disconnect during a rebuild is caught by the next
-// check: the caller reads Mirror.Disconnects before.
-func (h *hub) stageLost() bool {
+// stageStale reports whether the table's stage plans count on a host that
+// is no longer connected (rollout.StagePlan.Lost), or left out a host that
+// is connected again and can stage (StagePlan.Found). Lost: a staging host
+// that disconnected would keep its admission slot, and a holder its
+// children, until the next change of the desired state, which a
+// disconnect of a host waiting for its wave is not (the rollout records
+// only its hosts in flight as unknown). Found: a host that reconnects
+// changes no desired state either, so it would stage nothing (a holder
+// serve nobody) until another host's report replanned. A stale table is
+// rebuilt first (the next pass needs it anyway), so a connection change
+// during a rebuild is caught by the next check: the caller reads
+// Mirror.Disconnects and Connects before.
+func (h *hub) stageStale() bool {
 	for _, e := range h.table().services {
+		if e.stage == nil {
+			continue
+		}
 		if e.stage.Lost(h.c.mirror.Connected) {
+			return true
+		}
+		svc, sha := e.latest.GetService(), e.stage.Sha256
+		done := map[string]bool{}
+		for _, w := range e.latest.GetWaves() {
+			for _, hp := range w.GetHosts() {
+				if hp.GetState() == v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE {
+					done[hp.GetHostId()] = true
+				}
+			}
+		}
+		if e.stage.Found(func(id string) bool { return !h.cannotStage(svc, sha, id, done[id]) }) {
 			return true
 		}
 	}
@@ -882,17 +911,19 @@ func (h *hub) replan() {
 
 // pushLoop re-evaluates every connected host's assignments whenever what
 // hosts should run may have changed (staging-only changes paced:
-// stageRepushInterval). A disconnect of a host a stage plan counts on is
-// a staging-only change: checked at most once per stageRepushInterval
-// (stageLost scans the plans' admitted hosts and holders).
+// stageRepushInterval). A disconnect of a host a stage plan counts on, or
+// a reconnect of one it left out, is a staging-only change: checked at
+// most once per stageRepushInterval (stageStale scans the plans' admitted
+// hosts, holders and left-out hosts).
 func (h *hub) pushLoop(ctx context.Context) {
 	ch, unsub := h.c.mirror.Subscribe()
 	defer unsub()
 	pace := pushPacer{interval: stageRepushInterval}
-	// Disconnects are paced like staging-only changes (every one of them
-	// is): a storm of 10,000 is one check, and at most one replan, per
-	// interval, with a trailing check for the last (TestLostPacer).
-	lost := pushPacer{interval: stageRepushInterval}
+	// Disconnects and connects are paced like staging-only changes (every
+	// one of them is): a storm of 10,000 is one check, and at most one
+	// replan, per interval, with a trailing check for the last
+	// (TestLostPacer, TestReconnectPacer).
+	conns := pushPacer{interval: stageRepushInterval}
 	var later <-chan time.Time
 	for {
 		select {
@@ -903,9 +934,9 @@ func (h *hub) pushLoop(ctx context.Context) {
 			later = nil
 		}
 		now := time.Now()
-		disc := h.c.mirror.Disconnects()
-		check, waitLost := lost.due(disc, disc, now)
-		if check && h.stageLost() {
+		churn := h.c.mirror.Disconnects() + h.c.mirror.Connects()
+		check, waitLost := conns.due(churn, churn, now)
+		if check && h.stageStale() {
 			h.replan()
 		}
 		h.mu.Lock()

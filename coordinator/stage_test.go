@@ -306,6 +306,85 @@ func TestHubReplansWhenStagerDisconnects(t *testing.T) {
 	})
 }
 
+// TestHubReplansWhenStagerReconnects: a host that was disconnected when
+// the plan was made (left out: it took no admission slot) and reconnects
+// makes the hub replan (paced like disconnects, StagePlan.Found): it gets
+// its stage, from the canary, its parent in the tree. Before, nothing
+// replanned on a reconnect, and the host staged nothing until some other
+// host's report changed the plan.
+func TestHubReplansWhenStagerReconnects(t *testing.T) {
+	cc := startCoordinator(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const n = 9
+	f, _, r := stageRollout(t, ctx, cc, n)
+	canary := r.GetWaves()[0].GetHosts()[0].GetHostId()
+	var plan []string
+	for _, hp := range r.GetWaves()[1].GetHosts() {
+		plan = append(plan, hp.GetHostId())
+	}
+	back := plan[1]
+	f.disconnect(back)
+	f.install(t, canary)
+	want := func(ids ...string) []string {
+		var out []string
+		for _, id := range ids {
+			out = append(out, id+"←"+canary)
+		}
+		sort.Strings(out)
+		return out
+	}
+	var got []string
+	without := want(plan[0], plan[2], plan[3])
+	testkit.Eventually(t, 60*time.Second, "the canary's connected children staging v2", func() bool {
+		got = f.staging("v2")
+		return slices.Equal(got, without)
+	})
+	start := time.Now()
+	go f.run(ctx, t, cc, back)
+	with := want(plan[0], plan[1], plan[2], plan[3])
+	testkit.Eventually(t, 60*time.Second, back+" staging v2 once back", func() bool {
+		got = f.staging("v2")
+		return slices.Equal(got, with)
+	})
+	t.Logf("%s staging %v after its reconnect", back, time.Since(start))
+}
+
+// TestHubDoneHostWithFailedStagingServes: a host whose staging of the
+// target failed and that installed it since (DONE, its reports still
+// carrying stage_failed_sha256: the agent clears it only when a staging
+// starts again) holds the target: it is a holder and the first source of
+// its children. Before, it stayed out of the plan for good (no holder),
+// and its children staged from the hosts above it, or the coordinator.
+func TestHubDoneHostWithFailedStagingServes(t *testing.T) {
+	cc := startCoordinator(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const n = 9
+	f, art2, r := stageRollout(t, ctx, cc, n)
+	canary := r.GetWaves()[0].GetHosts()[0].GetHostId()
+	var plan []string
+	for _, hp := range r.GetWaves()[1].GetHosts() {
+		plan = append(plan, hp.GetHostId())
+	}
+	f.mu.Lock()
+	a := f.asg[canary]
+	f.mu.Unlock()
+	v := a.GetRelease().GetVersion()
+	f.report(t, canary, &v1.ServiceReport{Service: a.GetService(), Generation: a.GetGeneration(), Phase: v1.Phase_PHASE_HEALTHY,
+		CurrentVersion: v, TargetVersion: v, LastGoodVersion: v, StageFailedSha256: art2.GetSha256()})
+	var want []string
+	for _, id := range plan[:4] {
+		want = append(want, id+"←"+canary)
+	}
+	sort.Strings(want)
+	var got []string
+	testkit.Eventually(t, 60*time.Second, "the canary's children staging v2 from it", func() bool {
+		got = f.staging("v2")
+		return slices.Equal(got, want)
+	})
+}
+
 // TestPushPacer: reports' staging-only changes of the desired state cause
 // at most one pass of the push loop per stageRepushInterval (with a
 // trailing pass for the last of them); other changes pass at once. Before
@@ -352,34 +431,53 @@ func TestPushPacer(t *testing.T) {
 // checks the stage plans (and replans) at most once per interval, not
 // once per host, and the last disconnect gets a trailing check.
 func TestLostPacer(t *testing.T) {
+	connStorm(t, 1)
+}
+
+// TestReconnectPacer: a reconnect storm (10,000 hosts over two seconds,
+// each a deleted connection record and a new one, both counted: the push
+// loop paces Disconnects+Connects) checks the stage plans at most once per
+// interval too: 10,000 reconnects are not 10,000 replans.
+func TestReconnectPacer(t *testing.T) {
+	connStorm(t, 2)
+}
+
+// connStorm runs 10,000 hosts' connection changes (perHost each) over two
+// seconds through the push loop's pacer of connection changes.
+func connStorm(t *testing.T, perHost uint64) {
+	t.Helper()
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	p := pushPacer{interval: time.Second} // as the push loop paces disconnects
+	p := pushPacer{interval: time.Second} // as the push loop paces connection changes
 	if check, wait := p.due(0, 0, t0); check || wait != 0 {
-		t.Fatalf("no disconnect: check %v, wait %v", check, wait)
+		t.Fatalf("no change: check %v, wait %v", check, wait)
 	}
 	const n = 10000
 	checks := 0
 	var now time.Time
 	var wait time.Duration
-	for i := range n {
+	for i := range uint64(n) {
 		now = t0.Add(time.Duration(i) * 2 * time.Second / n)
-		var check bool
-		check, wait = p.due(uint64(i+1), uint64(i+1), now)
-		switch {
-		case check:
-			checks++
-		case wait <= 0 || wait > time.Second:
-			t.Fatalf("disconnect %d: no check and wait %v (want in (0, 1s])", i, wait)
+		for j := range perHost {
+			churn := i*perHost + j + 1
+			var check bool
+			check, wait = p.due(churn, churn, now)
+			switch {
+			case check:
+				checks++
+			case wait <= 0 || wait > time.Second:
+				t.Fatalf("host %d, change %d: no check and wait %v (want in (0, 1s])", i, j, wait)
+			}
 		}
 	}
 	if checks != 2 {
-		t.Fatalf("%d checks for %d disconnects over 2 s, want 2 (at 0 s and 1 s, then 1 trailing)", checks, n)
+		t.Fatalf("%d checks for %d hosts' changes over 2 s, want 2 (at 0 s and 1 s, then 1 trailing)", checks, n)
 	}
-	if check, _ := p.due(n, n, now.Add(wait)); !check {
-		t.Fatal("no trailing check after the last disconnect")
+	last := uint64(n) * perHost
+	if check, _ := p.due(last, last, now.Add(wait)); !check {
+		t.Fatal("no trailing check after the last change")
 	}
-	if check, wait := p.due(n, n, now.Add(wait+time.Millisecond)); check || wait != 0 {
-		t.Fatalf("no new disconnect: check %v, wait %v", check, wait)
+	if check, wait := p.due(last, last, now.Add(wait+time.Millisecond)); check || wait != 0 {
+		t.Fatalf("no new change: check %v, wait %v", check, wait)
 	}
 }
 

@@ -41,7 +41,12 @@ type AheadStep struct {
 // DecideAhead decides from what the service holds ahead (held), the
 // assignment's stage, the version it is assigned to run, and the versions
 // its machine uses (current, target, last good: never dropped). A stage of
-// the assigned version is nothing to stage: the install does it.
+// the assigned version is nothing to stage: the install does it. The
+// assignment's sources are no input: a stage of the same release (version
+// and sha256) from other sources (a holder the host stages from flapped,
+// rollout.PlanStage) keeps the staging in flight and what it fetched; its
+// fetch falls back between the sources it started with, then the
+// coordinator or the release's URL.
 func DecideAhead(held Ahead, stage *v1.Release, assigned string, inUse []string) AheadStep {
 	if stage.GetVersion() == assigned {
 		stage = nil

@@ -23,6 +23,7 @@ func TestDecideAhead(t *testing.T) {
 		{"nothing held, nothing to stage", Ahead{}, nil, "1.0.0", nil, "{false false  <nil>}"},
 		{"a stage starts", Ahead{}, v2, "1.0.0", nil, "{false false  2.0.0}"},
 		{"the same stage again: nothing", Ahead{Version: "2.0.0", SHA256: "bb"}, v2, "1.0.0", nil, "{false false  <nil>}"},
+		{"in flight, the same release from other sources (only the assignment's sources changed): nothing, the fetch goes on", Ahead{Version: "2.0.0", SHA256: "bb"}, rel("2.0.0", "bb"), "1.0.0", []string{"1.0.0"}, "{false false  <nil>}"},
 		{"staged, the same stage: nothing", Ahead{Version: "2.0.0", SHA256: "bb", Ready: true}, v2, "1.0.0", nil, "{false false  <nil>}"},
 		{"a stage of the assigned release is the install's", Ahead{}, v2, "2.0.0", nil, "{false false  <nil>}"},
 		{"the wave comes while staging: handoff, no cancel", Ahead{Version: "2.0.0", SHA256: "bb"}, nil, "2.0.0", nil, "{true false  <nil>}"},

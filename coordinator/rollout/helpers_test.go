@@ -171,3 +171,10 @@ func countState(r *v1.Rollout, st v1.HostRolloutState) int {
 	}
 	return n
 }
+
+// hasFirst reports whether host stages from a parent holder in the tree
+// (else from a window of holders, or the origin).
+func (p *StagePlan) hasFirst(host string) bool {
+	_, ok := p.first[host]
+	return ok
+}

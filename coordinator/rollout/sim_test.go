@@ -155,8 +155,8 @@ func TestSimulation(t *testing.T) {
 		t.Errorf("simulation never reached one of SUCCEEDED/FAILED: %v", outcomes)
 	}
 	// And staging both held by the canary wave and admitting hosts.
-	if len(seeds) > 1 && (stage["canary wave"] == 0 || stage["admitted"] == 0) {
-		t.Errorf("simulation never staged, or never held staging for the canary: %v", stage)
+	if len(seeds) > 1 && (stage["canary wave"] == 0 || stage["admitted"] == 0 || stage["kept"] == 0) {
+		t.Errorf("simulation never staged, never held staging for the canary, or never kept an admission below a holder that is out: %v", stage)
 	}
 }
 
@@ -338,6 +338,9 @@ func simulate(t *testing.T, seed uint64, stage map[string]int) v1.RolloutState {
 			stage["canary wave"]++
 		case sp.Admitted() > 0:
 			stage["admitted"]++
+		}
+		if sp != nil && sp.Kept > 0 {
+			stage["kept"]++
 		}
 		for _, h := range hosts {
 			// A connected host admitted to stage finishes now and then.
@@ -891,7 +894,10 @@ func stagePlanOf(r *v1.Rollout, hosts map[string]PeerHost, staged, out map[strin
 // a rollout that Stages plans; nothing is admitted while a host of the
 // canary wave (Wave.canary) is PENDING or UPDATING; only waiting (PENDING) hosts
 // are admitted;
-// at most StageOrigin are admitted without sources (the roots); every
+// at most StageOrigin are admitted without sources (the roots) besides
+// the kept ones (a holder above them in the tree is out: they keep the
+// admission it gave them, StagePlan.Kept, named a window of holders or
+// none); every
 // admitted host's first source is an ancestor of it in the plan-order tree
 // (so a holder serves its own subtree, StageFanout children unless some
 // serve nobody, whatever order hosts finish in); a host is never its own
@@ -931,7 +937,27 @@ func checkStage(fatalf func(string, ...any), stepN int, r *v1.Rollout, hosts map
 	if canary != p.CanaryWave {
 		fatalf("step %d: canary wave in flight %v, the plan says %v", stepN, canary, p.CanaryWave)
 	}
-	roots := 0
+	roots, kept := 0, 0
+	byPos := make([]*v1.HostProgress, len(pos))
+	for _, w := range r.GetWaves() {
+		for _, hp := range w.GetHosts() {
+			if byPos[pos[hp.GetHostId()]] == nil {
+				byPos[pos[hp.GetHostId()]] = hp
+			}
+		}
+	}
+	// lostAbove: a holder with a peer address that is out is above q.
+	lostAbove := func(q int) bool {
+		for q > 0 {
+			q = (q - 1) / StageFanout
+			a := byPos[q]
+			id := a.GetHostId()
+			if (a.GetState() == v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE || staged[id]) && hosts[id].Address != "" && out[id] {
+				return true
+			}
+		}
+		return false
+	}
 	for _, w := range r.GetWaves() {
 		for _, hp := range w.GetHosts() {
 			ok, src := p.Stage(hp.GetHostId())
@@ -952,8 +978,13 @@ func checkStage(fatalf func(string, ...any), stepN int, r *v1.Rollout, hosts map
 			if staged[hp.GetHostId()] {
 				continue
 			}
-			if len(src) == 0 {
-				roots++
+			below := lostAbove(pos[hp.GetHostId()])
+			if len(src) == 0 || below && !p.hasFirst(hp.GetHostId()) {
+				if below {
+					kept++
+				} else {
+					roots++
+				}
 				continue
 			}
 			ancestor := false
@@ -965,6 +996,9 @@ func checkStage(fatalf func(string, ...any), stepN int, r *v1.Rollout, hosts map
 				fatalf("step %d: %s's first source %s is not above it in the tree", stepN, hp.GetHostId(), src[0].ID)
 			}
 		}
+	}
+	if kept < p.Kept {
+		fatalf("step %d: the plan keeps %d hosts below a holder that is out, %d are", stepN, p.Kept, kept)
 	}
 	if roots > StageOrigin {
 		fatalf("step %d: %d hosts admitted without sources, over StageOrigin %d", stepN, roots, StageOrigin)

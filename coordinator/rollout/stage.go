@@ -53,6 +53,22 @@ import (
 //     waits for it; none → it is a root, and the first StageOrigin roots
 //     (plan order) are admitted without sources (the release's URL or the
 //     coordinator serves them);
+//   - a holder that is out (DONE or staged, with a peer address, but not
+//     connected: a flapping or restarting holder) serves nobody now, but
+//     the waiting hosts it would admit keep their admission (kept): they
+//     look past it as above, and when that finds no holder they stay
+//     admitted rather than wait or become roots, named a window of the
+//     other holders (at a hash of their id, up to n; none left: the
+//     coordinator or the release's URL serves them), so that while a
+//     holder is out the fleet, not the coordinator, serves them when it
+//     can (a coordinator that fails drops all its connections at once).
+//     Their partial downloads are in
+//     flight: dropping their admission made their agents cancel the
+//     staging and drop what they had fetched, and a holder that flapped
+//     made its children start over at every flap. The kept hosts are the
+//     ones the holder admitted while connected (at most its StageFanout
+//     children, more only past hosts that serve nobody), so the number of
+//     admitted hosts does not grow when a holder goes;
 //   - so a holder is the first source of at most its StageFanout children
 //     (more only when a child serves nobody and its children look past
 //     it), whatever order hosts finish in, and a host keeps its parent as
@@ -101,10 +117,18 @@ type StagePlan struct {
 	// CanaryWave says the rollout's canary wave (Wave.canary) has not
 	// finished (a host of it PENDING or UPDATING): no host is admitted.
 	CanaryWave bool
-	admitted   map[string]int  // waiting host → its position among the admitted
-	first      map[string]Peer // admitted host → its parent holder (none: from the origin)
-	staged     map[string]bool
-	n          int
+	// Kept is how many of the admitted hosts are admitted only because a
+	// holder above them in the tree is out (they keep the admission it
+	// gave them; see PlanStage).
+	Kept     int
+	admitted map[string]int  // waiting host → its position among the admitted
+	first    map[string]Peer // admitted host → its parent holder (none: from the origin)
+	kept     map[string]bool // admitted hosts kept without a holder above (a window of holders)
+	staged   map[string]bool
+	// left are the hosts the plan leaves out that would stage (waiting) or
+	// serve (holders) if they could: Found.
+	left []string
+	n    int
 }
 
 // Stages reports whether a rollout stages ahead at all: stage_ahead, in
@@ -137,6 +161,7 @@ func PlanStage(r *v1.Rollout, sha string, hosts map[string]PeerHost, staged, out
 		holder         // DONE or staged, with a peer address
 		waiting        // PENDING, not staged, not out: will hold it once staged
 		future         // UPDATING (in its wave), with a peer address: will hold it once DONE
+		lost           // DONE or staged, with a peer address, but out: serves nobody now; its children keep their admission
 	)
 	seen := map[string]bool{}
 	var nodes []node
@@ -152,25 +177,34 @@ func PlanStage(r *v1.Rollout, sha string, hosts map[string]PeerHost, staged, out
 				p.CanaryWave = true
 			}
 			h, hasAddr := hosts[id]
-			hasAddr = hasAddr && h.Address != "" && !out[id]
+			hasAddr = hasAddr && h.Address != ""
+			// A holder with a peer address that is out is lost (left: it
+			// serves again once back).
+			holds := func() int {
+				switch {
+				case hasAddr && !out[id]:
+					return holder
+				case hasAddr:
+					p.left = append(p.left, id)
+					return lost
+				}
+				return gone
+			}
 			nd := node{id: id, peer: Peer{ID: id, Address: h.Address, Zone: h.Labels[ZoneLabel], Wave: wi}}
 			switch {
 			case st == v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE:
-				if hasAddr {
-					nd.class = holder
-				}
+				nd.class = holds()
 			case staged[id]:
 				p.Staged++
-				if hasAddr {
-					nd.class = holder
-				}
+				nd.class = holds()
 			case st == v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING:
-				if hasAddr {
+				if hasAddr && !out[id] {
 					nd.class = future
 				}
 			case st != v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING && st != v1.HostRolloutState_HOST_ROLLOUT_STATE_UNSPECIFIED:
 			case out[id]:
 				p.Out++
+				p.left = append(p.left, id)
 			default:
 				nd.class = waiting
 				p.Waiting++
@@ -181,9 +215,10 @@ func PlanStage(r *v1.Rollout, sha string, hosts map[string]PeerHost, staged, out
 			nodes = append(nodes, nd)
 		}
 	}
-	p.first = map[string]Peer{}
+	p.first, p.kept = map[string]Peer{}, map[string]bool{}
 	if p.CanaryWave {
-		return p // staging waits for the canary to pass
+		p.left = nil // nobody stages before the canary passes, whoever comes back
+		return p     // staging waits for the canary to pass
 	}
 	origin := 0
 	for q, nd := range nodes {
@@ -193,11 +228,16 @@ func PlanStage(r *v1.Rollout, sha string, hosts map[string]PeerHost, staged, out
 		// Up the tree past hosts that serve nobody: the first holder is
 		// the source; a waiting ancestor or a future holder means wait for
 		// it; none is a root (the coordinator or the release's URL serves
-		// it).
-		a, src, root := q, -1, true
+		// it). Past a lost holder (out), the host keeps the admission that
+		// holder gave it.
+		a, src, root, kept := q, -1, true, false
 		for a > 0 {
 			a = (a - 1) / StageFanout
 			if nodes[a].class == gone {
+				continue
+			}
+			if nodes[a].class == lost {
+				kept = true
 				continue
 			}
 			root = false
@@ -210,6 +250,10 @@ func PlanStage(r *v1.Rollout, sha string, hosts map[string]PeerHost, staged, out
 		case src >= 0:
 			p.admitted[nd.id] = len(p.admitted)
 			p.first[nd.id] = nodes[src].peer
+		case kept:
+			p.Kept++
+			p.admitted[nd.id] = len(p.admitted)
+			p.kept[nd.id] = true
 		case root && origin < StageOrigin:
 			origin++
 			p.admitted[nd.id] = len(p.admitted)
@@ -229,7 +273,8 @@ func (p *StagePlan) Admitted() int {
 // Stage reports whether host stages now, and the holders to name as its
 // sources (none: it fetches from the release's URL or the coordinator): its
 // parent holder in the tree first, then a window of the other holders
-// starting at a hash of its id. A host that reports the artifact staged
+// starting at a hash of its id (a host kept below a holder that is out,
+// with no holder above it: the window only). A host that reports the artifact staged
 // keeps its stage (without sources): an assignment without one drops it.
 func (p *StagePlan) Stage(host string) (bool, []Peer) {
 	if p == nil {
@@ -243,11 +288,13 @@ func (p *StagePlan) Stage(host string) (bool, []Peer) {
 	}
 	first, ok := p.first[host]
 	h := len(p.Holders)
-	if !ok || h == 0 || p.n == 0 {
+	if (!ok && !p.kept[host]) || h == 0 || p.n == 0 {
 		return true, nil
 	}
 	out := make([]Peer, 0, min(p.n, h))
-	out = append(out, first)
+	if ok {
+		out = append(out, first)
+	}
 	start := hashID(host)
 	for j := 0; j < h && len(out) < p.n; j++ {
 		if c := p.Holders[(start+uint64(j))%uint64(h)]; c.ID != first.ID {
@@ -273,6 +320,24 @@ func (p *StagePlan) Lost(connected func(host string) bool) bool {
 	}
 	for _, h := range p.Holders {
 		if !connected(h.ID) {
+			return true
+		}
+	}
+	return false
+}
+
+// Found reports whether a host the plan left out because it could not
+// stage or serve then (out: a waiting host, or a holder) can now (canStage
+// says: connected, and its staging of the artifact not failed). The plan
+// was made without it; after it reconnects it is out of date until the
+// next plan (the hub replans): a waiting host would stage nothing, and a
+// holder serve nobody, until some other change replanned.
+func (p *StagePlan) Found(canStage func(host string) bool) bool {
+	if p == nil {
+		return false
+	}
+	for _, id := range p.left {
+		if canStage(id) {
 			return true
 		}
 	}

@@ -57,6 +57,9 @@ func TestStageScenarios(t *testing.T) {
 			if p.Out > 0 {
 				fmt.Fprintf(&b, "out %d\n", p.Out)
 			}
+			if p.Kept > 0 {
+				fmt.Fprintf(&b, "kept %d (below a holder that is out)\n", p.Kept)
+			}
 			if p.CanaryWave {
 				b.WriteString("canary wave in flight: nothing admitted\n")
 			}
@@ -379,5 +382,59 @@ func TestStagePlanLost(t *testing.T) {
 	}
 	if (*StagePlan)(nil).Lost(func(string) bool { return false }) {
 		t.Error("a nil plan lost a host")
+	}
+}
+
+// TestStagePlanFound: a plan made while a waiting host or a holder was out
+// is out of date once it can stage or serve again (the hub replans): a
+// host reconnecting, not one whose staging failed (canStage says), nor a
+// host the plan did not leave out, nor anyone while the canary wave is in
+// flight (nobody stages then, whoever comes back). Before, a host that
+// reconnected staged nothing until another host's report changed the plan.
+func TestStagePlanFound(t *testing.T) {
+	r := &v1.Rollout{FromVersion: "v1", ToVersion: "v2", State: v1.RolloutState_ROLLOUT_STATE_PROGRESSING,
+		Policy: &v1.RolloutPolicy{StageAhead: true}}
+	hosts := map[string]PeerHost{}
+	canary := &v1.HostProgress{HostId: "canary", State: v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE}
+	w := &v1.Wave{}
+	for i := range 10 {
+		id := fmt.Sprintf("h%d", i)
+		w.Hosts = append(w.Hosts, &v1.HostProgress{HostId: id, State: v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING})
+		hosts[id] = PeerHost{Address: id + ":1"}
+	}
+	r.Waves = []*v1.Wave{{Canary: true, Hosts: []*v1.HostProgress{canary}}, w}
+	hosts["canary"] = PeerHost{Address: "canary:1"}
+	out := map[string]bool{"h1": true, "h5": true}
+	staged := map[string]bool{"h2": true}
+	p := PlanStage(r, "aa", hosts, staged, out, DefaultSources)
+	if ok, _ := p.Stage("h1"); ok {
+		t.Fatal("h1 admitted while out")
+	}
+	for _, tc := range []struct {
+		back string
+		want bool
+	}{{"", false}, {"h1", true}, {"h5", true}, {"h0", false}, {"h2", false}, {"canary", false}} {
+		if got := p.Found(func(id string) bool { return id == tc.back }); got != tc.want {
+			t.Errorf("%q can stage again: Found %v, want %v", tc.back, got, tc.want)
+		}
+	}
+	// A holder that was out (the canary, DONE) is found when it is back:
+	// its children get it as their source again.
+	out["canary"] = true
+	p = PlanStage(r, "aa", hosts, staged, out, DefaultSources)
+	if !p.Found(func(id string) bool { return id == "canary" }) {
+		t.Error("the canary back: not found")
+	}
+	if p.Kept == 0 {
+		t.Error("the canary out: its children lost their admission")
+	}
+	// While the canary wave is in flight nobody is found.
+	canary.State = v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING
+	p = PlanStage(r, "aa", hosts, staged, out, DefaultSources)
+	if p.Found(func(string) bool { return true }) {
+		t.Error("found a host while the canary wave is in flight")
+	}
+	if (*StagePlan)(nil).Found(func(string) bool { return true }) {
+		t.Error("a nil plan found a host")
 	}
 }

@@ -75,6 +75,10 @@ type Mirror struct {
 	// ended on some coordinator, or its lease expired): the hub replans
 	// staging when one of them was a host its plan counts on.
 	disconnects uint64
+	// connects counts new connection records (an agent stream began on
+	// some coordinator): the hub replans staging when one of them is a
+	// host its plan left out (StagePlan.Found).
+	connects uint64
 }
 
 // NewMirror makes a mirror; Run fills and follows it.
@@ -267,6 +271,7 @@ func (m *Mirror) applyLocked(t mvccpb.Event_EventType, kv *mvccpb.KeyValue) {
 		}
 		if m.conns[id] != string(kv.Value) {
 			m.connSince[id] = time.Now()
+			m.connects++
 		}
 		m.conns[id] = string(kv.Value)
 	case strings.HasPrefix(key, TokensPrefix):
@@ -552,6 +557,15 @@ func (m *Mirror) Disconnects() uint64 {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	return m.disconnects
+}
+
+// Connects counts the connection records that appeared so far (a new
+// stream of a host, on any coordinator; not a desired-state change
+// either).
+func (m *Mirror) Connects() uint64 {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.connects
 }
 
 // Rev is the last revision applied.

@@ -198,13 +198,19 @@ func TestMirrorFollowsWrites(t *testing.T) {
 	if d, st := m.Epochs(); d != m.DesiredEpoch() || st != 2 {
 		t.Fatalf("Epochs() = %d, %d; want %d, 2 staging-only changes", d, st, m.DesiredEpoch())
 	}
+	// A connect counts in Connects (the hub replans staging when the host
+	// was one its plan left out), not in the desired epoch.
+	conns, epoch := m.Connects(), m.DesiredEpoch()
 	if err := s.PutConn(ctx, "h1", "c1", 0); err != nil {
 		t.Fatal(err)
 	}
 	testkit.Eventually(t, 20*time.Second, "h1 connected in the mirror", func() bool { return m.Connected("h1") })
+	if m.Connects() != conns+1 || m.DesiredEpoch() != epoch {
+		t.Fatalf("a connect: Connects %d → %d, desired epoch %d → %d; want one more connect, the same epoch", conns, m.Connects(), epoch, m.DesiredEpoch())
+	}
 	// A disconnect counts in Disconnects (the hub replans staging when
 	// the host was one its plan counted on), not in the desired epoch.
-	disc, epoch := m.Disconnects(), m.DesiredEpoch()
+	disc := m.Disconnects()
 	if err := s.DeleteConn(ctx, "h1", "other"); err != nil {
 		t.Fatal(err)
 	}
