@@ -796,6 +796,18 @@ func (h *hub) assignments(t *desiredTable, c *agentConn) *v1.ConnectResponse {
 // queue computes a host's assignments and queues them if they changed (or
 // always when force: on connect); since is when the change was noticed.
 func (h *hub) queue(c *agentConn, force bool, since time.Time) {
+	if h.prepare(c, force, since) {
+		go h.sendLoop(c)
+	}
+}
+
+// prepare is queue but for starting the sender: when it returns true the
+// caller must start h.sendLoop(c) (counted in c.senders already). The push
+// loop prepares every host first and starts the senders after: started
+// one by one, thousands of senders (and the reports their agents send
+// back) took the CPU from the pass, which then needed over a second to reach the
+// last hosts of a wave (issue 16).
+func (h *hub) prepare(c *agentConn, force bool, since time.Time) (start bool) {
 	t := h.table()
 	m := h.assignments(t, c)
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
@@ -817,8 +829,9 @@ func (h *hub) queue(c *agentConn, force bool, since time.Time) {
 	if !c.sending && !c.done {
 		c.sending = true
 		c.senders.Add(1)
-		go h.sendLoop(c)
+		return true
 	}
+	return false
 }
 
 // stageRepushInterval is the least time between two passes of the push
@@ -932,8 +945,14 @@ func (h *hub) pushLoop(ctx context.Context) {
 			conns = append(conns, c)
 		}
 		h.mu.Unlock()
+		start := conns[:0]
 		for _, c := range conns {
-			h.queue(c, false, seen)
+			if h.prepare(c, false, seen) {
+				start = append(start, c)
+			}
+		}
+		for _, c := range start {
+			go h.sendLoop(c)
 		}
 	}
 }
