@@ -112,6 +112,12 @@ type Config struct {
 	// etcd's default 2 GiB for an external etcd; set it to your etcd's
 	// --quota-backend-bytes).
 	EtcdQuotaBytes int64
+	// EtcdMaxTxnOps is how many operations etcd takes in one transaction
+	// (its --max-txn-ops): the batches of reports and of a step's events
+	// are sized by it (default: store.EmbeddedMaxTxnOps with the embedded
+	// etcd, etcd's default 128 for an external one). Checked against etcd
+	// at start.
+	EtcdMaxTxnOps int
 	// EtcdTimeout bounds how long the coordinator waits for etcd at start
 	// (default 30s): it fails with a clear error rather than hang.
 	EtcdTimeout time.Duration
@@ -208,6 +214,9 @@ func (c *Config) Validate() error {
 	if c.EtcdQuotaBytes < 0 {
 		errs = append(errs, fmt.Errorf("etcd-quota-bytes: %d is negative", c.EtcdQuotaBytes))
 	}
+	if c.EtcdMaxTxnOps != 0 && (c.EtcdMaxTxnOps < store.DefaultMaxTxnOps || c.EtcdMaxTxnOps > store.MaxMaxTxnOps) {
+		errs = append(errs, fmt.Errorf("etcd-max-txn-ops: %d: want %d to %d (etcd's --max-txn-ops)", c.EtcdMaxTxnOps, store.DefaultMaxTxnOps, store.MaxMaxTxnOps))
+	}
 	if c.AuditRetention < 0 || (c.AuditRetention > 0 && c.AuditRetention < time.Hour) {
 		errs = append(errs, fmt.Errorf("audit-retention: %s: want at least 1h", c.AuditRetention))
 	}
@@ -297,6 +306,12 @@ func (c *Config) defaults() {
 		c.EtcdQuotaBytes = 2 << 30
 		if len(c.EtcdEndpoints) == 0 {
 			c.EtcdQuotaBytes = store.EmbeddedQuotaBytes
+		}
+	}
+	if c.EtcdMaxTxnOps == 0 {
+		c.EtcdMaxTxnOps = store.DefaultMaxTxnOps
+		if len(c.EtcdEndpoints) == 0 {
+			c.EtcdMaxTxnOps = store.EmbeddedMaxTxnOps
 		}
 	}
 }
@@ -399,11 +414,21 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("etcd at %v unreachable after %s (TLS settings: --etcd-ca/--etcd-cert/--etcd-key): %w", endpoints, cfg.EtcdTimeout, err)
 	}
+	st := store.New(cli)
+	if err := st.SetMaxTxnOps(cfg.EtcdMaxTxnOps); err != nil {
+		return fmt.Errorf("etcd-max-txn-ops: %w", err)
+	}
+	pctx, pcancel = context.WithTimeout(ctx, cfg.EtcdTimeout)
+	err = st.CheckMaxTxnOps(pctx)
+	pcancel()
+	if err != nil {
+		return fmt.Errorf("etcd-max-txn-ops %d: %w (lower the flag, or raise etcd's --max-txn-ops)", cfg.EtcdMaxTxnOps, err)
+	}
 	arts, err := artifacts.New(filepath.Join(cfg.DataDir, "artifacts"), cfg.MaxArtifactBytes, log)
 	if err != nil {
 		return err
 	}
-	c := &Coordinator{cfg: cfg, log: log, store: store.New(cli), arts: arts, cli: cli, start: time.Now(), sessCh: make(chan struct{}), insecure: cfg.Insecure,
+	c := &Coordinator{cfg: cfg, log: log, store: st, arts: arts, cli: cli, start: time.Now(), sessCh: make(chan struct{}), insecure: cfg.Insecure,
 		failures: newFailureLog(cfg.AuditFailureInterval, maxFailureKinds), limits: newLimiter(cfg.Limits, log), revokedLog: &bucket{rate: 5, burst: 20}}
 	var serverCreds credentials.TransportCredentials
 	if cfg.Insecure {

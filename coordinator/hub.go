@@ -53,6 +53,13 @@ type hub struct {
 	// (stageStale); added to the mirror's desired
 	// epoch it keys the cached table (tableEpoch). Under mu.
 	replans uint64
+	// pacedSeen is the mirror's paced epoch (store.Mirror.Epochs) as of
+	// the push loop's last pass: changes the hub paces (hosts' records,
+	// reports' staging fields) make the cached table stale only when the
+	// push loop passes for them, not at every stream's next queue (a storm
+	// of connecting hosts, each writing its record, rebuilt the table at
+	// every connect). Under mu.
+	pacedSeen uint64
 }
 
 type agentConn struct {
@@ -597,13 +604,14 @@ type desiredEntry struct {
 	stage *rollout.StagePlan
 }
 
-// tableEpoch keys the cached table: the mirror's desired epoch plus the
-// hub's stage replans (both only grow).
+// tableEpoch keys the cached table: the mirror's desired epoch without its
+// paced changes, plus those as of the push loop's last pass (pacedSeen),
+// plus the hub's stage replans (each only grows).
 func (h *hub) tableEpoch() uint64 {
+	d, p := h.c.mirror.Epochs()
 	h.mu.Lock()
-	r := h.replans
-	h.mu.Unlock()
-	return h.c.mirror.DesiredEpoch() + r
+	defer h.mu.Unlock()
+	return d - p + h.pacedSeen + h.replans
 }
 
 func (h *hub) table() *desiredTable {
@@ -806,6 +814,18 @@ func (h *hub) assignments(t *desiredTable, c *agentConn) *v1.ConnectResponse {
 // queue computes a host's assignments and queues them if they changed (or
 // always when force: on connect); since is when the change was noticed.
 func (h *hub) queue(c *agentConn, force bool, since time.Time) {
+	if h.prepare(c, force, since) {
+		go h.sendLoop(c)
+	}
+}
+
+// prepare is queue but for starting the sender: when it returns true the
+// caller must start h.sendLoop(c) (counted in c.senders already). The push
+// loop prepares every host first and starts the senders after: started
+// one by one, thousands of senders (and the reports their agents send
+// back) took the CPU from the pass, which then needed over a second to reach the
+// last hosts of a wave (issue 16).
+func (h *hub) prepare(c *agentConn, force bool, since time.Time) (start bool) {
 	t := h.table()
 	m := h.assignments(t, c)
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
@@ -827,17 +847,20 @@ func (h *hub) queue(c *agentConn, force bool, since time.Time) {
 	if !c.sending && !c.done {
 		c.sending = true
 		c.senders.Add(1)
-		go h.sendLoop(c)
+		return true
 	}
+	return false
 }
 
 // stageRepushInterval is the least time between two passes of the push
-// loop that only reports' staging fields caused (staged_sha256,
-// stage_failed_sha256): while a rollout stages ahead every host's staged
-// report changes the plan, and a pass re-evaluates every connected host
-// (O(hosts)), so one pass per report would be O(hosts²) per rollout.
-// Paced, staging changes reach agents within this interval; any other
-// change of the desired state passes at once.
+// loop that only paced changes caused (store.Mirror.Epochs): reports'
+// staging fields (staged_sha256, stage_failed_sha256) and host records.
+// While a rollout stages ahead every host's staged report changes the
+// plan, and while hosts connect each writes its record; a pass
+// re-evaluates every connected host (O(hosts)), so one pass per change
+// would be O(hosts²). Paced, such changes (sources and stage plans) reach
+// agents within this interval; any other change of the desired state
+// passes at once.
 const stageRepushInterval = time.Second
 
 // pushPacer decides when the push loop passes (pure: the mirror's epochs
@@ -845,18 +868,18 @@ const stageRepushInterval = time.Second
 type pushPacer struct {
 	interval time.Duration
 	epoch    uint64    // DesiredEpoch at the last pass
-	other    uint64    // its changes other than staging ones, at the last pass
+	other    uint64    // its changes other than paced ones, at the last pass
 	last     time.Time // when the last pass ran
 }
 
 // due says whether a pass runs now for the mirror's epochs (desired, and
-// of its changes the staging-only ones) at now; when not but a change
-// waits for the pacing, wait > 0 is when to ask again.
-func (p *pushPacer) due(desired, stage uint64, now time.Time) (pass bool, wait time.Duration) {
+// of its changes the paced ones) at now; when not but a change waits for
+// the pacing, wait > 0 is when to ask again.
+func (p *pushPacer) due(desired, paced uint64, now time.Time) (pass bool, wait time.Duration) {
 	if desired == p.epoch {
 		return false, 0
 	}
-	other := desired - stage
+	other := desired - paced
 	if other == p.other {
 		if d := p.interval - now.Sub(p.last); d > 0 {
 			return false, d
@@ -910,11 +933,11 @@ func (h *hub) replan() {
 }
 
 // pushLoop re-evaluates every connected host's assignments whenever what
-// hosts should run may have changed (staging-only changes paced:
-// stageRepushInterval). A disconnect of a host a stage plan counts on, or
-// a reconnect of one it left out, is a staging-only change: checked at
-// most once per stageRepushInterval (stageStale scans the plans' admitted
-// hosts, holders and left-out hosts).
+// hosts should run may have changed (staging and host-record changes
+// paced: stageRepushInterval). A disconnect of a host a stage plan counts
+// on, or a reconnect of one it left out, is a staging-only change: checked
+// at most once per stageRepushInterval (stageStale scans the plans'
+// admitted hosts, holders and left-out hosts).
 func (h *hub) pushLoop(ctx context.Context) {
 	ch, unsub := h.c.mirror.Subscribe()
 	defer unsub()
@@ -923,7 +946,7 @@ func (h *hub) pushLoop(ctx context.Context) {
 	// one of them is): a storm of 10,000 is one check, and at most one
 	// replan, per interval, with a trailing check for the last
 	// (TestLostPacer, TestReconnectPacer).
-	conns := pushPacer{interval: stageRepushInterval}
+	churnPace := pushPacer{interval: stageRepushInterval}
 	var later <-chan time.Time
 	for {
 		select {
@@ -935,7 +958,7 @@ func (h *hub) pushLoop(ctx context.Context) {
 		}
 		now := time.Now()
 		churn := h.c.mirror.Disconnects() + h.c.mirror.Connects()
-		check, waitLost := conns.due(churn, churn, now)
+		check, waitLost := churnPace.due(churn, churn, now)
 		if check && h.stageStale() {
 			h.replan()
 		}
@@ -958,13 +981,21 @@ func (h *hub) pushLoop(ctx context.Context) {
 		}
 		seen := time.Now()
 		h.mu.Lock()
+		h.pacedSeen = max(h.pacedSeen, st)
 		conns := make([]*agentConn, 0, len(h.conns))
 		for _, c := range h.conns {
 			conns = append(conns, c)
 		}
 		h.mu.Unlock()
+		h.c.metrics.pushPasses.Inc()
+		start := conns[:0]
 		for _, c := range conns {
-			h.queue(c, false, seen)
+			if h.prepare(c, false, seen) {
+				start = append(start, c)
+			}
+		}
+		for _, c := range start {
+			go h.sendLoop(c)
 		}
 	}
 }

@@ -67,6 +67,7 @@ type metrics struct {
 	forwarded       *prometheus.CounterVec // method, result
 	// The report path (reportWriter).
 	reportTxns, reportsWritten, reportsCoalesced prometheus.Counter
+	pushPasses                                   prometheus.Counter
 }
 
 // newMetrics makes the coordinator's registry with the Go and process
@@ -118,7 +119,7 @@ func newMetrics() *metrics {
 	}, []string{"method", "result"})
 	m.reportTxns = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "fleetwave_coordinator_report_txns_total",
-		Help: "etcd transactions that wrote agents' reports (failed ones included; up to 100 reports each).",
+		Help: "etcd transactions that wrote agents' reports (failed ones included; up to --etcd-max-txn-ops - 28 reports each).",
 	})
 	m.reportsWritten = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "fleetwave_coordinator_reports_written_total",
@@ -128,12 +129,16 @@ func newMetrics() *metrics {
 		Name: "fleetwave_coordinator_reports_coalesced_total",
 		Help: "Agents' reports replaced, before their transaction, by a newer report of the same host and service (never written).",
 	})
+	m.pushPasses = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "fleetwave_coordinator_push_passes_total",
+		Help: "Passes of the agent hub over every connected host to push changed assignments (after a change of what hosts should run; staging and host-record changes at most one a second).",
+	})
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.rollouts, m.rolloutDuration, m.waveDuration, m.leadTime, m.delivery,
 		m.etcdLatency, m.etcdFailures, m.sessionLosses, m.forwarded,
-		m.reportTxns, m.reportsWritten, m.reportsCoalesced,
+		m.reportTxns, m.reportsWritten, m.reportsCoalesced, m.pushPasses,
 	)
 	return m
 }

@@ -16,7 +16,7 @@ import (
 
 // reportWriter batches the agents' report writes: a stream hands its report
 // over and goes on reading (put does not wait), and writers put whatever
-// has gathered (up to store.MaxReportBatch) in one etcd transaction, at
+// has gathered (up to the store's Batch) in one etcd transaction, at
 // most maxReportTxns transactions in flight. Under load thousands of
 // streams share a few transactions a second instead of one put each; a
 // lone report is written at once.
@@ -159,7 +159,7 @@ func (w *reportWriter) run(ctx context.Context) {
 }
 
 // write is one of run's writers: it takes what has gathered (up to
-// store.MaxReportBatch) and writes it, until ctx ends.
+// the store's Batch) and writes it, until ctx ends.
 func (w *reportWriter) write(ctx context.Context) {
 	for {
 		select {
@@ -169,7 +169,7 @@ func (w *reportWriter) write(ctx context.Context) {
 		}
 		for ctx.Err() == nil {
 			w.mu.Lock()
-			batch := w.q.take(store.MaxReportBatch, w.now())
+			batch := w.q.take(w.s.Batch(), w.now())
 			more := w.q.takeable() > 0
 			w.mu.Unlock()
 			if len(batch) == 0 {

@@ -39,7 +39,9 @@ import (
 )
 
 // DefaultMaxRevocations is how many revocations are stored at most: about
-// 300 bytes each in etcd, 3 MB in all.
+// 300 bytes each in etcd with short names and reasons (key, serial,
+// subject, actor, two timestamps), up to about 600 with the longest reason
+// (maxRevocationReason) and names: 3 to 6 MB in all.
 const DefaultMaxRevocations = 10000
 
 // maxRevocationReason bounds a revocation's reason.

@@ -504,3 +504,45 @@ func TestValidateReportStaging(t *testing.T) {
 		}
 	}
 }
+
+// TestConnectStormPacesPushPasses: hosts connecting write their records,
+// which change only which hosts are offered as sources (paced changes):
+// 60 hosts connecting cause about one push pass a second, not one per
+// record (each a pass over every connected host: at 10,000 hosts about
+// 700 passes, 6.3 s of the 15.3 s the fleet took to connect).
+func TestConnectStormPacesPushPasses(t *testing.T) {
+	cc, metrics := startCoordinatorWithMetrics(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, mfs := scrape(t, metrics)
+	before, _, _ := sample(mfs, "fleetwave_coordinator_push_passes_total")
+	const n = 60 // under the streams one (insecure: the same) caller may hold
+	var connected sync.WaitGroup
+	connected.Add(n)
+	began := time.Now()
+	for i := range n {
+		go func() { _ = fakeAgent(ctx, cc, fmt.Sprintf("h%03d", i), &connected) }()
+	}
+	connected.Wait()
+	// Every host's record is in the coordinator's mirror, and the
+	// trailing pass for the last of them has run.
+	var passes float64
+	testkit.Eventually(t, 30*time.Second, "the host records mirrored and the passes settled", func() bool {
+		resp, err := v1.NewOperatorServiceClient(cc).ListHosts(ctx, &v1.ListHostsRequest{})
+		if err != nil || len(resp.GetHosts()) != n {
+			return false
+		}
+		_, mfs := scrape(t, metrics)
+		v, _, _ := sample(mfs, "fleetwave_coordinator_push_passes_total")
+		settled := v == passes
+		passes = v
+		return settled && time.Since(began) > 2*stageRepushInterval
+	})
+	took := time.Since(began)
+	t.Logf("%d hosts connected in %s: %.0f push passes", n, took.Round(time.Millisecond), passes-before)
+	// One pass per stageRepushInterval while they connected, the trailing
+	// one, and one for the first change.
+	if most := took.Seconds()/stageRepushInterval.Seconds() + 2; passes-before > most {
+		t.Fatalf("%d hosts connecting in %s caused %.0f push passes, want at most %.0f", n, took.Round(time.Millisecond), passes-before, most)
+	}
+}

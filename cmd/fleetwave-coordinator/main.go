@@ -95,6 +95,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.DurationVar(&cfg.AuditRetention, "audit-retention", 90*24*time.Hour, "how long audit entries are kept")
 	fs.Int64Var(&cfg.AuditMaxEntries, "audit-max-entries", 100_000, "how many audit entries are kept at most (the newest)")
 	fs.DurationVar(&cfg.AuditFailureInterval, "audit-failure-interval", time.Minute, "failed and refused calls are audited once per caller, method and result in each such interval, then as one entry with their count")
+	fs.IntVar(&cfg.EtcdMaxTxnOps, "etcd-max-txn-ops", 0, "operations etcd takes in one transaction (its --max-txn-ops; checked at start): sizes the batches of reports and events (default: 1024 with the embedded etcd, etcd's default 128 for an external one; at most 4096)")
 	fs.Int64Var(&cfg.EtcdQuotaBytes, "etcd-quota-bytes", 0, "etcd's --quota-backend-bytes, reported beside its database size in the metrics (default: 4 GiB for the embedded etcd, etcd's default 2 GiB for an external one)")
 	d := coordinator.DefaultLimits
 	fs.IntVar(&cfg.Limits.MaxConnections, "max-connections", d.MaxConnections, "connections open at once on the gRPC listener; more are closed after the TLS handshake")

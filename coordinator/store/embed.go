@@ -63,6 +63,9 @@ func StartEmbedded(dir string, log zerolog.Logger) (*Embedded, error) {
 	cfg.LogLevel = "warn"
 	cfg.LogOutputs = []string{filepath.Join(dir, "etcd.log")}
 	cfg.MaxRequestBytes = 16 << 20
+	// Room for any --etcd-max-txn-ops the coordinator takes (its default
+	// with this etcd is EmbeddedMaxTxnOps).
+	cfg.MaxTxnOps = MaxMaxTxnOps
 	cfg.QuotaBackendBytes = EmbeddedQuotaBytes
 	cfg.AutoCompactionMode = "revision"
 	cfg.AutoCompactionRetention = "10000"

@@ -76,14 +76,14 @@ type HostReport struct {
 	Report *v1.ServiceReport
 }
 
-// PutReports writes reports in one transaction (at most maxEventOpsInTxn).
+// PutReports writes reports in one transaction (at most Batch).
 // A report is written only while its host's record exists (a nested
 // transaction per report), so a report still queued when its host was
 // removed (DeleteHost) does not bring back report keys of a deleted host.
 // It returns how many were written and the transaction's revision.
 func (s *Store) PutReports(ctx context.Context, reps []HostReport) (int, int64, error) {
-	if len(reps) > maxEventOpsInTxn {
-		return 0, 0, fmt.Errorf("put reports: %d in one batch, at most %d", len(reps), maxEventOpsInTxn)
+	if len(reps) > s.Batch() {
+		return 0, 0, fmt.Errorf("put reports: %d in one batch, at most %d", len(reps), s.Batch())
 	}
 	ops := make([]clientv3.Op, 0, len(reps))
 	for _, hr := range reps {
@@ -107,9 +107,6 @@ func (s *Store) PutReports(ctx context.Context, reps []HostReport) (int, int64, 
 	}
 	return written, resp.Header.GetRevision(), nil
 }
-
-// MaxReportBatch is the most reports PutReports takes at once.
-const MaxReportBatch = maxEventOpsInTxn
 
 // ErrConnected is returned when a host to remove is connected.
 var ErrConnected = errors.New("host is connected")

@@ -54,9 +54,10 @@ const (
 	maxRolloutParts  = 64
 )
 
-// maxTxnOps is etcd's default limit of operations in one transaction
-// (--max-txn-ops).
-const maxTxnOps = 128
+// maxTxnOps bounds a rollout write's own operations (its parts): etcd's
+// default limit, whatever the store was told (SetMaxTxnOps), so a rollout
+// can always be written.
+const maxTxnOps = DefaultMaxTxnOps
 
 // GetRollout returns one rollout, in either layout.
 func (s *Store) GetRollout(ctx context.Context, service, id string) (*v1.Rollout, error) {
@@ -261,10 +262,10 @@ func (s *Store) WriteRollout(ctx context.Context, f *Fence, r *v1.Rollout, base 
 		return 0, 0, err
 	}
 	// etcd bounds the operations in one transaction (--max-txn-ops, 128 by
-	// default): the decision and the first events go together, the rest
-	// follow in batches once the decision is committed.
+	// default, s.txnOps): the decision and the first events go together,
+	// the rest follow in batches once the decision is committed.
 	var later []clientv3.Op
-	if n := min(maxEventOpsInTxn, maxTxnOps-len(ops)-1); len(evOps) > n {
+	if n := max(0, min(s.Batch(), s.txnOps-len(ops)-1)); len(evOps) > n {
 		evOps, later = evOps[:n], evOps[n:]
 	}
 	ops = append(ops, evOps...)
@@ -305,7 +306,7 @@ func (s *Store) WriteRollout(ctx context.Context, f *Fence, r *v1.Rollout, base 
 		slots  = make(chan struct{}, maxEventTxns)
 	)
 	for len(later) > 0 {
-		n := min(len(later), maxEventOpsInTxn)
+		n := min(len(later), s.Batch())
 		batch := later[:n]
 		later = later[n:]
 		slots <- struct{}{}
@@ -369,7 +370,3 @@ func (s *Store) UnsplitRollout(ctx context.Context, f *Fence, base RolloutBase) 
 // maxEventTxns is how many transactions of a decision's further events are
 // in flight at once.
 const maxEventTxns = 8
-
-// maxEventOpsInTxn keeps a transaction under etcd's default limit of 128
-// operations, with room for the rollout and service writes.
-const maxEventOpsInTxn = 100

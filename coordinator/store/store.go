@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
@@ -56,10 +57,67 @@ var (
 // Store is a typed view of the keyspace over an etcd client.
 type Store struct {
 	c *clientv3.Client
+	// txnOps is how many operations one transaction may carry: etcd's
+	// --max-txn-ops as the operator says it is (SetMaxTxnOps), 128 (etcd's
+	// default) unless told. It sizes the batches of reports and of a
+	// decision's further events (Batch).
+	txnOps int
 }
 
 // New wraps an etcd client.
-func New(c *clientv3.Client) *Store { return &Store{c: c} }
+func New(c *clientv3.Client) *Store { return &Store{c: c, txnOps: DefaultMaxTxnOps} }
+
+// DefaultMaxTxnOps is etcd's default limit of operations in one
+// transaction (--max-txn-ops); EmbeddedMaxTxnOps is the coordinator's
+// default with its embedded etcd (StartEmbedded allows MaxMaxTxnOps), and
+// MaxMaxTxnOps the most SetMaxTxnOps takes: a transaction of that many
+// reports or events stays far below etcd's default --max-request-bytes
+// (1.5 MiB; about 150 bytes an operation).
+const (
+	DefaultMaxTxnOps  = 128
+	EmbeddedMaxTxnOps = 1024
+	MaxMaxTxnOps      = 4096
+)
+
+// txnHeadroom is what a batch leaves of a transaction's operations for the
+// writes that go with it (a decision's rollout parts and service).
+const txnHeadroom = 28
+
+// SetMaxTxnOps tells the store how many operations etcd takes in one
+// transaction (its --max-txn-ops), between DefaultMaxTxnOps and
+// MaxMaxTxnOps; CheckMaxTxnOps checks that etcd agrees. Call it before the
+// store is used.
+func (s *Store) SetMaxTxnOps(n int) error {
+	if n < DefaultMaxTxnOps || n > MaxMaxTxnOps {
+		return fmt.Errorf("max txn ops %d: want %d to %d (etcd's --max-txn-ops, 128 by default)", n, DefaultMaxTxnOps, MaxMaxTxnOps)
+	}
+	s.txnOps = n
+	return nil
+}
+
+// Batch is the most reports PutReports takes at once, and the size of the
+// transactions that carry a decision's further events.
+func (s *Store) Batch() int { return s.txnOps - txnHeadroom }
+
+// txnProbeKey is read by CheckMaxTxnOps (it never exists).
+const txnProbeKey = Prefix + "txn-ops-probe"
+
+// CheckMaxTxnOps sends etcd a read-only transaction of as many operations
+// as SetMaxTxnOps said it takes: an etcd whose --max-txn-ops is lower
+// refuses it, and the error says so (otherwise every batch would fail).
+func (s *Store) CheckMaxTxnOps(ctx context.Context) error {
+	ops := make([]clientv3.Op, s.txnOps)
+	for i := range ops {
+		ops[i] = clientv3.OpGet(txnProbeKey)
+	}
+	if _, err := s.c.Txn(ctx).Then(ops...).Commit(); err != nil {
+		if errors.Is(err, rpctypes.ErrTooManyOps) {
+			return fmt.Errorf("etcd refused a transaction of %d operations (its --max-txn-ops is lower): %w", s.txnOps, err)
+		}
+		return fmt.Errorf("etcd transaction of %d operations: %w", s.txnOps, err)
+	}
+	return nil
+}
 
 // Client returns the etcd client (for elections and sessions).
 func (s *Store) Client() *clientv3.Client { return s.c }

@@ -194,9 +194,18 @@ func TestMirrorFollowsWrites(t *testing.T) {
 	if m.DesiredEpoch() == epoch {
 		t.Fatal("a report's new stage_failed_sha256 did not change the desired epoch")
 	}
-	// Both were staging-only changes (Epochs: the hub paces those).
-	if d, st := m.Epochs(); d != m.DesiredEpoch() || st != 2 {
-		t.Fatalf("Epochs() = %d, %d; want %d, 2 staging-only changes", d, st, m.DesiredEpoch())
+	// Both were paced changes (Epochs: the hub paces those), and so was
+	// the host's record: every change so far.
+	if d, p := m.Epochs(); d != m.DesiredEpoch() || p != 3 || d != 3 {
+		t.Fatalf("Epochs() = %d, %d; want 3, 3 (the host record and two staging changes, all paced)", d, p)
+	}
+	// A service is not paced.
+	if _, err := s.ApplySpec(ctx, &v1.ServiceSpec{Name: "web"}, time.Unix(1000, 0), nil); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 20*time.Second, "the service mirrored", func() bool { d, _ := m.Epochs(); return d > 3 })
+	if d, p := m.Epochs(); p != 3 {
+		t.Fatalf("Epochs() = %d, %d after a service changed; want the paced count still 3", d, p)
 	}
 	// A connect counts in Connects (the hub replans staging when the host
 	// was one its plan left out), not in the desired epoch.

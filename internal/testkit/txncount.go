@@ -8,13 +8,17 @@ import (
 )
 
 // TxnCounter wraps an etcd KV and counts the transactions in flight at
-// once, for tests of limits on concurrent writes: install it as the
+// once and in all, for tests of limits on concurrent writes and of batch
+// sizes: install it as the
 // client's KV (cli.KV = &TxnCounter{KV: cli.KV}) before the code under test
 // takes the client.
 type TxnCounter struct {
 	clientv3.KV
-	now, most atomic.Int64
+	now, most, total atomic.Int64
 }
+
+// Txns is how many transactions were committed (or tried) so far.
+func (k *TxnCounter) Txns() int64 { return k.total.Load() }
 
 // Most is the largest number of transactions seen in flight at once.
 func (k *TxnCounter) Most() int64 { return k.most.Load() }
@@ -45,6 +49,7 @@ func (t *countedTxn) Else(ops ...clientv3.Op) clientv3.Txn {
 }
 
 func (t *countedTxn) Commit() (*clientv3.TxnResponse, error) {
+	t.k.total.Add(1)
 	n := t.k.now.Add(1)
 	defer t.k.now.Add(-1)
 	for {

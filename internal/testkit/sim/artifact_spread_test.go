@@ -163,7 +163,7 @@ func runArtifactSpread(t *testing.T, bin string, n int, m spreadMode, sc artifac
 			err = fmt.Errorf("%w; coordinator warnings: %s", err, problems(filepath.Join(dir, "coordinator.log"), 5))
 		}
 	}()
-	p, err := startCoordinatorProc(bin, dir, startEtcd(t), ports.Addr(t), n+n/streamsPerDownloadConn+10)
+	p, err := startCoordinatorProc(t, bin, dir, startEtcd(t), ports.Addr(t), n+n/streamsPerDownloadConn+10)
 	if err != nil {
 		return nil, err
 	}

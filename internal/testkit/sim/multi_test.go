@@ -175,7 +175,7 @@ func runSpread(t *testing.T, bin, simBin string, n, k int, settle time.Duration)
 		if dirs[i], err = harnessDir(t, fmt.Sprintf("%d-on-%d-c%d", n, k, i)); err != nil {
 			return nil, err
 		}
-		p, err := startCoordinatorProc(bin, dirs[i], etcd, ports.Addr(t), n/k+1)
+		p, err := startCoordinatorProc(t, bin, dirs[i], etcd, ports.Addr(t), n/k+1)
 		if err != nil {
 			return nil, fmt.Errorf("coordinator %d: %w", i, err)
 		}

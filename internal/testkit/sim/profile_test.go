@@ -2,9 +2,7 @@ package sim
 
 import (
 	"context"
-	"fmt"
 	"math"
-	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -16,7 +14,7 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 
 	"github.com/fleetwave/fleetwave/coordinator"
-	"github.com/fleetwave/fleetwave/internal/testkit/ports"
+	"github.com/fleetwave/fleetwave/internal/testkit/etcdtest"
 )
 
 // TestProfileInProcess runs a coordinator and a simulated fleet in this
@@ -136,26 +134,8 @@ func TestProfileInProcess(t *testing.T) {
 // transactions and returns its client URL.
 func startEtcd(t *testing.T) string {
 	t.Helper()
-	cfg := embed.NewConfig()
-	cfg.Dir = filepath.Join(t.TempDir(), "etcd")
-	cfg.LogLevel = "error"
-	cfg.LogOutputs = []string{filepath.Join(cfg.Dir + ".log")}
-	cfg.MaxTxnOps = 1 << 20
-	cfg.MaxRequestBytes = 16 << 20
-	cu, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", ports.Port(t)))
-	pu, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", ports.Port(t)))
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
-	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	select {
-	case <-e.Server.ReadyNotify():
-	case <-time.After(60 * time.Second):
-		t.Fatal("etcd not ready after 60s")
-	}
-	return cu.String()
+	return etcdtest.Start(t, func(cfg *embed.Config) {
+		cfg.MaxTxnOps = 1 << 20
+		cfg.MaxRequestBytes = 16 << 20
+	})
 }

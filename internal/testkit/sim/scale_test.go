@@ -55,7 +55,9 @@ import (
 // FLEETWAVE_SIM_COORDINATOR (a prebuilt coordinator binary),
 // FLEETWAVE_SIM_PHASE_TIMEOUT (bound on one rollout, default 5m),
 // FLEETWAVE_SIM_COORDINATOR_ENV (space-separated VAR=value for the
-// coordinator process only, e.g. GOGC=50), FLEETWAVE_SIM_QUIET=1 (hosts report only outcomes, not FETCHING and
+// coordinator process only, e.g. GOGC=50), FLEETWAVE_SIM_ETCD_TXN_OPS
+// (the coordinator's --etcd-max-txn-ops, default 1024 as with its embedded
+// etcd; 128 is an external etcd's default), FLEETWAVE_SIM_QUIET=1 (hosts report only outcomes, not FETCHING and
 // CHECKING: what the coordinator would see if it did not persist them).
 func TestScale(t *testing.T) {
 	sizes := envList(t, "FLEETWAVE_SIM_HOSTS", "", fleetSize(1))
@@ -106,14 +108,15 @@ type proc struct {
 // startCoordinatorProc starts the binary on etcd for a fleet of n hosts and
 // waits for its "coordinator serving" log line, which names the listen
 // address and etcd endpoints.
-func startCoordinatorProc(bin, dir, etcd, metrics string, n int) (*proc, error) {
+func startCoordinatorProc(t testing.TB, bin, dir, etcd, metrics string, n int) (*proc, error) {
+	txnOps := envInt(t, "FLEETWAVE_SIM_ETCD_TXN_OPS", 1024, 128, 4096)
 	logf, err := os.Create(filepath.Join(dir, "coordinator.log"))
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(bin, "--listen", "127.0.0.1:0", "--data-dir", filepath.Join(dir, "data"), "--log-level", "info", "--insecure",
 		"--etcd-endpoints", etcd, "--max-connections", strconv.Itoa(n+1000), // the default (4096) fits a 1000-host fleet
-		"--metrics-listen", metrics)
+		"--metrics-listen", metrics, "--etcd-max-txn-ops", strconv.FormatInt(txnOps, 10))
 	// The coordinator dies with this process, even if it is killed.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Env = append(os.Environ(), strings.Fields(os.Getenv("FLEETWAVE_SIM_COORDINATOR_ENV"))...)
@@ -351,7 +354,7 @@ func runScale(t *testing.T, bin string, n int) (_ *scaleResult, err error) {
 			err = fmt.Errorf("%w; coordinator warnings: %s", err, problems(filepath.Join(dir, "coordinator.log"), 5))
 		}
 	}()
-	p, err := startCoordinatorProc(bin, dir, startEtcd(t), ports.Addr(t), n)
+	p, err := startCoordinatorProc(t, bin, dir, startEtcd(t), ports.Addr(t), n)
 	if err != nil {
 		return nil, err
 	}

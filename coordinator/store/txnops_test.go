@@ -1,0 +1,116 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/fleetwave/fleetwave/internal/testkit"
+	"github.com/fleetwave/fleetwave/internal/testkit/etcdtest"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// startDefaultEtcd runs an etcd with etcd's own defaults (--max-txn-ops
+// 128), as an operator's cluster would be, and returns a store on it.
+func startDefaultEtcd(t *testing.T) *Store {
+	t.Helper()
+	c, err := Dial([]string{etcdtest.Start(t, nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return New(c)
+}
+
+// The store takes etcd's --max-txn-ops as told, within bounds, and checks
+// it against etcd: an etcd with the default 128 refuses a transaction of
+// 1024 operations and the check says so, before any batch would fail.
+func TestMaxTxnOpsCheckedAgainstEtcd(t *testing.T) {
+	s := startDefaultEtcd(t)
+	ctx := context.Background()
+	for _, n := range []int{0, 127, MaxMaxTxnOps + 1} {
+		if err := s.SetMaxTxnOps(n); err == nil || !strings.Contains(err.Error(), fmt.Sprint(n)) {
+			t.Errorf("SetMaxTxnOps(%d): %v, want an error naming it", n, err)
+		}
+	}
+	if s.Batch() != DefaultMaxTxnOps-txnHeadroom {
+		t.Fatalf("a refused SetMaxTxnOps changed the batch to %d", s.Batch())
+	}
+	if err := s.CheckMaxTxnOps(ctx); err != nil {
+		t.Fatalf("etcd's default (%d) refused: %v", DefaultMaxTxnOps, err)
+	}
+	if err := s.SetMaxTxnOps(EmbeddedMaxTxnOps); err != nil {
+		t.Fatal(err)
+	}
+	err := s.CheckMaxTxnOps(ctx)
+	if !errors.Is(err, rpctypes.ErrTooManyOps) || !strings.Contains(err.Error(), "1024 operations") {
+		t.Fatalf("CheckMaxTxnOps(1024) on an etcd of 128: %v, want ErrTooManyOps naming 1024", err)
+	}
+}
+
+// With the embedded etcd (room for MaxMaxTxnOps) a store told 1024 writes
+// Batch reports in one transaction and a step's 1,050 events in two (the
+// decision's and one more), where 128 took eleven.
+func TestLargerTxnOpsBatches(t *testing.T) {
+	s := startStore(t)
+	kv := &testkit.TxnCounter{KV: s.c.KV}
+	s.c.KV = kv
+	ctx := context.Background()
+	if err := s.SetMaxTxnOps(EmbeddedMaxTxnOps); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CheckMaxTxnOps(ctx); err != nil {
+		t.Fatalf("the embedded etcd refused %d operations: %v", EmbeddedMaxTxnOps, err)
+	}
+	n := s.Batch()
+	if n != EmbeddedMaxTxnOps-txnHeadroom {
+		t.Fatalf("Batch %d, want %d", n, EmbeddedMaxTxnOps-txnHeadroom)
+	}
+	reps := make([]HostReport, n+1)
+	for i := range reps {
+		h := fmt.Sprintf("h%04d", i)
+		if _, err := s.c.Put(ctx, HostKey(h), "x"); err != nil {
+			t.Fatal(err)
+		}
+		reps[i] = HostReport{Host: h, Report: &v1.ServiceReport{Service: "web", Phase: v1.Phase_PHASE_HEALTHY, CurrentVersion: "v1"}}
+	}
+	if _, _, err := s.PutReports(ctx, reps); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("%d in one batch, at most %d", n+1, n)) {
+		t.Fatalf("PutReports of %d: %v, want refused", n+1, err)
+	}
+	before := kv.Txns()
+	written, _, err := s.PutReports(ctx, reps[:n])
+	if err != nil || written != n {
+		t.Fatalf("PutReports of %d: %d written, %v", n, written, err)
+	}
+	if got := kv.Txns() - before; got != 1 {
+		t.Fatalf("%d reports took %d transactions, want 1", n, got)
+	}
+	r := &v1.Rollout{Id: "000001", Service: "web", ToVersion: "v1"}
+	now := time.Now()
+	var evs []*v1.Event
+	for i := range 1050 {
+		evs = append(evs, &v1.Event{At: timestamppb.New(now), Service: "web", RolloutId: "000001", Kind: "host_assigned", Host: fmt.Sprintf("h%04d", i)})
+	}
+	before = kv.Txns()
+	if _, _, err := s.WriteRollout(ctx, nil, r, RolloutBase{}, nil, 0, evs...); err != nil {
+		t.Fatal(err)
+	}
+	if got := kv.Txns() - before; got != 2 {
+		t.Fatalf("a rollout write with %d events took %d transactions, want 2", len(evs), got)
+	}
+	got, err := s.ListEvents(ctx, "web", "000001")
+	if err != nil || len(got) != len(evs) {
+		t.Fatalf("%d events recorded (%v), want %d", len(got), err, len(evs))
+	}
+	for i, e := range got {
+		if e.GetHost() != fmt.Sprintf("h%04d", i) {
+			t.Fatalf("event %d is for %s", i, e.GetHost())
+		}
+	}
+}
