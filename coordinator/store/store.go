@@ -56,6 +56,8 @@ var (
 // Store is a typed view of the keyspace over an etcd client.
 type Store struct {
 	c *clientv3.Client
+	// eventLayout is the layout of events written (SetEventLayout).
+	eventLayout func() EventLayout
 }
 
 // New wraps an etcd client.
