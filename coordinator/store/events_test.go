@@ -27,7 +27,6 @@ func eventsOf(service, rolloutID, kind string, at time.Time, tag string, n int) 
 	return evs
 }
 
-
 // The same writes (rollout steps, events outside a rollout, several
 // rollouts in one PutEvents) recorded one event per key for service "old"
 // and in batches for service "new": ListEvents shows the same events in
