@@ -470,6 +470,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	c.sess = sess
 	defer func() { c.session().Close() }()
 	c.mirror = store.NewMirror(c.store, log)
+	c.store.SetEventLayout(c.eventLayout)
 	c.fwd = newForwarder(c)
 	defer c.fwd.close()
 	c.hub = newHub(c)
@@ -817,7 +818,7 @@ func (c *Coordinator) sessionLoop(ctx context.Context) {
 
 // register records this coordinator in etcd on its session lease.
 func (c *Coordinator) register(ctx context.Context) error {
-	info := &v1.CoordinatorInfo{Name: c.cfg.Name, Address: c.cfg.Advertise, StartedAt: timestamppb.New(c.start), Version: c.cfg.Version, ReadsSplitRollouts: true}
+	info := &v1.CoordinatorInfo{Name: c.cfg.Name, Address: c.cfg.Advertise, StartedAt: timestamppb.New(c.start), Version: c.cfg.Version, ReadsSplitRollouts: true, ReadsEventBatches: true}
 	if c.gossip != nil {
 		info.GossipAddress = c.gossip.LocalAddr()
 	}

@@ -411,6 +411,25 @@ func (c *Coordinator) newRolloutLayout() store.RolloutLayout {
 	return store.Split
 }
 
+// eventLayout is the layout events are written in: batches when every
+// registered coordinator (this one included) reads them, else one per key,
+// so that a coordinator from before batches, during a rolling upgrade,
+// lists every event written while it runs. Events are history: batches
+// written before such a coordinator registered stay (it shows each as an
+// event with no field set) until pruned.
+func (c *Coordinator) eventLayout() store.EventLayout {
+	coords := c.mirror.Coordinators()
+	if len(coords) == 0 {
+		return store.EventPerKey
+	}
+	for _, ci := range coords {
+		if !ci.GetReadsEventBatches() {
+			return store.EventPerKey
+		}
+	}
+	return store.EventBatches
+}
+
 // splitUnreader names a registered coordinator that does not read split
 // rollouts ("" when none).
 func (c *Coordinator) splitUnreader() string {
@@ -445,6 +464,6 @@ func (l *leader) pruneEvents(ctx context.Context, fence *store.Fence, r *v1.Roll
 		return
 	}
 	if deleted > 0 {
-		l.c.log.Info().Str("service", r.GetService()).Str("before", before).Int64("events", deleted).Msg("events of old rollouts pruned")
+		l.c.log.Info().Str("service", r.GetService()).Str("before", before).Int64("keys", deleted).Msg("events of old rollouts pruned")
 	}
 }

@@ -14,7 +14,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
@@ -95,11 +94,13 @@ func TestNewRolloutIsOneWrite(t *testing.T) {
 		}
 		kinds := map[string]int{}
 		for _, kv := range evs.Kvs {
-			e := &v1.Event{}
-			if err := proto.Unmarshal(kv.Value, e); err != nil || kv.ModRevision != created {
+			es, err := store.DecodeEvents(kv.Value)
+			if err != nil || kv.ModRevision != created {
 				t.Errorf("event %s at revision %d, want %d (%v)", kv.Key, kv.ModRevision, created, err)
 			}
-			kinds[e.GetKind()]++
+			for _, e := range es {
+				kinds[e.GetKind()]++
+			}
 		}
 		if kinds[wantKind] != 1 || kinds[rollout.EventHostAssigned] != wantUpdating {
 			t.Errorf("events written with rollout %s: %v, want one %s and %d %s", id, kinds, wantKind, wantUpdating, rollout.EventHostAssigned)

@@ -8,26 +8,132 @@ import (
 	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
-func eventOps(events []*v1.Event) ([]clientv3.Op, error) {
-	ops := make([]clientv3.Op, 0, len(events))
-	for i, e := range events {
-		val, err := marshal(e)
-		if err != nil {
-			return nil, err
-		}
-		ops = append(ops, clientv3.OpPut(EventKey(e, i), val))
+// EventLayout is how events are stored in etcd.
+type EventLayout int
+
+const (
+	// EventPerKey is one Event under each EventKey; every coordinator
+	// version reads it.
+	EventPerKey EventLayout = iota
+	// EventBatches packs the events of one write into EventBatch values
+	// (a write's single event stays one Event): each holds consecutive
+	// events of one service's rollout, at most maxBatchEvents of them and
+	// maxBatchBytes encoded, under the EventKey of its first event with
+	// the batch's number in the write. Readers expand a batch in place, in
+	// order. Coordinators from before it read a batch as an Event with no
+	// field set.
+	EventBatches
+)
+
+func (l EventLayout) String() string {
+	if l == EventBatches {
+		return "batches"
 	}
+	return "one per key"
+}
+
+// An event batch's bounds: 1,000 events of a step (host_assigned,
+// host_done: about 80 bytes each) make one key of about 80 KiB, so a
+// 5,000-host step's 10,000 events are 10 keys that go into the decision's
+// own transaction (maxTxnBytes). An event larger than maxBatchBytes is
+// stored alone.
+const (
+	maxBatchEvents = 1000
+	maxBatchBytes  = 128 << 10
+)
+
+// batchEventsField is EventBatch.events' field number: a value whose
+// first field has it is a batch (an Event never has it: types.proto
+// reserves it).
+var batchEventsField = (&v1.EventBatch{}).ProtoReflect().Descriptor().Fields().ByName("events").Number()
+
+// SetEventLayout sets how the store writes events from now on: the layout
+// f returns at each write (nil: EventPerKey). The coordinator sets it once,
+// before it writes, to the layout every registered coordinator reads.
+func (s *Store) SetEventLayout(f func() EventLayout) { s.eventLayout = f }
+
+func (s *Store) writesBatches() bool {
+	return s.eventLayout != nil && s.eventLayout() == EventBatches
+}
+
+// eventOps returns the puts that record events, in their order: one per
+// event, or (EventBatches) one per batch.
+func (s *Store) eventOps(events []*v1.Event) ([]clientv3.Op, error) {
+	if len(events) < 2 || !s.writesBatches() {
+		ops := make([]clientv3.Op, 0, len(events))
+		for i, e := range events {
+			val, err := marshal(e)
+			if err != nil {
+				return nil, err
+			}
+			ops = append(ops, clientv3.OpPut(EventKey(e, i), val))
+		}
+		return ops, nil
+	}
+	var (
+		ops   []clientv3.Op
+		first *v1.Event // the current batch's
+		n     int       // its events
+		val   []byte    // its value: EventBatch's encoding
+		one   []byte    // its only event's encoding, while it has one
+	)
+	flush := func() {
+		if first == nil {
+			return
+		}
+		if n == 1 {
+			val = one // a batch of one is stored as the event
+		}
+		ops = append(ops, clientv3.OpPut(EventKey(first, len(ops)), string(val)))
+		first, n, val, one = nil, 0, nil, nil
+	}
+	for _, e := range events {
+		b, err := proto.Marshal(e)
+		if err != nil {
+			return nil, fmt.Errorf("marshal %T: %w", e, err)
+		}
+		size := protowire.SizeTag(batchEventsField) + protowire.SizeBytes(len(b))
+		if first != nil && (n == maxBatchEvents || len(val)+size > maxBatchBytes ||
+			e.GetService() != first.GetService() || e.GetRolloutId() != first.GetRolloutId()) {
+			flush()
+		}
+		if first == nil {
+			first, one = e, b
+		}
+		val = protowire.AppendTag(val, batchEventsField, protowire.BytesType)
+		val = protowire.AppendBytes(val, b)
+		n++
+	}
+	flush()
 	return ops, nil
+}
+
+// DecodeEvents returns the events stored under one event key, in order:
+// a batch's, or the one event.
+func DecodeEvents(val []byte) ([]*v1.Event, error) {
+	if num, _, n := protowire.ConsumeTag(val); n > 0 && num == batchEventsField {
+		b := &v1.EventBatch{}
+		if err := proto.Unmarshal(val, b); err != nil {
+			return nil, fmt.Errorf("decode event batch: %w", err)
+		}
+		return b.GetEvents(), nil
+	}
+	e := &v1.Event{}
+	if err := proto.Unmarshal(val, e); err != nil {
+		return nil, fmt.Errorf("decode event: %w", err)
+	}
+	return []*v1.Event{e}, nil
 }
 
 // PutEvents records events outside a rollout write (e.g. an alert sent).
 func (s *Store) PutEvents(ctx context.Context, events ...*v1.Event) error {
-	ops, err := eventOps(events)
+	ops, err := s.eventOps(events)
 	if err != nil {
 		return err
 	}
@@ -44,7 +150,19 @@ func (s *Store) ListEvents(ctx context.Context, service, rolloutID string) ([]*v
 	if rolloutID != "" {
 		prefix += rolloutID + "/"
 	}
-	return list(ctx, s, prefix, func() *v1.Event { return &v1.Event{} })
+	resp, err := s.c.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", prefix, err)
+	}
+	out := make([]*v1.Event, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		evs, err := DecodeEvents(kv.Value)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", kv.Key, err)
+		}
+		out = append(out, evs...)
+	}
+	return out, nil
 }
 
 // RevEvent is an event with the etcd revision it was written at.
@@ -53,19 +171,23 @@ type RevEvent struct {
 	Rev   int64
 }
 
-// maxEventBatch bounds one page of a listing of events.
-const maxEventBatch = 1000
+// eventPageKeys bounds one page of a listing of events (EventsSince): 256
+// keys are at most 256,000 events (maxBatchEvents each) and 32 MiB of
+// values (maxBatchBytes each), half of what the etcd client receives in
+// one response (DialTLS).
+const eventPageKeys = 256
 
 // EventsSince returns the events under prefix written after revision
 // since (0 = all kept), ordered by revision then key (the order they were
-// written in), and the store revision the listing was taken at; a watch from
+// written in; a batch's events in its order, each with the batch's
+// revision), and the store revision the listing was taken at; a watch from
 // that revision + 1 misses nothing. Values that do not decode are skipped.
 func (s *Store) EventsSince(ctx context.Context, prefix string, since int64) ([]RevEvent, int64, error) {
 	var out []RevEvent
 	var at int64
 	key, end := prefix, clientv3.GetPrefixRangeEnd(prefix)
 	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(maxEventBatch)}
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(eventPageKeys)}
 		if at != 0 {
 			opts = append(opts, clientv3.WithRev(at))
 		}
@@ -80,8 +202,11 @@ func (s *Store) EventsSince(ctx context.Context, prefix string, since int64) ([]
 			at = resp.Header.Revision
 		}
 		for _, kv := range resp.Kvs {
-			e := &v1.Event{}
-			if proto.Unmarshal(kv.Value, e) == nil {
+			evs, err := DecodeEvents(kv.Value)
+			if err != nil {
+				continue
+			}
+			for _, e := range evs {
 				out = append(out, RevEvent{Event: e, Rev: kv.ModRevision})
 			}
 		}
@@ -111,12 +236,14 @@ func (s *Store) WatchEvents(ctx context.Context, prefix string, from int64, fn f
 			if ev.Type != clientv3.EventTypePut {
 				continue
 			}
-			e := &v1.Event{}
-			if proto.Unmarshal(ev.Kv.Value, e) != nil {
+			evs, err := DecodeEvents(ev.Kv.Value)
+			if err != nil {
 				continue
 			}
-			if err := fn(RevEvent{Event: e, Rev: ev.Kv.ModRevision}); err != nil {
-				return err
+			for _, e := range evs {
+				if err := fn(RevEvent{Event: e, Rev: ev.Kv.ModRevision}); err != nil {
+					return err
+				}
 			}
 		}
 	}
@@ -129,7 +256,7 @@ func (s *Store) WatchEvents(ctx context.Context, prefix string, from int64, fn f
 // PruneEvents deletes, fenced, the recorded events of a service's rollouts
 // with ids before beforeRollout (zero-padded ids sort by number), and the
 // service's events recorded outside any rollout. It returns how many keys
-// went.
+// went (an event or a batch each).
 func (s *Store) PruneEvents(ctx context.Context, f *Fence, service, beforeRollout string) (int64, error) {
 	if service == "" || strings.Contains(service, "/") || beforeRollout == "" {
 		return 0, fmt.Errorf("prune events: service %q, before %q", service, beforeRollout)

@@ -257,18 +257,11 @@ func (s *Store) WriteRollout(ctx context.Context, f *Fence, r *v1.Rollout, base 
 		return 0, 0, err
 	}
 	cmps := append(f.cmps(), rcmps...)
-	evOps, err := eventOps(events)
+	evOps, err := s.eventOps(events)
 	if err != nil {
 		return 0, 0, err
 	}
-	// etcd bounds the operations in one transaction (--max-txn-ops, 128 by
-	// default, s.txnOps): the decision and the first events go together,
-	// the rest follow in batches once the decision is committed.
-	var later []clientv3.Op
-	if n := max(0, min(s.Batch(), s.txnOps-len(ops)-1)); len(evOps) > n {
-		evOps, later = evOps[:n], evOps[n:]
-	}
-	ops = append(ops, evOps...)
+	var svcOps []clientv3.Op
 	if svc != nil {
 		skey := ServiceKey(svc.GetSpec().GetName())
 		sval, err := marshal(svc)
@@ -276,8 +269,15 @@ func (s *Store) WriteRollout(ctx context.Context, f *Fence, r *v1.Rollout, base 
 			return 0, 0, err
 		}
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(skey), "=", serviceRev))
-		ops = append(ops, clientv3.OpPut(skey, sval))
+		svcOps = []clientv3.Op{clientv3.OpPut(skey, sval)}
 	}
+	// etcd bounds a transaction's operations (--max-txn-ops, 128 by
+	// default, s.txnOps) and size (--max-request-bytes): the decision and
+	// the events that fit go together, the rest follow in further
+	// transactions once the decision is committed.
+	n := fitTxn(evOps, max(0, min(s.Batch(), s.txnOps-len(ops)-len(svcOps)-1)), maxTxnBytes-putBytes(ops)-putBytes(svcOps))
+	later := evOps[n:]
+	ops = append(append(ops, evOps[:n]...), svcOps...)
 	var fenceGet []clientv3.Op
 	if f != nil {
 		fenceGet = []clientv3.Op{clientv3.OpGet(f.Key)}
@@ -294,10 +294,10 @@ func (s *Store) WriteRollout(ctx context.Context, f *Fence, r *v1.Rollout, base 
 	if len(later) == 0 {
 		return decision, rev, nil
 	}
-	// The rest in batches, maxEventTxns at once: one after the other they
-	// cost a disk sync each, which at thousands of hosts per wave made the
-	// leader wait seconds per step. Their keys order them, not their
-	// revisions.
+	// The rest in further transactions, maxEventTxns at once: one after
+	// the other they cost a disk sync each, which at thousands of hosts per
+	// wave made the leader wait seconds per step. Their keys order them,
+	// not their revisions.
 	var (
 		mu     sync.Mutex
 		failed int
@@ -306,7 +306,7 @@ func (s *Store) WriteRollout(ctx context.Context, f *Fence, r *v1.Rollout, base 
 		slots  = make(chan struct{}, maxEventTxns)
 	)
 	for len(later) > 0 {
-		n := min(len(later), s.Batch())
+		n := max(1, fitTxn(later, s.Batch(), maxTxnBytes))
 		batch := later[:n]
 		later = later[n:]
 		slots <- struct{}{}
@@ -370,3 +370,33 @@ func (s *Store) UnsplitRollout(ctx context.Context, f *Fence, base RolloutBase) 
 // maxEventTxns is how many transactions of a decision's further events are
 // in flight at once.
 const maxEventTxns = 8
+
+// maxTxnBytes bounds the keys and values a rollout write puts in one
+// transaction: 1.25 MiB leaves a quarter MiB of etcd's default
+// --max-request-bytes (1.5 MiB) to compares and encoding. (The embedded
+// etcd takes 16 MiB.) A 5,000-host step of a 10,000-host split rollout
+// puts about 0.15 MiB of rollout parts and 0.75 MiB of events (TestScale).
+const maxTxnBytes = 1280 << 10
+
+// fitTxn returns how many of puts, from the first, fit in maxOps
+// operations and maxBytes bytes of keys and values.
+func fitTxn(puts []clientv3.Op, maxOps, maxBytes int) int {
+	n, size := 0, 0
+	for n < len(puts) && n < maxOps {
+		size += putBytes(puts[n : n+1])
+		if size > maxBytes {
+			break
+		}
+		n++
+	}
+	return n
+}
+
+// putBytes is the size of puts' keys and values.
+func putBytes(puts []clientv3.Op) int {
+	size := 0
+	for _, op := range puts {
+		size += len(op.KeyBytes()) + len(op.ValueBytes())
+	}
+	return size
+}

@@ -126,7 +126,7 @@ func (s *Store) PutService(ctx context.Context, f *Fence, svc *v1.Service, servi
 	if f != nil {
 		fenceGet = []clientv3.Op{clientv3.OpGet(f.Key)}
 	}
-	evOps, err := eventOps(events)
+	evOps, err := s.eventOps(events)
 	if err != nil {
 		return 0, err
 	}

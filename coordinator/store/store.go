@@ -62,6 +62,8 @@ type Store struct {
 	// default) unless told. It sizes the batches of reports and of a
 	// decision's further events (Batch).
 	txnOps int
+	// eventLayout is the layout of events written (SetEventLayout).
+	eventLayout func() EventLayout
 }
 
 // New wraps an etcd client.

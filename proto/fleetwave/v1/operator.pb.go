@@ -1639,8 +1639,13 @@ type CoordinatorInfo struct {
 	// every registered coordinator says so; coordinators from before this
 	// field leave it false.
 	ReadsSplitRollouts bool `protobuf:"varint,8,opt,name=reads_split_rollouts,json=readsSplitRollouts,proto3" json:"reads_split_rollouts,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// It reads several events stored under one key (EventBatch; store
+	// package, events.go). The leader and every coordinator write events in
+	// batches only when every registered coordinator says so; coordinators
+	// from before this field leave it false.
+	ReadsEventBatches bool `protobuf:"varint,9,opt,name=reads_event_batches,json=readsEventBatches,proto3" json:"reads_event_batches,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *CoordinatorInfo) Reset() {
@@ -1725,6 +1730,13 @@ func (x *CoordinatorInfo) GetGossipAddress() string {
 func (x *CoordinatorInfo) GetReadsSplitRollouts() bool {
 	if x != nil {
 		return x.ReadsSplitRollouts
+	}
+	return false
+}
+
+func (x *CoordinatorInfo) GetReadsEventBatches() bool {
+	if x != nil {
+		return x.ReadsEventBatches
 	}
 	return false
 }
@@ -4240,7 +4252,7 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\x13WatchEventsResponse\x12)\n" +
 	"\x05event\x18\x01 \x01(\v2\x13.fleetwave.v1.EventR\x05event\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\"\x16\n" +
-	"\x14ClusterStatusRequest\"\x9d\x02\n" +
+	"\x14ClusterStatusRequest\"\xcd\x02\n" +
 	"\x0fCoordinatorInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x16\n" +
@@ -4250,7 +4262,8 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\x06agents\x18\x05 \x01(\rR\x06agents\x12\x18\n" +
 	"\aversion\x18\x06 \x01(\tR\aversion\x12%\n" +
 	"\x0egossip_address\x18\a \x01(\tR\rgossipAddress\x120\n" +
-	"\x14reads_split_rollouts\x18\b \x01(\bR\x12readsSplitRollouts\"\xb0\x02\n" +
+	"\x14reads_split_rollouts\x18\b \x01(\bR\x12readsSplitRollouts\x12.\n" +
+	"\x13reads_event_batches\x18\t \x01(\bR\x11readsEventBatches\"\xb0\x02\n" +
 	"\n" +
 	"EtcdMember\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +

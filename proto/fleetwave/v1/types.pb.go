@@ -3903,6 +3903,58 @@ func (x *Event) GetActor() string {
 	return ""
 }
 
+// EventBatch is several events of one service's rollout (or of none) stored
+// under one event key (store package, events.go), in the order they were
+// written. Its field number is one Event does not use and reserves: a
+// coordinator from before batches, which reads every event key as one
+// Event, decodes a batch as an Event with no field set (no time, service,
+// kind or host), never as a plausible event made of a batch's bytes; the
+// leader writes batches only when every registered coordinator reads them
+// (CoordinatorInfo.reads_event_batches).
+type EventBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Events        []*Event               `protobuf:"bytes,100,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EventBatch) Reset() {
+	*x = EventBatch{}
+	mi := &file_fleetwave_v1_types_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EventBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EventBatch) ProtoMessage() {}
+
+func (x *EventBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_types_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EventBatch.ProtoReflect.Descriptor instead.
+func (*EventBatch) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *EventBatch) GetEvents() []*Event {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
 type CheckResult struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -3914,7 +3966,7 @@ type CheckResult struct {
 
 func (x *CheckResult) Reset() {
 	*x = CheckResult{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[38]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3926,7 +3978,7 @@ func (x *CheckResult) String() string {
 func (*CheckResult) ProtoMessage() {}
 
 func (x *CheckResult) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[38]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3939,7 +3991,7 @@ func (x *CheckResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResult.ProtoReflect.Descriptor instead.
 func (*CheckResult) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{38}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *CheckResult) GetName() string {
@@ -3998,7 +4050,7 @@ type ServiceReport struct {
 
 func (x *ServiceReport) Reset() {
 	*x = ServiceReport{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[39]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4010,7 +4062,7 @@ func (x *ServiceReport) String() string {
 func (*ServiceReport) ProtoMessage() {}
 
 func (x *ServiceReport) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[39]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4023,7 +4075,7 @@ func (x *ServiceReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceReport.ProtoReflect.Descriptor instead.
 func (*ServiceReport) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{39}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ServiceReport) GetService() string {
@@ -4150,7 +4202,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[40]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4162,7 +4214,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[40]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4175,7 +4227,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{40}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Assignment) GetService() string {
@@ -4253,7 +4305,7 @@ type ArtifactSource struct {
 
 func (x *ArtifactSource) Reset() {
 	*x = ArtifactSource{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[41]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4265,7 +4317,7 @@ func (x *ArtifactSource) String() string {
 func (*ArtifactSource) ProtoMessage() {}
 
 func (x *ArtifactSource) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[41]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4278,7 +4330,7 @@ func (x *ArtifactSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArtifactSource.ProtoReflect.Descriptor instead.
 func (*ArtifactSource) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{41}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ArtifactSource) GetHostId() string {
@@ -4321,7 +4373,7 @@ type Host struct {
 
 func (x *Host) Reset() {
 	*x = Host{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[42]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4333,7 +4385,7 @@ func (x *Host) String() string {
 func (*Host) ProtoMessage() {}
 
 func (x *Host) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[42]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4346,7 +4398,7 @@ func (x *Host) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Host.ProtoReflect.Descriptor instead.
 func (*Host) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{42}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *Host) GetId() string {
@@ -4744,7 +4796,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x04held\x18( \x01(\tR\x04held\x12$\n" +
 	"\vsplit_parts\x18) \x01(\rH\x00R\n" +
 	"splitParts\x88\x01\x01B\x0e\n" +
-	"\f_split_parts\"\xd8\x01\n" +
+	"\f_split_parts\"\xde\x01\n" +
 	"\x05Event\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1d\n" +
@@ -4754,7 +4806,10 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x04wave\x18\x05 \x01(\x05R\x04wave\x12\x12\n" +
 	"\x04host\x18\x06 \x01(\tR\x04host\x12\x18\n" +
 	"\amessage\x18\a \x01(\tR\amessage\x12\x14\n" +
-	"\x05actor\x18\b \x01(\tR\x05actor\"I\n" +
+	"\x05actor\x18\b \x01(\tR\x05actorJ\x04\bd\x10e\"9\n" +
+	"\n" +
+	"EventBatch\x12+\n" +
+	"\x06events\x18d \x03(\v2\x13.fleetwave.v1.EventR\x06events\"I\n" +
 	"\vCheckResult\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x16\n" +
@@ -4859,7 +4914,7 @@ func file_fleetwave_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_fleetwave_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_fleetwave_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
+var file_fleetwave_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_fleetwave_v1_types_proto_goTypes = []any{
 	(RolloutState)(0),             // 0: fleetwave.v1.RolloutState
 	(WaveState)(0),                // 1: fleetwave.v1.WaveState
@@ -4903,23 +4958,24 @@ var file_fleetwave_v1_types_proto_goTypes = []any{
 	(*Wave)(nil),                  // 39: fleetwave.v1.Wave
 	(*Rollout)(nil),               // 40: fleetwave.v1.Rollout
 	(*Event)(nil),                 // 41: fleetwave.v1.Event
-	(*CheckResult)(nil),           // 42: fleetwave.v1.CheckResult
-	(*ServiceReport)(nil),         // 43: fleetwave.v1.ServiceReport
-	(*Assignment)(nil),            // 44: fleetwave.v1.Assignment
-	(*ArtifactSource)(nil),        // 45: fleetwave.v1.ArtifactSource
-	(*Host)(nil),                  // 46: fleetwave.v1.Host
-	nil,                           // 47: fleetwave.v1.ServiceSpec.SelectorEntry
-	nil,                           // 48: fleetwave.v1.RunSpec.EnvEntry
-	nil,                           // 49: fleetwave.v1.Host.LabelsEntry
-	(*durationpb.Duration)(nil),   // 50: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 51: google.protobuf.Timestamp
+	(*EventBatch)(nil),            // 42: fleetwave.v1.EventBatch
+	(*CheckResult)(nil),           // 43: fleetwave.v1.CheckResult
+	(*ServiceReport)(nil),         // 44: fleetwave.v1.ServiceReport
+	(*Assignment)(nil),            // 45: fleetwave.v1.Assignment
+	(*ArtifactSource)(nil),        // 46: fleetwave.v1.ArtifactSource
+	(*Host)(nil),                  // 47: fleetwave.v1.Host
+	nil,                           // 48: fleetwave.v1.ServiceSpec.SelectorEntry
+	nil,                           // 49: fleetwave.v1.RunSpec.EnvEntry
+	nil,                           // 50: fleetwave.v1.Host.LabelsEntry
+	(*durationpb.Duration)(nil),   // 51: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 52: google.protobuf.Timestamp
 }
 var file_fleetwave_v1_types_proto_depIdxs = []int32{
-	47, // 0: fleetwave.v1.ServiceSpec.selector:type_name -> fleetwave.v1.ServiceSpec.SelectorEntry
+	48, // 0: fleetwave.v1.ServiceSpec.selector:type_name -> fleetwave.v1.ServiceSpec.SelectorEntry
 	19, // 1: fleetwave.v1.ServiceSpec.run:type_name -> fleetwave.v1.RunSpec
 	22, // 2: fleetwave.v1.ServiceSpec.checks:type_name -> fleetwave.v1.Check
-	50, // 3: fleetwave.v1.ServiceSpec.min_healthy_time:type_name -> google.protobuf.Duration
-	50, // 4: fleetwave.v1.ServiceSpec.healthy_deadline:type_name -> google.protobuf.Duration
+	51, // 3: fleetwave.v1.ServiceSpec.min_healthy_time:type_name -> google.protobuf.Duration
+	51, // 4: fleetwave.v1.ServiceSpec.healthy_deadline:type_name -> google.protobuf.Duration
 	26, // 5: fleetwave.v1.ServiceSpec.rollout:type_name -> fleetwave.v1.RolloutPolicy
 	8,  // 6: fleetwave.v1.ServiceSpec.analysis:type_name -> fleetwave.v1.Analysis
 	18, // 7: fleetwave.v1.ServiceSpec.alerts:type_name -> fleetwave.v1.Alerts
@@ -4930,92 +4986,93 @@ var file_fleetwave_v1_types_proto_depIdxs = []int32{
 	7,  // 12: fleetwave.v1.Hooks.after_start:type_name -> fleetwave.v1.Hook
 	7,  // 13: fleetwave.v1.Hooks.validate:type_name -> fleetwave.v1.Hook
 	7,  // 14: fleetwave.v1.Hooks.before_stop:type_name -> fleetwave.v1.Hook
-	50, // 15: fleetwave.v1.Hook.timeout:type_name -> google.protobuf.Duration
-	50, // 16: fleetwave.v1.Analysis.interval:type_name -> google.protobuf.Duration
-	50, // 17: fleetwave.v1.Analysis.window:type_name -> google.protobuf.Duration
-	50, // 18: fleetwave.v1.Analysis.watch:type_name -> google.protobuf.Duration
+	51, // 15: fleetwave.v1.Hook.timeout:type_name -> google.protobuf.Duration
+	51, // 16: fleetwave.v1.Analysis.interval:type_name -> google.protobuf.Duration
+	51, // 17: fleetwave.v1.Analysis.window:type_name -> google.protobuf.Duration
+	51, // 18: fleetwave.v1.Analysis.watch:type_name -> google.protobuf.Duration
 	13, // 19: fleetwave.v1.Analysis.rules:type_name -> fleetwave.v1.AnalysisRule
 	9,  // 20: fleetwave.v1.Analysis.compare:type_name -> fleetwave.v1.Compare
-	51, // 21: fleetwave.v1.MetricSummary.start:type_name -> google.protobuf.Timestamp
-	51, // 22: fleetwave.v1.MetricSummary.end:type_name -> google.protobuf.Timestamp
+	52, // 21: fleetwave.v1.MetricSummary.start:type_name -> google.protobuf.Timestamp
+	52, // 22: fleetwave.v1.MetricSummary.end:type_name -> google.protobuf.Timestamp
 	11, // 23: fleetwave.v1.MetricSummary.rules:type_name -> fleetwave.v1.RuleCounts
 	12, // 24: fleetwave.v1.RuleCounts.buckets:type_name -> fleetwave.v1.HistogramBucket
 	14, // 25: fleetwave.v1.AnalysisRule.error_ratio:type_name -> fleetwave.v1.ErrorRatioRule
 	15, // 26: fleetwave.v1.AnalysisRule.latency:type_name -> fleetwave.v1.LatencyRule
 	16, // 27: fleetwave.v1.AnalysisRule.restarts:type_name -> fleetwave.v1.RestartsRule
 	17, // 28: fleetwave.v1.AnalysisRule.promql:type_name -> fleetwave.v1.PromQLRule
-	48, // 29: fleetwave.v1.RunSpec.env:type_name -> fleetwave.v1.RunSpec.EnvEntry
-	50, // 30: fleetwave.v1.RunSpec.stop_grace:type_name -> google.protobuf.Duration
+	49, // 29: fleetwave.v1.RunSpec.env:type_name -> fleetwave.v1.RunSpec.EnvEntry
+	51, // 30: fleetwave.v1.RunSpec.stop_grace:type_name -> google.protobuf.Duration
 	20, // 31: fleetwave.v1.RunSpec.sockets:type_name -> fleetwave.v1.Socket
-	50, // 32: fleetwave.v1.RunSpec.ready_timeout:type_name -> google.protobuf.Duration
-	50, // 33: fleetwave.v1.RunSpec.shutdown_delay:type_name -> google.protobuf.Duration
+	51, // 32: fleetwave.v1.RunSpec.ready_timeout:type_name -> google.protobuf.Duration
+	51, // 33: fleetwave.v1.RunSpec.shutdown_delay:type_name -> google.protobuf.Duration
 	21, // 34: fleetwave.v1.RunSpec.pre_stop:type_name -> fleetwave.v1.PreStop
-	50, // 35: fleetwave.v1.PreStop.timeout:type_name -> google.protobuf.Duration
+	51, // 35: fleetwave.v1.PreStop.timeout:type_name -> google.protobuf.Duration
 	23, // 36: fleetwave.v1.Check.http:type_name -> fleetwave.v1.HttpCheck
 	24, // 37: fleetwave.v1.Check.tcp:type_name -> fleetwave.v1.TcpCheck
 	25, // 38: fleetwave.v1.Check.exec:type_name -> fleetwave.v1.ExecCheck
-	50, // 39: fleetwave.v1.Check.interval:type_name -> google.protobuf.Duration
-	50, // 40: fleetwave.v1.Check.timeout:type_name -> google.protobuf.Duration
-	50, // 41: fleetwave.v1.RolloutPolicy.bake:type_name -> google.protobuf.Duration
-	50, // 42: fleetwave.v1.RolloutPolicy.progress_deadline:type_name -> google.protobuf.Duration
+	51, // 39: fleetwave.v1.Check.interval:type_name -> google.protobuf.Duration
+	51, // 40: fleetwave.v1.Check.timeout:type_name -> google.protobuf.Duration
+	51, // 41: fleetwave.v1.RolloutPolicy.bake:type_name -> google.protobuf.Duration
+	51, // 42: fleetwave.v1.RolloutPolicy.progress_deadline:type_name -> google.protobuf.Duration
 	27, // 43: fleetwave.v1.RolloutPolicy.windows:type_name -> fleetwave.v1.DeployWindow
-	51, // 44: fleetwave.v1.Blackout.from:type_name -> google.protobuf.Timestamp
-	51, // 45: fleetwave.v1.Blackout.to:type_name -> google.protobuf.Timestamp
-	51, // 46: fleetwave.v1.Blackout.created_at:type_name -> google.protobuf.Timestamp
+	52, // 44: fleetwave.v1.Blackout.from:type_name -> google.protobuf.Timestamp
+	52, // 45: fleetwave.v1.Blackout.to:type_name -> google.protobuf.Timestamp
+	52, // 46: fleetwave.v1.Blackout.created_at:type_name -> google.protobuf.Timestamp
 	29, // 47: fleetwave.v1.Release.artifact:type_name -> fleetwave.v1.Artifact
-	51, // 48: fleetwave.v1.Release.commit_time:type_name -> google.protobuf.Timestamp
-	51, // 49: fleetwave.v1.Release.created_at:type_name -> google.protobuf.Timestamp
+	52, // 48: fleetwave.v1.Release.commit_time:type_name -> google.protobuf.Timestamp
+	52, // 49: fleetwave.v1.Release.created_at:type_name -> google.protobuf.Timestamp
 	34, // 50: fleetwave.v1.Release.signed:type_name -> fleetwave.v1.SignedManifest
-	51, // 51: fleetwave.v1.ReleaseManifest.commit_time:type_name -> google.protobuf.Timestamp
-	51, // 52: fleetwave.v1.ReleaseManifest.signed_at:type_name -> google.protobuf.Timestamp
-	51, // 53: fleetwave.v1.ReleaseManifest.expires_at:type_name -> google.protobuf.Timestamp
-	51, // 54: fleetwave.v1.RollbackStatement.signed_at:type_name -> google.protobuf.Timestamp
-	51, // 55: fleetwave.v1.RollbackStatement.expires_at:type_name -> google.protobuf.Timestamp
+	52, // 51: fleetwave.v1.ReleaseManifest.commit_time:type_name -> google.protobuf.Timestamp
+	52, // 52: fleetwave.v1.ReleaseManifest.signed_at:type_name -> google.protobuf.Timestamp
+	52, // 53: fleetwave.v1.ReleaseManifest.expires_at:type_name -> google.protobuf.Timestamp
+	52, // 54: fleetwave.v1.RollbackStatement.signed_at:type_name -> google.protobuf.Timestamp
+	52, // 55: fleetwave.v1.RollbackStatement.expires_at:type_name -> google.protobuf.Timestamp
 	4,  // 56: fleetwave.v1.ServiceStatus.stable_spec:type_name -> fleetwave.v1.ServiceSpec
-	51, // 57: fleetwave.v1.ServiceStatus.removed_at:type_name -> google.protobuf.Timestamp
+	52, // 57: fleetwave.v1.ServiceStatus.removed_at:type_name -> google.protobuf.Timestamp
 	36, // 58: fleetwave.v1.ServiceStatus.hold_override:type_name -> fleetwave.v1.HoldOverride
-	51, // 59: fleetwave.v1.HoldOverride.at:type_name -> google.protobuf.Timestamp
+	52, // 59: fleetwave.v1.HoldOverride.at:type_name -> google.protobuf.Timestamp
 	4,  // 60: fleetwave.v1.Service.spec:type_name -> fleetwave.v1.ServiceSpec
 	35, // 61: fleetwave.v1.Service.status:type_name -> fleetwave.v1.ServiceStatus
-	51, // 62: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
+	52, // 62: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
 	2,  // 63: fleetwave.v1.HostProgress.state:type_name -> fleetwave.v1.HostRolloutState
-	51, // 64: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
-	51, // 65: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
+	52, // 64: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
+	52, // 65: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
 	3,  // 66: fleetwave.v1.HostProgress.phase:type_name -> fleetwave.v1.Phase
 	1,  // 67: fleetwave.v1.Wave.state:type_name -> fleetwave.v1.WaveState
 	38, // 68: fleetwave.v1.Wave.hosts:type_name -> fleetwave.v1.HostProgress
-	51, // 69: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
-	51, // 70: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
-	51, // 71: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
+	52, // 69: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
+	52, // 70: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
+	52, // 71: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
 	0,  // 72: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
 	26, // 73: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
 	39, // 74: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
-	51, // 75: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	51, // 76: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
-	51, // 77: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
-	51, // 78: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
+	52, // 75: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	52, // 76: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
+	52, // 77: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
+	52, // 78: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
 	4,  // 79: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
-	51, // 80: fleetwave.v1.Rollout.failed_at:type_name -> google.protobuf.Timestamp
-	51, // 81: fleetwave.v1.Rollout.restored_at:type_name -> google.protobuf.Timestamp
+	52, // 80: fleetwave.v1.Rollout.failed_at:type_name -> google.protobuf.Timestamp
+	52, // 81: fleetwave.v1.Rollout.restored_at:type_name -> google.protobuf.Timestamp
 	33, // 82: fleetwave.v1.Rollout.signed_rollback:type_name -> fleetwave.v1.SignedRollback
-	51, // 83: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
-	3,  // 84: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
-	42, // 85: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
-	51, // 86: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
-	10, // 87: fleetwave.v1.ServiceReport.metrics:type_name -> fleetwave.v1.MetricSummary
-	30, // 88: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
-	4,  // 89: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
-	33, // 90: fleetwave.v1.Assignment.rollback:type_name -> fleetwave.v1.SignedRollback
-	45, // 91: fleetwave.v1.Assignment.sources:type_name -> fleetwave.v1.ArtifactSource
-	30, // 92: fleetwave.v1.Assignment.stage:type_name -> fleetwave.v1.Release
-	49, // 93: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
-	51, // 94: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	43, // 95: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
-	96, // [96:96] is the sub-list for method output_type
-	96, // [96:96] is the sub-list for method input_type
-	96, // [96:96] is the sub-list for extension type_name
-	96, // [96:96] is the sub-list for extension extendee
-	0,  // [0:96] is the sub-list for field type_name
+	52, // 83: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
+	41, // 84: fleetwave.v1.EventBatch.events:type_name -> fleetwave.v1.Event
+	3,  // 85: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
+	43, // 86: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
+	52, // 87: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
+	10, // 88: fleetwave.v1.ServiceReport.metrics:type_name -> fleetwave.v1.MetricSummary
+	30, // 89: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
+	4,  // 90: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
+	33, // 91: fleetwave.v1.Assignment.rollback:type_name -> fleetwave.v1.SignedRollback
+	46, // 92: fleetwave.v1.Assignment.sources:type_name -> fleetwave.v1.ArtifactSource
+	30, // 93: fleetwave.v1.Assignment.stage:type_name -> fleetwave.v1.Release
+	50, // 94: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
+	52, // 95: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	44, // 96: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
+	97, // [97:97] is the sub-list for method output_type
+	97, // [97:97] is the sub-list for method input_type
+	97, // [97:97] is the sub-list for extension type_name
+	97, // [97:97] is the sub-list for extension extendee
+	0,  // [0:97] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_types_proto_init() }
@@ -5042,7 +5099,7 @@ func file_fleetwave_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fleetwave_v1_types_proto_rawDesc), len(file_fleetwave_v1_types_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   46,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

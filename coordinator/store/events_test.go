@@ -1,0 +1,393 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/fleetwave/fleetwave/internal/testkit"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+	"github.com/rs/zerolog"
+)
+
+// eventsOf makes n events of a service's rollout at one time (as a step
+// writes them), each named by its message.
+func eventsOf(service, rolloutID, kind string, at time.Time, tag string, n int) []*v1.Event {
+	evs := make([]*v1.Event, n)
+	for i := range evs {
+		evs[i] = &v1.Event{At: timestamppb.New(at), Service: service, RolloutId: rolloutID, Kind: kind, Wave: 1, Host: fmt.Sprintf("h%05d", i), Message: fmt.Sprintf("%s-%d", tag, i)}
+	}
+	return evs
+}
+
+// The same writes (rollout steps, events outside a rollout, several
+// rollouts in one PutEvents) recorded one event per key for service "old"
+// and in batches for service "new": ListEvents shows the same events in
+// the same order; the batched ones take few keys, each step's in its
+// decision's transaction; EventsSince and WatchEvents give every event
+// with the revision of its write, in order; pruning removes batches by
+// rollout id as it does single events.
+func TestEventBatchesReadAsSingleEvents(t *testing.T) {
+	s := startStore(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	layout := EventPerKey
+	s.SetEventLayout(func() EventLayout { return layout })
+
+	start, err := s.c.Get(ctx, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type seen struct {
+		msg string
+		rev int64
+	}
+	var (
+		mu      sync.Mutex
+		watched []seen
+	)
+	wctx, wcancel := context.WithCancel(ctx)
+	wdone := make(chan error, 1)
+	go func() {
+		wdone <- s.WatchEvents(wctx, EventsPrefixFor("new", ""), start.Header.Revision+1, func(e RevEvent) error {
+			mu.Lock()
+			defer mu.Unlock()
+			watched = append(watched, seen{e.Event.GetMessage(), e.Rev})
+			return nil
+		})
+	}()
+
+	// writes records, for one service, the sequence of writes; it returns
+	// each event's message with the revision its write's decision took.
+	base := time.Unix(1700000000, 0)
+	writes := func(svc string) (order []seen, keysAt map[int64]int) {
+		t.Helper()
+		r := &v1.Rollout{Id: "000001", Service: svc, ToVersion: "v1"}
+		step1 := append(eventsOf(svc, "000001", "rollout_created", base, "w1c", 1), eventsOf(svc, "000001", "host_assigned", base, "w1", 2500)...)
+		d1, last1, err := s.WriteRollout(ctx, nil, r, RolloutBase{}, nil, 0, step1...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		outside := eventsOf(svc, "", "alert_sent", base.Add(time.Second), "w2", 3)
+		if err := s.PutEvents(ctx, outside...); err != nil {
+			t.Fatal(err)
+		}
+		r2 := &v1.Rollout{Id: "000001", Service: svc, ToVersion: "v1", Reason: "step"}
+		step2 := eventsOf(svc, "000001", "host_done", base.Add(2*time.Second), "w3", 1200)
+		d3, _, err := s.WriteRollout(ctx, nil, r2, RolloutBase{Rollout: r, Rev: d1}, nil, 0, step2...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		at4 := base.Add(3 * time.Second)
+		mixed := append(append(eventsOf(svc, "000001", "k", at4, "w4a", 2), eventsOf(svc, "", "k", at4, "w4b", 1)...), eventsOf(svc, "000001", "k", at4, "w4c", 1)...)
+		mixed = append(mixed, eventsOf("other", "000001", "k", at4, "w4d", 1)...)
+		if err := s.PutEvents(ctx, mixed...); err != nil {
+			t.Fatal(err)
+		}
+		if layout == EventBatches && last1 != d1 {
+			t.Errorf("a step of 2,501 events in batches: decision at %d, last events at %d: want one transaction", d1, last1)
+		}
+		_ = d3
+		since, _, err := s.EventsSince(ctx, EventsPrefixFor(svc, ""), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keysAt = map[int64]int{}
+		resp, err := s.c.Get(ctx, EventsPrefixFor(svc, ""), clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, kv := range resp.Kvs {
+			keysAt[kv.ModRevision]++
+		}
+		for _, e := range since {
+			order = append(order, seen{e.Event.GetMessage(), e.Rev})
+		}
+		return order, keysAt
+	}
+	oldSince, oldKeys := writes("old")
+	layout = EventBatches
+	newSince, newKeys := writes("new")
+
+	// The same events, in the same order, through ListEvents.
+	for _, rid := range []string{"", "000001"} {
+		oldList, err := s.ListEvents(ctx, "old", rid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		newList, err := s.ListEvents(ctx, "new", rid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(oldList) != len(newList) || len(newList) == 0 {
+			t.Fatalf("rollout %q: %d events one per key, %d in batches", rid, len(oldList), len(newList))
+		}
+		for i := range newList {
+			o := proto.Clone(oldList[i]).(*v1.Event)
+			o.Service = "new"
+			if !proto.Equal(o, newList[i]) {
+				t.Fatalf("rollout %q event %d: one per key %v, in batches %v", rid, i, oldList[i], newList[i])
+			}
+		}
+	}
+	total := 1 + 2500 + 3 + 1200 + 4
+	if len(oldSince) != total || len(newSince) != total {
+		t.Fatalf("EventsSince: %d events one per key (over %d keys: pages of %d), %d in batches; want %d", len(oldSince), len(oldSince), eventPageKeys, len(newSince), total)
+	}
+	// Keys: one per event before; in batches 3 for the first step (1,000
+	// events each at most), 1 for the 3 outside a rollout, 2 for the second
+	// step, 3 for the mixed write (runs of one rollout: 2, 1, 1; a run of
+	// one is a plain event).
+	nkeys := 0
+	for _, n := range newKeys {
+		nkeys += n
+	}
+	okeys := 0
+	for _, n := range oldKeys {
+		okeys += n
+	}
+	if okeys != total || nkeys != 9 {
+		t.Errorf("keys: %d one per key (want %d), %d in batches (want 9): %v", okeys, total, nkeys, newKeys)
+	}
+	// Each event with its write's revision, writes in order, each write's
+	// events in key order (= written order here).
+	want := map[string]int{"w1c": 0, "w1": 0, "w2": 1, "w3": 2, "w4a": 3, "w4b": 3, "w4c": 3}
+	revOf := map[int]int64{}
+	for i, e := range newSince {
+		w := want[e.msg[:strings.LastIndex(e.msg, "-")]]
+		if r, ok := revOf[w]; ok && r != e.rev {
+			t.Fatalf("event %s at revision %d, its write's other events at %d", e.msg, e.rev, r)
+		}
+		revOf[w] = e.rev
+		if i > 0 && newSince[i-1].rev > e.rev {
+			t.Fatalf("EventsSince out of revision order at %d: %v then %v", i, newSince[i-1], e)
+		}
+	}
+	if newSince[0].msg != "w1c-0" || newSince[2500].msg != "w1-2499" || newSince[2501].msg != "w2-0" {
+		t.Errorf("EventsSince order: %v %v %v", newSince[0], newSince[2500], newSince[2501])
+	}
+	// EventsSince after the first step's revision leaves it out.
+	after, _, err := s.EventsSince(ctx, EventsPrefixFor("new", ""), revOf[0])
+	if err != nil || len(after) != total-2501 || after[0].Event.GetMessage() != "w2-0" {
+		t.Fatalf("EventsSince the first step: %d events (%v), want %d from w2-0", len(after), err, total-2501)
+	}
+	// The watch: every event, in the order written, with its revision.
+	testkit.EventuallyErr(t, 30*time.Second, "every event watched", func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(watched) < total {
+			return fmt.Errorf("%d of %d events watched", len(watched), total)
+		}
+		return nil
+	})
+	wcancel()
+	<-wdone
+	mu.Lock()
+	defer mu.Unlock()
+	if len(watched) != total {
+		t.Fatalf("%d events watched, want %d", len(watched), total)
+	}
+	byMsg := map[string]int64{}
+	for _, e := range newSince {
+		byMsg[e.msg] = e.rev
+	}
+	writeOrder := []string{"w1c-0"}
+	for i := range 2500 {
+		writeOrder = append(writeOrder, fmt.Sprintf("w1-%d", i))
+	}
+	writeOrder = append(writeOrder, "w2-0", "w2-1", "w2-2")
+	for i := range 1200 {
+		writeOrder = append(writeOrder, fmt.Sprintf("w3-%d", i))
+	}
+	writeOrder = append(writeOrder, "w4a-0", "w4a-1", "w4b-0", "w4c-0")
+	for i, e := range watched {
+		if e.msg != writeOrder[i] || e.rev != byMsg[e.msg] {
+			t.Fatalf("watched event %d: %s at %d, want %s at %d", i, e.msg, e.rev, writeOrder[i], byMsg[writeOrder[i]])
+		}
+	}
+
+	// Pruning by rollout id takes the batches with it.
+	n, err := s.PruneEvents(ctx, nil, "new", "000002")
+	if err != nil || n != 9 {
+		t.Fatalf("pruned %d keys (%v), want 9", n, err)
+	}
+	if left, err := s.ListEvents(ctx, "new", ""); err != nil || len(left) != 0 {
+		t.Fatalf("after pruning: %d events (%v)", len(left), err)
+	}
+	if left, err := s.ListEvents(ctx, "other", ""); err != nil || len(left) != 2 {
+		t.Fatalf("another service after pruning: %d events (%v), want its 2", len(left), err)
+	}
+}
+
+// A batch's bounds: at most maxBatchEvents events and maxBatchBytes bytes
+// per key (an event larger than that alone, as a plain event); a write
+// whose events exceed maxTxnBytes puts the rest in further transactions,
+// each within it, and every event lists in order. A coordinator from
+// before batches decodes a batch as an Event with no field set.
+func TestEventBatchBounds(t *testing.T) {
+	s := startStore(t)
+	s.SetEventLayout(func() EventLayout { return EventBatches })
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	at := time.Unix(1700000000, 0)
+
+	check := func(evs []*v1.Event, wantKeys int) {
+		t.Helper()
+		ops, err := s.eventOps(evs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ops) != wantKeys {
+			t.Errorf("%d events: %d keys, want %d", len(evs), len(ops), wantKeys)
+		}
+		var got []*v1.Event
+		for _, op := range ops {
+			es, err := DecodeEvents(op.ValueBytes())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(es) > maxBatchEvents || (len(es) > 1 && len(op.ValueBytes()) > maxBatchBytes) {
+				t.Errorf("a key of %d events, %d bytes: over %d events or %d bytes", len(es), len(op.ValueBytes()), maxBatchEvents, maxBatchBytes)
+			}
+			got = append(got, es...)
+		}
+		if len(got) != len(evs) {
+			t.Fatalf("%d events decoded, %d written", len(got), len(evs))
+		}
+		for i := range got {
+			if !proto.Equal(got[i], evs[i]) {
+				t.Fatalf("event %d: %v, want %v", i, got[i], evs[i])
+			}
+		}
+	}
+	check(eventsOf("web", "000001", "host_assigned", at, "a", 2500), 3)
+	check(eventsOf("web", "000001", "host_assigned", at, "a", maxBatchEvents), 1)
+	check(eventsOf("web", "000001", "host_assigned", at, "a", maxBatchEvents+1), 2)
+	big := eventsOf("web", "000001", "host_failed", at, "b", 300)
+	for _, e := range big {
+		e.Message += strings.Repeat("x", 1024)
+	}
+	check(big, 3) // 1 KiB each: 126 to a key
+	huge := eventsOf("web", "000001", "host_failed", at, "c", 3)
+	huge[1].Message = strings.Repeat("y", maxBatchBytes)
+	check(huge, 3)
+	if ops, _ := s.eventOps(huge); len(ops) == 3 {
+		if num, _, _ := protowire.ConsumeTag(ops[1].ValueBytes()); num == batchEventsField {
+			t.Errorf("an event over maxBatchBytes stored as a batch, want a plain event")
+		}
+	}
+
+	// An old reader: a batch unmarshalled as one Event sets no field.
+	ops, err := s.eventOps(eventsOf("web", "000001", "host_assigned", at, "d", 10))
+	if err != nil || len(ops) != 1 {
+		t.Fatalf("10 events: %d keys (%v)", len(ops), err)
+	}
+	old := &v1.Event{}
+	if err := proto.Unmarshal(ops[0].ValueBytes(), old); err != nil {
+		t.Fatalf("a batch read as an Event: %v", err)
+	}
+	old.ProtoReflect().SetUnknown(nil)
+	if !proto.Equal(old, &v1.Event{}) {
+		t.Errorf("a batch read as an Event by an old reader: %v, want no field set", old)
+	}
+
+	// A write over maxTxnBytes: 2,000 events of 1 KiB.
+	evs := eventsOf("web", "000001", "host_failed", at, "e", 2000)
+	for _, e := range evs {
+		e.Message += strings.Repeat("z", 1024)
+	}
+	r := &v1.Rollout{Id: "000001", Service: "web", ToVersion: "v1"}
+	decision, last, err := s.WriteRollout(ctx, nil, r, RolloutBase{}, nil, 0, evs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last <= decision {
+		t.Errorf("2 MiB of events: decision %d, last %d: want further transactions", decision, last)
+	}
+	resp, err := s.c.Get(ctx, Prefix, clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	perTxn := map[int64]int{}
+	for _, kv := range resp.Kvs {
+		perTxn[kv.ModRevision] += len(kv.Key) + len(kv.Value)
+	}
+	for rev, n := range perTxn {
+		if n > maxTxnBytes {
+			t.Errorf("transaction at %d put %d bytes, over maxTxnBytes (%d)", rev, n, maxTxnBytes)
+		}
+	}
+	got, err := s.ListEvents(ctx, "web", "000001")
+	if err != nil || len(got) != len(evs) {
+		t.Fatalf("%d events listed (%v), want %d", len(got), err, len(evs))
+	}
+	for i := range got {
+		if got[i].GetMessage() != evs[i].GetMessage() {
+			t.Fatalf("event %d: %.10s, want %.10s", i, got[i].GetMessage(), evs[i].GetMessage())
+		}
+	}
+}
+
+// A listing page is bounded in events and bytes well within what the etcd
+// client receives in one response (DialTLS: 64 MiB).
+func TestEventPageBounded(t *testing.T) {
+	if b := eventPageKeys * maxBatchBytes; b > 32<<20 {
+		t.Errorf("a page of events can hold %d bytes, over 32 MiB", b)
+	}
+	if n := eventPageKeys * maxBatchEvents; n > 256000 {
+		t.Errorf("a page of events can hold %d events, over 256,000", n)
+	}
+}
+
+// BenchmarkWriteRolloutStep writes a 5,000-host step of a 10,000-host
+// split rollout (5,000 host_done and 5,000 host_assigned events; the
+// 10 parts of the second wave's hosts) in each event layout, against the embedded
+// etcd: one key per event takes the decision's transaction and 99 more;
+// batches take one.
+func BenchmarkWriteRolloutStep(b *testing.B) {
+	for _, layout := range []EventLayout{EventPerKey, EventBatches} {
+		b.Run(strings.ReplaceAll(layout.String(), " ", "-"), func(b *testing.B) {
+			emb, err := StartEmbedded(b.TempDir(), zerolog.Nop())
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer emb.Close()
+			c, err := emb.Dial()
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			s := New(c)
+			s.SetEventLayout(func() EventLayout { return layout })
+			ctx := context.Background()
+			r := testRollout("000001", 5000, 5000)
+			rev, _, err := s.WriteRollout(ctx, nil, r, RolloutBase{Layout: Split}, nil, 0)
+			if err != nil {
+				b.Fatal(err)
+			}
+			at := time.Unix(1700000000, 0)
+			b.ResetTimer()
+			for i := range b.N {
+				next := proto.Clone(r).(*v1.Rollout)
+				for _, h := range next.GetWaves()[1].GetHosts() {
+					h.Phase = v1.Phase(1 + (i+1)%8)
+				}
+				at = at.Add(time.Second)
+				evs := append(eventsOf("web", "000001", "host_done", at, "d", 5000), eventsOf("web", "000001", "host_assigned", at, "a", 5000)...)
+				rev, _, err = s.WriteRollout(ctx, nil, next, RolloutBase{Rollout: r, Rev: rev, Layout: Split}, nil, 0, evs...)
+				if err != nil {
+					b.Fatal(err)
+				}
+				r = next
+			}
+		})
+	}
+}
