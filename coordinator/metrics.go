@@ -16,7 +16,7 @@ package coordinator
 //     assignment set has been written to the host's stream;
 //   - etcd request latency: every request through the etcd client's KV
 //     (store.InstrumentKV);
-//   - report transactions, reports written and coalesced: the hub's report
+//   - report transactions, reports written, coalesced and dropped: the hub's report
 //     writer (reports.go), on every coordinator for its own streams;
 //   - leader, etcd session losses, calls forwarded to the leader.
 
@@ -66,7 +66,7 @@ type metrics struct {
 	sessionLosses   prometheus.Counter
 	forwarded       *prometheus.CounterVec // method, result
 	// The report path (reportWriter).
-	reportTxns, reportsWritten, reportsCoalesced prometheus.Counter
+	reportTxns, reportsWritten, reportsCoalesced, reportsDropped prometheus.Counter
 }
 
 // newMetrics makes the coordinator's registry with the Go and process
@@ -128,12 +128,16 @@ func newMetrics() *metrics {
 		Name: "fleetwave_coordinator_reports_coalesced_total",
 		Help: "Agents' reports replaced, before their transaction, by a newer report of the same host and service (never written).",
 	})
+	m.reportsDropped = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "fleetwave_coordinator_reports_dropped_total",
+		Help: "Agents' reports dropped unwritten because they arrived on an older stream of their host after a newer stream of it began its hello (they would overwrite its newer status).",
+	})
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.rollouts, m.rolloutDuration, m.waveDuration, m.leadTime, m.delivery,
 		m.etcdLatency, m.etcdFailures, m.sessionLosses, m.forwarded,
-		m.reportTxns, m.reportsWritten, m.reportsCoalesced,
+		m.reportTxns, m.reportsWritten, m.reportsCoalesced, m.reportsDropped,
 	)
 	return m
 }
