@@ -34,7 +34,7 @@ import (
 //     generation carries the check on; anything else drops it at once
 //     (nothing was started or switched) and is applied from the last good
 //     spec. A crash loop in its check or watch reverts it like any failure
-//     (README, "Judging-only changes").
+//     (README, "Config changes roll out like code").
 //   - it changes only what the coordinator reads (rollout policy, alerts,
 //     selector): taken as the running release at a newer generation, no
 //     restart (as for the same spec).
