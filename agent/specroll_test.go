@@ -104,8 +104,9 @@ func TestConfigChangeRestartsWithTheNewSpec(t *testing.T) {
 // process (same PID, one start in its log) is checked under the new spec,
 // CHECKING -> HEALTHY, across an agent restart in the middle too; a new
 // check that fails reverts in place (same PID, the last good spec's check
-// runs again: REVERTED); a change of run.env with it still restarts.
-// Real processes.
+// runs again: REVERTED); a change of run.env with it still restarts. The
+// reports say which installs were in place (in_place), across the agent
+// restart too. Real processes.
 func TestJudgingOnlyChangeKeepsTheProcess(t *testing.T) {
 	fc := newFakeCoordinator(t)
 	flag := filepath.Join(t.TempDir(), "pass")
@@ -181,7 +182,9 @@ func TestJudgingOnlyChangeKeepsTheProcess(t *testing.T) {
 	if err := os.WriteFile(flag, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	waitReport("healthy in place", nr, 2, v1.Phase_PHASE_HEALTHY)
+	if r := waitReport("healthy in place", nr, 2, v1.Phase_PHASE_HEALTHY); !r.GetInPlace() {
+		t.Fatalf("healthy in place after an agent restart: report %v does not say in_place (the state file keeps it)", r)
+	}
 	samePID("healthy in place after an agent restart", pid)
 
 	// A new check that fails: reverted in place, the last good check
@@ -192,11 +195,16 @@ func TestJudgingOnlyChangeKeepsTheProcess(t *testing.T) {
 	if !strings.Contains(r.GetReason(), "not healthy within 2s") || len(r.GetChecks()) != 1 || r.GetChecks()[0].GetName() != "gated" || !r.GetChecks()[0].GetOk() {
 		t.Fatalf("reverted with reason %q checks %v: want the broken check's failure and the gated check passing", r.GetReason(), r.GetChecks())
 	}
+	if !r.GetInPlace() {
+		t.Fatalf("reverted in place: report %v does not say in_place", r)
+	}
 	samePID("reverted in place", pid)
 
 	// A judging change together with run.env: restarted.
 	assign(4, "check", func(a *v1.Assignment) { a.Spec.Run.Env["MODE"] = "b" })
-	waitReport("healthy with a new env", nr, 4, v1.Phase_PHASE_HEALTHY)
+	if r := waitReport("healthy with a new env", nr, 4, v1.Phase_PHASE_HEALTHY); r.GetInPlace() {
+		t.Fatalf("restarted with a new env: report %v says in_place", r)
+	}
 	if got := readPID(t, pidFile); got == pid || alive(pid) {
 		t.Fatalf("not restarted for a new env: pid %d -> %d (old alive %v)", pid, got, alive(pid))
 	}

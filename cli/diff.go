@@ -37,6 +37,9 @@ func DiffRollout(prev, cur *v1.Rollout) []string {
 		out = append(out, fmt.Sprintf("%s %s of %s: %s%s, %s, %s",
 			kind, cur.GetId(), cur.GetService(), rollout.Describe(cur), changesNote(cur.GetSpecChanges()),
 			plural(len(cur.GetWaves()), "wave"), plural(hosts, "host")))
+		if n := rollout.InPlaceNote(cur); n != "" {
+			out = append(out, n)
+		}
 		prev = untouched(cur)
 	}
 
@@ -159,13 +162,13 @@ func untouched(cur *v1.Rollout) *v1.Rollout {
 // state, reachability or reason, or its phase once it was told to move.
 func hostChange(ph, h *v1.HostProgress) (string, bool) {
 	changed := ph.GetState() != h.GetState() || ph.GetUnknown() != h.GetUnknown() || ph.GetReason() != h.GetReason() ||
-		(ph.GetPhase() != h.GetPhase() && h.GetState() != v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING)
+		((ph.GetPhase() != h.GetPhase() || ph.GetInPlace() != h.GetInPlace()) && h.GetState() != v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING)
 	if !changed {
 		return "", false
 	}
 	line := fmt.Sprintf("host %s: %s", h.GetHostId(), hostState(h.GetState()))
 	if h.GetPhase() != v1.Phase_PHASE_UNSPECIFIED {
-		line += " (" + phaseName(h.GetPhase()) + ")"
+		line += " (" + hostPhase(h) + ")"
 	}
 	switch {
 	case h.GetUnknown():
@@ -177,4 +180,13 @@ func hostChange(ph, h *v1.HostProgress) (string, bool) {
 		line += ": " + h.GetReason()
 	}
 	return line, true
+}
+
+// hostPhase is a host's reported phase, ", in place" when its report said
+// the change was applied in place (HostProgress.in_place: no restart).
+func hostPhase(h *v1.HostProgress) string {
+	if h.GetInPlace() {
+		return phaseName(h.GetPhase()) + ", in place"
+	}
+	return phaseName(h.GetPhase())
 }

@@ -214,3 +214,50 @@ func TestDiffRolloutWaveApproval(t *testing.T) {
 		t.Errorf("approved: %q", got)
 	}
 }
+
+// TestDiffRolloutInPlace: a judging-only config rollout says hosts apply it
+// in place, and each host that did says so, in watch's lines and in
+// status's host table; a host that restarted does not.
+func TestDiffRolloutInPlace(t *testing.T) {
+	r := step(plan(), func(r *v1.Rollout) {
+		r.ToVersion, r.FromSpecRevision, r.SpecRevision = "1.0", 1, 2
+		r.SpecChanges, r.InPlace = []string{"checks"}, true
+		r.State = rProgressing
+		r.Waves[0].State = wDone
+		r.Waves[0].Hosts[0].State, r.Waves[0].Hosts[0].InPlace = hDone, true
+		r.Waves[1].State = wProgressing
+		r.Waves[1].Hosts[0].State, r.Waves[1].Hosts[0].Phase = hDone, v1.Phase_PHASE_HEALTHY
+		r.Waves[1].Hosts[1].State, r.Waves[1].Hosts[1].Phase = hUpdating, v1.Phase_PHASE_CHECKING
+	})
+	want := []string{
+		"config rollout web-7 of web: 1.0 with spec 1 → spec 2 (changes checks), 2 waves, 3 hosts",
+		"judging only: hosts healthy on 1.0 apply it in place, no restart",
+		"rollout progressing",
+		"host h1: done (healthy, in place)",
+		"wave 0 (canary) done: 1/1 hosts done",
+		"wave 1 started: 2 hosts: h2, h3",
+		"host h2: done (healthy)",
+		"host h3: updating (checking)",
+	}
+	if got := DiffRollout(nil, r); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("got:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	// h3 reports CHECKING in place: a change of its line.
+	next := step(r, func(r *v1.Rollout) { r.Waves[1].Hosts[1].InPlace = true })
+	if got := DiffRollout(r, next); strings.Join(got, "\n") != "host h3: updating (checking, in place)" {
+		t.Errorf("h3 in place: got %q", got)
+	}
+	var b strings.Builder
+	if err := printRollout(&b, next); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"spec: spec 2 (changes checks)\njudging only: hosts healthy on 1.0 apply it in place, no restart\n",
+		"healthy, in place", "checking, in place"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("rollout status lacks %q:\n%s", want, b.String())
+		}
+	}
+	if strings.Count(b.String(), "in place") != 3 {
+		t.Errorf("rollout status: want the rollout's note and two hosts in place (not h2):\n%s", b.String())
+	}
+}

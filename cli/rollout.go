@@ -229,6 +229,9 @@ func printRollout(w io.Writer, ro *v1.Rollout) error {
 	if ro.GetSpecRevision() > 0 {
 		fmt.Fprintf(w, "spec: %s%s\n", rollout.SpecName(ro.GetSpecRevision()), changesNote(ro.GetSpecChanges()))
 	}
+	if n := rollout.InPlaceNote(ro); n != "" {
+		fmt.Fprintln(w, n)
+	}
 	fmt.Fprintf(w, "created %s, started %s, finished %s\n", fmtTime(ro.GetCreatedAt()), fmtTime(ro.GetStartedAt()), fmtTime(ro.GetFinishedAt()))
 	if ro.GetReason() != "" {
 		fmt.Fprintf(w, "reason: %s\n", ro.GetReason())
@@ -251,7 +254,7 @@ func printRollout(w io.Writer, ro *v1.Rollout) error {
 	row(tw, "HOST", "WAVE", "STATE", "PHASE", "UNKNOWN", "REASON")
 	for _, wv := range ro.GetWaves() {
 		for _, h := range wv.GetHosts() {
-			row(tw, h.GetHostId(), strconv.Itoa(int(wv.GetIndex())), hostState(h.GetState()), phaseName(h.GetPhase()),
+			row(tw, h.GetHostId(), strconv.Itoa(int(wv.GetIndex())), hostState(h.GetState()), hostPhase(h),
 				yesNo(h.GetUnknown()), orDash(h.GetReason()))
 		}
 	}

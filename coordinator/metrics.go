@@ -16,7 +16,7 @@ package coordinator
 //     assignment set has been written to the host's stream;
 //   - etcd request latency: every request through the etcd client's KV
 //     (store.InstrumentKV);
-//   - report transactions, reports written and coalesced: the hub's report
+//   - report transactions, reports written, coalesced and dropped: the hub's report
 //     writer (reports.go), on every coordinator for its own streams;
 //   - leader, etcd session losses, calls forwarded to the leader.
 
@@ -66,8 +66,8 @@ type metrics struct {
 	sessionLosses   prometheus.Counter
 	forwarded       *prometheus.CounterVec // method, result
 	// The report path (reportWriter).
-	reportTxns, reportsWritten, reportsCoalesced prometheus.Counter
-	pushPasses                                   prometheus.Counter
+	reportTxns, reportsWritten, reportsCoalesced, reportsDropped prometheus.Counter
+	pushPasses                                                   prometheus.Counter
 }
 
 // newMetrics makes the coordinator's registry with the Go and process
@@ -133,12 +133,16 @@ func newMetrics() *metrics {
 		Name: "fleetwave_coordinator_push_passes_total",
 		Help: "Passes of the agent hub over every connected host to push changed assignments (after a change of what hosts should run; staging and host-record changes at most one a second).",
 	})
+	m.reportsDropped = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "fleetwave_coordinator_reports_dropped_total",
+		Help: "Agents' reports dropped unwritten because they arrived on an older stream of their host after a newer stream of it began its hello (they would overwrite its newer status).",
+	})
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.rollouts, m.rolloutDuration, m.waveDuration, m.leadTime, m.delivery,
 		m.etcdLatency, m.etcdFailures, m.sessionLosses, m.forwarded,
-		m.reportTxns, m.reportsWritten, m.reportsCoalesced, m.pushPasses,
+		m.reportTxns, m.reportsWritten, m.reportsCoalesced, m.reportsDropped, m.pushPasses,
 	)
 	return m
 }

@@ -193,6 +193,7 @@ func TestMetricsEndpoint(t *testing.T) {
 		{"fleetwave_coordinator_report_txns_total", nil, 1, 2},
 		{"fleetwave_coordinator_reports_written_total", nil, 1, 2},
 		{"fleetwave_coordinator_reports_coalesced_total", nil, 0, 1},
+		{"fleetwave_coordinator_reports_dropped_total", nil, 0, 0},        // one stream
 		{"fleetwave_coordinator_etcd_quota_bytes", nil, 2 << 30, 2 << 30}, // an external etcd: etcd's default
 		{"fleetwave_coordinator_audit_entries", nil, 1, 100},
 		{"fleetwave_coordinator_connections", []string{"cert", "yes"}, 1, 10},

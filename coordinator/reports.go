@@ -39,6 +39,7 @@ type reportWriter struct {
 	txns      prometheus.Counter // transactions attempted
 	written   prometheus.Counter // reports stored
 	coalesced prometheus.Counter // reports replaced by a newer one before their transaction
+	dropped   prometheus.Counter // reports of an older stream read after a newer stream's hello (putFrom)
 
 	mu      sync.Mutex
 	q       reportQueue
@@ -53,7 +54,7 @@ type reportWriter struct {
 }
 
 func newReportWriter(s *store.Store, m *metrics) *reportWriter {
-	return &reportWriter{s: s, now: time.Now, txns: m.reportTxns, written: m.reportsWritten, coalesced: m.reportsCoalesced,
+	return &reportWriter{s: s, now: time.Now, txns: m.reportTxns, written: m.reportsWritten, coalesced: m.reportsCoalesced, dropped: m.reportsDropped,
 		hellos: map[string]uint64{}, q: newReportQueue(), kick: make(chan struct{}, 1)}
 }
 
@@ -75,7 +76,7 @@ type reportDone struct{ f func(error) }
 // newer stream of host began its hello (helloBegins), the report is
 // dropped (done(nil), as if replaced): it was sent before that hello, and
 // written after the hello's reports it would leave an older status in
-// etcd. seq 0: no stream.
+// etcd. seq 0: no stream. A dropped report is counted (dropped).
 func (w *reportWriter) putFrom(host string, seq uint64, r *v1.ServiceReport, done *reportDone) {
 	w.mu.Lock()
 	if err := w.stopped; err != nil {
@@ -85,6 +86,7 @@ func (w *reportWriter) putFrom(host string, seq uint64, r *v1.ServiceReport, don
 	}
 	if seq != 0 && w.hellos[host] > seq {
 		w.mu.Unlock()
+		w.dropped.Inc()
 		done.f(nil)
 		return
 	}

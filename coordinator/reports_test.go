@@ -780,6 +780,60 @@ func TestOlderStreamReportAfterHelloDropped(t *testing.T) {
 	if r := gh.stored("h1", "web"); !proto.Equal(r, cur) {
 		t.Fatalf("stored %v, want the new stream's hello %v", r, cur)
 	}
+	if n := testutil.ToFloat64(gh.c.metrics.reportsDropped); n != 1 {
+		t.Fatalf("fleetwave_coordinator_reports_dropped_total = %g, want 1 (the old stream's report)", n)
+	}
+}
+
+// TestReportsDroppedCounted: of two streams of one host, the older one's
+// reports are dropped, and counted, from the moment the newer one began
+// its hello until it ended; the newer one's, another host's and a report
+// from no stream (seq 0) are written and not counted.
+func TestReportsDroppedCounted(t *testing.T) {
+	w, g, cli := gatedWriter(t)
+	dropped := func() float64 { return testutil.ToFloat64(w.dropped) }
+	ended := w.helloBegins("h1", 2)
+	done, res := resultOf()
+	w.putFrom("h1", 1, report("web", v1.Phase_PHASE_FETCHING), &reportDone{done})
+	if err := waitResult(t, "the older stream's report", res); err != nil {
+		t.Fatalf("dropped report: %v, want nil (as if replaced)", err)
+	}
+	if n := dropped(); n != 1 {
+		t.Fatalf("dropped %g, want 1", n)
+	}
+	w.putFrom("h1", 1, report("web", v1.Phase_PHASE_CHECKING), &reportDone{func(error) {}})
+	if n := dropped(); n != 2 {
+		t.Fatalf("dropped %g after a second report of the older stream, want 2", n)
+	}
+	for _, p := range []struct {
+		host string
+		seq  uint64
+	}{{"h1", 2}, {"h2", 1}, {"h1", 0}} {
+		done, res := resultOf()
+		w.putFrom(p.host, p.seq, report("web", v1.Phase_PHASE_HEALTHY), &reportDone{done})
+		enteredTxn(t, g)
+		g.release <- nil
+		if err := waitResult(t, p.host+"'s report", res); err != nil {
+			t.Fatal(err)
+		}
+		if ph := storedPhase(t, cli, p.host, "web"); ph != v1.Phase_PHASE_HEALTHY {
+			t.Fatalf("%s stream %d: stored %v, want HEALTHY", p.host, p.seq, ph)
+		}
+	}
+	if n := dropped(); n != 2 {
+		t.Fatalf("dropped %g after the newer stream's, another host's and a streamless report, want 2", n)
+	}
+	ended() // the newer stream ended: no stream of h1 is newer than 1 now
+	done, res = resultOf()
+	w.putFrom("h1", 1, report("web", v1.Phase_PHASE_FAILED), &reportDone{done})
+	enteredTxn(t, g)
+	g.release <- nil
+	if err := waitResult(t, "a report after the newer stream ended", res); err != nil {
+		t.Fatal(err)
+	}
+	if n := dropped(); n != 2 {
+		t.Fatalf("dropped %g after the newer stream ended, want 2", n)
+	}
 }
 
 // TestReportFloodKeepsOneCallback: a stream flooding reports while its

@@ -157,6 +157,7 @@
 //	SWITCHING -> STARTING, FAILED                           (FAILED: the switch did not happen)
 //	STARTING  -> CHECKING, REVERTING
 //	CHECKING  -> HEALTHY, REVERTING
+//	CHECKING  -> FETCHING, HEALTHY, FAILED, REMOVING        (an install in place being checked, dropped for a newer assignment: spec.go)
 //	HEALTHY   -> REVERTING                                  (a failure during the watch)
 //	REVERTING -> REVERTED, FAILED
 //	IDLE, HEALTHY, REVERTED, FAILED, FETCHING .. STAGING -> REMOVING  (a removal: remove.go)

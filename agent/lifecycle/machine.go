@@ -139,6 +139,9 @@ type Machine struct {
 	// targetEpoch is the epoch of the process started for target by the
 	// install under way (0: none yet; Snapshot.TargetEpoch).
 	targetEpoch uint64
+	// installedInPlace: target was installed in place and no process has been
+	// started since (Snapshot.InPlace, ServiceReport.in_place; spec.go).
+	installedInPlace bool
 
 	// The service's processes. procs serve (one, or two found at Restore);
 	// fresh is the one being started until it is ready and the old ones are
@@ -229,16 +232,17 @@ func New(service string) *Machine {
 // kept for a handover keeps running.
 func Restore(s Snapshot, found []Running, now time.Time) (*Machine, []Action) {
 	m := &Machine{
-		service:     s.Service,
-		phase:       s.Phase,
-		gen:         s.Generation,
-		reason:      s.Reason,
-		current:     s.Current,
-		lastGood:    s.LastGood,
-		target:      s.Target,
-		now:         now,
-		restored:    s.Phase,
-		targetEpoch: s.TargetEpoch,
+		service:          s.Service,
+		phase:            s.Phase,
+		gen:              s.Generation,
+		reason:           s.Reason,
+		current:          s.Current,
+		lastGood:         s.LastGood,
+		target:           s.Target,
+		now:              now,
+		restored:         s.Phase,
+		targetEpoch:      s.TargetEpoch,
+		installedInPlace: s.InPlace, // until a process is started (emitStart)
 		// HEALTHY and REVERTED mean the current release passed its checks.
 		currentOK: s.CurrentOK || s.Phase == v1.Phase_PHASE_HEALTHY || s.Phase == v1.Phase_PHASE_REVERTED,
 	}
@@ -591,6 +595,7 @@ func (m *Machine) Snapshot() *Snapshot {
 		Target:      m.target,
 		CurrentOK:   m.currentOK && m.current != nil,
 		TargetEpoch: m.targetEpoch,
+		InPlace:     m.installedInPlace,
 	}
 	if m.chk.active && m.chk.watching {
 		s.WatchUntil, s.Previous = m.chk.watchUntil, m.chk.prevGood
@@ -608,6 +613,7 @@ func (m *Machine) Report() *v1.ServiceReport {
 		TargetVersion:   Version(m.target),
 		LastGoodVersion: Version(m.lastGood),
 		Reason:          m.reason,
+		InPlace:         m.installedInPlace,
 	}
 	if m.refused != "" {
 		r.Reason = joinReasons(m.reason, m.refused)
@@ -644,6 +650,9 @@ func (m *Machine) persist() { m.emit(Action{Kind: ActPersist, Snapshot: m.Snapsh
 // setPhase changes the phase and emits a report (and a persist when durable).
 func (m *Machine) setPhase(p v1.Phase, durable bool) {
 	m.phase = p
+	if p == v1.Phase_PHASE_STARTING {
+		m.installedInPlace = false // a process is about to be started
+	}
 	if durable {
 		m.persist()
 	}
@@ -673,6 +682,7 @@ func (m *Machine) launch(a *v1.Assignment) {
 // emitStart emits the ActStart of launch.
 func (m *Machine) emitStart(a *v1.Assignment) {
 	m.epoch++
+	m.installedInPlace = false // a process is started: no longer in place
 	if m.op == opInstall && a == m.target {
 		m.targetEpoch = m.epoch
 		if specChange(m.target, m.lastGood) {
@@ -891,6 +901,9 @@ func (m *Machine) onAssign(p *pendingAssign, t time.Time) {
 	case m.pending != nil && p.gen <= m.pending.gen:
 		return // stale or repeat of the one already waiting
 	}
+	if m.checkingInPlace() && m.newerInPlace(p) {
+		return // the check carries on with it (spec.go)
+	}
 	if m.op != opNone {
 		m.pending = p // taken up when the step in flight finishes or the machine settles
 		return
@@ -905,6 +918,7 @@ func (m *Machine) apply(p *pendingAssign, t time.Time) {
 	m.op = opNone
 	m.gen = p.gen
 	m.refused = ""
+	m.installedInPlace = false // until installInPlace
 	v := Version(p.a)
 	if !m.runsAsIs(p.a) {
 		m.stopChecks() // a new assignment ends the watch of the running release

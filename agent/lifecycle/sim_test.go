@@ -39,6 +39,13 @@ var edges = map[v1.Phase][]v1.Phase{
 	v1.Phase_PHASE_REMOVED:  {v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_REMOVING},
 }
 
+// inPlaceEdges are the extra edges of a machine checking an install in
+// place: a newer assignment drops it at once (spec.go, newerInPlace) and is
+// applied from the last good spec, settled.
+var inPlaceEdges = map[v1.Phase][]v1.Phase{
+	v1.Phase_PHASE_CHECKING: {v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_FAILED, v1.Phase_PHASE_REMOVING},
+}
+
 // recoveryEdges are the extra edges between Restore and the end of a
 // recovery (nothing adoptable ran: the last good release is put back and
 // re-checked). A recovery never reverts anything: it ends REVERTED only
@@ -171,10 +178,13 @@ type sim struct {
 	inPlaces   int  // installs in place (spec.go)
 	// reverts in place (spec.go)
 	inPlaceReverts int
-	chkAnalyse     bool      // analysed when it has rules: an install's check or a resumed watch
-	verdict        Verdict   // latest analysis verdict fed for chkEpoch
-	exits          int       // exits of chkEpoch's process
-	failSince      time.Time // checks failing continuously since (zero: not)
+	// newer assignments taken while an install in place was checked
+	// (dropped or carried on: spec.go, newerInPlace)
+	inPlaceNewer int
+	chkAnalyse   bool      // analysed when it has rules: an install's check or a resumed watch
+	verdict      Verdict   // latest analysis verdict fed for chkEpoch
+	exits        int       // exits of chkEpoch's process
+	failSince    time.Time // checks failing continuously since (zero: not)
 	// failSince before the input being stepped changed it
 	failSinceBefore time.Time
 
@@ -202,11 +212,14 @@ type sim struct {
 	// READY=1 of a process whose start is in flight (taken when it ends)
 	earlyReady map[uint64]bool
 
-	everHealthy  map[string]bool
-	edgesSeen    map[[2]v1.Phase]int
-	persisted    *Snapshot
-	prev         v1.Phase
-	prevGen      int64
+	everHealthy map[string]bool
+	edgesSeen   map[[2]v1.Phase]int
+	persisted   *Snapshot
+	prev        v1.Phase
+	prevGen     int64
+	// prevInPlace: the last report said its install was in place
+	// (ServiceReport.in_place).
+	prevInPlace  bool
 	recovering   bool
 	afterRestore bool // the next switch must be the recovery's, to the last good release
 
@@ -680,7 +693,7 @@ func (s *sim) apply(acts []Action) {
 			s.chkA = a.Assignment
 			s.chkStart = s.now
 			s.chkInstall = !s.recovering && s.prev == v1.Phase_PHASE_STARTING
-			if !s.recovering && s.m.Phase() == v1.Phase_PHASE_CHECKING && (settled(s.prev) || preSwitch(s.prev)) {
+			if !s.recovering && s.m.Phase() == v1.Phase_PHASE_CHECKING && (settled(s.prev) || preSwitch(s.prev) || s.dropsInPlace()) {
 				// An install in place (spec.go): the process that serves,
 				// judged under a spec that differs only in how it is judged.
 				if p := s.procs[a.Epoch]; p == nil || p.a == nil || !runsSame(p.a, a.Assignment) {
@@ -770,7 +783,8 @@ func (s *sim) checkReport(r *v1.ServiceReport) {
 		}
 		s.firstSeen = true
 	} else if p != s.prev {
-		ok := allowed(edges, s.prev, p) || (s.recovering && allowed(recoveryEdges, s.prev, p))
+		ok := allowed(edges, s.prev, p) || (s.recovering && allowed(recoveryEdges, s.prev, p)) ||
+			(s.dropsInPlace() && r.Generation > s.prevGen && allowed(inPlaceEdges, s.prev, p))
 		if !ok {
 			s.fatalf("phase edge %v -> %v not allowed (recovering=%v)", s.prev, p, s.recovering)
 		}
@@ -787,6 +801,7 @@ func (s *sim) checkReport(r *v1.ServiceReport) {
 	}
 	// Healthy only after passing continuously for min_healthy_time.
 	fromChecks := (s.prev == v1.Phase_PHASE_CHECKING || s.prev == v1.Phase_PHASE_REVERTING) && p != s.prev &&
+		!(s.dropsInPlace() && r.Generation > s.prevGen) &&
 		(p == v1.Phase_PHASE_HEALTHY || p == v1.Phase_PHASE_REVERTED || (s.recovering && settled(p) && p != v1.Phase_PHASE_FAILED))
 	if fromChecks {
 		install := s.prev == v1.Phase_PHASE_CHECKING && p == v1.Phase_PHASE_HEALTHY && !s.recovering
@@ -921,12 +936,22 @@ func (s *sim) checkReport(r *v1.ServiceReport) {
 	if s.recovering && (settled(p) || p == v1.Phase_PHASE_FETCHING) {
 		s.recovering = false
 	}
+	if s.dropsInPlace() && r.Generation > s.prevGen {
+		s.inPlaceNewer++
+	}
 	if s.edgesSeen != nil && p != s.prev {
 		s.edgesSeen[[2]v1.Phase{s.prev, p}]++
 	}
 	s.prev = p
 	s.prevGen = r.Generation
+	s.prevInPlace = r.InPlace
 	s.lastGoodBefore = r.LastGoodVersion
+}
+
+// dropsInPlace reports whether the machine was checking an install in
+// place at its last report: a newer assignment drops that check at once.
+func (s *sim) dropsInPlace() bool {
+	return !s.recovering && s.prev == v1.Phase_PHASE_CHECKING && s.prevInPlace
 }
 
 // finish completes the step in flight in the model and feeds Done.
@@ -1015,6 +1040,7 @@ func (s *sim) restart() {
 		s.m = New("web")
 		s.prev = v1.Phase_PHASE_IDLE
 		s.prevGen = 0
+		s.prevInPlace = false
 		return
 	}
 	s.resumeUntil, s.resumePrev = time.Time{}, ""
@@ -1071,6 +1097,7 @@ func (s *sim) restart() {
 	m, acts := Restore(*s.persisted, found, s.now)
 	s.m = m
 	s.prevGen = s.persisted.Generation
+	s.prevInPlace = s.persisted.InPlace
 	s.recovering = kind == restoreRecover
 	s.afterRestore = kind == restoreRecover
 	s.prev = s.persisted.Phase
@@ -1113,7 +1140,7 @@ func (s *sim) restart() {
 // simStats counts what the simulation exercised.
 type simStats struct {
 	watchReverts, analysisReverts, resumedWatches, adoptions int
-	inPlaces, inPlaceReverts                                 int
+	inPlaces, inPlaceReverts, inPlaceNewer                   int
 	restores                                                 map[restoreKind]int
 	handovers                                                simHandovers
 	hooks                                                    simHooks
@@ -1134,6 +1161,7 @@ func runSim(t *testing.T, seed uint64, steps int, seen map[[2]v1.Phase]int, st *
 			st.adoptions += s.adoptions
 			st.inPlaces += s.inPlaces
 			st.inPlaceReverts += s.inPlaceReverts
+			st.inPlaceNewer += s.inPlaceNewer
 			st.handovers.beside += s.handovers.beside
 			st.handovers.drained += s.handovers.drained
 			st.handovers.notReady += s.handovers.notReady
@@ -1289,8 +1317,8 @@ func TestSimulation(t *testing.T) {
 		t.Errorf("simulation reverted %d watched releases, %d on analysis, resumed %d watches, adopted %d processes: not exercised",
 			st.watchReverts, st.analysisReverts, st.resumedWatches, st.adoptions)
 	}
-	if st.inPlaces == 0 || st.inPlaceReverts == 0 {
-		t.Errorf("installs in place %d, reverts in place %d: not exercised", st.inPlaces, st.inPlaceReverts)
+	if st.inPlaces == 0 || st.inPlaceReverts == 0 || st.inPlaceNewer == 0 {
+		t.Errorf("installs in place %d, reverts in place %d, newer assignments while checking in place %d: not exercised", st.inPlaces, st.inPlaceReverts, st.inPlaceNewer)
 	}
 	if h := st.handovers; h.beside == 0 || h.drained == 0 || h.notReady == 0 || h.exitedBeforeReady == 0 || h.foundBeside == 0 {
 		t.Errorf("handovers not exercised: %+v", h)
@@ -1316,8 +1344,8 @@ func TestSimulation(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("edges taken: %d distinct; watch reverts %d (analysis %d); watches resumed after a restart %d; processes adopted %d; installs in place %d, reverts in place %d; restores %v; handovers %+v; hooks %+v",
-		len(seen), st.watchReverts, st.analysisReverts, st.resumedWatches, st.adoptions, st.inPlaces, st.inPlaceReverts, st.restores, st.handovers, st.hooks)
+	t.Logf("edges taken: %d distinct; watch reverts %d (analysis %d); watches resumed after a restart %d; processes adopted %d; installs in place %d, reverts in place %d, newer assignments while checking in place %d; restores %v; handovers %+v; hooks %+v",
+		len(seen), st.watchReverts, st.analysisReverts, st.resumedWatches, st.adoptions, st.inPlaces, st.inPlaceReverts, st.inPlaceNewer, st.restores, st.handovers, st.hooks)
 }
 
 // checkHook checks an ActHook against the model: each hook runs from the

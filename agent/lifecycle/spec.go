@@ -29,7 +29,12 @@ import (
 //     and the process, still the same, is re-checked with its checks
 //     (REVERTING → REVERTED). When the machine is not settled healthy on
 //     the release (a failed process, one being started), the change is
-//     installed as any other.
+//     installed as any other. A newer assignment while it is checked does
+//     not wait for the check (newerInPlace): the same spec at a newer
+//     generation carries the check on; anything else drops it at once
+//     (nothing was started or switched) and is applied from the last good
+//     spec. A crash loop in its check or watch reverts it like any failure
+//     (README, "Config changes roll out like code").
 //   - it changes only what the coordinator reads (rollout policy, alerts,
 //     selector): taken as the running release at a newer generation, no
 //     restart (as for the same spec).
@@ -51,6 +56,12 @@ import (
 // same, it is the target's and the last good's process alike (judgedInPlace),
 // so it is adopted and checked again with the spec the snapshot judges
 // (Current), whatever its epoch.
+//
+// Reports say which installs were in place (ServiceReport.in_place, from
+// Snapshot.InPlace): set by installInPlace, for the assignment it
+// installed and its in-place revert, and cleared by the next assignment
+// and by any process start (a reboot's, a recovery's), so it never claims
+// a process was kept that was started.
 
 // runsAsIs reports whether assignment a is what the machine runs, healthy:
 // the same release with a spec that runs the same on hosts, so taking it
@@ -92,6 +103,7 @@ func (m *Machine) installInPlace(a *v1.Assignment, t time.Time) {
 	m.current = a
 	m.currentOK = false // not yet passed under this spec
 	m.targetEpoch = p.epoch
+	m.installedInPlace = true
 	m.reason = ""
 	m.op = opInstall
 	p.a = a
@@ -99,6 +111,42 @@ func (m *Machine) installInPlace(a *v1.Assignment, t time.Time) {
 	m.persist()
 	m.beginChecks(a, p.epoch, t) // reports
 	m.evaluate(t)
+}
+
+// checkingInPlace reports whether the machine checks an install in place
+// (CHECKING, no hook or step in flight): nothing was started, stopped or
+// switched for it.
+func (m *Machine) checkingInPlace() bool {
+	return m.op == opInstall && m.installedInPlace && m.phase == v1.Phase_PHASE_CHECKING &&
+		m.inflight == 0 && m.hook == nil && m.fresh == nil && len(m.procs) == 1 && m.procs[0].v == Version(m.lastGood)
+}
+
+// newerInPlace takes newer assignment p while an install in place is
+// checked (checkingInPlace holds). The same spec as far as hosts go (the
+// same release): the check carries on with p's generation, and it returns
+// true. Anything else does not wait for the check (up to healthy_deadline):
+// nothing was started, stopped or switched for it, so it is dropped at
+// once, as an install is before its switch, and the machine is back where
+// it was before it, on the last good spec (which the process runs the
+// same, and which passed), settled: it returns false and p is applied.
+func (m *Machine) newerInPlace(p *pendingAssign) bool {
+	if p.a != nil && !p.isRemove() && Version(p.a) == Version(m.target) && !specdiff.HostAffecting(m.target.GetSpec(), p.a.GetSpec()) {
+		m.pending = nil
+		m.gen, m.refused = p.gen, ""
+		m.target, m.current, m.procs[0].a = p.a, p.a, p.a
+		m.persist()
+		m.report()
+		return true
+	}
+	m.stopChecks()
+	m.current = m.lastGood
+	m.procs[0].a = m.lastGood
+	m.currentOK = true
+	m.installedInPlace = false
+	m.checks, m.rules = nil, nil // the dropped spec's
+	m.reason = ""
+	m.op = opNone
+	return false
 }
 
 // revertsInPlace reports whether the revert under way can be done in

@@ -453,6 +453,7 @@ func (tr *trace) snapshot(t *testing.T, d *datadriven.TestData) Snapshot {
 	s.Current, s.LastGood, s.Target, s.Previous = release("current"), release("last_good"), release("target"), release("previous")
 	s.CurrentOK = d.HasArg("current_ok")
 	d.MaybeScanArgs(t, "target_epoch", &s.TargetEpoch)
+	s.InPlace = d.HasArg("in_place")
 	if dur, ok := tr.duration(t, d, "watch_until"); ok {
 		s.WatchUntil = t0.Add(dur)
 	}
@@ -620,10 +621,16 @@ func (tr *trace) action(a Action) string {
 		if s.TargetEpoch != 0 {
 			fmt.Fprintf(&b, " target_epoch=%d", s.TargetEpoch)
 		}
+		if s.InPlace {
+			b.WriteString(" in_place")
+		}
 	case ActReport:
 		r := a.Report
 		fmt.Fprintf(&b, " %s gen=%d cur=%s good=%s target=%s", phaseName(r.Phase), r.Generation,
 			versionOr(r.CurrentVersion), versionOr(r.LastGoodVersion), versionOr(r.TargetVersion))
+		if r.InPlace {
+			b.WriteString(" in-place")
+		}
 		if r.Reason != "" {
 			b.WriteString("\n  reason: " + r.Reason)
 		}
@@ -678,8 +685,8 @@ func (tr *trace) status() string {
 // describe prints the report in full and the last persisted snapshot.
 func (tr *trace) describe(out *strings.Builder) {
 	r := tr.m.Report()
-	fmt.Fprintf(out, "report %s gen=%d cur=%s good=%s target=%s\n", phaseName(r.Phase), r.Generation,
-		versionOr(r.CurrentVersion), versionOr(r.LastGoodVersion), versionOr(r.TargetVersion))
+	fmt.Fprintf(out, "report %s gen=%d cur=%s good=%s target=%s%s\n", phaseName(r.Phase), r.Generation,
+		versionOr(r.CurrentVersion), versionOr(r.LastGoodVersion), versionOr(r.TargetVersion), map[bool]string{true: " in-place"}[r.InPlace])
 	if r.Reason != "" {
 		fmt.Fprintf(out, "  reason: %s\n", r.Reason)
 	}

@@ -426,6 +426,10 @@ type Snapshot struct {
 	// install (the same release, another spec) it tells the process running
 	// the new spec from those running the old one (spec.go).
 	TargetEpoch uint64
+	// InPlace: Target was installed in place (only how it is judged
+	// changed; the process that served was kept) and no process has been
+	// started since (ServiceReport.in_place; spec.go).
+	InPlace bool
 }
 
 // Running is what the caller found running of a service when it restores

@@ -67,6 +67,9 @@ type file struct {
 	// not recorded): the epoch of the process started for target by the
 	// install under way.
 	TargetEpoch uint64 `json:"target_epoch,omitempty"`
+	// InPlace (added within format 2; absent in older files, read as
+	// false): target was installed in place, no process started since.
+	InPlace bool `json:"in_place,omitempty"`
 	// Sockets and Notify (added within format 2; absent in older files):
 	// the Runtime record.
 	Sockets []sockets.Identity `json:"sockets,omitempty"`
@@ -190,7 +193,7 @@ func Marshal(s *lifecycle.Snapshot) ([]byte, error) {
 func MarshalWith(s *lifecycle.Snapshot, rt Runtime) ([]byte, error) {
 	f := file{
 		Format: Format, Service: s.Service, Phase: s.Phase.String(), Generation: s.Generation, Reason: s.Reason,
-		WatchUntil: s.WatchUntil, CurrentOK: s.CurrentOK, TargetEpoch: s.TargetEpoch, Sockets: rt.Sockets, Notify: rt.Notify,
+		WatchUntil: s.WatchUntil, CurrentOK: s.CurrentOK, TargetEpoch: s.TargetEpoch, InPlace: s.InPlace, Sockets: rt.Sockets, Notify: rt.Notify,
 	}
 	raws := []*json.RawMessage{&f.Current, &f.LastGood, &f.Target, &f.Previous}
 	for i, r := range fields(s) {
@@ -253,6 +256,7 @@ func unmarshalCurrent(b []byte) (*lifecycle.Snapshot, Runtime, error) {
 	}
 	s.CurrentOK = f.CurrentOK
 	s.TargetEpoch = f.TargetEpoch
+	s.InPlace = f.InPlace
 	rt := Runtime{Sockets: f.Sockets, Notify: f.Notify}
 	raws := []json.RawMessage{f.Current, f.LastGood, f.Target, f.Previous}
 	for i, r := range fields(s) {

@@ -29,7 +29,7 @@ func sample() *lifecycle.Snapshot {
 	a1, a2 := asg("web", "v1", 1), asg("web", "v2", 2)
 	return &lifecycle.Snapshot{
 		Service: "web", Phase: v1.Phase_PHASE_CHECKING, Generation: 2, Reason: "why",
-		Current: a2, LastGood: a1, Target: a2, TargetEpoch: 3,
+		Current: a2, LastGood: a1, Target: a2, TargetEpoch: 3, InPlace: true,
 	}
 }
 
@@ -37,7 +37,8 @@ func sample() *lifecycle.Snapshot {
 func equal(t *testing.T, got, want *lifecycle.Snapshot) {
 	t.Helper()
 	if got.Service != want.Service || got.Phase != want.Phase || got.Generation != want.Generation ||
-		got.Reason != want.Reason || !got.WatchUntil.Equal(want.WatchUntil) || got.CurrentOK != want.CurrentOK || got.TargetEpoch != want.TargetEpoch {
+		got.Reason != want.Reason || !got.WatchUntil.Equal(want.WatchUntil) || got.CurrentOK != want.CurrentOK || got.TargetEpoch != want.TargetEpoch ||
+		got.InPlace != want.InPlace {
 		t.Fatalf("loaded %+v, want %+v", got, want)
 	}
 	for _, f := range []struct {

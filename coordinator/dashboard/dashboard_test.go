@@ -12,6 +12,7 @@ import (
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,6 +28,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/internal/testkit"
 	"github.com/fleetwave/fleetwave/internal/testkit/ports"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
@@ -1206,5 +1208,38 @@ func TestBoardNamesTheRolloutAsEverywhere(t *testing.T) {
 		if !strings.Contains(out.String(), html.EscapeString(tc.want)) {
 			t.Errorf("the rendered board does not name %q:\n%s", tc.want, out.String())
 		}
+	}
+}
+
+// The board of a judging-only config rollout says it is applied in place,
+// and each host whose report said so (HostProgress.in_place); others not.
+func TestBoardSaysInPlace(t *testing.T) {
+	_, frag, err := parseTemplates()
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := &v1.Service{Spec: &v1.ServiceSpec{Name: "web"}}
+	r := &v1.Rollout{Id: "000003", Service: "web", FromVersion: "v2", ToVersion: "v2", SpecRevision: 4, FromSpecRevision: 3, InPlace: true,
+		Waves: []*v1.Wave{{Index: 0, State: v1.WaveState_WAVE_STATE_PROGRESSING, Hosts: []*v1.HostProgress{
+			{HostId: "h1", State: v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE, Phase: v1.Phase_PHASE_HEALTHY, InPlace: true},
+			{HostId: "h2", State: v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE, Phase: v1.Phase_PHASE_HEALTHY}}}}}
+	b := buildBoard(&session{}, svc, r, nil)
+	var out strings.Builder
+	if err := frag.ExecuteTemplate(&out, "board", b); err != nil {
+		t.Fatal(err)
+	}
+	page := out.String()
+	if want := html.EscapeString(rollout.InPlaceNote(r)); want == "" || !strings.Contains(page, want) {
+		t.Errorf("the board does not say the rollout is applied in place (%q):\n%s", want, page)
+	}
+	if got := b.Waves[0].Hosts[0].Status(); !slices.Contains(got, "in place") {
+		t.Errorf("h1 (in place): %q", got)
+	}
+	if got := b.Waves[0].Hosts[1].Status(); slices.Contains(got, "in place") {
+		t.Errorf("h2 (restarted): %q", got)
+	}
+	r.InPlace = false
+	if b := buildBoard(&session{}, svc, r, nil); b.InPlace != "" {
+		t.Errorf("a rollout that is not in place: board says %q", b.InPlace)
 	}
 }

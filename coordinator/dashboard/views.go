@@ -56,7 +56,10 @@ type boardView struct {
 	Service, ID, State, Reason string
 	// What the rollout changes, named as everywhere else
 	// (rollout.Describe): "v1 → v2", "v2 with spec 3 → spec 4", ...
-	What                             string
+	What string
+	// InPlace says a judging-only config rollout is applied in place
+	// (rollout.InPlaceNote; "" for any other).
+	InPlace                          string
 	Stable                           string
 	Paused, Rollback, Frozen, Config bool
 	// None: the service has had no rollout yet.
@@ -83,6 +86,7 @@ type waveView struct {
 type cellView struct {
 	Host, State, Phase, Reason, Version string
 	Unknown                             bool
+	InPlace                             bool // its report said: applied in place (no restart)
 	Checks                              []checkView
 }
 
@@ -91,6 +95,9 @@ func (c cellView) Status() []string {
 	var out []string
 	if c.Phase != "" {
 		out = append(out, c.Phase)
+	}
+	if c.InPlace {
+		out = append(out, "in place")
 	}
 	if c.Version != "" {
 		out = append(out, "runs "+c.Version)
@@ -186,6 +193,7 @@ func buildBoard(sess *session, svc *v1.Service, r *v1.Rollout, hosts []*v1.Host)
 		}
 	}
 	b.ID, b.What, b.Reason = r.GetId(), rollout.Describe(r), r.GetReason()
+	b.InPlace = rollout.InPlaceNote(r)
 	b.State = lower(r.GetState().String(), "ROLLOUT_STATE_")
 	b.Paused, b.Rollback = r.GetPaused(), r.GetRollback()
 	b.Config = rollout.IsConfig(r)
@@ -203,7 +211,7 @@ func buildBoard(sess *session, svc *v1.Service, r *v1.Rollout, hosts []*v1.Host)
 			waiting = int64(w.GetIndex())
 		}
 		for _, h := range w.GetHosts() {
-			c := cellView{Host: h.GetHostId(), State: cellState(h), Phase: lower(h.GetPhase().String(), "PHASE_"), Reason: h.GetReason(), Unknown: h.GetUnknown()}
+			c := cellView{Host: h.GetHostId(), State: cellState(h), Phase: lower(h.GetPhase().String(), "PHASE_"), Reason: h.GetReason(), Unknown: h.GetUnknown(), InPlace: h.GetInPlace()}
 			if rep := reports[h.GetHostId()]; rep != nil {
 				c.Version = rep.GetCurrentVersion()
 				if c.Reason == "" && c.State == "failed" {

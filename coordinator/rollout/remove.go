@@ -76,6 +76,7 @@ func newRemoval(id string, svc *v1.Service, hosts []Host, now time.Time) *v1.Rol
 	r.FromSpecRevision = r.GetSpecRevision()
 	r.AppliedSpecRevision = svc.GetSpecRevision()
 	r.SpecChanges = nil
+	r.InPlace = false
 	return r
 }
 

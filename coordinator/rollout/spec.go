@@ -83,12 +83,25 @@ func targetName(r *v1.Rollout) string {
 }
 
 // describeChanges is " (changes run.env, checks)", or "" when the rollout
-// changes nothing of the spec hosts run.
+// changes nothing of the spec hosts run; a judging-only change says it is
+// applied in place (InPlaceNote).
 func describeChanges(r *v1.Rollout) string {
 	if len(r.GetSpecChanges()) == 0 {
 		return ""
 	}
+	if n := InPlaceNote(r); n != "" {
+		return " (changes " + strings.Join(r.GetSpecChanges(), ", ") + "; " + n + ")"
+	}
 	return " (changes " + strings.Join(r.GetSpecChanges(), ", ") + ")"
+}
+
+// InPlaceNote says how hosts apply a judging-only config rollout
+// (Rollout.in_place), or is "" for any other rollout.
+func InPlaceNote(r *v1.Rollout) string {
+	if !r.GetInPlace() {
+		return ""
+	}
+	return "judging only: hosts healthy on " + r.GetToVersion() + " apply it in place, no restart"
 }
 
 // specPending reports whether svc's spec is newer than what rollout r (nil:

@@ -228,6 +228,9 @@ func (s *stepper) observe(obs func(string) Observation) {
 			if ph != s.r.Waves[i].Hosts[j].GetPhase() {
 				s.display(i, j).Phase = ph
 			}
+			if rep.GetInPlace() != s.r.Waves[i].Hosts[j].GetInPlace() {
+				s.display(i, j).InPlace = rep.GetInPlace()
+			}
 			switch {
 			case ph == v1.Phase_PHASE_FAILED || ph == v1.Phase_PHASE_REVERTED:
 				reason := rep.GetReason()
@@ -242,6 +245,9 @@ func (s *stepper) observe(obs func(string) Observation) {
 				if st == v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE {
 					msg = phaseName(ph) + " after it was done: " + reason
 				}
+				if rep.GetInPlace() {
+					msg += " (in place: no restart)"
+				}
 				s.emit(EventHostFailed, i, id, msg)
 			case st == v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING && s.r.GetRemove() && ph == v1.Phase_PHASE_REMOVED:
 				hp := s.host(i, j)
@@ -254,7 +260,11 @@ func (s *stepper) observe(obs func(string) Observation) {
 				hp.State = v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE
 				hp.DoneAt = s.ts()
 				s.mut().LastProgressAt = s.ts()
-				s.emit(EventHostDone, i, id, "healthy on "+targetName(s.r))
+				msg := "healthy on " + targetName(s.r)
+				if rep.GetInPlace() {
+					msg += ", applied in place (no restart)"
+				}
+				s.emit(EventHostDone, i, id, msg)
 			}
 		}
 	}

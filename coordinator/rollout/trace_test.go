@@ -385,6 +385,11 @@ func traceService(t *testing.T, td *datadriven.TestData) *v1.Service {
 			sp.Run.Env[k] = v
 		}
 	}
+	if a, ok := td.Arg("checks"); ok {
+		for _, c := range a.Vals {
+			sp.Checks = append(sp.Checks, &v1.Check{Name: c})
+		}
+	}
 	if u := arg(td, "webhook"); u != "" {
 		sp.Alerts = &v1.Alerts{WebhookUrl: u}
 	}
@@ -402,7 +407,8 @@ func traceService(t *testing.T, td *datadriven.TestData) *v1.Service {
 
 // traceReport records reports: H=PHASE for each host, for the newest
 // rollout's generation (gen= overrides), running its target when healthy
-// and its source otherwise (version= overrides).
+// and its source otherwise (version= overrides); inplace: the host says it
+// applied the change in place (ServiceReport.in_place).
 func traceReport(td *datadriven.TestData, w *world, fail func(string, ...any)) {
 	cur, _ := w.current()
 	gen := cur.GetGeneration()
@@ -414,7 +420,7 @@ func traceReport(td *datadriven.TestData, w *world, fail func(string, ...any)) {
 		gen = n
 	}
 	for _, a := range td.CmdArgs {
-		if slices.Contains([]string{"reason", "gen", "version", "down", "t"}, a.Key) {
+		if slices.Contains([]string{"reason", "gen", "version", "down", "t", "inplace"}, a.Key) {
 			continue
 		}
 		name := strings.ToUpper(strings.Join(a.Vals, ""))
@@ -436,7 +442,7 @@ func traceReport(td *datadriven.TestData, w *world, fail func(string, ...any)) {
 		o := w.observe(a.Key)
 		o.Connected = !td.HasArg("down")
 		o.Report = &v1.ServiceReport{Service: w.name(), Generation: gen, Phase: phase, CurrentVersion: running,
-			TargetVersion: cur.GetToVersion(), Reason: arg(td, "reason")}
+			TargetVersion: cur.GetToVersion(), Reason: arg(td, "reason"), InPlace: td.HasArg("inplace")}
 		w.obs[a.Key] = o
 	}
 }

@@ -781,6 +781,9 @@ func (w *world) state() []string {
 			if h.GetPhase() != v1.Phase_PHASE_UNSPECIFIED {
 				s += "(" + phaseName(h.GetPhase()) + ")"
 			}
+			if h.GetInPlace() {
+				s += "[in place]"
+			}
 			if h.GetUnknown() {
 				s += "?"
 			}

@@ -55,11 +55,27 @@ func TestJudgingOnlyConfigRolloutInPlace(t *testing.T) {
 	if !strings.Contains(watch.Stdout, "v1 with spec 1 → spec 2 (changes checks, min_healthy_time, healthy_deadline)") {
 		t.Errorf("rollout watch does not name the config rollout:\n%s", watch.Stdout)
 	}
-	if r := e.rollout("web"); r.GetState() != v1.RolloutState_ROLLOUT_STATE_SUCCEEDED || !rollout.IsConfig(r) || r.GetSpecRevision() != 2 {
-		t.Fatalf("spec 2 rollout: %v (config %v, spec %d): %s", r.GetState(), rollout.IsConfig(r), r.GetSpecRevision(), r.GetReason())
+	if r := e.rollout("web"); r.GetState() != v1.RolloutState_ROLLOUT_STATE_SUCCEEDED || !rollout.IsConfig(r) || r.GetSpecRevision() != 2 || !r.GetInPlace() {
+		t.Fatalf("spec 2 rollout: %v (config %v, spec %d, in place %v): %s", r.GetState(), rollout.IsConfig(r), r.GetSpecRevision(), r.GetInPlace(), r.GetReason())
 	}
 	e.allOn("v1")
 	samePIDs("after the judging-only config rollout")
+	// Operators see it: the rollout says it is applied in place, and each
+	// host that it did (the agents' reports: ServiceReport.in_place).
+	if !strings.Contains(watch.Stdout, "judging only: hosts healthy on v1 apply it in place, no restart") {
+		t.Errorf("rollout watch does not say the change is applied in place:\n%s", watch.Stdout)
+	}
+	status := e.fleet.CLI(e.ctx, "rollout", "status", "web")
+	for _, id := range e.fleet.AgentIDs() {
+		if line := "host " + id + ": done (healthy, in place)"; !strings.Contains(watch.Stdout, line) {
+			t.Errorf("rollout watch lacks %q:\n%s", line, watch.Stdout)
+		}
+	}
+	if n := strings.Count(status.Stdout, "healthy, in place"); status.Code != 0 || n != len(e.fleet.AgentIDs()) ||
+		!strings.Contains(status.Stdout, "judging only: hosts healthy on v1 apply it in place, no restart") {
+		t.Errorf("rollout status: exit %d, %d hosts in place, want %d and the rollout's note:\n%s\n%s", status.Code, n, len(e.fleet.AgentIDs()), status.Stdout, status.Stderr)
+	}
+	t.Logf("rollout status of the judging-only config rollout:\n%s", status.Stdout)
 
 	load.Step("judging-only config rollout whose new check fails")
 	e.apply("web", judgingSpec("/no-such-path"))
@@ -72,6 +88,9 @@ func TestJudgingOnlyConfigRolloutInPlace(t *testing.T) {
 	}
 	e.allOn("v1")
 	samePIDs("after the canary reverted in place")
+	if status := e.fleet.CLI(e.ctx, "rollout", "status", "web"); !strings.Contains(status.Stdout, "reverted, in place") {
+		t.Errorf("rollout status of spec 3 does not show the canary reverted in place:\n%s\n%s", status.Stdout, status.Stderr)
+	}
 
 	steps := load.Stop()
 	for _, s := range steps {

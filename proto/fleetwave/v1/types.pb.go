@@ -3300,7 +3300,10 @@ type HostProgress struct {
 	Phase Phase `protobuf:"varint,7,opt,name=phase,proto3,enum=fleetwave.v1.Phase" json:"phase,omitempty"`
 	// The host's "zone" label when the rollout was planned ("" without one):
 	// the group rollout.max_unavailable_per_zone counts.
-	Zone          string `protobuf:"bytes,8,opt,name=zone,proto3" json:"zone,omitempty"`
+	Zone string `protobuf:"bytes,8,opt,name=zone,proto3" json:"zone,omitempty"`
+	// The host's last report for this rollout said the change was applied in
+	// place (ServiceReport.in_place): no restart. For display.
+	InPlace       bool `protobuf:"varint,9,opt,name=in_place,json=inPlace,proto3" json:"in_place,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3389,6 +3392,13 @@ func (x *HostProgress) GetZone() string {
 		return x.Zone
 	}
 	return ""
+}
+
+func (x *HostProgress) GetInPlace() bool {
+	if x != nil {
+		return x.InPlace
+	}
+	return false
 }
 
 type Wave struct {
@@ -3573,7 +3583,13 @@ type Rollout struct {
 	// many parts hold its hosts, so that a missing last part is not read as
 	// a shorter rollout. Unset in a rollout as read (and in heads written
 	// before it: their parts are then counted as found).
-	SplitParts    *uint32 `protobuf:"varint,41,opt,name=split_parts,json=splitParts,proto3,oneof" json:"split_parts,omitempty"`
+	SplitParts *uint32 `protobuf:"varint,41,opt,name=split_parts,json=splitParts,proto3,oneof" json:"split_parts,omitempty"`
+	// A config rollout whose spec changes only how hosts judge the release
+	// (checks, min_healthy_time, healthy_deadline, analysis:
+	// specdiff.JudgingOnly against the stable spec): hosts settled healthy on
+	// it apply it in place, keeping their process and checking it again (no
+	// restart); HostProgress.in_place says which did.
+	InPlace       bool `protobuf:"varint,42,opt,name=in_place,json=inPlace,proto3" json:"in_place,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3795,6 +3811,13 @@ func (x *Rollout) GetSplitParts() uint32 {
 		return *x.SplitParts
 	}
 	return 0
+}
+
+func (x *Rollout) GetInPlace() bool {
+	if x != nil {
+		return x.InPlace
+	}
+	return false
 }
 
 // Event is one decision or happening, kept in etcd per service and shown by
@@ -4044,8 +4067,12 @@ type ServiceReport struct {
 	// coordinator admits another waiting host in its place, and the host
 	// fetches the release when its wave comes.
 	StageFailedSha256 string `protobuf:"bytes,13,opt,name=stage_failed_sha256,json=stageFailedSha256,proto3" json:"stage_failed_sha256,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The install this report answers was applied in place (or so reverted):
+	// only how the release is judged changed, and the process that served
+	// was kept and checked again under the new spec, not restarted.
+	InPlace       bool `protobuf:"varint,14,opt,name=in_place,json=inPlace,proto3" json:"in_place,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ServiceReport) Reset() {
@@ -4167,6 +4194,13 @@ func (x *ServiceReport) GetStageFailedSha256() string {
 		return x.StageFailedSha256
 	}
 	return ""
+}
+
+func (x *ServiceReport) GetInPlace() bool {
+	if x != nil {
+		return x.InPlace
+	}
+	return false
 }
 
 // Assignment is what one host should run for one service.
@@ -4734,7 +4768,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x06status\x18\x02 \x01(\v2\x1b.fleetwave.v1.ServiceStatusR\x06status\x129\n" +
 	"\n" +
 	"updated_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12#\n" +
-	"\rspec_revision\x18\x04 \x01(\x03R\fspecRevision\"\xbe\x02\n" +
+	"\rspec_revision\x18\x04 \x01(\x03R\fspecRevision\"\xd9\x02\n" +
 	"\fHostProgress\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x124\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x1e.fleetwave.v1.HostRolloutStateR\x05state\x12\x18\n" +
@@ -4744,7 +4778,8 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"started_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x123\n" +
 	"\adone_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x06doneAt\x12)\n" +
 	"\x05phase\x18\a \x01(\x0e2\x13.fleetwave.v1.PhaseR\x05phase\x12\x12\n" +
-	"\x04zone\x18\b \x01(\tR\x04zone\"\xa3\x03\n" +
+	"\x04zone\x18\b \x01(\tR\x04zone\x12\x19\n" +
+	"\bin_place\x18\t \x01(\bR\ainPlace\"\xa3\x03\n" +
 	"\x04Wave\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12-\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x17.fleetwave.v1.WaveStateR\x05state\x120\n" +
@@ -4758,7 +4793,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x06canary\x18\b \x01(\bR\x06canary\x12)\n" +
 	"\x10waiting_approval\x18\t \x01(\bR\x0fwaitingApproval\x12\x1a\n" +
 	"\bapproved\x18\n" +
-	" \x01(\bR\bapproved\"\xf7\b\n" +
+	" \x01(\bR\bapproved\"\x92\t\n" +
 	"\aRollout\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12!\n" +
@@ -4795,7 +4830,8 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x04left\x18\x19 \x01(\bR\x04left\x12\x12\n" +
 	"\x04held\x18( \x01(\tR\x04held\x12$\n" +
 	"\vsplit_parts\x18) \x01(\rH\x00R\n" +
-	"splitParts\x88\x01\x01B\x0e\n" +
+	"splitParts\x88\x01\x01\x12\x19\n" +
+	"\bin_place\x18* \x01(\bR\ainPlaceB\x0e\n" +
 	"\f_split_parts\"\xde\x01\n" +
 	"\x05Event\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x18\n" +
@@ -4813,7 +4849,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\vCheckResult\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x16\n" +
-	"\x06detail\x18\x03 \x01(\tR\x06detail\"\x92\x04\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\"\xad\x04\n" +
 	"\rServiceReport\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1e\n" +
 	"\n" +
@@ -4831,7 +4867,8 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	" \x01(\tR\tbadSource\x125\n" +
 	"\ametrics\x18\v \x01(\v2\x1b.fleetwave.v1.MetricSummaryR\ametrics\x12#\n" +
 	"\rstaged_sha256\x18\f \x01(\tR\fstagedSha256\x12.\n" +
-	"\x13stage_failed_sha256\x18\r \x01(\tR\x11stageFailedSha256\"\x82\x03\n" +
+	"\x13stage_failed_sha256\x18\r \x01(\tR\x11stageFailedSha256\x12\x19\n" +
+	"\bin_place\x18\x0e \x01(\bR\ainPlace\"\x82\x03\n" +
 	"\n" +
 	"Assignment\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1e\n" +
