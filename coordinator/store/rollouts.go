@@ -48,16 +48,12 @@ type RolloutBase struct {
 
 // A split rollout's parts hold rolloutPartHosts hosts each, more when the
 // rollout has over maxRolloutParts times as many, so that writing every
-// part (a new rollout) stays within etcd's operations per transaction.
+// part (a new rollout) stays within etcd's default operations per
+// transaction (DefaultMaxTxnOps), whatever the store was told.
 const (
 	rolloutPartHosts = 500
 	maxRolloutParts  = 64
 )
-
-// maxTxnOps bounds a rollout write's own operations (its parts): etcd's
-// default limit, whatever the store was told (SetMaxTxnOps), so a rollout
-// can always be written.
-const maxTxnOps = DefaultMaxTxnOps
 
 // GetRollout returns one rollout, in either layout.
 func (s *Store) GetRollout(ctx context.Context, service, id string) (*v1.Rollout, error) {
