@@ -33,6 +33,11 @@ func (a *agent) beginChecks(s *service, act lifecycle.Action) {
 	var probers []prober
 	// Exec checks run as the service's user (run.user), as its hooks do.
 	cred, buildErr := credential(act.Assignment.GetSpec().GetRun())
+	// And with its environment (internal/procenv, run.env).
+	var env []string
+	if buildErr == nil {
+		_, env, buildErr = expandRun(act.Assignment.GetSpec().GetRun(), a.cfg.HostID, a.cfg.Labels)
+	}
 	for i, c := range act.Assignment.GetSpec().GetChecks() {
 		if buildErr != nil {
 			break
@@ -40,7 +45,7 @@ func (a *agent) beginChecks(s *service, act lifecycle.Action) {
 		ec, err := expandCheck(c, i, a.cfg.HostID, a.cfg.Labels)
 		var p probe.Prober
 		if err == nil {
-			p, err = a.newProber(name, act.Assignment.GetSpec().GetResources(), ec, dir, cred)
+			p, err = a.newProber(name, act.Assignment.GetSpec().GetResources(), ec, dir, cred, env)
 		}
 		if err != nil {
 			buildErr = err
@@ -66,8 +71,9 @@ func (a *agent) beginChecks(s *service, act lifecycle.Action) {
 // user, which can rewrite the release's files it names, and whatever it
 // leaves running (a setsid'd daemon) would otherwise live on outside any
 // cgroup, unlimited and never stopped.
-func (a *agent) newProber(service string, res *v1.Resources, c *v1.Check, dir string, cred *syscall.Credential) (probe.Prober, error) {
+func (a *agent) newProber(service string, res *v1.Resources, c *v1.Check, dir string, cred *syscall.Credential, env []string) (probe.Prober, error) {
 	p, err := probe.New(c, dir, cred)
+	p = probe.WithEnv(p, env)
 	if err != nil || !a.cgroups.Usable() {
 		return p, err
 	}

@@ -188,6 +188,7 @@ func (a *agent) hello() *v1.Hello {
 	h := a.rep.hello(a.cfg)
 	h.Cgroups = a.cgroups.String()
 	h.PeerAddress = a.peerAddr
+	a.revs.resume() // the previous stream's receiver has ended
 	h.RevocationsRevision = a.revs.revision()
 	return h
 }

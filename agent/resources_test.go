@@ -160,7 +160,7 @@ func TestExecCheckLeavesNothingOutsideCgroup(t *testing.T) {
 	a := &agent{cgroups: cgs}
 	c := &v1.Check{Name: "daemonizes", Timeout: durationpb.New(time.Minute),
 		Kind: &v1.Check_Exec{Exec: &v1.ExecCheck{Command: []string{"/bin/sh", "./check.sh"}}}}
-	p, err := a.newProber(testSvc, &v1.Resources{TasksMax: 16}, c, dir, nil)
+	p, err := a.newProber(testSvc, &v1.Resources{TasksMax: 16}, c, dir, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -161,6 +161,16 @@ func (r *revocations) revision() *int64 {
 	return proto.Int64(r.saved.Load())
 }
 
+// resume is called as a stream starts, with its Hello: the set takes
+// revisions again after a merge on the last stream refused new entries at
+// the maximum (revocation.Set.Resume). The Hello says a revision from
+// before them, so this stream sends them again.
+func (r *revocations) resume() {
+	if r != nil {
+		r.set.Resume()
+	}
+}
+
 // checkRevoked refuses a chain a revocation covers on side, counted and
 // logged; addr is the coordinator's address (side coordinator; "" for a
 // peer). A refused coordinator is logged as an error: the agent fails

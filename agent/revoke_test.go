@@ -472,3 +472,65 @@ func TestAgentKilledBeforeRevocationsSaved(t *testing.T) {
 		t.Fatalf("file after a clean stop: %v (want revision 6, h2 and h3)", s)
 	}
 }
+
+// An agent at --max-revocations that refused a new revocation does not
+// save or say a later revision of the same stream (a widening, or new ones
+// once pruning made room): the coordinator's stream never sends the
+// refused one again, so only a Hello from before it brings it back. The
+// next stream's Hello says that revision and the agent takes the
+// revisions of that stream again.
+func TestRevisionStaysBehindRefusedRevocation(t *testing.T) {
+	pki := t.TempDir()
+	if err := tlsutil.Init(pki, tlsutil.InitOptions{Coordinators: map[string][]string{"c1": nil}, Agents: []string{"h1"}}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{DataDir: t.TempDir(), TLSCA: filepath.Join(pki, tlsutil.CAFile), MaxRevocations: 2}
+	now := time.Now()
+	r, err := openRevocations(cfg, now, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &agent{cfg: cfg, log: zerolog.Nop(), revs: r, rep: newReporter()}
+	rev := func(id string, revoked, expires time.Time) *v1.Revocation {
+		return &v1.Revocation{Identity: id, RevokedAt: timestamppb.New(revoked), RevokedBy: "operator:admin", ExpiresAt: timestamppb.New(expires)}
+	}
+	take := func(at time.Time, revision int64, rs ...*v1.Revocation) {
+		t.Helper()
+		a.takeRevocations(&v1.RevocationSet{Revision: revision, Revocations: rs}, at)
+		a.saveRevocations()
+	}
+	if h := a.hello(); h.GetRevocationsRevision() != 0 {
+		t.Fatalf("first hello revision %d", h.GetRevocationsRevision())
+	}
+	take(now, 4, rev("agent:a", now, now.Add(time.Minute)), rev("agent:b", now, now.Add(time.Hour)))
+	take(now, 5, rev("agent:c", now, now.Add(time.Hour))) // refused: full
+	take(now, 6, rev("agent:b", now.Add(time.Second), now.Add(time.Hour)))
+	if got := *r.revision(); got != 4 {
+		t.Fatalf("revision saved after c was refused and b widened: %d, want 4 (c comes again only from there)", got)
+	}
+	later := now.Add(2 * time.Minute) // a expired: room for c
+	take(later, 7, rev("agent:d", now, now.Add(3*time.Minute)))
+	if got := *r.revision(); got != 4 || r.set.Len() != 2 {
+		t.Fatalf("after d took the room on the same stream: revision %d, %d held; want 4, 2", got, r.set.Len())
+	}
+	// The next stream: its Hello says 4, the coordinator sends what came
+	// since; c is refused again (d took the room), then, once d expired
+	// too, taken with the stream's revision.
+	if h := a.hello(); h.GetRevocationsRevision() != 4 {
+		t.Fatalf("next hello revision %d, want 4", h.GetRevocationsRevision())
+	}
+	take(later, 7, rev("agent:b", now.Add(time.Second), now.Add(time.Hour)), rev("agent:c", now, now.Add(time.Hour)), rev("agent:d", now, now.Add(3*time.Minute)))
+	if got := *r.revision(); got != 4 {
+		t.Fatalf("c refused again: revision %d, want 4", got)
+	}
+	if h := a.hello(); h.GetRevocationsRevision() != 4 {
+		t.Fatalf("third hello revision %d, want 4", h.GetRevocationsRevision())
+	}
+	take(now.Add(4*time.Minute), 8, rev("agent:b", now.Add(time.Second), now.Add(time.Hour)), rev("agent:c", now, now.Add(time.Hour)))
+	if got := *r.revision(); got != 8 {
+		t.Fatalf("revision on a stream that refused nothing: %d, want 8", got)
+	}
+	if _, ok := r.set.RevokedIdentityAt("agent", "c"); !ok {
+		t.Fatal("c not held")
+	}
+}

@@ -661,3 +661,29 @@ func TestStopServicesHookEnvironmentIsTheDeploys(t *testing.T) {
 		t.Fatalf("hook environment\n deploy:        %v\n stop-services: %v", deploy, stop)
 	}
 }
+
+// An exec check gets the environment of the service's process and hooks
+// (README, "The environment of a service's processes"): run.env, whose
+// PATH also finds the check's program, as it finds the service's.
+func TestExecCheckEnvironmentIsTheService(t *testing.T) {
+	fc := newFakeCoordinator(t)
+	dataDir, bin := t.TempDir(), t.TempDir()
+	if err := os.WriteFile(filepath.Join(bin, "fw-env-check"), []byte("#!/bin/sh\ntest \"$ZONE\" = z1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081", "zone": "z1"}, DataDir: dataDir}
+	art := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": goodCheck})
+	asg := testAssignment("1.0.0", 1, fc.addArtifact(art), int64(len(art)), "")
+	asg.Spec.Run.Env["ZONE"] = "${host.label.zone}"
+	asg.Spec.Run.Env["PATH"] = bin + ":" + procenv.Path
+	asg.Spec.Checks[0].Kind = &v1.Check_Exec{Exec: &v1.ExecCheck{Command: []string{"fw-env-check"}}}
+	fc.assign(asg)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := runAgent(t, ctx, cfg, testOptions())
+	fc.waitFor(t, "1.0.0 healthy", time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 1, v1.Phase_PHASE_HEALTHY, "1.0.0")
+	})
+	cancel()
+	waitDone(t, done)
+}

@@ -236,7 +236,8 @@ type execProber struct {
 	dir     string
 	timeout time.Duration
 	cred    *syscall.Credential
-	start   Starter // nil: cmd.Start
+	env     []string // KEY=VALUE after procenv.Env's PATH and HOME: the service's run.env
+	start   Starter  // nil: cmd.Start
 }
 
 // Starter starts an exec check's command in place of cmd.Start; end is
@@ -250,6 +251,19 @@ func WithStarter(p Prober, start Starter) Prober {
 	if e, ok := p.(*execProber); ok && start != nil {
 		c := *e
 		c.start = start
+		return &c
+	}
+	return p
+}
+
+// WithEnv gives an exec prober the service's environment (run.env,
+// KEY=VALUE), after procenv.Env's PATH and HOME as for the service and its
+// hooks: a PATH in it also finds the check's program. Other probers are
+// returned as they are.
+func WithEnv(p Prober, env []string) Prober {
+	if e, ok := p.(*execProber); ok && len(env) > 0 {
+		c := *e
+		c.env = append([]string(nil), env...)
 		return &c
 	}
 	return p
@@ -274,7 +288,7 @@ func (p *execProber) Name() string { return p.name }
 func (p *execProber) Probe(ctx context.Context) Result {
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
-	env := procenv.Env(p.dir, nil)
+	env := procenv.Env(p.dir, p.env)
 	name, lookErr := procenv.Program(p.command[0], p.dir, env)
 	if lookErr != nil {
 		return Result{Name: p.name, Detail: fmt.Sprintf("exec %q: %v", p.command[0], lookErr)}

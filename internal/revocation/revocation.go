@@ -168,6 +168,10 @@ type Set struct {
 	mu       sync.RWMutex
 	entries  map[string]*v1.Revocation
 	revision int64
+	// refused: a merge since the last Resume refused new entries at the
+	// maximum; the revision stays until then (a stream sends each entry
+	// once: a later delta on it does not bring the refused ones).
+	refused bool
 }
 
 // NewSet makes an empty set of at most max entries (0: DefaultMax) whose
@@ -227,7 +231,8 @@ func (s *Set) ForgetRevision() {
 }
 
 // Merge adds what a coordinator sent at now and takes its revision (not
-// when new entries were skipped at the maximum: they are to come again).
+// when new entries were skipped at the maximum: they are to come again;
+// nor, until Resume, after such a merge).
 // Each entry is validated on its own: an invalid one, one already expired
 // at now, and a new one past the maximum are skipped (the error names
 // them), the others are merged. Merging never removes and never narrows: an entry
@@ -272,8 +277,12 @@ func (s *Set) merge(in *v1.RevocationSet, now time.Time, limit int) (changed int
 	if full > 0 {
 		// The revision stays: the next coordinator sends them again, and
 		// they are taken once pruning made room.
+		// Later merges keep it too until Resume: the coordinator's
+		// stream goes on from this delta's revision, and a revision
+		// taken from a later delta would be past the refused entries.
 		errs = append(errs, fmt.Errorf("%d new revocations skipped: %d held, the maximum (--max-revocations %d): %w", full, len(s.entries), limit, ErrFull))
-	} else {
+		s.refused = true
+	} else if !s.refused {
 		s.revision = in.GetRevision()
 	}
 	return changed, errors.Join(errs...)
@@ -350,4 +359,13 @@ func (s *Set) Snapshot() *v1.RevocationSet {
 		out.Revocations = append(out.Revocations, s.entries[k])
 	}
 	return out
+}
+
+// Resume lets merges take revisions again after one refused new entries
+// (Merge): at the start of a coordinator stream, whose Hello says a
+// revision from before the refused ones, so it sends them again.
+func (s *Set) Resume() {
+	s.mu.Lock()
+	s.refused = false
+	s.mu.Unlock()
 }

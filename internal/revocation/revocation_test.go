@@ -386,3 +386,39 @@ func TestSetLoadOverMaximum(t *testing.T) {
 		t.Fatalf("load 3 with at most 2: %v", err)
 	}
 }
+
+// A coordinator's stream sends each revocation once: after a merge that
+// refused new entries at the maximum, the later deltas of the same stream
+// (a widening, an empty one, new entries taken once pruning made room)
+// must not take their revision, else the refused entries are behind the
+// revision the agent saves and says, and no coordinator sends them again.
+// A new stream (Resume) takes revisions again.
+func TestSetRevisionStaysBehindRefused(t *testing.T) {
+	s := NewSet(2, time.Time{})
+	mustMerge(t, s, 4, ident("agent:a", t0, t0.Add(time.Minute)), ident("agent:b", t0, t0.Add(time.Hour)))
+	if _, err := s.Merge(&v1.RevocationSet{Revision: 5, Revocations: []*v1.Revocation{ident("agent:c", t0, t0.Add(time.Hour))}}, t0); !errors.Is(err, ErrFull) || s.Revision() != 4 {
+		t.Fatalf("c past the maximum: %v, revision %d; want refused, 4", err, s.Revision())
+	}
+	// The same stream: a widening of b, then (a expired and pruned) d.
+	mustMerge(t, s, 6, ident("agent:b", t0.Add(time.Minute), t0.Add(time.Hour)))
+	if s.Revision() != 4 {
+		t.Fatalf("revision %d after a widening on the stream that refused c, want 4", s.Revision())
+	}
+	if n := s.Prune(t0.Add(2 * time.Minute)); n != 1 {
+		t.Fatalf("pruned %d, want 1", n)
+	}
+	if n := mustMerge(t, s, 7, ident("agent:d", t0, t0.Add(time.Hour))); n != 1 || s.Revision() != 4 {
+		t.Fatalf("d after pruning: %d merged, revision %d; want 1, 4 (c is not held)", n, s.Revision())
+	}
+	// The next stream sends everything since 4: c is refused again (full).
+	s.Resume()
+	if _, err := s.Merge(&v1.RevocationSet{Revision: 7, Revocations: []*v1.Revocation{ident("agent:c", t0, t0.Add(time.Hour))}}, t0); !errors.Is(err, ErrFull) || s.Revision() != 4 {
+		t.Fatalf("c again, still full: %v, revision %d; want refused, 4", err, s.Revision())
+	}
+	// With room (the maximum raised is a restart: a new set), taken.
+	s.Resume()
+	s.max = 3
+	if n := mustMerge(t, s, 7, ident("agent:c", t0, t0.Add(time.Hour))); n != 1 || s.Revision() != 7 {
+		t.Fatalf("c with room: %d merged, revision %d; want 1, 7", n, s.Revision())
+	}
+}
