@@ -18,6 +18,7 @@ import (
 func (a *agent) do(s *service, act lifecycle.Action) {
 	switch act.Kind {
 	case lifecycle.ActReport:
+		a.handedOffEnded(s, act.Report)
 		a.rep.put(act.Report)
 	case lifecycle.ActFetch:
 		a.startFetch(s, act)

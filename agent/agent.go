@@ -59,6 +59,9 @@ type service struct {
 	aheadCancel context.CancelFunc
 	aheadSeq    uint64
 	aheadDone   chan struct{}
+	// handedOff is the staged release the install took over (ahead.go):
+	// its staged_sha256 stays in the reports until that install ends.
+	handedOff lifecycle.Ahead
 
 	fetched  *install.Fetched
 	verified *install.Verified

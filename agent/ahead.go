@@ -75,7 +75,17 @@ func (a *agent) aheadAssigned(s *service, asg *v1.Assignment, now time.Time) {
 		a.log.Info().Str("service", s.name).Str("version", held.Version).Bool("staged", held.Ready).
 			Msg("the wave came: the install takes over the release staged ahead")
 		s.ahead, s.aheadCancel = lifecycle.Ahead{}, nil
-		a.rep.setStaged(s.name, "")
+		if held.Ready {
+			// Still reported staged until its install ends
+			// (handedOffEnded): the host holds the artifact all along,
+			// and a coordinator that saw it UPDATING and not staged took
+			// the admission of the hosts staging from it away until it
+			// was DONE (rollout.PlanStage: a future holder), so their
+			// agents dropped what they had fetched.
+			s.handedOff = held
+		} else {
+			a.rep.setStaged(s.name, "")
+		}
 	case st.Cancel || st.Drop != "":
 		if st.Cancel && s.aheadCancel != nil {
 			s.aheadCancel()
@@ -96,6 +106,26 @@ func (a *agent) aheadAssigned(s *service, asg *v1.Assignment, now time.Time) {
 	if st.Start != nil {
 		a.startAhead(s, asg, st.Start)
 	}
+}
+
+// handedOffEnded stops reporting the staged release the install took
+// over (aheadAssigned) once a report of the service (rep, about to be
+// put) is not one of that install in progress: it ended (healthy, failed,
+// reverted) or another began.
+func (a *agent) handedOffEnded(s *service, rep *v1.ServiceReport) {
+	h := s.handedOff
+	if h.Version == "" {
+		return
+	}
+	switch rep.GetPhase() {
+	case v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_VERIFYING, v1.Phase_PHASE_STAGING, v1.Phase_PHASE_SWITCHING,
+		v1.Phase_PHASE_STARTING, v1.Phase_PHASE_CHECKING:
+		if rep.GetTargetVersion() == h.Version {
+			return
+		}
+	}
+	s.handedOff = lifecycle.Ahead{}
+	a.rep.clearStaged(s.name, h.SHA256)
 }
 
 // checkStage checks a stage as an install's release is checked, without

@@ -11,6 +11,7 @@ import (
 	"github.com/fleetwave/fleetwave/internal/testkit"
 	"github.com/fleetwave/fleetwave/internal/testkit/ports"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // withStage is a copy of asg that stages rel ahead of its wave.
@@ -393,6 +394,67 @@ func TestStageAheadAfterRestart(t *testing.T) {
 	fc.mu.Unlock()
 	if n2 != 1 {
 		t.Fatalf("v2 downloaded %d times, want 1 (found staged after the restart)", n2)
+	}
+	cancel()
+	waitDone(t, done)
+}
+
+// TestStagedReportedThroughInstall: when the wave comes for a release the
+// host holds staged, its reports keep staged_sha256 until the install of
+// that release ends (healthy here), then drop it. The host holds the
+// artifact all along; a report without it while the host is UPDATING made
+// the coordinator's plan (rollout.PlanStage: an UPDATING host that is not
+// staged is a future holder) take the admission of the hosts staging from
+// it away until it was DONE: their agents cancelled their stagings and
+// dropped what they had fetched (scenario flap.txt). Before, the handoff
+// cleared it at once.
+func TestStagedReportedThroughInstall(t *testing.T) {
+	fc := newFakeCoordinator(t)
+	art1 := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": goodCheck})
+	art2 := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": goodCheck, "two": "2"})
+	d1, d2 := fc.addArtifact(art1), fc.addArtifact(art2)
+	dataDir := t.TempDir()
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: dataDir}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := runAgent(t, ctx, cfg, testOptions())
+
+	v1asg := func() *v1.Assignment { return testAssignment("1.0.0", 1, d1, int64(len(art1)), "") }
+	fc.assign(v1asg())
+	fc.waitFor(t, "v1 healthy", 20*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 1, v1.Phase_PHASE_HEALTHY, "1.0.0")
+	})
+	fc.assign(withStage(v1asg(), "2.0.0", d2, int64(len(art2))))
+	fc.waitFor(t, "v2 staged", 20*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return lastReport(rs, testSvc).GetStagedSha256() == d2
+	})
+
+	// The wave comes; its checks hold the install in CHECKING long enough
+	// for that report to be sent on its own.
+	v2 := testAssignment("2.0.0", 2, d2, int64(len(art2)), "")
+	v2.Spec.MinHealthyTime = durationpb.New(3 * time.Second)
+	fc.assign(v2)
+	var checking *v1.ServiceReport
+	fc.waitFor(t, "v2 checking", 20*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		for _, r := range rs {
+			if r.GetService() == testSvc && r.GetGeneration() == 2 && r.GetPhase() == v1.Phase_PHASE_CHECKING {
+				checking = r
+				return true
+			}
+		}
+		return false
+	})
+	if checking.GetStagedSha256() != d2 {
+		t.Errorf("installing the staged v2 (%s): staged_sha256 %q, want %q (the host holds it)", checking.GetPhase(), checking.GetStagedSha256(), d2)
+	}
+	fc.waitFor(t, "v2 healthy", 20*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 2, v1.Phase_PHASE_HEALTHY, "2.0.0")
+	})
+	fc.mu.Lock()
+	last := lastReport(fc.reports, testSvc)
+	fc.mu.Unlock()
+	if last.GetStagedSha256() != "" {
+		t.Fatalf("staged_sha256 %q still reported once installed", last.GetStagedSha256())
 	}
 	cancel()
 	waitDone(t, done)

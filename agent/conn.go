@@ -122,6 +122,17 @@ func (r *reporter) setStageFailed(service, sha string) {
 	r.setAhead(r.stageFailed, service, sha)
 }
 
+// clearStaged is setStaged(service, "") if sha is still the one reported
+// (a later staging may have replaced it).
+func (r *reporter) clearStaged(service, sha string) {
+	r.mu.Lock()
+	cur := r.staged[service]
+	r.mu.Unlock()
+	if cur == sha {
+		r.setStaged(service, "")
+	}
+}
+
 func (r *reporter) setAhead(m map[string]string, service, sha string) {
 	r.mu.Lock()
 	if sha == "" {
