@@ -264,11 +264,11 @@ func (s *Store) WriteRollout(ctx context.Context, f *Fence, r *v1.Rollout, base 
 	// etcd bounds the operations in one transaction (--max-txn-ops, 128 by
 	// default, s.txnOps): the decision and the first events go together,
 	// the rest follow in batches once the decision is committed.
-	var later []clientv3.Op
-	if n := max(0, min(s.Batch(), s.txnOps-len(ops)-1)); len(evOps) > n {
-		evOps, later = evOps[:n], evOps[n:]
-	}
-	ops = append(ops, evOps...)
+	// etcd also bounds a request's bytes (--max-request-bytes, 1.5 MiB by
+	// default): the events that go with the decision, and each batch of
+	// the rest, are bounded by MaxTxnBytes too (a failed wave's events
+	// carry reasons of up to 4 KB each).
+	var svcOps []clientv3.Op
 	if svc != nil {
 		skey := ServiceKey(svc.GetSpec().GetName())
 		sval, err := marshal(svc)
@@ -276,8 +276,18 @@ func (s *Store) WriteRollout(ctx context.Context, f *Fence, r *v1.Rollout, base 
 			return 0, 0, err
 		}
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(skey), "=", serviceRev))
-		ops = append(ops, clientv3.OpPut(skey, sval))
+		svcOps = []clientv3.Op{clientv3.OpPut(skey, sval)}
 	}
+	used := 0
+	for _, op := range append(svcOps, ops...) {
+		used += opBytes(op)
+	}
+	var later []clientv3.Op
+	if n := fitOps(evOps, max(0, min(s.Batch(), s.txnOps-len(ops)-1)), MaxTxnBytes-used, false); len(evOps) > n {
+		evOps, later = evOps[:n], evOps[n:]
+	}
+	ops = append(ops, evOps...)
+	ops = append(ops, svcOps...)
 	var fenceGet []clientv3.Op
 	if f != nil {
 		fenceGet = []clientv3.Op{clientv3.OpGet(f.Key)}
@@ -306,7 +316,7 @@ func (s *Store) WriteRollout(ctx context.Context, f *Fence, r *v1.Rollout, base 
 		slots  = make(chan struct{}, maxEventTxns)
 	)
 	for len(later) > 0 {
-		n := min(len(later), s.Batch())
+		n := fitOps(later, s.Batch(), MaxTxnBytes, true)
 		batch := later[:n]
 		later = later[n:]
 		slots <- struct{}{}
