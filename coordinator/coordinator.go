@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/grpc"
@@ -418,10 +419,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	if err := st.SetMaxTxnOps(cfg.EtcdMaxTxnOps); err != nil {
 		return fmt.Errorf("etcd-max-txn-ops: %w", err)
 	}
-	pctx, pcancel = context.WithTimeout(ctx, cfg.EtcdTimeout)
-	err = st.CheckMaxTxnOps(pctx)
-	pcancel()
-	if err != nil {
+	if err := checkMaxTxnOps(ctx, st, cfg.EtcdMaxTxnOps, endpoints, etcdTLS, cfg.EtcdTimeout, log); err != nil {
 		return fmt.Errorf("etcd-max-txn-ops %d: %w (lower the flag, or raise etcd's --max-txn-ops)", cfg.EtcdMaxTxnOps, err)
 	}
 	arts, err := artifacts.New(filepath.Join(cfg.DataDir, "artifacts"), cfg.MaxArtifactBytes, log)
@@ -843,4 +841,55 @@ func advertiseAddr(configured, bound string) string {
 		}
 	}
 	return bound
+}
+
+// checkMaxTxnOps checks st's --etcd-max-txn-ops (n) against etcd
+// (store.CheckMaxTxnOps) on every endpoint, each alone: each member has
+// its own --max-txn-ops and the client sends a transaction to any
+// endpoint, so one probe through st's client proved only the member it
+// reached. A member that refuses the transaction's size fails the check;
+// one that cannot be reached (a member down: the cluster serves without
+// it) is only logged, after a shorter wait, as long as another passed;
+// if none did, st's own client is given the whole timeout.
+func checkMaxTxnOps(ctx context.Context, st *store.Store, n int, endpoints []string, tc *tls.Config, timeout time.Duration, log zerolog.Logger) error {
+	if len(endpoints) > 1 {
+		errs := make([]error, len(endpoints))
+		var wg sync.WaitGroup
+		for i, ep := range endpoints {
+			wg.Go(func() {
+				cli, err := store.DialTLS([]string{ep}, tc)
+				if err != nil {
+					errs[i] = err
+					return
+				}
+				defer cli.Close()
+				one := store.New(cli)
+				if err := one.SetMaxTxnOps(n); err != nil {
+					errs[i] = err
+					return
+				}
+				pctx, cancel := context.WithTimeout(ctx, min(timeout, 5*time.Second))
+				defer cancel()
+				errs[i] = one.CheckMaxTxnOps(pctx)
+			})
+		}
+		wg.Wait()
+		checked := 0
+		for i, err := range errs {
+			switch {
+			case err == nil:
+				checked++
+			case errors.Is(err, rpctypes.ErrTooManyOps):
+				return fmt.Errorf("etcd endpoint %s: %w", endpoints[i], err)
+			default:
+				log.Warn().Str("endpoint", endpoints[i]).Err(err).Msg("etcd endpoint not reached: its --max-txn-ops is not checked")
+			}
+		}
+		if checked > 0 {
+			return nil
+		}
+	}
+	pctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return st.CheckMaxTxnOps(pctx)
 }

@@ -305,26 +305,34 @@ func (q *reportQueue) push(p *pendingReport, now time.Time) {
 // takeable is how many queued reports take may return.
 func (q *reportQueue) takeable() int { return q.outcomes.Len() + q.phases.Len() }
 
-// take removes up to n takeable reports for a transaction: phase-only
+// take removes up to n takeable reports for a transaction, of at most
+// store.MaxTxnBytes (store.ReportBytes; etcd refuses a larger request, and
+// validateReport takes reports of about 320 KB) unless one: phase-only
 // reports that waited maxPhaseReportWait, then reports the leader acts on,
 // then phase-only ones, each oldest first. Their keys are busy until finish.
 func (q *reportQueue) take(n int, now time.Time) []*pendingReport {
 	var batch []*pendingReport
-	pop := func(l *list.List) {
-		p := l.Remove(l.Front()).(*pendingReport)
+	size, full := 0, false
+	// pop takes l's first report unless the batch is full.
+	pop := func(l *list.List) bool {
+		p := l.Front().Value.(*pendingReport)
+		b := store.ReportBytes(p.key.host, p.r)
+		if full = len(batch) >= n || (len(batch) > 0 && size+b > store.MaxTxnBytes); full {
+			return false
+		}
+		l.Remove(p.elem)
 		p.elem = nil
 		s := q.slots[p.key]
 		s.queued, s.busy = nil, true
 		batch = append(batch, p)
+		size += b
+		return true
 	}
-	for len(batch) < n && q.phases.Len() > 0 && now.Sub(q.phases.Front().Value.(*pendingReport).since) >= maxPhaseReportWait {
-		pop(&q.phases)
+	for !full && q.phases.Len() > 0 && now.Sub(q.phases.Front().Value.(*pendingReport).since) >= maxPhaseReportWait && pop(&q.phases) {
 	}
-	for len(batch) < n && q.outcomes.Len() > 0 {
-		pop(&q.outcomes)
+	for !full && q.outcomes.Len() > 0 && pop(&q.outcomes) {
 	}
-	for len(batch) < n && q.phases.Len() > 0 {
-		pop(&q.phases)
+	for !full && q.phases.Len() > 0 && pop(&q.phases) {
 	}
 	return batch
 }

@@ -41,7 +41,7 @@ func (l EventLayout) String() string {
 // An event batch's bounds: 1,000 events of a step (host_assigned,
 // host_done: about 80 bytes each) make one key of about 80 KiB, so a
 // 5,000-host step's 10,000 events are 10 keys that go into the decision's
-// own transaction (maxTxnBytes). An event larger than maxBatchBytes is
+// own transaction (MaxTxnBytes). An event larger than maxBatchBytes is
 // stored alone.
 const (
 	maxBatchEvents = 1000

@@ -229,7 +229,7 @@ func TestEventBatchesReadAsSingleEvents(t *testing.T) {
 
 // A batch's bounds: at most maxBatchEvents events and maxBatchBytes bytes
 // per key (an event larger than that alone, as a plain event); a write
-// whose events exceed maxTxnBytes puts the rest in further transactions,
+// whose events exceed MaxTxnBytes puts the rest in further transactions,
 // each within it, and every event lists in order. A coordinator from
 // before batches decodes a batch as an Event with no field set.
 func TestEventBatchBounds(t *testing.T) {
@@ -299,7 +299,7 @@ func TestEventBatchBounds(t *testing.T) {
 		t.Errorf("a batch read as an Event by an old reader: %v, want no field set", old)
 	}
 
-	// A write over maxTxnBytes: 2,000 events of 1 KiB.
+	// A write over MaxTxnBytes: 2,000 events of 1 KiB.
 	evs := eventsOf("web", "000001", "host_failed", at, "e", 2000)
 	for _, e := range evs {
 		e.Message += strings.Repeat("z", 1024)
@@ -321,8 +321,8 @@ func TestEventBatchBounds(t *testing.T) {
 		perTxn[kv.ModRevision] += len(kv.Key) + len(kv.Value)
 	}
 	for rev, n := range perTxn {
-		if n > maxTxnBytes {
-			t.Errorf("transaction at %d put %d bytes, over maxTxnBytes (%d)", rev, n, maxTxnBytes)
+		if n > MaxTxnBytes {
+			t.Errorf("transaction at %d put %d bytes, over MaxTxnBytes (%d)", rev, n, MaxTxnBytes)
 		}
 	}
 	got, err := s.ListEvents(ctx, "web", "000001")

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
 
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -76,7 +77,15 @@ type HostReport struct {
 	Report *v1.ServiceReport
 }
 
-// PutReports writes reports in one transaction (at most Batch).
+// ReportBytes is about what a report adds to a PutReports transaction's
+// request; a batch's reports add up to at most MaxTxnBytes, unless it is
+// one report.
+func ReportBytes(host string, r *v1.ServiceReport) int {
+	return proto.Size(r) + len(ReportKey(host, r.GetService())) + len(HostKey(host))
+}
+
+// PutReports writes reports in one transaction (at most Batch, and
+// MaxTxnBytes of them unless one: ReportBytes).
 // A report is written only while its host's record exists (a nested
 // transaction per report), so a report still queued when its host was
 // removed (DeleteHost) does not bring back report keys of a deleted host.
@@ -86,10 +95,14 @@ func (s *Store) PutReports(ctx context.Context, reps []HostReport) (int, int64, 
 		return 0, 0, fmt.Errorf("put reports: %d in one batch, at most %d", len(reps), s.Batch())
 	}
 	ops := make([]clientv3.Op, 0, len(reps))
+	size := 0
 	for _, hr := range reps {
 		val, err := marshal(hr.Report)
 		if err != nil {
 			return 0, 0, err
+		}
+		if size += len(val) + len(ReportKey(hr.Host, hr.Report.GetService())) + len(HostKey(hr.Host)); size > MaxTxnBytes && len(reps) > 1 {
+			return 0, 0, fmt.Errorf("put reports: %d in one batch, over %d bytes (etcd's --max-request-bytes is 1.5 MiB by default)", len(reps), MaxTxnBytes)
 		}
 		ops = append(ops, clientv3.OpTxn(
 			[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(HostKey(hr.Host)), ">", 0)},

@@ -257,6 +257,13 @@ func (s *Store) WriteRollout(ctx context.Context, f *Fence, r *v1.Rollout, base 
 	if err != nil {
 		return 0, 0, err
 	}
+	// etcd bounds the operations in one transaction (--max-txn-ops, 128 by
+	// default, s.txnOps): the decision and the first events go together,
+	// the rest follow in batches once the decision is committed.
+	// etcd also bounds a request's bytes (--max-request-bytes, 1.5 MiB by
+	// default): the events that go with the decision, and each batch of
+	// the rest, are bounded by MaxTxnBytes too (a failed wave's events
+	// carry reasons of up to 4 KB each).
 	var svcOps []clientv3.Op
 	if svc != nil {
 		skey := ServiceKey(svc.GetSpec().GetName())
@@ -267,13 +274,16 @@ func (s *Store) WriteRollout(ctx context.Context, f *Fence, r *v1.Rollout, base 
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(skey), "=", serviceRev))
 		svcOps = []clientv3.Op{clientv3.OpPut(skey, sval)}
 	}
-	// etcd bounds a transaction's operations (--max-txn-ops, 128 by
-	// default, s.txnOps) and size (--max-request-bytes): the decision and
-	// the events that fit go together, the rest follow in further
-	// transactions once the decision is committed.
-	n := fitTxn(evOps, max(0, min(s.Batch(), s.txnOps-len(ops)-len(svcOps)-1)), maxTxnBytes-putBytes(ops)-putBytes(svcOps))
-	later := evOps[n:]
-	ops = append(append(ops, evOps[:n]...), svcOps...)
+	used := 0
+	for _, op := range append(svcOps, ops...) {
+		used += opBytes(op)
+	}
+	var later []clientv3.Op
+	if n := fitOps(evOps, max(0, min(s.Batch(), s.txnOps-len(ops)-1)), MaxTxnBytes-used, false); len(evOps) > n {
+		evOps, later = evOps[:n], evOps[n:]
+	}
+	ops = append(ops, evOps...)
+	ops = append(ops, svcOps...)
 	var fenceGet []clientv3.Op
 	if f != nil {
 		fenceGet = []clientv3.Op{clientv3.OpGet(f.Key)}
@@ -302,7 +312,7 @@ func (s *Store) WriteRollout(ctx context.Context, f *Fence, r *v1.Rollout, base 
 		slots  = make(chan struct{}, maxEventTxns)
 	)
 	for len(later) > 0 {
-		n := max(1, fitTxn(later, s.Batch(), maxTxnBytes))
+		n := fitOps(later, s.Batch(), MaxTxnBytes, true)
 		batch := later[:n]
 		later = later[n:]
 		slots <- struct{}{}
@@ -366,33 +376,3 @@ func (s *Store) UnsplitRollout(ctx context.Context, f *Fence, base RolloutBase) 
 // maxEventTxns is how many transactions of a decision's further events are
 // in flight at once.
 const maxEventTxns = 8
-
-// maxTxnBytes bounds the keys and values a rollout write puts in one
-// transaction: 1.25 MiB leaves a quarter MiB of etcd's default
-// --max-request-bytes (1.5 MiB) to compares and encoding. (The embedded
-// etcd takes 16 MiB.) A 5,000-host step of a 10,000-host split rollout
-// puts about 0.15 MiB of rollout parts and 0.75 MiB of events (TestScale).
-const maxTxnBytes = 1280 << 10
-
-// fitTxn returns how many of puts, from the first, fit in maxOps
-// operations and maxBytes bytes of keys and values.
-func fitTxn(puts []clientv3.Op, maxOps, maxBytes int) int {
-	n, size := 0, 0
-	for n < len(puts) && n < maxOps {
-		size += putBytes(puts[n : n+1])
-		if size > maxBytes {
-			break
-		}
-		n++
-	}
-	return n
-}
-
-// putBytes is the size of puts' keys and values.
-func putBytes(puts []clientv3.Op) int {
-	size := 0
-	for _, op := range puts {
-		size += len(op.KeyBytes()) + len(op.ValueBytes())
-	}
-	return size
-}

@@ -72,14 +72,40 @@ func New(c *clientv3.Client) *Store { return &Store{c: c, txnOps: DefaultMaxTxnO
 // DefaultMaxTxnOps is etcd's default limit of operations in one
 // transaction (--max-txn-ops); EmbeddedMaxTxnOps is the coordinator's
 // default with its embedded etcd (StartEmbedded allows MaxMaxTxnOps), and
-// MaxMaxTxnOps the most SetMaxTxnOps takes: a transaction of that many
-// reports or events stays far below etcd's default --max-request-bytes
-// (1.5 MiB; about 150 bytes an operation).
+// MaxMaxTxnOps the most SetMaxTxnOps takes. Typical reports and events
+// are about 150 bytes an operation, but the largest ones are not (a
+// report validateReport takes up to about 320 KB, an event the 4 KB
+// reason of a failed host): batches are bounded by MaxTxnBytes as well.
 const (
 	DefaultMaxTxnOps  = 128
 	EmbeddedMaxTxnOps = 1024
 	MaxMaxTxnOps      = 4096
 )
+
+// MaxTxnBytes bounds the keys and values of one batch of reports, or of
+// a decision's events (with the decision's own writes when they go
+// together): under etcd's default --max-request-bytes (1.5 MiB), with
+// room for the request's framing, whatever --etcd-max-txn-ops allows.
+// One report or event over it still goes alone.
+const MaxTxnBytes = 1 << 20
+
+// opBytes is what an operation adds to a transaction's request, about.
+func opBytes(op clientv3.Op) int { return len(op.KeyBytes()) + len(op.ValueBytes()) }
+
+// fitOps is how many of ops, from the first, go in a transaction that has
+// room for n operations and budget bytes; at least one (when n > 0) if
+// one is true.
+func fitOps(ops []clientv3.Op, n, budget int, one bool) int {
+	k, size := 0, 0
+	for k < len(ops) && k < n {
+		size += opBytes(ops[k])
+		if size > budget && (k > 0 || !one) {
+			break
+		}
+		k++
+	}
+	return k
+}
 
 // txnHeadroom is what a batch leaves of a transaction's operations for the
 // writes that go with it (a decision's rollout parts and service).
