@@ -129,6 +129,8 @@ func (m *Machine) checkingInPlace() bool {
 // once, as an install is before its switch, and the machine is back where
 // it was before it, on the last good spec (which the process runs the
 // same, and which passed), settled: it returns false and p is applied.
+// Unless the process exited during the check: then it is not dropped, and
+// p waits for the check's end (returns false with the install under way).
 func (m *Machine) newerInPlace(p *pendingAssign) bool {
 	if p.a != nil && !p.isRemove() && Version(p.a) == Version(m.target) && !specdiff.HostAffecting(m.target.GetSpec(), p.a.GetSpec()) {
 		m.pending = nil
@@ -137,6 +139,13 @@ func (m *Machine) newerInPlace(p *pendingAssign) bool {
 		m.persist()
 		m.report()
 		return true
+	}
+	if m.chk.exits > 0 {
+		// The process exited during the check: that is about the process,
+		// which the last good spec runs too, so "it passed" no longer
+		// holds. Not dropped: p waits (op is still the install) and a
+		// crash loop reverts in place as any failure (README).
+		return false
 	}
 	m.stopChecks()
 	m.current = m.lastGood
