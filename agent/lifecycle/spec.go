@@ -140,11 +140,12 @@ func (m *Machine) newerInPlace(p *pendingAssign) bool {
 		m.report()
 		return true
 	}
-	if m.chk.exits > 0 {
-		// The process exited during the check: that is about the process,
-		// which the last good spec runs too, so "it passed" no longer
-		// holds. Not dropped: p waits (op is still the install) and a
-		// crash loop reverts in place as any failure (README).
+	if m.chk.exits > 0 || m.failsLastGoodCheck() {
+		// The process exited during the check, or fails a check the last
+		// good spec has too: that is about the process under the last good
+		// spec as well, so "it passed" no longer holds. Not dropped: p
+		// waits (op is still the install) and the failure reverts in place
+		// and re-checks the last good spec, as any failure (README).
 		return false
 	}
 	m.stopChecks()
@@ -156,6 +157,34 @@ func (m *Machine) newerInPlace(p *pendingAssign) bool {
 	m.reason = ""
 	m.op = opNone
 	return false
+}
+
+// failsLastGoodCheck reports whether the check in place has a failing
+// result of a check that the last good spec has unchanged (same name, same
+// definition): the process fails under the last good spec too.
+func (m *Machine) failsLastGoodCheck() bool {
+	for _, r := range m.checks {
+		if r.OK {
+			continue
+		}
+		for _, c := range m.chk.a.GetSpec().GetChecks() {
+			if c.GetName() != r.Name {
+				continue
+			}
+			for _, g := range m.lastGood.GetSpec().GetChecks() {
+				if g.GetName() == r.Name && sameCheck(g, c) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// sameCheck reports whether checks a and b are defined alike (specdiff's
+// comparison, proto equality, of specs holding only them).
+func sameCheck(a, b *v1.Check) bool {
+	return !specdiff.HostAffecting(&v1.ServiceSpec{Checks: []*v1.Check{a}}, &v1.ServiceSpec{Checks: []*v1.Check{b}})
 }
 
 // revertsInPlace reports whether the revert under way can be done in
