@@ -33,7 +33,10 @@ import (
 //     not wait for the check (newerInPlace): the same spec at a newer
 //     generation carries the check on; anything else drops it at once
 //     (nothing was started or switched) and is applied from the last good
-//     spec. A crash loop in its check or watch reverts it like any failure
+//     spec, unless the process exited in the check or fails a check the
+//     last good spec has unchanged (it then waits for the check's end,
+//     whose failure reverts in place and re-checks the last good spec).
+//     A crash loop in its check or watch reverts it like any failure
 //     (README, "Config changes roll out like code").
 //   - it changes only what the coordinator reads (rollout policy, alerts,
 //     selector): taken as the running release at a newer generation, no
