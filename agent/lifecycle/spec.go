@@ -33,7 +33,10 @@ import (
 //     not wait for the check (newerInPlace): the same spec at a newer
 //     generation carries the check on; anything else drops it at once
 //     (nothing was started or switched) and is applied from the last good
-//     spec. A crash loop in its check or watch reverts it like any failure
+//     spec, unless the process exited in the check or fails a check the
+//     last good spec has unchanged (it then waits for the check's end,
+//     whose failure reverts in place and re-checks the last good spec).
+//     A crash loop in its check or watch reverts it like any failure
 //     (README, "Config changes roll out like code").
 //   - it changes only what the coordinator reads (rollout policy, alerts,
 //     selector): taken as the running release at a newer generation, no
@@ -129,6 +132,8 @@ func (m *Machine) checkingInPlace() bool {
 // once, as an install is before its switch, and the machine is back where
 // it was before it, on the last good spec (which the process runs the
 // same, and which passed), settled: it returns false and p is applied.
+// Unless the process exited during the check: then it is not dropped, and
+// p waits for the check's end (returns false with the install under way).
 func (m *Machine) newerInPlace(p *pendingAssign) bool {
 	if p.a != nil && !p.isRemove() && Version(p.a) == Version(m.target) && !specdiff.HostAffecting(m.target.GetSpec(), p.a.GetSpec()) {
 		m.pending = nil
@@ -137,6 +142,14 @@ func (m *Machine) newerInPlace(p *pendingAssign) bool {
 		m.persist()
 		m.report()
 		return true
+	}
+	if m.chk.exits > 0 || m.failsLastGoodCheck() {
+		// The process exited during the check, or fails a check the last
+		// good spec has too: that is about the process under the last good
+		// spec as well, so "it passed" no longer holds. Not dropped: p
+		// waits (op is still the install) and the failure reverts in place
+		// and re-checks the last good spec, as any failure (README).
+		return false
 	}
 	m.stopChecks()
 	m.current = m.lastGood
@@ -147,6 +160,34 @@ func (m *Machine) newerInPlace(p *pendingAssign) bool {
 	m.reason = ""
 	m.op = opNone
 	return false
+}
+
+// failsLastGoodCheck reports whether the check in place has a failing
+// result of a check that the last good spec has unchanged (same name, same
+// definition): the process fails under the last good spec too.
+func (m *Machine) failsLastGoodCheck() bool {
+	for _, r := range m.checks {
+		if r.OK {
+			continue
+		}
+		for _, c := range m.chk.a.GetSpec().GetChecks() {
+			if c.GetName() != r.Name {
+				continue
+			}
+			for _, g := range m.lastGood.GetSpec().GetChecks() {
+				if g.GetName() == r.Name && sameCheck(g, c) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// sameCheck reports whether checks a and b are defined alike (specdiff's
+// comparison, proto equality, of specs holding only them).
+func sameCheck(a, b *v1.Check) bool {
+	return !specdiff.HostAffecting(&v1.ServiceSpec{Checks: []*v1.Check{a}}, &v1.ServiceSpec{Checks: []*v1.Check{b}})
 }
 
 // revertsInPlace reports whether the revert under way can be done in
