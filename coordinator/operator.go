@@ -475,8 +475,12 @@ var (
 
 // WatchEvents sends the recorded events (after since_revision), oldest
 // first, then with follow every new one as it is written, until the client
-// goes. Each carries its etcd revision, so a client that reconnects resumes
-// where it was without gaps or repeats.
+// goes. Each carries its etcd revision. A write's events share one revision
+// (a step's thousands, in batches) and come in the same order from the
+// listing and the watch: a client that reconnects after the last event of
+// a revision passes that revision; one whose stream broke inside a
+// revision passes the revision before and skips the events of it it saw
+// (the dashboard's live page does).
 func (o *operator) WatchEvents(req *v1.WatchEventsRequest, stream v1.OperatorService_WatchEventsServer) error {
 	if n := req.GetService(); n != "" {
 		if err := spec.CheckName("service", n); err != nil {
