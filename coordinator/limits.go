@@ -20,8 +20,9 @@ package coordinator
 //     streaming calls per authenticated caller (the stream interceptor).
 //     Refusals are ResourceExhausted and name the limit and its flag.
 //   - slow readers: a message that waits longer than StreamSendTimeout to be
-//     sent, or an event stream whose reader falls StreamSendBuffer events
-//     behind, ends the caller's connection (the only way to free a stream
+//     sent, or an event stream whose reader is StreamSendBuffer events
+//     behind when a new revision comes (a revision's events are queued
+//     whole), ends the caller's connection (the only way to free a stream
 //     whose reader does not take what was sent) instead of buffering more.
 //   - the TLS handshake must finish within HandshakeTimeout, and request
 //     headers are at most maxHeaderBytes.

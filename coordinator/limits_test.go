@@ -468,3 +468,50 @@ func TestHandshakeAndIdleTimeouts(t *testing.T) {
 		}
 	}
 }
+
+// A write's events share one etcd revision (one transaction; in batches, a
+// 5,000-host step's 10,000 events are ten keys of it) and reach the watch
+// at once: a reader that keeps up is not cut off because one revision
+// holds more events than StreamSendBuffer, and gets every event of it.
+func TestEventWatchTakesARevisionLargerThanTheBuffer(t *testing.T) {
+	f := startTLSCoordinatorWith(t, func(c *Config) { c.Limits.StreamSendTimeout = time.Hour })
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cc := f.dialWith(t, "operator-vera")
+	putBigEvents(t, f.emb, 1)
+	w, err := v1.NewOperatorServiceClient(cc).WatchEvents(ctx, &v1.WatchEventsRequest{Follow: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Recv(); err != nil { // the recorded event
+		t.Fatal(err)
+	}
+	cli, err := f.emb.Dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	st := store.New(cli)
+	st.SetEventLayout(func() store.EventLayout { return store.EventBatches })
+	const n = 3000 // three batches, one transaction: three times the default buffer
+	at := timestamppb.Now()
+	evs := make([]*v1.Event, n)
+	for i := range evs {
+		evs[i] = &v1.Event{At: at, Service: "web", RolloutId: "000002", Kind: "host_assigned", Wave: 1, Host: fmt.Sprintf("h%05d", i)}
+	}
+	if err := st.PutEvents(ctx, evs...); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		resp, err := w.Recv()
+		if err != nil {
+			t.Fatalf("after %d of %d events of one revision: %v", i, n, err)
+		}
+		if got, want := resp.GetEvent().GetHost(), evs[i].GetHost(); got != want {
+			t.Fatalf("event %d: host %s, want %s", i, got, want)
+		}
+	}
+	if r := f.refusals(t, "stream-send-buffer"); r != 0 {
+		t.Errorf("stream-send-buffer refusals: %v, want 0", r)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -474,8 +475,12 @@ var (
 
 // WatchEvents sends the recorded events (after since_revision), oldest
 // first, then with follow every new one as it is written, until the client
-// goes. Each carries its etcd revision, so a client that reconnects resumes
-// where it was without gaps or repeats.
+// goes. Each carries its etcd revision. A write's events share one revision
+// (a step's thousands, in batches) and come in the same order from the
+// listing and the watch: a client that reconnects after the last event of
+// a revision passes that revision; one whose stream broke inside a
+// revision passes the revision before and skips the events of it it saw
+// (the dashboard's live page does).
 func (o *operator) WatchEvents(req *v1.WatchEventsRequest, stream v1.OperatorService_WatchEventsServer) error {
 	if n := req.GetService(); n != "" {
 		if err := spec.CheckName("service", n); err != nil {
@@ -517,39 +522,76 @@ var errSlowReader = errors.New("slow reader")
 // The etcd watch runs ahead of the sends through a queue of
 // Limits.StreamSendBuffer events: a reader that falls further behind loses
 // its connection (limits.go) instead of the coordinator buffering for it
-// (etcd's client would buffer without bound).
+// (etcd's client would buffer without bound). The bound is checked when a
+// revision begins: a revision's events (one transaction's, at most what
+// etcd takes in one request; a write's batches make thousands of events
+// one revision) are queued whole, so a reader that keeps up is not cut off
+// for a large write, and the queue holds at most StreamSendBuffer events
+// and one revision's.
 func (o *operator) followEvents(ctx context.Context, stream v1.OperatorService_WatchEventsServer, prefix string, from int64) error {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	lim := o.c.cfg.Limits.StreamSendBuffer
-	q := make(chan store.RevEvent, lim)
+	var (
+		mu      sync.Mutex
+		pending []store.RevEvent
+		lastRev int64 // of the last event queued
+	)
+	ready := make(chan struct{}, 1)
 	werr := make(chan error, 1)
 	go func() {
 		werr <- o.c.store.WatchEvents(wctx, prefix, from, func(e store.RevEvent) error {
-			select {
-			case q <- e:
+			mu.Lock()
+			if len(pending) < lim || e.Rev == lastRev {
+				pending = append(pending, e)
+				lastRev = e.Rev
+				mu.Unlock()
+				select {
+				case ready <- struct{}{}:
+				default:
+				}
 				return nil
-			default:
 			}
+			mu.Unlock()
 			p, _ := principalFrom(ctx)
 			o.c.limits.dropSlowReader(ctx, limitSendBuffer, opSvc+"WatchEvents", p, fmt.Sprintf("%d events waiting to be sent", lim))
 			return errSlowReader
 		})
 	}()
+	done := func(err error) error {
+		switch {
+		case errors.Is(err, errSlowReader):
+			return status.Errorf(codes.ResourceExhausted, "WatchEvents: %d events waiting to be sent, the limit (--%s %d); connection closed", lim, limitSendBuffer, lim)
+		case ctx.Err() != nil:
+			return status.FromContextError(ctx.Err()).Err()
+		}
+		return status.Error(codes.Unavailable, err.Error())
+	}
 	for {
 		select {
-		case e := <-q:
+		case err := <-werr:
+			return done(err)
+		default:
+		}
+		mu.Lock()
+		var e store.RevEvent
+		ok := len(pending) > 0
+		if ok {
+			e = pending[0]
+			pending[0] = store.RevEvent{}
+			pending = pending[1:]
+		}
+		mu.Unlock()
+		if ok {
 			if err := stream.Send(&v1.WatchEventsResponse{Event: e.Event, Revision: e.Rev}); err != nil {
 				return err
 			}
+			continue
+		}
+		select {
+		case <-ready:
 		case err := <-werr:
-			switch {
-			case errors.Is(err, errSlowReader):
-				return status.Errorf(codes.ResourceExhausted, "WatchEvents: %d events waiting to be sent, the limit (--%s %d); connection closed", lim, limitSendBuffer, lim)
-			case ctx.Err() != nil:
-				return status.FromContextError(ctx.Err()).Err()
-			}
-			return status.Error(codes.Unavailable, err.Error())
+			return done(err)
 		}
 	}
 }

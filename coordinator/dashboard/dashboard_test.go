@@ -46,6 +46,9 @@ type fakeAPI struct {
 	watching atomic.Int32
 	// whoami counts WhoAmI calls (logins checked).
 	whoami atomic.Int32
+	// watchEvents, when set, serves WatchEvents (after the credentials
+	// check) instead of the one recorded event.
+	watchEvents func(*v1.WatchEventsRequest, v1.OperatorService_WatchEventsServer) error
 }
 
 // viewerRevoked makes the viewer's token unknown (revoked).
@@ -223,9 +226,12 @@ func (f *fakeAPI) WatchRollout(_ *v1.WatchRolloutRequest, stream v1.OperatorServ
 	return nil
 }
 
-func (f *fakeAPI) WatchEvents(_ *v1.WatchEventsRequest, stream v1.OperatorService_WatchEventsServer) error {
+func (f *fakeAPI) WatchEvents(req *v1.WatchEventsRequest, stream v1.OperatorService_WatchEventsServer) error {
 	if err := need(stream.Context(), "viewer"); err != nil {
 		return err
+	}
+	if f.watchEvents != nil {
+		return f.watchEvents(req, stream)
 	}
 	ev := &v1.Event{At: timestamppb.New(time.Unix(1001, 0)), Service: "web", RolloutId: "r1", Kind: "wave_waiting_approval", Wave: 1, Message: "wave 1 waits"}
 	if err := stream.Send(&v1.WatchEventsResponse{Event: ev, Revision: 42}); err != nil {
@@ -1241,5 +1247,131 @@ func TestBoardSaysInPlace(t *testing.T) {
 	r.InPlace = false
 	if b := buildBoard(&session{}, svc, r, nil); b.InPlace != "" {
 		t.Errorf("a rollout that is not in place: board says %q", b.InPlace)
+	}
+}
+
+// A write's events share one etcd revision (a step's thousands of events
+// in batches): a live page whose event watch broke after some of a
+// revision's events resumes with the rest of that revision, none twice,
+// and so does a browser that reconnects with the Last-Event-ID it got.
+func TestLivePageResumesEventsInsideARevision(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	type revEv struct {
+		rev  int64
+		host string
+	}
+	recorded := []revEv{{42, "h1"}, {42, "h2"}, {42, "h3"}, {43, "h4"}}
+	var calls atomic.Int32
+	d.api.watchEvents = func(req *v1.WatchEventsRequest, stream v1.OperatorService_WatchEventsServer) error {
+		first := calls.Add(1) == 1
+		sent := 0
+		for _, r := range recorded {
+			if r.rev <= req.GetSinceRevision() {
+				continue
+			}
+			if first && sent == 2 { // the stream breaks inside revision 42
+				return status.Error(codes.Unavailable, "connection reset")
+			}
+			ev := &v1.Event{At: timestamppb.New(time.Unix(1001, 0)), Service: "web", RolloutId: "r1", Kind: "host_done", Wave: 1, Host: r.host}
+			if err := stream.Send(&v1.WatchEventsResponse{Event: ev, Revision: r.rev}); err != nil {
+				return err
+			}
+			sent++
+		}
+		<-stream.Context().Done()
+		return nil
+	}
+	c := d.client()
+	d.login(c, "viewer-secret")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second) // a failure deadline
+	defer cancel()
+	open := func(lastID string) *sseReader {
+		t.Helper()
+		req, err := http.NewRequestWithContext(ctx, "GET", d.http.URL+"/services/web/live", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if lastID != "" {
+			req.Header.Set("Last-Event-ID", lastID)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { resp.Body.Close() })
+		if resp.StatusCode != 200 {
+			t.Fatalf("live (Last-Event-ID %q): status %d", lastID, resp.StatusCode)
+		}
+		return &sseReader{resp: resp, r: bufio.NewReader(resp.Body)}
+	}
+	read := func(live *sseReader, n int) []string {
+		t.Helper()
+		var hosts []string
+		for len(hosts) < n && (len(hosts) == 0 || hosts[len(hosts)-1] != "h4") {
+			name, data, err := live.next()
+			if err != nil {
+				t.Fatalf("reading the stream: %v (so far %v)", err, hosts)
+			}
+			if name != "event" {
+				continue
+			}
+			for _, r := range recorded {
+				if strings.Contains(data, r.host+"<") || strings.Contains(data, r.host+" ") || strings.Contains(data, r.host+"\"") {
+					hosts = append(hosts, r.host)
+				}
+			}
+		}
+		return hosts
+	}
+	live := open("")
+	if got, want := strings.Join(read(live, 4), " "), "h1 h2 h3 h4"; got != want {
+		t.Errorf("events across a broken watch: %s, want %s", got, want)
+	}
+	live.resp.Body.Close()
+
+	// A browser that got h1 (the first event of revision 42) reconnects.
+	var lastID string
+	d.api.watchEvents = func(req *v1.WatchEventsRequest, stream v1.OperatorService_WatchEventsServer) error {
+		for _, r := range recorded {
+			if r.rev <= req.GetSinceRevision() {
+				continue
+			}
+			ev := &v1.Event{At: timestamppb.New(time.Unix(1001, 0)), Service: "web", RolloutId: "r1", Kind: "host_done", Wave: 1, Host: r.host}
+			if err := stream.Send(&v1.WatchEventsResponse{Event: ev, Revision: r.rev}); err != nil {
+				return err
+			}
+		}
+		<-stream.Context().Done()
+		return nil
+	}
+	live = open("")
+	lastID = live.firstEventID(t)
+	live.resp.Body.Close()
+	if got, want := strings.Join(read(open(lastID), 3), " "), "h2 h3 h4"; got != want {
+		t.Errorf("events after Last-Event-ID %q: %s, want %s", lastID, got, want)
+	}
+}
+
+// firstEventID returns the id of the stream's first "event" event.
+func (s *sseReader) firstEventID(t *testing.T) string {
+	t.Helper()
+	var name, id string
+	for {
+		line, err := s.r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("reading the stream: %v", err)
+		}
+		line = strings.TrimRight(line, "\n")
+		switch {
+		case line == "":
+			if name == "event" {
+				return id
+			}
+			name, id = "", ""
+		case strings.HasPrefix(line, "event: "):
+			name = strings.TrimPrefix(line, "event: ")
+		case strings.HasPrefix(line, "id: "):
+			id = strings.TrimPrefix(line, "id: ")
+		}
 	}
 }

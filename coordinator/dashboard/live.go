@@ -76,6 +76,22 @@ func writeSSE(w io.Writer, m sseMessage) error {
 	return err
 }
 
+// parseEventID reads an event's SSE id: "revision.count", the count of the
+// revision's events up to this one, or (from before the count) "revision",
+// all of its events.
+func parseEventID(id string) (rev int64, seen int, err error) {
+	r, n, counted := strings.Cut(id, ".")
+	if rev, err = strconv.ParseInt(r, 10, 64); err != nil || rev < 0 {
+		return 0, 0, fmt.Errorf("revision %q: want a number, 0 or more", r)
+	}
+	if counted {
+		if seen, err = strconv.Atoi(n); err != nil || seen < 1 || rev < 1 {
+			return 0, 0, fmt.Errorf("count %q: want a number, 1 or more, after a revision of 1 or more", n)
+		}
+	}
+	return rev, seen, nil
+}
+
 // retryAfterError is how long the live page waits before watching again
 // after a watch failed for another reason than the rollout ending.
 const retryAfterError = 2 * time.Second
@@ -97,10 +113,16 @@ func (s *Server) live(w http.ResponseWriter, r *http.Request, sess *session) {
 		return
 	}
 	defer release()
+	// The events resume after the last one sent: since is its revision and
+	// seen how many of that revision's events were sent (0: all of them). A
+	// write's events share one revision (a step's thousands, in batches),
+	// and a stream can break after some of them: the watch resumes from
+	// the revision before and skips those seen.
 	var since int64
+	var seen int
 	if id := r.Header.Get("Last-Event-ID"); id != "" {
-		if since, err = strconv.ParseInt(id, 10, 64); err != nil || since < 0 {
-			http.Error(w, fmt.Sprintf("Last-Event-ID: %q is not an event revision", id), http.StatusBadRequest)
+		if since, seen, err = parseEventID(id); err != nil {
+			http.Error(w, fmt.Sprintf("Last-Event-ID: %q is not an event id (revision.count): %v", id, err), http.StatusBadRequest)
 			return
 		}
 	}
@@ -195,13 +217,26 @@ func (s *Server) live(w http.ResponseWriter, r *http.Request, sess *session) {
 			return
 		}
 		for ctx.Err() == nil {
-			stream, err := sess.api().WatchEvents(cctx, &v1.WatchEventsRequest{Service: svc, Follow: true, SinceRevision: since})
+			req, skip := &v1.WatchEventsRequest{Service: svc, Follow: true, SinceRevision: since}, 0
+			if seen > 0 {
+				req.SinceRevision, skip = since-1, seen
+			}
+			stream, err := sess.api().WatchEvents(cctx, req)
 			for err == nil {
 				var ev *v1.WatchEventsResponse
 				if ev, err = stream.Recv(); err != nil {
 					break
 				}
-				since = ev.GetRevision()
+				if ev.GetRevision() == since && skip > 0 {
+					skip--
+					continue
+				}
+				skip = 0
+				if ev.GetRevision() == since {
+					seen++
+				} else {
+					since, seen = ev.GetRevision(), 1
+				}
 				select {
 				case refresh <- struct{}{}:
 				default:
@@ -217,7 +252,7 @@ func (s *Server) live(w http.ResponseWriter, r *http.Request, sess *session) {
 					s.log.Error().Err(rerr).Msg("dashboard: render event")
 					continue
 				}
-				if !send(sseMessage{event: "event", id: strconv.FormatInt(ev.GetRevision(), 10), data: buf.Bytes()}) {
+				if !send(sseMessage{event: "event", id: strconv.FormatInt(since, 10) + "." + strconv.Itoa(seen), data: buf.Bytes()}) {
 					return
 				}
 			}
