@@ -239,7 +239,7 @@ func (s *stepper) observe(obs func(string) Observation) {
 				}
 				hp := s.host(i, j)
 				hp.State = v1.HostRolloutState_HOST_ROLLOUT_STATE_FAILED
-				hp.Reason = reason
+				hp.Reason = clip(reason, maxHostReason)
 				s.wave(i).Failures++
 				msg := reason
 				if st == v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE {
@@ -581,3 +581,10 @@ func countHosts(r *v1.Rollout) int {
 	}
 	return n
 }
+
+// maxHostReason bounds the reason a failed host keeps in the rollout
+// record (its event keeps the whole report's reason, up to 4 KB): a part
+// of a split rollout holds 500 hosts, and 500 reasons of 4 KB made a part
+// of 2 MB, over etcd's default --max-request-bytes (1.5 MiB), so a wave
+// failing on most of its hosts could not be recorded.
+const maxHostReason = 512

@@ -145,3 +145,22 @@ func TestStepGossipHint(t *testing.T) {
 		})
 	}
 }
+
+// A failed host's reason is kept in the rollout record clipped to
+// maxHostReason (a part of 500 failed hosts stays far under etcd's request
+// size); its event keeps the whole reason.
+func TestStepClipsStoredReason(t *testing.T) {
+	r := plan3(nil)
+	r, _ = step(t, r, fleet{}, t0)
+	long := strings.Repeat("x", 4000)
+	out, res := step(t, r, fleet{"host-000": {Connected: true, Report: &v1.ServiceReport{Generation: r.Generation, Phase: pFailed, Reason: long}}}, t0.Add(time.Second))
+	h := hostOf(out, "host-000")
+	if h.State != hostFail || len(h.Reason) > maxHostReason+len("…") || !strings.HasPrefix(h.Reason, long[:maxHostReason]) {
+		t.Fatalf("host-000: %v with a reason of %d bytes, want FAILED with the first %d", h.State, len(h.Reason), maxHostReason)
+	}
+	for _, e := range res.Events {
+		if e.Kind == EventHostFailed && !strings.Contains(e.Message, long) {
+			t.Fatalf("host_failed event lost the whole reason: %d bytes", len(e.Message))
+		}
+	}
+}

@@ -69,13 +69,16 @@ func SplitKey(key, prefix string) []string {
 	return strings.Split(strings.TrimPrefix(key, prefix), "/")
 }
 
-// EventKey orders a service's events by rollout, then time, then index.
+// EventKey orders a service's events by rollout, then time, then index
+// (within one write; six digits: a write of 20,000 hosts' events, one key
+// each, sorts in order; keys written with four digits before keep their
+// order, as each write's keys share their time).
 func EventKey(e *v1.Event, n int) string {
 	rid := e.GetRolloutId()
 	if rid == "" {
 		rid = "000000"
 	}
-	return fmt.Sprintf("%s%s/%s/%020d-%04d", EventsPrefix, e.GetService(), rid, e.GetAt().AsTime().UnixNano(), n)
+	return fmt.Sprintf("%s%s/%s/%020d-%06d", EventsPrefix, e.GetService(), rid, e.GetAt().AsTime().UnixNano(), n)
 }
 
 // EventsPrefixFor is the key prefix of a service's events (every service

@@ -114,3 +114,17 @@ func TestLargerTxnOpsBatches(t *testing.T) {
 		}
 	}
 }
+
+// One write's event keys sort in write order past 9,999 events (the
+// index had four digits: "-10000" sorted before "-1001").
+func TestEventKeysSortPastTenThousand(t *testing.T) {
+	e := &v1.Event{At: timestamppb.New(time.Unix(1, 0)), Service: "web", RolloutId: "000001"}
+	prev := EventKey(e, 0)
+	for n := 1; n <= 20000; n++ {
+		k := EventKey(e, n)
+		if k <= prev {
+			t.Fatalf("key %d %q sorts at or before key %d %q", n, k, n-1, prev)
+		}
+		prev = k
+	}
+}

@@ -1466,8 +1466,11 @@ type WatchEventsRequest struct {
 	RolloutId string `protobuf:"bytes,2,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
 	// keep the stream open and send new events as they are written
 	Follow bool `protobuf:"varint,3,opt,name=follow,proto3" json:"follow,omitempty"`
-	// only events written after this etcd revision (0 = all kept); a client
-	// that reconnects passes the revision of the last event it saw
+	// only events written after this etcd revision (0 = all kept). A write's
+	// events share one revision (a step's thousands) and come in the same
+	// order every time: a client that reconnects after the last event of a
+	// revision passes that revision; one whose stream broke inside a
+	// revision passes the revision before and skips the events of it it saw.
 	SinceRevision int64 `protobuf:"varint,4,opt,name=since_revision,json=sinceRevision,proto3" json:"since_revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
