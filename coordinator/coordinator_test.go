@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -381,4 +382,21 @@ func TestManualApproveSupersedeAndUnfreeze(t *testing.T) {
 	if _, err := op.UnfreezeService(ctx, &v1.UnfreezeServiceRequest{Name: "nope"}); status.Code(err) != codes.NotFound {
 		t.Errorf("unfreeze of an unknown service: %v", err)
 	}
+}
+
+// embeddedEtcd starts the coordinator's embedded etcd for a test and a
+// client of it; both end with the test.
+func embeddedEtcd(t *testing.T) (*store.Embedded, *clientv3.Client) {
+	t.Helper()
+	emb, err := store.StartEmbedded(t.TempDir(), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(emb.Close)
+	cli, err := emb.Dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return emb, cli
 }

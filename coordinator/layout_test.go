@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -23,16 +22,7 @@ import (
 // end even after the old coordinator left; the next rollout is split. Both
 // read the same through the operator API.
 func TestSplitLayoutWaitsForEveryCoordinator(t *testing.T) {
-	emb, err := store.StartEmbedded(t.TempDir(), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(emb.Close)
-	cli, err := emb.Dial()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
+	emb, cli := embeddedEtcd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	st := store.New(cli)
@@ -149,16 +139,7 @@ func TestSplitLayoutWaitsForEveryCoordinator(t *testing.T) {
 // end in one key. Before, it stayed split and that coordinator saw no
 // rollout: it would assign the hosts it serves the stable release.
 func TestSplitRolloutUnsplitWhenOldCoordinatorRegisters(t *testing.T) {
-	emb, err := store.StartEmbedded(t.TempDir(), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(emb.Close)
-	cli, err := emb.Dial()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
+	emb, cli := embeddedEtcd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	st := store.New(cli)

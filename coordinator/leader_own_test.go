@@ -16,16 +16,7 @@ import (
 // mirror has caught up with it, then the mirror again; settle waits for
 // the mirror to have every such write.
 func TestLeaderReadsOwnWritesUntilMirrorHasThem(t *testing.T) {
-	emb, err := store.StartEmbedded(t.TempDir(), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(emb.Close)
-	cli, err := emb.Dial()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
+	_, cli := embeddedEtcd(t)
 	st := store.New(cli)
 	m := store.NewMirror(st, zerolog.Nop())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

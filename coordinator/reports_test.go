@@ -28,16 +28,7 @@ import (
 // sent one after the other as a stream does, end with its last one (no
 // reordering between concurrent transactions).
 func TestReportWriterConcurrentTransactions(t *testing.T) {
-	emb, err := store.StartEmbedded(t.TempDir(), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(emb.Close)
-	cli, err := emb.Dial()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
+	_, cli := embeddedEtcd(t)
 	const hosts = 500
 	for i := range hosts {
 		if err := store.New(cli).PutHost(context.Background(), &v1.Host{Id: fmt.Sprintf("h%03d", i)}); err != nil {
@@ -172,16 +163,7 @@ func (t *gatedTxn) Commit() (*clientv3.TxnResponse, error) {
 // wait for the test (gatedKV), and a client to read what was stored.
 func gatedWriter(t *testing.T) (*reportWriter, *gatedKV, *clientv3.Client) {
 	t.Helper()
-	emb, err := store.StartEmbedded(t.TempDir(), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(emb.Close)
-	cli, err := emb.Dial()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
+	emb, cli := embeddedEtcd(t)
 	wcli, err := emb.Dial()
 	if err != nil {
 		t.Fatal(err)
