@@ -86,6 +86,11 @@ type agentConn struct {
 	// epoch it was computed at: an older computation finishing late must
 	// not replace a newer set.
 	lastSum [sha256.Size]byte
+	// greeted says its connect's set (queue with force) was queued: a
+	// push pass between the stream's registration and that set skips it,
+	// else the agent got its first set twice (the pass's, then the
+	// forced one), and a replaced stream read the second before its end.
+	greeted bool
 	epoch   uint64
 	// seq is the stream's arrival number (hub.arrivals): a stream that
 	// arrived before the host's registered one does not replace it.
@@ -836,12 +841,16 @@ func (h *hub) prepare(c *agentConn, force bool, since time.Time) (start bool) {
 	sum := sha256.Sum256(b)
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if !force && !c.greeted {
+		return // its connect's set comes (with force), computed after this
+	}
 	if t.epoch < c.epoch {
 		return // a newer set was queued meanwhile
 	}
 	if !force && sum == c.lastSum {
 		return
 	}
+	c.greeted = c.greeted || force
 	c.lastSum, c.epoch = sum, t.epoch
 	c.pending = &queuedSet{resp: m, since: since, connect: force}
 	if !c.sending && !c.done {
