@@ -154,8 +154,11 @@ func TestSimulation(t *testing.T) {
 	if len(seeds) > 1 && (outcomes[rOK] == 0 || outcomes[rFailed] == 0) {
 		t.Errorf("simulation never reached one of SUCCEEDED/FAILED: %v", outcomes)
 	}
-	// And staging both held by the canary wave and admitting hosts.
-	if len(seeds) > 1 && (stage["canary wave"] == 0 || stage["admitted"] == 0 || stage["kept"] == 0) {
+	// And staging both held by the canary wave and admitting hosts, and
+	// (only over every seed: a fifth of them, -short and -race, need not)
+	// keeping an admission below a holder that is out.
+	kept := stage["kept"] > 0 || testing.Short() || raceEnabled
+	if len(seeds) > 1 && (stage["canary wave"] == 0 || stage["admitted"] == 0 || !kept) {
 		t.Errorf("simulation never staged, never held staging for the canary, or never kept an admission below a holder that is out: %v", stage)
 	}
 }
