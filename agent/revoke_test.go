@@ -337,7 +337,7 @@ func TestRevocationSaveFailureRetried(t *testing.T) {
 		go func() { defer close(done); a.saveRevocationsLoop(ctx) }()
 		a.takeRevocations(&v1.RevocationSet{Revision: 3, Revocations: []*v1.Revocation{{Identity: "agent:h1", RevokedAt: timestamppb.New(now),
 			RevokedBy: "operator:admin", ExpiresAt: timestamppb.New(now.Add(time.Hour))}}}, now)
-		time.Sleep(2500 * time.Millisecond)
+		time.Sleep(2500 * time.Millisecond) // the bubble's clock: three save attempts
 		synctest.Wait()
 		if got := testutil.ToFloat64(r.saves.WithLabelValues(saveFailed)); got != 3 {
 			t.Fatalf("failed saves over 2.5 s = %v, want 3 (at 0, 1 and 2 s)", got)
