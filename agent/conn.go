@@ -14,6 +14,7 @@ import (
 
 	"github.com/fleetwave/fleetwave/agent/install"
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
+	"github.com/fleetwave/fleetwave/internal/grpcwindow"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
@@ -319,13 +320,13 @@ func (a *agent) session(ctx context.Context, addr string) (established bool, err
 	if err != nil {
 		return false, fmt.Errorf("tls: %w", err)
 	}
-	cc, err := grpc.NewClient(addr,
+	cc, err := grpc.NewClient(addr, append(grpcwindow.DialOptions(),
 		grpc.WithTransportCredentials(creds),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{
 			Time: a.opts.keepalive, Timeout: 5 * time.Second, PermitWithoutStream: true,
 		}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvBytes)),
-	)
+	)...)
 	if err != nil {
 		return false, fmt.Errorf("dial %s: %w", addr, err)
 	}

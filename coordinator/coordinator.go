@@ -39,6 +39,7 @@ import (
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/coordinator/store"
 	"github.com/fleetwave/fleetwave/internal/gossip"
+	"github.com/fleetwave/fleetwave/internal/grpcwindow"
 	"github.com/fleetwave/fleetwave/internal/tlsutil"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -518,7 +519,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		c.gossip = g
 		wg.Go(func() { c.gossipWake(ctx, g) })
 	}
-	srv := grpc.NewServer(append(c.limits.serverOptions(),
+	srv := grpc.NewServer(append(append(c.limits.serverOptions(), grpcwindow.ServerOptions()...),
 		grpc.Creds(limitedCreds{TransportCredentials: serverCreds, l: c.limits, refused: c.handshakeRefused}),
 		grpc.ChainUnaryInterceptor(c.unaryAuth, c.metrics.countForwarded(c.fwd.unary)),
 		grpc.ChainStreamInterceptor(c.streamAuth),

@@ -47,6 +47,8 @@ func TestLayout(t *testing.T) {
 			Forbid: []string{etcd, "./coordinator", "./agent", "./internal/spec"}},
 		{Pkg: "internal/signing", Why: "signing is linked into the agent and the CLI", Forbid: []string{etcd, "./coordinator", "./agent"}},
 		{Pkg: "internal/tlsutil", Why: "TLS helpers are linked into every binary", Forbid: []string{etcd, "./coordinator", "./agent"}},
+		{Pkg: "internal/grpcwindow", Why: "the flow-control windows are linked into the agent and the coordinator",
+			Forbid: []string{etcd, "./coordinator", "./agent"}},
 		{Pkg: "internal/procenv", Why: "the environment of a service's processes is linked into the agent's supervisor and probes",
 			Forbid: []string{etcd, grpc, "./coordinator", "./agent"}},
 		{Pkg: "internal/revocation", Why: "the revocation rule and the agents' set are linked into the agent and the coordinator",

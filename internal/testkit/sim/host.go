@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/fleetwave/fleetwave/internal/grpcwindow"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -259,13 +260,13 @@ func (h *host) dial(ctx context.Context, id uint64) dialResult {
 	}
 	release := func() { <-h.f.sem }
 	cfg := h.f.cfg
-	opts := []grpc.DialOption{
+	opts := append(grpcwindow.DialOptions(), // as agents dial
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvBytes)),
 		// Small buffers: thousands of connections share this process.
-		grpc.WithReadBufferSize(8 << 10),
-		grpc.WithWriteBufferSize(8 << 10),
-	}
+		grpc.WithReadBufferSize(8<<10),
+		grpc.WithWriteBufferSize(8<<10),
+	)
 	if cfg.Keepalive > 0 {
 		opts = append(opts, grpc.WithKeepaliveParams(keepalive.ClientParameters{
 			Time: cfg.Keepalive, Timeout: 10 * time.Second, PermitWithoutStream: true,

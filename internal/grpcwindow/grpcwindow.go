@@ -1,0 +1,40 @@
+// Package grpcwindow fixes the HTTP/2 flow-control windows of the
+// connections between agents and coordinators.
+//
+// grpc-go sizes windows dynamically by default ("BDP estimation"): on a
+// connection with nothing in flight, every DATA frame received makes the
+// receiver send a connection WINDOW_UPDATE and a PING, and the sender read
+// them and answer the PING. An agent's stream carries one small message at a
+// time (a report one way, a set of assignments the other), so every message
+// cost two more frames each way, two more write and read system calls on
+// each side, and two more wake-ups of the coordinator's goroutines for that
+// connection. At 10,000 agents that was a quarter of what a wave cost (issue
+// 16: delivery p99 480 → 188 ms, docs/BENCHMARKS.md). Fixed windows send no
+// such PING.
+//
+// The windows are large enough for artifact transfers over the same
+// connection: Stream per stream and Conn per connection allow 80 MB/s per
+// stream at 50 ms of round trip. A window bounds what a peer may send before the receiver reads; it
+// allocates nothing by itself, and no message is larger than the
+// receiver's message limit, which bounds the memory a stream can hold
+// whatever the window.
+package grpcwindow
+
+import "google.golang.org/grpc"
+
+const (
+	// Stream is the flow-control window of each stream, in bytes.
+	Stream = 4 << 20
+	// Conn is the flow-control window of each connection, in bytes.
+	Conn = 16 << 20
+)
+
+// ServerOptions are the coordinator's options for its gRPC server.
+func ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{grpc.StaticStreamWindowSize(Stream), grpc.StaticConnWindowSize(Conn)}
+}
+
+// DialOptions are an agent's options for its connection to a coordinator.
+func DialOptions() []grpc.DialOption {
+	return []grpc.DialOption{grpc.WithStaticStreamWindowSize(Stream), grpc.WithStaticConnWindowSize(Conn)}
+}
