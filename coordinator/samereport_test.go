@@ -1,0 +1,62 @@
+package coordinator
+
+import (
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// TestSameReport: sameReport is proto.Equal but for the reports' times, and
+// copies neither report.
+func TestSameReport(t *testing.T) {
+	base := func() *v1.ServiceReport {
+		return &v1.ServiceReport{Service: "web", Phase: v1.Phase_PHASE_HEALTHY, CurrentVersion: "v2", Generation: 3,
+			Checks:  []*v1.CheckResult{{Name: "http", Ok: true}},
+			Metrics: &v1.MetricSummary{}, At: timestamppb.New(timestamppb.Now().AsTime())}
+	}
+	variants := map[string]func(r *v1.ServiceReport){
+		"same":              func(*v1.ServiceReport) {},
+		"later at":          func(r *v1.ServiceReport) { r.At = timestamppb.New(r.At.AsTime().Add(1)) },
+		"no at":             func(r *v1.ServiceReport) { r.At = nil },
+		"phase":             func(r *v1.ServiceReport) { r.Phase = v1.Phase_PHASE_FAILED },
+		"version":           func(r *v1.ServiceReport) { r.CurrentVersion = "v3" },
+		"check":             func(r *v1.ServiceReport) { r.Checks[0].Ok = false },
+		"another check":     func(r *v1.ServiceReport) { r.Checks = append(r.Checks, &v1.CheckResult{Name: "tcp"}) },
+		"no checks":         func(r *v1.ServiceReport) { r.Checks = nil },
+		"no metrics":        func(r *v1.ServiceReport) { r.Metrics = nil },
+		"in place":          func(r *v1.ServiceReport) { r.InPlace = true },
+		"unknown field":     func(r *v1.ServiceReport) { r.ProtoReflect().SetUnknown([]byte{0xf8, 0x3e, 0x01}) },
+		"staged":            func(r *v1.ServiceReport) { r.StagedSha256 = "ab" },
+		"empty":             func(r *v1.ServiceReport) { proto.Reset(r) },
+		"empty with an at":  func(r *v1.ServiceReport) { at := r.At; proto.Reset(r); r.At = at },
+		"bad source":        func(r *v1.ServiceReport) { r.BadSource = "h9" },
+		"reason":            func(r *v1.ServiceReport) { r.Reason = "x" },
+		"last good version": func(r *v1.ServiceReport) { r.LastGoodVersion = "v1" },
+	}
+	// The definition: equal once both times are cleared.
+	want := func(a, b *v1.ServiceReport) bool {
+		a2, b2 := proto.Clone(a).(*v1.ServiceReport), proto.Clone(b).(*v1.ServiceReport)
+		a2.At, b2.At = nil, nil
+		return proto.Equal(a2, b2)
+	}
+	for na, fa := range variants {
+		for nb, fb := range variants {
+			a, b := base(), base()
+			fa(a)
+			fb(b)
+			a0, b0 := proto.Clone(a), proto.Clone(b)
+			if got, w := sameReport(a, b), want(a, b); got != w {
+				t.Errorf("sameReport(%s, %s) = %v, want %v", na, nb, got, w)
+			}
+			if !proto.Equal(a, a0) || !proto.Equal(b, b0) {
+				t.Errorf("sameReport(%s, %s) changed a report", na, nb)
+			}
+		}
+	}
+	if !sameReport(base(), base()) || sameReport(base(), &v1.ServiceReport{}) {
+		t.Fatal("the table's two ends are wrong")
+	}
+}
