@@ -13,6 +13,7 @@ import (
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/coordinator/store"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+	"github.com/rs/zerolog"
 )
 
 func (l *leader) reconcileAll(ctx context.Context, fence *store.Fence) (time.Time, error) {
@@ -292,9 +293,7 @@ func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string)
 	if !compareWake.IsZero() && (res.NextWake.IsZero() || compareWake.Before(res.NextWake)) {
 		res.NextWake = compareWake
 	}
-	for _, ev := range res.Events {
-		log.Info().Str("rollout", cur.GetId()).Str("event", ev.Kind).Int("wave", ev.Wave).Str("host", ev.Host).Msg(ev.Message)
-	}
+	logEvents(log, cur.GetId(), res.Events)
 	if !res.Changed {
 		return res.NextWake, nil
 	}
@@ -385,9 +384,7 @@ func (l *leader) start(ctx context.Context, fence *store.Fence, vs store.Version
 	}
 	l.c.log.Info().Str("service", name).Str("rollout", r.GetId()).Str("from", r.GetFromVersion()).Str("version", r.GetToVersion()).
 		Ints("waves", waves).Bool("rollback", r.GetRollback()).Str("state", r.GetState().String()).Msg("rollout created")
-	for _, ev := range res.Events {
-		l.c.log.Info().Str("service", name).Str("rollout", r.GetId()).Str("event", ev.Kind).Int("wave", ev.Wave).Str("host", ev.Host).Msg(ev.Message)
-	}
+	logEvents(l.c.log.With().Str("service", name).Logger(), r.GetId(), res.Events)
 	return l.c.mirror.WaitRev(ctx, rev)
 }
 
@@ -465,5 +462,18 @@ func (l *leader) pruneEvents(ctx context.Context, fence *store.Fence, r *v1.Roll
 	}
 	if deleted > 0 {
 		l.c.log.Info().Str("service", r.GetService()).Str("before", before).Int64("keys", deleted).Msg("events of old rollouts pruned")
+	}
+}
+
+// logEvents logs a decision's events: a host assigned or done at debug
+// level (a 10,000-host rollout has 20,000 of them; they are in the event
+// log, `fleetwave events`), everything else at info.
+func logEvents(log zerolog.Logger, rolloutID string, events []rollout.Event) {
+	for _, ev := range events {
+		e := log.Info()
+		if ev.Kind == rollout.EventHostAssigned || ev.Kind == rollout.EventHostDone {
+			e = log.Debug()
+		}
+		e.Str("rollout", rolloutID).Str("event", ev.Kind).Int("wave", ev.Wave).Str("host", ev.Host).Msg(ev.Message)
 	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/fleetwave/fleetwave/coordinator"
 	"github.com/fleetwave/fleetwave/internal/testkit/etcdtest"
+	"github.com/fleetwave/fleetwave/internal/testkit/testcluster"
 )
 
 // TestProfileInProcess runs a coordinator and a simulated fleet in this
@@ -138,4 +139,24 @@ func startEtcd(t *testing.T) string {
 		cfg.MaxTxnOps = 1 << 20
 		cfg.MaxRequestBytes = 16 << 20
 	})
+}
+
+// startScaleEtcd is the scale harnesses' etcd: FLEETWAVE_SIM_ETCD=process
+// (the default) runs it as a process of its own (testcluster's etcdnode,
+// with the same room), as an operator runs etcd, and returns its pid too;
+// =inprocess runs it in this process (startEtcd; pid 0), where it shares
+// the Go runtime, its CPU and its collector with the thousands of
+// simulated agents, as tables measured before 2026-12-06 did.
+func startScaleEtcd(t *testing.T) (endpoint string, pid int) {
+	t.Helper()
+	switch v := os.Getenv("FLEETWAVE_SIM_ETCD"); v {
+	case "", "process":
+		c := testcluster.StartEtcdArgs(t, 1, "--max-txn-ops", "1048576", "--max-request-bytes", "16777216", "--log-level", "error")
+		return c.Endpoint(0), c.Pid(0)
+	case "inprocess":
+		return startEtcd(t), 0
+	default:
+		t.Fatalf("FLEETWAVE_SIM_ETCD %q: want process or inprocess", v)
+		return "", 0
+	}
 }

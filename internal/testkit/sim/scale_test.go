@@ -34,7 +34,9 @@ import (
 //	FLEETWAVE_SIM_HOSTS=1000,5000,10000 go test -run '^TestScale$' -v -timeout 60m ./internal/testkit/sim
 //
 // For each size it builds and starts the real fleetwave-coordinator binary
-// as a separate process, on an etcd in the test process (the coordinator's
+// as a separate process, on an etcd of its own (a third process,
+// startScaleEtcd; FLEETWAVE_SIM_ETCD=inprocess runs it in the test process
+// instead, as tables measured before 2026-12-06 did; the coordinator's
 // embedded etcd serves the coordinator alone since issue 13, and the
 // harness watches etcd; its RSS therefore no longer counts in the
 // coordinator's, unlike in tables measured before), connects a simulated fleet with
@@ -177,6 +179,15 @@ func (p *proc) stop() {
 		_ = p.cmd.Process.Kill()
 		<-p.done
 	}
+}
+
+// etcdCPU is the CPU seconds of etcd's process (0 for pid 0: in this one).
+func etcdCPU(pid int) float64 {
+	if pid == 0 {
+		return 0
+	}
+	_, cpu, _ := procStat(pid)
+	return cpu
 }
 
 // procStat reads VmRSS (bytes) and utime+stime (seconds) of pid.
@@ -332,6 +343,7 @@ type scaleResult struct {
 	simIdleCPU               float64 // cores used by this (the sim's) process meanwhile
 	rolloutCPU               float64 // coordinator cores during the rollout
 	simRolloutCPU            float64 // this process's cores meanwhile
+	etcdRolloutCPU           float64 // etcd's, when a process of its own (else in simRolloutCPU)
 	writes                   []phaseWrites
 	failDetect               time.Duration // failing report sent -> rollout FAILED (coordinator's finished_at)
 	rollback                 time.Duration // failing report sent -> every host reports the previous release
@@ -354,7 +366,8 @@ func runScale(t *testing.T, bin string, n int) (_ *scaleResult, err error) {
 			err = fmt.Errorf("%w; coordinator warnings: %s", err, problems(filepath.Join(dir, "coordinator.log"), 5))
 		}
 	}()
-	p, err := startCoordinatorProc(t, bin, dir, startEtcd(t), ports.Addr(t), n)
+	etcd, etcdPid := startScaleEtcd(t)
+	p, err := startCoordinatorProc(t, bin, dir, etcd, ports.Addr(t), n)
 	if err != nil {
 		return nil, err
 	}
@@ -459,6 +472,7 @@ func runScale(t *testing.T, bin string, n int) (_ *scaleResult, err error) {
 	f.ResetLatency()
 	_, c0, _ := procStat(pid)
 	_, s0, _ := procStat(os.Getpid())
+	e0 := etcdCPU(etcdPid)
 	n0, sum0, _ := etcdTxns(ctx, p.metrics)
 	rw0, _ := reportWriterCounts(ctx, p.metrics)
 	r0 := time.Now()
@@ -478,6 +492,9 @@ func runScale(t *testing.T, bin string, n int) (_ *scaleResult, err error) {
 	_, s1, _ := procStat(os.Getpid())
 	res.rolloutCPU = (c1 - c0) / time.Since(r0).Seconds()
 	res.simRolloutCPU = (s1 - s0) / time.Since(r0).Seconds()
+	if etcdPid != 0 {
+		res.etcdRolloutCPU = (etcdCPU(etcdPid) - e0) / time.Since(r0).Seconds()
+	}
 	res.latency = f.Stats().Latency
 	if err := phase("rollout v1→v2 (3 waves)"); err != nil {
 		return res, err
@@ -539,8 +556,9 @@ func sleep(ctx context.Context, d time.Duration) {
 }
 
 // timedRollout creates a release and times it to every host reporting it
-// (sim side) and to the rollout SUCCEEDED (coordinator side). The rollout
-// is polled only once every host reported, not to load the coordinator.
+// (sim side) and to the rollout SUCCEEDED (coordinator side: its
+// service's stable release, written with the decision). The service is
+// polled only once every host reported, not to load the coordinator.
 func timedRollout(ctx context.Context, f *Fleet, o *operator, svc, version string) (timing, error) {
 	var tm timing
 	start := time.Now()
@@ -553,7 +571,7 @@ func timedRollout(ctx context.Context, f *Fleet, o *operator, svc, version strin
 		return tm, err
 	}
 	tm.allReported = time.Since(start)
-	r, err := o.waitRollout(wctx, svc, ended(version))
+	r, err := o.waitStable(wctx, svc, version)
 	if err != nil {
 		return tm, err
 	}
@@ -665,8 +683,12 @@ func (r *scaleResult) print(w io.Writer) {
 	fmt.Fprintf(w, "\n== %d hosts ==\n", r.n)
 	fmt.Fprintf(w, "connect all hosts:                 %s\n", ms(r.connect))
 	fmt.Fprintf(w, "initial deploy v1 (3 waves):       all reported %s, SUCCEEDED seen %s\n", ms(r.initial.allReported), ms(r.initial.succeeded))
-	fmt.Fprintf(w, "(a) rollout v1→v2 (3 waves):       all reported %s, SUCCEEDED seen %s (meanwhile coordinator %.2f cores, sim %.2f)\n",
-		ms(r.rollout.allReported), ms(r.rollout.succeeded), r.rolloutCPU, r.simRolloutCPU)
+	etcdCores := "in the sim's process"
+	if r.etcdRolloutCPU > 0 {
+		etcdCores = fmt.Sprintf("%.2f", r.etcdRolloutCPU)
+	}
+	fmt.Fprintf(w, "(a) rollout v1→v2 (3 waves):       all reported %s, SUCCEEDED seen %s (meanwhile coordinator %.2f cores, sim %.2f, etcd %s)\n",
+		ms(r.rollout.allReported), ms(r.rollout.succeeded), r.rolloutCPU, r.simRolloutCPU, etcdCores)
 	fmt.Fprintf(w, "    its timeline (coordinator):    %s\n", r.rollout.waves)
 	fmt.Fprintf(w, "    coordinator's etcd txns:       %d during the rollout, mean latency %.1f ms\n", r.txns, r.txnMean*1000)
 	fmt.Fprintf(w, "(b) assignment delivery latency:   p50 %s, p90 %s, p99 %s, max %s over %d messages\n",

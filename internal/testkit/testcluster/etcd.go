@@ -34,12 +34,14 @@ type EtcdCluster struct {
 	dir     string
 	members []*member
 	cli     *clientv3.Client // the helpers' own client, for health checks
+	extra   []string         // more etcdnode flags, for every member
 }
 
 type member struct {
 	name, dataDir, clientURL, peerURL string
 	logPath, outPath                  string
 	cluster                           string // --initial-cluster
+	extra                             []string
 
 	mu   sync.Mutex
 	proc *proc
@@ -53,11 +55,18 @@ type member struct {
 // test failed, prints the tail of each member's logs.
 func StartEtcd(t testing.TB, n int) *EtcdCluster {
 	t.Helper()
+	return StartEtcdArgs(t, n)
+}
+
+// StartEtcdArgs is StartEtcd with more etcdnode flags for every member
+// (e.g. "--max-txn-ops", "1024").
+func StartEtcdArgs(t testing.TB, n int, extra ...string) *EtcdCluster {
+	t.Helper()
 	if n < 1 {
 		t.Fatalf("StartEtcd: n = %d, want at least 1", n)
 	}
 	bin := BuildEtcdNode(t)
-	c := &EtcdCluster{t: t, bin: bin, dir: t.TempDir()}
+	c := &EtcdCluster{t: t, bin: bin, dir: t.TempDir(), extra: extra}
 	t.Cleanup(c.cleanup)
 	var err error
 	for attempt := 1; attempt <= 3; attempt++ {
@@ -110,6 +119,7 @@ func (c *EtcdCluster) start(n, attempt int) error {
 	cluster := strings.Join(peers, ",")
 	for _, m := range c.members {
 		m.cluster = cluster
+		m.extra = c.extra
 	}
 	for _, m := range c.members {
 		if err := m.launch(c.bin, "new"); err != nil {
@@ -163,6 +173,7 @@ func (m *member) launch(bin, state string) error {
 		"--initial-cluster-state", state,
 		"--log-file", m.logPath,
 	}
+	args = append(args, m.extra...)
 	p, err := startProc(bin, args, m.outPath)
 	if err != nil {
 		return fmt.Errorf("member %s: %w", m.name, err)
@@ -256,6 +267,20 @@ func (c *EtcdCluster) LogPath(i int) string {
 		return ""
 	}
 	return m.logPath
+}
+
+// Pid returns member i's process id (0 when out of range or not running).
+func (c *EtcdCluster) Pid(i int) int {
+	m, err := c.member(i)
+	if err != nil {
+		return 0
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.proc == nil || m.proc.exited() {
+		return 0
+	}
+	return m.proc.cmd.Process.Pid
 }
 
 // Running reports whether member i's process is alive.

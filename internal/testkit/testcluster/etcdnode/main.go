@@ -59,6 +59,8 @@ type options struct {
 	heartbeat    time.Duration
 	election     time.Duration
 	noFsync      bool
+	maxTxnOps    uint
+	maxReqBytes  uint
 	readyTimeout time.Duration
 }
 
@@ -78,6 +80,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.heartbeat, "heartbeat", 50*time.Millisecond, "raft heartbeat interval (whole milliseconds)")
 	fs.DurationVar(&o.election, "election", 500*time.Millisecond, "raft election timeout (whole milliseconds, at least 5 heartbeats)")
 	fs.BoolVar(&o.noFsync, "unsafe-no-fsync", false, "skip fsync (survives kill -9 of the process, not a machine crash)")
+	fs.UintVar(&o.maxTxnOps, "max-txn-ops", embed.DefaultMaxTxnOps, "operations per transaction (etcd's --max-txn-ops), 1 to 1048576")
+	fs.UintVar(&o.maxReqBytes, "max-request-bytes", embed.DefaultMaxRequestBytes, "bytes per request (etcd's --max-request-bytes), 1 to 67108864")
 	fs.DurationVar(&o.readyTimeout, "ready-timeout", 0, "exit non-zero if the member has not joined the cluster within this time (0: wait for ever)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -150,6 +154,12 @@ func (o *options) validate(client, peer string) error {
 	if o.heartbeat < time.Millisecond || o.heartbeat%time.Millisecond != 0 {
 		return fmt.Errorf("--heartbeat %s: want a whole number of milliseconds, at least 1ms", o.heartbeat)
 	}
+	if o.maxTxnOps < 1 || o.maxTxnOps > 1<<20 {
+		return fmt.Errorf("--max-txn-ops %d: want 1 to 1048576", o.maxTxnOps)
+	}
+	if o.maxReqBytes < 1 || o.maxReqBytes > 64<<20 {
+		return fmt.Errorf("--max-request-bytes %d: want 1 to 67108864", o.maxReqBytes)
+	}
 	if o.election%time.Millisecond != 0 || o.election < 5*o.heartbeat {
 		return fmt.Errorf("--election %s: want whole milliseconds, at least 5 × --heartbeat (%s)", o.election, 5*o.heartbeat)
 	}
@@ -203,6 +213,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	cfg.TickMs = uint(o.heartbeat / time.Millisecond)
 	cfg.ElectionMs = uint(o.election / time.Millisecond)
 	cfg.UnsafeNoFsync = o.noFsync
+	cfg.MaxTxnOps, cfg.MaxRequestBytes = o.maxTxnOps, o.maxReqBytes
 	cfg.LogLevel = o.logLevel
 	if o.logFile != "" {
 		if err := os.MkdirAll(filepath.Dir(o.logFile), 0o755); err != nil {

@@ -1,12 +1,16 @@
 package coordinator
 
 import (
+	"bytes"
+	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+	"github.com/rs/zerolog"
 )
 
 // TestSameReport: sameReport is proto.Equal but for the reports' times, and
@@ -58,5 +62,34 @@ func TestSameReport(t *testing.T) {
 	}
 	if !sameReport(base(), base()) || sameReport(base(), &v1.ServiceReport{}) {
 		t.Fatal("the table's two ends are wrong")
+	}
+}
+
+// TestLogEventsLevels: routine host events are logged at debug level, the
+// rest at info.
+func TestLogEventsLevels(t *testing.T) {
+	var buf bytes.Buffer
+	log := zerolog.New(&buf).Level(zerolog.InfoLevel)
+	logEvents(log, "r1", []rollout.Event{
+		{Kind: rollout.EventHostAssigned, Wave: 1, Host: "h1"},
+		{Kind: rollout.EventHostDone, Wave: 1, Host: "h1"},
+		{Kind: rollout.EventHostFailed, Wave: 1, Host: "h2", Message: "install failed"},
+		{Kind: rollout.EventWaveDone, Wave: 1},
+	})
+	got := buf.String()
+	for _, kind := range []string{rollout.EventHostFailed, rollout.EventWaveDone} {
+		if !strings.Contains(got, `"event":"`+kind+`"`) {
+			t.Errorf("%s not logged at info: %s", kind, got)
+		}
+	}
+	for _, kind := range []string{rollout.EventHostAssigned, rollout.EventHostDone} {
+		if strings.Contains(got, `"event":"`+kind+`"`) {
+			t.Errorf("%s logged at info: %s", kind, got)
+		}
+	}
+	buf.Reset()
+	logEvents(log.Level(zerolog.DebugLevel), "r1", []rollout.Event{{Kind: rollout.EventHostDone, Wave: 1, Host: "h1"}})
+	if !strings.Contains(buf.String(), `"level":"debug"`) {
+		t.Errorf("host_done not logged at debug: %s", buf.String())
 	}
 }
