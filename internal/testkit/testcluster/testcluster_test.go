@@ -207,6 +207,10 @@ func TestEtcdNodeBadFlags(t *testing.T) {
 		{"--heartbeat", "soon", "heartbeat"},
 		{"--election", "100ms", "--election"},
 		{"--log-level", "loud", "--log-level"},
+		{"--max-txn-ops", "0", "--max-txn-ops"},
+		{"--max-txn-ops", "1048577", "--max-txn-ops"},
+		{"--max-request-bytes", "0", "--max-request-bytes"},
+		{"--max-request-bytes", "67108865", "--max-request-bytes"},
 	}
 	for _, tc := range cases {
 		t.Run(strings.TrimPrefix(tc.flag, "--")+"="+tc.value, func(t *testing.T) {
