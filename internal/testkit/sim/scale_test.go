@@ -60,7 +60,10 @@ import (
 // coordinator process only, e.g. GOGC=50), FLEETWAVE_SIM_ETCD_TXN_OPS
 // (the coordinator's --etcd-max-txn-ops, default 1024 as with its embedded
 // etcd; 128 is an external etcd's default), FLEETWAVE_SIM_QUIET=1 (hosts report only outcomes, not FETCHING and
-// CHECKING: what the coordinator would see if it did not persist them).
+// CHECKING: what the coordinator would see if it did not persist them), FLEETWAVE_SIM_INSTALL (each
+// simulated install's time, default 0: with 0 the first hosts of a wave report while the
+// coordinator still sends the wave's last sets, so their reports' handling is in the
+// delivery latency; real installs take seconds).
 func TestScale(t *testing.T) {
 	sizes := envList(t, "FLEETWAVE_SIM_HOSTS", "", fleetSize(1))
 	if len(sizes) == 0 {
@@ -415,7 +418,7 @@ func runScale(t *testing.T, bin string, n int) (_ *scaleResult, err error) {
 
 	// Connect the fleet.
 	cfg := Config{Coordinator: p.addr, Hosts: n, Seed: 1, SourceAddrs: max(1, n/500),
-		QuietPhases: os.Getenv("FLEETWAVE_SIM_QUIET") == "1"}
+		QuietPhases: os.Getenv("FLEETWAVE_SIM_QUIET") == "1", InstallDelay: envDuration(t, "FLEETWAVE_SIM_INSTALL", 0)}
 	start := time.Now()
 	f, err := Start(ctx, cfg, zerolog.Nop())
 	if err != nil {
