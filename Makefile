@@ -200,7 +200,7 @@ FLEETWAVE_SIM_SPREAD ?= 10000/1,20000/2
 # peer-to-peer (FLEETWAVE_SIM_ARTIFACT= make bench to skip it).
 FLEETWAVE_SIM_ARTIFACT ?= 1000,5000
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./coordinator/... ./agent/...
+	$(GO) test -run '^$$' -bench . -benchmem ./coordinator/... ./agent/... ./internal/grpcwindow
 	FLEETWAVE_SIM_HOSTS=$(FLEETWAVE_SIM_HOSTS) $(GO) test -count=1 -run '^TestScale$$' -v -timeout 60m ./internal/testkit/sim
 	FLEETWAVE_BENCH=1 $(GO) test -count=1 -run '^TestLeadTimeSmallFleet$$' -v -timeout 10m ./test/e2e
 	FLEETWAVE_SIM_SPREAD=$(FLEETWAVE_SIM_SPREAD) $(GO) test -count=1 -run '^TestScaleCoordinators$$' -v -timeout 60m ./internal/testkit/sim
