@@ -14,10 +14,20 @@
 //
 // The windows are large enough for artifact transfers over the same
 // connection: Stream per stream and Conn per connection allow 80 MB/s per
-// stream at 50 ms of round trip. A window bounds what a peer may send before the receiver reads; it
-// allocates nothing by itself, and no message is larger than the
-// receiver's message limit, which bounds the memory a stream can hold
-// whatever the window.
+// stream at 50 ms of round trip (half of what grpc-go's dynamic windows,
+// which grow to 16 MiB, allow on a long fat link: an artifact download or a
+// CLI upload at 200 ms of round trip is capped near 20 MB/s).
+//
+// A window allocates nothing by itself, but it is what a peer may make the
+// receiver buffer on a stream whose handler does not read (a server-streaming
+// call after its request, e.g.): up to Stream per stream, so up to
+// --max-streams-per-conn × Stream (128 × 4 MiB) per connection. Conn does not
+// bound that: grpc-go returns connection window as DATA arrives, not as it is
+// read. This is no more than a call could already hold (grpc-go widens a
+// stream's window to a request's declared length, up to the 4 MiB message
+// limit, and keeps what came until the rest does; docs/SECURITY.md), nor
+// than a peer could reach before by pacing its answers to grpc-go's BDP
+// PINGs (16 MiB per stream).
 package grpcwindow
 
 import "google.golang.org/grpc"
