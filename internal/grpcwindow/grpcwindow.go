@@ -19,8 +19,10 @@
 // CLI upload at 200 ms of round trip is capped near 20 MB/s).
 //
 // A window allocates nothing by itself, but it is what a peer may make the
-// receiver buffer on a stream whose handler does not read (a server-streaming
-// call after its request, e.g.): up to Stream per stream, so up to
+// receiver buffer on a stream whose handler does not read for a while (an
+// agent's Connect while its handler waits, an Upload behind a slow disk; a
+// server-streaming call is read to its end, a second message refused, so it
+// holds no more than the message limit): up to Stream per stream, so up to
 // --max-streams-per-conn × Stream (128 × 4 MiB) per connection. Conn does not
 // bound that: grpc-go returns connection window as DATA arrives, not as it is
 // read. This is no more than a call could already hold (grpc-go widens a
