@@ -6,6 +6,7 @@
 // Layout under the data dir:
 //
 //	tmp/                          downloads in progress (emptied on start)
+//	partial/<sha256>              downloads to resume (partial.go)
 //	releases/<service>/<version>/ unpacked releases
 //	releases/<service>/.sha256/<version>   digest the release was unpacked from
 //	releases/<service>/current -> <version>
@@ -38,7 +39,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/fleetwave/fleetwave/internal/spec"
 	"github.com/rs/zerolog"
@@ -106,10 +109,14 @@ type Installer struct {
 	log     zerolog.Logger
 	// keep: Stage keeps verified artifacts (keep.go).
 	keep atomic.Bool
+	// Partial downloads (partial.go): the sha256s a fetch holds.
+	partialMu sync.Mutex
+	busy      map[string]bool
 }
 
 // New prepares the data dir (tmp/ and releases/), removes leftovers of an
-// earlier run (downloads and half-unpacked releases) and returns an Installer.
+// earlier run (temp downloads, stale partial downloads and half-unpacked
+// releases) and returns an Installer.
 func New(dataDir string, lim Limits, log zerolog.Logger) (*Installer, error) {
 	abs, err := filepath.Abs(dataDir)
 	if err != nil {
@@ -123,6 +130,9 @@ func New(dataDir string, lim Limits, log zerolog.Logger) (*Installer, error) {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("create %s: %w", d, err)
 		}
+	}
+	if err := in.cleanPartials(time.Now()); err != nil {
+		return nil, err
 	}
 	stale, _ := filepath.Glob(filepath.Join(in.releasesDir(), "*", ".stage-*"))
 	links, _ := filepath.Glob(filepath.Join(in.releasesDir(), "*", ".current-*"))
