@@ -30,8 +30,6 @@ package install
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -277,40 +275,18 @@ type Fetched struct {
 
 // Fetch copies at most want.Size+1 bytes of r into a temp file under the
 // data dir, hashing as it writes. More bytes than declared or fewer is an
-// error; the temp file is removed on any error.
+// error; the temp file is removed on any error. Nothing is kept to resume
+// (OpenPartial does).
 func (in *Installer) Fetch(ctx context.Context, r io.Reader, want Artifact) (*Fetched, error) {
 	if err := in.checkArtifact(want); err != nil {
 		return nil, fmt.Errorf("fetch %s: %w", want.SHA256, err)
 	}
-	f, err := os.CreateTemp(in.tmpDir(), "fetch-*")
+	p, err := in.tempPartial(want)
 	if err != nil {
-		return nil, fmt.Errorf("fetch %s: %w", want.SHA256, err)
+		return nil, err
 	}
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(ctxReader{ctx, r}, want.Size+1))
-	if err != nil {
-		return nil, fmt.Errorf("fetch %s: %w", want.SHA256, err)
-	}
-	if n > want.Size {
-		return nil, fmt.Errorf("fetch %s: more than the declared %d bytes: %w", want.SHA256, want.Size, ErrTooLarge)
-	}
-	if n < want.Size {
-		// Not how many came: the bytes are unverified (they may be whatever
-		// answered at the URL), and errors end up in reports.
-		return nil, fmt.Errorf("fetch %s: truncated: fewer than the declared %d bytes", want.SHA256, want.Size)
-	}
-	if err := f.Close(); err != nil {
-		return nil, fmt.Errorf("fetch %s: %w", want.SHA256, err)
-	}
-	ok = true
-	return &Fetched{Path: f.Name(), Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+	defer p.Close()
+	return p.Fetch(ctx, r)
 }
 
 type ctxReader struct {

@@ -71,16 +71,10 @@ func (in *Installer) OpenPartial(want Artifact) (*Partial, error) {
 	if err := in.checkArtifact(want); err != nil {
 		return nil, fmt.Errorf("fetch %s: %w", want.SHA256, err)
 	}
-	p := &Partial{in: in, want: want, h: sha256.New()}
 	if !in.holdPartial(want.SHA256) {
-		f, err := os.CreateTemp(in.tmpDir(), "fetch-*")
-		if err != nil {
-			return nil, fmt.Errorf("fetch %s: %w", want.SHA256, err)
-		}
-		p.f = f
-		return p, nil
+		return in.tempPartial(want)
 	}
-	p.kept = true
+	p := &Partial{in: in, want: want, h: sha256.New(), kept: true}
 	path := filepath.Join(in.partialDir(), want.SHA256)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
@@ -104,6 +98,16 @@ func (in *Installer) OpenPartial(want Artifact) (*Partial, error) {
 	}
 	p.resumed = p.off
 	return p, nil
+}
+
+// tempPartial is a download into a temp file from byte 0, removed at
+// Close unless complete.
+func (in *Installer) tempPartial(want Artifact) (*Partial, error) {
+	f, err := os.CreateTemp(in.tmpDir(), "fetch-*")
+	if err != nil {
+		return nil, fmt.Errorf("fetch %s: %w", want.SHA256, err)
+	}
+	return &Partial{in: in, want: want, h: sha256.New(), f: f}, nil
 }
 
 // holdPartial marks sha's partial file held, making room for it (at most
