@@ -152,3 +152,59 @@ func TestAgentRestartResumesDownload(t *testing.T) {
 		t.Errorf("the partial download stays after the install: %v", err)
 	}
 }
+
+// TestAgentRestartResumesPeerDownload: the same from a peer over mutual
+// TLS: the wave's host, fetching the canary's copy (its uploads slowed by
+// --peer-upload-rate), is killed (-9) a third of the way in; restarted,
+// it asks the canary for the rest (the Download offset), so the canary and
+// the coordinator send it less than twice the artifact in all.
+func TestAgentRestartResumesPeerDownload(t *testing.T) {
+	// About 3 s per copy of the demo artifact (a few MB) from the canary.
+	e := newP2PEnv(t, 2, "--peer-upload-rate", strconv.Itoa(2<<20))
+	size, digest, canary := e.startP2PRelease("v1")
+	egress := func() float64 {
+		return e.metric(e.fleet.MetricsAddr, "fleetwave_coordinator_artifact_egress_bytes_total")
+	}
+	canaryCopy := egress()
+	a := e.fleet.Agents[e.waveHosts(1)[0]]
+	partial := filepath.Join(a.DataDir, "partial", digest)
+	e.cli(0, "rollout", "approve", "web", "--wave", "1")
+	e.waitFor(2*time.Minute, "a third of the artifact on the wave host's disk", func() (bool, string) {
+		fi, err := os.Stat(partial)
+		if err != nil {
+			return false, err.Error()
+		}
+		return fi.Size() >= size/3, fmt.Sprintf("%d of %d bytes", fi.Size(), size)
+	})
+	a.Kill9()
+	fi, err := os.Stat(partial)
+	if err != nil {
+		t.Fatalf("the partial download is gone after kill -9: %v", err)
+	}
+	kept := fi.Size()
+	if kept >= size {
+		t.Fatalf("the download ended (%d of %d bytes) before the agent was killed", kept, size)
+	}
+	if err := a.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if code := e.fleet.CLI(e.ctx, "rollout", "watch", "web").Code; code != 0 {
+		t.Fatalf("v1: exit %d: %v", code, e.rollout("web"))
+	}
+	e.allOn("v1")
+	fromCanary := e.metric(e.fleet.Agents[canary].MetricsAddr, "fleetwave_agent_peer_upload_bytes_total")
+	fromCoordinator := egress() - canaryCopy
+	if total := fromCanary + fromCoordinator; total >= 2*float64(size) {
+		t.Errorf("%s was sent %.0f bytes (%.0f by the canary, %.0f by the coordinator) for a %d-byte artifact: the restart started again at byte 0",
+			a.ID, total, fromCanary, fromCoordinator, size)
+	} else {
+		t.Logf("%s was sent %.0f bytes (%.0f by the canary, %.0f by the coordinator) for a %d-byte artifact (%d kept at the kill)",
+			a.ID, total, fromCanary, fromCoordinator, size, kept)
+	}
+	if n := e.metric(a.MetricsAddr, "fleetwave_agent_artifact_resumed_bytes_total"); n < float64(kept) {
+		t.Errorf("fleetwave_agent_artifact_resumed_bytes_total %v, want at least the %d bytes kept", n, kept)
+	}
+	if _, err := os.Stat(partial); !os.IsNotExist(err) {
+		t.Errorf("the partial download stays after the install: %v", err)
+	}
+}
