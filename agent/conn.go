@@ -500,9 +500,11 @@ func idleErr(ictx context.Context, err error) error {
 	return err
 }
 
-// fetch downloads an assignment's artifact into a temp file, from its URL or
-// from the coordinator, retrying a few times. Cancelling ctx (the assignment
-// was superseded, or the agent stops) ends it at once.
+// fetch downloads an assignment's artifact into a temp file, from its
+// peers, its URL or the coordinator, retrying a few times; each attempt
+// continues from the bytes an earlier one kept (resume.go). Cancelling ctx
+// (the assignment was superseded, or the agent stops) ends it at once, its
+// bytes kept.
 func (a *agent) fetch(ctx context.Context, asg *v1.Assignment) (*install.Fetched, error) {
 	ctx, cancel := context.WithTimeout(ctx, a.opts.fetchTimeout)
 	defer cancel()
