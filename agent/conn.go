@@ -501,9 +501,11 @@ func idleErr(ictx context.Context, err error) error {
 	return err
 }
 
-// fetch downloads an assignment's artifact into a temp file, from its URL or
-// from the coordinator, retrying a few times. Cancelling ctx (the assignment
-// was superseded, or the agent stops) ends it at once.
+// fetch downloads an assignment's artifact into a temp file, from its
+// peers, its URL or the coordinator, retrying a few times; each attempt
+// continues from the bytes an earlier one kept (resume.go). Cancelling ctx
+// (the assignment was superseded, or the agent stops) ends it at once, its
+// bytes kept.
 func (a *agent) fetch(ctx context.Context, asg *v1.Assignment) (*install.Fetched, error) {
 	ctx, cancel := context.WithTimeout(ctx, a.opts.fetchTimeout)
 	defer cancel()
@@ -545,56 +547,136 @@ func (a *agent) fetchOnce(ctx context.Context, asg *v1.Assignment, want install.
 	default:
 		a.log.Warn().Str("service", asg.GetService()).Err(err).Msg("no peer could serve the artifact; fetching from its URL")
 	}
-	if u != "" {
-		// The transport bounds the wait for headers; nothing bounds a body
-		// that stops arriving but the idle watch.
-		ictx, wrap, stop := idleWatch(ctx, a.opts.fetchIdle)
-		defer stop()
-		req, err := http.NewRequestWithContext(ictx, http.MethodGet, u, nil)
-		if err != nil {
-			return nil, fmt.Errorf("GET %s: %w", u, err)
+	for again := false; ; again = true {
+		var resumed int64
+		if u != "" {
+			f, resumed, err = a.fetchURL(ctx, asg, want, u)
+		} else {
+			f, resumed, err = a.fetchCoordinator(ctx, asg, want)
 		}
-		resp, err := artifactClient(a.cfg.ArtifactRedirectHosts).Do(req)
-		if errors.Is(err, errRedirectRefused) {
-			// Not the url.Error: it quotes the whole URL redirected to.
-			var ue *url.Error
-			if errors.As(err, &ue) {
-				err = ue.Err
-			}
-			return nil, fmt.Errorf("GET %s: %w", u, err)
+		if resumed > 0 && !again && ctx.Err() == nil && (errors.Is(err, install.ErrTooLarge) ||
+			(err == nil && (f.SHA256 != want.SHA256 || f.Size != want.Size))) {
+			// The bytes kept from an earlier attempt may be the bad ones
+			// (resume.go): they are gone; once more from byte 0.
+			a.inst.Discard(f)
+			a.log.Warn().Str("service", asg.GetService()).Str("sha256", want.SHA256).Int64("resumed", resumed).
+				Msg("a resumed download failed verification: fetching it again from byte 0")
+			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("GET %s: %w", u, idleErr(ictx, err))
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return nil, fmt.Errorf("GET %s: status %s", u, resp.Status)
-		}
-		f, err := a.inst.Fetch(ictx, a.metrics.countFetch(asg.GetService(), a.metrics.countSource(sourceURL, wrap(resp.Body))), want)
-		if err != nil {
-			return nil, fmt.Errorf("GET %s: %w", u, idleErr(ictx, err))
+			return nil, err
 		}
 		a.blameSuspects(asg, want, f, &sus)
 		return f, nil
 	}
+}
+
+// fetchURL fetches want from the release's URL u into its partial
+// download (resume.go), from the bytes kept with a range request; resumed
+// is the offset the server continued from (0 when it answered from byte
+// 0).
+func (a *agent) fetchURL(ctx context.Context, asg *v1.Assignment, want install.Artifact, u string) (f *install.Fetched, resumed int64, err error) {
+	p, err := a.inst.OpenPartial(want)
+	if err != nil {
+		return nil, 0, fmt.Errorf("GET %s: %w", u, err)
+	}
+	defer p.Close()
+	off := p.Offset()
+	if off == want.Size {
+		f, err := p.Fetch(ctx, eofReader{})
+		return f, off, err
+	}
+	// The transport bounds the wait for headers; nothing bounds a body
+	// that stops arriving but the idle watch.
+	ictx, wrap, stop := idleWatch(ctx, a.opts.fetchIdle)
+	defer stop()
+	req, err := http.NewRequestWithContext(ictx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, 0, fmt.Errorf("GET %s: %w", u, err)
+	}
+	if off > 0 {
+		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", off))
+	}
+	resp, err := artifactClient(a.cfg.ArtifactRedirectHosts).Do(req)
+	if errors.Is(err, errRedirectRefused) {
+		// Not the url.Error: it quotes the whole URL redirected to.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, 0, fmt.Errorf("GET %s: %w", u, err)
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("GET %s: %w", u, idleErr(ictx, err))
+	}
+	defer resp.Body.Close()
+	switch {
+	case off > 0 && resp.StatusCode == http.StatusPartialContent:
+		cr := resp.Header.Get("Content-Range")
+		if start, ok := contentRangeStart(cr); !ok || start != off {
+			if err := p.Restart(); err != nil {
+				return nil, 0, err
+			}
+			return nil, 0, fmt.Errorf("GET %s: status %s with Content-Range %q, not from byte %d: the next attempt starts at byte 0", u, resp.Status, cr, off)
+		}
+		a.metrics.resumedFrom(off)
+		resumed = off
+	case resp.StatusCode == http.StatusOK:
+		if off > 0 {
+			// The server ignored the range: its body starts at byte 0.
+			a.log.Info().Str("service", asg.GetService()).Str("sha256", want.SHA256).Int64("offset", off).
+				Msg("the artifact URL ignored the range request: fetching from byte 0")
+			if err := p.Restart(); err != nil {
+				return nil, 0, err
+			}
+		}
+	case off > 0 && resp.StatusCode == http.StatusRequestedRangeNotSatisfiable:
+		if err := p.Restart(); err != nil {
+			return nil, 0, err
+		}
+		return nil, 0, fmt.Errorf("GET %s: status %s for bytes %d on: the next attempt starts at byte 0", u, resp.Status, off)
+	default:
+		return nil, 0, fmt.Errorf("GET %s: status %s", u, resp.Status)
+	}
+	f, err = p.Fetch(ictx, a.metrics.countFetch(asg.GetService(), a.metrics.countSource(sourceURL, wrap(resp.Body))))
+	if err != nil {
+		return nil, resumed, fmt.Errorf("GET %s: %w", u, idleErr(ictx, err))
+	}
+	return f, resumed, nil
+}
+
+// fetchCoordinator fetches want from the coordinator into its partial
+// download (resume.go), from the bytes kept; resumed is the offset it
+// continued from.
+func (a *agent) fetchCoordinator(ctx context.Context, asg *v1.Assignment, want install.Artifact) (f *install.Fetched, resumed int64, err error) {
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	cc, err := a.conns.wait(wctx)
 	cancel()
 	if err != nil {
-		return nil, fmt.Errorf("download %s: %w", want.SHA256, err)
+		return nil, 0, fmt.Errorf("download %s: %w", want.SHA256, err)
+	}
+	p, err := a.inst.OpenPartial(want)
+	if err != nil {
+		return nil, 0, fmt.Errorf("download %s: %w", want.SHA256, err)
+	}
+	defer p.Close()
+	off := p.Offset()
+	if off == want.Size {
+		f, err := p.Fetch(ctx, eofReader{})
+		return f, off, err
 	}
 	dctx, wrap, stop := idleWatch(ctx, a.opts.fetchIdle)
 	defer stop()
-	stream, err := v1.NewArtifactServiceClient(cc).Download(dctx, &v1.DownloadRequest{Sha256: want.SHA256})
+	stream, err := v1.NewArtifactServiceClient(cc).Download(dctx, &v1.DownloadRequest{Sha256: want.SHA256, Offset: off})
 	if err != nil {
-		return nil, fmt.Errorf("download %s: %w", want.SHA256, idleErr(dctx, err))
+		return nil, 0, fmt.Errorf("download %s: %w", want.SHA256, idleErr(dctx, err))
 	}
-	f, err = a.inst.Fetch(dctx, a.metrics.countFetch(asg.GetService(), a.metrics.countSource(sourceCoordinator, wrap(&chunkReader{stream: stream}))), want)
+	a.metrics.resumedFrom(off)
+	f, err = p.Fetch(dctx, a.metrics.countFetch(asg.GetService(), a.metrics.countSource(sourceCoordinator, wrap(&chunkReader{stream: stream}))))
 	if err != nil {
-		return nil, fmt.Errorf("download: %w", idleErr(dctx, err))
+		return nil, off, fmt.Errorf("download: %w", idleErr(dctx, err))
 	}
-	a.blameSuspects(asg, want, f, &sus)
-	return f, nil
+	return f, off, nil
 }
 
 // chunkReader reads a Download stream as bytes.

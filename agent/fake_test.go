@@ -195,6 +195,10 @@ func (f *fakeCoordinator) Download(req *v1.DownloadRequest, stream grpc.ServerSt
 	if !ok {
 		return status.Errorf(codes.NotFound, "artifact %s", req.GetSha256())
 	}
+	if off := req.GetOffset(); off < 0 || off > int64(len(b)) {
+		return status.Errorf(codes.OutOfRange, "offset %d of %d bytes", off, len(b))
+	}
+	b = b[req.GetOffset():]
 	for len(b) > 0 {
 		n := min(len(b), 1000)
 		if err := stream.Send(&v1.DownloadResponse{Chunk: b[:n]}); err != nil {

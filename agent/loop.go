@@ -177,6 +177,7 @@ func (a *agent) handle(ev any) {
 	case assignEv:
 		a.assign(ev.assignments)
 		a.agentAssigned(ev.agent)
+		a.prunePartials(ev.assignments, ev.agent) // resume.go
 	case agentPreparedEv:
 		a.agentPrepared(ev)
 	case aheadEv:

@@ -56,6 +56,8 @@ type agentMetrics struct {
 	peersRejected prometheus.Counter
 	peerUploaded  prometheus.Counter
 	peerRefused   prometheus.Counter
+	// Resumed downloads (resume.go).
+	resumedBytes prometheus.Counter
 
 	// Staging ahead of the wave (ahead.go).
 	stagedAhead   prometheus.Counter
@@ -117,6 +119,10 @@ func newAgentMetrics(rep *reporter) *agentMetrics {
 		Name: "fleetwave_agent_peer_uploads_refused_total",
 		Help: "Peer downloads refused because --peer-max-uploads were being served already.",
 	})
+	m.resumedBytes = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "fleetwave_agent_artifact_resumed_bytes_total",
+		Help: "Artifact bytes not downloaded again: the length of a partial download (kept on disk) each time a source was asked to continue from it.",
+	})
 	m.stagedAhead = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "fleetwave_agent_staged_ahead_total",
 		Help: "Releases staged ahead of the host's wave (Assignment.stage): fetched, verified and unpacked without switching.",
@@ -138,6 +144,7 @@ func newAgentMetrics(rep *reporter) *agentMetrics {
 			"1 for the phase each service is in (as last reported), 0 for the others.", []string{"service", "phase"}, nil)},
 		m.installs, m.reverts, m.anaValue, m.anaThreshold, m.fetchBytes, m.fetchDuration, m.delivery,
 		m.sourceBytes, m.peersRejected, m.peerUploaded, m.peerRefused, m.stagedAhead, m.installsReady,
+		m.resumedBytes,
 	)
 	return m
 }
@@ -244,6 +251,15 @@ func (m *agentMetrics) countSource(kind string, r io.Reader) io.Reader {
 		return r
 	}
 	return &countingReader{r: r, c: m.sourceBytes.WithLabelValues(kind)}
+}
+
+// resumedFrom counts the bytes of a partial download a source was asked to
+// continue from.
+func (m *agentMetrics) resumedFrom(off int64) {
+	if m == nil || off <= 0 {
+		return
+	}
+	m.resumedBytes.Add(float64(off))
 }
 
 // countFetch counts the bytes read through r as downloaded for svc.

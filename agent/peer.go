@@ -295,6 +295,9 @@ func (r *resumingReader) Read(p []byte) (int, error) {
 			return 0, err
 		}
 		if r.cur == nil {
+			if r.off >= r.size {
+				return 0, io.EOF // every byte is there (resumed): no source to ask
+			}
 			if r.i >= len(r.srcs) {
 				return 0, fmt.Errorf("no source left at byte %d of %d: %w", r.off, r.size, errors.Join(r.errs...))
 			}
@@ -525,32 +528,48 @@ func (a *agent) fetchFromPeers(ctx context.Context, asg *v1.Assignment, want ins
 		if withCoordinator {
 			srcs = append(srcs, a.coordinatorSource(asg))
 		}
-		rr := &resumingReader{ctx: ctx, size: want.Size, srcs: srcs, metrics: a.metrics,
+		p, err := a.inst.OpenPartial(want)
+		if err != nil {
+			return nil, fmt.Errorf("download %s: %w", want.SHA256, err)
+		}
+		resumed := p.Offset() // resume.go
+		a.metrics.resumedFrom(resumed)
+		rr := &resumingReader{ctx: ctx, size: want.Size, off: resumed, srcs: srcs, metrics: a.metrics,
 			log: a.log.With().Str("service", asg.GetService()).Str("sha256", want.SHA256).Logger()}
-		f, err := a.inst.Fetch(ctx, a.metrics.countFetch(asg.GetService(), rr), want)
+		f, err := p.Fetch(ctx, a.metrics.countFetch(asg.GetService(), rr))
 		rr.close()
+		p.Close()
 		if err == nil && f.SHA256 == want.SHA256 && f.Size == want.Size {
 			a.blameSuspects(asg, want, f, sus)
 			return f, nil
 		}
 		a.inst.Discard(f)
-		if ctx.Err() != nil || (err != nil && !errors.Is(err, install.ErrTooLarge)) || len(rr.sent) == 0 {
+		switch {
+		case ctx.Err() != nil || (err != nil && !errors.Is(err, install.ErrTooLarge)):
+			return nil, fmt.Errorf("download %s: %w", want.SHA256, err)
+		case resumed > 0:
+			// The bytes kept from an earlier attempt may be the bad ones
+			// (their file is gone): once more from byte 0, without the
+			// peers that sent bytes this time, as when several did.
+			sus.add(rr.segs)
+			a.log.Warn().Str("service", asg.GetService()).Strs("peers", rr.sent).Str("sha256", want.SHA256).Int64("resumed", resumed).
+				Msg("a resumed download failed verification: fetching it again from byte 0")
+		case len(rr.sent) == 0:
 			if err == nil {
 				err = fmt.Errorf("the bytes fetched are not the assigned sha256 %s (%d bytes): %w", want.SHA256, want.Size, install.ErrDigestMismatch)
 			}
 			return nil, fmt.Errorf("download %s: %w", want.SHA256, err)
-		}
-		if len(rr.sent) == 1 {
+		case len(rr.sent) == 1:
 			// Bad bytes (or too many) came from one peer: drop it, say so,
 			// and try again without it.
 			a.blame(asg, want, rr.sent)
-			continue
+		default:
+			// Several peers sent parts: which one lied is known once a good
+			// copy is there. Until then none of them is asked again.
+			sus.add(rr.segs)
+			a.log.Warn().Str("service", asg.GetService()).Strs("peers", rr.sent).Str("sha256", want.SHA256).
+				Msg("bytes from several peers failed verification: fetching without them to find which")
 		}
-		// Several peers sent parts: which one lied is known once a good
-		// copy is there. Until then none of them is asked again.
-		sus.add(rr.segs)
-		a.log.Warn().Str("service", asg.GetService()).Strs("peers", rr.sent).Str("sha256", want.SHA256).
-			Msg("bytes from several peers failed verification: fetching without them to find which")
 	}
 }
 

@@ -6,6 +6,7 @@
 // Layout under the data dir:
 //
 //	tmp/                          downloads in progress (emptied on start)
+//	partial/<sha256>              downloads to resume (partial.go)
 //	releases/<service>/<version>/ unpacked releases
 //	releases/<service>/.sha256/<version>   digest the release was unpacked from
 //	releases/<service>/current -> <version>
@@ -29,8 +30,6 @@ package install
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -38,7 +37,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/fleetwave/fleetwave/internal/spec"
 	"github.com/rs/zerolog"
@@ -106,10 +107,14 @@ type Installer struct {
 	log     zerolog.Logger
 	// keep: Stage keeps verified artifacts (keep.go).
 	keep atomic.Bool
+	// Partial downloads (partial.go): the sha256s a fetch holds.
+	partialMu sync.Mutex
+	busy      map[string]bool
 }
 
 // New prepares the data dir (tmp/ and releases/), removes leftovers of an
-// earlier run (downloads and half-unpacked releases) and returns an Installer.
+// earlier run (temp downloads, stale partial downloads and half-unpacked
+// releases) and returns an Installer.
 func New(dataDir string, lim Limits, log zerolog.Logger) (*Installer, error) {
 	abs, err := filepath.Abs(dataDir)
 	if err != nil {
@@ -123,6 +128,9 @@ func New(dataDir string, lim Limits, log zerolog.Logger) (*Installer, error) {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("create %s: %w", d, err)
 		}
+	}
+	if err := in.cleanPartials(time.Now()); err != nil {
+		return nil, err
 	}
 	stale, _ := filepath.Glob(filepath.Join(in.releasesDir(), "*", ".stage-*"))
 	links, _ := filepath.Glob(filepath.Join(in.releasesDir(), "*", ".current-*"))
@@ -267,40 +275,18 @@ type Fetched struct {
 
 // Fetch copies at most want.Size+1 bytes of r into a temp file under the
 // data dir, hashing as it writes. More bytes than declared or fewer is an
-// error; the temp file is removed on any error.
+// error; the temp file is removed on any error. Nothing is kept to resume
+// (OpenPartial does).
 func (in *Installer) Fetch(ctx context.Context, r io.Reader, want Artifact) (*Fetched, error) {
 	if err := in.checkArtifact(want); err != nil {
 		return nil, fmt.Errorf("fetch %s: %w", want.SHA256, err)
 	}
-	f, err := os.CreateTemp(in.tmpDir(), "fetch-*")
+	p, err := in.tempPartial(want)
 	if err != nil {
-		return nil, fmt.Errorf("fetch %s: %w", want.SHA256, err)
+		return nil, err
 	}
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(ctxReader{ctx, r}, want.Size+1))
-	if err != nil {
-		return nil, fmt.Errorf("fetch %s: %w", want.SHA256, err)
-	}
-	if n > want.Size {
-		return nil, fmt.Errorf("fetch %s: more than the declared %d bytes: %w", want.SHA256, want.Size, ErrTooLarge)
-	}
-	if n < want.Size {
-		// Not how many came: the bytes are unverified (they may be whatever
-		// answered at the URL), and errors end up in reports.
-		return nil, fmt.Errorf("fetch %s: truncated: fewer than the declared %d bytes", want.SHA256, want.Size)
-	}
-	if err := f.Close(); err != nil {
-		return nil, fmt.Errorf("fetch %s: %w", want.SHA256, err)
-	}
-	ok = true
-	return &Fetched{Path: f.Name(), Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+	defer p.Close()
+	return p.Fetch(ctx, r)
 }
 
 type ctxReader struct {
