@@ -4,6 +4,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"time"
 
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -30,7 +31,9 @@ import (
 //
 // Every full assignment set removes the partial downloads whose sha256
 // names no release, stage or agent upgrade of it (prunePartials), unless
-// a fetch holds one; install.MaxPartials and install.PartialMaxAge bound
+// a fetch holds one or it was written within install.PartialGrace (a
+// staging host whose stream flapped gets sets without its stage until it
+// is admitted again); install.MaxPartials and install.PartialMaxAge bound
 // the rest.
 
 // prunePartials removes the partial downloads no assignment of the set,
@@ -45,7 +48,7 @@ func (a *agent) prunePartials(list []*v1.Assignment, agent *v1.Assignment) {
 			keep[sha] = true
 		}
 	}
-	a.inst.PrunePartials(keep)
+	a.inst.PrunePartials(keep, time.Now())
 }
 
 // eofReader has nothing to read: a partial download that holds every

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -383,10 +385,20 @@ func TestPartialsPrunedByAssignments(t *testing.T) {
 	pki := newPeerPKI(t)
 	a := newPeerAgent(t, pki, "fetcher", false)
 	arts := make([][]byte, 4)
+	age := func(old time.Time) {
+		t.Helper()
+		for i := range arts {
+			p := filepath.Join(a.cfg.DataDir, "partial", sum(arts[i]))
+			if err := os.Chtimes(p, old, old); err != nil && !os.IsNotExist(err) {
+				t.Fatal(err)
+			}
+		}
+	}
 	for i := range arts {
 		arts[i] = bigArtifact(t, 4<<10)
 		leavePartial(t, a, artifactOf(assignmentFrom(arts[i])), arts[i][:1024])
 	}
+	age(time.Now().Add(-install.PartialGrace - time.Minute))
 	withStage := assignmentFrom(arts[0])
 	withStage.Stage = assignmentFrom(arts[1]).GetRelease()
 	up := assignmentFrom(arts[2])
@@ -396,10 +408,13 @@ func TestPartialsPrunedByAssignments(t *testing.T) {
 			t.Errorf("artifact %d: %d bytes kept, want %d", i, n, want)
 		}
 	}
+	// Written within install.PartialGrace: kept though no assignment names
+	// it (a staging host that lost its admission for a while).
+	leavePartial(t, a, artifactOf(assignmentFrom(arts[3])), arts[3][:1024])
 	a.prunePartials(nil, nil)
-	for i := range arts {
-		if n := a.inst.PartialBytes(sum(arts[i])); n != 0 {
-			t.Errorf("artifact %d: %d bytes kept with no assignment", i, n)
+	for i, want := range []int64{0, 0, 0, 1024} {
+		if n := a.inst.PartialBytes(sum(arts[i])); n != want {
+			t.Errorf("artifact %d with no assignment: %d bytes kept, want %d", i, n, want)
 		}
 	}
 }

@@ -43,6 +43,11 @@ const (
 	// PartialMaxAge: a partial download not written for this long is
 	// removed when the agent starts.
 	PartialMaxAge = 24 * time.Hour
+	// PartialGrace: a partial download written this recently stays when an
+	// assignment set names its sha256 no longer (PrunePartials). A staging
+	// host whose stream flapped may get a set without its stage until the
+	// coordinator admits it again; its bytes wait for that.
+	PartialGrace = 15 * time.Minute
 )
 
 const partialDirName = "partial"
@@ -212,8 +217,9 @@ func (in *Installer) cleanPartials(now time.Time) error {
 }
 
 // PrunePartials removes the partial downloads whose sha256 keep does not
-// name and no fetch holds.
-func (in *Installer) PrunePartials(keep map[string]bool) {
+// name, no fetch holds, and that were not written within PartialGrace of
+// now.
+func (in *Installer) PrunePartials(keep map[string]bool, now time.Time) {
 	in.partialMu.Lock()
 	defer in.partialMu.Unlock()
 	files, err := in.partials()
@@ -222,7 +228,7 @@ func (in *Installer) PrunePartials(keep map[string]bool) {
 		return
 	}
 	for _, pf := range files {
-		if keep[pf.sha] || in.busy[pf.sha] {
+		if keep[pf.sha] || in.busy[pf.sha] || pf.written.After(now.Add(-PartialGrace)) {
 			continue
 		}
 		in.log.Info().Str("sha256", pf.sha).Int64("bytes", pf.size).Msg("partial download no assignment names any more: removed")

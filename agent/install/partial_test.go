@@ -267,7 +267,7 @@ func TestPartialsBounded(t *testing.T) {
 	// Pruned: wants[1] named, wants[2] held, the others go.
 	held[2].Close()
 	held[3].Close()
-	in.PrunePartials(map[string]bool{wants[1].SHA256: true})
+	in.PrunePartials(map[string]bool{wants[1].SHA256: true}, time.Now().Add(PartialGrace+time.Minute))
 	for i, want := range []int64{0, 1024, 1024, 0, 0} {
 		if n := in.PartialBytes(wants[i].SHA256); n != want {
 			t.Errorf("after prune, partial %d: %d bytes, want %d", i, n, want)
