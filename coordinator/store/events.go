@@ -65,6 +65,10 @@ func (s *Store) writesBatches() bool {
 // eventOps returns the puts that record events, in their order: one per
 // event, or (EventBatches) one per batch.
 func (s *Store) eventOps(events []*v1.Event) ([]clientv3.Op, error) {
+	if len(events) == 0 {
+		return nil, nil
+	}
+	write := s.eventWrite()
 	if len(events) < 2 || !s.writesBatches() {
 		ops := make([]clientv3.Op, 0, len(events))
 		for i, e := range events {
@@ -72,7 +76,7 @@ func (s *Store) eventOps(events []*v1.Event) ([]clientv3.Op, error) {
 			if err != nil {
 				return nil, err
 			}
-			ops = append(ops, clientv3.OpPut(EventKey(e, i), val))
+			ops = append(ops, clientv3.OpPut(EventKey(e, write, i), val))
 		}
 		return ops, nil
 	}
@@ -90,7 +94,7 @@ func (s *Store) eventOps(events []*v1.Event) ([]clientv3.Op, error) {
 		if n == 1 {
 			val = one // a batch of one is stored as the event
 		}
-		ops = append(ops, clientv3.OpPut(EventKey(first, len(ops)), string(val)))
+		ops = append(ops, clientv3.OpPut(EventKey(first, write, len(ops)), string(val)))
 		first, n, val, one = nil, 0, nil, nil
 	}
 	for _, e := range events {
@@ -113,6 +117,25 @@ func (s *Store) eventOps(events []*v1.Event) ([]clientv3.Op, error) {
 	flush()
 	return ops, nil
 }
+
+// eventWrite names a new write of events in its keys (EventKey): the
+// store's random id (8 hex digits) and its count of event writes (12 hex
+// digits, in order).
+func (s *Store) eventWrite() string {
+	return fmt.Sprintf("%s%012x", s.writer, s.eventWrites.Add(1))
+}
+
+// skipUndecodable logs and counts an event record whose value does not
+// decode. Listings and watches skip it: one bad record must not hide the
+// others from an operator.
+func (s *Store) skipUndecodable(key []byte, err error) {
+	s.undecodable.Add(1)
+	s.log.Warn().Str("key", string(key)).Err(err).Msg("event record does not decode: skipped")
+}
+
+// UndecodableEvents is how many event records listings and watches
+// skipped because their values did not decode.
+func (s *Store) UndecodableEvents() uint64 { return s.undecodable.Load() }
 
 // DecodeEvents returns the events stored under one event key, in order:
 // a batch's, or the one event.
@@ -144,7 +167,8 @@ func (s *Store) PutEvents(ctx context.Context, events ...*v1.Event) error {
 }
 
 // ListEvents returns a service's events (of one rollout if rolloutID is
-// set), oldest first.
+// set), oldest first. A record that does not decode is skipped
+// (skipUndecodable).
 func (s *Store) ListEvents(ctx context.Context, service, rolloutID string) ([]*v1.Event, error) {
 	prefix := EventsPrefix + service + "/"
 	if rolloutID != "" {
@@ -158,7 +182,8 @@ func (s *Store) ListEvents(ctx context.Context, service, rolloutID string) ([]*v
 	for _, kv := range resp.Kvs {
 		evs, err := DecodeEvents(kv.Value)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", kv.Key, err)
+			s.skipUndecodable(kv.Key, err)
+			continue
 		}
 		out = append(out, evs...)
 	}
@@ -181,7 +206,8 @@ const eventPageKeys = 256
 // since (0 = all kept), ordered by revision then key (the order they were
 // written in; a batch's events in its order, each with the batch's
 // revision), and the store revision the listing was taken at; a watch from
-// that revision + 1 misses nothing. Values that do not decode are skipped.
+// that revision + 1 misses nothing. A record that does not decode is
+// skipped (skipUndecodable).
 func (s *Store) EventsSince(ctx context.Context, prefix string, since int64) ([]RevEvent, int64, error) {
 	var out []RevEvent
 	var at int64
@@ -204,6 +230,7 @@ func (s *Store) EventsSince(ctx context.Context, prefix string, since int64) ([]
 		for _, kv := range resp.Kvs {
 			evs, err := DecodeEvents(kv.Value)
 			if err != nil {
+				s.skipUndecodable(kv.Key, err)
 				continue
 			}
 			for _, e := range evs {
@@ -238,6 +265,7 @@ func (s *Store) WatchEvents(ctx context.Context, prefix string, from int64, fn f
 			}
 			evs, err := DecodeEvents(ev.Kv.Value)
 			if err != nil {
+				s.skipUndecodable(ev.Kv.Key, err)
 				continue
 			}
 			for _, e := range evs {

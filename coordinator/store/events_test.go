@@ -1,7 +1,9 @@
 package store
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -389,5 +391,201 @@ func BenchmarkWriteRolloutStep(b *testing.B) {
 				r = next
 			}
 		})
+	}
+}
+
+// Two writes of events with the same time and index, from one store (two
+// decisions in one nanosecond on a coarse clock) or from two (two
+// coordinators), keep every event: the keys name the write. One store's
+// writes of one nanosecond list in the order written. In either layout.
+func TestEventKeysUniquePerWrite(t *testing.T) {
+	s := startStore(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	other := New(s.c) // a second coordinator's store
+	at := time.Unix(1700000000, 0)
+	for _, layout := range []EventLayout{EventPerKey, EventBatches} {
+		svc := "web" + strings.ReplaceAll(layout.String(), " ", "")
+		s.SetEventLayout(func() EventLayout { return layout })
+		other.SetEventLayout(func() EventLayout { return layout })
+		for _, w := range []struct {
+			st  *Store
+			tag string
+		}{{s, "a"}, {s, "b"}, {other, "c"}, {s, "d"}} {
+			if err := w.st.PutEvents(ctx, eventsOf(svc, "000001", "k", at, w.tag, 2)...); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := s.ListEvents(ctx, svc, "000001")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var msgs []string
+		for _, e := range got {
+			msgs = append(msgs, e.GetMessage())
+		}
+		if len(msgs) != 8 {
+			t.Fatalf("%s: %d events listed, want the 8 written: %v", layout, len(msgs), msgs)
+		}
+		var mine []string
+		for _, m := range msgs {
+			if !strings.HasPrefix(m, "c-") {
+				mine = append(mine, m)
+			}
+		}
+		if want := "a-0 a-1 b-0 b-1 d-0 d-1"; strings.Join(mine, " ") != want {
+			t.Errorf("%s: one store's writes of one nanosecond listed as %v, want %s", layout, mine, want)
+		}
+		since, _, err := s.EventsSince(ctx, EventsPrefixFor(svc, ""), 0)
+		if err != nil || len(since) != 8 {
+			t.Fatalf("%s: EventsSince: %d events (%v), want 8", layout, len(since), err)
+		}
+	}
+}
+
+// Keys written by older versions (<time>-<index, six digits>) still list,
+// in time order among the new ones, through ListEvents and EventsSince,
+// and prune by rollout id.
+func TestEventKeysOfOlderVersionsList(t *testing.T) {
+	s := startStore(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	base := time.Unix(1700000000, 0)
+	oldKey := func(e *v1.Event, n int) string {
+		return fmt.Sprintf("%sweb/000001/%020d-%06d", EventsPrefix, e.GetAt().AsTime().UnixNano(), n)
+	}
+	old1 := eventsOf("web", "000001", "k", base, "o1", 2)
+	old3 := eventsOf("web", "000001", "k", base.Add(2*time.Second), "o3", 1)
+	for i, e := range append(old1, old3...) {
+		b, err := proto.Marshal(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.c.Put(ctx, oldKey(e, i%2), string(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.PutEvents(ctx, eventsOf("web", "000001", "k", base.Add(time.Second), "n2", 2)...); err != nil {
+		t.Fatal(err)
+	}
+	want := "o1-0 o1-1 n2-0 n2-1 o3-0"
+	got, err := s.ListEvents(ctx, "web", "000001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var msgs []string
+	for _, e := range got {
+		msgs = append(msgs, e.GetMessage())
+	}
+	if strings.Join(msgs, " ") != want {
+		t.Errorf("listed %v, want %s", msgs, want)
+	}
+	since, _, err := s.EventsSince(ctx, EventsPrefixFor("web", ""), 0)
+	if err != nil || len(since) != 5 {
+		t.Fatalf("EventsSince: %d events (%v), want 5", len(since), err)
+	}
+	if n, err := s.PruneEvents(ctx, nil, "web", "000002"); err != nil || n != 5 {
+		t.Fatalf("pruned %d keys (%v), want 5", n, err)
+	}
+}
+
+// A record that does not decode is skipped, the same way, by ListEvents,
+// EventsSince and WatchEvents: the others list; each skip is counted
+// (UndecodableEvents) and logged with its key.
+func TestUndecodableEventSkipped(t *testing.T) {
+	s := startStore(t)
+	var logBuf syncBuffer
+	s.SetLogger(zerolog.New(&logBuf))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	start, err := s.c.Get(ctx, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Unix(1700000000, 0)
+	if err := s.PutEvents(ctx, eventsOf("web", "000001", "k", at, "a", 1)...); err != nil {
+		t.Fatal(err)
+	}
+	bad := fmt.Sprintf("%sweb/000001/%020d-%06d", EventsPrefix, at.Add(time.Second).UnixNano(), 0)
+	if _, err := s.c.Put(ctx, bad, "\xff\xff\xff"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutEvents(ctx, eventsOf("web", "000001", "k", at.Add(2*time.Second), "b", 1)...); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.ListEvents(ctx, "web", "000001")
+	if err != nil || len(got) != 2 || got[0].GetMessage() != "a-0" || got[1].GetMessage() != "b-0" {
+		t.Fatalf("ListEvents past a bad record: %v (%v), want a-0 and b-0", got, err)
+	}
+	if n := s.UndecodableEvents(); n != 1 {
+		t.Errorf("after ListEvents: %d undecodable records counted, want 1", n)
+	}
+	since, _, err := s.EventsSince(ctx, EventsPrefixFor("web", ""), 0)
+	if err != nil || len(since) != 2 {
+		t.Fatalf("EventsSince past a bad record: %d events (%v), want 2", len(since), err)
+	}
+	if n := s.UndecodableEvents(); n != 2 {
+		t.Errorf("after EventsSince: %d undecodable records counted, want 2", n)
+	}
+	var watched []string
+	err = s.WatchEvents(ctx, EventsPrefixFor("web", ""), start.Header.Revision+1, func(e RevEvent) error {
+		watched = append(watched, e.Event.GetMessage())
+		if len(watched) == 2 {
+			return errStopWatch
+		}
+		return nil
+	})
+	if !errors.Is(err, errStopWatch) || strings.Join(watched, " ") != "a-0 b-0" {
+		t.Fatalf("WatchEvents past a bad record: %v (%v), want a-0 b-0", watched, err)
+	}
+	if n := s.UndecodableEvents(); n != 3 {
+		t.Errorf("after WatchEvents: %d undecodable records counted, want 3", n)
+	}
+	if l := logBuf.String(); strings.Count(l, `"key":"`+bad+`"`) != 3 {
+		t.Errorf("log does not name the bad key three times: %s", l)
+	}
+}
+
+var errStopWatch = errors.New("stop watching")
+
+// syncBuffer is a bytes.Buffer safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// PutAudit takes a sequence of 0 to MaxAuditSeq (six digits, which sort
+// by number) and refuses one beyond, naming it, writing nothing.
+func TestPutAuditSequenceBounded(t *testing.T) {
+	s := startStore(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	at := time.Unix(1700000000, 0)
+	for _, n := range []int{0, MaxAuditSeq} {
+		if err := s.PutAudit(ctx, &v1.AuditEntry{At: timestamppb.New(at), Method: fmt.Sprint(n)}, n); err != nil {
+			t.Fatalf("sequence %d: %v", n, err)
+		}
+	}
+	for _, n := range []int{-1, MaxAuditSeq + 1} {
+		err := s.PutAudit(ctx, &v1.AuditEntry{At: timestamppb.New(at), Method: "bad"}, n)
+		if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("sequence %d", n)) {
+			t.Errorf("sequence %d: %v, want an error naming it", n, err)
+		}
+	}
+	got, err := s.ListAudit(ctx, 10)
+	if err != nil || len(got) != 2 || got[0].GetMethod() != "0" || got[1].GetMethod() != fmt.Sprint(MaxAuditSeq) {
+		t.Fatalf("audit log: %v (%v), want the entries of 0 and %d in order", got, err, MaxAuditSeq)
 	}
 }
