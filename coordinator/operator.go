@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -497,6 +498,12 @@ func (o *operator) WatchEvents(req *v1.WatchEventsRequest, stream v1.OperatorSer
 	}
 	if req.GetSinceRevision() < 0 {
 		return status.Errorf(codes.InvalidArgument, "since_revision: %d is negative", req.GetSinceRevision())
+	}
+	// The header now, before any event: the client knows its stream was
+	// accepted (the CLI resumes only a followed stream that was) even
+	// while no event comes.
+	if err := stream.SendHeader(metadata.MD{}); err != nil {
+		return err
 	}
 	ctx := stream.Context()
 	prefix := store.EventsPrefixFor(req.GetService(), req.GetRolloutId())
