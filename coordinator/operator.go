@@ -507,14 +507,19 @@ func (o *operator) WatchEvents(req *v1.WatchEventsRequest, stream v1.OperatorSer
 	}
 	ctx := stream.Context()
 	prefix := store.EventsPrefixFor(req.GetService(), req.GetRolloutId())
-	evs, at, err := o.c.store.EventsSince(ctx, prefix, req.GetSinceRevision())
+	errSend := errors.New("send")
+	var sendErr error
+	at, err := o.c.store.EventsSince(ctx, prefix, req.GetSinceRevision(), func(e store.RevEvent) error {
+		if sendErr = stream.Send(&v1.WatchEventsResponse{Event: e.Event, Revision: e.Rev}); sendErr != nil {
+			return errSend
+		}
+		return nil
+	})
+	if errors.Is(err, errSend) {
+		return sendErr
+	}
 	if err != nil {
 		return grpcErr(err)
-	}
-	for _, e := range evs {
-		if err := stream.Send(&v1.WatchEventsResponse{Event: e.Event, Revision: e.Rev}); err != nil {
-			return err
-		}
 	}
 	if !req.GetFollow() {
 		return nil

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"container/heap"
 	"context"
 	"errors"
 	"fmt"
@@ -196,45 +197,131 @@ type RevEvent struct {
 	Rev   int64
 }
 
-// eventPageKeys bounds one page of a listing of events (EventsSince): 256
-// keys are at most 256,000 events (maxBatchEvents each) and 32 MiB of
+// eventPageKeys bounds the keys of one read of event values (EventsSince
+// reads at most this many, or the store's transaction size if smaller):
+// 256 keys are at most 256,000 events (maxBatchEvents each) and 32 MiB of
 // values (maxBatchBytes each), half of what the etcd client receives in
 // one response (DialTLS).
 const eventPageKeys = 256
 
-// EventsSince returns the events under prefix written after revision
+// eventsSinceKeys bounds the event keys one pass of EventsSince selects
+// (their keys and revisions only, about 100 bytes each: under 2 MiB). It
+// is more than one transaction writes (MaxMaxTxnOps), so a pass always
+// holds whole revisions. eventKeysPage bounds one read of keys.
+const (
+	eventsSinceKeys = 16384
+	eventKeysPage   = 1024
+)
+
+// EventsSince calls fn with each event under prefix written after revision
 // since (0 = all kept), ordered by revision then key (the order they were
 // written in; a batch's events in its order, each with the batch's
-// revision), and the store revision the listing was taken at; a watch from
-// that revision + 1 misses nothing. A record that does not decode is
-// skipped (skipUndecodable).
-func (s *Store) EventsSince(ctx context.Context, prefix string, since int64) ([]RevEvent, int64, error) {
-	var out []RevEvent
+// revision), and returns the store revision the listing was taken at; a
+// watch from that revision + 1 misses nothing. A record that does not
+// decode is skipped (skipUndecodable). What it holds at once is bounded,
+// however many events there are: it reads the keys (not the values) in
+// passes of at most eventsSinceKeys, the oldest revisions first, and their
+// values eventPageKeys at a time.
+func (s *Store) EventsSince(ctx context.Context, prefix string, since int64, fn func(RevEvent) error) (int64, error) {
+	return s.eventsSince(ctx, prefix, since, eventsSinceKeys, min(eventPageKeys, s.txnOps), fn)
+}
+
+// eventsSince is EventsSince with its bounds: passes of passKeys keys,
+// values read pageKeys at a time.
+func (s *Store) eventsSince(ctx context.Context, prefix string, since int64, passKeys, pageKeys int, fn func(RevEvent) error) (int64, error) {
 	var at int64
+	for {
+		sel, through, rev, err := s.selectEventKeys(ctx, prefix, since, at, passKeys)
+		if err != nil {
+			return 0, err
+		}
+		at = rev
+		for len(sel) > 0 {
+			n := min(pageKeys, len(sel))
+			ops := make([]clientv3.Op, n)
+			for i, k := range sel[:n] {
+				ops[i] = clientv3.OpGet(k.key, clientv3.WithRev(at))
+			}
+			resp, err := s.c.Txn(ctx).Then(ops...).Commit()
+			if err != nil {
+				return 0, fmt.Errorf("list events under %s at revision %d: %w", prefix, at, err)
+			}
+			for _, r := range resp.Responses {
+				for _, kv := range r.GetResponseRange().Kvs {
+					evs, err := DecodeEvents(kv.Value)
+					if err != nil {
+						s.skipUndecodable(kv.Key, err)
+						continue
+					}
+					for _, e := range evs {
+						if err := fn(RevEvent{Event: e, Rev: kv.ModRevision}); err != nil {
+							return 0, err
+						}
+					}
+				}
+			}
+			sel = sel[n:]
+		}
+		if through >= at {
+			return at, nil
+		}
+		since = through
+	}
+}
+
+// revKey is an event key with the revision it was written at.
+type revKey struct {
+	rev int64
+	key string
+}
+
+func (a revKey) less(b revKey) bool { return a.rev < b.rev || (a.rev == b.rev && a.key < b.key) }
+
+// revKeyHeap is a max-heap of revKeys (container/heap).
+type revKeyHeap []revKey
+
+func (h revKeyHeap) Len() int           { return len(h) }
+func (h revKeyHeap) Less(i, j int) bool { return h[j].less(h[i]) }
+func (h revKeyHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *revKeyHeap) Push(x any)        { *h = append(*h, x.(revKey)) }
+func (h *revKeyHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
+
+// selectEventKeys reads the keys under prefix (at revision at; 0 = now,
+// returned as rev) written after revision since, and returns, ordered by
+// revision then key, those of the oldest revisions: all of them, or (when
+// there are more than limit) the most of whole revisions that fit in
+// limit; through is the revision they cover up to.
+func (s *Store) selectEventKeys(ctx context.Context, prefix string, since, at int64, limit int) (sel []revKey, through, rev int64, err error) {
+	h := make(revKeyHeap, 0, min(limit, eventKeysPage)+1)
+	var dropped int64 // the oldest revision some of whose keys did not fit
 	key, end := prefix, clientv3.GetPrefixRangeEnd(prefix)
 	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(eventPageKeys)}
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(eventKeysPage), clientv3.WithKeysOnly()}
 		if at != 0 {
 			opts = append(opts, clientv3.WithRev(at))
 		}
-		if since > 0 {
-			opts = append(opts, clientv3.WithMinModRev(since+1))
-		}
 		resp, err := s.c.Get(ctx, key, opts...)
 		if err != nil {
-			return nil, 0, fmt.Errorf("list events under %s: %w", prefix, err)
+			return nil, 0, 0, fmt.Errorf("list event keys under %s: %w", prefix, err)
 		}
 		if at == 0 {
 			at = resp.Header.Revision
 		}
 		for _, kv := range resp.Kvs {
-			evs, err := DecodeEvents(kv.Value)
-			if err != nil {
-				s.skipUndecodable(kv.Key, err)
+			if kv.ModRevision <= since || (dropped != 0 && kv.ModRevision >= dropped) {
 				continue
 			}
-			for _, e := range evs {
-				out = append(out, RevEvent{Event: e, Rev: kv.ModRevision})
+			heap.Push(&h, revKey{rev: kv.ModRevision, key: string(kv.Key)})
+			if len(h) > limit {
+				out := heap.Pop(&h).(revKey)
+				if dropped == 0 || out.rev < dropped {
+					dropped = out.rev
+				}
 			}
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
@@ -242,8 +329,24 @@ func (s *Store) EventsSince(ctx context.Context, prefix string, since int64) ([]
 		}
 		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].Rev < out[j].Rev })
-	return out, at, nil
+	through = at
+	if dropped != 0 {
+		// Keep whole revisions: those before the oldest one cut.
+		through = dropped - 1
+		kept := h[:0]
+		for _, k := range h {
+			if k.rev < dropped {
+				kept = append(kept, k)
+			}
+		}
+		h = kept
+		if len(h) == 0 {
+			return nil, 0, 0, fmt.Errorf("list events under %s: revision %d wrote more than %d event keys", prefix, dropped, limit)
+		}
+	}
+	sel = []revKey(h)
+	sort.Slice(sel, func(i, j int) bool { return sel[i].less(sel[j]) })
+	return sel, through, at, nil
 }
 
 // WatchEvents calls fn with every event written under prefix from revision

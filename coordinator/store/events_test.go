@@ -98,7 +98,7 @@ func TestEventBatchesReadAsSingleEvents(t *testing.T) {
 			t.Errorf("a step of 2,501 events in batches: decision at %d, last events at %d: want one transaction", d1, last1)
 		}
 		_ = d3
-		since, _, err := s.EventsSince(ctx, EventsPrefixFor(svc, ""), 0)
+		since, _, err := listSince(ctx, s, EventsPrefixFor(svc, ""), 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -177,7 +177,7 @@ func TestEventBatchesReadAsSingleEvents(t *testing.T) {
 		t.Errorf("EventsSince order: %v %v %v", newSince[0], newSince[2500], newSince[2501])
 	}
 	// EventsSince after the first step's revision leaves it out.
-	after, _, err := s.EventsSince(ctx, EventsPrefixFor("new", ""), revOf[0])
+	after, _, err := listSince(ctx, s, EventsPrefixFor("new", ""), revOf[0])
 	if err != nil || len(after) != total-2501 || after[0].Event.GetMessage() != "w2-0" {
 		t.Fatalf("EventsSince the first step: %d events (%v), want %d from w2-0", len(after), err, total-2501)
 	}
@@ -436,7 +436,7 @@ func TestEventKeysUniquePerWrite(t *testing.T) {
 		if want := "a-0 a-1 b-0 b-1 d-0 d-1"; strings.Join(mine, " ") != want {
 			t.Errorf("%s: one store's writes of one nanosecond listed as %v, want %s", layout, mine, want)
 		}
-		since, _, err := s.EventsSince(ctx, EventsPrefixFor(svc, ""), 0)
+		since, _, err := listSince(ctx, s, EventsPrefixFor(svc, ""), 0)
 		if err != nil || len(since) != 8 {
 			t.Fatalf("%s: EventsSince: %d events (%v), want 8", layout, len(since), err)
 		}
@@ -480,7 +480,7 @@ func TestEventKeysOfOlderVersionsList(t *testing.T) {
 	if strings.Join(msgs, " ") != want {
 		t.Errorf("listed %v, want %s", msgs, want)
 	}
-	since, _, err := s.EventsSince(ctx, EventsPrefixFor("web", ""), 0)
+	since, _, err := listSince(ctx, s, EventsPrefixFor("web", ""), 0)
 	if err != nil || len(since) != 5 {
 		t.Fatalf("EventsSince: %d events (%v), want 5", len(since), err)
 	}
@@ -520,7 +520,7 @@ func TestUndecodableEventSkipped(t *testing.T) {
 	if n := s.UndecodableEvents(); n != 1 {
 		t.Errorf("after ListEvents: %d undecodable records counted, want 1", n)
 	}
-	since, _, err := s.EventsSince(ctx, EventsPrefixFor("web", ""), 0)
+	since, _, err := listSince(ctx, s, EventsPrefixFor("web", ""), 0)
 	if err != nil || len(since) != 2 {
 		t.Fatalf("EventsSince past a bad record: %d events (%v), want 2", len(since), err)
 	}
@@ -587,5 +587,132 @@ func TestPutAuditSequenceBounded(t *testing.T) {
 	got, err := s.ListAudit(ctx, 10)
 	if err != nil || len(got) != 2 || got[0].GetMethod() != "0" || got[1].GetMethod() != fmt.Sprint(MaxAuditSeq) {
 		t.Fatalf("audit log: %v (%v), want the entries of 0 and %d in order", got, err, MaxAuditSeq)
+	}
+}
+
+// listSince collects what EventsSince gives.
+func listSince(ctx context.Context, s *Store, prefix string, since int64) ([]RevEvent, int64, error) {
+	var out []RevEvent
+	at, err := s.EventsSince(ctx, prefix, since, func(e RevEvent) error {
+		out = append(out, e)
+		return nil
+	})
+	return out, at, err
+}
+
+// EventsSince holds a bounded part of the log at once: with passes of a
+// few keys and values read two at a time, events of several services
+// written interleaved (revisions out of key order, batches, one write in
+// several transactions) come exactly as from one unbounded listing: every
+// event after since once, ordered by revision then key. A pass keeps whole
+// revisions, and its bound is more than a transaction writes.
+func TestEventsSinceBounded(t *testing.T) {
+	if eventsSinceKeys <= MaxMaxTxnOps {
+		t.Fatalf("eventsSinceKeys %d: not over MaxMaxTxnOps %d, a revision might not fit in a pass", eventsSinceKeys, MaxMaxTxnOps)
+	}
+	s := startStore(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	base := time.Unix(1700000000, 0)
+	layout := EventPerKey
+	s.SetEventLayout(func() EventLayout { return layout })
+	// Written newest-first in time for svc "b", so key order and revision
+	// order differ; some writes put several keys at one revision.
+	var want []string
+	for i := range 12 {
+		svc := []string{"a", "b", "c"}[i%3]
+		at := base.Add(time.Duration(i) * time.Second)
+		if svc == "b" {
+			at = base.Add(-time.Duration(i) * time.Second)
+		}
+		n := 1 + i%4
+		if i == 7 {
+			layout = EventBatches
+		}
+		evs := eventsOf(svc, "000001", "k", at, fmt.Sprintf("w%02d", i), n)
+		if err := s.PutEvents(ctx, evs...); err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range evs {
+			want = append(want, e.GetMessage())
+		}
+	}
+	full, at, err := listSince(ctx, s, EventsPrefix, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range full {
+		got = append(got, e.Event.GetMessage())
+	}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("unbounded listing %v, want the write order %v", got, want)
+	}
+	for _, since := range []int64{0, full[3].Rev, full[len(full)/2].Rev, at} {
+		var wantSince []RevEvent
+		for _, e := range full {
+			if e.Rev > since {
+				wantSince = append(wantSince, e)
+			}
+		}
+		for _, bounds := range [][2]int{{4, 2}, {5, 1}, {6, 3}, {1000, 256}} {
+			var gotSince []RevEvent
+			gotAt, err := s.eventsSince(ctx, EventsPrefix, since, bounds[0], bounds[1], func(e RevEvent) error {
+				gotSince = append(gotSince, e)
+				return nil
+			})
+			if err != nil || gotAt != at {
+				t.Fatalf("since %d, bounds %v: at %d (%v), want %d", since, bounds, gotAt, err, at)
+			}
+			if len(gotSince) != len(wantSince) {
+				t.Fatalf("since %d, bounds %v: %d events, want %d", since, bounds, len(gotSince), len(wantSince))
+			}
+			for i := range gotSince {
+				if gotSince[i].Rev != wantSince[i].Rev || gotSince[i].Event.GetMessage() != wantSince[i].Event.GetMessage() {
+					t.Fatalf("since %d, bounds %v: event %d %s@%d, want %s@%d", since, bounds, i,
+						gotSince[i].Event.GetMessage(), gotSince[i].Rev, wantSince[i].Event.GetMessage(), wantSince[i].Rev)
+				}
+			}
+		}
+	}
+	// A pass selects at most its bound of keys, whole revisions only.
+	sel, through, _, err := s.selectEventKeys(ctx, EventsPrefix, 0, 0, 5)
+	if err != nil || len(sel) == 0 || len(sel) > 5 {
+		t.Fatalf("a pass of 5 keys selected %d (%v)", len(sel), err)
+	}
+	for _, k := range sel {
+		if k.rev > through {
+			t.Errorf("key %s at %d past the pass's revision %d", k.key, k.rev, through)
+		}
+	}
+	all, _, _, err := s.selectEventKeys(ctx, EventsPrefix, 0, 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, k := range all {
+		if k.rev <= through {
+			n++
+		}
+	}
+	if n != len(sel) {
+		t.Errorf("a pass up to revision %d selected %d keys, there are %d", through, len(sel), n)
+	}
+	// A revision with more keys than a pass holds is an error naming it,
+	// not a loop.
+	big := eventsOf("d", "000001", "k", base, "big", 8)
+	layout = EventPerKey
+	if err := s.PutEvents(ctx, big...); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.eventsSince(ctx, EventsPrefixFor("d", ""), 0, 5, 2, func(RevEvent) error { return nil })
+	if err == nil || !strings.Contains(err.Error(), "more than 5 event keys") {
+		t.Errorf("a revision of 8 keys, passes of 5: %v", err)
+	}
+	// fn's error ends the listing.
+	stop := errors.New("stop")
+	calls := 0
+	if _, err := s.EventsSince(ctx, EventsPrefix, 0, func(RevEvent) error { calls++; return stop }); !errors.Is(err, stop) || calls != 1 {
+		t.Errorf("fn failing: %v after %d calls", err, calls)
 	}
 }
