@@ -29,6 +29,9 @@ updated, failed, reverted or unknown, rollouts failed, rolled back or
 superseded, approvals, freezes, alerts), oldest first. With --follow the
 command keeps streaming new events until interrupted; each line starts with
 the event's etcd revision, and --since-revision N resumes after revision N.
+A followed stream that breaks (the coordinator restarted) is opened again
+after the last event printed, with a pause of 250ms doubling to 5s; no
+event is printed twice or left out.
 With -o json each event is one line of JSON (an event with its revision).`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: run(func(cmd *cobra.Command, args []string) error {
