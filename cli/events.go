@@ -113,8 +113,8 @@ func (a *app) streamEvents(cmd *cobra.Command, req *v1.WatchEventsRequest, stop 
 	}
 }
 
-// errStreamEnded: the coordinator ended a followed stream (it never does
-// but when it fails, which comes as an error).
+// errStreamEnded: the coordinator ended a followed stream without an
+// error, which it never does (a followed stream ends only in one).
 var errStreamEnded = errors.New("the coordinator ended the stream")
 
 // printEvents opens one WatchEvents stream and prints its events until it
@@ -183,9 +183,8 @@ func (e stopErr) Unwrap() error { return e.err }
 // every listing and watch (WatchEvents), so a stream that broke inside a
 // revision resumes after the revision before and skips the ones printed.
 type eventCursor struct {
-	since   int64 // the last event's revision (or --since-revision)
-	seen    int   // events of revision since printed
-	started bool  // an event was printed
+	since int64 // the last event's revision (or --since-revision)
+	seen  int   // events of revision since printed
 }
 
 // resumeFrom is the since_revision to ask for.
@@ -213,7 +212,6 @@ func (c *eventCursor) next(rev int64, skip *int) bool {
 	} else {
 		c.since, c.seen = rev, 1
 	}
-	c.started = true
 	return true
 }
 
