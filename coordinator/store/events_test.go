@@ -716,3 +716,48 @@ func TestEventsSinceBounded(t *testing.T) {
 		t.Errorf("fn failing: %v after %d calls", err, calls)
 	}
 }
+
+// BenchmarkEventsSince lists 20,000 events stored one per key (the layout
+// that makes the most keys: 200 writes of 100), from the start and from
+// the last write's revision (a follower resuming), against the embedded
+// etcd.
+func BenchmarkEventsSince(b *testing.B) {
+	emb, err := StartEmbedded(b.TempDir(), zerolog.Nop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer emb.Close()
+	c, err := emb.Dial()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	s := New(c)
+	ctx := context.Background()
+	at := time.Unix(1700000000, 0)
+	var last int64
+	for i := range 200 {
+		if err := s.PutEvents(ctx, eventsOf("web", "000001", "k", at.Add(time.Duration(i)*time.Second), "e", 100)...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	resp, err := s.c.Get(ctx, "x")
+	if err != nil {
+		b.Fatal(err)
+	}
+	last = resp.Header.Revision - 1
+	for _, bc := range []struct {
+		name  string
+		since int64
+		want  int
+	}{{"all", 0, 20000}, {"resume", last, 100}} {
+		b.Run(bc.name, func(b *testing.B) {
+			for b.Loop() {
+				n := 0
+				if _, err := s.EventsSince(ctx, EventsPrefix, bc.since, func(RevEvent) error { n++; return nil }); err != nil || n != bc.want {
+					b.Fatalf("%d events (%v), want %d", n, err, bc.want)
+				}
+			}
+		})
+	}
+}
