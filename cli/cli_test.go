@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -18,6 +19,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -47,6 +49,7 @@ type fake struct {
 	cluster    *v1.ClusterStatusResponse
 	events     []*v1.WatchEventsResponse // sent by WatchEvents, then it returns
 	eventReqs  []*v1.WatchEventsRequest
+	eventRuns  []eventRun // if set, WatchEvents' nth call plays the nth
 	rollbacks  []*v1.RollbackRequest
 	upgrades   []*v1.UpgradeAgentsRequest
 }
@@ -186,10 +189,37 @@ func (s fakeOperator) ApproveRollout(_ context.Context, req *v1.ApproveRolloutRe
 	return &v1.ApproveRolloutResponse{Rollout: r}, nil
 }
 
+// eventRun is what one WatchEvents call does: accept the stream (send
+// the header, as the coordinator does) or not, send events, then end with
+// err.
+type eventRun struct {
+	accept bool
+	events []*v1.WatchEventsResponse
+	err    error
+}
+
 func (s fakeOperator) WatchEvents(req *v1.WatchEventsRequest, stream v1.OperatorService_WatchEventsServer) error {
 	s.f.mu.Lock()
 	s.f.eventReqs = append(s.f.eventReqs, req)
 	evs := s.f.events
+	if runs := s.f.eventRuns; runs != nil {
+		n := len(s.f.eventReqs) - 1
+		s.f.mu.Unlock()
+		if n >= len(runs) {
+			return status.Error(codes.FailedPrecondition, "no more runs")
+		}
+		if runs[n].accept {
+			if err := stream.SendHeader(metadata.MD{}); err != nil {
+				return err
+			}
+		}
+		for _, e := range runs[n].events {
+			if err := stream.Send(e); err != nil {
+				return err
+			}
+		}
+		return runs[n].err
+	}
 	s.f.mu.Unlock()
 	for _, e := range evs {
 		if err := stream.Send(e); err != nil {
@@ -797,5 +827,94 @@ func TestReleaseCreateGit(t *testing.T) {
 	code, _, stderr = runCLI(t, "--coordinator", addr, "release", "create", "web", "--version", "1.4", "--artifact", artifact, "--git")
 	if code == 0 || !strings.Contains(stderr, "--git: git log") {
 		t.Errorf("--git outside a repository: exit %d, %q", code, stderr)
+	}
+}
+
+// A followed stream that breaks (the coordinator restarted: Unavailable)
+// is opened again after the last event printed, even one that broke
+// inside a revision (a write's events share it): every event is printed
+// once, in order, and each resume says so on stderr. A stream that never
+// opened, or a refusal, ends the command without resuming.
+func TestEventsFollowResumes(t *testing.T) {
+	ev := func(rev int64, msg string) *v1.WatchEventsResponse {
+		return &v1.WatchEventsResponse{Revision: rev, Event: &v1.Event{Service: "web", RolloutId: "000002", Kind: rollout.EventHostDone, Wave: -1, Message: msg,
+			At: timestamppb.New(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))}}
+	}
+	broke := status.Error(codes.Unavailable, "connection reset")
+	f := &fake{rollout: testRollout(), eventRuns: []eventRun{
+		// Breaks after two of revision 11's three events.
+		{accept: true, events: []*v1.WatchEventsResponse{ev(10, "a"), ev(11, "b"), ev(11, "c")}, err: broke},
+		// The coordinator is not back yet.
+		{err: status.Error(codes.Unavailable, "connection refused")},
+		// From revision 10: 11's again, then a new one; breaks at a
+		// revision's end.
+		{accept: true, events: []*v1.WatchEventsResponse{ev(11, "b"), ev(11, "c"), ev(11, "d"), ev(12, "e")}, err: broke},
+		// Accepted, nothing new, breaks (a quiet restart).
+		{accept: true, err: status.Error(codes.Internal, "etcdserver: leader changed")},
+		{accept: true, events: []*v1.WatchEventsResponse{ev(12, "e"), ev(13, "f")}, err: status.Error(codes.PermissionDenied, "token revoked")},
+	}}
+	addr := serve(t, f)
+	code, stdout, stderr := runCLI(t, "--coordinator", addr, "events", "web", "--follow", "--since-revision", "9")
+	if code != 1 || !strings.Contains(stderr, "token revoked") {
+		t.Fatalf("follow: exit %d, stderr %s", code, stderr)
+	}
+	var msgs []string
+	for _, line := range strings.Split(strings.TrimSpace(stdout), "\n") {
+		msgs = append(msgs, line[:strings.Index(line, " ")]+line[strings.LastIndex(line, ":")+1:])
+	}
+	if got, want := strings.Join(msgs, ","), "10 a,11 b,11 c,11 d,12 e,13 f"; got != want {
+		t.Errorf("printed %s, want %s\n%s", got, want, stdout)
+	}
+	f.mu.Lock()
+	var since []int64
+	for _, r := range f.eventReqs {
+		since = append(since, r.GetSinceRevision())
+		if !r.GetFollow() || r.GetService() != "web" {
+			t.Errorf("request %v", r)
+		}
+	}
+	f.mu.Unlock()
+	if got, want := fmt.Sprint(since), "[9 10 10 11 11]"; got != want {
+		t.Errorf("since_revision of each attempt %s, want %s", got, want)
+	}
+	if n := strings.Count(stderr, "the stream broke"); n != 4 || !strings.Contains(stderr, "resuming after revision 11 in 250ms") ||
+		!strings.Contains(stderr, "resuming after revision 11 in 500ms") || !strings.Contains(stderr, "resuming after revision 12 in 250ms") {
+		t.Errorf("stderr: %d resumes, want 4 with their revisions and pauses:\n%s", n, stderr)
+	}
+
+	// A stream the coordinator never accepted is not resumed: the
+	// command fails as before.
+	f = &fake{eventRuns: []eventRun{{err: status.Error(codes.Unavailable, "connection refused")}, {accept: true}}}
+	addr = serve(t, f)
+	code, _, stderr = runCLI(t, "--coordinator", addr, "events", "--follow")
+	f.mu.Lock()
+	n := len(f.eventReqs)
+	f.mu.Unlock()
+	if code != 1 || n != 1 || !strings.Contains(stderr, "connection refused") {
+		t.Errorf("never opened: exit %d after %d requests, stderr %s", code, n, stderr)
+	}
+	// Without --follow a broken stream is not resumed either.
+	f = &fake{eventRuns: []eventRun{{accept: true, events: []*v1.WatchEventsResponse{ev(10, "a")}, err: broke}, {accept: true}}}
+	addr = serve(t, f)
+	code, stdout, _ = runCLI(t, "--coordinator", addr, "events")
+	f.mu.Lock()
+	n = len(f.eventReqs)
+	f.mu.Unlock()
+	if code != 1 || n != 1 || !strings.Contains(stdout, "10 ") {
+		t.Errorf("no follow: exit %d after %d requests, stdout %s", code, n, stdout)
+	}
+}
+
+// The pause before a followed stream is opened again doubles from
+// followBackoffFirst to followBackoffMax and stays there.
+func TestFollowBackoffBounded(t *testing.T) {
+	want := []time.Duration{250 * time.Millisecond, 500 * time.Millisecond, time.Second, 2 * time.Second, 4 * time.Second, 5 * time.Second, 5 * time.Second}
+	for i, w := range want {
+		if got := followBackoff(i + 1); got != w {
+			t.Errorf("attempt %d: %s, want %s", i+1, got, w)
+		}
+	}
+	if got := followBackoff(1 << 20); got != followBackoffMax {
+		t.Errorf("attempt 2^20: %s, want %s", got, followBackoffMax)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/fleetwave/fleetwave/coordinator/store"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -60,7 +61,7 @@ func (c *Coordinator) audit(ctx context.Context, p principal, method, target str
 }
 
 func (c *Coordinator) putAudit(ctx context.Context, e *v1.AuditEntry) {
-	if werr := c.store.PutAudit(ctx, e, int(auditSeq.Add(1)%1000000)); werr != nil {
+	if werr := c.store.PutAudit(ctx, e, int(auditSeq.Add(1)%(store.MaxAuditSeq+1))); werr != nil {
 		c.log.Error().Err(werr).Str("method", e.GetMethod()).Str("actor", e.GetActor()).Msg("audit entry not written")
 	}
 }

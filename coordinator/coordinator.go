@@ -417,6 +417,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		return fmt.Errorf("etcd at %v unreachable after %s (TLS settings: --etcd-ca/--etcd-cert/--etcd-key): %w", endpoints, cfg.EtcdTimeout, err)
 	}
 	st := store.New(cli)
+	st.SetLogger(log)
 	if err := st.SetMaxTxnOps(cfg.EtcdMaxTxnOps); err != nil {
 		return fmt.Errorf("etcd-max-txn-ops: %w", err)
 	}

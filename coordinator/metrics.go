@@ -374,6 +374,10 @@ func (c *Coordinator) startMetrics() (stop func(), err error) {
 			Name: "fleetwave_coordinator_artifact_egress_bytes_total",
 			Help: "Artifact bytes this coordinator's ArtifactService sent (to agents, and to other coordinators copying an artifact); peer-to-peer transfers between agents are not counted here.",
 		}, func() float64 { return float64(c.arts.BytesSent()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "fleetwave_coordinator_events_undecodable_total",
+			Help: "Event records this coordinator's event listings and watches (ListEvents, WatchEvents, the dashboard) skipped because their values did not decode; each is logged with its key.",
+		}, func() float64 { return float64(c.store.UndecodableEvents()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "fleetwave_coordinator_leader",
 			Help: "1 while this coordinator is the rollout leader, else 0.",

@@ -183,6 +183,7 @@ func TestMetricsEndpoint(t *testing.T) {
 		{"fleetwave_coordinator_hosts", []string{"service", "web", "version", "v2", "phase", "healthy"}, 1, 1},
 		{"fleetwave_coordinator_connected_agents", nil, 1, 1},
 		{"fleetwave_coordinator_leader", nil, 1, 1},
+		{"fleetwave_coordinator_events_undecodable_total", nil, 0, 0},
 		{"fleetwave_coordinator_assignment_delivery_seconds", []string{"trigger", "connect"}, 1, 1},
 		{"fleetwave_coordinator_assignment_delivery_seconds", []string{"trigger", "change"}, 1, 100},
 		{"fleetwave_coordinator_etcd_request_duration_seconds", []string{"op", "get"}, 1, 1e9},

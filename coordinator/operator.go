@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -498,16 +499,27 @@ func (o *operator) WatchEvents(req *v1.WatchEventsRequest, stream v1.OperatorSer
 	if req.GetSinceRevision() < 0 {
 		return status.Errorf(codes.InvalidArgument, "since_revision: %d is negative", req.GetSinceRevision())
 	}
+	// The header now, before any event: the client knows its stream was
+	// accepted (the CLI resumes only a followed stream that was) even
+	// while no event comes.
+	if err := stream.SendHeader(metadata.MD{}); err != nil {
+		return err
+	}
 	ctx := stream.Context()
 	prefix := store.EventsPrefixFor(req.GetService(), req.GetRolloutId())
-	evs, at, err := o.c.store.EventsSince(ctx, prefix, req.GetSinceRevision())
+	errSend := errors.New("send")
+	var sendErr error
+	at, err := o.c.store.EventsSince(ctx, prefix, req.GetSinceRevision(), func(e store.RevEvent) error {
+		if sendErr = stream.Send(&v1.WatchEventsResponse{Event: e.Event, Revision: e.Rev}); sendErr != nil {
+			return errSend
+		}
+		return nil
+	})
+	if errors.Is(err, errSend) {
+		return sendErr
+	}
 	if err != nil {
 		return grpcErr(err)
-	}
-	for _, e := range evs {
-		if err := stream.Send(&v1.WatchEventsResponse{Event: e.Event, Revision: e.Rev}); err != nil {
-			return err
-		}
 	}
 	if !req.GetFollow() {
 		return nil

@@ -11,8 +11,17 @@ import (
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
-// PutAudit appends an entry to the audit log.
+// MaxAuditSeq is the most PutAudit's n may be: its key spells n in six
+// digits (a seventh would sort before them).
+const MaxAuditSeq = 999999
+
+// PutAudit appends an entry to the audit log, under its time and n (0 to
+// MaxAuditSeq: the caller's sequence, which tells entries of one
+// nanosecond apart).
 func (s *Store) PutAudit(ctx context.Context, e *v1.AuditEntry, n int) error {
+	if n < 0 || n > MaxAuditSeq {
+		return fmt.Errorf("audit %s: sequence %d: want 0 to %d", e.GetMethod(), n, MaxAuditSeq)
+	}
 	val, err := marshal(e)
 	if err != nil {
 		return err

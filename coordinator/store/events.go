@@ -1,6 +1,7 @@
 package store
 
 import (
+	"container/heap"
 	"context"
 	"errors"
 	"fmt"
@@ -65,6 +66,10 @@ func (s *Store) writesBatches() bool {
 // eventOps returns the puts that record events, in their order: one per
 // event, or (EventBatches) one per batch.
 func (s *Store) eventOps(events []*v1.Event) ([]clientv3.Op, error) {
+	if len(events) == 0 {
+		return nil, nil
+	}
+	write := s.eventWrite()
 	if len(events) < 2 || !s.writesBatches() {
 		ops := make([]clientv3.Op, 0, len(events))
 		for i, e := range events {
@@ -72,7 +77,7 @@ func (s *Store) eventOps(events []*v1.Event) ([]clientv3.Op, error) {
 			if err != nil {
 				return nil, err
 			}
-			ops = append(ops, clientv3.OpPut(EventKey(e, i), val))
+			ops = append(ops, clientv3.OpPut(EventKey(e, write, i), val))
 		}
 		return ops, nil
 	}
@@ -90,7 +95,7 @@ func (s *Store) eventOps(events []*v1.Event) ([]clientv3.Op, error) {
 		if n == 1 {
 			val = one // a batch of one is stored as the event
 		}
-		ops = append(ops, clientv3.OpPut(EventKey(first, len(ops)), string(val)))
+		ops = append(ops, clientv3.OpPut(EventKey(first, write, len(ops)), string(val)))
 		first, n, val, one = nil, 0, nil, nil
 	}
 	for _, e := range events {
@@ -113,6 +118,25 @@ func (s *Store) eventOps(events []*v1.Event) ([]clientv3.Op, error) {
 	flush()
 	return ops, nil
 }
+
+// eventWrite names a new write of events in its keys (EventKey): the
+// store's random id (8 hex digits) and its count of event writes (12 hex
+// digits, in order).
+func (s *Store) eventWrite() string {
+	return fmt.Sprintf("%s%012x", s.writer, s.eventWrites.Add(1))
+}
+
+// skipUndecodable logs and counts an event record whose value does not
+// decode. Listings and watches skip it: one bad record must not hide the
+// others from an operator.
+func (s *Store) skipUndecodable(key []byte, err error) {
+	s.undecodable.Add(1)
+	s.log.Warn().Str("key", string(key)).Err(err).Msg("event record does not decode: skipped")
+}
+
+// UndecodableEvents is how many event records listings and watches
+// skipped because their values did not decode.
+func (s *Store) UndecodableEvents() uint64 { return s.undecodable.Load() }
 
 // DecodeEvents returns the events stored under one event key, in order:
 // a batch's, or the one event.
@@ -144,7 +168,8 @@ func (s *Store) PutEvents(ctx context.Context, events ...*v1.Event) error {
 }
 
 // ListEvents returns a service's events (of one rollout if rolloutID is
-// set), oldest first.
+// set), oldest first. A record that does not decode is skipped
+// (skipUndecodable).
 func (s *Store) ListEvents(ctx context.Context, service, rolloutID string) ([]*v1.Event, error) {
 	prefix := EventsPrefix + service + "/"
 	if rolloutID != "" {
@@ -158,7 +183,8 @@ func (s *Store) ListEvents(ctx context.Context, service, rolloutID string) ([]*v
 	for _, kv := range resp.Kvs {
 		evs, err := DecodeEvents(kv.Value)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", kv.Key, err)
+			s.skipUndecodable(kv.Key, err)
+			continue
 		}
 		out = append(out, evs...)
 	}
@@ -171,43 +197,131 @@ type RevEvent struct {
 	Rev   int64
 }
 
-// eventPageKeys bounds one page of a listing of events (EventsSince): 256
-// keys are at most 256,000 events (maxBatchEvents each) and 32 MiB of
+// eventPageKeys bounds the keys of one read of event values (EventsSince
+// reads at most this many, or the store's transaction size if smaller):
+// 256 keys are at most 256,000 events (maxBatchEvents each) and 32 MiB of
 // values (maxBatchBytes each), half of what the etcd client receives in
 // one response (DialTLS).
 const eventPageKeys = 256
 
-// EventsSince returns the events under prefix written after revision
+// eventsSinceKeys bounds the event keys one pass of EventsSince selects
+// (their keys and revisions only, about 100 bytes each: under 2 MiB). It
+// is more than one transaction writes (MaxMaxTxnOps), so a pass always
+// holds whole revisions. eventKeysPage bounds one read of keys.
+const (
+	eventsSinceKeys = 16384
+	eventKeysPage   = 1024
+)
+
+// EventsSince calls fn with each event under prefix written after revision
 // since (0 = all kept), ordered by revision then key (the order they were
 // written in; a batch's events in its order, each with the batch's
-// revision), and the store revision the listing was taken at; a watch from
-// that revision + 1 misses nothing. Values that do not decode are skipped.
-func (s *Store) EventsSince(ctx context.Context, prefix string, since int64) ([]RevEvent, int64, error) {
-	var out []RevEvent
+// revision), and returns the store revision the listing was taken at; a
+// watch from that revision + 1 misses nothing. A record that does not
+// decode is skipped (skipUndecodable). What it holds at once is bounded,
+// however many events there are: it reads the keys (not the values) in
+// passes of at most eventsSinceKeys, the oldest revisions first, and their
+// values eventPageKeys at a time.
+func (s *Store) EventsSince(ctx context.Context, prefix string, since int64, fn func(RevEvent) error) (int64, error) {
+	return s.eventsSince(ctx, prefix, since, eventsSinceKeys, min(eventPageKeys, s.txnOps), fn)
+}
+
+// eventsSince is EventsSince with its bounds: passes of passKeys keys,
+// values read pageKeys at a time.
+func (s *Store) eventsSince(ctx context.Context, prefix string, since int64, passKeys, pageKeys int, fn func(RevEvent) error) (int64, error) {
 	var at int64
+	for {
+		sel, through, rev, err := s.selectEventKeys(ctx, prefix, since, at, passKeys)
+		if err != nil {
+			return 0, err
+		}
+		at = rev
+		for len(sel) > 0 {
+			n := min(pageKeys, len(sel))
+			ops := make([]clientv3.Op, n)
+			for i, k := range sel[:n] {
+				ops[i] = clientv3.OpGet(k.key, clientv3.WithRev(at))
+			}
+			resp, err := s.c.Txn(ctx).Then(ops...).Commit()
+			if err != nil {
+				return 0, fmt.Errorf("list events under %s at revision %d: %w", prefix, at, err)
+			}
+			for _, r := range resp.Responses {
+				for _, kv := range r.GetResponseRange().Kvs {
+					evs, err := DecodeEvents(kv.Value)
+					if err != nil {
+						s.skipUndecodable(kv.Key, err)
+						continue
+					}
+					for _, e := range evs {
+						if err := fn(RevEvent{Event: e, Rev: kv.ModRevision}); err != nil {
+							return 0, err
+						}
+					}
+				}
+			}
+			sel = sel[n:]
+		}
+		if through >= at {
+			return at, nil
+		}
+		since = through
+	}
+}
+
+// revKey is an event key with the revision it was written at.
+type revKey struct {
+	rev int64
+	key string
+}
+
+func (a revKey) less(b revKey) bool { return a.rev < b.rev || (a.rev == b.rev && a.key < b.key) }
+
+// revKeyHeap is a max-heap of revKeys (container/heap).
+type revKeyHeap []revKey
+
+func (h revKeyHeap) Len() int           { return len(h) }
+func (h revKeyHeap) Less(i, j int) bool { return h[j].less(h[i]) }
+func (h revKeyHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *revKeyHeap) Push(x any)        { *h = append(*h, x.(revKey)) }
+func (h *revKeyHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
+
+// selectEventKeys reads the keys under prefix (at revision at; 0 = now,
+// returned as rev) written after revision since, and returns, ordered by
+// revision then key, those of the oldest revisions: all of them, or (when
+// there are more than limit) the most of whole revisions that fit in
+// limit; through is the revision they cover up to.
+func (s *Store) selectEventKeys(ctx context.Context, prefix string, since, at int64, limit int) (sel []revKey, through, rev int64, err error) {
+	h := make(revKeyHeap, 0, min(limit, eventKeysPage)+1)
+	var dropped int64 // the oldest revision some of whose keys did not fit
 	key, end := prefix, clientv3.GetPrefixRangeEnd(prefix)
 	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(eventPageKeys)}
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(eventKeysPage), clientv3.WithKeysOnly()}
 		if at != 0 {
 			opts = append(opts, clientv3.WithRev(at))
 		}
-		if since > 0 {
-			opts = append(opts, clientv3.WithMinModRev(since+1))
-		}
 		resp, err := s.c.Get(ctx, key, opts...)
 		if err != nil {
-			return nil, 0, fmt.Errorf("list events under %s: %w", prefix, err)
+			return nil, 0, 0, fmt.Errorf("list event keys under %s: %w", prefix, err)
 		}
 		if at == 0 {
 			at = resp.Header.Revision
 		}
 		for _, kv := range resp.Kvs {
-			evs, err := DecodeEvents(kv.Value)
-			if err != nil {
+			if kv.ModRevision <= since || (dropped != 0 && kv.ModRevision >= dropped) {
 				continue
 			}
-			for _, e := range evs {
-				out = append(out, RevEvent{Event: e, Rev: kv.ModRevision})
+			heap.Push(&h, revKey{rev: kv.ModRevision, key: string(kv.Key)})
+			if len(h) > limit {
+				out := heap.Pop(&h).(revKey)
+				if dropped == 0 || out.rev < dropped {
+					dropped = out.rev
+				}
 			}
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
@@ -215,8 +329,24 @@ func (s *Store) EventsSince(ctx context.Context, prefix string, since int64) ([]
 		}
 		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].Rev < out[j].Rev })
-	return out, at, nil
+	through = at
+	if dropped != 0 {
+		// Keep whole revisions: those before the oldest one cut.
+		through = dropped - 1
+		kept := h[:0]
+		for _, k := range h {
+			if k.rev < dropped {
+				kept = append(kept, k)
+			}
+		}
+		h = kept
+		if len(h) == 0 {
+			return nil, 0, 0, fmt.Errorf("list events under %s: revision %d wrote more than %d event keys", prefix, dropped, limit)
+		}
+	}
+	sel = []revKey(h)
+	sort.Slice(sel, func(i, j int) bool { return sel[i].less(sel[j]) })
+	return sel, through, at, nil
 }
 
 // WatchEvents calls fn with every event written under prefix from revision
@@ -238,6 +368,7 @@ func (s *Store) WatchEvents(ctx context.Context, prefix string, from int64, fn f
 			}
 			evs, err := DecodeEvents(ev.Kv.Value)
 			if err != nil {
+				s.skipUndecodable(ev.Kv.Key, err)
 				continue
 			}
 			for _, e := range evs {

@@ -1,7 +1,9 @@
 package store
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -96,7 +98,7 @@ func TestEventBatchesReadAsSingleEvents(t *testing.T) {
 			t.Errorf("a step of 2,501 events in batches: decision at %d, last events at %d: want one transaction", d1, last1)
 		}
 		_ = d3
-		since, _, err := s.EventsSince(ctx, EventsPrefixFor(svc, ""), 0)
+		since, _, err := listSince(ctx, s, EventsPrefixFor(svc, ""), 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -175,7 +177,7 @@ func TestEventBatchesReadAsSingleEvents(t *testing.T) {
 		t.Errorf("EventsSince order: %v %v %v", newSince[0], newSince[2500], newSince[2501])
 	}
 	// EventsSince after the first step's revision leaves it out.
-	after, _, err := s.EventsSince(ctx, EventsPrefixFor("new", ""), revOf[0])
+	after, _, err := listSince(ctx, s, EventsPrefixFor("new", ""), revOf[0])
 	if err != nil || len(after) != total-2501 || after[0].Event.GetMessage() != "w2-0" {
 		t.Fatalf("EventsSince the first step: %d events (%v), want %d from w2-0", len(after), err, total-2501)
 	}
@@ -387,6 +389,374 @@ func BenchmarkWriteRolloutStep(b *testing.B) {
 					b.Fatal(err)
 				}
 				r = next
+			}
+		})
+	}
+}
+
+// Two writes of events with the same time and index, from one store (two
+// decisions in one nanosecond on a coarse clock) or from two (two
+// coordinators), keep every event: the keys name the write. One store's
+// writes of one nanosecond list in the order written. In either layout.
+func TestEventKeysUniquePerWrite(t *testing.T) {
+	s := startStore(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	other := New(s.c) // a second coordinator's store
+	at := time.Unix(1700000000, 0)
+	for _, layout := range []EventLayout{EventPerKey, EventBatches} {
+		svc := "web" + strings.ReplaceAll(layout.String(), " ", "")
+		s.SetEventLayout(func() EventLayout { return layout })
+		other.SetEventLayout(func() EventLayout { return layout })
+		for _, w := range []struct {
+			st  *Store
+			tag string
+		}{{s, "a"}, {s, "b"}, {other, "c"}, {s, "d"}} {
+			if err := w.st.PutEvents(ctx, eventsOf(svc, "000001", "k", at, w.tag, 2)...); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := s.ListEvents(ctx, svc, "000001")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var msgs []string
+		for _, e := range got {
+			msgs = append(msgs, e.GetMessage())
+		}
+		if len(msgs) != 8 {
+			t.Fatalf("%s: %d events listed, want the 8 written: %v", layout, len(msgs), msgs)
+		}
+		var mine []string
+		for _, m := range msgs {
+			if !strings.HasPrefix(m, "c-") {
+				mine = append(mine, m)
+			}
+		}
+		if want := "a-0 a-1 b-0 b-1 d-0 d-1"; strings.Join(mine, " ") != want {
+			t.Errorf("%s: one store's writes of one nanosecond listed as %v, want %s", layout, mine, want)
+		}
+		since, _, err := listSince(ctx, s, EventsPrefixFor(svc, ""), 0)
+		if err != nil || len(since) != 8 {
+			t.Fatalf("%s: EventsSince: %d events (%v), want 8", layout, len(since), err)
+		}
+	}
+}
+
+// Keys written by older versions (<time>-<index, six digits>) still list,
+// in time order among the new ones, through ListEvents and EventsSince,
+// and prune by rollout id.
+func TestEventKeysOfOlderVersionsList(t *testing.T) {
+	s := startStore(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	base := time.Unix(1700000000, 0)
+	oldKey := func(e *v1.Event, n int) string {
+		return fmt.Sprintf("%sweb/000001/%020d-%06d", EventsPrefix, e.GetAt().AsTime().UnixNano(), n)
+	}
+	old1 := eventsOf("web", "000001", "k", base, "o1", 2)
+	old3 := eventsOf("web", "000001", "k", base.Add(2*time.Second), "o3", 1)
+	for i, e := range append(old1, old3...) {
+		b, err := proto.Marshal(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.c.Put(ctx, oldKey(e, i%2), string(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.PutEvents(ctx, eventsOf("web", "000001", "k", base.Add(time.Second), "n2", 2)...); err != nil {
+		t.Fatal(err)
+	}
+	want := "o1-0 o1-1 n2-0 n2-1 o3-0"
+	got, err := s.ListEvents(ctx, "web", "000001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var msgs []string
+	for _, e := range got {
+		msgs = append(msgs, e.GetMessage())
+	}
+	if strings.Join(msgs, " ") != want {
+		t.Errorf("listed %v, want %s", msgs, want)
+	}
+	since, _, err := listSince(ctx, s, EventsPrefixFor("web", ""), 0)
+	if err != nil || len(since) != 5 {
+		t.Fatalf("EventsSince: %d events (%v), want 5", len(since), err)
+	}
+	if n, err := s.PruneEvents(ctx, nil, "web", "000002"); err != nil || n != 5 {
+		t.Fatalf("pruned %d keys (%v), want 5", n, err)
+	}
+}
+
+// A record that does not decode is skipped, the same way, by ListEvents,
+// EventsSince and WatchEvents: the others list; each skip is counted
+// (UndecodableEvents) and logged with its key.
+func TestUndecodableEventSkipped(t *testing.T) {
+	s := startStore(t)
+	var logBuf syncBuffer
+	s.SetLogger(zerolog.New(&logBuf))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	start, err := s.c.Get(ctx, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Unix(1700000000, 0)
+	if err := s.PutEvents(ctx, eventsOf("web", "000001", "k", at, "a", 1)...); err != nil {
+		t.Fatal(err)
+	}
+	bad := fmt.Sprintf("%sweb/000001/%020d-%06d", EventsPrefix, at.Add(time.Second).UnixNano(), 0)
+	if _, err := s.c.Put(ctx, bad, "\xff\xff\xff"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutEvents(ctx, eventsOf("web", "000001", "k", at.Add(2*time.Second), "b", 1)...); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.ListEvents(ctx, "web", "000001")
+	if err != nil || len(got) != 2 || got[0].GetMessage() != "a-0" || got[1].GetMessage() != "b-0" {
+		t.Fatalf("ListEvents past a bad record: %v (%v), want a-0 and b-0", got, err)
+	}
+	if n := s.UndecodableEvents(); n != 1 {
+		t.Errorf("after ListEvents: %d undecodable records counted, want 1", n)
+	}
+	since, _, err := listSince(ctx, s, EventsPrefixFor("web", ""), 0)
+	if err != nil || len(since) != 2 {
+		t.Fatalf("EventsSince past a bad record: %d events (%v), want 2", len(since), err)
+	}
+	if n := s.UndecodableEvents(); n != 2 {
+		t.Errorf("after EventsSince: %d undecodable records counted, want 2", n)
+	}
+	var watched []string
+	err = s.WatchEvents(ctx, EventsPrefixFor("web", ""), start.Header.Revision+1, func(e RevEvent) error {
+		watched = append(watched, e.Event.GetMessage())
+		if len(watched) == 2 {
+			return errStopWatch
+		}
+		return nil
+	})
+	if !errors.Is(err, errStopWatch) || strings.Join(watched, " ") != "a-0 b-0" {
+		t.Fatalf("WatchEvents past a bad record: %v (%v), want a-0 b-0", watched, err)
+	}
+	if n := s.UndecodableEvents(); n != 3 {
+		t.Errorf("after WatchEvents: %d undecodable records counted, want 3", n)
+	}
+	if l := logBuf.String(); strings.Count(l, `"key":"`+bad+`"`) != 3 {
+		t.Errorf("log does not name the bad key three times: %s", l)
+	}
+}
+
+var errStopWatch = errors.New("stop watching")
+
+// syncBuffer is a bytes.Buffer safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// PutAudit takes a sequence of 0 to MaxAuditSeq (six digits, which sort
+// by number) and refuses one beyond, naming it, writing nothing.
+func TestPutAuditSequenceBounded(t *testing.T) {
+	s := startStore(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	at := time.Unix(1700000000, 0)
+	for _, n := range []int{0, MaxAuditSeq} {
+		if err := s.PutAudit(ctx, &v1.AuditEntry{At: timestamppb.New(at), Method: fmt.Sprint(n)}, n); err != nil {
+			t.Fatalf("sequence %d: %v", n, err)
+		}
+	}
+	for _, n := range []int{-1, MaxAuditSeq + 1} {
+		err := s.PutAudit(ctx, &v1.AuditEntry{At: timestamppb.New(at), Method: "bad"}, n)
+		if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("sequence %d", n)) {
+			t.Errorf("sequence %d: %v, want an error naming it", n, err)
+		}
+	}
+	got, err := s.ListAudit(ctx, 10)
+	if err != nil || len(got) != 2 || got[0].GetMethod() != "0" || got[1].GetMethod() != fmt.Sprint(MaxAuditSeq) {
+		t.Fatalf("audit log: %v (%v), want the entries of 0 and %d in order", got, err, MaxAuditSeq)
+	}
+}
+
+// listSince collects what EventsSince gives.
+func listSince(ctx context.Context, s *Store, prefix string, since int64) ([]RevEvent, int64, error) {
+	var out []RevEvent
+	at, err := s.EventsSince(ctx, prefix, since, func(e RevEvent) error {
+		out = append(out, e)
+		return nil
+	})
+	return out, at, err
+}
+
+// EventsSince holds a bounded part of the log at once: with passes of a
+// few keys and values read two at a time, events of several services
+// written interleaved (revisions out of key order, batches, one write in
+// several transactions) come exactly as from one unbounded listing: every
+// event after since once, ordered by revision then key. A pass keeps whole
+// revisions, and its bound is more than a transaction writes.
+func TestEventsSinceBounded(t *testing.T) {
+	if eventsSinceKeys <= MaxMaxTxnOps {
+		t.Fatalf("eventsSinceKeys %d: not over MaxMaxTxnOps %d, a revision might not fit in a pass", eventsSinceKeys, MaxMaxTxnOps)
+	}
+	s := startStore(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	base := time.Unix(1700000000, 0)
+	layout := EventPerKey
+	s.SetEventLayout(func() EventLayout { return layout })
+	// Written newest-first in time for svc "b", so key order and revision
+	// order differ; some writes put several keys at one revision.
+	var want []string
+	for i := range 12 {
+		svc := []string{"a", "b", "c"}[i%3]
+		at := base.Add(time.Duration(i) * time.Second)
+		if svc == "b" {
+			at = base.Add(-time.Duration(i) * time.Second)
+		}
+		n := 1 + i%4
+		if i == 7 {
+			layout = EventBatches
+		}
+		evs := eventsOf(svc, "000001", "k", at, fmt.Sprintf("w%02d", i), n)
+		if err := s.PutEvents(ctx, evs...); err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range evs {
+			want = append(want, e.GetMessage())
+		}
+	}
+	full, at, err := listSince(ctx, s, EventsPrefix, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range full {
+		got = append(got, e.Event.GetMessage())
+	}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("unbounded listing %v, want the write order %v", got, want)
+	}
+	for _, since := range []int64{0, full[3].Rev, full[len(full)/2].Rev, at} {
+		var wantSince []RevEvent
+		for _, e := range full {
+			if e.Rev > since {
+				wantSince = append(wantSince, e)
+			}
+		}
+		for _, bounds := range [][2]int{{4, 2}, {5, 1}, {6, 3}, {1000, 256}} {
+			var gotSince []RevEvent
+			gotAt, err := s.eventsSince(ctx, EventsPrefix, since, bounds[0], bounds[1], func(e RevEvent) error {
+				gotSince = append(gotSince, e)
+				return nil
+			})
+			if err != nil || gotAt != at {
+				t.Fatalf("since %d, bounds %v: at %d (%v), want %d", since, bounds, gotAt, err, at)
+			}
+			if len(gotSince) != len(wantSince) {
+				t.Fatalf("since %d, bounds %v: %d events, want %d", since, bounds, len(gotSince), len(wantSince))
+			}
+			for i := range gotSince {
+				if gotSince[i].Rev != wantSince[i].Rev || gotSince[i].Event.GetMessage() != wantSince[i].Event.GetMessage() {
+					t.Fatalf("since %d, bounds %v: event %d %s@%d, want %s@%d", since, bounds, i,
+						gotSince[i].Event.GetMessage(), gotSince[i].Rev, wantSince[i].Event.GetMessage(), wantSince[i].Rev)
+				}
+			}
+		}
+	}
+	// A pass selects at most its bound of keys, whole revisions only.
+	sel, through, _, err := s.selectEventKeys(ctx, EventsPrefix, 0, 0, 5)
+	if err != nil || len(sel) == 0 || len(sel) > 5 {
+		t.Fatalf("a pass of 5 keys selected %d (%v)", len(sel), err)
+	}
+	for _, k := range sel {
+		if k.rev > through {
+			t.Errorf("key %s at %d past the pass's revision %d", k.key, k.rev, through)
+		}
+	}
+	all, _, _, err := s.selectEventKeys(ctx, EventsPrefix, 0, 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, k := range all {
+		if k.rev <= through {
+			n++
+		}
+	}
+	if n != len(sel) {
+		t.Errorf("a pass up to revision %d selected %d keys, there are %d", through, len(sel), n)
+	}
+	// A revision with more keys than a pass holds is an error naming it,
+	// not a loop.
+	big := eventsOf("d", "000001", "k", base, "big", 8)
+	layout = EventPerKey
+	if err := s.PutEvents(ctx, big...); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.eventsSince(ctx, EventsPrefixFor("d", ""), 0, 5, 2, func(RevEvent) error { return nil })
+	if err == nil || !strings.Contains(err.Error(), "more than 5 event keys") {
+		t.Errorf("a revision of 8 keys, passes of 5: %v", err)
+	}
+	// fn's error ends the listing.
+	stop := errors.New("stop")
+	calls := 0
+	if _, err := s.EventsSince(ctx, EventsPrefix, 0, func(RevEvent) error { calls++; return stop }); !errors.Is(err, stop) || calls != 1 {
+		t.Errorf("fn failing: %v after %d calls", err, calls)
+	}
+}
+
+// BenchmarkEventsSince lists 20,000 events stored one per key (the layout
+// that makes the most keys: 200 writes of 100), from the start and from
+// the last write's revision (a follower resuming), against the embedded
+// etcd.
+func BenchmarkEventsSince(b *testing.B) {
+	emb, err := StartEmbedded(b.TempDir(), zerolog.Nop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer emb.Close()
+	c, err := emb.Dial()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	s := New(c)
+	ctx := context.Background()
+	at := time.Unix(1700000000, 0)
+	var last int64
+	for i := range 200 {
+		if err := s.PutEvents(ctx, eventsOf("web", "000001", "k", at.Add(time.Duration(i)*time.Second), "e", 100)...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	resp, err := s.c.Get(ctx, "x")
+	if err != nil {
+		b.Fatal(err)
+	}
+	last = resp.Header.Revision - 1
+	for _, bc := range []struct {
+		name  string
+		since int64
+		want  int
+	}{{"all", 0, 20000}, {"resume", last, 100}} {
+		b.Run(bc.name, func(b *testing.B) {
+			for b.Loop() {
+				n := 0
+				if _, err := s.EventsSince(ctx, EventsPrefix, bc.since, func(RevEvent) error { n++; return nil }); err != nil || n != bc.want {
+					b.Fatalf("%d events (%v), want %d", n, err, bc.want)
+				}
 			}
 		})
 	}

@@ -2,6 +2,7 @@ package store
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/fleetwave/fleetwave/internal/revocation"
@@ -19,7 +20,7 @@ const (
 	HostsPrefix    = Prefix + "hosts/"    // <host> -> Host (labels; no liveness)
 	ConnsPrefix    = Prefix + "conns/"    // <host> -> coordinator name, on that coordinator's lease
 	ReportsPrefix  = Prefix + "reports/"  // <host>/<service> -> ServiceReport
-	EventsPrefix   = Prefix + "events/"   // <service>/<rollout>/<time>-<n> -> Event (not mirrored)
+	EventsPrefix   = Prefix + "events/"   // <service>/<rollout>/<time>-<write>-<n> -> Event or EventBatch (EventKey; not mirrored)
 	// CoordinatorsPrefix: <name> -> CoordinatorInfo, on that coordinator's
 	// session lease (gone when it dies).
 	CoordinatorsPrefix = Prefix + "coordinators/"
@@ -69,16 +70,33 @@ func SplitKey(key, prefix string) []string {
 	return strings.Split(strings.TrimPrefix(key, prefix), "/")
 }
 
-// EventKey orders a service's events by rollout, then time, then index
-// (within one write; six digits: a write of 20,000 hosts' events, one key
-// each, sorts in order; keys written with four digits before keep their
-// order, as each write's keys share their time).
-func EventKey(e *v1.Event, n int) string {
+// EventKey is where one write's event (or batch) number n is stored:
+//
+//	<service>/<rollout>/<unix nanos, %020d>-<write>-<n, eventIndex>
+//
+// It orders a service's events by rollout, then time, then write, then
+// position in the write. write (eventWrite) names the write: the writing
+// store's random id and its count of event writes, so two writes never
+// share a key (an event overwritten is an event lost), even two in one
+// nanosecond (a coarse clock) or from two coordinators; one store's writes
+// of one nanosecond sort in the order written. Keys of older versions,
+// <time>-<n, %06d>, hold their values as before and list in time order
+// among these (only values are decoded, never keys).
+func EventKey(e *v1.Event, write string, n int) string {
 	rid := e.GetRolloutId()
 	if rid == "" {
 		rid = "000000"
 	}
-	return fmt.Sprintf("%s%s/%s/%020d-%06d", EventsPrefix, e.GetService(), rid, e.GetAt().AsTime().UnixNano(), n)
+	return fmt.Sprintf("%s%s/%s/%020d-%s-%s", EventsPrefix, e.GetService(), rid, e.GetAt().AsTime().UnixNano(), write, eventIndex(n))
+}
+
+// eventIndex spells n (0 or more) so that keys sort by number, whatever
+// its digits: a letter for how many (a: 1 ... s: 19, an int's most), then
+// the digits. Six fixed digits, before, put a write's 1,000,000th event
+// before its 999,999th.
+func eventIndex(n int) string {
+	d := strconv.Itoa(n)
+	return string(rune('a'+len(d)-1)) + d
 }
 
 // EventsPrefixFor is the key prefix of a service's events (every service

@@ -24,11 +24,15 @@ package store
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
+	"github.com/rs/zerolog"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -64,10 +68,26 @@ type Store struct {
 	txnOps int
 	// eventLayout is the layout of events written (SetEventLayout).
 	eventLayout func() EventLayout
+	// writer is this store's random id in event keys, eventWrites its
+	// count of event writes (eventWrite).
+	writer      string
+	eventWrites atomic.Uint64
+	// undecodable counts the event records listings and watches skipped
+	// (UndecodableEvents); log says which (SetLogger).
+	undecodable atomic.Uint64
+	log         zerolog.Logger
 }
 
 // New wraps an etcd client.
-func New(c *clientv3.Client) *Store { return &Store{c: c, txnOps: DefaultMaxTxnOps} }
+func New(c *clientv3.Client) *Store {
+	var id [4]byte
+	_, _ = rand.Read(id[:]) // crypto/rand.Read never fails (Go 1.24)
+	return &Store{c: c, txnOps: DefaultMaxTxnOps, writer: hex.EncodeToString(id[:]), log: zerolog.Nop()}
+}
+
+// SetLogger sets the logger the store reports skipped records to (a
+// no-op logger unless set). Call it before the store is used.
+func (s *Store) SetLogger(log zerolog.Logger) { s.log = log }
 
 // DefaultMaxTxnOps is etcd's default limit of operations in one
 // transaction (--max-txn-ops); EmbeddedMaxTxnOps is the coordinator's

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -116,14 +117,20 @@ func TestLargerTxnOpsBatches(t *testing.T) {
 }
 
 // One write's event keys sort in write order past 9,999 events (the
-// index had four digits: "-10000" sorted before "-1001").
+// index had four digits: "-10000" sorted before "-1001") and past 999,999
+// (six digits: "-1000000" sorted before "-999999"), up to an int's most.
 func TestEventKeysSortPastTenThousand(t *testing.T) {
 	e := &v1.Event{At: timestamppb.New(time.Unix(1, 0)), Service: "web", RolloutId: "000001"}
-	prev := EventKey(e, 0)
-	for n := 1; n <= 20000; n++ {
-		k := EventKey(e, n)
+	var ns []int
+	for n := 0; n <= 20000; n++ {
+		ns = append(ns, n)
+	}
+	ns = append(ns, 99999, 100000, 999998, 999999, 1000000, 1000001, 9999999, 10000000, math.MaxInt32, math.MaxInt-1, math.MaxInt)
+	prev := EventKey(e, "w", ns[0])
+	for i, n := range ns[1:] {
+		k := EventKey(e, "w", n)
 		if k <= prev {
-			t.Fatalf("key %d %q sorts at or before key %d %q", n, k, n-1, prev)
+			t.Fatalf("key %d %q sorts at or before key %d %q", n, k, ns[i], prev)
 		}
 		prev = k
 	}
