@@ -81,7 +81,7 @@ func pushFleet(tb testing.TB, n int) (*hub, []*agentConn) {
 		tb.Fatal(err)
 	}
 	c := &Coordinator{cfg: Config{ArtifactSources: -1}, log: zerolog.Nop(), store: st, mirror: mirror}
-	h := &hub{c: c, conns: map[string]*agentConn{}}
+	h := &hub{c: c, conns: map[string]*agentConn{}, sharedLimit: maxSharedSets}
 	conns := make([]*agentConn, n)
 	for i, id := range ids {
 		ver := "v1"
