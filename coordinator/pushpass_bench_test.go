@@ -37,8 +37,8 @@ func pushFleet(tb testing.TB, n int) (*hub, []*agentConn) {
 	go func() { _ = mirror.Run(ctx) }()
 
 	spec := &v1.ServiceSpec{Name: "web", Selector: map[string]string{"role": "web"},
-		Run: &v1.RunSpec{Command: []string{"./app", "--port", "8080"}, Env: map[string]string{"MODE": "production", "LOG": "info"}},
-		Checks: []*v1.Check{{Name: "http", Kind: &v1.Check_Http{Http: &v1.HttpCheck{Url: "http://127.0.0.1:8080/healthz", ExpectStatus: 200}}}},
+		Run:     &v1.RunSpec{Command: []string{"./app", "--port", "8080"}, Env: map[string]string{"MODE": "production", "LOG": "info"}},
+		Checks:  []*v1.Check{{Name: "http", Kind: &v1.Check_Http{Http: &v1.HttpCheck{Url: "http://127.0.0.1:8080/healthz", ExpectStatus: 200}}}},
 		Rollout: &v1.RolloutPolicy{Canary: 1, Waves: []uint32{50, 100}, MaxParallel: uint32(n)}}
 	applied, err := st.ApplySpec(ctx, spec, time.Now(), nil)
 	if err != nil {
