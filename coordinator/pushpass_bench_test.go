@@ -16,9 +16,10 @@ import (
 // rollout of service web from v1 to v2 in flight over n hosts (canary
 // done, the second wave half done and half updating, the third pending)
 // and n connected hosts (agentConns without streams: they are marked done,
-// so a pass queues their sets but starts no sender). Peer-to-peer is off
-// (as in TestScale): no host's set names sources.
-func pushFleet(tb testing.TB, n int) (*hub, []*agentConn) {
+// so a pass queues their sets but starts no sender). Without p2p (as in
+// TestScale) no host's set names sources; with it every host advertises a
+// peer address and the updating hosts' sets name 2 sources each.
+func pushFleet(tb testing.TB, n int, p2p bool) (*hub, []*agentConn) {
 	tb.Helper()
 	emb, err := store.StartEmbedded(tb.TempDir(), zerolog.Nop())
 	if err != nil {
@@ -77,10 +78,19 @@ func pushFleet(tb testing.TB, n int) (*hub, []*agentConn) {
 	if _, _, err := st.WriteRollout(ctx, nil, r, store.RolloutBase{Layout: store.Split}, svc, applied.Rev); err != nil {
 		tb.Fatal(err)
 	}
+	sources := -1
+	if p2p {
+		sources = 2
+		for _, id := range ids {
+			if err := st.PutHost(ctx, &v1.Host{Id: id, Labels: map[string]string{"role": "web"}, PeerAddress: id + ":7000"}); err != nil {
+				tb.Fatal(err)
+			}
+		}
+	}
 	if err := mirror.Sync(ctx); err != nil {
 		tb.Fatal(err)
 	}
-	c := &Coordinator{cfg: Config{ArtifactSources: -1}, log: zerolog.Nop(), store: st, mirror: mirror}
+	c := &Coordinator{cfg: Config{ArtifactSources: sources}, log: zerolog.Nop(), store: st, mirror: mirror, metrics: newMetrics()}
 	h := &hub{c: c, conns: map[string]*agentConn{}, sharedLimit: maxSharedSets}
 	conns := make([]*agentConn, n)
 	for i, id := range ids {
@@ -103,7 +113,7 @@ func pushFleet(tb testing.TB, n int) (*hub, []*agentConn) {
 // set is queued again (its last sum forgotten before the pass).
 func BenchmarkPushPass(b *testing.B) {
 	const n = 10000
-	h, conns := pushFleet(b, n)
+	h, conns := pushFleet(b, n, false)
 	now := time.Now()
 	for _, c := range conns { // the first sets
 		h.prepare(c, false, now)
