@@ -517,21 +517,11 @@ func (h *hub) sendLoop(c *agentConn) {
 		if q == nil && m.Revocations == nil {
 			continue // nothing new for this agent
 		}
-		var msg any = m
-		if q != nil {
-			tail, err := proto.Marshal(m)
-			if err != nil {
-				err = fmt.Errorf("encode sent_at and revocations: %w", err)
-				h.mu.Lock()
-				c.sending = false
-				h.mu.Unlock()
-				h.c.log.Error().Err(err).Str("host", c.host).Msg("send assignments failed: ending the stream")
-				c.end(err)
-				return
-			}
-			msg = &preEncoded{set: q.set.b, tail: tail}
+		msg, err := withSet(q, m)
+		if err == nil {
+			err = c.stream.SendMsg(msg)
 		}
-		if err := c.stream.SendMsg(msg); err != nil {
+		if err != nil {
 			h.mu.Lock()
 			c.sending = false
 			h.mu.Unlock()
@@ -546,6 +536,19 @@ func (h *hub) sendLoop(c *agentConn) {
 			h.c.metrics.delivered(*q)
 		}
 	}
+}
+
+// withSet is what sendLoop sends: m, after q's set if there is one (the
+// set's bytes, then m's: preEncoded).
+func withSet(q *queuedSet, m *v1.ConnectResponse) (any, error) {
+	if q == nil {
+		return m, nil
+	}
+	tail, err := proto.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("encode sent_at and revocations: %w", err)
+	}
+	return &preEncoded{set: q.set.b, tail: tail}, nil
 }
 
 // saveReport queues a report for writing (reportWriter.put, which calls
