@@ -106,7 +106,7 @@ func TestSharedSetNotKeptAcrossTables(t *testing.T) {
 		c.pending = nil
 	}
 	old := h.table()
-	ctx := context.Background()
+	ctx := t.Context()
 	r, ok := h.c.mirror.Rollout("web", "r2")
 	if !ok {
 		t.Fatal("rollout r2 not in the mirror")
