@@ -526,6 +526,9 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		grpc.ChainStreamInterceptor(c.streamAuth),
 		grpc.MaxRecvMsgSize(4<<20),
 		grpc.MaxSendMsgSize(64<<20),
+		// Proto, but assignment sets go out as the bytes the hub encoded
+		// them to once (codec.go).
+		grpc.ForceServerCodecV2(newServerCodec()),
 		// No read buffer of gRPC's own per connection (32 KiB by default,
 		// one per agent): the frames are read from the connection directly
 		// (with TLS, from its record buffer). Write buffers are shared

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -62,6 +63,9 @@ type hub struct {
 	// of connecting hosts, each writing its record, rebuilt the table at
 	// every connect). Under mu.
 	pacedSeen uint64
+	// sharedLimit is how many encoded sets a table shares
+	// (maxSharedSets; tests set less).
+	sharedLimit int
 }
 
 type agentConn struct {
@@ -177,7 +181,7 @@ type statusWriter interface {
 }
 
 func newHub(c *Coordinator) *hub {
-	return &hub{c: c, conns: map[string]*agentConn{}, reports: newReportWriter(c.store, c.metrics)}
+	return &hub{c: c, conns: map[string]*agentConn{}, reports: newReportWriter(c.store, c.metrics), sharedLimit: maxSharedSets}
 }
 
 const maxServicesPerHello = 1000
@@ -507,18 +511,19 @@ func (h *hub) sendLoop(c *agentConn) {
 			return
 		}
 		h.mu.Unlock()
-		// A copy: queued sets may be shared; sent_at measures delivery.
-		m := &v1.ConnectResponse{SentAt: timestamppb.Now()}
-		if q != nil {
-			m.Assignments, m.Agent = q.resp.GetAssignments(), q.resp.GetAgent()
-		} else {
-			m.RevocationsOnly = true
-		}
+		// sent_at measures delivery. A set goes out as the bytes prepare
+		// encoded (shared: never modified), followed by this message's:
+		// the agent decodes one ConnectResponse with the fields of both.
+		m := &v1.ConnectResponse{SentAt: timestamppb.Now(), RevocationsOnly: q == nil}
 		revAt := h.attachRevocations(c, m)
 		if q == nil && m.Revocations == nil {
 			continue // nothing new for this agent
 		}
-		if err := c.stream.Send(m); err != nil {
+		msg, err := withSet(q, m)
+		if err == nil {
+			err = c.stream.SendMsg(msg)
+		}
+		if err != nil {
 			h.mu.Lock()
 			c.sending = false
 			h.mu.Unlock()
@@ -533,6 +538,19 @@ func (h *hub) sendLoop(c *agentConn) {
 			h.c.metrics.delivered(*q)
 		}
 	}
+}
+
+// withSet is what sendLoop sends: m, after q's set if there is one (the
+// set's bytes, then m's: preEncoded).
+func withSet(q *queuedSet, m *v1.ConnectResponse) (any, error) {
+	if q == nil {
+		return m, nil
+	}
+	tail, err := proto.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("encode sent_at and revocations: %w", err)
+	}
+	return &preEncoded{set: q.set.b, tail: tail}, nil
 }
 
 // saveReport queues a report for writing (reportWriter.put, which calls
@@ -623,6 +641,11 @@ func equalLabels(a, b map[string]string) bool {
 type desiredTable struct {
 	epoch    uint64
 	services []desiredEntry
+	// shared are the encoded sets hosts share, by wantsKey (at most
+	// hub.sharedLimit: encodedFor). Everything else a set is made of is
+	// the table's or changes the table's epoch (releases).
+	sharedMu sync.Mutex
+	shared   map[string]*encodedSet
 }
 
 type desiredEntry struct {
@@ -779,35 +802,78 @@ func (h *hub) saw(c *agentConn, r *v1.ServiceReport) bool {
 	return old.GetPhase() != r.GetPhase() || old.GetGeneration() != r.GetGeneration()
 }
 
-// assignments computes the full set of assignments for a host, given what
-// it reported of each service (seen; else the stored report).
-func (h *hub) assignments(t *desiredTable, c *agentConn) *v1.ConnectResponse {
+// hostWant is what a host should run of one service of a table
+// (desiredEntry.desired), with what its set needs of the host itself.
+type hostWant struct {
+	want rollout.Want
+	ok   bool // the host gets an assignment (or removal) of the service
+	rep  *v1.ServiceReport
+	// sources: its assignment names sources picked for this host
+	// (PeerSet.Pick); stage: it stages the target, from stageSrc.
+	sources, stage bool
+	stageSrc       []rollout.Peer
+}
+
+// own says whether the assignment depends on the host itself, not only on
+// the table and the want (its set is then not shared: encodedFor).
+func (w hostWant) own() bool { return w.sources || w.stage }
+
+// wants computes what a host should run of each of t's services, given
+// what it reported of each (seen; else the stored report).
+func (h *hub) wants(t *desiredTable, c *agentConn) []hostWant {
 	host, labels := c.host, c.labels
-	resp := &v1.ConnectResponse{}
-	seen := make([]*v1.ServiceReport, len(t.services))
+	out := make([]hostWant, len(t.services))
 	h.mu.Lock()
 	for i, e := range t.services {
-		seen[i] = c.seen[e.svc.GetSpec().GetName()]
+		out[i].rep = c.seen[e.svc.GetSpec().GetName()]
 	}
 	h.mu.Unlock()
 	for i, e := range t.services {
-		name := e.svc.GetSpec().GetName()
-		rep := seen[i]
-		if rep == nil {
-			rep = h.c.mirror.Report(host, name)
+		w := &out[i]
+		if w.rep == nil {
+			w.rep = h.c.mirror.Report(host, e.svc.GetSpec().GetName())
 		}
-		want, ok := e.desired(host, labels, rep)
-		if !ok {
+		w.want, w.ok = e.desired(host, labels, w.rep)
+		if !w.ok || w.want.Remove {
 			continue
 		}
+		ver, target := w.want.Version, e.latest.GetToVersion()
+		// A host that holds the artifact already gets no sources: its
+		// assignment does not change as other hosts finish.
+		w.sources = e.peers != nil && ver == target && !e.peers.Has(host)
+		if e.stage != nil && ver != target && w.rep.GetCurrentVersion() == ver {
+			// Waiting for its wave, running what it is assigned: it may
+			// stage the target (rollout.PlanStage); sources then name
+			// holders of the target's artifact.
+			w.stage, w.stageSrc = e.stage.Stage(host)
+		}
+	}
+	return out
+}
+
+// assignments computes the full set of assignments for a host, given what
+// it reported of each service (seen; else the stored report).
+func (h *hub) assignments(t *desiredTable, c *agentConn) *v1.ConnectResponse {
+	return h.build(t, c.host, c.labels, h.wants(t, c))
+}
+
+// build makes a host's set from its wants (hub.wants).
+func (h *hub) build(t *desiredTable, host string, labels map[string]string, wants []hostWant) *v1.ConnectResponse {
+	resp := &v1.ConnectResponse{}
+	for i, e := range t.services {
+		w := wants[i]
+		if !w.ok {
+			continue
+		}
+		name := e.svc.GetSpec().GetName()
 		agentBinary := name == spec.AgentService // agentupgrade.go
-		if want.Remove {
+		if w.want.Remove {
 			if !agentBinary { // an agent is never removed
-				resp.Assignments = append(resp.Assignments, &v1.Assignment{Service: name, Generation: want.Generation, Remove: true})
+				resp.Assignments = append(resp.Assignments, &v1.Assignment{Service: name, Generation: w.want.Generation, Remove: true})
 			}
 			continue
 		}
-		ver, gen := want.Version, want.Generation
+		ver, gen := w.want.Version, w.want.Generation
 		rel, ok := h.c.mirror.Release(name, ver)
 		if !ok {
 			h.c.log.Error().Str("service", name).Str("version", ver).Msg("assigned release not found")
@@ -815,20 +881,13 @@ func (h *hub) assignments(t *desiredTable, c *agentConn) *v1.ConnectResponse {
 		}
 		sp, rev := rollout.SpecFor(e.svc, e.latest, ver, gen)
 		asg := &v1.Assignment{Service: name, Generation: gen, Release: rel, Spec: sp, SpecRevision: rev}
-		// A host that holds the artifact already gets no sources: its
-		// assignment does not change as other hosts finish.
-		if e.peers != nil && ver == e.latest.GetToVersion() && rel.GetArtifact().GetSha256() != "" && !e.peers.Has(host) {
+		if w.sources && rel.GetArtifact().GetSha256() != "" {
 			asg.Sources = rollout.SourcesOf(e.peers.Pick(host, labels[rollout.ZoneLabel], h.c.cfg.ArtifactSources))
 		}
-		if e.stage != nil && ver != e.latest.GetToVersion() && rep.GetCurrentVersion() == ver {
-			// Waiting for its wave, running what it is assigned: it may
-			// stage the target (rollout.PlanStage); sources then name
-			// holders of the target's artifact.
-			if ok, src := e.stage.Stage(host); ok {
-				if target, found := h.c.mirror.Release(name, e.latest.GetToVersion()); found {
-					asg.Stage = target
-					asg.Sources = rollout.SourcesOf(src)
-				}
+		if w.stage {
+			if target, found := h.c.mirror.Release(name, e.latest.GetToVersion()); found {
+				asg.Stage = target
+				asg.Sources = rollout.SourcesOf(w.stageSrc)
 			}
 		}
 		if sr := e.latest.GetSignedRollback(); sr != nil && ver == e.latest.GetToVersion() {
@@ -842,6 +901,95 @@ func (h *hub) assignments(t *desiredTable, c *agentConn) *v1.ConnectResponse {
 	}
 	sort.Slice(resp.Assignments, func(i, j int) bool { return resp.Assignments[i].Service < resp.Assignments[j].Service })
 	return resp
+}
+
+// encodedSet is a host's assignment set (a ConnectResponse with only
+// assignments and agent) encoded deterministically, and the sha256 of the
+// encoding. The sendLoop sends these bytes (preEncoded); it is shared
+// between hosts and never modified.
+type encodedSet struct {
+	b   []byte
+	sum [sha256.Size]byte
+}
+
+// maxSharedSets bounds the encoded sets a table keeps for the hosts that
+// share them (desiredTable.shared); hosts whose sets are not among them
+// get theirs encoded for themselves.
+const maxSharedSets = 1024
+
+// encodedFor is host c's set, encoded. A set that depends on nothing of
+// the host but its wants (no per-host sources, no staging) is encoded and
+// hashed once per table and shared by every host with the same wants: a
+// pass over 10,000 hosts of one rollout encodes a few distinct sets, not
+// 10,000 (issue 16).
+func (h *hub) encodedFor(t *desiredTable, c *agentConn) (*encodedSet, error) {
+	wants := h.wants(t, c)
+	var kb [128]byte
+	key, shared := wantsKey(kb[:0], wants)
+	if shared {
+		if s := t.sharedSet(key); s != nil {
+			return s, nil
+		}
+	}
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(h.build(t, c.host, c.labels, wants))
+	if err != nil {
+		return nil, fmt.Errorf("encode assignments of host %s: %w", c.host, err)
+	}
+	s := &encodedSet{b: b, sum: sha256.Sum256(b)}
+	if shared {
+		s = t.share(key, s, h.sharedLimit)
+	}
+	return s, nil
+}
+
+// wantsKey appends to b a key of wants that tells apart every two sets of
+// one table (each service's index, whether it is assigned or removed, its
+// version and generation), and says whether the set is shareable: none of
+// its assignments depends on the host itself (hostWant.own).
+func wantsKey(b []byte, wants []hostWant) ([]byte, bool) {
+	for i, w := range wants {
+		if !w.ok {
+			continue
+		}
+		if w.own() {
+			return b, false
+		}
+		b = binary.AppendUvarint(b, uint64(i))
+		if w.want.Remove {
+			b = append(b, 1)
+		} else {
+			b = append(b, 0)
+		}
+		b = binary.AppendUvarint(b, uint64(len(w.want.Version)))
+		b = append(b, w.want.Version...)
+		b = binary.AppendVarint(b, w.want.Generation)
+	}
+	return b, true
+}
+
+// sharedSet is the set shared under key, or nil.
+func (t *desiredTable) sharedSet(key []byte) *encodedSet {
+	t.sharedMu.Lock()
+	defer t.sharedMu.Unlock()
+	return t.shared[string(key)]
+}
+
+// share keeps s under key unless limit sets are kept already, and returns
+// the set kept under key (s, or one another host's pass kept meanwhile).
+func (t *desiredTable) share(key []byte, s *encodedSet, limit int) *encodedSet {
+	t.sharedMu.Lock()
+	defer t.sharedMu.Unlock()
+	if kept, ok := t.shared[string(key)]; ok {
+		return kept
+	}
+	if len(t.shared) >= limit {
+		return s
+	}
+	if t.shared == nil {
+		t.shared = map[string]*encodedSet{}
+	}
+	t.shared[string(key)] = s
+	return s
 }
 
 // queue computes a host's assignments and queues them if they changed (or
@@ -860,13 +1008,11 @@ func (h *hub) queue(c *agentConn, force bool, since time.Time) {
 // last hosts of a wave (issue 16).
 func (h *hub) prepare(c *agentConn, force bool, since time.Time) (start bool) {
 	t := h.table()
-	m := h.assignments(t, c)
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	set, err := h.encodedFor(t, c)
 	if err != nil {
 		h.c.log.Error().Err(err).Str("host", c.host).Msg("encode assignments")
 		return
 	}
-	sum := sha256.Sum256(b)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if !force && !c.greeted {
@@ -875,12 +1021,12 @@ func (h *hub) prepare(c *agentConn, force bool, since time.Time) (start bool) {
 	if t.epoch < c.epoch {
 		return // a newer set was queued meanwhile
 	}
-	if !force && sum == c.lastSum {
+	if !force && set.sum == c.lastSum {
 		return
 	}
 	c.greeted = c.greeted || force
-	c.lastSum, c.epoch = sum, t.epoch
-	c.pending = &queuedSet{resp: m, since: since, connect: force}
+	c.lastSum, c.epoch = set.sum, t.epoch
+	c.pending = &queuedSet{set: set, since: since, connect: force}
 	if !c.sending && !c.done {
 		c.sending = true
 		c.senders.Add(1)

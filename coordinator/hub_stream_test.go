@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/fleetwave/fleetwave/coordinator/store"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
@@ -77,6 +78,21 @@ func (f *fakeConnectStream) Recv() (*v1.ConnectRequest, error) {
 	case <-f.ctx.Done():
 		return nil, status.FromContextError(f.ctx.Err()).Err()
 	}
+}
+
+// SendMsg does with what the hub sends what gRPC does: the coordinator's
+// codec encodes it (a preEncoded set: its bytes) and the agent decodes a
+// ConnectResponse from that.
+func (f *fakeConnectStream) SendMsg(m any) error {
+	data, err := newServerCodec().Marshal(m)
+	if err != nil {
+		return err
+	}
+	r := &v1.ConnectResponse{}
+	if err := proto.Unmarshal(data.Materialize(), r); err != nil {
+		return err
+	}
+	return f.Send(r)
 }
 
 func (f *fakeConnectStream) Send(m *v1.ConnectResponse) error {

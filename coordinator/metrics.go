@@ -158,7 +158,7 @@ func (m *metrics) observeEtcd(op string, d time.Duration, err error) {
 // queuedSet is an assignment set waiting for a host's stream (hub), with
 // when the hub noticed what produced it, for the delivery latency.
 type queuedSet struct {
-	resp    *v1.ConnectResponse
+	set     *encodedSet
 	since   time.Time
 	connect bool // queued when the stream was accepted
 }
