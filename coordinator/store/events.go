@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"container/heap"
 	"context"
 	"errors"
@@ -350,8 +351,9 @@ func (s *Store) selectEventKeys(ctx context.Context, prefix string, since, at in
 }
 
 // WatchEvents calls fn with every event written under prefix from revision
-// from on, in order, until ctx ends or fn fails. It fails with an error
-// naming the revision when etcd compacted it away.
+// from on, ordered by revision then key (as EventsSince), until ctx ends or
+// fn fails. It fails with an error naming the revision when etcd compacted
+// it away.
 func (s *Store) WatchEvents(ctx context.Context, prefix string, from int64, fn func(RevEvent) error) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
@@ -362,6 +364,15 @@ func (s *Store) WatchEvents(ctx context.Context, prefix string, from int64, fn f
 			}
 			return fmt.Errorf("watch events under %s: %w", prefix, err)
 		}
+		// Each revision's events by key, as EventsSince lists them: the
+		// order a write put them in may differ (a relabelled host's events
+		// of "web" then "web-api", whose keys sort the other way), and a
+		// follower resuming inside a revision skips the ones it printed by
+		// count. A watch response holds whole revisions.
+		sort.SliceStable(wr.Events, func(i, j int) bool {
+			a, b := wr.Events[i].Kv, wr.Events[j].Kv
+			return a.ModRevision < b.ModRevision || (a.ModRevision == b.ModRevision && bytes.Compare(a.Key, b.Key) < 0)
+		})
 		for _, ev := range wr.Events {
 			if ev.Type != clientv3.EventTypePut {
 				continue
