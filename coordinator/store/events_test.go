@@ -701,16 +701,45 @@ func TestEventsSinceBounded(t *testing.T) {
 	if n != len(sel) {
 		t.Errorf("a pass up to revision %d selected %d keys, there are %d", through, len(sel), n)
 	}
-	// A revision with more keys than a pass holds is an error naming it,
-	// not a loop.
-	big := eventsOf("d", "000001", "k", base, "big", 8)
+	// A revision with more keys than a pass holds (no writer of ours
+	// makes one; another etcd client might) is listed whole, by itself, in
+	// key order, with the revisions around it: not an error, which ended
+	// every listing from before it and had a follower retry for ever.
 	layout = EventPerKey
-	if err := s.PutEvents(ctx, big...); err != nil {
-		t.Fatal(err)
+	var wantD []string
+	for i, n := range []int{2, 8, 3, 7} {
+		evs := eventsOf("d", "000001", "k", base.Add(time.Duration(i)*time.Second), fmt.Sprintf("d%d", i), n)
+		if err := s.PutEvents(ctx, evs...); err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range evs {
+			wantD = append(wantD, e.GetMessage())
+		}
 	}
-	_, err = s.eventsSince(ctx, EventsPrefixFor("d", ""), 0, 5, 2, func(RevEvent) error { return nil })
-	if err == nil || !strings.Contains(err.Error(), "more than 5 event keys") {
-		t.Errorf("a revision of 8 keys, passes of 5: %v", err)
+	fullD, atD, err := listSince(ctx, s, EventsPrefixFor("d", ""), 0)
+	if err != nil || len(fullD) != len(wantD) {
+		t.Fatalf("revisions of 2, 8, 3, 7 keys: %d events (%v), want %d", len(fullD), err, len(wantD))
+	}
+	for _, since := range []int64{0, fullD[0].Rev, fullD[2].Rev, fullD[len(fullD)-1].Rev} {
+		var wantSince []RevEvent
+		for _, e := range fullD {
+			if e.Rev > since {
+				wantSince = append(wantSince, e)
+			}
+		}
+		var got []RevEvent
+		gotAt, err := s.eventsSince(ctx, EventsPrefixFor("d", ""), since, 5, 2, func(e RevEvent) error {
+			got = append(got, e)
+			return nil
+		})
+		if err != nil || gotAt != atD || len(got) != len(wantSince) {
+			t.Fatalf("since %d, passes of 5: %d events at %d (%v), want %d at %d", since, len(got), gotAt, err, len(wantSince), atD)
+		}
+		for i := range got {
+			if got[i].Rev != wantSince[i].Rev || got[i].Event.GetMessage() != wantSince[i].Event.GetMessage() {
+				t.Fatalf("since %d, passes of 5: event %d %s@%d, want %s@%d", since, i, got[i].Event.GetMessage(), got[i].Rev, wantSince[i].Event.GetMessage(), wantSince[i].Rev)
+			}
+		}
 	}
 	// fn's error ends the listing.
 	stop := errors.New("stop")
