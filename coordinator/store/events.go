@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"container/heap"
 	"context"
 	"errors"
@@ -206,8 +207,9 @@ const eventPageKeys = 256
 
 // eventsSinceKeys bounds the event keys one pass of EventsSince selects
 // (their keys and revisions only, about 100 bytes each: under 2 MiB). It
-// is more than one transaction writes (MaxMaxTxnOps), so a pass always
-// holds whole revisions. eventKeysPage bounds one read of keys.
+// is more than one transaction of ours writes (MaxMaxTxnOps), so a pass
+// holds whole revisions (a larger one is listed by itself:
+// eventsOfRevision). eventKeysPage bounds one read of keys.
 const (
 	eventsSinceKeys = 16384
 	eventKeysPage   = 1024
@@ -232,33 +234,27 @@ func (s *Store) eventsSince(ctx context.Context, prefix string, since int64, pas
 	var at int64
 	for {
 		sel, through, rev, err := s.selectEventKeys(ctx, prefix, since, at, passKeys)
+		var big *bigRevisionError
+		if errors.As(err, &big) {
+			// A revision with more keys than a pass holds (no writer of
+			// ours makes one: a transaction is at most MaxMaxTxnOps): it
+			// alone, streamed in key order, rather than a listing that
+			// fails at it for good (and a follower that retries for ever).
+			at = big.at
+			if err := s.eventsOfRevision(ctx, prefix, big.rev, at, pageKeys, fn); err != nil {
+				return 0, err
+			}
+			since = big.rev
+			continue
+		}
 		if err != nil {
 			return 0, err
 		}
 		at = rev
 		for len(sel) > 0 {
 			n := min(pageKeys, len(sel))
-			ops := make([]clientv3.Op, n)
-			for i, k := range sel[:n] {
-				ops[i] = clientv3.OpGet(k.key, clientv3.WithRev(at))
-			}
-			resp, err := s.c.Txn(ctx).Then(ops...).Commit()
-			if err != nil {
-				return 0, fmt.Errorf("list events under %s at revision %d: %w", prefix, at, err)
-			}
-			for _, r := range resp.Responses {
-				for _, kv := range r.GetResponseRange().Kvs {
-					evs, err := DecodeEvents(kv.Value)
-					if err != nil {
-						s.skipUndecodable(kv.Key, err)
-						continue
-					}
-					for _, e := range evs {
-						if err := fn(RevEvent{Event: e, Rev: kv.ModRevision}); err != nil {
-							return 0, err
-						}
-					}
-				}
+			if err := s.eventValues(ctx, prefix, at, sel[:n], fn); err != nil {
+				return 0, err
 			}
 			sel = sel[n:]
 		}
@@ -267,6 +263,80 @@ func (s *Store) eventsSince(ctx context.Context, prefix string, since int64, pas
 		}
 		since = through
 	}
+}
+
+// eventValues reads the values of keys (at revision at) and calls fn with
+// their events, in the keys' order.
+func (s *Store) eventValues(ctx context.Context, prefix string, at int64, keys []revKey, fn func(RevEvent) error) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	ops := make([]clientv3.Op, len(keys))
+	for i, k := range keys {
+		ops[i] = clientv3.OpGet(k.key, clientv3.WithRev(at))
+	}
+	resp, err := s.c.Txn(ctx).Then(ops...).Commit()
+	if err != nil {
+		return fmt.Errorf("list events under %s at revision %d: %w", prefix, at, err)
+	}
+	for _, r := range resp.Responses {
+		for _, kv := range r.GetResponseRange().Kvs {
+			evs, err := DecodeEvents(kv.Value)
+			if err != nil {
+				s.skipUndecodable(kv.Key, err)
+				continue
+			}
+			for _, e := range evs {
+				if err := fn(RevEvent{Event: e, Rev: kv.ModRevision}); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// eventsOfRevision calls fn with the events under prefix written at
+// revision rev (read at revision at), in key order, holding pageKeys keys
+// at a time however many the revision wrote.
+func (s *Store) eventsOfRevision(ctx context.Context, prefix string, rev, at int64, pageKeys int, fn func(RevEvent) error) error {
+	page := make([]revKey, 0, pageKeys)
+	key, end := prefix, clientv3.GetPrefixRangeEnd(prefix)
+	for {
+		resp, err := s.c.Get(ctx, key, clientv3.WithRange(end), clientv3.WithLimit(eventKeysPage), clientv3.WithKeysOnly(), clientv3.WithRev(at))
+		if err != nil {
+			return fmt.Errorf("list event keys of revision %d under %s: %w", rev, prefix, err)
+		}
+		for _, kv := range resp.Kvs {
+			if kv.ModRevision != rev {
+				continue
+			}
+			page = append(page, revKey{rev: rev, key: string(kv.Key)})
+			if len(page) == pageKeys {
+				if err := s.eventValues(ctx, prefix, at, page, fn); err != nil {
+					return err
+				}
+				page = page[:0]
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			break
+		}
+		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+	return s.eventValues(ctx, prefix, at, page, fn)
+}
+
+// bigRevisionError: revision rev wrote more event keys than a pass of
+// selectEventKeys holds (read at revision at).
+type bigRevisionError struct {
+	prefix  string
+	rev, at int64
+	limit   int
+}
+
+func (e *bigRevisionError) Error() string {
+	return fmt.Sprintf("list events under %s: revision %d wrote more than %d event keys", e.prefix, e.rev, e.limit)
 }
 
 // revKey is an event key with the revision it was written at.
@@ -341,7 +411,7 @@ func (s *Store) selectEventKeys(ctx context.Context, prefix string, since, at in
 		}
 		h = kept
 		if len(h) == 0 {
-			return nil, 0, 0, fmt.Errorf("list events under %s: revision %d wrote more than %d event keys", prefix, dropped, limit)
+			return nil, 0, 0, &bigRevisionError{prefix: prefix, rev: dropped, at: at, limit: limit}
 		}
 	}
 	sel = []revKey(h)
@@ -350,8 +420,9 @@ func (s *Store) selectEventKeys(ctx context.Context, prefix string, since, at in
 }
 
 // WatchEvents calls fn with every event written under prefix from revision
-// from on, in order, until ctx ends or fn fails. It fails with an error
-// naming the revision when etcd compacted it away.
+// from on, ordered by revision then key (as EventsSince), until ctx ends or
+// fn fails. It fails with an error naming the revision when etcd compacted
+// it away.
 func (s *Store) WatchEvents(ctx context.Context, prefix string, from int64, fn func(RevEvent) error) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
@@ -362,6 +433,15 @@ func (s *Store) WatchEvents(ctx context.Context, prefix string, from int64, fn f
 			}
 			return fmt.Errorf("watch events under %s: %w", prefix, err)
 		}
+		// Each revision's events by key, as EventsSince lists them: the
+		// order a write put them in may differ (a relabelled host's events
+		// of "web" then "web-api", whose keys sort the other way), and a
+		// follower resuming inside a revision skips the ones it printed by
+		// count. A watch response holds whole revisions.
+		sort.SliceStable(wr.Events, func(i, j int) bool {
+			a, b := wr.Events[i].Kv, wr.Events[j].Kv
+			return a.ModRevision < b.ModRevision || (a.ModRevision == b.ModRevision && bytes.Compare(a.Key, b.Key) < 0)
+		})
 		for _, ev := range wr.Events {
 			if ev.Type != clientv3.EventTypePut {
 				continue
