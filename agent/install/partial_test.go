@@ -320,3 +320,46 @@ func TestPartialBadInput(t *testing.T) {
 		t.Fatal("PartialBytes took a path")
 	}
 }
+
+// TestPartialPrivate: a partial download, and the file it becomes (kept
+// for peers as artifacts/<sha256> by a hard link), are readable by the
+// agent's user only, as a temp download always was (os.CreateTemp: 0600):
+// an archive may hold files its entries mark private, and the data dir
+// is traversable by every local user.
+func TestPartialPrivate(t *testing.T) {
+	dir := t.TempDir()
+	in, err := New(dir, Limits{}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	art := randomBytes(t, 64<<10)
+	want := Artifact{SHA256: digest(art), Size: int64(len(art))}
+	leave(t, in, want, art[:10<<10])
+	fi, err := os.Stat(partialPath(in, want.SHA256))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		t.Fatalf("partial download mode %v: readable by others", fi.Mode().Perm())
+	}
+	// A file an earlier build left readable by others is made private.
+	if err := os.Chmod(partialPath(in, want.SHA256), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := in.OpenPartial(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	f, err := p.Fetch(context.Background(), bytes.NewReader(art[p.Offset():]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err = os.Stat(f.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		t.Fatalf("fetched file mode %v: readable by others", fi.Mode().Perm())
+	}
+}
