@@ -141,10 +141,16 @@ func (in *Installer) holdPartial(sha string) bool {
 		in.log.Warn().Err(err).Msg("partial downloads: cannot list them")
 		return false
 	}
-	others := 0
+	others, onDisk := 0, map[string]bool{}
 	for _, pf := range files {
+		onDisk[pf.sha] = true
 		if pf.sha != sha {
 			others++
+		}
+	}
+	for b := range in.busy {
+		if !onDisk[b] {
+			others++ // held, its file not created yet (OpenPartial)
 		}
 	}
 	for _, pf := range files { // oldest first

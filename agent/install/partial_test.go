@@ -363,3 +363,34 @@ func TestPartialPrivate(t *testing.T) {
 		t.Fatalf("fetched file mode %v: readable by others", fi.Mode().Perm())
 	}
 }
+
+// TestPartialsBoundedWhileOpening: a sha256 held whose file is not created
+// yet (fetches of several services starting at once: OpenPartial creates
+// the file after holdPartial returns) counts towards MaxPartials, so the
+// files on disk never exceed it.
+func TestPartialsBoundedWhileOpening(t *testing.T) {
+	dir := t.TempDir()
+	in, err := New(dir, Limits{}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range MaxPartials - 1 {
+		art := randomBytes(t, 2048)
+		leave(t, in, Artifact{SHA256: digest(art), Size: int64(len(art))}, art[:1024])
+	}
+	var held []string
+	for range 2 {
+		sha := digest(randomBytes(t, 32))
+		if in.holdPartial(sha) {
+			held = append(held, sha)
+		}
+	}
+	for _, sha := range held { // what OpenPartial does next
+		if err := os.WriteFile(partialPath(in, sha), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ents, _ := os.ReadDir(in.partialDir()); len(ents) > MaxPartials {
+		t.Fatalf("%d partial files, at most %d", len(ents), MaxPartials)
+	}
+}
