@@ -557,8 +557,11 @@ func (a *agent) fetchOnce(ctx context.Context, asg *v1.Assignment, want install.
 		if resumed > 0 && !again && ctx.Err() == nil && (errors.Is(err, install.ErrTooLarge) ||
 			(err == nil && (f.SHA256 != want.SHA256 || f.Size != want.Size))) {
 			// The bytes kept from an earlier attempt may be the bad ones
-			// (resume.go): they are gone; once more from byte 0.
+			// (resume.go): they are gone; once more from byte 0. The
+			// peers that sent them are suspects (blameSuspects).
 			a.inst.Discard(f)
+			sus.add(sus.kept)
+			sus.kept = nil
 			a.log.Warn().Str("service", asg.GetService()).Str("sha256", want.SHA256).Int64("resumed", resumed).
 				Msg("a resumed download failed verification: fetching it again from byte 0")
 			continue

@@ -418,3 +418,39 @@ func TestPartialsPrunedByAssignments(t *testing.T) {
 		}
 	}
 }
+
+// TestResumedPeerBytesBlamed: a peer that sent bad bytes and then failed
+// leaves them in the partial download; the URL continues from there, the
+// whole fails verification and is fetched again from byte 0. The peer's
+// bytes kept are then compared with the good copy: it is blamed (it was
+// not, and every fetch it served cost a second download from the URL).
+func TestResumedPeerBytesBlamed(t *testing.T) {
+	pki := newPeerPKI(t)
+	art := bigArtifact(t, 400<<10)
+	corrupt := bytes.Clone(art)
+	corrupt[10] ^= 0xff
+	liar := servePeerTLS(t, pki, "liar", halfServer{art: corrupt})
+	srv := &artifactServer{art: art}
+	a := newPeerAgent(t, pki, "fetcher", false)
+	a.rep.put(&v1.ServiceReport{Service: "web", Phase: v1.Phase_PHASE_FETCHING})
+	asg := urlAssignment(art, serve(t, srv))
+	asg.Sources = []*v1.ArtifactSource{{HostId: "liar", Address: liar}}
+	want := artifactOf(asg)
+	f, err := a.fetchOnce(context.Background(), asg, want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.inst.Discard(f)
+	if !bytes.Equal(readFetched(t, f), art) {
+		t.Fatal("fetched bytes differ")
+	}
+	if got := srv.requests(); len(got) != 2 || got[0] != "bytes="+strconv.Itoa(len(art)/2)+"-" || got[1] != "" {
+		t.Fatalf("requests with Range %q, want a resume then one from byte 0", got)
+	}
+	if !a.dropped.has("liar") {
+		t.Fatal("the peer whose kept bytes were bad was not blamed")
+	}
+	if got := a.rep.take(); len(got) != 1 || got[0].GetBadSource() != "liar" {
+		t.Fatalf("report: %v, want bad_source liar", got)
+	}
+}
