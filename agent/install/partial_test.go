@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -392,5 +393,35 @@ func TestPartialsBoundedWhileOpening(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(in.partialDir()); len(ents) > MaxPartials {
 		t.Fatalf("%d partial files, at most %d", len(ents), MaxPartials)
+	}
+}
+
+// TestFetchSpaceCountsThePartial: the bytes of a partial download are on
+// the filesystem already: a fetch of that artifact needs
+// FreeSpaceFactor × its size less them free, so a host whose download
+// broke near the limit is not refused by its own kept bytes.
+func TestFetchSpaceCountsThePartial(t *testing.T) {
+	in, err := New(t.TempDir(), Limits{}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	art := randomBytes(t, 4<<20)
+	want := Artifact{SHA256: digest(art), Size: int64(len(art))}
+	leave(t, in, want, art[:2<<20])
+	defer func(f func(string, *syscall.Statfs_t) error) { statfs = f }(statfs)
+	statfs = func(_ string, st *syscall.Statfs_t) error {
+		st.Bavail, st.Bsize = 2560, 4096 // 10 MiB: 12 MiB less the 2 kept
+		return nil
+	}
+	if err := in.CheckFetchSpace(want); err != nil {
+		t.Fatalf("with 2 MiB of 4 kept: %v", err)
+	}
+	statfs = func(_ string, st *syscall.Statfs_t) error {
+		st.Bavail, st.Bsize = 2304, 4096 // 9 MiB
+		return nil
+	}
+	wantErr := "not enough free space on the filesystem of " + in.dataDir + ": 9.0 MiB free, need 10.0 MiB (3 × the artifact's 4.0 MiB: download, unpack and margin, 2.0 MiB of the download on disk already)"
+	if err := in.CheckFetchSpace(want); err == nil || err.Error() != wantErr {
+		t.Fatalf("err %v\nwant %s", err, wantErr)
 	}
 }
