@@ -652,12 +652,6 @@ func (a *agent) fetchURL(ctx context.Context, asg *v1.Assignment, want install.A
 // download (resume.go), from the bytes kept; resumed is the offset it
 // continued from.
 func (a *agent) fetchCoordinator(ctx context.Context, asg *v1.Assignment, want install.Artifact) (f *install.Fetched, resumed int64, err error) {
-	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	cc, err := a.conns.wait(wctx)
-	cancel()
-	if err != nil {
-		return nil, 0, fmt.Errorf("download %s: %w", want.SHA256, err)
-	}
 	p, err := a.inst.OpenPartial(want)
 	if err != nil {
 		return nil, 0, fmt.Errorf("download %s: %w", want.SHA256, err)
@@ -665,8 +659,15 @@ func (a *agent) fetchCoordinator(ctx context.Context, asg *v1.Assignment, want i
 	defer p.Close()
 	off := p.Offset()
 	if off == want.Size {
+		// Every byte is there: no coordinator is needed.
 		f, err := p.Fetch(ctx, eofReader{})
 		return f, off, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	cc, err := a.conns.wait(wctx)
+	cancel()
+	if err != nil {
+		return nil, 0, fmt.Errorf("download %s: %w", want.SHA256, err)
 	}
 	dctx, wrap, stop := idleWatch(ctx, a.opts.fetchIdle)
 	defer stop()

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -453,4 +454,27 @@ func TestResumedPeerBytesBlamed(t *testing.T) {
 	if got := a.rep.take(); len(got) != 1 || got[0].GetBadSource() != "liar" {
 		t.Fatalf("report: %v, want bad_source liar", got)
 	}
+}
+
+// TestCompletePartialNeedsNoCoordinator: a partial download that holds
+// every byte (the stream broke after the last one) is verified and used
+// with no coordinator to connect to: no source is needed, so none is
+// waited for (the fetch waited 30 s for a connection and failed).
+func TestCompletePartialNeedsNoCoordinator(t *testing.T) {
+	pki := newPeerPKI(t)
+	art := bigArtifact(t, 64<<10)
+	synctest.Test(t, func(t *testing.T) {
+		a := newPeerAgent(t, pki, "fetcher", false) // no coordinator connection
+		asg := assignmentFrom(art)
+		want := artifactOf(asg)
+		leavePartial(t, a, want, art)
+		f, err := a.fetchOnce(context.Background(), asg, want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.inst.Discard(f)
+		if !bytes.Equal(readFetched(t, f), art) {
+			t.Fatal("fetched bytes differ")
+		}
+	})
 }
