@@ -478,3 +478,63 @@ func TestCompletePartialNeedsNoCoordinator(t *testing.T) {
 		}
 	})
 }
+
+// TestCompletePartialWrongBytesFetchedAgain: a partial download as long
+// as the artifact but with other bytes asks no source, fails verification
+// and is fetched again from byte 0, from the URL, the coordinator or a
+// peer, which is not blamed.
+func TestCompletePartialWrongBytesFetchedAgain(t *testing.T) {
+	pki := newPeerPKI(t)
+	art := bigArtifact(t, 100<<10)
+	garbage := make([]byte, len(art))
+	if _, err := rand.Read(garbage); err != nil {
+		t.Fatal(err)
+	}
+	check := func(t *testing.T, a *agent, asg *v1.Assignment) {
+		t.Helper()
+		want := artifactOf(asg)
+		leavePartial(t, a, want, garbage)
+		f, err := a.fetchOnce(context.Background(), asg, want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.inst.Discard(f)
+		if !bytes.Equal(readFetched(t, f), art) {
+			t.Fatal("fetched bytes differ")
+		}
+		if a.inst.PartialBytes(want.SHA256) != 0 {
+			t.Fatal("a partial download stays")
+		}
+	}
+	t.Run("url", func(t *testing.T) {
+		srv := &artifactServer{art: art}
+		a := newPeerAgent(t, pki, "fetcher", false)
+		check(t, a, urlAssignment(art, serve(t, srv)))
+		if got := srv.requests(); len(got) != 1 || got[0] != "" {
+			t.Fatalf("requests with Range %q, want one from byte 0", got)
+		}
+	})
+	t.Run("coordinator", func(t *testing.T) {
+		store := &countingStore{art: art}
+		cc, err := grpc.NewClient(serveGRPC(t, grpc.Creds(insecure.NewCredentials()), store), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cc.Close()
+		a := newPeerAgent(t, pki, "fetcher", false)
+		a.conns.set(cc)
+		check(t, a, assignmentFrom(art))
+		if n := store.sent.Load(); n != int64(len(art)) {
+			t.Fatalf("the coordinator sent %d bytes, want %d", n, len(art))
+		}
+	})
+	t.Run("peer", func(t *testing.T) {
+		good := newPeerAgent(t, pki, "good", true)
+		good.holds(t, art)
+		a := newPeerAgent(t, pki, "fetcher", false)
+		check(t, a, assignmentFrom(art, good))
+		if a.dropped.has("good") {
+			t.Fatal("the peer was blamed for the kept bytes")
+		}
+	})
+}
