@@ -242,7 +242,10 @@ func (in *Installer) PrunePartials(keep map[string]bool, now time.Time) {
 		return
 	}
 	for _, pf := range files {
-		if keep[pf.sha] || in.busy[pf.sha] || pf.written.After(now.Add(-PartialGrace)) {
+		// Written within the grace; a time further ahead of the clock is
+		// not (the clock was stepped back since: it would stay for as long).
+		recent := pf.written.After(now.Add(-PartialGrace)) && !pf.written.After(now.Add(PartialGrace))
+		if keep[pf.sha] || in.busy[pf.sha] || recent {
 			continue
 		}
 		in.log.Info().Str("sha256", pf.sha).Int64("bytes", pf.size).Msg("partial download no assignment names any more: removed")

@@ -425,3 +425,26 @@ func TestFetchSpaceCountsThePartial(t *testing.T) {
 		t.Fatalf("err %v\nwant %s", err, wantErr)
 	}
 }
+
+// TestPartialWrittenInTheFuturePruned: a partial download whose time is
+// ahead of the clock (the clock was stepped back after it was written)
+// is not "written within PartialGrace" for ever: an assignment set that
+// does not name it removes it.
+func TestPartialWrittenInTheFuturePruned(t *testing.T) {
+	in, err := New(t.TempDir(), Limits{}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	art := randomBytes(t, 2048)
+	want := Artifact{SHA256: digest(art), Size: int64(len(art))}
+	leave(t, in, want, art[:1024])
+	now := time.Now()
+	ahead := now.Add(2 * time.Hour)
+	if err := os.Chtimes(partialPath(in, want.SHA256), ahead, ahead); err != nil {
+		t.Fatal(err)
+	}
+	in.PrunePartials(nil, now)
+	if n := in.PartialBytes(want.SHA256); n != 0 {
+		t.Fatalf("a partial download dated 2 h ahead of the clock stays (%d bytes)", n)
+	}
+}
