@@ -141,7 +141,7 @@ func (a *agent) startFetch(s *service, act lifecycle.Action) {
 		default:
 			// Refused up front when the disk cannot hold the download, the
 			// unpacked release and a margin.
-			if ev.err = a.inst.CheckFreeSpace(asg.GetRelease().GetArtifact().GetSize()); ev.err == nil {
+			if ev.err = a.inst.CheckFetchSpace(artifactOf(asg)); ev.err == nil {
 				ev.fetched, ev.err = a.fetch(ctx, asg)
 			}
 		}

@@ -200,7 +200,7 @@ func (a *agent) startAhead(s *service, asg *v1.Assignment, rel *v1.Release) {
 
 // stageAhead fetches, verifies and unpacks the release of asg.
 func (a *agent) stageAhead(ctx context.Context, asg *v1.Assignment, want install.Artifact) error {
-	if err := a.inst.CheckFreeSpace(want.Size); err != nil {
+	if err := a.inst.CheckFetchSpace(want); err != nil {
 		return err
 	}
 	f, err := a.fetch(ctx, asg)

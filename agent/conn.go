@@ -557,8 +557,11 @@ func (a *agent) fetchOnce(ctx context.Context, asg *v1.Assignment, want install.
 		if resumed > 0 && !again && ctx.Err() == nil && (errors.Is(err, install.ErrTooLarge) ||
 			(err == nil && (f.SHA256 != want.SHA256 || f.Size != want.Size))) {
 			// The bytes kept from an earlier attempt may be the bad ones
-			// (resume.go): they are gone; once more from byte 0.
+			// (resume.go): they are gone; once more from byte 0. The
+			// peers that sent them are suspects (blameSuspects).
 			a.inst.Discard(f)
+			sus.add(sus.kept)
+			sus.kept = nil
 			a.log.Warn().Str("service", asg.GetService()).Str("sha256", want.SHA256).Int64("resumed", resumed).
 				Msg("a resumed download failed verification: fetching it again from byte 0")
 			continue
@@ -649,12 +652,6 @@ func (a *agent) fetchURL(ctx context.Context, asg *v1.Assignment, want install.A
 // download (resume.go), from the bytes kept; resumed is the offset it
 // continued from.
 func (a *agent) fetchCoordinator(ctx context.Context, asg *v1.Assignment, want install.Artifact) (f *install.Fetched, resumed int64, err error) {
-	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	cc, err := a.conns.wait(wctx)
-	cancel()
-	if err != nil {
-		return nil, 0, fmt.Errorf("download %s: %w", want.SHA256, err)
-	}
 	p, err := a.inst.OpenPartial(want)
 	if err != nil {
 		return nil, 0, fmt.Errorf("download %s: %w", want.SHA256, err)
@@ -662,8 +659,15 @@ func (a *agent) fetchCoordinator(ctx context.Context, asg *v1.Assignment, want i
 	defer p.Close()
 	off := p.Offset()
 	if off == want.Size {
+		// Every byte is there: no coordinator is needed.
 		f, err := p.Fetch(ctx, eofReader{})
 		return f, off, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	cc, err := a.conns.wait(wctx)
+	cancel()
+	if err != nil {
+		return nil, 0, fmt.Errorf("download %s: %w", want.SHA256, err)
 	}
 	dctx, wrap, stop := idleWatch(ctx, a.opts.fetchIdle)
 	defer stop()

@@ -363,6 +363,10 @@ type segment struct {
 type suspects struct {
 	segs  []segment
 	hosts map[string]bool // not asked again during this fetch
+	// kept: what peers sent of the partial download a failed
+	// fetchFromPeers left on disk; suspects when the source that continues
+	// it (URL, coordinator) ends with a whole that fails (resume.go).
+	kept []segment
 }
 
 func (s *suspects) add(segs []segment) {
@@ -546,6 +550,7 @@ func (a *agent) fetchFromPeers(ctx context.Context, asg *v1.Assignment, want ins
 		a.inst.Discard(f)
 		switch {
 		case ctx.Err() != nil || (err != nil && !errors.Is(err, install.ErrTooLarge)):
+			sus.kept = rr.segs // their bytes stay in the partial download
 			return nil, fmt.Errorf("download %s: %w", want.SHA256, err)
 		case resumed > 0:
 			// The bytes kept from an earlier attempt may be the bad ones

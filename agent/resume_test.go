@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -417,4 +418,123 @@ func TestPartialsPrunedByAssignments(t *testing.T) {
 			t.Errorf("artifact %d with no assignment: %d bytes kept, want %d", i, n, want)
 		}
 	}
+}
+
+// TestResumedPeerBytesBlamed: a peer that sent bad bytes and then failed
+// leaves them in the partial download; the URL continues from there, the
+// whole fails verification and is fetched again from byte 0. The peer's
+// bytes kept are then compared with the good copy: it is blamed (it was
+// not, and every fetch it served cost a second download from the URL).
+func TestResumedPeerBytesBlamed(t *testing.T) {
+	pki := newPeerPKI(t)
+	art := bigArtifact(t, 400<<10)
+	corrupt := bytes.Clone(art)
+	corrupt[10] ^= 0xff
+	liar := servePeerTLS(t, pki, "liar", halfServer{art: corrupt})
+	srv := &artifactServer{art: art}
+	a := newPeerAgent(t, pki, "fetcher", false)
+	a.rep.put(&v1.ServiceReport{Service: "web", Phase: v1.Phase_PHASE_FETCHING})
+	asg := urlAssignment(art, serve(t, srv))
+	asg.Sources = []*v1.ArtifactSource{{HostId: "liar", Address: liar}}
+	want := artifactOf(asg)
+	f, err := a.fetchOnce(context.Background(), asg, want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.inst.Discard(f)
+	if !bytes.Equal(readFetched(t, f), art) {
+		t.Fatal("fetched bytes differ")
+	}
+	if got := srv.requests(); len(got) != 2 || got[0] != "bytes="+strconv.Itoa(len(art)/2)+"-" || got[1] != "" {
+		t.Fatalf("requests with Range %q, want a resume then one from byte 0", got)
+	}
+	if !a.dropped.has("liar") {
+		t.Fatal("the peer whose kept bytes were bad was not blamed")
+	}
+	if got := a.rep.take(); len(got) != 1 || got[0].GetBadSource() != "liar" {
+		t.Fatalf("report: %v, want bad_source liar", got)
+	}
+}
+
+// TestCompletePartialNeedsNoCoordinator: a partial download that holds
+// every byte (the stream broke after the last one) is verified and used
+// with no coordinator to connect to: no source is needed, so none is
+// waited for (the fetch waited 30 s for a connection and failed).
+func TestCompletePartialNeedsNoCoordinator(t *testing.T) {
+	pki := newPeerPKI(t)
+	art := bigArtifact(t, 64<<10)
+	synctest.Test(t, func(t *testing.T) {
+		a := newPeerAgent(t, pki, "fetcher", false) // no coordinator connection
+		asg := assignmentFrom(art)
+		want := artifactOf(asg)
+		leavePartial(t, a, want, art)
+		f, err := a.fetchOnce(context.Background(), asg, want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.inst.Discard(f)
+		if !bytes.Equal(readFetched(t, f), art) {
+			t.Fatal("fetched bytes differ")
+		}
+	})
+}
+
+// TestCompletePartialWrongBytesFetchedAgain: a partial download as long
+// as the artifact but with other bytes asks no source, fails verification
+// and is fetched again from byte 0, from the URL, the coordinator or a
+// peer, which is not blamed.
+func TestCompletePartialWrongBytesFetchedAgain(t *testing.T) {
+	pki := newPeerPKI(t)
+	art := bigArtifact(t, 100<<10)
+	garbage := make([]byte, len(art))
+	if _, err := rand.Read(garbage); err != nil {
+		t.Fatal(err)
+	}
+	check := func(t *testing.T, a *agent, asg *v1.Assignment) {
+		t.Helper()
+		want := artifactOf(asg)
+		leavePartial(t, a, want, garbage)
+		f, err := a.fetchOnce(context.Background(), asg, want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.inst.Discard(f)
+		if !bytes.Equal(readFetched(t, f), art) {
+			t.Fatal("fetched bytes differ")
+		}
+		if a.inst.PartialBytes(want.SHA256) != 0 {
+			t.Fatal("a partial download stays")
+		}
+	}
+	t.Run("url", func(t *testing.T) {
+		srv := &artifactServer{art: art}
+		a := newPeerAgent(t, pki, "fetcher", false)
+		check(t, a, urlAssignment(art, serve(t, srv)))
+		if got := srv.requests(); len(got) != 1 || got[0] != "" {
+			t.Fatalf("requests with Range %q, want one from byte 0", got)
+		}
+	})
+	t.Run("coordinator", func(t *testing.T) {
+		store := &countingStore{art: art}
+		cc, err := grpc.NewClient(serveGRPC(t, grpc.Creds(insecure.NewCredentials()), store), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cc.Close()
+		a := newPeerAgent(t, pki, "fetcher", false)
+		a.conns.set(cc)
+		check(t, a, assignmentFrom(art))
+		if n := store.sent.Load(); n != int64(len(art)) {
+			t.Fatalf("the coordinator sent %d bytes, want %d", n, len(art))
+		}
+	})
+	t.Run("peer", func(t *testing.T) {
+		good := newPeerAgent(t, pki, "good", true)
+		good.holds(t, art)
+		a := newPeerAgent(t, pki, "fetcher", false)
+		check(t, a, assignmentFrom(art, good))
+		if a.dropped.has("good") {
+			t.Fatal("the peer was blamed for the kept bytes")
+		}
+	})
 }

@@ -329,7 +329,7 @@ func (a *agent) prepareAgent(ctx context.Context, asg *v1.Assignment) (string, e
 	}
 	v, want := asg.GetRelease().GetVersion(), artifactOf(asg)
 	if !a.inst.Staged(spec.AgentService, v, want.SHA256) {
-		if err := a.inst.CheckFreeSpace(want.Size); err != nil {
+		if err := a.inst.CheckFetchSpace(want); err != nil {
 			return "", err
 		}
 		f, err := a.fetch(ctx, asg)

@@ -40,14 +40,30 @@ func (in *Installer) FreeBytes() (uint64, error) {
 // data dir's filesystem has less than FreeSpaceFactor times that free, with
 // an error naming the filesystem, what is free and what is needed.
 func (in *Installer) CheckFreeSpace(size int64) error {
+	return in.checkFreeSpace(size, 0)
+}
+
+// CheckFetchSpace is CheckFreeSpace for a fetch of want, whose partial
+// download (partial.go) takes its room on the filesystem already: those
+// bytes are not needed free again (a host whose download broke near the
+// limit was refused by its own kept bytes until they were pruned).
+func (in *Installer) CheckFetchSpace(want Artifact) error {
+	return in.checkFreeSpace(want.Size, min(in.PartialBytes(want.SHA256), max(want.Size, 0)))
+}
+
+func (in *Installer) checkFreeSpace(size, kept int64) error {
 	free, err := in.FreeBytes()
 	if err != nil {
 		return err
 	}
-	need := uint64(max(size, 0)) * FreeSpaceFactor
+	need := uint64(max(size, 0))*FreeSpaceFactor - uint64(kept)
 	if free < need {
-		return fmt.Errorf("%w on the filesystem of %s: %s free, need %s (%d × the artifact's %s: download, unpack and margin)",
-			ErrDiskSpace, in.dataDir, bytesText(free), bytesText(need), FreeSpaceFactor, bytesText(uint64(max(size, 0))))
+		downloaded := ""
+		if kept > 0 {
+			downloaded = fmt.Sprintf(", %s of the download on disk already", bytesText(uint64(kept)))
+		}
+		return fmt.Errorf("%w on the filesystem of %s: %s free, need %s (%d × the artifact's %s: download, unpack and margin%s)",
+			ErrDiskSpace, in.dataDir, bytesText(free), bytesText(need), FreeSpaceFactor, bytesText(uint64(max(size, 0))), downloaded)
 	}
 	return nil
 }

@@ -81,13 +81,21 @@ func (in *Installer) OpenPartial(want Artifact) (*Partial, error) {
 	}
 	p := &Partial{in: in, want: want, h: sha256.New(), kept: true}
 	path := filepath.Join(in.partialDir(), want.SHA256)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	// 0600, as a temp download (os.CreateTemp): the file becomes the
+	// fetched artifact and, for peers, artifacts/<sha256> (a hard link);
+	// an archive may hold files its entries mark private. Chmod: a file an
+	// earlier build created 0644.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		in.releasePartial(want.SHA256)
 		return nil, fmt.Errorf("fetch %s: %w", want.SHA256, err)
 	}
 	p.f = f
-	fi, err := f.Stat()
+	err = f.Chmod(0o600)
+	var fi os.FileInfo
+	if err == nil {
+		fi, err = f.Stat()
+	}
 	if err == nil && fi.Size() > want.Size {
 		in.log.Info().Str("sha256", want.SHA256).Int64("bytes", fi.Size()).Int64("size", want.Size).
 			Msg("partial download longer than the declared size: discarded")
@@ -133,10 +141,16 @@ func (in *Installer) holdPartial(sha string) bool {
 		in.log.Warn().Err(err).Msg("partial downloads: cannot list them")
 		return false
 	}
-	others := 0
+	others, onDisk := 0, map[string]bool{}
 	for _, pf := range files {
+		onDisk[pf.sha] = true
 		if pf.sha != sha {
 			others++
+		}
+	}
+	for b := range in.busy {
+		if !onDisk[b] {
+			others++ // held, its file not created yet (OpenPartial)
 		}
 	}
 	for _, pf := range files { // oldest first
@@ -228,7 +242,10 @@ func (in *Installer) PrunePartials(keep map[string]bool, now time.Time) {
 		return
 	}
 	for _, pf := range files {
-		if keep[pf.sha] || in.busy[pf.sha] || pf.written.After(now.Add(-PartialGrace)) {
+		// Written within the grace; a time further ahead of the clock is
+		// not (the clock was stepped back since: it would stay for as long).
+		recent := pf.written.After(now.Add(-PartialGrace)) && !pf.written.After(now.Add(PartialGrace))
+		if keep[pf.sha] || in.busy[pf.sha] || recent {
 			continue
 		}
 		in.log.Info().Str("sha256", pf.sha).Int64("bytes", pf.size).Msg("partial download no assignment names any more: removed")

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -318,5 +319,132 @@ func TestPartialBadInput(t *testing.T) {
 	}
 	if in.PartialBytes("../../etc/passwd") != 0 {
 		t.Fatal("PartialBytes took a path")
+	}
+}
+
+// TestPartialPrivate: a partial download, and the file it becomes (kept
+// for peers as artifacts/<sha256> by a hard link), are readable by the
+// agent's user only, as a temp download always was (os.CreateTemp: 0600):
+// an archive may hold files its entries mark private, and the data dir
+// is traversable by every local user.
+func TestPartialPrivate(t *testing.T) {
+	dir := t.TempDir()
+	in, err := New(dir, Limits{}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	art := randomBytes(t, 64<<10)
+	want := Artifact{SHA256: digest(art), Size: int64(len(art))}
+	leave(t, in, want, art[:10<<10])
+	fi, err := os.Stat(partialPath(in, want.SHA256))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		t.Fatalf("partial download mode %v: readable by others", fi.Mode().Perm())
+	}
+	// A file an earlier build left readable by others is made private.
+	if err := os.Chmod(partialPath(in, want.SHA256), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := in.OpenPartial(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	f, err := p.Fetch(context.Background(), bytes.NewReader(art[p.Offset():]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err = os.Stat(f.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		t.Fatalf("fetched file mode %v: readable by others", fi.Mode().Perm())
+	}
+}
+
+// TestPartialsBoundedWhileOpening: a sha256 held whose file is not created
+// yet (fetches of several services starting at once: OpenPartial creates
+// the file after holdPartial returns) counts towards MaxPartials, so the
+// files on disk never exceed it.
+func TestPartialsBoundedWhileOpening(t *testing.T) {
+	dir := t.TempDir()
+	in, err := New(dir, Limits{}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range MaxPartials - 1 {
+		art := randomBytes(t, 2048)
+		leave(t, in, Artifact{SHA256: digest(art), Size: int64(len(art))}, art[:1024])
+	}
+	var held []string
+	for range 2 {
+		sha := digest(randomBytes(t, 32))
+		if in.holdPartial(sha) {
+			held = append(held, sha)
+		}
+	}
+	for _, sha := range held { // what OpenPartial does next
+		if err := os.WriteFile(partialPath(in, sha), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ents, _ := os.ReadDir(in.partialDir()); len(ents) > MaxPartials {
+		t.Fatalf("%d partial files, at most %d", len(ents), MaxPartials)
+	}
+}
+
+// TestFetchSpaceCountsThePartial: the bytes of a partial download are on
+// the filesystem already: a fetch of that artifact needs
+// FreeSpaceFactor × its size less them free, so a host whose download
+// broke near the limit is not refused by its own kept bytes.
+func TestFetchSpaceCountsThePartial(t *testing.T) {
+	in, err := New(t.TempDir(), Limits{}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	art := randomBytes(t, 4<<20)
+	want := Artifact{SHA256: digest(art), Size: int64(len(art))}
+	leave(t, in, want, art[:2<<20])
+	defer func(f func(string, *syscall.Statfs_t) error) { statfs = f }(statfs)
+	statfs = func(_ string, st *syscall.Statfs_t) error {
+		st.Bavail, st.Bsize = 2560, 4096 // 10 MiB: 12 MiB less the 2 kept
+		return nil
+	}
+	if err := in.CheckFetchSpace(want); err != nil {
+		t.Fatalf("with 2 MiB of 4 kept: %v", err)
+	}
+	statfs = func(_ string, st *syscall.Statfs_t) error {
+		st.Bavail, st.Bsize = 2304, 4096 // 9 MiB
+		return nil
+	}
+	wantErr := "not enough free space on the filesystem of " + in.dataDir + ": 9.0 MiB free, need 10.0 MiB (3 × the artifact's 4.0 MiB: download, unpack and margin, 2.0 MiB of the download on disk already)"
+	if err := in.CheckFetchSpace(want); err == nil || err.Error() != wantErr {
+		t.Fatalf("err %v\nwant %s", err, wantErr)
+	}
+}
+
+// TestPartialWrittenInTheFuturePruned: a partial download whose time is
+// ahead of the clock (the clock was stepped back after it was written)
+// is not "written within PartialGrace" for ever: an assignment set that
+// does not name it removes it.
+func TestPartialWrittenInTheFuturePruned(t *testing.T) {
+	in, err := New(t.TempDir(), Limits{}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	art := randomBytes(t, 2048)
+	want := Artifact{SHA256: digest(art), Size: int64(len(art))}
+	leave(t, in, want, art[:1024])
+	now := time.Now()
+	ahead := now.Add(2 * time.Hour)
+	if err := os.Chtimes(partialPath(in, want.SHA256), ahead, ahead); err != nil {
+		t.Fatal(err)
+	}
+	in.PrunePartials(nil, now)
+	if n := in.PartialBytes(want.SHA256); n != 0 {
+		t.Fatalf("a partial download dated 2 h ahead of the clock stays (%d bytes)", n)
 	}
 }
