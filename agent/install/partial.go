@@ -105,8 +105,8 @@ func (in *Installer) OpenPartial(want Artifact) (*Partial, error) {
 		p.off, err = io.Copy(p.h, f)
 	}
 	if err != nil {
+		os.Remove(path) // while held: another fetch of sha cannot have made it anew
 		p.Close()
-		os.Remove(path)
 		return nil, fmt.Errorf("fetch %s: partial download: %w", want.SHA256, err)
 	}
 	p.resumed = p.off
