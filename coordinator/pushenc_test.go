@@ -284,3 +284,50 @@ func TestPreEncodedOverGRPC(t *testing.T) {
 		})
 	}
 }
+
+// TestSharedSetsTellGenerationsApart: a spec-only rollout (the same
+// version at a new generation, with a new spec) gives its moved hosts sets
+// that differ from the waiting hosts' only by generation and spec; each
+// host's shared set is still its own (a key without the generation shared
+// the first host's set with every host of that version: this test failed
+// with the generation left out of wantsKey).
+func TestSharedSetsTellGenerationsApart(t *testing.T) {
+	h, conns := pushFleet(t, 10, false)
+	ctx := t.Context()
+	r, ok := h.c.mirror.Rollout("web", "r2")
+	if !ok {
+		t.Fatal("rollout r2 not in the mirror")
+	}
+	next := proto.Clone(r.Val).(*v1.Rollout)
+	next.ToVersion = "v1"
+	next.Spec = proto.Clone(next.GetSpec()).(*v1.ServiceSpec)
+	next.Spec.Run.Env = map[string]string{"MODE": "canary"}
+	next.SpecRevision = 2
+	if _, _, err := h.c.store.WriteRollout(ctx, nil, next, store.RolloutBase{Rollout: r.Val, Rev: r.Rev, Layout: store.Split}, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.c.mirror.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tab := h.table()
+	gens := map[int64]bool{}
+	for _, c := range conns {
+		s, err := h.encodedFor(tab, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, want := decodeSet(t, s), h.assignments(tab, c)
+		if !proto.Equal(got, want) {
+			t.Errorf("host %s: decoded set %v, want %v", c.host, got, want)
+		}
+		for _, a := range want.GetAssignments() {
+			if a.GetRelease().GetVersion() != "v1" {
+				t.Errorf("host %s assigned %s, want v1", c.host, a.GetRelease().GetVersion())
+			}
+			gens[a.GetGeneration()] = true
+		}
+	}
+	if len(gens) != 2 || len(tab.shared) != 2 {
+		t.Errorf("generations assigned %v and %d shared sets, want 2 of each", gens, len(tab.shared))
+	}
+}
