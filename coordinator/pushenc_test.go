@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -260,9 +261,7 @@ func TestPreEncodedOverGRPC(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { _ = cc.Close() })
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			s, err := v1.NewAgentServiceClient(cc).Connect(ctx)
+			s, err := v1.NewAgentServiceClient(cc).Connect(t.Context())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -329,5 +328,47 @@ func TestSharedSetsTellGenerationsApart(t *testing.T) {
 	}
 	if len(gens) != 2 || len(tab.shared) != 2 {
 		t.Errorf("generations assigned %v and %d shared sets, want 2 of each", gens, len(tab.shared))
+	}
+}
+
+// TestSharedSetsConcurrently: passes and connects encode sets at once
+// (hub.prepare from the push loop and from each stream): every host of a
+// table gets its own set, and the hosts of one key one encoding, whichever
+// goroutine kept it (desiredTable.share; run with -race).
+func TestSharedSetsConcurrently(t *testing.T) {
+	h, conns := pushFleet(t, 40, true)
+	tab := h.table()
+	const passes = 4
+	got := make([][]*encodedSet, passes)
+	var wg sync.WaitGroup
+	for p := range got {
+		got[p] = make([]*encodedSet, len(conns))
+		wg.Go(func() {
+			for i, c := range conns {
+				s, err := h.encodedFor(tab, c)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				got[p][i] = s
+			}
+		})
+	}
+	wg.Wait()
+	for i, c := range conns {
+		want := h.assignments(tab, c)
+		for p := range got {
+			if s := got[p][i]; !proto.Equal(decodeSet(t, s), want) {
+				t.Fatalf("pass %d, host %s: decoded set %v, want %v", p, c.host, decodeSet(t, s), want)
+			}
+		}
+		if len(want.GetAssignments()[0].GetSources()) > 0 {
+			continue // its own set, encoded per pass
+		}
+		for p := range got {
+			if got[p][i] != got[0][i] {
+				t.Errorf("host %s: pass %d has another encoding of its shared set", c.host, p)
+			}
+		}
 	}
 }
