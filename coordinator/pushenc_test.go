@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/encoding"
 	encproto "google.golang.org/grpc/encoding/proto"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -370,5 +371,41 @@ func TestSharedSetsConcurrently(t *testing.T) {
 				t.Errorf("host %s: pass %d has another encoding of its shared set", c.host, p)
 			}
 		}
+	}
+}
+
+// TestReflectionThroughServerCodec: server reflection (a bidirectional
+// stream of messages gRPC's reflection package defines) is served through
+// the coordinator's codec (grpc.ForceServerCodecV2) as before: it lists
+// the agent service, and an unknown symbol is an error response, not a
+// broken stream.
+func TestReflectionThroughServerCodec(t *testing.T) {
+	f := startTLSCoordinator(t)
+	s, err := reflectionpb.NewServerReflectionClient(f.dial(t, "operator-vera", "")).ServerReflectionInfo(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, svc := range r.GetListServicesResponse().GetService() {
+		found = found || svc.GetName() == "fleetwave.v1.AgentService"
+	}
+	if !found {
+		t.Errorf("services listed: %v, want fleetwave.v1.AgentService among them", r.GetListServicesResponse())
+	}
+	if err := s.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_FileContainingSymbol{FileContainingSymbol: "no.such.Symbol"}}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err = s.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if r.GetErrorResponse().GetErrorCode() != int32(codes.NotFound) {
+		t.Errorf("unknown symbol: %v, want a NotFound error response", r)
 	}
 }
