@@ -409,3 +409,49 @@ func TestReflectionThroughServerCodec(t *testing.T) {
 		t.Errorf("unknown symbol: %v, want a NotFound error response", r)
 	}
 }
+
+// TestSharedSetsTellServicesApart: two hosts assigned the same version and
+// generation of two different services (one only web, one only api) get
+// their own sets, not one shared (a key without each service's index
+// shared web's set with the api host).
+func TestSharedSetsTellServicesApart(t *testing.T) {
+	h, conns := pushFleet(t, 4, false)
+	ctx := t.Context()
+	api := &v1.ServiceSpec{Name: "api", Selector: map[string]string{"role": "api"}, Run: &v1.RunSpec{Command: []string{"./api"}}}
+	applied, err := h.c.store.ApplySpec(ctx, api, time.Now(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.c.store.CreateRelease(ctx, &v1.Release{Service: "api", Version: "v1",
+		Artifact: &v1.Artifact{Url: "http://coordinator/artifacts/api-v1", Sha256: strings.Repeat("b", 64), Size: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	svc := applied.Service
+	svc.Status = &v1.ServiceStatus{StableVersion: "v1", StableGeneration: 1, StableSpec: api, StableSpecRevision: 1}
+	if _, err := h.c.store.PutService(ctx, nil, svc, applied.Rev); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.c.mirror.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Not in web's rollout, not selected by web: api only.
+	apiHost := &agentConn{host: "api-host", labels: map[string]string{"role": "api"}, seen: map[string]*v1.ServiceReport{}, greeted: true, done: true}
+	tab := h.table()
+	services := map[string]bool{}
+	for _, c := range append([]*agentConn{apiHost}, conns...) {
+		s, err := h.encodedFor(tab, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, want := decodeSet(t, s), h.assignments(tab, c)
+		if !proto.Equal(got, want) {
+			t.Errorf("host %s: decoded set %v, want %v", c.host, got, want)
+		}
+		for _, a := range want.GetAssignments() {
+			services[a.GetService()+" "+a.GetRelease().GetVersion()] = true
+		}
+	}
+	if !services["api v1"] || !services["web v1"] {
+		t.Errorf("assigned %v, want api v1 and web v1 among them", services)
+	}
+}
