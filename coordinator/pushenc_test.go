@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/encoding"
 	encproto "google.golang.org/grpc/encoding/proto"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -260,9 +262,7 @@ func TestPreEncodedOverGRPC(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { _ = cc.Close() })
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			s, err := v1.NewAgentServiceClient(cc).Connect(ctx)
+			s, err := v1.NewAgentServiceClient(cc).Connect(t.Context())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -282,5 +282,176 @@ func TestPreEncodedOverGRPC(t *testing.T) {
 				t.Errorf("received %v, want %v", got, want)
 			}
 		})
+	}
+}
+
+// TestSharedSetsTellGenerationsApart: a spec-only rollout (the same
+// version at a new generation, with a new spec) gives its moved hosts sets
+// that differ from the waiting hosts' only by generation and spec; each
+// host's shared set is still its own (a key without the generation shared
+// the first host's set with every host of that version: this test failed
+// with the generation left out of wantsKey).
+func TestSharedSetsTellGenerationsApart(t *testing.T) {
+	h, conns := pushFleet(t, 10, false)
+	ctx := t.Context()
+	r, ok := h.c.mirror.Rollout("web", "r2")
+	if !ok {
+		t.Fatal("rollout r2 not in the mirror")
+	}
+	next := proto.Clone(r.Val).(*v1.Rollout)
+	next.ToVersion = "v1"
+	next.Spec = proto.Clone(next.GetSpec()).(*v1.ServiceSpec)
+	next.Spec.Run.Env = map[string]string{"MODE": "canary"}
+	next.SpecRevision = 2
+	if _, _, err := h.c.store.WriteRollout(ctx, nil, next, store.RolloutBase{Rollout: r.Val, Rev: r.Rev, Layout: store.Split}, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.c.mirror.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tab := h.table()
+	gens := map[int64]bool{}
+	for _, c := range conns {
+		s, err := h.encodedFor(tab, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, want := decodeSet(t, s), h.assignments(tab, c)
+		if !proto.Equal(got, want) {
+			t.Errorf("host %s: decoded set %v, want %v", c.host, got, want)
+		}
+		for _, a := range want.GetAssignments() {
+			if a.GetRelease().GetVersion() != "v1" {
+				t.Errorf("host %s assigned %s, want v1", c.host, a.GetRelease().GetVersion())
+			}
+			gens[a.GetGeneration()] = true
+		}
+	}
+	if len(gens) != 2 || len(tab.shared) != 2 {
+		t.Errorf("generations assigned %v and %d shared sets, want 2 of each", gens, len(tab.shared))
+	}
+}
+
+// TestSharedSetsConcurrently: passes and connects encode sets at once
+// (hub.prepare from the push loop and from each stream): every host of a
+// table gets its own set, and the hosts of one key one encoding, whichever
+// goroutine kept it (desiredTable.share; run with -race).
+func TestSharedSetsConcurrently(t *testing.T) {
+	h, conns := pushFleet(t, 40, true)
+	tab := h.table()
+	const passes = 4
+	got := make([][]*encodedSet, passes)
+	var wg sync.WaitGroup
+	for p := range got {
+		got[p] = make([]*encodedSet, len(conns))
+		wg.Go(func() {
+			for i, c := range conns {
+				s, err := h.encodedFor(tab, c)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				got[p][i] = s
+			}
+		})
+	}
+	wg.Wait()
+	for i, c := range conns {
+		want := h.assignments(tab, c)
+		for p := range got {
+			if s := got[p][i]; !proto.Equal(decodeSet(t, s), want) {
+				t.Fatalf("pass %d, host %s: decoded set %v, want %v", p, c.host, decodeSet(t, s), want)
+			}
+		}
+		if len(want.GetAssignments()[0].GetSources()) > 0 {
+			continue // its own set, encoded per pass
+		}
+		for p := range got {
+			if got[p][i] != got[0][i] {
+				t.Errorf("host %s: pass %d has another encoding of its shared set", c.host, p)
+			}
+		}
+	}
+}
+
+// TestReflectionThroughServerCodec: server reflection (a bidirectional
+// stream of messages gRPC's reflection package defines) is served through
+// the coordinator's codec (grpc.ForceServerCodecV2) as before: it lists
+// the agent service, and an unknown symbol is an error response, not a
+// broken stream.
+func TestReflectionThroughServerCodec(t *testing.T) {
+	f := startTLSCoordinator(t)
+	s, err := reflectionpb.NewServerReflectionClient(f.dial(t, "operator-vera", "")).ServerReflectionInfo(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, svc := range r.GetListServicesResponse().GetService() {
+		found = found || svc.GetName() == "fleetwave.v1.AgentService"
+	}
+	if !found {
+		t.Errorf("services listed: %v, want fleetwave.v1.AgentService among them", r.GetListServicesResponse())
+	}
+	if err := s.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_FileContainingSymbol{FileContainingSymbol: "no.such.Symbol"}}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err = s.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if r.GetErrorResponse().GetErrorCode() != int32(codes.NotFound) {
+		t.Errorf("unknown symbol: %v, want a NotFound error response", r)
+	}
+}
+
+// TestSharedSetsTellServicesApart: two hosts assigned the same version and
+// generation of two different services (one only web, one only api) get
+// their own sets, not one shared (a key without each service's index
+// shared web's set with the api host).
+func TestSharedSetsTellServicesApart(t *testing.T) {
+	h, conns := pushFleet(t, 4, false)
+	ctx := t.Context()
+	api := &v1.ServiceSpec{Name: "api", Selector: map[string]string{"role": "api"}, Run: &v1.RunSpec{Command: []string{"./api"}}}
+	applied, err := h.c.store.ApplySpec(ctx, api, time.Now(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.c.store.CreateRelease(ctx, &v1.Release{Service: "api", Version: "v1",
+		Artifact: &v1.Artifact{Url: "http://coordinator/artifacts/api-v1", Sha256: strings.Repeat("b", 64), Size: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	svc := applied.Service
+	svc.Status = &v1.ServiceStatus{StableVersion: "v1", StableGeneration: 1, StableSpec: api, StableSpecRevision: 1}
+	if _, err := h.c.store.PutService(ctx, nil, svc, applied.Rev); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.c.mirror.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Not in web's rollout, not selected by web: api only.
+	apiHost := &agentConn{host: "api-host", labels: map[string]string{"role": "api"}, seen: map[string]*v1.ServiceReport{}, greeted: true, done: true}
+	tab := h.table()
+	services := map[string]bool{}
+	for _, c := range append([]*agentConn{apiHost}, conns...) {
+		s, err := h.encodedFor(tab, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, want := decodeSet(t, s), h.assignments(tab, c)
+		if !proto.Equal(got, want) {
+			t.Errorf("host %s: decoded set %v, want %v", c.host, got, want)
+		}
+		for _, a := range want.GetAssignments() {
+			services[a.GetService()+" "+a.GetRelease().GetVersion()] = true
+		}
+	}
+	if !services["api v1"] || !services["web v1"] {
+		t.Errorf("assigned %v, want api v1 and web v1 among them", services)
 	}
 }
