@@ -644,8 +644,9 @@ type desiredTable struct {
 	// shared are the encoded sets hosts share, by wantsKey (at most
 	// hub.sharedLimit: encodedFor). Everything else a set is made of is
 	// the table's or changes the table's epoch (releases).
-	sharedMu sync.Mutex
-	shared   map[string]*encodedSet
+	sharedMu    sync.Mutex
+	shared      map[string]*encodedSet
+	sharedBytes int // of the sets in shared (at most maxSharedBytes)
 }
 
 type desiredEntry struct {
@@ -912,10 +913,14 @@ type encodedSet struct {
 	sum [sha256.Size]byte
 }
 
-// maxSharedSets bounds the encoded sets a table keeps for the hosts that
-// share them (desiredTable.shared); hosts whose sets are not among them
-// get theirs encoded for themselves.
-const maxSharedSets = 1024
+// maxSharedSets and maxSharedBytes bound the encoded sets a table keeps
+// for the hosts that share them (desiredTable.shared), in number and in
+// bytes (a set may be megabytes: many services with large specs); hosts
+// whose sets are not among them get theirs encoded for themselves.
+const (
+	maxSharedSets  = 1024
+	maxSharedBytes = 64 << 20
+)
 
 // encodedFor is host c's set, encoded. A set that depends on nothing of
 // the host but its wants (no per-host sources, no staging) is encoded and
@@ -935,7 +940,7 @@ func (h *hub) encodedFor(t *desiredTable, c *agentConn) (*encodedSet, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode assignments of host %s: %w", c.host, err)
 	}
-	s := &encodedSet{b: b, sum: sha256.Sum256(b)}
+	s := &encodedSet{b: b[:len(b):len(b)], sum: sha256.Sum256(b)} // no room to append into: shared
 	if shared {
 		s = t.share(key, s, h.sharedLimit)
 	}
@@ -974,7 +979,8 @@ func (t *desiredTable) sharedSet(key []byte) *encodedSet {
 	return t.shared[string(key)]
 }
 
-// share keeps s under key unless limit sets are kept already, and returns
+// share keeps s under key unless limit sets, or maxSharedBytes, are kept
+// already (then s is the host's alone), and returns
 // the set kept under key (s, or one another host's pass kept meanwhile).
 func (t *desiredTable) share(key []byte, s *encodedSet, limit int) *encodedSet {
 	t.sharedMu.Lock()
@@ -982,13 +988,14 @@ func (t *desiredTable) share(key []byte, s *encodedSet, limit int) *encodedSet {
 	if kept, ok := t.shared[string(key)]; ok {
 		return kept
 	}
-	if len(t.shared) >= limit {
+	if len(t.shared) >= limit || t.sharedBytes+len(s.b) > maxSharedBytes {
 		return s
 	}
 	if t.shared == nil {
 		t.shared = map[string]*encodedSet{}
 	}
 	t.shared[string(key)] = s
+	t.sharedBytes += len(s.b)
 	return s
 }
 

@@ -455,3 +455,24 @@ func TestSharedSetsTellServicesApart(t *testing.T) {
 		t.Errorf("assigned %v, want api v1 and web v1 among them", services)
 	}
 }
+
+// TestSharedSetsBoundedInBytes: a table keeps at most maxSharedBytes of
+// shared sets; a set past that is the host's alone (not kept).
+func TestSharedSetsBoundedInBytes(t *testing.T) {
+	var tb desiredTable
+	big := &encodedSet{b: make([]byte, maxSharedBytes-10)}
+	if got := tb.share([]byte("a"), big, maxSharedSets); got != big || tb.sharedSet([]byte("a")) != big {
+		t.Fatal("a set within maxSharedBytes not kept")
+	}
+	small := &encodedSet{b: make([]byte, 100)}
+	if got := tb.share([]byte("b"), small, maxSharedSets); got != small {
+		t.Fatal("share did not return the host's own set")
+	}
+	if tb.sharedSet([]byte("b")) != nil {
+		t.Fatalf("a set past maxSharedBytes kept (%d bytes kept before it)", tb.sharedBytes)
+	}
+	fits := &encodedSet{b: make([]byte, 10)}
+	if tb.share([]byte("c"), fits, maxSharedSets); tb.sharedSet([]byte("c")) != fits {
+		t.Fatal("a set that fits within maxSharedBytes not kept")
+	}
+}
