@@ -301,30 +301,51 @@ func (s *Store) eventValues(ctx context.Context, prefix string, at int64, keys [
 // at a time however many the revision wrote.
 func (s *Store) eventsOfRevision(ctx context.Context, prefix string, rev, at int64, pageKeys int, fn func(RevEvent) error) error {
 	page := make([]revKey, 0, pageKeys)
+	_, err := s.eventKeys(ctx, prefix, at, func(key []byte, modRev int64) error {
+		if modRev != rev {
+			return nil
+		}
+		page = append(page, revKey{rev: rev, key: string(key)})
+		if len(page) < pageKeys {
+			return nil
+		}
+		err := s.eventValues(ctx, prefix, at, page, fn)
+		page = page[:0]
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("events of revision %d: %w", rev, err)
+	}
+	return s.eventValues(ctx, prefix, at, page, fn)
+}
+
+// eventKeys calls fn with every key under prefix and its revision, in key
+// order, read eventKeysPage at a time at revision at (0: now), and returns
+// the revision read at.
+func (s *Store) eventKeys(ctx context.Context, prefix string, at int64, fn func(key []byte, modRev int64) error) (int64, error) {
 	key, end := prefix, clientv3.GetPrefixRangeEnd(prefix)
 	for {
-		resp, err := s.c.Get(ctx, key, clientv3.WithRange(end), clientv3.WithLimit(eventKeysPage), clientv3.WithKeysOnly(), clientv3.WithRev(at))
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(eventKeysPage), clientv3.WithKeysOnly()}
+		if at != 0 {
+			opts = append(opts, clientv3.WithRev(at))
+		}
+		resp, err := s.c.Get(ctx, key, opts...)
 		if err != nil {
-			return fmt.Errorf("list event keys of revision %d under %s: %w", rev, prefix, err)
+			return 0, fmt.Errorf("list event keys under %s: %w", prefix, err)
+		}
+		if at == 0 {
+			at = resp.Header.Revision
 		}
 		for _, kv := range resp.Kvs {
-			if kv.ModRevision != rev {
-				continue
-			}
-			page = append(page, revKey{rev: rev, key: string(kv.Key)})
-			if len(page) == pageKeys {
-				if err := s.eventValues(ctx, prefix, at, page, fn); err != nil {
-					return err
-				}
-				page = page[:0]
+			if err := fn(kv.Key, kv.ModRevision); err != nil {
+				return 0, err
 			}
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
-			break
+			return at, nil
 		}
 		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
-	return s.eventValues(ctx, prefix, at, page, fn)
 }
 
 // bigRevisionError: revision rev wrote more event keys than a pass of
@@ -369,35 +390,21 @@ func (h *revKeyHeap) Pop() any {
 func (s *Store) selectEventKeys(ctx context.Context, prefix string, since, at int64, limit int) (sel []revKey, through, rev int64, err error) {
 	h := make(revKeyHeap, 0, min(limit, eventKeysPage)+1)
 	var dropped int64 // the oldest revision some of whose keys did not fit
-	key, end := prefix, clientv3.GetPrefixRangeEnd(prefix)
-	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(eventKeysPage), clientv3.WithKeysOnly()}
-		if at != 0 {
-			opts = append(opts, clientv3.WithRev(at))
+	at, err = s.eventKeys(ctx, prefix, at, func(key []byte, modRev int64) error {
+		if modRev <= since || (dropped != 0 && modRev >= dropped) {
+			return nil
 		}
-		resp, err := s.c.Get(ctx, key, opts...)
-		if err != nil {
-			return nil, 0, 0, fmt.Errorf("list event keys under %s: %w", prefix, err)
-		}
-		if at == 0 {
-			at = resp.Header.Revision
-		}
-		for _, kv := range resp.Kvs {
-			if kv.ModRevision <= since || (dropped != 0 && kv.ModRevision >= dropped) {
-				continue
-			}
-			heap.Push(&h, revKey{rev: kv.ModRevision, key: string(kv.Key)})
-			if len(h) > limit {
-				out := heap.Pop(&h).(revKey)
-				if dropped == 0 || out.rev < dropped {
-					dropped = out.rev
-				}
+		heap.Push(&h, revKey{rev: modRev, key: string(key)})
+		if len(h) > limit {
+			out := heap.Pop(&h).(revKey)
+			if dropped == 0 || out.rev < dropped {
+				dropped = out.rev
 			}
 		}
-		if !resp.More || len(resp.Kvs) == 0 {
-			break
-		}
-		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		return nil
+	})
+	if err != nil {
+		return nil, 0, 0, err
 	}
 	through = at
 	if dropped != 0 {
