@@ -852,12 +852,6 @@ func (h *hub) wants(t *desiredTable, c *agentConn) []hostWant {
 	return out
 }
 
-// assignments computes the full set of assignments for a host, given what
-// it reported of each service (seen; else the stored report).
-func (h *hub) assignments(t *desiredTable, c *agentConn) *v1.ConnectResponse {
-	return h.build(t, c.host, c.labels, h.wants(t, c))
-}
-
 // build makes a host's set from its wants (hub.wants).
 func (h *hub) build(t *desiredTable, host string, labels map[string]string, wants []hostWant) *v1.ConnectResponse {
 	resp := &v1.ConnectResponse{}

@@ -7,13 +7,13 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/rs/zerolog"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/coordinator/store"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
-	"github.com/rs/zerolog"
 )
 
 func (l *leader) reconcileAll(ctx context.Context, fence *store.Fence) (time.Time, error) {

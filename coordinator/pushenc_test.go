@@ -476,3 +476,9 @@ func TestSharedSetsBoundedInBytes(t *testing.T) {
 		t.Fatal("a set that fits within maxSharedBytes not kept")
 	}
 }
+
+// assignments is host c's set computed for it alone, never shared: what
+// every shared or sent set must decode to.
+func (h *hub) assignments(t *desiredTable, c *agentConn) *v1.ConnectResponse {
+	return h.build(t, c.host, c.labels, h.wants(t, c))
+}
