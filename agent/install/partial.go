@@ -83,19 +83,14 @@ func (in *Installer) OpenPartial(want Artifact) (*Partial, error) {
 	path := filepath.Join(in.partialDir(), want.SHA256)
 	// 0600, as a temp download (os.CreateTemp): the file becomes the
 	// fetched artifact and, for peers, artifacts/<sha256> (a hard link);
-	// an archive may hold files its entries mark private. Chmod: a file an
-	// earlier build created 0644.
+	// an archive may hold files its entries mark private.
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		in.releasePartial(want.SHA256)
 		return nil, fmt.Errorf("fetch %s: %w", want.SHA256, err)
 	}
 	p.f = f
-	err = f.Chmod(0o600)
-	var fi os.FileInfo
-	if err == nil {
-		fi, err = f.Stat()
-	}
+	fi, err := f.Stat()
 	if err == nil && fi.Size() > want.Size {
 		in.log.Info().Str("sha256", want.SHA256).Int64("bytes", fi.Size()).Int64("size", want.Size).
 			Msg("partial download longer than the declared size: discarded")
