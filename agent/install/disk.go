@@ -36,17 +36,11 @@ func (in *Installer) FreeBytes() (uint64, error) {
 	return st.Bavail * uint64(st.Bsize), nil
 }
 
-// CheckFreeSpace refuses a fetch of an artifact of size bytes when the
-// data dir's filesystem has less than FreeSpaceFactor times that free, with
-// an error naming the filesystem, what is free and what is needed.
-func (in *Installer) CheckFreeSpace(size int64) error {
-	return in.checkFreeSpace(size, 0)
-}
-
-// CheckFetchSpace is CheckFreeSpace for a fetch of want, whose partial
-// download (partial.go) takes its room on the filesystem already: those
-// bytes are not needed free again (a host whose download broke near the
-// limit was refused by its own kept bytes until they were pruned).
+// CheckFetchSpace refuses a fetch of want when the data dir's filesystem
+// has less than FreeSpaceFactor times its size free, less what its partial
+// download (partial.go) holds already (a host whose download broke near
+// the limit was refused by its own kept bytes until they were pruned),
+// with an error naming the filesystem, what is free and what is needed.
 func (in *Installer) CheckFetchSpace(want Artifact) error {
 	return in.checkFreeSpace(want.Size, min(in.PartialBytes(want.SHA256), max(want.Size, 0)))
 }

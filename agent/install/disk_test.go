@@ -77,10 +77,10 @@ func TestCheckFreeSpace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := in.CheckFreeSpace(int64(free / 6)); err != nil {
+	if err := in.CheckFetchSpace(Artifact{Size: int64(free / 6)}); err != nil {
 		t.Fatalf("a sixth of the free space (%d bytes): %v", free/6, err)
 	}
-	err = in.CheckFreeSpace(int64(free / 2))
+	err = in.CheckFetchSpace(Artifact{Size: int64(free / 2)})
 	if !errors.Is(err, ErrDiskSpace) || !strings.Contains(err.Error(), "on the filesystem of "+in.dataDir) ||
 		!strings.Contains(err.Error(), "(3 × the artifact's") {
 		t.Fatalf("half the free space: %v", err)
@@ -92,10 +92,10 @@ func TestCheckFreeSpace(t *testing.T) {
 		return nil
 	}
 	want := "not enough free space on the filesystem of " + in.dataDir + ": 10.0 MiB free, need 12.0 MiB (3 × the artifact's 4.0 MiB: download, unpack and margin)"
-	if err := in.CheckFreeSpace(4 << 20); err == nil || err.Error() != want {
+	if err := in.CheckFetchSpace(Artifact{Size: 4 << 20}); err == nil || err.Error() != want {
 		t.Fatalf("err %v\nwant %s", err, want)
 	}
-	if err := in.CheckFreeSpace(3 << 20); err != nil {
+	if err := in.CheckFetchSpace(Artifact{Size: 3 << 20}); err != nil {
 		t.Fatalf("9 MiB of 10: %v", err)
 	}
 }
@@ -116,13 +116,13 @@ func TestCheckFreeSpaceOnASmallFilesystem(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := in.CheckFreeSpace(2 << 20); err != nil {
+	if err := in.CheckFetchSpace(Artifact{Size: 2 << 20}); err != nil {
 		t.Fatalf("2 MiB on an empty 8 MiB filesystem: %v", err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "data", "ballast"), make([]byte, 4<<20), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := in.CheckFreeSpace(2 << 20); !errors.Is(err, ErrDiskSpace) || !strings.Contains(err.Error(), "need 6.0 MiB") {
+	if err := in.CheckFetchSpace(Artifact{Size: 2 << 20}); !errors.Is(err, ErrDiskSpace) || !strings.Contains(err.Error(), "need 6.0 MiB") {
 		t.Fatalf("2 MiB with 4 MiB free: %v", err)
 	}
 }
