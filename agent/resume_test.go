@@ -41,9 +41,13 @@ type countingWriter struct {
 	n *atomic.Int64
 }
 
+// Write counts p before writing it: a client that has read the bytes
+// sees them counted (counted after, the last write's count could still
+// be on its way when the fetch returned).
 func (c countingWriter) Write(p []byte) (int, error) {
+	c.n.Add(int64(len(p)))
 	n, err := c.ResponseWriter.Write(p)
-	c.n.Add(int64(n))
+	c.n.Add(int64(n - len(p)))
 	return n, err
 }
 
