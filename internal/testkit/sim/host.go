@@ -121,6 +121,7 @@ type host struct {
 	recvc  chan recvResult
 
 	svcs     map[string]*svcState
+	unsent   map[string]bool // services emitted since the last flush
 	good     map[string]bool // releases that ran healthy here
 	failNext bool
 	offline  bool
@@ -155,6 +156,7 @@ func newHost(f *Fleet, i int) *host {
 		dialc:  make(chan dialResult, 1),
 		recvc:  make(chan recvResult, 1),
 		svcs:   map[string]*svcState{},
+		unsent: map[string]bool{},
 		good:   map[string]bool{},
 		status: map[string]*v1.ServiceReport{},
 		held:   map[string]bool{},
@@ -177,6 +179,7 @@ func (h *host) run() {
 	for {
 		now := time.Now()
 		h.advance(now)
+		h.flush()
 		if !h.offline && h.sess == nil && !h.dialing && !h.retryAt.IsZero() && !now.Before(h.retryAt) {
 			h.retryAt = time.Time{}
 			h.startDial(ctx)
@@ -340,6 +343,7 @@ func (h *host) onDial(d dialResult) {
 		return
 	}
 	h.f.hellos.Add(1)
+	clear(h.unsent) // the hello carried them
 	for _, st := range h.svcs {
 		h.sent(st, false)
 	}
@@ -627,22 +631,43 @@ func (h *host) setStatus(st *svcState, now time.Time) *v1.ServiceReport {
 	return r
 }
 
-// emit records the service's status and sends it when the stream is up
-// (else the next Hello carries it).
+// emit records the service's status, to be sent at the end of the loop's
+// turn when the stream is up (else the next Hello carries it): reports of
+// one service coalesce, the latest is sent, as the agent's reporter does
+// (agent/conn.go). Phases that follow each other within one turn (an
+// install and checks of no duration) are one report.
 func (h *host) emit(st *svcState, now time.Time) {
-	r := h.setStatus(st, now)
+	h.setStatus(st, now)
+	if h.sess == nil {
+		return
+	}
+	h.unsent[st.name] = true
+}
+
+// flush sends the latest status of every service emitted since the last
+// flush.
+func (h *host) flush() {
 	s := h.sess
-	if s == nil {
+	if s == nil || len(h.unsent) == 0 {
+		clear(h.unsent)
 		return
 	}
-	if err := s.stream.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Report{Report: r}}); err != nil {
-		// Not lost: the next Hello carries the full status.
-		h.dropSession(fmt.Errorf("send report: %w", err))
-		h.scheduleRetry(err)
-		return
+	for _, name := range slices.Sorted(maps.Keys(h.unsent)) {
+		st := h.svcs[name]
+		h.mu.Lock()
+		r := h.status[name]
+		h.mu.Unlock()
+		if err := s.stream.Send(&v1.ConnectRequest{Msg: &v1.ConnectRequest_Report{Report: r}}); err != nil {
+			// Not lost: the next Hello carries the full status.
+			clear(h.unsent)
+			h.dropSession(fmt.Errorf("send report: %w", err))
+			h.scheduleRetry(err)
+			return
+		}
+		h.f.reports.Add(1)
+		h.sent(st, true)
 	}
-	h.f.reports.Add(1)
-	h.sent(st, true)
+	clear(h.unsent)
 }
 
 // sent accounts for the service's status having been sent; fresh says it
