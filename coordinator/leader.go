@@ -28,8 +28,8 @@ type leader struct {
 	// (analysis.compare); only the loop touches it.
 	compared map[string]*comparison
 	// written is when the loop last wrote each service's rollout: a step
-	// that changes only what displays show waits displayWriteEvery after
-	// it (leader_reconcile.go). Only the loop touches it.
+	// that changes only progress waits progressWriteEvery after it
+	// (leader_reconcile.go). Only the loop touches it.
 	written map[string]time.Time
 	// lazy is set while the loop reconciles on its own (not for an
 	// operator's request): a step that writes the rollout alone does not

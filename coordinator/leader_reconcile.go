@@ -95,12 +95,15 @@ func (l *leader) commit(ctx context.Context, fence *store.Fence, vs store.Versio
 	return l.c.mirror.WaitRev(ctx, rev)
 }
 
-// displayWriteEvery is how often at most the leader writes a rollout step
-// that changes only hosts' phases (rollout.Result.DisplayOnly): each write
-// is a transaction the leader waits for, and during a wave reports of
-// FETCHING and CHECKING made a third of the steps (issue 16). Displays show
-// a phase at most this late.
-const displayWriteEvery = 500 * time.Millisecond
+// progressWriteEvery is how often at most the leader writes a rollout step
+// that changes only progress (rollout.Result.ProgressOnly: hosts' phases,
+// hosts done while their wave goes on): each write is a transaction the
+// leader waits for, and during a wave such steps were most of them, each
+// delaying the step that moves the wave on when its last host is done
+// (issue 16). Displays show a phase or a host done at most this late;
+// every decision (a wave moving, a host failing or unknown, a host
+// started) is written at once, with the progress before it.
+const progressWriteEvery = 500 * time.Millisecond
 
 // ownWrite is a rollout as the loop wrote it, before its mirror has it:
 // the rollout with the revision of the decision (which the next write
@@ -293,18 +296,19 @@ func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string)
 	if !compareWake.IsZero() && (res.NextWake.IsZero() || compareWake.Before(res.NextWake)) {
 		res.NextWake = compareWake
 	}
-	logEvents(log, cur.GetId(), res.Events)
 	if !res.Changed {
 		return res.NextWake, nil
 	}
-	if at, ok := l.written[name]; ok && res.DisplayOnly && now.Sub(at) < displayWriteEvery {
-		// Only hosts' phases, for displays: written with the next
-		// decision, or displayWriteEvery after the last write.
-		if wake := at.Add(displayWriteEvery); res.NextWake.IsZero() || wake.Before(res.NextWake) {
+	if at, ok := l.written[name]; ok && res.ProgressOnly && now.Sub(at) < progressWriteEvery {
+		// Only progress: written with the next decision, or
+		// progressWriteEvery after the last write (the steps until then
+		// derive it again, with its events).
+		if wake := at.Add(progressWriteEvery); res.NextWake.IsZero() || wake.Before(res.NextWake) {
 			res.NextWake = wake
 		}
 		return res.NextWake, nil
 	}
+	logEvents(log, cur.GetId(), res.Events)
 	return res.NextWake, l.commit(ctx, fence, vs, next, vr.Rev, engineEvents(next, res.Events, now))
 }
 

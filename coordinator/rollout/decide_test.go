@@ -149,23 +149,42 @@ func TestRollbackTarget(t *testing.T) {
 	}
 }
 
-// A step that only records hosts' reported phases (for displays) says so;
-// one that also decides something does not.
-func TestStepDisplayOnly(t *testing.T) {
+// A step that only records progress (hosts' reported phases, hosts done
+// while their wave goes on) says so; one that also decides something
+// (the canary done, so the next wave starts; the wave's last host done,
+// so the rollout succeeds) does not.
+func TestStepProgressOnly(t *testing.T) {
 	svc := newSvc(&v1.RolloutPolicy{Canary: 1, Waves: []uint32{100}, MaxParallel: 2}, nil)
 	r, _, _ := Begin(svc, toV, zoned(3, "a"), fleet{}.obs, t0)
 	f := fleet{}
 	f.report(r, "host-000", v1.Phase_PHASE_FETCHING, "")
 	out, res := step(t, r, f, t0.Add(time.Second))
-	if !res.Changed || !res.DisplayOnly || hostOf(out, "host-000").GetPhase() != v1.Phase_PHASE_FETCHING {
-		t.Fatalf("phase FETCHING recorded: changed %v, display only %v, phase %v", res.Changed, res.DisplayOnly, hostOf(out, "host-000").GetPhase())
+	if !res.Changed || !res.ProgressOnly || hostOf(out, "host-000").GetPhase() != v1.Phase_PHASE_FETCHING {
+		t.Fatalf("phase FETCHING recorded: changed %v, progress only %v, phase %v", res.Changed, res.ProgressOnly, hostOf(out, "host-000").GetPhase())
 	}
 	f.report(out, "host-000", v1.Phase_PHASE_HEALTHY, "")
 	out2, res := step(t, out, f, t0.Add(2*time.Second))
-	if !res.Changed || res.DisplayOnly || hostOf(out2, "host-000").GetState() != v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE {
-		t.Fatalf("canary healthy: changed %v, display only %v, state %v", res.Changed, res.DisplayOnly, hostOf(out2, "host-000").GetState())
+	if !res.Changed || res.ProgressOnly || hostOf(out2, "host-000").GetState() != v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE {
+		t.Fatalf("canary healthy: changed %v, progress only %v, state %v", res.Changed, res.ProgressOnly, hostOf(out2, "host-000").GetState())
 	}
-	if _, res := step(t, out2, f, t0.Add(2*time.Second)); res.Changed || res.DisplayOnly {
-		t.Fatalf("nothing new: changed %v, display only %v", res.Changed, res.DisplayOnly)
+	if _, res := step(t, out2, f, t0.Add(2*time.Second)); res.Changed || res.ProgressOnly {
+		t.Fatalf("nothing new: changed %v, progress only %v", res.Changed, res.ProgressOnly)
+	}
+	// The second wave (host-001 and host-002, both updating): one done is
+	// progress only, with its host_done event and the rollout's progress.
+	f.report(out2, "host-001", v1.Phase_PHASE_HEALTHY, "")
+	t3 := t0.Add(3 * time.Second)
+	out3, res := step(t, out2, f, t3)
+	if !res.Changed || !res.ProgressOnly || hostOf(out3, "host-001").GetState() != v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE ||
+		!out3.GetLastProgressAt().AsTime().Equal(t3) || len(res.Events) != 1 || res.Events[0].Kind != EventHostDone {
+		t.Fatalf("one host of the wave done: changed %v, progress only %v, state %v, last progress %v, events %+v",
+			res.Changed, res.ProgressOnly, hostOf(out3, "host-001").GetState(), out3.GetLastProgressAt().AsTime(), res.Events)
+	}
+	// Not written (the leader defers it): the next step from the same
+	// input derives it again, the last host with it, and decides.
+	f.report(out2, "host-002", v1.Phase_PHASE_HEALTHY, "")
+	out4, res := step(t, out2, f, t0.Add(4*time.Second))
+	if !res.Changed || res.ProgressOnly || out4.GetState() != v1.RolloutState_ROLLOUT_STATE_SUCCEEDED || len(res.Events) < 3 {
+		t.Fatalf("last host done: changed %v, progress only %v, state %v, events %+v", res.Changed, res.ProgressOnly, out4.GetState(), res.Events)
 	}
 }

@@ -80,34 +80,53 @@ func step(t *testing.T, r *v1.Rollout, f fleet, now time.Time) (*v1.Rollout, Res
 	if res.Changed == proto.Equal(out, r) {
 		t.Fatalf("Changed=%v but output equal to input: %v", res.Changed, proto.Equal(out, r))
 	}
-	if err := checkDisplayOnly(r, out, res); err != nil {
+	if err := checkProgressOnly(r, out, res); err != nil {
 		t.Fatal(err)
 	}
 	return out, res
 }
 
-// checkDisplayOnly checks Result.DisplayOnly: set exactly when the step
-// changed hosts' phases and nothing else, and never with events.
-func checkDisplayOnly(in, out *v1.Rollout, res Result) error {
+// checkProgressOnly checks Result.ProgressOnly: set exactly when the step
+// changed only progress (hosts' phases and in_place, hosts UPDATING made
+// DONE with done_at, the rollout's last_progress_at), and then with no
+// event but host_done.
+func checkProgressOnly(in, out *v1.Rollout, res Result) error {
 	if !res.Changed {
-		if res.DisplayOnly {
-			return fmt.Errorf("DisplayOnly without a change")
+		if res.ProgressOnly {
+			return fmt.Errorf("ProgressOnly without a change")
 		}
 		return nil
 	}
 	a, b := proto.Clone(in).(*v1.Rollout), proto.Clone(out).(*v1.Rollout)
+	for i, w := range b.GetWaves() {
+		for j, h := range w.GetHosts() {
+			if i >= len(a.GetWaves()) || j >= len(a.GetWaves()[i].GetHosts()) {
+				continue
+			}
+			ah := a.GetWaves()[i].GetHosts()[j]
+			if ah.GetState() == v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING && h.GetState() == v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE {
+				ah.State, ah.DoneAt = h.GetState(), h.GetDoneAt()
+			}
+		}
+	}
+	a.LastProgressAt = b.GetLastProgressAt()
 	for _, r := range []*v1.Rollout{a, b} {
 		for _, w := range r.GetWaves() {
 			for _, h := range w.GetHosts() {
 				h.Phase = v1.Phase_PHASE_UNSPECIFIED
+				h.InPlace = false
 			}
 		}
 	}
-	if only := proto.Equal(a, b); only != res.DisplayOnly {
-		return fmt.Errorf("DisplayOnly=%v but the step changed only phases: %v", res.DisplayOnly, only)
+	if only := proto.Equal(a, b); only != res.ProgressOnly {
+		return fmt.Errorf("ProgressOnly=%v but the step changed only progress: %v", res.ProgressOnly, only)
 	}
-	if res.DisplayOnly && len(res.Events) > 0 {
-		return fmt.Errorf("DisplayOnly with %d events", len(res.Events))
+	if res.ProgressOnly {
+		for _, ev := range res.Events {
+			if ev.Kind != EventHostDone {
+				return fmt.Errorf("ProgressOnly with a %s event", ev.Kind)
+			}
+		}
 	}
 	return nil
 }

@@ -32,10 +32,13 @@ type Result struct {
 	// NextWake is the earliest time a Step is needed even without new
 	// observations (bake end, progress deadline); zero if none.
 	NextWake time.Time
-	// DisplayOnly: what changed is only hosts' phase last reported, which
-	// only displays show (nothing is decided on it): the caller may write
-	// it later, with the next change.
-	DisplayOnly bool
+	// ProgressOnly: what changed is only progress that nothing else was
+	// decided on: hosts' phases last reported (only displays show them)
+	// and hosts of a wave become DONE (with the rollout's last progress)
+	// while their wave goes on as it was, with their host_done events.
+	// The caller may write it later, with the next change: until then each
+	// Step derives it again from the same reports.
+	ProgressOnly bool
 }
 
 // Terminal reports whether r has ended: SUCCEEDED, FAILED or SUPERSEDED (a
@@ -128,7 +131,7 @@ func stepGated(r *v1.Rollout, obs func(hostID string) Observation, now time.Time
 		s.advance()
 	}
 	s.res.Changed = s.cloned
-	s.res.DisplayOnly = s.cloned && !s.decided
+	s.res.ProgressOnly = s.cloned && !s.decided
 	return s.r, s.res
 }
 
@@ -144,7 +147,7 @@ type stepper struct {
 	pol    policy
 	res    Result
 	held   string // why the next wave may not start ("" = it may)
-	// decided: a write other than a display one (display) was made.
+	// decided: a write other than one of progress (progress) was made.
 	decided bool
 }
 
@@ -161,12 +164,19 @@ func (s *stepper) wave(i int) *v1.Wave { return s.mut().Waves[i] }
 
 func (s *stepper) host(i, j int) *v1.HostProgress { return s.mut().Waves[i].Hosts[j] }
 
-// display is host for a change only displays show (Result.DisplayOnly).
-func (s *stepper) display(i, j int) *v1.HostProgress {
+// progress is host for a change of progress only (Result.ProgressOnly).
+func (s *stepper) progress(i, j int) *v1.HostProgress {
 	decided := s.decided
 	h := s.host(i, j)
 	s.decided = decided
 	return h
+}
+
+// progressed records the rollout's last progress (Result.ProgressOnly).
+func (s *stepper) progressed() {
+	decided := s.decided
+	s.mut().LastProgressAt = s.ts()
+	s.decided = decided
 }
 
 func (s *stepper) ts() *timestamppb.Timestamp { return timestamppb.New(s.now) }
@@ -226,10 +236,10 @@ func (s *stepper) observe(obs func(string) Observation) {
 			}
 			ph := rep.GetPhase()
 			if ph != s.r.Waves[i].Hosts[j].GetPhase() {
-				s.display(i, j).Phase = ph
+				s.progress(i, j).Phase = ph
 			}
 			if rep.GetInPlace() != s.r.Waves[i].Hosts[j].GetInPlace() {
-				s.display(i, j).InPlace = rep.GetInPlace()
+				s.progress(i, j).InPlace = rep.GetInPlace()
 			}
 			switch {
 			case ph == v1.Phase_PHASE_FAILED || ph == v1.Phase_PHASE_REVERTED:
@@ -250,16 +260,16 @@ func (s *stepper) observe(obs func(string) Observation) {
 				}
 				s.emit(EventHostFailed, i, id, msg)
 			case st == v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING && s.r.GetRemove() && ph == v1.Phase_PHASE_REMOVED:
-				hp := s.host(i, j)
+				hp := s.progress(i, j)
 				hp.State = v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE
 				hp.DoneAt = s.ts()
-				s.mut().LastProgressAt = s.ts()
+				s.progressed()
 				s.emit(EventHostDone, i, id, "removed: stopped, its files gone")
 			case st == v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING && !s.r.GetRemove() && ph == v1.Phase_PHASE_HEALTHY && rep.GetCurrentVersion() == to:
-				hp := s.host(i, j)
+				hp := s.progress(i, j)
 				hp.State = v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE
 				hp.DoneAt = s.ts()
-				s.mut().LastProgressAt = s.ts()
+				s.progressed()
 				msg := "healthy on " + targetName(s.r)
 				if rep.GetInPlace() {
 					msg += ", applied in place (no restart)"

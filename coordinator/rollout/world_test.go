@@ -55,6 +55,13 @@ type world struct {
 	// gates: blackouts and upstream services (gate.go), as the leader
 	// reads them from its mirror.
 	gates Gates
+
+	// deferProgress, when set, is the leader's progressWriteEvery: a step
+	// that changes only progress (Result.ProgressOnly) is not committed
+	// (nor are its events) until that long after the last commit; the
+	// steps until then derive it again. written is the last commit's time.
+	deferProgress time.Duration
+	written       time.Time
 }
 
 func newWorld(svc *v1.Service, hosts []Host, now time.Time, fail func(string, ...any)) *world {
@@ -180,6 +187,7 @@ func (w *world) commit(next *v1.Rollout) {
 	if !w.put(next) {
 		return
 	}
+	w.written = w.now
 	if Terminal(next) {
 		w.stats[stateName(next.GetState())]++
 		if IsConfig(next) {
@@ -228,6 +236,7 @@ func (w *world) begin(r *v1.Rollout, st *v1.ServiceStatus, res Result) {
 	w.created[r.GetId()] = w.rev
 	w.applied[r.GetId()] = r.GetAppliedSpecRevision()
 	w.rollouts = append(w.rollouts, r)
+	w.written = w.now
 	w.svc.Status = st
 	if Terminal(r) && r.GetState() == rOK {
 		w.goodStables[r.GetToVersion()] = true
@@ -265,8 +274,13 @@ func (w *world) step(cur *v1.Rollout) {
 	checkStep(w.fail, w.steps, cur, out, res, effective(cur.GetPolicy()), planIDs(cur), w.now)
 	checkGates(w.fail, w.steps, cur, out)
 	w.steps++
-	w.events(out, res.Events)
 	w.wake = res.NextWake
+	if res.Changed && res.ProgressOnly && w.deferProgress > 0 && w.now.Sub(w.written) < w.deferProgress {
+		w.stats["progress deferred"]++
+		w.wake = earliest(w.wake, w.written.Add(w.deferProgress))
+		return
+	}
+	w.events(out, res.Events)
 	if res.Changed {
 		w.commit(out)
 	}
