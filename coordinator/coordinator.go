@@ -106,6 +106,10 @@ type Config struct {
 	// auditPruneEvery is how often the leader prunes the audit log
 	// (default 1m; tests shorten it).
 	auditPruneEvery time.Duration
+	// progressWriteEvery is how often at most the leader writes a step
+	// that records only progress (default progressWriteEvery, 500 ms;
+	// tests lengthen it).
+	progressWriteEvery time.Duration
 	// pruneClock, when set, gives the time the leader prunes at (tests
 	// move it forward instead of waiting for wall-clock expiries).
 	pruneClock func() time.Time
@@ -303,6 +307,9 @@ func (c *Config) defaults() {
 	}
 	if c.auditPruneEvery == 0 {
 		c.auditPruneEvery = time.Minute
+	}
+	if c.progressWriteEvery == 0 {
+		c.progressWriteEvery = progressWriteEvery
 	}
 	if c.EtcdQuotaBytes == 0 {
 		c.EtcdQuotaBytes = 2 << 30

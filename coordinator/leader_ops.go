@@ -101,6 +101,7 @@ func (l *leader) decide(ctx context.Context, fence *store.Fence, req leaderReq) 
 	}
 	var next *v1.Rollout
 	var kind, msg string
+	var progress []*v1.Event // an end records the progress deferred (withProgress)
 	switch req.op {
 	case opAlerts:
 		why, abort := rollout.AlertAbort(vr.Val, req.alerts)
@@ -108,7 +109,9 @@ func (l *leader) decide(ctx context.Context, fence *store.Fence, req leaderReq) 
 			return nil, nil
 		}
 		why = "aborted by " + orNone(req.actor) + ": " + why
-		next = rollout.Fail(vr.Val, why, now)
+		var base *v1.Rollout
+		base, progress = l.withProgress(vr.Val, now)
+		next = rollout.Fail(base, why, now)
 		kind, msg = rollout.EventRolloutAborted, why
 	case opPause:
 		next, err = rollout.Pause(vr.Val)
@@ -121,13 +124,15 @@ func (l *leader) decide(ctx context.Context, fence *store.Fence, req leaderReq) 
 		if req.reason != "" {
 			why += ": " + req.reason
 		}
-		next = rollout.Fail(vr.Val, why, now)
+		var base *v1.Rollout
+		base, progress = l.withProgress(vr.Val, now)
+		next = rollout.Fail(base, why, now)
 		kind, msg = rollout.EventRolloutAborted, why
 	}
 	if err != nil {
 		return nil, err
 	}
-	if err := l.commit(ctx, fence, vs, next, vr.Rev, []*v1.Event{event(next, req.service, kind, req.actor, msg, now)}); err != nil {
+	if err := l.commit(ctx, fence, vs, next, vr.Rev, append(progress, event(next, req.service, kind, req.actor, msg, now))); err != nil {
 		return nil, err
 	}
 	return next, nil
@@ -150,9 +155,10 @@ func (l *leader) rollback(ctx context.Context, fence *store.Fence, vs store.Vers
 	if active {
 		// The rollout in flight ends: its hosts are rolled back by the
 		// rollback rollout (or, if they never moved, stay where they are).
-		next := rollout.Supersede(vr.Val, "rolled back to "+target+" by "+orNone(req.actor), now)
+		base, evs := l.withProgress(vr.Val, now)
+		next := rollout.Supersede(base, "rolled back to "+target+" by "+orNone(req.actor), now)
 		ev := event(next, name, rollout.EventRolloutSuperseded, req.actor, next.GetReason(), now)
-		if err := l.commit(ctx, fence, vs, next, vr.Rev, []*v1.Event{ev}); err != nil {
+		if err := l.commit(ctx, fence, vs, next, vr.Rev, append(evs, ev)); err != nil {
 			return nil, err
 		}
 		var ok bool

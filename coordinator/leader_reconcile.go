@@ -95,6 +95,16 @@ func (l *leader) commit(ctx context.Context, fence *store.Fence, vs store.Versio
 	return l.c.mirror.WaitRev(ctx, rev)
 }
 
+// withProgress is the base a rollout in progress ends from (an abort, a
+// supersede, a failed comparison): its stored copy with the progress its
+// hosts' reports show (rollout.WithProgress: progress the loop deferred,
+// progressWriteEvery, is recorded with the end, not lost), and that
+// progress's events, to be written with the end's.
+func (l *leader) withProgress(r *v1.Rollout, now time.Time) (*v1.Rollout, []*v1.Event) {
+	next, evs := rollout.WithProgress(r, l.observe(r.GetService()), now)
+	return next, engineEvents(next, evs, now)
+}
+
 // progressWriteEvery is how often at most the leader writes a rollout step
 // that changes only progress (rollout.Result.ProgressOnly: hosts' phases,
 // hosts done while their wave goes on): each write is a transaction the
@@ -239,9 +249,10 @@ func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string)
 		}
 		return l.reconcile(ctx, fence, name)
 	case rollout.ActionSupersede:
-		next := rollout.Supersede(cur, d.Reason, now)
+		base, evs := l.withProgress(cur, now)
+		next := rollout.Supersede(base, d.Reason, now)
 		ev := event(next, name, rollout.EventRolloutSuperseded, "", next.GetReason(), now)
-		if err := l.commit(ctx, fence, vs, next, vr.Rev, []*v1.Event{ev}); err != nil {
+		if err := l.commit(ctx, fence, vs, next, vr.Rev, append(evs, ev)); err != nil {
 			return time.Time{}, err
 		}
 		if !d.Replan {
@@ -283,10 +294,11 @@ func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string)
 	}
 	why, compareWake := l.compare(ctx, cur, now)
 	if why != "" {
-		next := rollout.CompareFailed(cur, why, now)
+		base, evs := l.withProgress(cur, now)
+		next := rollout.CompareFailed(base, why, now)
 		delete(l.compared, name)
 		ev := event(next, name, rollout.EventComparisonFailed, "", next.GetReason(), now)
-		return time.Time{}, l.commit(ctx, fence, vs, next, vr.Rev, []*v1.Event{ev})
+		return time.Time{}, l.commit(ctx, fence, vs, next, vr.Rev, append(evs, ev))
 	}
 	held := l.c.holding(svc, cur.GetToVersion(), now)
 	next, res := rollout.StepHeld(cur, l.observe(name), now, held.Clock)
@@ -299,11 +311,11 @@ func (l *leader) reconcile(ctx context.Context, fence *store.Fence, name string)
 	if !res.Changed {
 		return res.NextWake, nil
 	}
-	if at, ok := l.written[name]; ok && res.ProgressOnly && now.Sub(at) < progressWriteEvery {
+	if at, ok := l.written[name]; ok && res.ProgressOnly && now.Sub(at) < l.c.cfg.progressWriteEvery {
 		// Only progress: written with the next decision, or
 		// progressWriteEvery after the last write (the steps until then
 		// derive it again, with its events).
-		if wake := at.Add(progressWriteEvery); res.NextWake.IsZero() || wake.Before(res.NextWake) {
+		if wake := at.Add(l.c.cfg.progressWriteEvery); res.NextWake.IsZero() || wake.Before(res.NextWake) {
 			res.NextWake = wake
 		}
 		return res.NextWake, nil

@@ -18,6 +18,7 @@ import (
 
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/coordinator/store"
+	"github.com/fleetwave/fleetwave/internal/testkit"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -130,4 +131,100 @@ func TestNewRolloutIsOneWrite(t *testing.T) {
 	}
 	// One wave of 3, max(max_parallel 2, a quarter of 3) at once.
 	firstWrite(rb.GetRollout().GetId(), 2, rollout.EventRollbackCreated)
+}
+
+// A host done while its wave goes on is written with the leader's next
+// decision (progressWriteEvery, here an hour); a rollout aborted before
+// then records it DONE, with its host_done event, not UPDATING.
+func TestAbortKeepsDeferredProgress(t *testing.T) {
+	emb, err := store.StartEmbedded(t.TempDir(), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(emb.Close)
+	addr := runTestCoordinator(t, Config{Insecure: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, EtcdTLS: emb.ClientTLS,
+		LeaseTTL: 2 * time.Second, progressWriteEvery: time.Hour})
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	op := v1.NewOperatorServiceClient(cc)
+	sp := &v1.ServiceSpec{Name: "web", Selector: map[string]string{"role": "web"}, Run: &v1.RunSpec{Command: []string{"./app"}},
+		Rollout: &v1.RolloutPolicy{Canary: 1, Waves: []uint32{100}, MaxParallel: 10, Bake: durationpb.New(0)}}
+	if _, err := op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: sp}); err != nil {
+		t.Fatal(err)
+	}
+	startScripted(t, ctx, cc, "h0", nil)
+	startScripted(t, ctx, cc, "h1", nil)
+	startScripted(t, ctx, cc, "h2", map[string]string{"v2": "hold"})
+	waitHosts(t, ctx, op, 3)
+	release := func(v string) {
+		t.Helper()
+		art := upload(t, ctx, cc, []byte("artifact "+v))
+		if _, err := op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: v, Artifact: art}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	state := func(r *v1.Rollout, host string) v1.HostRolloutState {
+		for _, w := range r.GetWaves() {
+			for _, h := range w.GetHosts() {
+				if h.GetHostId() == host {
+					return h.GetState()
+				}
+			}
+		}
+		return v1.HostRolloutState_HOST_ROLLOUT_STATE_UNSPECIFIED
+	}
+	release("v1")
+	waitRollout(t, ctx, op, "v1 succeeded", func(r *v1.Rollout) bool {
+		return r.GetToVersion() == "v1" && r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED
+	})
+	release("v2")
+	// The canary (h0) is done and the wave of h1 and h2 started: h1
+	// reports healthy on v2, h2 holds.
+	testkit.EventuallyErr(t, 30*time.Second, "h1 reports v2 healthy", func() error {
+		hs, err := op.ListHosts(ctx, &v1.ListHostsRequest{})
+		if err != nil {
+			return err
+		}
+		for _, h := range hs.GetHosts() {
+			for _, s := range h.GetServices() {
+				if h.GetId() == "h1" && s.GetCurrentVersion() == "v2" && s.GetPhase() == v1.Phase_PHASE_HEALTHY {
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("hosts %v", hs.GetHosts())
+	})
+	r := waitRollout(t, ctx, op, "v2's second wave", func(r *v1.Rollout) bool {
+		return r.GetToVersion() == "v2" && len(r.GetWaves()) == 2 && r.GetWaves()[1].GetState() == v1.WaveState_WAVE_STATE_PROGRESSING
+	})
+	if st := state(r, "h1"); st != v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING {
+		t.Fatalf("h1 %v before the abort: the leader wrote its progress at once (want it deferred)", st)
+	}
+	if _, err := op.AbortRollout(ctx, &v1.AbortRolloutRequest{Service: "web", Reason: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	r = waitRollout(t, ctx, op, "v2 failed", func(r *v1.Rollout) bool {
+		return r.GetToVersion() == "v2" && r.GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED
+	})
+	if st1, st2 := state(r, "h1"), state(r, "h2"); st1 != v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE || st2 != v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING {
+		t.Fatalf("aborted: h1 %v (want DONE: its report said so), h2 %v (want UPDATING)", st1, st2)
+	}
+	evs, err := op.ListEvents(ctx, &v1.ListEventsRequest{Service: "web", RolloutId: r.GetId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := 0
+	for _, ev := range evs.GetEvents() {
+		if ev.GetKind() == rollout.EventHostDone && ev.GetHost() == "h1" {
+			done++
+		}
+	}
+	if done != 1 {
+		t.Errorf("%d host_done events of h1 in rollout %s, want 1", done, r.GetId())
+	}
 }

@@ -82,9 +82,10 @@ func (l *leader) deleteService(ctx context.Context, fence *store.Fence, req lead
 	case rollout.DeleteInFlight:
 		return active, vs.Val, nil
 	case rollout.DeleteSupersede:
-		next := rollout.Supersede(active, "service deleted by "+orNone(req.actor)+" (--force)", now)
+		base, evs := l.withProgress(active, now)
+		next := rollout.Supersede(base, "service deleted by "+orNone(req.actor)+" (--force)", now)
 		ev := event(next, name, rollout.EventRolloutSuperseded, req.actor, next.GetReason(), now)
-		if err := l.commit(ctx, fence, vs, next, vr.Rev, []*v1.Event{ev}); err != nil {
+		if err := l.commit(ctx, fence, vs, next, vr.Rev, append(evs, ev)); err != nil {
 			return nil, nil, err
 		}
 		if vs, ok = l.c.mirror.Service(name); !ok {

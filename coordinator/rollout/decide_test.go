@@ -188,3 +188,57 @@ func TestStepProgressOnly(t *testing.T) {
 		t.Fatalf("last host done: changed %v, progress only %v, state %v, events %+v", res.Changed, res.ProgressOnly, out4.GetState(), res.Events)
 	}
 }
+
+// WithProgress records what a deferred progress-only Step would (hosts
+// done, phases) and nothing it would decide (a host failed, a host
+// unreachable), so that a rollout ending from its stored copy keeps it.
+func TestWithProgress(t *testing.T) {
+	svc := newSvc(&v1.RolloutPolicy{Canary: 1, Waves: []uint32{100}, MaxParallel: 4}, nil)
+	r0, _, _ := Begin(svc, toV, zoned(5, "a", "b", "c", "d", "e"), fleet{}.obs, t0)
+	f := fleet{}
+	f.report(r0, "host-000", v1.Phase_PHASE_HEALTHY, "") // the canary
+	r, _ := step(t, r0, f, t0.Add(time.Second/2))
+	for _, id := range []string{"host-001", "host-002", "host-003", "host-004"} {
+		if st := hostOf(r, id).GetState(); st != v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING {
+			t.Fatalf("%s %v after the canary, want updating", id, st)
+		}
+	}
+	f.report(r, "host-001", v1.Phase_PHASE_HEALTHY, "")
+	f.report(r, "host-002", v1.Phase_PHASE_CHECKING, "")
+	f.report(r, "host-003", v1.Phase_PHASE_FAILED, "boom")
+	f["host-004"] = Observation{Connected: false}
+	t1 := t0.Add(time.Second)
+	before := proto.Clone(r).(*v1.Rollout)
+	got, evs := WithProgress(r, f.obs, t1)
+	if !proto.Equal(before, r) {
+		t.Fatal("WithProgress mutated its input")
+	}
+	if hostOf(got, "host-001").GetState() != v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE || !hostOf(got, "host-001").GetDoneAt().AsTime().Equal(t1) ||
+		!got.GetLastProgressAt().AsTime().Equal(t1) {
+		t.Errorf("host done: %v done at %v, last progress %v", hostOf(got, "host-001").GetState(), hostOf(got, "host-001").GetDoneAt().AsTime(), got.GetLastProgressAt().AsTime())
+	}
+	if hostOf(got, "host-002").GetPhase() != v1.Phase_PHASE_CHECKING {
+		t.Errorf("phase: %v", hostOf(got, "host-002").GetPhase())
+	}
+	if h := hostOf(got, "host-003"); h.GetState() != v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING || got.GetWaves()[1].GetFailures() != 0 {
+		t.Errorf("a failure is a decision, not progress: %v, %d failures", h.GetState(), got.GetWaves()[1].GetFailures())
+	}
+	if hostOf(got, "host-004").GetUnknown() {
+		t.Error("an unreachable host is a decision, not progress")
+	}
+	if len(evs) != 1 || evs[0].Kind != EventHostDone || evs[0].Host != "host-001" {
+		t.Errorf("events %+v, want host_done of host-001", evs)
+	}
+	// An abort from it keeps the host done.
+	if out := Fail(got, "aborted", t1); hostOf(out, "host-001").GetState() != v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE {
+		t.Errorf("aborted: host-001 %v", hostOf(out, "host-001").GetState())
+	}
+	// Nothing to record: the rollout itself; an ended one is left alone.
+	if again, evs := WithProgress(got, f.obs, t1.Add(time.Second)); again != got || len(evs) != 0 {
+		t.Errorf("nothing new: changed %v, events %+v", again != got, evs)
+	}
+	ended := Fail(r, "x", t1)
+	if out, evs := WithProgress(ended, f.obs, t1); out != ended || len(evs) != 0 {
+		t.Error("an ended rollout got progress")
+	}
+}

@@ -149,6 +149,25 @@ type stepper struct {
 	held   string // why the next wave may not start ("" = it may)
 	// decided: a write other than one of progress (progress) was made.
 	decided bool
+	// onlyProgress: observe records progress and nothing else (no host
+	// failed or unknown): WithProgress.
+	onlyProgress bool
+}
+
+// WithProgress is r with the progress a Step at now would record from
+// obs (hosts' phases, hosts done, the rollout's last progress) and
+// nothing it would decide, with the host_done events; r itself and no
+// events when there is none. The leader defers a Step that records only
+// progress (Result.ProgressOnly); a rollout that ends from its stored copy
+// (an abort, a supersede, a failed comparison) ends from this instead, so
+// that the deferred progress is recorded with the end rather than lost.
+func WithProgress(r *v1.Rollout, obs func(hostID string) Observation, now time.Time) (*v1.Rollout, []Event) {
+	if r.GetState() != v1.RolloutState_ROLLOUT_STATE_PROGRESSING || obs == nil {
+		return r, nil
+	}
+	s := &stepper{in: r, r: r, now: now, pol: effective(r.GetPolicy()), onlyProgress: true}
+	s.observe(obs)
+	return s.r, s.res.Events
 }
 
 func (s *stepper) mut() *v1.Rollout {
@@ -214,6 +233,7 @@ func (s *stepper) observe(obs func(string) Observation) {
 			goneByGossip := o.Gossip == "dead" || o.Gossip == "left"
 			reachable := o.Connected && !goneByGossip
 			switch {
+			case s.onlyProgress:
 			case !reachable && !h.GetUnknown():
 				s.host(i, j).Unknown = true
 				msg := "agent stream down: host counts as unavailable"
@@ -242,6 +262,7 @@ func (s *stepper) observe(obs func(string) Observation) {
 				s.progress(i, j).InPlace = rep.GetInPlace()
 			}
 			switch {
+			case s.onlyProgress && (ph == v1.Phase_PHASE_FAILED || ph == v1.Phase_PHASE_REVERTED):
 			case ph == v1.Phase_PHASE_FAILED || ph == v1.Phase_PHASE_REVERTED:
 				reason := rep.GetReason()
 				if reason == "" {

@@ -184,6 +184,7 @@ func (w *world) events(r *v1.Rollout, evs []Event) {
 // commit stores a rollout's next state, concluding the service when it
 // ended (the leader's commit).
 func (w *world) commit(next *v1.Rollout) {
+	w.checkEndKeepsProgress(next)
 	if !w.put(next) {
 		return
 	}
@@ -205,6 +206,42 @@ func (w *world) commit(next *v1.Rollout) {
 		}
 		if next.GetRemove() && !next.GetLeft() && next.GetState() == rOK {
 			w.logf("%s %s", next.GetId(), EventServiceDeleted)
+		}
+	}
+}
+
+// withProgress is the leader's base for ending a rollout from its stored
+// copy: cur with the progress its observations show (WithProgress), the
+// host_done events logged.
+func (w *world) withProgress(cur *v1.Rollout) *v1.Rollout {
+	next, evs := WithProgress(cur, w.observe, w.now)
+	w.events(next, evs)
+	return next
+}
+
+// checkEndKeepsProgress: a rollout in progress that ends records every
+// host its observations show done (progress a deferred Step had not
+// written: WithProgress), not UPDATING.
+func (w *world) checkEndKeepsProgress(next *v1.Rollout) {
+	i := slices.IndexFunc(w.rollouts, func(r *v1.Rollout) bool { return r.GetId() == next.GetId() })
+	if i < 0 || w.rollouts[i].GetState() != rProg || !Terminal(next) {
+		return
+	}
+	for _, wv := range next.GetWaves() {
+		for _, h := range wv.GetHosts() {
+			if h.GetState() != v1.HostRolloutState_HOST_ROLLOUT_STATE_UPDATING {
+				continue
+			}
+			rep := w.observe(h.GetHostId()).Report
+			if rep.GetGeneration() != next.GetGeneration() {
+				continue
+			}
+			if done := (next.GetRemove() && rep.GetPhase() == v1.Phase_PHASE_REMOVED) ||
+				(!next.GetRemove() && rep.GetPhase() == v1.Phase_PHASE_HEALTHY && rep.GetCurrentVersion() == next.GetToVersion()); done {
+				w.fail("rollout %s ended %s with host %s UPDATING, its report done (%s on %s): progress lost",
+					next.GetId(), stateName(next.GetState()), h.GetHostId(), rep.GetPhase(), rep.GetCurrentVersion())
+				return
+			}
 		}
 	}
 }
@@ -326,7 +363,7 @@ func (w *world) reconcile() {
 			}
 			w.begin(r, st, res)
 		case ActionSupersede:
-			next := Supersede(cur, d.Reason, w.now)
+			next := Supersede(w.withProgress(cur), d.Reason, w.now)
 			w.logf("%s %s: %s", next.GetId(), EventRolloutSuperseded, next.GetReason())
 			w.commit(next)
 			if !d.Replan {
@@ -589,7 +626,7 @@ func (w *world) abort(reason string) error {
 	if err != nil {
 		return err
 	}
-	next := Fail(cur, "aborted by op: "+reason, w.now)
+	next := Fail(w.withProgress(cur), "aborted by op: "+reason, w.now)
 	w.logf("%s %s: %s", next.GetId(), EventRolloutAborted, next.GetReason())
 	w.commit(next)
 	w.check()
@@ -602,7 +639,7 @@ func (w *world) compareFailed(reason string) error {
 	if err != nil {
 		return err
 	}
-	next := CompareFailed(cur, reason, w.now)
+	next := CompareFailed(w.withProgress(cur), reason, w.now)
 	w.logf("%s %s: %s", next.GetId(), EventComparisonFailed, next.GetReason())
 	w.commit(next)
 	w.check()
@@ -622,7 +659,7 @@ func (w *world) alerts(firing []FiringAlert) {
 		w.logf("%s: no alert of rollout.abort_on_alerts", cur.GetId())
 		return
 	}
-	next := Fail(cur, "aborted by alertmanager: "+why, w.now)
+	next := Fail(w.withProgress(cur), "aborted by alertmanager: "+why, w.now)
 	w.logf("%s %s: %s", next.GetId(), EventRolloutAborted, next.GetReason())
 	w.commit(next)
 	w.check()
@@ -636,7 +673,7 @@ func (w *world) rollback(to string) error {
 	}
 	w.checkRollbackTarget(target, cur, to)
 	if cur != nil {
-		next := Supersede(cur, "rolled back to "+target+" by op", w.now)
+		next := Supersede(w.withProgress(cur), "rolled back to "+target+" by op", w.now)
 		w.logf("%s %s: %s", next.GetId(), EventRolloutSuperseded, next.GetReason())
 		w.commit(next)
 	}
@@ -677,7 +714,7 @@ func (w *world) deleteService(force bool) error {
 	case DeleteInFlight:
 		return nil
 	case DeleteSupersede:
-		next := Supersede(cur, "service deleted by op", w.now)
+		next := Supersede(w.withProgress(cur), "service deleted by op", w.now)
 		w.logf("%s %s: %s", next.GetId(), EventRolloutSuperseded, next.GetReason())
 		w.commit(next)
 	}
