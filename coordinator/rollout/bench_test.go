@@ -59,3 +59,30 @@ func BenchmarkStep10kNoChange(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkStep10kSome is one Step with 10,000 hosts of which 500 report
+// healthy (the rest checking, recorded): a step during a wave, progress
+// only. Copy on write copies those 500 hosts, not the rollout.
+func BenchmarkStep10kSome(b *testing.B) {
+	r, checking := bench10k(b, pChecking)
+	r, _ = Step(r, checking, t0) // record the phase once
+	healthy := &v1.ServiceReport{Service: r.Service, Generation: r.Generation, Phase: pHealthy, CurrentVersion: toV}
+	ok := map[string]bool{}
+	for i := 0; i < 10_000; i += 20 {
+		ok[fmt.Sprintf("host-%05d", i)] = true
+	}
+	obs := func(id string) Observation {
+		if ok[id] {
+			return Observation{Connected: true, Report: healthy}
+		}
+		return checking(id)
+	}
+	now := t0.Add(time.Minute)
+	b.ReportAllocs()
+	for b.Loop() {
+		out, res := Step(r, obs, now)
+		if !res.ProgressOnly || countState(out, v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE) != 500 {
+			b.Fatalf("progress only %v, %d done", res.ProgressOnly, countState(out, v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE))
+		}
+	}
+}

@@ -12,11 +12,12 @@ import (
 // call it: the caller parses windows into Gates).
 func TestPureImports(t *testing.T) {
 	purity.Check(t, map[string]bool{
-		"errors": true, "fmt": true, "sort": true, "strings": true, "time": true,
+		"errors": true, "fmt": true, "slices": true, "sort": true, "strings": true, "time": true,
 		"github.com/fleetwave/fleetwave/proto/fleetwave/v1":  true,
 		"github.com/fleetwave/fleetwave/internal/spec":       true,
 		"github.com/fleetwave/fleetwave/internal/specdiff":   true,
 		"google.golang.org/protobuf/proto":                   true,
+		"google.golang.org/protobuf/reflect/protoreflect":    true,
 		"google.golang.org/protobuf/types/known/durationpb":  true,
 		"google.golang.org/protobuf/types/known/timestamppb": true,
 	}, 3,

@@ -57,6 +57,9 @@ type Fleet struct {
 	latMu      sync.Mutex
 	lat        []time.Duration
 	latDropped uint64
+	// When sets were received and HEALTHY reports sent (Marks), bounded
+	// as lat is.
+	recvAt, healthyAt []time.Time
 
 	// The bandwidth model (transfer.go), with Config.Fetch.
 	coord      *bucket          // the coordinator's NIC
@@ -371,20 +374,39 @@ func (f *Fleet) Report(i int, service string) (*v1.ServiceReport, error) {
 	return proto.Clone(r).(*v1.ServiceReport), nil
 }
 
-func (f *Fleet) recordLatency(d time.Duration) {
+func (f *Fleet) recordLatency(at time.Time, d time.Duration) {
 	f.latMu.Lock()
 	if len(f.lat) < f.cfg.MaxLatencySamples {
 		f.lat = append(f.lat, d)
+		f.recvAt = append(f.recvAt, at)
 	} else {
 		f.latDropped++
 	}
 	f.latMu.Unlock()
 }
 
-// ResetLatency forgets the delivery latencies recorded so far.
+// markHealthy records a HEALTHY report sent at at.
+func (f *Fleet) markHealthy(at time.Time) {
+	f.latMu.Lock()
+	if len(f.healthyAt) < f.cfg.MaxLatencySamples {
+		f.healthyAt = append(f.healthyAt, at)
+	}
+	f.latMu.Unlock()
+}
+
+// Marks are when the sets whose latency is recorded were received and
+// when HEALTHY reports were sent, since the last ResetLatency, in the
+// order they happened per host (not sorted).
+func (f *Fleet) Marks() (received, healthy []time.Time) {
+	f.latMu.Lock()
+	defer f.latMu.Unlock()
+	return slices.Clone(f.recvAt), slices.Clone(f.healthyAt)
+}
+
+// ResetLatency forgets the delivery latencies and marks recorded so far.
 func (f *Fleet) ResetLatency() {
 	f.latMu.Lock()
-	f.lat, f.latDropped = nil, 0
+	f.lat, f.latDropped, f.recvAt, f.healthyAt = nil, 0, nil, nil
 	f.latMu.Unlock()
 }
 

@@ -387,7 +387,7 @@ func (h *host) onRecv(r recvResult) {
 	}
 	h.f.responses.Add(1)
 	if ts := r.resp.GetSentAt(); ts != nil {
-		h.f.recordLatency(r.at.Sub(ts.AsTime()))
+		h.f.recordLatency(r.at, r.at.Sub(ts.AsTime()))
 	}
 	now := time.Now()
 	for _, a := range r.resp.GetAssignments() {
@@ -679,6 +679,9 @@ func (h *host) sent(st *svcState, fresh bool) {
 	}
 	if fresh && (st.phase == v1.Phase_PHASE_FAILED || st.phase == v1.Phase_PHASE_REVERTED) {
 		h.f.lastFailure.Store(time.Now().UnixNano())
+	}
+	if fresh && st.phase == v1.Phase_PHASE_HEALTHY {
+		h.f.markHealthy(time.Now())
 	}
 	h.f.moveHealthy(st.name, st.sentHealthy, v)
 	st.sentHealthy = v

@@ -328,6 +328,7 @@ type timing struct {
 	allReported time.Duration // release create -> every host reported the target
 	succeeded   time.Duration // release create -> rollout SUCCEEDED seen
 	waves       string        // the coordinator's wave timeline, from its events
+	phases      string        // each wave as the simulator saw it (wavePhases)
 }
 
 type scaleResult struct {
@@ -583,7 +584,70 @@ func timedRollout(ctx context.Context, f *Fleet, o *operator, svc, version strin
 		return tm, fmt.Errorf("rollout to %s: %v %s", version, r.GetState(), r.GetReason())
 	}
 	tm.waves = waveTimeline(ctx, o, svc, r, start)
+	tm.phases = wavePhases(ctx, f, o, svc, r, start)
 	return tm, nil
+}
+
+// wavePhases is each wave as the simulator saw it, between the
+// coordinator's wave_started (rollout_created for the first) and
+// wave_done: when its hosts received their sets (first and last), when the
+// last HEALTHY report was sent, and when the coordinator decided the wave
+// was done (offsets from start). It splits a wave's time into the leader's
+// start (write, push pass), the burst of sets, and the report path with
+// the leader's step.
+func wavePhases(ctx context.Context, f *Fleet, o *operator, svc string, r *v1.Rollout, start time.Time) string {
+	evs, err := o.op.ListEvents(ctx, &v1.ListEventsRequest{Service: svc, RolloutId: r.GetId()})
+	if err != nil {
+		return err.Error()
+	}
+	began, done := map[int32]time.Time{}, map[int32]time.Time{}
+	for _, e := range evs.GetEvents() {
+		switch e.GetKind() {
+		case rollout.EventRolloutCreated:
+			if _, ok := began[0]; !ok {
+				began[0] = e.GetAt().AsTime()
+			}
+		case rollout.EventWaveStarted:
+			began[e.GetWave()] = e.GetAt().AsTime()
+		case rollout.EventWaveDone:
+			done[e.GetWave()] = e.GetAt().AsTime()
+		}
+	}
+	recv, healthy := f.Marks()
+	var parts []string
+	for w := int32(0); ; w++ {
+		b, ok1 := began[w]
+		d, ok2 := done[w]
+		if !ok1 || !ok2 {
+			break
+		}
+		var first, last, lastOK time.Time
+		n := 0
+		for _, t := range recv {
+			if t.Before(b) || t.After(d) {
+				continue
+			}
+			n++
+			if first.IsZero() || t.Before(first) {
+				first = t
+			}
+			if t.After(last) {
+				last = t
+			}
+		}
+		for _, t := range healthy {
+			if !t.Before(b) && !t.After(d) && t.After(lastOK) {
+				lastOK = t
+			}
+		}
+		if n == 0 {
+			parts = append(parts, fmt.Sprintf("wave %d: no set received", w))
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("wave %d: %d sets received +%s..+%s, last healthy sent +%s, done +%s", w, n,
+			ms(first.Sub(start)), ms(last.Sub(start)), ms(lastOK.Sub(start)), ms(d.Sub(start))))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // waveTimeline lists when each wave started and was done (from the
@@ -693,6 +757,7 @@ func (r *scaleResult) print(w io.Writer) {
 	fmt.Fprintf(w, "(a) rollout v1→v2 (3 waves):       all reported %s, SUCCEEDED seen %s (meanwhile coordinator %.2f cores, sim %.2f, etcd %s)\n",
 		ms(r.rollout.allReported), ms(r.rollout.succeeded), r.rolloutCPU, r.simRolloutCPU, etcdCores)
 	fmt.Fprintf(w, "    its timeline (coordinator):    %s\n", r.rollout.waves)
+	fmt.Fprintf(w, "    its waves (simulator):         %s\n", r.rollout.phases)
 	fmt.Fprintf(w, "    coordinator's etcd txns:       %d during the rollout, mean latency %.1f ms\n", r.txns, r.txnMean*1000)
 	fmt.Fprintf(w, "(b) assignment delivery latency:   p50 %s, p90 %s, p99 %s, max %s over %d messages\n",
 		r.latency.P50.Round(time.Microsecond), r.latency.P90.Round(time.Microsecond), r.latency.P99.Round(time.Microsecond), r.latency.Max.Round(time.Microsecond), r.latency.Count)
