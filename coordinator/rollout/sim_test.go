@@ -887,6 +887,7 @@ func simulatePolicy(t *testing.T, seed uint64, seen map[string]int) {
 		}
 		seen["spec not rolled out"]++
 	}
+	w.checkStored(0)
 	for k, v := range w.stats {
 		seen[k] += v
 	}

@@ -62,6 +62,31 @@ type world struct {
 	// steps until then derive it again. written is the last commit's time.
 	deferProgress time.Duration
 	written       time.Time
+
+	// stored is every rollout the world stored, with a copy taken when it
+	// was stored: Step shares what it does not write with its input (copy
+	// on write), so nothing may write a stored rollout afterwards
+	// (checkStored).
+	stored [][2]*v1.Rollout
+}
+
+// keep records r as stored and checks the newest stored rollouts.
+func (w *world) keep(r *v1.Rollout) {
+	if r != nil {
+		w.stored = append(w.stored, [2]*v1.Rollout{r, proto.Clone(r).(*v1.Rollout)})
+	}
+	w.checkStored(len(w.stored) - 8)
+}
+
+// checkStored checks that the stored rollouts from index from on are as
+// they were when stored.
+func (w *world) checkStored(from int) {
+	for _, h := range w.stored[max(from, 0):] {
+		if !proto.Equal(h[0], h[1]) {
+			w.fail("stored rollout %s changed after it was stored:\nnow  %v\nthen %v", h[1].GetId(), h[0], h[1])
+			return
+		}
+	}
 }
 
 func newWorld(svc *v1.Service, hosts []Host, now time.Time, fail func(string, ...any)) *world {
@@ -214,7 +239,12 @@ func (w *world) commit(next *v1.Rollout) {
 // copy: cur with the progress its observations show (WithProgress), the
 // host_done events logged.
 func (w *world) withProgress(cur *v1.Rollout) *v1.Rollout {
+	before := proto.Clone(cur).(*v1.Rollout)
 	next, evs := WithProgress(cur, w.observe, w.now)
+	if !proto.Equal(before, cur) {
+		w.fail("WithProgress mutated its input")
+	}
+	w.keep(nil)
 	w.events(next, evs)
 	return next
 }
@@ -255,6 +285,7 @@ func (w *world) put(next *v1.Rollout) bool {
 		return false
 	}
 	w.rollouts[i] = next
+	w.keep(next)
 	return true
 }
 
@@ -273,6 +304,7 @@ func (w *world) begin(r *v1.Rollout, st *v1.ServiceStatus, res Result) {
 	w.created[r.GetId()] = w.rev
 	w.applied[r.GetId()] = r.GetAppliedSpecRevision()
 	w.rollouts = append(w.rollouts, r)
+	w.keep(r)
 	w.written = w.now
 	w.svc.Status = st
 	if Terminal(r) && r.GetState() == rOK {
