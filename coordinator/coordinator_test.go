@@ -61,13 +61,36 @@ func startCoordinator(t testing.TB) *grpc.ClientConn {
 		t.Fatal(err)
 	}
 	t.Cleanup(emb.Close)
-	addr := runTestCoordinator(t, Config{Insecure: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, EtcdTLS: emb.ClientTLS, LeaseTTL: 2 * time.Second})
+	return startCoordinatorOn(t, emb, nil)
+}
+
+// startCoordinatorOn starts a coordinator on emb, its config changed by
+// mod (nil: none), and dials it.
+func startCoordinatorOn(t testing.TB, emb *store.Embedded, mod func(*Config)) *grpc.ClientConn {
+	t.Helper()
+	cfg := Config{Insecure: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, EtcdTLS: emb.ClientTLS, LeaseTTL: 2 * time.Second}
+	if mod != nil {
+		mod(&cfg)
+	}
+	addr := runTestCoordinator(t, cfg)
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
 	return cc
+}
+
+// createRelease uploads an artifact for version and creates the release
+// of service.
+func createRelease(t testing.TB, ctx context.Context, cc *grpc.ClientConn, service, version string) *v1.CreateReleaseResponse {
+	t.Helper()
+	art := upload(t, ctx, cc, []byte("artifact "+version))
+	resp, err := v1.NewOperatorServiceClient(cc).CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: service, Version: version, Artifact: art}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
 }
 
 func TestConfigValidateNamesFields(t *testing.T) {

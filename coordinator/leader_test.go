@@ -10,9 +10,7 @@ import (
 
 	"github.com/rs/zerolog"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -44,12 +42,7 @@ func TestNewRolloutIsOneWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(emb.Close)
-	addr := runTestCoordinator(t, Config{Insecure: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, EtcdTLS: emb.ClientTLS, LeaseTTL: 2 * time.Second})
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
+	cc := startCoordinatorOn(t, emb, nil)
 	cli, err := emb.Dial()
 	if err != nil {
 		t.Fatal(err)
@@ -110,11 +103,7 @@ func TestNewRolloutIsOneWrite(t *testing.T) {
 
 	release := func(v string) {
 		t.Helper()
-		art := upload(t, ctx, cc, []byte("artifact "+v))
-		resp, err := op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: v, Artifact: art}})
-		if err != nil {
-			t.Fatal(err)
-		}
+		resp := createRelease(t, ctx, cc, "web", v)
 		firstWrite(resp.GetRollout().GetId(), 1, rollout.EventRolloutCreated)
 		waitRollout(t, ctx, op, v+" done", func(r *v1.Rollout) bool {
 			return r.GetToVersion() == v && r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED
@@ -142,13 +131,7 @@ func TestAbortKeepsDeferredProgress(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(emb.Close)
-	addr := runTestCoordinator(t, Config{Insecure: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, EtcdTLS: emb.ClientTLS,
-		LeaseTTL: 2 * time.Second, progressWriteEvery: time.Hour})
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
+	cc := startCoordinatorOn(t, emb, func(c *Config) { c.progressWriteEvery = time.Hour })
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	op := v1.NewOperatorServiceClient(cc)
@@ -161,13 +144,6 @@ func TestAbortKeepsDeferredProgress(t *testing.T) {
 	startScripted(t, ctx, cc, "h1", nil)
 	startScripted(t, ctx, cc, "h2", map[string]string{"v2": "hold"})
 	waitHosts(t, ctx, op, 3)
-	release := func(v string) {
-		t.Helper()
-		art := upload(t, ctx, cc, []byte("artifact "+v))
-		if _, err := op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: v, Artifact: art}}); err != nil {
-			t.Fatal(err)
-		}
-	}
 	state := func(r *v1.Rollout, host string) v1.HostRolloutState {
 		for _, w := range r.GetWaves() {
 			for _, h := range w.GetHosts() {
@@ -178,11 +154,11 @@ func TestAbortKeepsDeferredProgress(t *testing.T) {
 		}
 		return v1.HostRolloutState_HOST_ROLLOUT_STATE_UNSPECIFIED
 	}
-	release("v1")
+	createRelease(t, ctx, cc, "web", "v1")
 	waitRollout(t, ctx, op, "v1 succeeded", func(r *v1.Rollout) bool {
 		return r.GetToVersion() == "v1" && r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED
 	})
-	release("v2")
+	createRelease(t, ctx, cc, "web", "v2")
 	// The canary (h0) is done and the wave of h1 and h2 started: h1
 	// reports healthy on v2, h2 holds.
 	testkit.EventuallyErr(t, 30*time.Second, "h1 reports v2 healthy", func() error {
