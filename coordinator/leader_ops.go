@@ -99,33 +99,32 @@ func (l *leader) decide(ctx context.Context, fence *store.Fence, req leaderReq) 
 		}
 		return nil, fmt.Errorf("service %s has no rollout in progress", req.service)
 	}
+	// The decision is made on the stored copy with the progress the
+	// leader deferred (withProgress), written with it: an end would lose
+	// it otherwise.
+	base, progress := l.withProgress(vr.Val, now)
 	var next *v1.Rollout
 	var kind, msg string
-	var progress []*v1.Event // an end records the progress deferred (withProgress)
 	switch req.op {
 	case opAlerts:
-		why, abort := rollout.AlertAbort(vr.Val, req.alerts)
+		why, abort := rollout.AlertAbort(base, req.alerts)
 		if !abort {
 			return nil, nil
 		}
 		why = "aborted by " + orNone(req.actor) + ": " + why
-		var base *v1.Rollout
-		base, progress = l.withProgress(vr.Val, now)
 		next = rollout.Fail(base, why, now)
 		kind, msg = rollout.EventRolloutAborted, why
 	case opPause:
-		next, err = rollout.Pause(vr.Val)
+		next, err = rollout.Pause(base)
 		kind, msg = rollout.EventRolloutPaused, "paused: hosts already moving finish, nothing new starts"
 	case opResume:
-		next, err = rollout.Resume(vr.Val, now)
+		next, err = rollout.Resume(base, now)
 		kind, msg = rollout.EventRolloutResumed, "resumed"
 	case opAbort:
 		why := "aborted by " + orNone(req.actor)
 		if req.reason != "" {
 			why += ": " + req.reason
 		}
-		var base *v1.Rollout
-		base, progress = l.withProgress(vr.Val, now)
 		next = rollout.Fail(base, why, now)
 		kind, msg = rollout.EventRolloutAborted, why
 	}

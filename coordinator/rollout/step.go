@@ -132,8 +132,8 @@ func stepGated(r *v1.Rollout, obs func(hostID string) Observation, now time.Time
 	if !s.checkBudgets() && !r.GetPaused() {
 		s.advance()
 	}
-	s.res.Changed = s.cloned
-	s.res.ProgressOnly = s.cloned && !s.decided
+	s.res.Changed = s.r != s.in
+	s.res.ProgressOnly = s.res.Changed && !s.decided
 	return s.r, s.res
 }
 
@@ -143,13 +143,12 @@ func stepGated(r *v1.Rollout, obs func(hostID string) Observation, now time.Time
 // the input, read only). A pointer read from s.r before a write may be the
 // input's: only what no Step writes is read through it afterwards.
 type stepper struct {
-	in     *v1.Rollout
-	r      *v1.Rollout
-	cloned bool
-	now    time.Time
-	pol    policy
-	res    Result
-	held   string // why the next wave may not start ("" = it may)
+	in   *v1.Rollout
+	r    *v1.Rollout // s.in until the first write
+	now  time.Time
+	pol  policy
+	res  Result
+	held string // why the next wave may not start ("" = it may)
 	// decided: a write other than one of progress (progress) was made.
 	decided bool
 	// onlyProgress: observe records progress and nothing else (no host
@@ -182,10 +181,9 @@ func WithProgress(r *v1.Rollout, obs func(hostID string) Observation, now time.T
 // the input holds is ever written: every write goes through them.
 func (s *stepper) mut() *v1.Rollout {
 	s.decided = true
-	if !s.cloned {
+	if s.r == s.in {
 		s.r = shallowCopy(s.in, "waves")
 		s.r.Waves = slices.Clone(s.in.Waves)
-		s.cloned = true
 		s.copied = make([][]bool, len(s.r.Waves))
 	}
 	return s.r

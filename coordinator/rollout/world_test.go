@@ -235,18 +235,17 @@ func (w *world) commit(next *v1.Rollout) {
 	}
 }
 
-// withProgress is the leader's base for ending a rollout from its stored
-// copy: cur with the progress its observations show (WithProgress), the
-// host_done events logged.
-func (w *world) withProgress(cur *v1.Rollout) *v1.Rollout {
+// withProgress is the leader's base for a decision on a rollout's stored
+// copy: cur with the progress its observations show (WithProgress), and
+// that progress's events (logged with the decision's).
+func (w *world) withProgress(cur *v1.Rollout) (*v1.Rollout, []Event) {
 	before := proto.Clone(cur).(*v1.Rollout)
 	next, evs := WithProgress(cur, w.observe, w.now)
 	if !proto.Equal(before, cur) {
 		w.fail("WithProgress mutated its input")
 	}
 	w.keep(nil)
-	w.events(next, evs)
-	return next
+	return next, evs
 }
 
 // checkEndKeepsProgress: a rollout in progress that ends records every
@@ -395,7 +394,9 @@ func (w *world) reconcile() {
 			}
 			w.begin(r, st, res)
 		case ActionSupersede:
-			next := Supersede(w.withProgress(cur), d.Reason, w.now)
+			base, progress := w.withProgress(cur)
+			next := Supersede(base, d.Reason, w.now)
+			w.events(next, progress)
 			w.logf("%s %s: %s", next.GetId(), EventRolloutSuperseded, next.GetReason())
 			w.commit(next)
 			if !d.Replan {
@@ -628,10 +629,12 @@ func (w *world) pause() error {
 	if err != nil {
 		return err
 	}
-	next, err := Pause(cur)
+	base, progress := w.withProgress(cur)
+	next, err := Pause(base)
 	if err != nil {
 		return err
 	}
+	w.events(next, progress)
 	w.logf("%s %s", next.GetId(), EventRolloutPaused)
 	w.commit(next)
 	w.check()
@@ -643,10 +646,12 @@ func (w *world) resume() error {
 	if err != nil {
 		return err
 	}
-	next, err := Resume(cur, w.now)
+	base, progress := w.withProgress(cur)
+	next, err := Resume(base, w.now)
 	if err != nil {
 		return err
 	}
+	w.events(next, progress)
 	w.logf("%s %s", next.GetId(), EventRolloutResumed)
 	w.commit(next)
 	w.check()
@@ -658,7 +663,9 @@ func (w *world) abort(reason string) error {
 	if err != nil {
 		return err
 	}
-	next := Fail(w.withProgress(cur), "aborted by op: "+reason, w.now)
+	base, progress := w.withProgress(cur)
+	next := Fail(base, "aborted by op: "+reason, w.now)
+	w.events(next, progress)
 	w.logf("%s %s: %s", next.GetId(), EventRolloutAborted, next.GetReason())
 	w.commit(next)
 	w.check()
@@ -671,7 +678,9 @@ func (w *world) compareFailed(reason string) error {
 	if err != nil {
 		return err
 	}
-	next := CompareFailed(w.withProgress(cur), reason, w.now)
+	base, progress := w.withProgress(cur)
+	next := CompareFailed(base, reason, w.now)
+	w.events(next, progress)
 	w.logf("%s %s: %s", next.GetId(), EventComparisonFailed, next.GetReason())
 	w.commit(next)
 	w.check()
@@ -691,7 +700,9 @@ func (w *world) alerts(firing []FiringAlert) {
 		w.logf("%s: no alert of rollout.abort_on_alerts", cur.GetId())
 		return
 	}
-	next := Fail(w.withProgress(cur), "aborted by alertmanager: "+why, w.now)
+	base, progress := w.withProgress(cur)
+	next := Fail(base, "aborted by alertmanager: "+why, w.now)
+	w.events(next, progress)
 	w.logf("%s %s: %s", next.GetId(), EventRolloutAborted, next.GetReason())
 	w.commit(next)
 	w.check()
@@ -705,7 +716,9 @@ func (w *world) rollback(to string) error {
 	}
 	w.checkRollbackTarget(target, cur, to)
 	if cur != nil {
-		next := Supersede(w.withProgress(cur), "rolled back to "+target+" by op", w.now)
+		base, progress := w.withProgress(cur)
+		next := Supersede(base, "rolled back to "+target+" by op", w.now)
+		w.events(next, progress)
 		w.logf("%s %s: %s", next.GetId(), EventRolloutSuperseded, next.GetReason())
 		w.commit(next)
 	}
@@ -746,7 +759,9 @@ func (w *world) deleteService(force bool) error {
 	case DeleteInFlight:
 		return nil
 	case DeleteSupersede:
-		next := Supersede(w.withProgress(cur), "service deleted by op", w.now)
+		base, progress := w.withProgress(cur)
+		next := Supersede(base, "service deleted by op", w.now)
+		w.events(next, progress)
 		w.logf("%s %s: %s", next.GetId(), EventRolloutSuperseded, next.GetReason())
 		w.commit(next)
 	}
