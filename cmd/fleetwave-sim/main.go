@@ -136,5 +136,8 @@ func logStats(log zerolog.Logger, s sim.Stats) {
 	if s.Latency.Count > 0 {
 		ev = ev.Dur("latency_p50", s.Latency.P50).Dur("latency_p99", s.Latency.P99).Dur("latency_max", s.Latency.Max)
 	}
+	if s.SocketLatency.Count > 0 {
+		ev = ev.Dur("socket_latency_p50", s.SocketLatency.P50).Dur("socket_latency_p99", s.SocketLatency.P99).Dur("socket_latency_max", s.SocketLatency.Max)
+	}
 	ev.Msg("fleet stats")
 }

@@ -229,14 +229,14 @@ func TestRemoteFleet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.Hosts != n || s.Connected != n || s.Installs != n || s.Latency.Count == 0 || s.Latency.Max <= 0 {
+	if s.Hosts != n || s.Connected != n || s.Installs != n || s.Latency.Count == 0 || s.Latency.Max <= 0 || s.SocketLatency.Count != s.Latency.Count {
 		t.Errorf("stats after the deploy: %+v", s)
 	}
 	if err := rf.ResetLatency(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if s, err := rf.Stats(ctx); err != nil || s.Latency.Count != 0 {
-		t.Errorf("stats after ResetLatency: %+v, %v", s.Latency, err)
+	if s, err := rf.Stats(ctx); err != nil || s.Latency.Count != 0 || s.SocketLatency.Count != 0 {
+		t.Errorf("stats after ResetLatency: %+v, %+v, %v", s.Latency, s.SocketLatency, err)
 	}
 	// The simulator refuses what the fleet cannot answer; the session goes on.
 	if err := rf.WaitConnected(ctx, n+1); err == nil || !strings.Contains(err.Error(), fmt.Sprintf(`n: "%d", want 0..%d`, n+1, n)) {

@@ -56,6 +56,7 @@ type Fleet struct {
 
 	latMu      sync.Mutex
 	lat        []time.Duration
+	latSock    []time.Duration // to the socket (arrivalConn), bounded as lat
 	latDropped uint64
 	// When sets were received and HEALTHY reports sent (Marks), bounded
 	// as lat is.
@@ -374,10 +375,15 @@ func (f *Fleet) Report(i int, service string) (*v1.ServiceReport, error) {
 	return proto.Clone(r).(*v1.ServiceReport), nil
 }
 
-func (f *Fleet) recordLatency(at time.Time, d time.Duration) {
+// recordLatency records a set received at at, d after its sent_at, its
+// bytes sock after it at the socket (negative: unknown).
+func (f *Fleet) recordLatency(at time.Time, d, sock time.Duration) {
 	f.latMu.Lock()
 	if len(f.lat) < f.cfg.MaxLatencySamples {
 		f.lat = append(f.lat, d)
+		if sock >= 0 {
+			f.latSock = append(f.latSock, sock)
+		}
 		f.recvAt = append(f.recvAt, at)
 	} else {
 		f.latDropped++
@@ -406,7 +412,7 @@ func (f *Fleet) Marks() (received, healthy []time.Time) {
 // ResetLatency forgets the delivery latencies and marks recorded so far.
 func (f *Fleet) ResetLatency() {
 	f.latMu.Lock()
-	f.lat, f.latDropped, f.recvAt, f.healthyAt = nil, 0, nil, nil
+	f.lat, f.latSock, f.latDropped, f.recvAt, f.healthyAt = nil, nil, 0, nil, nil
 	f.latMu.Unlock()
 }
 
@@ -439,6 +445,10 @@ type Stats struct {
 	// (zero if none).
 	LastFailure time.Time
 	Latency     Latency
+	// SocketLatency is the same sets' time from sent_at to their bytes
+	// at the host's socket (arrivalConn): Latency without this process's
+	// scheduling (Dropped unused).
+	SocketLatency Latency
 
 	// The bandwidth model (Config.Fetch), bytes modeled (real times
 	// ByteScale).
@@ -484,10 +494,11 @@ func (f *Fleet) Stats() Stats {
 		s.LastFailure = time.Unix(0, n)
 	}
 	f.latMu.Lock()
-	lat := slices.Clone(f.lat)
+	lat, sock := slices.Clone(f.lat), slices.Clone(f.latSock)
 	s.Latency.Dropped = f.latDropped
 	f.latMu.Unlock()
 	s.Latency = summarise(lat, s.Latency.Dropped)
+	s.SocketLatency = summarise(sock, 0)
 	f.fetchMu.Lock()
 	ft := slices.Clone(f.fetchTimes)
 	f.fetchMu.Unlock()

@@ -90,6 +90,7 @@ type session struct {
 	done     chan struct{} // closed when the loop drops the session
 	answered bool          // the coordinator's first response arrived
 	semHeld  bool
+	arrival  *atomic.Pointer[arrivalConn]
 }
 
 type dialResult struct {
@@ -98,13 +99,18 @@ type dialResult struct {
 	stream grpc.BidiStreamingClient[v1.ConnectRequest, v1.ConnectResponse]
 	cancel context.CancelFunc
 	err    error
+	// arrival is the connection the stream is on (set by the dialer).
+	arrival *atomic.Pointer[arrivalConn]
 }
 
 type recvResult struct {
 	id   uint64
 	resp *v1.ConnectResponse
 	at   time.Time
-	err  error
+	// arrived is when its last bytes reached the socket (arrivalConn;
+	// zero if unknown).
+	arrived time.Time
+	err     error
 }
 
 // host is one simulated agent. Its loop goroutine owns everything but mu's
@@ -275,13 +281,25 @@ func (h *host) dial(ctx context.Context, id uint64) dialResult {
 			Time: cfg.Keepalive, Timeout: 10 * time.Second, PermitWithoutStream: true,
 		}))
 	}
-	if cfg.SourceAddrs > 0 {
-		local := &net.TCPAddr{IP: sourceIP(h.idx, cfg.SourceAddrs)}
-		opts = append(opts, grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
-			d := net.Dialer{LocalAddr: local}
-			return d.DialContext(ctx, "tcp", addr)
-		}))
-	}
+	// Every connection keeps its reads' receive times (arrivalConn).
+	arrival := &atomic.Pointer[arrivalConn]{}
+	opts = append(opts, grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+		var d net.Dialer
+		if cfg.SourceAddrs > 0 {
+			d.LocalAddr = &net.TCPAddr{IP: sourceIP(h.idx, cfg.SourceAddrs)}
+		}
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		ac, err := newArrivalConn(c.(*net.TCPConn))
+		if err != nil {
+			_ = c.Close()
+			return nil, err
+		}
+		arrival.Store(ac)
+		return ac, nil
+	}))
 	cc, err := grpc.NewClient("passthrough:///"+cfg.Coordinator, opts...)
 	if err != nil {
 		release()
@@ -299,7 +317,7 @@ func (h *host) dial(ctx context.Context, id uint64) dialResult {
 		release()
 		return dialResult{id: id, err: fmt.Errorf("connect %s: %w", cfg.Coordinator, err)}
 	}
-	return dialResult{id: id, cc: cc, stream: stream, cancel: cancel}
+	return dialResult{id: id, cc: cc, stream: stream, cancel: cancel, arrival: arrival}
 }
 
 // drainDial closes a connection whose dial was in flight at shutdown.
@@ -322,7 +340,7 @@ func (h *host) onDial(d dialResult) {
 		h.scheduleRetry(d.err)
 		return
 	}
-	s := &session{id: d.id, cc: d.cc, stream: d.stream, cancel: d.cancel, done: make(chan struct{}), semHeld: true}
+	s := &session{id: d.id, cc: d.cc, stream: d.stream, cancel: d.cancel, done: make(chan struct{}), semHeld: true, arrival: d.arrival}
 	if h.offline {
 		h.sess = s
 		h.dropSession(errors.New("disconnected while dialing"))
@@ -354,6 +372,9 @@ func (h *host) recvLoop(s *session) {
 	for {
 		resp, err := s.stream.Recv()
 		r := recvResult{id: s.id, resp: resp, at: time.Now(), err: err}
+		if c := s.arrival.Load(); c != nil {
+			r.arrived = c.arrived()
+		}
 		select {
 		case h.recvc <- r:
 		case <-s.done:
@@ -387,7 +408,11 @@ func (h *host) onRecv(r recvResult) {
 	}
 	h.f.responses.Add(1)
 	if ts := r.resp.GetSentAt(); ts != nil {
-		h.f.recordLatency(r.at, r.at.Sub(ts.AsTime()))
+		var sock time.Duration = -1
+		if !r.arrived.IsZero() {
+			sock = r.arrived.Sub(ts.AsTime())
+		}
+		h.f.recordLatency(r.at, r.at.Sub(ts.AsTime()), sock)
 	}
 	now := time.Now()
 	for _, a := range r.resp.GetAssignments() {

@@ -44,13 +44,15 @@ import (
 // 3-wave rollout (canary 1, waves 50% and 100%, max_parallel = fleet, no
 // bake) from release create to every host reporting the target and to the
 // rollout SUCCEEDED; assignment delivery latency (coordinator sent_at to
-// sim receipt); the coordinator's RSS per connected agent (VmRSS with the
+// sim receipt, and to the kernel's receive time at the host's socket:
+// arrivalConn); the coordinator's RSS per connected agent (VmRSS with the
 // fleet connected minus VmRSS with none, over N); its CPU over 10 s with
 // the fleet connected and idle; etcd writes per phase by key kind (from a
 // watch on /fleetwave/v1/); and the time to put the whole fleet back on the
 // previous release after the last wave fails.
 //
-// Other knobs: FLEETWAVE_SIM_SETTLE (wait before reading RSS, default 5s),
+// Other knobs: FLEETWAVE_SIM_LOGS (keep the coordinator's log and data
+// there), FLEETWAVE_SIM_SETTLE (wait before reading RSS, default 5s),
 // FLEETWAVE_SIM_IDLE (idle CPU window, default 10s), FLEETWAVE_SIM_OUT
 // (also append the tables to this file), FLEETWAVE_SIM_PERF (a directory:
 // record the coordinator with `perf record -g` during the rollouts),
@@ -337,6 +339,7 @@ type scaleResult struct {
 	initial      timing
 	rollout      timing
 	latency      Latency
+	sockLatency  Latency // to the hosts' sockets (Stats.SocketLatency)
 	rssBase      int64
 	rssConnected int64 // with the fleet connected, before any release
 	rssN         int64 // after the initial deploy
@@ -363,7 +366,10 @@ type scaleResult struct {
 func runScale(t *testing.T, bin string, n int) (_ *scaleResult, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	dir := t.TempDir()
+	dir, err := harnessDir(t, fmt.Sprintf("coordinator-%d", n))
+	if err != nil {
+		return nil, err
+	}
 	res := &scaleResult{n: n}
 	defer func() {
 		if err != nil {
@@ -499,7 +505,8 @@ func runScale(t *testing.T, bin string, n int) (_ *scaleResult, err error) {
 	if etcdPid != 0 {
 		res.etcdRolloutCPU = (etcdCPU(etcdPid) - e0) / time.Since(r0).Seconds()
 	}
-	res.latency = f.Stats().Latency
+	st := f.Stats()
+	res.latency, res.sockLatency = st.Latency, st.SocketLatency
 	if err := phase("rollout v1→v2 (3 waves)"); err != nil {
 		return res, err
 	}
@@ -761,6 +768,8 @@ func (r *scaleResult) print(w io.Writer) {
 	fmt.Fprintf(w, "    coordinator's etcd txns:       %d during the rollout, mean latency %.1f ms\n", r.txns, r.txnMean*1000)
 	fmt.Fprintf(w, "(b) assignment delivery latency:   p50 %s, p90 %s, p99 %s, max %s over %d messages\n",
 		r.latency.P50.Round(time.Microsecond), r.latency.P90.Round(time.Microsecond), r.latency.P99.Round(time.Microsecond), r.latency.Max.Round(time.Microsecond), r.latency.Count)
+	fmt.Fprintf(w, "    to the hosts' sockets:         p50 %s, p90 %s, p99 %s, max %s over %d messages (the kernel's receive time: without the simulator's scheduling)\n",
+		r.sockLatency.P50.Round(time.Microsecond), r.sockLatency.P90.Round(time.Microsecond), r.sockLatency.P99.Round(time.Microsecond), r.sockLatency.Max.Round(time.Microsecond), r.sockLatency.Count)
 	fmt.Fprintf(w, "(c) coordinator VmRSS:             %.1f MiB with no agent, %.1f MiB with %d connected (%.1f KiB per agent), %.1f MiB after the first deploy: %.1f KiB per agent\n",
 		float64(r.rssBase)/(1<<20), float64(r.rssConnected)/(1<<20), r.n, float64(r.rssConnected-r.rssBase)/float64(r.n)/1024, float64(r.rssN)/(1<<20), r.rssSlope())
 	perAgent := func(a, b float64) float64 { return (b - a) / float64(r.n) / 1024 }
@@ -807,7 +816,7 @@ func printSummary(w io.Writer, rs []*scaleResult) {
 	if len(rs) == 0 {
 		return
 	}
-	fmt.Fprintf(w, "\n| hosts | rollout, 3 waves (all reported / SUCCEEDED) | delivery p50 / p99 | RSS per agent | idle CPU | etcd writes per rollout | rollback after last-wave failure |\n")
+	fmt.Fprintf(w, "\n| hosts | rollout, 3 waves (all reported / SUCCEEDED) | delivery p50 / p99 (to the hosts' sockets) | RSS per agent | idle CPU | etcd writes per rollout | rollback after last-wave failure |\n")
 	fmt.Fprintf(w, "|---|---|---|---|---|---|---|\n")
 	for _, r := range rs {
 		writes := "?"
@@ -820,9 +829,10 @@ func printSummary(w io.Writer, rs []*scaleResult) {
 				writes = fmt.Sprintf("%d (%.1f per host)", total, float64(total)/float64(r.n))
 			}
 		}
-		fmt.Fprintf(w, "| %d | %s / %s | %s / %s | %.1f KiB | %.3f cores | %s | %s |\n", r.n,
+		fmt.Fprintf(w, "| %d | %s / %s | %s / %s (%s / %s) | %.1f KiB | %.3f cores | %s | %s |\n", r.n,
 			ms(r.rollout.allReported), ms(r.rollout.succeeded),
 			r.latency.P50.Round(time.Millisecond/10), r.latency.P99.Round(time.Millisecond/10),
+			r.sockLatency.P50.Round(time.Millisecond/10), r.sockLatency.P99.Round(time.Millisecond/10),
 			r.rssSlope(), r.idleCPU, writes, ms(r.rollback))
 	}
 }

@@ -1,0 +1,104 @@
+package sim
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+)
+
+// arrivalPair is a loopback TCP connection: the server's end and the
+// client's, read with receive timestamps.
+func arrivalPair(t *testing.T) (server net.Conn, client *arrivalConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, ok := <-accepted
+	if !ok {
+		t.Fatal("accept failed")
+	}
+	client, err = newArrivalConn(c.(*net.TCPConn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { server.Close(); client.Close() })
+	return server, client
+}
+
+// A read keeps the kernel's receive time of the bytes it returned: after
+// they were written and before the read returned, the newest read's.
+func TestArrivalConnKeepsReceiveTime(t *testing.T) {
+	server, client := arrivalPair(t)
+	if !client.arrived().IsZero() {
+		t.Fatalf("arrived %s before any read", client.arrived())
+	}
+	var last time.Time
+	for _, msg := range []string{"first", "second"} {
+		before := time.Now()
+		if _, err := server.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, len(msg))
+		if _, err := io.ReadFull(client, b); err != nil {
+			t.Fatal(err)
+		}
+		after := time.Now()
+		if string(b) != msg {
+			t.Fatalf("read %q, want %q", b, msg)
+		}
+		at := client.arrived()
+		if at.Before(before.Round(0)) || at.After(after.Round(0)) || !at.After(last) {
+			t.Fatalf("%s: arrived %s, want within [%s, %s] and after the previous read's %s", msg, at, before, after, last)
+		}
+		last = at
+	}
+	if n, err := client.Read(nil); n != 0 || err != nil {
+		t.Errorf("empty read: %d, %v", n, err)
+	}
+	server.Close()
+	if _, err := client.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Errorf("read after the peer closed: %v, want EOF", err)
+	}
+}
+
+// Reads honour deadlines and end when the connection is closed, as a
+// net.Conn's do (gRPC relies on both).
+func TestArrivalConnDeadlineAndClose(t *testing.T) {
+	_, client := arrivalPair(t)
+	if err := client.SetReadDeadline(time.Now().Add(-time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("read past its deadline: %v", err)
+	}
+	if err := client.SetReadDeadline(time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := client.Read(make([]byte, 1))
+		done <- err
+	}()
+	client.Close()
+	if err := <-done; !errors.Is(err, net.ErrClosed) {
+		t.Errorf("read of a closed connection: %v", err)
+	}
+}
