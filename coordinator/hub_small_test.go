@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"bytes"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -91,5 +92,14 @@ func TestLogEventsLevels(t *testing.T) {
 	logEvents(log.Level(zerolog.DebugLevel), "r1", []rollout.Event{{Kind: rollout.EventHostDone, Wave: 1, Host: "h1"}})
 	if !strings.Contains(buf.String(), `"level":"debug"`) {
 		t.Errorf("host_done not logged at debug: %s", buf.String())
+	}
+	// A step's thousands of host events cost nothing at info level.
+	hosts := make([]rollout.Event, 1000)
+	for i := range hosts {
+		hosts[i] = rollout.Event{Kind: rollout.EventHostDone, Wave: 1, Host: fmt.Sprintf("h%d", i)}
+	}
+	ctxLog := log.With().Str("service", "web").Logger()
+	if n := testing.AllocsPerRun(10, func() { logEvents(ctxLog, "r1", hosts) }); n != 0 {
+		t.Errorf("logging 1000 host events at info level: %.0f allocations, want 0", n)
 	}
 }

@@ -486,10 +486,13 @@ func (l *leader) pruneEvents(ctx context.Context, fence *store.Fence, r *v1.Roll
 // log, `fleetwave events`), everything else at info.
 func logEvents(log zerolog.Logger, rolloutID string, events []rollout.Event) {
 	for _, ev := range events {
-		e := log.Info()
+		// The level first: an event begun at info and dropped for debug
+		// was built (context copied) and never given back to zerolog's
+		// pool, for each of a step's thousands of host events.
+		lvl := zerolog.InfoLevel
 		if ev.Kind == rollout.EventHostAssigned || ev.Kind == rollout.EventHostDone {
-			e = log.Debug()
+			lvl = zerolog.DebugLevel
 		}
-		e.Str("rollout", rolloutID).Str("event", ev.Kind).Int("wave", ev.Wave).Str("host", ev.Host).Msg(ev.Message)
+		log.WithLevel(lvl).Str("rollout", rolloutID).Str("event", ev.Kind).Int("wave", ev.Wave).Str("host", ev.Host).Msg(ev.Message)
 	}
 }
