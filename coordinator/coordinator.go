@@ -693,15 +693,25 @@ func (c *Coordinator) gossipWake(ctx context.Context, g *gossip.Gossip) {
 // verdict of "dead" or "left" reached before the host's current stream was
 // recorded is stale (memberlist tells a healed node late that it was
 // declared dead), and the live stream outranks it.
-func (c *Coordinator) gossipHint(host string) string {
+//
+// connected and connSince are the host's stream as the mirror has it
+// (store.Mirror.Observe).
+func (c *Coordinator) gossipHint(host string, connected bool, connSince time.Time) string {
 	if c.gossip == nil {
 		return ""
 	}
 	st, since := c.gossip.StateSince(host)
-	if (st == "dead" || st == "left") && c.mirror.Connected(host) && !since.After(c.mirror.ConnSince(host)) {
+	if (st == "dead" || st == "left") && connected && !since.After(connSince) {
 		return ""
 	}
 	return st
+}
+
+// observation is what the rollout engine sees of host for service (nil
+// report: none asked, service "").
+func (c *Coordinator) observation(host, service string) rollout.Observation {
+	conn, since, r := c.mirror.Observe(host, service)
+	return rollout.Observation{Connected: conn, Report: r, Gossip: c.gossipHint(host, conn, since)}
 }
 
 // syncMirror waits until the mirror has everything committed before the

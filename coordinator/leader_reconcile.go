@@ -345,7 +345,7 @@ func (l *leader) deciding(name string, vr store.Versioned[*v1.Rollout]) (*v1.Rol
 // observe is what the mirror and gossip say of a host, for the engine.
 func (l *leader) observe(service string) func(host string) rollout.Observation {
 	return func(host string) rollout.Observation {
-		return rollout.Observation{Connected: l.c.mirror.Connected(host), Report: l.c.mirror.Report(host, service), Gossip: l.c.gossipHint(host)}
+		return l.c.observation(host, service)
 	}
 }
 

@@ -260,7 +260,7 @@ func (o *operator) PlanRollout(ctx context.Context, req *v1.PlanRolloutRequest) 
 		hosts = append(hosts, rollout.Host{ID: host.GetId(), Labels: host.GetLabels()})
 	}
 	obs := func(host string) rollout.Observation {
-		return rollout.Observation{Connected: o.c.mirror.Connected(host), Gossip: o.c.gossipHint(host)}
+		return o.c.observation(host, "") // no report: a preview plans, it does not step
 	}
 	p := rollout.Preview(svc, version, hosts, obs, d, h, now)
 	held := h.Reason()

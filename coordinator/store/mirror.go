@@ -681,14 +681,6 @@ func (m *Mirror) Connected(id string) bool {
 	return ok
 }
 
-// ConnSince returns when this mirror saw the host's current connection
-// record appear (zero if not connected).
-func (m *Mirror) ConnSince(id string) time.Time {
-	m.mu.RLock()
-	defer m.mu.RUnlock()
-	return m.connSince[id]
-}
-
 // ConnectedVia returns the name of the coordinator holding a host's stream
 // ("" = none). Connection records hold "<coordinator>/<token>".
 func (m *Mirror) ConnectedVia(id string) string {
@@ -850,6 +842,18 @@ func (m *Mirror) Coordinator(name string) (*v1.CoordinatorInfo, bool) {
 	defer m.mu.RUnlock()
 	c, ok := m.coords[name]
 	return c, ok
+}
+
+// Observe is what the rollout engine observes of a host, read at once:
+// whether its agent stream is up (Connected), since when this mirror saw
+// its current connection record (zero if none) and its last report for
+// service (Report). A step asks it for every host of
+// a rollout: one read lock each, not three.
+func (m *Mirror) Observe(host, service string) (connected bool, since time.Time, r *v1.ServiceReport) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	_, connected = m.conns[host]
+	return connected, m.connSince[host], m.reports[host].get(service)
 }
 
 // Report returns a host's last report for a service.

@@ -214,6 +214,13 @@ func TestMirrorFollowsWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	testkit.Eventually(t, 20*time.Second, "h1 connected in the mirror", func() bool { return m.Connected("h1") })
+	// Observe reads the three at once.
+	if c, since, r := m.Observe("h1", "web"); !c || since.IsZero() || r.GetStageFailedSha256() != "bb" {
+		t.Fatalf("Observe(h1, web) connected = %v, since %s, report %v; want connected, a time, the last report", c, since, r)
+	}
+	if _, _, r := m.Observe("h1", "other"); r != nil {
+		t.Fatalf("Observe(h1, other): report %v, want none", r)
+	}
 	if m.Connects() != conns+1 || m.DesiredEpoch() != epoch {
 		t.Fatalf("a connect: Connects %d → %d, desired epoch %d → %d; want one more connect, the same epoch", conns, m.Connects(), epoch, m.DesiredEpoch())
 	}
@@ -227,6 +234,9 @@ func TestMirrorFollowsWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	testkit.Eventually(t, 20*time.Second, "h1 disconnected in the mirror", func() bool { return !m.Connected("h1") })
+	if c, since, r := m.Observe("h1", "web"); c || !since.IsZero() || r == nil {
+		t.Fatalf("Observe(h1, web) after the disconnect: connected = %v, since %s, report %v; want not connected, no time, the report kept", c, since, r)
+	}
 	if m.Disconnects() != disc+1 || m.DesiredEpoch() != epoch {
 		t.Fatalf("a disconnect: Disconnects %d → %d, desired epoch %d → %d; want one more disconnect, the same epoch", disc, m.Disconnects(), epoch, m.DesiredEpoch())
 	}
