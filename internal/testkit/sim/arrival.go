@@ -23,7 +23,8 @@ import (
 // plus its own few microseconds). For TCP the kernel reports the receive
 // time of the last segment a read consumed, so the socket figure of a
 // message is never earlier than its arrival (a later read before the
-// message is decoded can only make it later).
+// message is decoded can only make it later; a read without a time makes
+// it unknown, and the set is not counted).
 type arrivalConn struct {
 	net.Conn // not *net.TCPConn: its ReadFrom/WriteTo would bypass Read
 	raw      syscall.RawConn
@@ -72,14 +73,25 @@ func (c *arrivalConn) Read(b []byte) (int, error) {
 	if n == 0 {
 		return 0, io.EOF
 	}
-	if ts, ok := receiveTime(c.oob[:oobn]); ok {
-		c.last.Store(ts.UnixNano())
-	}
+	c.note(c.oob[:oobn])
 	return n, nil
 }
 
-// arrived is when the newest bytes read reached the socket (zero if no
-// read had a timestamp).
+// note keeps the receive time in a read's control messages. A read
+// without one (the kernel stamps packets only once timestamping is on
+// system-wide, which it turns on shortly after the first socket asks)
+// makes the arrival unknown rather than leaving an older read's time,
+// which would make a later message look delivered sooner than it was.
+func (c *arrivalConn) note(oob []byte) {
+	if ts, ok := receiveTime(oob); ok {
+		c.last.Store(ts.UnixNano())
+	} else {
+		c.last.Store(0)
+	}
+}
+
+// arrived is when the newest bytes read reached the socket (zero if
+// unknown: no read yet, or the newest had no timestamp).
 func (c *arrivalConn) arrived() time.Time {
 	if n := c.last.Load(); n != 0 {
 		return time.Unix(0, n)

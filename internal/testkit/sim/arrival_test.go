@@ -7,6 +7,8 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"github.com/fleetwave/fleetwave/internal/testkit"
 )
 
 // arrivalPair is a loopback TCP connection: the server's end and the
@@ -50,7 +52,19 @@ func TestArrivalConnKeepsReceiveTime(t *testing.T) {
 	if !client.arrived().IsZero() {
 		t.Fatalf("arrived %s before any read", client.arrived())
 	}
-	var last time.Time
+	// The kernel stamps packets once timestamping is on system-wide,
+	// which it turns on shortly after a first socket asks: until a read
+	// has a time, single bytes go back and forth.
+	testkit.Eventually(t, 20*time.Second, "a read with a receive time", func() bool {
+		if _, err := server.Write([]byte{0}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(client, make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+		return !client.arrived().IsZero()
+	})
+	last := client.arrived()
 	for _, msg := range []string{"first", "second"} {
 		before := time.Now()
 		if _, err := server.Write([]byte(msg)); err != nil {
@@ -72,6 +86,12 @@ func TestArrivalConnKeepsReceiveTime(t *testing.T) {
 	}
 	if n, err := client.Read(nil); n != 0 || err != nil {
 		t.Errorf("empty read: %d, %v", n, err)
+	}
+	// A read without a time makes the arrival unknown, not the older
+	// read's.
+	client.note(nil)
+	if at := client.arrived(); !at.IsZero() {
+		t.Errorf("after a read without a time: arrived %s, want unknown", at)
 	}
 	server.Close()
 	if _, err := client.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {

@@ -447,7 +447,8 @@ type Stats struct {
 	Latency     Latency
 	// SocketLatency is the same sets' time from sent_at to their bytes
 	// at the host's socket (arrivalConn): Latency without this process's
-	// scheduling (Dropped unused).
+	// scheduling. Sets whose arrival is unknown are not in it (Dropped
+	// unused).
 	SocketLatency Latency
 
 	// The bandwidth model (Config.Fetch), bytes modeled (real times

@@ -104,11 +104,11 @@ func TestFleetReachesRelease(t *testing.T) {
 	if st.Latency.Count > 0 && (st.Latency.P50 <= 0 || st.Latency.P99 < st.Latency.P50 || st.Latency.Max < st.Latency.P99) {
 		t.Errorf("latency %+v", st.Latency)
 	}
-	// Every set's bytes reach its host's socket before its goroutine has
-	// it: each quantile to the socket is at most the same one to the
-	// goroutine (and positive: after sent_at).
+	// A set's bytes reach its host's socket after sent_at and before its
+	// goroutine has it. Sets whose read had no receive time are not
+	// counted (arrivalConn.note), so only the maximum compares.
 	sl := st.SocketLatency
-	if sl.Count != st.Latency.Count || (sl.Count > 0 && (sl.P50 <= 0 || sl.P50 > st.Latency.P50 || sl.P99 > st.Latency.P99 || sl.Max > st.Latency.Max)) {
+	if sl.Count == 0 || sl.Count > st.Latency.Count || sl.P50 <= 0 || sl.Max > st.Latency.Max {
 		t.Errorf("latency to the sockets %+v, to the goroutines %+v", sl, st.Latency)
 	}
 }
