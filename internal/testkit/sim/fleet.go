@@ -375,13 +375,14 @@ func (f *Fleet) Report(i int, service string) (*v1.ServiceReport, error) {
 	return proto.Clone(r).(*v1.ServiceReport), nil
 }
 
-// recordLatency records a set received at at, d after its sent_at, its
-// bytes sock after it at the socket (negative: unknown).
-func (f *Fleet) recordLatency(at time.Time, d, sock time.Duration) {
+// recordLatency records a set received at at, d after its sent_at, and
+// (if sockKnown) its bytes sock after it at the host's socket. Both may
+// be negative when sent_at comes from another machine's clock.
+func (f *Fleet) recordLatency(at time.Time, d, sock time.Duration, sockKnown bool) {
 	f.latMu.Lock()
 	if len(f.lat) < f.cfg.MaxLatencySamples {
 		f.lat = append(f.lat, d)
-		if sock >= 0 {
+		if sockKnown {
 			f.latSock = append(f.latSock, sock)
 		}
 		f.recvAt = append(f.recvAt, at)

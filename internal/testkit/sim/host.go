@@ -28,6 +28,11 @@ const maxRecvBytes = 16 << 20
 // connectTimeout bounds opening a stream.
 const connectTimeout = 15 * time.Second
 
+// keepaliveTimeout is how long a host waits for its keepalive ping's
+// answer (with Config.Keepalive), and its connection's TCP_USER_TIMEOUT,
+// as gRPC sets it from the same.
+const keepaliveTimeout = 10 * time.Second
+
 type hostCmd int
 
 const (
@@ -278,23 +283,14 @@ func (h *host) dial(ctx context.Context, id uint64) dialResult {
 	)
 	if cfg.Keepalive > 0 {
 		opts = append(opts, grpc.WithKeepaliveParams(keepalive.ClientParameters{
-			Time: cfg.Keepalive, Timeout: 10 * time.Second, PermitWithoutStream: true,
+			Time: cfg.Keepalive, Timeout: keepaliveTimeout, PermitWithoutStream: true,
 		}))
 	}
 	// Every connection keeps its reads' receive times (arrivalConn).
 	arrival := &atomic.Pointer[arrivalConn]{}
 	opts = append(opts, grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
-		var d net.Dialer
-		if cfg.SourceAddrs > 0 {
-			d.LocalAddr = &net.TCPAddr{IP: sourceIP(h.idx, cfg.SourceAddrs)}
-		}
-		c, err := d.DialContext(ctx, "tcp", addr)
+		ac, err := h.dialTCP(ctx, addr)
 		if err != nil {
-			return nil, err
-		}
-		ac, err := newArrivalConn(c.(*net.TCPConn))
-		if err != nil {
-			_ = c.Close()
 			return nil, err
 		}
 		arrival.Store(ac)
@@ -318,6 +314,35 @@ func (h *host) dial(ctx context.Context, id uint64) dialResult {
 		return dialResult{id: id, err: fmt.Errorf("connect %s: %w", cfg.Coordinator, err)}
 	}
 	return dialResult{id: id, cc: cc, stream: stream, cancel: cancel, arrival: arrival}
+}
+
+// dialTCP opens the host's connection to the coordinator at addr, from
+// its source address (Config.SourceAddrs), with the TCP_USER_TIMEOUT
+// gRPC's own dialer sets when keepalive is on (and skips on a wrapped
+// connection), read with receive timestamps.
+func (h *host) dialTCP(ctx context.Context, addr string) (*arrivalConn, error) {
+	cfg := h.f.cfg
+	var d net.Dialer
+	if cfg.SourceAddrs > 0 {
+		d.LocalAddr = &net.TCPAddr{IP: sourceIP(h.idx, cfg.SourceAddrs)}
+	}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	tc := c.(*net.TCPConn)
+	if cfg.Keepalive > 0 {
+		if err := setUserTimeout(tc, keepaliveTimeout); err != nil {
+			_ = c.Close()
+			return nil, err
+		}
+	}
+	ac, err := newArrivalConn(tc)
+	if err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	return ac, nil
 }
 
 // drainDial closes a connection whose dial was in flight at shutdown.
@@ -371,10 +396,13 @@ func (h *host) onDial(d dialResult) {
 func (h *host) recvLoop(s *session) {
 	for {
 		resp, err := s.stream.Recv()
-		r := recvResult{id: s.id, resp: resp, at: time.Now(), err: err}
+		// The socket's time first: a read after it can only be later
+		// than this set's bytes and the goroutine's receipt.
+		var arrived time.Time
 		if c := s.arrival.Load(); c != nil {
-			r.arrived = c.arrived()
+			arrived = c.arrived()
 		}
+		r := recvResult{id: s.id, resp: resp, at: time.Now(), arrived: arrived, err: err}
 		select {
 		case h.recvc <- r:
 		case <-s.done:
@@ -408,11 +436,7 @@ func (h *host) onRecv(r recvResult) {
 	}
 	h.f.responses.Add(1)
 	if ts := r.resp.GetSentAt(); ts != nil {
-		var sock time.Duration = -1
-		if !r.arrived.IsZero() {
-			sock = r.arrived.Sub(ts.AsTime())
-		}
-		h.f.recordLatency(r.at, r.at.Sub(ts.AsTime()), sock)
+		h.f.recordLatency(r.at, r.at.Sub(ts.AsTime()), r.arrived.Sub(ts.AsTime()), !r.arrived.IsZero())
 	}
 	now := time.Now()
 	for _, a := range r.resp.GetAssignments() {
