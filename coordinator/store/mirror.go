@@ -847,8 +847,8 @@ func (m *Mirror) Coordinator(name string) (*v1.CoordinatorInfo, bool) {
 // Observe is what the rollout engine observes of a host, read at once:
 // whether its agent stream is up (Connected), since when this mirror saw
 // its current connection record (zero if none) and its last report for
-// service (Report). A step asks it for every host of
-// a rollout: one read lock each, not three.
+// service (Report). A step asks it for every host of a rollout: one read
+// lock per host instead of one per question (two, four with gossip).
 func (m *Mirror) Observe(host, service string) (connected bool, since time.Time, r *v1.ServiceReport) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()

@@ -8,24 +8,16 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
 
 func newArrivalConn(c *net.TCPConn) (*arrivalConn, error) {
-	raw, err := c.SyscallConn()
+	raw, err := setsockopt(c, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1)
 	if err != nil {
 		return nil, fmt.Errorf("receive timestamps: %w", err)
-	}
-	var serr error
-	if err := raw.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1)
-	}); err != nil {
-		return nil, fmt.Errorf("receive timestamps: %w", err)
-	}
-	if serr != nil {
-		return nil, fmt.Errorf("receive timestamps: setsockopt SO_TIMESTAMPNS: %w", serr)
 	}
 	return &arrivalConn{Conn: c, raw: raw, oob: make([]byte, unix.CmsgSpace(16))}, nil
 }
@@ -86,18 +78,25 @@ func receiveTime(oob []byte) (time.Time, bool) {
 // *net.TCPConn when keepalive is on (its dialer skips any other net.Conn,
 // such as an arrivalConn).
 func setUserTimeout(c *net.TCPConn, d time.Duration) error {
-	raw, err := c.SyscallConn()
-	if err != nil {
+	if _, err := setsockopt(c, unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(d/time.Millisecond)); err != nil {
 		return fmt.Errorf("TCP_USER_TIMEOUT: %w", err)
-	}
-	var serr error
-	if err := raw.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(d/time.Millisecond))
-	}); err != nil {
-		return fmt.Errorf("TCP_USER_TIMEOUT: %w", err)
-	}
-	if serr != nil {
-		return fmt.Errorf("TCP_USER_TIMEOUT: %w", serr)
 	}
 	return nil
+}
+
+// setsockopt sets an integer option of c's socket and returns its raw
+// connection.
+func setsockopt(c *net.TCPConn, level, opt, value int) (syscall.RawConn, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), level, opt, value) }); err != nil {
+		return nil, err
+	}
+	if serr != nil {
+		return nil, fmt.Errorf("setsockopt: %w", serr)
+	}
+	return raw, nil
 }
