@@ -259,10 +259,14 @@ func tarGz(t *testing.T, files map[string]string) []byte {
 }
 
 // runAgent runs an agent in the background until ctx ends (the test
-// cancels it). Services outlive the agent, so once it has returned the
-// test's cleanup stops whatever it left running in its data dir.
+// cancels it) or the test ends, whichever is first: a test that fails
+// before it cancels does not leave its agent reconnecting to a port that
+// a later test's coordinator may get. Services outlive the agent, so once
+// it has returned the test's cleanup stops whatever it left running in
+// its data dir.
 func runAgent(t *testing.T, ctx context.Context, cfg Config, opts options) <-chan error {
 	t.Helper()
+	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	finished := make(chan struct{})
 	go func() {
@@ -270,10 +274,11 @@ func runAgent(t *testing.T, ctx context.Context, cfg Config, opts options) <-cha
 		done <- run(ctx, cfg, testLogger(t), opts)
 	}()
 	t.Cleanup(func() {
+		cancel()
 		select {
 		case <-finished:
-		case <-time.After(time.Minute): // failure deadline: the test never cancelled it
-			t.Errorf("agent on %s still running at cleanup", cfg.DataDir)
+		case <-time.After(time.Minute): // failure deadline: an agent that does not stop when told
+			t.Errorf("agent on %s still running a minute after its context ended", cfg.DataDir)
 			return
 		}
 		if err := StopServices(context.Background(), Config{DataDir: cfg.DataDir, CgroupParent: cfg.CgroupParent}, false, zerolog.Nop()); err != nil {

@@ -15,9 +15,15 @@ import (
 // digits (a seventh would sort before them).
 const MaxAuditSeq = 999999
 
+// auditPutAttempts bounds the keys PutAudit tries for one entry.
+const auditPutAttempts = 16
+
 // PutAudit appends an entry to the audit log, under its time and n (0 to
 // MaxAuditSeq: the caller's sequence, which tells entries of one
-// nanosecond apart).
+// nanosecond apart). Each coordinator counts its own sequence, so two of
+// them can pick the same key: the entry is only created, never written
+// over an existing one, and on a taken key the next n is tried (up to
+// auditPutAttempts keys).
 func (s *Store) PutAudit(ctx context.Context, e *v1.AuditEntry, n int) error {
 	if n < 0 || n > MaxAuditSeq {
 		return fmt.Errorf("audit %s: sequence %d: want 0 to %d", e.GetMethod(), n, MaxAuditSeq)
@@ -26,11 +32,19 @@ func (s *Store) PutAudit(ctx context.Context, e *v1.AuditEntry, n int) error {
 	if err != nil {
 		return err
 	}
-	key := fmt.Sprintf("%s%020d-%06d", AuditPrefix, e.GetAt().AsTime().UnixNano(), n)
-	if _, err := s.c.Put(ctx, key, val); err != nil {
-		return fmt.Errorf("audit %s: %w", e.GetMethod(), err)
+	at := e.GetAt().AsTime().UnixNano()
+	for range auditPutAttempts {
+		key := fmt.Sprintf("%s%020d-%06d", AuditPrefix, at, n)
+		resp, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).Then(clientv3.OpPut(key, val)).Commit()
+		if err != nil {
+			return fmt.Errorf("audit %s: %w", e.GetMethod(), err)
+		}
+		if resp.Succeeded {
+			return nil
+		}
+		n = (n + 1) % (MaxAuditSeq + 1)
 	}
-	return nil
+	return fmt.Errorf("audit %s: %d keys of %d taken", e.GetMethod(), auditPutAttempts, at)
 }
 
 // ListAudit returns the newest limit audit entries, oldest first.

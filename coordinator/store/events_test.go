@@ -593,6 +593,52 @@ func TestPutAuditSequenceBounded(t *testing.T) {
 	}
 }
 
+// Two coordinators count their audit sequences apart: entries of the same
+// nanosecond and sequence are both kept (the second under the next free
+// sequence), and none is written over.
+func TestPutAuditKeepsEntriesOfTheSameKey(t *testing.T) {
+	s := startStore(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	at := time.Unix(1700000000, 0)
+	for _, c := range []string{"coord-a", "coord-b", "coord-c"} {
+		if err := s.PutAudit(ctx, &v1.AuditEntry{At: timestamppb.New(at), Method: "Create", Coordinator: c}, 7); err != nil {
+			t.Fatalf("%s: %v", c, err)
+		}
+	}
+	got, err := s.ListAudit(ctx, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range got {
+		names = append(names, e.GetCoordinator())
+	}
+	if strings.Join(names, ",") != "coord-a,coord-b,coord-c" {
+		t.Fatalf("audit log: %v, want the entries of coord-a, coord-b and coord-c in order", names)
+	}
+	// Every key of the bound taken: an error naming the method, nothing
+	// written over.
+	for n := 0; n < auditPutAttempts; n++ {
+		if err := s.PutAudit(ctx, &v1.AuditEntry{At: timestamppb.New(at.Add(time.Second)), Method: "Fill", Actor: fmt.Sprint(n)}, n); err != nil {
+			t.Fatalf("fill %d: %v", n, err)
+		}
+	}
+	err = s.PutAudit(ctx, &v1.AuditEntry{At: timestamppb.New(at.Add(time.Second)), Method: "Late"}, 0)
+	if err == nil || !strings.Contains(err.Error(), "audit Late") {
+		t.Fatalf("every key taken: %v, want an error naming the method", err)
+	}
+	got, err = s.ListAudit(ctx, 100)
+	if err != nil || len(got) != 3+auditPutAttempts {
+		t.Fatalf("audit log after the refused entry: %d entries (%v), want %d", len(got), err, 3+auditPutAttempts)
+	}
+	for i, e := range got[3:] {
+		if e.GetMethod() != "Fill" || e.GetActor() != fmt.Sprint(i) {
+			t.Errorf("entry %d: %s by %q, want Fill by %q: nothing written over", 3+i, e.GetMethod(), e.GetActor(), fmt.Sprint(i))
+		}
+	}
+}
+
 // listSince collects what EventsSince gives.
 func listSince(ctx context.Context, s *Store, prefix string, since int64) ([]RevEvent, int64, error) {
 	var out []RevEvent
