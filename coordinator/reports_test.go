@@ -653,7 +653,8 @@ func TestHelloReportFollowsQueued(t *testing.T) {
 // its host is removed (DeleteHost: record and reports) is not written
 // after, which would bring back report keys of a deleted host. (Failed
 // before store.PutReports checked the host's record: the report key was
-// stored again.)
+// stored again.) The batch's guard fails, and the batch is tried again
+// with a guard per report: a second transaction.
 func TestReportOfRemovedHostNotWritten(t *testing.T) {
 	w, g, cli := gatedWriter(t)
 	done, res := resultOf()
@@ -661,6 +662,10 @@ func TestReportOfRemovedHostNotWritten(t *testing.T) {
 	enteredTxn(t, g)
 	if err := store.New(cli).DeleteHost(context.Background(), "h1"); err != nil {
 		t.Fatal(err)
+	}
+	g.release <- nil
+	if keys := enteredTxn(t, g); len(keys) != 1 || keys[0] != store.ReportKey("h1", "web") {
+		t.Fatalf("the guarded retry writes %v, want h1/web", keys)
 	}
 	g.release <- nil
 	if err := waitResult(t, "report of a removed host", res); err != nil {

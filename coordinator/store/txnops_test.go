@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -133,5 +134,89 @@ func TestEventKeysSortPastTenThousand(t *testing.T) {
 			t.Fatalf("key %d %q sorts at or before key %d %q", n, k, ns[i], prev)
 		}
 		prev = k
+	}
+}
+
+// BenchmarkPutReports writes a full batch of reports (Batch(): as many as
+// the embedded etcd takes in one transaction), each guarded by its host's
+// record, against the embedded etcd: the report writer's transaction in a
+// wave's burst.
+func BenchmarkPutReports(b *testing.B) {
+	emb, err := StartEmbedded(b.TempDir(), zerolog.Nop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer emb.Close()
+	c, err := emb.Dial()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	s := New(c)
+	if err := s.SetMaxTxnOps(EmbeddedMaxTxnOps); err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	reps := make([]HostReport, s.Batch())
+	for i := range reps {
+		h := fmt.Sprintf("host-%05d", i)
+		if _, err := c.Put(ctx, HostKey(h), "x"); err != nil {
+			b.Fatal(err)
+		}
+		reps[i] = HostReport{Host: h, Report: &v1.ServiceReport{Service: "web", Phase: v1.Phase_PHASE_HEALTHY, Generation: 3, CurrentVersion: "v2", TargetVersion: "v2", LastGoodVersion: "v1", At: timestamppb.New(time.Unix(1700000000, 0))}}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		for _, r := range reps {
+			r.Report.Phase = v1.Phase(1 + i%8)
+		}
+		written, _, err := s.PutReports(ctx, reps)
+		if err != nil || written != len(reps) {
+			b.Fatalf("%d of %d written: %v", written, len(reps), err)
+		}
+	}
+	b.ReportMetric(float64(len(reps)), "reports/op")
+}
+
+// A batch with a report of a host without a record (removed while its
+// report was queued) writes the others, and not that one: the batch's
+// guard fails, the guarded retry writes what it may.
+func TestPutReportsSkipsHostsWithoutRecord(t *testing.T) {
+	s := startStore(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, h := range []string{"h1", "h3"} {
+		if err := s.PutHost(ctx, &v1.Host{Id: h}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var reps []HostReport
+	for _, h := range []string{"h1", "h2", "h3"} {
+		reps = append(reps, HostReport{Host: h, Report: &v1.ServiceReport{Service: "web", Phase: v1.Phase_PHASE_HEALTHY, CurrentVersion: "v1"}})
+	}
+	written, rev, err := s.PutReports(ctx, reps)
+	if err != nil || written != 2 {
+		t.Fatalf("PutReports: %d written (%v), want 2", written, err)
+	}
+	for _, h := range []string{"h1", "h2", "h3"} {
+		resp, err := s.c.Get(ctx, ReportKey(h, "web"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := h != "h2"; (len(resp.Kvs) == 1) != want {
+			t.Errorf("%s's report stored: %v, want %v", h, len(resp.Kvs) == 1, want)
+		} else if want && resp.Kvs[0].ModRevision != rev {
+			t.Errorf("%s's report at revision %d, PutReports said %d", h, resp.Kvs[0].ModRevision, rev)
+		}
+	}
+	// Every host with a record: one transaction, its revision returned.
+	before, err := s.c.Get(ctx, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	written, rev, err = s.PutReports(ctx, []HostReport{reps[0], reps[2]})
+	if err != nil || written != 2 || rev != before.Header.Revision+1 {
+		t.Fatalf("PutReports of two hosts with records: %d written at revision %d (%v), want 2 at %d", written, rev, err, before.Header.Revision+1)
 	}
 }
