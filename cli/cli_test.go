@@ -49,6 +49,7 @@ type fake struct {
 	cluster    *v1.ClusterStatusResponse
 	events     []*v1.WatchEventsResponse // sent by WatchEvents, then it returns
 	eventReqs  []*v1.WatchEventsRequest
+	listReqs   []*v1.ListEventsRequest
 	eventRuns  []eventRun // if set, WatchEvents' nth call plays the nth
 	rollbacks  []*v1.RollbackRequest
 	upgrades   []*v1.UpgradeAgentsRequest
@@ -227,6 +228,19 @@ func (s fakeOperator) WatchEvents(req *v1.WatchEventsRequest, stream v1.Operator
 		}
 	}
 	return nil
+}
+
+// ListEvents gives the newest limit of the events WatchEvents would send.
+func (s fakeOperator) ListEvents(_ context.Context, req *v1.ListEventsRequest) (*v1.ListEventsResponse, error) {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	s.f.listReqs = append(s.f.listReqs, req)
+	var evs []*v1.Event
+	for _, e := range s.f.events {
+		evs = append(evs, e.GetEvent())
+	}
+	n := min(len(evs), int(req.GetLimit()))
+	return &v1.ListEventsResponse{Events: evs[len(evs)-n:], Truncated: n < len(evs)}, nil
 }
 
 func (s fakeOperator) RemoveHost(_ context.Context, req *v1.RemoveHostRequest) (*v1.RemoveHostResponse, error) {
@@ -916,5 +930,49 @@ func TestFollowBackoffBounded(t *testing.T) {
 	}
 	if got := followBackoff(1 << 20); got != followBackoffMax {
 		t.Errorf("attempt 2^20: %s, want %s", got, followBackoffMax)
+	}
+}
+
+// rollout history asks for the newest --limit events (1000 unless told),
+// and says on stderr when older ones were left out and how to see them;
+// a --limit out of range is refused before any call.
+func TestHistoryLimit(t *testing.T) {
+	ev := func(kind, msg string) *v1.WatchEventsResponse {
+		return &v1.WatchEventsResponse{Event: &v1.Event{Service: "web", RolloutId: "000002", Kind: kind, Wave: -1, Message: msg,
+			At: timestamppb.New(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))}}
+	}
+	f := &fake{events: []*v1.WatchEventsResponse{ev(rollout.EventRolloutCreated, "first"), ev(rollout.EventRolloutSucceeded, "second"), ev(rollout.EventRolloutCreated, "third")}}
+	addr := serve(t, f)
+	code, stdout, stderr := runCLI(t, "--coordinator", addr, "rollout", "history", "web")
+	if code != 0 || stderr != "" {
+		t.Fatalf("history: exit %d, stderr %q", code, stderr)
+	}
+	wantContains(t, "history", stdout, "first", "second", "third")
+	code, stdout, stderr = runCLI(t, "--coordinator", addr, "rollout", "history", "web", "--id", "000002", "--limit", "2")
+	if code != 0 || strings.Contains(stdout, "first") || !strings.Contains(stdout, "third") {
+		t.Fatalf("history --limit 2: exit %d:\n%s", code, stdout)
+	}
+	wantContains(t, "stderr", stderr, "the newest 2 events; older ones left out", "fleetwave events web --rollout 000002")
+	f.mu.Lock()
+	limits := []uint32{f.listReqs[0].GetLimit(), f.listReqs[1].GetLimit()}
+	f.mu.Unlock()
+	if limits[0] != 1000 || limits[1] != 2 {
+		t.Errorf("limits asked: %v, want [1000 2]", limits)
+	}
+	code, stdout, _ = runCLI(t, "--coordinator", addr, "-o", "json", "rollout", "history", "web", "--limit", "1")
+	var resp v1.ListEventsResponse
+	if err := protojson.Unmarshal([]byte(stdout), &resp); code != 0 || err != nil || !resp.GetTruncated() || len(resp.GetEvents()) != 1 {
+		t.Errorf("json: exit %d (%v): %s", code, err, stdout)
+	}
+	for _, bad := range []string{"0", "10001"} {
+		code, _, stderr = runCLI(t, "--coordinator", addr, "rollout", "history", "web", "--limit", bad)
+		if code == 0 || !strings.Contains(stderr, "invalid --limit "+bad) {
+			t.Errorf("--limit %s: exit %d, stderr %q, want refused naming it", bad, code, stderr)
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.listReqs) != 3 {
+		t.Errorf("%d calls, want 3: a refused --limit calls nothing", len(f.listReqs))
 	}
 }

@@ -174,19 +174,30 @@ func signRollback(rels []*v1.Release, version, specDigest string, key ed25519.Pr
 	return signing.SignRollback(signing.Rollback(target, maxSeq, specDigest, now, now.Add(expires)), key)
 }
 
-// historyCmd is `fleetwave rollout history SERVICE [--id ID]`.
+// historyCmd is `fleetwave rollout history SERVICE [--id ID] [--limit N]`.
 func (a *app) historyCmd() *cobra.Command {
 	var id string
+	var limit int
 	cmd := &cobra.Command{
 		Use:   "history SERVICE",
-		Short: "Every recorded decision and event of the service's rollouts, oldest first",
+		Short: "The recorded decisions and events of the service's rollouts (the newest 1000 unless --limit), oldest first",
 		Args:  cobra.ExactArgs(1),
 		RunE: run(func(cmd *cobra.Command, args []string) error {
+			if limit < 1 || limit > maxHistoryLimit {
+				return usageErrorf("invalid --limit %d: want 1 to %d (fleetwave events %s streams any number)", limit, maxHistoryLimit, args[0])
+			}
 			resp, err := call(a, cmd, "history of "+args[0], func(ctx context.Context, c v1.OperatorServiceClient) (*v1.ListEventsResponse, error) {
-				return c.ListEvents(ctx, &v1.ListEventsRequest{Service: args[0], RolloutId: id})
+				return c.ListEvents(ctx, &v1.ListEventsRequest{Service: args[0], RolloutId: id, Limit: uint32(limit)})
 			})
 			if err != nil {
 				return err
+			}
+			if resp.GetTruncated() {
+				more := "fleetwave events " + args[0]
+				if id != "" {
+					more += " --rollout " + id
+				}
+				fmt.Fprintf(a.stderr, "fleetwave: the newest %d events; older ones left out (--limit up to %d, or %s for all)\n", len(resp.GetEvents()), maxHistoryLimit, more)
 			}
 			if a.jsonOutput() {
 				return printJSON(a.stdout, resp)
@@ -204,5 +215,10 @@ func (a *app) historyCmd() *cobra.Command {
 		}),
 	}
 	cmd.Flags().StringVar(&id, "id", "", "only this rollout (six digits, e.g. 000003)")
+	cmd.Flags().IntVar(&limit, "limit", 1000, fmt.Sprintf("at most this many events, the newest (at most %d)", maxHistoryLimit))
 	return cmd
 }
+
+// maxHistoryLimit is the most events `rollout history` asks for: the
+// coordinator's most for one ListEvents.
+const maxHistoryLimit = 10000

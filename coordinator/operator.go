@@ -462,12 +462,23 @@ func (o *operator) ListEvents(ctx context.Context, req *v1.ListEventsRequest) (*
 	if id := req.GetRolloutId(); id != "" && !rolloutIDRE.MatchString(id) {
 		return nil, status.Errorf(codes.InvalidArgument, "rollout_id: %q is not a rollout id (six digits, e.g. 000001)", id)
 	}
-	evs, err := o.c.store.ListEvents(ctx, req.GetService(), req.GetRolloutId())
+	limit := int(req.GetLimit())
+	if limit == 0 {
+		limit = defaultListEvents
+	}
+	if limit > store.MaxListEvents {
+		return nil, status.Errorf(codes.InvalidArgument, "limit: %d, at most %d (WatchEvents streams any number)", limit, store.MaxListEvents)
+	}
+	evs, truncated, err := o.c.store.ListEvents(ctx, req.GetService(), req.GetRolloutId(), limit)
 	if err != nil {
 		return nil, grpcErr(err)
 	}
-	return &v1.ListEventsResponse{Events: evs}, nil
+	return &v1.ListEventsResponse{Events: evs, Truncated: truncated}, nil
 }
+
+// defaultListEvents is how many events ListEvents returns unless asked
+// for another number.
+const defaultListEvents = 1000
 
 var (
 	rolloutIDRE = regexp.MustCompile(`^[0-9]{6,}$`)

@@ -15,9 +15,11 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
+	"github.com/fleetwave/fleetwave/coordinator/store"
 	"github.com/fleetwave/fleetwave/internal/alertfmt"
 	"github.com/fleetwave/fleetwave/internal/spec"
 	"github.com/fleetwave/fleetwave/internal/testkit"
@@ -286,6 +288,21 @@ func TestFailureAlertRollbackPauseResumeAbortHistory(t *testing.T) {
 	}
 	if _, err := op.ListEvents(ctx, &v1.ListEventsRequest{Service: "web", RolloutId: "../x"}); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("bad rollout id: %v", err)
+	}
+	// A limit: the newest events, the rest left out and said so; above
+	// the most, refused naming the field.
+	if evs.GetTruncated() || len(evs.GetEvents()) < 3 {
+		t.Fatalf("history: %d events, truncated %v: want all of them", len(evs.GetEvents()), evs.GetTruncated())
+	}
+	last2, err := op.ListEvents(ctx, &v1.ListEventsRequest{Service: "web", Limit: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(evs.GetEvents()); !last2.GetTruncated() || len(last2.GetEvents()) != 2 || !proto.Equal(last2.GetEvents()[0], evs.GetEvents()[n-2]) || !proto.Equal(last2.GetEvents()[1], evs.GetEvents()[n-1]) {
+		t.Errorf("limit 2: %v (truncated %v), want the last two of the history", last2.GetEvents(), last2.GetTruncated())
+	}
+	if _, err := op.ListEvents(ctx, &v1.ListEventsRequest{Service: "web", Limit: store.MaxListEvents + 1}); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "limit: 10001") {
+		t.Errorf("limit over the most: %v, want InvalidArgument naming it", err)
 	}
 }
 

@@ -49,6 +49,10 @@ type fakeAPI struct {
 	// watchEvents, when set, serves WatchEvents (after the credentials
 	// check) instead of the one recorded event.
 	watchEvents func(*v1.WatchEventsRequest, v1.OperatorService_WatchEventsServer) error
+	// eventsLimit is the limit of the last ListEvents; with olderEvents
+	// set, ListEvents says older events were left out.
+	eventsLimit atomic.Uint32
+	olderEvents atomic.Bool
 }
 
 // viewerRevoked makes the viewer's token unknown (revoked).
@@ -142,7 +146,8 @@ func (f *fakeAPI) ListEvents(ctx context.Context, req *v1.ListEventsRequest) (*v
 			out = append(out, e)
 		}
 	}
-	return &v1.ListEventsResponse{Events: out}, nil
+	f.eventsLimit.Store(req.GetLimit())
+	return &v1.ListEventsResponse{Events: out, Truncated: f.olderEvents.Load()}, nil
 }
 
 func (f *fakeAPI) ListAudit(ctx context.Context, _ *v1.ListAuditRequest) (*v1.ListAuditResponse, error) {
@@ -819,6 +824,18 @@ func TestHistoryFilters(t *testing.T) {
 	}
 	if code, body := d.get(c, "/services/web/history?text="+strings.Repeat("x", 201)); code != http.StatusBadRequest || !strings.Contains(body, "text: 201 bytes, at most 200") {
 		t.Errorf("a 201-byte filter: %d\n%s", code, body)
+	}
+	// The page reads the newest historyLimit events and says when older
+	// ones were left out, and where to find them.
+	if got := d.api.eventsLimit.Load(); got != historyLimit {
+		t.Errorf("history asked for %d events, want %d", got, historyLimit)
+	}
+	if _, body := d.get(c, "/services/web/history"); strings.Contains(body, "older events") {
+		t.Errorf("history without older events says there are:\n%s", body)
+	}
+	d.api.olderEvents.Store(true)
+	if _, body := d.get(c, "/services/web/history"); !strings.Contains(body, "3 of the newest 3 events") || !strings.Contains(body, "fleetwave events web") {
+		t.Errorf("history with older events left out does not say so:\n%s", body)
 	}
 }
 

@@ -169,7 +169,12 @@ type historyView struct {
 	Service, Rollout, Kind, Text string
 	Events                       []*v1.Event
 	Total                        int
+	// Older: events older than the Total read were left out (historyLimit).
+	Older bool
 }
+
+// historyLimit is how many of the newest events the history page reads.
+const historyLimit = 1000
 
 func (s *Server) historyPage(w http.ResponseWriter, r *http.Request, sess *session) {
 	svc := r.PathValue("service")
@@ -190,12 +195,12 @@ func (s *Server) historyPage(w http.ResponseWriter, r *http.Request, sess *sessi
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
-	resp, err := sess.api().ListEvents(sess.ctxFor(ctx), &v1.ListEventsRequest{Service: svc, RolloutId: h.Rollout})
+	resp, err := sess.api().ListEvents(sess.ctxFor(ctx), &v1.ListEventsRequest{Service: svc, RolloutId: h.Rollout, Limit: historyLimit})
 	if err != nil {
 		s.grpcFail(w, r, sess, "history of "+svc, err)
 		return
 	}
-	h.Total = len(resp.GetEvents())
+	h.Total, h.Older = len(resp.GetEvents()), resp.GetTruncated()
 	for i := len(resp.GetEvents()) - 1; i >= 0; i-- { // newest first
 		ev := resp.GetEvents()[i]
 		if h.Kind != "" && ev.GetKind() != h.Kind {

@@ -168,28 +168,62 @@ func (s *Store) PutEvents(ctx context.Context, events ...*v1.Event) error {
 	return nil
 }
 
-// ListEvents returns a service's events (of one rollout if rolloutID is
-// set), oldest first. A record that does not decode is skipped
+// MaxListEvents is the most events one ListEvents returns (the operator
+// API's limit); eventListPageKeys bounds the keys of one of its reads: 32
+// keys are at most 32,000 events and 4 MiB of values (event batches,
+// maxBatchEvents and maxBatchBytes each).
+const (
+	MaxListEvents     = 10000
+	eventListPageKeys = 32
+)
+
+// ListEvents returns a service's newest limit events (of one rollout if
+// rolloutID is set), oldest first, and whether older ones were left out.
+// It reads keys newest first, a page at a time, and holds at most limit
+// events and one page. A record that does not decode is skipped
 // (skipUndecodable).
-func (s *Store) ListEvents(ctx context.Context, service, rolloutID string) ([]*v1.Event, error) {
-	prefix := EventsPrefix + service + "/"
-	if rolloutID != "" {
-		prefix += rolloutID + "/"
+func (s *Store) ListEvents(ctx context.Context, service, rolloutID string, limit int) ([]*v1.Event, bool, error) {
+	if limit <= 0 {
+		return nil, false, fmt.Errorf("list events of %s: limit %d, want 1 or more", service, limit)
 	}
-	resp, err := s.c.Get(ctx, prefix, clientv3.WithPrefix())
-	if err != nil {
-		return nil, fmt.Errorf("list %s: %w", prefix, err)
-	}
-	out := make([]*v1.Event, 0, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
-		evs, err := DecodeEvents(kv.Value)
+	prefix := EventsPrefixFor(service, rolloutID)
+	var newest [][]*v1.Event // a key's events each, newest key first
+	n, truncated := 0, false
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	for {
+		resp, err := s.c.Get(ctx, prefix, clientv3.WithRange(end), clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend), clientv3.WithLimit(eventListPageKeys))
 		if err != nil {
-			s.skipUndecodable(kv.Key, err)
-			continue
+			return nil, false, fmt.Errorf("list %s: %w", prefix, err)
 		}
-		out = append(out, evs...)
+		for i, kv := range resp.Kvs {
+			end = string(kv.Key)
+			evs, err := DecodeEvents(kv.Value)
+			if err != nil {
+				s.skipUndecodable(kv.Key, err)
+				continue
+			}
+			if n+len(evs) > limit { // a batch's newest events only
+				evs, truncated = evs[len(evs)-(limit-n):], true
+			}
+			newest = append(newest, evs)
+			if n += len(evs); n == limit {
+				truncated = truncated || i < len(resp.Kvs)-1 || resp.More
+				return oldestFirst(newest, n), truncated, nil
+			}
+		}
+		if !resp.More {
+			return oldestFirst(newest, n), false, nil
+		}
 	}
-	return out, nil
+}
+
+// oldestFirst joins n events listed a key at a time, newest key first.
+func oldestFirst(newest [][]*v1.Event, n int) []*v1.Event {
+	out := make([]*v1.Event, 0, n)
+	for i := len(newest) - 1; i >= 0; i-- {
+		out = append(out, newest[i]...)
+	}
+	return out
 }
 
 // RevEvent is an event with the etcd revision it was written at.

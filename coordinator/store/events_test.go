@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -121,11 +122,11 @@ func TestEventBatchesReadAsSingleEvents(t *testing.T) {
 
 	// The same events, in the same order, through ListEvents.
 	for _, rid := range []string{"", "000001"} {
-		oldList, err := s.ListEvents(ctx, "old", rid)
+		oldList, _, err := s.ListEvents(ctx, "old", rid, listAll)
 		if err != nil {
 			t.Fatal(err)
 		}
-		newList, err := s.ListEvents(ctx, "new", rid)
+		newList, _, err := s.ListEvents(ctx, "new", rid, listAll)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -224,10 +225,10 @@ func TestEventBatchesReadAsSingleEvents(t *testing.T) {
 	if err != nil || n != 9 {
 		t.Fatalf("pruned %d keys (%v), want 9", n, err)
 	}
-	if left, err := s.ListEvents(ctx, "new", ""); err != nil || len(left) != 0 {
+	if left, _, err := s.ListEvents(ctx, "new", "", listAll); err != nil || len(left) != 0 {
 		t.Fatalf("after pruning: %d events (%v)", len(left), err)
 	}
-	if left, err := s.ListEvents(ctx, "other", ""); err != nil || len(left) != 2 {
+	if left, _, err := s.ListEvents(ctx, "other", "", listAll); err != nil || len(left) != 2 {
 		t.Fatalf("another service after pruning: %d events (%v), want its 2", len(left), err)
 	}
 }
@@ -330,7 +331,7 @@ func TestEventBatchBounds(t *testing.T) {
 			t.Errorf("transaction at %d put %d bytes, over MaxTxnBytes (%d)", rev, n, MaxTxnBytes)
 		}
 	}
-	got, err := s.ListEvents(ctx, "web", "000001")
+	got, _, err := s.ListEvents(ctx, "web", "000001", listAll)
 	if err != nil || len(got) != len(evs) {
 		t.Fatalf("%d events listed (%v), want %d", len(got), err, len(evs))
 	}
@@ -419,7 +420,7 @@ func TestEventKeysUniquePerWrite(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		got, err := s.ListEvents(ctx, svc, "000001")
+		got, _, err := s.ListEvents(ctx, svc, "000001", listAll)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -472,7 +473,7 @@ func TestEventKeysOfOlderVersionsList(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := "o1-0 o1-1 n2-0 n2-1 o3-0"
-	got, err := s.ListEvents(ctx, "web", "000001")
+	got, _, err := s.ListEvents(ctx, "web", "000001", listAll)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -516,7 +517,7 @@ func TestUndecodableEventSkipped(t *testing.T) {
 	if err := s.PutEvents(ctx, eventsOf("web", "000001", "k", at.Add(2*time.Second), "b", 1)...); err != nil {
 		t.Fatal(err)
 	}
-	got, err := s.ListEvents(ctx, "web", "000001")
+	got, _, err := s.ListEvents(ctx, "web", "000001", listAll)
 	if err != nil || len(got) != 2 || got[0].GetMessage() != "a-0" || got[1].GetMessage() != "b-0" {
 		t.Fatalf("ListEvents past a bad record: %v (%v), want a-0 and b-0", got, err)
 	}
@@ -908,5 +909,67 @@ func TestEventsSameOrderListedAndWatched(t *testing.T) {
 	defer mu.Unlock()
 	if strings.Join(watched, " ") != strings.Join(want, " ") {
 		t.Fatalf("watched %v, listed %v: a follower resuming inside a revision would print one twice and miss another", watched, want)
+	}
+}
+
+// ListEvents returns the newest limit events, oldest first, and says
+// whether older ones were left out: across pages of keys (one event per
+// key, more keys than a page), and inside a batch (the batch's newest
+// events only).
+func TestListEventsNewestWithinLimit(t *testing.T) {
+	s := startStore(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	s.SetEventLayout(func() EventLayout { return EventPerKey })
+	at := time.Unix(1700000000, 0)
+	const single = 3*eventListPageKeys + 5
+	var all []*v1.Event
+	for i := range single {
+		e := eventsOf("web", "000001", "host_done", at.Add(time.Duration(i)*time.Second), fmt.Sprintf("single-%d", i), 1)[0]
+		if err := s.PutEvents(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, e)
+	}
+	s.SetEventLayout(func() EventLayout { return EventBatches })
+	batched := eventsOf("web", "000002", "host_assigned", at.Add(time.Hour), "batched", 2500)
+	if err := s.PutEvents(ctx, batched...); err != nil {
+		t.Fatal(err)
+	}
+	all = append(all, batched...)
+	messages := func(evs []*v1.Event) []string {
+		var out []string
+		for _, e := range evs {
+			out = append(out, e.GetMessage())
+		}
+		return out
+	}
+	for _, c := range []struct {
+		rollout string
+		limit   int
+		want    []*v1.Event
+		trunc   bool
+	}{
+		{"000001", single, all[:single], false},
+		{"000001", single + 1, all[:single], false},
+		{"000001", single - 1, all[1:single], true},
+		{"000001", eventListPageKeys + 1, all[single-eventListPageKeys-1 : single], true},
+		{"000001", 1, all[single-1 : single], true},
+		{"000002", 1500, batched[1000:], true},
+		{"000002", 2000, batched[500:], true},
+		{"000002", 2500, batched, false},
+		{"", len(all), all, false},
+		{"", 2600, all[len(all)-2600:], true},
+	} {
+		got, trunc, err := s.ListEvents(ctx, "web", c.rollout, c.limit)
+		if err != nil {
+			t.Fatalf("rollout %q limit %d: %v", c.rollout, c.limit, err)
+		}
+		if g, w := messages(got), messages(c.want); !slices.Equal(g, w) || trunc != c.trunc {
+			t.Errorf("rollout %q limit %d: %d events (truncated %v), want %d (truncated %v); first %v, want %v", c.rollout, c.limit, len(g), trunc, len(w), c.trunc, g[:min(1, len(g))], w[:min(1, len(w))])
+		}
+	}
+	if _, _, err := s.ListEvents(ctx, "web", "", 0); err == nil || !strings.Contains(err.Error(), "limit 0") {
+		t.Errorf("limit 0: %v, want an error naming it", err)
 	}
 }

@@ -229,7 +229,7 @@ func TestSplitRolloutPartsBounded(t *testing.T) {
 	if got, err := s.GetRollout(ctx, "web", "000001"); err != nil || !proto.Equal(got, r) {
 		t.Fatalf("GetRollout of 40,000 hosts differs (%v)", err)
 	}
-	if got, err := s.ListEvents(ctx, "web", "000001"); err != nil || len(got) != len(evs) {
+	if got, _, err := s.ListEvents(ctx, "web", "000001", listAll); err != nil || len(got) != len(evs) {
 		t.Fatalf("%d events recorded, want %d (%v)", len(got), len(evs), err)
 	}
 }

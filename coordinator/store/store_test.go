@@ -20,6 +20,9 @@ import (
 )
 
 // startStore starts a real embedded etcd in a temp dir.
+// listAll is a ListEvents limit above any test's events.
+const listAll = 1 << 30
+
 func startStore(t *testing.T) *Store {
 	t.Helper()
 	emb, err := StartEmbedded(t.TempDir(), zerolog.Nop())
@@ -278,7 +281,7 @@ func TestWriteRolloutWithManyEvents(t *testing.T) {
 			t.Fatalf("event %s written at revision %d, after the %d WriteRollout returned", kv.Key, kv.ModRevision, rev)
 		}
 	}
-	got, err := s.ListEvents(ctx, "web", "000001")
+	got, _, err := s.ListEvents(ctx, "web", "000001", listAll)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,7 +318,7 @@ func TestPruneEventsAndAudit(t *testing.T) {
 		t.Fatalf("pruned %d (%v), want 3 (no rollout, 000001, 000002)", n, err)
 	}
 	left := func(svc string) (ids []string) {
-		got, err := s.ListEvents(ctx, svc, "")
+		got, _, err := s.ListEvents(ctx, svc, "", listAll)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -46,7 +46,7 @@ func TestWriteRolloutEventsWithinRequestBytes(t *testing.T) {
 	if _, _, err := s.WriteRollout(ctx, nil, r, RolloutBase{}, nil, 0, evs...); err != nil {
 		t.Fatalf("write a decision with %d events of %d bytes: %v", len(evs), len(reason), err)
 	}
-	got, err := s.ListEvents(ctx, "web", "000001")
+	got, _, err := s.ListEvents(ctx, "web", "000001", listAll)
 	if err != nil || len(got) != len(evs) {
 		t.Fatalf("%d events recorded (%v), want %d", len(got), err, len(evs))
 	}

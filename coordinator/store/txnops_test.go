@@ -106,7 +106,7 @@ func TestLargerTxnOpsBatches(t *testing.T) {
 	if got := kv.Txns() - before; got != 2 {
 		t.Fatalf("a rollout write with %d events took %d transactions, want 2", len(evs), got)
 	}
-	got, err := s.ListEvents(ctx, "web", "000001")
+	got, _, err := s.ListEvents(ctx, "web", "000001", listAll)
 	if err != nil || len(got) != len(evs) {
 		t.Fatalf("%d events recorded (%v), want %d", len(got), err, len(evs))
 	}

@@ -173,7 +173,10 @@ func (h *harness) starts(x *host) []string {
 func (h *harness) events(id string) []*v1.Event {
 	h.t.Helper()
 	var resp v1.ListEventsResponse
-	h.cliJSON(h.opCoord(), &resp, "rollout", "history", service, "--id", id)
+	h.cliJSON(h.opCoord(), &resp, "rollout", "history", service, "--id", id, "--limit", "10000")
+	if resp.GetTruncated() {
+		h.t.Fatalf("history of %s: over 10000 events, older ones left out", id)
+	}
 	return resp.GetEvents()
 }
 

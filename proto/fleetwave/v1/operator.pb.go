@@ -1365,7 +1365,10 @@ type ListEventsRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Service string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
 	// only events of this rollout ("" = all)
-	RolloutId     string `protobuf:"bytes,2,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
+	RolloutId string `protobuf:"bytes,2,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
+	// at most this many, the newest (default 1000, at most 10000);
+	// WatchEvents streams any number
+	Limit         uint32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1414,9 +1417,19 @@ func (x *ListEventsRequest) GetRolloutId() string {
 	return ""
 }
 
+func (x *ListEventsRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
 type ListEventsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Events        []*Event               `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// oldest first
+	Events []*Event `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	// older events were left out (limit)
+	Truncated     bool `protobuf:"varint,2,opt,name=truncated,proto3" json:"truncated,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1456,6 +1469,13 @@ func (x *ListEventsResponse) GetEvents() []*Event {
 		return x.Events
 	}
 	return nil
+}
+
+func (x *ListEventsResponse) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
+	}
+	return false
 }
 
 type WatchEventsRequest struct {
@@ -4239,13 +4259,15 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"to_version\x18\x02 \x01(\tR\ttoVersion\x124\n" +
 	"\x06signed\x18\x03 \x01(\v2\x1c.fleetwave.v1.SignedRollbackR\x06signed\"C\n" +
 	"\x10RollbackResponse\x12/\n" +
-	"\arollout\x18\x01 \x01(\v2\x15.fleetwave.v1.RolloutR\arollout\"L\n" +
+	"\arollout\x18\x01 \x01(\v2\x15.fleetwave.v1.RolloutR\arollout\"b\n" +
 	"\x11ListEventsRequest\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1d\n" +
 	"\n" +
-	"rollout_id\x18\x02 \x01(\tR\trolloutId\"A\n" +
+	"rollout_id\x18\x02 \x01(\tR\trolloutId\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\rR\x05limit\"_\n" +
 	"\x12ListEventsResponse\x12+\n" +
-	"\x06events\x18\x01 \x03(\v2\x13.fleetwave.v1.EventR\x06events\"\x8c\x01\n" +
+	"\x06events\x18\x01 \x03(\v2\x13.fleetwave.v1.EventR\x06events\x12\x1c\n" +
+	"\ttruncated\x18\x02 \x01(\bR\ttruncated\"\x8c\x01\n" +
 	"\x12WatchEventsRequest\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1d\n" +
 	"\n" +

@@ -85,7 +85,8 @@ type OperatorServiceClient interface {
 	// Rollback starts a fast rollout (no canary, no bake) to an earlier
 	// release, also while frozen; it never targets a release that failed.
 	Rollback(ctx context.Context, in *RollbackRequest, opts ...grpc.CallOption) (*RollbackResponse, error)
-	// ListEvents returns a service's recorded events, oldest first.
+	// ListEvents returns a service's newest recorded events (limit), oldest
+	// first.
 	ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error)
 	// WatchEvents sends recorded events (oldest first, from since_revision or,
 	// when 0, all kept), then, with follow, every new one as it is written.
@@ -531,7 +532,8 @@ type OperatorServiceServer interface {
 	// Rollback starts a fast rollout (no canary, no bake) to an earlier
 	// release, also while frozen; it never targets a release that failed.
 	Rollback(context.Context, *RollbackRequest) (*RollbackResponse, error)
-	// ListEvents returns a service's recorded events, oldest first.
+	// ListEvents returns a service's newest recorded events (limit), oldest
+	// first.
 	ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error)
 	// WatchEvents sends recorded events (oldest first, from since_revision or,
 	// when 0, all kept), then, with follow, every new one as it is written.
