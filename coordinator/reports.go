@@ -184,11 +184,11 @@ func (w *reportWriter) write(ctx context.Context) {
 			for i, p := range batch {
 				reps[i] = store.HostReport{Host: p.key.host, Report: p.r}
 			}
-			n, rev, err := w.s.PutReports(ctx, reps)
-			w.txns.Inc()
-			w.written.Add(float64(n))
+			put, err := w.s.PutReports(ctx, reps)
+			w.txns.Add(float64(put.Txns))
+			w.written.Add(float64(put.Written))
 			w.mu.Lock()
-			w.storedRev = max(w.storedRev, rev)
+			w.storedRev = max(w.storedRev, put.Rev)
 			w.q.finish(batch, w.now())
 			more = w.q.takeable() > 0
 			w.mu.Unlock()

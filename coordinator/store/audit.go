@@ -23,7 +23,8 @@ const auditPutAttempts = 16
 // nanosecond apart). Each coordinator counts its own sequence, so two of
 // them can pick the same key: the entry is only created, never written
 // over an existing one, and on a taken key the next n is tried (up to
-// auditPutAttempts keys).
+// auditPutAttempts keys; a sequence that wraps from MaxAuditSeq to 0
+// lists the later entry before the earlier one of its nanosecond).
 func (s *Store) PutAudit(ctx context.Context, e *v1.AuditEntry, n int) error {
 	if n < 0 || n > MaxAuditSeq {
 		return fmt.Errorf("audit %s: sequence %d: want 0 to %d", e.GetMethod(), n, MaxAuditSeq)
@@ -32,7 +33,7 @@ func (s *Store) PutAudit(ctx context.Context, e *v1.AuditEntry, n int) error {
 	if err != nil {
 		return err
 	}
-	at := e.GetAt().AsTime().UnixNano()
+	at, first := e.GetAt().AsTime().UnixNano(), n
 	for range auditPutAttempts {
 		key := fmt.Sprintf("%s%020d-%06d", AuditPrefix, at, n)
 		resp, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).Then(clientv3.OpPut(key, val)).Commit()
@@ -44,7 +45,7 @@ func (s *Store) PutAudit(ctx context.Context, e *v1.AuditEntry, n int) error {
 		}
 		n = (n + 1) % (MaxAuditSeq + 1)
 	}
-	return fmt.Errorf("audit %s: %d keys of %d taken", e.GetMethod(), auditPutAttempts, at)
+	return fmt.Errorf("audit %s: keys %s%020d-%06d and the %d sequences after it all taken", e.GetMethod(), AuditPrefix, at, first, auditPutAttempts-1)
 }
 
 // ListAudit returns the newest limit audit entries, oldest first.

@@ -169,55 +169,71 @@ func (s *Store) PutEvents(ctx context.Context, events ...*v1.Event) error {
 }
 
 // MaxListEvents is the most events one ListEvents returns (the operator
-// API's limit); eventListPageKeys bounds the keys of one of its reads: 32
-// keys are at most 32,000 events and 4 MiB of values (event batches,
+// API's limit); eventListPageKeys bounds the keys of one read of values:
+// 32 keys are at most 32,000 events and 4 MiB of values (event batches,
 // maxBatchEvents and maxBatchBytes each).
 const (
 	MaxListEvents     = 10000
 	eventListPageKeys = 32
 )
 
-// ListEvents returns a service's newest limit events (of one rollout if
-// rolloutID is set), oldest first, and whether older ones were left out.
-// It reads keys newest first, a page at a time, and holds at most limit
-// events and one page. A record that does not decode is skipped
-// (skipUndecodable).
+// ListEvents returns a service's newest limit events in key order (of one
+// rollout if rolloutID is set; a service's: by rollout, then time, events
+// of no rollout first), oldest first, and whether older ones were left
+// out. It reads at one revision: the keys first (not their values, in
+// ascending pages, which etcd bounds: a descending read makes etcd read
+// and sort the whole range for every page), keeping the newest limit of
+// them (a key holds one event or more); then their values, newest key
+// first, eventListPageKeys at a time, until it has limit events. It holds
+// at most limit keys, and limit events and a page. A record that does not
+// decode is skipped (skipUndecodable); an older one that does not decode
+// still counts as left out.
 func (s *Store) ListEvents(ctx context.Context, service, rolloutID string, limit int) ([]*v1.Event, bool, error) {
 	if limit <= 0 {
 		return nil, false, fmt.Errorf("list events of %s: limit %d, want 1 or more", service, limit)
 	}
 	prefix := EventsPrefixFor(service, rolloutID)
-	var newest [][]*v1.Event // a key's events each, newest key first
-	n, truncated := 0, false
-	end := clientv3.GetPrefixRangeEnd(prefix)
-	for {
-		resp, err := s.c.Get(ctx, prefix, clientv3.WithRange(end), clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend), clientv3.WithLimit(eventListPageKeys))
-		if err != nil {
-			return nil, false, fmt.Errorf("list %s: %w", prefix, err)
+	// The newest limit keys, a ring: newest[head] is the oldest of them
+	// once it is full.
+	newest := make([]revKey, 0, min(limit, eventKeysPage))
+	head, older := 0, false
+	at, err := s.eventKeys(ctx, prefix, 0, func(key []byte, modRev int64) error {
+		k := revKey{rev: modRev, key: string(key)}
+		if len(newest) < limit {
+			newest = append(newest, k)
+			return nil
 		}
-		for i, kv := range resp.Kvs {
-			end = string(kv.Key)
-			evs, err := DecodeEvents(kv.Value)
-			if err != nil {
-				s.skipUndecodable(kv.Key, err)
-				continue
-			}
-			if n+len(evs) > limit { // a batch's newest events only
-				evs, truncated = evs[len(evs)-(limit-n):], true
-			}
-			newest = append(newest, evs)
-			if n += len(evs); n == limit {
-				truncated = truncated || i < len(resp.Kvs)-1 || resp.More
-				return oldestFirst(newest, n), truncated, nil
-			}
-		}
-		if !resp.More {
-			return oldestFirst(newest, n), false, nil
-		}
+		newest[head], head, older = k, (head+1)%limit, true
+		return nil
+	})
+	if err != nil {
+		return nil, false, err
 	}
+	keys := append(newest[head:len(newest):len(newest)], newest[:head]...) // oldest first
+	var pages [][]*v1.Event                                               // a page's events each, newest page first
+	n := 0
+	for len(keys) > 0 && n < limit {
+		page := keys[max(0, len(keys)-eventListPageKeys):]
+		keys = keys[:len(keys)-len(page)]
+		var evs []*v1.Event
+		if err := s.eventValues(ctx, prefix, at, page, func(e RevEvent) error {
+			evs = append(evs, e.Event)
+			return nil
+		}); err != nil {
+			return nil, false, err
+		}
+		pages = append(pages, evs)
+		n += len(evs)
+	}
+	truncated := older || len(keys) > 0 || n > limit
+	if n > limit { // the oldest page's newest events only
+		last := pages[len(pages)-1]
+		pages[len(pages)-1] = last[n-limit:]
+		n = limit
+	}
+	return oldestFirst(pages, n), truncated, nil
 }
-
-// oldestFirst joins n events listed a key at a time, newest key first.
+// oldestFirst joins n events read a page at a time, newest page first.
 func oldestFirst(newest [][]*v1.Event, n int) []*v1.Event {
 	out := make([]*v1.Event, 0, n)
 	for i := len(newest) - 1; i >= 0; i-- {

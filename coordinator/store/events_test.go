@@ -626,7 +626,7 @@ func TestPutAuditKeepsEntriesOfTheSameKey(t *testing.T) {
 		}
 	}
 	err = s.PutAudit(ctx, &v1.AuditEntry{At: timestamppb.New(at.Add(time.Second)), Method: "Late"}, 0)
-	if err == nil || !strings.Contains(err.Error(), "audit Late") {
+	if err == nil || !strings.Contains(err.Error(), "audit Late: keys "+AuditPrefix) || !strings.Contains(err.Error(), "-000000 and the 15 sequences after it all taken") {
 		t.Fatalf("every key taken: %v, want an error naming the method", err)
 	}
 	got, err = s.ListAudit(ctx, 100)
@@ -955,6 +955,7 @@ func TestListEventsNewestWithinLimit(t *testing.T) {
 		{"000001", single - 1, all[1:single], true},
 		{"000001", eventListPageKeys + 1, all[single-eventListPageKeys-1 : single], true},
 		{"000001", 1, all[single-1 : single], true},
+		{"000001", eventListPageKeys, all[single-eventListPageKeys : single], true},
 		{"000002", 1500, batched[1000:], true},
 		{"000002", 2000, batched[500:], true},
 		{"000002", 2500, batched, false},
@@ -971,5 +972,40 @@ func TestListEventsNewestWithinLimit(t *testing.T) {
 	}
 	if _, _, err := s.ListEvents(ctx, "web", "", 0); err == nil || !strings.Contains(err.Error(), "limit 0") {
 		t.Errorf("limit 0: %v, want an error naming it", err)
+	}
+}
+
+// BenchmarkListEvents lists the newest 1,000 of a rollout's 20,000 events
+// written one per key (the older layout, and writes of one event): the
+// keys are read in ascending pages, values only of the newest 1,000 keys.
+func BenchmarkListEvents(b *testing.B) {
+	emb, err := StartEmbedded(b.TempDir(), zerolog.Nop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer emb.Close()
+	c, err := emb.Dial()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	s := New(c)
+	s.SetEventLayout(func() EventLayout { return EventPerKey })
+	ctx := context.Background()
+	at := time.Unix(1700000000, 0)
+	const total = 20000
+	for i := 0; i < total; i += 100 {
+		evs := eventsOf("web", "000001", "host_done", at.Add(time.Duration(i)*time.Second), fmt.Sprint(i), 100)
+		if err := s.PutEvents(ctx, evs...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		evs, truncated, err := s.ListEvents(ctx, "web", "000001", 1000)
+		if err != nil || len(evs) != 1000 || !truncated {
+			b.Fatalf("%d events (truncated %v): %v", len(evs), truncated, err)
+		}
 	}
 }

@@ -84,6 +84,14 @@ func ReportBytes(host string, r *v1.ServiceReport) int {
 	return proto.Size(r) + len(ReportKey(host, r.GetService())) + len(HostKey(host))
 }
 
+// ReportsPut is what PutReports did: how many reports it wrote, in how
+// many transactions (one, or two when a host's record was gone), and the
+// revision of the one that wrote them.
+type ReportsPut struct {
+	Written, Txns int
+	Rev           int64
+}
+
 // PutReports writes reports in one transaction (at most Batch, and
 // MaxTxnBytes of them unless one: ReportBytes).
 // A report is written only while its host's record exists, so a report
@@ -93,11 +101,9 @@ func ReportBytes(host string, r *v1.ServiceReport) int {
 // host's record is gone is the batch written again with a guard per
 // report (a nested transaction each, which costs the client and etcd
 // more than half as many allocations again: BenchmarkPutReports).
-// It returns how many were written and the revision of the transaction
-// that wrote them.
-func (s *Store) PutReports(ctx context.Context, reps []HostReport) (int, int64, error) {
+func (s *Store) PutReports(ctx context.Context, reps []HostReport) (ReportsPut, error) {
 	if len(reps) > s.Batch() {
-		return 0, 0, fmt.Errorf("put reports: %d in one batch, at most %d", len(reps), s.Batch())
+		return ReportsPut{}, fmt.Errorf("put reports: %d in one batch, at most %d", len(reps), s.Batch())
 	}
 	cmps := make([]clientv3.Cmp, 0, len(reps))
 	puts := make([]clientv3.Op, 0, len(reps))
@@ -105,21 +111,21 @@ func (s *Store) PutReports(ctx context.Context, reps []HostReport) (int, int64, 
 	for _, hr := range reps {
 		val, err := marshal(hr.Report)
 		if err != nil {
-			return 0, 0, err
+			return ReportsPut{}, err
 		}
 		key, host := ReportKey(hr.Host, hr.Report.GetService()), HostKey(hr.Host)
 		if size += len(val) + len(key) + len(host); size > MaxTxnBytes && len(reps) > 1 {
-			return 0, 0, fmt.Errorf("put reports: %d in one batch, over %d bytes (etcd's --max-request-bytes is 1.5 MiB by default)", len(reps), MaxTxnBytes)
+			return ReportsPut{}, fmt.Errorf("put reports: %d in one batch, over %d bytes (etcd's --max-request-bytes is 1.5 MiB by default)", len(reps), MaxTxnBytes)
 		}
 		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(host), ">", 0))
 		puts = append(puts, clientv3.OpPut(key, val))
 	}
 	resp, err := s.c.Txn(ctx).If(cmps...).Then(puts...).Commit()
 	if err != nil {
-		return 0, 0, fmt.Errorf("put %d reports: %w", len(reps), err)
+		return ReportsPut{Txns: 1}, fmt.Errorf("put %d reports: %w", len(reps), err)
 	}
 	if resp.Succeeded {
-		return len(reps), resp.Header.GetRevision(), nil
+		return ReportsPut{Written: len(reps), Txns: 1, Rev: resp.Header.GetRevision()}, nil
 	}
 	guarded := make([]clientv3.Op, len(puts))
 	for i := range puts {
@@ -127,15 +133,15 @@ func (s *Store) PutReports(ctx context.Context, reps []HostReport) (int, int64, 
 	}
 	resp, err = s.c.Txn(ctx).Then(guarded...).Commit()
 	if err != nil {
-		return 0, 0, fmt.Errorf("put %d reports, a guard each: %w", len(reps), err)
+		return ReportsPut{Txns: 2}, fmt.Errorf("put %d reports, a guard each: %w", len(reps), err)
 	}
-	written := 0
+	put := ReportsPut{Txns: 2, Rev: resp.Header.GetRevision()}
 	for _, r := range resp.Responses {
 		if r.GetResponseTxn().GetSucceeded() {
-			written++
+			put.Written++
 		}
 	}
-	return written, resp.Header.GetRevision(), nil
+	return put, nil
 }
 
 // ErrConnected is returned when a host to remove is connected.

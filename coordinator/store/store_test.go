@@ -19,10 +19,10 @@ import (
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
-// startStore starts a real embedded etcd in a temp dir.
 // listAll is a ListEvents limit above any test's events.
 const listAll = 1 << 30
 
+// startStore starts a real embedded etcd in a temp dir.
 func startStore(t *testing.T) *Store {
 	t.Helper()
 	emb, err := StartEmbedded(t.TempDir(), zerolog.Nop())

@@ -82,13 +82,13 @@ func TestLargerTxnOpsBatches(t *testing.T) {
 		}
 		reps[i] = HostReport{Host: h, Report: &v1.ServiceReport{Service: "web", Phase: v1.Phase_PHASE_HEALTHY, CurrentVersion: "v1"}}
 	}
-	if _, _, err := s.PutReports(ctx, reps); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("%d in one batch, at most %d", n+1, n)) {
+	if _, err := s.PutReports(ctx, reps); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("%d in one batch, at most %d", n+1, n)) {
 		t.Fatalf("PutReports of %d: %v, want refused", n+1, err)
 	}
 	before := kv.Txns()
-	written, _, err := s.PutReports(ctx, reps[:n])
-	if err != nil || written != n {
-		t.Fatalf("PutReports of %d: %d written, %v", n, written, err)
+	put, err := s.PutReports(ctx, reps[:n])
+	if err != nil || put.Written != n {
+		t.Fatalf("PutReports of %d: %d written, %v", n, put.Written, err)
 	}
 	if got := kv.Txns() - before; got != 1 {
 		t.Fatalf("%d reports took %d transactions, want 1", n, got)
@@ -171,9 +171,9 @@ func BenchmarkPutReports(b *testing.B) {
 		for _, r := range reps {
 			r.Report.Phase = v1.Phase(1 + i%8)
 		}
-		written, _, err := s.PutReports(ctx, reps)
-		if err != nil || written != len(reps) {
-			b.Fatalf("%d of %d written: %v", written, len(reps), err)
+		put, err := s.PutReports(ctx, reps)
+		if err != nil || put.Written != len(reps) || put.Txns != 1 {
+			b.Fatalf("%d of %d written in %d transactions: %v", put.Written, len(reps), put.Txns, err)
 		}
 	}
 	b.ReportMetric(float64(len(reps)), "reports/op")
@@ -181,9 +181,12 @@ func BenchmarkPutReports(b *testing.B) {
 
 // A batch with a report of a host without a record (removed while its
 // report was queued) writes the others, and not that one: the batch's
-// guard fails, the guarded retry writes what it may.
+// guard fails, the guarded retry writes what it may (two transactions);
+// a batch of hosts with records takes one.
 func TestPutReportsSkipsHostsWithoutRecord(t *testing.T) {
 	s := startStore(t)
+	kv := &testkit.TxnCounter{KV: s.c.KV}
+	s.c.KV = kv
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for _, h := range []string{"h1", "h3"} {
@@ -195,9 +198,10 @@ func TestPutReportsSkipsHostsWithoutRecord(t *testing.T) {
 	for _, h := range []string{"h1", "h2", "h3"} {
 		reps = append(reps, HostReport{Host: h, Report: &v1.ServiceReport{Service: "web", Phase: v1.Phase_PHASE_HEALTHY, CurrentVersion: "v1"}})
 	}
-	written, rev, err := s.PutReports(ctx, reps)
-	if err != nil || written != 2 {
-		t.Fatalf("PutReports: %d written (%v), want 2", written, err)
+	before := kv.Txns()
+	put, err := s.PutReports(ctx, reps)
+	if err != nil || put.Written != 2 || put.Txns != 2 || kv.Txns()-before != 2 {
+		t.Fatalf("PutReports: %+v (%v), %d transactions counted, want 2 written in 2", put, err, kv.Txns()-before)
 	}
 	for _, h := range []string{"h1", "h2", "h3"} {
 		resp, err := s.c.Get(ctx, ReportKey(h, "web"))
@@ -206,17 +210,18 @@ func TestPutReportsSkipsHostsWithoutRecord(t *testing.T) {
 		}
 		if want := h != "h2"; (len(resp.Kvs) == 1) != want {
 			t.Errorf("%s's report stored: %v, want %v", h, len(resp.Kvs) == 1, want)
-		} else if want && resp.Kvs[0].ModRevision != rev {
-			t.Errorf("%s's report at revision %d, PutReports said %d", h, resp.Kvs[0].ModRevision, rev)
+		} else if want && resp.Kvs[0].ModRevision != put.Rev {
+			t.Errorf("%s's report at revision %d, PutReports said %d", h, resp.Kvs[0].ModRevision, put.Rev)
 		}
 	}
 	// Every host with a record: one transaction, its revision returned.
-	before, err := s.c.Get(ctx, "x")
-	if err != nil {
-		t.Fatal(err)
+	before = kv.Txns()
+	put, err = s.PutReports(ctx, []HostReport{reps[0], reps[2]})
+	if err != nil || put.Written != 2 || put.Txns != 1 || kv.Txns()-before != 1 {
+		t.Fatalf("PutReports of two hosts with records: %+v (%v), %d transactions counted, want 2 written in 1", put, err, kv.Txns()-before)
 	}
-	written, rev, err = s.PutReports(ctx, []HostReport{reps[0], reps[2]})
-	if err != nil || written != 2 || rev != before.Header.Revision+1 {
-		t.Fatalf("PutReports of two hosts with records: %d written at revision %d (%v), want 2 at %d", written, rev, err, before.Header.Revision+1)
+	resp, err := s.c.Get(ctx, ReportKey("h3", "web"))
+	if err != nil || len(resp.Kvs) != 1 || resp.Kvs[0].ModRevision != put.Rev {
+		t.Fatalf("h3's report after the second batch: %v (%v), want it at revision %d", resp.Kvs, err, put.Rev)
 	}
 }

@@ -1366,8 +1366,9 @@ type ListEventsRequest struct {
 	Service string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
 	// only events of this rollout ("" = all)
 	RolloutId string `protobuf:"bytes,2,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
-	// at most this many, the newest (default 1000, at most 10000);
-	// WatchEvents streams any number
+	// at most this many, the newest in the listing's order (a rollout's by
+	// time; a service's by rollout, then time, events of no rollout first)
+	// (default 1000, at most 10000); WatchEvents streams any number
 	Limit         uint32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
