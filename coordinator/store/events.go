@@ -210,7 +210,7 @@ func (s *Store) ListEvents(ctx context.Context, service, rolloutID string, limit
 		return nil, false, err
 	}
 	keys := append(newest[head:len(newest):len(newest)], newest[:head]...) // oldest first
-	var pages [][]*v1.Event                                               // a page's events each, newest page first
+	var pages [][]*v1.Event                                                // a page's events each, newest page first
 	n := 0
 	for len(keys) > 0 && n < limit {
 		page := keys[max(0, len(keys)-eventListPageKeys):]
@@ -233,6 +233,7 @@ func (s *Store) ListEvents(ctx context.Context, service, rolloutID string, limit
 	}
 	return oldestFirst(pages, n), truncated, nil
 }
+
 // oldestFirst joins n events read a page at a time, newest page first.
 func oldestFirst(newest [][]*v1.Event, n int) []*v1.Event {
 	out := make([]*v1.Event, 0, n)
