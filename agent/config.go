@@ -317,8 +317,11 @@ type options struct {
 	peerMaxConns         int
 	peerHandshakeTimeout time.Duration
 	peerConnIdle         time.Duration
-	logRotate            time.Duration // how often service logs are checked for rotation
-	seed                 uint64        // 0 = from the clock
+	// peerSendTimeout: a download whose fetcher takes no chunk for this
+	// long is ended (peerServer.sendTimeout).
+	peerSendTimeout time.Duration
+	logRotate       time.Duration // how often service logs are checked for rotation
+	seed            uint64        // 0 = from the clock
 
 	// Test hooks (nil in production).
 	saveHook  func(*lifecycle.Snapshot) error // runs before every state save; an error fails the save
@@ -347,6 +350,7 @@ func defaultOptions() options {
 		peerMaxConns:         256,
 		peerHandshakeTimeout: 10 * time.Second,
 		peerConnIdle:         2 * time.Minute,
+		peerSendTimeout:      30 * time.Second,
 		logRotate:            30 * time.Second,
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"hash"
@@ -65,6 +67,18 @@ const peerChunk = 64 << 10
 // set is emptied and starts again.
 const maxDroppedPeers = 1024
 
+// Limits of the peer server on one fetching host, and on a fetcher that
+// stops reading.
+const (
+	// peerUploadsPerHost bounds the downloads one host is served at once
+	// (a fetch reads one source at a time; two services' artifacts at
+	// once take two): a host cannot take every slot.
+	peerUploadsPerHost = 2
+	// peerMaxRequestBytes bounds a Download request (a sha256 and an
+	// offset: under 100 bytes).
+	peerMaxRequestBytes = 1 << 10
+)
+
 // peerServer serves kept artifacts to other agents.
 type peerServer struct {
 	v1.UnimplementedArtifactServiceServer
@@ -73,23 +87,87 @@ type peerServer struct {
 	limit   *rate.Limiter
 	metrics *agentMetrics
 	log     zerolog.Logger
+	// sendTimeout ends a download whose fetcher has not taken a chunk
+	// for that long (it stopped reading: the chunk waits on HTTP/2 flow
+	// control and would hold its slot for good).
+	sendTimeout time.Duration
+	// revoked, if set, refuses a caller whose certificate was revoked
+	// since its connection's handshake (checked on every call).
+	revoked func(chain []*x509.Certificate) error
+
+	mu     sync.Mutex
+	byHost map[string]int // downloads being served, per fetching host
 }
 
-func newPeerServer(inst *install.Installer, maxUploads int, bytesPerSec int64, m *agentMetrics, log zerolog.Logger) *peerServer {
+func newPeerServer(inst *install.Installer, maxUploads int, bytesPerSec int64, sendTimeout time.Duration, m *agentMetrics, log zerolog.Logger) *peerServer {
 	return &peerServer{
-		inst:    inst,
-		slots:   make(chan struct{}, maxUploads),
-		limit:   rate.NewLimiter(rate.Limit(bytesPerSec), peerChunk),
-		metrics: m,
-		log:     log,
+		inst:        inst,
+		slots:       make(chan struct{}, maxUploads),
+		limit:       rate.NewLimiter(rate.Limit(bytesPerSec), peerChunk),
+		metrics:     m,
+		log:         log,
+		sendTimeout: sendTimeout,
+		byHost:      map[string]int{},
 	}
+}
+
+// newPeerGRPCServer is the peer listener's gRPC server: mutual TLS (tc),
+// Download requests of at most peerMaxRequestBytes, streams per connection
+// bounded, a handshake deadline, and idle connections closed.
+func newPeerGRPCServer(tc *tls.Config, p *peerServer, o options) *grpc.Server {
+	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(tc)), grpc.MaxConcurrentStreams(uint32(cap(p.slots))*2),
+		grpc.MaxRecvMsgSize(peerMaxRequestBytes),
+		grpc.ConnectionTimeout(o.peerHandshakeTimeout),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: o.peerConnIdle}))
+	v1.RegisterArtifactServiceServer(srv, p)
+	return srv
+}
+
+// take gives host one of the upload slots, or says why not.
+func (p *peerServer) take(host string) (release func(), err error) {
+	p.mu.Lock()
+	if p.byHost[host] >= peerUploadsPerHost {
+		p.mu.Unlock()
+		return nil, status.Errorf(codes.ResourceExhausted, "serving host %s %d peer downloads already (at most %d per host)", host, peerUploadsPerHost, peerUploadsPerHost)
+	}
+	select {
+	case p.slots <- struct{}{}:
+	default:
+		p.mu.Unlock()
+		return nil, status.Errorf(codes.ResourceExhausted, "serving %d peer downloads already (--peer-max-uploads)", cap(p.slots))
+	}
+	p.byHost[host]++
+	p.mu.Unlock()
+	return func() {
+		p.mu.Lock()
+		if p.byHost[host]--; p.byHost[host] == 0 {
+			delete(p.byHost, host)
+		}
+		<-p.slots
+		p.mu.Unlock()
+	}, nil
+}
+
+// streamEnder is what gRPC's transport stream (under a server stream's
+// context) offers to end a stream with a status from outside its handler,
+// also while the handler is blocked sending (the coordinator's hub ends
+// agent streams the same way: statusWriter there).
+type streamEnder interface {
+	WriteStatus(*status.Status) error
 }
 
 // Download implements ArtifactService.Download for other agents.
 func (p *peerServer) Download(req *v1.DownloadRequest, stream v1.ArtifactService_DownloadServer) error {
 	ctx := stream.Context()
-	if id, ok := tlsutil.PeerIdentity(ctx); !ok || id.Kind != tlsutil.KindAgent {
+	id, ok := tlsutil.PeerIdentity(ctx)
+	if !ok || id.Kind != tlsutil.KindAgent {
 		return status.Error(codes.PermissionDenied, "peer artifacts are served to agents of this fleet only")
+	}
+	if p.revoked != nil {
+		chain, _ := tlsutil.PeerChain(ctx)
+		if err := p.revoked(chain); err != nil {
+			return status.Error(codes.PermissionDenied, err.Error())
+		}
 	}
 	if err := spec.CheckSHA256("sha256", req.GetSha256()); err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
@@ -97,15 +175,14 @@ func (p *peerServer) Download(req *v1.DownloadRequest, stream v1.ArtifactService
 	if req.GetOffset() < 0 {
 		return status.Errorf(codes.InvalidArgument, "offset: %d is negative", req.GetOffset())
 	}
-	select {
-	case p.slots <- struct{}{}:
-		defer func() { <-p.slots }()
-	default:
+	release, err := p.take(id.Name)
+	if err != nil {
 		if p.metrics != nil {
 			p.metrics.peerRefused.Inc()
 		}
-		return status.Errorf(codes.ResourceExhausted, "serving %d peer downloads already (--peer-max-uploads)", cap(p.slots))
+		return err
 	}
+	defer release()
 	f, size, err := p.inst.OpenArtifact(req.GetSha256())
 	if errors.Is(err, fs.ErrNotExist) {
 		return status.Errorf(codes.NotFound, "artifact %s not held here", req.GetSha256())
@@ -120,6 +197,16 @@ func (p *peerServer) Download(req *v1.DownloadRequest, stream v1.ArtifactService
 	if _, err := f.Seek(req.GetOffset(), io.SeekStart); err != nil {
 		return status.Errorf(codes.Internal, "offset %d: %v", req.GetOffset(), err)
 	}
+	// A chunk the fetcher does not take within sendTimeout ends the
+	// stream (the time the shared rate makes it wait is not counted).
+	ender, _ := grpc.ServerTransportStreamFromContext(ctx).(streamEnder)
+	stalled := time.AfterFunc(time.Hour, func() {
+		if ender != nil {
+			_ = ender.WriteStatus(status.Newf(codes.DeadlineExceeded, "the fetcher took no chunk of %s for %s", req.GetSha256(), p.sendTimeout))
+		}
+	})
+	stalled.Stop()
+	defer stalled.Stop()
 	buf := make([]byte, peerChunk)
 	for {
 		n, err := f.Read(buf)
@@ -127,7 +214,10 @@ func (p *peerServer) Download(req *v1.DownloadRequest, stream v1.ArtifactService
 			if werr := p.limit.WaitN(ctx, n); werr != nil {
 				return status.FromContextError(werr).Err()
 			}
-			if serr := stream.Send(&v1.DownloadResponse{Chunk: buf[:n]}); serr != nil {
+			stalled.Reset(p.sendTimeout)
+			serr := stream.Send(&v1.DownloadResponse{Chunk: buf[:n]})
+			stalled.Stop()
+			if serr != nil {
 				return serr
 			}
 			if p.metrics != nil {
@@ -174,11 +264,12 @@ func (a *agent) startPeer() (advertise string, serve func() error, stop func(), 
 			return fmt.Errorf("peer listener: %w", err)
 		}
 		a.refuseRevoked(tc, sidePeer)
+		ps := newPeerServer(a.inst, a.cfg.PeerMaxUploads, a.cfg.PeerUploadRate, a.opts.peerSendTimeout, a.metrics, a.log)
+		if a.revs != nil {
+			ps.revoked = func(chain []*x509.Certificate) error { return a.checkRevoked(sidePeer, "", chain) }
+		}
 		mu.Lock()
-		srv = grpc.NewServer(grpc.Creds(credentials.NewTLS(tc)), grpc.MaxConcurrentStreams(uint32(a.cfg.PeerMaxUploads)*2),
-			grpc.ConnectionTimeout(a.opts.peerHandshakeTimeout),
-			grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: a.opts.peerConnIdle}))
-		v1.RegisterArtifactServiceServer(srv, newPeerServer(a.inst, a.cfg.PeerMaxUploads, a.cfg.PeerUploadRate, a.metrics, a.log))
+		srv = newPeerGRPCServer(tc, ps, a.opts)
 		s := srv
 		mu.Unlock()
 		a.log.Info().Str("addr", lis.Addr().String()).Str("advertise", advertise).Int("max_uploads", a.cfg.PeerMaxUploads).

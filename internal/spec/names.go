@@ -18,7 +18,7 @@ var (
 // in the error.
 func CheckName(field, s string) error {
 	if !nameRE.MatchString(s) {
-		return fmt.Errorf("%s: invalid name %q (want [a-z0-9][a-z0-9-]{0,62})", field, s)
+		return fmt.Errorf("%s: invalid name %s (want [a-z0-9][a-z0-9-]{0,62})", field, Quote(s))
 	}
 	return nil
 }
@@ -26,7 +26,7 @@ func CheckName(field, s string) error {
 // CheckVersion reports whether s is a valid release version.
 func CheckVersion(field, s string) error {
 	if !versionRE.MatchString(s) {
-		return fmt.Errorf("%s: invalid version %q (want [A-Za-z0-9][A-Za-z0-9._+-]{0,63})", field, s)
+		return fmt.Errorf("%s: invalid version %s (want [A-Za-z0-9][A-Za-z0-9._+-]{0,63})", field, Quote(s))
 	}
 	return nil
 }
@@ -34,7 +34,7 @@ func CheckVersion(field, s string) error {
 // CheckHostID reports whether s is a valid host id.
 func CheckHostID(field, s string) error {
 	if !hostIDRE.MatchString(s) {
-		return fmt.Errorf("%s: invalid host id %q (want [A-Za-z0-9][A-Za-z0-9._-]{0,127})", field, s)
+		return fmt.Errorf("%s: invalid host id %s (want [A-Za-z0-9][A-Za-z0-9._-]{0,127})", field, Quote(s))
 	}
 	return nil
 }
@@ -43,10 +43,10 @@ func CheckHostID(field, s string) error {
 func CheckLabels(field string, labels map[string]string) error {
 	for k, v := range labels {
 		if !labelKRE.MatchString(k) {
-			return fmt.Errorf("%s: invalid label key %q", field, k)
+			return fmt.Errorf("%s: invalid label key %s", field, Quote(k))
 		}
 		if !labelVRE.MatchString(v) {
-			return fmt.Errorf("%s[%s]: invalid label value %q", field, k, v)
+			return fmt.Errorf("%s[%s]: invalid label value %s", field, k, Quote(v))
 		}
 	}
 	return nil
@@ -55,7 +55,20 @@ func CheckLabels(field string, labels map[string]string) error {
 // CheckSHA256 reports whether s is a lowercase hex sha256.
 func CheckSHA256(field, s string) error {
 	if !sha256RE.MatchString(s) {
-		return fmt.Errorf("%s: invalid sha256 %q (want 64 lowercase hex digits)", field, s)
+		return fmt.Errorf("%s: invalid sha256 %s (want 64 lowercase hex digits)", field, Quote(s))
 	}
 	return nil
+}
+
+// quoteMax is how much of a refused value an error quotes.
+const quoteMax = 128
+
+// Quote quotes a value for an error message, clipped to its first
+// quoteMax bytes and its length: an error names what was refused without
+// echoing a caller's megabytes back to it (and into logs).
+func Quote(s string) string {
+	if len(s) <= quoteMax {
+		return fmt.Sprintf("%q", s)
+	}
+	return fmt.Sprintf("%q… (%d bytes)", s[:quoteMax], len(s))
 }

@@ -2,6 +2,7 @@ package spec
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -426,5 +427,26 @@ func TestExampleFiles(t *testing.T) {
 				t.Fatalf("%s: %v", f, err)
 			}
 		})
+	}
+}
+
+// A refused value is quoted clipped, with its length: a caller's
+// megabytes are not echoed back (a peer's Download echoed a 3 MiB sha256
+// in its error).
+func TestCheckErrorsQuoteClipped(t *testing.T) {
+	big := strings.Repeat("x", 3<<20)
+	for name, err := range map[string]error{
+		"sha256":  CheckSHA256("sha256", big),
+		"name":    CheckName("service", big),
+		"version": CheckVersion("version", big),
+		"host":    CheckHostID("host_id", big),
+		"label":   CheckLabels("labels", map[string]string{"k": big}),
+	} {
+		if err == nil || len(err.Error()) > 400 || !strings.Contains(err.Error(), "(3145728 bytes)") {
+			t.Errorf("%s: %d-byte error, want under 400 naming the value's length", name, len(fmt.Sprint(err)))
+		}
+	}
+	if err := CheckSHA256("sha256", "ABC"); err == nil || !strings.Contains(err.Error(), `sha256: invalid sha256 "ABC"`) {
+		t.Errorf("a short value: %v, want it quoted whole", err)
 	}
 }
