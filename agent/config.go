@@ -240,10 +240,7 @@ func (c Config) validatePeer() error {
 		}
 		return nil
 	}
-	if h, p, err := net.SplitHostPort(c.PeerAdvertise); err != nil || h == "" || p == "" || p == "0" {
-		return fmt.Errorf("peer_advertise: %q: want host:port", c.PeerAdvertise)
-	}
-	return nil
+	return spec.CheckHostPort("peer_advertise", c.PeerAdvertise)
 }
 
 // checkAddr accepts host:port or a gRPC target with a scheme (dns:///h:p,
@@ -311,10 +308,11 @@ type options struct {
 	// a window of peerMinRateWindow is left for the next source.
 	peerMinRate       int64
 	peerMinRateWindow time.Duration
-	// The peer listener: connections open at once (more are closed as
-	// they are accepted), the time a TLS handshake may take, and how long
-	// a connection may sit without a call.
+	// The peer listener: connections open at once, and from one address
+	// (more are closed as they are accepted), the time a TLS handshake may
+	// take, and how long a connection may sit without a call.
 	peerMaxConns         int
+	peerMaxConnsPerIP    int
 	peerHandshakeTimeout time.Duration
 	peerConnIdle         time.Duration
 	// peerSendTimeout: a download whose fetcher takes no chunk for this
@@ -348,6 +346,7 @@ func defaultOptions() options {
 		peerMinRate:          256 << 10,
 		peerMinRateWindow:    30 * time.Second,
 		peerMaxConns:         256,
+		peerMaxConnsPerIP:    8,
 		peerHandshakeTimeout: 10 * time.Second,
 		peerConnIdle:         2 * time.Minute,
 		peerSendTimeout:      30 * time.Second,

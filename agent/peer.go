@@ -12,6 +12,7 @@ import (
 	"io"
 	"io/fs"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"time"
@@ -148,6 +149,14 @@ func (p *peerServer) take(host string) (release func(), err error) {
 	}, nil
 }
 
+// peerSlots is how many downloads the peer listener serves at once:
+// PeerMaxUploads, fewer when the upload rate shared by that many would give
+// each less than a fetcher's minimum rate from a peer (it would leave every
+// one of them after its window), but at least one.
+func (a *agent) peerSlots() int {
+	return int(max(1, min(int64(a.cfg.PeerMaxUploads), a.cfg.PeerUploadRate/max(1, a.opts.peerMinRate))))
+}
+
 // streamEnder is what gRPC's transport stream (under a server stream's
 // context) offers to end a stream with a status from outside its handler,
 // also while the handler is blocked sending (the coordinator's hub ends
@@ -245,7 +254,7 @@ func (a *agent) startPeer() (advertise string, serve func() error, stop func(), 
 	if err != nil {
 		return "", nil, nil, fmt.Errorf("peer_listen %s: %w", a.cfg.PeerListen, err)
 	}
-	lis := &capListener{Listener: tcp, open: make(chan struct{}, a.opts.peerMaxConns)}
+	lis := &capListener{Listener: tcp, open: make(chan struct{}, a.opts.peerMaxConns), maxPerIP: a.opts.peerMaxConnsPerIP, perIP: map[netip.Addr]int{}}
 	advertise = a.cfg.PeerAdvertise
 	if advertise == "" {
 		host, _, _ := net.SplitHostPort(a.cfg.PeerListen)
@@ -264,7 +273,7 @@ func (a *agent) startPeer() (advertise string, serve func() error, stop func(), 
 			return fmt.Errorf("peer listener: %w", err)
 		}
 		a.refuseRevoked(tc, sidePeer)
-		ps := newPeerServer(a.inst, a.cfg.PeerMaxUploads, a.cfg.PeerUploadRate, a.opts.peerSendTimeout, a.metrics, a.log)
+		ps := newPeerServer(a.inst, a.peerSlots(), a.cfg.PeerUploadRate, a.opts.peerSendTimeout, a.metrics, a.log)
 		if a.revs != nil {
 			ps.revoked = func(chain []*x509.Certificate) error { return a.checkRevoked(sidePeer, "", chain) }
 		}
@@ -272,7 +281,11 @@ func (a *agent) startPeer() (advertise string, serve func() error, stop func(), 
 		srv = newPeerGRPCServer(tc, ps, a.opts)
 		s := srv
 		mu.Unlock()
-		a.log.Info().Str("addr", lis.Addr().String()).Str("advertise", advertise).Int("max_uploads", a.cfg.PeerMaxUploads).
+		if n := cap(ps.slots); n < a.cfg.PeerMaxUploads {
+			a.log.Warn().Int("max_uploads", a.cfg.PeerMaxUploads).Int64("upload_rate", a.cfg.PeerUploadRate).Int64("fetcher_min_rate", a.opts.peerMinRate).Int("serving", n).
+				Msg("peer uploads at once lowered: the upload rate shared by max_uploads would give each less than fetchers take from a peer")
+		}
+		a.log.Info().Str("addr", lis.Addr().String()).Str("advertise", advertise).Int("max_uploads", cap(ps.slots)).
 			Int64("upload_rate", a.cfg.PeerUploadRate).Msg("serving artifacts to peers")
 		go func() {
 			if err := s.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
@@ -294,11 +307,15 @@ func (a *agent) startPeer() (advertise string, serve func() error, stop func(), 
 }
 
 // capListener closes the connections it accepts while cap(open) are open
-// already: anyone can connect before the TLS handshake says who they are,
-// and each connection holds a file and a goroutine.
+// already, or maxPerIP from the same address: anyone can connect before
+// the TLS handshake says who they are, each connection holds a file and a
+// goroutine, and one address must not take every place.
 type capListener struct {
 	net.Listener
-	open chan struct{}
+	open     chan struct{}
+	maxPerIP int
+	mu       sync.Mutex
+	perIP    map[netip.Addr]int
 }
 
 func (l *capListener) Accept() (net.Conn, error) {
@@ -307,13 +324,39 @@ func (l *capListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
+		ip := remoteIP(c)
+		l.mu.Lock()
+		if l.perIP[ip] >= l.maxPerIP {
+			l.mu.Unlock()
+			c.Close()
+			continue
+		}
 		select {
 		case l.open <- struct{}{}:
-			return &capConn{Conn: c, release: sync.OnceFunc(func() { <-l.open })}, nil
+			l.perIP[ip]++
+			l.mu.Unlock()
+			return &capConn{Conn: c, release: sync.OnceFunc(func() {
+				l.mu.Lock()
+				if l.perIP[ip]--; l.perIP[ip] <= 0 {
+					delete(l.perIP, ip)
+				}
+				l.mu.Unlock()
+				<-l.open
+			})}, nil
 		default:
+			l.mu.Unlock()
 			c.Close()
 		}
 	}
+}
+
+// remoteIP is the address a connection comes from (IPv4 in IPv6 unmapped;
+// the zero address when it has none).
+func remoteIP(c net.Conn) netip.Addr {
+	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+		return ap.Addr().Unmap()
+	}
+	return netip.Addr{}
 }
 
 // capConn gives its place back when closed.
@@ -530,6 +573,10 @@ func (a *agent) peerSources(asg *v1.Assignment, sus *suspects) []byteSource {
 		if s.GetHostId() == a.cfg.HostID || s.GetAddress() == "" || a.dropped.has(s.GetHostId()) || sus.hosts[s.GetHostId()] {
 			continue
 		}
+		if err := spec.CheckHostPort("sources.address", s.GetAddress()); err != nil {
+			a.log.Warn().Str("peer", s.GetHostId()).Err(err).Msg("artifact source skipped")
+			continue
+		}
 		out = append(out, byteSource{kind: sourcePeer, host: s.GetHostId(), open: a.openPeer(s.GetHostId(), s.GetAddress(), asg)})
 	}
 	return out
@@ -544,7 +591,9 @@ func (a *agent) openPeer(host, addr string, asg *v1.Assignment) func(ctx context
 			return nil, err
 		}
 		a.refuseRevoked(tc, sidePeer)
-		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)),
+		// passthrough: a TCP address as it is, never a gRPC resolver's
+		// scheme ("unix-abstract:7071" is host unix-abstract, port 7071).
+		cc, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvBytes)))
 		if err != nil {
 			return nil, fmt.Errorf("dial %s: %w", addr, err)

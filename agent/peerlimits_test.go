@@ -2,8 +2,12 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
+	"math/rand/v2"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -173,5 +178,129 @@ func TestPeerServerRequestBounded(t *testing.T) {
 	_, err = readAll(context.Background(), c, strings.Repeat("z", 900))
 	if status.Code(err) != codes.InvalidArgument || len(err.Error()) > 400 || !strings.Contains(err.Error(), "(900 bytes)") {
 		t.Fatalf("a 900-byte sha256: %v, want InvalidArgument quoting it clipped", err)
+	}
+}
+
+// TestPeerAddressIsTCPOnly: a source's address is dialed as a TCP
+// address, never through a gRPC resolver's scheme: "unix-abstract:N" (a
+// valid host:port) does not reach this machine's abstract unix socket N,
+// and a source whose address is not host:port is skipped. (Failed before:
+// the fetcher connected to the socket, the way a host advertising such an
+// address could make every fetcher that names it dial local sockets.)
+func TestPeerAddressIsTCPOnly(t *testing.T) {
+	name := fmt.Sprint(20000 + rand.IntN(40000))
+	lis, err := net.Listen("unix", "@"+name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	accepted := make(chan struct{}, 16)
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- struct{}{}
+			c.Close()
+		}
+	}()
+	pki := newPeerPKI(t)
+	art := bigArtifact(t, 64<<10)
+	coord := serveGRPC(t, grpc.Creds(insecure.NewCredentials()), memStore{art: art})
+	a := newPeerAgent(t, pki, "fetcher", false)
+	cc, err := grpc.NewClient(coord, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	a.conns.set(cc)
+	asg := assignmentFrom(art)
+	asg.Sources = []*v1.ArtifactSource{{HostId: "h1", Address: "unix-abstract:" + name}, {HostId: "h2", Address: "unix:@" + name}}
+	f, err := a.fetchOnce(context.Background(), asg, artifactOf(asg))
+	if err != nil {
+		t.Fatalf("fetch: %v, want it from the coordinator", err)
+	}
+	a.inst.Discard(f)
+	select {
+	case <-accepted:
+		t.Fatal("the fetcher dialed the abstract unix socket named by a source")
+	default:
+	}
+}
+
+// TestPeerListenerBoundsConnectionsPerAddress: one address holds at most
+// peerMaxConnsPerIP of the listener's connections, even before any
+// handshake; another address is still served. (Failed before: one address
+// could hold every place, with or without a certificate.)
+func TestPeerListenerBoundsConnectionsPerAddress(t *testing.T) {
+	pki := newPeerPKI(t)
+	srv := newPeerAgent(t, pki, "srv", false)
+	servingPeer(t, srv, func(o *options) { o.peerMaxConnsPerIP = 2; o.peerHandshakeTimeout = time.Hour })
+	from := func(ip string) net.Conn {
+		t.Helper()
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+		c, err := d.Dial("tcp", srv.peerAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	from("127.0.0.1")
+	from("127.0.0.1")
+	if err := closedByServer(t, from("127.0.0.1")); err != io.EOF && !errors.Is(err, net.ErrClosed) && !isReset(err) {
+		t.Fatalf("a third connection from one address: %v, want closed by the server", err)
+	}
+	cert, key := pki.pair(t, tlsutil.Identity{Kind: tlsutil.KindAgent, Name: "other"})
+	tc, err := tlsutil.PeerClientConfig(cert, key, pki.caFile, "srv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc.NextProtos = []string{"h2"}
+	c := tls.Client(from("127.0.0.2"), tc)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // failure deadline
+	defer cancel()
+	if err := c.HandshakeContext(ctx); err != nil {
+		t.Fatalf("a connection from another address: %v, want served", err)
+	}
+}
+
+// TestPeerSlotsFitTheFetchersMinimumRate: a listener whose upload rate,
+// shared by --peer-max-uploads downloads, would give each less than the
+// rate a fetcher leaves a peer under serves fewer at once (at least one),
+// each at that rate or more. (Before: all 8 were served at 64 KiB/s each,
+// and every fetcher left the peer after its window.)
+func TestPeerSlotsFitTheFetchersMinimumRate(t *testing.T) {
+	for _, c := range []struct {
+		uploads int
+		rate    int64
+		want    int
+	}{
+		{8, DefaultPeerUploadRate, 8},
+		{8, 2 << 20, 8},
+		{8, 512 << 10, 2},
+		{8, MinPeerUploadRate, 1},
+		{1, MinPeerUploadRate, 1},
+	} {
+		a := &agent{cfg: Config{PeerMaxUploads: c.uploads, PeerUploadRate: c.rate}, opts: defaultOptions()}
+		if got := a.peerSlots(); got != c.want {
+			t.Errorf("%d uploads at %d bytes/s: %d slots, want %d", c.uploads, c.rate, got, c.want)
+		}
+	}
+	// The listener serves that many: the third download at once is
+	// refused with the count.
+	pki := newPeerPKI(t)
+	art := bigArtifact(t, 1<<20)
+	srv := newPeerAgent(t, pki, "srv", false)
+	srv.cfg.PeerUploadRate = 512 << 10
+	servingPeer(t, srv, func(o *options) { o.peerMinRate = 256 << 10; o.peerSendTimeout = time.Hour })
+	srv.holds(t, art)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	holdOpen(t, ctx, peerClient(t, pki, "h1", srv), sum(art))
+	holdOpen(t, ctx, peerClient(t, pki, "h2", srv), sum(art))
+	if _, err := readAll(context.Background(), peerClient(t, pki, "h3", srv), sum(art)); status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "serving 2 peer downloads already") {
+		t.Fatalf("a third download at once: %v, want ResourceExhausted at 2", err)
 	}
 }

@@ -73,6 +73,16 @@ func TestValidatePeerFields(t *testing.T) {
 		{"no-port", `hello.peer_address: "no-port": want host:port`},
 		{":7071", `hello.peer_address: ":7071": want host:port`},
 		{strings.Repeat("h", 252) + ":7071", "hello.peer_address: 257 bytes, over 256"},
+		{"[::1]:7071", ""},
+		{"host-1.example.com:7071", ""},
+		// gRPC resolver schemes and other addresses than TCP are refused
+		// (a host could make its fetchers dial a unix socket of theirs).
+		{"unix:///run/x.sock", `hello.peer_address: "unix:///run/x.sock": the port is not a number`},
+		{"unix-abstract:x:7071", `hello.peer_address: "unix-abstract:x:7071": want host:port`},
+		{"dns://8.8.8.8/h:7071", `hello.peer_address: "dns://8.8.8.8/h:7071": want host:port`},
+		{"bad_host!:7071", `the host is neither an IP address nor a DNS name`},
+		{"h:0", `the port is not a number of 1 to 65535`},
+		{"h:http", `the port is not a number of 1 to 65535`},
 	} {
 		err := validateHello(&v1.Hello{HostId: "h1", PeerAddress: c.addr})
 		if (c.want == "" && err != nil) || (c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want))) {

@@ -9,7 +9,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -297,8 +296,8 @@ func validateHello(h *v1.Hello) error {
 		if len(a) > maxPeerAddress {
 			return fmt.Errorf("hello.peer_address: %d bytes, over %d", len(a), maxPeerAddress)
 		}
-		if host, port, err := net.SplitHostPort(a); err != nil || host == "" || port == "" {
-			return fmt.Errorf("hello.peer_address: %q: want host:port", a)
+		if err := spec.CheckHostPort("hello.peer_address", a); err != nil {
+			return err
 		}
 	}
 	if len(h.GetCgroups()) > maxHelloCgroups {

@@ -2,7 +2,10 @@ package spec
 
 import (
 	"fmt"
+	"net"
+	"net/netip"
 	"regexp"
+	"strconv"
 )
 
 var (
@@ -12,7 +15,25 @@ var (
 	labelKRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$`)
 	labelVRE  = regexp.MustCompile(`^[A-Za-z0-9._:/-]{0,63}$`)
 	sha256RE  = regexp.MustCompile(`^[0-9a-f]{64}$`)
+	dnsNameRE = regexp.MustCompile(`^(?i)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$`)
 )
+
+// CheckHostPort reports whether s is a TCP address to dial: an IP address
+// or a DNS name, and a port of 1 to 65535. Nothing else: no scheme (gRPC
+// would resolve "unix:", "dns://SERVER/" and others), no path.
+func CheckHostPort(field, s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil || host == "" || port == "" {
+		return fmt.Errorf("%s: %s: want host:port", field, Quote(s))
+	}
+	if _, err := netip.ParseAddr(host); err != nil && (len(host) > 253 || !dnsNameRE.MatchString(host)) {
+		return fmt.Errorf("%s: %s: the host is neither an IP address nor a DNS name", field, Quote(s))
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("%s: %s: the port is not a number of 1 to 65535", field, Quote(s))
+	}
+	return nil
+}
 
 // CheckName reports whether s is a valid service name; field names the field
 // in the error.
