@@ -275,9 +275,15 @@ func staticHandler() (http.Handler, error) {
 	}), nil
 }
 
+// maxRecvMsgSize bounds an answer of the gRPC API to the dashboard, as
+// the CLI's: the history page's 1,000 events of up to ~4.5 KB each (a
+// failed host's reason) are over gRPC's default 4 MiB.
+const maxRecvMsgSize = 64 << 20
+
 // dial opens a session's connection to the gRPC API.
 func (s *Server) dial() (*grpc.ClientConn, error) {
-	cc, err := grpc.NewClient(s.cfg.GRPCTarget, grpc.WithTransportCredentials(s.cfg.GRPCCreds))
+	cc, err := grpc.NewClient(s.cfg.GRPCTarget, grpc.WithTransportCredentials(s.cfg.GRPCCreds),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsgSize)))
 	if err != nil {
 		return nil, fmt.Errorf("dashboard: connect to %s: %w", s.cfg.GRPCTarget, err)
 	}

@@ -53,6 +53,9 @@ type fakeAPI struct {
 	// set, ListEvents says older events were left out.
 	eventsLimit atomic.Uint32
 	olderEvents atomic.Bool
+	// bigEvents, when set, makes ListEvents answer as many events as
+	// asked, each with a 4.5 KB message (a rollout of many failed hosts).
+	bigEvents atomic.Bool
 }
 
 // viewerRevoked makes the viewer's token unknown (revoked).
@@ -147,6 +150,13 @@ func (f *fakeAPI) ListEvents(ctx context.Context, req *v1.ListEventsRequest) (*v
 		}
 	}
 	f.eventsLimit.Store(req.GetLimit())
+	if f.bigEvents.Load() {
+		out = nil
+		for i := range int(req.GetLimit()) {
+			out = append(out, &v1.Event{At: timestamppb.New(time.Unix(2000, 0)), Service: "web", RolloutId: "r2", Kind: "host_failed", Wave: 1,
+				Host: fmt.Sprintf("h%04d", i), Message: "check http failed: " + strings.Repeat("x", 4500)})
+		}
+	}
 	return &v1.ListEventsResponse{Events: out, Truncated: f.olderEvents.Load()}, nil
 }
 
@@ -836,6 +846,12 @@ func TestHistoryFilters(t *testing.T) {
 	d.api.olderEvents.Store(true)
 	if _, body := d.get(c, "/services/web/history"); !strings.Contains(body, "3 of the newest 3 events") || !strings.Contains(body, "fleetwave events web") {
 		t.Errorf("history with older events left out does not say so:\n%s", body)
+	}
+	// 1,000 events of 4.5 KB messages: over gRPC's default 4 MiB answer.
+	// (Failed before the dashboard's client took answers of 64 MiB.)
+	d.api.bigEvents.Store(true)
+	if code, body := d.get(c, "/services/web/history"); code != http.StatusOK || !strings.Contains(body, fmt.Sprintf("%d of the newest %d events", historyLimit, historyLimit)) {
+		t.Errorf("history of %d failed hosts: %d\n%.300s", historyLimit, code, body)
 	}
 }
 
