@@ -801,17 +801,7 @@ func TestEventsSinceBounded(t *testing.T) {
 // the last write's revision (a follower resuming), against the embedded
 // etcd.
 func BenchmarkEventsSince(b *testing.B) {
-	emb, err := StartEmbedded(b.TempDir(), zerolog.Nop())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer emb.Close()
-	c, err := emb.Dial()
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
-	s := New(c)
+	s := startStore(b)
 	ctx := context.Background()
 	at := time.Unix(1700000000, 0)
 	var last int64
@@ -979,17 +969,7 @@ func TestListEventsNewestWithinLimit(t *testing.T) {
 // written one per key (the older layout, and writes of one event): the
 // keys are read in ascending pages, values only of the newest 1,000 keys.
 func BenchmarkListEvents(b *testing.B) {
-	emb, err := StartEmbedded(b.TempDir(), zerolog.Nop())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer emb.Close()
-	c, err := emb.Dial()
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
-	s := New(c)
+	s := startStore(b)
 	s.SetEventLayout(func() EventLayout { return EventPerKey })
 	ctx := context.Background()
 	at := time.Unix(1700000000, 0)

@@ -23,7 +23,7 @@ import (
 const listAll = 1 << 30
 
 // startStore starts a real embedded etcd in a temp dir.
-func startStore(t *testing.T) *Store {
+func startStore(t testing.TB) *Store {
 	t.Helper()
 	emb, err := StartEmbedded(t.TempDir(), zerolog.Nop())
 	if err != nil {

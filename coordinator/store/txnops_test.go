@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -142,17 +141,7 @@ func TestEventKeysSortPastTenThousand(t *testing.T) {
 // record, against the embedded etcd: the report writer's transaction in a
 // wave's burst.
 func BenchmarkPutReports(b *testing.B) {
-	emb, err := StartEmbedded(b.TempDir(), zerolog.Nop())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer emb.Close()
-	c, err := emb.Dial()
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
-	s := New(c)
+	s := startStore(b)
 	if err := s.SetMaxTxnOps(EmbeddedMaxTxnOps); err != nil {
 		b.Fatal(err)
 	}
@@ -160,7 +149,7 @@ func BenchmarkPutReports(b *testing.B) {
 	reps := make([]HostReport, s.Batch())
 	for i := range reps {
 		h := fmt.Sprintf("host-%05d", i)
-		if _, err := c.Put(ctx, HostKey(h), "x"); err != nil {
+		if _, err := s.c.Put(ctx, HostKey(h), "x"); err != nil {
 			b.Fatal(err)
 		}
 		reps[i] = HostReport{Host: h, Report: &v1.ServiceReport{Service: "web", Phase: v1.Phase_PHASE_HEALTHY, Generation: 3, CurrentVersion: "v2", TargetVersion: "v2", LastGoodVersion: "v1", At: timestamppb.New(time.Unix(1700000000, 0))}}
