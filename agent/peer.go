@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/fleetwave/fleetwave/agent/install"
@@ -84,31 +85,49 @@ const (
 type peerServer struct {
 	v1.UnimplementedArtifactServiceServer
 	inst    *install.Installer
+	lim     peerLimits
 	slots   chan struct{}
 	limit   *rate.Limiter
 	metrics *agentMetrics
 	log     zerolog.Logger
-	// sendTimeout ends a download whose fetcher has not taken a chunk
-	// for that long (it stopped reading: the chunk waits on HTTP/2 flow
-	// control and would hold its slot for good).
-	sendTimeout time.Duration
 	// revoked, if set, refuses a caller whose certificate was revoked
 	// since its connection's handshake (checked on every call).
 	revoked func(chain []*x509.Certificate) error
+	// closeConn, if set, closes the connection a caller came from (by its
+	// remote address): a stalled stream's trailers wait behind its
+	// unread data, and the connection would stay open for good.
+	closeConn func(remote string)
 
 	mu     sync.Mutex
 	byHost map[string]int // downloads being served, per fetching host
 }
 
-func newPeerServer(inst *install.Installer, maxUploads int, bytesPerSec int64, sendTimeout time.Duration, m *agentMetrics, log zerolog.Logger) *peerServer {
+// peerLimits bound what the peer server's downloads take.
+type peerLimits struct {
+	uploads int   // downloads served at once
+	rate    int64 // bytes per second, all downloads together
+	// sendTimeout ends a download whose fetcher has not taken a chunk
+	// for that long (it stopped reading: the chunk waits on HTTP/2 flow
+	// control and would hold its slot for good).
+	sendTimeout time.Duration
+	// A download whose fetcher, over minRateWindow of waiting for it to
+	// take chunks (the time the shared rate makes the server wait is not
+	// counted), took less than minRate bytes per second is ended: reading
+	// a chunk just before each sendTimeout would hold a slot for days.
+	// The fetcher's own minimum from a peer (0: none).
+	minRate       int64
+	minRateWindow time.Duration
+}
+
+func newPeerServer(inst *install.Installer, lim peerLimits, m *agentMetrics, log zerolog.Logger) *peerServer {
 	return &peerServer{
-		inst:        inst,
-		slots:       make(chan struct{}, maxUploads),
-		limit:       rate.NewLimiter(rate.Limit(bytesPerSec), peerChunk),
-		metrics:     m,
-		log:         log,
-		sendTimeout: sendTimeout,
-		byHost:      map[string]int{},
+		inst:    inst,
+		lim:     lim,
+		slots:   make(chan struct{}, lim.uploads),
+		limit:   rate.NewLimiter(rate.Limit(lim.rate), peerChunk),
+		metrics: m,
+		log:     log,
+		byHost:  map[string]int{},
 	}
 }
 
@@ -206,16 +225,26 @@ func (p *peerServer) Download(req *v1.DownloadRequest, stream v1.ArtifactService
 	if _, err := f.Seek(req.GetOffset(), io.SeekStart); err != nil {
 		return status.Errorf(codes.Internal, "offset %d: %v", req.GetOffset(), err)
 	}
+	remote := ""
+	if pr, ok := peer.FromContext(ctx); ok {
+		remote = pr.Addr.String()
+	}
 	// A chunk the fetcher does not take within sendTimeout ends the
-	// stream (the time the shared rate makes it wait is not counted).
+	// stream and closes its connection (the time the shared rate makes
+	// it wait is not counted).
 	ender, _ := grpc.ServerTransportStreamFromContext(ctx).(streamEnder)
 	stalled := time.AfterFunc(time.Hour, func() {
 		if ender != nil {
-			_ = ender.WriteStatus(status.Newf(codes.DeadlineExceeded, "the fetcher took no chunk of %s for %s", req.GetSha256(), p.sendTimeout))
+			_ = ender.WriteStatus(status.Newf(codes.DeadlineExceeded, "the fetcher took no chunk of %s for %s", req.GetSha256(), p.lim.sendTimeout))
+		}
+		if p.closeConn != nil {
+			p.closeConn(remote)
 		}
 	})
 	stalled.Stop()
 	defer stalled.Stop()
+	var waited time.Duration // waiting for the fetcher to take chunks, this window
+	var taken int64          // bytes it took meanwhile
 	buf := make([]byte, peerChunk)
 	for {
 		n, err := f.Read(buf)
@@ -223,14 +252,22 @@ func (p *peerServer) Download(req *v1.DownloadRequest, stream v1.ArtifactService
 			if werr := p.limit.WaitN(ctx, n); werr != nil {
 				return status.FromContextError(werr).Err()
 			}
-			stalled.Reset(p.sendTimeout)
+			stalled.Reset(p.lim.sendTimeout)
+			start := time.Now()
 			serr := stream.Send(&v1.DownloadResponse{Chunk: buf[:n]})
+			waited += time.Since(start)
 			stalled.Stop()
 			if serr != nil {
 				return serr
 			}
 			if p.metrics != nil {
 				p.metrics.peerUploaded.Add(float64(n))
+			}
+			if taken += int64(n); p.lim.minRate > 0 && waited >= p.lim.minRateWindow {
+				if r := float64(taken) / waited.Seconds(); r < float64(p.lim.minRate) {
+					return status.Errorf(codes.ResourceExhausted, "the fetcher took %d bytes of %s in %s (%.0f bytes/s), under %d bytes/s", taken, req.GetSha256(), waited.Round(time.Millisecond), r, p.lim.minRate)
+				}
+				waited, taken = 0, 0
 			}
 		}
 		if err == io.EOF {
@@ -254,7 +291,8 @@ func (a *agent) startPeer() (advertise string, serve func() error, stop func(), 
 	if err != nil {
 		return "", nil, nil, fmt.Errorf("peer_listen %s: %w", a.cfg.PeerListen, err)
 	}
-	lis := &capListener{Listener: tcp, open: make(chan struct{}, a.opts.peerMaxConns), maxPerIP: a.opts.peerMaxConnsPerIP, perIP: map[netip.Addr]int{}}
+	lis := &capListener{Listener: tcp, open: make(chan struct{}, a.opts.peerMaxConns), maxPerIP: a.opts.peerMaxConnsPerIP,
+		perIP: map[netip.Addr]int{}, conns: map[string]*capConn{}}
 	advertise = a.cfg.PeerAdvertise
 	if advertise == "" {
 		host, _, _ := net.SplitHostPort(a.cfg.PeerListen)
@@ -273,10 +311,12 @@ func (a *agent) startPeer() (advertise string, serve func() error, stop func(), 
 			return fmt.Errorf("peer listener: %w", err)
 		}
 		a.refuseRevoked(tc, sidePeer)
-		ps := newPeerServer(a.inst, a.peerSlots(), a.cfg.PeerUploadRate, a.opts.peerSendTimeout, a.metrics, a.log)
+		ps := newPeerServer(a.inst, peerLimits{uploads: a.peerSlots(), rate: a.cfg.PeerUploadRate, sendTimeout: a.opts.peerSendTimeout,
+			minRate: a.opts.peerMinRate, minRateWindow: a.opts.peerMinRateWindow}, a.metrics, a.log)
 		if a.revs != nil {
 			ps.revoked = func(chain []*x509.Certificate) error { return a.checkRevoked(sidePeer, "", chain) }
 		}
+		ps.closeConn = lis.closeFrom
 		mu.Lock()
 		srv = newPeerGRPCServer(tc, ps, a.opts)
 		s := srv
@@ -307,15 +347,17 @@ func (a *agent) startPeer() (advertise string, serve func() error, stop func(), 
 }
 
 // capListener closes the connections it accepts while cap(open) are open
-// already, or maxPerIP from the same address: anyone can connect before
-// the TLS handshake says who they are, each connection holds a file and a
-// goroutine, and one address must not take every place.
+// already, or maxPerIP from the same address (an IPv6 address's /64):
+// anyone can connect before the TLS handshake says who they are, each
+// connection holds a file and a goroutine, and one address must not take
+// every place.
 type capListener struct {
 	net.Listener
 	open     chan struct{}
 	maxPerIP int
 	mu       sync.Mutex
 	perIP    map[netip.Addr]int
+	conns    map[string]*capConn // by remote address
 }
 
 func (l *capListener) Accept() (net.Conn, error) {
@@ -324,7 +366,7 @@ func (l *capListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		ip := remoteIP(c)
+		ip, remote := sourceOf(c), c.RemoteAddr().String()
 		l.mu.Lock()
 		if l.perIP[ip] >= l.maxPerIP {
 			l.mu.Unlock()
@@ -333,30 +375,53 @@ func (l *capListener) Accept() (net.Conn, error) {
 		}
 		select {
 		case l.open <- struct{}{}:
-			l.perIP[ip]++
-			l.mu.Unlock()
-			return &capConn{Conn: c, release: sync.OnceFunc(func() {
-				l.mu.Lock()
-				if l.perIP[ip]--; l.perIP[ip] <= 0 {
-					delete(l.perIP, ip)
-				}
-				l.mu.Unlock()
-				<-l.open
-			})}, nil
 		default:
 			l.mu.Unlock()
 			c.Close()
+			continue
 		}
+		l.perIP[ip]++
+		cc := &capConn{Conn: c}
+		cc.release = sync.OnceFunc(func() {
+			l.mu.Lock()
+			if l.perIP[ip]--; l.perIP[ip] <= 0 {
+				delete(l.perIP, ip)
+			}
+			if l.conns[remote] == cc {
+				delete(l.conns, remote)
+			}
+			l.mu.Unlock()
+			<-l.open
+		})
+		l.conns[remote] = cc
+		l.mu.Unlock()
+		return cc, nil
 	}
 }
 
-// remoteIP is the address a connection comes from (IPv4 in IPv6 unmapped;
-// the zero address when it has none).
-func remoteIP(c net.Conn) netip.Addr {
-	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-		return ap.Addr().Unmap()
+// closeFrom closes the connection from remote, if one is open.
+func (l *capListener) closeFrom(remote string) {
+	l.mu.Lock()
+	c := l.conns[remote]
+	l.mu.Unlock()
+	if c != nil {
+		c.Close()
 	}
-	return netip.Addr{}
+}
+
+// sourceOf is what a connection's address counts against: its IPv4
+// address, or its IPv6 address's /64 (one host's usual allocation: a
+// host may use any address of it); the zero address when it has none.
+func sourceOf(c net.Conn) netip.Addr {
+	ap, err := netip.ParseAddrPort(c.RemoteAddr().String())
+	if err != nil {
+		return netip.Addr{}
+	}
+	ip := ap.Addr().Unmap().WithZone("")
+	if ip.Is6() {
+		return netip.PrefixFrom(ip, 64).Masked().Addr()
+	}
+	return ip
 }
 
 // capConn gives its place back when closed.
@@ -591,9 +656,14 @@ func (a *agent) openPeer(host, addr string, asg *v1.Assignment) func(ctx context
 			return nil, err
 		}
 		a.refuseRevoked(tc, sidePeer)
-		// passthrough: a TCP address as it is, never a gRPC resolver's
-		// scheme ("unix-abstract:7071" is host unix-abstract, port 7071).
+		// TCP only: passthrough keeps gRPC's resolvers from reading a
+		// scheme in the address ("unix-abstract:7071"), and a dialer of
+		// our own keeps its transport from dialing "unix:..." as a unix
+		// socket.
 		cc, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)),
+			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+			}),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvBytes)))
 		if err != nil {
 			return nil, fmt.Errorf("dial %s: %w", addr, err)

@@ -326,7 +326,7 @@ func TestPeerServerLimits(t *testing.T) {
 	srv.inst.KeepArtifacts()
 	srv.holds(t, art)
 	const rateBytes = 1 << 20
-	addr := servePeerTLS(t, pki, "srv", newPeerServer(srv.inst, 1, rateBytes, time.Minute, srv.metrics, srv.log))
+	addr := servePeerTLS(t, pki, "srv", newPeerServer(srv.inst, peerLimits{uploads: 1, rate: rateBytes, sendTimeout: time.Minute}, srv.metrics, srv.log))
 	a := newPeerAgent(t, pki, "fetcher", false)
 	cert, key := a.certPaths()
 	tc, err := tlsutil.PeerClientConfig(cert, key, pki.caFile, "srv")

@@ -69,9 +69,10 @@ func holdOpen(t *testing.T, ctx context.Context, c v1.ArtifactServiceClient, sha
 
 // TestPeerServerEndsStalledDownload: a fetcher that stops reading holds
 // its upload slot only until a chunk has waited peerSendTimeout; then its
-// stream ends (DeadlineExceeded, naming why) and the slot serves another
-// host. (Failed before the send timeout: the slot was held for good and
-// every other host was refused.)
+// stream ends, its connection is closed (the stream's trailers would wait
+// behind its unread data and keep the connection open for good), and the
+// slot serves another host. (Failed before the send timeout: the slot was
+// held for good and every other host was refused.)
 func TestPeerServerEndsStalledDownload(t *testing.T) {
 	pki := newPeerPKI(t)
 	art := bigArtifact(t, 1<<20)
@@ -90,14 +91,56 @@ func TestPeerServerEndsStalledDownload(t *testing.T) {
 		}
 		return err
 	})
-	// The stalled stream ended with the reason, after the chunks its
-	// windows held.
+	// The stalled stream's connection was closed: after the chunks its
+	// windows held, the stream ends with the connection.
 	var err error
 	for err == nil {
 		_, err = stuck.Recv()
 	}
-	if status.Code(err) != codes.DeadlineExceeded || !strings.Contains(err.Error(), "took no chunk") {
-		t.Fatalf("the stalled stream: %v, want DeadlineExceeded naming the stall", err)
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("the stalled stream: %v, want Unavailable (its connection closed)", err)
+	}
+}
+
+// TestPeerServerEndsSlowReader: a fetcher that takes chunks, but slower
+// than the minimum rate over the window of waiting for it (a chunk just
+// before each send timeout would hold a slot for days), is ended, naming
+// its rate; the time the server's own rate makes it wait is not counted.
+func TestPeerServerEndsSlowReader(t *testing.T) {
+	pki := newPeerPKI(t)
+	art := bigArtifact(t, 4<<20)
+	srv := newPeerAgent(t, pki, "srv", false)
+	servingPeer(t, srv, func(o *options) {
+		o.peerSendTimeout = time.Hour
+		o.peerMinRate = 16 << 20
+		o.peerMinRateWindow = 300 * time.Millisecond
+	})
+	srv.holds(t, art)
+	stream, err := peerClient(t, pki, "slow", srv).Download(context.Background(), &v1.DownloadRequest{Sha256: sum(art)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// At most one 64 KiB chunk per 50 ms: 1.3 MB/s at most, however
+	// slow the machine.
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	got := 0
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "under 16777216 bytes/s") {
+				t.Fatalf("a slow reader after %d bytes: %v, want ResourceExhausted naming the rate", got, err)
+			}
+			break
+		}
+		if got += len(resp.GetChunk()); got >= len(art) {
+			t.Fatalf("a slow reader took the whole artifact (%d bytes)", got)
+		}
+		<-tick.C
+	}
+	// A reader at full speed takes all of it.
+	if b, err := readAll(context.Background(), peerClient(t, pki, "fast", srv), sum(art)); err != nil || len(b) != len(art) {
+		t.Fatalf("a fast reader: %d bytes, %v", len(b), err)
 	}
 }
 
@@ -182,29 +225,34 @@ func TestPeerServerRequestBounded(t *testing.T) {
 }
 
 // TestPeerAddressIsTCPOnly: a source's address is dialed as a TCP
-// address, never through a gRPC resolver's scheme: "unix-abstract:N" (a
-// valid host:port) does not reach this machine's abstract unix socket N,
-// and a source whose address is not host:port is skipped. (Failed before:
-// the fetcher connected to the socket, the way a host advertising such an
-// address could make every fetcher that names it dial local sockets.)
+// address, never as anything gRPC reads in it: "unix-abstract:N" and
+// "unix:N" (valid host:port both) reach neither this machine's abstract
+// unix socket N nor the socket file N in the working directory, and a
+// source whose address is not host:port is skipped. (Failed before, for
+// each: the fetcher connected to the socket, the way a host advertising
+// such an address could make every fetcher that names it dial local
+// sockets.)
 func TestPeerAddressIsTCPOnly(t *testing.T) {
 	name := fmt.Sprint(20000 + rand.IntN(40000))
-	lis, err := net.Listen("unix", "@"+name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lis.Close()
-	accepted := make(chan struct{}, 16)
-	go func() {
-		for {
-			c, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			accepted <- struct{}{}
-			c.Close()
+	t.Chdir(t.TempDir())
+	accepted := make(chan string, 16)
+	for _, path := range []string{"@" + name, name} {
+		lis, err := net.Listen("unix", path)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}()
+		defer lis.Close()
+		go func() {
+			for {
+				c, err := lis.Accept()
+				if err != nil {
+					return
+				}
+				accepted <- path
+				c.Close()
+			}
+		}()
+	}
 	pki := newPeerPKI(t)
 	art := bigArtifact(t, 64<<10)
 	coord := serveGRPC(t, grpc.Creds(insecure.NewCredentials()), memStore{art: art})
@@ -216,15 +264,15 @@ func TestPeerAddressIsTCPOnly(t *testing.T) {
 	defer cc.Close()
 	a.conns.set(cc)
 	asg := assignmentFrom(art)
-	asg.Sources = []*v1.ArtifactSource{{HostId: "h1", Address: "unix-abstract:" + name}, {HostId: "h2", Address: "unix:@" + name}}
+	asg.Sources = []*v1.ArtifactSource{{HostId: "h1", Address: "unix-abstract:" + name}, {HostId: "h2", Address: "unix:" + name}, {HostId: "h3", Address: "unix:@" + name}}
 	f, err := a.fetchOnce(context.Background(), asg, artifactOf(asg))
 	if err != nil {
 		t.Fatalf("fetch: %v, want it from the coordinator", err)
 	}
 	a.inst.Discard(f)
 	select {
-	case <-accepted:
-		t.Fatal("the fetcher dialed the abstract unix socket named by a source")
+	case path := <-accepted:
+		t.Fatalf("the fetcher dialed the unix socket %q named by a source", path)
 	default:
 	}
 }
@@ -302,5 +350,29 @@ func TestPeerSlotsFitTheFetchersMinimumRate(t *testing.T) {
 	holdOpen(t, ctx, peerClient(t, pki, "h2", srv), sum(art))
 	if _, err := readAll(context.Background(), peerClient(t, pki, "h3", srv), sum(art)); status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "serving 2 peer downloads already") {
 		t.Fatalf("a third download at once: %v, want ResourceExhausted at 2", err)
+	}
+}
+
+// addrConn is a net.Conn that only has a remote address.
+type addrConn struct {
+	net.Conn
+	remote string
+}
+
+func (c addrConn) RemoteAddr() net.Addr { return &net.TCPAddr{IP: net.ParseIP(c.remote)} }
+
+// An IPv6 address counts against its /64 (a host may use any address of
+// its usual allocation), IPv4 against itself, IPv4-mapped as IPv4.
+func TestPeerConnectionSource(t *testing.T) {
+	for _, c := range []struct{ remote, want string }{
+		{"10.0.0.7", "10.0.0.7"},
+		{"::ffff:10.0.0.7", "10.0.0.7"},
+		{"2001:db8:1:2:aaaa::1", "2001:db8:1:2::"},
+		{"2001:db8:1:2:bbbb::9", "2001:db8:1:2::"},
+		{"2001:db8:1:3::1", "2001:db8:1:3::"},
+	} {
+		if got := sourceOf(addrConn{remote: c.remote}); got.String() != c.want {
+			t.Errorf("%s counts as %s, want %s", c.remote, got, c.want)
+		}
 	}
 }

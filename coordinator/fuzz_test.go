@@ -82,6 +82,11 @@ func TestValidatePeerFields(t *testing.T) {
 		{"dns://8.8.8.8/h:7071", `hello.peer_address: "dns://8.8.8.8/h:7071": want host:port`},
 		{"bad_host!:7071", `the host is neither an IP address nor a DNS name`},
 		{"h:0", `the port is not a number of 1 to 65535`},
+		{"h:+80", `the port is not a number of 1 to 65535`},
+		{"0.0.0.0:7071", `not an unspecified one`},
+		{"[::]:7071", `not an unspecified one`},
+		{"[fe80::1%eth0]:7071", `not an unspecified one or one with a zone`},
+		{"host-1.example.com.:7071", ""},
 		{"h:http", `the port is not a number of 1 to 65535`},
 	} {
 		err := validateHello(&v1.Hello{HostId: "h1", PeerAddress: c.addr})

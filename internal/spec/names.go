@@ -18,18 +18,24 @@ var (
 	dnsNameRE = regexp.MustCompile(`^(?i)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$`)
 )
 
-// CheckHostPort reports whether s is a TCP address to dial: an IP address
-// or a DNS name, and a port of 1 to 65535. Nothing else: no scheme (gRPC
-// would resolve "unix:", "dns://SERVER/" and others), no path.
+// CheckHostPort reports whether s is a TCP address other hosts can dial:
+// an IP address (not an unspecified one, 0.0.0.0 or ::, which would
+// have them dial themselves; no IPv6 zone, which names an interface of
+// the host that wrote it) or a DNS name, and a port of 1 to 65535 in
+// digits. Nothing else: no scheme, no path.
 func CheckHostPort(field, s string) error {
 	host, port, err := net.SplitHostPort(s)
 	if err != nil || host == "" || port == "" {
 		return fmt.Errorf("%s: %s: want host:port", field, Quote(s))
 	}
-	if _, err := netip.ParseAddr(host); err != nil && (len(host) > 253 || !dnsNameRE.MatchString(host)) {
+	if ip, err := netip.ParseAddr(host); err == nil {
+		if ip.Zone() != "" || ip.IsUnspecified() {
+			return fmt.Errorf("%s: %s: an address other hosts can dial, not an unspecified one or one with a zone", field, Quote(s))
+		}
+	} else if len(host) > 253 || !dnsNameRE.MatchString(host) {
 		return fmt.Errorf("%s: %s: the host is neither an IP address nor a DNS name", field, Quote(s))
 	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || port[0] < '0' || port[0] > '9' {
 		return fmt.Errorf("%s: %s: the port is not a number of 1 to 65535", field, Quote(s))
 	}
 	return nil
