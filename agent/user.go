@@ -3,12 +3,12 @@ package agent
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/user"
-	"path/filepath"
 	"strconv"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -127,17 +127,120 @@ func credential(run *v1.RunSpec) (*syscall.Credential, error) {
 
 // ownRelease gives the files of a staged release to the user its run spec
 // names (when the agent runs as root and the spec names one), so that the
-// service and its hooks can read and write them. Links are changed
-// themselves, never what they point at.
+// service and its hooks can read and write them.
+//
+// The agent is root and the tree may be that user's already (a kept
+// release staged again; a release the service, running as the user,
+// writes into): whatever is in it must not make the agent change the
+// owner of anything outside it. So the walk holds each directory open and
+// works from those handles, never from a path: a directory is entered
+// only if the name is one now (O_NOFOLLOW: a link swapped in for it is
+// changed itself, never followed), each entry is changed through a handle
+// of its own inode (O_PATH: what the name meant when opened, whatever is
+// renamed meanwhile), a file with more than one link is left alone (a hard
+// link may be a file outside the release: the unpacker makes none), and a
+// directory is given away after what is in it, the release last, so the
+// user cannot rename anything in a directory the walk is still in.
 func ownRelease(dir string, run *v1.RunSpec) error {
 	ra, err := lookupRunAs(run)
 	if err != nil || ra == nil {
 		return err
 	}
-	return filepath.WalkDir(dir, func(path string, _ fs.DirEntry, err error) error {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", dir, err)
+	}
+	defer unix.Close(fd)
+	o := owner{uid: int(ra.uid), gid: int(ra.gid)}
+	if err := o.tree(fd, dir, 0); err != nil {
+		return err
+	}
+	return o.own(fd, dir)
+}
+
+// maxOwnDepth bounds the directories ownRelease holds open at once (one
+// per level; the unpacker makes at most 64: maxPathDepth in
+// agent/install).
+const maxOwnDepth = 256
+
+// ownHook, when set (tests), runs after ownRelease listed a directory and
+// before it changes anything in it.
+var ownHook func(dir string)
+
+// owner changes what it is handed to uid:gid.
+type owner struct{ uid, gid int }
+
+// tree changes everything in the directory open as fd (path: for errors),
+// depth levels below the release.
+func (o owner) tree(fd int, path string, depth int) error {
+	if depth >= maxOwnDepth {
+		return fmt.Errorf("%s: more than %d directory levels", path, maxOwnDepth)
+	}
+	dup, err := unix.Dup(fd)
+	if err != nil {
+		return fmt.Errorf("list %s: %w", path, err)
+	}
+	d := os.NewFile(uintptr(dup), path)
+	names, err := d.Readdirnames(-1)
+	d.Close()
+	if err != nil {
+		return fmt.Errorf("list %s: %w", path, err)
+	}
+	if ownHook != nil {
+		ownHook(path)
+	}
+	for _, name := range names {
+		p := path + "/" + name
+		sub, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err == nil {
+			err = o.tree(sub, p, depth+1)
+			if err == nil {
+				err = o.own(sub, p)
+			}
+			unix.Close(sub)
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		switch {
+		case errors.Is(err, unix.ENOENT):
+			continue // gone meanwhile
+		case !errors.Is(err, unix.ENOTDIR) && !errors.Is(err, unix.ELOOP):
+			return fmt.Errorf("open %s: %w", p, err)
+		}
+		// Not a directory (a link to one included): the entry itself.
+		h, err := unix.Openat(fd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if errors.Is(err, unix.ENOENT) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("open %s: %w", p, err)
+		}
+		err = o.own(h, p)
+		unix.Close(h)
 		if err != nil {
 			return err
 		}
-		return os.Lchown(path, int(ra.uid), int(ra.gid))
-	})
+	}
+	return nil
+}
+
+// own changes the owner of the inode open as fd, unless it is a file with
+// other links or already the owner's.
+func (o owner) own(fd int, path string) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("stat %s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR && st.Nlink > 1 {
+		return nil
+	}
+	if int(st.Uid) == o.uid && int(st.Gid) == o.gid {
+		return nil
+	}
+	if err := unix.Fchownat(fd, "", o.uid, o.gid, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("chown %s: %w", path, err)
+	}
+	return nil
 }

@@ -209,3 +209,72 @@ func TestNotifyAsUser(t *testing.T) {
 		}
 	}
 }
+
+// TestOwnReleaseStaysInside: giving a release to run.user changes nothing
+// outside it, whatever the tree holds or becomes while the agent (root)
+// walks it: a link to a directory or a file outside is changed itself, a
+// hard link to a file outside is left alone, and a directory swapped for
+// a link to one outside after it was listed is not entered (the service
+// user, writing in its release, can do that). Everything else is the
+// user's, the release's root last. (Failed before: the walk went by path
+// and chowned the hard link's file, and a swapped directory's contents
+// outside the release: review, 3 of 3 runs.)
+func TestOwnReleaseStaysInside(t *testing.T) {
+	u := testUser(t)
+	uid, _ := strconv.Atoi(u.Uid)
+	base := t.TempDir()
+	rel, victim, secret := filepath.Join(base, "rel"), filepath.Join(base, "victim"), filepath.Join(base, "secret")
+	for _, d := range []string{filepath.Join(rel, "a", "b"), filepath.Join(rel, "z"), victim} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range []string{filepath.Join(rel, "a", "f1"), filepath.Join(rel, "a", "b", "f2"), filepath.Join(rel, "z", "f3"), filepath.Join(victim, "shadow"), secret} {
+		if err := os.WriteFile(f, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for link, to := range map[string]string{"to-dir": victim, "to-file": secret} {
+		if err := os.Symlink(to, filepath.Join(rel, link)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Link(secret, filepath.Join(rel, "hard")); err != nil {
+		t.Fatal(err)
+	}
+	// Once the walk has listed the release, z becomes a link to victim.
+	ownHook = func(dir string) {
+		if dir != rel {
+			return
+		}
+		if err := os.Rename(filepath.Join(rel, "z"), filepath.Join(base, "z.old")); err != nil {
+			t.Error(err)
+		}
+		if err := os.Symlink(victim, filepath.Join(rel, "z")); err != nil {
+			t.Error(err)
+		}
+	}
+	defer func() { ownHook = nil }()
+	if err := ownRelease(rel, &v1.RunSpec{User: u.Username}); err != nil {
+		t.Fatal(err)
+	}
+	owner := func(p string) int {
+		t.Helper()
+		fi, err := os.Lstat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return int(fi.Sys().(*syscall.Stat_t).Uid)
+	}
+	for _, p := range []string{victim, filepath.Join(victim, "shadow"), secret, filepath.Join(base, "z.old", "f3")} {
+		if got := owner(p); got != 0 {
+			t.Errorf("%s (outside the release) now owned by uid %d", p, got)
+		}
+	}
+	for _, p := range []string{rel, filepath.Join(rel, "a"), filepath.Join(rel, "a", "b"), filepath.Join(rel, "a", "f1"), filepath.Join(rel, "a", "b", "f2"),
+		filepath.Join(rel, "to-dir"), filepath.Join(rel, "to-file"), filepath.Join(rel, "z")} {
+		if got := owner(p); got != uid {
+			t.Errorf("%s owned by uid %d, want the run.user's %d", p, got, uid)
+		}
+	}
+}
