@@ -316,8 +316,12 @@ type options struct {
 	peerHandshakeTimeout time.Duration
 	peerConnIdle         time.Duration
 	// peerSendTimeout: a download whose fetcher takes no chunk for this
-	// long is ended (peerServer.sendTimeout).
+	// long is ended (peerLimits.sendTimeout).
 	peerSendTimeout time.Duration
+	// The metrics listener: connections open at once (more are closed as
+	// they are accepted) and how long an idle one is kept.
+	metricsMaxConns int
+	metricsIdle     time.Duration
 	logRotate       time.Duration // how often service logs are checked for rotation
 	seed            uint64        // 0 = from the clock
 
@@ -350,6 +354,8 @@ func defaultOptions() options {
 		peerHandshakeTimeout: 10 * time.Second,
 		peerConnIdle:         2 * time.Minute,
 		peerSendTimeout:      30 * time.Second,
+		metricsMaxConns:      64,
+		metricsIdle:          time.Minute,
 		logRotate:            30 * time.Second,
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"sort"
 	"strings"
 	"time"
@@ -346,14 +347,21 @@ func (a *agent) startMetrics() (stop func(), err error) {
 	if a.cfg.MetricsListen == "" {
 		return func() {}, nil
 	}
-	lis, err := net.Listen("tcp", a.cfg.MetricsListen)
+	tcp, err := net.Listen("tcp", a.cfg.MetricsListen)
 	if err != nil {
 		return nil, fmt.Errorf("metrics_listen %s: %w", a.cfg.MetricsListen, err)
 	}
+	// Anyone who reaches the port may connect (plain HTTP, no
+	// credentials): connections are bounded (more are closed as
+	// accepted), idle ones closed, each request read and answered in
+	// bounded time.
+	lis := &capListener{Listener: tcp, open: make(chan struct{}, a.opts.metricsMaxConns), maxPerIP: a.opts.metricsMaxConns,
+		perIP: map[netip.Addr]int{}, conns: map[string]*capConn{}}
 	reg := a.metrics.reg
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.InstrumentMetricHandler(reg, promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second,
+		IdleTimeout: a.opts.metricsIdle, MaxHeaderBytes: 16 << 10}
 	log := a.log
 	go func() {
 		if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {

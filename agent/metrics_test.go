@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"io"
@@ -395,4 +396,71 @@ func TestInPlaceInstallCounted(t *testing.T) {
 			t.Errorf("%s%v = %g (found %v), want %g", w.name, w.labels, v, ok, w.min)
 		}
 	}
+}
+
+// TestMetricsListenerBounded: the metrics port (plain HTTP, anyone who
+// reaches it) keeps at most metricsMaxConns connections (one more is
+// closed as accepted) and closes idle ones. (Failed before: 300 of 300
+// idle connections were held for good, each a file and a goroutine.)
+func TestMetricsListenerBounded(t *testing.T) {
+	rep := newReporter()
+	a := &agent{cfg: Config{MetricsListen: "127.0.0.1:0"}, opts: testOptions(), log: testLogger(t), rep: rep}
+	addrc := make(chan string, 1)
+	a.opts.metricsReady = func(addr string) { addrc <- addr }
+	a.opts.metricsMaxConns = 2
+	a.opts.metricsIdle = 200 * time.Millisecond
+	stop, err := a.startMetrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	addr := <-addrc
+	scrape := func(c net.Conn) {
+		t.Helper()
+		if _, err := io.WriteString(c, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("scrape: %s", resp.Status)
+		}
+	}
+	var held []net.Conn
+	for range 2 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		scrape(c)
+		held = append(held, c)
+	}
+	extra, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	if err := closedByServer(t, extra); err != io.EOF && !isReset(err) {
+		t.Fatalf("a connection past the limit: %v, want closed by the server", err)
+	}
+	// Idle after their scrape: closed by the server, and their places
+	// serve again.
+	for _, c := range held {
+		if err := closedByServer(t, c); err != io.EOF && !isReset(err) {
+			t.Fatalf("an idle connection: %v, want closed by the server", err)
+		}
+	}
+	testkit.EventuallyErr(t, 30*time.Second, "a scrape once the idle connections went", func() error {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		return nil
+	})
 }
