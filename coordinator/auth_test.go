@@ -293,6 +293,26 @@ func TestTLSRolesTokensJoinAudit(t *testing.T) {
 	if _, err := v1.NewAgentServiceClient(f.dial(t, "", "")).Join(ctx, &v1.JoinRequest{Token: any.GetSecret(), HostId: "h7", Csr: csr1}); err != nil {
 		t.Errorf("the token was spent on a refused join: %v", err)
 	}
+	// h7 joined but has not connected (no host record yet): another
+	// unbound token cannot take it, and is not spent; a token bound to h7
+	// can. (Failed before the joins were recorded: the second unbound
+	// token got a certificate for h7.)
+	any2, err := admin.CreateToken(ctx, &v1.CreateTokenRequest{Name: "any-join-2", Role: "join"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = v1.NewAgentServiceClient(f.dial(t, "", "")).Join(ctx, &v1.JoinRequest{Token: any2.GetSecret(), HostId: "h7", Csr: csr1})
+	wantCode(t, "unbound join token for a host that joined, not connected", err, codes.PermissionDenied, "h7 has joined before")
+	if _, err := v1.NewAgentServiceClient(f.dial(t, "", "")).Join(ctx, &v1.JoinRequest{Token: any2.GetSecret(), HostId: "h6", Csr: csr1}); err != nil {
+		t.Errorf("the second unbound token was spent on a refused join: %v", err)
+	}
+	h7, err := admin.CreateToken(ctx, &v1.CreateTokenRequest{Name: "h7-again", Role: "join", HostId: "h7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v1.NewAgentServiceClient(f.dial(t, "", "")).Join(ctx, &v1.JoinRequest{Token: h7.GetSecret(), HostId: "h7", Csr: csr1}); err != nil {
+		t.Errorf("a token bound to h7 joining it again: %v", err)
+	}
 
 	// Join: a one-time token for h9 gets a certificate bound to h9.
 	jt, err := admin.CreateToken(ctx, &v1.CreateTokenRequest{Name: "h9-join", Role: "join", HostId: "h9"})

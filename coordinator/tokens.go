@@ -159,9 +159,12 @@ func (h *hub) Join(ctx context.Context, req *v1.JoinRequest) (*v1.JoinResponse, 
 	if csr, err := x509.ParseCertificateRequest(req.GetCsr()); err != nil || csr.CheckSignature() != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "csr: not a valid, self-signed certificate request")
 	}
-	if err := c.store.SpendToken(ctx, t, vt.Rev); err != nil {
-		if errors.Is(err, store.ErrConflict) {
+	if err := c.store.SpendToken(ctx, t, vt.Rev, req.GetHostId()); err != nil {
+		switch {
+		case errors.Is(err, store.ErrConflict):
 			return nil, status.Errorf(codes.Unauthenticated, "token %s: already used", t.GetName())
+		case errors.Is(err, store.ErrJoined):
+			return nil, status.Errorf(codes.PermissionDenied, "host_id: %s has joined before; join it with a token bound to it (token create --role join --host %s)", req.GetHostId(), req.GetHostId())
 		}
 		return nil, grpcErr(err)
 	}

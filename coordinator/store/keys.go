@@ -32,7 +32,10 @@ const (
 	// BlackoutsPrefix: <id> -> Blackout (fleetwave freeze).
 	BlackoutsPrefix = Prefix + "blackouts/"
 	// AuditPrefix: <unix nanos>-<n> -> AuditEntry (not mirrored).
-	AuditPrefix    = Prefix + "audit/"
+	AuditPrefix = Prefix + "audit/"
+	// JoinedPrefix: <host> -> the id of the join token that last joined
+	// it (not mirrored; kept when the host is removed).
+	JoinedPrefix   = Prefix + "joined/"
 	ElectionPrefix = Prefix + "leader"
 )
 
@@ -42,6 +45,7 @@ func ServiceKey(name string) string         { return ServicesPrefix + name }
 func ReleaseKey(service, ver string) string { return ReleasesPrefix + service + "/" + ver }
 func RolloutKey(service, id string) string  { return RolloutsPrefix + service + "/" + id }
 func HostKey(id string) string              { return HostsPrefix + id }
+func JoinedKey(host string) string          { return JoinedPrefix + host }
 func ConnKey(id string) string              { return ConnsPrefix + id }
 func ReportKey(host, service string) string {
 	return ReportsPrefix + host + "/" + service
