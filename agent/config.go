@@ -318,12 +318,14 @@ type options struct {
 	// peerSendTimeout: a download whose fetcher takes no chunk for this
 	// long is ended (peerLimits.sendTimeout).
 	peerSendTimeout time.Duration
-	// The metrics listener: connections open at once (more are closed as
-	// they are accepted) and how long an idle one is kept.
-	metricsMaxConns int
-	metricsIdle     time.Duration
-	logRotate       time.Duration // how often service logs are checked for rotation
-	seed            uint64        // 0 = from the clock
+	// The metrics listener: connections open at once, and from one
+	// address (more are closed as they are accepted), and how long an
+	// idle one is kept.
+	metricsMaxConns      int
+	metricsMaxConnsPerIP int
+	metricsIdle          time.Duration
+	logRotate            time.Duration // how often service logs are checked for rotation
+	seed                 uint64        // 0 = from the clock
 
 	// Test hooks (nil in production).
 	saveHook  func(*lifecycle.Snapshot) error // runs before every state save; an error fails the save
@@ -355,6 +357,7 @@ func defaultOptions() options {
 		peerConnIdle:         2 * time.Minute,
 		peerSendTimeout:      30 * time.Second,
 		metricsMaxConns:      64,
+		metricsMaxConnsPerIP: 8,
 		metricsIdle:          time.Minute,
 		logRotate:            30 * time.Second,
 	}

@@ -352,10 +352,10 @@ func (a *agent) startMetrics() (stop func(), err error) {
 		return nil, fmt.Errorf("metrics_listen %s: %w", a.cfg.MetricsListen, err)
 	}
 	// Anyone who reaches the port may connect (plain HTTP, no
-	// credentials): connections are bounded (more are closed as
-	// accepted), idle ones closed, each request read and answered in
-	// bounded time.
-	lis := &capListener{Listener: tcp, open: make(chan struct{}, a.opts.metricsMaxConns), maxPerIP: a.opts.metricsMaxConns,
+	// credentials): connections are bounded, and from one address (more
+	// are closed as accepted: one address cannot shut Prometheus out),
+	// idle ones closed, each request read and answered in bounded time.
+	lis := &capListener{Listener: tcp, open: make(chan struct{}, a.opts.metricsMaxConns), maxPerIP: a.opts.metricsMaxConnsPerIP,
 		perIP: map[netip.Addr]int{}, conns: map[string]*capConn{}}
 	reg := a.metrics.reg
 	mux := http.NewServeMux()

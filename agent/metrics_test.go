@@ -399,15 +399,16 @@ func TestInPlaceInstallCounted(t *testing.T) {
 }
 
 // TestMetricsListenerBounded: the metrics port (plain HTTP, anyone who
-// reaches it) keeps at most metricsMaxConns connections (one more is
-// closed as accepted) and closes idle ones. (Failed before: 300 of 300
-// idle connections were held for good, each a file and a goroutine.)
+// reaches it) keeps at most metricsMaxConnsPerIP connections from one
+// address (one more is closed as accepted; another address, Prometheus's,
+// is still served) and closes idle ones. (Failed before: 300 of 300 idle
+// connections were held for good, each a file and a goroutine.)
 func TestMetricsListenerBounded(t *testing.T) {
 	rep := newReporter()
 	a := &agent{cfg: Config{MetricsListen: "127.0.0.1:0"}, opts: testOptions(), log: testLogger(t), rep: rep}
 	addrc := make(chan string, 1)
 	a.opts.metricsReady = func(addr string) { addrc <- addr }
-	a.opts.metricsMaxConns = 2
+	a.opts.metricsMaxConnsPerIP = 2
 	a.opts.metricsIdle = 200 * time.Millisecond
 	stop, err := a.startMetrics()
 	if err != nil {
@@ -448,6 +449,12 @@ func TestMetricsListenerBounded(t *testing.T) {
 	if err := closedByServer(t, extra); err != io.EOF && !isReset(err) {
 		t.Fatalf("a connection past the limit: %v, want closed by the server", err)
 	}
+	other, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}).Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	scrape(other)
 	// Idle after their scrape: closed by the server, and their places
 	// serve again.
 	for _, c := range held {

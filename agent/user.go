@@ -183,6 +183,9 @@ func (o owner) tree(fd int, path string, depth int) error {
 	d := os.NewFile(uintptr(dup), path)
 	names, err := d.Readdirnames(-1)
 	d.Close()
+	if errors.Is(err, unix.ENOENT) {
+		return nil // removed since it was opened (the service's own)
+	}
 	if err != nil {
 		return fmt.Errorf("list %s: %w", path, err)
 	}
