@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -400,74 +401,75 @@ func TestInPlaceInstallCounted(t *testing.T) {
 
 // TestMetricsListenerBounded: the metrics port (plain HTTP, anyone who
 // reaches it) keeps at most metricsMaxConnsPerIP connections from one
-// address (one more is closed as accepted; another address, Prometheus's,
-// is still served) and closes idle ones. (Failed before: 300 of 300 idle
-// connections were held for good, each a file and a goroutine.)
+// address (one more is closed as accepted: a request on it gets no
+// answer; another address, Prometheus's, is still served), and closes
+// idle ones. (Failed before: 300 of 300 idle connections were held for
+// good, each a file and a goroutine.)
 func TestMetricsListenerBounded(t *testing.T) {
-	rep := newReporter()
-	a := &agent{cfg: Config{MetricsListen: "127.0.0.1:0"}, opts: testOptions(), log: testLogger(t), rep: rep}
-	addrc := make(chan string, 1)
-	a.opts.metricsReady = func(addr string) { addrc <- addr }
-	a.opts.metricsMaxConnsPerIP = 2
-	a.opts.metricsIdle = 200 * time.Millisecond
-	stop, err := a.startMetrics()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stop()
-	addr := <-addrc
-	scrape := func(c net.Conn) {
+	serve := func(set func(*options)) string {
 		t.Helper()
-		if _, err := io.WriteString(c, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		a := &agent{cfg: Config{MetricsListen: "127.0.0.1:0"}, opts: testOptions(), log: testLogger(t), rep: newReporter()}
+		addrc := make(chan string, 1)
+		a.opts.metricsReady = func(addr string) { addrc <- addr }
+		set(&a.opts)
+		stop, err := a.startMetrics()
+		if err != nil {
 			t.Fatal(err)
+		}
+		t.Cleanup(stop)
+		return <-addrc
+	}
+	dial := func(from, addr string) net.Conn {
+		t.Helper()
+		c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}).Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	scrape := func(c net.Conn) error {
+		if _, err := io.WriteString(c, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			return err
 		}
 		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("scrape: %s", resp.Status)
+			return fmt.Errorf("scrape: %s", resp.Status)
 		}
+		return nil
 	}
-	var held []net.Conn
+
+	// Two kept-alive connections from one address, idle for an hour at
+	// most: a third from it is closed unanswered; another address is
+	// served.
+	addr := serve(func(o *options) { o.metricsMaxConnsPerIP = 2; o.metricsIdle = time.Hour })
 	for range 2 {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
+		if err := scrape(dial("127.0.0.1", addr)); err != nil {
 			t.Fatal(err)
 		}
-		defer c.Close()
-		scrape(c)
-		held = append(held, c)
 	}
-	extra, err := net.Dial("tcp", addr)
-	if err != nil {
+	if err := scrape(dial("127.0.0.1", addr)); err == nil {
+		t.Fatal("a third connection from one address was answered, want it closed")
+	}
+	if err := scrape(dial("127.0.0.2", addr)); err != nil {
+		t.Fatalf("a connection from another address: %v", err)
+	}
+
+	// Idle after a scrape: closed by the server, its place free again.
+	addr = serve(func(o *options) { o.metricsMaxConnsPerIP = 1; o.metricsIdle = 200 * time.Millisecond })
+	c := dial("127.0.0.1", addr)
+	if err := scrape(c); err != nil {
 		t.Fatal(err)
 	}
-	defer extra.Close()
-	if err := closedByServer(t, extra); err != io.EOF && !isReset(err) {
-		t.Fatalf("a connection past the limit: %v, want closed by the server", err)
+	if err := closedByServer(t, c); err != io.EOF && !isReset(err) {
+		t.Fatalf("an idle connection: %v, want closed by the server", err)
 	}
-	other, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}).Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
-	scrape(other)
-	// Idle after their scrape: closed by the server, and their places
-	// serve again.
-	for _, c := range held {
-		if err := closedByServer(t, c); err != io.EOF && !isReset(err) {
-			t.Fatalf("an idle connection: %v, want closed by the server", err)
-		}
-	}
-	testkit.EventuallyErr(t, 30*time.Second, "a scrape once the idle connections went", func() error {
-		resp, err := http.Get("http://" + addr + "/metrics")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		return nil
+	testkit.EventuallyErr(t, 30*time.Second, "a scrape once the idle connection went", func() error {
+		return scrape(dial("127.0.0.1", addr))
 	})
 }
