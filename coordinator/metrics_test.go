@@ -169,7 +169,17 @@ func TestMetricsEndpoint(t *testing.T) {
 		return r.GetToVersion() == "v2" && r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED
 	})
 
-	body, mfs := scrape(t, url)
+	// The leader records a rollout's metrics after the write the test saw
+	// (the lead time last): wait for them rather than scrape once.
+	// (TestMetricsEndpoint failed 1 of 10 -race runs with lead_time
+	// missing.)
+	var body []byte
+	var mfs map[string]*dto.MetricFamily
+	testkit.Eventually(t, 30*time.Second, "the ended rollout's lead time recorded", func() bool {
+		body, mfs = scrape(t, url)
+		_, _, ok := sample(mfs, "fleetwave_coordinator_lead_time_seconds", "service", "web")
+		return ok
+	})
 	checks := []struct {
 		name   string
 		labels []string
