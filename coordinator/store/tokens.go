@@ -40,8 +40,9 @@ func (s *Store) DeleteToken(ctx context.Context, id string) error {
 	return nil
 }
 
-// ErrJoined: a join token bound to no host names a host that joined
-// before (or has a record): only a token bound to it may join it again.
+// ErrJoined is returned when a join token bound to no host names a host
+// that joined before (or has a record): only a token bound to it may join
+// it again.
 var ErrJoined = errors.New("host joined before")
 
 // SpendToken marks a one-time join token used for host if it is still
