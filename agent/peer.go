@@ -28,6 +28,7 @@ import (
 
 	"github.com/fleetwave/fleetwave/agent/install"
 	"github.com/fleetwave/fleetwave/internal/spec"
+	"github.com/fleetwave/fleetwave/internal/streamend"
 	"github.com/fleetwave/fleetwave/internal/tlsutil"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -176,14 +177,6 @@ func (a *agent) peerSlots() int {
 	return int(max(1, min(int64(a.cfg.PeerMaxUploads), a.cfg.PeerUploadRate/max(1, a.opts.peerMinRate))))
 }
 
-// streamEnder is what gRPC's transport stream (under a server stream's
-// context) offers to end a stream with a status from outside its handler,
-// also while the handler is blocked sending (the coordinator's hub ends
-// agent streams the same way: statusWriter there).
-type streamEnder interface {
-	WriteStatus(*status.Status) error
-}
-
 // Download implements ArtifactService.Download for other agents.
 func (p *peerServer) Download(req *v1.DownloadRequest, stream v1.ArtifactService_DownloadServer) error {
 	ctx := stream.Context()
@@ -232,7 +225,7 @@ func (p *peerServer) Download(req *v1.DownloadRequest, stream v1.ArtifactService
 	// A chunk the fetcher does not take within sendTimeout ends the
 	// stream and closes its connection (the time the shared rate makes
 	// it wait is not counted).
-	ender, _ := grpc.ServerTransportStreamFromContext(ctx).(streamEnder)
+	ender := streamend.From(ctx)
 	stalled := time.AfterFunc(time.Hour, func() {
 		if ender != nil {
 			_ = ender.WriteStatus(status.Newf(codes.DeadlineExceeded, "the fetcher took no chunk of %s for %s", req.GetSha256(), p.lim.sendTimeout))

@@ -14,7 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -25,6 +24,7 @@ import (
 	"github.com/fleetwave/fleetwave/coordinator/judge"
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/internal/spec"
+	"github.com/fleetwave/fleetwave/internal/streamend"
 	"github.com/fleetwave/fleetwave/internal/tlsutil"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -76,7 +76,7 @@ type agentConn struct {
 	// handler's Recv: the stream has no goroutine of its own waiting for
 	// its end.
 	cancel context.CancelCauseFunc
-	ts     statusWriter
+	ts     streamend.Ender
 	// pending is the newest assignment set not yet sent (a newer set
 	// replaces an unsent older one: level-triggered); sending says a
 	// sender goroutine is at work (at most one per stream, started by queue
@@ -168,15 +168,6 @@ func (c *agentConn) end(cause error) {
 	if c.ts != nil {
 		_ = c.ts.WriteStatus(st) // nil when the stream has ended already
 	}
-}
-
-// statusWriter is what gRPC's transport stream (under a server stream's
-// context: grpc.ServerTransportStreamFromContext) offers to end a stream
-// with a status from outside its handler; the handler's own return then
-// writes nothing more. TestStreamEndedFromOutside checks that gRPC still
-// offers it.
-type statusWriter interface {
-	WriteStatus(*status.Status) error
 }
 
 func newHub(c *Coordinator) *hub {
@@ -367,7 +358,7 @@ func (h *hub) Connect(stream v1.AgentService_ConnectServer) (retErr error) {
 	}
 	conn := &agentConn{host: id, seq: seq, labels: hello.GetLabels(), stream: stream, cancel: cancel,
 		token: h.c.cfg.Name + "/" + randToken(), reports: map[string]*v1.ServiceReport{}, seen: map[string]*v1.ServiceReport{}}
-	conn.ts, _ = grpc.ServerTransportStreamFromContext(ctx).(statusWriter)
+	conn.ts = streamend.From(ctx)
 	if hello.RevocationsRevision != nil {
 		conn.revocations, conn.revSent = true, hello.GetRevocationsRevision()
 	}

@@ -19,7 +19,7 @@ import (
 // TestStreamEndedFromOutside: a host's stream replaced by a newer one (here
 // on the same connection) ends at once with its status, while its handler
 // waits in Recv with no goroutine of its own (hub.go ends it through gRPC's
-// transport stream, statusWriter); the newer stream goes on.
+// transport stream, internal/streamend); the newer stream goes on.
 func TestStreamEndedFromOutside(t *testing.T) {
 	cc := startCoordinator(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
