@@ -187,7 +187,7 @@ func (a *agent) startStage(s *service, act lifecycle.Action) {
 		}
 		if ev.err == nil {
 			// The release's files belong to the service's user (run.user).
-			if err := ownRelease(a.inst.ReleaseDir(name, act.Version), act.Assignment.GetSpec().GetRun()); err != nil {
+			if err := ownRelease(ctx, a.inst.ReleaseDir(name, act.Version), act.Assignment.GetSpec().GetRun()); err != nil {
 				ev.err = fmt.Errorf("give the release to spec.run.user: %w", err)
 			}
 		}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -141,7 +142,12 @@ func credential(run *v1.RunSpec) (*syscall.Credential, error) {
 // link may be a file outside the release: the unpacker makes none), and a
 // directory is given away after what is in it, the release last, so the
 // user cannot rename anything in a directory the walk is still in.
-func ownRelease(dir string, run *v1.RunSpec) error {
+//
+// It stops when ctx ends (checked at every directory: a release of
+// millions of entries would otherwise hold up the agent's shutdown or its
+// upgrade's handover); the release is then left partly given away, and
+// the stage fails.
+func ownRelease(ctx context.Context, dir string, run *v1.RunSpec) error {
 	ra, err := lookupRunAs(run)
 	if err != nil || ra == nil {
 		return err
@@ -151,7 +157,7 @@ func ownRelease(dir string, run *v1.RunSpec) error {
 		return fmt.Errorf("open %s: %w", dir, err)
 	}
 	defer unix.Close(fd)
-	o := owner{uid: int(ra.uid), gid: int(ra.gid)}
+	o := owner{ctx: ctx, uid: int(ra.uid), gid: int(ra.gid)}
 	if err := o.tree(fd, dir, 0); err != nil {
 		return err
 	}
@@ -167,14 +173,20 @@ const maxOwnDepth = 256
 // before it changes anything in it.
 var ownHook func(dir string)
 
-// owner changes what it is handed to uid:gid.
-type owner struct{ uid, gid int }
+// owner changes what it is handed to uid:gid, until ctx ends.
+type owner struct {
+	ctx      context.Context
+	uid, gid int
+}
 
 // tree changes everything in the directory open as fd (path: for errors),
 // depth levels below the release.
 func (o owner) tree(fd int, path string, depth int) error {
 	if depth >= maxOwnDepth {
 		return fmt.Errorf("%s: more than %d directory levels", path, maxOwnDepth)
+	}
+	if err := o.ctx.Err(); err != nil {
+		return fmt.Errorf("give %s away: %w", path, context.Cause(o.ctx))
 	}
 	dup, err := unix.Dup(fd)
 	if err != nil {

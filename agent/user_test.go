@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -255,7 +256,7 @@ func TestOwnReleaseStaysInside(t *testing.T) {
 		}
 	}
 	defer func() { ownHook = nil }()
-	if err := ownRelease(rel, &v1.RunSpec{User: u.Username}); err != nil {
+	if err := ownRelease(t.Context(), rel, &v1.RunSpec{User: u.Username}); err != nil {
 		t.Fatal(err)
 	}
 	owner := func(p string) int {
@@ -275,6 +276,43 @@ func TestOwnReleaseStaysInside(t *testing.T) {
 		filepath.Join(rel, "to-dir"), filepath.Join(rel, "to-file"), filepath.Join(rel, "z")} {
 		if got := owner(p); got != uid {
 			t.Errorf("%s owned by uid %d, want the run.user's %d", p, got, uid)
+		}
+	}
+}
+
+// TestOwnReleaseStopsWithContext: the walk stops at the next directory
+// once its context ends (the agent stopping, or the assignment changed
+// while a release of many entries is given away) and says why; what it
+// had not reached, the release's root included, is left as it was.
+func TestOwnReleaseStopsWithContext(t *testing.T) {
+	u := testUser(t)
+	rel := filepath.Join(t.TempDir(), "rel")
+	deep := filepath.Join(rel, "a", "b")
+	if err := os.MkdirAll(deep, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(deep, "f"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	ownHook = func(dir string) {
+		if dir == rel {
+			cancel()
+		}
+	}
+	defer func() { ownHook = nil }()
+	err := ownRelease(ctx, rel, &v1.RunSpec{User: u.Username})
+	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), filepath.Join(rel, "a")) {
+		t.Fatalf("ownRelease with its context ended: %v, want context.Canceled naming %s", err, filepath.Join(rel, "a"))
+	}
+	for _, p := range []string{rel, filepath.Join(rel, "a"), deep, filepath.Join(deep, "f")} {
+		fi, err := os.Lstat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if uid := fi.Sys().(*syscall.Stat_t).Uid; uid != 0 {
+			t.Errorf("%s owned by uid %d after the walk stopped, want root's (not reached)", p, uid)
 		}
 	}
 }
