@@ -238,6 +238,18 @@ func serveGRPC(t *testing.T, creds grpc.ServerOption, svc v1.ArtifactServiceServ
 	return lis.Addr().String()
 }
 
+// useCoordinator serves svc as the agent's coordinator (plain gRPC on
+// loopback) and connects a to it for the rest of the test.
+func useCoordinator(t *testing.T, a *agent, svc v1.ArtifactServiceServer) {
+	t.Helper()
+	cc, err := grpc.NewClient(serveGRPC(t, grpc.Creds(insecure.NewCredentials()), svc), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	a.conns.set(cc)
+}
+
 // TestPeerFetchResumesAtOffset: a source that fails half-way is followed by
 // the next one from the byte reached (it sends only the rest), and the
 // whole artifact's digest is checked at the end.
@@ -289,13 +301,7 @@ func TestPeerFetchFallsBackToCoordinator(t *testing.T) {
 	impostor.holds(t, art)
 	empty := newPeerAgent(t, pki, "empty", true)
 	a := newPeerAgent(t, pki, "fetcher", false)
-	coord := serveGRPC(t, grpc.Creds(insecure.NewCredentials()), memStore{art: art})
-	cc, err := grpc.NewClient(coord, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	a.conns.set(cc)
+	useCoordinator(t, a, memStore{art: art})
 	asg := assignmentFrom(art, empty)
 	asg.Sources = append([]*v1.ArtifactSource{
 		{HostId: "down", Address: ports.Addr(t)},             // nothing listens
@@ -425,13 +431,7 @@ func TestPeerFetchBlamesOnlyTheBadPeer(t *testing.T) {
 	good := newPeerAgent(t, pki, "good", true)
 	good.holds(t, art)
 	a := newPeerAgent(t, pki, "fetcher", false)
-	coord := serveGRPC(t, grpc.Creds(insecure.NewCredentials()), memStore{art: art})
-	cc, err := grpc.NewClient(coord, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	a.conns.set(cc)
+	useCoordinator(t, a, memStore{art: art})
 	a.rep.put(&v1.ServiceReport{Service: "web", Phase: v1.Phase_PHASE_FETCHING})
 	asg := assignmentFrom(art, good)
 	asg.Sources = append([]*v1.ArtifactSource{{HostId: "liar", Address: liar}}, asg.Sources...)
@@ -622,13 +622,7 @@ func TestPeerFetchStopsAnEndlessStream(t *testing.T) {
 	art := bigArtifact(t, 100<<10)
 	flood := servePeerTLS(t, pki, "flood", floodServer{art: art})
 	a := newPeerAgent(t, pki, "fetcher", false)
-	coord := serveGRPC(t, grpc.Creds(insecure.NewCredentials()), memStore{art: art})
-	cc, err := grpc.NewClient(coord, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	a.conns.set(cc)
+	useCoordinator(t, a, memStore{art: art})
 	asg := assignmentFrom(art)
 	asg.Sources = []*v1.ArtifactSource{{HostId: "flood", Address: flood}}
 	f, err := a.fetchOnce(context.Background(), asg, artifactOf(asg))

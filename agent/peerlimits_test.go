@@ -16,7 +16,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -271,14 +270,8 @@ func TestPeerAddressIsTCPOnly(t *testing.T) {
 	}
 	pki := newPeerPKI(t)
 	art := bigArtifact(t, 64<<10)
-	coord := serveGRPC(t, grpc.Creds(insecure.NewCredentials()), memStore{art: art})
 	a := newPeerAgent(t, pki, "fetcher", false)
-	cc, err := grpc.NewClient(coord, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	a.conns.set(cc)
+	useCoordinator(t, a, memStore{art: art})
 	asg := assignmentFrom(art)
 	asg.Sources = []*v1.ArtifactSource{{HostId: "h1", Address: "unix-abstract:" + name}, {HostId: "h2", Address: "unix:" + name}, {HostId: "h3", Address: "unix:@" + name}}
 	f, err := a.fetchOnce(context.Background(), asg, artifactOf(asg))

@@ -18,8 +18,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/fleetwave/fleetwave/agent/install"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
@@ -284,13 +282,7 @@ func TestResumedBadBytesFetchedAgain(t *testing.T) {
 		good.holds(t, art)
 		a := newPeerAgent(t, pki, "fetcher", false)
 		store := &countingStore{art: art}
-		coord := serveGRPC(t, grpc.Creds(insecure.NewCredentials()), store)
-		cc, err := grpc.NewClient(coord, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cc.Close()
-		a.conns.set(cc)
+		useCoordinator(t, a, store)
 		asg := assignmentFrom(art, good)
 		want := artifactOf(asg)
 		leavePartial(t, a, want, garbage)
@@ -338,14 +330,8 @@ func TestCoordinatorFetchResumes(t *testing.T) {
 	art := bigArtifact(t, 200<<10)
 	cut := len(art) / 3
 	store := &countingStore{art: art}
-	coord := serveGRPC(t, grpc.Creds(insecure.NewCredentials()), store)
-	cc, err := grpc.NewClient(coord, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
 	a := newPeerAgent(t, pki, "fetcher", false)
-	a.conns.set(cc)
+	useCoordinator(t, a, store)
 	asg := assignmentFrom(art)
 	want := artifactOf(asg)
 	leavePartial(t, a, want, art[:cut])
@@ -520,13 +506,8 @@ func TestCompletePartialWrongBytesFetchedAgain(t *testing.T) {
 	})
 	t.Run("coordinator", func(t *testing.T) {
 		store := &countingStore{art: art}
-		cc, err := grpc.NewClient(serveGRPC(t, grpc.Creds(insecure.NewCredentials()), store), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cc.Close()
 		a := newPeerAgent(t, pki, "fetcher", false)
-		a.conns.set(cc)
+		useCoordinator(t, a, store)
 		check(t, a, assignmentFrom(art))
 		if n := store.sent.Load(); n != int64(len(art)) {
 			t.Fatalf("the coordinator sent %d bytes, want %d", n, len(art))
