@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"sync"
@@ -254,8 +255,11 @@ func (a *agent) onSample(ev sampleEv) {
 	an := s.ana
 	an.scrapeErr = ev.err
 	if ev.err == nil && !ev.sample.At.Before(an.since) {
-		an.win.Add(ev.sample)
-		if an.cfg.Compare {
+		// A sample over analysis.MaxSamplePoints is refused like a failed
+		// scrape (the rules' reasons name it).
+		if err := an.win.Add(ev.sample); errors.Is(err, analysis.ErrTooManyPoints) {
+			an.scrapeErr = err
+		} else if an.cfg.Compare {
 			a.summarize(s, an, ev.sample.At)
 		}
 	}

@@ -3,7 +3,6 @@ package analysis
 import (
 	"errors"
 	"fmt"
-	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"math"
 	"strings"
 	"testing"
@@ -12,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -69,8 +69,8 @@ func requests(byCode map[string]float64, extra string) string {
 // add parses text at t and adds it to w.
 func add(t *testing.T, w *Window, at time.Time, text string) {
 	t.Helper()
-	if !w.Add(parse(t, at, text)) {
-		t.Fatalf("Add at %v refused", at)
+	if err := w.Add(parse(t, at, text)); err != nil {
+		t.Fatalf("Add at %v refused: %v", at, err)
 	}
 }
 
@@ -516,11 +516,11 @@ func TestWindowIsBounded(t *testing.T) {
 	if w.Len() > 33 {
 		t.Errorf("window holds %d samples", w.Len())
 	}
-	if w.Add(parse(t, sec(5), "x 1\n")) {
-		t.Error("Add accepted a sample older than the newest")
+	if err := w.Add(parse(t, sec(5), "x 1\n")); !errors.Is(err, ErrNotNewer) {
+		t.Errorf("Add of a sample older than the newest: %v, want ErrNotNewer", err)
 	}
-	if w.Add(parse(t, sec(1010), "x 1\n")) {
-		t.Error("Add accepted a sample as old as the newest")
+	if err := w.Add(parse(t, sec(1010), "x 1\n")); !errors.Is(err, ErrNotNewer) {
+		t.Errorf("Add of a sample as old as the newest: %v, want ErrNotNewer", err)
 	}
 	w.Reset()
 	if w.Len() != 0 {
@@ -602,5 +602,72 @@ func TestRetargetCarriesSamples(t *testing.T) {
 	}
 	if w.Len() != before {
 		t.Errorf("the old window changed: %d samples, had %d", w.Len(), before)
+	}
+}
+
+// seriesText is a counter family of n series (one code each) and, if
+// unrelated, as many series of a family no rule reads.
+func seriesText(family string, n int, v float64) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# TYPE %s counter\n", family)
+	for i := range n {
+		fmt.Fprintf(&b, "%s{code=\"200\",i=\"%d\"} %v\n", family, i, v)
+	}
+	return b.String()
+}
+
+// TestWindowPointsBounded: a service's exposition can make the window hold
+// at most MaxWindowPoints values, however many series it writes into the
+// families the rules read. A sample over MaxSamplePoints is refused and
+// names the family (the window is unchanged); values of families no rule
+// reads do not count; samples that would put the window over
+// MaxWindowPoints push the oldest out. (Before: every sample kept whole,
+// 31 samples of a 4 MiB exposition in the rule's family held 1.2 GiB: a
+// review.)
+func TestWindowPointsBounded(t *testing.T) {
+	c := compile(t, analysisOf(
+		errRule(&v1.ErrorRatioRule{Metric: "http_requests_total", Max: 0.5}),
+		latRule(&v1.LatencyRule{Metric: "http_request_duration_seconds", Quantile: 0.9, MaxSeconds: 1})))
+	w := NewWindow(c)
+	add(t, w, sec(0), seriesText("http_requests_total", 10, 1)+seriesText("unrelated_total", 3*MaxSamplePoints, 1))
+	err := w.Add(parse(t, sec(1), seriesText("http_requests_total", MaxSamplePoints+1, 2)))
+	if !errors.Is(err, ErrTooManyPoints) || !strings.Contains(err.Error(), fmt.Sprintf("%d in http_requests_total, at most %d", MaxSamplePoints+1, MaxSamplePoints)) {
+		t.Fatalf("a sample of %d series in the rule's family: %v, want ErrTooManyPoints naming it", MaxSamplePoints+1, err)
+	}
+	// A histogram's buckets count: 2,001 series of 9 buckets (+Inf added
+	// by the parser) and a count each are over the bound.
+	var h strings.Builder
+	h.WriteString("# TYPE http_request_duration_seconds histogram\n")
+	for i := range MaxSamplePoints/10 + 1 {
+		for _, le := range []string{"0.005", "0.01", "0.05", "0.1", "0.5", "1", "5", "10"} {
+			fmt.Fprintf(&h, "http_request_duration_seconds_bucket{i=\"%d\",le=%q} 1\n", i, le)
+		}
+		fmt.Fprintf(&h, "http_request_duration_seconds_bucket{i=\"%d\",le=\"+Inf\"} 1\nhttp_request_duration_seconds_count{i=\"%d\"} 1\nhttp_request_duration_seconds_sum{i=\"%d\"} 1\n", i, i, i)
+	}
+	if err := w.Add(parse(t, sec(2), h.String())); !errors.Is(err, ErrTooManyPoints) || !strings.Contains(err.Error(), "http_request_duration_seconds") {
+		t.Fatalf("a histogram of %d series: %v, want ErrTooManyPoints naming it", MaxSamplePoints/10+1, err)
+	}
+	if w.Len() != 1 || w.total != 10 {
+		t.Fatalf("after the refused samples: %d samples of %d values, want the first alone (10)", w.Len(), w.total)
+	}
+	// Samples just under the bound: the window keeps what MaxWindowPoints
+	// holds, the newest ones, fewer than its 33 samples.
+	per := MaxSamplePoints - 5
+	for i := 3; i < 40; i++ {
+		add(t, w, sec(float64(i)), seriesText("http_requests_total", per, float64(i)))
+		if w.total > MaxWindowPoints {
+			t.Fatalf("after the sample at %ds the window holds %d values, over %d", i, w.total, MaxWindowPoints)
+		}
+	}
+	if want := MaxWindowPoints / per; w.Len() != want {
+		t.Fatalf("window holds %d samples of %d values, want %d", w.Len(), per, want)
+	}
+	if got := w.at(w.n - 1).At; !got.Equal(sec(39)) {
+		t.Fatalf("newest sample at %v, want the last added", got)
+	}
+	// The increase is measured over the span the samples left cover.
+	r := evalOne(t, Config{Rules: c.Rules[:1]}, w, Baseline{}, sec(39))
+	if r.Verdict == lifecycle.VerdictFail {
+		t.Fatalf("no errors over the held samples, got %v: %s", r.Verdict, r.Reason)
 	}
 }

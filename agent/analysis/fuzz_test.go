@@ -49,12 +49,12 @@ func FuzzParse(f *testing.F) {
 			return
 		}
 		w := NewWindow(c)
-		w.Add(before)
-		w.Add(s)
+		_ = w.Add(before)
+		_ = w.Add(s)
 		base := NewBaseline(c.Rules, w, sec(10))
 		after := s
 		after.At = sec(20)
-		w.Add(after)
+		_ = w.Add(after)
 		for _, r := range Evaluate(c.Rules, w, base, sec(20), nil, nil) {
 			for _, v := range []float64{r.Value, r.Baseline, r.Threshold} {
 				if math.IsNaN(v) || math.IsInf(v, 0) {

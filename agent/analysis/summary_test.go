@@ -22,8 +22,8 @@ func TestSummarize(t *testing.T) {
 	if s := Summarize(c.Rules, w, sec(30), sec(0), sec(30), "v2"); s != nil {
 		t.Errorf("no samples: %v", s)
 	}
-	w.Add(parse(t, sec(0), requests(map[string]float64{"200": 100, "500": 1}, "")+histogram(`path="/",`, 10, 20, 30, 40)+histogramSeries(`path="/x",`, 1, 1, 1, 1)))
-	w.Add(parse(t, sec(30), requests(map[string]float64{"200": 290, "500": 11}, "")+histogram(`path="/",`, 110, 170, 190, 200)+histogramSeries(`path="/x",`, 2, 3, 4, 5)))
+	_ = w.Add(parse(t, sec(0), requests(map[string]float64{"200": 100, "500": 1}, "")+histogram(`path="/",`, 10, 20, 30, 40)+histogramSeries(`path="/x",`, 1, 1, 1, 1)))
+	_ = w.Add(parse(t, sec(30), requests(map[string]float64{"200": 290, "500": 11}, "")+histogram(`path="/",`, 110, 170, 190, 200)+histogramSeries(`path="/x",`, 2, 3, 4, 5)))
 	s := Summarize(c.Rules, w, sec(30), sec(0), sec(30), "v2")
 	if s == nil || len(s.Rules) != 2 || s.GetVersion() != "v2" || !s.GetEnd().AsTime().Equal(sec(30)) || !s.GetStart().AsTime().Equal(sec(0)) {
 		t.Fatalf("summary %v", s)

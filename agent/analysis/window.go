@@ -1,6 +1,10 @@
 package analysis
 
 import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
@@ -12,15 +16,41 @@ import (
 // (see increases).
 const processStartFamily = "process_start_time_seconds"
 
+// MaxSamplePoints bounds the values one sample keeps of the families the
+// rules read (a counter's or gauge's series is one value; a histogram's or
+// summary's series one per bucket or quantile, and one more): a scrape
+// with more is refused (ErrTooManyPoints), as Prometheus's sample_limit
+// fails a scrape. MaxWindowPoints bounds the values a window keeps over
+// all its samples: past it the oldest samples go (the increases then
+// cover a shorter span). A parsed counter series costs ~400–550 bytes
+// (more with long labels, which MaxScrapeBytes bounds): a window held 79
+// MiB at the bound measured, 104 MiB with 150-byte label values, however
+// large the services' expositions (before, 31 samples of a 4 MiB
+// exposition held 1.2 GiB). At the default window and interval (33
+// samples) each sample may keep 6,060 values before the span shortens.
+const (
+	MaxSamplePoints = 20000
+	MaxWindowPoints = 200000
+)
+
+// ErrTooManyPoints is returned (wrapped) by Window.Add for a sample over
+// MaxSamplePoints; ErrNotNewer for a sample not newer than the newest held.
+var (
+	ErrTooManyPoints = errors.New("too many values in the families the rules read")
+	ErrNotNewer      = errors.New("sample not newer than the newest held")
+)
+
 // Window keeps the samples of the last Config.Window, plus the newest one
 // older than that so increases cover the whole window, in a bounded ring
-// (Window/Interval + 3 samples). It keeps only the metric families the
-// rules read. It is not safe for concurrent use.
+// (Window/Interval + 3 samples, MaxWindowPoints values). It keeps only the
+// metric families the rules read. It is not safe for concurrent use.
 type Window struct {
 	span     time.Duration
 	interval time.Duration
 	keep     map[string]bool
 	buf      []Sample // ring
+	points   []int    // the values of each sample in buf
+	total    int      // the values of the samples held
 	head     int      // index of the oldest sample
 	n        int
 }
@@ -40,43 +70,68 @@ func NewWindow(c Config) *Window {
 			keep[r.Metric+"_bucket"] = true // untyped buckets (no # TYPE line)
 		}
 	}
-	return &Window{span: span, interval: interval, keep: keep, buf: make([]Sample, capacity)}
+	return &Window{span: span, interval: interval, keep: keep, buf: make([]Sample, capacity), points: make([]int, capacity)}
 }
 
 // Add appends s, keeping only the families the rules read (s itself is not
-// modified), and drops samples that fell out of the window. A sample not
-// newer than the newest one held is dropped and Add returns false.
-func (w *Window) Add(s Sample) bool {
+// modified), and drops samples that fell out of the window or, oldest
+// first, that would put it over MaxWindowPoints. A sample not newer than
+// the newest one held (ErrNotNewer) or with more than MaxSamplePoints
+// values in those families (ErrTooManyPoints, naming them) is not added.
+func (w *Window) Add(s Sample) error {
 	if w.n > 0 && !s.At.After(w.at(w.n-1).At) {
-		return false
+		return ErrNotNewer
 	}
 	kept := Sample{At: s.At, Families: make(map[string]*dto.MetricFamily, len(w.keep))}
+	points := 0
 	for name := range w.keep {
 		if f := s.Families[name]; f != nil {
 			kept.Families[name] = f
+			points += familyPoints(f)
 		}
 	}
-	if w.n == len(w.buf) {
+	if points > MaxSamplePoints {
+		names := make([]string, 0, len(kept.Families))
+		for name := range kept.Families {
+			names = append(names, name)
+		}
+		slices.Sort(names)
+		return fmt.Errorf("%w: %d in %s, at most %d", ErrTooManyPoints, points, strings.Join(names, ", "), MaxSamplePoints)
+	}
+	for w.n > 0 && (w.n == len(w.buf) || w.total+points > MaxWindowPoints) {
 		w.dropOldest()
 	}
-	w.buf[(w.head+w.n)%len(w.buf)] = kept
+	i := (w.head + w.n) % len(w.buf)
+	w.buf[i], w.points[i] = kept, points
+	w.total += points
 	w.n++
 	start := s.At.Add(-w.span)
 	for w.n >= 2 && !w.at(1).At.After(start) {
 		w.dropOldest()
 	}
-	return true
+	return nil
+}
+
+// familyPoints is how many values f holds: one per series, and one per
+// bucket or quantile of a histogram's or summary's.
+func familyPoints(f *dto.MetricFamily) int {
+	n := 0
+	for _, m := range f.GetMetric() {
+		n += 1 + len(m.GetHistogram().GetBucket()) + len(m.GetSummary().GetQuantile())
+	}
+	return n
 }
 
 // Retarget returns a new window for c (its window, interval and rules)
 // holding w's samples, for when the spec changes while the same release
 // runs (a new assignment arrives while its baseline is being collected).
 // Only the families c's rules read are kept, and a family w did not keep is
-// missing from the carried samples. w is not changed.
+// missing from the carried samples (a sample over MaxSamplePoints for c's
+// families is left out). w is not changed.
 func (w *Window) Retarget(c Config) *Window {
 	nw := NewWindow(c)
 	for i := 0; i < w.n; i++ {
-		nw.Add(w.at(i))
+		_ = nw.Add(w.at(i))
 	}
 	return nw
 }
@@ -87,7 +142,8 @@ func (w *Window) Len() int { return w.n }
 // Reset drops every sample.
 func (w *Window) Reset() {
 	clear(w.buf)
-	w.head, w.n = 0, 0
+	clear(w.points)
+	w.head, w.n, w.total = 0, 0, 0
 }
 
 // Freeze measures the baseline of rules over the samples held (the old
@@ -104,6 +160,8 @@ func (w *Window) at(i int) Sample { return w.buf[(w.head+i)%len(w.buf)] }
 
 func (w *Window) dropOldest() {
 	w.buf[w.head] = Sample{}
+	w.total -= w.points[w.head]
+	w.points[w.head] = 0
 	w.head = (w.head + 1) % len(w.buf)
 	w.n--
 }
