@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 
@@ -67,6 +68,7 @@ func (a *agent) persist(s *service, snap *lifecycle.Snapshot) error {
 	if removed, err := a.persistRemoved(snap); removed || err != nil {
 		if removed && err == nil {
 			s.saved = nil // remove.go: a removed service keeps no state
+			a.removed = append(slices.DeleteFunc(a.removed, func(n string) bool { return n == s.name }), s.name)
 		}
 		return err
 	}

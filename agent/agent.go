@@ -105,6 +105,9 @@ type agent struct {
 	anaSeq     uint64       // ids of analysers (run loop)
 
 	services map[string]*service // owned by the run loop
+	// removed names the services whose REMOVED state was persisted, oldest
+	// first (remove.go: forgetRemoved); owned by the run loop.
+	removed  []string
 	events   chan any
 	stopping chan struct{} // closed when the loop stops taking events
 	wg       sync.WaitGroup

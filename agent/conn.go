@@ -15,6 +15,7 @@ import (
 	"github.com/fleetwave/fleetwave/agent/install"
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/internal/grpcwindow"
+	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
@@ -187,11 +188,36 @@ func (r *reporter) hello(cfg Config) *v1.Hello {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	h := &v1.Hello{HostId: cfg.HostID, Labels: cfg.Labels, AgentVersion: cfg.AgentVersion}
+	// REMOVED reports are left out past spec.MaxServicesPerHost
+	// (coordinators refuse a longer Hello): a removal they did not see is
+	// assigned again, and done at once.
+	over := len(r.latest) - spec.MaxServicesPerHost
 	for _, name := range sortedKeys(r.latest) {
-		h.Services = append(h.Services, r.latest[name])
+		if rep := r.latest[name]; over <= 0 || rep.GetPhase() != v1.Phase_PHASE_REMOVED {
+			h.Services = append(h.Services, rep)
+		} else {
+			over--
+		}
 	}
 	clear(r.dirty)
 	return h
+}
+
+// forget drops what the reporter holds of service (removed, and forgotten
+// by the agent) unless its latest report is still to be sent, and reports
+// whether it did.
+func (r *reporter) forget(service string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.dirty[service] {
+		return false
+	}
+	delete(r.latest, service)
+	delete(r.bad, service)
+	delete(r.metrics, service)
+	delete(r.staged, service)
+	delete(r.stageFailed, service)
+	return true
 }
 
 // hello is the Hello of a new stream: the reporter's, and what confines

@@ -211,12 +211,20 @@ func (a *agent) assign(list []*v1.Assignment) {
 		names = append(names, n)
 	}
 	sort.Strings(names)
+	a.forgetRemoved() // remove.go
+	tracked := a.tracked()
 	for _, name := range names {
 		asg := newest[name]
 		s := a.services[name]
 		if s == nil {
+			if tracked >= spec.MaxServicesPerHost {
+				a.log.Error().Str("service", name).Int64("generation", asg.GetGeneration()).Int("services", tracked).
+					Msgf("assignment refused: the host runs %d services, the most it takes (a coordinator assigning more is misconfigured or compromised)", spec.MaxServicesPerHost)
+				continue
+			}
 			s = &service{name: name, m: lifecycle.New(name)}
 			a.services[name] = s
+			tracked++
 		}
 		dir := a.inst.ReleaseDir(name, asg.GetRelease().GetVersion())
 		err := validateAssignment(asg, a.cfg.HostID, a.cfg.Labels, a.cfg.MaxArtifactBytes, dir)

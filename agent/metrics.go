@@ -220,6 +220,21 @@ func revertClass(kind lifecycle.InputKind, reason string) string {
 	return revertOther
 }
 
+// forget drops a forgotten service's series (remove.go: forgetRemoved).
+func (m *agentMetrics) forget(svc string) {
+	if m == nil {
+		return
+	}
+	l := prometheus.Labels{"service": svc}
+	m.installs.DeletePartialMatch(l)
+	m.reverts.DeletePartialMatch(l)
+	m.anaValue.DeletePartialMatch(l)
+	m.anaThreshold.DeletePartialMatch(l)
+	m.fetchBytes.DeletePartialMatch(l)
+	m.fetchDuration.DeletePartialMatch(l)
+	delete(m.installing, svc)
+}
+
 // analysis records one evaluation of a service's rules; it replaces the
 // service's earlier series, so rules removed from the spec disappear.
 func (m *agentMetrics) analysis(svc string, results []analysis.Result) {

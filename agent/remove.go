@@ -44,6 +44,51 @@ func (a *agent) startRemove(s *service, act lifecycle.Action) {
 	})
 }
 
+// maxRemovedKept is how many removed services the agent still tracks (the
+// newest removals): their machines refuse a replayed older assignment, and
+// their REMOVED reports stay in every Hello. Older ones are forgotten, as
+// an agent restart forgets them all (their state is deleted): a host that
+// runs short-lived services (one per branch, say) would otherwise grow its
+// memory and its Hello with every name it ever ran, until coordinators
+// refuse the Hello (over spec.MaxServicesPerHost).
+const maxRemovedKept = 100
+
+// forgetRemoved forgets the oldest removed services beyond maxRemovedKept
+// whose machines are settled in REMOVED and whose REMOVED report has been
+// sent: their machine, reports and metric series. Called by the run loop.
+func (a *agent) forgetRemoved() {
+	kept := a.removed[:0]
+	excess := len(a.removed) - maxRemovedKept
+	for _, name := range a.removed {
+		s := a.services[name]
+		if s == nil || s.m.Phase() != v1.Phase_PHASE_REMOVED {
+			excess--
+			continue // assigned again since: no longer a removed one
+		}
+		if excess > 0 && !s.m.Busy() && !s.blocked && len(s.queue) == 0 && len(s.procs) == 0 && a.rep.forget(name) {
+			delete(a.services, name)
+			a.metrics.forget(name)
+			excess--
+			a.log.Info().Str("service", name).Msg("removed service forgotten (older than the newest removals kept)")
+			continue
+		}
+		kept = append(kept, name)
+	}
+	clear(a.removed[len(kept):])
+	a.removed = kept
+}
+
+// tracked is how many services the agent tracks that are not removed.
+func (a *agent) tracked() int {
+	n := 0
+	for _, s := range a.services {
+		if s.m.Phase() != v1.Phase_PHASE_REMOVED {
+			n++
+		}
+	}
+	return n
+}
+
 // persistRemoved deletes the state of a service whose REMOVED snapshot is
 // to be persisted (handled reports whether it was).
 func (a *agent) persistRemoved(snap *lifecycle.Snapshot) (handled bool, err error) {

@@ -2,11 +2,13 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -61,4 +63,147 @@ func TestRemoveStopsTheServiceAndRemovesItsFiles(t *testing.T) {
 	}
 	cancel()
 	waitDone(t, done)
+}
+
+// reconnect stops fc (its streams end) and serves a new fake coordinator at
+// its address, which the agent reconnects to; it returns the new one.
+func reconnect(t *testing.T, fc *fakeCoordinator) *fakeCoordinator {
+	t.Helper()
+	fc.srv.Stop()
+	return newFakeCoordinatorAt(t, fc.addr)
+}
+
+// TestRemovedServicesForgotten: a host that runs short-lived services (one
+// per branch, say) removes them one after another; the agent keeps
+// tracking only the newest maxRemovedKept removed ones, so its memory and
+// its Hello do not grow with every name it ever ran (before, every removed
+// name stayed in each Hello until a restart, and past
+// spec.MaxServicesPerHost coordinators refused the Hello: a review).
+func TestRemovedServicesForgotten(t *testing.T) {
+	fc := newFakeCoordinator(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, DataDir: t.TempDir(), AgentVersion: "test"}
+	done := runAgent(t, ctx, cfg, testOptions())
+
+	const n = maxRemovedKept + 20
+	var removals []*v1.Assignment
+	for i := range n {
+		removals = append(removals, &v1.Assignment{Service: fmt.Sprintf("branch-%03d", i), Generation: 1, Remove: true})
+	}
+	removedAll := func(names ...string) func([]*v1.Hello, []*v1.ServiceReport) bool {
+		return func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+			for _, name := range names {
+				if lastReport(rs, name).GetPhase() != v1.Phase_PHASE_REMOVED {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	fc.assign(removals...)
+	var names []string
+	for _, r := range removals {
+		names = append(names, r.GetService())
+	}
+	fc.waitFor(t, "every branch removed", time.Minute, removedAll(names...))
+	// The next set (one more removal) finds n removed services, all
+	// reported: the oldest ones are forgotten.
+	fc.assign(&v1.Assignment{Service: "marker", Generation: 1, Remove: true})
+	fc.waitFor(t, "marker removed", time.Minute, removedAll("marker"))
+
+	fc2 := reconnect(t, fc)
+	fc2.waitFor(t, "a new hello", time.Minute, func(hs []*v1.Hello, _ []*v1.ServiceReport) bool { return len(hs) > 0 })
+	fc2.mu.Lock()
+	hello := fc2.hellos[0]
+	fc2.mu.Unlock()
+	got := map[string]bool{}
+	for _, r := range hello.GetServices() {
+		got[r.GetService()] = true
+	}
+	if len(got) != maxRemovedKept+1 || !got["marker"] {
+		t.Fatalf("the hello after %d removals reports %d services (marker: %v), want the newest %d removals and the marker", n+1, len(got), got["marker"], maxRemovedKept)
+	}
+	for _, name := range names[:n-maxRemovedKept] {
+		if got[name] {
+			t.Errorf("%s (among the oldest removals) still in the hello", name)
+		}
+	}
+	cancel()
+	waitDone(t, done)
+}
+
+// TestServicesPerHostBounded: a coordinator (misconfigured, or compromised)
+// assigning more services than spec.MaxServicesPerHost makes the agent
+// track and persist that many at most: the names past it get no machine and
+// no state file, and the agent's Hello stays one coordinators accept (before,
+// one set of 1,001 assignments left 1,001 state files, and every Hello
+// after, at every restart, was refused: the host was cut off for good: a
+// review).
+func TestServicesPerHostBounded(t *testing.T) {
+	fc := newFakeCoordinator(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dataDir := t.TempDir()
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, DataDir: dataDir, AgentVersion: "test"}
+	done := runAgent(t, ctx, cfg, testOptions())
+
+	const extra = 5
+	var set []*v1.Assignment
+	for i := range spec.MaxServicesPerHost + extra {
+		// No release: each one is invalid, FAILED and persisted.
+		set = append(set, &v1.Assignment{Service: fmt.Sprintf("svc-%04d", i), Generation: 1})
+	}
+	fc.assign(set...)
+	fc.waitFor(t, "the services the host takes failed", 2*time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		for _, a := range set[:spec.MaxServicesPerHost] {
+			if lastReport(rs, a.GetService()).GetPhase() != v1.Phase_PHASE_FAILED {
+				return false
+			}
+		}
+		return true
+	})
+	fc2 := reconnect(t, fc)
+	fc2.waitFor(t, "a new hello", time.Minute, func(hs []*v1.Hello, _ []*v1.ServiceReport) bool { return len(hs) > 0 })
+	fc2.mu.Lock()
+	hello := fc2.hellos[0]
+	fc2.mu.Unlock()
+	if n := len(hello.GetServices()); n != spec.MaxServicesPerHost {
+		t.Fatalf("the hello reports %d services, want %d", n, spec.MaxServicesPerHost)
+	}
+	for _, a := range set[spec.MaxServicesPerHost:] {
+		for _, r := range hello.GetServices() {
+			if r.GetService() == a.GetService() {
+				t.Errorf("%s (past the bound) reported", a.GetService())
+			}
+		}
+		if _, err := os.Stat(filepath.Join(dataDir, "state", a.GetService()+".json")); !os.IsNotExist(err) {
+			t.Errorf("%s (past the bound) has a state file (%v)", a.GetService(), err)
+		}
+	}
+	cancel()
+	waitDone(t, done)
+}
+
+// TestHelloLeavesOutRemovedPastTheBound: a Hello never reports more than
+// spec.MaxServicesPerHost services: REMOVED reports go first (a removal a
+// coordinator did not see is assigned again, and done at once).
+func TestHelloLeavesOutRemovedPastTheBound(t *testing.T) {
+	r := newReporter()
+	for i := range spec.MaxServicesPerHost - 2 {
+		r.put(&v1.ServiceReport{Service: fmt.Sprintf("svc-%04d", i), Phase: v1.Phase_PHASE_HEALTHY})
+	}
+	for i := range 5 {
+		r.put(&v1.ServiceReport{Service: fmt.Sprintf("gone-%d", i), Phase: v1.Phase_PHASE_REMOVED})
+	}
+	h := r.hello(Config{HostID: testHostID})
+	removed := 0
+	for _, s := range h.GetServices() {
+		if s.GetPhase() == v1.Phase_PHASE_REMOVED {
+			removed++
+		}
+	}
+	if len(h.GetServices()) != spec.MaxServicesPerHost || removed != 2 {
+		t.Fatalf("hello of %d services (%d removed), want %d with 2 removed", len(h.GetServices()), removed, spec.MaxServicesPerHost)
+	}
 }

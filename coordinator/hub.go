@@ -174,8 +174,6 @@ func newHub(c *Coordinator) *hub {
 	return &hub{c: c, conns: map[string]*agentConn{}, reports: newReportWriter(c.store, c.metrics), sharedLimit: maxSharedSets}
 }
 
-const maxServicesPerHello = 1000
-
 // maxHelloCgroups bounds Hello.cgroups (the agent sends at most
 // supervise.MaxCgroupsReport bytes; the coordinator does not import the agent).
 const maxHelloCgroups = 512
@@ -294,8 +292,8 @@ func validateHello(h *v1.Hello) error {
 	if len(h.GetCgroups()) > maxHelloCgroups {
 		return fmt.Errorf("hello.cgroups: %d bytes, over %d", len(h.GetCgroups()), maxHelloCgroups)
 	}
-	if len(h.GetServices()) > maxServicesPerHello {
-		return fmt.Errorf("hello.services: %d entries, over %d", len(h.GetServices()), maxServicesPerHello)
+	if len(h.GetServices()) > spec.MaxServicesPerHost {
+		return fmt.Errorf("hello.services: %d entries, over %d", len(h.GetServices()), spec.MaxServicesPerHost)
 	}
 	for i, r := range h.GetServices() {
 		if err := validateReport(r); err != nil {

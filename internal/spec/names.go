@@ -18,6 +18,12 @@ var (
 	dnsNameRE = regexp.MustCompile(`^(?i)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$`)
 )
 
+// MaxServicesPerHost bounds the services one host runs: an agent's Hello
+// reports at most this many (coordinators refuse more), and an agent takes
+// no assignment of a service beyond it (a coordinator cannot make it track
+// names, and persist their states, without end).
+const MaxServicesPerHost = 1000
+
 // CheckHostPort reports whether s is a TCP address other hosts can dial:
 // an IP address (not an unspecified one, 0.0.0.0 or ::, which would
 // have them dial themselves; no IPv6 zone, which names an interface of
