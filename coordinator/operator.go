@@ -315,7 +315,11 @@ func (o *operator) WatchRollout(req *v1.WatchRolloutRequest, stream v1.OperatorS
 			return err
 		}
 		id = r.GetId() // follow the rollout we started with
-		if last == nil || !proto.Equal(last, r) {
+		// The mirror replaces a rollout's value whenever it changes (values
+		// are shared, never changed in place): the same pointer is the same
+		// rollout. (A comparison of contents cost 7.5 ms per change and
+		// stream at 10,000 hosts: a review.)
+		if last == nil || last != r {
 			if err := stream.Send(&v1.WatchRolloutResponse{Rollout: r}); err != nil {
 				return err
 			}
