@@ -54,6 +54,10 @@ type Mirror struct {
 	// connSince is when this mirror saw each connection record appear.
 	connSince map[string]time.Time
 	tokens    map[string]Versioned[*v1.Token]
+	// tokenIDs finds a token by the sha256 of its secret (every bearer
+	// token check, anonymous callers' too: a scan of every token was 0.66
+	// ms at 10,000 tokens).
+	tokenIDs map[string]string
 	// revocations by key below RevocationsPrefix ("serial/<hex>",
 	// "identity/<kind>/<name>").
 	revocations map[string]Versioned[*v1.Revocation]
@@ -107,6 +111,7 @@ func (m *Mirror) reset() {
 	m.coords = map[string]*v1.CoordinatorInfo{}
 	m.connSince = map[string]time.Time{}
 	m.tokens = map[string]Versioned[*v1.Token]{}
+	m.tokenIDs = map[string]string{}
 	m.revocations = map[string]Versioned[*v1.Revocation]{}
 	m.blackouts = map[string]*v1.Blackout{}
 	m.revocationEpoch++
@@ -285,14 +290,19 @@ func (m *Mirror) applyLocked(t mvccpb.Event_EventType, kv *mvccpb.KeyValue) {
 		m.conns[id] = string(kv.Value)
 	case strings.HasPrefix(key, TokensPrefix):
 		id := strings.TrimPrefix(key, TokensPrefix)
+		v := &v1.Token{}
+		if !del && !decode(v) {
+			return
+		}
+		if old, ok := m.tokens[id]; ok && m.tokenIDs[old.Val.GetSecretSha256()] == id {
+			delete(m.tokenIDs, old.Val.GetSecretSha256())
+		}
 		if del {
 			delete(m.tokens, id)
 			return
 		}
-		v := &v1.Token{}
-		if decode(v) {
-			m.tokens[id] = Versioned[*v1.Token]{v, kv.ModRevision, kv.CreateRevision}
-		}
+		m.tokens[id] = Versioned[*v1.Token]{v, kv.ModRevision, kv.CreateRevision}
+		m.tokenIDs[v.GetSecretSha256()] = id
 	case strings.HasPrefix(key, RevocationsPrefix):
 		id := strings.TrimPrefix(key, RevocationsPrefix)
 		m.revocationEpoch++
@@ -714,10 +724,8 @@ func (m *Mirror) ConnCounts() map[string]int {
 func (m *Mirror) TokenBySecretHash(sum string) (Versioned[*v1.Token], bool) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
-	for _, t := range m.tokens {
-		if t.Val.GetSecretSha256() == sum {
-			return t, true
-		}
+	if id, ok := m.tokenIDs[sum]; ok {
+		return m.tokens[id], true
 	}
 	return Versioned[*v1.Token]{}, false
 }

@@ -68,3 +68,51 @@ func TestMirrorReportsSortedSlice(t *testing.T) {
 		t.Fatalf("h2 reports %v, want %v", got, want)
 	}
 }
+
+// TestMirrorTokenBySecretHash: the mirror finds a token by its secret's
+// hash through an index kept with every put and delete (a token's secret
+// replaced, a token deleted, a value that does not decode leaving the
+// token as it was).
+func TestMirrorTokenBySecretHash(t *testing.T) {
+	m := NewMirror(nil, zerolog.Nop())
+	apply := func(typ mvccpb.Event_EventType, id, secret string) {
+		t.Helper()
+		kv := &mvccpb.KeyValue{Key: []byte(TokensPrefix + id)}
+		if typ == mvccpb.PUT {
+			b, err := proto.Marshal(&v1.Token{Id: id, SecretSha256: secret})
+			if err != nil {
+				t.Fatal(err)
+			}
+			kv.Value = b
+		}
+		m.mu.Lock()
+		m.applyLocked(typ, kv)
+		m.mu.Unlock()
+	}
+	find := func(secret string) string {
+		v, ok := m.TokenBySecretHash(secret)
+		if !ok {
+			return ""
+		}
+		return v.Val.GetId()
+	}
+	apply(mvccpb.PUT, "a", "h1")
+	apply(mvccpb.PUT, "b", "h2")
+	if find("h1") != "a" || find("h2") != "b" || find("h3") != "" {
+		t.Fatalf("h1 %q h2 %q h3 %q, want a, b, none", find("h1"), find("h2"), find("h3"))
+	}
+	apply(mvccpb.PUT, "a", "h3")
+	if find("h1") != "" || find("h3") != "a" {
+		t.Fatalf("after a's secret changed: h1 %q h3 %q, want none, a", find("h1"), find("h3"))
+	}
+	m.mu.Lock()
+	m.applyLocked(mvccpb.PUT, &mvccpb.KeyValue{Key: []byte(TokensPrefix + "b"), Value: []byte{0xff}})
+	m.mu.Unlock()
+	if find("h2") != "b" {
+		t.Fatalf("after an undecodable value for b: h2 %q, want b as it was", find("h2"))
+	}
+	apply(mvccpb.DELETE, "b", "")
+	if find("h2") != "" || find("h3") != "a" {
+		t.Fatalf("after b deleted: h2 %q h3 %q, want none, a", find("h2"), find("h3"))
+	}
+}
