@@ -46,6 +46,11 @@ type fakeAPI struct {
 	watching atomic.Int32
 	// whoami counts WhoAmI calls (logins checked).
 	whoami atomic.Int32
+	// watchRollout, when set, serves WatchRollout (after the credentials
+	// check) instead of testRollout's one state.
+	watchRollout func(*v1.WatchRolloutRequest, v1.OperatorService_WatchRolloutServer) error
+	// listHosts counts ListHosts calls (one per board).
+	listHosts atomic.Int32
 	// watchEvents, when set, serves WatchEvents (after the credentials
 	// check) instead of the one recorded event.
 	watchEvents func(*v1.WatchEventsRequest, v1.OperatorService_WatchEventsServer) error
@@ -216,6 +221,7 @@ func (f *fakeAPI) ListHosts(ctx context.Context, _ *v1.ListHostsRequest) (*v1.Li
 	if err := need(ctx, "viewer"); err != nil {
 		return nil, err
 	}
+	f.listHosts.Add(1)
 	return &v1.ListHostsResponse{Hosts: []*v1.Host{{Id: "h1", Connected: true, Services: []*v1.ServiceReport{{Service: "web", Phase: v1.Phase_PHASE_HEALTHY, CurrentVersion: "v2", TargetVersion: "v2",
 		Checks: []*v1.CheckResult{{Name: "analysis:errors", Ok: true, Detail: "error ratio 0.010 <= max 0.050"}}}}}}}, nil
 }
@@ -228,12 +234,15 @@ func (f *fakeAPI) ApproveRollout(ctx context.Context, _ *v1.ApproveRolloutReques
 	return &v1.ApproveRolloutResponse{}, nil
 }
 
-func (f *fakeAPI) WatchRollout(_ *v1.WatchRolloutRequest, stream v1.OperatorService_WatchRolloutServer) error {
+func (f *fakeAPI) WatchRollout(req *v1.WatchRolloutRequest, stream v1.OperatorService_WatchRolloutServer) error {
 	if err := need(stream.Context(), "viewer"); err != nil {
 		return err
 	}
 	f.watching.Add(1)
 	defer f.watching.Add(-1)
+	if f.watchRollout != nil {
+		return f.watchRollout(req, stream)
+	}
 	if err := stream.Send(&v1.WatchRolloutResponse{Rollout: testRollout()}); err != nil {
 		return err
 	}
@@ -589,6 +598,60 @@ func TestLivePagePushesBoardAndEvents(t *testing.T) {
 	}
 	if e := got["event"]; !strings.Contains(e, "wave_waiting_approval") || !strings.Contains(e, "wave 1 waits") {
 		t.Errorf("event:\n%s", e)
+	}
+}
+
+// TestLiveBoardsCoalesced: a rollout whose state changes faster than boards
+// are built (at 10,000 hosts a board reads every host and renders
+// megabytes: ~0.6 s of the coordinator's CPU, and the state changes every
+// 500 ms: a review) gets boards of its newest state, spaced, not one per
+// change; the last state is shown.
+func TestLiveBoardsCoalesced(t *testing.T) {
+	d := newTestDash(t, Limits{})
+	const states = 40
+	var first atomic.Bool
+	d.api.watchRollout = func(_ *v1.WatchRolloutRequest, stream v1.OperatorService_WatchRolloutServer) error {
+		from := 0
+		if !first.CompareAndSwap(false, true) {
+			from = states - 1 // a later watch: the rollout has ended
+		}
+		for i := from; i < states; i++ {
+			r := testRollout()
+			r.Reason = fmt.Sprintf("state %d", i)
+			if i == states-1 {
+				r.State = v1.RolloutState_ROLLOUT_STATE_SUCCEEDED
+			}
+			if err := stream.Send(&v1.WatchRolloutResponse{Rollout: r}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	c := d.client()
+	d.login(c, "viewer-secret")
+	live, code := d.openLive(c)
+	if code != 200 {
+		t.Fatalf("live: status %d", code)
+	}
+	boards := 0
+	for {
+		name, data, err := live.next()
+		if err != nil {
+			t.Fatalf("reading the stream: %v (after %d boards)", err, boards)
+		}
+		if name != "board" {
+			continue
+		}
+		boards++
+		if strings.Contains(data, fmt.Sprintf("state %d", states-1)) {
+			break
+		}
+	}
+	if boards >= states/2 {
+		t.Fatalf("%d boards for %d states sent back to back, want them coalesced", boards, states)
+	}
+	if n := d.api.listHosts.Load(); int(n) > boards+1 {
+		t.Fatalf("%d host listings for %d boards", n, boards)
 	}
 }
 

@@ -294,20 +294,89 @@ func (s *Server) live(w http.ResponseWriter, r *http.Request, sess *session) {
 	}
 }
 
-// watchBoard sends the board for every state of the service's newest
-// rollout until that rollout ends (nil error) or the watch fails.
+// minBoardGap and boardGapFactor space the boards of one live page: after
+// a board, the next waits at least minBoardGap, and boardGapFactor times
+// what the last one took to build (a board of a 10,000-host rollout reads
+// every host and renders megabytes: ~0.6 s of the coordinator's CPU, and
+// a rollout changes every 500 ms: a review). States arriving meanwhile
+// are coalesced into the newest; the last state is always shown.
+const (
+	minBoardGap    = 500 * time.Millisecond
+	boardGapFactor = 4
+)
+
+// watchBoard sends the board for the states of the service's newest
+// rollout (the newest one each time a board may go: minBoardGap) until
+// that rollout ends (nil error) or the watch fails.
 func (s *Server) watchBoard(ctx context.Context, sess *session, svc string, send func(*boardView, *v1.Rollout) bool) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	stream, err := sess.api().WatchRollout(ctx, &v1.WatchRolloutRequest{Service: svc})
 	if err != nil {
 		return err
 	}
-	sent := false
-	for {
-		resp, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			return nil
+	// The stream is read apart: newest holds the newest rollout not shown
+	// yet and, once the stream ended, its error; wake says either changed.
+	var mu sync.Mutex
+	var newest *v1.Rollout
+	var ended error
+	wake := make(chan struct{}, 1)
+	go func() {
+		for {
+			resp, err := stream.Recv()
+			mu.Lock()
+			if err != nil {
+				ended = err
+			} else {
+				newest = resp.GetRollout()
+			}
+			mu.Unlock()
+			select {
+			case wake <- struct{}{}:
+			default:
+			}
+			if err != nil {
+				return
+			}
 		}
-		if status.Code(err) == codes.NotFound && !sent {
+	}()
+	sent := false
+	var gap <-chan time.Time
+	for {
+		if gap != nil {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-gap:
+				gap = nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-wake:
+		}
+		mu.Lock()
+		r, err := newest, ended
+		newest = nil
+		mu.Unlock()
+		if r != nil {
+			start := time.Now()
+			b, berr := s.board(ctx, sess, svc, r)
+			if berr != nil {
+				return berr
+			}
+			if !send(b, r) {
+				return ctx.Err()
+			}
+			sent = true
+			gap = time.After(max(minBoardGap, boardGapFactor*time.Since(start)))
+		}
+		switch {
+		case err == nil:
+		case errors.Is(err, io.EOF):
+			return nil
+		case status.Code(err) == codes.NotFound && !sent:
 			// No rollout yet: show the service; the first event wakes us.
 			b, berr := s.board(ctx, sess, svc, nil)
 			if berr != nil {
@@ -315,17 +384,8 @@ func (s *Server) watchBoard(ctx context.Context, sess *session, svc string, send
 			}
 			send(b, nil)
 			return nil
-		}
-		if err != nil {
+		default:
 			return err
 		}
-		b, err := s.board(ctx, sess, svc, resp.GetRollout())
-		if err != nil {
-			return err
-		}
-		if !send(b, resp.GetRollout()) {
-			return ctx.Err()
-		}
-		sent = true
 	}
 }
