@@ -260,10 +260,14 @@ const eventPageKeys = 256
 // (their keys and revisions only, about 100 bytes each: under 2 MiB). It
 // is more than one transaction of ours writes (MaxMaxTxnOps), so a pass
 // holds whole revisions (a larger one is listed by itself:
-// eventsOfRevision). eventKeysPage bounds one read of keys.
+// eventsOfRevision). eventKeysPage bounds one read of keys: etcd counts
+// the rest of the range for every read with a limit (it visits every key
+// after the page in its index), so a listing in pages costs about the
+// square of the keys over the page: at 100,000 keys a listing took 1.26 s
+// in pages of 1,024 and 0.15 s in pages of 16,384 (about 1.6 MB of keys).
 const (
 	eventsSinceKeys = 16384
-	eventKeysPage   = 1024
+	eventKeysPage   = 16384
 )
 
 // EventsSince calls fn with each event under prefix written after revision
@@ -375,8 +379,12 @@ func (s *Store) eventsOfRevision(ctx context.Context, prefix string, rev, at int
 // the revision read at.
 func (s *Store) eventKeys(ctx context.Context, prefix string, at int64, fn func(key []byte, modRev int64) error) (int64, error) {
 	key, end := prefix, clientv3.GetPrefixRangeEnd(prefix)
+	page := eventKeysPage
+	if s.keysPage > 0 {
+		page = s.keysPage
+	}
 	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(eventKeysPage), clientv3.WithKeysOnly()}
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(int64(page)), clientv3.WithKeysOnly()}
 		if at != 0 {
 			opts = append(opts, clientv3.WithRev(at))
 		}

@@ -705,7 +705,8 @@ func TestEventsSinceBounded(t *testing.T) {
 				wantSince = append(wantSince, e)
 			}
 		}
-		for _, bounds := range [][2]int{{4, 2}, {5, 1}, {6, 3}, {1000, 256}} {
+		for _, bounds := range [][3]int{{4, 2, 0}, {5, 1, 0}, {6, 3, 0}, {1000, 256, 0}, {6, 3, 2}, {1000, 256, 5}} {
+			s.keysPage = bounds[2] // key pages (0: eventKeysPage)
 			var gotSince []RevEvent
 			gotAt, err := s.eventsSince(ctx, EventsPrefix, since, bounds[0], bounds[1], func(e RevEvent) error {
 				gotSince = append(gotSince, e)
@@ -934,6 +935,19 @@ func TestListEventsNewestWithinLimit(t *testing.T) {
 		}
 		return out
 	}
+	for _, keysPage := range []int{0, 7} { // eventKeysPage, and pages of 7 keys
+		s.keysPage = keysPage
+		listEventsCases(t, ctx, s, single, all, batched, messages)
+	}
+	if _, _, err := s.ListEvents(ctx, "web", "", 0); err == nil || !strings.Contains(err.Error(), "limit 0") {
+		t.Errorf("limit 0: %v, want an error naming it", err)
+	}
+}
+
+// listEventsCases checks ListEvents over the events of
+// TestListEventsNewestWithinLimit (the store's key pages as set).
+func listEventsCases(t *testing.T, ctx context.Context, s *Store, single int, all, batched []*v1.Event, messages func([]*v1.Event) []string) {
+	t.Helper()
 	for _, c := range []struct {
 		rollout string
 		limit   int
@@ -957,11 +971,8 @@ func TestListEventsNewestWithinLimit(t *testing.T) {
 			t.Fatalf("rollout %q limit %d: %v", c.rollout, c.limit, err)
 		}
 		if g, w := messages(got), messages(c.want); !slices.Equal(g, w) || trunc != c.trunc {
-			t.Errorf("rollout %q limit %d: %d events (truncated %v), want %d (truncated %v); first %v, want %v", c.rollout, c.limit, len(g), trunc, len(w), c.trunc, g[:min(1, len(g))], w[:min(1, len(w))])
+			t.Errorf("key pages %d, rollout %q limit %d: %d events (truncated %v), want %d (truncated %v); first %v, want %v", s.keysPage, c.rollout, c.limit, len(g), trunc, len(w), c.trunc, g[:min(1, len(g))], w[:min(1, len(w))])
 		}
-	}
-	if _, _, err := s.ListEvents(ctx, "web", "", 0); err == nil || !strings.Contains(err.Error(), "limit 0") {
-		t.Errorf("limit 0: %v, want an error naming it", err)
 	}
 }
 

@@ -72,6 +72,8 @@ type Store struct {
 	// count of event writes (eventWrite).
 	writer      string
 	eventWrites atomic.Uint64
+	// keysPage, when set (tests), replaces eventKeysPage.
+	keysPage int
 	// undecodable counts the event records listings and watches skipped
 	// (UndecodableEvents); log says which (SetLogger).
 	undecodable atomic.Uint64
