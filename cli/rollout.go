@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
+	"github.com/fleetwave/fleetwave/internal/hostlist"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -307,7 +308,8 @@ func (a *app) hostsListCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: run(func(cmd *cobra.Command, args []string) error {
 			resp, err := call(a, cmd, "list hosts", func(ctx context.Context, c v1.OperatorServiceClient) (*v1.ListHostsResponse, error) {
-				return c.ListHosts(ctx, &v1.ListHostsRequest{})
+				hosts, err := hostlist.All(ctx, c, "")
+				return &v1.ListHostsResponse{Hosts: hosts}, err
 			})
 			if err != nil {
 				return err

@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/fleetwave/fleetwave/internal/hostlist"
 	"github.com/fleetwave/fleetwave/internal/spec"
 	"github.com/fleetwave/fleetwave/internal/tlsutil"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
@@ -142,13 +143,13 @@ func hostsView(hosts []*v1.Host) []hostView {
 func (s *Server) hostsPage(w http.ResponseWriter, r *http.Request, sess *session) {
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
-	resp, err := sess.api().ListHosts(sess.ctxFor(ctx), &v1.ListHostsRequest{})
+	hosts, err := hostlist.All(sess.ctxFor(ctx), sess.api(), "")
 	if err != nil {
 		s.grpcFail(w, r, sess, "list hosts", err)
 		return
 	}
 	data := s.pageFor(sess, "Hosts")
-	data.Hosts = hostsView(resp.GetHosts())
+	data.Hosts = hostsView(hosts)
 	s.render(w, http.StatusOK, "hosts", data)
 }
 

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/fleetwave/fleetwave/internal/hostlist"
 	"github.com/fleetwave/fleetwave/internal/tlsutil"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -165,11 +166,11 @@ func (s *Server) board(ctx context.Context, sess *session, svc string, r *v1.Rol
 			return nil, err
 		}
 	}
-	hosts, err := api.ListHosts(ctx, &v1.ListHostsRequest{})
+	hosts, err := hostlist.All(ctx, api, svc) // this service's reports only
 	if err != nil {
 		return nil, err
 	}
-	return buildBoard(sess, gs.GetService(), r, hosts.GetHosts()), nil
+	return buildBoard(sess, gs.GetService(), r, hosts), nil
 }
 
 // buildBoard is the board of service svc with rollout r (nil: none yet).

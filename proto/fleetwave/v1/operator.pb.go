@@ -814,7 +814,14 @@ func (x *ApproveRolloutResponse) GetRollout() *Rollout {
 }
 
 type ListHostsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// only this service's report in each host's services ("" = all of
+	// them): a rollout's board reads one service of every host
+	Service string `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	// only hosts whose id sorts after this one: the previous answer's next
+	After string `protobuf:"bytes,2,opt,name=after,proto3" json:"after,omitempty"`
+	// at most this many hosts, by id (0 = all; at most 10000)
+	Limit         uint32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -849,9 +856,34 @@ func (*ListHostsRequest) Descriptor() ([]byte, []int) {
 	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{16}
 }
 
+func (x *ListHostsRequest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *ListHostsRequest) GetAfter() string {
+	if x != nil {
+		return x.After
+	}
+	return ""
+}
+
+func (x *ListHostsRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
 type ListHostsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Hosts         []*Host                `protobuf:"bytes,1,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// by id
+	Hosts []*Host `protobuf:"bytes,1,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	// set when hosts after these were left out (limit): ask again with
+	// after = next
+	Next          string `protobuf:"bytes,2,opt,name=next,proto3" json:"next,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -891,6 +923,13 @@ func (x *ListHostsResponse) GetHosts() []*Host {
 		return x.Hosts
 	}
 	return nil
+}
+
+func (x *ListHostsResponse) GetNext() string {
+	if x != nil {
+		return x.Next
+	}
+	return ""
 }
 
 type UnfreezeServiceRequest struct {
@@ -4233,10 +4272,14 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x12\n" +
 	"\x04wave\x18\x02 \x01(\rR\x04wave\"I\n" +
 	"\x16ApproveRolloutResponse\x12/\n" +
-	"\arollout\x18\x01 \x01(\v2\x15.fleetwave.v1.RolloutR\arollout\"\x12\n" +
-	"\x10ListHostsRequest\"=\n" +
+	"\arollout\x18\x01 \x01(\v2\x15.fleetwave.v1.RolloutR\arollout\"X\n" +
+	"\x10ListHostsRequest\x12\x18\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\x12\x14\n" +
+	"\x05after\x18\x02 \x01(\tR\x05after\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\rR\x05limit\"Q\n" +
 	"\x11ListHostsResponse\x12(\n" +
-	"\x05hosts\x18\x01 \x03(\v2\x12.fleetwave.v1.HostR\x05hosts\",\n" +
+	"\x05hosts\x18\x01 \x03(\v2\x12.fleetwave.v1.HostR\x05hosts\x12\x12\n" +
+	"\x04next\x18\x02 \x01(\tR\x04next\",\n" +
 	"\x16UnfreezeServiceRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"J\n" +
 	"\x17UnfreezeServiceResponse\x12/\n" +
