@@ -110,5 +110,5 @@ func (o *operator) GetStats(ctx context.Context, req *v1.GetStatsRequest) (*v1.G
 	if req.GetService() != "" && len(hist) == 0 {
 		return nil, status.Errorf(codes.NotFound, "service: %q not found", req.GetService())
 	}
-	return stats.Compute(hist, time.Now(), req.GetSince().AsDuration()), nil
+	return stats.Compute(hist, time.Now(), req.GetSince().AsDuration(), req.GetDaily()), nil
 }

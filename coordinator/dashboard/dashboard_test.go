@@ -49,6 +49,8 @@ type fakeAPI struct {
 	// watchRollout, when set, serves WatchRollout (after the credentials
 	// check) instead of testRollout's one state.
 	watchRollout func(*v1.WatchRolloutRequest, v1.OperatorService_WatchRolloutServer) error
+	// statsCalls counts GetStats calls.
+	statsCalls atomic.Int32
 	// listHosts counts ListHosts calls (one per board).
 	listHosts atomic.Int32
 	// watchEvents, when set, serves WatchEvents (after the credentials
@@ -131,10 +133,23 @@ func (f *fakeAPI) GetStats(ctx context.Context, req *v1.GetStatsRequest) (*v1.Ge
 	if err := need(ctx, "viewer"); err != nil {
 		return nil, err
 	}
+	f.statsCalls.Add(1)
 	days := req.GetSince().AsDuration() / (24 * time.Hour)
 	s := &v1.DeployStats{Service: "web", Failed: 1, Rollouts: 1, ChangeFailureRate: 1}
 	if days >= 3 {
 		s.Succeeded, s.Rollouts, s.ChangeFailureRate, s.LeadTime = 1, 2, 0.5, &v1.DurationStats{Count: 1, Median: durationpb.New(90 * time.Second)}
+	}
+	if req.GetDaily() { // the failure today, the success two days ago
+		for i := range days {
+			d := &v1.DayCount{}
+			switch i {
+			case 0:
+				d.Failed = 1
+			case 2:
+				d.Succeeded = 1
+			}
+			s.Days = append(s.Days, d)
+		}
 	}
 	return &v1.GetStatsResponse{Services: []*v1.DeployStats{s}}, nil
 }
@@ -843,6 +858,11 @@ func TestServicesPageShowsFiguresAndChart(t *testing.T) {
 	}
 	if strings.Contains(body, `href="/audit"`) {
 		t.Error("a viewer's navigation links the audit log")
+	}
+	// One GetStats for the page (it was one per day of the chart, each
+	// over every kept rollout: 30).
+	if n := d.api.statsCalls.Load(); n != 1 {
+		t.Errorf("%d GetStats calls for the page, want 1", n)
 	}
 }
 

@@ -53,36 +53,29 @@ func fmtDuration(d *v1.DurationStats) string {
 }
 
 // servicesStats reads the DORA figures over statsDays and, for the chart,
-// the rollouts ended on each day: GetStats counts the rollouts that ended
-// in a window ending now, so day k is the window of k days less that of
-// k-1 (statsDays calls).
+// the rollouts ended on each day, in one GetStats (daily). (It took one
+// call per day, each over every kept rollout: 30 × 43–110 ms for a page:
+// a review.)
 func servicesStats(ctx context.Context, api v1.OperatorServiceClient) (map[string]*statsView, error) {
-	cum := make([]map[string]*v1.DeployStats, statsDays+1)
-	cum[0] = map[string]*v1.DeployStats{}
-	for k := 1; k <= statsDays; k++ {
-		resp, err := api.GetStats(ctx, &v1.GetStatsRequest{Since: durationpb.New(time.Duration(k) * 24 * time.Hour)})
-		if err != nil {
-			return nil, err
-		}
-		cum[k] = map[string]*v1.DeployStats{}
-		for _, s := range resp.GetServices() {
-			cum[k][s.GetService()] = s
-		}
+	resp, err := api.GetStats(ctx, &v1.GetStatsRequest{Since: durationpb.New(statsDays * 24 * time.Hour), Daily: true})
+	if err != nil {
+		return nil, err
 	}
 	out := map[string]*statsView{}
-	for name, s := range cum[statsDays] {
+	for _, s := range resp.GetServices() {
 		v := &statsView{Rollouts: s.GetRollouts(), Succeeded: s.GetSucceeded(), Failed: s.GetFailed() + s.GetRolledBack(),
 			DeploysPerDay: fmt.Sprintf("%.2f", s.GetDeploysPerDay()), ChangeFailureRate: fmt.Sprintf("%.0f%%", 100*s.GetChangeFailureRate()),
 			LeadTime: fmtDuration(s.GetLeadTime()), Restore: fmtDuration(s.GetTimeToRestore()), Band: s.GetOverallBand()}
 		days := make([]dayStats, statsDays)
-		for k := 1; k <= statsDays; k++ {
-			now, prev := cum[k][name], cum[k-1][name]
-			days[k-1] = dayStats{Succeeded: now.GetSucceeded() - prev.GetSucceeded(),
-				Failed: now.GetFailed() + now.GetRolledBack() - prev.GetFailed() - prev.GetRolledBack()}
-			v.Max = max(v.Max, days[k-1].Succeeded+days[k-1].Failed)
+		for k, d := range s.GetDays() {
+			if k == statsDays {
+				break
+			}
+			days[k] = dayStats{Succeeded: d.GetSucceeded(), Failed: d.GetFailed()}
+			v.Max = max(v.Max, days[k].Succeeded+days[k].Failed)
 		}
 		v.Bars = bars(days, v.Max)
-		out[name] = v
+		out[s.GetService()] = v
 	}
 	return out, nil
 }

@@ -28,13 +28,17 @@ type ServiceHistory struct {
 
 // Compute returns the figures of every service in `in` (sorted by name;
 // histories with the same name are merged) and of the fleet, over the window
-// [now-since, now], as defined in the package documentation. It does not
-// modify its input.
-func Compute(in []ServiceHistory, now time.Time, since time.Duration) *v1.GetStatsResponse {
+// [now-since, now], as defined in the package documentation; with daily,
+// also the rollouts that ended on each day of it (DeployStats.days). It
+// does not modify its input.
+func Compute(in []ServiceHistory, now time.Time, since time.Duration, daily bool) *v1.GetStatsResponse {
 	if since <= 0 {
 		since = DefaultSince
 	}
 	w := window{from: now.Add(-since), to: now, since: since}
+	if daily {
+		w.days = int((since + day - 1) / day)
+	}
 
 	byName := map[string]*ServiceHistory{}
 	var names []string
@@ -67,6 +71,16 @@ func Compute(in []ServiceHistory, now time.Time, since time.Duration) *v1.GetSta
 type window struct {
 	from, to time.Time
 	since    time.Duration
+	// days is how many days DeployStats.days has (0: none asked).
+	days int
+}
+
+// dayOf is the index in DeployStats.days of a rollout that ended at end,
+// inside the window: 0 for the last 24 hours (a day's window holds its
+// older end, as the window does: [to-(i+1) days, to-i days)).
+func (w window) dayOf(end time.Time) int {
+	i := int((w.to.Sub(end)+day-1)/day) - 1
+	return min(max(i, 0), w.days-1)
 }
 
 func (w window) contains(t time.Time) bool { return !t.Before(w.from) && !t.After(w.to) }
@@ -82,6 +96,19 @@ type acc struct {
 	// when there is no rollout at all.
 	first    time.Time
 	hasFirst bool
+	// days counts the rollouts that ended on each day (window.days).
+	days []*v1.DayCount
+}
+
+// day returns the count of the day of end (window.dayOf).
+func (a *acc) day(w window, end time.Time) *v1.DayCount {
+	if a.days == nil {
+		a.days = make([]*v1.DayCount, w.days)
+		for i := range a.days {
+			a.days[i] = &v1.DayCount{}
+		}
+	}
+	return a.days[w.dayOf(end)]
 }
 
 func (a *acc) add(b *acc) {
@@ -100,6 +127,18 @@ func (a *acc) add(b *acc) {
 	if b.hasFirst && (!a.hasFirst || b.first.Before(a.first)) {
 		a.first, a.hasFirst = b.first, true
 	}
+	if b.days != nil {
+		if a.days == nil {
+			a.days = make([]*v1.DayCount, len(b.days))
+			for i := range a.days {
+				a.days[i] = &v1.DayCount{}
+			}
+		}
+		for i, d := range b.days {
+			a.days[i].Succeeded += d.GetSucceeded()
+			a.days[i].Failed += d.GetFailed()
+		}
+	}
 }
 
 func (a *acc) result(service string, w window) *v1.DeployStats {
@@ -117,6 +156,12 @@ func (a *acc) result(service string, w window) *v1.DeployStats {
 		Rollout:         durStats(a.rollout),
 		Bake:            durStats(a.bake),
 		TimeToRestore:   durStats(a.restore),
+		Days:            a.days,
+	}
+	if ds.Days == nil && w.days > 0 {
+		for range w.days {
+			ds.Days = append(ds.Days, &v1.DayCount{})
+		}
 	}
 	if a.hasFirst {
 		span := w.since
@@ -205,18 +250,25 @@ func collect(h *ServiceHistory, w window) *acc {
 			rel = nil // the release's commit is not this change's
 		}
 		rb, undone := undoneBy[i]
+		var day *v1.DayCount
+		if w.days > 0 {
+			day = a.day(w, end)
+		}
 		switch r.GetState() {
 		case v1.RolloutState_ROLLOUT_STATE_SUCCEEDED:
 			a.deploys++
 			if undone {
 				a.rolledBack++
 				a.restoreAfterRollback(ros, rb)
+				countDay(day, false)
 			} else {
 				a.succeeded++
+				countDay(day, true)
 			}
 			a.leadTime(r, rel)
 		case v1.RolloutState_ROLLOUT_STATE_FAILED:
 			a.failed++
+			countDay(day, false)
 			start := end
 			if t, ok := ts(r.GetFailedAt()); ok {
 				start = t
@@ -230,12 +282,24 @@ func collect(h *ServiceHistory, w window) *acc {
 			if undone {
 				a.rolledBack++
 				a.restoreAfterRollback(ros, rb)
+				countDay(day, false)
 			} else {
 				a.superseded++
 			}
 		}
 	}
 	return a
+}
+
+// countDay counts a rollout on its day, if days are counted.
+func countDay(d *v1.DayCount, succeeded bool) {
+	switch {
+	case d == nil:
+	case succeeded:
+		d.Succeeded++
+	default:
+		d.Failed++
+	}
 }
 
 // restoreAfterRollback adds the time from the rollback ros[rb] being created

@@ -298,7 +298,7 @@ func TestComputeKnownHistory(t *testing.T) {
 	for i, h := range in {
 		before[i] = cloneHistory(h)
 	}
-	resp := Compute(in, now, 30*day)
+	resp := Compute(in, now, 30*day, false)
 
 	if got := resp.GetFrom().AsTime(); !got.Equal(t0) {
 		t.Errorf("from %s, want %s", got, t0)
@@ -333,7 +333,7 @@ func TestComputeInputOrder(t *testing.T) {
 	hist := webHistory()
 	slices.Reverse(hist.Rollouts)
 	slices.Reverse(hist.Releases)
-	check(t, "web reversed", Compute([]ServiceHistory{hist}, now, 30*day).GetServices()[0], wantWeb)
+	check(t, "web reversed", Compute([]ServiceHistory{hist}, now, 30*day, false).GetServices()[0], wantWeb)
 }
 
 // Two histories with the same name are one service.
@@ -341,7 +341,7 @@ func TestComputeMergesSameService(t *testing.T) {
 	hist := webHistory()
 	a := ServiceHistory{Service: "web", Releases: hist.Releases[:3], Rollouts: hist.Rollouts[:4]}
 	b := ServiceHistory{Service: "web", Releases: hist.Releases[3:], Rollouts: hist.Rollouts[4:]}
-	resp := Compute([]ServiceHistory{b, a}, now, 30*day)
+	resp := Compute([]ServiceHistory{b, a}, now, 30*day, false)
 	if len(resp.GetServices()) != 1 {
 		t.Fatalf("%d services, want 1", len(resp.GetServices()))
 	}
@@ -349,7 +349,7 @@ func TestComputeMergesSameService(t *testing.T) {
 }
 
 func TestComputeEmpty(t *testing.T) {
-	resp := Compute(nil, now, 0) // since 0: the default window
+	resp := Compute(nil, now, 0, false) // since 0: the default window
 	if len(resp.GetServices()) != 0 {
 		t.Errorf("services %v, want none", resp.GetServices())
 	}
@@ -359,7 +359,7 @@ func TestComputeEmpty(t *testing.T) {
 	check(t, "fleet", resp.GetFleet(), want{})
 
 	// A service with no history at all: every figure empty, no band.
-	resp = Compute([]ServiceHistory{{Service: "new"}}, now, 30*day)
+	resp = Compute([]ServiceHistory{{Service: "new"}}, now, 30*day, false)
 	check(t, "new", resp.GetServices()[0], want{})
 }
 
@@ -375,7 +375,7 @@ func TestComputeWindow(t *testing.T) {
 		mk("4", 30*day),   // at now: in
 		mk("5", 30*day+1), // after now (clock skew): out
 	}}
-	got := Compute([]ServiceHistory{hist}, now, 30*day).GetServices()[0]
+	got := Compute([]ServiceHistory{hist}, now, 30*day, false).GetServices()[0]
 	check(t, "s", got, want{
 		rollouts: 2, succeeded: 2, perDay: 2.0 / 30,
 		rollout: dur{2, m, m}, bake: dur{2, 0, 0},
@@ -385,12 +385,12 @@ func TestComputeWindow(t *testing.T) {
 	// Only rollouts outside the window: nothing counted, but the history
 	// exists, so the frequency is measured (0/day: low).
 	hist.Rollouts = hist.Rollouts[:2]
-	got = Compute([]ServiceHistory{hist}, now, 30*day).GetServices()[0]
+	got = Compute([]ServiceHistory{hist}, now, 30*day, false).GetServices()[0]
 	check(t, "s old", got, want{freqBand: BandLow, overall: BandLow})
 
 	// A one-hour window: the rollout at now is the only one.
 	hist.Rollouts = []*v1.Rollout{mk("3", 0), mk("4", 30*day)}
-	got = Compute([]ServiceHistory{hist}, now, time.Hour).GetServices()[0]
+	got = Compute([]ServiceHistory{hist}, now, time.Hour, false).GetServices()[0]
 	check(t, "s 1h", got, want{
 		rollouts: 1, succeeded: 1, perDay: 24,
 		rollout: dur{1, m, m}, bake: dur{1, 0, 0},
@@ -407,12 +407,12 @@ func TestComputeYoungService(t *testing.T) {
 	}
 	// Two deployments over the last 2 days: 1/day.
 	hist := ServiceHistory{Service: "s", Rollouts: []*v1.Rollout{r("1", 28*day), r("2", 29*day)}}
-	if got := Compute([]ServiceHistory{hist}, now, 30*day).GetServices()[0].GetDeploysPerDay(); got != 1 {
+	if got := Compute([]ServiceHistory{hist}, now, 30*day, false).GetServices()[0].GetDeploysPerDay(); got != 1 {
 		t.Errorf("2 deployments in 2 days: %v/day, want 1", got)
 	}
 	// Three deployments in the last hour: 3/day, not 72/day.
 	hist = ServiceHistory{Service: "s", Rollouts: []*v1.Rollout{r("1", 30*day-hr), r("2", 30*day-30*m), r("3", 30*day-2*m)}}
-	if got := Compute([]ServiceHistory{hist}, now, 30*day).GetServices()[0].GetDeploysPerDay(); got != 3 {
+	if got := Compute([]ServiceHistory{hist}, now, 30*day, false).GetServices()[0].GetDeploysPerDay(); got != 3 {
 		t.Errorf("3 deployments in an hour: %v/day, want 3", got)
 	}
 }
@@ -426,14 +426,14 @@ func TestComputeLeadTimeEdges(t *testing.T) {
 		Rollouts: []*v1.Rollout{ro("1", "", "v1", succeeded, at(1*day), at(1*day), at(1*day+m),
 			wave(at(1*day), at(1*day+m), nil, at(1*day+m)))},
 	}
-	got := Compute([]ServiceHistory{hist}, now, 30*day).GetServices()[0]
+	got := Compute([]ServiceHistory{hist}, now, 30*day, false).GetServices()[0]
 	checkDur(t, "skewed lead_time", got.GetLeadTime(), dur{1, 0, 0})
 	checkDur(t, "skewed commit_to_release", got.GetCommitToRelease(), dur{1, 0, 0})
 	checkDur(t, "skewed rollout", got.GetRollout(), dur{1, m, m})
 
 	// Missing commit time: no lead time, the rest measured.
 	hist.Releases[0].CommitTime = nil
-	got = Compute([]ServiceHistory{hist}, now, 30*day).GetServices()[0]
+	got = Compute([]ServiceHistory{hist}, now, 30*day, false).GetServices()[0]
 	checkDur(t, "no commit lead_time", got.GetLeadTime(), dur{})
 	checkDur(t, "no commit commit_to_release", got.GetCommitToRelease(), dur{})
 	checkDur(t, "no commit release_to_start", got.GetReleaseToStart(), dur{1, 0, 0})
@@ -444,7 +444,7 @@ func TestComputeLeadTimeEdges(t *testing.T) {
 	// No host records done_at: live is finished_at.
 	r := ro("1", "", "v1", succeeded, at(1*day), at(1*day), at(1*day+7*m), &v1.Wave{Hosts: []*v1.HostProgress{{HostId: "h"}}})
 	hist = ServiceHistory{Service: "s", Rollouts: []*v1.Rollout{r}}
-	got = Compute([]ServiceHistory{hist}, now, 30*day).GetServices()[0]
+	got = Compute([]ServiceHistory{hist}, now, 30*day, false).GetServices()[0]
 	checkDur(t, "finished_at rollout", got.GetRollout(), dur{1, 7 * m, 7 * m})
 }
 
@@ -621,7 +621,7 @@ func TestComputeOddRecords(t *testing.T) {
 			{State: v1.RolloutState(99), FinishedAt: at(day), Waves: []*v1.Wave{{Hosts: []*v1.HostProgress{{}}}}},
 		},
 	}
-	got := Compute([]ServiceHistory{hist}, now, 30*day).GetServices()[0]
+	got := Compute([]ServiceHistory{hist}, now, 30*day, false).GetServices()[0]
 	if got.GetRollouts() != 2 || got.GetSucceeded() != 1 || got.GetFailed() != 1 {
 		t.Errorf("odd records: rollouts %d succeeded %d failed %d, want 2 1 1", got.GetRollouts(), got.GetSucceeded(), got.GetFailed())
 	}
@@ -664,7 +664,7 @@ func TestComputeConfigAndRemoval(t *testing.T) {
 		Releases: []*v1.Release{rel("v1", at(1*day-hr), at(1*day))},
 		Rollouts: []*v1.Rollout{deploy, config, configFailed, removal},
 	}
-	got := Compute([]ServiceHistory{hist}, now, 30*day).GetServices()[0]
+	got := Compute([]ServiceHistory{hist}, now, 30*day, false).GetServices()[0]
 	if got.GetRollouts() != 3 || got.GetSucceeded() != 2 || got.GetFailed() != 1 || got.GetConfigRollouts() != 2 {
 		t.Errorf("counts: %d rollouts, %d succeeded, %d failed, %d config; want 3, 2, 1, 2",
 			got.GetRollouts(), got.GetSucceeded(), got.GetFailed(), got.GetConfigRollouts())
@@ -672,4 +672,42 @@ func TestComputeConfigAndRemoval(t *testing.T) {
 	checkDur(t, "lead_time (the release's deployment only)", got.GetLeadTime(), dur{1, hr + m, hr + m})
 	checkDur(t, "release_to_start (the release's deployment only)", got.GetReleaseToStart(), dur{1, 0, 0})
 	checkDur(t, "rollout (both)", got.GetRollout(), dur{2, m, 3 * m})
+}
+
+// TestComputeDaily: the rollouts counted on each day of a window in one
+// Compute are what windows of k and k-1 days tell apart (how the
+// dashboard's chart was made: thirty calls), for every service and the
+// fleet; a service with nothing in the window gets its days, all zero.
+func TestComputeDaily(t *testing.T) {
+	in := []ServiceHistory{webHistory(), dbHistory(), apiHistory(), {Service: "idle"}}
+	const days = 30
+	daily := Compute(in, now, days*day, true)
+	all := append(append([]*v1.DeployStats{}, daily.GetServices()...), daily.GetFleet())
+	prev := map[string][2]uint32{}
+	for k := 1; k <= days; k++ {
+		cum := Compute(in, now, time.Duration(k)*day, false)
+		for i, s := range append(append([]*v1.DeployStats{}, cum.GetServices()...), cum.GetFleet()) {
+			ok, bad := s.GetSucceeded(), s.GetFailed()+s.GetRolledBack()
+			p := prev[s.GetService()]
+			if n := len(all[i].GetDays()); n != days {
+				t.Fatalf("%q: %d days, want %d", s.GetService(), n, days)
+			}
+			got := all[i].GetDays()[k-1]
+			if got.GetSucceeded() != ok-p[0] || got.GetFailed() != bad-p[1] {
+				t.Errorf("%q day %d: %d succeeded, %d failed; windows of %d and %d days say %d, %d",
+					s.GetService(), k, got.GetSucceeded(), got.GetFailed(), k, k-1, ok-p[0], bad-p[1])
+			}
+			prev[s.GetService()] = [2]uint32{ok, bad}
+		}
+	}
+	var total uint32
+	for _, d := range daily.GetFleet().GetDays() {
+		total += d.GetSucceeded() + d.GetFailed()
+	}
+	if f := daily.GetFleet(); total != f.GetSucceeded()+f.GetFailed()+f.GetRolledBack() || total == 0 {
+		t.Fatalf("the fleet's days hold %d rollouts, its window %d", total, f.GetSucceeded()+f.GetFailed()+f.GetRolledBack())
+	}
+	if len(Compute(in, now, days*day, false).GetFleet().GetDays()) != 0 {
+		t.Fatal("days without asking for them")
+	}
 }

@@ -2004,7 +2004,10 @@ type GetStatsRequest struct {
 	// "" = every service
 	Service string `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
 	// window ending now (default 30 days)
-	Since         *durationpb.Duration `protobuf:"bytes,2,opt,name=since,proto3" json:"since,omitempty"`
+	Since *durationpb.Duration `protobuf:"bytes,2,opt,name=since,proto3" json:"since,omitempty"`
+	// also count the rollouts that ended on each day of the window
+	// (DeployStats.days)
+	Daily         bool `protobuf:"varint,3,opt,name=daily,proto3" json:"daily,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2051,6 +2054,13 @@ func (x *GetStatsRequest) GetSince() *durationpb.Duration {
 		return x.Since
 	}
 	return nil
+}
+
+func (x *GetStatsRequest) GetDaily() bool {
+	if x != nil {
+		return x.Daily
+	}
+	return false
 }
 
 type GetStatsResponse struct {
@@ -2221,8 +2231,11 @@ type DeployStats struct {
 	// of rollouts, config rollouts (the stable release with a new spec:
 	// counted like any deployment, but with no commit, so no lead time)
 	ConfigRollouts uint32 `protobuf:"varint,20,opt,name=config_rollouts,json=configRollouts,proto3" json:"config_rollouts,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// with GetStatsRequest.daily: the rollouts that ended on each day of
+	// the window (24 hours each, back from its end), the last day first
+	Days          []*DayCount `protobuf:"bytes,21,rep,name=days,proto3" json:"days,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DeployStats) Reset() {
@@ -2395,6 +2408,67 @@ func (x *DeployStats) GetConfigRollouts() uint32 {
 	return 0
 }
 
+func (x *DeployStats) GetDays() []*DayCount {
+	if x != nil {
+		return x.Days
+	}
+	return nil
+}
+
+// DayCount is one day of DeployStats.days.
+type DayCount struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Succeeded uint32                 `protobuf:"varint,1,opt,name=succeeded,proto3" json:"succeeded,omitempty"`
+	// failed or rolled back
+	Failed        uint32 `protobuf:"varint,2,opt,name=failed,proto3" json:"failed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DayCount) Reset() {
+	*x = DayCount{}
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DayCount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DayCount) ProtoMessage() {}
+
+func (x *DayCount) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DayCount.ProtoReflect.Descriptor instead.
+func (*DayCount) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *DayCount) GetSucceeded() uint32 {
+	if x != nil {
+		return x.Succeeded
+	}
+	return 0
+}
+
+func (x *DayCount) GetFailed() uint32 {
+	if x != nil {
+		return x.Failed
+	}
+	return 0
+}
+
 // Token is a stored token (without its secret).
 type Token struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2417,7 +2491,7 @@ type Token struct {
 
 func (x *Token) Reset() {
 	*x = Token{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[40]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2429,7 +2503,7 @@ func (x *Token) String() string {
 func (*Token) ProtoMessage() {}
 
 func (x *Token) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[40]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2442,7 +2516,7 @@ func (x *Token) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Token.ProtoReflect.Descriptor instead.
 func (*Token) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{40}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Token) GetId() string {
@@ -2520,7 +2594,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[41]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2532,7 +2606,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[41]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2545,7 +2619,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{41}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *CreateTokenRequest) GetName() string {
@@ -2587,7 +2661,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[42]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2599,7 +2673,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[42]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2612,7 +2686,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{42}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *CreateTokenResponse) GetToken() *Token {
@@ -2637,7 +2711,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[43]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2649,7 +2723,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[43]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2662,7 +2736,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{43}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{44}
 }
 
 type ListTokensResponse struct {
@@ -2674,7 +2748,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[44]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2686,7 +2760,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[44]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2699,7 +2773,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{44}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ListTokensResponse) GetTokens() []*Token {
@@ -2718,7 +2792,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[45]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2730,7 +2804,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[45]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2743,7 +2817,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{45}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RevokeTokenRequest) GetId() string {
@@ -2761,7 +2835,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[46]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2773,7 +2847,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[46]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2786,7 +2860,7 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{46}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{47}
 }
 
 // AuditEntry is one mutating call.
@@ -2813,7 +2887,7 @@ type AuditEntry struct {
 
 func (x *AuditEntry) Reset() {
 	*x = AuditEntry{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[47]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2825,7 +2899,7 @@ func (x *AuditEntry) String() string {
 func (*AuditEntry) ProtoMessage() {}
 
 func (x *AuditEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[47]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2838,7 +2912,7 @@ func (x *AuditEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditEntry.ProtoReflect.Descriptor instead.
 func (*AuditEntry) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{47}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *AuditEntry) GetAt() *timestamppb.Timestamp {
@@ -2914,7 +2988,7 @@ type ListAuditRequest struct {
 
 func (x *ListAuditRequest) Reset() {
 	*x = ListAuditRequest{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[48]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2926,7 +3000,7 @@ func (x *ListAuditRequest) String() string {
 func (*ListAuditRequest) ProtoMessage() {}
 
 func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[48]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2939,7 +3013,7 @@ func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditRequest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{48}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ListAuditRequest) GetLimit() uint32 {
@@ -2958,7 +3032,7 @@ type ListAuditResponse struct {
 
 func (x *ListAuditResponse) Reset() {
 	*x = ListAuditResponse{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[49]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2970,7 +3044,7 @@ func (x *ListAuditResponse) String() string {
 func (*ListAuditResponse) ProtoMessage() {}
 
 func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[49]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2983,7 +3057,7 @@ func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditResponse) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{49}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ListAuditResponse) GetEntries() []*AuditEntry {
@@ -3001,7 +3075,7 @@ type WhoAmIRequest struct {
 
 func (x *WhoAmIRequest) Reset() {
 	*x = WhoAmIRequest{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[50]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3013,7 +3087,7 @@ func (x *WhoAmIRequest) String() string {
 func (*WhoAmIRequest) ProtoMessage() {}
 
 func (x *WhoAmIRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[50]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3026,7 +3100,7 @@ func (x *WhoAmIRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WhoAmIRequest.ProtoReflect.Descriptor instead.
 func (*WhoAmIRequest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{50}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{51}
 }
 
 type WhoAmIResponse struct {
@@ -3044,7 +3118,7 @@ type WhoAmIResponse struct {
 
 func (x *WhoAmIResponse) Reset() {
 	*x = WhoAmIResponse{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[51]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3056,7 +3130,7 @@ func (x *WhoAmIResponse) String() string {
 func (*WhoAmIResponse) ProtoMessage() {}
 
 func (x *WhoAmIResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[51]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3069,7 +3143,7 @@ func (x *WhoAmIResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WhoAmIResponse.ProtoReflect.Descriptor instead.
 func (*WhoAmIResponse) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{51}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *WhoAmIResponse) GetIdentity() string {
@@ -3116,7 +3190,7 @@ type RemoveHostRequest struct {
 
 func (x *RemoveHostRequest) Reset() {
 	*x = RemoveHostRequest{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[52]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3128,7 +3202,7 @@ func (x *RemoveHostRequest) String() string {
 func (*RemoveHostRequest) ProtoMessage() {}
 
 func (x *RemoveHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[52]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3141,7 +3215,7 @@ func (x *RemoveHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveHostRequest.ProtoReflect.Descriptor instead.
 func (*RemoveHostRequest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{52}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *RemoveHostRequest) GetHostId() string {
@@ -3159,7 +3233,7 @@ type RemoveHostResponse struct {
 
 func (x *RemoveHostResponse) Reset() {
 	*x = RemoveHostResponse{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[53]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3171,7 +3245,7 @@ func (x *RemoveHostResponse) String() string {
 func (*RemoveHostResponse) ProtoMessage() {}
 
 func (x *RemoveHostResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[53]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3184,7 +3258,7 @@ func (x *RemoveHostResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveHostResponse.ProtoReflect.Descriptor instead.
 func (*RemoveHostResponse) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{53}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{54}
 }
 
 // Revocation is a certificate, or every certificate of an identity issued
@@ -3211,7 +3285,7 @@ type Revocation struct {
 
 func (x *Revocation) Reset() {
 	*x = Revocation{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[54]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3223,7 +3297,7 @@ func (x *Revocation) String() string {
 func (*Revocation) ProtoMessage() {}
 
 func (x *Revocation) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[54]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3236,7 +3310,7 @@ func (x *Revocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
 func (*Revocation) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{54}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *Revocation) GetSerial() string {
@@ -3305,7 +3379,7 @@ type RevokeCertificateRequest struct {
 
 func (x *RevokeCertificateRequest) Reset() {
 	*x = RevokeCertificateRequest{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[55]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3317,7 +3391,7 @@ func (x *RevokeCertificateRequest) String() string {
 func (*RevokeCertificateRequest) ProtoMessage() {}
 
 func (x *RevokeCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[55]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3330,7 +3404,7 @@ func (x *RevokeCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RevokeCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{55}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *RevokeCertificateRequest) GetSerial() string {
@@ -3377,7 +3451,7 @@ type RevokeCertificateResponse struct {
 
 func (x *RevokeCertificateResponse) Reset() {
 	*x = RevokeCertificateResponse{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[56]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3389,7 +3463,7 @@ func (x *RevokeCertificateResponse) String() string {
 func (*RevokeCertificateResponse) ProtoMessage() {}
 
 func (x *RevokeCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[56]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3402,7 +3476,7 @@ func (x *RevokeCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificateResponse.ProtoReflect.Descriptor instead.
 func (*RevokeCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{56}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *RevokeCertificateResponse) GetRevocation() *Revocation {
@@ -3420,7 +3494,7 @@ type ListRevocationsRequest struct {
 
 func (x *ListRevocationsRequest) Reset() {
 	*x = ListRevocationsRequest{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[57]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3432,7 +3506,7 @@ func (x *ListRevocationsRequest) String() string {
 func (*ListRevocationsRequest) ProtoMessage() {}
 
 func (x *ListRevocationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[57]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3445,7 +3519,7 @@ func (x *ListRevocationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevocationsRequest.ProtoReflect.Descriptor instead.
 func (*ListRevocationsRequest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{57}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{58}
 }
 
 type ListRevocationsResponse struct {
@@ -3458,7 +3532,7 @@ type ListRevocationsResponse struct {
 
 func (x *ListRevocationsResponse) Reset() {
 	*x = ListRevocationsResponse{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[58]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3470,7 +3544,7 @@ func (x *ListRevocationsResponse) String() string {
 func (*ListRevocationsResponse) ProtoMessage() {}
 
 func (x *ListRevocationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[58]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3483,7 +3557,7 @@ func (x *ListRevocationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevocationsResponse.ProtoReflect.Descriptor instead.
 func (*ListRevocationsResponse) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{58}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *ListRevocationsResponse) GetRevocations() []*Revocation {
@@ -3504,7 +3578,7 @@ type DeleteServiceRequest struct {
 
 func (x *DeleteServiceRequest) Reset() {
 	*x = DeleteServiceRequest{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[59]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3516,7 +3590,7 @@ func (x *DeleteServiceRequest) String() string {
 func (*DeleteServiceRequest) ProtoMessage() {}
 
 func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[59]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3529,7 +3603,7 @@ func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteServiceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteServiceRequest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{59}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *DeleteServiceRequest) GetName() string {
@@ -3557,7 +3631,7 @@ type DeleteServiceResponse struct {
 
 func (x *DeleteServiceResponse) Reset() {
 	*x = DeleteServiceResponse{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[60]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3569,7 +3643,7 @@ func (x *DeleteServiceResponse) String() string {
 func (*DeleteServiceResponse) ProtoMessage() {}
 
 func (x *DeleteServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[60]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3582,7 +3656,7 @@ func (x *DeleteServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteServiceResponse.ProtoReflect.Descriptor instead.
 func (*DeleteServiceResponse) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{60}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *DeleteServiceResponse) GetService() *Service {
@@ -3617,7 +3691,7 @@ type UpgradeAgentsRequest struct {
 
 func (x *UpgradeAgentsRequest) Reset() {
 	*x = UpgradeAgentsRequest{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[61]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3629,7 +3703,7 @@ func (x *UpgradeAgentsRequest) String() string {
 func (*UpgradeAgentsRequest) ProtoMessage() {}
 
 func (x *UpgradeAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[61]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3642,7 +3716,7 @@ func (x *UpgradeAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpgradeAgentsRequest.ProtoReflect.Descriptor instead.
 func (*UpgradeAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{61}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *UpgradeAgentsRequest) GetRelease() *Release {
@@ -3672,7 +3746,7 @@ type UpgradeAgentsResponse struct {
 
 func (x *UpgradeAgentsResponse) Reset() {
 	*x = UpgradeAgentsResponse{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[62]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3684,7 +3758,7 @@ func (x *UpgradeAgentsResponse) String() string {
 func (*UpgradeAgentsResponse) ProtoMessage() {}
 
 func (x *UpgradeAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[62]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3697,7 +3771,7 @@ func (x *UpgradeAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpgradeAgentsResponse.ProtoReflect.Descriptor instead.
 func (*UpgradeAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{62}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *UpgradeAgentsResponse) GetRelease() *Release {
@@ -3734,7 +3808,7 @@ type PlanRolloutRequest struct {
 
 func (x *PlanRolloutRequest) Reset() {
 	*x = PlanRolloutRequest{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[63]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3746,7 +3820,7 @@ func (x *PlanRolloutRequest) String() string {
 func (*PlanRolloutRequest) ProtoMessage() {}
 
 func (x *PlanRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[63]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3759,7 +3833,7 @@ func (x *PlanRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanRolloutRequest.ProtoReflect.Descriptor instead.
 func (*PlanRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{63}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *PlanRolloutRequest) GetService() string {
@@ -3803,7 +3877,7 @@ type PlanRolloutResponse struct {
 
 func (x *PlanRolloutResponse) Reset() {
 	*x = PlanRolloutResponse{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[64]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3815,7 +3889,7 @@ func (x *PlanRolloutResponse) String() string {
 func (*PlanRolloutResponse) ProtoMessage() {}
 
 func (x *PlanRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[64]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3828,7 +3902,7 @@ func (x *PlanRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanRolloutResponse.ProtoReflect.Descriptor instead.
 func (*PlanRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{64}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *PlanRolloutResponse) GetRollout() *Rollout {
@@ -3877,7 +3951,7 @@ type CreateBlackoutRequest struct {
 
 func (x *CreateBlackoutRequest) Reset() {
 	*x = CreateBlackoutRequest{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[65]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3889,7 +3963,7 @@ func (x *CreateBlackoutRequest) String() string {
 func (*CreateBlackoutRequest) ProtoMessage() {}
 
 func (x *CreateBlackoutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[65]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3902,7 +3976,7 @@ func (x *CreateBlackoutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateBlackoutRequest.ProtoReflect.Descriptor instead.
 func (*CreateBlackoutRequest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{65}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *CreateBlackoutRequest) GetFrom() *timestamppb.Timestamp {
@@ -3935,7 +4009,7 @@ type CreateBlackoutResponse struct {
 
 func (x *CreateBlackoutResponse) Reset() {
 	*x = CreateBlackoutResponse{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[66]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3947,7 +4021,7 @@ func (x *CreateBlackoutResponse) String() string {
 func (*CreateBlackoutResponse) ProtoMessage() {}
 
 func (x *CreateBlackoutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[66]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3960,7 +4034,7 @@ func (x *CreateBlackoutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateBlackoutResponse.ProtoReflect.Descriptor instead.
 func (*CreateBlackoutResponse) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{66}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *CreateBlackoutResponse) GetBlackout() *Blackout {
@@ -3978,7 +4052,7 @@ type ListBlackoutsRequest struct {
 
 func (x *ListBlackoutsRequest) Reset() {
 	*x = ListBlackoutsRequest{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[67]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3990,7 +4064,7 @@ func (x *ListBlackoutsRequest) String() string {
 func (*ListBlackoutsRequest) ProtoMessage() {}
 
 func (x *ListBlackoutsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[67]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4003,7 +4077,7 @@ func (x *ListBlackoutsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBlackoutsRequest.ProtoReflect.Descriptor instead.
 func (*ListBlackoutsRequest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{67}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{68}
 }
 
 type ListBlackoutsResponse struct {
@@ -4016,7 +4090,7 @@ type ListBlackoutsResponse struct {
 
 func (x *ListBlackoutsResponse) Reset() {
 	*x = ListBlackoutsResponse{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[68]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4028,7 +4102,7 @@ func (x *ListBlackoutsResponse) String() string {
 func (*ListBlackoutsResponse) ProtoMessage() {}
 
 func (x *ListBlackoutsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[68]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4041,7 +4115,7 @@ func (x *ListBlackoutsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBlackoutsResponse.ProtoReflect.Descriptor instead.
 func (*ListBlackoutsResponse) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{68}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *ListBlackoutsResponse) GetBlackouts() []*Blackout {
@@ -4060,7 +4134,7 @@ type DeleteBlackoutRequest struct {
 
 func (x *DeleteBlackoutRequest) Reset() {
 	*x = DeleteBlackoutRequest{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[69]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4072,7 +4146,7 @@ func (x *DeleteBlackoutRequest) String() string {
 func (*DeleteBlackoutRequest) ProtoMessage() {}
 
 func (x *DeleteBlackoutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[69]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4085,7 +4159,7 @@ func (x *DeleteBlackoutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteBlackoutRequest.ProtoReflect.Descriptor instead.
 func (*DeleteBlackoutRequest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{69}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *DeleteBlackoutRequest) GetId() string {
@@ -4103,7 +4177,7 @@ type DeleteBlackoutResponse struct {
 
 func (x *DeleteBlackoutResponse) Reset() {
 	*x = DeleteBlackoutResponse{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[70]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4115,7 +4189,7 @@ func (x *DeleteBlackoutResponse) String() string {
 func (*DeleteBlackoutResponse) ProtoMessage() {}
 
 func (x *DeleteBlackoutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[70]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4128,7 +4202,7 @@ func (x *DeleteBlackoutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteBlackoutResponse.ProtoReflect.Descriptor instead.
 func (*DeleteBlackoutResponse) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{70}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{71}
 }
 
 type OverrideHoldRequest struct {
@@ -4141,7 +4215,7 @@ type OverrideHoldRequest struct {
 
 func (x *OverrideHoldRequest) Reset() {
 	*x = OverrideHoldRequest{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[71]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4153,7 +4227,7 @@ func (x *OverrideHoldRequest) String() string {
 func (*OverrideHoldRequest) ProtoMessage() {}
 
 func (x *OverrideHoldRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[71]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4166,7 +4240,7 @@ func (x *OverrideHoldRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OverrideHoldRequest.ProtoReflect.Descriptor instead.
 func (*OverrideHoldRequest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{71}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *OverrideHoldRequest) GetService() string {
@@ -4192,7 +4266,7 @@ type OverrideHoldResponse struct {
 
 func (x *OverrideHoldResponse) Reset() {
 	*x = OverrideHoldResponse{}
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[72]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4204,7 +4278,7 @@ func (x *OverrideHoldResponse) String() string {
 func (*OverrideHoldResponse) ProtoMessage() {}
 
 func (x *OverrideHoldResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_operator_proto_msgTypes[72]
+	mi := &file_fleetwave_v1_operator_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4217,7 +4291,7 @@ func (x *OverrideHoldResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OverrideHoldResponse.ProtoReflect.Descriptor instead.
 func (*OverrideHoldResponse) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{72}
+	return file_fleetwave_v1_operator_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *OverrideHoldResponse) GetService() *Service {
@@ -4354,10 +4428,11 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\x06leader\x18\x02 \x01(\tR\x06leader\x12;\n" +
 	"\fetcd_members\x18\x03 \x03(\v2\x18.fleetwave.v1.EtcdMemberR\vetcdMembers\x12\x1f\n" +
 	"\vanswered_by\x18\x04 \x01(\tR\n" +
-	"answeredBy\"\\\n" +
+	"answeredBy\"r\n" +
 	"\x0fGetStatsRequest\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12/\n" +
-	"\x05since\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x05since\"\xd6\x01\n" +
+	"\x05since\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x05since\x12\x14\n" +
+	"\x05daily\x18\x03 \x01(\bR\x05daily\"\xd6\x01\n" +
 	"\x10GetStatsResponse\x125\n" +
 	"\bservices\x18\x01 \x03(\v2\x19.fleetwave.v1.DeployStatsR\bservices\x12/\n" +
 	"\x05fleet\x18\x02 \x01(\v2\x19.fleetwave.v1.DeployStatsR\x05fleet\x12.\n" +
@@ -4366,7 +4441,7 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\rDurationStats\x12\x14\n" +
 	"\x05count\x18\x01 \x01(\rR\x05count\x121\n" +
 	"\x06median\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06median\x12+\n" +
-	"\x03p90\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03p90\"\x82\a\n" +
+	"\x03p90\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03p90\"\xae\a\n" +
 	"\vDeployStats\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1a\n" +
 	"\brollouts\x18\x02 \x01(\rR\brollouts\x12\x1c\n" +
@@ -4391,7 +4466,11 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\x13change_failure_band\x18\x11 \x01(\tR\x11changeFailureBand\x12!\n" +
 	"\frestore_band\x18\x12 \x01(\tR\vrestoreBand\x12!\n" +
 	"\foverall_band\x18\x13 \x01(\tR\voverallBand\x12'\n" +
-	"\x0fconfig_rollouts\x18\x14 \x01(\rR\x0econfigRollouts\"\xa6\x02\n" +
+	"\x0fconfig_rollouts\x18\x14 \x01(\rR\x0econfigRollouts\x12*\n" +
+	"\x04days\x18\x15 \x03(\v2\x16.fleetwave.v1.DayCountR\x04days\"@\n" +
+	"\bDayCount\x12\x1c\n" +
+	"\tsucceeded\x18\x01 \x01(\rR\tsucceeded\x12\x16\n" +
+	"\x06failed\x18\x02 \x01(\rR\x06failed\"\xa6\x02\n" +
 	"\x05Token\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -4561,7 +4640,7 @@ func file_fleetwave_v1_operator_proto_rawDescGZIP() []byte {
 	return file_fleetwave_v1_operator_proto_rawDescData
 }
 
-var file_fleetwave_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 73)
+var file_fleetwave_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 74)
 var file_fleetwave_v1_operator_proto_goTypes = []any{
 	(*ApplyServiceRequest)(nil),       // 0: fleetwave.v1.ApplyServiceRequest
 	(*ApplyServiceResponse)(nil),      // 1: fleetwave.v1.ApplyServiceResponse
@@ -4603,186 +4682,188 @@ var file_fleetwave_v1_operator_proto_goTypes = []any{
 	(*GetStatsResponse)(nil),          // 37: fleetwave.v1.GetStatsResponse
 	(*DurationStats)(nil),             // 38: fleetwave.v1.DurationStats
 	(*DeployStats)(nil),               // 39: fleetwave.v1.DeployStats
-	(*Token)(nil),                     // 40: fleetwave.v1.Token
-	(*CreateTokenRequest)(nil),        // 41: fleetwave.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),       // 42: fleetwave.v1.CreateTokenResponse
-	(*ListTokensRequest)(nil),         // 43: fleetwave.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),        // 44: fleetwave.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),        // 45: fleetwave.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),       // 46: fleetwave.v1.RevokeTokenResponse
-	(*AuditEntry)(nil),                // 47: fleetwave.v1.AuditEntry
-	(*ListAuditRequest)(nil),          // 48: fleetwave.v1.ListAuditRequest
-	(*ListAuditResponse)(nil),         // 49: fleetwave.v1.ListAuditResponse
-	(*WhoAmIRequest)(nil),             // 50: fleetwave.v1.WhoAmIRequest
-	(*WhoAmIResponse)(nil),            // 51: fleetwave.v1.WhoAmIResponse
-	(*RemoveHostRequest)(nil),         // 52: fleetwave.v1.RemoveHostRequest
-	(*RemoveHostResponse)(nil),        // 53: fleetwave.v1.RemoveHostResponse
-	(*Revocation)(nil),                // 54: fleetwave.v1.Revocation
-	(*RevokeCertificateRequest)(nil),  // 55: fleetwave.v1.RevokeCertificateRequest
-	(*RevokeCertificateResponse)(nil), // 56: fleetwave.v1.RevokeCertificateResponse
-	(*ListRevocationsRequest)(nil),    // 57: fleetwave.v1.ListRevocationsRequest
-	(*ListRevocationsResponse)(nil),   // 58: fleetwave.v1.ListRevocationsResponse
-	(*DeleteServiceRequest)(nil),      // 59: fleetwave.v1.DeleteServiceRequest
-	(*DeleteServiceResponse)(nil),     // 60: fleetwave.v1.DeleteServiceResponse
-	(*UpgradeAgentsRequest)(nil),      // 61: fleetwave.v1.UpgradeAgentsRequest
-	(*UpgradeAgentsResponse)(nil),     // 62: fleetwave.v1.UpgradeAgentsResponse
-	(*PlanRolloutRequest)(nil),        // 63: fleetwave.v1.PlanRolloutRequest
-	(*PlanRolloutResponse)(nil),       // 64: fleetwave.v1.PlanRolloutResponse
-	(*CreateBlackoutRequest)(nil),     // 65: fleetwave.v1.CreateBlackoutRequest
-	(*CreateBlackoutResponse)(nil),    // 66: fleetwave.v1.CreateBlackoutResponse
-	(*ListBlackoutsRequest)(nil),      // 67: fleetwave.v1.ListBlackoutsRequest
-	(*ListBlackoutsResponse)(nil),     // 68: fleetwave.v1.ListBlackoutsResponse
-	(*DeleteBlackoutRequest)(nil),     // 69: fleetwave.v1.DeleteBlackoutRequest
-	(*DeleteBlackoutResponse)(nil),    // 70: fleetwave.v1.DeleteBlackoutResponse
-	(*OverrideHoldRequest)(nil),       // 71: fleetwave.v1.OverrideHoldRequest
-	(*OverrideHoldResponse)(nil),      // 72: fleetwave.v1.OverrideHoldResponse
-	(*ServiceSpec)(nil),               // 73: fleetwave.v1.ServiceSpec
-	(*Service)(nil),                   // 74: fleetwave.v1.Service
-	(*Rollout)(nil),                   // 75: fleetwave.v1.Rollout
-	(*Release)(nil),                   // 76: fleetwave.v1.Release
-	(*Host)(nil),                      // 77: fleetwave.v1.Host
-	(*SignedRollback)(nil),            // 78: fleetwave.v1.SignedRollback
-	(*Event)(nil),                     // 79: fleetwave.v1.Event
-	(*timestamppb.Timestamp)(nil),     // 80: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 81: google.protobuf.Duration
-	(*RolloutPolicy)(nil),             // 82: fleetwave.v1.RolloutPolicy
-	(*Blackout)(nil),                  // 83: fleetwave.v1.Blackout
+	(*DayCount)(nil),                  // 40: fleetwave.v1.DayCount
+	(*Token)(nil),                     // 41: fleetwave.v1.Token
+	(*CreateTokenRequest)(nil),        // 42: fleetwave.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),       // 43: fleetwave.v1.CreateTokenResponse
+	(*ListTokensRequest)(nil),         // 44: fleetwave.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),        // 45: fleetwave.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),        // 46: fleetwave.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),       // 47: fleetwave.v1.RevokeTokenResponse
+	(*AuditEntry)(nil),                // 48: fleetwave.v1.AuditEntry
+	(*ListAuditRequest)(nil),          // 49: fleetwave.v1.ListAuditRequest
+	(*ListAuditResponse)(nil),         // 50: fleetwave.v1.ListAuditResponse
+	(*WhoAmIRequest)(nil),             // 51: fleetwave.v1.WhoAmIRequest
+	(*WhoAmIResponse)(nil),            // 52: fleetwave.v1.WhoAmIResponse
+	(*RemoveHostRequest)(nil),         // 53: fleetwave.v1.RemoveHostRequest
+	(*RemoveHostResponse)(nil),        // 54: fleetwave.v1.RemoveHostResponse
+	(*Revocation)(nil),                // 55: fleetwave.v1.Revocation
+	(*RevokeCertificateRequest)(nil),  // 56: fleetwave.v1.RevokeCertificateRequest
+	(*RevokeCertificateResponse)(nil), // 57: fleetwave.v1.RevokeCertificateResponse
+	(*ListRevocationsRequest)(nil),    // 58: fleetwave.v1.ListRevocationsRequest
+	(*ListRevocationsResponse)(nil),   // 59: fleetwave.v1.ListRevocationsResponse
+	(*DeleteServiceRequest)(nil),      // 60: fleetwave.v1.DeleteServiceRequest
+	(*DeleteServiceResponse)(nil),     // 61: fleetwave.v1.DeleteServiceResponse
+	(*UpgradeAgentsRequest)(nil),      // 62: fleetwave.v1.UpgradeAgentsRequest
+	(*UpgradeAgentsResponse)(nil),     // 63: fleetwave.v1.UpgradeAgentsResponse
+	(*PlanRolloutRequest)(nil),        // 64: fleetwave.v1.PlanRolloutRequest
+	(*PlanRolloutResponse)(nil),       // 65: fleetwave.v1.PlanRolloutResponse
+	(*CreateBlackoutRequest)(nil),     // 66: fleetwave.v1.CreateBlackoutRequest
+	(*CreateBlackoutResponse)(nil),    // 67: fleetwave.v1.CreateBlackoutResponse
+	(*ListBlackoutsRequest)(nil),      // 68: fleetwave.v1.ListBlackoutsRequest
+	(*ListBlackoutsResponse)(nil),     // 69: fleetwave.v1.ListBlackoutsResponse
+	(*DeleteBlackoutRequest)(nil),     // 70: fleetwave.v1.DeleteBlackoutRequest
+	(*DeleteBlackoutResponse)(nil),    // 71: fleetwave.v1.DeleteBlackoutResponse
+	(*OverrideHoldRequest)(nil),       // 72: fleetwave.v1.OverrideHoldRequest
+	(*OverrideHoldResponse)(nil),      // 73: fleetwave.v1.OverrideHoldResponse
+	(*ServiceSpec)(nil),               // 74: fleetwave.v1.ServiceSpec
+	(*Service)(nil),                   // 75: fleetwave.v1.Service
+	(*Rollout)(nil),                   // 76: fleetwave.v1.Rollout
+	(*Release)(nil),                   // 77: fleetwave.v1.Release
+	(*Host)(nil),                      // 78: fleetwave.v1.Host
+	(*SignedRollback)(nil),            // 79: fleetwave.v1.SignedRollback
+	(*Event)(nil),                     // 80: fleetwave.v1.Event
+	(*timestamppb.Timestamp)(nil),     // 81: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 82: google.protobuf.Duration
+	(*RolloutPolicy)(nil),             // 83: fleetwave.v1.RolloutPolicy
+	(*Blackout)(nil),                  // 84: fleetwave.v1.Blackout
 }
 var file_fleetwave_v1_operator_proto_depIdxs = []int32{
-	73, // 0: fleetwave.v1.ApplyServiceRequest.spec:type_name -> fleetwave.v1.ServiceSpec
-	74, // 1: fleetwave.v1.ApplyServiceResponse.service:type_name -> fleetwave.v1.Service
-	75, // 2: fleetwave.v1.ApplyServiceResponse.rollout:type_name -> fleetwave.v1.Rollout
-	74, // 3: fleetwave.v1.ListServicesResponse.services:type_name -> fleetwave.v1.Service
-	74, // 4: fleetwave.v1.GetServiceResponse.service:type_name -> fleetwave.v1.Service
-	76, // 5: fleetwave.v1.CreateReleaseRequest.release:type_name -> fleetwave.v1.Release
-	76, // 6: fleetwave.v1.CreateReleaseResponse.release:type_name -> fleetwave.v1.Release
-	75, // 7: fleetwave.v1.CreateReleaseResponse.rollout:type_name -> fleetwave.v1.Rollout
-	76, // 8: fleetwave.v1.ListReleasesResponse.releases:type_name -> fleetwave.v1.Release
-	75, // 9: fleetwave.v1.GetRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	75, // 10: fleetwave.v1.WatchRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	75, // 11: fleetwave.v1.ApproveRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	77, // 12: fleetwave.v1.ListHostsResponse.hosts:type_name -> fleetwave.v1.Host
-	74, // 13: fleetwave.v1.UnfreezeServiceResponse.service:type_name -> fleetwave.v1.Service
-	75, // 14: fleetwave.v1.PauseRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	75, // 15: fleetwave.v1.ResumeRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	75, // 16: fleetwave.v1.AbortRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	78, // 17: fleetwave.v1.RollbackRequest.signed:type_name -> fleetwave.v1.SignedRollback
-	75, // 18: fleetwave.v1.RollbackResponse.rollout:type_name -> fleetwave.v1.Rollout
-	79, // 19: fleetwave.v1.ListEventsResponse.events:type_name -> fleetwave.v1.Event
-	79, // 20: fleetwave.v1.WatchEventsResponse.event:type_name -> fleetwave.v1.Event
-	80, // 21: fleetwave.v1.CoordinatorInfo.started_at:type_name -> google.protobuf.Timestamp
+	74, // 0: fleetwave.v1.ApplyServiceRequest.spec:type_name -> fleetwave.v1.ServiceSpec
+	75, // 1: fleetwave.v1.ApplyServiceResponse.service:type_name -> fleetwave.v1.Service
+	76, // 2: fleetwave.v1.ApplyServiceResponse.rollout:type_name -> fleetwave.v1.Rollout
+	75, // 3: fleetwave.v1.ListServicesResponse.services:type_name -> fleetwave.v1.Service
+	75, // 4: fleetwave.v1.GetServiceResponse.service:type_name -> fleetwave.v1.Service
+	77, // 5: fleetwave.v1.CreateReleaseRequest.release:type_name -> fleetwave.v1.Release
+	77, // 6: fleetwave.v1.CreateReleaseResponse.release:type_name -> fleetwave.v1.Release
+	76, // 7: fleetwave.v1.CreateReleaseResponse.rollout:type_name -> fleetwave.v1.Rollout
+	77, // 8: fleetwave.v1.ListReleasesResponse.releases:type_name -> fleetwave.v1.Release
+	76, // 9: fleetwave.v1.GetRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	76, // 10: fleetwave.v1.WatchRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	76, // 11: fleetwave.v1.ApproveRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	78, // 12: fleetwave.v1.ListHostsResponse.hosts:type_name -> fleetwave.v1.Host
+	75, // 13: fleetwave.v1.UnfreezeServiceResponse.service:type_name -> fleetwave.v1.Service
+	76, // 14: fleetwave.v1.PauseRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	76, // 15: fleetwave.v1.ResumeRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	76, // 16: fleetwave.v1.AbortRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	79, // 17: fleetwave.v1.RollbackRequest.signed:type_name -> fleetwave.v1.SignedRollback
+	76, // 18: fleetwave.v1.RollbackResponse.rollout:type_name -> fleetwave.v1.Rollout
+	80, // 19: fleetwave.v1.ListEventsResponse.events:type_name -> fleetwave.v1.Event
+	80, // 20: fleetwave.v1.WatchEventsResponse.event:type_name -> fleetwave.v1.Event
+	81, // 21: fleetwave.v1.CoordinatorInfo.started_at:type_name -> google.protobuf.Timestamp
 	33, // 22: fleetwave.v1.ClusterStatusResponse.coordinators:type_name -> fleetwave.v1.CoordinatorInfo
 	34, // 23: fleetwave.v1.ClusterStatusResponse.etcd_members:type_name -> fleetwave.v1.EtcdMember
-	81, // 24: fleetwave.v1.GetStatsRequest.since:type_name -> google.protobuf.Duration
+	82, // 24: fleetwave.v1.GetStatsRequest.since:type_name -> google.protobuf.Duration
 	39, // 25: fleetwave.v1.GetStatsResponse.services:type_name -> fleetwave.v1.DeployStats
 	39, // 26: fleetwave.v1.GetStatsResponse.fleet:type_name -> fleetwave.v1.DeployStats
-	80, // 27: fleetwave.v1.GetStatsResponse.from:type_name -> google.protobuf.Timestamp
-	80, // 28: fleetwave.v1.GetStatsResponse.to:type_name -> google.protobuf.Timestamp
-	81, // 29: fleetwave.v1.DurationStats.median:type_name -> google.protobuf.Duration
-	81, // 30: fleetwave.v1.DurationStats.p90:type_name -> google.protobuf.Duration
+	81, // 27: fleetwave.v1.GetStatsResponse.from:type_name -> google.protobuf.Timestamp
+	81, // 28: fleetwave.v1.GetStatsResponse.to:type_name -> google.protobuf.Timestamp
+	82, // 29: fleetwave.v1.DurationStats.median:type_name -> google.protobuf.Duration
+	82, // 30: fleetwave.v1.DurationStats.p90:type_name -> google.protobuf.Duration
 	38, // 31: fleetwave.v1.DeployStats.lead_time:type_name -> fleetwave.v1.DurationStats
 	38, // 32: fleetwave.v1.DeployStats.commit_to_release:type_name -> fleetwave.v1.DurationStats
 	38, // 33: fleetwave.v1.DeployStats.release_to_start:type_name -> fleetwave.v1.DurationStats
 	38, // 34: fleetwave.v1.DeployStats.rollout:type_name -> fleetwave.v1.DurationStats
 	38, // 35: fleetwave.v1.DeployStats.bake:type_name -> fleetwave.v1.DurationStats
 	38, // 36: fleetwave.v1.DeployStats.time_to_restore:type_name -> fleetwave.v1.DurationStats
-	80, // 37: fleetwave.v1.Token.created_at:type_name -> google.protobuf.Timestamp
-	80, // 38: fleetwave.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
-	81, // 39: fleetwave.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
-	40, // 40: fleetwave.v1.CreateTokenResponse.token:type_name -> fleetwave.v1.Token
-	40, // 41: fleetwave.v1.ListTokensResponse.tokens:type_name -> fleetwave.v1.Token
-	80, // 42: fleetwave.v1.AuditEntry.at:type_name -> google.protobuf.Timestamp
-	47, // 43: fleetwave.v1.ListAuditResponse.entries:type_name -> fleetwave.v1.AuditEntry
-	80, // 44: fleetwave.v1.WhoAmIResponse.not_after:type_name -> google.protobuf.Timestamp
-	80, // 45: fleetwave.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
-	80, // 46: fleetwave.v1.Revocation.expires_at:type_name -> google.protobuf.Timestamp
-	80, // 47: fleetwave.v1.RevokeCertificateRequest.not_after:type_name -> google.protobuf.Timestamp
-	54, // 48: fleetwave.v1.RevokeCertificateResponse.revocation:type_name -> fleetwave.v1.Revocation
-	54, // 49: fleetwave.v1.ListRevocationsResponse.revocations:type_name -> fleetwave.v1.Revocation
-	74, // 50: fleetwave.v1.DeleteServiceResponse.service:type_name -> fleetwave.v1.Service
-	75, // 51: fleetwave.v1.DeleteServiceResponse.rollout:type_name -> fleetwave.v1.Rollout
-	76, // 52: fleetwave.v1.UpgradeAgentsRequest.release:type_name -> fleetwave.v1.Release
-	82, // 53: fleetwave.v1.UpgradeAgentsRequest.policy:type_name -> fleetwave.v1.RolloutPolicy
-	76, // 54: fleetwave.v1.UpgradeAgentsResponse.release:type_name -> fleetwave.v1.Release
-	75, // 55: fleetwave.v1.UpgradeAgentsResponse.rollout:type_name -> fleetwave.v1.Rollout
-	73, // 56: fleetwave.v1.PlanRolloutRequest.spec:type_name -> fleetwave.v1.ServiceSpec
-	75, // 57: fleetwave.v1.PlanRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
-	80, // 58: fleetwave.v1.CreateBlackoutRequest.from:type_name -> google.protobuf.Timestamp
-	80, // 59: fleetwave.v1.CreateBlackoutRequest.to:type_name -> google.protobuf.Timestamp
-	83, // 60: fleetwave.v1.CreateBlackoutResponse.blackout:type_name -> fleetwave.v1.Blackout
-	83, // 61: fleetwave.v1.ListBlackoutsResponse.blackouts:type_name -> fleetwave.v1.Blackout
-	74, // 62: fleetwave.v1.OverrideHoldResponse.service:type_name -> fleetwave.v1.Service
-	0,  // 63: fleetwave.v1.OperatorService.ApplyService:input_type -> fleetwave.v1.ApplyServiceRequest
-	2,  // 64: fleetwave.v1.OperatorService.ListServices:input_type -> fleetwave.v1.ListServicesRequest
-	4,  // 65: fleetwave.v1.OperatorService.GetService:input_type -> fleetwave.v1.GetServiceRequest
-	6,  // 66: fleetwave.v1.OperatorService.CreateRelease:input_type -> fleetwave.v1.CreateReleaseRequest
-	8,  // 67: fleetwave.v1.OperatorService.ListReleases:input_type -> fleetwave.v1.ListReleasesRequest
-	10, // 68: fleetwave.v1.OperatorService.GetRollout:input_type -> fleetwave.v1.GetRolloutRequest
-	12, // 69: fleetwave.v1.OperatorService.WatchRollout:input_type -> fleetwave.v1.WatchRolloutRequest
-	14, // 70: fleetwave.v1.OperatorService.ApproveRollout:input_type -> fleetwave.v1.ApproveRolloutRequest
-	16, // 71: fleetwave.v1.OperatorService.ListHosts:input_type -> fleetwave.v1.ListHostsRequest
-	18, // 72: fleetwave.v1.OperatorService.UnfreezeService:input_type -> fleetwave.v1.UnfreezeServiceRequest
-	20, // 73: fleetwave.v1.OperatorService.PauseRollout:input_type -> fleetwave.v1.PauseRolloutRequest
-	22, // 74: fleetwave.v1.OperatorService.ResumeRollout:input_type -> fleetwave.v1.ResumeRolloutRequest
-	24, // 75: fleetwave.v1.OperatorService.AbortRollout:input_type -> fleetwave.v1.AbortRolloutRequest
-	26, // 76: fleetwave.v1.OperatorService.Rollback:input_type -> fleetwave.v1.RollbackRequest
-	28, // 77: fleetwave.v1.OperatorService.ListEvents:input_type -> fleetwave.v1.ListEventsRequest
-	30, // 78: fleetwave.v1.OperatorService.WatchEvents:input_type -> fleetwave.v1.WatchEventsRequest
-	32, // 79: fleetwave.v1.OperatorService.ClusterStatus:input_type -> fleetwave.v1.ClusterStatusRequest
-	36, // 80: fleetwave.v1.OperatorService.GetStats:input_type -> fleetwave.v1.GetStatsRequest
-	41, // 81: fleetwave.v1.OperatorService.CreateToken:input_type -> fleetwave.v1.CreateTokenRequest
-	43, // 82: fleetwave.v1.OperatorService.ListTokens:input_type -> fleetwave.v1.ListTokensRequest
-	45, // 83: fleetwave.v1.OperatorService.RevokeToken:input_type -> fleetwave.v1.RevokeTokenRequest
-	48, // 84: fleetwave.v1.OperatorService.ListAudit:input_type -> fleetwave.v1.ListAuditRequest
-	50, // 85: fleetwave.v1.OperatorService.WhoAmI:input_type -> fleetwave.v1.WhoAmIRequest
-	52, // 86: fleetwave.v1.OperatorService.RemoveHost:input_type -> fleetwave.v1.RemoveHostRequest
-	55, // 87: fleetwave.v1.OperatorService.RevokeCertificate:input_type -> fleetwave.v1.RevokeCertificateRequest
-	57, // 88: fleetwave.v1.OperatorService.ListRevocations:input_type -> fleetwave.v1.ListRevocationsRequest
-	59, // 89: fleetwave.v1.OperatorService.DeleteService:input_type -> fleetwave.v1.DeleteServiceRequest
-	61, // 90: fleetwave.v1.OperatorService.UpgradeAgents:input_type -> fleetwave.v1.UpgradeAgentsRequest
-	63, // 91: fleetwave.v1.OperatorService.PlanRollout:input_type -> fleetwave.v1.PlanRolloutRequest
-	65, // 92: fleetwave.v1.OperatorService.CreateBlackout:input_type -> fleetwave.v1.CreateBlackoutRequest
-	67, // 93: fleetwave.v1.OperatorService.ListBlackouts:input_type -> fleetwave.v1.ListBlackoutsRequest
-	69, // 94: fleetwave.v1.OperatorService.DeleteBlackout:input_type -> fleetwave.v1.DeleteBlackoutRequest
-	71, // 95: fleetwave.v1.OperatorService.OverrideHold:input_type -> fleetwave.v1.OverrideHoldRequest
-	1,  // 96: fleetwave.v1.OperatorService.ApplyService:output_type -> fleetwave.v1.ApplyServiceResponse
-	3,  // 97: fleetwave.v1.OperatorService.ListServices:output_type -> fleetwave.v1.ListServicesResponse
-	5,  // 98: fleetwave.v1.OperatorService.GetService:output_type -> fleetwave.v1.GetServiceResponse
-	7,  // 99: fleetwave.v1.OperatorService.CreateRelease:output_type -> fleetwave.v1.CreateReleaseResponse
-	9,  // 100: fleetwave.v1.OperatorService.ListReleases:output_type -> fleetwave.v1.ListReleasesResponse
-	11, // 101: fleetwave.v1.OperatorService.GetRollout:output_type -> fleetwave.v1.GetRolloutResponse
-	13, // 102: fleetwave.v1.OperatorService.WatchRollout:output_type -> fleetwave.v1.WatchRolloutResponse
-	15, // 103: fleetwave.v1.OperatorService.ApproveRollout:output_type -> fleetwave.v1.ApproveRolloutResponse
-	17, // 104: fleetwave.v1.OperatorService.ListHosts:output_type -> fleetwave.v1.ListHostsResponse
-	19, // 105: fleetwave.v1.OperatorService.UnfreezeService:output_type -> fleetwave.v1.UnfreezeServiceResponse
-	21, // 106: fleetwave.v1.OperatorService.PauseRollout:output_type -> fleetwave.v1.PauseRolloutResponse
-	23, // 107: fleetwave.v1.OperatorService.ResumeRollout:output_type -> fleetwave.v1.ResumeRolloutResponse
-	25, // 108: fleetwave.v1.OperatorService.AbortRollout:output_type -> fleetwave.v1.AbortRolloutResponse
-	27, // 109: fleetwave.v1.OperatorService.Rollback:output_type -> fleetwave.v1.RollbackResponse
-	29, // 110: fleetwave.v1.OperatorService.ListEvents:output_type -> fleetwave.v1.ListEventsResponse
-	31, // 111: fleetwave.v1.OperatorService.WatchEvents:output_type -> fleetwave.v1.WatchEventsResponse
-	35, // 112: fleetwave.v1.OperatorService.ClusterStatus:output_type -> fleetwave.v1.ClusterStatusResponse
-	37, // 113: fleetwave.v1.OperatorService.GetStats:output_type -> fleetwave.v1.GetStatsResponse
-	42, // 114: fleetwave.v1.OperatorService.CreateToken:output_type -> fleetwave.v1.CreateTokenResponse
-	44, // 115: fleetwave.v1.OperatorService.ListTokens:output_type -> fleetwave.v1.ListTokensResponse
-	46, // 116: fleetwave.v1.OperatorService.RevokeToken:output_type -> fleetwave.v1.RevokeTokenResponse
-	49, // 117: fleetwave.v1.OperatorService.ListAudit:output_type -> fleetwave.v1.ListAuditResponse
-	51, // 118: fleetwave.v1.OperatorService.WhoAmI:output_type -> fleetwave.v1.WhoAmIResponse
-	53, // 119: fleetwave.v1.OperatorService.RemoveHost:output_type -> fleetwave.v1.RemoveHostResponse
-	56, // 120: fleetwave.v1.OperatorService.RevokeCertificate:output_type -> fleetwave.v1.RevokeCertificateResponse
-	58, // 121: fleetwave.v1.OperatorService.ListRevocations:output_type -> fleetwave.v1.ListRevocationsResponse
-	60, // 122: fleetwave.v1.OperatorService.DeleteService:output_type -> fleetwave.v1.DeleteServiceResponse
-	62, // 123: fleetwave.v1.OperatorService.UpgradeAgents:output_type -> fleetwave.v1.UpgradeAgentsResponse
-	64, // 124: fleetwave.v1.OperatorService.PlanRollout:output_type -> fleetwave.v1.PlanRolloutResponse
-	66, // 125: fleetwave.v1.OperatorService.CreateBlackout:output_type -> fleetwave.v1.CreateBlackoutResponse
-	68, // 126: fleetwave.v1.OperatorService.ListBlackouts:output_type -> fleetwave.v1.ListBlackoutsResponse
-	70, // 127: fleetwave.v1.OperatorService.DeleteBlackout:output_type -> fleetwave.v1.DeleteBlackoutResponse
-	72, // 128: fleetwave.v1.OperatorService.OverrideHold:output_type -> fleetwave.v1.OverrideHoldResponse
-	96, // [96:129] is the sub-list for method output_type
-	63, // [63:96] is the sub-list for method input_type
-	63, // [63:63] is the sub-list for extension type_name
-	63, // [63:63] is the sub-list for extension extendee
-	0,  // [0:63] is the sub-list for field type_name
+	40, // 37: fleetwave.v1.DeployStats.days:type_name -> fleetwave.v1.DayCount
+	81, // 38: fleetwave.v1.Token.created_at:type_name -> google.protobuf.Timestamp
+	81, // 39: fleetwave.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	82, // 40: fleetwave.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
+	41, // 41: fleetwave.v1.CreateTokenResponse.token:type_name -> fleetwave.v1.Token
+	41, // 42: fleetwave.v1.ListTokensResponse.tokens:type_name -> fleetwave.v1.Token
+	81, // 43: fleetwave.v1.AuditEntry.at:type_name -> google.protobuf.Timestamp
+	48, // 44: fleetwave.v1.ListAuditResponse.entries:type_name -> fleetwave.v1.AuditEntry
+	81, // 45: fleetwave.v1.WhoAmIResponse.not_after:type_name -> google.protobuf.Timestamp
+	81, // 46: fleetwave.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
+	81, // 47: fleetwave.v1.Revocation.expires_at:type_name -> google.protobuf.Timestamp
+	81, // 48: fleetwave.v1.RevokeCertificateRequest.not_after:type_name -> google.protobuf.Timestamp
+	55, // 49: fleetwave.v1.RevokeCertificateResponse.revocation:type_name -> fleetwave.v1.Revocation
+	55, // 50: fleetwave.v1.ListRevocationsResponse.revocations:type_name -> fleetwave.v1.Revocation
+	75, // 51: fleetwave.v1.DeleteServiceResponse.service:type_name -> fleetwave.v1.Service
+	76, // 52: fleetwave.v1.DeleteServiceResponse.rollout:type_name -> fleetwave.v1.Rollout
+	77, // 53: fleetwave.v1.UpgradeAgentsRequest.release:type_name -> fleetwave.v1.Release
+	83, // 54: fleetwave.v1.UpgradeAgentsRequest.policy:type_name -> fleetwave.v1.RolloutPolicy
+	77, // 55: fleetwave.v1.UpgradeAgentsResponse.release:type_name -> fleetwave.v1.Release
+	76, // 56: fleetwave.v1.UpgradeAgentsResponse.rollout:type_name -> fleetwave.v1.Rollout
+	74, // 57: fleetwave.v1.PlanRolloutRequest.spec:type_name -> fleetwave.v1.ServiceSpec
+	76, // 58: fleetwave.v1.PlanRolloutResponse.rollout:type_name -> fleetwave.v1.Rollout
+	81, // 59: fleetwave.v1.CreateBlackoutRequest.from:type_name -> google.protobuf.Timestamp
+	81, // 60: fleetwave.v1.CreateBlackoutRequest.to:type_name -> google.protobuf.Timestamp
+	84, // 61: fleetwave.v1.CreateBlackoutResponse.blackout:type_name -> fleetwave.v1.Blackout
+	84, // 62: fleetwave.v1.ListBlackoutsResponse.blackouts:type_name -> fleetwave.v1.Blackout
+	75, // 63: fleetwave.v1.OverrideHoldResponse.service:type_name -> fleetwave.v1.Service
+	0,  // 64: fleetwave.v1.OperatorService.ApplyService:input_type -> fleetwave.v1.ApplyServiceRequest
+	2,  // 65: fleetwave.v1.OperatorService.ListServices:input_type -> fleetwave.v1.ListServicesRequest
+	4,  // 66: fleetwave.v1.OperatorService.GetService:input_type -> fleetwave.v1.GetServiceRequest
+	6,  // 67: fleetwave.v1.OperatorService.CreateRelease:input_type -> fleetwave.v1.CreateReleaseRequest
+	8,  // 68: fleetwave.v1.OperatorService.ListReleases:input_type -> fleetwave.v1.ListReleasesRequest
+	10, // 69: fleetwave.v1.OperatorService.GetRollout:input_type -> fleetwave.v1.GetRolloutRequest
+	12, // 70: fleetwave.v1.OperatorService.WatchRollout:input_type -> fleetwave.v1.WatchRolloutRequest
+	14, // 71: fleetwave.v1.OperatorService.ApproveRollout:input_type -> fleetwave.v1.ApproveRolloutRequest
+	16, // 72: fleetwave.v1.OperatorService.ListHosts:input_type -> fleetwave.v1.ListHostsRequest
+	18, // 73: fleetwave.v1.OperatorService.UnfreezeService:input_type -> fleetwave.v1.UnfreezeServiceRequest
+	20, // 74: fleetwave.v1.OperatorService.PauseRollout:input_type -> fleetwave.v1.PauseRolloutRequest
+	22, // 75: fleetwave.v1.OperatorService.ResumeRollout:input_type -> fleetwave.v1.ResumeRolloutRequest
+	24, // 76: fleetwave.v1.OperatorService.AbortRollout:input_type -> fleetwave.v1.AbortRolloutRequest
+	26, // 77: fleetwave.v1.OperatorService.Rollback:input_type -> fleetwave.v1.RollbackRequest
+	28, // 78: fleetwave.v1.OperatorService.ListEvents:input_type -> fleetwave.v1.ListEventsRequest
+	30, // 79: fleetwave.v1.OperatorService.WatchEvents:input_type -> fleetwave.v1.WatchEventsRequest
+	32, // 80: fleetwave.v1.OperatorService.ClusterStatus:input_type -> fleetwave.v1.ClusterStatusRequest
+	36, // 81: fleetwave.v1.OperatorService.GetStats:input_type -> fleetwave.v1.GetStatsRequest
+	42, // 82: fleetwave.v1.OperatorService.CreateToken:input_type -> fleetwave.v1.CreateTokenRequest
+	44, // 83: fleetwave.v1.OperatorService.ListTokens:input_type -> fleetwave.v1.ListTokensRequest
+	46, // 84: fleetwave.v1.OperatorService.RevokeToken:input_type -> fleetwave.v1.RevokeTokenRequest
+	49, // 85: fleetwave.v1.OperatorService.ListAudit:input_type -> fleetwave.v1.ListAuditRequest
+	51, // 86: fleetwave.v1.OperatorService.WhoAmI:input_type -> fleetwave.v1.WhoAmIRequest
+	53, // 87: fleetwave.v1.OperatorService.RemoveHost:input_type -> fleetwave.v1.RemoveHostRequest
+	56, // 88: fleetwave.v1.OperatorService.RevokeCertificate:input_type -> fleetwave.v1.RevokeCertificateRequest
+	58, // 89: fleetwave.v1.OperatorService.ListRevocations:input_type -> fleetwave.v1.ListRevocationsRequest
+	60, // 90: fleetwave.v1.OperatorService.DeleteService:input_type -> fleetwave.v1.DeleteServiceRequest
+	62, // 91: fleetwave.v1.OperatorService.UpgradeAgents:input_type -> fleetwave.v1.UpgradeAgentsRequest
+	64, // 92: fleetwave.v1.OperatorService.PlanRollout:input_type -> fleetwave.v1.PlanRolloutRequest
+	66, // 93: fleetwave.v1.OperatorService.CreateBlackout:input_type -> fleetwave.v1.CreateBlackoutRequest
+	68, // 94: fleetwave.v1.OperatorService.ListBlackouts:input_type -> fleetwave.v1.ListBlackoutsRequest
+	70, // 95: fleetwave.v1.OperatorService.DeleteBlackout:input_type -> fleetwave.v1.DeleteBlackoutRequest
+	72, // 96: fleetwave.v1.OperatorService.OverrideHold:input_type -> fleetwave.v1.OverrideHoldRequest
+	1,  // 97: fleetwave.v1.OperatorService.ApplyService:output_type -> fleetwave.v1.ApplyServiceResponse
+	3,  // 98: fleetwave.v1.OperatorService.ListServices:output_type -> fleetwave.v1.ListServicesResponse
+	5,  // 99: fleetwave.v1.OperatorService.GetService:output_type -> fleetwave.v1.GetServiceResponse
+	7,  // 100: fleetwave.v1.OperatorService.CreateRelease:output_type -> fleetwave.v1.CreateReleaseResponse
+	9,  // 101: fleetwave.v1.OperatorService.ListReleases:output_type -> fleetwave.v1.ListReleasesResponse
+	11, // 102: fleetwave.v1.OperatorService.GetRollout:output_type -> fleetwave.v1.GetRolloutResponse
+	13, // 103: fleetwave.v1.OperatorService.WatchRollout:output_type -> fleetwave.v1.WatchRolloutResponse
+	15, // 104: fleetwave.v1.OperatorService.ApproveRollout:output_type -> fleetwave.v1.ApproveRolloutResponse
+	17, // 105: fleetwave.v1.OperatorService.ListHosts:output_type -> fleetwave.v1.ListHostsResponse
+	19, // 106: fleetwave.v1.OperatorService.UnfreezeService:output_type -> fleetwave.v1.UnfreezeServiceResponse
+	21, // 107: fleetwave.v1.OperatorService.PauseRollout:output_type -> fleetwave.v1.PauseRolloutResponse
+	23, // 108: fleetwave.v1.OperatorService.ResumeRollout:output_type -> fleetwave.v1.ResumeRolloutResponse
+	25, // 109: fleetwave.v1.OperatorService.AbortRollout:output_type -> fleetwave.v1.AbortRolloutResponse
+	27, // 110: fleetwave.v1.OperatorService.Rollback:output_type -> fleetwave.v1.RollbackResponse
+	29, // 111: fleetwave.v1.OperatorService.ListEvents:output_type -> fleetwave.v1.ListEventsResponse
+	31, // 112: fleetwave.v1.OperatorService.WatchEvents:output_type -> fleetwave.v1.WatchEventsResponse
+	35, // 113: fleetwave.v1.OperatorService.ClusterStatus:output_type -> fleetwave.v1.ClusterStatusResponse
+	37, // 114: fleetwave.v1.OperatorService.GetStats:output_type -> fleetwave.v1.GetStatsResponse
+	43, // 115: fleetwave.v1.OperatorService.CreateToken:output_type -> fleetwave.v1.CreateTokenResponse
+	45, // 116: fleetwave.v1.OperatorService.ListTokens:output_type -> fleetwave.v1.ListTokensResponse
+	47, // 117: fleetwave.v1.OperatorService.RevokeToken:output_type -> fleetwave.v1.RevokeTokenResponse
+	50, // 118: fleetwave.v1.OperatorService.ListAudit:output_type -> fleetwave.v1.ListAuditResponse
+	52, // 119: fleetwave.v1.OperatorService.WhoAmI:output_type -> fleetwave.v1.WhoAmIResponse
+	54, // 120: fleetwave.v1.OperatorService.RemoveHost:output_type -> fleetwave.v1.RemoveHostResponse
+	57, // 121: fleetwave.v1.OperatorService.RevokeCertificate:output_type -> fleetwave.v1.RevokeCertificateResponse
+	59, // 122: fleetwave.v1.OperatorService.ListRevocations:output_type -> fleetwave.v1.ListRevocationsResponse
+	61, // 123: fleetwave.v1.OperatorService.DeleteService:output_type -> fleetwave.v1.DeleteServiceResponse
+	63, // 124: fleetwave.v1.OperatorService.UpgradeAgents:output_type -> fleetwave.v1.UpgradeAgentsResponse
+	65, // 125: fleetwave.v1.OperatorService.PlanRollout:output_type -> fleetwave.v1.PlanRolloutResponse
+	67, // 126: fleetwave.v1.OperatorService.CreateBlackout:output_type -> fleetwave.v1.CreateBlackoutResponse
+	69, // 127: fleetwave.v1.OperatorService.ListBlackouts:output_type -> fleetwave.v1.ListBlackoutsResponse
+	71, // 128: fleetwave.v1.OperatorService.DeleteBlackout:output_type -> fleetwave.v1.DeleteBlackoutResponse
+	73, // 129: fleetwave.v1.OperatorService.OverrideHold:output_type -> fleetwave.v1.OverrideHoldResponse
+	97, // [97:130] is the sub-list for method output_type
+	64, // [64:97] is the sub-list for method input_type
+	64, // [64:64] is the sub-list for extension type_name
+	64, // [64:64] is the sub-list for extension extendee
+	0,  // [0:64] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_operator_proto_init() }
@@ -4797,7 +4878,7 @@ func file_fleetwave_v1_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fleetwave_v1_operator_proto_rawDesc), len(file_fleetwave_v1_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   73,
+			NumMessages:   74,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
