@@ -142,9 +142,12 @@ func (a *agent) startFetch(s *service, act lifecycle.Action) {
 			}
 		default:
 			// Refused up front when the disk cannot hold the download, the
-			// unpacked release and a margin.
-			if ev.err = a.inst.CheckFetchSpace(artifactOf(asg)); ev.err == nil {
+			// unpacked release and a margin; that space is reserved while
+			// the download runs (other fetches wait for it).
+			var release func()
+			if release, ev.err = a.inst.ReserveFetchSpace(ctx, artifactOf(asg)); ev.err == nil {
 				ev.fetched, ev.err = a.fetch(ctx, asg)
+				release()
 			}
 		}
 		if !a.send(ev) {

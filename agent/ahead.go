@@ -200,9 +200,11 @@ func (a *agent) startAhead(s *service, asg *v1.Assignment, rel *v1.Release) {
 
 // stageAhead fetches, verifies and unpacks the release of asg.
 func (a *agent) stageAhead(ctx context.Context, asg *v1.Assignment, want install.Artifact) error {
-	if err := a.inst.CheckFetchSpace(want); err != nil {
+	release, err := a.inst.ReserveFetchSpace(ctx, want) // until it is unpacked
+	if err != nil {
 		return err
 	}
+	defer release()
 	f, err := a.fetch(ctx, asg)
 	if err != nil {
 		return err

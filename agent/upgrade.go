@@ -329,9 +329,11 @@ func (a *agent) prepareAgent(ctx context.Context, asg *v1.Assignment) (string, e
 	}
 	v, want := asg.GetRelease().GetVersion(), artifactOf(asg)
 	if !a.inst.Staged(spec.AgentService, v, want.SHA256) {
-		if err := a.inst.CheckFetchSpace(want); err != nil {
+		release, err := a.inst.ReserveFetchSpace(ctx, want) // until it is unpacked
+		if err != nil {
 			return "", err
 		}
+		defer release()
 		f, err := a.fetch(ctx, asg)
 		if err != nil {
 			return "", fmt.Errorf("fetch: %w", err)

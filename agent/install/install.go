@@ -110,6 +110,11 @@ type Installer struct {
 	// Partial downloads (partial.go): the sha256s a fetch holds.
 	partialMu sync.Mutex
 	busy      map[string]bool
+	// Free space reserved by fetches under way (disk.go: ReserveFetchSpace);
+	// spaceFreed is closed and replaced when a reservation ends.
+	spaceMu    sync.Mutex
+	reserved   uint64
+	spaceFreed chan struct{}
 }
 
 // New prepares the data dir (tmp/ and releases/), removes leftovers of an
@@ -120,7 +125,7 @@ func New(dataDir string, lim Limits, log zerolog.Logger) (*Installer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("data dir %q: %w", dataDir, err)
 	}
-	in := &Installer{dataDir: abs, lim: lim.withDefaults(), log: log}
+	in := &Installer{dataDir: abs, lim: lim.withDefaults(), log: log, spaceFreed: make(chan struct{})}
 	if err := os.RemoveAll(in.tmpDir()); err != nil {
 		return nil, fmt.Errorf("clean %s: %w", in.tmpDir(), err)
 	}
