@@ -25,7 +25,9 @@ const (
 // Config.ServiceLogMaxBytes (supervise.RotateLog: copy-truncate, which the
 // services, writing to the file themselves with O_APPEND, never notice),
 // keeping Config.ServiceLogKeep old files. While no agent runs, nothing
-// rotates: a log grows until the next agent starts.
+// rotates: a log grows until the next agent starts, which keeps only its
+// last ServiceLogMaxBytes in <service>.log.1, and truncates it even when
+// the disk has no room for that copy.
 func (a *agent) rotateLogs(ctx context.Context) {
 	limit, keep := a.cfg.ServiceLogMaxBytes, max(a.cfg.ServiceLogKeep, 0)
 	if limit < 0 {
@@ -44,12 +46,17 @@ func (a *agent) rotateLogs(ctx context.Context) {
 				continue
 			}
 			path := filepath.Join(dir, e.Name())
+			svc := strings.TrimSuffix(e.Name(), ".log")
 			rotated, err := supervise.RotateLog(path, limit, keep)
 			switch {
+			case err != nil && rotated:
+				// The copy failed (a full disk): the log was truncated all
+				// the same, so that it cannot fill the disk.
+				a.log.Warn().Err(err).Str("service", svc).Str("path", path).Msg("service log truncated without a rotated copy: its old lines are lost")
 			case err != nil:
-				a.log.Warn().Err(err).Str("path", path).Msg("rotating service log")
+				a.log.Warn().Err(err).Str("service", svc).Str("path", path).Msg("rotating service log")
 			case rotated:
-				a.log.Info().Str("path", path).Int64("max_bytes", limit).Int("keep", keep).Msg("service log rotated")
+				a.log.Info().Str("service", svc).Str("path", path).Int64("max_bytes", limit).Int("keep", keep).Msg("service log rotated")
 			}
 		}
 		select {

@@ -3,6 +3,7 @@ package supervise
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -28,7 +29,8 @@ func TestRotateLogCopyTruncate(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Close()
-	const max, keep = 100, 2
+	// max: two lines of 60 bytes.
+	const max, keep = 120, 2
 	line := func(c byte) []byte { return append(bytes.Repeat([]byte{c}, 59), '\n') } // 60 bytes
 	write := func(c byte) {
 		if _, err := w.Write(line(c)); err != nil {
@@ -113,5 +115,62 @@ func TestRotateLogLimits(t *testing.T) {
 	}
 	if len(ents) != 1 {
 		t.Fatalf("keep 0 left %d files", len(ents))
+	}
+}
+
+// TestRotateLogKeepsTheLastMaxBytes: a log that grew far past the limit
+// (while no agent ran) is rotated to its last maxBytes bytes only, so that
+// .1 is no larger than the limit (and the copy needs no more room than
+// that); the live log is truncated.
+func TestRotateLogKeepsTheLastMaxBytes(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "web.log")
+	var all []byte
+	for i := range 1000 {
+		all = fmt.Appendf(all, "line %04d of the service's output\n", i) // 34 bytes
+	}
+	if err := os.WriteFile(path, all, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const limit = 1000 // not a multiple of the line: the first line in .1 is cut
+	rotated, err := RotateLog(path, limit, 2)
+	if err != nil || !rotated {
+		t.Fatalf("rotated=%v err=%v", rotated, err)
+	}
+	b, err := os.ReadFile(path + ".1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(b, all[len(all)-limit:]) {
+		t.Fatalf(".1 holds %d bytes, starting %q, want the log's last %d bytes", len(b), b[:min(len(b), 40)], limit)
+	}
+	if n := fileSize(t, path); n != 0 {
+		t.Fatalf("live log is %d bytes after the rotation, want 0", n)
+	}
+	if _, err := os.Lstat(RotateTemp(path)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("temp file %s: %v, want none", RotateTemp(path), err)
+	}
+}
+
+// TestRotateLogTruncatesWhenTheCopyFails: a copy to .1 that fails (here:
+// its temp name is taken by a directory; on a full disk, ENOSPC, see the
+// agent's TestServiceLogTruncatedWhenTheCopyFails) still truncates the log,
+// and says so with the copy's error.
+func TestRotateLogTruncatesWhenTheCopyFails(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "web.log")
+	if err := os.WriteFile(path, bytes.Repeat([]byte("x\n"), 100), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(RotateTemp(path), "in-the-way"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	rotated, err := RotateLog(path, 100, 3)
+	if !rotated || err == nil || !strings.Contains(err.Error(), "truncated without a copy") {
+		t.Fatalf("rotated=%v err=%v, want true and the copy's error", rotated, err)
+	}
+	if n := fileSize(t, path); n != 0 {
+		t.Fatalf("live log is %d bytes after a failed copy, want 0 (truncated all the same)", n)
+	}
+	if _, err := os.Lstat(path + ".1"); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf(".1: %v, want none", err)
 	}
 }
