@@ -13,9 +13,11 @@ import (
 
 	"github.com/fleetwave/fleetwave/agent/install"
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
+	"github.com/fleetwave/fleetwave/agent/sockets"
 	"github.com/fleetwave/fleetwave/agent/state"
 	"github.com/fleetwave/fleetwave/agent/supervise"
 	"github.com/fleetwave/fleetwave/internal/gossip"
+	"github.com/fleetwave/fleetwave/internal/tlsutil"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"github.com/rs/zerolog"
 )
@@ -200,7 +202,7 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger, opts options) erro
 		return err
 	}
 	defer unlock()
-	inst, err := install.New(dataDir, install.Limits{MaxArtifactBytes: cfg.MaxArtifactBytes}, log)
+	inst, err := install.New(dataDir, install.Limits{MaxArtifactBytes: cfg.MaxArtifactBytes}, log, crashTemps(dataDir)...)
 	if err != nil {
 		return fmt.Errorf("data_dir: %w", err)
 	}
@@ -322,6 +324,28 @@ func (a *agent) drain() {
 		default:
 			return
 		}
+	}
+}
+
+// crashTemps are the globs of the temp files the agent's own writers leave
+// in dataDir when killed in the middle of a write, each from its writer's
+// pattern. install.New removes them with its own leftovers (tmp/,
+// .stage-*, .current-*, digest marker temps; state.Open removes state/'s),
+// which run calls once it holds the data dir (agent.lock) and before
+// anything of its own writes. No other process writes these files then:
+// an agent that handed over to this one (README, "Upgrading the agent") has
+// stopped, released the lock and saved its state, and writes nothing here
+// but agent/upgrade.json, after this agent confirmed (or has exited).
+func crashTemps(dataDir string) []string {
+	return []string{
+		supervise.PIDFileTemp(filepath.Join(dataDir, "run", "*.pid")),
+		supervise.RotateTemp(filepath.Join(dataDir, "logs", "*.log")),
+		sockets.NotifyTemp(filepath.Join(dataDir, "notify"), "*"),
+		sockets.NotifyTemp(filepath.Join(dataDir, "notify-users"), "*"),
+		tlsutil.AtomicTemp(filepath.Join(dataDir, revocationsFile)),
+		tlsutil.AtomicTemp(filepath.Join(dataDir, "tls", "*")),
+		atomicTemp(upgradeRecordPath(dataDir)),
+		floorTemp(filepath.Join(floorsDir(dataDir), "*.json")),
 	}
 }
 

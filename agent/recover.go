@@ -102,6 +102,8 @@ func foundEpoch(found []*foundProc, epoch uint64) int {
 
 // removeStaleNotify removes the notify sockets an earlier agent left of
 // processes that no longer run (an agent killed with -9 leaves them).
+// Names starting with "." are sockets being bound (sockets.NotifyTemp):
+// those a kill left were removed at the start (crashTemps).
 func (a *agent) removeStaleNotify(keep map[string]bool) {
 	for _, dir := range []string{a.notifyDir(), a.notifyUsersDir()} {
 		entries, err := os.ReadDir(dir)

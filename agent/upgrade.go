@@ -84,10 +84,16 @@ func saveUpgradeRecord(dataDir string, rec *lifecycle.AgentUpgrade) error {
 	return nil
 }
 
-// writeFileAtomic writes path through a temp file beside it: fsync, rename,
-// fsync of the directory.
+// atomicTemp is the temp file writeFileAtomic writes path through: an
+// os.CreateTemp pattern beside it; path may be a glob (crashTemps).
+func atomicTemp(path string) string {
+	return filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+}
+
+// writeFileAtomic writes path through a temp file beside it (atomicTemp):
+// fsync, rename, fsync of the directory.
 func writeFileAtomic(path string, b []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(atomicTemp(path)))
 	if err != nil {
 		return err
 	}

@@ -73,8 +73,14 @@ type floorStore struct {
 }
 
 func newFloorStore(dataDir string) *floorStore {
-	return &floorStore{dir: filepath.Join(dataDir, "trust", "floors"), floors: map[string]floor{}}
+	return &floorStore{dir: floorsDir(dataDir), floors: map[string]floor{}}
 }
+
+func floorsDir(dataDir string) string { return filepath.Join(dataDir, "trust", "floors") }
+
+// floorTemp is the temp file raise writes the floor file path through;
+// path may be a glob (crashTemps).
+func floorTemp(path string) string { return path + ".tmp" }
 
 // maxFloorFileBytes bounds a floor file read from disk.
 const maxFloorFileBytes = 4 << 10
@@ -112,7 +118,7 @@ func (fs *floorStore) raise(service string, f floor) error {
 	}
 	b, _ := json.Marshal(f)
 	path := filepath.Join(fs.dir, service+".json")
-	tmp := path + ".tmp"
+	tmp := floorTemp(path)
 	err := func() error {
 		w, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 		if err != nil {

@@ -21,8 +21,9 @@
 // removing a release (Prune, or Stage replacing it) removes the marker
 // durably first, so a crash can leave a partial tree only without a marker,
 // which the next Stage of that version replaces. Temp names under
-// releases/<service>/ start with "." (versions never do), so the start-up
-// cleanup of ".stage-*" and ".current-*" cannot match a release or marker.
+// releases/<service>/ and its .sha256/ start with "." (versions never do),
+// so the start-up cleanup of ".stage-*", ".current-*" and ".sha256/.*.tmp"
+// cannot match a release or marker.
 //
 // It must not import the coordinator or etcd, nor decide anything about the
 // lifecycle: it only does the file work it is asked to do.
@@ -118,9 +119,16 @@ type Installer struct {
 }
 
 // New prepares the data dir (tmp/ and releases/), removes leftovers of an
-// earlier run (temp downloads, stale partial downloads and half-unpacked
-// releases) and returns an Installer.
-func New(dataDir string, lim Limits, log zerolog.Logger) (*Installer, error) {
+// earlier run (temp downloads, stale partial downloads, half-unpacked
+// releases, temp links and temp digest markers) and returns an Installer.
+//
+// leftovers are globs of the temp files the caller's own writers leave
+// when killed in the middle of a write (each writer's pattern, with "*"
+// for its names): New removes them with its own, in the one start-up
+// cleanup. Call it only while holding the data dir (the agent's lock),
+// before anything of this run writes: no other process may be writing a
+// file these globs match then.
+func New(dataDir string, lim Limits, log zerolog.Logger, leftovers ...string) (*Installer, error) {
 	abs, err := filepath.Abs(dataDir)
 	if err != nil {
 		return nil, fmt.Errorf("data dir %q: %w", dataDir, err)
@@ -137,15 +145,25 @@ func New(dataDir string, lim Limits, log zerolog.Logger) (*Installer, error) {
 	if err := in.cleanPartials(time.Now()); err != nil {
 		return nil, err
 	}
-	stale, _ := filepath.Glob(filepath.Join(in.releasesDir(), "*", ".stage-*"))
-	links, _ := filepath.Glob(filepath.Join(in.releasesDir(), "*", ".current-*"))
-	for _, p := range append(stale, links...) {
-		if isOldMarker(p) {
-			continue // the digest marker of a version named stage-* or current-*
+	globs := append([]string{
+		filepath.Join(in.releasesDir(), "*", ".stage-*"),
+		filepath.Join(in.releasesDir(), "*", ".current-*"),
+		markerTemp(in.markerPath("*", "*")),
+	}, leftovers...)
+	for _, g := range globs {
+		found, err := filepath.Glob(g)
+		if err != nil { // a data dir named like a malformed pattern
+			log.Warn().Err(err).Str("path", g).Msg("looking for leftovers of an interrupted write")
+			continue
 		}
-		log.Info().Str("path", p).Msg("removing leftover of an interrupted install")
-		if err := os.RemoveAll(p); err != nil {
-			return nil, fmt.Errorf("remove leftover %s: %w", p, err)
+		for _, p := range found {
+			if isOldMarker(p) {
+				continue // the digest marker of a version named stage-* or current-*
+			}
+			log.Info().Str("path", p).Msg("removing leftover of an interrupted write")
+			if err := os.RemoveAll(p); err != nil {
+				return nil, fmt.Errorf("remove leftover %s: %w", p, err)
+			}
 		}
 	}
 	return in, nil
@@ -509,10 +527,16 @@ func (in *Installer) Prune(service string, keep ...string) error {
 	return in.PruneKeeping(service, 0, keep...)
 }
 
-// writeFileSync writes path through a temp file beside it whose name starts
-// with "." (so it can never be the name of a version's marker).
+// markerTemp is the temp file writeFileSync writes path through: beside
+// it, its name starting with "." (so it can never be the name of a
+// version's marker). path may be a glob: New removes what a crash left.
+func markerTemp(path string) string {
+	return filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
+}
+
+// writeFileSync writes path through markerTemp(path).
 func writeFileSync(path string, b []byte) error {
-	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
+	tmp := markerTemp(path)
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return err

@@ -39,6 +39,9 @@ func TestMarkersSurviveRestartForAnyVersionName(t *testing.T) {
 	if err := os.Symlink("1.0.0", filepath.Join(in.serviceDir("web"), ".current-77")); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.WriteFile(markerTemp(in.markerPath("web", "2.0.0")), []byte("half"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	in, err = New(dir, Limits{}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
@@ -51,7 +54,7 @@ func TestMarkersSurviveRestartForAnyVersionName(t *testing.T) {
 			t.Fatalf("restage %s: %v", v, err)
 		}
 	}
-	for _, leftover := range []string{".stage-9-123", ".current-77"} {
+	for _, leftover := range []string{".stage-9-123", ".current-77", markerDirName + "/.2.0.0.tmp"} {
 		if _, err := os.Lstat(filepath.Join(in.serviceDir("web"), leftover)); !errors.Is(err, fs.ErrNotExist) {
 			t.Fatalf("leftover %s kept: %v", leftover, err)
 		}

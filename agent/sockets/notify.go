@@ -110,6 +110,12 @@ type received struct {
 	msg Message
 }
 
+// NotifyTemp is the name ListenNotify binds a notify socket under in dir
+// before renaming it into place; id is 12 random hex digits. With id "*"
+// it is a glob of them all: a kill between the bind and the rename leaves
+// the socket file (the agent's start-up removes it).
+func NotifyTemp(dir, id string) string { return filepath.Join(dir, "."+id+".tmp") }
+
 // ListenNotify creates the notify socket dir/name (mode 0600: only its
 // owner, and root, may send) and starts reading it. owner, when set, is
 // the user and group the socket is given to (a service's run.user, which
@@ -131,7 +137,7 @@ func ListenNotify(dir, name string, access Access, owner *syscall.Credential) (*
 	}
 	var rnd [6]byte
 	_, _ = rand.Read(rnd[:])
-	tmp := filepath.Join(filepath.Dir(path), "."+hex.EncodeToString(rnd[:])+".tmp")
+	tmp := NotifyTemp(filepath.Dir(path), hex.EncodeToString(rnd[:]))
 	if len(path) > 107 || len(tmp) > 107 {
 		return nil, fmt.Errorf("notify socket %s: path longer than the 107 bytes of a Unix socket address", path)
 	}

@@ -286,11 +286,19 @@ func readLimited(path string) ([]byte, error) {
 	return io.ReadAll(io.LimitReader(f, maxPIDFileBytes))
 }
 
-// writeFileAtomic writes data to path: temp file in the same directory,
-// fsync, rename, fsync of the directory.
+// PIDFileTemp is the temp file a PID file at path is written through: an
+// os.CreateTemp pattern beside it. path may be a glob ("run/*.pid"): the
+// result then matches the temp files of them all, which a kill in the
+// middle of a write leaves (the agent's start-up removes them).
+func PIDFileTemp(path string) string {
+	return filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+}
+
+// writeFileAtomic writes data to path: temp file in the same directory
+// (PIDFileTemp), fsync, rename, fsync of the directory.
 func writeFileAtomic(path string, data []byte) error {
 	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	f, err := os.CreateTemp(dir, filepath.Base(PIDFileTemp(path)))
 	if err != nil {
 		return fmt.Errorf("write pid file %s: %w", path, err)
 	}

@@ -258,11 +258,19 @@ func WriteKeyPair(certFile, keyFile string, certPEM, keyPEM []byte) error {
 	return WriteFileAtomic(certFile, certPEM, 0o644)
 }
 
-// WriteFileAtomic writes data to a temporary file in file's directory with
-// mode perm, syncs it, and renames it over file.
+// AtomicTemp is the temporary file WriteFileAtomic writes file through: an
+// os.CreateTemp pattern beside it. file may be a glob ("tls/*"): the result
+// then matches the temporary files of them all, which a kill in the middle
+// of a write leaves (for a start-up to remove).
+func AtomicTemp(file string) string {
+	return filepath.Join(filepath.Dir(file), "."+filepath.Base(file)+".tmp*")
+}
+
+// WriteFileAtomic writes data to a temporary file in file's directory
+// (AtomicTemp) with mode perm, syncs it, and renames it over file.
 func WriteFileAtomic(file string, data []byte, perm fs.FileMode) (err error) {
 	dir := filepath.Dir(file)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(file)+".tmp*")
+	tmp, err := os.CreateTemp(dir, filepath.Base(AtomicTemp(file)))
 	if err != nil {
 		return fmt.Errorf("write %s: %w", file, err)
 	}
