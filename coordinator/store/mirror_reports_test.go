@@ -11,6 +11,23 @@ import (
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
+// mirrorApply applies a watch event of key to m: a put of msg, or a
+// delete.
+func mirrorApply(t *testing.T, m *Mirror, typ mvccpb.Event_EventType, key string, msg proto.Message) {
+	t.Helper()
+	kv := &mvccpb.KeyValue{Key: []byte(key)}
+	if typ == mvccpb.PUT {
+		b, err := proto.Marshal(msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kv.Value = b
+	}
+	m.mu.Lock()
+	m.applyLocked(typ, kv)
+	m.mu.Unlock()
+}
+
 // TestMirrorReportsSortedSlice checks the mirror's compact per-host report
 // list (a sorted slice, not a map): puts in any order, replacing, deleting
 // the first, middle and last, and a host with none left.
@@ -18,17 +35,7 @@ func TestMirrorReportsSortedSlice(t *testing.T) {
 	m := NewMirror(nil, zerolog.Nop())
 	apply := func(typ mvccpb.Event_EventType, host, svc string, gen int64) {
 		t.Helper()
-		kv := &mvccpb.KeyValue{Key: []byte(ReportKey(host, svc))}
-		if typ == mvccpb.PUT {
-			b, err := proto.Marshal(&v1.ServiceReport{Service: svc, Generation: gen})
-			if err != nil {
-				t.Fatal(err)
-			}
-			kv.Value = b
-		}
-		m.mu.Lock()
-		m.applyLocked(typ, kv)
-		m.mu.Unlock()
+		mirrorApply(t, m, typ, ReportKey(host, svc), &v1.ServiceReport{Service: svc, Generation: gen})
 	}
 	list := func(host string) (out []string) {
 		for _, r := range m.Reports(host) {
@@ -77,17 +84,7 @@ func TestMirrorTokenBySecretHash(t *testing.T) {
 	m := NewMirror(nil, zerolog.Nop())
 	apply := func(typ mvccpb.Event_EventType, id, secret string) {
 		t.Helper()
-		kv := &mvccpb.KeyValue{Key: []byte(TokensPrefix + id)}
-		if typ == mvccpb.PUT {
-			b, err := proto.Marshal(&v1.Token{Id: id, SecretSha256: secret})
-			if err != nil {
-				t.Fatal(err)
-			}
-			kv.Value = b
-		}
-		m.mu.Lock()
-		m.applyLocked(typ, kv)
-		m.mu.Unlock()
+		mirrorApply(t, m, typ, TokensPrefix+id, &v1.Token{Id: id, SecretSha256: secret})
 	}
 	find := func(secret string) string {
 		v, ok := m.TokenBySecretHash(secret)
