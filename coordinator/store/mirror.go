@@ -172,7 +172,9 @@ func (m *Mirror) load(ctx context.Context) (int64, error) {
 }
 
 // mirroredPrefixes are the parts of the keyspace the mirror holds.
-var mirroredPrefixes = []string{ServicesPrefix, ReleasesPrefix, RolloutsPrefix, SplitRolloutsPrefix, HostsPrefix, ConnsPrefix, ReportsPrefix, TokensPrefix, CoordinatorsPrefix, RevocationsPrefix}
+// Blackouts were followed but not loaded (a coordinator started, or a
+// mirror reloaded, after a freeze was created did not see it).
+var mirroredPrefixes = []string{ServicesPrefix, ReleasesPrefix, RolloutsPrefix, SplitRolloutsPrefix, HostsPrefix, ConnsPrefix, ReportsPrefix, TokensPrefix, CoordinatorsPrefix, RevocationsPrefix, BlackoutsPrefix}
 
 func (m *Mirror) follow(ctx context.Context, rev int64) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))

@@ -418,3 +418,26 @@ func TestApplySpecDeletingAndDeleted(t *testing.T) {
 		t.Fatalf("apply of a deleted service: %+v %v", ap, err)
 	}
 }
+
+// TestMirrorLoadsBlackouts: a mirror started after a blackout was stored
+// has it (the watch alone brought blackouts: a coordinator started during
+// a freeze, or a mirror reloaded after a broken watch, ignored it).
+func TestMirrorLoadsBlackouts(t *testing.T) {
+	s := startStore(t)
+	ctx := context.Background()
+	now := time.Now()
+	rev, err := s.PutBlackout(ctx, &v1.Blackout{Id: "b1", From: timestamppb.New(now), To: timestamppb.New(now.Add(time.Hour))}, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := NewMirror(s, zerolog.Nop())
+	if _, err := m.load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if m.Rev() < rev {
+		t.Fatalf("loaded at %d, before the blackout (%d)", m.Rev(), rev)
+	}
+	if bs := m.Blackouts(); len(bs) != 1 || bs[0].GetId() != "b1" {
+		t.Fatalf("blackouts %v, want b1", bs)
+	}
+}
