@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -378,33 +379,13 @@ func (s *Store) eventsOfRevision(ctx context.Context, prefix string, rev, at int
 // order, read eventKeysPage at a time at revision at (0: now), and returns
 // the revision read at.
 func (s *Store) eventKeys(ctx context.Context, prefix string, at int64, fn func(key []byte, modRev int64) error) (int64, error) {
-	key, end := prefix, clientv3.GetPrefixRangeEnd(prefix)
 	page := eventKeysPage
 	if s.keysPage > 0 {
 		page = s.keysPage
 	}
-	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(int64(page)), clientv3.WithKeysOnly()}
-		if at != 0 {
-			opts = append(opts, clientv3.WithRev(at))
-		}
-		resp, err := s.c.Get(ctx, key, opts...)
-		if err != nil {
-			return 0, fmt.Errorf("list event keys under %s: %w", prefix, err)
-		}
-		if at == 0 {
-			at = resp.Header.Revision
-		}
-		for _, kv := range resp.Kvs {
-			if err := fn(kv.Key, kv.ModRevision); err != nil {
-				return 0, err
-			}
-		}
-		if !resp.More || len(resp.Kvs) == 0 {
-			return at, nil
-		}
-		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
-	}
+	return s.scan(ctx, prefix, at, scanOpts{keysOnly: true, first: page, maxKeys: page}, func(kv *mvccpb.KeyValue) error {
+		return fn(kv.Key, kv.ModRevision)
+	})
 }
 
 // bigRevisionError: revision rev wrote more event keys than a pass of
