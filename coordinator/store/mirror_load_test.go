@@ -238,8 +238,8 @@ func (h *hookKV) Get(ctx context.Context, key string, opts ...clientv3.OpOption)
 
 // TestMirrorLoadOverRecvLimit: the mirror loads prefixes larger than the
 // etcd client takes in one response (here a client of 1 MiB, pages of
-// 128 KiB: a release prefix of 1.3 MB, a rollout prefix of 2.7 MB whose
-// large records follow small ones, split rollouts, 1.5 MB of reports),
+// 128 KiB: releases, reports, and rollouts whose records of 860 KB follow
+// small ones, each prefix over 1 MiB; split rollouts of 860 KB),
 // and holds what etcd holds at the revision it loaded. One Get per prefix
 // failed here ("received message larger than max").
 func TestMirrorLoadOverRecvLimit(t *testing.T) {
