@@ -202,7 +202,7 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger, opts options) erro
 		return err
 	}
 	defer unlock()
-	inst, err := install.New(dataDir, install.Limits{MaxArtifactBytes: cfg.MaxArtifactBytes}, log, crashTemps(dataDir)...)
+	inst, err := install.New(dataDir, install.Limits{MaxArtifactBytes: cfg.MaxArtifactBytes}, log, crashTemps()...)
 	if err != nil {
 		return fmt.Errorf("data_dir: %w", err)
 	}
@@ -237,7 +237,7 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger, opts options) erro
 	a := &agent{
 		revs: revs,
 		cfg:  cfg, opts: opts, log: log, inst: inst, store: store,
-		rep:        newReporter(),
+		rep:        newReporter(opts.maxServices),
 		conns:      newConnHolder(),
 		rnd:        rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
 		httpClient: newAnalysisClient(),
@@ -336,16 +336,19 @@ func (a *agent) drain() {
 // an agent that handed over to this one (README, "Upgrading the agent") has
 // stopped, released the lock and saved its state, and writes nothing here
 // but agent/upgrade.json, after this agent confirmed (or has exited).
-func crashTemps(dataDir string) []string {
+// The globs are relative to the data dir, so that its own path is never
+// read as a pattern (a data dir named /x/agent[1] would match /x/agent1's
+// files: a review).
+func crashTemps() []string {
 	return []string{
-		supervise.PIDFileTemp(filepath.Join(dataDir, "run", "*.pid")),
-		supervise.RotateTemp(filepath.Join(dataDir, "logs", "*.log")),
-		sockets.NotifyTemp(filepath.Join(dataDir, "notify"), "*"),
-		sockets.NotifyTemp(filepath.Join(dataDir, "notify-users"), "*"),
-		tlsutil.AtomicTemp(filepath.Join(dataDir, revocationsFile)),
-		tlsutil.AtomicTemp(filepath.Join(dataDir, "tls", "*")),
-		atomicTemp(upgradeRecordPath(dataDir)),
-		floorTemp(filepath.Join(floorsDir(dataDir), "*.json")),
+		supervise.PIDFileTemp(filepath.Join("run", "*.pid")),
+		supervise.RotateTemp(filepath.Join("logs", "*.log")),
+		sockets.NotifyTemp("notify", "*"),
+		sockets.NotifyTemp("notify-users", "*"),
+		tlsutil.AtomicTemp(revocationsFile),
+		tlsutil.AtomicTemp(filepath.Join("tls", "*")),
+		atomicTemp(upgradeRecordPath(".")),
+		floorTemp(filepath.Join(floorsDir("."), "*.json")),
 	}
 }
 

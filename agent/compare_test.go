@@ -3,6 +3,7 @@ package agent
 import (
 	"testing"
 
+	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -11,7 +12,7 @@ import (
 // (the machine's report itself is not changed), and clearing it sends
 // nothing.
 func TestReporterCarriesMetrics(t *testing.T) {
-	r := newReporter()
+	r := newReporter(spec.MaxServicesPerHost)
 	m := &v1.MetricSummary{Version: "v1"}
 	r.setMetrics("web", m) // no report yet: nothing to send
 	if got := r.take(); len(got) != 0 {

@@ -326,6 +326,9 @@ type options struct {
 	metricsIdle          time.Duration
 	logRotate            time.Duration // how often service logs are checked for rotation
 	seed                 uint64        // 0 = from the clock
+	// maxServices is how many services the host takes and a Hello reports
+	// (spec.MaxServicesPerHost; tests lower it).
+	maxServices int
 
 	// Test hooks (nil in production).
 	saveHook  func(*lifecycle.Snapshot) error // runs before every state save; an error fails the save
@@ -360,5 +363,6 @@ func defaultOptions() options {
 		metricsMaxConnsPerIP: 8,
 		metricsIdle:          time.Minute,
 		logRotate:            30 * time.Second,
+		maxServices:          spec.MaxServicesPerHost,
 	}
 }

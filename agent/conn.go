@@ -15,7 +15,6 @@ import (
 	"github.com/fleetwave/fleetwave/agent/install"
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/internal/grpcwindow"
-	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
@@ -47,9 +46,16 @@ type reporter struct {
 	// failed (ahead.go), carried by every report of the service until a
 	// staging starts again.
 	stageFailed map[string]string
+	// removedSent says a service's REMOVED report went out (in a Hello or
+	// a report): it may be forgotten (forget). max is the most services a
+	// Hello reports.
+	removedSent map[string]bool
+	max         int
 }
 
-func newReporter() *reporter {
+// newReporter makes a reporter whose Hello reports at most max services
+// (spec.MaxServicesPerHost).
+func newReporter(max int) *reporter {
 	return &reporter{
 		latest:  map[string]*v1.ServiceReport{},
 		dirty:   map[string]bool{},
@@ -59,12 +65,24 @@ func newReporter() *reporter {
 		staged:  map[string]string{},
 
 		stageFailed: map[string]string{},
+		removedSent: map[string]bool{},
+		max:         max,
+	}
+}
+
+// sent notes that rep goes out.
+func (r *reporter) sent(rep *v1.ServiceReport) {
+	if rep.GetPhase() == v1.Phase_PHASE_REMOVED {
+		r.removedSent[rep.GetService()] = true
 	}
 }
 
 // put records a report to send.
 func (r *reporter) put(rep *v1.ServiceReport) {
 	r.mu.Lock()
+	if rep.GetPhase() != v1.Phase_PHASE_REMOVED {
+		delete(r.removedSent, rep.GetService())
+	}
 	r.latest[rep.GetService()] = r.stamp(rep)
 	r.dirty[rep.GetService()] = true
 	r.mu.Unlock()
@@ -188,30 +206,52 @@ func (r *reporter) hello(cfg Config) *v1.Hello {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	h := &v1.Hello{HostId: cfg.HostID, Labels: cfg.Labels, AgentVersion: cfg.AgentVersion}
-	// REMOVED reports are left out past spec.MaxServicesPerHost
-	// (coordinators refuse a longer Hello): a removal they did not see is
-	// assigned again, and done at once.
-	over := len(r.latest) - spec.MaxServicesPerHost
-	for _, name := range sortedKeys(r.latest) {
-		if rep := r.latest[name]; over <= 0 || rep.GetPhase() != v1.Phase_PHASE_REMOVED {
-			h.Services = append(h.Services, rep)
-		} else {
-			over--
+	// Past spec.MaxServicesPerHost (coordinators refuse a longer Hello)
+	// REMOVED reports are left out first, then (with more services than a
+	// host takes: states an older agent left) the last names; what is left
+	// out stays to be sent as reports after the Hello.
+	names := sortedKeys(r.latest)
+	over := len(names) - r.max
+	out := map[string]bool{}
+	for _, name := range names {
+		if len(out) < over && r.latest[name].GetPhase() == v1.Phase_PHASE_REMOVED {
+			out[name] = true
 		}
 	}
-	clear(r.dirty)
+	for i := len(names) - 1; i >= 0 && len(out) < over; i-- {
+		out[names[i]] = true
+	}
+	for _, name := range names {
+		if !out[name] {
+			h.Services = append(h.Services, r.latest[name])
+			r.sent(r.latest[name])
+		}
+	}
+	for name := range r.dirty {
+		if !out[name] {
+			delete(r.dirty, name)
+		}
+	}
+	for name := range out {
+		r.dirty[name] = true
+	}
+	if len(out) > 0 {
+		r.wake()
+	}
 	return h
 }
 
 // forget drops what the reporter holds of service (removed, and forgotten
-// by the agent) unless its latest report is still to be sent, and reports
-// whether it did.
+// by the agent) once its REMOVED report went out, and reports whether it
+// did.
 func (r *reporter) forget(service string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.dirty[service] {
+	if !r.removedSent[service] || r.latest[service].GetPhase() != v1.Phase_PHASE_REMOVED {
 		return false
 	}
+	delete(r.removedSent, service)
+	delete(r.dirty, service)
 	delete(r.latest, service)
 	delete(r.bad, service)
 	delete(r.metrics, service)
@@ -238,6 +278,7 @@ func (r *reporter) take() []*v1.ServiceReport {
 	var out []*v1.ServiceReport
 	for _, name := range sortedKeys(r.dirty) {
 		out = append(out, r.latest[name])
+		r.sent(r.latest[name])
 	}
 	clear(r.dirty)
 	return out

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetwave/fleetwave/agent/install"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -115,6 +116,47 @@ func TestStartRemovesCrashLeftovers(t *testing.T) {
 	for _, p := range live {
 		if !exists(p) {
 			t.Errorf("live file %s removed", p)
+		}
+	}
+}
+
+// TestLeftoverGlobsDoNotReadTheDataDirAsAPattern: the start-up cleanup's
+// globs are relative to the data dir. One named "agent[1]" removes its own
+// leftovers and nothing of the data dir "agent1" beside it (before, its
+// path was read as a pattern: another agent's PID file being written and
+// its release being unpacked were removed, and its own leftovers kept: a
+// review).
+func TestLeftoverGlobsDoNotReadTheDataDirAsAPattern(t *testing.T) {
+	base := t.TempDir()
+	other := filepath.Join(base, "agent1")  // another agent's data dir, live
+	mine := filepath.Join(base, "agent[1]") // this agent's
+	live := []string{
+		filepath.Join(other, "run", ".web.pid.tmp-123456"),
+		filepath.Join(other, "releases", "web", ".stage-2.0.0-1234", "x"),
+	}
+	own := []string{
+		filepath.Join(mine, "run", ".web.pid.tmp-123456"),
+		filepath.Join(mine, "releases", "web", ".stage-2.0.0-1234", "x"),
+	}
+	for _, p := range append(slices.Clone(live), own...) {
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := install.New(mine, install.Limits{}, testLogger(t), crashTemps()...); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range live {
+		if _, err := os.Lstat(p); err != nil {
+			t.Errorf("another data dir's live file %s removed: %v", p, err)
+		}
+	}
+	for _, p := range own {
+		if _, err := os.Lstat(p); !os.IsNotExist(err) {
+			t.Errorf("this data dir's leftover %s kept (%v)", p, err)
 		}
 	}
 }

@@ -212,19 +212,26 @@ func (a *agent) assign(list []*v1.Assignment) {
 	}
 	sort.Strings(names)
 	a.forgetRemoved() // remove.go
-	tracked := a.tracked()
+	allowed, running := a.servicesAllowed(newest, names)
+	entered := 0
 	for _, name := range names {
 		asg := newest[name]
 		s := a.services[name]
+		if !asg.GetRemove() && (s == nil || s.m.Phase() == v1.Phase_PHASE_REMOVED) {
+			if entered++; entered > allowed {
+				a.log.Error().Str("service", name).Int64("generation", asg.GetGeneration()).Int("services", running+allowed).
+					Msgf("assignment refused: the host would run more than %d services, the most it takes (a coordinator assigning more is misconfigured or compromised)", a.opts.maxServices)
+				continue
+			}
+		}
 		if s == nil {
-			if tracked >= spec.MaxServicesPerHost {
-				a.log.Error().Str("service", name).Int64("generation", asg.GetGeneration()).Int("services", tracked).
-					Msgf("assignment refused: the host runs %d services, the most it takes (a coordinator assigning more is misconfigured or compromised)", spec.MaxServicesPerHost)
+			if asg.GetRemove() && len(a.services) >= a.opts.maxServices+maxRemovedKept {
+				a.log.Error().Str("service", name).Int64("generation", asg.GetGeneration()).Int("services", len(a.services)).
+					Msg("removal of a service this host does not know refused: it tracks as many services as it may")
 				continue
 			}
 			s = &service{name: name, m: lifecycle.New(name)}
 			a.services[name] = s
-			tracked++
 		}
 		dir := a.inst.ReleaseDir(name, asg.GetRelease().GetVersion())
 		err := validateAssignment(asg, a.cfg.HostID, a.cfg.Labels, a.cfg.MaxArtifactBytes, dir)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/fleetwave/fleetwave/agent/analysis"
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
+	"github.com/fleetwave/fleetwave/internal/spec"
 	"github.com/fleetwave/fleetwave/internal/testkit"
 	"github.com/fleetwave/fleetwave/internal/testkit/promcheck"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
@@ -236,7 +237,7 @@ func TestRevertClass(t *testing.T) {
 // An install is counted once, when it ends; a recovery after a restart is
 // not an install; a revert is counted with its class.
 func TestTransitionCounts(t *testing.T) {
-	m := newAgentMetrics(newReporter())
+	m := newAgentMetrics(newReporter(spec.MaxServicesPerHost))
 	const (
 		idle, fetching, checking = v1.Phase_PHASE_IDLE, v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_CHECKING
 		healthy, failed          = v1.Phase_PHASE_HEALTHY, v1.Phase_PHASE_FAILED
@@ -306,7 +307,7 @@ func TestTransitionCounts(t *testing.T) {
 // Each evaluation replaces the service's analysis series; inconclusive
 // rules have a threshold and no value.
 func TestAnalysisSeriesReplaced(t *testing.T) {
-	m := newAgentMetrics(newReporter())
+	m := newAgentMetrics(newReporter(spec.MaxServicesPerHost))
 	m.analysis("web", []analysis.Result{
 		{RuleResult: lifecycle.RuleResult{Rule: "errors", Verdict: lifecycle.VerdictPass}, Value: 0.01, Threshold: 0.05},
 		{RuleResult: lifecycle.RuleResult{Rule: "old", Verdict: lifecycle.VerdictPass}, Value: 1, Threshold: 2},
@@ -352,7 +353,7 @@ func TestMetricsListenValidated(t *testing.T) {
 // straight to CHECKING) is an install: counted when it ends, like one that
 // began at FETCHING; its revert too.
 func TestInPlaceInstallCounted(t *testing.T) {
-	m := newAgentMetrics(newReporter())
+	m := newAgentMetrics(newReporter(spec.MaxServicesPerHost))
 	const (
 		checking, healthy       = v1.Phase_PHASE_CHECKING, v1.Phase_PHASE_HEALTHY
 		reverting, reverted     = v1.Phase_PHASE_REVERTING, v1.Phase_PHASE_REVERTED
@@ -408,7 +409,7 @@ func TestInPlaceInstallCounted(t *testing.T) {
 func TestMetricsListenerBounded(t *testing.T) {
 	serve := func(set func(*options)) string {
 		t.Helper()
-		a := &agent{cfg: Config{MetricsListen: "127.0.0.1:0"}, opts: testOptions(), log: testLogger(t), rep: newReporter()}
+		a := &agent{cfg: Config{MetricsListen: "127.0.0.1:0"}, opts: testOptions(), log: testLogger(t), rep: newReporter(spec.MaxServicesPerHost)}
 		addrc := make(chan string, 1)
 		a.opts.metricsReady = func(addr string) { addrc <- addr }
 		set(&a.opts)

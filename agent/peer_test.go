@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/fleetwave/fleetwave/agent/install"
+	"github.com/fleetwave/fleetwave/internal/spec"
 	"github.com/fleetwave/fleetwave/internal/testkit"
 	"github.com/fleetwave/fleetwave/internal/testkit/ports"
 	"github.com/fleetwave/fleetwave/internal/tlsutil"
@@ -74,7 +75,7 @@ func newPeerAgent(t *testing.T, pki *peerPKI, host string, serve bool) *agent {
 		t.Fatal(err)
 	}
 	cert, key := pki.pair(t, tlsutil.Identity{Kind: tlsutil.KindAgent, Name: host})
-	rep := newReporter()
+	rep := newReporter(spec.MaxServicesPerHost)
 	a := &agent{
 		cfg: Config{HostID: host, DataDir: dir, TLSCA: pki.caFile, TLSCert: cert, TLSKey: key,
 			PeerMaxUploads: DefaultPeerMaxUploads, PeerUploadRate: DefaultPeerUploadRate},

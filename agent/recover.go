@@ -25,6 +25,12 @@ import (
 // then carries that out like any other actions.
 func (a *agent) recover(saved []*state.Saved) {
 	now := time.Now()
+	if len(saved) > a.opts.maxServices {
+		// States an older agent (or a hand) left: all are recovered, but a
+		// Hello reports at most spec.MaxServicesPerHost (conn.go), and no
+		// service is taken in until the host runs fewer.
+		a.log.Error().Int("services", len(saved)).Msgf("the host runs more than %d services, the most a host takes: remove some (fleetwave service delete, or selectors)", a.opts.maxServices)
+	}
 	keepNotify := map[string]bool{}
 	for _, sv := range saved {
 		snap := sv.Snapshot

@@ -20,6 +20,7 @@ import (
 	"github.com/fleetwave/fleetwave/agent/install"
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/agent/state"
+	"github.com/fleetwave/fleetwave/internal/spec"
 	"github.com/fleetwave/fleetwave/internal/testkit"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"github.com/rs/zerolog"
@@ -137,7 +138,7 @@ func newLoopAgent(t *testing.T) *agent {
 	a := &agent{
 		cfg:  Config{HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: dir, MaxArtifactBytes: DefaultMaxArtifactBytes},
 		opts: testOptions(), log: testLogger(t), inst: inst, store: store,
-		rep: newReporter(), conns: newConnHolder(), rnd: rand.New(rand.NewPCG(1, 2)),
+		rep: newReporter(spec.MaxServicesPerHost), conns: newConnHolder(), rnd: rand.New(rand.NewPCG(1, 2)),
 		services: map[string]*service{}, events: make(chan any, 64), stopping: make(chan struct{}), ctx: ctx,
 	}
 	t.Cleanup(func() {

@@ -78,15 +78,23 @@ func (a *agent) forgetRemoved() {
 	a.removed = kept
 }
 
-// tracked is how many services the agent tracks that are not removed.
-func (a *agent) tracked() int {
-	n := 0
-	for _, s := range a.services {
-		if s.m.Phase() != v1.Phase_PHASE_REMOVED {
-			n++
+// servicesAllowed is how many services an assignment set (newest, its
+// names) may bring in (new names, or removed services assigned again)
+// within spec.MaxServicesPerHost, given running: the services not removed
+// that the set does not remove (a service it removes makes room).
+func (a *agent) servicesAllowed(newest map[string]*v1.Assignment, names []string) (allowed, running int) {
+	for name, s := range a.services {
+		if s.m.Phase() != v1.Phase_PHASE_REMOVED && !newest[name].GetRemove() {
+			running++
 		}
 	}
-	return n
+	entering := 0
+	for _, name := range names {
+		if s := a.services[name]; !newest[name].GetRemove() && (s == nil || s.m.Phase() == v1.Phase_PHASE_REMOVED) {
+			entering++
+		}
+	}
+	return min(entering, max(0, a.opts.maxServices-running)), running
 }
 
 // persistRemoved deletes the state of a service whose REMOVED snapshot is

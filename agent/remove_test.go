@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -189,7 +190,7 @@ func TestServicesPerHostBounded(t *testing.T) {
 // spec.MaxServicesPerHost services: REMOVED reports go first (a removal a
 // coordinator did not see is assigned again, and done at once).
 func TestHelloLeavesOutRemovedPastTheBound(t *testing.T) {
-	r := newReporter()
+	r := newReporter(spec.MaxServicesPerHost)
 	for i := range spec.MaxServicesPerHost - 2 {
 		r.put(&v1.ServiceReport{Service: fmt.Sprintf("svc-%04d", i), Phase: v1.Phase_PHASE_HEALTHY})
 	}
@@ -206,4 +207,104 @@ func TestHelloLeavesOutRemovedPastTheBound(t *testing.T) {
 	if len(h.GetServices()) != spec.MaxServicesPerHost || removed != 2 {
 		t.Fatalf("hello of %d services (%d removed), want %d with 2 removed", len(h.GetServices()), removed, spec.MaxServicesPerHost)
 	}
+	// The three left out go as reports after the hello.
+	if rest := r.take(); len(rest) != 3 || rest[0].GetPhase() != v1.Phase_PHASE_REMOVED {
+		t.Fatalf("after the hello %d reports to send (%v), want the 3 removed ones left out", len(rest), rest)
+	}
+	// More services than a host takes (states an older agent left): the
+	// last names are left out too, and sent after.
+	r = newReporter(3)
+	for _, n := range []string{"a", "b", "c", "d", "e"} {
+		r.put(&v1.ServiceReport{Service: n, Phase: v1.Phase_PHASE_HEALTHY})
+	}
+	h = r.hello(Config{HostID: testHostID})
+	if len(h.GetServices()) != 3 || h.GetServices()[2].GetService() != "c" {
+		t.Fatalf("hello %v, want a, b and c", h.GetServices())
+	}
+	if rest := r.take(); len(rest) != 2 || rest[0].GetService() != "d" {
+		t.Fatalf("after the hello %v, want d and e to send", rest)
+	}
+}
+
+// TestServicesPerHostCountsWhatASetLeaves: the bound counts the services a
+// set leaves running. A removed service assigned again counts as one
+// brought in (with the host full, a new name in the same set is refused);
+// a set that removes one service makes room for a new one at once, while
+// the removal still runs. (Before, a removed service assigned again was
+// not counted, so a host could take 1,001 and be cut off, and a set
+// swapping one service for another at the bound refused the new one for
+// good, the coordinator sending that set once: a review.)
+func TestServicesPerHostCountsWhatASetLeaves(t *testing.T) {
+	fc := newFakeCoordinator(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, DataDir: t.TempDir(), AgentVersion: "test"}
+	opts := testOptions()
+	const bound = 20 // spec.MaxServicesPerHost: TestServicesPerHostBounded
+	opts.maxServices = bound
+	done := runAgent(t, ctx, cfg, opts)
+	name := func(i int) string { return fmt.Sprintf("svc-%04d", i) }
+	// marker sorts after every service: its report says the set was taken
+	// (names are taken in order).
+	marker := func(gen int64) *v1.Assignment {
+		return &v1.Assignment{Service: "zz-marker", Generation: gen, Remove: true}
+	}
+	markerDone := func(gen int64) func([]*v1.Hello, []*v1.ServiceReport) bool {
+		return func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+			r := lastReport(rs, "zz-marker")
+			return r.GetPhase() == v1.Phase_PHASE_REMOVED && r.GetGeneration() == gen
+		}
+	}
+	reported := func(svc string) *v1.ServiceReport {
+		fc.mu.Lock()
+		defer fc.mu.Unlock()
+		return lastReport(fc.reports, svc)
+	}
+
+	// svc-0000 removed, 999 others (invalid: FAILED, persisted).
+	set := []*v1.Assignment{{Service: name(0), Generation: 1, Remove: true}}
+	for i := 1; i < bound; i++ {
+		set = append(set, &v1.Assignment{Service: name(i), Generation: 1})
+	}
+	// Each set a fresh slice: the fake coordinator compares it with the
+	// last one it sent.
+	with := func(extra ...*v1.Assignment) []*v1.Assignment { return append(slices.Clone(set), extra...) }
+	fc.assign(with(marker(1))...)
+	fc.waitFor(t, "the first set taken", 2*time.Minute, markerDone(1))
+
+	// svc-0000 assigned again and a new svc-1000: room for one, the first.
+	set[0] = &v1.Assignment{Service: name(0), Generation: 2}
+	fc.assign(with(&v1.Assignment{Service: name(bound), Generation: 1}, marker(2))...)
+	fc.waitFor(t, "the second set taken", 2*time.Minute, markerDone(2))
+	if r := reported(name(0)); r.GetGeneration() != 2 {
+		t.Fatalf("%s assigned again: last report %v, want it taken (generation 2)", name(0), r)
+	}
+	if r := reported(name(bound)); r != nil {
+		t.Fatalf("%s past the bound taken: %v", name(bound), r)
+	}
+
+	// svc-0001 removed and svc-1000 brought in by one set: taken at once.
+	set[1] = &v1.Assignment{Service: name(1), Generation: 2, Remove: true}
+	fc.assign(with(&v1.Assignment{Service: name(bound), Generation: 1}, marker(3))...)
+	fc.waitFor(t, "the swap taken", 2*time.Minute, func(hs []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return markerDone(3)(hs, rs) && lastReport(rs, name(bound)) != nil &&
+			lastReport(rs, name(1)).GetPhase() == v1.Phase_PHASE_REMOVED
+	})
+
+	fc2 := reconnect(t, fc)
+	fc2.waitFor(t, "a new hello", time.Minute, func(hs []*v1.Hello, _ []*v1.ServiceReport) bool { return len(hs) > 0 })
+	fc2.mu.Lock()
+	hello := fc2.hellos[0]
+	fc2.mu.Unlock()
+	running := 0
+	for _, r := range hello.GetServices() {
+		if r.GetPhase() != v1.Phase_PHASE_REMOVED {
+			running++
+		}
+	}
+	if len(hello.GetServices()) > bound || running != bound {
+		t.Fatalf("the hello reports %d services, %d not removed; want at most %d, %d not removed", len(hello.GetServices()), running, bound, bound)
+	}
+	cancel()
+	waitDone(t, done)
 }

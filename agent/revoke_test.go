@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fleetwave/fleetwave/internal/revocation"
+	"github.com/fleetwave/fleetwave/internal/spec"
 	"github.com/fleetwave/fleetwave/internal/testkit"
 	"github.com/fleetwave/fleetwave/internal/testkit/ports"
 	"github.com/fleetwave/fleetwave/internal/tlsutil"
@@ -490,7 +491,7 @@ func TestRevisionStaysBehindRefusedRevocation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &agent{cfg: cfg, log: zerolog.Nop(), revs: r, rep: newReporter()}
+	a := &agent{cfg: cfg, log: zerolog.Nop(), revs: r, rep: newReporter(spec.MaxServicesPerHost)}
 	rev := func(id string, revoked, expires time.Time) *v1.Revocation {
 		return &v1.Revocation{Identity: id, RevokedAt: timestamppb.New(revoked), RevokedBy: "operator:admin", ExpiresAt: timestamppb.New(expires)}
 	}

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
@@ -159,7 +160,7 @@ func TestBackoff(t *testing.T) {
 }
 
 func TestReporterCoalescesAndHelloClears(t *testing.T) {
-	r := newReporter()
+	r := newReporter(spec.MaxServicesPerHost)
 	r.put(&v1.ServiceReport{Service: "b", Generation: 1})
 	r.put(&v1.ServiceReport{Service: "a", Generation: 1})
 	r.put(&v1.ServiceReport{Service: "b", Generation: 2})

@@ -547,7 +547,7 @@ func TestUpgradeWithdrawnMidPrepareDoesNotHandOver(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			for _, prepared := range []bool{false, true} {
-				a := &agent{cfg: Config{DataDir: t.TempDir(), AgentVersion: "v0.1.0", MaxArtifactBytes: 1 << 20}, rep: newReporter(), log: zerolog.Nop()}
+				a := &agent{cfg: Config{DataDir: t.TempDir(), AgentVersion: "v0.1.0", MaxArtifactBytes: 1 << 20}, rep: newReporter(spec.MaxServicesPerHost), log: zerolog.Nop()}
 				up := &v1.Assignment{Service: spec.AgentService, Generation: 2,
 					Release: &v1.Release{Version: "v0.2.0", Artifact: &v1.Artifact{Sha256: strings.Repeat("e", 64), Size: 10}}}
 				cancelled := false

@@ -92,6 +92,10 @@ func (o *operator) GetStats(ctx context.Context, req *v1.GetStatsRequest) (*v1.G
 	if s := req.GetSince(); s != nil && (s.CheckValid() != nil || s.AsDuration() < 0) {
 		return nil, status.Errorf(codes.InvalidArgument, "since: %v is not a positive duration", s)
 	}
+	if req.GetDaily() && req.GetSince().AsDuration() > stats.MaxDailySince {
+		// A count per day per service: bounded.
+		return nil, status.Errorf(codes.InvalidArgument, "since: %v with daily, at most %v (%d days)", req.GetSince().AsDuration(), stats.MaxDailySince, stats.MaxDailySince/(24*time.Hour))
+	}
 	if err := o.sync(ctx); err != nil {
 		return nil, grpcErr(err)
 	}

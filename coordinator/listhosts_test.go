@@ -8,6 +8,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/fleetwave/fleetwave/coordinator/store"
 	"github.com/fleetwave/fleetwave/internal/hostlist"
@@ -95,5 +96,26 @@ func TestListHostsPagesAndService(t *testing.T) {
 	} {
 		_, err := op.ListHosts(ctx, c.req)
 		wantCode(t, fmt.Sprint(c.req), err, codes.InvalidArgument, c.want)
+	}
+}
+
+// TestGetStatsDailyBounded: the days GetStats counts are bounded (a count
+// per day of the window for every service: a viewer asking for 290 years
+// made 105,850 per service; review), and its answer has one per day.
+func TestGetStatsDailyBounded(t *testing.T) {
+	op := v1.NewOperatorServiceClient(startCoordinator(t))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: &v1.ServiceSpec{Name: "web", Run: &v1.RunSpec{Command: []string{"./run"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := op.GetStats(ctx, &v1.GetStatsRequest{Daily: true, Since: durationpb.New(367 * 24 * time.Hour)})
+	wantCode(t, "daily over 367 days", err, codes.InvalidArgument, "since: 8808h0m0s with daily, at most 8784h0m0s (366 days)")
+	resp, err := op.GetStats(ctx, &v1.GetStatsRequest{Daily: true, Since: durationpb.New(366 * 24 * time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(resp.GetFleet().GetDays()); n != 366 || len(resp.GetServices()) != 1 || len(resp.GetServices()[0].GetDays()) != 366 {
+		t.Fatalf("days: fleet %d, services %v; want 366 each", n, resp.GetServices())
 	}
 }

@@ -122,9 +122,9 @@ type Installer struct {
 // earlier run (temp downloads, stale partial downloads, half-unpacked
 // releases, temp links and temp digest markers) and returns an Installer.
 //
-// leftovers are globs of the temp files the caller's own writers leave
-// when killed in the middle of a write (each writer's pattern, with "*"
-// for its names): New removes them with its own, in the one start-up
+// leftovers are globs, relative to dataDir, of the temp files the caller's
+// own writers leave when killed in the middle of a write (each writer's
+// pattern, with "*" for its names): New removes them with its own, in the one start-up
 // cleanup. Call it only while holding the data dir (the agent's lock),
 // before anything of this run writes: no other process may be writing a
 // file these globs match then.
@@ -145,18 +145,24 @@ func New(dataDir string, lim Limits, log zerolog.Logger, leftovers ...string) (*
 	if err := in.cleanPartials(time.Now()); err != nil {
 		return nil, err
 	}
+	// Globs relative to the data dir (its own path is never a pattern).
+	marker, err := filepath.Rel(in.dataDir, markerTemp(in.markerPath("*", "*")))
+	if err != nil {
+		return nil, fmt.Errorf("digest marker temps under %s: %w", in.dataDir, err)
+	}
 	globs := append([]string{
-		filepath.Join(in.releasesDir(), "*", ".stage-*"),
-		filepath.Join(in.releasesDir(), "*", ".current-*"),
-		markerTemp(in.markerPath("*", "*")),
+		filepath.Join("releases", "*", ".stage-*"),
+		filepath.Join("releases", "*", ".current-*"),
+		marker,
 	}, leftovers...)
+	root := os.DirFS(in.dataDir)
 	for _, g := range globs {
-		found, err := filepath.Glob(g)
-		if err != nil { // a data dir named like a malformed pattern
-			log.Warn().Err(err).Str("path", g).Msg("looking for leftovers of an interrupted write")
-			continue
+		found, err := fs.Glob(root, g)
+		if err != nil {
+			return nil, fmt.Errorf("leftovers %s under %s: %w", g, in.dataDir, err)
 		}
-		for _, p := range found {
+		for _, rel := range found {
+			p := filepath.Join(in.dataDir, rel)
 			if isOldMarker(p) {
 				continue // the digest marker of a version named stage-* or current-*
 			}

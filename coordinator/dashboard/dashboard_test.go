@@ -626,11 +626,13 @@ func TestLiveBoardsCoalesced(t *testing.T) {
 	const states = 40
 	var first atomic.Bool
 	d.api.watchRollout = func(_ *v1.WatchRolloutRequest, stream v1.OperatorService_WatchRolloutServer) error {
-		from := 0
 		if !first.CompareAndSwap(false, true) {
-			from = states - 1 // a later watch: the rollout has ended
+			// A later watch shows nothing: the last state must come from
+			// the first one.
+			<-stream.Context().Done()
+			return nil
 		}
-		for i := from; i < states; i++ {
+		for i := 0; i < states; i++ {
 			r := testRollout()
 			r.Reason = fmt.Sprintf("state %d", i)
 			if i == states-1 {

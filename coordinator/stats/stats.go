@@ -26,6 +26,10 @@ type ServiceHistory struct {
 	Events   []*v1.Event
 }
 
+// MaxDailySince is the longest window whose days Compute counts (a count
+// per day of it for every service and the fleet).
+const MaxDailySince = 366 * day
+
 // Compute returns the figures of every service in `in` (sorted by name;
 // histories with the same name are merged) and of the fleet, over the window
 // [now-since, now], as defined in the package documentation; with daily,
@@ -37,7 +41,7 @@ func Compute(in []ServiceHistory, now time.Time, since time.Duration, daily bool
 	}
 	w := window{from: now.Add(-since), to: now, since: since}
 	if daily {
-		w.days = int((since + day - 1) / day)
+		w.days = int((min(since, MaxDailySince) + day - 1) / day)
 	}
 
 	byName := map[string]*ServiceHistory{}
