@@ -217,7 +217,7 @@ func (a *agent) assign(list []*v1.Assignment) {
 	for _, name := range names {
 		asg := newest[name]
 		s := a.services[name]
-		if !asg.GetRemove() && (s == nil || s.m.Phase() == v1.Phase_PHASE_REMOVED) {
+		if bringsIn(s, asg) {
 			if entered++; entered > allowed {
 				a.log.Error().Str("service", name).Int64("generation", asg.GetGeneration()).Int("services", running+allowed).
 					Msgf("assignment refused: the host would run more than %d services, the most it takes (a coordinator assigning more is misconfigured or compromised)", a.opts.maxServices)

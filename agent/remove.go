@@ -90,11 +90,17 @@ func (a *agent) servicesAllowed(newest map[string]*v1.Assignment, names []string
 	}
 	entering := 0
 	for _, name := range names {
-		if s := a.services[name]; !newest[name].GetRemove() && (s == nil || s.m.Phase() == v1.Phase_PHASE_REMOVED) {
+		if bringsIn(a.services[name], newest[name]) {
 			entering++
 		}
 	}
 	return min(entering, max(0, a.opts.maxServices-running)), running
+}
+
+// bringsIn says asg brings a service in: a new name (s nil), or a removed
+// service assigned again.
+func bringsIn(s *service, asg *v1.Assignment) bool {
+	return !asg.GetRemove() && (s == nil || s.m.Phase() == v1.Phase_PHASE_REMOVED)
 }
 
 // persistRemoved deletes the state of a service whose REMOVED snapshot is

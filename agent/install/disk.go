@@ -38,28 +38,32 @@ func (in *Installer) FreeBytes() (uint64, error) {
 	return st.Bavail * uint64(st.Bsize), nil
 }
 
-// CheckFetchSpace refuses a fetch of want when the data dir's filesystem
-// has less than FreeSpaceFactor times its size free, less what its partial
-// download (partial.go) holds already (a host whose download broke near
-// the limit was refused by its own kept bytes until they were pruned),
-// with an error naming the filesystem, what is free and what is needed.
-func (in *Installer) CheckFetchSpace(want Artifact) error {
-	return in.checkFreeSpace(want.Size, min(in.PartialBytes(want.SHA256), max(want.Size, 0)))
-}
-
-// ReserveFetchSpace is CheckFetchSpace for a fetch about to start: the
-// space it needs is reserved until release is called (when its fetch, or
-// its fetch and unpack, ended), and a fetch that fits the free space only
-// with the others' reservations left out waits for them to end (or ctx),
-// instead of all of them passing the same check at once and filling the
-// disk (five services at once on a nearly full disk: a review). One that
-// does not fit the free space alone is refused at once.
+// ReserveFetchSpace refuses a fetch of want when the data dir's
+// filesystem has less than FreeSpaceFactor times its size free, less what
+// its partial download (partial.go) holds already (a host whose download
+// broke near the limit was refused by its own kept bytes until they were
+// pruned), with an error naming the filesystem, what is free and what is
+// needed. Otherwise that space is reserved until release is called (when
+// its fetch, or its fetch and unpack, ended): a fetch that fits the free
+// space only with the others' reservations left out waits for them to end
+// (or ctx), instead of all of them passing the same check at once and
+// filling the disk (five services at once on a nearly full disk: a
+// review).
 func (in *Installer) ReserveFetchSpace(ctx context.Context, want Artifact) (release func(), err error) {
-	kept := min(in.PartialBytes(want.SHA256), max(want.Size, 0))
-	need := uint64(max(want.Size, 0))*FreeSpaceFactor - uint64(kept)
+	size := max(want.Size, 0)
+	kept := min(in.PartialBytes(want.SHA256), size)
+	need := uint64(size)*FreeSpaceFactor - uint64(kept)
 	for {
 		in.spaceMu.Lock()
-		free, err := in.freeFor(want.Size, kept)
+		free, err := in.FreeBytes()
+		if err == nil && free < need {
+			downloaded := ""
+			if kept > 0 {
+				downloaded = fmt.Sprintf(", %s of the download on disk already", bytesText(uint64(kept)))
+			}
+			err = fmt.Errorf("%w on the filesystem of %s: %s free, need %s (%d × the artifact's %s: download, unpack and margin%s)",
+				ErrDiskSpace, in.dataDir, bytesText(free), bytesText(need), FreeSpaceFactor, bytesText(uint64(size)), downloaded)
+		}
 		if err != nil {
 			in.spaceMu.Unlock()
 			return nil, err
@@ -83,30 +87,6 @@ func (in *Installer) ReserveFetchSpace(ctx context.Context, want Artifact) (rele
 			return nil, fmt.Errorf("wait for free space (%s reserved by other fetches): %w", bytesText(need), context.Cause(ctx))
 		}
 	}
-}
-
-func (in *Installer) checkFreeSpace(size, kept int64) error {
-	_, err := in.freeFor(size, kept)
-	return err
-}
-
-// freeFor returns the free bytes, or an error when they are fewer than a
-// fetch of size (kept of it on disk already) needs.
-func (in *Installer) freeFor(size, kept int64) (uint64, error) {
-	free, err := in.FreeBytes()
-	if err != nil {
-		return 0, err
-	}
-	need := uint64(max(size, 0))*FreeSpaceFactor - uint64(kept)
-	if free < need {
-		downloaded := ""
-		if kept > 0 {
-			downloaded = fmt.Sprintf(", %s of the download on disk already", bytesText(uint64(kept)))
-		}
-		return 0, fmt.Errorf("%w on the filesystem of %s: %s free, need %s (%d × the artifact's %s: download, unpack and margin%s)",
-			ErrDiskSpace, in.dataDir, bytesText(free), bytesText(need), FreeSpaceFactor, bytesText(uint64(max(size, 0))), downloaded)
-	}
-	return free, nil
 }
 
 // bytesText renders a byte count for people (binary units).

@@ -69,6 +69,16 @@ func TestPruneKeepsTheNewest(t *testing.T) {
 	}
 }
 
+// checkSpace is ReserveFetchSpace's answer for want, its space released at
+// once.
+func checkSpace(in *Installer, want Artifact) error {
+	release, err := in.ReserveFetchSpace(context.Background(), want)
+	if err == nil {
+		release()
+	}
+	return err
+}
+
 // TestCheckFreeSpace: a fetch needs FreeSpaceFactor times the artifact's
 // size free on the data dir's filesystem; the refusal names the
 // filesystem, what is free and what is needed.
@@ -78,10 +88,10 @@ func TestCheckFreeSpace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := in.CheckFetchSpace(Artifact{Size: int64(free / 6)}); err != nil {
+	if err := checkSpace(in, Artifact{Size: int64(free / 6)}); err != nil {
 		t.Fatalf("a sixth of the free space (%d bytes): %v", free/6, err)
 	}
-	err = in.CheckFetchSpace(Artifact{Size: int64(free / 2)})
+	err = checkSpace(in, Artifact{Size: int64(free / 2)})
 	if !errors.Is(err, ErrDiskSpace) || !strings.Contains(err.Error(), "on the filesystem of "+in.dataDir) ||
 		!strings.Contains(err.Error(), "(3 × the artifact's") {
 		t.Fatalf("half the free space: %v", err)
@@ -93,10 +103,10 @@ func TestCheckFreeSpace(t *testing.T) {
 		return nil
 	}
 	want := "not enough free space on the filesystem of " + in.dataDir + ": 10.0 MiB free, need 12.0 MiB (3 × the artifact's 4.0 MiB: download, unpack and margin)"
-	if err := in.CheckFetchSpace(Artifact{Size: 4 << 20}); err == nil || err.Error() != want {
+	if err := checkSpace(in, Artifact{Size: 4 << 20}); err == nil || err.Error() != want {
 		t.Fatalf("err %v\nwant %s", err, want)
 	}
-	if err := in.CheckFetchSpace(Artifact{Size: 3 << 20}); err != nil {
+	if err := checkSpace(in, Artifact{Size: 3 << 20}); err != nil {
 		t.Fatalf("9 MiB of 10: %v", err)
 	}
 }
@@ -117,13 +127,13 @@ func TestCheckFreeSpaceOnASmallFilesystem(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := in.CheckFetchSpace(Artifact{Size: 2 << 20}); err != nil {
+	if err := checkSpace(in, Artifact{Size: 2 << 20}); err != nil {
 		t.Fatalf("2 MiB on an empty 8 MiB filesystem: %v", err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "data", "ballast"), make([]byte, 4<<20), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := in.CheckFetchSpace(Artifact{Size: 2 << 20}); !errors.Is(err, ErrDiskSpace) || !strings.Contains(err.Error(), "need 6.0 MiB") {
+	if err := checkSpace(in, Artifact{Size: 2 << 20}); !errors.Is(err, ErrDiskSpace) || !strings.Contains(err.Error(), "need 6.0 MiB") {
 		t.Fatalf("2 MiB with 4 MiB free: %v", err)
 	}
 }

@@ -409,7 +409,7 @@ func TestFetchSpaceCountsThePartial(t *testing.T) {
 		st.Bavail, st.Bsize = 2560, 4096 // 10 MiB: 12 MiB less the 2 kept
 		return nil
 	}
-	if err := in.CheckFetchSpace(want); err != nil {
+	if err := checkSpace(in, want); err != nil {
 		t.Fatalf("with 2 MiB of 4 kept: %v", err)
 	}
 	statfs = func(_ string, st *syscall.Statfs_t) error {
@@ -417,7 +417,7 @@ func TestFetchSpaceCountsThePartial(t *testing.T) {
 		return nil
 	}
 	wantErr := "not enough free space on the filesystem of " + in.dataDir + ": 9.0 MiB free, need 10.0 MiB (3 × the artifact's 4.0 MiB: download, unpack and margin, 2.0 MiB of the download on disk already)"
-	if err := in.CheckFetchSpace(want); err == nil || err.Error() != wantErr {
+	if err := checkSpace(in, want); err == nil || err.Error() != wantErr {
 		t.Fatalf("err %v\nwant %s", err, wantErr)
 	}
 }

@@ -62,7 +62,7 @@ func Compute(in []ServiceHistory, now time.Time, since time.Duration, daily bool
 		From: timestamppb.New(w.from),
 		To:   timestamppb.New(w.to),
 	}
-	fleet := &acc{}
+	fleet := newAcc(w)
 	for _, name := range names {
 		a := collect(byName[name], w)
 		resp.Services = append(resp.Services, a.result(name, w))
@@ -104,15 +104,14 @@ type acc struct {
 	days []*v1.DayCount
 }
 
-// day returns the count of the day of end (window.dayOf).
-func (a *acc) day(w window, end time.Time) *v1.DayCount {
-	if a.days == nil {
-		a.days = make([]*v1.DayCount, w.days)
-		for i := range a.days {
-			a.days[i] = &v1.DayCount{}
-		}
+// newAcc is an empty accumulator for window w (its days counted when w
+// asks for them).
+func newAcc(w window) *acc {
+	a := &acc{days: make([]*v1.DayCount, w.days)}
+	for i := range a.days {
+		a.days[i] = &v1.DayCount{}
 	}
-	return a.days[w.dayOf(end)]
+	return a
 }
 
 func (a *acc) add(b *acc) {
@@ -131,17 +130,9 @@ func (a *acc) add(b *acc) {
 	if b.hasFirst && (!a.hasFirst || b.first.Before(a.first)) {
 		a.first, a.hasFirst = b.first, true
 	}
-	if b.days != nil {
-		if a.days == nil {
-			a.days = make([]*v1.DayCount, len(b.days))
-			for i := range a.days {
-				a.days[i] = &v1.DayCount{}
-			}
-		}
-		for i, d := range b.days {
-			a.days[i].Succeeded += d.GetSucceeded()
-			a.days[i].Failed += d.GetFailed()
-		}
+	for i, d := range b.days {
+		a.days[i].Succeeded += d.GetSucceeded()
+		a.days[i].Failed += d.GetFailed()
 	}
 }
 
@@ -161,11 +152,6 @@ func (a *acc) result(service string, w window) *v1.DeployStats {
 		Bake:            durStats(a.bake),
 		TimeToRestore:   durStats(a.restore),
 		Days:            a.days,
-	}
-	if ds.Days == nil && w.days > 0 {
-		for range w.days {
-			ds.Days = append(ds.Days, &v1.DayCount{})
-		}
 	}
 	if a.hasFirst {
 		span := w.since
@@ -211,7 +197,7 @@ func nearestRank(sorted []time.Duration, p int) time.Duration {
 
 // collect computes one service's counts and samples.
 func collect(h *ServiceHistory, w window) *acc {
-	a := &acc{}
+	a := newAcc(w)
 	releases := map[string]*v1.Release{}
 	for _, r := range h.Releases {
 		if r == nil {
@@ -256,7 +242,7 @@ func collect(h *ServiceHistory, w window) *acc {
 		rb, undone := undoneBy[i]
 		var day *v1.DayCount
 		if w.days > 0 {
-			day = a.day(w, end)
+			day = a.days[w.dayOf(end)]
 		}
 		switch r.GetState() {
 		case v1.RolloutState_ROLLOUT_STATE_SUCCEEDED:
