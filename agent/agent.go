@@ -109,11 +109,14 @@ type agent struct {
 	services map[string]*service // owned by the run loop
 	// removed names the services whose REMOVED state was persisted, oldest
 	// first (remove.go: forgetRemoved); owned by the run loop.
-	removed  []string
-	events   chan any
-	stopping chan struct{} // closed when the loop stops taking events
-	wg       sync.WaitGroup
-	ctx      context.Context // canceled at shutdown
+	removed []string
+	// logsPruned is when the run loop last looked for logs of services the
+	// host no longer runs (logs.go: pruneRemovedLogs).
+	logsPruned time.Time
+	events     chan any
+	stopping   chan struct{} // closed when the loop stops taking events
+	wg         sync.WaitGroup
+	ctx        context.Context // canceled at shutdown
 
 	metrics *agentMetrics      // Prometheus instruments (metrics.go)
 	trusted trustedKeys        // release signing keys by id; nil: releases are not checked (verify.go)

@@ -78,6 +78,11 @@ type Config struct {
 	// (0 = DefaultServiceLogKeep, negative = none).
 	ServiceLogMaxBytes int64
 	ServiceLogKeep     int
+	// RemovedLogRetention is how long the log of a service the host no
+	// longer runs (removed, or unknown to this agent) is kept after its
+	// last write (logs.go pruneRemovedLogs; 0 =
+	// DefaultRemovedLogRetention, negative = for ever).
+	RemovedLogRetention time.Duration
 	// KeepReleases is how many unpacked releases of each service are kept
 	// (the newest staged; 0 = DefaultKeepReleases); the current, last good
 	// and target releases (and the one a watched release would revert to)
@@ -280,6 +285,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ServiceLogKeep == 0 {
 		c.ServiceLogKeep = DefaultServiceLogKeep
+	}
+	if c.RemovedLogRetention == 0 {
+		c.RemovedLogRetention = DefaultRemovedLogRetention
 	}
 	if c.KeepReleases == 0 {
 		c.KeepReleases = DefaultKeepReleases

@@ -2,12 +2,16 @@ package agent
 
 import (
 	"context"
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/fleetwave/fleetwave/agent/supervise"
+	"github.com/fleetwave/fleetwave/internal/spec"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
 // Service log limits when Config leaves them unset.
@@ -65,4 +69,107 @@ func (a *agent) rotateLogs(ctx context.Context) {
 		case <-tick.C:
 		}
 	}
+}
+
+// DefaultRemovedLogRetention is how long the log of a service the host no
+// longer runs is kept after its last write when Config leaves it unset.
+const DefaultRemovedLogRetention = 7 * 24 * time.Hour
+
+// pruneRemovedLogs deletes, every opts.logRotate, the logs (<service>.log,
+// its rotated copies and a rotation's temp file) of every service the host
+// no longer runs whose files were all last written more than
+// Config.RemovedLogRetention before now. A service the host no longer
+// runs is one removed (its machine settled in REMOVED, no process, nothing
+// queued) or one this agent does not track at all (removed before a
+// restart, or forgotten: forgetRemoved); one whose PID file exists is never
+// pruned. Without it every name a host ever ran keeps up to (keep+1) × max
+// bytes of log for ever (a host running a service per branch fills its
+// disk). It runs on the run loop, which alone assigns services: a service
+// assigned again cannot start writing to a log this is deleting.
+func (a *agent) pruneRemovedLogs(now time.Time) {
+	keep := a.cfg.RemovedLogRetention
+	if keep < 0 || now.Sub(a.logsPruned) < a.opts.logRotate {
+		return
+	}
+	a.logsPruned = now
+	dir := filepath.Join(a.cfg.DataDir, "logs")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		a.log.Warn().Err(err).Str("path", dir).Msg("listing service logs")
+		return
+	}
+	type logs struct {
+		files []string
+		last  time.Time // the newest modification of its files
+	}
+	gone := map[string]*logs{}
+	for _, e := range ents {
+		svc, ok := logOf(e.Name())
+		if !ok || !e.Type().IsRegular() || a.runs(svc) {
+			continue
+		}
+		fi, err := e.Info()
+		if err != nil {
+			continue // deleted meanwhile
+		}
+		l := gone[svc]
+		if l == nil {
+			l = &logs{}
+			gone[svc] = l
+		}
+		l.files = append(l.files, e.Name())
+		if t := fi.ModTime(); t.After(l.last) {
+			l.last = t
+		}
+	}
+	for svc, l := range gone {
+		if now.Sub(l.last) < keep {
+			continue
+		}
+		if _, err := os.Stat(a.pidFile(svc)); !errors.Is(err, fs.ErrNotExist) {
+			continue // a process of it may still write (or the file cannot be read): keep
+		}
+		var errs []error
+		for _, f := range l.files {
+			if err := os.Remove(filepath.Join(dir, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, err)
+			}
+		}
+		if err := errors.Join(errs...); err != nil {
+			a.log.Warn().Err(err).Str("service", svc).Msg("deleting the logs of a service the host no longer runs")
+			continue
+		}
+		a.log.Info().Str("service", svc).Time("last_write", l.last).Dur("retention", keep).Int("files", len(l.files)).
+			Msg("logs of a service the host no longer runs deleted")
+	}
+}
+
+// runs says whether the host runs service svc as far as its logs go: the
+// run loop tracks it and it is not settled in REMOVED with nothing left to
+// do (a removal in progress still stops its process and may run hooks that
+// write to the log).
+func (a *agent) runs(svc string) bool {
+	s := a.services[svc]
+	if s == nil {
+		return false
+	}
+	return s.m.Phase() != v1.Phase_PHASE_REMOVED || s.m.Busy() || s.blocked || len(s.queue) > 0 || len(s.procs) > 0
+}
+
+// logOf names the service whose log file (in DataDir/logs) name is:
+// <service>.log, <service>.log.<n> (a rotated copy) or <service>.log.1.tmp
+// (a rotation's temp file, supervise.RotateTemp), for a valid service
+// name. Anything else in the directory is not the agent's.
+func logOf(name string) (string, bool) {
+	svc, rest, ok := strings.Cut(name, ".")
+	if !ok || spec.CheckName("service", svc) != nil {
+		return "", false
+	}
+	switch n, isCopy := strings.CutPrefix(rest, "log."); {
+	case rest == "log", rest == "log.1.tmp":
+		return svc, true
+	case isCopy && n != "" && strings.Trim(n, "0123456789") == "" && n[0] != '0':
+		return svc, true
+	}
+	return "", false
 }

@@ -29,6 +29,7 @@ func (a *agent) loop(ctx context.Context) {
 			return
 		case now := <-tick.C:
 			a.tickAll(now)
+			a.pruneRemovedLogs(now) // logs.go
 		case now := <-wake.C:
 			wakeAt = time.Time{}
 			for _, name := range a.names() {

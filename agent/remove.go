@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"time"
 
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/internal/spec"
@@ -19,8 +20,10 @@ import (
 // directory with its digest marker, the service's releases directory and
 // its PID files (the main one, and a handover's). The service's sockets
 // were closed when its last process stopped. The service's log (logs/<service>.log and its rotated
-// copies) is kept: the last words of a removed service are often what a
-// person needs; a service created again appends to it. Once REMOVED is
+// copies) is kept, with a last line saying it was removed: the last words
+// of a removed service are often what a person needs; a service created
+// again appends to it. Config.RemovedLogRetention after its last write
+// (that line) it is deleted (logs.go pruneRemovedLogs). Once REMOVED is
 // persisted the service's state file is deleted instead of written, so an
 // agent started later knows nothing of it.
 
@@ -38,10 +41,29 @@ func (a *agent) startRemove(s *service, act lifecycle.Action) {
 			}
 		}
 		if err == nil {
+			a.markRemovedLog(name)
 			a.log.Info().Str("service", name).Msg("service removed: stopped, releases and PID file deleted (its log is kept)")
 		}
 		a.send(doneEv{svc: name, seq: act.Seq, err: err})
 	})
+}
+
+// markRemovedLog appends a line saying the service was removed to its log,
+// if it has one: the reader of its last words sees why they end, and the
+// log's retention (logs.go pruneRemovedLogs) counts from the removal, not
+// from the service's last line. A failure is logged: the removal stands.
+func (a *agent) markRemovedLog(name string) {
+	f, err := os.OpenFile(a.logFile(name), os.O_WRONLY|os.O_APPEND, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return
+	}
+	if err == nil {
+		_, err = fmt.Fprintf(f, "fleetwave-agent: %s: service removed from this host\n", time.Now().UTC().Format(time.RFC3339))
+		err = errors.Join(err, f.Close())
+	}
+	if err != nil {
+		a.log.Warn().Err(err).Str("service", name).Msg("marking the removed service's log")
+	}
 }
 
 // maxRemovedKept is how many removed services the agent still tracks (the

@@ -6,11 +6,14 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/fleetwave/fleetwave/internal/spec"
+	"github.com/fleetwave/fleetwave/internal/testkit"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // TestRemoveStopsTheServiceAndRemovesItsFiles: a removal stops the
@@ -307,4 +310,139 @@ func TestServicesPerHostCountsWhatASetLeaves(t *testing.T) {
 	}
 	cancel()
 	waitDone(t, done)
+}
+
+// TestRemovedServiceLogsDeleted: the logs of a service the host no longer
+// runs (removed here, or left by a service removed before a restart) are
+// deleted once last written more than Config.RemovedLogRetention ago
+// (the default, 7 days: files are aged with Chtimes); a running service's
+// log, a log whose PID file exists, a recent one and files not named as
+// service logs are kept. Before, every removed service's logs stayed for
+// ever. Real processes.
+func TestRemovedServiceLogsDeleted(t *testing.T) {
+	fc := newFakeCoordinator(t)
+	art := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": goodCheck})
+	digest := fc.addArtifact(art)
+	crashArt := tarGz(t, map[string]string{"run.sh": "#!/bin/sh\necho dying\nexit 1\n", "check.sh": goodCheck})
+	crashDigest := fc.addArtifact(crashArt)
+	dataDir := t.TempDir()
+	logs := filepath.Join(dataDir, "logs")
+	old := time.Now().Add(-DefaultRemovedLogRetention - 24*time.Hour)
+	write := func(name string, mtime time.Time) {
+		t.Helper()
+		p := filepath.Join(logs, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte("a line\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(p, mtime, mtime); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exists := func(name string) bool {
+		_, err := os.Stat(filepath.Join(logs, name))
+		return err == nil
+	}
+	gone := []string{"gone.log", "gone.log.1", "gone.log.12", "gone.log.1.tmp"}
+	kept := []string{"fresh.log", "notes.txt", "Gone.log", "gone.log.01", "gone.log.tmp", "gone.logs", "held.log"}
+	for _, n := range gone {
+		write(n, old)
+	}
+	for _, n := range kept {
+		write(n, old)
+	}
+	write("fresh.log", time.Now().Add(-24*time.Hour)) // within the retention
+	if err := os.MkdirAll(filepath.Join(dataDir, "run"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dataDir, "run", "held.pid"), []byte("1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: dataDir, AgentVersion: "test"}
+	opts := testOptions()
+	opts.logRotate = 20 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := runAgent(t, ctx, cfg, opts)
+	waitGone := func(what string, names ...string) {
+		t.Helper()
+		testkit.EventuallyErr(t, 30*time.Second, what, func() error {
+			for _, n := range names {
+				if exists(n) {
+					return fmt.Errorf("%s still there", n)
+				}
+			}
+			return nil
+		})
+	}
+	waitGone("the old logs of a service unknown to the agent deleted", gone...)
+
+	// "crash" fails its first install (its process exits at once): it
+	// runs no process, and its log holds what an operator needs.
+	crash := testAssignment("1.0.0", 1, crashDigest, int64(len(crashArt)), "")
+	crash.Service, crash.Release.Service, crash.Spec.Name = "crash", "crash", "crash"
+	crash.Spec.HealthyDeadline = durationpb.New(time.Second)
+	fc.assign(testAssignment("1.0.0", 1, digest, int64(len(art)), ""), crash)
+	fc.waitFor(t, "web healthy, crash failed", 30*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 1, v1.Phase_PHASE_HEALTHY, "1.0.0") &&
+			reportIs(lastReport(rs, "crash"), 1, v1.Phase_PHASE_FAILED, "")
+	})
+	// The running service's log and the failed one's aged past the
+	// retention: kept. A pass after the aging (it deletes a file written
+	// after it) proves it.
+	write(testSvc+".log", old)
+	write("crash.log", old)
+	write("later.log", old)
+	waitGone("a pass after the tracked services' logs aged", "later.log")
+	for _, n := range append(kept, testSvc+".log", "crash.log") {
+		if !exists(n) {
+			t.Errorf("%s deleted", n)
+		}
+	}
+
+	fc.assign(&v1.Assignment{Service: testSvc, Generation: 5, Remove: true})
+	fc.waitFor(t, "removed", 30*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 5, v1.Phase_PHASE_REMOVED, "")
+	})
+	// Its log says it was removed, and its retention counts from then:
+	// kept, though the service wrote nothing since it was aged above.
+	b, err := os.ReadFile(filepath.Join(logs, testSvc+".log"))
+	if err != nil || !strings.Contains(string(b), "service removed from this host") {
+		t.Fatalf("the removed service's log: %q, %v; want its last line to say it was removed", b, err)
+	}
+	write("later2.log", old)
+	waitGone("a pass after the removal", "later2.log")
+	if !exists(testSvc + ".log") {
+		t.Fatalf("the removed service's log deleted at its removal")
+	}
+	write(testSvc+".log.1", old)
+	if err := os.Chtimes(filepath.Join(logs, testSvc+".log"), old, old); err != nil {
+		t.Fatal(err)
+	}
+	waitGone("the removed service's logs deleted once aged", testSvc+".log", testSvc+".log.1")
+	for _, n := range kept {
+		if !exists(n) {
+			t.Errorf("%s deleted", n)
+		}
+	}
+	cancel()
+	waitDone(t, done)
+}
+
+// TestLogOf: the names the log pruning takes for a service's logs, and the
+// ones it leaves alone.
+func TestLogOf(t *testing.T) {
+	for name, want := range map[string]string{
+		"web.log": "web", "web.log.1": "web", "web.log.10": "web", "web.log.1.tmp": "web", "a-b9.log.3": "a-b9",
+		"web.log.0": "", "web.log.01": "", "web.log.tmp": "", "web.log.2.tmp": "", "web.logs": "", "web.log.": "",
+		"Web.log": "", "-web.log": "", ".log": "", "web": "", "web.txt": "", "a.b.log": "", "web.log.1x": "",
+	} {
+		got, ok := logOf(name)
+		if got != want || ok != (want != "") {
+			t.Errorf("logOf(%q) = %q, %v; want %q", name, got, ok, want)
+		}
+	}
 }

@@ -187,6 +187,7 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 	insecureFlag := fs.Bool("insecure", false, "plain-text connection to the coordinators (tests and trials only)")
 	logMax := fs.Int64("service-log-max-bytes", agent.DefaultServiceLogMaxBytes, "rotate a service's log (DATA-DIR/logs/SERVICE.log) when it reaches this size (copy-truncate; -1 = never)")
 	logKeep := fs.Int("service-log-keep", agent.DefaultServiceLogKeep, "rotated files kept per service log (SERVICE.log.1 is the newest)")
+	removedLogs := fs.Duration("removed-log-retention", agent.DefaultRemovedLogRetention, "delete the log of a service this host no longer runs (removed, or unknown) this long after its last write (0 = keep for ever)")
 	cgroupParent := fs.String("cgroup-parent", supervise.DefaultCgroupParent, "cgroup (relative to the hierarchy's root) below which each service process gets its own (as root, on cgroup v1 or v2)")
 	keepReleases := fs.Int("keep-releases", agent.DefaultKeepReleases, "unpacked releases kept per service (the newest; the current and last good ones are always kept)")
 	peerListen := fs.String("peer-listen", "", "serve the verified artifacts this host holds to other agents on HOST:PORT (mutual TLS; empty = off)")
@@ -267,6 +268,14 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 	cfg.ServiceLogKeep = *logKeep
 	if *logKeep == 0 {
 		cfg.ServiceLogKeep = -1 // none (0 in Config means the default)
+	}
+	switch d := *removedLogs; {
+	case d < 0:
+		return agent.Config{}, 0, badFlag("removed-log-retention", d.String(), "want a duration of 0 (keep for ever) or more")
+	case d == 0:
+		cfg.RemovedLogRetention = -1 // for ever (0 in Config means the default)
+	default:
+		cfg.RemovedLogRetention = d
 	}
 	if err := cfg.Validate(); err != nil {
 		// Name the flag behind the field.

@@ -91,17 +91,21 @@ func TestServiceLogFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.ServiceLogMaxBytes != 64<<20 || cfg.ServiceLogKeep != 3 {
-		t.Fatalf("defaults: max %d keep %d", cfg.ServiceLogMaxBytes, cfg.ServiceLogKeep)
+	if cfg.ServiceLogMaxBytes != 64<<20 || cfg.ServiceLogKeep != 3 || cfg.RemovedLogRetention != 7*24*time.Hour {
+		t.Fatalf("defaults: max %d keep %d removed-log-retention %s", cfg.ServiceLogMaxBytes, cfg.ServiceLogKeep, cfg.RemovedLogRetention)
 	}
-	cfg, _, err = parseFlags(append(base, "--service-log-max-bytes", "-1", "--service-log-keep", "0"), &stderr)
+	cfg, _, err = parseFlags(append(base, "--service-log-max-bytes", "-1", "--service-log-keep", "0", "--removed-log-retention", "0"), &stderr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.ServiceLogMaxBytes != -1 || cfg.ServiceLogKeep >= 0 {
-		t.Fatalf("never rotate, keep none: max %d keep %d", cfg.ServiceLogMaxBytes, cfg.ServiceLogKeep)
+	if cfg.ServiceLogMaxBytes != -1 || cfg.ServiceLogKeep >= 0 || cfg.RemovedLogRetention >= 0 {
+		t.Fatalf("never rotate, keep none, keep removed logs for ever: max %d keep %d removed-log-retention %s", cfg.ServiceLogMaxBytes, cfg.ServiceLogKeep, cfg.RemovedLogRetention)
 	}
-	for _, bad := range [][]string{{"--service-log-max-bytes", "0"}, {"--service-log-max-bytes", "-5"}, {"--service-log-keep", "-1"}} {
+	cfg, _, err = parseFlags(append(base, "--removed-log-retention", "36h"), &stderr)
+	if err != nil || cfg.RemovedLogRetention != 36*time.Hour {
+		t.Fatalf("--removed-log-retention 36h: %s, %v", cfg.RemovedLogRetention, err)
+	}
+	for _, bad := range [][]string{{"--service-log-max-bytes", "0"}, {"--service-log-max-bytes", "-5"}, {"--service-log-keep", "-1"}, {"--removed-log-retention", "-1h"}} {
 		stderr.Reset()
 		if code := run(context.Background(), append(append([]string{}, base...), bad...), io.Discard, &stderr); code != 2 || !strings.Contains(stderr.String(), bad[0]) {
 			t.Errorf("%v: exit %d, stderr %q; want 2 naming the flag", bad, code, stderr.String())
