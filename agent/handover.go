@@ -258,21 +258,44 @@ func makeNotifyDir(dir string, mode os.FileMode) error {
 	if err := os.MkdirAll(dir, mode); err != nil {
 		return err
 	}
-	fi, err := os.Lstat(dir)
+	fi, err := ownNotifyDir(dir)
 	if err != nil {
 		return err
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	switch {
-	case !fi.IsDir():
-		return fmt.Errorf("%s: not a directory", dir)
-	case ok && int(st.Uid) != os.Geteuid():
-		return fmt.Errorf("%s: owned by uid %d, not the agent's %d", dir, st.Uid, os.Geteuid())
 	}
 	if fi.Mode().Perm() != mode {
 		return os.Chmod(dir, mode)
 	}
 	return nil
+}
+
+// ownNotifyDir checks that dir is a directory (not a link to one) owned
+// by the agent's user: under the shared temporary directory anyone may
+// have made it first.
+func ownNotifyDir(dir string) (os.FileInfo, error) {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return nil, err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.IsDir():
+		return nil, fmt.Errorf("%s: not a directory", dir)
+	case ok && int(st.Uid) != os.Geteuid():
+		return nil, fmt.Errorf("%s: owned by uid %d, not the agent's %d", dir, st.Uid, os.Geteuid())
+	}
+	return fi, nil
+}
+
+// notifyFallbackDir is the directory under the temporary one that holds
+// the notify sockets of this data dir's services (shared: of those run as
+// another user) when the data dir's own would make too long a path
+// (notifyPath).
+func (a *agent) notifyFallbackDir(shared bool) string {
+	tmp := "fleetwave-notify-"
+	if shared {
+		tmp = "fleetwave-notify-users-"
+	}
+	return filepath.Join(os.TempDir(), tmp+shortHash(a.cfg.DataDir))
 }
 
 // notifyTempLen is what sockets.ListenNotify adds to the directory for its
@@ -292,13 +315,13 @@ func (a *agent) notifyPath(svc string, epoch uint64, shared bool) (string, error
 	fits := func(dir, name string) bool {
 		return len(dir)+1+len(name) <= spec.MaxUnixPathLen && len(dir)+notifyTempLen <= spec.MaxUnixPathLen
 	}
-	dir, name, tmp, mode := a.notifyDir(), svc+"-"+strconv.FormatUint(epoch, 10), "fleetwave-notify-", os.FileMode(0o700)
+	dir, name, mode := a.notifyDir(), svc+"-"+strconv.FormatUint(epoch, 10), os.FileMode(0o700)
 	if shared {
-		dir, tmp, mode = a.notifyUsersDir(), "fleetwave-notify-users-", 0o711
+		dir, mode = a.notifyUsersDir(), 0o711
 	}
 	if !fits(dir, name) {
 		long := filepath.Join(dir, name)
-		dir = filepath.Join(os.TempDir(), tmp+shortHash(a.cfg.DataDir))
+		dir = a.notifyFallbackDir(shared)
 		name = shortHash(svc) + "-" + strconv.FormatUint(epoch, 10)
 		if !fits(dir, name) {
 			return "", fmt.Errorf("notify socket %s (and %s): longer than the %d bytes of a Unix socket address",

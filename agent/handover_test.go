@@ -713,3 +713,59 @@ func TestSocketsReleasedForAReleaseWithout(t *testing.T) {
 	cancel()
 	waitDone(t, done)
 }
+
+// TestRemoveStaleNotifyInFallbackDir: an agent whose data dir is too long
+// for notify sockets keeps them under the temporary directory; the stale
+// ones an earlier agent left there (killed with -9) are removed at start
+// like those in the data dir, the ones of processes still running are
+// kept, and a fallback directory the agent's user does not own (anyone
+// may create one under /tmp) is left alone. Before, sockets in the
+// fallback directory were never removed.
+func TestRemoveStaleNotifyInFallbackDir(t *testing.T) {
+	long := filepath.Join(t.TempDir(), strings.Repeat("d", 100))
+	t.Setenv("TMPDIR", t.TempDir())
+	a := &agent{cfg: Config{DataDir: long}}
+	bind := func(path string) {
+		t.Helper()
+		l, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = l.Close() // a datagram socket's file stays, as a killed agent leaves it
+	}
+	stale, err := a.notifyPath(testSvc, 1, false)
+	if err != nil || !strings.HasPrefix(stale, os.TempDir()) {
+		t.Fatalf("notifyPath = %q, %v; want the fallback under %s", stale, err, os.TempDir())
+	}
+	running, _ := a.notifyPath(testSvc, 2, false)
+	staleUser, err := a.notifyPath(testSvc, 3, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{stale, running, staleUser} {
+		bind(p)
+	}
+	other := filepath.Join(filepath.Dir(stale), "notes")
+	if err := os.WriteFile(other, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	a.removeStaleNotify(map[string]bool{running: true})
+	for p, want := range map[string]bool{stale: false, staleUser: false, running: true, other: true} {
+		if _, err := os.Lstat(p); (err == nil) != want {
+			t.Errorf("%s: exists %v, want %v", p, err == nil, want)
+		}
+	}
+
+	if os.Geteuid() != 0 {
+		return
+	}
+	bind(stale)
+	if err := os.Chown(filepath.Dir(stale), 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	a.removeStaleNotify(nil)
+	if _, err := os.Lstat(stale); err != nil {
+		t.Errorf("a socket in a fallback directory of another user removed: %v", err)
+	}
+}

@@ -107,11 +107,16 @@ func foundEpoch(found []*foundProc, epoch uint64) int {
 }
 
 // removeStaleNotify removes the notify sockets an earlier agent left of
-// processes that no longer run (an agent killed with -9 leaves them).
-// Names starting with "." are sockets being bound (sockets.NotifyTemp):
-// those a kill left were removed at the start (crashTemps).
+// processes that no longer run (an agent killed with -9 leaves them), in
+// the data dir and in its fallback directories under the temporary one
+// (notifyPath), those only when the agent's user owns them. Names
+// starting with "." are sockets being bound (sockets.NotifyTemp): those a
+// kill left in the data dir were removed at the start (crashTemps).
 func (a *agent) removeStaleNotify(keep map[string]bool) {
-	for _, dir := range []string{a.notifyDir(), a.notifyUsersDir()} {
+	for _, dir := range []string{a.notifyDir(), a.notifyUsersDir(), a.notifyFallbackDir(false), a.notifyFallbackDir(true)} {
+		if _, err := ownNotifyDir(dir); err != nil {
+			continue
+		}
 		entries, err := os.ReadDir(dir)
 		if err != nil {
 			continue
