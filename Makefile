@@ -192,7 +192,8 @@ demo:
 # table runs the real coordinator binary against N simulated agents
 # (FLEETWAVE_SIM_HOSTS=1000 make bench for a quick one); then the lead time
 # of a small fleet of real agents (6 hosts, python's http.server) against
-# Nomad's rolling update (test/e2e TestLeadTimeSmallFleet, FLEETWAVE_BENCH=1).
+# Nomad's rolling update (test/e2e TestLeadTimeSmallFleet, FLEETWAVE_BENCH=1),
+# and one real agent's own footprint over 205 deploys (TestAgentFootprint).
 FLEETWAVE_SIM_HOSTS ?= 1000,5000,10000
 # The spread harness: hosts/coordinators (FLEETWAVE_SIM_SPREAD= make bench to skip it).
 FLEETWAVE_SIM_SPREAD ?= 10000/1,20000/2
@@ -202,7 +203,7 @@ FLEETWAVE_SIM_ARTIFACT ?= 1000,5000
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./coordinator/... ./agent/... ./internal/grpcwindow
 	FLEETWAVE_SIM_HOSTS=$(FLEETWAVE_SIM_HOSTS) $(GO) test -count=1 -run '^TestScale$$' -v -timeout 60m ./internal/testkit/sim
-	FLEETWAVE_BENCH=1 $(GO) test -count=1 -run '^TestLeadTimeSmallFleet$$' -v -timeout 10m ./test/e2e
+	FLEETWAVE_BENCH=1 $(GO) test -count=1 -run '^(TestLeadTimeSmallFleet|TestAgentFootprint)$$' -v -timeout 30m ./test/e2e
 	FLEETWAVE_SIM_SPREAD=$(FLEETWAVE_SIM_SPREAD) $(GO) test -count=1 -run '^TestScaleCoordinators$$' -v -timeout 60m ./internal/testkit/sim
 	FLEETWAVE_SIM_ARTIFACT=$(FLEETWAVE_SIM_ARTIFACT) $(GO) test -count=1 -run '^TestArtifactSpread$$' -v -timeout 60m ./internal/testkit/sim
 
