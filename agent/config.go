@@ -103,6 +103,11 @@ type Config struct {
 	// systemd the new agent's pid on it (MAINPID=). The new agent gets it
 	// in its environment; services never do.
 	NotifySocket string
+	// Watchdog, when set, is systemd's watchdog of the agent's unit
+	// (WatchdogFromEnv): READY=1 once the run loop runs, WATCHDOG=1 while it
+	// turns. It outlives Run (main keeps it running across an upgrade's
+	// handover).
+	Watchdog *Watchdog
 	// Executable is the installed agent executable an upgrade replaces
 	// ("" = the running one; a new agent started by Handoff runs from its
 	// release directory and is told it: ExecutableFromEnv).
@@ -353,7 +358,7 @@ type options struct {
 
 func defaultOptions() options {
 	return options{
-		tick:                 time.Second,
+		tick:                 LoopTick,
 		backoffBase:          500 * time.Millisecond,
 		backoffMax:           30 * time.Second,
 		keepalive:            5 * time.Second,

@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -138,6 +138,11 @@ func ConfirmFromEnv() (func(), error) {
 func Handoff(ctx context.Context, cfg Config, up *Upgrade, args []string, log zerolog.Logger) bool {
 	cfg = cfg.withDefaults()
 	log = log.With().Str("host", cfg.HostID).Str("version", up.Record.Version).Logger()
+	// The run loop has stopped: systemd's watchdog is told the agent is
+	// alive while it waits for the new one (until this agent exits, or
+	// runs its loop again).
+	cfg.Watchdog.Hold(true)
+	defer cfg.Watchdog.Hold(false)
 	end, detail := handoff(ctx, cfg, up, args, log)
 	rec, commit := lifecycle.AgentHandoff(up.Record, end, detail, cfg.UpgradeDeadline)
 	if err := saveUpgradeRecord(cfg.DataDir, &rec); err != nil {
@@ -162,10 +167,11 @@ func handoff(ctx context.Context, cfg Config, up *Upgrade, args []string, log ze
 	}
 	defer r.Close()
 	cmd := exec.Command(up.Binary, args...)
-	cmd.Env = withoutEnv(withoutEnv(withoutEnv(os.Environ(), EnvConfirmFD), EnvNotifySocket), EnvExecutable)
+	cmd.Env = withoutEnv(os.Environ(), EnvConfirmFD, EnvNotifySocket, EnvExecutable, EnvWatchdogUsec, EnvWatchdogPID)
 	cmd.Env = append(cmd.Env, EnvConfirmFD+"=3", EnvExecutable+"="+exe)
 	if cfg.NotifySocket != "" {
 		cmd.Env = append(cmd.Env, EnvNotifySocket+"="+cfg.NotifySocket) // for its own upgrades
+		cmd.Env = append(cmd.Env, cfg.Watchdog.env()...)                // to keep the unit's watchdog once it took over
 	}
 	cmd.ExtraFiles = []*os.File{w}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, os.Stdout, os.Stderr
@@ -236,10 +242,11 @@ func exitText(err error) string {
 	return err.Error()
 }
 
-func withoutEnv(env []string, key string) []string {
+// withoutEnv is env without the variables named keys.
+func withoutEnv(env []string, keys ...string) []string {
 	out := make([]string, 0, len(env)+1)
 	for _, kv := range env {
-		if !strings.HasPrefix(kv, key+"=") {
+		if k, _, _ := strings.Cut(kv, "="); !slices.Contains(keys, k) {
 			out = append(out, kv)
 		}
 	}
@@ -327,16 +334,7 @@ func notifyMainPID(socket string, pid int, log zerolog.Logger) {
 	if socket == "" {
 		return
 	}
-	name := socket
-	if strings.HasPrefix(name, "@") {
-		name = "\x00" + name[1:] // abstract namespace
-	}
-	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: name, Net: "unixgram"})
-	if err == nil {
-		_, err = conn.Write([]byte("MAINPID=" + strconv.Itoa(pid)))
-		conn.Close()
-	}
-	if err != nil {
+	if err := sdNotify(socket, "MAINPID="+strconv.Itoa(pid)); err != nil {
 		log.Warn().Err(err).Int("pid", pid).Str("socket", socket).Msg("agent upgrade: telling systemd the new main pid")
 	}
 }

@@ -23,11 +23,13 @@ func (a *agent) loop(ctx context.Context) {
 	wake.Stop()
 	defer wake.Stop()
 	var wakeAt time.Time
+	a.cfg.Watchdog.Ready() // systemd: started (watchdog.go)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case now := <-tick.C:
+			a.cfg.Watchdog.Alive(now)
 			a.tickAll(now)
 			a.pruneRemovedLogs(now) // logs.go
 		case now := <-wake.C:

@@ -269,10 +269,16 @@ func TestHandoffTellsSystemdTheNewMainPID(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
+	// The new agent keeps the unit's watchdog: its interval, without
+	// WATCHDOG_PID (its pid is not the unit's until MAINPID=).
 	f := newHandoffFixture(t, `[ "$NOTIFY_SOCKET" = "`+sock+`" ] || exit 9
+[ "$WATCHDOG_USEC" = "30000000" ] || exit 8
+[ -z "${WATCHDOG_PID+set}" ] || exit 7
 echo accepted >&3
 exec sleep 600`)
 	f.cfg.NotifySocket = sock
+	f.cfg.Watchdog = &Watchdog{socket: sock, interval: 30 * time.Second, log: zerolog.Nop()}
+	t.Setenv(EnvWatchdogPID, "1") // as systemd set it for this agent: not passed on
 	if !Handoff(context.Background(), f.cfg, f.up, nil, zerolog.Nop()) {
 		t.Fatalf("not taken over: %+v", f.record(t))
 	}
@@ -627,5 +633,38 @@ func TestUpgradeVerifyAgentRefusesOlderThanRunning(t *testing.T) {
 	a.cfg.AgentVersion = "dev"
 	if err := a.verifyAgent(k.signSeq(t, asg("v0.5.0", 3), 7, now, now.Add(time.Hour))); err != nil {
 		t.Fatalf("from dev: %v", err)
+	}
+}
+
+// While a handover waits for the new agent the run loop has stopped, yet
+// systemd's watchdog is still told the agent is alive (else a handover
+// longer than half of WatchdogSec would get the old agent killed); once
+// the handover failed and the loop does not turn, it is not.
+func TestHandoffKeepsTheWatchdog(t *testing.T) {
+	sd := newFakeSystemd(t)
+	f := newHandoffFixture(t, "exec sleep 600") // never confirms: the 1 s deadline
+	w := &Watchdog{socket: sd.path, interval: 100 * time.Millisecond, log: zerolog.Nop()}
+	w.armed.Store(true)
+	f.cfg.NotifySocket, f.cfg.Watchdog = sd.path, w
+	ctx, cancel := context.WithCancel(context.Background())
+	wdDone := make(chan struct{})
+	go func() { defer close(wdDone); w.Run(ctx, 10*time.Millisecond) }()
+	defer func() { cancel(); <-wdDone }()
+	w.Alive(time.Now().Add(-time.Hour)) // the loop stopped long ago
+	if Handoff(context.Background(), f.cfg, f.up, nil, zerolog.Nop()) {
+		t.Fatal("taken over")
+	}
+	pings := 0
+	for _, m := range drain(sd.msgs) {
+		if m == "WATCHDOG=1" {
+			pings++
+		}
+	}
+	// 1 s of handover at a ping every 25 ms: any is enough to show it.
+	if pings == 0 {
+		t.Fatal("no WATCHDOG=1 during the handover")
+	}
+	if w.hold.Load() {
+		t.Error("still held after the handover")
 	}
 }

@@ -229,6 +229,12 @@ func TestAgentUnitLeavesServicesRunning(t *testing.T) {
 	if !strings.Contains(string(data), "\nNotifyAccess=main\n") {
 		t.Error("fleetwave-agent.service: no NotifyAccess=main: systemd would not follow an upgraded agent")
 	}
+	// The agent says READY=1 and pings the watchdog (agent/watchdog.go).
+	for _, want := range []string{"\nType=notify\n", "\nWatchdogSec=30\n"} {
+		if !strings.Contains(string(data), want) {
+			t.Errorf("fleetwave-agent.service: no %s: a stuck agent would never be restarted", strings.TrimSpace(want))
+		}
+	}
 	unitCmd := stopCmdRE.FindStringSubmatch(string(data))
 	readme, err := os.ReadFile("../README.md")
 	if err != nil {

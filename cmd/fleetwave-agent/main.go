@@ -72,8 +72,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		// before it could confirm (agent.WatchParent).
 		ctx, confirm = agent.WatchParent(ctx, confirm, log)
 	}
-	cfg.Confirm = confirm
 	cfg.NotifySocket = agent.NotifySocketFromEnv()
+	wd, err := agent.WatchdogFromEnv(cfg.NotifySocket, confirm != nil, log)
+	if err != nil {
+		log.Error().Err(err).Msg("agent failed")
+		return 1
+	}
+	if confirm != nil && wd != nil {
+		confirmed := confirm
+		confirm = func() { confirmed(); wd.Arm() } // it may speak for the unit from now on
+	}
+	cfg.Confirm, cfg.Watchdog = confirm, wd
+	go wd.Run(ctx, agent.LoopTick)
 	cfg.Executable = agent.ExecutableFromEnv()
 	for {
 		err := agent.Run(ctx, cfg, log)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -489,5 +490,60 @@ func TestMaxRevocationsLoweredBelowFile(t *testing.T) {
 	l := revocation.NewSet(0, time.Time{})
 	if err := l.Load(file, time.Now(), 0); err != nil || l.Len() != 3 || l.Revision() != 4 {
 		t.Fatalf("file after the stop: %d entries, revision %d, %v; want 3, 4", l.Len(), l.Revision(), err)
+	}
+}
+
+// TestSystemdNotifyAndWatchdog: run under a (fake) systemd unit with
+// Type=notify and WatchdogSec (NOTIFY_SOCKET, WATCHDOG_USEC), the agent
+// says READY=1 once it runs, then WATCHDOG=1 again and again, with no
+// coordinator reachable; neither variable stays in its environment (its
+// services must not inherit them). A malformed WATCHDOG_USEC is refused,
+// named.
+func TestSystemdNotifyAndWatchdog(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	args := []string{"--coordinator", ports.Addr(t), "--host-id", "h1", "--data-dir", t.TempDir(), "--insecure"}
+
+	t.Setenv(agent.EnvNotifySocket, sock)
+	t.Setenv(agent.EnvWatchdogUsec, "soon")
+	var stderr bytes.Buffer
+	if code := run(context.Background(), args, io.Discard, &stderr); code != 1 || !strings.Contains(stderr.String(), "WATCHDOG_USEC") {
+		t.Fatalf("WATCHDOG_USEC=soon: exit %d, stderr %q; want 1 naming it", code, stderr.String())
+	}
+
+	t.Setenv(agent.EnvNotifySocket, sock)
+	t.Setenv(agent.EnvWatchdogUsec, "400000")
+	ctx, cancel := context.WithCancel(context.Background())
+	exited := make(chan int, 1)
+	go func() { exited <- run(ctx, args, io.Discard, io.Discard) }()
+	defer func() {
+		cancel()
+		if code := <-exited; code != 0 {
+			t.Errorf("exit %d", code)
+		}
+	}()
+	var got []string
+	buf := make([]byte, 256)
+	for len(got) < 4 {
+		if err := conn.SetReadDeadline(time.Now().Add(30 * time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("after %q: %v", got, err)
+		}
+		got = append(got, string(buf[:n]))
+	}
+	if strings.Join(got, " ") != "READY=1 WATCHDOG=1 WATCHDOG=1 WATCHDOG=1" {
+		t.Fatalf("messages %q, want READY=1 then WATCHDOG=1s", got)
+	}
+	for _, k := range []string{agent.EnvNotifySocket, agent.EnvWatchdogUsec} {
+		if v, ok := os.LookupEnv(k); ok {
+			t.Errorf("%s=%q still in the agent's environment", k, v)
+		}
 	}
 }
