@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/agent/supervise"
 	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
@@ -77,12 +78,13 @@ const DefaultRemovedLogRetention = 7 * 24 * time.Hour
 
 // pruneRemovedLogs deletes, every opts.logRotate, the logs (<service>.log,
 // its rotated copies and a rotation's temp file) of every service the host
-// no longer runs whose files were all last written more than
-// Config.RemovedLogRetention before now. A service the host no longer
-// runs is one removed (its machine settled in REMOVED, no process, nothing
-// queued) or one this agent does not track at all (removed before a
-// restart, or forgotten: forgetRemoved); one whose PID file exists is never
-// pruned. Without it every name a host ever ran keeps up to (keep+1) × max
+// no longer runs whose files were all last written
+// Config.RemovedLogRetention or more before now (lifecycle.ExpiredLogs
+// decides; runs says which services the host runs). A service the host no
+// longer runs is one removed (its machine settled in REMOVED, no process,
+// nothing queued) or one this agent does not track at all (removed before
+// a restart, or forgotten: forgetRemoved); one whose PID file exists is
+// never pruned. Without it every name a host ever ran keeps up to (keep+1) × max
 // bytes of log for ever (a host running a service per branch fills its
 // disk). It runs on the run loop, which alone assigns services: a service
 // assigned again cannot start writing to a log this is deleting.
@@ -98,62 +100,59 @@ func (a *agent) pruneRemovedLogs(now time.Time) {
 		a.log.Warn().Err(err).Str("path", dir).Msg("listing service logs")
 		return
 	}
-	type logs struct {
-		files []string
-		last  time.Time // the newest modification of its files
-	}
-	gone := map[string]*logs{}
+	found := map[string]*lifecycle.ServiceLogs{}
 	for _, e := range ents {
 		svc, ok := logOf(e.Name())
-		if !ok || !e.Type().IsRegular() || a.runs(svc) {
+		if !ok || !e.Type().IsRegular() {
 			continue
 		}
 		fi, err := e.Info()
 		if err != nil {
 			continue // deleted meanwhile
 		}
-		l := gone[svc]
+		l := found[svc]
 		if l == nil {
-			l = &logs{}
-			gone[svc] = l
+			l = &lifecycle.ServiceLogs{Service: svc, Runs: a.runs(svc)}
+			found[svc] = l
 		}
-		l.files = append(l.files, e.Name())
-		if t := fi.ModTime(); t.After(l.last) {
-			l.last = t
+		l.Files = append(l.Files, e.Name())
+		if t := fi.ModTime(); t.After(l.LastWrite) {
+			l.LastWrite = t
 		}
 	}
-	for svc, l := range gone {
-		if now.Sub(l.last) < keep {
-			continue
-		}
-		if _, err := os.Stat(a.pidFile(svc)); !errors.Is(err, fs.ErrNotExist) {
-			continue // a process of it may still write (or the file cannot be read): keep
-		}
+	logs := make([]lifecycle.ServiceLogs, 0, len(found))
+	for _, l := range found {
+		logs = append(logs, *l)
+	}
+	for _, l := range lifecycle.ExpiredLogs(logs, now, keep) {
 		var errs []error
-		for _, f := range l.files {
+		for _, f := range l.Files {
 			if err := os.Remove(filepath.Join(dir, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				errs = append(errs, err)
 			}
 		}
 		if err := errors.Join(errs...); err != nil {
-			a.log.Warn().Err(err).Str("service", svc).Msg("deleting the logs of a service the host no longer runs")
+			a.log.Warn().Err(err).Str("service", l.Service).Msg("deleting the logs of a service the host no longer runs")
 			continue
 		}
-		a.log.Info().Str("service", svc).Time("last_write", l.last).Dur("retention", keep).Int("files", len(l.files)).
+		a.log.Info().Str("service", l.Service).Time("last_write", l.LastWrite).Dur("retention", keep).Int("files", len(l.Files)).
 			Msg("logs of a service the host no longer runs deleted")
 	}
 }
 
-// runs says whether the host runs service svc as far as its logs go: the
-// run loop tracks it and it is not settled in REMOVED with nothing left to
-// do (a removal in progress still stops its process and may run hooks that
-// write to the log).
+// runs says whether the host runs service svc as far as its logs go
+// (lifecycle.ServiceLogs.Runs): the run loop tracks it and it is not
+// settled in REMOVED with nothing left to do (a removal in progress still
+// stops its process and may run hooks that write to the log), or its PID
+// file exists (a process of it may still write; a PID file that cannot be
+// read counts too).
 func (a *agent) runs(svc string) bool {
-	s := a.services[svc]
-	if s == nil {
-		return false
+	if s := a.services[svc]; s != nil &&
+		(s.m.Phase() != v1.Phase_PHASE_REMOVED || s.m.Busy() || s.blocked || len(s.queue) > 0 || len(s.procs) > 0) {
+		return true
 	}
-	return s.m.Phase() != v1.Phase_PHASE_REMOVED || s.m.Busy() || s.blocked || len(s.queue) > 0 || len(s.procs) > 0
+	_, err := os.Stat(a.pidFile(svc))
+	return !errors.Is(err, fs.ErrNotExist)
 }
 
 // logOf names the service whose log file (in DataDir/logs) name is:

@@ -12,6 +12,8 @@ import (
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/rs/zerolog"
+
+	"github.com/fleetwave/fleetwave/agent/lifecycle"
 )
 
 // Systemd's watchdog of the agent's own unit (sd_watchdog_enabled(3),
@@ -103,23 +105,20 @@ func (w *Watchdog) Run(ctx context.Context, tick time.Duration) {
 	}
 }
 
-// due decides at now whether systemd is told the agent is alive: armed,
-// and the run loop turned within stale or a handover holds. Going silent
-// is logged once (until it pings again).
+// due decides at now whether systemd is told the agent is alive
+// (lifecycle.WatchdogDue). Going silent is logged once (until it pings
+// again).
 func (w *Watchdog) due(now time.Time, stale time.Duration) bool {
-	if !w.armed.Load() {
-		return false
+	last, armed := time.Unix(0, w.alive.Load()), w.armed.Load()
+	if lifecycle.WatchdogDue(armed, w.hold.Load(), last, now, stale) {
+		w.stalled.Store(false)
+		return true
 	}
-	quiet := now.Sub(time.Unix(0, w.alive.Load()))
-	if !w.hold.Load() && quiet > stale {
-		if !w.stalled.Swap(true) {
-			w.log.Error().Dur("quiet", quiet).Dur("watchdog", w.interval).
-				Msg("the agent's run loop has not turned: systemd's watchdog is no longer told the agent is alive and restarts it (its services keep running)")
-		}
-		return false
+	if armed && !w.stalled.Swap(true) {
+		w.log.Error().Dur("quiet", now.Sub(last)).Dur("watchdog", w.interval).
+			Msg("the agent's run loop has not turned: systemd's watchdog is no longer told the agent is alive and restarts it (its services keep running)")
 	}
-	w.stalled.Store(false)
-	return true
+	return false
 }
 
 // Alive records a turn of the run loop at now.

@@ -11,7 +11,7 @@ import (
 // (time comes in as an argument).
 func TestPureImports(t *testing.T) {
 	purity.Check(t, map[string]bool{
-		"fmt": true, "strings": true, "time": true,
+		"fmt": true, "slices": true, "strings": true, "time": true,
 		"github.com/fleetwave/fleetwave/proto/fleetwave/v1":  true,
 		"github.com/fleetwave/fleetwave/internal/specdiff":   true,
 		"github.com/fleetwave/fleetwave/internal/hookspec":   true,
