@@ -31,10 +31,8 @@ func TestHostTraces(t *testing.T) {
 		t.Run(strings.TrimSuffix(filepath.Base(path), ".txt"), func(t *testing.T) {
 			datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
 				args := map[string]string{}
-				var pos []string
 				for _, a := range d.CmdArgs {
 					if len(a.Vals) == 0 {
-						pos = append(pos, a.Key)
 						args[a.Key] = ""
 						continue
 					}
