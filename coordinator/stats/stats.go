@@ -389,7 +389,7 @@ func liveAt(r *v1.Rollout) (time.Time, bool) {
 	var live time.Time
 	found := false
 	for _, wv := range r.GetWaves() {
-		if t, ok := lastHostDone(wv); ok && (!found || t.After(live)) {
+		if t, ok := lastHostDone(r, wv); ok && (!found || t.After(live)) {
 			live, found = t, true
 		}
 	}
@@ -399,7 +399,12 @@ func liveAt(r *v1.Rollout) (time.Time, bool) {
 	return ts(r.GetFinishedAt())
 }
 
-func lastHostDone(wv *v1.Wave) (time.Time, bool) {
+// lastHostDone is the latest done_at of wave wv's hosts, or of its
+// summary once r's hosts were compacted (rollout.Compact).
+func lastHostDone(r *v1.Rollout, wv *v1.Wave) (time.Time, bool) {
+	if r.GetHostsCompacted() {
+		return ts(wv.GetLastHostDoneAt())
+	}
 	var last time.Time
 	found := false
 	for _, h := range wv.GetHosts() {
@@ -425,7 +430,7 @@ func bakeTime(r *v1.Rollout, lo, hi time.Time) time.Duration {
 		var from time.Time
 		if bake > 0 {
 			from = until.Add(-bake)
-		} else if from, ok = lastHostDone(wv); !ok {
+		} else if from, ok = lastHostDone(r, wv); !ok {
 			continue
 		}
 		to, ok := ts(wv.GetDoneAt())
@@ -447,9 +452,11 @@ func bakeTime(r *v1.Rollout, lo, hi time.Time) time.Duration {
 	return total
 }
 
+// hasHosts reports whether r planned any host: its waves' hosts, or their
+// summaries' counts once compacted (rollout.Compact).
 func hasHosts(r *v1.Rollout) bool {
 	for _, wv := range r.GetWaves() {
-		if len(wv.GetHosts()) > 0 {
+		if len(wv.GetHosts()) > 0 || (r.GetHostsCompacted() && wv.GetHostCount() > 0) {
 			return true
 		}
 	}

@@ -3415,8 +3415,14 @@ type Wave struct {
 	// approve_each_wave: the wave waits for approval / was approved.
 	WaitingApproval bool `protobuf:"varint,9,opt,name=waiting_approval,json=waitingApproval,proto3" json:"waiting_approval,omitempty"`
 	Approved        bool `protobuf:"varint,10,opt,name=approved,proto3" json:"approved,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Set when the rollout's hosts were compacted (Rollout.hosts_compacted):
+	// how many hosts the wave had, and the latest done_at among them (unset
+	// when none recorded one), which the DORA figures read in place of the
+	// hosts (coordinator/stats).
+	HostCount      uint32                 `protobuf:"varint,11,opt,name=host_count,json=hostCount,proto3" json:"host_count,omitempty"`
+	LastHostDoneAt *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=last_host_done_at,json=lastHostDoneAt,proto3" json:"last_host_done_at,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Wave) Reset() {
@@ -3519,6 +3525,20 @@ func (x *Wave) GetApproved() bool {
 	return false
 }
 
+func (x *Wave) GetHostCount() uint32 {
+	if x != nil {
+		return x.HostCount
+	}
+	return 0
+}
+
+func (x *Wave) GetLastHostDoneAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastHostDoneAt
+	}
+	return nil
+}
+
 // Rollout is the move of one service's fleet from one release to another:
 // the plan (computed once) and its progress.
 type Rollout struct {
@@ -3589,9 +3609,14 @@ type Rollout struct {
 	// specdiff.JudgingOnly against the stable spec): hosts settled healthy on
 	// it apply it in place, keeping their process and checking it again (no
 	// restart); HostProgress.in_place says which did.
-	InPlace       bool `protobuf:"varint,42,opt,name=in_place,json=inPlace,proto3" json:"in_place,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	InPlace bool `protobuf:"varint,42,opt,name=in_place,json=inPlace,proto3" json:"in_place,omitempty"`
+	// The leader dropped the waves' hosts of this ended rollout (older than
+	// the service's newest --keep-rollout-hosts rollouts) and kept a summary
+	// in each wave (Wave.host_count, Wave.last_host_done_at): its host
+	// detail is pruned, its figures are not (rollout.Compact).
+	HostsCompacted bool `protobuf:"varint,43,opt,name=hosts_compacted,json=hostsCompacted,proto3" json:"hosts_compacted,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Rollout) Reset() {
@@ -3816,6 +3841,13 @@ func (x *Rollout) GetSplitParts() uint32 {
 func (x *Rollout) GetInPlace() bool {
 	if x != nil {
 		return x.InPlace
+	}
+	return false
+}
+
+func (x *Rollout) GetHostsCompacted() bool {
+	if x != nil {
+		return x.HostsCompacted
 	}
 	return false
 }
@@ -4779,7 +4811,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\adone_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x06doneAt\x12)\n" +
 	"\x05phase\x18\a \x01(\x0e2\x13.fleetwave.v1.PhaseR\x05phase\x12\x12\n" +
 	"\x04zone\x18\b \x01(\tR\x04zone\x12\x19\n" +
-	"\bin_place\x18\t \x01(\bR\ainPlace\"\xa3\x03\n" +
+	"\bin_place\x18\t \x01(\bR\ainPlace\"\x89\x04\n" +
 	"\x04Wave\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12-\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x17.fleetwave.v1.WaveStateR\x05state\x120\n" +
@@ -4793,7 +4825,10 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x06canary\x18\b \x01(\bR\x06canary\x12)\n" +
 	"\x10waiting_approval\x18\t \x01(\bR\x0fwaitingApproval\x12\x1a\n" +
 	"\bapproved\x18\n" +
-	" \x01(\bR\bapproved\"\x92\t\n" +
+	" \x01(\bR\bapproved\x12\x1d\n" +
+	"\n" +
+	"host_count\x18\v \x01(\rR\thostCount\x12E\n" +
+	"\x11last_host_done_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\x0elastHostDoneAt\"\xbb\t\n" +
 	"\aRollout\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12!\n" +
@@ -4831,7 +4866,8 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x04held\x18( \x01(\tR\x04held\x12$\n" +
 	"\vsplit_parts\x18) \x01(\rH\x00R\n" +
 	"splitParts\x88\x01\x01\x12\x19\n" +
-	"\bin_place\x18* \x01(\bR\ainPlaceB\x0e\n" +
+	"\bin_place\x18* \x01(\bR\ainPlace\x12'\n" +
+	"\x0fhosts_compacted\x18+ \x01(\bR\x0ehostsCompactedB\x0e\n" +
 	"\f_split_parts\"\xde\x01\n" +
 	"\x05Event\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x18\n" +
@@ -5080,36 +5116,37 @@ var file_fleetwave_v1_types_proto_depIdxs = []int32{
 	52, // 69: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
 	52, // 70: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
 	52, // 71: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
-	0,  // 72: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
-	26, // 73: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
-	39, // 74: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
-	52, // 75: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	52, // 76: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
-	52, // 77: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
-	52, // 78: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
-	4,  // 79: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
-	52, // 80: fleetwave.v1.Rollout.failed_at:type_name -> google.protobuf.Timestamp
-	52, // 81: fleetwave.v1.Rollout.restored_at:type_name -> google.protobuf.Timestamp
-	33, // 82: fleetwave.v1.Rollout.signed_rollback:type_name -> fleetwave.v1.SignedRollback
-	52, // 83: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
-	41, // 84: fleetwave.v1.EventBatch.events:type_name -> fleetwave.v1.Event
-	3,  // 85: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
-	43, // 86: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
-	52, // 87: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
-	10, // 88: fleetwave.v1.ServiceReport.metrics:type_name -> fleetwave.v1.MetricSummary
-	30, // 89: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
-	4,  // 90: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
-	33, // 91: fleetwave.v1.Assignment.rollback:type_name -> fleetwave.v1.SignedRollback
-	46, // 92: fleetwave.v1.Assignment.sources:type_name -> fleetwave.v1.ArtifactSource
-	30, // 93: fleetwave.v1.Assignment.stage:type_name -> fleetwave.v1.Release
-	50, // 94: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
-	52, // 95: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	44, // 96: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
-	97, // [97:97] is the sub-list for method output_type
-	97, // [97:97] is the sub-list for method input_type
-	97, // [97:97] is the sub-list for extension type_name
-	97, // [97:97] is the sub-list for extension extendee
-	0,  // [0:97] is the sub-list for field type_name
+	52, // 72: fleetwave.v1.Wave.last_host_done_at:type_name -> google.protobuf.Timestamp
+	0,  // 73: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
+	26, // 74: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
+	39, // 75: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
+	52, // 76: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	52, // 77: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
+	52, // 78: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
+	52, // 79: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
+	4,  // 80: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
+	52, // 81: fleetwave.v1.Rollout.failed_at:type_name -> google.protobuf.Timestamp
+	52, // 82: fleetwave.v1.Rollout.restored_at:type_name -> google.protobuf.Timestamp
+	33, // 83: fleetwave.v1.Rollout.signed_rollback:type_name -> fleetwave.v1.SignedRollback
+	52, // 84: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
+	41, // 85: fleetwave.v1.EventBatch.events:type_name -> fleetwave.v1.Event
+	3,  // 86: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
+	43, // 87: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
+	52, // 88: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
+	10, // 89: fleetwave.v1.ServiceReport.metrics:type_name -> fleetwave.v1.MetricSummary
+	30, // 90: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
+	4,  // 91: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
+	33, // 92: fleetwave.v1.Assignment.rollback:type_name -> fleetwave.v1.SignedRollback
+	46, // 93: fleetwave.v1.Assignment.sources:type_name -> fleetwave.v1.ArtifactSource
+	30, // 94: fleetwave.v1.Assignment.stage:type_name -> fleetwave.v1.Release
+	50, // 95: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
+	52, // 96: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	44, // 97: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
+	98, // [98:98] is the sub-list for method output_type
+	98, // [98:98] is the sub-list for method input_type
+	98, // [98:98] is the sub-list for extension type_name
+	98, // [98:98] is the sub-list for extension extendee
+	0,  // [0:98] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_types_proto_init() }
