@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -376,3 +377,54 @@ func (s *Store) UnsplitRollout(ctx context.Context, f *Fence, base RolloutBase) 
 // maxEventTxns is how many transactions of a decision's further events are
 // in flight at once.
 const maxEventTxns = 8
+
+// CompactRollout writes c, an ended rollout whose waves' hosts were
+// replaced by their summaries (rollout.Compact: hosts_compacted set, no
+// hosts), over base (the rollout as read, at base.Rev, in base.Layout: it
+// keeps its layout), fenced. A split rollout's parts are deleted in the
+// same transaction: its head is all that is left. It returns the revision
+// of the write.
+func (s *Store) CompactRollout(ctx context.Context, f *Fence, c *v1.Rollout, base RolloutBase) (int64, error) {
+	if !c.GetHostsCompacted() || base.Rev == 0 || base.Rollout == nil {
+		return 0, fmt.Errorf("compact rollout %s/%s: compacted %v, base revision %d: want a compacted rollout over a stored one", c.GetService(), c.GetId(), c.GetHostsCompacted(), base.Rev)
+	}
+	for _, w := range c.GetWaves() {
+		if len(w.GetHosts()) > 0 {
+			return 0, fmt.Errorf("compact rollout %s/%s: wave %d still holds %d hosts", c.GetService(), c.GetId(), w.GetIndex(), len(w.GetHosts()))
+		}
+	}
+	rev, _, err := s.WriteRollout(ctx, f, c, base, nil, 0)
+	if err != nil {
+		return 0, fmt.Errorf("compact: %w", err)
+	}
+	return rev, nil
+}
+
+// DeleteRollout deletes a stored rollout (base.Rollout, read at base.Rev in
+// base.Layout: its one key, or its head and parts), fenced, and only if it
+// is unchanged since. It returns the revision of the delete.
+func (s *Store) DeleteRollout(ctx context.Context, f *Fence, base RolloutBase) (int64, error) {
+	service, id := base.Rollout.GetService(), base.Rollout.GetId()
+	if service == "" || id == "" || strings.Contains(service, "/") || strings.Contains(id, "/") || base.Rev == 0 {
+		return 0, fmt.Errorf("delete rollout %q/%q at revision %d: want a stored rollout", service, id, base.Rev)
+	}
+	key := RolloutKey(service, id)
+	ops := []clientv3.Op{clientv3.OpDelete(key)}
+	if base.Layout == Split {
+		key = RolloutHeadKey(service, id)
+		ops = []clientv3.Op{clientv3.OpDelete(key+"/", clientv3.WithPrefix()), clientv3.OpDelete(key)}
+	}
+	cmps := append(f.cmps(), clientv3.Compare(clientv3.ModRevision(key), "=", base.Rev))
+	var fenceGet []clientv3.Op
+	if f != nil {
+		fenceGet = []clientv3.Op{clientv3.OpGet(f.Key)}
+	}
+	resp, err := s.c.Txn(ctx).If(cmps...).Then(ops...).Else(fenceGet...).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("delete rollout %s/%s: %w", service, id, err)
+	}
+	if !resp.Succeeded {
+		return 0, fmt.Errorf("delete rollout %s/%s: %w", service, id, fenceErr(f, resp))
+	}
+	return resp.Header.Revision, nil
+}
