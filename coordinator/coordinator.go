@@ -95,6 +95,17 @@ type Config struct {
 	// entries are kept (default 90 days).
 	KeepRolloutEvents int
 	AuditRetention    time.Duration
+	// KeepRolloutHosts is how many of a service's newest rollouts keep
+	// their hosts' progress (default 100): the leader compacts older ended
+	// ones to per-wave summaries (rollout.Compact: host counts and the
+	// times the DORA figures use). RolloutRetention is how long an ended
+	// rollout's record is kept after it finished (default 400 days, more
+	// than the 366 days of GetStats' daily window, stats.MaxDailySince; at
+	// least 24h): older ones are deleted, but never a service's newest, nor
+	// those rollback targets are read from (rollout.Retain). For both, 0
+	// takes the default and a negative value is refused.
+	KeepRolloutHosts int
+	RolloutRetention time.Duration
 	// AuditMaxEntries is how many audit entries are kept at most, the
 	// newest (default 100,000): whatever callers do, the audit log cannot
 	// fill etcd.
@@ -169,6 +180,11 @@ type Config struct {
 	started func(*Coordinator)
 }
 
+// DefaultRolloutRetention is how long ended rollouts are kept by default
+// (Config.RolloutRetention): more than the 366 days of GetStats' daily
+// window (stats.MaxDailySince).
+const DefaultRolloutRetention = 400 * 24 * time.Hour
+
 // Validate checks the config; errors name the field.
 func (c *Config) Validate() error {
 	var errs []error
@@ -210,6 +226,12 @@ func (c *Config) Validate() error {
 	}
 	if c.KeepRolloutEvents < 0 {
 		errs = append(errs, fmt.Errorf("keep-rollout-events: %d is negative", c.KeepRolloutEvents))
+	}
+	if c.KeepRolloutHosts < 0 {
+		errs = append(errs, fmt.Errorf("keep-rollout-hosts: %d is negative", c.KeepRolloutHosts))
+	}
+	if c.RolloutRetention < 0 || (c.RolloutRetention > 0 && c.RolloutRetention < 24*time.Hour) {
+		errs = append(errs, fmt.Errorf("rollout-retention: %s: want at least 24h", c.RolloutRetention))
 	}
 	if c.AuditMaxEntries < 0 || (c.AuditMaxEntries > 0 && c.AuditMaxEntries < 100) {
 		errs = append(errs, fmt.Errorf("audit-max-entries: %d: want at least 100", c.AuditMaxEntries))
@@ -295,6 +317,12 @@ func (c *Config) defaults() {
 	}
 	if c.KeepRolloutEvents == 0 {
 		c.KeepRolloutEvents = 100
+	}
+	if c.KeepRolloutHosts == 0 {
+		c.KeepRolloutHosts = 100
+	}
+	if c.RolloutRetention == 0 {
+		c.RolloutRetention = DefaultRolloutRetention
 	}
 	if c.AuditRetention == 0 {
 		c.AuditRetention = 90 * 24 * time.Hour
@@ -838,7 +866,7 @@ func (c *Coordinator) sessionLoop(ctx context.Context) {
 
 // register records this coordinator in etcd on its session lease.
 func (c *Coordinator) register(ctx context.Context) error {
-	info := &v1.CoordinatorInfo{Name: c.cfg.Name, Address: c.cfg.Advertise, StartedAt: timestamppb.New(c.start), Version: c.cfg.Version, ReadsSplitRollouts: true, ReadsEventBatches: true}
+	info := &v1.CoordinatorInfo{Name: c.cfg.Name, Address: c.cfg.Advertise, StartedAt: timestamppb.New(c.start), Version: c.cfg.Version, ReadsSplitRollouts: true, ReadsEventBatches: true, ReadsCompactedRollouts: true}
 	if c.gossip != nil {
 		info.GossipAddress = c.gossip.LocalAddr()
 	}

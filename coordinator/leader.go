@@ -155,11 +155,7 @@ func (l *leader) lead(ctx context.Context, sess *concurrency.Session, fence *sto
 				return err
 			}
 		}
-		now := time.Now()
-		if l.c.cfg.pruneClock != nil {
-			now = l.c.cfg.pruneClock()
-		}
-		l.pruneAudit(ctx, fence, now)
+		l.pruneAudit(ctx, fence, l.pruneNow())
 		l.lazy = true
 		next, err := l.reconcileAll(ctx, fence)
 		l.lazy = false
@@ -184,7 +180,9 @@ func (l *leader) lead(ctx context.Context, sess *concurrency.Session, fence *sto
 
 // pruneAudit keeps the audit log within its retention: entries older than
 // Config.AuditRetention and those beyond the newest Config.AuditMaxEntries
-// go, checked every Config.auditPruneEvery.
+// go, checked every Config.auditPruneEvery; and, as often, the expired
+// revocations and blackouts and every service's old rollouts
+// (pruneAllRollouts).
 func (l *leader) pruneAudit(ctx context.Context, fence *store.Fence, now time.Time) {
 	if now.Sub(l.auditPruned) < l.c.cfg.auditPruneEvery {
 		return
@@ -192,6 +190,7 @@ func (l *leader) pruneAudit(ctx context.Context, fence *store.Fence, now time.Ti
 	l.auditPruned = now
 	l.pruneRevocations(ctx, fence, now)
 	l.pruneBlackouts(ctx, fence, now)
+	l.pruneAllRollouts(ctx, fence, now)
 	old, err := l.c.store.PruneAudit(ctx, fence, now.Add(-l.c.cfg.AuditRetention))
 	if err != nil {
 		l.c.log.Warn().Err(err).Msg("pruning the audit log failed")

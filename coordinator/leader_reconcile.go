@@ -92,7 +92,13 @@ func (l *leader) commit(ctx context.Context, fence *store.Fence, vs store.Versio
 		return nil
 	}
 	delete(l.own, name)
-	return l.c.mirror.WaitRev(ctx, rev)
+	if err := l.c.mirror.WaitRev(ctx, rev); err != nil {
+		return err
+	}
+	if rollout.Terminal(next) {
+		return l.pruneRollouts(ctx, fence, name, l.pruneNow())
+	}
+	return nil
 }
 
 // withProgress is the base a rollout in progress ends from (an abort, a
@@ -401,7 +407,13 @@ func (l *leader) start(ctx context.Context, fence *store.Fence, vs store.Version
 	l.c.log.Info().Str("service", name).Str("rollout", r.GetId()).Str("from", r.GetFromVersion()).Str("version", r.GetToVersion()).
 		Ints("waves", waves).Bool("rollback", r.GetRollback()).Str("state", r.GetState().String()).Msg("rollout created")
 	logEvents(l.c.log.With().Str("service", name).Logger(), r.GetId(), res.Events)
-	return l.c.mirror.WaitRev(ctx, rev)
+	if err := l.c.mirror.WaitRev(ctx, rev); err != nil {
+		return err
+	}
+	if rollout.Terminal(r) {
+		return l.pruneRollouts(ctx, fence, name, l.pruneNow())
+	}
+	return nil
 }
 
 // newRolloutLayout is the layout a new rollout is written in: split when

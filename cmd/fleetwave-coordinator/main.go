@@ -92,6 +92,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.EtcdCA, "etcd-ca", "", "CA of the external etcd's server certificates (PEM)")
 	fs.DurationVar(&cfg.EtcdTimeout, "etcd-timeout", 30*time.Second, "how long to wait for etcd at start before failing")
 	fs.IntVar(&cfg.KeepRolloutEvents, "keep-rollout-events", 100, "keep the recorded events of each service's newest N rollouts")
+	fs.IntVar(&cfg.KeepRolloutHosts, "keep-rollout-hosts", 100, "keep the hosts' progress of each service's newest N rollouts; older ended ones keep per-wave summaries (host counts, the times the DORA figures use)")
+	fs.DurationVar(&cfg.RolloutRetention, "rollout-retention", coordinator.DefaultRolloutRetention, "delete ended rollouts this long after they finished (at least 24h), but never a service's newest nor those rollback targets are read from")
 	fs.DurationVar(&cfg.AuditRetention, "audit-retention", 90*24*time.Hour, "how long audit entries are kept")
 	fs.Int64Var(&cfg.AuditMaxEntries, "audit-max-entries", 100_000, "how many audit entries are kept at most (the newest)")
 	fs.DurationVar(&cfg.AuditFailureInterval, "audit-failure-interval", time.Minute, "failed and refused calls are audited once per caller, method and result in each such interval, then as one entry with their count")

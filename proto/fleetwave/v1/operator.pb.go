@@ -1707,8 +1707,14 @@ type CoordinatorInfo struct {
 	// batches only when every registered coordinator says so; coordinators
 	// from before this field leave it false.
 	ReadsEventBatches bool `protobuf:"varint,9,opt,name=reads_event_batches,json=readsEventBatches,proto3" json:"reads_event_batches,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// It reads rollouts whose hosts were compacted to per-wave summaries
+	// (Rollout.hosts_compacted). The leader compacts rollouts only when every
+	// registered coordinator says so (an older one would count such a
+	// rollout as one without hosts in its DORA figures); coordinators from
+	// before this field leave it false.
+	ReadsCompactedRollouts bool `protobuf:"varint,10,opt,name=reads_compacted_rollouts,json=readsCompactedRollouts,proto3" json:"reads_compacted_rollouts,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *CoordinatorInfo) Reset() {
@@ -1800,6 +1806,13 @@ func (x *CoordinatorInfo) GetReadsSplitRollouts() bool {
 func (x *CoordinatorInfo) GetReadsEventBatches() bool {
 	if x != nil {
 		return x.ReadsEventBatches
+	}
+	return false
+}
+
+func (x *CoordinatorInfo) GetReadsCompactedRollouts() bool {
+	if x != nil {
+		return x.ReadsCompactedRollouts
 	}
 	return false
 }
@@ -4395,7 +4408,7 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\x13WatchEventsResponse\x12)\n" +
 	"\x05event\x18\x01 \x01(\v2\x13.fleetwave.v1.EventR\x05event\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\"\x16\n" +
-	"\x14ClusterStatusRequest\"\xcd\x02\n" +
+	"\x14ClusterStatusRequest\"\x87\x03\n" +
 	"\x0fCoordinatorInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x16\n" +
@@ -4406,7 +4419,9 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\aversion\x18\x06 \x01(\tR\aversion\x12%\n" +
 	"\x0egossip_address\x18\a \x01(\tR\rgossipAddress\x120\n" +
 	"\x14reads_split_rollouts\x18\b \x01(\bR\x12readsSplitRollouts\x12.\n" +
-	"\x13reads_event_batches\x18\t \x01(\bR\x11readsEventBatches\"\xb0\x02\n" +
+	"\x13reads_event_batches\x18\t \x01(\bR\x11readsEventBatches\x128\n" +
+	"\x18reads_compacted_rollouts\x18\n" +
+	" \x01(\bR\x16readsCompactedRollouts\"\xb0\x02\n" +
 	"\n" +
 	"EtcdMember\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +

@@ -1,0 +1,124 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
+	"github.com/fleetwave/fleetwave/coordinator/store"
+)
+
+// maxRolloutPrunes bounds the writes (compactions and deletions) one
+// pruneRollouts does for a service, so that the first pass over a long
+// history (a coordinator upgraded to one that prunes) does not hold the
+// loop for long: the rest follows at the next passes (pruneAudit's, every
+// auditPruneEvery, and each rollout's end).
+const maxRolloutPrunes = 100
+
+// pruneRollouts compacts the service's ended rollouts beyond its newest
+// Config.KeepRolloutHosts, once every registered coordinator reads
+// compacted rollouts (their hosts replaced by per-wave summaries:
+// rollout.Compact) and deletes those that finished more than
+// Config.RolloutRetention before now, never one that a reader of hosts or
+// a rollback needs (rollout.Retain). Fenced writes, each compared with the
+// revision the mirror holds; failures are logged and retried at the next
+// pass. It returns store.ErrNotLeader (wrapped) when leadership is lost.
+func (l *leader) pruneRollouts(ctx context.Context, fence *store.Fence, name string, now time.Time) error {
+	vs, ok := l.c.mirror.Service(name)
+	if !ok {
+		return nil
+	}
+	keep := l.c.cfg.KeepRolloutHosts
+	if l.c.compactUnreader() != "" {
+		keep = 0 // not while a coordinator that would misread them is registered
+	}
+	ret := rollout.Retain(vs.Val, l.c.mirror.Rollouts(name), keep, now.Add(-l.c.cfg.RolloutRetention))
+	var last int64
+	compacted, deleted, writes := 0, 0, 0
+	var failed error
+	for _, r := range ret.Delete {
+		if writes == maxRolloutPrunes {
+			break
+		}
+		vr, ok := l.c.mirror.Rollout(name, r.GetId())
+		if !ok {
+			continue
+		}
+		writes++
+		rev, err := l.c.store.DeleteRollout(ctx, fence, store.RolloutBase{Rollout: vr.Val, Rev: vr.Rev, Layout: l.c.mirror.RolloutLayout(name, r.GetId())})
+		if err != nil {
+			if errors.Is(err, store.ErrNotLeader) {
+				return err
+			}
+			failed = err
+			continue
+		}
+		last, deleted = max(last, rev), deleted+1
+	}
+	for _, r := range ret.Compact {
+		if writes == maxRolloutPrunes {
+			break
+		}
+		vr, ok := l.c.mirror.Rollout(name, r.GetId())
+		if !ok {
+			continue
+		}
+		writes++
+		rev, err := l.c.store.CompactRollout(ctx, fence, rollout.Compact(vr.Val), store.RolloutBase{Rollout: vr.Val, Rev: vr.Rev, Layout: l.c.mirror.RolloutLayout(name, r.GetId())})
+		if err != nil {
+			if errors.Is(err, store.ErrNotLeader) {
+				return err
+			}
+			failed = err
+			continue
+		}
+		last, compacted = max(last, rev), compacted+1
+	}
+	if failed != nil {
+		l.c.log.Warn().Err(failed).Str("service", name).Msg("pruning old rollouts failed")
+	}
+	if compacted > 0 || deleted > 0 {
+		l.c.log.Info().Str("service", name).Int("compacted", compacted).Int("keep_hosts", l.c.cfg.KeepRolloutHosts).
+			Int("deleted", deleted).Dur("retention", l.c.cfg.RolloutRetention).Msg("old rollouts pruned")
+	}
+	if last == 0 {
+		return nil
+	}
+	// The next pass, and the loop's reads, see what was pruned.
+	return l.c.mirror.WaitRev(ctx, last)
+}
+
+// pruneAllRollouts runs pruneRollouts for every service, so that a quiet
+// service's rollouts are deleted by age too.
+func (l *leader) pruneAllRollouts(ctx context.Context, fence *store.Fence, now time.Time) {
+	for _, vs := range l.c.mirror.Services() {
+		if err := l.pruneRollouts(ctx, fence, vs.Val.GetSpec().GetName(), now); err != nil {
+			if !errors.Is(err, store.ErrNotLeader) && ctx.Err() == nil {
+				l.c.log.Warn().Err(err).Str("service", vs.Val.GetSpec().GetName()).Msg("pruning old rollouts failed")
+			}
+			return
+		}
+	}
+}
+
+// compactUnreader names a registered coordinator that does not read
+// compacted rollouts ("" when none): during a rolling upgrade from a
+// version before them the leader compacts nothing (splitUnreader's rule).
+func (c *Coordinator) compactUnreader() string {
+	for _, ci := range c.mirror.Coordinators() {
+		if !ci.GetReadsCompactedRollouts() {
+			return ci.GetName()
+		}
+	}
+	return ""
+}
+
+// pruneNow is the time the leader prunes at: the clock, or the test's
+// (Config.pruneClock).
+func (l *leader) pruneNow() time.Time {
+	if l.c.cfg.pruneClock != nil {
+		return l.c.cfg.pruneClock()
+	}
+	return time.Now()
+}
