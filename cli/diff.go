@@ -20,10 +20,7 @@ func DiffRollout(prev, cur *v1.Rollout) []string {
 	}
 	var out []string
 	if prev == nil || prev.GetId() != cur.GetId() {
-		hosts := 0
-		for _, w := range cur.GetWaves() {
-			hosts += len(w.GetHosts())
-		}
+		hosts := rollout.RolloutHosts(cur)
 		kind := "rollout"
 		if cur.GetRollback() {
 			kind = "rollback"
@@ -38,6 +35,9 @@ func DiffRollout(prev, cur *v1.Rollout) []string {
 			kind, cur.GetId(), cur.GetService(), rollout.Describe(cur), changesNote(cur.GetSpecChanges()),
 			plural(len(cur.GetWaves()), "wave"), plural(hosts, "host")))
 		if n := rollout.InPlaceNote(cur); n != "" {
+			out = append(out, n)
+		}
+		if n := rollout.CompactedNote(cur); n != "" {
 			out = append(out, n)
 		}
 		prev = untouched(cur)
@@ -86,11 +86,11 @@ func DiffRollout(prev, cur *v1.Rollout) []string {
 		if pw.GetState() != w.GetState() {
 			switch w.GetState() {
 			case v1.WaveState_WAVE_STATE_PROGRESSING:
-				before = append(before, fmt.Sprintf("%s started: %s: %s", label, plural(len(w.GetHosts()), "host"), hostList(w)))
+				before = append(before, fmt.Sprintf("%s started: %s: %s", label, plural(rollout.WaveHosts(cur, w), "host"), hostList(w)))
 			case v1.WaveState_WAVE_STATE_BAKING:
-				after = append(after, fmt.Sprintf("%s baking until %s: %d/%d hosts done", label, fmtTime(w.GetBakeUntil()), hostsDone(w), len(w.GetHosts())))
+				after = append(after, fmt.Sprintf("%s baking until %s: %s", label, fmtTime(w.GetBakeUntil()), waveDone(cur, w)))
 			case v1.WaveState_WAVE_STATE_DONE:
-				after = append(after, fmt.Sprintf("%s done: %d/%d hosts done", label, hostsDone(w), len(w.GetHosts())))
+				after = append(after, fmt.Sprintf("%s done: %s", label, waveDone(cur, w)))
 			case v1.WaveState_WAVE_STATE_FAILED:
 				after = append(after, fmt.Sprintf("%s failed: %s (budget %d)", label, plural(int(w.GetFailures()), "failure"), cur.GetPolicy().GetMaxFailures()))
 			default:

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -110,6 +111,15 @@ func waveLabel(w *v1.Wave) string {
 		return fmt.Sprintf("wave %d (canary)", w.GetIndex())
 	}
 	return fmt.Sprintf("wave %d", w.GetIndex())
+}
+
+// waveDone says how many of wave w's hosts are done, of how many; once
+// r's hosts were compacted (an old rollout) only how many it had.
+func waveDone(r *v1.Rollout, w *v1.Wave) string {
+	if r.GetHostsCompacted() {
+		return plural(rollout.WaveHosts(r, w), "host") + " (detail pruned)"
+	}
+	return fmt.Sprintf("%d/%d hosts done", hostsDone(w), len(w.GetHosts()))
 }
 
 func hostsDone(w *v1.Wave) int {

@@ -215,6 +215,15 @@ func (a *app) watchByEvents(cmd *cobra.Command, service, id string) error {
 	return end()
 }
 
+// doneOfTotal is a wave's "DONE/TOTAL" column: "-/TOTAL" once its
+// rollout's hosts were compacted.
+func doneOfTotal(ro *v1.Rollout, wv *v1.Wave) string {
+	if ro.GetHostsCompacted() {
+		return fmt.Sprintf("-/%d", rollout.WaveHosts(ro, wv))
+	}
+	return fmt.Sprintf("%d/%d", hostsDone(wv), len(wv.GetHosts()))
+}
+
 func printRollout(w io.Writer, ro *v1.Rollout) error {
 	kind := "rollout"
 	switch {
@@ -245,12 +254,17 @@ func printRollout(w io.Writer, ro *v1.Rollout) error {
 	row(tw, "WAVE", "CANARY", "STATE", "DONE/TOTAL", "FAILURES", "BAKE UNTIL")
 	for _, wv := range ro.GetWaves() {
 		row(tw, strconv.Itoa(int(wv.GetIndex())), yesNo(wv.GetCanary()), waveState(wv.GetState()),
-			fmt.Sprintf("%d/%d", hostsDone(wv), len(wv.GetHosts())), strconv.Itoa(int(wv.GetFailures())), fmtTime(wv.GetBakeUntil()))
+			doneOfTotal(ro, wv), strconv.Itoa(int(wv.GetFailures())), fmtTime(wv.GetBakeUntil()))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 	fmt.Fprintln(w)
+	if n := rollout.CompactedNote(ro); n != "" {
+		// An old rollout: its hosts' progress was pruned, not lost silently.
+		_, err := fmt.Fprintln(w, n)
+		return err
+	}
 	tw = newTable(w)
 	row(tw, "HOST", "WAVE", "STATE", "PHASE", "UNKNOWN", "REASON")
 	for _, wv := range ro.GetWaves() {

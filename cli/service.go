@@ -159,22 +159,13 @@ func (a *app) serviceCmd() *cobra.Command {
 			}
 			r := resp.GetRollout()
 			fmt.Fprintf(a.stdout, "service %s: removal %s, %s, %s; follow it with: fleetwave rollout watch %s\n",
-				args[0], r.GetId(), plural(hostsOf(r), "host"), strings.ToLower(rolloutState(r.GetState())), args[0])
+				args[0], r.GetId(), plural(rollout.RolloutHosts(r), "host"), strings.ToLower(rolloutState(r.GetState())), args[0])
 			return nil
 		}),
 	}
 	del.Flags().BoolVar(&force, "force", false, "supersede a rollout in flight instead of refusing")
 	cmd.AddCommand(apply, list, get, unfreeze, del)
 	return cmd
-}
-
-// hostsOf is the number of hosts in a rollout's plan.
-func hostsOf(r *v1.Rollout) int {
-	n := 0
-	for _, w := range r.GetWaves() {
-		n += len(w.GetHosts())
-	}
-	return n
 }
 
 // serviceState is "deleted", "removing", "frozen" or "ok".

@@ -122,7 +122,7 @@ func specOutcome(svc *v1.Service, r *v1.Rollout, rev int64) (*v1.Rollout, string
 		return r, ""
 	case r.GetLeft() && !rollout.Terminal(r):
 		return r, fmt.Sprintf("%s: removal %s stops and removes the service in waves on the %d host(s) the selector leaves out; the others keep running (what else the spec changes rolls out after it)",
-			spec, r.GetId(), hostsIn(r))
+			spec, r.GetId(), rollout.RolloutHosts(r))
 	case st.GetStableSpecRevision() == rev:
 		return nil, fmt.Sprintf("%s recorded without a rollout: it changes nothing hosts run", spec)
 	case st.GetStableVersion() == "":

@@ -103,15 +103,7 @@ func (l *leader) deleteService(ctx context.Context, fence *store.Fence, req lead
 // serviceDeleted records the end of a removal that deleted the service.
 func serviceDeleted(r *v1.Rollout, now time.Time) *v1.Event {
 	return event(r, r.GetService(), rollout.EventServiceDeleted, "",
-		fmt.Sprintf("removed from %d host(s); the service is deleted (its history stays; service apply creates it anew)", hostsIn(r)), now)
-}
-
-func hostsIn(r *v1.Rollout) int {
-	n := 0
-	for _, w := range r.GetWaves() {
-		n += len(w.GetHosts())
-	}
-	return n
+		fmt.Sprintf("removed from %d host(s); the service is deleted (its history stays; service apply creates it anew)", rollout.RolloutHosts(r)), now)
 }
 
 // hostMoved records a host whose labels changed: for every service it

@@ -408,7 +408,7 @@ func TestDeleteServiceAndHostsMoving(t *testing.T) {
 		t.Fatal(err)
 	}
 	rm := del.GetRollout()
-	if !rm.GetRemove() || hostsIn(rm) != 3 || !del.GetService().GetStatus().GetRemoving() {
+	if !rm.GetRemove() || rollout.RolloutHosts(rm) != 3 || !del.GetService().GetStatus().GetRemoving() {
 		t.Fatalf("delete: %v %v", rm, del.GetService().GetStatus())
 	}
 	if _, err := op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: spec}); status.Code(err) != codes.FailedPrecondition {
@@ -499,7 +499,7 @@ func TestSelectorChangeRemovesInWaves(t *testing.T) {
 		t.Fatal(err)
 	}
 	rm := resp.GetRollout()
-	if !rm.GetLeft() || !rm.GetRemove() || hostsIn(rm) != 2 || len(rm.GetWaves()) != 2 || !strings.Contains(resp.GetNote(), "in waves") {
+	if !rm.GetLeft() || !rm.GetRemove() || rollout.RolloutHosts(rm) != 2 || len(rm.GetWaves()) != 2 || !strings.Contains(resp.GetNote(), "in waves") {
 		t.Fatalf("apply of a narrower selector: rollout %v, note %q", rm, resp.GetNote())
 	}
 	done := waitRollout(t, ctx, op, "removal done", func(r *v1.Rollout) bool { return r.GetId() == rm.GetId() && r.GetState() == rOK })
@@ -553,8 +553,8 @@ func TestSelectorChangeRemovesInWaves(t *testing.T) {
 	// A release now rolls out to the host that stays only.
 	release("v2")
 	r2 := waitRollout(t, ctx, op, "v2 done", func(r *v1.Rollout) bool { return r.GetToVersion() == "v2" && r.GetState() == rOK })
-	if hostsIn(r2) != 1 {
-		t.Errorf("v2 rolled out to %d host(s)", hostsIn(r2))
+	if rollout.RolloutHosts(r2) != 1 {
+		t.Errorf("v2 rolled out to %d host(s)", rollout.RolloutHosts(r2))
 	}
 	testkit.EventuallyErr(t, 30*time.Second, "h0 on v2", func() error {
 		if runs, _, _, _ := agents[0].state(); runs != "v2" {

@@ -60,7 +60,11 @@ type boardView struct {
 	What string
 	// InPlace says a judging-only config rollout is applied in place
 	// (rollout.InPlaceNote; "" for any other).
-	InPlace                          string
+	InPlace string
+	// Compacted says the rollout's host detail was pruned and how many
+	// hosts it had (rollout.CompactedNote; "" while it keeps its hosts:
+	// the board shows a service's newest rollout, which always does).
+	Compacted                        string
 	Stable                           string
 	Paused, Rollback, Frozen, Config bool
 	// None: the service has had no rollout yet.
@@ -195,6 +199,7 @@ func buildBoard(sess *session, svc *v1.Service, r *v1.Rollout, hosts []*v1.Host)
 	}
 	b.ID, b.What, b.Reason = r.GetId(), rollout.Describe(r), r.GetReason()
 	b.InPlace = rollout.InPlaceNote(r)
+	b.Compacted = rollout.CompactedNote(r)
 	b.State = lower(r.GetState().String(), "ROLLOUT_STATE_")
 	b.Paused, b.Rollback = r.GetPaused(), r.GetRollback()
 	b.Config = rollout.IsConfig(r)
