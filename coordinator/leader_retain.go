@@ -17,9 +17,9 @@ import (
 const maxRolloutPrunes = 100
 
 // pruneRollouts compacts the service's ended rollouts beyond its newest
-// Config.KeepRolloutHosts, once every registered coordinator reads
-// compacted rollouts (their hosts replaced by per-wave summaries:
-// rollout.Compact) and deletes those that finished more than
+// Config.KeepRolloutHosts (their hosts replaced by per-wave summaries:
+// rollout.Compact), once every registered coordinator reads compacted
+// rollouts, and deletes those that finished more than
 // Config.RolloutRetention before now, never one that a reader of hosts or
 // a rollback needs (rollout.Retain). Fenced writes, each compared with the
 // revision the mirror holds; failures are logged and retried at the next
