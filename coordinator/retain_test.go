@@ -273,3 +273,70 @@ func TestLeaderCompactsAndDeletesOldRollouts(t *testing.T) {
 		t.Errorf("rollback onto the failed v3 after deletion: %v", err)
 	}
 }
+
+// While a coordinator that does not read compacted rollouts is registered
+// (a rolling upgrade), the leader deletes old rollouts but compacts none;
+// once it is gone, it compacts. The history is written straight to etcd:
+// three ended rollouts, the first two years old.
+func TestCompactionWaitsForEveryCoordinator(t *testing.T) {
+	emb, cli := embeddedEtcd(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	st := store.New(cli)
+	lease, err := cli.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.PutCoordinator(ctx, &v1.CoordinatorInfo{Name: "old", Address: "127.0.0.1:1", Version: "before-compaction", ReadsSplitRollouts: true, ReadsEventBatches: true}, lease.ID); err != nil {
+		t.Fatal(err)
+	}
+	ap, err := st.ApplySpec(ctx, &v1.ServiceSpec{Name: "web", Selector: map[string]string{"role": "web"}, Run: &v1.RunSpec{Command: []string{"./app"}}}, time.Now(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, svcRev := ap.Service, ap.Rev
+	ended := time.Now().Add(-2 * 365 * 24 * time.Hour)
+	for i := 1; i <= 3; i++ {
+		id, v := fmt.Sprintf("%06d", i), fmt.Sprintf("v%d", i)
+		if i > 1 {
+			ended = time.Now().Add(-time.Hour)
+		}
+		r := &v1.Rollout{Id: id, Service: "web", ToVersion: v, State: v1.RolloutState_ROLLOUT_STATE_SUCCEEDED, CreatedAt: timestamppb.New(ended.Add(-time.Minute)),
+			FinishedAt: timestamppb.New(ended), Waves: []*v1.Wave{{State: v1.WaveState_WAVE_STATE_DONE, Hosts: []*v1.HostProgress{
+				{HostId: "h1", State: v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE, DoneAt: timestamppb.New(ended)}}}}}
+		svc = proto.Clone(svc).(*v1.Service)
+		svc.Status = &v1.ServiceStatus{StableVersion: v, RolloutSeq: int64(i), LastRolloutId: id}
+		if svcRev, _, err = st.WriteRollout(ctx, nil, r, store.RolloutBase{Layout: store.Split}, svc, svcRev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cc := startCoordinatorOn(t, emb, func(c *Config) { c.KeepRolloutHosts = 1; c.auditPruneEvery = 100 * time.Millisecond })
+	op := v1.NewOperatorServiceClient(cc)
+	testkit.EventuallyErr(t, 30*time.Second, "rollout 000001 deleted", func() error {
+		if _, err := op.GetRollout(ctx, &v1.GetRolloutRequest{Service: "web", Id: "000001"}); status.Code(err) != codes.NotFound {
+			return fmt.Errorf("GetRollout: %v", err)
+		}
+		return nil
+	})
+	// The pass that deleted it would have compacted 000002 too.
+	g, err := op.GetRollout(ctx, &v1.GetRolloutRequest{Service: "web", Id: "000002"})
+	if err != nil || g.GetRollout().GetHostsCompacted() || len(g.GetRollout().GetWaves()[0].GetHosts()) != 1 {
+		t.Fatalf("rollout 000002 compacted while a coordinator that does not read it is registered: %v (%v)", g.GetRollout(), err)
+	}
+	if _, err := cli.Revoke(ctx, lease.ID); err != nil {
+		t.Fatal(err)
+	}
+	testkit.EventuallyErr(t, 30*time.Second, "rollout 000002 compacted once the old coordinator left", func() error {
+		g, err := op.GetRollout(ctx, &v1.GetRolloutRequest{Service: "web", Id: "000002"})
+		if err != nil {
+			return err
+		}
+		if !g.GetRollout().GetHostsCompacted() {
+			return fmt.Errorf("not compacted: %v", g.GetRollout())
+		}
+		return nil
+	})
+	if g, err := op.GetRollout(ctx, &v1.GetRolloutRequest{Service: "web", Id: "000003"}); err != nil || g.GetRollout().GetHostsCompacted() {
+		t.Fatalf("the newest rollout: %v (%v)", g.GetRollout(), err)
+	}
+}
