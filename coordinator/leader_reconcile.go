@@ -96,7 +96,8 @@ func (l *leader) commit(ctx context.Context, fence *store.Fence, vs store.Versio
 		return err
 	}
 	if rollout.Terminal(next) {
-		return l.pruneRollouts(ctx, fence, name, l.pruneNow())
+		_, err := l.pruneRollouts(ctx, fence, name, l.pruneNow(), maxRolloutPrunes)
+		return err
 	}
 	return nil
 }
@@ -411,7 +412,8 @@ func (l *leader) start(ctx context.Context, fence *store.Fence, vs store.Version
 		return err
 	}
 	if rollout.Terminal(r) {
-		return l.pruneRollouts(ctx, fence, name, l.pruneNow())
+		_, err := l.pruneRollouts(ctx, fence, name, l.pruneNow(), maxRolloutPrunes)
+		return err
 	}
 	return nil
 }

@@ -9,11 +9,12 @@ import (
 	"github.com/fleetwave/fleetwave/coordinator/store"
 )
 
-// maxRolloutPrunes bounds the writes (compactions and deletions) one
-// pruneRollouts does for a service, so that the first pass over a long
-// history (a coordinator upgraded to one that prunes) does not hold the
-// loop for long: the rest follows at the next passes (pruneAudit's, every
-// auditPruneEvery, and each rollout's end).
+// maxRolloutPrunes bounds the writes (compactions and deletions) of one
+// pass: a rollout's end (for its service) or a periodic pass (over every
+// service), so that the first passes over long histories (a coordinator
+// upgraded to one that prunes) do not hold the loop for long: the rest
+// follows at the next passes (pruneAudit's, every auditPruneEvery, and
+// each rollout's end).
 const maxRolloutPrunes = 100
 
 // pruneRollouts compacts the service's ended rollouts beyond its newest
@@ -23,11 +24,12 @@ const maxRolloutPrunes = 100
 // Config.RolloutRetention before now, never one that a reader of hosts or
 // a rollback needs (rollout.Retain). Fenced writes, each compared with the
 // revision the mirror holds; failures are logged and retried at the next
-// pass. It returns store.ErrNotLeader (wrapped) when leadership is lost.
-func (l *leader) pruneRollouts(ctx context.Context, fence *store.Fence, name string, now time.Time) error {
+// pass. It writes at most budget times and returns how many it wrote, and
+// store.ErrNotLeader (wrapped) when leadership is lost.
+func (l *leader) pruneRollouts(ctx context.Context, fence *store.Fence, name string, now time.Time, budget int) (int, error) {
 	vs, ok := l.c.mirror.Service(name)
 	if !ok {
-		return nil
+		return 0, nil
 	}
 	keep := l.c.cfg.KeepRolloutHosts
 	if l.c.compactUnreader() != "" {
@@ -38,7 +40,7 @@ func (l *leader) pruneRollouts(ctx context.Context, fence *store.Fence, name str
 	compacted, deleted, writes := 0, 0, 0
 	var failed error
 	for _, r := range ret.Delete {
-		if writes == maxRolloutPrunes {
+		if writes == budget {
 			break
 		}
 		vr, ok := l.c.mirror.Rollout(name, r.GetId())
@@ -49,7 +51,7 @@ func (l *leader) pruneRollouts(ctx context.Context, fence *store.Fence, name str
 		rev, err := l.c.store.DeleteRollout(ctx, fence, store.RolloutBase{Rollout: vr.Val, Rev: vr.Rev, Layout: l.c.mirror.RolloutLayout(name, r.GetId())})
 		if err != nil {
 			if errors.Is(err, store.ErrNotLeader) {
-				return err
+				return writes, err
 			}
 			failed = err
 			continue
@@ -57,7 +59,7 @@ func (l *leader) pruneRollouts(ctx context.Context, fence *store.Fence, name str
 		last, deleted = max(last, rev), deleted+1
 	}
 	for _, r := range ret.Compact {
-		if writes == maxRolloutPrunes {
+		if writes == budget {
 			break
 		}
 		vr, ok := l.c.mirror.Rollout(name, r.GetId())
@@ -68,7 +70,7 @@ func (l *leader) pruneRollouts(ctx context.Context, fence *store.Fence, name str
 		rev, err := l.c.store.CompactRollout(ctx, fence, rollout.Compact(vr.Val), store.RolloutBase{Rollout: vr.Val, Rev: vr.Rev, Layout: l.c.mirror.RolloutLayout(name, r.GetId())})
 		if err != nil {
 			if errors.Is(err, store.ErrNotLeader) {
-				return err
+				return writes, err
 			}
 			failed = err
 			continue
@@ -83,17 +85,23 @@ func (l *leader) pruneRollouts(ctx context.Context, fence *store.Fence, name str
 			Int("deleted", deleted).Dur("retention", l.c.cfg.RolloutRetention).Msg("old rollouts pruned")
 	}
 	if last == 0 {
-		return nil
+		return writes, nil
 	}
 	// The next pass, and the loop's reads, see what was pruned.
-	return l.c.mirror.WaitRev(ctx, last)
+	return writes, l.c.mirror.WaitRev(ctx, last)
 }
 
 // pruneAllRollouts runs pruneRollouts for every service, so that a quiet
 // service's rollouts are deleted by age too.
 func (l *leader) pruneAllRollouts(ctx context.Context, fence *store.Fence, now time.Time) {
+	budget := maxRolloutPrunes
 	for _, vs := range l.c.mirror.Services() {
-		if err := l.pruneRollouts(ctx, fence, vs.Val.GetSpec().GetName(), now); err != nil {
+		if budget == 0 {
+			return
+		}
+		n, err := l.pruneRollouts(ctx, fence, vs.Val.GetSpec().GetName(), now, budget)
+		budget -= n
+		if err != nil {
 			if !errors.Is(err, store.ErrNotLeader) && ctx.Err() == nil {
 				l.c.log.Warn().Err(err).Str("service", vs.Val.GetSpec().GetName()).Msg("pruning old rollouts failed")
 			}
