@@ -116,7 +116,7 @@ func Retain(svc *v1.Service, rollouts []*v1.Rollout, keepHosts int, deleteBefore
 		}
 		if r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED {
 			lastOK = i
-			if !r.GetLeft() && r.GetToVersion() != stable {
+			if !r.GetRemove() && r.GetToVersion() != stable {
 				lastOther = i
 			}
 		}
