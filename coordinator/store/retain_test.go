@@ -8,6 +8,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -27,7 +28,7 @@ func compactedForTest(r *v1.Rollout) *v1.Rollout {
 // split one's parts are deleted with the head's rewrite; the mirror, a
 // mirror loading afterwards and GetRollout all read the compacted record;
 // a stale base is refused. DeleteRollout takes a rollout's every key in
-// either layout.
+// either layout, and its events.
 func TestCompactAndDeleteRollout(t *testing.T) {
 	s := startStore(t)
 	m := startMirror(t, s)
@@ -41,7 +42,8 @@ func TestCompactAndDeleteRollout(t *testing.T) {
 			}
 			r := testRollout(id, 1, 10, 1500)
 			r.State = v1.RolloutState_ROLLOUT_STATE_SUCCEEDED
-			rev, _, err := s.WriteRollout(ctx, nil, r, RolloutBase{Layout: layout}, nil, 0)
+			ev := &v1.Event{At: timestamppb.Now(), Service: "web", RolloutId: id, Kind: "rollout_created", Wave: -1, Message: "created"}
+			rev, _, err := s.WriteRollout(ctx, nil, r, RolloutBase{Layout: layout}, nil, 0, ev)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -82,11 +84,14 @@ func TestCompactAndDeleteRollout(t *testing.T) {
 			if _, err := s.DeleteRollout(ctx, nil, RolloutBase{Rollout: c, Rev: rev, Layout: layout}); !errors.Is(err, ErrConflict) {
 				t.Fatalf("delete over a stale revision: %v, want ErrConflict", err)
 			}
+			if keys, err := s.c.Get(ctx, EventsPrefixFor("web", id), clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil || keys.Count == 0 {
+				t.Fatalf("the rollout's event not written (%v)", err)
+			}
 			drev, err := s.DeleteRollout(ctx, nil, RolloutBase{Rollout: c, Rev: crev, Layout: layout})
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, p := range []string{RolloutHeadKey("web", id), RolloutKey("web", id)} {
+			for _, p := range []string{RolloutHeadKey("web", id), RolloutKey("web", id), EventsPrefixFor("web", id)} {
 				if keys, err := s.c.Get(ctx, p, clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil || keys.Count != 0 {
 					t.Fatalf("%d keys under %s after delete (%v)", keys.Count, p, err)
 				}

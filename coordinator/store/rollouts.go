@@ -401,8 +401,9 @@ func (s *Store) CompactRollout(ctx context.Context, f *Fence, c *v1.Rollout, bas
 }
 
 // DeleteRollout deletes a stored rollout (base.Rollout, read at base.Rev in
-// base.Layout: its one key, or its head and parts), fenced, and only if it
-// is unchanged since. It returns the revision of the delete.
+// base.Layout: its one key, or its head and parts) and its recorded events,
+// fenced, and only if it is unchanged since. It returns the revision of the
+// delete.
 func (s *Store) DeleteRollout(ctx context.Context, f *Fence, base RolloutBase) (int64, error) {
 	service, id := base.Rollout.GetService(), base.Rollout.GetId()
 	if service == "" || id == "" || strings.Contains(service, "/") || strings.Contains(id, "/") || base.Rev == 0 {
@@ -414,6 +415,7 @@ func (s *Store) DeleteRollout(ctx context.Context, f *Fence, base RolloutBase) (
 		key = RolloutHeadKey(service, id)
 		ops = []clientv3.Op{clientv3.OpDelete(key+"/", clientv3.WithPrefix()), clientv3.OpDelete(key)}
 	}
+	ops = append(ops, clientv3.OpDelete(EventsPrefixFor(service, id), clientv3.WithPrefix()))
 	cmps := append(f.cmps(), clientv3.Compare(clientv3.ModRevision(key), "=", base.Rev))
 	var fenceGet []clientv3.Op
 	if f != nil {
