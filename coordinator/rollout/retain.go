@@ -87,7 +87,9 @@ type Retention struct {
 // Neither ever touches a rollout in flight, the service's newest rollout
 // (nor the one its status names: the hub, Desired, Restored, the stage and
 // peer plans, comparisons and alerts read its hosts; every other reader of
-// hosts reads only that one). Deletion keeps, besides, what RollbackTarget
+// hosts reads only that one), nor, when the newest are ended removals of
+// hosts a selector left out, those and the rollout before them (the one
+// Decide is given: Deciding, walked back by id). Deletion keeps, besides, what RollbackTarget
 // reads of older rollouts: the newest SUCCEEDED rollout, the newest
 // SUCCEEDED one to a release other than the stable one (the default
 // rollback target), the newest removal of the whole service (where the
@@ -101,9 +103,16 @@ func Retain(svc *v1.Service, rollouts []*v1.Rollout, keepHosts int, deleteBefore
 		return out
 	}
 	current := svc.GetStatus().GetLastRolloutId()
+	// The rollout Decide is given (Deciding) when the newest ones are ended
+	// removals of hosts a selector left out: they and the one before them
+	// (walked back by id, PrevID) must all be there.
+	chain := n - 1
+	for chain > 0 && !Deciding(rollouts[chain]) {
+		chain--
+	}
 	protected := func(i int) bool {
 		r := rollouts[i]
-		return i == n-1 || r.GetId() == current || !Terminal(r)
+		return i >= chain || r.GetId() == current || !Terminal(r)
 	}
 	keep := map[int]bool{}
 	stable := svc.GetStatus().GetStableVersion()

@@ -59,11 +59,12 @@ func TestRetain(t *testing.T) {
 		to     string
 		st     v1.RolloutState
 		remove bool
+		left   bool
 	}
 	mk := func(spec ...ro) []*v1.Rollout {
 		var out []*v1.Rollout
 		for i, s := range spec {
-			out = append(out, &v1.Rollout{Id: fmt.Sprintf("%06d", i+1), ToVersion: s.to, State: s.st, Remove: s.remove,
+			out = append(out, &v1.Rollout{Id: fmt.Sprintf("%06d", i+1), ToVersion: s.to, State: s.st, Remove: s.remove, Left: s.left,
 				FinishedAt: timestamppb.New(t0.Add(time.Duration(i) * time.Hour))})
 		}
 		return out
@@ -83,25 +84,34 @@ func TestRetain(t *testing.T) {
 		before        time.Duration // from t0; 0: no deletion
 		compact, drop []string
 	}{
-		{name: "compact beyond the newest two", ros: []ro{{"v1", ok, false}, {"v2", bad, false}, {"v3", ok, false}, {"v4", ok, false}}, stable: "v4", last: "000004", keep: 2,
+		{name: "compact beyond the newest two", ros: []ro{{"v1", ok, false, false}, {"v2", bad, false, false}, {"v3", ok, false, false}, {"v4", ok, false, false}}, stable: "v4", last: "000004", keep: 2,
 			compact: []string{"000001", "000002"}},
-		{name: "never the rollout in flight, nor the newest", ros: []ro{{"v1", ok, false}, {"v2", flight, false}, {"v3", flight, false}}, stable: "v1", last: "000003", keep: 1,
+		{name: "never the rollout in flight, nor the newest", ros: []ro{{"v1", ok, false, false}, {"v2", flight, false, false}, {"v3", flight, false, false}}, stable: "v1", last: "000003", keep: 1,
 			compact: []string{"000001"}},
-		{name: "never the one the service names", ros: []ro{{"v1", ok, false}, {"v2", ok, false}, {"v3", ok, false}}, stable: "v3", last: "000002", keep: 1,
+		{name: "never the one the service names", ros: []ro{{"v1", ok, false, false}, {"v2", ok, false, false}, {"v3", ok, false, false}}, stable: "v3", last: "000002", keep: 1,
 			compact: []string{"000001"}},
-		{name: "compaction off", ros: []ro{{"v1", ok, false}, {"v2", ok, false}}, stable: "v2", last: "000002", keep: 0},
+		{name: "compaction off", ros: []ro{{"v1", ok, false, false}, {"v2", ok, false, false}}, stable: "v2", last: "000002", keep: 0},
 		{name: "deletion keeps the newest succeeded, the rollback target and the newest of a failed release",
-			ros:    []ro{{"v1", ok, false}, {"v2", bad, false}, {"v3", ok, false}, {"v2", sup, false}, {"v4", ok, false}, {"v5", ok, false}, {"v6", bad, false}, {"v7", flight, false}},
+			ros:    []ro{{"v1", ok, false, false}, {"v2", bad, false, false}, {"v3", ok, false, false}, {"v2", sup, false, false}, {"v4", ok, false, false}, {"v5", ok, false, false}, {"v6", bad, false, false}, {"v7", flight, false, false}},
 			stable: "v5", last: "000008", keep: 100, before: 100 * time.Hour,
 			// 000004: the newest ended rollout to v2, which failed once;
 			// 000005: the newest succeeded rollout to a release other than
 			// the stable one; 000006: the newest succeeded; 000007: the
 			// newest of v6 (failed); 000008 in flight.
 			drop: []string{"000001", "000002", "000003"}},
-		{name: "deletion by age only", ros: []ro{{"v1", ok, false}, {"v2", ok, false}, {"v3", ok, false}, {"v4", ok, false}}, stable: "v4", last: "000004", keep: 100, before: 90 * time.Minute,
+		{name: "deletion by age only", ros: []ro{{"v1", ok, false, false}, {"v2", ok, false, false}, {"v3", ok, false, false}, {"v4", ok, false, false}}, stable: "v4", last: "000004", keep: 100, before: 90 * time.Minute,
 			drop: []string{"000001", "000002"}},
-		{name: "deletion keeps the newest removal", ros: []ro{{"v1", ok, false}, {"", ok, true}, {"v1", ok, false}, {"v2", ok, false}, {"v3", ok, false}}, stable: "v3", last: "000005", keep: 1, before: 100 * time.Hour,
+		{name: "deletion keeps the newest removal", ros: []ro{{"v1", ok, false, false}, {"", ok, true, false}, {"v1", ok, false, false}, {"v2", ok, false, false}, {"v3", ok, false, false}}, stable: "v3", last: "000005", keep: 1, before: 100 * time.Hour,
 			compact: []string{"000002", "000004"}, drop: []string{"000001", "000003"}},
+		// The newest are removals of hosts the selector left out: the
+		// rollout Decide is given is the one before them (rollout.Deciding,
+		// walked back by id): none of them goes, however old (before: the
+		// left removals in between were deleted and the leader's reconcile
+		// failed for good on a missing rollout).
+		{name: "deletion keeps the removals of hosts left and the rollout before them",
+			ros:    []ro{{"v1", ok, false, false}, {"v2", ok, false, false}, {"v3", sup, false, false}, {"v3", ok, true, true}, {"v3", ok, true, true}, {"v3", ok, true, true}},
+			stable: "v2", last: "000006", keep: 1, before: 100 * time.Hour,
+			compact: []string{"000001"}, drop: []string{"000002"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			rs := mk(c.ros...)
