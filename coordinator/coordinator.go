@@ -143,6 +143,10 @@ type Config struct {
 	Gossip gossip.Config
 	// MaxArtifactBytes caps uploads (default 1 GiB).
 	MaxArtifactBytes int64
+	// ArtifactMinFreeBytes is the free space artifact uploads (and copies
+	// from other coordinators) leave on the data dir's filesystem, which
+	// the embedded etcd shares (0 = artifacts.DefaultMinFreeBytes).
+	ArtifactMinFreeBytes int64
 	// ArtifactSources is how many agents that hold a rollout's artifact are
 	// named in each assignment of its target as peer-to-peer sources
 	// (rollout.PeerSet; 0 = rollout.DefaultSources, negative = none, at most
@@ -256,6 +260,9 @@ func (c *Config) Validate() error {
 	}
 	if c.AgentCertTTL < 0 || (c.AgentCertTTL > 0 && c.AgentCertTTL < 10*time.Second) {
 		errs = append(errs, fmt.Errorf("agent-cert-ttl: %s: want at least 10s", c.AgentCertTTL))
+	}
+	if c.ArtifactMinFreeBytes < 0 {
+		errs = append(errs, fmt.Errorf("artifact-min-free-bytes: %d is negative", c.ArtifactMinFreeBytes))
 	}
 	if c.MaxArtifactBytes < 0 {
 		errs = append(errs, fmt.Errorf("max-artifact-bytes: %d is negative", c.MaxArtifactBytes))
@@ -459,7 +466,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	if err := checkMaxTxnOps(ctx, st, cfg.EtcdMaxTxnOps, endpoints, etcdTLS, cfg.EtcdTimeout, log); err != nil {
 		return fmt.Errorf("etcd-max-txn-ops %d: %w (lower the flag, or raise etcd's --max-txn-ops)", cfg.EtcdMaxTxnOps, err)
 	}
-	arts, err := artifacts.New(filepath.Join(cfg.DataDir, "artifacts"), cfg.MaxArtifactBytes, log)
+	arts, err := artifacts.New(filepath.Join(cfg.DataDir, "artifacts"), cfg.MaxArtifactBytes, cfg.ArtifactMinFreeBytes, log)
 	if err != nil {
 		return err
 	}

@@ -105,8 +105,8 @@ func TestConfigValidateNamesFields(t *testing.T) {
 	}
 	err = (&Config{Insecure: true, Listen: "127.0.0.1:7070", DataDir: "d", Limits: Limits{MaxConnections: 10, MaxConnectionsWithoutCert: 11,
 		MaxStreamsPerCaller: -1, StreamSendTimeout: -time.Second}, AuditMaxEntries: 5, AuditFailureInterval: time.Millisecond, EtcdQuotaBytes: -1,
-		ArtifactSources: 17}).Validate()
-	for _, want := range []string{"artifact-sources: 17 is over 16", "audit-max-entries: 5: want at least 100", "audit-failure-interval: 1ms: want at least 100ms", "etcd-quota-bytes: -1 is negative",
+		ArtifactSources: 17, ArtifactMinFreeBytes: -1}).Validate()
+	for _, want := range []string{"artifact-sources: 17 is over 16", "artifact-min-free-bytes: -1 is negative", "audit-max-entries: 5: want at least 100", "audit-failure-interval: 1ms: want at least 100ms", "etcd-quota-bytes: -1 is negative",
 		"max-connections-without-cert: 11 is over max-connections 10", "max-streams-per-caller: -1 is negative", "stream-send-timeout: -1s is negative"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate error %v does not say %s", err, want)

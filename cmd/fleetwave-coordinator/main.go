@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/fleetwave/fleetwave/coordinator"
+	"github.com/fleetwave/fleetwave/coordinator/artifacts"
 	"github.com/fleetwave/fleetwave/coordinator/dashboard"
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/internal/gossip"
@@ -65,6 +66,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.Name, "name", "", "this coordinator's name, unique in the cluster (default: the advertised address)")
 	fs.StringVar(&cfg.Advertise, "advertise", "", "address other coordinators reach this one at (default: the listen address; the hostname when listening on all interfaces)")
 	fs.Int64Var(&cfg.MaxArtifactBytes, "max-artifact-bytes", 1<<30, "largest artifact accepted")
+	fs.Int64Var(&cfg.ArtifactMinFreeBytes, "artifact-min-free-bytes", artifacts.DefaultMinFreeBytes, "free space artifact uploads leave on the data dir's filesystem (the embedded etcd's too): an upload that would go below it is refused")
 	fs.IntVar(&cfg.ArtifactSources, "artifact-sources", rollout.DefaultSources, fmt.Sprintf("agents holding a rollout's artifact named in each assignment as peer-to-peer sources (negative = none; at most %d)", rollout.MaxSources))
 	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", 5*time.Second, "leader lease TTL")
 	fs.StringVar(&cfg.MetricsListen, "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (host:port; empty = off)")

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc/codes"
@@ -28,10 +29,28 @@ const ChunkSize = 256 << 10
 // ErrTooLarge is returned when an upload exceeds the size cap.
 var ErrTooLarge = errors.New("artifact too large")
 
+// ErrDiskSpace is returned when an upload would leave the store's
+// filesystem with less than its minimum free space.
+var ErrDiskSpace = errors.New("not enough free space")
+
+// DefaultMinFreeBytes is the free space uploads leave on the store's
+// filesystem when New is given 0: the coordinator's data dir holds the
+// embedded etcd too, which stops every write of the control plane on a
+// full disk.
+const DefaultMinFreeBytes int64 = 2 << 30
+
+// freeCheckEvery is how many bytes an upload writes between two checks of
+// the free space (each a statfs): uploads at once each stop at the bound.
+const freeCheckEvery = 4 << 20
+
+// statfs is syscall.Statfs; tests replace it.
+var statfs = syscall.Statfs
+
 // Store keeps artifacts in dir/sha256/<hex>.
 type Store struct {
 	dir      string
 	maxBytes int64
+	minFree  int64
 	log      zerolog.Logger
 	// fetch, if set, brings a missing artifact into the store (from a peer
 	// coordinator); see SetFetcher.
@@ -41,8 +60,14 @@ type Store struct {
 	v1.UnimplementedArtifactServiceServer
 }
 
-// New opens (creating) a store under dir; uploads over maxBytes are refused.
-func New(dir string, maxBytes int64, log zerolog.Logger) (*Store, error) {
+// New opens (creating) a store under dir; uploads over maxBytes are
+// refused, and so is an upload (or a copy from another coordinator) while
+// writing it would leave less than minFree bytes free on dir's filesystem
+// (0: DefaultMinFreeBytes).
+func New(dir string, maxBytes, minFree int64, log zerolog.Logger) (*Store, error) {
+	if minFree == 0 {
+		minFree = DefaultMinFreeBytes
+	}
 	if err := os.MkdirAll(filepath.Join(dir, "sha256"), 0o755); err != nil {
 		return nil, fmt.Errorf("artifact store %s: %w", dir, err)
 	}
@@ -53,7 +78,7 @@ func New(dir string, maxBytes int64, log zerolog.Logger) (*Store, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o755); err != nil {
 		return nil, fmt.Errorf("artifact store %s: %w", dir, err)
 	}
-	return &Store{dir: dir, maxBytes: maxBytes, log: log}, nil
+	return &Store{dir: dir, maxBytes: maxBytes, minFree: minFree, log: log}, nil
 }
 
 func (s *Store) path(digest string) string { return filepath.Join(s.dir, "sha256", digest) }
@@ -104,7 +129,7 @@ func (s *Store) Put(r io.Reader) (string, int64, error) {
 	defer os.Remove(f.Name())
 	defer f.Close()
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(r, s.maxBytes+1))
+	n, err := io.Copy(io.MultiWriter(&freeGuard{s: s, w: f}, h), io.LimitReader(r, s.maxBytes+1))
 	if err != nil {
 		return "", 0, fmt.Errorf("artifact upload: %w", err)
 	}
@@ -123,6 +148,33 @@ func (s *Store) Put(r io.Reader) (string, int64, error) {
 		return "", 0, fmt.Errorf("artifact %s: %w", digest, err)
 	}
 	return digest, n, nil
+}
+
+// freeGuard writes to w while the store's filesystem keeps its minimum
+// free space, checked before the first write and every freeCheckEvery
+// bytes: each upload under way stops at the bound, whatever the others do.
+type freeGuard struct {
+	s       *Store
+	w       io.Writer
+	n, next int64
+}
+
+func (g *freeGuard) Write(p []byte) (int, error) {
+	if g.n >= g.next {
+		var st syscall.Statfs_t
+		if err := statfs(g.s.dir, &st); err != nil {
+			return 0, fmt.Errorf("free space of %s: %w", g.s.dir, err)
+		}
+		// What it may still write before the next check must fit too.
+		if free := int64(st.Bavail) * st.Bsize; free-freeCheckEvery < g.s.minFree {
+			return 0, fmt.Errorf("%w on the filesystem of %s: %d bytes free, the coordinator keeps %d free (--artifact-min-free-bytes; its etcd shares the disk); refused after %d bytes",
+				ErrDiskSpace, g.s.dir, free, g.s.minFree, g.n)
+		}
+		g.next = g.n + freeCheckEvery
+	}
+	n, err := g.w.Write(p)
+	g.n += int64(n)
+	return n, err
 }
 
 type uploadReader struct {
@@ -148,6 +200,10 @@ func (s *Store) Upload(stream v1.ArtifactService_UploadServer) error {
 	digest, n, err := s.Put(&uploadReader{stream: stream})
 	if errors.Is(err, ErrTooLarge) {
 		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	if errors.Is(err, ErrDiskSpace) {
+		s.log.Error().Err(err).Msg("artifact upload refused: the coordinator's disk is nearly full")
+		return status.Error(codes.ResourceExhausted, err.Error())
 	}
 	if err != nil {
 		return status.Error(codes.Internal, err.Error())

@@ -5,8 +5,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/rs/zerolog"
@@ -21,7 +24,7 @@ func TestPutStatAndLimits(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "tmp", "upload-1"), []byte("partial"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(dir, 16, zerolog.Nop())
+	s, err := New(dir, 16, 0, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,5 +51,80 @@ func TestPutStatAndLimits(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(filepath.Join(dir, "sha256")); len(ents) != 1 {
 		t.Fatalf("store holds %d files, want 1 (the oversized upload must leave nothing)", len(ents))
+	}
+}
+
+// TestUploadsLeaveFreeSpace: the store's filesystem (faked: 64 MiB, less
+// what the store's files hold) keeps its minimum free space (16 MiB):
+// an upload that would go below it is refused with ErrDiskSpace naming
+// the flag, leaves nothing behind, and an upload that fits is stored;
+// two uploads at once together stay within the bound (less what one may
+// write between two of its checks). Before, uploads
+// filled the disk the coordinator's embedded etcd shares (every write of
+// the control plane stops on a full disk).
+func TestUploadsLeaveFreeSpace(t *testing.T) {
+	dir := t.TempDir()
+	const capacity, minFree = 64 << 20, 16 << 20
+	used := func() int64 {
+		var n int64
+		_ = filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+			if err == nil && d.Type().IsRegular() {
+				if fi, err := d.Info(); err == nil {
+					n += fi.Size()
+				}
+			}
+			return nil
+		})
+		return n
+	}
+	orig := statfs
+	statfs = func(path string, st *syscall.Statfs_t) error {
+		st.Bsize = 1
+		st.Bavail = uint64(max(capacity-used(), 0))
+		return nil
+	}
+	t.Cleanup(func() { statfs = orig })
+	s, err := New(dir, 1<<30, minFree, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Put(bytes.NewReader(make([]byte, 8<<20))); err != nil {
+		t.Fatalf("an 8 MiB upload with 64 MiB free: %v", err)
+	}
+	_, _, err = s.Put(bytes.NewReader(make([]byte, 100<<20)))
+	if !errors.Is(err, ErrDiskSpace) || !strings.Contains(err.Error(), "--artifact-min-free-bytes") {
+		t.Fatalf("a 100 MiB upload: %v; want ErrDiskSpace naming --artifact-min-free-bytes", err)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(dir, "sha256")); len(ents) != 1 {
+		t.Fatalf("store holds %d files, want 1 (the refused upload must leave nothing)", len(ents))
+	}
+	if ents, _ := os.ReadDir(filepath.Join(dir, "tmp")); len(ents) != 0 {
+		t.Fatalf("tmp holds %d files after a refused upload", len(ents))
+	}
+	// Two at once, each of which fits alone: what they write together
+	// stays within the bound.
+	errs := make(chan error, 2)
+	for i := range 2 {
+		go func() {
+			data := bytes.Repeat([]byte{byte(i + 1)}, 24<<20)
+			_, _, err := s.Put(bytes.NewReader(data))
+			errs <- err
+		}()
+	}
+	var refused int
+	for range 2 {
+		if err := <-errs; errors.Is(err, ErrDiskSpace) {
+			refused++
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if refused == 0 {
+		t.Fatalf("two 24 MiB uploads at once with 56 MiB free and 16 MiB kept both stored")
+	}
+	// Each checks before every freeCheckEvery bytes it writes, so the other
+	// may have written up to that much since: the bound, less one interval.
+	if free := capacity - used(); free < minFree-freeCheckEvery {
+		t.Fatalf("%d bytes free after the uploads, under the %d kept (less one check's %d)", free, minFree, freeCheckEvery)
 	}
 }
