@@ -347,9 +347,15 @@ type Store struct {
 	dir string
 }
 
-// Open makes the directory if needed and removes temp files left by a crash.
+// Open makes the directory if needed (mode 0700: its files hold the
+// services' specs, run.env included, which no other user may read; one
+// an older agent made 0755 is made 0700) and removes temp files left by a
+// crash.
 func Open(dir string) (*Store, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("state dir %s: %w", dir, err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir %s: %w", dir, err)
 	}
 	leftovers, _ := filepath.Glob(filepath.Join(dir, ".*.tmp*"))
@@ -398,7 +404,7 @@ func (st *Store) SaveWith(s *lifecycle.Snapshot, rt Runtime) error {
 	if _, err := f.Write(append(b, '\n')); err != nil {
 		return fail(err)
 	}
-	if err := f.Chmod(0o644); err != nil {
+	if err := f.Chmod(0o600); err != nil { // run.env: Open
 		return fail(err)
 	}
 	if err := f.Sync(); err != nil {

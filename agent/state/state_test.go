@@ -386,3 +386,34 @@ func TestRuntimeValidated(t *testing.T) {
 		}
 	}
 }
+
+// TestStateIsPrivate: a state file holds the service's spec, its run.env
+// too (database passwords, API keys). Before, the directory was 0755 and
+// every file 0644: any local user, and every other service's user, read
+// every service's environment. Now the directory is 0700 (also one an
+// older agent made 0755, whose files are 0644 until their next save) and
+// each file 0600.
+func TestStateIsPrivate(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	if err := os.Mkdir(dir, 0o755); err != nil { // as older agents made it
+		t.Fatal(err)
+	}
+	st, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := sample()
+	s.Current.Spec.Run.Env = map[string]string{"DB_PASSWORD": "hunter2"}
+	if err := st.Save(s); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]os.FileMode{dir: 0o700, st.Path("web"): 0o600} {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fi.Mode().Perm(); got != want {
+			t.Errorf("%s: mode %v, want %v (it holds run.env)", path, got, want)
+		}
+	}
+}
