@@ -133,6 +133,10 @@ func (a *agent) startFetch(s *service, act lifecycle.Action) {
 		<-wait
 		<-ahead // a staging of this release ahead of the wave ends first (ahead.go)
 		ev := doneEv{svc: name, seq: act.Seq}
+		if ev.err = a.reclaimRelease(name, act.Version, asg.GetSpec().GetRun()); ev.err != nil {
+			a.send(ev)
+			return
+		}
 		switch {
 		case a.inst.Staged(name, act.Version, artifactOf(asg).SHA256):
 			ev.staged = true // unpacked earlier from the same digest (staged ahead, or kept)

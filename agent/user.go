@@ -126,6 +126,48 @@ func credential(run *v1.RunSpec) (*syscall.Credential, error) {
 	return &syscall.Credential{Uid: ra.uid, Gid: ra.gid, Groups: ra.groups}, nil
 }
 
+// reclaimRelease makes sure that an unpacked release of service is not
+// run as anyone but the user it was given to. A release the agent unpacked
+// is its own until ownRelease gives it to run.user, whose service may then
+// change any of it: run as another user, or as root (a spec without
+// run.user), it would run what that user wrote. So a release directory
+// owned by neither the agent's user nor the one run names is removed, to
+// be fetched and unpacked again; when it is current (its process runs
+// from it) it cannot be, and the error names spec.run.user and both
+// owners.
+func (a *agent) reclaimRelease(service, version string, run *v1.RunSpec) error {
+	dir := a.inst.ReleaseDir(service, version)
+	fi, err := os.Lstat(dir)
+	if err != nil || !fi.IsDir() {
+		return nil // not unpacked (Stage replaces anything else)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || int(st.Uid) == os.Geteuid() {
+		return nil
+	}
+	ra, err := lookupRunAs(run)
+	if err != nil {
+		return err
+	}
+	uid, gid := uint32(os.Geteuid()), uint32(os.Getegid())
+	if ra != nil {
+		uid, gid = ra.uid, ra.gid
+	}
+	if st.Uid == uid && st.Gid == gid {
+		return nil
+	}
+	if cur, _ := a.inst.Current(service); cur == version {
+		return fmt.Errorf("spec.run.user: %q (uid %d gid %d): release %s is current and was given to uid %d gid %d, whose processes may have changed it: "+
+			"it is not run as another user; ship the change with a new version", run.GetUser(), uid, gid, version, st.Uid, st.Gid)
+	}
+	a.log.Warn().Str("service", service).Str("version", version).Uint32("owner_uid", st.Uid).Uint32("run_uid", uid).
+		Msg("release given to another user: unpacking it again")
+	if err := a.inst.DropRelease(service, version); err != nil {
+		return fmt.Errorf("release %s given to uid %d, run as uid %d: %w", version, st.Uid, uid, err)
+	}
+	return nil
+}
+
 // ownRelease gives the files of a staged release to the user its run spec
 // names (when the agent runs as root and the spec names one), so that the
 // service and its hooks can read and write them.

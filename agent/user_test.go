@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetwave/fleetwave/internal/testkit"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
@@ -314,5 +315,94 @@ func TestOwnReleaseStopsWithContext(t *testing.T) {
 		if uid := fi.Sys().(*syscall.Stat_t).Uid; uid != 0 {
 			t.Errorf("%s owned by uid %d after the walk stopped, want root's (not reached)", p, uid)
 		}
+	}
+}
+
+// TestReleaseGivenToUserNotRunAsAnother: a release given to run.user is
+// that user's to change (the service writes into it). Before, the same
+// release assigned with another run.user, or none (root), was found staged
+// and run as it was: the service had rewritten its ./run.sh, and the
+// agent ran the user's script as root. Now such a release is unpacked
+// again from its artifact when it is not current, and refused, naming
+// spec.run.user, when it is (the running release cannot be replaced under
+// its process).
+func TestReleaseGivenToUserNotRunAsAnother(t *testing.T) {
+	u := testUser(t)
+	fc := newFakeCoordinator(t)
+	dataDir := t.TempDir()
+	traversable(t, dataDir)
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: dataDir}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := runAgent(t, ctx, cfg, testOptions())
+	t.Cleanup(func() {
+		cancel()
+		waitDone(t, done)
+	})
+	// As its user, the service replaces its own ./run.sh (its release is
+	// its user's); as root it does not.
+	run := "#!/bin/sh\necho \"service $(basename \"$PWD\") uid=$(id -u)\"\n" +
+		"if [ \"$(id -u)\" != 0 ]; then printf '#!/bin/sh\\necho \"tampered uid=$(id -u)\"\\nexec sleep 300\\n' > ./run.new && chmod 755 ./run.new && mv ./run.new ./run.sh; fi\n" +
+		"exec sleep 300\n"
+	art1 := tarGz(t, map[string]string{"run.sh": run, "check.sh": goodCheck})
+	sha1 := fc.addArtifact(art1)
+	v1User := testAssignment("1.0.0", 1, sha1, int64(len(art1)), "")
+	v1User.Spec.Run.User = u.Username
+	fc.assign(v1User)
+	fc.waitFor(t, "1.0.0 healthy as the user", time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 1, v1.Phase_PHASE_HEALTHY, "1.0.0")
+	})
+	runSh := filepath.Join(dataDir, "releases", testSvc, "1.0.0", "run.sh")
+	testkit.EventuallyErr(t, time.Minute, "the service rewrote its run.sh", func() error {
+		b, err := os.ReadFile(runSh)
+		if err != nil || !strings.Contains(string(b), "tampered") {
+			return fmt.Errorf("run.sh: %q, %v", b, err)
+		}
+		return nil
+	})
+	logPath := filepath.Join(dataDir, "logs", testSvc+".log")
+	noTamperedRoot := func(step string) {
+		t.Helper()
+		b, err := os.ReadFile(logPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(b), "tampered uid=0") {
+			t.Fatalf("%s: the script the service's user wrote ran as root:\n%s", step, b)
+		}
+	}
+
+	// The same release, current, now without run.user: refused.
+	v1Root := testAssignment("1.0.0", 2, sha1, int64(len(art1)), "")
+	fc.assign(v1Root)
+	var r *v1.ServiceReport
+	fc.waitFor(t, "1.0.0 as root settled", time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		r = lastReport(rs, testSvc)
+		return r.GetGeneration() == 2 && (r.GetPhase() == v1.Phase_PHASE_FAILED || r.GetPhase() == v1.Phase_PHASE_HEALTHY ||
+			r.GetPhase() == v1.Phase_PHASE_REVERTED)
+	})
+	noTamperedRoot("the current release run as root")
+	if !strings.Contains(r.GetReason(), "spec.run.user") || !strings.Contains(r.GetReason(), "uid "+u.Uid) {
+		t.Fatalf("1.0.0 without run.user: %v %q, want a failure naming spec.run.user and uid %s", r.GetPhase(), r.GetReason(), u.Uid)
+	}
+
+	// Another release as root, then back to 1.0.0 (kept, the user's) as
+	// root: unpacked again from its artifact.
+	art2 := tarGz(t, map[string]string{"run.sh": run, "check.sh": goodCheck, "two": "2"})
+	fc.assign(testAssignment("2.0.0", 3, fc.addArtifact(art2), int64(len(art2)), ""))
+	fc.waitFor(t, "2.0.0 healthy as root", time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 3, v1.Phase_PHASE_HEALTHY, "2.0.0")
+	})
+	fc.assign(testAssignment("1.0.0", 4, sha1, int64(len(art1)), ""))
+	fc.waitFor(t, "1.0.0 healthy as root", time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 4, v1.Phase_PHASE_HEALTHY, "1.0.0")
+	})
+	noTamperedRoot("a kept release of the user's run as root")
+	b, err := os.ReadFile(logPath)
+	if err != nil || !strings.Contains(string(b), "service 1.0.0 uid=0") {
+		t.Fatalf("1.0.0's own run.sh did not run as root: %v\n%s", err, b)
+	}
+	fi, err := os.Lstat(filepath.Dir(runSh))
+	if err != nil || fi.Sys().(*syscall.Stat_t).Uid != 0 {
+		t.Fatalf("1.0.0 not unpacked again for root: %v %v", fi, err)
 	}
 }
