@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -196,6 +197,9 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger, opts options) erro
 			return fmt.Errorf("data_dir: %w", err)
 		}
 	}
+	if err := closeToOthers(filepath.Join(dataDir, "logs")); err != nil {
+		return fmt.Errorf("data_dir: %w", err)
+	}
 	// Only the agent's user may reach the services' notify sockets.
 	if err := makePrivateDir(filepath.Join(dataDir, "notify")); err != nil {
 		return fmt.Errorf("data_dir: %w", err)
@@ -353,6 +357,25 @@ func crashTemps() []string {
 		atomicTemp(upgradeRecordPath(".")),
 		floorTemp(filepath.Join(floorsDir("."), "*.json")),
 	}
+}
+
+// closeToOthers takes the permissions of others off directory dir (the
+// services' logs: their output is no other user's to read, as journald's
+// is not), keeping its owner's and group's: a group given to the log
+// readers (chgrp, setgid) stays theirs. One an older agent made 0755 is
+// changed.
+func closeToOthers(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Perm()&0o007 == 0 {
+		return nil
+	}
+	if err := os.Chmod(dir, fi.Mode()&(fs.ModePerm|fs.ModeSetgid|fs.ModeSticky)&^0o007); err != nil {
+		return fmt.Errorf("%s: %w", dir, err)
+	}
+	return nil
 }
 
 // lockDataDir takes an exclusive lock so two agents never share a data dir.

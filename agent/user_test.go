@@ -406,3 +406,40 @@ func TestReleaseGivenToUserNotRunAsAnother(t *testing.T) {
 		t.Fatalf("1.0.0 not unpacked again for root: %v %v", fi, err)
 	}
 }
+
+// TestServiceLogsNotReadableByOthers: a service's log (its output and its
+// hooks') is the agent's to hand out. Before, DATA_DIR/logs was 0755 and
+// each log 0644: every local user, and every other service's user, read
+// every service's output. Now the directory gives nothing to others (one
+// an older agent made 0755 included) and each log is 0640.
+func TestServiceLogsNotReadableByOthers(t *testing.T) {
+	fc := newFakeCoordinator(t)
+	dataDir := t.TempDir()
+	logs := filepath.Join(dataDir, "logs")
+	if err := os.Mkdir(logs, 0o755); err != nil { // as older agents made it
+		t.Fatal(err)
+	}
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: dataDir}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := runAgent(t, ctx, cfg, testOptions())
+	t.Cleanup(func() {
+		cancel()
+		waitDone(t, done)
+	})
+	art := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": goodCheck, "hook.sh": "#!/bin/sh\necho hook\n"})
+	a := testAssignment("1.0.0", 1, fc.addArtifact(art), int64(len(art)), "")
+	a.Spec.Hooks = &v1.Hooks{AfterInstall: &v1.Hook{Command: []string{"./hook.sh"}}}
+	fc.assign(a)
+	fc.waitFor(t, "1.0.0 healthy", time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 1, v1.Phase_PHASE_HEALTHY, "1.0.0")
+	})
+	for _, p := range []string{logs, filepath.Join(logs, testSvc+".log")} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if perm := fi.Mode().Perm(); perm&0o007 != 0 {
+			t.Errorf("%s: mode %v: others may read it", p, perm)
+		}
+	}
+}

@@ -72,7 +72,7 @@ func RunHookTail(ctx context.Context, h Hook) (string, error) {
 	if len(h.Command) == 0 || h.Command[0] == "" {
 		return "", ErrNoCommand
 	}
-	logf, err := os.OpenFile(h.LogPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	logf, err := os.OpenFile(h.LogPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640) // no other user reads a service's output
 	if err != nil {
 		return "", fmt.Errorf("open log: %w", err)
 	}

@@ -197,7 +197,7 @@ func (s *Supervisor) begin(f *Found) error {
 	if len(s.cfg.Command) == 0 || s.cfg.Command[0] == "" {
 		return fmt.Errorf("start %s: %w", s.cfg.Service, ErrNoCommand)
 	}
-	logf, err := os.OpenFile(s.cfg.LogPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	logf, err := os.OpenFile(s.cfg.LogPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640) // no other user reads a service's output
 	if err != nil {
 		return fmt.Errorf("start %s: open log: %w", s.cfg.Service, err)
 	}
