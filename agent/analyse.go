@@ -12,6 +12,7 @@ import (
 	"github.com/fleetwave/fleetwave/agent/analysis"
 	"github.com/fleetwave/fleetwave/agent/analysis/fetch"
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
+	"github.com/fleetwave/fleetwave/agent/probe"
 	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -350,7 +351,10 @@ func (a *agent) startScraper(name string, an *analyser) {
 }
 
 // newAnalysisClient is the HTTP client of scrapes and queries, with an
-// overall timeout as a backstop to the per-request contexts.
+// overall timeout as a backstop to the per-request contexts. It follows
+// redirects only on a request's own scheme, host and port (the service's
+// metrics endpoint answers it: probe.SameOriginRedirects).
 func newAnalysisClient() *http.Client {
-	return &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone(), Timeout: time.Minute}
+	return &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone(), Timeout: time.Minute,
+		CheckRedirect: probe.SameOriginRedirects}
 }

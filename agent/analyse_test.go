@@ -19,6 +19,7 @@ import (
 
 	"github.com/fleetwave/fleetwave/internal/testkit/ports"
 
+	"github.com/fleetwave/fleetwave/agent/analysis/fetch"
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/agent/probe"
 	"github.com/fleetwave/fleetwave/demo/demoapp"
@@ -523,4 +524,36 @@ func TestAnalysisAddedInPlace(t *testing.T) {
 	}
 	cancel()
 	waitDone(t, done)
+}
+
+// TestScrapeRedirectStaysOnItsOrigin: a service's metrics endpoint
+// redirects the agent's scrape to another address. Before, the scrape
+// followed it (10 times, any host) and a page that is not an exposition
+// put one of its words in the error ("expected float as value, got
+// \"AKIA...\""), which the host reports as the analysis' reason. Now
+// redirects stay on the scrape's own scheme, host and port.
+func TestScrapeRedirectStaysOnItsOrigin(t *testing.T) {
+	inner := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "aws_secret AKIAINTERNALSECRET\n")
+	}))
+	defer inner.Close()
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/metrics":
+			http.Redirect(w, r, "/metrics/", http.StatusFound) // its own: followed
+		case "/metrics/":
+			_, _ = io.WriteString(w, "up 1\n")
+		default:
+			http.Redirect(w, r, inner.URL+"/creds", http.StatusFound)
+		}
+	}))
+	defer svc.Close()
+	c := newAnalysisClient()
+	if _, err := fetch.Scrape(context.Background(), c, svc.URL+"/metrics", time.Now()); err != nil {
+		t.Fatalf("a redirect on the scrape's own origin: %v", err)
+	}
+	_, err := fetch.Scrape(context.Background(), c, svc.URL+"/elsewhere", time.Now())
+	if err == nil || strings.Contains(err.Error(), "AKIAINTERNALSECRET") || !strings.Contains(err.Error(), strings.TrimPrefix(inner.URL, "http://")) {
+		t.Fatalf("a redirect to another host: %v; want an error naming %s and nothing of its page", err, inner.URL)
+	}
 }

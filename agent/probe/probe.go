@@ -156,8 +156,30 @@ func newHTTP(name string, h *v1.HttpCheck, timeout time.Duration) (Prober, error
 				DisableKeepAlives: true,
 				DialContext:       (&net.Dialer{}).DialContext,
 			},
+			CheckRedirect: SameOriginRedirects,
 		},
 	}, nil
+}
+
+// maxRedirects bounds the redirects SameOriginRedirects follows.
+const maxRedirects = 5
+
+// SameOriginRedirects is the redirect policy of the agent's requests to a
+// service (health checks, metrics scrapes): what answers is the service,
+// which may send the agent, whose user may reach what the service's may
+// not, to an internal page whose start would then be in a check's detail
+// or a scrape's error. A redirect is followed only on the first request's
+// scheme, host and port, at most 5 times; otherwise the request fails
+// naming the host it was sent to.
+func SameOriginRedirects(req *http.Request, via []*http.Request) error {
+	if len(via) > maxRedirects {
+		return fmt.Errorf("more than %d redirects", maxRedirects)
+	}
+	from, to := via[0].URL, req.URL
+	if from.Scheme != to.Scheme || originHost(from) != originHost(to) {
+		return fmt.Errorf("redirect to %s://%s not followed: only redirects on %s://%s are", to.Scheme, to.Host, from.Scheme, from.Host)
+	}
+	return nil
 }
 
 func (p *httpProber) Name() string { return p.name }
@@ -192,6 +214,19 @@ func (p *httpProber) Probe(ctx context.Context) Result {
 		return fail("status %d (want %s) %q", resp.StatusCode, want, strings.TrimSpace(string(peek)))
 	}
 	return Result{Name: p.name, OK: true, Detail: fmt.Sprintf("GET %s: status %d", p.url, resp.StatusCode)}
+}
+
+// originHost is u's host and port, the scheme's default port when it has
+// none.
+func originHost(u *url.URL) string {
+	if u.Port() != "" {
+		return strings.ToLower(u.Host)
+	}
+	port := "80"
+	if u.Scheme == "https" {
+		port = "443"
+	}
+	return strings.ToLower(net.JoinHostPort(u.Hostname(), port))
 }
 
 // --- tcp ---

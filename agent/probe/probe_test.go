@@ -318,3 +318,44 @@ func TestTailBufferAndLastLine(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTPRedirectStaysOnItsOrigin: the service answers its health check
+// with a redirect to another address (an internal page, a metadata
+// service the agent's user may reach and the service's may not). Before,
+// the agent followed it (10 times, to any host) and put the start of that
+// page's body in the check's detail, which the host reports. Now a
+// redirect is followed only on the check's own scheme, host and port;
+// elsewhere the probe fails naming the host it was sent to, and nothing
+// of that page.
+func TestHTTPRedirectStaysOnItsOrigin(t *testing.T) {
+	inner := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "INTERNAL-SECRET", http.StatusForbidden)
+	}))
+	defer inner.Close()
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/health":
+			http.Redirect(w, r, "/healthz", http.StatusFound) // its own: followed
+		case "/healthz":
+			w.WriteHeader(http.StatusOK)
+		default:
+			http.Redirect(w, r, inner.URL+"/latest/meta-data", http.StatusFound)
+		}
+	}))
+	defer svc.Close()
+	p, err := New(httpCheck(svc.URL+"/health", 0), "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := p.Probe(context.Background()); !r.OK {
+		t.Fatalf("a redirect on the check's own origin: %+v", r)
+	}
+	p, err = New(httpCheck(svc.URL+"/elsewhere", 0), "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := p.Probe(context.Background())
+	if r.OK || strings.Contains(r.Detail, "INTERNAL-SECRET") || !strings.Contains(r.Detail, strings.TrimPrefix(inner.URL, "http://")) {
+		t.Fatalf("a redirect to another host: %+v; want a failure naming %s and nothing of its page", r, inner.URL)
+	}
+}
