@@ -2,10 +2,14 @@ package agent
 
 import (
 	"context"
+	"fmt"
+	"net"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/agent/probe"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -93,4 +97,58 @@ func TestHealthyAtWithoutTicksOrChecks(t *testing.T) {
 	})
 	cancel()
 	waitDone(t, done)
+}
+
+// TestCheckDetailBounded: a service answers its http check with a status
+// line of 5,000 bytes, which net/http quotes whole in its error. Before,
+// the check's detail carried it into every report and Hello: the
+// coordinator refuses a check detail over 1,024 bytes (a report is
+// ignored, a Hello refused), so the service cut its host off from every
+// coordinator, stopping every other service's deploys there. Now a
+// report's check names and details are cut to lifecycle.MaxCheckDetail.
+func TestCheckDetailBounded(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = c.Read(make([]byte, 4096))
+				_, _ = fmt.Fprintf(c, "HTTP/1.1 %s OK\r\n\r\n", strings.Repeat("9", 5000))
+			}()
+		}
+	}()
+	fc := newFakeCoordinator(t)
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: t.TempDir()}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := runAgent(t, ctx, cfg, testOptions())
+	t.Cleanup(func() {
+		cancel()
+		waitDone(t, done)
+	})
+	art := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": goodCheck})
+	a := testAssignment("1.0.0", 1, fc.addArtifact(art), int64(len(art)), "")
+	a.Spec.Checks = []*v1.Check{{Name: "health", Kind: &v1.Check_Http{Http: &v1.HttpCheck{Url: "http://" + ln.Addr().String() + "/"}},
+		Interval: durationpb.New(50 * time.Millisecond)}}
+	fc.assign(a)
+	var detail string
+	fc.waitFor(t, "the http check failing", time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		for _, c := range lastReport(rs, testSvc).GetChecks() {
+			if c.GetName() == "health" && strings.Contains(c.GetDetail(), "malformed") {
+				detail = c.GetDetail()
+				return true
+			}
+		}
+		return false
+	})
+	if len(detail) > lifecycle.MaxCheckDetail || !strings.Contains(detail, "GET http://") {
+		t.Fatalf("check detail of %d bytes (at most %d, naming the check's URL): %.200s", len(detail), lifecycle.MaxCheckDetail, detail)
+	}
 }

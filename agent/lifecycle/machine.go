@@ -622,11 +622,15 @@ func (m *Machine) Report() *v1.ServiceReport {
 	if !m.now.IsZero() {
 		r.At = timestamppb.New(m.now)
 	}
+	// What a service answers its checks and scrapes with ends up in their
+	// details: each is bounded, as the coordinator requires.
 	for _, c := range m.checks {
-		r.Checks = append(r.Checks, &v1.CheckResult{Name: c.Name, Ok: c.OK, Detail: c.Detail})
+		r.Checks = append(r.Checks, &v1.CheckResult{Name: boundText(c.Name, MaxCheckDetail), Ok: c.OK,
+			Detail: boundText(c.Detail, MaxCheckDetail)})
 	}
 	for _, x := range m.rules {
-		r.Checks = append(r.Checks, &v1.CheckResult{Name: AnalysisCheckPrefix + x.Rule, Ok: x.Verdict == VerdictPass, Detail: x.Reason})
+		r.Checks = append(r.Checks, &v1.CheckResult{Name: boundText(AnalysisCheckPrefix+x.Rule, MaxCheckDetail),
+			Ok: x.Verdict == VerdictPass, Detail: boundText(x.Reason, MaxCheckDetail)})
 	}
 	return r
 }
@@ -1847,15 +1851,17 @@ func outputTail(out string) string {
 	return strings.Join(lines, " | ")
 }
 
-// boundReason keeps a reason within MaxReason bytes: the middle of a
-// longer one is left out (its start says what failed first, its end the
-// latest).
-func boundReason(s string) string {
-	if len(s) <= MaxReason {
+// boundReason keeps a reason within MaxReason bytes (boundText).
+func boundReason(s string) string { return boundText(s, MaxReason) }
+
+// boundText keeps s within limit bytes: the middle of a longer one is left
+// out (its start says what failed first, its end the latest).
+func boundText(s string, limit int) string {
+	if len(s) <= limit {
 		return s
 	}
 	const gap = " [...] "
-	head := MaxReason / 4
-	tail := MaxReason - head - len(gap)
+	head := limit / 4
+	tail := limit - head - len(gap)
 	return strings.ToValidUTF8(s[:head], "") + gap + strings.ToValidUTF8(s[len(s)-tail:], "")
 }

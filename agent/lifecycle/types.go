@@ -38,6 +38,10 @@ const (
 	// MaxReason bounds a report's reason (the coordinator refuses longer
 	// ones): the middle of a longer one is left out.
 	MaxReason = 4096
+	// MaxCheckDetail bounds the name and the detail of each check result
+	// in a report (the coordinator refuses longer ones, and a Hello
+	// holding one): the middle of a longer one is left out.
+	MaxCheckDetail = 1024
 )
 
 // The operations a hook runs in (Action.Operation, the hook's
