@@ -557,3 +557,31 @@ func TestScrapeRedirectStaysOnItsOrigin(t *testing.T) {
 		t.Fatalf("a redirect to another host: %v; want an error naming %s and nothing of its page", err, inner.URL)
 	}
 }
+
+// TestReportResultsBounded: a report carries one result per check and per
+// analysis rule, and the coordinator refuses a report (and a Hello) with
+// more than 64. Before, a spec with 62 checks and 3 rules was taken: every
+// Hello of every host running it was refused, cutting those hosts off from
+// every coordinator. Now such an assignment is refused, naming spec.checks
+// and the counts; 64 in all is taken.
+func TestReportResultsBounded(t *testing.T) {
+	art := []byte("x")
+	for _, n := range []int{61, 62} {
+		a := demoAssignment(t, "v1", 1, art, time.Second, 5*time.Second)
+		rules := len(a.Spec.Analysis.Rules)
+		for i := len(a.Spec.Checks); i < n; i++ {
+			a.Spec.Checks = append(a.Spec.Checks, &v1.Check{Name: fmt.Sprintf("c%d", i), Kind: &v1.Check_Tcp{Tcp: &v1.TcpCheck{Address: "127.0.0.1:1"}}})
+		}
+		err := validateAssignment(a, testHostID, map[string]string{"port": "8081"}, DefaultMaxArtifactBytes, t.TempDir())
+		if n+rules <= lifecycle.MaxReportChecks {
+			if err != nil {
+				t.Fatalf("%d checks and %d rules: %v", n, rules, err)
+			}
+			continue
+		}
+		want := fmt.Sprintf("spec.checks: %d checks and %d analysis rules", n, rules)
+		if err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Fatalf("%d checks and %d rules: err %v, want it to start %q", n, rules, err, want)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/fleetwave/fleetwave/agent/install"
+	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/agent/probe"
 	"github.com/fleetwave/fleetwave/agent/sockets"
 	"github.com/fleetwave/fleetwave/internal/spec"
@@ -65,8 +66,13 @@ func validateAssignment(a *v1.Assignment, hostID string, labels map[string]strin
 	if _, err := lookupRunAs(s.GetRun()); err != nil {
 		return err
 	}
-	if _, _, _, _, err := compileAnalysis(a, hostID, labels); err != nil {
+	acfg, _, _, _, err := compileAnalysis(a, hostID, labels)
+	if err != nil {
 		return err
+	}
+	if n := len(s.GetChecks()) + len(acfg.Rules); n > lifecycle.MaxReportChecks {
+		return fmt.Errorf("spec.checks: %d checks and %d analysis rules, more than the %d results a report may carry",
+			len(s.GetChecks()), len(acfg.Rules), lifecycle.MaxReportChecks)
 	}
 	for i, c := range s.GetChecks() {
 		ec, err := expandCheck(c, i, hostID, labels)

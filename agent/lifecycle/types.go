@@ -42,6 +42,10 @@ const (
 	// in a report (the coordinator refuses longer ones, and a Hello
 	// holding one): the middle of a longer one is left out.
 	MaxCheckDetail = 1024
+	// MaxReportChecks bounds a report's check results, one per check and
+	// per analysis rule (the coordinator refuses more, and a Hello holding
+	// such a report): an assignment asking for more is refused.
+	MaxReportChecks = 64
 )
 
 // The operations a hook runs in (Action.Operation, the hook's
