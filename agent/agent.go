@@ -379,10 +379,17 @@ func closeToOthers(dir string) error {
 }
 
 // lockDataDir takes an exclusive lock so two agents never share a data dir.
+// The file is 0600 (one an older agent made 0644 is changed): flock(2)
+// needs no write access, so a file others may open is a lock any local
+// user can hold, keeping the agent from starting.
 func lockDataDir(dir string) (func(), error) {
 	path := filepath.Join(dir, "agent.lock")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
+		return nil, fmt.Errorf("data_dir: lock %s: %w", path, err)
+	}
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
 		return nil, fmt.Errorf("data_dir: lock %s: %w", path, err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {

@@ -443,3 +443,36 @@ func TestServiceLogsNotReadableByOthers(t *testing.T) {
 		}
 	}
 }
+
+// TestDataDirLockNotTakenByOthers: the data dir's lock file was 0644, and
+// flock(2) needs no write access: any local user could open it read-only
+// and hold the lock (`flock agent.lock sleep infinity`), and the agent
+// then refused to start ("in use by another agent"): after a reboot, a
+// restart or an upgrade's handover, the host was left without its agent.
+// Now the file is 0600 (one an older agent made 0644 included).
+func TestDataDirLockNotTakenByOthers(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root, to try as another user")
+	}
+	dir := t.TempDir()
+	traversable(t, dir)
+	path := filepath.Join(dir, "agent.lock")
+	if err := os.WriteFile(path, nil, 0o644); err != nil { // as older agents made it
+		t.Fatal(err)
+	}
+	unlock, err := lockDataDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock()
+	cmd := exec.Command("flock", "--nonblock", path, "true")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	if out, err := cmd.CombinedOutput(); err == nil {
+		t.Fatalf("user nobody took the data dir's lock (%s)", out)
+	}
+	unlock, err = lockDataDir(dir)
+	if err != nil {
+		t.Fatalf("the agent's own lock: %v", err)
+	}
+	unlock()
+}
