@@ -152,3 +152,47 @@ func TestCheckDetailBounded(t *testing.T) {
 		t.Fatalf("check detail of %d bytes (at most %d, naming the check's URL): %.200s", len(detail), lifecycle.MaxCheckDetail, detail)
 	}
 }
+
+// TestCheckOutputShownPrintable: an exec check's last line of output (the
+// release's ./check.sh, which a service's user may rewrite) went into the
+// check's detail and the report's reason as it was, escape sequences
+// included, and `fleetwave rollout status` prints reasons to operators'
+// terminals (a title, a cleared screen, OSC 52 writing their clipboard).
+// Now control characters in check results are shown as spaces, as in a
+// hook's output.
+func TestCheckOutputShownPrintable(t *testing.T) {
+	fc := newFakeCoordinator(t)
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: t.TempDir()}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := runAgent(t, ctx, cfg, testOptions())
+	t.Cleanup(func() {
+		cancel()
+		waitDone(t, done)
+	})
+	check := "#!/bin/sh\nprintf 'bad \\033]52;c;Y3VybCBldmlsfHNo\\007\\033[2J\\302\\233 0m end\\n'\nexit 1\n"
+	art := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": check})
+	a := testAssignment("1.0.0", 1, fc.addArtifact(art), int64(len(art)), "")
+	a.Spec.HealthyDeadline = durationpb.New(time.Second)
+	fc.assign(a)
+	var texts []string
+	fc.waitFor(t, "the check failing, then the release", time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		texts = texts[:0]
+		failed := false
+		for _, r := range rs {
+			texts = append(texts, r.GetReason())
+			for _, c := range r.GetChecks() {
+				texts = append(texts, c.GetName(), c.GetDetail())
+				failed = failed || strings.Contains(c.GetDetail(), " end")
+			}
+		}
+		last := lastReport(rs, testSvc)
+		return failed && last.GetGeneration() == 1 && strings.Contains(last.GetReason(), " end")
+	})
+	for _, s := range texts {
+		for _, r := range s {
+			if r < ' ' || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+				t.Fatalf("control character %U in a report: %q", r, s)
+			}
+		}
+	}
+}

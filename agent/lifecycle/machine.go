@@ -1376,6 +1376,10 @@ func (m *Machine) onChecks(epoch uint64, results []CheckResult, t time.Time) {
 	if !c.active || epoch != c.epoch || t.Before(c.start) || c.zeroChecks {
 		return
 	}
+	results = append([]CheckResult(nil), results...)
+	for i := range results {
+		results[i].Name, results[i].Detail = printable(results[i].Name), printable(results[i].Detail)
+	}
 	changed := len(results) != len(m.checks)
 	for i := range results {
 		if !changed && (results[i].Name != m.checks[i].Name || results[i].OK != m.checks[i].OK) {
@@ -1458,6 +1462,10 @@ func (m *Machine) onAnalysis(epoch uint64, v Verdict, results []RuleResult, t ti
 	c := &m.chk
 	if !c.active || !c.analyse || epoch != c.epoch || t.Before(c.start) {
 		return
+	}
+	results = append([]RuleResult(nil), results...)
+	for i := range results {
+		results[i].Rule, results[i].Reason = printable(results[i].Rule), printable(results[i].Reason)
 	}
 	changed := len(results) != len(m.rules)
 	for i := range results {
@@ -1841,14 +1849,21 @@ func outputTail(out string) string {
 	out = strings.ToValidUTF8(out, "\uFFFD")
 	lines := strings.Split(out, "\n")
 	for i, l := range lines {
-		lines[i] = strings.Map(func(r rune) rune {
-			if r < ' ' || r == 0x7f {
-				return ' '
-			}
-			return r
-		}, strings.TrimRight(l, "\r"))
+		lines[i] = printable(strings.TrimRight(l, "\r"))
 	}
 	return strings.Join(lines, " | ")
+}
+
+// printable is s as valid UTF-8 with its control characters (C0, DEL and
+// C1: terminals act on them) shown as spaces: what services, their checks
+// and their hooks print reaches operators' terminals through reports.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < ' ' || (r >= 0x7f && r < 0xa0) {
+			return ' '
+		}
+		return r
+	}, strings.ToValidUTF8(s, "\uFFFD"))
 }
 
 // boundReason keeps a reason within MaxReason bytes (boundText).
