@@ -284,6 +284,9 @@ func TestLifecycleDefaultsMatchSpec(t *testing.T) {
 	if lifecycle.DefaultReadyTimeout != spec.DefaultReadyTimeout || lifecycle.ReadyNotify != spec.ReadyNotify {
 		t.Errorf("lifecycle ready timeout %v / %q, spec %v / %q", lifecycle.DefaultReadyTimeout, lifecycle.ReadyNotify, spec.DefaultReadyTimeout, spec.ReadyNotify)
 	}
+	if lifecycle.MaxReportChecks != spec.MaxChecksAndRules {
+		t.Errorf("lifecycle.MaxReportChecks %d, spec.MaxChecksAndRules %d", lifecycle.MaxReportChecks, spec.MaxChecksAndRules)
+	}
 	if d := probe.Interval(&v1.Check{}); lifecycle.DefaultCheckInterval != d {
 		t.Errorf("lifecycle.DefaultCheckInterval %v, probe %v", lifecycle.DefaultCheckInterval, d)
 	}

@@ -242,6 +242,11 @@ func TestValidateErrors(t *testing.T) {
 		{"canary too big", func(s *v1.ServiceSpec) { s.Rollout.Canary = 1001 }, `rollout.canary: 1001 is more than 1000`},
 		{"canary with no_canary", func(s *v1.ServiceSpec) { s.Rollout.NoCanary = true }, `rollout.canary: 1 is set but no_canary is true`},
 		{"negative bake", func(s *v1.ServiceSpec) { s.Rollout.Bake = durationpb.New(-time.Second) }, `rollout.bake: -1s is negative`},
+		{"too many checks", func(s *v1.ServiceSpec) {
+			for i := len(s.Checks); i < 65; i++ {
+				s.Checks = append(s.Checks, &v1.Check{Name: fmt.Sprintf("c%d", i), Kind: &v1.Check_Tcp{Tcp: &v1.TcpCheck{Address: "127.0.0.1:1"}}})
+			}
+		}, `checks: 65 checks and 0 analysis rules, more than 64 together`},
 		{"negative progress deadline", func(s *v1.ServiceSpec) { s.Rollout.ProgressDeadline = durationpb.New(-time.Minute) }, `rollout.progress_deadline: -1m0s is negative`},
 	}
 	for _, tt := range tests {

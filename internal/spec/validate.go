@@ -81,6 +81,9 @@ func Validate(s *v1.ServiceSpec) error {
 	validateUser(&p, s.GetRun())
 	validateResources(&p, s.GetResources())
 	validateChecks(&p, s.GetChecks())
+	if n, r := len(s.GetChecks()), len(s.GetAnalysis().GetRules()); n+r > MaxChecksAndRules {
+		p.add("checks", "%d checks and %d analysis rules, more than %d together (a host reports a result for each, and coordinators refuse more)", n, r, MaxChecksAndRules)
+	}
 	mht := validDuration(&p, "min_healthy_time", s.GetMinHealthyTime())
 	hd := validDuration(&p, "healthy_deadline", s.GetHealthyDeadline())
 	if mht >= 0 && hd >= 0 && (s.GetMinHealthyTime() != nil || s.GetHealthyDeadline() != nil) {
@@ -120,6 +123,11 @@ func validateRun(p *problems, r *v1.RunSpec) {
 	}
 	validDuration(p, "run.stop_grace", r.GetStopGrace())
 }
+
+// MaxChecksAndRules bounds a spec's checks and analysis rules together:
+// each host's report carries one result for each, and coordinators refuse
+// a report (and an agent's Hello) with more.
+const MaxChecksAndRules = 64
 
 func validateChecks(p *problems, checks []*v1.Check) {
 	names := map[string]int{}
