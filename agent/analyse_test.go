@@ -588,3 +588,32 @@ func TestReportResultsBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestCompareRulesBounded: with analysis.compare each report carries a
+// metric summary of every error_ratio and latency rule, and coordinators
+// refuse a summary of more than 32 rules (the report ignored, the Hello
+// refused). Before, a spec comparing 33 rules was taken, and every host
+// running it was cut off from every coordinator. Now such an assignment is
+// refused naming spec.analysis.compare; 32 are taken.
+func TestCompareRulesBounded(t *testing.T) {
+	art := []byte("x")
+	for _, n := range []int{spec.MaxCompareRules, spec.MaxCompareRules + 1} {
+		a := demoAssignment(t, "v1", 1, art, time.Second, 5*time.Second)
+		a.Spec.Analysis.Compare = &v1.Compare{Against: spec.CompareBaselineHosts}
+		for i := 2; i < n; i++ { // errors and latency are there
+			a.Spec.Analysis.Rules = append(a.Spec.Analysis.Rules, &v1.AnalysisRule{Name: fmt.Sprintf("errors%d", i),
+				Kind: &v1.AnalysisRule_ErrorRatio{ErrorRatio: &v1.ErrorRatioRule{Metric: "http_requests_total", Max: 0.05, MinRequests: 10}}})
+		}
+		err := validateAssignment(a, testHostID, map[string]string{"port": "8081"}, DefaultMaxArtifactBytes, t.TempDir())
+		if n <= spec.MaxCompareRules {
+			if err != nil {
+				t.Fatalf("%d compared rules: %v", n, err)
+			}
+			continue
+		}
+		want := fmt.Sprintf("spec.analysis.compare: %d error_ratio and latency rules", n)
+		if err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Fatalf("%d compared rules: err %v, want it to start %q", n, err, want)
+		}
+	}
+}

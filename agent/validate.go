@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/fleetwave/fleetwave/agent/analysis"
 	"github.com/fleetwave/fleetwave/agent/install"
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/agent/probe"
@@ -69,6 +70,17 @@ func validateAssignment(a *v1.Assignment, hostID string, labels map[string]strin
 	acfg, _, _, _, err := compileAnalysis(a, hostID, labels)
 	if err != nil {
 		return err
+	}
+	if acfg.Compare {
+		metric := 0
+		for _, r := range acfg.Rules {
+			if r.Kind == analysis.KindErrorRatio || r.Kind == analysis.KindLatency {
+				metric++
+			}
+		}
+		if metric > spec.MaxCompareRules {
+			return fmt.Errorf("spec.analysis.compare: %d error_ratio and latency rules, more than the %d a host's summary may carry", metric, spec.MaxCompareRules)
+		}
 	}
 	if n := len(s.GetChecks()) + len(acfg.Rules); n > lifecycle.MaxReportChecks {
 		return fmt.Errorf("spec.checks: %d checks and %d analysis rules, more than the %d results a report may carry",

@@ -25,7 +25,7 @@ const (
 	DefaultMaxIncrease = spec.DefaultCompareMaxIncrease
 	MaxAlpha           = spec.MaxCompareAlpha
 	MaxWindows         = spec.MaxCompareWindows
-	MaxRules           = 32
+	MaxRules           = spec.MaxCompareRules
 	MaxBuckets         = spec.MaxCompareBuckets
 	MaxHostsPerWindow  = 100_000
 	// MaxGroupCount bounds a group's requests (observations) in a window,

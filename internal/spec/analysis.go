@@ -47,6 +47,10 @@ const (
 	// MaxCompareBuckets bounds a latency rule's buckets in a host's
 	// summary.
 	MaxCompareBuckets = 256
+	// MaxCompareRules bounds the error_ratio and latency rules compared
+	// (each is in every host's summary, and coordinators refuse a summary
+	// of more).
+	MaxCompareRules = 32
 )
 
 // Names of the analysis rule kinds; a rule's name defaults to its kind.
@@ -160,19 +164,28 @@ func validateAnalysis(p *problems, a *v1.Analysis) {
 		}
 	}
 	if c := a.GetCompare(); c != nil {
-		validateCompare(p, c, needScrape >= 0)
+		validateCompare(p, c, needScrape >= 0, a.GetRules())
 	}
 	if needScrape >= 0 && a.GetMetricsUrl() == "" {
 		p.add("analysis.metrics_url", "must be set: analysis.rules[%d] (%s) reads the service's metrics", needScrape, RuleKind(a.GetRules()[needScrape]))
 	}
 }
 
-func validateCompare(p *problems, c *v1.Compare, hasMetricRule bool) {
+func validateCompare(p *problems, c *v1.Compare, hasMetricRule bool, rules []*v1.AnalysisRule) {
 	if c.GetAgainst() != CompareBaselineHosts {
 		p.add("analysis.compare.against", "%q is not %s (the only comparison)", c.GetAgainst(), CompareBaselineHosts)
 	}
 	if !hasMetricRule {
 		p.add("analysis.compare", "compares the error_ratio and latency rules, and analysis.rules has none")
+	}
+	metric := 0
+	for _, r := range rules {
+		if r.GetErrorRatio() != nil || r.GetLatency() != nil {
+			metric++
+		}
+	}
+	if metric > MaxCompareRules {
+		p.add("analysis.compare", "compares %d error_ratio and latency rules, more than %d (each is in every host's summary)", metric, MaxCompareRules)
 	}
 	if w := c.GetWindows(); w > MaxCompareWindows {
 		p.add("analysis.compare.windows", "%d is more than %d", w, MaxCompareWindows)

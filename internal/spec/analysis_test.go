@@ -2,6 +2,7 @@ package spec
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -154,6 +155,13 @@ func TestValidateAnalysisErrors(t *testing.T) {
 		{"compare max increase", func(s *v1.ServiceSpec) {
 			s.Analysis.Compare = &v1.Compare{Against: CompareBaselineHosts, MaxIncrease: math.Inf(1)}
 		}, `analysis.compare.max_increase: +Inf is not a finite number >= 0`},
+		{"compare too many rules", func(s *v1.ServiceSpec) {
+			s.Analysis.Compare = &v1.Compare{Against: CompareBaselineHosts}
+			for i := 0; i < 33; i++ {
+				s.Analysis.Rules = append(s.Analysis.Rules, &v1.AnalysisRule{Name: fmt.Sprintf("e%d", i),
+					Kind: &v1.AnalysisRule_ErrorRatio{ErrorRatio: &v1.ErrorRatioRule{Metric: "m", Max: 0.1}}})
+			}
+		}, `analysis.compare: compares `},
 		{"compare no metric rule", func(s *v1.ServiceSpec) {
 			s.Analysis.Compare = &v1.Compare{Against: CompareBaselineHosts}
 			s.Analysis.Rules = s.Analysis.Rules[2:3]
