@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"os/user"
@@ -475,4 +476,108 @@ func TestDataDirLockNotTakenByOthers(t *testing.T) {
 		t.Fatalf("the agent's own lock: %v", err)
 	}
 	unlock()
+}
+
+// TestReleaseGivenAwayPartlyIsDropped: a walk giving a release to run.user
+// that fails or is cancelled half way (a newer assignment, the agent
+// stopping, a chown refused) left the release staged, its marker written,
+// its root still the agent's and part of it the user's, which the user's
+// processes may change. The same release assigned later without run.user
+// was then taken as the agent's own (TestReleaseGivenToUserNotRunAsAnother
+// goes by the root's owner) and run as root. Now a release whose walk
+// failed is no longer staged: it is unpacked again.
+func TestReleaseGivenAwayPartlyIsDropped(t *testing.T) {
+	u := testUser(t)
+	uid, _ := strconv.Atoi(u.Uid)
+	if _, err := exec.LookPath("chattr"); err != nil {
+		t.Skip("chattr: ", err)
+	}
+	fc := newFakeCoordinator(t)
+	dataDir := t.TempDir()
+	traversable(t, dataDir)
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: dataDir}
+	rel := filepath.Join(dataDir, "releases", testSvc, "1.0.0")
+	// The walk fails on the last file of the release's root it comes to,
+	// made immutable: what it went through before is the user's.
+	var pinned string
+	unpin := func() {
+		if pinned != "" {
+			if out, err := exec.Command("chattr", "-i", pinned).CombinedOutput(); err != nil {
+				t.Errorf("chattr -i %s: %v: %s", pinned, err, out)
+			}
+		}
+	}
+	ownHook = func(dir string) {
+		if filepath.Base(filepath.Dir(dir)) != testSvc || pinned != "" {
+			return
+		}
+		d, err := os.Open(dir)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		names, err := d.Readdirnames(-1) // the walk's order
+		d.Close()
+		if err != nil {
+			t.Error(err)
+		}
+		for _, n := range names {
+			if fi, err := os.Lstat(filepath.Join(dir, n)); err == nil && fi.Mode().IsRegular() {
+				pinned = filepath.Join(dir, n)
+			}
+		}
+		if out, err := exec.Command("chattr", "+i", pinned).CombinedOutput(); err != nil {
+			t.Errorf("chattr +i %s: %v: %s", pinned, err, out)
+		}
+	}
+	t.Cleanup(func() {
+		ownHook = nil
+		unpin()
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := runAgent(t, ctx, cfg, testOptions())
+	t.Cleanup(func() {
+		cancel()
+		waitDone(t, done)
+	})
+	files := map[string]string{"run.sh": runScript, "check.sh": goodCheck, "sub/f": "x"}
+	for i := range 6 {
+		files[fmt.Sprintf("f%d", i)] = "x"
+	}
+	art := tarGz(t, files)
+	sha := fc.addArtifact(art)
+	a := testAssignment("1.0.0", 1, sha, int64(len(art)), "")
+	a.Spec.Run.User = u.Username
+	fc.assign(a)
+	var r *v1.ServiceReport
+	fc.waitFor(t, "1.0.0 failed", time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		r = lastReport(rs, testSvc)
+		return r.GetGeneration() == 1 && r.GetPhase() == v1.Phase_PHASE_FAILED
+	})
+	if !strings.Contains(r.GetReason(), "spec.run.user") {
+		t.Fatalf("reason %q, want the walk's failure", r.GetReason())
+	}
+	unpin()
+	pinned = ""
+
+	fc.assign(testAssignment("1.0.0", 2, sha, int64(len(art)), ""))
+	fc.waitFor(t, "1.0.0 healthy as root", time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 2, v1.Phase_PHASE_HEALTHY, "1.0.0")
+	})
+	err := filepath.WalkDir(rel, func(p string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		if int(fi.Sys().(*syscall.Stat_t).Uid) == uid {
+			return fmt.Errorf("%s, run as root, is the user's (uid %d)", p, uid)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }
