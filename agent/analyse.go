@@ -355,6 +355,7 @@ func (a *agent) startScraper(name string, an *analyser) {
 // redirects only on a request's own scheme, host and port (the service's
 // metrics endpoint answers it: probe.SameOriginRedirects).
 func newAnalysisClient() *http.Client {
-	return &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone(), Timeout: time.Minute,
-		CheckRedirect: probe.SameOriginRedirects}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxResponseHeaderBytes = probe.MaxResponseHeaderBytes
+	return &http.Client{Transport: tr, Timeout: time.Minute, CheckRedirect: probe.SameOriginRedirects}
 }

@@ -174,6 +174,9 @@ func (c Config) Validate() error {
 	if err := spec.CheckLabels("labels", c.Labels); err != nil {
 		return err
 	}
+	if len(c.Labels) > spec.MaxHostLabels {
+		return fmt.Errorf("labels: %d labels, over %d (coordinators refuse more)", len(c.Labels), spec.MaxHostLabels)
+	}
 	if strings.TrimSpace(c.DataDir) == "" {
 		return errors.New("data_dir: required")
 	}
@@ -248,7 +251,13 @@ func (c Config) validatePeer() error {
 		if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
 			return fmt.Errorf("peer_advertise: required when peer_listen %q names no host", c.PeerListen)
 		}
+		if len(c.PeerListen) > spec.MaxPeerAddressLen {
+			return fmt.Errorf("peer_listen: %d bytes, over %d (advertised as it is: coordinators refuse longer)", len(c.PeerListen), spec.MaxPeerAddressLen)
+		}
 		return nil
+	}
+	if len(c.PeerAdvertise) > spec.MaxPeerAddressLen {
+		return fmt.Errorf("peer_advertise: %d bytes, over %d (coordinators refuse longer)", len(c.PeerAdvertise), spec.MaxPeerAddressLen)
 	}
 	return spec.CheckHostPort("peer_advertise", c.PeerAdvertise)
 }

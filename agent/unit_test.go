@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -28,6 +29,22 @@ func TestConfigValidate(t *testing.T) {
 		{"labels", func(c *Config) { c.Labels = map[string]string{"a b": "c"} }, "labels"},
 		{"data dir", func(c *Config) { c.DataDir = " " }, "data_dir"},
 		{"max bytes", func(c *Config) { c.MaxArtifactBytes = -1 }, "max_artifact_bytes"},
+		// Over what coordinators take in a Hello: refused at start, not
+		// cut off at every connection.
+		{"too many labels", func(c *Config) {
+			c.Labels = map[string]string{}
+			for i := range spec.MaxHostLabels + 1 {
+				c.Labels[fmt.Sprintf("l%d", i)] = "v"
+			}
+		}, "labels"},
+		{"long peer advertise", func(c *Config) {
+			c.Insecure, c.TLSCA, c.TLSCert, c.TLSKey = false, "ca", "cert", "key"
+			c.PeerListen, c.PeerAdvertise = ":7071", strings.Repeat("a", 63)+"."+strings.Repeat("b", 63)+"."+strings.Repeat("c", 63)+"."+strings.Repeat("d", 60)+":65535"
+		}, "peer_advertise"},
+		{"long peer listen advertised", func(c *Config) {
+			c.Insecure, c.TLSCA, c.TLSCert, c.TLSKey = false, "ca", "cert", "key"
+			c.PeerListen = strings.Repeat("a", 63) + "." + strings.Repeat("b", 63) + "." + strings.Repeat("c", 63) + "." + strings.Repeat("d", 60) + ":65535"
+		}, "peer_listen"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

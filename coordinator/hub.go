@@ -178,9 +178,6 @@ func newHub(c *Coordinator) *hub {
 // supervise.MaxCgroupsReport bytes; the coordinator does not import the agent).
 const maxHelloCgroups = 512
 
-// maxPeerAddress bounds Hello.peer_address.
-const maxPeerAddress = 256
-
 func validateReport(r *v1.ServiceReport) error {
 	if r == nil {
 		return errors.New("report: missing")
@@ -275,15 +272,15 @@ func validateHello(h *v1.Hello) error {
 	if err := spec.CheckLabels("hello.labels", h.GetLabels()); err != nil {
 		return err
 	}
-	if len(h.GetLabels()) > 64 {
-		return fmt.Errorf("hello.labels: %d labels, over 64", len(h.GetLabels()))
+	if len(h.GetLabels()) > spec.MaxHostLabels {
+		return fmt.Errorf("hello.labels: %d labels, over %d", len(h.GetLabels()), spec.MaxHostLabels)
 	}
 	if len(h.GetAgentVersion()) > 128 {
 		return fmt.Errorf("hello.agent_version: %d bytes, over 128", len(h.GetAgentVersion()))
 	}
 	if a := h.GetPeerAddress(); a != "" {
-		if len(a) > maxPeerAddress {
-			return fmt.Errorf("hello.peer_address: %d bytes, over %d", len(a), maxPeerAddress)
+		if len(a) > spec.MaxPeerAddressLen {
+			return fmt.Errorf("hello.peer_address: %d bytes, over %d", len(a), spec.MaxPeerAddressLen)
 		}
 		if err := spec.CheckHostPort("hello.peer_address", a); err != nil {
 			return err

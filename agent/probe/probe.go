@@ -152,14 +152,20 @@ func newHTTP(name string, h *v1.HttpCheck, timeout time.Duration) (Prober, error
 			// A fresh connection per probe: a health check must see a
 			// server that stopped accepting, and leaves no idle conns.
 			Transport: &http.Transport{
-				Proxy:             nil,
-				DisableKeepAlives: true,
-				DialContext:       (&net.Dialer{}).DialContext,
+				Proxy:                  nil,
+				DisableKeepAlives:      true,
+				DialContext:            (&net.Dialer{}).DialContext,
+				MaxResponseHeaderBytes: MaxResponseHeaderBytes,
 			},
 			CheckRedirect: SameOriginRedirects,
 		},
 	}, nil
 }
+
+// MaxResponseHeaderBytes bounds the response headers of the agent's
+// requests to a service (checks, scrapes): net/http's default, 10 MiB,
+// was what a service could make the agent hold for every probe.
+const MaxResponseHeaderBytes = 64 << 10
 
 // maxRedirects bounds the redirects SameOriginRedirects follows.
 const maxRedirects = 5

@@ -359,3 +359,26 @@ func TestHTTPRedirectStaysOnItsOrigin(t *testing.T) {
 		t.Fatalf("a redirect to another host: %+v; want a failure naming %s and nothing of its page", r, inner.URL)
 	}
 }
+
+// TestHTTPResponseHeadersBounded: a service answering its check with 1 MiB
+// of headers fails the check (MaxResponseHeaderBytes), instead of making
+// the agent read and hold up to net/http's 10 MiB for every probe.
+func TestHTTPResponseHeadersBounded(t *testing.T) {
+	big := strings.Repeat("x", 1<<20)
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/big" {
+			w.Header().Set("X-Big", big)
+		}
+		w.WriteHeader(http.StatusOK)
+	}))
+	defer svc.Close()
+	for path, ok := range map[string]bool{"/small": true, "/big": false} {
+		p, err := New(httpCheck(svc.URL+path, 0), "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := p.Probe(context.Background()); r.OK != ok {
+			t.Errorf("%s: %+v, want ok %v", path, r, ok)
+		}
+	}
+}

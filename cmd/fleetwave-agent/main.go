@@ -292,7 +292,7 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zerolog.Level, e
 		msg := err.Error()
 		for field, flagName := range map[string]string{"coordinators": "coordinator", "data_dir": "data-dir", "labels": "labels",
 			"tls_ca": "tls-ca", "tls_cert": "tls-cert", "insecure": "insecure", "metrics_listen": "metrics-listen", "trusted_keys": "trusted-keys",
-			"artifact_redirect_hosts": "artifact-redirect-hosts"} {
+			"artifact_redirect_hosts": "artifact-redirect-hosts", "peer_listen": "peer-listen", "peer_advertise": "peer-advertise"} {
 			if strings.HasPrefix(msg, field) {
 				return agent.Config{}, 0, fmt.Errorf("%w: flag --%s: %v", errUsage, flagName, err)
 			}

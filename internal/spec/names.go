@@ -24,6 +24,14 @@ var (
 // names, and persist their states, without end).
 const MaxServicesPerHost = 1000
 
+// MaxHostLabels bounds a host's labels and MaxPeerAddressLen its
+// advertised peer address, in bytes: coordinators refuse a Hello with
+// more, so an agent refuses them at start rather than being cut off.
+const (
+	MaxHostLabels     = 64
+	MaxPeerAddressLen = 256
+)
+
 // CheckHostPort reports whether s is a TCP address other hosts can dial:
 // an IP address (not an unspecified one, 0.0.0.0 or ::, which would
 // have them dial themselves; no IPv6 zone, which names an interface of
