@@ -48,10 +48,19 @@ type reporter struct {
 	stageFailed map[string]string
 	// removedSent says a service's REMOVED report went out (in a Hello or
 	// a report): it may be forgotten (forget). max is the most services a
-	// Hello reports.
+	// Hello reports. maxBytes is the most its reports weigh together
+	// (maxHelloBytes).
 	removedSent map[string]bool
 	max         int
+	maxBytes    int
 }
+
+// maxHelloBytes bounds the reports a Hello carries, encoded: coordinators
+// take messages of at most 4 MiB, and a host of many services, each with
+// many checks whose details are long (up to 1 KiB each), could otherwise
+// make a Hello they refuse at every connection: the host cut off. What is
+// left out goes as reports (one message each) after the Hello.
+const maxHelloBytes = 3 << 20
 
 // newReporter makes a reporter whose Hello reports at most max services
 // (spec.MaxServicesPerHost).
@@ -67,6 +76,7 @@ func newReporter(max int) *reporter {
 		stageFailed: map[string]string{},
 		removedSent: map[string]bool{},
 		max:         max,
+		maxBytes:    maxHelloBytes,
 	}
 }
 
@@ -206,10 +216,11 @@ func (r *reporter) hello(cfg Config) *v1.Hello {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	h := &v1.Hello{HostId: cfg.HostID, Labels: cfg.Labels, AgentVersion: cfg.AgentVersion}
-	// Past spec.MaxServicesPerHost (coordinators refuse a longer Hello)
-	// REMOVED reports are left out first, then (with more services than a
-	// host takes: states an older agent left) the last names; what is left
-	// out stays to be sent as reports after the Hello.
+	// Past spec.MaxServicesPerHost services or maxBytes (coordinators
+	// refuse a longer Hello) REMOVED reports are left out first, then
+	// (with more services than a host takes: states an older agent left;
+	// or heavy reports) the last names; what is left out stays to be sent
+	// as reports after the Hello.
 	names := sortedKeys(r.latest)
 	over := len(names) - r.max
 	out := map[string]bool{}
@@ -220,6 +231,23 @@ func (r *reporter) hello(cfg Config) *v1.Hello {
 	}
 	for i := len(names) - 1; i >= 0 && len(out) < over; i-- {
 		out[names[i]] = true
+	}
+	// Within maxBytes too, leaving out in the same order: REMOVED ones,
+	// then the last names.
+	size := 0
+	for _, name := range names {
+		if !out[name] {
+			size += proto.Size(r.latest[name]) + 8 // with its field's tag and length
+		}
+	}
+	for _, removed := range []bool{true, false} {
+		for i := len(names) - 1; i >= 0 && size > r.maxBytes; i-- {
+			name := names[i]
+			if rep := r.latest[name]; !out[name] && (!removed || rep.GetPhase() == v1.Phase_PHASE_REMOVED) {
+				out[name] = true
+				size -= proto.Size(rep) + 8
+			}
+		}
 	}
 	for _, name := range names {
 		if !out[name] {

@@ -13,6 +13,7 @@ import (
 	"github.com/fleetwave/fleetwave/internal/spec"
 	"github.com/fleetwave/fleetwave/internal/testkit"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -450,5 +451,49 @@ func TestLogOf(t *testing.T) {
 		if got != want || ok != (want != "") {
 			t.Errorf("logOf(%q) = %q, %v; want %q", name, got, ok, want)
 		}
+	}
+}
+
+// TestHelloWithinCoordinatorsMessageLimit: 100 services, each failing 64
+// checks with details of 1 KiB (what a report may carry), weigh 6.5 MiB:
+// the Hello carries what fits in maxHelloBytes (REMOVED reports left out
+// first) and the rest go as reports after it, each well under the
+// coordinators' 4 MiB. Before, the Hello was refused at every connection
+// and the host cut off (an attack review).
+func TestHelloWithinCoordinatorsMessageLimit(t *testing.T) {
+	r := newReporter(spec.MaxServicesPerHost)
+	detail := strings.Repeat("d", 1024)
+	for i := range 100 {
+		rep := &v1.ServiceReport{Service: fmt.Sprintf("svc-%03d", i), Phase: v1.Phase_PHASE_FAILED}
+		if i%10 == 0 {
+			rep.Phase = v1.Phase_PHASE_REMOVED
+		}
+		for c := range 64 {
+			rep.Checks = append(rep.Checks, &v1.CheckResult{Name: fmt.Sprintf("check-%d", c), Detail: detail})
+		}
+		r.put(rep)
+	}
+	h := r.hello(Config{HostID: testHostID})
+	if n := proto.Size(h); n > maxHelloBytes || n < maxHelloBytes/2 {
+		t.Fatalf("hello of %d bytes, want at most %d (and not much less)", n, maxHelloBytes)
+	}
+	in := map[string]bool{}
+	for _, s := range h.GetServices() {
+		in[s.GetService()] = true
+		if s.GetPhase() == v1.Phase_PHASE_REMOVED {
+			t.Errorf("%s (removed) in the hello while others were left out", s.GetService())
+		}
+	}
+	rest := r.take()
+	for _, s := range rest {
+		if in[s.GetService()] {
+			t.Errorf("%s both in the hello and after it", s.GetService())
+		}
+		if n := proto.Size(s); n > 1<<20 {
+			t.Errorf("report of %s: %d bytes", s.GetService(), n)
+		}
+	}
+	if len(in)+len(rest) != 100 {
+		t.Fatalf("%d in the hello and %d after it, want all 100", len(in), len(rest))
 	}
 }
