@@ -286,16 +286,31 @@ func ownNotifyDir(dir string) (os.FileInfo, error) {
 	return fi, nil
 }
 
-// notifyFallbackDir is the directory under the temporary one that holds
-// the notify sockets of this data dir's services (shared: of those run as
-// another user) when the data dir's own would make too long a path
-// (notifyPath).
+// notifyFallbackDir is the directory that holds the notify sockets of
+// this data dir's services (shared: of those run as another user) when
+// the data dir's own would make too long a path (notifyPath), under
+// notifyFallbackBase.
 func (a *agent) notifyFallbackDir(shared bool) string {
 	tmp := "fleetwave-notify-"
 	if shared {
 		tmp = "fleetwave-notify-users-"
 	}
-	return filepath.Join(os.TempDir(), tmp+shortHash(a.cfg.DataDir))
+	return filepath.Join(notifyFallbackBase(), tmp+shortHash(a.cfg.DataDir))
+}
+
+// notifyFallbackBase is where notifyFallbackDir goes: /run when the agent
+// runs as root and it exists (only root may make a directory there), else
+// the temporary directory, where any local user could make the agent's
+// directory first (makeNotifyDir refuses one that is not the agent's, and
+// the services that want notify sockets then fail to start). Tests
+// replace it.
+var notifyFallbackBase = func() string {
+	if os.Geteuid() == 0 {
+		if fi, err := os.Stat("/run"); err == nil && fi.IsDir() {
+			return "/run"
+		}
+	}
+	return os.TempDir()
 }
 
 // notifyTempLen is what sockets.ListenNotify adds to the directory for its

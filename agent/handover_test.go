@@ -618,6 +618,7 @@ func TestNotifyPath(t *testing.T) {
 	a = &agent{cfg: Config{DataDir: long}}
 	tmp := t.TempDir()
 	t.Setenv("TMPDIR", tmp)
+	tmpBase(t)
 	p, err = a.notifyPath(strings.Repeat("s", 63), 18446744073709551615, false)
 	if err != nil || !strings.HasPrefix(p, tmp+"/fleetwave-notify-") || len(p) > 107 {
 		t.Fatalf("notifyPath with a long data dir = %q (%d bytes), %v; want a path under %s", p, len(p), err, tmp)
@@ -724,6 +725,7 @@ func TestSocketsReleasedForAReleaseWithout(t *testing.T) {
 func TestRemoveStaleNotifyInFallbackDir(t *testing.T) {
 	long := filepath.Join(t.TempDir(), strings.Repeat("d", 100))
 	t.Setenv("TMPDIR", t.TempDir())
+	tmpBase(t)
 	a := &agent{cfg: Config{DataDir: long}}
 	bind := func(path string) {
 		t.Helper()
@@ -767,5 +769,34 @@ func TestRemoveStaleNotifyInFallbackDir(t *testing.T) {
 	a.removeStaleNotify(nil)
 	if _, err := os.Lstat(stale); err != nil {
 		t.Errorf("a socket in a fallback directory of another user removed: %v", err)
+	}
+}
+
+// tmpBase puts notify sockets' fallback directories under the temporary
+// directory (TMPDIR) for the test, not /run.
+func tmpBase(t *testing.T) {
+	orig := notifyFallbackBase
+	notifyFallbackBase = os.TempDir
+	t.Cleanup(func() { notifyFallbackBase = orig })
+}
+
+// TestNotifyFallbackUnderRunAsRoot: as root, the fallback directory of
+// notify sockets is under /run, where no other user may make it first;
+// otherwise under the temporary directory. (Before: always under the
+// temporary directory, where any local user could make
+// fleetwave-notify-<hash> first, and every service with ready: notify on
+// a host whose data dir has a long path failed to start: an attack
+// review.)
+func TestNotifyFallbackUnderRunAsRoot(t *testing.T) {
+	fi, err := os.Stat("/run")
+	want := os.TempDir()
+	if os.Geteuid() == 0 && err == nil && fi.IsDir() {
+		want = "/run"
+	}
+	if got := notifyFallbackBase(); got != want {
+		t.Fatalf("fallback base %q, want %q", got, want)
+	}
+	if os.Geteuid() == 0 && want != "/run" {
+		t.Log("no /run here: the temporary directory")
 	}
 }
