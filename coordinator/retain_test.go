@@ -340,3 +340,61 @@ func TestCompactionWaitsForEveryCoordinator(t *testing.T) {
 		t.Fatalf("the newest rollout: %v (%v)", g.GetRollout(), err)
 	}
 }
+
+// A removal of hosts a selector left out, in flight (paused) after an
+// ended one: the rollout Decide is given once it ends is the one before
+// both (rollout.Deciding, walked back by id), however old, and no pass
+// deletes it meanwhile (before: the leader deleted 000001 while 000003
+// ran, and once 000003 ended its reconcile failed for good on the missing
+// rollout). Another service's old rollout, pruned after web's in the same
+// pass, says a pass went by. The history is written straight to etcd.
+func TestPruneKeepsWhatALeftRemovalInFlightNeeds(t *testing.T) {
+	emb, cli := embeddedEtcd(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	st := store.New(cli)
+	old, recent := time.Now().Add(-2*365*24*time.Hour), time.Now().Add(-time.Hour)
+	history := func(name string, ros ...*v1.Rollout) {
+		t.Helper()
+		ap, err := st.ApplySpec(ctx, &v1.ServiceSpec{Name: name, Selector: map[string]string{"role": name}, Run: &v1.RunSpec{Command: []string{"./app"}}}, time.Now(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		svc, svcRev := ap.Service, ap.Rev
+		for i, r := range ros {
+			r.Id, r.Service = fmt.Sprintf("%06d", i+1), name
+			r.CreatedAt = timestamppb.New(r.GetFinishedAt().AsTime().Add(-time.Minute))
+			if r.FinishedAt == nil {
+				r.CreatedAt = timestamppb.New(recent)
+			}
+			r.Waves = []*v1.Wave{{State: v1.WaveState_WAVE_STATE_DONE, Hosts: []*v1.HostProgress{
+				{HostId: "h1", State: v1.HostRolloutState_HOST_ROLLOUT_STATE_DONE, DoneAt: r.GetFinishedAt()}}}}
+			svc = proto.Clone(svc).(*v1.Service)
+			svc.Status = &v1.ServiceStatus{StableVersion: "v1", RolloutSeq: int64(i + 1), LastRolloutId: r.GetId()}
+			if svcRev, _, err = st.WriteRollout(ctx, nil, r, store.RolloutBase{Layout: store.OneKey}, svc, svcRev); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	ok := v1.RolloutState_ROLLOUT_STATE_SUCCEEDED
+	history("web",
+		&v1.Rollout{ToVersion: "v1", State: ok, FinishedAt: timestamppb.New(old)},
+		&v1.Rollout{FromVersion: "v1", Remove: true, Left: true, State: ok, FinishedAt: timestamppb.New(old.Add(time.Hour))},
+		&v1.Rollout{FromVersion: "v1", Remove: true, Left: true, State: v1.RolloutState_ROLLOUT_STATE_PROGRESSING, Paused: true})
+	history("zzz",
+		&v1.Rollout{ToVersion: "v1", State: ok, FinishedAt: timestamppb.New(old)},
+		&v1.Rollout{ToVersion: "v1", State: ok, FinishedAt: timestamppb.New(recent)})
+	cc := startCoordinatorOn(t, emb, func(c *Config) { c.auditPruneEvery = 100 * time.Millisecond })
+	op := v1.NewOperatorServiceClient(cc)
+	testkit.EventuallyErr(t, 30*time.Second, "zzz's old rollout deleted", func() error {
+		if _, err := op.GetRollout(ctx, &v1.GetRolloutRequest{Service: "zzz", Id: "000001"}); status.Code(err) != codes.NotFound {
+			return fmt.Errorf("GetRollout: %v", err)
+		}
+		return nil
+	})
+	for _, id := range []string{"000001", "000002", "000003"} {
+		if _, err := op.GetRollout(ctx, &v1.GetRolloutRequest{Service: "web", Id: id}); err != nil {
+			t.Errorf("web's rollout %s: %v, want it kept (the removal 000003 in flight walks back to 000001 once it ends)", id, err)
+		}
+	}
+}

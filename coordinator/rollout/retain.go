@@ -87,9 +87,10 @@ type Retention struct {
 // Neither ever touches a rollout in flight, the service's newest rollout
 // (nor the one its status names: the hub, Desired, Restored, the stage and
 // peer plans, comparisons and alerts read its hosts; every other reader of
-// hosts reads only that one), nor, when the newest are ended removals of
-// hosts a selector left out, those and the rollout before them (the one
-// Decide is given: Deciding, walked back by id). Deletion keeps, besides, what RollbackTarget
+// hosts reads only that one), nor, when the newest are removals of hosts
+// a selector left out (ended, or one in flight, which will end), those and
+// the rollout before them (the one Decide is given: Deciding, walked back
+// by id). Deletion keeps, besides, what RollbackTarget
 // reads of older rollouts: the newest SUCCEEDED rollout, the newest
 // SUCCEEDED one to a release other than the stable one (the default
 // rollback target), the newest removal of the whole service (where the
@@ -103,16 +104,31 @@ func Retain(svc *v1.Service, rollouts []*v1.Rollout, keepHosts int, deleteBefore
 		return out
 	}
 	current := svc.GetStatus().GetLastRolloutId()
-	// The rollout Decide is given (Deciding) when the newest ones are ended
-	// removals of hosts a selector left out: they and the one before them
-	// (walked back by id, PrevID) must all be there.
-	chain := n - 1
-	for chain > 0 && !Deciding(rollouts[chain]) {
-		chain--
+	// The rollout Decide is given (Deciding) when the newest ones are
+	// removals of hosts a selector left out: they and the one before them,
+	// walked back by id (PrevID) as the readers walk, from the newest and
+	// from the one the status names, must all be there. A removal in
+	// flight counts as ended: the walk passes it once it ends.
+	byID := make(map[string]int, n)
+	for i, r := range rollouts {
+		byID[r.GetId()] = i
+	}
+	chain := map[int]bool{}
+	walk := func(i int) {
+		for ok := true; ok && !chain[i]; i, ok = byID[PrevID(rollouts[i])] {
+			chain[i] = true
+			if !rollouts[i].GetLeft() {
+				return
+			}
+		}
+	}
+	walk(n - 1)
+	if i, ok := byID[current]; ok {
+		walk(i)
 	}
 	protected := func(i int) bool {
 		r := rollouts[i]
-		return i >= chain || r.GetId() == current || !Terminal(r)
+		return chain[i] || r.GetId() == current || !Terminal(r)
 	}
 	keep := map[int]bool{}
 	stable := svc.GetStatus().GetStableVersion()

@@ -112,6 +112,19 @@ func TestRetain(t *testing.T) {
 			ros:    []ro{{"v1", ok, false, false}, {"v2", ok, false, false}, {"v3", sup, false, false}, {"v3", ok, true, true}, {"v3", ok, true, true}, {"v3", ok, true, true}},
 			stable: "v2", last: "000006", keep: 1, before: 100 * time.Hour,
 			compact: []string{"000001"}, drop: []string{"000002"}},
+		// A removal of hosts left out in flight is the newest: once it
+		// ends, Decide is given the rollout before the ended removals
+		// before it. Before: while it ran, the one Decide would be given
+		// (000001, not the newest succeeded: the ended removal 000002 is)
+		// was deleted, and at its end the leader's reconcile failed for
+		// good on the missing rollout.
+		{name: "deletion keeps the rollout before a removal of hosts left that is in flight",
+			ros:    []ro{{"v1", ok, false, false}, {"", ok, true, true}, {"", flight, true, true}},
+			stable: "v1", last: "000003", keep: 100, before: 100 * time.Hour},
+		{name: "compaction keeps the rollout before a removal of hosts left that is in flight",
+			ros:    []ro{{"v1", ok, false, false}, {"v2", sup, false, false}, {"", flight, true, true}},
+			stable: "v1", last: "000003", keep: 1, before: 100 * time.Hour,
+			compact: []string{"000001"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			rs := mk(c.ros...)
