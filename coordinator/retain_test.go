@@ -238,9 +238,10 @@ func TestLeaderCompactsAndDeletesOldRollouts(t *testing.T) {
 	stop()
 
 	// A coordinator started afterwards reads the compacted records; its
-	// leader's clock, moved 500 days on, deletes 1, 2 and the rollback (4),
-	// not v3's failure (3: a rollback onto v3 is still refused), v4's (5:
-	// the rollback target) nor v5's (6: the newest).
+	// leader's clock, moved 500 days on, deletes 2 and the rollback (4),
+	// not the first (1: the stats' deploy frequency counts from it), v3's
+	// failure (3: a rollback onto v3 is still refused), v4's (5: the
+	// rollback target) nor v5's (6: the newest).
 	var skew atomic.Int64
 	cc, _ = coords.start(func(c *Config) {
 		c.KeepRolloutHosts = 2
@@ -250,7 +251,7 @@ func TestLeaderCompactsAndDeletesOldRollouts(t *testing.T) {
 	op = v1.NewOperatorServiceClient(cc)
 	compacted(op, "000001", "000002", "000003", "000004")
 	skew.Store(int64(500 * 24 * time.Hour))
-	for _, id := range []string{"000001", "000002", "000004"} {
+	for _, id := range []string{"000002", "000004"} {
 		testkit.EventuallyErr(t, 30*time.Second, "rollout "+id+" deleted", func() error {
 			_, err := op.GetRollout(ctx, &v1.GetRolloutRequest{Service: "web", Id: id})
 			if status.Code(err) != codes.NotFound {
@@ -264,7 +265,7 @@ func TestLeaderCompactsAndDeletesOldRollouts(t *testing.T) {
 			}
 		}
 	}
-	for _, id := range []string{"000003", "000005", "000006"} {
+	for _, id := range []string{"000001", "000003", "000005", "000006"} {
 		if _, err := op.GetRollout(ctx, &v1.GetRolloutRequest{Service: "web", Id: id}); err != nil {
 			t.Errorf("rollout %s: %v, want it kept", id, err)
 		}
@@ -277,7 +278,8 @@ func TestLeaderCompactsAndDeletesOldRollouts(t *testing.T) {
 // While a coordinator that does not read compacted rollouts is registered
 // (a rolling upgrade), the leader deletes old rollouts but compacts none;
 // once it is gone, it compacts. The history is written straight to etcd:
-// three ended rollouts, the first two years old.
+// four ended rollouts, the first two years old (the first is kept: the
+// stats' deploy frequency counts from it).
 func TestCompactionWaitsForEveryCoordinator(t *testing.T) {
 	emb, cli := embeddedEtcd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
@@ -296,9 +298,9 @@ func TestCompactionWaitsForEveryCoordinator(t *testing.T) {
 	}
 	svc, svcRev := ap.Service, ap.Rev
 	ended := time.Now().Add(-2 * 365 * 24 * time.Hour)
-	for i := 1; i <= 3; i++ {
+	for i := 1; i <= 4; i++ {
 		id, v := fmt.Sprintf("%06d", i), fmt.Sprintf("v%d", i)
-		if i > 1 {
+		if i > 2 {
 			ended = time.Now().Add(-time.Hour)
 		}
 		r := &v1.Rollout{Id: id, Service: "web", ToVersion: v, State: v1.RolloutState_ROLLOUT_STATE_SUCCEEDED, CreatedAt: timestamppb.New(ended.Add(-time.Minute)),
@@ -312,22 +314,24 @@ func TestCompactionWaitsForEveryCoordinator(t *testing.T) {
 	}
 	cc := startCoordinatorOn(t, emb, func(c *Config) { c.KeepRolloutHosts = 1; c.auditPruneEvery = 100 * time.Millisecond })
 	op := v1.NewOperatorServiceClient(cc)
-	testkit.EventuallyErr(t, 30*time.Second, "rollout 000001 deleted", func() error {
-		if _, err := op.GetRollout(ctx, &v1.GetRolloutRequest{Service: "web", Id: "000001"}); status.Code(err) != codes.NotFound {
+	testkit.EventuallyErr(t, 30*time.Second, "rollout 000002 deleted", func() error {
+		if _, err := op.GetRollout(ctx, &v1.GetRolloutRequest{Service: "web", Id: "000002"}); status.Code(err) != codes.NotFound {
 			return fmt.Errorf("GetRollout: %v", err)
 		}
 		return nil
 	})
-	// The pass that deleted it would have compacted 000002 too.
-	g, err := op.GetRollout(ctx, &v1.GetRolloutRequest{Service: "web", Id: "000002"})
-	if err != nil || g.GetRollout().GetHostsCompacted() || len(g.GetRollout().GetWaves()[0].GetHosts()) != 1 {
-		t.Fatalf("rollout 000002 compacted while a coordinator that does not read it is registered: %v (%v)", g.GetRollout(), err)
+	// The pass that deleted it would have compacted 000001 and 000003 too.
+	for _, id := range []string{"000001", "000003"} {
+		g, err := op.GetRollout(ctx, &v1.GetRolloutRequest{Service: "web", Id: id})
+		if err != nil || g.GetRollout().GetHostsCompacted() || len(g.GetRollout().GetWaves()[0].GetHosts()) != 1 {
+			t.Fatalf("rollout %s compacted while a coordinator that does not read it is registered: %v (%v)", id, g.GetRollout(), err)
+		}
 	}
 	if _, err := cli.Revoke(ctx, lease.ID); err != nil {
 		t.Fatal(err)
 	}
-	testkit.EventuallyErr(t, 30*time.Second, "rollout 000002 compacted once the old coordinator left", func() error {
-		g, err := op.GetRollout(ctx, &v1.GetRolloutRequest{Service: "web", Id: "000002"})
+	testkit.EventuallyErr(t, 30*time.Second, "rollout 000003 compacted once the old coordinator left", func() error {
+		g, err := op.GetRollout(ctx, &v1.GetRolloutRequest{Service: "web", Id: "000003"})
 		if err != nil {
 			return err
 		}
@@ -336,7 +340,7 @@ func TestCompactionWaitsForEveryCoordinator(t *testing.T) {
 		}
 		return nil
 	})
-	if g, err := op.GetRollout(ctx, &v1.GetRolloutRequest{Service: "web", Id: "000003"}); err != nil || g.GetRollout().GetHostsCompacted() {
+	if g, err := op.GetRollout(ctx, &v1.GetRolloutRequest{Service: "web", Id: "000004"}); err != nil || g.GetRollout().GetHostsCompacted() {
 		t.Fatalf("the newest rollout: %v (%v)", g.GetRollout(), err)
 	}
 }
@@ -344,10 +348,12 @@ func TestCompactionWaitsForEveryCoordinator(t *testing.T) {
 // A removal of hosts a selector left out, in flight (paused) after an
 // ended one: the rollout Decide is given once it ends is the one before
 // both (rollout.Deciding, walked back by id), however old, and no pass
-// deletes it meanwhile (before: the leader deleted 000001 while 000003
-// ran, and once 000003 ended its reconcile failed for good on the missing
-// rollout). Another service's old rollout, pruned after web's in the same
-// pass, says a pass went by. The history is written straight to etcd.
+// deletes it meanwhile (before: the leader deleted 000002 while 000004
+// ran, and once 000004 ended its reconcile failed for good on the missing
+// rollout). The first rollout is kept anyway (the stats count from it):
+// the one before the removals is the second. Another service's old
+// rollout, pruned after web's in the same pass, says a pass went by. The
+// history is written straight to etcd.
 func TestPruneKeepsWhatALeftRemovalInFlightNeeds(t *testing.T) {
 	emb, cli := embeddedEtcd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
@@ -378,23 +384,25 @@ func TestPruneKeepsWhatALeftRemovalInFlightNeeds(t *testing.T) {
 	}
 	ok := v1.RolloutState_ROLLOUT_STATE_SUCCEEDED
 	history("web",
-		&v1.Rollout{ToVersion: "v1", State: ok, FinishedAt: timestamppb.New(old)},
+		&v1.Rollout{ToVersion: "v1", State: ok, FinishedAt: timestamppb.New(old.Add(-time.Hour))},
+		&v1.Rollout{FromVersion: "v1", ToVersion: "v1", State: ok, FinishedAt: timestamppb.New(old)},
 		&v1.Rollout{FromVersion: "v1", Remove: true, Left: true, State: ok, FinishedAt: timestamppb.New(old.Add(time.Hour))},
 		&v1.Rollout{FromVersion: "v1", Remove: true, Left: true, State: v1.RolloutState_ROLLOUT_STATE_PROGRESSING, Paused: true})
 	history("zzz",
+		&v1.Rollout{ToVersion: "v1", State: ok, FinishedAt: timestamppb.New(old.Add(-time.Hour))},
 		&v1.Rollout{ToVersion: "v1", State: ok, FinishedAt: timestamppb.New(old)},
 		&v1.Rollout{ToVersion: "v1", State: ok, FinishedAt: timestamppb.New(recent)})
 	cc := startCoordinatorOn(t, emb, func(c *Config) { c.auditPruneEvery = 100 * time.Millisecond })
 	op := v1.NewOperatorServiceClient(cc)
 	testkit.EventuallyErr(t, 30*time.Second, "zzz's old rollout deleted", func() error {
-		if _, err := op.GetRollout(ctx, &v1.GetRolloutRequest{Service: "zzz", Id: "000001"}); status.Code(err) != codes.NotFound {
+		if _, err := op.GetRollout(ctx, &v1.GetRolloutRequest{Service: "zzz", Id: "000002"}); status.Code(err) != codes.NotFound {
 			return fmt.Errorf("GetRollout: %v", err)
 		}
 		return nil
 	})
-	for _, id := range []string{"000001", "000002", "000003"} {
+	for _, id := range []string{"000002", "000003", "000004"} {
 		if _, err := op.GetRollout(ctx, &v1.GetRolloutRequest{Service: "web", Id: id}); err != nil {
-			t.Errorf("web's rollout %s: %v, want it kept (the removal 000003 in flight walks back to 000001 once it ends)", id, err)
+			t.Errorf("web's rollout %s: %v, want it kept (the removal 000004 in flight walks back to 000002 once it ends)", id, err)
 		}
 	}
 }

@@ -96,7 +96,9 @@ type Retention struct {
 // rollback target), the newest removal of the whole service (where the
 // current incarnation's history starts), and, for every release that a
 // rollout ever FAILED on, the newest ended rollout to it (whether a
-// rollback onto it is refused).
+// rollback onto it is refused); and the service's first rollout, the
+// earliest created (the stats' deploy frequency of a service younger than
+// its window counts from it).
 func Retain(svc *v1.Service, rollouts []*v1.Rollout, keepHosts int, deleteBefore time.Time) Retention {
 	var out Retention
 	n := len(rollouts)
@@ -153,7 +155,17 @@ func Retain(svc *v1.Service, rollouts []*v1.Rollout, keepHosts int, deleteBefore
 		}
 		newestTo[r.GetToVersion()] = i
 	}
-	for _, i := range []int{lastOK, lastOther, lastRemoval} {
+	// The service's first rollout (the earliest created: GetStats' deploy
+	// frequency counts a service younger than its window over its age,
+	// from that rollout's creation; deleting it made an old service look
+	// young and its deployments more frequent).
+	first, firstAt := -1, time.Time{}
+	for i, r := range rollouts {
+		if at, ok := seqTime(r); ok && (first < 0 || at.Before(firstAt)) {
+			first, firstAt = i, at
+		}
+	}
+	for _, i := range []int{lastOK, lastOther, lastRemoval, first} {
 		if i >= 0 {
 			keep[i] = true
 		}
@@ -176,4 +188,15 @@ func Retain(svc *v1.Service, rollouts []*v1.Rollout, keepHosts int, deleteBefore
 		}
 	}
 	return out
+}
+
+// seqTime is when r was created, else started, else finished (as
+// coordinator/stats orders a service's rollouts), and whether any is set.
+func seqTime(r *v1.Rollout) (time.Time, bool) {
+	for _, t := range []*timestamppb.Timestamp{r.GetCreatedAt(), r.GetStartedAt(), r.GetFinishedAt()} {
+		if t.IsValid() {
+			return t.AsTime(), true
+		}
+	}
+	return time.Time{}, false
 }

@@ -97,12 +97,13 @@ func TestRetain(t *testing.T) {
 			// 000004: the newest ended rollout to v2, which failed once;
 			// 000005: the newest succeeded rollout to a release other than
 			// the stable one; 000006: the newest succeeded; 000007: the
-			// newest of v6 (failed); 000008 in flight.
-			drop: []string{"000001", "000002", "000003"}},
+			// newest of v6 (failed); 000008 in flight; 000001: the first
+			// (the stats' deploy frequency counts from it).
+			drop: []string{"000002", "000003"}},
 		{name: "deletion by age only", ros: []ro{{"v1", ok, false, false}, {"v2", ok, false, false}, {"v3", ok, false, false}, {"v4", ok, false, false}}, stable: "v4", last: "000004", keep: 100, before: 90 * time.Minute,
-			drop: []string{"000001", "000002"}},
+			drop: []string{"000002"}},
 		{name: "deletion keeps the newest removal", ros: []ro{{"v1", ok, false, false}, {"", ok, true, false}, {"v1", ok, false, false}, {"v2", ok, false, false}, {"v3", ok, false, false}}, stable: "v3", last: "000005", keep: 1, before: 100 * time.Hour,
-			compact: []string{"000002", "000004"}, drop: []string{"000001", "000003"}},
+			compact: []string{"000001", "000002", "000004"}, drop: []string{"000003"}},
 		// The newest are removals of hosts the selector left out: the
 		// rollout Decide is given is the one before them (rollout.Deciding,
 		// walked back by id): none of them goes, however old (before: the

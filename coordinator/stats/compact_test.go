@@ -3,6 +3,7 @@ package stats
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -154,5 +155,47 @@ func TestComputeSameAfterCompaction(t *testing.T) {
 	}
 	if counted < 1000 {
 		t.Fatalf("only %d rollouts counted over every history and window: the histories test little", counted)
+	}
+}
+
+// retained is h without the rollouts the leader deletes at now with the
+// default retention (rollout.Retain, 400 days; svc's status as the last
+// rollout left it).
+func retained(h ServiceHistory, svc *v1.Service, now time.Time) ServiceHistory {
+	ret := rollout.Retain(svc, h.Rollouts, 0, now.Add(-400*day))
+	out := ServiceHistory{Service: h.Service, Releases: h.Releases}
+	for _, r := range h.Rollouts {
+		if !slices.Contains(ret.Delete, r) {
+			out.Rollouts = append(out.Rollouts, r)
+		}
+	}
+	return out
+}
+
+// TestComputeSameAfterDeletion: the figures of any window up to the
+// retention are the same once the rollouts that finished before it are
+// deleted. Before: the service's first rollout went with them, and the
+// deploy frequency of a service older than the window was counted over
+// the age of its oldest rollout kept instead of over the window (2
+// deployments in 30 days said 0.1 a day, as if the service were 20 days
+// old).
+func TestComputeSameAfterDeletion(t *testing.T) {
+	h := ServiceHistory{Service: "web", Rollouts: []*v1.Rollout{
+		ro("000001", "", "v1", succeeded, at(-500*day), at(-500*day), at(-500*day+hr), wave(at(-500*day), at(-500*day+hr), nil, at(-500*day+hr))),
+		ro("000002", "v1", "v2", succeeded, at(-450*day), at(-450*day), at(-450*day+hr), wave(at(-450*day), at(-450*day+hr), nil, at(-450*day+hr))),
+		ro("000003", "v2", "v3", succeeded, at(10*day), at(10*day), at(10*day+hr), wave(at(10*day), at(10*day+hr), nil, at(10*day+hr))),
+		ro("000004", "v3", "v4", succeeded, at(20*day), at(20*day), at(20*day+hr), wave(at(20*day), at(20*day+hr), nil, at(20*day+hr))),
+	}}
+	svc := &v1.Service{Status: &v1.ServiceStatus{StableVersion: "v4", LastRolloutId: "000004"}}
+	after := retained(h, svc, now)
+	if len(after.Rollouts) == len(h.Rollouts) {
+		t.Fatal("nothing deleted: the case tests nothing")
+	}
+	for _, since := range []time.Duration{day, 7 * day, 30 * day, 90 * day, MaxDailySince} {
+		want := Compute([]ServiceHistory{h}, now, since, false)
+		got := Compute([]ServiceHistory{after}, now, since, false)
+		if !proto.Equal(got, want) {
+			t.Errorf("window %s: after deletion\n%v\nbefore\n%v", since, got.GetFleet(), want.GetFleet())
+		}
 	}
 }
