@@ -178,7 +178,8 @@ func retained(h ServiceHistory, svc *v1.Service, now time.Time) ServiceHistory {
 // deploy frequency of a service older than the window was counted over
 // the age of its oldest rollout kept instead of over the window (2
 // deployments in 30 days said 0.1 a day, as if the service were 20 days
-// old).
+// old). A known case, and drawn histories part of which is over a year
+// old.
 func TestComputeSameAfterDeletion(t *testing.T) {
 	h := ServiceHistory{Service: "web", Rollouts: []*v1.Rollout{
 		ro("000001", "", "v1", succeeded, at(-500*day), at(-500*day), at(-500*day+hr), wave(at(-500*day), at(-500*day+hr), nil, at(-500*day+hr))),
@@ -196,6 +197,57 @@ func TestComputeSameAfterDeletion(t *testing.T) {
 		got := Compute([]ServiceHistory{after}, now, since, false)
 		if !proto.Equal(got, want) {
 			t.Errorf("window %s: after deletion\n%v\nbefore\n%v", since, got.GetFleet(), want.GetFleet())
+		}
+	}
+	// Drawn histories whose first k rollouts happened 400 to 800 days
+	// earlier, at three nows.
+	rnd := rand.New(rand.NewPCG(3, 4))
+	deleted := 0
+	for hi := range 300 {
+		n := 2 + rnd.IntN(40)
+		h := randomHistory(rnd, "a", n)
+		k := rnd.IntN(n)
+		shiftRollouts(h.Rollouts[:k], -time.Duration(400+rnd.IntN(400))*day)
+		stable := ""
+		for _, r := range h.Rollouts {
+			if r.GetState() == succeeded {
+				stable = r.GetToVersion()
+			}
+		}
+		svc := &v1.Service{Status: &v1.ServiceStatus{StableVersion: stable, LastRolloutId: h.Rollouts[n-1].GetId()}}
+		for _, at := range []time.Time{now, now.Add(30 * day), now.Add(200 * day)} {
+			after := retained(h, svc, at)
+			deleted += n - len(after.Rollouts)
+			for _, since := range []time.Duration{day, 30 * day, 90 * day, MaxDailySince} {
+				want := Compute([]ServiceHistory{h}, at, since, true)
+				got := Compute([]ServiceHistory{after}, at, since, true)
+				if !proto.Equal(got, want) {
+					t.Fatalf("history %d (%d shifted), now %s, window %s: %d of %d kept\nafter %v\nbefore %v", hi, k, at, since, len(after.Rollouts), n, got.GetFleet(), want.GetFleet())
+				}
+			}
+		}
+	}
+	if deleted < 1000 {
+		t.Fatalf("only %d rollouts deleted over every history: the histories test little", deleted)
+	}
+}
+
+// shiftRollouts moves every time of the rollouts by d.
+func shiftRollouts(ros []*v1.Rollout, d time.Duration) {
+	shift := func(ts ...**timestamppb.Timestamp) {
+		for _, t := range ts {
+			if *t != nil {
+				*t = timestamppb.New((*t).AsTime().Add(d))
+			}
+		}
+	}
+	for _, r := range ros {
+		shift(&r.CreatedAt, &r.StartedAt, &r.FinishedAt, &r.FailedAt, &r.RestoredAt)
+		for _, w := range r.GetWaves() {
+			shift(&w.StartedAt, &w.DoneAt, &w.BakeUntil)
+			for _, hp := range w.GetHosts() {
+				shift(&hp.DoneAt)
+			}
 		}
 	}
 }
