@@ -96,8 +96,7 @@ func (l *leader) commit(ctx context.Context, fence *store.Fence, vs store.Versio
 		return err
 	}
 	if rollout.Terminal(next) {
-		_, err := l.pruneRollouts(ctx, fence, name, l.pruneNow(), maxRolloutPrunes)
-		return err
+		l.pruneEnded(ctx, fence, name)
 	}
 	return nil
 }
@@ -412,8 +411,7 @@ func (l *leader) start(ctx context.Context, fence *store.Fence, vs store.Version
 		return err
 	}
 	if rollout.Terminal(r) {
-		_, err := l.pruneRollouts(ctx, fence, name, l.pruneNow(), maxRolloutPrunes)
-		return err
+		l.pruneEnded(ctx, fence, name)
 	}
 	return nil
 }

@@ -91,6 +91,17 @@ func (l *leader) pruneRollouts(ctx context.Context, fence *store.Fence, name str
 	return writes, l.c.mirror.WaitRev(ctx, last)
 }
 
+// pruneEnded prunes the service's rollouts once one of them ended (its
+// write committed): history only, so a failure, a lost leadership
+// included (the loop meets it at its next write), is logged, never the
+// ended rollout's write's error (an approve or an abort that committed
+// would be reported failed).
+func (l *leader) pruneEnded(ctx context.Context, fence *store.Fence, name string) {
+	if _, err := l.pruneRollouts(ctx, fence, name, l.pruneNow(), maxRolloutPrunes); err != nil && ctx.Err() == nil {
+		l.c.log.Warn().Err(err).Str("service", name).Msg("pruning old rollouts failed")
+	}
+}
+
 // pruneAllRollouts runs pruneRollouts for every service, so that a quiet
 // service's rollouts are deleted by age too.
 func (l *leader) pruneAllRollouts(ctx context.Context, fence *store.Fence, now time.Time) {
