@@ -53,8 +53,16 @@ const EnvConfirmFD = "FLEETWAVE_AGENT_CONFIRM_FD"
 // after SIGTERM before SIGKILL.
 const HandoffStopGrace = 10 * time.Second
 
-// confirmLine is what a new agent writes to confirm.
-const confirmLine = "accepted\n"
+// confirmLine is what a new agent writes to confirm; watchdogLine follows
+// it from agents that keep systemd's watchdog (watchdog.go). An old agent
+// that handed over reads the first line alone; one with a watchdog refuses
+// a new agent without the second (an older agent, rolled back to: made the
+// unit's main process, it would never ping and be killed, then started
+// again from the executable it replaced and never say READY=1).
+const (
+	confirmLine  = "accepted\n"
+	watchdogLine = "watchdog\n"
+)
 
 // parentCheckInterval is how often a new agent that has not confirmed
 // looks whether the old agent is still there (WatchParent).
@@ -127,7 +135,7 @@ func ConfirmFromEnv() (func(), error) {
 		return nil, fmt.Errorf("%s: descriptor %d is not open", EnvConfirmFD, fd)
 	}
 	return func() {
-		_, _ = io.WriteString(f, confirmLine)
+		_, _ = io.WriteString(f, confirmLine+watchdogLine)
 		_ = f.Close()
 	}, nil
 }
@@ -183,31 +191,57 @@ func handoff(ctx context.Context, cfg Config, up *Upgrade, args []string, log ze
 	log.Info().Int("pid", cmd.Process.Pid).Dur("deadline", cfg.UpgradeDeadline).Msg("agent upgrade: new agent started; waiting for it to connect")
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	confirmed := make(chan bool, 1)
+	// confirmed: the first line came (or not: false); keeps: the second,
+	// read only after it (an older agent may keep the pipe open).
+	confirmed, keeps := make(chan bool, 1), make(chan bool, 1)
 	go func() {
 		b := make([]byte, len(confirmLine))
 		n, _ := io.ReadFull(r, b)
-		confirmed <- n == len(b) && string(b) == confirmLine
+		ok := n == len(b) && string(b) == confirmLine
+		confirmed <- ok
+		if ok {
+			b = make([]byte, len(watchdogLine))
+			n, _ = io.ReadFull(r, b) // an older agent closes after confirmLine
+			keeps <- n == len(b) && string(b) == watchdogLine
+		}
 	}()
 	deadline := time.NewTimer(cfg.UpgradeDeadline)
 	defer deadline.Stop()
 	var end lifecycle.HandoffEnd
 	var detail string
+	// commit makes the new agent the one that runs (false: it could not).
+	commit := func() bool {
+		if err := commitBinary(exe, up.Binary); err != nil {
+			end, detail = lifecycle.HandoffCommitFailed, err.Error()
+			return false
+		}
+		notifyMainPID(cfg.NotifySocket, cmd.Process.Pid, log)
+		return true
+	}
 wait:
 	select {
 	case ok := <-confirmed:
+		if ok && cfg.Watchdog.Interval() > 0 {
+			goto wait // the unit has a watchdog: the new agent must keep it
+		}
 		if ok {
-			if err := commitBinary(exe, up.Binary); err != nil {
-				end, detail = lifecycle.HandoffCommitFailed, err.Error()
-				break
+			if commit() {
+				return lifecycle.HandoffConfirmed, ""
 			}
-			notifyMainPID(cfg.NotifySocket, cmd.Process.Pid, log)
-			return lifecycle.HandoffConfirmed, ""
+			break
 		}
 		// The pipe closed without the line: the new agent is exiting, or
 		// runs on without confirming; the deadline still holds.
 		confirmed = nil
 		goto wait
+	case ok := <-keeps:
+		if !ok {
+			end = lifecycle.HandoffNoWatchdog
+			break
+		}
+		if commit() {
+			return lifecycle.HandoffConfirmed, ""
+		}
 	case err := <-exited:
 		return lifecycle.HandoffExited, exitText(err)
 	case <-deadline.C:

@@ -274,7 +274,7 @@ func TestHandoffTellsSystemdTheNewMainPID(t *testing.T) {
 	f := newHandoffFixture(t, `[ "$NOTIFY_SOCKET" = "`+sock+`" ] || exit 9
 [ "$WATCHDOG_USEC" = "30000000" ] || exit 8
 [ -z "${WATCHDOG_PID+set}" ] || exit 7
-echo accepted >&3
+printf 'accepted\nwatchdog\n' >&3
 exec sleep 600`)
 	f.cfg.NotifySocket = sock
 	f.cfg.Watchdog = &Watchdog{socket: sock, interval: 30 * time.Second, log: zerolog.Nop()}
@@ -666,5 +666,40 @@ func TestHandoffKeepsTheWatchdog(t *testing.T) {
 	}
 	if w.hold.Load() {
 		t.Error("still held after the handover")
+	}
+}
+
+// Under a unit with a watchdog, a new agent that confirms without saying
+// it keeps the watchdog (an agent older than the watchdog: a rollback, a
+// downgrade) is not made the unit's main process: systemd would kill it
+// at WatchdogSec, then start it again from the executable it replaced and
+// stop it at TimeoutStartSec (it never says READY=1), for ever. The old
+// agent stops it and runs on, reporting why. Without a watchdog it takes
+// over as before.
+func TestHandoffRefusesANewAgentWithoutTheWatchdog(t *testing.T) {
+	sd := newFakeSystemd(t)
+	// An older agent's confirmation: the line, and the pipe closed.
+	f := newHandoffFixture(t, "echo accepted >&3\nexec 3>&-\nexec sleep 600")
+	f.cfg.NotifySocket = sd.path
+	f.cfg.Watchdog = &Watchdog{socket: sd.path, interval: 30 * time.Second, log: zerolog.Nop()}
+	f.cfg.Watchdog.armed.Store(true)
+	if Handoff(context.Background(), f.cfg, f.up, nil, zerolog.Nop()) {
+		pid := f.newPID(t)
+		t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+		t.Fatalf("taken over: %+v", f.record(t))
+	}
+	rec := f.record(t)
+	if rec.State != lifecycle.AgentFailed || !strings.Contains(rec.Reason, "does not keep systemd's watchdog") {
+		t.Fatalf("record %+v", rec)
+	}
+	pid := f.newPID(t)
+	testkit.Eventually(t, 30*time.Second, "the new agent is gone", func() bool { return !alive(pid) })
+	if b, _ := os.ReadFile(f.exe); !strings.Contains(string(b), "echo old agent") {
+		t.Fatalf("executable replaced: %q", b)
+	}
+	for _, m := range drain(sd.msgs) {
+		if strings.HasPrefix(m, "MAINPID=") {
+			t.Fatalf("systemd told %s", m)
+		}
 	}
 }

@@ -126,6 +126,10 @@ const (
 	// HandoffCommitFailed: it confirmed, but its binary could not be made
 	// the one that starts next.
 	HandoffCommitFailed
+	// HandoffNoWatchdog: it confirmed without saying it keeps systemd's
+	// watchdog, which the unit has (an agent older than the watchdog):
+	// made the unit's main process it would be killed at WatchdogSec.
+	HandoffNoWatchdog
 )
 
 // AgentHandoff decides the end of the handover of trying (a TRYING
@@ -147,6 +151,8 @@ func AgentHandoff(trying AgentUpgrade, end HandoffEnd, detail string, deadline t
 		why = "was stopped: the old agent was told to stop during the upgrade"
 	case HandoffCommitFailed:
 		why = "connected, but could not be installed as the agent's executable (" + detail + ")"
+	case HandoffNoWatchdog:
+		why = "connected, but does not keep systemd's watchdog (an agent older than the unit's WatchdogSec=: systemd would kill it)"
 	default:
 		why = fmt.Sprintf("ended its handover in an unknown way (%d)", end)
 	}

@@ -100,7 +100,7 @@ func agentTrace(t *testing.T, d *datadriven.TestData, rec **AgentUpgrade) string
 			d.Fatalf(t, "handoff needs a trying record, have %s", showRecord(*rec))
 		}
 		ends := map[string]HandoffEnd{"confirmed": HandoffConfirmed, "exited": HandoffExited, "deadline": HandoffDeadline,
-			"stopped": HandoffStopped, "commit-failed": HandoffCommitFailed}
+			"stopped": HandoffStopped, "commit-failed": HandoffCommitFailed, "no-watchdog": HandoffNoWatchdog}
 		end, ok := ends[args["end"]]
 		if !ok {
 			d.Fatalf(t, "end=%q", args["end"])
