@@ -107,14 +107,17 @@ func (w *Watchdog) Run(ctx context.Context, tick time.Duration) {
 
 // due decides at now whether systemd is told the agent is alive
 // (lifecycle.WatchdogDue). Going silent is logged once (until it pings
-// again).
+// again), not before the run loop first ran.
 func (w *Watchdog) due(now time.Time, stale time.Duration) bool {
-	last, armed := time.Unix(0, w.alive.Load()), w.armed.Load()
+	turned := w.alive.Load()
+	last, armed := time.Unix(0, turned), w.armed.Load()
 	if lifecycle.WatchdogDue(armed, w.hold.Load(), last, now, stale) {
 		w.stalled.Store(false)
 		return true
 	}
-	if armed && !w.stalled.Swap(true) {
+	// Before the loop first ran (the agent recovering its services, before
+	// READY=1: systemd's watchdog does not run yet) nothing has stopped.
+	if armed && turned != 0 && !w.stalled.Swap(true) {
 		w.log.Error().Dur("quiet", now.Sub(last)).Dur("watchdog", w.interval).
 			Msg("the agent's run loop has not turned: systemd's watchdog is no longer told the agent is alive and restarts it (its services keep running)")
 	}

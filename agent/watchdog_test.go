@@ -195,3 +195,20 @@ func drain(c chan string) []string {
 		}
 	}
 }
+
+// TestWatchdogQuietBeforeTheLoopRuns: before the run loop first runs (the
+// agent recovering its services, before READY=1, when systemd's watchdog
+// does not run yet and TimeoutStartSec holds) nothing is sent and nothing
+// is logged: a start slower than a quarter of the interval logged that the
+// loop had stopped and systemd would restart the agent.
+func TestWatchdogQuietBeforeTheLoopRuns(t *testing.T) {
+	var logs strings.Builder
+	w := &Watchdog{interval: 4 * time.Second, log: zerolog.New(&logs)}
+	w.armed.Store(true)
+	if w.due(time.Now(), 2*time.Second) {
+		t.Error("due before the loop ran")
+	}
+	if logs.Len() > 0 {
+		t.Errorf("logged before the loop ran:\n%s", logs.String())
+	}
+}
