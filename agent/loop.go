@@ -277,6 +277,11 @@ func (a *agent) step(s *service, in lifecycle.Input) {
 	if !s.m.Busy() {
 		a.dropArtifacts(s) // settled: no install needs them
 	}
+	// A machine stepped: the loop makes progress, however long the event
+	// it handles (a set of assignments for many services saves each one's
+	// state in turn, on a slow disk for longer than WatchdogSec). A step
+	// that hangs (a save stuck on a dead disk) still stops the pings.
+	a.cfg.Watchdog.Alive(time.Now())
 }
 
 // exec queues actions and carries them out in order (see runQueue).

@@ -124,7 +124,8 @@ func (w *Watchdog) due(now time.Time, stale time.Duration) bool {
 	return false
 }
 
-// Alive records a turn of the run loop at now.
+// Alive records a turn of the run loop at now, or its progress (a
+// machine's step, loop.go).
 func (w *Watchdog) Alive(now time.Time) {
 	if w != nil {
 		w.alive.Store(now.UnixNano())

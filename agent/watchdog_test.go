@@ -2,16 +2,20 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -210,5 +214,82 @@ func TestWatchdogQuietBeforeTheLoopRuns(t *testing.T) {
 	}
 	if logs.Len() > 0 {
 		t.Errorf("logged before the loop ran:\n%s", logs.String())
+	}
+}
+
+// lockedLog is a log writer the agent's goroutines share with the test.
+type lockedLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestWatchdogFedWhileTheLoopProgresses: one event can take the run loop
+// long, each of its steps short: a set of assignments for many services
+// saves each one's state (two fsyncs) in turn, on a slow disk for longer
+// than the watchdog's interval. The loop makes progress all along and is
+// not stuck: systemd is told so. Before, only the loop's tick fed the
+// watchdog, and an agent taking a fresh host's services on a slow disk
+// was killed in the middle (then again after its restart). A save that
+// hangs still stops the pings (TestWatchdogDecides).
+func TestWatchdogFedWhileTheLoopProgresses(t *testing.T) {
+	sd := newFakeSystemd(t)
+	fc := newFakeCoordinator(t)
+	var logs lockedLog
+	w := &Watchdog{socket: sd.path, interval: 2 * time.Second, log: zerolog.New(&logs)}
+	w.armed.Store(true)
+	var slow atomic.Bool
+	opts := testOptions()
+	opts.saveHook = func(*lifecycle.Snapshot) error {
+		if slow.Load() {
+			time.Sleep(150 * time.Millisecond) // a slow disk's save, not a wait for anything
+		}
+		return nil
+	}
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, DataDir: t.TempDir(), AgentVersion: "test",
+		NotifySocket: sd.path, Watchdog: w}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	wdDone := make(chan struct{})
+	go func() { defer close(wdDone); w.Run(ctx, opts.tick) }()
+	done := runAgent(t, ctx, cfg, opts)
+	if m := sd.next(t, 30*time.Second); m != "READY=1" {
+		t.Fatalf("first message %q, want READY=1", m)
+	}
+	fc.waitFor(t, "hello", 30*time.Second, func(hs []*v1.Hello, _ []*v1.ServiceReport) bool { return len(hs) > 0 })
+	slow.Store(true)
+	// 20 services, a save or more each in one set: 3 s or more in one event.
+	var removals []*v1.Assignment
+	var names []string
+	for i := range 20 {
+		name := fmt.Sprintf("branch-%03d", i)
+		names = append(names, name)
+		removals = append(removals, &v1.Assignment{Service: name, Generation: 1, Remove: true})
+	}
+	fc.assign(removals...)
+	fc.waitFor(t, "every service removed", time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		for _, name := range names {
+			if lastReport(rs, name).GetPhase() != v1.Phase_PHASE_REMOVED {
+				return false
+			}
+		}
+		return true
+	})
+	cancel()
+	waitDone(t, done)
+	<-wdDone
+	if strings.Contains(logs.String(), "has not turned") {
+		t.Fatalf("the watchdog went silent while the loop made progress:\n%s", logs.String())
 	}
 }
