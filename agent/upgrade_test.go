@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -701,5 +702,32 @@ func TestHandoffRefusesANewAgentWithoutTheWatchdog(t *testing.T) {
 		if strings.HasPrefix(m, "MAINPID=") {
 			t.Fatalf("systemd told %s", m)
 		}
+	}
+}
+
+// TestConfirmSaysItKeepsTheWatchdog: what a new agent writes to confirm
+// is the line and the watchdog line (TestHandoffTellsSystemdTheNewMainPID
+// hands over to a new agent writing them under a watchdog), and the
+// descriptor is closed after them.
+func TestConfirmSaysItKeepsTheWatchdog(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	fd, err := syscall.Dup(int(w.Fd())) // the new agent's own descriptor, closed by it
+	w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(EnvConfirmFD, strconv.Itoa(fd))
+	confirm, err := ConfirmFromEnv()
+	if err != nil || confirm == nil {
+		t.Fatalf("ConfirmFromEnv: no confirmation (%v)", err)
+	}
+	confirm()
+	b, err := io.ReadAll(r) // EOF: the new agent's end is closed
+	if err != nil || string(b) != "accepted\nwatchdog\n" {
+		t.Fatalf("confirmation %q, %v", b, err)
 	}
 }
