@@ -280,7 +280,8 @@ func (a *agent) step(s *service, in lifecycle.Input) {
 	// A machine stepped: the loop makes progress, however long the event
 	// it handles (a set of assignments for many services saves each one's
 	// state in turn, on a slow disk for longer than WatchdogSec). A step
-	// that hangs (a save stuck on a dead disk) still stops the pings.
+	// that hangs (a save stuck on a dead disk) still stops the pings
+	// (TestWatchdogSilentWhileASaveHangs).
 	a.cfg.Watchdog.Alive(time.Now())
 }
 

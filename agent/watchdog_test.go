@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
+	"github.com/fleetwave/fleetwave/internal/testkit"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -292,4 +293,46 @@ func TestWatchdogFedWhileTheLoopProgresses(t *testing.T) {
 	if strings.Contains(logs.String(), "has not turned") {
 		t.Fatalf("the watchdog went silent while the loop made progress:\n%s", logs.String())
 	}
+}
+
+// TestWatchdogSilentWhileASaveHangs: a save that never returns (a write
+// stuck on a dead disk) holds the run loop: no step ends, the watchdog
+// goes silent and says so, and systemd would kill the agent.
+func TestWatchdogSilentWhileASaveHangs(t *testing.T) {
+	sd := newFakeSystemd(t)
+	fc := newFakeCoordinator(t)
+	var logs lockedLog
+	w := &Watchdog{socket: sd.path, interval: 400 * time.Millisecond, log: zerolog.New(&logs)}
+	w.armed.Store(true)
+	var hang atomic.Bool
+	release := make(chan struct{})
+	opts := testOptions()
+	opts.saveHook = func(*lifecycle.Snapshot) error {
+		if hang.Load() {
+			<-release // the dead disk
+		}
+		return nil
+	}
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, DataDir: t.TempDir(), AgentVersion: "test",
+		NotifySocket: sd.path, Watchdog: w}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	wdDone := make(chan struct{})
+	go func() { defer close(wdDone); w.Run(ctx, opts.tick) }()
+	done := runAgent(t, ctx, cfg, opts)
+	if m := sd.next(t, 30*time.Second); m != "READY=1" {
+		t.Fatalf("first message %q, want READY=1", m)
+	}
+	fc.waitFor(t, "hello", 30*time.Second, func(hs []*v1.Hello, _ []*v1.ServiceReport) bool { return len(hs) > 0 })
+	hang.Store(true)
+	fc.assign(&v1.Assignment{Service: "branch-000", Generation: 1, Remove: true})
+	testkit.Eventually(t, 30*time.Second, "the watchdog silent", func() bool { return strings.Contains(logs.String(), "has not turned") })
+	drain(sd.msgs)
+	if w.due(time.Now(), max(w.interval/2, 3*opts.tick)) {
+		t.Error("due while the save hangs")
+	}
+	close(release)
+	cancel()
+	waitDone(t, done)
+	<-wdDone
 }
