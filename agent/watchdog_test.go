@@ -248,7 +248,10 @@ func TestWatchdogFedWhileTheLoopProgresses(t *testing.T) {
 	sd := newFakeSystemd(t)
 	fc := newFakeCoordinator(t)
 	var logs lockedLog
-	w := &Watchdog{socket: sd.path, interval: 2 * time.Second, log: zerolog.New(&logs)}
+	// Stale after 2 s (half the interval); each step takes a 150 ms save:
+	// a wide margin for a loaded machine, the event (40 of them, 6 s) well
+	// past the bound.
+	w := &Watchdog{socket: sd.path, interval: 4 * time.Second, log: zerolog.New(&logs)}
 	w.armed.Store(true)
 	var slow atomic.Bool
 	opts := testOptions()
@@ -270,10 +273,10 @@ func TestWatchdogFedWhileTheLoopProgresses(t *testing.T) {
 	}
 	fc.waitFor(t, "hello", 30*time.Second, func(hs []*v1.Hello, _ []*v1.ServiceReport) bool { return len(hs) > 0 })
 	slow.Store(true)
-	// 20 services, a save or more each in one set: 3 s or more in one event.
+	// 40 services, a save or more each in one set: 6 s or more in one event.
 	var removals []*v1.Assignment
 	var names []string
-	for i := range 20 {
+	for i := range 40 {
 		name := fmt.Sprintf("branch-%03d", i)
 		names = append(names, name)
 		removals = append(removals, &v1.Assignment{Service: name, Generation: 1, Remove: true})
