@@ -218,24 +218,6 @@ func TestWatchdogQuietBeforeTheLoopRuns(t *testing.T) {
 	}
 }
 
-// lockedLog is a log writer the agent's goroutines share with the test.
-type lockedLog struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestWatchdogFedWhileTheLoopProgresses: one event can take the run loop
 // long, each of its steps short: a set of assignments for many services
 // saves each one's state (two fsyncs) in turn, on a slow disk for longer
@@ -312,7 +294,7 @@ func TestWatchdogFedWhileTheLoopProgresses(t *testing.T) {
 func TestWatchdogSilentWhileASaveHangs(t *testing.T) {
 	sd := newFakeSystemd(t)
 	fc := newFakeCoordinator(t)
-	var logs lockedLog
+	var logs logLines
 	w := &Watchdog{socket: sd.path, interval: 400 * time.Millisecond, log: zerolog.New(&logs)}
 	w.armed.Store(true)
 	var hang atomic.Bool
@@ -337,7 +319,7 @@ func TestWatchdogSilentWhileASaveHangs(t *testing.T) {
 	fc.waitFor(t, "hello", 30*time.Second, func(hs []*v1.Hello, _ []*v1.ServiceReport) bool { return len(hs) > 0 })
 	hang.Store(true)
 	fc.assign(&v1.Assignment{Service: "branch-000", Generation: 1, Remove: true})
-	testkit.Eventually(t, 30*time.Second, "the watchdog silent", func() bool { return strings.Contains(logs.String(), "has not turned") })
+	testkit.Eventually(t, 30*time.Second, "the watchdog silent", func() bool { return len(logs.with("has not turned")) > 0 })
 	drain(sd.msgs)
 	if w.due(time.Now(), max(w.interval/2, 3*opts.tick)) {
 		t.Error("due while the save hangs")
