@@ -123,6 +123,11 @@ func specOutcome(svc *v1.Service, r *v1.Rollout, rev int64) (*v1.Rollout, string
 	case r.GetLeft() && !rollout.Terminal(r):
 		return r, fmt.Sprintf("%s: removal %s stops and removes the service in waves on the %d host(s) the selector leaves out; the others keep running (what else the spec changes rolls out after it)",
 			spec, r.GetId(), rollout.RolloutHosts(r))
+	case r != nil && r.GetSpecRevision() == rev && !r.GetRemove():
+		// Its rollout ended already (a canary that failed at once), before
+		// this answer: that rollout, not what the end left (a freeze).
+		return r, fmt.Sprintf("%s: rollout %s already ended %s", spec, r.GetId(),
+			strings.ToLower(strings.TrimPrefix(r.GetState().String(), "ROLLOUT_STATE_")))
 	case st.GetStableSpecRevision() == rev:
 		return nil, fmt.Sprintf("%s recorded without a rollout: it changes nothing hosts run", spec)
 	case st.GetStableVersion() == "":
