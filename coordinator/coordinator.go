@@ -38,6 +38,7 @@ import (
 	"github.com/fleetwave/fleetwave/coordinator/dashboard"
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/coordinator/store"
+	"github.com/fleetwave/fleetwave/internal/failgate"
 	"github.com/fleetwave/fleetwave/internal/gossip"
 	"github.com/fleetwave/fleetwave/internal/grpcwindow"
 	"github.com/fleetwave/fleetwave/internal/tlsutil"
@@ -395,6 +396,9 @@ type Coordinator struct {
 	streams liveStreams
 	// revokedLog rate-limits the log lines of refused handshakes.
 	revokedLog *bucket
+	// joinFailures limits Join calls with unknown tokens per address
+	// (tokens.go).
+	joinFailures *failgate.Gate
 	// peerCreds are the transport credentials for calls to other
 	// coordinators (forwarding, artifact copies).
 	peerCreds credentials.TransportCredentials
@@ -471,7 +475,8 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		return err
 	}
 	c := &Coordinator{cfg: cfg, log: log, store: st, arts: arts, cli: cli, start: time.Now(), sessCh: make(chan struct{}), insecure: cfg.Insecure,
-		failures: newFailureLog(cfg.AuditFailureInterval, maxFailureKinds), limits: newLimiter(cfg.Limits, log), revokedLog: &bucket{rate: 5, burst: 20}}
+		failures: newFailureLog(cfg.AuditFailureInterval, maxFailureKinds), limits: newLimiter(cfg.Limits, log), revokedLog: &bucket{rate: 5, burst: 20},
+		joinFailures: failgate.New(joinFailureBurst, joinFailureEvery, maxJoinAddresses)}
 	var serverCreds credentials.TransportCredentials
 	if cfg.Insecure {
 		log.Warn().Msg("INSECURE: plain-text gRPC, every caller is trusted as admin; use --tls-cert/--tls-key/--tls-ca in production")

@@ -136,12 +136,15 @@ func (l *Limits) validate() []error {
 
 // Limit names, as in the refusals metric and the flags.
 const (
-	limitConns          = "max-connections"
-	limitConnsNoCert    = "max-connections-without-cert"
-	limitCallsNoCert    = "max-calls-per-conn-without-cert"
-	limitStreamsCaller  = "max-streams-per-caller"
-	limitSendTimeout    = "stream-send-timeout"
-	limitSendBuffer     = "stream-send-buffer"
+	limitConns         = "max-connections"
+	limitConnsNoCert   = "max-connections-without-cert"
+	limitCallsNoCert   = "max-calls-per-conn-without-cert"
+	limitStreamsCaller = "max-streams-per-caller"
+	limitSendTimeout   = "stream-send-timeout"
+	limitSendBuffer    = "stream-send-buffer"
+	// limitJoinFailures is no flag: Joins with unknown tokens from one
+	// address (tokens.go, joinFailureBurst).
+	limitJoinFailures   = "join-unknown-tokens"
 	limitRefusalsHelp   = "Calls, streams and connections refused or ended by a limit (the limit's flag name)."
 	connectionsGaugeHlp = "Connections open on the gRPC listener, by whether the peer presented a client certificate (cert: yes, no)."
 )

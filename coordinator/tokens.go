@@ -6,9 +6,13 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
+	"net"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -20,6 +24,23 @@ import (
 
 // defaultJoinTTL bounds how long an unused join token stays valid.
 const defaultJoinTTL = time.Hour
+
+// Join calls whose token is no join token at all (guesses, or a typo) are
+// limited per address, as the dashboard's logins are: joinFailureBurst,
+// then one every joinFailureEvery. A Join from a limited address is
+// refused (ResourceExhausted) before its token is looked up, right or
+// wrong: each lookup of an unknown token reads etcd's revision through a
+// quorum (the mirror's Sync, so that a token created a moment ago is
+// found), which an anonymous caller could otherwise ask for without end.
+// Joins with a real token (spent, expired, bound to another host) are not
+// guesses and do not count.
+const (
+	joinFailureBurst = 10
+	joinFailureEvery = 6 * time.Second
+	// maxJoinAddresses bounds the addresses tracked; past it, new ones
+	// share one allowance.
+	maxJoinAddresses = 4096
+)
 
 // CreateToken makes an operator bearer token (role viewer, deployer or
 // admin) or a one-time agent join token (role join, optionally bound to a
@@ -126,6 +147,17 @@ func (h *hub) Join(ctx context.Context, req *v1.JoinRequest) (*v1.JoinResponse, 
 	if len(req.GetCsr()) == 0 || len(req.GetCsr()) > 16<<10 {
 		return nil, status.Errorf(codes.InvalidArgument, "csr: %d bytes, want 1 to 16384", len(req.GetCsr()))
 	}
+	from := peerHost(ctx)
+	if !c.joinFailures.Take(from, time.Now()) {
+		c.limits.refused(limitJoinFailures, func(e *zerolog.Event) *zerolog.Event { return e.Str("remote", from) }, "join refused: too many unknown tokens from this address")
+		return nil, status.Errorf(codes.ResourceExhausted, "too many joins with unknown tokens from %s: try again in %s", from, joinFailureEvery)
+	}
+	guess := false
+	defer func() {
+		if !guess {
+			c.joinFailures.Succeeded(from, time.Now())
+		}
+	}()
 	if err := c.syncMirror(ctx); err != nil {
 		return nil, err
 	}
@@ -134,6 +166,7 @@ func (h *hub) Join(ctx context.Context, req *v1.JoinRequest) (*v1.JoinResponse, 
 	t := vt.Val
 	switch {
 	case !ok || t.GetRole() != roleJoin:
+		guess = true
 		return nil, status.Error(codes.Unauthenticated, "token: not a valid join token")
 	case t.GetUsed():
 		return nil, status.Errorf(codes.Unauthenticated, "token %s: already used", t.GetName())
@@ -174,6 +207,19 @@ func (h *hub) Join(ctx context.Context, req *v1.JoinRequest) (*v1.JoinResponse, 
 	}
 	c.log.Info().Str("host", req.GetHostId()).Str("token", t.GetId()).Time("not_after", cert.GetNotAfter().AsTime()).Msg("agent joined")
 	return &v1.JoinResponse{Certificate: cert}, nil
+}
+
+// peerHost is the host part of the caller's address ("unknown" when the
+// transport gives none).
+func peerHost(ctx context.Context) string {
+	pr, ok := peer.FromContext(ctx)
+	if !ok || pr.Addr == nil {
+		return "unknown"
+	}
+	if h, _, err := net.SplitHostPort(pr.Addr.String()); err == nil {
+		return h
+	}
+	return pr.Addr.String()
 }
 
 // Renew issues a fresh certificate to the agent named by the caller's

@@ -25,6 +25,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/fleetwave/fleetwave/internal/failgate"
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -130,7 +131,7 @@ type Server struct {
 	cfg      Config
 	log      zerolog.Logger
 	sessions *sessions
-	failures loginFailures
+	failures *failgate.Gate // failed logins per address
 	pages    map[string]*template.Template
 	fragment *template.Template
 	static   http.Handler
@@ -158,7 +159,7 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dashboard assets: %w", err)
 	}
-	return &Server{cfg: cfg, log: log, sessions: newSessions(cfg.Limits), pages: pages, fragment: fragment,
+	return &Server{cfg: cfg, log: log, sessions: newSessions(cfg.Limits), failures: failgate.New(loginFailureBurst, loginFailureEvery, maxLoginAddresses), pages: pages, fragment: fragment,
 		static: static, now: time.Now}, nil
 }
 

@@ -120,7 +120,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		from = r.RemoteAddr
 	}
-	if !s.failures.take(from, s.now()) {
+	if !s.failures.Take(from, s.now()) {
 		data.Error = fmt.Sprintf("too many failed logins from %s: try again in %s", from, loginFailureEvery)
 		s.render(w, http.StatusTooManyRequests, "login", data)
 		return
@@ -157,7 +157,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		s.render(w, httpStatus(st.Code()), "login", data)
 		return
 	}
-	s.failures.succeeded(from, s.now())
+	s.failures.Succeeded(from, s.now())
 	sess.identity, sess.role = who.GetIdentity(), who.GetRole()
 	if err := s.sessions.add(sess, s.now()); err != nil {
 		_ = cc.Close()
