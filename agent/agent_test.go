@@ -73,7 +73,7 @@ func testAssignment(version string, gen int64, sha string, size int64, url strin
 			Checks: []*v1.Check{{
 				Name:     "script",
 				Kind:     &v1.Check_Exec{Exec: &v1.ExecCheck{Command: []string{"./check.sh"}}},
-				Interval: durationpb.New(50 * time.Millisecond),
+				Interval: durationpb.New(100 * time.Millisecond),
 				Timeout:  durationpb.New(2 * time.Second),
 			}},
 			MinHealthyTime:  durationpb.New(300 * time.Millisecond),

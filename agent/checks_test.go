@@ -136,7 +136,7 @@ func TestCheckDetailBounded(t *testing.T) {
 	art := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": goodCheck})
 	a := testAssignment("1.0.0", 1, fc.addArtifact(art), int64(len(art)), "")
 	a.Spec.Checks = []*v1.Check{{Name: "health", Kind: &v1.Check_Http{Http: &v1.HttpCheck{Url: "http://" + ln.Addr().String() + "/"}},
-		Interval: durationpb.New(50 * time.Millisecond)}}
+		Interval: durationpb.New(100 * time.Millisecond)}}
 	fc.assign(a)
 	var detail string
 	fc.waitFor(t, "the http check failing", time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {

@@ -161,7 +161,7 @@ func TestAgentMetricsEndpoint(t *testing.T) {
 		return n == 1
 	})
 	a1 := testAssignment("1.0.0", 1, d1, int64(len(v1Art)), "")
-	a1.Spec.Analysis = &v1.Analysis{Interval: durationpb.New(50 * time.Millisecond), Rules: []*v1.AnalysisRule{
+	a1.Spec.Analysis = &v1.Analysis{Interval: durationpb.New(100 * time.Millisecond), Rules: []*v1.AnalysisRule{
 		{Name: "restarts", Kind: &v1.AnalysisRule_Restarts{Restarts: &v1.RestartsRule{Max: 3}}}}}
 	fc.assign(a1)
 	fc.waitFor(t, "v1 healthy", 20*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {

@@ -175,6 +175,12 @@ func TestOperatorRejectsBadInput(t *testing.T) {
 	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "name") {
 		t.Errorf("bad spec: %v", err)
 	}
+	// A check every 1ns would have every agent fork an exec check in a loop.
+	_, err = op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: &v1.ServiceSpec{Name: "web", Run: &v1.RunSpec{Command: []string{"./app"}},
+		Checks: []*v1.Check{{Kind: &v1.Check_Exec{Exec: &v1.ExecCheck{Command: []string{"./check"}}}, Interval: durationpb.New(time.Nanosecond)}}}})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "checks[0].interval: 1ns is less than 100ms") {
+		t.Errorf("check interval of 1ns: %v", err)
+	}
 	list, err := op.ListServices(ctx, &v1.ListServicesRequest{})
 	if err != nil || len(list.GetServices()) != 0 {
 		t.Errorf("a rejected spec was stored: %v %v", list, err)

@@ -29,8 +29,13 @@ var Names = []string{AfterInstall, BeforeStart, AfterStart, Validate, BeforeStop
 // after_start and validate when their timeout is not set, and MaxTimeout
 // bounds it (a migration in after_install may be long). before_stop (and
 // its alias run.pre_stop) delays every stop of a process that served:
-// DefaultBeforeStopTimeout and MaxBeforeStopTimeout.
+// DefaultBeforeStopTimeout and MaxBeforeStopTimeout. MinTimeout is the
+// floor of every hook's timeout: a hook killed sooner cannot have done
+// anything (its fork and exec take milliseconds on a loaded host), and
+// before_stop runs at every stop of a process that served, so a timeout
+// of 1ns would fail every hook at once rather than say what is wrong.
 const (
+	MinTimeout               = 100 * time.Millisecond
 	DefaultTimeout           = 60 * time.Second
 	MaxTimeout               = 30 * time.Minute
 	DefaultBeforeStopTimeout = 10 * time.Second

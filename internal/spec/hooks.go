@@ -36,6 +36,8 @@ func validateHook(p *problems, field, name string, h *v1.Hook) {
 		case t < 0:
 		case t == 0:
 			p.add(field+".timeout", "0s: must be more than 0 (leave it out for the default %s)", hookspec.Timeout(nil, name))
+		case t < hookspec.MinTimeout:
+			p.add(field+".timeout", "%s is less than %s", t, hookspec.MinTimeout)
 		case t > hookspec.MaxTimeoutOf(name):
 			p.add(field+".timeout", "%s is more than %s", t, hookspec.MaxTimeoutOf(name))
 		}

@@ -82,6 +82,12 @@ func TestValidateHooksErrors(t *testing.T) {
 		"long stop timeout": {func(s *v1.ServiceSpec) {
 			s.Hooks = &v1.Hooks{BeforeStop: &v1.Hook{Command: []string{"./x"}, Timeout: durationpb.New(6 * time.Minute)}}
 		}, "hooks.before_stop.timeout: 6m0s is more than 5m0s"},
+		"short timeout": {func(s *v1.ServiceSpec) {
+			s.Hooks = &v1.Hooks{AfterStart: &v1.Hook{Command: []string{"./x"}, Timeout: durationpb.New(time.Nanosecond)}}
+		}, "hooks.after_start.timeout: 1ns is less than 100ms"},
+		"short alias timeout": {func(s *v1.ServiceSpec) {
+			s.Run.PreStop = &v1.PreStop{Command: []string{"./x"}, Timeout: durationpb.New(99 * time.Millisecond)}
+		}, "run.pre_stop.timeout: 99ms is less than 100ms"},
 		"negative timeout": {func(s *v1.ServiceSpec) {
 			s.Hooks = &v1.Hooks{Validate: &v1.Hook{Command: []string{"./x"}, Timeout: durationpb.New(-time.Second)}}
 		}, "hooks.validate.timeout: -1s is negative"},

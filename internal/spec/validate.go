@@ -167,7 +167,57 @@ func validateChecks(p *problems, checks []*v1.Check) {
 		}
 		validDuration(p, field+".interval", c.GetInterval())
 		validDuration(p, field+".timeout", c.GetTimeout())
+		p.addErr(checkFloor(field+".interval", c.GetInterval(), MinCheckInterval))
+		p.addErr(checkFloor(field+".timeout", c.GetTimeout(), MinCheckTimeout))
 	}
+}
+
+// Floors of a check's interval and timeout. The agent runs every check
+// again each interval (an exec check forks a process each time) for as
+// long as the release is checked and watched, up to MaxChecksAndRules
+// checks per service, so an interval of 1ns would be a fork loop.
+// Nomad refuses check intervals and timeouts under 1s and Consul raises
+// an interval under 1s to 1s; Fleetwave's floor is lower because tests
+// and fast canaries use sub-second checks, and 100ms keeps 64 exec checks
+// at most 640 forks a second per service. A timeout under 10ms fails a
+// healthy service (a fork and exec, or a TCP handshake on a loaded host,
+// takes milliseconds) without any use; it does not loop, as a check's
+// next run waits for the last one.
+const (
+	MinCheckInterval = 100 * time.Millisecond
+	MinCheckTimeout  = 10 * time.Millisecond
+)
+
+// checkFloor reports d of field when it is set, valid, not negative and
+// below floor (validDuration reports an invalid or negative one).
+func checkFloor(field string, d *durationpb.Duration, floor time.Duration) error {
+	if d == nil || d.CheckValid() != nil || d.AsDuration() < 0 || d.AsDuration() >= floor {
+		return nil
+	}
+	return fmt.Errorf("%s: %s is less than %s", field, d.AsDuration(), floor)
+}
+
+// CheckCheckDurations checks a check's interval and timeout as Validate
+// does (valid, positive, not under MinCheckInterval and MinCheckTimeout);
+// field is the check's path ("spec.checks[0]"), which errors start with.
+// The agent calls it on every assignment, whose spec a coordinator of an
+// older version may have stored without these floors.
+func CheckCheckDurations(field string, c *v1.Check) error {
+	for _, f := range []struct {
+		name  string
+		d     *durationpb.Duration
+		floor time.Duration
+	}{{"interval", c.GetInterval(), MinCheckInterval}, {"timeout", c.GetTimeout(), MinCheckTimeout}} {
+		var p problems
+		validDuration(&p, field+"."+f.name, f.d)
+		if len(p) > 0 {
+			return p[0]
+		}
+		if err := checkFloor(field+"."+f.name, f.d, f.floor); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func validateHTTPCheck(p *problems, field string, h *v1.HttpCheck) {
