@@ -196,12 +196,14 @@ func (a *agent) startStage(s *service, act lifecycle.Action) {
 		}
 		if ev.err == nil {
 			// The release's files belong to the service's user (run.user).
-			if err := ownRelease(ctx, a.inst.ReleaseDir(name, act.Version), act.Assignment.GetSpec().GetRun()); err != nil {
+			if err := a.giveRelease(ctx, name, act.Version, act.Assignment.GetSpec().GetRun()); err != nil {
 				ev.err = fmt.Errorf("give the release to spec.run.user: %w", err)
 				// Part of it may be the user's now, its root still the
 				// agent's (given last): not staged any more, so that no
 				// one runs it as another user (reclaimRelease goes by
-				// the root's owner); it is unpacked again when assigned.
+				// the root's owner, and by the give-away's note, which
+				// stays if it cannot be dropped); it is unpacked again
+				// when assigned.
 				if derr := a.inst.DropRelease(name, act.Version); derr != nil {
 					a.log.Warn().Str("service", name).Str("version", act.Version).Err(derr).Msg("dropping a release given away in part")
 				}

@@ -135,6 +135,13 @@ func credential(run *v1.RunSpec) (*syscall.Credential, error) {
 // be fetched and unpacked again; when it is current (its process runs
 // from it) it cannot be, and the error names spec.run.user and both
 // owners.
+//
+// A release whose give-away (giveRelease) was started and not done (the
+// agent killed, or the host losing power, in the middle of the walk) has
+// its top directory still the agent's (given last) and any of its files
+// the user's: it is removed the same way, whatever its top directory's
+// owner, unless it is current and run as the user it was being given to
+// (the stage walks it again and completes the give-away).
 func (a *agent) reclaimRelease(service, version string, run *v1.RunSpec) error {
 	dir := a.inst.ReleaseDir(service, version)
 	fi, err := os.Lstat(dir)
@@ -142,7 +149,8 @@ func (a *agent) reclaimRelease(service, version string, run *v1.RunSpec) error {
 		return nil // not unpacked (Stage replaces anything else)
 	}
 	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok || int(st.Uid) == os.Geteuid() {
+	gUID, gGID, pending := a.inst.GiveAwayPending(service, version)
+	if !pending && (!ok || int(st.Uid) == os.Geteuid()) {
 		return nil
 	}
 	ra, err := lookupRunAs(run)
@@ -152,6 +160,22 @@ func (a *agent) reclaimRelease(service, version string, run *v1.RunSpec) error {
 	uid, gid := uint32(os.Geteuid()), uint32(os.Getegid())
 	if ra != nil {
 		uid, gid = ra.uid, ra.gid
+	}
+	if pending {
+		cur, _ := a.inst.Current(service)
+		if cur == version && ra != nil && gUID == uid && gGID == gid {
+			return nil
+		}
+		if cur == version {
+			return fmt.Errorf("spec.run.user: %q (uid %d gid %d): release %s is current and was being given to uid %d gid %d when the agent stopped, whose processes may have changed it: "+
+				"it is not run as another user; ship the change with a new version", run.GetUser(), uid, gid, version, gUID, gGID)
+		}
+		a.log.Warn().Str("service", service).Str("version", version).Uint32("owner_uid", gUID).Uint32("run_uid", uid).
+			Msg("release given away in part (the agent stopped during the give-away): unpacking it again")
+		if err := a.inst.DropRelease(service, version); err != nil {
+			return fmt.Errorf("release %s given in part to uid %d, run as uid %d: %w", version, gUID, uid, err)
+		}
+		return nil
 	}
 	if st.Uid == uid && st.Gid == gid {
 		return nil
@@ -166,6 +190,26 @@ func (a *agent) reclaimRelease(service, version string, run *v1.RunSpec) error {
 		return fmt.Errorf("release %s given to uid %d, run as uid %d: %w", version, st.Uid, uid, err)
 	}
 	return nil
+}
+
+// giveRelease gives the staged release service/version to the user its
+// run spec names (ownRelease), between a durable note that it started and
+// its removal once the whole tree is the user's (install's
+// GiveAwayStarted, GiveAwayDone), so that a walk cut short by a crash is
+// known to the next agent (reclaimRelease). On an error the note stays:
+// the caller drops the release, which removes it.
+func (a *agent) giveRelease(ctx context.Context, service, version string, run *v1.RunSpec) error {
+	ra, err := lookupRunAs(run)
+	if err != nil || ra == nil {
+		return err
+	}
+	if err := a.inst.GiveAwayStarted(service, version, ra.uid, ra.gid); err != nil {
+		return err
+	}
+	if err := ownRelease(ctx, a.inst.ReleaseDir(service, version), run); err != nil {
+		return err
+	}
+	return a.inst.GiveAwayDone(service, version)
 }
 
 // ownRelease gives the files of a staged release to the user its run spec

@@ -581,3 +581,134 @@ func TestReleaseGivenAwayPartlyIsDropped(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestReleaseGivenAwayWhenKilledIsDropped: an agent killed (kill -9, the
+// host losing power) while it gives a release to run.user leaves the
+// release's top directory its own (given last) and files inside the
+// user's, which the user's processes may change. The next agent, assigned
+// that release without run.user, took the tree for its own (it goes by
+// the top directory's owner) and ran as root what the user wrote. Here
+// the disk at the moment of the kill is the data dir's releases/ copied
+// while the first agent is in the walk, with a file of it given to the
+// user and rewritten by the user; a second agent on that copy must unpack
+// the release again (nothing in it the user's, the user's check never
+// run).
+func TestReleaseGivenAwayWhenKilledIsDropped(t *testing.T) {
+	u := testUser(t)
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	files := map[string]string{"run.sh": runScript, "check.sh": goodCheck, "sub/f": "x"}
+	art := tarGz(t, files)
+
+	fc := newFakeCoordinator(t)
+	dataDir := t.TempDir()
+	traversable(t, dataDir)
+	crashDir := t.TempDir()
+	traversable(t, crashDir)
+	rel := filepath.Join(crashDir, "releases", testSvc, "1.0.0")
+	// What root would run of the user's: it writes here, where the user
+	// cannot (0700, root's), so only a check run as root leaves it.
+	proofDir := t.TempDir()
+	proof := filepath.Join(proofDir, "ran-as")
+	killed := make(chan struct{})
+	var once bool
+	ownHook = func(dir string) {
+		if once || filepath.Base(dir) != "1.0.0" || filepath.Base(filepath.Dir(dir)) != testSvc {
+			return
+		}
+		once = true
+		defer close(killed)
+		// The kill: the disk as it is now, in the middle of the walk.
+		if out, err := exec.Command("cp", "-a", filepath.Join(dataDir, "releases"), crashDir).CombinedOutput(); err != nil {
+			t.Errorf("cp -a: %v: %s", err, out)
+			return
+		}
+		// The walk had given check.sh away, and the user's process (an
+		// older version of the service, running as the user) rewrote it.
+		p := filepath.Join(rel, "check.sh")
+		if err := os.Chown(p, uid, gid); err != nil {
+			t.Error(err)
+		}
+		if err := os.WriteFile(p, []byte("#!/bin/sh\nid -u > "+proof+"\nexit 0\n"), 0o755); err != nil {
+			t.Error(err)
+		}
+	}
+	t.Cleanup(func() { ownHook = nil })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := runAgent(t, ctx, Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: dataDir}, testOptions())
+	a := testAssignment("1.0.0", 1, fc.addArtifact(art), int64(len(art)), "")
+	a.Spec.Run.User = u.Username
+	fc.assign(a)
+	select {
+	case <-killed:
+	case <-time.After(time.Minute): // failure deadline
+		t.Fatal("the first agent did not come to the walk in a minute")
+	}
+	cancel()
+	waitDone(t, done)
+	stopServices(t, dataDir)
+	ownHook = nil
+
+	fc2 := newFakeCoordinator(t)
+	fc2.assign(testAssignment("1.0.0", 2, fc2.addArtifact(art), int64(len(art)), ""))
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	done2 := runAgent(t, ctx2, Config{Insecure: true, Coordinators: []string{fc2.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: crashDir}, testOptions())
+	t.Cleanup(func() {
+		cancel2()
+		waitDone(t, done2)
+	})
+	fc2.waitFor(t, "1.0.0 healthy as root", time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 2, v1.Phase_PHASE_HEALTHY, "1.0.0")
+	})
+	if b, err := os.ReadFile(proof); err == nil {
+		t.Errorf("the user's check.sh ran as uid %s", strings.TrimSpace(string(b)))
+	}
+	err := filepath.WalkDir(rel, func(p string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		if int(fi.Sys().(*syscall.Stat_t).Uid) == uid {
+			return fmt.Errorf("%s, run as root, is the user's (uid %d)", p, uid)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
+	}
+}
+
+// TestCurrentReleaseGivenAwayInPart: a give-away cut short on the current
+// release (staged again with a run.user it did not have) cannot be undone
+// by unpacking it again: assigned with that same user it is walked again
+// (the stage completes the give-away), without it (run as root) it is
+// refused naming spec.run.user and both users.
+func TestCurrentReleaseGivenAwayInPart(t *testing.T) {
+	u := testUser(t)
+	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
+	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
+	a := newLoopAgent(t)
+	dir := a.inst.ReleaseDir(testSvc, "1.0.0")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.inst.Switch(testSvc, "1.0.0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.inst.GiveAwayStarted(testSvc, "1.0.0", uint32(uid), uint32(gid)); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.reclaimRelease(testSvc, "1.0.0", &v1.RunSpec{User: u.Username}); err != nil {
+		t.Fatalf("current, assigned to the user it was being given to: %v", err)
+	}
+	err := a.reclaimRelease(testSvc, "1.0.0", &v1.RunSpec{})
+	if err == nil || !strings.HasPrefix(err.Error(), "spec.run.user") || !strings.Contains(err.Error(), fmt.Sprintf("being given to uid %d", uid)) {
+		t.Fatalf("current, assigned without run.user: %v", err)
+	}
+	if _, err := os.Lstat(dir); err != nil {
+		t.Fatalf("the current release was removed: %v", err)
+	}
+}

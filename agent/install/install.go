@@ -9,6 +9,7 @@
 //	partial/<sha256>              downloads to resume (partial.go)
 //	releases/<service>/<version>/ unpacked releases
 //	releases/<service>/.sha256/<version>   digest the release was unpacked from
+//	releases/<service>/.giving/<version>   a give-away to run.user not done (giving.go)
 //	releases/<service>/current -> <version>
 //
 // Agents before this layout kept the digest in releases/<service>/
@@ -150,10 +151,15 @@ func New(dataDir string, lim Limits, log zerolog.Logger, leftovers ...string) (*
 	if err != nil {
 		return nil, fmt.Errorf("digest marker temps under %s: %w", in.dataDir, err)
 	}
+	giving, err := filepath.Rel(in.dataDir, markerTemp(in.givingPath("*", "*")))
+	if err != nil {
+		return nil, fmt.Errorf("give-away note temps under %s: %w", in.dataDir, err)
+	}
 	globs := append([]string{
 		filepath.Join("releases", "*", ".stage-*"),
 		filepath.Join("releases", "*", ".current-*"),
 		marker,
+		giving,
 	}, leftovers...)
 	root := os.DirFS(in.dataDir)
 	for _, g := range globs {
@@ -264,7 +270,14 @@ func (in *Installer) removeRelease(service, version string) error {
 	if err := in.removeMarker(service, version); err != nil {
 		return fmt.Errorf("remove marker: %w", err)
 	}
-	return os.RemoveAll(in.ReleaseDir(service, version))
+	if err := os.RemoveAll(in.ReleaseDir(service, version)); err != nil {
+		return err
+	}
+	// The tree is gone: a note that it was being given away is moot.
+	if err := in.removeGiving(service, version); err != nil {
+		return fmt.Errorf("remove give-away note: %w", err)
+	}
+	return nil
 }
 
 func checkNames(service, version string) error {
