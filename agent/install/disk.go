@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"slices"
@@ -87,6 +88,80 @@ func (in *Installer) ReserveFetchSpace(ctx context.Context, want Artifact) (rele
 			return nil, fmt.Errorf("wait for free space (%s reserved by other fetches): %w", bytesText(need), context.Cause(ctx))
 		}
 	}
+}
+
+// What unpacking keeps free on the data dir's filesystem. The fetch's
+// reservation (FreeSpaceFactor) counts on the unpacked release being about
+// the artifact's size, but an archive may expand far more (a 100 MiB
+// tar.gz of zeros unpacks to 100 GiB; MaxTotalBytes bounds it at 4 GiB by
+// default, more than many hosts have free): a disk filled by an unpack
+// takes the host's other services down with it (their logs, databases and
+// temp files fail with ENOSPC). So Stage stops unpacking before the free
+// space, as unprivileged writers see it (statfs's f_bavail, which leaves
+// out what ext4 reserves for root: the other services run as users), goes
+// under UnpackKeepFreePercent of the filesystem's size, at most
+// UnpackKeepFreeMax: a fraction, as kubelet's eviction threshold
+// (nodefs.available < 10%) is, so that the floor scales from a small data
+// partition to a large disk, with a cap so that a large disk's floor does
+// not refuse releases with tens of GiB free. The free space is checked
+// before the first file and again every unpackCheckEvery bytes written,
+// and what may be written until the next check must fit above the floor.
+const (
+	UnpackKeepFreePercent = 5
+	UnpackKeepFreeMax     = 10 << 30
+	unpackCheckEvery      = 1 << 20
+)
+
+// spaceGuard stops an unpack of in's before the filesystem of its data
+// dir goes under the floor (UnpackKeepFreePercent). It counts the bytes
+// written through it.
+type spaceGuard struct {
+	in            *Installer
+	written, next int64
+}
+
+// check fails, wrapping ErrDiskSpace, when what is free less what may be
+// written before the next check is under the floor.
+func (g *spaceGuard) check() error {
+	var st syscall.Statfs_t
+	if err := statfs(g.in.dataDir, &st); err != nil {
+		return fmt.Errorf("free space of %s: %w", g.in.dataDir, err)
+	}
+	free, size := st.Bavail*uint64(st.Bsize), st.Blocks*uint64(st.Bsize)
+	keep := min(size/100*UnpackKeepFreePercent, UnpackKeepFreeMax)
+	if free < keep+unpackCheckEvery {
+		return fmt.Errorf("%w on the filesystem of %s: %s free, unpacking keeps %s free (%d%% of the filesystem's %s, at most %s) beyond the %s it writes between two looks; stopped after %s unpacked",
+			ErrDiskSpace, g.in.dataDir, bytesText(free), bytesText(keep), UnpackKeepFreePercent, bytesText(size), bytesText(UnpackKeepFreeMax),
+			bytesText(unpackCheckEvery), bytesText(uint64(g.written)))
+	}
+	g.next = g.written + unpackCheckEvery
+	return nil
+}
+
+// guardedWriter writes to w while its guard allows.
+type guardedWriter struct {
+	g *spaceGuard
+	w io.Writer
+}
+
+func (gw guardedWriter) Write(p []byte) (int, error) {
+	var done int
+	for len(p) > 0 {
+		if gw.g.written >= gw.g.next {
+			if err := gw.g.check(); err != nil {
+				return done, err
+			}
+		}
+		chunk := p[:min(int64(len(p)), gw.g.next-gw.g.written)]
+		n, err := gw.w.Write(chunk)
+		done += n
+		gw.g.written += int64(n)
+		if err != nil {
+			return done, err
+		}
+		p = p[n:]
+	}
+	return done, nil
 }
 
 // bytesText renders a byte count for people (binary units).

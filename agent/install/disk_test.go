@@ -1,9 +1,13 @@
 package install
 
 import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -187,5 +191,147 @@ func TestReserveFetchSpaceOneAtATime(t *testing.T) {
 	defer in.spaceMu.Unlock()
 	if in.reserved != 0 {
 		t.Fatalf("%d bytes still reserved after both ended", in.reserved)
+	}
+}
+
+// zerosArchive is a .tar.gz of one file of size zero bytes (a small
+// archive that unpacks to size), plus a small file before it.
+func zerosArchive(t *testing.T, size int64) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
+	tw := tar.NewWriter(zw)
+	for _, e := range []struct {
+		name string
+		size int64
+	}{{"VERSION", 2}, {"zeros", size}} {
+		if err := tw.WriteHeader(&tar.Header{Name: e.name, Typeflag: tar.TypeReg, Mode: 0o644, Size: e.size}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.CopyN(tw, zeroReader{}, e.size); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+type zeroReader struct{}
+
+func (zeroReader) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
+}
+
+// stagedNothing fails t if anything of web's version is left: the
+// release, its marker or a temp dir of the unpack.
+func stagedNothing(t *testing.T, in *Installer, version string) {
+	t.Helper()
+	es, err := os.ReadDir(in.serviceDir("web"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
+	for _, e := range es {
+		if e.Name() != markerDirName {
+			t.Errorf("left in %s: %s", in.serviceDir("web"), e.Name())
+		}
+	}
+	if in.Staged("web", version, "") || in.marker("web", version) != "" {
+		t.Errorf("%s staged or marked", version)
+	}
+}
+
+// TestUnpackStopsAtTheFreeSpaceFloor: on a real 64 MiB filesystem (a
+// tmpfs; needs root), an archive of 200 KiB that unpacks to 128 MiB of
+// zeros passed the fetch's reservation (3 × its size) and filled the
+// filesystem to the last byte (ENOSPC) before it failed, taking the
+// host's other writers down with it. Now the unpack stops before the free
+// space goes under the floor (5% of the filesystem), with an error
+// wrapping ErrDiskSpace that names the filesystem, what is free and what
+// is kept free; nothing of it is left, and a release that fits is still
+// unpacked.
+func TestUnpackStopsAtTheFreeSpaceFloor(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a small tmpfs needs root")
+	}
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=64m"); err != nil {
+		t.Skipf("cannot mount a tmpfs here: %v", err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(dir, syscall.MNT_DETACH) })
+	in, err := New(filepath.Join(dir, "data"), Limits{}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	free := func() uint64 {
+		t.Helper()
+		n, err := in.FreeBytes()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	bomb := zerosArchive(t, 128<<20)
+	if err := checkSpace(in, Artifact{Size: int64(len(bomb))}); err != nil {
+		t.Fatalf("the fetch's reservation for %d bytes: %v", len(bomb), err)
+	}
+	before := free()
+	// The lowest free space seen while it unpacks: statfs as the guard
+	// calls it (the unpack's own checks are the moments to look).
+	lowest := before
+	defer func(f func(string, *syscall.Statfs_t) error) { statfs = f }(statfs)
+	statfs = func(p string, st *syscall.Statfs_t) error {
+		err := syscall.Statfs(p, st)
+		lowest = min(lowest, st.Bavail*uint64(st.Bsize))
+		return err
+	}
+	_, err = stageBytes(t, in, "web", "1.0.0", bomb)
+	const keep = 64 << 20 / 100 * 5 // UnpackKeepFreePercent
+	if !errors.Is(err, ErrDiskSpace) || !strings.Contains(err.Error(), "on the filesystem of "+in.dataDir) ||
+		!strings.Contains(err.Error(), "unpacking keeps 3.2 MiB free (5% of the filesystem's 64.0 MiB") {
+		t.Fatalf("unpacking 128 MiB of zeros on a 64 MiB filesystem: %v, want ErrDiskSpace naming the filesystem and the floor", err)
+	}
+	t.Logf("refused: %v", err)
+	if lowest < keep {
+		t.Errorf("free space went down to %d bytes, under the %d kept", lowest, keep)
+	}
+	stagedNothing(t, in, "1.0.0")
+	if after := free(); after+1<<20 < before {
+		t.Errorf("%d bytes free after the refused unpack, %d before: the partial release is left", after, before)
+	}
+	if _, err := stageBytes(t, in, "web", "1.0.1", zerosArchive(t, 8<<20)); err != nil {
+		t.Fatalf("8 MiB on the same filesystem: %v", err)
+	}
+}
+
+// TestUnpackRefusedUnderTheFloor: with the free space already under the
+// floor (statfs's numbers), nothing is unpacked, however small; the
+// error gives the numbers.
+func TestUnpackRefusedUnderTheFloor(t *testing.T) {
+	in := newInstaller(t, Limits{})
+	art := gz(t, tarBytes(t, entry{name: "VERSION", body: "1"}))
+	defer func(f func(string, *syscall.Statfs_t) error) { statfs = f }(statfs)
+	statfs = func(_ string, st *syscall.Statfs_t) error {
+		st.Blocks, st.Bavail, st.Bsize = 262144, 12800, 4096 // 1 GiB, 50 MiB free: 51.2 MiB kept
+		return nil
+	}
+	_, err := stageBytes(t, in, "web", "1.0.0", art)
+	want := "not enough free space on the filesystem of " + in.dataDir + ": 50.0 MiB free, unpacking keeps 51.2 MiB free (5% of the filesystem's 1.0 GiB, at most 10.0 GiB)"
+	if !errors.Is(err, ErrDiskSpace) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("err %v\nwant it to contain %s", err, want)
+	}
+	stagedNothing(t, in, "1.0.0")
+	// A large disk keeps at most UnpackKeepFreeMax.
+	statfs = func(_ string, st *syscall.Statfs_t) error {
+		st.Blocks, st.Bavail, st.Bsize = 1<<30, 11<<18, 4096 // 4 TiB, 11 GiB free
+		return nil
+	}
+	if _, err := stageBytes(t, in, "web", "1.0.0", art); err != nil {
+		t.Fatalf("11 GiB free of 4 TiB: %v", err)
 	}
 }

@@ -455,7 +455,7 @@ func (in *Installer) Stage(ctx context.Context, service, version string, v *Veri
 	if err != nil {
 		return "", fmt.Errorf("stage %s %s: %w", service, version, err)
 	}
-	err = UnpackGzip(ctx, f, tmp, in.lim)
+	err = unpackGzip(ctx, f, tmp, in.lim, &spaceGuard{in: in})
 	f.Close()
 	if err != nil {
 		return "", fmt.Errorf("stage %s %s: %w", service, version, err)

@@ -66,12 +66,18 @@ var fsyncUnpacked = true
 
 // UnpackGzip unpacks a .tar.gz stream into dir (see UnpackTar).
 func UnpackGzip(ctx context.Context, r io.Reader, dir string, lim Limits) error {
+	return unpackGzip(ctx, r, dir, lim, nil)
+}
+
+// unpackGzip is UnpackGzip, stopped by guard (nil: none) before the
+// filesystem's free space goes under its floor (Installer.Stage).
+func unpackGzip(ctx context.Context, r io.Reader, dir string, lim Limits, guard *spaceGuard) error {
 	zr, err := gzip.NewReader(ctxReader{ctx, r})
 	if err != nil {
 		return fmt.Errorf("gzip: %w", err)
 	}
 	defer zr.Close()
-	if err := UnpackTar(ctx, zr, dir, lim); err != nil {
+	if _, err := unpackTarGuarded(ctx, zr, dir, lim, guard); err != nil {
 		return err
 	}
 	// Drain the gzip trailer so its checksum is verified.
@@ -100,13 +106,24 @@ func UnpackTar(ctx context.Context, r io.Reader, dir string, lim Limits) error {
 // unpackTar is UnpackTar; it returns the unpacker for the tests to check
 // the work it did.
 func unpackTar(ctx context.Context, r io.Reader, dir string, lim Limits) (*unpacker, error) {
+	return unpackTarGuarded(ctx, r, dir, lim, nil)
+}
+
+// unpackTarGuarded is unpackTar, which checks guard (nil: none) before it
+// writes anything and as it writes files.
+func unpackTarGuarded(ctx context.Context, r io.Reader, dir string, lim Limits, guard *spaceGuard) (*unpacker, error) {
 	lim = lim.withDefaults()
+	if guard != nil {
+		if err := guard.check(); err != nil {
+			return nil, err
+		}
+	}
 	root, err := os.OpenRoot(dir)
 	if err != nil {
 		return nil, fmt.Errorf("open root %s: %w", dir, err)
 	}
 	defer root.Close()
-	u := &unpacker{ctx: ctx, root: root, lim: lim, links: map[string]string{},
+	u := &unpacker{ctx: ctx, root: root, lim: lim, links: map[string]string{}, guard: guard,
 		nodes: []node{{kind: nodeDir, explicit: true}}, children: map[childKey]int32{}}
 	u.stack = []openDir{{id: 0, r: root}}
 	defer u.closeStack(1)
@@ -188,6 +205,7 @@ type unpacker struct {
 	linkBytes int               // names and targets of symlinks
 	linkSteps int               // path components processed checking symlinks
 	links     map[string]string // symlink name -> target
+	guard     *spaceGuard       // stops the writes before the disk fills (nil: none)
 	nodes     []node
 	children  map[childKey]int32
 	// stack holds the directories open along the path of the latest entry,
@@ -479,7 +497,11 @@ func (u *unpacker) file(hdr *tar.Header, parent int32, name string, r io.Reader)
 		return fmt.Errorf("entry %q: create: %w", clip(hdr.Name), err)
 	}
 	u.add(parent, name, nodeFile, true)
-	n, err := io.Copy(f, io.LimitReader(r, hdr.Size+1))
+	var w io.Writer = f
+	if u.guard != nil {
+		w = guardedWriter{u.guard, f}
+	}
+	n, err := io.Copy(w, io.LimitReader(r, hdr.Size+1))
 	if err == nil && n != hdr.Size {
 		err = fmt.Errorf("got %d bytes, header says %d", n, hdr.Size)
 	}
