@@ -76,11 +76,6 @@ func compileAnalysis(asg *v1.Assignment, hostID string, labels map[string]string
 	if err != nil {
 		return cfg, "", nil, false, fmt.Errorf("spec.%w", err)
 	}
-	// The coordinator refuses it too (spec.Validate); a spec it stored
-	// before that floor must not have this agent scrape in a tight loop.
-	if iv := asg.GetSpec().GetAnalysis().GetInterval(); iv != nil && iv.AsDuration() < spec.MinAnalysisInterval {
-		return cfg, "", nil, false, fmt.Errorf("spec.analysis.interval: %s is less than %s", iv.AsDuration(), spec.MinAnalysisInterval)
-	}
 	if len(cfg.Rules) == 0 {
 		return cfg, "", nil, false, nil
 	}

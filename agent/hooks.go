@@ -137,9 +137,6 @@ func checkHooks(s *v1.ServiceSpec, hostID string, labels map[string]string) erro
 		if err := checkDuration(field+".timeout", h.GetTimeout(), false); err != nil {
 			return err
 		}
-		if t := h.GetTimeout(); t != nil && t.AsDuration() < hookspec.MinTimeout {
-			return fmt.Errorf("%s.timeout: %s is less than %s", field, t.AsDuration(), hookspec.MinTimeout)
-		}
 		if max := hookspec.MaxTimeoutOf(name); h.GetTimeout().AsDuration() > max {
 			return fmt.Errorf("%s.timeout: %s is more than %s", field, h.GetTimeout().AsDuration(), max)
 		}

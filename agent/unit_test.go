@@ -127,15 +127,6 @@ func TestValidateAssignment(t *testing.T) {
 		{"check placeholder", func(a *v1.Assignment) {
 			a.Spec.Checks[0].Kind = &v1.Check_Exec{Exec: &v1.ExecCheck{Command: []string{"${host.label.none}"}}}
 		}, "spec.checks[0].exec.command[0]", ""},
-		// The floors of periods the agent repeats or waits on (internal/spec).
-		{"check interval 1ns", func(a *v1.Assignment) { a.Spec.Checks[0].Interval = durationpb.New(time.Nanosecond) }, "spec.checks[0].interval", "1ns is less than 100ms"},
-		{"check timeout 1ms", func(a *v1.Assignment) { a.Spec.Checks[0].Timeout = durationpb.New(time.Millisecond) }, "spec.checks[0].timeout", "1ms is less than 10ms"},
-		{"hook timeout 1ns", func(a *v1.Assignment) {
-			a.Spec.Hooks = &v1.Hooks{BeforeStop: &v1.Hook{Command: []string{"./x"}, Timeout: durationpb.New(time.Nanosecond)}}
-		}, "spec.hooks.before_stop.timeout", "1ns is less than 100ms"},
-		{"analysis interval 1ms", func(a *v1.Assignment) {
-			a.Spec.Analysis = &v1.Analysis{Interval: durationpb.New(time.Millisecond), Rules: []*v1.AnalysisRule{{Kind: &v1.AnalysisRule_Restarts{Restarts: &v1.RestartsRule{}}}}}
-		}, "spec.analysis.interval", "1ms is less than 100ms"},
 		{"check invalid", func(a *v1.Assignment) {
 			a.Spec.Checks = append(a.Spec.Checks, &v1.Check{Name: "empty"})
 		}, "spec.checks[1]", ""},

@@ -87,9 +87,6 @@ func validateAssignment(a *v1.Assignment, hostID string, labels map[string]strin
 			len(s.GetChecks()), len(acfg.Rules), lifecycle.MaxReportChecks)
 	}
 	for i, c := range s.GetChecks() {
-		if err := spec.CheckCheckDurations(fmt.Sprintf("spec.checks[%d]", i), c); err != nil {
-			return err
-		}
 		ec, err := expandCheck(c, i, hostID, labels)
 		if err != nil {
 			return err

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
+	"github.com/fleetwave/fleetwave/internal/spec"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -153,6 +154,11 @@ func TestCompileDefaults(t *testing.T) {
 	}
 	if c := compile(t, nil); len(c.Rules) != 0 || c.NeedsMetrics() || c.Window != 30*time.Second {
 		t.Errorf("Compile(nil) = %+v", c)
+	}
+	// Under the coordinators' floor (a spec stored before it existed):
+	// scraped at the floor, not in a loop.
+	if c := compile(t, &v1.Analysis{Interval: durationpb.New(time.Millisecond)}); c.Interval != spec.MinAnalysisInterval {
+		t.Errorf("interval of 1ms compiled to %v, want the floor %v", c.Interval, spec.MinAnalysisInterval)
 	}
 	if _, err := Compile(&v1.Analysis{Rules: []*v1.AnalysisRule{{}, errRule(&v1.ErrorRatioRule{Metric: "m", ErrorRegex: "("})}}); err == nil ||
 		!strings.Contains(err.Error(), "analysis.rules[0]: no rule kind") || !strings.Contains(err.Error(), "analysis.rules[1]: error_ratio.error_regex") {

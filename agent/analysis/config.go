@@ -71,9 +71,11 @@ type Rule struct {
 // regex that does not compile); the error names the rule.
 func Compile(a *v1.Analysis) (Config, error) {
 	c := Config{
-		MetricsURL:       a.GetMetricsUrl(),
-		PrometheusURL:    a.GetPrometheusUrl(),
-		Interval:         durationOr(a.GetInterval().AsDuration(), spec.DefaultAnalysisInterval),
+		MetricsURL:    a.GetMetricsUrl(),
+		PrometheusURL: a.GetPrometheusUrl(),
+		// Never under the coordinators' floor (a spec stored before it
+		// existed is scraped at it, not refused: see probe.Interval).
+		Interval:         max(durationOr(a.GetInterval().AsDuration(), spec.DefaultAnalysisInterval), spec.MinAnalysisInterval),
 		Window:           durationOr(a.GetWindow().AsDuration(), spec.DefaultAnalysisWindow),
 		Watch:            durationOr(a.GetWatch().AsDuration(), spec.DefaultAnalysisWatch),
 		FailInconclusive: a.GetInconclusive() == "fail",

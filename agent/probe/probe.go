@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/fleetwave/fleetwave/internal/procenv"
+	"github.com/fleetwave/fleetwave/internal/spec"
 
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -58,14 +59,19 @@ type Prober interface {
 	Probe(ctx context.Context) Result
 }
 
-// Interval is how often c should be probed (default 1s).
+// Interval is how often c should be probed (default 1s), never more often
+// than every spec.MinCheckInterval, and Timeout bounds one probe of c
+// (default 2s), never under spec.MinCheckTimeout. Coordinators refuse specs
+// under those floors; one stored before they existed (a check every 1ns:
+// an exec check forked in a loop) is run at the floor, not refused: an
+// agent upgrade must not fail the services its host runs.
 func Interval(c *v1.Check) time.Duration {
-	return durationOr(c.GetInterval().AsDuration(), c.GetInterval() != nil, DefaultInterval)
+	return max(durationOr(c.GetInterval().AsDuration(), c.GetInterval() != nil, DefaultInterval), spec.MinCheckInterval)
 }
 
-// Timeout bounds one probe of c (default 2s).
+// Timeout: see Interval.
 func Timeout(c *v1.Check) time.Duration {
-	return durationOr(c.GetTimeout().AsDuration(), c.GetTimeout() != nil, DefaultTimeout)
+	return max(durationOr(c.GetTimeout().AsDuration(), c.GetTimeout() != nil, DefaultTimeout), spec.MinCheckTimeout)
 }
 
 func durationOr(d time.Duration, set bool, def time.Duration) time.Duration {

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetwave/fleetwave/internal/spec"
 	"github.com/fleetwave/fleetwave/internal/testkit"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -54,6 +55,12 @@ func TestIntervalTimeoutDefaults(t *testing.T) {
 	c.Interval = durationpb.New(0)
 	if Interval(c) != time.Second {
 		t.Fatalf("zero interval = %v, want default", Interval(c))
+	}
+	// Under the coordinators' floors (a spec stored before they existed):
+	// run at the floors, not in a loop.
+	c.Interval, c.Timeout = durationpb.New(time.Nanosecond), durationpb.New(time.Nanosecond)
+	if Interval(c) != spec.MinCheckInterval || Timeout(c) != spec.MinCheckTimeout {
+		t.Fatalf("1ns = %v, %v; want the floors %v, %v", Interval(c), Timeout(c), spec.MinCheckInterval, spec.MinCheckTimeout)
 	}
 }
 

@@ -174,6 +174,13 @@ func TestValidateOK(t *testing.T) {
 		"auto mode":            func(s *v1.ServiceSpec) { s.Rollout.Mode = ModeAuto },
 		"empty mode":           func(s *v1.ServiceSpec) { s.Rollout.Mode = "" },
 		"dollar without brace": func(s *v1.ServiceSpec) { s.Run.Command = append(s.Run.Command, "$HOME", "cost: $5") },
+		// 0 is the default (1s, 2s), as it always was: not under the floor.
+		"check interval and timeout 0": func(s *v1.ServiceSpec) {
+			s.Checks[0].Interval, s.Checks[0].Timeout = durationpb.New(0), durationpb.New(0)
+		},
+		"check interval and timeout at the floors": func(s *v1.ServiceSpec) {
+			s.Checks[0].Interval, s.Checks[0].Timeout = durationpb.New(MinCheckInterval), durationpb.New(MinCheckTimeout)
+		},
 	}
 	for name, mutate := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -229,7 +236,6 @@ func TestValidateErrors(t *testing.T) {
 		{"negative timeout", func(s *v1.ServiceSpec) { s.Checks[0].Timeout = durationpb.New(-time.Second) }, `checks[0].timeout: -1s is negative`},
 		{"interval 1ns", func(s *v1.ServiceSpec) { s.Checks[2].Interval = durationpb.New(time.Nanosecond) }, `checks[2].interval: 1ns is less than 100ms`},
 		{"interval under the floor", func(s *v1.ServiceSpec) { s.Checks[1].Interval = durationpb.New(99 * time.Millisecond) }, `checks[1].interval: 99ms is less than 100ms`},
-		{"interval 0", func(s *v1.ServiceSpec) { s.Checks[0].Interval = durationpb.New(0) }, `checks[0].interval: 0s is less than 100ms`},
 		{"timeout under the floor", func(s *v1.ServiceSpec) { s.Checks[0].Timeout = durationpb.New(time.Millisecond) }, `checks[0].timeout: 1ms is less than 10ms`},
 		{"min healthy >= deadline", func(s *v1.ServiceSpec) { s.MinHealthyTime = durationpb.New(time.Minute) }, `min_healthy_time: 1m0s is not less than healthy_deadline 1m0s`},
 		{"deadline below default min", func(s *v1.ServiceSpec) { s.MinHealthyTime = nil; s.HealthyDeadline = durationpb.New(5 * time.Second) }, `min_healthy_time: 10s (default) is not less than healthy_deadline 5s`},

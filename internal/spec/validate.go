@@ -188,36 +188,14 @@ const (
 	MinCheckTimeout  = 10 * time.Millisecond
 )
 
-// checkFloor reports d of field when it is set, valid, not negative and
-// below floor (validDuration reports an invalid or negative one).
+// checkFloor reports d of field when it is set, valid, positive and below
+// floor (validDuration reports an invalid or negative one; 0 means the
+// default, as it always has for checks).
 func checkFloor(field string, d *durationpb.Duration, floor time.Duration) error {
-	if d == nil || d.CheckValid() != nil || d.AsDuration() < 0 || d.AsDuration() >= floor {
+	if d == nil || d.CheckValid() != nil || d.AsDuration() <= 0 || d.AsDuration() >= floor {
 		return nil
 	}
 	return fmt.Errorf("%s: %s is less than %s", field, d.AsDuration(), floor)
-}
-
-// CheckCheckDurations checks a check's interval and timeout as Validate
-// does (valid, positive, not under MinCheckInterval and MinCheckTimeout);
-// field is the check's path ("spec.checks[0]"), which errors start with.
-// The agent calls it on every assignment, whose spec a coordinator of an
-// older version may have stored without these floors.
-func CheckCheckDurations(field string, c *v1.Check) error {
-	for _, f := range []struct {
-		name  string
-		d     *durationpb.Duration
-		floor time.Duration
-	}{{"interval", c.GetInterval(), MinCheckInterval}, {"timeout", c.GetTimeout(), MinCheckTimeout}} {
-		var p problems
-		validDuration(&p, field+"."+f.name, f.d)
-		if len(p) > 0 {
-			return p[0]
-		}
-		if err := checkFloor(field+"."+f.name, f.d, f.floor); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 func validateHTTPCheck(p *problems, field string, h *v1.HttpCheck) {
