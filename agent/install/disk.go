@@ -102,13 +102,14 @@ func (in *Installer) ReserveFetchSpace(ctx context.Context, want Artifact) (rele
 // under UnpackKeepFreePercent of the filesystem's size, at most
 // UnpackKeepFreeMax: a fraction, as kubelet's eviction threshold
 // (nodefs.available < 10%) is, so that the floor scales from a small data
-// partition to a large disk, with a cap so that a large disk's floor does
-// not refuse releases with tens of GiB free. The free space is checked
+// partition to a large disk, with a cap (1 GiB: room for the other
+// services' logs and temp files for a while) so that a large disk's floor
+// does not refuse releases with GiBs free. The free space is checked
 // before the first file and again every unpackCheckEvery bytes written,
 // and what may be written until the next check must fit above the floor.
 const (
 	UnpackKeepFreePercent = 5
-	UnpackKeepFreeMax     = 10 << 30
+	UnpackKeepFreeMax     = 1 << 30
 	unpackCheckEvery      = 1 << 20
 )
 

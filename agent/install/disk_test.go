@@ -321,17 +321,17 @@ func TestUnpackRefusedUnderTheFloor(t *testing.T) {
 		return nil
 	}
 	_, err := stageBytes(t, in, "web", "1.0.0", art)
-	want := "not enough free space on the filesystem of " + in.dataDir + ": 50.0 MiB free, unpacking keeps 51.2 MiB free (5% of the filesystem's 1.0 GiB, at most 10.0 GiB)"
+	want := "not enough free space on the filesystem of " + in.dataDir + ": 50.0 MiB free, unpacking keeps 51.2 MiB free (5% of the filesystem's 1.0 GiB, at most 1.0 GiB)"
 	if !errors.Is(err, ErrDiskSpace) || !strings.Contains(err.Error(), want) {
 		t.Fatalf("err %v\nwant it to contain %s", err, want)
 	}
 	stagedNothing(t, in, "1.0.0")
 	// A large disk keeps at most UnpackKeepFreeMax.
 	statfs = func(_ string, st *syscall.Statfs_t) error {
-		st.Blocks, st.Bavail, st.Bsize = 1<<30, 11<<18, 4096 // 4 TiB, 11 GiB free
+		st.Blocks, st.Bavail, st.Bsize = 1<<30, 1<<18+1<<10, 4096 // 4 TiB, 1 GiB + 4 MiB free
 		return nil
 	}
 	if _, err := stageBytes(t, in, "web", "1.0.0", art); err != nil {
-		t.Fatalf("11 GiB free of 4 TiB: %v", err)
+		t.Fatalf("1 GiB + 4 MiB free of 4 TiB (the cap: 5%% would be 204.8 GiB): %v", err)
 	}
 }
