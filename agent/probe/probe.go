@@ -69,7 +69,8 @@ func Interval(c *v1.Check) time.Duration {
 	return max(durationOr(c.GetInterval().AsDuration(), c.GetInterval() != nil, DefaultInterval), spec.MinCheckInterval)
 }
 
-// Timeout: see Interval.
+// Timeout bounds one probe of c (default 2s), never under
+// spec.MinCheckTimeout (see Interval).
 func Timeout(c *v1.Check) time.Duration {
 	return max(durationOr(c.GetTimeout().AsDuration(), c.GetTimeout() != nil, DefaultTimeout), spec.MinCheckTimeout)
 }
