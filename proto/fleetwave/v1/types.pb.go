@@ -2512,9 +2512,16 @@ type Release struct {
 	CreatedBy  string                 `protobuf:"bytes,7,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
 	// CI's signature over the release manifest (unset: unsigned). Agents with
 	// trusted keys refuse a release without a valid one.
-	Signed        *SignedManifest `protobuf:"bytes,8,opt,name=signed,proto3" json:"signed,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Signed *SignedManifest `protobuf:"bytes,8,opt,name=signed,proto3" json:"signed,omitempty"`
+	// When the rollout leader marked the release's artifact pruned (unset:
+	// not pruned): the coordinators delete its file once every release that
+	// names the sha256 is marked (rollout.RetainArtifacts says which may be).
+	// The record stays; nothing rolls out to it until `release create` of
+	// the same version with the same artifact restores it (clears this).
+	// Not part of the signed manifest.
+	ArtifactPrunedAt *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=artifact_pruned_at,json=artifactPrunedAt,proto3" json:"artifact_pruned_at,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Release) Reset() {
@@ -2599,6 +2606,13 @@ func (x *Release) GetCreatedBy() string {
 func (x *Release) GetSigned() *SignedManifest {
 	if x != nil {
 		return x.Signed
+	}
+	return nil
+}
+
+func (x *Release) GetArtifactPrunedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ArtifactPrunedAt
 	}
 	return nil
 }
@@ -4722,7 +4736,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\bArtifact\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x03R\x04size\x12\x10\n" +
-	"\x03url\x18\x03 \x01(\tR\x03url\"\xd6\x02\n" +
+	"\x03url\x18\x03 \x01(\tR\x03url\"\xa0\x03\n" +
 	"\aRelease\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x122\n" +
@@ -4734,7 +4748,8 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"created_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x1d\n" +
 	"\n" +
 	"created_by\x18\a \x01(\tR\tcreatedBy\x124\n" +
-	"\x06signed\x18\b \x01(\v2\x1c.fleetwave.v1.SignedManifestR\x06signed\"\xbc\x03\n" +
+	"\x06signed\x18\b \x01(\v2\x1c.fleetwave.v1.SignedManifestR\x06signed\x12H\n" +
+	"\x12artifact_pruned_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x10artifactPrunedAt\"\xbc\x03\n" +
 	"\x0fReleaseManifest\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12'\n" +
@@ -5095,58 +5110,59 @@ var file_fleetwave_v1_types_proto_depIdxs = []int32{
 	52, // 48: fleetwave.v1.Release.commit_time:type_name -> google.protobuf.Timestamp
 	52, // 49: fleetwave.v1.Release.created_at:type_name -> google.protobuf.Timestamp
 	34, // 50: fleetwave.v1.Release.signed:type_name -> fleetwave.v1.SignedManifest
-	52, // 51: fleetwave.v1.ReleaseManifest.commit_time:type_name -> google.protobuf.Timestamp
-	52, // 52: fleetwave.v1.ReleaseManifest.signed_at:type_name -> google.protobuf.Timestamp
-	52, // 53: fleetwave.v1.ReleaseManifest.expires_at:type_name -> google.protobuf.Timestamp
-	52, // 54: fleetwave.v1.RollbackStatement.signed_at:type_name -> google.protobuf.Timestamp
-	52, // 55: fleetwave.v1.RollbackStatement.expires_at:type_name -> google.protobuf.Timestamp
-	4,  // 56: fleetwave.v1.ServiceStatus.stable_spec:type_name -> fleetwave.v1.ServiceSpec
-	52, // 57: fleetwave.v1.ServiceStatus.removed_at:type_name -> google.protobuf.Timestamp
-	36, // 58: fleetwave.v1.ServiceStatus.hold_override:type_name -> fleetwave.v1.HoldOverride
-	52, // 59: fleetwave.v1.HoldOverride.at:type_name -> google.protobuf.Timestamp
-	4,  // 60: fleetwave.v1.Service.spec:type_name -> fleetwave.v1.ServiceSpec
-	35, // 61: fleetwave.v1.Service.status:type_name -> fleetwave.v1.ServiceStatus
-	52, // 62: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
-	2,  // 63: fleetwave.v1.HostProgress.state:type_name -> fleetwave.v1.HostRolloutState
-	52, // 64: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
-	52, // 65: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
-	3,  // 66: fleetwave.v1.HostProgress.phase:type_name -> fleetwave.v1.Phase
-	1,  // 67: fleetwave.v1.Wave.state:type_name -> fleetwave.v1.WaveState
-	38, // 68: fleetwave.v1.Wave.hosts:type_name -> fleetwave.v1.HostProgress
-	52, // 69: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
-	52, // 70: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
-	52, // 71: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
-	52, // 72: fleetwave.v1.Wave.last_host_done_at:type_name -> google.protobuf.Timestamp
-	0,  // 73: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
-	26, // 74: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
-	39, // 75: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
-	52, // 76: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	52, // 77: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
-	52, // 78: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
-	52, // 79: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
-	4,  // 80: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
-	52, // 81: fleetwave.v1.Rollout.failed_at:type_name -> google.protobuf.Timestamp
-	52, // 82: fleetwave.v1.Rollout.restored_at:type_name -> google.protobuf.Timestamp
-	33, // 83: fleetwave.v1.Rollout.signed_rollback:type_name -> fleetwave.v1.SignedRollback
-	52, // 84: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
-	41, // 85: fleetwave.v1.EventBatch.events:type_name -> fleetwave.v1.Event
-	3,  // 86: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
-	43, // 87: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
-	52, // 88: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
-	10, // 89: fleetwave.v1.ServiceReport.metrics:type_name -> fleetwave.v1.MetricSummary
-	30, // 90: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
-	4,  // 91: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
-	33, // 92: fleetwave.v1.Assignment.rollback:type_name -> fleetwave.v1.SignedRollback
-	46, // 93: fleetwave.v1.Assignment.sources:type_name -> fleetwave.v1.ArtifactSource
-	30, // 94: fleetwave.v1.Assignment.stage:type_name -> fleetwave.v1.Release
-	50, // 95: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
-	52, // 96: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	44, // 97: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
-	98, // [98:98] is the sub-list for method output_type
-	98, // [98:98] is the sub-list for method input_type
-	98, // [98:98] is the sub-list for extension type_name
-	98, // [98:98] is the sub-list for extension extendee
-	0,  // [0:98] is the sub-list for field type_name
+	52, // 51: fleetwave.v1.Release.artifact_pruned_at:type_name -> google.protobuf.Timestamp
+	52, // 52: fleetwave.v1.ReleaseManifest.commit_time:type_name -> google.protobuf.Timestamp
+	52, // 53: fleetwave.v1.ReleaseManifest.signed_at:type_name -> google.protobuf.Timestamp
+	52, // 54: fleetwave.v1.ReleaseManifest.expires_at:type_name -> google.protobuf.Timestamp
+	52, // 55: fleetwave.v1.RollbackStatement.signed_at:type_name -> google.protobuf.Timestamp
+	52, // 56: fleetwave.v1.RollbackStatement.expires_at:type_name -> google.protobuf.Timestamp
+	4,  // 57: fleetwave.v1.ServiceStatus.stable_spec:type_name -> fleetwave.v1.ServiceSpec
+	52, // 58: fleetwave.v1.ServiceStatus.removed_at:type_name -> google.protobuf.Timestamp
+	36, // 59: fleetwave.v1.ServiceStatus.hold_override:type_name -> fleetwave.v1.HoldOverride
+	52, // 60: fleetwave.v1.HoldOverride.at:type_name -> google.protobuf.Timestamp
+	4,  // 61: fleetwave.v1.Service.spec:type_name -> fleetwave.v1.ServiceSpec
+	35, // 62: fleetwave.v1.Service.status:type_name -> fleetwave.v1.ServiceStatus
+	52, // 63: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
+	2,  // 64: fleetwave.v1.HostProgress.state:type_name -> fleetwave.v1.HostRolloutState
+	52, // 65: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
+	52, // 66: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
+	3,  // 67: fleetwave.v1.HostProgress.phase:type_name -> fleetwave.v1.Phase
+	1,  // 68: fleetwave.v1.Wave.state:type_name -> fleetwave.v1.WaveState
+	38, // 69: fleetwave.v1.Wave.hosts:type_name -> fleetwave.v1.HostProgress
+	52, // 70: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
+	52, // 71: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
+	52, // 72: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
+	52, // 73: fleetwave.v1.Wave.last_host_done_at:type_name -> google.protobuf.Timestamp
+	0,  // 74: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
+	26, // 75: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
+	39, // 76: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
+	52, // 77: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	52, // 78: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
+	52, // 79: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
+	52, // 80: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
+	4,  // 81: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
+	52, // 82: fleetwave.v1.Rollout.failed_at:type_name -> google.protobuf.Timestamp
+	52, // 83: fleetwave.v1.Rollout.restored_at:type_name -> google.protobuf.Timestamp
+	33, // 84: fleetwave.v1.Rollout.signed_rollback:type_name -> fleetwave.v1.SignedRollback
+	52, // 85: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
+	41, // 86: fleetwave.v1.EventBatch.events:type_name -> fleetwave.v1.Event
+	3,  // 87: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
+	43, // 88: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
+	52, // 89: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
+	10, // 90: fleetwave.v1.ServiceReport.metrics:type_name -> fleetwave.v1.MetricSummary
+	30, // 91: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
+	4,  // 92: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
+	33, // 93: fleetwave.v1.Assignment.rollback:type_name -> fleetwave.v1.SignedRollback
+	46, // 94: fleetwave.v1.Assignment.sources:type_name -> fleetwave.v1.ArtifactSource
+	30, // 95: fleetwave.v1.Assignment.stage:type_name -> fleetwave.v1.Release
+	50, // 96: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
+	52, // 97: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	44, // 98: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
+	99, // [99:99] is the sub-list for method output_type
+	99, // [99:99] is the sub-list for method input_type
+	99, // [99:99] is the sub-list for extension type_name
+	99, // [99:99] is the sub-list for extension extendee
+	0,  // [0:99] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_types_proto_init() }
