@@ -640,6 +640,20 @@ func (m *Mirror) Releases(service string) []Versioned[*v1.Release] {
 	return out
 }
 
+// AllReleases returns every service's releases, read at once (in no
+// order).
+func (m *Mirror) AllReleases() []*v1.Release {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	var out []*v1.Release
+	for _, rs := range m.releases {
+		for _, r := range rs {
+			out = append(out, r.Val)
+		}
+	}
+	return out
+}
+
 // Release returns one release.
 func (m *Mirror) Release(service, version string) (*v1.Release, bool) {
 	m.mu.RLock()
@@ -874,6 +888,20 @@ func (m *Mirror) Report(host, service string) *v1.ServiceReport {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	return m.reports[host].get(service)
+}
+
+// ServiceReports returns every host's last report for a service (in no
+// order).
+func (m *Mirror) ServiceReports(service string) []*v1.ServiceReport {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	var out []*v1.ServiceReport
+	for _, hr := range m.reports {
+		if r := hr.get(service); r != nil {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // Reports returns a host's last reports, sorted by service.

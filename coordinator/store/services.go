@@ -101,6 +101,32 @@ func (s *Store) CreateRelease(ctx context.Context, r *v1.Release) (int64, error)
 	return resp.Header.Revision, nil
 }
 
+// UpdateRelease replaces a stored release, compare-and-swap on rev (the
+// mod revision it was read at), fenced when f is set: the leader marking
+// a release's artifact pruned (f set), or release create restoring one
+// (nil). It returns the revision of the write; a lost fence is
+// ErrNotLeader, a lost race (or a release gone) ErrConflict.
+func (s *Store) UpdateRelease(ctx context.Context, f *Fence, r *v1.Release, rev int64) (int64, error) {
+	key := ReleaseKey(r.GetService(), r.GetVersion())
+	val, err := marshal(r)
+	if err != nil {
+		return 0, err
+	}
+	var fenceGet []clientv3.Op
+	if f != nil {
+		fenceGet = []clientv3.Op{clientv3.OpGet(f.Key)}
+	}
+	cmps := append(f.cmps(), clientv3.Compare(clientv3.ModRevision(key), "=", rev))
+	resp, err := s.c.Txn(ctx).If(cmps...).Then(clientv3.OpPut(key, val)).Else(fenceGet...).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("update release %s/%s: %w", r.GetService(), r.GetVersion(), err)
+	}
+	if !resp.Succeeded {
+		return 0, fmt.Errorf("update release %s/%s: %w", r.GetService(), r.GetVersion(), fenceErr(f, resp))
+	}
+	return resp.Header.Revision, nil
+}
+
 // GetRelease returns one release.
 func (s *Store) GetRelease(ctx context.Context, service, version string) (*v1.Release, error) {
 	r, _, err := get(ctx, s, ReleaseKey(service, version), &v1.Release{})
