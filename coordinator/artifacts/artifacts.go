@@ -12,8 +12,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc/codes"
@@ -57,6 +59,15 @@ type Store struct {
 	fetch atomic.Pointer[Fetcher]
 	// sent counts the artifact bytes Download has sent (egress).
 	sent atomic.Int64
+	// pruned, if set, says why a digest this store lacks is not fetched
+	// (its releases' artifacts were pruned); see SetPruned.
+	pruned atomic.Pointer[PrunedFunc]
+	// mu orders Put's rename into sha256/ with RemoveIf's check and
+	// removal: a file written again is never removed on what was known of
+	// the one before.
+	mu sync.Mutex
+	// removed counts the files RemoveIf removed.
+	removed atomic.Int64
 	v1.UnimplementedArtifactServiceServer
 }
 
@@ -91,12 +102,34 @@ type Fetcher func(ctx context.Context, digest string) error
 // not have (several coordinators each keep a copy of every artifact).
 func (s *Store) SetFetcher(f Fetcher) { s.fetch.Store(&f) }
 
+// PrunedFunc says why an artifact is not kept ("" when it is wanted):
+// every release naming digest had its artifact pruned.
+type PrunedFunc func(digest string) string
+
+// SetPruned sets how Ensure and Download tell an artifact that was pruned
+// from one that is missing.
+func (s *Store) SetPruned(f PrunedFunc) { s.pruned.Store(&f) }
+
+// prunedNote is why digest was pruned ("" when it was not, or no
+// PrunedFunc is set).
+func (s *Store) prunedNote(digest string) string {
+	if f := s.pruned.Load(); f != nil {
+		return (*f)(digest)
+	}
+	return ""
+}
+
 // Ensure returns the size of a stored artifact, fetching it first when it
-// is missing and a fetcher is set.
+// is missing and a fetcher is set. An artifact that was pruned is fetched
+// too (a peer may hold it uploaded again, to restore its release); when
+// that fails the error says it was pruned.
 func (s *Store) Ensure(ctx context.Context, digest string) (int64, error) {
 	size, err := s.Stat(digest)
 	if err == nil || !errors.Is(err, os.ErrNotExist) {
 		return size, err
+	}
+	if note := s.prunedNote(digest); note != "" {
+		err = fmt.Errorf("%w (%s)", err, note)
 	}
 	f := s.fetch.Load()
 	if f == nil {
@@ -107,6 +140,82 @@ func (s *Store) Ensure(ctx context.Context, digest string) (int64, error) {
 	}
 	return s.Stat(digest)
 }
+
+// File is one artifact file of the store.
+type File struct {
+	SHA256  string
+	Size    int64
+	ModTime time.Time
+}
+
+// Files lists the artifact files the store holds (files whose names are
+// not sha256 digests, if any, are left out; uploads in progress live
+// elsewhere, in tmp/).
+func (s *Store) Files() ([]File, error) {
+	ents, err := os.ReadDir(filepath.Join(s.dir, "sha256"))
+	if err != nil {
+		return nil, fmt.Errorf("artifact store %s: %w", s.dir, err)
+	}
+	out := make([]File, 0, len(ents))
+	for _, e := range ents {
+		if !e.Type().IsRegular() || spec.CheckSHA256("sha256", e.Name()) != nil {
+			continue
+		}
+		fi, err := e.Info()
+		if err != nil {
+			continue // removed meanwhile
+		}
+		out = append(out, File{SHA256: e.Name(), Size: fi.Size(), ModTime: fi.ModTime()})
+	}
+	return out, nil
+}
+
+// RemoveIf removes the artifact file of digest when remove, given its
+// modification time read under the lock Put renames under, says so: a
+// file written again meanwhile is judged by its new time. It reports
+// whether it removed the file.
+func (s *Store) RemoveIf(digest string, remove func(modTime time.Time) bool) (bool, error) {
+	if err := spec.CheckSHA256("sha256", digest); err != nil {
+		return false, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fi, err := os.Stat(s.path(digest))
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("artifact %s: %w", digest, err)
+	}
+	if !remove(fi.ModTime()) {
+		return false, nil
+	}
+	if err := os.Remove(s.path(digest)); err != nil {
+		return false, fmt.Errorf("artifact %s: %w", digest, err)
+	}
+	s.removed.Add(1)
+	return true, syncDir(filepath.Join(s.dir, "sha256"))
+}
+
+// Touch sets the modification time of a stored artifact to now (a
+// release create that names it again): RemoveIf's callers judge a file
+// written after a release's artifact was pruned as new.
+func (s *Store) Touch(digest string) error {
+	if err := spec.CheckSHA256("sha256", digest); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	if err := os.Chtimes(s.path(digest), now, now); err != nil {
+		return fmt.Errorf("artifact %s: %w", digest, err)
+	}
+	return nil
+}
+
+// Removed is how many artifact files RemoveIf removed since the store was
+// opened.
+func (s *Store) Removed() int64 { return s.removed.Load() }
 
 // Stat returns the size of a stored artifact.
 func (s *Store) Stat(digest string) (int64, error) {
@@ -140,14 +249,24 @@ func (s *Store) Put(r io.Reader) (string, int64, error) {
 		return "", 0, fmt.Errorf("artifact upload: %w", err)
 	}
 	digest := hex.EncodeToString(h.Sum(nil))
-	if err := os.Rename(f.Name(), s.path(digest)); err != nil {
-		return "", 0, fmt.Errorf("artifact %s: %w", digest, err)
-	}
-	// The rename must be durable before a release can name the artifact.
-	if err := syncDir(filepath.Join(s.dir, "sha256")); err != nil {
-		return "", 0, fmt.Errorf("artifact %s: %w", digest, err)
+	if err := s.place(f.Name(), digest); err != nil {
+		return "", 0, err
 	}
 	return digest, n, nil
+}
+
+// place renames a written file to the artifact digest, durably (before a
+// release can name it), under the lock RemoveIf checks and removes under.
+func (s *Store) place(tmp, digest string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := os.Rename(tmp, s.path(digest)); err != nil {
+		return fmt.Errorf("artifact %s: %w", digest, err)
+	}
+	if err := syncDir(filepath.Join(s.dir, "sha256")); err != nil {
+		return fmt.Errorf("artifact %s: %w", digest, err)
+	}
+	return nil
 }
 
 // freeGuard writes to w while the store's filesystem keeps its minimum
@@ -216,6 +335,12 @@ func (s *Store) Upload(stream v1.ArtifactService_UploadServer) error {
 func (s *Store) Download(req *v1.DownloadRequest, stream v1.ArtifactService_DownloadServer) error {
 	if err := spec.CheckSHA256("sha256", req.GetSha256()); err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	if _, err := s.Stat(req.GetSha256()); errors.Is(err, os.ErrNotExist) {
+		// Pruned: not fetched from peers (who pruned it too).
+		if note := s.prunedNote(req.GetSha256()); note != "" {
+			return status.Errorf(codes.NotFound, "artifact %s not found: %s", req.GetSha256(), note)
+		}
 	}
 	if _, err := s.Ensure(stream.Context(), req.GetSha256()); err != nil && errors.Is(err, os.ErrNotExist) {
 		return status.Errorf(codes.NotFound, "artifact %s not found", req.GetSha256())

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 )
@@ -126,5 +127,80 @@ func TestUploadsLeaveFreeSpace(t *testing.T) {
 	// may have written up to that much since: the bound, less one interval.
 	if free := capacity - used(); free < minFree-freeCheckEvery {
 		t.Fatalf("%d bytes free after the uploads, under the %d kept (less one check's %d)", free, minFree, freeCheckEvery)
+	}
+}
+
+// Files lists what Put stored; RemoveIf judges a file by its time read
+// under the lock Put renames under (a file written again is judged anew),
+// and counts what it removed; Ensure of an artifact that was pruned says
+// so.
+func TestFilesRemoveIfTouch(t *testing.T) {
+	s, err := New(t.TempDir(), 1<<20, 0, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d1, _, err := s.Put(strings.NewReader("one"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d2, _, err := s.Put(strings.NewReader("two!"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := s.Files()
+	if err != nil || len(files) != 2 {
+		t.Fatalf("Files: %v, %v", files, err)
+	}
+	sizes := map[string]int64{}
+	for _, f := range files {
+		sizes[f.SHA256] = f.Size
+	}
+	if sizes[d1] != 3 || sizes[d2] != 4 {
+		t.Fatalf("sizes %v", sizes)
+	}
+	past := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(s.path(d1), past, past); err != nil {
+		t.Fatal(err)
+	}
+	old := func(mod time.Time) bool { return mod.Before(time.Now().Add(-time.Minute)) }
+	// Written again: its new time keeps it.
+	if _, _, err := s.Put(strings.NewReader("one")); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := s.RemoveIf(d1, old); ok || err != nil {
+		t.Fatalf("RemoveIf of a file written again: %v, %v", ok, err)
+	}
+	if err := os.Chtimes(s.path(d1), past, past); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Touch(d1); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := s.RemoveIf(d1, old); ok || err != nil {
+		t.Fatalf("RemoveIf of a touched file: %v, %v", ok, err)
+	}
+	if err := os.Chtimes(s.path(d1), past, past); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := s.RemoveIf(d1, old); !ok || err != nil {
+		t.Fatalf("RemoveIf of an old file: %v, %v", ok, err)
+	}
+	if ok, err := s.RemoveIf(d1, old); ok || err != nil {
+		t.Fatalf("RemoveIf of a missing file: %v, %v", ok, err)
+	}
+	if s.Removed() != 1 {
+		t.Errorf("removed %d, want 1", s.Removed())
+	}
+	if _, err := s.Stat(d2); err != nil {
+		t.Errorf("the other file: %v", err)
+	}
+	s.SetPruned(func(d string) string {
+		if d == d1 {
+			return "pruned, restore it"
+		}
+		return ""
+	})
+	if _, err := s.Ensure(t.Context(), d1); !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), "pruned, restore it") {
+		t.Errorf("Ensure of a pruned artifact: %v", err)
 	}
 }
