@@ -17,7 +17,8 @@ import (
 // returned are in the order given.
 //
 // It never returns: the newest keep releases (by created_at, then
-// version); a release created at or after before (or with no created_at);
+// version); a release created at or after before (or with no created_at),
+// or whose artifact was restored at or after before;
 // the stable version and the version an override lets past its holds; both
 // ends of every rollout not ended; every version a host reports running,
 // moving to, or last good, and every release whose artifact a host
@@ -72,7 +73,8 @@ func RetainArtifacts(svc *v1.Service, releases []*v1.Release, rollouts []*v1.Rol
 		case kept[r.GetVersion()], staged[art.GetSha256()],
 			art.GetUrl() != "", art.GetSha256() == "",
 			r.GetArtifactPrunedAt() != nil,
-			!at.IsValid(), !at.AsTime().Before(before):
+			!at.IsValid(), !at.AsTime().Before(before),
+			r.GetArtifactRestoredAt().IsValid() && !r.GetArtifactRestoredAt().AsTime().Before(before):
 			continue
 		}
 		out = append(out, r)

@@ -114,6 +114,11 @@ func TestRetainArtifacts(t *testing.T) {
 			rels[1].Artifact.Url = "https://example.com/v2.tar.gz"
 			return nil, nil
 		}, want: []string{"v1", "v3"}},
+		{name: "restored at or after before", change: func(_ *v1.Service, rels []*v1.Release, _ []*v1.Rollout) ([]*v1.Rollout, []*v1.ServiceReport) {
+			rels[1].ArtifactRestoredAt = timestamppb.New(late)
+			rels[2].ArtifactRestoredAt = timestamppb.New(late.Add(-time.Second)) // before: prunable
+			return nil, nil
+		}, want: []string{"v1", "v3"}},
 		{name: "already marked", change: func(_ *v1.Service, rels []*v1.Release, _ []*v1.Rollout) ([]*v1.Rollout, []*v1.ServiceReport) {
 			rels[1].ArtifactPrunedAt = timestamppb.New(late)
 			return nil, nil
@@ -168,6 +173,9 @@ func TestRetainArtifactsRandom(t *testing.T) {
 			if rng.IntN(8) == 0 {
 				r.ArtifactPrunedAt = timestamppb.New(t0)
 			}
+			if rng.IntN(6) == 0 {
+				r.ArtifactRestoredAt = timestamppb.New(t0.Add(time.Duration(rng.IntN(60)) * time.Hour))
+			}
 			rels = append(rels, r)
 		}
 		pick := func() string { return rels[rng.IntN(n)].GetVersion() }
@@ -218,6 +226,9 @@ func TestRetainArtifactsRandom(t *testing.T) {
 			}
 			if r.GetArtifactPrunedAt() != nil {
 				need[r.GetVersion()] = "already marked"
+			}
+			if at := r.GetArtifactRestoredAt(); at != nil && !at.AsTime().Before(before) {
+				need[r.GetVersion()] = "restored lately"
 			}
 			for _, rep := range reps {
 				if rep.GetStagedSha256() == r.GetArtifact().GetSha256() {

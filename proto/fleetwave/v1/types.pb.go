@@ -2520,8 +2520,12 @@ type Release struct {
 	// the same version with the same artifact restores it (clears this).
 	// Not part of the signed manifest.
 	ArtifactPrunedAt *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=artifact_pruned_at,json=artifactPrunedAt,proto3" json:"artifact_pruned_at,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// When release create last restored the release's artifact (cleared
+	// artifact_pruned_at): it is not pruned again before it is
+	// --release-artifact-min-age old from then.
+	ArtifactRestoredAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=artifact_restored_at,json=artifactRestoredAt,proto3" json:"artifact_restored_at,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Release) Reset() {
@@ -2613,6 +2617,13 @@ func (x *Release) GetSigned() *SignedManifest {
 func (x *Release) GetArtifactPrunedAt() *timestamppb.Timestamp {
 	if x != nil {
 		return x.ArtifactPrunedAt
+	}
+	return nil
+}
+
+func (x *Release) GetArtifactRestoredAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ArtifactRestoredAt
 	}
 	return nil
 }
@@ -4736,7 +4747,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\bArtifact\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x03R\x04size\x12\x10\n" +
-	"\x03url\x18\x03 \x01(\tR\x03url\"\xa0\x03\n" +
+	"\x03url\x18\x03 \x01(\tR\x03url\"\xee\x03\n" +
 	"\aRelease\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x122\n" +
@@ -4749,7 +4760,9 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\n" +
 	"created_by\x18\a \x01(\tR\tcreatedBy\x124\n" +
 	"\x06signed\x18\b \x01(\v2\x1c.fleetwave.v1.SignedManifestR\x06signed\x12H\n" +
-	"\x12artifact_pruned_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x10artifactPrunedAt\"\xbc\x03\n" +
+	"\x12artifact_pruned_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x10artifactPrunedAt\x12L\n" +
+	"\x14artifact_restored_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\x12artifactRestoredAt\"\xbc\x03\n" +
 	"\x0fReleaseManifest\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12'\n" +
@@ -5059,110 +5072,111 @@ var file_fleetwave_v1_types_proto_goTypes = []any{
 	(*timestamppb.Timestamp)(nil), // 52: google.protobuf.Timestamp
 }
 var file_fleetwave_v1_types_proto_depIdxs = []int32{
-	48, // 0: fleetwave.v1.ServiceSpec.selector:type_name -> fleetwave.v1.ServiceSpec.SelectorEntry
-	19, // 1: fleetwave.v1.ServiceSpec.run:type_name -> fleetwave.v1.RunSpec
-	22, // 2: fleetwave.v1.ServiceSpec.checks:type_name -> fleetwave.v1.Check
-	51, // 3: fleetwave.v1.ServiceSpec.min_healthy_time:type_name -> google.protobuf.Duration
-	51, // 4: fleetwave.v1.ServiceSpec.healthy_deadline:type_name -> google.protobuf.Duration
-	26, // 5: fleetwave.v1.ServiceSpec.rollout:type_name -> fleetwave.v1.RolloutPolicy
-	8,  // 6: fleetwave.v1.ServiceSpec.analysis:type_name -> fleetwave.v1.Analysis
-	18, // 7: fleetwave.v1.ServiceSpec.alerts:type_name -> fleetwave.v1.Alerts
-	6,  // 8: fleetwave.v1.ServiceSpec.hooks:type_name -> fleetwave.v1.Hooks
-	5,  // 9: fleetwave.v1.ServiceSpec.resources:type_name -> fleetwave.v1.Resources
-	7,  // 10: fleetwave.v1.Hooks.after_install:type_name -> fleetwave.v1.Hook
-	7,  // 11: fleetwave.v1.Hooks.before_start:type_name -> fleetwave.v1.Hook
-	7,  // 12: fleetwave.v1.Hooks.after_start:type_name -> fleetwave.v1.Hook
-	7,  // 13: fleetwave.v1.Hooks.validate:type_name -> fleetwave.v1.Hook
-	7,  // 14: fleetwave.v1.Hooks.before_stop:type_name -> fleetwave.v1.Hook
-	51, // 15: fleetwave.v1.Hook.timeout:type_name -> google.protobuf.Duration
-	51, // 16: fleetwave.v1.Analysis.interval:type_name -> google.protobuf.Duration
-	51, // 17: fleetwave.v1.Analysis.window:type_name -> google.protobuf.Duration
-	51, // 18: fleetwave.v1.Analysis.watch:type_name -> google.protobuf.Duration
-	13, // 19: fleetwave.v1.Analysis.rules:type_name -> fleetwave.v1.AnalysisRule
-	9,  // 20: fleetwave.v1.Analysis.compare:type_name -> fleetwave.v1.Compare
-	52, // 21: fleetwave.v1.MetricSummary.start:type_name -> google.protobuf.Timestamp
-	52, // 22: fleetwave.v1.MetricSummary.end:type_name -> google.protobuf.Timestamp
-	11, // 23: fleetwave.v1.MetricSummary.rules:type_name -> fleetwave.v1.RuleCounts
-	12, // 24: fleetwave.v1.RuleCounts.buckets:type_name -> fleetwave.v1.HistogramBucket
-	14, // 25: fleetwave.v1.AnalysisRule.error_ratio:type_name -> fleetwave.v1.ErrorRatioRule
-	15, // 26: fleetwave.v1.AnalysisRule.latency:type_name -> fleetwave.v1.LatencyRule
-	16, // 27: fleetwave.v1.AnalysisRule.restarts:type_name -> fleetwave.v1.RestartsRule
-	17, // 28: fleetwave.v1.AnalysisRule.promql:type_name -> fleetwave.v1.PromQLRule
-	49, // 29: fleetwave.v1.RunSpec.env:type_name -> fleetwave.v1.RunSpec.EnvEntry
-	51, // 30: fleetwave.v1.RunSpec.stop_grace:type_name -> google.protobuf.Duration
-	20, // 31: fleetwave.v1.RunSpec.sockets:type_name -> fleetwave.v1.Socket
-	51, // 32: fleetwave.v1.RunSpec.ready_timeout:type_name -> google.protobuf.Duration
-	51, // 33: fleetwave.v1.RunSpec.shutdown_delay:type_name -> google.protobuf.Duration
-	21, // 34: fleetwave.v1.RunSpec.pre_stop:type_name -> fleetwave.v1.PreStop
-	51, // 35: fleetwave.v1.PreStop.timeout:type_name -> google.protobuf.Duration
-	23, // 36: fleetwave.v1.Check.http:type_name -> fleetwave.v1.HttpCheck
-	24, // 37: fleetwave.v1.Check.tcp:type_name -> fleetwave.v1.TcpCheck
-	25, // 38: fleetwave.v1.Check.exec:type_name -> fleetwave.v1.ExecCheck
-	51, // 39: fleetwave.v1.Check.interval:type_name -> google.protobuf.Duration
-	51, // 40: fleetwave.v1.Check.timeout:type_name -> google.protobuf.Duration
-	51, // 41: fleetwave.v1.RolloutPolicy.bake:type_name -> google.protobuf.Duration
-	51, // 42: fleetwave.v1.RolloutPolicy.progress_deadline:type_name -> google.protobuf.Duration
-	27, // 43: fleetwave.v1.RolloutPolicy.windows:type_name -> fleetwave.v1.DeployWindow
-	52, // 44: fleetwave.v1.Blackout.from:type_name -> google.protobuf.Timestamp
-	52, // 45: fleetwave.v1.Blackout.to:type_name -> google.protobuf.Timestamp
-	52, // 46: fleetwave.v1.Blackout.created_at:type_name -> google.protobuf.Timestamp
-	29, // 47: fleetwave.v1.Release.artifact:type_name -> fleetwave.v1.Artifact
-	52, // 48: fleetwave.v1.Release.commit_time:type_name -> google.protobuf.Timestamp
-	52, // 49: fleetwave.v1.Release.created_at:type_name -> google.protobuf.Timestamp
-	34, // 50: fleetwave.v1.Release.signed:type_name -> fleetwave.v1.SignedManifest
-	52, // 51: fleetwave.v1.Release.artifact_pruned_at:type_name -> google.protobuf.Timestamp
-	52, // 52: fleetwave.v1.ReleaseManifest.commit_time:type_name -> google.protobuf.Timestamp
-	52, // 53: fleetwave.v1.ReleaseManifest.signed_at:type_name -> google.protobuf.Timestamp
-	52, // 54: fleetwave.v1.ReleaseManifest.expires_at:type_name -> google.protobuf.Timestamp
-	52, // 55: fleetwave.v1.RollbackStatement.signed_at:type_name -> google.protobuf.Timestamp
-	52, // 56: fleetwave.v1.RollbackStatement.expires_at:type_name -> google.protobuf.Timestamp
-	4,  // 57: fleetwave.v1.ServiceStatus.stable_spec:type_name -> fleetwave.v1.ServiceSpec
-	52, // 58: fleetwave.v1.ServiceStatus.removed_at:type_name -> google.protobuf.Timestamp
-	36, // 59: fleetwave.v1.ServiceStatus.hold_override:type_name -> fleetwave.v1.HoldOverride
-	52, // 60: fleetwave.v1.HoldOverride.at:type_name -> google.protobuf.Timestamp
-	4,  // 61: fleetwave.v1.Service.spec:type_name -> fleetwave.v1.ServiceSpec
-	35, // 62: fleetwave.v1.Service.status:type_name -> fleetwave.v1.ServiceStatus
-	52, // 63: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
-	2,  // 64: fleetwave.v1.HostProgress.state:type_name -> fleetwave.v1.HostRolloutState
-	52, // 65: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
-	52, // 66: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
-	3,  // 67: fleetwave.v1.HostProgress.phase:type_name -> fleetwave.v1.Phase
-	1,  // 68: fleetwave.v1.Wave.state:type_name -> fleetwave.v1.WaveState
-	38, // 69: fleetwave.v1.Wave.hosts:type_name -> fleetwave.v1.HostProgress
-	52, // 70: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
-	52, // 71: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
-	52, // 72: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
-	52, // 73: fleetwave.v1.Wave.last_host_done_at:type_name -> google.protobuf.Timestamp
-	0,  // 74: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
-	26, // 75: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
-	39, // 76: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
-	52, // 77: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	52, // 78: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
-	52, // 79: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
-	52, // 80: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
-	4,  // 81: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
-	52, // 82: fleetwave.v1.Rollout.failed_at:type_name -> google.protobuf.Timestamp
-	52, // 83: fleetwave.v1.Rollout.restored_at:type_name -> google.protobuf.Timestamp
-	33, // 84: fleetwave.v1.Rollout.signed_rollback:type_name -> fleetwave.v1.SignedRollback
-	52, // 85: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
-	41, // 86: fleetwave.v1.EventBatch.events:type_name -> fleetwave.v1.Event
-	3,  // 87: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
-	43, // 88: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
-	52, // 89: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
-	10, // 90: fleetwave.v1.ServiceReport.metrics:type_name -> fleetwave.v1.MetricSummary
-	30, // 91: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
-	4,  // 92: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
-	33, // 93: fleetwave.v1.Assignment.rollback:type_name -> fleetwave.v1.SignedRollback
-	46, // 94: fleetwave.v1.Assignment.sources:type_name -> fleetwave.v1.ArtifactSource
-	30, // 95: fleetwave.v1.Assignment.stage:type_name -> fleetwave.v1.Release
-	50, // 96: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
-	52, // 97: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	44, // 98: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
-	99, // [99:99] is the sub-list for method output_type
-	99, // [99:99] is the sub-list for method input_type
-	99, // [99:99] is the sub-list for extension type_name
-	99, // [99:99] is the sub-list for extension extendee
-	0,  // [0:99] is the sub-list for field type_name
+	48,  // 0: fleetwave.v1.ServiceSpec.selector:type_name -> fleetwave.v1.ServiceSpec.SelectorEntry
+	19,  // 1: fleetwave.v1.ServiceSpec.run:type_name -> fleetwave.v1.RunSpec
+	22,  // 2: fleetwave.v1.ServiceSpec.checks:type_name -> fleetwave.v1.Check
+	51,  // 3: fleetwave.v1.ServiceSpec.min_healthy_time:type_name -> google.protobuf.Duration
+	51,  // 4: fleetwave.v1.ServiceSpec.healthy_deadline:type_name -> google.protobuf.Duration
+	26,  // 5: fleetwave.v1.ServiceSpec.rollout:type_name -> fleetwave.v1.RolloutPolicy
+	8,   // 6: fleetwave.v1.ServiceSpec.analysis:type_name -> fleetwave.v1.Analysis
+	18,  // 7: fleetwave.v1.ServiceSpec.alerts:type_name -> fleetwave.v1.Alerts
+	6,   // 8: fleetwave.v1.ServiceSpec.hooks:type_name -> fleetwave.v1.Hooks
+	5,   // 9: fleetwave.v1.ServiceSpec.resources:type_name -> fleetwave.v1.Resources
+	7,   // 10: fleetwave.v1.Hooks.after_install:type_name -> fleetwave.v1.Hook
+	7,   // 11: fleetwave.v1.Hooks.before_start:type_name -> fleetwave.v1.Hook
+	7,   // 12: fleetwave.v1.Hooks.after_start:type_name -> fleetwave.v1.Hook
+	7,   // 13: fleetwave.v1.Hooks.validate:type_name -> fleetwave.v1.Hook
+	7,   // 14: fleetwave.v1.Hooks.before_stop:type_name -> fleetwave.v1.Hook
+	51,  // 15: fleetwave.v1.Hook.timeout:type_name -> google.protobuf.Duration
+	51,  // 16: fleetwave.v1.Analysis.interval:type_name -> google.protobuf.Duration
+	51,  // 17: fleetwave.v1.Analysis.window:type_name -> google.protobuf.Duration
+	51,  // 18: fleetwave.v1.Analysis.watch:type_name -> google.protobuf.Duration
+	13,  // 19: fleetwave.v1.Analysis.rules:type_name -> fleetwave.v1.AnalysisRule
+	9,   // 20: fleetwave.v1.Analysis.compare:type_name -> fleetwave.v1.Compare
+	52,  // 21: fleetwave.v1.MetricSummary.start:type_name -> google.protobuf.Timestamp
+	52,  // 22: fleetwave.v1.MetricSummary.end:type_name -> google.protobuf.Timestamp
+	11,  // 23: fleetwave.v1.MetricSummary.rules:type_name -> fleetwave.v1.RuleCounts
+	12,  // 24: fleetwave.v1.RuleCounts.buckets:type_name -> fleetwave.v1.HistogramBucket
+	14,  // 25: fleetwave.v1.AnalysisRule.error_ratio:type_name -> fleetwave.v1.ErrorRatioRule
+	15,  // 26: fleetwave.v1.AnalysisRule.latency:type_name -> fleetwave.v1.LatencyRule
+	16,  // 27: fleetwave.v1.AnalysisRule.restarts:type_name -> fleetwave.v1.RestartsRule
+	17,  // 28: fleetwave.v1.AnalysisRule.promql:type_name -> fleetwave.v1.PromQLRule
+	49,  // 29: fleetwave.v1.RunSpec.env:type_name -> fleetwave.v1.RunSpec.EnvEntry
+	51,  // 30: fleetwave.v1.RunSpec.stop_grace:type_name -> google.protobuf.Duration
+	20,  // 31: fleetwave.v1.RunSpec.sockets:type_name -> fleetwave.v1.Socket
+	51,  // 32: fleetwave.v1.RunSpec.ready_timeout:type_name -> google.protobuf.Duration
+	51,  // 33: fleetwave.v1.RunSpec.shutdown_delay:type_name -> google.protobuf.Duration
+	21,  // 34: fleetwave.v1.RunSpec.pre_stop:type_name -> fleetwave.v1.PreStop
+	51,  // 35: fleetwave.v1.PreStop.timeout:type_name -> google.protobuf.Duration
+	23,  // 36: fleetwave.v1.Check.http:type_name -> fleetwave.v1.HttpCheck
+	24,  // 37: fleetwave.v1.Check.tcp:type_name -> fleetwave.v1.TcpCheck
+	25,  // 38: fleetwave.v1.Check.exec:type_name -> fleetwave.v1.ExecCheck
+	51,  // 39: fleetwave.v1.Check.interval:type_name -> google.protobuf.Duration
+	51,  // 40: fleetwave.v1.Check.timeout:type_name -> google.protobuf.Duration
+	51,  // 41: fleetwave.v1.RolloutPolicy.bake:type_name -> google.protobuf.Duration
+	51,  // 42: fleetwave.v1.RolloutPolicy.progress_deadline:type_name -> google.protobuf.Duration
+	27,  // 43: fleetwave.v1.RolloutPolicy.windows:type_name -> fleetwave.v1.DeployWindow
+	52,  // 44: fleetwave.v1.Blackout.from:type_name -> google.protobuf.Timestamp
+	52,  // 45: fleetwave.v1.Blackout.to:type_name -> google.protobuf.Timestamp
+	52,  // 46: fleetwave.v1.Blackout.created_at:type_name -> google.protobuf.Timestamp
+	29,  // 47: fleetwave.v1.Release.artifact:type_name -> fleetwave.v1.Artifact
+	52,  // 48: fleetwave.v1.Release.commit_time:type_name -> google.protobuf.Timestamp
+	52,  // 49: fleetwave.v1.Release.created_at:type_name -> google.protobuf.Timestamp
+	34,  // 50: fleetwave.v1.Release.signed:type_name -> fleetwave.v1.SignedManifest
+	52,  // 51: fleetwave.v1.Release.artifact_pruned_at:type_name -> google.protobuf.Timestamp
+	52,  // 52: fleetwave.v1.Release.artifact_restored_at:type_name -> google.protobuf.Timestamp
+	52,  // 53: fleetwave.v1.ReleaseManifest.commit_time:type_name -> google.protobuf.Timestamp
+	52,  // 54: fleetwave.v1.ReleaseManifest.signed_at:type_name -> google.protobuf.Timestamp
+	52,  // 55: fleetwave.v1.ReleaseManifest.expires_at:type_name -> google.protobuf.Timestamp
+	52,  // 56: fleetwave.v1.RollbackStatement.signed_at:type_name -> google.protobuf.Timestamp
+	52,  // 57: fleetwave.v1.RollbackStatement.expires_at:type_name -> google.protobuf.Timestamp
+	4,   // 58: fleetwave.v1.ServiceStatus.stable_spec:type_name -> fleetwave.v1.ServiceSpec
+	52,  // 59: fleetwave.v1.ServiceStatus.removed_at:type_name -> google.protobuf.Timestamp
+	36,  // 60: fleetwave.v1.ServiceStatus.hold_override:type_name -> fleetwave.v1.HoldOverride
+	52,  // 61: fleetwave.v1.HoldOverride.at:type_name -> google.protobuf.Timestamp
+	4,   // 62: fleetwave.v1.Service.spec:type_name -> fleetwave.v1.ServiceSpec
+	35,  // 63: fleetwave.v1.Service.status:type_name -> fleetwave.v1.ServiceStatus
+	52,  // 64: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
+	2,   // 65: fleetwave.v1.HostProgress.state:type_name -> fleetwave.v1.HostRolloutState
+	52,  // 66: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
+	52,  // 67: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
+	3,   // 68: fleetwave.v1.HostProgress.phase:type_name -> fleetwave.v1.Phase
+	1,   // 69: fleetwave.v1.Wave.state:type_name -> fleetwave.v1.WaveState
+	38,  // 70: fleetwave.v1.Wave.hosts:type_name -> fleetwave.v1.HostProgress
+	52,  // 71: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
+	52,  // 72: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
+	52,  // 73: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
+	52,  // 74: fleetwave.v1.Wave.last_host_done_at:type_name -> google.protobuf.Timestamp
+	0,   // 75: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
+	26,  // 76: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
+	39,  // 77: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
+	52,  // 78: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	52,  // 79: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
+	52,  // 80: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
+	52,  // 81: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
+	4,   // 82: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
+	52,  // 83: fleetwave.v1.Rollout.failed_at:type_name -> google.protobuf.Timestamp
+	52,  // 84: fleetwave.v1.Rollout.restored_at:type_name -> google.protobuf.Timestamp
+	33,  // 85: fleetwave.v1.Rollout.signed_rollback:type_name -> fleetwave.v1.SignedRollback
+	52,  // 86: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
+	41,  // 87: fleetwave.v1.EventBatch.events:type_name -> fleetwave.v1.Event
+	3,   // 88: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
+	43,  // 89: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
+	52,  // 90: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
+	10,  // 91: fleetwave.v1.ServiceReport.metrics:type_name -> fleetwave.v1.MetricSummary
+	30,  // 92: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
+	4,   // 93: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
+	33,  // 94: fleetwave.v1.Assignment.rollback:type_name -> fleetwave.v1.SignedRollback
+	46,  // 95: fleetwave.v1.Assignment.sources:type_name -> fleetwave.v1.ArtifactSource
+	30,  // 96: fleetwave.v1.Assignment.stage:type_name -> fleetwave.v1.Release
+	50,  // 97: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
+	52,  // 98: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	44,  // 99: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
+	100, // [100:100] is the sub-list for method output_type
+	100, // [100:100] is the sub-list for method input_type
+	100, // [100:100] is the sub-list for extension type_name
+	100, // [100:100] is the sub-list for extension extendee
+	0,   // [0:100] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_types_proto_init() }
