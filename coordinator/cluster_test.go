@@ -44,14 +44,18 @@ func (m *member) stop() error {
 	return m.err
 }
 
-// startMember runs a named coordinator on a shared embedded etcd.
-func startMember(t testing.TB, name string, emb *store.Embedded) *member {
+// startMember runs a named coordinator on a shared embedded etcd, with
+// mods applied to its config.
+func startMember(t testing.TB, name string, emb *store.Embedded, mods ...func(*Config)) *member {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &member{name: name, cancel: cancel, done: make(chan error, 1)}
 	addrc := make(chan string, 1)
 	cfg := Config{Insecure: true, Listen: "127.0.0.1:0", Name: name, DataDir: t.TempDir(), EtcdEndpoints: emb.Endpoints, EtcdTLS: emb.ClientTLS, LeaseTTL: 2 * time.Second,
 		Ready: func(a string) { addrc <- a }}
+	for _, mod := range mods {
+		mod(&cfg)
+	}
 	go func() { m.done <- Run(ctx, cfg, zerolog.Nop()) }()
 	t.Cleanup(func() { _ = m.stop() })
 	select {

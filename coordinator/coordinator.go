@@ -107,6 +107,21 @@ type Config struct {
 	// takes the default and a negative value is refused.
 	KeepRolloutHosts int
 	RolloutRetention time.Duration
+	// KeepReleaseArtifacts is how many of a service's newest releases keep
+	// their artifacts whatever else (the flag's default is
+	// DefaultKeepReleaseArtifacts; 0 keeps every artifact: nothing is
+	// pruned; negative is refused). Older releases' artifacts are pruned
+	// once they are ReleaseArtifactMinAge old, unless something needs them
+	// (rollout.RetainArtifacts): the leader marks the release
+	// (artifact_pruned_at) and every coordinator deletes the file once
+	// every release naming its sha256 is marked. ReleaseArtifactMinAge: 0
+	// takes DefaultReleaseArtifactMinAge, negative is refused.
+	KeepReleaseArtifacts  int
+	ReleaseArtifactMinAge time.Duration
+	// ArtifactUploadGrace is how long an artifact file that no release
+	// names (an upload whose release create never came) is kept after it
+	// was last written (default 24h, at least 1h).
+	ArtifactUploadGrace time.Duration
 	// AuditMaxEntries is how many audit entries are kept at most, the
 	// newest (default 100,000): whatever callers do, the audit log cannot
 	// fill etcd.
@@ -118,6 +133,9 @@ type Config struct {
 	// auditPruneEvery is how often the leader prunes the audit log
 	// (default 1m; tests shorten it).
 	auditPruneEvery time.Duration
+	// artifactPruneEvery is how often each coordinator deletes the
+	// artifact files no release needs (default 1m; tests shorten it).
+	artifactPruneEvery time.Duration
 	// progressWriteEvery is how often at most the leader writes a step
 	// that records only progress (default progressWriteEvery, 500 ms;
 	// tests lengthen it).
@@ -190,6 +208,14 @@ type Config struct {
 // window (stats.MaxDailySince).
 const DefaultRolloutRetention = 400 * 24 * time.Hour
 
+// DefaultKeepReleaseArtifacts is --keep-release-artifacts' default: the
+// newest releases of each service that keep their artifacts.
+const DefaultKeepReleaseArtifacts = 10
+
+// DefaultReleaseArtifactMinAge is how old a release must be at least
+// before its artifact is pruned (Config.ReleaseArtifactMinAge).
+const DefaultReleaseArtifactMinAge = 7 * 24 * time.Hour
+
 // Validate checks the config; errors name the field.
 func (c *Config) Validate() error {
 	var errs []error
@@ -237,6 +263,15 @@ func (c *Config) Validate() error {
 	}
 	if c.RolloutRetention < 0 || (c.RolloutRetention > 0 && c.RolloutRetention < 24*time.Hour) {
 		errs = append(errs, fmt.Errorf("rollout-retention: %s: want at least 24h", c.RolloutRetention))
+	}
+	if c.KeepReleaseArtifacts < 0 {
+		errs = append(errs, fmt.Errorf("keep-release-artifacts: %d is negative (0 keeps every artifact)", c.KeepReleaseArtifacts))
+	}
+	if c.ReleaseArtifactMinAge < 0 {
+		errs = append(errs, fmt.Errorf("release-artifact-min-age: %s is negative", c.ReleaseArtifactMinAge))
+	}
+	if c.ArtifactUploadGrace < 0 || (c.ArtifactUploadGrace > 0 && c.ArtifactUploadGrace < time.Hour) {
+		errs = append(errs, fmt.Errorf("artifact-upload-grace: %s: want at least 1h", c.ArtifactUploadGrace))
 	}
 	if c.AuditMaxEntries < 0 || (c.AuditMaxEntries > 0 && c.AuditMaxEntries < 100) {
 		errs = append(errs, fmt.Errorf("audit-max-entries: %d: want at least 100", c.AuditMaxEntries))
@@ -331,6 +366,15 @@ func (c *Config) defaults() {
 	}
 	if c.RolloutRetention == 0 {
 		c.RolloutRetention = DefaultRolloutRetention
+	}
+	if c.ReleaseArtifactMinAge == 0 {
+		c.ReleaseArtifactMinAge = DefaultReleaseArtifactMinAge
+	}
+	if c.ArtifactUploadGrace == 0 {
+		c.ArtifactUploadGrace = 24 * time.Hour
+	}
+	if c.artifactPruneEvery == 0 {
+		c.artifactPruneEvery = time.Minute
 	}
 	if c.AuditRetention == 0 {
 		c.AuditRetention = 90 * 24 * time.Hour
@@ -553,6 +597,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	}
 	cfg = c.cfg
 	c.arts.SetFetcher(c.fetchFromPeers)
+	c.arts.SetPruned(c.prunedArtifact)
 	if cfg.Gossip.Enabled() {
 		gc := cfg.Gossip
 		gc.Name = gossip.CoordinatorName(gossipID(cfg.Name))
@@ -600,6 +645,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	wg.Go(func() { c.leader.run(ctx) })
 	wg.Go(func() { c.sessionLoop(ctx) })
 	wg.Go(func() { c.replicateLoop(ctx) })
+	wg.Go(func() { c.artifactPruneLoop(ctx) })
 	wg.Go(func() { c.auditFailuresLoop(ctx) })
 	wg.Go(func() { c.revocationLoop(ctx) })
 

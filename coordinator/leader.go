@@ -181,8 +181,8 @@ func (l *leader) lead(ctx context.Context, sess *concurrency.Session, fence *sto
 // pruneAudit keeps the audit log within its retention: entries older than
 // Config.AuditRetention and those beyond the newest Config.AuditMaxEntries
 // go, checked every Config.auditPruneEvery; and, as often, the expired
-// revocations and blackouts and every service's old rollouts
-// (pruneAllRollouts).
+// revocations and blackouts, every service's old rollouts
+// (pruneAllRollouts) and its old releases' artifacts (pruneAllArtifacts).
 func (l *leader) pruneAudit(ctx context.Context, fence *store.Fence, now time.Time) {
 	if now.Sub(l.auditPruned) < l.c.cfg.auditPruneEvery {
 		return
@@ -191,6 +191,7 @@ func (l *leader) pruneAudit(ctx context.Context, fence *store.Fence, now time.Ti
 	l.pruneRevocations(ctx, fence, now)
 	l.pruneBlackouts(ctx, fence, now)
 	l.pruneAllRollouts(ctx, fence, now)
+	l.pruneAllArtifacts(ctx, fence, now)
 	old, err := l.c.store.PruneAudit(ctx, fence, now.Add(-l.c.cfg.AuditRetention))
 	if err != nil {
 		l.c.log.Warn().Err(err).Msg("pruning the audit log failed")

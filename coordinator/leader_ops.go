@@ -151,6 +151,10 @@ func (l *leader) rollback(ctx context.Context, fence *store.Fence, vs store.Vers
 	if err != nil {
 		return nil, err
 	}
+	// Before the rollout in flight is superseded (start checks too).
+	if err := l.c.artifactPruned(name, target); err != nil {
+		return nil, err
+	}
 	if active {
 		// The rollout in flight ends: its hosts are rolled back by the
 		// rollback rollout (or, if they never moved, stay where they are).

@@ -375,10 +375,18 @@ func (l *leader) hosts() []rollout.Host {
 
 // start writes a new rollout from rollout.Begin (its plan and first Step)
 // with the service status naming it and its events, in one fenced
-// transaction. The creation event carries actor (who asked, for a rollback).
+// transaction; a rollout to a release whose artifact was pruned is refused
+// (artifactPruned). The creation event carries actor (who asked, for a rollback).
 func (l *leader) start(ctx context.Context, fence *store.Fence, vs store.Versioned[*v1.Service], r *v1.Rollout, st *v1.ServiceStatus, res rollout.Result, actor string, now time.Time) error {
 	svc := vs.Val
 	name := svc.GetSpec().GetName()
+	// Every rollout of a release begins here: none to one whose artifact
+	// was pruned (the hosts could not fetch it).
+	if !r.GetRemove() {
+		if err := l.c.artifactPruned(name, r.GetToVersion()); err != nil {
+			return err
+		}
+	}
 	newSvc := proto.Clone(svc).(*v1.Service)
 	newSvc.Status = st
 	evs := engineEvents(r, res.Events, now)

@@ -5,8 +5,12 @@ import (
 	"errors"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/coordinator/store"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
 // maxRolloutPrunes bounds the writes (compactions and deletions) of one
@@ -118,6 +122,63 @@ func (l *leader) pruneAllRollouts(ctx context.Context, fence *store.Fence, now t
 			}
 			return
 		}
+	}
+}
+
+// maxArtifactMarks bounds the releases one periodic pass marks pruned
+// (over every service): the rest follow at the next passes.
+const maxArtifactMarks = 100
+
+// pruneAllArtifacts marks pruned (Release.artifact_pruned_at) the
+// artifacts of every service's releases that rollout.RetainArtifacts
+// lets go: beyond the service's newest Config.KeepReleaseArtifacts, older
+// than Config.ReleaseArtifactMinAge, needed by nothing. Each mark is a
+// fenced write compared with the revision the mirror holds; failures are
+// logged and retried at the next pass. The files go on every coordinator
+// (pruneArtifactFiles) once every release naming them is marked.
+func (l *leader) pruneAllArtifacts(ctx context.Context, fence *store.Fence, now time.Time) {
+	keep := l.c.cfg.KeepReleaseArtifacts
+	if keep <= 0 {
+		return
+	}
+	budget := maxArtifactMarks
+	var last int64
+	for _, vs := range l.c.mirror.Services() {
+		name := vs.Val.GetSpec().GetName()
+		vrs := l.c.mirror.Releases(name)
+		rels := make([]*v1.Release, len(vrs))
+		revs := make(map[*v1.Release]int64, len(vrs))
+		for i, vr := range vrs {
+			rels[i], revs[vr.Val] = vr.Val, vr.Rev
+		}
+		for _, rel := range rollout.RetainArtifacts(vs.Val, rels, l.c.mirror.Rollouts(name), l.c.mirror.ServiceReports(name), keep, now.Add(-l.c.cfg.ReleaseArtifactMinAge)) {
+			if budget == 0 {
+				break
+			}
+			budget--
+			marked := proto.Clone(rel).(*v1.Release)
+			// When it was marked, by the wall clock (now, the time it is
+			// judged at, is a test's clock in tests).
+			marked.ArtifactPrunedAt = timestamppb.Now()
+			rev, err := l.c.store.UpdateRelease(ctx, fence, marked, revs[rel])
+			if err != nil {
+				if errors.Is(err, store.ErrNotLeader) || ctx.Err() != nil {
+					return
+				}
+				l.c.log.Warn().Err(err).Str("service", name).Str("version", rel.GetVersion()).Str("sha256", rel.GetArtifact().GetSha256()).Msg("marking a release's artifact pruned failed")
+				continue
+			}
+			last = max(last, rev)
+			l.c.log.Info().Str("service", name).Str("version", rel.GetVersion()).Str("sha256", rel.GetArtifact().GetSha256()).
+				Int("keep", keep).Dur("min_age", l.c.cfg.ReleaseArtifactMinAge).Msg("release artifact pruned")
+		}
+	}
+	if last == 0 {
+		return
+	}
+	// The loop's next decisions (a rollback refused) see the marks.
+	if err := l.c.mirror.WaitRev(ctx, last); err != nil && ctx.Err() == nil {
+		l.c.log.Warn().Err(err).Msg("marking release artifacts pruned: the mirror did not catch up")
 	}
 }
 

@@ -18,7 +18,9 @@ package coordinator
 //     (store.InstrumentKV);
 //   - report transactions, reports written, coalesced and dropped: the hub's report
 //     writer (reports.go), on every coordinator for its own streams;
-//   - leader, etcd session losses, calls forwarded to the leader.
+//   - leader, etcd session losses, calls forwarded to the leader;
+//   - artifact files held and deleted: this coordinator's store (each
+//     coordinator has its own).
 
 import (
 	"context"
@@ -297,6 +299,28 @@ func (s *stagedCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// artifactFilesCollector counts the artifact files of this coordinator's
+// store and their bytes at scrape time (one directory read).
+type artifactFilesCollector struct {
+	c            *Coordinator
+	files, bytes *prometheus.Desc
+}
+
+func (a *artifactFilesCollector) Describe(ch chan<- *prometheus.Desc) { ch <- a.files; ch <- a.bytes }
+
+func (a *artifactFilesCollector) Collect(ch chan<- prometheus.Metric) {
+	files, err := a.c.arts.Files()
+	if err != nil {
+		return
+	}
+	var n int64
+	for _, f := range files {
+		n += f.Size
+	}
+	ch <- prometheus.MustNewConstMetric(a.files, prometheus.GaugeValue, float64(len(files)))
+	ch <- prometheus.MustNewConstMetric(a.bytes, prometheus.GaugeValue, float64(n))
+}
+
 // etcdCollector reads etcd's database size (each endpoint's status), the
 // configured quota and the audit log's length at scrape time: an audit log
 // or history that grows shows before etcd reaches its quota and refuses
@@ -374,6 +398,15 @@ func (c *Coordinator) startMetrics() (stop func(), err error) {
 			Name: "fleetwave_coordinator_artifact_egress_bytes_total",
 			Help: "Artifact bytes this coordinator's ArtifactService sent (to agents, and to other coordinators copying an artifact); peer-to-peer transfers between agents are not counted here.",
 		}, func() float64 { return float64(c.arts.BytesSent()) }),
+		&artifactFilesCollector{c: c,
+			files: prometheus.NewDesc("fleetwave_coordinator_artifact_files",
+				"Artifact files this coordinator's store holds (uploads in progress excluded).", nil, nil),
+			bytes: prometheus.NewDesc("fleetwave_coordinator_artifact_bytes",
+				"Bytes of the artifact files this coordinator's store holds (uploads in progress excluded).", nil, nil)},
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "fleetwave_coordinator_artifact_files_deleted_total",
+			Help: "Artifact files this coordinator deleted from its store: every release naming them had its artifact pruned (--keep-release-artifacts), or none named them past --artifact-upload-grace.",
+		}, func() float64 { return float64(c.arts.Removed()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "fleetwave_coordinator_events_undecodable_total",
 			Help: "Event records this coordinator's event listings and watches (ListEvents, WatchEvents, the dashboard) skipped because their values did not decode; each is logged with its key.",

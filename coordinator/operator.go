@@ -41,6 +41,8 @@ func grpcErr(err error) error {
 		return status.Error(codes.Aborted, err.Error())
 	case errors.Is(err, store.ErrNotLeader):
 		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, ErrArtifactPruned):
+		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return status.FromContextError(err).Err()
 	}
@@ -200,7 +202,11 @@ func (o *operator) createRelease(ctx context.Context, rel *v1.Release) (*v1.Crea
 			return nil, status.Errorf(codes.InvalidArgument, "release.artifact.size: %d, but the stored artifact has %d bytes", rel.GetArtifact().GetSize(), size)
 		}
 	}
+	if old, ok := o.prunedTwin(rel); ok {
+		return o.restoreRelease(ctx, old)
+	}
 	rel.CreatedAt = timestamppb.Now()
+	rel.ArtifactPrunedAt, rel.ArtifactRestoredAt = nil, nil // the coordinators' to set
 	// Who created a release is who the coordinator authenticated, never
 	// what the request says (the CLI sends $USER@host: logged as claimed).
 	claimed := rel.GetCreatedBy()
@@ -241,6 +247,52 @@ func (o *operator) createRelease(ctx context.Context, rel *v1.Release) (*v1.Crea
 		resp.Note = "no rollout started"
 	}
 	return resp, nil
+}
+
+// prunedTwin is the stored release rel restores: the same service and
+// version, its artifact marked pruned, and rel the same release (artifact
+// sha256, size and URL, commit and commit time; its signature, if any,
+// the one stored). Anything else about an existing version is answered
+// as before (store.ErrExists).
+func (o *operator) prunedTwin(rel *v1.Release) (store.Versioned[*v1.Release], bool) {
+	for _, vr := range o.c.mirror.Releases(rel.GetService()) {
+		old := vr.Val
+		if old.GetVersion() != rel.GetVersion() {
+			continue
+		}
+		same := proto.Equal(old.GetArtifact(), rel.GetArtifact()) && old.GetCommit() == rel.GetCommit() &&
+			proto.Equal(old.GetCommitTime(), rel.GetCommitTime()) && (rel.GetSigned() == nil || proto.Equal(old.GetSigned(), rel.GetSigned()))
+		return vr, old.GetArtifactPrunedAt() != nil && same
+	}
+	return store.Versioned[*v1.Release]{}, false
+}
+
+// restoreRelease clears the prune mark of a release whose artifact is in
+// this coordinator's store again (createRelease checked it): the record
+// is kept as it was (its creation, its signature over the same manifest),
+// the other coordinators copy the file again (replicateLoop), and
+// rollouts and rollbacks to it are allowed again. The file's time is set
+// to now first, so that no coordinator deletes it on the mark it still
+// sees (pruneArtifactFiles keeps files written after the mark).
+func (o *operator) restoreRelease(ctx context.Context, old store.Versioned[*v1.Release]) (*v1.CreateReleaseResponse, error) {
+	d := old.Val.GetArtifact().GetSha256()
+	if err := o.c.arts.Touch(d); err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "release.artifact.sha256: %s left the artifact store meanwhile (upload it again): %v", d, err)
+	}
+	restored := proto.Clone(old.Val).(*v1.Release)
+	was := fmtPruned(restored)
+	restored.ArtifactPrunedAt, restored.ArtifactRestoredAt = nil, timestamppb.Now()
+	rev, err := o.c.store.UpdateRelease(ctx, nil, restored, old.Rev)
+	if err != nil {
+		return nil, grpcErr(err)
+	}
+	o.c.log.Info().Str("service", restored.GetService()).Str("version", restored.GetVersion()).Str("sha256", d).Str("by", caller(ctx)).
+		Str("pruned_at", was).Msg("release artifact restored")
+	if err := o.c.mirror.WaitRev(ctx, rev); err != nil {
+		return nil, grpcErr(err)
+	}
+	return &v1.CreateReleaseResponse{Release: restored, Note: fmt.Sprintf("restored: the artifact of %s %s, pruned at %s, is stored again (the release record is unchanged); no rollout started (fleetwave rollback %s --to %s rolls back to it)",
+		restored.GetService(), restored.GetVersion(), was, restored.GetService(), restored.GetVersion())}, nil
 }
 
 // caller names who made a call, for events and the audit log: the

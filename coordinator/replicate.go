@@ -137,7 +137,8 @@ var _ io.Reader = (*downloadReader)(nil)
 // replicateLoop keeps a copy of every release's artifact (those served by
 // the coordinators, not by URL) in this coordinator's store, so any
 // coordinator can serve any agent and an artifact survives the coordinator
-// it was uploaded to. Failures are retried with a backoff per digest.
+// it was uploaded to; not those of releases marked pruned (their files go:
+// pruneArtifactFiles). Failures are retried with a backoff per digest.
 func (c *Coordinator) replicateLoop(ctx context.Context) {
 	ch, unsub := c.mirror.Subscribe()
 	defer unsub()
@@ -166,11 +167,16 @@ func (c *Coordinator) replicateLoop(ctx context.Context) {
 		}
 		scan = false
 		now := time.Now()
+		wanted := map[string]bool{}
 		for _, vs := range c.mirror.Services() {
 			for _, vr := range c.mirror.Releases(vs.Val.GetSpec().GetName()) {
 				art := vr.Val.GetArtifact()
 				d := art.GetSha256()
-				if art.GetUrl() != "" || d == "" || have[d] || now.Before(retryAt[d]) {
+				if art.GetUrl() != "" || d == "" || vr.Val.GetArtifactPrunedAt() != nil {
+					continue
+				}
+				wanted[d] = true
+				if have[d] || now.Before(retryAt[d]) {
 					continue
 				}
 				if _, err := c.arts.Stat(d); err == nil || !errors.Is(err, os.ErrNotExist) {
@@ -190,6 +196,20 @@ func (c *Coordinator) replicateLoop(ctx context.Context) {
 				delete(fails, d)
 				delete(retryAt, d)
 				have[d] = true
+			}
+		}
+		// What no release wants any more may be deleted
+		// (pruneArtifactFiles): looked at again if a release wants it
+		// again (restored).
+		for d := range have {
+			if !wanted[d] {
+				delete(have, d)
+			}
+		}
+		for d := range retryAt {
+			if !wanted[d] {
+				delete(retryAt, d)
+				delete(fails, d)
 			}
 		}
 	}

@@ -1,0 +1,325 @@
+package coordinator
+
+import (
+	"context"
+	"crypto/ed25519"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/fleetwave/fleetwave/coordinator/store"
+	"github.com/fleetwave/fleetwave/internal/signing"
+	"github.com/fleetwave/fleetwave/internal/testkit"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+func TestConfigValidateArtifactPruning(t *testing.T) {
+	base := Config{Insecure: true, Listen: "127.0.0.1:7070", DataDir: "d"}
+	for _, c := range []struct {
+		mod  func(*Config)
+		want string
+	}{
+		{func(c *Config) { c.KeepReleaseArtifacts = -1 }, "keep-release-artifacts: -1 is negative (0 keeps every artifact)"},
+		{func(c *Config) { c.ReleaseArtifactMinAge = -time.Hour }, "release-artifact-min-age: -1h0m0s is negative"},
+		{func(c *Config) { c.ArtifactUploadGrace = -time.Hour }, "artifact-upload-grace: -1h0m0s: want at least 1h"},
+		{func(c *Config) { c.ArtifactUploadGrace = time.Minute }, "artifact-upload-grace: 1m0s: want at least 1h"},
+	} {
+		cfg := base
+		c.mod(&cfg)
+		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Validate: %v, want %q", err, c.want)
+		}
+	}
+	cfg := base
+	cfg.defaults()
+	if cfg.KeepReleaseArtifacts != 0 || cfg.ReleaseArtifactMinAge != 168*time.Hour || cfg.ArtifactUploadGrace != 24*time.Hour {
+		t.Errorf("defaults: keep %d, min age %s, grace %s; want 0 (the flag's default is 10), 168h, 24h", cfg.KeepReleaseArtifacts, cfg.ReleaseArtifactMinAge, cfg.ArtifactUploadGrace)
+	}
+}
+
+// artFile is where a coordinator with data dir dir keeps an artifact.
+func artFile(dir, digest string) string { return filepath.Join(dir, "artifacts", "sha256", digest) }
+
+func hasFile(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+// Two coordinators on a real etcd prune the artifacts of a service's old
+// releases (--keep-release-artifacts 2, a minimum age of 30m, the
+// leader's clock an hour ahead until the restore): the leader
+// marks v1 and v3 once v5 runs (v2 stays: a host reports running it; v4 is
+// the rollback target and among the newest two with v5); both
+// coordinators delete their files, neither fetches them again, a
+// download of one says it was pruned, a rollback to v1 is refused saying
+// how to restore it; release create of v1 with the same artifact restores
+// it (its signature kept and verifying), the other coordinator copies it
+// again, and the rollback to it then works.
+func TestReleaseArtifactsPruned(t *testing.T) {
+	emb, cli := embeddedEtcd(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	dirA, dirB := t.TempDir(), t.TempDir()
+	// The leader's clock: ahead of the wall clock by ahead; calls counts
+	// its readings once it is not (the loop reads it once a turn).
+	var ahead, calls atomic.Int64
+	ahead.Store(int64(time.Hour))
+	pruning := func(dir string) func(*Config) {
+		return func(c *Config) {
+			c.DataDir = dir
+			c.KeepReleaseArtifacts = 2
+			c.ReleaseArtifactMinAge = 30 * time.Minute
+			c.pruneClock = func() time.Time {
+				d := ahead.Load()
+				if d == 0 {
+					calls.Add(1)
+				}
+				return time.Now().Add(time.Duration(d))
+			}
+			c.auditPruneEvery = 20 * time.Millisecond
+			c.artifactPruneEvery = 20 * time.Millisecond
+		}
+	}
+	a := startMember(t, "a", emb, pruning(dirA))
+	b := startMember(t, "b", emb, pruning(dirB))
+	waitCluster(t, ctx, a.op, "two coordinators and a leader", func(s *v1.ClusterStatusResponse) bool {
+		return len(s.GetCoordinators()) == 2 && s.GetLeader() != ""
+	})
+	sp := &v1.ServiceSpec{Name: "web", Selector: map[string]string{"role": "web"}, Run: &v1.RunSpec{Command: []string{"./app"}},
+		Rollout: &v1.RolloutPolicy{Canary: 1, Waves: []uint32{100}, MaxParallel: 2, Bake: durationpb.New(0)}}
+	if _, err := a.op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: sp}); err != nil {
+		t.Fatal(err)
+	}
+	// A host that reports running v2 (outside any rollout's plan: no host
+	// record).
+	if err := store.New(cli).PutReport(ctx, "old", &v1.ServiceReport{Service: "web", Phase: v1.Phase_PHASE_HEALTHY, CurrentVersion: "v2"}); err != nil {
+		t.Fatal(err)
+	}
+	startScripted(t, ctx, a.cc, "h1", map[string]string{"v6": "hold"})
+	waitHosts(t, ctx, a.op, 1)
+
+	pub, priv, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	arts := map[string]*v1.Artifact{}
+	var signed *v1.SignedManifest
+	release := func(v string) {
+		t.Helper()
+		art := upload(t, ctx, a.cc, []byte("artifact "+v))
+		arts[v] = art
+		rel := &v1.Release{Service: "web", Version: v, Artifact: art}
+		if v == "v1" {
+			now := time.Now()
+			sm, err := signing.Sign(signing.Manifest(rel, sp, 1, now, now.Add(time.Hour)), priv)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rel.Signed, signed = sm, sm
+		}
+		if _, err := a.op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: rel}); err != nil {
+			t.Fatal(err)
+		}
+		waitRollout(t, ctx, a.op, v+" succeeded", func(r *v1.Rollout) bool {
+			return r.GetToVersion() == v && r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED
+		})
+	}
+	release("v1")
+	release("v2")
+	// b holds copies of both before anything is pruned.
+	testkit.Eventually(t, 30*time.Second, "b copied v1 and v2", func() bool {
+		return hasFile(artFile(dirB, arts["v1"].GetSha256())) && hasFile(artFile(dirB, arts["v2"].GetSha256()))
+	})
+	release("v3")
+	release("v4")
+	release("v5")
+
+	marked := func(v string) *v1.Release {
+		t.Helper()
+		resp, err := cli.Get(ctx, store.ReleaseKey("web", v))
+		if err != nil || len(resp.Kvs) != 1 {
+			t.Fatalf("release %s in etcd: %v, %d keys", v, err, len(resp.Kvs))
+		}
+		rel := &v1.Release{}
+		if err := proto.Unmarshal(resp.Kvs[0].Value, rel); err != nil {
+			t.Fatal(err)
+		}
+		return rel
+	}
+	gone := func(v string) bool {
+		return !hasFile(artFile(dirA, arts[v].GetSha256())) && !hasFile(artFile(dirB, arts[v].GetSha256()))
+	}
+	testkit.Eventually(t, 30*time.Second, "v1 and v3 marked and their files gone on both coordinators", func() bool {
+		return marked("v1").GetArtifactPrunedAt() != nil && marked("v3").GetArtifactPrunedAt() != nil && gone("v1") && gone("v3")
+	})
+	for _, v := range []string{"v2", "v4", "v5"} {
+		if rel := marked(v); rel.GetArtifactPrunedAt() != nil {
+			t.Errorf("%s marked pruned at %s", v, rel.GetArtifactPrunedAt().AsTime())
+		}
+		for _, dir := range []string{dirA, dirB} {
+			if !hasFile(artFile(dir, arts[v].GetSha256())) {
+				t.Errorf("%s: the file of %s is gone", dir, v)
+			}
+		}
+	}
+	if rel := marked("v1"); !proto.Equal(rel.GetSigned(), signed) {
+		t.Error("the mark changed v1's signature")
+	}
+
+	// Listed as pruned.
+	ls, err := b.op.ListReleases(ctx, &v1.ListReleasesRequest{Service: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range ls.GetReleases() {
+		if want := r.GetVersion() == "v1" || r.GetVersion() == "v3"; (r.GetArtifactPrunedAt() != nil) != want {
+			t.Errorf("release list: %s pruned at %v", r.GetVersion(), r.GetArtifactPrunedAt())
+		}
+	}
+	// A download of v1's artifact from either says it was pruned (b does
+	// not fetch it from a).
+	for _, m := range []*member{a, b} {
+		st, err := v1.NewArtifactServiceClient(m.cc).Download(ctx, &v1.DownloadRequest{Sha256: arts["v1"].GetSha256()})
+		if err == nil {
+			_, err = st.Recv()
+		}
+		if status.Code(err) != codes.NotFound || !strings.Contains(err.Error(), "web v1 (pruned at") || !strings.Contains(err.Error(), "release create web --version v1") {
+			t.Errorf("download of v1's artifact from %s: %v", m.name, err)
+		}
+	}
+	// A rollback to it is refused, through either coordinator.
+	for _, m := range []*member{a, b} {
+		_, err := m.op.Rollback(ctx, &v1.RollbackRequest{Service: "web", ToVersion: "v1"})
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "service web release v1: its artifact was pruned at ") ||
+			!strings.Contains(err.Error(), "fleetwave release create web --version v1 --artifact FILE") {
+			t.Errorf("rollback to v1 through %s: %v", m.name, err)
+		}
+	}
+	// With a rollout in flight (h1 holds v6), a rollback to v1 is refused
+	// before it supersedes the rollout.
+	v6 := upload(t, ctx, a.cc, []byte("artifact v6"))
+	if _, err := a.op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: "v6", Artifact: v6}}); err != nil {
+		t.Fatal(err)
+	}
+	inFlight := waitRollout(t, ctx, a.op, "v6 in flight", func(r *v1.Rollout) bool {
+		return r.GetToVersion() == "v6" && r.GetState() == v1.RolloutState_ROLLOUT_STATE_PROGRESSING
+	})
+	if _, err := a.op.Rollback(ctx, &v1.RollbackRequest{Service: "web", ToVersion: "v1"}); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "its artifact was pruned") {
+		t.Errorf("rollback to v1 with a rollout in flight: %v", err)
+	}
+	if g, err := a.op.GetRollout(ctx, &v1.GetRolloutRequest{Service: "web"}); err != nil || g.GetRollout().GetId() != inFlight.GetId() || g.GetRollout().GetState() != v1.RolloutState_ROLLOUT_STATE_PROGRESSING {
+		t.Errorf("after the refused rollback: %v, %v; want rollout %s in flight", g.GetRollout(), err, inFlight.GetId())
+	}
+	// Another release of an existing version stays refused.
+	other := upload(t, ctx, a.cc, []byte("another artifact"))
+	if _, err := a.op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: "v1", Artifact: other}}); status.Code(err) != codes.AlreadyExists {
+		t.Errorf("v1 again with another artifact: %v, want AlreadyExists", err)
+	}
+
+	// Restore: the same artifact again, the release created again as it
+	// was (its signature not sent again: the stored one is kept). The
+	// leader's clock back to now: the restored v1 is not pruned again
+	// before --release-artifact-min-age from its restore. Two readings:
+	// the pass that read the clock ahead has ended.
+	ahead.Store(0)
+	testkit.Eventually(t, 30*time.Second, "the leader's clock read twice", func() bool { return calls.Load() >= 2 })
+	if got := upload(t, ctx, a.cc, []byte("artifact v1")); !proto.Equal(got, arts["v1"]) {
+		t.Fatalf("uploaded again: %v, want %v", got, arts["v1"])
+	}
+	resp, err := a.op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: "v1", Artifact: arts["v1"]}})
+	if err != nil {
+		t.Fatalf("restore v1: %v", err)
+	}
+	if !strings.Contains(resp.GetNote(), "restored") {
+		t.Errorf("restore note %q", resp.GetNote())
+	}
+	rel := marked("v1")
+	if rel.GetArtifactPrunedAt() != nil || !proto.Equal(rel.GetSigned(), signed) {
+		t.Fatalf("restored v1: pruned at %v, signature kept %v", rel.GetArtifactPrunedAt(), proto.Equal(rel.GetSigned(), signed))
+	}
+	if _, err := signing.Verify(rel, map[string]ed25519.PublicKey{signing.KeyID(pub): pub}, time.Now()); err != nil {
+		t.Errorf("restored v1's signature: %v", err)
+	}
+	// b copies it again; v3 (still pruned) it does not fetch, though the
+	// same scans looked at it.
+	testkit.Eventually(t, 30*time.Second, "b copied the restored v1", func() bool {
+		return hasFile(artFile(dirB, arts["v1"].GetSha256()))
+	})
+	if !gone("v3") {
+		t.Error("v3's artifact is back")
+	}
+	if _, err := b.op.Rollback(ctx, &v1.RollbackRequest{Service: "web", ToVersion: "v1"}); err != nil {
+		t.Fatalf("rollback to the restored v1: %v", err)
+	}
+	waitRollout(t, ctx, a.op, "the rollback to v1", func(r *v1.Rollout) bool {
+		return r.GetRollback() && r.GetToVersion() == "v1" && r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED
+	})
+}
+
+// Files no release names are deleted once --artifact-upload-grace old;
+// fresh ones, uploads in progress (tmp/) and files a release names stay;
+// the metrics count the files held, their bytes and those deleted.
+func TestOrphanArtifactsDeleted(t *testing.T) {
+	emb, _ := embeddedEtcd(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	metrics := make(chan string, 1)
+	m := startMember(t, "a", emb, func(c *Config) {
+		c.DataDir = dir
+		c.artifactPruneEvery = 20 * time.Millisecond
+		c.MetricsListen, c.MetricsReady = "127.0.0.1:0", func(a string) { metrics <- a }
+	})
+	if _, err := m.op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: &v1.ServiceSpec{Name: "web", Run: &v1.RunSpec{Command: []string{"./app"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	named := upload(t, ctx, m.cc, []byte("named by a release"))
+	if _, err := m.op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: "v1", Artifact: named}}); err != nil {
+		t.Fatal(err)
+	}
+	old := upload(t, ctx, m.cc, []byte("an old upload"))
+	fresh := upload(t, ctx, m.cc, []byte("a fresh upload"))
+	partial := filepath.Join(dir, "artifacts", "tmp", "upload-partial")
+	if err := os.WriteFile(partial, []byte("half"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	past := time.Now().Add(-25 * time.Hour)
+	for _, p := range []string{artFile(dir, old.GetSha256()), artFile(dir, named.GetSha256()), partial} {
+		if err := os.Chtimes(p, past, past); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testkit.Eventually(t, 30*time.Second, "the old upload deleted", func() bool { return !hasFile(artFile(dir, old.GetSha256())) })
+	// The pass that deleted it looked at the others.
+	for what, p := range map[string]string{"fresh upload": artFile(dir, fresh.GetSha256()), "named": artFile(dir, named.GetSha256()), "partial upload": partial} {
+		if !hasFile(p) {
+			t.Errorf("the %s was deleted", what)
+		}
+	}
+	resp, err := http.Get("http://" + <-metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	size := named.GetSize() + fresh.GetSize()
+	for _, want := range []string{"fleetwave_coordinator_artifact_files 2\n", fmt.Sprintf("fleetwave_coordinator_artifact_bytes %d\n", size), "fleetwave_coordinator_artifact_files_deleted_total 1\n"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics: no %q", want)
+		}
+	}
+}
