@@ -562,6 +562,31 @@ func TestReleaseCreateURLAndList(t *testing.T) {
 	}
 }
 
+// release list shows when a release's artifact was pruned, and "-" for
+// one that keeps it.
+func TestReleaseListPruned(t *testing.T) {
+	f := &fake{releases: []*v1.Release{
+		{Service: "web", Version: "1.0", Artifact: &v1.Artifact{Sha256: strings.Repeat("ab", 32), Size: 1},
+			ArtifactPrunedAt: timestamppb.New(time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC))},
+		{Service: "web", Version: "2.0", Artifact: &v1.Artifact{Sha256: strings.Repeat("cd", 32), Size: 1}},
+	}}
+	addr := serve(t, f)
+	code, stdout, stderr := runCLI(t, "--coordinator", addr, "release", "list", "web")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	wantContains(t, "release list", stdout, "ARTIFACT PRUNED")
+	for _, l := range strings.Split(stdout, "\n") {
+		f := strings.Fields(l)
+		switch {
+		case len(f) > 0 && f[0] == "1.0" && f[len(f)-1] != "2026-03-04T05:06:07Z":
+			t.Errorf("1.0 (pruned): %q", l)
+		case len(f) > 0 && f[0] == "2.0" && f[len(f)-1] != "-":
+			t.Errorf("2.0 (kept): %q", l)
+		}
+	}
+}
+
 func TestRolloutWatch(t *testing.T) {
 	start := testRollout()
 	end := func(state v1.RolloutState, reason string) *v1.Rollout {

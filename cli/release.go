@@ -174,7 +174,7 @@ func (a *app) releaseCmd() *cobra.Command {
 
 	list := &cobra.Command{
 		Use:   "list SERVICE",
-		Short: "List a service's releases",
+		Short: "List a service's releases (ARTIFACT PRUNED: when the coordinators pruned the release's artifact; release create with the same artifact restores it)",
 		Args:  cobra.ExactArgs(1),
 		RunE: run(func(cmd *cobra.Command, args []string) error {
 			resp, err := call(a, cmd, "list releases of "+args[0], func(ctx context.Context, c v1.OperatorServiceClient) (*v1.ListReleasesResponse, error) {
@@ -187,10 +187,10 @@ func (a *app) releaseCmd() *cobra.Command {
 				return printJSON(a.stdout, resp)
 			}
 			tw := newTable(a.stdout)
-			row(tw, "VERSION", "SHA256", "SIZE", "COMMIT", "COMMIT TIME", "CREATED", "CREATED BY")
+			row(tw, "VERSION", "SHA256", "SIZE", "COMMIT", "COMMIT TIME", "CREATED", "CREATED BY", "ARTIFACT PRUNED")
 			for _, r := range resp.GetReleases() {
 				row(tw, r.GetVersion(), shortSHA(r.GetArtifact().GetSha256()), strconv.FormatInt(r.GetArtifact().GetSize(), 10),
-					orDash(r.GetCommit()), fmtTime(r.GetCommitTime()), fmtTime(r.GetCreatedAt()), orDash(r.GetCreatedBy()))
+					orDash(r.GetCommit()), fmtTime(r.GetCommitTime()), fmtTime(r.GetCreatedAt()), orDash(r.GetCreatedBy()), fmtTime(r.GetArtifactPrunedAt()))
 			}
 			return tw.Flush()
 		}),
