@@ -201,6 +201,13 @@ func (o *operator) createRelease(ctx context.Context, rel *v1.Release) (*v1.Crea
 		if size != rel.GetArtifact().GetSize() {
 			return nil, status.Errorf(codes.InvalidArgument, "release.artifact.size: %d, but the stored artifact has %d bytes", rel.GetArtifact().GetSize(), size)
 		}
+		// The file's time to now: no coordinator deletes it on what it
+		// knew before this release named it (pruneArtifactFiles keeps a
+		// file newer than the prune marks of the releases naming it, and
+		// an upload no release names for the grace).
+		if err := o.c.arts.Touch(rel.GetArtifact().GetSha256()); err != nil {
+			return nil, status.Errorf(codes.FailedPrecondition, "release.artifact.sha256: %s left the artifact store meanwhile (upload it again): %v", rel.GetArtifact().GetSha256(), err)
+		}
 	}
 	if old, ok := o.prunedTwin(rel); ok {
 		return o.restoreRelease(ctx, old)
@@ -268,17 +275,14 @@ func (o *operator) prunedTwin(rel *v1.Release) (store.Versioned[*v1.Release], bo
 }
 
 // restoreRelease clears the prune mark of a release whose artifact is in
-// this coordinator's store again (createRelease checked it): the record
-// is kept as it was (its creation, its signature over the same manifest),
-// the other coordinators copy the file again (replicateLoop), and
-// rollouts and rollbacks to it are allowed again. The file's time is set
-// to now first, so that no coordinator deletes it on the mark it still
-// sees (pruneArtifactFiles keeps files written after the mark).
+// this coordinator's store again (createRelease checked it and set its
+// time to now, so that no coordinator deletes it on the mark it may still
+// see): the record is kept as it was (its creation, its signature over
+// the same manifest), artifact_restored_at set, the other coordinators
+// copy the file again (replicateLoop), and rollouts and rollbacks to it
+// are allowed again.
 func (o *operator) restoreRelease(ctx context.Context, old store.Versioned[*v1.Release]) (*v1.CreateReleaseResponse, error) {
 	d := old.Val.GetArtifact().GetSha256()
-	if err := o.c.arts.Touch(d); err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "release.artifact.sha256: %s left the artifact store meanwhile (upload it again): %v", d, err)
-	}
 	restored := proto.Clone(old.Val).(*v1.Release)
 	was := fmtPruned(restored)
 	restored.ArtifactPrunedAt, restored.ArtifactRestoredAt = nil, timestamppb.Now()
