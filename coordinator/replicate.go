@@ -148,6 +148,7 @@ func (c *Coordinator) replicateLoop(ctx context.Context) {
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	var seen uint64
+	var deleted int64 // the store's deletions, as of the last scan
 	scan := true
 	for {
 		if !scan {
@@ -161,11 +162,18 @@ func (c *Coordinator) replicateLoop(ctx context.Context) {
 				}
 				continue
 			case <-tick.C:
-				scan = len(retryAt) > 0
+				scan = len(retryAt) > 0 || c.arts.Removed() != deleted
 				continue
 			}
 		}
 		scan = false
+		// Files were deleted since the last scan (pruneArtifactFiles): what
+		// was held is looked at again (a release restored between the
+		// two may want one back).
+		if n := c.arts.Removed(); n != deleted {
+			deleted = n
+			clear(have)
+		}
 		now := time.Now()
 		wanted := map[string]bool{}
 		for _, vs := range c.mirror.Services() {
@@ -198,9 +206,9 @@ func (c *Coordinator) replicateLoop(ctx context.Context) {
 				have[d] = true
 			}
 		}
-		// What no release wants any more may be deleted
-		// (pruneArtifactFiles): looked at again if a release wants it
-		// again (restored).
+		// What no release wants any more is forgotten (the maps stay as
+		// large as what releases want; a digest wanted again, restored, is
+		// looked at again, as after any deletion, above).
 		for d := range have {
 			if !wanted[d] {
 				delete(have, d)
