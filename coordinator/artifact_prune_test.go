@@ -58,7 +58,8 @@ func hasFile(path string) bool {
 
 // Two coordinators on a real etcd prune the artifacts of a service's old
 // releases (--keep-release-artifacts 2, a minimum age of 30m, the
-// leader's clock an hour ahead until the restore): the leader
+// leader's clock an hour ahead until the restore): while a coordinator
+// from before prune marks is registered, nothing; then the leader
 // marks v1 and v3 once v5 runs (v2 stays: a host reports running it; v4 is
 // the rollback target and among the newest two with v5); both
 // coordinators delete their files, neither fetches them again, a
@@ -72,8 +73,9 @@ func TestReleaseArtifactsPruned(t *testing.T) {
 	defer cancel()
 	dirA, dirB := t.TempDir(), t.TempDir()
 	// The leader's clock: ahead of the wall clock by ahead; calls counts
-	// its readings once it is not (the loop reads it once a turn).
-	var ahead, calls atomic.Int64
+	// its readings once it is not, read the wall time of the last reading
+	// (the loop reads it once a turn).
+	var ahead, calls, read atomic.Int64
 	ahead.Store(int64(time.Hour))
 	pruning := func(dir string) func(*Config) {
 		return func(c *Config) {
@@ -81,6 +83,7 @@ func TestReleaseArtifactsPruned(t *testing.T) {
 			c.KeepReleaseArtifacts = 2
 			c.ReleaseArtifactMinAge = 30 * time.Minute
 			c.pruneClock = func() time.Time {
+				read.Store(time.Now().UnixNano())
 				d := ahead.Load()
 				if d == 0 {
 					calls.Add(1)
@@ -141,9 +144,35 @@ func TestReleaseArtifactsPruned(t *testing.T) {
 	testkit.Eventually(t, 30*time.Second, "b copied v1 and v2", func() bool {
 		return hasFile(artFile(dirB, arts["v1"].GetSha256())) && hasFile(artFile(dirB, arts["v2"].GetSha256()))
 	})
+	// A coordinator from before prune marks is registered: the leader
+	// marks nothing.
+	old, err := proto.Marshal(&v1.CoordinatorInfo{Name: "old", ReadsSplitRollouts: true, ReadsEventBatches: true, ReadsCompactedRollouts: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, store.CoordinatorKey("old"), string(old)); err != nil {
+		t.Fatal(err)
+	}
+	waitCluster(t, ctx, a.op, "the old coordinator registered", func(s *v1.ClusterStatusResponse) bool { return len(s.GetCoordinators()) == 3 })
 	release("v3")
 	release("v4")
 	release("v5")
+	// A pruning pass (every 20ms of the leader's clock) ran over v5 and
+	// ended: a reading 50ms after now, then another.
+	t0 := time.Now().Add(50 * time.Millisecond).UnixNano()
+	var tA int64
+	testkit.Eventually(t, 30*time.Second, "the leader's clock read 50ms on", func() bool { tA = read.Load(); return tA >= t0 })
+	testkit.Eventually(t, 30*time.Second, "the leader's clock read again", func() bool { return read.Load() > tA })
+	resp, err := cli.Get(ctx, store.ReleaseKey("web", "v1"))
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("release v1: %v", err)
+	}
+	if rel := (&v1.Release{}); proto.Unmarshal(resp.Kvs[0].Value, rel) != nil || rel.GetArtifactPrunedAt() != nil {
+		t.Fatalf("v1 marked while a coordinator that does not honor marks is registered: %v", rel)
+	}
+	if _, err := cli.Delete(ctx, store.CoordinatorKey("old")); err != nil {
+		t.Fatal(err)
+	}
 
 	marked := func(v string) *v1.Release {
 		t.Helper()
@@ -237,12 +266,12 @@ func TestReleaseArtifactsPruned(t *testing.T) {
 	if got := upload(t, ctx, a.cc, []byte("artifact v1")); !proto.Equal(got, arts["v1"]) {
 		t.Fatalf("uploaded again: %v, want %v", got, arts["v1"])
 	}
-	resp, err := a.op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: "v1", Artifact: arts["v1"]}})
+	cr, err := a.op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: "v1", Artifact: arts["v1"]}})
 	if err != nil {
 		t.Fatalf("restore v1: %v", err)
 	}
-	if !strings.Contains(resp.GetNote(), "restored") {
-		t.Errorf("restore note %q", resp.GetNote())
+	if !strings.Contains(cr.GetNote(), "restored") {
+		t.Errorf("restore note %q", cr.GetNote())
 	}
 	rel := marked("v1")
 	if rel.GetArtifactPrunedAt() != nil || !proto.Equal(rel.GetSigned(), signed) {

@@ -924,7 +924,7 @@ func (c *Coordinator) sessionLoop(ctx context.Context) {
 
 // register records this coordinator in etcd on its session lease.
 func (c *Coordinator) register(ctx context.Context) error {
-	info := &v1.CoordinatorInfo{Name: c.cfg.Name, Address: c.cfg.Advertise, StartedAt: timestamppb.New(c.start), Version: c.cfg.Version, ReadsSplitRollouts: true, ReadsEventBatches: true, ReadsCompactedRollouts: true}
+	info := &v1.CoordinatorInfo{Name: c.cfg.Name, Address: c.cfg.Advertise, StartedAt: timestamppb.New(c.start), Version: c.cfg.Version, ReadsSplitRollouts: true, ReadsEventBatches: true, ReadsCompactedRollouts: true, PrunesArtifacts: true}
 	if c.gossip != nil {
 		info.GossipAddress = c.gossip.LocalAddr()
 	}

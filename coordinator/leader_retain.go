@@ -138,8 +138,8 @@ const maxArtifactMarks = 100
 // (pruneArtifactFiles) once every release naming them is marked.
 func (l *leader) pruneAllArtifacts(ctx context.Context, fence *store.Fence, now time.Time) {
 	keep := l.c.cfg.KeepReleaseArtifacts
-	if keep <= 0 {
-		return
+	if keep <= 0 || l.c.pruneUnhonored() != "" {
+		return // not while a coordinator that would copy and serve them is registered
 	}
 	budget := maxArtifactMarks
 	var last int64
@@ -180,6 +180,18 @@ func (l *leader) pruneAllArtifacts(ctx context.Context, fence *store.Fence, now 
 	if err := l.c.mirror.WaitRev(ctx, last); err != nil && ctx.Err() == nil {
 		l.c.log.Warn().Err(err).Msg("marking release artifacts pruned: the mirror did not catch up")
 	}
+}
+
+// pruneUnhonored names a registered coordinator that does not honor
+// artifact prune marks ("" when none): during a rolling upgrade from a
+// version before them the leader marks nothing (compactUnreader's rule).
+func (c *Coordinator) pruneUnhonored() string {
+	for _, ci := range c.mirror.Coordinators() {
+		if !ci.GetPrunesArtifacts() {
+			return ci.GetName()
+		}
+	}
+	return ""
 }
 
 // compactUnreader names a registered coordinator that does not read

@@ -1713,8 +1713,14 @@ type CoordinatorInfo struct {
 	// rollout as one without hosts in its DORA figures); coordinators from
 	// before this field leave it false.
 	ReadsCompactedRollouts bool `protobuf:"varint,10,opt,name=reads_compacted_rollouts,json=readsCompactedRollouts,proto3" json:"reads_compacted_rollouts,omitempty"`
-	unknownFields          protoimpl.UnknownFields
-	sizeCache              protoimpl.SizeCache
+	// It honors Release.artifact_pruned_at: refuses rollouts and rollbacks
+	// to such releases, does not copy their artifacts from other
+	// coordinators and deletes its own copies. The leader marks releases
+	// only when every registered coordinator says so; coordinators from
+	// before this field leave it false.
+	PrunesArtifacts bool `protobuf:"varint,11,opt,name=prunes_artifacts,json=prunesArtifacts,proto3" json:"prunes_artifacts,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *CoordinatorInfo) Reset() {
@@ -1813,6 +1819,13 @@ func (x *CoordinatorInfo) GetReadsEventBatches() bool {
 func (x *CoordinatorInfo) GetReadsCompactedRollouts() bool {
 	if x != nil {
 		return x.ReadsCompactedRollouts
+	}
+	return false
+}
+
+func (x *CoordinatorInfo) GetPrunesArtifacts() bool {
+	if x != nil {
+		return x.PrunesArtifacts
 	}
 	return false
 }
@@ -4408,7 +4421,7 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\x13WatchEventsResponse\x12)\n" +
 	"\x05event\x18\x01 \x01(\v2\x13.fleetwave.v1.EventR\x05event\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\"\x16\n" +
-	"\x14ClusterStatusRequest\"\x87\x03\n" +
+	"\x14ClusterStatusRequest\"\xb2\x03\n" +
 	"\x0fCoordinatorInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x16\n" +
@@ -4421,7 +4434,8 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\x14reads_split_rollouts\x18\b \x01(\bR\x12readsSplitRollouts\x12.\n" +
 	"\x13reads_event_batches\x18\t \x01(\bR\x11readsEventBatches\x128\n" +
 	"\x18reads_compacted_rollouts\x18\n" +
-	" \x01(\bR\x16readsCompactedRollouts\"\xb0\x02\n" +
+	" \x01(\bR\x16readsCompactedRollouts\x12)\n" +
+	"\x10prunes_artifacts\x18\v \x01(\bR\x0fprunesArtifacts\"\xb0\x02\n" +
 	"\n" +
 	"EtcdMember\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
