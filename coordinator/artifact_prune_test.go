@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fleetwave/fleetwave/coordinator/store"
 	"github.com/fleetwave/fleetwave/internal/signing"
@@ -350,5 +352,52 @@ func TestOrphanArtifactsDeleted(t *testing.T) {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics: no %q", want)
 		}
+	}
+}
+
+// Every rollout of a release begins in leader.start, which refuses one
+// whose artifact was pruned: here the newest release, marked in etcd
+// directly (the leader never marks the newest), is not rolled out when
+// the leader reconciles, and the reconcile says why.
+func TestNoRolloutOfPrunedRelease(t *testing.T) {
+	emb, cli := embeddedEtcd(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	started := make(chan *Coordinator, 1)
+	m := startMember(t, "a", emb, func(c *Config) { c.started = func(c *Coordinator) { started <- c } })
+	c := <-started
+	sp := &v1.ServiceSpec{Name: "web", Selector: map[string]string{"role": "web"}, Run: &v1.RunSpec{Command: []string{"./app"}},
+		Rollout: &v1.RolloutPolicy{Canary: 1, Waves: []uint32{100}, MaxParallel: 2, Bake: durationpb.New(0)}}
+	if _, err := m.op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: sp}); err != nil {
+		t.Fatal(err)
+	}
+	startScripted(t, ctx, m.cc, "h1", map[string]string{})
+	waitHosts(t, ctx, m.op, 1)
+	art := upload(t, ctx, m.cc, []byte("artifact v1"))
+	if _, err := m.op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: "v1", Artifact: art}}); err != nil {
+		t.Fatal(err)
+	}
+	waitRollout(t, ctx, m.op, "v1 succeeded", func(r *v1.Rollout) bool {
+		return r.GetToVersion() == "v1" && r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED
+	})
+	rel := &v1.Release{Service: "web", Version: "v2", Artifact: art, CreatedAt: timestamppb.Now(), ArtifactPrunedAt: timestamppb.Now()}
+	val, err := proto.Marshal(rel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put, err := cli.Put(ctx, store.ReleaseKey("web", "v2"), string(val))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.mirror.WaitRev(ctx, put.Header.Revision); err != nil {
+		t.Fatal(err)
+	}
+	r, _, err := c.leader.call(ctx, leaderReq{service: "web", op: opReconcile})
+	if !errors.Is(err, ErrArtifactPruned) || !strings.Contains(err.Error(), "service web release v2: its artifact was pruned at") {
+		t.Errorf("reconcile with the newest release pruned: %v, %v", r, err)
+	}
+	g, err := m.op.GetRollout(ctx, &v1.GetRolloutRequest{Service: "web"})
+	if err != nil || g.GetRollout().GetToVersion() != "v1" {
+		t.Errorf("newest rollout %v, %v; want the one to v1", g.GetRollout(), err)
 	}
 }
