@@ -564,19 +564,7 @@ func TestReleaseGivenAwayPartlyIsDropped(t *testing.T) {
 	fc.waitFor(t, "1.0.0 healthy as root", time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
 		return reportIs(lastReport(rs, testSvc), 2, v1.Phase_PHASE_HEALTHY, "1.0.0")
 	})
-	err := filepath.WalkDir(rel, func(p string, _ fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		fi, err := os.Lstat(p)
-		if err != nil {
-			return err
-		}
-		if int(fi.Sys().(*syscall.Stat_t).Uid) == uid {
-			return fmt.Errorf("%s, run as root, is the user's (uid %d)", p, uid)
-		}
-		return nil
-	})
+	err := noneOwnedBy(rel, uid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -663,19 +651,7 @@ func TestReleaseGivenAwayWhenKilledIsDropped(t *testing.T) {
 	if b, err := os.ReadFile(proof); err == nil {
 		t.Errorf("the user's check.sh ran as uid %s", strings.TrimSpace(string(b)))
 	}
-	err := filepath.WalkDir(rel, func(p string, _ fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		fi, err := os.Lstat(p)
-		if err != nil {
-			return err
-		}
-		if int(fi.Sys().(*syscall.Stat_t).Uid) == uid {
-			return fmt.Errorf("%s, run as root, is the user's (uid %d)", p, uid)
-		}
-		return nil
-	})
+	err := noneOwnedBy(rel, uid)
 	if err != nil {
 		t.Error(err)
 	}
@@ -711,4 +687,22 @@ func TestCurrentReleaseGivenAwayInPart(t *testing.T) {
 	if _, err := os.Lstat(dir); err != nil {
 		t.Fatalf("the current release was removed: %v", err)
 	}
+}
+
+// noneOwnedBy fails naming the first file under dir (dir too) that uid
+// owns: a release run as root must hold nothing of the user's.
+func noneOwnedBy(dir string, uid int) error {
+	return filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		if int(fi.Sys().(*syscall.Stat_t).Uid) == uid {
+			return fmt.Errorf("%s, run as root, is the user's (uid %d)", p, uid)
+		}
+		return nil
+	})
 }
