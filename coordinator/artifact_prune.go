@@ -48,11 +48,10 @@ func (c *Coordinator) artifactPruned(service, version string) error {
 }
 
 // artifactUse is what the releases that name one stored artifact say of
-// it: how many name it, how many of those are marked pruned, the latest
-// mark, and the marked releases.
+// it: how many name it, how many of those are marked pruned, and the
+// marked releases.
 type artifactUse struct {
 	named, pruned int
-	latest        time.Time
 	marked        []*v1.Release
 }
 
@@ -75,9 +74,6 @@ func (c *Coordinator) artifactUses() map[string]*artifactUse {
 		if at := r.GetArtifactPrunedAt(); at != nil {
 			u.pruned++
 			u.marked = append(u.marked, r)
-			if t := at.AsTime(); t.After(u.latest) {
-				u.latest = t
-			}
 		}
 	}
 	return uses
@@ -106,20 +102,25 @@ func prunedNote(u *artifactUse) string {
 }
 
 // pruneArtifactFiles deletes from this coordinator's store the artifact
-// files no release needs, judged from the mirror at now:
+// files no release needs, judged from the mirror at now: a file that
+// releases name, each of them marked pruned, or that no release names (an
+// upload whose release create never came, or failed), once this
+// coordinator last wrote it (upload, copy from a peer, release create's
+// Touch) Config.ArtifactUploadGrace ago or more. The age is by this
+// coordinator's own clock, never compared with a mark's time (the
+// leader's clock): a file uploaded again to restore a release is kept
+// until the restore is seen, whatever the clocks say (a review found a
+// restore's only copy deleted with the leader's clock ahead).
 //
-//   - a file that releases name, each of them marked pruned, once it is
-//     not newer than the latest mark (a file written after it, uploaded
-//     again to restore a release, waits Config.ArtifactUploadGrace like
-//     any upload);
-//   - a file that no release names (an upload whose release create never
-//     came, or failed) once it is Config.ArtifactUploadGrace old.
-//
-// Uploads in progress are in the store's tmp/ and never looked at. Each
-// file's time is read again under the store's lock as it is removed
-// (artifacts.Store.RemoveIf): one written again meanwhile stays.
+// Nothing is deleted with --keep-release-artifacts 0 (keep every
+// artifact), and no file that no release names while the mirror names no
+// release at all (etcd restored from an old backup, or a fresh one by
+// mistake: the files are then the only copies). Uploads in progress are in
+// the store's tmp/ and never looked at. Each file's time is read again
+// under the store's lock as it is removed (artifacts.Store.RemoveIf): one
+// written again meanwhile stays.
 func (c *Coordinator) pruneArtifactFiles(now time.Time) {
-	if !c.mirror.Ready() {
+	if c.cfg.KeepReleaseArtifacts <= 0 || !c.mirror.Ready() {
 		return // an empty mirror names nothing
 	}
 	files, err := c.arts.Files()
@@ -131,12 +132,10 @@ func (c *Coordinator) pruneArtifactFiles(now time.Time) {
 	grace := now.Add(-c.cfg.ArtifactUploadGrace)
 	for _, f := range files {
 		u := uses[f.SHA256]
-		if u != nil && u.pruned < u.named {
+		if (u != nil && u.pruned < u.named) || (u == nil && len(uses) == 0) {
 			continue
 		}
-		remove := func(mod time.Time) bool {
-			return mod.Before(grace) || (u != nil && !mod.After(u.latest))
-		}
+		remove := func(mod time.Time) bool { return mod.Before(grace) }
 		if !remove(f.ModTime) {
 			continue
 		}

@@ -191,9 +191,21 @@ func TestReleaseArtifactsPruned(t *testing.T) {
 	gone := func(v string) bool {
 		return !hasFile(artFile(dirA, arts[v].GetSha256())) && !hasFile(artFile(dirB, arts[v].GetSha256()))
 	}
-	testkit.Eventually(t, 30*time.Second, "v1 and v3 marked and their files gone on both coordinators", func() bool {
-		return marked("v1").GetArtifactPrunedAt() != nil && marked("v3").GetArtifactPrunedAt() != nil && gone("v1") && gone("v3")
+	testkit.Eventually(t, 30*time.Second, "v1 and v3 marked", func() bool {
+		return marked("v1").GetArtifactPrunedAt() != nil && marked("v3").GetArtifactPrunedAt() != nil
 	})
+	// A file goes once its coordinator wrote it --artifact-upload-grace
+	// (24h) ago (TestPrunedArtifactFileKeptWhileYoung): these are made
+	// that old.
+	past := time.Now().Add(-25 * time.Hour)
+	for _, v := range []string{"v1", "v3"} {
+		for _, dir := range []string{dirA, dirB} {
+			if err := os.Chtimes(artFile(dir, arts[v].GetSha256()), past, past); err != nil && !errors.Is(err, os.ErrNotExist) {
+				t.Fatal(err)
+			}
+		}
+	}
+	testkit.Eventually(t, 30*time.Second, "the files of v1 and v3 gone on both coordinators", func() bool { return gone("v1") && gone("v3") })
 	for _, v := range []string{"v2", "v4", "v5"} {
 		if rel := marked(v); rel.GetArtifactPrunedAt() != nil {
 			t.Errorf("%s marked pruned at %s", v, rel.GetArtifactPrunedAt().AsTime())
@@ -309,6 +321,7 @@ func TestOrphanArtifactsDeleted(t *testing.T) {
 	metrics := make(chan string, 1)
 	m := startMember(t, "a", emb, func(c *Config) {
 		c.DataDir = dir
+		c.KeepReleaseArtifacts = 10 // 0 deletes nothing (TestPrunedArtifactFileKeptWhileYoung)
 		c.artifactPruneEvery = 20 * time.Millisecond
 		c.MetricsListen, c.MetricsReady = "127.0.0.1:0", func(a string) { metrics <- a }
 	})
@@ -399,5 +412,106 @@ func TestNoRolloutOfPrunedRelease(t *testing.T) {
 	g, err := m.op.GetRollout(ctx, &v1.GetRolloutRequest{Service: "web"})
 	if err != nil || g.GetRollout().GetToVersion() != "v1" {
 		t.Errorf("newest rollout %v, %v; want the one to v1", g.GetRollout(), err)
+	}
+}
+
+// A file is deleted by its age on this coordinator's clock, never by a
+// comparison with a prune mark's time (the leader's clock): with the
+// leader's clock ten minutes ahead, a release's file written just now (an
+// upload again to restore it) was deleted at once although the mark was
+// older than the write (a review's finding: the restore's only copy
+// gone). Nothing is deleted with --keep-release-artifacts 0, and no upload
+// that no release names while the mirror names no release at all (etcd
+// restored from an old backup: the files are the only copies).
+func TestPrunedArtifactFileKeptWhileYoung(t *testing.T) {
+	emb, cli := embeddedEtcd(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	coords := map[string]chan *Coordinator{"a": make(chan *Coordinator, 1), "b": make(chan *Coordinator, 1)}
+	dirs := map[string]string{"a": t.TempDir(), "b": t.TempDir()}
+	start := func(name string, keep int) (*member, *Coordinator) {
+		m := startMember(t, name, emb, func(c *Config) {
+			c.DataDir = dirs[name]
+			c.KeepReleaseArtifacts = keep
+			c.artifactPruneEvery = time.Hour // passes run by the test only
+			c.started = func(co *Coordinator) { coords[name] <- co }
+		})
+		return m, <-coords[name]
+	}
+	a, ca := start("a", 1)
+	b, cb := start("b", 0)
+	now := time.Now()
+	later := now.Add(48 * time.Hour) // past the default grace (24h)
+
+	orphanA, orphanB := upload(t, ctx, a.cc, []byte("orphan a")), upload(t, ctx, b.cc, []byte("orphan b"))
+	ca.pruneArtifactFiles(later)
+	if !hasFile(artFile(dirs["a"], orphanA.GetSha256())) {
+		t.Fatal("an upload no release names deleted while the mirror names no release at all")
+	}
+
+	if _, err := a.op.ApplyService(ctx, &v1.ApplyServiceRequest{Spec: &v1.ServiceSpec{Name: "web", Run: &v1.RunSpec{Command: []string{"./app"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	art := upload(t, ctx, a.cc, []byte("artifact v1"))
+	if _, err := a.op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: "v1", Artifact: art}}); err != nil {
+		t.Fatal(err)
+	}
+	// The leader, its clock ten minutes ahead, marks v1.
+	resp, err := cli.Get(ctx, store.ReleaseKey("web", "v1"))
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("read v1: %v", err)
+	}
+	rel := &v1.Release{}
+	if err := proto.Unmarshal(resp.Kvs[0].Value, rel); err != nil {
+		t.Fatal(err)
+	}
+	rel.ArtifactPrunedAt = timestamppb.New(now.Add(10 * time.Minute))
+	val, err := proto.Marshal(rel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, store.ReleaseKey("web", "v1"), string(val)); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 30*time.Second, "a's mirror has the mark", func() bool {
+		r, ok := ca.mirror.Release("web", "v1")
+		return ok && r.GetArtifactPrunedAt() != nil
+	})
+	ca.pruneArtifactFiles(time.Now())
+	if !hasFile(artFile(dirs["a"], art.GetSha256())) {
+		t.Fatal("a file written just now deleted on a mark whose time (the leader's clock) is later")
+	}
+	ca.pruneArtifactFiles(later)
+	if hasFile(artFile(dirs["a"], art.GetSha256())) {
+		t.Error("a marked release's file not deleted once older than the grace")
+	}
+	if hasFile(artFile(dirs["a"], orphanA.GetSha256())) {
+		t.Error("an upload no release names not deleted past the grace")
+	}
+	testkit.Eventually(t, 30*time.Second, "b's mirror has the mark", func() bool {
+		r, ok := cb.mirror.Release("web", "v1")
+		return ok && r.GetArtifactPrunedAt() != nil
+	})
+	cb.pruneArtifactFiles(later)
+	if !hasFile(artFile(dirs["b"], orphanB.GetSha256())) {
+		t.Error("--keep-release-artifacts 0 deleted an upload")
+	}
+	// A release create of an existing version with another artifact is
+	// refused before that artifact is looked at: its file's time is not
+	// set to now (which kept any upload from pruning for as long as a
+	// deployer repeated it).
+	stale := upload(t, ctx, a.cc, []byte("an upload to keep alive"))
+	past := time.Now().Add(-25 * time.Hour).Truncate(time.Second)
+	if err := os.Chtimes(artFile(dirs["a"], stale.GetSha256()), past, past); err != nil {
+		t.Fatal(err)
+	}
+	_, err = a.op.CreateRelease(ctx, &v1.CreateReleaseRequest{Release: &v1.Release{Service: "web", Version: "v1", Artifact: stale}})
+	if status.Code(err) != codes.AlreadyExists {
+		t.Errorf("v1 again with another artifact: %v, want AlreadyExists", err)
+	}
+	if fi, err := os.Stat(artFile(dirs["a"], stale.GetSha256())); err != nil {
+		t.Error(err)
+	} else if !fi.ModTime().Equal(past) {
+		t.Errorf("the other artifact's file after the refused create: time %s, want it left at %s", fi.ModTime(), past)
 	}
 }

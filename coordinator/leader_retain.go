@@ -141,6 +141,14 @@ func (l *leader) pruneAllArtifacts(ctx context.Context, fence *store.Fence, now 
 	if keep <= 0 || l.c.pruneUnhonored() != "" {
 		return // not while a coordinator that would copy and serve them is registered
 	}
+	// The decision reads the mirror: it must hold every write made before
+	// this pass (a new leader's first pass, its mirror behind, would not
+	// see a rollback the last leader began to an old release and mark it;
+	// the last leader's writes are fenced off by now, so none comes after).
+	if err := l.c.mirror.Sync(ctx); err != nil {
+		l.c.log.Warn().Err(err).Msg("marking release artifacts pruned: the mirror did not catch up; next pass")
+		return
+	}
 	budget := maxArtifactMarks
 	var last int64
 	for _, vs := range l.c.mirror.Services() {

@@ -193,6 +193,13 @@ func (o *operator) createRelease(ctx context.Context, rel *v1.Release) (*v1.Crea
 	} else if st.GetRemoving() {
 		return nil, status.Errorf(codes.FailedPrecondition, "release.service: service %q is being deleted (rollout %s)", rel.GetService(), st.GetLastRolloutId())
 	}
+	// An existing version is refused before its artifact is looked at
+	// (fetched from the other coordinators, its file's time set, which
+	// would keep any upload from pruning), unless this restores it.
+	old, restore := o.prunedTwin(rel)
+	if _, exists := o.c.mirror.Release(rel.GetService(), rel.GetVersion()); exists && !restore {
+		return nil, grpcErr(fmt.Errorf("release %s/%s: %w", rel.GetService(), rel.GetVersion(), store.ErrExists))
+	}
 	if rel.GetArtifact().GetUrl() == "" {
 		size, err := o.c.arts.Ensure(ctx, rel.GetArtifact().GetSha256())
 		if err != nil {
@@ -209,7 +216,7 @@ func (o *operator) createRelease(ctx context.Context, rel *v1.Release) (*v1.Crea
 			return nil, status.Errorf(codes.FailedPrecondition, "release.artifact.sha256: %s left the artifact store meanwhile (upload it again): %v", rel.GetArtifact().GetSha256(), err)
 		}
 	}
-	if old, ok := o.prunedTwin(rel); ok {
+	if restore {
 		return o.restoreRelease(ctx, old)
 	}
 	rel.CreatedAt = timestamppb.Now()

@@ -207,6 +207,15 @@ func (m *Mirror) follow(ctx context.Context, rev int64) error {
 	return errors.New("watch channel closed")
 }
 
+// onlyPruneMarks reports whether releases a and b differ in nothing but
+// their artifact's prune and restore marks.
+func onlyPruneMarks(a, b *v1.Release) bool {
+	a, b = proto.Clone(a).(*v1.Release), proto.Clone(b).(*v1.Release)
+	a.ArtifactPrunedAt, a.ArtifactRestoredAt = nil, nil
+	b.ArtifactPrunedAt, b.ArtifactRestoredAt = nil, nil
+	return proto.Equal(a, b)
+}
+
 func (m *Mirror) applyLocked(t mvccpb.Event_EventType, kv *mvccpb.KeyValue) {
 	key := string(kv.Key)
 	del := t == mvccpb.DELETE
@@ -245,6 +254,15 @@ func (m *Mirror) applyLocked(t mvccpb.Event_EventType, kv *mvccpb.KeyValue) {
 		}
 		v := &v1.Release{}
 		if decode(v) {
+			if old, ok := m.releases[p[0]][p[1]]; ok && onlyPruneMarks(old.Val, v) {
+				// An artifact marked pruned or restored: no host's
+				// assignment names such a release (rollout.RetainArtifacts
+				// keeps what hosts run or move to), so the pass it causes
+				// changes nothing; the hub paces it (a first pruning over a
+				// long history marks 100 releases a minute, each its own
+				// write: each was a pass over every connected host).
+				m.pacedEpoch++
+			}
 			if m.releases[p[0]] == nil {
 				m.releases[p[0]] = map[string]Versioned[*v1.Release]{}
 			}

@@ -210,6 +210,27 @@ func TestMirrorFollowsWrites(t *testing.T) {
 	if d, p := m.Epochs(); p != 3 {
 		t.Fatalf("Epochs() = %d, %d after a service changed; want the paced count still 3", d, p)
 	}
+	// A release is not paced; its artifact's prune mark (or restore) is:
+	// no host's assignment names a release whose artifact is marked.
+	rel := &v1.Release{Service: "web", Version: "v1", Artifact: &v1.Artifact{Sha256: strings.Repeat("a", 64), Size: 1}}
+	if _, err := s.CreateRelease(ctx, rel); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 20*time.Second, "the release mirrored", func() bool { _, ok := m.Release("web", "v1"); return ok })
+	d0, p0 := m.Epochs()
+	if p0 != 3 {
+		t.Fatalf("Epochs() = %d, %d after a release was created; want the paced count still 3", d0, p0)
+	}
+	vr := m.Releases("web")[0]
+	marked := proto.Clone(vr.Val).(*v1.Release)
+	marked.ArtifactPrunedAt = timestamppb.Now()
+	if _, err := s.UpdateRelease(ctx, nil, marked, vr.Rev); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 20*time.Second, "the mark mirrored", func() bool { r, _ := m.Release("web", "v1"); return r.GetArtifactPrunedAt() != nil })
+	if d, p := m.Epochs(); d != d0+1 || p != p0+1 {
+		t.Fatalf("Epochs() = %d, %d after a prune mark; want %d, %d (a desired change, paced)", d, p, d0+1, p0+1)
+	}
 	// A connect counts in Connects (the hub replans staging when the host
 	// was one its plan left out), not in the desired epoch.
 	conns, epoch := m.Connects(), m.DesiredEpoch()
