@@ -357,6 +357,106 @@ func v1Resources(l Limits) *specs.LinuxResources {
 	return r
 }
 
+// update writes limits l to the cgroup of a running instance, every one of
+// them (an unset one as no limit, cpu weight 100: the default), so that
+// the cgroup ends with l whatever it had: a resize in place. Lowering
+// memory_max below what the processes use makes the kernel reclaim, and
+// kill one when it cannot (v2; v1 refuses the write, EBUSY).
+func (g *cgroup) update(l Limits) error {
+	var err error
+	if g.c.mode == CgroupV2 {
+		err = g.updateV2(l)
+	} else {
+		err = g.updateV1(l)
+	}
+	if err != nil {
+		return fmt.Errorf("set limits of cgroup %s: %w", g.path, err)
+	}
+	g.limits = l
+	return nil
+}
+
+func (g *cgroup) updateV2(l Limits) error {
+	dir := filepath.Join(g.c.root, g.path)
+	mem, swap := "max", "max"
+	if l.MemoryMax > 0 {
+		mem, swap = strconv.FormatUint(l.MemoryMax, 10), "0" // the limit is on memory, not memory plus swap (v2Resources)
+	}
+	if err := writeCgroupFile(dir, "memory.max", mem); err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(dir, "memory.swap.max")); err == nil {
+		if err := writeCgroupFile(dir, "memory.swap.max", swap); err != nil {
+			return err
+		}
+	}
+	weight := uint32(100)
+	if l.CPUWeight > 0 {
+		weight = l.CPUWeight
+	}
+	if err := writeCgroupFile(dir, "cpu.weight", strconv.FormatUint(uint64(weight), 10)); err != nil {
+		return err
+	}
+	tasks := "max"
+	if l.TasksMax > 0 {
+		tasks = strconv.FormatUint(uint64(l.TasksMax), 10)
+	}
+	return writeCgroupFile(dir, "pids.max", tasks)
+}
+
+func (g *cgroup) updateV1(l Limits) error {
+	memDir := filepath.Join(cgroupRoot, string(cgroup1.Memory), g.path)
+	mem := "-1"
+	if l.MemoryMax > 0 {
+		mem = strconv.FormatUint(l.MemoryMax, 10)
+	}
+	if _, err := os.Stat(filepath.Join(memDir, "memory.memsw.limit_in_bytes")); err == nil {
+		// memory+swap = memory (v1Resources), and the kernel keeps
+		// memsw >= memory at every write: lowering writes memory first,
+		// raising memsw first. Which it is, the failed order says.
+		if err := writeCgroupFile(memDir, "memory.limit_in_bytes", mem); err != nil {
+			if err := writeCgroupFile(memDir, "memory.memsw.limit_in_bytes", mem); err != nil {
+				return err
+			}
+			if err := writeCgroupFile(memDir, "memory.limit_in_bytes", mem); err != nil {
+				return err
+			}
+		} else if err := writeCgroupFile(memDir, "memory.memsw.limit_in_bytes", mem); err != nil {
+			return err
+		}
+	} else if err := writeCgroupFile(memDir, "memory.limit_in_bytes", mem); err != nil {
+		return err
+	}
+	shares := uint64(1024)
+	if l.CPUWeight > 0 {
+		shares = CPUShares(l.CPUWeight)
+	}
+	if err := writeCgroupFile(filepath.Join(cgroupRoot, string(cgroup1.Cpu), g.path), "cpu.shares", strconv.FormatUint(shares, 10)); err != nil {
+		return err
+	}
+	tasks := "max"
+	if l.TasksMax > 0 {
+		tasks = strconv.FormatUint(uint64(l.TasksMax), 10)
+	}
+	return writeCgroupFile(filepath.Join(cgroupRoot, string(cgroup1.Pids), g.path), "pids.max", tasks)
+}
+
+// writeCgroupFile writes value to the existing cgroup file dir/name.
+func writeCgroupFile(dir, name, value string) error {
+	f, err := os.OpenFile(filepath.Join(dir, name), os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(value)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write %s %s: %w", name, value, err)
+	}
+	return nil
+}
+
 // find returns the cgroup of pid if it is an instance cgroup below the
 // agent's parent (a process an earlier agent started), nil otherwise.
 func (c *Cgroups) find(pid int) *cgroup {

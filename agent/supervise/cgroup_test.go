@@ -551,3 +551,121 @@ func TestRemoveStaleLeavesForeignCgroups(t *testing.T) {
 		}
 	}
 }
+
+// readLimits reads the memory limit, the cpu weight (v1: cpu.shares) and
+// pids.max of the cgroup at path.
+func readLimits(t *testing.T, c *Cgroups, path string) (mem, cpu, tasks string) {
+	t.Helper()
+	mem = cgroupFile(t, c, "memory", "memory.limit_in_bytes", "memory.max", path)
+	cpu = cgroupFile(t, c, "cpu", "cpu.shares", "cpu.weight", path)
+	tasks = cgroupFile(t, c, "pids", "pids.max", "pids.max", path)
+	return mem, cpu, tasks
+}
+
+// cpuValue is what the cpu file of a cgroup says for weight w (v1:
+// cpu.shares).
+func cpuValue(c *Cgroups, w uint32) string {
+	if c.Mode() == CgroupV1 {
+		return strconv.FormatUint(CPUShares(w), 10)
+	}
+	return strconv.FormatUint(uint64(w), 10)
+}
+
+// TestSetLimitsInPlace: SetLimits writes the new limits to the cgroup of
+// the process that runs, which keeps running (the same pid, the same
+// cgroup); unset limits are written as none (v1 memory: the kernel's
+// unlimited, page-rounded max; cpu: the default weight); and they can be
+// written back.
+func TestSetLimitsInPlace(t *testing.T) {
+	c := testCgroups(t)
+	cfg := helperConfig(t, "serve")
+	cfg.Cgroups = c
+	cfg.Limits = Limits{MemoryMax: 64 << 20, CPUWeight: 200, TasksMax: 64}
+	s := New(cfg, testLogger(t))
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	defer stop(t, s)
+	pid := waitReady(t, cfg.LogPath, 1)[0]
+	path := cgroupOf(t, c, pid)
+	if mem, cpu, tasks := readLimits(t, c, path); mem != strconv.Itoa(64<<20) || cpu != cpuValue(c, 200) || tasks != "64" {
+		t.Fatalf("limits at start: memory %s cpu %s tasks %s", mem, cpu, tasks)
+	}
+	if err := s.SetLimits(Limits{MemoryMax: 256 << 20, CPUWeight: 500, TasksMax: 128}); err != nil {
+		t.Fatalf("SetLimits: %v", err)
+	}
+	if mem, cpu, tasks := readLimits(t, c, path); mem != strconv.Itoa(256<<20) || cpu != cpuValue(c, 500) || tasks != "128" {
+		t.Errorf("limits after SetLimits: memory %s cpu %s tasks %s, want %d %s 128", mem, cpu, tasks, 256<<20, cpuValue(c, 500))
+	}
+	if !pidAlive(pid) || cgroupOf(t, c, pid) != path {
+		t.Fatalf("pid %d not running in %s any more: restarted", pid, path)
+	}
+	// Unset: no limit.
+	if err := s.SetLimits(Limits{}); err != nil {
+		t.Fatalf("SetLimits(none): %v", err)
+	}
+	mem, cpu, tasks := readLimits(t, c, path)
+	if n, err := strconv.ParseUint(mem, 10, 64); mem != "max" && (err != nil || n < 1<<60) {
+		t.Errorf("memory limit %s after SetLimits(none), want none", mem)
+	}
+	if cpu != cpuValue(c, 100) || tasks != "max" {
+		t.Errorf("cpu %s tasks %s after SetLimits(none), want %s max", cpu, tasks, cpuValue(c, 100))
+	}
+	// Back to the first ones (a revert in place).
+	if err := s.SetLimits(cfg.Limits); err != nil {
+		t.Fatalf("SetLimits back: %v", err)
+	}
+	if mem, cpu, tasks := readLimits(t, c, path); mem != strconv.Itoa(64<<20) || cpu != cpuValue(c, 200) || tasks != "64" {
+		t.Errorf("limits written back: memory %s cpu %s tasks %s", mem, cpu, tasks)
+	}
+	if s.Restarts() != 0 || !pidAlive(pid) {
+		t.Errorf("%d restarts, pid %d alive %v: want the same process throughout", s.Restarts(), pid, pidAlive(pid))
+	}
+}
+
+// TestSetLimitsUsedByRestart: limits set while the process runs are the
+// ones its restart's new cgroup is created with.
+func TestSetLimitsUsedByRestart(t *testing.T) {
+	c := testCgroups(t)
+	cfg := helperConfig(t, "serve")
+	cfg.Cgroups = c
+	cfg.Limits = Limits{MemoryMax: 64 << 20}
+	s := New(cfg, testLogger(t))
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	defer stop(t, s)
+	pid := waitReady(t, cfg.LogPath, 1)[0]
+	if err := s.SetLimits(Limits{MemoryMax: 96 << 20, CPUWeight: 300}); err != nil {
+		t.Fatalf("SetLimits: %v", err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	pids := waitReady(t, cfg.LogPath, 2)
+	path := cgroupOf(t, c, pids[1])
+	if mem, cpu, _ := readLimits(t, c, path); mem != strconv.Itoa(96<<20) || cpu != cpuValue(c, 300) {
+		t.Errorf("restarted in %s with memory %s cpu %s, want %d %s", path, mem, cpu, 96<<20, cpuValue(c, 300))
+	}
+}
+
+// TestSetLimitsWithoutCgroups: without usable cgroups a memory or tasks
+// limit is refused, as at a start; a cpu weight alone is not applied.
+func TestSetLimitsWithoutCgroups(t *testing.T) {
+	cfg := helperConfig(t, "serve")
+	cfg.Cgroups = nil
+	s := New(cfg, testLogger(t))
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	defer stop(t, s)
+	if err := s.SetLimits(Limits{MemoryMax: 64 << 20}); !errors.Is(err, ErrCgroupsUnusable) {
+		t.Errorf("memory limit without cgroups: %v, want ErrCgroupsUnusable", err)
+	}
+	if err := s.SetLimits(Limits{TasksMax: 10}); !errors.Is(err, ErrCgroupsUnusable) {
+		t.Errorf("tasks limit without cgroups: %v, want ErrCgroupsUnusable", err)
+	}
+	if err := s.SetLimits(Limits{CPUWeight: 300}); err != nil {
+		t.Errorf("cpu weight alone without cgroups: %v", err)
+	}
+}

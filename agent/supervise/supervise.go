@@ -133,6 +133,12 @@ type Supervisor struct {
 	pidPath string
 	pidRec  PIDRecord
 
+	// limMu guards cfg.Limits (SetLimits changes them), cur (the instance
+	// that runs now, nil between an exit and the restart) and the limits
+	// of cur's cgroup.
+	limMu sync.Mutex
+	cur   *proc
+
 	stopOnce sync.Once
 	stopCh   chan struct{} // closed by Stop and Detach
 	done     chan struct{} // closed when the run loop has ended
@@ -214,8 +220,79 @@ func (s *Supervisor) begin(f *Found) error {
 		return err
 	}
 	s.started = true
+	used := p.limits
+	if f != nil {
+		used = s.limits() // not known: written only when asked (SetLimits)
+	}
+	s.setCurrent(p, used)
 	go s.run(p, logf)
 	return nil
+}
+
+// SetLimits changes the service's limits without a restart (a resize in
+// place): they are written at once to the cgroup of the instance that
+// runs, and every later instance (a restart) is created with them. An
+// unset limit is written as none (cpu weight: the default, 100). Without
+// usable cgroups, a memory or tasks limit is refused (ErrCgroupsUnusable,
+// as at a start) and a cpu weight alone is not applied; an instance that
+// runs outside a cgroup (adopted from an agent that had none) cannot take
+// them (an error, not retried). Between an exit and the restart, only the
+// restart gets them. If the write fails, later instances still get l (the
+// caller decides what runs: a revert writes the previous limits back).
+func (s *Supervisor) SetLimits(l Limits) error {
+	s.limMu.Lock()
+	defer s.limMu.Unlock()
+	s.cfg.Limits = l
+	if !s.cfg.Cgroups.Usable() {
+		if l.MemoryMax > 0 || l.TasksMax > 0 {
+			return fmt.Errorf("set limits of %s: memory or tasks limit: %w: %s", s.cfg.Service, ErrCgroupsUnusable, s.cfg.Cgroups.Reason())
+		}
+		return nil
+	}
+	switch {
+	case s.cur == nil:
+		return nil
+	case s.cur.cg == nil:
+		return fmt.Errorf("set limits of %s: pid %d runs outside a cgroup of the agent's", s.cfg.Service, s.cur.pgid)
+	}
+	if err := s.cur.cg.update(l); err != nil {
+		return fmt.Errorf("set limits of %s: %w", s.cfg.Service, err)
+	}
+	s.log.Info().Int("pid", s.cur.pgid).Str("cgroup", s.cur.cg.path).Uint64("memory_max", l.MemoryMax).
+		Uint32("cpu_weight", l.CPUWeight).Uint32("tasks_max", l.TasksMax).Msg("limits changed in place")
+	return nil
+}
+
+// limits are the limits a new instance gets now.
+func (s *Supervisor) limits() Limits {
+	s.limMu.Lock()
+	defer s.limMu.Unlock()
+	return s.cfg.Limits
+}
+
+// setCurrent records p (nil: none) as the instance that runs, created
+// with limits used: when SetLimits changed them meanwhile, p's cgroup
+// takes the new ones now.
+func (s *Supervisor) setCurrent(p *proc, used Limits) {
+	s.limMu.Lock()
+	defer s.limMu.Unlock()
+	s.cur = p
+	if p == nil || p.cg == nil || used == s.cfg.Limits {
+		return
+	}
+	if err := p.cg.update(s.cfg.Limits); err != nil {
+		s.log.Error().Err(err).Int("pid", p.pgid).Msg("limits changed while the process started: not written")
+	}
+}
+
+// memoryMax is the memory limit of p's cgroup (0: none).
+func (s *Supervisor) memoryMax(p *proc) uint64 {
+	s.limMu.Lock()
+	defer s.limMu.Unlock()
+	if p.cg == nil {
+		return 0
+	}
+	return p.cg.limits.MemoryMax
 }
 
 // Exits delivers every unexpected exit (buffered, never blocks the
@@ -279,12 +356,13 @@ func (s *Supervisor) spawn(logf *os.File) (*proc, error) {
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: s.cfg.Credential}
 	var cg *cgroup
+	limits := s.limits()
 	if s.cfg.Cgroups.Usable() {
 		var err error
-		if cg, err = s.cfg.Cgroups.create(s.cfg.Service, s.cfg.Limits); err != nil {
+		if cg, err = s.cfg.Cgroups.create(s.cfg.Service, limits); err != nil {
 			return nil, fmt.Errorf("start %s: %w", s.cfg.Service, err)
 		}
-	} else if s.cfg.Limits.MemoryMax > 0 || s.cfg.Limits.TasksMax > 0 {
+	} else if limits.MemoryMax > 0 || limits.TasksMax > 0 {
 		return nil, fmt.Errorf("start %s: memory or tasks limit: %w: %s", s.cfg.Service, ErrCgroupsUnusable, s.cfg.Cgroups.Reason())
 	}
 	started := func(int) {}
@@ -345,6 +423,7 @@ func (s *Supervisor) spawn(logf *os.File) (*proc, error) {
 	s.writePIDFile(pid)
 	p := watch(pid, pidfd, startedAt, true)
 	p.cg = cg
+	p.limits = limits
 	ev := s.log.Info().Int("pid", pid).Int("restarts", s.Restarts())
 	if cg != nil {
 		ev = ev.Str("cgroup", cg.path)
@@ -367,6 +446,7 @@ func (s *Supervisor) run(p *proc, logf *os.File) {
 		if p != nil {
 			select {
 			case <-s.stopCh:
+				s.setCurrent(nil, Limits{})
 				if s.detaching() && !p.exited() {
 					p.stopWatching()
 					s.log.Info().Int("pid", p.pgid).Msg("process left running (detached)")
@@ -382,10 +462,11 @@ func (s *Supervisor) run(p *proc, logf *os.File) {
 				if err := killGroup(p.pgid, syscall.SIGKILL); err != nil {
 					s.log.Warn().Err(err).Int("pid", p.pgid).Msg("SIGKILL orphans of the exited process")
 				}
+				s.setCurrent(nil, Limits{})
 				exitErr, reason := p.err, "exited"
 				if p.cg != nil {
 					if p.cg.oomKills() > 0 {
-						exitErr, reason = &OOMError{MemoryMax: p.cg.limits.MemoryMax, Err: p.err}, "memory limit"
+						exitErr, reason = &OOMError{MemoryMax: s.memoryMax(p), Err: p.err}, "memory limit"
 					}
 					s.removeCgroup(p.cg) // and every orphan in it
 				}
@@ -415,6 +496,7 @@ func (s *Supervisor) run(p *proc, logf *os.File) {
 			s.log.Error().Err(err).Str("reason", "restart failed").Msg("restart process")
 			continue
 		}
+		s.setCurrent(np, np.limits)
 		p = np
 	}
 }
