@@ -54,7 +54,31 @@ func (a *agent) do(s *service, act lifecycle.Action) {
 		a.stopChecks(s)
 	case lifecycle.ActRemove:
 		a.startRemove(s, act) // remove.go
+	case lifecycle.ActSetLimits:
+		a.setLimits(s, act)
 	}
+}
+
+// setLimits carries out ActSetLimits (a resize in place): the limits of
+// the action's spec are written to the cgroup of the process with its
+// epoch, which keeps running, and its restarts get them
+// (supervise.SetLimits), in the background (lowering memory.max makes the
+// kernel reclaim first). Its error (a write refused, a memory or tasks
+// limit without usable cgroups, which checkResources refuses up front, no
+// such process) fails the install in place, which is reverted.
+func (a *agent) setLimits(s *service, act lifecycle.Action) {
+	name, p := s.name, s.processes()[act.Epoch]
+	l := limitsOf(act.Assignment.GetSpec().GetResources())
+	a.background(func() {
+		ev := doneEv{svc: name, seq: act.Seq}
+		if p == nil {
+			ev.err = fmt.Errorf("set limits: no process with epoch %d", act.Epoch)
+		} else if ev.err = p.sup.SetLimits(l); ev.err == nil {
+			a.log.Info().Str("service", name).Str("version", act.Version).Uint64("epoch", act.Epoch).
+				Msg("resource limits written to the running process (in place)")
+		}
+		a.send(ev)
+	})
 }
 
 // persist saves a snapshot durably; once a settled phase is saved, it
@@ -349,7 +373,28 @@ func (a *agent) adoptProcess(s *service, act lifecycle.Action) {
 		}
 		cfg.Prepare = a.prepareHook(s.name, s.sockSet(), decls, n)
 		sup := supervise.New(cfg, a.log)
-		if err = sup.Adopt(f.f); err == nil {
+		if err = sup.Adopt(f.f); err == nil && act.Limits {
+			// In the middle of (or after) a change in place: its cgroup
+			// takes the limits of the spec it is adopted with (the write
+			// may have happened before the restart, or not).
+			if err = sup.SetLimits(cfg.Limits); err != nil {
+				a.log.Error().Str("service", s.name).Str("version", act.Version).Err(err).Msg("cannot write the adopted process's limits: stopping it")
+				if n != nil {
+					_ = n.Close()
+					s.notifyAt(act.Epoch, "")
+				}
+				name, epoch, grace := s.name, act.Epoch, cfg.StopGrace
+				a.background(func() {
+					if serr := a.stopSupervisor(sup, grace); serr != nil {
+						a.log.Error().Str("service", name).Err(serr).Msg("stopping service")
+					}
+					a.send(exitEv{svc: name, epoch: epoch, exit: supervise.Exit{At: time.Now(), Err: fmt.Errorf("adopt: %w", err)}})
+				})
+				return
+			}
+			a.log.Info().Str("service", s.name).Uint64("epoch", act.Epoch).Msg("resource limits of the adopted process written again")
+		}
+		if err == nil {
 			a.addProcess(s, &process{epoch: act.Epoch, asg: act.Assignment, sup: sup, grace: cfg.StopGrace, notify: n,
 				listens: listensOf(decls), stop: make(chan struct{})})
 			a.log.Info().Str("service", s.name).Str("version", act.Version).Int("pid", f.f.Record.PGID).

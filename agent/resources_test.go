@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/fleetwave/fleetwave/agent/supervise"
+	"github.com/fleetwave/fleetwave/internal/testkit"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -192,4 +194,238 @@ func TestCheckResourcesMessageBounded(t *testing.T) {
 			t.Errorf("memory_max of %d bytes: error %.200q (%d bytes), want one naming the field, bounded", len(v), err, len(fmt.Sprint(err)))
 		}
 	}
+}
+
+// serviceLimits reads the memory limit and the cpu weight (v1: cpu.shares)
+// of the cgroup pid runs in, in mode (supervise.CgroupV1 or CgroupV2).
+func serviceLimits(t *testing.T, mode string, pid int) (mem, cpu string) {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		t.Fatalf("cgroup of pid %d: %v", pid, err)
+	}
+	var memDir, cpuDir string
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		ctrls := strings.Split(parts[1], ",")
+		switch {
+		case mode == supervise.CgroupV2 && parts[0] == "0":
+			memDir, cpuDir = filepath.Join("/sys/fs/cgroup", parts[2]), filepath.Join("/sys/fs/cgroup", parts[2])
+		case mode == supervise.CgroupV1 && slices.Contains(ctrls, "memory"):
+			memDir = filepath.Join("/sys/fs/cgroup/memory", parts[2])
+		case mode == supervise.CgroupV1 && slices.Contains(ctrls, "cpu"):
+			cpuDir = filepath.Join("/sys/fs/cgroup", parts[1], parts[2])
+		}
+	}
+	memFile, cpuFile := filepath.Join(memDir, "memory.max"), filepath.Join(cpuDir, "cpu.weight")
+	if mode == supervise.CgroupV1 {
+		memFile, cpuFile = filepath.Join(memDir, "memory.limit_in_bytes"), filepath.Join(cpuDir, "cpu.shares")
+	}
+	read := func(f string) string {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatalf("pid %d: %v", pid, err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	return read(memFile), read(cpuFile)
+}
+
+// TestResourcesChangeAppliedInPlace: the release that runs, assigned again
+// with a spec that changes only its resources (memory_max and cpu_weight
+// raised), is resized in place: the same process (same PID, one start in
+// its log) gets the new limits in its cgroup (memory.max and cpu.weight,
+// v1 memory.limit_in_bytes and cpu.shares, read back), is checked under
+// the new spec and becomes HEALTHY, the report saying in_place. A further
+// resize with a check that fails is reverted in place: the same process
+// again, with the last good limits written back. Real processes, real
+// cgroups (skipped without usable ones).
+func TestResourcesChangeAppliedInPlace(t *testing.T) {
+	parent := fmt.Sprintf("fleetwave-agent-test-%d", os.Getpid())
+	cgs := supervise.OpenCgroups(parent)
+	if !cgs.Usable() {
+		t.Skipf("cgroups unusable on this machine: %s", cgs.Reason())
+	}
+	t.Cleanup(func() { removeCgroupParent(t, parent) })
+	cpuOf := func(w uint32) string {
+		if cgs.Mode() == supervise.CgroupV1 {
+			return strconv.FormatUint(supervise.CPUShares(w), 10)
+		}
+		return strconv.FormatUint(uint64(w), 10)
+	}
+	fc := newFakeCoordinator(t)
+	art := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": goodCheck, "broken.sh": badCheck})
+	digest := fc.addArtifact(art)
+	dataDir := t.TempDir()
+	pidFile := filepath.Join(dataDir, "run", testSvc+".pid")
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"},
+		DataDir: dataDir, CgroupParent: parent}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := runAgent(t, ctx, cfg, testOptions())
+
+	assign := func(gen int64, mem string, cpu uint32, check string, deadline time.Duration) {
+		a := testAssignment("1.0.0", gen, digest, int64(len(art)), "")
+		a.Spec.Resources = &v1.Resources{MemoryMax: mem, CpuWeight: cpu}
+		a.Spec.Checks[0].GetExec().Command = []string{"./" + check + ".sh"}
+		if deadline > 0 {
+			a.Spec.HealthyDeadline = durationpb.New(deadline)
+		}
+		a.SpecRevision = gen
+		fc.assign(a)
+	}
+	waitReport := func(what string, from int, gen int64, phase v1.Phase) *v1.ServiceReport {
+		t.Helper()
+		var got *v1.ServiceReport
+		fc.waitFor(t, what, time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+			got = lastReport(rs[min(from, len(rs)):], testSvc)
+			return reportIs(got, gen, phase, "1.0.0")
+		})
+		return got
+	}
+	limits := func(what string, pid int, mem uint64, cpu uint32) {
+		t.Helper()
+		if gotMem, gotCPU := serviceLimits(t, cgs.Mode(), pid); gotMem != strconv.FormatUint(mem, 10) || gotCPU != cpuOf(cpu) {
+			t.Fatalf("%s: memory limit %s cpu %s, want %d %s", what, gotMem, gotCPU, mem, cpuOf(cpu))
+		}
+	}
+	samePID := func(what string, want int) {
+		t.Helper()
+		if got := readPID(t, pidFile); got != want || !alive(want) {
+			t.Fatalf("%s: pid %d -> %d (old alive %v): restarted", what, want, got, alive(want))
+		}
+		if n := starts(t, dataDir); n != 1 {
+			t.Fatalf("%s: %d starts in the log, want 1", what, n)
+		}
+	}
+
+	assign(1, "64Mi", 100, "check", 0)
+	waitReport("healthy", 0, 1, v1.Phase_PHASE_HEALTHY)
+	pid := readPID(t, pidFile)
+	waitStarts(t, dataDir, 1)
+	limits("at start", pid, 64<<20, 100)
+
+	// memory_max and cpu_weight raised: in place.
+	nr := reportCount(fc)
+	assign(2, "128Mi", 500, "check", 0)
+	if r := waitReport("healthy resized in place", nr, 2, v1.Phase_PHASE_HEALTHY); !r.GetInPlace() {
+		t.Fatalf("resized: report %v does not say in_place", r)
+	}
+	samePID("resized in place", pid)
+	limits("resized in place", pid, 128<<20, 500)
+
+	// Raised again with a check that fails: reverted in place, the last
+	// good limits written back.
+	nr = reportCount(fc)
+	assign(3, "256Mi", 800, "broken", 2*time.Second)
+	r := waitReport("reverted in place", nr, 3, v1.Phase_PHASE_REVERTED)
+	if !r.GetInPlace() || !strings.Contains(r.GetReason(), "not healthy within 2s") {
+		t.Fatalf("reverted: report in_place %v reason %q, want in place and the check's failure", r.GetInPlace(), r.GetReason())
+	}
+	samePID("reverted in place", pid)
+	limits("reverted in place", pid, 128<<20, 500)
+	cancel()
+	waitDone(t, done)
+}
+
+// TestResourcesReappliedOnAdoption: the agent stops while a resize in
+// place is checked (the new limits written, then changed behind its back,
+// as if the write had not happened before the stop); the next agent
+// adopts the same process and writes the limits of the spec it checks
+// again, and the resize ends HEALTHY in place with them. Real processes,
+// real cgroups (skipped without usable ones).
+func TestResourcesReappliedOnAdoption(t *testing.T) {
+	parent := fmt.Sprintf("fleetwave-agent-test-%d", os.Getpid())
+	cgs := supervise.OpenCgroups(parent)
+	if !cgs.Usable() {
+		t.Skipf("cgroups unusable on this machine: %s", cgs.Reason())
+	}
+	t.Cleanup(func() { removeCgroupParent(t, parent) })
+	fc := newFakeCoordinator(t)
+	flag := filepath.Join(t.TempDir(), "pass")
+	art := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": goodCheck, "gated.sh": passingAfter(flag)})
+	digest := fc.addArtifact(art)
+	dataDir := t.TempDir()
+	pidFile := filepath.Join(dataDir, "run", testSvc+".pid")
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"},
+		DataDir: dataDir, CgroupParent: parent}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := runAgent(t, ctx, cfg, testOptions())
+	assign := func(gen int64, mem, check string) {
+		a := testAssignment("1.0.0", gen, digest, int64(len(art)), "")
+		a.Spec.Resources = &v1.Resources{MemoryMax: mem}
+		a.Spec.Checks[0].GetExec().Command = []string{"./" + check + ".sh"}
+		a.Spec.HealthyDeadline = durationpb.New(time.Minute)
+		a.SpecRevision = gen
+		fc.assign(a)
+	}
+	waitReport := func(what string, from int, gen int64, phase v1.Phase) *v1.ServiceReport {
+		t.Helper()
+		var got *v1.ServiceReport
+		fc.waitFor(t, what, time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+			got = lastReport(rs[min(from, len(rs)):], testSvc)
+			return reportIs(got, gen, phase, "1.0.0")
+		})
+		return got
+	}
+	memOf := func(pid int) string {
+		mem, _ := serviceLimits(t, cgs.Mode(), pid)
+		return mem
+	}
+
+	assign(1, "64Mi", "check")
+	waitReport("healthy", 0, 1, v1.Phase_PHASE_HEALTHY)
+	pid := readPID(t, pidFile)
+	assign(2, "128Mi", "gated")
+	waitReport("checking the resize in place", 0, 2, v1.Phase_PHASE_CHECKING)
+	testkit.Eventually(t, 30*time.Second, "the new memory limit written", func() bool { return memOf(pid) == strconv.Itoa(128<<20) })
+	cancel()
+	waitDone(t, done)
+
+	// Behind the agent's back: the old limit, as if the write had not
+	// happened before the agent stopped.
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	var dir string
+	for _, line := range strings.Split(string(b), "\n") {
+		if parts := strings.SplitN(line, ":", 3); len(parts) == 3 {
+			if cgs.Mode() == supervise.CgroupV2 && parts[0] == "0" {
+				dir = filepath.Join("/sys/fs/cgroup", parts[2], "memory.max")
+			} else if cgs.Mode() == supervise.CgroupV1 && slices.Contains(strings.Split(parts[1], ","), "memory") {
+				dir = filepath.Join("/sys/fs/cgroup/memory", parts[2], "memory.limit_in_bytes")
+			}
+		}
+	}
+	if err := os.WriteFile(dir, []byte(strconv.Itoa(64<<20)), 0); err != nil {
+		t.Fatalf("write %s: %v", dir, err)
+	}
+	if memOf(pid) != strconv.Itoa(64<<20) {
+		t.Fatalf("memory limit %s, want the old one written back by the test", memOf(pid))
+	}
+
+	nr := reportCount(fc)
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	done2 := runAgent(t, ctx2, cfg, testOptions())
+	waitReport("the new agent checking in place", nr, 2, v1.Phase_PHASE_CHECKING)
+	if got := readPID(t, pidFile); got != pid || !alive(pid) {
+		t.Fatalf("pid %d -> %d: not adopted", pid, got)
+	}
+	if got := memOf(pid); got != strconv.Itoa(128<<20) {
+		t.Fatalf("adopted in the middle of a resize: memory limit %s, want %d written again", got, 128<<20)
+	}
+	if err := os.WriteFile(flag, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if r := waitReport("healthy in place", nr, 2, v1.Phase_PHASE_HEALTHY); !r.GetInPlace() {
+		t.Fatalf("report %v does not say in_place", r)
+	}
+	if got := readPID(t, pidFile); got != pid || starts(t, dataDir) != 1 || memOf(pid) != strconv.Itoa(128<<20) {
+		t.Fatalf("pid %d -> %d, %d starts, memory limit %s", pid, got, starts(t, dataDir), memOf(pid))
+	}
+	cancel2()
+	waitDone(t, done2)
 }

@@ -90,7 +90,8 @@
 // types, the standard library and internal/specdiff (the one, pure rule for
 // which spec changes affect hosts: a config rollout's assignment of the
 // running release with such a spec is an install of it, in place when only
-// how the release is judged changes: no restart, see spec.go). Its behaviour is written down as scenario
+// how the release is judged and its resource limits change: no restart,
+// the limits written to the running process, see spec.go). Its behaviour is written down as scenario
 // traces in testdata/ (TestTraces: inputs, the actions they return, the
 // phase after each; -rewrite updates them) and checked by a seeded
 // simulation against invariants (TestSimulation; -seed N replays one seed).
@@ -107,8 +108,8 @@
 //     crash recovery relies on). ActReport, ActAdopt, ActBeginChecks,
 //     ActStopChecks and ActFreezeBaseline are quick and are done inline.
 //  2. The long steps (ActFetch, ActVerify, ActStage, ActSwitch, ActStart,
-//     ActStop, ActHook) may run in the background. At most one is in flight per
-//     Machine. An ActStart with Beside starts the process next to the one
+//     ActStop, ActHook, ActRemove, ActSetLimits) may run in the background.
+//     At most one is in flight per Machine. An ActStart with Beside starts the process next to the one
 //     that serves (stopping nothing); an ActStop stops only the process
 //     with its Epoch, first running its release's pre_stop and waiting its
 //     shutdown_delay when it says Drain (its release's before_stop is an
@@ -150,14 +151,14 @@
 //
 //	IDLE                      -> FETCHING, FAILED           (a new assignment; FAILED: an invalid one)
 //	HEALTHY, REVERTED, FAILED -> FETCHING, HEALTHY, FAILED  (HEALTHY: assigned the release already running healthy)
-//	HEALTHY, REVERTED, FAILED -> CHECKING                   (an install in place: only how it is judged changes, spec.go)
+//	HEALTHY, REVERTED, FAILED -> CHECKING                   (an install in place: only how it is judged or its limits change, spec.go)
 //	FETCHING  -> VERIFYING, FAILED, FETCHING, HEALTHY, CHECKING (FETCHING/HEALTHY/FAILED/CHECKING: a newer assignment replaced the install)
 //	VERIFYING -> STAGING,   FAILED, FETCHING, HEALTHY, CHECKING
 //	STAGING   -> SWITCHING, FAILED, FETCHING, HEALTHY, CHECKING
 //	SWITCHING -> STARTING, FAILED                           (FAILED: the switch did not happen)
 //	STARTING  -> CHECKING, REVERTING
 //	CHECKING  -> HEALTHY, REVERTING
-//	CHECKING  -> FETCHING, HEALTHY, FAILED, REMOVING        (an install in place being checked, dropped for a newer assignment: spec.go)
+//	CHECKING  -> FETCHING, HEALTHY, FAILED, REMOVING        (an install in place being checked, dropped for a newer assignment: spec.go; never a resize)
 //	HEALTHY   -> REVERTING                                  (a failure during the watch)
 //	REVERTING -> REVERTED, FAILED
 //	IDLE, HEALTHY, REVERTED, FAILED, FETCHING .. STAGING -> REMOVING  (a removal: remove.go)

@@ -175,7 +175,8 @@ type Machine struct {
 	// hook is the ActHook in flight (nil: none). hookWhy says which hooks
 	// of the release a revert or a recovery starts failed (it goes on
 	// regardless, and ends FAILED saying so). deferred is a failure of the
-	// checks that came while validate ran: acted on when it ends.
+	// checks that came while validate ran, or while an ActSetLimits was in
+	// flight: acted on when it ends.
 	hook     *hookRun
 	hookWhy  string
 	deferred string
@@ -265,7 +266,7 @@ func Restore(s Snapshot, found []Running, now time.Time) (*Machine, []Action) {
 		targetOf, goodOf = m.foundEpoch(tgt, func(e uint64) bool { return e == s.TargetEpoch }), m.foundEpoch(good, func(e uint64) bool { return e != s.TargetEpoch })
 		specInstall = false
 	}
-	if judgedInPlace(s.Target, s.LastGood) {
+	if inPlaceChange(s.Target, s.LastGood) {
 		// An in-place install (or its revert): the process of the release
 		// runs the same under either spec, so it is both's (spec.go). Two
 		// found (a handover of such a change installed as any other) are
@@ -433,7 +434,9 @@ func (m *Machine) keep(p *proc, a *v1.Assignment) (beside bool) {
 	}
 	p.a, p.ready = a, true
 	m.procs = without(m.procs, p)
-	m.emit(Action{Kind: ActAdopt, Epoch: p.epoch, Version: Version(a), Assignment: a})
+	// In the middle of an in-place change, or after one: the limits on its
+	// cgroup may be either spec's, so a's are written again (spec.go).
+	m.emit(Action{Kind: ActAdopt, Epoch: p.epoch, Version: Version(a), Assignment: a, Limits: m.installedInPlace})
 	if len(m.procs) == 0 {
 		m.procs = []*proc{p}
 		return false
@@ -991,6 +994,9 @@ func (m *Machine) onDone(in Input, t time.Time) {
 		return
 	case k == ActStop && m.stopDone(t):
 		return
+	case k == ActSetLimits:
+		m.limitsDone(err, t) // spec.go
+		return
 	}
 	switch m.op {
 	case opInstall:
@@ -1521,6 +1527,9 @@ func (m *Machine) evaluate(t time.Time) {
 	if !c.active || (m.hook != nil && !c.watching) {
 		return // validate runs: decided when it ends
 	}
+	if m.inflight == ActSetLimits && !c.watching {
+		return // the new limits are being written: decided once they are (limitsDone)
+	}
 	if c.watching {
 		if !c.failSince.IsZero() {
 			at := c.failSince.Add(c.failAfter)
@@ -1622,9 +1631,10 @@ func (m *Machine) checksPassed(t time.Time) {
 }
 
 func (m *Machine) checksFailed(why string, t time.Time) {
-	if m.hook != nil {
-		// validate runs (a crash loop, an analysis fail): decided when it
-		// ends.
+	if m.hook != nil || m.inflight == ActSetLimits {
+		// validate runs (a crash loop, an analysis fail), or the limits
+		// are being written (a crash loop at a lowered memory_max):
+		// decided when it ends (one long step at a time).
 		if m.deferred == "" {
 			m.deferred = why
 		}

@@ -105,7 +105,7 @@ func expectRestore(p *Snapshot, running []Running) (restoreKind, v1.Phase) {
 		// either spec, so it is not adopted.
 		// An in-place install: the process runs the same under either
 		// spec, so it is the target's whatever its epoch.
-		isTarget := !specChange(p.Target, p.LastGood) || judgedInPlace(p.Target, p.LastGood) || p.TargetEpoch != 0 && len(running) == 1 && running[0].Epoch == p.TargetEpoch
+		isTarget := !specChange(p.Target, p.LastGood) || inPlaceChange(p.Target, p.LastGood) || p.TargetEpoch != 0 && len(running) == 1 && running[0].Epoch == p.TargetEpoch
 		if has(tgt) && len(found) == 1 && isTarget {
 			if ph == v1.Phase_PHASE_STARTING && hookspec.Of(p.Target.GetSpec(), hookspec.AfterStart) != nil {
 				return restoreResumeInstall, v1.Phase_PHASE_STARTING // after_start runs again first
@@ -181,10 +181,13 @@ type sim struct {
 	// newer assignments taken while an install in place was checked
 	// (dropped or carried on: spec.go, newerInPlace)
 	inPlaceNewer int
-	chkAnalyse   bool      // analysed when it has rules: an install's check or a resumed watch
-	verdict      Verdict   // latest analysis verdict fed for chkEpoch
-	exits        int       // exits of chkEpoch's process
-	failSince    time.Time // checks failing continuously since (zero: not)
+	// resizes: limits written to a running process (ActSetLimits), of
+	// them failed, and written again on adoption (ActAdopt.Limits)
+	resizes, resizesFailed, resizeAdoptions int
+	chkAnalyse                              bool      // analysed when it has rules: an install's check or a resumed watch
+	verdict                                 Verdict   // latest analysis verdict fed for chkEpoch
+	exits                                   int       // exits of chkEpoch's process
+	failSince                               time.Time // checks failing continuously since (zero: not)
 	// failSince before the input being stepped changed it
 	failSinceBefore time.Time
 
@@ -268,6 +271,11 @@ type simHooks struct {
 // simProc is a process of the modelled host.
 type simProc struct {
 	v string
+	// limits are the resource limits on its cgroup: its ActStart's, or the
+	// last ActSetLimits's (or ActAdopt.Limits's) written to it; limitsBad:
+	// a write of them failed (some may be written, some not)
+	limits    *v1.Resources
+	limitsBad bool
 	// a is its release as the machine knows it: the ActStart's, or the
 	// persisted snapshot's of its version once found at a restart (nil:
 	// unknown)
@@ -331,12 +339,22 @@ func (s *sim) fatalf(format string, args ...any) {
 func (s *sim) assignment(version string, gen int64) *v1.Assignment {
 	if sp := s.specs[version]; sp != nil && s.rnd.IntN(5) == 0 {
 		// A spec that changes only how the release is judged (installed
-		// in place when it runs healthy): other checks and durations.
+		// in place when it runs healthy): other checks and durations; or
+		// only its resource limits (written to the running process), or
+		// both.
 		a := asgChecks(version, gen, s.rnd.IntN(3))
 		j := proto.Clone(sp).(*v1.ServiceSpec)
-		j.Checks = a.Spec.Checks
-		j.MinHealthyTime = durationpb.New(time.Duration(s.rnd.IntN(15)) * time.Second)
-		j.HealthyDeadline = durationpb.New(time.Duration(20+s.rnd.IntN(40)) * time.Second)
+		switch s.rnd.IntN(3) {
+		case 0:
+			j.Resources = s.resources()
+		case 1:
+			j.Resources = s.resources()
+			fallthrough
+		default:
+			j.Checks = a.Spec.Checks
+			j.MinHealthyTime = durationpb.New(time.Duration(s.rnd.IntN(15)) * time.Second)
+			j.HealthyDeadline = durationpb.New(time.Duration(20+s.rnd.IntN(40)) * time.Second)
+		}
 		a.Spec = j
 		s.specs[version] = j
 		return a
@@ -354,8 +372,17 @@ func (s *sim) assignment(version string, gen int64) *v1.Assignment {
 	return a
 }
 
+// resources draws resource limits (nil: none).
+func (s *sim) resources() *v1.Resources {
+	if s.rnd.IntN(4) == 0 {
+		return nil
+	}
+	return &v1.Resources{MemoryMax: fmt.Sprintf("%dMi", 64<<s.rnd.IntN(4)), CpuWeight: uint32(50 * s.rnd.IntN(4))}
+}
+
 func (s *sim) newAssignment(version string, gen int64) *v1.Assignment {
 	a := asgChecks(version, gen, s.rnd.IntN(3))
+	a.Spec.Resources = s.resources()
 	a.Spec.MinHealthyTime = durationpb.New(time.Duration(s.rnd.IntN(15)) * time.Second)
 	a.Spec.HealthyDeadline = durationpb.New(time.Duration(20+s.rnd.IntN(40)) * time.Second)
 	for _, c := range a.Spec.Checks {
@@ -501,12 +528,12 @@ func revertedInPlace(acts []Action) bool {
 		case a.Kind == ActReport && a.Report.GetPhase() == v1.Phase_PHASE_REVERTING:
 			begun = true
 		case a.Kind == ActReport && begun:
-			return snap != nil && judgedInPlace(snap.LastGood, snap.Target)
-		case a.Kind.Long() && begun:
+			return snap != nil && inPlaceChange(snap.LastGood, snap.Target)
+		case a.Kind.Long() && begun && a.Kind != ActSetLimits: // writing the last good limits back
 			return false
 		}
 	}
-	return snap != nil && judgedInPlace(snap.LastGood, snap.Target)
+	return snap != nil && inPlaceChange(snap.LastGood, snap.Target)
 }
 
 func (s *sim) step(in Input) {
@@ -557,7 +584,7 @@ func (s *sim) step(in Input) {
 	if wasAnalysing && in.Kind == InputAnalysis && in.Verdict == VerdictFail && in.Epoch == s.chkEpoch &&
 		(!wasWatching || in.At.Before(wasUntil)) && s.m.Phase() != v1.Phase_PHASE_REVERTING &&
 		!reverted(acts) && // a revert in place may end at once (spec.go)
-		!(s.inflight != nil && s.inflight.Kind == ActHook) { // while validate runs: when it ends
+		!(s.inflight != nil && (s.inflight.Kind == ActHook || s.inflight.Kind == ActSetLimits)) { // while validate runs or limits are written: when it ends
 		s.fatalf("analysis Fail did not revert at once (phase %v)", s.m.Phase())
 	}
 }
@@ -660,6 +687,20 @@ func (s *sim) apply(acts []Action) {
 				// Otherwise whatever ran was stopped first.
 				s.fatalf("start %s while %s runs", a.Version, s.procList())
 			}
+		case ActSetLimits:
+			// Only to the one process that serves, of the release, in an
+			// install in place or its revert (spec.go).
+			p := s.procs[a.Epoch]
+			if e, only := s.only(); only == nil || e != a.Epoch || p.v != a.Version || !p.ready {
+				s.fatalf("%v, but %s runs", a, s.procList())
+			}
+			if ph := s.m.Phase(); ph != v1.Phase_PHASE_CHECKING && ph != v1.Phase_PHASE_REVERTING {
+				s.fatalf("%v in %v", a, ph)
+			}
+			if p.a == nil || !runsSame(p.a, a.Assignment) {
+				s.fatalf("%v to a process of another run spec", a)
+			}
+			s.resizes++
 		case ActRemove:
 			// Files go only once nothing runs, and only when removing.
 			if len(s.procs) > 0 || s.m.Phase() != v1.Phase_PHASE_REMOVING {
@@ -686,6 +727,10 @@ func (s *sim) apply(acts []Action) {
 			s.procs[a.Epoch].a = a.Assignment // adopted as the release the machine names
 			s.epoch = a.Epoch
 			s.adoptions++
+			if a.Limits {
+				s.procs[a.Epoch].limits, s.procs[a.Epoch].limitsBad = a.Assignment.GetSpec().GetResources(), false
+				s.resizeAdoptions++
+			}
 		case ActBeginChecks:
 			s.checking = true
 			s.watching = false
@@ -865,6 +910,7 @@ func (s *sim) checkReport(r *v1.ServiceReport) {
 		if _, only := s.only(); only == nil || only.v != r.CurrentVersion {
 			s.fatalf("HEALTHY on %q but %s runs", r.CurrentVersion, s.procList())
 		}
+		s.checkLimits(r)
 	case v1.Phase_PHASE_REVERTED:
 		if r.CurrentVersion == "" || r.CurrentVersion != r.LastGoodVersion {
 			s.fatalf("REVERTED with current=%q last good=%q", r.CurrentVersion, r.LastGoodVersion)
@@ -872,6 +918,7 @@ func (s *sim) checkReport(r *v1.ServiceReport) {
 		if _, only := s.only(); only == nil || only.v != r.CurrentVersion {
 			s.fatalf("REVERTED on %q but %s runs", r.CurrentVersion, s.procList())
 		}
+		s.checkLimits(r)
 	case v1.Phase_PHASE_FAILED:
 		if s.prev == v1.Phase_PHASE_REMOVING && len(s.procs) > 0 {
 			s.fatalf("a removal ended FAILED with %s running", s.procList())
@@ -948,6 +995,23 @@ func (s *sim) checkReport(r *v1.ServiceReport) {
 	s.lastGoodBefore = r.LastGoodVersion
 }
 
+// checkLimits: a release reported HEALTHY or REVERTED runs with the
+// resource limits of the current spec on its process's cgroup (started
+// with them, or written: an in-place resize, its revert, an adoption in
+// the middle of either).
+func (s *sim) checkLimits(r *v1.ServiceReport) {
+	s.t.Helper()
+	_, p := s.only()
+	snap := s.persisted // made durable right before the report (the machine may have gone on in the same step)
+	if p == nil || snap == nil || snap.Phase != r.Phase || snap.Generation != r.Generation {
+		return
+	}
+	if want := snap.Current.GetSpec().GetResources(); p.limitsBad || !proto.Equal(p.limits, want) {
+		s.fatalf("%v on %q with limits %v (a write failed: %v) on its process, the current spec's are %v",
+			r.Phase, r.CurrentVersion, p.limits, p.limitsBad, want)
+	}
+}
+
 // dropsInPlace reports whether the machine was checking an install in
 // place at its last report: a newer assignment drops that check at once.
 func (s *sim) dropsInPlace() bool {
@@ -967,9 +1031,19 @@ func (s *sim) finish() {
 		if err == nil {
 			s.link = a.Version
 		}
+	case ActSetLimits:
+		if p := s.procs[a.Epoch]; p != nil {
+			if err == nil {
+				p.limits, p.limitsBad = a.Assignment.GetSpec().GetResources(), false
+			} else {
+				p.limitsBad = true
+				s.resizesFailed++
+			}
+		}
 	case ActStart:
 		if err == nil {
-			p := &simProc{v: a.Version, a: a.Assignment, ready: !NotifiesReady(a.Assignment) || s.earlyReady[a.Epoch]}
+			p := &simProc{v: a.Version, a: a.Assignment, ready: !NotifiesReady(a.Assignment) || s.earlyReady[a.Epoch],
+				limits: a.Assignment.GetSpec().GetResources()}
 			if !p.ready {
 				p.readyBy = s.now.Add(ReadyTimeout(a.Assignment))
 			}
@@ -1007,11 +1081,15 @@ func (s *sim) restart() {
 		case ActSwitch:
 			s.link = a.Version
 		case ActStart:
-			s.procs[a.Epoch] = &simProc{v: a.Version}
+			s.procs[a.Epoch] = &simProc{v: a.Version, limits: a.Assignment.GetSpec().GetResources()}
 		case ActStop:
 			delete(s.procs, a.Epoch)
 		case ActRemove:
 			s.link = ""
+		case ActSetLimits:
+			if p := s.procs[a.Epoch]; p != nil {
+				p.limits, p.limitsBad = a.Assignment.GetSpec().GetResources(), false
+			}
 		}
 		s.log = append(s.log, "  (the "+a.Kind.String()+" in flight happened)")
 	}
@@ -1079,7 +1157,7 @@ func (s *sim) restart() {
 	}
 	wantAdopt := wanted != "" && slices.Contains(versions, wanted)
 	if (kind == restoreResumeInstall || kind == restoreResumeRevert) && specChange(s.persisted.Target, s.persisted.LastGood) &&
-		!judgedInPlace(s.persisted.Target, s.persisted.LastGood) {
+		!inPlaceChange(s.persisted.Target, s.persisted.LastGood) {
 		// A config install: what runs of the release runs the target's spec
 		// when its epoch is the target's, else the last good's; without a
 		// recorded epoch it may run either (spec.go).
@@ -1141,6 +1219,7 @@ func (s *sim) restart() {
 type simStats struct {
 	watchReverts, analysisReverts, resumedWatches, adoptions int
 	inPlaces, inPlaceReverts, inPlaceNewer                   int
+	resizes, resizesFailed, resizeAdoptions                  int
 	restores                                                 map[restoreKind]int
 	handovers                                                simHandovers
 	hooks                                                    simHooks
@@ -1162,6 +1241,9 @@ func runSim(t *testing.T, seed uint64, steps int, seen map[[2]v1.Phase]int, st *
 			st.inPlaces += s.inPlaces
 			st.inPlaceReverts += s.inPlaceReverts
 			st.inPlaceNewer += s.inPlaceNewer
+			st.resizes += s.resizes
+			st.resizesFailed += s.resizesFailed
+			st.resizeAdoptions += s.resizeAdoptions
 			st.handovers.beside += s.handovers.beside
 			st.handovers.drained += s.handovers.drained
 			st.handovers.notReady += s.handovers.notReady
@@ -1317,6 +1399,9 @@ func TestSimulation(t *testing.T) {
 		t.Errorf("simulation reverted %d watched releases, %d on analysis, resumed %d watches, adopted %d processes: not exercised",
 			st.watchReverts, st.analysisReverts, st.resumedWatches, st.adoptions)
 	}
+	if st.resizes == 0 || st.resizesFailed == 0 || st.resizeAdoptions == 0 {
+		t.Errorf("limits written in place %d, failed %d, written on adoption %d: not exercised", st.resizes, st.resizesFailed, st.resizeAdoptions)
+	}
 	if st.inPlaces == 0 || st.inPlaceReverts == 0 || st.inPlaceNewer == 0 {
 		t.Errorf("installs in place %d, reverts in place %d, newer assignments while checking in place %d: not exercised", st.inPlaces, st.inPlaceReverts, st.inPlaceNewer)
 	}
@@ -1344,8 +1429,8 @@ func TestSimulation(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("edges taken: %d distinct; watch reverts %d (analysis %d); watches resumed after a restart %d; processes adopted %d; installs in place %d, reverts in place %d, newer assignments while checking in place %d; restores %v; handovers %+v; hooks %+v",
-		len(seen), st.watchReverts, st.analysisReverts, st.resumedWatches, st.adoptions, st.inPlaces, st.inPlaceReverts, st.inPlaceNewer, st.restores, st.handovers, st.hooks)
+	t.Logf("edges taken: %d distinct; watch reverts %d (analysis %d); watches resumed after a restart %d; processes adopted %d; installs in place %d, reverts in place %d, newer assignments while checking in place %d; limits written in place %d (failed %d), on adoption %d; restores %v; handovers %+v; hooks %+v",
+		len(seen), st.watchReverts, st.analysisReverts, st.resumedWatches, st.adoptions, st.inPlaces, st.inPlaceReverts, st.inPlaceNewer, st.resizes, st.resizesFailed, st.resizeAdoptions, st.restores, st.handovers, st.hooks)
 }
 
 // checkHook checks an ActHook against the model: each hook runs from the
@@ -1465,5 +1550,5 @@ func (s *sim) followsHook(a Action) {
 // with b: the same release with specs equal on hosts or differing only in
 // how they are judged.
 func runsSame(a, b *v1.Assignment) bool {
-	return Version(a) == Version(b) && (!specdiff.HostAffecting(a.GetSpec(), b.GetSpec()) || specdiff.JudgingOnly(a.GetSpec(), b.GetSpec()))
+	return Version(a) == Version(b) && (!specdiff.HostAffecting(a.GetSpec(), b.GetSpec()) || specdiff.InPlace(a.GetSpec(), b.GetSpec()))
 }

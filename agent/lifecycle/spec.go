@@ -1,6 +1,7 @@
 package lifecycle
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/fleetwave/fleetwave/internal/specdiff"
@@ -19,15 +20,24 @@ import (
 //     reverts locally to the last good (release, spec) pair, which is the
 //     same release with the spec it ran before.
 //   - it changes only how the release is judged (checks, min_healthy_time,
-//     healthy_deadline, analysis: specdiff.JudgingOnly) and the machine is
-//     settled on that release, healthy, its one process serving: it is
-//     installed IN PLACE (inPlace). Nothing is fetched, switched, stopped
-//     or started: `current` is the new spec at once (the process runs the
-//     same run spec), and that same process is checked (CHECKING, a fresh
-//     checking period), analysed and watched under the new spec. A
-//     failure reverts in place too: `current` is the last good spec again
-//     and the process, still the same, is re-checked with its checks
-//     (REVERTING → REVERTED). When the machine is not settled healthy on
+//     healthy_deadline, analysis) and/or its resource limits (resources:
+//     specdiff.InPlace) and the machine is settled on that release,
+//     healthy, its one process serving: it is installed IN PLACE
+//     (inPlace). Nothing is fetched, switched, stopped or started:
+//     `current` is the new spec at once (the process runs the same run
+//     spec), its new limits are written to the process's cgroup when they
+//     changed (ActSetLimits, a long step: nothing passes before it is
+//     done, and its error fails the install), and that same process is
+//     checked (CHECKING, a fresh checking period), analysed and watched
+//     under the new spec. A failure reverts in place too: `current` is the
+//     last good spec again, its limits are written back (ActSetLimits;
+//     if that fails, the revert restarts the process with the last good
+//     spec, as any revert), and the process, still the same, is re-checked
+//     with its checks (REVERTING → REVERTED). Except after a resize during
+//     whose check or watch the process exited (killed at a lowered
+//     memory_max, say): the supervisor restarted it under the new limits,
+//     so it is not kept: the revert is the ordinary one, which stops it
+//     and starts the last good spec (revertsInPlace). When the machine is not settled healthy on
 //     the release (a failed process, one being started), the change is
 //     installed as any other. A newer assignment while it is checked does
 //     not wait for the check (newerInPlace): the same spec at a newer
@@ -37,7 +47,10 @@ import (
 //     last good spec has unchanged (it then waits for the check's end,
 //     whose failure reverts in place and re-checks the last good spec).
 //     A crash loop in its check or watch reverts it like any failure
-//     (README, "Config changes roll out like code").
+//     (README, "Config changes roll out like code"). A resize in its check
+//     is never dropped so: its limits are on the process, so the newer
+//     assignment waits for the check's end (or its revert, which writes
+//     the last good limits back).
 //   - it changes only what the coordinator reads (rollout policy, alerts,
 //     selector): taken as the running release at a newer generation, no
 //     restart (as for the same spec).
@@ -56,7 +69,7 @@ import (
 
 // An agent restart in the middle of an in-place install or of its revert
 // finds the one process of the release running: as the two specs run the
-// same, it is the target's and the last good's process alike (judgedInPlace),
+// same, it is the target's and the last good's process alike (inPlaceChange),
 // so it is adopted and checked again with the spec the snapshot judges
 // (Current), whatever its epoch.
 //
@@ -80,28 +93,78 @@ func specChange(a, b *v1.Assignment) bool {
 	return a != nil && b != nil && Version(a) == Version(b) && specdiff.HostAffecting(a.GetSpec(), b.GetSpec())
 }
 
-// judgedInPlace reports whether a and b are the same release with specs
-// that differ only in how it is judged (specdiff.JudgingOnly): a process
-// of it runs the same under either.
-func judgedInPlace(a, b *v1.Assignment) bool {
-	return a != nil && b != nil && Version(a) == Version(b) && specdiff.JudgingOnly(a.GetSpec(), b.GetSpec())
+// inPlaceChange reports whether a and b are the same release with specs
+// that differ only in how it is judged and in its resource limits
+// (specdiff.InPlace): a process of it runs the same under either, once
+// the limits are written (resized).
+func inPlaceChange(a, b *v1.Assignment) bool {
+	return a != nil && b != nil && Version(a) == Version(b) && specdiff.InPlace(a.GetSpec(), b.GetSpec())
+}
+
+// resized reports whether a and b have different resource limits
+// (specdiff.Resized): applying one in place of the other writes them.
+func resized(a, b *v1.Assignment) bool {
+	return specdiff.Resized(a.GetSpec(), b.GetSpec())
+}
+
+// setLimits writes a's resource limits to process p's cgroup
+// (ActSetLimits, a long step): the checks begun beside it pass nothing
+// before it is done (evaluate), and its error fails the op (limitsDone).
+func (m *Machine) setLimits(a *v1.Assignment, p *proc) {
+	m.seq++
+	m.inflight = ActSetLimits
+	m.emit(Action{Kind: ActSetLimits, Seq: m.seq, Epoch: p.epoch, Version: Version(a), Assignment: a})
+}
+
+// limitsDone takes the end of the ActSetLimits in flight. Written: the
+// check goes on, or fails with a failure that came meanwhile (deferred). Failed in an install: the install failed, reverted (in
+// place: the last good limits are written back). Failed in its revert:
+// the process may run with limits of neither spec, so the revert is done
+// by a restart with the last good spec (revertNext: stopped, `current`
+// already points at the release, started).
+func (m *Machine) limitsDone(err error, t time.Time) {
+	if d := m.deferred; d != "" && err == nil {
+		// The checks failed while the limits were written (a crash loop).
+		m.deferred = ""
+		m.checksFailed(d, t)
+		return
+	}
+	m.deferred = ""
+	if err == nil {
+		m.evaluate(t)
+		return
+	}
+	switch m.op {
+	case opInstall:
+		m.checksFailed(fmt.Sprintf("setting resource limits: %v", err), t)
+	case opRevert:
+		m.stopChecks()
+		m.reason = joinReasons(m.reason, fmt.Sprintf("writing back the last good resource limits: %v: restarting it", err))
+		m.report()
+		m.revertNext(t)
+	}
 }
 
 // inPlace reports whether assignment a is installed in place: the machine
 // is settled on a's release, healthy (its last good spec, passed and not
 // restarted since), with the one process of it serving, and a's spec
-// differs from the running one only in how it is judged.
+// differs from the running one only in how it is judged and in its
+// resource limits.
 func (m *Machine) inPlace(a *v1.Assignment) bool {
 	return m.op == opNone && m.currentOK && m.fresh == nil && len(m.procs) == 1 && m.procs[0].v == Version(a) &&
 		m.lastGood != nil && Version(m.lastGood) == Version(m.current) &&
-		!specdiff.HostAffecting(m.lastGood.GetSpec(), m.current.GetSpec()) && judgedInPlace(m.current, a)
+		!specdiff.HostAffecting(m.lastGood.GetSpec(), m.current.GetSpec()) && inPlaceChange(m.current, a)
 }
 
 // installInPlace installs a in place (inPlace holds): `current` takes its
-// spec, and the process that serves is checked (a fresh checking period),
-// analysed and watched under it, as if it had just been started for it.
+// spec, its limits are written to the process's cgroup when they changed
+// (after the persist: an agent restart before the write writes them on
+// adoption), and the process that serves is checked (a fresh checking
+// period), analysed and watched under it, as if it had just been started
+// for it.
 func (m *Machine) installInPlace(a *v1.Assignment, t time.Time) {
 	p := m.procs[0]
+	from := m.current
 	m.target = a
 	m.current = a
 	m.currentOK = false // not yet passed under this spec
@@ -112,6 +175,9 @@ func (m *Machine) installInPlace(a *v1.Assignment, t time.Time) {
 	p.a = a
 	m.phase = v1.Phase_PHASE_CHECKING
 	m.persist()
+	if resized(from, a) {
+		m.setLimits(a, p)
+	}
 	m.beginChecks(a, p.epoch, t) // reports
 	m.evaluate(t)
 }
@@ -143,12 +209,15 @@ func (m *Machine) newerInPlace(p *pendingAssign) bool {
 		m.report()
 		return true
 	}
-	if m.chk.exits > 0 || m.failsLastGoodCheck() {
+	if m.chk.exits > 0 || m.failsLastGoodCheck() || resized(m.lastGood, m.target) {
 		// The process exited during the check, or fails a check the last
 		// good spec has too: that is about the process under the last good
-		// spec as well, so "it passed" no longer holds. Not dropped: p
-		// waits (op is still the install) and the failure reverts in place
-		// and re-checks the last good spec, as any failure (README).
+		// spec as well, so "it passed" no longer holds. Or its limits were
+		// rewritten (a resize): it does not run as under the last good spec
+		// any more. Not dropped: p waits (op is still the install) and the
+		// check's end settles it, or its failure reverts (in place: the last
+		// good limits written back) and re-checks the last good spec, as
+		// any failure (README).
 		return false
 	}
 	m.stopChecks()
@@ -192,20 +261,29 @@ func sameCheck(a, b *v1.Check) bool {
 
 // revertsInPlace reports whether the revert under way can be done in
 // place: the one process that serves is of the release being reverted,
-// which runs the same under the last good spec (judgedInPlace).
+// which runs the same under the last good spec (inPlaceChange), unless
+// the change resized it and it exited since (the supervisor restarted it
+// under the new limits; an OOM kill at a lowered memory_max): that is
+// reverted as any other, by a restart with the last good spec.
 func (m *Machine) revertsInPlace() bool {
-	return m.fresh == nil && len(m.procs) == 1 && m.procs[0].v == Version(m.current) && judgedInPlace(m.lastGood, m.current)
+	return m.fresh == nil && len(m.procs) == 1 && m.procs[0].v == Version(m.current) && inPlaceChange(m.lastGood, m.current) &&
+		!(resized(m.lastGood, m.current) && m.chk.exits > 0)
 }
 
 // revertInPlace reverts in place (revertsInPlace holds; op, reason set):
-// `current` is the last good spec again, and the same process is
-// re-checked with its checks.
+// `current` is the last good spec again, its limits are written back when
+// they differ (ActSetLimits), and the same process is re-checked with its
+// checks.
 func (m *Machine) revertInPlace(t time.Time) {
 	p := m.procs[0]
+	from := m.current
 	m.switched = true
 	m.current = m.lastGood
 	p.a = m.lastGood
 	m.setPhase(v1.Phase_PHASE_REVERTING, true)
+	if resized(from, m.lastGood) {
+		m.setLimits(m.lastGood, p)
+	}
 	m.beginChecks(m.lastGood, p.epoch, t)
 	m.evaluate(t)
 }

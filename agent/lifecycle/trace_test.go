@@ -28,7 +28,7 @@ import (
 //
 //	assign V gen=N [checks=N] [interval=D] [min_healthy=D] [deadline=D] [analysis] [watch=D] [inconclusive=fail]
 //	        [sockets] [notify] [ready_timeout=D] [hooks=NAME,...] [hook_timeout=D] [pre_stop]
-//	        [env=K=V] [check=CMD] [policy=N]
+//	        [env=K=V] [check=CMD] [policy=N] [mem=SIZE] [cpu=N]
 //	        a valid assignment of release V (defaults: 1 check, min_healthy
 //	        10s, deadline 1m); analysis adds the error_ratio rule "errors";
 //	        sockets declares a socket (http); notify sets ready: notify;
@@ -37,7 +37,9 @@ import (
 //	        env sets run.env (a spec change hosts run: printed V{K=V} in
 //	        actions and snapshots), policy the rollout's max_parallel (one
 //	        they do not), check the checks' command (a spec change that
-//	        only changes how the release is judged: printed V{check=CMD})
+//	        only changes how the release is judged: printed V{check=CMD}),
+//	        mem and cpu its resources.memory_max and cpu_weight (a change
+//	        applied in place, its limits written: printed V{cpu=N,mem=SIZE})
 //	invalid gen=N [reason=TEXT]     an assignment that failed validation
 //	remove gen=N                    an assignment to remove the service
 //	done KIND [err=TEXT] [link=V|none]
@@ -326,6 +328,17 @@ func (tr *trace) assignment(t *testing.T, d *datadriven.TestData) *v1.Assignment
 			c.GetExec().Command = []string{check}
 		}
 	}
+	var mem string
+	if d.MaybeScanArgs(t, "mem", &mem) {
+		a.Spec.Resources = &v1.Resources{MemoryMax: mem}
+	}
+	var cpu uint32
+	if d.MaybeScanArgs(t, "cpu", &cpu) {
+		if a.Spec.Resources == nil {
+			a.Spec.Resources = &v1.Resources{}
+		}
+		a.Spec.Resources.CpuWeight = cpu
+	}
 	var policy uint32
 	if d.MaybeScanArgs(t, "policy", &policy) {
 		a.Spec.Rollout = &v1.RolloutPolicy{MaxParallel: policy}
@@ -559,8 +572,9 @@ func versionOr(v string) string {
 
 func (tr *trace) at(t time.Time) string { return t.Sub(t0).String() }
 
-// envOf is "{K=V,check=CMD}" for an assignment whose spec sets run.env
-// (K=V) or checks that run another command than "true" (check=CMD), else "".
+// envOf is "{K=V,check=CMD,cpu=N,mem=SIZE}" for an assignment whose spec
+// sets run.env (K=V), checks that run another command than "true"
+// (check=CMD) or resources (cpu=N, mem=SIZE), else "".
 func envOf(a *v1.Assignment) string {
 	var kv []string
 	for k, v := range a.GetSpec().GetRun().GetEnv() {
@@ -570,6 +584,14 @@ func envOf(a *v1.Assignment) string {
 	if cs := a.GetSpec().GetChecks(); len(cs) > 0 {
 		if cmd := cs[0].GetExec().GetCommand(); len(cmd) > 0 && cmd[0] != "true" {
 			kv = append(kv, "check="+cmd[0])
+		}
+	}
+	if r := a.GetSpec().GetResources(); r != nil {
+		if r.GetCpuWeight() != 0 {
+			kv = append(kv, fmt.Sprintf("cpu=%d", r.GetCpuWeight()))
+		}
+		if r.GetMemoryMax() != "" {
+			kv = append(kv, "mem="+r.GetMemoryMax())
 		}
 	}
 	if len(kv) == 0 {
@@ -586,7 +608,7 @@ func (tr *trace) action(a Action) string {
 		b.WriteString(" " + a.Hook)
 	}
 	switch a.Kind {
-	case ActFetch, ActVerify, ActStage, ActSwitch, ActStart, ActStop, ActAdopt, ActBeginChecks, ActFreezeBaseline, ActHook:
+	case ActFetch, ActVerify, ActStage, ActSwitch, ActStart, ActStop, ActAdopt, ActBeginChecks, ActFreezeBaseline, ActHook, ActSetLimits:
 		b.WriteString(" " + versionOr(a.Version) + envOf(a.Assignment))
 	}
 	if a.Seq != 0 {
@@ -600,6 +622,9 @@ func (tr *trace) action(a Action) string {
 	}
 	if a.Drain {
 		b.WriteString(" drain")
+	}
+	if a.Limits {
+		b.WriteString(" limits")
 	}
 	if a.Kind == ActHook {
 		fmt.Fprintf(&b, " timeout=%s %s", a.Timeout, a.Operation)

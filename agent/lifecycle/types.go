@@ -303,6 +303,13 @@ const (
 	// `current`, its PID file; its log stays). Nothing of it runs (an
 	// ActStop came first).
 	ActRemove
+	// ActSetLimits: write Assignment's resource limits (spec.resources:
+	// memory_max, cpu_weight, tasks_max; an unset one is no limit, the
+	// default weight) to the cgroup of the process with Epoch, which keeps
+	// running, and use them for its restarts (an install or a revert in
+	// place, spec.go). An error (a write refused, cgroups unusable for a
+	// limit the spec sets) fails the install, which is reverted.
+	ActSetLimits
 )
 
 func (k ActionKind) String() string {
@@ -335,6 +342,8 @@ func (k ActionKind) String() string {
 		return "hook"
 	case ActRemove:
 		return "remove"
+	case ActSetLimits:
+		return "set-limits"
 	}
 	return fmt.Sprintf("action(%d)", int(k))
 }
@@ -343,7 +352,7 @@ func (k ActionKind) String() string {
 // fed back with Done.
 func (k ActionKind) Long() bool {
 	switch k {
-	case ActFetch, ActVerify, ActStage, ActSwitch, ActStart, ActStop, ActHook, ActRemove:
+	case ActFetch, ActVerify, ActStage, ActSwitch, ActStart, ActStop, ActHook, ActRemove, ActSetLimits:
 		return true
 	}
 	return false
@@ -362,6 +371,12 @@ type Action struct {
 	// Drain (ActStop): run pre_stop and wait shutdown_delay before the stop
 	// signal.
 	Drain bool
+	// Limits (ActAdopt): also write Assignment's resource limits to the
+	// adopted process's cgroup, as ActSetLimits does (idempotent): it may
+	// have been found in the middle of an install or a revert in place that
+	// changes them (Snapshot.InPlace). Failing, it is not adopted (stopped,
+	// its exit reported).
+	Limits bool
 	// Version for ActSwitch, ActStart and ActAdopt (and the release of the
 	// others).
 	Version string
@@ -400,6 +415,9 @@ func (a Action) String() string {
 	if a.Drain {
 		s += " drain"
 	}
+	if a.Limits {
+		s += " limits"
+	}
 	if a.Report != nil {
 		s += fmt.Sprintf(" %s gen=%d cur=%q good=%q", a.Report.Phase, a.Report.Generation, a.Report.CurrentVersion, a.Report.LastGoodVersion)
 	}
@@ -434,9 +452,10 @@ type Snapshot struct {
 	// install (the same release, another spec) it tells the process running
 	// the new spec from those running the old one (spec.go).
 	TargetEpoch uint64
-	// InPlace: Target was installed in place (only how it is judged
-	// changed; the process that served was kept) and no process has been
-	// started since (ServiceReport.in_place; spec.go).
+	// InPlace: Target was installed in place (only how it is judged or its
+	// resource limits changed; the process that served was kept, its limits
+	// written) and no process has been started since
+	// (ServiceReport.in_place; spec.go).
 	InPlace bool
 }
 

@@ -236,7 +236,7 @@ func (s *Supervisor) begin(f *Found) error {
 // usable cgroups, a memory or tasks limit is refused (ErrCgroupsUnusable,
 // as at a start) and a cpu weight alone is not applied; an instance that
 // runs outside a cgroup (adopted from an agent that had none) cannot take
-// them (an error, not retried). Between an exit and the restart, only the
+// a memory or tasks limit (an error) and is left unweighted. Between an exit and the restart, only the
 // restart gets them. If the write fails, later instances still get l (the
 // caller decides what runs: a revert writes the previous limits back).
 func (s *Supervisor) SetLimits(l Limits) error {
@@ -252,8 +252,10 @@ func (s *Supervisor) SetLimits(l Limits) error {
 	switch {
 	case s.cur == nil:
 		return nil
-	case s.cur.cg == nil:
+	case s.cur.cg == nil && (l.MemoryMax > 0 || l.TasksMax > 0):
 		return fmt.Errorf("set limits of %s: pid %d runs outside a cgroup of the agent's", s.cfg.Service, s.cur.pgid)
+	case s.cur.cg == nil:
+		return nil // no bound to enforce; a cpu weight alone is not applied
 	}
 	if err := s.cur.cg.update(l); err != nil {
 		return fmt.Errorf("set limits of %s: %w", s.cfg.Service, err)

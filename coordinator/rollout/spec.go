@@ -83,8 +83,8 @@ func targetName(r *v1.Rollout) string {
 }
 
 // describeChanges is " (changes run.env, checks)", or "" when the rollout
-// changes nothing of the spec hosts run; a judging-only change says it is
-// applied in place (InPlaceNote).
+// changes nothing of the spec hosts run; a change applied in place (how
+// the release is judged, its resource limits) says so (InPlaceNote).
 func describeChanges(r *v1.Rollout) string {
 	if len(r.GetSpecChanges()) == 0 {
 		return ""
@@ -95,11 +95,19 @@ func describeChanges(r *v1.Rollout) string {
 	return " (changes " + strings.Join(r.GetSpecChanges(), ", ") + ")"
 }
 
-// InPlaceNote says how hosts apply a judging-only config rollout
-// (Rollout.in_place), or is "" for any other rollout.
+// InPlaceNote says how hosts apply a config rollout applied in place
+// (Rollout.in_place: specdiff.InPlace), or is "" for any other rollout: a
+// judging-only one, or one that changes the resource limits (possibly
+// with how the release is judged), which hosts write to the running
+// process's cgroup.
 func InPlaceNote(r *v1.Rollout) string {
 	if !r.GetInPlace() {
 		return ""
+	}
+	for _, c := range r.GetSpecChanges() {
+		if c == "resources" || strings.HasPrefix(c, "resources.") {
+			return "resources: hosts healthy on " + r.GetToVersion() + " apply the new limits to the running process in place, no restart"
+		}
 	}
 	return "judging only: hosts healthy on " + r.GetToVersion() + " apply it in place, no restart"
 }

@@ -31,11 +31,11 @@ import (
 //	service [name=web] [mode=auto|manual] [canary=N] [no-canary] [waves=(50,100)]
 //	        [parallel=N] [bake=D] [deadline=D] [failures=N] [on-new=supersede|queue]
 //	        [each-wave] [selector=(k=v,...)] [stable=VERSION]
-//	        [run=(./app,ARG...)] [env=(K=V,...)] [webhook=URL]
+//	        [run=(./app,ARG...)] [env=(K=V,...)] [mem=SIZE] [cpu=N] [webhook=URL]
 //	        [window=(DAYS,HH:MM,HH:MM,ZONE)] [after=(NAME,...)]
 //	        [zone-limit=N|P%] [zone-order=one_at_a_time] [abort-on=(ALERT,...)]
-//	    the service's spec: its policy, what hosts run (run, env) and its
-//	    alerts. The first is spec 1; again: an apply (a spec that differs gets
+//	    the service's spec: its policy, what hosts run (run, env; mem and
+//	    cpu its resources.memory_max and cpu_weight) and its alerts. The first is spec 1; again: an apply (a spec that differs gets
 //	    the next revision; it prints the revision and what changed), same
 //	    status. stable= makes VERSION an existing release that runs
 //	    everywhere (generation 1) with spec 1.
@@ -384,6 +384,9 @@ func traceService(t *testing.T, td *datadriven.TestData) *v1.Service {
 			k, v, _ := strings.Cut(kv, "=")
 			sp.Run.Env[k] = v
 		}
+	}
+	if m, c := arg(td, "mem"), num("cpu"); m != "" || c != 0 {
+		sp.Resources = &v1.Resources{MemoryMax: m, CpuWeight: c}
 	}
 	if a, ok := td.Arg("checks"); ok {
 		for _, c := range a.Vals {

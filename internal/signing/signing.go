@@ -383,7 +383,7 @@ func SpecDigest(s *v1.ServiceSpec) string {
 // statement's).
 func CheckSpec(rel *v1.Release, spec *v1.ServiceSpec, want string) error {
 	if got := SpecDigest(spec); got != want {
-		return fail(ErrSpecMismatch, "release %s: the assigned spec has sha256 %s, the signed one %s (run, hooks, checks and analysis must be what was signed)",
+		return fail(ErrSpecMismatch, "release %s: the assigned spec has sha256 %s, the signed one %s (run, hooks, resources, checks and analysis must be what was signed)",
 			show(rel.GetVersion(), 64), got, show(want, 80))
 	}
 	return nil

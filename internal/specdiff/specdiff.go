@@ -10,13 +10,16 @@
 // affects hosts, so a new field can never be silently ignored by a rollout.
 //
 // Within the Host kind, a change of only how hosts judge a release
-// (checks, min_healthy_time, healthy_deadline, analysis: Judging) still
-// rolls out, but a host applies it in place: the running process is kept
-// and judged again under the new spec (JudgingOnly). No field of run is in
-// that class (each takes effect only when a process starts, so applying it
-// without a restart would leave the process running with the old value),
-// and neither is any field added later: a new field restarts until it is
-// decided otherwise, here, with a row in the table test.
+// (checks, min_healthy_time, healthy_deadline, analysis: Judging) and of
+// the resource limits (resources: memory_max, cpu_weight, tasks_max, which
+// cgroups let a running process's limits be rewritten) still rolls out,
+// but a host applies it in place: the running process is kept, its
+// cgroup's limits are written when resources changed, and it is judged
+// again under the new spec (InPlace). No field of run is in that class
+// (each takes effect only when a process starts, so applying it without a
+// restart would leave the process running with the old value), nor are
+// hooks, and neither is any field added later: a new field restarts until
+// it is decided otherwise, here, with a row in the table test.
 //
 // It is pure (values in, values out) and imports only the generated types
 // and protobuf, so the agent's pure lifecycle may use it.
@@ -67,12 +70,19 @@ var notHost = map[protoreflect.Name]Kind{
 }
 
 // judging is every Host field whose change only changes how hosts judge
-// the running release, not what runs: applied in place (JudgingOnly).
+// the running release, not what runs.
 var judging = map[protoreflect.Name]bool{
 	"checks":           true,
 	"min_healthy_time": true,
 	"healthy_deadline": true,
 	"analysis":         true,
+}
+
+// live is every Host field other than the judging ones whose change a
+// host applies to the running process without restarting it: the
+// resource limits, written to its cgroup (agent: ActSetLimits).
+var live = map[protoreflect.Name]bool{
+	"resources": true,
 }
 
 // Judging reports whether a change of the top-level ServiceSpec field
@@ -81,18 +91,33 @@ func Judging(field string) bool {
 	return judging[protoreflect.Name(field)]
 }
 
-// JudgingOnly reports whether a and b run differently on hosts only in
-// how the release is judged: they differ in a Host field, and every Host
-// field they differ in is a Judging one. A host applies such a change in
-// place (the process keeps running); any other Host change restarts it.
-func JudgingOnly(a, b *v1.ServiceSpec) bool {
+// InPlaceField reports whether a host applies a change of the top-level
+// ServiceSpec field (by its proto name) in place, keeping the running
+// process: a Judging field, or resources.
+func InPlaceField(field string) bool {
+	return judging[protoreflect.Name(field)] || live[protoreflect.Name(field)]
+}
+
+// InPlace reports whether a host applies a change from spec a to spec b
+// in place: they differ in a Host field, and every Host field they differ
+// in is an InPlaceField one (how the release is judged, its resource
+// limits). The process keeps running (its limits rewritten when
+// Resized); any other Host change restarts it.
+func InPlace(a, b *v1.ServiceSpec) bool {
 	host := HostChanges(a, b)
 	for _, p := range host {
-		if !Judging(topField(p)) {
+		if !InPlaceField(topField(p)) {
 			return false
 		}
 	}
 	return len(host) > 0
+}
+
+// Resized reports whether a and b differ in their resource limits
+// (resources): applying one in place of the other rewrites the running
+// process's cgroup.
+func Resized(a, b *v1.ServiceSpec) bool {
+	return !proto.Equal(a.GetResources(), b.GetResources())
 }
 
 // topField is the top-level field of a change's path ("analysis.rules" →

@@ -24,15 +24,25 @@ func base() *v1.ServiceSpec {
 		Rollout:         &v1.RolloutPolicy{Canary: 1, Waves: []uint32{50, 100}},
 		Analysis:        &v1.Analysis{MetricsUrl: "http://127.0.0.1:8080/metrics", Rules: []*v1.AnalysisRule{{Name: "r", Kind: &v1.AnalysisRule_Restarts{Restarts: &v1.RestartsRule{Max: 1}}}}},
 		Alerts:          &v1.Alerts{WebhookUrl: "http://hooks/x"},
+		Resources:       &v1.Resources{MemoryMax: "256Mi", CpuWeight: 100},
 	}
 }
 
 // inPlace are the rows of TestRule whose change a host applies in place
-// (JudgingOnly: only how the release is judged changes); every other row
-// with host changes restarts the process.
+// (InPlace: only how the release is judged or its resource limits
+// change); every other row with host changes restarts the process.
 var inPlace = map[string]bool{
 	"checks": true, "checks removed": true, "min_healthy_time": true, "healthy_deadline": true,
 	"analysis.rules": true, "analysis.watch": true, "analysis removed": true, "judging together": true,
+	"resources": true, "resources.memory_max": true, "resources.cpu_weight": true, "resources.tasks_max": true,
+	"resources removed": true, "resources and judging": true,
+}
+
+// resized are the rows of TestRule whose change rewrites the running
+// process's limits (Resized).
+var resized = map[string]bool{
+	"resources": true, "resources.memory_max": true, "resources.cpu_weight": true, "resources.tasks_max": true,
+	"resources removed": true, "resources and judging": true, "resources and run": true, "resources and hooks": true,
 }
 
 // TestRule is the rule, one row per change: which fields a change names
@@ -64,7 +74,24 @@ func TestRule(t *testing.T) {
 		{"run.group", func(s *v1.ServiceSpec) { s.Run.User, s.Run.Group = "web", "web" }, []string{"run.user", "run.group"}, nil, nil},
 		{"run unset", func(s *v1.ServiceSpec) { s.Run = nil }, []string{"run"}, nil, nil},
 		{"hooks", func(s *v1.ServiceSpec) { s.Hooks = &v1.Hooks{Validate: &v1.Hook{Command: []string{"./validate"}}} }, []string{"hooks"}, nil, nil},
-		{"resources", func(s *v1.ServiceSpec) { s.Resources = &v1.Resources{MemoryMax: "256Mi"} }, []string{"resources"}, nil, nil},
+		{"resources", func(s *v1.ServiceSpec) { s.Resources = &v1.Resources{MemoryMax: "512Mi"} }, []string{"resources.memory_max", "resources.cpu_weight"}, nil, nil},
+		{"resources.memory_max", func(s *v1.ServiceSpec) { s.Resources.MemoryMax = "1Gi" }, []string{"resources.memory_max"}, nil, nil},
+		{"resources.cpu_weight", func(s *v1.ServiceSpec) { s.Resources.CpuWeight = 500 }, []string{"resources.cpu_weight"}, nil, nil},
+		{"resources.tasks_max", func(s *v1.ServiceSpec) { s.Resources.TasksMax = 64 }, []string{"resources.tasks_max"}, nil, nil},
+		{"resources removed", func(s *v1.ServiceSpec) { s.Resources = nil }, []string{"resources"}, nil, nil},
+		{"resources and judging", func(s *v1.ServiceSpec) {
+			s.Resources.CpuWeight = 500
+			s.Checks = nil
+			s.Alerts = nil
+		}, []string{"checks", "resources.cpu_weight"}, []string{"alerts"}, nil},
+		{"resources and run", func(s *v1.ServiceSpec) {
+			s.Resources.MemoryMax = "1Gi"
+			s.Run.Env["A"] = "2"
+		}, []string{"run.env", "resources.memory_max"}, nil, nil},
+		{"resources and hooks", func(s *v1.ServiceSpec) {
+			s.Resources.TasksMax = 64
+			s.Hooks = &v1.Hooks{Validate: &v1.Hook{Command: []string{"./validate"}}}
+		}, []string{"hooks", "resources.tasks_max"}, nil, nil},
 		{"checks", func(s *v1.ServiceSpec) { s.Checks[0].GetHttp().Url = "http://127.0.0.1:8080/ready" }, []string{"checks"}, nil, nil},
 		{"checks removed", func(s *v1.ServiceSpec) { s.Checks = nil }, []string{"checks"}, nil, nil},
 		{"min_healthy_time", func(s *v1.ServiceSpec) { s.MinHealthyTime = durationpb.New(2 * time.Second) }, []string{"min_healthy_time"}, nil, nil},
@@ -104,8 +131,11 @@ func TestRule(t *testing.T) {
 				if !slices.Equal(got.Host, tc.host) || !slices.Equal(got.Coordinator, tc.coord) || !slices.Equal(got.Placement, tc.place) {
 					t.Errorf("Diff = %+v, want host %v coordinator %v placement %v", got, tc.host, tc.coord, tc.place)
 				}
-				if got, want := JudgingOnly(dir[0], dir[1]), inPlace[tc.name]; got != want {
-					t.Errorf("JudgingOnly = %v, want %v", got, want)
+				if got, want := InPlace(dir[0], dir[1]), inPlace[tc.name]; got != want {
+					t.Errorf("InPlace = %v, want %v", got, want)
+				}
+				if got, want := Resized(dir[0], dir[1]), resized[tc.name]; got != want {
+					t.Errorf("Resized = %v, want %v", got, want)
 				}
 				if HostAffecting(dir[0], dir[1]) != (len(tc.host) > 0) {
 					t.Errorf("HostAffecting = %v", !(len(tc.host) > 0))
@@ -133,6 +163,16 @@ func TestEveryFieldHasARow(t *testing.T) {
 			t.Errorf("RunSpec.%s has no row in TestRule", n)
 		}
 	}
+	// A field added to Resources is applied in place with the others:
+	// decide whether a running process's cgroup can take it (agent
+	// supervise.SetLimits), and add a row.
+	resCovered := []string{"memory_max", "cpu_weight", "tasks_max"}
+	res := (&v1.Resources{}).ProtoReflect().Descriptor().Fields()
+	for i := range res.Len() {
+		if n := string(res.Get(i).Name()); !slices.Contains(resCovered, n) {
+			t.Errorf("Resources.%s has no row in TestRule", n)
+		}
+	}
 }
 
 func TestKinds(t *testing.T) {
@@ -146,27 +186,41 @@ func TestKinds(t *testing.T) {
 }
 
 // TestJudging: the judging class is exactly checks, min_healthy_time,
-// healthy_deadline and analysis; no run field and no other field (a field
-// added later restarts by default).
+// healthy_deadline and analysis, and the in-place class is those and
+// resources; no run field and no other field (a field added later
+// restarts by default).
 func TestJudging(t *testing.T) {
 	fields := (&v1.ServiceSpec{}).ProtoReflect().Descriptor().Fields()
-	var got []string
+	var got, inPlace []string
 	for i := range fields.Len() {
-		if n := string(fields.Get(i).Name()); Judging(n) {
+		n := string(fields.Get(i).Name())
+		if Judging(n) {
 			got = append(got, n)
+		}
+		if InPlaceField(n) {
+			inPlace = append(inPlace, n)
 			if KindOf(n) != Host {
-				t.Errorf("judging field %s is of kind %s, want host", n, KindOf(n))
+				t.Errorf("in-place field %s is of kind %s, want host", n, KindOf(n))
 			}
 		}
 	}
 	if want := []string{"checks", "min_healthy_time", "healthy_deadline", "analysis"}; !slices.Equal(got, want) {
 		t.Errorf("judging fields %v, want %v", got, want)
 	}
-	if JudgingOnly(nil, nil) || JudgingOnly(base(), base()) {
-		t.Error("no change is judging-only")
+	if want := []string{"checks", "min_healthy_time", "healthy_deadline", "analysis", "resources"}; !slices.Equal(inPlace, want) {
+		t.Errorf("in-place fields %v, want %v", inPlace, want)
 	}
-	if !JudgingOnly(nil, &v1.ServiceSpec{Checks: base().Checks}) {
-		t.Error("nil → checks only is judging-only")
+	if InPlace(nil, nil) || InPlace(base(), base()) {
+		t.Error("no change is in place")
+	}
+	if !InPlace(nil, &v1.ServiceSpec{Checks: base().Checks}) {
+		t.Error("nil → checks only is in place")
+	}
+	if !InPlace(nil, &v1.ServiceSpec{Resources: &v1.Resources{CpuWeight: 200}}) || !Resized(nil, &v1.ServiceSpec{Resources: &v1.Resources{CpuWeight: 200}}) {
+		t.Error("nil → resources only is in place, resized")
+	}
+	if Resized(nil, nil) || Resized(base(), base()) {
+		t.Error("no change is resized")
 	}
 }
 
@@ -174,7 +228,7 @@ func TestNilAndInputsUntouched(t *testing.T) {
 	if HostAffecting(nil, nil) || HostAffecting(nil, &v1.ServiceSpec{}) {
 		t.Error("nil and empty specs differ")
 	}
-	if got := HostChanges(nil, base()); !slices.Equal(got, []string{"run", "checks", "min_healthy_time", "healthy_deadline", "analysis"}) {
+	if got := HostChanges(nil, base()); !slices.Equal(got, []string{"run", "checks", "min_healthy_time", "healthy_deadline", "analysis", "resources"}) {
 		t.Errorf("nil → base: %v", got)
 	}
 	a, b := base(), base()
