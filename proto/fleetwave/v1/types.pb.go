@@ -3630,10 +3630,11 @@ type Rollout struct {
 	// before it: their parts are then counted as found).
 	SplitParts *uint32 `protobuf:"varint,41,opt,name=split_parts,json=splitParts,proto3,oneof" json:"split_parts,omitempty"`
 	// A config rollout whose spec changes only how hosts judge the release
-	// (checks, min_healthy_time, healthy_deadline, analysis:
-	// specdiff.JudgingOnly against the stable spec): hosts settled healthy on
-	// it apply it in place, keeping their process and checking it again (no
-	// restart); HostProgress.in_place says which did.
+	// (checks, min_healthy_time, healthy_deadline, analysis) and/or its
+	// resource limits (resources; specdiff.InPlace against the stable spec):
+	// hosts settled healthy on it apply it in place, keeping their process
+	// (its cgroup's limits rewritten) and checking it again (no restart);
+	// HostProgress.in_place says which did.
 	InPlace bool `protobuf:"varint,42,opt,name=in_place,json=inPlace,proto3" json:"in_place,omitempty"`
 	// The leader dropped the waves' hosts of this ended rollout (older than
 	// the service's newest --keep-rollout-hosts rollouts) and kept a summary
@@ -4125,8 +4126,9 @@ type ServiceReport struct {
 	// fetches the release when its wave comes.
 	StageFailedSha256 string `protobuf:"bytes,13,opt,name=stage_failed_sha256,json=stageFailedSha256,proto3" json:"stage_failed_sha256,omitempty"`
 	// The install this report answers was applied in place (or so reverted):
-	// only how the release is judged changed, and the process that served
-	// was kept and checked again under the new spec, not restarted.
+	// only how the release is judged and/or its resource limits changed, and
+	// the process that served was kept (its limits written to its cgroup)
+	// and checked again under the new spec, not restarted.
 	InPlace       bool `protobuf:"varint,14,opt,name=in_place,json=inPlace,proto3" json:"in_place,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
