@@ -429,3 +429,71 @@ func TestResourcesReappliedOnAdoption(t *testing.T) {
 	cancel2()
 	waitDone(t, done2)
 }
+
+// holdScript holds about 64 MiB in the shell's memory (a variable) and
+// keeps running.
+const holdScript = "#!/bin/sh\nx=$(head -c 67108864 /dev/zero | tr '\\0' a)\necho \"started port=$PORT\"\nsleep 300 &\nwait\n"
+
+// TestMemoryMaxLoweredBelowUseReverts: memory_max lowered in place below
+// what the running process uses. On cgroup v1 the kernel refuses the
+// write (it cannot reclaim enough): the install fails and is reverted in
+// place, the same process with its old limit read back. On v2 the kernel
+// OOM-kills the process (restarted under the new limit, killed again):
+// the crash loop reverts it with a restart under the old limit. Either
+// way the host ends REVERTED on the old limit. Real processes, real
+// cgroups (skipped without usable ones).
+func TestMemoryMaxLoweredBelowUseReverts(t *testing.T) {
+	parent := fmt.Sprintf("fleetwave-agent-test-%d", os.Getpid())
+	cgs := supervise.OpenCgroups(parent)
+	if !cgs.Usable() {
+		t.Skipf("cgroups unusable on this machine: %s", cgs.Reason())
+	}
+	t.Cleanup(func() { removeCgroupParent(t, parent) })
+	fc := newFakeCoordinator(t)
+	art := tarGz(t, map[string]string{"run.sh": holdScript, "check.sh": goodCheck})
+	digest := fc.addArtifact(art)
+	dataDir := t.TempDir()
+	pidFile := filepath.Join(dataDir, "run", testSvc+".pid")
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"},
+		DataDir: dataDir, CgroupParent: parent}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := runAgent(t, ctx, cfg, testOptions())
+	assign := func(gen int64, mem string) {
+		a := testAssignment("1.0.0", gen, digest, int64(len(art)), "")
+		a.Spec.Resources = &v1.Resources{MemoryMax: mem}
+		a.Spec.MinHealthyTime = durationpb.New(5 * time.Second) // a crash loop (v2) comes first
+		a.Spec.HealthyDeadline = durationpb.New(time.Minute)
+		a.SpecRevision = gen
+		fc.assign(a)
+	}
+	assign(1, "256Mi")
+	fc.waitFor(t, "healthy", time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 1, v1.Phase_PHASE_HEALTHY, "1.0.0")
+	})
+	waitStarts(t, dataDir, 1)
+	pid := readPID(t, pidFile)
+
+	nr := reportCount(fc)
+	assign(2, "16Mi")
+	var r *v1.ServiceReport
+	fc.waitFor(t, "reverted", 2*time.Minute, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		r = lastReport(rs[min(nr, len(rs)):], testSvc)
+		return reportIs(r, 2, v1.Phase_PHASE_REVERTED, "1.0.0")
+	})
+	now := readPID(t, pidFile)
+	if mem, _ := serviceLimits(t, cgs.Mode(), now); mem != strconv.Itoa(256<<20) {
+		t.Fatalf("reverted: memory limit %s, want %d back", mem, 256<<20)
+	}
+	if cgs.Mode() == supervise.CgroupV1 {
+		// The write was refused: in place, the same process.
+		if now != pid || !alive(pid) || !r.GetInPlace() || !strings.Contains(r.GetReason(), "setting resource limits") {
+			t.Fatalf("v1: pid %d -> %d, in_place %v, reason %q: want the same process reverted in place on the refused write", pid, now, r.GetInPlace(), r.GetReason())
+		}
+	} else if now == pid || r.GetInPlace() || !strings.Contains(r.GetReason(), "memory limit") {
+		// v2: killed at the new limit, reverted with a restart.
+		t.Fatalf("v2: pid %d -> %d, in_place %v, reason %q: want a restart after kills at the memory limit", pid, now, r.GetInPlace(), r.GetReason())
+	}
+	cancel()
+	waitDone(t, done)
+}

@@ -370,7 +370,7 @@ func (g *cgroup) update(l Limits) error {
 		err = g.updateV1(l)
 	}
 	if err != nil {
-		return fmt.Errorf("set limits of cgroup %s: %w", g.path, err)
+		return fmt.Errorf("cgroup %s: %w", g.path, err)
 	}
 	g.limits = l
 	return nil
@@ -414,9 +414,12 @@ func (g *cgroup) updateV1(l Limits) error {
 		// memory+swap = memory (v1Resources), and the kernel keeps
 		// memsw >= memory at every write: lowering writes memory first,
 		// raising memsw first. Which it is, the failed order says.
-		if err := writeCgroupFile(memDir, "memory.limit_in_bytes", mem); err != nil {
+		if first := writeCgroupFile(memDir, "memory.limit_in_bytes", mem); first != nil {
+			// Raising (memsw first), or lowering below what the cgroup
+			// uses (the kernel cannot reclaim enough: EBUSY), which
+			// the first error says.
 			if err := writeCgroupFile(memDir, "memory.memsw.limit_in_bytes", mem); err != nil {
-				return err
+				return first
 			}
 			if err := writeCgroupFile(memDir, "memory.limit_in_bytes", mem); err != nil {
 				return err
