@@ -12,8 +12,9 @@ import (
 // again with another spec (a config rollout). Whether that is a change is
 // decided by the one rule of package specdiff:
 //
-//   - the new spec changes what runs on hosts (run, hooks, resources, ...;
-//     with or beside how it is judged): it is an install of the same release (FETCHING .. CHECKING: the
+//   - the new spec changes what runs on hosts (run, hooks, ...; with or
+//     beside how it is judged and its resource limits): it is an install
+//     of the same release (FETCHING .. CHECKING: the
 //     staged release is only re-verified by its digest, `current` is
 //     switched to the same directory, the process is stopped and started
 //     with the new spec, checked, analysed and watched), and a failure
@@ -37,9 +38,9 @@ import (
 //     whose check or watch the process exited (killed at a lowered
 //     memory_max, say): the supervisor restarted it under the new limits,
 //     so it is not kept: the revert is the ordinary one, which stops it
-//     and starts the last good spec (revertsInPlace). When the machine is not settled healthy on
-//     the release (a failed process, one being started), the change is
-//     installed as any other. A newer assignment while it is checked does
+//     and starts the last good spec (revertsInPlace). When the machine is
+//     not settled healthy on the release (a failed process, one being
+//     started), the change is installed as any other. A newer assignment while it is checked does
 //     not wait for the check (newerInPlace): the same spec at a newer
 //     generation carries the check on; anything else drops it at once
 //     (nothing was started or switched) and is applied from the last good
@@ -71,7 +72,10 @@ import (
 // finds the one process of the release running: as the two specs run the
 // same, it is the target's and the last good's process alike (inPlaceChange),
 // so it is adopted and checked again with the spec the snapshot judges
-// (Current), whatever its epoch.
+// (Current), whatever its epoch. As the limits on its cgroup may be either
+// spec's (the agent may have stopped before or after the write), an
+// adoption while Snapshot.InPlace holds writes the adopted spec's limits
+// again (ActAdopt.Limits; idempotent).
 //
 // Reports say which installs were in place (ServiceReport.in_place, from
 // Snapshot.InPlace): set by installInPlace, for the assignment it

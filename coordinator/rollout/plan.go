@@ -124,7 +124,7 @@ func New(id string, svc *v1.Service, to string, hosts []Host, now time.Time) *v1
 	}
 	if st.GetStableSpec() != nil {
 		r.SpecChanges = specdiff.HostChanges(st.GetStableSpec(), sp)
-		// The rule the agents apply (lifecycle judgedInPlace) to the same
+		// The rule the agents apply (lifecycle inPlaceChange) to the same
 		// release: a config rollout of a change applied in place.
 		r.InPlace = to == st.GetStableVersion() && specdiff.InPlace(st.GetStableSpec(), sp)
 	}
