@@ -58,7 +58,7 @@ type boardView struct {
 	// What the rollout changes, named as everywhere else
 	// (rollout.Describe): "v1 → v2", "v2 with spec 3 → spec 4", ...
 	What string
-	// InPlace says a judging-only config rollout is applied in place
+	// InPlace says a config rollout is applied in place (judging only, or resources)
 	// (rollout.InPlaceNote; "" for any other).
 	InPlace string
 	// Compacted says the rollout's host detail was pruned and how many
