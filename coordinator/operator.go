@@ -208,10 +208,10 @@ func (o *operator) createRelease(ctx context.Context, rel *v1.Release) (*v1.Crea
 		if size != rel.GetArtifact().GetSize() {
 			return nil, status.Errorf(codes.InvalidArgument, "release.artifact.size: %d, but the stored artifact has %d bytes", rel.GetArtifact().GetSize(), size)
 		}
-		// The file's time to now: no coordinator deletes it on what it
-		// knew before this release named it (pruneArtifactFiles keeps a
-		// file newer than the prune marks of the releases naming it, and
-		// an upload no release names for the grace).
+		// The file's time to now: pruneArtifactFiles, which judges files
+		// by their age, does not delete it on what it knew before this
+		// release named it (an upload no release named, or a pruned
+		// release's file, kept ArtifactUploadGrace from now).
 		if err := o.c.arts.Touch(rel.GetArtifact().GetSha256()); err != nil {
 			return nil, status.Errorf(codes.FailedPrecondition, "release.artifact.sha256: %s left the artifact store meanwhile (upload it again): %v", rel.GetArtifact().GetSha256(), err)
 		}

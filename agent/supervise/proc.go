@@ -48,7 +48,6 @@ const pollGone = 100 * time.Millisecond
 type proc struct {
 	pgid    int
 	cg      *cgroup // nil: a process group alone
-	limits  Limits  // cg was created with them (spawned; not known of an adopted one)
 	started time.Time
 	spawned bool // started by this supervisor: reaped here
 

@@ -220,11 +220,7 @@ func (s *Supervisor) begin(f *Found) error {
 		return err
 	}
 	s.started = true
-	used := p.limits
-	if f != nil {
-		used = s.limits() // not known: written only when asked (SetLimits)
-	}
-	s.setCurrent(p, used)
+	s.setCurrent(p)
 	go s.run(p, logf)
 	return nil
 }
@@ -272,14 +268,15 @@ func (s *Supervisor) limits() Limits {
 	return s.cfg.Limits
 }
 
-// setCurrent records p (nil: none) as the instance that runs, created
-// with limits used: when SetLimits changed them meanwhile, p's cgroup
-// takes the new ones now.
-func (s *Supervisor) setCurrent(p *proc, used Limits) {
+// setCurrent records p (nil: none) as the instance that runs. When
+// SetLimits changed the limits after p's cgroup was created with others
+// (spawned: an adopted one's are not known, written only when asked),
+// p's cgroup takes the new ones now.
+func (s *Supervisor) setCurrent(p *proc) {
 	s.limMu.Lock()
 	defer s.limMu.Unlock()
 	s.cur = p
-	if p == nil || p.cg == nil || used == s.cfg.Limits {
+	if p == nil || !p.spawned || p.cg == nil || p.cg.limits == s.cfg.Limits {
 		return
 	}
 	if err := p.cg.update(s.cfg.Limits); err != nil {
@@ -425,7 +422,6 @@ func (s *Supervisor) spawn(logf *os.File) (*proc, error) {
 	s.writePIDFile(pid)
 	p := watch(pid, pidfd, startedAt, true)
 	p.cg = cg
-	p.limits = limits
 	ev := s.log.Info().Int("pid", pid).Int("restarts", s.Restarts())
 	if cg != nil {
 		ev = ev.Str("cgroup", cg.path)
@@ -448,7 +444,7 @@ func (s *Supervisor) run(p *proc, logf *os.File) {
 		if p != nil {
 			select {
 			case <-s.stopCh:
-				s.setCurrent(nil, Limits{})
+				s.setCurrent(nil)
 				if s.detaching() && !p.exited() {
 					p.stopWatching()
 					s.log.Info().Int("pid", p.pgid).Msg("process left running (detached)")
@@ -464,7 +460,7 @@ func (s *Supervisor) run(p *proc, logf *os.File) {
 				if err := killGroup(p.pgid, syscall.SIGKILL); err != nil {
 					s.log.Warn().Err(err).Int("pid", p.pgid).Msg("SIGKILL orphans of the exited process")
 				}
-				s.setCurrent(nil, Limits{})
+				s.setCurrent(nil)
 				exitErr, reason := p.err, "exited"
 				if p.cg != nil {
 					if p.cg.oomKills() > 0 {
@@ -498,7 +494,7 @@ func (s *Supervisor) run(p *proc, logf *os.File) {
 			s.log.Error().Err(err).Str("reason", "restart failed").Msg("restart process")
 			continue
 		}
-		s.setCurrent(np, np.limits)
+		s.setCurrent(np)
 		p = np
 	}
 }

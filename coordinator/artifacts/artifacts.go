@@ -128,17 +128,23 @@ func (s *Store) Ensure(ctx context.Context, digest string) (int64, error) {
 	if err == nil || !errors.Is(err, os.ErrNotExist) {
 		return size, err
 	}
-	if note := s.prunedNote(digest); note != "" {
-		err = fmt.Errorf("%w (%s)", err, note)
-	}
 	f := s.fetch.Load()
 	if f == nil {
-		return 0, err
+		return 0, s.withPrunedNote(digest, err)
 	}
 	if ferr := (*f)(ctx, digest); ferr != nil {
-		return 0, fmt.Errorf("%w; fetch from peers: %v", err, ferr)
+		return 0, fmt.Errorf("%w; fetch from peers: %v", s.withPrunedNote(digest, err), ferr)
 	}
 	return s.Stat(digest)
+}
+
+// withPrunedNote adds to err, which says digest is missing, why when it
+// was pruned (looked up only then: it reads every release).
+func (s *Store) withPrunedNote(digest string, err error) error {
+	if note := s.prunedNote(digest); note != "" {
+		return fmt.Errorf("%w (%s)", err, note)
+	}
+	return err
 }
 
 // File is one artifact file of the store.
