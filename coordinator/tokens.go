@@ -84,6 +84,13 @@ func (o *operator) CreateToken(ctx context.Context, req *v1.CreateTokenRequest) 
 		return nil, grpcErr(err)
 	}
 	o.c.log.Info().Str("token", id).Str("name", t.GetName()).Str("role", role).Str("by", p.ident).Msg("token created")
+	// Callers use a token at once (CI creates one and calls with it):
+	// this coordinator checks tokens in its mirror, which must hold it
+	// first (a WhoAmI right after was "unknown or revoked" on a loaded
+	// machine). The token is stored either way.
+	if err := o.sync(ctx); err != nil {
+		o.c.log.Warn().Err(err).Str("token", id).Msg("token created; this coordinator's mirror has not caught up yet")
+	}
 	return &v1.CreateTokenResponse{Token: t, Secret: secret}, nil
 }
 
