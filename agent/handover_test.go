@@ -374,9 +374,14 @@ func TestHandoverZeroDowntime(t *testing.T) {
 
 	// v2 runs beside v1 but is not ready: v1 serves on, untouched.
 	waiting := waitLog(t, cfg.DataDir, "waiting", "v2")
-	if rec, err := supervise.ReadPIDFile(filepath.Join(cfg.DataDir, "run", testSvc+".next.pid")); err != nil || rec.PGID != waiting.PID {
-		t.Fatalf("handover pid file: %+v, %v; want v2's pid %d", rec, err, waiting.PID)
-	}
+	// The supervisor writes the PID file once the process started, which
+	// can be after the process wrote its first line.
+	testkit.EventuallyErr(t, handoverTimeout, "the handover PID file names v2's process", func() error {
+		if rec, err := supervise.ReadPIDFile(filepath.Join(cfg.DataDir, "run", testSvc+".next.pid")); err != nil || rec.PGID != waiting.PID {
+			return fmt.Errorf("handover pid file: %+v, %v; want v2's pid %d", rec, err, waiting.PID)
+		}
+		return nil
+	})
 	cl.waitServed(t, "v1", 20)
 	lines := serviceLog(t, cfg.DataDir)
 	if i := find(lines, "sigterm", "v1", pid1); i >= 0 || !alive(pid1) {
