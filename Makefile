@@ -43,7 +43,7 @@ FUZZTIME_SHORT ?= 5000x
 FUZZMINIMIZE ?= 2000x
 FUZZMINIMIZE_SHORT ?= 200x
 
-.PHONY: all build test unit e2e race fuzz fuzz-short lint vet fmt-check staticcheck vulncheck tidy-check proto proto-check tools deps demo bench clean
+.PHONY: all build test unit e2e race fuzz fuzz-short lint vet fmt-check staticcheck vulncheck tidy-check proto proto-check tools deps cgroup2 demo bench clean
 
 all: build
 
@@ -75,13 +75,19 @@ $(VULNDB)/index/db.json: | $(BIN)/indexdb
 
 tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc
 
-# Test servers and tools from Debian's packages: a real Prometheus for the
-# PromQL rules, and chromium, the browser the dashboard's test drives
-# headless (test/e2e/dashboard_test.go; with CI=true a missing chromium
-# fails that test).
-DEBIAN_TEST_PACKAGES := prometheus chromium
+# Test servers and tools from Debian's packages, as package=what-it-installs
+# (a command, or a file pattern): a real Prometheus for the PromQL rules;
+# chromium, the browser the dashboard's test drives headless
+# (test/e2e/dashboard_test.go; with CI=true a missing chromium fails that
+# test); qemu, a kernel and a static busybox for the virtual machine that
+# runs the agent's cgroup tests on cgroup v2 (test/cgroup2).
+DEBIAN_TEST_PACKAGES := prometheus=prometheus chromium=chromium \
+	qemu-system-x86=qemu-system-x86_64 linux-image-amd64=/boot/vmlinuz-* busybox-static=busybox
 deps:
-	@missing=; for p in $(DEBIAN_TEST_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=; for pc in $(DEBIAN_TEST_PACKAGES); do p=$${pc%%=*}; c=$${pc#*=}; \
+	  case $$c in /*) ls $$c >/dev/null 2>&1 || missing="$$missing $$p";; \
+	    *) command -v $$c >/dev/null 2>&1 || missing="$$missing $$p";; esac; \
+	  [ "$$p" != busybox-static ] || dpkg -s busybox-static >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  echo "installing Debian's packages:$$missing"; \
@@ -151,13 +157,18 @@ tidy-check:
 lint: fmt-check tidy-check vet staticcheck vulncheck
 
 # Everything CI checks.
-test: proto-check lint build deps unit e2e race fuzz-short
+test: proto-check lint build deps unit cgroup2 e2e race fuzz-short
 
 # The Prometheus tests need prometheus/promtool: with this set their absence
 # fails them.
 unit: export FLEETWAVE_REQUIRE_PROMETHEUS = 1
 unit:
-	$(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -v -e /test/e2e -e /test/faults)
+	$(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -v -e /test/e2e -e /test/faults -e /test/cgroup2)
+
+# The agent's cgroup tests on cgroup v2, in a virtual machine (software
+# emulation: a few minutes; test/cgroup2). Missing tools fail it here.
+cgroup2: deps
+	FLEETWAVE_REQUIRE_CGROUP2=1 $(GO) test -count=1 -timeout 30m -v -run '^TestAgentCgroupsOnV2$$' ./test/cgroup2
 
 race:
 	$(GO) test -count=1 -race -timeout 20m $(RACE_PKGS)

@@ -300,14 +300,20 @@ func (g *cgroup) removeDirs() {
 }
 
 func (g *cgroup) make() error {
-	c, l, service := g.c, g.limits, path.Base(path.Dir(g.path))
+	c, l := g.c, g.limits
 	var err error
 	if c.mode == CgroupV2 {
-		var svc *cgroup2.Manager
-		if svc, err = cgroup2.NewManager(c.root, path.Join(c.parent, service), &cgroup2.Resources{}); err == nil {
-			if err = svc.ToggleControllers(v2Controllers, cgroup2.Enable); err == nil {
-				g.v2, err = cgroup2.NewManager(c.root, g.path, v2Resources(l, filepath.Join(c.root, c.parent)))
+		// Every controller is enabled down to the instance (its service's
+		// cgroup.subtree_control too: the instance has memory.max, cpu.weight
+		// and pids.max only so), whichever limits are set now: a resize in
+		// place writes all of them (updateV2), and memory.events says
+		// whether the kernel killed a process at its limit.
+		var m *cgroup2.Manager
+		if m, err = cgroup2.NewManager(c.root, g.path, &cgroup2.Resources{}); err == nil {
+			if err = m.ToggleControllers(v2Controllers, cgroup2.Enable); err == nil {
+				err = m.Update(v2Resources(l, filepath.Join(c.root, c.parent)))
 			}
+			g.v2 = m
 		}
 	} else {
 		g.v1, err = cgroup1.New(cgroup1.StaticPath(g.path), v1Resources(l), cgroup1.WithHierarchy(v1Hierarchy))
