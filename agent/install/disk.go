@@ -107,22 +107,36 @@ func (in *Installer) ReserveFetchSpace(ctx context.Context, want Artifact) (rele
 // does not refuse releases with GiBs free. The free space is checked
 // before the first file and again every unpackCheckEvery bytes written,
 // and what may be written until the next check must fit above the floor.
+//
+// Inodes the same way (kubelet's nodefs.inodesFree < 5%): an archive of
+// many empty files (up to Limits.MaxEntries, 100,000 by default) writes
+// no bytes but can use up a small filesystem's inodes, and then no other
+// service on it can create a file. The free inodes (statfs's f_ffree) are
+// checked before the first entry and again every unpackCheckEveryEntries
+// entries made (files, directories, symlinks), and what may be made until
+// the next check must fit above UnpackKeepFreePercent of the
+// filesystem's inodes, at most UnpackKeepFreeInodesMax. A filesystem that
+// reports no inode count (f_files 0: btrfs, some FUSE) has no inode floor.
 const (
-	UnpackKeepFreePercent = 5
-	UnpackKeepFreeMax     = 1 << 30
-	unpackCheckEvery      = 1 << 20
+	UnpackKeepFreePercent   = 5
+	UnpackKeepFreeMax       = 1 << 30
+	UnpackKeepFreeInodesMax = 1 << 20
+	unpackCheckEvery        = 1 << 20
+	unpackCheckEveryEntries = 1000
 )
 
 // spaceGuard stops an unpack of in's before the filesystem of its data
-// dir goes under the floor (UnpackKeepFreePercent). It counts the bytes
-// written through it.
+// dir goes under the floor (UnpackKeepFreePercent) of free space or free
+// inodes. It counts the bytes written and the entries made through it.
 type spaceGuard struct {
 	in            *Installer
 	written, next int64
+	made, nextMk  int
 }
 
 // check fails, wrapping ErrDiskSpace, when what is free less what may be
-// written before the next check is under the floor.
+// written before the next check is under the floor, or the free inodes
+// less the entries that may be made before it are under theirs.
 func (g *spaceGuard) check() error {
 	var st syscall.Statfs_t
 	if err := statfs(g.in.dataDir, &st); err != nil {
@@ -135,7 +149,27 @@ func (g *spaceGuard) check() error {
 			ErrDiskSpace, g.in.dataDir, bytesText(free), bytesText(keep), UnpackKeepFreePercent, bytesText(size), bytesText(UnpackKeepFreeMax),
 			bytesText(unpackCheckEvery), bytesText(uint64(g.written)))
 	}
-	g.next = g.written + unpackCheckEvery
+	if st.Files > 0 {
+		keepInodes := min(st.Files/100*UnpackKeepFreePercent, UnpackKeepFreeInodesMax)
+		if st.Ffree < keepInodes+unpackCheckEveryEntries {
+			return fmt.Errorf("%w on the filesystem of %s: %d inodes free, unpacking keeps %d free (%d%% of the filesystem's %d, at most %d) beyond the %d entries it makes between two looks; stopped after %d entries",
+				ErrDiskSpace, g.in.dataDir, st.Ffree, keepInodes, UnpackKeepFreePercent, st.Files, UnpackKeepFreeInodesMax,
+				unpackCheckEveryEntries, g.made)
+		}
+	}
+	g.next, g.nextMk = g.written+unpackCheckEvery, g.made+unpackCheckEveryEntries
+	return nil
+}
+
+// entries counts n entries about to be made, and checks the floors when
+// the count reached the next look.
+func (g *spaceGuard) entries(n int) error {
+	if g.made+n > g.nextMk {
+		if err := g.check(); err != nil {
+			return err
+		}
+	}
+	g.made += n
 	return nil
 }
 

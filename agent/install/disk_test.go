@@ -335,3 +335,97 @@ func TestUnpackRefusedUnderTheFloor(t *testing.T) {
 		t.Fatalf("1 GiB + 4 MiB free of 4 TiB (the cap: 5%% would be 204.8 GiB): %v", err)
 	}
 }
+
+// emptyFilesArchive is a .tar.gz of n empty files in directories of 500.
+func emptyFilesArchive(t *testing.T, n int) []byte {
+	t.Helper()
+	es := make([]entry, n)
+	for i := range es {
+		es[i] = entry{name: fmt.Sprintf("d%d/f%d", i/500, i)}
+	}
+	return gz(t, tarBytes(t, es...))
+}
+
+// TestUnpackStopsAtTheInodeFloor: on a filesystem with few inodes (a
+// tmpfs of 4,000; needs root), an archive of 6,000 empty files writes no
+// bytes, so the free-space floor never stops it: it used up every inode
+// (no other service could create a file) before it failed. Now the unpack
+// stops before the free inodes go under the floor (5% of the
+// filesystem's), with an error wrapping ErrDiskSpace that names the
+// filesystem and the numbers; nothing of it is left, and a release that
+// fits is still unpacked.
+func TestUnpackStopsAtTheInodeFloor(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a small tmpfs needs root")
+	}
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=64m,nr_inodes=4000"); err != nil {
+		t.Skipf("cannot mount a tmpfs here: %v", err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(dir, syscall.MNT_DETACH) })
+	in, err := New(filepath.Join(dir, "data"), Limits{}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	freeInodes := func() uint64 {
+		t.Helper()
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(dir, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Ffree
+	}
+	before := freeInodes()
+	lowest := before
+	defer func(f func(string, *syscall.Statfs_t) error) { statfs = f }(statfs)
+	statfs = func(p string, st *syscall.Statfs_t) error {
+		err := syscall.Statfs(p, st)
+		lowest = min(lowest, st.Ffree)
+		return err
+	}
+	_, err = stageBytes(t, in, "web", "1.0.0", emptyFilesArchive(t, 6000))
+	if !errors.Is(err, ErrDiskSpace) || !strings.Contains(err.Error(), "on the filesystem of "+in.dataDir) ||
+		!strings.Contains(err.Error(), "unpacking keeps 200 free (5% of the filesystem's 4000, at most 1048576) beyond the 1000 entries") {
+		t.Fatalf("6,000 empty files on a filesystem of 4,000 inodes: %v, want ErrDiskSpace naming the filesystem and the inode floor", err)
+	}
+	t.Logf("refused: %v", err)
+	if lowest < 200 {
+		t.Errorf("free inodes went down to %d, under the 200 kept", lowest)
+	}
+	stagedNothing(t, in, "1.0.0")
+	if after := freeInodes(); after+10 < before {
+		t.Errorf("%d inodes free after the refused unpack, %d before: the partial release is left", after, before)
+	}
+	if _, err := stageBytes(t, in, "web", "1.0.1", emptyFilesArchive(t, 1500)); err != nil {
+		t.Fatalf("1,500 files on the same filesystem: %v", err)
+	}
+}
+
+// TestUnpackRefusedUnderTheInodeFloor: with the free inodes already
+// under the floor (statfs's numbers), nothing is unpacked; a filesystem
+// that counts no inodes has no inode floor.
+func TestUnpackRefusedUnderTheInodeFloor(t *testing.T) {
+	in := newInstaller(t, Limits{})
+	art := gz(t, tarBytes(t, entry{name: "VERSION", body: "1"}))
+	defer func(f func(string, *syscall.Statfs_t) error) { statfs = f }(statfs)
+	files, ffree := uint64(100000), uint64(5999) // 5,000 kept + 1,000 between looks
+	statfs = func(_ string, st *syscall.Statfs_t) error {
+		st.Blocks, st.Bavail, st.Bsize = 262144, 262144, 4096 // 1 GiB, all free
+		st.Files, st.Ffree = files, ffree
+		return nil
+	}
+	_, err := stageBytes(t, in, "web", "1.0.0", art)
+	want := "not enough free space on the filesystem of " + in.dataDir + ": 5999 inodes free, unpacking keeps 5000 free (5% of the filesystem's 100000, at most 1048576)"
+	if !errors.Is(err, ErrDiskSpace) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("err %v\nwant it to contain %s", err, want)
+	}
+	stagedNothing(t, in, "1.0.0")
+	ffree = 6000
+	if _, err := stageBytes(t, in, "web", "1.0.0", art); err != nil {
+		t.Fatalf("6,000 inodes free of 100,000: %v", err)
+	}
+	files, ffree = 0, 0 // btrfs
+	if _, err := stageBytes(t, in, "web", "1.0.1", art); err != nil {
+		t.Fatalf("a filesystem without an inode count: %v", err)
+	}
+}

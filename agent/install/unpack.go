@@ -326,6 +326,13 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 	if u.entries > u.lim.MaxEntries {
 		return limitErr(hdr.Name, "more than %d entries", u.lim.MaxEntries)
 	}
+	if u.guard != nil {
+		// With the directories it implies: at most MaxEntries in all, a
+		// look at least every unpackCheckEveryEntries of them.
+		if err := u.guard.entries(1); err != nil {
+			return err
+		}
+	}
 	name, comps, err := cleanName(hdr.Name)
 	if err != nil {
 		return err
@@ -375,6 +382,11 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 		u.entries += implied
 		if u.entries > u.lim.MaxEntries {
 			return limitErr(hdr.Name, "more than %d entries (counting the %d directories it implies)", u.lim.MaxEntries, implied)
+		}
+		if u.guard != nil {
+			if err := u.guard.entries(implied); err != nil {
+				return err
+			}
 		}
 		for ; i < len(comps)-1; i++ {
 			if parent, err = u.mkdir(hdr.Name, parent, comps[i], false); err != nil {
