@@ -31,6 +31,10 @@ const (
 	RevocationsPrefix = Prefix + "revocations/"
 	// BlackoutsPrefix: <id> -> Blackout (fleetwave freeze).
 	BlackoutsPrefix = Prefix + "blackouts/"
+	// ReleaseTombstonesPrefix: <service>/<version> -> ReleaseTombstone,
+	// what is kept of a deleted release (not mirrored; its name does not
+	// start with ReleasesPrefix, so coordinators from before it ignore it).
+	ReleaseTombstonesPrefix = Prefix + "releasetombstones/"
 	// AuditPrefix: <unix nanos>-<n> -> AuditEntry (not mirrored).
 	AuditPrefix = Prefix + "audit/"
 	// JoinedPrefix: <host> -> the id of the join token that last joined
@@ -49,6 +53,12 @@ func JoinedKey(host string) string          { return JoinedPrefix + host }
 func ConnKey(id string) string              { return ConnsPrefix + id }
 func ReportKey(host, service string) string {
 	return ReportsPrefix + host + "/" + service
+}
+
+// ReleaseTombstoneKey is where what is kept of a deleted release is
+// stored.
+func ReleaseTombstoneKey(service, ver string) string {
+	return ReleaseTombstonesPrefix + service + "/" + ver
 }
 
 // CoordinatorKey is where a coordinator registers itself.

@@ -83,20 +83,95 @@ func (s *Store) ApplySpec(ctx context.Context, spec *v1.ServiceSpec, now time.Ti
 }
 
 // CreateRelease stores a release and returns the revision of the write; a
-// release is immutable, so an existing version is ErrExists.
+// release is immutable, so an existing version is ErrExists. The version
+// of a deleted release (ReleaseTombstone) is refused with another
+// artifact (CheckReleaseTombstone); with the same sha256 the release is
+// created anew and its tombstone dropped, in one transaction that also
+// holds if the tombstone changed meanwhile.
 func (s *Store) CreateRelease(ctx context.Context, r *v1.Release) (int64, error) {
-	key := ReleaseKey(r.GetService(), r.GetVersion())
+	key, tkey := ReleaseKey(r.GetService(), r.GetVersion()), ReleaseTombstoneKey(r.GetService(), r.GetVersion())
 	val, err := marshal(r)
 	if err != nil {
 		return 0, err
 	}
-	resp, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, val)).Commit()
+	for range 10 {
+		trev, err := s.CheckReleaseTombstone(ctx, r)
+		if err != nil {
+			return 0, err
+		}
+		ops := []clientv3.Op{clientv3.OpPut(key, val)}
+		if trev != 0 {
+			ops = append(ops, clientv3.OpDelete(tkey))
+		}
+		resp, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0), clientv3.Compare(clientv3.ModRevision(tkey), "=", trev)).
+			Then(ops...).Else(clientv3.OpGet(key, clientv3.WithCountOnly())).Commit()
+		if err != nil {
+			return 0, fmt.Errorf("create release %s/%s: %w", r.GetService(), r.GetVersion(), err)
+		}
+		if resp.Succeeded {
+			return resp.Header.Revision, nil
+		}
+		if resp.Responses[0].GetResponseRange().GetCount() > 0 {
+			return 0, fmt.Errorf("release %s/%s: %w", r.GetService(), r.GetVersion(), ErrExists)
+		}
+		// The tombstone changed (the release was deleted meanwhile): again.
+	}
+	return 0, fmt.Errorf("create release %s/%s: %w", r.GetService(), r.GetVersion(), ErrConflict)
+}
+
+// CheckReleaseTombstone refuses (ErrTombstoned) a release whose version
+// was deleted (ReleaseTombstone) with another artifact sha256, naming the
+// version and both digests. It returns the tombstone's mod revision (0:
+// none).
+func (s *Store) CheckReleaseTombstone(ctx context.Context, r *v1.Release) (int64, error) {
+	t, rev, err := get(ctx, s, ReleaseTombstoneKey(r.GetService(), r.GetVersion()), &v1.ReleaseTombstone{})
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return 0, nil
+	case err != nil:
+		return 0, fmt.Errorf("release %s/%s: %w", r.GetService(), r.GetVersion(), err)
+	}
+	if d := r.GetArtifact().GetSha256(); d != t.GetSha256() {
+		return 0, fmt.Errorf("release %s/%s: %w: version %s was deleted at %s with artifact sha256 %s, and this release's is %s: "+
+			"a version is never reused with another artifact (agents may still hold the old one unpacked under it); use a new version, or this one with the same artifact",
+			r.GetService(), r.GetVersion(), ErrTombstoned, r.GetVersion(), t.GetDeletedAt().AsTime().UTC().Format(time.RFC3339), t.GetSha256(), d)
+	}
+	return rev, nil
+}
+
+// GetReleaseTombstone returns what is kept of a deleted release
+// (ErrNotFound: none).
+func (s *Store) GetReleaseTombstone(ctx context.Context, service, version string) (*v1.ReleaseTombstone, error) {
+	t, _, err := get(ctx, s, ReleaseTombstoneKey(service, version), &v1.ReleaseTombstone{})
+	return t, err
+}
+
+// DeleteRelease deletes a stored release, compare-and-swap on rev (the
+// mod revision it was read at), fenced, and writes its tombstone
+// (ReleaseTombstone: service, version, artifact sha256, deletedAt) in the
+// same transaction. It returns the revision of the write; a lost fence is
+// ErrNotLeader, a lost race (or a release gone) ErrConflict.
+func (s *Store) DeleteRelease(ctx context.Context, f *Fence, r *v1.Release, rev int64, deletedAt time.Time) (int64, error) {
+	if r.GetService() == "" || r.GetVersion() == "" || rev == 0 {
+		return 0, fmt.Errorf("delete release %q/%q at revision %d: want a stored release", r.GetService(), r.GetVersion(), rev)
+	}
+	key := ReleaseKey(r.GetService(), r.GetVersion())
+	tomb, err := marshal(&v1.ReleaseTombstone{Service: r.GetService(), Version: r.GetVersion(), Sha256: r.GetArtifact().GetSha256(), DeletedAt: tsOf(deletedAt)})
 	if err != nil {
-		return 0, fmt.Errorf("create release %s/%s: %w", r.GetService(), r.GetVersion(), err)
+		return 0, err
+	}
+	var fenceGet []clientv3.Op
+	if f != nil {
+		fenceGet = []clientv3.Op{clientv3.OpGet(f.Key)}
+	}
+	cmps := append(f.cmps(), clientv3.Compare(clientv3.ModRevision(key), "=", rev))
+	resp, err := s.c.Txn(ctx).If(cmps...).
+		Then(clientv3.OpDelete(key), clientv3.OpPut(ReleaseTombstoneKey(r.GetService(), r.GetVersion()), tomb)).Else(fenceGet...).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("delete release %s/%s: %w", r.GetService(), r.GetVersion(), err)
 	}
 	if !resp.Succeeded {
-		return 0, fmt.Errorf("release %s/%s: %w", r.GetService(), r.GetVersion(), ErrExists)
+		return 0, fmt.Errorf("delete release %s/%s: %w", r.GetService(), r.GetVersion(), fenceErr(f, resp))
 	}
 	return resp.Header.Revision, nil
 }

@@ -54,6 +54,9 @@ var (
 	// ErrHistoryShort is returned (with the revision) when a decision was
 	// committed but some of its events could not be recorded.
 	ErrHistoryShort = errors.New("history incomplete")
+	// ErrTombstoned is returned when a release would reuse the version of
+	// a deleted release with another artifact (ReleaseTombstone).
+	ErrTombstoned = errors.New("version of a deleted release")
 	// ErrConflict is returned when a compare-and-swap lost a race.
 	ErrConflict = errors.New("concurrent update")
 	// ErrBeingDeleted: the service is being deleted (`service delete`): its

@@ -1719,8 +1719,13 @@ type CoordinatorInfo struct {
 	// only when every registered coordinator says so; coordinators from
 	// before this field leave it false.
 	PrunesArtifacts bool `protobuf:"varint,11,opt,name=prunes_artifacts,json=prunesArtifacts,proto3" json:"prunes_artifacts,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// It refuses release create of a version whose record was deleted
+	// (ReleaseTombstone) with another artifact. The leader deletes release
+	// records only when every registered coordinator says so; coordinators
+	// from before this field leave it false.
+	HonorsReleaseTombstones bool `protobuf:"varint,12,opt,name=honors_release_tombstones,json=honorsReleaseTombstones,proto3" json:"honors_release_tombstones,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *CoordinatorInfo) Reset() {
@@ -1826,6 +1831,13 @@ func (x *CoordinatorInfo) GetReadsCompactedRollouts() bool {
 func (x *CoordinatorInfo) GetPrunesArtifacts() bool {
 	if x != nil {
 		return x.PrunesArtifacts
+	}
+	return false
+}
+
+func (x *CoordinatorInfo) GetHonorsReleaseTombstones() bool {
+	if x != nil {
+		return x.HonorsReleaseTombstones
 	}
 	return false
 }
@@ -4421,7 +4433,7 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\x13WatchEventsResponse\x12)\n" +
 	"\x05event\x18\x01 \x01(\v2\x13.fleetwave.v1.EventR\x05event\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\"\x16\n" +
-	"\x14ClusterStatusRequest\"\xb2\x03\n" +
+	"\x14ClusterStatusRequest\"\xee\x03\n" +
 	"\x0fCoordinatorInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x16\n" +
@@ -4435,7 +4447,8 @@ const file_fleetwave_v1_operator_proto_rawDesc = "" +
 	"\x13reads_event_batches\x18\t \x01(\bR\x11readsEventBatches\x128\n" +
 	"\x18reads_compacted_rollouts\x18\n" +
 	" \x01(\bR\x16readsCompactedRollouts\x12)\n" +
-	"\x10prunes_artifacts\x18\v \x01(\bR\x0fprunesArtifacts\"\xb0\x02\n" +
+	"\x10prunes_artifacts\x18\v \x01(\bR\x0fprunesArtifacts\x12:\n" +
+	"\x19honors_release_tombstones\x18\f \x01(\bR\x17honorsReleaseTombstones\"\xb0\x02\n" +
 	"\n" +
 	"EtcdMember\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +

@@ -2628,6 +2628,82 @@ func (x *Release) GetArtifactRestoredAt() *timestamppb.Timestamp {
 	return nil
 }
 
+// ReleaseTombstone is what is kept of a deleted release record: the
+// rollout leader deletes a service's old releases whose artifacts were
+// pruned (rollout.RetainReleases) and writes this in the same
+// transaction. Its version is never created again with another artifact
+// (agents key unpacked artifacts by version: one may still hold the old
+// one under it); release create of the same version with the same sha256
+// creates the release anew (and drops the tombstone). Tombstones are kept.
+type ReleaseTombstone struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Service string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	Version string                 `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	// the deleted release's artifact.sha256
+	Sha256        string                 `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	DeletedAt     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=deleted_at,json=deletedAt,proto3" json:"deleted_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseTombstone) Reset() {
+	*x = ReleaseTombstone{}
+	mi := &file_fleetwave_v1_types_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseTombstone) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseTombstone) ProtoMessage() {}
+
+func (x *ReleaseTombstone) ProtoReflect() protoreflect.Message {
+	mi := &file_fleetwave_v1_types_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseTombstone.ProtoReflect.Descriptor instead.
+func (*ReleaseTombstone) Descriptor() ([]byte, []int) {
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ReleaseTombstone) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *ReleaseTombstone) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *ReleaseTombstone) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *ReleaseTombstone) GetDeletedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DeletedAt
+	}
+	return nil
+}
+
 // ReleaseManifest is what CI signs: the release's identity and artifact,
 // what it runs (a digest of the spec) and its place in the service's signed
 // history (sequence).
@@ -2661,7 +2737,7 @@ type ReleaseManifest struct {
 
 func (x *ReleaseManifest) Reset() {
 	*x = ReleaseManifest{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[27]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2673,7 +2749,7 @@ func (x *ReleaseManifest) String() string {
 func (*ReleaseManifest) ProtoMessage() {}
 
 func (x *ReleaseManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[27]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2686,7 +2762,7 @@ func (x *ReleaseManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseManifest.ProtoReflect.Descriptor instead.
 func (*ReleaseManifest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{27}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ReleaseManifest) GetService() string {
@@ -2790,7 +2866,7 @@ type RollbackStatement struct {
 
 func (x *RollbackStatement) Reset() {
 	*x = RollbackStatement{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[28]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2802,7 +2878,7 @@ func (x *RollbackStatement) String() string {
 func (*RollbackStatement) ProtoMessage() {}
 
 func (x *RollbackStatement) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[28]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2815,7 +2891,7 @@ func (x *RollbackStatement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackStatement.ProtoReflect.Descriptor instead.
 func (*RollbackStatement) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{28}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RollbackStatement) GetService() string {
@@ -2881,7 +2957,7 @@ type SignedRollback struct {
 
 func (x *SignedRollback) Reset() {
 	*x = SignedRollback{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[29]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2893,7 +2969,7 @@ func (x *SignedRollback) String() string {
 func (*SignedRollback) ProtoMessage() {}
 
 func (x *SignedRollback) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[29]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2906,7 +2982,7 @@ func (x *SignedRollback) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignedRollback.ProtoReflect.Descriptor instead.
 func (*SignedRollback) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{29}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SignedRollback) GetStatement() []byte {
@@ -2946,7 +3022,7 @@ type SignedManifest struct {
 
 func (x *SignedManifest) Reset() {
 	*x = SignedManifest{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[30]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2958,7 +3034,7 @@ func (x *SignedManifest) String() string {
 func (*SignedManifest) ProtoMessage() {}
 
 func (x *SignedManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[30]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2971,7 +3047,7 @@ func (x *SignedManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignedManifest.ProtoReflect.Descriptor instead.
 func (*SignedManifest) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{30}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SignedManifest) GetManifest() []byte {
@@ -3040,7 +3116,7 @@ type ServiceStatus struct {
 
 func (x *ServiceStatus) Reset() {
 	*x = ServiceStatus{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[31]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3052,7 +3128,7 @@ func (x *ServiceStatus) String() string {
 func (*ServiceStatus) ProtoMessage() {}
 
 func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[31]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3065,7 +3141,7 @@ func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStatus.ProtoReflect.Descriptor instead.
 func (*ServiceStatus) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{31}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ServiceStatus) GetStableVersion() string {
@@ -3176,7 +3252,7 @@ type HoldOverride struct {
 
 func (x *HoldOverride) Reset() {
 	*x = HoldOverride{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[32]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3188,7 +3264,7 @@ func (x *HoldOverride) String() string {
 func (*HoldOverride) ProtoMessage() {}
 
 func (x *HoldOverride) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[32]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3201,7 +3277,7 @@ func (x *HoldOverride) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HoldOverride.ProtoReflect.Descriptor instead.
 func (*HoldOverride) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{32}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *HoldOverride) GetVersion() string {
@@ -3255,7 +3331,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[33]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3267,7 +3343,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[33]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3280,7 +3356,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{33}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Service) GetSpec() *ServiceSpec {
@@ -3335,7 +3411,7 @@ type HostProgress struct {
 
 func (x *HostProgress) Reset() {
 	*x = HostProgress{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[34]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3347,7 +3423,7 @@ func (x *HostProgress) String() string {
 func (*HostProgress) ProtoMessage() {}
 
 func (x *HostProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[34]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3360,7 +3436,7 @@ func (x *HostProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostProgress.ProtoReflect.Descriptor instead.
 func (*HostProgress) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{34}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *HostProgress) GetHostId() string {
@@ -3452,7 +3528,7 @@ type Wave struct {
 
 func (x *Wave) Reset() {
 	*x = Wave{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[35]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3464,7 +3540,7 @@ func (x *Wave) String() string {
 func (*Wave) ProtoMessage() {}
 
 func (x *Wave) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[35]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3477,7 +3553,7 @@ func (x *Wave) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Wave.ProtoReflect.Descriptor instead.
 func (*Wave) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{35}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Wave) GetIndex() uint32 {
@@ -3647,7 +3723,7 @@ type Rollout struct {
 
 func (x *Rollout) Reset() {
 	*x = Rollout{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[36]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3659,7 +3735,7 @@ func (x *Rollout) String() string {
 func (*Rollout) ProtoMessage() {}
 
 func (x *Rollout) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[36]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3672,7 +3748,7 @@ func (x *Rollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
 func (*Rollout) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{36}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Rollout) GetId() string {
@@ -3900,7 +3976,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[37]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3912,7 +3988,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[37]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3925,7 +4001,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{37}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Event) GetAt() *timestamppb.Timestamp {
@@ -4001,7 +4077,7 @@ type EventBatch struct {
 
 func (x *EventBatch) Reset() {
 	*x = EventBatch{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[38]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4013,7 +4089,7 @@ func (x *EventBatch) String() string {
 func (*EventBatch) ProtoMessage() {}
 
 func (x *EventBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[38]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4026,7 +4102,7 @@ func (x *EventBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventBatch.ProtoReflect.Descriptor instead.
 func (*EventBatch) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{38}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *EventBatch) GetEvents() []*Event {
@@ -4047,7 +4123,7 @@ type CheckResult struct {
 
 func (x *CheckResult) Reset() {
 	*x = CheckResult{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[39]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4059,7 +4135,7 @@ func (x *CheckResult) String() string {
 func (*CheckResult) ProtoMessage() {}
 
 func (x *CheckResult) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[39]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4072,7 +4148,7 @@ func (x *CheckResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResult.ProtoReflect.Descriptor instead.
 func (*CheckResult) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{39}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *CheckResult) GetName() string {
@@ -4136,7 +4212,7 @@ type ServiceReport struct {
 
 func (x *ServiceReport) Reset() {
 	*x = ServiceReport{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[40]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4148,7 +4224,7 @@ func (x *ServiceReport) String() string {
 func (*ServiceReport) ProtoMessage() {}
 
 func (x *ServiceReport) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[40]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4161,7 +4237,7 @@ func (x *ServiceReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceReport.ProtoReflect.Descriptor instead.
 func (*ServiceReport) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{40}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ServiceReport) GetService() string {
@@ -4295,7 +4371,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[41]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4307,7 +4383,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[41]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4320,7 +4396,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{41}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Assignment) GetService() string {
@@ -4398,7 +4474,7 @@ type ArtifactSource struct {
 
 func (x *ArtifactSource) Reset() {
 	*x = ArtifactSource{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[42]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4410,7 +4486,7 @@ func (x *ArtifactSource) String() string {
 func (*ArtifactSource) ProtoMessage() {}
 
 func (x *ArtifactSource) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[42]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4423,7 +4499,7 @@ func (x *ArtifactSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArtifactSource.ProtoReflect.Descriptor instead.
 func (*ArtifactSource) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{42}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ArtifactSource) GetHostId() string {
@@ -4466,7 +4542,7 @@ type Host struct {
 
 func (x *Host) Reset() {
 	*x = Host{}
-	mi := &file_fleetwave_v1_types_proto_msgTypes[43]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4478,7 +4554,7 @@ func (x *Host) String() string {
 func (*Host) ProtoMessage() {}
 
 func (x *Host) ProtoReflect() protoreflect.Message {
-	mi := &file_fleetwave_v1_types_proto_msgTypes[43]
+	mi := &file_fleetwave_v1_types_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4491,7 +4567,7 @@ func (x *Host) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Host.ProtoReflect.Descriptor instead.
 func (*Host) Descriptor() ([]byte, []int) {
-	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{43}
+	return file_fleetwave_v1_types_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *Host) GetId() string {
@@ -4764,7 +4840,13 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\x06signed\x18\b \x01(\v2\x1c.fleetwave.v1.SignedManifestR\x06signed\x12H\n" +
 	"\x12artifact_pruned_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x10artifactPrunedAt\x12L\n" +
 	"\x14artifact_restored_at\x18\n" +
-	" \x01(\v2\x1a.google.protobuf.TimestampR\x12artifactRestoredAt\"\xbc\x03\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\x12artifactRestoredAt\"\x99\x01\n" +
+	"\x10ReleaseTombstone\x12\x18\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\x12\x16\n" +
+	"\x06sha256\x18\x03 \x01(\tR\x06sha256\x129\n" +
+	"\n" +
+	"deleted_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tdeletedAt\"\xbc\x03\n" +
 	"\x0fReleaseManifest\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12'\n" +
@@ -5017,7 +5099,7 @@ func file_fleetwave_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_fleetwave_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_fleetwave_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
+var file_fleetwave_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_fleetwave_v1_types_proto_goTypes = []any{
 	(RolloutState)(0),             // 0: fleetwave.v1.RolloutState
 	(WaveState)(0),                // 1: fleetwave.v1.WaveState
@@ -5050,35 +5132,36 @@ var file_fleetwave_v1_types_proto_goTypes = []any{
 	(*Blackout)(nil),              // 28: fleetwave.v1.Blackout
 	(*Artifact)(nil),              // 29: fleetwave.v1.Artifact
 	(*Release)(nil),               // 30: fleetwave.v1.Release
-	(*ReleaseManifest)(nil),       // 31: fleetwave.v1.ReleaseManifest
-	(*RollbackStatement)(nil),     // 32: fleetwave.v1.RollbackStatement
-	(*SignedRollback)(nil),        // 33: fleetwave.v1.SignedRollback
-	(*SignedManifest)(nil),        // 34: fleetwave.v1.SignedManifest
-	(*ServiceStatus)(nil),         // 35: fleetwave.v1.ServiceStatus
-	(*HoldOverride)(nil),          // 36: fleetwave.v1.HoldOverride
-	(*Service)(nil),               // 37: fleetwave.v1.Service
-	(*HostProgress)(nil),          // 38: fleetwave.v1.HostProgress
-	(*Wave)(nil),                  // 39: fleetwave.v1.Wave
-	(*Rollout)(nil),               // 40: fleetwave.v1.Rollout
-	(*Event)(nil),                 // 41: fleetwave.v1.Event
-	(*EventBatch)(nil),            // 42: fleetwave.v1.EventBatch
-	(*CheckResult)(nil),           // 43: fleetwave.v1.CheckResult
-	(*ServiceReport)(nil),         // 44: fleetwave.v1.ServiceReport
-	(*Assignment)(nil),            // 45: fleetwave.v1.Assignment
-	(*ArtifactSource)(nil),        // 46: fleetwave.v1.ArtifactSource
-	(*Host)(nil),                  // 47: fleetwave.v1.Host
-	nil,                           // 48: fleetwave.v1.ServiceSpec.SelectorEntry
-	nil,                           // 49: fleetwave.v1.RunSpec.EnvEntry
-	nil,                           // 50: fleetwave.v1.Host.LabelsEntry
-	(*durationpb.Duration)(nil),   // 51: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 52: google.protobuf.Timestamp
+	(*ReleaseTombstone)(nil),      // 31: fleetwave.v1.ReleaseTombstone
+	(*ReleaseManifest)(nil),       // 32: fleetwave.v1.ReleaseManifest
+	(*RollbackStatement)(nil),     // 33: fleetwave.v1.RollbackStatement
+	(*SignedRollback)(nil),        // 34: fleetwave.v1.SignedRollback
+	(*SignedManifest)(nil),        // 35: fleetwave.v1.SignedManifest
+	(*ServiceStatus)(nil),         // 36: fleetwave.v1.ServiceStatus
+	(*HoldOverride)(nil),          // 37: fleetwave.v1.HoldOverride
+	(*Service)(nil),               // 38: fleetwave.v1.Service
+	(*HostProgress)(nil),          // 39: fleetwave.v1.HostProgress
+	(*Wave)(nil),                  // 40: fleetwave.v1.Wave
+	(*Rollout)(nil),               // 41: fleetwave.v1.Rollout
+	(*Event)(nil),                 // 42: fleetwave.v1.Event
+	(*EventBatch)(nil),            // 43: fleetwave.v1.EventBatch
+	(*CheckResult)(nil),           // 44: fleetwave.v1.CheckResult
+	(*ServiceReport)(nil),         // 45: fleetwave.v1.ServiceReport
+	(*Assignment)(nil),            // 46: fleetwave.v1.Assignment
+	(*ArtifactSource)(nil),        // 47: fleetwave.v1.ArtifactSource
+	(*Host)(nil),                  // 48: fleetwave.v1.Host
+	nil,                           // 49: fleetwave.v1.ServiceSpec.SelectorEntry
+	nil,                           // 50: fleetwave.v1.RunSpec.EnvEntry
+	nil,                           // 51: fleetwave.v1.Host.LabelsEntry
+	(*durationpb.Duration)(nil),   // 52: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 53: google.protobuf.Timestamp
 }
 var file_fleetwave_v1_types_proto_depIdxs = []int32{
-	48,  // 0: fleetwave.v1.ServiceSpec.selector:type_name -> fleetwave.v1.ServiceSpec.SelectorEntry
+	49,  // 0: fleetwave.v1.ServiceSpec.selector:type_name -> fleetwave.v1.ServiceSpec.SelectorEntry
 	19,  // 1: fleetwave.v1.ServiceSpec.run:type_name -> fleetwave.v1.RunSpec
 	22,  // 2: fleetwave.v1.ServiceSpec.checks:type_name -> fleetwave.v1.Check
-	51,  // 3: fleetwave.v1.ServiceSpec.min_healthy_time:type_name -> google.protobuf.Duration
-	51,  // 4: fleetwave.v1.ServiceSpec.healthy_deadline:type_name -> google.protobuf.Duration
+	52,  // 3: fleetwave.v1.ServiceSpec.min_healthy_time:type_name -> google.protobuf.Duration
+	52,  // 4: fleetwave.v1.ServiceSpec.healthy_deadline:type_name -> google.protobuf.Duration
 	26,  // 5: fleetwave.v1.ServiceSpec.rollout:type_name -> fleetwave.v1.RolloutPolicy
 	8,   // 6: fleetwave.v1.ServiceSpec.analysis:type_name -> fleetwave.v1.Analysis
 	18,  // 7: fleetwave.v1.ServiceSpec.alerts:type_name -> fleetwave.v1.Alerts
@@ -5089,96 +5172,97 @@ var file_fleetwave_v1_types_proto_depIdxs = []int32{
 	7,   // 12: fleetwave.v1.Hooks.after_start:type_name -> fleetwave.v1.Hook
 	7,   // 13: fleetwave.v1.Hooks.validate:type_name -> fleetwave.v1.Hook
 	7,   // 14: fleetwave.v1.Hooks.before_stop:type_name -> fleetwave.v1.Hook
-	51,  // 15: fleetwave.v1.Hook.timeout:type_name -> google.protobuf.Duration
-	51,  // 16: fleetwave.v1.Analysis.interval:type_name -> google.protobuf.Duration
-	51,  // 17: fleetwave.v1.Analysis.window:type_name -> google.protobuf.Duration
-	51,  // 18: fleetwave.v1.Analysis.watch:type_name -> google.protobuf.Duration
+	52,  // 15: fleetwave.v1.Hook.timeout:type_name -> google.protobuf.Duration
+	52,  // 16: fleetwave.v1.Analysis.interval:type_name -> google.protobuf.Duration
+	52,  // 17: fleetwave.v1.Analysis.window:type_name -> google.protobuf.Duration
+	52,  // 18: fleetwave.v1.Analysis.watch:type_name -> google.protobuf.Duration
 	13,  // 19: fleetwave.v1.Analysis.rules:type_name -> fleetwave.v1.AnalysisRule
 	9,   // 20: fleetwave.v1.Analysis.compare:type_name -> fleetwave.v1.Compare
-	52,  // 21: fleetwave.v1.MetricSummary.start:type_name -> google.protobuf.Timestamp
-	52,  // 22: fleetwave.v1.MetricSummary.end:type_name -> google.protobuf.Timestamp
+	53,  // 21: fleetwave.v1.MetricSummary.start:type_name -> google.protobuf.Timestamp
+	53,  // 22: fleetwave.v1.MetricSummary.end:type_name -> google.protobuf.Timestamp
 	11,  // 23: fleetwave.v1.MetricSummary.rules:type_name -> fleetwave.v1.RuleCounts
 	12,  // 24: fleetwave.v1.RuleCounts.buckets:type_name -> fleetwave.v1.HistogramBucket
 	14,  // 25: fleetwave.v1.AnalysisRule.error_ratio:type_name -> fleetwave.v1.ErrorRatioRule
 	15,  // 26: fleetwave.v1.AnalysisRule.latency:type_name -> fleetwave.v1.LatencyRule
 	16,  // 27: fleetwave.v1.AnalysisRule.restarts:type_name -> fleetwave.v1.RestartsRule
 	17,  // 28: fleetwave.v1.AnalysisRule.promql:type_name -> fleetwave.v1.PromQLRule
-	49,  // 29: fleetwave.v1.RunSpec.env:type_name -> fleetwave.v1.RunSpec.EnvEntry
-	51,  // 30: fleetwave.v1.RunSpec.stop_grace:type_name -> google.protobuf.Duration
+	50,  // 29: fleetwave.v1.RunSpec.env:type_name -> fleetwave.v1.RunSpec.EnvEntry
+	52,  // 30: fleetwave.v1.RunSpec.stop_grace:type_name -> google.protobuf.Duration
 	20,  // 31: fleetwave.v1.RunSpec.sockets:type_name -> fleetwave.v1.Socket
-	51,  // 32: fleetwave.v1.RunSpec.ready_timeout:type_name -> google.protobuf.Duration
-	51,  // 33: fleetwave.v1.RunSpec.shutdown_delay:type_name -> google.protobuf.Duration
+	52,  // 32: fleetwave.v1.RunSpec.ready_timeout:type_name -> google.protobuf.Duration
+	52,  // 33: fleetwave.v1.RunSpec.shutdown_delay:type_name -> google.protobuf.Duration
 	21,  // 34: fleetwave.v1.RunSpec.pre_stop:type_name -> fleetwave.v1.PreStop
-	51,  // 35: fleetwave.v1.PreStop.timeout:type_name -> google.protobuf.Duration
+	52,  // 35: fleetwave.v1.PreStop.timeout:type_name -> google.protobuf.Duration
 	23,  // 36: fleetwave.v1.Check.http:type_name -> fleetwave.v1.HttpCheck
 	24,  // 37: fleetwave.v1.Check.tcp:type_name -> fleetwave.v1.TcpCheck
 	25,  // 38: fleetwave.v1.Check.exec:type_name -> fleetwave.v1.ExecCheck
-	51,  // 39: fleetwave.v1.Check.interval:type_name -> google.protobuf.Duration
-	51,  // 40: fleetwave.v1.Check.timeout:type_name -> google.protobuf.Duration
-	51,  // 41: fleetwave.v1.RolloutPolicy.bake:type_name -> google.protobuf.Duration
-	51,  // 42: fleetwave.v1.RolloutPolicy.progress_deadline:type_name -> google.protobuf.Duration
+	52,  // 39: fleetwave.v1.Check.interval:type_name -> google.protobuf.Duration
+	52,  // 40: fleetwave.v1.Check.timeout:type_name -> google.protobuf.Duration
+	52,  // 41: fleetwave.v1.RolloutPolicy.bake:type_name -> google.protobuf.Duration
+	52,  // 42: fleetwave.v1.RolloutPolicy.progress_deadline:type_name -> google.protobuf.Duration
 	27,  // 43: fleetwave.v1.RolloutPolicy.windows:type_name -> fleetwave.v1.DeployWindow
-	52,  // 44: fleetwave.v1.Blackout.from:type_name -> google.protobuf.Timestamp
-	52,  // 45: fleetwave.v1.Blackout.to:type_name -> google.protobuf.Timestamp
-	52,  // 46: fleetwave.v1.Blackout.created_at:type_name -> google.protobuf.Timestamp
+	53,  // 44: fleetwave.v1.Blackout.from:type_name -> google.protobuf.Timestamp
+	53,  // 45: fleetwave.v1.Blackout.to:type_name -> google.protobuf.Timestamp
+	53,  // 46: fleetwave.v1.Blackout.created_at:type_name -> google.protobuf.Timestamp
 	29,  // 47: fleetwave.v1.Release.artifact:type_name -> fleetwave.v1.Artifact
-	52,  // 48: fleetwave.v1.Release.commit_time:type_name -> google.protobuf.Timestamp
-	52,  // 49: fleetwave.v1.Release.created_at:type_name -> google.protobuf.Timestamp
-	34,  // 50: fleetwave.v1.Release.signed:type_name -> fleetwave.v1.SignedManifest
-	52,  // 51: fleetwave.v1.Release.artifact_pruned_at:type_name -> google.protobuf.Timestamp
-	52,  // 52: fleetwave.v1.Release.artifact_restored_at:type_name -> google.protobuf.Timestamp
-	52,  // 53: fleetwave.v1.ReleaseManifest.commit_time:type_name -> google.protobuf.Timestamp
-	52,  // 54: fleetwave.v1.ReleaseManifest.signed_at:type_name -> google.protobuf.Timestamp
-	52,  // 55: fleetwave.v1.ReleaseManifest.expires_at:type_name -> google.protobuf.Timestamp
-	52,  // 56: fleetwave.v1.RollbackStatement.signed_at:type_name -> google.protobuf.Timestamp
-	52,  // 57: fleetwave.v1.RollbackStatement.expires_at:type_name -> google.protobuf.Timestamp
-	4,   // 58: fleetwave.v1.ServiceStatus.stable_spec:type_name -> fleetwave.v1.ServiceSpec
-	52,  // 59: fleetwave.v1.ServiceStatus.removed_at:type_name -> google.protobuf.Timestamp
-	36,  // 60: fleetwave.v1.ServiceStatus.hold_override:type_name -> fleetwave.v1.HoldOverride
-	52,  // 61: fleetwave.v1.HoldOverride.at:type_name -> google.protobuf.Timestamp
-	4,   // 62: fleetwave.v1.Service.spec:type_name -> fleetwave.v1.ServiceSpec
-	35,  // 63: fleetwave.v1.Service.status:type_name -> fleetwave.v1.ServiceStatus
-	52,  // 64: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
-	2,   // 65: fleetwave.v1.HostProgress.state:type_name -> fleetwave.v1.HostRolloutState
-	52,  // 66: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
-	52,  // 67: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
-	3,   // 68: fleetwave.v1.HostProgress.phase:type_name -> fleetwave.v1.Phase
-	1,   // 69: fleetwave.v1.Wave.state:type_name -> fleetwave.v1.WaveState
-	38,  // 70: fleetwave.v1.Wave.hosts:type_name -> fleetwave.v1.HostProgress
-	52,  // 71: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
-	52,  // 72: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
-	52,  // 73: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
-	52,  // 74: fleetwave.v1.Wave.last_host_done_at:type_name -> google.protobuf.Timestamp
-	0,   // 75: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
-	26,  // 76: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
-	39,  // 77: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
-	52,  // 78: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	52,  // 79: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
-	52,  // 80: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
-	52,  // 81: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
-	4,   // 82: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
-	52,  // 83: fleetwave.v1.Rollout.failed_at:type_name -> google.protobuf.Timestamp
-	52,  // 84: fleetwave.v1.Rollout.restored_at:type_name -> google.protobuf.Timestamp
-	33,  // 85: fleetwave.v1.Rollout.signed_rollback:type_name -> fleetwave.v1.SignedRollback
-	52,  // 86: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
-	41,  // 87: fleetwave.v1.EventBatch.events:type_name -> fleetwave.v1.Event
-	3,   // 88: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
-	43,  // 89: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
-	52,  // 90: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
-	10,  // 91: fleetwave.v1.ServiceReport.metrics:type_name -> fleetwave.v1.MetricSummary
-	30,  // 92: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
-	4,   // 93: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
-	33,  // 94: fleetwave.v1.Assignment.rollback:type_name -> fleetwave.v1.SignedRollback
-	46,  // 95: fleetwave.v1.Assignment.sources:type_name -> fleetwave.v1.ArtifactSource
-	30,  // 96: fleetwave.v1.Assignment.stage:type_name -> fleetwave.v1.Release
-	50,  // 97: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
-	52,  // 98: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	44,  // 99: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
-	100, // [100:100] is the sub-list for method output_type
-	100, // [100:100] is the sub-list for method input_type
-	100, // [100:100] is the sub-list for extension type_name
-	100, // [100:100] is the sub-list for extension extendee
-	0,   // [0:100] is the sub-list for field type_name
+	53,  // 48: fleetwave.v1.Release.commit_time:type_name -> google.protobuf.Timestamp
+	53,  // 49: fleetwave.v1.Release.created_at:type_name -> google.protobuf.Timestamp
+	35,  // 50: fleetwave.v1.Release.signed:type_name -> fleetwave.v1.SignedManifest
+	53,  // 51: fleetwave.v1.Release.artifact_pruned_at:type_name -> google.protobuf.Timestamp
+	53,  // 52: fleetwave.v1.Release.artifact_restored_at:type_name -> google.protobuf.Timestamp
+	53,  // 53: fleetwave.v1.ReleaseTombstone.deleted_at:type_name -> google.protobuf.Timestamp
+	53,  // 54: fleetwave.v1.ReleaseManifest.commit_time:type_name -> google.protobuf.Timestamp
+	53,  // 55: fleetwave.v1.ReleaseManifest.signed_at:type_name -> google.protobuf.Timestamp
+	53,  // 56: fleetwave.v1.ReleaseManifest.expires_at:type_name -> google.protobuf.Timestamp
+	53,  // 57: fleetwave.v1.RollbackStatement.signed_at:type_name -> google.protobuf.Timestamp
+	53,  // 58: fleetwave.v1.RollbackStatement.expires_at:type_name -> google.protobuf.Timestamp
+	4,   // 59: fleetwave.v1.ServiceStatus.stable_spec:type_name -> fleetwave.v1.ServiceSpec
+	53,  // 60: fleetwave.v1.ServiceStatus.removed_at:type_name -> google.protobuf.Timestamp
+	37,  // 61: fleetwave.v1.ServiceStatus.hold_override:type_name -> fleetwave.v1.HoldOverride
+	53,  // 62: fleetwave.v1.HoldOverride.at:type_name -> google.protobuf.Timestamp
+	4,   // 63: fleetwave.v1.Service.spec:type_name -> fleetwave.v1.ServiceSpec
+	36,  // 64: fleetwave.v1.Service.status:type_name -> fleetwave.v1.ServiceStatus
+	53,  // 65: fleetwave.v1.Service.updated_at:type_name -> google.protobuf.Timestamp
+	2,   // 66: fleetwave.v1.HostProgress.state:type_name -> fleetwave.v1.HostRolloutState
+	53,  // 67: fleetwave.v1.HostProgress.started_at:type_name -> google.protobuf.Timestamp
+	53,  // 68: fleetwave.v1.HostProgress.done_at:type_name -> google.protobuf.Timestamp
+	3,   // 69: fleetwave.v1.HostProgress.phase:type_name -> fleetwave.v1.Phase
+	1,   // 70: fleetwave.v1.Wave.state:type_name -> fleetwave.v1.WaveState
+	39,  // 71: fleetwave.v1.Wave.hosts:type_name -> fleetwave.v1.HostProgress
+	53,  // 72: fleetwave.v1.Wave.started_at:type_name -> google.protobuf.Timestamp
+	53,  // 73: fleetwave.v1.Wave.done_at:type_name -> google.protobuf.Timestamp
+	53,  // 74: fleetwave.v1.Wave.bake_until:type_name -> google.protobuf.Timestamp
+	53,  // 75: fleetwave.v1.Wave.last_host_done_at:type_name -> google.protobuf.Timestamp
+	0,   // 76: fleetwave.v1.Rollout.state:type_name -> fleetwave.v1.RolloutState
+	26,  // 77: fleetwave.v1.Rollout.policy:type_name -> fleetwave.v1.RolloutPolicy
+	40,  // 78: fleetwave.v1.Rollout.waves:type_name -> fleetwave.v1.Wave
+	53,  // 79: fleetwave.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	53,  // 80: fleetwave.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
+	53,  // 81: fleetwave.v1.Rollout.finished_at:type_name -> google.protobuf.Timestamp
+	53,  // 82: fleetwave.v1.Rollout.last_progress_at:type_name -> google.protobuf.Timestamp
+	4,   // 83: fleetwave.v1.Rollout.spec:type_name -> fleetwave.v1.ServiceSpec
+	53,  // 84: fleetwave.v1.Rollout.failed_at:type_name -> google.protobuf.Timestamp
+	53,  // 85: fleetwave.v1.Rollout.restored_at:type_name -> google.protobuf.Timestamp
+	34,  // 86: fleetwave.v1.Rollout.signed_rollback:type_name -> fleetwave.v1.SignedRollback
+	53,  // 87: fleetwave.v1.Event.at:type_name -> google.protobuf.Timestamp
+	42,  // 88: fleetwave.v1.EventBatch.events:type_name -> fleetwave.v1.Event
+	3,   // 89: fleetwave.v1.ServiceReport.phase:type_name -> fleetwave.v1.Phase
+	44,  // 90: fleetwave.v1.ServiceReport.checks:type_name -> fleetwave.v1.CheckResult
+	53,  // 91: fleetwave.v1.ServiceReport.at:type_name -> google.protobuf.Timestamp
+	10,  // 92: fleetwave.v1.ServiceReport.metrics:type_name -> fleetwave.v1.MetricSummary
+	30,  // 93: fleetwave.v1.Assignment.release:type_name -> fleetwave.v1.Release
+	4,   // 94: fleetwave.v1.Assignment.spec:type_name -> fleetwave.v1.ServiceSpec
+	34,  // 95: fleetwave.v1.Assignment.rollback:type_name -> fleetwave.v1.SignedRollback
+	47,  // 96: fleetwave.v1.Assignment.sources:type_name -> fleetwave.v1.ArtifactSource
+	30,  // 97: fleetwave.v1.Assignment.stage:type_name -> fleetwave.v1.Release
+	51,  // 98: fleetwave.v1.Host.labels:type_name -> fleetwave.v1.Host.LabelsEntry
+	53,  // 99: fleetwave.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	45,  // 100: fleetwave.v1.Host.services:type_name -> fleetwave.v1.ServiceReport
+	101, // [101:101] is the sub-list for method output_type
+	101, // [101:101] is the sub-list for method input_type
+	101, // [101:101] is the sub-list for extension type_name
+	101, // [101:101] is the sub-list for extension extendee
+	0,   // [0:101] is the sub-list for field type_name
 }
 
 func init() { file_fleetwave_v1_types_proto_init() }
@@ -5198,14 +5282,14 @@ func file_fleetwave_v1_types_proto_init() {
 		(*Check_Tcp)(nil),
 		(*Check_Exec)(nil),
 	}
-	file_fleetwave_v1_types_proto_msgTypes[36].OneofWrappers = []any{}
+	file_fleetwave_v1_types_proto_msgTypes[37].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fleetwave_v1_types_proto_rawDesc), len(file_fleetwave_v1_types_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   47,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
