@@ -12,7 +12,7 @@ import (
 // call it: the caller parses windows into Gates).
 func TestPureImports(t *testing.T) {
 	purity.Check(t, map[string]bool{
-		"cmp": true, "errors": true, "fmt": true, "slices": true, "sort": true, "strings": true, "time": true,
+		"errors": true, "fmt": true, "slices": true, "sort": true, "strings": true, "time": true,
 		"github.com/fleetwave/fleetwave/proto/fleetwave/v1":  true,
 		"github.com/fleetwave/fleetwave/internal/spec":       true,
 		"github.com/fleetwave/fleetwave/internal/specdiff":   true,

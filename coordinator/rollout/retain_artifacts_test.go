@@ -57,8 +57,12 @@ func TestRetainArtifacts(t *testing.T) {
 		{name: "baseline: beyond the newest keep, old, not needed", want: []string{"v1", "v2", "v3"}},
 		{name: "keep 0 prunes nothing", keep: -1},
 		{name: "the newest keep", keep: 5, want: []string{"v1"}},
-		{name: "newest by created_at, not by order given", change: func(_ *v1.Service, rels []*v1.Release, _ []*v1.Rollout) ([]*v1.Rollout, []*v1.ServiceReport) {
-			rels[1].CreatedAt = rels[5].CreatedAt // v2 as new as v6: then by version, v2 < v6 but newer than v3
+		{name: "newest by the order given (etcd's create revision), not by created_at", change: func(_ *v1.Service, rels []*v1.Release, _ []*v1.Rollout) ([]*v1.Rollout, []*v1.ServiceReport) {
+			// v2's record created last (by a coordinator whose clock is
+			// behind: its created_at is still the second oldest).
+			v2 := rels[1]
+			copy(rels[1:], rels[2:])
+			rels[len(rels)-1] = v2
 			return nil, nil
 		}, want: []string{"v1", "v3", "v4"}},
 		{name: "created at or after before", before: time.Date(2026, 1, 1, 2, 0, 0, 0, time.UTC), want: []string{"v1"}},
@@ -204,16 +208,9 @@ func TestRetainArtifactsRandom(t *testing.T) {
 		pruned += len(got)
 		// What must stay, computed apart.
 		need := map[string]string{}
-		byAge := slices.Clone(rels)
-		slices.SortStableFunc(byAge, func(a, b *v1.Release) int {
-			if c := a.GetCreatedAt().AsTime().Compare(b.GetCreatedAt().AsTime()); c != 0 {
-				return c
-			}
-			if a.GetVersion() < b.GetVersion() {
-				return -1
-			}
-			return 1
-		})
+		// Newest by the order given (etcd's create revision), whatever
+		// the created_at (random here).
+		byAge := rels
 		for i, r := range byAge {
 			if keep <= 0 || i >= n-keep {
 				need[r.GetVersion()] = "among the newest keep"
