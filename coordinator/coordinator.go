@@ -115,7 +115,10 @@ type Config struct {
 	// (rollout.RetainArtifacts): the leader marks the release
 	// (artifact_pruned_at) and every coordinator deletes the file once
 	// every release naming its sha256 is marked. ReleaseArtifactMinAge: 0
-	// takes DefaultReleaseArtifactMinAge, negative is refused.
+	// takes DefaultReleaseArtifactMinAge, negative is refused. A marked
+	// release's record is deleted (a tombstone kept) once it is
+	// RolloutRetention old and no stored rollout names it
+	// (rollout.RetainReleases); never with KeepReleaseArtifacts 0.
 	KeepReleaseArtifacts  int
 	ReleaseArtifactMinAge time.Duration
 	// ArtifactUploadGrace is how long an artifact file that no release
@@ -924,7 +927,7 @@ func (c *Coordinator) sessionLoop(ctx context.Context) {
 
 // register records this coordinator in etcd on its session lease.
 func (c *Coordinator) register(ctx context.Context) error {
-	info := &v1.CoordinatorInfo{Name: c.cfg.Name, Address: c.cfg.Advertise, StartedAt: timestamppb.New(c.start), Version: c.cfg.Version, ReadsSplitRollouts: true, ReadsEventBatches: true, ReadsCompactedRollouts: true, PrunesArtifacts: true}
+	info := &v1.CoordinatorInfo{Name: c.cfg.Name, Address: c.cfg.Advertise, StartedAt: timestamppb.New(c.start), Version: c.cfg.Version, ReadsSplitRollouts: true, ReadsEventBatches: true, ReadsCompactedRollouts: true, PrunesArtifacts: true, HonorsReleaseTombstones: true}
 	if c.gossip != nil {
 		info.GossipAddress = c.gossip.LocalAddr()
 	}

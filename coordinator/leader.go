@@ -182,7 +182,8 @@ func (l *leader) lead(ctx context.Context, sess *concurrency.Session, fence *sto
 // Config.AuditRetention and those beyond the newest Config.AuditMaxEntries
 // go, checked every Config.auditPruneEvery; and, as often, the expired
 // revocations and blackouts, every service's old rollouts
-// (pruneAllRollouts) and its old releases' artifacts (pruneAllArtifacts).
+// (pruneAllRollouts), its old releases' artifacts (pruneAllArtifacts) and
+// then the records of those releases (pruneAllReleases).
 func (l *leader) pruneAudit(ctx context.Context, fence *store.Fence, now time.Time) {
 	if now.Sub(l.auditPruned) < l.c.cfg.auditPruneEvery {
 		return
@@ -192,6 +193,7 @@ func (l *leader) pruneAudit(ctx context.Context, fence *store.Fence, now time.Ti
 	l.pruneBlackouts(ctx, fence, now)
 	l.pruneAllRollouts(ctx, fence, now)
 	l.pruneAllArtifacts(ctx, fence, now)
+	l.pruneAllReleases(ctx, fence, now)
 	old, err := l.c.store.PruneAudit(ctx, fence, now.Add(-l.c.cfg.AuditRetention))
 	if err != nil {
 		l.c.log.Warn().Err(err).Msg("pruning the audit log failed")

@@ -137,6 +137,26 @@ func (l *leader) decide(ctx context.Context, fence *store.Fence, req leaderReq) 
 	return next, nil
 }
 
+// releaseDeleted says, of a rollback to version refused with err, that
+// the release's record was deleted (pruneAllReleases), when it was, and how
+// to create it again; err itself when the release exists or has no
+// tombstone.
+func (l *leader) releaseDeleted(ctx context.Context, service, version string, err error) error {
+	if version == "" {
+		return err
+	}
+	if _, ok := l.c.mirror.Release(service, version); ok {
+		return err
+	}
+	t, terr := l.c.store.GetReleaseTombstone(ctx, service, version)
+	if terr != nil {
+		return err
+	}
+	return fmt.Errorf("%w: to_version: service %s release %s was deleted at %s (its artifact pruned, older than --rollout-retention); "+
+		"to go back to it, create it again with the same artifact (a new release: it rolls out as the newest): fleetwave release create %s --version %s --artifact FILE (sha256 %s)",
+		rollout.ErrRollback, service, version, t.GetDeletedAt().AsTime().UTC().Format(time.RFC3339), service, version, t.GetSha256())
+}
+
 // rollback starts a fast rollout to the release rollout.RollbackTarget
 // picks (the one the service ran before, or the operator's). A rollout in
 // flight is superseded first; the rollback's plan and first Step are then
@@ -149,7 +169,7 @@ func (l *leader) rollback(ctx context.Context, fence *store.Fence, vs store.Vers
 	}
 	target, err := rollout.RollbackTarget(vs.Val, l.c.mirror.Rollouts(name), inFlight, l.releases(name), req.version)
 	if err != nil {
-		return nil, err
+		return nil, l.releaseDeleted(ctx, name, req.version, err)
 	}
 	// Before the rollout in flight is superseded (start checks too).
 	if err := l.c.artifactPruned(name, target); err != nil {

@@ -153,12 +153,7 @@ func (l *leader) pruneAllArtifacts(ctx context.Context, fence *store.Fence, now 
 	var last int64
 	for _, vs := range l.c.mirror.Services() {
 		name := vs.Val.GetSpec().GetName()
-		vrs := l.c.mirror.Releases(name)
-		rels := make([]*v1.Release, len(vrs))
-		revs := make(map[*v1.Release]int64, len(vrs))
-		for i, vr := range vrs {
-			rels[i], revs[vr.Val] = vr.Val, vr.Rev
-		}
+		rels, revs := l.storedReleases(name)
 		for _, rel := range rollout.RetainArtifacts(vs.Val, rels, l.c.mirror.Rollouts(name), l.c.mirror.ServiceReports(name), keep, now.Add(-l.c.cfg.ReleaseArtifactMinAge)) {
 			if budget == 0 {
 				break
@@ -188,6 +183,92 @@ func (l *leader) pruneAllArtifacts(ctx context.Context, fence *store.Fence, now 
 	if err := l.c.mirror.WaitRev(ctx, last); err != nil && ctx.Err() == nil {
 		l.c.log.Warn().Err(err).Msg("marking release artifacts pruned: the mirror did not catch up")
 	}
+}
+
+// storedReleases returns the service's releases as the mirror holds them,
+// oldest first in the order etcd created them (what rollout.RetainArtifacts
+// and rollout.RetainReleases take), and the mod revision of each.
+func (l *leader) storedReleases(service string) ([]*v1.Release, map[*v1.Release]int64) {
+	vrs := l.c.mirror.Releases(service)
+	rels := make([]*v1.Release, len(vrs))
+	revs := make(map[*v1.Release]int64, len(vrs))
+	for i, vr := range vrs {
+		rels[i], revs[vr.Val] = vr.Val, vr.Rev
+	}
+	return rels, revs
+}
+
+// maxReleaseDeletes bounds the release records one periodic pass deletes
+// (over every service): the rest follow at the next passes.
+const maxReleaseDeletes = 100
+
+// pruneAllReleases deletes the records of every service's releases that
+// rollout.RetainReleases lets go: their artifacts pruned, created more than
+// Config.RolloutRetention before now, needed by nothing and named by no
+// stored rollout; never with --keep-release-artifacts 0. Each deletion
+// writes the release's tombstone (store.DeleteRelease: its version is
+// never created again with another artifact) in the same fenced
+// transaction, compared with the revision the mirror holds; failures are
+// logged and retried at the next pass.
+func (l *leader) pruneAllReleases(ctx context.Context, fence *store.Fence, now time.Time) {
+	keep := l.c.cfg.KeepReleaseArtifacts
+	if keep <= 0 || l.c.pruneUnhonored() != "" || l.c.tombstoneUnhonored() != "" {
+		return // not while a coordinator that would create a deleted version anew with another artifact is registered
+	}
+	// As pruneAllArtifacts: decide on a mirror that holds every write made
+	// before this pass (a rollout the last leader began that names one).
+	if err := l.c.mirror.Sync(ctx); err != nil {
+		l.c.log.Warn().Err(err).Msg("deleting old releases: the mirror did not catch up; next pass")
+		return
+	}
+	before := now.Add(-l.c.cfg.RolloutRetention)
+	budget := maxReleaseDeletes
+	var last int64
+	for _, vs := range l.c.mirror.Services() {
+		name := vs.Val.GetSpec().GetName()
+		rels, revs := l.storedReleases(name)
+		for _, rel := range rollout.RetainReleases(vs.Val, rels, l.c.mirror.Rollouts(name), l.c.mirror.ServiceReports(name), keep, before) {
+			if budget == 0 {
+				break
+			}
+			budget--
+			// When it was deleted, by the wall clock (now, the time it is
+			// judged at, is a test's clock in tests).
+			rev, err := l.c.store.DeleteRelease(ctx, fence, rel, revs[rel], time.Now())
+			if err != nil {
+				if errors.Is(err, store.ErrNotLeader) || ctx.Err() != nil {
+					return
+				}
+				l.c.log.Warn().Err(err).Str("service", name).Str("version", rel.GetVersion()).Str("sha256", rel.GetArtifact().GetSha256()).Msg("deleting an old release failed")
+				continue
+			}
+			last = max(last, rev)
+			l.c.metrics.releasesDeleted.WithLabelValues(name).Inc()
+			l.c.log.Info().Str("service", name).Str("version", rel.GetVersion()).Str("sha256", rel.GetArtifact().GetSha256()).
+				Time("created_at", rel.GetCreatedAt().AsTime()).Time("pruned_at", rel.GetArtifactPrunedAt().AsTime()).
+				Dur("retention", l.c.cfg.RolloutRetention).Msg("old release deleted, its tombstone kept")
+		}
+	}
+	if last == 0 {
+		return
+	}
+	// The loop's next decisions (a rollback refused) see the deletions.
+	if err := l.c.mirror.WaitRev(ctx, last); err != nil && ctx.Err() == nil {
+		l.c.log.Warn().Err(err).Msg("deleting old releases: the mirror did not catch up")
+	}
+}
+
+// tombstoneUnhonored names a registered coordinator that does not honor
+// release tombstones ("" when none): during a rolling upgrade from a
+// version before them the leader deletes no release (compactUnreader's
+// rule).
+func (c *Coordinator) tombstoneUnhonored() string {
+	for _, ci := range c.mirror.Coordinators() {
+		if !ci.GetHonorsReleaseTombstones() {
+			return ci.GetName()
+		}
+	}
+	return ""
 }
 
 // pruneUnhonored names a registered coordinator that does not honor

@@ -8,6 +8,8 @@ package coordinator
 //   - rollouts, rollout and wave durations, lead time: by the rollout leader
 //     as it commits a rollout's next state (leader.commit, leader.start), so
 //     only the coordinator that leads counts them;
+//   - release records deleted: by the rollout leader as it deletes them
+//     (pruneAllReleases);
 //   - hosts by service, version and phase: computed at scrape time from the
 //     mirror of etcd (the same on every coordinator);
 //   - connected agents: streams held by this coordinator (the hub);
@@ -70,6 +72,7 @@ type metrics struct {
 	// The report path (reportWriter).
 	reportTxns, reportsWritten, reportsCoalesced, reportsDropped prometheus.Counter
 	pushPasses                                                   prometheus.Counter
+	releasesDeleted                                              *prometheus.CounterVec // service
 }
 
 // newMetrics makes the coordinator's registry with the Go and process
@@ -139,12 +142,16 @@ func newMetrics() *metrics {
 		Name: "fleetwave_coordinator_reports_dropped_total",
 		Help: "Agents' reports dropped unwritten because they arrived on an older stream of their host after a newer stream of it began its hello (they would overwrite its newer status).",
 	})
+	m.releasesDeleted = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "fleetwave_coordinator_releases_deleted_total",
+		Help: "Release records the rollout leader deleted, by service: their artifacts pruned, older than --rollout-retention, named by no stored rollout (a tombstone of each is kept).",
+	}, []string{"service"})
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.rollouts, m.rolloutDuration, m.waveDuration, m.leadTime, m.delivery,
 		m.etcdLatency, m.etcdFailures, m.sessionLosses, m.forwarded,
-		m.reportTxns, m.reportsWritten, m.reportsCoalesced, m.reportsDropped, m.pushPasses,
+		m.reportTxns, m.reportsWritten, m.reportsCoalesced, m.reportsDropped, m.pushPasses, m.releasesDeleted,
 	)
 	return m
 }

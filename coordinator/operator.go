@@ -41,7 +41,7 @@ func grpcErr(err error) error {
 		return status.Error(codes.Aborted, err.Error())
 	case errors.Is(err, store.ErrNotLeader):
 		return status.Error(codes.Unavailable, err.Error())
-	case errors.Is(err, ErrArtifactPruned):
+	case errors.Is(err, ErrArtifactPruned), errors.Is(err, store.ErrTombstoned):
 		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return status.FromContextError(err).Err()
@@ -197,8 +197,16 @@ func (o *operator) createRelease(ctx context.Context, rel *v1.Release) (*v1.Crea
 	// (fetched from the other coordinators, its file's time set, which
 	// would keep any upload from pruning), unless this restores it.
 	old, restore := o.prunedTwin(rel)
-	if _, exists := o.c.mirror.Release(rel.GetService(), rel.GetVersion()); exists && !restore {
+	_, exists := o.c.mirror.Release(rel.GetService(), rel.GetVersion())
+	if exists && !restore {
 		return nil, grpcErr(fmt.Errorf("release %s/%s: %w", rel.GetService(), rel.GetVersion(), store.ErrExists))
+	}
+	// So is the version of a deleted release with another artifact
+	// (store.CreateRelease checks again, in its transaction).
+	if !exists {
+		if _, err := o.c.store.CheckReleaseTombstone(ctx, rel); err != nil {
+			return nil, grpcErr(err)
+		}
 	}
 	if rel.GetArtifact().GetUrl() == "" {
 		size, err := o.c.arts.Ensure(ctx, rel.GetArtifact().GetSha256())
