@@ -206,17 +206,34 @@ func TestOldReleasesDeleted(t *testing.T) {
 		t.Error("v2's tombstone kept once it was created anew")
 	}
 
-	resp, err := http.Get("http://" + <-metrics + "/metrics")
-	if err != nil {
-		t.Fatal(err)
+	// The leader counts a deletion after its transaction committed: the
+	// scrape waits for it.
+	addr := <-metrics
+	var body []byte
+	deleted := func() string {
+		for _, l := range strings.Split(string(body), "\n") {
+			if strings.HasPrefix(l, "fleetwave_coordinator_releases_deleted_total{") {
+				return l
+			}
+		}
+		return ""
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := `fleetwave_coordinator_releases_deleted_total{service="web"} 1` + "\n"; !strings.Contains(string(body), want) {
-		t.Errorf("metrics: no %q", want)
+	testkit.EventuallyErr(t, 30*time.Second, "the deletion counted", func() error {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if body, err = io.ReadAll(resp.Body); err != nil {
+			return err
+		}
+		if deleted() == "" {
+			return errors.New("no fleetwave_coordinator_releases_deleted_total")
+		}
+		return nil
+	})
+	if got, want := deleted(), `fleetwave_coordinator_releases_deleted_total{service="web"} 1`; got != want {
+		t.Errorf("metrics: %q, want %q", got, want)
 	}
 	promcheck.Check(t, body)
 }
