@@ -138,8 +138,8 @@ func (l *leader) decide(ctx context.Context, fence *store.Fence, req leaderReq) 
 }
 
 // releaseDeleted says, of a rollback to version refused with err, that
-// the release's record was deleted (pruneAllReleases), when it was, and how
-// to create it again; err itself when the release exists or has no
+// the release's record was deleted (pruneAllReleases), when it was, and
+// what to do instead; err itself when the release exists or has no
 // tombstone.
 func (l *leader) releaseDeleted(ctx context.Context, service, version string, err error) error {
 	if version == "" {
@@ -153,8 +153,8 @@ func (l *leader) releaseDeleted(ctx context.Context, service, version string, er
 		return err
 	}
 	return fmt.Errorf("%w: to_version: service %s release %s was deleted at %s (its artifact pruned, older than --rollout-retention); "+
-		"to go back to it, create it again with the same artifact (a new release: it rolls out as the newest): fleetwave release create %s --version %s --artifact FILE (sha256 %s)",
-		rollout.ErrRollback, service, version, t.GetDeletedAt().AsTime().UTC().Format(time.RFC3339), service, version, t.GetSha256())
+		"a deleted version is never created again: to run its artifact (sha256 %s) again, create it under a new version (a new release: it rolls out as the newest)",
+		rollout.ErrRollback, service, version, t.GetDeletedAt().AsTime().UTC().Format(time.RFC3339), t.GetSha256())
 }
 
 // rollback starts a fast rollout to the release rollout.RollbackTarget

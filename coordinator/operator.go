@@ -201,10 +201,10 @@ func (o *operator) createRelease(ctx context.Context, rel *v1.Release) (*v1.Crea
 	if exists && !restore {
 		return nil, grpcErr(fmt.Errorf("release %s/%s: %w", rel.GetService(), rel.GetVersion(), store.ErrExists))
 	}
-	// So is the version of a deleted release with another artifact
-	// (store.CreateRelease checks again, in its transaction).
+	// So is the version of a deleted release (store.CreateRelease checks
+	// again, in its transaction).
 	if !exists {
-		if _, err := o.c.store.CheckReleaseTombstone(ctx, rel); err != nil {
+		if err := o.c.store.CheckReleaseTombstone(ctx, rel); err != nil {
 			return nil, grpcErr(err)
 		}
 	}

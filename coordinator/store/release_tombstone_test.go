@@ -10,15 +10,14 @@ import (
 	"github.com/rs/zerolog"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
-	"github.com/fleetwave/fleetwave/internal/testkit"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
 // A deleted release leaves a tombstone written with the delete: its
-// version is refused with another artifact (ErrTombstoned, naming both
-// digests), created anew with the same one (the tombstone dropped); the
-// delete is compare-and-swap on the release's revision and fenced; the
-// mirror drops the release on the delete.
+// version is never created again (ErrTombstoned, naming both digests),
+// with another artifact or its own; the delete is compare-and-swap on
+// the release's revision and fenced; the mirror drops the release on the
+// delete.
 func TestDeleteReleaseTombstone(t *testing.T) {
 	s := startStore(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -70,27 +69,41 @@ func TestDeleteReleaseTombstone(t *testing.T) {
 	if _, ok := m.Release("web", "v1"); ok || len(m.Releases("web")) != 0 || len(m.AllReleases()) != 0 {
 		t.Fatal("the mirror kept the deleted release")
 	}
-	// Another artifact under the version: refused, both digests named.
+	// The version is never created again: with another artifact (both
+	// digests named) nor with its own.
 	other := &v1.Release{Service: "web", Version: "v1", Artifact: &v1.Artifact{Sha256: b, Size: 1}}
 	_, err = s.CreateRelease(ctx, other)
-	if !errors.Is(err, ErrTombstoned) || !strings.Contains(err.Error(), "sha256 "+a) || !strings.Contains(err.Error(), "this release's is "+b) ||
+	if !errors.Is(err, ErrTombstoned) || !strings.Contains(err.Error(), "artifact sha256 "+a) || !strings.Contains(err.Error(), "this release's is "+b) ||
 		!strings.Contains(err.Error(), "version v1 was deleted at 1970-01-01T00:16:40Z") {
 		t.Fatalf("v1 with another artifact: %v", err)
 	}
+	if _, err := s.CreateRelease(ctx, rel); !errors.Is(err, ErrTombstoned) {
+		t.Fatalf("v1 again with its own artifact: %v, want ErrTombstoned", err)
+	}
+	// The refusal is the transaction's, not only the look before it
+	// (CheckReleaseTombstone): a deletion between a caller's look and its
+	// create is seen.
+	if err := s.CheckReleaseTombstone(ctx, other); !errors.Is(err, ErrTombstoned) {
+		t.Fatalf("CheckReleaseTombstone: %v, want ErrTombstoned", err)
+	}
 	if _, err := s.GetRelease(ctx, "web", "v1"); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("v1 after the refused create: %v, want ErrNotFound", err)
+		t.Fatalf("v1 after the refused creates: %v, want ErrNotFound", err)
 	}
-	// The same artifact: created anew, the tombstone dropped.
-	if _, err := s.CreateRelease(ctx, rel); err != nil {
-		t.Fatalf("v1 again with its artifact: %v", err)
+	if _, err := s.GetReleaseTombstone(ctx, "web", "v1"); err != nil {
+		t.Fatalf("the tombstone after the refused creates: %v", err)
 	}
-	if _, err := s.GetReleaseTombstone(ctx, "web", "v1"); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("tombstone after the release was created anew: %v, want none", err)
+	// Another version is created, and deleted by a deposed leader: nothing.
+	rel2 := &v1.Release{Service: "web", Version: "v2", Artifact: &v1.Artifact{Sha256: a, Size: 1}}
+	rev2, err := s.CreateRelease(ctx, rel2)
+	if err != nil {
+		t.Fatalf("v2 with v1's artifact: %v", err)
 	}
-	if _, err := s.CreateRelease(ctx, rel); !errors.Is(err, ErrExists) {
-		t.Fatalf("v1 a third time: %v, want ErrExists", err)
+	if _, err := s.CreateRelease(ctx, rel2); !errors.Is(err, ErrExists) {
+		t.Fatalf("v2 a second time: %v, want ErrExists", err)
 	}
-	testkit.Eventually(t, 20*time.Second, "v1 mirrored again", func() bool { _, ok := m.Release("web", "v1"); return ok })
+	if err := m.WaitRev(ctx, rev2); err != nil {
+		t.Fatal(err)
+	}
 	// A deposed leader deletes nothing.
 	vr := m.Releases("web")[0]
 	if err := sess.Close(); err != nil {
@@ -99,10 +112,10 @@ func TestDeleteReleaseTombstone(t *testing.T) {
 	if _, err := s.DeleteRelease(ctx, fence, vr.Val, vr.Rev, time.Unix(2000, 0)); !errors.Is(err, ErrNotLeader) {
 		t.Fatalf("delete after losing leadership: %v, want ErrNotLeader", err)
 	}
-	if _, err := s.GetRelease(ctx, "web", "v1"); err != nil {
-		t.Fatalf("v1 after a deposed leader's delete: %v", err)
+	if _, err := s.GetRelease(ctx, "web", "v2"); err != nil {
+		t.Fatalf("v2 after a deposed leader's delete: %v", err)
 	}
-	if _, err := s.GetReleaseTombstone(ctx, "web", "v1"); !errors.Is(err, ErrNotFound) {
+	if _, err := s.GetReleaseTombstone(ctx, "web", "v2"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("tombstone after a deposed leader's delete: %v, want none", err)
 	}
 }

@@ -83,60 +83,60 @@ func (s *Store) ApplySpec(ctx context.Context, spec *v1.ServiceSpec, now time.Ti
 }
 
 // CreateRelease stores a release and returns the revision of the write; a
-// release is immutable, so an existing version is ErrExists. The version
-// of a deleted release (ReleaseTombstone) is refused with another
-// artifact (CheckReleaseTombstone); with the same sha256 the release is
-// created anew and its tombstone dropped, in one transaction that also
-// holds if the tombstone changed meanwhile.
+// release is immutable, so an existing version is ErrExists, and the
+// version of a deleted release (its ReleaseTombstone) is never created
+// again: ErrTombstoned (tombstoneErr), decided in the same transaction as
+// the write.
 func (s *Store) CreateRelease(ctx context.Context, r *v1.Release) (int64, error) {
 	key, tkey := ReleaseKey(r.GetService(), r.GetVersion()), ReleaseTombstoneKey(r.GetService(), r.GetVersion())
 	val, err := marshal(r)
 	if err != nil {
 		return 0, err
 	}
-	for range 10 {
-		trev, err := s.CheckReleaseTombstone(ctx, r)
-		if err != nil {
-			return 0, err
-		}
-		ops := []clientv3.Op{clientv3.OpPut(key, val)}
-		if trev != 0 {
-			ops = append(ops, clientv3.OpDelete(tkey))
-		}
-		resp, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0), clientv3.Compare(clientv3.ModRevision(tkey), "=", trev)).
-			Then(ops...).Else(clientv3.OpGet(key, clientv3.WithCountOnly())).Commit()
-		if err != nil {
-			return 0, fmt.Errorf("create release %s/%s: %w", r.GetService(), r.GetVersion(), err)
-		}
-		if resp.Succeeded {
-			return resp.Header.Revision, nil
-		}
-		if resp.Responses[0].GetResponseRange().GetCount() > 0 {
-			return 0, fmt.Errorf("release %s/%s: %w", r.GetService(), r.GetVersion(), ErrExists)
-		}
-		// The tombstone changed (the release was deleted meanwhile): again.
+	resp, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0), clientv3.Compare(clientv3.CreateRevision(tkey), "=", 0)).
+		Then(clientv3.OpPut(key, val)).Else(clientv3.OpGet(key, clientv3.WithCountOnly()), clientv3.OpGet(tkey)).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("create release %s/%s: %w", r.GetService(), r.GetVersion(), err)
 	}
-	return 0, fmt.Errorf("create release %s/%s: %w", r.GetService(), r.GetVersion(), ErrConflict)
+	if resp.Succeeded {
+		return resp.Header.Revision, nil
+	}
+	if resp.Responses[0].GetResponseRange().GetCount() > 0 {
+		return 0, fmt.Errorf("release %s/%s: %w", r.GetService(), r.GetVersion(), ErrExists)
+	}
+	t := &v1.ReleaseTombstone{}
+	if kvs := resp.Responses[1].GetResponseRange().GetKvs(); len(kvs) > 0 {
+		if err := proto.Unmarshal(kvs[0].Value, t); err != nil {
+			return 0, fmt.Errorf("release %s/%s: tombstone: %w", r.GetService(), r.GetVersion(), err)
+		}
+	}
+	return 0, tombstoneErr(r, t)
 }
 
-// CheckReleaseTombstone refuses (ErrTombstoned) a release whose version
-// was deleted (ReleaseTombstone) with another artifact sha256, naming the
-// version and both digests. It returns the tombstone's mod revision (0:
-// none).
-func (s *Store) CheckReleaseTombstone(ctx context.Context, r *v1.Release) (int64, error) {
-	t, rev, err := get(ctx, s, ReleaseTombstoneKey(r.GetService(), r.GetVersion()), &v1.ReleaseTombstone{})
+// CheckReleaseTombstone refuses (ErrTombstoned, tombstoneErr) the version
+// of a deleted release; store.CreateRelease checks again in its
+// transaction.
+func (s *Store) CheckReleaseTombstone(ctx context.Context, r *v1.Release) error {
+	t, _, err := get(ctx, s, ReleaseTombstoneKey(r.GetService(), r.GetVersion()), &v1.ReleaseTombstone{})
 	switch {
 	case errors.Is(err, ErrNotFound):
-		return 0, nil
+		return nil
 	case err != nil:
-		return 0, fmt.Errorf("release %s/%s: %w", r.GetService(), r.GetVersion(), err)
+		return fmt.Errorf("release %s/%s: %w", r.GetService(), r.GetVersion(), err)
 	}
-	if d := r.GetArtifact().GetSha256(); d != t.GetSha256() {
-		return 0, fmt.Errorf("release %s/%s: %w: version %s was deleted at %s with artifact sha256 %s, and this release's is %s: "+
-			"a version is never reused with another artifact (agents may still hold the old one unpacked under it); use a new version, or this one with the same artifact",
-			r.GetService(), r.GetVersion(), ErrTombstoned, r.GetVersion(), t.GetDeletedAt().AsTime().UTC().Format(time.RFC3339), t.GetSha256(), d)
-	}
-	return rev, nil
+	return tombstoneErr(r, t)
+}
+
+// tombstoneErr is the refusal of r, whose version was deleted (t): it
+// names the version, when it was deleted, its artifact and r's, and what
+// to do instead. The version is not created again with any artifact:
+// agents key unpacked artifacts by version (one may hold the old one
+// under it), and a version created again would be the newest release and
+// roll out at once, to a release older than the rollout retention.
+func tombstoneErr(r *v1.Release, t *v1.ReleaseTombstone) error {
+	return fmt.Errorf("release %s/%s: %w: version %s was deleted at %s (artifact sha256 %s; this release's is %s) and is never created again; "+
+		"to run that artifact again, create it under a new version",
+		r.GetService(), r.GetVersion(), ErrTombstoned, r.GetVersion(), t.GetDeletedAt().AsTime().UTC().Format(time.RFC3339), t.GetSha256(), r.GetArtifact().GetSha256())
 }
 
 // GetReleaseTombstone returns what is kept of a deleted release

@@ -55,7 +55,7 @@ var (
 	// committed but some of its events could not be recorded.
 	ErrHistoryShort = errors.New("history incomplete")
 	// ErrTombstoned is returned when a release would reuse the version of
-	// a deleted release with another artifact (ReleaseTombstone).
+	// a deleted release (ReleaseTombstone).
 	ErrTombstoned = errors.New("version of a deleted release")
 	// ErrConflict is returned when a compare-and-swap lost a race.
 	ErrConflict = errors.New("concurrent update")

@@ -1720,7 +1720,7 @@ type CoordinatorInfo struct {
 	// before this field leave it false.
 	PrunesArtifacts bool `protobuf:"varint,11,opt,name=prunes_artifacts,json=prunesArtifacts,proto3" json:"prunes_artifacts,omitempty"`
 	// It refuses release create of a version whose record was deleted
-	// (ReleaseTombstone) with another artifact. The leader deletes release
+	// (ReleaseTombstone). The leader deletes release
 	// records only when every registered coordinator says so; coordinators
 	// from before this field leave it false.
 	HonorsReleaseTombstones bool `protobuf:"varint,12,opt,name=honors_release_tombstones,json=honorsReleaseTombstones,proto3" json:"honors_release_tombstones,omitempty"`

@@ -2631,10 +2631,10 @@ func (x *Release) GetArtifactRestoredAt() *timestamppb.Timestamp {
 // ReleaseTombstone is what is kept of a deleted release record: the
 // rollout leader deletes a service's old releases whose artifacts were
 // pruned (rollout.RetainReleases) and writes this in the same
-// transaction. Its version is never created again with another artifact
+// transaction. Its version is never created again, with any artifact
 // (agents key unpacked artifacts by version: one may still hold the old
-// one under it); release create of the same version with the same sha256
-// creates the release anew (and drops the tombstone). Tombstones are kept.
+// one under it; and a version created again would be the newest release
+// and roll out at once). Tombstones are kept.
 type ReleaseTombstone struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Service string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
