@@ -155,6 +155,13 @@ func (c *Cgroups) openV2() string {
 	if err != nil {
 		return fmt.Sprintf("cgroup v2: creating %s: %v", c.parent, err)
 	}
+	// And below the parent: the kernel refuses it (EBUSY) while the parent
+	// holds processes of its own (cgroup v2's no-internal-process rule,
+	// e.g. a parent that is the agent's own systemd unit), and then no
+	// instance could get a limit. Said now, not at each start.
+	if err := writeCgroupFile(filepath.Join(c.root, c.parent), "cgroup.subtree_control", "+"+strings.Join(v2Controllers, " +")); err != nil {
+		return fmt.Sprintf("cgroup v2: enabling the controllers below %s (a parent must hold no processes of its own): %v", c.parent, err)
+	}
 	c.mode = CgroupV2
 	return ""
 }
@@ -306,8 +313,7 @@ func (g *cgroup) make() error {
 		// Every controller is enabled down to the instance (its service's
 		// cgroup.subtree_control too: the instance has memory.max, cpu.weight
 		// and pids.max only so), whichever limits are set now: a resize in
-		// place writes all of them (updateV2), and memory.events says
-		// whether the kernel killed a process at its limit.
+		// place writes all of them (updateV2).
 		var m *cgroup2.Manager
 		if m, err = cgroup2.NewManager(c.root, g.path, &cgroup2.Resources{}); err == nil {
 			if err = m.ToggleControllers(v2Controllers, cgroup2.Enable); err == nil {
@@ -383,6 +389,12 @@ func (g *cgroup) update(l Limits) error {
 }
 
 func (g *cgroup) updateV2(l Limits) error {
+	// An instance created by an agent from before every controller was
+	// enabled down to it (make), and adopted since, may lack the files
+	// of the limits it started without.
+	if err := g.v2.ToggleControllers(v2Controllers, cgroup2.Enable); err != nil {
+		return fmt.Errorf("enable %s: %w", strings.Join(v2Controllers, ", "), err)
+	}
 	dir := filepath.Join(g.c.root, g.path)
 	mem, swap := "max", "max"
 	if l.MemoryMax > 0 {
@@ -600,24 +612,34 @@ func (g *cgroup) killAll() error {
 }
 
 // oomKills is how many processes of the cgroup the kernel's OOM killer
-// killed (memory.events oom_kill on v2, memory.oom_control oom_kill on v1).
+// killed (memory.events oom_kill on v2, memory.oom_control oom_kill on
+// v1). On v2 oom_kill counts the host-wide killer's kills too: they count
+// only when the cgroup reached its own limit (memory.events oom).
 func (g *cgroup) oomKills() uint64 {
-	file, key := filepath.Join(cgroupRoot, "memory", g.path, "memory.oom_control"), "oom_kill"
 	if g.v2 != nil {
-		file = filepath.Join(g.c.root, g.path, "memory.events")
+		ev := cgroupCounters(filepath.Join(g.c.root, g.path, "memory.events"))
+		if ev["oom"] == 0 {
+			return 0
+		}
+		return ev["oom_kill"]
 	}
+	return cgroupCounters(filepath.Join(cgroupRoot, "memory", g.path, "memory.oom_control"))["oom_kill"]
+}
+
+// cgroupCounters reads a cgroup file of "key value" lines (none when it
+// cannot be read).
+func cgroupCounters(file string) map[string]uint64 {
+	out := map[string]uint64{}
 	data, err := os.ReadFile(file)
 	if err != nil {
-		return 0
+		return out
 	}
 	for line := range strings.Lines(string(data)) {
-		k, v, ok := strings.Cut(strings.TrimSpace(line), " ")
-		if ok && k == key {
-			n, _ := strconv.ParseUint(v, 10, 64)
-			return n
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), " "); ok {
+			out[k], _ = strconv.ParseUint(v, 10, 64)
 		}
 	}
-	return 0
+	return out
 }
 
 // remove ends every process left in the cgroup, waits for them to be gone

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -667,5 +668,134 @@ func TestSetLimitsWithoutCgroups(t *testing.T) {
 	}
 	if err := s.SetLimits(Limits{CPUWeight: 300}); err != nil {
 		t.Errorf("cpu weight alone without cgroups: %v", err)
+	}
+}
+
+// TestSetLimitsOnAnInstanceWithoutControllers (cgroup v2): an instance
+// made by an agent from before every controller was enabled down to it
+// (its service's cgroup.subtree_control had only memory: the controllers
+// of the limits it started with), and adopted since, has no cpu.weight or
+// pids.max; a resize in place enables them and writes every limit, on
+// the same process.
+func TestSetLimitsOnAnInstanceWithoutControllers(t *testing.T) {
+	c := testCgroups(t)
+	if c.Mode() != CgroupV2 {
+		t.Skipf("cgroup v2 only (this machine: %s)", c.Mode())
+	}
+	cfg := helperConfig(t, "serve")
+	cfg.Cgroups = c
+	cfg.Limits = Limits{MemoryMax: 64 << 20}
+	s := New(cfg, testLogger(t))
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	defer stop(t, s)
+	pid := waitReady(t, cfg.LogPath, 1)[0]
+	path := cgroupOf(t, c, pid)
+	// The older agent's layout: cpu and pids off below the service.
+	if err := writeCgroupFile(filepath.Join(c.root, filepath.Dir(path)), "cgroup.subtree_control", "-cpu -pids"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(c.root, path, "cpu.weight")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("cpu.weight of the instance with cpu off below its service: %v, want none (the test's premise)", err)
+	}
+	if err := s.SetLimits(Limits{MemoryMax: 96 << 20, CPUWeight: 300, TasksMax: 64}); err != nil {
+		t.Fatalf("SetLimits: %v", err)
+	}
+	if mem, cpu, tasks := readLimits(t, c, path); mem != strconv.Itoa(96<<20) || cpu != "300" || tasks != "64" {
+		t.Errorf("limits after SetLimits: memory %s cpu %s tasks %s, want %d 300 64", mem, cpu, tasks, 96<<20)
+	}
+	if s.Restarts() != 0 || !pidAlive(pid) || cgroupOf(t, c, pid) != path {
+		t.Errorf("%d restarts, pid %d alive %v: want the same process in %s", s.Restarts(), pid, pidAlive(pid), path)
+	}
+}
+
+// TestOpenCgroupsRefusesParentWithProcesses (cgroup v2): a parent that
+// holds processes of its own (as the agent's own systemd unit would) can
+// give no instance a limit (the kernel's no-internal-process rule): it is
+// unusable from the start, saying why, not at each service's start.
+func TestOpenCgroupsRefusesParentWithProcesses(t *testing.T) {
+	c := testCgroups(t)
+	if c.Mode() != CgroupV2 {
+		t.Skipf("cgroup v2 only (this machine: %s)", c.Mode())
+	}
+	parent := c.parent[1:] + "-busy"
+	dir := filepath.Join(c.root, parent)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sleep := exec.Command("sleep", "600")
+	if err := sleep.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = sleep.Process.Kill()
+		_ = sleep.Wait()
+		_ = os.Remove(dir)
+	})
+	if err := writeCgroupFile(dir, "cgroup.procs", strconv.Itoa(sleep.Process.Pid)); err != nil {
+		t.Fatal(err)
+	}
+	got := OpenCgroups(parent)
+	if got.Usable() || !strings.Contains(got.Reason(), "a parent must hold no processes of its own") || !strings.Contains(got.Reason(), "busy") {
+		t.Fatalf("OpenCgroups(%s) with a process in it: usable %v, reason %q", parent, got.Usable(), got.Reason())
+	}
+}
+
+// TestOOMKillWithoutMemoryMaxIsAnExit: a process of a release without
+// memory_max that the kernel's OOM killer ends (here its cgroup's memory
+// limit written by hand, standing in for the host running out of memory)
+// exited; it was not "killed at its memory limit": the release has none.
+func TestOOMKillWithoutMemoryMaxIsAnExit(t *testing.T) {
+	c := testCgroups(t)
+	fifo := filepath.Join(t.TempDir(), "go")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := shellConfig(t, `echo ready pid=$$; read x < `+fifo+`; x=$(head -c 268435456 /dev/zero | tr '\0' a); echo survived; exec sleep 600`)
+	cfg.Cgroups = c
+	cfg.Limits = Limits{TasksMax: 64}
+	s := New(cfg, testLogger(t))
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	defer stop(t, s)
+	pid := waitReady(t, cfg.LogPath, 1)[0]
+	path := cgroupOf(t, c, pid)
+	if c.Mode() == CgroupV2 {
+		dir := filepath.Join(c.root, path)
+		if err := writeCgroupFile(dir, "memory.max", strconv.Itoa(16<<20)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "memory.swap.max")); err == nil {
+			if err := writeCgroupFile(dir, "memory.swap.max", "0"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	} else {
+		dir := filepath.Join(cgroupRoot, "memory", path)
+		if err := writeCgroupFile(dir, "memory.limit_in_bytes", strconv.Itoa(16<<20)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "memory.memsw.limit_in_bytes")); err == nil {
+			if err := writeCgroupFile(dir, "memory.memsw.limit_in_bytes", strconv.Itoa(16<<20)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := os.WriteFile(fifo, []byte("go\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e := nextExit(t, s)
+	if g := c.find(pid); g != nil {
+		t.Logf("oom kills counted: %d", g.oomKills())
+	}
+	var oom *OOMError
+	var ee *ExitError
+	if errors.As(e.Err, &oom) || !errors.As(e.Err, &ee) || ee.Signal != syscall.SIGKILL {
+		t.Fatalf("exit %v, want a plain SIGKILL exit, not an OOMError; log:\n%s", e.Err, readFile(t, cfg.LogPath))
+	}
+	if strings.Contains(readFile(t, cfg.LogPath), "survived") {
+		t.Fatal("the process allocated 256 MiB under the 16 MiB written: the test's premise")
 	}
 }

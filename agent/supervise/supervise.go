@@ -463,8 +463,10 @@ func (s *Supervisor) run(p *proc, logf *os.File) {
 				s.setCurrent(nil)
 				exitErr, reason := p.err, "exited"
 				if p.cg != nil {
-					if p.cg.oomKills() > 0 {
-						exitErr, reason = &OOMError{MemoryMax: s.memoryMax(p), Err: p.err}, "memory limit"
+					// At its own limit only: without memory_max a kill is
+					// the host's OOM killer's, not the release's bound.
+					if mm := s.memoryMax(p); mm > 0 && p.cg.oomKills() > 0 {
+						exitErr, reason = &OOMError{MemoryMax: mm, Err: p.err}, "memory limit"
 					}
 					s.removeCgroup(p.cg) // and every orphan in it
 				}

@@ -13,6 +13,7 @@ package cgroup2
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"compress/gzip"
 	"context"
 	"debug/elf"
@@ -24,6 +25,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -49,6 +51,7 @@ var suites = []suite{
 		"TestStopEndsDaemonizedGrandchild", "TestTwoInstancesSideBySide", "TestStopTermsDaemonsFirst",
 		"TestRemoveStale", "TestHookLeavesNothingOutsideCgroup", "TestRemoveStaleLeavesForeignCgroups",
 		"TestSetLimitsInPlace", "TestSetLimitsUsedByRestart",
+		"TestSetLimitsOnAnInstanceWithoutControllers", "TestOpenCgroupsRefusesParentWithProcesses", "TestOOMKillWithoutMemoryMaxIsAnExit",
 	}},
 	{name: "agent", pkg: "./agent",
 		run: "^(TestMemoryLimitKillRevertsAndIsReported|TestExecCheckLeavesNothingOutsideCgroup|TestCheckResourcesMessageBounded|" +
@@ -80,7 +83,7 @@ func TestAgentCgroupsOnV2(t *testing.T) {
 		bin := filepath.Join(dir, s.name+".test")
 		cmd := exec.CommandContext(t.Context(), "go", "test", "-c", "-o", bin, s.pkg)
 		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // static: the machine has no libc
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOARCH=amd64") // static: the machine has no libc
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("go test -c %s: %v\n%s", s.pkg, err, out)
 		}
@@ -91,7 +94,13 @@ func TestAgentCgroupsOnV2(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ctx, cancel := context.WithTimeout(t.Context(), vmTimeout)
+	// Within the test's own deadline (go test -timeout), so that the
+	// failure says what the machine printed.
+	within := vmTimeout
+	if d, ok := t.Deadline(); ok {
+		within = min(within, time.Until(d)-30*time.Second)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), within)
 	defer cancel()
 	console := filepath.Join(dir, "console.log")
 	out, err := os.Create(console)
@@ -100,9 +109,10 @@ func TestAgentCgroupsOnV2(t *testing.T) {
 	}
 	defer out.Close()
 	cmd := exec.CommandContext(ctx, qemu, "-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2",
-		"-nographic", "-no-reboot", "-kernel", kernel, "-initrd", initrd,
+		"-nographic", "-no-reboot", "-nic", "none", "-kernel", kernel, "-initrd", initrd,
 		"-append", "console=ttyS0 panic=-1 quiet loglevel=1")
 	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // not left running if the test is killed
 	start := time.Now()
 	runErr := cmd.Run()
 	b, err := os.ReadFile(console)
@@ -129,11 +139,7 @@ func tools(t *testing.T) (qemu, kernel, busybox string) {
 	}
 	kernel = os.Getenv("FLEETWAVE_VM_KERNEL")
 	if kernel == "" {
-		ks, _ := filepath.Glob("/boot/vmlinuz-*")
-		slices.Sort(ks)
-		if len(ks) > 0 {
-			kernel = ks[len(ks)-1]
-		}
+		kernel = bootKernel()
 	}
 	if kernel == "" {
 		missing = append(missing, "a kernel in /boot (Debian's linux-image-amd64) or FLEETWAVE_VM_KERNEL")
@@ -157,6 +163,65 @@ func tools(t *testing.T) (qemu, kernel, busybox string) {
 		t.Skip(msg)
 	}
 	return qemu, kernel, busybox
+}
+
+// bootKernel is the kernel in /boot: the running one's when it is there,
+// else the one of the highest version (Debian's linux-image-amd64
+// installs one; "" when none).
+func bootKernel() string {
+	var u syscall.Utsname
+	if syscall.Uname(&u) == nil {
+		var b []byte
+		for _, c := range u.Release {
+			if c == 0 {
+				break
+			}
+			b = append(b, byte(c))
+		}
+		if k := "/boot/vmlinuz-" + string(b); fileExists(k) {
+			return k
+		}
+	}
+	ks, _ := filepath.Glob("/boot/vmlinuz-*")
+	slices.SortFunc(ks, compareVersions)
+	if len(ks) == 0 {
+		return ""
+	}
+	return ks[len(ks)-1]
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// compareVersions orders names by their runs of digits as numbers
+// (vmlinuz-6.1.0-9 before vmlinuz-6.1.0-48), the rest as text.
+func compareVersions(a, b string) int {
+	for a != "" && b != "" {
+		da, db := digitRun(a), digitRun(b)
+		if da > 0 && db > 0 {
+			na, nb := strings.TrimLeft(a[:da], "0"), strings.TrimLeft(b[:db], "0")
+			if c := cmp.Or(cmp.Compare(len(na), len(nb)), strings.Compare(na, nb)); c != 0 {
+				return c
+			}
+			a, b = a[da:], b[db:]
+			continue
+		}
+		if a[0] != b[0] {
+			return cmp.Compare(a[0], b[0])
+		}
+		a, b = a[1:], b[1:]
+	}
+	return cmp.Compare(len(a), len(b))
+}
+
+func digitRun(s string) int {
+	n := 0
+	for n < len(s) && s[n] >= '0' && s[n] <= '9' {
+		n++
+	}
+	return n
 }
 
 // static reports an error unless path is an executable without an
@@ -324,4 +389,38 @@ func failures(b []byte) string {
 func tail(b []byte, n int) []byte {
 	lines := bytes.Split(b, []byte("\n"))
 	return bytes.Join(lines[max(0, len(lines)-n):], []byte("\n"))
+}
+
+// TestCompareVersions: the kernel of the highest version is taken, not
+// the last by text.
+func TestCompareVersions(t *testing.T) {
+	ks := []string{"/boot/vmlinuz-6.1.0-48-amd64", "/boot/vmlinuz-6.1.0-9-amd64", "/boot/vmlinuz-5.10.0-30-amd64", "/boot/vmlinuz-6.10.0-1-amd64"}
+	slices.SortFunc(ks, compareVersions)
+	want := []string{"/boot/vmlinuz-5.10.0-30-amd64", "/boot/vmlinuz-6.1.0-9-amd64", "/boot/vmlinuz-6.1.0-48-amd64", "/boot/vmlinuz-6.10.0-1-amd64"}
+	if !slices.Equal(ks, want) {
+		t.Fatalf("sorted %v, want %v", ks, want)
+	}
+}
+
+// TestCheck: the console's verdict fails a suite that did not finish or
+// exited non-zero, a test that must pass and skipped or is missing, and a
+// hierarchy that is not cgroup2 with memory, cpu and pids.
+func TestCheck(t *testing.T) {
+	ss := []suite{{name: "a", mustPass: []string{"TestX", "TestY"}}}
+	ok := "FLEETWAVE-CGROUP cgroup2 controllers: cpuset cpu io memory pids\r\n--- PASS: TestX (0.1s)\r\n--- PASS: TestY (0.1s)\r\nFLEETWAVE-SUITE a exit=0\r\n"
+	if err := check(ok, ss); err != nil {
+		t.Fatalf("a passing console: %v", err)
+	}
+	for name, console := range map[string]string{
+		"skipped":    strings.Replace(ok, "--- PASS: TestY", "--- SKIP: TestY", 1),
+		"missing":    strings.Replace(ok, "--- PASS: TestY (0.1s)\r\n", "", 1),
+		"exit 1":     strings.Replace(ok, "exit=0", "exit=1", 1),
+		"unfinished": strings.Replace(ok, "FLEETWAVE-SUITE a exit=0\r\n", "", 1),
+		"cgroup v1":  strings.Replace(ok, "FLEETWAVE-CGROUP cgroup2", "FLEETWAVE-CGROUP cgroup", 1),
+		"no pids":    strings.Replace(ok, " pids", "", 1),
+	} {
+		if err := check(console, ss); err == nil {
+			t.Errorf("%s: passed", name)
+		}
+	}
 }
