@@ -787,9 +787,6 @@ func TestOOMKillWithoutMemoryMaxIsAnExit(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := nextExit(t, s)
-	if g := c.find(pid); g != nil {
-		t.Logf("oom kills counted: %d", g.oomKills())
-	}
 	var oom *OOMError
 	var ee *ExitError
 	if errors.As(e.Err, &oom) || !errors.As(e.Err, &ee) || ee.Signal != syscall.SIGKILL {
