@@ -306,67 +306,21 @@ func (g *cgroup) removeDirs() {
 	}
 }
 
+// make creates the instance's cgroup and writes its limits the way a
+// resize in place does (update): one writer of the limit files.
 func (g *cgroup) make() error {
-	c, l := g.c, g.limits
+	c := g.c
 	var err error
 	if c.mode == CgroupV2 {
-		// Every controller is enabled down to the instance (its service's
-		// cgroup.subtree_control too: the instance has memory.max, cpu.weight
-		// and pids.max only so), whichever limits are set now: a resize in
-		// place writes all of them (updateV2).
-		var m *cgroup2.Manager
-		if m, err = cgroup2.NewManager(c.root, g.path, &cgroup2.Resources{}); err == nil {
-			if err = m.ToggleControllers(v2Controllers, cgroup2.Enable); err == nil {
-				err = m.Update(v2Resources(l, filepath.Join(c.root, c.parent)))
-			}
-			g.v2 = m
+		if g.v2, err = cgroup2.NewManager(c.root, g.path, &cgroup2.Resources{}); err == nil {
+			err = g.updateV2(g.limits)
 		}
 	} else {
-		g.v1, err = cgroup1.New(cgroup1.StaticPath(g.path), v1Resources(l), cgroup1.WithHierarchy(v1Hierarchy))
+		if g.v1, err = cgroup1.New(cgroup1.StaticPath(g.path), &specs.LinuxResources{}, cgroup1.WithHierarchy(v1Hierarchy)); err == nil {
+			err = g.updateV1(g.limits)
+		}
 	}
 	return err
-}
-
-// v2Resources are l for cgroup v2; parentDir is the agent's cgroup, whose
-// files say whether swap is accounted.
-func v2Resources(l Limits, parentDir string) *cgroup2.Resources {
-	r := &cgroup2.Resources{}
-	if l.MemoryMax > 0 {
-		m := int64(l.MemoryMax)
-		r.Memory = &cgroup2.Memory{Max: &m}
-		if _, err := os.Stat(filepath.Join(parentDir, "memory.swap.max")); err == nil {
-			zero := int64(0)
-			r.Memory.Swap = &zero // the limit is on memory, not memory plus swap
-		}
-	}
-	if l.CPUWeight > 0 {
-		w := uint64(l.CPUWeight)
-		r.CPU = &cgroup2.CPU{Weight: &w}
-	}
-	if l.TasksMax > 0 {
-		r.Pids = &cgroup2.Pids{Max: int64(l.TasksMax)}
-	}
-	return r
-}
-
-func v1Resources(l Limits) *specs.LinuxResources {
-	r := &specs.LinuxResources{}
-	if l.MemoryMax > 0 {
-		m := int64(l.MemoryMax)
-		r.Memory = &specs.LinuxMemory{Limit: &m}
-		if _, err := os.Stat(filepath.Join(cgroupRoot, "memory", "memory.memsw.limit_in_bytes")); err == nil {
-			r.Memory.Swap = &m // memory+swap = memory: no swapping around the limit
-		}
-	}
-	if l.CPUWeight > 0 {
-		s := CPUShares(l.CPUWeight)
-		r.CPU = &specs.LinuxCPU{Shares: &s}
-	}
-	if l.TasksMax > 0 {
-		t := int64(l.TasksMax)
-		r.Pids = &specs.LinuxPids{Limit: &t}
-	}
-	return r
 }
 
 // update writes limits l to the cgroup of a running instance, every one of
@@ -389,16 +343,18 @@ func (g *cgroup) update(l Limits) error {
 }
 
 func (g *cgroup) updateV2(l Limits) error {
-	// An instance created by an agent from before every controller was
-	// enabled down to it (make), and adopted since, may lack the files
-	// of the limits it started without.
+	// Every controller is enabled down to the instance (its service's
+	// cgroup.subtree_control too: the instance has memory.max, cpu.weight
+	// and pids.max only so), whichever limits are set: each is written.
+	// Again at each update: an instance an agent from before this made,
+	// adopted since, may lack the files of the limits it started without.
 	if err := g.v2.ToggleControllers(v2Controllers, cgroup2.Enable); err != nil {
 		return fmt.Errorf("enable %s: %w", strings.Join(v2Controllers, ", "), err)
 	}
 	dir := filepath.Join(g.c.root, g.path)
 	mem, swap := "max", "max"
 	if l.MemoryMax > 0 {
-		mem, swap = strconv.FormatUint(l.MemoryMax, 10), "0" // the limit is on memory, not memory plus swap (v2Resources)
+		mem, swap = strconv.FormatUint(l.MemoryMax, 10), "0" // the limit is on memory, not memory plus swap
 	}
 	if err := writeCgroupFile(dir, "memory.max", mem); err != nil {
 		return err
@@ -429,7 +385,7 @@ func (g *cgroup) updateV1(l Limits) error {
 		mem = strconv.FormatUint(l.MemoryMax, 10)
 	}
 	if _, err := os.Stat(filepath.Join(memDir, "memory.memsw.limit_in_bytes")); err == nil {
-		// memory+swap = memory (v1Resources), and the kernel keeps
+		// memory+swap = memory (no swapping around the limit), and the kernel keeps
 		// memsw >= memory at every write: lowering writes memory first,
 		// raising memsw first. Which it is, the failed order says.
 		if first := writeCgroupFile(memDir, "memory.limit_in_bytes", mem); first != nil {

@@ -232,9 +232,10 @@ func (s *Supervisor) begin(f *Found) error {
 // usable cgroups, a memory or tasks limit is refused (ErrCgroupsUnusable,
 // as at a start) and a cpu weight alone is not applied; an instance that
 // runs outside a cgroup (adopted from an agent that had none) cannot take
-// a memory or tasks limit (an error) and is left unweighted. Between an exit and the restart, only the
-// restart gets them. If the write fails, later instances still get l (the
-// caller decides what runs: a revert writes the previous limits back).
+// a memory or tasks limit (an error) and is left unweighted. Between an
+// exit and the restart, only the restart gets them. If the write fails,
+// later instances still get l (the caller decides what runs: a revert
+// writes the previous limits back).
 func (s *Supervisor) SetLimits(l Limits) error {
 	s.limMu.Lock()
 	defer s.limMu.Unlock()
