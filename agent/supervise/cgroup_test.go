@@ -761,27 +761,14 @@ func TestOOMKillWithoutMemoryMaxIsAnExit(t *testing.T) {
 	}
 	defer stop(t, s)
 	pid := waitReady(t, cfg.LogPath, 1)[0]
-	path := cgroupOf(t, c, pid)
-	if c.Mode() == CgroupV2 {
-		dir := filepath.Join(c.root, path)
-		if err := writeCgroupFile(dir, "memory.max", strconv.Itoa(16<<20)); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := os.Stat(filepath.Join(dir, "memory.swap.max")); err == nil {
-			if err := writeCgroupFile(dir, "memory.swap.max", "0"); err != nil {
-				t.Fatal(err)
-			}
-		}
-	} else {
-		dir := filepath.Join(cgroupRoot, "memory", path)
-		if err := writeCgroupFile(dir, "memory.limit_in_bytes", strconv.Itoa(16<<20)); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := os.Stat(filepath.Join(dir, "memory.memsw.limit_in_bytes")); err == nil {
-			if err := writeCgroupFile(dir, "memory.memsw.limit_in_bytes", strconv.Itoa(16<<20)); err != nil {
-				t.Fatal(err)
-			}
-		}
+	// Written through a cgroup found again (as an adopting agent would),
+	// not the supervisor's: its instance keeps no memory_max.
+	g := c.find(pid)
+	if g == nil {
+		t.Fatalf("pid %d in no cgroup of ours", pid)
+	}
+	if err := g.update(Limits{MemoryMax: 16 << 20}); err != nil {
+		t.Fatal(err)
 	}
 	if err := os.WriteFile(fifo, []byte("go\n"), 0o600); err != nil {
 		t.Fatal(err)
