@@ -689,7 +689,8 @@ func (e *OOMError) Error() string {
 func (e *OOMError) Unwrap() error { return e.Err }
 
 // gateScript holds the process in /bin/sh until the agent has put it into
-// its cgroup and writes "go" to its stdin; then it execs the command in
+// its cgroup (if it has one) and written its PID file, and writes "go" to
+// its stdin; then it execs the command in
 // its place (same pid, process group and fds; stdin /dev/null as before).
 // A closed pipe without "go" (the agent failed or died) ends it with
 // status 125 and nothing of the service runs.

@@ -5,7 +5,9 @@
 // unexpectedly, stops it with SIGTERM then SIGKILL to the whole group, and
 // records the group id (with the boot id and the leader's start time, so
 // pid reuse and reboots are detected, and the release and epoch it runs) in
-// a PID file.
+// a PID file. A new process is held in a /bin/sh gate until its PID file
+// names it (and it is in its cgroup): none of the service's code runs
+// unrecorded, whenever the agent dies.
 //
 // A service outlives the agent: Detach ends supervision and leaves the
 // process running; a restarted agent finds it by its PID file (FindRunning)
@@ -17,7 +19,7 @@
 // Where cgroups are usable (Cgroups, OpenCgroups: root, cgroup v1 or v2,
 // through containerd/cgroups) every instance also runs in its own cgroup
 // below the agent's, with the service's Limits (memory, cpu weight,
-// tasks), entered before any of the service's code runs (a /bin/sh gate);
+// tasks), entered before any of the service's code runs (the gate);
 // a stop or a crash ends every process in it, those that left the process
 // group too, and removes it; a kill at the memory limit is reported as an
 // OOMError; FindRunning finds an adopted process's cgroup again.
@@ -142,6 +144,10 @@ type Supervisor struct {
 	stopOnce sync.Once
 	stopCh   chan struct{} // closed by Stop and Detach
 	done     chan struct{} // closed when the run loop has ended
+
+	// gateOpened, set by tests before Start, runs in spawn right after an
+	// instance's gate opened (its code may run from then on).
+	gateOpened func(pid int)
 }
 
 // New returns a Supervisor for cfg, with defaults applied. Nothing runs until
@@ -376,38 +382,48 @@ func (s *Supervisor) spawn(logf *os.File) (*proc, error) {
 			started = f
 		}
 	}
-	var open func() error
-	if cg != nil {
-		var err error
-		if open, err = gate(cmd); err != nil {
-			started(0)
-			s.removeCgroup(cg)
-			return nil, fmt.Errorf("start %s: %w", s.cfg.Service, err)
-		}
+	// Every instance is gated, with cgroups or without: none of the
+	// service's code runs before it is in its cgroup and its PID file
+	// names it, so an agent that dies at any moment of a start leaves
+	// either no service process (the gate's pipe closes: it exits 125) or
+	// one the next agent finds.
+	open, err := gate(cmd)
+	if err != nil {
+		started(0)
+		s.removeCgroup(cg)
+		return nil, fmt.Errorf("start %s: exec %q: %w", s.cfg.Service, s.cfg.Command[0], err)
 	}
 	if err := cmd.Start(); err != nil {
 		started(0)
-		if open != nil {
-			_ = open() // closes the pipe
-		}
+		_ = open() // closes the pipe
 		s.removeCgroup(cg)
 		return nil, fmt.Errorf("start %s: exec %q: %w", s.cfg.Service, s.cfg.Command[0], err)
 	}
 	pid := cmd.Process.Pid
+	fail := func(err error, pidFile bool) (*proc, error) {
+		started(0)
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if pidFile {
+			s.removePIDFile()
+		}
+		s.removeCgroup(cg)
+		return nil, fmt.Errorf("start %s: %w", s.cfg.Service, err)
+	}
 	if cg != nil {
-		// The gate holds the process in /bin/sh until it is in its cgroup:
-		// none of the service's code runs outside its limits.
-		err := cg.add(pid)
-		if err == nil {
-			err = open()
+		if err := cg.add(pid); err != nil {
+			return fail(err, false)
 		}
-		if err != nil {
-			started(0)
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-			s.removeCgroup(cg)
-			return nil, fmt.Errorf("start %s: %w", s.cfg.Service, err)
-		}
+	}
+	// While the process is held in the gate it cannot be reaped: its /proc
+	// entry (start time) exists, and it is still /bin/sh's, which exec
+	// keeps.
+	s.writePIDFile(pid)
+	if err := open(); err != nil {
+		return fail(err, true)
+	}
+	if s.gateOpened != nil {
+		s.gateOpened(pid)
 	}
 	started(pid)
 	startedAt := time.Now()
@@ -418,9 +434,6 @@ func (s *Supervisor) spawn(logf *os.File) (*proc, error) {
 		s.log.Warn().Err(err).Int("pid", pid).Msg("no pidfd: watching /proc")
 	}
 	_ = cmd.Process.Release()
-	// Before the process can be reaped: its /proc entry (start time) must
-	// exist.
-	s.writePIDFile(pid)
 	p := watch(pid, pidfd, startedAt, true)
 	p.cg = cg
 	ev := s.log.Info().Int("pid", pid).Int("restarts", s.Restarts())

@@ -79,6 +79,18 @@ func helperMain(mode string) {
 			os.Exit(2)
 		}
 		os.Exit(0)
+	case "pidfile-first": // says, first, which group its PID file names; crashes on the first run
+		pgid := 0
+		if rec, err := ReadPIDFile(os.Getenv("CHECK_PID_FILE")); err == nil {
+			pgid = rec.PGID
+		}
+		fmt.Printf("first pid=%d pidfile=%d\n", os.Getpid(), pgid)
+		mark := filepath.Join(os.Getenv("HOME"), "crashed")
+		if _, err := os.Stat(mark); err != nil {
+			_ = os.WriteFile(mark, nil, 0o644)
+			os.Exit(3)
+		}
+		serveUntilTerm()
 	case "hog": // allocates and touches memory, 1 MiB at a time, up to 1 GiB
 		var keep [][]byte
 		fmt.Printf("ready pid=%d\n", os.Getpid())
@@ -248,6 +260,54 @@ func TestStartStop(t *testing.T) {
 		t.Fatalf("Restarts = %d, want 0", s.Restarts())
 	}
 	checkNoGoroutineLeak(t, base)
+}
+
+// TestPIDFileWrittenBeforeServiceCodeRuns: the first line of every
+// instance, the first start's and a restart's, finds the PID file naming
+// it, with cgroups and without. The supervisor is held right after the
+// gate opens until that line is in the log: were the file written after
+// the gate, the line would find no file or the crashed instance's.
+func TestPIDFileWrittenBeforeServiceCodeRuns(t *testing.T) {
+	for _, withCgroups := range []bool{false, true} {
+		t.Run(fmt.Sprintf("cgroups=%v", withCgroups), func(t *testing.T) {
+			cfg := helperConfig(t, "pidfile-first")
+			cfg.Env = append(cfg.Env, "CHECK_PID_FILE="+cfg.PIDFile)
+			if withCgroups {
+				cfg.Cgroups = testCgroups(t)
+			}
+			s := New(cfg, testLogger(t))
+			firstRE := regexp.MustCompile(`first pid=(\d+) pidfile=(\d+)`)
+			// It runs in the supervisor's goroutine: no t.Fatal there.
+			s.gateOpened = func(pid int) {
+				for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+					b, _ := os.ReadFile(cfg.LogPath)
+					for _, m := range firstRE.FindAllStringSubmatch(string(b), -1) {
+						if m[1] == strconv.Itoa(pid) {
+							return
+						}
+					}
+					if time.Now().After(deadline) {
+						t.Errorf("no first line of %d in 20 s; log: %q", pid, b)
+						return
+					}
+				}
+			}
+			if err := s.Start(); err != nil {
+				t.Fatalf("Start: %v", err)
+			}
+			defer stop(t, s)
+			waitReady(t, cfg.LogPath, 1)
+			lines := firstRE.FindAllStringSubmatch(readFile(t, cfg.LogPath), -1)
+			if len(lines) != 2 {
+				t.Fatalf("%d first lines, want 2 (the crash, the restart); log: %q", len(lines), readFile(t, cfg.LogPath))
+			}
+			for _, m := range lines {
+				if m[1] != m[2] {
+					t.Errorf("instance %s first found the PID file naming %s, want itself", m[1], m[2])
+				}
+			}
+		})
+	}
 }
 
 func TestRelativeCommandAndLogAppend(t *testing.T) {
