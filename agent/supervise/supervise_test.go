@@ -264,49 +264,54 @@ func TestStartStop(t *testing.T) {
 
 // TestPIDFileWrittenBeforeServiceCodeRuns: the first line of every
 // instance, the first start's and a restart's, finds the PID file naming
-// it, with cgroups and without. The supervisor is held right after the
-// gate opens until that line is in the log: were the file written after
-// the gate, the line would find no file or the crashed instance's.
+// it, without cgroups (TestPIDFileWrittenBeforeCgroupServiceCodeRuns: with
+// them). The supervisor is held right after the gate opens until that
+// line is in the log: were the file written after the gate, the line would
+// find no file or the crashed instance's.
 func TestPIDFileWrittenBeforeServiceCodeRuns(t *testing.T) {
-	for _, withCgroups := range []bool{false, true} {
-		t.Run(fmt.Sprintf("cgroups=%v", withCgroups), func(t *testing.T) {
-			cfg := helperConfig(t, "pidfile-first")
-			cfg.Env = append(cfg.Env, "CHECK_PID_FILE="+cfg.PIDFile)
-			if withCgroups {
-				cfg.Cgroups = testCgroups(t)
-			}
-			s := New(cfg, testLogger(t))
-			firstRE := regexp.MustCompile(`first pid=(\d+) pidfile=(\d+)`)
-			// It runs in the supervisor's goroutine: no t.Fatal there.
-			s.gateOpened = func(pid int) {
-				for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-					b, _ := os.ReadFile(cfg.LogPath)
-					for _, m := range firstRE.FindAllStringSubmatch(string(b), -1) {
-						if m[1] == strconv.Itoa(pid) {
-							return
-						}
-					}
-					if time.Now().After(deadline) {
-						t.Errorf("no first line of %d in 20 s; log: %q", pid, b)
-						return
-					}
+	cfg := helperConfig(t, "pidfile-first")
+	checkPIDFileFirst(t, cfg)
+}
+
+func TestPIDFileWrittenBeforeCgroupServiceCodeRuns(t *testing.T) {
+	cfg := helperConfig(t, "pidfile-first")
+	cfg.Cgroups = testCgroups(t)
+	checkPIDFileFirst(t, cfg)
+}
+
+func checkPIDFileFirst(t *testing.T, cfg Config) {
+	t.Helper()
+	cfg.Env = append(cfg.Env, "CHECK_PID_FILE="+cfg.PIDFile)
+	s := New(cfg, testLogger(t))
+	firstRE := regexp.MustCompile(`first pid=(\d+) pidfile=(\d+)`)
+	// It runs in the supervisor's goroutine: no t.Fatal there.
+	s.gateOpened = func(pid int) {
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			b, _ := os.ReadFile(cfg.LogPath)
+			for _, m := range firstRE.FindAllStringSubmatch(string(b), -1) {
+				if m[1] == strconv.Itoa(pid) {
+					return
 				}
 			}
-			if err := s.Start(); err != nil {
-				t.Fatalf("Start: %v", err)
+			if time.Now().After(deadline) {
+				t.Errorf("no first line of %d in 20 s; log: %q", pid, b)
+				return
 			}
-			defer stop(t, s)
-			waitReady(t, cfg.LogPath, 1)
-			lines := firstRE.FindAllStringSubmatch(readFile(t, cfg.LogPath), -1)
-			if len(lines) != 2 {
-				t.Fatalf("%d first lines, want 2 (the crash, the restart); log: %q", len(lines), readFile(t, cfg.LogPath))
-			}
-			for _, m := range lines {
-				if m[1] != m[2] {
-					t.Errorf("instance %s first found the PID file naming %s, want itself", m[1], m[2])
-				}
-			}
-		})
+		}
+	}
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	defer stop(t, s)
+	waitReady(t, cfg.LogPath, 1)
+	lines := firstRE.FindAllStringSubmatch(readFile(t, cfg.LogPath), -1)
+	if len(lines) != 2 {
+		t.Fatalf("%d first lines, want 2 (the crash, the restart); log: %q", len(lines), readFile(t, cfg.LogPath))
+	}
+	for _, m := range lines {
+		if m[1] != m[2] {
+			t.Errorf("instance %s first found the PID file naming %s, want itself", m[1], m[2])
+		}
 	}
 }
 

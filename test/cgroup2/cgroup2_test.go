@@ -52,6 +52,7 @@ var suites = []suite{
 		"TestRemoveStale", "TestHookLeavesNothingOutsideCgroup", "TestRemoveStaleLeavesForeignCgroups",
 		"TestSetLimitsInPlace", "TestSetLimitsUsedByRestart",
 		"TestSetLimitsOnAnInstanceWithoutControllers", "TestOpenCgroupsRefusesParentWithProcesses", "TestOOMKillWithoutMemoryMaxIsAnExit",
+		"TestPIDFileWrittenBeforeCgroupServiceCodeRuns",
 	}},
 	{name: "agent", pkg: "./agent",
 		run: "^(TestMemoryLimitKillRevertsAndIsReported|TestExecCheckLeavesNothingOutsideCgroup|TestCheckResourcesMessageBounded|" +
