@@ -32,11 +32,23 @@ var statfs = syscall.Statfs
 // FreeBytes is the space an unprivileged writer may still use on the data
 // dir's filesystem.
 func (in *Installer) FreeBytes() (uint64, error) {
+	free, _, err := in.space()
+	return free, err
+}
+
+// space is FreeBytes and the filesystem's size.
+func (in *Installer) space() (free, size uint64, err error) {
 	var st syscall.Statfs_t
 	if err := statfs(in.dataDir, &st); err != nil {
-		return 0, fmt.Errorf("free space of %s: %w", in.dataDir, err)
+		return 0, 0, fmt.Errorf("free space of %s: %w", in.dataDir, err)
 	}
-	return st.Bavail * uint64(st.Bsize), nil
+	return st.Bavail * uint64(st.Bsize), st.Blocks * uint64(st.Bsize), nil
+}
+
+// unpackKeepFree is the free space unpacking keeps on a filesystem of size
+// bytes (UnpackKeepFreePercent, at most UnpackKeepFreeMax).
+func unpackKeepFree(size uint64) uint64 {
+	return min(size/100*UnpackKeepFreePercent, UnpackKeepFreeMax)
 }
 
 // ReserveFetchSpace refuses a fetch of want when the data dir's
@@ -44,7 +56,11 @@ func (in *Installer) FreeBytes() (uint64, error) {
 // its partial download (partial.go) holds already (a host whose download
 // broke near the limit was refused by its own kept bytes until they were
 // pruned), with an error naming the filesystem, what is free and what is
-// needed. Otherwise that space is reserved until release is called (when
+// needed. The margin (the third time the size) is at least what unpacking
+// keeps free (the floor below, and what it writes between two looks): a
+// small release on a nearly full disk is refused before its download, not
+// downloaded and then refused by its unpack. Otherwise FreeSpaceFactor
+// times the size, less the partial, is reserved until release is called (when
 // its fetch, or its fetch and unpack, ended): a fetch that fits the free
 // space only with the others' reservations left out waits for them to end
 // (or ctx), instead of all of them passing the same check at once and
@@ -56,20 +72,33 @@ func (in *Installer) ReserveFetchSpace(ctx context.Context, want Artifact) (rele
 	need := uint64(size)*FreeSpaceFactor - uint64(kept)
 	for {
 		in.spaceMu.Lock()
-		free, err := in.FreeBytes()
-		if err == nil && free < need {
+		free, fsSize, err := in.space()
+		// The reservation's margin counts once a fetch; the unpack floor
+		// once a filesystem: the others' reservations are left out below.
+		floor := unpackKeepFree(fsSize) + unpackCheckEvery
+		check := need
+		if floor > uint64(size) {
+			check += floor - uint64(size)
+		}
+		if err == nil && free < check {
 			downloaded := ""
 			if kept > 0 {
 				downloaded = fmt.Sprintf(", %s of the download on disk already", bytesText(uint64(kept)))
 			}
-			err = fmt.Errorf("%w on the filesystem of %s: %s free, need %s (%d × the artifact's %s: download, unpack and margin%s)",
-				ErrDiskSpace, in.dataDir, bytesText(free), bytesText(need), FreeSpaceFactor, bytesText(uint64(size)), downloaded)
+			if check == need {
+				err = fmt.Errorf("%w on the filesystem of %s: %s free, need %s (%d × the artifact's %s: download, unpack and margin%s)",
+					ErrDiskSpace, in.dataDir, bytesText(free), bytesText(need), FreeSpaceFactor, bytesText(uint64(size)), downloaded)
+			} else {
+				err = fmt.Errorf("%w on the filesystem of %s: %s free, need %s (%d × the artifact's %s: download and unpack, and the %s unpacking keeps free: %d%% of the filesystem's %s, at most %s, and the %s it writes between two looks%s)",
+					ErrDiskSpace, in.dataDir, bytesText(free), bytesText(check), FreeSpaceFactor-1, bytesText(uint64(size)),
+					bytesText(floor), UnpackKeepFreePercent, bytesText(fsSize), bytesText(UnpackKeepFreeMax), bytesText(unpackCheckEvery), downloaded)
+			}
 		}
 		if err != nil {
 			in.spaceMu.Unlock()
 			return nil, err
 		}
-		if free-need >= in.reserved {
+		if free-check >= in.reserved {
 			in.reserved += need
 			in.spaceMu.Unlock()
 			return sync.OnceFunc(func() {
@@ -143,7 +172,7 @@ func (g *spaceGuard) check() error {
 		return fmt.Errorf("free space of %s: %w", g.in.dataDir, err)
 	}
 	free, size := st.Bavail*uint64(st.Bsize), st.Blocks*uint64(st.Bsize)
-	keep := min(size/100*UnpackKeepFreePercent, UnpackKeepFreeMax)
+	keep := unpackKeepFree(size)
 	if free < keep+unpackCheckEvery {
 		return fmt.Errorf("%w on the filesystem of %s: %s free, unpacking keeps %s free (%d%% of the filesystem's %s, at most %s) beyond the %s it writes between two looks; stopped after %s unpacked",
 			ErrDiskSpace, g.in.dataDir, bytesText(free), bytesText(keep), UnpackKeepFreePercent, bytesText(size), bytesText(UnpackKeepFreeMax),

@@ -142,6 +142,45 @@ func TestCheckFreeSpaceOnASmallFilesystem(t *testing.T) {
 	}
 }
 
+// TestCheckFreeSpaceCountsTheUnpackFloor: a small release on a
+// filesystem whose free space would fall under the unpack floor is refused
+// before its download, naming the floor; the floor counts once, not once
+// a fetch. (Before, 12 MiB free was enough for a 4 MiB release on a 1 GiB
+// filesystem, and its unpack then refused it below 52 MiB free.)
+func TestCheckFreeSpaceCountsTheUnpackFloor(t *testing.T) {
+	in := newInstaller(t, Limits{})
+	defer func(f func(string, *syscall.Statfs_t) error) { statfs = f }(statfs)
+	var free uint64
+	statfs = func(_ string, st *syscall.Statfs_t) error {
+		st.Blocks, st.Bavail, st.Bsize = 1<<18, (free+4095)/4096, 4096 // 1 GiB, free (rounded up)
+		return nil
+	}
+	floor := unpackKeepFree(1<<30) + unpackCheckEvery // 52.2 MiB
+	art := Artifact{Size: 4 << 20}
+	free = 8<<20 + floor - 4096
+	want := "not enough free space on the filesystem of " + in.dataDir + ": 60.2 MiB free, need 60.2 MiB (2 × the artifact's 4.0 MiB: download and unpack, and the 52.2 MiB unpacking keeps free: 5% of the filesystem's 1.0 GiB, at most 1.0 GiB, and the 1.0 MiB it writes between two looks)"
+	if err := checkSpace(in, art); !errors.Is(err, ErrDiskSpace) || err.Error() != want {
+		t.Fatalf("a 4 MiB release with 4 KiB less than download, unpack and the floor free: %v\nwant %s", err, want)
+	}
+	free = 8<<20 + floor
+	first, err := in.ReserveFetchSpace(context.Background(), art)
+	if err != nil {
+		t.Fatalf("a 4 MiB release with download, unpack and the floor free: %v", err)
+	}
+	defer first()
+	// A second fetch needs its own 3 × 1 MiB besides the first's 12 MiB,
+	// and the floor once: 12 + 2 + 52.2 MiB.
+	// (Its context has ended: it must not wait.)
+	free = 14<<20 + floor
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	second, err := in.ReserveFetchSpace(ended, Artifact{Size: 1 << 20})
+	if err != nil {
+		t.Fatalf("a second fetch of 1 MiB beside the first's 12 MiB, the floor counted once: %v", err)
+	}
+	second()
+}
+
 // TestReserveFetchSpaceOneAtATime: fetches started together each reserve
 // the space they need: with 16 MiB free, a second fetch of 3 MiB (9 MiB
 // needed) waits while the first holds its 9 MiB (it does not wait when
