@@ -203,7 +203,7 @@ func (l *leader) storedReleases(service string) ([]*v1.Release, map[*v1.Release]
 const maxReleaseDeletes = 100
 
 // pruneAllReleases deletes the records of every service's releases that
-// rollout.RetainReleases lets go: their artifacts pruned, created more than
+// rollout.RetainReleases lets go: their artifacts pruned (or URLs), created more than
 // Config.RolloutRetention before now, needed by nothing and named by no
 // stored rollout; never with --keep-release-artifacts 0. Each deletion
 // writes the release's tombstone (store.DeleteRelease: its version is
@@ -244,9 +244,14 @@ func (l *leader) pruneAllReleases(ctx context.Context, fence *store.Fence, now t
 			}
 			last = max(last, rev)
 			l.c.metrics.releasesDeleted.WithLabelValues(name).Inc()
-			l.c.log.Info().Str("service", name).Str("version", rel.GetVersion()).Str("sha256", rel.GetArtifact().GetSha256()).
-				Time("created_at", rel.GetCreatedAt().AsTime()).Time("pruned_at", rel.GetArtifactPrunedAt().AsTime()).
-				Dur("retention", l.c.cfg.RolloutRetention).Msg("old release deleted, its tombstone kept")
+			ev := l.c.log.Info().Str("service", name).Str("version", rel.GetVersion()).Str("sha256", rel.GetArtifact().GetSha256()).
+				Time("created_at", rel.GetCreatedAt().AsTime())
+			if rel.GetArtifactPrunedAt() != nil {
+				ev = ev.Time("pruned_at", rel.GetArtifactPrunedAt().AsTime())
+			} else {
+				ev = ev.Str("url", rel.GetArtifact().GetUrl()) // nothing the coordinators held
+			}
+			ev.Dur("retention", l.c.cfg.RolloutRetention).Msg("old release deleted, its tombstone kept")
 		}
 	}
 	if last == 0 {

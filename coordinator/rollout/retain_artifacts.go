@@ -58,7 +58,9 @@ func RetainArtifacts(svc *v1.Service, releases []*v1.Release, rollouts []*v1.Rol
 // and so does a zero before (nothing was created before it). The releases returned are in the order given.
 //
 // A release is returned only when all hold: its artifact is marked pruned
-// (artifact_pruned_at); it was created before before; nothing
+// (artifact_pruned_at) or is a URL (the coordinators hold nothing of it to
+// prune: its record would otherwise be kept forever); it was created
+// before before; nothing
 // RetainArtifacts protects needs it now (artifactNeeds: a release marked
 // long ago can be needed again, as a host that was away for months
 // reports running it); and no rollout still stored, ended or not, names
@@ -74,7 +76,7 @@ func RetainReleases(svc *v1.Service, releases []*v1.Release, rollouts []*v1.Roll
 	}
 	var out []*v1.Release
 	for _, r := range releases {
-		if r.GetArtifactPrunedAt() == nil || !createdBefore(r, before) || needed(r) || named[r.GetVersion()] {
+		if (r.GetArtifactPrunedAt() == nil && r.GetArtifact().GetUrl() == "") || !createdBefore(r, before) || needed(r) || named[r.GetVersion()] {
 			continue
 		}
 		out = append(out, r)

@@ -45,6 +45,16 @@ func TestRetainReleases(t *testing.T) {
 			rels[1].ArtifactPrunedAt = nil
 			return nil, nil
 		}, want: []string{"v1"}},
+		{name: "a URL artifact, never marked pruned (the coordinators hold none of it), goes by the same rules", change: func(_ *v1.Service, rels []*v1.Release, _ []*v1.Rollout) ([]*v1.Rollout, []*v1.ServiceReport) {
+			rels[1].ArtifactPrunedAt = nil
+			rels[1].Artifact.Url = "https://artifacts.example/web/v2.tar.gz"
+			return nil, nil
+		}, want: []string{"v1", "v2"}},
+		{name: "a URL artifact, needed", change: func(svc *v1.Service, rels []*v1.Release, _ []*v1.Rollout) ([]*v1.Rollout, []*v1.ServiceReport) {
+			rels[1].ArtifactPrunedAt = nil
+			rels[1].Artifact.Url = "https://artifacts.example/web/v2.tar.gz"
+			return nil, []*v1.ServiceReport{{CurrentVersion: "v2"}}
+		}, want: []string{"v1"}},
 		{name: "created at or after before", before: time.Date(2026, 1, 1, 2, 0, 0, 0, time.UTC), want: []string{"v1"}},
 		{name: "no created_at", change: func(_ *v1.Service, rels []*v1.Release, _ []*v1.Rollout) ([]*v1.Rollout, []*v1.ServiceReport) {
 			rels[1].CreatedAt = nil
@@ -140,8 +150,11 @@ func TestRetainReleasesRandom(t *testing.T) {
 		for i := range n {
 			r := &v1.Release{Service: "web", Version: fmt.Sprintf("v%02d", i), CreatedAt: timestamppb.New(t0.Add(time.Duration(rng.IntN(48)) * time.Hour)),
 				Artifact: &v1.Artifact{Sha256: fmt.Sprintf("%064x", rng.IntN(n+1)), Size: 1}}
-			if rng.IntN(2) == 0 {
+			switch rng.IntN(3) {
+			case 0:
 				r.ArtifactPrunedAt = timestamppb.New(t0)
+			case 1:
+				r.Artifact.Url = "https://artifacts.example/" + r.Version
 			}
 			rels = append(rels, r)
 		}
@@ -175,7 +188,7 @@ func TestRetainReleasesRandom(t *testing.T) {
 		deleted += len(got)
 		for _, r := range got {
 			v := r.GetVersion()
-			if r.GetArtifactPrunedAt() == nil {
+			if r.GetArtifactPrunedAt() == nil && r.GetArtifact().GetUrl() == "" {
 				t.Fatalf("seed %d: %s deleted, its artifact not pruned", seed, v)
 			}
 			if !r.GetCreatedAt().AsTime().Before(before) {
@@ -186,12 +199,13 @@ func TestRetainReleasesRandom(t *testing.T) {
 					t.Fatalf("seed %d: %s deleted, but rollout %s names it", seed, v, ro.GetId())
 				}
 			}
-			// Unmarked, RetainArtifacts would mark it now.
+			// Unmarked (a URL artifact: held by the coordinators),
+			// RetainArtifacts would mark it now.
 			unmarked := cloneReleases(rels)
 			var it *v1.Release
 			for _, u := range unmarked {
 				if u.GetVersion() == v {
-					u.ArtifactPrunedAt, it = nil, u
+					u.ArtifactPrunedAt, u.Artifact.Url, it = nil, "", u
 				}
 			}
 			if !slices.Contains(RetainArtifacts(svc, unmarked, ros, reps, keep, before), it) {
