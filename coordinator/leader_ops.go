@@ -152,7 +152,7 @@ func (l *leader) releaseDeleted(ctx context.Context, service, version string, er
 	if terr != nil {
 		return err
 	}
-	return fmt.Errorf("%w: to_version: service %s release %s was deleted at %s (its artifact pruned, older than --rollout-retention); "+
+	return fmt.Errorf("%w: to_version: service %s release %s was deleted at %s (its artifact pruned or a URL, older than --rollout-retention); "+
 		"a deleted version is never created again: to run its artifact (sha256 %s) again, create it under a new version (a new release: it rolls out as the newest)",
 		rollout.ErrRollback, service, version, t.GetDeletedAt().AsTime().UTC().Format(time.RFC3339), t.GetSha256())
 }
