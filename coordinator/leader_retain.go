@@ -249,7 +249,7 @@ func (l *leader) pruneAllReleases(ctx context.Context, fence *store.Fence, now t
 			if rel.GetArtifactPrunedAt() != nil {
 				ev = ev.Time("pruned_at", rel.GetArtifactPrunedAt().AsTime())
 			} else {
-				ev = ev.Str("url", rel.GetArtifact().GetUrl()) // nothing the coordinators held
+				ev = ev.Bool("url_artifact", true) // nothing the coordinators held (not the URL: it may be presigned)
 			}
 			ev.Dur("retention", l.c.cfg.RolloutRetention).Msg("old release deleted, its tombstone kept")
 		}

@@ -109,12 +109,13 @@ func (in *Installer) ReserveFetchSpace(ctx context.Context, want Artifact) (rele
 				in.spaceMu.Unlock()
 			}), nil
 		}
-		freed := in.spaceFreed
+		freed, others := in.spaceFreed, in.reserved
 		in.spaceMu.Unlock()
 		select {
 		case <-freed:
 		case <-ctx.Done():
-			return nil, fmt.Errorf("wait for free space (%s reserved by other fetches): %w", bytesText(need), context.Cause(ctx))
+			return nil, fmt.Errorf("wait for free space (need %s, %s free, %s reserved by other fetches): %w",
+				bytesText(check), bytesText(free), bytesText(others), context.Cause(ctx))
 		}
 	}
 }

@@ -202,7 +202,8 @@ func TestReserveFetchSpaceOneAtATime(t *testing.T) {
 	}
 	ended, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := in.ReserveFetchSpace(ended, art); !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "wait for free space") {
+	if _, err := in.ReserveFetchSpace(ended, art); !errors.Is(err, context.Canceled) ||
+		!strings.Contains(err.Error(), "wait for free space (need 9.0 MiB, 16.0 MiB free, 9.0 MiB reserved by other fetches)") {
 		t.Fatalf("a second fetch while the first holds its space: %v, want it to wait (context.Canceled)", err)
 	}
 	if _, err := in.ReserveFetchSpace(ended, Artifact{Size: 6 << 20}); !errors.Is(err, ErrDiskSpace) {

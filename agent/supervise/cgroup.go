@@ -688,57 +688,6 @@ func (e *OOMError) Error() string {
 
 func (e *OOMError) Unwrap() error { return e.Err }
 
-// gateScript holds the process in /bin/sh until the agent has put it into
-// its cgroup (if it has one) and written its PID file, and writes "go" to
-// its stdin; then it execs the command in
-// its place (same pid, process group and fds; stdin /dev/null as before).
-// A closed pipe without "go" (the agent failed or died) ends it with
-// status 125 and nothing of the service runs.
-const gateScript = `read -r gate && [ "$gate" = go ] || exit 125; exec "$0" "$@" </dev/null`
-
-// gate makes cmd wait, once started, until open is called (see
-// gateScript). The program is checked first, so that a missing one still
-// fails at Start rather than as the shell's exit 127. open must be called
-// once, after cmd.Start (it also closes the pipe when Start failed).
-func gate(cmd *exec.Cmd) (open func() error, err error) {
-	if cmd.Err != nil {
-		return nil, cmd.Err
-	}
-	if cmd.Stdin != nil {
-		return nil, errors.New("gate: the command already has a stdin")
-	}
-	prog := cmd.Path
-	if !filepath.IsAbs(prog) {
-		prog = filepath.Join(cmd.Dir, prog)
-	}
-	if _, err := exec.LookPath(prog); err != nil {
-		return nil, err
-	}
-	r, w, err := os.Pipe()
-	if err != nil {
-		return nil, fmt.Errorf("gate: %w", err)
-	}
-	args := []string{"sh", "-c", gateScript, prog}
-	if len(cmd.Args) > 1 {
-		args = append(args, cmd.Args[1:]...)
-	}
-	cmd.Path, cmd.Args, cmd.Stdin = gateShell, args, r
-	return func() error {
-		_ = r.Close()
-		defer w.Close()
-		if cmd.Process == nil {
-			return nil
-		}
-		if _, err := w.Write([]byte("go\n")); err != nil {
-			return fmt.Errorf("gate: open: %w", err)
-		}
-		return nil
-	}, nil
-}
-
-// gateShell is the shell that runs gateScript.
-const gateShell = "/bin/sh"
-
 // StartIn starts cmd (not started yet) in a new cgroup of its own below
 // service's, <parent>/<service>/<id>, with limits l, gated as a service
 // process is: nothing cmd runs, also what leaves its process group (a
@@ -751,21 +700,25 @@ func (c *Cgroups) StartIn(service string, l Limits, cmd *exec.Cmd) (end func(), 
 	if err != nil {
 		return nil, err
 	}
-	open, err := gate(cmd)
+	g, err := gate(cmd)
 	if err != nil {
 		_ = cg.remove()
 		return nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		_ = open() // closes the pipe
+		_ = g.open(false)
 		_ = cg.remove()
 		return nil, err
 	}
-	err = cg.add(cmd.Process.Pid)
+	err = g.ready()
 	if err == nil {
-		err = open()
+		err = cg.add(cmd.Process.Pid)
+	}
+	if err == nil {
+		err = g.open(true)
 	}
 	if err != nil {
+		_ = g.open(false)
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 		_ = cg.remove()

@@ -387,7 +387,7 @@ func (s *Supervisor) spawn(logf *os.File) (*proc, error) {
 	// names it, so an agent that dies at any moment of a start leaves
 	// either no service process (the gate's pipe closes: it exits 125) or
 	// one the next agent finds.
-	open, err := gate(cmd)
+	g, err := gate(cmd)
 	if err != nil {
 		started(0)
 		s.removeCgroup(cg)
@@ -395,13 +395,14 @@ func (s *Supervisor) spawn(logf *os.File) (*proc, error) {
 	}
 	if err := cmd.Start(); err != nil {
 		started(0)
-		_ = open() // closes the pipe
+		_ = g.open(false)
 		s.removeCgroup(cg)
-		return nil, fmt.Errorf("start %s: exec %q: %w", s.cfg.Service, s.cfg.Command[0], err)
+		return nil, fmt.Errorf("start %s: exec %q (through %s, in %s): %w", s.cfg.Service, s.cfg.Command[0], gateShell, s.cfg.Dir, err)
 	}
 	pid := cmd.Process.Pid
 	fail := func(err error, pidFile bool) (*proc, error) {
 		started(0)
+		_ = g.open(false)
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 		if pidFile {
@@ -410,6 +411,9 @@ func (s *Supervisor) spawn(logf *os.File) (*proc, error) {
 		s.removeCgroup(cg)
 		return nil, fmt.Errorf("start %s: %w", s.cfg.Service, err)
 	}
+	if err := g.ready(); err != nil {
+		return fail(fmt.Errorf("exec %q: %w", s.cfg.Command[0], err), false)
+	}
 	if cg != nil {
 		if err := cg.add(pid); err != nil {
 			return fail(err, false)
@@ -417,9 +421,12 @@ func (s *Supervisor) spawn(logf *os.File) (*proc, error) {
 	}
 	// While the process is held in the gate it cannot be reaped: its /proc
 	// entry (start time) exists, and it is still /bin/sh's, which exec
-	// keeps.
-	s.writePIDFile(pid)
-	if err := open(); err != nil {
+	// keeps. A start that cannot be recorded does not run: the next agent
+	// would not find it, and would start the service a second time.
+	if err := s.writePIDFile(pid); err != nil {
+		return fail(err, false)
+	}
+	if err := g.open(true); err != nil {
 		return fail(err, true)
 	}
 	if s.gateOpened != nil {
@@ -601,20 +608,18 @@ func (s *Supervisor) emit(e Exit) {
 
 // writePIDFile records the group led by pid in the PID file, if there is
 // one.
-func (s *Supervisor) writePIDFile(pid int) {
+func (s *Supervisor) writePIDFile(pid int) error {
 	pidFileMu.Lock()
 	defer pidFileMu.Unlock()
 	if s.pidPath == "" {
-		return
+		return nil
 	}
 	rec, err := writePIDRecordLocked(s.pidPath, pid, s.cfg.Release, s.cfg.Epoch)
 	if err != nil {
-		// The process runs; without a PID file the next agent cannot
-		// adopt it (nor stop it).
-		s.log.Warn().Err(err).Str("path", s.pidPath).Msg("write pid file")
-		return
+		return err
 	}
 	s.pidRec = rec
+	return nil
 }
 
 // removePIDFile removes the PID file if it still names the group this

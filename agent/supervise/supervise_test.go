@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -312,6 +313,89 @@ func checkPIDFileFirst(t *testing.T, cfg Config) {
 		if m[1] != m[2] {
 			t.Errorf("instance %s first found the PID file naming %s, want itself", m[1], m[2])
 		}
+	}
+}
+
+// TestStartRefusedWithoutItsPIDFile: a start whose PID file cannot be
+// written fails, and none of the service's code ran (the next agent could
+// not find it and would start a second one).
+func TestStartRefusedWithoutItsPIDFile(t *testing.T) {
+	cfg := helperConfig(t, "serve")
+	cfg.PIDFile = filepath.Join(cfg.Dir, "no-such-dir", "service.pid")
+	s := New(cfg, testLogger(t))
+	err := s.Start()
+	if err == nil || !strings.Contains(err.Error(), cfg.PIDFile) {
+		t.Fatalf("Start = %v, want an error naming %s", err, cfg.PIDFile)
+	}
+	if b, _ := os.ReadFile(cfg.LogPath); len(b) != 0 {
+		t.Fatalf("the service ran: its log holds %q", b)
+	}
+	stop(t, s)
+}
+
+// TestStartRefusedWhenItsUserCannotExecute: with run.user's credential, a
+// program that user cannot execute (its mode, or a directory on its path it
+// cannot search) fails the start with the reason (fs.ErrPermission), as
+// an exec without the gate did, rather than a crash loop of the gate's
+// shell exiting 126; one it can execute runs as that user. Needs root.
+func TestStartRefusedWhenItsUserCannotExecute(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("running as another user needs root")
+	}
+	const nobody = 65534
+	top := t.TempDir()
+	for _, c := range []struct {
+		name           string
+		dirMode, mode  os.FileMode
+		wantErr, inDir bool
+	}{
+		{name: "executable", dirMode: 0o755, mode: 0o755},
+		{name: "owner only", dirMode: 0o755, mode: 0o700, wantErr: true},
+		{name: "a directory on its path not searchable", dirMode: 0o700, mode: 0o755, wantErr: true, inDir: true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			root := filepath.Join(top, strings.ReplaceAll(c.name, " ", "-"))
+			bin := filepath.Join(root, "bin")
+			if err := os.MkdirAll(bin, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range []string{filepath.Dir(top), top, root} {
+				if err := os.Chmod(d, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := os.Chmod(bin, c.dirMode); err != nil {
+				t.Fatal(err)
+			}
+			prog := filepath.Join(bin, "run")
+			if err := os.WriteFile(prog, []byte("#!/bin/sh\necho \"ran as $(id -u)\"\nexec sleep 100\n"), c.mode); err != nil {
+				t.Fatal(err)
+			}
+			logPath := filepath.Join(root, "out.log")
+			s := New(Config{Service: "as-nobody", Dir: root, Command: []string{prog}, LogPath: logPath,
+				StopGrace: 5 * time.Second, Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}, testLogger(t))
+			err := s.Start()
+			defer stop(t, s)
+			if !c.wantErr {
+				if err != nil {
+					t.Fatalf("Start: %v", err)
+				}
+				testkit.Eventually(t, 10*time.Second, "the program's line", func() bool {
+					b, _ := os.ReadFile(logPath)
+					return string(b) == fmt.Sprintf("ran as %d\n", nobody)
+				})
+				return
+			}
+			if !errors.Is(err, fs.ErrPermission) || !strings.Contains(err.Error(), prog) || !strings.Contains(err.Error(), "not executable by uid 65534") {
+				t.Fatalf("Start = %v, want fs.ErrPermission naming %s and the user", err, prog)
+			}
+			if b, _ := os.ReadFile(logPath); len(b) != 0 {
+				t.Fatalf("log %q, want nothing: the program must not have run", b)
+			}
+			if n := s.Restarts(); n != 0 {
+				t.Fatalf("%d restarts after a refused start", n)
+			}
+		})
 	}
 }
 

@@ -1,0 +1,124 @@
+package supervise
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// gateScript holds a new process in /bin/sh until the agent has put it
+// into its cgroup (if it has one) and written its PID file, and writes
+// "go" to its stdin; then it execs the command in its place (same pid,
+// process group and fds; stdin /dev/null as before). Its stdin is one end
+// of a socket pair: first it says whether the program is executable by
+// the process's own user (test -x, as the service's user: a run.user
+// that cannot execute it, or cannot reach it, fails the start, as an exec
+// without the gate would, instead of a crash loop of exit 126), "ready" or
+// "noexec". A closed socket without "go" (the agent failed or died) ends
+// it with status 125 and nothing of the service runs.
+const gateScript = `[ -x "$0" ] || { echo noexec >&0; exit 126; }; echo ready >&0; read -r gate && [ "$gate" = go ] || exit 125; exec "$0" "$@" </dev/null`
+
+// gateShell is the shell that runs gateScript.
+const gateShell = "/bin/sh"
+
+// gateReadyWithin bounds the wait for the gate's shell to say whether it
+// can execute the program (a shell start: milliseconds).
+const gateReadyWithin = time.Minute
+
+// gated is a started command held in its gate.
+type gated struct {
+	prog         string
+	agent, shell *os.File // the socket pair's ends
+	cred         *syscall.Credential
+}
+
+// gate makes cmd wait, once started, in gateScript until open(true). The
+// program is looked up first, so that a missing one still fails at Start
+// rather than as the shell's exit 127. After cmd.Start, ready must be
+// called and then open, once (open(false) also closes the socket when
+// Start or ready failed).
+func gate(cmd *exec.Cmd) (*gated, error) {
+	if cmd.Err != nil {
+		return nil, cmd.Err
+	}
+	if cmd.Stdin != nil {
+		return nil, errors.New("gate: the command already has a stdin")
+	}
+	prog := cmd.Path
+	if !filepath.IsAbs(prog) {
+		prog = filepath.Join(cmd.Dir, prog)
+	}
+	if _, err := exec.LookPath(prog); err != nil {
+		return nil, err
+	}
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC|syscall.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("gate: socketpair: %w", err)
+	}
+	// The shell's end blocking (a shell's read of a non-blocking stdin
+	// fails with EAGAIN); the agent's non-blocking: Go's poller gives it
+	// a deadline.
+	if err := syscall.SetNonblock(fds[1], false); err != nil {
+		_ = syscall.Close(fds[0])
+		_ = syscall.Close(fds[1])
+		return nil, fmt.Errorf("gate: %w", err)
+	}
+	g := &gated{prog: prog, agent: os.NewFile(uintptr(fds[0]), "gate"), shell: os.NewFile(uintptr(fds[1]), "gate-shell")}
+	if cmd.SysProcAttr != nil {
+		g.cred = cmd.SysProcAttr.Credential
+	}
+	args := []string{"sh", "-c", gateScript, prog}
+	if len(cmd.Args) > 1 {
+		args = append(args, cmd.Args[1:]...)
+	}
+	cmd.Path, cmd.Args, cmd.Stdin = gateShell, args, g.shell
+	return g, nil
+}
+
+// ready waits, after cmd.Start, for the gate's shell to say that it can
+// execute the program; an error wraps fs.ErrPermission when it cannot.
+func (g *gated) ready() error {
+	_ = g.shell.Close() // the child's now
+	if err := g.agent.SetReadDeadline(time.Now().Add(gateReadyWithin)); err != nil {
+		return fmt.Errorf("gate: %w", err)
+	}
+	line, err := bufio.NewReaderSize(g.agent, 16).ReadString('\n')
+	switch strings.TrimSpace(line) {
+	case "ready":
+		return nil
+	case "noexec":
+		who := "the agent's user"
+		if g.cred != nil {
+			who = fmt.Sprintf("uid %d gid %d", g.cred.Uid, g.cred.Gid)
+		}
+		return fmt.Errorf("%s: not executable by %s (test -x as that user: its mode, owner or a directory on its path): %w", g.prog, who, fs.ErrPermission)
+	}
+	if err != nil {
+		return fmt.Errorf("gate: %s did not start: %w", gateShell, err)
+	}
+	return fmt.Errorf("gate: %s said %q", gateShell, line)
+}
+
+// open lets the command run (run) or only closes the socket (the start
+// failed: the shell, if alive, exits 125).
+func (g *gated) open(run bool) error {
+	_ = g.shell.Close()
+	defer g.agent.Close()
+	if !run {
+		return nil
+	}
+	if err := g.agent.SetWriteDeadline(time.Now().Add(gateReadyWithin)); err != nil {
+		return fmt.Errorf("gate: open: %w", err)
+	}
+	if _, err := g.agent.Write([]byte("go\n")); err != nil {
+		return fmt.Errorf("gate: open: %w", err)
+	}
+	return nil
+}
