@@ -259,6 +259,14 @@ const maxOwnDepth = 256
 // before it changes anything in it.
 var ownHook func(dir string)
 
+// dupCloexec duplicates fd close-on-exec: a process the agent starts
+// meanwhile (another service, its hook or exec check, as another user)
+// must not inherit it (with dup(2)'s descriptor it could list a 0700
+// directory of another service's release: a review).
+func dupCloexec(fd int) (int, error) {
+	return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+}
+
 // owner changes what it is handed to uid:gid, until ctx ends.
 type owner struct {
 	ctx      context.Context
@@ -274,7 +282,7 @@ func (o owner) tree(fd int, path string, depth int) error {
 	if err := o.ctx.Err(); err != nil {
 		return fmt.Errorf("give %s away: %w", path, context.Cause(o.ctx))
 	}
-	dup, err := unix.Dup(fd)
+	dup, err := dupCloexec(fd)
 	if err != nil {
 		return fmt.Errorf("list %s: %w", path, err)
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/fleetwave/fleetwave/internal/testkit"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -705,4 +706,27 @@ func noneOwnedBy(dir string, uid int) error {
 		}
 		return nil
 	})
+}
+
+// TestDupCloexec: the descriptor the give-away lists a directory through is
+// close-on-exec, so that a process started meanwhile (another service's,
+// as another user) does not inherit it and list the directory.
+func TestDupCloexec(t *testing.T) {
+	fd, err := unix.Open(t.TempDir(), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	dup, err := dupCloexec(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(dup)
+	flags, err := unix.FcntlInt(uintptr(dup), unix.F_GETFD, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if flags&unix.FD_CLOEXEC == 0 {
+		t.Fatalf("descriptor %d flags %#x: not close-on-exec", dup, flags)
+	}
 }
