@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -70,10 +71,16 @@ func (a *agent) ensureCert(ctx context.Context) error {
 	if _, na, err := certValidity(cert); err == nil && time.Now().Before(na) {
 		// A crash between writing the key and the certificate leaves a
 		// pair that does not match: join again then.
-		if _, err := tls.LoadX509KeyPair(cert, key); err == nil {
+		pair, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			a.log.Warn().Str("path", cert).Msg("host certificate and key do not match; joining again")
+		} else if err := a.checkStoredCert(cert, pair); err != nil {
+			// Saved by an agent from before CheckIssued, or the CA
+			// changed: it would be refused by every coordinator.
+			a.log.Warn().Err(err).Str("path", cert).Msg("host certificate unusable; joining again")
+		} else {
 			return nil
 		}
-		a.log.Warn().Str("path", cert).Msg("host certificate and key do not match; joining again")
 	}
 	for attempt := 0; ; attempt++ {
 		err := a.join(ctx)
@@ -133,6 +140,10 @@ func (a *agent) join(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
 			continue
 		}
+		if err := a.checkIssued(resp.GetCertificate().GetCertificateChain(), key.Public()); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+			continue
+		}
 		if err := a.saveCert(resp.GetCertificate(), keyPEM); err != nil {
 			return err
 		}
@@ -140,6 +151,31 @@ func (a *agent) join(ctx context.Context) error {
 		return nil
 	}
 	return fmt.Errorf("join as %s: %w", a.cfg.HostID, errors.Join(errs...))
+}
+
+// checkIssued checks a certificate chain a coordinator issued to this host
+// for a key whose public half is pub (tlsutil.CheckIssued against the CA
+// file).
+func (a *agent) checkIssued(chainPEM []byte, pub crypto.PublicKey) error {
+	roots, err := tlsutil.LoadCertPool(a.cfg.TLSCA)
+	if err != nil {
+		return err
+	}
+	return tlsutil.CheckIssued(chainPEM, pub, roots, tlsutil.Identity{Kind: tlsutil.KindAgent, Name: a.cfg.HostID}, time.Now())
+}
+
+// checkStoredCert checks the joined certificate file (loaded as pair) as
+// checkIssued checks an answer.
+func (a *agent) checkStoredCert(certFile string, pair tls.Certificate) error {
+	signer, ok := pair.PrivateKey.(crypto.Signer)
+	if !ok {
+		return fmt.Errorf("key of %s: unsupported type %T", certFile, pair.PrivateKey)
+	}
+	chainPEM, err := os.ReadFile(certFile)
+	if err != nil {
+		return err
+	}
+	return a.checkIssued(chainPEM, signer.Public())
 }
 
 // saveCert writes a certificate and its key (key first: the pair is read
@@ -215,6 +251,11 @@ func (a *agent) renew(ctx context.Context) error {
 	}
 	resp, err := v1.NewAgentServiceClient(cc).Renew(cctx, &v1.RenewRequest{Csr: csr})
 	if err != nil {
+		return fmt.Errorf("renew: %w", err)
+	}
+	// Nothing is replaced unless the answer is a certificate of the fleet's
+	// CA for this host and the new key.
+	if err := a.checkIssued(resp.GetCertificate().GetCertificateChain(), key.Public()); err != nil {
 		return fmt.Errorf("renew: %w", err)
 	}
 	if err := a.saveCert(resp.GetCertificate(), keyPEM); err != nil {

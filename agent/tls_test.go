@@ -1,107 +1,248 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	mrand "math/rand/v2"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
-	"github.com/fleetwave/fleetwave/coordinator"
-	"github.com/fleetwave/fleetwave/internal/testkit"
 	"github.com/fleetwave/fleetwave/internal/tlsutil"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
-// An agent without a certificate joins with a one-time token, connects
-// with the certificate it got, and renews it before it expires (here: a
-// 12 s certificate, renewed at two thirds), staying connected.
-func TestAgentJoinsAndRenews(t *testing.T) {
-	pki := t.TempDir()
-	if err := tlsutil.Init(pki, tlsutil.InitOptions{Coordinators: map[string][]string{"c1": nil}, Operators: map[string]string{"admin": tlsutil.RoleAdmin}}); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	cctx, ccancel := context.WithCancel(ctx)
-	addrc := make(chan string, 1)
-	cdone := make(chan error, 1)
-	go func() {
-		cdone <- coordinator.Run(cctx, coordinator.Config{Listen: "127.0.0.1:0", Name: "c1", DataDir: t.TempDir(), LeaseTTL: 2 * time.Second,
-			TLSCert: filepath.Join(pki, "coordinator-c1.pem"), TLSKey: filepath.Join(pki, "coordinator-c1-key.pem"),
-			TLSCA: filepath.Join(pki, "ca.pem"), TLSCAKey: filepath.Join(pki, "ca-key.pem"), AgentCertTTL: 12 * time.Second,
-			Ready: func(a string) { addrc <- a }}, zerolog.Nop())
-	}()
-	defer func() {
-		ccancel()
-		<-cdone
-	}()
-	var addr string
-	select {
-	case addr = <-addrc:
-	case err := <-cdone:
-		t.Fatalf("coordinator: %v", err)
-	}
-	tc, err := tlsutil.ClientConfig(filepath.Join(pki, "operator-admin.pem"), filepath.Join(pki, "operator-admin-key.pem"), filepath.Join(pki, "ca.pem"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	op := v1.NewOperatorServiceClient(cc)
-	tok, err := op.CreateToken(ctx, &v1.CreateTokenRequest{Name: "h1-join", Role: "join", HostId: "h1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tokenFile := filepath.Join(t.TempDir(), "token")
-	if err := os.WriteFile(tokenFile, []byte(tok.GetSecret()+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	dataDir := t.TempDir()
-	cfg := Config{Coordinators: []string{addr}, HostID: "h1", DataDir: dataDir, TLSCA: filepath.Join(pki, "ca.pem"), JoinTokenFile: tokenFile}
-	actx, acancel := context.WithCancel(ctx)
-	adone := make(chan error, 1)
-	go func() { adone <- Run(actx, cfg, zerolog.Nop()) }()
-	defer func() {
-		acancel()
-		<-adone
-	}()
+// issuer is a coordinator's AgentService over TLS on a real socket that
+// answers Join and Renew as answer says.
+type issuer struct {
+	v1.UnimplementedAgentServiceServer
+	ca     *tlsutil.CA
+	answer func(csr []byte) []byte
+}
 
-	connected := func() bool {
-		h, err := op.ListHosts(ctx, &v1.ListHostsRequest{})
+func (i *issuer) Join(_ context.Context, req *v1.JoinRequest) (*v1.JoinResponse, error) {
+	return &v1.JoinResponse{Certificate: &v1.IssuedCertificate{CertificateChain: i.answer(req.GetCsr())}}, nil
+}
+
+func (i *issuer) Renew(_ context.Context, req *v1.RenewRequest) (*v1.RenewResponse, error) {
+	return &v1.RenewResponse{Certificate: &v1.IssuedCertificate{CertificateChain: i.answer(req.GetCsr())}}, nil
+}
+
+// tlsAgent is an agent joined as h1 (its certificate and key in its data
+// dir's tls/, from the fleet's CA in pki) connected to iss.
+func tlsAgent(t *testing.T, iss *issuer) (a *agent, pki string) {
+	t.Helper()
+	pki = t.TempDir()
+	if err := tlsutil.Init(pki, tlsutil.InitOptions{Coordinators: map[string][]string{"c1": nil}, Agents: []string{"h1"}}); err != nil {
+		t.Fatal(err)
+	}
+	ca, err := tlsutil.LoadCA(filepath.Join(pki, tlsutil.CAFile), filepath.Join(pki, tlsutil.CAKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss.ca = ca
+	data := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(data, "tls"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for from, to := range map[string]string{"agent-h1.pem": "agent.pem", "agent-h1-key.pem": "agent-key.pem"} {
+		b, err := os.ReadFile(filepath.Join(pki, from))
 		if err != nil {
-			return false
+			t.Fatal(err)
 		}
-		for _, x := range h.GetHosts() {
-			if x.GetId() == "h1" && x.GetConnected() {
-				return true
+		if err := os.WriteFile(filepath.Join(data, "tls", to), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	scfg, err := tlsutil.ServerConfig(filepath.Join(pki, "coordinator-c1.pem"), filepath.Join(pki, "coordinator-c1-key.pem"), filepath.Join(pki, tlsutil.CAFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(scfg)))
+	v1.RegisterAgentServiceServer(srv, iss)
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	token := filepath.Join(data, "join-token")
+	if err := os.WriteFile(token, []byte("t0ken\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a = &agent{cfg: Config{DataDir: data, HostID: "h1", TLSCA: filepath.Join(pki, tlsutil.CAFile), JoinTokenFile: token,
+		Coordinators: []string{lis.Addr().String()}}, conns: newConnHolder(), log: testLogger(t), rnd: mrand.New(mrand.NewPCG(1, 2))}
+	cert, key := a.certPaths()
+	ccfg, err := tlsutil.ClientConfig(cert, key, a.cfg.TLSCA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(ccfg)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cc.Close() })
+	a.conns.set(cc)
+	return a, pki
+}
+
+// selfSigned is a certificate for the CSR's key naming agent h1, signed by
+// a key of its own, not the fleet's CA.
+func selfSigned(t *testing.T, csr []byte) []byte {
+	t.Helper()
+	req, err := x509.ParseCertificateRequest(csr)
+	if err != nil {
+		t.Error(err)
+		return nil
+	}
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Error(err)
+		return nil
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(10 * 365 * 24 * time.Hour),
+		URIs: []*url.URL{tlsutil.Identity{Kind: tlsutil.KindAgent, Name: "h1"}.URI()}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, req.PublicKey, k)
+	if err != nil {
+		t.Error(err)
+		return nil
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
+// TestRenewRefusesWhatIsNotItsCertificate: a coordinator (compromised, or
+// broken) that answers a renewal with garbage, a certificate the fleet's CA
+// did not sign, one for another host or one for another key changes
+// nothing on the host: the agent keeps its certificate and key (before, it
+// saved any answer, key first, and was cut off from every coordinator; a
+// foreign certificate that looked valid kept it from ever joining again).
+// A certificate of the CA for this host and the new key is saved.
+func TestRenewRefusesWhatIsNotItsCertificate(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		answer func(t *testing.T, ca *tlsutil.CA, csr []byte) []byte
+	}{
+		{"garbage", func(*testing.T, *tlsutil.CA, []byte) []byte { return []byte("not a certificate") }},
+		{"signed by another key", func(t *testing.T, _ *tlsutil.CA, csr []byte) []byte { return selfSigned(t, csr) }},
+		{"for another host", func(t *testing.T, ca *tlsutil.CA, csr []byte) []byte {
+			p, _, err := ca.SignCSR(csr, tlsutil.Identity{Kind: tlsutil.KindAgent, Name: "h2"}, time.Hour)
+			if err != nil {
+				t.Error(err)
 			}
+			return p
+		}},
+		{"for another key", func(t *testing.T, ca *tlsutil.CA, _ []byte) []byte {
+			p, _, err := ca.IssueKeyPair(tlsutil.Identity{Kind: tlsutil.KindAgent, Name: "h1"}, nil, time.Hour)
+			if err != nil {
+				t.Error(err)
+			}
+			return p
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			iss := &issuer{}
+			a, _ := tlsAgent(t, iss)
+			iss.answer = func(csr []byte) []byte { return c.answer(t, iss.ca, csr) }
+			cert, key := a.certPaths()
+			before := [][]byte{readBytes(t, cert), readBytes(t, key)}
+			err := a.renew(context.Background())
+			if !errors.Is(err, tlsutil.ErrBadIssued) {
+				t.Fatalf("renew = %v, want ErrBadIssued", err)
+			}
+			if !bytes.Equal(readBytes(t, cert), before[0]) || !bytes.Equal(readBytes(t, key), before[1]) {
+				t.Fatal("the certificate or key changed on a refused renewal")
+			}
+		})
+	}
+	t.Run("the CA's certificate for this host and the new key", func(t *testing.T) {
+		iss := &issuer{}
+		a, _ := tlsAgent(t, iss)
+		iss.answer = func(csr []byte) []byte {
+			p, _, err := iss.ca.SignCSR(csr, tlsutil.Identity{Kind: tlsutil.KindAgent, Name: "h1"}, time.Hour)
+			if err != nil {
+				t.Error(err)
+			}
+			return p
 		}
-		return false
-	}
-	certFile := filepath.Join(dataDir, "tls", "agent.pem")
-	var first time.Time
-	testkit.Eventually(t, time.Minute, "joined and connected", func() bool {
-		_, na, err := certValidity(certFile)
-		first = na
-		return err == nil && connected()
+		cert, key := a.certPaths()
+		before := readBytes(t, cert)
+		if err := a.renew(context.Background()); err != nil {
+			t.Fatalf("renew: %v", err)
+		}
+		if bytes.Equal(readBytes(t, cert), before) {
+			t.Fatal("the renewed certificate was not saved")
+		}
+		if _, err := tls.LoadX509KeyPair(cert, key); err != nil {
+			t.Fatalf("the saved pair: %v", err)
+		}
 	})
-	if time.Until(first) > 13*time.Second {
-		t.Fatalf("joined certificate valid until %v, want about 12 s", first)
+}
+
+// TestStoredForeignCertificateJoinsAgain: a stored certificate the fleet's
+// CA did not sign (saved by an agent from before the check) makes the agent
+// join again with its token at start, instead of using it forever.
+func TestStoredForeignCertificateJoinsAgain(t *testing.T) {
+	iss := &issuer{}
+	a, _ := tlsAgent(t, iss)
+	cert, key := a.certPaths()
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		t.Fatal(err)
 	}
-	testkit.Eventually(t, time.Minute, "certificate renewed", func() bool {
-		_, na, err := certValidity(certFile)
-		return err == nil && na.After(first)
-	})
-	// Past the first certificate's expiry the agent is still connected
-	// (its next connection uses the renewed certificate).
-	testkit.Eventually(t, time.Minute, "the first certificate expires", func() bool { return time.Now().After(first.Add(time.Second)) })
-	testkit.Eventually(t, time.Minute, "still connected", connected)
+	csr, err := tlsutil.NewCSR(pair.PrivateKey.(*ecdsa.PrivateKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cert, selfSigned(t, csr), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	joined := make(chan struct{}, 1)
+	iss.answer = func(csr []byte) []byte {
+		joined <- struct{}{}
+		p, _, err := iss.ca.SignCSR(csr, tlsutil.Identity{Kind: tlsutil.KindAgent, Name: "h1"}, time.Hour)
+		if err != nil {
+			t.Error(err)
+		}
+		return p
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := a.ensureCert(ctx); err != nil {
+		t.Fatalf("ensureCert: %v", err)
+	}
+	select {
+	case <-joined:
+	default:
+		t.Fatal("the agent kept the foreign certificate: it did not join")
+	}
+	pair, err = tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.checkStoredCert(cert, pair); err != nil {
+		t.Fatalf("after joining: %v", err)
+	}
+}
+
+func readBytes(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
