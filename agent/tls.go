@@ -72,15 +72,19 @@ func (a *agent) ensureCert(ctx context.Context) error {
 		// A crash between writing the key and the certificate leaves a
 		// pair that does not match: join again then.
 		pair, err := tls.LoadX509KeyPair(cert, key)
-		if err != nil {
-			a.log.Warn().Str("path", cert).Msg("host certificate and key do not match; joining again")
-		} else if err := a.checkStoredCert(cert, pair); err != nil {
-			// Saved by an agent from before CheckIssued, or the CA
-			// changed: it would be refused by every coordinator.
-			a.log.Warn().Err(err).Str("path", cert).Msg("host certificate unusable; joining again")
-		} else {
+		if err == nil {
+			// Saved by an agent from before CheckIssued, or the CA file
+			// changed (a CA rotation: the coordinators may still trust
+			// it, and the next renewal moves it to the new CA): it is
+			// used as it is, with the reason said, not traded for a
+			// join whose token is most likely spent.
+			if err := a.checkStoredCert(cert, pair); err != nil {
+				a.log.Error().Err(err).Str("path", cert).
+					Msg("host certificate does not verify against --tls-ca for this host; using it as it is (if the coordinators refuse it: remove it and put a new join token in the join token file)")
+			}
 			return nil
 		}
+		a.log.Warn().Str("path", cert).Msg("host certificate and key do not match; joining again")
 	}
 	for attempt := 0; ; attempt++ {
 		err := a.join(ctx)
@@ -141,8 +145,9 @@ func (a *agent) join(ctx context.Context) error {
 			continue
 		}
 		if err := a.checkIssued(resp.GetCertificate().GetCertificateChain(), key.Public()); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
-			continue
+			// The coordinators spend a token before they issue: asking
+			// another one would only be told it is used.
+			return fmt.Errorf("join as %s: %s: %w (the join token is spent: put a new one in the join token file)", a.cfg.HostID, addr, err)
 		}
 		if err := a.saveCert(resp.GetCertificate(), keyPEM); err != nil {
 			return err

@@ -16,9 +16,11 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
@@ -192,12 +194,39 @@ func TestRenewRefusesWhatIsNotItsCertificate(t *testing.T) {
 	})
 }
 
-// TestStoredForeignCertificateJoinsAgain: a stored certificate the fleet's
-// CA did not sign (saved by an agent from before the check) makes the agent
-// join again with its token at start, instead of using it forever.
-func TestStoredForeignCertificateJoinsAgain(t *testing.T) {
+// TestJoinRefusesWhatIsNotItsCertificate: a join answered with a
+// certificate the fleet's CA did not sign writes no key or certificate and
+// says the token is spent (asking another coordinator would not help).
+func TestJoinRefusesWhatIsNotItsCertificate(t *testing.T) {
 	iss := &issuer{}
 	a, _ := tlsAgent(t, iss)
+	iss.answer = func(csr []byte) []byte { return selfSigned(t, csr) }
+	cert, key := a.certPaths()
+	for _, f := range []string{cert, key} {
+		if err := os.Remove(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := a.join(context.Background())
+	if !errors.Is(err, tlsutil.ErrBadIssued) || !strings.Contains(err.Error(), "the join token is spent") {
+		t.Fatalf("join = %v, want ErrBadIssued saying the token is spent", err)
+	}
+	for _, f := range []string{cert, key} {
+		if _, err := os.Stat(f); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s after a refused join: %v", f, err)
+		}
+	}
+}
+
+// TestStoredForeignCertificateKept: a stored certificate the CA file does
+// not verify (saved by an agent from before the check, or a CA rotation
+// that changed --tls-ca first) is used as it is, the reason logged: the
+// agent does not trade it for a join whose token is spent (a review).
+func TestStoredForeignCertificateKept(t *testing.T) {
+	iss := &issuer{}
+	a, _ := tlsAgent(t, iss)
+	var logs bytes.Buffer
+	a.log = zerolog.New(&logs)
 	cert, key := a.certPaths()
 	pair, err := tls.LoadX509KeyPair(cert, key)
 	if err != nil {
@@ -207,34 +236,24 @@ func TestStoredForeignCertificateJoinsAgain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(cert, selfSigned(t, csr), 0o600); err != nil {
+	foreign := selfSigned(t, csr)
+	if err := os.WriteFile(cert, foreign, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	joined := make(chan struct{}, 1)
-	iss.answer = func(csr []byte) []byte {
-		joined <- struct{}{}
-		p, _, err := iss.ca.SignCSR(csr, tlsutil.Identity{Kind: tlsutil.KindAgent, Name: "h1"}, time.Hour)
-		if err != nil {
-			t.Error(err)
-		}
-		return p
+	iss.answer = func([]byte) []byte {
+		t.Error("the agent joined again")
+		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := a.ensureCert(ctx); err != nil {
 		t.Fatalf("ensureCert: %v", err)
 	}
-	select {
-	case <-joined:
-	default:
-		t.Fatal("the agent kept the foreign certificate: it did not join")
+	if !bytes.Equal(readBytes(t, cert), foreign) {
+		t.Fatal("the stored certificate changed")
 	}
-	pair, err = tls.LoadX509KeyPair(cert, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.checkStoredCert(cert, pair); err != nil {
-		t.Fatalf("after joining: %v", err)
+	if !strings.Contains(logs.String(), "does not verify against --tls-ca") || !strings.Contains(logs.String(), "issued certificate refused") {
+		t.Fatalf("log %s: want the reason", logs.String())
 	}
 }
 

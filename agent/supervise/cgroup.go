@@ -700,7 +700,7 @@ func (c *Cgroups) StartIn(service string, l Limits, cmd *exec.Cmd) (end func(), 
 	if err != nil {
 		return nil, err
 	}
-	g, err := gate(cmd)
+	g, err := gate(cmd, cmd.Path)
 	if err != nil {
 		_ = cg.remove()
 		return nil, err

@@ -17,13 +17,15 @@ import (
 // into its cgroup (if it has one) and written its PID file, and writes
 // "go" to its stdin; then it execs the command in its place (same pid,
 // process group and fds; stdin /dev/null as before). Its stdin is one end
-// of a socket pair: first it says whether the program is executable by
-// the process's own user (test -x, as the service's user: a run.user
+// of a socket pair: first it says whether the program ($1: the service's
+// own, also when the command is a wrapper such as socket activation's
+// LISTEN_PID shell) is executable by the process's own user (test -x, as
+// the service's user: a run.user
 // that cannot execute it, or cannot reach it, fails the start, as an exec
 // without the gate would, instead of a crash loop of exit 126), "ready" or
 // "noexec". A closed socket without "go" (the agent failed or died) ends
 // it with status 125 and nothing of the service runs.
-const gateScript = `[ -x "$0" ] || { echo noexec >&0; exit 126; }; echo ready >&0; read -r gate && [ "$gate" = go ] || exit 125; exec "$0" "$@" </dev/null`
+const gateScript = `[ -x "$1" ] || { echo noexec >&0; exit 126; }; shift; echo ready >&0; read -r gate && [ "$gate" = go ] || exit 125; exec "$0" "$@" </dev/null`
 
 // gateShell is the shell that runs gateScript.
 const gateShell = "/bin/sh"
@@ -39,22 +41,27 @@ type gated struct {
 	cred         *syscall.Credential
 }
 
-// gate makes cmd wait, once started, in gateScript until open(true). The
-// program is looked up first, so that a missing one still fails at Start
-// rather than as the shell's exit 127. After cmd.Start, ready must be
-// called and then open, once (open(false) also closes the socket when
-// Start or ready failed).
-func gate(cmd *exec.Cmd) (*gated, error) {
+// gate makes cmd wait, once started, in gateScript until open(true).
+// prog is the program whose execution the gate checks: cmd's own, or the
+// one a wrapper that cmd runs will exec (relative: to cmd.Dir). It is
+// looked up first, so that a missing one still fails at Start rather than
+// as the shell's exit 127. After cmd.Start, ready must be called and then
+// open, once (open(false) also closes the socket when Start or ready
+// failed).
+func gate(cmd *exec.Cmd, prog string) (*gated, error) {
 	if cmd.Err != nil {
 		return nil, cmd.Err
 	}
 	if cmd.Stdin != nil {
 		return nil, errors.New("gate: the command already has a stdin")
 	}
-	prog := cmd.Path
-	if !filepath.IsAbs(prog) {
-		prog = filepath.Join(cmd.Dir, prog)
+	abs := func(p string) string {
+		if filepath.IsAbs(p) {
+			return p
+		}
+		return filepath.Join(cmd.Dir, p)
 	}
+	run, prog := abs(cmd.Path), abs(prog)
 	if _, err := exec.LookPath(prog); err != nil {
 		return nil, err
 	}
@@ -74,7 +81,7 @@ func gate(cmd *exec.Cmd) (*gated, error) {
 	if cmd.SysProcAttr != nil {
 		g.cred = cmd.SysProcAttr.Credential
 	}
-	args := []string{"sh", "-c", gateScript, prog}
+	args := []string{"sh", "-c", gateScript, run, prog}
 	if len(cmd.Args) > 1 {
 		args = append(args, cmd.Args[1:]...)
 	}
@@ -98,7 +105,7 @@ func (g *gated) ready() error {
 		if g.cred != nil {
 			who = fmt.Sprintf("uid %d gid %d", g.cred.Uid, g.cred.Gid)
 		}
-		return fmt.Errorf("%s: not executable by %s (test -x as that user: its mode, owner or a directory on its path): %w", g.prog, who, fs.ErrPermission)
+		return fmt.Errorf("%s: not executable by %s (test -x as that user: its mode, its owner, a directory on its path or a noexec mount): %w", g.prog, who, fs.ErrPermission)
 	}
 	if err != nil {
 		return fmt.Errorf("gate: %s did not start: %w", gateShell, err)

@@ -387,7 +387,7 @@ func (s *Supervisor) spawn(logf *os.File) (*proc, error) {
 	// names it, so an agent that dies at any moment of a start leaves
 	// either no service process (the gate's pipe closes: it exits 125) or
 	// one the next agent finds.
-	g, err := gate(cmd)
+	g, err := gate(cmd, name) // name: the service's program, also under a Prepare's wrapper
 	if err != nil {
 		started(0)
 		s.removeCgroup(cg)

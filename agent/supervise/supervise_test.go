@@ -344,17 +344,26 @@ func TestStartRefusedWhenItsUserCannotExecute(t *testing.T) {
 	}
 	const nobody = 65534
 	top := t.TempDir()
+	// wrap is what socket activation does (agent/sockets Prepare): the
+	// command becomes a /bin/sh that execs the program.
+	wrap := func(cmd *exec.Cmd) (func(int), error) {
+		cmd.Args = append([]string{"sh", "-c", `exec "$0" "$@"`, cmd.Path}, cmd.Args[1:]...)
+		cmd.Path = "/bin/sh"
+		return nil, nil
+	}
 	for _, c := range []struct {
-		name           string
-		dirMode, mode  os.FileMode
-		wantErr, inDir bool
+		name          string
+		dirMode, mode os.FileMode
+		wantErr, wrap bool
 	}{
 		{name: "executable", dirMode: 0o755, mode: 0o755},
+		{name: "executable, under a wrapper", dirMode: 0o755, mode: 0o755, wrap: true},
 		{name: "owner only", dirMode: 0o755, mode: 0o700, wantErr: true},
-		{name: "a directory on its path not searchable", dirMode: 0o700, mode: 0o755, wantErr: true, inDir: true},
+		{name: "owner only, under a wrapper", dirMode: 0o755, mode: 0o700, wantErr: true, wrap: true},
+		{name: "a directory on its path not searchable", dirMode: 0o700, mode: 0o755, wantErr: true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			root := filepath.Join(top, strings.ReplaceAll(c.name, " ", "-"))
+			root := filepath.Join(top, strings.NewReplacer(" ", "-", ",", "").Replace(c.name))
 			bin := filepath.Join(root, "bin")
 			if err := os.MkdirAll(bin, 0o755); err != nil {
 				t.Fatal(err)
@@ -372,8 +381,12 @@ func TestStartRefusedWhenItsUserCannotExecute(t *testing.T) {
 				t.Fatal(err)
 			}
 			logPath := filepath.Join(root, "out.log")
-			s := New(Config{Service: "as-nobody", Dir: root, Command: []string{prog}, LogPath: logPath,
-				StopGrace: 5 * time.Second, Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}, testLogger(t))
+			cfg := Config{Service: "as-nobody", Dir: root, Command: []string{prog}, LogPath: logPath,
+				StopGrace: 5 * time.Second, Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+			if c.wrap {
+				cfg.Prepare = wrap
+			}
+			s := New(cfg, testLogger(t))
 			err := s.Start()
 			defer stop(t, s)
 			if !c.wantErr {
