@@ -15,16 +15,16 @@ import (
 
 // gateScript holds a new process in /bin/sh until the agent has put it
 // into its cgroup (if it has one) and written its PID file, and writes
-// "go" to its stdin; then it execs the command in its place (same pid,
-// process group and fds; stdin /dev/null as before). Its stdin is one end
-// of a socket pair: first it says whether the program ($1: the service's
-// own, also when the command is a wrapper such as socket activation's
-// LISTEN_PID shell) is executable by the process's own user (test -x, as
-// the service's user: a run.user
-// that cannot execute it, or cannot reach it, fails the start, as an exec
-// without the gate would, instead of a crash loop of exit 126), "ready" or
-// "noexec". A closed socket without "go" (the agent failed or died) ends
-// it with status 125 and nothing of the service runs.
+// "go" to its stdin; then it execs the command ($0) in its place (same
+// pid, process group and fds; stdin /dev/null as before). Its stdin is one
+// end of a socket pair: first it says, "ready" or "noexec", whether the
+// program ($1: the service's own, also when the command is a wrapper such
+// as socket activation's LISTEN_PID shell) is executable by its own user
+// (test -x, as the service's user): a run.user that cannot execute it, or
+// cannot reach it, fails the start, as an exec without the gate would,
+// instead of a crash loop of exit 126. A closed socket without "go" (the
+// agent failed or died) ends it with status 125 and nothing of the
+// service runs.
 const gateScript = `[ -x "$1" ] || { echo noexec >&0; exit 126; }; shift; echo ready >&0; read -r gate && [ "$gate" = go ] || exit 125; exec "$0" "$@" </dev/null`
 
 // gateShell is the shell that runs gateScript.
