@@ -169,16 +169,27 @@ func TestMetricsEndpoint(t *testing.T) {
 		return r.GetToVersion() == "v2" && r.GetState() == v1.RolloutState_ROLLOUT_STATE_SUCCEEDED
 	})
 
-	// The leader records a rollout's metrics after the write the test saw
-	// (the lead time last): wait for them rather than scrape once.
-	// (TestMetricsEndpoint failed 1 of 10 -race runs with lead_time
-	// missing.)
+	// The leader records a rollout's metrics after the write the test saw:
+	// wait for them rather than scrape once (TestMetricsEndpoint failed 1
+	// of 10 -race runs with lead_time missing). And for all of them in one
+	// scrape: a scrape gathers each collector apart, so one taken while
+	// the leader records them can hold the lead time and not the wave's
+	// duration, recorded just before it (1 CI rehearsal failed so).
 	var body []byte
 	var mfs map[string]*dto.MetricFamily
-	testkit.Eventually(t, 30*time.Second, "the ended rollout's lead time recorded", func() bool {
+	testkit.Eventually(t, 30*time.Second, "the ended rollout's metrics recorded", func() bool {
 		body, mfs = scrape(t, url)
-		_, _, ok := sample(mfs, "fleetwave_coordinator_lead_time_seconds", "service", "web")
-		return ok
+		for _, m := range [][]string{
+			{"fleetwave_coordinator_wave_duration_seconds", "service", "web", "result", "done"},
+			{"fleetwave_coordinator_rollout_duration_seconds", "service", "web", "result", "succeeded"},
+			{"fleetwave_coordinator_lead_time_seconds", "service", "web"},
+		} {
+			if _, _, ok := sample(mfs, m[0], m[1:]...); !ok {
+				return false
+			}
+		}
+		n, _, _ := sample(mfs, "fleetwave_coordinator_rollouts_total", "service", "web", "result", "succeeded")
+		return n >= 2 // v1's and v2's
 	})
 	checks := []struct {
 		name   string
