@@ -34,10 +34,6 @@ func CheckIssued(chainPEM []byte, pub crypto.PublicKey, roots *x509.CertPool, wa
 	if !publicKeysEqual(pub, leaf.PublicKey) {
 		return fmt.Errorf("%w: certificate %q (serial %s) is not for this agent's new key", ErrBadIssued, clipString(leaf.Subject.CommonName, 64), serialString(leaf))
 	}
-	inter := x509.NewCertPool()
-	for _, c := range certs[1:] {
-		inter.AddCert(c)
-	}
 	// A coordinator's clock may run ahead of this host's, and one that
 	// issues after a revocation dates the certificate after it on purpose
 	// (SignCSRAfter): a certificate valid from a little later is checked
@@ -46,12 +42,7 @@ func CheckIssued(chainPEM []byte, pub crypto.PublicKey, roots *x509.CertPool, wa
 	if leaf.NotBefore.After(now) && leaf.NotBefore.Sub(now) <= MaxIssuedAhead {
 		at = leaf.NotBefore
 	}
-	if _, err := leaf.Verify(x509.VerifyOptions{
-		Roots:         roots,
-		Intermediates: inter,
-		CurrentTime:   at,
-		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}); err != nil {
+	if err := verifyChain(certs, roots, at, x509.ExtKeyUsageClientAuth); err != nil {
 		return fmt.Errorf("%w: certificate %q (serial %s): %w", ErrBadIssued, clipString(leaf.Subject.CommonName, 64), serialString(leaf), err)
 	}
 	id, err := IdentityFromCert(leaf)

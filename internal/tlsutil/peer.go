@@ -77,17 +77,8 @@ func verifyServer(certs []*x509.Certificate, roots *x509.CertPool, now time.Time
 	if len(certs) == 0 {
 		return Identity{}, errors.New("server sent no certificate")
 	}
-	inter := x509.NewCertPool()
-	for _, c := range certs[1:] {
-		inter.AddCert(c)
-	}
 	leaf := certs[0]
-	if _, err := leaf.Verify(x509.VerifyOptions{
-		Roots:         roots,
-		Intermediates: inter,
-		CurrentTime:   now,
-		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}); err != nil {
+	if err := verifyChain(certs, roots, now, x509.ExtKeyUsageServerAuth); err != nil {
 		return Identity{}, fmt.Errorf("server certificate %q: %w", leaf.Subject.CommonName, err)
 	}
 	id, err := IdentityFromCert(leaf)
@@ -95,4 +86,20 @@ func verifyServer(certs []*x509.Certificate, roots *x509.CertPool, now time.Time
 		return Identity{}, fmt.Errorf("server certificate: %w", err)
 	}
 	return id, nil
+}
+
+// verifyChain verifies certs' leaf (certs[0]; the others are
+// intermediates) against roots at now for usage.
+func verifyChain(certs []*x509.Certificate, roots *x509.CertPool, now time.Time, usage x509.ExtKeyUsage) error {
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	_, err := certs[0].Verify(x509.VerifyOptions{
+		Roots:         roots,
+		Intermediates: inter,
+		CurrentTime:   now,
+		KeyUsages:     []x509.ExtKeyUsage{usage},
+	})
+	return err
 }
