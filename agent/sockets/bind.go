@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
+	"math"
 	"net"
 	"os"
+	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"syscall"
@@ -190,8 +192,10 @@ func checkDecls(decls []Decl) error {
 // TIME_WAIT) and the backlog of net.core.somaxconn (as net.Listen: the
 // kernel's maximum, 4096 by default since Linux 5.4); a host name is
 // resolved and the first address bound; an empty host listens on every
-// address, IPv4 and IPv6. A Unix socket's stale file (nothing listening) is
-// replaced; a live one is an error. The sockets are left in blocking mode.
+// address, IPv4 and IPv6. A Unix socket is bound as systemd binds one
+// (listenUnix: its directories made, mode UnixSocketMode); its stale file
+// (nothing listening) is replaced, a live one is an error. The sockets are
+// left in blocking mode.
 func Bind(decls []Decl) ([]*Socket, error) {
 	if err := checkDecls(decls); err != nil {
 		return nil, fmt.Errorf("bind: %w", err)
@@ -213,11 +217,10 @@ func bindOne(d Decl) (*Socket, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bind socket %s: %q: %w", d.Name, d.Listen, err)
 	}
-	fd, err := listen(network, addr)
-	if errors.Is(err, syscall.EADDRINUSE) && network == "unix" {
-		if rmErr := removeStaleUnix(addr); rmErr != nil {
-			return nil, fmt.Errorf("bind socket %s on %s: %w", d.Name, d.Listen, rmErr)
-		}
+	var fd int
+	if network == "unix" {
+		fd, err = listenUnix(addr)
+	} else {
 		fd, err = listen(network, addr)
 	}
 	if err != nil {
@@ -231,16 +234,136 @@ func bindOne(d Decl) (*Socket, error) {
 	return s, nil
 }
 
-// listen binds with package net (address resolution, dual stack, the
-// somaxconn backlog, SO_REUSEADDR set explicitly here too) and returns a
-// blocking close-on-exec duplicate of the listener's descriptor; the net
-// listener itself is closed (without unlinking a Unix socket's path).
+// UnixSocketMode is the mode of a Unix socket's file, as systemd's
+// SocketMode= default: anyone may connect, who can reach it is decided by
+// the directories above it. UnixDirMode is the mode of the directories made
+// for it (systemd's DirectoryMode=).
+const (
+	UnixSocketMode = 0o666
+	UnixDirMode    = 0o755
+)
+
+// listenUnix binds and listens on the Unix socket path as systemd binds a
+// ListenStream= path: missing parent directories are made (UnixDirMode),
+// the socket file gets UnixSocketMode whatever the agent's umask, and a
+// stale socket file of that name (nobody listening) is replaced.
+//
+// It works in a thread of its own (its umask and working directory apart
+// from the agent's, the thread discarded after), whose working directory is
+// the socket's directory, resolved once: the check of a stale file, its
+// removal and the bind all name the file in that one directory, so a
+// directory on the path renamed or replaced by a symlink meanwhile (by a
+// service user who can write to a directory above it) cannot make the
+// agent remove or create a file elsewhere.
+func listenUnix(path string) (int, error) {
+	dir, base := filepath.Dir(path), filepath.Base(path)
+	fd := -1
+	err := inOwnFS(func() error {
+		unix.Umask(0o777 &^ UnixDirMode)
+		if err := os.MkdirAll(dir, UnixDirMode); err != nil {
+			return fmt.Errorf("make the socket's directory: %w", err)
+		}
+		if err := unix.Chdir(dir); err != nil {
+			return fmt.Errorf("chdir %s: %w", dir, err)
+		}
+		unix.Umask(0o777 &^ UnixSocketMode)
+		var err error
+		fd, err = bindUnixHere(base)
+		if errors.Is(err, syscall.EADDRINUSE) {
+			if rmErr := removeStaleUnixHere(path, base); rmErr != nil {
+				return rmErr
+			}
+			fd, err = bindUnixHere(base)
+		}
+		return err
+	})
+	if err != nil {
+		return -1, err
+	}
+	return fd, nil
+}
+
+// inOwnFS runs f in a goroutine locked to a thread that no longer shares
+// its umask, working directory and root with the rest of the process
+// (unshare(CLONE_FS)); the thread exits with the goroutine (it is never
+// unlocked), so no other goroutine ever runs with what f changed.
+func inOwnFS(f func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread is discarded
+		if err := unix.Unshare(unix.CLONE_FS); err != nil {
+			errc <- fmt.Errorf("unshare(CLONE_FS): %w", err)
+			return
+		}
+		errc <- f()
+	}()
+	return <-errc
+}
+
+// bindUnixHere binds a blocking, close-on-exec Unix stream socket to name in
+// the working directory and listens with the kernel's maximum backlog
+// (net.core.somaxconn, as package net).
+func bindUnixHere(name string) (int, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("socket: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: name}); err != nil {
+		_ = unix.Close(fd)
+		return -1, fmt.Errorf("bind: %w", err)
+	}
+	// The kernel lowers a backlog over net.core.somaxconn to it.
+	if err := unix.Listen(fd, math.MaxInt32); err != nil {
+		_ = unix.Close(fd)
+		return -1, fmt.Errorf("listen: %w", err)
+	}
+	return fd, nil
+}
+
+// removeStaleUnixHere removes name, in the working directory, if it is a
+// Unix socket nobody listens on; path is for messages.
+func removeStaleUnixHere(path, name string) error {
+	var st unix.Stat_t
+	if err := unix.Lstat(name, &st); err != nil {
+		return fmt.Errorf("lstat %s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return fmt.Errorf("%s exists and is not a socket", path)
+	}
+	// Non-blocking: a connect to a live socket whose queue is full fails
+	// with EAGAIN instead of waiting.
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return fmt.Errorf("socket: %w", err)
+	}
+	err = unix.Connect(fd, &unix.SockaddrUnix{Name: name})
+	_ = unix.Close(fd)
+	switch {
+	case err == nil, errors.Is(err, syscall.EAGAIN): // EAGAIN: its queue is full
+		return fmt.Errorf("%s: %w (another process listens on it)", path, syscall.EADDRINUSE)
+	case !errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("%s exists and cannot be checked: %w", path, err)
+	}
+	if testHookBeforeStaleRemove != nil {
+		testHookBeforeStaleRemove()
+	}
+	if err := unix.Unlink(name); err != nil {
+		return fmt.Errorf("remove stale socket %s: %w", path, err)
+	}
+	return nil
+}
+
+// testHookBeforeStaleRemove, when set, runs between the check that a
+// socket file is stale and its removal.
+var testHookBeforeStaleRemove func()
+
+// listen binds a TCP address with package net (address resolution, dual
+// stack, the somaxconn backlog, SO_REUSEADDR set explicitly here too) and
+// returns a blocking close-on-exec duplicate of the listener's descriptor;
+// the net listener itself is closed.
 func listen(network, addr string) (int, error) {
 	lc := net.ListenConfig{
 		Control: func(_, _ string, c syscall.RawConn) error {
-			if network != "tcp" {
-				return nil
-			}
 			var serr error
 			if err := c.Control(func(fd uintptr) {
 				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
@@ -256,9 +379,6 @@ func listen(network, addr string) (int, error) {
 	l, err := lc.Listen(context.Background(), network, addr)
 	if err != nil {
 		return -1, err
-	}
-	if ul, ok := l.(*net.UnixListener); ok {
-		ul.SetUnlinkOnClose(false)
 	}
 	defer l.Close()
 	rc, err := l.(syscall.Conn).SyscallConn()
@@ -283,32 +403,9 @@ func listen(network, addr string) (int, error) {
 	return fd, nil
 }
 
-// removeStaleUnix removes path if it is a Unix socket nobody listens on.
-func removeStaleUnix(path string) error {
-	fi, err := os.Lstat(path)
-	if err != nil {
-		return err
-	}
-	if fi.Mode().Type() != fs.ModeSocket {
-		return fmt.Errorf("%s exists and is not a socket", path)
-	}
-	c, err := net.Dial("unix", path)
-	if err == nil {
-		_ = c.Close()
-		return fmt.Errorf("%s: %w (another process listens on it)", path, syscall.EADDRINUSE)
-	}
-	if !errors.Is(err, syscall.ECONNREFUSED) {
-		return fmt.Errorf("%s exists and cannot be checked: %w", path, err)
-	}
-	if err := os.Remove(path); err != nil {
-		return fmt.Errorf("remove stale socket: %w", err)
-	}
-	return nil
-}
-
 // newSocket takes ownership of fd (on success) and fills in the identity.
 func newSocket(fd int, d Decl) (*Socket, error) {
-	network, _, err := spec.ParseListen(d.Listen)
+	network, addr, err := spec.ParseListen(d.Listen)
 	if err != nil {
 		return nil, err
 	}
@@ -316,9 +413,10 @@ func newSocket(fd int, d Decl) (*Socket, error) {
 	if err != nil {
 		return nil, err
 	}
-	addr, err := localAddr(fd)
-	if err != nil {
-		return nil, err
+	if network != "unix" { // a Unix socket is bound by a name relative to its directory
+		if addr, err = localAddr(fd); err != nil {
+			return nil, err
+		}
 	}
 	return &Socket{Name: d.Name, Listen: d.Listen, Network: network, Addr: addr, Inode: ino, fd: fd}, nil
 }

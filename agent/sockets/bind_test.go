@@ -129,7 +129,7 @@ func TestBindErrors(t *testing.T) {
 		{"port in use", []Decl{{"web", taken.Addr}}, "bind socket web on " + taken.Addr + ": "},
 		{"unix in use", []Decl{{"web", "unix:" + live.Addr}}, "another process listens on it"},
 		{"not a socket", []Decl{{"web", "unix:" + regular}}, regular + " exists and is not a socket"},
-		{"no directory", []Decl{{"web", "unix:" + filepath.Join(dir, "nodir", "x.sock")}}, "no such file or directory"},
+		{"directory under a file", []Decl{{"web", "unix:" + filepath.Join(regular, "x.sock")}}, "make the socket's directory: mkdir " + regular + ": not a directory"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -170,6 +170,131 @@ func TestBindReplacesStaleUnixSocket(t *testing.T) {
 		t.Fatalf("dial the new socket: %v", err)
 	}
 	_ = c.Close()
+}
+
+// A Unix socket is bound as systemd binds a ListenStream= path: its missing
+// directories are made 0755, its file is 0666 (SocketMode='s default)
+// whatever the agent's umask, and the agent's own umask and working
+// directory are left as they were.
+func TestBindUnixLikeSystemd(t *testing.T) {
+	dir := sockDir(t)
+	path := filepath.Join(dir, "a", "b", "app.sock")
+	old := unix.Umask(0o077) // an agent started with a strict umask
+	defer unix.Umask(old)
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := bind(t, Decl{Name: "app", Listen: "unix:" + path})[0]
+	if s.Addr != path {
+		t.Errorf("Addr = %q, want %q", s.Addr, path)
+	}
+	for p, want := range map[string]os.FileMode{
+		filepath.Join(dir, "a"):      os.ModeDir | 0o755,
+		filepath.Join(dir, "a", "b"): os.ModeDir | 0o755,
+		path:                         os.ModeSocket | 0o666,
+	} {
+		fi, err := os.Lstat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode() != want {
+			t.Errorf("%s: mode %v, want %v", p, fi.Mode(), want)
+		}
+	}
+	if got := unix.Umask(0o077); got != 0o077 {
+		t.Errorf("the agent's umask is %#o after Bind, want 0077", got)
+	}
+	if got, _ := os.Getwd(); got != wd {
+		t.Errorf("the agent's working directory is %q after Bind, want %q", got, wd)
+	}
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	_ = c.Close()
+}
+
+// A service user who can write to a directory on a socket's path cannot
+// make the agent remove a file elsewhere: the directory replaced by a
+// symlink between the check that the socket file is stale and its removal
+// changes nothing (the agent works in the directory it resolved once). With
+// the path resolved again for the removal, the other directory's file of
+// that name was removed.
+func TestBindStaleRemovalStaysInItsDirectory(t *testing.T) {
+	dir := sockDir(t)
+	userDir := filepath.Join(dir, "svc") // writable by the service's user
+	path := filepath.Join(userDir, "app.sock")
+	old := bind(t, Decl{Name: "old", Listen: "unix:" + path})[0]
+	_ = old.Close() // stale: nothing listens
+	elsewhere := filepath.Join(dir, "etc")
+	if err := os.Mkdir(elsewhere, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	victim := filepath.Join(elsewhere, "app.sock")
+	if err := os.WriteFile(victim, []byte("keep"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	moved := filepath.Join(dir, "svc.moved")
+	testHookBeforeStaleRemove = func() {
+		if err := os.Rename(userDir, moved); err != nil {
+			t.Error(err)
+		}
+		if err := os.Symlink(elsewhere, userDir); err != nil {
+			t.Error(err)
+		}
+	}
+	defer func() { testHookBeforeStaleRemove = nil }()
+	s := bind(t, Decl{Name: "new", Listen: "unix:" + path})[0]
+	if b, err := os.ReadFile(victim); err != nil || string(b) != "keep" {
+		t.Fatalf("the file of that name elsewhere: %q, %v; want it untouched", b, err)
+	}
+	// The socket is where the path pointed when the bind began.
+	c, err := net.Dial("unix", filepath.Join(moved, "app.sock"))
+	if err != nil {
+		t.Fatalf("dial the new socket in its directory: %v", err)
+	}
+	_ = c.Close()
+	if s.Inode == old.Inode {
+		t.Error("same socket")
+	}
+}
+
+// A live socket whose queue is full is still live: the check does not
+// wait for room in its queue (a blocking connect would, for as long as its
+// process does not accept).
+func TestBindUnixLiveWithFullQueue(t *testing.T) {
+	path := filepath.Join(sockDir(t), "busy.sock")
+	lfd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(lfd)
+	if err := unix.Bind(lfd, &unix.SockaddrUnix{Name: path}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(lfd, 0); err != nil {
+		t.Fatal(err)
+	}
+	// Fill the queue: connect without accepting until one is refused.
+	for i := 0; ; i++ {
+		cfd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(cfd)
+		err = unix.Connect(cfd, &unix.SockaddrUnix{Name: path})
+		if errors.Is(err, syscall.EAGAIN) {
+			break
+		}
+		if err != nil || i > 100 {
+			t.Fatalf("connect %d: %v", i, err)
+		}
+	}
+	_, err = Bind([]Decl{{"web", "unix:" + path}})
+	if err == nil || !strings.Contains(err.Error(), "another process listens on it") {
+		t.Fatalf("Bind: %v, want another process listens on it", err)
+	}
 }
 
 func TestFromSpec(t *testing.T) {
