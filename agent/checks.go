@@ -78,8 +78,8 @@ func (a *agent) newProber(service string, res *v1.Resources, c *v1.Check, dir st
 		return p, err
 	}
 	cgs, limits := a.cgroups, limitsOf(res)
-	return probe.WithStarter(p, func(cmd *exec.Cmd) (func(), error) {
-		return cgs.StartIn(service, limits, cmd)
+	return probe.WithStarter(p, func(ctx context.Context, cmd *exec.Cmd) (func(), error) {
+		return cgs.StartIn(ctx, service, limits, cmd)
 	}), nil
 }
 

@@ -288,9 +288,10 @@ type execProber struct {
 	start   Starter  // nil: cmd.Start
 }
 
-// Starter starts an exec check's command in place of cmd.Start; end is
-// called once the command has been waited for.
-type Starter func(cmd *exec.Cmd) (end func(), err error)
+// Starter starts an exec check's command in place of cmd.Start, giving up
+// when ctx (the check's, with its timeout) ends; end is called once the
+// command has been waited for.
+type Starter func(ctx context.Context, cmd *exec.Cmd) (end func(), err error)
 
 // WithStarter makes an exec prober start its command with start (the
 // agent's: in a cgroup of its own, so that nothing the check leaves behind
@@ -358,7 +359,7 @@ func (p *execProber) Probe(ctx context.Context) Result {
 		err = cmd.Run()
 	} else {
 		var end func()
-		if end, err = p.start(cmd); err == nil {
+		if end, err = p.start(ctx, cmd); err == nil {
 			err = cmd.Wait()
 			end()
 		}

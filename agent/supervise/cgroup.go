@@ -2,6 +2,7 @@ package supervise
 
 import (
 	"bufio"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -688,14 +689,19 @@ func (e *OOMError) Error() string {
 
 func (e *OOMError) Unwrap() error { return e.Err }
 
+// testHookGateStarted, when set, is called by StartIn with the pid of the
+// gate's shell once it is started.
+var testHookGateStarted func(pid int)
+
 // StartIn starts cmd (not started yet) in a new cgroup of its own below
 // service's, <parent>/<service>/<id>, with limits l, gated as a service
 // process is: nothing cmd runs, also what leaves its process group (a
 // setsid'd daemon), is outside the cgroup. end, to be called once cmd has
 // been waited for, kills whatever is left in the cgroup and removes it.
 // The agent runs the service's exec checks this way: they run as the
-// service's user, which can rewrite the release's files they name.
-func (c *Cgroups) StartIn(service string, l Limits, cmd *exec.Cmd) (end func(), err error) {
+// service's user, which can rewrite the release's files they name. The
+// wait for the gate's shell ends with ctx (cmd is then killed).
+func (c *Cgroups) StartIn(ctx context.Context, service string, l Limits, cmd *exec.Cmd) (end func(), err error) {
 	cg, err := c.create(service, l)
 	if err != nil {
 		return nil, err
@@ -710,7 +716,10 @@ func (c *Cgroups) StartIn(service string, l Limits, cmd *exec.Cmd) (end func(), 
 		_ = cg.remove()
 		return nil, err
 	}
-	err = g.ready()
+	if testHookGateStarted != nil {
+		testHookGateStarted(cmd.Process.Pid)
+	}
+	err = g.ready(ctx)
 	if err == nil {
 		err = cg.add(cmd.Process.Pid)
 	}

@@ -515,6 +515,43 @@ func TestHookLeavesNothingOutsideCgroup(t *testing.T) {
 	}
 }
 
+// TestHookTimeoutCoversItsGate: a hook's timeout bounds its start too. A
+// gate's shell that never answers (here one that stops itself first; on a
+// host, one starved, or stopped by the service's user, whose process it
+// is) used to hold the hook for the gate's own minute before its timeout
+// began.
+func TestHookTimeoutCoversItsGate(t *testing.T) {
+	c := testCgroups(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "hook.sh"), []byte("echo ran\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	stoppedShell := filepath.Join(dir, "stopped-sh")
+	if err := os.WriteFile(stoppedShell, []byte("#!/bin/sh\nkill -STOP $$\nexec /bin/sh \"$@\"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	gateShell = stoppedShell
+	defer func() { gateShell = "/bin/sh" }()
+	stopped := make(chan int, 1)
+	testHookGateStarted = func(pid int) { stopped <- pid }
+	defer func() { testHookGateStarted = nil }()
+	out, err := RunHookTail(context.Background(), Hook{Service: "web", Name: "after_start", Dir: dir,
+		Command: []string{"/bin/sh", "./hook.sh"}, LogPath: filepath.Join(dir, "log"), Timeout: 200 * time.Millisecond,
+		Cgroups: c})
+	if err == nil || err.Error() != "timed out after 200ms while starting: killed" {
+		t.Fatalf("hook: %q, %v; want timed out while starting", out, err)
+	}
+	if pid := <-stopped; pidAlive(pid) {
+		t.Errorf("the gate's shell %d still runs", pid)
+	}
+	if log, _ := os.ReadFile(filepath.Join(dir, "log")); len(log) > 0 {
+		t.Errorf("the hook ran: %q", log)
+	}
+	if d := cgroupDirs(c); len(d) > 0 {
+		t.Errorf("cgroups left behind: %v", d)
+	}
+}
+
 // TestRemoveStaleLeavesForeignCgroups: with a --cgroup-parent shared with
 // something else (systemd's "system.slice"), RemoveStale removes only
 // what looks like the agent's own (a service name, then a 12 hex digit

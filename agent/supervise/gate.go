@@ -2,6 +2,7 @@ package supervise
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -27,8 +28,9 @@ import (
 // service runs.
 const gateScript = `[ -x "$1" ] || { echo noexec >&0; exit 126; }; shift; echo ready >&0; read -r gate && [ "$gate" = go ] || exit 125; exec "$0" "$@" </dev/null`
 
-// gateShell is the shell that runs gateScript.
-const gateShell = "/bin/sh"
+// gateShell is the shell that runs gateScript (a variable for tests: a
+// shell that never answers).
+var gateShell = "/bin/sh"
 
 // gateReadyWithin bounds the wait for the gate's shell to say whether it
 // can execute the program (a shell start: milliseconds).
@@ -90,13 +92,20 @@ func gate(cmd *exec.Cmd, prog string) (*gated, error) {
 }
 
 // ready waits, after cmd.Start, for the gate's shell to say that it can
-// execute the program; an error wraps fs.ErrPermission when it cannot.
-func (g *gated) ready() error {
+// execute the program, at most gateReadyWithin and until ctx ends (an
+// error wrapping ctx's); an error wraps fs.ErrPermission when it cannot.
+func (g *gated) ready(ctx context.Context) error {
 	_ = g.shell.Close() // the child's now
 	if err := g.agent.SetReadDeadline(time.Now().Add(gateReadyWithin)); err != nil {
 		return fmt.Errorf("gate: %w", err)
 	}
+	// ctx's end cuts the read short (after ctx.Err is set).
+	stop := context.AfterFunc(ctx, func() { _ = g.agent.SetReadDeadline(time.Now()) })
+	defer stop()
 	line, err := bufio.NewReaderSize(g.agent, 16).ReadString('\n')
+	if err != nil && ctx.Err() != nil {
+		return fmt.Errorf("gate: waiting for %s: %w", gateShell, ctx.Err())
+	}
 	switch strings.TrimSpace(line) {
 	case "ready":
 		return nil

@@ -92,14 +92,26 @@ func RunHookTail(ctx context.Context, h Hook) (string, error) {
 	defer r.Close()
 	cmd.Stdout, cmd.Stderr = w, w
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: h.Credential}
+	// The timeout counts from here: a start held in its gate (the shell
+	// stopped or starved) is part of the hook's time.
+	startCtx, deadline := ctx, time.Time{}
+	if h.Timeout > 0 {
+		deadline = time.Now().Add(h.Timeout)
+		var cancel context.CancelFunc
+		startCtx, cancel = context.WithDeadline(ctx, deadline)
+		defer cancel()
+	}
 	end := func() {}
 	if h.Cgroups.Usable() {
-		end, err = h.Cgroups.StartIn(h.Service, h.Limits, cmd)
+		end, err = h.Cgroups.StartIn(startCtx, h.Service, h.Limits, cmd)
 	} else {
 		err = cmd.Start()
 	}
 	w.Close() // the hook's copies are its own
 	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			return "", fmt.Errorf("timed out after %s while starting: killed", h.Timeout)
+		}
 		return "", fmt.Errorf("exec %q: %w", h.Command[0], err)
 	}
 	n := h.TailBytes
@@ -117,7 +129,7 @@ func RunHookTail(ctx context.Context, h Hook) (string, error) {
 	go func() { waited <- cmd.Wait() }()
 	var timeout <-chan time.Time
 	if h.Timeout > 0 {
-		t := time.NewTimer(h.Timeout)
+		t := time.NewTimer(time.Until(deadline))
 		defer t.Stop()
 		timeout = t.C
 	}

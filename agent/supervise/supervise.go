@@ -411,7 +411,7 @@ func (s *Supervisor) spawn(logf *os.File) (*proc, error) {
 		s.removeCgroup(cg)
 		return nil, fmt.Errorf("start %s: %w", s.cfg.Service, err)
 	}
-	if err := g.ready(); err != nil {
+	if err := g.ready(context.Background()); err != nil {
 		return fail(fmt.Errorf("exec %q: %w", s.cfg.Command[0], err), false)
 	}
 	if cg != nil {
