@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math"
 	"net"
 	"os"
-	"path/filepath"
-	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -244,71 +244,92 @@ const (
 )
 
 // listenUnix binds and listens on the Unix socket path as systemd binds a
-// ListenStream= path: missing parent directories are made (UnixDirMode),
-// the socket file gets UnixSocketMode whatever the agent's umask, and a
-// stale socket file of that name (nobody listening) is replaced.
+// ListenStream= path: bound by its absolute path (what getsockname, ss and
+// sd_is_socket_unix see), missing parent directories made (UnixDirMode),
+// the socket file given UnixSocketMode whatever the agent's umask, and a
+// stale socket file of that name (nobody listening) replaced.
 //
-// It works in a thread of its own (its umask and working directory apart
-// from the agent's, the thread discarded after), whose working directory is
-// the socket's directory, resolved once: the check of a stale file, its
-// removal and the bind all name the file in that one directory, so a
-// directory on the path renamed or replaced by a symlink meanwhile (by a
-// service user who can write to a directory above it) cannot make the
-// agent remove or create a file elsewhere.
+// The socket's directory is opened once (an O_PATH descriptor) and the
+// check of a stale file, its removal and the change of the new file's mode
+// name the file in that directory, never the path again: a directory on
+// the path renamed or replaced by a symlink meanwhile (by a service user who
+// can write to a directory above it) cannot make the agent remove or chmod
+// a file elsewhere; a bind that such a swap sent elsewhere is found (the
+// directory holds no socket of the agent's) and fails.
 func listenUnix(path string) (int, error) {
-	dir, base := filepath.Dir(path), filepath.Base(path)
-	fd := -1
-	err := inOwnFS(func() error {
-		unix.Umask(0o777 &^ UnixDirMode)
-		if err := os.MkdirAll(dir, UnixDirMode); err != nil {
-			return fmt.Errorf("make the socket's directory: %w", err)
-		}
-		if err := unix.Chdir(dir); err != nil {
-			return fmt.Errorf("chdir %s: %w", dir, err)
-		}
-		unix.Umask(0o777 &^ UnixSocketMode)
-		var err error
-		fd, err = bindUnixHere(base)
-		if errors.Is(err, syscall.EADDRINUSE) {
-			if rmErr := removeStaleUnixHere(path, base); rmErr != nil {
-				return rmErr
-			}
-			fd, err = bindUnixHere(base)
-		}
-		return err
-	})
+	// Split as the kernel resolves it: no lexical cleaning of "..".
+	i := strings.LastIndexByte(path, '/')
+	dir, base := path[:i], path[i+1:]
+	if dir == "" {
+		dir = "/"
+	}
+	if err := makeSocketDirs(dir); err != nil {
+		return -1, fmt.Errorf("make the socket's directory: %w", err)
+	}
+	dirfd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
+		return -1, fmt.Errorf("open %s: %w", dir, err)
+	}
+	defer unix.Close(dirfd)
+	if testHookUnix != nil {
+		testHookUnix("bind")
+	}
+	fd, err := bindUnix(path)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		if rmErr := removeStaleUnixIn(dirfd, path, base); rmErr != nil {
+			return -1, rmErr
+		}
+		fd, err = bindUnix(path)
+	}
+	if err != nil {
+		return -1, err
+	}
+	if err := chmodBoundSocket(dirfd, path, base); err != nil {
+		_ = unix.Close(fd)
 		return -1, err
 	}
 	return fd, nil
 }
 
-// inOwnFS runs f in a goroutine locked to a thread that no longer shares
-// its umask, working directory and root with the rest of the process
-// (unshare(CLONE_FS)); the thread exits with the goroutine (it is never
-// unlocked), so no other goroutine ever runs with what f changed.
-func inOwnFS(f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread is discarded
-		if err := unix.Unshare(unix.CLONE_FS); err != nil {
-			errc <- fmt.Errorf("unshare(CLONE_FS): %w", err)
-			return
+// makeSocketDirs makes dir and its missing parents with UnixDirMode
+// whatever the umask (each one made here is opened without following a
+// symlink and changed by its descriptor); existing ones are left as they
+// are.
+func makeSocketDirs(dir string) error {
+	if _, err := os.Stat(dir); err == nil || !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if i := strings.LastIndexByte(dir, '/'); i > 0 {
+		if err := makeSocketDirs(dir[:i]); err != nil {
+			return err
 		}
-		errc <- f()
-	}()
-	return <-errc
+	}
+	if err := os.Mkdir(dir, UnixDirMode); err != nil {
+		if errors.Is(err, fs.ErrExist) { // made meanwhile: someone else's
+			return nil
+		}
+		return err
+	}
+	f, err := os.OpenFile(dir, os.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Chmod(os.ModeDir | UnixDirMode); err != nil { // the umask may have narrowed it
+		return err
+	}
+	return nil
 }
 
-// bindUnixHere binds a blocking, close-on-exec Unix stream socket to name in
-// the working directory and listens with the kernel's maximum backlog
-// (net.core.somaxconn, as package net).
-func bindUnixHere(name string) (int, error) {
+// bindUnix binds a blocking, close-on-exec Unix stream socket to path and
+// listens with the kernel's maximum backlog (net.core.somaxconn, as
+// package net).
+func bindUnix(path string) (int, error) {
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, fmt.Errorf("socket: %w", err)
 	}
-	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: name}); err != nil {
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
 		_ = unix.Close(fd)
 		return -1, fmt.Errorf("bind: %w", err)
 	}
@@ -320,15 +341,27 @@ func bindUnixHere(name string) (int, error) {
 	return fd, nil
 }
 
-// removeStaleUnixHere removes name, in the working directory, if it is a
-// Unix socket nobody listens on; path is for messages.
-func removeStaleUnixHere(path, name string) error {
+// inDir names the file name in the directory dirfd refers to, for calls
+// that take a path only (connect, chmod of an O_PATH descriptor): the
+// descriptor's /proc link, resolved by the kernel to that directory
+// whatever happens to the path meanwhile.
+func inDir(dirfd int, name string) string {
+	return "/proc/self/fd/" + strconv.Itoa(dirfd) + "/" + name
+}
+
+// removeStaleUnixIn removes name, in the directory dirfd refers to, if it
+// is a Unix socket nobody listens on; path is for messages.
+func removeStaleUnixIn(dirfd int, path, name string) error {
 	var st unix.Stat_t
-	if err := unix.Lstat(name, &st); err != nil {
+	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return fmt.Errorf("lstat %s: %w", path, err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
 		return fmt.Errorf("%s exists and is not a socket", path)
+	}
+	via := inDir(dirfd, name)
+	if len(via) > spec.MaxUnixPathLen {
+		return fmt.Errorf("%s exists; its name is too long to check through /proc (%d bytes, over %d): remove it if it is stale", path, len(via), spec.MaxUnixPathLen)
 	}
 	// Non-blocking: a connect to a live socket whose queue is full fails
 	// with EAGAIN instead of waiting.
@@ -336,7 +369,7 @@ func removeStaleUnixHere(path, name string) error {
 	if err != nil {
 		return fmt.Errorf("socket: %w", err)
 	}
-	err = unix.Connect(fd, &unix.SockaddrUnix{Name: name})
+	err = unix.Connect(fd, &unix.SockaddrUnix{Name: via})
 	_ = unix.Close(fd)
 	switch {
 	case err == nil, errors.Is(err, syscall.EAGAIN): // EAGAIN: its queue is full
@@ -344,18 +377,58 @@ func removeStaleUnixHere(path, name string) error {
 	case !errors.Is(err, syscall.ECONNREFUSED):
 		return fmt.Errorf("%s exists and cannot be checked: %w", path, err)
 	}
-	if testHookBeforeStaleRemove != nil {
-		testHookBeforeStaleRemove()
+	if testHookUnix != nil {
+		testHookUnix("remove")
 	}
-	if err := unix.Unlink(name); err != nil {
+	if err := unix.Unlinkat(dirfd, name, 0); err != nil {
 		return fmt.Errorf("remove stale socket %s: %w", path, err)
 	}
 	return nil
 }
 
-// testHookBeforeStaleRemove, when set, runs between the check that a
-// socket file is stale and its removal.
-var testHookBeforeStaleRemove func()
+// chmodBoundSocket gives the socket file just bound, name in the directory
+// dirfd refers to, UnixSocketMode. It must be a socket of the agent's user
+// with one link (the one just made): anything else there means the path
+// led elsewhere when it was bound, or the file was replaced since.
+func chmodBoundSocket(dirfd int, path, name string) error {
+	f, err := unix.Openat(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("%s: the socket just bound is not in its directory: %w", path, err)
+	}
+	defer unix.Close(f)
+	var st unix.Stat_t
+	if err := unix.Fstat(f, &st); err != nil {
+		return fmt.Errorf("fstat %s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK || int(st.Uid) != os.Geteuid() || st.Nlink != 1 {
+		return fmt.Errorf("%s: the file there is not the socket just bound (mode %#o, uid %d, %d links)", path, st.Mode, st.Uid, st.Nlink)
+	}
+	if testHookUnix != nil {
+		testHookUnix("chmod")
+	}
+	// fchmodat2 (Linux 6.6) changes an O_PATH descriptor's file; before
+	// it, its /proc link does.
+	err = unix.Fchmodat(f, "", UnixSocketMode, unix.AT_EMPTY_PATH)
+	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL) {
+		err = chmodProc(f, UnixSocketMode)
+	}
+	if err != nil {
+		return fmt.Errorf("chmod %s: %w", path, err)
+	}
+	return nil
+}
+
+// chmodProc changes the mode of the file an O_PATH descriptor holds
+// through its /proc link (what glibc's fchmodat does without fchmodat2).
+func chmodProc(fd int, mode uint32) error {
+	return unix.Chmod("/proc/self/fd/"+strconv.Itoa(fd), mode)
+}
+
+// testHookUnix, when set, runs in listenUnix before the bind ("bind"),
+// between the check that a file is a stale socket and its removal
+// ("remove"), and between the check of the file just bound and the change
+// of its mode ("chmod").
+var testHookUnix func(stage string)
 
 // listen binds a TCP address with package net (address resolution, dual
 // stack, the somaxconn backlog, SO_REUSEADDR set explicitly here too) and

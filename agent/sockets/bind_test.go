@@ -129,7 +129,7 @@ func TestBindErrors(t *testing.T) {
 		{"port in use", []Decl{{"web", taken.Addr}}, "bind socket web on " + taken.Addr + ": "},
 		{"unix in use", []Decl{{"web", "unix:" + live.Addr}}, "another process listens on it"},
 		{"not a socket", []Decl{{"web", "unix:" + regular}}, regular + " exists and is not a socket"},
-		{"directory under a file", []Decl{{"web", "unix:" + filepath.Join(regular, "x.sock")}}, "make the socket's directory: mkdir " + regular + ": not a directory"},
+		{"directory under a file", []Decl{{"web", "unix:" + filepath.Join(regular, "x.sock")}}, "open " + regular + ": not a directory"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -218,9 +218,9 @@ func TestBindUnixLikeSystemd(t *testing.T) {
 // A service user who can write to a directory on a socket's path cannot
 // make the agent remove a file elsewhere: the directory replaced by a
 // symlink between the check that the socket file is stale and its removal
-// changes nothing (the agent works in the directory it resolved once). With
-// the path resolved again for the removal, the other directory's file of
-// that name was removed.
+// changes nothing (the agent removes the file in the directory it opened).
+// With the path resolved again for the removal, the other directory's file
+// of that name was removed.
 func TestBindStaleRemovalStaysInItsDirectory(t *testing.T) {
 	dir := sockDir(t)
 	userDir := filepath.Join(dir, "svc") // writable by the service's user
@@ -236,27 +236,170 @@ func TestBindStaleRemovalStaysInItsDirectory(t *testing.T) {
 		t.Fatal(err)
 	}
 	moved := filepath.Join(dir, "svc.moved")
-	testHookBeforeStaleRemove = func() {
-		if err := os.Rename(userDir, moved); err != nil {
-			t.Error(err)
-		}
-		if err := os.Symlink(elsewhere, userDir); err != nil {
-			t.Error(err)
-		}
+	swapAt(t, "remove", userDir, moved, elsewhere)
+	if socks, err := Bind([]Decl{{"new", "unix:" + path}}); err == nil {
+		_ = CloseAll(socks)
 	}
-	defer func() { testHookBeforeStaleRemove = nil }()
-	s := bind(t, Decl{Name: "new", Listen: "unix:" + path})[0]
 	if b, err := os.ReadFile(victim); err != nil || string(b) != "keep" {
 		t.Fatalf("the file of that name elsewhere: %q, %v; want it untouched", b, err)
 	}
-	// The socket is where the path pointed when the bind began.
-	c, err := net.Dial("unix", filepath.Join(moved, "app.sock"))
-	if err != nil {
-		t.Fatalf("dial the new socket in its directory: %v", err)
+	if _, err := os.Lstat(filepath.Join(moved, "app.sock")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the stale socket in the directory opened: %v, want it removed", err)
 	}
-	_ = c.Close()
-	if s.Inode == old.Inode {
-		t.Error("same socket")
+}
+
+// swapAt makes testHookUnix, at stage, rename dir to moved and put a symlink
+// to target in its place (what a user who can write to dir's parent can
+// do at any moment).
+func swapAt(t *testing.T, stage, dir, moved, target string) {
+	t.Helper()
+	testHookUnix = func(s string) {
+		if s != stage {
+			return
+		}
+		if err := os.Rename(dir, moved); err != nil {
+			t.Error(err)
+		}
+		if err := os.Symlink(target, dir); err != nil {
+			t.Error(err)
+		}
+	}
+	t.Cleanup(func() { testHookUnix = nil })
+}
+
+// A bind that a swapped directory sent elsewhere is found and fails: the
+// directory the agent opened holds no socket of its.
+func TestBindRedirectedFails(t *testing.T) {
+	dir := sockDir(t)
+	userDir := filepath.Join(dir, "svc")
+	if err := os.Mkdir(userDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	elsewhere := filepath.Join(dir, "etc")
+	if err := os.Mkdir(elsewhere, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	swapAt(t, "bind", userDir, filepath.Join(dir, "svc.moved"), elsewhere)
+	socks, err := Bind([]Decl{{"app", "unix:" + filepath.Join(userDir, "app.sock")}})
+	if err == nil {
+		_ = CloseAll(socks)
+		t.Fatal("Bind succeeded")
+	}
+	if !strings.Contains(err.Error(), "the socket just bound is not in its directory") {
+		t.Errorf("Bind: %v", err)
+	}
+}
+
+// The socket file replaced by a symlink to another file between its check
+// and the change of its mode: the agent changes the socket it bound (held
+// by its descriptor), never the symlink's target. With a chmod by path,
+// the target (a root's 0600 file) was made 0666.
+func TestBindChmodStaysOnItsSocket(t *testing.T) {
+	dir := sockDir(t)
+	path := filepath.Join(dir, "app.sock")
+	victim := filepath.Join(dir, "secret")
+	if err := os.WriteFile(victim, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	testHookUnix = func(stage string) {
+		if stage != "chmod" {
+			return
+		}
+		if err := os.Rename(path, path+".moved"); err != nil {
+			t.Error(err)
+		}
+		if err := os.Symlink(victim, path); err != nil {
+			t.Error(err)
+		}
+	}
+	t.Cleanup(func() { testHookUnix = nil })
+	bind(t, Decl{Name: "app", Listen: "unix:" + path})
+	if fi, err := os.Stat(victim); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("the symlink's target: %v, %v; want it 0600", fi.Mode(), err)
+	}
+	if fi, err := os.Lstat(path + ".moved"); err != nil || fi.Mode() != os.ModeSocket|UnixSocketMode {
+		t.Fatalf("the socket bound: %v, %v; want %v", fi.Mode(), err, os.ModeSocket|UnixSocketMode)
+	}
+}
+
+// Without fchmodat2 (Linux before 6.6) the mode is changed through the
+// O_PATH descriptor's /proc link: the file it holds, also when its name now
+// is a symlink to another file.
+func TestChmodProc(t *testing.T) {
+	dir := sockDir(t)
+	path := filepath.Join(dir, "s.sock")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	victim := filepath.Join(dir, "secret")
+	if err := os.WriteFile(victim, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path, path+".moved"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, path); err != nil {
+		t.Fatal(err)
+	}
+	if err := chmodProc(fd, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Lstat(path + ".moved"); err != nil || fi.Mode() != os.ModeSocket|0o640 {
+		t.Errorf("the socket: %v, %v; want mode 0640", fi.Mode(), err)
+	}
+	if fi, err := os.Stat(victim); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("the symlink's target: %v, %v; want it 0600", fi.Mode(), err)
+	}
+}
+
+// The socket is bound by its absolute path, as systemd binds one: what the
+// process sees (getsockname, sd_is_socket_unix) is the declared path. A
+// name starting with '@' is a file like any other (not Linux's abstract
+// namespace), and ".." is resolved by the kernel, as a client dialling the
+// declared path resolves it.
+func TestBindUnixAddressAsDeclared(t *testing.T) {
+	dir := sockDir(t)
+	other := filepath.Join(dir, "other")
+	if err := os.MkdirAll(filepath.Join(other, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(other, "sub"), filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{
+		filepath.Join(dir, "@app.sock"),
+		dir + "/link/../dots.sock", // other/dots.sock, as the kernel resolves it
+	} {
+		s := bind(t, Decl{Name: "app", Listen: "unix:" + path})[0]
+		f, err := s.File()
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := net.FileListener(f)
+		_ = f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := l.Addr().String(); got != path {
+			t.Errorf("the process sees its socket as %q, want %q", got, path)
+		}
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Errorf("dial %s: %v", path, err)
+		} else {
+			_ = c.Close()
+		}
+		_ = l.Close()
+	}
+	if _, err := os.Lstat(filepath.Join(other, "dots.sock")); err != nil {
+		t.Errorf("the socket of the path with '..': %v", err)
 	}
 }
 
