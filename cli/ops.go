@@ -155,15 +155,12 @@ func (a *app) rollbackCmd() *cobra.Command {
 // releases: valid on floors up to the highest sequence signed so far.
 func signRollback(rels []*v1.Release, version, specDigest string, key ed25519.PrivateKey, expires time.Duration) (*v1.SignedRollback, error) {
 	var target *v1.Release
-	var maxSeq uint64
 	for _, r := range rels {
-		if m := signing.ParseManifest(r); m != nil {
-			maxSeq = max(maxSeq, m.GetSequence())
-		}
 		if r.GetVersion() == version {
 			target = r
 		}
 	}
+	_, maxSeq := signing.Highest(rels)
 	switch {
 	case target == nil:
 		return nil, fmt.Errorf("--to %s: no such release", version)

@@ -243,12 +243,7 @@ func (a *app) nextSequence(ctx context.Context, service string) (uint64, error) 
 	if err != nil {
 		return 0, a.rpcErr("list releases of "+service+" (for --sequence)", err)
 	}
-	var seq uint64
-	for _, r := range resp.GetReleases() {
-		if m := signing.ParseManifest(r); m != nil {
-			seq = max(seq, m.GetSequence())
-		}
-	}
+	_, seq := signing.Highest(resp.GetReleases())
 	return seq + 1, nil
 }
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/fleetwave/fleetwave/coordinator/rollout"
 	"github.com/fleetwave/fleetwave/coordinator/store"
+	"github.com/fleetwave/fleetwave/internal/signing"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -227,7 +228,8 @@ func (l *leader) pruneAllReleases(ctx context.Context, fence *store.Fence, now t
 	for _, vs := range l.c.mirror.Services() {
 		name := vs.Val.GetSpec().GetName()
 		rels, revs := l.storedReleases(name)
-		for _, rel := range rollout.RetainReleases(vs.Val, rels, l.c.mirror.Rollouts(name), l.c.mirror.ServiceReports(name), keep, before) {
+		top, _ := signing.Highest(rels)
+		for _, rel := range rollout.RetainReleases(vs.Val, rels, l.c.mirror.Rollouts(name), l.c.mirror.ServiceReports(name), keep, before, top) {
 			if budget == 0 {
 				break
 			}

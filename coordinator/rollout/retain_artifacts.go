@@ -65,7 +65,7 @@ func RetainArtifacts(svc *v1.Service, releases []*v1.Release, rollouts []*v1.Rol
 // long ago can be needed again, as a host that was away for months
 // reports running it); and no rollout still stored, ended or not, names
 // it as its from or to version (a kept rollout's history still resolves).
-func RetainReleases(svc *v1.Service, releases []*v1.Release, rollouts []*v1.Rollout, reports []*v1.ServiceReport, keep int, before time.Time) []*v1.Release {
+func RetainReleases(svc *v1.Service, releases []*v1.Release, rollouts []*v1.Rollout, reports []*v1.ServiceReport, keep int, before time.Time, topSigned *v1.Release) []*v1.Release {
 	if keep <= 0 || len(releases) <= keep {
 		return nil
 	}
@@ -76,7 +76,7 @@ func RetainReleases(svc *v1.Service, releases []*v1.Release, rollouts []*v1.Roll
 	}
 	var out []*v1.Release
 	for _, r := range releases {
-		if (r.GetArtifactPrunedAt() == nil && r.GetArtifact().GetUrl() == "") || !createdBefore(r, before) || needed(r) || named[r.GetVersion()] {
+		if (r.GetArtifactPrunedAt() == nil && r.GetArtifact().GetUrl() == "") || !createdBefore(r, before) || needed(r) || named[r.GetVersion()] || r == topSigned {
 			continue
 		}
 		out = append(out, r)

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/fleetwave/fleetwave/internal/signing"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -90,6 +91,16 @@ func TestRetainReleases(t *testing.T) {
 		{name: "a host's last good version", change: func(_ *v1.Service, _ []*v1.Release, _ []*v1.Rollout) ([]*v1.Rollout, []*v1.ServiceReport) {
 			return nil, []*v1.ServiceReport{{CurrentVersion: "v6", LastGoodVersion: "v2"}}
 		}, want: []string{"v1"}},
+		{name: "the highest signed sequence (the CLI signs the next release and every rollback statement from it), an unsigned or lower one created after it", change: func(_ *v1.Service, rels []*v1.Release, _ []*v1.Rollout) ([]*v1.Rollout, []*v1.ServiceReport) {
+			for i, seq := range map[int]uint64{0: 1, 1: 9, 4: 3} {
+				m, err := proto.Marshal(&v1.ReleaseManifest{Sequence: seq})
+				if err != nil {
+					t.Fatal(err)
+				}
+				rels[i].Signed = &v1.SignedManifest{Manifest: m}
+			}
+			return nil, nil
+		}, want: []string{"v1"}},
 		{name: "a host's staged artifact", change: func(_ *v1.Service, rels []*v1.Release, _ []*v1.Rollout) ([]*v1.Rollout, []*v1.ServiceReport) {
 			return nil, []*v1.ServiceReport{{CurrentVersion: "v6", StagedSha256: rels[1].GetArtifact().GetSha256()}}
 		}, want: []string{"v1"}},
@@ -115,7 +126,7 @@ func TestRetainReleases(t *testing.T) {
 				before = time.Time{}
 			}
 			in, inRels := proto.Clone(svc), cloneReleases(rels)
-			got := RetainReleases(svc, rels, ros, reps, keep, before)
+			got := RetainReleases(svc, rels, ros, reps, keep, before, topSigned(rels))
 			if !slices.Equal(versions(got), c.want) {
 				t.Fatalf("deleted %v, want %v", versions(got), c.want)
 			}
@@ -124,6 +135,12 @@ func TestRetainReleases(t *testing.T) {
 			}
 		})
 	}
+}
+
+// topSigned is the release the leader passes: signing.Highest's.
+func topSigned(rels []*v1.Release) *v1.Release {
+	top, _ := signing.Highest(rels)
+	return top
 }
 
 func cloneReleases(rs []*v1.Release) []*v1.Release {
@@ -184,7 +201,7 @@ func TestRetainReleasesRandom(t *testing.T) {
 		}
 		keep := rng.IntN(6)
 		before := t0.Add(time.Duration(rng.IntN(60)) * time.Hour)
-		got := RetainReleases(svc, rels, ros, reps, keep, before)
+		got := RetainReleases(svc, rels, ros, reps, keep, before, topSigned(rels))
 		deleted += len(got)
 		for _, r := range got {
 			v := r.GetVersion()

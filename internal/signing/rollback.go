@@ -57,6 +57,21 @@ func ParseManifest(rel *v1.Release) *v1.ReleaseManifest {
 	return m
 }
 
+// Highest returns, of rels, the release whose signed manifest has the
+// highest sequence (the first of equals) and that sequence; nil and 0 when
+// none is signed. The CLI signs a service's next release one above it and
+// every rollback statement valid up to it.
+func Highest(rels []*v1.Release) (*v1.Release, uint64) {
+	var top *v1.Release
+	var seq uint64
+	for _, r := range rels {
+		if m := ParseManifest(r); m != nil && (top == nil || m.GetSequence() > seq) {
+			top, seq = r, m.GetSequence()
+		}
+	}
+	return top, seq
+}
+
 // Rollback is the statement that lets agents go back to rel (which must be
 // signed): valid on hosts whose floor is at most maxFloor, with the spec
 // of digest specSHA256 if not "" (else the one rel's manifest names).

@@ -526,3 +526,24 @@ func FuzzVerifyRollback(f *testing.F) {
 		}
 	})
 }
+
+// TestHighest: the release with the highest signed sequence, whatever the
+// order of creation; unsigned releases and unreadable manifests count for
+// nothing; the first of equals.
+func TestHighest(t *testing.T) {
+	signed := func(v string, seq uint64) *v1.Release {
+		m, err := proto.Marshal(&v1.ReleaseManifest{Sequence: seq})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &v1.Release{Version: v, Signed: &v1.SignedManifest{Manifest: m}}
+	}
+	if top, seq := Highest([]*v1.Release{{Version: "u"}}); top != nil || seq != 0 {
+		t.Errorf("none signed: %v, %d", top, seq)
+	}
+	rels := []*v1.Release{signed("a", 3), signed("b", 9), {Version: "u"}, signed("c", 4),
+		{Version: "bad", Signed: &v1.SignedManifest{Manifest: []byte{0xff}}}, signed("d", 9)}
+	if top, seq := Highest(rels); top != rels[1] || seq != 9 {
+		t.Errorf("Highest = %s, %d; want b, 9", top.GetVersion(), seq)
+	}
+}
