@@ -337,6 +337,9 @@ type options struct {
 	peerMaxConnsPerIP    int
 	peerHandshakeTimeout time.Duration
 	peerConnIdle         time.Duration
+	// peerRequestWithin: a call whose request has not arrived by then is
+	// ended (requestWithin).
+	peerRequestWithin time.Duration
 	// peerSendTimeout: a download whose fetcher takes no chunk for this
 	// long is ended (peerLimits.sendTimeout).
 	peerSendTimeout time.Duration
@@ -380,6 +383,7 @@ func defaultOptions() options {
 		peerMaxConnsPerIP:    8,
 		peerHandshakeTimeout: 10 * time.Second,
 		peerConnIdle:         2 * time.Minute,
+		peerRequestWithin:    10 * time.Second,
 		peerSendTimeout:      30 * time.Second,
 		metricsMaxConns:      64,
 		metricsMaxConnsPerIP: 8,

@@ -80,6 +80,11 @@ const (
 	// peerMaxRequestBytes bounds a Download request (a sha256 and an
 	// offset: under 100 bytes).
 	peerMaxRequestBytes = 1 << 10
+	// peerMaxHeaderBytes bounds a call's header list as decoded (HTTP/2's
+	// SETTINGS_MAX_HEADER_LIST_SIZE; gRPC's default is 16 MiB): a fetcher
+	// sends a few hundred bytes, and HPACK lets a repeated field cost one
+	// byte on the wire (a review measured 199 MiB held for 111 KiB sent).
+	peerMaxHeaderBytes = 8 << 10
 )
 
 // peerServer serves kept artifacts to other agents.
@@ -133,15 +138,56 @@ func newPeerServer(inst *install.Installer, lim peerLimits, m *agentMetrics, log
 }
 
 // newPeerGRPCServer is the peer listener's gRPC server: mutual TLS (tc),
-// Download requests of at most peerMaxRequestBytes, streams per connection
-// bounded, a handshake deadline, and idle connections closed.
+// Download requests of at most peerMaxRequestBytes arriving within
+// peerRequestWithin, headers of at most peerMaxHeaderBytes, streams per
+// connection bounded, a handshake deadline, and idle connections closed.
 func newPeerGRPCServer(tc *tls.Config, p *peerServer, o options) *grpc.Server {
 	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(tc)), grpc.MaxConcurrentStreams(uint32(cap(p.slots))*2),
 		grpc.MaxRecvMsgSize(peerMaxRequestBytes),
+		grpc.MaxHeaderListSize(peerMaxHeaderBytes),
+		grpc.StreamInterceptor(requestWithin(o.peerRequestWithin)),
 		grpc.ConnectionTimeout(o.peerHandshakeTimeout),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: o.peerConnIdle}))
 	v1.RegisterArtifactServiceServer(srv, p)
 	return srv
+}
+
+// requestWithin ends a stream whose request has not arrived within d
+// (DeadlineExceeded): a stream open without one kept its connection from
+// ever being idle (MaxConnectionIdle counts connections without streams),
+// holding its place in the listener's caps for good, also once its host
+// was revoked (checked when the request arrives).
+func requestWithin(d time.Duration) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		ender := streamend.From(ss.Context())
+		late := time.AfterFunc(d, func() {
+			if ender != nil {
+				_ = ender.WriteStatus(status.Newf(codes.DeadlineExceeded, "no request within %s", d))
+			}
+		})
+		defer late.Stop()
+		return handler(srv, &firstRecv{ServerStream: ss, late: late, within: d})
+	}
+}
+
+// firstRecv stops its stream's requestWithin timer when the first message
+// arrives; one that arrives after the timer fired is refused.
+type firstRecv struct {
+	grpc.ServerStream
+	late   *time.Timer
+	within time.Duration
+	got    bool
+}
+
+func (f *firstRecv) RecvMsg(m any) error {
+	err := f.ServerStream.RecvMsg(m)
+	if !f.got {
+		f.got = true
+		if !f.late.Stop() {
+			return status.Errorf(codes.DeadlineExceeded, "no request within %s", f.within)
+		}
+	}
+	return err
 }
 
 // take gives host one of the upload slots, or says why not.
@@ -187,6 +233,14 @@ func (p *peerServer) Download(req *v1.DownloadRequest, stream v1.ArtifactService
 	if p.revoked != nil {
 		chain, _ := tlsutil.PeerChain(ctx)
 		if err := p.revoked(chain); err != nil {
+			// Revoked since its handshake: its connection goes too (its
+			// next one is refused in the handshake), so that its calls
+			// cannot go on being refused one by one.
+			// A moment after the refusal, so that it is sent first.
+			if pr, ok := peer.FromContext(ctx); ok && p.closeConn != nil {
+				remote := pr.Addr.String()
+				time.AfterFunc(time.Second, func() { p.closeConn(remote) })
+			}
 			return status.Error(codes.PermissionDenied, err.Error())
 		}
 	}

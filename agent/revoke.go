@@ -21,6 +21,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/proto"
@@ -82,7 +83,18 @@ type revocations struct {
 	failing bool                   // under saveMu: the last save failed (logged once per streak)
 	saves   *prometheus.CounterVec // result
 	refused *prometheus.CounterVec // side
+	// peerLog rate-limits the log lines of refused peers (every refusal
+	// is counted): a revoked host calling in a loop wrote one line per
+	// call, thousands a second (an attack review).
+	peerLog *rate.Limiter
 }
+
+// Refused peers are logged at most peerRefusedLogRate a second, in bursts
+// of peerRefusedLogBurst.
+const (
+	peerRefusedLogRate  = 5
+	peerRefusedLogBurst = 20
+)
 
 // openRevocations loads the agent's revocations (nil with insecure: there
 // are no certificates to check). Every entry expires at the latest with
@@ -119,6 +131,7 @@ func openRevocations(cfg Config, now time.Time, log zerolog.Logger) (*revocation
 		file:     filepath.Join(cfg.DataDir, revocationsFile),
 		interval: interval,
 		dirty:    make(chan struct{}, 1),
+		peerLog:  rate.NewLimiter(peerRefusedLogRate, peerRefusedLogBurst),
 		saves: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fleetwave_agent_revocation_saves_total",
 			Help: "Writes of DATA_DIR/revocations.pb: result saved or failed (retried after --revocations-save-interval). At most one per interval, whatever the revocation messages received, and one at a clean shutdown.",
@@ -178,7 +191,8 @@ func (r *revocations) resume() {
 // an operator acts (docs/SECURITY.md). It is logged once per attempt, and
 // attempts are spaced by the reconnect backoff (reset only by a
 // coordinator that answered): with every coordinator refused, at most one
-// line per attempt every 15 to 30 s once the backoff reached its cap.
+// line per attempt every 15 to 30 s once the backoff reached its cap. A
+// refused peer is logged at most peerRefusedLogRate lines a second.
 func (a *agent) checkRevoked(side, addr string, chain []*x509.Certificate) error {
 	r := a.revs
 	if r == nil {
@@ -189,6 +203,9 @@ func (a *agent) checkRevoked(side, addr string, chain []*x509.Certificate) error
 		return nil
 	}
 	r.refused.WithLabelValues(side).Inc()
+	if side == sidePeer && !r.peerLog.Allow() {
+		return fmt.Errorf("%s certificate revoked: %w", side, ref)
+	}
 	ev := a.log.Warn()
 	if side == sideCoordinator {
 		ev = a.log.Error()
