@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"time"
@@ -26,6 +27,7 @@ func (a *app) agentCmd() *cobra.Command {
 		version, artifact, sign      string
 		sequence                     uint64
 		expires                      time.Duration
+		trusted                      []string
 		canary, maxParallel, maxFail uint32
 		noCanary                     bool
 		waves                        []uint
@@ -86,8 +88,8 @@ func (a *app) agentCmd() *cobra.Command {
 				sign = true
 			case fl.Changed("sign"):
 				return usageErrorf("--sign: empty key file path")
-			case fl.Changed("expires") || fl.Changed("sequence"):
-				return usageErrorf("--expires and --sequence need --sign KEY")
+			case fl.Changed("expires") || fl.Changed("sequence") || fl.Changed("trusted-keys"):
+				return usageErrorf("--expires, --sequence and --trusted-keys need --sign KEY")
 			}
 			rel := &v1.Release{Service: spec.AgentService, Version: f.version, CreatedBy: a.createdBy()}
 			ctx := cmd.Context()
@@ -100,7 +102,11 @@ func (a *app) agentCmd() *cobra.Command {
 					return fmt.Errorf("--sign: %w", err)
 				}
 				if f.sequence == 0 {
-					if f.sequence, err = a.nextAgentSequence(ctx); err != nil {
+					trusted, err := signingKeys(key, f.trusted)
+					if err != nil {
+						return err
+					}
+					if f.sequence, err = a.nextAgentSequence(ctx, trusted); err != nil {
 						return err
 					}
 				}
@@ -136,6 +142,7 @@ func (a *app) agentCmd() *cobra.Command {
 	fl.StringVar(&f.sign, "sign", "", "sign the agent release with this ed25519 private key file (agents with --trusted-keys require it)")
 	fl.DurationVar(&f.expires, "expires", DefaultSignatureExpiry, "with --sign: how long agents accept the signed release")
 	fl.Uint64Var(&f.sequence, "sequence", 0, "with --sign: the release's sequence among signed agent releases (default: one above the highest so far)")
+	fl.StringSliceVar(&f.trusted, "trusted-keys", nil, trustedKeysHelp)
 	fl.Uint32Var(&f.canary, "canary", 1, "hosts in the first (canary) wave")
 	fl.BoolVar(&f.noCanary, "no-canary", false, "no canary wave")
 	fl.UintSliceVar(&f.waves, "waves", nil, "cumulative percentages of the hosts, the last 100 (default 100)")
@@ -150,8 +157,8 @@ func (a *app) agentCmd() *cobra.Command {
 
 // nextAgentSequence is nextSequence for the agent's releases (1 before the
 // first agent upgrade).
-func (a *app) nextAgentSequence(ctx context.Context) (uint64, error) {
-	seq, err := a.nextSequence(ctx, spec.AgentService)
+func (a *app) nextAgentSequence(ctx context.Context, trusted map[string]ed25519.PublicKey) (uint64, error) {
+	seq, err := a.nextSequence(ctx, spec.AgentService, trusted)
 	var re *rpcError
 	if errors.As(err, &re) && re.code == codes.NotFound {
 		return 1, nil

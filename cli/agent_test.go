@@ -67,7 +67,7 @@ func TestAgentUpgradeBadFlags(t *testing.T) {
 		{append(base[:len(base):len(base)], "--waves", "150"), "invalid --waves 150"},
 		{append(base[:len(base):len(base)], "--max-parallel", "0"), "invalid --max-parallel 0"},
 		{append(base[:len(base):len(base)], "--canary", "2", "--no-canary"), "no_canary"},
-		{append(base[:len(base):len(base)], "--sequence", "3"), "--expires and --sequence need --sign"},
+		{append(base[:len(base):len(base)], "--sequence", "3"), "--expires, --sequence and --trusted-keys need --sign"},
 		{append(base[:len(base):len(base)], "--progress-deadline", "0s"), "invalid --progress-deadline"},
 	} {
 		code, _, stderr := runCLI(t, tt.args...)

@@ -216,7 +216,7 @@ func TestReleaseCreateSigned(t *testing.T) {
 		{"negative duration", []string{"--sign", prefix + ".key", "--spec", specFile, "--expires", "-1h"}, []string{"invalid --expires -1h0m0s: must be positive"}},
 		{"missing key", []string{"--sign", prefix + ".nope", "--spec", specFile}, []string{"--sign", prefix + ".nope"}},
 		{"public key as private", []string{"--sign", prefix + ".pub", "--spec", specFile}, []string{"--sign", `want "PRIVATE KEY"`}},
-		{"expires without sign", []string{"--expires", "1h"}, []string{"--expires, --spec and --sequence need --sign"}},
+		{"expires without sign", []string{"--expires", "1h"}, []string{"--expires, --spec, --sequence and --trusted-keys need --sign"}},
 		{"spec without sign", []string{"--spec", specFile}, []string{"need --sign"}},
 		{"empty sign", []string{"--sign", ""}, []string{"--sign: empty"}},
 		{"sign without spec", []string{"--sign", prefix + ".key"}, []string{"--sign needs --spec FILE"}},

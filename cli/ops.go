@@ -76,6 +76,7 @@ func (a *app) abortCmd() *cobra.Command {
 // [--sign KEY [--spec FILE] [--expires D]]`.
 func (a *app) rollbackCmd() *cobra.Command {
 	var to, sign, specFile string
+	var trustedFiles []string
 	var expires time.Duration
 	cmd := &cobra.Command{
 		Use:   "rollback SERVICE [--to VERSION [--sign KEY [--spec FILE] [--expires DURATION]]]",
@@ -88,19 +89,23 @@ func (a *app) rollbackCmd() *cobra.Command {
 			switch {
 			case sign == "" && fl.Changed("sign"):
 				return usageErrorf("--sign: empty key file path")
-			case sign == "" && (fl.Changed("spec") || fl.Changed("expires")):
-				return usageErrorf("--spec and --expires need --sign KEY")
+			case sign == "" && (fl.Changed("spec") || fl.Changed("expires") || fl.Changed("trusted-keys")):
+				return usageErrorf("--spec, --expires and --trusted-keys need --sign KEY")
 			case sign != "" && to == "":
 				return usageErrorf("--sign needs --to VERSION: the statement names the release")
 			case sign != "" && expires <= 0:
 				return usageErrorf("invalid --expires %s: must be positive", expires)
 			}
+			var trusted map[string]ed25519.PublicKey
 			if sign != "" {
 				k, err := signing.LoadPrivateKey(sign)
 				if err != nil {
 					return fmt.Errorf("--sign: %w", err)
 				}
 				key = k
+				if trusted, err = signingKeys(k, trustedFiles); err != nil {
+					return err
+				}
 				if specFile != "" {
 					sp, err := a.loadSpec(cmd, specFile)
 					if err != nil {
@@ -119,7 +124,7 @@ func (a *app) rollbackCmd() *cobra.Command {
 					if err != nil {
 						return nil, err
 					}
-					sr, err := signRollback(rels.GetReleases(), to, specDigest, key, expires)
+					sr, err := signRollback(rels.GetReleases(), to, specDigest, key, trusted, expires)
 					if err != nil {
 						return nil, err
 					}
@@ -148,19 +153,21 @@ func (a *app) rollbackCmd() *cobra.Command {
 	fl.StringVar(&sign, "sign", "", "sign a rollback statement for --to with this ed25519 private key file")
 	fl.StringVar(&specFile, "spec", "", "with --sign: the spec file the release runs with, if not the one it was signed with")
 	fl.DurationVar(&expires, "expires", signing.DefaultRollbackExpiry, "with --sign: how long agents accept the statement")
+	fl.StringSliceVar(&trustedFiles, "trusted-keys", nil, "with --sign: public key files (comma-separated) whose signed releases count, besides --sign's own, for the statement's max_floor (the highest sequence signed so far): the agents' --trusted-keys")
 	return cmd
 }
 
 // signRollback signs a rollback statement for version among the service's
-// releases: valid on floors up to the highest sequence signed so far.
-func signRollback(rels []*v1.Release, version, specDigest string, key ed25519.PrivateKey, expires time.Duration) (*v1.SignedRollback, error) {
+// releases: valid on floors up to the highest sequence signed so far by a
+// trusted key (a listed record that does not verify counts for nothing).
+func signRollback(rels []*v1.Release, version, specDigest string, key ed25519.PrivateKey, trusted map[string]ed25519.PublicKey, expires time.Duration) (*v1.SignedRollback, error) {
 	var target *v1.Release
 	for _, r := range rels {
 		if r.GetVersion() == version {
 			target = r
 		}
 	}
-	_, maxSeq := signing.Highest(rels)
+	_, maxSeq := signing.Highest(rels, trusted, time.Now())
 	switch {
 	case target == nil:
 		return nil, fmt.Errorf("--to %s: no such release", version)

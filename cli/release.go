@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/exec"
 	"strconv"
@@ -42,6 +43,7 @@ func (a *app) releaseCmd() *cobra.Command {
 		sign, specFile                                  string
 		sequence                                        uint64
 		expires                                         time.Duration
+		trusted                                         []string
 	}
 	create := &cobra.Command{
 		Use:   "create SERVICE --version V (--artifact FILE | --url URL --sha256 HEX --size N) [--commit SHA --commit-time RFC3339 | --git] [--sign KEY --spec FILE [--sequence N] [--expires DURATION]]",
@@ -83,8 +85,8 @@ func (a *app) releaseCmd() *cobra.Command {
 				}
 			} else if fl.Changed("sign") {
 				return usageErrorf("--sign: empty key file path")
-			} else if fl.Changed("expires") || fl.Changed("spec") || fl.Changed("sequence") {
-				return usageErrorf("--expires, --spec and --sequence need --sign KEY")
+			} else if fl.Changed("expires") || fl.Changed("spec") || fl.Changed("sequence") || fl.Changed("trusted-keys") {
+				return usageErrorf("--expires, --spec, --sequence and --trusted-keys need --sign KEY")
 			}
 			if f.git {
 				if fl.Changed("commit") || fl.Changed("commit-time") {
@@ -112,10 +114,14 @@ func (a *app) releaseCmd() *cobra.Command {
 			ctx := cmd.Context()
 			if signKey != nil && f.sequence == 0 {
 				// One above the highest sequence signed for the service so
-				// far. The coordinator is trusted for this number only: a
-				// low one makes agents refuse the release, a high one wastes
-				// numbers; CI may pass its own with --sequence.
-				seq, err := a.nextSequence(ctx, args[0])
+				// far by a key it trusts (--sign's, --trusted-keys): a
+				// record whose signature does not verify counts for
+				// nothing. CI may pass its own with --sequence.
+				trusted, err := signingKeys(signKey, f.trusted)
+				if err != nil {
+					return err
+				}
+				seq, err := a.nextSequence(ctx, args[0], trusted)
 				if err != nil {
 					return err
 				}
@@ -168,6 +174,7 @@ func (a *app) releaseCmd() *cobra.Command {
 	fl.BoolVar(&f.git, "git", false, "take --commit and --commit-time from HEAD of the git repository in the current directory")
 	fl.StringVar(&f.sign, "sign", "", "sign the release manifest with this ed25519 private key file (fleetwave keys generate)")
 	fl.DurationVar(&f.expires, "expires", DefaultSignatureExpiry, "with --sign: how long agents accept the signed release")
+	fl.StringSliceVar(&f.trusted, "trusted-keys", nil, trustedKeysHelp)
 	fl.StringVar(&f.specFile, "spec", "", "with --sign: the service spec file the release runs with (its run, checks and analysis are signed)")
 	fl.Uint64Var(&f.sequence, "sequence", 0, "with --sign: the release's sequence in the service's signed history (default: one above the highest so far)")
 	_ = create.MarkFlagRequired("version")
@@ -230,9 +237,28 @@ func (a *app) uploadArtifact(ctx context.Context, rel *v1.Release, path string) 
 	return nil
 }
 
-// nextSequence is one above the highest sequence of the service's signed
-// releases (1 for the first).
-func (a *app) nextSequence(ctx context.Context, service string) (uint64, error) {
+// trustedKeysHelp is the --trusted-keys flag's help where the CLI signs.
+const trustedKeysHelp = "with --sign: public key files (comma-separated) whose signed releases count, besides --sign's own, when the sequence is chosen: the agents' --trusted-keys"
+
+// signingKeys is the set of keys whose signed releases count when the CLI
+// chooses a sequence or a rollback statement's max_floor: priv's public
+// key and the public key files given.
+func signingKeys(priv ed25519.PrivateKey, files []string) (map[string]ed25519.PublicKey, error) {
+	keys, err := signing.LoadPublicKeys(files)
+	if err != nil {
+		return nil, fmt.Errorf("--trusted-keys: %w", err)
+	}
+	if keys == nil {
+		keys = map[string]ed25519.PublicKey{}
+	}
+	pub, _ := priv.Public().(ed25519.PublicKey)
+	keys[signing.KeyID(pub)] = pub
+	return keys, nil
+}
+
+// nextSequence is one above the highest sequence of the service's
+// releases signed by a trusted key (1 for the first).
+func (a *app) nextSequence(ctx context.Context, service string, trusted map[string]ed25519.PublicKey) (uint64, error) {
 	c, err := a.operator()
 	if err != nil {
 		return 0, err
@@ -243,7 +269,10 @@ func (a *app) nextSequence(ctx context.Context, service string) (uint64, error) 
 	if err != nil {
 		return 0, a.rpcErr("list releases of "+service+" (for --sequence)", err)
 	}
-	_, seq := signing.Highest(resp.GetReleases())
+	top, seq := signing.Highest(resp.GetReleases(), trusted, time.Now())
+	if seq == math.MaxUint64 {
+		return 0, fmt.Errorf("service %s: release %s was signed with sequence %d, the largest there is: no sequence is left above it", service, top.GetVersion(), seq)
+	}
 	return seq + 1, nil
 }
 

@@ -228,7 +228,7 @@ func (l *leader) pruneAllReleases(ctx context.Context, fence *store.Fence, now t
 	for _, vs := range l.c.mirror.Services() {
 		name := vs.Val.GetSpec().GetName()
 		rels, revs := l.storedReleases(name)
-		top, _ := signing.Highest(rels)
+		top := signing.HighestClaimed(rels)
 		for _, rel := range rollout.RetainReleases(vs.Val, rels, l.c.mirror.Rollouts(name), l.c.mirror.ServiceReports(name), keep, before, top) {
 			if budget == 0 {
 				break

@@ -137,11 +137,8 @@ func TestRetainReleases(t *testing.T) {
 	}
 }
 
-// topSigned is the release the leader passes: signing.Highest's.
-func topSigned(rels []*v1.Release) *v1.Release {
-	top, _ := signing.Highest(rels)
-	return top
-}
+// topSigned is the release the leader passes.
+func topSigned(rels []*v1.Release) *v1.Release { return signing.HighestClaimed(rels) }
 
 func cloneReleases(rs []*v1.Release) []*v1.Release {
 	out := make([]*v1.Release, len(rs))

@@ -57,11 +57,35 @@ func ParseManifest(rel *v1.Release) *v1.ReleaseManifest {
 	return m
 }
 
-// Highest returns, of rels, the release whose signed manifest has the
-// highest sequence (the first of equals) and that sequence; nil and 0 when
-// none is signed. The CLI signs a service's next release one above it and
-// every rollback statement valid up to it.
-func Highest(rels []*v1.Release) (*v1.Release, uint64) {
+// Highest returns, of rels, the release with the highest sequence whose
+// signature verifies under a trusted key (the first of equals; an expired
+// or not yet valid signature counts: its sequence was signed) and that
+// sequence; nil and 0 when none does. The CLI signs a service's next
+// release one above it and every rollback statement valid up to it: a
+// record the coordinator lists (or a deployer stored) with a made-up
+// manifest must not count, or it would choose the statement's max_floor
+// (a downgrade past every floor) or use the sequences up (an attack
+// review).
+func Highest(rels []*v1.Release, trusted map[string]ed25519.PublicKey, now time.Time) (*v1.Release, uint64) {
+	var top *v1.Release
+	var seq uint64
+	for _, r := range rels {
+		_, err := Verify(r, trusted, now)
+		if err != nil && !errors.Is(err, ErrExpired) && !errors.Is(err, ErrNotYetValid) {
+			continue
+		}
+		if m := ParseManifest(r); m != nil && (top == nil || m.GetSequence() > seq) {
+			top, seq = r, m.GetSequence()
+		}
+	}
+	return top, seq
+}
+
+// HighestClaimed is Highest without the signatures checked, for whoever
+// holds no keys (the coordinator keeps that release's record): a made-up
+// manifest can displace the true one, which then makes the CLI sign under
+// agents' floors, and agents refuse, nothing worse.
+func HighestClaimed(rels []*v1.Release) *v1.Release {
 	var top *v1.Release
 	var seq uint64
 	for _, r := range rels {
@@ -69,7 +93,7 @@ func Highest(rels []*v1.Release) (*v1.Release, uint64) {
 			top, seq = r, m.GetSequence()
 		}
 	}
-	return top, seq
+	return top
 }
 
 // Rollback is the statement that lets agents go back to rel (which must be

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -527,23 +528,43 @@ func FuzzVerifyRollback(f *testing.F) {
 	})
 }
 
-// TestHighest: the release with the highest signed sequence, whatever the
-// order of creation; unsigned releases and unreadable manifests count for
-// nothing; the first of equals.
+// TestHighest: the release with the highest sequence whose signature
+// verifies under a trusted key, expired or not yet valid ones included;
+// a record with a made-up manifest (a garbage signature, or one by a key
+// not trusted) counts for nothing in Highest, and is what HighestClaimed
+// (no keys) takes. The first of equals.
 func TestHighest(t *testing.T) {
-	signed := func(v string, seq uint64) *v1.Release {
-		m, err := proto.Marshal(&v1.ReleaseManifest{Sequence: seq})
+	pub, priv := newKey(t)
+	_, other := newKey(t)
+	trusted := map[string]ed25519.PublicKey{KeyID(pub): pub}
+	rel := func(v string, seq uint64, key ed25519.PrivateKey, signedAt, expires time.Time) *v1.Release {
+		r := testRelease()
+		r.Version = v
+		sm, err := Sign(Manifest(r, testSpec(), seq, signedAt, expires), key)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return &v1.Release{Version: v, Signed: &v1.SignedManifest{Manifest: m}}
+		r.Signed = sm
+		return r
 	}
-	if top, seq := Highest([]*v1.Release{{Version: "u"}}); top != nil || seq != 0 {
-		t.Errorf("none signed: %v, %d", top, seq)
+	now := t0.Add(time.Hour)
+	forged := rel("forged", math.MaxUint64, priv, t0, t0.Add(24*time.Hour))
+	forged.Signed.Signature = make([]byte, ed25519.SignatureSize)
+	if top, seq := Highest([]*v1.Release{forged, testRelease()}, trusted, now); top != nil || seq != 0 {
+		t.Errorf("none verifies: %v, %d", top.GetVersion(), seq)
 	}
-	rels := []*v1.Release{signed("a", 3), signed("b", 9), {Version: "u"}, signed("c", 4),
-		{Version: "bad", Signed: &v1.SignedManifest{Manifest: []byte{0xff}}}, signed("d", 9)}
-	if top, seq := Highest(rels); top != rels[1] || seq != 9 {
-		t.Errorf("Highest = %s, %d; want b, 9", top.GetVersion(), seq)
+	rels := []*v1.Release{
+		rel("a", 3, priv, t0, t0.Add(24*time.Hour)),
+		forged,
+		rel("expired", 5, priv, t0.Add(-48*time.Hour), t0.Add(-24*time.Hour)),
+		rel("untrusted", 7, other, t0, t0.Add(24*time.Hour)),
+		testRelease(), // unsigned
+		rel("expired-too", 5, priv, t0.Add(-48*time.Hour), t0.Add(-24*time.Hour)),
+	}
+	if top, seq := Highest(rels, trusted, now); top != rels[2] || seq != 5 {
+		t.Errorf("Highest = %s, %d; want expired, 5", top.GetVersion(), seq)
+	}
+	if top := HighestClaimed(rels); top != forged {
+		t.Errorf("HighestClaimed = %s, want forged", top.GetVersion())
 	}
 }
