@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"math"
 	"net"
 	"os"
@@ -263,12 +262,9 @@ func listenUnix(path string) (int, error) {
 	if dir == "" {
 		dir = "/"
 	}
-	if err := makeSocketDirs(dir); err != nil {
-		return -1, fmt.Errorf("make the socket's directory: %w", err)
-	}
-	dirfd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	dirfd, err := openSocketDir(dir)
 	if err != nil {
-		return -1, fmt.Errorf("open %s: %w", dir, err)
+		return -1, fmt.Errorf("the socket's directory: %w", err)
 	}
 	defer unix.Close(dirfd)
 	if testHookUnix != nil {
@@ -285,40 +281,97 @@ func listenUnix(path string) (int, error) {
 		return -1, err
 	}
 	if err := chmodBoundSocket(dirfd, path, base); err != nil {
+		removeStray(fd, dir, base)
 		_ = unix.Close(fd)
 		return -1, err
 	}
 	return fd, nil
 }
 
-// makeSocketDirs makes dir and its missing parents with UnixDirMode
-// whatever the umask (each one made here is opened without following a
-// symlink and changed by its descriptor); existing ones are left as they
-// are.
-func makeSocketDirs(dir string) error {
-	if _, err := os.Stat(dir); err == nil || !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	if i := strings.LastIndexByte(dir, '/'); i > 0 {
-		if err := makeSocketDirs(dir[:i]); err != nil {
-			return err
-		}
-	}
-	if err := os.Mkdir(dir, UnixDirMode); err != nil {
-		if errors.Is(err, fs.ErrExist) { // made meanwhile: someone else's
-			return nil
-		}
-		return err
-	}
-	f, err := os.OpenFile(dir, os.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+// removeStray removes the socket file of fd, bound by a path that a swap
+// led to another directory than the one opened: it is wherever dir leads
+// now, if it still does, and is removed only if a connection to the file
+// there reaches fd (fd is nobody else's yet: made non-blocking to check).
+func removeStray(fd int, dir, base string) {
+	dirfd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return err
+		return
 	}
-	defer f.Close()
-	if err := f.Chmod(os.ModeDir | UnixDirMode); err != nil { // the umask may have narrowed it
-		return err
+	defer unix.Close(dirfd)
+	via := inDir(dirfd, base)
+	if len(via) > spec.MaxUnixPathLen {
+		return
 	}
-	return nil
+	c, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(c)
+	if unix.Connect(c, &unix.SockaddrUnix{Name: via}) != nil || unix.SetNonblock(fd, true) != nil {
+		return
+	}
+	nfd, _, err := unix.Accept4(fd, unix.SOCK_CLOEXEC)
+	if err != nil {
+		return // not ours
+	}
+	_ = unix.Close(nfd)
+	_ = unix.Unlinkat(dirfd, base, 0)
+}
+
+// openSocketDir opens dir (an O_PATH descriptor), walking it one name at a
+// time from the root as the kernel resolves a path (symlinks followed,
+// ".." too), and makes each missing directory on the way in the directory
+// the walk holds (mkdirat), mode UnixDirMode whatever the umask: one made
+// here is opened without following a symlink and changed by its
+// descriptor, so a directory swapped for a symlink meanwhile is never
+// changed in its place. Existing ones are left as they are.
+func openSocketDir(dir string) (int, error) {
+	fd, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("open /: %w", err)
+	}
+	walked := ""
+	for _, name := range strings.Split(dir, "/") {
+		if name == "" {
+			continue
+		}
+		walked += "/" + name
+		next, err := unix.Openat(fd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if errors.Is(err, unix.ENOENT) {
+			next, err = makeDirIn(fd, name)
+		}
+		_ = unix.Close(fd)
+		if err != nil {
+			return -1, fmt.Errorf("%s: %w", walked, err)
+		}
+		fd = next
+	}
+	return fd, nil
+}
+
+// makeDirIn makes name in the directory dirfd refers to (UnixDirMode) and
+// returns a descriptor of it; one made meanwhile by someone else is opened
+// as it is.
+func makeDirIn(dirfd int, name string) (int, error) {
+	err := unix.Mkdirat(dirfd, name, UnixDirMode)
+	if errors.Is(err, unix.EEXIST) {
+		return unix.Openat(dirfd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	}
+	if err != nil {
+		return -1, fmt.Errorf("mkdir: %w", err)
+	}
+	if testHookUnix != nil {
+		testHookUnix("mkdir " + name)
+	}
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("open the directory made: %w", err)
+	}
+	if err := unix.Fchmod(fd, UnixDirMode); err != nil { // the umask may have narrowed it
+		_ = unix.Close(fd)
+		return -1, fmt.Errorf("chmod the directory made: %w", err)
+	}
+	return fd, nil
 }
 
 // bindUnix binds a blocking, close-on-exec Unix stream socket to path and
@@ -409,7 +462,9 @@ func chmodBoundSocket(dirfd int, path, name string) error {
 	// fchmodat2 (Linux 6.6) changes an O_PATH descriptor's file; before
 	// it, its /proc link does.
 	err = unix.Fchmodat(f, "", UnixSocketMode, unix.AT_EMPTY_PATH)
-	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL) {
+	// EPERM: a seccomp filter that does not know fchmodat2 (older runc,
+	// libseccomp's default errno) refuses it as it refuses what it denies.
+	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EPERM) {
 		err = chmodProc(f, UnixSocketMode)
 	}
 	if err != nil {
@@ -424,7 +479,8 @@ func chmodProc(fd int, mode uint32) error {
 	return unix.Chmod("/proc/self/fd/"+strconv.Itoa(fd), mode)
 }
 
-// testHookUnix, when set, runs in listenUnix before the bind ("bind"),
+// testHookUnix, when set, runs in listenUnix after a directory is made
+// ("mkdir NAME"), before the bind ("bind"),
 // between the check that a file is a stale socket and its removal
 // ("remove"), and between the check of the file just bound and the change
 // of its mode ("chmod").
@@ -486,7 +542,7 @@ func newSocket(fd int, d Decl) (*Socket, error) {
 	if err != nil {
 		return nil, err
 	}
-	if network != "unix" { // a Unix socket is bound by a name relative to its directory
+	if network != "unix" { // a Unix socket's address is its declared path
 		if addr, err = localAddr(fd); err != nil {
 			return nil, err
 		}

@@ -129,7 +129,7 @@ func TestBindErrors(t *testing.T) {
 		{"port in use", []Decl{{"web", taken.Addr}}, "bind socket web on " + taken.Addr + ": "},
 		{"unix in use", []Decl{{"web", "unix:" + live.Addr}}, "another process listens on it"},
 		{"not a socket", []Decl{{"web", "unix:" + regular}}, regular + " exists and is not a socket"},
-		{"directory under a file", []Decl{{"web", "unix:" + filepath.Join(regular, "x.sock")}}, "open " + regular + ": not a directory"},
+		{"directory under a file", []Decl{{"web", "unix:" + filepath.Join(regular, "x.sock")}}, "the socket's directory: " + regular + ": not a directory"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -287,6 +287,40 @@ func TestBindRedirectedFails(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "the socket just bound is not in its directory") {
 		t.Errorf("Bind: %v", err)
+	}
+	// The socket bind made where the swap led is removed (it is the
+	// agent's: a connection to it reached the agent's socket).
+	if _, err := os.Lstat(filepath.Join(elsewhere, "app.sock")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the socket made where the swap led: %v, want it removed", err)
+	}
+}
+
+// A directory the agent just made swapped for a symlink before it opened
+// it: the bind fails (the directory made is opened without following a
+// symlink, from its parent's descriptor), and nothing is made, changed or
+// left in the symlink's target. Made by path (os.MkdirAll, then the
+// socket's directory opened by path), the socket was bound in the target.
+func TestBindMkdirSwapLeavesNothingElsewhere(t *testing.T) {
+	dir := sockDir(t)
+	victim := filepath.Join(dir, "victim")
+	if err := os.MkdirAll(filepath.Join(victim, "b"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	swapAt(t, "mkdir a", filepath.Join(dir, "a"), filepath.Join(dir, "a.moved"), victim)
+	path := filepath.Join(dir, "a", "b", "app.sock")
+	socks, err := Bind([]Decl{{"app", "unix:" + path}})
+	if err == nil {
+		_ = CloseAll(socks)
+		t.Fatal("Bind succeeded")
+	}
+	if !strings.Contains(err.Error(), "open the directory made: not a directory") { // O_NOFOLLOW|O_DIRECTORY on a symlink
+		t.Errorf("Bind: %v, want the symlink refused", err)
+	}
+	if fi, err := os.Stat(filepath.Join(victim, "b")); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("the target's b: %v, %v; want it 0700, untouched", fi.Mode(), err)
+	}
+	if _, err := os.Lstat(filepath.Join(victim, "b", "app.sock")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a socket left in the target: %v", err)
 	}
 }
 
