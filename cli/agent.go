@@ -85,6 +85,9 @@ func (a *app) agentCmd() *cobra.Command {
 				if fl.Changed("sequence") && f.sequence == 0 {
 					return usageErrorf("invalid --sequence 0: sequences start at 1")
 				}
+				if fl.Changed("sequence") && fl.Changed("trusted-keys") {
+					return usageErrorf("--trusted-keys counts releases to choose the sequence: not with --sequence")
+				}
 				sign = true
 			case fl.Changed("sign"):
 				return usageErrorf("--sign: empty key file path")

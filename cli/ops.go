@@ -124,7 +124,9 @@ func (a *app) rollbackCmd() *cobra.Command {
 					if err != nil {
 						return nil, err
 					}
-					sr, err := signRollback(rels.GetReleases(), to, specDigest, key, trusted, expires)
+					sr, err := signRollback(rels.GetReleases(), to, specDigest, key, trusted, expires, func(msg string) {
+						fmt.Fprintf(a.stderr, "fleetwave: warning: %s\n", msg)
+					})
 					if err != nil {
 						return nil, err
 					}
@@ -160,7 +162,7 @@ func (a *app) rollbackCmd() *cobra.Command {
 // signRollback signs a rollback statement for version among the service's
 // releases: valid on floors up to the highest sequence signed so far by a
 // trusted key (a listed record that does not verify counts for nothing).
-func signRollback(rels []*v1.Release, version, specDigest string, key ed25519.PrivateKey, trusted map[string]ed25519.PublicKey, expires time.Duration) (*v1.SignedRollback, error) {
+func signRollback(rels []*v1.Release, version, specDigest string, key ed25519.PrivateKey, trusted map[string]ed25519.PublicKey, expires time.Duration, warn func(string)) (*v1.SignedRollback, error) {
 	var target *v1.Release
 	for _, r := range rels {
 		if r.GetVersion() == version {
@@ -168,6 +170,9 @@ func signRollback(rels []*v1.Release, version, specDigest string, key ed25519.Pr
 		}
 	}
 	_, maxSeq := signing.Highest(rels, trusted, time.Now())
+	if r, claimed := signing.Unverified(rels, maxSeq); r != nil {
+		warn(fmt.Sprintf("release %s claims sequence %d (key %s), above the highest that verifies under the keys given (%d): not counted in the statement's max_floor; if it is genuine (another key, or one rotated out), hosts that accepted it refuse the rollback: pass its public key with --trusted-keys", r.GetVersion(), claimed, r.GetSigned().GetKeyId(), maxSeq))
+	}
 	switch {
 	case target == nil:
 		return nil, fmt.Errorf("--to %s: no such release", version)

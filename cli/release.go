@@ -72,6 +72,9 @@ func (a *app) releaseCmd() *cobra.Command {
 				if fl.Changed("sequence") && f.sequence == 0 {
 					return usageErrorf("invalid --sequence 0: sequences start at 1")
 				}
+				if fl.Changed("sequence") && fl.Changed("trusted-keys") {
+					return usageErrorf("--trusted-keys counts releases to choose the sequence: not with --sequence")
+				}
 				k, err := signing.LoadPrivateKey(f.sign)
 				if err != nil {
 					return fmt.Errorf("--sign: %w", err)
@@ -256,6 +259,17 @@ func signingKeys(priv ed25519.PrivateKey, files []string) (map[string]ed25519.Pu
 	return keys, nil
 }
 
+// warnUnverified says on stderr when a listed release claims a sequence
+// above seq, the highest that verifies: its record is not counted (it may
+// be made up), but if it is genuine (another operator key, or the key
+// before a rotation) agents that accepted it refuse what is signed now.
+func (a *app) warnUnverified(rels []*v1.Release, seq uint64) {
+	if r, claimed := signing.Unverified(rels, seq); r != nil {
+		fmt.Fprintf(a.stderr, "fleetwave: warning: release %s claims sequence %d (key %s), above the highest that verifies under the keys given (%d): not counted; if it is genuine (another key, or one rotated out), agents that accepted it refuse this: pass its public key with --trusted-keys, or --sequence\n",
+			r.GetVersion(), claimed, r.GetSigned().GetKeyId(), seq)
+	}
+}
+
 // nextSequence is one above the highest sequence of the service's
 // releases signed by a trusted key (1 for the first).
 func (a *app) nextSequence(ctx context.Context, service string, trusted map[string]ed25519.PublicKey) (uint64, error) {
@@ -270,6 +284,7 @@ func (a *app) nextSequence(ctx context.Context, service string, trusted map[stri
 		return 0, a.rpcErr("list releases of "+service+" (for --sequence)", err)
 	}
 	top, seq := signing.Highest(resp.GetReleases(), trusted, time.Now())
+	a.warnUnverified(resp.GetReleases(), seq)
 	if seq == math.MaxUint64 {
 		return 0, fmt.Errorf("service %s: release %s was signed with sequence %d, the largest there is: no sequence is left above it", service, top.GetVersion(), seq)
 	}

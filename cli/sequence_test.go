@@ -83,8 +83,12 @@ func TestRollbackMaxFloorCountsVerifiedOnly(t *testing.T) {
 		{[]string{"--trusted-keys", other + ".pub"}, 4},
 	} {
 		args := append([]string{"--coordinator", addr, "rollback", "web", "--to", "1.0", "--sign", ci + ".key"}, c.args...)
-		if code, _, stderr := runCLI(t, args...); code != 0 {
+		code, _, stderr := runCLI(t, args...)
+		if code != 0 {
 			t.Fatalf("%v: exit %d: %s", c.args, code, stderr)
+		}
+		if !strings.Contains(stderr, "warning: release 9.9 claims sequence 18446744073709551615") {
+			t.Errorf("%v: stderr %q, want a warning naming the record not counted", c.args, stderr)
 		}
 		f.mu.Lock()
 		req := f.rollbacks[len(f.rollbacks)-1]
@@ -122,8 +126,12 @@ func TestReleaseSequenceCountsVerifiedOnly(t *testing.T) {
 	}
 	trusted := trustedOf(t, ci+".pub")
 	for i, v := range []string{"1.1", "1.2"} {
-		if code, stderr := create(v); code != 0 {
+		code, stderr := create(v)
+		if code != 0 {
 			t.Fatalf("create %s: exit %d: %s", v, code, stderr)
+		}
+		if !strings.Contains(stderr, "warning: release 9.9 claims sequence 18446744073709551614 (key 0000000000000000), above the highest that verifies") {
+			t.Errorf("create %s: stderr %q, want a warning naming the record not counted", v, stderr)
 		}
 		f.mu.Lock()
 		rel := f.releases[len(f.releases)-1]
@@ -141,5 +149,52 @@ func TestReleaseSequenceCountsVerifiedOnly(t *testing.T) {
 	f.mu.Unlock()
 	if code, stderr := create("1.3"); code == 0 || !strings.Contains(stderr, "the largest there is: no sequence is left above it") {
 		t.Errorf("create after a release at the largest sequence: exit %d: %s", code, stderr)
+	}
+}
+
+// TestReleaseSequenceAfterKeyRotation: releases signed by a key rotated out
+// (no longer --sign's, not given with --trusted-keys) do not count: the
+// CLI signs a lower sequence, which agents that accepted them refuse, and
+// says so on stderr, naming the release and key. With the old public key
+// given with --trusted-keys they count. --trusted-keys and --sequence
+// together are refused.
+func TestReleaseSequenceAfterKeyRotation(t *testing.T) {
+	oldKey, oldID := generateKeys(t)
+	newKey, _ := generateKeys(t)
+	f := &fake{}
+	for seq, v := range []string{"1.0", "2.0", "3.0"} {
+		f.releases = append(f.releases, signedRelease(t, oldKey+".key", v, uint64(seq+1)))
+	}
+	addr := serve(t, f)
+	specFile := filepath.Join(t.TempDir(), "web.yaml")
+	if err := os.WriteFile(specFile, []byte(webSpec), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	create := func(version string, more ...string) (uint64, string) {
+		args := append([]string{"--coordinator", addr, "release", "create", "web", "--version", version,
+			"--url", "https://example.com/w.tgz", "--sha256", strings.Repeat("ab", 32), "--size", "7", "--sign", newKey + ".key", "--spec", specFile}, more...)
+		code, _, stderr := runCLI(t, args...)
+		if code != 0 {
+			t.Fatalf("create %s: exit %d: %s", version, code, stderr)
+		}
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return signing.ParseManifest(f.releases[len(f.releases)-1]).GetSequence(), stderr
+	}
+	seq, stderr := create("4.0")
+	if want := "warning: release 3.0 claims sequence 3 (key " + oldID + ")"; seq != 1 || !strings.Contains(stderr, want) {
+		t.Errorf("without the old key: sequence %d, stderr %q; want 1 and %q", seq, stderr, want)
+	}
+	f.mu.Lock()
+	f.releases = f.releases[:3]
+	f.mu.Unlock()
+	if seq, stderr := create("4.0", "--trusted-keys", oldKey+".pub"); seq != 4 || stderr != "" {
+		t.Errorf("with --trusted-keys of the old key: sequence %d, stderr %q; want 4 and no warning", seq, stderr)
+	}
+	code, _, stderr := runCLI(t, "--coordinator", addr, "release", "create", "web", "--version", "5.0",
+		"--url", "https://example.com/w.tgz", "--sha256", strings.Repeat("ab", 32), "--size", "7", "--sign", newKey+".key", "--spec", specFile,
+		"--sequence", "9", "--trusted-keys", oldKey+".pub")
+	if code == 0 || !strings.Contains(stderr, "--trusted-keys counts releases to choose the sequence: not with --sequence") {
+		t.Errorf("--sequence with --trusted-keys: exit %d, %q", code, stderr)
 	}
 }

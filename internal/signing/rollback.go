@@ -86,6 +86,23 @@ func Highest(rels []*v1.Release, trusted map[string]ed25519.PublicKey, now time.
 // manifest can displace the true one, which then makes the CLI sign under
 // agents' floors, and agents refuse, nothing worse.
 func HighestClaimed(rels []*v1.Release) *v1.Release {
+	top, _ := highestClaimed(rels)
+	return top
+}
+
+// Unverified is the release of rels claiming the highest sequence when it
+// is above seq (the highest that verifies), and that claim; nil when none
+// is. The CLI warns about it: after a key rotation, the old key's releases
+// no longer verify under the new key, and agents that accepted them refuse
+// a sequence under theirs.
+func Unverified(rels []*v1.Release, seq uint64) (*v1.Release, uint64) {
+	if top, claimed := highestClaimed(rels); top != nil && claimed > seq {
+		return top, claimed
+	}
+	return nil, 0
+}
+
+func highestClaimed(rels []*v1.Release) (*v1.Release, uint64) {
 	var top *v1.Release
 	var seq uint64
 	for _, r := range rels {
@@ -93,7 +110,7 @@ func HighestClaimed(rels []*v1.Release) *v1.Release {
 			top, seq = r, m.GetSequence()
 		}
 	}
-	return top
+	return top, seq
 }
 
 // Rollback is the statement that lets agents go back to rel (which must be
