@@ -190,11 +190,7 @@ func TestPeerServerRevokedCallerCut(t *testing.T) {
 	art := bigArtifact(t, 64<<10)
 	srv := newPeerAgent(t, pki, "srv", false)
 	now := time.Now()
-	revs, err := openRevocations(srv.cfg, now, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.revs = revs
+	withRevocations(t, srv, now)
 	lc := &lineCounter{}
 	srv.log = zerolog.New(lc)
 	servingPeer(t, srv, func(*options) {})
@@ -204,7 +200,7 @@ func TestPeerServerRevokedCallerCut(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := lc.lines()
-	srv.takeRevocations(&v1.RevocationSet{Revision: 1, Revocations: []*v1.Revocation{{Identity: "agent:evil", RevokedAt: timestamppb.New(now), RevokedBy: "operator:admin", ExpiresAt: timestamppb.New(now.Add(time.Hour))}}}, now)
+	revokeHost(srv, "evil", now)
 	start := time.Now()
 	const calls = 300
 	refused := 0
@@ -238,4 +234,20 @@ func TestPeerServerRevokedCallerCut(t *testing.T) {
 		}
 		return status.Errorf(codes.Unknown, "the call after the refusal: %v", err)
 	})
+}
+
+// withRevocations gives a test agent the revocations it enforces.
+func withRevocations(t *testing.T, a *agent, now time.Time) {
+	t.Helper()
+	revs, err := openRevocations(a.cfg, now, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.revs = revs
+}
+
+// revokeHost has a revoke the certificates of agent host issued until now
+// (for an hour), as a coordinator's revocation message would.
+func revokeHost(a *agent, host string, now time.Time) {
+	a.takeRevocations(&v1.RevocationSet{Revision: 1, Revocations: []*v1.Revocation{{Identity: "agent:" + host, RevokedAt: timestamppb.New(now), RevokedBy: "operator:admin", ExpiresAt: timestamppb.New(now.Add(time.Hour))}}}, now)
 }

@@ -12,12 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fleetwave/fleetwave/internal/testkit"
 	"github.com/fleetwave/fleetwave/internal/tlsutil"
@@ -200,19 +198,15 @@ func TestPeerServerChecksRevocationPerCall(t *testing.T) {
 	art := bigArtifact(t, 64<<10)
 	srv := newPeerAgent(t, pki, "srv", false)
 	now := time.Now()
-	revs, err := openRevocations(srv.cfg, now, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.revs = revs
+	withRevocations(t, srv, now)
 	servingPeer(t, srv, func(*options) {})
 	srv.holds(t, art)
 	c := peerClient(t, pki, "h2", srv)
 	if got, err := readAll(context.Background(), c, sum(art)); err != nil || len(got) != len(art) {
 		t.Fatalf("before the revocation: %d bytes, %v", len(got), err)
 	}
-	srv.takeRevocations(&v1.RevocationSet{Revision: 1, Revocations: []*v1.Revocation{{Identity: "agent:h2", RevokedAt: timestamppb.New(now), RevokedBy: "operator:admin", ExpiresAt: timestamppb.New(now.Add(time.Hour))}}}, now)
-	_, err = readAll(context.Background(), c, sum(art))
+	revokeHost(srv, "h2", now)
+	_, err := readAll(context.Background(), c, sum(art))
 	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "revoked") {
 		t.Fatalf("after the revocation, on the same connection: %v, want PermissionDenied naming the revocation", err)
 	}
