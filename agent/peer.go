@@ -233,10 +233,10 @@ func (p *peerServer) Download(req *v1.DownloadRequest, stream v1.ArtifactService
 	if p.revoked != nil {
 		chain, _ := tlsutil.PeerChain(ctx)
 		if err := p.revoked(chain); err != nil {
-			// Revoked since its handshake: its connection goes too (its
-			// next one is refused in the handshake), so that its calls
-			// cannot go on being refused one by one.
-			// A moment after the refusal, so that it is sent first.
+			// Revoked since its handshake: its connection goes too, a
+			// moment after the refusal is sent (its next one is refused
+			// in the handshake), so that its calls cannot go on being
+			// refused one by one.
 			if pr, ok := peer.FromContext(ctx); ok && p.closeConn != nil {
 				remote := pr.Addr.String()
 				time.AfterFunc(time.Second, func() { p.closeConn(remote) })

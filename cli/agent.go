@@ -34,7 +34,7 @@ func (a *app) agentCmd() *cobra.Command {
 		bake, deadline               time.Duration
 	}
 	upgrade := &cobra.Command{
-		Use: "upgrade --version V --artifact FILE [--sign KEY [--sequence N] [--expires DURATION]] [--canary N | --no-canary] [--waves 50,100] " +
+		Use: "upgrade --version V --artifact FILE [--sign KEY [--sequence N | --trusted-keys PUB,...] [--expires DURATION]] [--canary N | --no-canary] [--waves 50,100] " +
 			"[--max-parallel N] [--max-failures N] [--bake DURATION] [--progress-deadline DURATION]",
 		Short: "Roll a new agent binary out to every host in waves (admin); watch it with: fleetwave rollout watch " + spec.AgentService,
 		Long: "The artifact is a .tar.gz with the executable fleetwave-agent at its root, whose `fleetwave-agent version` prints V.\n" +

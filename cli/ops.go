@@ -79,7 +79,7 @@ func (a *app) rollbackCmd() *cobra.Command {
 	var trustedFiles []string
 	var expires time.Duration
 	cmd := &cobra.Command{
-		Use:   "rollback SERVICE [--to VERSION [--sign KEY [--spec FILE] [--expires DURATION]]]",
+		Use:   "rollback SERVICE [--to VERSION [--sign KEY [--spec FILE] [--trusted-keys PUB,...] [--expires DURATION]]]",
 		Short: "Roll back fast (no canary, no bake) to an earlier release; works while frozen",
 		Args:  cobra.ExactArgs(1),
 		RunE: run(func(cmd *cobra.Command, args []string) error {
@@ -124,9 +124,9 @@ func (a *app) rollbackCmd() *cobra.Command {
 					if err != nil {
 						return nil, err
 					}
-					sr, err := signRollback(rels.GetReleases(), to, specDigest, key, trusted, expires, func(msg string) {
-						fmt.Fprintf(a.stderr, "fleetwave: warning: %s\n", msg)
-					})
+					_, maxSeq := signing.Highest(rels.GetReleases(), trusted, time.Now())
+					a.warnUnverified(rels.GetReleases(), maxSeq, "the rollback")
+					sr, err := signRollback(rels.GetReleases(), to, specDigest, key, maxSeq, expires)
 					if err != nil {
 						return nil, err
 					}
@@ -160,18 +160,15 @@ func (a *app) rollbackCmd() *cobra.Command {
 }
 
 // signRollback signs a rollback statement for version among the service's
-// releases: valid on floors up to the highest sequence signed so far by a
-// trusted key (a listed record that does not verify counts for nothing).
-func signRollback(rels []*v1.Release, version, specDigest string, key ed25519.PrivateKey, trusted map[string]ed25519.PublicKey, expires time.Duration, warn func(string)) (*v1.SignedRollback, error) {
+// releases: valid on floors up to maxSeq, the highest sequence signed so
+// far by a trusted key (signing.Highest: a listed record that does not
+// verify counts for nothing).
+func signRollback(rels []*v1.Release, version, specDigest string, key ed25519.PrivateKey, maxSeq uint64, expires time.Duration) (*v1.SignedRollback, error) {
 	var target *v1.Release
 	for _, r := range rels {
 		if r.GetVersion() == version {
 			target = r
 		}
-	}
-	_, maxSeq := signing.Highest(rels, trusted, time.Now())
-	if r, claimed := signing.Unverified(rels, maxSeq); r != nil {
-		warn(fmt.Sprintf("release %s claims sequence %d (key %s), above the highest that verifies under the keys given (%d): not counted in the statement's max_floor; if it is genuine (another key, or one rotated out), hosts that accepted it refuse the rollback: pass its public key with --trusted-keys", r.GetVersion(), claimed, r.GetSigned().GetKeyId(), maxSeq))
 	}
 	switch {
 	case target == nil:

@@ -46,7 +46,7 @@ func (a *app) releaseCmd() *cobra.Command {
 		trusted                                         []string
 	}
 	create := &cobra.Command{
-		Use:   "create SERVICE --version V (--artifact FILE | --url URL --sha256 HEX --size N) [--commit SHA --commit-time RFC3339 | --git] [--sign KEY --spec FILE [--sequence N] [--expires DURATION]]",
+		Use:   "create SERVICE --version V (--artifact FILE | --url URL --sha256 HEX --size N) [--commit SHA --commit-time RFC3339 | --git] [--sign KEY --spec FILE [--sequence N | --trusted-keys PUB,...] [--expires DURATION]]",
 		Short: "Record a release (uploading its artifact); in auto mode its rollout starts",
 		Args:  cobra.ExactArgs(1),
 		RunE: run(func(cmd *cobra.Command, args []string) error {
@@ -262,11 +262,12 @@ func signingKeys(priv ed25519.PrivateKey, files []string) (map[string]ed25519.Pu
 // warnUnverified says on stderr when a listed release claims a sequence
 // above seq, the highest that verifies: its record is not counted (it may
 // be made up), but if it is genuine (another operator key, or the key
-// before a rotation) agents that accepted it refuse what is signed now.
-func (a *app) warnUnverified(rels []*v1.Release, seq uint64) {
+// before a rotation) agents that accepted it refuse what is signed now
+// (what: the release, the rollback).
+func (a *app) warnUnverified(rels []*v1.Release, seq uint64, what string) {
 	if r, claimed := signing.Unverified(rels, seq); r != nil {
-		fmt.Fprintf(a.stderr, "fleetwave: warning: release %s claims sequence %d (key %s), above the highest that verifies under the keys given (%d): not counted; if it is genuine (another key, or one rotated out), agents that accepted it refuse this: pass its public key with --trusted-keys, or --sequence\n",
-			r.GetVersion(), claimed, r.GetSigned().GetKeyId(), seq)
+		fmt.Fprintf(a.stderr, "fleetwave: warning: release %s claims sequence %d (key %s), above the highest that verifies under the keys given (%d): not counted; if it is genuine (another key, or one rotated out), agents that accepted it refuse %s: pass its public key with --trusted-keys\n",
+			r.GetVersion(), claimed, r.GetSigned().GetKeyId(), seq, what)
 	}
 }
 
@@ -284,7 +285,7 @@ func (a *app) nextSequence(ctx context.Context, service string, trusted map[stri
 		return 0, a.rpcErr("list releases of "+service+" (for --sequence)", err)
 	}
 	top, seq := signing.Highest(resp.GetReleases(), trusted, time.Now())
-	a.warnUnverified(resp.GetReleases(), seq)
+	a.warnUnverified(resp.GetReleases(), seq, "this release (or give --sequence)")
 	if seq == math.MaxUint64 {
 		return 0, fmt.Errorf("service %s: release %s was signed with sequence %d, the largest there is: no sequence is left above it", service, top.GetVersion(), seq)
 	}

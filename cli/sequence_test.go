@@ -50,6 +50,26 @@ func signedRelease(t *testing.T, keyPath, version string, seq uint64) *v1.Releas
 	return r
 }
 
+// webSpecFile writes web's spec to a file for --spec.
+func webSpecFile(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "web.yaml")
+	if err := os.WriteFile(p, []byte(webSpec), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// createSigned runs release create of web's version (a URL artifact)
+// signed with keyPath, and returns its exit code and stderr.
+func createSigned(t *testing.T, addr, keyPath, specFile, version string, more ...string) (int, string) {
+	t.Helper()
+	args := append([]string{"--coordinator", addr, "release", "create", "web", "--version", version,
+		"--url", "https://example.com/w.tgz", "--sha256", strings.Repeat("ab", 32), "--size", "7", "--sign", keyPath, "--spec", specFile}, more...)
+	code, _, stderr := runCLI(t, args...)
+	return code, stderr
+}
+
 func trustedOf(t *testing.T, pubPaths ...string) map[string]ed25519.PublicKey {
 	t.Helper()
 	keys, err := signing.LoadPublicKeys(pubPaths)
@@ -115,15 +135,8 @@ func TestReleaseSequenceCountsVerifiedOnly(t *testing.T) {
 	f := &fake{}
 	f.releases = append(f.releases, signedRelease(t, ci+".key", "1.0", 7), forgedRelease(t, "9.9", math.MaxUint64-1))
 	addr := serve(t, f)
-	specFile := filepath.Join(t.TempDir(), "web.yaml")
-	if err := os.WriteFile(specFile, []byte(webSpec), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	create := func(version string) (int, string) {
-		code, _, stderr := runCLI(t, "--coordinator", addr, "release", "create", "web", "--version", version,
-			"--url", "https://example.com/w.tgz", "--sha256", strings.Repeat("ab", 32), "--size", "7", "--sign", ci+".key", "--spec", specFile)
-		return code, stderr
-	}
+	specFile := webSpecFile(t)
+	create := func(version string) (int, string) { return createSigned(t, addr, ci+".key", specFile, version) }
 	trusted := trustedOf(t, ci+".pub")
 	for i, v := range []string{"1.1", "1.2"} {
 		code, stderr := create(v)
@@ -166,14 +179,9 @@ func TestReleaseSequenceAfterKeyRotation(t *testing.T) {
 		f.releases = append(f.releases, signedRelease(t, oldKey+".key", v, uint64(seq+1)))
 	}
 	addr := serve(t, f)
-	specFile := filepath.Join(t.TempDir(), "web.yaml")
-	if err := os.WriteFile(specFile, []byte(webSpec), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	specFile := webSpecFile(t)
 	create := func(version string, more ...string) (uint64, string) {
-		args := append([]string{"--coordinator", addr, "release", "create", "web", "--version", version,
-			"--url", "https://example.com/w.tgz", "--sha256", strings.Repeat("ab", 32), "--size", "7", "--sign", newKey + ".key", "--spec", specFile}, more...)
-		code, _, stderr := runCLI(t, args...)
+		code, stderr := createSigned(t, addr, newKey+".key", specFile, version, more...)
 		if code != 0 {
 			t.Fatalf("create %s: exit %d: %s", version, code, stderr)
 		}
@@ -191,9 +199,7 @@ func TestReleaseSequenceAfterKeyRotation(t *testing.T) {
 	if seq, stderr := create("4.0", "--trusted-keys", oldKey+".pub"); seq != 4 || stderr != "" {
 		t.Errorf("with --trusted-keys of the old key: sequence %d, stderr %q; want 4 and no warning", seq, stderr)
 	}
-	code, _, stderr := runCLI(t, "--coordinator", addr, "release", "create", "web", "--version", "5.0",
-		"--url", "https://example.com/w.tgz", "--sha256", strings.Repeat("ab", 32), "--size", "7", "--sign", newKey+".key", "--spec", specFile,
-		"--sequence", "9", "--trusted-keys", oldKey+".pub")
+	code, stderr := createSigned(t, addr, newKey+".key", specFile, "5.0", "--sequence", "9", "--trusted-keys", oldKey+".pub")
 	if code == 0 || !strings.Contains(stderr, "--trusted-keys counts releases to choose the sequence: not with --sequence") {
 		t.Errorf("--sequence with --trusted-keys: exit %d, %q", code, stderr)
 	}

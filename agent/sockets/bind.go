@@ -254,7 +254,8 @@ const (
 // the path renamed or replaced by a symlink meanwhile (by a service user who
 // can write to a directory above it) cannot make the agent remove or chmod
 // a file elsewhere; a bind that such a swap sent elsewhere is found (the
-// directory holds no socket of the agent's) and fails.
+// directory holds no socket of the agent's) and fails, its file removed
+// (removeStray).
 func listenUnix(path string) (int, error) {
 	// Split as the kernel resolves it: no lexical cleaning of "..".
 	i := strings.LastIndexByte(path, '/')
@@ -398,9 +399,10 @@ func bindUnix(path string) (int, error) {
 // that take a path only (connect, chmod of an O_PATH descriptor): the
 // descriptor's /proc link, resolved by the kernel to that directory
 // whatever happens to the path meanwhile.
-func inDir(dirfd int, name string) string {
-	return "/proc/self/fd/" + strconv.Itoa(dirfd) + "/" + name
-}
+func inDir(dirfd int, name string) string { return procFD(dirfd) + "/" + name }
+
+// procFD is the /proc link of the agent's descriptor fd.
+func procFD(fd int) string { return "/proc/self/fd/" + strconv.Itoa(fd) }
 
 // removeStaleUnixIn removes name, in the directory dirfd refers to, if it
 // is a Unix socket nobody listens on; path is for messages.
@@ -476,7 +478,7 @@ func chmodBoundSocket(dirfd int, path, name string) error {
 // chmodProc changes the mode of the file an O_PATH descriptor holds
 // through its /proc link (what glibc's fchmodat does without fchmodat2).
 func chmodProc(fd int, mode uint32) error {
-	return unix.Chmod("/proc/self/fd/"+strconv.Itoa(fd), mode)
+	return unix.Chmod(procFD(fd), mode)
 }
 
 // testHookUnix, when set, runs in listenUnix after a directory is made
@@ -534,7 +536,7 @@ func listen(network, addr string) (int, error) {
 
 // newSocket takes ownership of fd (on success) and fills in the identity.
 func newSocket(fd int, d Decl) (*Socket, error) {
-	network, addr, err := spec.ParseListen(d.Listen)
+	network, _, err := spec.ParseListen(d.Listen)
 	if err != nil {
 		return nil, err
 	}
@@ -542,10 +544,9 @@ func newSocket(fd int, d Decl) (*Socket, error) {
 	if err != nil {
 		return nil, err
 	}
-	if network != "unix" { // a Unix socket's address is its declared path
-		if addr, err = localAddr(fd); err != nil {
-			return nil, err
-		}
+	addr, err := localAddr(fd)
+	if err != nil {
+		return nil, err
 	}
 	return &Socket{Name: d.Name, Listen: d.Listen, Network: network, Addr: addr, Inode: ino, fd: fd}, nil
 }

@@ -94,16 +94,15 @@ func RunHookTail(ctx context.Context, h Hook) (string, error) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: h.Credential}
 	// The timeout counts from here: a start held in its gate (the shell
 	// stopped or starved) is part of the hook's time.
-	startCtx, deadline := ctx, time.Time{}
+	hookCtx := ctx
 	if h.Timeout > 0 {
-		deadline = time.Now().Add(h.Timeout)
 		var cancel context.CancelFunc
-		startCtx, cancel = context.WithDeadline(ctx, deadline)
+		hookCtx, cancel = context.WithTimeout(ctx, h.Timeout)
 		defer cancel()
 	}
 	end := func() {}
 	if h.Cgroups.Usable() {
-		end, err = h.Cgroups.StartIn(startCtx, h.Service, h.Limits, cmd)
+		end, err = h.Cgroups.StartIn(hookCtx, h.Service, h.Limits, cmd)
 	} else {
 		err = cmd.Start()
 	}
@@ -127,19 +126,14 @@ func RunHookTail(ctx context.Context, h Hook) (string, error) {
 	pgid := cmd.Process.Pid
 	waited := make(chan error, 1)
 	go func() { waited <- cmd.Wait() }()
-	var timeout <-chan time.Time
-	if h.Timeout > 0 {
-		t := time.NewTimer(time.Until(deadline))
-		defer t.Stop()
-		timeout = t.C
-	}
 	var why string
 	select {
 	case err = <-waited:
-	case <-timeout:
+	case <-hookCtx.Done():
 		why = fmt.Sprintf("timed out after %s", h.Timeout)
-	case <-ctx.Done():
-		why = ctx.Err().Error()
+		if ctx.Err() != nil {
+			why = ctx.Err().Error()
+		}
 	}
 	// Whatever the hook left behind in its group goes with it.
 	_ = killGroup(pgid, syscall.SIGKILL)

@@ -67,18 +67,13 @@ func ParseManifest(rel *v1.Release) *v1.ReleaseManifest {
 // (a downgrade past every floor) or use the sequences up (an attack
 // review).
 func Highest(rels []*v1.Release, trusted map[string]ed25519.PublicKey, now time.Time) (*v1.Release, uint64) {
-	var top *v1.Release
-	var seq uint64
+	var verified []*v1.Release
 	for _, r := range rels {
-		_, err := Verify(r, trusted, now)
-		if err != nil && !errors.Is(err, ErrExpired) && !errors.Is(err, ErrNotYetValid) {
-			continue
-		}
-		if m := ParseManifest(r); m != nil && (top == nil || m.GetSequence() > seq) {
-			top, seq = r, m.GetSequence()
+		if _, err := Verify(r, trusted, now); err == nil || errors.Is(err, ErrExpired) || errors.Is(err, ErrNotYetValid) {
+			verified = append(verified, r)
 		}
 	}
-	return top, seq
+	return highestClaimed(verified)
 }
 
 // HighestClaimed is Highest without the signatures checked, for whoever
@@ -102,6 +97,8 @@ func Unverified(rels []*v1.Release, seq uint64) (*v1.Release, uint64) {
 	return nil, 0
 }
 
+// highestClaimed is the release whose manifest claims the highest
+// sequence (the first of equals) and that claim.
 func highestClaimed(rels []*v1.Release) (*v1.Release, uint64) {
 	var top *v1.Release
 	var seq uint64
