@@ -243,7 +243,7 @@ func (a *agent) assign(list []*v1.Assignment) {
 		}
 		if err != nil {
 			a.log.Warn().Str("service", name).Int64("generation", asg.GetGeneration()).Err(err).Msg("invalid assignment")
-			a.step(s, lifecycle.Invalid(asg.GetGeneration(), err.Error(), now))
+			a.step(s, lifecycle.Invalid(asg, err.Error(), now))
 			continue
 		}
 		if a.refuse(s, asg, now) {

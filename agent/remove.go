@@ -140,8 +140,5 @@ func validateRemoval(a *v1.Assignment) error {
 	if err := spec.CheckName("service", a.GetService()); err != nil {
 		return err
 	}
-	if a.GetGeneration() <= 0 {
-		return fmt.Errorf("generation: %d must be > 0", a.GetGeneration())
-	}
-	return nil
+	return validateGeneration(a)
 }

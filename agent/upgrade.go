@@ -442,8 +442,8 @@ func validateAgentAssignment(asg *v1.Assignment, maxBytes int64) error {
 	if asg.GetService() != spec.AgentService {
 		return fmt.Errorf("agent.service: %q, want %q", asg.GetService(), spec.AgentService)
 	}
-	if asg.GetGeneration() <= 0 {
-		return fmt.Errorf("agent.generation: %d must be > 0", asg.GetGeneration())
+	if err := validateGeneration(asg); err != nil {
+		return fmt.Errorf("agent.%w", err)
 	}
 	r := asg.GetRelease()
 	if r == nil {

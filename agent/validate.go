@@ -33,8 +33,8 @@ func validateAssignment(a *v1.Assignment, hostID string, labels map[string]strin
 	if err := spec.CheckName("service", a.GetService()); err != nil {
 		return err
 	}
-	if a.GetGeneration() <= 0 {
-		return fmt.Errorf("generation: %d must be > 0", a.GetGeneration())
+	if err := validateGeneration(a); err != nil {
+		return err
 	}
 	if err := validateRelease("release", a.GetRelease(), a.GetService(), maxBytes); err != nil {
 		return err
@@ -205,6 +205,18 @@ func checkHandover(run *v1.RunSpec, hostID string, labels map[string]string) err
 	}
 	if d := run.GetShutdownDelay().AsDuration(); d > spec.MaxShutdownDelay {
 		return fmt.Errorf("spec.run.shutdown_delay: %s is more than %s", d, spec.MaxShutdownDelay)
+	}
+	return nil
+}
+
+// validateGeneration checks an assignment's generation, and the one it
+// replaces: none (0), or one above it (lifecycle's pendingAssign.older).
+func validateGeneration(a *v1.Assignment) error {
+	if a.GetGeneration() <= 0 {
+		return fmt.Errorf("generation: %d must be > 0", a.GetGeneration())
+	}
+	if r := a.GetReplacesGeneration(); r != 0 && r <= a.GetGeneration() {
+		return fmt.Errorf("replaces_generation: %d must be 0 or above generation %d", r, a.GetGeneration())
 	}
 	return nil
 }

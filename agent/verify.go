@@ -228,15 +228,15 @@ func sameRelease(a, b *v1.Release) bool {
 // it was refused (the caller then does not assign it).
 func (a *agent) refuse(s *service, asg *v1.Assignment, now time.Time) bool {
 	gen := asg.GetGeneration()
-	// A removed service takes any later release (lifecycle/remove.go):
-	// neither a replay nor a repeat, so it is verified whatever its generation.
-	removed := s.m.Phase() == v1.Phase_PHASE_REMOVED && !asg.GetRemove()
-	if gen < s.m.Generation() && !removed {
+	if s.m.Replays(asg) {
 		// The machine refuses it and says so in its reports.
 		a.log.Warn().Str("service", s.name).Int64("generation", gen).Str("version", lifecycle.Version(asg)).
 			Int64("accepted_generation", s.m.Generation()).Msg("refusing a replayed assignment")
 		return false
 	}
+	// A removed service takes any later release (lifecycle/remove.go):
+	// not a repeat, so it is verified whatever its generation.
+	removed := s.m.Phase() == v1.Phase_PHASE_REMOVED && !asg.GetRemove()
 	if len(a.trusted) == 0 || gen == s.m.Generation() && !removed || asg.GetRemove() {
 		return false // not checked, the assignment already accepted (the machine repeats its report), or no release
 	}
@@ -257,7 +257,7 @@ func (a *agent) refuse(s *service, asg *v1.Assignment, now time.Time) bool {
 	if err != nil {
 		a.log.Warn().Str("service", s.name).Int64("generation", gen).Str("version", lifecycle.Version(asg)).
 			Err(err).Msg("refusing an assignment: its release does not verify")
-		a.step(s, lifecycle.Invalid(gen, err.Error(), now))
+		a.step(s, lifecycle.Invalid(asg, err.Error(), now))
 		return true
 	}
 	return false

@@ -849,7 +849,7 @@ func (h *hub) build(t *desiredTable, host string, labels map[string]string, want
 		agentBinary := name == spec.AgentService // agentupgrade.go
 		if w.want.Remove {
 			if !agentBinary { // an agent is never removed
-				resp.Assignments = append(resp.Assignments, &v1.Assignment{Service: name, Generation: w.want.Generation, Remove: true})
+				resp.Assignments = append(resp.Assignments, &v1.Assignment{Service: name, Generation: w.want.Generation, Remove: true, ReplacesGeneration: w.want.Replaces})
 			}
 			continue
 		}
@@ -860,7 +860,7 @@ func (h *hub) build(t *desiredTable, host string, labels map[string]string, want
 			continue
 		}
 		sp, rev := rollout.SpecFor(e.svc, e.latest, ver, gen)
-		asg := &v1.Assignment{Service: name, Generation: gen, Release: rel, Spec: sp, SpecRevision: rev}
+		asg := &v1.Assignment{Service: name, Generation: gen, Release: rel, Spec: sp, SpecRevision: rev, ReplacesGeneration: w.want.Replaces}
 		if w.sources && rel.GetArtifact().GetSha256() != "" {
 			asg.Sources = rollout.SourcesOf(e.peers.Pick(host, labels[rollout.ZoneLabel], h.c.cfg.ArtifactSources))
 		}
@@ -928,7 +928,7 @@ func (h *hub) encodedFor(t *desiredTable, c *agentConn) (*encodedSet, error) {
 
 // wantsKey appends to b a key of wants that tells apart every two sets of
 // one table (each service's index, whether it is assigned or removed, its
-// version and generation), and says whether the set is shareable: none of
+// version, generation and the generation it replaces), and says whether the set is shareable: none of
 // its assignments depends on the host itself (hostWant.own).
 func wantsKey(b []byte, wants []hostWant) ([]byte, bool) {
 	for i, w := range wants {
@@ -947,6 +947,7 @@ func wantsKey(b []byte, wants []hostWant) ([]byte, bool) {
 		b = binary.AppendUvarint(b, uint64(len(w.want.Version)))
 		b = append(b, w.want.Version...)
 		b = binary.AppendVarint(b, w.want.Generation)
+		b = binary.AppendVarint(b, w.want.Replaces)
 	}
 	return b, true
 }

@@ -73,8 +73,10 @@ func AgentAssign(rec *AgentUpgrade, own string, asg *v1.Assignment) AgentDecisio
 	}
 	v, gen := asg.GetRelease().GetVersion(), asg.GetGeneration()
 	switch {
-	case rec != nil && gen < rec.Generation:
-		return AgentDecision{Report: agentReport(rec, own)} // a replay
+	case rec != nil && gen < rec.Generation && asg.GetReplacesGeneration() != rec.Generation:
+		// A replay; unless it replaces the recorded generation, one no
+		// coordinator of the fleet issued (pendingAssign.older).
+		return AgentDecision{Report: agentReport(rec, own)}
 	case v == own && rec != nil && rec.State == AgentTrying && rec.Version == v && rec.Generation == gen:
 		// The new agent during its handover: the old agent owns the record
 		// until the handover ends.

@@ -70,7 +70,15 @@ func agentTrace(t *testing.T, d *datadriven.TestData, rec **AgentUpgrade) string
 		if args["version"] == "none" {
 			return nil
 		}
-		return &v1.Assignment{Generation: gen(), Release: &v1.Release{Version: args["version"]}}
+		a := &v1.Assignment{Generation: gen(), Release: &v1.Release{Version: args["version"]}}
+		if r, ok := args["replaces"]; ok {
+			n, err := strconv.ParseInt(r, 10, 64)
+			if err != nil {
+				d.Fatalf(t, "replaces=%q: %v", r, err)
+			}
+			a.ReplacesGeneration = n
+		}
+		return a
 	}
 	var dec AgentDecision
 	switch d.Cmd {

@@ -62,9 +62,26 @@ const (
 
 // pendingAssign is a newer assignment waiting for the machine to settle.
 type pendingAssign struct {
-	gen     int64
-	a       *v1.Assignment // nil when invalid
-	invalid string
+	gen int64
+	// replaces is the accepted generation this one replaces though it is
+	// lower (Assignment.replaces_generation; 0 = none): see older.
+	replaces int64
+	a        *v1.Assignment // nil when invalid
+	invalid  string
+}
+
+func assigned(a *v1.Assignment, invalid string) *pendingAssign {
+	return &pendingAssign{gen: a.GetGeneration(), replaces: a.GetReplacesGeneration(), a: a, invalid: invalid}
+}
+
+// older says whether p is older than accepted, the accepted generation: a
+// replay, or a coordinator gone back in time. Not when p names accepted as
+// the generation it replaces: the leader does that for a generation no
+// coordinator of its fleet issued (one far above its own, which a
+// compromised coordinator could have sent: rollout.MaxGenerationAhead),
+// which would otherwise keep the host from every later assignment.
+func (p *pendingAssign) older(accepted int64) bool {
+	return p.gen < accepted && p.replaces != accepted
 }
 
 // describe names what was assigned: "release V" or "an invalid assignment".
@@ -485,10 +502,12 @@ func (m *Machine) Step(in Input) []Action {
 	switch in.Kind {
 	case InputAssign:
 		if in.Assignment != nil {
-			m.onAssign(&pendingAssign{gen: in.Assignment.GetGeneration(), a: in.Assignment}, t)
+			m.onAssign(assigned(in.Assignment, ""), t)
 		}
 	case InputInvalid:
-		m.onAssign(&pendingAssign{gen: in.Generation, invalid: in.Reason}, t)
+		p := assigned(in.Assignment, in.Reason)
+		p.a = nil
+		m.onAssign(p, t)
 	case InputDone:
 		m.onDone(in, t)
 	case InputChecks:
@@ -510,6 +529,14 @@ func (m *Machine) Phase() v1.Phase { return m.phase }
 
 // Generation is the generation of the accepted assignment.
 func (m *Machine) Generation() int64 { return m.gen }
+
+// Replays says whether the machine refuses a, a valid assignment, as older
+// than the accepted one (a replay: it says so in its reports). A removed
+// service takes any later release (remove.go).
+func (m *Machine) Replays(a *v1.Assignment) bool {
+	removed := m.phase == v1.Phase_PHASE_REMOVED && !a.GetRemove()
+	return !removed && assigned(a, "").older(m.gen)
+}
 
 // Current is the release `current` points at (nil = none).
 func (m *Machine) Current() *v1.Assignment { return m.current }
@@ -895,7 +922,7 @@ func (m *Machine) onAssign(p *pendingAssign, t time.Time) {
 		// Removed: any release assigned later installs (remove.go).
 		m.apply(p, t)
 		return
-	case p.gen < m.gen:
+	case p.older(m.gen):
 		// A replay (or a coordinator gone back in time): refused, and said
 		// in every report until a newer assignment is accepted.
 		m.refused = fmt.Sprintf("refused assignment: generation %d (%s) is older than the accepted generation %d",
@@ -905,8 +932,8 @@ func (m *Machine) onAssign(p *pendingAssign, t time.Time) {
 	case p.gen == m.gen:
 		m.report() // repeat: say again where we are
 		return
-	case m.pending != nil && p.gen <= m.pending.gen:
-		return // stale or repeat of the one already waiting
+	case m.pending != nil && p.gen <= m.pending.gen && p.gen >= m.gen:
+		return // stale or repeat of the one already waiting (a replacement replaces it too)
 	}
 	if m.checkingInPlace() && m.newerInPlace(p) {
 		return // the check carries on with it (spec.go)

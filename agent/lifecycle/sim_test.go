@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -165,7 +166,10 @@ type sim struct {
 	inflight *Action
 	epoch    uint64 // epoch of the last ActStart
 	maxGen   int64
-	pOK      float64
+	// replacing: (generation replaced, generation) of the assignments sent
+	// naming the one they replace (assign).
+	replacing map[[2]int64]bool
+	pOK       float64
 
 	// model of the checking period
 	checking   bool
@@ -336,6 +340,38 @@ func (s *sim) fatalf(format string, args ...any) {
 // version was last assigned with (a newer generation of the same thing),
 // sometimes with a new random spec (a config rollout when the version is
 // the one running).
+// newer says whether generation gen is newer than prev: above it, or sent
+// naming prev as the one it replaces (assign).
+func (s *sim) newer(prev, gen int64) bool {
+	return gen > prev || s.replacing[[2]int64{prev, gen}]
+}
+
+// assign sends a (invalid: as an invalid assignment, with that reason) as
+// the leader does: naming the generation the host reports when it is one no
+// coordinator issued (above every generation the leader sent, s.maxGen),
+// which it replaces. An assignment newer than every one sent is never
+// refused as a replay, whatever generation a coordinator made up before.
+func (s *sim) assign(a *v1.Assignment, invalid string) {
+	s.t.Helper()
+	if rep := s.m.Report().GetGeneration(); rep > s.maxGen {
+		a.ReplacesGeneration = rep
+		if s.replacing == nil {
+			s.replacing = map[[2]int64]bool{}
+		}
+		s.replacing[[2]int64{rep, a.GetGeneration()}] = true
+	}
+	newest := a.GetGeneration() > s.maxGen
+	s.maxGen = max(s.maxGen, a.GetGeneration())
+	if invalid != "" {
+		s.step(Invalid(a, invalid, s.now))
+	} else {
+		s.step(Assign(a, s.now))
+	}
+	if why := fmt.Sprintf("refused assignment: generation %d ", a.GetGeneration()); newest && strings.Contains(s.m.Report().GetReason(), why) {
+		s.fatalf("assignment %d (replaces %d), newer than every one sent, refused: %s", a.GetGeneration(), a.GetReplacesGeneration(), s.m.Report().GetReason())
+	}
+}
+
 func (s *sim) assignment(version string, gen int64) *v1.Assignment {
 	if sp := s.specs[version]; sp != nil && s.rnd.IntN(5) == 0 {
 		// A spec that changes only how the release is judged (installed
@@ -538,7 +574,7 @@ func revertedInPlace(acts []Action) bool {
 
 func (s *sim) step(in Input) {
 	s.t.Helper()
-	s.log = append(s.log, fmt.Sprintf("%s t=%s in %s seq=%d epoch=%d verdict=%v", s.m.Phase(), in.At.Sub(t0), in.Kind, in.Seq, in.Epoch, in.Verdict))
+	s.log = append(s.log, fmt.Sprintf("%s t=%s in %s seq=%d epoch=%d verdict=%v DBG %s %d %d", s.m.Phase(), in.At.Sub(t0), in.Kind, in.Seq, in.Epoch, in.Verdict, Version(in.Assignment), in.Assignment.GetGeneration(), in.Assignment.GetReplacesGeneration()))
 	s.in = in
 	s.cause = s.watchCause()
 	wasAnalysing := s.analysing()
@@ -737,8 +773,15 @@ func (s *sim) apply(acts []Action) {
 			s.chkEpoch = a.Epoch
 			s.chkA = a.Assignment
 			s.chkStart = s.now
+			// A recovery's checks that passed with a newer assignment of the
+			// same release waiting go on to its install in place at once,
+			// with no settled phase between: the recovery is over.
+			afterRecovery := s.recovering && s.restoring == 0 && s.prev == v1.Phase_PHASE_CHECKING && s.newer(s.prevGen, s.m.Generation())
+			if afterRecovery {
+				s.recovering = false
+			}
 			s.chkInstall = !s.recovering && s.prev == v1.Phase_PHASE_STARTING
-			if !s.recovering && s.m.Phase() == v1.Phase_PHASE_CHECKING && (settled(s.prev) || preSwitch(s.prev) || s.dropsInPlace()) {
+			if !s.recovering && s.m.Phase() == v1.Phase_PHASE_CHECKING && (settled(s.prev) || preSwitch(s.prev) || s.dropsInPlace() || afterRecovery) {
 				// An install in place (spec.go): the process that serves,
 				// judged under a spec that differs only in how it is judged.
 				if p := s.procs[a.Epoch]; p == nil || p.a == nil || !runsSame(p.a, a.Assignment) {
@@ -829,7 +872,7 @@ func (s *sim) checkReport(r *v1.ServiceReport) {
 		s.firstSeen = true
 	} else if p != s.prev {
 		ok := allowed(edges, s.prev, p) || (s.recovering && allowed(recoveryEdges, s.prev, p)) ||
-			(s.dropsInPlace() && r.Generation > s.prevGen && allowed(inPlaceEdges, s.prev, p))
+			(s.dropsInPlace() && s.newer(s.prevGen, r.Generation) && allowed(inPlaceEdges, s.prev, p))
 		if !ok {
 			s.fatalf("phase edge %v -> %v not allowed (recovering=%v)", s.prev, p, s.recovering)
 		}
@@ -840,13 +883,15 @@ func (s *sim) checkReport(r *v1.ServiceReport) {
 	if strings.Contains(r.Reason, "agent restarted before") {
 		s.fatalf("%v blames the agent's restart on the release: %s", p, r.Reason)
 	}
-	if r.Generation < s.prevGen && s.prev != v1.Phase_PHASE_REMOVED {
-		// (A removed service takes any later assignment: remove.go.)
+	if r.Generation < s.prevGen && s.prev != v1.Phase_PHASE_REMOVED && !s.newer(s.prevGen, r.Generation) {
+		// (A removed service takes any later assignment: remove.go. An
+		// assignment sent naming the generation it replaces takes its
+		// place: assign.)
 		s.fatalf("generation went back %d -> %d", s.prevGen, r.Generation)
 	}
 	// Healthy only after passing continuously for min_healthy_time.
 	fromChecks := (s.prev == v1.Phase_PHASE_CHECKING || s.prev == v1.Phase_PHASE_REVERTING) && p != s.prev &&
-		!(s.dropsInPlace() && r.Generation > s.prevGen) &&
+		!(s.dropsInPlace() && s.newer(s.prevGen, r.Generation)) &&
 		(p == v1.Phase_PHASE_HEALTHY || p == v1.Phase_PHASE_REVERTED || (s.recovering && settled(p) && p != v1.Phase_PHASE_FAILED))
 	if fromChecks {
 		install := s.prev == v1.Phase_PHASE_CHECKING && p == v1.Phase_PHASE_HEALTHY && !s.recovering
@@ -983,7 +1028,7 @@ func (s *sim) checkReport(r *v1.ServiceReport) {
 	if s.recovering && (settled(p) || p == v1.Phase_PHASE_FETCHING) {
 		s.recovering = false
 	}
-	if s.dropsInPlace() && r.Generation > s.prevGen {
+	if s.dropsInPlace() && s.newer(s.prevGen, r.Generation) {
 		s.inPlaceNewer++
 	}
 	if s.edgesSeen != nil && p != s.prev {
@@ -1346,23 +1391,28 @@ func runSim(t *testing.T, seed uint64, steps int, seen map[[2]v1.Phase]int, st *
 		case x < 82:
 			s.now = s.now.Add(time.Duration(s.rnd.IntN(5000)) * time.Millisecond)
 			s.step(Tick(s.now))
-		case x < 92:
+		case x < 91:
 			gen := s.maxGen + 1
 			if s.rnd.IntN(4) == 0 && s.maxGen > 0 {
 				gen = s.maxGen - int64(s.rnd.IntN(2)) // repeat or stale
 			}
-			if gen > s.maxGen {
-				s.maxGen = gen
-			}
 			if s.rnd.IntN(8) == 0 {
 				// The service removed from the host.
-				s.step(Assign(&v1.Assignment{Service: "web", Generation: gen, Remove: true}, s.now))
+				s.assign(&v1.Assignment{Service: "web", Generation: gen, Remove: true}, "")
 				break
+			}
+			s.assign(s.assignment(versions[s.rnd.IntN(len(versions))], gen), "")
+		case x < 92:
+			// A generation no coordinator issued (a compromised one sent
+			// it; up to 2^63-1), of any release: the leader's later
+			// assignments replace it (assign).
+			gen := s.maxGen + 1 + s.rnd.Int64N(1<<40)
+			if s.rnd.IntN(4) == 0 {
+				gen = math.MaxInt64
 			}
 			s.step(Assign(s.assignment(versions[s.rnd.IntN(len(versions))], gen), s.now))
 		case x < 94:
-			s.maxGen++
-			s.step(Invalid(s.maxGen, "release.version: invalid", s.now))
+			s.assign(&v1.Assignment{Service: "web", Generation: s.maxGen + 1}, "release.version: invalid")
 		case x < 97:
 			s.restart()
 		default:

@@ -132,13 +132,16 @@ func (tr *trace) run(t *testing.T, d *datadriven.TestData) string {
 	case "remove":
 		var gen int64
 		d.ScanArgs(t, "gen", &gen)
-		tr.step(t, d, &out, Assign(&v1.Assignment{Service: "web", Generation: gen, Remove: true}, tr.now))
+		a := &v1.Assignment{Service: "web", Generation: gen, Remove: true}
+		d.MaybeScanArgs(t, "replaces", &a.ReplacesGeneration)
+		tr.step(t, d, &out, Assign(a, tr.now))
 	case "invalid":
-		var gen int64
-		d.ScanArgs(t, "gen", &gen)
+		a := &v1.Assignment{Service: "web"}
+		d.ScanArgs(t, "gen", &a.Generation)
+		d.MaybeScanArgs(t, "replaces", &a.ReplacesGeneration)
 		reason := "release.version: invalid"
 		d.MaybeScanArgs(t, "reason", &reason)
-		tr.step(t, d, &out, Invalid(gen, reason, tr.now))
+		tr.step(t, d, &out, Invalid(a, reason, tr.now))
 	case "done":
 		tr.step(t, d, &out, tr.done(t, d))
 	case "checks":
@@ -254,6 +257,7 @@ func (tr *trace) assignment(t *testing.T, d *datadriven.TestData) *v1.Assignment
 	n := 1
 	d.MaybeScanArgs(t, "checks", &n)
 	a := asgChecks(version, gen, n)
+	d.MaybeScanArgs(t, "replaces", &a.ReplacesGeneration)
 	if dur, ok := tr.duration(t, d, "min_healthy"); ok {
 		a.Spec.MinHealthyTime = durationpb.New(dur)
 	}

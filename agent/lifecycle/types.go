@@ -153,14 +153,14 @@ type Input struct {
 	Kind InputKind
 	// At is when it happened. The machine never reads the clock.
 	At time.Time
-	// Assignment for InputAssign. The caller has validated it (names,
-	// version, artifact) and it must not be modified afterwards.
+	// Assignment for InputAssign and InputInvalid. For InputAssign the
+	// caller has validated it (names, version, artifact); for InputInvalid
+	// only its generations are read. It must not be modified afterwards.
 	Assignment *v1.Assignment
-	// Generation and Reason for InputInvalid. Reason for InputExit, when
-	// how the process ended is worth reporting (killed at its memory
-	// limit): the crash loop's reason names the last such exit.
-	Generation int64
-	Reason     string
+	// Reason for InputInvalid. Reason for InputExit, when how the process
+	// ended is worth reporting (killed at its memory limit): the crash
+	// loop's reason names the last such exit.
+	Reason string
 	// Seq and Err for InputDone: Seq echoes Action.Seq, Err is nil on success.
 	Seq uint64
 	Err error
@@ -188,10 +188,11 @@ func Assign(a *v1.Assignment, at time.Time) Input {
 	return Input{Kind: InputAssign, At: at, Assignment: a}
 }
 
-// Invalid is an InputInvalid for an assignment of the given generation that
-// failed validation; reason names the bad field.
-func Invalid(generation int64, reason string, at time.Time) Input {
-	return Input{Kind: InputInvalid, At: at, Generation: generation, Reason: reason}
+// Invalid is an InputInvalid for an assignment that failed validation (or
+// the trust checks); reason names the bad field. The service ends FAILED at
+// its generation.
+func Invalid(a *v1.Assignment, reason string, at time.Time) Input {
+	return Input{Kind: InputInvalid, At: at, Assignment: a, Reason: reason}
 }
 
 // Done is an InputDone for the action with the given Seq.

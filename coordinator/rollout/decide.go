@@ -285,12 +285,16 @@ func begin(svc *v1.Service, r *v1.Rollout, obs func(string) Observation, now tim
 	case r.GetRemove():
 		kind = EventRemovalCreated
 	}
+	above := planAbove(r, obs)
 	waves := make([]int, len(r.GetWaves()))
 	for i, w := range r.GetWaves() {
 		waves[i] = len(w.GetHosts())
 	}
 	created := Event{Kind: kind, Wave: NoWave, Message: fmt.Sprintf("%s%s, waves %v, %s",
 		Describe(r), describeChanges(r), waves, strings.ToLower(stateName(r.GetState())))}
+	if above != "" {
+		created.Message += "; " + aboveMessage(r, above)
+	}
 	r, res := Step(r, obs, now)
 	res.Changed = true
 	res.Events = append([]Event{created}, res.Events...)

@@ -177,13 +177,21 @@ type Want struct {
 	Generation int64
 	// Remove: stop the service and remove its files (Version is "").
 	Remove bool
+	// Replaces is the generation the host reports when no coordinator of
+	// the fleet issued it (far above Generation: MaxGenerationAhead), which
+	// the assignment replaces (0 = none).
+	Replaces int64
 }
 
 func (w Want) String() string {
+	s := fmt.Sprintf("%s gen %d", w.Version, w.Generation)
 	if w.Remove {
-		return fmt.Sprintf("remove gen %d", w.Generation)
+		s = fmt.Sprintf("remove gen %d", w.Generation)
 	}
-	return fmt.Sprintf("%s gen %d", w.Version, w.Generation)
+	if w.Replaces != 0 {
+		s += fmt.Sprintf(" replaces %d", w.Replaces)
+	}
+	return s
 }
 
 // Desired is what host hostID (with labels, and rep its last report for
@@ -208,6 +216,10 @@ func (w Want) String() string {
 //     newest rollout's; the one it reports when it is already removing).
 //     Removal takes a host out of the service's generations: an agent
 //     whose service is REMOVED takes any later assignment.
+//   - A host that reports a generation no coordinator of the fleet issued
+//     (more than MaxGenerationAhead above the one it is assigned) is
+//     assigned as any other, naming that generation as the one the
+//     assignment replaces (Want.Replaces).
 //
 // It scans r's plan; to ask for many hosts use DesiredFunc.
 func Desired(svc *v1.Service, r *v1.Rollout, hostID string, labels map[string]string, rep *v1.ServiceReport) (Want, bool) {
@@ -215,12 +227,14 @@ func Desired(svc *v1.Service, r *v1.Rollout, hostID string, labels map[string]st
 		for _, w := range r.GetWaves() {
 			for _, h := range w.GetHosts() {
 				if h.GetHostId() == hostID {
-					return desired(svc, r, h.GetState(), true, labels, rep)
+					w, ok := desired(svc, r, h.GetState(), true, labels, rep)
+					return replacing(w, ok, rep)
 				}
 			}
 		}
 	}
-	return desired(svc, r, 0, false, labels, rep)
+	w, ok := desired(svc, r, 0, false, labels, rep)
+	return replacing(w, ok, rep)
 }
 
 // DesiredFunc returns Desired for svc and r with the plan indexed once, for
@@ -240,7 +254,8 @@ func DesiredFunc(svc *v1.Service, r *v1.Rollout) func(hostID string, labels map[
 	}
 	return func(hostID string, labels map[string]string, rep *v1.ServiceReport) (Want, bool) {
 		st, inPlan := idx[hostID]
-		return desired(svc, r, st, inPlan, labels, rep)
+		w, ok := desired(svc, r, st, inPlan, labels, rep)
+		return replacing(w, ok, rep)
 	}
 }
 
@@ -288,13 +303,17 @@ func desired(svc *v1.Service, r *v1.Rollout, st v1.HostRolloutState, inPlan bool
 
 // removeIfHas is a removal for a host whose report says it has the service
 // (nothing when it never had it or removed it), above floor (the
-// service's newest generation).
+// service's newest generation) and above the report's generation unless
+// no coordinator issued that one (it replaces it then: replacing).
 func removeIfHas(rep *v1.ServiceReport, floor int64) (Want, bool) {
 	switch rep.GetPhase() {
 	case v1.Phase_PHASE_UNSPECIFIED, v1.Phase_PHASE_IDLE, v1.Phase_PHASE_REMOVED:
 		return Want{}, false
 	case v1.Phase_PHASE_REMOVING:
 		return Want{Remove: true, Generation: rep.GetGeneration()}, true
+	}
+	if madeUp(rep.GetGeneration(), floor+1) {
+		return Want{Remove: true, Generation: floor + 1}, true
 	}
 	return Want{Remove: true, Generation: max(rep.GetGeneration(), floor) + 1}, true
 }

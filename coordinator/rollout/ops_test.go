@@ -3,6 +3,7 @@ package rollout
 import (
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -96,6 +97,11 @@ func TestDesired(t *testing.T) {
 	deleted := proto.Clone(svc).(*v1.Service)
 	deleted.Status = Conclude(rmSvc.Status, end(rm, rOK, "", t0))
 	stable, none := Want{Version: fromV, Generation: stableGen}, Want{}
+	// Generations no coordinator issued (a compromised one's), and the
+	// highest one that one could have.
+	madeUp := &v1.ServiceReport{Service: "web", Generation: math.MaxInt64, Phase: pHealthy, CurrentVersion: fromV}
+	reach := &v1.ServiceReport{Service: "web", Generation: stableGen + MaxGenerationAhead, Phase: pHealthy, CurrentVersion: fromV}
+	beyond := &v1.ServiceReport{Service: "web", Generation: stableGen + MaxGenerationAhead + 1, Phase: pHealthy, CurrentVersion: fromV}
 	cases := []struct {
 		name   string
 		svc    *v1.Service
@@ -127,6 +133,13 @@ func TestDesired(t *testing.T) {
 		{"failed removal: the others keep stable", rmSvc, Fail(rm, "x", t0), "host-001", web, healthy, stable, true},
 		{"deleted: a host that has it", deleted, end(rm, rOK, "", t0), "host-001", web, healthy, Want{Remove: true, Generation: rm.GetGeneration() + 1}, true},
 		{"deleted: a host that removed it", deleted, end(rm, rOK, "", t0), "host-000", web, removed, none, false},
+		{"made-up generation: replaced", svc, nil, "host-000", web, madeUp, Want{Version: fromV, Generation: stableGen, Replaces: math.MaxInt64}, true},
+		{"made-up generation, moving host: replaced", svc, r, "host-000", web, madeUp, Want{Version: toV, Generation: gen, Replaces: math.MaxInt64}, true},
+		{"generation a coordinator could have issued: kept", svc, nil, "host-000", web, reach, stable, true},
+		{"generation just beyond: replaced", svc, nil, "host-000", web, beyond, Want{Version: fromV, Generation: stableGen, Replaces: beyond.Generation}, true},
+		{"unselected host, made-up generation: removed replacing it", svc, nil, "host-x", db, madeUp, Want{Remove: true, Generation: stableGen + 1, Replaces: math.MaxInt64}, true},
+		{"unselected host, generation within reach: removed above it", svc, nil, "host-x", db, reach, Want{Remove: true, Generation: reach.Generation + 1}, true},
+		{"deleted: a host with a made-up generation", deleted, end(rm, rOK, "", t0), "host-001", web, madeUp, Want{Remove: true, Generation: rm.GetGeneration() + 1, Replaces: math.MaxInt64}, true},
 	}
 	for _, c := range cases {
 		w, ok := Desired(c.svc, c.r, c.host, c.labels, c.rep)

@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"maps"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -64,6 +65,18 @@ type simAgent struct {
 	willFail  bool // the install of the current assignment fails
 	removing  bool // the assignment is a removal
 	report    *v1.ServiceReport
+	// refused: assignments refused as replays; replaced: assignments taken
+	// that replace a generation no coordinator issued.
+	refused, replaced int
+}
+
+// madeUpGeneration is a generation no coordinator of the fleet issued
+// above counter, the service's: sometimes 2^63-1, the highest.
+func madeUpGeneration(counter int64, rng *rand.Rand) int64 {
+	if rng.IntN(3) == 0 {
+		return math.MaxInt64
+	}
+	return counter + MaxGenerationAhead + 1 + rng.Int64N(1<<40)
 }
 
 // simParams are a seed's fault rates.
@@ -81,11 +94,20 @@ var simProgress = []v1.Phase{v1.Phase_PHASE_FETCHING, v1.Phase_PHASE_VERIFYING, 
 // run (specdiff), and takes it without a restart otherwise.
 //
 // A removal stops it and removes it (REMOVING, then REMOVED running
-// nothing); a removed agent takes any later assignment.
+// nothing); a removed agent takes any later assignment. An older
+// generation than the one it has is refused (a replay), unless it names
+// that one as the generation it replaces (Want.Replaces).
 func (a *simAgent) assign(w Want, sp *v1.ServiceSpec, ok bool, rng *rand.Rand, prm simParams) {
 	v, g := w.Version, w.Generation
 	if !ok || !a.connected || (g == a.gen && v == a.version && w.Remove == a.removing) {
 		return
+	}
+	if g < a.gen && w.Replaces != a.gen && a.phase != v1.Phase_PHASE_REMOVED {
+		a.refused++
+		return
+	}
+	if w.Replaces != 0 {
+		a.replaced++
 	}
 	a.gen, a.version, a.spec, a.removing = g, v, sp, w.Remove
 	if w.Remove {
@@ -623,7 +645,8 @@ func TestPolicySimulation(t *testing.T) {
 	for _, k := range []string{"start", "supersede", "wait", "record-spec", "SUCCEEDED", "FAILED", "SUPERSEDED", "rollback", "rollback refused", "unfreeze", "abort", "approve",
 		"spec host", "spec coordinator", "spec back", "config start", "config succeeded", "config failed",
 		"delete", "delete refused", "recreate", "relabel", "removal succeeded", "removal failed",
-		"spec selector", "leave", "leave succeeded", "leave failed", "held", "wave held", "progress deferred"} {
+		"spec selector", "leave", "leave succeeded", "leave failed", "held", "wave held", "progress deferred",
+		"generation ahead", "generation made up", "refused", "replaced"} {
 		// Only over every seed: a fifth of them (-short, -race) need not
 		// reach the rarer ends (a failed removal, a service created anew).
 		if len(seeds) > 1 && !testing.Short() && !raceEnabled && seen[k] == 0 {
@@ -692,9 +715,25 @@ func simulatePolicy(t *testing.T, seed uint64, seen map[string]int) {
 	w.deferProgress = []time.Duration{0, 500 * time.Millisecond, 30 * time.Second}[rng.IntN(3)]
 	w.release("v1")
 	agents := map[string]*simAgent{}
+	// Some hosts report generations the leader's records do not know: a
+	// little above its counter (an etcd restored from a backup), or made
+	// up by a compromised coordinator, now and then during the run too.
+	pAhead := []float64{0, 0, 0.1, 0.3}[rng.IntN(4)]
+	pMadeUp := []float64{0, 0, 0.002, 0.01}[rng.IntN(4)] // per tick
 	for _, h := range hosts {
-		agents[h.ID] = &simAgent{labels: h.Labels, connected: rng.IntN(10) > 0, gen: svc.Status.StableGeneration,
+		a := &simAgent{labels: h.Labels, connected: rng.IntN(10) > 0, gen: svc.Status.StableGeneration,
 			version: "v1", spec: sp1, current: "v1", curSpec: sp1, prev: "v1", prevSpec: sp1, phase: pHealthy}
+		switch x := rng.Float64(); {
+		case x < pAhead/3:
+			a.gen = madeUpGeneration(a.gen, rng)
+		case x < pAhead:
+			a.gen += 1 + rng.Int64N(MaxGenerationAhead)
+		}
+		if a.gen != svc.Status.StableGeneration {
+			seen["generation ahead"]++
+			a.report = &v1.ServiceReport{Service: "svc", Generation: a.gen, Phase: a.phase, CurrentVersion: a.current}
+		}
+		agents[h.ID] = a
 	}
 	pSpec := []float64{0, 0.01, 0.03}[rng.IntN(3)]        // a spec applied per tick
 	pRelabel := []float64{0, 0, 0.005, 0.02}[rng.IntN(4)] // a host's labels change per tick
@@ -740,6 +779,15 @@ func simulatePolicy(t *testing.T, seed uint64, seen map[string]int) {
 			v, g := want.Version, want.Generation
 			sp, _ := SpecFor(w.svc, cur, v, g)
 			agents[h.ID].assign(want, sp, ok, rng, prm)
+		}
+		if !drain && rng.Float64() < pMadeUp {
+			// A compromised coordinator sends a host what it has at a
+			// made-up generation: the host takes it (nothing changes).
+			a := agents[hosts[rng.IntN(len(hosts))].ID]
+			if a.connected && a.phase != v1.Phase_PHASE_REMOVED {
+				a.gen = madeUpGeneration(a.gen, rng)
+				seen["generation made up"]++
+			}
 		}
 		for _, h := range hosts {
 			a := agents[h.ID]
@@ -858,8 +906,17 @@ func simulatePolicy(t *testing.T, seed uint64, seen map[string]int) {
 	desired := DesiredFunc(w.svc, newest)
 	st := w.svc.GetStatus()
 	for _, h := range hosts {
-		want, ok := desired(h.ID, h.Labels, agents[h.ID].report)
+		a := agents[h.ID]
+		want, ok := desired(h.ID, h.Labels, a.report)
 		v, g := want.Version, want.Generation
+		// No host is kept from its assignment by a generation no
+		// coordinator issued; one a coordinator could have issued keeps
+		// a host on what it runs only until a rollout over it.
+		if a.connected && madeUp(a.gen, g) && ok && (a.phase != v1.Phase_PHASE_REMOVED || want.Remove) {
+			fatalf("settled, %s holds generation %d, made up, and is told %v", h.ID, a.gen, want)
+		}
+		seen["refused"] += a.refused
+		seen["replaced"] += a.replaced
 		// A host left out by the selector removes the service if it has it.
 		// (Created anew, its first release may have failed: nothing is stable.)
 		stable := st.GetStableVersion()

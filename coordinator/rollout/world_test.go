@@ -917,13 +917,14 @@ func (w *world) desiredLines() []string {
 			out = append(out, h.ID+": nothing")
 			continue
 		}
-		if want.Remove {
-			out = append(out, fmt.Sprintf("%s: remove gen %d", h.ID, g))
-			continue
-		}
 		line := fmt.Sprintf("%s: %s gen %d", h.ID, v, g)
-		if _, rev := SpecFor(w.svc, cur, v, g); w.svc.GetSpecRevision() > 1 {
+		if want.Remove {
+			line = fmt.Sprintf("%s: remove gen %d", h.ID, g)
+		} else if _, rev := SpecFor(w.svc, cur, v, g); w.svc.GetSpecRevision() > 1 {
 			line += " " + SpecName(rev)
+		}
+		if want.Replaces != 0 {
+			line += fmt.Sprintf(" replaces %d", want.Replaces)
 		}
 		out = append(out, line)
 	}

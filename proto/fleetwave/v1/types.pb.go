@@ -4364,9 +4364,17 @@ type Assignment struct {
 	// keeps it without switching (release stays what runs), and reports it in
 	// ServiceReport.staged_sha256. Unset: nothing to stage (a staged release
 	// that is no longer wanted is dropped).
-	Stage         *Release `protobuf:"bytes,9,opt,name=stage,proto3" json:"stage,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Stage *Release `protobuf:"bytes,9,opt,name=stage,proto3" json:"stage,omitempty"`
+	// Set by the leader for a host that reports a generation of the service
+	// far above the one it assigns (more than rollout.MaxGenerationAhead: no
+	// coordinator of the fleet issued it; a compromised one could have):
+	// that reported generation. The agent takes this assignment although its
+	// generation is lower, while its accepted generation is still this one;
+	// otherwise it would refuse every later assignment as a replay. 0 = none;
+	// else above generation.
+	ReplacesGeneration int64 `protobuf:"varint,10,opt,name=replaces_generation,json=replacesGeneration,proto3" json:"replaces_generation,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Assignment) Reset() {
@@ -4460,6 +4468,13 @@ func (x *Assignment) GetStage() *Release {
 		return x.Stage
 	}
 	return nil
+}
+
+func (x *Assignment) GetReplacesGeneration() int64 {
+	if x != nil {
+		return x.ReplacesGeneration
+	}
+	return 0
 }
 
 // ArtifactSource is an agent that serves an artifact (ArtifactService.
@@ -5016,7 +5031,7 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\ametrics\x18\v \x01(\v2\x1b.fleetwave.v1.MetricSummaryR\ametrics\x12#\n" +
 	"\rstaged_sha256\x18\f \x01(\tR\fstagedSha256\x12.\n" +
 	"\x13stage_failed_sha256\x18\r \x01(\tR\x11stageFailedSha256\x12\x19\n" +
-	"\bin_place\x18\x0e \x01(\bR\ainPlace\"\x82\x03\n" +
+	"\bin_place\x18\x0e \x01(\bR\ainPlace\"\xb3\x03\n" +
 	"\n" +
 	"Assignment\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1e\n" +
@@ -5029,7 +5044,9 @@ const file_fleetwave_v1_types_proto_rawDesc = "" +
 	"\rspec_revision\x18\x06 \x01(\x03R\fspecRevision\x12\x16\n" +
 	"\x06remove\x18\a \x01(\bR\x06remove\x126\n" +
 	"\asources\x18\b \x03(\v2\x1c.fleetwave.v1.ArtifactSourceR\asources\x12+\n" +
-	"\x05stage\x18\t \x01(\v2\x15.fleetwave.v1.ReleaseR\x05stage\"C\n" +
+	"\x05stage\x18\t \x01(\v2\x15.fleetwave.v1.ReleaseR\x05stage\x12/\n" +
+	"\x13replaces_generation\x18\n" +
+	" \x01(\x03R\x12replacesGeneration\"C\n" +
 	"\x0eArtifactSource\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\"\xb5\x03\n" +
