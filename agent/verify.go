@@ -234,6 +234,12 @@ func (a *agent) refuse(s *service, asg *v1.Assignment, now time.Time) bool {
 			Int64("accepted_generation", s.m.Generation()).Msg("refusing a replayed assignment")
 		return false
 	}
+	if gen < s.m.Generation() {
+		// Not a replay: it replaces the accepted generation, one no
+		// coordinator of the fleet issued (a compromised one's).
+		a.log.Warn().Str("service", s.name).Int64("generation", gen).Str("version", lifecycle.Version(asg)).
+			Int64("replaced_generation", s.m.Generation()).Msg("an assignment replaces the accepted generation, which no coordinator of the fleet issued")
+	}
 	// A removed service takes any later release (lifecycle/remove.go):
 	// not a repeat, so it is verified whatever its generation.
 	removed := s.m.Phase() == v1.Phase_PHASE_REMOVED && !asg.GetRemove()
