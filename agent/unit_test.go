@@ -83,6 +83,9 @@ func TestValidateAssignment(t *testing.T) {
 	}{
 		{"service", func(a *v1.Assignment) { a.Service = "Bad_Name" }, "service", ""},
 		{"generation", func(a *v1.Assignment) { a.Generation = 0 }, "generation", ""},
+		{"replaces its own generation", func(a *v1.Assignment) { a.ReplacesGeneration = a.Generation }, "replaces_generation", ""},
+		{"replaces a lower generation", func(a *v1.Assignment) { a.Generation, a.ReplacesGeneration = 5, 4 }, "replaces_generation", "4"},
+		{"replaces a negative generation", func(a *v1.Assignment) { a.ReplacesGeneration = -5 }, "replaces_generation", "-5"},
 		{"release missing", func(a *v1.Assignment) { a.Release = nil }, "release", ""},
 		{"release service", func(a *v1.Assignment) { a.Release.Service = "other" }, "release.service", ""},
 		{"version", func(a *v1.Assignment) { a.Release.Version = "../etc" }, "release.version", ""},

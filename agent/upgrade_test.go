@@ -104,6 +104,7 @@ func TestValidateAgentAssignment(t *testing.T) {
 	}{
 		{func(a *v1.Assignment) { a.Service = "web" }, `agent.service: "web"`},
 		{func(a *v1.Assignment) { a.Generation = 0 }, "agent.generation: 0"},
+		{func(a *v1.Assignment) { a.ReplacesGeneration = a.Generation }, "agent.replaces_generation: "},
 		{func(a *v1.Assignment) { a.Release.Version = "../x" }, `agent.release.version: invalid version "../x"`},
 		{func(a *v1.Assignment) { a.Release.Version = "current" }, `agent.release.version: "current" is reserved`},
 		{func(a *v1.Assignment) { a.Release.Artifact.Sha256 = "x" }, "agent.release.artifact.sha256"},

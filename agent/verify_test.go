@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -435,6 +436,34 @@ func TestAgentRefusesUnverifiedReleases(t *testing.T) {
 	})
 	if got := currentLink(t, dataDir); got != "2.0.0" {
 		t.Fatalf("current -> %q after restart", got)
+	}
+
+	// A compromised coordinator sends the running release at the highest
+	// generation: valid, taken without a restart, and every lower
+	// generation is a replay from then on. The leader's assignment that
+	// names it as the one it replaces is taken, and verified like any: an
+	// unsigned release fails at its generation and nothing runs it; a
+	// signed one is taken.
+	fc.assign(at(math.MaxInt64, k.sign(t, v2, now, now.Add(time.Hour))))
+	fc.waitFor(t, "v2 at the highest generation", 10*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), math.MaxInt64, v1.Phase_PHASE_HEALTHY, "2.0.0")
+	})
+	replacing := func(gen int64, a *v1.Assignment) *v1.Assignment {
+		a = at(gen, a)
+		a.ReplacesGeneration = math.MaxInt64
+		return a
+	}
+	fc.assign(replacing(good+1, testAssignment("1.0.0", 0, d1, int64(len(v1Art)), "")))
+	fc.waitFor(t, "the unsigned replacement refused", 10*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		last := lastReport(rs, testSvc)
+		return reportIs(last, good+1, v1.Phase_PHASE_FAILED, "2.0.0") && strings.Contains(last.GetReason(), "release 1.0.0: unsigned: refused")
+	})
+	fc.assign(replacing(good+2, k.sign(t, v2, now, now.Add(time.Hour))))
+	fc.waitFor(t, "a signed assignment taken after the replacement", 10*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), good+2, v1.Phase_PHASE_HEALTHY, "2.0.0")
+	})
+	if pid := readPID(t, pidFile); pid != v2PID || currentLink(t, dataDir) != "2.0.0" {
+		t.Fatalf("the made-up generation and its replacement changed the service: pid %d -> %d, current %s", v2PID, pid, currentLink(t, dataDir))
 	}
 	cancel2()
 	waitDone(t, done2)
