@@ -555,3 +555,35 @@ func TestAgentReleaseFloor(t *testing.T) {
 	cancel2()
 	waitDone(t, done2)
 }
+
+// An assignment of a generation below 1 that names the accepted one as
+// the generation it replaces is refused and changes nothing; the service
+// takes the next assignment (found by an attack review: it lowered the
+// accepted generation to one the state file refuses, and every later
+// action of the service waited on a write that never succeeded).
+func TestAgentGenerationBelowOneReplacesNothing(t *testing.T) {
+	fc := newFakeCoordinator(t)
+	art := tarGz(t, map[string]string{"run.sh": runScript, "check.sh": goodCheck})
+	d := fc.addArtifact(art)
+	dataDir := t.TempDir()
+	cfg := Config{Insecure: true, Coordinators: []string{fc.addr}, HostID: testHostID, Labels: map[string]string{"port": "8081"}, DataDir: dataDir}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := runAgent(t, ctx, cfg, testOptions())
+	fc.assign(testAssignment("1.0.0", 1, d, int64(len(art)), ""))
+	fc.waitFor(t, "v1 healthy", 20*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 1, v1.Phase_PHASE_HEALTHY, "1.0.0")
+	})
+	fc.assign(&v1.Assignment{Service: testSvc, Generation: -5, ReplacesGeneration: 1})
+	fc.waitFor(t, "generation -5 refused", 10*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		last := lastReport(rs, testSvc)
+		return reportIs(last, 1, v1.Phase_PHASE_HEALTHY, "1.0.0") && strings.Contains(last.GetReason(), "refused assignment: generation -5")
+	})
+	fc.assign(testAssignment("1.0.0", 7, d, int64(len(art)), ""))
+	fc.waitFor(t, "the next assignment taken", 10*time.Second, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 7, v1.Phase_PHASE_HEALTHY, "1.0.0")
+	})
+	cancel()
+	waitDone(t, done)
+	stopServices(t, dataDir)
+}

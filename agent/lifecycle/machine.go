@@ -80,8 +80,13 @@ func assigned(a *v1.Assignment, invalid string) *pendingAssign {
 // coordinator of its fleet issued (one far above its own, which a
 // compromised coordinator could have sent: rollout.MaxGenerationAhead),
 // which would otherwise keep the host from every later assignment.
+// Only a generation above 0 replaces one (an invalid assignment is fed to
+// the machine too, and one below 1 would lower the accepted generation to
+// one the state file refuses, holding the service's later actions: found
+// by an attack review).
 func (p *pendingAssign) older(accepted int64) bool {
-	return p.gen < accepted && p.replaces != accepted
+	replaces := p.gen > 0 && p.replaces > 0 && p.replaces == accepted
+	return p.gen < accepted && !replaces
 }
 
 // describe names what was assigned: "release V" or "an invalid assignment".

@@ -2,6 +2,7 @@ package rollout
 
 import (
 	"fmt"
+	"math"
 
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -31,11 +32,19 @@ func madeUp(reported, issued int64) bool {
 	return reported-issued > MaxGenerationAhead // both >= 0: no overflow
 }
 
-// replacing is w for a host whose report is rep: naming the generation it
-// replaces when rep's is made up (madeUp).
-func replacing(w Want, ok bool, rep *v1.ServiceReport) (Want, bool) {
-	if ok && madeUp(rep.GetGeneration(), w.Generation) {
-		w.Replaces = rep.GetGeneration()
+// replacing is w for a host whose report is rep: naming rep's generation
+// as the one it replaces when it is above w's and no coordinator of the
+// fleet issued it (madeUp). A host a rollout moved (planned: w is at the
+// rollout's generation) is taken as made up whenever it is above: the
+// rollout was planned above every generation within reach of the counter
+// that its hosts reported (planAbove), so one above it now was made up (or
+// reported since by a coordinator that was not the leader). A host whose
+// service is REMOVED takes any assignment: nothing to replace.
+func replacing(w Want, ok bool, rep *v1.ServiceReport, planned bool) (Want, bool) {
+	g := rep.GetGeneration()
+	removed := rep.GetPhase() == v1.Phase_PHASE_REMOVED // takes any assignment
+	if ok && !removed && g > w.Generation && (planned || madeUp(g, w.Generation)) {
+		w.Replaces = g
 	}
 	return w, ok
 }
@@ -54,7 +63,7 @@ func planAbove(r *v1.Rollout, obs func(hostID string) Observation) string {
 	for _, w := range r.GetWaves() {
 		for _, h := range w.GetHosts() {
 			g := obs(h.GetHostId()).Report.GetGeneration()
-			if g >= r.GetGeneration() && !madeUp(g, counter) {
+			if g >= r.GetGeneration() && g < math.MaxInt64 && !madeUp(g, counter) {
 				r.Generation, by = g+1, h.GetHostId()
 			}
 		}

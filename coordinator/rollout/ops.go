@@ -227,14 +227,12 @@ func Desired(svc *v1.Service, r *v1.Rollout, hostID string, labels map[string]st
 		for _, w := range r.GetWaves() {
 			for _, h := range w.GetHosts() {
 				if h.GetHostId() == hostID {
-					w, ok := desired(svc, r, h.GetState(), true, labels, rep)
-					return replacing(w, ok, rep)
+					return desired(svc, r, h.GetState(), true, labels, rep)
 				}
 			}
 		}
 	}
-	w, ok := desired(svc, r, 0, false, labels, rep)
-	return replacing(w, ok, rep)
+	return desired(svc, r, 0, false, labels, rep)
 }
 
 // DesiredFunc returns Desired for svc and r with the plan indexed once, for
@@ -254,8 +252,7 @@ func DesiredFunc(svc *v1.Service, r *v1.Rollout) func(hostID string, labels map[
 	}
 	return func(hostID string, labels map[string]string, rep *v1.ServiceReport) (Want, bool) {
 		st, inPlan := idx[hostID]
-		w, ok := desired(svc, r, st, inPlan, labels, rep)
-		return replacing(w, ok, rep)
+		return desired(svc, r, st, inPlan, labels, rep)
 	}
 }
 
@@ -267,6 +264,12 @@ func planIndexed(r *v1.Rollout) bool {
 
 func desired(svc *v1.Service, r *v1.Rollout, st v1.HostRolloutState, inPlan bool, labels map[string]string, rep *v1.ServiceReport) (Want, bool) {
 	moved := inPlan && st != v1.HostRolloutState_HOST_ROLLOUT_STATE_PENDING && st != v1.HostRolloutState_HOST_ROLLOUT_STATE_UNSPECIFIED
+	w, ok := want(svc, r, moved, inPlan, labels, rep)
+	return replacing(w, ok, rep, moved && w.Generation == r.GetGeneration())
+}
+
+// want is desired without the generation a host's assignment replaces.
+func want(svc *v1.Service, r *v1.Rollout, moved, inPlan bool, labels map[string]string, rep *v1.ServiceReport) (Want, bool) {
 	if moved && !Terminal(r) && !r.GetRemove() {
 		return Want{Version: r.GetToVersion(), Generation: r.GetGeneration()}, true
 	}

@@ -290,3 +290,38 @@ func TestRestored(t *testing.T) {
 		t.Error("a rollout still progressing counts as restored")
 	}
 }
+
+// A host a rollout assigns takes the assignment, whatever generation it
+// reports: one within reach of the counter is planned over (planAbove),
+// any other above the rollout's is replaced, also between the two (found
+// by an attack review: a report just beyond reach of the counter, or one
+// within reach of a generation another host's report raised the rollout
+// to, was neither, and the host refused the rollout's assignment).
+func TestRolloutHostsTakeTheirAssignment(t *testing.T) {
+	pol := &v1.RolloutPolicy{NoCanary: true, Waves: []uint32{100}, MaxParallel: 10}
+	svc := newSvc(pol, map[string]string{"role": "web"})
+	hosts := zoned(3, "a")
+	web := map[string]string{"role": "web"}
+	rep := func(g int64) Observation {
+		return Observation{Connected: true, Report: &v1.ServiceReport{Service: "web", Generation: g, Phase: pHealthy, CurrentVersion: fromV}}
+	}
+	for _, f := range []fleet{
+		{"host-000": rep(stableGen + MaxGenerationAhead)},
+		{"host-000": rep(stableGen + MaxGenerationAhead + 1)},
+		{"host-001": rep(stableGen + MaxGenerationAhead), "host-000": rep(stableGen + MaxGenerationAhead + 500)},
+		{"host-000": rep(math.MaxInt64)},
+		{"host-000": rep(stableGen - 1)},
+	} {
+		r, _, _ := Begin(svc, toV, hosts, f.obs, t0)
+		for _, h := range hosts {
+			rep := f[h.ID].Report
+			w, ok := Desired(svc, r, h.ID, web, rep)
+			if takes := w.Generation > rep.GetGeneration() || w.Replaces == rep.GetGeneration(); !ok || !takes || w.Version != toV {
+				t.Errorf("reports %v: %s (reporting generation %d) is assigned %v, %v: refused as a replay", f, h.ID, rep.GetGeneration(), w, ok)
+			}
+			if w.Replaces != 0 && w.Replaces <= w.Generation {
+				t.Errorf("%s is assigned %v: replaces a generation not above its own", h.ID, w)
+			}
+		}
+	}
+}
