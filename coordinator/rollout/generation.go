@@ -2,7 +2,6 @@ package rollout
 
 import (
 	"fmt"
-	"math"
 
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
@@ -24,6 +23,9 @@ import (
 //     replace (Want.Replaces, Assignment.replaces_generation), which the
 //     agent takes while it still holds that generation.
 const MaxGenerationAhead = 1 << 20
+
+// maxGeneration is the highest generation (2^63-1): none is planned above it.
+const maxGeneration = 1<<63 - 1
 
 // madeUp says whether reported, a host's generation of a service, is one no
 // coordinator of the fleet issued, given issued, the one the leader
@@ -63,7 +65,7 @@ func planAbove(r *v1.Rollout, obs func(hostID string) Observation) string {
 	for _, w := range r.GetWaves() {
 		for _, h := range w.GetHosts() {
 			g := obs(h.GetHostId()).Report.GetGeneration()
-			if g >= r.GetGeneration() && g < math.MaxInt64 && !madeUp(g, counter) {
+			if g >= r.GetGeneration() && g < maxGeneration && !madeUp(g, counter) {
 				r.Generation, by = g+1, h.GetHostId()
 			}
 		}
