@@ -32,6 +32,9 @@ type proc struct {
 	// notify once READY=1; an adopted or found process is taken as
 	// serving). Only a process that served is drained when stopped.
 	ready bool
+	// limitsUnknown: a write of limits to its cgroup failed (ActSetLimits):
+	// it may run with limits of neither spec, so it is no release's.
+	limitsUnknown bool
 }
 
 // stopKind says why the ActStop in flight stops its process.
@@ -271,7 +274,8 @@ func Restore(s Snapshot, found []Running, now time.Time) (*Machine, []Action) {
 	}
 	for _, f := range found {
 		m.epoch = max(m.epoch, f.Epoch) // epochs go on from the running processes'
-		m.procs = append(m.procs, &proc{epoch: f.Epoch, v: f.Version, a: s.release(f.Version), ready: true})
+		m.procs = append(m.procs, &proc{epoch: f.Epoch, v: f.Version, a: s.release(f.Version), ready: true,
+			limitsUnknown: f.Epoch != 0 && f.Epoch == s.LimitsUnknown})
 	}
 	if s.Phase == v1.Phase_PHASE_REMOVING || s.Phase == v1.Phase_PHASE_REMOVED {
 		return m, m.restoreRemove(now)
@@ -288,9 +292,11 @@ func Restore(s Snapshot, found []Running, now time.Time) (*Machine, []Action) {
 		targetOf, goodOf = m.foundEpoch(tgt, func(e uint64) bool { return e == s.TargetEpoch }), m.foundEpoch(good, func(e uint64) bool { return e != s.TargetEpoch })
 		specInstall = false
 	}
-	if inPlaceChange(s.Target, s.LastGood) {
+	if inPlaceChange(s.Target, s.LastGood) && (s.InPlace || !resized(s.Target, s.LastGood)) {
 		// An in-place install (or its revert): the process of the release
-		// runs the same under either spec, so it is both's (spec.go). Two
+		// runs the same under either spec, so it is both's (spec.go); not
+		// a resize installed as any other (not in place: the process the
+		// target's start did not replace has the last good limits). Two
 		// found (a handover of such a change installed as any other) are
 		// still told apart by the recorded epoch.
 		targetOf, goodOf, specInstall = m.foundOf(tgt), m.foundOf(good), false
@@ -364,15 +370,21 @@ func Restore(s Snapshot, found []Running, now time.Time) (*Machine, []Action) {
 		m.currentOK = false
 		m.report()
 		if p := goodOf; p != nil && !specInstall {
-			// The revert had started the last good release: re-check it.
+			// The revert had started the last good release, or kept its
+			// process (the failed one never took over): re-check it, once
+			// `current` is switched back (unless it was: the snapshot says).
 			beside := m.keep(p, m.lastGood)
-			m.switched = true
-			m.current = m.lastGood
-			if beside {
+			if m.switched = cur == good; m.switched {
+				m.current = m.lastGood
+			}
+			switch {
+			case beside:
 				m.stopProc(m.procs[0], stopOld)
-			} else {
+			case m.switched:
 				m.beginChecks(m.lastGood, p.epoch, now)
 				m.evaluate(now)
+			default:
+				m.revertNext(now) // the switch back, then the checks
 			}
 			return m, m.take()
 		}
@@ -635,6 +647,11 @@ func (m *Machine) Snapshot() *Snapshot {
 	if m.chk.active && m.chk.watching {
 		s.WatchUntil, s.Previous = m.chk.watchUntil, m.chk.prevGood
 	}
+	for _, p := range m.procs {
+		if p.limitsUnknown {
+			s.LimitsUnknown = p.epoch
+		}
+	}
 	return s
 }
 
@@ -856,6 +873,10 @@ func (m *Machine) checkLaunched(t time.Time) {
 		m.beginChecks(m.target, p.epoch, t) // reports (and clears old check results)
 		m.evaluate(t)
 	case opRevert:
+		if !m.switched {
+			m.revertNext(t) // adopted after a restart: `current` is switched back first
+			return
+		}
 		m.beginChecks(m.lastGood, p.epoch, t)
 		m.evaluate(t)
 	case opRecover:
@@ -1203,7 +1224,7 @@ func (m *Machine) goodProc() *proc {
 		return nil
 	}
 	for _, p := range m.procs {
-		if p.v == Version(m.lastGood) {
+		if p.v == Version(m.lastGood) && !p.limitsUnknown && !resized(p.a, m.lastGood) {
 			return p
 		}
 	}

@@ -127,6 +127,9 @@ func (m *Machine) setLimits(a *v1.Assignment, p *proc) {
 // by a restart with the last good spec (revertNext: stopped, `current`
 // already points at the release, started).
 func (m *Machine) limitsDone(err error, t time.Time) {
+	if len(m.procs) == 1 {
+		m.procs[0].limitsUnknown = err != nil // the process written to (inPlace, revertsInPlace)
+	}
 	if d := m.deferred; d != "" && err == nil {
 		// The checks failed while the limits were written (a crash loop).
 		m.deferred = ""

@@ -458,6 +458,10 @@ type Snapshot struct {
 	// written) and no process has been started since
 	// (ServiceReport.in_place; spec.go).
 	InPlace bool
+	// LimitsUnknown is the epoch of the process that a failed write of
+	// resource limits (ActSetLimits) left with limits of neither spec (0:
+	// none): no revert keeps it as the last good release's (spec.go).
+	LimitsUnknown uint64
 }
 
 // Running is what the caller found running of a service when it restores

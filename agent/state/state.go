@@ -70,6 +70,10 @@ type file struct {
 	// InPlace (added within format 2; absent in older files, read as
 	// false): target was installed in place, no process started since.
 	InPlace bool `json:"in_place,omitempty"`
+	// LimitsUnknown (added within format 2; absent in older files, read as
+	// 0: none): the epoch of the process a failed write of resource limits
+	// left with limits of neither spec.
+	LimitsUnknown uint64 `json:"limits_unknown,omitempty"`
 	// Sockets and Notify (added within format 2; absent in older files):
 	// the Runtime record.
 	Sockets []sockets.Identity `json:"sockets,omitempty"`
@@ -193,7 +197,7 @@ func Marshal(s *lifecycle.Snapshot) ([]byte, error) {
 func MarshalWith(s *lifecycle.Snapshot, rt Runtime) ([]byte, error) {
 	f := file{
 		Format: Format, Service: s.Service, Phase: s.Phase.String(), Generation: s.Generation, Reason: s.Reason,
-		WatchUntil: s.WatchUntil, CurrentOK: s.CurrentOK, TargetEpoch: s.TargetEpoch, InPlace: s.InPlace, Sockets: rt.Sockets, Notify: rt.Notify,
+		WatchUntil: s.WatchUntil, CurrentOK: s.CurrentOK, TargetEpoch: s.TargetEpoch, InPlace: s.InPlace, LimitsUnknown: s.LimitsUnknown, Sockets: rt.Sockets, Notify: rt.Notify,
 	}
 	raws := []*json.RawMessage{&f.Current, &f.LastGood, &f.Target, &f.Previous}
 	for i, r := range fields(s) {
@@ -257,6 +261,7 @@ func unmarshalCurrent(b []byte) (*lifecycle.Snapshot, Runtime, error) {
 	s.CurrentOK = f.CurrentOK
 	s.TargetEpoch = f.TargetEpoch
 	s.InPlace = f.InPlace
+	s.LimitsUnknown = f.LimitsUnknown
 	rt := Runtime{Sockets: f.Sockets, Notify: f.Notify}
 	raws := []json.RawMessage{f.Current, f.LastGood, f.Target, f.Previous}
 	for i, r := range fields(s) {

@@ -29,7 +29,7 @@ func sample() *lifecycle.Snapshot {
 	a1, a2 := asg("web", "v1", 1), asg("web", "v2", 2)
 	return &lifecycle.Snapshot{
 		Service: "web", Phase: v1.Phase_PHASE_CHECKING, Generation: 2, Reason: "why",
-		Current: a2, LastGood: a1, Target: a2, TargetEpoch: 3, InPlace: true,
+		Current: a2, LastGood: a1, Target: a2, TargetEpoch: 3, InPlace: true, LimitsUnknown: 2,
 	}
 }
 
@@ -38,7 +38,7 @@ func equal(t *testing.T, got, want *lifecycle.Snapshot) {
 	t.Helper()
 	if got.Service != want.Service || got.Phase != want.Phase || got.Generation != want.Generation ||
 		got.Reason != want.Reason || !got.WatchUntil.Equal(want.WatchUntil) || got.CurrentOK != want.CurrentOK || got.TargetEpoch != want.TargetEpoch ||
-		got.InPlace != want.InPlace {
+		got.InPlace != want.InPlace || got.LimitsUnknown != want.LimitsUnknown {
 		t.Fatalf("loaded %+v, want %+v", got, want)
 	}
 	for _, f := range []struct {
