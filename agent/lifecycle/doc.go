@@ -76,7 +76,13 @@
 // watched for the rest of it); an install resumes the step it was in (at
 // the fetch before its switch, where a staged release is only re-verified;
 // after it, the target is adopted or started and checked with a fresh
-// checking period); a revert resumes. An agent restart is never a
+// checking period); a revert resumes. An install restored in SWITCHING may
+// have switched unseen: `current` is first switched back to the release
+// that runs and read back, and FETCHING is durable only then (should the
+// link stay elsewhere, the install ends FAILED at once, starts nothing and
+// reports as current what the link says, as a failed switch back does), so
+// an install abandoned or failed before its own switch leaves `current` on
+// the release that runs. An agent restart is never a
 // release's failure: only the release's own behaviour reverts it. When
 // nothing adoptable runs (a reboot, a process that died while no agent
 // watched it), a settled service or an install before its switch recovers:

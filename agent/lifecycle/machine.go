@@ -184,6 +184,10 @@ type Machine struct {
 	inflight ActionKind // long step in flight, 0 = none
 	seq      uint64
 	switched bool // revert/recover: the switch step is done
+	// relink: an install restored from SWITCHING, whose switch may have
+	// happened unseen: `current` is switched back to the release that runs
+	// (current) and read back before the fetch resumes (resumeFetch).
+	relink bool
 
 	epoch  uint64
 	chk    checkState
@@ -230,7 +234,9 @@ func New(service string) *Machine {
 //   - an install before its switch (FETCHING .. SWITCHING), with the
 //     current release running (or none ever ran): the install resumes at
 //     FETCHING (a staged release is only re-verified) and the running
-//     release is adopted.
+//     release is adopted. From SWITCHING `current` is switched back to
+//     the current release first and read back (resumeFetch): the switch
+//     may have happened.
 //   - an install after its switch (STARTING, CHECKING): the target's
 //     process is adopted or, if it is not running, started (beside the old
 //     release's process when both declare sockets, else after stopping
@@ -318,14 +324,18 @@ func Restore(s Snapshot, found []Running, now time.Time) (*Machine, []Action) {
 		case p != nil || (len(found) == 0 && m.current == nil && m.lastGood == nil):
 			// The release before the install runs on (or there is none):
 			// resume the install where it can be proven, at the fetch.
+			// From SWITCHING the switch may have happened unseen: FETCHING
+			// is durable only once `current` is read back where the
+			// snapshot says (resumeFetch).
 			m.op = opInstall
+			m.relink = s.Phase == v1.Phase_PHASE_SWITCHING
 			beside := p != nil && m.keep(p, m.current)
-			m.setPhase(v1.Phase_PHASE_FETCHING, true)
+			m.setPhase(v1.Phase_PHASE_FETCHING, !m.relink)
 			if beside {
 				m.op = opAdopt // then the fetch
 				m.stopProc(m.procs[0], stopOld)
 			} else {
-				m.startStep(ActFetch, m.target)
+				m.resumeFetch()
 			}
 			return m, m.take()
 		default:
@@ -886,7 +896,7 @@ func (m *Machine) checkLaunched(t time.Time) {
 	case opAdopt:
 		if m.phase == v1.Phase_PHASE_FETCHING {
 			m.op = opInstall // the install before its switch resumes
-			m.startStep(ActFetch, m.target)
+			m.resumeFetch()
 			return
 		}
 		m.op = opNone
@@ -1053,6 +1063,10 @@ func (m *Machine) onDone(in Input, t time.Time) {
 	}
 	switch m.op {
 	case opInstall:
+		if k == ActSwitch && m.relink {
+			m.relinked(err, in, t)
+			return
+		}
 		m.installDone(k, err, t)
 	case opRevert:
 		if k == ActSwitch && err != nil {
@@ -1320,6 +1334,39 @@ func (m *Machine) recoverSwitchFailed(err error, in Input, t time.Time) {
 	m.reason = "after agent restart " + m.switchBackFailed(m.recWhat, err, in)
 	m.setPhase(v1.Phase_PHASE_FAILED, true)
 	m.settle(t)
+}
+
+// resumeFetch resumes an install before its switch at the fetch (Restore).
+// Restored from SWITCHING (relink), the switch may have happened while no
+// agent watched: a switch is never assumed either way, so `current` is
+// first switched back to the release that runs (none: the link removed),
+// and read back (relinked).
+func (m *Machine) resumeFetch() {
+	if m.relink {
+		m.startStep(ActSwitch, m.current)
+		return
+	}
+	m.startStep(ActFetch, m.target)
+}
+
+// relinked takes the end of resumeFetch's switch back. `current` points
+// where the snapshot says: FETCHING is made durable and the fetch resumes.
+// Otherwise (the link may point at the target, never verified again nor
+// started) the install ends FAILED at once, starts nothing, and reports as
+// current what the link says, as a revert's or a recovery's failed switch
+// back does.
+func (m *Machine) relinked(err error, in Input, t time.Time) {
+	m.relink = false
+	if err != nil && !(in.LinkKnown && in.Link == Version(m.current)) {
+		m.op = opNone
+		m.currentOK = false
+		m.reason = "after agent restart " + m.switchBackFailed(m.current, err, in)
+		m.setPhase(v1.Phase_PHASE_FAILED, true)
+		m.settle(t)
+		return
+	}
+	m.persist()
+	m.startStep(ActFetch, m.target)
 }
 
 // known returns the assignment of a version the machine knows (current,

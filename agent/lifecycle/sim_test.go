@@ -231,6 +231,10 @@ type sim struct {
 	prevInPlace  bool
 	recovering   bool
 	afterRestore bool // the next switch must be the recovery's, to the last good release
+	// relinking: an install restored from SWITCHING (the switch may have
+	// happened): its next long step must switch `current` back to the
+	// persisted current, before the fetch
+	relinking bool
 
 	// the Restore being applied (0: none), what it must report first, and
 	// the processes it found
@@ -646,6 +650,12 @@ func (s *sim) apply(acts []Action) {
 		s.log = append(s.log, "  -> "+a.String())
 		switch a.Kind {
 		case ActFetch:
+			// An install restored from SWITCHING resumes knowing where
+			// `current` points: switched back first (its switch may have
+			// happened; what it fails or is abandoned back to is what runs).
+			if s.relinking {
+				s.fatalf("%v restored from SWITCHING before `current` was switched back (it points at %q)", a, s.link)
+			}
 			s.stoppedSinceFetch, s.switchedSinceFetch = false, false
 			s.linkAtFetch, s.procsAtFetch = s.link, s.procList()
 		case ActStop:
@@ -710,6 +720,9 @@ func (s *sim) apply(acts []Action) {
 			}
 		case ActSwitch:
 			s.switchedSinceFetch = true
+			if s.relinking && a.Version != Version(s.persisted.Current) {
+				s.fatalf("restored from SWITCHING, switched to %q, not back to %q", a.Version, Version(s.persisted.Current))
+			}
 
 			if s.afterRestore {
 				s.afterRestore = false
@@ -1121,6 +1134,14 @@ func (s *sim) finish() {
 			s.link = ""
 		}
 	}
+	if a.Kind == ActSwitch && s.relinking {
+		// The switch back after a restart from SWITCHING: if it failed,
+		// the install ends FAILED on what the link says, the host as it
+		// is now (the switch before the restart changed it).
+		s.relinking = false
+		s.stoppedSinceFetch, s.switchedSinceFetch = false, false
+		s.linkAtFetch, s.procsAtFetch = s.link, s.procList()
+	}
 	if a.Kind == ActSwitch {
 		s.step(SwitchDone(a.Seq, err, s.link, s.now))
 		return
@@ -1236,6 +1257,7 @@ func (s *sim) restart() {
 	s.prevInPlace = s.persisted.InPlace
 	s.recovering = kind == restoreRecover
 	s.afterRestore = kind == restoreRecover
+	s.relinking = kind == restoreResumeFetch && s.persisted.Phase == v1.Phase_PHASE_SWITCHING
 	s.prev = s.persisted.Phase
 	adopted, long := 0, []ActionKind{}
 	for _, a := range acts {
@@ -1261,7 +1283,9 @@ func (s *sim) restart() {
 		for _, k := range long {
 			// (A revert whose switch back was not recorded switches back:
 			// the link may still point at the failed release.)
-			switchBack := kind == restoreResumeRevert && Version(s.persisted.Current) != wanted
+			// (Nor an install restored from SWITCHING: the switch may have
+			// happened.)
+			switchBack := kind == restoreResumeRevert && Version(s.persisted.Current) != wanted || s.relinking
 			if k == ActStart || (k == ActSwitch && !switchBack) || (k == ActStop && len(found) == 1) {
 				s.fatalf("Restore (%v) adopted %q and also emitted %v", kind, wanted, k)
 			}
@@ -1577,9 +1601,15 @@ func (s *sim) hookEnded(a Action, err error) {
 		if p == v1.Phase_PHASE_FAILED && r.Generation == gen && !strings.Contains(r.Reason, want) {
 			s.fatalf("after_install failed: FAILED with reason %q, want it to name %q", r.Reason, want)
 		}
-	case p != v1.Phase_PHASE_REVERTING || !strings.Contains(r.Reason, want) && !(s.verdict == VerdictFail && strings.Contains(r.Reason, "rule ")):
-		// (An analysis that failed while the hook ran may be the reason
-		// the revert names: the first failure it saw.)
+	case p == v1.Phase_PHASE_REVERTED && r.LastGoodVersion == a.Version && r.CurrentVersion == a.Version:
+		// The hook's release is the last good one (assigned again after a
+		// rollback): its process is kept and re-checked, which may end the
+		// revert at once.
+	case p != v1.Phase_PHASE_REVERTING || !strings.Contains(r.Reason, want) && !(s.verdict == VerdictFail && strings.Contains(r.Reason, "rule ")) &&
+		!strings.Contains(r.Reason, "crash loop"):
+		// (An analysis failure or a crash loop that came while the hook
+		// ran, held until it ended, may be the reason the revert names:
+		// the first failure it saw.)
 		s.fatalf("%v failed in %v: now %v with reason %q", a, before, p, r.Reason)
 	case a.Hook == hookspec.BeforeStop:
 		if s.procs[a.Epoch] == nil {
