@@ -32,8 +32,10 @@ type proc struct {
 	// notify once READY=1; an adopted or found process is taken as
 	// serving). Only a process that served is drained when stopped.
 	ready bool
-	// limitsUnknown: a write of limits to its cgroup failed (ActSetLimits):
-	// it may run with limits of neither spec, so it is no release's.
+	// limitsUnknown: a write of limits to its cgroup failed (ActSetLimits),
+	// or a failed revert left it serving with the reverted spec's limits
+	// (launchFailed): it may run with limits of neither spec the snapshot
+	// names, so it is no release's.
 	limitsUnknown bool
 }
 
@@ -920,6 +922,14 @@ func (m *Machine) launchFailed(why string, t time.Time) {
 		m.currentOK = false
 		if len(m.procs) == 0 {
 			m.current = nil
+		}
+		for _, p := range m.procs {
+			if p.a != nil && p.v == Version(m.lastGood) && resized(p.a, m.lastGood) {
+				// It keeps serving with the reverted spec's limits (a resize
+				// installed in place), which the snapshot does not keep as
+				// its release's: after an agent restart it is no release's.
+				p.limitsUnknown = true
+			}
 		}
 		m.reason += fmt.Sprintf("; restart last good %s: %s%s", Version(m.lastGood), why, kept)
 		m.setPhase(v1.Phase_PHASE_FAILED, true)

@@ -653,6 +653,9 @@ func (tr *trace) action(a Action) string {
 		if s.InPlace {
 			b.WriteString(" in_place")
 		}
+		if s.LimitsUnknown != 0 {
+			fmt.Fprintf(&b, " limits_unknown=%d", s.LimitsUnknown)
+		}
 	case ActReport:
 		r := a.Report
 		fmt.Fprintf(&b, " %s gen=%d cur=%s good=%s target=%s", phaseName(r.Phase), r.Generation,

@@ -459,8 +459,10 @@ type Snapshot struct {
 	// (ServiceReport.in_place; spec.go).
 	InPlace bool
 	// LimitsUnknown is the epoch of the process that a failed write of
-	// resource limits (ActSetLimits) left with limits of neither spec (0:
-	// none): no revert keeps it as the last good release's (spec.go).
+	// resource limits (ActSetLimits) left with limits of neither spec, or
+	// that a revert whose restart failed left serving with the reverted
+	// spec's limits (0: none): no revert keeps it as the last good
+	// release's (spec.go).
 	LimitsUnknown uint64
 }
 
