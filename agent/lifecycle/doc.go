@@ -19,6 +19,9 @@
 // generation) ends the watch; so does the end of the window, after which the
 // release is only supervised. Reverts and recoveries re-check the last good
 // release with its health checks only (no analysis), and are not watched.
+// The watch ends (or reverts) before anything else happens at a time: check
+// results fed then are the watched spec's, and the checking period of a
+// revert that began then takes nothing from them.
 // A revert (like a recovery) whose switch back fails ends FAILED at once,
 // starts nothing, and reports as current what the link says.
 //

@@ -195,6 +195,9 @@ type Machine struct {
 	chk    checkState
 	checks []CheckResult
 	rules  []RuleResult // latest analysis results of the checked release
+	// periods counts the checking periods begun (beginChecks): a Step
+	// whose expiry began one takes its check results as the ended one's.
+	periods uint64
 
 	rec      recoverKind
 	restored v1.Phase
@@ -526,8 +529,16 @@ func (m *Machine) Step(in Input) []Action {
 	// The watch ends (or reverts, on checks that failed long enough before
 	// it ended), and a process late to be ready fails, before anything else
 	// happens at t.
+	// Check results fed at t were probed for the checking period before
+	// those expiries: a period they began (a revert in place re-checks the
+	// same process under the last good spec, whose checks may differ) takes
+	// nothing from them.
+	periods := m.periods
 	m.expireWatch(t)
 	m.expireReady(t)
+	if in.Kind == InputChecks && m.periods != periods {
+		return m.take()
+	}
 	switch in.Kind {
 	case InputAssign:
 		if in.Assignment != nil {
@@ -1430,6 +1441,7 @@ func (m *Machine) recoverOutcome(ok bool, why string, t time.Time) {
 // beginChecks starts a checking period of release a's process with epoch.
 func (m *Machine) beginChecks(a *v1.Assignment, epoch uint64, t time.Time) {
 	n := len(a.GetSpec().GetChecks())
+	m.periods++
 	m.chk = checkState{
 		active:     true,
 		epoch:      epoch,
