@@ -1014,10 +1014,14 @@ func (s *sim) checkReport(r *v1.ServiceReport) {
 		// the one that served when the install began (a handover whose new
 		// process never became ready kept it, and the revert's switch back
 		// then failed: seen once config installs of a running release,
-		// issue 14, took the simulation down new paths).
+		// issue 14, took the simulation down new paths). That one may be
+		// of neither release: a FAILED revert whose restart of the last good
+		// release failed left it serving (the release it reverted), and the
+		// next install began beside it.
 		_, only := s.only()
 		if p != v1.Phase_PHASE_FAILED || r.CurrentVersion != s.link ||
-			(len(s.procs) > 0 && (only == nil || (only.v != r.CurrentVersion && only.v != r.LastGoodVersion && only.v != s.linkAtFetch))) {
+			(len(s.procs) > 0 && (only == nil || (only.v != r.CurrentVersion && only.v != r.LastGoodVersion && only.v != s.linkAtFetch &&
+				s.procList() != s.procsAtFetch))) {
 			s.fatalf("settled in %v with current %q != last good %q (link %q, running %s)",
 				p, r.CurrentVersion, r.LastGoodVersion, s.link, s.procList())
 		}
