@@ -192,6 +192,7 @@ type sim struct {
 	resizes, resizesFailed, resizeAdoptions int
 	chkAnalyse                              bool      // analysed when it has rules: an install's check or a resumed watch
 	verdict                                 Verdict   // latest analysis verdict fed for chkEpoch
+	failFed                                 bool      // a Fail verdict was fed in this checking period
 	exits                                   int       // exits of chkEpoch's process
 	failSince                               time.Time // checks failing continuously since (zero: not)
 	// failSince before the input being stepped changed it
@@ -820,7 +821,7 @@ func (s *sim) apply(acts []Action) {
 				s.chkInstall = s.restoring == restoreResumeInstall
 			}
 			s.chkAnalyse = s.chkInstall
-			s.verdict = 0
+			s.verdict, s.failFed = 0, false
 			s.exits = 0
 			s.failSince = time.Time{}
 			s.zeroChecks = len(a.Assignment.GetSpec().GetChecks()) == 0
@@ -1428,6 +1429,7 @@ func runSim(t *testing.T, seed uint64, steps int, seen map[[2]v1.Phase]int, st *
 					epoch-- // a late verdict on an older process: must be ignored
 				} else if s.analysing() {
 					s.verdict = v
+					s.failFed = s.failFed || v == VerdictFail
 				}
 				res := RuleResult{Rule: "errors", Verdict: v, Reason: fmt.Sprintf("rule %q: %v", "errors", v)}
 				s.step(Analysis(epoch, s.now, v, res))
@@ -1609,11 +1611,11 @@ func (s *sim) hookEnded(a Action, err error) {
 		// The hook's release is the last good one (assigned again after a
 		// rollback): its process is kept and re-checked, which may end the
 		// revert at once.
-	case p != v1.Phase_PHASE_REVERTING || !strings.Contains(r.Reason, want) && !(s.verdict == VerdictFail && strings.Contains(r.Reason, "rule ")) &&
+	case p != v1.Phase_PHASE_REVERTING || !strings.Contains(r.Reason, want) && !(s.failFed && strings.Contains(r.Reason, "rule ")) &&
 		!strings.Contains(r.Reason, "crash loop"):
-		// (An analysis failure or a crash loop that came while the hook
-		// ran, held until it ended, may be the reason the revert names:
-		// the first failure it saw.)
+		// (An analysis failure, even one a later verdict passed, or a
+		// crash loop that came while the hook ran, held until it ended,
+		// may be the reason the revert names: the first failure it saw.)
 		s.fatalf("%v failed in %v: now %v with reason %q", a, before, p, r.Reason)
 	case a.Hook == hookspec.BeforeStop:
 		if s.procs[a.Epoch] == nil {
