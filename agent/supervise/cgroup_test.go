@@ -820,3 +820,76 @@ func TestOOMKillWithoutMemoryMaxIsAnExit(t *testing.T) {
 		t.Fatal("the process allocated 256 MiB under the 16 MiB written: the test's premise")
 	}
 }
+
+// TestStopPinsTheLeadersPid: a daemon that left the process group and
+// ignores SIGTERM holds a stop open for its grace after the leader exited.
+// Until the stop is done the leader's pid, the group's number, stays taken
+// (its zombie), so that the SIGKILL at the end of the grace reaches no
+// process that took the number over. Found by an attack review: the
+// leader was reaped at once, and an unrelated process group leader that got
+// the freed pid (the service can cycle pids to place one) was SIGKILLed.
+// Where ns_last_pid can be written, an unrelated group leader is aimed at
+// that pid during the grace and must not get it nor be killed.
+func TestStopPinsTheLeadersPid(t *testing.T) {
+	c := testCgroups(t)
+	cfg := shellConfig(t, daemon+` & echo "grandchild pid=$!"; echo ready pid=$$; exec sleep 600`)
+	cfg.Cgroups = c
+	cfg.StopGrace = within // ended early below by killing the daemon
+	s := New(cfg, testLogger(t))
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	pid := waitReady(t, cfg.LogPath, 1)[0]
+	m := grandchildRE.FindStringSubmatch(readFile(t, cfg.LogPath))
+	if m == nil {
+		t.Fatalf("no grandchild pid in the log")
+	}
+	gc, _ := strconv.Atoi(m[1])
+	t.Cleanup(func() { _ = syscall.Kill(gc, syscall.SIGKILL) }) // a failed test's
+	testkit.Eventually(t, within, "the daemon in its own session, ignoring SIGTERM (exec'd sleep)", func() bool {
+		pg, err := syscall.Getpgid(gc)
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", gc))
+		return err == nil && pg == gc && strings.TrimSpace(string(comm)) == "sleep"
+	})
+	stopped := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*within)
+		defer cancel()
+		stopped <- s.Stop(ctx)
+	}()
+	testkit.Eventually(t, within, "the leader exited on SIGTERM", func() bool { return !pidAlive(pid) })
+	if state, _, ok := readStat(strconv.Itoa(pid)); !ok || state != 'Z' {
+		t.Fatalf("leader %d exited, the stop is in its grace, and its pid is free (found %v, state %q): a process can take it and be SIGKILLed with its group", pid, ok, state)
+	}
+	var victim *exec.Cmd
+	if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0); err == nil {
+		victim = exec.Command("/bin/sleep", "600")
+		victim.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // an unrelated group leader
+		if err := victim.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if victim.Process.Pid == pid {
+			t.Errorf("an unrelated process got the stopped leader's pid %d during the grace", pid)
+		}
+	}
+	// The daemon ends (as at the end of the grace): the stop is done.
+	if err := syscall.Kill(gc, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+	if victim != nil {
+		_ = victim.Process.Signal(syscall.SIGTERM)
+		_ = victim.Wait()
+		if ws := victim.ProcessState.Sys().(syscall.WaitStatus); !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
+			t.Errorf("the unrelated process group leader %d ended %v, not by the test's SIGTERM", victim.Process.Pid, victim.ProcessState)
+		}
+	}
+	if state, _, ok := readStat(strconv.Itoa(pid)); ok && state == 'Z' {
+		t.Errorf("leader %d not reaped after the stop", pid)
+	}
+	if left := cgroupDirs(c); len(left) > 0 {
+		t.Fatalf("cgroups left: %v", left)
+	}
+}

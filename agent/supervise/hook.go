@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/fleetwave/fleetwave/internal/procenv"
+	"golang.org/x/sys/unix"
 )
 
 // Hook is a command run for a service outside its supervised process: a
@@ -124,21 +125,37 @@ func RunHookTail(ctx context.Context, h Hook) (string, error) {
 		_, _ = io.Copy(tailWriter{log: logf, tail: tail}, r)
 	}()
 	pgid := cmd.Process.Pid
-	waited := make(chan error, 1)
-	go func() { waited <- cmd.Wait() }()
+	// The hook's exit is waited for without reaping it: its zombie holds
+	// its pid, the group's number, until the group is killed below, so that
+	// the kill reaches no process that took the number over (proc's doc).
+	exited := make(chan error, 1)
+	go func() {
+		var info unix.Siginfo
+		exited <- waitidRetry(unix.P_PID, pgid, &info, unix.WEXITED|unix.WNOWAIT)
+	}()
 	var why string
 	select {
-	case err = <-waited:
+	case err = <-exited:
 	case <-hookCtx.Done():
 		why = fmt.Sprintf("timed out after %s", h.Timeout)
 		if ctx.Err() != nil {
 			why = ctx.Err().Error()
 		}
 	}
+	reaped := err != nil
+	if reaped {
+		// Its exit could not be waited for without reaping: not pinned.
+		err = cmd.Wait()
+	}
 	// Whatever the hook left behind in its group goes with it.
 	_ = killGroup(pgid, syscall.SIGKILL)
+	if why != "" && !reaped {
+		<-exited
+	}
+	if !reaped {
+		err = cmd.Wait() // how it ended; reaped now
+	}
 	if why != "" {
-		<-waited
 		waitGroupGone(pgid, time.Now().Add(hookKillWait))
 	}
 	end() // and whatever left its group, in its cgroup

@@ -41,15 +41,22 @@ const pollGone = 100 * time.Millisecond
 // proc is one running instance of the supervised process: the leader of
 // its process group, watched for its exit through a pidfd (pidfd_open(2)),
 // which works for a child of this agent and for a process adopted from an
-// earlier agent alike. A process the supervisor spawned is reaped with
-// waitid(P_PIDFD), which tells how it ended; a found one is never reaped
-// here (its parent does: init, in production), only looked at (WNOWAIT),
-// so that no one else's wait loses its child.
+// earlier agent alike. How it ended is read with waitid(P_PIDFD, WNOWAIT):
+// a found one is never reaped here (its parent does: init, in production),
+// so that no one else's wait loses its child; one the supervisor spawned is
+// reaped by its owner (reap) only once nothing more is sent to its process
+// group: until then its zombie holds its pid, which is the group's number,
+// so that no signal to the group reaches a process that took the number
+// over (a service whose daemon left the group could otherwise cycle pids
+// during a stop's grace and have the agent SIGKILL another group: found by
+// an attack review).
 type proc struct {
 	pgid    int
 	cg      *cgroup // nil: a process group alone
 	started time.Time
-	spawned bool // started by this supervisor: reaped here
+	spawned bool // started by this supervisor: reaped here (reap)
+
+	reapOnce sync.Once
 
 	pidfd *os.File // nil: no pidfd_open(2); /proc is polled
 
@@ -118,34 +125,29 @@ func (p *proc) wait() {
 		p.pollExit()
 		return
 	}
-	var reapErr error
-	_ = rc.Control(func(fd uintptr) { p.err, reapErr = reap(int(fd), p.spawned) })
-	if reapErr != nil {
-		p.err = reapErr
+	var waitErr error
+	_ = rc.Control(func(fd uintptr) { p.err, waitErr = exitOf(int(fd)) })
+	if waitErr != nil {
+		p.err = waitErr
 	}
 }
 
 // pollExit polls /proc until the leader is gone (a zombie counts as gone)
-// or watching stops. Only for kernels without pidfds: a child is reaped
-// with wait4 (no pidfd to make it exact, but the zombie pins the pid).
+// or watching stops. Only for kernels without pidfds: a child's exit is
+// read with waitid(P_PID, WNOWAIT) (no pidfd to make it exact, but the
+// zombie pins the pid), and it is reaped by reap.
 func (p *proc) pollExit() {
 	t := time.NewTicker(pollGone)
 	defer t.Stop()
 	for {
 		st, err := readProcStat(p.pgid)
 		if err != nil || st.State == 'Z' || st.State == 'X' {
-			var ws syscall.WaitStatus
-			n, werr := -1, error(nil)
+			p.err = ErrExitUnknown
 			if p.spawned {
-				n, werr = syscall.Wait4(p.pgid, &ws, syscall.WNOHANG, nil)
-			}
-			switch {
-			case werr != nil || n != p.pgid:
-				p.err = ErrExitUnknown
-			case ws.Signaled():
-				p.err = &ExitError{Code: -1, Signal: ws.Signal()}
-			case ws.ExitStatus() != 0:
-				p.err = &ExitError{Code: ws.ExitStatus()}
+				var info unix.Siginfo
+				if werr := waitidRetry(unix.P_PID, p.pgid, &info, unix.WEXITED|unix.WNOWAIT|unix.WNOHANG); werr == nil {
+					p.err = siginfoExit(&info)
+				}
 			}
 			return
 		}
@@ -191,22 +193,12 @@ func pidfdExited(fd int) bool {
 	return err == nil && n > 0 && fds[0].Revents&(unix.POLLIN|unix.POLLHUP|unix.POLLERR) != 0
 }
 
-// reap collects the exit status of the exited process of pidfd if it is a
-// child of this process (waitid(P_PIDFD)), reaping it only when asked to
-// (else WNOWAIT leaves it to whoever else waits for it); ErrExitUnknown if
-// it is not a child.
-func reap(fd int, reapIt bool) (exit error, err error) {
+// exitOf reads the exit status of the exited process of pidfd if it is a
+// child of this process (waitid(P_PIDFD, WNOWAIT): not reaped, see proc);
+// ErrExitUnknown if it is not a child.
+func exitOf(fd int) (exit error, err error) {
 	var info unix.Siginfo
-	opts := unix.WEXITED
-	if !reapIt {
-		opts |= unix.WNOWAIT
-	}
-	for {
-		err = unix.Waitid(unix.P_PIDFD, fd, &info, opts, nil)
-		if !errors.Is(err, unix.EINTR) {
-			break
-		}
-	}
+	err = waitidRetry(unix.P_PIDFD, fd, &info, unix.WEXITED|unix.WNOWAIT)
 	if errors.Is(err, unix.ECHILD) {
 		return ErrExitUnknown, nil
 	}
@@ -214,6 +206,45 @@ func reap(fd int, reapIt bool) (exit error, err error) {
 		return nil, fmt.Errorf("waitid: %w", err)
 	}
 	return siginfoExit(&info), nil
+}
+
+// waitidRetry is waitid(2), retried on EINTR.
+func waitidRetry(idType, id int, info *unix.Siginfo, opts int) error {
+	for {
+		err := unix.Waitid(idType, id, info, opts, nil)
+		if !errors.Is(err, unix.EINTR) {
+			return err
+		}
+	}
+}
+
+// reap collects the zombie of a spawned leader that exited, once its owner
+// sends nothing more to its process group (terminate, the supervisor's
+// crash path). Nothing for a found process or one still running (watching
+// stopped: detached) or when it was done already. The zombie pins the pid
+// until then, so waitid(P_PID) reaps exactly it.
+func (p *proc) reap() {
+	if !p.spawned || !p.exited() {
+		return
+	}
+	p.reapOnce.Do(func() {
+		var info unix.Siginfo
+		_ = waitidRetry(unix.P_PID, p.pgid, &info, unix.WEXITED|unix.WNOHANG)
+	})
+}
+
+// signalGroup sends sig to p's process group. A spawned leader that exited
+// is a zombie until reap: its pid, the group's number, is pinned and the
+// signal reaches the group's members only. A found leader's zombie is its
+// parent's to reap (init reaps at once): once the leader has exited the
+// group is signalled only while a member lives (its number cannot be
+// taken while any process has it as its group), never an empty group,
+// whose number may belong to another process group by now.
+func (p *proc) signalGroup(sig syscall.Signal) error {
+	if !p.spawned && p.exited() && !groupAlive(p.pgid) {
+		return nil
+	}
+	return killGroup(p.pgid, sig)
 }
 
 // CLD_* codes of a SIGCHLD siginfo (si_code).

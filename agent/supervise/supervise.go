@@ -478,7 +478,7 @@ func (s *Supervisor) run(p *proc, logf *os.File) {
 			case <-p.done:
 				ran := time.Since(p.started)
 				// Orphans of a crashed leader would hold ports and files.
-				if err := killGroup(p.pgid, syscall.SIGKILL); err != nil {
+				if err := p.signalGroup(syscall.SIGKILL); err != nil {
 					s.log.Warn().Err(err).Int("pid", p.pgid).Msg("SIGKILL orphans of the exited process")
 				}
 				s.setCurrent(nil)
@@ -491,6 +491,7 @@ func (s *Supervisor) run(p *proc, logf *os.File) {
 					}
 					s.removeCgroup(p.cg) // and every orphan in it
 				}
+				p.reap() // nothing more is sent to its group
 				if ran >= backoffResetAfter {
 					backoff = s.cfg.MinBackoff
 				}
@@ -538,7 +539,8 @@ func (s *Supervisor) terminate(p *proc) {
 
 func terminate(p *proc, grace time.Duration, log zerolog.Logger) {
 	deadline := time.Now().Add(grace)
-	if err := killGroup(p.pgid, syscall.SIGTERM); err != nil {
+	defer p.reap() // once nothing more is sent to its group
+	if err := p.signalGroup(syscall.SIGTERM); err != nil {
 		log.Warn().Err(err).Int("pid", p.pgid).Msg("SIGTERM process group")
 	}
 	if p.cg != nil {
@@ -555,13 +557,13 @@ func terminate(p *proc, grace time.Duration, log zerolog.Logger) {
 		waitGone(p.alive, deadline)
 		if p.alive() {
 			log.Warn().Int("pid", p.pgid).Str("reason", "grace expired").Msg("SIGKILL process group")
-			if err := killGroup(p.pgid, syscall.SIGKILL); err != nil {
+			if err := p.signalGroup(syscall.SIGKILL); err != nil {
 				log.Warn().Err(err).Int("pid", p.pgid).Msg("SIGKILL process group")
 			}
 		}
 	case <-timer.C:
 		log.Warn().Int("pid", p.pgid).Str("reason", "grace expired").Msg("SIGKILL process group")
-		if err := killGroup(p.pgid, syscall.SIGKILL); err != nil {
+		if err := p.signalGroup(syscall.SIGKILL); err != nil {
 			log.Warn().Err(err).Int("pid", p.pgid).Msg("SIGKILL process group")
 		}
 		if p.cg != nil {
