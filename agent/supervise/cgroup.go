@@ -527,6 +527,19 @@ func (g *cgroup) alive() bool {
 	return false
 }
 
+// holdsGroup reports whether a live process in the cgroup is in process
+// group pgid: the group is then the one its processes formed (a group's
+// number cannot be taken over while any process is in it), not one that
+// took the number of an emptied group over.
+func (g *cgroup) holdsGroup(pgid int) bool {
+	for _, pid := range g.pids() {
+		if st, err := readProcStat(pid); err == nil && st.PGrp == pgid && st.State != 'Z' && st.State != 'X' {
+			return true
+		}
+	}
+	return false
+}
+
 // signal sends sig to every process in the cgroup (one by one: a process
 // forked meanwhile may be missed; killAll does not miss any).
 func (g *cgroup) signal(sig syscall.Signal) {

@@ -150,6 +150,9 @@ func RunHookTail(ctx context.Context, h Hook) (string, error) {
 	// Whatever the hook left behind in its group goes with it.
 	_ = killGroup(pgid, syscall.SIGKILL)
 	if why != "" && !reaped {
+		// The leader itself too, should it have left its group (through
+		// its pidfd: not a number).
+		_ = cmd.Process.Kill()
 		<-exited
 	}
 	if !reaped {

@@ -145,7 +145,9 @@ func (p *proc) pollExit() {
 			p.err = ErrExitUnknown
 			if p.spawned {
 				var info unix.Siginfo
-				if werr := waitidRetry(unix.P_PID, p.pgid, &info, unix.WEXITED|unix.WNOWAIT|unix.WNOHANG); werr == nil {
+				// si_code 0: not waitable yet (a leader whose other threads
+				// run on): unknown, as before.
+				if werr := waitidRetry(unix.P_PID, p.pgid, &info, unix.WEXITED|unix.WNOWAIT|unix.WNOHANG); werr == nil && info.Code != 0 {
 					p.err = siginfoExit(&info)
 				}
 			}
@@ -236,12 +238,14 @@ func (p *proc) reap() {
 // signalGroup sends sig to p's process group. A spawned leader that exited
 // is a zombie until reap: its pid, the group's number, is pinned and the
 // signal reaches the group's members only. A found leader's zombie is its
-// parent's to reap (init reaps at once): once the leader has exited the
-// group is signalled only while a member lives (its number cannot be
-// taken while any process has it as its group), never an empty group,
-// whose number may belong to another process group by now.
+// parent's to reap (init reaps at once), so once the leader has exited the
+// number may belong to another process group by now: the group is
+// signalled only while a live process of p's cgroup is in it (proving it
+// is the service's), never without a cgroup (the rest of a cgroup is
+// killed through it; found by a second review: a live member of any group
+// of that number passed the check before).
 func (p *proc) signalGroup(sig syscall.Signal) error {
-	if !p.spawned && p.exited() && !groupAlive(p.pgid) {
+	if !p.spawned && p.exited() && (p.cg == nil || !p.cg.holdsGroup(p.pgid)) {
 		return nil
 	}
 	return killGroup(p.pgid, sig)

@@ -468,8 +468,10 @@ func (s *Supervisor) run(p *proc, logf *os.File) {
 				s.setCurrent(nil)
 				if s.detaching() && !p.exited() {
 					p.stopWatching()
-					s.log.Info().Int("pid", p.pgid).Msg("process left running (detached)")
-					return
+					if !p.exited() { // else it exited meanwhile: stopped like any
+						s.log.Info().Int("pid", p.pgid).Msg("process left running (detached)")
+						return
+					}
 				}
 				s.terminate(p)
 				s.removePIDFile()
