@@ -297,10 +297,16 @@ func Restore(s Snapshot, found []Running, now time.Time) (*Machine, []Action) {
 	// else the last good's. Without a recorded epoch it may run either, so
 	// it is not adopted as the target's or the last good's: it is stopped
 	// (or handed over from) like one of another release (spec.go).
+	// A process whose limits are neither spec's (LimitsUnknown: a failed
+	// write, or kept by a failed revert of a resize) is no release's, as
+	// goodProc says in memory: not adopted as the target's or the last
+	// good's, unless its adoption writes them (InPlace: ActAdopt.Limits).
+	known := func(e uint64) bool { return s.InPlace || s.LimitsUnknown == 0 || e != s.LimitsUnknown }
 	specInstall := specChange(s.Target, s.LastGood)
-	targetOf, goodOf := m.foundOf(tgt), m.foundOf(good)
+	targetOf, goodOf := m.foundEpoch(tgt, known), m.foundEpoch(good, known)
 	if specInstall && s.TargetEpoch != 0 {
-		targetOf, goodOf = m.foundEpoch(tgt, func(e uint64) bool { return e == s.TargetEpoch }), m.foundEpoch(good, func(e uint64) bool { return e != s.TargetEpoch })
+		targetOf = m.foundEpoch(tgt, func(e uint64) bool { return e == s.TargetEpoch && known(e) })
+		goodOf = m.foundEpoch(good, func(e uint64) bool { return e != s.TargetEpoch && known(e) })
 		specInstall = false
 	}
 	if inPlaceChange(s.Target, s.LastGood) && (s.InPlace || !resized(s.Target, s.LastGood)) {
@@ -310,12 +316,12 @@ func Restore(s Snapshot, found []Running, now time.Time) (*Machine, []Action) {
 		// target's start did not replace has the last good limits). Two
 		// found (a handover of such a change installed as any other) are
 		// still told apart by the recorded epoch.
-		targetOf, goodOf, specInstall = m.foundOf(tgt), m.foundOf(good), false
+		targetOf, goodOf, specInstall = m.foundEpoch(tgt, known), m.foundEpoch(good, known), false
 		if s.TargetEpoch != 0 {
-			if p := m.foundEpoch(tgt, func(e uint64) bool { return e == s.TargetEpoch }); p != nil {
+			if p := m.foundEpoch(tgt, func(e uint64) bool { return e == s.TargetEpoch && known(e) }); p != nil {
 				targetOf = p
 			}
-			if p := m.foundEpoch(good, func(e uint64) bool { return e != s.TargetEpoch }); p != nil {
+			if p := m.foundEpoch(good, func(e uint64) bool { return e != s.TargetEpoch && known(e) }); p != nil {
 				goodOf = p
 			}
 		}

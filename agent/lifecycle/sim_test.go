@@ -109,7 +109,7 @@ func expectRestore(p *Snapshot, running []Running) (restoreKind, v1.Phase) {
 		// A resize installed as any other (not in place) is a config
 		// install: the process before its start has the old limits.
 		isTarget := !specChange(p.Target, p.LastGood) || restoredInPlace(p) || p.TargetEpoch != 0 && len(running) == 1 && running[0].Epoch == p.TargetEpoch
-		if has(tgt) && len(found) == 1 && isTarget {
+		if has(tgt) && len(found) == 1 && isTarget && !limitsUnknown(p, running[0]) {
 			if ph == v1.Phase_PHASE_STARTING && hookspec.Of(p.Target.GetSpec(), hookspec.AfterStart) != nil {
 				return restoreResumeInstall, v1.Phase_PHASE_STARTING // after_start runs again first
 			}
@@ -128,6 +128,14 @@ func expectRestore(p *Snapshot, running []Running) (restoreKind, v1.Phase) {
 		return restoreAdoptSettled, restored
 	}
 	return restoreRecover, v1.Phase_PHASE_STARTING
+}
+
+// limitsUnknown reports whether r, found running, is the process the
+// snapshot says runs with limits of neither spec it names
+// (Snapshot.LimitsUnknown): no release's, so not adopted as the target's
+// or the last good's, unless the adoption writes limits (InPlace).
+func limitsUnknown(p *Snapshot, r Running) bool {
+	return !p.InPlace && p.LimitsUnknown != 0 && r.Epoch == p.LimitsUnknown
 }
 
 func allowed(m map[v1.Phase][]v1.Phase, from, to v1.Phase) bool {
@@ -1240,6 +1248,12 @@ func (s *sim) restart() {
 		wanted = Version(s.persisted.LastGood)
 	}
 	wantAdopt := wanted != "" && slices.Contains(versions, wanted)
+	if kind == restoreResumeInstall || kind == restoreResumeRevert {
+		// A process of unknown limits is no release's: not adopted.
+		wantAdopt = wanted != "" && slices.ContainsFunc(found, func(r Running) bool {
+			return r.Version == wanted && !limitsUnknown(s.persisted, r)
+		})
+	}
 	if (kind == restoreResumeInstall || kind == restoreResumeRevert) && specChange(s.persisted.Target, s.persisted.LastGood) &&
 		!restoredInPlace(s.persisted) {
 		// A config install: what runs of the release runs the target's spec
@@ -1247,7 +1261,7 @@ func (s *sim) restart() {
 		// recorded epoch it may run either (spec.go).
 		te := s.persisted.TargetEpoch
 		wantAdopt = te != 0 && slices.ContainsFunc(found, func(r Running) bool {
-			return r.Version == wanted && (r.Epoch == te) == (kind == restoreResumeInstall)
+			return r.Version == wanted && (r.Epoch == te) == (kind == restoreResumeInstall) && !limitsUnknown(s.persisted, r)
 		})
 	}
 	s.resumeBeside = kind == restoreAdoptSettled && wantAdopt && len(found) > 1
