@@ -269,15 +269,19 @@ func New(service string) *Machine {
 // kept for a handover keeps running.
 func Restore(s Snapshot, found []Running, now time.Time) (*Machine, []Action) {
 	m := &Machine{
-		service:          s.Service,
-		phase:            s.Phase,
-		gen:              s.Generation,
-		reason:           s.Reason,
-		current:          s.Current,
-		lastGood:         s.LastGood,
-		target:           s.Target,
-		now:              now,
-		restored:         s.Phase,
+		service:  s.Service,
+		phase:    s.Phase,
+		gen:      s.Generation,
+		reason:   s.Reason,
+		current:  s.Current,
+		lastGood: s.LastGood,
+		target:   s.Target,
+		now:      now,
+		restored: s.Phase,
+		// Epochs go on above every one the snapshot names (and every
+		// running process's, below): no process started now takes the
+		// recorded target's or unknown-limits epoch.
+		epoch:            max(s.TargetEpoch, s.LimitsUnknown),
 		targetEpoch:      s.TargetEpoch,
 		installedInPlace: s.InPlace, // until a process is started (emitStart)
 		// HEALTHY and REVERTED mean the current release passed its checks.

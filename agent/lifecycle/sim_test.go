@@ -334,7 +334,10 @@ func (s *sim) only() (uint64, *simProc) {
 }
 
 // simSeed replays one seed of TestSimulation.
-var simSeed = flag.Uint64("seed", 0, "TestSimulation: run only this seed and print all its events on failure")
+var (
+	simSeed  = flag.Uint64("seed", 0, "TestSimulation: run only this seed and print all its events on failure")
+	simSeeds = flag.Int("seeds", 400, "TestSimulation: how many seeds to run (20,000 pass; 50 with -short)")
+)
 
 // replayCommand is how to run one seed again.
 func replayCommand(seed uint64) string {
@@ -1493,9 +1496,9 @@ func TestSimulation(t *testing.T) {
 			*simSeed, st.watchReverts, st.analysisReverts, st.resumedWatches)
 		return
 	}
-	seeds := 400
+	seeds := *simSeeds
 	if testing.Short() {
-		seeds = 50
+		seeds = min(seeds, 50)
 	}
 	seen := map[[2]v1.Phase]int{}
 	var st simStats
