@@ -243,24 +243,7 @@ func TestStopEndsDaemonizedGrandchild(t *testing.T) {
 	for _, adopted := range []bool{false, true} {
 		t.Run(fmt.Sprintf("adopted=%v", adopted), func(t *testing.T) {
 			c := testCgroups(t)
-			cfg := shellConfig(t, daemon+` & echo "grandchild pid=$!"; echo ready pid=$$; exec sleep 600`)
-			cfg.Cgroups = c
-			cfg.StopGrace = 200 * time.Millisecond
-			s := New(cfg, testLogger(t))
-			if err := s.Start(); err != nil {
-				t.Fatalf("Start: %v", err)
-			}
-			pid := waitReady(t, cfg.LogPath, 1)[0]
-			m := grandchildRE.FindStringSubmatch(readFile(t, cfg.LogPath))
-			if m == nil {
-				t.Fatalf("no grandchild pid in the log")
-			}
-			gc, _ := strconv.Atoi(m[1])
-			testkit.Eventually(t, within, "the grandchild in its own session, ignoring SIGTERM (exec'd sleep)", func() bool {
-				pg, err := syscall.Getpgid(gc)
-				comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", gc))
-				return err == nil && pg == gc && strings.TrimSpace(string(comm)) == "sleep"
-			})
+			s, cfg, pid, gc := startWithDaemon(t, c, 200*time.Millisecond)
 			if cgroupOf(t, c, gc) != cgroupOf(t, c, pid) {
 				t.Fatalf("grandchild in %s, service in %s", cgroupOf(t, c, gc), cgroupOf(t, c, pid))
 			}
@@ -832,25 +815,7 @@ func TestOOMKillWithoutMemoryMaxIsAnExit(t *testing.T) {
 // that pid during the grace and must not get it nor be killed.
 func TestStopPinsTheLeadersPid(t *testing.T) {
 	c := testCgroups(t)
-	cfg := shellConfig(t, daemon+` & echo "grandchild pid=$!"; echo ready pid=$$; exec sleep 600`)
-	cfg.Cgroups = c
-	cfg.StopGrace = within // ended early below by killing the daemon
-	s := New(cfg, testLogger(t))
-	if err := s.Start(); err != nil {
-		t.Fatalf("Start: %v", err)
-	}
-	pid := waitReady(t, cfg.LogPath, 1)[0]
-	m := grandchildRE.FindStringSubmatch(readFile(t, cfg.LogPath))
-	if m == nil {
-		t.Fatalf("no grandchild pid in the log")
-	}
-	gc, _ := strconv.Atoi(m[1])
-	t.Cleanup(func() { _ = syscall.Kill(gc, syscall.SIGKILL) }) // a failed test's
-	testkit.Eventually(t, within, "the daemon in its own session, ignoring SIGTERM (exec'd sleep)", func() bool {
-		pg, err := syscall.Getpgid(gc)
-		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", gc))
-		return err == nil && pg == gc && strings.TrimSpace(string(comm)) == "sleep"
-	})
+	s, _, pid, gc := startWithDaemon(t, c, within) // the grace ended early below by killing the daemon
 	stopped := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*within)
@@ -892,4 +857,32 @@ func TestStopPinsTheLeadersPid(t *testing.T) {
 	if left := cgroupDirs(c); len(left) > 0 {
 		t.Fatalf("cgroups left: %v", left)
 	}
+}
+
+// startWithDaemon starts a supervised shell in cgroups c, with grace, that
+// leaves behind a daemon (in its own session, ignoring SIGTERM: only its
+// cgroup still holds it), and returns the supervisor, its config, the
+// leader's pid and the daemon's, killed at the end of the test.
+func startWithDaemon(t *testing.T, c *Cgroups, grace time.Duration) (*Supervisor, Config, int, int) {
+	t.Helper()
+	cfg := shellConfig(t, daemon+` & echo "grandchild pid=$!"; echo ready pid=$$; exec sleep 600`)
+	cfg.Cgroups = c
+	cfg.StopGrace = grace
+	s := New(cfg, testLogger(t))
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	pid := waitReady(t, cfg.LogPath, 1)[0]
+	m := grandchildRE.FindStringSubmatch(readFile(t, cfg.LogPath))
+	if m == nil {
+		t.Fatalf("no grandchild pid in the log")
+	}
+	gc, _ := strconv.Atoi(m[1])
+	t.Cleanup(func() { _ = syscall.Kill(gc, syscall.SIGKILL) }) // a failed test's
+	testkit.Eventually(t, within, "the daemon in its own session, ignoring SIGTERM (exec'd sleep)", func() bool {
+		pg, err := syscall.Getpgid(gc)
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", gc))
+		return err == nil && pg == gc && strings.TrimSpace(string(comm)) == "sleep"
+	})
+	return s, cfg, pid, gc
 }

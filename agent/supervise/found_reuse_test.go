@@ -5,7 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -24,24 +23,7 @@ import (
 // passed its first check).
 func TestFoundStopSparesAReusedGroupNumber(t *testing.T) {
 	c := testCgroups(t)
-	cfg := shellConfig(t, daemon+` & echo "grandchild pid=$!"; echo ready pid=$$; exec sleep 600`)
-	cfg.Cgroups = c
-	s := New(cfg, testLogger(t))
-	if err := s.Start(); err != nil {
-		t.Fatalf("Start: %v", err)
-	}
-	pid := waitReady(t, cfg.LogPath, 1)[0]
-	m := grandchildRE.FindStringSubmatch(readFile(t, cfg.LogPath))
-	if m == nil {
-		t.Fatalf("no grandchild pid in the log")
-	}
-	gc, _ := strconv.Atoi(m[1])
-	t.Cleanup(func() { _ = syscall.Kill(gc, syscall.SIGKILL) })
-	testkit.Eventually(t, within, "the daemon in its own session (exec'd sleep)", func() bool {
-		pg, err := syscall.Getpgid(gc)
-		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", gc))
-		return err == nil && pg == gc && strings.TrimSpace(string(comm)) == "sleep"
-	})
+	s, cfg, pid, _ := startWithDaemon(t, c, 5*time.Second)
 	detach(t, s) // the agent restarts: the next one finds the process
 	// init's part: the leader is reaped as soon as it exits.
 	go func() {
