@@ -42,7 +42,9 @@ func starts(t *testing.T, dataDir string) int {
 // if it shows more.
 func waitStarts(t *testing.T, dataDir string, want int) {
 	t.Helper()
-	testkit.EventuallyErr(t, time.Minute, fmt.Sprintf("%d starts in the service log", want), func() error {
+	// Generous: a release that starts slowly under load (one that fills
+	// 64 MiB in a shell, in a VM on a busy host) is not a failure.
+	testkit.EventuallyErr(t, 3*time.Minute, fmt.Sprintf("%d starts in the service log", want), func() error {
 		if got := starts(t, dataDir); got < want {
 			return fmt.Errorf("%d starts logged", got)
 		}
