@@ -234,9 +234,10 @@ func (a *agent) refuse(s *service, asg *v1.Assignment, now time.Time) bool {
 			Int64("accepted_generation", s.m.Generation()).Msg("refusing a replayed assignment")
 		return false
 	}
-	if gen < s.m.Generation() {
+	if gen < s.m.Generation() && asg.GetReplacesGeneration() == s.m.Generation() {
 		// Not a replay: it replaces the accepted generation, one no
-		// coordinator of the fleet issued (a compromised one's).
+		// coordinator of the fleet issued (a compromised one's). (A removed
+		// service takes a lower generation too, without saying so.)
 		a.log.Warn().Str("service", s.name).Int64("generation", gen).Str("version", lifecycle.Version(asg)).
 			Int64("replaced_generation", s.m.Generation()).Msg("an assignment replaces the accepted generation, which no coordinator of the fleet issued")
 	}

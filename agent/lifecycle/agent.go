@@ -73,7 +73,7 @@ func AgentAssign(rec *AgentUpgrade, own string, asg *v1.Assignment) AgentDecisio
 	}
 	v, gen := asg.GetRelease().GetVersion(), asg.GetGeneration()
 	switch {
-	case rec != nil && gen < rec.Generation && asg.GetReplacesGeneration() != rec.Generation:
+	case rec != nil && older(gen, asg.GetReplacesGeneration(), rec.Generation):
 		// A replay; unless it replaces the recorded generation, one no
 		// coordinator of the fleet issued (pendingAssign.older).
 		return AgentDecision{Report: agentReport(rec, own)}

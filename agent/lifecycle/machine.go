@@ -90,8 +90,14 @@ func assigned(a *v1.Assignment, invalid string) *pendingAssign {
 // one the state file refuses, holding the service's later actions: found
 // by an attack review).
 func (p *pendingAssign) older(accepted int64) bool {
-	replaces := p.gen > 0 && p.replaces > 0 && p.replaces == accepted
-	return p.gen < accepted && !replaces
+	return older(p.gen, p.replaces, accepted)
+}
+
+// older is pendingAssign.older for an assignment of generation gen that
+// replaces generation replaces (0: none); the agent's own upgrades follow
+// it too (AgentAssign).
+func older(gen, replaces, accepted int64) bool {
+	return gen < accepted && !(gen > 0 && replaces > 0 && replaces == accepted)
 }
 
 // describe names what was assigned: "release V" or "an invalid assignment".
