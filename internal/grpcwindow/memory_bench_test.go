@@ -4,19 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
@@ -35,6 +28,7 @@ import (
 
 	"github.com/fleetwave/fleetwave/internal/grpcwindow"
 	"github.com/fleetwave/fleetwave/internal/testkit/ports"
+	"github.com/fleetwave/fleetwave/internal/tlsutil"
 )
 
 // Knobs of BenchmarkIdleStreamMemory (environment variables).
@@ -52,9 +46,7 @@ const (
 const (
 	idleHelperEnv = "FLEETWAVE_IDLE_STREAM_HELPER" // the server's address
 	idleNEnv      = "FLEETWAVE_IDLE_STREAM_N"
-	idleCAEnv     = "FLEETWAVE_IDLE_STREAM_CA"   // PEM; unset: plaintext
-	idleCertEnv   = "FLEETWAVE_IDLE_STREAM_CERT" // PEM
-	idleKeyEnv    = "FLEETWAVE_IDLE_STREAM_KEY"  // PEM
+	idlePKIEnv    = "FLEETWAVE_IDLE_STREAM_PKI" // the directory of tlsutil.Init's files; unset: plaintext
 )
 
 // idleReady is the line the client process prints once all its streams
@@ -114,7 +106,10 @@ func BenchmarkIdleStreamMemory(b *testing.B) {
 			b.Fatalf("%s=%q: %v", idleSettleEnv, v, err)
 		}
 	}
-	pki := newIdlePKI(b)
+	pki := b.TempDir()
+	if err := tlsutil.Init(pki, tlsutil.InitOptions{Coordinators: map[string][]string{"c1": nil}, Agents: []string{"h1"}}); err != nil {
+		b.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name   string
 		tls    bool
@@ -208,7 +203,7 @@ func vmRSS(b *testing.B) int64 {
 
 // measureIdleStreams serves n idle streams from a client process and
 // returns the server's figures with them less those without.
-func measureIdleStreams(b *testing.B, n int, settle time.Duration, useTLS, parked bool, pki *idlePKI) idleFigures {
+func measureIdleStreams(b *testing.B, n int, settle time.Duration, useTLS, parked bool, pki string) idleFigures {
 	b.Helper()
 	var idle atomic.Int64 // streams whose handler has answered
 	park := make(chan struct{})
@@ -243,7 +238,12 @@ func measureIdleStreams(b *testing.B, n int, settle time.Duration, useTLS, parke
 	}
 	creds := insecure.NewCredentials()
 	if useTLS {
-		creds = credentials.NewTLS(pki.server)
+		// The coordinator's own server configuration.
+		cfg, err := tlsutil.ServerConfig(filepath.Join(pki, "coordinator-c1.pem"), filepath.Join(pki, "coordinator-c1-key.pem"), filepath.Join(pki, tlsutil.CAFile))
+		if err != nil {
+			b.Fatal(err)
+		}
+		creds = credentials.NewTLS(cfg)
 	}
 	// The coordinator's options (coordinator.go, limits.go) without its
 	// interceptors, tap handle and codec.
@@ -278,7 +278,7 @@ func measureIdleStreams(b *testing.B, n int, settle time.Duration, useTLS, parke
 	cmd := exec.Command(os.Args[0], "-test.run=^TestIdleStreamClients$", "-test.count=1", "-test.timeout=10m")
 	cmd.Env = append(os.Environ(), idleHelperEnv+"="+lis.Addr().String(), idleNEnv+"="+strconv.Itoa(n))
 	if useTLS {
-		cmd.Env = append(cmd.Env, idleCAEnv+"="+string(pki.caPEM), idleCertEnv+"="+string(pki.clientPEM), idleKeyEnv+"="+string(pki.clientKeyPEM))
+		cmd.Env = append(cmd.Env, idlePKIEnv+"="+pki)
 	}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -368,16 +368,13 @@ func TestIdleStreamClients(t *testing.T) {
 		t.Fatal(err)
 	}
 	creds := insecure.NewCredentials()
-	if ca := os.Getenv(idleCAEnv); ca != "" {
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM([]byte(ca)) {
-			t.Fatal("bad CA")
-		}
-		kp, err := tls.X509KeyPair([]byte(os.Getenv(idleCertEnv)), []byte(os.Getenv(idleKeyEnv)))
+	if pki := os.Getenv(idlePKIEnv); pki != "" {
+		// An agent's own client configuration.
+		cfg, err := tlsutil.ClientConfig(filepath.Join(pki, "agent-h1.pem"), filepath.Join(pki, "agent-h1-key.pem"), filepath.Join(pki, tlsutil.CAFile))
 		if err != nil {
 			t.Fatal(err)
 		}
-		creds = credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool, Certificates: []tls.Certificate{kp}})
+		creds = credentials.NewTLS(cfg)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -430,75 +427,4 @@ func TestIdleStreamClients(t *testing.T) {
 	}
 	fmt.Println(idleReady)
 	_, _ = io.Copy(io.Discard, os.Stdin) // until the benchmark is done
-}
-
-// idlePKI is an in-memory CA with a server certificate for 127.0.0.1 and a
-// client certificate.
-type idlePKI struct {
-	server                         *tls.Config
-	caPEM, clientPEM, clientKeyPEM []byte
-}
-
-func newIdlePKI(b *testing.B) *idlePKI {
-	b.Helper()
-	key := func() *ecdsa.PrivateKey {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			b.Fatal(err)
-		}
-		return k
-	}
-	now := time.Now()
-	caKey := key()
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "idle-stream CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		b.Fatal(err)
-	}
-	leaf := func(serial int64, name string, usage x509.ExtKeyUsage) (certPEM, keyPEM []byte) {
-		k := key()
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
-			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
-			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
-			IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &k.PublicKey, caKey)
-		if err != nil {
-			b.Fatal(err)
-		}
-		kder, err := x509.MarshalECPrivateKey(k)
-		if err != nil {
-			b.Fatal(err)
-		}
-		return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
-	}
-	srvPEM, srvKeyPEM := leaf(2, "coordinator", x509.ExtKeyUsageServerAuth)
-	cliPEM, cliKeyPEM := leaf(3, "agent", x509.ExtKeyUsageClientAuth)
-	srvKP, err := tls.X509KeyPair(srvPEM, srvKeyPEM)
-	if err != nil {
-		b.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(ca)
-	return &idlePKI{
-		// As the coordinator's (internal/tlsutil/config.go): TLS 1.3,
-		// client certificates verified when given (agents give one).
-		server: &tls.Config{
-			MinVersion: tls.VersionTLS13, MaxVersion: tls.VersionTLS13,
-			ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: pool,
-			Certificates: []tls.Certificate{srvKP},
-		},
-		caPEM:        pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
-		clientPEM:    cliPEM,
-		clientKeyPEM: cliKeyPEM,
-	}
 }
