@@ -461,8 +461,11 @@ type Snapshot struct {
 	// LimitsUnknown is the epoch of the process that a failed write of
 	// resource limits (ActSetLimits) left with limits of neither spec, or
 	// that a revert whose restart failed left serving with the reverted
-	// spec's limits (0: none): no revert keeps it as the last good
-	// release's (spec.go).
+	// spec's limits, or that runs its release with a spec the snapshot
+	// names for no release (a process a failed revert kept serving, its
+	// release assigned again with other limits: Snapshot derives it)
+	// (0: none): no revert keeps it as the last good release's, no
+	// Restore adopts it as the target's (spec.go).
 	LimitsUnknown uint64
 }
 

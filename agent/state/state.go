@@ -72,7 +72,8 @@ type file struct {
 	InPlace bool `json:"in_place,omitempty"`
 	// LimitsUnknown (added within format 2; absent in older files, read as
 	// 0: none): the epoch of the process a failed write of resource limits
-	// (or a failed revert of a resize) left with limits of neither spec.
+	// (or a failed revert of a resize) left with limits of neither spec, or
+	// of a kept process of a release the file names with another spec.
 	LimitsUnknown uint64 `json:"limits_unknown,omitempty"`
 	// Sockets and Notify (added within format 2; absent in older files):
 	// the Runtime record.
