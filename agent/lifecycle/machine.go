@@ -295,7 +295,7 @@ func Restore(s Snapshot, found []Running, now time.Time) (*Machine, []Action) {
 	}
 	for _, f := range found {
 		m.epoch = max(m.epoch, f.Epoch) // epochs go on from the running processes'
-		m.procs = append(m.procs, &proc{epoch: f.Epoch, v: f.Version, a: s.release(f.Version), ready: true,
+		m.procs = append(m.procs, &proc{epoch: f.Epoch, v: f.Version, a: s.runs(f), ready: true,
 			limitsUnknown: f.Epoch != 0 && f.Epoch == s.LimitsUnknown})
 	}
 	if s.Phase == v1.Phase_PHASE_REMOVING || s.Phase == v1.Phase_PHASE_REMOVED {
@@ -465,6 +465,21 @@ func (s *Snapshot) release(v string) *v1.Assignment {
 		}
 	}
 	return nil
+}
+
+// runs is the assignment a process found running runs: its release's,
+// and of a release the snapshot names with two specs (a config install
+// or its revert, not in place) the target's for the process started for
+// it (TargetEpoch), the last good's for any other (spec.go). Without a
+// recorded epoch, the release's first named (release).
+func (s *Snapshot) runs(f Running) *v1.Assignment {
+	if s.TargetEpoch != 0 && !s.InPlace && specChange(s.Target, s.LastGood) && f.Version == Version(s.Target) {
+		if f.Epoch == s.TargetEpoch {
+			return s.Target
+		}
+		return s.LastGood
+	}
+	return s.release(f.Version)
 }
 
 // foundOf returns the running process of release v (nil: none).

@@ -1226,7 +1226,9 @@ func (s *sim) restart() {
 	var versions []string
 	for e, p := range s.procs {
 		found = append(found, Running{Version: p.v, Epoch: e})
-		p.a, p.ready, p.readyBy = s.persisted.release(p.v), true, time.Time{}
+		// Its spec as far as the snapshot can tell (its limits stay what
+		// they are: p.limits).
+		p.a, p.ready, p.readyBy = s.persisted.runs(found[len(found)-1]), true, time.Time{}
 	}
 	slices.SortFunc(found, func(a, b Running) int { return cmp.Compare(a.Epoch, b.Epoch) })
 	if s.rnd.IntN(2) == 0 {
