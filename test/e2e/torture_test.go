@@ -1,0 +1,384 @@
+package e2e
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fleetwave/fleetwave/agent/supervise"
+	"github.com/fleetwave/fleetwave/internal/testkit/testfleet"
+	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
+)
+
+// tortureSpec is the demo service with the handover (sockets, ready:
+// notify) and every hook, each a little slow so that a kill can land in
+// it. FW_ROUND in run.env names the spec: a config-only change changes it.
+// The validate hook fails when the release carries VALIDATE_FAIL.
+const tortureSpec = `name: web
+selector: {role: web}
+run:
+  command: ["./demoapp"]
+  env: {FW_ROUND: "%d"}
+  sockets: [{name: http, listen: "127.0.0.1:${host.label.port}"}]
+  ready: notify
+  ready_timeout: 2s
+  stop_grace: 5s
+hooks:
+  after_install: {command: ["/bin/sh", "-c", "echo after_install $FLEETWAVE_VERSION; sleep 0.2; echo after_install done"], timeout: 10s}
+  before_start: {command: ["/bin/sh", "-c", "echo before_start $FLEETWAVE_VERSION; sleep 0.1; echo before_start done"], timeout: 10s}
+  after_start: {command: ["/bin/sh", "-c", "echo after_start $FLEETWAVE_VERSION; sleep 0.1; echo after_start done"], timeout: 10s}
+  validate: {command: ["/bin/sh", "-c", "echo validate $FLEETWAVE_VERSION; sleep 0.1; test ! -e VALIDATE_FAIL"], timeout: 10s}
+  before_stop: {command: ["/bin/sh", "-c", "echo before_stop $FLEETWAVE_VERSION; sleep 0.1; echo before_stop done"], timeout: 10s}
+checks:
+  - name: http
+    http: {url: "http://127.0.0.1:${host.label.port}/healthz"}
+    interval: 200ms
+    timeout: 1s
+min_healthy_time: 1s
+healthy_deadline: 3s
+rollout:
+  canary: 1
+  waves: [100]
+  max_parallel: 2
+  bake: 0s
+  progress_deadline: 2m
+`
+
+func tortureEnvInt(t *testing.T, name string, def int64) int64 {
+	t.Helper()
+	s := os.Getenv(name)
+	if s == "" {
+		return def
+	}
+	v, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		t.Fatalf("%s=%q: %v", name, s, err)
+	}
+	return v
+}
+
+// TestAgentKilledAtRandomConverges: round after round, a new rollout (a good
+// release, a release whose health check fails, one whose validate hook
+// fails, or a config-only change), the agent SIGKILLed after a random delay
+// (landing in fetch, stage, hooks, switch, start, checks, revert or after),
+// restarted, and once the rollout ended and the host settled, the host's
+// invariants: one process of the service, of the release `current` names,
+// the agent reports and the rollout's outcome calls for, with the spec
+// expected; no leftovers; the agent's files and goroutines not growing; no
+// request of a client loop refused (the service has sockets: README,
+// "Services outlive the agent").
+//
+// FLEETWAVE_TORTURE_SEED (default 1), FLEETWAVE_TORTURE_ROUNDS (default 4),
+// FLEETWAVE_TORTURE_MAX_DELAY_MS (default 3000), FLEETWAVE_TORTURE_HOSTS
+// (default 1) replay or widen the hunt.
+func TestAgentKilledAtRandomConverges(t *testing.T) {
+	seed := tortureEnvInt(t, "FLEETWAVE_TORTURE_SEED", 1)
+	rounds := int(tortureEnvInt(t, "FLEETWAVE_TORTURE_ROUNDS", 4))
+	maxDelay := time.Duration(tortureEnvInt(t, "FLEETWAVE_TORTURE_MAX_DELAY_MS", 3000)) * time.Millisecond
+	nHosts := int(tortureEnvInt(t, "FLEETWAVE_TORTURE_HOSTS", 1))
+	t.Logf("torture: FLEETWAVE_TORTURE_SEED=%d FLEETWAVE_TORTURE_ROUNDS=%d FLEETWAVE_TORTURE_MAX_DELAY_MS=%d FLEETWAVE_TORTURE_HOSTS=%d",
+		seed, rounds, maxDelay.Milliseconds(), nHosts)
+	rng := rand.New(rand.NewPCG(uint64(seed), 0x70727475))
+
+	e := newFleetEnv(t, nHosts)
+	specRev := 0
+	applySpec := func() {
+		specRev++
+		e.apply("web", fmt.Sprintf(tortureSpec, specRev))
+	}
+	applySpec()
+	if code := e.release("web", "v0", nil); code != 0 {
+		t.Fatalf("v0 rollout: exit %d: %v", code, e.rollout("web"))
+	}
+	e.allOn("v0")
+	stable, stableSpec := "v0", specRev
+	load := e.fleet.StartLoad(e.ctx, "round 0", 2, 20*time.Millisecond)
+	defer load.Stop()
+
+	type sample struct{ fds, goroutines float64 }
+	var first map[string]sample
+	start := time.Now()
+	for round := 1; round <= rounds; round++ {
+		roundStart := time.Now()
+		kind := []string{"good", "good", "bad-health", "bad-validate", "config"}[rng.IntN(5)]
+		delay := time.Duration(rng.Int64N(int64(maxDelay) + 1))
+		victim := e.fleet.AgentIDs()[rng.IntN(nHosts)]
+		version := fmt.Sprintf("v%d", round)
+		load.Step(fmt.Sprintf("round %d: %s, kill %s at %s", round, kind, victim, delay))
+		t.Logf("round %d: %s (%s), kill -9 %s after %s", round, kind, version, victim, delay.Round(time.Millisecond))
+
+		wantVersion, wantSpec := version, specRev
+		switch kind {
+		case "good":
+			e.cli(0, "release", "create", "web", "--version", version, "--artifact", e.artifact(version, nil))
+		case "bad-health":
+			e.cli(0, "release", "create", "web", "--version", version, "--artifact", e.artifact(version, map[string]string{"FAIL_HEALTH": "1"}))
+			wantVersion = stable
+		case "bad-validate":
+			e.cli(0, "release", "create", "web", "--version", version, "--artifact", e.artifact(version, map[string]string{"VALIDATE_FAIL": "1"}))
+			wantVersion = stable
+		case "config":
+			applySpec()
+			wantVersion, wantSpec = stable, specRev
+		}
+		kick := time.Now()
+		time.Sleep(delay) // the kill's moment, chosen by the seed: not a synchronisation
+		a := e.fleet.Agents[victim]
+		a.Kill9()
+		killedAt := time.Since(kick)
+		if err := a.Restart(); err != nil {
+			t.Fatal(err)
+		}
+		watch := e.fleet.CLI(e.ctx, "rollout", "watch", "web")
+		ro := e.rollout("web")
+		t.Logf("round %d: killed at %s, rollout %s %s → %s (spec %d): %s %q, watch exit %d", round, killedAt.Round(time.Millisecond),
+			ro.GetId(), ro.GetFromVersion(), ro.GetToVersion(), ro.GetSpecRevision(), ro.GetState(), ro.GetReason(), watch.Code)
+		switch kind {
+		case "good", "config":
+			if watch.Code != 0 || ro.GetState() != v1.RolloutState_ROLLOUT_STATE_SUCCEEDED {
+				t.Errorf("round %d (%s, killed at %s): the rollout did not succeed: %s %q\n%s%s", round, kind, killedAt, ro.GetState(), ro.GetReason(), watch.Stdout, watch.Stderr)
+				// Go on from what the fleet settles on.
+				wantVersion, wantSpec = stable, stableSpec
+			}
+		default:
+			if watch.Code != 1 || ro.GetState() != v1.RolloutState_ROLLOUT_STATE_FAILED {
+				t.Errorf("round %d (%s, killed at %s): the rollout did not fail: %s %q\n%s%s", round, kind, killedAt, ro.GetState(), ro.GetReason(), watch.Stdout, watch.Stderr)
+			}
+		}
+		if ro.GetState() == v1.RolloutState_ROLLOUT_STATE_FAILED {
+			e.cli(0, "service", "unfreeze", "web")
+		}
+		if kind == "config" && ro.GetState() != v1.RolloutState_ROLLOUT_STATE_SUCCEEDED {
+			wantSpec = stableSpec
+		}
+		e.waitTortureConverged(round, wantVersion, wantSpec)
+		stable, stableSpec = wantVersion, wantSpec
+
+		for _, id := range e.fleet.AgentIDs() {
+			e.checkTortureHost(round, id, wantVersion, wantSpec)
+		}
+		now := map[string]sample{}
+		for _, id := range e.fleet.AgentIDs() {
+			ma := e.fleet.Agents[id].MetricsAddr
+			now[id] = sample{fds: e.metric(ma, "process_open_fds"), goroutines: e.metric(ma, "go_goroutines")}
+		}
+		if first == nil {
+			first = now
+		}
+		for id, s := range now {
+			f := first[id]
+			t.Logf("round %d: %s agent fds %.0f (first %.0f), goroutines %.0f (first %.0f)", round, id, s.fds, f.fds, s.goroutines, f.goroutines)
+			if s.fds > f.fds+8 || s.goroutines > f.goroutines+15 {
+				t.Errorf("round %d: %s agent grows: fds %.0f (first %.0f), goroutines %.0f (first %.0f)", round, id, s.fds, f.fds, s.goroutines, f.goroutines)
+			}
+		}
+		t.Logf("round %d took %s", round, time.Since(roundStart).Round(time.Millisecond))
+		if t.Failed() {
+			break
+		}
+	}
+	steps := load.Stop()
+	for _, s := range steps {
+		t.Logf("MEASURE %s", s.String())
+	}
+	if f := testfleet.Failures(steps); f != "" {
+		t.Errorf("requests failed (the service has sockets: nothing may be refused across an agent kill -9):\n%s", f)
+	}
+	t.Logf("torture: %d rounds in %s (seed %d)", rounds, time.Since(start).Round(time.Millisecond), seed)
+}
+
+// waitTortureConverged waits until every host is connected and reports web
+// healthy on version, with no install under way, its service answering
+// with version from the process that runs spec, and one process alone.
+func (e *env) waitTortureConverged(round int, version string, spec int) {
+	e.t.Helper()
+	e.waitFor(90*time.Second, fmt.Sprintf("round %d: every host settled on %s with spec %d", round, version, spec), func() (bool, string) {
+		hosts, err := e.fleet.Hosts(e.ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		var bad []string
+		for _, h := range hosts {
+			var rep *v1.ServiceReport
+			for _, s := range h.GetServices() {
+				if s.GetService() == "web" {
+					rep = s
+				}
+			}
+			a := e.fleet.Agents[h.GetId()]
+			if !h.GetConnected() || rep.GetPhase() != v1.Phase_PHASE_HEALTHY || rep.GetCurrentVersion() != version ||
+				(rep.GetTargetVersion() != "" && rep.GetTargetVersion() != version) {
+				bad = append(bad, fmt.Sprintf("%s connected=%v %s current %s target %s last good %s: %s", h.GetId(), h.GetConnected(),
+					rep.GetPhase(), rep.GetCurrentVersion(), rep.GetTargetVersion(), rep.GetLastGoodVersion(), rep.GetReason()))
+				continue
+			}
+			if v := e.fleet.Version(e.ctx, h.GetId()); v != version {
+				bad = append(bad, fmt.Sprintf("%s serves %q", h.GetId(), v))
+				continue
+			}
+			if _, err := os.Stat(filepath.Join(a.DataDir, "run", "web.next.pid")); err == nil {
+				bad = append(bad, h.GetId()+": web.next.pid still there")
+				continue
+			}
+			if ps := serviceProcs(a.DataDir); len(ps) != 1 {
+				bad = append(bad, fmt.Sprintf("%s: %d service processes %v", h.GetId(), len(ps), ps))
+			}
+		}
+		return len(bad) == 0 && len(hosts) == len(e.fleet.AgentIDs()), strings.Join(bad, "; ")
+	})
+}
+
+// checkTortureHost checks a settled host's invariants.
+func (e *env) checkTortureHost(round int, id, version string, spec int) {
+	e.t.Helper()
+	a := e.fleet.Agents[id]
+	fail := func(format string, args ...any) {
+		e.t.Helper()
+		e.t.Errorf("round %d: %s: %s", round, id, fmt.Sprintf(format, args...))
+	}
+	rec, err := supervise.ReadPIDFile(filepath.Join(a.DataDir, "run", "web.pid"))
+	if err != nil {
+		fail("%v", err)
+		return
+	}
+	ps := serviceProcs(a.DataDir)
+	if len(ps) != 1 || ps[0] != rec.PGID {
+		fail("service processes %v, PID file names %d", ps, rec.PGID)
+	}
+	if rec.Release != version {
+		fail("PID file names release %q, want %s", rec.Release, version)
+	}
+	exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", rec.PGID))
+	if want := filepath.Join(a.DataDir, "releases", "web", version, "demoapp"); exe != want {
+		fail("the process runs %s, want %s", exe, want)
+	}
+	if env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", rec.PGID)); err != nil || !slices.Contains(strings.Split(string(env), "\x00"), fmt.Sprintf("FW_ROUND=%d", spec)) {
+		fail("the process does not run spec %d (FW_ROUND): %v", spec, err)
+	}
+	cur, err := os.Readlink(filepath.Join(a.DataDir, "releases", "web", "current"))
+	if err != nil || filepath.Base(cur) != version {
+		fail("current -> %q (%v), want %s", cur, err, version)
+	}
+	// Zombies: nothing the agent or the test left unreaped.
+	if z := zombies(a.CurrentPID()); len(z) > 0 {
+		fail("zombies of the agent: %v", z)
+	}
+	// Leftovers of interrupted writes and stagings.
+	var left []string
+	_ = filepath.Walk(a.DataDir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return nil
+		}
+		rel, _ := filepath.Rel(a.DataDir, p)
+		base := filepath.Base(p)
+		if strings.HasPrefix(rel, filepath.Join("releases", "web")+"/v") && strings.Count(rel, "/") > 2 {
+			return filepath.SkipDir // inside a release: its own files
+		}
+		if strings.Contains(base, ".tmp") || strings.HasPrefix(base, ".stage-") || strings.HasPrefix(base, ".current-") ||
+			(strings.HasPrefix(rel, "tmp/") && !fi.IsDir()) || (strings.HasPrefix(rel, "partial/") && !fi.IsDir()) {
+			left = append(left, rel)
+		}
+		return nil
+	})
+	if len(left) > 0 {
+		fail("leftovers: %v", left)
+	}
+	rels, _ := os.ReadDir(filepath.Join(a.DataDir, "releases", "web"))
+	var versions []string
+	for _, r := range rels {
+		if r.IsDir() && strings.HasPrefix(r.Name(), "v") {
+			versions = append(versions, r.Name())
+		}
+	}
+	// --keep-releases 3, plus current, last good, the target and a revert's
+	// destination, which are among them or the one running: at most 4.
+	if len(versions) > 4 {
+		fail("%d releases kept: %v", len(versions), versions)
+	}
+	if names := fileNames(filepath.Join(a.DataDir, "notify")); len(names) > 1 {
+		fail("%d notify sockets: %v (the process's epoch %d)", len(names), names, rec.Epoch)
+	}
+	if n := countFiles(filepath.Join(a.DataDir, "artifacts")); n > 4 {
+		fail("%d artifacts kept", n)
+	}
+}
+
+func countFiles(dir string) int {
+	ents, _ := os.ReadDir(dir)
+	n := 0
+	for _, e := range ents {
+		if !e.IsDir() {
+			n++
+		}
+	}
+	return n
+}
+
+func fileNames(dir string) []string {
+	ents, _ := os.ReadDir(dir)
+	var out []string
+	for _, e := range ents {
+		if !e.IsDir() {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+var procStat = regexp.MustCompile(`^\d+ \((.*)\) (\S) (\d+)`)
+
+// serviceProcs lists the live processes running a release's demoapp of
+// dataDir (any release, also a pruned one), sorted.
+func serviceProcs(dataDir string) []int {
+	ents, _ := os.ReadDir("/proc")
+	prefix := filepath.Join(dataDir, "releases", "web") + "/"
+	var out []int
+	for _, en := range ents {
+		pid, err := strconv.Atoi(en.Name())
+		if err != nil {
+			continue
+		}
+		exe, err := os.Readlink(filepath.Join("/proc", en.Name(), "exe"))
+		if err != nil || !strings.HasPrefix(exe, prefix) {
+			continue
+		}
+		if st, err := os.ReadFile(filepath.Join("/proc", en.Name(), "stat")); err == nil {
+			if m := procStat.FindStringSubmatch(string(st)); m != nil && m[2] == "Z" {
+				continue
+			}
+		}
+		out = append(out, pid)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// zombies lists the zombie children of pid.
+func zombies(pid int) []string {
+	if pid <= 0 {
+		return nil
+	}
+	ents, _ := os.ReadDir("/proc")
+	var out []string
+	for _, en := range ents {
+		if _, err := strconv.Atoi(en.Name()); err != nil {
+			continue
+		}
+		st, err := os.ReadFile(filepath.Join("/proc", en.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		m := procStat.FindStringSubmatch(string(st))
+		if m != nil && m[2] == "Z" && m[3] == strconv.Itoa(pid) {
+			out = append(out, en.Name()+" "+m[1])
+		}
+	}
+	return out
+}
