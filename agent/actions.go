@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"syscall"
@@ -503,6 +504,14 @@ func (a *agent) stopProcess(s *service, act lifecycle.Action) {
 	case f != nil && asg == nil:
 		asg = f.asg
 	}
+	// A process found running at Restore and stopped, not adopted, has its
+	// notify socket file (an agent killed with -9 leaves it; Restore kept
+	// it, as the process might have been adopted), but no receiver: it goes
+	// with the process, as a supervised process's goes with its Close.
+	var foundNotify string
+	if f != nil {
+		foundNotify = s.notify[f.f.Record.Epoch]
+	}
 	s.notifyAt(act.Epoch, "")
 	if f != nil {
 		s.notifyAt(f.f.Record.Epoch, "")
@@ -528,10 +537,23 @@ func (a *agent) stopProcess(s *service, act lifecycle.Action) {
 			}
 		case f != nil:
 			ev.err = f.f.Stop(f.grace, a.log)
+			removeNotifyFile(foundNotify)
 		default:
 			a.log.Error().Str("service", name).Uint64("epoch", act.Epoch).Msg("nothing to stop")
 			ev.err = fmt.Errorf("stop epoch %d: %w", act.Epoch, errNothingToStop)
 		}
 		a.send(ev)
 	})
+}
+
+// removeNotifyFile removes the notify socket file at path ("": none) of a
+// process that no longer has a receiver; only a socket (an epoch's path is
+// never bound again).
+func removeNotifyFile(path string) {
+	if path == "" {
+		return
+	}
+	if fi, err := os.Lstat(path); err == nil && fi.Mode().Type() == os.ModeSocket {
+		_ = os.Remove(path)
+	}
 }

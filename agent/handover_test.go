@@ -805,3 +805,65 @@ func TestNotifyFallbackUnderRunAsRoot(t *testing.T) {
 		t.Log("no /run here: the temporary directory")
 	}
 }
+
+// TestHandoverKilledMidHandoverLeavesNoNotifySocket: an agent killed (-9)
+// while v2 runs beside v1 leaves both processes' notify sockets in
+// notify/. The next agent adopts v2 and stops v1: v1's notify socket goes
+// with v1 (before, it stayed until the agent after that one started: found
+// by the torture test, TestAgentKilledAtRandomConverges).
+func TestHandoverKilledMidHandoverLeavesNoNotifySocket(t *testing.T) {
+	fc, cfg, cancel, done, cl, pid1 := handoverSetup(t)
+	flag := filepath.Join(t.TempDir(), "v2-may-be-ready")
+	fc.assign(handoverRelease(t, fc, "v2", 2, map[string]string{fileReadyAfter: flag}))
+	v2 := waitLog(t, cfg.DataDir, "waiting", "v2")
+	notifyDir := filepath.Join(cfg.DataDir, "notify")
+	ents, err := os.ReadDir(notifyDir)
+	if err != nil || len(ents) != 2 {
+		t.Fatalf("notify sockets during the handover: %v %v, want v1's and v2's", ents, err)
+	}
+	cancel()
+	waitDone(t, done)
+	// A kill -9 leaves the socket files (a stop removes them): put them back
+	// as the kill leaves them, bound and with nothing listening.
+	for _, e := range ents {
+		ln, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(notifyDir, e.Name()), Net: "unixgram"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln.Close()
+	}
+	if err := os.WriteFile(flag, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, cfg.DataDir, "listening", "v2")
+
+	ctx, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	done2 := runAgent(t, ctx, cfg, testOptions())
+	fc.waitFor(t, "v2 healthy", handoverTimeout, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 2, v1.Phase_PHASE_HEALTHY, "v2")
+	})
+	waitGone(t, pid1)
+	if got := readPID(t, filepath.Join(cfg.DataDir, "run", testSvc+".pid")); got != v2.PID {
+		t.Fatalf("main pid file names %d, want v2's %d", got, v2.PID)
+	}
+	// The stop's socket removal runs after v1 is gone: wait for it.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		left, _ := os.ReadDir(notifyDir)
+		if len(left) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			var names []string
+			for _, e := range left {
+				names = append(names, e.Name())
+			}
+			t.Fatalf("notify sockets once v1 is stopped: %v, want v2's alone", names)
+		}
+		time.Sleep(50 * time.Millisecond) // polling the directory
+	}
+	cl.noFailures(t)
+	cancel2()
+	waitDone(t, done2)
+}
