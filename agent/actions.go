@@ -398,6 +398,7 @@ func (a *agent) adoptProcess(s *service, act lifecycle.Action) {
 		if err == nil {
 			a.addProcess(s, &process{epoch: act.Epoch, asg: act.Assignment, sup: sup, grace: cfg.StopGrace, notify: n,
 				listens: listensOf(decls), stop: make(chan struct{})})
+			a.takeMainPIDFile(s) // its handover's old process may be gone already
 			a.log.Info().Str("service", s.name).Str("version", act.Version).Int("pid", f.f.Record.PGID).
 				Uint64("epoch", act.Epoch).Msg("service adopted: left running by an earlier agent")
 			return

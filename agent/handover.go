@@ -427,14 +427,10 @@ func drainStop(ctx context.Context, asg *v1.Assignment) error {
 // one left in the handover's PID file takes the main one, the sockets no
 // process uses are closed, and the runtime record is saved.
 func (a *agent) afterStop(s *service) {
-	main := a.pidFile(s.name)
-	mainTaken := slices.ContainsFunc(s.found, func(f *foundProc) bool { return f.f.PIDFile() == main })
+	a.takeMainPIDFile(s)
 	listens := map[string]bool{}
 	keepAll := false
 	for _, p := range s.procs {
-		if p.sup.PIDFile() == main {
-			mainTaken = true
-		}
 		for _, l := range p.listens {
 			listens[l] = true
 		}
@@ -450,19 +446,35 @@ func (a *agent) afterStop(s *service) {
 			}
 		}
 	}
-	if !mainTaken {
-		for _, p := range s.procs {
-			if err := p.sup.MovePIDFile(main); err != nil {
-				a.log.Error().Str("service", s.name).Err(err).Msg("moving the pid file of the process that took over")
-			}
-			break
-		}
-	}
 	if !keepAll {
 		s.sockSet().keepOnly(listens)
 	}
 	if err := a.saveRuntime(s); err != nil {
 		a.log.Error().Str("service", s.name).Err(err).Msg("saving the service's sockets and notify sockets")
+	}
+}
+
+// takeMainPIDFile moves the record of a process of s left in the
+// handover's PID file to the main one when no process of s (supervised, or
+// found at Restore and not yet adopted or stopped) holds the main one: at
+// the end of a handover, and when an agent adopts the new process of a
+// handover whose old process exited while no agent ran (else the next
+// handover would write its new process over that record).
+func (a *agent) takeMainPIDFile(s *service) {
+	main := a.pidFile(s.name)
+	if slices.ContainsFunc(s.found, func(f *foundProc) bool { return f.f.PIDFile() == main }) {
+		return
+	}
+	for _, p := range s.procs {
+		if p.sup.PIDFile() == main {
+			return
+		}
+	}
+	for _, p := range s.procs {
+		if err := p.sup.MovePIDFile(main); err != nil {
+			a.log.Error().Str("service", s.name).Err(err).Msg("moving the pid file of the process that took over")
+		}
+		break
 	}
 }
 

@@ -867,3 +867,55 @@ func TestHandoverKilledMidHandoverLeavesNoNotifySocket(t *testing.T) {
 	cancel2()
 	waitDone(t, done2)
 }
+
+// TestHandoverOldGoneWhileNoAgentRuns: the agent stops while v2 runs
+// beside v1, and v1 exits before the next agent starts (the stopped agent
+// had signalled it: a kill -9 between v1's SIGTERM and the move of v2's
+// record). The next agent adopts v2 from the handover's PID file, which
+// must then move to the main one, as the handover's end would have moved
+// it: a later handover writes its new process to the handover's file, and
+// an agent killed then would find v2 recorded nowhere (found by
+// TestAgentKilledAtRandomConverges, seed 4, FLEETWAVE_TORTURE_MAX_DELAY_MS=1200).
+func TestHandoverOldGoneWhileNoAgentRuns(t *testing.T) {
+	fc, cfg, cancel, done, cl, pid1 := handoverSetup(t)
+	flag := filepath.Join(t.TempDir(), "v2-may-be-ready")
+	fc.assign(handoverRelease(t, fc, "v2", 2, map[string]string{fileReadyAfter: flag}))
+	v2 := waitLog(t, cfg.DataDir, "waiting", "v2")
+	cancel()
+	waitDone(t, done)
+	if err := os.WriteFile(flag, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, cfg.DataDir, "listening", "v2")
+	if err := syscall.Kill(-pid1, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, pid1)
+
+	ctx, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	done2 := runAgent(t, ctx, cfg, testOptions())
+	fc.waitFor(t, "v2 healthy", handoverTimeout, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 2, v1.Phase_PHASE_HEALTHY, "v2")
+	})
+	main, next := filepath.Join(cfg.DataDir, "run", testSvc+".pid"), filepath.Join(cfg.DataDir, "run", testSvc+".next.pid")
+	if _, err := os.Stat(next); !os.IsNotExist(err) {
+		t.Errorf("handover pid file left behind once v2 serves alone: %v", err)
+	}
+	if _, err := os.Stat(main); err != nil || readPID(t, main) != v2.PID {
+		t.Fatalf("main pid file (%v) does not name v2 (%d), adopted", err, v2.PID)
+	}
+	// The next handover ends with v3 alone, in the main PID file.
+	fc.assign(handoverRelease(t, fc, "v3", 3, nil))
+	fc.waitFor(t, "v3 healthy", handoverTimeout, func(_ []*v1.Hello, rs []*v1.ServiceReport) bool {
+		return reportIs(lastReport(rs, testSvc), 3, v1.Phase_PHASE_HEALTHY, "v3")
+	})
+	waitGone(t, v2.PID)
+	if _, err := os.Stat(next); !os.IsNotExist(err) {
+		t.Errorf("handover pid file left behind after v3: %v", err)
+	}
+	cl.waitServed(t, "v3", 20)
+	cl.noFailures(t)
+	cancel2()
+	waitDone(t, done2)
+}
