@@ -49,6 +49,7 @@ rollout:
   max_parallel: 2
   bake: 0s
   progress_deadline: 2m
+  stage_ahead: true
 `
 
 func tortureEnvInt(t *testing.T, name string, def int64) int64 {
@@ -75,16 +76,19 @@ func tortureEnvInt(t *testing.T, name string, def int64) int64 {
 // request of a client loop refused (the service has sockets: README,
 // "Services outlive the agent").
 //
-// FLEETWAVE_TORTURE_SEED (default 1), FLEETWAVE_TORTURE_ROUNDS (default 4),
+// FLEETWAVE_TORTURE_SEED (default 1), FLEETWAVE_TORTURE_ROUNDS (default 8),
 // FLEETWAVE_TORTURE_MAX_DELAY_MS (default 3000), FLEETWAVE_TORTURE_HOSTS
-// (default 1) replay or widen the hunt.
+// (default 1) and FLEETWAVE_TORTURE_KILLS (kills a round, default 1: more
+// land in the recovery of the agent killed before) replay or widen the
+// hunt. The seed and every kill's moment are logged.
 func TestAgentKilledAtRandomConverges(t *testing.T) {
 	seed := tortureEnvInt(t, "FLEETWAVE_TORTURE_SEED", 1)
-	rounds := int(tortureEnvInt(t, "FLEETWAVE_TORTURE_ROUNDS", 4))
+	rounds := int(tortureEnvInt(t, "FLEETWAVE_TORTURE_ROUNDS", 8))
 	maxDelay := time.Duration(tortureEnvInt(t, "FLEETWAVE_TORTURE_MAX_DELAY_MS", 3000)) * time.Millisecond
 	nHosts := int(tortureEnvInt(t, "FLEETWAVE_TORTURE_HOSTS", 1))
-	t.Logf("torture: FLEETWAVE_TORTURE_SEED=%d FLEETWAVE_TORTURE_ROUNDS=%d FLEETWAVE_TORTURE_MAX_DELAY_MS=%d FLEETWAVE_TORTURE_HOSTS=%d",
-		seed, rounds, maxDelay.Milliseconds(), nHosts)
+	kills := int(tortureEnvInt(t, "FLEETWAVE_TORTURE_KILLS", 1))
+	t.Logf("torture: FLEETWAVE_TORTURE_SEED=%d FLEETWAVE_TORTURE_ROUNDS=%d FLEETWAVE_TORTURE_MAX_DELAY_MS=%d FLEETWAVE_TORTURE_HOSTS=%d FLEETWAVE_TORTURE_KILLS=%d",
+		seed, rounds, maxDelay.Milliseconds(), nHosts, kills)
 	rng := rand.New(rand.NewPCG(uint64(seed), 0x70727475))
 
 	e := newFleetEnv(t, nHosts)
@@ -105,6 +109,7 @@ func TestAgentKilledAtRandomConverges(t *testing.T) {
 	type sample struct{ fds, goroutines float64 }
 	var first map[string]sample
 	start := time.Now()
+	seen := map[string]int{} // log path → bytes already looked at
 	for round := 1; round <= rounds; round++ {
 		roundStart := time.Now()
 		kind := []string{"good", "good", "bad-health", "bad-validate", "config"}[rng.IntN(5)]
@@ -129,16 +134,23 @@ func TestAgentKilledAtRandomConverges(t *testing.T) {
 			wantVersion, wantSpec = stable, specRev
 		}
 		kick := time.Now()
-		time.Sleep(delay) // the kill's moment, chosen by the seed: not a synchronisation
 		a := e.fleet.Agents[victim]
-		a.Kill9()
-		killedAt := time.Since(kick)
-		if err := a.Restart(); err != nil {
-			t.Fatal(err)
+		for k := range kills {
+			if k > 0 {
+				// Again, in the next agent's recovery or what it resumed.
+				delay = time.Duration(rng.Int64N(int64(maxDelay) + 1))
+			}
+			time.Sleep(delay) // the kill's moment, chosen by the seed: not a synchronisation
+			a.Kill9()
+			t.Logf("round %d: kill %d at %s, the agent's last phase: %s", round, k+1, time.Since(kick).Round(time.Millisecond), lastPhase(a.LogPath))
+			if err := a.Restart(); err != nil {
+				t.Fatal(err)
+			}
 		}
+		killedAt := time.Since(kick)
 		watch := e.fleet.CLI(e.ctx, "rollout", "watch", "web")
 		ro := e.rollout("web")
-		t.Logf("round %d: killed at %s, rollout %s %s → %s (spec %d): %s %q, watch exit %d", round, killedAt.Round(time.Millisecond),
+		t.Logf("round %d: rollout %s %s → %s (spec %d): %s %q, watch exit %d", round,
 			ro.GetId(), ro.GetFromVersion(), ro.GetToVersion(), ro.GetSpecRevision(), ro.GetState(), ro.GetReason(), watch.Code)
 		switch kind {
 		case "good", "config":
@@ -177,6 +189,11 @@ func TestAgentKilledAtRandomConverges(t *testing.T) {
 			t.Logf("round %d: %s agent fds %.0f (first %.0f), goroutines %.0f (first %.0f)", round, id, s.fds, f.fds, s.goroutines, f.goroutines)
 			if s.fds > f.fds+8 || s.goroutines > f.goroutines+15 {
 				t.Errorf("round %d: %s agent grows: fds %.0f (first %.0f), goroutines %.0f (first %.0f)", round, id, s.fds, f.fds, s.goroutines, f.goroutines)
+			}
+		}
+		for _, id := range e.fleet.AgentIDs() {
+			for _, l := range newLogLines(e.fleet.Agents[id].LogPath, seen, `"level":"error"`, `"level":"warn"`) {
+				t.Logf("round %d: %s logged: %s", round, id, l)
 			}
 		}
 		t.Logf("round %d took %s", round, time.Since(roundStart).Round(time.Millisecond))
@@ -308,6 +325,36 @@ func (e *env) checkTortureHost(round int, id, version string, spec int) {
 	if n := countFiles(filepath.Join(a.DataDir, "artifacts")); n > 4 {
 		fail("%d artifacts kept", n)
 	}
+}
+
+// newLogLines returns the lines of logPath past what seen records that
+// hold any of subs, and records the new end.
+func newLogLines(logPath string, seen map[string]int, subs ...string) []string {
+	b, _ := os.ReadFile(logPath)
+	from := min(seen[logPath], len(b))
+	seen[logPath] = len(b)
+	var out []string
+	for _, l := range strings.Split(string(b[from:]), "\n") {
+		for _, s := range subs {
+			if strings.Contains(l, s) {
+				out = append(out, l)
+				break
+			}
+		}
+	}
+	return out
+}
+
+var phaseLine = regexp.MustCompile(`"phase":"PHASE_(\w+)","version":"([^"]*)"[^\n]*"message":"phase"`)
+
+// lastPhase is the last phase an agent's log names, with its version.
+func lastPhase(logPath string) string {
+	b, _ := os.ReadFile(logPath)
+	m := phaseLine.FindAllSubmatch(b, -1)
+	if len(m) == 0 {
+		return "none"
+	}
+	return string(m[len(m)-1][1]) + " " + string(m[len(m)-1][2])
 }
 
 func countFiles(dir string) int {
