@@ -470,11 +470,13 @@ func (s *Snapshot) release(v string) *v1.Assignment {
 // runs is the assignment a process found running runs: its release's,
 // and of a release the snapshot names with two specs (a config install
 // or its revert, not in place) the target's for the process started for
-// it (TargetEpoch), the last good's for any other (spec.go). Without a
-// recorded epoch, the release's first named (release).
+// it (TargetEpoch, made durable before that start), the last good's for
+// any other: with no recorded epoch none was started for the target
+// (spec.go; a state file of an agent before target_epoch cannot tell, and
+// the old spec's process is the likelier).
 func (s *Snapshot) runs(f Running) *v1.Assignment {
-	if s.TargetEpoch != 0 && !s.InPlace && specChange(s.Target, s.LastGood) && f.Version == Version(s.Target) {
-		if f.Epoch == s.TargetEpoch {
+	if !s.InPlace && specChange(s.Target, s.LastGood) && f.Version == Version(s.Target) {
+		if s.TargetEpoch != 0 && f.Epoch == s.TargetEpoch {
 			return s.Target
 		}
 		return s.LastGood
@@ -511,6 +513,13 @@ func (m *Machine) keep(p *proc, a *v1.Assignment) (beside bool) {
 	if p.epoch == 0 {
 		m.epoch++ // an unrecorded epoch: 0 means none
 		p.epoch = m.epoch
+	}
+	if p.a != nil && !sameRun(p.a, a) && !(m.installedInPlace && inPlaceChange(p.a, a)) {
+		// It runs another spec than the one it is adopted as (a process a
+		// failed revert kept serving, adopted as the current release's):
+		// no release's, never kept or adopted later as a's (in place, the
+		// adoption writes a's limits: ActAdopt.Limits).
+		p.limitsUnknown = true
 	}
 	p.a, p.ready = a, true
 	m.procs = without(m.procs, p)
@@ -719,7 +728,7 @@ func (m *Machine) Snapshot() *Snapshot {
 // takes a process found running of the release for the named one's.
 func (s *Snapshot) names(a *v1.Assignment) bool {
 	for _, b := range []*v1.Assignment{s.Current, s.Target, s.LastGood, s.Previous} {
-		if b != nil && Version(b) == Version(a) && (!specChange(a, b) || inPlaceChange(a, b) && !resized(a, b)) {
+		if sameRun(a, b) {
 			return true
 		}
 	}
@@ -810,9 +819,12 @@ func (m *Machine) launch(a *v1.Assignment) {
 func (m *Machine) emitStart(a *v1.Assignment) {
 	m.epoch++
 	m.installedInPlace = false // a process is started: no longer in place
-	if m.op == opInstall && a == m.target {
+	if a == m.target || m.op != opInstall && sameRun(a, m.target) {
+		// A process of the target's spec: also one a recovery starts for
+		// a settled release (else a later revert of it, to the release
+		// before, would take this process for the last good's).
 		m.targetEpoch = m.epoch
-		if specChange(m.target, m.lastGood) {
+		if m.op == opInstall && specChange(m.target, m.lastGood) {
 			// Durable before the start: after an agent restart the epoch
 			// tells the new spec's process from the old one's (spec.go).
 			m.persist()

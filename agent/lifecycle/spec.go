@@ -105,6 +105,13 @@ func inPlaceChange(a, b *v1.Assignment) bool {
 	return a != nil && b != nil && Version(a) == Version(b) && specdiff.InPlace(a.GetSpec(), b.GetSpec())
 }
 
+// sameRun reports whether a process of a runs as one of b does: the same
+// release, with specs that differ at most in how it is judged (not in
+// what runs, not in its resource limits).
+func sameRun(a, b *v1.Assignment) bool {
+	return a != nil && b != nil && Version(a) == Version(b) && (!specChange(a, b) || inPlaceChange(a, b) && !resized(a, b))
+}
+
 // resized reports whether a and b have different resource limits
 // (specdiff.Resized): applying one in place of the other writes them.
 func resized(a, b *v1.Assignment) bool {
