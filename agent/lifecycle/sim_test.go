@@ -295,6 +295,10 @@ type simProc struct {
 	// a write of them failed (some may be written, some not)
 	limits    *v1.Resources
 	limitsBad bool
+	// run is the assignment it was started with: what it runs (its
+	// command, environment, sockets...), whatever the machine later takes
+	// it for
+	run *v1.Assignment
 	// a is its release as the machine knows it: the ActStart's, or the
 	// persisted snapshot's of its version once found at a restart (nil:
 	// unknown)
@@ -1097,6 +1101,13 @@ func (s *sim) checkLimits(r *v1.ServiceReport) {
 		s.fatalf("%v on %q with limits %v (a write failed: %v) on its process, the current spec's are %v",
 			r.Phase, r.CurrentVersion, p.limits, p.limitsBad, want)
 	}
+	// And what runs: the process was started with a spec that runs as the
+	// current one does (differing at most in how it is judged, and in
+	// limits, checked above).
+	if p.run != nil && specChange(p.run, snap.Current) && !inPlaceChange(p.run, snap.Current) {
+		s.fatalf("%v on %q while its process runs another spec: started with %v, the current spec is %v",
+			r.Phase, r.CurrentVersion, p.run.GetSpec(), snap.Current.GetSpec())
+	}
 }
 
 // dropsInPlace reports whether the machine was checking an install in
@@ -1130,7 +1141,7 @@ func (s *sim) finish() {
 	case ActStart:
 		if err == nil {
 			p := &simProc{v: a.Version, a: a.Assignment, ready: !NotifiesReady(a.Assignment) || s.earlyReady[a.Epoch],
-				limits: a.Assignment.GetSpec().GetResources()}
+				limits: a.Assignment.GetSpec().GetResources(), run: a.Assignment}
 			if !p.ready {
 				p.readyBy = s.now.Add(ReadyTimeout(a.Assignment))
 			}
@@ -1176,7 +1187,7 @@ func (s *sim) restart() {
 		case ActSwitch:
 			s.link = a.Version
 		case ActStart:
-			s.procs[a.Epoch] = &simProc{v: a.Version, limits: a.Assignment.GetSpec().GetResources()}
+			s.procs[a.Epoch] = &simProc{v: a.Version, limits: a.Assignment.GetSpec().GetResources(), run: a.Assignment}
 		case ActStop:
 			delete(s.procs, a.Epoch)
 		case ActRemove:
