@@ -271,6 +271,15 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger, opts options) erro
 	if err := a.startAgent(); err != nil {
 		return err
 	}
+	if ho := a.cfg.HandedOver; ho != nil {
+		a.background(func() {
+			select {
+			case <-ho:
+				a.send(handedOverEv{})
+			case <-loopCtx.Done():
+			}
+		})
+	}
 	a.recover(saved)
 	a.background(func() { a.rotateLogs(loopCtx) })
 	a.background(func() { a.saveRevocationsLoop(loopCtx) })

@@ -98,6 +98,10 @@ type Config struct {
 	// confirms to the old one with it (cmd/fleetwave-agent). It also makes
 	// the agent the new agent of a handover in progress (lifecycle.AgentStart).
 	Confirm func()
+	// HandedOver, when set, is closed once the old agent of the handover
+	// this agent is the new agent of has recorded the upgrade done and
+	// exited (WatchParent): the agent then reports the upgrade done.
+	HandedOver <-chan struct{}
 	// NotifySocket is systemd's notify socket of the agent's unit ("" =
 	// none; NotifySocketFromEnv): after an upgrade the old agent tells
 	// systemd the new agent's pid on it (MAINPID=). The new agent gets it

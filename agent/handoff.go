@@ -75,12 +75,34 @@ const parentCheckInterval = time.Second
 // its old agent stops: the old agent died in the handover (kill -9, a
 // crash), its supervisor (systemd) starts the old binary again, which must
 // get the data dir, and reports the upgrade failed (lifecycle.AgentStart).
-func WatchParent(ctx context.Context, confirm func(), log zerolog.Logger) (context.Context, func()) {
-	return watchParent(ctx, confirm, os.Getppid(), os.Getppid, parentCheckInterval, log)
+//
+// After the confirmation it watches on until the old agent is gone: the old
+// agent makes the new binary the installed one and records the upgrade
+// done only after it read the line. An old agent that dies in between
+// (kill -9 in its commit) leaves the record TRYING (and perhaps the old
+// binary installed) while this agent runs on, outside what its supervisor
+// knows: the next start of the installed executable finds the data dir
+// taken, and the record says the handover never ended. So a new agent whose
+// old agent is gone while dataDir's record still says TRYING stops too: the
+// installed executable, started again, decides by the record
+// (lifecycle.AgentStart: the new binary records it done, the old one
+// failed).
+//
+// The channel it returns is closed once the old agent is gone after the
+// confirmation with the upgrade recorded done (Config.HandedOver).
+func WatchParent(ctx context.Context, confirm func(), dataDir string, log zerolog.Logger) (context.Context, func(), <-chan struct{}) {
+	return watchParent(ctx, confirm, os.Getppid(), os.Getppid, parentCheckInterval, func() bool {
+		rec, err := loadUpgradeRecord(dataDir)
+		return err != nil || rec == nil || rec.State == lifecycle.AgentTrying
+	}, log)
 }
 
-func watchParent(ctx context.Context, confirm func(), ppid int, getppid func() int, every time.Duration, log zerolog.Logger) (context.Context, func()) {
+// watchParent is WatchParent with its clock, parent and record: handing
+// says whether the old agent has not ended the handover yet (its record
+// still TRYING).
+func watchParent(ctx context.Context, confirm func(), ppid int, getppid func() int, every time.Duration, handing func() bool, log zerolog.Logger) (context.Context, func(), <-chan struct{}) {
 	ctx, cancel := context.WithCancel(ctx)
+	handedOver := make(chan struct{})
 	confirmed := make(chan struct{})
 	var once sync.Once
 	wrapped := func() {
@@ -88,8 +110,9 @@ func watchParent(ctx context.Context, confirm func(), ppid int, getppid func() i
 			if getppid() != ppid {
 				return // the watch below stops the agent
 			}
-			// The watch ends first: once the old agent has the line it
-			// exits, and that is no reason to stop.
+			// The watch knows first: once the old agent has the line it
+			// exits, which is no reason to stop once the upgrade is
+			// recorded done.
 			close(confirmed)
 			confirm()
 		})
@@ -97,22 +120,37 @@ func watchParent(ctx context.Context, confirm func(), ppid int, getppid func() i
 	go func() {
 		t := time.NewTicker(every)
 		defer t.Stop()
+		waiting := confirmed // nil once confirmed: watched on until the old agent is gone
 		for {
 			select {
 			case <-ctx.Done():
 				return
-			case <-confirmed:
-				return
+			case <-waiting:
+				waiting = nil
+				continue
 			case <-t.C:
 			}
-			if getppid() != ppid {
+			if getppid() == ppid {
+				continue
+			}
+			select {
+			case <-confirmed:
+				waiting = nil
+			default:
+			}
+			if waiting != nil {
 				log.Warn().Int("ppid", ppid).Msg("agent upgrade: the old agent is gone before this new agent confirmed: stopping (the old agent, started again, reports the upgrade failed)")
 				cancel()
-				return
+			} else if handing() {
+				log.Warn().Int("ppid", ppid).Msg("agent upgrade: the old agent is gone after this new agent confirmed but before it recorded the upgrade done: stopping (the installed agent, started again, settles the upgrade by its record)")
+				cancel()
+			} else {
+				close(handedOver)
 			}
+			return
 		}
 	}()
-	return ctx, wrapped
+	return ctx, wrapped, handedOver
 }
 
 // ConfirmFromEnv returns the Config.Confirm of a new agent started by

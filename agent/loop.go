@@ -183,6 +183,8 @@ func (a *agent) handle(ev any) {
 		a.prunePartials(ev.assignments, ev.agent) // resume.go
 	case agentPreparedEv:
 		a.agentPrepared(ev)
+	case handedOverEv:
+		a.handedOver()
 	case aheadEv:
 		a.aheadEnded(ev)
 	}

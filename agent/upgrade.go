@@ -150,6 +150,10 @@ type agentUpgrade struct {
 	stop   bool                    // handing over: the loop ends
 }
 
+// handedOverEv: the old agent of the handover this agent is the new agent
+// of recorded the upgrade done and exited (Config.HandedOver).
+type handedOverEv struct{}
+
 // agentPreparedEv: the preparation of asg ended.
 type agentPreparedEv struct {
 	asg    *v1.Assignment
@@ -189,6 +193,19 @@ func (a *agent) startAgent() error {
 	}
 	a.applyAgent(d, true)
 	return nil
+}
+
+// handedOver decides again from the record once the old agent of this
+// agent's handover recorded the upgrade done and exited: the upgrade is
+// reported done now (lifecycle.AgentAssign).
+func (a *agent) handedOver() {
+	rec, err := loadUpgradeRecord(a.cfg.DataDir)
+	if err != nil {
+		a.log.Error().Err(err).Msg("agent upgrade: reading the record after the handover")
+		return
+	}
+	a.up.rec = rec
+	a.applyAgent(lifecycle.AgentStart(rec, a.cfg.AgentVersion, false), false)
 }
 
 // agentAssigned handles the agent assignment of a set (nil: none).

@@ -450,14 +450,15 @@ func TestPrepareAgentChecksAndPrunes(t *testing.T) {
 }
 
 // A new agent whose old agent is gone before it confirmed stops (and does
-// not confirm); one that confirmed is not stopped by the old agent's exit.
+// not confirm); one that confirmed is not stopped by the old agent's exit
+// once the old agent recorded the upgrade done (TestWatchParentOldGoneBeforeDone).
 func TestWatchParent(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var ppid atomic.Int64
 		ppid.Store(100)
 		getppid := func() int { return int(ppid.Load()) }
 		confirms := 0
-		ctx, confirm := watchParent(context.Background(), func() { confirms++ }, 100, getppid, time.Second, zerolog.Nop())
+		ctx, confirm, _ := watchParent(context.Background(), func() { confirms++ }, 100, getppid, time.Second, func() bool { return false }, zerolog.Nop())
 		time.Sleep(3 * time.Second) // fake time: three checks, the parent there
 		synctest.Wait()
 		if ctx.Err() != nil {
@@ -475,14 +476,49 @@ func TestWatchParent(t *testing.T) {
 		}
 
 		ppid.Store(100)
-		ctx, confirm = watchParent(context.Background(), func() { confirms++ }, 100, getppid, time.Second, zerolog.Nop())
+		ctx, confirm, handedOver := watchParent(context.Background(), func() { confirms++ }, 100, getppid, time.Second, func() bool { return false }, zerolog.Nop())
 		confirm()
 		confirm()
-		ppid.Store(1) // the old agent exits after the confirmation
+		ppid.Store(1) // the old agent exits after the confirmation, the upgrade recorded done
 		time.Sleep(5 * time.Second)
 		synctest.Wait()
 		if ctx.Err() != nil || confirms != 1 {
 			t.Fatalf("after confirming: stopped %v, %d confirmations", ctx.Err(), confirms)
+		}
+		select {
+		case <-handedOver:
+		default:
+			t.Fatal("the handover's end not told after the old agent recorded it done and exited")
+		}
+	})
+}
+
+// A new agent that confirmed, whose old agent is gone while the upgrade
+// record still says TRYING (the old agent killed -9 between reading the
+// confirmation and recording the upgrade done: the new binary maybe not
+// installed), stops: it runs outside what the supervisor knows, the
+// installed executable started again finds the data dir taken, and the
+// record would stay TRYING for good. Found by
+// TestAgentKilledInUpgradeConverges.
+func TestWatchParentOldGoneBeforeDone(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var ppid atomic.Int64
+		ppid.Store(100)
+		var trying atomic.Bool
+		trying.Store(true)
+		ctx, confirm, _ := watchParent(context.Background(), func() {}, 100, func() int { return int(ppid.Load()) }, time.Second,
+			trying.Load, zerolog.Nop())
+		confirm()
+		time.Sleep(3 * time.Second) // the old agent commits
+		synctest.Wait()
+		if ctx.Err() != nil {
+			t.Fatal("stopped while the old agent is there")
+		}
+		ppid.Store(1) // killed before it recorded the upgrade done
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		if ctx.Err() == nil {
+			t.Fatal("the new agent runs on after its old agent died before recording the upgrade done")
 		}
 	})
 }

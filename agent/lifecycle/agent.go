@@ -29,7 +29,9 @@ import (
 //     agent was stopped meanwhile (FAILED: the old agent runs again and
 //     reports the reason).
 //   - An agent starting with a TRYING record (AgentStart): the new agent
-//     itself while it has not confirmed (child), nothing to decide; the
+//     itself while it has not confirmed (child), nothing to decide (it
+//     reports the upgrade in progress until the old agent recorded it
+//     done and exited: then AgentStart again, the record DONE); the
 //     new version after the old one committed and died before saving DONE:
 //     DONE; the old version: the handover never ended (the old agent died
 //     in it), FAILED.
@@ -79,10 +81,12 @@ func AgentAssign(rec *AgentUpgrade, own string, asg *v1.Assignment) AgentDecisio
 		return AgentDecision{Report: agentReport(rec, own)}
 	case v == own && rec != nil && rec.State == AgentTrying && rec.Version == v && rec.Generation == gen:
 		// The new agent during its handover: the old agent owns the record
-		// until the handover ends.
-		done := *rec
-		done.State = AgentDone
-		return AgentDecision{Report: agentReport(&done, own)}
+		// until the handover ends, and the upgrade is not done until it
+		// recorded it so (AgentHandedOver): the old agent may die before,
+		// and the agent that runs then is the installed one, perhaps still
+		// the old binary, which reports the upgrade failed. A HEALTHY report
+		// now would count the host done in a rollout whose host goes back.
+		return AgentDecision{Report: agentReport(rec, own)}
 	case v == own:
 		done := &AgentUpgrade{Version: v, Generation: gen, From: own, State: AgentDone}
 		if rec != nil && rec.Version == v && rec.Generation == gen {
@@ -174,7 +178,7 @@ func AgentStart(rec *AgentUpgrade, own string, child bool) AgentDecision {
 	}
 	switch {
 	case own == rec.Version && child:
-		return AgentDecision{Report: agentReport(&AgentUpgrade{Version: rec.Version, Generation: rec.Generation, From: rec.From, State: AgentDone}, own)}
+		return AgentDecision{Report: agentReport(rec, own)} // not done until the old agent recorded it (AgentAssign)
 	case own == rec.Version:
 		done := *rec
 		done.State = AgentDone

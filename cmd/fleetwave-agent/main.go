@@ -70,7 +70,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if confirm != nil {
 		// A new agent of an upgrade: it stops if the old one is gone
 		// before it could confirm (agent.WatchParent).
-		ctx, confirm = agent.WatchParent(ctx, confirm, log)
+		ctx, confirm, cfg.HandedOver = agent.WatchParent(ctx, confirm, cfg.DataDir, log)
 	}
 	cfg.NotifySocket = agent.NotifySocketFromEnv()
 	wd, err := agent.WatchdogFromEnv(cfg.NotifySocket, confirm != nil, log)
@@ -109,7 +109,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if ctx.Err() != nil {
 			return 0 // stopped during the handover: the next start reports it
 		}
-		cfg.Confirm = nil // this agent is no longer anyone's new agent
+		cfg.Confirm, cfg.HandedOver = nil, nil // this agent is no longer anyone's new agent
 	}
 }
 
