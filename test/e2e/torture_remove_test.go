@@ -27,13 +27,13 @@ import (
 // invariants.
 //
 // FLEETWAVE_TORTURE_SEED (default 1), FLEETWAVE_TORTURE_ROUNDS (default
-// 3), FLEETWAVE_TORTURE_MAX_DELAY_MS (default 2500) and
+// 3), FLEETWAVE_TORTURE_MAX_DELAY_MS (default 1000: a removal takes a few hundred ms after the call) and
 // FLEETWAVE_TORTURE_HOSTS (default 1) replay or widen the hunt. The seed and
 // every kill's moment are logged.
 func TestAgentKilledInRemovalConverges(t *testing.T) {
 	seed := tortureEnvInt(t, "FLEETWAVE_TORTURE_SEED", 1)
 	rounds := int(tortureEnvInt(t, "FLEETWAVE_TORTURE_ROUNDS", 3))
-	maxDelay := time.Duration(tortureEnvInt(t, "FLEETWAVE_TORTURE_MAX_DELAY_MS", 2500)) * time.Millisecond
+	maxDelay := time.Duration(tortureEnvInt(t, "FLEETWAVE_TORTURE_MAX_DELAY_MS", 1000)) * time.Millisecond
 	nHosts := int(tortureEnvInt(t, "FLEETWAVE_TORTURE_HOSTS", 1))
 	t.Logf("torture removal: FLEETWAVE_TORTURE_SEED=%d FLEETWAVE_TORTURE_ROUNDS=%d FLEETWAVE_TORTURE_MAX_DELAY_MS=%d FLEETWAVE_TORTURE_HOSTS=%d",
 		seed, rounds, maxDelay.Milliseconds(), nHosts)
