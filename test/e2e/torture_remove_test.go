@@ -5,10 +5,12 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/fleetwave/fleetwave/agent/supervise"
 	v1 "github.com/fleetwave/fleetwave/proto/fleetwave/v1"
 )
 
@@ -138,15 +140,32 @@ func TestAgentKilledInRemovalConverges(t *testing.T) {
 		if rng.IntN(2) == 0 {
 			kill(round, "re-adding", victim, time.Duration(rng.Int64N(int64(maxDelay)+1)), kick)
 		}
-		if kind == "delete" {
+		if kind != "relabel" {
+			// Re-created: its first release's rollout; the selector
+			// widened: the rest of the spec (run.env) rolls out in waves
+			// to the hosts that came back (seed 4, 2 hosts: checked
+			// before the second wave).
 			watch := e.fleet.CLI(e.ctx, "rollout", "watch", "web")
 			ro := e.rollout("web")
 			t.Logf("round %d: re-adding %s → %s: %s %q, watch exit %d", round, ro.GetId(), ro.GetToVersion(), ro.GetState(), ro.GetReason(), watch.Code)
 			if watch.Code != 0 || ro.GetState() != v1.RolloutState_ROLLOUT_STATE_SUCCEEDED {
-				t.Fatalf("round %d: the re-created service's rollout did not succeed: %s %q\n%s%s", round, ro.GetState(), ro.GetReason(), watch.Stdout, watch.Stderr)
+				t.Fatalf("round %d: the re-added service's rollout did not succeed: %s %q\n%s%s", round, ro.GetState(), ro.GetReason(), watch.Stdout, watch.Stderr)
 			}
 		}
 		e.waitTortureConverged(round, version, wantSpec)
+		e.waitFor(30*time.Second, fmt.Sprintf("round %d: every host runs spec %d", round, wantSpec), func() (bool, string) {
+			for _, id := range e.fleet.AgentIDs() {
+				rec, err := supervise.ReadPIDFile(filepath.Join(e.fleet.Agents[id].DataDir, "run", "web.pid"))
+				if err != nil {
+					return false, err.Error()
+				}
+				env, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", rec.PGID))
+				if !slices.Contains(strings.Split(string(env), "\x00"), fmt.Sprintf("FW_ROUND=%d", wantSpec)) {
+					return false, id + " runs another spec"
+				}
+			}
+			return true, ""
+		})
 		for _, id := range e.fleet.AgentIDs() {
 			e.checkTortureHost(round, id, version, wantSpec)
 		}
