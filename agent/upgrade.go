@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"github.com/fleetwave/fleetwave/agent/install"
 	"github.com/fleetwave/fleetwave/agent/lifecycle"
 	"github.com/fleetwave/fleetwave/internal/signing"
@@ -150,6 +152,31 @@ type agentUpgrade struct {
 	stop   bool                    // handing over: the loop ends
 }
 
+// removeCommitTemps removes the temp files writeFileAtomic leaves beside
+// the installed executable when the agent is killed in commitBinary.
+func removeCommitTemps(cfg Config, log zerolog.Logger) {
+	exe, err := installedExecutable(cfg)
+	if err != nil {
+		return
+	}
+	ents, err := os.ReadDir(filepath.Dir(exe))
+	if err != nil {
+		return
+	}
+	pattern := filepath.Base(atomicTemp(exe))
+	for _, e := range ents {
+		if ok, _ := filepath.Match(pattern, e.Name()); !ok || e.IsDir() {
+			continue
+		}
+		p := filepath.Join(filepath.Dir(exe), e.Name())
+		if err := os.Remove(p); err != nil {
+			log.Warn().Err(err).Str("path", p).Msg("removing an interrupted agent upgrade's temp file")
+			continue
+		}
+		log.Info().Str("path", p).Msg("removed an interrupted agent upgrade's temp file")
+	}
+}
+
 // handedOverEv: the old agent of the handover this agent is the new agent
 // of recorded the upgrade done and exited (Config.HandedOver).
 type handedOverEv struct{}
@@ -180,8 +207,13 @@ func (a *agent) applyAgent(d lifecycle.AgentDecision, hello bool) {
 	}
 }
 
-// startAgent decides at start from the saved record.
+// startAgent decides at start from the saved record. It first removes what
+// an old agent killed in its commit (commitBinary) left beside the
+// installed executable: the new binary's temp copy, as big as the agent.
+// No agent writes there now: an old agent commits only after its new agent
+// confirmed, which this agent, holding the data dir, has not done yet.
 func (a *agent) startAgent() error {
+	removeCommitTemps(a.cfg, a.log)
 	rec, err := loadUpgradeRecord(a.cfg.DataDir)
 	if err != nil {
 		return err

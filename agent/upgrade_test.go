@@ -170,6 +170,36 @@ func (f *handoffFixture) newPID(t *testing.T) int {
 	return pid
 }
 
+// An old agent killed -9 in its commit leaves the new binary's temp copy
+// beside the installed executable; the next agent to start removes it (and
+// nothing else there). Found by TestAgentKilledInUpgradeConverges seed 17.
+func TestStartRemovesInterruptedCommitTemps(t *testing.T) {
+	f := newHandoffFixture(t, "exit 0")
+	if err := os.Remove(upgradeRecordPath(f.cfg.DataDir)); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Dir(f.exe)
+	left := filepath.Join(dir, ".fleetwave-agent.tmp-1717858588")
+	other := filepath.Join(dir, "fleetwave-agent.previous")
+	for _, p := range []string{left, other} {
+		if err := os.WriteFile(p, []byte("x"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := &agent{cfg: f.cfg, log: zerolog.Nop()}
+	if err := a.startAgent(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(left); err == nil {
+		t.Fatal("the interrupted commit's temp copy is still beside the executable")
+	}
+	for _, p := range []string{other, f.exe} {
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+	}
+}
+
 // A new agent that confirms takes over: its binary becomes the executable,
 // the old one is kept as .previous, the record says done, and it runs on.
 func TestHandoffConfirmed(t *testing.T) {
