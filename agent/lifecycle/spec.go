@@ -281,7 +281,15 @@ func sameCheck(a, b *v1.Check) bool {
 // reverted as any other, by a restart with the last good spec.
 func (m *Machine) revertsInPlace() bool {
 	return m.fresh == nil && len(m.procs) == 1 && m.procs[0].v == Version(m.current) && inPlaceChange(m.lastGood, m.current) &&
-		!(resized(m.lastGood, m.current) && m.chk.exits > 0)
+		!(resized(m.lastGood, m.current) && m.chk.exits > 0) && runsInPlaceOf(m.procs[0].a, m.lastGood)
+}
+
+// runsInPlaceOf reports whether a process of a runs as one of b does once
+// b's limits are written: not one that runs another spec (a process a
+// failed revert kept serving, left when the install's own process failed
+// to start).
+func runsInPlaceOf(a, b *v1.Assignment) bool {
+	return sameRun(a, b) || inPlaceChange(a, b)
 }
 
 // revertInPlace reverts in place (revertsInPlace holds; op, reason set):
