@@ -711,28 +711,15 @@ func (m *Machine) Snapshot() *Snapshot {
 		s.WatchUntil, s.Previous = m.chk.watchUntil, m.chk.prevGood
 	}
 	for _, p := range m.procs {
-		// A process of a release the snapshot names with another spec
-		// (one a failed revert kept serving, its release assigned again
-		// with other limits) would be taken after a restart for the named
-		// spec's (Restore): it is no release's either.
-		if p.limitsUnknown || p.a != nil && s.release(p.v) != nil && !s.names(p.a) {
+		// A process that Restore, by this snapshot, would take for another
+		// spec's than it runs (one a failed revert kept serving, its
+		// release assigned again with another spec, or with its own while
+		// no process was started for it) is no release's either.
+		if p.limitsUnknown || p.a != nil && s.release(p.v) != nil && !sameRun(p.a, s.runs(Running{Version: p.v, Epoch: p.epoch})) {
 			s.LimitsUnknown = p.epoch
 		}
 	}
 	return s
-}
-
-// names reports whether the snapshot names a's release with a spec under
-// which a process of a runs the same, with the same resource limits (they
-// differ at most in how the release is judged): after a restart, Restore
-// takes a process found running of the release for the named one's.
-func (s *Snapshot) names(a *v1.Assignment) bool {
-	for _, b := range []*v1.Assignment{s.Current, s.Target, s.LastGood, s.Previous} {
-		if sameRun(a, b) {
-			return true
-		}
-	}
-	return false
 }
 
 // Report is what this machine says to the coordinator now.

@@ -281,7 +281,8 @@ func sameCheck(a, b *v1.Check) bool {
 // reverted as any other, by a restart with the last good spec.
 func (m *Machine) revertsInPlace() bool {
 	return m.fresh == nil && len(m.procs) == 1 && m.procs[0].v == Version(m.current) && inPlaceChange(m.lastGood, m.current) &&
-		!(resized(m.lastGood, m.current) && m.chk.exits > 0) && runsInPlaceOf(m.procs[0].a, m.lastGood)
+		!(resized(m.lastGood, m.current) && m.chk.exits > 0) && runsInPlaceOf(m.procs[0].a, m.lastGood) &&
+		(!m.procs[0].limitsUnknown || m.installedInPlace)
 }
 
 // runsInPlaceOf reports whether a process of a runs as one of b does once
