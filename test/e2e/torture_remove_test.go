@@ -170,14 +170,7 @@ func TestAgentKilledInRemovalConverges(t *testing.T) {
 			e.checkTortureHost(round, id, version, wantSpec)
 		}
 		stable, stableSpec = version, wantSpec
-		for _, id := range e.fleet.AgentIDs() {
-			for _, l := range newLogLines(e.fleet.Agents[id].LogPath, seen, `"level":"error"`, `"level":"warn"`) {
-				if strings.Contains(l, "INSECURE: plain-text") {
-					continue
-				}
-				t.Logf("round %d: %s logged: %s", round, id, l)
-			}
-		}
+		logAgentNews(t, e.fleet, round, seen)
 		t.Logf("round %d took %s", round, time.Since(roundStart).Round(time.Millisecond))
 		if t.Failed() {
 			break

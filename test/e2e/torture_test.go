@@ -191,26 +191,13 @@ func TestAgentKilledAtRandomConverges(t *testing.T) {
 				t.Errorf("round %d: %s agent grows: fds %.0f (first %.0f), goroutines %.0f (first %.0f)", round, id, s.fds, f.fds, s.goroutines, f.goroutines)
 			}
 		}
-		for _, id := range e.fleet.AgentIDs() {
-			for _, l := range newLogLines(e.fleet.Agents[id].LogPath, seen, `"level":"error"`, `"level":"warn"`) {
-				if strings.Contains(l, "INSECURE: plain-text") {
-					continue // the test fleet's --insecure, at every start
-				}
-				t.Logf("round %d: %s logged: %s", round, id, l)
-			}
-		}
+		logAgentNews(t, e.fleet, round, seen)
 		t.Logf("round %d took %s", round, time.Since(roundStart).Round(time.Millisecond))
 		if t.Failed() {
 			break
 		}
 	}
-	steps := load.Stop()
-	for _, s := range steps {
-		t.Logf("MEASURE %s", s.String())
-	}
-	if f := testfleet.Failures(steps); f != "" {
-		t.Errorf("requests failed (the service has sockets: nothing may be refused across an agent kill -9):\n%s", f)
-	}
+	stopLoad(t, load, "the service has sockets: nothing may be refused across an agent kill -9")
 	t.Logf("torture: %d rounds in %s (seed %d)", rounds, time.Since(start).Round(time.Millisecond), seed)
 }
 
@@ -333,6 +320,32 @@ func (e *env) checkTortureHost(round int, id, version string, spec int) {
 	}
 	if n := countFiles(filepath.Join(a.DataDir, "artifacts")); n > 4 {
 		fail("%d artifacts kept", n)
+	}
+}
+
+// logAgentNews logs the warnings and errors f's agents logged since seen
+// (the test fleet's --insecure warning, at every start, left out).
+func logAgentNews(t *testing.T, f *testfleet.Fleet, round int, seen map[string]int) {
+	t.Helper()
+	for _, id := range f.AgentIDs() {
+		for _, l := range newLogLines(f.Agents[id].LogPath, seen, `"level":"error"`, `"level":"warn"`) {
+			if !strings.Contains(l, "INSECURE: plain-text") {
+				t.Logf("round %d: %s logged: %s", round, id, l)
+			}
+		}
+	}
+}
+
+// stopLoad stops load, logs its steps and fails t if a request failed
+// (why says why none may).
+func stopLoad(t *testing.T, load *testfleet.Load, why string) {
+	t.Helper()
+	steps := load.Stop()
+	for _, s := range steps {
+		t.Logf("MEASURE %s", s.String())
+	}
+	if f := testfleet.Failures(steps); f != "" {
+		t.Errorf("requests failed (%s):\n%s", why, f)
 	}
 }
 

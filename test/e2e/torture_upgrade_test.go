@@ -188,26 +188,13 @@ func TestAgentKilledInUpgradeConverges(t *testing.T) {
 		if want != "" {
 			stable = want
 		}
-		for _, id := range f.AgentIDs() {
-			for _, l := range newLogLines(f.Agents[id].LogPath, seen, `"level":"error"`, `"level":"warn"`) {
-				if strings.Contains(l, "INSECURE: plain-text") {
-					continue
-				}
-				t.Logf("round %d: %s logged: %s", round, id, l)
-			}
-		}
+		logAgentNews(t, f, round, seen)
 		t.Logf("round %d took %s (the build before it not counted)", round, time.Since(roundStart).Round(time.Millisecond))
 		if t.Failed() {
 			break
 		}
 	}
-	steps := load.Stop()
-	for _, s := range steps {
-		t.Logf("MEASURE %s", s.String())
-	}
-	if fl := testfleet.Failures(steps); fl != "" {
-		t.Errorf("requests failed (an agent upgrade restarts no service):\n%s", fl)
-	}
+	stopLoad(t, load, "an agent upgrade restarts no service")
 	t.Logf("torture upgrade: %d rounds in %s (seed %d)", rounds, time.Since(start).Round(time.Millisecond), seed)
 }
 
