@@ -278,7 +278,10 @@ func sameCheck(a, b *v1.Check) bool {
 // which runs the same under the last good spec (inPlaceChange), unless
 // the change resized it and it exited since (the supervisor restarted it
 // under the new limits; an OOM kill at a lowered memory_max): that is
-// reverted as any other, by a restart with the last good spec.
+// reverted as any other, by a restart with the last good spec. So is a
+// process that runs another spec (runsInPlaceOf), or one of unknown limits
+// or spec (limitsUnknown) but in an install in place, whose own failed
+// write of the limits made them unknown.
 func (m *Machine) revertsInPlace() bool {
 	return m.fresh == nil && len(m.procs) == 1 && m.procs[0].v == Version(m.current) && inPlaceChange(m.lastGood, m.current) &&
 		!(resized(m.lastGood, m.current) && m.chk.exits > 0) && runsInPlaceOf(m.procs[0].a, m.lastGood) &&
