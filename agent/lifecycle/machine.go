@@ -1306,7 +1306,7 @@ func (m *Machine) goodProc() *proc {
 		return nil
 	}
 	for _, p := range m.procs {
-		if p.v == Version(m.lastGood) && !p.limitsUnknown && !resized(p.a, m.lastGood) {
+		if p.v == Version(m.lastGood) && !p.limitsUnknown && sameRun(p.a, m.lastGood) {
 			return p
 		}
 	}
