@@ -159,12 +159,7 @@ func (e *env) restartAgents(end func(*testfleet.Agent)) {
 		}
 		var bad []string
 		for _, h := range hosts {
-			var rep *v1.ServiceReport
-			for _, s := range h.GetServices() {
-				if s.GetService() == "web" {
-					rep = s
-				}
-			}
+			rep := serviceReport(h, "web")
 			if !h.GetConnected() || rep.GetPhase() != v1.Phase_PHASE_HEALTHY || adoptions(e.t, e.fleet.Agents[h.GetId()]) <= before[h.GetId()] {
 				bad = append(bad, fmt.Sprintf("%s connected=%v %s", h.GetId(), h.GetConnected(), rep.GetPhase()))
 			}

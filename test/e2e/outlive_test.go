@@ -105,12 +105,7 @@ func TestServicesOutliveAgentRestarts(t *testing.T) {
 			}
 			var bad []string
 			for _, h := range hosts {
-				var rep *v1.ServiceReport
-				for _, s := range h.GetServices() {
-					if s.GetService() == "web" {
-						rep = s
-					}
-				}
+				rep := serviceReport(h, "web")
 				if !h.GetConnected() || rep.GetPhase() != v1.Phase_PHASE_HEALTHY || rep.GetCurrentVersion() != "v1" {
 					bad = append(bad, fmt.Sprintf("%s connected=%v %s %s", h.GetId(), h.GetConnected(), rep.GetPhase(), rep.GetCurrentVersion()))
 				}

@@ -194,12 +194,7 @@ func (e *env) waitTortureRemoved(round int, ids []string, pids map[string]int) {
 			if !strings.Contains(" "+strings.Join(ids, " ")+" ", " "+h.GetId()+" ") {
 				continue
 			}
-			var rep *v1.ServiceReport
-			for _, s := range h.GetServices() {
-				if s.GetService() == "web" {
-					rep = s
-				}
-			}
+			rep := serviceReport(h, "web")
 			a := e.fleet.Agents[h.GetId()]
 			if !h.GetConnected() || (rep != nil && rep.GetPhase() != v1.Phase_PHASE_REMOVED) {
 				bad = append(bad, fmt.Sprintf("%s connected=%v %s: %s", h.GetId(), h.GetConnected(), rep.GetPhase(), rep.GetReason()))

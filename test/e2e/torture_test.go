@@ -214,12 +214,7 @@ func (e *env) waitTortureConverged(round int, version string, spec int) {
 		}
 		var bad []string
 		for _, h := range hosts {
-			var rep *v1.ServiceReport
-			for _, s := range h.GetServices() {
-				if s.GetService() == "web" {
-					rep = s
-				}
-			}
+			rep := serviceReport(h, "web")
 			a := e.fleet.Agents[h.GetId()]
 			if !h.GetConnected() || rep.GetPhase() != v1.Phase_PHASE_HEALTHY || rep.GetCurrentVersion() != version ||
 				(rep.GetTargetVersion() != "" && rep.GetTargetVersion() != version) {
@@ -321,6 +316,16 @@ func (e *env) checkTortureHost(round int, id, version string, spec int) {
 	if n := countFiles(filepath.Join(a.DataDir, "artifacts")); n > 4 {
 		fail("%d artifacts kept", n)
 	}
+}
+
+// serviceReport is host h's report of service (nil: none).
+func serviceReport(h *v1.Host, service string) *v1.ServiceReport {
+	for _, s := range h.GetServices() {
+		if s.GetService() == service {
+			return s
+		}
+	}
+	return nil
 }
 
 // logAgentNews logs the warnings and errors f's agents logged since seen
